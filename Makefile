@@ -1,0 +1,47 @@
+# One Makefile; the README and CI call these targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test unit integration lint bench broker-start broker-stop clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## The demo stack on a local broker: models + rendezvous + load, live table. DEMO_ARGS="--duration 20"
+demo: setup
+	$(BIN)/rendezvous demo $(DEMO_ARGS)
+
+## Lint, type-check, then every test (the broker is provisioned from Maven Central on first use).
+test: setup lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: setup
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+integration: setup
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check services tests bench
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python bench/e2e_latency.py
+	$(BIN)/python bench/rendezvous_throughput.py
+
+broker-start: setup
+	$(BIN)/rendezvous broker start
+
+broker-stop: setup
+	$(BIN)/rendezvous broker stop
+
+clean:
+	-$(BIN)/rendezvous broker stop
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,73 @@
+"""What every CLI command shares: finding the broker, creating topics, running a service."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Any, Protocol, TypeVar
+
+from services.core.errors import ConfigError
+from services.core.kafka import create_topics
+from services.core.metrics import serve_metrics
+from services.core.runtime import install_signal_handlers
+from services.core.settings import KafkaSettings, Topics, redact
+from services.localkafka.broker import read_bootstrap
+
+S = TypeVar("S", bound=KafkaSettings)
+
+log = logging.getLogger("rendezvous")
+
+
+def with_bootstrap(settings: S) -> S:
+    """Settings whose bootstrap is --bootstrap, KAFKA_BOOTSTRAP_SERVERS, or the local broker."""
+    if settings.bootstrap:
+        return settings
+    local = read_bootstrap()
+    if local is None:
+        raise ConfigError(
+            "no Kafka broker given and no local broker running: run `rendezvous broker start`, "
+            "or pass --bootstrap host:port (or set KAFKA_BOOTSTRAP_SERVERS)"
+        )
+    return dataclasses.replace(settings, bootstrap=local)
+
+
+def topic_specs(topics: Topics, partitions: int) -> dict[str, tuple[int, Mapping[str, str]]]:
+    """Every topic of a deployment; requests and scores get equal partition counts (the join)."""
+    return {
+        topics.requests: (partitions, {}),
+        topics.scores: (partitions, {}),
+        topics.answers: (partitions, {}),
+        topics.log: (partitions, {}),
+        topics.deadletter: (1, {"retention.ms": str(14 * 24 * 3600 * 1000)}),
+        topics.replies: (partitions, {"retention.ms": str(3600 * 1000)}),
+        topics.control: (1, {"cleanup.policy": "compact"}),
+    }
+
+
+def ensure_topics(config: Mapping[str, Any], topics: Topics, partitions: int) -> list[str]:
+    return create_topics(config, topic_specs(topics, partitions))
+
+
+class Runnable(Protocol):
+    def run(self, stop: threading.Event) -> None: ...
+
+
+def run_service(service: Runnable, metrics_port: int, settings: KafkaSettings) -> None:
+    """Run a service in the foreground until SIGINT/SIGTERM."""
+    log.info("starting with %s", settings.describe() if hasattr(settings, "describe") else settings)
+    log.debug("librdkafka config: %s", redact(settings.librdkafka()))
+    serve_metrics(metrics_port)
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    service.run(stop)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )

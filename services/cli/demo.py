@@ -1,0 +1,189 @@
+"""`rendezvous demo`: broker + models + rendezvous + a load generator, with a live table.
+
+Each model and the rendezvous run as their own processes (as in production, and so they
+do not share one GIL); their logs go to files under the cache directory. The load
+generator sends demo rows at a fixed rate through the `Client` and tallies the answers.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, deque
+from concurrent.futures import Future
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from services.cli.common import ensure_topics
+from services.client.client import Answer, Client
+from services.core.errors import ConfigError
+from services.core.kafka import wait_for_groups
+from services.core.settings import KafkaSettings, setting
+from services.localkafka.broker import LocalBroker, read_bootstrap, start_background
+from services.localkafka.config import cache_dir
+from services.model_worker.models import demo_rows
+
+
+@dataclass(frozen=True)
+class DemoSettings(KafkaSettings):
+    """Run the whole stack on one machine and watch it answer."""
+
+    duration: float = setting(0.0, "Stop after this many seconds (0 = until Ctrl-C).")
+    rate: float = setting(200.0, "Requests per second sent by the load generator.")
+    budget_ms: int = setting(200, "Deadline budget of each request (ms).")
+    models: tuple[str, ...] = setting(
+        ("champion=demo:champion", "challenger=demo:challenger", "canary=demo:canary"),
+        "Models as name=spec, in schedule order (first = champion).",
+    )
+    partitions: int = setting(4, "Partitions of the demo topics.")
+    metrics_base_port: int = setting(9100, "Rendezvous metrics on this port, models on the next ones.")
+
+    def validate(self) -> None:
+        if self.rate <= 0 or self.duration < 0 or self.budget_ms <= 0:
+            raise ConfigError("--rate and --budget-ms must be positive, --duration >= 0")
+        for item in self.models:
+            if "=" not in item:
+                raise ConfigError(f"--models expects name=spec, got {item!r}")
+
+
+class Tally:
+    """Answers seen so far: by status and model, deadlines met, latencies (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sent = 0
+        self.failed = 0
+        self.by_outcome: Counter[tuple[str, str]] = Counter()
+        self.on_time = 0
+        self.answered = 0
+        self.latencies: deque[int] = deque(maxlen=20_000)
+
+    def add(self, future: Future[Answer]) -> None:
+        if future.exception() is not None:
+            with self.lock:
+                self.failed += 1
+            return
+        answer = future.result()
+        with self.lock:
+            self.answered += 1
+            self.by_outcome[(answer.model or "-", answer.status)] += 1
+            self.on_time += answer.received_at <= answer.deadline
+            self.latencies.append(answer.latency_ms)
+
+    def table(self, elapsed: float) -> Table:
+        with self.lock:
+            lat = np.array(self.latencies) if self.latencies else np.array([0])
+            p50, p99 = np.percentile(lat, [50, 99])
+            table = Table(title=f"rendezvous demo - {elapsed:5.1f}s")
+            table.add_column("answered by")
+            table.add_column("status")
+            table.add_column("answers", justify="right")
+            table.add_column("share", justify="right")
+            for (model, status), n in sorted(self.by_outcome.items()):
+                table.add_row(model, status, str(n), f"{100.0 * n / max(1, self.answered):.1f}%")
+            table.add_section()
+            met = 100.0 * self.on_time / max(1, self.answered)
+            table.add_row("sent / answered", "", f"{self.sent} / {self.answered}", "")
+            table.add_row("deadlines met", "", str(self.on_time), f"{met:.1f}%")
+            table.add_row("latency p50 / p99", "", f"{p50:.0f} / {p99:.0f} ms", "")
+            if self.failed:
+                table.add_row("no answer", "", str(self.failed), "")
+            return table
+
+
+def _spawn(args: list[str], log_file: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    handle = log_file.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", *args], stdout=handle, stderr=subprocess.STDOUT, env=env
+    )
+
+
+def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    for proc in processes:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in processes:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_demo(settings: DemoSettings, console: Console) -> int:
+    with ExitStack() as stack:
+        if not settings.bootstrap and read_bootstrap() is None:
+            console.print("starting a local Kafka broker (first run downloads it with Maven)...")
+            broker: LocalBroker = start_background(progress=console.print)
+            stack.callback(broker.stop)
+            settings = replace(settings, bootstrap=broker.bootstrap)
+        elif not settings.bootstrap:
+            settings = replace(settings, bootstrap=read_bootstrap() or "")
+        console.print(f"broker: {settings.bootstrap}")
+        config, topics = settings.librdkafka(), settings.topics()
+        ensure_topics(config, topics, settings.partitions)
+
+        logs = cache_dir() / "demo"
+        logs.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap,
+               "RDV_TOPIC_PREFIX": settings.topic_prefix}
+        names = [item.split("=", 1)[0] for item in settings.models]
+        processes: list[subprocess.Popen[bytes]] = []
+        stack.callback(_stop_all, processes)
+        port = settings.metrics_base_port
+        processes.append(_spawn(["serve", "--models", ",".join(names), "--deadline-ms",
+                                 str(settings.budget_ms), "--metrics-port", str(port)],
+                                logs / "rendezvous.log", env))
+        for offset, item in enumerate(settings.models, start=1):
+            name, spec = item.split("=", 1)
+            processes.append(_spawn(["model", "serve", "--model", spec, "--name", name,
+                                     "--metrics-port", str(port + offset)], logs / f"{name}.log", env))
+        console.print(f"started rendezvous + {len(names)} models (logs in {logs}); waiting for them...")
+        groups = [f"{settings.topic_prefix}rendezvous"] + [f"{settings.topic_prefix}model.{n}" for n in names]
+        wait_for_groups(config, groups, timeout=120)
+        console.print(f"metrics: http://127.0.0.1:{port}/metrics (rendezvous), next ports: models")
+        client = stack.enter_context(Client(config, topics, budget_ms=settings.budget_ms))
+        _generate_load(settings, client, processes, console)
+    return 0
+
+
+def _generate_load(
+    settings: DemoSettings, client: Client, processes: list[subprocess.Popen[bytes]], console: Console
+) -> None:
+    tally = Tally()
+    rows = demo_rows(10_000, seed=1)
+    started = time.monotonic()
+    try:
+        with Live(tally.table(0.0), console=console, refresh_per_second=4) as live:
+            while not settings.duration or time.monotonic() - started < settings.duration:
+                elapsed = time.monotonic() - started
+                due = int(elapsed * settings.rate) - tally.sent
+                for _ in range(max(0, due)):
+                    client.submit(rows[tally.sent % len(rows)]).add_done_callback(tally.add)
+                    tally.sent += 1
+                live.update(tally.table(elapsed))
+                dead = [p for p in processes if p.poll() is not None]
+                if dead:
+                    raise ConfigError(f"a demo process exited (code {dead[0].returncode}); see its log")
+                time.sleep(0.01)  # pacing the load generator at its fixed rate
+            client.flush()
+            _drain(client, settings.budget_ms)
+            live.update(tally.table(time.monotonic() - started))
+    except KeyboardInterrupt:
+        console.print("stopping...")
+
+
+def _drain(client: Client, budget_ms: int) -> None:
+    """Give in-flight requests their deadline plus a margin to be answered."""
+    until = time.monotonic() + budget_ms / 1000.0 + 2.0
+    while client.in_flight and time.monotonic() < until:
+        time.sleep(0.05)

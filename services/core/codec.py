@@ -1,0 +1,147 @@
+"""Avro single-object encoding of the records in `schemas/*.avsc`.
+
+Wire format (Avro spec, "Single object encoding"):
+
+    C3 01 | 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema's
+            Parsing Canonical Form | Avro binary body
+
+A reader resolves the fingerprint to a writer schema it knows (the current one, or an
+older version kept in `schemas/history/<name>/`) and applies Avro schema resolution, so
+schemas evolve by adding defaulted fields without breaking older consumers.
+
+Hot path notes: each schema is parsed once; `timestamp-millis` logical types are stripped
+before parsing so times stay plain ints (epoch ms) instead of becoming `datetime` objects
+on every decode. Stripping does not change the fingerprint, because the Parsing Canonical
+Form drops `logicalType` anyway.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import struct
+from collections.abc import Iterable, Mapping
+from functools import cache
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.schema import to_parsing_canonical_form
+
+from services.core.errors import ConfigError, DecodeFailed, UnknownFingerprint
+
+MAGIC = b"\xc3\x01"
+HEADER_SIZE = len(MAGIC) + 8
+
+_CRC64_EMPTY = 0xC15D213AA4D7A795
+
+
+def _crc64_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        fp = byte
+        for _ in range(8):
+            fp = (fp >> 1) ^ (_CRC64_EMPTY & -(fp & 1))
+        table.append(fp)
+    return table
+
+
+_CRC64_TABLE = _crc64_table()
+
+
+def crc64_avro(data: bytes) -> int:
+    """The Rabin CRC-64 the Avro spec defines for schema fingerprints."""
+    fp = _CRC64_EMPTY
+    for byte in data:
+        fp = (fp >> 8) ^ _CRC64_TABLE[(fp ^ byte) & 0xFF]
+    return fp
+
+
+def fingerprint(schema: Mapping[str, Any]) -> bytes:
+    """8-byte little-endian CRC-64-AVRO fingerprint of the schema's canonical form."""
+    canonical = to_parsing_canonical_form(parse_schema(dict(schema), _write_hint=False))
+    return struct.pack("<Q", crc64_avro(canonical.encode("utf-8")))
+
+
+def _strip_logical_types(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _strip_logical_types(v) for k, v in node.items() if k != "logicalType"}
+    if isinstance(node, list):
+        return [_strip_logical_types(v) for v in node]
+    return node
+
+
+def _parse(schema: Mapping[str, Any]) -> Any:
+    return parse_schema(_strip_logical_types(copy.deepcopy(dict(schema))), _write_hint=False)
+
+
+class Codec:
+    """Encode and decode one record type; knows every writer version it may meet."""
+
+    def __init__(self, schema: Mapping[str, Any], older_writers: Iterable[Mapping[str, Any]] = ()):
+        self.name: str = schema["name"]
+        self.schema = dict(schema)
+        self.fingerprint = fingerprint(schema)
+        self.header = MAGIC + self.fingerprint
+        self._parsed = _parse(schema)
+        # fingerprint -> (writer schema, reader schema or None when no resolution is needed)
+        self._readers: dict[bytes, tuple[Any, Any]] = {self.fingerprint: (self._parsed, None)}
+        for writer in older_writers:
+            self._readers[fingerprint(writer)] = (_parse(writer), self._parsed)
+
+    def encode(self, record: Mapping[str, Any]) -> bytes:
+        buf = BytesIO()
+        buf.write(self.header)
+        schemaless_writer(buf, self._parsed, record)
+        return buf.getvalue()
+
+    def decode(self, data: bytes | None) -> dict[str, Any]:
+        """Decode one single-object encoded record; raise `BadInput` subclasses on any fault."""
+        if data is None or len(data) < HEADER_SIZE or data[:2] != MAGIC:
+            raise DecodeFailed(f"not an Avro single-object encoded {self.name} (bad or missing C3 01 header)")
+        schemas = self._readers.get(data[2:HEADER_SIZE])
+        if schemas is None:
+            raise UnknownFingerprint(
+                f"unknown writer schema fingerprint {data[2:HEADER_SIZE].hex()} for {self.name}"
+            )
+        body = BytesIO(data)
+        body.seek(HEADER_SIZE)
+        try:
+            record = schemaless_reader(body, schemas[0], schemas[1])
+        # fastavro signals corrupt input with many exception types (EOFError, UnicodeDecodeError,
+        # IndexError, ValueError, ...); each is one bad record, never a reason to stop the service.
+        except Exception as exc:  # noqa: BLE001
+            raise DecodeFailed(f"corrupt {self.name} body: {type(exc).__name__}: {exc}") from None
+        if body.tell() != len(data):
+            raise DecodeFailed(f"{len(data) - body.tell()} trailing bytes after a {self.name} record")
+        if not isinstance(record, dict):
+            raise DecodeFailed(f"{self.name} body is not a record")
+        return record
+
+
+def schemas_dir() -> Path:
+    """`RDV_SCHEMA_DIR`, else `schemas/` at the repository root (the public contract)."""
+    configured = os.environ.get("RDV_SCHEMA_DIR")
+    path = Path(configured) if configured else Path(__file__).resolve().parents[2] / "schemas"
+    if not (path / "request.avsc").is_file():
+        raise ConfigError(f"schema directory {path} has no request.avsc; set RDV_SCHEMA_DIR")
+    return path
+
+
+def load_schema(file: Path) -> dict[str, Any]:
+    try:
+        schema: dict[str, Any] = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read schema {file}: {exc}") from None
+    return schema
+
+
+@cache
+def codec(name: str) -> Codec:
+    """The shared codec for `request`, `score`, `answer`, `comparison` or `deadletter`."""
+    base = schemas_dir()
+    current = load_schema(base / f"{name}.avsc")
+    history = sorted((base / "history" / name).glob("*.avsc"))
+    return Codec(current, [load_schema(p) for p in history])

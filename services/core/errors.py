@@ -1,0 +1,91 @@
+"""One exception tree for every service.
+
+    RendezvousError                  root; carries optional Kafka context and `retriable`
+    ├── ConfigError                  bad flag / env / spec: the service refuses to start
+    │   └── ModelSpecError           a model spec that cannot be resolved or loaded
+    ├── BrokerError                  the broker cannot be reached or refused us
+    │   ├── BrokerUnavailable        no answer to a metadata request (retriable)
+    │   └── TopicMissing             a topic the service needs does not exist
+    ├── KafkaOperationError          a produce / consume / commit failed (wraps KafkaError)
+    │   └── DeliveryFailed           the broker did not take a produced record
+    └── BadInput                     one record that cannot be used (dead-letter it, go on)
+        ├── UnknownFingerprint       single-object header names a schema we do not know
+        └── DecodeFailed             bytes that are not a valid record of the schema
+
+Services catch `BadInput` per record (dead-letter + count) and let everything else end
+the service with one clear line (the CLI prints `str(err)`, not a traceback).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a record came from, attached to errors and dead letters."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+class RendezvousError(Exception):
+    """Root of every error this project raises on purpose."""
+
+    retriable: bool = False
+
+    def __init__(self, message: str, *, source: Source | None = None, retriable: bool | None = None):
+        super().__init__(message)
+        self.message = message
+        self.source = source
+        if retriable is not None:
+            self.retriable = retriable
+
+    def __str__(self) -> str:
+        return f"{self.message} (at {self.source})" if self.source else self.message
+
+
+class ConfigError(RendezvousError):
+    """A setting, flag or file the service cannot start with."""
+
+
+class ModelSpecError(ConfigError):
+    """A model spec (`demo:x`, `module:factory`, `*.joblib`, `*.onnx`) that cannot be loaded."""
+
+
+class BrokerError(RendezvousError):
+    """The Kafka cluster is unreachable or refused an administrative request."""
+
+
+class BrokerUnavailable(BrokerError):
+    """No broker answered a metadata request in time."""
+
+    retriable = True
+
+
+class TopicMissing(BrokerError):
+    """A topic the service needs does not exist (create it with `rendezvous topics create`)."""
+
+
+class KafkaOperationError(RendezvousError):
+    """A produce, consume or commit call failed; `retriable` mirrors librdkafka's verdict."""
+
+
+class DeliveryFailed(KafkaOperationError):
+    """A produced record was not acknowledged by the broker."""
+
+
+class BadInput(RendezvousError):
+    """One record that cannot be used; it is dead-lettered with this reason."""
+
+
+class UnknownFingerprint(BadInput):
+    """The single-object header names a writer schema this service does not know."""
+
+
+class DecodeFailed(BadInput):
+    """The bytes are not a valid single-object encoded record."""

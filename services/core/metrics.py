@@ -1,0 +1,43 @@
+"""Prometheus helpers: one HTTP endpoint per service process, shared bucket layouts.
+
+Every metric is named `rdv_<what>_<unit>` in base units (seconds), labelled by model and
+version where it is per model; label values come from model names, never request ids.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, start_http_server
+
+from services.core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Serving latencies: 1 ms .. 10 s, dense where deadlines usually sit (50-500 ms).
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2,
+    0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0,
+)
+
+DECODE_ERRORS = Counter(
+    "rdv_decode_errors_total", "Records that could not be decoded, by service, topic and error type.",
+    ["service", "topic", "error"],
+)
+DEAD_LETTERS = Counter(
+    "rdv_deadletters_total",
+    "Records sent to the dead-letter topic, by service, source topic and error type.",
+    ["service", "topic", "error"],
+)
+
+
+def serve_metrics(port: int, addr: str = "0.0.0.0") -> int:
+    """Expose the default registry on `port` (0 = disabled). Returns the port or 0."""
+    if port <= 0:
+        return 0
+    try:
+        start_http_server(port, addr=addr)
+    except OSError as exc:
+        raise ConfigError(f"cannot expose metrics on port {port}: {exc.strerror}") from None
+    log.info("metrics on http://%s:%d/metrics", addr, port)
+    return port

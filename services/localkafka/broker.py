@@ -1,0 +1,327 @@
+"""A real single-node Apache Kafka broker (KRaft, combined broker+controller) run from cached jars.
+
+    broker = LocalBroker("default")
+    bootstrap = broker.start()        # "127.0.0.1:PORT", once a metadata request is answered
+    broker.stop()
+
+`<data>/state.json` records the running broker so another process (the CLI) can find, query and
+stop it: see `start_background`, `status_background`, `stop_background`, `read_bootstrap`.
+Every start formats a fresh cluster (new id, empty `logs/`): the broker is for development and tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.core.errors import BrokerError, BrokerUnavailable
+from services.localkafka import config
+from services.localkafka.jars import Progress, java_executable, provision
+from services.localkafka.process import error_lines, is_stack_frame, pid_alive, signal_group, tail, wait_until
+
+log = logging.getLogger(__name__)
+
+DEFAULT_JVM_OPTIONS: tuple[str, ...] = (
+    "-Xms256m",
+    "-Xmx512m",
+    "-XX:+UseG1GC",
+    "-Djava.awt.headless=true",
+    "-XX:+ExitOnOutOfMemoryError",
+)
+# The storage tool runs for a second: a quick-start JIT is all it needs.
+_TOOL_JVM_OPTIONS = ("-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Djava.awt.headless=true")
+MAIN_CLASS = "kafka.Kafka"
+_ADMIN_LOG = logging.getLogger(f"{__name__}.admin")  # librdkafka's connection-refused noise goes here
+
+
+@dataclass
+class LocalBroker:
+    """One local broker. `extra_listeners` maps listener name -> security protocol (each gets a free port)."""
+
+    name: str = "default"
+    data_dir: Path | None = None
+    extra_properties: dict[str, str] = field(default_factory=dict)
+    extra_listeners: dict[str, str] = field(default_factory=dict)
+    format_args: list[str] = field(default_factory=list)
+    jvm_options: tuple[str, ...] = DEFAULT_JVM_OPTIONS
+    progress: Progress | None = field(default=None, repr=False)
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _state: dict[str, Any] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).resolve() if self.data_dir else config.broker_dir(self.name)
+
+    # ----- paths and properties -------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        assert self.data_dir is not None
+        return self.data_dir
+
+    @property
+    def properties_file(self) -> Path:
+        return self.root / "server.properties"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "broker.log"
+
+    @property
+    def stdout_file(self) -> Path:
+        return self.root / "stdout.log"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def pid(self) -> int | None:
+        return int(self._state["pid"]) if self._state else None
+
+    @property
+    def bootstrap(self) -> str:
+        """`127.0.0.1:PORT` of the PLAINTEXT listener; `BrokerUnavailable` if not started."""
+        return self.listener(config.BROKER_LISTENER)
+
+    def listener(self, name: str) -> str:
+        """`127.0.0.1:PORT` of a listener (PLAINTEXT or one of `extra_listeners`)."""
+        if not self._state:
+            raise BrokerUnavailable(f"local broker {self.name!r} is not running")
+        return str(self._state["listeners"][name.upper()])
+
+    # ----- lifecycle ------------------------------------------------------------------------
+    def is_running(self) -> bool:
+        """True if this broker's process is alive (re-reading the state file if needed)."""
+        if self._state is None:
+            self._state = self._read_state()
+        if self._state and self._alive(int(self._state["pid"])):
+            return True
+        self._state = None
+        return False
+
+    def start(self, wait_timeout: float = 90.0) -> str:
+        """Format a fresh cluster, launch the broker and wait until it answers; returns the bootstrap."""
+        if self.is_running():
+            raise BrokerError(f"local broker {self.name!r} already runs (pid {self.pid}, {self.bootstrap})")
+        say = self.progress or (lambda _msg: None)
+        java = java_executable()
+        libs = provision(self.progress)
+        started = time.monotonic()
+        self._prepare_dir()
+        ports = config.free_ports(2 + len(self.extra_listeners))
+        pairs = zip(self.extra_listeners.items(), ports[2:], strict=True)
+        extra = {lname.upper(): (port, proto) for (lname, proto), port in pairs}
+        props = config.server_properties(
+            self.root, ports[0], ports[1], extra_listeners=extra, extra_properties=self.extra_properties
+        )
+        self.properties_file.write_text(config.render_properties(props))
+        log4j = self.root / "log4j2.properties"
+        log4j.write_text(config.log4j2_properties(self.log_file))
+        classpath = f"{libs}/*"
+        logging_opt = f"-Dlog4j2.configurationFile={log4j}"
+        cluster_id = config.new_cluster_id()
+        say(f"Formatting storage of local broker {self.name!r} in {self.root} ...")
+        self._format(java, classpath, logging_opt, cluster_id)
+        cmd = [java, *self.jvm_options, logging_opt, "-cp", classpath, MAIN_CLASS, str(self.properties_file)]
+        log.debug("starting %s", " ".join(cmd))
+        with self.stdout_file.open("wb") as out:
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                cwd=self.root, start_new_session=True,
+            )  # fmt: skip
+        listeners = {config.BROKER_LISTENER: f"{config.HOST}:{ports[0]}"}
+        listeners |= {n: f"{config.HOST}:{p}" for n, (p, _) in extra.items()}
+        self._state = {
+            "name": self.name, "pid": self._proc.pid, "bootstrap": listeners[config.BROKER_LISTENER],
+            "listeners": listeners, "controller": f"{config.HOST}:{ports[1]}", "cluster_id": cluster_id,
+            "data_dir": str(self.root), "log_file": str(self.log_file), "started_at": time.time(),
+            "ready": False, "kafka_version": config.KAFKA_VERSION,
+        }  # fmt: skip
+        self._write_state()
+        say(f"Starting Apache Kafka {config.KAFKA_VERSION} (pid {self._proc.pid}) ...")
+        try:
+            self._wait_ready(wait_timeout)
+        except BaseException:
+            self._kill_now()
+            raise
+        self._state["ready"] = True
+        self._write_state()
+        elapsed = time.monotonic() - started
+        log.info("local broker %r ready at %s in %.1f s", self.name, self.bootstrap, elapsed)
+        say(f"Kafka broker ready at {self.bootstrap} in {elapsed:.1f} s (log: {self.log_file})")
+        return self.bootstrap
+
+    def stop(self, timeout: float = 20.0) -> bool:
+        """SIGTERM the broker's process group, SIGKILL after `timeout`; False if it was not running."""
+        say = self.progress or (lambda _msg: None)
+        if not self.is_running():
+            self.state_file.unlink(missing_ok=True)
+            log.info("local broker %r is not running", self.name)
+            say(f"Local broker {self.name!r} is not running")
+            return False
+        pid = int(self._state["pid"]) if self._state else 0
+        say(f"Stopping local broker {self.name!r} (pid {pid}) ...")
+        signal_group(pid, signal.SIGTERM)
+        if not wait_until(lambda: not self._alive(pid), timeout, interval=0.1):
+            log.warning("local broker pid %d ignored SIGTERM for %.0f s; killing it", pid, timeout)
+            self._kill_now()
+        self._state = None
+        self._proc = None
+        self.state_file.unlink(missing_ok=True)
+        say(f"Local broker {self.name!r} stopped")
+        return True
+
+    def status(self) -> dict[str, Any]:
+        """State of the broker: always `name`, `running`, `data_dir`, `log_file`; more when running."""
+        running = self.is_running()
+        info: dict[str, Any] = {
+            "name": self.name, "running": running, "data_dir": str(self.root), "log_file": str(self.log_file),
+        }  # fmt: skip
+        if running and self._state:
+            info |= self._state
+            info["uptime_s"] = round(time.time() - float(self._state["started_at"]), 1)
+        return info
+
+    # ----- internals ------------------------------------------------------------------------
+    def _alive(self, pid: int) -> bool:
+        if self._proc is not None and self._proc.pid == pid:
+            return self._proc.poll() is None
+        return pid_alive(pid, must_contain=(MAIN_CLASS, str(self.properties_file)))
+
+    def _read_state(self) -> dict[str, Any] | None:
+        try:
+            state = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return state if isinstance(state, dict) and "pid" in state else None
+
+    def _write_state(self) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._state, indent=1))
+        tmp.replace(self.state_file)
+
+    def _prepare_dir(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.root / "logs", ignore_errors=True)
+        for old in [self.state_file, self.stdout_file, *self.root.glob("broker.log*")]:
+            old.unlink(missing_ok=True)
+
+    def _format(self, java: str, classpath: str, logging_opt: str, cluster_id: str) -> None:
+        cmd = [
+            java, *_TOOL_JVM_OPTIONS, logging_opt, "-cp", classpath, "kafka.tools.StorageTool",
+            "format", "-t", cluster_id, "-c", str(self.properties_file), *self.format_args,
+        ]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            lines = (done.stdout + done.stderr).strip().splitlines()
+            out = "\n".join([ln for ln in lines if not is_stack_frame(ln)][-20:])
+            raise BrokerError(f"kafka-storage format failed (exit {done.returncode}):\n{out}")
+
+    def _wait_ready(self, timeout: float) -> None:
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient
+
+        deadline = time.monotonic() + timeout
+        host, _, port = self.bootstrap.rpartition(":")
+        admin: AdminClient | None = None
+        while True:
+            pid = self.pid or 0
+            if not self._alive(pid):
+                raise BrokerError(
+                    f"local Kafka broker exited during startup; from its log:\n{self._log_tail()}"
+                )
+            if time.monotonic() >= deadline:
+                raise BrokerUnavailable(
+                    f"local Kafka broker did not answer within {timeout:g} s; "
+                    f"from its log:\n{self._log_tail()}"
+                )
+            if _port_open(host, int(port)):
+                if admin is None:
+                    admin_conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "logger": _ADMIN_LOG}
+                    admin = AdminClient(admin_conf)
+                try:
+                    if admin.list_topics(timeout=1).brokers:
+                        # Have the broker create __consumer_offsets now, not at the first group join
+                        # (which then waits ~3 s in librdkafka's retry backoff). Not awaited.
+                        admin.describe_consumer_groups(["_rdv_warmup"], request_timeout=5)
+                        return
+                except KafkaException as err:
+                    log.debug("broker not ready yet: %s", err)
+            time.sleep(0.05)
+
+    def _kill_now(self) -> None:
+        pid = self.pid
+        if pid is None:
+            return
+        signal_group(pid, signal.SIGKILL)
+        wait_until(lambda: not self._alive(pid), 10.0)
+        self.state_file.unlink(missing_ok=True)
+        self._state = None
+
+    def _log_tail(self) -> str:
+        errors = error_lines(self.log_file)
+        parts = [f"errors:\n{errors}" if errors else "", tail(self.log_file, 6), tail(self.stdout_file, 10)]
+        return "\n".join(p for p in parts if p) or "(no log output)"
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+# ----- module-level helpers for the CLI -----------------------------------------------------------
+def start_background(
+    name: str = "default", *, wait_timeout: float = 90.0, progress: Progress | None = None
+) -> LocalBroker:
+    """Start the named broker and leave it running; returns the already running one if there is one."""
+    broker = LocalBroker(name, progress=progress)
+    if broker.is_running():
+        if progress:
+            progress(f"Local broker {name!r} already runs at {broker.bootstrap} (pid {broker.pid})")
+        return broker
+    broker.start(wait_timeout=wait_timeout)
+    return broker
+
+
+def stop_background(
+    name: str = "default", *, timeout: float = 20.0, progress: Progress | None = None
+) -> bool:
+    """Stop the named broker; False if it was not running."""
+    return LocalBroker(name, progress=progress).stop(timeout=timeout)
+
+
+def status_background(name: str = "default") -> dict[str, Any] | None:
+    """`LocalBroker.status()` of the named broker if it runs, else None."""
+    broker = LocalBroker(name)
+    return broker.status() if broker.is_running() else None
+
+
+def read_bootstrap(name: str = "default") -> str | None:
+    """Bootstrap address of the named local broker if its process is alive, else None."""
+    broker = LocalBroker(name)
+    return broker.bootstrap if broker.is_running() else None
+
+
+@contextmanager
+def ephemeral_broker(
+    tmp_dir: Path | str, *, wait_timeout: float = 90.0, **options: Any
+) -> Iterator[LocalBroker]:
+    """A broker with its data under `tmp_dir`, stopped on exit whatever happens (for tests)."""
+    broker = LocalBroker(name="ephemeral", data_dir=Path(tmp_dir) / "kafka", **options)
+    try:
+        broker.start(wait_timeout=wait_timeout)
+        yield broker
+    finally:
+        broker.stop()

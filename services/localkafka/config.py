@@ -1,0 +1,168 @@
+"""Pure configuration for the local broker: paths, ports, cluster id, server.properties, log4j2.
+
+Nothing here starts a process, so the unit tests exercise all of it without Java or a network.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from contextlib import ExitStack
+from pathlib import Path
+
+KAFKA_VERSION = "4.4.0"
+HOST = "127.0.0.1"
+BROKER_LISTENER = "PLAINTEXT"
+CONTROLLER_LISTENER = "CONTROLLER"
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_POM = _REPO_ROOT / "deploy" / "kafka" / "pom.xml"
+
+
+def cache_dir() -> Path:
+    """`$RDV_CACHE_DIR`, else `<repo>/.cache` in a checkout, else `~/.cache/rendezvous-serving`."""
+    env = os.environ.get("RDV_CACHE_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    if REPO_POM.is_file():
+        return _REPO_ROOT / ".cache"
+    return Path.home() / ".cache" / "rendezvous-serving"
+
+
+def kafka_home() -> Path:
+    """Versioned directory that holds the provisioned jars (`libs/`)."""
+    return cache_dir() / f"kafka-{KAFKA_VERSION}"
+
+
+def broker_dir(name: str) -> Path:
+    """Data directory of the named local broker (server.properties, logs/, broker.log, state.json)."""
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"bad broker name {name!r}")
+    return cache_dir() / "broker" / name
+
+
+def free_ports(count: int, host: str = HOST) -> list[int]:
+    """`count` distinct ports that were free on `host` a moment ago (all bound at once, then released)."""
+    with ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
+def free_port(host: str = HOST) -> int:
+    return free_ports(1, host)[0]
+
+
+def new_cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes as unpadded base64url (22 chars), never starting with '-'."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+        if not cid.startswith("-"):
+            return cid
+
+
+def server_properties(
+    data_dir: Path,
+    port: int,
+    controller_port: int,
+    *,
+    node_id: int = 1,
+    extra_listeners: Mapping[str, tuple[int, str]] | None = None,
+    extra_properties: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Settings of a single-node KRaft broker+controller that keeps everything under `data_dir`.
+
+    `extra_listeners` maps a listener name to (port, security protocol), e.g.
+    `{"SASL": (port, "SASL_PLAINTEXT")}`; each is also advertised. `extra_properties` win over
+    every default (e.g. `sasl.enabled.mechanisms`, `listener.name.sasl.scram-sha-256.sasl.jaas.config`).
+    """
+    listeners = {BROKER_LISTENER: (port, "PLAINTEXT"), CONTROLLER_LISTENER: (controller_port, "PLAINTEXT")}
+    for lname, spec in (extra_listeners or {}).items():
+        key = lname.upper()
+        if key in listeners:
+            raise ValueError(f"listener {lname!r} is reserved")
+        listeners[key] = spec
+    advertised = {k: v for k, v in listeners.items() if k != CONTROLLER_LISTENER}
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": str(node_id),
+        "controller.quorum.voters": f"{node_id}@{HOST}:{controller_port}",
+        "listeners": ",".join(f"{k}://{HOST}:{p}" for k, (p, _) in listeners.items()),
+        "advertised.listeners": ",".join(f"{k}://{HOST}:{p}" for k, (p, _) in advertised.items()),
+        "listener.security.protocol.map": ",".join(f"{k}:{proto}" for k, (_, proto) in listeners.items()),
+        "controller.listener.names": CONTROLLER_LISTENER,
+        "inter.broker.listener.name": BROKER_LISTENER,
+        "log.dirs": str(data_dir / "logs"),
+        "num.partitions": "1",
+        "default.replication.factor": "1",
+        "min.insync.replicas": "1",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "4",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "4",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "share.coordinator.state.topic.num.partitions": "4",
+        "group.initial.rebalance.delay.ms": "0",
+        "auto.create.topics.enable": "false",
+        "delete.topic.enable": "true",
+    }
+    props.update(extra_properties or {})
+    return props
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def render_properties(props: Mapping[str, str]) -> str:
+    """Java .properties text, one `key=value` a line (keys as given, values escaped)."""
+    lines = ["# Written by services.localkafka; regenerated on every start."]
+    lines += [f"{key}={_escape(value)}" for key, value in props.items()]
+    return "\n".join(lines) + "\n"
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    """Inverse of `render_properties` (enough for our own files and tests)."""
+    out: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        key, _, value = line.partition("=")
+        out[key.strip()] = value.strip().replace("\\n", "\n").replace("\\\\", "\\")
+    return out
+
+
+def log4j2_properties(log_file: Path) -> str:
+    """log4j2 config: INFO to a size-rolled `log_file`, nothing on the console."""
+    pattern = str(log_file.with_name(log_file.name + ".%i"))
+    return "\n".join(
+        [
+            "status = warn",
+            "name = rendezvous-local-kafka",
+            "appender.file.type = RollingFile",
+            "appender.file.name = FILE",
+            f"appender.file.fileName = {_escape(str(log_file))}",
+            f"appender.file.filePattern = {_escape(pattern)}",
+            "appender.file.layout.type = PatternLayout",
+            "appender.file.layout.pattern = [%d] %p %m (%c)%n",
+            "appender.file.policies.type = Policies",
+            "appender.file.policies.size.type = SizeBasedTriggeringPolicy",
+            "appender.file.policies.size.size = 50MB",
+            "appender.file.strategy.type = DefaultRolloverStrategy",
+            "appender.file.strategy.max = 3",
+            "rootLogger.level = INFO",
+            "rootLogger.appenderRef.file.ref = FILE",
+            "logger.request.name = kafka.request.logger",
+            "logger.request.level = WARN",
+            "",
+        ]
+    )

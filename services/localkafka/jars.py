@@ -1,0 +1,164 @@
+"""Fetch the broker's jars from Maven Central once, into `<cache>/kafka-<version>/libs`."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from services.core.errors import BrokerError, ConfigError
+from services.localkafka.config import KAFKA_VERSION, REPO_POM, kafka_home
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+MARKER = ".provisioned.json"
+MAVEN_TIMEOUT_S = 900.0
+
+# Used only when the package runs outside a checkout (no deploy/kafka/pom.xml); keep in step with it.
+_FALLBACK_POM = f"""<?xml version="1.0" encoding="UTF-8"?>
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>io.rendezvous-serving</groupId>
+  <artifactId>local-kafka-broker</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
+      <version>{KAFKA_VERSION}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId>
+      <version>2.26.1</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId>
+      <version>2.26.1</version></dependency>
+  </dependencies>
+</project>
+"""
+
+
+def java_executable() -> str:
+    """`$JAVA_HOME/bin/java` if present, else `java` on PATH; `ConfigError` if neither."""
+    home = os.environ.get("JAVA_HOME")
+    if home and (Path(home) / "bin" / "java").is_file():
+        return str(Path(home) / "bin" / "java")
+    found = shutil.which("java")
+    if not found:
+        raise ConfigError(
+            "java not found: the local Kafka broker needs a Java 17+ runtime on PATH or in JAVA_HOME "
+            "(e.g. `apt-get install openjdk-17-jre-headless`)"
+        )
+    return found
+
+
+def libs_dir() -> Path:
+    return kafka_home() / "libs"
+
+
+def _pom_path(home: Path) -> Path:
+    if REPO_POM.is_file():
+        return REPO_POM
+    pom = home / "pom.xml"
+    pom.parent.mkdir(parents=True, exist_ok=True)
+    pom.write_text(_FALLBACK_POM)
+    return pom
+
+
+def _is_provisioned(libs: Path, pom_digest: str) -> bool:
+    marker = libs.parent / MARKER
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(info.get("pom_sha256") == pom_digest and any(libs.glob("kafka_2.13-*.jar")))
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Exclusive lock so two processes provisioning at once do not interleave Maven runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_MAVEN_BOILERPLATE = ("To see the full stack trace", "Re-run Maven", "For more information", "[Help 1] http")
+
+
+def _useful(output: str) -> list[str]:
+    """Maven's output without colour codes, blank `[ERROR]` lines and its generic advice."""
+    lines = (_ANSI.sub("", ln).rstrip() for ln in output.splitlines())
+    return [
+        ln for ln in lines
+        if ln.removeprefix("[ERROR]").strip() and not any(b in ln for b in _MAVEN_BOILERPLATE)
+    ]  # fmt: skip
+
+
+def _run_maven(pom: Path, out_dir: Path) -> None:
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise ConfigError(
+            "mvn not found: the local Kafka broker's jars are fetched from Maven Central with Apache Maven "
+            "(e.g. `apt-get install maven`), or point RDV_CACHE_DIR at a cache that already holds them"
+        )
+    cmd = [
+        mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(pom), "dependency:copy-dependencies",
+        "-DincludeScope=runtime", f"-DoutputDirectory={out_dir}",
+    ]  # fmt: skip
+    log.debug("running %s", " ".join(cmd))
+    try:
+        done = subprocess.run(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            timeout=MAVEN_TIMEOUT_S, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as err:
+        raise BrokerError(f"Maven did not fetch the Kafka jars within {MAVEN_TIMEOUT_S:.0f} s") from err
+    if done.returncode != 0:
+        tail = "\n".join(_useful(done.stdout)[-15:])
+        raise BrokerError(
+            f"Maven could not fetch the Kafka {KAFKA_VERSION} jars (exit {done.returncode}):\n{tail}\n"
+            "hint: check access to https://repo.maven.apache.org (or a mirror/proxy in ~/.m2/settings.xml)"
+        )
+
+
+def provision(progress: Progress | None = None) -> Path:
+    """Return the directory of the broker's jars, running Maven first if they are not cached yet."""
+    say = progress or (lambda _msg: None)
+    home = kafka_home()
+    libs = home / "libs"
+    pom = _pom_path(home)
+    digest = hashlib.sha256(pom.read_bytes()).hexdigest()
+    if _is_provisioned(libs, digest):
+        return libs
+    with _locked(home / ".lock"):
+        if _is_provisioned(libs, digest):  # another process finished while we waited
+            return libs
+        say(f"Fetching Apache Kafka {KAFKA_VERSION} jars from Maven Central into {libs} ...")
+        started = time.monotonic()
+        staging = home / f"libs.tmp-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            _run_maven(pom, staging)
+            jars = sorted(p.name for p in staging.glob("*.jar"))
+            if not any(name.startswith("kafka_2.13-") for name in jars):
+                raise BrokerError(f"Maven finished but left no kafka_2.13 jar in {staging}")
+            (home / MARKER).unlink(missing_ok=True)
+            shutil.rmtree(libs, ignore_errors=True)
+            staging.rename(libs)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        info = {"kafka_version": KAFKA_VERSION, "pom_sha256": digest, "jars": jars, "at": time.time()}
+        (home / MARKER).write_text(json.dumps(info, indent=1))
+        say(f"Fetched {len(jars)} jars in {time.monotonic() - started:.1f} s")
+    return libs

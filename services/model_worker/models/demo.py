@@ -1,0 +1,287 @@
+"""Demo models, trained at start time on scikit-learn's bundled breast-cancer data set.
+
+The data set (569 rows, 30 numeric features) ships with scikit-learn, so nothing is downloaded.
+Feature names are the data set's names in snake_case (`DEMO_FEATURES`, e.g. "mean_radius",
+"worst_concave_points").
+
+Every demo model is a binary classifier with
+    score = P(benign)            (class 1 in scikit-learn's encoding; malignant is class 0)
+    label = "benign" if score > 0.5 else "malignant"
+A missing feature (NaN) is replaced by its mean over the data set before scoring.
+
+    demo:champion     StandardScaler + LogisticRegression                      version logreg-1
+    demo:challenger   RandomForest(50 trees, depth 6)                          version forest-1
+    demo:canary       depth-2 decision tree on worst_concave_points, worst_area   version stump-1
+    demo:slow         champion, but sleeps RDV_DEMO_SLOW_MS ms per batch (400)  version logreg-slow-1
+    demo:flaky        champion, but raises ValueError for a whole batch when any row has
+                      mean_radius above the data set's 80th percentile (`flaky_rejects`)
+                                                                               version logreg-flaky-1
+
+Training is deterministic (fixed random_state) and cached per process, so loading several demo
+models in one process trains each estimator once (all of them together take well under a second).
+Each factory below (`champion()`, `challenger()`, ...) returns an unloaded model, so
+`services.model_worker.models.demo:champion` is also a valid `module:factory` spec.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from services.core.errors import ModelSpecError
+
+from .base import Prediction, check_batch
+
+__all__ = [
+    "DEMO_FEATURES",
+    "DEMO_LABELS",
+    "DEMO_MODELS",
+    "SLOW_MS_ENV",
+    "DemoModel",
+    "canary",
+    "challenger",
+    "champion",
+    "demo_data",
+    "demo_rows",
+    "flaky",
+    "flaky_rejects",
+    "flaky_threshold",
+    "slow",
+]
+
+DEMO_LABELS: tuple[str, str] = ("malignant", "benign")  # index = scikit-learn class
+SLOW_MS_ENV = "RDV_DEMO_SLOW_MS"
+_DEFAULT_SLOW_MS = 400.0
+_CANARY_FEATURES = ("worst_concave_points", "worst_area")
+_FLAKY_FEATURE = "mean_radius"
+_FLAKY_PERCENTILE = 80.0
+_SEED = 0
+
+# One scorer maps a NaN-free float64 batch (n, 30) to P(benign) per row.
+_Scorer = Callable[[np.ndarray], np.ndarray]
+
+
+@functools.cache
+def _dataset() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    from sklearn.datasets import load_breast_cancer
+
+    data: Any = load_breast_cancer()
+    x = np.ascontiguousarray(data.data, dtype=np.float64)
+    x.setflags(write=False)
+    y = np.asarray(data.target, dtype=np.int64)
+    y.setflags(write=False)
+    names = tuple(str(n).strip().lower().replace(" ", "_") for n in data.feature_names)
+    return x, y, names
+
+
+def demo_data() -> tuple[np.ndarray, np.ndarray]:
+    """The data set as (X, y): X float64 (569, 30) in `DEMO_FEATURES` order, y 1 = benign, 0 = malignant.
+
+    Both arrays are read-only and shared; copy them before modifying.
+    """
+    x, y, _ = _dataset()
+    return x, y
+
+
+# Kept literal (and checked against the data set by the tests) so importing this module is cheap.
+DEMO_FEATURES: tuple[str, ...] = (
+    "mean_radius", "mean_texture", "mean_perimeter", "mean_area", "mean_smoothness",
+    "mean_compactness", "mean_concavity", "mean_concave_points", "mean_symmetry",
+    "mean_fractal_dimension", "radius_error", "texture_error", "perimeter_error", "area_error",
+    "smoothness_error", "compactness_error", "concavity_error", "concave_points_error",
+    "symmetry_error", "fractal_dimension_error", "worst_radius", "worst_texture", "worst_perimeter",
+    "worst_area", "worst_smoothness", "worst_compactness", "worst_concavity", "worst_concave_points",
+    "worst_symmetry", "worst_fractal_dimension",
+)  # fmt: skip
+
+
+def demo_rows(n: int, seed: int = 0) -> list[dict[str, float]]:
+    """`n` feature dicts drawn from the data set with replacement (any n works), reproducible by seed."""
+    if n < 0:
+        raise ValueError(f"demo_rows: n must be >= 0, got {n}")
+    x, _, _ = _dataset()
+    idx = np.random.default_rng(seed).integers(0, len(x), size=n)
+    names = DEMO_FEATURES
+    return [dict(zip(names, values, strict=True)) for values in x[idx].tolist()]
+
+
+@functools.cache
+def _feature_means() -> np.ndarray:
+    x, _, _ = _dataset()
+    means = x.mean(axis=0)
+    means.setflags(write=False)
+    return means
+
+
+def _column(name: str) -> int:
+    return DEMO_FEATURES.index(name)
+
+
+@functools.cache
+def _champion_scorer() -> _Scorer:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y, _ = _dataset()
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=_SEED))
+    pipe.fit(x, y)
+    return lambda batch: pipe.predict_proba(batch)[:, 1]
+
+
+@functools.cache
+def _challenger_scorer() -> _Scorer:
+    from sklearn.ensemble import RandomForestClassifier
+
+    x, y, _ = _dataset()
+    forest = RandomForestClassifier(n_estimators=50, max_depth=6, random_state=_SEED)
+    forest.fit(x, y)
+    return lambda batch: forest.predict_proba(batch)[:, 1]
+
+
+@functools.cache
+def _canary_scorer() -> _Scorer:
+    from sklearn.tree import DecisionTreeClassifier
+
+    x, y, _ = _dataset()
+    cols = [_column(name) for name in _CANARY_FEATURES]
+    tree = DecisionTreeClassifier(max_depth=2, random_state=_SEED)
+    tree.fit(x[:, cols], y)
+    return lambda batch: tree.predict_proba(batch[:, cols])[:, 1]
+
+
+@functools.cache
+def flaky_threshold() -> float:
+    """The flaky model refuses rows whose mean_radius is above this (the 80th percentile)."""
+    x, _, _ = _dataset()
+    return float(np.percentile(x[:, _column(_FLAKY_FEATURE)], _FLAKY_PERCENTILE))
+
+
+def flaky_rejects(row: Mapping[str, float]) -> bool:
+    """True when demo:flaky refuses this row (mean_radius above the threshold; missing never is)."""
+    value = row.get(_FLAKY_FEATURE)
+    return value is not None and float(value) > flaky_threshold()
+
+
+def _to_predictions(scores: np.ndarray) -> list[Prediction]:
+    benign = (scores > 0.5).tolist()
+    malignant_label, benign_label = DEMO_LABELS
+    return [
+        Prediction(s, benign_label if b else malignant_label)
+        for s, b in zip(scores.tolist(), benign, strict=True)
+    ]
+
+
+class DemoModel:
+    """A demo classifier: P(benign) from a cached, trained scikit-learn estimator."""
+
+    def __init__(self, name: str, version: str, scorer: Callable[[], _Scorer]) -> None:
+        self.name = name
+        self.version = version
+        self.feature_names: tuple[str, ...] = DEMO_FEATURES
+        self._make_scorer = scorer
+        self._scorer: _Scorer | None = None
+        self._means: np.ndarray | None = None
+
+    def load(self) -> None:
+        self._means = _feature_means()
+        self._scorer = self._make_scorer()
+
+    def predict(self, batch: np.ndarray) -> list[Prediction]:
+        if self._scorer is None or self._means is None:
+            raise RuntimeError(f"model {self.name!r} used before load()")
+        x = check_batch(batch, len(self.feature_names), self.name)
+        if len(x) == 0:
+            return []
+        missing = np.isnan(x)
+        if missing.any():
+            x = np.where(missing, self._means, x)
+        return _to_predictions(self._scorer(x))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, version={self.version!r})"
+
+
+class SlowModel(DemoModel):
+    """The champion, sleeping `RDV_DEMO_SLOW_MS` milliseconds (read at load, default 400) per batch."""
+
+    def __init__(self, name: str = "slow", version: str = "logreg-slow-1") -> None:
+        super().__init__(name, version, _champion_scorer)
+        self.delay_s = _DEFAULT_SLOW_MS / 1000.0
+
+    def load(self) -> None:
+        raw = os.environ.get(SLOW_MS_ENV, "").strip()
+        if raw:
+            try:
+                ms = float(raw)
+            except ValueError:
+                ms = -1.0
+            if not (ms >= 0.0 and np.isfinite(ms)):
+                raise ModelSpecError(
+                    f"demo:slow: {SLOW_MS_ENV}={raw!r} is not a number of milliseconds >= 0; fix or unset it"
+                )
+            self.delay_s = ms / 1000.0
+        super().load()
+
+    def predict(self, batch: np.ndarray) -> list[Prediction]:
+        time.sleep(self.delay_s)
+        return super().predict(batch)
+
+
+class FlakyModel(DemoModel):
+    """The champion, but it raises ValueError for the whole batch if any row has `flaky_rejects`."""
+
+    def __init__(self, name: str = "flaky", version: str = "logreg-flaky-1") -> None:
+        super().__init__(name, version, _champion_scorer)
+        self.threshold = float("nan")
+        self._col = _column(_FLAKY_FEATURE)
+
+    def load(self) -> None:
+        self.threshold = flaky_threshold()
+        super().load()
+
+    def predict(self, batch: np.ndarray) -> list[Prediction]:
+        x = check_batch(batch, len(self.feature_names), self.name)
+        values = x[:, self._col]
+        bad = values > self.threshold  # NaN (missing) compares False: never refused
+        if bad.any():
+            first = int(np.argmax(bad))
+            raise ValueError(
+                f"flaky model: refuses inputs with {_FLAKY_FEATURE} > {self.threshold:.4g} "
+                f"({int(bad.sum())} of {len(x)} rows; row {first} has {values[first]:.4g})"
+            )
+        return super().predict(x)
+
+
+def champion() -> DemoModel:
+    return DemoModel("champion", "logreg-1", _champion_scorer)
+
+
+def challenger() -> DemoModel:
+    return DemoModel("challenger", "forest-1", _challenger_scorer)
+
+
+def canary() -> DemoModel:
+    return DemoModel("canary", "stump-1", _canary_scorer)
+
+
+def slow() -> DemoModel:
+    return SlowModel()
+
+
+def flaky() -> DemoModel:
+    return FlakyModel()
+
+
+DEMO_MODELS: Mapping[str, Callable[[], DemoModel]] = {
+    "champion": champion,
+    "challenger": challenger,
+    "canary": canary,
+    "slow": slow,
+    "flaky": flaky,
+}

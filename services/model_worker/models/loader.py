@@ -1,0 +1,141 @@
+"""Turn a model spec string into a loaded Model.
+
+    demo:<name>              a demo model (champion, challenger, canary, slow, flaky)
+    path/to/model.joblib     a scikit-learn estimator saved with joblib (also *.pkl)
+    path/to/model.onnx       an ONNX model (needs the onnx extra)
+    module.path:factory      import the module, call factory() with no arguments; it must return
+                             an object with name, version, feature_names, load() and predict()
+
+Every failure is a ModelSpecError whose message names the spec and what to do about it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from services.core.errors import ModelSpecError, RendezvousError
+
+from .base import Model
+
+__all__ = ["SPEC_FORMS", "load_model"]
+
+SPEC_FORMS = "demo:<name>, path/to/model.joblib (or .pkl), path/to/model.onnx, or module.path:factory"
+_JOBLIB_SUFFIXES = (".joblib", ".pkl")
+_ONNX_SUFFIX = ".onnx"
+_REQUIRED = ("name", "version", "feature_names", "load", "predict")
+
+
+def load_model(spec: str) -> Model:
+    """Resolve `spec`, call the model's load() and return it; raise ModelSpecError if that fails."""
+    spec = spec.strip()
+    if not spec:
+        raise ModelSpecError(f"empty model spec; use one of {SPEC_FORMS}")
+    model = _resolve(spec)
+    try:
+        model.load()
+    except RendezvousError:
+        raise
+    except Exception as err:
+        raise ModelSpecError(
+            f"model spec {spec!r}: load() failed ({type(err).__name__}: {err}); fix the model or its files"
+        ) from err
+    _check_feature_names(spec, model)
+    return model
+
+
+def _resolve(spec: str) -> Model:
+    if spec.startswith("demo:"):
+        return _demo(spec, spec.removeprefix("demo:"))
+    lower = spec.lower()
+    if lower.endswith(_JOBLIB_SUFFIXES) or lower.endswith(_ONNX_SUFFIX):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ModelSpecError(
+                f"model spec {spec!r}: no such file ({str(path.resolve())!r}); check the path"
+            )
+        if lower.endswith(_ONNX_SUFFIX):
+            from .onnx_model import OnnxModel
+
+            return OnnxModel(path)
+        from .sklearn_model import SklearnModel
+
+        return SklearnModel(path)
+    if ":" in spec:
+        return _factory(spec)
+    raise ModelSpecError(f"model spec {spec!r} is not recognised; use one of {SPEC_FORMS}")
+
+
+def _demo(spec: str, name: str) -> Model:
+    from .demo import DEMO_MODELS
+
+    factory = DEMO_MODELS.get(name)
+    if factory is None:
+        known = ", ".join(f"demo:{n}" for n in DEMO_MODELS)
+        raise ModelSpecError(f"unknown demo model {spec!r}; known demo models: {known}")
+    return factory()
+
+
+def _factory(spec: str) -> Model:
+    module_name, _, attr_path = spec.partition(":")
+    if not module_name or not attr_path:
+        raise ModelSpecError(f"model spec {spec!r} is not recognised; use one of {SPEC_FORMS}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ModelSpecError(
+            f"model spec {spec!r}: cannot import module {module_name!r} ({err}); "
+            "check the name and that it is installed or on PYTHONPATH"
+        ) from err
+    except Exception as err:
+        raise ModelSpecError(
+            f"model spec {spec!r}: importing module {module_name!r} failed ({type(err).__name__}: {err})"
+        ) from err
+    target: Any = module
+    for part in attr_path.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ModelSpecError(
+                f"model spec {spec!r}: module {module_name!r} has no attribute {attr_path!r}; "
+                "name a zero-argument function that returns the model"
+            ) from None
+    if not callable(target):
+        raise ModelSpecError(
+            f"model spec {spec!r}: {attr_path!r} is not callable; name a zero-argument function "
+            "that returns the model"
+        )
+    try:
+        model = target()
+    except Exception as err:
+        raise ModelSpecError(
+            f"model spec {spec!r}: calling {attr_path}() failed ({type(err).__name__}: {err}); "
+            "the factory must take no arguments and return the model"
+        ) from err
+    missing = [
+        attr
+        for attr in _REQUIRED
+        if not hasattr(model, attr) or (attr in ("load", "predict") and not callable(getattr(model, attr)))
+    ]
+    if missing:
+        raise ModelSpecError(
+            f"model spec {spec!r}: {attr_path}() returned a {type(model).__name__}, which lacks "
+            f"{', '.join(missing)}; return an object with name, version, feature_names, load() and predict()"
+        )
+    result: Model = model
+    return result
+
+
+def _check_feature_names(spec: str, model: Model) -> None:
+    names = model.feature_names
+    if (
+        not isinstance(names, tuple)
+        or not names
+        or not all(isinstance(n, str) for n in names)
+        or len(set(names)) != len(names)
+    ):
+        raise ModelSpecError(
+            f"model spec {spec!r}: feature_names must be a non-empty tuple of distinct strings after "
+            f"load(), got {names!r}"
+        )

@@ -1,0 +1,118 @@
+"""Adapter for an ONNX model (`*.onnx`) run by onnxruntime (the optional `onnx` extra).
+
+The model must have one input of shape (n, k), fed as float32 with columns in the order of the
+sidecar JSON list `<file>.features.json` (ONNX graphs carry no column names).
+
+    an output named like "*prob*"   score = probability of the last class (the positive class of a
+                                    binary classifier); accepts an (n, k) tensor or the list of
+                                    {class: probability} maps skl2onnx's ZipMap produces
+                                    (there the largest class key counts as last)
+    an output named like "*label*"  label = str(that value)
+    neither                         score = the first output (a regressor), label = None
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.core.errors import ModelSpecError
+
+from ._files import file_version, read_sidecar, sidecar_hint
+from .base import Prediction, check_batch
+
+__all__ = ["ONNX_INSTALL_HINT", "OnnxModel"]
+
+ONNX_INSTALL_HINT = "install the onnx extra: pip install 'rendezvous-serving[onnx]'"
+
+
+class OnnxModel:
+    """An onnxruntime InferenceSession behind the Model seam."""
+
+    def __init__(self, path: Path, *, name: str | None = None) -> None:
+        self.path = path
+        self.name = name if name is not None else path.stem
+        self.version = ""
+        self.feature_names: tuple[str, ...] = ()
+        self._session: Any = None
+        self._input = ""
+        self._prob_output: str | None = None
+        self._label_output: str | None = None
+        self._value_output: str | None = None
+
+    def load(self) -> None:
+        where = f"model {str(self.path)!r}"
+        try:
+            import onnxruntime as ort
+        except ImportError as err:
+            raise ModelSpecError(f"{where}: onnxruntime is not installed; {ONNX_INSTALL_HINT}") from err
+        names = read_sidecar(self.path)
+        if names is None:
+            raise ModelSpecError(f"{where}: ONNX models need their feature names; {sidecar_hint(self.path)}")
+        try:
+            session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        except Exception as err:
+            raise ModelSpecError(
+                f"{where}: onnxruntime cannot load it ({type(err).__name__}: {err}); "
+                "is it a valid ONNX file for this onnxruntime version?"
+            ) from err
+        inputs = session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelSpecError(
+                f"{where}: expected one input tensor of shape (n, {len(names)}), the graph has "
+                f"{[i.name for i in inputs]}; export it with a single float input"
+            )
+        shape = list(inputs[0].shape or [])
+        if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != len(names)):
+            raise ModelSpecError(
+                f"{where}: input {inputs[0].name!r} has shape {shape}, but the sidecar lists "
+                f"{len(names)} features; the input must be (n, {len(names)})"
+            )
+        outputs = [o.name for o in session.get_outputs()]
+        if not outputs:
+            raise ModelSpecError(f"{where}: the graph has no outputs")
+        self._prob_output = next((o for o in outputs if "prob" in o.lower()), None)
+        self._label_output = next((o for o in outputs if "label" in o.lower()), None)
+        self._value_output = None
+        if self._prob_output is None and self._label_output is None:
+            self._value_output = outputs[0]
+        self._input = inputs[0].name
+        self.feature_names = names
+        self.version = file_version(self.path)
+        self._session = session
+
+    def predict(self, batch: np.ndarray) -> list[Prediction]:
+        if self._session is None:
+            raise RuntimeError(f"model {self.name!r} used before load()")
+        x = check_batch(batch, len(self.feature_names), self.name)
+        n = len(x)
+        if n == 0:
+            return []
+        wanted = [o for o in (self._prob_output, self._label_output, self._value_output) if o is not None]
+        results = dict(
+            zip(wanted, self._session.run(wanted, {self._input: x.astype(np.float32)}), strict=True)
+        )
+
+        scores: list[float | None] = [None] * n
+        labels: list[str | None] = [None] * n
+        if self._prob_output is not None:
+            scores = _positive_probability(results[self._prob_output], n)
+        if self._label_output is not None:
+            labels = [str(v) for v in np.asarray(results[self._label_output]).reshape(n, -1)[:, 0].tolist()]
+        if self._value_output is not None:
+            values = np.asarray(results[self._value_output], dtype=np.float64).reshape(n, -1)[:, 0]
+            scores = [float(v) for v in values.tolist()]
+        return [Prediction(s, lab) for s, lab in zip(scores, labels, strict=True)]
+
+
+def _positive_probability(raw: Any, n: int) -> list[float | None]:
+    """Probability of the last class from an (n, k) tensor or a list of {class: p} maps (ZipMap)."""
+    if isinstance(raw, list) and (not raw or isinstance(raw[0], Mapping)):
+        if len(raw) != n:
+            raise ValueError(f"onnx model returned {len(raw)} probability maps for {n} rows")
+        return [float(m[max(m)]) if m else None for m in raw]  # classes sort like sklearn's classes_
+    proba = np.asarray(raw, dtype=np.float64).reshape(n, -1)
+    return [float(v) for v in proba[:, -1].tolist()]

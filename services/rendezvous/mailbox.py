@@ -1,0 +1,49 @@
+"""A mailbox per request: what arrived for it, and whether it was answered and logged."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.rendezvous.schedule import Decision, Outcome
+
+
+@dataclass(slots=True)
+class Arrival:
+    """One model's score as it reached the rendezvous."""
+
+    model: str
+    version: str
+    score: float | None
+    label: str | None
+    error: str | None
+    arrived_at: int
+    compute_ms: float
+    late: bool
+
+
+@dataclass(slots=True)
+class Mailbox:
+    request_id: str
+    partition: int
+    deadline: int
+    created_at: int = 0
+    has_request: bool = False
+    reply_topic: str | None = None
+    reply_partition: int | None = None
+    arrivals: dict[str, Arrival] = field(default_factory=dict)
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    decision: Decision | None = None
+    answered_at: int | None = None
+    closed: bool = False
+    wake_at: int = 0
+    extra: dict[str, Any] | None = None
+
+    def add(self, arrival: Arrival) -> bool:
+        """Record a model's score; False if that model already reported (a duplicate)."""
+        if arrival.model in self.arrivals:
+            return False
+        self.arrivals[arrival.model] = arrival
+        self.outcomes[arrival.model] = Outcome(arrival.error is None and arrival.score is not None,
+                                               arrival.error)
+        return True

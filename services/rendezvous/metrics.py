@@ -1,0 +1,60 @@
+"""Prometheus metrics of the rendezvous (names are the contract dashboards build on)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from services.core.metrics import LATENCY_BUCKETS
+
+REQUESTS = Counter("rdv_requests_total", "Requests read by the rendezvous.")
+DUPLICATE_REQUESTS = Counter(
+    "rdv_duplicate_requests_total", "Request records seen again for a known request_id."
+)
+SCORES = Counter("rdv_scores_total", "Scores read by the rendezvous, by model.", ["model", "version"])
+DUPLICATE_SCORES = Counter(
+    "rdv_duplicate_scores_total", "Scores of a model for a request it had already scored.", ["model"]
+)
+ANSWERS = Counter(
+    "rdv_answers_total",
+    "Answers sent, by chosen model (empty on TIMEOUT/ERROR) and status (OK, FALLBACK, TIMEOUT, ERROR).",
+    ["model", "status"],
+)
+FALLBACKS = Counter(
+    "rdv_fallbacks_total", "Answers given by a model other than the preferred one.", ["model"]
+)
+TIMEOUTS = Counter(
+    "rdv_timeouts_total", "Requests answered with an explicit TIMEOUT (no usable score in time)."
+)
+LATE_SCORES = Counter(
+    "rdv_late_scores_total",
+    "Scores that arrived after the answer was sent; after_log=true ones came after the comparison record.",
+    ["model", "after_log"],
+)
+ORPHAN_SCORES = Counter(
+    "rdv_orphan_scores_total", "Scores dropped because their request never arrived within the grace period."
+)
+REPLY_ERRORS = Counter(
+    "rdv_reply_errors_total", "Answers that could not be written to the request's return address.", ["reason"]
+)
+SCORE_LATENCY = Histogram(
+    "rdv_score_latency_seconds",
+    "Request created_at to the model's score arriving at the rendezvous, by model.",
+    ["model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
+ANSWER_LATENCY = Histogram(
+    "rdv_answer_latency_seconds",
+    "Request created_at to the answer being sent, by status.",
+    ["status"],
+    buckets=LATENCY_BUCKETS,
+)
+DEADLINE_SLACK = Histogram(
+    "rdv_answer_after_deadline_seconds",
+    "How long after its deadline an answer was sent (0 when on time).",
+    buckets=(0.0, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
+)
+MAILBOXES = Gauge("rdv_mailboxes_open", "Requests in flight (answered-but-not-logged included).")
+SCHEDULE = Gauge(
+    "rdv_schedule_info", "The schedule in force (value 1), by name, version and preferred model.",
+    ["name", "version", "preferred"],
+)

@@ -1,0 +1,60 @@
+"""Settings of one rendezvous instance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.core.errors import ConfigError
+from services.core.settings import KafkaSettings, parse_pairs, setting
+from services.rendezvous.schedule import Schedule
+
+
+@dataclass(frozen=True)
+class RendezvousSettings(KafkaSettings):
+    """How the rendezvous joins scores to requests and when it answers."""
+
+    schedule_file: str = setting(
+        "", "JSON schedule file (models, waits_ms, default_deadline_ms, name, version)."
+    )
+    models: tuple[str, ...] = setting(
+        ("champion",),
+        "Model preference order when no schedule file is given, e.g. champion,challenger,canary.",
+    )
+    wait: tuple[str, ...] = setting((), "Per-model wait before falling back, e.g. --wait champion=50 (ms).")
+    deadline_ms: int = setting(200, "Default answer budget for requests that carry no deadline (ms).")
+    linger_ms: int = setting(
+        1000, "How long after the deadline to keep collecting scores for the comparison log (ms)."
+    )
+    orphan_grace_ms: int = setting(
+        10_000, "How long after its deadline a score may wait for its request before it is dropped (ms)."
+    )
+    model_ttl_s: float = setting(
+        30.0, "A model that sent no score for this long is no longer expected in comparison records (s)."
+    )
+    commit_interval_ms: int = setting(100, "How often finished offsets are committed (ms).")
+    max_batch: int = setting(1000, "Most records handled per poll.")
+    group: str = setting("", "Consumer group (default: <prefix>rendezvous); instances share it.")
+    start_from: str = setting("earliest", "Where a new consumer group starts: earliest or latest.")
+    metrics_port: int = setting(0, "Port of the Prometheus /metrics endpoint (0 = off).")
+
+    def validate(self) -> None:
+        for name in ("deadline_ms", "linger_ms", "orphan_grace_ms", "commit_interval_ms", "max_batch"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.start_from not in ("earliest", "latest"):
+            raise ConfigError(f"--start-from must be earliest or latest, got {self.start_from!r}")
+        self.schedule()
+
+    def schedule(self) -> Schedule:
+        if self.schedule_file:
+            return Schedule.from_file(self.schedule_file)
+        waits = {}
+        for model, ms in parse_pairs(self.wait, "--wait"):
+            try:
+                waits[model] = int(ms)
+            except ValueError:
+                raise ConfigError(f"--wait {model}={ms}: expected whole milliseconds") from None
+        return Schedule(models=self.models, waits_ms=waits, default_deadline_ms=self.deadline_ms)
+
+    def group_id(self) -> str:
+        return self.group or f"{self.topic_prefix}rendezvous"

@@ -1,0 +1,115 @@
+"""Helpers for integration tests: run services in threads, read topics to a known end."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from services.core.codec import codec
+from services.model_worker.settings import WorkerSettings
+from services.model_worker.worker import ModelWorker
+from services.rendezvous.service import Rendezvous
+from services.rendezvous.settings import RendezvousSettings
+
+
+class Service(Protocol):
+    ready: threading.Event
+
+    def run(self, stop: threading.Event) -> None: ...
+
+
+@dataclass
+class Services:
+    """Services running in threads; a service that raised fails the test at teardown."""
+
+    stop: threading.Event
+    threads: list[threading.Thread] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+
+    def start(self, service: Service, ready_timeout: float = 60.0) -> Any:
+        def target() -> None:
+            try:
+                service.run(self.stop)
+            except BaseException as exc:  # noqa: BLE001 - re-raised at teardown
+                self.errors.append(exc)
+                service.ready.set()
+
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+        assert service.ready.wait(ready_timeout), f"{service} not ready in {ready_timeout}s"
+        assert not self.errors, f"service failed to start: {self.errors[0]!r}"
+        return service
+
+    def worker(self, bootstrap: str, prefix: str, spec: str, **kwargs: Any) -> ModelWorker:
+        settings = WorkerSettings(bootstrap=bootstrap, topic_prefix=prefix, model=spec, **kwargs)
+        worker: ModelWorker = self.start(ModelWorker(settings))
+        return worker
+
+    def rendezvous(self, bootstrap: str, prefix: str, **kwargs: Any) -> Rendezvous:
+        settings = RendezvousSettings(bootstrap=bootstrap, topic_prefix=prefix, **kwargs)
+        settings.validate()
+        service: Rendezvous = self.start(Rendezvous(settings))
+        return service
+
+    def stop_all(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+        if self.errors:
+            raise self.errors[0]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll a real condition until it holds (never a blind sleep)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def read_topic(
+    config: dict[str, Any], topic: str, *, expect: int, timeout: float = 60.0, decode: str | None = None
+) -> list[Any]:
+    """Every record of `topic` once at least `expect` are there, read to the end offsets.
+
+    Returns decoded records (when `decode` names a codec) or raw confluent-kafka messages.
+    Reading to the high watermark after the count is reached makes "exactly N" checkable.
+    """
+    consumer = Consumer({**config, "group.id": f"reader-{uuid.uuid4().hex}", "enable.auto.commit": False,
+                         "isolation.level": "read_committed"})
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        partitions = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.topics[topic].partitions]
+        consumer.assign(partitions)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout
+
+        def at_end() -> bool:
+            for tp in consumer.position(partitions):
+                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=5)
+                if (tp.offset < 0 and high > 0) or 0 <= tp.offset < high:
+                    return False
+            return True
+
+        while True:
+            for msg in consumer.consume(1000, 0.2):
+                if msg.error() is None:
+                    records.append(msg)
+            if len(records) >= expect and at_end():
+                break
+            if time.monotonic() > deadline:
+                break
+        if decode is None:
+            return records
+        reader = codec(decode)
+        return [reader.decode(m.value()) for m in records]
+    finally:
+        consumer.close()

@@ -1,0 +1,137 @@
+"""The serving core end to end on a real broker: models, rendezvous, client, dead letters."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from services.client.client import Client
+from services.core.settings import Topics
+from services.model_worker.models import demo_rows
+from services.model_worker.models.demo import flaky_rejects
+from tests.integration.harness import Services, read_topic
+
+pytestmark = pytest.mark.kafka
+
+THREE = ("champion", "challenger", "canary")
+
+
+def start_three(services: Services, bootstrap: str, prefix: str, **rendezvous: Any) -> None:
+    for name in THREE:
+        services.worker(bootstrap, prefix, f"demo:{name}")
+    services.rendezvous(bootstrap, prefix, models=THREE, **rendezvous)
+
+
+def test_three_models_every_request_answered_by_champion_and_logged(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    start_three(services, bootstrap, prefix)
+    with Client(config, topics, budget_ms=20_000, answer_wait_s=60) as client:
+        answers = client.score_many(demo_rows(1000, seed=3))
+
+    assert len(answers) == 1000
+    assert Counter((a.model, a.status) for a in answers) == {("champion", "OK"): 1000}
+    on_topic = read_topic(config, topics.answers, expect=1000, decode="answer")
+    assert len(on_topic) == 1000
+    assert len({a["request_id"] for a in on_topic}) == 1000
+    logged = read_topic(config, topics.log, expect=1000, decode="comparison")
+    assert len(logged) == 1000
+    assert {r["request_id"] for r in logged} == {a.request_id for a in answers}
+    for record in logged:
+        assert sorted(o["model"] for o in record["outputs"]) == sorted(THREE)
+        assert all(o["score"] is not None and o["error"] is None for o in record["outputs"])
+        assert record["chosen_model"] == "champion"
+
+
+def test_slow_champion_falls_back_at_the_deadline(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RDV_DEMO_SLOW_MS", "2000")
+    services.worker(bootstrap, prefix, "demo:slow", name="champion")
+    services.worker(bootstrap, prefix, "demo:challenger")
+    services.rendezvous(bootstrap, prefix, models=("champion", "challenger"), linger_ms=5000)
+    with Client(config, topics, budget_ms=300, answer_wait_s=30) as client:
+        answers = client.score_many(demo_rows(40, seed=4))
+
+    assert {(a.model, a.status) for a in answers} == {("challenger", "FALLBACK")}
+    assert all("champion late" in a.reason for a in answers)
+    overshoot = [a.answered_at - a.deadline for a in answers]
+    # Answered once the deadline passed, and not waiting anywhere near the slow model (2 s).
+    assert min(overshoot) >= 0
+    assert max(overshoot) <= 500, f"answers came {max(overshoot)} ms after their deadline"
+    logged = read_topic(config, topics.log, expect=40, decode="comparison")
+    late = [o for r in logged for o in r["outputs"] if o["model"] == "champion"]
+    assert late and all(o["late"] for o in late), "the slow champion's scores are logged as late"
+
+
+def test_no_model_answers_gives_explicit_timeouts(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    services.rendezvous(bootstrap, prefix, models=("champion",))
+    with Client(config, topics, budget_ms=200, answer_wait_s=30) as client:
+        answers = client.score_many(demo_rows(20, seed=5))
+
+    assert [a.status for a in answers] == ["TIMEOUT"] * 20
+    assert all(a.model is None and a.score is None for a in answers)
+    assert all(a.answered_at >= a.deadline for a in answers)
+
+
+def test_model_error_falls_back_at_once_and_is_logged(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    services.worker(bootstrap, prefix, "demo:flaky", name="champion")
+    services.worker(bootstrap, prefix, "demo:challenger")
+    services.rendezvous(bootstrap, prefix, models=("champion", "challenger"))
+    rows = demo_rows(200, seed=6)
+    budget = 30_000
+    with Client(config, topics, budget_ms=budget, answer_wait_s=60) as client:
+        answers = client.score_many(rows)
+
+    rejected = [flaky_rejects(row) for row in rows]
+    assert 0 < sum(rejected) < len(rows)
+    for row_rejected, answer in zip(rejected, answers, strict=True):
+        expected = ("challenger", "FALLBACK") if row_rejected else ("champion", "OK")
+        assert (answer.model, answer.status) == expected
+    # "At once": nowhere near the 30 s deadline.
+    fallback_waits = [a.answered_at - a.created_at for a, r in zip(answers, rejected, strict=True) if r]
+    assert max(fallback_waits) < budget / 3
+    logged = {r["request_id"]: r for r in read_topic(config, topics.log, expect=200, decode="comparison")}
+    for row_rejected, answer in zip(rejected, answers, strict=True):
+        champion = next(o for o in logged[answer.request_id]["outputs"] if o["model"] == "champion")
+        assert (champion["error"] is not None) == row_rejected
+        if row_rejected:
+            assert "flaky model" in champion["error"] and champion["score"] is None
+
+
+def test_two_replicas_share_the_work(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    from confluent_kafka import ConsumerGroupState
+    from confluent_kafka.admin import AdminClient
+
+    services.worker(bootstrap, prefix, "demo:champion", instance="replica-a")
+    services.worker(bootstrap, prefix, "demo:champion", instance="replica-b")
+    admin = AdminClient(config)
+    group = f"{prefix}model.champion"
+
+    def both_members_assigned() -> bool:
+        description = admin.describe_consumer_groups([group])[group].result()
+        return description.state == ConsumerGroupState.STABLE and len(description.members) == 2
+
+    from tests.integration.harness import wait_until
+
+    wait_until(both_members_assigned, 60, "both replicas in a stable group")
+    services.rendezvous(bootstrap, prefix, models=("champion",))
+    with Client(config, topics, budget_ms=20_000, answer_wait_s=60) as client:
+        answers = client.score_many(demo_rows(400, seed=7))
+    assert {a.status for a in answers} == {"OK"}
+
+    scores = read_topic(config, topics.scores, expect=400, decode="score")
+    assert len(scores) == 400, "no request scored twice by the model"
+    assert len({s["request_id"] for s in scores}) == 400
+    by_replica = Counter(s["instance"] for s in scores)
+    assert set(by_replica) == {"replica-a", "replica-b"}
+    assert min(by_replica.values()) > 0

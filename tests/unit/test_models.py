@@ -1,0 +1,410 @@
+"""Unit tests for the model seam, the spec loader and the demo models (no Kafka needed)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+import warnings
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer
+from sklearn.linear_model import LinearRegression, LogisticRegression
+
+from services.core.errors import ConfigError, ModelSpecError
+from services.model_worker.models import (
+    DEMO_FEATURES,
+    Model,
+    Prediction,
+    demo_rows,
+    features_to_matrix,
+    load_model,
+)
+from services.model_worker.models import demo as demo_mod
+from services.model_worker.models.demo import DEMO_LABELS, demo_data, flaky_rejects, flaky_threshold
+from services.model_worker.models.sklearn_model import SklearnModel
+
+DEMO_VERSIONS = {
+    "champion": "logreg-1",
+    "challenger": "forest-1",
+    "canary": "stump-1",
+    "slow": "logreg-slow-1",
+    "flaky": "logreg-flaky-1",
+}
+
+
+@pytest.fixture(autouse=True)
+def _fast_slow_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RDV_DEMO_SLOW_MS", "1")
+
+
+def _labels(preds: list[Prediction]) -> np.ndarray:
+    return np.array([p.label for p in preds])
+
+
+def _scores(preds: list[Prediction]) -> np.ndarray:
+    return np.array([p.score for p in preds], dtype=np.float64)
+
+
+# --- the seam -----------------------------------------------------------------------------------
+
+
+def test_features_to_matrix_orders_columns_and_marks_missing_as_nan() -> None:
+    rows: list[dict[str, float | None]] = [
+        {"b": 2.0, "a": 1.0, "extra": 9.0},
+        {"a": 3.0},
+        {"a": None, "b": 4},
+        {},
+    ]
+    m = features_to_matrix(rows, ("a", "b"))
+    assert m.dtype == np.float64
+    assert m.shape == (4, 2)
+    np.testing.assert_array_equal(m, [[1.0, 2.0], [3.0, np.nan], [np.nan, 4.0], [np.nan, np.nan]])
+    assert features_to_matrix([], ("a", "b")).shape == (0, 2)
+    np.testing.assert_array_equal(features_to_matrix([{"a": 5.0}], ("a",)), [[5.0]])
+
+
+def test_demo_features_are_the_data_set_names_in_snake_case() -> None:
+    expected = tuple(n.replace(" ", "_") for n in load_breast_cancer().feature_names)
+    assert expected == DEMO_FEATURES
+    assert len(DEMO_FEATURES) == 30
+    assert {"mean_radius", "worst_concave_points"} <= set(DEMO_FEATURES)
+
+
+def test_demo_rows_are_reproducible_rows_of_the_data_set() -> None:
+    rows = demo_rows(1000, seed=3)
+    assert len(rows) == 1000
+    assert all(tuple(r) == DEMO_FEATURES for r in rows)
+    assert all(type(v) is float for v in rows[0].values())
+    assert rows == demo_rows(1000, seed=3)
+    assert rows[:20] != demo_rows(20, seed=4)
+    x, _ = demo_data()
+    known = {tuple(r) for r in x.tolist()}
+    assert all(tuple(r.values()) in known for r in rows)
+    assert demo_rows(0) == []
+
+
+# --- demo models --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(DEMO_VERSIONS))
+def test_each_demo_model_loads_and_predicts_sensibly(name: str) -> None:
+    model = load_model(f"demo:{name}")
+    assert isinstance(model, Model)
+    assert model.name == name
+    assert model.version == DEMO_VERSIONS[name]
+    assert model.feature_names == DEMO_FEATURES
+    rows = [r for r in demo_rows(200, seed=1) if not flaky_rejects(r)]
+    preds = model.predict(features_to_matrix(rows, model.feature_names))
+    assert len(preds) == len(rows)
+    scores = _scores(preds)
+    assert np.all((scores >= 0.0) & (scores <= 1.0))
+    assert set(_labels(preds)) <= set(DEMO_LABELS)
+    # label and score agree: score = P(benign)
+    np.testing.assert_array_equal(_labels(preds) == "benign", scores > 0.5)
+    assert model.predict(np.empty((0, len(DEMO_FEATURES)))) == []
+
+
+def test_demo_models_are_deterministic_across_instances() -> None:
+    rows = features_to_matrix(demo_rows(50, seed=2), DEMO_FEATURES)
+    for name in ("champion", "challenger", "canary"):
+        assert load_model(f"demo:{name}").predict(rows) == load_model(f"demo:{name}").predict(rows)
+
+
+def test_champion_is_accurate_and_benign_is_the_positive_class() -> None:
+    x, y = demo_data()
+    preds = load_model("demo:champion").predict(x)
+    accuracy = float(np.mean(_labels(preds) == np.array(DEMO_LABELS)[y]))
+    assert accuracy > 0.9
+    # score = P(benign) = P(class 1): high for benign rows, low for malignant ones
+    scores = _scores(preds)
+    assert scores[y == 1].mean() > 0.8 > 0.2 > scores[y == 0].mean()
+
+
+def test_challenger_disagrees_with_champion_on_a_few_rows() -> None:
+    x, y = demo_data()
+    champion = _labels(load_model("demo:champion").predict(x))
+    challenger_labels = _labels(load_model("demo:challenger").predict(x))
+    frac = float(np.mean(champion != challenger_labels))
+    assert 0.0 < frac < 0.2
+    assert np.mean(challenger_labels == np.array(DEMO_LABELS)[y]) > 0.9
+
+
+def test_canary_is_a_reasonable_but_simpler_model() -> None:
+    x, y = demo_data()
+    preds = load_model("demo:canary").predict(x)
+    assert np.mean(_labels(preds) == np.array(DEMO_LABELS)[y]) > 0.85
+    assert len(set(_scores(preds).tolist())) <= 4  # a depth-2 tree has at most four leaves
+
+
+def test_missing_features_are_imputed_not_fatal() -> None:
+    model = load_model("demo:champion")
+    rows = demo_rows(10, seed=5)
+    for r in rows:
+        del r["mean_texture"], r["worst_area"]
+    preds = model.predict(features_to_matrix(rows, model.feature_names))
+    assert all(p.score is not None and 0.0 <= p.score <= 1.0 for p in preds)
+
+
+def test_wrong_batch_shape_is_a_value_error() -> None:
+    model = load_model("demo:champion")
+    with pytest.raises(ValueError, match=r"shape \(n, 30\)"):
+        model.predict(np.zeros((3, 29)))
+
+
+def test_flaky_raises_exactly_when_flaky_rejects_says_so() -> None:
+    flaky = load_model("demo:flaky")
+    champion = load_model("demo:champion")
+    rows = demo_rows(300, seed=7)
+    rejected = [flaky_rejects(r) for r in rows]
+    assert 0.1 < sum(rejected) / len(rows) < 0.3  # about 20 %
+    for row, expect_error in zip(rows, rejected, strict=True):
+        batch = features_to_matrix([row], DEMO_FEATURES)
+        if expect_error:
+            with pytest.raises(ValueError, match=r"^flaky model: refuses inputs with mean_radius > "):
+                flaky.predict(batch)
+        else:
+            assert flaky.predict(batch) == champion.predict(batch)
+    # a batch fails as a whole when any of its rows is refused
+    with pytest.raises(ValueError, match="flaky model"):
+        flaky.predict(features_to_matrix(rows, DEMO_FEATURES))
+    good = [r for r, bad in zip(rows, rejected, strict=True) if not bad]
+    assert len(flaky.predict(features_to_matrix(good, DEMO_FEATURES))) == len(good)
+    # the rule is public and stable
+    assert flaky_rejects({"mean_radius": flaky_threshold() + 0.01})
+    assert not flaky_rejects({"mean_radius": flaky_threshold()})
+    assert not flaky_rejects({})
+
+
+def test_slow_predicts_like_the_champion(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RDV_DEMO_SLOW_MS", "2")
+    slow = load_model("demo:slow")
+    batch = features_to_matrix(demo_rows(20), DEMO_FEATURES)
+    assert slow.predict(batch) == load_model("demo:champion").predict(batch)
+
+
+def test_slow_rejects_a_bad_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RDV_DEMO_SLOW_MS", "soon")
+    with pytest.raises(ModelSpecError, match="RDV_DEMO_SLOW_MS"):
+        load_model("demo:slow")
+
+
+# --- joblib files -------------------------------------------------------------------------------
+
+
+def _tiny_classifier() -> tuple[LogisticRegression, np.ndarray, tuple[str, ...]]:
+    x, y = demo_data()
+    names = ("mean_radius", "mean_texture", "worst_area")
+    cols = [DEMO_FEATURES.index(n) for n in names]
+    est = LogisticRegression(max_iter=2000).fit(x[:, cols], y)
+    return est, x[:, cols], names
+
+
+def test_joblib_round_trip_with_feature_names_in(tmp_path: Path) -> None:
+    est, x, names = _tiny_classifier()
+    expected_scores, expected_labels = est.predict_proba(x)[:, 1], [str(c) for c in est.predict(x)]
+    # What fitting on a DataFrame records (pandas is not a dependency here).
+    est.feature_names_in_ = np.array(names, dtype=object)
+    path = tmp_path / "tiny.joblib"
+    joblib.dump(est, path)
+
+    model = load_model(str(path))
+    assert model.feature_names == names
+    assert model.name == "tiny"
+    assert model.version.startswith("tiny-") and len(model.version) == len("tiny-") + 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the "no valid feature names" warning must not leak
+        preds = model.predict(x)
+    np.testing.assert_allclose(_scores(preds), expected_scores)
+    np.testing.assert_array_equal(_labels(preds), expected_labels)
+
+
+def test_joblib_feature_names_from_sidecar(tmp_path: Path) -> None:
+    est, x, names = _tiny_classifier()
+    path = tmp_path / "tiny.pkl"
+    joblib.dump(est, path)
+    with pytest.raises(ModelSpecError, match=r"tiny\.pkl\.features\.json"):
+        load_model(str(path))
+    (tmp_path / "tiny.pkl.features.json").write_text(json.dumps(list(names)))
+    model = load_model(str(path))
+    assert model.feature_names == names
+    np.testing.assert_allclose(_scores(model.predict(x)), est.predict_proba(x)[:, 1])
+
+
+def test_joblib_sidecar_must_match_the_estimator(tmp_path: Path) -> None:
+    est, _, _ = _tiny_classifier()
+    path = tmp_path / "m.joblib"
+    joblib.dump(est, path)
+    (tmp_path / "m.joblib.features.json").write_text(json.dumps(["a", "b"]))
+    with pytest.raises(ModelSpecError, match="expects 3 features"):
+        load_model(str(path))
+    (tmp_path / "m.joblib.features.json").write_text("{not json")
+    with pytest.raises(ModelSpecError, match="JSON list"):
+        load_model(str(path))
+
+
+def test_joblib_regressor_gives_scores_without_labels(tmp_path: Path) -> None:
+    x = np.arange(20, dtype=np.float64).reshape(10, 2)
+    est = LinearRegression().fit(x, x.sum(axis=1))
+    path = tmp_path / "reg.joblib"
+    joblib.dump(est, path)
+    (tmp_path / "reg.features.json").write_text(json.dumps(["u", "v"]))  # the stem form works too
+    preds = load_model(str(path)).predict(x)
+    assert all(p.label is None for p in preds)
+    np.testing.assert_allclose(_scores(preds), x.sum(axis=1))
+
+
+def test_joblib_file_that_is_not_an_estimator(tmp_path: Path) -> None:
+    path = tmp_path / "junk.joblib"
+    joblib.dump({"not": "a model"}, path)
+    with pytest.raises(ModelSpecError, match="not a scikit-learn estimator"):
+        load_model(str(path))
+    garbage = tmp_path / "garbage.pkl"
+    garbage.write_bytes(b"\x00not a pickle")
+    with pytest.raises(ModelSpecError, match="joblib cannot load it"):
+        load_model(str(garbage))
+
+
+# --- module:factory -----------------------------------------------------------------------------
+
+
+class _ConstantModel:
+    def __init__(self) -> None:
+        self.name = "constant"
+        self.version = "const-1"
+        self.feature_names: tuple[str, ...] = ("x",)
+        self.loaded = False
+
+    def load(self) -> None:
+        self.loaded = True
+
+    def predict(self, batch: np.ndarray) -> list[Prediction]:
+        return [Prediction(0.5, "maybe") for _ in range(len(batch))]
+
+
+def test_module_factory_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = types.ModuleType("rdv_test_models")
+    module.make = _ConstantModel  # type: ignore[attr-defined]
+    module.broken = lambda: {"no": "predict"}  # type: ignore[attr-defined]
+    module.needs_args = lambda path: _ConstantModel()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "rdv_test_models", module)
+
+    model = load_model("rdv_test_models:make")
+    assert isinstance(model, _ConstantModel) and model.loaded
+    assert model.predict(np.zeros((2, 1))) == [Prediction(0.5, "maybe")] * 2
+
+    with pytest.raises(ModelSpecError, match=r"lacks .*predict"):
+        load_model("rdv_test_models:broken")
+    with pytest.raises(ModelSpecError, match="no arguments"):
+        load_model("rdv_test_models:needs_args")
+    with pytest.raises(ModelSpecError, match="has no attribute 'missing'"):
+        load_model("rdv_test_models:missing")
+
+
+def test_module_factory_spec_for_a_demo_factory() -> None:
+    model = load_model("services.model_worker.models.demo:champion")
+    assert (model.name, model.version) == ("champion", "logreg-1")
+    assert demo_mod.champion is not None
+
+
+def test_sklearn_model_from_estimator_satisfies_the_seam() -> None:
+    est, x, names = _tiny_classifier()
+    model = SklearnModel.from_estimator(est, feature_names=names, name="tiny", version="tiny-1")
+    model.load()
+    assert isinstance(model, Model)
+    np.testing.assert_allclose(_scores(model.predict(x)), est.predict_proba(x)[:, 1])
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def test_unknown_demo_lists_the_known_ones() -> None:
+    with pytest.raises(ModelSpecError) as info:
+        load_model("demo:nope")
+    message = str(info.value)
+    assert "demo:nope" in message
+    for name in DEMO_VERSIONS:
+        assert f"demo:{name}" in message
+    assert isinstance(info.value, ConfigError)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    for suffix in (".joblib", ".pkl", ".onnx"):
+        spec = str(tmp_path / f"absent{suffix}")
+        with pytest.raises(ModelSpecError, match="no such file") as info:
+            load_model(spec)
+        assert spec in str(info.value)
+
+
+def test_bad_module() -> None:
+    with pytest.raises(ModelSpecError, match="cannot import module 'no_such_module_rdv'"):
+        load_model("no_such_module_rdv:factory")
+
+
+def test_unrecognised_spec() -> None:
+    for spec in ("", "champion", "model.h5"):
+        with pytest.raises(ModelSpecError, match="demo:<name>"):
+            load_model(spec)
+
+
+def test_onnx_without_onnxruntime_says_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"not really onnx")
+    with pytest.raises(ModelSpecError) as info:
+        load_model(str(path))
+    message = str(info.value)
+    assert "model.onnx" in message
+    assert "pip install 'rendezvous-serving[onnx]'" in message
+
+
+class _FakeNode:
+    def __init__(self, name: str, shape: list[object] | None = None) -> None:
+        self.name = name
+        self.shape = shape
+
+
+class _FakeSession:
+    """Stands in for onnxruntime.InferenceSession of a skl2onnx binary classifier with ZipMap."""
+
+    def __init__(self, path: str, providers: list[str]) -> None:
+        assert providers == ["CPUExecutionProvider"]
+
+    def get_inputs(self) -> list[_FakeNode]:
+        return [_FakeNode("float_input", [None, 2])]
+
+    def get_outputs(self) -> list[_FakeNode]:
+        return [_FakeNode("output_label"), _FakeNode("output_probability")]
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[object]:
+        x = feeds["float_input"]
+        assert x.dtype == np.float32 and x.shape[1] == 2
+        p1 = 1.0 / (1.0 + np.exp(-(x[:, 0] - x[:, 1])))
+        out = {
+            "output_label": (p1 > 0.5).astype(np.int64),
+            "output_probability": [{0: float(1 - p), 1: float(p)} for p in p1],
+        }
+        return [out[n] for n in names]
+
+
+def test_onnx_adapter_with_a_stand_in_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = types.ModuleType("onnxruntime")
+    fake.InferenceSession = _FakeSession  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "onnxruntime", fake)
+    path = tmp_path / "clf.onnx"
+    path.write_bytes(b"graph bytes")
+    with pytest.raises(ModelSpecError, match=r"clf\.onnx\.features\.json"):
+        load_model(str(path))
+    (tmp_path / "clf.onnx.features.json").write_text(json.dumps(["u", "v"]))
+    model = load_model(str(path))
+    assert model.feature_names == ("u", "v")
+    assert model.version.startswith("clf-")
+    preds = model.predict(np.array([[3.0, 0.0], [0.0, 3.0]]))
+    assert [p.label for p in preds] == ["1", "0"]
+    assert preds[0].score is not None and preds[0].score > 0.9
+    assert preds[1].score is not None and preds[1].score < 0.1

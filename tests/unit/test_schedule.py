@@ -1,0 +1,92 @@
+"""The schedule policy: preference, per-model waits, errors, deadline, timeout."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.core.errors import ConfigError
+from services.rendezvous.schedule import Outcome, Schedule, Status
+
+OK = Outcome(usable=True)
+FAILED = Outcome(usable=False, error="ValueError: boom")
+T0, DEADLINE = 1_000, 1_200
+SCHEDULE = Schedule(models=("champion", "challenger", "canary"))
+
+
+def test_preferred_model_wins_as_soon_as_it_answers() -> None:
+    decision = SCHEDULE.decide({"champion": OK}, T0, DEADLINE, T0 + 5)
+    assert decision is not None and (decision.status, decision.model) == (Status.OK, "champion")
+
+
+def test_waits_for_the_preferred_model_until_the_deadline() -> None:
+    assert SCHEDULE.decide({"challenger": OK, "canary": OK}, T0, DEADLINE, DEADLINE - 1) is None
+    decision = SCHEDULE.decide({"challenger": OK, "canary": OK}, T0, DEADLINE, DEADLINE)
+    assert decision is not None and (decision.status, decision.model) == (Status.FALLBACK, "challenger")
+    assert "champion late" in decision.reason
+
+
+def test_error_counts_as_answered_unusable_at_once() -> None:
+    decision = SCHEDULE.decide({"champion": FAILED, "challenger": OK}, T0, DEADLINE, T0 + 1)
+    assert decision is not None and (decision.status, decision.model) == (Status.FALLBACK, "challenger")
+    assert "champion failed" in decision.reason
+
+
+def test_error_of_preferred_still_waits_for_the_next_in_line() -> None:
+    assert SCHEDULE.decide({"champion": FAILED, "canary": OK}, T0, DEADLINE, T0 + 1) is None
+    decision = SCHEDULE.decide({"champion": FAILED, "canary": OK}, T0, DEADLINE, DEADLINE)
+    assert decision is not None and decision.model == "canary"
+
+
+def test_timeout_when_nothing_usable_by_the_deadline() -> None:
+    decision = SCHEDULE.decide({"champion": FAILED}, T0, DEADLINE, DEADLINE + 3)
+    assert decision is not None and decision.status is Status.TIMEOUT and decision.model is None
+
+
+def test_error_status_when_every_model_failed_before_the_deadline() -> None:
+    outcomes = dict.fromkeys(SCHEDULE.models, FAILED)
+    decision = SCHEDULE.decide(outcomes, T0, DEADLINE, T0 + 1)
+    assert decision is not None and decision.status is Status.ERROR
+
+
+def test_per_model_wait_moves_on_before_the_deadline() -> None:
+    schedule = Schedule(models=("champion", "challenger"), waits_ms={"champion": 50})
+    assert schedule.decide({"challenger": OK}, T0, DEADLINE, T0 + 49) is None
+    decision = schedule.decide({"challenger": OK}, T0, DEADLINE, T0 + 50)
+    assert decision is not None and decision.model == "challenger"
+    # A preferred score that is there still wins, even after its wait.
+    decision = schedule.decide({"champion": OK, "challenger": OK}, T0, DEADLINE, T0 + 80)
+    assert decision is not None and decision.model == "champion"
+
+
+def test_next_check_is_the_next_give_up_time() -> None:
+    schedule = Schedule(models=("champion", "challenger"), waits_ms={"champion": 50})
+    assert schedule.next_check({}, T0, DEADLINE, T0) == T0 + 50
+    assert schedule.next_check({}, T0, DEADLINE, T0 + 50) == DEADLINE
+
+
+def test_default_deadline_applies_when_the_request_has_none() -> None:
+    schedule = Schedule(models=("m",), default_deadline_ms=75)
+    assert schedule.deadline_for(T0, 0) == T0 + 75
+    assert schedule.deadline_for(T0, T0 + 10) == T0 + 10
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"models": []}, "names no model"),
+        ({"models": ["a", "a"]}, "listed twice"),
+        ({"models": ["a"], "waits_ms": {"b": 5}}, "not in the schedule"),
+        ({"models": ["a"], "waits_ms": {"a": -1}}, ">= 0"),
+        ({"models": ["a"], "default_deadline_ms": 0}, "positive"),
+        ({"models": "a"}, "must be a list"),
+        ({"models": ["a"], "colour": "red"}, "unknown field"),
+    ],
+)
+def test_malformed_schedules_are_refused_with_a_reason(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Schedule.from_dict(data)
+
+
+def test_round_trip_through_dict() -> None:
+    schedule = Schedule(models=("a", "b"), waits_ms={"a": 10}, default_deadline_ms=90, name="s", version=7)
+    assert Schedule.from_dict(schedule.to_dict()) == schedule

@@ -1,0 +1,92 @@
+"""Deadline heap, committable offsets, settings resolution."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from confluent_kafka import TopicPartition
+
+from services.core.errors import ConfigError
+from services.core.settings import KafkaSettings, Topics, from_namespace, redact
+from services.rendezvous.offsets import OffsetBook
+from services.rendezvous.settings import RendezvousSettings
+from services.rendezvous.timers import DeadlineHeap
+
+
+def test_deadline_heap_pops_due_items_earliest_first() -> None:
+    heap: DeadlineHeap[str] = DeadlineHeap()
+    for at, item in [(30, "c"), (10, "a"), (20, "b"), (10, "a2"), (50, "e")]:
+        heap.push(at, item)
+    assert heap.earliest() == 10
+    assert heap.pop_due(25) == ["a", "a2", "b"]
+    assert heap.pop_due(25) == []
+    assert heap.earliest() == 30 and len(heap) == 2
+
+
+@dataclass
+class Owner:
+    closed: bool = False
+
+
+class FakeMessage:
+    """Only the three accessors OffsetBook reads (a real Message cannot be built in Python)."""
+
+    def __init__(self, topic: str, partition: int, offset: int):
+        self._t, self._p, self._o = topic, partition, offset
+
+    def topic(self) -> str:
+        return self._t
+
+    def partition(self) -> int:
+        return self._p
+
+    def offset(self) -> int:
+        return self._o
+
+
+def test_commit_stops_at_the_oldest_open_mailbox() -> None:
+    book = OffsetBook()
+    first, second = Owner(), Owner()
+    book.track(FakeMessage("req", 0, 10), first)  # type: ignore[arg-type]
+    book.track(FakeMessage("req", 0, 11), None)  # type: ignore[arg-type]
+    book.track(FakeMessage("req", 0, 12), second)  # type: ignore[arg-type]
+    assert [(t.partition, t.offset) for t in book.to_commit()] == [(0, 10)]
+    second.closed = True
+    assert [t.offset for t in book.to_commit()] == [10]
+    first.closed = True
+    moves = book.to_commit()
+    assert [t.offset for t in moves] == [13]
+    book.mark_committed(moves)
+    assert book.to_commit() == []
+    book.forget([TopicPartition("req", 0)])
+    assert book.to_commit() == []
+
+
+def test_settings_precedence_flag_over_env_over_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RDV_LINGER_MS", "250")
+    monkeypatch.setenv("RDV_MODELS", "a,b")
+    settings = from_namespace(RendezvousSettings, None, deadline_ms="90")
+    assert settings.linger_ms == 250 and settings.models == ("a", "b") and settings.deadline_ms == 90
+    assert settings.schedule().models == ("a", "b")
+
+
+def test_bad_setting_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RDV_LINGER_MS", "soon")
+    with pytest.raises(ConfigError, match="--linger-ms: expected a number"):
+        from_namespace(RendezvousSettings)
+
+
+def test_secrets_never_in_repr_or_describe() -> None:
+    settings = KafkaSettings(bootstrap="b:1", kafka_config=("sasl.password=hunter2", "acks=all"))
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in settings.describe() and "acks" in settings.describe()
+    assert redact({"ssl.key.password": "x"}) == {"ssl.key.password": "***"}
+    assert settings.librdkafka()["sasl.password"] == "hunter2"
+
+
+def test_topic_overrides_and_unknown_roles() -> None:
+    topics = Topics.from_prefix("p.", {"requests": "in"})
+    assert topics.requests == "in" and topics.scores == "p.scores"
+    with pytest.raises(ConfigError, match="unknown role"):
+        Topics.from_prefix("p.", {"nonsense": "x"})
