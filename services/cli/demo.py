@@ -45,7 +45,9 @@ class DemoSettings(KafkaSettings):
         "Models as name=spec, in schedule order (first = champion).",
     )
     partitions: int = setting(4, "Partitions of the demo topics.")
-    metrics_base_port: int = setting(9100, "Rendezvous metrics on this port, models on the next ones.")
+    metrics_base_port: int = setting(
+        9100, "Rendezvous metrics on this port, models on the next ones (0 = no metrics endpoints)."
+    )
 
     def validate(self) -> None:
         if self.rate <= 0 or self.duration < 0 or self.budget_ms <= 0:
@@ -145,12 +147,14 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
                                 logs / "rendezvous.log", env))
         for offset, item in enumerate(settings.models, start=1):
             name, spec = item.split("=", 1)
+            model_port = port + offset if port else 0
             processes.append(_spawn(["model", "serve", "--model", spec, "--name", name,
-                                     "--metrics-port", str(port + offset)], logs / f"{name}.log", env))
+                                     "--metrics-port", str(model_port)], logs / f"{name}.log", env))
         console.print(f"started rendezvous + {len(names)} models (logs in {logs}); waiting for them...")
         groups = [f"{settings.topic_prefix}rendezvous"] + [f"{settings.topic_prefix}model.{n}" for n in names]
         wait_for_groups(config, groups, timeout=120)
-        console.print(f"metrics: http://127.0.0.1:{port}/metrics (rendezvous), next ports: models")
+        if port:
+            console.print(f"metrics: http://127.0.0.1:{port}/metrics (rendezvous), models on the next ports")
         client = stack.enter_context(Client(config, topics, budget_ms=settings.budget_ms))
         _generate_load(settings, client, processes, console)
     return 0

@@ -49,6 +49,11 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 }
 
 
+# librdkafka's own log lines go through Python logging (not straight to stderr), so the
+# services' log format and level apply to them too.
+LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+
+
 def _log_client_error(err: KafkaError) -> None:
     # librdkafka reports transient broker trouble here and retries by itself.
     level = logging.ERROR if err.fatal() else logging.WARNING
@@ -65,7 +70,7 @@ class Producer:
         soft_topics: Callable[[str], bool] = lambda _topic: False,
         on_soft_failure: Callable[[str, KafkaError], None] | None = None,
     ):
-        merged = {**PRODUCER_DEFAULTS, **config, "error_cb": _log_client_error}
+        merged = {**PRODUCER_DEFAULTS, **config, "error_cb": _log_client_error, "logger": LIBRDKAFKA_LOG}
         self._producer = _Producer(merged)
         self._failures: list[DeliveryFailed] = []
         self._is_soft = soft_topics
@@ -137,7 +142,7 @@ class Consumer:
     """A consumer with typed errors and explicit, synchronous commits."""
 
     def __init__(self, config: Mapping[str, Any]):
-        merged = {**CONSUMER_DEFAULTS, **config, "error_cb": _log_client_error}
+        merged = {**CONSUMER_DEFAULTS, **config, "error_cb": _log_client_error, "logger": LIBRDKAFKA_LOG}
         self._consumer = _Consumer(merged)
 
     def subscribe(
@@ -228,7 +233,7 @@ class Consumer:
 
 
 def admin(config: Mapping[str, Any]) -> AdminClient:
-    merged: dict[str, Any] = {**config, "error_cb": _log_client_error}
+    merged: dict[str, Any] = {**config, "error_cb": _log_client_error, "logger": LIBRDKAFKA_LOG}
     return AdminClient(merged)
 
 

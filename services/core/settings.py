@@ -26,13 +26,20 @@ T = TypeVar("T")
 
 
 def setting(
-    default: Any, help: str, *, env: str | None = None, flag: str | None = None, secret: bool = False
+    default: Any,
+    help: str,
+    *,
+    env: str | None = None,
+    flag: str | None = None,
+    secret: bool = False,
+    separator: str = ",",
 ) -> Any:
     """A dataclass field with its --help text and optional env/flag name overrides.
 
     `secret=True` keeps the value out of `repr()` (and so out of every log line).
+    `separator` splits tuple values given in one flag or env variable (a,b,c).
     """
-    meta = {"help": help, "env": env, "flag": flag}
+    meta = {"help": help, "env": env, "flag": flag, "separator": separator}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use tuples for sequence defaults: settings are frozen")
     return field(default=default, metadata=meta, repr=not secret)
@@ -98,8 +105,9 @@ class KafkaSettings:
     kafka_config: tuple[str, ...] = setting(
         (),
         "librdkafka setting passed through untouched, e.g. --kafka-config security.protocol=SASL_SSL "
-        "(repeatable; env: comma-separated). Secrets are never logged.",
+        "(repeatable; env: separated by ';'). Secrets are never logged.",
         secret=True,
+        separator=";",
     )
 
     connect_timeout_s: float = setting(
@@ -155,11 +163,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
             parser.add_argument(flag, default=None, help=text, dest=f.name, metavar=f.name.upper())
 
 
-def _convert(name: str, kind: Any, raw: Any) -> Any:
+def _convert(name: str, kind: Any, raw: Any, separator: str = ",") -> Any:
     if kind is tuple:
-        if isinstance(raw, str):
-            return tuple(part.strip() for part in raw.split(",") if part.strip())
-        return tuple(raw)
+        items = [raw] if isinstance(raw, str) else list(raw)
+        return tuple(part.strip() for item in items for part in item.split(separator) if part.strip())
     if kind is bool and isinstance(raw, str):
         lowered = raw.strip().lower()
         if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
@@ -185,7 +192,7 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
         if raw is None:
             raw = os.environ.get(_env_name(f))
         if raw is not None:
-            values[f.name] = _convert(_flag_name(f), kind, raw)
+            values[f.name] = _convert(_flag_name(f), kind, raw, f.metadata.get("separator", ","))
     settings = cls(**values)
     validate = getattr(settings, "validate", None)
     if callable(validate):

@@ -90,3 +90,16 @@ def test_topic_overrides_and_unknown_roles() -> None:
     assert topics.requests == "in" and topics.scores == "p.scores"
     with pytest.raises(ConfigError, match="unknown role"):
         Topics.from_prefix("p.", {"nonsense": "x"})
+
+
+def test_list_flags_split_on_commas_but_kafka_config_keeps_them() -> None:
+    import argparse
+
+    from services.core.settings import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, RendezvousSettings)
+    args = parser.parse_args(["--models", "a,b", "--models", "c", "--kafka-config", "ssl.cipher.suites=x,y"])
+    settings = from_namespace(RendezvousSettings, args)
+    assert settings.models == ("a", "b", "c")
+    assert settings.librdkafka()["ssl.cipher.suites"] == "x,y"

@@ -1,0 +1,92 @@
+"""The `rendezvous` command as a user runs it: clear one-line errors, send, the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import pytest
+
+from services.core.settings import Topics
+from tests.integration.harness import Services
+
+pytestmark = pytest.mark.kafka
+
+
+def rendezvous(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user would, in its own process."""
+    return subprocess.run([sys.executable, "-m", "services.cli.main", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, check=False)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    for needle in needles:
+        assert needle in errors[0]
+
+
+def test_unknown_model_spec_is_one_clear_line(bootstrap: str, prefix: str) -> None:
+    result = rendezvous("model", "serve", "--bootstrap", bootstrap, "--topic-prefix", prefix,
+                        "--model", "demo:nonesuch")
+    assert_one_line_error(result, "demo:nonesuch", "champion")
+
+
+def test_unreachable_broker_is_one_clear_line() -> None:
+    result = rendezvous("serve", "--bootstrap", "127.0.0.1:9", "--connect-timeout-s", "2")
+    assert_one_line_error(result, "no Kafka broker answered", "127.0.0.1:9")
+
+
+def test_missing_topic_is_one_clear_line(bootstrap: str) -> None:
+    missing = f"missing{uuid.uuid4().hex[:6]}."
+    result = rendezvous("serve", "--bootstrap", bootstrap, "--topic-prefix", missing)
+    assert_one_line_error(result, "missing topic(s)", "rendezvous topics create")
+
+
+def test_bad_flag_value_is_one_clear_line() -> None:
+    result = rendezvous("serve", "--bootstrap", "x:1", "--deadline-ms", "soon")
+    assert_one_line_error(result, "--deadline-ms", "soon")
+
+
+def test_help_never_shows_secrets_from_the_environment() -> None:
+    result = rendezvous("serve", "--help", env={"RDV_KAFKA_CONFIG": "sasl.password=hunter2"})
+    assert result.returncode == 0
+    assert "--kafka-config" in result.stdout and "hunter2" not in result.stdout + result.stderr
+
+
+def test_topics_create_then_send_prints_answers(
+    services: Services, bootstrap: str, config: dict[str, Any]
+) -> None:
+    prefix = f"cli{uuid.uuid4().hex[:8]}."
+    created = rendezvous("topics", "create", "--bootstrap", bootstrap, "--topic-prefix", prefix)
+    assert created.returncode == 0, created.stderr
+    services.worker(bootstrap, prefix, "demo:champion")
+    services.rendezvous(bootstrap, prefix, models=("champion",))
+    result = rendezvous("send", "--bootstrap", bootstrap, "--topic-prefix", prefix, "--demo-rows", "3",
+                        "--budget-ms", "20000", "--wait-s", "60")
+    assert result.returncode == 0, result.stderr
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(answers) == 3
+    assert {(a["model"], a["status"]) for a in answers} == {("champion", "OK")}
+    assert "3 answers: 3 OK" in result.stderr
+    bad = rendezvous("send", "--bootstrap", bootstrap, "--topic-prefix", prefix, "--features", "{oops")
+    assert_one_line_error(bad, "--features", "not valid JSON")
+
+
+def test_demo_runs_and_prints_the_live_table(bootstrap: str, topics: Topics) -> None:
+    prefix = f"demo{uuid.uuid4().hex[:8]}."
+    result = rendezvous("demo", "--bootstrap", bootstrap, "--topic-prefix", prefix, "--duration", "8",
+                        "--rate", "50", "--budget-ms", "2000", "--metrics-base-port", "0", timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = result.stdout
+    assert "rendezvous demo" in table and "deadlines met" in table and "latency p50 / p99" in table
+    champion_rows = [line for line in table.splitlines() if "champion" in line and "OK" in line]
+    assert champion_rows, table[-2000:]
