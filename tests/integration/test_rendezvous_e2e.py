@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.client.client import Client
 from services.core.settings import Topics
@@ -24,9 +25,15 @@ def start_three(services: Services, bootstrap: str, prefix: str, **rendezvous: A
     services.rendezvous(bootstrap, prefix, models=THREE, **rendezvous)
 
 
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def test_three_models_every_request_answered_by_champion_and_logged(
     services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
 ) -> None:
+    answers_before = metric("rdv_answers_total", model="champion", status="OK")
+    scored_before = metric("rdv_model_scores_total", model="canary", version="stump-1", outcome="ok")
     start_three(services, bootstrap, prefix)
     with Client(config, topics, budget_ms=20_000, answer_wait_s=60) as client:
         answers = client.score_many(demo_rows(1000, seed=3))
@@ -43,6 +50,11 @@ def test_three_models_every_request_answered_by_champion_and_logged(
         assert sorted(o["model"] for o in record["outputs"]) == sorted(THREE)
         assert all(o["score"] is not None and o["error"] is None for o in record["outputs"])
         assert record["chosen_model"] == "champion"
+    # The same story in the Prometheus metrics the services export.
+    assert metric("rdv_answers_total", model="champion", status="OK") - answers_before == 1000
+    canary_scores = metric("rdv_model_scores_total", model="canary", version="stump-1", outcome="ok")
+    assert canary_scores - scored_before >= 1000
+    assert metric("rdv_score_latency_seconds_count", model="challenger", version="forest-1") >= 1000
 
 
 def test_slow_champion_falls_back_at_the_deadline(
