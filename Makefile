@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test unit integration lint bench broker-start broker-stop clean
+.PHONY: setup system-deps demo test unit integration lint bench broker-start broker-stop clean
 
 setup: $(STAMP)
 
@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/rendezvous demo $(DEMO_ARGS)
 
+## Java/Maven (broker), Prometheus and Chromium (metrics and report tests), from Debian if missing.
+system-deps:
+	bash deploy/ci/system-deps.sh
+
 ## Lint, type-check, then every test (the broker is provisioned from Maven Central on first use).
-test: setup lint
+test: system-deps setup lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: setup
