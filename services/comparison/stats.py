@@ -48,7 +48,7 @@ class QuantileSketch:
     def _flush(self) -> None:
         if not self._pending:
             return
-        batch = TDigest.from_values(np.asarray(self._pending, dtype=np.float64), max_centroids=MAX_CENTROIDS)
+        batch = TDigest.from_values(self._pending, max_centroids=MAX_CENTROIDS)
         self._pending = []
         if self._digest is None:
             self._digest = batch
@@ -74,7 +74,7 @@ class QuantileSketch:
         digest = self.digest()
         return 0 if digest is None else int(digest.n_values)
 
-    def quantiles(self, qs: Sequence[float]) -> np.ndarray:
+    def quantiles(self, qs: Sequence[float] | np.ndarray) -> np.ndarray:
         digest = self.digest()
         if digest is None:
             return np.full(len(qs), np.nan)
@@ -87,7 +87,7 @@ class QuantileSketch:
         digest = self.digest()
         if digest is None:
             return np.full(len(xs), np.nan)
-        return np.asarray(digest.cdf_vec(np.asarray(xs, dtype=np.float64)), dtype=np.float64)
+        return np.asarray(digest.cdf_vec(np.asarray(xs, dtype=np.float64).tolist()), dtype=np.float64)
 
     @classmethod
     def of(cls, values: Iterable[float]) -> QuantileSketch:
