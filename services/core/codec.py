@@ -73,7 +73,8 @@ def _strip_logical_types(node: Any) -> Any:
     return node
 
 
-def _parse(schema: Mapping[str, Any]) -> Any:
+def parse_plain(schema: Mapping[str, Any]) -> Any:
+    """Parse a schema with logical types stripped, so times decode as plain epoch-ms ints."""
     return parse_schema(_strip_logical_types(copy.deepcopy(dict(schema))), _write_hint=False)
 
 
@@ -85,11 +86,11 @@ class Codec:
         self.schema = dict(schema)
         self.fingerprint = fingerprint(schema)
         self.header = MAGIC + self.fingerprint
-        self._parsed = _parse(schema)
+        self._parsed = parse_plain(schema)
         # fingerprint -> (writer schema, reader schema or None when no resolution is needed)
         self._readers: dict[bytes, tuple[Any, Any]] = {self.fingerprint: (self._parsed, None)}
         for writer in older_writers:
-            self._readers[fingerprint(writer)] = (_parse(writer), self._parsed)
+            self._readers[fingerprint(writer)] = (parse_plain(writer), self._parsed)
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
         buf = BytesIO()

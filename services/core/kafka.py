@@ -232,6 +232,17 @@ class Consumer:
         return self._consumer
 
 
+def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
+    """Commit positions for a handled batch: one past the highest offset read, per partition."""
+    highest: dict[tuple[str, int], int] = {}
+    for msg in messages:
+        key = (msg.topic() or "", msg.partition() or 0)
+        offset = msg.offset() or 0
+        if offset >= highest.get(key, -1):
+            highest[key] = offset
+    return [TopicPartition(t, p, o + 1) for (t, p), o in highest.items()]
+
+
 def admin(config: Mapping[str, Any]) -> AdminClient:
     merged: dict[str, Any] = {**config, "error_cb": _log_client_error, "logger": LIBRDKAFKA_LOG}
     return AdminClient(merged)

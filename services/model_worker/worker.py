@@ -23,7 +23,7 @@ from prometheus_client import Counter, Histogram
 from services.core.codec import codec
 from services.core.deadletter import DeadLetters
 from services.core.errors import BadInput, ConfigError
-from services.core.kafka import Consumer, Producer, partition_counts
+from services.core.kafka import Consumer, Producer, next_offsets, partition_counts
 from services.core.metrics import DECODE_ERRORS, LATENCY_BUCKETS
 from services.core.runtime import now_ms, run_poll_loop
 from services.model_worker.models import Model, Prediction, features_to_matrix, load_model
@@ -147,7 +147,7 @@ class _BatchScorer:
         if requests:
             self._score_and_produce(requests, sources, received_at)
         self.producer.flush()
-        self.consumer.commit(_next_offsets(messages))
+        self.consumer.commit(next_offsets(messages))
 
     def _decode(self, messages: list[Message]) -> tuple[list[dict[str, Any]], list[Message]]:
         requests, sources = [], []
@@ -197,13 +197,3 @@ class _BatchScorer:
         if errors:
             SCORES.labels(*w._labels, "error").inc(errors)
 
-
-def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
-    """Commit positions: one past the highest offset read, per partition."""
-    highest: dict[tuple[str, int], int] = {}
-    for msg in messages:
-        key = (msg.topic() or "", msg.partition() or 0)
-        offset = msg.offset() or 0
-        if offset >= highest.get(key, -1):
-            highest[key] = offset
-    return [TopicPartition(t, p, o + 1) for (t, p), o in highest.items()]

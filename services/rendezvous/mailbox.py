@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from services.rendezvous.schedule import Decision, Outcome
+from services.rendezvous.schedule import Decision, Outcome, Schedule
 
 
 @dataclass(slots=True)
@@ -37,7 +36,7 @@ class Mailbox:
     answered_at: int | None = None
     closed: bool = False
     wake_at: int = 0
-    extra: dict[str, Any] | None = None
+    schedule: Schedule | None = None  # the version governing this request (set with the request)
 
     def add(self, arrival: Arrival) -> bool:
         """Record a model's score; False if that model already reported (a duplicate)."""

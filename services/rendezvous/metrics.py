@@ -58,3 +58,8 @@ SCHEDULE = Gauge(
     "rdv_schedule_info", "The schedule in force (value 1), by name, version and preferred model.",
     ["name", "version", "preferred"],
 )
+SCHEDULE_UPDATES = Counter("rdv_schedule_updates_total", "Schedule versions accepted from the control topic.")
+SCHEDULE_REJECTED = Counter(
+    "rdv_schedule_rejected_total",
+    "Control records refused (malformed, stale, or naming a model that is not live).",
+)

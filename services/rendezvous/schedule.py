@@ -14,6 +14,7 @@ live from the control topic). The policy, applied whenever something happens to 
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -47,13 +48,23 @@ class Decision:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Ordered model preference with optional per-model waits and a default deadline budget."""
+    """Ordered model preference with optional per-model waits and a default deadline budget.
+
+    `traffic_model`/`traffic_fraction` answer that share of requests (chosen by a stable hash
+    of the request_id, so every instance agrees) with a challenger first. `effective_at`:
+    the schedule governs requests created at or after it (epoch ms).
+    """
 
     models: tuple[str, ...]
     waits_ms: Mapping[str, int] = field(default_factory=dict)
     default_deadline_ms: int = 200
     name: str = "default"
     version: int = 1
+    traffic_model: str | None = None
+    traffic_fraction: float = 0.0
+    effective_at: int = 0
+    created_at: int = 0
+    comment: str = ""
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -76,6 +87,12 @@ class Schedule:
             found.append("waits must be whole milliseconds >= 0")
         if not isinstance(self.default_deadline_ms, int) or self.default_deadline_ms <= 0:
             found.append("default_deadline_ms must be a positive whole number")
+        if not isinstance(self.version, int) or self.version < 0:
+            found.append("version must be a whole number >= 0")
+        if self.traffic_model is not None and self.traffic_model not in self.models:
+            found.append(f"traffic model {self.traffic_model!r} is not in the schedule")
+        if not 0.0 <= self.traffic_fraction <= 1.0:
+            found.append(f"traffic fraction must be within [0, 1], got {self.traffic_fraction}")
         return found
 
     @property
@@ -90,12 +107,22 @@ class Schedule:
         wait = self.waits_ms.get(model)
         return deadline if wait is None else min(deadline, created_at + wait)
 
+    def order_for(self, request_id: str) -> tuple[str, ...]:
+        """Preference order for one request: the traffic split's model first for its share."""
+        model = self.traffic_model
+        if model is None or self.traffic_fraction <= 0.0 or model == self.models[0]:
+            return self.models
+        if zlib.crc32(request_id.encode()) / 2**32 >= self.traffic_fraction:
+            return self.models
+        return (model, *(m for m in self.models if m != model))
+
     def decide(
-        self, outcomes: Mapping[str, Outcome], created_at: int, deadline: int, now: int
+        self, outcomes: Mapping[str, Outcome], created_at: int, deadline: int, now: int, request_id: str = ""
     ) -> Decision | None:
         """The answer to send now, or None to keep waiting."""
         skipped: list[str] = []
-        for rank, model in enumerate(self.models):
+        order = self.order_for(request_id)
+        for rank, model in enumerate(order):
             outcome = outcomes.get(model)
             if outcome is not None and outcome.usable:
                 if rank == 0:
@@ -107,7 +134,7 @@ class Schedule:
                 skipped.append(f"{model} late")
             else:
                 return None
-        if all(outcomes.get(m) is not None for m in self.models):
+        if all(outcomes.get(m) is not None for m in order):
             return Decision(Status.ERROR, None, "every model failed: " + "; ".join(skipped))
         return Decision(Status.TIMEOUT, None, "no usable score by the deadline: " + "; ".join(skipped))
 
@@ -120,17 +147,35 @@ class Schedule:
         return min(times, default=deadline)
 
     def to_dict(self) -> dict[str, Any]:
+        """The Schedule record (schemas/schedule.avsc) and the JSON file format."""
+        traffic = None
+        if self.traffic_model is not None:
+            traffic = {"model": self.traffic_model, "fraction": self.traffic_fraction}
         return {
             "name": self.name,
             "version": self.version,
             "models": list(self.models),
             "waits_ms": dict(self.waits_ms),
             "default_deadline_ms": self.default_deadline_ms,
+            "traffic": traffic,
+            "effective_at": self.effective_at,
+            "created_at": self.created_at,
+            "comment": self.comment,
         }
+
+    def key(self) -> str:
+        """Kafka key on the control topic: one record per version survives compaction."""
+        return f"{self.name}/{self.version:010d}"
+
+    def same_policy(self, other: Schedule) -> bool:
+        """Equal apart from name, version, timing and comment (what rollback restores)."""
+        a, b = self.to_dict(), other.to_dict()
+        return all(a[k] == b[k] for k in ("models", "waits_ms", "default_deadline_ms", "traffic"))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Schedule:
-        known = {"name", "version", "models", "waits_ms", "default_deadline_ms"}
+        known = {"name", "version", "models", "waits_ms", "default_deadline_ms", "traffic", "effective_at",
+                 "created_at", "comment"}
         extra = set(data) - known
         if extra:
             raise ConfigError(f"invalid schedule: unknown field(s) {sorted(extra)}; known: {sorted(known)}")
@@ -140,12 +185,20 @@ class Schedule:
         waits = data.get("waits_ms", {})
         if not isinstance(waits, dict):
             raise ConfigError("invalid schedule: 'waits_ms' must map model names to milliseconds")
+        traffic = data.get("traffic") or {}
+        if not isinstance(traffic, dict):
+            raise ConfigError("invalid schedule: 'traffic' must be {\"model\": name, \"fraction\": 0..1}")
         return cls(
             models=tuple(models),
             waits_ms=waits,
             default_deadline_ms=data.get("default_deadline_ms", 200),
             name=str(data.get("name", "default")),
             version=data.get("version", 1),
+            traffic_model=traffic.get("model"),
+            traffic_fraction=float(traffic.get("fraction", 0.0)),
+            effective_at=int(data.get("effective_at", 0)),
+            created_at=int(data.get("created_at", 0)),
+            comment=str(data.get("comment", "")),
         )
 
     @classmethod

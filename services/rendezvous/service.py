@@ -17,6 +17,7 @@ nothing on another host.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import OrderedDict
@@ -32,6 +33,7 @@ from services.core.kafka import Consumer, Producer, partition_counts
 from services.core.metrics import DECODE_ERRORS
 from services.core.runtime import now_ms, run_poll_loop
 from services.rendezvous import metrics as m
+from services.rendezvous.control import ControlFeed, ControlRecord, ScheduleBook, encode_schedule
 from services.rendezvous.mailbox import Arrival, Mailbox
 from services.rendezvous.offsets import OffsetBook
 from services.rendezvous.replies import ReplyRouter
@@ -60,7 +62,10 @@ class Rendezvous:
     def __init__(self, settings: RendezvousSettings, schedule: Schedule | None = None):
         self.settings = settings
         self.topics = settings.topics()
-        self.schedule = schedule or settings.schedule()
+        # Used only if the control topic holds no version of this schedule yet (it is then
+        # published there as the first version, so the topic stays the one source of truth).
+        self.bootstrap_schedule = schedule or settings.schedule()
+        self.book = ScheduleBook(settings.schedule_name)
         self.mailboxes: dict[str, Mailbox] = {}
         self.ready = threading.Event()
         self.answered = 0
@@ -69,25 +74,21 @@ class Rendezvous:
         self._timers: DeadlineHeap[Mailbox] = DeadlineHeap()
         self._offsets = OffsetBook()
         self._models_seen: dict[str, int] = {}
-        self._expected: frozenset[str] = frozenset(self.schedule.models)
+        self._expected: frozenset[str] = frozenset(self.bootstrap_schedule.models)
         self._expected_at = 0
+        self._shown_version = -1
         self._last_commit = 0
         self._codecs = {name: codec(name) for name in ("request", "score", "answer", "comparison")}
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
         self._dead: DeadLetters | None = None
         self._replies: ReplyRouter | None = None
-        self.swap_schedule(self.schedule)
+        self._control: ControlFeed | None = None
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def swap_schedule(self, schedule: Schedule) -> None:
-        """Put a new schedule in force for every decision from now on."""
-        m.SCHEDULE.clear()
-        m.SCHEDULE.labels(schedule.name, str(schedule.version), schedule.preferred).set(1)
-        self.schedule = schedule
-        self._expected_at = 0
-        log.info("schedule %s v%d in force: %s", schedule.name, schedule.version, list(schedule.models))
+    @property
+    def schedule(self) -> Schedule:
+        """The schedule in force now (requests are governed by the one in force at creation)."""
+        return self.book.in_force(now_ms()) if self.book.latest else self.bootstrap_schedule
 
     def run(self, stop: threading.Event) -> None:
         config = self.settings.librdkafka()
@@ -108,6 +109,9 @@ class Rendezvous:
             self._producer, self._consumer = producer, consumer
             self._dead = DeadLetters(producer, self.topics.deadletter, SERVICE)
             self._replies = ReplyRouter(producer, config)
+            self._control = ControlFeed(config, self.topics.control)
+            stack.callback(self._control.close)
+            self._load_schedules(producer)
             consumer.subscribe([self.topics.requests, self.topics.scores], on_assign=self._on_assign,
                                on_revoke=self._on_revoke, on_lost=self._on_lost)
             log.info("rendezvous joining %s + %s", self.topics.requests, self.topics.scores)
@@ -117,8 +121,8 @@ class Rendezvous:
                      self.answered, self.logged, len(self.mailboxes))
 
     def _check_copartitioned(self, config: dict[str, str]) -> None:
-        counts = partition_counts(config, [self.topics.requests, self.topics.scores,
-                                           self.topics.answers, self.topics.log, self.topics.deadletter],
+        counts = partition_counts(config, [self.topics.requests, self.topics.scores, self.topics.answers,
+                                           self.topics.log, self.topics.deadletter, self.topics.control],
                                   timeout=self.settings.connect_timeout_s)
         if counts[self.topics.requests] != counts[self.topics.scores]:
             raise ConfigError(
@@ -146,7 +150,11 @@ class Rendezvous:
                 self._on_request(msg, now)
 
     def on_tick(self) -> None:
+        assert self._control is not None
+        for record in self._control.poll():
+            self._apply_control(record, live=True)
         now = now_ms()
+        self._show_schedule(now)
         for mailbox in self._timers.pop_due(now):
             if not mailbox.closed and mailbox.wake_at <= now:
                 mailbox.wake_at = 0
@@ -181,9 +189,11 @@ class Rendezvous:
             m.DUPLICATE_REQUESTS.inc()
             self._offsets.track(msg, mailbox)
             return
-        deadline = self.schedule.deadline_for(request["created_at"], request["deadline"])
+        schedule = self.book.for_request(request["created_at"])
+        deadline = schedule.deadline_for(request["created_at"], request["deadline"])
         if mailbox is None:
             mailbox = self.mailboxes[rid] = Mailbox(rid, msg.partition() or 0, deadline)
+        mailbox.schedule = schedule
         mailbox.has_request = True
         mailbox.created_at = request["created_at"]
         mailbox.deadline = deadline
@@ -230,10 +240,13 @@ class Rendezvous:
             else:
                 self._wake(mailbox, give_up, now)
             return
+        schedule = mailbox.schedule
+        assert schedule is not None
         if mailbox.decision is None:
-            decision = self.schedule.decide(mailbox.outcomes, mailbox.created_at, mailbox.deadline, now)
+            decision = schedule.decide(mailbox.outcomes, mailbox.created_at, mailbox.deadline, now,
+                                       mailbox.request_id)
             if decision is None:
-                at = self.schedule.next_check(mailbox.outcomes, mailbox.created_at, mailbox.deadline, now)
+                at = schedule.next_check(mailbox.outcomes, mailbox.created_at, mailbox.deadline, now)
                 self._wake(mailbox, at, now)
                 return
             self._answer(mailbox, decision, now)
@@ -273,8 +286,8 @@ class Rendezvous:
             "created_at": mailbox.created_at,
             "deadline": mailbox.deadline,
             "answered_at": now,
-            "schedule": self.schedule.name,
-            "schedule_version": self.schedule.version,
+            "schedule": mailbox.schedule.name if mailbox.schedule else "",
+            "schedule_version": mailbox.schedule.version if mailbox.schedule else 0,
         }
         value = self._codecs["answer"].encode(record)
         key = mailbox.request_id.encode()
@@ -309,8 +322,8 @@ class Rendezvous:
             "status": decision.status.value,
             "chosen_model": decision.model,
             "reason": decision.reason,
-            "schedule": self.schedule.name,
-            "schedule_version": self.schedule.version,
+            "schedule": mailbox.schedule.name if mailbox.schedule else "",
+            "schedule_version": mailbox.schedule.version if mailbox.schedule else 0,
             "outputs": outputs,
         }
         self._producer.produce(self.topics.log, self._codecs["comparison"].encode(record),
@@ -338,6 +351,77 @@ class Rendezvous:
             if forget_at > now:
                 break
             del closed[rid]
+
+    # -- schedules from the control topic --------------------------------------------------
+
+    def _load_schedules(self, producer: Producer) -> None:
+        """Replay the control topic's history; seed it with the bootstrap schedule if empty."""
+        assert self._control is not None
+        for record in self._control.read_history():
+            self._apply_control(record, live=False)
+        if self.book.latest is None:
+            first = max(1, self.bootstrap_schedule.version)
+            seed = dataclasses.replace(
+                self.bootstrap_schedule, version=first, effective_at=0, created_at=now_ms()
+            )
+            producer.produce(self.topics.control, encode_schedule(seed), key=seed.key())
+            producer.flush()
+            self.book.add(seed)
+            log.info("control topic had no schedule %r: published the bootstrap one as v%d",
+                     seed.name, seed.version)
+        self._show_schedule(now_ms())
+
+    def _apply_control(self, record: ControlRecord, *, live: bool) -> None:
+        schedule = record.schedule
+        if schedule is None:
+            assert record.error is not None
+            self._reject_schedule(record.msg, record.error.message)
+            return
+        if schedule.name != self.book.name:
+            return  # another deployment's schedule
+        known = next((v for v in self.book.versions if v.version == schedule.version), None)
+        if known is not None and known.same_policy(schedule) and known.effective_at == schedule.effective_at:
+            return  # the same version read again (e.g. our own bootstrap seed)
+        reason = self.book.check(schedule) or (self._unknown_models(schedule) if live else None)
+        if reason:
+            what = f"schedule {schedule.name} v{schedule.version}"
+            self._reject_schedule(record.msg, f"{what} rejected: {reason}")
+            return
+        self.book.add(schedule)
+        self._expected_at = 0
+        m.SCHEDULE_UPDATES.inc()
+        log.info("schedule %s v%d accepted (effective at %d): %s - %s", schedule.name, schedule.version,
+                 schedule.effective_at, list(schedule.models), schedule.comment)
+
+    def _unknown_models(self, schedule: Schedule) -> str | None:
+        """A live schedule must prefer models that are scoring (once any model has been seen)."""
+        now = now_ms()
+        horizon = now - int(self.settings.model_ttl_s * 1000)
+        live = {model for model, at in self._models_seen.items() if at >= horizon}
+        if not live:
+            return None
+        wanted = [schedule.models[0]] + ([schedule.traffic_model] if schedule.traffic_model else [])
+        missing = [model for model in wanted if model not in live]
+        if not missing:
+            return None
+        return (f"model(s) {missing} sent no score in the last {self.settings.model_ttl_s:.0f}s "
+                f"(scoring now: {sorted(live)})")
+
+    def _reject_schedule(self, msg: Message, reason: str) -> None:
+        assert self._dead is not None
+        current = self.book.latest
+        stays = f"v{current.version} stays in force" if current else "no schedule yet"
+        m.SCHEDULE_REJECTED.inc()
+        log.warning("control record rejected: %s; %s", reason, stays)
+        self._dead.send(msg, DecodeFailed(f"{reason}; {stays}"))
+
+    def _show_schedule(self, now: int) -> None:
+        schedule = self.schedule
+        if schedule.version != self._shown_version:
+            m.SCHEDULE.clear()
+            m.SCHEDULE.labels(schedule.name, str(schedule.version), schedule.preferred).set(1)
+            self._shown_version = schedule.version
+            log.info("schedule %s v%d in force: %s", schedule.name, schedule.version, list(schedule.models))
 
     # -- commits and rebalances ------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from services.core.errors import ConfigError
@@ -15,6 +16,9 @@ class RendezvousSettings(KafkaSettings):
 
     schedule_file: str = setting(
         "", "JSON schedule file (models, waits_ms, default_deadline_ms, name, version)."
+    )
+    schedule_name: str = setting(
+        "default", "Which schedule on the control topic this rendezvous follows."
     )
     models: tuple[str, ...] = setting(
         ("champion",),
@@ -47,14 +51,15 @@ class RendezvousSettings(KafkaSettings):
 
     def schedule(self) -> Schedule:
         if self.schedule_file:
-            return Schedule.from_file(self.schedule_file)
+            return dataclasses.replace(Schedule.from_file(self.schedule_file), name=self.schedule_name)
         waits = {}
         for model, ms in parse_pairs(self.wait, "--wait"):
             try:
                 waits[model] = int(ms)
             except ValueError:
                 raise ConfigError(f"--wait {model}={ms}: expected whole milliseconds") from None
-        return Schedule(models=self.models, waits_ms=waits, default_deadline_ms=self.deadline_ms)
+        return Schedule(models=self.models, waits_ms=waits, default_deadline_ms=self.deadline_ms,
+                        name=self.schedule_name, comment="bootstrap from the rendezvous' flags")
 
     def group_id(self) -> str:
         return self.group or f"{self.topic_prefix}rendezvous"

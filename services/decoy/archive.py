@@ -1,0 +1,229 @@
+"""The decoy's durable archive: rolling Avro object container files plus a manifest.
+
+Layout of an archive directory:
+
+    manifest.json                      every finished file: records, bytes, sha256,
+                                       per-partition offset range, timestamp range
+    requests-<start ms>-<seq>.avro     finished files (Avro container, schema inside)
+    requests-<start ms>-<seq>.avro.part   the file being written
+
+Durability: each batch is appended as Avro blocks, flushed and fsynced before the decoy
+commits the batch's offsets, so a committed record is on disk. After a crash the `.part`
+file is sealed on start-up (its readable records kept, a torn last block dropped); records
+after the last commit are read again, so the archive is at-least-once and readers drop
+duplicates by (topic, partition, offset).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import fastavro
+from fastavro.write import Writer
+
+from services.core.codec import load_schema, parse_plain, schemas_dir
+from services.core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+PART = ".part"
+
+
+def archive_schema() -> Any:
+    """The schema written into every archive file (timestamp-millis logical types intact)."""
+    return fastavro.parse_schema(load_schema(schemas_dir() / "archived_request.avsc"))
+
+
+def _plain_reader_schema() -> Any:
+    # Reading through a logical-type-free copy keeps timestamps as epoch-ms ints.
+    return parse_plain(load_schema(schemas_dir() / "archived_request.avsc"))
+
+
+@dataclass
+class FileStats:
+    """What the manifest says of one finished file."""
+
+    name: str
+    records: int = 0
+    bytes: int = 0
+    sha256: str = ""
+    partitions: dict[str, list[int]] = field(default_factory=dict)  # "topic/p" -> [min, max] offset
+    first_timestamp: int | None = None
+    last_timestamp: int | None = None
+
+    def see(self, record: dict[str, Any]) -> None:
+        self.records += 1
+        key = f"{record['topic']}/{record['partition']}"
+        low_high = self.partitions.setdefault(key, [record["offset"], record["offset"]])
+        low_high[0] = min(low_high[0], record["offset"])
+        low_high[1] = max(low_high[1], record["offset"])
+        ts = record["timestamp"]
+        self.first_timestamp = ts if self.first_timestamp is None else min(self.first_timestamp, ts)
+        self.last_timestamp = ts if self.last_timestamp is None else max(self.last_timestamp, ts)
+
+
+class ArchiveWriter:
+    """Appends records to the open file; rolls by size or age; keeps the manifest."""
+
+    def __init__(self, directory: Path, *, roll_bytes: int, roll_seconds: float, codec: str = "deflate"):
+        self.directory = directory
+        self.roll_bytes = roll_bytes
+        self.roll_seconds = roll_seconds
+        self.codec = codec
+        self._schema = archive_schema()
+        self._file: BinaryIO | None = None
+        self._writer: Writer | None = None
+        self._stats: FileStats | None = None
+        self._opened_at = 0.0
+        self._seq = 0
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create archive directory {directory}: {exc.strerror}") from None
+        self.manifest = read_manifest(directory)
+        self._recover_parts()
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        """Append a batch and make it durable (flush + fsync) before returning."""
+        if not records:
+            return
+        if self._writer is None:
+            self._open()
+        assert self._writer is not None and self._file is not None and self._stats is not None
+        for record in records:
+            self._writer.write(record)
+            self._stats.see(record)
+        self._writer.flush()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        if self._file.tell() >= self.roll_bytes or time.monotonic() - self._opened_at >= self.roll_seconds:
+            self.roll()
+
+    def roll(self) -> None:
+        """Seal the open file (if any) and record it in the manifest."""
+        if self._file is None or self._stats is None:
+            return
+        part = Path(self._file.name)
+        self._file.close()
+        self._file, self._writer = None, None
+        self._seal(part, self._stats)
+        self._stats = None
+
+    def close(self) -> None:
+        self.roll()
+
+    def _open(self) -> None:
+        self._seq += 1
+        name = f"requests-{int(time.time() * 1000)}-{self._seq:04d}.avro"
+        path = self.directory / (name + PART)
+        self._file = path.open("wb")
+        self._writer = Writer(self._file, self._schema, codec=self.codec)
+        self._stats = FileStats(name)
+        self._opened_at = time.monotonic()
+
+    def _seal(self, part: Path, stats: FileStats) -> None:
+        final = part.with_name(part.name[: -len(PART)])
+        os.replace(part, final)
+        stats.bytes = final.stat().st_size
+        stats.sha256 = _sha256(final)
+        self.manifest.append(stats)
+        write_manifest(self.directory, self.manifest)
+        log.info("archived %s: %d records, %d bytes", final.name, stats.records, stats.bytes)
+
+    def _recover_parts(self) -> None:
+        """Seal `.part` files a crash left behind, keeping every record that can be read."""
+        for part in sorted(self.directory.glob("*" + PART)):
+            stats = FileStats(part.name[: -len(PART)])
+            kept = list(_readable_records(part))
+            if not kept:
+                part.unlink()
+                continue
+            with part.open("wb") as handle:
+                fastavro.writer(handle, self._schema, kept, codec=self.codec)
+                handle.flush()
+                os.fsync(handle.fileno())
+            for record in kept:
+                stats.see(record)
+            log.warning("recovered %d records from an unfinished archive file %s", len(kept), part.name)
+            self._seal(part, stats)
+
+
+def _readable_records(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open("rb") as handle:
+        try:
+            for record in fastavro.reader(handle, reader_schema=_plain_reader_schema()):
+                if isinstance(record, dict):
+                    yield record
+        except (EOFError, ValueError, OSError, StopIteration) as exc:
+            log.warning("%s ends in a torn block (%s); keeping what precedes it", path.name, exc)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(directory: Path) -> list[FileStats]:
+    path = directory / MANIFEST
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text())
+        return [FileStats(**entry) for entry in data["files"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"archive manifest {path} is unreadable: {exc}") from None
+
+
+def write_manifest(directory: Path, files: list[FileStats]) -> None:
+    """Atomically replace the manifest (write a temp file, fsync, rename)."""
+    data = {"format": "rendezvous-serving decoy archive v1", "schema": "schemas/archived_request.avsc",
+            "files": [vars(f) for f in files]}
+    tmp = directory / (MANIFEST + ".tmp")
+    with tmp.open("w") as handle:
+        json.dump(data, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, directory / MANIFEST)
+
+
+def iter_archive(
+    directory: Path, *, from_ms: int | None = None, to_ms: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """Archived records with from_ms <= timestamp < to_ms, once each (duplicates dropped)."""
+    if not (directory / MANIFEST).exists():
+        raise ConfigError(f"{directory} is not a decoy archive (no {MANIFEST})")
+    seen: set[tuple[str, int, int]] = set()
+    plain = _plain_reader_schema()
+    for stats in read_manifest(directory):
+        if not _overlaps(stats, from_ms, to_ms):
+            continue
+        with (directory / stats.name).open("rb") as handle:
+            for record in fastavro.reader(handle, reader_schema=plain):
+                assert isinstance(record, dict)
+                ident = (record["topic"], record["partition"], record["offset"])
+                ts = record["timestamp"]
+                in_range = (from_ms is None or ts >= from_ms) and (to_ms is None or ts < to_ms)
+                if ident in seen or not in_range:
+                    continue
+                seen.add(ident)
+                yield record
+
+
+def _overlaps(stats: FileStats, from_ms: int | None, to_ms: int | None) -> bool:
+    if stats.first_timestamp is None or stats.last_timestamp is None:
+        return False
+    if from_ms is not None and stats.last_timestamp < from_ms:
+        return False
+    return not (to_ms is not None and stats.first_timestamp >= to_ms)

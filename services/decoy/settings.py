@@ -1,0 +1,35 @@
+"""Settings of the decoy (archives every request exactly as received)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.core.errors import ConfigError
+from services.core.settings import KafkaSettings, setting
+
+
+@dataclass(frozen=True)
+class DecoySettings(KafkaSettings):
+    """The decoy reads the requests topic like a model, scores nothing, archives the bytes."""
+
+    archive_dir: str = setting("", "Directory of the archive (Avro container files + manifest.json).")
+    roll_mb: float = setting(64.0, "Seal the current file once it is this large (MiB).")
+    roll_seconds: float = setting(300.0, "Seal the current file once it is this old (s).")
+    codec: str = setting("deflate", "Avro block codec of the archive files: null or deflate.")
+    group: str = setting("", "Consumer group (default: <prefix>decoy).")
+    start_from: str = setting("earliest", "Where a new consumer group starts: earliest or latest.")
+    max_batch: int = setting(1000, "Most records archived per batch (each batch is fsynced).")
+    metrics_port: int = setting(0, "Port of the Prometheus /metrics endpoint (0 = off).")
+
+    def validate(self) -> None:
+        if not self.archive_dir:
+            raise ConfigError("--archive-dir is required (where the archive files go)")
+        if self.codec not in ("null", "deflate"):
+            raise ConfigError(f"--codec must be null or deflate, got {self.codec!r}")
+        if self.roll_mb <= 0 or self.roll_seconds <= 0 or self.max_batch < 1:
+            raise ConfigError("--roll-mb, --roll-seconds and --max-batch must be positive")
+        if self.start_from not in ("earliest", "latest"):
+            raise ConfigError(f"--start-from must be earliest or latest, got {self.start_from!r}")
+
+    def group_id(self) -> str:
+        return self.group or f"{self.topic_prefix}decoy"

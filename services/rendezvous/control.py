@@ -1,0 +1,161 @@
+"""The control topic: versioned schedules, their history, and which one governs a request.
+
+Records are keyed `<name>/<version>` (see Schedule.key), so compaction keeps one record per
+version and the topic is the history. A schedule governs the requests *created* at or after
+its `effective_at`: every rendezvous instance, whatever its lag, picks the same schedule for
+the same request, and the answer carries that schedule's version.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
+
+from services.core.codec import codec
+from services.core.errors import BadInput, ConfigError, DecodeFailed
+from services.core.kafka import Consumer, Producer, partition_counts
+from services.rendezvous.schedule import Schedule
+
+log = logging.getLogger(__name__)
+
+
+def decode_schedule(value: bytes | None) -> Schedule:
+    """A Schedule from a control record; `BadInput` with the reason if it is not a valid one."""
+    record = codec("schedule").decode(value)
+    try:
+        return Schedule.from_dict(record)
+    except ConfigError as err:
+        raise DecodeFailed(err.message) from None
+
+
+def encode_schedule(schedule: Schedule) -> bytes:
+    return codec("schedule").encode(schedule.to_dict())
+
+
+class ScheduleBook:
+    """Every accepted version of one schedule name."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._versions: list[Schedule] = []
+        self._starts: list[int] = []  # effective_at of each version, ascending
+
+    @property
+    def latest(self) -> Schedule | None:
+        return self._versions[-1] if self._versions else None
+
+    @property
+    def versions(self) -> list[Schedule]:
+        return list(self._versions)
+
+    def check(self, schedule: Schedule) -> str | None:
+        """Why `schedule` cannot follow the current one, or None if it can."""
+        latest = self.latest
+        if latest is None:
+            return None
+        if schedule.version <= latest.version:
+            return f"version {schedule.version} is not newer than v{latest.version}"
+        if schedule.effective_at < latest.effective_at:
+            return (
+                f"effective_at {schedule.effective_at} precedes v{latest.version}'s ({latest.effective_at})"
+            )
+        return None
+
+    def add(self, schedule: Schedule) -> None:
+        """Append a version that passed `check` (the caller decided it is acceptable)."""
+        self._versions.append(schedule)
+        self._starts.append(schedule.effective_at)
+
+    def for_request(self, created_at: int) -> Schedule:
+        """The version in force when the request was created (the oldest one for older requests)."""
+        index = bisect.bisect_right(self._starts, created_at) - 1
+        return self._versions[max(0, index)]
+
+    def in_force(self, now: int) -> Schedule:
+        return self.for_request(now)
+
+
+@dataclass(frozen=True)
+class ControlRecord:
+    """One record of the control topic: a schedule, or the reason it is unusable."""
+
+    msg: Message
+    schedule: Schedule | None
+    error: BadInput | None
+
+
+class ControlFeed:
+    """Reads the control topic from the beginning (assigned, no group): history, then live."""
+
+    def __init__(self, config: Mapping[str, Any], topic: str):
+        self.topic = topic
+        self._consumer = Consumer({**config, "group.id": f"rdv-control-{uuid.uuid4().hex}",
+                                   "enable.partition.eof": False})
+        partitions = partition_counts(config, [topic])[topic]
+        self._partitions = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
+        self._consumer.assign(self._partitions)
+
+    def end_offsets(self) -> dict[int, int]:
+        ends = {}
+        for tp in self._partitions:
+            _low, high = self._consumer.native.get_watermark_offsets(
+                TopicPartition(self.topic, tp.partition), timeout=10
+            )
+            ends[tp.partition] = high
+        return ends
+
+    def read_history(self, timeout: float = 30.0) -> list[ControlRecord]:
+        """Every record up to the end offsets as of now."""
+        ends = self.end_offsets()
+        positions = dict.fromkeys(ends, 0)
+        records: list[ControlRecord] = []
+        deadline = time.monotonic() + timeout
+        while any(positions[p] < ends[p] for p in ends):
+            if time.monotonic() > deadline:
+                raise ConfigError(f"could not read {self.topic} to its end within {timeout:.0f}s")
+            for msg in self._consumer.consume(500, 0.2):
+                positions[msg.partition() or 0] = (msg.offset() or 0) + 1
+                records.append(_parse(msg))
+        return records
+
+    def poll(self) -> list[ControlRecord]:
+        """Whatever arrived since the last call (non-blocking)."""
+        return [_parse(msg) for msg in self._consumer.consume(100, 0)]
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def _parse(msg: Message) -> ControlRecord:
+    try:
+        return ControlRecord(msg, decode_schedule(msg.value()), None)
+    except BadInput as err:
+        return ControlRecord(msg, None, err)
+
+
+def load_book(config: Mapping[str, Any], topic: str, name: str) -> ScheduleBook:
+    """The accepted history of schedule `name`, as a rendezvous replaying the topic sees it."""
+    feed = ControlFeed(config, topic)
+    try:
+        book = ScheduleBook(name)
+        for record in feed.read_history():
+            schedule = record.schedule
+            if schedule is not None and schedule.name == name and book.check(schedule) is None:
+                book.add(schedule)
+        return book
+    finally:
+        feed.close()
+
+
+def publish(config: Mapping[str, Any], topic: str, schedule: Schedule) -> None:
+    """Write one schedule version and wait until the broker has it."""
+    producer = Producer(config)
+    producer.produce(topic, encode_schedule(schedule), key=schedule.key())
+    producer.flush()
