@@ -78,6 +78,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_comparison_serve(args: argparse.Namespace) -> int:
+    from services.comparison.service import ComparisonService
+    from services.comparison.settings import ComparisonSettings
+
+    settings = with_bootstrap(from_namespace(ComparisonSettings, args))
+    run_service(ComparisonService(settings), settings.metrics_port, settings)
+    return 0
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     from services.cli.send import SendSettings, send
 
@@ -93,11 +102,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _settings_classes() -> dict[str, type]:
     from services.cli.demo import DemoSettings
     from services.cli.send import SendSettings
+    from services.comparison.settings import ComparisonSettings
     from services.model_worker.settings import WorkerSettings
     from services.rendezvous.settings import RendezvousSettings
 
     return {"model serve": WorkerSettings, "serve": RendezvousSettings, "send": SendSettings,
-            "demo": DemoSettings, "topics create": TopicSettings}
+            "demo": DemoSettings, "topics create": TopicSettings,
+            "comparison serve": ComparisonSettings}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
         add_arguments(serve, classes["serve"])
         serve.set_defaults(handler=cmd_serve)
 
+    comparison = commands.add_parser("comparison", help="run the live comparison service")
+    comparison_sub = comparison.add_subparsers(dest="action", required=True, metavar="ACTION")
+    serve_comparison = comparison_sub.add_parser(
+        "serve", help="read the comparison log; export per-model and champion-vs-challenger metrics"
+    )
+    add_arguments(serve_comparison, classes["comparison serve"])
+    serve_comparison.set_defaults(handler=cmd_comparison_serve)
+
     send = commands.add_parser("send", help="send requests, print their answers as JSON lines")
     add_arguments(send, classes["send"])
     send.set_defaults(handler=cmd_send)
@@ -138,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="broker + models + rendezvous + load, with a live table")
     add_arguments(demo, classes["demo"])
     demo.set_defaults(handler=cmd_demo)
+
+    from services.cli import lifecycle_commands
+
+    lifecycle_commands.register(commands)
     return parser
 
 

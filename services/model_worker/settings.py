@@ -15,7 +15,7 @@ class WorkerSettings(KafkaSettings):
     """A worker runs one model under a name and version in its own consumer group."""
 
     model: str = setting(
-        "", "Model spec: demo:<champion|challenger|canary|slow|flaky>, module.path:factory, "
+        "", "Model spec: demo:<champion|challenger|canary|slow|flaky|contrarian>, module.path:factory, "
         "a scikit-learn .joblib/.pkl file, or an .onnx file."
     )
     name: str = setting("", "Model name written on every score (default: the model's own name).")
@@ -25,6 +25,10 @@ class WorkerSettings(KafkaSettings):
     max_batch: int = setting(256, "Largest micro-batch handed to the model.")
     start_from: str = setting(
         "earliest", "Where a new consumer group starts: earliest (nothing missed) or latest."
+    )
+    start_at: str = setting(
+        "", "Catch up on history: a new consumer group starts at this time (ISO, epoch ms, or a duration ago "
+        "like 1h) instead of --start-from; ignored once the group has committed offsets."
     )
     metrics_port: int = setting(0, "Port of the Prometheus /metrics endpoint (0 = off).")
     dead_letter: bool = setting(
@@ -38,6 +42,21 @@ class WorkerSettings(KafkaSettings):
             raise ConfigError(f"--max-batch must be >= 1, got {self.max_batch}")
         if self.start_from not in ("earliest", "latest"):
             raise ConfigError(f"--start-from must be earliest or latest, got {self.start_from!r}")
+        self.start_at_ms(0)
+
+    def start_at_ms(self, now_ms: int) -> int | None:
+        """--start-at as epoch ms (None when not set)."""
+        if not self.start_at:
+            return None
+        from services.compare_report.ranges import TimeBound, parse_bound, parse_duration_ms
+
+        text = self.start_at.strip()
+        if text[-1:].isalpha() and not text.lower().startswith("offset:") and "T" not in text:
+            return now_ms - parse_duration_ms(text, "--start-at")
+        bound = parse_bound(text, "--start-at")
+        if not isinstance(bound, TimeBound):
+            raise ConfigError("--start-at takes a time (ISO, epoch ms) or a duration ago, not an offset")
+        return bound.ms
 
     def instance_id(self) -> str:
         return self.instance or f"{socket.gethostname()}-{os.getpid()}"

@@ -119,9 +119,27 @@ class ModelWorker:
             run_poll_loop(consumer, handler, stop, max_batch=self.settings.max_batch, max_wait=0.1)
             log.info("model %s stopping after %d scores", self.name, self.scored)
 
-    def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         log.info("model %s assigned %s", self.name, [p.partition for p in partitions])
+        start_ms = self.settings.start_at_ms(now_ms())
+        if start_ms is not None and partitions:
+            self._start_new_partitions_at(consumer, partitions, start_ms)
         self.ready.set()
+
+    def _start_new_partitions_at(self, consumer: Any, partitions: list[TopicPartition], start_ms: int) -> None:
+        """Catch-up: partitions this group never committed start at `start_ms`, not at the end."""
+        committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=15)}
+        fresh = [TopicPartition(tp.topic, tp.partition, start_ms) for tp in partitions
+                 if committed.get(tp.partition, -1) < 0]
+        if not fresh:
+            return
+        starts = {tp.partition: tp.offset for tp in consumer.offsets_for_times(fresh, timeout=15)}
+        for tp in partitions:
+            if tp.partition in starts:
+                # No record at or after start_ms: begin at the end (OFFSET_END = -1).
+                tp.offset = starts[tp.partition] if starts[tp.partition] >= 0 else -1
+        consumer.assign(partitions)
+        log.info("model %s catching up from %d on partitions %s", self.name, start_ms, sorted(starts))
 
 
 class _BatchScorer:

@@ -1,0 +1,74 @@
+"""Promotion gates: `--require agreement>=0.95,p99<=50ms,n>=10000` against measured figures."""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from services.core.errors import ConfigError
+
+# figure name -> what it means (all about the candidate, over the gate's window)
+FIGURES = {
+    "n": "requests where both the candidate and the champion gave a usable score",
+    "agreement": "share of those requests where the candidate's label equals the champion's",
+    "p50": "candidate latency p50 (ms; request created -> score at the rendezvous)",
+    "p90": "candidate latency p90 (ms)",
+    "p99": "candidate latency p99 (ms)",
+    "p999": "candidate latency p99.9 (ms)",
+    "mad": "mean absolute score difference to the champion",
+    "correlation": "Pearson correlation of scores with the champion",
+    "ks": "Kolmogorov-Smirnov distance of score distributions to the champion",
+    "error_rate": "share of the candidate's outputs that were errors",
+    "deadline_met": "share of the candidate's outputs that arrived by the deadline",
+}
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq,
+}
+_CLAUSE = re.compile(r"^\s*([a-z_0-9]+)\s*(>=|<=|==|>|<)\s*([0-9.eE+-]+)\s*(ms|s)?\s*$")
+
+
+@dataclass(frozen=True)
+class Requirement:
+    figure: str
+    op: str
+    value: float
+    text: str
+
+    def holds(self, actual: float) -> bool:
+        return actual == actual and _OPS[self.op](actual, self.value)  # NaN never passes
+
+
+@dataclass(frozen=True)
+class Verdict:
+    requirement: Requirement
+    actual: float
+    passed: bool
+
+    def line(self) -> str:
+        mark = "ok  " if self.passed else "FAIL"
+        return f"{mark} {self.requirement.text:<22} measured {self.actual:.4g}"
+
+
+def parse_requirements(text: str) -> list[Requirement]:
+    requirements = []
+    for clause in filter(None, (c.strip() for c in text.split(","))):
+        match = _CLAUSE.match(clause)
+        if match is None:
+            raise ConfigError(f"--require: cannot read {clause!r}; expected e.g. agreement>=0.95,p99<=50ms")
+        figure, op, number, unit = match.groups()
+        if figure not in FIGURES:
+            raise ConfigError(f"--require: unknown figure {figure!r}; known: {', '.join(FIGURES)}")
+        value = float(number) * (1000.0 if unit == "s" else 1.0)
+        if unit and not figure.startswith("p"):
+            raise ConfigError(f"--require: {figure} takes no unit ({clause!r})")
+        requirements.append(Requirement(figure, op, value, clause))
+    if not requirements:
+        raise ConfigError("--require is empty")
+    return requirements
+
+
+def evaluate(requirements: list[Requirement], figures: Mapping[str, float]) -> list[Verdict]:
+    return [Verdict(r, figures.get(r.figure, float("nan")), r.holds(figures.get(r.figure, float("nan"))))
+            for r in requirements]

@@ -1,0 +1,118 @@
+"""Argument wiring of the lifecycle commands (models, deploy, promote, schedule, decoy, replay)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rich.console import Console
+
+from services.cli.common import run_service, with_bootstrap
+from services.core.settings import add_arguments, from_namespace
+
+
+def _console() -> Console:
+    return Console(stderr=True)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from services.cli.lifecycle import LifecycleSettings
+    from services.cli.lifecycle import cmd_models as run
+
+    return run(with_bootstrap(from_namespace(LifecycleSettings, args)), Console())
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from services.cli import lifecycle
+
+    settings = with_bootstrap(from_namespace(lifecycle.LifecycleSettings, args))
+    action = {"show": lifecycle.cmd_schedule_show, "set": lifecycle.cmd_schedule_set,
+              "history": lifecycle.cmd_schedule_history}[args.action]
+    return action(settings, _console() if args.action != "history" else Console())
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from services.cli import lifecycle
+    from services.cli.evidence import gate_figures
+
+    settings = with_bootstrap(from_namespace(lifecycle.LifecycleSettings, args))
+    return lifecycle.cmd_promote(settings, args.name, _console(), gate_figures)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from services.cli import lifecycle
+
+    return lifecycle.cmd_rollback(with_bootstrap(from_namespace(lifecycle.LifecycleSettings, args)), _console())
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from services.cli.deploy import DeploySettings
+    from services.cli.deploy import cmd_deploy as run
+
+    return run(with_bootstrap(from_namespace(DeploySettings, args)), args.name, _console())
+
+
+def cmd_undeploy(args: argparse.Namespace) -> int:
+    from services.cli.deploy import cmd_undeploy as run
+
+    return run(args.name, _console())
+
+
+def cmd_decoy_serve(args: argparse.Namespace) -> int:
+    from services.decoy.service import Decoy
+    from services.decoy.settings import DecoySettings
+
+    settings = with_bootstrap(from_namespace(DecoySettings, args))
+    run_service(Decoy(settings), settings.metrics_port, settings)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from services.cli.replay import ReplaySettings, run_replay
+
+    return run_replay(with_bootstrap(from_namespace(ReplaySettings, args)), Console())
+
+
+def register(commands: Any) -> None:
+    """Add the lifecycle commands to the `rendezvous` parser."""
+    from services.cli.deploy import DeploySettings
+    from services.cli.lifecycle import LifecycleSettings
+    from services.cli.replay import ReplaySettings
+    from services.decoy.settings import DecoySettings
+
+    models = commands.add_parser("models", help="which models are live: rate, latency, errors, role")
+    add_arguments(models, LifecycleSettings)
+    models.set_defaults(handler=cmd_models)
+
+    deploy = commands.add_parser("deploy", help="start a challenger's workers beside the champion (this machine)")
+    deploy.add_argument("name", help="model name on the scores topic (its consumer group is <prefix>model.NAME)")
+    add_arguments(deploy, DeploySettings)
+    deploy.set_defaults(handler=cmd_deploy)
+
+    undeploy = commands.add_parser("undeploy", help="stop the workers `deploy` started")
+    undeploy.add_argument("name")
+    undeploy.set_defaults(handler=cmd_undeploy)
+
+    promote = commands.add_parser("promote", help="make a model the champion (old champion = first fallback)")
+    promote.add_argument("name", help="the model to promote")
+    add_arguments(promote, LifecycleSettings)
+    promote.set_defaults(handler=cmd_promote)
+
+    rollback = commands.add_parser("rollback", help="restore the previous schedule (as a new version)")
+    add_arguments(rollback, LifecycleSettings)
+    rollback.set_defaults(handler=cmd_rollback)
+
+    schedule = commands.add_parser("schedule", help="show, set or list the versions of the live schedule")
+    schedule.add_argument("action", choices=["show", "set", "history"])
+    add_arguments(schedule, LifecycleSettings)
+    schedule.set_defaults(handler=cmd_schedule)
+
+    decoy = commands.add_parser("decoy", help="run the decoy: archive every request exactly as received")
+    decoy_sub = decoy.add_subparsers(dest="action", required=True, metavar="ACTION")
+    decoy_serve = decoy_sub.add_parser("serve", help="consume the requests topic into an archive directory")
+    add_arguments(decoy_serve, DecoySettings)
+    decoy_serve.set_defaults(handler=cmd_decoy_serve)
+
+    replay = commands.add_parser("replay", help="run a model over recorded requests; compare with the champion")
+    add_arguments(replay, ReplaySettings)
+    replay.set_defaults(handler=cmd_replay)

@@ -1,0 +1,125 @@
+"""The range flags of `rendezvous compare`, parsed before any broker is contacted.
+
+    --since 10m                      the last 10 minutes, up to the end of the topic
+    --from 2024-05-01T12:00Z         an ISO time (no zone given = UTC, so a range means the same
+    --from 1714564800000             thing on every machine), epoch milliseconds,
+    --from offset:1200               or an offset (applied to every partition)
+    --to ...                         the same forms; exclusive: the range is [from, to)
+
+Times are Kafka record timestamps of `rdv.log` (when the rendezvous wrote the record, within
+`--linger-ms` of the request's deadline); the reader turns them into per-partition offsets with
+`offsets_for_times`, so a range is read exactly, never scanned from the beginning.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from services.core.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+# Epoch milliseconds below this (1973-03-03) are almost surely epoch *seconds* typed by mistake.
+_MIN_EPOCH_MS = 100_000_000_000
+OFFSET_PREFIX = "offset:"
+
+
+@dataclass(frozen=True)
+class TimeBound:
+    """A record timestamp, epoch ms."""
+
+    ms: int
+
+
+@dataclass(frozen=True)
+class OffsetBound:
+    """The same offset in every partition."""
+
+    offset: int
+
+
+Bound = TimeBound | OffsetBound
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """[start, end); None = the beginning / the end of the topic when the read starts."""
+
+    start: Bound | None = None
+    end: Bound | None = None
+
+    def describe(self) -> str:
+        return f"from {_describe(self.start, 'the beginning')} to {_describe(self.end, 'the end')}"
+
+
+def _describe(bound: Bound | None, default: str) -> str:
+    if bound is None:
+        return default
+    if isinstance(bound, OffsetBound):
+        return f"offset {bound.offset}"
+    return format_ms(bound.ms)
+
+
+def format_ms(ms: int) -> str:
+    """Epoch ms as an ISO UTC time to the second, e.g. 2024-05-01 12:00:00Z."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def parse_duration_ms(text: str, flag: str = "--since") -> int:
+    """`90s`, `10m`, `2h`, `1d`, `500ms`, `1.5h` -> milliseconds (positive)."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ConfigError(f"{flag}: expected a duration like 90s, 10m, 2h, got {text!r}")
+    ms = int(float(match.group(1)) * _UNIT_MS[match.group(2)])
+    if ms <= 0:
+        raise ConfigError(f"{flag}: the duration must be positive, got {text!r}")
+    return ms
+
+
+def parse_bound(text: str, flag: str) -> Bound:
+    """An ISO time, epoch milliseconds, or `offset:N`."""
+    value = text.strip()
+    if value.lower().startswith(OFFSET_PREFIX):
+        number = value[len(OFFSET_PREFIX):].strip()
+        if not number.isdigit():
+            raise ConfigError(f"{flag}: expected offset:N with N a whole number >= 0, got {text!r}")
+        return OffsetBound(int(number))
+    if value.isdigit():
+        ms = int(value)
+        if ms < _MIN_EPOCH_MS:
+            raise ConfigError(f"{flag}: {text!r} looks like epoch seconds; give epoch milliseconds")
+        return TimeBound(ms)
+    return TimeBound(_parse_iso_ms(value, flag))
+
+
+def _parse_iso_ms(value: str, flag: str) -> int:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(
+            f"{flag}: expected an ISO time (2024-05-01T12:00:00Z), epoch ms or offset:N, got {value!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def parse_bounds(since: str, start: str, end: str, now_ms: int) -> Bounds:
+    """The range the three flags describe; `--since` and `--from` exclude each other."""
+    if since and start:
+        raise ConfigError("give either --since or --from, not both")
+    lower: Bound | None = None
+    if since:
+        lower = TimeBound(now_ms - parse_duration_ms(since))
+    elif start:
+        lower = parse_bound(start, "--from")
+    upper = parse_bound(end, "--to") if end else None
+    if type(lower) is type(upper) and lower is not None and upper is not None and _key(upper) < _key(lower):
+        raise ConfigError(f"the range ends before it starts ({Bounds(lower, upper).describe()})")
+    return Bounds(lower, upper)
+
+
+def _key(bound: Bound) -> int:
+    return bound.ms if isinstance(bound, TimeBound) else bound.offset

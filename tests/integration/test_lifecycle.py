@@ -1,0 +1,111 @@
+"""Challenger lifecycle on a real broker: promote and roll back live, refuse bad schedules."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from services.client.client import Client
+from services.core.settings import Topics
+from services.model_worker.models import demo_rows
+from services.rendezvous.control import encode_schedule, load_book
+from services.rendezvous.schedule import Schedule
+from tests.integration.harness import Services, read_topic, wait_until
+from tests.integration.test_cli import assert_one_line_error, rendezvous
+
+pytestmark = pytest.mark.kafka
+
+
+class Stream:
+    """Sends `total` requests at a steady rate from a thread; counts what was sent."""
+
+    def __init__(self, client: Client, total: int, rate: float):
+        self.client, self.total, self.rate = client, total, rate
+        self.sent = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        rows = demo_rows(1000, seed=11)
+        started = time.monotonic()
+        while self.sent < self.total:
+            due = min(self.total, int((time.monotonic() - started) * self.rate) + 1)
+            while self.sent < due:
+                self.client.submit(rows[self.sent % len(rows)])
+                self.sent += 1
+            time.sleep(0.005)  # pacing a fixed request rate
+        self.client.flush()
+
+
+def test_promote_and_rollback_during_a_stream_switch_exactly_at_the_effective_time(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    services.worker(bootstrap, prefix, "demo:champion")
+    services.worker(bootstrap, prefix, "demo:challenger")
+    services.rendezvous(bootstrap, prefix, models=("champion", "challenger"), linger_ms=300)
+    common = ("--bootstrap", bootstrap, "--topic-prefix", prefix, "--effective-in", "1s")
+    total = 5000
+    with Client(config, topics, budget_ms=20_000, answer_wait_s=60) as client:
+        stream = Stream(client, total, rate=500.0)
+        stream.thread.start()
+        wait_until(lambda: stream.sent >= 1200, 60, "the first requests")
+        promoted = rendezvous("promote", "challenger", *common)
+        assert promoted.returncode == 0, promoted.stderr
+        wait_until(lambda: stream.sent >= 3000, 60, "more requests after the promotion")
+        rolled = rendezvous("rollback", *common)
+        assert rolled.returncode == 0, rolled.stderr
+        stream.thread.join(timeout=120)
+        assert stream.sent == total
+
+    answers = read_topic(config, topics.answers, expect=total, decode="answer", timeout=120)
+    assert len(answers) == total and len({a["request_id"] for a in answers}) == total, "none lost, none doubled"
+    versions = {s.version: s for s in load_book(config, topics.control, "default").versions}
+    assert sorted(versions) == [1, 2, 3]
+    assert versions[2].models[0] == "challenger" and versions[3].models[0] == "champion"
+    promote_at, rollback_at = versions[2].effective_at, versions[3].effective_at
+    segments = {1: 0, 2: 0, 3: 0}
+    for answer in answers:
+        created = answer["created_at"]
+        expected = 1 if created < promote_at else 2 if created < rollback_at else 3
+        segments[expected] += 1
+        champion = versions[expected].models[0]
+        assert (answer["schedule_version"], answer["model"], answer["status"]) == (expected, champion, "OK"), answer
+    assert all(segments.values()), f"every schedule governed some requests: {segments}"
+    logged = read_topic(config, topics.log, expect=total, decode="comparison", timeout=120)
+    by_id = {a["request_id"]: a["schedule_version"] for a in answers}
+    assert all(r["schedule_version"] == by_id[r["request_id"]] for r in logged)
+
+
+def test_malformed_or_unknown_model_schedules_are_refused_and_the_old_one_stays(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    services.worker(bootstrap, prefix, "demo:champion")
+    rendezvous_service = services.rendezvous(bootstrap, prefix, models=("champion",))
+    with Client(config, topics, budget_ms=20_000, answer_wait_s=60) as client:
+        client.score(demo_rows(1)[0])  # the champion is live now
+
+        refused = rendezvous("schedule", "set", "--models", "ghost", "--bootstrap", bootstrap, "--topic-prefix", prefix)
+        assert_one_line_error(refused, "ghost", "sent no score")
+
+        producer = Producer(config)
+        ghost = Schedule(models=("ghost",), version=2, effective_at=0)
+        producer.produce(topics.control, encode_schedule(ghost), key=ghost.key())
+        producer.produce(topics.control, b"not a schedule", key=b"default/0000000003")
+        stale = Schedule(models=("champion",), version=1, effective_at=5)
+        producer.produce(topics.control, encode_schedule(stale), key="default/0000000001")
+        assert producer.flush(30) == 0
+
+        dead = read_topic(config, topics.deadletter, expect=3, decode="deadletter")
+        reasons = sorted(d["reason"] for d in dead if d["source_topic"] == topics.control)
+        assert len(reasons) == 3, reasons
+        assert any("ghost" in r and "sent no score" in r for r in reasons)
+        assert any("not an Avro single-object" in r for r in reasons)
+        assert any("not newer than v1" in r for r in reasons)
+        assert all("v1 stays in force" in r for r in reasons)
+        assert rendezvous_service.book.latest is not None and rendezvous_service.book.latest.version == 1
+
+        after = client.score(demo_rows(1, seed=2)[0])
+    assert (after.schedule_version, after.model, after.status) == (1, "champion", "OK")
