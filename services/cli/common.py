@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
 from services.core.errors import ConfigError
+from services.core.health import serve_http
 from services.core.kafka import create_topics
-from services.core.metrics import serve_metrics
 from services.core.runtime import install_signal_handlers
 from services.core.settings import KafkaSettings, Topics, redact
 from services.localkafka.broker import read_bootstrap
@@ -56,13 +56,18 @@ class Runnable(Protocol):
 
 
 def run_service(service: Runnable, metrics_port: int, settings: KafkaSettings) -> None:
-    """Run a service in the foreground until SIGINT/SIGTERM."""
-    log.info("starting with %s", settings.describe() if hasattr(settings, "describe") else settings)
+    """Run a service in the foreground until SIGINT/SIGTERM (a second one exits at once)."""
+    log.info("starting with %s", settings.describe())
     log.debug("librdkafka config: %s", redact(settings.librdkafka()))
-    serve_metrics(metrics_port)
+    readiness = getattr(service, "readiness", None) or (lambda: (True, "running"))
+    server = serve_http(metrics_port, readiness)
     stop = threading.Event()
     install_signal_handlers(stop)
-    service.run(stop)
+    try:
+        service.run(stop)
+    finally:
+        if server is not None:
+            server.shutdown()
 
 
 def setup_logging(level: str) -> None:

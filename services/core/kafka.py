@@ -60,6 +60,19 @@ def _log_client_error(err: KafkaError) -> None:
     log.log(level, "kafka client: %s", err.str())
 
 
+def _error_cb(config: Mapping[str, Any]) -> Callable[[KafkaError], None]:
+    """Log client errors, and also hand them to a caller's `error_cb` (e.g. a health tracker)."""
+    extra = config.get("error_cb")
+    if extra is None:
+        return _log_client_error
+
+    def both(err: KafkaError) -> None:
+        _log_client_error(err)
+        extra(err)
+
+    return both
+
+
 class Producer:
     """A producer whose delivery failures surface as exceptions."""
 
@@ -70,7 +83,7 @@ class Producer:
         soft_topics: Callable[[str], bool] = lambda _topic: False,
         on_soft_failure: Callable[[str, KafkaError], None] | None = None,
     ):
-        merged = {**PRODUCER_DEFAULTS, **config, "error_cb": _log_client_error, "logger": LIBRDKAFKA_LOG}
+        merged = {**PRODUCER_DEFAULTS, **config, "error_cb": _error_cb(config), "logger": LIBRDKAFKA_LOG}
         self._producer = _Producer(merged)
         self._failures: list[DeliveryFailed] = []
         self._is_soft = soft_topics
@@ -95,6 +108,10 @@ class Producer:
             if count > 1:
                 raise DeliveryFailed(f"{first.message} (and {count - 1} more)", retriable=first.retriable)
             raise first
+
+    def discard_failures(self) -> None:
+        """Forget delivery failures of outputs that were aborted with their transaction."""
+        self._failures.clear()
 
     def produce(
         self,
@@ -142,7 +159,7 @@ class Consumer:
     """A consumer with typed errors and explicit, synchronous commits."""
 
     def __init__(self, config: Mapping[str, Any]):
-        merged = {**CONSUMER_DEFAULTS, **config, "error_cb": _log_client_error, "logger": LIBRDKAFKA_LOG}
+        merged = {**CONSUMER_DEFAULTS, **config, "error_cb": _error_cb(config), "logger": LIBRDKAFKA_LOG}
         self._consumer = _Consumer(merged)
 
     def subscribe(
@@ -248,19 +265,71 @@ def admin(config: Mapping[str, Any]) -> AdminClient:
     return AdminClient(merged)
 
 
+class _QuietLog:
+    """librdkafka's log lines while waiting for the broker, at DEBUG: the wait reports its outcome once."""
+
+    def log(self, _level: int, msg: str, *args: Any, **kwargs: Any) -> None:
+        LIBRDKAFKA_LOG.log(logging.DEBUG, msg, *args, **kwargs)
+
+
+# Short first metadata attempts, so a refused login (reported through error_cb, served between
+# attempts) ends the wait in about a second; then 2 s attempts as a slow link may need.
+_ATTEMPT_TIMEOUTS = (0.25, 0.5, 1.0)
+_ATTEMPT_TIMEOUT_MAX = 2.0
+
+
+def _without_secrets(text: str, config: Mapping[str, Any]) -> str:
+    """`text` with the value of every secret setting (sasl.password, ...) masked, should it appear."""
+    from services.core.settings import is_secret
+
+    for key, value in config.items():
+        if is_secret(key) and isinstance(value, str) and value:
+            text = text.replace(value, "***")
+    return text
+
+
 def wait_for_broker(config: Mapping[str, Any], timeout: float = 15.0) -> Any:
-    """Return cluster metadata once a broker answers; `BrokerUnavailable` after `timeout`."""
-    client = admin(config)
+    """Return cluster metadata once a broker answers; `BrokerUnavailable` after `timeout`.
+
+    A broker that refuses the client's SASL credentials ends the wait at once with `BrokerError`
+    (librdkafka itself would retry until the timeout). Other client errors are expected while a
+    broker starts: they are logged at DEBUG (fatal ones at ERROR) and summed up in the final error.
+    """
+    refused: list[KafkaError] = []
+    caller_cb = config.get("error_cb")
+
+    def on_error(err: KafkaError) -> None:
+        if err.code() == KafkaError._AUTHENTICATION:
+            refused.append(err)
+        elif err.fatal():
+            _log_client_error(err)
+        else:
+            log.debug("kafka client, waiting for the broker: %s", err.str())
+        if callable(caller_cb):
+            caller_cb(err)
+
+    merged: dict[str, Any] = {**config, "error_cb": on_error, "logger": _QuietLog()}
+    client = AdminClient(merged)
+    bootstrap = config.get("bootstrap.servers")
     deadline = time.monotonic() + timeout
     last = "no answer"
+    attempt = 0
     while True:
+        step = _ATTEMPT_TIMEOUTS[attempt] if attempt < len(_ATTEMPT_TIMEOUTS) else _ATTEMPT_TIMEOUT_MAX
+        attempt += 1
         try:
-            return client.list_topics(timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+            return client.list_topics(timeout=min(step, max(0.1, deadline - time.monotonic())))
         except KafkaException as exc:
             last = str(exc.args[0].str() if exc.args and isinstance(exc.args[0], KafkaError) else exc)
+        client.poll(0)  # serves error_cb (and log lines) queued during the attempt
+        if refused:
+            reason = _without_secrets(refused[0].str(), config)
+            raise BrokerError(
+                f"Kafka refused the credentials at {bootstrap}: {reason}; check sasl.username/sasl.password"
+            )
         if time.monotonic() >= deadline:
             raise BrokerUnavailable(
-                f"no Kafka broker answered at {config.get('bootstrap.servers')!r} within {timeout:.0f}s "
+                f"no Kafka broker answered at {bootstrap!r} within {timeout:.0f}s "
                 f"({last}); start one with `rendezvous broker start` or pass --bootstrap"
             )
 

@@ -153,7 +153,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
         kind = _base_type(hints[f.name])
         default = f.default
         shown = ",".join(default) if isinstance(default, tuple) else default
-        text = f"{f.metadata.get('help', '')} [env {_env_name(f)}; default: {shown!r}]"
+        text = f"{f.metadata.get('help', '')} [env {_env_name(f)}; default: {shown!r}]".replace("%", "%%")
         flag = _flag_name(f)
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)

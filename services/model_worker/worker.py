@@ -21,8 +21,10 @@ from confluent_kafka import Message, TopicPartition
 from prometheus_client import Counter, Histogram
 
 from services.core.codec import codec
+from services.core.commits import AtLeastOnce
 from services.core.deadletter import DeadLetters
 from services.core.errors import BadInput, ConfigError
+from services.core.health import BrokerHealth
 from services.core.kafka import Consumer, Producer, next_offsets, partition_counts
 from services.core.metrics import DECODE_ERRORS, LATENCY_BUCKETS
 from services.core.runtime import now_ms, run_poll_loop
@@ -86,13 +88,19 @@ class ModelWorker:
         self.instance = settings.instance_id()
         self.topics = settings.topics()
         self.ready = threading.Event()
+        self.health = BrokerHealth()
         self.scored = 0
         self._requests = codec("request")
         self._scores = codec("score")
         self._labels = (self.name, self.version)
 
+    def readiness(self) -> tuple[bool, str]:
+        if not self.health.up:
+            return False, self.health.describe()
+        return (True, "ready") if self.ready.is_set() else (False, "waiting for a partition assignment")
+
     def run(self, stop: threading.Event) -> None:
-        config = self.settings.librdkafka()
+        config: dict[str, Any] = {**self.settings.librdkafka(), "error_cb": self.health.error_cb}
         counts = partition_counts(config, [self.topics.requests, self.topics.scores],
                                   timeout=self.settings.connect_timeout_s)
         if counts[self.topics.requests] != counts[self.topics.scores]:
@@ -113,11 +121,16 @@ class ModelWorker:
             stack.callback(consumer.close)
             consumer.subscribe([self.topics.requests], on_assign=self._on_assign)
             dead_letters = DeadLetters(producer, self.topics.deadletter, SERVICE)
-            handler = _BatchScorer(self, consumer, producer, dead_letters)
+            committer = AtLeastOnce(producer, consumer, self._waiting)
+            handler = _BatchScorer(self, consumer, producer, dead_letters, committer, stop)
             log.info("model %s %s (%s) scoring %s", self.name, self.version, self.instance,
                      self.topics.requests)
             run_poll_loop(consumer, handler, stop, max_batch=self.settings.max_batch, max_wait=0.1)
             log.info("model %s stopping after %d scores", self.name, self.scored)
+
+    def _waiting(self, what: str) -> None:
+        self.health.mark_down()
+        log.warning("model %s: %s", self.name, what)
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         log.info("model %s assigned %s", self.name, [p.partition for p in partitions])
@@ -145,11 +158,16 @@ class ModelWorker:
 class _BatchScorer:
     """Decode -> score -> produce -> flush -> commit, once per polled batch."""
 
-    def __init__(self, worker: ModelWorker, consumer: Consumer, producer: Producer, dead: DeadLetters):
+    def __init__(
+        self, worker: ModelWorker, consumer: Consumer, producer: Producer, dead: DeadLetters,
+        committer: AtLeastOnce, stop: threading.Event,
+    ):
         self.w = worker
         self.consumer = consumer
         self.producer = producer
         self.dead = dead
+        self.committer = committer
+        self.stop = stop
 
     def next_wakeup(self) -> float:
         return 0.1
@@ -164,8 +182,10 @@ class _BatchScorer:
         requests, sources = self._decode(messages)
         if requests:
             self._score_and_produce(requests, sources, received_at)
-        self.producer.flush()
-        self.consumer.commit(next_offsets(messages))
+        # Scores acknowledged, then offsets committed; retried while the broker is away.
+        # If we are stopping before that succeeds, the batch is simply scored again later.
+        if self.committer.commit(next_offsets(messages), give_up=self.stop.is_set):
+            self.w.health.mark_up()
 
     def _decode(self, messages: list[Message]) -> tuple[list[dict[str, Any]], list[Message]]:
         requests, sources = [], []

@@ -114,16 +114,21 @@ class ControlFeed:
     def read_history(self, timeout: float = 30.0) -> list[ControlRecord]:
         """Every record up to the end offsets as of now."""
         ends = self.end_offsets()
-        positions = dict.fromkeys(ends, 0)
         records: list[ControlRecord] = []
         deadline = time.monotonic() + timeout
-        while any(positions[p] < ends[p] for p in ends):
+        while not self._reached(ends):
             if time.monotonic() > deadline:
                 raise ConfigError(f"could not read {self.topic} to its end within {timeout:.0f}s")
-            for msg in self._consumer.consume(500, 0.2):
-                positions[msg.partition() or 0] = (msg.offset() or 0) + 1
-                records.append(_parse(msg))
+            records.extend(_parse(msg) for msg in self._consumer.consume(500, 0.2))
         return records
+
+    def _reached(self, ends: dict[int, int]) -> bool:
+        # Positions, not offsets seen: transaction markers occupy offsets no record fills.
+        waiting = [TopicPartition(self.topic, p) for p, end in ends.items() if end > 0]
+        if not waiting:
+            return True
+        positions = self._consumer.native.position(waiting)
+        return all(tp.offset >= ends[tp.partition] for tp in positions)
 
     def poll(self) -> list[ControlRecord]:
         """Whatever arrived since the last call (non-blocking)."""

@@ -63,3 +63,8 @@ SCHEDULE_REJECTED = Counter(
     "rdv_schedule_rejected_total",
     "Control records refused (malformed, stale, or naming a model that is not live).",
 )
+RECOVERED = Counter(
+    "rdv_recovered_total", "Re-read requests found already answered/logged after a restart (not repeated).", ["what"]
+)
+PAUSED = Gauge("rdv_requests_paused", "1 while request intake is paused (mailbox table full, or draining).")
+TRANSACTIONS = Counter("rdv_transactions_total", "Transactions ended, by outcome (committed | aborted).", ["outcome"])

@@ -39,6 +39,10 @@ class ReplyRouter:
             return
         self._producer.produce(topic, value, key=key, partition=partition)
 
+    def forget(self, topic: str) -> None:
+        """A delivery to `topic` failed: treat it as missing until it is checked again."""
+        self._partitions[topic] = (0, time.monotonic())
+
     def _partition_count(self, topic: str) -> int:
         now = time.monotonic()
         cached = self._partitions.get(topic)

@@ -1,14 +1,16 @@
-"""The rendezvous: join scores to requests, answer by the schedule under the deadline, log all.
+"""The rendezvous service: Kafka plumbing around the join (join.py).
 
 Co-partitioning: requests and scores are keyed by request_id with equal partition counts,
 and one consumer group reads both topics with the range assignor, so the instance that
-owns request partition p also owns score partition p (DESIGN.md section 3).
+owns request partition p also owns score partition p (DESIGN.md section 3). Answers and
+comparison records are written to partition p of their topics too, which lets a restarted
+instance find what it had already answered (recovery.py).
 
-Commit order: answers, comparison records and dead letters are produced first; before
-offsets are committed the producer is flushed, so an input offset is committed only after
-everything derived from it was acknowledged. The committable offset of a partition is that
-of its oldest record whose mailbox is still open (see offsets.py); after a crash, re-reading
-from there rebuilds every open mailbox.
+Commit order: answers, comparison records and dead letters are produced first; then the
+offsets of finished inputs are committed — in one transaction with the outputs
+(exactly-once, the default) or after a flush (at-least-once); see core/commits.py. The
+committable offset of a partition is that of its oldest record whose mailbox is still open
+(offsets.py); after a crash, re-reading from there rebuilds every open mailbox.
 
 Clock: deadlines are absolute epoch milliseconds from the producer's clock, so this service
 compares them with its own wall clock (`now_ms`), not a monotonic clock, which would mean
@@ -20,44 +22,36 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections import OrderedDict
+import time
 from contextlib import ExitStack
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, TopicPartition
 
-from services.core.codec import codec
+from services.core.commits import AtLeastOnce, Committer, ExactlyOnce, TransactionAborted
 from services.core.deadletter import DeadLetters
 from services.core.errors import BadInput, ConfigError, DecodeFailed
+from services.core.health import BrokerHealth
 from services.core.kafka import Consumer, Producer, partition_counts
 from services.core.metrics import DECODE_ERRORS
 from services.core.runtime import now_ms, run_poll_loop
 from services.rendezvous import metrics as m
 from services.rendezvous.control import ControlFeed, ControlRecord, ScheduleBook, encode_schedule
-from services.rendezvous.mailbox import Arrival, Mailbox
-from services.rendezvous.offsets import OffsetBook
+from services.rendezvous.join import Join
+from services.rendezvous.mailbox import Mailbox
+from services.rendezvous.recovery import scan_finished
 from services.rendezvous.replies import ReplyRouter
-from services.rendezvous.schedule import Decision, Schedule, Status
+from services.rendezvous.schedule import Schedule
 from services.rendezvous.settings import RendezvousSettings
-from services.rendezvous.timers import DeadlineHeap
 
 log = logging.getLogger(__name__)
 
 SERVICE = "rendezvous"
-
-
-def validate_request(request: dict[str, Any]) -> None:
-    """Checks Avro cannot express; a failure dead-letters the request."""
-    if not request["request_id"]:
-        raise DecodeFailed("request_id is empty")
-    if request["created_at"] <= 0:
-        raise DecodeFailed(f"created_at must be epoch milliseconds, got {request['created_at']}")
-    if not request["features"] and request["payload"] is None:
-        raise DecodeFailed("request carries neither features nor a payload")
+RESUME_AT = 0.8  # intake resumes once the mailbox table is below this share of its maximum
 
 
 class Rendezvous:
-    """One rendezvous instance; `run(stop)` until the flag is set."""
+    """One rendezvous instance; `run(stop)` until the flag is set, then drain and commit."""
 
     def __init__(self, settings: RendezvousSettings, schedule: Schedule | None = None):
         self.settings = settings
@@ -66,36 +60,61 @@ class Rendezvous:
         # published there as the first version, so the topic stays the one source of truth).
         self.bootstrap_schedule = schedule or settings.schedule()
         self.book = ScheduleBook(settings.schedule_name)
-        self.mailboxes: dict[str, Mailbox] = {}
+        self.join = Join(settings, self.book, self.bootstrap_schedule, self)
         self.ready = threading.Event()
-        self.answered = 0
-        self.logged = 0
-        self._closed: OrderedDict[str, int] = OrderedDict()  # request_id -> forget at (ms)
-        self._timers: DeadlineHeap[Mailbox] = DeadlineHeap()
-        self._offsets = OffsetBook()
-        self._models_seen: dict[str, int] = {}
-        self._expected: frozenset[str] = frozenset(self.bootstrap_schedule.models)
-        self._expected_at = 0
+        self.health = BrokerHealth()
         self._shown_version = -1
         self._last_commit = 0
-        self._codecs = {name: codec(name) for name in ("request", "score", "answer", "comparison")}
+        self._dirty = False  # outputs produced since the last commit
+        self._paused = False
+        self._draining_until: float | None = None
+        self._drain_done = threading.Event()
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
+        self._committer: Committer | None = None
         self._dead: DeadLetters | None = None
         self._replies: ReplyRouter | None = None
         self._control: ControlFeed | None = None
 
     @property
+    def mailboxes(self) -> dict[str, Mailbox]:
+        return self.join.mailboxes
+
+    @property
+    def answered(self) -> int:
+        return self.join.answered
+
+    @property
+    def logged(self) -> int:
+        return self.join.logged
+
+    @property
     def schedule(self) -> Schedule:
         """The schedule in force now (requests are governed by the one in force at creation)."""
-        return self.book.in_force(now_ms()) if self.book.latest else self.bootstrap_schedule
+        return self.join.schedule_at(now_ms())
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self.health.up:
+            return False, self.health.describe()
+        if not self.ready.is_set():
+            return False, "waiting for a partition assignment"
+        if self._draining_until is not None:
+            return False, "draining before shutdown"
+        return True, "paused: mailbox table full" if self._paused else "ready"
+
+    # -- lifecycle -------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        config = self.settings.librdkafka()
-        self._check_copartitioned(config)
+        config: dict[str, Any] = {**self.settings.librdkafka(), "error_cb": self.health.error_cb}
+        self._check_topics(config)
         core_topics = {self.topics.answers, self.topics.log, self.topics.deadletter}
+        exactly_once = self.settings.processing == "exactly-once"
         with ExitStack() as stack:
-            producer = Producer(config, soft_topics=lambda t: t not in core_topics,
+            producer_config = dict(config)
+            if exactly_once:
+                producer_config["transactional.id"] = self.settings.transactional_id()
+                producer_config["transaction.timeout.ms"] = self.settings.transaction_timeout_ms
+            producer = Producer(producer_config, soft_topics=lambda t: t not in core_topics,
                                 on_soft_failure=self._on_reply_failure)
             stack.callback(producer.close)
             consumer = Consumer({
@@ -104,6 +123,7 @@ class Rendezvous:
                 "auto.offset.reset": self.settings.start_from,
                 # Range assigns partition p of both topics to the same member (co-partitioning).
                 "partition.assignment.strategy": "range",
+                "isolation.level": "read_committed",
             })
             stack.callback(consumer.close)
             self._producer, self._consumer = producer, consumer
@@ -111,246 +131,198 @@ class Rendezvous:
             self._replies = ReplyRouter(producer, config)
             self._control = ControlFeed(config, self.topics.control)
             stack.callback(self._control.close)
+            committer_type = ExactlyOnce if exactly_once else AtLeastOnce
+            self._committer = committer_type(producer, consumer, self._waiting)
+            self._committer.init()
             self._load_schedules(producer)
             consumer.subscribe([self.topics.requests, self.topics.scores], on_assign=self._on_assign,
                                on_revoke=self._on_revoke, on_lost=self._on_lost)
-            log.info("rendezvous joining %s + %s", self.topics.requests, self.topics.scores)
+            log.info("rendezvous joining %s + %s (%s)", self.topics.requests, self.topics.scores,
+                     self.settings.processing)
             run_poll_loop(consumer, self, stop, max_batch=self.settings.max_batch, max_wait=0.1)
-            self._commit()  # finished work only; open mailboxes are rebuilt by the next owner
-            log.info("rendezvous stopping: %d answered, %d logged, %d in flight",
+            self._drain(consumer)
+            log.info("rendezvous stopping: %d answered, %d logged, %d in flight left to the next owner",
                      self.answered, self.logged, len(self.mailboxes))
 
-    def _check_copartitioned(self, config: dict[str, str]) -> None:
-        counts = partition_counts(config, [self.topics.requests, self.topics.scores, self.topics.answers,
-                                           self.topics.log, self.topics.deadletter, self.topics.control],
+    def _check_topics(self, config: dict[str, Any]) -> None:
+        t = self.topics
+        counts = partition_counts(config, [t.requests, t.scores, t.answers, t.log, t.deadletter, t.control],
                                   timeout=self.settings.connect_timeout_s)
-        if counts[self.topics.requests] != counts[self.topics.scores]:
-            raise ConfigError(
-                f"{self.topics.scores} has {counts[self.topics.scores]} partitions but "
-                f"{self.topics.requests} has {counts[self.topics.requests]}: the join needs equal counts"
-            )
+        for other in (t.scores, t.answers, t.log):
+            if counts[other] != counts[t.requests]:
+                raise ConfigError(
+                    f"{other} has {counts[other]} partitions but {t.requests} has {counts[t.requests]}: "
+                    "scores, answers and log must be co-partitioned with the requests"
+                )
+
+    def _drain(self, consumer: Consumer) -> None:
+        """After SIGTERM: stop intake, finish what is in flight (bounded), commit, return."""
+        self._draining_until = time.monotonic() + self.settings.drain_timeout_s
+        self._pause_requests(consumer, True)
+        if self.mailboxes:
+            log.info("draining %d requests in flight (at most %.0fs)", len(self.mailboxes),
+                     self.settings.drain_timeout_s)
+            run_poll_loop(consumer, self, self._drain_done, max_batch=self.settings.max_batch, max_wait=0.05)
+        self._commit()
+
+    def _drain_finished(self) -> bool:
+        until = self._draining_until
+        return until is not None and (not self.mailboxes or time.monotonic() >= until)
 
     # -- the poll loop's handler -----------------------------------------------------------
 
     def next_wakeup(self) -> float:
-        earliest = self._timers.earliest()
+        earliest = self.join.next_timer()
         until_commit = self.settings.commit_interval_ms / 1000.0
         if earliest is None:
             return until_commit
         return min(until_commit, max(0.0, (earliest - now_ms()) / 1000.0))
 
     def on_batch(self, messages: list[Message]) -> None:
+        if messages:
+            self.health.mark_up()
         now = now_ms()
         requests, scores = self.topics.requests, self.topics.scores
         for msg in messages:
             topic = msg.topic()
             if topic == scores:
-                self._on_score(msg, now)
+                self.join.on_score(msg, now)
             elif topic == requests:
-                self._on_request(msg, now)
+                self.join.on_request(msg, now)
 
     def on_tick(self) -> None:
-        assert self._control is not None
+        assert self._control is not None and self._producer is not None and self._consumer is not None
         for record in self._control.poll():
             self._apply_control(record, live=True)
         now = now_ms()
         self._show_schedule(now)
-        for mailbox in self._timers.pop_due(now):
-            if not mailbox.closed and mailbox.wake_at <= now:
-                mailbox.wake_at = 0
-                self._advance(mailbox, now)
-        self._forget_closed(now)
-        m.MAILBOXES.set(len(self.mailboxes))
+        self.join.tick(now)
+        self._throttle(self._consumer)
         if now - self._last_commit >= self.settings.commit_interval_ms:
             self._commit()
             self._last_commit = now
-        assert self._producer is not None
         self._producer.poll(0)
+        if self._drain_finished():
+            self._drain_done.set()
 
-    # -- records ---------------------------------------------------------------------------
+    def _throttle(self, consumer: Consumer) -> None:
+        """Bounded memory: pause request intake while the mailbox table is full."""
+        if self._draining_until is not None:
+            return
+        size = len(self.mailboxes)
+        if not self._paused and size >= self.settings.max_mailboxes:
+            log.warning("%d requests in flight: pausing intake until below %d", size,
+                        int(self.settings.max_mailboxes * RESUME_AT))
+            self._pause_requests(consumer, True)
+        elif self._paused and size < self.settings.max_mailboxes * RESUME_AT:
+            log.info("%d requests in flight: resuming intake", size)
+            self._pause_requests(consumer, False)
 
-    def _reject(self, msg: Message, err: BadInput) -> None:
+    def _pause_requests(self, consumer: Consumer, pause: bool) -> None:
+        partitions = [tp for tp in consumer.assignment() if tp.topic == self.topics.requests]
+        if partitions:
+            (consumer.pause if pause else consumer.resume)(partitions)
+        self._paused = pause
+        m.PAUSED.set(1 if pause else 0)
+
+    # -- outputs (called by the join) ------------------------------------------------------
+
+    def answer(self, mailbox: Mailbox, value: bytes) -> None:
+        assert self._producer is not None and self._replies is not None
+        key = mailbox.request_id.encode()
+        self._producer.produce(self.topics.answers, value, key=key, partition=mailbox.partition)
+        if mailbox.reply_topic:
+            self._replies.send(mailbox.reply_topic, mailbox.reply_partition, key, value)
+        self._dirty = True
+
+    def log(self, mailbox: Mailbox, value: bytes) -> None:
+        assert self._producer is not None
+        self._producer.produce(self.topics.log, value, key=mailbox.request_id.encode(), partition=mailbox.partition)
+        self._dirty = True
+
+    def reject(self, msg: Message, err: BadInput) -> None:
         assert self._dead is not None
         DECODE_ERRORS.labels(SERVICE, msg.topic(), type(err).__name__).inc()
         self._dead.send(msg, err)
-        self._offsets.track(msg, None)
+        self._dirty = True
 
-    def _on_request(self, msg: Message, now: int) -> None:
+    def _on_reply_failure(self, topic: str, err: KafkaError) -> None:
+        m.REPLY_ERRORS.labels("delivery").inc()
+        if self._replies is not None:
+            self._replies.forget(topic)
+        log.warning("answer to return address %s failed: %s", topic, err.str())
+
+    # -- commits, rewinds and rebalances ---------------------------------------------------
+
+    def _commit(self) -> None:
+        """Make finished work final (see core/commits.py for the order)."""
+        assert self._committer is not None
+        offsets = self.join.offsets.to_commit()
+        if not offsets and not (self._dirty and self._committer.transactional):
+            return
         try:
-            request = self._codecs["request"].decode(msg.value())
-            validate_request(request)
-        except BadInput as err:
-            self._reject(msg, err)
+            done = self._committer.commit(offsets, give_up=self._give_up)
+        except TransactionAborted as err:
+            m.TRANSACTIONS.labels("aborted").inc()
+            log.warning("%s: rewinding to the committed offsets", err)
+            self._rewind()
             return
-        m.REQUESTS.inc()
-        rid = request["request_id"]
-        mailbox = self.mailboxes.get(rid)
-        if (mailbox is None and rid in self._closed) or (mailbox is not None and mailbox.has_request):
-            m.DUPLICATE_REQUESTS.inc()
-            self._offsets.track(msg, mailbox)
-            return
-        schedule = self.book.for_request(request["created_at"])
-        deadline = schedule.deadline_for(request["created_at"], request["deadline"])
-        if mailbox is None:
-            mailbox = self.mailboxes[rid] = Mailbox(rid, msg.partition() or 0, deadline)
-        mailbox.schedule = schedule
-        mailbox.has_request = True
-        mailbox.created_at = request["created_at"]
-        mailbox.deadline = deadline
-        reply = request["reply_to"]
-        if reply is not None:
-            mailbox.reply_topic, mailbox.reply_partition = reply["topic"], reply["partition"]
-        self._offsets.track(msg, mailbox)
-        self._advance(mailbox, now)
+        if done:
+            self.join.offsets.mark_committed(offsets)
+            self._dirty = False
+            self.health.mark_up()
+            if self._committer.transactional:
+                m.TRANSACTIONS.labels("committed").inc()
 
-    def _on_score(self, msg: Message, now: int) -> None:
-        try:
-            score = self._codecs["score"].decode(msg.value())
-        except BadInput as err:
-            self._reject(msg, err)
-            return
-        model = score["model"]
-        m.SCORES.labels(model, score["version"]).inc()
-        self._models_seen[model] = now
-        rid = score["request_id"]
-        mailbox = self.mailboxes.get(rid)
-        if mailbox is None:
-            if rid in self._closed:
-                m.LATE_SCORES.labels(model, "true").inc()
-                self._offsets.track(msg, None)
-                return
-            mailbox = self.mailboxes[rid] = Mailbox(rid, msg.partition() or 0, score["deadline"])
-        arrival = Arrival(model, score["version"], score["score"], score["label"], score["error"],
-                          now, score["compute_ms"], late=mailbox.decision is not None)
-        if not mailbox.add(arrival):
-            m.DUPLICATE_SCORES.labels(model).inc()
-        elif arrival.late:
-            m.LATE_SCORES.labels(model, "false").inc()
-        self._offsets.track(msg, mailbox)
-        self._advance(mailbox, now)
+    def _give_up(self) -> bool:
+        """Stop retrying a commit only when a drain ran out of time (then the next owner redoes it)."""
+        until = self._draining_until
+        return until is not None and time.monotonic() >= until
 
-    # -- the mailbox state machine ---------------------------------------------------------
+    def _waiting(self, what: str) -> None:
+        self.health.mark_down()
+        log.warning("%s", what)
 
-    def _advance(self, mailbox: Mailbox, now: int) -> None:
-        """Answer when the schedule says so; log and close when every score is in or linger ends."""
-        if not mailbox.has_request:
-            give_up = mailbox.deadline + self.settings.orphan_grace_ms
-            if now >= give_up:
-                self._drop_orphan(mailbox, now)
-            else:
-                self._wake(mailbox, give_up, now)
-            return
-        schedule = mailbox.schedule
-        assert schedule is not None
-        if mailbox.decision is None:
-            decision = schedule.decide(mailbox.outcomes, mailbox.created_at, mailbox.deadline, now,
-                                       mailbox.request_id)
-            if decision is None:
-                at = schedule.next_check(mailbox.outcomes, mailbox.created_at, mailbox.deadline, now)
-                self._wake(mailbox, at, now)
-                return
-            self._answer(mailbox, decision, now)
-        log_by = mailbox.deadline + self.settings.linger_ms
-        if now >= log_by or self._expected_models(now) <= mailbox.arrivals.keys():
-            self._close(mailbox, now)
-        else:
-            self._wake(mailbox, log_by, now)
+    def _rewind(self) -> None:
+        """After an aborted transaction: forget everything since the last commit and re-read."""
+        assert self._consumer is not None
+        assignment = self._consumer.assignment()
+        self.join.drop_partitions({tp.partition for tp in assignment})
+        self.join.offsets.forget(assignment)
+        committed = self._consumer.committed(assignment)
+        for tp in committed:
+            self._consumer.native.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else -2))
+        self._recover(committed)
 
-    def _wake(self, mailbox: Mailbox, at: int, now: int) -> None:
-        if now < mailbox.wake_at <= at:
-            return  # an earlier timer is already set; it re-evaluates this mailbox
-        mailbox.wake_at = at
-        self._timers.push(at, mailbox)
+    def _recover(self, committed: list[TopicPartition]) -> None:
+        requests = {tp.partition: tp.offset for tp in committed if tp.topic == self.topics.requests}
+        if requests:
+            margin = int(self.settings.recovery_margin_s * 1000)
+            self.join.restore(scan_finished(self.settings.librdkafka(), self.topics, requests, margin))
 
-    def _expected_models(self, now: int) -> frozenset[str]:
-        """Models a comparison record waits for: the schedule's plus any seen recently."""
-        if now - self._expected_at > 1000:
-            horizon = now - int(self.settings.model_ttl_s * 1000)
-            seen = {model for model, at in self._models_seen.items() if at >= horizon}
-            self._expected = frozenset(self.schedule.models) | seen
-            self._expected_at = now
-        return self._expected
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+        self._paused = False
+        m.PAUSED.set(0)
+        if partitions:
+            self._recover(consumer.committed(partitions, timeout=15))
+        self.ready.set()
 
-    def _answer(self, mailbox: Mailbox, decision: Decision, now: int) -> None:
-        assert self._producer is not None and self._replies is not None
-        mailbox.decision, mailbox.answered_at = decision, now
-        chosen = mailbox.arrivals.get(decision.model) if decision.model else None
-        record = {
-            "request_id": mailbox.request_id,
-            "status": decision.status.value,
-            "model": decision.model,
-            "version": chosen.version if chosen else None,
-            "score": chosen.score if chosen else None,
-            "label": chosen.label if chosen else None,
-            "reason": decision.reason,
-            "created_at": mailbox.created_at,
-            "deadline": mailbox.deadline,
-            "answered_at": now,
-            "schedule": mailbox.schedule.name if mailbox.schedule else "",
-            "schedule_version": mailbox.schedule.version if mailbox.schedule else 0,
-        }
-        value = self._codecs["answer"].encode(record)
-        key = mailbox.request_id.encode()
-        self._producer.produce(self.topics.answers, value, key=key)
-        if mailbox.reply_topic:
-            self._replies.send(mailbox.reply_topic, mailbox.reply_partition, key, value)
-        self.answered += 1
-        status = decision.status.value
-        m.ANSWERS.labels(decision.model or "", status).inc()
-        m.ANSWER_LATENCY.labels(status).observe(max(0, now - mailbox.created_at) / 1000.0)
-        m.DEADLINE_SLACK.observe(max(0, now - mailbox.deadline) / 1000.0)
-        if decision.status is Status.FALLBACK:
-            m.FALLBACKS.labels(decision.model).inc()
-        elif decision.status is Status.TIMEOUT:
-            m.TIMEOUTS.inc()
+    def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        log.info("revoked %s: committing finished work", [(p.topic, p.partition) for p in partitions])
+        if self._committer is not None:
+            self._commit()
+        self.join.drop_partitions({p.partition for p in partitions})
+        self.join.offsets.forget(partitions)
 
-    def _close(self, mailbox: Mailbox, now: int) -> None:
-        assert self._producer is not None and mailbox.decision is not None
-        decision = mailbox.decision
-        outputs = []
-        for a in mailbox.arrivals.values():
-            latency = max(0, a.arrived_at - mailbox.created_at)
-            m.SCORE_LATENCY.labels(a.model, a.version).observe(latency / 1000.0)
-            outputs.append({"model": a.model, "version": a.version, "score": a.score, "label": a.label,
-                            "error": a.error, "latency_ms": float(latency), "compute_ms": a.compute_ms,
-                            "late": a.late})
-        record = {
-            "request_id": mailbox.request_id,
-            "created_at": mailbox.created_at,
-            "deadline": mailbox.deadline,
-            "answered_at": mailbox.answered_at,
-            "status": decision.status.value,
-            "chosen_model": decision.model,
-            "reason": decision.reason,
-            "schedule": mailbox.schedule.name if mailbox.schedule else "",
-            "schedule_version": mailbox.schedule.version if mailbox.schedule else 0,
-            "outputs": outputs,
-        }
-        self._producer.produce(self.topics.log, self._codecs["comparison"].encode(record),
-                               key=mailbox.request_id.encode())
-        self.logged += 1
-        self._retire(mailbox)
-
-    def _drop_orphan(self, mailbox: Mailbox, now: int) -> None:
-        log.warning("dropping %d score(s) of %s: its request never arrived",
-                    len(mailbox.arrivals), mailbox.request_id)
-        m.ORPHAN_SCORES.inc(len(mailbox.arrivals))
-        self._retire(mailbox)
-
-    def _retire(self, mailbox: Mailbox) -> None:
-        mailbox.closed = True
-        del self.mailboxes[mailbox.request_id]
-        # Remember the id until its scores can no longer plausibly arrive, so a late score
-        # is recognised as late instead of opening a new (orphan) mailbox.
-        self._closed[mailbox.request_id] = mailbox.deadline + self.settings.orphan_grace_ms
-
-    def _forget_closed(self, now: int) -> None:
-        closed = self._closed
-        while closed:
-            rid, forget_at = next(iter(closed.items()))
-            if forget_at > now:
-                break
-            del closed[rid]
+    def _on_lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        # Another member may own these already: committing now could overwrite its progress,
+        # and our open transaction may hold answers for them, so it is aborted.
+        log.warning("lost %s: dropping their state without committing", [p.partition for p in partitions])
+        if self._committer is not None:
+            self._committer.abort()
+        self.join.drop_partitions({p.partition for p in partitions})
+        self.join.offsets.forget(partitions)
 
     # -- schedules from the control topic --------------------------------------------------
 
@@ -361,21 +333,19 @@ class Rendezvous:
             self._apply_control(record, live=False)
         if self.book.latest is None:
             first = max(1, self.bootstrap_schedule.version)
-            seed = dataclasses.replace(
-                self.bootstrap_schedule, version=first, effective_at=0, created_at=now_ms()
-            )
+            seed = dataclasses.replace(self.bootstrap_schedule, version=first, effective_at=0, created_at=now_ms())
             producer.produce(self.topics.control, encode_schedule(seed), key=seed.key())
-            producer.flush()
+            assert self._committer is not None
+            self._committer.commit([], give_up=lambda: False)  # the seed is public before we answer
             self.book.add(seed)
-            log.info("control topic had no schedule %r: published the bootstrap one as v%d",
-                     seed.name, seed.version)
+            log.info("control topic had no schedule %r: published the bootstrap one as v%d", seed.name, seed.version)
         self._show_schedule(now_ms())
 
     def _apply_control(self, record: ControlRecord, *, live: bool) -> None:
         schedule = record.schedule
         if schedule is None:
             assert record.error is not None
-            self._reject_schedule(record.msg, record.error.message)
+            self._reject_schedule(record.msg, record.error.message, live)
             return
         if schedule.name != self.book.name:
             return  # another deployment's schedule
@@ -384,20 +354,17 @@ class Rendezvous:
             return  # the same version read again (e.g. our own bootstrap seed)
         reason = self.book.check(schedule) or (self._unknown_models(schedule) if live else None)
         if reason:
-            what = f"schedule {schedule.name} v{schedule.version}"
-            self._reject_schedule(record.msg, f"{what} rejected: {reason}")
+            self._reject_schedule(record.msg, f"schedule {schedule.name} v{schedule.version} rejected: {reason}", live)
             return
         self.book.add(schedule)
-        self._expected_at = 0
+        self.join.refresh_expected()
         m.SCHEDULE_UPDATES.inc()
         log.info("schedule %s v%d accepted (effective at %d): %s - %s", schedule.name, schedule.version,
                  schedule.effective_at, list(schedule.models), schedule.comment)
 
     def _unknown_models(self, schedule: Schedule) -> str | None:
         """A live schedule must prefer models that are scoring (once any model has been seen)."""
-        now = now_ms()
-        horizon = now - int(self.settings.model_ttl_s * 1000)
-        live = {model for model, at in self._models_seen.items() if at >= horizon}
+        live = self.join.live_models(now_ms())
         if not live:
             return None
         wanted = [schedule.models[0]] + ([schedule.traffic_model] if schedule.traffic_model else [])
@@ -407,55 +374,23 @@ class Rendezvous:
         return (f"model(s) {missing} sent no score in the last {self.settings.model_ttl_s:.0f}s "
                 f"(scoring now: {sorted(live)})")
 
-    def _reject_schedule(self, msg: Message, reason: str) -> None:
+    def _reject_schedule(self, msg: Message, reason: str, live: bool) -> None:
+        """Dead-letter a refused control record (history read at start-up was dealt with before)."""
         assert self._dead is not None
+        if not live:
+            log.debug("skipping control record refused before: %s", reason)
+            return
         current = self.book.latest
         stays = f"v{current.version} stays in force" if current else "no schedule yet"
         m.SCHEDULE_REJECTED.inc()
         log.warning("control record rejected: %s; %s", reason, stays)
         self._dead.send(msg, DecodeFailed(f"{reason}; {stays}"))
+        self._dirty = True
 
     def _show_schedule(self, now: int) -> None:
-        schedule = self.schedule
+        schedule = self.join.schedule_at(now)
         if schedule.version != self._shown_version:
             m.SCHEDULE.clear()
             m.SCHEDULE.labels(schedule.name, str(schedule.version), schedule.preferred).set(1)
             self._shown_version = schedule.version
             log.info("schedule %s v%d in force: %s", schedule.name, schedule.version, list(schedule.models))
-
-    # -- commits and rebalances ------------------------------------------------------------
-
-    def _commit(self) -> None:
-        assert self._producer is not None and self._consumer is not None
-        offsets = self._offsets.to_commit()
-        if not offsets:
-            return
-        # Order matters: everything produced from these inputs is acknowledged first.
-        self._producer.flush()
-        self._consumer.commit(offsets)
-        self._offsets.mark_committed(offsets)
-
-    def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
-        self.ready.set()
-
-    def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        log.info("revoked %s: committing finished work", [(p.topic, p.partition) for p in partitions])
-        if self._producer is not None and self._consumer is not None:
-            self._commit()
-        self._drop_partitions(partitions)
-
-    def _on_lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        # Another member may own these already: committing now could overwrite its progress.
-        log.warning("lost %s: dropping their state without committing", [p.partition for p in partitions])
-        self._drop_partitions(partitions)
-
-    def _drop_partitions(self, partitions: list[TopicPartition]) -> None:
-        gone = {p.partition for p in partitions}
-        for rid in [rid for rid, mb in self.mailboxes.items() if mb.partition in gone]:
-            self.mailboxes.pop(rid).closed = True
-        self._offsets.forget(partitions)
-
-    def _on_reply_failure(self, topic: str, err: KafkaError) -> None:
-        m.REPLY_ERRORS.labels("delivery").inc()
-        log.warning("answer to return address %s failed: %s", topic, err.str())

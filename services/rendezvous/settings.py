@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 from dataclasses import dataclass
 
 from services.core.errors import ConfigError
@@ -39,12 +40,37 @@ class RendezvousSettings(KafkaSettings):
     max_batch: int = setting(1000, "Most records handled per poll.")
     group: str = setting("", "Consumer group (default: <prefix>rendezvous); instances share it.")
     start_from: str = setting("earliest", "Where a new consumer group starts: earliest or latest.")
-    metrics_port: int = setting(0, "Port of the Prometheus /metrics endpoint (0 = off).")
+    metrics_port: int = setting(0, "Port of the /metrics, /healthz and /readyz endpoint (0 = off).")
+    processing: str = setting(
+        "exactly-once",
+        "exactly-once: answers, comparison records and input offsets commit in one Kafka transaction "
+        "(readers use read_committed); at-least-once: flush, then commit offsets (a crash may repeat answers).",
+    )
+    instance: str = setting(
+        "", "Stable id of this replica (default: the host name); with exactly-once it names the "
+        "transactional id, so a restarted replica aborts its predecessor's open transaction at once."
+    )
+    transaction_timeout_ms: int = setting(
+        10_000, "How long the broker keeps a dead instance's transaction open before aborting it (ms)."
+    )
+    max_mailboxes: int = setting(
+        100_000, "Requests in flight before intake pauses (resumes below 80%); bounds memory under a flood."
+    )
+    drain_timeout_s: float = setting(
+        10.0, "On SIGTERM: how long to keep finishing requests in flight before committing and exiting (s)."
+    )
+    recovery_margin_s: float = setting(
+        60.0, "After a restart, outputs this much older than the first re-read request are checked too (clock skew)."
+    )
 
     def validate(self) -> None:
         for name in ("deadline_ms", "linger_ms", "orphan_grace_ms", "commit_interval_ms", "max_batch"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.processing not in ("exactly-once", "at-least-once"):
+            raise ConfigError(f"--processing must be exactly-once or at-least-once, got {self.processing!r}")
+        if self.max_mailboxes < 10:
+            raise ConfigError(f"--max-mailboxes must be >= 10, got {self.max_mailboxes}")
         if self.start_from not in ("earliest", "latest"):
             raise ConfigError(f"--start-from must be earliest or latest, got {self.start_from!r}")
         self.schedule()
@@ -60,6 +86,9 @@ class RendezvousSettings(KafkaSettings):
                 raise ConfigError(f"--wait {model}={ms}: expected whole milliseconds") from None
         return Schedule(models=self.models, waits_ms=waits, default_deadline_ms=self.deadline_ms,
                         name=self.schedule_name, comment="bootstrap from the rendezvous' flags")
+
+    def transactional_id(self) -> str:
+        return f"{self.group_id()}-{self.instance or socket.gethostname()}"
 
     def group_id(self) -> str:
         return self.group or f"{self.topic_prefix}rendezvous"

@@ -103,3 +103,17 @@ def test_list_flags_split_on_commas_but_kafka_config_keeps_them() -> None:
     settings = from_namespace(RendezvousSettings, args)
     assert settings.models == ("a", "b", "c")
     assert settings.librdkafka()["ssl.cipher.suites"] == "x,y"
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["serve", "model serve", "send", "demo", "topics create", "models", "deploy x", "promote x", "rollback",
+     "schedule show", "decoy serve", "replay", "broker start"],
+)
+def test_every_command_explains_itself(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from services.cli.main import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*command.split(), "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: rendezvous" in capsys.readouterr().out

@@ -1,0 +1,111 @@
+"""Liveness, readiness and metrics over HTTP, one port per service process.
+
+    GET /metrics   Prometheus text (the default registry)
+    GET /healthz   200 while the process runs its loop
+    GET /readyz    200 when it can do its job (broker reachable, partitions assigned),
+                   503 with the reason otherwise (e.g. while the broker is down)
+
+`BrokerHealth` follows librdkafka's own signals: "all brokers down" marks the broker
+unreachable; any successful fetch or delivery marks it back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from confluent_kafka import KafkaError
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+
+from services.core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+READY = Gauge("rdv_ready", "1 when the service can do its job (broker reachable, partitions assigned).")
+BROKER_UP = Gauge("rdv_broker_reachable", "1 when the Kafka cluster answers this process.")
+
+Readiness = Callable[[], tuple[bool, str]]
+
+
+class BrokerHealth:
+    """Whether the cluster answers, from librdkafka's error events and our successes."""
+
+    def __init__(self) -> None:
+        self._down_since: float | None = None
+        self._lock = threading.Lock()
+        BROKER_UP.set(1)
+
+    def error_cb(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            with self._lock:
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                    BROKER_UP.set(0)
+
+    def mark_up(self) -> None:
+        if self._down_since is not None:
+            with self._lock:
+                if self._down_since is not None:
+                    log.info("broker reachable again after %.1fs", time.monotonic() - self._down_since)
+                self._down_since = None
+                BROKER_UP.set(1)
+
+    def mark_down(self) -> None:
+        with self._lock:
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                BROKER_UP.set(0)
+
+    @property
+    def up(self) -> bool:
+        return self._down_since is None
+
+    def describe(self) -> str:
+        if self._down_since is None:
+            return "broker reachable"
+        return f"broker unreachable for {time.monotonic() - self._down_since:.0f}s"
+
+
+def _handler(readiness: Readiness) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/metrics"):
+                self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
+            elif self.path.startswith("/healthz"):
+                self._send(200, b"ok\n", "text/plain")
+            elif self.path.startswith("/readyz"):
+                ready, reason = readiness()
+                READY.set(1 if ready else 0)
+                self._send(200 if ready else 503, (reason + "\n").encode(), "text/plain")
+            else:
+                self._send(404, b"try /metrics, /healthz or /readyz\n", "text/plain")
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: Any) -> None:
+            return  # scrapes every few seconds would drown the service's own log
+
+    return Handler
+
+
+def serve_http(port: int, readiness: Readiness, addr: str = "0.0.0.0") -> ThreadingHTTPServer | None:
+    """Start the endpoint in a daemon thread (port 0 = off). Returns the server to shut down."""
+    if port <= 0:
+        return None
+    try:
+        server = ThreadingHTTPServer((addr, port), _handler(readiness))
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics/health on port {port}: {exc.strerror}") from None
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="rdv-http", daemon=True).start()
+    log.info("metrics and health on http://%s:%d/ (/metrics /healthz /readyz)", addr, port)
+    return server
