@@ -117,6 +117,10 @@ class ModelWorker:
                 "group.id": self.settings.group_id(self.name),
                 "client.id": f"{self.name}-{self.instance}",
                 "auto.offset.reset": self.settings.start_from,
+                # A named replica uses static membership: after a restart it gets its partitions
+                # back at once instead of waiting out the old session.
+                **({"group.instance.id": self.settings.instance, "session.timeout.ms": 10_000}
+                   if self.settings.instance else {}),
             })
             stack.callback(consumer.close)
             consumer.subscribe([self.topics.requests], on_assign=self._on_assign)

@@ -61,6 +61,7 @@ class Join:
         self.finished = Finished()
         self.answered = 0
         self.logged = 0
+        self.orphans = 0  # mailboxes opened by a score whose request has not arrived yet
         self._timers: DeadlineHeap[Mailbox] = DeadlineHeap()
         self._closed: OrderedDict[str, int] = OrderedDict()  # request_id -> forget at (ms)
         self._models_seen: dict[str, int] = {}
@@ -86,6 +87,7 @@ class Join:
         """Forget the mailboxes of partitions this instance no longer owns (or must re-read)."""
         for rid in [rid for rid, mb in self.mailboxes.items() if mb.partition in partitions]:
             self.mailboxes.pop(rid).closed = True
+        self.orphans = sum(not mb.has_request for mb in self.mailboxes.values())
 
     def restore(self, finished: Finished) -> None:
         self.finished.answered.update(finished.answered)
@@ -115,7 +117,9 @@ class Join:
         schedule = self.book.for_request(request["created_at"]) if self.book.latest else self.bootstrap
         deadline = schedule.deadline_for(request["created_at"], request["deadline"])
         if mailbox is None:
-            mailbox = self.mailboxes[rid] = Mailbox(rid, msg.partition() or 0, deadline)
+            mailbox = self.mailboxes[rid] = Mailbox(rid, msg.partition() or 0, deadline, opened_at=now)
+        else:
+            self.orphans -= 1  # its scores came first; now it has its request
         mailbox.schedule, mailbox.has_request = schedule, True
         mailbox.created_at, mailbox.deadline = request["created_at"], deadline
         reply = request["reply_to"]
@@ -151,7 +155,8 @@ class Join:
                 m.LATE_SCORES.labels(model, "true").inc()
                 self.offsets.track(msg, None)
                 return
-            mailbox = self.mailboxes[rid] = Mailbox(rid, msg.partition() or 0, score["deadline"])
+            mailbox = self.mailboxes[rid] = Mailbox(rid, msg.partition() or 0, score["deadline"], opened_at=now)
+            self.orphans += 1
         self._add_score(mailbox, score, now)
         self.offsets.track(msg, mailbox)
         self._advance(mailbox, now)
@@ -196,7 +201,9 @@ class Join:
     def _advance(self, mailbox: Mailbox, now: int) -> None:
         """Answer when the schedule says so; log and close when every score is in or linger ends."""
         if not mailbox.has_request:
-            give_up = mailbox.deadline + self.settings.orphan_grace_ms
+            # Counted from when the score arrived too: while catching up on a backlog, scores
+            # may be read well before their (long expired) requests.
+            give_up = max(mailbox.deadline, mailbox.opened_at) + self.settings.orphan_grace_ms
             if now >= give_up:
                 self._drop_orphan(mailbox)
             else:
@@ -293,6 +300,7 @@ class Join:
         log.warning("dropping %d score(s) of %s: its request never arrived", len(mailbox.arrivals),
                     mailbox.request_id)
         m.ORPHAN_SCORES.inc(len(mailbox.arrivals))
+        self.orphans -= 1
         self._retire(mailbox)
 
     def _retire(self, mailbox: Mailbox) -> None:

@@ -38,6 +38,7 @@ class Mailbox:
     wake_at: int = 0
     schedule: Schedule | None = None  # the version governing this request (set with the request)
     restored: bool = False  # answered before a restart; re-read to finish its comparison record
+    opened_at: int = 0  # when the first record for it arrived (rendezvous clock)
 
     def add(self, arrival: Arrival) -> bool:
         """Record a model's score; False if that model already reported (a duplicate)."""

@@ -67,6 +67,7 @@ class Rendezvous:
         self._last_commit = 0
         self._dirty = False  # outputs produced since the last commit
         self._paused = False
+        self._scores_paused = False
         self._draining_until: float | None = None
         self._drain_done = threading.Event()
         self._producer: Producer | None = None
@@ -124,6 +125,7 @@ class Rendezvous:
                 # Range assigns partition p of both topics to the same member (co-partitioning).
                 "partition.assignment.strategy": "range",
                 "isolation.level": "read_committed",
+                **self._membership(),
             })
             stack.callback(consumer.close)
             self._producer, self._consumer = producer, consumer
@@ -143,6 +145,12 @@ class Rendezvous:
             self._drain(consumer)
             log.info("rendezvous stopping: %d answered, %d logged, %d in flight left to the next owner",
                      self.answered, self.logged, len(self.mailboxes))
+
+    def _membership(self) -> dict[str, Any]:
+        """Static membership for a named replica: a restart takes its partitions back at once."""
+        if not self.settings.instance:
+            return {}
+        return {"group.instance.id": self.settings.instance, "session.timeout.ms": self.settings.session_timeout_ms}
 
     def _check_topics(self, config: dict[str, Any]) -> None:
         t = self.topics
@@ -206,24 +214,41 @@ class Rendezvous:
             self._drain_done.set()
 
     def _throttle(self, consumer: Consumer) -> None:
-        """Bounded memory: pause request intake while the mailbox table is full."""
+        """Bounded memory: at most max_mailboxes requests and max_mailboxes/2 early scores in flight.
+
+        Requests wait for their scores and early scores wait for their requests, so each kind
+        is paused on its own: pausing requests while scores run ahead would only grow the
+        table of scores waiting for the paused requests. Deadlines guarantee progress.
+        """
         if self._draining_until is not None:
             return
-        size = len(self.mailboxes)
-        if not self._paused and size >= self.settings.max_mailboxes:
-            log.warning("%d requests in flight: pausing intake until below %d", size,
-                        int(self.settings.max_mailboxes * RESUME_AT))
+        limit = self.settings.max_mailboxes
+        waiting = len(self.mailboxes) - self.join.orphans
+        if not self._paused and waiting >= limit:
+            log.warning("%d requests in flight: pausing request intake until below %d", waiting, int(limit * RESUME_AT))
             self._pause_requests(consumer, True)
-        elif self._paused and size < self.settings.max_mailboxes * RESUME_AT:
-            log.info("%d requests in flight: resuming intake", size)
+        elif self._paused and waiting < limit * RESUME_AT:
+            log.info("%d requests in flight: resuming request intake", waiting)
             self._pause_requests(consumer, False)
+        early = self.join.orphans
+        if not self._scores_paused and early >= limit // 2:
+            log.warning("%d scores wait for their requests: pausing score intake", early)
+            self._pause_topic(consumer, self.topics.scores, True)
+            self._scores_paused = True
+        elif self._scores_paused and early < limit * RESUME_AT // 2:
+            self._pause_topic(consumer, self.topics.scores, False)
+            self._scores_paused = False
 
     def _pause_requests(self, consumer: Consumer, pause: bool) -> None:
-        partitions = [tp for tp in consumer.assignment() if tp.topic == self.topics.requests]
-        if partitions:
-            (consumer.pause if pause else consumer.resume)(partitions)
+        self._pause_topic(consumer, self.topics.requests, pause)
         self._paused = pause
         m.PAUSED.set(1 if pause else 0)
+
+    @staticmethod
+    def _pause_topic(consumer: Consumer, topic: str, pause: bool) -> None:
+        partitions = [tp for tp in consumer.assignment() if tp.topic == topic]
+        if partitions:
+            (consumer.pause if pause else consumer.resume)(partitions)
 
     # -- outputs (called by the join) ------------------------------------------------------
 
@@ -302,7 +327,7 @@ class Rendezvous:
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
-        self._paused = False
+        self._paused = self._scores_paused = False
         m.PAUSED.set(0)
         if partitions:
             self._recover(consumer.committed(partitions, timeout=15))

@@ -50,6 +50,9 @@ class RendezvousSettings(KafkaSettings):
         "", "Stable id of this replica (default: the host name); with exactly-once it names the "
         "transactional id, so a restarted replica aborts its predecessor's open transaction at once."
     )
+    session_timeout_ms: int = setting(
+        10_000, "With --instance (static group membership): how long a silent replica keeps its partitions (ms)."
+    )
     transaction_timeout_ms: int = setting(
         10_000, "How long the broker keeps a dead instance's transaction open before aborting it (ms)."
     )

@@ -1,4 +1,6 @@
-"""Integration tier: one real Kafka broker for the session, fresh topics per test.
+"""Shared fixtures: one real Kafka broker for the session, fresh topics per test.
+
+Used by tests/integration and tests/faults; unit tests never ask for them, so they never start a broker.
 
 The broker is, in order: an existing cluster from KAFKA_BOOTSTRAP_SERVERS; the local broker
 the project provisions from Maven Central (Java, no Docker); testcontainers' Kafka when a

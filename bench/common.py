@@ -1,0 +1,453 @@
+"""What the benchmarks share: a broker, fresh topic names, child processes, the fixed-rate load
+loop, the bare pass-through hop (the baseline), percentiles, a printed table and `--json`.
+
+Measuring rules (DESIGN.md section 7): every figure is reported next to a baseline taken in the
+same run on the same broker, because the machines are shared and noisy; latencies are reported
+as p50 / p99 / p99.9, never as means.
+
+A broker is started for the run (data in a temporary directory, stopped at the end) unless
+KAFKA_BOOTSTRAP_SERVERS names one; topics get a uuid prefix, so runs never see each other's
+records (and on a given broker they are deleted at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+
+from services.core.errors import BrokerError
+from services.core.kafka import CONSUMER_DEFAULTS, PRODUCER_DEFAULTS, delete_topics, wait_for_groups
+from services.localkafka.broker import ephemeral_broker
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PERCENTILES: tuple[tuple[str, float], ...] = (("p50", 50.0), ("p99", 99.0), ("p99.9", 99.9))
+
+UNASSIGNED = -1  # librdkafka's RD_KAFKA_PARTITION_UA: let the partitioner choose
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on (a child process died, a wait timed out, records went missing)."""
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM behaves like Ctrl-C (KeyboardInterrupt), so every `finally` stops what we started."""
+
+    def handle(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handle)
+
+
+def note(message: str) -> None:
+    """Progress goes to stderr, so stdout holds only the figures."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ----- broker and topics ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BrokerInfo:
+    bootstrap: str
+    external: bool  # given by KAFKA_BOOTSTRAP_SERVERS, not started by this run
+    pid: int | None  # of the broker this run started (for its CPU time)
+
+
+@contextmanager
+def kafka_broker() -> Iterator[BrokerInfo]:
+    """KAFKA_BOOTSTRAP_SERVERS if set, else a broker started for this run (stopped at the end)."""
+    given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    if given:
+        note(f"using the broker at {given} (KAFKA_BOOTSTRAP_SERVERS)")
+        yield BrokerInfo(given, True, None)
+        return
+    note("starting a Kafka broker for this run ...")
+    with tempfile.TemporaryDirectory(prefix="rdv-bench-") as tmp, ephemeral_broker(tmp) as broker:
+        note(f"broker ready at {broker.bootstrap}")
+        yield BrokerInfo(broker.bootstrap, False, broker.pid)
+
+
+@contextmanager
+def kafka_bootstrap() -> Iterator[tuple[str, bool]]:
+    """(bootstrap, external) of `kafka_broker()`."""
+    with kafka_broker() as broker:
+        yield broker.bootstrap, broker.external
+
+
+def run_prefix(bench: str) -> str:
+    """A topic/group prefix unique to this run, e.g. `bench.e2e.3f2a9c1b7d.`."""
+    return f"bench.{bench}.{uuid.uuid4().hex[:10]}."
+
+
+@contextmanager
+def dropped_topics(config: Mapping[str, Any], names: Sequence[str], external: bool) -> Iterator[None]:
+    """On a broker this run did not start, delete the run's topics at the end (ours goes anyway)."""
+    try:
+        yield
+    finally:
+        if external and names:
+            delete_topics(config, names)
+
+
+def release_clients() -> None:
+    """Destroy unreferenced Kafka clients (e.g. admin clients) while the broker still runs.
+
+    Otherwise they are collected after it stopped and log connection errors over the figures.
+    """
+    gc.collect()
+
+
+def watermark_total(consumer: Consumer, topic: str, partitions: int) -> int:
+    """Records on a fresh topic written without transactions (markers would count too)."""
+    total = 0
+    for p in range(partitions):
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5.0, cached=False)
+        total += high - low
+    return total
+
+
+def read_topic(bootstrap: str, topic: str, partitions: int, timeout: float = 30.0) -> list[Message]:
+    """Every committed record on `topic` up to its current end (assigned directly, nothing committed).
+
+    Reads with read_committed (librdkafka's default) and stops a partition at its high watermark
+    or at partition EOF, which also covers transaction markers on the last offsets.
+    """
+    consumer = Consumer({**CONSUMER_DEFAULTS, "bootstrap.servers": bootstrap, "enable.partition.eof": True,
+                         "group.id": f"bench-reader-{uuid.uuid4().hex}", "isolation.level": "read_committed"})
+    try:
+        ends, starts = {}, []
+        for p in range(partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5.0, cached=False)
+            if high > low:
+                ends[p] = high
+                starts.append(TopicPartition(topic, p, low))
+        consumer.assign(starts)
+        records: list[Message] = []
+        deadline = time.monotonic() + timeout
+        while ends:
+            if time.monotonic() > deadline:
+                raise BenchError(f"reading {topic}: partitions {sorted(ends)} did not reach their end")
+            for msg in consumer.consume(1000, 0.5):
+                part = msg.partition() or 0
+                err = msg.error()
+                if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                    ends.pop(part, None)
+                    continue
+                if err is not None:
+                    raise BenchError(f"reading {topic} failed: {err}")
+                records.append(msg)
+                if (msg.offset() or 0) + 1 >= ends.get(part, 0):
+                    ends.pop(part, None)
+        return records
+    finally:
+        consumer.close()
+
+
+class RecordCounter:
+    """Counts the committed records on a topic as they appear (read_committed, from the start).
+
+    Unlike the high watermarks, this is right for transactional writers too, whose commit markers
+    take offsets but are no records.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int):
+        self._consumer = bare_consumer(bootstrap, f"bench-counter-{uuid.uuid4().hex}")
+        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        self.count = 0
+
+    def update(self, timeout: float) -> int:
+        """Count what arrives within `timeout` (returns as soon as something did); the new total."""
+        self.count += len(take(self._consumer, 100_000, timeout))
+        return self.count
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+# ----- child processes -----------------------------------------------------------------------------
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process (this one if None); NaN if unknown or gone."""
+    if pid is None:
+        times = os.times()
+        return times.user + times.system
+    try:  # Linux: utime and stime are fields 14 and 15 of /proc/<pid>/stat (after "(comm)")
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return math.nan
+
+
+@dataclass
+class Children:
+    """Child processes of a run, logging to files; `stop_all` ends them (TERM, then KILL)."""
+
+    log_dir: Path
+    env: dict[str, str]
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def spawn(self, name: str, args: Sequence[str]) -> subprocess.Popen[bytes]:
+        log_file = self.log_dir / f"{name}.log"
+        with log_file.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, *args], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env=self.env, cwd=REPO_ROOT,
+            )  # fmt: skip
+        self.procs[name] = proc
+        return proc
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise BenchError(
+                    f"{name} exited with code {proc.returncode}; its log:\n{self.tail(name)}"
+                )
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by each child."""
+        return {name: cpu_seconds(proc.pid) for name, proc in self.procs.items()}
+
+    def tail(self, name: str, lines: int = 15) -> str:
+        try:
+            text = (self.log_dir / f"{name}.log").read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_for_groups(
+        self, config: Mapping[str, Any], groups: Sequence[str], timeout: float = 90.0
+    ) -> None:
+        """Block until every group is Stable with a member, failing fast if a child dies."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive()
+            try:
+                wait_for_groups(config, groups, timeout=1.0)
+                return
+            except BrokerError:
+                if time.monotonic() > deadline:
+                    raise BenchError(
+                        f"consumer groups {list(groups)} not ready within {timeout:.0f} s"
+                    ) from None
+
+    def stop_all(self, timeout: float = 10.0) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+
+@contextmanager
+def children(env: Mapping[str, str]) -> Iterator[Children]:
+    """Children whose logs live in a temporary directory; all of them stopped on exit."""
+    with tempfile.TemporaryDirectory(prefix="rdv-bench-logs-") as tmp:
+        kids = Children(Path(tmp), {**os.environ, **env})
+        try:
+            yield kids
+        finally:
+            kids.stop_all()
+
+
+# ----- the bare pass-through hop (the baseline) ---------------------------------------------------
+def bare_producer(bootstrap: str) -> Producer:
+    """A plain confluent-kafka producer with the services' client settings (same batching/acks)."""
+    return Producer({**PRODUCER_DEFAULTS, "bootstrap.servers": bootstrap})
+
+
+def bare_consumer(bootstrap: str, group: str) -> Consumer:
+    """A plain confluent-kafka consumer with the services' client settings (same fetch wait)."""
+    return Consumer({**CONSUMER_DEFAULTS, "bootstrap.servers": bootstrap, "group.id": group})
+
+
+def take(consumer: Consumer, max_messages: int, timeout: float) -> list[Message]:
+    """Wait up to `timeout` for one record, then drain what is queued (as the services do)."""
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    messages = [first]
+    if max_messages > 1:
+        messages.extend(consumer.consume(max_messages - 1, 0))
+    for msg in messages:
+        if msg.error() is not None:
+            raise BenchError(f"consume from {msg.topic()} failed: {msg.error()}")
+    return messages
+
+
+def pass_through(
+    consumer: Consumer,
+    producer: Producer,
+    out_topic: str,
+    stop: threading.Event,
+    *,
+    keep_partition: bool,
+    max_batch: int = 1000,
+) -> int:
+    """consume -> produce each value (and key) to `out_topic`, until `stop`; returns records forwarded.
+
+    No decoding, no commits, no flush per batch: the floor any Kafka hop written in Python pays.
+    """
+    forwarded = 0
+    while not stop.is_set():
+        for msg in take(consumer, max_batch, 0.1):
+            partition = (msg.partition() or 0) if keep_partition else UNASSIGNED
+            while True:
+                try:
+                    producer.produce(out_topic, msg.value(), msg.key(), partition=partition)
+                    break
+                except BufferError:
+                    producer.poll(0.05)  # local queue full: serve delivery reports, then retry
+            forwarded += 1
+        producer.poll(0)
+    producer.flush(10)
+    return forwarded
+
+
+# ----- fixed-rate load -----------------------------------------------------------------------------
+@dataclass
+class Load:
+    """What one pipeline was sent, summed over the slices it was driven in."""
+
+    futures: list[Future[Any]] = field(default_factory=list)
+    sending_s: float = 0.0
+    behind_max_ms: float = 0.0
+
+    @property
+    def sent_rate(self) -> float:
+        return len(self.futures) / self.sending_s if self.sending_s > 0 else math.nan
+
+
+def drive(
+    submit: Callable[[], Future[Any]],
+    rate: float,
+    seconds: float,
+    check: Callable[[], None] = lambda: None,
+    into: Load | None = None,
+) -> Load:
+    """Call `submit()` on a fixed schedule (the i-th call i / rate seconds after the start).
+
+    Open loop: a send never waits for an answer, so a slow pipeline shows up as latency, not as a
+    lower rate. When the sender itself falls behind, it catches up at once (the worst lag is kept
+    in `behind_max_ms`). `check` runs about once a second (e.g. "are the children alive").
+    Futures, sending time and lag are added to `into` when given.
+    """
+    load = into if into is not None else Load()
+    count = max(1, round(seconds * rate))
+    start = time.monotonic()
+    next_check = start + 1.0
+    behind = 0.0
+    for i in range(count):
+        due = start + i / rate
+        now = time.monotonic()
+        if due > now:
+            time.sleep(due - now)  # pacing the open-loop sender, not waiting for readiness
+        else:
+            behind = max(behind, now - due)
+        load.futures.append(submit())
+        if now >= next_check:
+            check()
+            next_check = now + 1.0
+    # The window of `count` sends is (last send - start) plus one interval.
+    load.sending_s += time.monotonic() - start + 1.0 / rate
+    load.behind_max_ms = max(load.behind_max_ms, behind * 1000.0)
+    return load
+
+
+# ----- figures -------------------------------------------------------------------------------------
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    """n, p50, p99, p99.9 and max of `values` (NaN when empty)."""
+    if not values:
+        return {"n": 0, **{name: math.nan for name, _ in PERCENTILES}, "max": math.nan}
+    data = np.asarray(values, dtype=np.float64)
+    points = np.percentile(data, [q for _, q in PERCENTILES])
+    out: dict[str, float] = {"n": len(data)}
+    out.update({name: float(v) for (name, _), v in zip(PERCENTILES, points, strict=True)})
+    out["max"] = float(data.max())
+    return out
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(b) else math.nan
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 1) -> None:
+    """A small aligned table on stdout: first column left-aligned, the others right-aligned."""
+    cells = [[fmt(c, digits) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+
+    def line(items: Sequence[str]) -> str:
+        first = items[0].ljust(widths[0])
+        rest = [item.rjust(w) for item, w in zip(items[1:], widths[1:], strict=True)]
+        return "  ".join([first, *rest]).rstrip()
+
+    print(f"\n{title}")
+    print(line(headers))
+    print(line(["-" * w for w in widths]))
+    for row in cells:
+        print(line(row))
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+
+
+def write_json(path: str | None, bench: str, args: argparse.Namespace, results: Mapping[str, Any]) -> None:
+    if not path:
+        return
+    document = {
+        "bench": bench,
+        "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "args": {k: v for k, v in vars(args).items() if k != "json"},
+        "load_average": os.getloadavg(),
+        "cpus": os.cpu_count(),
+        "results": results,
+    }
+    Path(path).write_text(json.dumps(_strict(document), indent=2, allow_nan=False) + "\n")
+    note(f"results written to {path}")
+
+
+def _strict(value: Any) -> Any:
+    """Plain JSON: NaN becomes null, numpy scalars become numbers, tuples become lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)

@@ -1,0 +1,273 @@
+"""Throughput of the comparison service against a bare consume of the same comparison log.
+
+    .venv/bin/python bench/comparison_throughput.py [--records 200000] [--partitions 4]
+                                                    [--profile FILE] [--json FILE]
+
+Pre-loads N Comparison records (3 model outputs each: varied scores, labels, latencies, a few
+errors and late outputs, created 1 ms apart so the event-time window slides through the run)
+into a fresh log topic, then measures in the same run, on the same broker:
+
+  (a) a bare confluent-kafka consume of the topic to its end (no decoding, no commits): the
+      floor of any Python consumer on this machine; run before and after (b) to show the noise;
+  (b) the comparison service (in a thread, its own consumer group, the default 5 s export
+      interval and per-batch commits) reading the topic to its end.
+
+Each timing runs from partition assignment to the last record. The figures of merit are
+records/s and the ratio (b) / (a). Because these machines are shared, the CPU time of the
+consuming thread is reported too (librdkafka's own threads excluded, in both cases): records
+per CPU-second is what the code costs, whatever else the machine was doing.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python bench/<name>.py`: make the `bench` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from bench.common import (
+    BenchError,
+    add_common_arguments,
+    bare_consumer,
+    dropped_topics,
+    interrupt_on_sigterm,
+    kafka_bootstrap,
+    note,
+    print_table,
+    ratio,
+    release_clients,
+    run_prefix,
+    take,
+    write_json,
+)
+from services.comparison.metrics import WINDOW
+from services.comparison.service import ComparisonService
+from services.comparison.settings import ComparisonSettings
+from services.core.codec import codec
+from services.core.kafka import Producer, create_topics
+from services.core.runtime import now_ms
+from services.core.settings import Topics
+
+MODELS = (("champion", "logreg-1"), ("challenger", "forest-1"), ("canary", "stump-1"))
+TARGET_RECORDS_S = 30_000.0
+POLL_S = 0.01
+MAX_BATCH = 2000
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    arg = parser.add_argument
+    arg("--records", type=int, default=200_000, help="comparison records pre-loaded (default 200000)")
+    arg("--partitions", type=int, default=4, help="partitions of the log topic (default 4)")
+    arg("--timeout", type=float, default=120.0, help="give up a timing after this many seconds (default 120)")
+    arg("--profile", metavar="FILE", help="cProfile the service thread; write pstats to FILE, print top")
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.records < 1 or args.partitions < 1 or args.timeout <= 0:
+        parser.error("--records, --partitions and --timeout must be positive")
+    return args
+
+
+def preload(bootstrap: str, topic: str, args: argparse.Namespace) -> float:
+    """Write N comparison records round-robin over the partitions; returns the seconds it took."""
+    started = time.monotonic()
+    rng = np.random.default_rng(7)
+    n = args.records
+    scores = rng.random((n, len(MODELS))).tolist()
+    latencies = rng.lognormal(3.0, 0.6, (n, len(MODELS))).tolist()
+    errors = (rng.random((n, len(MODELS))) < 0.01).tolist()
+    comparisons = codec("comparison")
+    producer = Producer({"bootstrap.servers": bootstrap})
+    base = now_ms() - n  # created 1 ms apart, the newest now
+    try:
+        for i in range(n):
+            created = base + i
+            outputs = []
+            for j, (model, version) in enumerate(MODELS):
+                failed, score, latency = errors[i][j], scores[i][j], latencies[i][j]
+                outputs.append({
+                    "model": model, "version": version,
+                    "score": None if failed else score,
+                    "label": None if failed else ("benign" if score > 0.5 else "malignant"),
+                    "error": "ValueError: bench" if failed else None,
+                    "latency_ms": latency, "compute_ms": 0.5, "late": latency > 200.0,
+                })  # fmt: skip
+            record = {
+                "request_id": uuid.uuid4().hex, "created_at": created, "deadline": created + 200,
+                "answered_at": created + 20, "status": "OK", "chosen_model": "champion",
+                "reason": "champion answered", "schedule": "bench", "schedule_version": 1,
+                "outputs": outputs,
+            }  # fmt: skip
+            key = record["request_id"].encode()
+            producer.produce(topic, comparisons.encode(record), key=key, partition=i % args.partitions)
+            if i % 1000 == 0:
+                producer.poll(0)
+        producer.flush()
+    finally:
+        producer.close()
+    return time.monotonic() - started
+
+
+@dataclass(frozen=True)
+class Timing:
+    startup_s: float  # start -> partitions assigned
+    processing_s: float  # assigned -> every record handled
+    records: int
+    cpu_s: float  # CPU time of the consuming thread over its whole run
+
+
+def bare_consume(bootstrap: str, topic: str, args: argparse.Namespace) -> Timing:
+    """(a): subscribe with a fresh group and take batches (as the services do) until N records."""
+    consumer = bare_consumer(bootstrap, f"bench-bare-{uuid.uuid4().hex}")
+    assigned: list[float] = []
+    started, cpu_started = time.monotonic(), time.thread_time()
+    try:
+        consumer.subscribe([topic], on_assign=lambda _c, _p: assigned.append(time.monotonic()))
+        seen = 0
+        while seen < args.records:
+            seen += len(take(consumer, MAX_BATCH, 0.1))
+            if time.monotonic() - started > args.timeout:
+                raise BenchError(f"bare consume: {seen:,} of {args.records:,} records in {args.timeout:g} s")
+        done, cpu = time.monotonic(), time.thread_time() - cpu_started
+    finally:
+        consumer.close()
+    if not assigned:
+        raise BenchError("bare consume: never assigned")
+    return Timing(assigned[0] - started, done - assigned[0], seen, cpu)
+
+
+def run_service(bootstrap: str, prefix: str, args: argparse.Namespace) -> Timing:
+    """(b): the comparison service in a thread until it has processed N records."""
+    settings = ComparisonSettings(bootstrap=bootstrap, topic_prefix=prefix, start_from="earliest",
+                                  group=f"{prefix}comparison", max_batch=MAX_BATCH)
+    settings.validate()
+    service = ComparisonService(settings)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    cpu: list[float] = []
+
+    def body() -> None:
+        profiler = cProfile.Profile() if args.profile else None
+        cpu_started = time.thread_time()
+        try:
+            if profiler:
+                profiler.enable()
+            service.run(stop)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread and raised there
+            failures.append(exc)
+        finally:
+            cpu.append(time.thread_time() - cpu_started)
+            if profiler:
+                profiler.disable()
+                profiler.dump_stats(args.profile)
+            service.ready.set()
+
+    def wait(condition: Callable[[], bool], what: str, since: float) -> None:
+        while not condition():
+            if failures:
+                raise BenchError(f"comparison failed: {failures[0]!r}") from failures[0]
+            if time.monotonic() - since > args.timeout:
+                raise BenchError(f"comparison: no {what} within {args.timeout:g} s")
+            time.sleep(POLL_S)  # polling the service's progress counter, an external condition
+
+    started = time.monotonic()
+    thread = threading.Thread(target=body, name="comparison", daemon=True)
+    thread.start()
+    try:
+        wait(service.ready.is_set, "partition assignment", started)
+        assigned = time.monotonic()
+        wait(lambda: service.processed >= args.records, f"{args.records:,} records", assigned)
+        done = time.monotonic()
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    if failures:
+        raise BenchError(f"comparison failed on stop: {failures[0]!r}") from failures[0]
+    window = WINDOW.value("rdv_cmp_window_records")
+    note(f"comparison: window holds {window} records; agreement challenger/champion "
+         f"{WINDOW.value('rdv_cmp_agreement_ratio', model='challenger', champion='champion')}")
+    return Timing(assigned - started, done - assigned, service.processed, cpu[0] if cpu else float("nan"))
+
+
+def print_profile(path: str, top: int = 25) -> None:
+    out = io.StringIO()
+    stats = pstats.Stats(path, stream=out)
+    stats.strip_dirs().sort_stats("tottime").print_stats(top)
+    print(f"\ncProfile of the comparison thread (by own time; full stats in {path}):")
+    print("\n".join(line for line in out.getvalue().splitlines()[5:] if line.strip()))
+
+
+def report(args: argparse.Namespace, preload_s: float, bases: list[Timing], service: Timing) -> dict[str, object]:
+    n = args.records
+    base_rate = sum(n / b.processing_s for b in bases) / len(bases)
+    rate = n / service.processing_s
+    names = ["bare consume, before", "comparison service", "bare consume, after"]
+    rows = [[name, t.startup_s, t.processing_s, t.records / t.processing_s, t.cpu_s, t.records / t.cpu_s,
+             t.records] for name, t in zip(names, [bases[0], service, *bases[1:]], strict=False)]
+    print_table(
+        f"Comparison throughput: {n:,} log records x {len(MODELS)} outputs pre-loaded ({preload_s:.1f} s), "
+        f"{args.partitions} partitions",
+        ["consumer", "startup s", "processing s", "records/s", "CPU s", "records/CPU-s", "records"], rows,
+        digits=2,
+    )
+    share = ratio(rate, base_rate)
+    cpu_rate = n / service.cpu_s
+    cpu_share = ratio(cpu_rate, sum(n / b.cpu_s for b in bases) / len(bases))
+    verdict = "met" if rate >= TARGET_RECORDS_S else "NOT met"
+    print(f"ratio comparison / bare consume (mean of before and after): {share:.3f} wall-clock, "
+          f"{cpu_share:.3f} per CPU-second; target >= {TARGET_RECORDS_S:,.0f} records/s: {verdict} "
+          f"({rate:,.0f}/s wall-clock, {cpu_rate:,.0f} per CPU-second; load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs)")
+    return {"records": n, "preload_s": preload_s, "baselines": [vars(b) for b in bases],
+            "baseline_records_s": base_rate, "comparison": vars(service), "comparison_records_s": rate,
+            "comparison_records_cpu_s": cpu_rate, "ratio": share, "ratio_cpu": cpu_share}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    interrupt_on_sigterm()
+    try:
+        with kafka_bootstrap() as (bootstrap, external):
+            config = {"bootstrap.servers": bootstrap}
+            prefix = run_prefix("comparison")
+            topics = Topics.from_prefix(prefix)
+            with dropped_topics(config, [topics.log, topics.deadletter], external):
+                create_topics(config, {topics.log: (args.partitions, {}), topics.deadletter: (1, {})})
+                note(f"pre-loading {args.records:,} comparison records ...")
+                preload_s = preload(bootstrap, topics.log, args)
+                note("baseline: bare consume of the log ...")
+                bases = [bare_consume(bootstrap, topics.log, args)]
+                note("comparison service ...")
+                service = run_service(bootstrap, prefix, args)
+                note("baseline again ...")
+                bases.append(bare_consume(bootstrap, topics.log, args))
+                results = report(args, preload_s, bases, service)
+                if args.profile:
+                    print_profile(args.profile)
+            release_clients()
+    except BenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    write_json(args.json, "comparison_throughput", args, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

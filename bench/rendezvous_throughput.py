@@ -1,0 +1,345 @@
+"""Maximum throughput of one rendezvous instance, against a bare pass-through of the same records.
+
+    .venv/bin/python bench/rendezvous_throughput.py [--requests 20000] [--partitions 4] [--json FILE]
+                                                    [--processing at-least-once] [--profile FILE]
+
+N requests and 3 scores per request (champion, challenger, canary; each score on the same
+partition as its request) are written to fresh topics first. Then, one at a time, in a thread
+of this process:
+
+1. baseline: a bare confluent-kafka consumer reads both topics and produces every value to an
+   output topic (no decoding, no commits), timed until all 4N records are on the output topic;
+2. one `Rendezvous` (deadline far away, so every answer is the champion's), timed until all N
+   comparison records are on the log topic; the records are then read back and checked;
+3. the baseline again. Each baseline run (`--baseline-runs` before and as many after) uses a
+   new group and output topic; the ratio uses their median, their spread shows the noise.
+
+Each timing runs from the consumer's partition assignment to the moment the last output record
+is on the topic (the baseline's high watermarks polled every 10 ms; the rendezvous' committed
+records counted by a read_committed consumer, as exactly-once writes in transactions).
+Target: >= 20,000 req/s.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python bench/<name>.py`: make the `bench` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import cProfile
+import io
+import pstats
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bench.common import (
+    BenchError,
+    RecordCounter,
+    add_common_arguments,
+    bare_consumer,
+    bare_producer,
+    dropped_topics,
+    interrupt_on_sigterm,
+    kafka_bootstrap,
+    note,
+    pass_through,
+    print_table,
+    ratio,
+    read_topic,
+    release_clients,
+    run_prefix,
+    watermark_total,
+    write_json,
+)
+from services.cli.common import ensure_topics
+from services.client.client import make_request
+from services.core.codec import codec
+from services.core.kafka import Producer, create_topics
+from services.core.runtime import now_ms
+from services.core.settings import TOPIC_ROLES, Topics
+from services.model_worker.models import demo_rows
+from services.rendezvous.service import Rendezvous
+from services.rendezvous.settings import RendezvousSettings
+
+MODELS = (("champion", "logreg-1"), ("challenger", "forest-1"), ("canary", "stump-1"))
+TARGET_REQ_S = 20_000.0
+POLL_S = 0.01
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    arg = parser.add_argument
+    arg("--requests", type=int, default=20_000, help="requests pre-loaded, 3 scores each (default 20000)")
+    arg("--partitions", type=int, default=4, help="partitions of requests/scores (default 4)")
+    arg("--budget-ms", type=int, default=600_000, help="deadline budget of the requests (default 600000)")
+    arg("--no-reply-to", action="store_true", help="requests carry no return address (answers topic only)")
+    arg("--timeout", type=float, default=60.0, help="give up a timing after this many seconds (default 60)")
+    arg("--processing", choices=("exactly-once", "at-least-once"), default="exactly-once",
+        help="the rendezvous' --processing (default exactly-once, as the service)")
+    arg("--baseline-runs", type=int, default=2, help="pass-through runs before and after (default 2)")
+    arg("--profile", metavar="FILE", help="cProfile the rendezvous thread; write pstats to FILE, print top")
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    if min(args.requests, args.partitions, args.budget_ms, args.timeout, args.baseline_runs) <= 0:
+        parser.error("--requests, --partitions, --budget-ms, --timeout, --baseline-runs must be positive")
+    return args
+
+
+def preload(bootstrap: str, topics: Topics, args: argparse.Namespace) -> float:
+    """Write N requests and 3N scores; returns the seconds it took."""
+    started = time.monotonic()
+    rows = demo_rows(min(args.requests, 5_000), seed=2)
+    values = np.random.default_rng(3).random((args.requests, len(MODELS))).tolist()
+    requests, scores = codec("request"), codec("score")
+    producer = Producer({"bootstrap.servers": bootstrap})
+    created = now_ms()
+    try:
+        for i in range(args.requests):
+            partition = i % args.partitions
+            reply = None if args.no_reply_to else topics.replies
+            request = make_request(rows[i % len(rows)], budget_ms=args.budget_ms, reply_topic=reply,
+                                   reply_partition=partition if reply else None, created_at=created)
+            key = request["request_id"].encode()
+            producer.produce(topics.requests, requests.encode(request), key=key, partition=partition)
+            for (model, version), value in zip(MODELS, values[i], strict=True):
+                score = {
+                    "request_id": request["request_id"], "model": model, "version": version,
+                    "instance": "bench", "score": value, "label": "benign" if value > 0.5 else "malignant",
+                    "error": None, "deadline": request["deadline"], "received_at": created + 1,
+                    "scored_at": created + 2, "compute_ms": 0.5,
+                }  # fmt: skip
+                producer.produce(topics.scores, scores.encode(score), key=key, partition=partition)
+            if i % 1000 == 0:
+                producer.poll(0)
+        producer.flush()
+    finally:
+        producer.close()
+    return time.monotonic() - started
+
+
+@dataclass(frozen=True)
+class Timing:
+    startup_s: float  # thread start -> partitions assigned
+    processing_s: float  # partitions assigned -> every output record on the topic
+    outputs: int
+
+
+def timed(
+    name: str,
+    target: Callable[[threading.Event], object],
+    ready: threading.Event,
+    count: Callable[[], int],
+    expect: int,
+    timeout: float,
+    profile: str | None = None,
+) -> Timing:
+    """Run `target(stop)` in a thread; time assignment -> `count()` reaching `expect`; stop it.
+
+    `count()` returns the records on the output topic so far, waiting up to ~POLL_S for news.
+    """
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def body() -> None:
+        profiler = cProfile.Profile() if profile else None
+        try:
+            if profiler:
+                profiler.enable()
+            target(stop)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread and raised there
+            failures.append(exc)
+        finally:
+            if profiler:
+                profiler.disable()
+                profiler.dump_stats(str(profile))
+            ready.set()  # never leave the main thread waiting on a dead thread
+
+    def check(what: str, since: float) -> None:
+        if failures:
+            raise BenchError(f"{name} failed: {type(failures[0]).__name__}: {failures[0]}") from failures[0]
+        if not thread.is_alive():
+            raise BenchError(f"{name} stopped by itself before {what}")
+        if time.monotonic() - since > timeout:
+            raise BenchError(f"{name}: no {what} within {timeout:g} s")
+
+    started = time.monotonic()
+    thread = threading.Thread(target=body, name=name, daemon=True)
+    thread.start()
+    try:
+        while not ready.wait(0.1):
+            check("partition assignment", started)
+        check("partition assignment", started)
+        assigned = time.monotonic()
+        while (outputs := count()) < expect:
+            check(f"{expect:,} output records", assigned)
+        done = time.monotonic()
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    if failures:
+        raise BenchError(f"{name} failed on stop: {failures[0]}") from failures[0]
+    return Timing(assigned - started, done - assigned, outputs)
+
+
+def run_baseline(
+    bootstrap: str, topics: Topics, out_topic: str, args: argparse.Namespace
+) -> Timing:
+    ready = threading.Event()
+
+    def target(stop: threading.Event) -> None:
+        consumer = bare_consumer(bootstrap, out_topic)  # a fresh group per output topic
+        producer = bare_producer(bootstrap)
+        try:
+            consumer.subscribe([topics.requests, topics.scores], on_assign=lambda _c, _p: ready.set())
+            pass_through(consumer, producer, out_topic, stop, keep_partition=False, max_batch=1000)
+        finally:
+            consumer.close()
+
+    # No transactions here, so the high watermarks count the records exactly, at no cost to the
+    # GIL this thread shares with the pass-through.
+    counter = bare_consumer(bootstrap, f"bench-counter-{uuid.uuid4().hex}")
+
+    def count() -> int:
+        time.sleep(POLL_S)  # polling the topic's high watermarks, an external condition
+        return watermark_total(counter, out_topic, args.partitions)
+
+    try:
+        expect = args.requests * (1 + len(MODELS))
+        return timed("pass-through", target, ready, count, expect, args.timeout)
+    finally:
+        counter.close()
+
+
+def run_rendezvous(bootstrap: str, prefix: str, topics: Topics, args: argparse.Namespace) -> Timing:
+    settings = RendezvousSettings(
+        bootstrap=bootstrap, topic_prefix=prefix, models=tuple(m for m, _ in MODELS),
+        deadline_ms=args.budget_ms, processing=args.processing,
+    )  # fmt: skip
+    settings.validate()
+    service = Rendezvous(settings)
+    # Exactly-once writes in transactions: count the committed records, not the watermarks.
+    counter = RecordCounter(bootstrap, topics.log, args.partitions)
+    try:
+        return timed("rendezvous", service.run, service.ready, lambda: counter.update(POLL_S),
+                     args.requests, args.timeout, args.profile)
+    finally:
+        counter.close()
+
+
+def check_log(bootstrap: str, topics: Topics, args: argparse.Namespace) -> dict[str, Any]:
+    """Read the comparison records back: one per request, answered by the champion, 3 outputs."""
+    comparisons = codec("comparison")
+    records = [comparisons.decode(m.value()) for m in read_topic(bootstrap, topics.log, args.partitions)]
+    ids = {r["request_id"] for r in records}
+    outcomes = Counter((r["status"], r["chosen_model"]) for r in records)
+    outputs = Counter(len(r["outputs"]) for r in records)
+    dead = len(read_topic(bootstrap, topics.deadletter, 1))
+    answers = len(read_topic(bootstrap, topics.answers, args.partitions))
+    problems = []
+    if len(records) != args.requests or len(ids) != args.requests:
+        problems.append(
+            f"{len(records):,} comparison records for {len(ids):,} ids, expected {args.requests:,}"
+        )
+    if outcomes != Counter({("OK", "champion"): args.requests}):
+        problems.append(f"outcomes {dict(outcomes)}")
+    if outputs != Counter({len(MODELS): args.requests}):
+        problems.append(f"outputs per record {dict(outputs)}")
+    if dead:
+        problems.append(f"{dead} dead letters")
+    return {"records": len(records), "answers": answers, "dead_letters": dead,
+            "outcomes": {f"{s}/{m}": n for (s, m), n in outcomes.items()}, "problems": problems}
+
+
+def print_profile(path: str, top: int = 25) -> None:
+    out = io.StringIO()
+    stats = pstats.Stats(path, stream=out)
+    stats.strip_dirs().sort_stats("tottime").print_stats(top)
+    print(f"\ncProfile of the rendezvous thread (by own time; full stats in {path}):")
+    print("\n".join(line for line in out.getvalue().splitlines()[5:] if line.strip()))
+
+
+def report(args: argparse.Namespace, preload_s: float, before: list[Timing], rdv: Timing,
+           after: list[Timing], checked: dict[str, Any]) -> dict[str, Any]:
+    n = args.requests
+    records_in = n * (1 + len(MODELS))
+    bases = [*before, *after]
+    base_rate, rdv_rate = float(np.median([n / b.processing_s for b in bases])), n / rdv.processing_s
+    named = [*((f"pass-through #{i + 1} (before)", b) for i, b in enumerate(before)), ("rendezvous", rdv),
+             *((f"pass-through #{len(before) + i + 1} (after)", b) for i, b in enumerate(after))]
+    rows = [[name, t.startup_s, t.processing_s, n / t.processing_s, records_in / t.processing_s, t.outputs]
+            for name, t in named]
+    reply = ("no return address" if args.no_reply_to else "return address set") + f", {args.processing}"
+    print_table(
+        f"Rendezvous throughput: {n:,} requests + {n * len(MODELS):,} scores pre-loaded "
+        f"({preload_s:.1f} s), {args.partitions} partitions, {reply}",
+        ["consumer", "startup s", "processing s", "req/s", "records-in/s", "records out"], rows, digits=2,
+    )
+    share = ratio(rdv_rate, base_rate)
+    verdict = "met" if rdv_rate >= TARGET_REQ_S else "NOT met"
+    print(f"ratio rendezvous / pass-through (median of {len(bases)} pass-through runs): {share:.2f}; "
+          f"target >= {TARGET_REQ_S:,.0f} req/s: {verdict}")
+    ok = "all checks passed" if not checked["problems"] else "PROBLEMS: " + "; ".join(checked["problems"])
+    print(f"log topic: {checked['records']:,} comparison records, answers topic: {checked['answers']:,}, "
+          f"dead letters: {checked['dead_letters']}; outcomes {checked['outcomes']}; {ok}")
+    return {
+        "requests": n, "records_in": records_in, "preload_s": preload_s,
+        "baselines": [{**vars(b), "req_s": n / b.processing_s, "records_in_s": records_in / b.processing_s}
+                      for b in bases],
+        "baseline_median_req_s": base_rate,
+        "rendezvous": {**vars(rdv), "req_s": rdv_rate, "records_in_s": records_in / rdv.processing_s},
+        "ratio": share, "check": checked,
+    }  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    interrupt_on_sigterm()
+    try:
+        with kafka_bootstrap() as (bootstrap, external):
+            config = {"bootstrap.servers": bootstrap}
+            prefix = run_prefix("throughput")
+            topics = Topics.from_prefix(prefix)
+            out_topics = [f"{prefix}passthrough.{i}" for i in range(2 * args.baseline_runs)]
+            names = [*(getattr(topics, role) for role in TOPIC_ROLES), *out_topics]
+            with dropped_topics(config, names, external):
+                ensure_topics(config, topics, args.partitions)
+                create_topics(config, {t: (args.partitions, {}) for t in out_topics})
+                note(f"pre-loading {args.requests:,} requests + {args.requests * len(MODELS):,} scores ...")
+                preload_s = preload(bootstrap, topics, args)
+                # The baseline runs before and after the rendezvous: its spread shows the noise.
+                runs = args.baseline_runs
+                note(f"baseline: {runs} bare pass-through run(s) of the same records ...")
+                before = [run_baseline(bootstrap, topics, t, args) for t in out_topics[:runs]]
+                note("rendezvous ...")
+                rdv = run_rendezvous(bootstrap, prefix, topics, args)
+                note(f"baseline again: {runs} run(s) ...")
+                after = [run_baseline(bootstrap, topics, t, args) for t in out_topics[runs:]]
+                checked = check_log(bootstrap, topics, args)
+                results = report(args, preload_s, before, rdv, after, checked)
+                if args.profile:
+                    print_profile(args.profile)
+            release_clients()
+    except BenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    write_json(args.json, "rendezvous_throughput", args, results)
+    return 0 if not checked["problems"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

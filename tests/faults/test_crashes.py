@@ -1,0 +1,190 @@
+"""Crash and overload faults on a real broker, with services as real processes.
+
+Each test prints one `FIGURES ...` line (sent / answered / duplicated / dead-lettered) so a
+run with `-s` shows what was measured.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from services.client.client import make_request
+from services.core.codec import codec
+from services.core.settings import Topics
+from services.model_worker.models import demo_rows
+from tests.faults.procs import Proc, until
+from tests.integration.harness import read_topic
+
+pytestmark = pytest.mark.kafka
+
+
+class Sender:
+    """Produces `total` valid requests (no return address) at `rate`/s from a thread."""
+
+    def __init__(self, config: dict[str, Any], topic: str, total: int, rate: float, budget_ms: int = 60_000,
+                 garbage_every: int = 0):
+        self.config, self.topic, self.total, self.rate = config, topic, total, rate
+        self.budget_ms, self.garbage_every = budget_ms, garbage_every
+        self.ids: list[str] = []
+        self.garbage = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        producer = Producer(self.config)
+        requests = codec("request")
+        rows = demo_rows(500, seed=21)
+        started = time.monotonic()
+        sent = 0
+        while sent < self.total:
+            due = min(self.total, int((time.monotonic() - started) * self.rate) + 1)
+            while sent < due:
+                record = make_request(rows[sent % len(rows)], budget_ms=self.budget_ms, reply_topic=None,
+                                      reply_partition=None)
+                self.ids.append(record["request_id"])
+                producer.produce(self.topic, requests.encode(record), key=record["request_id"])
+                sent += 1
+                if self.garbage_every and sent % self.garbage_every == 0:
+                    producer.produce(self.topic, b"\x00garbage " + str(sent).encode(), key=b"bad")
+                    self.garbage += 1
+            producer.poll(0)
+            time.sleep(0.005)  # pacing the request rate
+        assert producer.flush(60) == 0
+
+    def start(self) -> Sender:
+        self.thread.start()
+        return self
+
+    def join(self) -> None:
+        self.thread.join(timeout=300)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for proc in started:
+        proc.stop()
+
+
+def spawn(procs: list[Proc], tmp_path: Path, name: str, *args: str) -> Proc:
+    proc = Proc(list(args), tmp_path / f"{name}.log")
+    procs.append(proc)
+    return proc.start()
+
+
+def base(bootstrap: str, prefix: str) -> tuple[str, ...]:
+    return ("--bootstrap", bootstrap, "--topic-prefix", prefix)
+
+
+def test_rendezvous_killed_five_times_answers_every_request_exactly_once(
+    procs: list[Proc], tmp_path: Path, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    spawn(procs, tmp_path, "champion", "model", "serve", *base(bootstrap, prefix), "--model", "demo:champion")
+    rendezvous = spawn(procs, tmp_path, "rendezvous", "serve", *base(bootstrap, prefix), "--models", "champion",
+                       "--instance", "rdv-0", "--linger-ms", "200")
+    total = 20_000
+    sender = Sender(config, topics.requests, total, rate=1000.0).start()
+    rng = random.Random(7)
+    for _kill in range(5):
+        time.sleep(rng.uniform(1.0, 3.0))  # a random moment of the stream: the fault, not a wait
+        rendezvous.kill(signal.SIGKILL)
+        rendezvous.wait(10)
+        rendezvous.start()
+    sender.join()
+
+    answers = read_topic(config, topics.answers, expect=total, decode="answer", timeout=240)
+    ids = Counter(a["request_id"] for a in answers)
+    duplicated = sum(n - 1 for n in ids.values() if n > 1)
+    print(f"FIGURES kill -9 rendezvous x5: sent={total} answered={len(ids)} duplicated={duplicated} "
+          f"statuses={dict(Counter(a['status'] for a in answers))} restarts={rendezvous.starts - 1}")
+    assert len(answers) == total, "exactly 20,000 answers on the committed answers topic"
+    assert duplicated == 0 and set(ids) == set(sender.ids)
+
+
+def test_model_worker_killed_mid_stream_skips_no_request(
+    procs: list[Proc], tmp_path: Path, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    worker = spawn(procs, tmp_path, "champion", "model", "serve", *base(bootstrap, prefix), "--model",
+                   "demo:champion", "--instance", "champion-0")
+    total = 6000
+    sender = Sender(config, topics.requests, total, rate=1000.0).start()
+    until(lambda: worker.metric("rdv_model_requests_total") >= 1500, 60, "the worker to score a share")
+    worker.kill(signal.SIGKILL)
+    worker.wait(10)
+    time.sleep(1.0)  # requests keep arriving while it is down: the fault being tested
+    worker.start()
+    sender.join()
+
+    scores = read_topic(config, topics.scores, expect=total, decode="score", timeout=120)
+    scored = Counter(s["request_id"] for s in scores if s["model"] == "champion")
+    missing = set(sender.ids) - set(scored)
+    print(f"FIGURES kill -9 worker: sent={total} scored={len(scored)} missing={len(missing)} "
+          f"rescored_after_restart={sum(n - 1 for n in scored.values())}")
+    assert not missing, f"{len(missing)} requests never scored by the restarted model"
+
+
+def test_flood_of_malformed_messages_is_dead_lettered_with_bounded_memory(
+    procs: list[Proc], tmp_path: Path, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    spawn(procs, tmp_path, "champion", "model", "serve", *base(bootstrap, prefix), "--model", "demo:champion")
+    limit = 2000
+    rendezvous = spawn(procs, tmp_path, "rendezvous", "serve", *base(bootstrap, prefix), "--models", "champion",
+                       "--max-mailboxes", str(limit), "--linger-ms", "200")
+    sender = Sender(config, topics.requests, 10_000, rate=20_000.0, garbage_every=1).start()
+    peak = 0.0
+
+    def watch() -> bool:
+        nonlocal peak
+        peak = max(peak, rendezvous.metric("rdv_mailboxes_open"))
+        return rendezvous.metric("rdv_answers_total") >= 10_000
+
+    until(watch, 180, "10,000 answers")
+    sender.join()
+    answers = read_topic(config, topics.answers, expect=10_000, decode="answer")
+    dead = read_topic(config, topics.deadletter, expect=10_000, decode="deadletter")
+    rss_mb = rendezvous.rss_peak_kb() / 1024
+    print(f"FIGURES flood: valid={len(sender.ids)} malformed={sender.garbage} answered={len(answers)} "
+          f"dead_lettered={len(dead)} peak_mailboxes={peak:.0f} (limit {limit}) peak_rss={rss_mb:.0f}MB")
+    assert len(answers) == 10_000 and {a["request_id"] for a in answers} == set(sender.ids)
+    assert len(dead) == 10_000 and all(d["reason"] and d["error_type"] == "DecodeFailed" for d in dead)
+    assert rendezvous.alive(), "bad input never kills the service"
+    # Requests and early scores are bounded separately (limit and limit/2); one poll batch may overshoot.
+    assert peak <= 1.5 * limit + 1000, "intake pauses at the limit"
+
+
+def test_sigterm_under_load_exits_within_the_drain_bound_and_loses_nothing(
+    procs: list[Proc], tmp_path: Path, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    spawn(procs, tmp_path, "champion", "model", "serve", *base(bootstrap, prefix), "--model", "demo:champion")
+    drain_s = 5.0
+    args = ("serve", *base(bootstrap, prefix), "--models", "champion", "--instance", "rdv-0",
+            "--drain-timeout-s", str(drain_s), "--linger-ms", "200")
+    rendezvous = spawn(procs, tmp_path, "rendezvous", *args)
+    total = 8000
+    sender = Sender(config, topics.requests, total, rate=1000.0).start()
+    until(lambda: rendezvous.metric("rdv_answers_total") >= 2000, 60, "the stream to be under way")
+    signalled = time.monotonic()
+    rendezvous.kill(signal.SIGTERM)
+    code = rendezvous.wait(drain_s + 15)
+    exit_s = time.monotonic() - signalled
+    rendezvous.start()  # the next owner picks up where it left off
+    sender.join()
+
+    answers = read_topic(config, topics.answers, expect=total, decode="answer", timeout=120)
+    ids = Counter(a["request_id"] for a in answers)
+    print(f"FIGURES SIGTERM under load: exit_code={code} exit_after={exit_s:.2f}s (drain bound {drain_s}s) "
+          f"sent={total} answered={len(ids)} duplicated={sum(n - 1 for n in ids.values())}")
+    assert code == 0
+    assert exit_s <= drain_s + 10, "exits within the drain bound plus the final commit"
+    assert len(answers) == total and set(ids) == set(sender.ids)
