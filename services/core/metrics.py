@@ -7,6 +7,8 @@ version where it is per model; label values come from model names, never request
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
+from typing import Any
 
 from prometheus_client import Counter, start_http_server
 
@@ -41,3 +43,10 @@ def serve_metrics(port: int, addr: str = "0.0.0.0") -> int:
         raise ConfigError(f"cannot expose metrics on port {port}: {exc.strerror}") from None
     log.info("metrics on http://%s:%d/metrics", addr, port)
     return port
+
+
+@lru_cache(maxsize=8192)
+def child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, cached: the lookup costs about as much as an Avro decode on the
+    hot path, and label values (model names, statuses) are few."""
+    return metric.labels(*labels)

@@ -30,7 +30,8 @@ class WorkerSettings(KafkaSettings):
         "", "Catch up on history: a new consumer group starts at this time (ISO, epoch ms, or a duration ago "
         "like 1h) instead of --start-from; ignored once the group has committed offsets."
     )
-    metrics_port: int = setting(0, "Port of the Prometheus /metrics endpoint (0 = off).")
+    commit_interval_ms: int = setting(100, "How often the offsets of scored requests are committed (ms).")
+    metrics_port: int = setting(0, "Port of the /metrics, /healthz and /readyz endpoint (0 = off).")
     dead_letter: bool = setting(
         False, "Also dead-letter undecodable requests (the rendezvous already does; off avoids duplicates)."
     )

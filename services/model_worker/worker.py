@@ -26,7 +26,7 @@ from services.core.deadletter import DeadLetters
 from services.core.errors import BadInput, ConfigError
 from services.core.health import BrokerHealth
 from services.core.kafka import Consumer, Producer, next_offsets, partition_counts
-from services.core.metrics import DECODE_ERRORS, LATENCY_BUCKETS
+from services.core.metrics import DECODE_ERRORS, LATENCY_BUCKETS, child
 from services.core.runtime import now_ms, run_poll_loop
 from services.model_worker.models import Model, Prediction, features_to_matrix, load_model
 from services.model_worker.settings import WorkerSettings
@@ -130,6 +130,8 @@ class ModelWorker:
             log.info("model %s %s (%s) scoring %s", self.name, self.version, self.instance,
                      self.topics.requests)
             run_poll_loop(consumer, handler, stop, max_batch=self.settings.max_batch, max_wait=0.1)
+            if handler.pending:
+                handler.commit()
             log.info("model %s stopping after %d scores", self.name, self.scored)
 
     def _waiting(self, what: str) -> None:
@@ -160,7 +162,12 @@ class ModelWorker:
 
 
 class _BatchScorer:
-    """Decode -> score -> produce -> flush -> commit, once per polled batch."""
+    """Decode -> score -> produce per polled batch; flush -> commit every commit interval.
+
+    Committing after every batch would block the next batch on two broker round trips;
+    the offsets of handled batches are kept and committed together (after the flush that
+    acknowledges their scores) at most every `commit_interval_ms`, and once more at the end.
+    """
 
     def __init__(
         self, worker: ModelWorker, consumer: Consumer, producer: Producer, dead: DeadLetters,
@@ -172,12 +179,28 @@ class _BatchScorer:
         self.dead = dead
         self.committer = committer
         self.stop = stop
+        self.interval_s = worker.settings.commit_interval_ms / 1000.0
+        self.pending: dict[tuple[str, int], int] = {}
+        self.last_commit = time.monotonic()
 
     def next_wakeup(self) -> float:
-        return 0.1
+        if not self.pending:
+            return 0.1
+        return max(0.0, self.last_commit + self.interval_s - time.monotonic())
 
     def on_tick(self) -> None:
         self.producer.poll(0)
+        if self.pending and time.monotonic() - self.last_commit >= self.interval_s:
+            self.commit()
+
+    def commit(self) -> None:
+        """Scores acknowledged, then offsets committed; retried while the broker is away.
+        If we are stopping before that succeeds, those requests are simply scored again later."""
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self.pending.items()]
+        self.last_commit = time.monotonic()
+        if self.committer.commit(offsets, give_up=self.stop.is_set):
+            self.pending.clear()
+            self.w.health.mark_up()
 
     def on_batch(self, messages: list[Message]) -> None:
         if not messages:
@@ -186,10 +209,8 @@ class _BatchScorer:
         requests, sources = self._decode(messages)
         if requests:
             self._score_and_produce(requests, sources, received_at)
-        # Scores acknowledged, then offsets committed; retried while the broker is away.
-        # If we are stopping before that succeeds, the batch is simply scored again later.
-        if self.committer.commit(next_offsets(messages), give_up=self.stop.is_set):
-            self.w.health.mark_up()
+        for tp in next_offsets(messages):
+            self.pending[(tp.topic, tp.partition)] = tp.offset
 
     def _decode(self, messages: list[Message]) -> tuple[list[dict[str, Any]], list[Message]]:
         requests, sources = [], []
@@ -207,10 +228,10 @@ class _BatchScorer:
         self, requests: list[dict[str, Any]], sources: list[Message], received_at: int
     ) -> None:
         w = self.w
-        REQUESTS.labels(*w._labels).inc(len(requests))
-        BATCH.labels(*w._labels).observe(len(requests))
+        child(REQUESTS, *w._labels).inc(len(requests))
+        child(BATCH, *w._labels).observe(len(requests))
         results = score_batch(w.model, [r["features"] for r in requests])
-        COMPUTE.labels(*w._labels).observe(results[0].compute_ms / 1000.0)
+        child(COMPUTE, *w._labels).observe(results[0].compute_ms / 1000.0)
         scored_at = now_ms()
         errors = 0
         for request, msg, result in zip(requests, sources, results, strict=True):
@@ -235,7 +256,7 @@ class _BatchScorer:
                 w.topics.scores, w._scores.encode(record), key=msg.key(), partition=msg.partition()
             )
         w.scored += len(requests)
-        SCORES.labels(*w._labels, "ok").inc(len(requests) - errors)
+        child(SCORES, *w._labels, "ok").inc(len(requests) - errors)
         if errors:
-            SCORES.labels(*w._labels, "error").inc(errors)
+            child(SCORES, *w._labels, "error").inc(errors)
 

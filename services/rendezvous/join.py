@@ -20,6 +20,7 @@ from confluent_kafka import Message
 
 from services.core.codec import codec
 from services.core.errors import BadInput, DecodeFailed
+from services.core.metrics import child
 from services.rendezvous import metrics as m
 from services.rendezvous.control import ScheduleBook
 from services.rendezvous.mailbox import Arrival, Mailbox
@@ -106,7 +107,7 @@ class Join:
         rid = request["request_id"]
         if rid in self.finished.logged:
             self.finished.forget(rid)  # answered and logged before a restart: nothing to redo
-            m.RECOVERED.labels("logged").inc()
+            child(m.RECOVERED, "logged").inc()
             self.offsets.track(msg, None)
             return
         mailbox = self.mailboxes.get(rid)
@@ -137,7 +138,7 @@ class Join:
         mailbox.decision = Decision(Status(answer["status"]), answer["model"], answer["reason"])
         mailbox.answered_at = answer["answered_at"]
         mailbox.restored = True
-        m.RECOVERED.labels("answered").inc()
+        child(m.RECOVERED, "answered").inc()
 
     def on_score(self, msg: Message, now: int) -> None:
         try:
@@ -146,13 +147,13 @@ class Join:
             self._reject(msg, err)
             return
         model = score["model"]
-        m.SCORES.labels(model, score["version"]).inc()
+        child(m.SCORES, model, score["version"]).inc()
         self._models_seen[model] = now
         rid = score["request_id"]
         mailbox = self.mailboxes.get(rid)
         if mailbox is None:
             if rid in self._closed or rid in self.finished.logged:
-                m.LATE_SCORES.labels(model, "true").inc()
+                child(m.LATE_SCORES, model, "true").inc()
                 self.offsets.track(msg, None)
                 return
             mailbox = self.mailboxes[rid] = Mailbox(rid, msg.partition() or 0, score["deadline"], opened_at=now)
@@ -170,9 +171,9 @@ class Join:
         arrival = Arrival(score["model"], score["version"], score["score"], score["label"], score["error"],
                           arrived, score["compute_ms"], late=late)
         if not mailbox.add(arrival):
-            m.DUPLICATE_SCORES.labels(arrival.model).inc()
+            child(m.DUPLICATE_SCORES, arrival.model).inc()
         elif late:
-            m.LATE_SCORES.labels(arrival.model, "false").inc()
+            child(m.LATE_SCORES, arrival.model, "false").inc()
 
     def _reject(self, msg: Message, err: BadInput) -> None:
         self.outputs.reject(msg, err)
@@ -261,11 +262,11 @@ class Join:
         self.outputs.answer(mailbox, self._codecs["answer"].encode(record))
         self.answered += 1
         status = decision.status.value
-        m.ANSWERS.labels(decision.model or "", status).inc()
-        m.ANSWER_LATENCY.labels(status).observe(max(0, now - mailbox.created_at) / 1000.0)
+        child(m.ANSWERS, decision.model or "", status).inc()
+        child(m.ANSWER_LATENCY, status).observe(max(0, now - mailbox.created_at) / 1000.0)
         m.DEADLINE_SLACK.observe(max(0, now - mailbox.deadline) / 1000.0)
         if decision.status is Status.FALLBACK:
-            m.FALLBACKS.labels(decision.model).inc()
+            child(m.FALLBACKS, decision.model).inc()
         elif decision.status is Status.TIMEOUT:
             m.TIMEOUTS.inc()
 
@@ -275,7 +276,7 @@ class Join:
         outputs = []
         for a in mailbox.arrivals.values():
             latency = max(0, a.arrived_at - mailbox.created_at)
-            m.SCORE_LATENCY.labels(a.model, a.version).observe(latency / 1000.0)
+            child(m.SCORE_LATENCY, a.model, a.version).observe(latency / 1000.0)
             outputs.append({"model": a.model, "version": a.version, "score": a.score, "label": a.label,
                             "error": a.error, "latency_ms": float(latency), "compute_ms": a.compute_ms,
                             "late": a.late})

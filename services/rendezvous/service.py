@@ -71,6 +71,7 @@ class Rendezvous:
         self._draining_until: float | None = None
         self._drain_done = threading.Event()
         self._producer: Producer | None = None
+        self._fast_replies: Producer | None = None
         self._consumer: Consumer | None = None
         self._committer: Committer | None = None
         self._dead: DeadLetters | None = None
@@ -130,7 +131,7 @@ class Rendezvous:
             stack.callback(consumer.close)
             self._producer, self._consumer = producer, consumer
             self._dead = DeadLetters(producer, self.topics.deadletter, SERVICE)
-            self._replies = ReplyRouter(producer, config)
+            self._replies = ReplyRouter(self._reply_producer(producer, config, exactly_once, stack), config)
             self._control = ControlFeed(config, self.topics.control)
             stack.callback(self._control.close)
             committer_type = ExactlyOnce if exactly_once else AtLeastOnce
@@ -145,6 +146,24 @@ class Rendezvous:
             self._drain(consumer)
             log.info("rendezvous stopping: %d answered, %d logged, %d in flight left to the next owner",
                      self.answered, self.logged, len(self.mailboxes))
+
+    def _reply_producer(
+        self, producer: Producer, config: dict[str, Any], exactly_once: bool, stack: ExitStack
+    ) -> Producer:
+        """Where answers to return addresses are produced.
+
+        With exactly-once, an answer in the transaction reaches a read_committed client only
+        when the transaction commits (every commit interval). By default replies therefore go
+        out at once through a plain idempotent producer: rdv.answers stays exactly-once, and a
+        client may, after a crash, receive a second answer for a request (it keeps the first).
+        --transactional-replies puts replies in the transaction instead.
+        """
+        if not exactly_once or self.settings.transactional_replies:
+            return producer
+        fast = Producer(config, soft_topics=lambda _t: True, on_soft_failure=self._on_reply_failure)
+        stack.callback(fast.close)
+        self._fast_replies = fast
+        return fast
 
     def _membership(self) -> dict[str, Any]:
         """Static membership for a named replica: a restart takes its partitions back at once."""
@@ -210,6 +229,8 @@ class Rendezvous:
             self._commit()
             self._last_commit = now
         self._producer.poll(0)
+        if self._fast_replies is not None:
+            self._fast_replies.poll(0)
         if self._drain_finished():
             self._drain_done.set()
 

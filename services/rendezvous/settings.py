@@ -46,6 +46,10 @@ class RendezvousSettings(KafkaSettings):
         "exactly-once: answers, comparison records and input offsets commit in one Kafka transaction "
         "(readers use read_committed); at-least-once: flush, then commit offsets (a crash may repeat answers).",
     )
+    transactional_replies: bool = setting(
+        False, "With exactly-once: also put answers to return addresses in the transaction (a client then "
+        "never sees a repeated answer, but waits for the commit interval)."
+    )
     instance: str = setting(
         "", "Stable id of this replica (default: the host name); with exactly-once it names the "
         "transactional id, so a restarted replica aborts its predecessor's open transaction at once."

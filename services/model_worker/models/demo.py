@@ -16,6 +16,10 @@ A missing feature (NaN) is replaced by its mean over the data set before scoring
     demo:flaky        champion, but raises ValueError for a whole batch when any row has
                       mean_radius above the data set's 80th percentile (`flaky_rejects`)
                                                                                version logreg-flaky-1
+    demo:contrarian   champion, but with the label flipped (and score 1 - score) for rows whose
+                      mean_texture is above the data set's 70th percentile (`contrarian_flips`):
+                      a challenger that disagrees with the champion on a known share of inputs
+                                                                               version logreg-contrarian-1
 
 Training is deterministic (fixed random_state) and cached per process, so loading several demo
 models in one process trains each estimator once (all of them together take well under a second).
@@ -46,6 +50,9 @@ __all__ = [
     "canary",
     "challenger",
     "champion",
+    "contrarian",
+    "contrarian_flips",
+    "contrarian_threshold",
     "demo_data",
     "demo_rows",
     "flaky",
@@ -60,6 +67,8 @@ _DEFAULT_SLOW_MS = 400.0
 _CANARY_FEATURES = ("worst_concave_points", "worst_area")
 _FLAKY_FEATURE = "mean_radius"
 _FLAKY_PERCENTILE = 80.0
+_CONTRARIAN_FEATURE = "mean_texture"
+_CONTRARIAN_PERCENTILE = 70.0
 _SEED = 0
 
 # One scorer maps a NaN-free float64 batch (n, 30) to P(benign) per row.
@@ -168,6 +177,20 @@ def flaky_rejects(row: Mapping[str, float]) -> bool:
     return value is not None and float(value) > flaky_threshold()
 
 
+@functools.cache
+def contrarian_threshold() -> float:
+    """demo:contrarian flips rows whose mean_texture is above this (the 70th percentile)."""
+    x, _, _ = _dataset()
+    return float(np.percentile(x[:, _column(_CONTRARIAN_FEATURE)], _CONTRARIAN_PERCENTILE))
+
+
+def contrarian_flips(row: Mapping[str, float]) -> bool:
+    """True when demo:contrarian contradicts the champion on this row (missing mean_texture never is:
+    the model imputes the data-set mean, which is below the threshold)."""
+    value = row.get(_CONTRARIAN_FEATURE)
+    return value is not None and float(value) > contrarian_threshold()
+
+
 def _to_predictions(scores: np.ndarray) -> list[Prediction]:
     benign = (scores > 0.5).tolist()
     malignant_label, benign_label = DEMO_LABELS
@@ -258,6 +281,36 @@ class FlakyModel(DemoModel):
         return super().predict(x)
 
 
+class ContrarianModel(DemoModel):
+    """The champion, contradicted where `contrarian_flips` holds: label flipped, score 1 - score.
+
+    The flip is applied to the label directly (not re-derived from the flipped score), so the
+    disagreement with the champion is exactly the share of rows the public rule selects; that is
+    what lets a test predict the paired agreement of a live comparison.
+    """
+
+    def __init__(self, name: str = "contrarian", version: str = "logreg-contrarian-1") -> None:
+        super().__init__(name, version, _champion_scorer)
+        self.threshold = float("nan")
+        self._col = _column(_CONTRARIAN_FEATURE)
+
+    def load(self) -> None:
+        self.threshold = contrarian_threshold()
+        super().load()
+
+    def predict(self, batch: np.ndarray) -> list[Prediction]:
+        x = check_batch(batch, len(self.feature_names), self.name)
+        predictions = super().predict(x)
+        flips = np.nan_to_num(x[:, self._col], nan=-np.inf) > self.threshold
+        malignant_label, benign_label = DEMO_LABELS
+        flipped = {benign_label: malignant_label, malignant_label: benign_label}
+        return [
+            Prediction(None if p.score is None else 1.0 - p.score, flipped.get(p.label or "", p.label))
+            if flip else p
+            for p, flip in zip(predictions, flips.tolist(), strict=True)
+        ]
+
+
 def champion() -> DemoModel:
     return DemoModel("champion", "logreg-1", _champion_scorer)
 
@@ -278,10 +331,15 @@ def flaky() -> DemoModel:
     return FlakyModel()
 
 
+def contrarian() -> DemoModel:
+    return ContrarianModel()
+
+
 DEMO_MODELS: Mapping[str, Callable[[], DemoModel]] = {
     "champion": champion,
     "challenger": challenger,
     "canary": canary,
     "slow": slow,
     "flaky": flaky,
+    "contrarian": contrarian,
 }

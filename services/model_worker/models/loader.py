@@ -1,6 +1,6 @@
 """Turn a model spec string into a loaded Model.
 
-    demo:<name>              a demo model (champion, challenger, canary, slow, flaky)
+    demo:<name>              a demo model (champion, challenger, canary, slow, flaky, contrarian)
     path/to/model.joblib     a scikit-learn estimator saved with joblib (also *.pkl)
     path/to/model.onnx       an ONNX model (needs the onnx extra)
     module.path:factory      import the module, call factory() with no arguments; it must return
