@@ -23,13 +23,14 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import fastavro
 from fastavro.write import Writer
 
-from services.core.codec import load_schema, parse_plain, schemas_dir
+from services.core.codec import load_schema, schemas_dir
 from services.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,13 @@ def archive_schema() -> Any:
     return fastavro.parse_schema(load_schema(schemas_dir() / "archived_request.avsc"))
 
 
-def _plain_reader_schema() -> Any:
-    # Reading through a logical-type-free copy keeps timestamps as epoch-ms ints.
-    return parse_plain(load_schema(schemas_dir() / "archived_request.avsc"))
+def _plain(record: dict[str, Any]) -> dict[str, Any]:
+    """Timestamps as epoch-ms ints (fastavro turns timestamp-millis into datetimes on read)."""
+    for name in ("timestamp", "archived_at"):
+        value = record[name]
+        if isinstance(value, datetime):
+            record[name] = int(value.timestamp() * 1000)
+    return record
 
 
 @dataclass
@@ -160,9 +165,9 @@ class ArchiveWriter:
 def _readable_records(path: Path) -> Iterator[dict[str, Any]]:
     with path.open("rb") as handle:
         try:
-            for record in fastavro.reader(handle, reader_schema=_plain_reader_schema()):
+            for record in fastavro.reader(handle):
                 if isinstance(record, dict):
-                    yield record
+                    yield _plain(record)
         except (EOFError, ValueError, OSError, StopIteration) as exc:
             log.warning("%s ends in a torn block (%s); keeping what precedes it", path.name, exc)
 
@@ -205,13 +210,13 @@ def iter_archive(
     if not (directory / MANIFEST).exists():
         raise ConfigError(f"{directory} is not a decoy archive (no {MANIFEST})")
     seen: set[tuple[str, int, int]] = set()
-    plain = _plain_reader_schema()
     for stats in read_manifest(directory):
         if not _overlaps(stats, from_ms, to_ms):
             continue
         with (directory / stats.name).open("rb") as handle:
-            for record in fastavro.reader(handle, reader_schema=plain):
-                assert isinstance(record, dict)
+            for raw in fastavro.reader(handle):
+                assert isinstance(raw, dict)
+                record = _plain(raw)
                 ident = (record["topic"], record["partition"], record["offset"])
                 ts = record["timestamp"]
                 in_range = (from_ms is None or ts >= from_ms) and (to_ms is None or ts < to_ms)

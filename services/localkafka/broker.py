@@ -6,7 +6,15 @@
 
 `<data>/state.json` records the running broker so another process (the CLI) can find, query and
 stop it: see `start_background`, `status_background`, `stop_background`, `read_bootstrap`.
-Every start formats a fresh cluster (new id, empty `logs/`): the broker is for development and tests.
+
+`start()` formats a fresh cluster (new id, free ports, empty `logs/`): the broker is for development
+and tests. For fault tests a broker can go down and come back with its data, cluster id and ports
+(clients keep their bootstrap address):
+
+    broker.stop(keep_data=True)       # or broker.kill(): SIGKILL, a crash; the data stays too
+    broker.start(fresh=False)         # same server.properties, no format; log recovery after a kill
+
+`stop()` without `keep_data` deletes `logs/` (the topics); `broker.log` stays for reading.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ DEFAULT_JVM_OPTIONS: tuple[str, ...] = (
 # The storage tool runs for a second: a quick-start JIT is all it needs.
 _TOOL_JVM_OPTIONS = ("-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Djava.awt.headless=true")
 MAIN_CLASS = "kafka.Kafka"
+# How long `start(fresh=False)` waits for the kept ports to be free (a client may hold one for a moment).
+RESUME_PORT_WAIT_S = 10.0
 _ADMIN_LOG = logging.getLogger(f"{__name__}.admin")  # librdkafka's connection-refused noise goes here
 
 
@@ -52,7 +62,7 @@ class LocalBroker:
     data_dir: Path | None = None
     extra_properties: dict[str, str] = field(default_factory=dict)
     extra_listeners: dict[str, str] = field(default_factory=dict)
-    format_args: list[str] = field(default_factory=list)
+    format_args: list[str] = field(default_factory=list, repr=False)  # may hold a SCRAM password
     jvm_options: tuple[str, ...] = DEFAULT_JVM_OPTIONS
     progress: Progress | None = field(default=None, repr=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
@@ -93,10 +103,13 @@ class LocalBroker:
         return self.listener(config.BROKER_LISTENER)
 
     def listener(self, name: str) -> str:
-        """`127.0.0.1:PORT` of a listener (PLAINTEXT or one of `extra_listeners`)."""
+        """`127.0.0.1:PORT` of a listener (PLAINTEXT or one of `extra_listeners`, e.g. "SASL")."""
         if not self._state:
             raise BrokerUnavailable(f"local broker {self.name!r} is not running")
-        return str(self._state["listeners"][name.upper()])
+        listeners: dict[str, str] = self._state["listeners"]
+        if name.upper() not in listeners:
+            raise BrokerError(f"local broker {self.name!r} has no listener {name!r} (has {', '.join(listeners)})")
+        return str(listeners[name.upper()])
 
     # ----- lifecycle ------------------------------------------------------------------------
     def is_running(self) -> bool:
@@ -108,29 +121,33 @@ class LocalBroker:
         self._state = None
         return False
 
-    def start(self, wait_timeout: float = 90.0) -> str:
-        """Format a fresh cluster, launch the broker and wait until it answers; returns the bootstrap."""
+    def start(self, wait_timeout: float = 90.0, *, fresh: bool = True) -> str:
+        """Launch the broker and wait until it answers; returns the bootstrap.
+
+        `fresh=True` formats a new cluster: new cluster id, new free ports, empty `logs/`.
+        `fresh=False` resumes the data left by `stop(keep_data=True)` or `kill()`: the same
+        server.properties (ports, listeners, settings), cluster id and topics; nothing is formatted.
+        """
         if self.is_running():
             raise BrokerError(f"local broker {self.name!r} already runs (pid {self.pid}, {self.bootstrap})")
         say = self.progress or (lambda _msg: None)
+        kept = None if fresh else self._resume_config()  # before anything else: no data, no start
         java = java_executable()
         libs = provision(self.progress)
         started = time.monotonic()
-        self._prepare_dir()
-        ports = config.free_ports(2 + len(self.extra_listeners))
-        pairs = zip(self.extra_listeners.items(), ports[2:], strict=True)
-        extra = {lname.upper(): (port, proto) for (lname, proto), port in pairs}
-        props = config.server_properties(
-            self.root, ports[0], ports[1], extra_listeners=extra, extra_properties=self.extra_properties
-        )
-        self.properties_file.write_text(config.render_properties(props))
         log4j = self.root / "log4j2.properties"
-        log4j.write_text(config.log4j2_properties(self.log_file))
         classpath = f"{libs}/*"
         logging_opt = f"-Dlog4j2.configurationFile={log4j}"
-        cluster_id = config.new_cluster_id()
-        say(f"Formatting storage of local broker {self.name!r} in {self.root} ...")
-        self._format(java, classpath, logging_opt, cluster_id)
+        if kept is None:
+            self._prepare_dir()
+            listeners, cluster_id = self._configure_fresh()
+            log4j.write_text(config.log4j2_properties(self.log_file))
+            say(f"Formatting storage of local broker {self.name!r} in {self.root} ...")
+            self._format(java, classpath, logging_opt, cluster_id)
+        else:
+            listeners, cluster_id = kept
+            log4j.write_text(config.log4j2_properties(self.log_file))
+            say(f"Resuming local broker {self.name!r} (cluster {cluster_id}) from {self.root} ...")
         cmd = [java, *self.jvm_options, logging_opt, "-cp", classpath, MAIN_CLASS, str(self.properties_file)]
         log.debug("starting %s", " ".join(cmd))
         with self.stdout_file.open("wb") as out:
@@ -138,13 +155,12 @@ class LocalBroker:
                 cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 cwd=self.root, start_new_session=True,
             )  # fmt: skip
-        listeners = {config.BROKER_LISTENER: f"{config.HOST}:{ports[0]}"}
-        listeners |= {n: f"{config.HOST}:{p}" for n, (p, _) in extra.items()}
+        controller = listeners.pop(config.CONTROLLER_LISTENER, "")
         self._state = {
             "name": self.name, "pid": self._proc.pid, "bootstrap": listeners[config.BROKER_LISTENER],
-            "listeners": listeners, "controller": f"{config.HOST}:{ports[1]}", "cluster_id": cluster_id,
+            "listeners": listeners, "controller": controller, "cluster_id": cluster_id,
             "data_dir": str(self.root), "log_file": str(self.log_file), "started_at": time.time(),
-            "ready": False, "kafka_version": config.KAFKA_VERSION,
+            "ready": False, "resumed": not fresh, "kafka_version": config.KAFKA_VERSION,
         }  # fmt: skip
         self._write_state()
         say(f"Starting Apache Kafka {config.KAFKA_VERSION} (pid {self._proc.pid}) ...")
@@ -156,15 +172,22 @@ class LocalBroker:
         self._state["ready"] = True
         self._write_state()
         elapsed = time.monotonic() - started
-        log.info("local broker %r ready at %s in %.1f s", self.name, self.bootstrap, elapsed)
-        say(f"Kafka broker ready at {self.bootstrap} in {elapsed:.1f} s (log: {self.log_file})")
+        how = "resumed" if not fresh else "ready"
+        log.info("local broker %r %s at %s in %.1f s", self.name, how, self.bootstrap, elapsed)
+        say(f"Kafka broker {how} at {self.bootstrap} in {elapsed:.1f} s (log: {self.log_file})")
         return self.bootstrap
 
-    def stop(self, timeout: float = 20.0) -> bool:
-        """SIGTERM the broker's process group, SIGKILL after `timeout`; False if it was not running."""
+    def stop(self, timeout: float = 20.0, *, keep_data: bool = False) -> bool:
+        """SIGTERM the broker's process group, SIGKILL after `timeout`; False if it was not running.
+
+        Without `keep_data` the topics (`logs/`) are deleted; with it `start(fresh=False)` brings
+        the same cluster back on the same ports.
+        """
         say = self.progress or (lambda _msg: None)
         if not self.is_running():
             self.state_file.unlink(missing_ok=True)
+            if not keep_data:
+                self._discard_data()
             log.info("local broker %r is not running", self.name)
             say(f"Local broker {self.name!r} is not running")
             return False
@@ -177,7 +200,22 @@ class LocalBroker:
         self._state = None
         self._proc = None
         self.state_file.unlink(missing_ok=True)
-        say(f"Local broker {self.name!r} stopped")
+        if not keep_data:
+            self._discard_data()
+        say(f"Local broker {self.name!r} stopped" + (" (data kept)" if keep_data else ""))
+        return True
+
+    def kill(self) -> bool:
+        """SIGKILL the broker (a crash: no clean shutdown); its data stays for `start(fresh=False)`.
+
+        False if it was not running.
+        """
+        if not self.is_running():
+            return False
+        pid = self.pid
+        log.info("killing local broker %r (pid %s)", self.name, pid)
+        self._kill_now()
+        self._proc = None
         return True
 
     def status(self) -> dict[str, Any]:
@@ -211,9 +249,47 @@ class LocalBroker:
 
     def _prepare_dir(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self.root / "logs", ignore_errors=True)
+        self._discard_data()
         for old in [self.state_file, self.stdout_file, *self.root.glob("broker.log*")]:
             old.unlink(missing_ok=True)
+
+    def _discard_data(self) -> None:
+        shutil.rmtree(self.root / "logs", ignore_errors=True)
+
+    def _configure_fresh(self) -> tuple[dict[str, str], str]:
+        """Write server.properties on new free ports; returns ({listener: address}, new cluster id)."""
+        ports = config.free_ports(2 + len(self.extra_listeners))
+        pairs = zip(self.extra_listeners.items(), ports[2:], strict=True)
+        extra = {lname.upper(): (port, proto) for (lname, proto), port in pairs}
+        props = config.server_properties(
+            self.root, ports[0], ports[1], extra_listeners=extra, extra_properties=self.extra_properties
+        )
+        self.properties_file.write_text(config.render_properties(props))
+        return config.listener_addresses(props), config.new_cluster_id()
+
+    def _resume_config(self) -> tuple[dict[str, str], str]:
+        """The kept server.properties and cluster id, once every port of it can be listened on again."""
+        hint = "start it with fresh=True, or stop it with keep_data=True to resume it later"
+        try:
+            props = config.parse_properties(self.properties_file.read_text())
+        except OSError:
+            raise BrokerError(f"local broker {self.name!r} has no kept data in {self.root}: {hint}") from None
+        data = config.log_dir(props)
+        cluster_id = config.read_cluster_id(data) if data else None
+        if cluster_id is None:
+            raise BrokerError(f"local broker {self.name!r} has no formatted data in {data}: {hint}")
+        listeners = config.listener_addresses(props)
+        ports = [int(address.rpartition(":")[2]) for address in listeners.values()]
+        if not wait_until(lambda: all(config.port_free(p) for p in ports), RESUME_PORT_WAIT_S, interval=0.1):
+            taken = [p for p in ports if not config.port_free(p)]
+            raise BrokerError(
+                f"cannot resume local broker {self.name!r}: port(s) {', '.join(map(str, taken))} "
+                f"are taken by another process (clients keep the old addresses, so the ports must not change)"
+            )
+        self.state_file.unlink(missing_ok=True)
+        if self.log_file.exists():  # keep the previous run's log, but out of this run's error report
+            self.log_file.replace(self.log_file.with_name(self.log_file.name + ".previous"))
+        return listeners, cluster_id
 
     def _format(self, java: str, classpath: str, logging_opt: str, cluster_id: str) -> None:
         cmd = [
@@ -283,23 +359,26 @@ def _port_open(host: str, port: int) -> bool:
 
 # ----- module-level helpers for the CLI -----------------------------------------------------------
 def start_background(
-    name: str = "default", *, wait_timeout: float = 90.0, progress: Progress | None = None
+    name: str = "default", *, wait_timeout: float = 90.0, progress: Progress | None = None, fresh: bool = True
 ) -> LocalBroker:
-    """Start the named broker and leave it running; returns the already running one if there is one."""
+    """Start the named broker and leave it running; returns the already running one if there is one.
+
+    `fresh=False` resumes the data kept by `stop_background(keep_data=True)` (see `LocalBroker.start`).
+    """
     broker = LocalBroker(name, progress=progress)
     if broker.is_running():
         if progress:
             progress(f"Local broker {name!r} already runs at {broker.bootstrap} (pid {broker.pid})")
         return broker
-    broker.start(wait_timeout=wait_timeout)
+    broker.start(wait_timeout=wait_timeout, fresh=fresh)
     return broker
 
 
 def stop_background(
-    name: str = "default", *, timeout: float = 20.0, progress: Progress | None = None
+    name: str = "default", *, timeout: float = 20.0, progress: Progress | None = None, keep_data: bool = False
 ) -> bool:
-    """Stop the named broker; False if it was not running."""
-    return LocalBroker(name, progress=progress).stop(timeout=timeout)
+    """Stop the named broker; False if it was not running. Its topics are deleted unless `keep_data`."""
+    return LocalBroker(name, progress=progress).stop(timeout=timeout, keep_data=keep_data)
 
 
 def status_background(name: str = "default") -> dict[str, Any] | None:
@@ -318,7 +397,11 @@ def read_bootstrap(name: str = "default") -> str | None:
 def ephemeral_broker(
     tmp_dir: Path | str, *, wait_timeout: float = 90.0, **options: Any
 ) -> Iterator[LocalBroker]:
-    """A broker with its data under `tmp_dir`, stopped on exit whatever happens (for tests)."""
+    """A broker with its data under `tmp_dir`, stopped on exit whatever happens (for tests).
+
+    `options` are `LocalBroker` fields, e.g. `**sasl_broker_options("alice", "alice-secret")`.
+    The broker may be stopped/killed and resumed inside the block; on exit it is stopped either way.
+    """
     broker = LocalBroker(name="ephemeral", data_dir=Path(tmp_dir) / "kafka", **options)
     try:
         broker.start(wait_timeout=wait_timeout)

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 KAFKA_VERSION = "4.4.0"
 HOST = "127.0.0.1"
@@ -57,6 +58,17 @@ def free_ports(count: int, host: str = HOST) -> list[int]:
 
 def free_port(host: str = HOST) -> int:
     return free_ports(1, host)[0]
+
+
+def port_free(port: int, host: str = HOST) -> bool:
+    """True if a server could listen on `port` now (SO_REUSEADDR, as the JVM binds on Unix)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def new_cluster_id() -> str:
@@ -118,13 +130,90 @@ def server_properties(
     return props
 
 
+def listener_addresses(props: Mapping[str, str]) -> dict[str, str]:
+    """`{NAME: "host:port"}` of every listener in server.properties (inverse of `server_properties`)."""
+    out: dict[str, str] = {}
+    for item in props.get("listeners", "").split(","):
+        name, sep, address = item.strip().partition("://")
+        if not sep or ":" not in address:
+            continue
+        out[name.upper()] = address
+    return out
+
+
+def log_dir(props: Mapping[str, str]) -> Path | None:
+    """The (first) data directory of a broker's server.properties; the KRaft metadata lives there too."""
+    dirs = [d.strip() for d in props.get("log.dirs", props.get("log.dir", "")).split(",") if d.strip()]
+    return Path(dirs[0]) if dirs else None
+
+
+def read_cluster_id(data_dir: Path) -> str | None:
+    """`cluster.id` from `<data_dir>/meta.properties` (written by `StorageTool format`); None if absent."""
+    try:
+        text = (data_dir / "meta.properties").read_text()
+    except OSError:
+        return None
+    return parse_properties(text).get("cluster.id") or None
+
+
+# ----- SASL/SCRAM ------------------------------------------------------------------------------------
+SASL_LISTENER = "SASL"
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+_SCRAM_LOGIN = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+_SCRAM_UNSAFE = set(',[]="\\') | {" ", "\t", "\n"}
+
+
+def scram_format_arg(user: str, password: str, mechanism: str = "SCRAM-SHA-512") -> str:
+    """The `StorageTool format --add-scram` value that creates `user` with `password` at format time."""
+    if mechanism not in SCRAM_MECHANISMS:
+        raise ValueError(f"SCRAM mechanism must be one of {', '.join(SCRAM_MECHANISMS)}, got {mechanism!r}")
+    for what, value in (("user name", user), ("password", password)):
+        if not value or _SCRAM_UNSAFE & set(value):
+            # The value is never echoed: it may be the password.
+            raise ValueError(f"SCRAM {what} must be non-empty without spaces or any of , [ ] = \" \\")
+    return f"{mechanism}=[name={user},password={password}]"
+
+
+def sasl_broker_options(
+    user: str, password: str, *, mechanism: str = "SCRAM-SHA-512", listener: str = SASL_LISTENER
+) -> dict[str, Any]:
+    """`LocalBroker` / `ephemeral_broker` keyword arguments for an extra SASL_PLAINTEXT listener.
+
+    The listener (`broker.listener("SASL")`) accepts only `mechanism`; `user` is created when the
+    storage is formatted. The inter-broker and controller listeners stay PLAINTEXT, so no broker-side
+    credentials are needed: the JAAS entry names the login module only.
+    """
+    prefix = f"listener.name.{listener.lower()}"
+    return {
+        "extra_listeners": {listener.upper(): "SASL_PLAINTEXT"},
+        "extra_properties": {
+            f"{prefix}.sasl.enabled.mechanisms": mechanism,
+            f"{prefix}.{mechanism.lower()}.sasl.jaas.config": _SCRAM_LOGIN,
+        },
+        "format_args": ["--add-scram", scram_format_arg(user, password, mechanism)],
+    }
+
+
+def sasl_client_config(
+    bootstrap: str, user: str, password: str, *, mechanism: str = "SCRAM-SHA-512"
+) -> dict[str, str]:
+    """librdkafka settings of a client of that listener."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": mechanism,
+        "sasl.username": user,
+        "sasl.password": password,
+    }
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n")
 
 
 def render_properties(props: Mapping[str, str]) -> str:
     """Java .properties text, one `key=value` a line (keys as given, values escaped)."""
-    lines = ["# Written by services.localkafka; regenerated on every start."]
+    lines = ["# Written by services.localkafka at every fresh start (a resumed broker reuses it)."]
     lines += [f"{key}={_escape(value)}" for key, value in props.items()]
     return "\n".join(lines) + "\n"
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from services.core.errors import ConfigError
-from services.localkafka import config, jars
+from services.core.errors import BrokerError, ConfigError
+from services.localkafka import broker as broker_module
+from services.localkafka import config, jars, sasl_broker_options, sasl_client_config
 from services.localkafka.broker import LocalBroker, read_bootstrap, status_background, stop_background
 
 
@@ -146,3 +147,127 @@ def test_java_missing_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(jars.shutil, "which", lambda _name: None)
     with pytest.raises(ConfigError, match="java not found"):
         jars.java_executable()
+
+
+# ----- restartable broker: what a resume reads back -------------------------------------------------
+def test_listener_addresses_read_back_every_listener(tmp_path: Path) -> None:
+    props = config.server_properties(tmp_path, 1000, 1001, extra_listeners={"sasl": (1002, "SASL_PLAINTEXT")})
+    parsed = config.parse_properties(config.render_properties(props))
+    assert config.listener_addresses(parsed) == {
+        "PLAINTEXT": "127.0.0.1:1000", "CONTROLLER": "127.0.0.1:1001", "SASL": "127.0.0.1:1002",
+    }  # fmt: skip
+    assert config.listener_addresses({}) == {}
+    assert config.log_dir(parsed) == tmp_path / "logs"
+    assert config.log_dir({"log.dirs": " /a/b , /c"}) == Path("/a/b")
+    assert config.log_dir({}) is None
+
+
+def test_cluster_id_is_read_from_meta_properties(tmp_path: Path) -> None:
+    assert config.read_cluster_id(tmp_path) is None
+    cid = config.new_cluster_id()
+    # As `kafka-storage format` writes it.
+    (tmp_path / "meta.properties").write_text(
+        f"#\n#Thu Nov 27 13:50:59 UTC 2026\nnode.id=1\ndirectory.id=uwToG1Nx1FKQBWcAFzqFig\n"
+        f"version=1\ncluster.id={cid}\n"
+    )
+    assert config.read_cluster_id(tmp_path) == cid
+
+
+def test_port_free_sees_a_listener() -> None:
+    with socket.socket() as sock:
+        sock.bind((config.HOST, 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert not config.port_free(port)
+    assert config.port_free(port)
+
+
+def _kept_data(broker: LocalBroker, ports: tuple[int, int, int]) -> None:
+    """What `stop(keep_data=True)` leaves: server.properties and a formatted log dir."""
+    broker.root.mkdir(parents=True)
+    props = config.server_properties(
+        broker.root, ports[0], ports[1], extra_listeners={"SASL": (ports[2], "SASL_PLAINTEXT")}
+    )
+    broker.properties_file.write_text(config.render_properties(props))
+    (broker.root / "logs").mkdir()
+    (broker.root / "logs" / "meta.properties").write_text(f"cluster.id={config.new_cluster_id()}\n")
+
+
+def test_resume_needs_kept_data(cache: Path) -> None:
+    broker = LocalBroker("resume")
+    with pytest.raises(BrokerError, match="no kept data"):
+        broker.start(fresh=False)
+    broker.root.mkdir(parents=True)
+    broker.properties_file.write_text(config.render_properties(config.server_properties(broker.root, 1, 2)))
+    with pytest.raises(BrokerError, match="no formatted data"):
+        broker.start(fresh=False)
+
+
+def test_resume_refuses_a_taken_port(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(broker_module, "RESUME_PORT_WAIT_S", 0.2)
+    broker = LocalBroker("taken")
+    with socket.socket() as sock:
+        sock.bind((config.HOST, 0))
+        sock.listen()
+        taken = sock.getsockname()[1]
+        free = config.free_ports(2)
+        _kept_data(broker, (free[0], free[1], taken))
+        with pytest.raises(BrokerError, match=f"port\\(s\\) {taken} are taken"):
+            broker.start(fresh=False)
+    assert (broker.root / "logs" / "meta.properties").is_file()  # a refused resume keeps the data
+
+
+def test_stop_keeps_or_deletes_the_data(cache: Path) -> None:
+    broker = LocalBroker("data")
+    _kept_data(broker, (1, 2, 3))
+    assert broker.kill() is False  # not running
+    assert broker.stop(keep_data=True) is False
+    assert (broker.root / "logs" / "meta.properties").is_file()
+    assert broker.stop() is False
+    assert not (broker.root / "logs").exists()
+    assert broker.properties_file.is_file()  # config and broker.log stay for reading
+
+
+# ----- SASL/SCRAM ----------------------------------------------------------------------------------
+def test_sasl_broker_options_make_a_scram_listener(tmp_path: Path) -> None:
+    options = sasl_broker_options("alice", "alice-secret")
+    assert options["extra_listeners"] == {"SASL": "SASL_PLAINTEXT"}
+    assert options["format_args"] == ["--add-scram", "SCRAM-SHA-512=[name=alice,password=alice-secret]"]
+    extra = {name: (2000, proto) for name, proto in options["extra_listeners"].items()}
+    props = config.server_properties(
+        tmp_path, 1000, 1001, extra_listeners=extra, extra_properties=options["extra_properties"]
+    )
+    assert "SASL:SASL_PLAINTEXT" in props["listener.security.protocol.map"].split(",")
+    assert props["listener.name.sasl.sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert props["listener.name.sasl.scram-sha-512.sasl.jaas.config"] == (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    )
+    # Brokers and controller keep talking PLAINTEXT: no broker-side credentials anywhere.
+    assert props["inter.broker.listener.name"] == "PLAINTEXT"
+    assert props["controller.listener.names"] == "CONTROLLER"
+    assert "alice-secret" not in config.render_properties(props)
+    broker = LocalBroker("sasl", data_dir=tmp_path, **options)
+    assert "alice-secret" not in repr(broker)
+    sha256 = sasl_broker_options("bob", "pw", mechanism="SCRAM-SHA-256", listener="client")
+    assert sha256["extra_properties"]["listener.name.client.scram-sha-256.sasl.jaas.config"]
+    assert sha256["extra_listeners"] == {"CLIENT": "SASL_PLAINTEXT"}
+
+
+@pytest.mark.parametrize("user, password", [("al ice", "pw"), ("alice", "a,b"), ("alice", "x]y"),
+                                            ("alice", 'q"uote'), ("alice", ""), ("a=b", "pw")])
+def test_scram_format_arg_refuses_what_the_storage_tool_would_misparse(user: str, password: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        config.scram_format_arg(user, password)
+    assert password not in str(refused.value) or not password
+
+
+def test_scram_mechanism_is_checked() -> None:
+    with pytest.raises(ValueError, match="SCRAM-SHA-256, SCRAM-SHA-512"):
+        config.scram_format_arg("alice", "pw", "PLAIN")
+
+
+def test_sasl_client_config() -> None:
+    assert sasl_client_config("127.0.0.1:1", "alice", "pw") == {
+        "bootstrap.servers": "127.0.0.1:1", "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "alice", "sasl.password": "pw",
+    }  # fmt: skip
