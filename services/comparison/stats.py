@@ -172,6 +172,19 @@ class PairedScores:
         self.sum_bb += b * b
         self.sum_ab += a * b
 
+    def add_many(self, a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> None:
+        """Add pairs (a[i], b[i]) in one vectorised step (the same sums as calling `add` per pair)."""
+        xa, xb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        if xa.shape != xb.shape or xa.ndim != 1:
+            raise ValueError(f"add_many needs two equal-length 1-d sequences, got {xa.shape} and {xb.shape}")
+        self.n += len(xa)
+        self.sum_abs_diff += float(np.abs(xa - xb).sum())
+        self.sum_a += float(xa.sum())
+        self.sum_b += float(xb.sum())
+        self.sum_aa += float(xa @ xa)
+        self.sum_bb += float(xb @ xb)
+        self.sum_ab += float(xa @ xb)
+
     def merge(self, other: PairedScores) -> None:
         self.n += other.n
         self.sum_abs_diff += other.sum_abs_diff

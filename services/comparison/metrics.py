@@ -1,0 +1,290 @@
+"""Prometheus metrics of the comparison service: lifetime counters and window gauges.
+
+The names and labels are the contract the dashboards (deploy/grafana/dashboards/) and the
+alert rules (deploy/prometheus/alerts.yml) are written against.
+
+Counters count every record read (not only those inside the window). Window gauges are a
+snapshot: each export builds the complete set of series from the window and swaps it in at
+once (`WindowGauges.publish`), so a model that left the window vanishes, and no scrape ever
+sees a half-cleared set. Undefined values (an empty side, a constant score) are left out,
+never exported as NaN.
+
+Label cardinality: model names come from the data, so `LabelBudget` gives at most
+`max_models` names (and 4x as many model/version pairs) their own label values and counts
+the rest as "other"; confusion matrices keep at most 10 labels a side (the rest is "other");
+request ids never become labels.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter as TypedCounter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from prometheus_client import REGISTRY, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from services.comparison.stats import QuantileSketch, ks_statistic, psi
+from services.comparison.window import STATUSES, ModelStats, WindowView
+
+log = logging.getLogger(__name__)
+
+OTHER = "other"
+QUANTILES = (("0.5", 0.5), ("0.9", 0.9), ("0.99", 0.99), ("0.999", 0.999))
+MAX_CONFUSION_LABELS = 10
+
+RECORDS = Counter("rdv_cmp_records_total", "Comparison records read from the log (one per request).")
+STALE = Counter(
+    "rdv_cmp_stale_records_total", "Records older than the window's start: counted, not windowed."
+)
+OUTPUTS = Counter(
+    "rdv_cmp_outputs_total",
+    "Model outputs in the log, by outcome: ok, error (the model failed), late (arrived after the "
+    "answer was sent, without error; an error wins over late).",
+    ["model", "version", "outcome"],
+)
+DEADLINE = Counter(
+    "rdv_cmp_deadline_total",
+    "Model outputs that met (no error, latency <= deadline - created_at) or missed the deadline.",
+    ["model", "outcome"],
+)
+ANSWERS = Counter(
+    "rdv_cmp_answers_total", "Requests by the status of their answer (OK, FALLBACK, TIMEOUT, ERROR).",
+    ["status"],
+)
+for _status in STATUSES:  # a fixed enum: every series exists from the start, at 0
+    ANSWERS.labels(_status)
+
+# name -> (help, label names) of every window gauge.
+GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "rdv_cmp_latency_seconds": (
+        "Latency quantiles of each model over the window (request created -> score arrived).",
+        ("model", "quantile"),
+    ),
+    "rdv_cmp_agreement_ratio": (
+        "Share of requests in the window on which the model's label equals the champion's.",
+        ("model", "champion"),
+    ),
+    "rdv_cmp_confusion": (
+        "Window counts of (champion label, model label) on the same requests.",
+        ("model", "champion", "champion_label", "model_label"),
+    ),
+    "rdv_cmp_score_mad": (
+        "Mean absolute difference of the model's and the champion's scores on the same requests.",
+        ("model", "champion"),
+    ),
+    "rdv_cmp_score_correlation": (
+        "Pearson correlation of the model's and the champion's scores on the same requests.",
+        ("model", "champion"),
+    ),
+    "rdv_cmp_score_ks": (
+        "Kolmogorov-Smirnov distance of the model's window score distribution from a reference: "
+        "the champion's window, or (reference=self) the model's own first scores.",
+        ("model", "reference"),
+    ),
+    "rdv_cmp_score_psi": (
+        "Population stability index of the model's window scores against a reference "
+        "(champion or self, as for rdv_cmp_score_ks).",
+        ("model", "reference"),
+    ),
+    "rdv_cmp_window_outputs": ("Outputs of each model in the window.", ("model",)),
+    "rdv_cmp_window_pairs": (
+        "Requests in the window where both the model and the champion answered without error.",
+        ("model", "champion"),
+    ),
+    "rdv_cmp_champion_info": ("The champion the pairs are computed against (value 1).", ("model",)),
+    "rdv_cmp_fallback_ratio": ("Share of the window's requests answered with status FALLBACK.", ()),
+    "rdv_cmp_error_ratio": ("Share of each model's window outputs that are errors.", ("model",)),
+    "rdv_cmp_late_ratio": (
+        "Share of each model's window outputs that arrived after the answer was sent.", ("model",)
+    ),
+    "rdv_cmp_window_records": ("Comparison records (requests) in the window.", ()),
+    "rdv_cmp_window_end_timestamp_seconds": (
+        "created_at of the newest record: where the event-time window ends (compare with time()).", ()
+    ),
+    "rdv_cmp_reference_outputs": (
+        "Scores in each model's frozen self reference so far (drift gauges appear when it is full).",
+        ("model",),
+    ),
+}
+
+Samples = dict[str, list[tuple[tuple[str, ...], float]]]
+
+
+class WindowGauges(Collector):
+    """Serves the latest published snapshot; `publish` swaps it in with one assignment."""
+
+    def __init__(self) -> None:
+        self._samples: Samples = {}
+
+    def publish(self, samples: Samples) -> None:
+        unknown = set(samples) - set(GAUGES)
+        if unknown:
+            raise ValueError(f"not window gauges: {sorted(unknown)}")
+        self._samples = samples
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        samples = self._samples
+        for name, (doc, labels) in GAUGES.items():
+            family = GaugeMetricFamily(name, doc, labels=list(labels))
+            for values, value in samples.get(name, ()):
+                family.add_metric(list(values), value)
+            yield family
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        for name, (doc, labels) in GAUGES.items():
+            yield GaugeMetricFamily(name, doc, labels=list(labels))
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """One published value (for tests and the log line), None if absent."""
+        wanted = tuple(labels[label] for label in GAUGES[name][1])
+        return next((v for values, v in self._samples.get(name, ()) if values == wanted), None)
+
+
+WINDOW = WindowGauges()
+REGISTRY.register(WINDOW)
+
+
+class LabelBudget:
+    """The first `max_models` model names keep their name as a label value; later ones are 'other'.
+
+    Model/version pairs get 4x that budget; a pair beyond it keeps its model and gets version
+    'other'. Only admitted values are remembered, so a flood of names costs no memory.
+    """
+
+    def __init__(self, max_models: int):
+        self.max_models = max_models
+        self._models: set[str] = set()
+        self._versions: set[tuple[str, str]] = set()
+        self._warned = False
+
+    def model(self, name: str) -> str:
+        if name in self._models:
+            return name
+        if len(self._models) < self.max_models and name != OTHER:
+            self._models.add(name)
+            return name
+        if not self._warned:
+            self._warned = True
+            log.warning("model %r and any later new model are counted as %r (--max-models %d)",
+                        name, OTHER, self.max_models)
+        return OTHER
+
+    def version(self, model: str, version: str) -> str:
+        key = (model, version)
+        if key in self._versions:
+            return version
+        if len(self._versions) < 4 * self.max_models:
+            self._versions.add(key)
+            return version
+        return OTHER
+
+
+@dataclass
+class Tally:
+    """Counter increments of one batch, applied with one `inc` per series (cheap per record).
+
+    `outputs` is keyed by ((model, version), outcome, met) so the hot loop does one dict update
+    per output; `apply` splits it into the outputs and deadline counters.
+    """
+
+    records: int = 0
+    stale: int = 0
+    answers: TypedCounter[str] = field(default_factory=TypedCounter)
+    outputs: dict[tuple[tuple[str, str], str, bool], int] = field(default_factory=dict)
+
+    def apply(self) -> None:
+        if self.records:
+            RECORDS.inc(self.records)
+        if self.stale:
+            STALE.inc(self.stale)
+        for status, n in self.answers.items():
+            ANSWERS.labels(status).inc(n)
+        deadline: TypedCounter[tuple[str, str]] = TypedCounter()
+        for ((model, version), outcome, met), n in self.outputs.items():
+            OUTPUTS.labels(model, version, outcome).inc(n)
+            deadline[(model, "met" if met else "missed")] += n
+        for labels, n in deadline.items():
+            DEADLINE.labels(*labels).inc(n)
+
+
+def touch_model(model: str, version: str) -> None:
+    """Create a new model's counter series at 0, so rate() sees its first increments."""
+    for outcome in ("ok", "error", "late"):
+        OUTPUTS.labels(model, version, outcome)
+    for outcome in ("met", "missed"):
+        DEADLINE.labels(model, outcome)
+
+
+def window_samples(
+    view: WindowView,
+    champion: str | None,
+    references: Mapping[str, QuantileSketch],
+    reference_counts: Mapping[str, int],
+) -> Samples:
+    """Every window gauge's series, computed from the merged window."""
+    out: Samples = {name: [] for name in GAUGES}
+    totals = view.totals
+    if totals.records:
+        out["rdv_cmp_window_records"].append(((), float(totals.records)))
+        out["rdv_cmp_window_end_timestamp_seconds"].append(((), view.newest_ms / 1000.0))
+        fallbacks = totals.statuses.get("FALLBACK", 0)
+        out["rdv_cmp_fallback_ratio"].append(((), fallbacks / totals.records))
+    lead = totals.models.get(champion) if champion else None
+    if champion:
+        out["rdv_cmp_champion_info"].append(((champion,), 1.0))
+    for name in sorted(totals.models):
+        stats = totals.models[name]
+        _model_samples(out, name, stats, reference_counts.get(name, 0))
+        reference = references.get(name)
+        if reference is not None:
+            _distance(out, name, "self", stats.scores, reference)
+        if champion and name != champion:
+            if lead is not None:
+                _distance(out, name, "champion", stats.scores, lead.scores)
+            _pair_samples(out, view, name, champion)
+    return out
+
+
+def _model_samples(out: Samples, name: str, stats: ModelStats, reference_count: int) -> None:
+    out["rdv_cmp_window_outputs"].append(((name,), float(stats.outputs)))
+    out["rdv_cmp_reference_outputs"].append(((name,), float(reference_count)))
+    if stats.outputs:
+        out["rdv_cmp_error_ratio"].append(((name,), stats.errors / stats.outputs))
+        out["rdv_cmp_late_ratio"].append(((name,), stats.late / stats.outputs))
+    if stats.latency_ms.count:
+        values = stats.latency_ms.quantiles([q for _, q in QUANTILES]) / 1000.0
+        for (label, _), value in zip(QUANTILES, values.tolist(), strict=True):
+            _finite(out, "rdv_cmp_latency_seconds", (name, label), value)
+
+
+def _distance(out: Samples, name: str, reference: str, current: QuantileSketch,
+              against: QuantileSketch) -> None:
+    if current.count and against.count:
+        _finite(out, "rdv_cmp_score_ks", (name, reference), ks_statistic(against, current))
+        _finite(out, "rdv_cmp_score_psi", (name, reference), psi(against, current))
+
+
+def _pair_samples(out: Samples, view: WindowView, name: str, champion: str) -> None:
+    pair = view.totals.pairs.get((name, champion))
+    labels = (name, champion)
+    out["rdv_cmp_window_pairs"].append((labels, float(pair.n if pair else 0)))
+    if pair is None:
+        return
+    _finite(out, "rdv_cmp_score_mad", labels, pair.scores.mad())
+    _finite(out, "rdv_cmp_score_correlation", labels, pair.scores.correlation())
+    if pair.labels.n:
+        _finite(out, "rdv_cmp_agreement_ratio", labels, pair.labels.agreement())
+        names, counts = pair.labels.matrix(MAX_CONFUSION_LABELS)
+        for i, lead_label in enumerate(names):
+            for j, model_label in enumerate(names):
+                value = float(counts[i, j])
+                out["rdv_cmp_confusion"].append(((name, champion, lead_label, model_label), value))
+
+
+def _finite(out: Samples, name: str, labels: tuple[str, ...], value: float) -> None:
+    if np.isfinite(value):
+        out[name].append((labels, float(value)))

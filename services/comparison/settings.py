@@ -1,0 +1,72 @@
+"""Settings of the live comparison service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.core.errors import ConfigError
+from services.core.settings import KafkaSettings, setting
+
+
+@dataclass(frozen=True)
+class ComparisonSettings(KafkaSettings):
+    """What the comparison service reads, how long its window is, and how it exports."""
+
+    window_s: float = setting(
+        300.0,
+        "Length of the sliding window the gauges describe, in seconds of event time (the records' "
+        "created_at; the window ends at the newest created_at seen, so a replay shows its own past).",
+    )
+    buckets: int = setting(
+        10, "Time buckets the window is made of; the window slides by one bucket (window_s / buckets)."
+    )
+    export_interval_s: float = setting(5.0, "How often the window's gauges are recomputed (s).")
+    reference_size: int = setting(
+        5000,
+        "Scores of each model that form its frozen 'self' reference for drift (its first N scores "
+        "seen by this process); drift gauges appear once a model has that many.",
+    )
+    champion: str = setting(
+        "",
+        "The champion the pairs compare against. Default: inferred, the chosen model of the latest "
+        "record answered with status OK (the schedule's preferred model).",
+    )
+    max_models: int = setting(
+        50,
+        "Most distinct model names (and 4x as many model/version pairs) given their own label "
+        "values; later ones are counted as 'other', so a bad producer cannot explode cardinality.",
+    )
+    future_tolerance_s: float = setting(
+        300.0,
+        "A record created more than this far in the future (by this host's clock) is dead-lettered: "
+        "it would move the window's end and expire everything else (s).",
+    )
+    max_batch: int = setting(2000, "Most records handled per poll.")
+    commit_interval_ms: int = setting(
+        1000, "How often the positions after the handled records are committed (ms)."
+    )
+    group: str = setting("", "Consumer group (default: <prefix>comparison).")
+    start_from: str = setting(
+        "latest",
+        "Where a new consumer group starts: latest (a live view from now on) or earliest (replay "
+        "the log's retention through the event-time window).",
+    )
+    metrics_port: int = setting(0, "Port of the Prometheus /metrics endpoint (0 = off).")
+
+    def validate(self) -> None:
+        for name in ("window_s", "export_interval_s", "future_tolerance_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("buckets", "reference_size", "max_models", "max_batch", "commit_interval_ms"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.bucket_ms() < 1:
+            raise ConfigError(f"--window-s {self.window_s} split in {self.buckets} buckets is under 1 ms")
+        if self.start_from not in ("earliest", "latest"):
+            raise ConfigError(f"--start-from must be earliest or latest, got {self.start_from!r}")
+
+    def bucket_ms(self) -> int:
+        return int(self.window_s * 1000) // self.buckets
+
+    def group_id(self) -> str:
+        return self.group or f"{self.topic_prefix}comparison"

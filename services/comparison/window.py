@@ -1,0 +1,290 @@
+"""A sliding window over the comparison log, in event time, made of mergeable buckets.
+
+Why buckets: a sliding window of raw values would need every value kept and re-sorted; a
+bucket instead holds *mergeable* aggregates (t-digest sketches, counts, paired running sums),
+so sliding is "drop the oldest bucket" and the window's view is "merge the live buckets".
+
+Why event time: a record lands in the bucket of its request's `created_at`, and the window
+ends at the newest `created_at` seen (not at the wall clock), so replaying an old log shows
+that log's own past, and a slow consumer shows a consistent (if older) window. Records older
+than the window's start are counted as stale and left out of the window. The window covers
+between (buckets - 1) and `buckets` bucket widths: the newest bucket is still filling up.
+
+Hot path: `add` touches each output once and only appends raw values to plain lists; the
+lists are folded into the sketches and paired sums in bulk (`compact`) after each batch and
+before a view is taken, which is several times cheaper than one sketch call per value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.comparison.stats import PairedLabels, PairedScores, QuantileSketch
+
+# Answer statuses of the comparison schema (schemas/comparison.avsc, AnswerStatus).
+STATUSES = ("OK", "FALLBACK", "TIMEOUT", "ERROR")
+
+
+def met_deadline(output: Mapping[str, Any], budget_ms: int) -> bool:
+    """The deadline rule: no error, and arrived within the request's budget (deadline - created_at).
+
+    The hot loops (`SlidingWindow.add`, the service's counters) inline this rule; a unit test
+    checks that they agree with it.
+    """
+    return output["error"] is None and output["latency_ms"] <= budget_ms
+
+
+def usable_score(value: float | None) -> float | None:
+    """A score that can enter a sketch or a sum (None for missing, NaN or infinite ones)."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+@dataclass(slots=True)
+class ModelStats:
+    """One model's outputs in one bucket (or merged over the window). Every output either met
+    or missed the deadline, so `outputs` is their sum."""
+
+    errors: int = 0
+    late: int = 0
+    met: int = 0
+    missed: int = 0
+    latency_ms: QuantileSketch = field(default_factory=QuantileSketch)
+    scores: QuantileSketch = field(default_factory=QuantileSketch)
+    new_latencies: list[float] = field(default_factory=list)
+    new_scores: list[float] = field(default_factory=list)
+
+    @property
+    def outputs(self) -> int:
+        return self.met + self.missed
+
+    def compact(self) -> None:
+        """Fold the raw values appended since the last compaction into the sketches."""
+        if self.new_latencies:
+            self.latency_ms.add_many(self.new_latencies)
+            self.new_latencies = []
+        if self.new_scores:
+            self.scores.add_many(self.new_scores)
+            self.new_scores = []
+
+    def merge(self, other: ModelStats) -> None:
+        self.compact()
+        other.compact()
+        self.errors += other.errors
+        self.late += other.late
+        self.met += other.met
+        self.missed += other.missed
+        self.latency_ms = self.latency_ms.merged(other.latency_ms)
+        self.scores = self.scores.merged(other.scores)
+
+
+@dataclass(slots=True)
+class PairStats:
+    """A model against the champion on the same requests (both answered without error)."""
+
+    n: int = 0
+    scores: PairedScores = field(default_factory=PairedScores)
+    labels: PairedLabels = field(default_factory=PairedLabels)
+    new_model_scores: list[float] = field(default_factory=list)
+    new_champion_scores: list[float] = field(default_factory=list)
+
+    def compact(self) -> None:
+        if self.new_model_scores:
+            self.scores.add_many(self.new_model_scores, self.new_champion_scores)
+            self.new_model_scores, self.new_champion_scores = [], []
+
+    def merge(self, other: PairStats) -> None:
+        self.compact()
+        other.compact()
+        self.n += other.n
+        self.scores.merge(other.scores)
+        self.labels.merge(other.labels)
+
+
+@dataclass(slots=True)
+class Bucket:
+    """Everything the window knows about the requests created in one time slice."""
+
+    records: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    models: dict[str, ModelStats] = field(default_factory=dict)
+    pairs: dict[tuple[str, str], PairStats] = field(default_factory=dict)  # (model, champion)
+
+    def compact(self) -> None:
+        for stats in self.models.values():
+            stats.compact()
+        for pair in self.pairs.values():
+            pair.compact()
+
+    def merge(self, other: Bucket) -> None:
+        self.records += other.records
+        self.statuses.update(other.statuses)
+        for name, stats in other.models.items():
+            self.models.setdefault(name, ModelStats()).merge(stats)
+        for key, pair in other.pairs.items():
+            self.pairs.setdefault(key, PairStats()).merge(pair)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowView:
+    """The window merged into one bucket, with where it ends (epoch ms of the newest record)."""
+
+    totals: Bucket
+    newest_ms: int
+    buckets: int
+
+
+class SlidingWindow:
+    """Buckets of `bucket_ms` keyed by created_at // bucket_ms; the last `buckets` of them live."""
+
+    def __init__(self, bucket_ms: int, buckets: int):
+        if bucket_ms < 1 or buckets < 1:
+            raise ValueError("bucket_ms and buckets must be >= 1")
+        self.bucket_ms = bucket_ms
+        self.buckets = buckets
+        self.newest_ms = 0
+        self.stale = 0
+        self._newest_key: int | None = None
+        self._live: dict[int, Bucket] = {}
+
+    def add(self, record: Mapping[str, Any], champion: str | None) -> bool:
+        """Fold one Comparison record in; False (and counted as stale) if older than the window.
+
+        Pairs are formed against `champion`'s output in the same record when it has one
+        without error: every other output without error is paired with it.
+        """
+        created = record["created_at"]
+        key = created // self.bucket_ms
+        newest = self._newest_key
+        if newest is None or key > newest:
+            self._slide(key)
+        elif key <= newest - self.buckets:
+            self.stale += 1
+            return False
+        if created > self.newest_ms:
+            self.newest_ms = created
+        bucket = self._live.get(key)
+        if bucket is None:
+            bucket = self._live[key] = Bucket()
+        bucket.records += 1
+        bucket.statuses[record["status"]] += 1
+
+        budget = record["deadline"] - created
+        models = bucket.models
+        outputs = record["outputs"]
+        lead = None
+        isfinite = math.isfinite
+        for out in outputs:
+            name = out["model"]
+            stats = models.get(name)
+            if stats is None:
+                stats = models[name] = ModelStats()
+            latency = out["latency_ms"]
+            stats.new_latencies.append(latency)
+            if out["late"]:
+                stats.late += 1
+            if out["error"] is not None:
+                stats.errors += 1
+                stats.missed += 1
+                continue
+            if latency <= budget:  # met_deadline(), inlined
+                stats.met += 1
+            else:
+                stats.missed += 1
+            score = out["score"]
+            if score is not None and isfinite(score):
+                stats.new_scores.append(score)
+            if name == champion:
+                lead = out
+        if lead is None or len(outputs) < 2:
+            return True
+        # Pairs: every other output without error against the champion's, on this request.
+        lead_name, lead_score, lead_label = lead["model"], usable_score(lead["score"]), lead["label"]
+        pairs = bucket.pairs
+        for out in outputs:
+            if out is lead or out["error"] is not None:
+                continue
+            pair_key = (out["model"], lead_name)
+            pair = pairs.get(pair_key)
+            if pair is None:
+                pair = pairs[pair_key] = PairStats()
+            pair.n += 1
+            score = out["score"]
+            if lead_score is not None and score is not None and isfinite(score):
+                pair.new_model_scores.append(score)
+                pair.new_champion_scores.append(lead_score)
+            label = out["label"]
+            if label is not None and lead_label is not None:
+                pair.labels.confusion[(lead_label, label)] += 1
+        return True
+
+    def _slide(self, key: int) -> None:
+        """Make `key` the newest bucket; drop buckets that fell out of the window."""
+        self._newest_key = key
+        oldest_live = key - self.buckets + 1
+        for old in [k for k in self._live if k < oldest_live]:
+            del self._live[old]
+
+    def compact(self) -> None:
+        """Fold raw values into sketches (bounds memory; call after each batch)."""
+        for bucket in self._live.values():
+            if any(stats.new_latencies for stats in bucket.models.values()):
+                bucket.compact()
+
+    def view(self) -> WindowView:
+        """The live buckets merged (a new object; the window keeps sliding independently)."""
+        totals = Bucket()
+        for key in sorted(self._live):
+            totals.merge(self._live[key])
+        return WindowView(totals, self.newest_ms, len(self._live))
+
+
+class ChampionTracker:
+    """Who the pairs compare against: a fixed name, or the chosen model of the latest OK answer.
+
+    An answer with status OK came from the schedule's preferred model (a fallback would say
+    FALLBACK), so its chosen model *is* the champion; following the latest one tracks a
+    schedule change without configuration.
+    """
+
+    def __init__(self, override: str = ""):
+        self.override = override
+        self.current: str | None = override or None
+
+    def observe(self, record: Mapping[str, Any]) -> str | None:
+        if not self.override and record["status"] == "OK":
+            chosen = record["chosen_model"]
+            if chosen:
+                self.current = chosen
+        return self.current
+
+
+class References:
+    """Each model's first `size` scores, frozen: the "self" reference its window is compared to.
+
+    A model compared with its own earlier behaviour shows drift of its *inputs* (the canary's
+    job, DESIGN.md section 4) even when no other model is there to disagree with.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self._filling: dict[str, list[float]] = {}
+        self.frozen: dict[str, QuantileSketch] = {}
+
+    def add(self, model: str, score: float | None) -> None:
+        """One score of `model` (ignored once its reference is frozen, or when unusable)."""
+        if model in self.frozen or score is None or not math.isfinite(score):
+            return
+        values = self._filling.get(model)
+        if values is None:
+            values = self._filling[model] = []
+        values.append(score)
+        if len(values) >= self.size:
+            self.frozen[model] = QuantileSketch.of(self._filling.pop(model))
+
+    def count(self, model: str) -> int:
+        """Scores in the model's reference so far (== size once frozen)."""
+        return self.size if model in self.frozen else len(self._filling.get(model, ()))

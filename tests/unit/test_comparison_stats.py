@@ -1,0 +1,351 @@
+"""Comparison statistics and the sliding window, checked against numpy on the same data (no Kafka)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from services.comparison import metrics as m
+from services.comparison.service import ComparisonService, validate
+from services.comparison.settings import ComparisonSettings
+from services.comparison.stats import (
+    PairedLabels,
+    PairedScores,
+    QuantileSketch,
+    agreement,
+    ks_exact,
+    ks_statistic,
+    psi,
+    psi_exact,
+)
+from services.comparison.window import ChampionTracker, References, SlidingWindow, met_deadline
+from services.core.errors import ConfigError, DecodeFailed
+
+QS = (0.5, 0.9, 0.99, 0.999)
+# Stated bound of the t-digest sketch as the window uses it (10 buckets merged): the true rank of
+# the estimated quantile is within RANK_BOUND[q] of q (rank error, the t-digest's natural measure).
+RANK_BOUND = {0.5: 0.003, 0.9: 0.002, 0.99: 0.001, 0.999: 0.0005}
+BASE_MS = 1_700_000_000_000
+
+
+def merged_sketch(values: np.ndarray, parts: int = 10) -> QuantileSketch:
+    """A sketch built the way the window builds one: a sketch per bucket, merged."""
+    total = QuantileSketch()
+    for part in np.array_split(values, parts):
+        total = total.merged(QuantileSketch.of(part.tolist()))
+    return total
+
+
+# --- sketches against numpy ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("distribution", ["lognormal-latency", "uniform-score", "bimodal-score"])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_sketch_quantiles_are_within_the_stated_rank_bound(distribution: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 100_000
+    values = {
+        "lognormal-latency": rng.lognormal(3.0, 1.0, n),
+        "uniform-score": rng.random(n),
+        "bimodal-score": np.concatenate([rng.beta(2, 12, n // 2), rng.beta(12, 2, n - n // 2)]),
+    }[distribution]
+    sketch = merged_sketch(values)
+    assert sketch.count == n
+    ordered = np.sort(values)
+    for q, estimate in zip(QS, sketch.quantiles(QS), strict=True):
+        rank = np.searchsorted(ordered, estimate, side="right") / n
+        assert abs(rank - q) <= RANK_BOUND[q], (q, estimate, np.quantile(values, q), rank)
+    if distribution != "bimodal-score":  # (its median sits in a sparse gap: only rank error is meaningful)
+        # where the density is not tiny, a small rank error is a small value error: median within 1 %
+        assert sketch.quantile(0.5) == pytest.approx(float(np.quantile(values, 0.5)), rel=0.01)
+
+
+def test_ks_and_psi_from_sketches_match_the_exact_values() -> None:
+    rng = np.random.default_rng(3)
+    a = rng.normal(0.0, 1.0, 20_000)
+    for shift, scale in ((0.0, 1.0), (0.3, 1.0), (0.0, 1.5), (1.0, 0.5)):
+        b = rng.normal(shift, scale, 20_000)
+        ks = ks_statistic(merged_sketch(a), merged_sketch(b))
+        assert ks == pytest.approx(ks_exact(a, b), abs=0.01)
+        value = psi(merged_sketch(a), merged_sketch(b))
+        exact = psi_exact(a, b)
+        assert value == pytest.approx(exact, abs=0.01 + 0.1 * exact)
+    same = psi(merged_sketch(a), merged_sketch(rng.normal(0.0, 1.0, 20_000)))
+    assert same < 0.01  # "stable" by any rule of thumb
+    assert math.isnan(ks_statistic(QuantileSketch(), merged_sketch(a)))
+
+
+def test_ks_on_discrete_scores_matches_the_exact_value() -> None:
+    """A depth-2 tree (the canary) has four possible scores: the sketch must still be close."""
+    rng = np.random.default_rng(4)
+    leaves = np.array([0.0, 0.091, 0.276, 0.953])
+    before = leaves[rng.choice(4, 5_000, p=[0.3, 0.05, 0.05, 0.6])]
+    after = leaves[rng.choice(4, 5_000, p=[0.6, 0.05, 0.05, 0.3])]
+    assert ks_statistic(merged_sketch(before), merged_sketch(after)) == pytest.approx(
+        ks_exact(before, after), abs=0.02
+    )
+
+
+# --- paired measures ----------------------------------------------------------------------------
+
+
+def test_paired_scores_match_numpy_whether_added_one_by_one_or_in_bulk() -> None:
+    rng = np.random.default_rng(5)
+    a = rng.random(10_000)
+    b = np.clip(a + rng.normal(0, 0.1, 10_000), 0, 1)
+    one, bulk, merged = PairedScores(), PairedScores(), PairedScores()
+    for x, y in zip(a.tolist(), b.tolist(), strict=True):
+        one.add(x, y)
+    bulk.add_many(a, b)
+    for part_a, part_b in zip(np.array_split(a, 7), np.array_split(b, 7), strict=True):
+        piece = PairedScores()
+        piece.add_many(part_a, part_b)
+        merged.merge(piece)
+    for paired in (one, bulk, merged):
+        assert paired.n == 10_000
+        assert paired.mad() == pytest.approx(float(np.mean(np.abs(a - b))), rel=1e-9)
+        assert paired.correlation() == pytest.approx(float(np.corrcoef(a, b)[0, 1]), rel=1e-9)
+    constant = PairedScores()
+    constant.add_many([0.5] * 10, list(a[:10]))
+    assert math.isnan(constant.correlation())
+    with pytest.raises(ValueError):
+        bulk.add_many([1.0, 2.0], [1.0])
+
+
+def test_agreement_and_confusion_match_a_direct_count() -> None:
+    rng = np.random.default_rng(6)
+    champion = rng.choice(["benign", "malignant"], 1_000).tolist()
+    model = [c if rng.random() < 0.7 else ("malignant" if c == "benign" else "benign") for c in champion]
+    labels = PairedLabels()
+    for c, x in zip(champion, model, strict=True):
+        labels.add(c, x)
+    expected = float(np.mean(np.array(champion) == np.array(model)))
+    assert labels.agreement() == pytest.approx(expected, abs=1e-12)
+    assert agreement(champion, model) == pytest.approx(expected, abs=1e-12)
+    names, counts = labels.matrix()
+    assert names == ["benign", "malignant"]
+    assert counts.sum() == 1_000
+    assert counts[0, 0] == sum(c == x == "benign" for c, x in zip(champion, model, strict=True))
+
+
+def test_confusion_keeps_ten_labels_a_side_and_folds_the_rest_into_other() -> None:
+    labels = PairedLabels()
+    for i in range(15):
+        for _ in range(15 - i):  # label "c0" most frequent ... "c14" least
+            labels.add(f"c{i}", f"c{i}")
+    names, counts = labels.matrix(10)
+    assert len(names) == 11 and names[-1] == "other"
+    assert counts.sum() == sum(range(1, 16))
+    assert counts[-1, -1] == sum(range(1, 6))  # c10..c14: 5+4+3+2+1
+
+
+# --- the window ---------------------------------------------------------------------------------
+
+
+def output(model: str, score: float | None = 0.8, *, latency: float = 10.0, error: str | None = None,
+           late: bool = False, label: str | None = None, version: str = "v1") -> dict[str, Any]:
+    if label is None and score is not None and error is None:
+        label = "benign" if score > 0.5 else "malignant"
+    return {"model": model, "version": version, "score": None if error else score,
+            "label": None if error else label, "error": error, "latency_ms": latency,
+            "compute_ms": 1.0, "late": late}
+
+
+def record(created: int, outputs: Iterable[dict[str, Any]], *, status: str = "OK",
+           chosen: str | None = "champion", budget: int = 200) -> dict[str, Any]:
+    return {"request_id": f"r{created}", "created_at": created, "deadline": created + budget,
+            "answered_at": created + 5, "status": status, "chosen_model": chosen, "reason": "",
+            "schedule": "s", "schedule_version": 1, "outputs": list(outputs)}
+
+
+def test_window_ends_at_the_newest_event_time_and_drops_what_fell_out() -> None:
+    window = SlidingWindow(bucket_ms=1_000, buckets=3)
+    for second in range(3):
+        assert window.add(record(BASE_MS + second * 1_000, [output("champion")]), "champion")
+    assert window.view().totals.records == 3
+    assert window.view().newest_ms == BASE_MS + 2_000
+    # a record 3 s later slides the window: the first bucket leaves, two remain + the new one
+    assert window.add(record(BASE_MS + 3_000, [output("champion")]), "champion")
+    view = window.view()
+    assert (view.totals.records, view.buckets) == (3, 3)
+    # a record older than the window's start is stale: counted, not windowed
+    assert not window.add(record(BASE_MS + 500, [output("champion")]), "champion")
+    assert window.stale == 1 and window.view().totals.records == 3
+    # late-arriving but inside the window: accepted into its own (older) bucket
+    assert window.add(record(BASE_MS + 1_500, [output("champion")]), "champion")
+    assert window.view().totals.records == 4
+    # a jump far ahead empties the window except the new record (replays jump like this)
+    assert window.add(record(BASE_MS + 60_000, [output("champion")]), "champion")
+    assert window.view().totals.records == 1
+
+
+def test_merged_buckets_equal_one_pass_over_the_same_records() -> None:
+    rng = np.random.default_rng(8)
+    latencies = rng.lognormal(3.0, 0.7, 3_000)
+    scores = rng.random(3_000)
+    window = SlidingWindow(bucket_ms=100, buckets=50)  # 3 000 records, 1 ms apart: 30 buckets
+    for i in range(3_000):
+        window.add(record(BASE_MS + i, [output("champion", float(scores[i]), latency=float(latencies[i]))]),
+                   "champion")
+        if i % 700 == 0:
+            window.compact()  # compaction at batch ends must not change anything
+    stats = window.view().totals.models["champion"]
+    one_pass = QuantileSketch.of(latencies.tolist())
+    assert stats.outputs == 3_000
+    assert stats.latency_ms.count == 3_000 and stats.scores.count == 3_000
+    for q in QS[:3]:
+        rank = np.searchsorted(np.sort(latencies), stats.latency_ms.quantile(q), side="right") / 3_000
+        assert abs(rank - q) <= 0.01
+        assert stats.latency_ms.quantile(q) == pytest.approx(one_pass.quantile(q), rel=0.05)
+
+
+def test_deadline_errors_lateness_and_pairs() -> None:
+    window = SlidingWindow(bucket_ms=10_000, buckets=6)
+    outs = [output("champion", 0.9, latency=50), output("challenger", 0.2, latency=250, late=True),
+            output("slow", error="ValueError: no", latency=20)]
+    window.add(record(BASE_MS, outs, budget=200), "champion")
+    window.add(record(BASE_MS + 1, [output("champion", 0.3), output("challenger", 0.35)]), "champion")
+    totals = window.view().totals
+    assert [(n, s.met, s.missed, s.errors, s.late) for n, s in sorted(totals.models.items())] == [
+        ("challenger", 1, 1, 0, 1), ("champion", 2, 0, 0, 0), ("slow", 0, 1, 1, 0)]
+    for out in outs:
+        assert met_deadline(out, 200) == (out["model"] == "champion")
+    pair = totals.pairs[("challenger", "champion")]
+    assert pair.n == 2 and ("slow", "champion") not in totals.pairs  # errors never pair
+    assert pair.labels.agreement() == 0.5
+    assert pair.scores.mad() == pytest.approx((0.7 + 0.05) / 2)
+    assert totals.statuses == {"OK": 2}
+
+
+def test_champion_is_the_chosen_model_of_the_latest_ok_answer_unless_overridden() -> None:
+    tracker = ChampionTracker()
+    assert tracker.current is None
+    assert tracker.observe(record(BASE_MS, [], status="FALLBACK", chosen="challenger")) is None
+    assert tracker.observe(record(BASE_MS, [], status="OK", chosen="champion")) == "champion"
+    assert tracker.observe(record(BASE_MS, [], status="FALLBACK", chosen="canary")) == "champion"
+    assert tracker.observe(record(BASE_MS, [], status="TIMEOUT", chosen=None)) == "champion"
+    assert tracker.observe(record(BASE_MS, [], status="OK", chosen="v2")) == "v2"  # schedule changed
+    fixed = ChampionTracker("champion")
+    assert fixed.observe(record(BASE_MS, [], status="OK", chosen="v2")) == "champion"
+
+
+def test_self_reference_freezes_after_its_size() -> None:
+    refs = References(size=3)
+    for score in (0.1, float("nan"), None, 0.2):
+        refs.add("canary", score)
+    assert refs.count("canary") == 2 and "canary" not in refs.frozen
+    refs.add("canary", 0.3)
+    refs.add("canary", 0.99)  # after freezing: ignored
+    assert refs.count("canary") == 3
+    assert refs.frozen["canary"].count == 3 and refs.frozen["canary"].quantile(1.0) == pytest.approx(0.3)
+
+
+# --- the service's record handling and the exported gauges (no broker) ---------------------------
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def service(**overrides: Any) -> ComparisonService:
+    settings = ComparisonSettings(bootstrap="unused:1", window_s=60, buckets=6, reference_size=50,
+                                  **overrides)
+    settings.validate()
+    return ComparisonService(settings)
+
+
+def feed(svc: ComparisonService, records: Iterable[dict[str, Any]]) -> None:
+    tally = m.Tally()
+    for rec in records:
+        svc.observe(rec, tally)
+    tally.apply()
+    svc.window.compact()
+
+
+def test_counters_follow_the_deadline_rule_and_gauges_describe_the_window() -> None:
+    svc = service()
+    rng = np.random.default_rng(9)
+    flips = rng.random(400) < 0.3
+    records = []
+    for i in range(400):
+        champ = float(rng.random())
+        chall = 1 - champ if flips[i] else champ
+        records.append(record(BASE_MS + i * 10, [
+            output("champion", champ, latency=20),
+            output("challenger", chall, latency=float(rng.choice([50, 500]))),
+            output("flaky", champ, error="boom" if i % 4 == 0 else None, latency=30),
+        ], status="FALLBACK" if i % 10 == 5 else "OK", chosen="challenger" if i % 10 == 5 else "champion"))
+    before = {key: sample("rdv_cmp_deadline_total", model="challenger", outcome=key) for key in ("met", "missed")}
+    records_before = sample("rdv_cmp_records_total")
+    feed(svc, records)
+    svc.export()
+    met = sample("rdv_cmp_deadline_total", model="challenger", outcome="met") - before["met"]
+    missed = sample("rdv_cmp_deadline_total", model="challenger", outcome="missed") - before["missed"]
+    window = svc.window.view().totals.models["challenger"]
+    assert (met, missed) == (window.met, window.missed)
+    assert met + missed == 400 and sample("rdv_cmp_records_total") - records_before == 400
+    assert sum(met_deadline(r["outputs"][1], 200) for r in records) == met
+
+    def gauge(name: str, **labels: str) -> float | None:
+        return m.WINDOW.value(name, **labels)
+
+    assert gauge("rdv_cmp_champion_info", model="champion") == 1.0
+    assert gauge("rdv_cmp_agreement_ratio", model="challenger", champion="champion") == pytest.approx(
+        1 - flips.mean(), abs=1e-12)
+    assert gauge("rdv_cmp_window_pairs", model="challenger", champion="champion") == 400
+    assert gauge("rdv_cmp_window_pairs", model="flaky", champion="champion") == 300
+    assert gauge("rdv_cmp_error_ratio", model="flaky") == pytest.approx(0.25)
+    assert gauge("rdv_cmp_fallback_ratio") == pytest.approx(0.1)
+    assert gauge("rdv_cmp_latency_seconds", model="champion", quantile="0.99") == pytest.approx(0.02)
+    assert gauge("rdv_cmp_score_ks", model="flaky", reference="champion") is not None
+    assert gauge("rdv_cmp_score_ks", model="champion", reference="self") is not None  # reference full
+    assert gauge("rdv_cmp_agreement_ratio", model="champion", champion="champion") is None
+    # nothing exported is NaN, and the confusion matrix is the 2x2 of the labels
+    published = m.WINDOW._samples
+    assert all(math.isfinite(v) for series in published.values() for _labels, v in series)
+    cells = [s for s in published["rdv_cmp_confusion"] if s[0][0] == "challenger"]
+    assert len(cells) == 4 and sum(v for _labels, v in cells) == 400
+
+
+def test_models_that_left_the_window_vanish_from_the_gauges() -> None:
+    svc = service()
+    feed(svc, [record(BASE_MS, [output("champion"), output("old")])])
+    svc.export()
+    assert m.WINDOW.value("rdv_cmp_window_outputs", model="old") == 1
+    feed(svc, [record(BASE_MS + 120_000, [output("champion")])])  # two windows later
+    svc.export()
+    assert m.WINDOW.value("rdv_cmp_window_outputs", model="old") is None
+    assert m.WINDOW.value("rdv_cmp_window_outputs", model="champion") == 1
+
+
+def test_label_budget_folds_excess_model_names_into_other() -> None:
+    svc = service(max_models=3)
+    feed(svc, [record(BASE_MS + i, [output("champion"), output(f"m{i}")]) for i in range(5)])
+    svc.export()
+    names = {labels[0] for labels, _v in m.WINDOW._samples["rdv_cmp_window_outputs"]}
+    assert names == {"champion", "m0", "m1", "other"}
+    assert m.WINDOW.value("rdv_cmp_window_outputs", model="other") == 3
+
+
+def test_implausible_records_are_rejected_as_bad_input() -> None:
+    with pytest.raises(DecodeFailed, match="in the future"):
+        validate(record(BASE_MS + 10_000_000, []), latest_ok_ms=BASE_MS)
+    with pytest.raises(DecodeFailed, match="epoch milliseconds"):
+        validate(record(0, []), latest_ok_ms=BASE_MS)
+    with pytest.raises(DecodeFailed, match="latency_ms nan"):
+        validate(record(BASE_MS, [output("champion", latency=float("nan"))]), latest_ok_ms=BASE_MS)
+    validate(record(BASE_MS, [output("champion")]), latest_ok_ms=BASE_MS)
+
+
+def test_settings_refuse_nonsense() -> None:
+    with pytest.raises(ConfigError, match="--buckets"):
+        ComparisonSettings(bootstrap="x", buckets=0).validate()
+    with pytest.raises(ConfigError, match="--start-from"):
+        ComparisonSettings(bootstrap="x", start_from="middle").validate()
+    assert ComparisonSettings(bootstrap="x").bucket_ms() == 30_000
+    assert ComparisonSettings(bootstrap="x", topic_prefix="p.").group_id() == "p.comparison"
