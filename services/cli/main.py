@@ -8,8 +8,10 @@ Errors print one line (`error: ...`) and exit with status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -99,16 +101,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(from_namespace(DemoSettings, args), Console())
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from services.cli.compare import run_compare
+    from services.compare_report.settings import CompareSettings
+
+    return run_compare(with_bootstrap(from_namespace(CompareSettings, args)))
+
+
 def _settings_classes() -> dict[str, type]:
     from services.cli.demo import DemoSettings
     from services.cli.send import SendSettings
+    from services.compare_report.settings import CompareSettings
     from services.comparison.settings import ComparisonSettings
     from services.model_worker.settings import WorkerSettings
     from services.rendezvous.settings import RendezvousSettings
 
     return {"model serve": WorkerSettings, "serve": RendezvousSettings, "send": SendSettings,
             "demo": DemoSettings, "topics create": TopicSettings,
-            "comparison serve": ComparisonSettings}
+            "comparison serve": ComparisonSettings, "compare": CompareSettings}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(demo, classes["demo"])
     demo.set_defaults(handler=cmd_demo)
 
+    compare = commands.add_parser(
+        "compare", help="report on the comparison log over a time or offset range: table, optional HTML plots"
+    )
+    add_arguments(compare, classes["compare"])
+    compare.set_defaults(handler=cmd_compare)
+
     from services.cli import lifecycle_commands
 
     lifecycle_commands.register(commands)
@@ -165,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # `kill -USR1 <pid>` prints every thread's stack: the first question about a stuck service.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     handler: Handler = args.handler

@@ -1,0 +1,84 @@
+"""`rendezvous compare`: read a range of the comparison log, print the table, write the HTML.
+
+The table goes to stdout (the command's output); the progress bar and notes go to stderr, so
+`rendezvous compare ... > report.txt` keeps only the report.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from services.compare_report.report import report_from_topic
+from services.compare_report.settings import CompareSettings
+from services.compare_report.table import print_report
+
+# Wide enough for every column when stdout is a file or a pipe (rich would assume 80).
+PIPE_WIDTH = 200
+
+
+class _Rate(ProgressColumn):
+    """Records per second (rich's speed columns speak bytes)."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:,.0f} rec/s" if task.speed else "", style="progress.data.speed")
+
+
+class _Bar:
+    """A progress bar that appears once the range is known, so a broker error prints no empty bar."""
+
+    def __init__(self, console: Console, topic: str):
+        self._console, self._topic = console, topic
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def start(self, total: int) -> None:
+        columns = (TextColumn("reading {task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
+                   TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
+        self._progress = Progress(*columns, console=self._console, transient=self._console.is_terminal)
+        self._progress.start()
+        self._task = self._progress.add_task(self._topic, total=total)
+
+    def advance(self, n: int) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.advance(self._task, n)
+
+    def stop(self, completed: int | None = None) -> None:
+        """Show the bar full (the range may end in offsets that hold no record) and stop it."""
+        if self._progress is not None and self._task is not None:
+            if completed is not None:
+                self._progress.update(self._task, completed=completed)
+            self._progress.stop()
+            self._progress = None
+
+
+def run_compare(settings: CompareSettings, out: Console | None = None, err: Console | None = None) -> int:
+    """The report of the range on `out`, progress on `err`; the HTML file when asked."""
+    out = out or Console(width=None if sys.stdout.isatty() else PIPE_WIDTH)
+    err = err or Console(stderr=True)
+    bar = _Bar(err, settings.topics().log)
+    try:
+        report, result = report_from_topic(settings, on_plan=bar.start, progress=bar.advance)
+        bar.stop(completed=result.offsets)
+    finally:
+        bar.stop()
+    print_report(report, out)
+    if settings.html:
+        from services.compare_report.html import write_html  # matplotlib loads in ~1 s: only when asked
+
+        path = write_html(report, settings.html)
+        err.print(f"HTML report written to {path}")
+    return 0

@@ -1,0 +1,193 @@
+"""The report as one self-contained HTML file: the table plus plots as inline SVG.
+
+Plots are drawn with matplotlib's object API (`Figure`, no pyplot: no global state, no GUI
+backend; SVG output needs none) and embedded as `<svg>` elements, with text kept as text
+(`svg.fonttype: none`), so the page is small, searchable and loads nothing from the network.
+
+Plot kinds, each in a `<figure data-kind=...>` with a stable id:
+- `latency-cdf`: latency CDF of every model (one figure);
+- `score-qq`: quantiles of each challenger's scores against the champion's (one figure);
+- `agreement-over-time`: each challenger's label agreement with the champion per time bucket;
+- `confusion-<model>`: one confusion matrix per challenger (champion label x model label).
+A kind with nothing to draw (no champion, no labels) gets a figure with a one-line note instead.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+import re
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+from matplotlib.figure import Figure
+
+from services.compare_report.ranges import format_ms
+from services.compare_report.summary import ModelSummary, Report
+from services.compare_report.table import COLUMNS, caption
+from services.core.errors import ConfigError
+
+LOG_SCALE_SPREAD = 10.0  # latency x axis is logarithmic when max p99 / min p50 exceeds this
+_SVG_METADATA = {"Date": None, "Creator": None, "Format": None, "Type": None}
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { padding: 0.25em 0.6em; border-bottom: 1px solid #ddd; text-align: right; }
+th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) { text-align: left; white-space: nowrap; }
+tr.champion td:first-child { font-weight: bold; }
+figure { display: inline-block; margin: 1em 1em 0 0; vertical-align: top; }
+figcaption { font-weight: 600; margin-bottom: 0.3em; }
+pre { color: #555; } .empty { color: #888; }
+"""
+
+
+def write_html(report: Report, path: str | Path) -> Path:
+    """Write the page; `ConfigError` (one line) when the file cannot be written."""
+    target = Path(path)
+    try:
+        target.write_text(render_html(report), encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--html {path}: cannot write the report: {exc.strerror or exc}") from None
+    return target
+
+
+def render_html(report: Report) -> str:
+    title = f"rendezvous compare: {report.source}" if report.source else "rendezvous compare"
+    # Text stays text in the SVG (searchable, small); the browser supplies the font.
+    with matplotlib.rc_context({"svg.fonttype": "none", "font.size": 9, "axes.grid": True, "grid.alpha": 0.3}):
+        figures = "\n".join(_figures(report)) if report.records else '<p class="empty">no records in range</p>'
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_CSS}</style></head>\n<body>\n<h1>{html.escape(title)}</h1>\n"
+        f"{_table(report)}\n<pre>{html.escape(caption(report))}</pre>\n{figures}\n</body></html>\n"
+    )
+
+
+def _table(report: Report) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ("model", *(h for h, _ in COLUMNS)))
+    rows = []
+    for model in report.models:
+        cells = "".join(f"<td>{html.escape(cell(model))}</td>" for _, cell in COLUMNS)
+        name = html.escape(model.name) + (" ★" if model.champion else "")
+        rows.append(f'<tr class="{"champion" if model.champion else "model"}"><td>{name}</td>{cells}</tr>')
+    return f'<table id="summary"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _figures(report: Report) -> list[str]:
+    colors = {m.name: f"C{i % 10}" for i, m in enumerate(report.models)}
+    challengers = [m for m in report.models if not m.champion and report.champion is not None]
+    parts = [
+        _figure("latency-cdf", "Latency CDF (request created → score arrived)",
+                lambda ax: _latency_cdf(ax, report.models, colors)),
+        _figure("score-qq", f"Score quantiles vs the champion ({report.champion})",
+                lambda ax: _qq(ax, challengers, colors), empty=_none_with(challengers, "qq")),
+        _figure("agreement-over-time", f"Agreement with the champion per {_duration(report.bucket_ms)}",
+                lambda ax: _agreement(ax, report, challengers, colors),
+                empty=_none_with(challengers, "agreement_over_time")),
+    ]  # fmt: skip
+    for model in challengers:
+        parts.append(_figure("confusion", f"Confusion: {model.name} vs {report.champion}",
+                             partial(_confusion, model=model), key=_slug(model.name), size=(4.2, 3.6),
+                             empty=_none_with([model], "confusion")))  # fmt: skip
+    return parts
+
+
+def _none_with(models: list[ModelSummary], plot: str) -> bool:
+    return not any(getattr(m.plots, plot) is not None for m in models)
+
+
+def _figure(
+    kind: str, title: str, draw: Callable[[Axes], None], *, key: str = "",
+    size: tuple[float, float] = (6.4, 3.8), empty: bool = False,
+) -> str:  # fmt: skip
+    """One `<figure id="fig-<kind>[-<key>]" data-kind="<kind>">` holding an inline SVG (or a note)."""
+    head = f'<figure id="fig-{kind}{"-" + key if key else ""}" data-kind="{kind}">'
+    caption = f"<figcaption>{html.escape(title)}</figcaption>"
+    if empty:
+        return f'{head}{caption}<p class="empty">nothing to compare (no champion scores or labels)</p></figure>'
+    fig = Figure(figsize=size, layout="constrained")
+    draw(fig.add_subplot())
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", metadata=_SVG_METADATA)
+    svg = buffer.getvalue()
+    return f"{head}{caption}{svg[svg.index('<svg'):]}</figure>"
+
+
+def _latency_cdf(ax: Axes, models: tuple[ModelSummary, ...], colors: dict[str, str]) -> None:
+    for model in models:
+        xs, ys = model.plots.latency_cdf
+        if model.n:
+            ax.step(xs, ys, where="post", color=colors[model.name], label=model.name)
+    medians = [m.latency_ms["p50"] for m in models if m.n]
+    tails = [m.latency_ms["p99"] for m in models if m.n]
+    if medians and min(medians) > 0 and max(tails) / min(medians) > LOG_SCALE_SPREAD:
+        ax.set_xscale("log")  # a slow model's tail would squeeze the others into one corner
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("share of outputs")
+    ax.legend(loc="lower right")
+
+
+def _qq(ax: Axes, challengers: list[ModelSummary], colors: dict[str, str]) -> None:
+    low, high = math.inf, -math.inf
+    for model in challengers:
+        if model.plots.qq is None:
+            continue
+        reference, values = model.plots.qq
+        ax.plot(reference, values, ".", color=colors[model.name], label=model.name, markersize=4)
+        low, high = min(low, np.nanmin(reference), np.nanmin(values)), max(high, np.nanmax(reference),
+                                                                          np.nanmax(values))  # fmt: skip
+    if math.isfinite(low) and math.isfinite(high):
+        ax.plot([low, high], [low, high], "--", color="grey", linewidth=0.8, label="y = x")
+    ax.set_xlabel("champion score quantile")
+    ax.set_ylabel("model score quantile")
+    ax.legend(loc="upper left")
+
+
+def _agreement(ax: Axes, report: Report, challengers: list[ModelSummary], colors: dict[str, str]) -> None:
+    """One point per bucket, at its middle; the x axis spans whole buckets (even when there is one)."""
+    starts = report.bucket_starts.astype("datetime64[ms]")
+    times = starts + np.timedelta64(report.bucket_ms // 2, "ms")
+    for model in challengers:
+        series = model.plots.agreement_over_time
+        if series is not None:
+            ax.plot(times, series, marker=".", color=colors[model.name], label=model.name)
+    locator = AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    if len(times):
+        ax.set_xlim(starts[0], starts[-1] + np.timedelta64(report.bucket_ms, "ms"))
+        ax.set_xlabel(f"request created (UTC), from {format_ms(int(report.bucket_starts[0]))}")
+    ax.set_ylabel("agreement")
+    ax.legend(loc="best")
+
+
+def _confusion(ax: Axes, model: ModelSummary) -> None:
+    assert model.plots.confusion is not None
+    labels, counts = model.plots.confusion
+    ax.imshow(counts, cmap="Blues", vmin=0)  # absolute shading: a near-empty cell stays pale
+    ax.grid(False)
+    ticks = range(len(labels))
+    ax.set_xticks(ticks, labels, rotation=30, ha="right")
+    ax.set_yticks(ticks, labels)
+    ax.set_xlabel(f"{model.name} label")
+    ax.set_ylabel("champion label")
+    peak = counts.max() if counts.size else 0
+    for (i, j), count in np.ndenumerate(counts):
+        ax.text(j, i, f"{count:,}", ha="center", va="center", color="white" if count > 0.6 * peak else "black")
+
+
+def _duration(ms: int) -> str:
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000)):
+        if ms >= size and ms % size == 0:
+            return f"{ms // size} {unit}"
+    return f"{ms} ms"
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-") or "model"

@@ -1,0 +1,260 @@
+"""Per-model figures of a comparison report, computed from columns (services/compare_report/columns.py).
+
+Every challenger is compared with the champion on the same requests (paired): label agreement
+and confusion (`PairedLabels`), mean absolute score difference and correlation (`PairedScores`);
+its whole score distribution against the champion's: KS statistic and PSI (`ks_exact`,
+`psi_exact`, exact because the report holds every value). The math lives in
+services/comparison/stats.py; this module only selects the values with numpy masks, so a million
+records need no Python loop.
+
+`summarize_records` builds a report from any iterable of Comparison-shaped dicts (a replay can
+use it without Kafka); `summarize` from accumulated columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from services.compare_report.columns import STATUSES, Columns, Frame
+from services.comparison.stats import PairedLabels, PairedScores, ks_exact, psi_exact
+from services.core.errors import ConfigError
+
+LATENCY_QUANTILES: tuple[tuple[str, float], ...] = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999))
+CDF_PROBES = np.linspace(0.0, 1.0, 201)
+QQ_PROBES = np.linspace(0.01, 0.99, 99)
+TARGET_BUCKETS = 50
+MAX_BUCKETS = 10_000
+_NICE_BUCKETS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+_OK = STATUSES.index("OK")
+
+
+@dataclass(frozen=True)
+class ModelPlots:
+    """What the HTML plots draw for one model (None where there is no champion to pair with)."""
+
+    latency_cdf: tuple[np.ndarray, np.ndarray]  # latency (ms) at CDF_PROBES
+    qq: tuple[np.ndarray, np.ndarray] | None = None  # (champion, model) score quantiles at QQ_PROBES
+    agreement_over_time: np.ndarray | None = None  # per bucket of Report.bucket_starts; NaN = no pair
+    confusion: tuple[list[str], np.ndarray] | None = None  # labels, counts[champion label][model label]
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """One table row. Paired figures are NaN for the champion itself and when nothing pairs."""
+
+    name: str
+    versions: tuple[str, ...]
+    champion: bool
+    n: int  # records with an output of this model
+    errors: int
+    late: int
+    deadline_met: float  # share of n: a usable score that arrived by the request's deadline
+    latency_ms: dict[str, float]  # LATENCY_QUANTILES of created_at -> score arrived
+    agreement: float
+    ks: float
+    psi: float
+    mad: float
+    correlation: float
+    paired: int  # records where both this model and the champion have a score
+    plots: ModelPlots
+
+
+@dataclass(frozen=True)
+class Report:
+    """A whole report: request-level counts and one summary per model (champion first)."""
+
+    records: int
+    champion: str | None
+    champion_source: str
+    models: tuple[ModelSummary, ...]
+    statuses: dict[str, int]
+    answered_by_deadline: float  # share of records answered (OK/FALLBACK) by their deadline
+    first_ms: int | None  # created_at span of the records
+    last_ms: int | None
+    bucket_ms: int
+    bucket_starts: np.ndarray
+    source: str = ""  # where the records came from (topic and range), for titles
+    notes: tuple[str, ...] = field(default=())  # e.g. records skipped, --max-records reached
+
+
+def summarize_records(
+    records: Iterable[Mapping[str, Any]], champion: str | None = None, bucket_ms: int | None = None, **extra: Any
+) -> Report:
+    """The report of Comparison-shaped dicts (e.g. produced by a replay instead of read from Kafka)."""
+    return summarize(Columns.of(records).frame(), champion, bucket_ms, **extra)
+
+
+def summarize(frame: Frame, champion: str | None = None, bucket_ms: int | None = None, **extra: Any) -> Report:
+    """The report of accumulated columns; `extra` fills `source` / `notes`."""
+    champion_code, source = _champion(frame, champion)
+    first, last = (int(frame.created_at.min()), int(frame.created_at.max())) if frame.records else (None, None)
+    bucket = _bucket_ms(first, last, bucket_ms)
+    starts = np.arange(first, last + 1, bucket, dtype=np.int64) if first is not None and last is not None else (
+        np.zeros(0, dtype=np.int64))
+    reference = _Reference.of(frame, champion_code)
+    models = [_model(frame, code, reference, starts, bucket) for code in range(len(frame.models))]
+    models.sort(key=lambda m: (not m.champion, m.name))
+    return Report(
+        records=frame.records, champion=None if champion_code is None else frame.models[champion_code],
+        champion_source=source, models=tuple(models), statuses=_statuses(frame),
+        answered_by_deadline=_answered_by_deadline(frame), first_ms=first, last_ms=last, bucket_ms=bucket,
+        bucket_starts=starts, **extra,
+    )  # fmt: skip
+
+
+def _champion(frame: Frame, given: str | None) -> tuple[int | None, str]:
+    """The champion's model code and how it was chosen."""
+    if given:
+        if given not in frame.models:
+            if not frame.records:
+                return None, "--champion"
+            raise ConfigError(f"--champion {given}: no such model in the range (models: {', '.join(frame.models)})")
+        return frame.models.index(given), "--champion"
+    for mask, how in (((frame.status == _OK) & (frame.chosen >= 0), "chosen with status OK"),
+                      (frame.chosen >= 0, "chosen most often (no OK answers)")):  # fmt: skip
+        chosen = frame.chosen[mask]
+        if len(chosen):
+            counts = np.bincount(chosen)
+            code = int(counts.argmax())
+            return code, f"inferred: {how} in {counts[code] / frame.records:.1%} of records"
+    return None, "none: no model was ever chosen"
+
+
+def _bucket_ms(first: int | None, last: int | None, asked: int | None) -> int:
+    """The agreement-over-time bucket: as asked (widened if it would give > MAX_BUCKETS), else a
+    round width giving about TARGET_BUCKETS buckets."""
+    span = 0 if first is None or last is None else last - first
+    if asked:
+        return max(asked, -(-span // MAX_BUCKETS))
+    wanted_s = span / 1000 / TARGET_BUCKETS
+    return 1000 * next((s for s in _NICE_BUCKETS_S if s >= wanted_s), 86400 * max(1, round(wanted_s / 86400)))
+
+
+def _statuses(frame: Frame) -> dict[str, int]:
+    counts = np.bincount(frame.status.astype(np.int64), minlength=len(STATUSES))
+    return {name: int(counts[i]) for i, name in enumerate(STATUSES)}
+
+
+def _answered_by_deadline(frame: Frame) -> float:
+    if not frame.records:
+        return float("nan")
+    answered = (frame.answered_at >= 0) & (frame.answered_at <= frame.deadline) & (frame.status <= 1)
+    return float(answered.mean())
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """The champion's score and label per record row (NaN / -1 where it has none)."""
+
+    code: int | None
+    score: np.ndarray
+    label: np.ndarray
+    scores: np.ndarray  # every score of the champion (for KS, PSI, q-q)
+
+    @classmethod
+    def of(cls, frame: Frame, code: int | None) -> _Reference:
+        score = np.full(frame.records, np.nan)
+        label = np.full(frame.records, -1, dtype=np.int64)
+        if code is None:
+            return cls(None, score, label, np.zeros(0))
+        mask = frame.model == code
+        rows = frame.row[mask]
+        score[rows] = frame.score[mask]
+        label[rows] = frame.label[mask]
+        valid = frame.score[mask]
+        return cls(code, score, label, valid[~np.isnan(valid)])
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    """One model's outputs (aligned arrays) and the record row of each."""
+
+    rows: np.ndarray
+    score: np.ndarray
+    label: np.ndarray
+    error: np.ndarray
+    latency: np.ndarray
+    late: np.ndarray
+
+    @classmethod
+    def of(cls, frame: Frame, code: int) -> _Outputs:
+        mask = frame.model == code
+        return cls(frame.row[mask], frame.score[mask], frame.label[mask], frame.error[mask],
+                   frame.latency_ms[mask], frame.late[mask])  # fmt: skip
+
+    @property
+    def usable(self) -> np.ndarray:
+        return ~self.error & ~np.isnan(self.score)
+
+
+@dataclass(frozen=True)
+class _Paired:
+    scores: PairedScores
+    labels: PairedLabels | None  # None for the champion itself / without a champion
+
+
+def _model(frame: Frame, code: int, ref: _Reference, starts: np.ndarray, bucket_ms: int) -> ModelSummary:
+    out = _Outputs.of(frame, code)
+    compared = ref.code is not None and code != ref.code
+    paired = _paired(ref, out, frame.labels) if compared else _Paired(PairedScores(), None)
+    scores = out.score[out.usable]
+    on_time = out.usable & (frame.created_at[out.rows] + out.latency <= frame.deadline[out.rows])
+    latency = _quantiles(out.latency, [q for _, q in LATENCY_QUANTILES])
+    return ModelSummary(
+        name=frame.models[code], versions=frame.versions[code], champion=code == ref.code, n=len(out.rows),
+        errors=int(out.error.sum()), late=int(out.late.sum()),
+        deadline_met=float(on_time.mean()) if len(on_time) else float("nan"),
+        latency_ms={name: float(v) for (name, _), v in zip(LATENCY_QUANTILES, latency, strict=True)},
+        agreement=paired.labels.agreement() if paired.labels is not None else float("nan"),
+        ks=ks_exact(ref.scores, scores) if compared else float("nan"),
+        psi=psi_exact(ref.scores, scores) if compared else float("nan"),
+        mad=paired.scores.mad(), correlation=paired.scores.correlation(), paired=paired.scores.n,
+        plots=ModelPlots(
+            latency_cdf=(_quantiles(out.latency, CDF_PROBES), CDF_PROBES),
+            qq=(_quantiles(ref.scores, QQ_PROBES), _quantiles(scores, QQ_PROBES)) if compared else None,
+            agreement_over_time=_agreement_series(frame, ref, out, starts, bucket_ms) if compared else None,
+            confusion=paired.labels.matrix() if paired.labels is not None and paired.labels.n else None,
+        ),
+    )  # fmt: skip
+
+
+def _paired(ref: _Reference, out: _Outputs, names: tuple[str, ...]) -> _Paired:
+    """Paired measures against the champion on the records where both have a value."""
+    champion_score = ref.score[out.rows]
+    both = ~np.isnan(champion_score) & ~np.isnan(out.score)
+    scores = PairedScores()
+    scores.add_many(champion_score[both], out.score[both])
+    return _Paired(scores, _paired_labels(ref.label[out.rows], out.label, names))
+
+
+def _paired_labels(champion: np.ndarray, model: np.ndarray, names: tuple[str, ...]) -> PairedLabels:
+    """Confusion counts of (champion label, model label) over the records where both have one."""
+    both = (champion >= 0) & (model >= 0)
+    size = len(names)
+    counts = np.bincount(champion[both] * size + model[both], minlength=size * size)  # O(n), no sort
+    labels = PairedLabels()
+    for pair in np.flatnonzero(counts).tolist():
+        labels.confusion[(names[pair // size], names[pair % size])] = int(counts[pair])
+    return labels
+
+
+def _agreement_series(frame: Frame, ref: _Reference, out: _Outputs, starts: np.ndarray, bucket_ms: int) -> np.ndarray:
+    """Share of paired labels equal to the champion's, per created_at bucket (NaN = no pair)."""
+    if not len(starts):
+        return np.zeros(0)
+    champion = ref.label[out.rows]
+    both = (champion >= 0) & (out.label >= 0)
+    bucket = (frame.created_at[out.rows[both]] - starts[0]) // bucket_ms
+    total = np.bincount(bucket, minlength=len(starts))[: len(starts)]
+    agree = np.bincount(bucket, weights=champion[both] == out.label[both], minlength=len(starts))[: len(starts)]
+    return np.where(total > 0, agree / np.maximum(total, 1), np.nan)
+
+
+def _quantiles(values: np.ndarray, probes: Any) -> np.ndarray:
+    if not len(values):
+        return np.full(len(probes), np.nan)
+    return np.quantile(values, probes)

@@ -1,0 +1,74 @@
+"""The report as a terminal table (rich): one row per model, the champion first."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.table import Table
+
+from services.compare_report.ranges import format_ms
+from services.compare_report.summary import LATENCY_QUANTILES, ModelSummary, Report
+
+DASH = "-"
+
+
+def _number(digits: int) -> Callable[[float], str]:
+    return lambda v: DASH if math.isnan(v) else f"{v:,.{digits}f}"
+
+
+def _percent(v: float) -> str:
+    return DASH if math.isnan(v) else f"{100 * v:.2f}%"
+
+
+# (header, how to get the text of a cell); paired columns read "-" for the champion itself.
+COLUMNS: tuple[tuple[str, Callable[[ModelSummary], str]], ...] = (
+    ("version", lambda m: ",".join(m.versions)),
+    ("n", lambda m: f"{m.n:,}"),
+    *((f"{name} ms", lambda m, name=name: _number(1)(m.latency_ms[name])) for name, _ in LATENCY_QUANTILES),
+    ("agree", lambda m: _percent(m.agreement)),
+    ("KS", lambda m: _number(3)(m.ks)),
+    ("PSI", lambda m: _number(4)(m.psi)),
+    ("MAD", lambda m: _number(4)(m.mad)),
+    ("corr", lambda m: _number(3)(m.correlation)),
+    ("errors", lambda m: f"{m.errors:,}"),
+    ("late", lambda m: f"{m.late:,}"),
+    ("deadline met", lambda m: _percent(m.deadline_met)),
+)
+
+
+def build_table(report: Report) -> Table:
+    table = Table(title=f"rendezvous compare: {report.source}" if report.source else "rendezvous compare",
+                  caption=caption(report), caption_justify="left")  # fmt: skip
+    table.add_column("model", no_wrap=True)
+    for header, _ in COLUMNS:
+        table.add_column(header, justify="left" if header == "version" else "right", no_wrap=True)
+    for model in report.models:
+        name = f"[bold]{model.name}[/bold] ★" if model.champion else model.name
+        table.add_row(name, *(cell(model) for _, cell in COLUMNS))
+    return table
+
+
+def caption(report: Report) -> str:
+    """Request-level lines under the table: counts, span, champion, answers, notes."""
+    lines = [f"{report.records:,} records"]
+    if report.first_ms is not None and report.last_ms is not None:
+        lines[0] += f", requests created {format_ms(report.first_ms)} to {format_ms(report.last_ms)}"
+    lines.append(f"champion ★: {report.champion or DASH} ({report.champion_source}); agree/KS/PSI/MAD/corr "
+                 "are against it, on the same requests")  # fmt: skip
+    statuses = ", ".join(f"{name} {count:,}" for name, count in report.statuses.items() if count)
+    lines.append(f"answers: {statuses or DASH}; answered by the deadline: {_percent(report.answered_by_deadline)}")
+    lines.extend(report.notes)
+    return "\n".join(lines)
+
+
+def print_report(report: Report, console: Console) -> None:
+    """The table, or one clear line when the range holds no records."""
+    if not report.records:
+        where = f" ({report.source})" if report.source else ""
+        console.print(f"no records in range{where}")
+        for note in report.notes:
+            console.print(note)
+        return
+    console.print(build_table(report))

@@ -1,0 +1,465 @@
+"""`rendezvous compare` without a broker: range flags, columns, batch decoding, the figures
+(against plain numpy on synthetic records), the table and the HTML page."""
+
+from __future__ import annotations
+
+import math
+from html.parser import HTMLParser
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from services.cli.main import main
+from services.compare_report.columns import Columns
+from services.compare_report.decode import BatchDecoder
+from services.compare_report.html import render_html
+from services.compare_report.ranges import Bounds, OffsetBound, TimeBound, parse_bound, parse_bounds, parse_duration_ms
+from services.compare_report.settings import CompareSettings
+from services.compare_report.summary import Report, summarize, summarize_records
+from services.compare_report.table import print_report
+from services.compare_report.workers import split
+from services.core.codec import codec
+from services.core.errors import ConfigError
+from services.core.settings import from_namespace
+from services.core.topic_range import PartitionSpan
+
+NOW = 1_714_564_800_000  # 2024-05-01T12:00:00Z
+MODELS = ("champion", "challenger", "canary")
+
+
+# ----- range flags -----------------------------------------------------------------------------
+@pytest.mark.parametrize(("text", "ms"), [("90s", 90_000), ("10m", 600_000), ("2h", 7_200_000), ("1d", 86_400_000),
+                                          ("500ms", 500), ("1.5h", 5_400_000), (" 3m ", 180_000)])
+def test_durations(text: str, ms: int) -> None:
+    assert parse_duration_ms(text) == ms
+
+
+@pytest.mark.parametrize("text", ["10x", "m", "-5m", "10", "", "5 minutes"])
+def test_bad_duration_is_one_clear_line(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"^--since: expected a duration like 90s, 10m, 2h, got "):
+        parse_duration_ms(text)
+
+
+@pytest.mark.parametrize(("text", "bound"), [
+    ("2024-05-01T12:00:00Z", TimeBound(NOW)),
+    ("2024-05-01T12:00:00", TimeBound(NOW)),  # no zone: UTC, the same on every machine
+    ("2024-05-01T14:00:00+02:00", TimeBound(NOW)),
+    ("2024-05-01", TimeBound(NOW - 12 * 3_600_000)),
+    (str(NOW), TimeBound(NOW)),
+    ("offset:0", OffsetBound(0)),
+    ("OFFSET:1200", OffsetBound(1200)),
+])  # fmt: skip
+def test_bounds(text: str, bound: TimeBound | OffsetBound) -> None:
+    assert parse_bound(text, "--from") == bound
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("yesterday", "expected an ISO time"),
+    ("1714564800", "looks like epoch seconds"),
+    ("offset:-1", "expected offset:N"),
+    ("offset:", "expected offset:N"),
+])  # fmt: skip
+def test_bad_bounds(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_bound(text, "--to")
+
+
+def test_since_is_measured_back_from_now_and_excludes_from() -> None:
+    assert parse_bounds("10m", "", "", NOW) == Bounds(TimeBound(NOW - 600_000), None)
+    assert parse_bounds("", "offset:5", "offset:9", NOW) == Bounds(OffsetBound(5), OffsetBound(9))
+    assert parse_bounds("", "", "", NOW) == Bounds()
+    with pytest.raises(ConfigError, match="either --since or --from"):
+        parse_bounds("10m", "offset:1", "", NOW)
+    with pytest.raises(ConfigError, match="ends before it starts"):
+        parse_bounds("", "offset:9", "offset:5", NOW)
+
+
+def test_settings_from_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RDV_FROM", "offset:3")
+    settings = from_namespace(CompareSettings, None, to="offset:7", html="r.html", max_records="10")
+    assert settings.bounds() == Bounds(OffsetBound(3), OffsetBound(7))
+    assert (settings.html, settings.max_records) == ("r.html", 10)
+    with pytest.raises(ConfigError, match="--bucket"):
+        from_namespace(CompareSettings, None, bucket="soon")
+
+
+@pytest.mark.parametrize(("flags", "line"), [
+    (["--since", "10x"], "error: --since: expected a duration like 90s, 10m, 2h, got '10x'\n"),
+    (["--since", "5m", "--from", "offset:1"], "error: give either --since or --from, not both\n"),
+    (["--max-records", "-1"], "error: --max-records must be >= 0, got -1\n"),
+])  # fmt: skip
+def test_cli_bad_flags_print_one_line(flags: list[str], line: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", "--bootstrap", "127.0.0.1:1", *flags]) == 2
+    assert capsys.readouterr().err == line
+
+
+# ----- synthetic records -----------------------------------------------------------------------
+def synthetic(n: int, seed: int = 11) -> list[dict[str, Any]]:
+    """Records with the irregularities of a real log: errors, missing outputs, late scores,
+    fallbacks and timeouts, a model without labels on some rows."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        created = NOW + i * 37
+        truth = rng.random()
+        outputs = []
+        for m, model in enumerate(MODELS):
+            if m == 2 and rng.random() < 0.05:
+                continue  # the canary missed this record altogether
+            failed = rng.random() < (0.1 if m == 1 else 0.02)
+            score = None if failed else float(np.clip(truth + rng.normal(0, 0.1 * m), 0, 1))
+            label = None if score is None or (m == 2 and rng.random() < 0.1) else ("yes" if score > 0.5 else "no")
+            latency = float(rng.lognormal(np.log(5 + 10 * m), 0.6))
+            outputs.append({"model": model, "version": f"{model}-v{1 + (i > n // 2 and m == 1)}", "score": score,
+                            "label": label, "error": "boom" if failed else None, "latency_ms": latency,
+                            "compute_ms": 1.0, "late": latency > 40})  # fmt: skip
+        status = ["OK", "OK", "OK", "FALLBACK", "TIMEOUT"][int(rng.integers(5))]
+        records.append({
+            "request_id": f"r{i}", "created_at": created, "deadline": created + 30,
+            "answered_at": None if status == "TIMEOUT" and i % 2 else created + int(rng.integers(5, 40)),
+            "status": status, "chosen_model": {"OK": "champion", "FALLBACK": "challenger"}.get(status),
+            "reason": "", "schedule": "s", "schedule_version": 1, "outputs": outputs,
+        })  # fmt: skip
+    return records
+
+
+def outputs_of(records: list[dict[str, Any]], model: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    return [(r, o) for r in records for o in r["outputs"] if o["model"] == model]
+
+
+def ks_brute(a: np.ndarray, b: np.ndarray) -> float:
+    points = np.concatenate([a, b])
+    return float(max(abs(np.mean(a <= x) - np.mean(b <= x)) for x in points))
+
+
+def psi_by_hand(reference: np.ndarray, current: np.ndarray) -> float:
+    edges = np.unique(np.quantile(reference, np.arange(1, 10) / 10))
+    bins = np.concatenate([[-np.inf], edges, [np.inf]])
+    # Right-closed bins, as a CDF at each edge counts values equal to the edge.
+    ref = np.array([np.sum((reference > lo) & (reference <= hi)) for lo, hi in pairwise(bins)]) / len(reference)
+    cur = np.array([np.sum((current > lo) & (current <= hi)) for lo, hi in pairwise(bins)]) / len(current)
+    ref, cur = np.maximum(ref, 1e-4), np.maximum(cur, 1e-4)
+    return float(np.sum((cur - ref) * np.log(cur / ref)))
+
+
+@pytest.fixture(scope="module")
+def records() -> list[dict[str, Any]]:
+    return synthetic(3000)
+
+
+@pytest.fixture(scope="module")
+def report(records: list[dict[str, Any]]) -> Report:
+    return summarize_records(records, source="synthetic")
+
+
+def test_request_level_figures(records: list[dict[str, Any]], report: Report) -> None:
+    assert report.records == len(records)
+    assert report.champion == "champion" and report.champion_source.startswith("inferred: chosen with status OK")
+    assert [m.name for m in report.models] == ["champion", "canary", "challenger"]  # champion first
+    statuses = ("OK", "FALLBACK", "TIMEOUT", "ERROR")
+    assert report.statuses == {s: sum(r["status"] == s for r in records) for s in statuses}
+    on_time = [r["status"] in ("OK", "FALLBACK") and r["answered_at"] <= r["deadline"] for r in records]
+    assert report.answered_by_deadline == pytest.approx(np.mean(on_time))
+    assert (report.first_ms, report.last_ms) == (NOW, NOW + 37 * (len(records) - 1))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_per_model_counts_and_latency_match_numpy(records: list[dict[str, Any]], report: Report, model: str) -> None:
+    pairs = outputs_of(records, model)
+    row = next(m for m in report.models if m.name == model)
+    assert row.n == len(pairs)
+    assert row.errors == sum(o["error"] is not None for _, o in pairs)
+    assert row.late == sum(o["late"] for _, o in pairs)
+    met = [o["error"] is None and r["created_at"] + o["latency_ms"] <= r["deadline"] for r, o in pairs]
+    assert row.deadline_met == pytest.approx(np.mean(met))
+    latency = np.array([o["latency_ms"] for _, o in pairs])
+    expected = np.quantile(latency, [0.5, 0.9, 0.99, 0.999])
+    assert [row.latency_ms[k] for k in ("p50", "p90", "p99", "p99.9")] == pytest.approx(expected)
+    assert row.versions == tuple(dict.fromkeys(o["version"] for _, o in pairs))
+
+
+@pytest.mark.parametrize("model", ["challenger", "canary"])
+def test_paired_figures_match_numpy(records: list[dict[str, Any]], report: Report, model: str) -> None:
+    row = next(m for m in report.models if m.name == model)
+    champion = {r["request_id"]: o for r, o in outputs_of(records, "champion")}
+    pairs = [(champion[r["request_id"]], o) for r, o in outputs_of(records, model) if r["request_id"] in champion]
+    scored = [(c["score"], o["score"]) for c, o in pairs if c["score"] is not None and o["score"] is not None]
+    a, b = np.array(scored).T
+    assert row.paired == len(scored)
+    assert row.mad == pytest.approx(np.mean(np.abs(a - b)))
+    assert row.correlation == pytest.approx(np.corrcoef(a, b)[0, 1])
+    labelled = [(c["label"], o["label"]) for c, o in pairs if c["label"] is not None and o["label"] is not None]
+    assert row.agreement == pytest.approx(np.mean([x == y for x, y in labelled]))
+    assert row.plots.confusion is not None
+    labels, counts = row.plots.confusion
+    assert labels == ["no", "yes"]
+    assert counts.tolist() == [[sum(p == (x, y) for p in labelled) for y in labels] for x in labels]
+    all_champion = np.array([o["score"] for _, o in outputs_of(records, "champion") if o["score"] is not None])
+    all_model = np.array([o["score"] for _, o in outputs_of(records, model) if o["score"] is not None])
+    assert row.ks == pytest.approx(ks_brute(all_champion, all_model))
+    assert row.psi == pytest.approx(psi_by_hand(all_champion, all_model))
+
+
+def test_champion_row_has_no_paired_figures(report: Report) -> None:
+    champion = report.models[0]
+    assert champion.champion and champion.plots.qq is None and champion.plots.confusion is None
+    assert all(math.isnan(v) for v in (champion.agreement, champion.ks, champion.psi, champion.mad))
+
+
+def test_agreement_over_time_buckets(records: list[dict[str, Any]], report: Report) -> None:
+    assert report.bucket_ms == 5_000  # 111 s span / 50 buckets -> the next round width
+    row = next(m for m in report.models if m.name == "challenger")
+    series = row.plots.agreement_over_time
+    assert series is not None and len(series) == len(report.bucket_starts)
+    champion = {r["request_id"]: o for r, o in outputs_of(records, "champion")}
+    first = [(champion[r["request_id"]]["label"], o["label"]) for r, o in outputs_of(records, "challenger")
+             if r["created_at"] < NOW + 5_000 and r["request_id"] in champion
+             and champion[r["request_id"]]["label"] is not None and o["label"] is not None]  # fmt: skip
+    assert series[0] == pytest.approx(np.mean([x == y for x, y in first]))
+
+
+def test_champion_flag_and_bucket_flag(records: list[dict[str, Any]]) -> None:
+    report = summarize_records(records, champion="canary", bucket_ms=60_000)
+    assert report.champion == "canary" and report.champion_source == "--champion"
+    assert report.models[0].name == "canary" and len(report.bucket_starts) == 2
+    with pytest.raises(ConfigError, match=r"--champion nobody: no such model in the range \(models: "):
+        summarize_records(records, champion="nobody")
+    assert summarize_records(records, bucket_ms=1).bucket_ms == 12  # widened to at most 10,000 buckets
+
+
+def test_no_records(capsys: pytest.CaptureFixture[str]) -> None:
+    report = summarize_records([], source="rdv.log from offset 5 to the end")
+    assert report.records == 0 and report.models == () and report.champion is None
+    print_report(report, Console(width=200))
+    assert capsys.readouterr().out.startswith("no records in range (rdv.log from offset 5 to the end)")
+    assert "no records in range" in render_html(report)
+
+
+# ----- columns and decoding --------------------------------------------------------------------
+def test_merged_columns_equal_one_pass(records: list[dict[str, Any]]) -> None:
+    whole = Columns.of(records).frame()
+    first, second = Columns.of(records[1500:]), Columns.of(reversed(records[:1500]))  # different code order
+    first.merge(second)
+    merged = first.frame()
+    assert merged.records == whole.records
+    for name in ("score", "latency_ms", "error", "late"):
+        np.testing.assert_array_equal(np.sort(getattr(merged, name)), np.sort(getattr(whole, name)))
+
+    def named(frame: Any) -> list[tuple[Any, ...]]:
+        label = [frame.labels[c] if c >= 0 else None for c in frame.label]
+        rows = zip(frame.row, frame.model, label, strict=True)
+        return sorted((int(frame.created_at[r]), frame.models[m], lb) for r, m, lb in rows)
+
+    assert named(merged) == named(whole)
+    chosen = sorted(merged.models[c] if c >= 0 else "" for c in merged.chosen)
+    assert chosen == sorted(whole.models[c] if c >= 0 else "" for c in whole.chosen)
+    for got, want in zip(summarize(merged).models, summarize(whole).models, strict=True):
+        assert (got.name, got.n, got.errors) == (want.name, want.n, want.errors)
+        assert [got.agreement, got.ks, got.mad] == pytest.approx([want.agreement, want.ks, want.mad], nan_ok=True)
+
+
+def test_batch_decoder_matches_codec_and_skips_bad_records(records: list[dict[str, Any]]) -> None:
+    comparisons = codec("comparison")
+    values: list[bytes | None] = [comparisons.encode(r) for r in records[:200]]
+    decoder = BatchDecoder(comparisons)
+    assert decoder.decode(values) == [comparisons.decode(v) for v in values]
+    assert decoder.skipped == 0
+    good = values[0]
+    assert good is not None
+    broken = [good[:-3], None, b"\xc3\x01" + b"\x00" * 8 + good[10:], good + b"\x00"]
+    mixed = values[:50] + broken + values[50:100]
+    assert decoder.decode(mixed) == [comparisons.decode(v) for v in values[:100]]
+    assert decoder.skipped == len(broken)
+
+
+def _item_schema() -> Any:
+    from fastavro import parse_schema
+
+    from services.compare_report.decode import _without_logical_types
+
+    schema = _without_logical_types(codec("comparison").schema)
+    items = next(f for f in schema["fields"] if f["name"] == "outputs")["type"]["items"]
+    return parse_schema(items, _write_hint=False)
+
+
+def _zigzag(n: int) -> bytes:
+    u = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while u > 0x7F:
+        out.append((u & 0x7F) | 0x80)
+        u >>= 7
+    return bytes([*out, u])
+
+
+def two_block_value(record: dict[str, Any]) -> bytes:
+    """`record` encoded with its outputs in two array blocks, the first one sized (count < 0)."""
+    from io import BytesIO
+
+    from fastavro import schemaless_writer
+
+    comparisons, schema = codec("comparison"), _item_schema()
+    head = comparisons.encode({**record, "outputs": []})[:-1]  # drop the empty array's end marker
+    items = []
+    for out in record["outputs"]:
+        buffer = BytesIO()
+        schemaless_writer(buffer, schema, out)
+        items.append(buffer.getvalue())
+    first = b"".join(items[:1])
+    return head + _zigzag(-1) + _zigzag(len(first)) + first + _zigzag(len(items) - 1) + b"".join(items[1:]) + b"\0"
+
+
+def edge_records() -> list[dict[str, Any]]:
+    """What a generic Avro decoder gets right and a hand-written one might not."""
+    base = synthetic(5, seed=3)
+    odd = [
+        {**base[0], "outputs": []},
+        {**base[1], "request_id": "", "reason": "é" * 200, "chosen_model": "modèle-ü", "schedule_version": -7,
+         "created_at": 2**62, "deadline": -(2**40), "answered_at": 0},
+        {**base[2], "outputs": [{**o, "model": "m\x00", "label": "", "score": -1e300} for o in base[2]["outputs"]]},
+        {**base[3], "outputs": [{**o, "model": "m", "label": "x" * 64, "latency_ms": float("inf")}
+                                for o in base[3]["outputs"]]},
+    ]  # fmt: skip
+    return [*odd, base[4]]
+
+
+def as_rows(frame: Any) -> list[tuple[Any, ...]]:
+    """Every output with its record fields and names, order-free (codes differ between paths)."""
+    rows = []
+    for r, m, s, lb, e, lat, late in zip(frame.row, frame.model, frame.score, frame.label, frame.error,
+                                          frame.latency_ms, frame.late, strict=True):  # fmt: skip
+        chosen = frame.chosen[r]
+        rows.append((int(frame.created_at[r]), int(frame.deadline[r]), int(frame.answered_at[r]),
+                     int(frame.status[r]), frame.models[chosen] if chosen >= 0 else None, frame.models[m],
+                     None if np.isnan(s) else float(s), frame.labels[lb] if lb >= 0 else None, bool(e),
+                     float(lat), bool(late)))  # fmt: skip
+    return sorted(rows, key=repr)
+
+
+def test_vectorized_decoder_knows_the_current_schema() -> None:
+    from services.compare_report.vectordecode import layout_matches
+
+    assert layout_matches(codec("comparison").schema), "comparison.avsc changed: update vectordecode.LAYOUT"
+
+
+@pytest.mark.parametrize("case", ["synthetic", "edges"])
+def test_vectorized_decoding_equals_fastavro(records: list[dict[str, Any]], case: str) -> None:
+    from services.compare_report.vectordecode import decode_bodies
+
+    chosen = records if case == "synthetic" else edge_records()
+    comparisons = codec("comparison")
+    values = [comparisons.encode(r) for r in chosen]
+    fast = Columns()
+    fast.add_batch(decode_bodies(values, skip=10))
+    reference = Columns.of(comparisons.decode(v) for v in values)
+    assert as_rows(fast.frame()) == as_rows(reference.frame())
+    assert {m: set(v) for m, v in zip(fast.frame().models, fast.frame().versions, strict=True)} == {
+        m: set(v) for m, v in zip(reference.frame().models, reference.frame().versions, strict=True)}
+
+
+def test_vectorized_decoding_reads_arrays_written_in_several_blocks() -> None:
+    from services.compare_report.vectordecode import decode_bodies
+
+    chosen = synthetic(20, seed=5)
+    values = [two_block_value(r) for r in chosen]
+    assert [codec("comparison").decode(v) for v in values] == [codec("comparison").decode(
+        codec("comparison").encode(r)) for r in chosen]  # the hand-made encoding is valid Avro
+    fast = Columns()
+    fast.add_batch(decode_bodies(values, skip=10))
+    assert as_rows(fast.frame()) == as_rows(Columns.of(chosen).frame())
+
+
+@pytest.mark.parametrize(("damage", "why"), [
+    (lambda v: v[:-1], "past the end"),
+    (lambda v: v + b"\x00", "does not end"),
+    (lambda v: v[:-2] + b"\x02" + v[-1:], "boolean"),  # `late` of the last output, before the array end
+    (lambda v: v[:10] + b"\x80" * 11 + v[10:], "longer than 10 bytes"),
+])  # fmt: skip
+def test_vectorized_decoding_rejects_what_it_cannot_read_exactly(
+    records: list[dict[str, Any]], damage: Any, why: str
+) -> None:
+    from services.compare_report.vectordecode import Rejected, decode_bodies
+
+    good = codec("comparison").encode(records[0])
+    with pytest.raises(Rejected, match=why):
+        decode_bodies([good, damage(good)], skip=10)
+
+
+def test_batches_with_bad_records_fall_back_and_skip_exactly_those(records: list[dict[str, Any]]) -> None:
+    comparisons = codec("comparison")
+    values: list[bytes | None] = [comparisons.encode(r) for r in records[:300]]
+    good = values[0]
+    assert good is not None
+    long_label = comparisons.encode({**records[0], "outputs": [{**records[0]["outputs"][0], "label": "y" * 65}]})
+    mixed = [*values[:100], good[:-3], None, long_label, *values[100:]]
+    columns = Columns()
+    decoder = BatchDecoder(comparisons)
+    decoder.decode_into(mixed, columns)
+    assert decoder.skipped == 2  # the truncated one and the None; the long label is valid, just not fast
+    expected = Columns.of([*records[:300], comparisons.decode(long_label)])
+    assert as_rows(columns.frame()) == as_rows(expected.frame())
+
+
+# ----- workers, table, HTML --------------------------------------------------------------------
+def test_split_balances_partitions() -> None:
+    spans = [PartitionSpan(0, 0, 100), PartitionSpan(1, 0, 90), PartitionSpan(2, 5, 5), PartitionSpan(3, 0, 20)]
+    groups = split(spans, 2)
+    assert sorted(sum(s.size for s in g) for g in groups) == [100, 110]
+    assert split(spans[:1], 4) == [[spans[0]]]
+
+
+def test_table_lists_every_model(report: Report) -> None:
+    console = Console(width=200, record=True)
+    print_report(report, console)
+    text = console.export_text()
+    rows = {line.split("│")[1].split()[0]: line.split("│")[3].strip() for line in text.splitlines()
+            if line.startswith("│")}  # fmt: skip
+    assert rows == {m: f"{sum(1 for _ in outputs_of(synthetic(3000), m)):,}" for m in MODELS}
+    assert "champion ★: champion (inferred" in text
+
+
+class _Figures(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.figures: dict[str, str] = {}
+        self.svgs = 0
+        self.remote: list[str] = []
+        self._open: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attr = dict(attrs)
+        if tag == "figure":
+            self._open = attr["id"] or ""
+            self.figures[self._open] = str(attr.get("data-kind"))
+        elif tag == "svg":
+            self.svgs += 1
+        for key in ("src", "href"):
+            if (attr.get(key) or "").startswith(("http:", "https:", "//")):
+                self.remote.append(f"{tag} {key}={attr[key]}")
+        if tag in ("script", "link", "img", "iframe"):
+            self.remote.append(tag)
+
+
+def test_html_has_one_plot_per_kind(report: Report) -> None:
+    page = render_html(report)
+    parser = _Figures()
+    parser.feed(page)
+    assert parser.figures == {
+        "fig-latency-cdf": "latency-cdf", "fig-score-qq": "score-qq", "fig-agreement-over-time": "agreement-over-time",
+        "fig-confusion-challenger": "confusion", "fig-confusion-canary": "confusion",
+    }  # fmt: skip
+    assert parser.svgs == 5
+    assert parser.remote == []
+    assert "<title>rendezvous compare: synthetic</title>" in page and page.count('<tr class="') == 3
+
+
+def test_html_without_a_champion_says_so() -> None:
+    alone = [{**r, "status": "TIMEOUT", "chosen_model": None} for r in synthetic(50)]
+    report = summarize_records(alone)
+    assert report.champion is None
+    parser = _Figures()
+    parser.feed(render_html(report))
+    assert set(parser.figures) == {"fig-latency-cdf", "fig-score-qq", "fig-agreement-over-time"}
+    assert parser.svgs == 1
