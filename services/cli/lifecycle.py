@@ -48,6 +48,7 @@ class LifecycleSettings(KafkaSettings):
     # promote
     require: str = setting("", "promote: gate, e.g. agreement>=0.95,p99<=50ms,n>=10000 (see README).")
     window: str = setting("10m", "promote: how far back the gate's figures are measured on the log topic.")
+    canary: str = setting("canary", "The canary model: a fixed reference that promote refuses to make champion.")
 
     def effective_in_ms(self) -> int:
         from services.compare_report.ranges import parse_duration_ms
@@ -208,6 +209,8 @@ def _traffic(text: str) -> tuple[str | None, float]:
 def cmd_promote(settings: LifecycleSettings, candidate: str, console: Console, figures_fn: FiguresFn) -> int:
     book = _book(settings)
     current = _current(book)
+    if settings.canary and candidate == settings.canary:
+        raise ConfigError(f"{candidate} is the canary, a fixed reference model: it is never promoted")
     if current.models[0] == candidate:
         raise ConfigError(f"{candidate} is already the champion of {book.name} (v{current.version})")
     if settings.require:

@@ -82,7 +82,8 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "rdv_cmp_score_ks": (
         "Kolmogorov-Smirnov distance of the model's window score distribution from a reference: "
-        "the champion's window, or (reference=self) the model's own first scores.",
+        "the champion's window, (reference=self) the model's own first scores, "
+        "or (reference=canary) the canary's window.",
         ("model", "reference"),
     ),
     "rdv_cmp_score_psi": (
@@ -224,6 +225,7 @@ def window_samples(
     champion: str | None,
     references: Mapping[str, QuantileSketch],
     reference_counts: Mapping[str, int],
+    canary: str | None = None,
 ) -> Samples:
     """Every window gauge's series, computed from the merged window."""
     out: Samples = {name: [] for name in GAUGES}
@@ -234,6 +236,7 @@ def window_samples(
         fallbacks = totals.statuses.get("FALLBACK", 0)
         out["rdv_cmp_fallback_ratio"].append(((), fallbacks / totals.records))
     lead = totals.models.get(champion) if champion else None
+    fixed = totals.models.get(canary) if canary else None
     if champion:
         out["rdv_cmp_champion_info"].append(((champion,), 1.0))
     for name in sorted(totals.models):
@@ -242,6 +245,10 @@ def window_samples(
         reference = references.get(name)
         if reference is not None:
             _distance(out, name, "self", stats.scores, reference)
+        if fixed is not None and name != canary:
+            # The canary never changes: a model drifting from it while the canary holds
+            # steady against its own past is a model change, not an input change.
+            _distance(out, name, "canary", stats.scores, fixed.scores)
         if champion and name != champion:
             if lead is not None:
                 _distance(out, name, "champion", stats.scores, lead.scores)

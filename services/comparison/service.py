@@ -215,7 +215,8 @@ class ComparisonService:
         """Recompute every window gauge and publish them together."""
         started = time.monotonic()
         samples = m.window_samples(self.window.view(), self.champion.current, self.references.frozen,
-                                   {name: self.references.count(name) for name in self._labels_seen()})
+                                   {name: self.references.count(name) for name in self._labels_seen()},
+                                   canary=self.settings.canary or None)
         m.WINDOW.publish(samples)
         self._next_export = time.monotonic() + self._export_every
         log.debug("exported the window in %.1f ms", (time.monotonic() - started) * 1000)

@@ -31,6 +31,11 @@ class ComparisonSettings(KafkaSettings):
         "The champion the pairs compare against. Default: inferred, the chosen model of the latest "
         "record answered with status OK (the schedule's preferred model).",
     )
+    canary: str = setting(
+        "canary",
+        "Name of the canary model: every other model's score distribution is also compared with "
+        "it (reference=canary); empty = none.",
+    )
     max_models: int = setting(
         50,
         "Most distinct model names (and 4x as many model/version pairs) given their own label "

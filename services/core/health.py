@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -34,10 +35,25 @@ Readiness = Callable[[], tuple[bool, str]]
 class BrokerHealth:
     """Whether the cluster answers, from librdkafka's error events and our successes."""
 
+    # A Kafka call blocked longer than this counts as "broker unreachable" for readiness.
+    BLOCKED_AFTER_S = 2.0
+
     def __init__(self) -> None:
         self._down_since: float | None = None
+        self._blocked_since: float | None = None
         self._lock = threading.Lock()
         BROKER_UP.set(1)
+
+    @contextmanager
+    def blocking(self) -> Iterator[None]:
+        """Wrap a call that may block while the broker is away (some librdkafka calls ignore
+        their timeout then, e.g. send_offsets_to_transaction): readiness, answered from another
+        thread, turns false once it has blocked for BLOCKED_AFTER_S."""
+        self._blocked_since = time.monotonic()
+        try:
+            yield
+        finally:
+            self._blocked_since = None
 
     def error_cb(self, err: KafkaError) -> None:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
@@ -60,14 +76,20 @@ class BrokerHealth:
                 self._down_since = time.monotonic()
                 BROKER_UP.set(0)
 
+    def _blocked_for(self) -> float:
+        since = self._blocked_since
+        return 0.0 if since is None else time.monotonic() - since
+
     @property
     def up(self) -> bool:
-        return self._down_since is None
+        return self._down_since is None and self._blocked_for() < self.BLOCKED_AFTER_S
 
     def describe(self) -> str:
-        if self._down_since is None:
-            return "broker reachable"
-        return f"broker unreachable for {time.monotonic() - self._down_since:.0f}s"
+        if self._down_since is not None:
+            return f"broker unreachable for {time.monotonic() - self._down_since:.0f}s"
+        if self._blocked_for() >= self.BLOCKED_AFTER_S:
+            return f"broker unreachable: a commit has waited {self._blocked_for():.0f}s for it"
+        return "broker reachable"
 
 
 def _handler(readiness: Readiness) -> type[BaseHTTPRequestHandler]:

@@ -157,6 +157,23 @@ class Producer:
         return self._producer
 
 
+# Commit errors that only mean "the coordinator is away for now": retry.
+_TRANSIENT = {
+    KafkaError._WAIT_COORD, KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN,
+    KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR, KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+}
+# Commit errors that mean "these partitions were taken from us": the new owner re-reads them.
+_REBALANCED = {
+    KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS,
+    KafkaError.FENCED_INSTANCE_ID, KafkaError._STATE, KafkaError._ASSIGNMENT_LOST,
+}
+
+
+class CommitRejected(KafkaOperationError):
+    """The group moved on (rebalance): the offsets were not committed, and need not be."""
+
+
 class Consumer:
     """A consumer with typed errors and explicit, synchronous commits."""
 
@@ -226,7 +243,10 @@ class Consumer:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
-            retriable = bool(err and isinstance(err, KafkaError) and err.retriable())
+            code = err.code() if isinstance(err, KafkaError) else None
+            if code in _REBALANCED:
+                raise CommitRejected(f"commit refused after a rebalance: {exc}") from None
+            retriable = code in _TRANSIENT or bool(isinstance(err, KafkaError) and err.retriable())
             raise KafkaOperationError(f"commit failed: {exc}", retriable=retriable) from None
 
     def committed(self, partitions: list[TopicPartition], timeout: float = 10.0) -> list[TopicPartition]:

@@ -80,7 +80,10 @@ def read_spans(
     *,
     progress: Callable[[int], None] | None = None,
     timeout_s: float = 300.0,
-    **bounds: int | None,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    start_offset: int | None = None,
+    end_offset: int | None = None,
 ) -> Iterator[Message]:
     """Every record of the slice, partition spans read concurrently, each to its end."""
     consumer = Consumer({
@@ -89,7 +92,9 @@ def read_spans(
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
     })
     try:
-        todo = spans if spans is not None else plan_spans(consumer, topic, **bounds)
+        todo = spans if spans is not None else plan_spans(
+            consumer, topic, start_ms=start_ms, end_ms=end_ms, start_offset=start_offset, end_offset=end_offset
+        )
         remaining = {s.partition: s for s in todo if s.size > 0}
         if not remaining:
             return

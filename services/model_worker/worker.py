@@ -117,15 +117,13 @@ class ModelWorker:
                 "group.id": self.settings.group_id(self.name),
                 "client.id": f"{self.name}-{self.instance}",
                 "auto.offset.reset": self.settings.start_from,
-                # A named replica uses static membership: after a restart it gets its partitions
-                # back at once instead of waiting out the old session.
-                **({"group.instance.id": self.settings.instance, "session.timeout.ms": 10_000}
-                   if self.settings.instance else {}),
+                # A dead replica's partitions move on after 10 s (librdkafka's default is 45 s).
+                "session.timeout.ms": 10_000,
             })
             stack.callback(consumer.close)
             consumer.subscribe([self.topics.requests], on_assign=self._on_assign)
             dead_letters = DeadLetters(producer, self.topics.deadletter, SERVICE)
-            committer = AtLeastOnce(producer, consumer, self._waiting)
+            committer = AtLeastOnce(producer, consumer, self._waiting, self.health)
             handler = _BatchScorer(self, consumer, producer, dead_letters, committer, stop)
             log.info("model %s %s (%s) scoring %s", self.name, self.version, self.instance,
                      self.topics.requests)

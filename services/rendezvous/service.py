@@ -26,11 +26,11 @@ import time
 from contextlib import ExitStack
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from services.core.commits import AtLeastOnce, Committer, ExactlyOnce, TransactionAborted
 from services.core.deadletter import DeadLetters
-from services.core.errors import BadInput, ConfigError, DecodeFailed
+from services.core.errors import BadInput, ConfigError, DecodeFailed, KafkaOperationError, RendezvousError
 from services.core.health import BrokerHealth
 from services.core.kafka import Consumer, Producer, partition_counts
 from services.core.metrics import DECODE_ERRORS
@@ -68,6 +68,7 @@ class Rendezvous:
         self._dirty = False  # outputs produced since the last commit
         self._paused = False
         self._scores_paused = False
+        self._rewinding = False
         self._draining_until: float | None = None
         self._drain_done = threading.Event()
         self._producer: Producer | None = None
@@ -135,11 +136,10 @@ class Rendezvous:
             self._control = ControlFeed(config, self.topics.control)
             stack.callback(self._control.close)
             committer_type = ExactlyOnce if exactly_once else AtLeastOnce
-            self._committer = committer_type(producer, consumer, self._waiting)
+            self._committer = committer_type(producer, consumer, self._waiting, self.health)
             self._committer.init()
             self._load_schedules(producer)
-            consumer.subscribe([self.topics.requests, self.topics.scores], on_assign=self._on_assign,
-                               on_revoke=self._on_revoke, on_lost=self._on_lost)
+            self._subscribe(consumer)
             log.info("rendezvous joining %s + %s (%s)", self.topics.requests, self.topics.scores,
                      self.settings.processing)
             run_poll_loop(consumer, self, stop, max_batch=self.settings.max_batch, max_wait=0.1)
@@ -166,10 +166,11 @@ class Rendezvous:
         return fast
 
     def _membership(self) -> dict[str, Any]:
-        """Static membership for a named replica: a restart takes its partitions back at once."""
-        if not self.settings.instance:
-            return {}
-        return {"group.instance.id": self.settings.instance, "session.timeout.ms": self.settings.session_timeout_ms}
+        """Session timeout; with --static-membership a restarted replica takes its partitions back at once."""
+        config: dict[str, Any] = {"session.timeout.ms": self.settings.session_timeout_ms}
+        if self.settings.static_membership:
+            config["group.instance.id"] = self.settings.instance or self.settings.transactional_id()
+        return config
 
     def _check_topics(self, config: dict[str, Any]) -> None:
         t = self.topics
@@ -330,33 +331,54 @@ class Rendezvous:
         log.warning("%s", what)
 
     def _rewind(self) -> None:
-        """After an aborted transaction: forget everything since the last commit and re-read."""
-        assert self._consumer is not None
-        assignment = self._consumer.assignment()
-        self.join.drop_partitions({tp.partition for tp in assignment})
-        self.join.offsets.forget(assignment)
-        committed = self._consumer.committed(assignment)
-        for tp in committed:
-            self._consumer.native.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else -2))
-        self._recover(committed)
+        """After an aborted transaction: forget everything since the last commit and re-read.
 
-    def _recover(self, committed: list[TopicPartition]) -> None:
-        requests = {tp.partition: tp.offset for tp in committed if tp.topic == self.topics.requests}
-        if requests:
-            margin = int(self.settings.recovery_margin_s * 1000)
-            self.join.restore(scan_finished(self.settings.librdkafka(), self.topics, requests, margin))
+        Leaving and re-joining the group makes the consumer start again from the committed
+        offsets, and `_on_assign` runs the recovery scan, whatever the broker's state was.
+        """
+        assert self._consumer is not None
+        self._rewinding = True
+        try:
+            assignment = self._consumer.assignment()
+            self.join.drop_partitions({tp.partition for tp in assignment})
+            self.join.offsets.forget(assignment)
+            self._consumer.native.unsubscribe()
+            self._subscribe(self._consumer)
+        finally:
+            self._rewinding = False
+
+    def _subscribe(self, consumer: Consumer) -> None:
+        consumer.subscribe([self.topics.requests, self.topics.scores], on_assign=self._on_assign,
+                           on_revoke=self._on_revoke, on_lost=self._on_lost)
+
+    def _recover(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        """Restore what was already answered/logged (retried: the broker may still be coming back)."""
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                committed = consumer.committed(partitions, timeout=10)
+                requests = {tp.partition: tp.offset for tp in committed if tp.topic == self.topics.requests}
+                if requests:
+                    margin = int(self.settings.recovery_margin_s * 1000)
+                    self.join.restore(scan_finished(self.settings.librdkafka(), self.topics, requests, margin))
+                return
+            except (KafkaException, RendezvousError) as exc:
+                if time.monotonic() > deadline:
+                    raise KafkaOperationError(f"could not read committed offsets to recover: {exc}") from None
+                self._waiting(f"recovery waiting for the broker: {exc}")
+                time.sleep(1.0)  # the broker is restarting; retry instead of spinning
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
         self._paused = self._scores_paused = False
         m.PAUSED.set(0)
         if partitions:
-            self._recover(consumer.committed(partitions, timeout=15))
+            self._recover(consumer, partitions)
         self.ready.set()
 
     def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         log.info("revoked %s: committing finished work", [(p.topic, p.partition) for p in partitions])
-        if self._committer is not None:
+        if self._committer is not None and not self._rewinding:
             self._commit()
         self.join.drop_partitions({p.partition for p in partitions})
         self.join.offsets.forget(partitions)

@@ -55,7 +55,12 @@ class RendezvousSettings(KafkaSettings):
         "transactional id, so a restarted replica aborts its predecessor's open transaction at once."
     )
     session_timeout_ms: int = setting(
-        10_000, "With --instance (static group membership): how long a silent replica keeps its partitions (ms)."
+        10_000, "How long a silent instance keeps its partitions before the group moves them (ms)."
+    )
+    static_membership: bool = setting(
+        False, "Join the group as a static member named --instance: a restarted replica gets its partitions "
+        "back at once. Caveat: after a broker outage longer than the session timeout librdkafka treats the "
+        "fenced old member as fatal and the service exits (to be restarted)."
     )
     transaction_timeout_ms: int = setting(
         10_000, "How long the broker keeps a dead instance's transaction open before aborting it (ms)."

@@ -92,7 +92,7 @@ def test_rendezvous_killed_five_times_answers_every_request_exactly_once(
 ) -> None:
     spawn(procs, tmp_path, "champion", "model", "serve", *base(bootstrap, prefix), "--model", "demo:champion")
     rendezvous = spawn(procs, tmp_path, "rendezvous", "serve", *base(bootstrap, prefix), "--models", "champion",
-                       "--instance", "rdv-0", "--linger-ms", "200")
+                       "--instance", "rdv-0", "--static-membership", "--linger-ms", "200")
     total = 20_000
     sender = Sender(config, topics.requests, total, rate=1000.0).start()
     rng = random.Random(7)

@@ -111,3 +111,34 @@ def test_malformed_or_unknown_model_schedules_are_refused_and_the_old_one_stays(
 
         after = client.score(demo_rows(1, seed=2)[0])
     assert (after.schedule_version, after.model, after.status) == (1, "champion", "OK")
+
+
+def test_gated_promotion_is_refused_with_the_figures_when_agreement_is_low(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    from services.model_worker.models.demo import contrarian_flips
+
+    services.worker(bootstrap, prefix, "demo:champion")
+    services.worker(bootstrap, prefix, "demo:contrarian", name="challenger")
+    services.rendezvous(bootstrap, prefix, models=("champion", "challenger"), linger_ms=300)
+    rows = demo_rows(300, seed=51)
+    with Client(config, topics, budget_ms=20_000, answer_wait_s=60) as client:
+        client.score_many(rows)
+    read_topic(config, topics.log, expect=300)
+    flipped = sum(contrarian_flips(row) for row in rows) / len(rows)
+    common = ("--bootstrap", bootstrap, "--topic-prefix", prefix, "--window", "1h")
+
+    refused = rendezvous("promote", "challenger", "--require", "agreement>=0.95,n>=100", *common)
+    assert_one_line_error(refused, "promotion of challenger refused", "agreement>=0.95 (measured")
+    measured = float(refused.stderr.split("(measured ")[1].split(")")[0])
+    assert measured == pytest.approx(1 - flipped, abs=1e-3), "the figure is the real paired agreement"
+    assert "FAIL agreement>=0.95" in refused.stderr and "ok   n>=100" in refused.stderr
+    assert load_book(config, topics.control, "default").latest.version == 1, "nothing was published"
+
+    canary = rendezvous("promote", "canary", *common)
+    assert_one_line_error(canary, "canary", "never promoted")
+
+    passed = rendezvous("promote", "challenger", "--require", "agreement>=0.5,n>=300", *common)
+    assert passed.returncode == 0, passed.stderr
+    latest = load_book(config, topics.control, "default").latest
+    assert latest is not None and latest.version == 2 and latest.models == ("challenger", "champion")

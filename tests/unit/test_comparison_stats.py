@@ -349,3 +349,27 @@ def test_settings_refuse_nonsense() -> None:
         ComparisonSettings(bootstrap="x", start_from="middle").validate()
     assert ComparisonSettings(bootstrap="x").bucket_ms() == 30_000
     assert ComparisonSettings(bootstrap="x", topic_prefix="p.").group_id() == "p.comparison"
+
+
+def test_every_model_is_also_measured_against_the_canary() -> None:
+    import numpy as np
+
+    from services.comparison import metrics as m
+    from services.comparison.window import SlidingWindow
+
+    window = SlidingWindow(bucket_ms=10_000, buckets=6)
+    rng = np.random.default_rng(5)
+    for i in range(400):
+        outputs = [
+            {"model": "champion", "version": "1", "score": float(rng.uniform()), "label": "a", "error": None,
+             "latency_ms": 5.0, "compute_ms": 1.0, "late": False},
+            {"model": "canary", "version": "1", "score": float(rng.uniform(0.5, 1.0)), "label": "a", "error": None,
+             "latency_ms": 5.0, "compute_ms": 1.0, "late": False},
+        ]
+        window.add({"request_id": str(i), "created_at": 1_000_000 + i, "deadline": 1_000_200 + i,
+                    "answered_at": 1_000_010 + i, "status": "OK", "chosen_model": "champion", "outputs": outputs},
+                   champion="champion")
+    samples = m.window_samples(window.view(), "champion", {}, {}, canary="canary")
+    ks = dict(samples["rdv_cmp_score_ks"])
+    assert ("champion", "canary") in ks and ("canary", "canary") not in ks
+    assert 0.4 < ks[("champion", "canary")] < 0.6  # U(0,1) vs U(0.5,1): KS = 0.5

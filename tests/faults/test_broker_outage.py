@@ -1,0 +1,82 @@
+"""The broker goes away for 30 s mid-stream and comes back: services wait, report not-ready,
+don't spin, don't crash; afterwards every request is answered (or explicitly timed out) once."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.cli.common import ensure_topics
+from services.core.settings import Topics
+from services.localkafka.broker import LocalBroker, ephemeral_broker
+from tests.faults.procs import Proc, until
+from tests.faults.test_crashes import Sender
+from tests.integration.harness import read_topic
+
+pytestmark = pytest.mark.kafka
+
+OUTAGE_S = 30.0
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[LocalBroker]:
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or not (shutil.which("java") and shutil.which("mvn")):
+        pytest.fail("the outage test stops and restarts a broker it owns: it needs Java 17 and Maven")
+    with ephemeral_broker(tmp_path) as broker:
+        yield broker
+
+
+def cpu_seconds(proc: Proc) -> float:
+    assert proc.process is not None
+    fields = Path(f"/proc/{proc.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_broker_down_for_30s_every_request_answered_or_timed_out(own_broker: LocalBroker, tmp_path: Path) -> None:
+    bootstrap = own_broker.bootstrap
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap}
+    topics = Topics.from_prefix("rdv.")
+    ensure_topics(config, topics, partitions=4)
+    common = ["--bootstrap", bootstrap, "--connect-timeout-s", "60"]
+    worker = Proc(["model", "serve", *common, "--model", "demo:champion", "--instance", "champion-0"],
+                  tmp_path / "champion.log").start()
+    rendezvous = Proc(["serve", *common, "--models", "champion", "--instance", "rdv-0", "--linger-ms", "200"],
+                      tmp_path / "rendezvous.log").start()
+    try:
+        sender = Sender(config, topics.requests, total=12_000, rate=200.0, budget_ms=2_000).start()
+        until(lambda: rendezvous.metric("rdv_answers_total") >= 1000, 60, "answers before the outage")
+
+        own_broker.stop(keep_data=True)
+        cpu_before = {p.args[0]: cpu_seconds(p) for p in (worker, rendezvous)}
+        until(lambda: rendezvous.readiness()[0] == 503 and worker.readiness()[0] == 503, 20,
+              "both services to report not-ready")
+        not_ready = rendezvous.readiness()[1]
+        time.sleep(OUTAGE_S)  # the outage itself: the fault under test, not a wait for readiness
+        assert worker.alive() and rendezvous.alive(), "no crash while the broker is away"
+        cpu_used = {p.args[0]: cpu_seconds(p) - cpu_before[p.args[0]] for p in (worker, rendezvous)}
+        own_broker.start(fresh=False)
+
+        until(lambda: rendezvous.ready() and worker.ready(), 90, "both services ready again")
+        sender.join()
+        answers = read_topic(config, topics.answers, expect=len(sender.ids), decode="answer", timeout=180)
+    finally:
+        rendezvous.stop()
+        worker.stop()
+
+    ids = Counter(a["request_id"] for a in answers)
+    statuses = Counter(a["status"] for a in answers)
+    print(f"FIGURES broker down {OUTAGE_S:.0f}s: sent={len(sender.ids)} answered={len(ids)} "
+          f"duplicated={sum(n - 1 for n in ids.values())} statuses={dict(statuses)} "
+          f"cpu_during_outage={ {k: round(v, 2) for k, v in cpu_used.items()} }s not_ready='{not_ready}'")
+    assert set(ids) == set(sender.ids) and len(answers) == len(sender.ids), "every request answered exactly once"
+    assert statuses["TIMEOUT"] > 0, "requests whose deadline passed during the outage get an explicit TIMEOUT"
+    assert sum(statuses.values()) == len(sender.ids)
+    assert all(v < OUTAGE_S * 0.25 for v in cpu_used.values()), f"no busy retry loop: {cpu_used}"
+    assert "broker unreachable" in not_ready
