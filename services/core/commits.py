@@ -7,22 +7,25 @@ Both strategies keep the order "outputs acknowledged, then inputs committed":
 - `ExactlyOnce`: outputs and input offsets go in one Kafka transaction
   (`send_offsets_to_transaction` with the consumer's group metadata, so a zombie instance
   from an older group generation is fenced). Readers with isolation.level=read_committed
-  see each output once. Call `begin()` once after `init()`; `commit()` ends the open
-  transaction and opens the next.
+  see each output once. `init()` registers the transactional id and opens a transaction;
+  `commit()` ends the open transaction and opens the next.
 
-While the broker is away both retry (they never spin: each try waits up to `retry_s`;
-send_offsets_to_transaction may block until the broker is back whatever its timeout,
-librdkafka issue #5456, so blocked calls are reported to readiness via `health.blocking`)
-until the work is final or `give_up` says stop; an abortable transaction error is raised
-as `TransactionAborted` so the caller can rewind its inputs to the committed offsets.
+While the broker is away: `AtLeastOnce.commit` tries once and returns False (the caller keeps
+its offsets and tries again from its poll loop, which must keep polling); `ExactlyOnce` retries
+a few times (each try waits up to `retry_s`), then replaces its producer. Any transaction that
+cannot be finished is abandoned (`TransactionAborted`): the caller re-reads from the committed
+offsets, and its recovery finds what did commit. librdkafka can wedge inside transactional
+calls after a broker restart (issue #5456); blocked calls are reported to readiness through
+`health.blocking`, and a wedged producer is replaced by a new one with the same transactional id.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
@@ -31,6 +34,11 @@ from services.core.health import BrokerHealth
 from services.core.kafka import CommitRejected, Consumer, Producer
 
 log = logging.getLogger(__name__)
+
+# A call still running this many times its own timeout is taken as never returning.
+WEDGED_AFTER = 3
+# Timed-out transactional calls tried this often before the producer is replaced.
+MAX_ATTEMPTS = 3
 
 
 class TransactionAborted(KafkaOperationError):
@@ -66,23 +74,23 @@ class AtLeastOnce:
         return None
 
     def commit(self, offsets: list[TopicPartition], give_up: Callable[[], bool]) -> bool:
-        """Flush, then commit; False if `give_up()` turned true before it was done."""
-        while True:
-            try:
-                with self.health.blocking():
-                    self.producer.flush(self.retry_s)
-                    self.consumer.commit(offsets)
-                return True
-            except CommitRejected as err:
-                # At-least-once: whoever owns these partitions now re-reads from the last commit.
-                log.warning("%s; the new owner repeats that work", err)
-                return True
-            except (DeliveryFailed, KafkaOperationError) as err:
-                if not err.retriable:
-                    raise
-                self.on_wait(f"waiting for the broker to take our outputs: {err}")
-            if give_up():
-                return False
+        """Flush, then commit, once; False if the broker is away (the caller keeps the offsets
+        and tries again from its poll loop, which must keep polling for the consumer to recover
+        its coordinator and its assignment)."""
+        try:
+            with self.health.blocking():
+                self.producer.flush(self.retry_s)
+                self.consumer.commit(offsets)
+            return True
+        except CommitRejected as err:
+            # At-least-once: whoever owns these partitions now re-reads from the last commit.
+            log.warning("%s; the new owner repeats that work", err)
+            return True
+        except (DeliveryFailed, KafkaOperationError) as err:
+            if not err.retriable:
+                raise
+            self.on_wait(f"waiting for the broker to take our outputs: {err}")
+            return False
 
     def abort(self) -> None:
         return None
@@ -97,13 +105,12 @@ class ExactlyOnce:
     ):
         self.producer, self.consumer, self.on_wait, self.retry_s = producer, consumer, on_wait, retry_s
         self.health = health
-        self._native = producer.native
 
     def init(self) -> None:
         """Register the transactional id (aborting a dead predecessor's open transaction)."""
         while True:
             try:
-                self._native.init_transactions(self.retry_s)
+                self.producer.native.init_transactions(self.retry_s)
                 break
             except KafkaException as exc:
                 err = _kafka_error(exc)
@@ -111,7 +118,7 @@ class ExactlyOnce:
                     self.on_wait(f"waiting for the transaction coordinator: {err.str()}")
                     continue
                 raise ConfigError(f"cannot start transactions: {exc}") from None
-        self._native.begin_transaction()
+        self.producer.native.begin_transaction()
 
     def commit(self, offsets: list[TopicPartition], give_up: Callable[[], bool]) -> bool:
         """Commit outputs + offsets atomically and open the next transaction."""
@@ -119,35 +126,69 @@ class ExactlyOnce:
             self._send_offsets(offsets)
         # A timed-out commit may or may not have completed on the broker: only retrying the
         # commit itself is safe (librdkafka makes it idempotent); aborting now could repeat work.
-        if not self._retry(lambda: self._native.commit_transaction(self.retry_s), give_up):
+        if not self._retry(lambda: self.producer.native.commit_transaction(self.retry_s), give_up):
             return False
         self.producer.raise_failures()
-        self._native.begin_transaction()
+        self.producer.native.begin_transaction()
         return True
 
     def _send_offsets(self, offsets: list[TopicPartition]) -> None:
         """Add the input offsets to the transaction; on any failure abort it (safe: nothing is
-        committed yet). Retrying instead can hang once the broker is back (librdkafka #5456)."""
+        committed yet).
+
+        librdkafka may never return from send_offsets_to_transaction, whatever its timeout
+        (issue #5456, seen here after a broker restart). The call runs in a helper thread; if it
+        has not returned well after its timeout, the producer is replaced by a new one with the
+        same transactional id, whose init_transactions fences the wedged one and aborts its
+        transaction, and the caller re-reads from the committed offsets.
+        """
+        outcome: list[BaseException | None] = []
+        metadata = self.consumer.native.consumer_group_metadata()
+        native = self.producer.native
+
+        def call() -> None:
+            try:
+                native.send_offsets_to_transaction(offsets, metadata, self.retry_s)
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                outcome.append(exc)
+
+        worker = threading.Thread(target=call, name="rdv-send-offsets", daemon=True)
+        with self.health.blocking():
+            worker.start()
+            worker.join(self.retry_s * WEDGED_AFTER)
+        if not outcome:
+            self._replace_producer("send_offsets_to_transaction is wedged (librdkafka #5456)")
         try:
-            with self.health.blocking():
-                self._native.send_offsets_to_transaction(
-                    offsets, self.consumer.native.consumer_group_metadata(), self.retry_s)
+            if outcome[0] is not None:
+                raise outcome[0]
         except KafkaException as exc:
             err = _kafka_error(exc)
             if err is not None and err.fatal():
-                raise KafkaOperationError(f"transaction failed: {exc}") from None
+                self._replace_producer(f"fatal transaction error: {err.str()}")
             self.on_wait(f"could not add offsets to the transaction ({exc}); aborting it")
             self.abort()
             raise TransactionAborted(f"transaction aborted: {err.str() if err else exc}") from None
 
+    def _replace_producer(self, why: str) -> NoReturn:
+        """A fatal transactional error (e.g. the coordinator expired our transaction while the
+        broker was down) leaves the producer unusable: librdkafka's remedy is a new instance.
+        The new one, with the same transactional id, fences the old; its outputs are aborted."""
+        self.on_wait(f"{why}: replacing the producer and re-reading from the committed offsets")
+        self.producer.renew()
+        self.init()
+        raise TransactionAborted(f"transaction abandoned ({why})")
+
     def _retry(self, action: Callable[[], None], give_up: Callable[[], bool]) -> bool:
-        while True:
+        for _attempt in range(MAX_ATTEMPTS):
             try:
                 with self.health.blocking():
                     action()
                 return True
             except KafkaException as exc:
                 err = _kafka_error(exc)
+                if err is not None and err.fatal():
+                    self._replace_producer(f"fatal transaction error: {err.str()}")
                 if err is not None and err.txn_requires_abort():
                     self.abort()
                     raise TransactionAborted(f"transaction aborted: {err.str()}") from None
@@ -157,18 +198,26 @@ class ExactlyOnce:
             if give_up():
                 return False
             time.sleep(0.2)  # the failed call already waited retry_s or failed fast; don't spin
+        # Still timing out: the client may be wedged on a dead coordinator connection even once
+        # the broker is back. A new producer is always safe: what was committed stays committed,
+        # the rest is aborted, and re-reading + recovery sorts out which was which.
+        self._replace_producer(f"transaction still failing after {MAX_ATTEMPTS} tries")
 
     def abort(self) -> None:
-        """Abort the open transaction (retried until the broker takes it) and open the next."""
-        while True:
+        """Abort the open transaction and open the next (a wedged client is replaced)."""
+        for _attempt in range(MAX_ATTEMPTS):
             try:
                 with self.health.blocking():
-                    self._native.abort_transaction(self.retry_s)
+                    self.producer.native.abort_transaction(self.retry_s)
                 break
             except KafkaException as exc:
                 err = _kafka_error(exc)
+                if err is not None and err.fatal():
+                    self._replace_producer(f"fatal error while aborting: {err.str()}")
                 if err is None or not err.retriable():
                     raise KafkaOperationError(f"abort_transaction failed: {exc}") from None
                 self.on_wait(f"abort waiting for the broker: {err.str()}")
+        else:
+            self._replace_producer(f"abort still failing after {MAX_ATTEMPTS} tries")
         self.producer.discard_failures()
-        self._native.begin_transaction()
+        self.producer.native.begin_transaction()

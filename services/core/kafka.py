@@ -86,6 +86,7 @@ class Producer:
         on_soft_failure: Callable[[str, KafkaError], None] | None = None,
     ):
         merged = {**PRODUCER_DEFAULTS, **config, "error_cb": _error_cb(config), "logger": LIBRDKAFKA_LOG}
+        self._config = merged
         self._producer = _Producer(merged)
         self._failures: list[DeliveryFailed] = []
         self._is_soft = soft_topics
@@ -110,6 +111,12 @@ class Producer:
             if count > 1:
                 raise DeliveryFailed(f"{first.message} (and {count - 1} more)", retriable=first.retriable)
             raise first
+
+    def renew(self) -> None:
+        """Replace the client with a new one of the same configuration (the old one is
+        abandoned as it is: e.g. wedged inside a call that never returns)."""
+        self._producer = _Producer(self._config)
+        self._failures.clear()
 
     def discard_failures(self) -> None:
         """Forget delivery failures of outputs that were aborted with their transaction."""
@@ -150,7 +157,11 @@ class Producer:
             raise DeliveryFailed(f"{remaining} records not acknowledged within {timeout}s", retriable=True)
 
     def close(self, timeout: float = 10.0) -> None:
-        self._producer.flush(timeout)
+        """Deliver what is queued (best effort: closing never raises)."""
+        try:
+            self._producer.flush(timeout)
+        except KafkaException as exc:
+            log.warning("producer closed with undelivered records: %s", exc)
 
     @property
     def native(self) -> _Producer:

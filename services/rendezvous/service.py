@@ -30,7 +30,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from services.core.commits import AtLeastOnce, Committer, ExactlyOnce, TransactionAborted
 from services.core.deadletter import DeadLetters
-from services.core.errors import BadInput, ConfigError, DecodeFailed, KafkaOperationError, RendezvousError
+from services.core.errors import BadInput, ConfigError, DecodeFailed, RendezvousError
 from services.core.health import BrokerHealth
 from services.core.kafka import Consumer, Producer, partition_counts
 from services.core.metrics import DECODE_ERRORS
@@ -69,6 +69,8 @@ class Rendezvous:
         self._paused = False
         self._scores_paused = False
         self._rewinding = False
+        self._to_recover: list[TopicPartition] = []
+        self._next_recovery = 0.0
         self._draining_until: float | None = None
         self._drain_done = threading.Event()
         self._producer: Producer | None = None
@@ -222,6 +224,7 @@ class Rendezvous:
         assert self._control is not None and self._producer is not None and self._consumer is not None
         for record in self._control.poll():
             self._apply_control(record, live=True)
+        self._recover_pending()
         now = now_ms()
         self._show_schedule(now)
         self.join.tick(now)
@@ -242,8 +245,8 @@ class Rendezvous:
         is paused on its own: pausing requests while scores run ahead would only grow the
         table of scores waiting for the paused requests. Deadlines guarantee progress.
         """
-        if self._draining_until is not None:
-            return
+        if self._draining_until is not None or self._to_recover:
+            return  # draining, or paused until recovered
         limit = self.settings.max_mailboxes
         waiting = len(self.mailboxes) - self.join.orphans
         if not self._paused and waiting >= limit:
@@ -351,33 +354,51 @@ class Rendezvous:
         consumer.subscribe([self.topics.requests, self.topics.scores], on_assign=self._on_assign,
                            on_revoke=self._on_revoke, on_lost=self._on_lost)
 
-    def _recover(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        """Restore what was already answered/logged (retried: the broker may still be coming back)."""
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                committed = consumer.committed(partitions, timeout=10)
+    def _recover_pending(self) -> None:
+        """Restore what was already answered/logged on newly assigned partitions, then resume them.
+
+        Runs from the poll loop, not inside the rebalance callback: the broker may still be coming
+        back (or resolving a transaction with pending offsets), and the loop must keep serving the
+        consumer meanwhile. Tried at most once a second.
+        """
+        assert self._consumer is not None
+        if not self._to_recover or time.monotonic() < self._next_recovery:
+            return
+        self._next_recovery = time.monotonic() + 1.0
+        partitions = list(self._to_recover)
+        try:
+            with self.health.blocking():
+                committed = self._consumer.committed(partitions, timeout=5)
                 requests = {tp.partition: tp.offset for tp in committed if tp.topic == self.topics.requests}
                 if requests:
                     margin = int(self.settings.recovery_margin_s * 1000)
                     self.join.restore(scan_finished(self.settings.librdkafka(), self.topics, requests, margin))
-                return
-            except (KafkaException, RendezvousError) as exc:
-                if time.monotonic() > deadline:
-                    raise KafkaOperationError(f"could not read committed offsets to recover: {exc}") from None
-                self._waiting(f"recovery waiting for the broker: {exc}")
-                time.sleep(1.0)  # the broker is restarting; retry instead of spinning
+        except (KafkaException, RendezvousError) as exc:
+            self._waiting(f"recovery waiting for the broker: {exc}")
+            return
+        self._to_recover = []
+        self._consumer.resume(partitions)
+        self.ready.set()
+        self.health.mark_up()
+
+    def _forget_recovery(self, partitions: list[TopicPartition]) -> None:
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._to_recover = [tp for tp in self._to_recover if (tp.topic, tp.partition) not in gone]
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
         self._paused = self._scores_paused = False
         m.PAUSED.set(0)
         if partitions:
-            self._recover(consumer, partitions)
-        self.ready.set()
+            # Nothing is read from them until recovery (in the poll loop) knows what was done.
+            consumer.assign(partitions)
+            consumer.pause(partitions)
+            self._to_recover = list(partitions)
+            self._next_recovery = 0.0
 
     def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         log.info("revoked %s: committing finished work", [(p.topic, p.partition) for p in partitions])
+        self._forget_recovery(partitions)
         if self._committer is not None and not self._rewinding:
             self._commit()
         self.join.drop_partitions({p.partition for p in partitions})
@@ -387,8 +408,12 @@ class Rendezvous:
         # Another member may own these already: committing now could overwrite its progress,
         # and our open transaction may hold answers for them, so it is aborted.
         log.warning("lost %s: dropping their state without committing", [p.partition for p in partitions])
+        self._forget_recovery(partitions)
         if self._committer is not None:
-            self._committer.abort()
+            try:
+                self._committer.abort()
+            except TransactionAborted as err:
+                log.warning("%s", err)  # the producer was replaced; nothing of it was committed
         self.join.drop_partitions({p.partition for p in partitions})
         self.join.offsets.forget(partitions)
 
