@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -15,11 +16,16 @@ def _console() -> Console:
     return Console(stderr=True)
 
 
+def _stdout() -> Console:
+    """Tables on stdout; wide enough for every column when piped (rich would assume 80)."""
+    return Console(width=None if sys.stdout.isatty() else 200)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from services.cli.lifecycle import LifecycleSettings
     from services.cli.lifecycle import cmd_models as run
 
-    return run(with_bootstrap(from_namespace(LifecycleSettings, args)), Console())
+    return run(with_bootstrap(from_namespace(LifecycleSettings, args)), _stdout())
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
@@ -28,7 +34,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     settings = with_bootstrap(from_namespace(lifecycle.LifecycleSettings, args))
     action = {"show": lifecycle.cmd_schedule_show, "set": lifecycle.cmd_schedule_set,
               "history": lifecycle.cmd_schedule_history}[args.action]
-    return action(settings, _console() if args.action != "history" else Console())
+    return action(settings, _console() if args.action != "history" else _stdout())
 
 
 def cmd_promote(args: argparse.Namespace) -> int:

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from services.client.client import Client
+from services.client.client import Client, make_request
+from services.core.codec import codec
 from services.core.settings import Topics
 from services.model_worker.models import demo_rows
 from services.rendezvous.control import encode_schedule, load_book
@@ -142,3 +143,48 @@ def test_gated_promotion_is_refused_with_the_figures_when_agreement_is_low(
     assert passed.returncode == 0, passed.stderr
     latest = load_book(config, topics.control, "default").latest
     assert latest is not None and latest.version == 2 and latest.models == ("challenger", "champion")
+
+
+def test_deploy_runs_a_challenger_beside_the_champion_and_models_lists_it(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    services.worker(bootstrap, prefix, "demo:champion")
+    services.rendezvous(bootstrap, prefix, models=("champion",))
+    common = ("--bootstrap", bootstrap, "--topic-prefix", prefix)
+    name = f"cand{prefix[1:7]}"
+    deployed = rendezvous("deploy", name, "--model", "demo:challenger", "--replicas", "2", *common)
+    try:
+        assert deployed.returncode == 0, deployed.stderr
+        assert "In docker-compose, add instead" in deployed.stderr and "replicas: 2" in deployed.stderr
+        with Client(config, topics, budget_ms=20_000, answer_wait_s=60) as client:
+            answers = client.score_many(demo_rows(50, seed=61))
+        assert {a.model for a in answers} == {"champion"}, "a deployed challenger answers nothing until promoted"
+        listed = rendezvous("models", "--live-window-s", "120", *common)
+        assert listed.returncode == 0, listed.stderr
+        rows = {line.split("│")[1].strip(): line for line in listed.stdout.splitlines() if line.count("│") > 5}
+        assert "champion" in rows and name in rows
+        assert "challenger" in rows[name] and "2" in rows[name].split("│")[4], rows[name]
+    finally:
+        undeployed = rendezvous("undeploy", name)
+    assert undeployed.returncode == 0 and "undeployed" in undeployed.stderr
+
+
+def test_a_new_model_catches_up_on_history_before_joining_live_traffic(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    import time as clock
+
+    started = int(clock.time() * 1000) - 1000
+    producer = Producer(config)
+    requests = codec("request")
+    ids = []
+    for row in demo_rows(300, seed=62):
+        record = make_request(row, budget_ms=1000, reply_topic=None, reply_partition=None)
+        ids.append(record["request_id"])
+        producer.produce(topics.requests, requests.encode(record), key=record["request_id"])
+    assert producer.flush(30) == 0
+    # A new group that would start at the end ("latest") starts at --start-at instead.
+    worker = services.worker(bootstrap, prefix, "demo:challenger", start_from="latest", start_at=str(started))
+    wait_until(lambda: worker.scored >= 300, 60, "the new model to score the history")
+    scores = read_topic(config, topics.scores, expect=300, decode="score")
+    assert {s["request_id"] for s in scores} == set(ids)
