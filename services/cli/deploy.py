@@ -81,7 +81,8 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
                                        stderr=subprocess.STDOUT, env=env, start_new_session=True)
         pids.append(process.pid)
     _state_file(name).write_text(json.dumps({"name": name, "model": settings.model, "pids": pids}))
-    wait_for_groups(settings.librdkafka(), [f"{settings.topic_prefix}model.{name}"], timeout=settings.wait_s)
+    wait_for_groups(settings.librdkafka(), [f"{settings.topic_prefix}model.{name}"], timeout=settings.wait_s,
+                    members=settings.replicas)
     console.print(f"deployed {name} ({settings.model}) x{settings.replicas}: pids {pids}, logs in {folder}")
     console.print("it scores every request; its answers are only logged until you `rendezvous promote " f"{name}`.")
     console.print("In docker-compose, add instead:\n" + compose_block(name, settings))

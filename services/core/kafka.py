@@ -448,8 +448,10 @@ def delete_topics(config: Mapping[str, Any], names: Iterable[str], timeout: floa
             log.warning("cannot delete topic %s: %s", name, exc)
 
 
-def wait_for_groups(config: Mapping[str, Any], groups: Sequence[str], timeout: float = 60.0) -> None:
-    """Block until every consumer group is Stable with at least one member (real readiness)."""
+def wait_for_groups(
+    config: Mapping[str, Any], groups: Sequence[str], timeout: float = 60.0, members: int = 1
+) -> None:
+    """Block until every consumer group is Stable with at least `members` members (real readiness)."""
     from confluent_kafka import ConsumerGroupState
 
     client = admin(config)
@@ -461,7 +463,7 @@ def wait_for_groups(config: Mapping[str, Any], groups: Sequence[str], timeout: f
         for group, future in futures.items():
             try:
                 description = future.result()
-                ready = description.state == ConsumerGroupState.STABLE and description.members
+                ready = description.state == ConsumerGroupState.STABLE and len(description.members) >= members
             except KafkaException:
                 ready = False
             if not ready:
