@@ -156,6 +156,8 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
         if port:
             console.print(f"metrics: http://127.0.0.1:{port}/metrics (rendezvous), models on the next ports")
         client = stack.enter_context(Client(config, topics, budget_ms=settings.budget_ms))
+        # Warm-up, not counted: every producer's first send waits for its producer id.
+        client.score_many(demo_rows(10, seed=2), budget_ms=30_000)
         _generate_load(settings, client, processes, console)
     return 0
 
