@@ -37,6 +37,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Pro
 
 from services.core.errors import BrokerError
 from services.core.kafka import CONSUMER_DEFAULTS, PRODUCER_DEFAULTS, delete_topics, wait_for_groups
+from services.core.runtime import stop_processes
 from services.localkafka.broker import ephemeral_broker
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -248,15 +249,7 @@ class Children:
                     ) from None
 
     def stop_all(self, timeout: float = 10.0) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.procs.values(), timeout)
         self.procs.clear()
 
 

@@ -51,11 +51,11 @@ from bench.common import (
     watermark_total,
     write_json,
 )
-from services.compare_report.ranges import Bounds, TimeBound
 from services.compare_report.reader import read_range, reader_consumer
 from services.compare_report.summary import Report, summarize
 from services.core.codec import codec
 from services.core.kafka import PRODUCER_DEFAULTS, create_topics
+from services.core.ranges import Bounds, TimeBound
 from services.core.runtime import now_ms
 
 MODELS = (("champion", "logreg-1"), ("challenger", "forest-1"), ("canary", "stump-1"))

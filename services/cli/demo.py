@@ -27,6 +27,7 @@ from services.cli.common import ensure_topics
 from services.client.client import Answer, Client
 from services.core.errors import ConfigError
 from services.core.kafka import wait_for_groups
+from services.core.runtime import stop_processes
 from services.core.settings import KafkaSettings, setting
 from services.localkafka.broker import LocalBroker, read_bootstrap, start_background
 from services.localkafka.config import cache_dir
@@ -109,18 +110,6 @@ def _spawn(args: list[str], log_file: Path, env: dict[str, str]) -> subprocess.P
     )
 
 
-def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
-    for proc in processes:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in processes:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def run_demo(settings: DemoSettings, console: Console) -> int:
     with ExitStack() as stack:
         if not settings.bootstrap and read_bootstrap() is None:
@@ -140,7 +129,7 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
                "RDV_TOPIC_PREFIX": settings.topic_prefix}
         names = [item.split("=", 1)[0] for item in settings.models]
         processes: list[subprocess.Popen[bytes]] = []
-        stack.callback(_stop_all, processes)
+        stack.callback(stop_processes, processes)
         port = settings.metrics_base_port
         processes.append(_spawn(["serve", "--models", ",".join(names), "--deadline-ms",
                                  str(settings.budget_ms), "--metrics-port", str(port)],

@@ -1,77 +1,38 @@
-"""The figures a promotion gate checks, measured on the comparison log (rdv.log).
+"""The figures a promotion gate checks: the `rendezvous compare` report of the last `--window`.
 
-Over the last `--window` of log records: the candidate's paired agreement, score distance
-and latency against the champion on the same requests, its error rate and deadline hits.
+The candidate's row of that report, measured against the champion on the same requests, is
+the evidence; the gate only renames its columns to the figure names `--require` accepts.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
 from services.cli.lifecycle import LifecycleSettings
-from services.compare_report.ranges import parse_duration_ms
-from services.comparison.stats import PairedScores, agreement, ks_exact
-from services.core.codec import codec
-from services.core.errors import BadInput
+from services.compare_report.report import report_from_topic
+from services.compare_report.settings import CompareSettings
 from services.core.settings import KafkaSettings
-from services.core.topic_range import read_spans
+
+NAN = float("nan")
 
 
 def gate_figures(settings: KafkaSettings, candidate: str, champion: str, now: int) -> dict[str, float]:
+    del now  # the window ends at the end of the log topic, as `compare --since` does
     window = settings.window if isinstance(settings, LifecycleSettings) else "10m"
-    start = now - parse_duration_ms(window, "--window")
-    log_codec = codec("comparison")
-    latencies: list[float] = []
-    candidate_scores: list[float] = []
-    champion_scores: list[float] = []
-    labels: tuple[list[str | None], list[str | None]] = ([], [])
-    outputs = errors = on_time = 0
-    paired = PairedScores()
-    for msg in read_spans(settings.librdkafka(), settings.topics().log, start_ms=start, timeout_s=120):
-        try:
-            record = log_codec.decode(msg.value())
-        except BadInput:
-            continue
-        by_model = {o["model"]: o for o in record["outputs"]}
-        mine, theirs = by_model.get(candidate), by_model.get(champion)
-        if mine is None:
-            continue
-        outputs += 1
-        errors += mine["error"] is not None
-        latencies.append(mine["latency_ms"])
-        on_time += mine["error"] is None and mine["latency_ms"] <= record["deadline"] - record["created_at"]
-        if theirs is None or mine["score"] is None or theirs["score"] is None:
-            continue
-        paired.add(mine["score"], theirs["score"])
-        candidate_scores.append(mine["score"])
-        champion_scores.append(theirs["score"])
-        labels[0].append(theirs["label"])
-        labels[1].append(mine["label"])
-    return _figures(latencies, candidate_scores, champion_scores, labels, paired, outputs, errors, on_time)
-
-
-def _figures(
-    latencies: list[float],
-    candidate_scores: list[float],
-    champion_scores: list[float],
-    labels: tuple[list[str | None], list[str | None]],
-    paired: PairedScores,
-    outputs: int,
-    errors: int,
-    on_time: int,
-) -> dict[str, float]:
-    nan = float("nan")
-    quantiles = np.percentile(latencies, [50, 90, 99, 99.9]) if latencies else [nan] * 4
+    compare = CompareSettings(bootstrap=settings.bootstrap, topic_prefix=settings.topic_prefix, topic=settings.topic,
+                              kafka_config=settings.kafka_config, since=window, champion=champion, workers=1)
+    report, _read = report_from_topic(compare)
+    row = next((m for m in report.models if m.name == candidate), None)
+    if row is None:
+        return {"n": 0.0}
     return {
-        "n": float(paired.n),
-        "agreement": agreement(labels[0], labels[1]) if paired.n else nan,
-        "p50": float(quantiles[0]),
-        "p90": float(quantiles[1]),
-        "p99": float(quantiles[2]),
-        "p999": float(quantiles[3]),
-        "mad": paired.mad(),
-        "correlation": paired.correlation(),
-        "ks": ks_exact(np.array(candidate_scores), np.array(champion_scores)) if paired.n else nan,
-        "error_rate": errors / outputs if outputs else nan,
-        "deadline_met": on_time / outputs if outputs else nan,
+        "n": float(row.paired),
+        "agreement": row.agreement,
+        "p50": row.latency_ms.get("p50", NAN),
+        "p90": row.latency_ms.get("p90", NAN),
+        "p99": row.latency_ms.get("p99", NAN),
+        "p999": row.latency_ms.get("p99.9", NAN),
+        "mad": row.mad,
+        "correlation": row.correlation,
+        "ks": row.ks,
+        "error_rate": row.errors / row.n if row.n else NAN,
+        "deadline_met": row.deadline_met,
     }

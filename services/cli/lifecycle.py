@@ -51,7 +51,7 @@ class LifecycleSettings(KafkaSettings):
     canary: str = setting("canary", "The canary model: a fixed reference that promote refuses to make champion.")
 
     def effective_in_ms(self) -> int:
-        from services.compare_report.ranges import parse_duration_ms
+        from services.core.ranges import parse_duration_ms
 
         return parse_duration_ms(self.effective_in, "--effective-in")
 

@@ -19,10 +19,10 @@ from typing import Any
 from rich.console import Console
 
 from services.compare_report import Report, summarize_records
-from services.compare_report.ranges import OffsetBound, TimeBound, parse_bounds
 from services.compare_report.table import print_report
 from services.core.codec import codec
 from services.core.errors import BadInput, ConfigError
+from services.core.ranges import OffsetBound, TimeBound, parse_bounds
 from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, setting
 from services.core.topic_range import read_spans

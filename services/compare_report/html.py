@@ -28,10 +28,10 @@ from matplotlib.axes import Axes
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 
-from services.compare_report.ranges import format_ms
 from services.compare_report.summary import ModelSummary, Report
 from services.compare_report.table import COLUMNS, caption
 from services.core.errors import ConfigError
+from services.core.ranges import format_ms
 
 LOG_SCALE_SPREAD = 10.0  # latency x axis is logarithmic when max p99 / min p50 exceeds this
 _SVG_METADATA = {"Date": None, "Creator": None, "Format": None, "Type": None}

@@ -28,10 +28,10 @@ from confluent_kafka import KafkaError, Message, TopicPartition
 
 from services.compare_report.columns import Columns
 from services.compare_report.decode import BatchDecoder
-from services.compare_report.ranges import Bounds, OffsetBound, TimeBound
 from services.core.codec import codec
 from services.core.errors import BrokerUnavailable, KafkaOperationError, Source, TopicMissing
 from services.core.kafka import Consumer, partition_counts
+from services.core.ranges import Bounds, OffsetBound, TimeBound
 from services.core.topic_range import PartitionSpan, plan_spans
 
 BATCH = 10_000

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.compare_report.ranges import Bounds, parse_bounds, parse_duration_ms
 from services.core.errors import ConfigError
+from services.core.ranges import Bounds, parse_bounds, parse_duration_ms
 from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, setting
 

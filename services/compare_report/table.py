@@ -8,8 +8,8 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.table import Table
 
-from services.compare_report.ranges import format_ms
 from services.compare_report.summary import LATENCY_QUANTILES, ModelSummary, Report
+from services.core.ranges import format_ms
 
 DASH = "-"
 

@@ -60,8 +60,8 @@ def _kafka_error(exc: KafkaException) -> KafkaError | None:
     return err if isinstance(err, KafkaError) else None
 
 
-class AtLeastOnce:
-    transactional = False
+class _Base:
+    """What both strategies hold: the clients, how to report waiting, and the broker's health."""
 
     def __init__(
         self, producer: Producer, consumer: Consumer, on_wait: Callable[[str], None], health: BrokerHealth,
@@ -69,6 +69,10 @@ class AtLeastOnce:
     ):
         self.producer, self.consumer, self.on_wait, self.retry_s = producer, consumer, on_wait, retry_s
         self.health = health
+
+
+class AtLeastOnce(_Base):
+    transactional = False
 
     def init(self) -> None:
         return None
@@ -96,15 +100,8 @@ class AtLeastOnce:
         return None
 
 
-class ExactlyOnce:
+class ExactlyOnce(_Base):
     transactional = True
-
-    def __init__(
-        self, producer: Producer, consumer: Consumer, on_wait: Callable[[str], None], health: BrokerHealth,
-        retry_s: float = 5.0,
-    ):
-        self.producer, self.consumer, self.on_wait, self.retry_s = producer, consumer, on_wait, retry_s
-        self.health = health
 
     def init(self) -> None:
         """Register the transactional id (aborting a dead predecessor's open transaction)."""

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Protocol
 
@@ -68,3 +69,16 @@ def run_poll_loop(
         handler.on_tick()
         if not messages and on_idle is not None:
             on_idle()
+
+
+def stop_processes(processes: Iterable[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
+    """SIGTERM every live child (they drain and commit), then SIGKILL whichever outlives `timeout`."""
+    live = [p for p in processes if p.poll() is None]
+    for proc in live:
+        proc.terminate()
+    for proc in live:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

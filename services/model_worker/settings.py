@@ -49,7 +49,7 @@ class WorkerSettings(KafkaSettings):
         """--start-at as epoch ms (None when not set)."""
         if not self.start_at:
             return None
-        from services.compare_report.ranges import TimeBound, parse_bound, parse_duration_ms
+        from services.core.ranges import TimeBound, parse_bound, parse_duration_ms
 
         text = self.start_at.strip()
         if text[-1:].isalpha() and not text.lower().startswith("offset:") and "T" not in text:

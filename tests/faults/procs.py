@@ -11,14 +11,15 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from services.core.runtime import stop_processes
+from tests.integration.harness import wait_until
 
 
 def free_port() -> int:
@@ -50,13 +51,14 @@ class Proc:
         return self
 
     def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.ready():
-            if self.process is not None and self.process.poll() is not None:
-                raise AssertionError(f"{self.args[:2]} exited ({self.process.returncode}); log:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.args[:2]} not ready in {timeout}s; log:\n{self.tail()}")
-            time.sleep(0.1)  # polling /readyz
+        try:
+            wait_until(self.ready, timeout, f"{self.args[:2]} to be ready (/readyz)", check=self._running)
+        except AssertionError as err:
+            raise AssertionError(f"{err}; log:\n{self.tail()}") from None
+
+    def _running(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"{self.args[:2]} exited ({self.process.returncode}); log:\n{self.tail()}")
 
     def _get(self, path: str) -> tuple[int, str]:
         try:
@@ -97,14 +99,8 @@ class Proc:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
-        if self.alive():
-            assert self.process is not None
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_processes([self.process], timeout=20)
 
     def rss_peak_kb(self) -> int:
         """Peak resident memory of the live process (VmHWM)."""
@@ -121,9 +117,4 @@ class Proc:
             return ""
 
 
-def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
+until = wait_until

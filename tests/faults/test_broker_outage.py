@@ -58,8 +58,15 @@ def test_broker_down_for_30s_every_request_answered_or_timed_out(own_broker: Loc
         until(lambda: rendezvous.readiness()[0] == 503 and worker.readiness()[0] == 503, 20,
               "both services to report not-ready")
         not_ready = rendezvous.readiness()[1]
-        time.sleep(OUTAGE_S)  # the outage itself: the fault under test, not a wait for readiness
-        assert worker.alive() and rendezvous.alive(), "no crash while the broker is away"
+        outage_ends = time.monotonic() + OUTAGE_S
+
+        def still_down_and_alive() -> None:
+            assert worker.alive() and rendezvous.alive(), "no crash while the broker is away"
+            assert rendezvous.readiness()[0] != 200 and worker.readiness()[0] != 200, "not-ready all along"
+
+        # The outage itself, watched: every poll checks both services are alive and not ready.
+        until(lambda: time.monotonic() >= outage_ends, OUTAGE_S + 10, "the end of the outage",
+              check=still_down_and_alive)
         cpu_used = {p.args[0]: cpu_seconds(p) - cpu_before[p.args[0]] for p in (worker, rendezvous)}
         own_broker.start(fresh=False)
 

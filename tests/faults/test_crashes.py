@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -23,50 +22,48 @@ from services.core.codec import codec
 from services.core.settings import Topics
 from services.model_worker.models import demo_rows
 from tests.faults.procs import Proc, until
-from tests.integration.harness import read_topic
+from tests.integration.harness import PacedSender, read_topic
 
 pytestmark = pytest.mark.kafka
 
 
 class Sender:
-    """Produces `total` valid requests (no return address) at `rate`/s from a thread."""
+    """Produces `total` valid requests (no return address) at `rate`/s from a thread; with
+    `garbage_every`, one undecodable record after every that many valid ones."""
 
     def __init__(self, config: dict[str, Any], topic: str, total: int, rate: float, budget_ms: int = 60_000,
                  garbage_every: int = 0):
-        self.config, self.topic, self.total, self.rate = config, topic, total, rate
-        self.budget_ms, self.garbage_every = budget_ms, garbage_every
+        self.topic, self.budget_ms, self.garbage_every = topic, budget_ms, garbage_every
         self.ids: list[str] = []
         self.garbage = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self._producer = Producer(config)
+        self._requests = codec("request")
+        self._rows = demo_rows(500, seed=21)
+        self._pace = PacedSender(self._send, total, rate, self._flush)
 
-    def _run(self) -> None:
-        producer = Producer(self.config)
-        requests = codec("request")
-        rows = demo_rows(500, seed=21)
-        started = time.monotonic()
-        sent = 0
-        while sent < self.total:
-            due = min(self.total, int((time.monotonic() - started) * self.rate) + 1)
-            while sent < due:
-                record = make_request(rows[sent % len(rows)], budget_ms=self.budget_ms, reply_topic=None,
-                                      reply_partition=None)
-                self.ids.append(record["request_id"])
-                producer.produce(self.topic, requests.encode(record), key=record["request_id"])
-                sent += 1
-                if self.garbage_every and sent % self.garbage_every == 0:
-                    producer.produce(self.topic, b"\x00garbage " + str(sent).encode(), key=b"bad")
-                    self.garbage += 1
-            producer.poll(0)
-            time.sleep(0.005)  # pacing the request rate
-        assert producer.flush(60) == 0
+    @property
+    def sent(self) -> int:
+        return self._pace.sent
+
+    def _send(self, i: int) -> None:
+        record = make_request(self._rows[i % len(self._rows)], budget_ms=self.budget_ms, reply_topic=None,
+                              reply_partition=None)
+        self.ids.append(record["request_id"])
+        self._producer.produce(self.topic, self._requests.encode(record), key=record["request_id"])
+        if self.garbage_every and (i + 1) % self.garbage_every == 0:
+            self._producer.produce(self.topic, b"\x00garbage " + str(i).encode(), key=b"bad")
+            self.garbage += 1
+        self._producer.poll(0)
+
+    def _flush(self) -> None:
+        assert self._producer.flush(60) == 0
 
     def start(self) -> Sender:
-        self.thread.start()
+        self._pace.start()
         return self
 
     def join(self) -> None:
-        self.thread.join(timeout=300)
-        assert not self.thread.is_alive()
+        self._pace.join()
 
 
 @pytest.fixture
@@ -97,7 +94,10 @@ def test_rendezvous_killed_five_times_answers_every_request_exactly_once(
     sender = Sender(config, topics.requests, total, rate=1000.0).start()
     rng = random.Random(7)
     for _kill in range(5):
-        time.sleep(rng.uniform(1.0, 3.0))  # a random moment of the stream: the fault, not a wait
+        # A random moment of the stream: after a random number of answers from this incarnation.
+        moment = rng.randrange(500, 2500)
+        until(lambda m=moment: rendezvous.metric("rdv_answers_total") >= m or sender.sent >= total, 120,
+              f"{moment} answers before the next kill")
         rendezvous.kill(signal.SIGKILL)
         rendezvous.wait(10)
         rendezvous.start()
@@ -122,7 +122,8 @@ def test_model_worker_killed_mid_stream_skips_no_request(
     until(lambda: worker.metric("rdv_model_requests_total") >= 1500, 60, "the worker to score a share")
     worker.kill(signal.SIGKILL)
     worker.wait(10)
-    time.sleep(1.0)  # requests keep arriving while it is down: the fault being tested
+    down_at = sender.sent
+    until(lambda: sender.sent >= down_at + 500, 60, "500 requests to arrive while the worker is down")
     worker.start()
     sender.join()
 

@@ -66,13 +66,50 @@ class Services:
             raise self.errors[0]
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll a real condition until it holds (never a blind sleep)."""
+POLL_S = 0.05
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, *, check: Callable[[], None] | None = None
+) -> None:
+    """Poll a real condition until it holds; `check` (e.g. "the service is still alive") runs on
+    every poll and fails the wait early. The one polling pause of the test suite lives here."""
     deadline = time.monotonic() + timeout
     while not condition():
+        if check is not None:
+            check()
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(POLL_S)
+
+
+class PacedSender:
+    """Calls `send(i)` for i = 0..total-1 at `rate` per second from a thread, then `finish()`."""
+
+    def __init__(self, send: Callable[[int], None], total: int, rate: float,
+                 finish: Callable[[], None] = lambda: None):
+        self.send, self.total, self.rate, self.finish = send, total, rate, finish
+        self.sent = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        while self.sent < self.total:
+            due = min(self.total, int((time.monotonic() - started) * self.rate) + 1)
+            while self.sent < due:
+                self.send(self.sent)
+                self.sent += 1
+            # A fixed request rate: wait for the moment the next request is due.
+            time.sleep(max(0.0, started + self.sent / self.rate - time.monotonic()))
+        self.finish()
+
+    def start(self) -> PacedSender:
+        self.thread.start()
+        return self
+
+    def join(self, timeout: float = 300.0) -> None:
+        self.thread.join(timeout=timeout)
+        assert not self.thread.is_alive(), "the sender did not finish"
 
 
 def read_topic(

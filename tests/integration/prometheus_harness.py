@@ -23,7 +23,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -31,6 +30,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from services.core.runtime import stop_processes
+from tests.integration.harness import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = REPO / "deploy" / "grafana" / "dashboards"
@@ -83,24 +85,14 @@ class ChildProcesses:
 
     def wait(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
         """Poll a real condition, failing fast (with the log) if a child died meanwhile."""
-        deadline = time.monotonic() + timeout
-        while not condition():
-            self.check_alive()
-            if time.monotonic() > deadline:
-                logs = "\n".join(f"--- {name}\n{self.tail(name, 8)}" for name in self.procs)
-                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{logs}")
-            time.sleep(0.2)  # polling an external condition, not a readiness guess
+        try:
+            wait_until(condition, timeout, what, check=self.check_alive)
+        except AssertionError as err:
+            logs = "\n".join(f"--- {name}\n{self.tail(name, 8)}" for name in self.procs)
+            raise AssertionError(f"{err}\n{logs}") from None
 
     def stop_all(self, timeout: float = 15.0) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.procs.values(), timeout)
 
 
 # ----- Prometheus -----------------------------------------------------------------------------------

@@ -17,10 +17,10 @@ import pytest
 from confluent_kafka import Producer
 
 from services.client.client import Client
-from services.compare_report.ranges import Bounds, OffsetBound, TimeBound
 from services.compare_report.reader import plan, read_range
 from services.compare_report.workers import read_parallel
 from services.core.codec import codec
+from services.core.ranges import Bounds, OffsetBound, TimeBound
 from services.core.settings import Topics
 from services.model_worker.models import demo_rows
 from tests.integration.harness import Services, read_topic

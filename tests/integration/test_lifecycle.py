@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
 import pytest
@@ -15,30 +13,10 @@ from services.core.settings import Topics
 from services.model_worker.models import demo_rows
 from services.rendezvous.control import encode_schedule, load_book
 from services.rendezvous.schedule import Schedule
-from tests.integration.harness import Services, read_topic, wait_until
+from tests.integration.harness import PacedSender, Services, read_topic, wait_until
 from tests.integration.test_cli import assert_one_line_error, rendezvous
 
 pytestmark = pytest.mark.kafka
-
-
-class Stream:
-    """Sends `total` requests at a steady rate from a thread; counts what was sent."""
-
-    def __init__(self, client: Client, total: int, rate: float):
-        self.client, self.total, self.rate = client, total, rate
-        self.sent = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        rows = demo_rows(1000, seed=11)
-        started = time.monotonic()
-        while self.sent < self.total:
-            due = min(self.total, int((time.monotonic() - started) * self.rate) + 1)
-            while self.sent < due:
-                self.client.submit(rows[self.sent % len(rows)])
-                self.sent += 1
-            time.sleep(0.005)  # pacing a fixed request rate
-        self.client.flush()
 
 
 def test_promote_and_rollback_during_a_stream_switch_exactly_at_the_effective_time(
@@ -51,8 +29,8 @@ def test_promote_and_rollback_during_a_stream_switch_exactly_at_the_effective_ti
     total = 5000
     with Client(config, topics, budget_ms=20_000, answer_wait_s=60) as client:
         # 250 requests/s for 20 s: each CLI call (a fresh process) takes a few seconds.
-        stream = Stream(client, total, rate=250.0)
-        stream.thread.start()
+        rows = demo_rows(1000, seed=11)
+        stream = PacedSender(lambda i: client.submit(rows[i % len(rows)]), total, 250.0, client.flush).start()
         wait_until(lambda: stream.sent >= 1000, 60, "the first requests")
         promoted = rendezvous("promote", "challenger", *common)
         assert promoted.returncode == 0, promoted.stderr
@@ -60,7 +38,7 @@ def test_promote_and_rollback_during_a_stream_switch_exactly_at_the_effective_ti
         wait_until(lambda: stream.sent >= after_promotion, 60, "requests under the promoted schedule")
         rolled = rendezvous("rollback", *common)
         assert rolled.returncode == 0, rolled.stderr
-        stream.thread.join(timeout=120)
+        stream.join(timeout=120)
         assert stream.sent == total
 
     answers = read_topic(config, topics.answers, expect=total, decode="answer", timeout=120)

@@ -16,13 +16,13 @@ from services.cli.main import main
 from services.compare_report.columns import Columns
 from services.compare_report.decode import BatchDecoder
 from services.compare_report.html import render_html
-from services.compare_report.ranges import Bounds, OffsetBound, TimeBound, parse_bound, parse_bounds, parse_duration_ms
 from services.compare_report.settings import CompareSettings
 from services.compare_report.summary import Report, summarize, summarize_records
 from services.compare_report.table import print_report
 from services.compare_report.workers import split
 from services.core.codec import codec
 from services.core.errors import ConfigError
+from services.core.ranges import Bounds, OffsetBound, TimeBound, parse_bound, parse_bounds, parse_duration_ms
 from services.core.settings import from_namespace
 from services.core.topic_range import PartitionSpan
 

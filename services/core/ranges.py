@@ -1,4 +1,5 @@
-"""The range flags of `rendezvous compare`, parsed before any broker is contacted.
+"""Time and offset range flags (compare, replay, promote --window, --start-at), parsed before any
+broker is contacted.
 
     --since 10m                      the last 10 minutes, up to the end of the topic
     --from 2024-05-01T12:00Z         an ISO time (no zone given = UTC, so a range means the same
