@@ -30,7 +30,7 @@ from services.comparison.settings import ComparisonSettings
 from services.comparison.window import ChampionTracker, References, SlidingWindow
 from services.core.codec import codec
 from services.core.deadletter import DeadLetters
-from services.core.errors import BadInput, DecodeFailed
+from services.core.errors import BadInput, DecodeFailed, UnexpectedFailure
 from services.core.kafka import Consumer, Producer, partition_counts
 from services.core.metrics import DECODE_ERRORS
 from services.core.runtime import now_ms, run_poll_loop
@@ -94,7 +94,7 @@ class ComparisonService:
             })
             stack.callback(consumer.close)
             self._consumer, self._producer = consumer, producer
-            self._dead = DeadLetters(producer, self.topics.deadletter, SERVICE)
+            self._dead = DeadLetters.for_topic(producer, config, self.topics.deadletter, SERVICE)
             consumer.subscribe([self.topics.log], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                on_lost=self._on_lost)
             log.info("comparison reading %s (window %gs in %d buckets)", self.topics.log,
@@ -127,7 +127,13 @@ class ComparisonService:
                 self._reject(msg, err)
                 rejected += 1
                 continue
-            self.observe(record, tally)
+            try:
+                self.observe(record, tally)
+            # One record must never stop the service: dead-letter whatever it made fail, go on.
+            except Exception as exc:
+                log.exception("unexpected failure on %s[%s]@%s", msg.topic(), msg.partition(), msg.offset())
+                self._reject(msg, UnexpectedFailure(f"processing failed: {type(exc).__name__}: {exc}"))
+                rejected += 1
         tally.apply()
         self.window.compact()
         self.processed += len(messages) - rejected

@@ -1,47 +1,121 @@
-"""Dead-lettering: a record a service cannot use goes to the dead-letter topic, with why."""
+"""Dead-lettering: a record a service cannot use goes to the dead-letter topic, with why.
+
+A dead letter must always fit the topic, whatever the record it reports: a record near the
+broker's size limit, wrapped with a reason, would exceed it, the produce would fail, and the
+service would stop on that record at every restart (a poison pill). So the original value is
+kept whole only up to `excerpt_bytes` (at most a quarter of the dead-letter topic's
+`max.message.bytes`); a larger one is cut to an excerpt and marked `truncated`, and the source
+topic/partition/offset say where to read it whole. If the broker still refuses the dead letter,
+it is sent once more without key and value, and if that fails too the failure is counted and
+logged with the record's reference: one bad record never stops a service.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Mapping
+from typing import Any
 
-from confluent_kafka import Message
+from confluent_kafka import KafkaException, Message
+from confluent_kafka.admin import ConfigResource
+from prometheus_client import Counter
 
 from services.core.codec import codec
-from services.core.errors import BadInput
-from services.core.kafka import Producer
+from services.core.errors import BadInput, KafkaOperationError
+from services.core.kafka import Producer, admin
 from services.core.metrics import DEAD_LETTERS
 from services.core.runtime import now_ms
 
 log = logging.getLogger(__name__)
 
+DEFAULT_EXCERPT_BYTES = 64 * 1024
+KEY_BYTES = 256
+REASON_CHARS = 1000
+_OBJECT_ADDRESS = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-f]+>")
+
+DEAD_LETTER_FAILURES = Counter(
+    "rdv_deadletter_failures_total",
+    "Dead letters the broker refused even without the original bytes (the record was skipped all the same).",
+    ["service", "topic"],
+)
+
+
+def clean_reason(text: str) -> str:
+    """A reason fit for a person: no object addresses, at most REASON_CHARS characters."""
+    text = _OBJECT_ADDRESS.sub("", text).strip()
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"
+
+
+def excerpt_limit(config: Mapping[str, Any], topic: str, timeout: float = 10.0) -> int:
+    """How much of an original value a dead letter on `topic` may carry (a quarter of its
+    max.message.bytes, at most DEFAULT_EXCERPT_BYTES); the default if the broker does not say."""
+    try:
+        future = admin(config).describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)],
+                                                request_timeout=timeout)
+        entries = next(iter(future.values())).result()
+        limit = int(entries["max.message.bytes"].value)
+    except (KafkaException, KeyError, ValueError, StopIteration) as exc:
+        log.debug("max.message.bytes of %s unknown (%s): dead letters keep %d bytes", topic, exc,
+                  DEFAULT_EXCERPT_BYTES)
+        return DEFAULT_EXCERPT_BYTES
+    return max(256, min(DEFAULT_EXCERPT_BYTES, limit // 4))
+
 
 class DeadLetters:
-    """Writes DeadLetter records for one service; the original bytes travel untouched."""
+    """Writes DeadLetter records for one service; originals travel untouched up to `excerpt_bytes`."""
 
-    def __init__(self, producer: Producer, topic: str, service: str):
+    def __init__(self, producer: Producer, topic: str, service: str, excerpt_bytes: int = DEFAULT_EXCERPT_BYTES):
         self._producer = producer
         self._topic = topic
         self._service = service
+        self._excerpt = excerpt_bytes
         self._codec = codec("deadletter")
 
-    def send(self, msg: Message, error: BadInput) -> None:
+    @classmethod
+    def for_topic(cls, producer: Producer, config: Mapping[str, Any], topic: str, service: str) -> DeadLetters:
+        """Dead letters sized for what `topic` accepts."""
+        return cls(producer, topic, service, excerpt_limit(config, topic))
+
+    def send(self, msg: Message, error: BadInput | Exception) -> None:
+        """Dead-letter `msg` with the reason; never raises for the record's size or shape."""
         source_topic = msg.topic() or "?"
+        error_type = type(error).__name__
+        reason = clean_reason(str(error.message) if isinstance(error, BadInput) else f"{error_type}: {error}")
+        record = self._record(msg, reason, error_type, self._excerpt)
+        key = record["key"]
+        try:
+            self._producer.produce(self._topic, self._codec.encode(record), key=key)
+        except KafkaOperationError as first:
+            # E.g. a producer message.max.bytes below the excerpt: send the reference alone.
+            record = self._record(msg, reason, error_type, 0)
+            try:
+                self._producer.produce(self._topic, self._codec.encode(record), key=key)
+            except KafkaOperationError as second:
+                DEAD_LETTER_FAILURES.labels(self._service, source_topic).inc()
+                log.error("cannot dead-letter %s[%s]@%s (%s; then %s); skipped it: %s", source_topic,
+                          msg.partition(), msg.offset(), first, second, reason)
+                return
+        DEAD_LETTERS.labels(self._service, source_topic, error_type).inc()
+        log.warning("dead-lettered %s[%s]@%s: %s", source_topic, msg.partition(), msg.offset(), reason)
+
+    def _record(self, msg: Message, reason: str, error_type: str, excerpt: int) -> dict[str, Any]:
         _kind, timestamp = msg.timestamp()
         key = msg.key()
-        record = {
-            "reason": str(error.message),
-            "error_type": type(error).__name__,
+        key = key if isinstance(key, bytes) else None
+        value = msg.value()
+        truncated = (key is not None and len(key) > KEY_BYTES) or (value is not None and len(value) > excerpt)
+        return {
+            "reason": reason,
+            "error_type": error_type,
             "service": self._service,
-            "source_topic": source_topic,
+            "source_topic": msg.topic() or "?",
             "source_partition": msg.partition(),
             "source_offset": msg.offset(),
             "source_timestamp": timestamp if timestamp and timestamp > 0 else None,
-            "key": key if isinstance(key, bytes) else None,
-            "value": msg.value(),
+            "key": key[:KEY_BYTES] if key is not None else None,
+            "value": value[:excerpt] if value is not None else None,
             "rejected_at": now_ms(),
+            "value_size": len(value) if value is not None else None,
+            "truncated": truncated,
         }
-        self._producer.produce(self._topic, self._codec.encode(record), key=key)
-        DEAD_LETTERS.labels(self._service, source_topic, type(error).__name__).inc()
-        log.warning(
-            "dead-lettered %s[%s]@%s: %s", source_topic, msg.partition(), msg.offset(), error.message
-        )

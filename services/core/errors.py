@@ -10,7 +10,9 @@
     │   └── DeliveryFailed           the broker did not take a produced record
     └── BadInput                     one record that cannot be used (dead-letter it, go on)
         ├── UnknownFingerprint       single-object header names a schema we do not know
-        └── DecodeFailed             bytes that are not a valid record of the schema
+        ├── DecodeFailed             bytes that are not a valid record of the schema
+        └── UnexpectedFailure        handling this one record raised unexpectedly (a bug or an
+                                     input nobody foresaw): dead-lettered, the service goes on
 
 Services catch `BadInput` per record (dead-letter + count) and let everything else end
 the service with one clear line (the CLI prints `str(err)`, not a traceback).
@@ -89,3 +91,7 @@ class UnknownFingerprint(BadInput):
 
 class DecodeFailed(BadInput):
     """The bytes are not a valid single-object encoded record."""
+
+
+class UnexpectedFailure(BadInput):
+    """Handling one record raised something no check foresaw; the record is dead-lettered."""

@@ -122,7 +122,7 @@ class ModelWorker:
             })
             stack.callback(consumer.close)
             consumer.subscribe([self.topics.requests], on_assign=self._on_assign)
-            dead_letters = DeadLetters(producer, self.topics.deadletter, SERVICE)
+            dead_letters = DeadLetters.for_topic(producer, config, self.topics.deadletter, SERVICE)
             committer = AtLeastOnce(producer, consumer, self._waiting, self.health)
             handler = _BatchScorer(self, consumer, producer, dead_letters, committer, stop)
             log.info("model %s %s (%s) scoring %s", self.name, self.version, self.instance,
@@ -250,9 +250,15 @@ class _BatchScorer:
             }
             # Same partition number as the request: co-partitioning holds whatever
             # partitioner the request's producer used (Java murmur2, librdkafka crc32, ...).
-            self.producer.produce(
-                w.topics.scores, w._scores.encode(record), key=msg.key(), partition=msg.partition()
-            )
+            try:
+                value = w._scores.encode(record)
+            # A model output Avro cannot carry (e.g. a label that is not a string) is that
+            # request's error, never the worker's end.
+            except Exception as exc:  # noqa: BLE001
+                errors += result.error is None
+                record.update(score=None, label=None, error=f"model output not encodable: {exc}"[:1000])
+                value = w._scores.encode(record)
+            self.producer.produce(w.topics.scores, value, key=msg.key(), partition=msg.partition())
         w.scored += len(requests)
         child(SCORES, *w._labels, "ok").inc(len(requests) - errors)
         if errors:

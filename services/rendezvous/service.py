@@ -30,7 +30,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from services.core.commits import AtLeastOnce, Committer, ExactlyOnce, TransactionAborted
 from services.core.deadletter import DeadLetters
-from services.core.errors import BadInput, ConfigError, DecodeFailed, RendezvousError
+from services.core.errors import BadInput, ConfigError, DecodeFailed, RendezvousError, UnexpectedFailure
 from services.core.health import BrokerHealth
 from services.core.kafka import Consumer, Producer, partition_counts
 from services.core.metrics import DECODE_ERRORS
@@ -133,7 +133,7 @@ class Rendezvous:
             })
             stack.callback(consumer.close)
             self._producer, self._consumer = producer, consumer
-            self._dead = DeadLetters(producer, self.topics.deadletter, SERVICE)
+            self._dead = DeadLetters.for_topic(producer, config, self.topics.deadletter, SERVICE)
             self._replies = ReplyRouter(self._reply_producer(producer, config, exactly_once, stack), config)
             self._control = ControlFeed(config, self.topics.control)
             stack.callback(self._control.close)
@@ -215,10 +215,17 @@ class Rendezvous:
         requests, scores = self.topics.requests, self.topics.scores
         for msg in messages:
             topic = msg.topic()
-            if topic == scores:
-                self.join.on_score(msg, now)
-            elif topic == requests:
-                self.join.on_request(msg, now)
+            try:
+                if topic == scores:
+                    self.join.on_score(msg, now)
+                elif topic == requests:
+                    self.join.on_request(msg, now)
+            # One record must never stop the service: whatever it made fail is dead-lettered,
+            # counted, and the stream goes on (the traceback goes to the log for a developer).
+            except Exception as exc:
+                log.exception("unexpected failure on %s[%s]@%s", topic, msg.partition(), msg.offset())
+                self.join.offsets.track(msg, None)
+                self.reject(msg, UnexpectedFailure(f"processing failed: {type(exc).__name__}: {exc}"))
 
     def on_tick(self) -> None:
         assert self._control is not None and self._producer is not None and self._consumer is not None

@@ -1,0 +1,56 @@
+"""Hostile and careless input never stops a service (regressions of what probing found)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from services.client.client import make_request
+from services.core.codec import codec
+from services.core.deadletter import DEFAULT_EXCERPT_BYTES, KEY_BYTES
+from services.core.settings import Topics
+from services.model_worker.models import demo_rows
+from tests.integration.harness import Services, read_topic
+
+pytestmark = pytest.mark.kafka
+
+# Just under librdkafka's default message.max.bytes (1,000,000): the broker takes it as it is,
+# but a dead letter wrapping all of it would not fit.
+POISON_BYTES = 990_000
+
+
+def test_a_record_near_the_size_limit_is_dead_lettered_as_an_excerpt_and_the_stream_goes_on(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    worker = services.worker(bootstrap, prefix, "demo:champion", dead_letter=True)
+    rendezvous = services.rendezvous(bootstrap, prefix, models=("champion",))
+    requests = codec("request")
+    producer = Producer(config)
+    poison = os.urandom(POISON_BYTES)
+    long_key = b"k" * 1000
+    producer.produce(topics.requests, poison, key=long_key, partition=0)
+    good_ids = []
+    for row in demo_rows(20, seed=3):
+        record = make_request(row, budget_ms=20_000, reply_topic=None, reply_partition=None)
+        good_ids.append(record["request_id"])
+        producer.produce(topics.requests, requests.encode(record), key=record["request_id"])
+    assert producer.flush(30) == 0
+
+    answers = read_topic(config, topics.answers, expect=20, decode="answer")
+    assert sorted(a["request_id"] for a in answers) == sorted(good_ids)
+    assert {a["status"] for a in answers} == {"OK"}
+    # One dead letter from the rendezvous, one from the worker (it was asked to dead-letter too).
+    dead = read_topic(config, topics.deadletter, expect=2, decode="deadletter")
+    assert sorted(d["service"] for d in dead) == ["model_worker", "rendezvous"]
+    for letter in dead:
+        assert letter["truncated"] is True
+        assert letter["value_size"] == POISON_BYTES
+        assert letter["value"] == poison[: len(letter["value"])]
+        assert 0 < len(letter["value"]) <= DEFAULT_EXCERPT_BYTES
+        assert letter["key"] == long_key[:KEY_BYTES]
+        assert (letter["source_topic"], letter["source_partition"]) == (topics.requests, 0)
+        assert "object at 0x" not in letter["reason"]
+    assert worker.scored == 20 and rendezvous.answered == 20
