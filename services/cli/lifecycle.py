@@ -19,13 +19,13 @@ from rich.console import Console
 from rich.table import Table
 
 from services.cli.gate import Verdict, evaluate, parse_requirements
+from services.control.schedule import Schedule
+from services.control.topic import ScheduleBook, load_book, publish
 from services.core.codec import codec
 from services.core.errors import BadInput, ConfigError
 from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, parse_pairs, setting
 from services.core.topic_range import read_spans
-from services.rendezvous.control import ScheduleBook, load_book, publish
-from services.rendezvous.schedule import Schedule
 
 FiguresFn = Callable[[KafkaSettings, str, str, int], dict[str, float]]
 

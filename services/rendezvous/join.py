@@ -18,15 +18,15 @@ from typing import Any, Protocol
 
 from confluent_kafka import Message
 
+from services.control.schedule import Decision, Schedule, Status
+from services.control.topic import ScheduleBook
 from services.core.codec import codec
 from services.core.errors import BadInput, DecodeFailed
 from services.core.metrics import child
 from services.rendezvous import metrics as m
-from services.rendezvous.control import ScheduleBook
 from services.rendezvous.mailbox import Arrival, Mailbox
 from services.rendezvous.offsets import OffsetBook
 from services.rendezvous.recovery import Finished
-from services.rendezvous.schedule import Decision, Schedule, Status
 from services.rendezvous.settings import RendezvousSettings
 from services.rendezvous.timers import DeadlineHeap
 

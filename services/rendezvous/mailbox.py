@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.rendezvous.schedule import Decision, Outcome, Schedule
+from services.control.schedule import Decision, Outcome, Schedule
 
 
 @dataclass(slots=True)

@@ -28,6 +28,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
+from services.control.schedule import Schedule
+from services.control.topic import ControlFeed, ControlRecord, ScheduleBook, encode_schedule
 from services.core.commits import AtLeastOnce, Committer, ExactlyOnce, TransactionAborted
 from services.core.deadletter import DeadLetters
 from services.core.errors import BadInput, ConfigError, DecodeFailed, RendezvousError, UnexpectedFailure
@@ -36,12 +38,10 @@ from services.core.kafka import Consumer, Producer, partition_counts
 from services.core.metrics import DECODE_ERRORS
 from services.core.runtime import now_ms, run_poll_loop
 from services.rendezvous import metrics as m
-from services.rendezvous.control import ControlFeed, ControlRecord, ScheduleBook, encode_schedule
 from services.rendezvous.join import Join
 from services.rendezvous.mailbox import Mailbox
 from services.rendezvous.recovery import scan_finished
 from services.rendezvous.replies import ReplyRouter
-from services.rendezvous.schedule import Schedule
 from services.rendezvous.settings import RendezvousSettings
 
 log = logging.getLogger(__name__)

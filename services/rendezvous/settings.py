@@ -6,9 +6,9 @@ import dataclasses
 import socket
 from dataclasses import dataclass
 
+from services.control.schedule import Schedule
 from services.core.errors import ConfigError
 from services.core.settings import KafkaSettings, parse_pairs, setting
-from services.rendezvous.schedule import Schedule
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,11 @@ import pytest
 from confluent_kafka import Producer
 
 from services.client.client import Client, make_request
+from services.control.schedule import Schedule
+from services.control.topic import encode_schedule, load_book
 from services.core.codec import codec
 from services.core.settings import Topics
 from services.model_worker.models import demo_rows
-from services.rendezvous.control import encode_schedule, load_book
-from services.rendezvous.schedule import Schedule
 from tests.integration.harness import PacedSender, Services, read_topic, wait_until
 from tests.integration.test_cli import assert_one_line_error, rendezvous
 

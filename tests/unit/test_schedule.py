@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from services.control.schedule import Outcome, Schedule, Status
 from services.core.errors import ConfigError
-from services.rendezvous.schedule import Outcome, Schedule, Status
 
 OK = Outcome(usable=True)
 FAILED = Outcome(usable=False, error="ValueError: boom")

@@ -18,10 +18,10 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 
+from services.control.schedule import Schedule
 from services.core.codec import codec
 from services.core.errors import BadInput, ConfigError, DecodeFailed
 from services.core.kafka import Consumer, Producer, partition_counts
-from services.rendezvous.schedule import Schedule
 
 log = logging.getLogger(__name__)
 
