@@ -36,9 +36,11 @@ def with_bootstrap(settings: S) -> S:
 
 def topic_specs(topics: Topics, partitions: int) -> dict[str, tuple[int, Mapping[str, str]]]:
     """Every topic of a deployment; requests and scores get equal partition counts (the join)."""
+    # The broker stamps requests and scores with its own clock: the rendezvous decides by it.
+    log_time = {"message.timestamp.type": "LogAppendTime"}
     return {
-        topics.requests: (partitions, {}),
-        topics.scores: (partitions, {}),
+        topics.requests: (partitions, log_time),
+        topics.scores: (partitions, log_time),
         topics.answers: (partitions, {}),
         topics.log: (partitions, {}),
         topics.deadletter: (1, {"retention.ms": str(14 * 24 * 3600 * 1000)}),

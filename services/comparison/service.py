@@ -6,10 +6,9 @@ the champion tracker, the frozen "self" references and the event-time window. Ev
 `export_interval_s` the window is merged and the gauges are rebuilt (metrics.py).
 
 Commit order: every record read is finished when its batch returns, and this service produces
-nothing but dead letters. So at most every `commit_interval_ms` (and when partitions are
-revoked, and at shutdown) it flushes the producer if anything was dead-lettered since the last
-commit, then commits the positions after the last records handled. A synchronous commit per
-batch would cost a broker round trip every ~2000 records for no gain in safety.
+nothing but dead letters. The shared skeleton (services/core/service.py) commits, at most every
+`commit_interval_ms`, off the poll loop (and when partitions are revoked, and at shutdown): it
+flushes the dead letters, then commits the positions after the last records handled.
 After a restart the window starts empty from the committed position (the gauges fill again
 within one window); counters are process-lifetime, as Prometheus expects of counters.
 """
@@ -19,11 +18,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import ExitStack
 from math import isfinite
 from typing import Any
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import Message
 
 from services.comparison import metrics as m
 from services.comparison.settings import ComparisonSettings
@@ -31,9 +29,10 @@ from services.comparison.window import ChampionTracker, References, SlidingWindo
 from services.core.codec import codec
 from services.core.deadletter import DeadLetters
 from services.core.errors import BadInput, DecodeFailed, UnexpectedFailure
-from services.core.kafka import Consumer, Producer, partition_counts
+from services.core.kafka import partition_counts
 from services.core.metrics import DECODE_ERRORS
-from services.core.runtime import now_ms, run_poll_loop
+from services.core.runtime import now_ms
+from services.core.service import Context, SimpleHandler, StreamService, StreamSpec
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +52,13 @@ def validate(record: dict[str, Any], latest_ok_ms: int) -> None:
             raise DecodeFailed(f"output of {out['model']!r} has latency_ms {out['latency_ms']}")
 
 
-class ComparisonService:
+class ComparisonService(SimpleHandler):
     """One comparison instance; `run(stop)` until the flag is set."""
 
     def __init__(self, settings: ComparisonSettings):
+        super().__init__()
         self.settings = settings
         self.topics = settings.topics()
-        self.ready = threading.Event()
         self.processed = 0
         self.window = SlidingWindow(settings.bucket_ms(), settings.buckets)
         self.champion = ChampionTracker(settings.champion)
@@ -69,52 +68,42 @@ class ComparisonService:
         self._series: dict[tuple[str, str], tuple[str, str]] = {}  # raw (model, version) -> labels
         self._codec = codec("comparison")
         self._export_every = settings.export_interval_s
-        self._next_export = 0.0
-        self._commit_every = settings.commit_interval_ms / 1000.0
-        self._next_commit = 0.0
-        self._uncommitted: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset
-        self._unflushed = False  # dead letters produced since the last commit
-        self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
+        self._next_export = time.monotonic() + self._export_every
         self._dead: DeadLetters | None = None
+        self.service = StreamService(StreamSpec(
+            name=SERVICE, config=settings.librdkafka(), subscription=[self.topics.log],
+            group_id=settings.group_id(), processing="at-least-once",
+            commit_interval_ms=settings.commit_interval_ms, max_batch=settings.max_batch, max_wait_s=0.2,
+            connect_timeout_s=settings.connect_timeout_s,
+            # The rendezvous writes the log in transactions: an aborted record was never logged.
+            consumer_config={"auto.offset.reset": settings.start_from, "isolation.level": "read_committed"},
+        ), self)
+        self.ready = self.service.ready
+
+    def readiness(self) -> tuple[bool, str]:
+        return self.service.readiness()
 
     def run(self, stop: threading.Event) -> None:
-        config = self.settings.librdkafka()
-        partition_counts(config, [self.topics.log, self.topics.deadletter],
+        partition_counts(self.settings.librdkafka(), [self.topics.log, self.topics.deadletter],
                          timeout=self.settings.connect_timeout_s)
-        with ExitStack() as stack:
-            producer = Producer(config)
-            stack.callback(producer.close)
-            consumer = Consumer({
-                **config,
-                "group.id": self.settings.group_id(),
-                "auto.offset.reset": self.settings.start_from,
-                # The rendezvous may write the log in transactions: an aborted record is not a request.
-                "isolation.level": "read_committed",
-            })
-            stack.callback(consumer.close)
-            self._consumer, self._producer = consumer, producer
-            self._dead = DeadLetters.for_topic(producer, config, self.topics.deadletter, SERVICE)
-            consumer.subscribe([self.topics.log], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                               on_lost=self._on_lost)
-            log.info("comparison reading %s (window %gs in %d buckets)", self.topics.log,
-                     self.settings.window_s, self.settings.buckets)
-            self._next_export = time.monotonic() + self._export_every
-            run_poll_loop(consumer, self, stop, max_batch=self.settings.max_batch, max_wait=0.2)
-            self._commit()
-            self.export()
-            log.info("comparison stopping after %d records", self.processed)
+        log.info("comparison reading %s (window %gs in %d buckets)", self.topics.log,
+                 self.settings.window_s, self.settings.buckets)
+        self.service.run(stop)
+        self.export()
+        log.info("comparison stopping after %d records", self.processed)
+
+    def start(self, ctx: Context) -> None:
+        super().start(ctx)
+        self._dead = DeadLetters.for_topic(ctx.outputs, ctx.config, self.topics.deadletter, SERVICE)
 
     # -- the poll loop's handler -----------------------------------------------------------
 
     def next_wakeup(self) -> float:
-        due = min(self._next_export, self._next_commit) if self._uncommitted else self._next_export
-        return max(0.0, due - time.monotonic())
+        return max(0.0, self._next_export - time.monotonic())
 
     def on_batch(self, messages: list[Message]) -> None:
         if not messages:
             return
-        assert self._consumer is not None and self._producer is not None
         tally = m.Tally()
         decode = self._codec.decode
         latest_ok = now_ms() + int(self.settings.future_tolerance_s * 1000)
@@ -137,32 +126,11 @@ class ComparisonService:
         tally.apply()
         self.window.compact()
         self.processed += len(messages) - rejected
-        self._unflushed = self._unflushed or rejected > 0
-        for tp in _next_offsets(messages):
-            self._uncommitted[(tp.topic, tp.partition)] = tp.offset
+        self.positions.advance(messages)
 
     def on_tick(self) -> None:
-        assert self._producer is not None
-        self._producer.poll(0)
-        now = time.monotonic()
-        if self._uncommitted and now >= self._next_commit:
-            self._commit()
-        if now >= self._next_export:
+        if time.monotonic() >= self._next_export:
             self.export()
-
-    def _commit(self) -> None:
-        """Commit the positions after every record handled; dead letters are acknowledged first."""
-        assert self._consumer is not None and self._producer is not None
-        self._next_commit = time.monotonic() + self._commit_every
-        if not self._uncommitted:
-            return
-        if self._unflushed:
-            self._producer.flush()
-            self._unflushed = False
-        offsets = [TopicPartition(topic, partition, offset)
-                   for (topic, partition), offset in self._uncommitted.items()]
-        self._consumer.commit(offsets)
-        self._uncommitted.clear()
 
     # -- records ---------------------------------------------------------------------------
 
@@ -229,26 +197,3 @@ class ComparisonService:
 
     def _labels_seen(self) -> set[str]:
         return {model for model, _version in self._touched}
-
-    def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        log.info("comparison assigned %s", [p.partition for p in partitions])
-        self.ready.set()
-
-    def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        log.info("comparison revoked %s: committing what it handled", [p.partition for p in partitions])
-        if self._consumer is not None and self._producer is not None:
-            self._commit()
-
-    def _on_lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        # Another member may own these already: committing now could overwrite its progress.
-        log.warning("comparison lost %s: not committing them", [p.partition for p in partitions])
-        for p in partitions:
-            self._uncommitted.pop((p.topic, p.partition), None)
-
-
-def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
-    """Commit positions: one past the last record read, per partition (a partition's records
-    arrive in offset order, so its last record in the batch has its highest offset)."""
-    last = {(msg.topic(), msg.partition()): msg for msg in messages}
-    return [TopicPartition(topic or "", partition or 0, (msg.offset() or 0) + 1)
-            for (topic, partition), msg in last.items()]

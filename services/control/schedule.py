@@ -1,7 +1,6 @@
 """The schedule: which model's answer is returned, and how long to wait for each.
 
-A schedule is an immutable value; the rendezvous swaps it whole (a later issue makes that
-live from the control topic). The policy, applied whenever something happens to a request:
+A schedule is an immutable value. The policy, applied whenever something happens to a request:
 
 - walk the models in preference order;
 - a model with a usable score wins at once (status OK for the first, FALLBACK otherwise);
@@ -9,6 +8,11 @@ live from the control topic). The policy, applied whenever something happens to 
 - a model that has not answered yet is waited for until its give-up time
   (created_at + its wait, capped by the deadline); after that it is skipped;
 - when every model was skipped: ERROR if they all failed, TIMEOUT otherwise.
+
+Time here is the *log's* clock, so that any instance deciding from the same records decides
+the same (see services/rendezvous/join.py): a score counts for a model if the broker appended
+it at or before that model's give-up time (`Outcome.at`), and a model is given up once the
+partition's clock (the newest append time read) has passed its give-up time.
 """
 
 from __future__ import annotations
@@ -33,17 +37,22 @@ class Status(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What one model reported for one request."""
+    """What one model reported for one request, and when the log took it (epoch ms)."""
 
     usable: bool
     error: str | None = None
+    at: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """The answer, and `at`: the log time by which it was determined (the winning score's append
+    time, or the give-up times it had to pass), the same for every instance that decides it."""
+
     status: Status
     model: str | None
     reason: str
+    at: int = 0
 
 
 @dataclass(frozen=True)
@@ -117,32 +126,45 @@ class Schedule:
         return (model, *(m for m in self.models if m != model))
 
     def decide(
-        self, outcomes: Mapping[str, Outcome], created_at: int, deadline: int, now: int, request_id: str = ""
+        self, outcomes: Mapping[str, Outcome], created_at: int, deadline: int, clock: int, request_id: str = ""
     ) -> Decision | None:
-        """The answer to send now, or None to keep waiting."""
+        """The answer once the log's clock reads `clock`, or None to keep waiting.
+
+        An outcome appended after its model's give-up time is late: it counts as not there.
+        """
         skipped: list[str] = []
+        at = created_at
         order = self.order_for(request_id)
         for rank, model in enumerate(order):
+            give_up = self.give_up_at(model, created_at, deadline)
             outcome = outcomes.get(model)
+            if outcome is not None and outcome.at > give_up:
+                outcome = None
             if outcome is not None and outcome.usable:
+                at = max(at, outcome.at)
                 if rank == 0:
-                    return Decision(Status.OK, model, "preferred model answered")
-                return Decision(Status.FALLBACK, model, "fallback: " + "; ".join(skipped))
+                    return Decision(Status.OK, model, "preferred model answered", at)
+                return Decision(Status.FALLBACK, model, "fallback: " + "; ".join(skipped), at)
             if outcome is not None:
+                at = max(at, outcome.at)
                 skipped.append(f"{model} failed ({outcome.error})")
-            elif now >= self.give_up_at(model, created_at, deadline):
+            elif clock > give_up:
+                at = max(at, give_up)
                 skipped.append(f"{model} late")
             else:
                 return None
-        if all(outcomes.get(m) is not None for m in order):
-            return Decision(Status.ERROR, None, "every model failed: " + "; ".join(skipped))
-        return Decision(Status.TIMEOUT, None, "no usable score by the deadline: " + "; ".join(skipped))
+        if all(outcomes.get(m) is not None and outcomes[m].at <= self.give_up_at(m, created_at, deadline)
+               for m in order):
+            return Decision(Status.ERROR, None, "every model failed: " + "; ".join(skipped), at)
+        return Decision(Status.TIMEOUT, None, "no usable score by the deadline: " + "; ".join(skipped), at)
 
-    def next_check(self, outcomes: Mapping[str, Outcome], created_at: int, deadline: int, now: int) -> int:
-        """When waiting may end without a new score: the next give-up time after `now`."""
+    def next_check(self, outcomes: Mapping[str, Outcome], created_at: int, deadline: int, clock: int) -> int:
+        """The log time whose passing may decide without a new score: the next give-up time at or
+        after `clock` of a model that has not answered in time."""
         times = [
             t for m in self.models
-            if m not in outcomes and (t := self.give_up_at(m, created_at, deadline)) > now
+            if (t := self.give_up_at(m, created_at, deadline)) >= clock
+            and (m not in outcomes or outcomes[m].at > t)
         ]
         return min(times, default=deadline)
 

@@ -39,8 +39,20 @@ def encode_schedule(schedule: Schedule) -> bytes:
     return codec("schedule").encode(schedule.to_dict())
 
 
+# Versions stay below 2**53, so the next version always fits an Avro long (and a JSON number).
+MAX_VERSION = 2**53
+# A version may take effect at most this long after it was written (by the log's clock): an
+# effective_at in the year 2100 would otherwise be "accepted" and never govern anything.
+MAX_EFFECTIVE_AHEAD_MS = 7 * 24 * 3600 * 1000
+
+
 class ScheduleBook:
-    """Every accepted version of one schedule name."""
+    """Every accepted version of one schedule name.
+
+    `refusal` is the one rule that decides whether a control record becomes a version: the
+    rendezvous and every CLI command apply it to the same records (with the record's own log
+    time, not anyone's clock), so they always agree on the history and on what is in force.
+    """
 
     def __init__(self, name: str):
         self.name = name
@@ -55,21 +67,24 @@ class ScheduleBook:
     def versions(self) -> list[Schedule]:
         return list(self._versions)
 
-    def check(self, schedule: Schedule) -> str | None:
-        """Why `schedule` cannot follow the current one, or None if it can."""
+    def refusal(self, schedule: Schedule, written_at: int) -> str | None:
+        """Why `schedule`, written to the log at `written_at`, cannot be the next version (None: it can)."""
+        if not 1 <= schedule.version < MAX_VERSION:
+            return f"version {schedule.version} is outside 1..{MAX_VERSION - 1}"
+        if schedule.effective_at < 0 or schedule.effective_at > written_at + MAX_EFFECTIVE_AHEAD_MS:
+            return (f"effective_at {schedule.effective_at} is more than "
+                    f"{MAX_EFFECTIVE_AHEAD_MS // 86_400_000} days after the record was written ({written_at})")
         latest = self.latest
         if latest is None:
             return None
         if schedule.version <= latest.version:
             return f"version {schedule.version} is not newer than v{latest.version}"
         if schedule.effective_at < latest.effective_at:
-            return (
-                f"effective_at {schedule.effective_at} precedes v{latest.version}'s ({latest.effective_at})"
-            )
+            return f"effective_at {schedule.effective_at} precedes v{latest.version}'s ({latest.effective_at})"
         return None
 
     def add(self, schedule: Schedule) -> None:
-        """Append a version that passed `check` (the caller decided it is acceptable)."""
+        """Append a version that passed `refusal`."""
         self._versions.append(schedule)
         self._starts.append(schedule.effective_at)
 
@@ -89,6 +104,11 @@ class ControlRecord:
     msg: Message
     schedule: Schedule | None
     error: BadInput | None
+
+    @property
+    def written_at(self) -> int:
+        """The record's timestamp on the log."""
+        return int(self.msg.timestamp()[1])
 
 
 class ControlFeed:
@@ -146,13 +166,13 @@ def _parse(msg: Message) -> ControlRecord:
 
 
 def load_book(config: Mapping[str, Any], topic: str, name: str) -> ScheduleBook:
-    """The accepted history of schedule `name`, as a rendezvous replaying the topic sees it."""
+    """The accepted history of schedule `name`, exactly as a rendezvous replaying the topic sees it."""
     feed = ControlFeed(config, topic)
     try:
         book = ScheduleBook(name)
         for record in feed.read_history():
             schedule = record.schedule
-            if schedule is not None and schedule.name == name and book.check(schedule) is None:
+            if schedule is not None and schedule.name == name and book.refusal(schedule, record.written_at) is None:
                 book.add(schedule)
         return book
     finally:

@@ -25,7 +25,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import NoReturn, Protocol
+from dataclasses import dataclass
+from typing import Any, NoReturn, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
@@ -64,7 +65,7 @@ class _Base:
     """What both strategies hold: the clients, how to report waiting, and the broker's health."""
 
     def __init__(
-        self, producer: Producer, consumer: Consumer, on_wait: Callable[[str], None], health: BrokerHealth,
+        self, producer: Producer | None, consumer: Consumer, on_wait: Callable[[str], None], health: BrokerHealth,
         retry_s: float = 5.0,
     ):
         self.producer, self.consumer, self.on_wait, self.retry_s = producer, consumer, on_wait, retry_s
@@ -83,7 +84,8 @@ class AtLeastOnce(_Base):
         its coordinator and its assignment)."""
         try:
             with self.health.blocking():
-                self.producer.flush(self.retry_s)
+                if self.producer is not None:
+                    self.producer.flush(self.retry_s)
                 self.consumer.commit(offsets)
             return True
         except CommitRejected as err:
@@ -103,11 +105,20 @@ class AtLeastOnce(_Base):
 class ExactlyOnce(_Base):
     transactional = True
 
+    def __init__(
+        self, producer: Producer | None, consumer: Consumer, on_wait: Callable[[str], None], health: BrokerHealth,
+        retry_s: float = 5.0,
+    ):
+        if producer is None:
+            raise ConfigError("exactly-once processing needs a (transactional) producer")
+        super().__init__(producer, consumer, on_wait, health, retry_s)
+        self.txn: Producer = producer
+
     def init(self) -> None:
         """Register the transactional id (aborting a dead predecessor's open transaction)."""
         while True:
             try:
-                self.producer.native.init_transactions(self.retry_s)
+                self.txn.native.init_transactions(self.retry_s)
                 break
             except KafkaException as exc:
                 err = _kafka_error(exc)
@@ -115,7 +126,7 @@ class ExactlyOnce(_Base):
                     self.on_wait(f"waiting for the transaction coordinator: {err.str()}")
                     continue
                 raise ConfigError(f"cannot start transactions: {exc}") from None
-        self.producer.native.begin_transaction()
+        self.txn.native.begin_transaction()
 
     def commit(self, offsets: list[TopicPartition], give_up: Callable[[], bool]) -> bool:
         """Commit outputs + offsets atomically and open the next transaction."""
@@ -123,10 +134,10 @@ class ExactlyOnce(_Base):
             self._send_offsets(offsets)
         # A timed-out commit may or may not have completed on the broker: only retrying the
         # commit itself is safe (librdkafka makes it idempotent); aborting now could repeat work.
-        if not self._retry(lambda: self.producer.native.commit_transaction(self.retry_s), give_up):
+        if not self._retry(lambda: self.txn.native.commit_transaction(self.retry_s), give_up):
             return False
-        self.producer.raise_failures()
-        self.producer.native.begin_transaction()
+        self.txn.raise_failures()
+        self.txn.native.begin_transaction()
         return True
 
     def _send_offsets(self, offsets: list[TopicPartition]) -> None:
@@ -141,7 +152,7 @@ class ExactlyOnce(_Base):
         """
         outcome: list[BaseException | None] = []
         metadata = self.consumer.native.consumer_group_metadata()
-        native = self.producer.native
+        native = self.txn.native
 
         def call() -> None:
             try:
@@ -172,7 +183,7 @@ class ExactlyOnce(_Base):
         broker was down) leaves the producer unusable: librdkafka's remedy is a new instance.
         The new one, with the same transactional id, fences the old; its outputs are aborted."""
         self.on_wait(f"{why}: replacing the producer and re-reading from the committed offsets")
-        self.producer.renew()
+        self.txn.renew()
         self.init()
         raise TransactionAborted(f"transaction abandoned ({why})")
 
@@ -205,7 +216,7 @@ class ExactlyOnce(_Base):
         for _attempt in range(MAX_ATTEMPTS):
             try:
                 with self.health.blocking():
-                    self.producer.native.abort_transaction(self.retry_s)
+                    self.txn.native.abort_transaction(self.retry_s)
                 break
             except KafkaException as exc:
                 err = _kafka_error(exc)
@@ -216,5 +227,159 @@ class ExactlyOnce(_Base):
                 self.on_wait(f"abort waiting for the broker: {err.str()}")
         else:
             self._replace_producer(f"abort still failing after {MAX_ATTEMPTS} tries")
-        self.producer.discard_failures()
-        self.producer.native.begin_transaction()
+        self.txn.discard_failures()
+        self.txn.native.begin_transaction()
+
+
+
+
+@dataclass(frozen=True)
+class CommitOutcome:
+    """How one commit ended: `done` (the positions are committed), or not yet (the broker is
+    away: ask again), or `error` (e.g. TransactionAborted: re-read from the committed offsets)."""
+
+    offsets: list[TopicPartition]
+    done: bool
+    error: BaseException | None = None
+
+
+class CommitLane:
+    """Runs a committer's commits on a thread of their own, so the poll loop never waits for the
+    broker: it keeps reading, deciding and answering while earlier work is made final.
+
+    The commit order is unchanged (outputs, then the input offsets they finish); only the waiting
+    moves off the loop. Outputs that belong to a transaction go through `produce`: while a
+    transactional commit runs (librdkafka refuses produce calls during commit_transaction) they
+    are held, and they enter the next transaction as soon as it opens, in order. The positions of
+    a commit are taken on the loop (`request`) after the outputs that finish them were produced,
+    so a transaction never commits an input whose outputs are not in it or in an earlier one.
+    Requests made while a commit runs are coalesced: the newest positions cover older ones.
+
+    The loop learns how commits ended from `outcomes()`. `commit_now` and `abort_now` run on the
+    caller's thread once the background commit has finished (revoke, lost, drain).
+    """
+
+    def __init__(self, committer: Committer, producer: Producer | None, *, background: bool = True):
+        self.committer = committer
+        self._producer = producer
+        self._background = background
+        self._lock = threading.Condition()
+        self._held: list[tuple[str, bytes | None, bytes | str | None, int | None, Any]] = []
+        self._committing = False
+        self._wanted: list[TopicPartition] | None = None
+        self._give_up: Callable[[], bool] = lambda: False
+        self._outcomes: list[CommitOutcome] = []
+        self._closed = False
+        self.produced = False  # outputs produced since the last commit request
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._run, name="rdv-commit", daemon=True)
+            self._thread.start()
+
+    @property
+    def transactional(self) -> bool:
+        return self.committer.transactional
+
+    # -- outputs ---------------------------------------------------------------------------
+
+    def produce(
+        self, topic: str, value: bytes | None, key: bytes | str | None = None, partition: int | None = None,
+        headers: Any = None,
+    ) -> None:
+        """Produce an output of the current unit of work (held while a transaction commits)."""
+        if self._producer is None:
+            raise ConfigError("this service has no producer")
+        self.produced = True
+        if not self.committer.transactional:
+            self._producer.produce(topic, value, key=key, partition=partition, headers=headers)
+            return
+        # Under the lock, so a commit cannot begin between the check and the produce call.
+        with self._lock:
+            if self._committing:
+                self._held.append((topic, value, key, partition, headers))
+            else:
+                self._producer.produce(topic, value, key=key, partition=partition, headers=headers)
+
+    def _release_held(self) -> None:
+        assert self._producer is not None
+        held, self._held = self._held, []
+        for topic, value, key, partition, headers in held:
+            self._producer.produce(topic, value, key=key, partition=partition, headers=headers)
+
+    # -- commits ---------------------------------------------------------------------------
+
+    def request(self, offsets: list[TopicPartition], give_up: Callable[[], bool] = lambda: False) -> None:
+        """Commit these positions, and every output produced so far, as soon as possible."""
+        self.produced = False
+        if not self._background:
+            self._outcomes.append(self._commit(offsets, give_up))
+            return
+        with self._lock:
+            self._wanted = offsets
+            self._give_up = give_up
+            self._lock.notify_all()
+
+    def busy(self) -> bool:
+        with self._lock:
+            return self._committing or self._wanted is not None
+
+    def outcomes(self) -> list[CommitOutcome]:
+        """Commits that ended since the last call, oldest first."""
+        with self._lock:
+            done, self._outcomes = self._outcomes, []
+        return done
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while self._wanted is None and not self._closed:
+                    self._lock.wait()
+                if self._wanted is None:
+                    return
+                offsets, self._wanted, give_up = self._wanted, None, self._give_up
+                self._committing = True
+            outcome = self._commit(offsets, give_up)
+            with self._lock:
+                self._outcomes.append(outcome)
+                self._lock.notify_all()
+
+    def _commit(self, offsets: list[TopicPartition], give_up: Callable[[], bool]) -> CommitOutcome:
+        with self._lock:
+            self._committing = True
+        try:
+            return CommitOutcome(offsets, self.committer.commit(offsets, give_up))
+        except (KafkaOperationError, ConfigError) as err:
+            return CommitOutcome(offsets, False, err)
+        finally:
+            with self._lock:
+                self._committing = False
+                if self.committer.transactional:
+                    self._release_held()
+                self._lock.notify_all()
+
+    def _wait_idle(self) -> None:
+        with self._lock:
+            while self._committing or self._wanted is not None:
+                self._lock.wait(0.1)
+
+    def commit_now(self, offsets: list[TopicPartition], give_up: Callable[[], bool]) -> bool:
+        """Commit on the caller's thread (after any background commit ended); raises its error."""
+        self._wait_idle()
+        outcome = self._commit(offsets, give_up)
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.done
+
+    def abort_now(self) -> None:
+        """Abort the open transaction: what it holds, and what is held for it, is discarded."""
+        self._wait_idle()
+        with self._lock:
+            self._held.clear()
+        self.committer.abort()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)

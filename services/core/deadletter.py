@@ -15,15 +15,14 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
-from confluent_kafka import KafkaException, Message
-from confluent_kafka.admin import ConfigResource
+from confluent_kafka import Message
 from prometheus_client import Counter
 
 from services.core.codec import codec
-from services.core.errors import BadInput, KafkaOperationError
-from services.core.kafka import Producer, admin
+from services.core.errors import BadInput, BrokerError, KafkaOperationError
+from services.core.kafka import topic_config
 from services.core.metrics import DEAD_LETTERS
 from services.core.runtime import now_ms
 
@@ -51,21 +50,23 @@ def excerpt_limit(config: Mapping[str, Any], topic: str, timeout: float = 10.0) 
     """How much of an original value a dead letter on `topic` may carry (a quarter of its
     max.message.bytes, at most DEFAULT_EXCERPT_BYTES); the default if the broker does not say."""
     try:
-        future = admin(config).describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)],
-                                                request_timeout=timeout)
-        entries = next(iter(future.values())).result()
-        limit = int(entries["max.message.bytes"].value)
-    except (KafkaException, KeyError, ValueError, StopIteration) as exc:
+        limit = int(topic_config(config, topic, "max.message.bytes", timeout) or "")
+    except (BrokerError, ValueError) as exc:
         log.debug("max.message.bytes of %s unknown (%s): dead letters keep %d bytes", topic, exc,
                   DEFAULT_EXCERPT_BYTES)
         return DEFAULT_EXCERPT_BYTES
     return max(256, min(DEFAULT_EXCERPT_BYTES, limit // 4))
 
 
+class Produces(Protocol):
+    def produce(self, topic: str, value: bytes | None, key: bytes | str | None = None,
+                partition: int | None = None, headers: Any = None) -> None: ...
+
+
 class DeadLetters:
     """Writes DeadLetter records for one service; originals travel untouched up to `excerpt_bytes`."""
 
-    def __init__(self, producer: Producer, topic: str, service: str, excerpt_bytes: int = DEFAULT_EXCERPT_BYTES):
+    def __init__(self, producer: Produces, topic: str, service: str, excerpt_bytes: int = DEFAULT_EXCERPT_BYTES):
         self._producer = producer
         self._topic = topic
         self._service = service
@@ -73,7 +74,7 @@ class DeadLetters:
         self._codec = codec("deadletter")
 
     @classmethod
-    def for_topic(cls, producer: Producer, config: Mapping[str, Any], topic: str, service: str) -> DeadLetters:
+    def for_topic(cls, producer: Produces, config: Mapping[str, Any], topic: str, service: str) -> DeadLetters:
         """Dead letters sized for what `topic` accepts."""
         return cls(producer, topic, service, excerpt_limit(config, topic))
 

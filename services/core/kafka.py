@@ -91,9 +91,15 @@ class Producer:
         self._failures: list[DeliveryFailed] = []
         self._is_soft = soft_topics
         self._on_soft_failure = on_soft_failure
+        # (topic, partition) -> one past the highest offset delivered: where outputs end now.
+        self.delivered_ends: dict[tuple[str, int], int] = {}
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
+            key = (msg.topic() or "", msg.partition() or 0)
+            end = (msg.offset() or 0) + 1
+            if end > self.delivered_ends.get(key, 0):
+                self.delivered_ends[key] = end
             return
         topic = msg.topic() or "?"
         if self._is_soft(topic) and self._on_soft_failure is not None:
@@ -367,6 +373,20 @@ def wait_for_broker(config: Mapping[str, Any], timeout: float = 15.0) -> Any:
             )
 
 
+def topic_config(config: Mapping[str, Any], topic: str, key: str, timeout: float = 15.0) -> str | None:
+    """One configuration value of a topic as the broker has it (None if it does not say)."""
+    from confluent_kafka.admin import ConfigResource
+
+    client = admin(config)  # kept referenced until the answer is in: a collected client cancels it
+    futures = client.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)], request_timeout=timeout)
+    try:
+        entries = next(iter(futures.values())).result()
+    except KafkaException as exc:
+        raise BrokerError(f"cannot read the configuration of {topic}: {exc}") from None
+    entry = entries.get(key)
+    return None if entry is None else str(entry.value)
+
+
 def partition_counts(
     config: Mapping[str, Any], topics: Iterable[str], timeout: float = 15.0
 ) -> dict[str, int]:
@@ -392,7 +412,7 @@ def create_topics(
     client = admin(config)
     new = [NewTopic(name, num_partitions=n, replication_factor=-1, config=dict(cfg))
            for name, (n, cfg) in specs.items()]
-    created = []
+    created, existing = [], []
     for name, future in client.create_topics(new, operation_timeout=timeout).items():
         try:
             future.result()
@@ -400,10 +420,31 @@ def create_topics(
         except KafkaException as exc:
             err = exc.args[0]
             if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                existing.append(name)
                 continue
             raise BrokerError(f"cannot create topic {name}: {exc}") from None
+    _apply_configs(client, {name: specs[name][1] for name in existing if specs[name][1]}, timeout)
     _wait_for_leaders(client, list(specs), timeout)
     return created
+
+
+def _apply_configs(client: AdminClient, configs: Mapping[str, Mapping[str, str]], timeout: float) -> None:
+    """Give existing topics the settings the deployment relies on (other settings are left alone)."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    resources = [
+        ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
+            ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET) for key, value in entries.items()
+        ])
+        for name, entries in configs.items()
+    ]
+    if not resources:
+        return
+    for resource, future in client.incremental_alter_configs(resources, request_timeout=timeout).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            raise BrokerError(f"cannot set {dict(configs[resource.name])} on {resource.name}: {exc}") from None
 
 
 def _offsets_answer(client: AdminClient, metadata: Any, topics: list[str]) -> bool:

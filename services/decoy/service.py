@@ -1,24 +1,25 @@
 """The decoy: consumes the requests topic like a model, archives exactly what it read.
 
-Commit order: append the batch to the archive file, flush and fsync it, then commit the
-batch's offsets. A crash can repeat records (readers de-duplicate by topic/partition/offset)
-but never lose a committed one. Nothing is decoded: the archive holds the wire bytes, so a
-replay sees exactly what every model saw, bad records included.
+Commit order: append the batch to the archive file, flush and fsync it; the shared skeleton
+then commits the positions after it (at most every commit interval). A crash can repeat
+records (readers de-duplicate by topic/partition/offset) but never lose a committed one.
+Nothing is decoded: the archive holds the wire bytes, so a replay sees exactly what every
+model saw, bad records included.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import Message
 from prometheus_client import Counter
 
-from services.core.kafka import Consumer, next_offsets, partition_counts
-from services.core.runtime import now_ms, run_poll_loop
+from services.core.kafka import partition_counts
+from services.core.runtime import now_ms
+from services.core.service import Context, SimpleHandler, StreamService, StreamSpec
 from services.decoy.archive import ArchiveWriter
 from services.decoy.settings import DecoySettings
 
@@ -28,55 +29,48 @@ ARCHIVED = Counter("rdv_decoy_archived_total", "Request records written to the d
 ARCHIVED_BYTES = Counter("rdv_decoy_archived_bytes_total", "Value bytes written to the decoy archive.")
 
 
-class Decoy:
+class Decoy(SimpleHandler):
+    """Reads every request like a model and archives it; `run(stop)` until the flag is set."""
+
     def __init__(self, settings: DecoySettings):
+        super().__init__()
         self.settings = settings
         self.topics = settings.topics()
-        self.ready = threading.Event()
         self.archived = 0
+        self._archive: ArchiveWriter | None = None
+        self.service = StreamService(StreamSpec(
+            name="decoy", config=settings.librdkafka(), subscription=[self.topics.requests],
+            group_id=settings.group_id(), processing="durable", producer=False,
+            max_batch=settings.max_batch, max_wait_s=0.5, connect_timeout_s=settings.connect_timeout_s,
+            consumer_config={"auto.offset.reset": settings.start_from},
+        ), self)
+        self.ready = self.service.ready
+
+    def readiness(self) -> tuple[bool, str]:
+        return self.service.readiness()
 
     def run(self, stop: threading.Event) -> None:
-        config = self.settings.librdkafka()
-        partition_counts(config, [self.topics.requests], timeout=self.settings.connect_timeout_s)
-        with ExitStack() as stack:
-            archive = ArchiveWriter(Path(self.settings.archive_dir),
-                                    roll_bytes=int(self.settings.roll_mb * 1024 * 1024),
-                                    roll_seconds=self.settings.roll_seconds, codec=self.settings.codec)
-            stack.callback(archive.close)
-            consumer = Consumer({**config, "group.id": self.settings.group_id(),
-                                 "auto.offset.reset": self.settings.start_from})
-            stack.callback(consumer.close)
-            consumer.subscribe([self.topics.requests], on_assign=self._on_assign)
-            log.info("decoy archiving %s into %s", self.topics.requests, self.settings.archive_dir)
-            archiver = _Archiver(self, archive, consumer)
-            run_poll_loop(consumer, archiver, stop, max_batch=self.settings.max_batch)
-            log.info("decoy stopping after %d records", self.archived)
+        partition_counts(self.settings.librdkafka(), [self.topics.requests], timeout=self.settings.connect_timeout_s)
+        log.info("decoy archiving %s into %s", self.topics.requests, self.settings.archive_dir)
+        self.service.run(stop)
+        log.info("decoy stopping after %d records", self.archived)
 
-    def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        log.info("decoy assigned %s", [p.partition for p in partitions])
-        self.ready.set()
-
-
-class _Archiver:
-    def __init__(self, decoy: Decoy, archive: ArchiveWriter, consumer: Consumer):
-        self.decoy = decoy
-        self.archive = archive
-        self.consumer = consumer
-
-    def next_wakeup(self) -> float:
-        return 0.5
-
-    def on_tick(self) -> None:
-        return None
+    def start(self, ctx: Context) -> None:
+        super().start(ctx)
+        self._archive = ArchiveWriter(Path(self.settings.archive_dir),
+                                      roll_bytes=int(self.settings.roll_mb * 1024 * 1024),
+                                      roll_seconds=self.settings.roll_seconds, codec=self.settings.codec)
+        ctx.stack.callback(self._archive.close)
 
     def on_batch(self, messages: list[Message]) -> None:
         if not messages:
             return
+        assert self._archive is not None
         archived_at = now_ms()
         records = [_record(msg, archived_at) for msg in messages]
-        self.archive.append(records)  # durable before the offsets move
-        self.consumer.commit(next_offsets(messages))
-        self.decoy.archived += len(records)
+        self._archive.append(records)  # fsynced: durable before the skeleton commits the positions
+        self.positions.advance(messages)
+        self.archived += len(records)
         ARCHIVED.inc(len(records))
         ARCHIVED_BYTES.inc(sum(len(r["value"] or b"") for r in records))
 

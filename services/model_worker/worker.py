@@ -3,7 +3,8 @@
 Commit order (at-least-once; the rendezvous de-duplicates by model + request):
   1. produce one Score per request of the batch,
   2. flush: wait until the broker acknowledged every Score,
-  3. commit the request offsets of the batch.
+  3. commit the request offsets of the batch (2 and 3 run off the poll loop, in the shared
+     service skeleton, at most every commit interval).
 A crash between 2 and 3 re-scores that batch after restart; no request is ever skipped.
 """
 
@@ -13,7 +14,6 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,13 +21,12 @@ from confluent_kafka import Message, TopicPartition
 from prometheus_client import Counter, Histogram
 
 from services.core.codec import codec
-from services.core.commits import AtLeastOnce
 from services.core.deadletter import DeadLetters
-from services.core.errors import BadInput, ConfigError
-from services.core.health import BrokerHealth
-from services.core.kafka import Consumer, Producer, next_offsets, partition_counts
+from services.core.errors import BadInput, ConfigError, DecodeFailed
+from services.core.kafka import Producer, partition_counts
 from services.core.metrics import DECODE_ERRORS, LATENCY_BUCKETS, child
-from services.core.runtime import now_ms, run_poll_loop
+from services.core.runtime import now_ms
+from services.core.service import Context, SimpleHandler, StreamService, StreamSpec
 from services.model_worker.models import Model, Prediction, features_to_matrix, load_model
 from services.model_worker.settings import WorkerSettings
 
@@ -77,31 +76,41 @@ def _ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
 
 
-class ModelWorker:
+class ModelWorker(SimpleHandler):
     """One model, one consumer group; `run(stop)` until the flag is set."""
 
     def __init__(self, settings: WorkerSettings, model: Model | None = None):
+        super().__init__()
         self.settings = settings
         self.model = model or load_model(settings.model)
         self.name = settings.name or self.model.name
         self.version = settings.version or self.model.version
         self.instance = settings.instance_id()
         self.topics = settings.topics()
-        self.ready = threading.Event()
-        self.health = BrokerHealth()
         self.scored = 0
         self._requests = codec("request")
         self._scores = codec("score")
         self._labels = (self.name, self.version)
+        self._scorer: _BatchScorer | None = None
+        self.service = StreamService(StreamSpec(
+            name=f"model {self.name}", config=settings.librdkafka(), subscription=[self.topics.requests],
+            group_id=settings.group_id(self.name), processing="at-least-once",
+            commit_interval_ms=settings.commit_interval_ms, max_batch=settings.max_batch,
+            connect_timeout_s=settings.connect_timeout_s,
+            consumer_config={
+                "client.id": f"{self.name}-{self.instance}",
+                "auto.offset.reset": settings.start_from,
+                # A dead replica's partitions move on after 6 s (librdkafka's default is 45 s).
+                "session.timeout.ms": 6_000,
+            },
+        ), self)
+        self.ready = self.service.ready
 
     def readiness(self) -> tuple[bool, str]:
-        if not self.health.up:
-            return False, self.health.describe()
-        return (True, "ready") if self.ready.is_set() else (False, "waiting for a partition assignment")
+        return self.service.readiness()
 
     def run(self, stop: threading.Event) -> None:
-        config: dict[str, Any] = {**self.settings.librdkafka(), "error_cb": self.health.error_cb}
-        counts = partition_counts(config, [self.topics.requests, self.topics.scores],
+        counts = partition_counts(self.settings.librdkafka(), [self.topics.requests, self.topics.scores],
                                   timeout=self.settings.connect_timeout_s)
         if counts[self.topics.requests] != counts[self.topics.scores]:
             raise ConfigError(
@@ -109,39 +118,25 @@ class ModelWorker:
                 f"{self.topics.requests} has {counts[self.topics.requests]}: "
                 "scores are written to the request's partition"
             )
-        with ExitStack() as stack:
-            producer = Producer(config)
-            stack.callback(producer.close)
-            consumer = Consumer({
-                **config,
-                "group.id": self.settings.group_id(self.name),
-                "client.id": f"{self.name}-{self.instance}",
-                "auto.offset.reset": self.settings.start_from,
-                # A dead replica's partitions move on after 10 s (librdkafka's default is 45 s).
-                "session.timeout.ms": 10_000,
-            })
-            stack.callback(consumer.close)
-            consumer.subscribe([self.topics.requests], on_assign=self._on_assign)
-            dead_letters = DeadLetters.for_topic(producer, config, self.topics.deadletter, SERVICE)
-            committer = AtLeastOnce(producer, consumer, self._waiting, self.health)
-            handler = _BatchScorer(self, consumer, producer, dead_letters, committer, stop)
-            log.info("model %s %s (%s) scoring %s", self.name, self.version, self.instance,
-                     self.topics.requests)
-            run_poll_loop(consumer, handler, stop, max_batch=self.settings.max_batch, max_wait=0.1)
-            if handler.pending:
-                handler.commit()
-            log.info("model %s stopping after %d scores", self.name, self.scored)
+        log.info("model %s %s (%s) scoring %s", self.name, self.version, self.instance, self.topics.requests)
+        self.service.run(stop)
+        log.info("model %s stopping after %d scores", self.name, self.scored)
 
-    def _waiting(self, what: str) -> None:
-        self.health.mark_down()
-        log.warning("model %s: %s", self.name, what)
+    def start(self, ctx: Context) -> None:
+        super().start(ctx)
+        assert ctx.producer is not None
+        dead_letters = DeadLetters.for_topic(ctx.producer, ctx.config, self.topics.deadletter, SERVICE)
+        self._scorer = _BatchScorer(self, ctx.producer, dead_letters)
 
-    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        log.info("model %s assigned %s", self.name, [p.partition for p in partitions])
+    def on_batch(self, messages: list[Message]) -> None:
+        assert self._scorer is not None
+        self._scorer.on_batch(messages)
+        self.positions.advance(messages)
+
+    def on_assigned(self, partitions: list[TopicPartition]) -> None:
         start_ms = self.settings.start_at_ms(now_ms())
-        if start_ms is not None and partitions:
-            self._start_new_partitions_at(consumer, partitions, start_ms)
-        self.ready.set()
+        if start_ms is not None and partitions and self.ctx is not None:
+            self._start_new_partitions_at(self.ctx.consumer.native, partitions, start_ms)
 
     def _start_new_partitions_at(self, consumer: Any, partitions: list[TopicPartition], start_ms: int) -> None:
         """Catch-up: partitions this group never committed start at `start_ms`, not at the end."""
@@ -160,45 +155,13 @@ class ModelWorker:
 
 
 class _BatchScorer:
-    """Decode -> score -> produce per polled batch; flush -> commit every commit interval.
+    """Decode -> score -> produce per polled batch. Scores go out at once (the rendezvous waits
+    for them); the skeleton flushes and commits the positions behind them off the poll loop."""
 
-    Committing after every batch would block the next batch on two broker round trips;
-    the offsets of handled batches are kept and committed together (after the flush that
-    acknowledges their scores) at most every `commit_interval_ms`, and once more at the end.
-    """
-
-    def __init__(
-        self, worker: ModelWorker, consumer: Consumer, producer: Producer, dead: DeadLetters,
-        committer: AtLeastOnce, stop: threading.Event,
-    ):
+    def __init__(self, worker: ModelWorker, producer: Producer, dead: DeadLetters):
         self.w = worker
-        self.consumer = consumer
         self.producer = producer
         self.dead = dead
-        self.committer = committer
-        self.stop = stop
-        self.interval_s = worker.settings.commit_interval_ms / 1000.0
-        self.pending: dict[tuple[str, int], int] = {}
-        self.last_commit = time.monotonic()
-
-    def next_wakeup(self) -> float:
-        if not self.pending:
-            return 0.1
-        return max(0.0, self.last_commit + self.interval_s - time.monotonic())
-
-    def on_tick(self) -> None:
-        self.producer.poll(0)
-        if self.pending and time.monotonic() - self.last_commit >= self.interval_s:
-            self.commit()
-
-    def commit(self) -> None:
-        """Scores acknowledged, then offsets committed; retried while the broker is away.
-        If we are stopping before that succeeds, those requests are simply scored again later."""
-        offsets = [TopicPartition(t, p, o) for (t, p), o in self.pending.items()]
-        self.last_commit = time.monotonic()
-        if self.committer.commit(offsets, give_up=self.stop.is_set):
-            self.pending.clear()
-            self.w.health.mark_up()
 
     def on_batch(self, messages: list[Message]) -> None:
         if not messages:
@@ -207,14 +170,15 @@ class _BatchScorer:
         requests, sources = self._decode(messages)
         if requests:
             self._score_and_produce(requests, sources, received_at)
-        for tp in next_offsets(messages):
-            self.pending[(tp.topic, tp.partition)] = tp.offset
 
     def _decode(self, messages: list[Message]) -> tuple[list[dict[str, Any]], list[Message]]:
         requests, sources = [], []
         for msg in messages:
             try:
-                requests.append(self.w._requests.decode(msg.value()))
+                request = self.w._requests.decode(msg.value())
+                if not request["request_id"]:
+                    raise DecodeFailed("request_id is empty: nothing to answer it by")
+                requests.append(request)
                 sources.append(msg)
             except BadInput as err:
                 DECODE_ERRORS.labels(SERVICE, msg.topic(), type(err).__name__).inc()

@@ -1,248 +1,303 @@
-"""The join: a mailbox per request, decided by its schedule under its deadline, then logged.
+"""The join: a mailbox per request, decided by its schedule on the log's clock, then logged.
 
-This is the rendezvous' state machine, apart from Kafka plumbing (service.py): records come
-in through `on_request` / `on_score`, time through `tick`, and what must be written goes out
-through the `Outputs` the service provides (answers, comparison records, dead letters).
+This is the rendezvous' state machine, free of Kafka: requests and scores come in as plain
+records (`records.py`), the log's clock moves with every scores-partition record (`clock.py`),
+and what must be written goes out through the `Outputs` the service provides. Each `on_*` call
+returns the mailbox the record now belongs to (its offset is finished when that mailbox
+closes) or None (finished at once); the service keeps the offset book.
 
-Lifecycle of a mailbox: opened by its request or its first score -> answered (the schedule
-says so: preferred model in, fallback, TIMEOUT, ERROR) -> logged and closed once every
-expected model reported or `linger_ms` after the deadline. A score whose request never
-arrives is dropped `orphan_grace_ms` after its deadline.
+One answer per request, whoever decides it: a decision depends only on the records, their
+order in their partitions and their append times (see `Schedule.decide`), so an instance that
+takes over a partition after a crash and re-reads it decides every open request exactly as the
+crashed one did, and an answer the crashed one already sent to a return address is repeated
+identically, never contradicted. `answered_at` is the log time by which the answer was
+determined, for the same reason.
+
+Lifecycle of a mailbox: opened by its request or its first score -> answered (preferred model
+in, fallback, TIMEOUT, ERROR; a request that cannot be scored is answered ERROR at once) ->
+logged and closed once every expected model reported or the clock passes deadline + linger.
+Scores whose request does not come (orphans) are kept for a bounded number, and dropped once
+the requests partition has been read past their append time by `orphan_grace_ms` (a request is
+always appended before its scores, so by then it is not coming): forged scores can neither
+exhaust memory nor starve real requests, and a backlog read faster on the scores side than on
+the requests side loses nothing. Closed request ids are remembered
+for a while, bounded likewise, to recognise late scores and to answer a repeated request with
+the answer it already got.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from confluent_kafka import Message
-
 from services.control.schedule import Decision, Schedule, Status
-from services.control.topic import ScheduleBook
-from services.core.codec import codec
-from services.core.errors import BadInput, DecodeFailed
 from services.core.metrics import child
+from services.core.runtime import now_ms
 from services.rendezvous import metrics as m
+from services.rendezvous.clock import LogClocks
 from services.rendezvous.mailbox import Arrival, Mailbox
-from services.rendezvous.offsets import OffsetBook
-from services.rendezvous.recovery import Finished
-from services.rendezvous.settings import RendezvousSettings
-from services.rendezvous.timers import DeadlineHeap
+from services.rendezvous.records import RequestIn, ScoreIn
 
 log = logging.getLogger(__name__)
 
+Reply = tuple[str, int | None]
+
 
 class Outputs(Protocol):
-    def answer(self, mailbox: Mailbox, value: bytes) -> None: ...
+    def answer(self, mailbox: Mailbox, record: dict[str, Any]) -> None:
+        """Write the answer to the answers topic and to every return address of the mailbox."""
 
-    def log(self, mailbox: Mailbox, value: bytes) -> None: ...
+    def log(self, mailbox: Mailbox, record: dict[str, Any]) -> None:
+        """Write the comparison record."""
 
-    def reject(self, msg: Message, err: BadInput) -> None: ...
+    def repeat(self, reply: Reply, record: dict[str, Any]) -> None:
+        """Send an answer already given to one more return address (a repeated request)."""
 
 
-def validate_request(request: dict[str, Any]) -> None:
-    """Checks Avro cannot express; a failure dead-letters the request."""
-    if not request["request_id"]:
-        raise DecodeFailed("request_id is empty")
-    if request["created_at"] <= 0:
-        raise DecodeFailed(f"created_at must be epoch milliseconds, got {request['created_at']}")
-    if not request["features"] and request["payload"] is None:
-        raise DecodeFailed("request carries neither features nor a payload")
+@dataclass(frozen=True)
+class JoinLimits:
+    """Bounds that keep the join's memory and time finite whatever the input."""
+
+    max_budget_ms: int = 60_000  # deadlines are clamped to created_at + this
+    max_future_ms: int = 60_000  # a request created further ahead of the log's clock is refused
+    linger_ms: int = 1_000  # after the deadline, keep collecting scores for the comparison record
+    orphan_grace_ms: int = 10_000  # how long a score waits for its request (log time)
+    max_orphans: int = 50_000  # scores waiting for their requests, at most
+    remember_ms: int = 60_000  # closed request ids are remembered this long (log time)
+    max_remembered: int = 200_000
+    model_ttl_ms: int = 30_000  # a model silent this long is no longer expected in comparison records
+
+
+@dataclass
+class Finished:
+    """Requests of a re-read window that already have an answer or a comparison record."""
+
+    answered: dict[str, dict[str, Any]]
+    logged: set[str]
 
 
 class Join:
-    def __init__(self, settings: RendezvousSettings, book: ScheduleBook, bootstrap: Schedule, outputs: Outputs):
-        self.settings = settings
-        self.book = book
-        self.bootstrap = bootstrap
+    def __init__(
+        self, limits: JoinLimits, schedule_for: Callable[[int], Schedule], outputs: Outputs,
+        wall_ms: Callable[[], int] = now_ms,
+    ):
+        self.limits = limits
+        self.schedule_for = schedule_for  # created_at -> the schedule version governing it
         self.outputs = outputs
+        self.wall_ms = wall_ms
         self.mailboxes: dict[str, Mailbox] = {}
-        self.offsets = OffsetBook()
-        self.finished = Finished()
+        self.clocks: LogClocks[Mailbox] = LogClocks()  # scores partitions: they decide
+        self._requests_read: dict[int, int] = {}  # requests partition -> newest append time read
         self.answered = 0
         self.logged = 0
-        self.orphans = 0  # mailboxes opened by a score whose request has not arrived yet
-        self._timers: DeadlineHeap[Mailbox] = DeadlineHeap()
-        self._closed: OrderedDict[str, int] = OrderedDict()  # request_id -> forget at (ms)
-        self._models_seen: dict[str, int] = {}
-        self._expected: frozenset[str] = frozenset(bootstrap.models)
-        self._expected_at = 0
-        self._codecs = {name: codec(name) for name in ("request", "score", "answer", "comparison")}
+        # Orphans per scores partition, in the order read (their append times grow).
+        self._orphans: dict[int, OrderedDict[str, Mailbox]] = {}
+        self._orphan_count = 0
+        # request_id -> (partition, forget at log time, the answer sent or None)
+        self._remembered: OrderedDict[str, tuple[int, int, dict[str, Any] | None]] = OrderedDict()
+        self._finished = Finished({}, set())
+        self._models_seen: dict[str, int] = {}  # model -> wall ms of its last score
 
     # -- queries ---------------------------------------------------------------------------
 
-    def schedule_at(self, now: int) -> Schedule:
-        return self.book.in_force(now) if self.book.latest else self.bootstrap
+    @property
+    def orphans(self) -> int:
+        return self._orphan_count
 
-    def next_timer(self) -> int | None:
-        return self._timers.earliest()
+    @property
+    def waiting(self) -> int:
+        """Mailboxes that hold a request (what request intake is throttled on)."""
+        return len(self.mailboxes) - self._orphan_count
 
-    def live_models(self, now: int) -> set[str]:
-        horizon = now - int(self.settings.model_ttl_s * 1000)
+    def live_models(self, wall_ms: int) -> set[str]:
+        horizon = wall_ms - self.limits.model_ttl_ms
         return {model for model, at in self._models_seen.items() if at >= horizon}
 
-    # -- state resets (rebalance, rewind) --------------------------------------------------
+    def markers_due(self, wall_ms: int, delay_ms: int, resend_s: float, wall_s: float) -> list[int]:
+        return self.clocks.markers_due(wall_ms, delay_ms, resend_s, wall_s)
+
+    # -- state resets (rebalance, rewind, recovery) ---------------------------------------
 
     def drop_partitions(self, partitions: set[int]) -> None:
-        """Forget the mailboxes of partitions this instance no longer owns (or must re-read)."""
+        """Forget everything about partitions this instance no longer owns, or must re-read: their
+        mailboxes, clocks, orphans, and the ids they closed (whose answers may not be committed:
+        a re-read must decide them again, not take them for repeats)."""
         for rid in [rid for rid, mb in self.mailboxes.items() if mb.partition in partitions]:
             self.mailboxes.pop(rid).closed = True
-        self.orphans = sum(not mb.has_request for mb in self.mailboxes.values())
+        for partition in partitions:
+            self._orphan_count -= len(self._orphans.pop(partition, {}))
+            self._requests_read.pop(partition, None)
+        for rid in [rid for rid, (partition, _at, _answer) in self._remembered.items() if partition in partitions]:
+            del self._remembered[rid]
+        self.clocks.forget(partitions)
 
     def restore(self, finished: Finished) -> None:
-        self.finished.answered.update(finished.answered)
-        self.finished.logged.update(finished.logged)
+        self._finished.answered.update(finished.answered)
+        self._finished.logged.update(finished.logged)
 
     # -- records ---------------------------------------------------------------------------
 
-    def on_request(self, msg: Message, now: int) -> None:
-        try:
-            request = self._codecs["request"].decode(msg.value())
-            validate_request(request)
-        except BadInput as err:
-            self._reject(msg, err)
-            return
+    def on_request(self, request: RequestIn) -> Mailbox | None:
         m.REQUESTS.inc()
-        rid = request["request_id"]
-        if rid in self.finished.logged:
-            self.finished.forget(rid)  # answered and logged before a restart: nothing to redo
+        if request.log_time > self._requests_read.get(request.partition, request.log_time - 1):
+            self._requests_read[request.partition] = request.log_time
+            self._expire_orphans(request.partition)
+        rid = request.request_id
+        reply = (request.reply_topic, request.reply_partition) if request.reply_topic else None
+        if rid in self._finished.logged:
+            self._finished.logged.discard(rid)  # answered and logged before a restart
+            self._finished.answered.pop(rid, None)
+            self._remember(rid, request.partition, None, request.log_time)
             child(m.RECOVERED, "logged").inc()
-            self.offsets.track(msg, None)
-            return
+            return None
         mailbox = self.mailboxes.get(rid)
-        if (mailbox is None and rid in self._closed) or (mailbox is not None and mailbox.has_request):
-            m.DUPLICATE_REQUESTS.inc()
-            self.offsets.track(msg, mailbox)
-            return
-        schedule = self.book.for_request(request["created_at"]) if self.book.latest else self.bootstrap
-        deadline = schedule.deadline_for(request["created_at"], request["deadline"])
+        if (mailbox is not None and mailbox.has_request) or (mailbox is None and rid in self._remembered):
+            return self._repeated(rid, mailbox, reply)
         if mailbox is None:
-            mailbox = self.mailboxes[rid] = Mailbox(rid, msg.partition() or 0, deadline, opened_at=now)
+            mailbox = self.mailboxes[rid] = Mailbox(rid, request.partition, request.log_time)
         else:
-            self.orphans -= 1  # its scores came first; now it has its request
-        mailbox.schedule, mailbox.has_request = schedule, True
-        mailbox.created_at, mailbox.deadline = request["created_at"], deadline
-        reply = request["reply_to"]
-        if reply is not None:
-            mailbox.reply_topic, mailbox.reply_partition = reply["topic"], reply["partition"]
+            del self._orphans[mailbox.partition][rid]  # its scores came first; now it has its request
+            self._orphan_count -= 1
+        self._attach(mailbox, request, reply)
+        problem = request.problem or self._time_problem(request)
+        if problem is not None:
+            self._answer(mailbox, Decision(Status.ERROR, None, f"invalid request: {problem}", request.log_time))
+            self._close(mailbox)
+            return None
         self._restore_answer(mailbox)
-        self.offsets.track(msg, mailbox)
-        self._advance(mailbox, now)
+        self._advance(mailbox, self.clocks.now(request.partition))
+        return None if mailbox.closed else mailbox
+
+    def on_score(self, score: ScoreIn) -> Mailbox | None:
+        self._tick(score.partition, score.log_time)
+        child(m.SCORES, score.model, score.version).inc()
+        self._models_seen[score.model] = self.wall_ms()
+        rid = score.request_id
+        mailbox = self.mailboxes.get(rid)
+        if mailbox is None:
+            if rid in self._remembered:
+                child(m.LATE_SCORES, score.model, "true").inc()
+                return None
+            mailbox = self._open_orphan(rid, score)
+        arrival = Arrival(score.model, score.version, score.score, score.label, score.error, score.log_time,
+                          score.compute_ms)
+        if not mailbox.add(arrival):
+            child(m.DUPLICATE_SCORES, arrival.model).inc()
+        elif mailbox.decision is not None and arrival.at > mailbox.decision.at:
+            child(m.LATE_SCORES, arrival.model, "false").inc()
+        self._advance(mailbox, self.clocks.now(score.partition))
+        return None if mailbox.closed else mailbox
+
+    def on_clock(self, partition: int, log_time: int) -> None:
+        """A clock record (or any record) appended to scores partition `partition` at `log_time`."""
+        self._tick(partition, log_time)
+
+    def _tick(self, partition: int, log_time: int) -> None:
+        clock_due = self.clocks.advance(partition, log_time)
+        now = self.clocks.now(partition)
+        for mailbox in clock_due:
+            if not mailbox.closed and mailbox.wake_at < now:
+                mailbox.wake_at = -1
+                self._advance(mailbox, now)
+        self._forget_remembered()
+
+    def _attach(self, mailbox: Mailbox, request: RequestIn, reply: Reply | None) -> None:
+        schedule = self.schedule_for(request.created_at)
+        deadline = schedule.deadline_for(request.created_at, request.deadline)
+        mailbox.has_request, mailbox.schedule, mailbox.created_at = True, schedule, request.created_at
+        mailbox.deadline = min(deadline, request.created_at + self.limits.max_budget_ms)
+        if reply is not None:
+            mailbox.replies.append(reply)
+
+    def _time_problem(self, request: RequestIn) -> str | None:
+        ahead = request.created_at - request.log_time
+        if ahead > self.limits.max_future_ms:
+            return (f"created_at is {ahead} ms ahead of the broker's clock "
+                    f"(at most {self.limits.max_future_ms} ms is accepted)")
+        return None
+
+    def _repeated(self, rid: str, mailbox: Mailbox | None, reply: Reply | None) -> Mailbox | None:
+        """The same request_id again: it gets the answer the first one got (now, or when decided)."""
+        m.DUPLICATE_REQUESTS.inc()
+        if mailbox is not None:
+            if reply is not None:
+                if mailbox.answer is not None:
+                    self.outputs.repeat(reply, mailbox.answer)
+                else:
+                    mailbox.replies.append(reply)
+            return mailbox
+        answer = self._remembered[rid][2]
+        if reply is not None and answer is not None:
+            self.outputs.repeat(reply, answer)
+        return None
 
     def _restore_answer(self, mailbox: Mailbox) -> None:
         """A request answered before a restart keeps that answer (it is not sent again)."""
-        answer = self.finished.answered.pop(mailbox.request_id, None)
+        answer = self._finished.answered.pop(mailbox.request_id, None)
         if answer is None:
             return
-        mailbox.decision = Decision(Status(answer["status"]), answer["model"], answer["reason"])
-        mailbox.answered_at = answer["answered_at"]
-        mailbox.restored = True
+        mailbox.decision = Decision(Status(answer["status"]), answer["model"], answer["reason"], answer["answered_at"])
+        mailbox.answer, mailbox.restored = answer, True
         child(m.RECOVERED, "answered").inc()
 
-    def on_score(self, msg: Message, now: int) -> None:
-        try:
-            score = self._codecs["score"].decode(msg.value())
-        except BadInput as err:
-            self._reject(msg, err)
-            return
-        model = score["model"]
-        child(m.SCORES, model, score["version"]).inc()
-        self._models_seen[model] = now
-        rid = score["request_id"]
-        mailbox = self.mailboxes.get(rid)
-        if mailbox is None:
-            if rid in self._closed or rid in self.finished.logged:
-                child(m.LATE_SCORES, model, "true").inc()
-                self.offsets.track(msg, None)
-                return
-            mailbox = self.mailboxes[rid] = Mailbox(rid, msg.partition() or 0, score["deadline"], opened_at=now)
-            self.orphans += 1
-        self._add_score(mailbox, score, now)
-        self.offsets.track(msg, mailbox)
-        self._advance(mailbox, now)
-
-    def _add_score(self, mailbox: Mailbox, score: dict[str, Any], now: int) -> None:
-        if mailbox.restored:
-            # Re-read after a restart: the worker's clock says when it really arrived.
-            arrived, late = score["scored_at"], score["scored_at"] > (mailbox.answered_at or 0)
-        else:
-            arrived, late = now, mailbox.decision is not None
-        arrival = Arrival(score["model"], score["version"], score["score"], score["label"], score["error"],
-                          arrived, score["compute_ms"], late=late)
-        if not mailbox.add(arrival):
-            child(m.DUPLICATE_SCORES, arrival.model).inc()
-        elif late:
-            child(m.LATE_SCORES, arrival.model, "false").inc()
-
-    def _reject(self, msg: Message, err: BadInput) -> None:
-        self.outputs.reject(msg, err)
-        self.offsets.track(msg, None)
-
-    # -- time ------------------------------------------------------------------------------
-
-    def tick(self, now: int) -> None:
-        for mailbox in self._timers.pop_due(now):
-            if not mailbox.closed and mailbox.wake_at <= now:
-                mailbox.wake_at = 0
-                self._advance(mailbox, now)
-        self._forget_closed(now)
-        m.MAILBOXES.set(len(self.mailboxes))
-
-    def _forget_closed(self, now: int) -> None:
-        closed = self._closed
-        while closed:
-            rid, forget_at = next(iter(closed.items()))
-            if forget_at > now:
-                break
-            del closed[rid]
+    def _open_orphan(self, rid: str, score: ScoreIn) -> Mailbox:
+        orphans = self._orphans.setdefault(score.partition, OrderedDict())
+        mailbox = self.mailboxes[rid] = orphans[rid] = Mailbox(rid, score.partition, score.log_time)
+        self._orphan_count += 1
+        if self._orphan_count > self.limits.max_orphans:
+            _oldest, dropped = orphans.popitem(last=False)
+            self._orphan_count -= 1
+            self._drop_orphan(dropped, "too many scores wait for their requests")
+        return mailbox
 
     # -- the mailbox state machine ---------------------------------------------------------
 
-    def _advance(self, mailbox: Mailbox, now: int) -> None:
+    def _expire_orphans(self, partition: int) -> None:
+        """Drop orphans of `partition` whose request would have been read by now."""
+        orphans = self._orphans.get(partition)
+        if not orphans:
+            return
+        horizon = self._requests_read[partition] - self.limits.orphan_grace_ms
+        while orphans and next(iter(orphans.values())).opened_at < horizon:
+            _rid, mailbox = orphans.popitem(last=False)
+            self._orphan_count -= 1
+            self._drop_orphan(mailbox, "its request did not arrive")
+
+    def _advance(self, mailbox: Mailbox, clock: int) -> None:
         """Answer when the schedule says so; log and close when every score is in or linger ends."""
         if not mailbox.has_request:
-            # Counted from when the score arrived too: while catching up on a backlog, scores
-            # may be read well before their (long expired) requests.
-            give_up = max(mailbox.deadline, mailbox.opened_at) + self.settings.orphan_grace_ms
-            if now >= give_up:
-                self._drop_orphan(mailbox)
-            else:
-                self._wake(mailbox, give_up, now)
-            return
+            return  # an orphan: its request decides (or `_expire_orphans` drops it)
         schedule = mailbox.schedule
         assert schedule is not None
         if mailbox.decision is None:
-            decision = schedule.decide(mailbox.outcomes, mailbox.created_at, mailbox.deadline, now, mailbox.request_id)
+            decision = schedule.decide(mailbox.outcomes, mailbox.created_at, mailbox.deadline, clock,
+                                       mailbox.request_id)
             if decision is None:
-                self._wake(mailbox, schedule.next_check(mailbox.outcomes, mailbox.created_at, mailbox.deadline, now),
-                           now)
+                at = schedule.next_check(mailbox.outcomes, mailbox.created_at, mailbox.deadline, clock)
+                self._wake(mailbox, at, clock)
                 return
-            self._answer(mailbox, decision, now)
-        log_by = mailbox.deadline + self.settings.linger_ms
-        if now >= log_by or self._expected_models(now) <= mailbox.arrivals.keys():
+            self._answer(mailbox, decision)
+        log_by = mailbox.deadline + self.limits.linger_ms
+        if clock > log_by or self._expected(schedule) <= mailbox.arrivals.keys():
             self._close(mailbox)
         else:
-            self._wake(mailbox, log_by, now)
+            self._wake(mailbox, log_by, clock)
 
-    def _wake(self, mailbox: Mailbox, at: int, now: int) -> None:
-        if now < mailbox.wake_at <= at:
-            return  # an earlier timer is already set; it re-evaluates this mailbox
+    def _wake(self, mailbox: Mailbox, at: int, clock: int) -> None:
+        if mailbox.wake_at != -1 and clock <= mailbox.wake_at <= at:
+            return  # an earlier (or the same) timer is pending; it re-evaluates this mailbox
         mailbox.wake_at = at
-        self._timers.push(at, mailbox)
+        self.clocks.wake(mailbox.partition, at, mailbox)
 
-    def _expected_models(self, now: int) -> frozenset[str]:
+    def _expected(self, schedule: Schedule) -> set[str]:
         """Models a comparison record waits for: the schedule's plus any seen recently."""
-        if now - self._expected_at > 1000:
-            self._expected = frozenset(self.schedule_at(now).models) | self.live_models(now)
-            self._expected_at = now
-        return self._expected
+        return set(schedule.models) | self.live_models(self.wall_ms())
 
-    def refresh_expected(self) -> None:
-        self._expected_at = 0
-
-    def _answer(self, mailbox: Mailbox, decision: Decision, now: int) -> None:
-        mailbox.decision, mailbox.answered_at = decision, now
+    def _answer(self, mailbox: Mailbox, decision: Decision) -> None:
+        mailbox.decision = decision
         chosen = mailbox.arrivals.get(decision.model) if decision.model else None
         schedule = mailbox.schedule
         record = {
@@ -255,16 +310,21 @@ class Join:
             "reason": decision.reason,
             "created_at": mailbox.created_at,
             "deadline": mailbox.deadline,
-            "answered_at": now,
+            "answered_at": decision.at,
             "schedule": schedule.name if schedule else "",
             "schedule_version": schedule.version if schedule else 0,
         }
-        self.outputs.answer(mailbox, self._codecs["answer"].encode(record))
+        mailbox.answer = record
+        self.outputs.answer(mailbox, record)
         self.answered += 1
+        self._count_answer(mailbox, decision)
+
+    def _count_answer(self, mailbox: Mailbox, decision: Decision) -> None:
         status = decision.status.value
+        wall = self.wall_ms()
         child(m.ANSWERS, decision.model or "", status).inc()
-        child(m.ANSWER_LATENCY, status).observe(max(0, now - mailbox.created_at) / 1000.0)
-        m.DEADLINE_SLACK.observe(max(0, now - mailbox.deadline) / 1000.0)
+        child(m.ANSWER_LATENCY, status).observe(max(0, wall - mailbox.created_at) / 1000.0)
+        m.DEADLINE_SLACK.observe(max(0, wall - mailbox.deadline) / 1000.0)
         if decision.status is Status.FALLBACK:
             child(m.FALLBACKS, decision.model).inc()
         elif decision.status is Status.TIMEOUT:
@@ -275,17 +335,17 @@ class Join:
         assert decision is not None
         outputs = []
         for a in mailbox.arrivals.values():
-            latency = max(0, a.arrived_at - mailbox.created_at)
+            latency = max(0, a.at - mailbox.created_at)
             child(m.SCORE_LATENCY, a.model, a.version).observe(latency / 1000.0)
             outputs.append({"model": a.model, "version": a.version, "score": a.score, "label": a.label,
                             "error": a.error, "latency_ms": float(latency), "compute_ms": a.compute_ms,
-                            "late": a.late})
+                            "late": a.at > decision.at})
         schedule = mailbox.schedule
         record = {
             "request_id": mailbox.request_id,
             "created_at": mailbox.created_at,
             "deadline": mailbox.deadline,
-            "answered_at": mailbox.answered_at,
+            "answered_at": decision.at,
             "status": decision.status.value,
             "chosen_model": decision.model,
             "reason": decision.reason,
@@ -293,20 +353,37 @@ class Join:
             "schedule_version": schedule.version if schedule else 0,
             "outputs": outputs,
         }
-        self.outputs.log(mailbox, self._codecs["comparison"].encode(record))
+        self.outputs.log(mailbox, record)
         self.logged += 1
-        self._retire(mailbox)
+        self._retire(mailbox, mailbox.answer)
 
-    def _drop_orphan(self, mailbox: Mailbox) -> None:
-        log.warning("dropping %d score(s) of %s: its request never arrived", len(mailbox.arrivals),
-                    mailbox.request_id)
+    def _drop_orphan(self, mailbox: Mailbox, why: str) -> None:
+        """Forget scores whose request never came (not remembered: if it comes after all, it is
+        a request like any other)."""
+        log.debug("dropping %d score(s) of %s: %s", len(mailbox.arrivals), mailbox.request_id, why)
         m.ORPHAN_SCORES.inc(len(mailbox.arrivals))
-        self.orphans -= 1
-        self._retire(mailbox)
-
-    def _retire(self, mailbox: Mailbox) -> None:
         mailbox.closed = True
         del self.mailboxes[mailbox.request_id]
-        # Remember the id until its scores can no longer plausibly arrive, so a late score
-        # is recognised as late instead of opening a new (orphan) mailbox.
-        self._closed[mailbox.request_id] = mailbox.deadline + self.settings.orphan_grace_ms
+
+    def _retire(self, mailbox: Mailbox, answer: dict[str, Any] | None) -> None:
+        mailbox.closed = True
+        del self.mailboxes[mailbox.request_id]
+        self._remember(mailbox.request_id, mailbox.partition, answer, mailbox.opened_at)
+
+    def _remember(self, rid: str, partition: int, answer: dict[str, Any] | None, log_time: int) -> None:
+        """Keep a closed id (and its answer) so late scores are known as late and a repeated
+        request gets the same answer; bounded in time and number."""
+        remembered = self._remembered
+        since = max(log_time, self.clocks.now(partition))
+        remembered[rid] = (partition, since + self.limits.remember_ms, answer)
+        remembered.move_to_end(rid)
+        while len(remembered) > self.limits.max_remembered:
+            remembered.popitem(last=False)
+
+    def _forget_remembered(self) -> None:
+        remembered, clocks = self._remembered, self.clocks
+        while remembered:
+            partition, forget_at, _answer = next(iter(remembered.values()))
+            if forget_at >= clocks.now(partition):
+                break
+            remembered.popitem(last=False)

@@ -3,48 +3,48 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.control.schedule import Decision, Outcome, Schedule
 
 
 @dataclass(slots=True)
 class Arrival:
-    """One model's score as it reached the rendezvous."""
+    """One model's score as the log took it (`at`: its append time)."""
 
     model: str
     version: str
     score: float | None
     label: str | None
     error: str | None
-    arrived_at: int
+    at: int
     compute_ms: float
-    late: bool
 
 
 @dataclass(slots=True)
 class Mailbox:
     request_id: str
     partition: int
-    deadline: int
-    created_at: int = 0
+    opened_at: int  # log time of the first record for it (request or score)
     has_request: bool = False
-    reply_topic: str | None = None
-    reply_partition: int | None = None
+    created_at: int = 0
+    deadline: int = 0  # effective: the request's own or the schedule's default, clamped
+    schedule: Schedule | None = None  # the version governing this request
+    replies: list[tuple[str, int | None]] = field(default_factory=list)  # return addresses
     arrivals: dict[str, Arrival] = field(default_factory=dict)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     decision: Decision | None = None
-    answered_at: int | None = None
+    answer: dict[str, Any] | None = None  # the Answer record sent (for repeats of the request)
+    restored: bool = False  # answered before a restart: finish its comparison record only
     closed: bool = False
-    wake_at: int = 0
-    schedule: Schedule | None = None  # the version governing this request (set with the request)
-    restored: bool = False  # answered before a restart; re-read to finish its comparison record
-    opened_at: int = 0  # when the first record for it arrived (rendezvous clock)
+    wake_at: int = -1  # log time of this mailbox's pending timer (-1: none)
 
     def add(self, arrival: Arrival) -> bool:
-        """Record a model's score; False if that model already reported (a duplicate)."""
+        """Record a model's score; False if that model already reported (a duplicate: the first
+        one in log order counts, as it does for any instance re-reading the partition)."""
         if arrival.model in self.arrivals:
             return False
         self.arrivals[arrival.model] = arrival
         self.outcomes[arrival.model] = Outcome(arrival.error is None and arrival.score is not None,
-                                               arrival.error)
+                                               arrival.error, arrival.at)
         return True

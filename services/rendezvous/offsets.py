@@ -4,14 +4,19 @@ Per partition, records are tracked in the order they were read (offsets increase
 is finished when its mailbox is closed (answered and logged), or at once when it needed no
 mailbox (dead-lettered, or a late score for a closed request). The committable position is
 the offset of the first unfinished record, or one past the last record read.
+
+Each tracked record may carry a `mark` (e.g. where the outputs topics ended when it was read);
+the mark of the first unfinished record travels with the committed offset as its metadata, so
+a new owner of the partition knows from where to look for outputs of what it re-reads.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import TopicPartition
 
 
 class Finishable(Protocol):
@@ -22,20 +27,23 @@ class PartitionOffsets:
     __slots__ = ("_next", "_pending")
 
     def __init__(self) -> None:
-        self._pending: deque[tuple[int, Finishable | None]] = deque()
+        self._pending: deque[tuple[int, Finishable, str | None]] = deque()
         self._next = -1
 
-    def track(self, offset: int, owner: Finishable | None) -> None:
+    def track(self, offset: int, owner: Finishable | None, mark: str | None = None) -> None:
         if owner is not None and not owner.closed:
-            self._pending.append((offset, owner))
+            self._pending.append((offset, owner, mark))
         self._next = offset + 1
 
-    def committable(self) -> int:
-        """Next offset to read after a restart; -1 if nothing was read."""
+    def committable(self) -> tuple[int, str | None]:
+        """Next offset to read after a restart (-1 if nothing was read), and its mark (None:
+        nothing is in use, the caller's current mark applies)."""
         pending = self._pending
-        while pending and (pending[0][1] is None or pending[0][1].closed):
+        while pending and pending[0][1].closed:
             pending.popleft()
-        return pending[0][0] if pending else self._next
+        if pending:
+            return pending[0][0], pending[0][2]
+        return self._next, None
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -48,22 +56,25 @@ class OffsetBook:
         self._parts: dict[tuple[str, int], PartitionOffsets] = {}
         self._committed: dict[tuple[str, int], int] = {}
 
-    def track(self, msg: Message, owner: Finishable | None) -> None:
+    def track(self, topic: str, partition: int, offset: int, owner: Finishable | None,
+              mark: str | None = None) -> None:
         """Remember a record read; it is finished when `owner` closes (None: finished now)."""
-        key = (msg.topic() or "", msg.partition() or 0)
-        offset = msg.offset() or 0
-        part = self._parts.get(key)
+        part = self._parts.get((topic, partition))
         if part is None:
-            part = self._parts[key] = PartitionOffsets()
-        part.track(offset, owner)
+            part = self._parts[(topic, partition)] = PartitionOffsets()
+        part.track(offset, owner, mark)
 
-    def to_commit(self) -> list[TopicPartition]:
-        """Positions that moved since the last call to `mark_committed`."""
+    def to_commit(self, current_mark: Callable[[str, int], str | None] = lambda _t, _p: None) -> list[TopicPartition]:
+        """Positions that moved since the last call to `mark_committed`, with their marks as metadata."""
         moves = []
         for (topic, partition), part in self._parts.items():
-            position = part.committable()
+            position, mark = part.committable()
             if position >= 0 and position != self._committed.get((topic, partition)):
-                moves.append(TopicPartition(topic, partition, position))
+                metadata = mark if mark is not None else current_mark(topic, partition)
+                if metadata is None:
+                    moves.append(TopicPartition(topic, partition, position))
+                else:
+                    moves.append(TopicPartition(topic, partition, position, metadata=metadata))
         return moves
 
     def mark_committed(self, offsets: list[TopicPartition]) -> None:
@@ -74,3 +85,6 @@ class OffsetBook:
         for tp in partitions:
             self._parts.pop((tp.topic, tp.partition), None)
             self._committed.pop((tp.topic, tp.partition), None)
+
+    def pending(self) -> int:
+        return sum(len(part) for part in self._parts.values())

@@ -1,101 +1,149 @@
-"""Rebuilding after a crash or a rebalance without answering anything twice.
+"""Taking over a partition without answering anything twice.
 
-The committed input offset of a partition is that of its oldest *unfinished* request, so
-after a restart the rendezvous re-reads requests it may already have answered (answered,
-but still collecting late scores for the comparison record) or even logged (finished, but
-behind an older unfinished one). Before re-reading partition p, it reads its own answers
-and comparison log on partition p (the outputs are co-partitioned with the requests) from a
-little before the committed request's timestamp to the end: requests found there are
-restored as answered / skipped as logged. With transactions, read_committed makes this
-exact: an answer in an aborted transaction is not there, so that request is answered again.
+The committed input offset of a requests partition is that of its oldest *unfinished* request,
+so a new owner re-reads requests that may already be answered (answered, but still collecting
+late scores for the comparison record) or even logged (finished, but behind an older
+unfinished one). Before re-reading partition p it reads the answers and comparison log of
+partition p (outputs are co-partitioned with the requests) from where they may hold outputs of
+re-read requests: requests found there are restored as answered / skipped as logged.
+
+Where to start reading travels with the committed offset as its metadata (a `Mark`): the end
+offsets of the answers and log partitions (as delivered to this instance) when the oldest
+unfinished request was read, and the transactional id of the instance that committed it.
+Without a mark (a group committed by an older version) the start is found by time, from a
+margin before the committed request's timestamp.
+
+A crashed previous owner may have left a transaction open on those partitions; read_committed
+readers cannot pass it until the broker aborts it (after transaction.timeout.ms). The new owner
+therefore fences a departed previous owner's transactional id first (`fence`): its open
+transaction is ended at once.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer as _NativeConsumer
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import Producer as _NativeProducer
 
 from services.core.codec import codec
 from services.core.errors import BadInput
 from services.core.settings import Topics
 from services.core.topic_range import PartitionSpan, read_spans
+from services.rendezvous.join import Finished
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Finished:
-    """Requests of the re-read window that already have an answer or a comparison record."""
+@dataclass(frozen=True)
+class Mark:
+    """Committed with a requests partition's offset: where its outputs may start, who committed."""
 
-    answered: dict[str, dict[str, Any]] = field(default_factory=dict)
-    logged: set[str] = field(default_factory=set)
+    answers: int
+    log: int
+    txn: str = ""
 
-    def forget(self, request_id: str) -> None:
-        self.answered.pop(request_id, None)
-        self.logged.discard(request_id)
+    def encode(self) -> str:
+        return f"a={self.answers};l={self.log};t={self.txn}"
+
+    @classmethod
+    def decode(cls, text: str | None) -> Mark | None:
+        if not text:
+            return None
+        try:
+            fields = dict(item.split("=", 1) for item in text.split(";"))
+            return cls(int(fields["a"]), int(fields["l"]), fields.get("t", ""))
+        except (ValueError, KeyError):
+            return None
 
 
-def _start_of_window(
-    consumer: _NativeConsumer, topics: Topics, partition: int, committed: int, margin_ms: int
-) -> int | None:
-    """Epoch ms from which outputs may exist for requests at or after `committed` (None: nothing to redo)."""
-    _low, high = consumer.get_watermark_offsets(TopicPartition(topics.requests, partition), timeout=15)
-    if committed < 0 or committed >= high:
-        return None
-    consumer.assign([TopicPartition(topics.requests, partition, committed)])
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        msg = consumer.poll(0.5)
-        if msg is not None and msg.error() is None:
-            _kind, ts = msg.timestamp()
-            return max(0, ts - margin_ms)
-    return 0  # could not read the record: scan the outputs from the beginning (slow but exact)
+def fence(config: Mapping[str, Any], transactional_id: str, timeout_s: float = 10.0) -> bool:
+    """End whatever transaction `transactional_id` left open (its owner is gone): a producer
+    registering the same id makes the coordinator abort it now instead of at its timeout."""
+    producer = _NativeProducer({**config, "transactional.id": transactional_id})
+    try:
+        producer.init_transactions(timeout_s)
+        return True
+    except KafkaException as exc:
+        log.warning("could not fence %s: %s", transactional_id, exc)
+        return False
 
 
 def scan_finished(
-    config: Mapping[str, Any], topics: Topics, committed: Mapping[int, int], margin_ms: int
+    config: Mapping[str, Any], topics: Topics, committed: Mapping[int, tuple[int, Mark | None]], margin_ms: int
 ) -> Finished:
     """What was already answered / logged for requests at or after the committed offsets."""
-    finished = Finished()
-    probe = _NativeConsumer({**config, "group.id": "rdv-recovery-probe", "enable.auto.commit": False,
-                             "isolation.level": "read_committed"})
+    finished = Finished({}, set())
+    probe = _NativeConsumer({**config, "group.id": f"rdv-recovery-{uuid.uuid4().hex}",
+                             "enable.auto.commit": False, "isolation.level": "read_committed"})
     try:
-        starts = {p: _start_of_window(probe, topics, p, c, margin_ms) for p, c in committed.items()}
-        windows = {p: ms for p, ms in starts.items() if ms is not None}
-        if not windows:
-            return finished
-        _collect(config, probe, topics.answers, windows, "answer", finished.answered)
-        logged: dict[str, dict[str, Any]] = {}
-        _collect(config, probe, topics.log, windows, "comparison", logged)
-        finished.logged.update(logged)
+        answers, logs = {}, {}
+        for partition, (offset, mark) in committed.items():
+            starts = _starts(probe, topics, partition, offset, mark, margin_ms)
+            if starts is not None:
+                answers[partition], logs[partition] = starts
+        if answers:
+            for record in _read(config, probe, topics.answers, answers, "answer"):
+                finished.answered[record["request_id"]] = record
+            finished.logged.update(r["request_id"] for r in _read(config, probe, topics.log, logs, "comparison"))
     finally:
         probe.close()
     log.info("recovery: %d requests already answered, %d already logged on partitions %s",
-             len(finished.answered), len(finished.logged), sorted(windows))
+             len(finished.answered), len(finished.logged), sorted(committed))
     return finished
 
 
-def _collect(
-    config: Mapping[str, Any], probe: _NativeConsumer, topic: str, windows: Mapping[int, int], schema: str,
-    into: dict[str, dict[str, Any]],
-) -> None:
-    asked = [TopicPartition(topic, p, ms) for p, ms in windows.items()]
-    found = probe.offsets_for_times(asked, timeout=15)
+def _starts(
+    probe: _NativeConsumer, topics: Topics, partition: int, committed: int, mark: Mark | None, margin_ms: int
+) -> tuple[int | str, int | str] | None:
+    """Where outputs of requests at or after `committed` may start on the answers and log
+    partitions (offsets, or "ms:<time>" to find by time); None when nothing is to be redone."""
+    _low, high = probe.get_watermark_offsets(TopicPartition(topics.requests, partition), timeout=15)
+    if committed < 0 or committed >= high:
+        return None
+    if mark is not None:
+        return mark.answers, mark.log
+    since = _timestamp_at(probe, topics.requests, partition, committed)
+    start = f"ms:{max(0, since - margin_ms)}" if since is not None else "ms:0"
+    return start, start
+
+
+def _timestamp_at(probe: _NativeConsumer, topic: str, partition: int, offset: int) -> int | None:
+    probe.assign([TopicPartition(topic, partition, offset)])
+    deadline = time.monotonic() + 15
+    try:
+        while time.monotonic() < deadline:
+            msg = probe.poll(0.5)
+            if msg is not None and msg.error() is None:
+                return int(msg.timestamp()[1])
+        return None
+    finally:
+        probe.unassign()
+
+
+def _read(
+    config: Mapping[str, Any], probe: _NativeConsumer, topic: str, starts: Mapping[int, int | str], schema: str,
+) -> list[dict[str, Any]]:
     spans = []
-    for tp in found:
-        _low, high = probe.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=15)
-        start = tp.offset if tp.offset >= 0 else high
-        spans.append(PartitionSpan(tp.partition, start, high))
+    for partition, start in starts.items():
+        low, high = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
+        if isinstance(start, str):  # "ms:<epoch ms>": the first offset at or after that time
+            found = probe.offsets_for_times([TopicPartition(topic, partition, int(start[3:]))], timeout=15)[0]
+            offset = found.offset if found.offset >= 0 else high
+        else:
+            offset = start
+        spans.append(PartitionSpan(partition, max(low, min(offset, high)), high))
     reader = codec(schema)
+    records = []
     for msg in read_spans(config, topic, spans, timeout_s=120):
         try:
-            record = reader.decode(msg.value())
+            records.append(reader.decode(msg.value()))
         except BadInput:
             continue
-        into[record["request_id"]] = record
+    return records

@@ -1,60 +1,143 @@
 """Answers to a request's return address (reply topic, optional partition).
 
-A return address is client input: a topic that does not exist, or a partition it does not
-have, must cost that one answer (counted in rdv_reply_errors_total), never the service.
-librdkafka would hold a record for an unknown topic until message.timeout.ms, so addresses
-are checked against metadata once and the verdict is cached for a while.
+A return address is client input, so it is checked before anything is written there:
+- never a topic of the deployment itself (requests, scores, answers, log, control, dead
+  letters) nor a Kafka-internal one (`__*`): an answer record there would corrupt it;
+- only topics matching the configured allow-list pattern (`--reply-topics`, a regular
+  expression matched against the whole name; the deployment's replies topic always passes);
+- only topics that exist, with the partition asked for.
+
+Whether a topic exists is asked of the broker off the poll loop (one metadata request per
+unknown topic, by a helper thread) and remembered in a bounded cache; answers for a topic
+being checked wait in a bounded queue and go out once it is known to exist. So a request
+naming a missing topic costs that one reply (counted in rdv_reply_errors_total), and never
+delays any other answer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
+import threading
 import time
-from collections.abc import Mapping
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from confluent_kafka import KafkaException
 
-from services.core.kafka import Producer, admin
+from services.core.kafka import admin
+from services.core.settings import Topics
 from services.rendezvous import metrics as m
 
 log = logging.getLogger(__name__)
 
 VERDICT_TTL_S = 30.0
+MAX_TOPICS = 1_000  # verdicts remembered
+MAX_WAITING = 10_000  # replies waiting for a verdict, all topics together
+
+Send = Callable[[str, int | None, bytes, bytes], None]
+
+
+class ReplyRules:
+    """Which topics may be a return address (pure: no broker)."""
+
+    def __init__(self, topics: Topics, pattern: str = ".*"):
+        self.replies = topics.replies
+        self._internal = {getattr(topics, f.name) for f in dataclasses.fields(topics) if f.name != "replies"}
+        self._allowed = re.compile(pattern)
+
+    def refusal(self, topic: str) -> str | None:
+        """Why `topic` may not be a return address (None: it may)."""
+        if topic == self.replies:
+            return None
+        if topic in self._internal:
+            return "internal_topic"
+        if topic.startswith("__") or not topic or len(topic) > 249:
+            return "invalid_topic"
+        if not self._allowed.fullmatch(topic):
+            return "not_allowed"
+        return None
 
 
 class ReplyRouter:
-    def __init__(self, producer: Producer, config: Mapping[str, Any]):
-        self._producer = producer
+    def __init__(self, send: Send, config: Mapping[str, Any], rules: ReplyRules):
+        self._send = send
+        self._rules = rules
         self._admin = admin(config)
-        self._partitions: dict[str, tuple[int, float]] = {}  # topic -> (partition count or 0, checked at)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rdv-reply-check")
+        self._verdicts: OrderedDict[str, tuple[int, float]] = OrderedDict()  # topic -> (partitions, at)
+        self._checking: dict[str, Future[int]] = {}
+        self._waiting: dict[str, deque[tuple[int | None, bytes, bytes]]] = {}
+        self._waiting_count = 0
+        self._lock = threading.Lock()
 
     def send(self, topic: str, partition: int | None, key: bytes, value: bytes) -> None:
-        count = self._partition_count(topic)
-        if count == 0:
-            m.REPLY_ERRORS.labels("unknown_topic").inc()
+        refusal = self._rules.refusal(topic)
+        if refusal is not None:
+            m.REPLY_ERRORS.labels(refusal).inc()
             return
-        if partition is not None and not 0 <= partition < count:
-            m.REPLY_ERRORS.labels("bad_partition").inc()
-            return
-        self._producer.produce(topic, value, key=key, partition=partition)
+        count = self._known(topic)
+        if count is None:
+            self._wait_for_verdict(topic, partition, key, value)
+        else:
+            self._deliver(topic, count, partition, key, value)
 
     def forget(self, topic: str) -> None:
         """A delivery to `topic` failed: treat it as missing until it is checked again."""
-        self._partitions[topic] = (0, time.monotonic())
+        self._verdicts[topic] = (0, time.monotonic())
 
-    def _partition_count(self, topic: str) -> int:
-        now = time.monotonic()
-        cached = self._partitions.get(topic)
-        if cached is not None and now - cached[1] < VERDICT_TTL_S:
-            return cached[0]
-        try:
-            meta = self._admin.list_topics(topic=topic, timeout=5.0).topics.get(topic)
-            count = len(meta.partitions) if meta is not None and meta.error is None else 0
-        except KafkaException as exc:
-            log.warning("cannot check return address %s: %s", topic, exc)
-            count = cached[0] if cached else 0
+    def poll(self) -> None:
+        """Deliver (or drop) replies whose topic's verdict arrived; call from the poll loop."""
+        for topic in [t for t, future in self._checking.items() if future.done()]:
+            count = self._checking.pop(topic).result()
+            self._remember(topic, count)
+            for partition, key, value in self._waiting.pop(topic, deque()):
+                self._waiting_count -= 1
+                self._deliver(topic, count, partition, key, value)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _deliver(self, topic: str, count: int, partition: int | None, key: bytes, value: bytes) -> None:
+        if count == 0:
+            m.REPLY_ERRORS.labels("unknown_topic").inc()
+        elif partition is not None and not 0 <= partition < count:
+            m.REPLY_ERRORS.labels("bad_partition").inc()
+        else:
+            self._send(topic, partition, key, value)
+
+    def _known(self, topic: str) -> int | None:
+        cached = self._verdicts.get(topic)
+        if cached is None or time.monotonic() - cached[1] >= VERDICT_TTL_S:
+            return None
+        return cached[0]
+
+    def _wait_for_verdict(self, topic: str, partition: int | None, key: bytes, value: bytes) -> None:
+        if self._waiting_count >= MAX_WAITING:
+            m.REPLY_ERRORS.labels("too_many_unchecked").inc()
+            return
+        self._waiting.setdefault(topic, deque()).append((partition, key, value))
+        self._waiting_count += 1
+        if topic not in self._checking:
+            self._checking[topic] = self._pool.submit(self._partition_count, topic)
+
+    def _remember(self, topic: str, count: int) -> None:
+        verdicts = self._verdicts
+        verdicts[topic] = (count, time.monotonic())
+        verdicts.move_to_end(topic)
+        while len(verdicts) > MAX_TOPICS:
+            verdicts.popitem(last=False)
         if count == 0:
             log.warning("return address %s does not exist; its answers go to the answers topic only", topic)
-        self._partitions[topic] = (count, now)
-        return count
+
+    def _partition_count(self, topic: str) -> int:
+        """Runs on the helper thread: one metadata request."""
+        try:
+            meta = self._admin.list_topics(topic=topic, timeout=5.0).topics.get(topic)
+        except KafkaException as exc:
+            log.warning("cannot check return address %s: %s", topic, exc)
+            return 0
+        return len(meta.partitions) if meta is not None and meta.error is None else 0

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import socket
 from dataclasses import dataclass
 
 from services.control.schedule import Schedule
 from services.core.errors import ConfigError
 from services.core.settings import KafkaSettings, parse_pairs, setting
+from services.rendezvous.join import JoinLimits
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,9 @@ class RendezvousSettings(KafkaSettings):
     model_ttl_s: float = setting(
         30.0, "A model that sent no score for this long is no longer expected in comparison records (s)."
     )
-    commit_interval_ms: int = setting(100, "How often finished offsets are committed (ms).")
+    commit_interval_ms: int = setting(
+        100, "How often finished work is committed (ms); commits run beside the poll loop."
+    )
     max_batch: int = setting(1000, "Most records handled per poll.")
     group: str = setting("", "Consumer group (default: <prefix>rendezvous); instances share it.")
     start_from: str = setting("earliest", "Where a new consumer group starts: earliest or latest.")
@@ -46,45 +51,61 @@ class RendezvousSettings(KafkaSettings):
         "exactly-once: answers, comparison records and input offsets commit in one Kafka transaction "
         "(readers use read_committed); at-least-once: flush, then commit offsets (a crash may repeat answers).",
     )
-    transactional_replies: bool = setting(
-        False, "With exactly-once: also put answers to return addresses in the transaction (a client then "
-        "never sees a repeated answer, but waits for the commit interval)."
-    )
     instance: str = setting(
-        "", "Stable id of this replica (default: the host name); with exactly-once it names the "
-        "transactional id, so a restarted replica aborts its predecessor's open transaction at once."
+        "", "Stable id of this replica (e.g. a StatefulSet pod name): makes it a static group member and names "
+        "its transactional id, so a restart takes its partitions back at once. Default: unique per process "
+        "(host-pid), so several instances on one host share the work."
     )
     session_timeout_ms: int = setting(
-        10_000, "How long a silent instance keeps its partitions before the group moves them (ms)."
-    )
-    static_membership: bool = setting(
-        False, "Join the group as a static member named --instance: a restarted replica gets its partitions "
-        "back at once. Caveat: after a broker outage longer than the session timeout librdkafka treats the "
-        "fenced old member as fatal and the service exits (to be restarted)."
+        6_000, "How long a silent instance keeps its partitions before the group moves them (ms); the broker's "
+        "group.min.session.timeout.ms (default 6000) is the lowest it accepts."
     )
     transaction_timeout_ms: int = setting(
         10_000, "How long the broker keeps a dead instance's transaction open before aborting it (ms)."
     )
     max_mailboxes: int = setting(
-        100_000, "Requests in flight before intake pauses (resumes below 80%); bounds memory under a flood."
+        100_000, "Requests in flight before request intake pauses (resumes below 80%); bounds memory under a flood."
+    )
+    max_orphans: int = setting(
+        50_000, "Scores waiting for a request that has not arrived, at most (the oldest are dropped beyond)."
+    )
+    max_budget_ms: int = setting(
+        60_000, "Longest deadline a request may ask for, from its created_at (ms); longer ones are clamped."
+    )
+    reply_topics: str = setting(
+        ".*", "Which topics may be a return address (a regular expression matched against the whole name). "
+        "The deployment's own topics and Kafka-internal ones never may; its replies topic always may."
     )
     drain_timeout_s: float = setting(
         10.0, "On SIGTERM: how long to keep finishing requests in flight before committing and exiting (s)."
     )
     recovery_margin_s: float = setting(
-        60.0, "After a restart, outputs this much older than the first re-read request are checked too (clock skew)."
+        60.0, "Taking over a partition committed without output offsets: outputs this much older than the first "
+        "re-read request are checked too (clock skew)."
+    )
+    output_linger_ms: int = setting(
+        20, "How long answers/log records may wait to be batched into one produce request (ms); they are "
+        "made final by the commit anyway, and replies to return addresses never wait."
+    )
+    clock_record_delay_ms: int = setting(
+        3, "A timer due this long by the wall clock on a quiet scores partition asks for a clock record (ms)."
     )
 
     def validate(self) -> None:
-        for name in ("deadline_ms", "linger_ms", "orphan_grace_ms", "commit_interval_ms", "max_batch"):
+        for name in ("deadline_ms", "linger_ms", "orphan_grace_ms", "commit_interval_ms", "max_batch",
+                     "max_budget_ms", "session_timeout_ms", "transaction_timeout_ms"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.processing not in ("exactly-once", "at-least-once"):
             raise ConfigError(f"--processing must be exactly-once or at-least-once, got {self.processing!r}")
-        if self.max_mailboxes < 10:
-            raise ConfigError(f"--max-mailboxes must be >= 10, got {self.max_mailboxes}")
+        if self.max_mailboxes < 10 or self.max_orphans < 10:
+            raise ConfigError("--max-mailboxes and --max-orphans must be >= 10")
         if self.start_from not in ("earliest", "latest"):
             raise ConfigError(f"--start-from must be earliest or latest, got {self.start_from!r}")
+        try:
+            re.compile(self.reply_topics)
+        except re.error as exc:
+            raise ConfigError(f"--reply-topics is not a regular expression: {exc}") from None
         self.schedule()
 
     def schedule(self) -> Schedule:
@@ -99,8 +120,20 @@ class RendezvousSettings(KafkaSettings):
         return Schedule(models=self.models, waits_ms=waits, default_deadline_ms=self.deadline_ms,
                         name=self.schedule_name, comment="bootstrap from the rendezvous' flags")
 
+    def limits(self) -> JoinLimits:
+        return JoinLimits(
+            max_budget_ms=self.max_budget_ms, linger_ms=self.linger_ms, orphan_grace_ms=self.orphan_grace_ms,
+            max_orphans=self.max_orphans, model_ttl_ms=int(self.model_ttl_s * 1000),
+        )
+
+    def static_member(self) -> bool:
+        return bool(self.instance)
+
     def transactional_id(self) -> str:
-        return f"{self.group_id()}-{self.instance or socket.gethostname()}"
+        return f"{self.group_id()}-{self.instance or _PROCESS_ID}"
 
     def group_id(self) -> str:
         return self.group or f"{self.topic_prefix}rendezvous"
+
+
+_PROCESS_ID = f"{socket.gethostname()}-{os.getpid()}"

@@ -56,9 +56,16 @@ def test_garbage_and_wrong_schema_are_dead_lettered_while_good_requests_flow(
         producer.produce(topics.requests, bad_values[key][0], key=key)
     assert producer.flush(30) == 0
 
-    answers = read_topic(config, topics.answers, expect=60, decode="answer")
-    assert sorted(a["request_id"] for a in answers) == sorted(good_ids)
-    assert {a["status"] for a in answers} == {"OK"}
+    # Requests that decode but cannot be scored (no features, no payload) still get an answer:
+    # an explicit ERROR with the reason, never silence.
+    # (The same encoded empty request is sent 10 times: one request id, answered once.)
+    answers = read_topic(config, topics.answers, expect=61, decode="answer")
+    good = [a for a in answers if a["request_id"] in set(good_ids)]
+    assert sorted(a["request_id"] for a in good) == sorted(good_ids)
+    assert {a["status"] for a in good} == {"OK"}
+    refused = [a for a in answers if a["request_id"] not in set(good_ids)]
+    assert len(refused) == 1
+    assert all(a["status"] == "ERROR" and "neither features nor a payload" in a["reason"] for a in refused)
     dead = read_topic(config, topics.deadletter, expect=60, decode="deadletter")
     assert len(dead) == 60
     for letter in dead:

@@ -60,7 +60,7 @@ def test_promote_and_rollback_during_a_stream_switch_exactly_at_the_effective_ti
     assert all(r["schedule_version"] == by_id[r["request_id"]] for r in logged)
 
 
-def test_malformed_or_unknown_model_schedules_are_refused_and_the_old_one_stays(
+def test_malformed_forged_or_unknown_model_schedules_are_refused_and_the_old_one_stays(
     services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
 ) -> None:
     services.worker(bootstrap, prefix, "demo:champion")
@@ -72,21 +72,27 @@ def test_malformed_or_unknown_model_schedules_are_refused_and_the_old_one_stays(
         assert_one_line_error(refused, "ghost", "sent no score")
 
         producer = Producer(config)
-        ghost = Schedule(models=("ghost",), version=2, effective_at=0)
-        producer.produce(topics.control, encode_schedule(ghost), key=ghost.key())
         producer.produce(topics.control, b"not a schedule", key=b"default/0000000003")
         stale = Schedule(models=("champion",), version=1, effective_at=5)
         producer.produce(topics.control, encode_schedule(stale), key="default/0000000001")
+        year_2100 = Schedule(models=("champion",), version=5, effective_at=4_102_444_800_000)
+        producer.produce(topics.control, encode_schedule(year_2100), key=year_2100.key())
+        huge = Schedule(models=("champion",), version=2**63 - 1, effective_at=0)
+        producer.produce(topics.control, encode_schedule(huge), key=huge.key())
         assert producer.flush(30) == 0
 
-        dead = read_topic(config, topics.deadletter, expect=3, decode="deadletter")
+        dead = read_topic(config, topics.deadletter, expect=4, decode="deadletter")
         reasons = sorted(d["reason"] for d in dead if d["source_topic"] == topics.control)
-        assert len(reasons) == 3, reasons
-        assert any("ghost" in r and "sent no score" in r for r in reasons)
+        assert len(reasons) == 4, reasons
         assert any("not an Avro single-object" in r for r in reasons)
         assert any("not newer than v1" in r for r in reasons)
+        assert any("days after the record was written" in r for r in reasons)
+        assert any("outside 1.." in r for r in reasons)
         assert all("v1 stays in force" in r for r in reasons)
         assert rendezvous_service.book.latest is not None and rendezvous_service.book.latest.version == 1
+        # The CLI applies the same rule to the same records: it agrees on what is in force.
+        shown = rendezvous("schedule", "show", "--bootstrap", bootstrap, "--topic-prefix", prefix)
+        assert shown.returncode == 0 and '"version": 1' in shown.stdout, shown.stdout + shown.stderr
 
         after = client.score(demo_rows(1, seed=2)[0])
     assert (after.schedule_version, after.model, after.status) == (1, "champion", "OK")

@@ -20,7 +20,8 @@ def test_preferred_model_wins_as_soon_as_it_answers() -> None:
 
 def test_waits_for_the_preferred_model_until_the_deadline() -> None:
     assert SCHEDULE.decide({"challenger": OK, "canary": OK}, T0, DEADLINE, DEADLINE - 1) is None
-    decision = SCHEDULE.decide({"challenger": OK, "canary": OK}, T0, DEADLINE, DEADLINE)
+    assert SCHEDULE.decide({"challenger": OK, "canary": OK}, T0, DEADLINE, DEADLINE) is None
+    decision = SCHEDULE.decide({"challenger": OK, "canary": OK}, T0, DEADLINE, DEADLINE + 1)
     assert decision is not None and (decision.status, decision.model) == (Status.FALLBACK, "challenger")
     assert "champion late" in decision.reason
 
@@ -33,7 +34,7 @@ def test_error_counts_as_answered_unusable_at_once() -> None:
 
 def test_error_of_preferred_still_waits_for_the_next_in_line() -> None:
     assert SCHEDULE.decide({"champion": FAILED, "canary": OK}, T0, DEADLINE, T0 + 1) is None
-    decision = SCHEDULE.decide({"champion": FAILED, "canary": OK}, T0, DEADLINE, DEADLINE)
+    decision = SCHEDULE.decide({"champion": FAILED, "canary": OK}, T0, DEADLINE, DEADLINE + 1)
     assert decision is not None and decision.model == "canary"
 
 
@@ -50,18 +51,49 @@ def test_error_status_when_every_model_failed_before_the_deadline() -> None:
 
 def test_per_model_wait_moves_on_before_the_deadline() -> None:
     schedule = Schedule(models=("champion", "challenger"), waits_ms={"champion": 50})
-    assert schedule.decide({"challenger": OK}, T0, DEADLINE, T0 + 49) is None
-    decision = schedule.decide({"challenger": OK}, T0, DEADLINE, T0 + 50)
+    assert schedule.decide({"challenger": OK}, T0, DEADLINE, T0 + 50) is None
+    decision = schedule.decide({"challenger": OK}, T0, DEADLINE, T0 + 51)
     assert decision is not None and decision.model == "challenger"
-    # A preferred score that is there still wins, even after its wait.
+    # A preferred score appended in time wins, whenever it is read.
     decision = schedule.decide({"champion": OK, "challenger": OK}, T0, DEADLINE, T0 + 80)
     assert decision is not None and decision.model == "champion"
+    # One appended after its wait is late: it counts as not there.
+    late = Outcome(usable=True, at=T0 + 51)
+    decision = schedule.decide({"champion": late, "challenger": OK}, T0, DEADLINE, T0 + 80)
+    assert decision is not None and decision.model == "challenger" and decision.at == T0 + 50
+
+
+def test_decision_time_is_the_log_time_that_determined_it() -> None:
+    decision = SCHEDULE.decide({"champion": Outcome(True, at=T0 + 7)}, T0, DEADLINE, T0 + 30)
+    assert decision is not None and decision.at == T0 + 7
+    decision = SCHEDULE.decide({"champion": FAILED, "challenger": Outcome(True, at=T0 + 9)}, T0, DEADLINE, T0 + 40)
+    assert decision is not None and decision.at == T0 + 9
+    decision = SCHEDULE.decide({}, T0, DEADLINE, DEADLINE + 25)
+    assert decision is not None and decision.status is Status.TIMEOUT and decision.at == DEADLINE
+
+
+def test_a_decision_does_not_depend_on_when_it_is_evaluated() -> None:
+    """Evaluated at any clock from the first that decides it on, the answer is the same: what any
+    instance re-reading the same records decides."""
+    schedule = Schedule(models=("champion", "challenger", "canary"), waits_ms={"champion": 50, "challenger": 100})
+    appended = {"champion": Outcome(True, at=T0 + 60), "challenger": Outcome(True, at=T0 + 80),
+                "canary": Outcome(True, at=T0 + 5)}
+
+    def read_by(clock: int) -> dict[str, Outcome]:  # what an instance has read once the clock is there
+        return {m: o for m, o in appended.items() if o.at <= clock}
+
+    decisions = [(c, schedule.decide(read_by(c), T0, DEADLINE, c)) for c in range(T0, DEADLINE + 500)]
+    first = next(d for _c, d in decisions if d is not None)
+    assert all(d == first for c, d in decisions if c >= T0 + 80)
+    assert all(d is None for c, d in decisions if c < T0 + 80)
+    assert first.model == "challenger" and first.at == T0 + 80
 
 
 def test_next_check_is_the_next_give_up_time() -> None:
     schedule = Schedule(models=("champion", "challenger"), waits_ms={"champion": 50})
     assert schedule.next_check({}, T0, DEADLINE, T0) == T0 + 50
-    assert schedule.next_check({}, T0, DEADLINE, T0 + 50) == DEADLINE
+    assert schedule.next_check({}, T0, DEADLINE, T0 + 50) == T0 + 50
+    assert schedule.next_check({}, T0, DEADLINE, T0 + 51) == DEADLINE
 
 
 def test_default_deadline_applies_when_the_request_has_none() -> None:

@@ -1,66 +1,12 @@
-"""Deadline heap, committable offsets, settings resolution."""
+"""Settings resolution."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
-from confluent_kafka import TopicPartition
 
 from services.core.errors import ConfigError
 from services.core.settings import KafkaSettings, Topics, from_namespace, redact
-from services.rendezvous.offsets import OffsetBook
 from services.rendezvous.settings import RendezvousSettings
-from services.rendezvous.timers import DeadlineHeap
-
-
-def test_deadline_heap_pops_due_items_earliest_first() -> None:
-    heap: DeadlineHeap[str] = DeadlineHeap()
-    for at, item in [(30, "c"), (10, "a"), (20, "b"), (10, "a2"), (50, "e")]:
-        heap.push(at, item)
-    assert heap.earliest() == 10
-    assert heap.pop_due(25) == ["a", "a2", "b"]
-    assert heap.pop_due(25) == []
-    assert heap.earliest() == 30 and len(heap) == 2
-
-
-@dataclass
-class Owner:
-    closed: bool = False
-
-
-class FakeMessage:
-    """Only the three accessors OffsetBook reads (a real Message cannot be built in Python)."""
-
-    def __init__(self, topic: str, partition: int, offset: int):
-        self._t, self._p, self._o = topic, partition, offset
-
-    def topic(self) -> str:
-        return self._t
-
-    def partition(self) -> int:
-        return self._p
-
-    def offset(self) -> int:
-        return self._o
-
-
-def test_commit_stops_at_the_oldest_open_mailbox() -> None:
-    book = OffsetBook()
-    first, second = Owner(), Owner()
-    book.track(FakeMessage("req", 0, 10), first)  # type: ignore[arg-type]
-    book.track(FakeMessage("req", 0, 11), None)  # type: ignore[arg-type]
-    book.track(FakeMessage("req", 0, 12), second)  # type: ignore[arg-type]
-    assert [(t.partition, t.offset) for t in book.to_commit()] == [(0, 10)]
-    second.closed = True
-    assert [t.offset for t in book.to_commit()] == [10]
-    first.closed = True
-    moves = book.to_commit()
-    assert [t.offset for t in moves] == [13]
-    book.mark_committed(moves)
-    assert book.to_commit() == []
-    book.forget([TopicPartition("req", 0)])
-    assert book.to_commit() == []
 
 
 def test_settings_precedence_flag_over_env_over_default(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,386 @@
+"""The one consumer-service skeleton every service runs on.
+
+A service is a `StreamHandler` plugged into `StreamService`, which owns everything the services
+used to write four times: waiting for the broker, the Kafka clients, the commit discipline
+(`core/commits.py`: exactly-once transactions, at-least-once flush-then-commit, or plain commits
+after the handler made its work durable), commits off the poll loop, assignment / revoke / lost,
+readiness, and the drain on SIGTERM.
+
+    run(stop)
+      wait for the broker; build producer (transactional for exactly-once) and consumer
+      committer.init(); handler.start(context); subscribe
+      loop until stop: poll -> handler.on_batch -> handler.on_tick -> commit every interval
+      drain: pause intake, keep looping until nothing is in flight (bounded), commit, close
+
+Commit order (all disciplines): outputs first, then the input offsets they finish
+(`handler.finished_offsets()`); a revoked partition's finished work is committed before it is
+given up; a lost partition is never committed (another member may own it already) and, with
+transactions, the open transaction is aborted. Signals only set `stop`; everything closes
+through an ExitStack.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from confluent_kafka import Message, TopicPartition
+
+from services.core.commits import AtLeastOnce, CommitLane, Committer, ExactlyOnce, TransactionAborted
+from services.core.errors import ConfigError, KafkaOperationError
+from services.core.health import BrokerHealth
+from services.core.kafka import Consumer, Producer, wait_for_broker
+
+log = logging.getLogger(__name__)
+
+PROCESSING = ("exactly-once", "at-least-once", "durable")
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """How one service reads and commits (built by the service from its settings)."""
+
+    name: str  # service name, for logs
+    config: dict[str, Any]  # librdkafka base config (bootstrap + pass-through keys)
+    subscription: list[str]
+    group_id: str
+    processing: str = "at-least-once"  # exactly-once | at-least-once | durable (the handler persists)
+    producer: bool = True  # does the service write outputs?
+    transactional_id: str = ""
+    transaction_timeout_ms: int = 10_000
+    commit_interval_ms: int = 100
+    max_batch: int = 500
+    max_wait_s: float = 0.1
+    drain_timeout_s: float = 10.0
+    connect_timeout_s: float = 15.0
+    consumer_config: dict[str, Any] = field(default_factory=dict)  # group tuning, assignment, isolation
+    intake: tuple[str, ...] = ()  # topics paused when draining (empty: every topic)
+    producer_config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.processing not in PROCESSING:
+            raise ConfigError(f"processing must be one of {', '.join(PROCESSING)}, got {self.processing!r}")
+        if self.processing == "exactly-once" and not (self.producer and self.transactional_id):
+            raise ConfigError("exactly-once processing needs a producer and a transactional id")
+
+
+class Context:
+    """What a handler gets to work with once the clients exist."""
+
+    def __init__(self, spec: StreamSpec, config: dict[str, Any], health: BrokerHealth, consumer: Consumer,
+                 producer: Producer | None, lane: CommitLane, stack: ExitStack):
+        self.spec, self.config, self.health = spec, config, health
+        self.consumer, self.producer, self.outputs, self.stack = consumer, producer, lane, stack
+        self.draining = False
+
+    def pause_topic(self, topic: str, pause: bool) -> None:
+        partitions = [tp for tp in self.consumer.assignment() if tp.topic == topic]
+        if partitions:
+            (self.consumer.pause if pause else self.consumer.resume)(partitions)
+
+
+class StreamHandler(Protocol):
+    """The service-specific part. Every method runs on the poll loop's thread."""
+
+    def start(self, ctx: Context) -> None:
+        """Clients exist, nothing is subscribed yet (e.g. read history, create helpers)."""
+
+    def on_batch(self, messages: list[Message]) -> None:
+        """Handle what one poll returned (possibly nothing)."""
+
+    def on_tick(self) -> None:
+        """Timed work; called after every poll."""
+
+    def next_wakeup(self) -> float:
+        """Seconds until the handler has timed work (bounds the poll timeout)."""
+
+    def finished_offsets(self) -> list[TopicPartition]:
+        """Positions whose work is finished (its outputs produced / made durable)."""
+
+    def on_committed(self, offsets: list[TopicPartition]) -> None:
+        """These positions are committed."""
+
+    def on_assigned(self, partitions: list[TopicPartition]) -> None:
+        """New partitions (already assigned; the handler may pause them until it is ready)."""
+
+    def on_released(self, partitions: list[TopicPartition], lost: bool) -> None:
+        """Partitions taken away (after their finished work was committed, unless `lost`)."""
+
+    def on_rewind(self) -> None:
+        """The open transaction was aborted: forget all state; everything is re-read."""
+
+    def in_flight(self) -> int:
+        """Records still being worked on (the drain waits for 0)."""
+
+    def not_ready(self) -> str | None:
+        """Why the handler cannot work now (None: it can)."""
+
+
+class StreamService:
+    """Runs one handler: `run(stop)` until the flag is set, then drain and commit."""
+
+    def __init__(self, spec: StreamSpec, handler: StreamHandler):
+        self.spec = spec
+        self.handler = handler
+        self.health = BrokerHealth()
+        self.ready = threading.Event()  # set once partitions are assigned (tests and readiness)
+        self.ctx: Context | None = None
+        self._assigned = False
+        self._draining_until: float | None = None
+        self._rewinding = False
+        self._last_commit = 0.0
+
+    # -- readiness -------------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self.health.up:
+            return False, self.health.describe()
+        if not self._assigned:
+            return False, "waiting for a partition assignment"
+        if self._draining_until is not None:
+            return False, "draining before shutdown"
+        reason = self.handler.not_ready()
+        return (False, reason) if reason else (True, "ready")
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        spec = self.spec
+        config: dict[str, Any] = {**spec.config, "error_cb": self.health.error_cb}
+        wait_for_broker(config, spec.connect_timeout_s)
+        with ExitStack() as stack:
+            producer = self._producer(config, stack)
+            consumer = Consumer({**config, "group.id": spec.group_id, **spec.consumer_config})
+            stack.callback(consumer.close)
+            committer = self._committer(producer, consumer)
+            lane = CommitLane(committer, producer, background=spec.processing != "durable")
+            stack.callback(lane.close)
+            committer.init()
+            self.ctx = ctx = Context(spec, config, self.health, consumer, producer, lane, stack)
+            self.handler.start(ctx)
+            self._subscribe()
+            log.info("%s reading %s (group %s, %s)", spec.name, ", ".join(spec.subscription), spec.group_id,
+                     spec.processing)
+            self._loop(stop)
+            self._drain()
+
+    def _producer(self, config: dict[str, Any], stack: ExitStack) -> Producer | None:
+        spec = self.spec
+        if not spec.producer:
+            return None
+        producer_config = {**config, **spec.producer_config}
+        if spec.processing == "exactly-once":
+            producer_config["transactional.id"] = spec.transactional_id
+            producer_config["transaction.timeout.ms"] = spec.transaction_timeout_ms
+        producer = Producer(producer_config)
+        stack.callback(producer.close)
+        return producer
+
+    def _committer(self, producer: Producer | None, consumer: Consumer) -> Committer:
+        kind = ExactlyOnce if self.spec.processing == "exactly-once" else AtLeastOnce
+        return kind(producer, consumer, self._waiting, self.health)
+
+    def _subscribe(self) -> None:
+        assert self.ctx is not None
+        self.ctx.consumer.subscribe(self.spec.subscription, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                    on_lost=self._on_lost)
+
+    def _loop(self, stop: threading.Event | Callable[[], bool]) -> None:
+        assert self.ctx is not None
+        ctx, handler, spec = self.ctx, self.handler, self.spec
+        stopped = stop.is_set if isinstance(stop, threading.Event) else stop
+        while not stopped():
+            timeout = max(0.0, min(spec.max_wait_s, handler.next_wakeup()))
+            messages = ctx.consumer.consume(spec.max_batch, timeout)
+            if messages:
+                self.health.mark_up()
+            handler.on_batch(messages)
+            handler.on_tick()
+            self._settle_commits()
+            if time.monotonic() - self._last_commit >= spec.commit_interval_ms / 1000.0:
+                self._request_commit()
+            if ctx.producer is not None:
+                ctx.producer.poll(0)
+
+    # -- commits ---------------------------------------------------------------------------
+
+    def _request_commit(self) -> None:
+        assert self.ctx is not None
+        lane = self.ctx.outputs
+        self._last_commit = time.monotonic()
+        if lane.busy():
+            return
+        offsets = self.handler.finished_offsets()
+        # A transaction must also commit when only outputs were produced (e.g. answers to
+        # requests whose offsets wait behind an older one): readers see them only then.
+        if offsets or (lane.produced and lane.transactional):
+            lane.request(offsets, give_up=self._give_up)
+
+    def _settle_commits(self) -> None:
+        assert self.ctx is not None
+        for outcome in self.ctx.outputs.outcomes():
+            if outcome.error is None:
+                if outcome.done:
+                    self.handler.on_committed(outcome.offsets)
+                    self.health.mark_up()
+                continue
+            if isinstance(outcome.error, TransactionAborted):
+                log.warning("%s: re-reading from the committed offsets", outcome.error)
+                self._rewind()
+            else:
+                raise outcome.error
+
+    def commit_now(self) -> None:
+        """Commit finished work on this thread (revoke, drain)."""
+        assert self.ctx is not None
+        offsets = self.handler.finished_offsets()
+        try:
+            if self.ctx.outputs.commit_now(offsets, self._give_up):
+                self.handler.on_committed(offsets)
+        except TransactionAborted as err:
+            log.warning("%s: the next owner re-reads that work", err)
+
+    def _give_up(self) -> bool:
+        """Stop retrying a commit only when a drain ran out of time (the next owner redoes it)."""
+        until = self._draining_until
+        return until is not None and time.monotonic() >= until
+
+    def _waiting(self, what: str) -> None:
+        self.health.mark_down()
+        log.warning("%s: %s", self.spec.name, what)
+
+    def _rewind(self) -> None:
+        """After an aborted transaction: forget everything since the last commit and re-read.
+
+        Leaving and re-joining the group makes the consumer start again from the committed
+        offsets, whatever the broker's state was."""
+        assert self.ctx is not None
+        self._rewinding = True
+        try:
+            self.ctx.outputs.abort_now()
+            self.handler.on_rewind()
+            self.ctx.consumer.native.unsubscribe()
+            self._subscribe()
+        finally:
+            self._rewinding = False
+
+    # -- rebalances ------------------------------------------------------------------------
+
+    def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        log.info("%s assigned %s", self.spec.name, sorted((p.topic, p.partition) for p in partitions))
+        self._assigned = True
+        assert self.ctx is not None
+        # Assigned here, not after the callback returns, so the handler can pause or reposition
+        # them before a single record of theirs is fetched.
+        self.ctx.consumer.assign(partitions)
+        self.handler.on_assigned(partitions)
+        self.ready.set()
+
+    def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        log.info("%s revoked %s: committing finished work", self.spec.name,
+                 sorted((p.topic, p.partition) for p in partitions))
+        if not self._rewinding:
+            try:
+                self.commit_now()
+            except KafkaOperationError as err:
+                log.warning("commit on revoke failed (%s): the next owner repeats that work", err)
+        self.handler.on_released(partitions, lost=False)
+
+    def _on_lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        # Another member may own these already: committing now could overwrite its progress,
+        # and an open transaction may hold outputs for them, so it is aborted.
+        log.warning("%s lost %s: dropping their state without committing", self.spec.name,
+                    sorted((p.topic, p.partition) for p in partitions))
+        assert self.ctx is not None
+        if self.ctx.outputs.transactional:
+            try:
+                self.ctx.outputs.abort_now()
+            except TransactionAborted as err:
+                log.warning("%s", err)  # the producer was replaced; nothing of it was committed
+        self.handler.on_released(partitions, lost=True)
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """After SIGTERM: stop intake, finish what is in flight (bounded), commit, return."""
+        assert self.ctx is not None
+        ctx = self.ctx
+        self._draining_until = time.monotonic() + self.spec.drain_timeout_s
+        ctx.draining = True
+        intake = [tp for tp in ctx.consumer.assignment() if not self.spec.intake or tp.topic in self.spec.intake]
+        if intake:
+            ctx.consumer.pause(intake)
+        if self.handler.in_flight():
+            log.info("%s draining %d records in flight (at most %.0fs)", self.spec.name, self.handler.in_flight(),
+                     self.spec.drain_timeout_s)
+            self._loop(lambda: not self.handler.in_flight() or self._give_up())
+        self.commit_now()
+
+
+class Positions:
+    """Commit positions of a service whose records are finished as soon as their batch returns
+    (model workers, comparison, decoy): one past the last record read, per partition."""
+
+    def __init__(self) -> None:
+        self._next: dict[tuple[str, int], int] = {}
+        self._committed: dict[tuple[str, int], int] = {}
+
+    def advance(self, messages: list[Message]) -> None:
+        for msg in messages:  # a partition's records arrive in offset order
+            self._next[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
+
+    def finished(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p, o) for (t, p), o in self._next.items() if self._committed.get((t, p)) != o]
+
+    def committed(self, offsets: list[TopicPartition]) -> None:
+        for tp in offsets:
+            self._committed[(tp.topic, tp.partition)] = tp.offset
+
+    def forget(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._next.pop((tp.topic, tp.partition), None)
+            self._committed.pop((tp.topic, tp.partition), None)
+
+
+class SimpleHandler:
+    """Defaults for handlers whose records are finished when their batch returns: positions are
+    committed as they are, nothing is in flight, nothing to recover. Subclasses set `service`."""
+
+    def __init__(self) -> None:
+        self.positions = Positions()
+        self.ctx: Context | None = None
+
+    def start(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def on_tick(self) -> None:
+        return None
+
+    def next_wakeup(self) -> float:
+        return 1.0
+
+    def finished_offsets(self) -> list[TopicPartition]:
+        return self.positions.finished()
+
+    def on_committed(self, offsets: list[TopicPartition]) -> None:
+        self.positions.committed(offsets)
+
+    def on_assigned(self, partitions: list[TopicPartition]) -> None:
+        return None
+
+    def on_released(self, partitions: list[TopicPartition], lost: bool) -> None:
+        self.positions.forget(partitions)
+
+    def on_rewind(self) -> None:
+        self.positions = Positions()
+
+    def in_flight(self) -> int:
+        return 0
+
+    def not_ready(self) -> str | None:
+        return None

@@ -1,0 +1,91 @@
+"""The log's clock, one per scores partition, and the timers it drives.
+
+Every decision the join takes is measured against the time the *broker* appended records to
+the scores partition (LogAppendTime): a partition's clock is the newest append time read from
+it. A model is given up once that clock has passed its give-up time, and a score counts if it
+was appended by then. Any instance that reads the same partition decides the same, which is
+what lets a new owner of a partition re-decide exactly as a crashed one did.
+
+A quiet partition's clock does not move by itself. When a timer is due by the wall clock but
+the partition has not shown a later append time, the service writes a clock record (no value,
+header `rdv-clock`) to that partition; the broker stamps it, and reading it back moves the clock.
+`markers_due` says which partitions need one.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+NEVER = -(2**62)
+
+
+@dataclass
+class _Partition(Generic[T]):
+    now: int = NEVER
+    timers: list[tuple[int, int, T]] = field(default_factory=list)
+    marker_sent_at: float = -1.0  # wall time (s) of the last clock record asked for
+
+
+class LogClocks(Generic[T]):
+    """Per-partition log clocks with timers in log time."""
+
+    def __init__(self) -> None:
+        self._parts: dict[int, _Partition[T]] = {}
+        self._seq = itertools.count()  # ties pop in push order; items are never compared
+
+    def _part(self, partition: int) -> _Partition[T]:
+        part = self._parts.get(partition)
+        if part is None:
+            part = self._parts[partition] = _Partition()
+        return part
+
+    def now(self, partition: int) -> int:
+        part = self._parts.get(partition)
+        return NEVER if part is None else part.now
+
+    def advance(self, partition: int, log_time: int) -> list[T]:
+        """Move the clock to `log_time` (if later); the items whose time it has now passed."""
+        part = self._part(partition)
+        if log_time <= part.now:
+            return []
+        part.now = log_time
+        part.marker_sent_at = -1.0
+        due = []
+        timers = part.timers
+        while timers and timers[0][0] < log_time:
+            due.append(heapq.heappop(timers)[2])
+        return due
+
+    def wake(self, partition: int, at: int, item: T) -> None:
+        """Hand `item` back once the partition's clock passes `at`."""
+        heapq.heappush(self._part(partition).timers, (at, next(self._seq), item))
+
+    def markers_due(self, wall_ms: int, delay_ms: int, resend_s: float, wall_s: float) -> list[int]:
+        """Partitions whose earliest timer is `delay_ms` overdue by the wall clock while their log
+        clock has not passed it (and no clock record was asked for in the last `resend_s`)."""
+        due = []
+        for partition, part in self._parts.items():
+            if not part.timers or part.timers[0][0] + delay_ms > wall_ms:
+                continue
+            if part.marker_sent_at >= 0 and wall_s - part.marker_sent_at < resend_s:
+                continue
+            part.marker_sent_at = wall_s
+            due.append(partition)
+        return due
+
+    def earliest(self) -> int | None:
+        """The earliest timer of any partition (log ms), for the poll loop's wake-up."""
+        tops = [part.timers[0][0] for part in self._parts.values() if part.timers]
+        return min(tops) if tops else None
+
+    def forget(self, partitions: set[int]) -> None:
+        for partition in partitions:
+            self._parts.pop(partition, None)
+
+    def pending(self) -> int:
+        return sum(len(part.timers) for part in self._parts.values())

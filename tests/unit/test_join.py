@@ -1,0 +1,281 @@
+"""The join's state machine, fed plain records: every ordering of request, score, error, late
+score and deadline; repeated requests; forged input; and that any instance re-reading the same
+records decides the same."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from services.control.schedule import Schedule
+from services.rendezvous.join import Finished, Join, JoinLimits, Reply
+from services.rendezvous.mailbox import Mailbox
+from services.rendezvous.records import RequestIn, ScoreIn
+
+T0 = 1_000_000
+MODELS = ("champion", "challenger", "canary")
+
+
+@dataclass
+class Collected:
+    answers: list[dict[str, Any]] = field(default_factory=list)
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    replies: list[tuple[Reply, dict[str, Any]]] = field(default_factory=list)
+
+    def answer(self, mailbox: Mailbox, record: dict[str, Any]) -> None:
+        self.answers.append(record)
+        self.replies.extend((reply, record) for reply in mailbox.replies)
+
+    def log(self, mailbox: Mailbox, record: dict[str, Any]) -> None:
+        self.logs.append(record)
+
+    def repeat(self, reply: Reply, record: dict[str, Any]) -> None:
+        self.replies.append((reply, record))
+
+
+def make_join(schedule: Schedule | None = None, **limits: Any) -> tuple[Join, Collected]:
+    out = Collected()
+    chosen = schedule or Schedule(models=MODELS)
+    join = Join(JoinLimits(**limits), lambda _created: chosen, out, wall_ms=lambda: T0)
+    return join, out
+
+
+def request(rid: str, *, at: int = T0, budget: int = 200, partition: int = 0, reply: str | None = "replies",
+            problem: str | None = None, created: int | None = None) -> RequestIn:
+    created_at = at if created is None else created
+    return RequestIn(rid, partition, 0, at, created_at, created_at + budget if budget else 0, reply, None, problem)
+
+
+def score(rid: str, model: str, at: int, *, value: float | None = 0.9, error: str | None = None,
+          partition: int = 0) -> ScoreIn:
+    return ScoreIn(rid, partition, 0, at, model, "v1", value, "benign" if value is not None else None, error)
+
+
+def decided(out: Collected) -> dict[str, tuple[str, str | None, int]]:
+    return {a["request_id"]: (a["status"], a["model"], a["answered_at"]) for a in out.answers}
+
+
+def test_preferred_score_answers_at_once_with_its_append_time() -> None:
+    join, out = make_join()
+    join.on_request(request("r"))
+    assert out.answers == []
+    join.on_score(score("r", "champion", T0 + 7))
+    assert decided(out) == {"r": ("OK", "champion", T0 + 7)}
+    assert out.replies[0][0] == ("replies", None)
+    assert out.logs == []  # still waiting for the other models' scores
+    join.on_score(score("r", "challenger", T0 + 9))
+    join.on_score(score("r", "canary", T0 + 11))
+    assert [r["request_id"] for r in out.logs] == ["r"]
+    late = {o["model"]: o["late"] for o in out.logs[0]["outputs"]}
+    assert late == {"champion": False, "challenger": True, "canary": True}
+    assert join.mailboxes == {}
+
+
+def test_scores_before_their_request_are_kept_and_answer_when_it_comes() -> None:
+    join, out = make_join()
+    join.on_score(score("r", "challenger", T0 + 3))
+    join.on_score(score("r", "champion", T0 + 4))
+    assert join.orphans == 1 and out.answers == []
+    join.on_request(request("r", at=T0 + 5, created=T0))
+    assert decided(out) == {"r": ("OK", "champion", T0 + 4)}
+    assert join.orphans == 0
+
+
+def test_an_error_moves_on_to_the_next_model_without_waiting() -> None:
+    join, out = make_join()
+    join.on_request(request("r"))
+    join.on_score(score("r", "champion", T0 + 2, value=None, error="ValueError: no"))
+    assert out.answers == []  # the challenger may still answer in time
+    join.on_score(score("r", "challenger", T0 + 5))
+    assert decided(out) == {"r": ("FALLBACK", "challenger", T0 + 5)}
+    assert "champion failed (ValueError: no)" in out.answers[0]["reason"]
+
+
+def test_nothing_in_time_is_an_explicit_timeout_once_the_log_passes_the_deadline() -> None:
+    join, out = make_join()
+    join.on_request(request("r"))
+    join.on_clock(0, T0 + 200)  # at the deadline: not past it
+    assert out.answers == []
+    join.on_clock(0, T0 + 201)
+    assert decided(out) == {"r": ("TIMEOUT", None, T0 + 200)}
+
+
+def test_a_score_appended_after_the_deadline_is_late_whenever_it_is_read() -> None:
+    join, out = make_join()
+    join.on_request(request("r"))
+    join.on_score(score("r", "champion", T0 + 250))  # its own append time is past the deadline
+    assert decided(out) == {"r": ("TIMEOUT", None, T0 + 200)}
+    join.on_score(score("r", "challenger", T0 + 260))
+    join.on_score(score("r", "canary", T0 + 270))
+    assert out.logs[0]["status"] == "TIMEOUT"
+    assert all(o["late"] for o in out.logs[0]["outputs"])
+
+
+def test_every_model_failing_in_time_is_an_error_answer() -> None:
+    join, out = make_join()
+    join.on_request(request("r"))
+    for i, model in enumerate(MODELS):
+        join.on_score(score("r", model, T0 + i, value=None, error="boom"))
+    assert decided(out)["r"][0] == "ERROR"
+
+
+def test_per_model_wait_falls_back_by_the_log_clock() -> None:
+    join, out = make_join(Schedule(models=MODELS, waits_ms={"champion": 50}))
+    join.on_request(request("r"))
+    join.on_score(score("r", "canary", T0 + 10))
+    join.on_score(score("r", "challenger", T0 + 40))
+    assert out.answers == []
+    join.on_clock(0, T0 + 51)
+    assert decided(out) == {"r": ("FALLBACK", "challenger", T0 + 50)}
+
+
+def test_a_request_that_cannot_be_scored_is_answered_error_at_once_and_logged() -> None:
+    join, out = make_join()
+    owner = join.on_request(request("r", problem="the request carries neither features nor a payload"))
+    assert owner is None
+    assert decided(out)["r"][0] == "ERROR"
+    assert "invalid request: the request carries neither" in out.answers[0]["reason"]
+    assert [r["request_id"] for r in out.logs] == ["r"]
+    assert join.on_score(score("r", "champion", T0 + 1)) is None  # a late score for a closed request
+
+
+def test_a_request_created_far_ahead_of_the_log_is_refused() -> None:
+    join, out = make_join(max_future_ms=1_000)
+    join.on_request(request("r", at=T0, created=T0 + 10 * 365 * 86_400_000))
+    assert decided(out)["r"][0] == "ERROR"
+    assert "ahead of the broker's clock" in out.answers[0]["reason"]
+
+
+def test_an_absurd_deadline_is_clamped_to_the_maximum_budget() -> None:
+    join, out = make_join(max_budget_ms=1_000)
+    join.on_request(request("r", budget=10 * 365 * 86_400_000))
+    assert join.mailboxes["r"].deadline == T0 + 1_000
+    join.on_clock(0, T0 + 1_001)
+    assert decided(out) == {"r": ("TIMEOUT", None, T0 + 1_000)}
+
+
+def test_forged_scores_are_bounded_in_number_and_dropped_once_requests_are_read_past_them() -> None:
+    join, out = make_join(max_orphans=100, orphan_grace_ms=1_000)
+    for i in range(1_000):
+        join.on_score(score(f"forged-{i}", "champion", T0 + i))
+    assert join.orphans == 100 and join.waiting == 0  # real requests are never held back by them
+    join.on_request(request("real", at=T0 + 999 + 1_001))
+    assert join.orphans == 0 and list(join.mailboxes) == ["real"]
+    join.on_score(score("real", "champion", T0 + 2_001))
+    assert decided(out) == {"real": ("OK", "champion", T0 + 2_001)}
+
+
+def test_scores_read_far_ahead_of_their_requests_are_kept_for_them() -> None:
+    """Catching up on a backlog, the scores partition may be read seconds (of log time) ahead of
+    the requests partition: no score is dropped, and no request is taken for a repeat."""
+    join, out = make_join(orphan_grace_ms=1_000)
+    for i in range(100):
+        join.on_score(score(f"r{i}", "champion", T0 + 100 * i + 5))  # 10 s of scores first
+    for i in range(100):
+        join.on_request(request(f"r{i}", at=T0 + 100 * i))
+    assert sorted(decided(out)) == sorted(f"r{i}" for i in range(100))
+    assert {status for status, _model, _at in decided(out).values()} == {"OK"}
+
+
+def test_a_repeated_request_gets_the_same_answer_while_open_and_after_it_closed() -> None:
+    join, out = make_join()
+    join.on_request(request("r", reply="first"))
+    join.on_request(request("r", reply="second"))  # before the answer: both addresses get it
+    join.on_score(score("r", "champion", T0 + 3))
+    assert [reply[0] for reply, _record in out.replies] == ["first", "second"]
+    for model in ("challenger", "canary"):
+        join.on_score(score("r", model, T0 + 4))
+    assert join.mailboxes == {}
+    join.on_request(request("r", at=T0 + 500, reply="third"))  # after it closed
+    assert [reply[0] for reply, _record in out.replies] == ["first", "second", "third"]
+    assert len({id(record) for _reply, record in out.replies}) == 1
+    assert len(out.answers) == 1  # answered once on the answers topic
+
+
+def test_answers_restored_after_a_restart_are_not_sent_again() -> None:
+    join, out = make_join()
+    answered = {"request_id": "a", "status": "OK", "model": "champion", "reason": "preferred model answered",
+                "answered_at": T0 + 5}
+    join.restore(Finished({"a": answered}, {"b"}))
+    assert join.on_request(request("b")) is None  # logged before: nothing to do
+    join.on_request(request("a"))
+    for model in MODELS:
+        join.on_score(score("a", model, T0 + 5))
+    assert out.answers == []  # restored, not repeated
+    assert [r["request_id"] for r in out.logs] == ["a"] and out.logs[0]["answered_at"] == T0 + 5
+
+
+def test_ids_closed_on_a_dropped_partition_are_decided_again_when_re_read() -> None:
+    """After a rewind or a lost partition nothing of it may be taken as done: the answers may
+    sit in an aborted transaction."""
+    join, out = make_join(Schedule(models=("champion",)))
+    join.on_request(request("r"))
+    join.on_score(score("r", "champion", T0 + 3))
+    assert len(out.answers) == 1 and join.mailboxes == {}
+    join.drop_partitions({0})
+    join.on_request(request("r"))
+    join.on_score(score("r", "champion", T0 + 3))
+    assert len(out.answers) == 2 and out.answers[0] == out.answers[1]
+
+
+def _stream(seed: int, n: int = 60) -> tuple[list[RequestIn], list[ScoreIn]]:
+    """Requests and scores on one partition pair, with random model latencies, errors and gaps."""
+    rng = random.Random(seed)
+    requests, scores = [], []
+    for i in range(n):
+        created = T0 + 40 * i
+        requests.append(request(f"r{i}", at=created + rng.randint(0, 5), created=created, budget=100))
+        for model in MODELS:
+            if rng.random() < 0.1:
+                continue  # this model never answers this one
+            error = "boom" if rng.random() < 0.1 else None
+            at = created + rng.choice([rng.randint(1, 60), rng.randint(90, 300)])
+            scores.append(score(f"r{i}", model, at, value=None if error else rng.random(), error=error))
+    scores.sort(key=lambda s: s.log_time)  # a partition's append times grow with its offsets
+    return requests, scores
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_any_interleaving_of_the_two_partitions_decides_the_same(seed: int) -> None:
+    """Requests and scores are separate partitions, read in whatever interleaving the fetches
+    give; every interleaving (and so every instance) reaches the same answers."""
+    requests, scores = _stream(seed)
+    results = []
+    for order in range(5):
+        rng = random.Random(order)
+        join, out = make_join(Schedule(models=MODELS, waits_ms={"champion": 50}))
+        r, s = list(requests), list(scores)
+        while r or s:
+            if r and (not s or rng.random() < 0.5):
+                join.on_request(r.pop(0))
+            else:
+                join.on_score(s.pop(0))
+        join.on_clock(0, T0 + 10**6)
+        results.append((decided(out), sorted((a["request_id"], a["reason"]) for a in out.answers)))
+    assert all(result == results[0] for result in results)
+    assert len(results[0][0]) == len(requests)
+
+
+def test_a_new_owner_re_reading_from_the_committed_point_decides_as_the_first_did() -> None:
+    """Crash after some answers: a second join re-reads from the oldest open record and sends
+    exactly the answers the first had sent for those requests (identical repeats, never others)."""
+    requests, scores = _stream(42)
+    first, first_out = make_join()
+    events: list[RequestIn | ScoreIn] = sorted([*requests, *scores], key=lambda e: e.log_time)
+    crash_at = len(events) // 2
+    for event in events[:crash_at]:
+        (first.on_request if isinstance(event, RequestIn) else first.on_score)(event)  # type: ignore[operator]
+    # The committed point: the oldest record whose mailbox is still open (what offsets.py commits).
+    open_ids = set(first.mailboxes)
+    restart = min(i for i, e in enumerate(events) if e.request_id in open_ids) if open_ids else crash_at
+    second, second_out = make_join()
+    for event in events[restart:]:
+        (second.on_request if isinstance(event, RequestIn) else second.on_score)(event)  # type: ignore[operator]
+    second.on_clock(0, T0 + 10**6)
+    first_answers = {a["request_id"]: a for a in first_out.answers}
+    for answer in second_out.answers:
+        if answer["request_id"] in first_answers:
+            assert answer == first_answers[answer["request_id"]]
