@@ -29,12 +29,18 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from prometheus_client import Histogram
 
 from services.core.errors import ConfigError, DeliveryFailed, KafkaOperationError
 from services.core.health import BrokerHealth
 from services.core.kafka import CommitRejected, Consumer, Producer
 
 log = logging.getLogger(__name__)
+
+COMMIT_SECONDS = Histogram(
+    "rdv_commit_seconds", "How long making work final took (flush + offsets, or a whole transaction commit).",
+    ["kind"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
 
 # A call still running this many times its own timeout is taken as never returning.
 WEDGED_AFTER = 3
@@ -346,11 +352,14 @@ class CommitLane:
     def _commit(self, offsets: list[TopicPartition], give_up: Callable[[], bool]) -> CommitOutcome:
         with self._lock:
             self._committing = True
+        started = time.perf_counter()
         try:
             return CommitOutcome(offsets, self.committer.commit(offsets, give_up))
         except (KafkaOperationError, ConfigError) as err:
             return CommitOutcome(offsets, False, err)
         finally:
+            COMMIT_SECONDS.labels("transaction" if self.committer.transactional else "offsets").observe(
+                time.perf_counter() - started)
             with self._lock:
                 self._committing = False
                 if self.committer.transactional:

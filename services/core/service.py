@@ -212,9 +212,9 @@ class StreamService:
     def _request_commit(self) -> None:
         assert self.ctx is not None
         lane = self.ctx.outputs
-        self._last_commit = time.monotonic()
         if lane.busy():
-            return
+            return  # asked again on the next pass: commits run back to back when they take longer
+        self._last_commit = time.monotonic()
         offsets = self.handler.finished_offsets()
         # A transaction must also commit when only outputs were produced (e.g. answers to
         # requests whose offsets wait behind an older one): readers see them only then.

@@ -24,18 +24,18 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer as _NativeConsumer
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaException, Message, TopicPartition
 from confluent_kafka import Producer as _NativeProducer
 
 from services.core.codec import codec
-from services.core.errors import BadInput
+from services.core.errors import BadInput, BrokerError
 from services.core.settings import Topics
-from services.core.topic_range import PartitionSpan, read_spans
+from services.core.topic_range import PartitionSpan
 from services.rendezvous.join import Finished
 
 log = logging.getLogger(__name__)
@@ -88,12 +88,19 @@ def scan_finished(
             starts = _starts(probe, topics, partition, offset, mark, margin_ms)
             if starts is not None:
                 answers[partition], logs[partition] = starts
-        if answers:
-            for record in _read(config, probe, topics.answers, answers, "answer"):
-                finished.answered[record["request_id"]] = record
-            finished.logged.update(r["request_id"] for r in _read(config, probe, topics.log, logs, "comparison"))
+        spans = {topics.answers: _spans(probe, topics.answers, answers), topics.log: _spans(probe, topics.log, logs)}
     finally:
         probe.close()
+    readers = {topics.answers: codec("answer"), topics.log: codec("comparison")}
+    for topic, msg in _read_all(config, spans):
+        try:
+            record = readers[topic].decode(msg.value())
+        except BadInput:
+            continue
+        if topic == topics.answers:
+            finished.answered[record["request_id"]] = record
+        else:
+            finished.logged.add(record["request_id"])
     log.info("recovery: %d requests already answered, %d already logged on partitions %s",
              len(finished.answered), len(finished.logged), sorted(committed))
     return finished
@@ -127,9 +134,7 @@ def _timestamp_at(probe: _NativeConsumer, topic: str, partition: int, offset: in
         probe.unassign()
 
 
-def _read(
-    config: Mapping[str, Any], probe: _NativeConsumer, topic: str, starts: Mapping[int, int | str], schema: str,
-) -> list[dict[str, Any]]:
+def _spans(probe: _NativeConsumer, topic: str, starts: Mapping[int, int | str]) -> list[PartitionSpan]:
     spans = []
     for partition, start in starts.items():
         low, high = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
@@ -139,11 +144,31 @@ def _read(
         else:
             offset = start
         spans.append(PartitionSpan(partition, max(low, min(offset, high)), high))
-    reader = codec(schema)
-    records = []
-    for msg in read_spans(config, topic, spans, timeout_s=120):
-        try:
-            records.append(reader.decode(msg.value()))
-        except BadInput:
-            continue
-    return records
+    return [span for span in spans if span.size > 0]
+
+
+def _read_all(config: Mapping[str, Any], spans: Mapping[str, list[PartitionSpan]]) -> Iterator[tuple[str, Message]]:
+    """Every record of the spans of several topics, read together by one consumer."""
+    remaining = {(topic, s.partition): s for topic, topic_spans in spans.items() for s in topic_spans}
+    if not remaining:
+        return
+    consumer = _NativeConsumer({**config, "group.id": f"rdv-recovery-{uuid.uuid4().hex}",
+                                "enable.auto.commit": False, "isolation.level": "read_committed",
+                                "auto.offset.reset": "earliest"})
+    try:
+        consumer.assign([TopicPartition(t, p, s.start) for (t, p), s in remaining.items()])
+        deadline = time.monotonic() + 120
+        while remaining:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"recovery did not reach the end of {sorted(remaining)} in 120s")
+            for msg in consumer.consume(10_000, 0.2):
+                key = (msg.topic() or "", msg.partition() or 0)
+                span = remaining.get(key)
+                if msg.error() is None and span is not None and (msg.offset() or 0) < span.end:
+                    yield key[0], msg
+            # Positions, not offsets seen: transaction markers occupy offsets no record fills.
+            for tp in consumer.position([TopicPartition(t, p) for t, p in remaining]):
+                if tp.offset >= remaining[(tp.topic, tp.partition)].end:
+                    del remaining[(tp.topic, tp.partition)]
+    finally:
+        consumer.close()

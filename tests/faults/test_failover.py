@@ -1,0 +1,241 @@
+"""Several rendezvous instances, failover, and one answer per request — seen from outside.
+
+An outside-style client sends requests with a return address and reads the reply topic with
+`isolation.level=read_committed`, as any Kafka client would. Across kill -9, restarts, scale-out
+and scale-in it checks: every request answered; no request ever got two *different* answers
+(identical repeats are allowed and counted); the answer at the return address is the one on
+`rdv.answers`, which holds exactly one answer per request. Each test prints a FIGURES line,
+including how long answers stopped around each fault: the longest a request sent after the
+fault waited for its answer (the requests of a dead instance's partitions wait until another
+instance, or its restarted self, has taken them over).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from services.client.client import make_request
+from services.core.codec import codec
+from services.core.settings import Topics
+from services.model_worker.models import demo_rows
+from tests.faults.procs import Proc, until
+from tests.integration.harness import PacedSender, read_topic
+
+pytestmark = pytest.mark.kafka
+
+
+@dataclass
+class Replies:
+    """Reads every partition of the reply topic from its end; keeps each answer and when it came."""
+
+    config: dict[str, Any]
+    topic: str
+    answers: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))
+    first_at: dict[str, float] = field(default_factory=dict)  # request_id -> first reply (monotonic)
+    arrivals: list[float] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> Replies:
+        consumer = Consumer({**self.config, "group.id": f"outside-{uuid.uuid4().hex}",
+                             "isolation.level": "read_committed", "enable.auto.commit": False})
+        partitions = consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
+        ends = [TopicPartition(self.topic, p, consumer.get_watermark_offsets(TopicPartition(self.topic, p),
+                                                                               timeout=10)[1]) for p in partitions]
+        consumer.assign(ends)
+        self._thread = threading.Thread(target=self._read, args=(consumer,), daemon=True)
+        self._thread.start()
+        return self
+
+    def _read(self, consumer: Consumer) -> None:
+        while not self._stop.is_set():
+            for msg in consumer.consume(1000, 0.1):
+                if msg.error() is None and msg.key():
+                    rid, now = msg.key().decode(), time.monotonic()
+                    self.answers[rid].append(msg.value())
+                    self.first_at.setdefault(rid, now)
+                    self.arrivals.append(now)
+        consumer.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+
+class Requests:
+    """Valid requests with a return address, at a fixed rate, from a thread."""
+
+    def __init__(self, config: dict[str, Any], topics: Topics, total: int, rate: float, budget_ms: int = 60_000):
+        self.topics, self.budget_ms = topics, budget_ms
+        self.ids: list[str] = []
+        self.sent_at: dict[str, float] = {}
+        self._producer = Producer(config)
+        self._codec = codec("request")
+        self._rows = demo_rows(500, seed=5)
+        self._pace = PacedSender(self._send, total, rate, lambda: self._producer.flush(60))
+
+    def _send(self, i: int) -> None:
+        record = make_request(self._rows[i % len(self._rows)], budget_ms=self.budget_ms,
+                              reply_topic=self.topics.replies, reply_partition=None)
+        self.ids.append(record["request_id"])
+        self.sent_at[record["request_id"]] = time.monotonic()
+        self._producer.produce(self.topics.requests, self._codec.encode(record), key=record["request_id"])
+        self._producer.poll(0)
+
+    @property
+    def sent(self) -> int:
+        return self._pace.sent
+
+    def longest_wait_after(self, moment: float, replies: Replies, window_s: float = 5.0) -> float:
+        """How long answers stopped after `moment`: the longest wait for an answer of a request
+        sent in the `window_s` after it."""
+        waits = [replies.first_at[r] - t for r, t in self.sent_at.items()
+                 if moment <= t <= moment + window_s and r in replies.first_at]
+        return max(waits, default=float("nan"))
+
+    def start(self) -> Requests:
+        self._pace.start()
+        return self
+
+    def join(self) -> None:
+        self._pace.join()
+
+
+@dataclass
+class Verdict:
+    answered: int
+    lost: int
+    conflicting: int
+    identical_repeats: int
+    answers_topic: int
+    answers_doubled: int
+    reply_differs_from_answers_topic: int
+
+    def faults(self) -> tuple[int, int, int, int]:
+        return self.lost, self.conflicting, self.answers_doubled, self.reply_differs_from_answers_topic
+
+    def line(self) -> str:
+        return (f"answered={self.answered} lost={self.lost} conflicting={self.conflicting} "
+                f"identical_repeats={self.identical_repeats} answers_topic={self.answers_topic} "
+                f"answers_doubled={self.answers_doubled} "
+                f"reply_differs_from_answers_topic={self.reply_differs_from_answers_topic}")
+
+
+def verdict(config: dict[str, Any], topics: Topics, requests: Requests, replies: Replies) -> Verdict:
+    total = len(requests.ids)
+    until(lambda: all(r in replies.answers for r in requests.ids), 240, "a reply for every request")
+    on_topic = read_topic(config, topics.answers, expect=total, timeout=240)
+    committed: dict[str, list[bytes]] = defaultdict(list)
+    for msg in on_topic:
+        committed[msg.key().decode()].append(msg.value())
+    replies.stop()
+    conflicting = sum(len(set(replies.answers[r])) > 1 for r in requests.ids)
+    repeats = sum(len(replies.answers[r]) - len(set(replies.answers[r])) for r in requests.ids)
+    differs = sum(bool(committed.get(r)) and committed[r][0] not in replies.answers[r] for r in requests.ids)
+    return Verdict(
+        answered=sum(r in replies.answers for r in requests.ids),
+        lost=sum(r not in replies.answers for r in requests.ids),
+        conflicting=conflicting, identical_repeats=repeats, answers_topic=len(on_topic),
+        answers_doubled=sum(len(v) - 1 for v in committed.values()), reply_differs_from_answers_topic=differs,
+    )
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for proc in started:
+        proc.stop()
+
+
+def serve(procs: list[Proc], tmp_path: Path, name: str, bootstrap: str, prefix: str, *extra: str) -> Proc:
+    proc = Proc(["serve", "--bootstrap", bootstrap, "--topic-prefix", prefix, "--models", "champion",
+                 "--linger-ms", "200", *extra], tmp_path / f"{name}.log")
+    procs.append(proc)
+    return proc.start()
+
+
+def champion(procs: list[Proc], tmp_path: Path, bootstrap: str, prefix: str) -> Proc:
+    proc = Proc(["model", "serve", "--bootstrap", bootstrap, "--topic-prefix", prefix, "--model", "demo:champion"],
+                tmp_path / "champion.log")
+    procs.append(proc)
+    return proc.start()
+
+
+def test_the_only_instance_killed_five_times_never_answers_twice_differently(
+    procs: list[Proc], tmp_path: Path, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    champion(procs, tmp_path, bootstrap, prefix)
+    rendezvous = serve(procs, tmp_path, "rendezvous", bootstrap, prefix, "--instance", "rdv-0")
+    replies = Replies(config, topics.replies).start()
+    requests = Requests(config, topics, total=20_000, rate=1000.0).start()
+    gaps = []
+    for kill in range(5):
+        until(lambda k=kill: requests.sent >= 2_000 + 3_000 * k, 120, "the stream to move on")
+        killed_at = time.monotonic()
+        rendezvous.kill(signal.SIGKILL)
+        rendezvous.wait(10)
+        rendezvous.start()
+        until(lambda t=killed_at: any(a > t + 0.2 for a in replies.arrivals[-50:]), 60, "answers again")
+        gaps.append(killed_at)
+    requests.join()
+    result = verdict(config, topics, requests, replies)
+    gaps = [requests.longest_wait_after(at, replies) for at in gaps]
+    print(f"FIGURES kill -9 the only instance x5 (restarted at once, static member): sent=20000 {result.line()} "
+          f"answers_stopped_s={[round(g, 2) for g in gaps]}")
+    assert result.faults() == (0, 0, 0, 0)
+    assert result.answers_topic == 20_000
+
+
+def test_one_of_two_instances_killed_at_1000_per_second_its_partitions_move_on(
+    procs: list[Proc], tmp_path: Path, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    champion(procs, tmp_path, bootstrap, prefix)
+    first = serve(procs, tmp_path, "rendezvous-a", bootstrap, prefix)
+    serve(procs, tmp_path, "rendezvous-b", bootstrap, prefix)
+    replies = Replies(config, topics.replies).start()
+    requests = Requests(config, topics, total=15_000, rate=1000.0).start()
+    until(lambda: requests.sent >= 5_000, 60, "5,000 requests on their way")
+    killed_at = time.monotonic()
+    first.kill(signal.SIGKILL)
+    requests.join()
+    result = verdict(config, topics, requests, replies)
+    gap = requests.longest_wait_after(killed_at, replies)
+    print(f"FIGURES kill -9 one of two instances at 1000/s: sent=15000 {result.line()} "
+          f"answers_stopped_s={gap:.2f}")
+    assert result.faults() == (0, 0, 0, 0)
+
+
+def test_an_instance_added_and_one_stopped_mid_stream_lose_and_double_nothing(
+    procs: list[Proc], tmp_path: Path, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    champion(procs, tmp_path, bootstrap, prefix)
+    first = serve(procs, tmp_path, "rendezvous-a", bootstrap, prefix)
+    serve(procs, tmp_path, "rendezvous-b", bootstrap, prefix)
+    replies = Replies(config, topics.replies).start()
+    requests = Requests(config, topics, total=15_000, rate=1000.0).start()
+    until(lambda: requests.sent >= 4_000, 60, "4,000 requests on their way")
+    added_at = time.monotonic()
+    serve(procs, tmp_path, "rendezvous-c", bootstrap, prefix)
+    until(lambda: requests.sent >= 9_000, 60, "9,000 requests on their way")
+    stopped_at = time.monotonic()
+    first.kill(signal.SIGTERM)
+    assert first.wait(30) == 0
+    requests.join()
+    result = verdict(config, topics, requests, replies)
+    print(f"FIGURES scale 2 -> 3 -> 2 instances mid-stream at 1000/s: sent=15000 {result.line()} "
+          f"answers_stopped_s(add)={requests.longest_wait_after(added_at, replies):.2f} "
+          f"answers_stopped_s(stop)={requests.longest_wait_after(stopped_at, replies):.2f}")
+    assert result.faults() == (0, 0, 0, 0)
+    assert result.answers_topic == 15_000
