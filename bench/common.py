@@ -443,20 +443,22 @@ def cpu_per_request(
     return figures
 
 
-def print_cpu_per_request(title: str, figures: Mapping[str, Mapping[str, float]], unit: str = "request") -> None:
+def print_cpu_per_request(
+    title: str, figures: Mapping[str, Mapping[str, float]], unit: str = "request", digits: int = 2
+) -> None:
     """The table of `cpu_per_request`: one row per process, one column per thing measured."""
     columns = list(figures)
     processes = [p for p in dict.fromkeys(p for c in columns for p in figures[c]) if p != "total"]
     rows = [[p, *(figures[c].get(p, math.nan) for c in columns)] for p in [*processes, "total"]]
-    print_table(f"CPU ms per {unit}: {title}", ["process", *columns], rows, digits=2)
+    print_table(f"CPU ms per {unit}: {title}", ["process", *columns], rows, digits=digits)
 
 
 def cpu_figures(
-    meters: Mapping[str, CpuMeter], requests: Mapping[str, int], title: str, unit: str = "request"
+    meters: Mapping[str, CpuMeter], requests: Mapping[str, int], title: str, unit: str = "request", digits: int = 2
 ) -> dict[str, Any]:
     """Print the CPU per request table; return it with the raw CPU seconds, for the JSON."""
     figures = cpu_per_request(meters, requests)
-    print_cpu_per_request(title, figures, unit)
+    print_cpu_per_request(title, figures, unit, digits)
     return {"cpu_ms_per_request": figures, "cpu_s": {c: m.used for c, m in meters.items()},
             "requests": dict(requests)}
 

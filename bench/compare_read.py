@@ -238,14 +238,14 @@ def measure(broker: BrokerInfo, args: argparse.Namespace) -> dict[str, Any]:
         runs = {}
         for workers in args.workers:
             note(f"report: read + aggregate, {workers} reader process(es) ...")
-            runs[workers], report = metered(meters, f"report, {workers} process(es)", sources,
+            runs[workers], report = metered(meters, f"report, {workers} reader{'s' if workers > 1 else ''}", sources,
                                             partial(run_report, config, topic, workers, args))
         note("baseline again ...")
         bases.append(metered(meters, "bare consume, after", sources,
                              lambda: bare_consume(config, topic, args.partitions, args.records)))
         results = show(args, preload_s, bases, runs, report)
         results["cpu"] = cpu_figures(meters, dict.fromkeys(meters, args.records),
-                                     "this process with its reader processes, and the broker", unit="record")
+                                     "this process with its reader processes, and the broker", unit="record", digits=4)
     return results
 
 

@@ -244,7 +244,7 @@ def measure(broker: BrokerInfo, args: argparse.Namespace) -> dict[str, object]:
         bases.append(metered(meters, "bare consume, after", sources, lambda: bare_consume(bootstrap, topics.log, args)))
         results = report(args, preload_s, bases, service)
         results["cpu"] = cpu_figures(meters, dict.fromkeys(meters, args.records),
-                                     "this process (every thread) and the broker, per run", unit="record")
+                                     "this process (every thread) and the broker, per run", unit="record", digits=4)
         if args.profile:
             print_profile(args.profile, "the comparison thread")
     return results

@@ -39,7 +39,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.cold_start import cold_figures, measure_cold_start, print_cold
-from bench.common import REPO_ROOT, BrokerInfo, new_parser, note, positive, print_table, ratio, run_bench
+from bench.common import (
+    REPO_ROOT,
+    BrokerInfo,
+    new_parser,
+    note,
+    positive,
+    print_cpu_per_request,
+    print_table,
+    ratio,
+    run_bench,
+)
 from bench.curve_plot import redraw
 from bench.stack import Stack, add_stack_arguments, describe, measure_round, round_figures, running_stack, stack_options
 
@@ -138,6 +148,9 @@ def print_curve(points: list[dict[str, Any]], args: argparse.Namespace, stopped:
         ["req/s", "floor p50", "p99", "% by dl", "rdv p50", "p99", "x p50", "x p99", "% by dl", "% OK by dl",
          "% TIMEOUT", "% none", "CPU floor", "CPU rdv", "of it broker", "sent/s"], rows,
     )  # fmt: skip
+    for pipeline in ("rendezvous", "floor"):
+        by_rate = {f"{p['rate']:g}/s": p["cpu_ms_per_request"][pipeline] for p in points}
+        print_cpu_per_request(f"the {pipeline} pipeline by rate (every process during its slices)", by_rate)
     print(f"stopped: {stopped}")
 
 
