@@ -611,10 +611,9 @@ def _cpu_model() -> str | None:
 def _versions() -> dict[str, str | None]:
     import confluent_kafka
 
-    found: dict[str, str | None] = {"python": platform.python_version(),
-                                    "confluent-kafka": confluent_kafka.version()[0],
-                                    "librdkafka": confluent_kafka.libversion()[0]}
-    for dist in ("rendezvous-serving", "numpy", "scikit-learn", "fastavro"):
+    librdkafka = confluent_kafka.libversion()  # (version string, version int)
+    found: dict[str, str | None] = {"python": platform.python_version(), "librdkafka": str(librdkafka[0])}
+    for dist in ("rendezvous-serving", "confluent-kafka", "numpy", "scikit-learn", "fastavro"):
         try:
             found[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

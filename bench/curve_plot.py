@@ -121,7 +121,7 @@ def _cold(ax: Axes, cold: Mapping[str, Any] | None, budget_ms: float) -> None:
     share.set(ylim=(0, 101), ylabel="% by the deadline")
     lines = ax.get_legend_handles_labels()
     more = share.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="lower right")
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="upper right")
 
 
 def draw(document: Mapping[str, Any], path: str | Path) -> None:
