@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test unit integration lint bench broker-start broker-stop clean
+.PHONY: setup system-deps demo test unit integration lint bench bench-curve broker-start broker-stop clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,11 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/e2e_latency.py
 	$(BIN)/python bench/rendezvous_throughput.py
+
+## Latency vs rate (floor and rendezvous) + the first 30 s of a cold broker, ~6 min on 2 cores:
+## writes bench/results/latency_curve.json and .svg. BENCH_ARGS="--rates 100,200,500"
+bench-curve: setup
+	$(BIN)/python bench/latency_curve.py $(BENCH_ARGS)
 
 broker-start: setup
 	$(BIN)/rendezvous broker start

@@ -13,10 +13,16 @@ records (and on a given broker they are deleted at the end).
 from __future__ import annotations
 
 import argparse
+import cProfile
+import functools
 import gc
+import importlib.metadata
+import io
 import json
 import math
 import os
+import platform
+import pstats
 import signal
 import subprocess
 import sys
@@ -30,20 +36,30 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
 from services.core.errors import BrokerError
-from services.core.kafka import CONSUMER_DEFAULTS, PRODUCER_DEFAULTS, delete_topics, wait_for_groups
+from services.core.kafka import (
+    CONSUMER_DEFAULTS,
+    PRODUCER_DEFAULTS,
+    create_topics,
+    delete_topics,
+    wait_for_groups,
+)
 from services.core.runtime import stop_processes
 from services.localkafka.broker import ephemeral_broker
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PERCENTILES: tuple[tuple[str, float], ...] = (("p50", 50.0), ("p99", 99.0), ("p99.9", 99.9))
 
+T = TypeVar("T")
 UNASSIGNED = -1  # librdkafka's RD_KAFKA_PARTITION_UA: let the partitioner choose
+# The three models of the synthetic records (scores, comparison records): name and version.
+MODEL_VERSIONS = (("champion", "logreg-1"), ("challenger", "forest-1"), ("canary", "stump-1"))
+POLL_S = 0.01  # how often the throughput benches look at their progress
 
 
 class BenchError(Exception):
@@ -86,26 +102,27 @@ def kafka_broker() -> Iterator[BrokerInfo]:
         yield BrokerInfo(broker.bootstrap, False, broker.pid)
 
 
-@contextmanager
-def kafka_bootstrap() -> Iterator[tuple[str, bool]]:
-    """(bootstrap, external) of `kafka_broker()`."""
-    with kafka_broker() as broker:
-        yield broker.bootstrap, broker.external
-
-
 def run_prefix(bench: str) -> str:
     """A topic/group prefix unique to this run, e.g. `bench.e2e.3f2a9c1b7d.`."""
     return f"bench.{bench}.{uuid.uuid4().hex[:10]}."
 
 
 @contextmanager
-def dropped_topics(config: Mapping[str, Any], names: Sequence[str], external: bool) -> Iterator[None]:
-    """On a broker this run did not start, delete the run's topics at the end (ours goes anyway)."""
+def fresh_topics(broker: BrokerInfo, specs: Mapping[str, tuple[int, Mapping[str, str]]]) -> Iterator[None]:
+    """Create the run's topics {name: (partitions, configs)}; delete them at the end on a broker this
+    run did not start (ours goes anyway)."""
+    config = {"bootstrap.servers": broker.bootstrap}
     try:
+        create_topics(config, specs)
         yield
     finally:
-        if external and names:
-            delete_topics(config, names)
+        if broker.external and specs:
+            delete_topics(config, list(specs))
+
+
+def plain_topics(names: Sequence[str], partitions: int) -> dict[str, tuple[int, Mapping[str, str]]]:
+    """Specs for `fresh_topics`: every topic with `partitions` partitions and the broker's defaults."""
+    return {name: (partitions, {}) for name in names}
 
 
 def release_clients() -> None:
@@ -368,6 +385,109 @@ def drive(
     return load
 
 
+# ----- CPU per request -----------------------------------------------------------------------------
+def pid_cpu(pid: int | None) -> Callable[[], float]:
+    """A reader of a process's CPU seconds; NaN when there is no pid (e.g. a broker this run did not start)."""
+    return (lambda: math.nan) if pid is None else functools.partial(cpu_seconds, pid)
+
+
+def bench_and_broker(broker: BrokerInfo) -> dict[str, Callable[[], float]]:
+    """CPU readers of this process (all its threads, librdkafka's too) and of the broker."""
+    return {"bench process": cpu_seconds, "broker": pid_cpu(broker.pid)}
+
+
+class CpuMeter:
+    """CPU seconds that named processes use inside `with meter.span():` blocks, summed over the blocks."""
+
+    def __init__(self, sources: Mapping[str, Callable[[], float]]):
+        self.sources = dict(sources)
+        self.used: dict[str, float] = dict.fromkeys(self.sources, 0.0)
+
+    def read(self) -> dict[str, float]:
+        return {name: read() for name, read in self.sources.items()}
+
+    @contextmanager
+    def span(self) -> Iterator[None]:
+        before = self.read()
+        try:
+            yield
+        finally:
+            for name, now in self.read().items():
+                self.used[name] += now - before[name]
+
+
+def metered(
+    meters: dict[str, CpuMeter], label: str, sources: Mapping[str, Callable[[], float]], run: Callable[[], T]
+) -> T:
+    """`run()` with a new meter `meters[label]` over it."""
+    meters[label] = CpuMeter(sources)
+    with meters[label].span():
+        return run()
+
+
+def cpu_per_request(
+    meters: Mapping[str, CpuMeter], requests: Mapping[str, int]
+) -> dict[str, dict[str, float]]:
+    """CPU milliseconds per request, {column: {process: ms, ..., "total": ms}}.
+
+    Each column is one thing measured (a pipeline, a run); its meter's spans cover exactly the
+    time it ran, so every process's CPU in them (the broker's and the idle ones' too) is charged
+    to the `requests[column]` requests it served.
+    """
+    figures: dict[str, dict[str, float]] = {}
+    for column, meter in meters.items():
+        n = max(1, requests[column])
+        per = {name: 1000.0 * used / n for name, used in meter.used.items()}
+        per["total"] = math.fsum(v for v in per.values() if not math.isnan(v))
+        figures[column] = per
+    return figures
+
+
+def print_cpu_per_request(
+    title: str, figures: Mapping[str, Mapping[str, float]], unit: str = "request", digits: int = 2
+) -> None:
+    """The table of `cpu_per_request`: one row per process, one column per thing measured."""
+    columns = list(figures)
+    processes = [p for p in dict.fromkeys(p for c in columns for p in figures[c]) if p != "total"]
+    rows = [[p, *(figures[c].get(p, math.nan) for c in columns)] for p in [*processes, "total"]]
+    print_table(f"CPU ms per {unit}: {title}", ["process", *columns], rows, digits=digits)
+
+
+def cpu_figures(
+    meters: Mapping[str, CpuMeter], requests: Mapping[str, int], title: str, unit: str = "request", digits: int = 2
+) -> dict[str, Any]:
+    """Print the CPU per request table; return it with the raw CPU seconds, for the JSON."""
+    figures = cpu_per_request(meters, requests)
+    print_cpu_per_request(title, figures, unit, digits)
+    return {"cpu_ms_per_request": figures, "cpu_s": {c: m.used for c, m in meters.items()},
+            "requests": dict(requests)}
+
+
+# ----- profiles ----------------------------------------------------------------------------------
+@contextmanager
+def profiling(path: str | None) -> Iterator[None]:
+    """cProfile the block (in the calling thread) and dump the stats to `path`; nothing without a path."""
+    if not path:
+        yield
+        return
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        yield
+    finally:
+        profiler.disable()
+        profiler.dump_stats(path)
+
+
+def print_profile(path: str, what: str, top: int = 25) -> None:
+    """The `top` functions by own time of a `profiling` dump."""
+    out = io.StringIO()
+    stats = pstats.Stats(path, stream=out)
+    stats.strip_dirs().sort_stats("tottime").print_stats(top)
+    print(f"\ncProfile of {what} (by own time; full stats in {path}):")
+    print("\n".join(line for line in out.getvalue().splitlines()[5:] if line.strip()))
+
+
 # ----- figures -------------------------------------------------------------------------------------
 def summarize(values: Sequence[float]) -> dict[str, float]:
     """n, p50, p99, p99.9 and max of `values` (NaN when empty)."""
@@ -412,8 +532,43 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]
         print(line(row))
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+def new_parser(doc: str | None, json_default: str | None = None) -> argparse.ArgumentParser:
+    """A bench's argument parser: its module docstring as help, and `--json FILE`."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", metavar="FILE", default=json_default,
+                        help="also write the results as JSON to FILE" + (f" (default {json_default})"
+                                                                         if json_default else ""))
+    return parser
+
+
+def positive(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
+    """Exit with a usage error unless every named option is > 0."""
+    bad = [f"--{n.replace('_', '-')}" for n in names if not getattr(args, n) > 0]
+    if bad:
+        parser.error(f"{', '.join(bad)} must be > 0")
+
+
+def run_bench(
+    bench: str, args: argparse.Namespace, body: Callable[[BrokerInfo], Mapping[str, Any]]
+) -> int:
+    """Run `body` on the run's broker (see `kafka_broker`); write its results to `--json`.
+
+    Exit status 0, or 1 when the bench failed (BenchError) or its results list `problems`,
+    130 when interrupted (Ctrl-C or SIGTERM; whatever was started is stopped either way).
+    """
+    interrupt_on_sigterm()
+    try:
+        with kafka_broker() as broker:
+            results = body(broker)
+            release_clients()
+    except BenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    write_json(args.json, bench, args, results)
+    return 1 if results.get("problems") else 0
 
 
 def write_json(path: str | None, bench: str, args: argparse.Namespace, results: Mapping[str, Any]) -> None:
@@ -423,12 +578,69 @@ def write_json(path: str | None, bench: str, args: argparse.Namespace, results: 
         "bench": bench,
         "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "args": {k: v for k, v in vars(args).items() if k != "json"},
-        "load_average": os.getloadavg(),
-        "cpus": os.cpu_count(),
+        "machine": machine(),
         "results": results,
     }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(_strict(document), indent=2, allow_nan=False) + "\n")
     note(f"results written to {path}")
+
+
+def machine() -> dict[str, Any]:
+    """Where the figures were measured: CPUs, load, versions, the code's git commit."""
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "load_average": os.getloadavg(),
+        "platform": platform.platform(),
+        "versions": _versions(),
+        "git": _git_state(),
+    }
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _versions() -> dict[str, str | None]:
+    import confluent_kafka
+
+    librdkafka = confluent_kafka.libversion()  # (version string, version int)
+    found: dict[str, str | None] = {"python": platform.python_version(), "librdkafka": str(librdkafka[0])}
+    for dist in ("rendezvous-serving", "confluent-kafka", "numpy", "scikit-learn", "fastavro"):
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            found[dist] = None
+    from services.localkafka import config as local_kafka
+
+    found["kafka (local broker)"] = getattr(local_kafka, "KAFKA_VERSION", None)
+    found["java"] = _command_output(["java", "-version"])
+    return found
+
+
+def _git_state() -> dict[str, Any]:
+    commit = _command_output(["git", "rev-parse", "HEAD"])
+    status = _command_output(["git", "status", "--porcelain", "--untracked-files=no"])
+    return {"commit": commit, "dirty": bool(status) if commit else None}
+
+
+def _command_output(command: Sequence[str]) -> str | None:
+    """First line of a command's output (stdout, else stderr, as `java -version` writes there)."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=20, cwd=REPO_ROOT)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    text = (done.stdout or done.stderr).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _strict(value: Any) -> Any:

@@ -32,45 +32,49 @@ import os
 import resource
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 from confluent_kafka import Producer, TopicPartition
 
 from bench.common import (
+    MODEL_VERSIONS,
     BenchError,
-    add_common_arguments,
-    dropped_topics,
-    interrupt_on_sigterm,
-    kafka_bootstrap,
+    BrokerInfo,
+    CpuMeter,
+    cpu_figures,
+    fresh_topics,
+    metered,
+    new_parser,
     note,
+    pid_cpu,
+    plain_topics,
     print_table,
     ratio,
-    release_clients,
+    run_bench,
     run_prefix,
     watermark_total,
-    write_json,
 )
 from services.compare_report.reader import read_range, reader_consumer
 from services.compare_report.summary import Report, summarize
 from services.core.codec import codec
-from services.core.kafka import PRODUCER_DEFAULTS, create_topics
+from services.core.kafka import PRODUCER_DEFAULTS
 from services.core.ranges import Bounds, TimeBound
 from services.core.runtime import now_ms
 
-MODELS = (("champion", "logreg-1"), ("challenger", "forest-1"), ("canary", "stump-1"))
+MODELS = MODEL_VERSIONS
 TARGET_S = 60.0
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     arg = parser.add_argument
     arg("--records", type=int, default=1_000_000, help="records pre-loaded (default 1000000)")
     arg("--partitions", type=int, default=4, help="partitions of the log topic (default 4)")
     arg("--distinct", type=int, default=100_000, help="different records among them (default 100000)")
     arg("--workers", default="1,2", help="reader process counts to time the report with (default 1,2)")
     arg("--html", metavar="FILE", help="also render the HTML report to FILE (timed apart)")
-    add_common_arguments(parser)
     args = parser.parse_args(argv)
     try:
         args.workers = [int(w) for w in str(args.workers).split(",")]
@@ -214,40 +218,40 @@ def show(args: argparse.Namespace, preload_s: float, bases: list[tuple[float, fl
                        for w, t in runs.items()}}  # fmt: skip
 
 
+def measure(broker: BrokerInfo, args: argparse.Namespace) -> dict[str, Any]:
+    config = {"bootstrap.servers": broker.bootstrap}
+    topic = f"{run_prefix('compare')}log"
+    meters: dict[str, CpuMeter] = {}
+    sources = {"bench process + readers": cpu_seconds, "broker": pid_cpu(broker.pid)}
+
+    with fresh_topics(broker, plain_topics([topic], args.partitions)):
+        note(f"pre-loading {args.records:,} comparison records ...")
+        preload_s = preload(broker.bootstrap, topic, args)
+        counter = reader_consumer(config).native
+        on_topic = watermark_total(counter, topic, args.partitions)
+        counter.close()
+        if on_topic != args.records:
+            raise BenchError(f"{on_topic:,} records on {topic}, expected {args.records:,}")
+        note("baseline: bare consume ...")
+        bases = [metered(meters, "bare consume, before", sources,
+                         lambda: bare_consume(config, topic, args.partitions, args.records))]
+        runs = {}
+        for workers in args.workers:
+            note(f"report: read + aggregate, {workers} reader process(es) ...")
+            runs[workers], report = metered(meters, f"report, {workers} reader{'s' if workers > 1 else ''}", sources,
+                                            partial(run_report, config, topic, workers, args))
+        note("baseline again ...")
+        bases.append(metered(meters, "bare consume, after", sources,
+                             lambda: bare_consume(config, topic, args.partitions, args.records)))
+        results = show(args, preload_s, bases, runs, report)
+        results["cpu"] = cpu_figures(meters, dict.fromkeys(meters, args.records),
+                                     "this process with its reader processes, and the broker", unit="record", digits=4)
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    interrupt_on_sigterm()
-    try:
-        with kafka_bootstrap() as (bootstrap, external):
-            config = {"bootstrap.servers": bootstrap}
-            topic = f"{run_prefix('compare')}log"
-            with dropped_topics(config, [topic], external):
-                create_topics(config, {topic: (args.partitions, {})})
-                note(f"pre-loading {args.records:,} comparison records ...")
-                preload_s = preload(bootstrap, topic, args)
-                counter = reader_consumer(config).native
-                on_topic = watermark_total(counter, topic, args.partitions)
-                counter.close()
-                if on_topic != args.records:
-                    raise BenchError(f"{on_topic:,} records on {topic}, expected {args.records:,}")
-                note("baseline: bare consume ...")
-                bases = [bare_consume(config, topic, args.partitions, args.records)]
-                runs = {}
-                for workers in args.workers:
-                    note(f"report: read + aggregate, {workers} reader process(es) ...")
-                    runs[workers], report = run_report(config, topic, workers, args)
-                note("baseline again ...")
-                bases.append(bare_consume(config, topic, args.partitions, args.records))
-                results = show(args, preload_s, bases, runs, report)
-            release_clients()
-    except BenchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    write_json(args.json, "compare_read", args, results)
-    return 0
+    return run_bench("compare_read", args, lambda broker: measure(broker, args))
 
 
 if __name__ == "__main__":

@@ -27,10 +27,7 @@ if __package__ in (None, ""):  # run as `python bench/<name>.py`: make the `benc
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
-import cProfile
-import io
 import os
-import pstats
 import threading
 import time
 import uuid
@@ -40,42 +37,47 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.common import (
+    MODEL_VERSIONS,
+    POLL_S,
     BenchError,
-    add_common_arguments,
+    BrokerInfo,
+    CpuMeter,
     bare_consumer,
-    dropped_topics,
-    interrupt_on_sigterm,
-    kafka_bootstrap,
+    bench_and_broker,
+    cpu_figures,
+    fresh_topics,
+    metered,
+    new_parser,
     note,
+    plain_topics,
+    print_profile,
     print_table,
+    profiling,
     ratio,
-    release_clients,
+    run_bench,
     run_prefix,
     take,
-    write_json,
 )
 from services.comparison.metrics import WINDOW
 from services.comparison.service import ComparisonService
 from services.comparison.settings import ComparisonSettings
 from services.core.codec import codec
-from services.core.kafka import Producer, create_topics
+from services.core.kafka import Producer
 from services.core.runtime import now_ms
 from services.core.settings import Topics
 
-MODELS = (("champion", "logreg-1"), ("challenger", "forest-1"), ("canary", "stump-1"))
+MODELS = MODEL_VERSIONS
 TARGET_RECORDS_S = 30_000.0
-POLL_S = 0.01
 MAX_BATCH = 2000
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     arg = parser.add_argument
     arg("--records", type=int, default=200_000, help="comparison records pre-loaded (default 200000)")
     arg("--partitions", type=int, default=4, help="partitions of the log topic (default 4)")
     arg("--timeout", type=float, default=120.0, help="give up a timing after this many seconds (default 120)")
     arg("--profile", metavar="FILE", help="cProfile the service thread; write pstats to FILE, print top")
-    add_common_arguments(parser)
     args = parser.parse_args(argv)
     if args.records < 1 or args.partitions < 1 or args.timeout <= 0:
         parser.error("--records, --partitions and --timeout must be positive")
@@ -161,19 +163,14 @@ def run_service(bootstrap: str, prefix: str, args: argparse.Namespace) -> Timing
     cpu: list[float] = []
 
     def body() -> None:
-        profiler = cProfile.Profile() if args.profile else None
         cpu_started = time.thread_time()
         try:
-            if profiler:
-                profiler.enable()
-            service.run(stop)
+            with profiling(args.profile):
+                service.run(stop)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread and raised there
             failures.append(exc)
         finally:
             cpu.append(time.thread_time() - cpu_started)
-            if profiler:
-                profiler.disable()
-                profiler.dump_stats(args.profile)
             service.ready.set()
 
     def wait(condition: Callable[[], bool], what: str, since: float) -> None:
@@ -203,14 +200,6 @@ def run_service(bootstrap: str, prefix: str, args: argparse.Namespace) -> Timing
     return Timing(assigned - started, done - assigned, service.processed, cpu[0] if cpu else float("nan"))
 
 
-def print_profile(path: str, top: int = 25) -> None:
-    out = io.StringIO()
-    stats = pstats.Stats(path, stream=out)
-    stats.strip_dirs().sort_stats("tottime").print_stats(top)
-    print(f"\ncProfile of the comparison thread (by own time; full stats in {path}):")
-    print("\n".join(line for line in out.getvalue().splitlines()[5:] if line.strip()))
-
-
 def report(args: argparse.Namespace, preload_s: float, bases: list[Timing], service: Timing) -> dict[str, object]:
     n = args.records
     base_rate = sum(n / b.processing_s for b in bases) / len(bases)
@@ -237,36 +226,33 @@ def report(args: argparse.Namespace, preload_s: float, bases: list[Timing], serv
             "comparison_records_cpu_s": cpu_rate, "ratio": share, "ratio_cpu": cpu_share}
 
 
+def measure(broker: BrokerInfo, args: argparse.Namespace) -> dict[str, object]:
+    bootstrap = broker.bootstrap
+    prefix = run_prefix("comparison")
+    topics = Topics.from_prefix(prefix)
+    meters: dict[str, CpuMeter] = {}
+    sources = bench_and_broker(broker)
+
+    with fresh_topics(broker, {**plain_topics([topics.log], args.partitions), **plain_topics([topics.deadletter], 1)}):
+        note(f"pre-loading {args.records:,} comparison records ...")
+        preload_s = preload(bootstrap, topics.log, args)
+        note("baseline: bare consume of the log ...")
+        bases = [metered(meters, "bare consume, before", sources, lambda: bare_consume(bootstrap, topics.log, args))]
+        note("comparison service ...")
+        service = metered(meters, "comparison service", sources, lambda: run_service(bootstrap, prefix, args))
+        note("baseline again ...")
+        bases.append(metered(meters, "bare consume, after", sources, lambda: bare_consume(bootstrap, topics.log, args)))
+        results = report(args, preload_s, bases, service)
+        results["cpu"] = cpu_figures(meters, dict.fromkeys(meters, args.records),
+                                     "this process (every thread) and the broker, per run", unit="record", digits=4)
+        if args.profile:
+            print_profile(args.profile, "the comparison thread")
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    interrupt_on_sigterm()
-    try:
-        with kafka_bootstrap() as (bootstrap, external):
-            config = {"bootstrap.servers": bootstrap}
-            prefix = run_prefix("comparison")
-            topics = Topics.from_prefix(prefix)
-            with dropped_topics(config, [topics.log, topics.deadletter], external):
-                create_topics(config, {topics.log: (args.partitions, {}), topics.deadletter: (1, {})})
-                note(f"pre-loading {args.records:,} comparison records ...")
-                preload_s = preload(bootstrap, topics.log, args)
-                note("baseline: bare consume of the log ...")
-                bases = [bare_consume(bootstrap, topics.log, args)]
-                note("comparison service ...")
-                service = run_service(bootstrap, prefix, args)
-                note("baseline again ...")
-                bases.append(bare_consume(bootstrap, topics.log, args))
-                results = report(args, preload_s, bases, service)
-                if args.profile:
-                    print_profile(args.profile)
-            release_clients()
-    except BenchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    write_json(args.json, "comparison_throughput", args, results)
-    return 0
+    return run_bench("comparison_throughput", args, lambda broker: measure(broker, args))
 
 
 if __name__ == "__main__":

@@ -29,57 +29,60 @@ if __package__ in (None, ""):  # run as `python bench/<name>.py`: make the `benc
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
-import cProfile
-import io
-import pstats
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from bench.common import (
+    MODEL_VERSIONS,
+    POLL_S,
     BenchError,
+    BrokerInfo,
+    CpuMeter,
     RecordCounter,
-    add_common_arguments,
     bare_consumer,
     bare_producer,
-    dropped_topics,
-    interrupt_on_sigterm,
-    kafka_bootstrap,
+    bench_and_broker,
+    cpu_figures,
+    fresh_topics,
+    metered,
+    new_parser,
     note,
     pass_through,
+    plain_topics,
+    positive,
+    print_profile,
     print_table,
+    profiling,
     ratio,
     read_topic,
-    release_clients,
+    run_bench,
     run_prefix,
     watermark_total,
-    write_json,
 )
-from services.cli.common import ensure_topics
+from services.cli.common import topic_specs
 from services.client.client import make_request
 from services.core.codec import codec
-from services.core.kafka import Producer, create_topics
+from services.core.kafka import Producer
 from services.core.runtime import now_ms
-from services.core.settings import TOPIC_ROLES, Topics
+from services.core.settings import Topics
 from services.model_worker.models import demo_rows
 from services.rendezvous.service import Rendezvous
 from services.rendezvous.settings import RendezvousSettings
 
-MODELS = (("champion", "logreg-1"), ("challenger", "forest-1"), ("canary", "stump-1"))
+MODELS = MODEL_VERSIONS
 TARGET_REQ_S = 20_000.0
-POLL_S = 0.01
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = new_parser(__doc__)
     arg = parser.add_argument
     arg("--requests", type=int, default=20_000, help="requests pre-loaded, 3 scores each (default 20000)")
     arg("--partitions", type=int, default=4, help="partitions of requests/scores (default 4)")
@@ -90,10 +93,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the rendezvous' --processing (default exactly-once, as the service)")
     arg("--baseline-runs", type=int, default=2, help="pass-through runs before and after (default 2)")
     arg("--profile", metavar="FILE", help="cProfile the rendezvous thread; write pstats to FILE, print top")
-    add_common_arguments(parser)
     args = parser.parse_args(argv)
-    if min(args.requests, args.partitions, args.budget_ms, args.timeout, args.baseline_runs) <= 0:
-        parser.error("--requests, --partitions, --budget-ms, --timeout, --baseline-runs must be positive")
+    positive(parser, args, "requests", "partitions", "budget_ms", "timeout", "baseline_runs")
     return args
 
 
@@ -153,17 +154,12 @@ def timed(
     failures: list[BaseException] = []
 
     def body() -> None:
-        profiler = cProfile.Profile() if profile else None
         try:
-            if profiler:
-                profiler.enable()
-            target(stop)
+            with profiling(profile):
+                target(stop)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread and raised there
             failures.append(exc)
         finally:
-            if profiler:
-                profiler.disable()
-                profiler.dump_stats(str(profile))
             ready.set()  # never leave the main thread waiting on a dead thread
 
     def check(what: str, since: float) -> None:
@@ -262,14 +258,6 @@ def check_log(bootstrap: str, topics: Topics, args: argparse.Namespace) -> dict[
             "outcomes": {f"{s}/{m}": n for (s, m), n in outcomes.items()}, "problems": problems}
 
 
-def print_profile(path: str, top: int = 25) -> None:
-    out = io.StringIO()
-    stats = pstats.Stats(path, stream=out)
-    stats.strip_dirs().sort_stats("tottime").print_stats(top)
-    print(f"\ncProfile of the rendezvous thread (by own time; full stats in {path}):")
-    print("\n".join(line for line in out.getvalue().splitlines()[5:] if line.strip()))
-
-
 def report(args: argparse.Namespace, preload_s: float, before: list[Timing], rdv: Timing,
            after: list[Timing], checked: dict[str, Any]) -> dict[str, Any]:
     n = args.requests
@@ -299,46 +287,46 @@ def report(args: argparse.Namespace, preload_s: float, before: list[Timing], rdv
                       for b in bases],
         "baseline_median_req_s": base_rate,
         "rendezvous": {**vars(rdv), "req_s": rdv_rate, "records_in_s": records_in / rdv.processing_s},
-        "ratio": share, "check": checked,
+        "ratio": share, "check": checked, "problems": checked["problems"],
     }  # fmt: skip
+
+
+def measure(broker: BrokerInfo, args: argparse.Namespace) -> dict[str, Any]:
+    bootstrap = broker.bootstrap
+    prefix = run_prefix("throughput")
+    topics = Topics.from_prefix(prefix)
+    out_topics = [f"{prefix}passthrough.{i}" for i in range(2 * args.baseline_runs)]
+    specs = {**topic_specs(topics, args.partitions), **plain_topics(out_topics, args.partitions)}
+    meters: dict[str, CpuMeter] = {}
+    sources = bench_and_broker(broker)
+
+    with fresh_topics(broker, specs):
+        note(f"pre-loading {args.requests:,} requests + {args.requests * len(MODELS):,} scores ...")
+        preload_s = preload(bootstrap, topics, args)
+        # The baseline runs before and after the rendezvous: its spread shows the noise.
+        runs = args.baseline_runs
+        note(f"baseline: {runs} bare pass-through run(s) of the same records ...")
+        before = [metered(meters, f"pass-through #{i + 1}", sources,
+                          partial(run_baseline, bootstrap, topics, out, args))
+                  for i, out in enumerate(out_topics[:runs])]
+        note("rendezvous ...")
+        rdv = metered(meters, "rendezvous", sources, lambda: run_rendezvous(bootstrap, prefix, topics, args))
+        note(f"baseline again: {runs} run(s) ...")
+        after = [metered(meters, f"pass-through #{runs + i + 1}", sources,
+                         partial(run_baseline, bootstrap, topics, out, args))
+                 for i, out in enumerate(out_topics[runs:])]
+        checked = check_log(bootstrap, topics, args)
+        results = report(args, preload_s, before, rdv, after, checked)
+        results["cpu"] = cpu_figures(meters, dict.fromkeys(meters, args.requests),
+                                     "this process (the consuming thread + a counter) and the broker, per run")
+        if args.profile:
+            print_profile(args.profile, "the rendezvous thread")
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    interrupt_on_sigterm()
-    try:
-        with kafka_bootstrap() as (bootstrap, external):
-            config = {"bootstrap.servers": bootstrap}
-            prefix = run_prefix("throughput")
-            topics = Topics.from_prefix(prefix)
-            out_topics = [f"{prefix}passthrough.{i}" for i in range(2 * args.baseline_runs)]
-            names = [*(getattr(topics, role) for role in TOPIC_ROLES), *out_topics]
-            with dropped_topics(config, names, external):
-                ensure_topics(config, topics, args.partitions)
-                create_topics(config, {t: (args.partitions, {}) for t in out_topics})
-                note(f"pre-loading {args.requests:,} requests + {args.requests * len(MODELS):,} scores ...")
-                preload_s = preload(bootstrap, topics, args)
-                # The baseline runs before and after the rendezvous: its spread shows the noise.
-                runs = args.baseline_runs
-                note(f"baseline: {runs} bare pass-through run(s) of the same records ...")
-                before = [run_baseline(bootstrap, topics, t, args) for t in out_topics[:runs]]
-                note("rendezvous ...")
-                rdv = run_rendezvous(bootstrap, prefix, topics, args)
-                note(f"baseline again: {runs} run(s) ...")
-                after = [run_baseline(bootstrap, topics, t, args) for t in out_topics[runs:]]
-                checked = check_log(bootstrap, topics, args)
-                results = report(args, preload_s, before, rdv, after, checked)
-                if args.profile:
-                    print_profile(args.profile)
-            release_clients()
-    except BenchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    write_json(args.json, "rendezvous_throughput", args, results)
-    return 0 if not checked["problems"] else 1
+    return run_bench("rendezvous_throughput", args, lambda broker: measure(broker, args))
 
 
 if __name__ == "__main__":
