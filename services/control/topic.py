@@ -139,7 +139,7 @@ class ControlFeed:
         while not self._reached(ends):
             if time.monotonic() > deadline:
                 raise ConfigError(f"could not read {self.topic} to its end within {timeout:.0f}s")
-            records.extend(_parse(msg) for msg in self._consumer.consume(500, 0.2))
+            records.extend(_parse(msg) for msg in self._consumer.consume(500, 0.05))
         return records
 
     def _reached(self, ends: dict[int, int]) -> bool:
