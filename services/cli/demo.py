@@ -7,16 +7,13 @@ generator sends demo rows at a fixed rate through the `Client` and tallies the a
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 from rich.console import Console
@@ -24,6 +21,7 @@ from rich.live import Live
 from rich.table import Table
 
 from services.cli.common import ensure_topics
+from services.cli.spawn import service_env, spawn
 from services.client.client import Answer, Client
 from services.core.errors import ConfigError
 from services.core.kafka import wait_for_groups
@@ -46,6 +44,7 @@ class DemoSettings(KafkaSettings):
         "Models as name=spec, in schedule order (first = champion).",
     )
     partitions: int = setting(4, "Partitions of the demo topics.")
+    rendezvous: int = setting(1, "Rendezvous instances sharing the work (each takes some of the partitions).")
     metrics_base_port: int = setting(
         9100, "Rendezvous metrics on this port, models on the next ones (0 = no metrics endpoints)."
     )
@@ -53,6 +52,8 @@ class DemoSettings(KafkaSettings):
     def validate(self) -> None:
         if self.rate <= 0 or self.duration < 0 or self.budget_ms <= 0:
             raise ConfigError("--rate and --budget-ms must be positive, --duration >= 0")
+        if not 1 <= self.rendezvous <= self.partitions:
+            raise ConfigError(f"--rendezvous must be within 1..--partitions ({self.partitions}), got {self.rendezvous}")
         for item in self.models:
             if "=" not in item:
                 raise ConfigError(f"--models expects name=spec, got {item!r}")
@@ -103,13 +104,6 @@ class Tally:
             return table
 
 
-def _spawn(args: list[str], log_file: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    handle = log_file.open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", *args], stdout=handle, stderr=subprocess.STDOUT, env=env
-    )
-
-
 def run_demo(settings: DemoSettings, console: Console) -> int:
     with ExitStack() as stack:
         if not settings.bootstrap and read_bootstrap() is None:
@@ -124,24 +118,25 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
         ensure_topics(config, topics, settings.partitions)
 
         logs = cache_dir() / "demo"
-        logs.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap,
-               "RDV_TOPIC_PREFIX": settings.topic_prefix}
+        env = service_env(settings)
         names = [item.split("=", 1)[0] for item in settings.models]
         processes: list[subprocess.Popen[bytes]] = []
         stack.callback(stop_processes, processes)
         port = settings.metrics_base_port
-        processes.append(_spawn(["serve", "--models", ",".join(names), "--deadline-ms",
-                                 str(settings.budget_ms), "--metrics-port", str(port)],
-                                logs / "rendezvous.log", env))
+        for index in range(settings.rendezvous):
+            rendezvous_port = port + len(names) + index if port and index else port
+            processes.append(spawn(["serve", "--models", ",".join(names), "--deadline-ms", str(settings.budget_ms),
+                                    "--metrics-port", str(rendezvous_port)], logs / f"rendezvous-{index}.log", env))
         for offset, item in enumerate(settings.models, start=1):
             name, spec = item.split("=", 1)
             model_port = port + offset if port else 0
-            processes.append(_spawn(["model", "serve", "--model", spec, "--name", name,
-                                     "--metrics-port", str(model_port)], logs / f"{name}.log", env))
-        console.print(f"started rendezvous + {len(names)} models (logs in {logs}); waiting for them...")
+            processes.append(spawn(["model", "serve", "--model", spec, "--name", name,
+                                    "--metrics-port", str(model_port)], logs / f"{name}.log", env))
+        console.print(f"started {settings.rendezvous} rendezvous + {len(names)} models (logs in {logs}); "
+                      "waiting for them...")
         groups = [f"{settings.topic_prefix}rendezvous"] + [f"{settings.topic_prefix}model.{n}" for n in names]
         wait_for_groups(config, groups, timeout=120)
+        wait_for_groups(config, groups[:1], timeout=120, members=settings.rendezvous)
         if port:
             console.print(f"metrics: http://127.0.0.1:{port}/metrics (rendezvous), models on the next ports")
         client = stack.enter_context(Client(config, topics, budget_ms=settings.budget_ms))

@@ -1,23 +1,26 @@
-"""`rendezvous deploy|undeploy`: run a challenger's workers beside the champion on this machine.
+"""`rendezvous deploy|undeploy`: run a model's workers (or rendezvous instances) on this machine.
 
-Each replica is a detached `rendezvous model serve` process (it outlives this command), with
-its log and the deployment's pids under `<cache>/deployments/<name>/`. The same worker runs in
-docker-compose; `deploy` prints the service block to add there instead.
+Each replica is a detached `rendezvous model serve` (or `serve`) process that outlives this
+command, with its log and the deployment's pids under `<cache>/deployments/<name>/`. Deploying
+again with another `--replicas` scales it mid-stream. The processes get this command's Kafka
+settings (cli/spawn.py). The same worker runs in docker-compose; `deploy` prints the service
+block to add there instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
+from services.cli.spawn import service_env, spawn
 from services.core.errors import ConfigError
 from services.core.kafka import wait_for_groups
 from services.core.settings import KafkaSettings, setting
@@ -29,8 +32,9 @@ from services.model_worker.models import load_model
 class DeploySettings(KafkaSettings):
     """Start (or stop) the workers of one model."""
 
-    model: str = setting("", "deploy: model spec (demo:challenger, pkg.module:factory, model.joblib, model.onnx).")
-    replicas: int = setting(1, "deploy: worker processes sharing the model's consumer group.")
+    model: str = setting("", "deploy: model spec (demo:challenger, pkg.module:factory, model.joblib, model.onnx); "
+                             "not needed to scale a running deployment, nor for `deploy rendezvous`.")
+    replicas: int = setting(1, "deploy: processes sharing the group; deploying again with another number scales it.")
     version: str = setting("", "deploy: version written on its scores (default: the model's own).")
     start_at: str = setting("", "deploy: catch up from this time (ISO, epoch ms, or e.g. 1h ago as '1h') first.")
     wait_s: float = setting(60.0, "deploy: how long to wait for the replicas to join their group (s).")
@@ -38,6 +42,9 @@ class DeploySettings(KafkaSettings):
     def validate(self) -> None:
         if self.replicas < 1:
             raise ConfigError(f"--replicas must be >= 1, got {self.replicas}")
+
+
+RENDEZVOUS = "rendezvous"  # `deploy rendezvous --replicas N`: instances of the rendezvous itself
 
 
 def _state_file(name: str) -> Path:
@@ -54,38 +61,67 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def running_pids(name: str) -> list[int]:
+def _state(name: str) -> dict[str, Any]:
     path = _state_file(name)
-    if not path.exists():
-        return []
-    pids = [int(p) for p in json.loads(path.read_text()).get("pids", [])]
-    return [p for p in pids if _alive(p)]
+    state: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    return state
+
+
+def _replicas(name: str) -> dict[int, int]:
+    """Live replicas of a deployment: replica index -> pid."""
+    state = _state(name)
+    replicas = {int(k): int(v) for k, v in state.get("replicas", {}).items()}
+    return {index: pid for index, pid in replicas.items() if _alive(pid)}
+
+
+def running_pids(name: str) -> list[int]:
+    return sorted(_replicas(name).values())
+
+
+def _replica_args(name: str, settings: DeploySettings, index: int) -> list[str]:
+    if name == RENDEZVOUS:
+        return ["serve", "--instance", f"{RENDEZVOUS}-{index}"]
+    args = ["model", "serve", "--model", settings.model, "--name", name, "--instance", f"{name}-{index}"]
+    args += ["--version", settings.version] if settings.version else []
+    args += ["--start-at", settings.start_at] if settings.start_at else []
+    return args
+
+
+def _group(name: str, settings: DeploySettings) -> str:
+    return f"{settings.topic_prefix}{RENDEZVOUS}" if name == RENDEZVOUS else f"{settings.topic_prefix}model.{name}"
 
 
 def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
-    if not settings.model:
-        raise ConfigError("deploy needs --model SPEC")
-    if running_pids(name):
-        raise ConfigError(f"{name} is already deployed here (pids {running_pids(name)}); `rendezvous undeploy {name}`")
-    load_model(settings.model)  # fail here, with the loader's message, not in a detached process
+    """Start a deployment, or change its number of replicas (the group rebalances; a replica
+    leaving commits its finished work first, so nothing is lost or scored twice)."""
+    replicas = _replicas(name)
+    if replicas and not settings.model:
+        settings = dataclasses.replace(settings, model=_state(name).get("model", ""),
+                                       version=_state(name).get("version", ""))
+    if name != RENDEZVOUS and not replicas:
+        if not settings.model:
+            raise ConfigError("deploy needs --model SPEC")
+        load_model(settings.model)  # fail here, with the loader's message, not in a detached process
+    if replicas and len(replicas) == settings.replicas:
+        console.print(f"{name} already runs {settings.replicas} replica(s): pids {sorted(replicas.values())}")
+        return 0
     folder = _state_file(name).parent
-    folder.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap, "RDV_TOPIC_PREFIX": settings.topic_prefix}
-    pids = []
-    for replica in range(settings.replicas):
-        args = ["model", "serve", "--model", settings.model, "--name", name, "--instance", f"{name}-{replica}"]
-        args += ["--version", settings.version] if settings.version else []
-        args += ["--start-at", settings.start_at] if settings.start_at else []
-        with (folder / f"replica-{replica}.log").open("ab") as log_file:
-            process = subprocess.Popen([sys.executable, "-m", "services.cli.main", *args], stdout=log_file,
-                                       stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        pids.append(process.pid)
-    _state_file(name).write_text(json.dumps({"name": name, "model": settings.model, "pids": pids}))
-    wait_for_groups(settings.librdkafka(), [f"{settings.topic_prefix}model.{name}"], timeout=settings.wait_s,
+    env = service_env(settings)
+    for index in range(settings.replicas):
+        if index not in replicas:
+            replicas[index] = spawn(_replica_args(name, settings, index), folder / f"replica-{index}.log", env,
+                                    detached=True).pid
+    surplus = {index: pid for index, pid in replicas.items() if index >= settings.replicas}
+    _stop(list(surplus.values()))
+    kept = {index: pid for index, pid in replicas.items() if index < settings.replicas}
+    _state_file(name).write_text(json.dumps({"name": name, "model": settings.model, "version": settings.version,
+                                             "replicas": kept}))
+    wait_for_groups(settings.librdkafka(), [_group(name, settings)], timeout=settings.wait_s,
                     members=settings.replicas)
-    console.print(f"deployed {name} ({settings.model}) x{settings.replicas}: pids {pids}, logs in {folder}")
-    console.print("it scores every request; its answers are only logged until you `rendezvous promote " f"{name}`.")
-    console.print("In docker-compose, add instead:\n" + compose_block(name, settings))
+    console.print(f"{name} runs {settings.replicas} replica(s): pids {sorted(kept.values())}, logs in {folder}")
+    if name != RENDEZVOUS:
+        console.print(f"it scores every request; its answers are only logged until you `rendezvous promote {name}`.")
+        console.print("In docker-compose, add instead:\n" + compose_block(name, settings))
     return 0
 
 
@@ -99,18 +135,23 @@ def compose_block(name: str, settings: DeploySettings) -> str:
     )
 
 
+def _stop(pids: list[int], timeout_s: float = 20.0) -> None:
+    """SIGTERM (they drain and commit), then SIGKILL whatever outlives `timeout_s`."""
+    for pid in pids:
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)  # waiting for the replicas to drain and exit
+    for pid in (p for p in pids if _alive(p)):
+        os.killpg(pid, signal.SIGKILL)
+
+
 def cmd_undeploy(name: str, console: Console, timeout_s: float = 20.0) -> int:
     pids = running_pids(name)
     if not pids:
         console.print(f"{name} is not deployed here")
         return 1
-    for pid in pids:
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)  # waiting for the workers to drain and exit
-    for pid in (p for p in pids if _alive(p)):
-        os.killpg(pid, signal.SIGKILL)
+    _stop(pids, timeout_s)
     _state_file(name).unlink(missing_ok=True)
     console.print(f"undeployed {name} (pids {pids})")
     return 0

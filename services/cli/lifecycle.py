@@ -23,6 +23,7 @@ from services.control.schedule import Schedule
 from services.control.topic import ScheduleBook, load_book, publish
 from services.core.codec import codec
 from services.core.errors import BadInput, ConfigError
+from services.core.kafka import group_lag
 from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, parse_pairs, setting
 from services.core.topic_range import read_spans
@@ -105,12 +106,16 @@ def cmd_models(settings: LifecycleSettings, console: Console) -> int:
     book = _book(settings)
     champion = book.latest.models[0] if book.latest else None
     table = Table(title=f"models scoring on {settings.topics().scores} (last {settings.live_window_s:.0f}s)")
-    for column in ("model", "version", "role", "replicas", "scores/s", "errors", "p50 ms", "p99 ms", "last seen"):
+    columns = ("model", "version", "role", "replicas", "scores/s", "lag", "errors", "p50 ms", "p99 ms", "last seen")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("model", "version", "role") else "right")
     in_schedule = set(book.latest.models) if book.latest else set()
+    config, requests = settings.librdkafka(), settings.topics().requests
     for (model, version), f in sorted(figures.items()):
         role = "champion" if model == champion else ("fallback" if model in in_schedule else "challenger")
-        table.add_row(model, version, role, f"{f['replicas']:.0f}", f"{f['rate']:.1f}", f"{f['errors']:.0f}",
+        lag = group_lag(config, f"{settings.topic_prefix}model.{model}", requests)
+        table.add_row(model, version, role, f"{f['replicas']:.0f}", f"{f['rate']:.1f}",
+                      "-" if lag is None else str(lag), f"{f['errors']:.0f}",
                       f"{f['p50_ms']:.1f}", f"{f['p99_ms']:.1f}", f"{f['last_seen_s']:.1f}s ago")
     console.print(table)
     if not figures:

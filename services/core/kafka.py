@@ -514,3 +514,23 @@ def wait_for_groups(
             raise BrokerError(f"consumer group(s) {', '.join(waiting)} not ready within {timeout:.0f}s")
         if waiting:
             time.sleep(0.2)  # polling an external condition, not a readiness guess
+
+
+def group_lag(config: Mapping[str, Any], group: str, topic: str, timeout: float = 10.0) -> int | None:
+    """Records of `topic` the group has not committed yet (None: the group committed nothing)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+    from confluent_kafka.admin import OffsetSpec
+
+    client = admin(config)
+    try:
+        request = ConsumerGroupTopicPartitions(group)
+        committed = client.list_consumer_group_offsets([request], request_timeout=timeout)[group].result()
+        positions = {tp.partition: tp.offset for tp in committed.topic_partitions
+                     if tp.topic == topic and tp.offset >= 0}
+        if not positions:
+            return None
+        ends = client.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in positions},
+                                   request_timeout=timeout)
+        return sum(max(0, future.result().offset - positions[tp.partition]) for tp, future in ends.items())
+    except KafkaException as exc:
+        raise BrokerError(f"cannot read the lag of group {group}: {exc}") from None

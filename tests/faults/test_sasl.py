@@ -6,6 +6,7 @@ formatted) beside its PLAINTEXT one; every client here talks to the SASL listene
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -154,3 +155,30 @@ def test_models_and_rendezvous_answer_over_sasl(
     assert {(a.model, a.status) for a in answers} == {("champion", "OK")}
     logged = read_topic(sasl_config, topics.log, expect=20, decode="comparison")
     assert {r["request_id"] for r in logged} == {a.request_id for a in answers}
+
+
+def test_deployed_processes_inherit_the_full_kafka_settings(
+    sasl: str, sasl_config: dict[str, Any], prefix: str, tmp_path: Path
+) -> None:
+    """`deploy` passes every Kafka setting — SASL credentials included — to the processes it
+    starts (which could not join over this listener otherwise), through their environment and
+    never on their command line."""
+    env = {**os.environ, "RDV_CACHE_DIR": str(tmp_path)}
+    common = ["--bootstrap", sasl, "--topic-prefix", prefix, *kafka_flags(PASSWORD)]
+    deployed = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "deploy", "champion", "--model", "demo:champion",
+         "--replicas", "2", "--wait-s", "60", *common], capture_output=True, text=True, timeout=120, env=env,
+        check=False,
+    )  # fmt: skip
+    try:
+        assert deployed.returncode == 0, deployed.stderr[-2000:]
+        group = f"{prefix}model.champion"
+        wait_for_groups(sasl_config, [group], timeout=60, members=2)  # both joined: both authenticated
+        state = json.loads((tmp_path / "deployments" / "champion" / "state.json").read_text())
+        for pid in state["replicas"].values():
+            assert PASSWORD not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        assert PASSWORD not in deployed.stdout + deployed.stderr
+    finally:
+        undeployed = subprocess.run([sys.executable, "-m", "services.cli.main", "undeploy", "champion"],
+                                    capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert undeployed.returncode == 0, undeployed.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -143,11 +144,15 @@ def test_deploy_runs_a_challenger_beside_the_champion_and_models_lists_it(
         with Client(config, topics, budget_ms=20_000, answer_wait_s=60) as client:
             answers = client.score_many(demo_rows(50, seed=61))
         assert {a.model for a in answers} == {"champion"}, "a deployed challenger answers nothing until promoted"
+        from services.core.kafka import group_lag
+        wait_until(lambda: group_lag(config, f"{prefix}model.{name}", topics.requests) is not None, 30,
+                   "the challenger's first commit")
         listed = rendezvous("models", "--live-window-s", "120", *common)
         assert listed.returncode == 0, listed.stderr
         rows = {line.split("│")[1].strip(): line for line in listed.stdout.splitlines() if line.count("│") > 5}
         assert "champion" in rows and name in rows
         assert "challenger" in rows[name] and "2" in rows[name].split("│")[4], rows[name]
+        assert rows[name].split("│")[6].strip().isdigit(), f"the consumer lag of {name}: {rows[name]}"
     finally:
         undeployed = rendezvous("undeploy", name)
     assert undeployed.returncode == 0 and "undeployed" in undeployed.stderr
@@ -172,3 +177,39 @@ def test_a_new_model_catches_up_on_history_before_joining_live_traffic(
     wait_until(lambda: worker.scored >= 300, 60, "the new model to score the history")
     scores = read_topic(config, topics.scores, expect=300, decode="score")
     assert {s["request_id"] for s in scores} == set(ids)
+
+
+def test_deploy_scales_a_model_mid_stream_without_losing_or_double_scoring(
+    bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    common = ("--bootstrap", bootstrap, "--topic-prefix", prefix)
+    name = f"scale{prefix[1:7]}"
+    producer = Producer(config)
+    requests = codec("request")
+    ids: list[str] = []
+
+    def send(i: int) -> None:
+        record = make_request(demo_rows(1, seed=i)[0], budget_ms=60_000, reply_topic=None, reply_partition=None)
+        ids.append(record["request_id"])
+        producer.produce(topics.requests, requests.encode(record), key=record["request_id"])
+        producer.poll(0)
+
+    assert rendezvous("deploy", name, "--model", "demo:champion", *common).returncode == 0
+    try:
+        sender = PacedSender(send, 8000, 250.0, lambda: producer.flush(30)).start()
+        wait_until(lambda: len(ids) >= 800, 60, "the stream to be under way")
+        scaled_up = rendezvous("deploy", name, "--replicas", "3", *common)
+        assert scaled_up.returncode == 0 and "runs 3 replica(s)" in scaled_up.stderr, scaled_up.stderr
+        grown = len(ids)
+        wait_until(lambda: len(ids) >= min(grown + 1000, 7000), 60, "4 s of the stream with three replicas")
+        scaled_down = rendezvous("deploy", name, "--replicas", "1", *common)
+        assert scaled_down.returncode == 0 and "runs 1 replica(s)" in scaled_down.stderr, scaled_down.stderr
+        sender.join()
+        scores = read_topic(config, topics.scores, expect=8000, decode="score", timeout=120)
+    finally:
+        rendezvous("undeploy", name)
+    per_request = Counter(s["request_id"] for s in scores if s["model"] == name)
+    instances = {s["instance"] for s in scores if s["model"] == name}
+    assert set(per_request) == set(ids), f"{len(set(ids) - set(per_request))} requests never scored"
+    assert max(per_request.values()) == 1, "a request scored twice across the rescaling"
+    assert len(instances) == 3, f"every replica scored a share: {instances}"

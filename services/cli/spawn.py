@@ -1,0 +1,38 @@
+"""Starting service processes from a command (demo, deploy) with the command's own Kafka settings.
+
+A child gets everything the parent was told about Kafka — bootstrap, topic prefix and
+overrides, every pass-through librdkafka setting (SASL/TLS credentials included), the connect
+timeout — through the environment variables its settings read, never on its command line,
+where every user of the machine could read a password with `ps`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from services.core.settings import KafkaSettings
+
+
+def service_env(settings: KafkaSettings) -> dict[str, str]:
+    """This process's environment plus `settings` as the variables a child's settings read."""
+    env = dict(os.environ)
+    env["KAFKA_BOOTSTRAP_SERVERS"] = settings.bootstrap
+    env["RDV_TOPIC_PREFIX"] = settings.topic_prefix
+    env["RDV_CONNECT_TIMEOUT_S"] = str(settings.connect_timeout_s)
+    for name, value in (("RDV_TOPIC", ",".join(settings.topic)), ("RDV_KAFKA_CONFIG", ";".join(settings.kafka_config))):
+        if value:
+            env[name] = value
+        else:
+            env.pop(name, None)
+    return env
+
+
+def spawn(args: list[str], log_file: Path, env: dict[str, str], *, detached: bool = False) -> subprocess.Popen[bytes]:
+    """Run `rendezvous <args>` with its output appended to `log_file`; `detached` outlives us."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as handle:
+        return subprocess.Popen([sys.executable, "-m", "services.cli.main", *args], stdout=handle,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=detached)
