@@ -508,6 +508,7 @@ def two_models_named(first: str, second: str) -> dict[str, Any]:
         ({"rendezvous": {"processing": "maybe-once"}}, "/rendezvous/processing"),
         ({"kafka": {"bootstrap": ""}}, "/kafka/bootstrap"),
         ({"kafka": {"secretConfig": [{"key": "sasl.password", "secretName": "kafka"}]}}, "secretKey"),
+        ({"topics": {"create": True, "partitions": 2}, "rendezvous": {"replicas": 3}}, "never be ready"),
     ],
     ids=[
         "duplicate-model",
@@ -517,6 +518,7 @@ def two_models_named(first: str, second: str) -> dict[str, Any]:
         "bad-processing",
         "no-bootstrap",
         "secret-without-key",
+        "more-rendezvous-than-partitions",
     ],
 )
 def test_bad_values_are_refused_with_a_reason(
