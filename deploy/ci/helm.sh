@@ -25,27 +25,32 @@ if [ -x "$helm" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$recipe" ] \
 fi
 
 if ! command -v go >/dev/null; then
-  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
-    echo "go is needed to build helm $HELM_VERSION; install Go (Debian: apt-get install golang-go) and run again" >&2
-    exit 1
-  fi
-  echo "installing golang-go (apt-get) to build helm..." >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends golang-go ca-certificates >/dev/null
+  # Debian's golang-go (1.19 on bookworm) is too old for helm v3.22 and cannot fetch a newer
+  # toolchain itself, so there is no useful fallback: say what is needed.
+  echo "go is needed to build helm $HELM_VERSION (Go >= 1.21 on PATH; helm's go.mod names the minimum)" >&2
+  exit 1
 fi
 
 echo "building helm $HELM_VERSION from the Go module proxy into $bin_dir (takes a few minutes the first time)..." >&2
 mkdir -p "$bin_dir"
 rm -f "$stamp"
-# GOTOOLCHAIN=auto: an older Go fetches the toolchain helm's go.mod asks for (itself a module).
-export GOTOOLCHAIN="${GOTOOLCHAIN_FOR_HELM:-auto}" CGO_ENABLED=0
+export CGO_ENABLED=0 GOTOOLCHAIN=local
 
 # Stamp the binary as helm's own release build (its Makefile) does: the version, so
 # `helm version` reports it, and the default Kubernetes version of `helm template`/`lint`
 # (1.<client-go minor>), which a plain `go install` leaves at 1.20.
 gomod="$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')"
 client_go="$(awk '$1 == "k8s.io/client-go" { print $2 }' "$gomod")"   # e.g. v0.37.0
+
+# A Go older than helm's go.mod asks for builds with a newer toolchain, which Go (>= 1.21)
+# fetches from the module proxy like any module: HELM_GO_TOOLCHAIN names the one to use.
+needed_go="$(awk '$1 == "go" { print $2; exit }' "$gomod")"          # e.g. 1.26.0
+local_go="$(go env GOVERSION)"; local_go="${local_go#go}"
+if [ "$(printf '%s\n%s\n' "$needed_go" "$local_go" | sort -V | head -n1)" != "$needed_go" ]; then
+  GOTOOLCHAIN="${HELM_GO_TOOLCHAIN:-go1.27.3}"
+  echo "Go $local_go is older than the $needed_go helm needs: building with $GOTOOLCHAIN" >&2
+fi
+
 kube_major=$(( $(echo "${client_go#v}" | cut -d. -f1) + 1 ))
 kube_minor="$(echo "$client_go" | cut -d. -f2)"
 ldflags="-s -w"
