@@ -3,8 +3,11 @@
 #   java + mvn  - the local Kafka broker (resolved from Maven Central)
 #   prometheus  - a real Prometheus server scrapes the services in the metrics tests
 #   chromium    - renders the HTML comparison report in a headless-browser test
+#   helm        - lints and renders the Helm chart (built from the Go module proxy by helm.sh)
 # Runs as part of `make test`; idempotent and quick when everything is there.
 set -euo pipefail
+
+bash "$(dirname "${BASH_SOURCE[0]}")/helm.sh"
 
 missing=()
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)

@@ -1,0 +1,224 @@
+{{/* Names ---------------------------------------------------------------------------- */}}
+
+{{- define "rdv.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The release's full name; every object name starts with it. */}}
+{{- define "rdv.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "rdv.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "rdv.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels: `rdv.selectorLabels` takes a dict {root, component, model}; the selector of a
+workload is exactly these, so two components never select each other's pods. */}}
+{{- define "rdv.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "rdv.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- with .model }}
+rendezvous-serving/model: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{- define "rdv.labels" -}}
+{{ include "rdv.selectorLabels" . }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: rendezvous-serving
+{{- end -}}
+
+{{/* Image: a dict {root, image} where image may override repository/tag/pullPolicy. */}}
+{{- define "rdv.image" -}}
+{{- $img := mergeOverwrite (deepCopy .root.Values.image) (.image | default dict) -}}
+image: {{ printf "%s:%s" $img.repository (default .root.Chart.AppVersion $img.tag) | quote }}
+imagePullPolicy: {{ $img.pullPolicy }}
+{{- end -}}
+
+{{/* Kafka -------------------------------------------------------------------------------- */}}
+
+{{/* A librdkafka key whose value must come from a Secret (same markers as the services'
+redaction in services/core/settings.py). */}}
+{{- define "rdv.isSecretKey" -}}
+{{- $key := lower . -}}
+{{- range list "password" "secret" "token" "key.pem" "private" "sasl.jaas" -}}
+{{- if contains . $key }}yes{{ end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The variable holding one secretConfig entry, e.g. sasl.password -> KAFKA_SECRET_SASL_PASSWORD. */}}
+{{- define "rdv.secretEnvName" -}}
+{{- printf "KAFKA_SECRET_%s" (regexReplaceAll "[^A-Za-z0-9]" . "_" | upper) -}}
+{{- end -}}
+
+{{/* RDV_KAFKA_CONFIG: plain settings as written, secret ones as $(VAR) references that the
+kubelet expands from the secretKeyRef variables defined before it, so no secret value is
+ever part of a rendered manifest. */}}
+{{- define "rdv.kafkaConfigValue" -}}
+{{- $pairs := list -}}
+{{- range $key, $value := .Values.kafka.config -}}
+{{- if include "rdv.isSecretKey" $key -}}
+{{- fail (printf "kafka.config.%s looks secret: give it in kafka.secretConfig (from an existing Secret), never inline" $key) -}}
+{{- end -}}
+{{- if contains ";" (toString $value) -}}
+{{- fail (printf "kafka.config.%s contains ';', the separator of RDV_KAFKA_CONFIG" $key) -}}
+{{- end -}}
+{{- $pairs = append $pairs (printf "%s=%v" $key $value) -}}
+{{- end -}}
+{{- range .Values.kafka.secretConfig -}}
+{{- if hasKey $.Values.kafka.config .key -}}
+{{- fail (printf "%s is in both kafka.config and kafka.secretConfig" .key) -}}
+{{- end -}}
+{{- $pairs = append $pairs (printf "%s=$(%s)" .key (include "rdv.secretEnvName" .key)) -}}
+{{- end -}}
+{{- join ";" $pairs -}}
+{{- end -}}
+
+{{/* Environment of every Kafka client: bootstrap, topics, librdkafka settings, metrics port. */}}
+{{- define "rdv.kafkaEnv" -}}
+- name: KAFKA_BOOTSTRAP_SERVERS
+  value: {{ required "kafka.bootstrap is required" .Values.kafka.bootstrap | quote }}
+- name: RDV_TOPIC_PREFIX
+  value: {{ .Values.kafka.topicPrefix | quote }}
+{{- with .Values.kafka.topics }}
+- name: RDV_TOPIC
+  value: {{ include "rdv.topicOverrides" $ | quote }}
+{{- end }}
+- name: RDV_CONNECT_TIMEOUT_S
+  value: {{ .Values.kafka.connectTimeoutS | quote }}
+{{- range .Values.kafka.secretConfig }}
+- name: {{ include "rdv.secretEnvName" .key }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "kafka.secretConfig[].secretName is required" .secretName }}
+      key: {{ required "kafka.secretConfig[].secretKey is required" .secretKey }}
+{{- end }}
+{{- $config := include "rdv.kafkaConfigValue" . }}
+{{- if $config }}
+- name: RDV_KAFKA_CONFIG
+  value: {{ $config | quote }}
+{{- end }}
+- name: MPLCONFIGDIR
+  value: /tmp/matplotlib
+{{- end -}}
+
+{{- define "rdv.topicOverrides" -}}
+{{- $pairs := list -}}
+{{- range $role, $name := .Values.kafka.topics -}}
+{{- if not (has $role (list "requests" "scores" "answers" "log" "control" "deadletter" "replies")) -}}
+{{- fail (printf "kafka.topics: unknown role %q" $role) -}}
+{{- end -}}
+{{- $pairs = append $pairs (printf "%s=%s" $role $name) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}
+
+{{/* The topic name of a role, honouring kafka.topics overrides. */}}
+{{- define "rdv.topic" -}}
+{{- $role := index . 1 -}}
+{{- $root := index . 0 -}}
+{{- default (printf "%s%s" $root.Values.kafka.topicPrefix $role) (index $root.Values.kafka.topics $role) -}}
+{{- end -}}
+
+{{- define "rdv.metricsEnv" -}}
+- name: RDV_METRICS_PORT
+  value: {{ .Values.metricsPort | quote }}
+{{- end -}}
+
+{{/* Pod pieces ---------------------------------------------------------------------------- */}}
+
+{{- define "rdv.probes" -}}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: metrics
+  {{- toYaml .Values.probes.liveness | nindent 2 }}
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: metrics
+  {{- toYaml .Values.probes.readiness | nindent 2 }}
+{{- end -}}
+
+{{- define "rdv.metricsPort" -}}
+- name: metrics
+  containerPort: {{ .Values.metricsPort }}
+  protocol: TCP
+{{- end -}}
+
+{{/* Volumes every pod has: /tmp (the root file system is read-only) and the Kafka TLS files. */}}
+{{- define "rdv.baseVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- with .Values.kafka.tlsSecret }}
+- name: kafka-tls
+  secret:
+    secretName: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{- define "rdv.baseVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- if .Values.kafka.tlsSecret }}
+- name: kafka-tls
+  mountPath: /etc/rdv/kafka
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* Pod-level settings shared by every workload: a dict {root, pod} where pod may set
+podAnnotations, nodeSelector, tolerations, affinity. */}}
+{{- define "rdv.podSpecCommon" -}}
+{{- $v := .root.Values -}}
+serviceAccountName: {{ include "rdv.serviceAccountName" .root }}
+automountServiceAccountToken: {{ $v.serviceAccount.automountToken }}
+securityContext:
+  {{- toYaml $v.podSecurityContext | nindent 2 }}
+{{- with $v.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with (.pod.nodeSelector | default $v.nodeSelector) }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with (.pod.tolerations | default $v.tolerations) }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with (.pod.affinity | default $v.affinity) }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{- define "rdv.podAnnotations" -}}
+{{- $annotations := mergeOverwrite (deepCopy (.root.Values.podAnnotations | default dict)) (.pod.podAnnotations | default dict) -}}
+{{- with $annotations -}}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end -}}
+{{- end -}}
+
+{{/* A map as "key=value,key=value" (sorted by key), the form of repeatable key=value flags. */}}
+{{- define "rdv.pairs" -}}
+{{- $pairs := list -}}
+{{- range $key, $value := . -}}
+{{- $pairs = append $pairs (printf "%s=%v" $key $value) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}

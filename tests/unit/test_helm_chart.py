@@ -1,0 +1,531 @@
+"""The Helm chart in deploy/helm/rendezvous-serving: `helm lint`, then `helm template` with the
+default values and with ci/all-options-values.yaml (every option on), and invariants of the
+rendered manifests. No cluster and no broker: what a real cluster would do with the manifests is
+not tested here (docs/helm.md says so).
+
+helm is built from the Go module proxy by deploy/ci/helm.sh (quick when already built); if it
+cannot be built these tests fail, they never skip.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from services.core.settings import is_secret
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "deploy" / "helm" / "rendezvous-serving"
+ALL_OPTIONS = CHART / "ci" / "all-options-values.yaml"
+RELEASE = "rdv"
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
+# What helm.sh builds when HELM_BIN_DIR is not set.
+HELM = REPO / ".cache" / "bin" / "helm"
+APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+
+Manifest = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    built = subprocess.run(["bash", str(REPO / "deploy" / "ci" / "helm.sh")], capture_output=True, text=True)
+    if built.returncode != 0 or not HELM.is_file():
+        pytest.fail(f"helm could not be built by deploy/ci/helm.sh:\n{built.stderr[-3000:]}")
+    return HELM
+
+
+def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=120)
+
+
+def render(helm: Path, *args: str) -> list[Manifest]:
+    done = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", "serving", *args)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Helm's coalescing of values: maps merge key by key, anything else (lists too) replaces."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = merge(base[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def merged_values(*files: Path) -> dict[str, Any]:
+    """The values a render used: the chart's defaults, then each file over them."""
+    values: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
+    for path in files:
+        values = merge(values, yaml.safe_load(path.read_text()))
+    return values
+
+
+@dataclass(frozen=True)
+class Render:
+    name: str
+    values: dict[str, Any]
+    manifests: list[Manifest]
+
+    def of_kind(self, kind: str) -> list[Manifest]:
+        return [m for m in self.manifests if m["kind"] == kind]
+
+    def named(self, kind: str, name: str) -> Manifest:
+        found = [m for m in self.of_kind(kind) if m["metadata"]["name"] == name]
+        assert len(found) == 1, f"{kind}/{name}: {len(found)} rendered"
+        return found[0]
+
+    def workloads(self) -> list[Manifest]:
+        return [m for m in self.manifests if m["kind"] in WORKLOAD_KINDS]
+
+    def containers(self) -> Iterator[tuple[Manifest, dict[str, Any]]]:
+        for workload in self.workloads():
+            for container in pod_spec(workload)["containers"]:
+                yield workload, container
+
+
+@pytest.fixture(scope="module")
+def default_render(helm: Path) -> Render:
+    return Render("default", merged_values(), render(helm))
+
+
+@pytest.fixture(scope="module")
+def full_render(helm: Path) -> Render:
+    return Render("all-options", merged_values(ALL_OPTIONS), render(helm, "-f", str(ALL_OPTIONS)))
+
+
+@pytest.fixture(scope="module", params=["default", "all-options"])
+def each_render(request: pytest.FixtureRequest) -> Render:
+    fixture = "default_render" if request.param == "default" else "full_render"
+    rendered: Render = request.getfixturevalue(fixture)
+    return rendered
+
+
+def pod_spec(workload: Manifest) -> dict[str, Any]:
+    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
+    return spec
+
+
+def pod_labels(workload: Manifest) -> dict[str, str]:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {entry["name"]: entry for entry in container.get("env", [])}
+
+
+def env_value(container: dict[str, Any], name: str) -> str:
+    entry = env_of(container).get(name)
+    assert entry is not None, f"{container['name']}: no {name}"
+    value: str = entry["value"]
+    return value
+
+
+def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def fullname() -> str:
+    return f"{RELEASE}-rendezvous-serving"
+
+
+def long_running(r: Render) -> list[Manifest]:
+    return [w for w in r.workloads() if w["kind"] != "Job"]
+
+
+# --- lint ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [None, ALL_OPTIONS], ids=["default", "all-options"])
+def test_helm_lint_strict_passes(helm: Path, values: Path | None) -> None:
+    args = ["lint", "--strict", str(CHART)] + (["-f", str(values)] if values else [])
+    done = run_helm(helm, *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 chart(s) linted, 0 chart(s) failed" in done.stdout
+
+
+def test_the_chart_renders_for_its_oldest_supported_kubernetes(helm: Path) -> None:
+    declared = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]
+    oldest = re.search(r"(\d+\.\d+\.\d+)", declared)
+    assert oldest is not None, declared
+    manifests = render(helm, "-f", str(ALL_OPTIONS), "--kube-version", oldest.group(1))
+    assert {m["kind"] for m in manifests} >= {"Deployment", "StatefulSet", "Service"}
+
+
+# --- what is rendered, and when --------------------------------------------------------------
+
+
+def test_default_values_render_the_core_and_no_optional_objects(default_render: Render) -> None:
+    r = default_render
+    models = [m["name"] for m in r.values["models"]]
+    assert {d["metadata"]["name"] for d in r.of_kind("Deployment")} == {
+        *(f"{fullname()}-model-{name}" for name in models),
+        f"{fullname()}-comparison",
+    }
+    assert {s["metadata"]["name"] for s in r.of_kind("StatefulSet")} == {
+        f"{fullname()}-rendezvous",
+        f"{fullname()}-decoy",
+    }
+    for optional in ("ServiceMonitor", "ScaledObject", "Job", "Secret"):
+        assert r.of_kind(optional) == [], optional
+    assert not any(d["metadata"]["name"].endswith("-gateway") for d in r.manifests)
+
+
+def test_every_option_renders_its_objects(full_render: Render) -> None:
+    r = full_render
+    assert len(r.of_kind("ServiceMonitor")) == 1
+    assert r.named("Deployment", f"{fullname()}-gateway")
+    job = r.named("Job", f"{fullname()}-topics")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    (container,) = pod_spec(job)["containers"]
+    assert container["args"] == ["topics", "create"]
+    assert env_value(container, "RDV_PARTITIONS") == str(r.values["topics"]["partitions"])
+    assert r.named("ConfigMap", f"{fullname()}-rendezvous-schedule")
+
+
+def test_servicemonitor_and_keda_only_when_enabled(helm: Path, tmp_path: Path) -> None:
+    off = render(helm, "-f", str(ALL_OPTIONS), "--set", "serviceMonitor.enabled=false,keda.enabled=false")
+    assert [m for m in off if m["kind"] in ("ServiceMonitor", "ScaledObject")] == []
+    # A model may switch KEDA on for itself alone.
+    models = merged_values()["models"]
+    models[1]["keda"] = {"enabled": True}
+    values = tmp_path / "one-scaled.yaml"
+    values.write_text(yaml.safe_dump({"keda": {"enabled": False}, "models": models}))
+    one = render(helm, "-f", str(values))
+    scaled = [m for m in one if m["kind"] == "ScaledObject"]
+    assert [m["spec"]["scaleTargetRef"]["name"] for m in scaled] == [f"{fullname()}-model-{models[1]['name']}"]
+
+
+def test_gateway_is_a_placeholder_service_with_http_and_grpc_ports(full_render: Render) -> None:
+    r = full_render
+    gateway = r.values["gateway"]
+    service = r.named("Service", f"{fullname()}-gateway")
+    ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+    assert ports == {"http": gateway["httpPort"], "grpc": gateway["grpcPort"], "metrics": r.values["metricsPort"]}
+    assert service["spec"]["type"] == gateway["service"]["type"]
+    (container,) = pod_spec(r.named("Deployment", f"{fullname()}-gateway"))["containers"]
+    assert container["args"][0] == "gateway"
+
+
+# --- every container ---------------------------------------------------------------------------
+
+
+def test_every_container_probes_healthz_and_readyz_on_the_metrics_port(each_render: Render) -> None:
+    r = each_render
+    port = r.values["metricsPort"]
+    checked = 0
+    for workload, container in r.containers():
+        if workload["kind"] == "Job":
+            continue  # the topics Job runs to completion; it serves nothing
+        where = f"{workload['metadata']['name']}/{container['name']}"
+        named_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert named_ports.get("metrics") == port, where
+        assert env_value(container, "RDV_METRICS_PORT") == str(port), where
+        for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+            get = container[probe]["httpGet"]
+            assert get["path"] == path, where
+            assert get["port"] in ("metrics", port), where
+        checked += 1
+    assert checked == len(long_running(r))
+
+
+def test_every_container_runs_as_non_root_on_a_read_only_root(each_render: Render) -> None:
+    r = each_render
+    for workload, container in r.containers():
+        where = workload["metadata"]["name"]
+        assert pod_spec(workload)["securityContext"]["runAsNonRoot"] is True, where
+        security = container["securityContext"]
+        assert security["readOnlyRootFilesystem"] is True, where
+        assert security["allowPrivilegeEscalation"] is False, where
+        assert security["capabilities"]["drop"] == ["ALL"], where
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert mounts.get("/tmp") == "tmp", where  # the one writable place besides the archive
+        assert container.get("resources"), where
+
+
+def test_every_container_reaches_the_configured_kafka(each_render: Render) -> None:
+    r = each_render
+    kafka = r.values["kafka"]
+    for workload, container in r.containers():
+        where = workload["metadata"]["name"]
+        assert env_value(container, "KAFKA_BOOTSTRAP_SERVERS") == kafka["bootstrap"], where
+        assert env_value(container, "RDV_TOPIC_PREFIX") == kafka["topicPrefix"], where
+        if kafka["topics"]:
+            overrides = dict(pair.split("=", 1) for pair in env_value(container, "RDV_TOPIC").split(","))
+            assert overrides == kafka["topics"], where
+
+
+def test_env_names_are_unique_in_every_container(each_render: Render) -> None:
+    for workload, container in each_render.containers():
+        names = [entry["name"] for entry in container.get("env", [])]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        assert duplicates == [], f"{workload['metadata']['name']}: {duplicates}"
+
+
+# --- models --------------------------------------------------------------------------------------
+
+
+def test_each_model_has_its_deployment_group_and_settings(each_render: Render) -> None:
+    r = each_render
+    prefix = r.values["kafka"]["topicPrefix"]
+    for model in r.values["models"]:
+        deployment = r.named("Deployment", f"{fullname()}-model-{model['name']}")
+        (container,) = pod_spec(deployment)["containers"]
+        assert container["args"][:2] == ["model", "serve"]
+        assert env_value(container, "RDV_MODEL") == model["spec"]
+        assert env_value(container, "RDV_NAME") == model["name"]
+        assert env_value(container, "RDV_GROUP") == f"{prefix}model.{model['name']}"
+        if model.get("version"):
+            assert env_value(container, "RDV_VERSION") == model["version"]
+        else:
+            assert "RDV_VERSION" not in env_of(container)
+        instance = env_of(container)["RDV_INSTANCE"]["valueFrom"]["fieldRef"]["fieldPath"]
+        assert instance == "metadata.name"
+        image = {**r.values["image"], **model.get("image", {})}
+        assert container["image"] == f"{image['repository']}:{image['tag'] or APP_VERSION}"
+        assert container["resources"] == model.get("resources", r.values["modelDefaults"]["resources"])
+
+
+def test_model_replicas_belong_to_keda_when_it_scales_them(each_render: Render) -> None:
+    r = each_render
+    scaled = {m["spec"]["scaleTargetRef"]["name"] for m in r.of_kind("ScaledObject")}
+    for model in r.values["models"]:
+        name = f"{fullname()}-model-{model['name']}"
+        keda_on = {**r.values["keda"], **model.get("keda", {})}["enabled"]
+        assert (name in scaled) == keda_on, name
+        spec = r.named("Deployment", name)["spec"]
+        if keda_on:
+            assert "replicas" not in spec, f"{name}: an upgrade would reset KEDA's choice"
+        else:
+            assert spec["replicas"] == model["replicas"], name
+
+
+def test_keda_scales_each_model_on_its_own_groups_lag_on_the_requests_topic(full_render: Render) -> None:
+    r = full_render
+    assert r.of_kind("ScaledObject"), "the all-options values enable KEDA"
+    requests_topic = r.values["kafka"]["topics"].get("requests", r.values["kafka"]["topicPrefix"] + "requests")
+    for scaled in r.of_kind("ScaledObject"):
+        deployment = r.named("Deployment", scaled["spec"]["scaleTargetRef"]["name"])
+        (container,) = pod_spec(deployment)["containers"]
+        model = next(m for m in r.values["models"] if m["name"] == env_value(container, "RDV_NAME"))
+        keda = {**r.values["keda"], **model.get("keda", {})}
+        (trigger,) = scaled["spec"]["triggers"]
+        assert trigger["type"] == "kafka"
+        meta = trigger["metadata"]
+        assert meta["consumerGroup"] == env_value(container, "RDV_GROUP")
+        assert meta["topic"] == requests_topic
+        assert meta["bootstrapServers"] == env_value(container, "KAFKA_BOOTSTRAP_SERVERS")
+        assert meta["lagThreshold"] == str(keda["lagThreshold"])
+        assert scaled["spec"]["maxReplicaCount"] == keda["maxReplicas"]
+        assert scaled["spec"]["minReplicaCount"] == keda["minReplicas"]
+        assert trigger["authenticationRef"]["name"] == keda["authenticationRef"]
+
+
+# --- rendezvous, comparison, decoy -------------------------------------------------------------
+
+
+def test_the_rendezvous_statefulset_passes_its_pod_name_as_the_instance(each_render: Render) -> None:
+    r = each_render
+    settings = r.values["rendezvous"]
+    stateful = r.named("StatefulSet", f"{fullname()}-rendezvous")
+    assert stateful["spec"]["replicas"] == settings["replicas"]
+    (container,) = pod_spec(stateful)["containers"]
+    assert container["args"][0] == "serve"
+    instance = env_of(container)["RDV_INSTANCE"]
+    assert "value" not in instance
+    assert instance["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env_value(container, "RDV_STATIC_MEMBERSHIP") == str(settings["staticMembership"]).lower()
+    assert env_value(container, "RDV_PROCESSING") == settings["processing"]
+    # The governing Service exists and is headless: each pod keeps a DNS name.
+    governing = r.named("Service", stateful["spec"]["serviceName"])
+    assert governing["spec"]["clusterIP"] == "None"
+    # SIGTERM drains for drainTimeoutS: the kubelet must wait longer than that.
+    assert pod_spec(stateful)["terminationGracePeriodSeconds"] > settings["drainTimeoutS"]
+
+
+def test_the_rendezvous_follows_the_models_or_the_schedule_file(each_render: Render) -> None:
+    r = each_render
+    settings = r.values["rendezvous"]
+    (container,) = pod_spec(r.named("StatefulSet", f"{fullname()}-rendezvous"))["containers"]
+    env = env_of(container)
+    if settings["schedule"]:
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "schedule")
+        assert env_value(container, "RDV_SCHEDULE_FILE").startswith(mount["mountPath"] + "/")
+        data = r.named("ConfigMap", f"{fullname()}-rendezvous-schedule")["data"]["schedule.json"]
+        assert yaml.safe_load(data) == settings["schedule"]
+    else:
+        expected = settings["models"] or [m["name"] for m in r.values["models"]]
+        assert env_value(container, "RDV_MODELS") == ",".join(expected)
+        assert "RDV_SCHEDULE_FILE" not in env
+
+
+def test_the_decoy_archives_on_its_own_volume_claim(each_render: Render) -> None:
+    r = each_render
+    decoy = r.named("StatefulSet", f"{fullname()}-decoy")
+    (claim,) = decoy["spec"]["volumeClaimTemplates"]
+    persistence = r.values["decoy"]["persistence"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == persistence["size"]
+    (container,) = pod_spec(decoy)["containers"]
+    archive = env_value(container, "RDV_ARCHIVE_DIR")
+    assert {"name": claim["metadata"]["name"], "mountPath": archive} in container["volumeMounts"]
+    assert decoy["spec"]["replicas"] == 1
+
+
+def test_comparison_runs_one_replica_never_two_at_once(each_render: Render) -> None:
+    comparison = each_render.named("Deployment", f"{fullname()}-comparison")
+    assert comparison["spec"]["replicas"] == 1
+    assert comparison["spec"]["strategy"]["type"] == "Recreate"
+
+
+# --- labels and selectors ----------------------------------------------------------------------
+
+
+def test_each_workload_selects_its_own_pods_and_no_others(each_render: Render) -> None:
+    r = each_render
+    workloads = long_running(r)
+    for workload in workloads:
+        selector = workload["spec"]["selector"]["matchLabels"]
+        selected = [w["metadata"]["name"] for w in workloads if matches(selector, pod_labels(w))]
+        assert selected == [workload["metadata"]["name"]]
+
+
+def test_each_service_selects_exactly_one_workload_with_its_ports(each_render: Render) -> None:
+    r = each_render
+    workloads = long_running(r)
+    for service in r.of_kind("Service"):
+        selected = [w for w in workloads if matches(service["spec"]["selector"], pod_labels(w))]
+        assert len(selected) == 1, service["metadata"]["name"]
+        (container,) = pod_spec(selected[0])["containers"]
+        container_ports = {p["name"] for p in container["ports"]}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in container_ports, service["metadata"]["name"]
+
+
+def test_the_servicemonitor_scrapes_every_long_running_pod(full_render: Render) -> None:
+    r = full_render
+    (monitor,) = r.of_kind("ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    for key, value in r.values["serviceMonitor"]["labels"].items():
+        assert monitor["metadata"]["labels"][key] == value
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    scraped = [s for s in r.of_kind("Service") if matches(selector, s["metadata"]["labels"])]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    for service in scraped:
+        assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    covered = {
+        w["metadata"]["name"]
+        for s in scraped
+        for w in long_running(r)
+        if matches(s["spec"]["selector"], pod_labels(w))
+    }
+    assert covered == {w["metadata"]["name"] for w in long_running(r)}
+
+
+def test_the_disruption_budget_covers_only_the_rendezvous(each_render: Render) -> None:
+    r = each_render
+    (budget,) = r.of_kind("PodDisruptionBudget")
+    selector = budget["spec"]["selector"]["matchLabels"]
+    covered = [w["metadata"]["name"] for w in long_running(r) if matches(selector, pod_labels(w))]
+    assert covered == [f"{fullname()}-rendezvous"]
+
+
+def test_every_object_carries_the_release_labels_and_a_valid_name(each_render: Render) -> None:
+    for manifest in each_render.manifests:
+        labels = manifest["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        name = manifest["metadata"]["name"]
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63, name
+
+
+# --- secrets -------------------------------------------------------------------------------------
+
+SECRET_VALUE = re.compile(r"(?P<key>[A-Za-z0-9_.-]+)=(?P<value>[^;]*)")
+
+
+def test_no_secret_value_is_rendered_and_secrets_come_from_existing_secrets(each_render: Render) -> None:
+    r = each_render
+    assert r.of_kind("Secret") == []
+    wanted = {entry["key"]: entry for entry in r.values["kafka"]["secretConfig"]}
+    for workload, container in r.containers():
+        where = workload["metadata"]["name"]
+        env = container.get("env", [])
+        defined_from_secrets: dict[str, dict[str, str]] = {}
+        for entry in env:
+            if "valueFrom" in entry and "secretKeyRef" in entry["valueFrom"]:
+                defined_from_secrets[entry["name"]] = entry["valueFrom"]["secretKeyRef"]
+            # No secret-looking variable carries a literal value.
+            assert not ("value" in entry and is_secret(entry["name"])), f"{where}: {entry['name']}"
+            if entry["name"] != "RDV_KAFKA_CONFIG":
+                continue
+            seen = set()
+            for pair in SECRET_VALUE.finditer(entry["value"]):
+                if not is_secret(pair["key"]):
+                    continue
+                # A secret setting is only ever a reference to a variable defined above it
+                # from a Secret, which the kubelet expands in the pod.
+                reference = re.fullmatch(r"\$\((\w+)\)", pair["value"])
+                assert reference, f"{where}: {pair['key']} is given inline"
+                source = defined_from_secrets.get(reference.group(1))
+                assert source is not None, f"{where}: $({reference.group(1)}) is not from a Secret defined before"
+                assert source == {"name": wanted[pair["key"]]["secretName"], "key": wanted[pair["key"]]["secretKey"]}
+                seen.add(pair["key"])
+            assert seen == set(wanted), where
+
+
+def test_a_secret_given_inline_is_refused_and_never_rendered(helm: Path) -> None:
+    sentinel = "hunter2-never-render-me"
+    done = run_helm(helm, "template", RELEASE, str(CHART), "--set", f"kafka.config.sasl\\.password={sentinel}")
+    assert done.returncode != 0
+    assert "kafka.secretConfig" in done.stderr
+    assert sentinel not in done.stdout
+
+
+# --- values that must be refused -----------------------------------------------------------------
+
+
+def two_models_named(first: str, second: str) -> dict[str, Any]:
+    return {"models": [{"name": first, "spec": "demo:champion"}, {"name": second, "spec": "demo:challenger"}]}
+
+
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        (two_models_named("champion", "champion"), "listed twice"),
+        (two_models_named("champion", "Challenger_1"), "/models/1/name"),
+        ({"kafka": {"config": {"client.id": "a;b"}}}, "';'"),
+        ({"kafka": {"topics": {"answerz": "x"}}}, "answerz"),
+        ({"rendezvous": {"processing": "maybe-once"}}, "/rendezvous/processing"),
+        ({"kafka": {"bootstrap": ""}}, "/kafka/bootstrap"),
+        ({"kafka": {"secretConfig": [{"key": "sasl.password", "secretName": "kafka"}]}}, "secretKey"),
+        ({"topics": {"create": True, "partitions": 2}, "rendezvous": {"replicas": 3}}, "never be ready"),
+    ],
+    ids=[
+        "duplicate-model",
+        "bad-model-name",
+        "separator-in-config",
+        "unknown-topic-role",
+        "bad-processing",
+        "no-bootstrap",
+        "secret-without-key",
+        "more-rendezvous-than-partitions",
+    ],
+)
+def test_bad_values_are_refused_with_a_reason(
+    helm: Path, tmp_path: Path, values: dict[str, Any], reason: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(values))
+    done = run_helm(helm, "template", RELEASE, str(CHART), "-f", str(path))
+    assert done.returncode != 0, f"{values} rendered"
+    assert reason in done.stderr, done.stderr
