@@ -5,7 +5,7 @@
     decode.py    batches of Comparison values into columns: vectordecode.py (numpy, all records of
                  a batch at once), else one fastavro call per batch, else one per record
     columns.py   columnar accumulation (array.array, codes for names)
-    summary.py   per-model figures (stats from services/comparison/stats.py)
+    summary.py   per-model figures (stats from services/stats/distributions.py)
     table.py     the terminal table (rich)        html.py   the HTML page with inline SVG plots
     settings.py  CompareSettings
 

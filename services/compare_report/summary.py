@@ -4,7 +4,7 @@ Every challenger is compared with the champion on the same requests (paired): la
 and confusion (`PairedLabels`), mean absolute score difference and correlation (`PairedScores`);
 its whole score distribution against the champion's: KS statistic and PSI (`ks_exact`,
 `psi_exact`, exact because the report holds every value). The math lives in
-services/comparison/stats.py; this module only selects the values with numpy masks, so a million
+services/stats/distributions.py; this module only selects the values with numpy masks, so a million
 records need no Python loop.
 
 `summarize_records` builds a report from any iterable of Comparison-shaped dicts (a replay can
@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from services.compare_report.columns import STATUSES, Columns, Frame
-from services.comparison.stats import PairedLabels, PairedScores, ks_exact, psi_exact
 from services.core.errors import ConfigError
+from services.stats.deadline import met_deadline_array
+from services.stats.distributions import PairedLabels, PairedScores, ks_exact, psi_exact
 
 LATENCY_QUANTILES: tuple[tuple[str, float], ...] = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999))
 CDF_PROBES = np.linspace(0.0, 1.0, 201)
@@ -202,7 +203,8 @@ def _model(frame: Frame, code: int, ref: _Reference, starts: np.ndarray, bucket_
     compared = ref.code is not None and code != ref.code
     paired = _paired(ref, out, frame.labels) if compared else _Paired(PairedScores(), None)
     scores = out.score[out.usable]
-    on_time = out.usable & (frame.created_at[out.rows] + out.latency <= frame.deadline[out.rows])
+    budget = frame.deadline[out.rows] - frame.created_at[out.rows]
+    on_time = met_deadline_array(out.usable, out.latency, budget)
     latency = _quantiles(out.latency, [q for _, q in LATENCY_QUANTILES])
     return ModelSummary(
         name=frame.models[code], versions=frame.versions[code], champion=code == ref.code, n=len(out.rows),

@@ -27,8 +27,8 @@ from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from services.comparison.stats import QuantileSketch, ks_statistic, psi
 from services.comparison.window import STATUSES, ModelStats, WindowView
+from services.stats.distributions import QuantileSketch, ks_statistic, psi
 
 log = logging.getLogger(__name__)
 

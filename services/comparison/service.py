@@ -33,6 +33,7 @@ from services.core.kafka import partition_counts
 from services.core.metrics import DECODE_ERRORS
 from services.core.runtime import now_ms
 from services.core.service import Context, SimpleHandler, StreamService, StreamSpec
+from services.stats.deadline import met_deadline
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +153,8 @@ class ComparisonService(SimpleHandler):
                 labels = self._admit(raw)
             model = out["model"] = labels[0]
             if out["error"] is None:
-                # met_deadline(), inlined: no error (here) and within the budget
-                key = (labels, "late" if out["late"] else "ok", out["latency_ms"] <= budget)
+                met = met_deadline(None, out["score"], out["latency_ms"], budget)
+                key = (labels, "late" if out["late"] else "ok", met)
                 if model not in frozen:
                     references.add(model, out["score"])
             else:

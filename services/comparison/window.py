@@ -23,19 +23,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.comparison.stats import PairedLabels, PairedScores, QuantileSketch
+from services.stats.deadline import met_deadline
+from services.stats.distributions import PairedLabels, PairedScores, QuantileSketch
 
 # Answer statuses of the comparison schema (schemas/comparison.avsc, AnswerStatus).
 STATUSES = ("OK", "FALLBACK", "TIMEOUT", "ERROR")
-
-
-def met_deadline(output: Mapping[str, Any], budget_ms: int) -> bool:
-    """The deadline rule: no error, and arrived within the request's budget (deadline - created_at).
-
-    The hot loops (`SlidingWindow.add`, the service's counters) inline this rule; a unit test
-    checks that they agree with it.
-    """
-    return output["error"] is None and output["latency_ms"] <= budget_ms
 
 
 def usable_score(value: float | None) -> float | None:
@@ -190,11 +182,11 @@ class SlidingWindow:
                 stats.errors += 1
                 stats.missed += 1
                 continue
-            if latency <= budget:  # met_deadline(), inlined
+            score = out["score"]
+            if met_deadline(None, score, latency, budget):
                 stats.met += 1
             else:
                 stats.missed += 1
-            score = out["score"]
             if score is not None and isfinite(score):
                 stats.new_scores.append(score)
             if name == champion:

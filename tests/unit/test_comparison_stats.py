@@ -13,7 +13,10 @@ from prometheus_client import REGISTRY
 from services.comparison import metrics as m
 from services.comparison.service import ComparisonService, validate
 from services.comparison.settings import ComparisonSettings
-from services.comparison.stats import (
+from services.comparison.window import ChampionTracker, References, SlidingWindow
+from services.core.errors import ConfigError, DecodeFailed
+from services.stats.deadline import met_deadline, met_deadline_array
+from services.stats.distributions import (
     PairedLabels,
     PairedScores,
     QuantileSketch,
@@ -23,8 +26,6 @@ from services.comparison.stats import (
     psi,
     psi_exact,
 )
-from services.comparison.window import ChampionTracker, References, SlidingWindow, met_deadline
-from services.core.errors import ConfigError, DecodeFailed
 
 QS = (0.5, 0.9, 0.99, 0.999)
 # Stated bound of the t-digest sketch as the window uses it (10 buckets merged): the true rank of
@@ -214,7 +215,7 @@ def test_deadline_errors_lateness_and_pairs() -> None:
     assert [(n, s.met, s.missed, s.errors, s.late) for n, s in sorted(totals.models.items())] == [
         ("challenger", 1, 1, 0, 1), ("champion", 2, 0, 0, 0), ("slow", 0, 1, 1, 0)]
     for out in outs:
-        assert met_deadline(out, 200) == (out["model"] == "champion")
+        assert met_deadline(out["error"], out["score"], out["latency_ms"], 200) == (out["model"] == "champion")
     pair = totals.pairs[("challenger", "champion")]
     assert pair.n == 2 and ("slow", "champion") not in totals.pairs  # errors never pair
     assert pair.labels.agreement() == 0.5
@@ -289,7 +290,8 @@ def test_counters_follow_the_deadline_rule_and_gauges_describe_the_window() -> N
     window = svc.window.view().totals.models["challenger"]
     assert (met, missed) == (window.met, window.missed)
     assert met + missed == 400 and sample("rdv_cmp_records_total") - records_before == 400
-    assert sum(met_deadline(r["outputs"][1], 200) for r in records) == met
+    seconds = [r["outputs"][1] for r in records]
+    assert sum(met_deadline(o["error"], o["score"], o["latency_ms"], 200) for o in seconds) == met
 
     def gauge(name: str, **labels: str) -> float | None:
         return m.WINDOW.value(name, **labels)
@@ -373,3 +375,16 @@ def test_every_model_is_also_measured_against_the_canary() -> None:
     ks = dict(samples["rdv_cmp_score_ks"])
     assert ("champion", "canary") in ks and ("canary", "canary") not in ks
     assert 0.4 < ks[("champion", "canary")] < 0.6  # U(0,1) vs U(0.5,1): KS = 0.5
+
+
+def test_the_deadline_rule_is_one_rule_for_one_record_and_for_columns() -> None:
+    rng = np.random.default_rng(3)
+    errors = rng.random(500) < 0.2
+    missing = rng.random(500) < 0.1
+    latency = rng.uniform(0, 400, 500)
+    budget = rng.choice([100.0, 200.0, 300.0], 500)
+    scalar = [met_deadline("x" if e else None, None if m else 0.5, float(lat), float(b))
+              for e, m, lat, b in zip(errors, missing, latency, budget, strict=True)]
+    columns = met_deadline_array(~errors & ~missing, latency, budget)
+    assert list(columns) == scalar
+    assert 0 < sum(scalar) < 500

@@ -1,0 +1,23 @@
+"""The one definition of "a model met the deadline" for a request.
+
+A model met the deadline when it gave a usable output — no error and a score — that reached
+the rendezvous no later than the request's deadline. Its `latency_ms` in the comparison log is
+measured from the request's created_at, so "by the deadline" is `latency_ms <= budget_ms`
+where the budget is `deadline - created_at`. The live comparison service applies it record by
+record (`met_deadline`), the report to whole columns at once (`met_deadline_array`); a unit
+test holds the two to the same answers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def met_deadline(error: str | None, score: float | None, latency_ms: float, budget_ms: float) -> bool:
+    return error is None and score is not None and latency_ms <= budget_ms
+
+
+def met_deadline_array(usable: np.ndarray, latency_ms: np.ndarray, budget_ms: np.ndarray) -> np.ndarray:
+    """`met_deadline` over columns: `usable` = no error and a score."""
+    result: np.ndarray = usable & (latency_ms <= budget_ms)
+    return result
