@@ -11,7 +11,8 @@ from typing import Any, Protocol, TypeVar
 
 from services.core.errors import ConfigError
 from services.core.health import serve_http
-from services.core.kafka import create_topics
+from services.core.kafka import create_topics, set_connect_timeout
+from services.core.redaction import MaskingFormatter
 from services.core.runtime import install_signal_handlers
 from services.core.settings import KafkaSettings, Topics, redact
 from services.localkafka.broker import read_bootstrap
@@ -22,7 +23,9 @@ log = logging.getLogger("rendezvous")
 
 
 def with_bootstrap(settings: S) -> S:
-    """Settings whose bootstrap is --bootstrap, KAFKA_BOOTSTRAP_SERVERS, or the local broker."""
+    """Settings whose bootstrap is --bootstrap, KAFKA_BOOTSTRAP_SERVERS, or the local broker;
+    every later wait for the broker in this command honours its --connect-timeout-s."""
+    set_connect_timeout(settings.connect_timeout_s)
     if settings.bootstrap:
         return settings
     local = read_bootstrap()
@@ -73,8 +76,7 @@ def run_service(service: Runnable, metrics_port: int, settings: KafkaSettings) -
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    """Log to stderr; every line is masked (no remembered secret ever reaches the output)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])

@@ -12,15 +12,20 @@ import contextlib
 import faulthandler
 import json
 import logging
+import re
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
+from confluent_kafka import KafkaException
 from rich.console import Console
 
 from services.cli.common import ensure_topics, run_service, setup_logging, with_bootstrap
 from services.core.errors import RendezvousError
+from services.core.redaction import mask
 from services.core.settings import KafkaSettings, add_arguments, from_namespace, setting
 
 EXIT_ERROR = 2
@@ -33,7 +38,8 @@ class TopicSettings(KafkaSettings):
     """Create every topic of a deployment."""
 
     partitions: int = setting(
-        4, "Partitions of requests/scores/answers/log (requests and scores must match)."
+        4, "Partitions of requests/scores/answers/log (requests and scores must match).",
+        minimum=1, maximum=10_000,
     )
 
 
@@ -122,13 +128,30 @@ def _settings_classes() -> dict[str, type]:
             "comparison serve": ComparisonSettings, "compare": CompareSettings}
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a stray argument is not echoed: it may be a secret typed without its
+    flag (`rendezvous send sasl.password=...`). Subcommand parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        head, sep, items = message.partition("unrecognized arguments: ")
+        if sep:
+            shown = [item if _FLAG_ONLY.fullmatch(item) else "<a value, not shown>" for item in items.split(" ")]
+            message = head + sep + " ".join(shown)
+        super().error(message)
+
+
+_FLAG_ONLY = re.compile(r"--?[A-Za-z][A-Za-z0-9-]*")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="rendezvous",
         description="Streaming model serving on Apache Kafka: several models score every request, "
         "the rendezvous answers by schedule under a deadline, and logs every output for comparison.",
     )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR [default: INFO]")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                        help="DEBUG, INFO, WARNING or ERROR [default: INFO]")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     classes = _settings_classes()
 
@@ -192,10 +215,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except RendezvousError as err:
         logging.getLogger("rendezvous").debug("failed", exc_info=True)
-        sys.stderr.write(f"error: {err}\n")
+        sys.stderr.write(mask(f"error: {err}\n"))
+        return EXIT_ERROR
+    except KafkaException as exc:
+        # The Kafka client refused something our wrappers did not foresee: still one line.
+        logging.getLogger("rendezvous").debug("failed", exc_info=True)
+        sys.stderr.write(mask(f"error: Kafka client: {exc}\n"))
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except Exception:  # noqa: BLE001 - printed (masked), not swallowed
+        # A bug: the traceback is wanted, but masked like every other line of output.
+        sys.stderr.write(mask(traceback.format_exc()))
+        return 1
 
 
 if __name__ == "__main__":

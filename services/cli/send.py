@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TextIO
 
 from services.client.client import Client
 from services.core.errors import ConfigError
 from services.core.settings import KafkaSettings, setting
+
+# Rows are read (and checked) before anything is sent: a bound on what one command holds in memory.
+MAX_ROWS = 100_000
 
 
 @dataclass(frozen=True)
@@ -20,61 +25,110 @@ class SendSettings(KafkaSettings):
 
     features: str = setting("", 'One request\'s features as a JSON object, e.g. \'{"mean_radius": 14.2}\'.')
     file: str = setting("", "A .csv (header = feature names) or .jsonl (one JSON object per line) file.")
-    demo_rows: int = setting(0, "Send this many rows sampled from the demo data set instead.")
-    budget_ms: int = setting(200, "Deadline budget of each request (ms after it is created).")
-    wait_s: float = setting(10.0, "How long to wait for each answer before giving up (s).")
+    demo_rows: int = setting(
+        0, "Send this many rows sampled from the demo data set instead.", maximum=MAX_ROWS
+    )
+    budget_ms: int = setting(
+        200, "Deadline budget of each request (ms after it is created).", minimum=1, maximum=3_600_000
+    )
+    wait_s: float = setting(
+        10.0, "How long to wait for each answer before giving up (s).", minimum=0.1, maximum=3600
+    )
 
     def validate(self) -> None:
         given = sum(bool(x) for x in (self.features, self.file, self.demo_rows))
         if given != 1:
             raise ConfigError("give exactly one of --features JSON, --file PATH or --demo-rows N")
-        if self.budget_ms <= 0:
-            raise ConfigError(f"--budget-ms must be positive, got {self.budget_ms}")
 
 
 def _number(value: object, where: str) -> float:
+    # bool is an int to Python, but `true` is no measurement: refuse it like any other non-number.
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{where}: feature value {_excerpt(value)} is not a number")
     try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: feature value {value!r} is not a number") from None
+        number = float(value)
+    except (ValueError, OverflowError):
+        raise ConfigError(f"{where}: feature value {_excerpt(value)} is not a number") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: feature value {_excerpt(value)} is not a finite number")
+    return number
+
+
+def _excerpt(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _from_json(text: str, where: str) -> dict[str, float]:
     try:
         data = json.loads(text)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"{where}: not valid JSON ({str(exc)[:80]})") from None
     if not isinstance(data, dict) or not data:
         raise ConfigError(f"{where}: expected a non-empty JSON object of feature name -> number")
-    return {str(k): _number(v, f"{where} key {k!r}") for k, v in data.items()}
+    return {str(k): _number(v, f"{where} key {_excerpt(k)}") for k, v in data.items()}
 
 
-def read_rows(settings: SendSettings) -> Iterator[dict[str, float]]:
+def read_rows(settings: SendSettings) -> list[dict[str, float]]:
+    """Every row to send, all read and checked before anything is sent."""
     if settings.features:
-        yield _from_json(settings.features, "--features")
-        return
+        return [_from_json(settings.features, "--features")]
     if settings.demo_rows:
         from services.model_worker.models import demo_rows
 
-        yield from demo_rows(settings.demo_rows)
-        return
+        return demo_rows(settings.demo_rows)
     path = Path(settings.file)
+    if path.is_dir():
+        raise ConfigError(f"--file {path}: is a directory, expected a .csv or .jsonl file")
     if not path.is_file():
         raise ConfigError(f"--file {path}: no such file")
-    with path.open(newline="") as handle:
-        if path.suffix.lower() == ".csv":
-            for line, row in enumerate(csv.DictReader(handle), start=2):
-                yield {k: _number(v, f"{path}:{line} column {k!r}") for k, v in row.items() if k}
-        elif path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-            for line, text in enumerate(handle, start=1):
-                if text.strip():
-                    yield _from_json(text, f"{path}:{line}")
-        else:
-            raise ConfigError(f"--file {path}: expected a .csv or .jsonl file")
+    reader = {".csv": _csv_rows, ".jsonl": _jsonl_rows, ".ndjson": _jsonl_rows, ".json": _jsonl_rows}
+    read = reader.get(path.suffix.lower())
+    if read is None:
+        raise ConfigError(f"--file {path}: expected a .csv or .jsonl file")
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = []
+            for row in read(handle, str(path)):
+                rows.append(row)
+                if len(rows) > MAX_ROWS:
+                    raise ConfigError(f"--file {path}: more than {MAX_ROWS} rows; split the file")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--file {path}: not UTF-8 text (byte {exc.start} of a line); binary file?") from None
+    except OSError as exc:
+        raise ConfigError(f"--file {path}: cannot read it ({exc.strerror})") from None
+    except csv.Error as exc:
+        raise ConfigError(f"--file {path}: not a valid CSV file ({exc})") from None
+    if not rows:
+        raise ConfigError(f"--file {path}: no rows to send")
+    return rows
+
+
+def _csv_rows(handle: TextIO, where: str) -> Iterator[dict[str, float]]:
+    reader = csv.reader(handle)
+    header = next(reader, None)
+    if not header or not all(name.strip() for name in header):
+        raise ConfigError(f"{where}:1: expected a header of feature names (none empty)")
+    if len(set(header)) != len(header):
+        raise ConfigError(f"{where}:1: a feature name appears twice in the header")
+    for values in reader:
+        line = reader.line_num
+        if not values:
+            continue
+        if len(values) != len(header):
+            raise ConfigError(f"{where}:{line}: {len(values)} values for {len(header)} columns")
+        cells = zip(header, values, strict=True)
+        yield {name: _number(v, f"{where}:{line} column {_excerpt(name)}") for name, v in cells}
+
+
+def _jsonl_rows(handle: TextIO, where: str) -> Iterator[dict[str, float]]:
+    for line, text in enumerate(handle, start=1):
+        if text.strip():
+            yield _from_json(text, f"{where}:{line}")
 
 
 def send(settings: SendSettings) -> int:
-    rows = list(read_rows(settings))
+    rows = read_rows(settings)
     with Client(settings.librdkafka(), settings.topics(), budget_ms=settings.budget_ms,
                 answer_wait_s=settings.wait_s) as client:
         answers = client.score_many(rows)

@@ -202,35 +202,63 @@ class Schedule:
         if extra:
             raise ConfigError(f"invalid schedule: unknown field(s) {sorted(extra)}; known: {sorted(known)}")
         models = data.get("models")
-        if not isinstance(models, list):
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
             raise ConfigError("invalid schedule: 'models' must be a list of model names")
         waits = data.get("waits_ms", {})
         if not isinstance(waits, dict):
             raise ConfigError("invalid schedule: 'waits_ms' must map model names to milliseconds")
         traffic = data.get("traffic") or {}
-        if not isinstance(traffic, dict):
+        if not isinstance(traffic, dict) or not isinstance(traffic.get("model", ""), str):
             raise ConfigError("invalid schedule: 'traffic' must be {\"model\": name, \"fraction\": 0..1}")
         return cls(
             models=tuple(models),
-            waits_ms=waits,
-            default_deadline_ms=data.get("default_deadline_ms", 200),
-            name=str(data.get("name", "default")),
-            version=data.get("version", 1),
+            waits_ms={str(m): _whole(w, f"waits_ms[{m!r}]") for m, w in waits.items()},
+            default_deadline_ms=_whole(data.get("default_deadline_ms", 200), "default_deadline_ms"),
+            name=_text(data.get("name", "default"), "name"),
+            version=_whole(data.get("version", 1), "version"),
             traffic_model=traffic.get("model"),
-            traffic_fraction=float(traffic.get("fraction", 0.0)),
-            effective_at=int(data.get("effective_at", 0)),
-            created_at=int(data.get("created_at", 0)),
-            comment=str(data.get("comment", "")),
+            traffic_fraction=_fraction(traffic.get("fraction", 0.0)),
+            effective_at=_whole(data.get("effective_at", 0), "effective_at"),
+            created_at=_whole(data.get("created_at", 0), "created_at"),
+            comment=_text(data.get("comment", ""), "comment"),
         )
 
     @classmethod
     def from_file(cls, path: str | Path) -> Schedule:
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read schedule file {path}: {exc.strerror}") from None
-        except ValueError as exc:
-            raise ConfigError(f"schedule file {path} is not valid JSON: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"schedule file {path} is not UTF-8 text (a binary file?)") from None
+        except (ValueError, RecursionError) as exc:
+            raise ConfigError(f"schedule file {path} is not valid JSON: {str(exc)[:80]}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"schedule file {path} must hold a JSON object")
         return cls.from_dict(data)
+
+
+def _whole(value: Any, field_name: str) -> int:
+    """A whole number from a file or record: 5 or 5.0, never True, "5", 5.5, NaN or a list."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"invalid schedule: {field_name} must be a whole number, got {_short(value)}")
+    if isinstance(value, float) and not value.is_integer():
+        raise ConfigError(f"invalid schedule: {field_name} must be a whole number, got {_short(value)}")
+    return int(value)
+
+
+def _fraction(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ConfigError(f"invalid schedule: traffic fraction must be a number in [0, 1], got {_short(value)}")
+    return float(value)
+
+
+def _text(value: Any, field_name: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"invalid schedule: {field_name} must be a string, got {_short(value)}")
+    return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."

@@ -13,16 +13,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer as _Consumer
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka import Producer as _Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from services.core import kafka_config
 from services.core.errors import (
     BrokerError,
     BrokerUnavailable,
+    ConfigError,
     DeliveryFailed,
     KafkaOperationError,
     Source,
@@ -30,6 +32,7 @@ from services.core.errors import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PRODUCER_DEFAULTS: dict[str, Any] = {
     # Serving favours latency: send at once, but let librdkafka batch what piles up meanwhile.
@@ -54,6 +57,31 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 # librdkafka's own log lines go through Python logging (not straight to stderr), so the
 # services' log format and level apply to them too.
 LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+
+
+def new_client(kind: Callable[[dict[str, Any]], T], config: dict[str, Any]) -> T:
+    """A librdkafka client; a configuration it refuses is a `ConfigError` that quotes no value."""
+    try:
+        return kind(config)
+    except (KafkaException, ValueError, TypeError) as exc:
+        err = exc.args[0] if exc.args else exc
+        text = err.str() if isinstance(err, KafkaError) else str(err)
+        raise ConfigError(f"{kafka_config.FLAG}: librdkafka refused the configuration: "
+                          f"{kafka_config.describe_refusal(text, config)}") from None
+
+
+# How long to wait for a broker when the caller names no timeout: --connect-timeout-s of the
+# command (`set_connect_timeout`), so every wait of a command honours the one flag.
+_connect_timeout_s = 15.0
+
+
+def set_connect_timeout(seconds: float) -> None:
+    global _connect_timeout_s
+    _connect_timeout_s = seconds
+
+
+def connect_timeout() -> float:
+    return _connect_timeout_s
 
 
 def _log_client_error(err: KafkaError) -> None:
@@ -87,7 +115,7 @@ class Producer:
     ):
         merged = {**PRODUCER_DEFAULTS, **config, "error_cb": _error_cb(config), "logger": LIBRDKAFKA_LOG}
         self._config = merged
-        self._producer = _Producer(merged)
+        self._producer = new_client(_Producer, merged)
         self._failures: list[DeliveryFailed] = []
         self._is_soft = soft_topics
         self._on_soft_failure = on_soft_failure
@@ -121,7 +149,7 @@ class Producer:
     def renew(self) -> None:
         """Replace the client with a new one of the same configuration (the old one is
         abandoned as it is: e.g. wedged inside a call that never returns)."""
-        self._producer = _Producer(self._config)
+        self._producer = new_client(_Producer, self._config)
         self._failures.clear()
 
     def discard_failures(self) -> None:
@@ -196,7 +224,7 @@ class Consumer:
 
     def __init__(self, config: Mapping[str, Any]):
         merged = {**CONSUMER_DEFAULTS, **config, "error_cb": _error_cb(config), "logger": LIBRDKAFKA_LOG}
-        self._consumer = _Consumer(merged)
+        self._consumer = new_client(_Consumer, merged)
 
     def subscribe(
         self,
@@ -301,7 +329,7 @@ def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
 
 def admin(config: Mapping[str, Any]) -> AdminClient:
     merged: dict[str, Any] = {**config, "error_cb": _log_client_error, "logger": LIBRDKAFKA_LOG}
-    return AdminClient(merged)
+    return new_client(AdminClient, merged)
 
 
 class _QuietLog:
@@ -318,22 +346,23 @@ _ATTEMPT_TIMEOUT_MAX = 2.0
 
 
 def _without_secrets(text: str, config: Mapping[str, Any]) -> str:
-    """`text` with the value of every secret setting (sasl.password, ...) masked, should it appear."""
-    from services.core.settings import is_secret
-
+    """librdkafka's `text` with no value of a setting outside the allow-list, should it quote one."""
+    masked = kafka_config.describe_refusal(text, config)
     for key, value in config.items():
-        if is_secret(key) and isinstance(value, str) and value:
-            text = text.replace(value, "***")
-    return text
+        if key not in kafka_config.SHOWN and isinstance(value, str) and len(value) >= 3:
+            masked = masked.replace(value, kafka_config.MASK)
+    return masked
 
 
-def wait_for_broker(config: Mapping[str, Any], timeout: float = 15.0) -> Any:
-    """Return cluster metadata once a broker answers; `BrokerUnavailable` after `timeout`.
+def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> Any:
+    """Return cluster metadata once a broker answers; `BrokerUnavailable` after `timeout`
+    (default: the command's --connect-timeout-s, see `set_connect_timeout`).
 
     A broker that refuses the client's SASL credentials ends the wait at once with `BrokerError`
     (librdkafka itself would retry until the timeout). Other client errors are expected while a
     broker starts: they are logged at DEBUG (fatal ones at ERROR) and summed up in the final error.
     """
+    timeout = _connect_timeout_s if timeout is None else timeout
     refused: list[KafkaError] = []
     caller_cb = config.get("error_cb")
 
@@ -348,7 +377,7 @@ def wait_for_broker(config: Mapping[str, Any], timeout: float = 15.0) -> Any:
             caller_cb(err)
 
     merged: dict[str, Any] = {**config, "error_cb": on_error, "logger": _QuietLog()}
-    client = AdminClient(merged)
+    client = new_client(AdminClient, merged)
     bootstrap = config.get("bootstrap.servers")
     deadline = time.monotonic() + timeout
     last = "no answer"
@@ -388,7 +417,7 @@ def topic_config(config: Mapping[str, Any], topic: str, key: str, timeout: float
 
 
 def partition_counts(
-    config: Mapping[str, Any], topics: Iterable[str], timeout: float = 15.0
+    config: Mapping[str, Any], topics: Iterable[str], timeout: float | None = None
 ) -> dict[str, int]:
     """Partition count of each topic; `TopicMissing` names every missing one."""
     metadata = wait_for_broker(config, timeout)
@@ -407,8 +436,9 @@ def create_topics(
     specs: Mapping[str, tuple[int, Mapping[str, str]]],
     timeout: float = 30.0,
 ) -> list[str]:
-    """Create topics {name: (partitions, configs)}; existing ones are left alone. Returns created."""
-    wait_for_broker(config, timeout)
+    """Create topics {name: (partitions, configs)}; existing ones are left alone. Returns created.
+    The broker is awaited for the command's connect timeout; `timeout` bounds each operation."""
+    wait_for_broker(config)
     client = admin(config)
     new = [NewTopic(name, num_partitions=n, replication_factor=-1, config=dict(cfg))
            for name, (n, cfg) in specs.items()]

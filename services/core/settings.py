@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
+from services.core import kafka_config
 from services.core.errors import ConfigError
 
 ENV_PREFIX = "RDV_"
-SECRET_MARKERS = ("password", "secret", "token", "key.pem", "private", "sasl.jaas")
+# Numbers a setting accepts unless it declares its own bounds: never negative, and small enough
+# for every use (Kafka's int32 fields, epoch-ms arithmetic, `threading` timeouts).
+INT_RANGE = (0, 2**31 - 1)
+FLOAT_RANGE = (0.0, 1e9)
 
 T = TypeVar("T")
 
@@ -33,25 +38,31 @@ def setting(
     flag: str | None = None,
     secret: bool = False,
     separator: str = ",",
+    minimum: float | None = None,
+    maximum: float | None = None,
 ) -> Any:
     """A dataclass field with its --help text and optional env/flag name overrides.
 
     `secret=True` keeps the value out of `repr()` (and so out of every log line).
     `separator` splits tuple values given in one flag or env variable (a,b,c).
+    `minimum`/`maximum` bound a number (default: `INT_RANGE` / `FLOAT_RANGE`); `from_namespace`
+    refuses anything outside with one clear line, for every command.
     """
-    meta = {"help": help, "env": env, "flag": flag, "separator": separator}
+    meta = {"help": help, "env": env, "flag": flag, "separator": separator, "secret": secret,
+            "minimum": minimum, "maximum": maximum}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use tuples for sequence defaults: settings are frozen")
     return field(default=default, metadata=meta, repr=not secret)
 
 
 def is_secret(key: str) -> bool:
-    return any(marker in key.lower() for marker in SECRET_MARKERS)
+    """Whether a librdkafka setting's value is hidden (every one not known to be harmless)."""
+    return key not in kafka_config.SHOWN
 
 
 def redact(config: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of a librdkafka config that is safe to log."""
-    return {k: ("***" if is_secret(k) else v) for k, v in config.items()}
+    return kafka_config.masked(config)
 
 
 def parse_pairs(items: tuple[str, ...] | list[str], what: str) -> tuple[tuple[str, str], ...]:
@@ -105,25 +116,27 @@ class KafkaSettings:
     kafka_config: tuple[str, ...] = setting(
         (),
         "librdkafka setting passed through untouched, e.g. --kafka-config security.protocol=SASL_SSL "
-        "(repeatable; env: separated by ';'). Secrets are never logged.",
+        "(repeatable; env: separated by ';'). Values are never logged, except of settings known to hold no "
+        "secret (security.protocol, acks, ...).",
         secret=True,
         separator=";",
     )
 
     connect_timeout_s: float = setting(
-        15.0, "How long to wait for the broker at start-up before failing with a clear error (s)."
+        15.0, "How long to wait for the broker at start-up before failing with a clear error (s).",
+        minimum=0.1, maximum=3600,
     )
 
     def librdkafka(self) -> dict[str, str]:
         """Base client config: bootstrap plus the pass-through keys."""
         config = {"bootstrap.servers": self.bootstrap}
-        config.update(parse_pairs(self.kafka_config, "--kafka-config"))
+        config.update(kafka_config.parse(self.kafka_config))
         return config
 
     def describe(self) -> str:
         """One log line of the settings, with librdkafka secrets redacted."""
         shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}
-        shown["kafka_config"] = redact(dict(parse_pairs(self.kafka_config, "--kafka-config")))
+        shown["kafka_config"] = kafka_config.masked(kafka_config.parse(self.kafka_config))
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def topics(self) -> Topics:
@@ -153,7 +166,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
         kind = _base_type(hints[f.name])
         default = f.default
         shown = ",".join(default) if isinstance(default, tuple) else default
-        text = f"{f.metadata.get('help', '')} [env {_env_name(f)}; default: {shown!r}]".replace("%", "%%")
+        bounds = ""
+        if f.metadata.get("minimum") is not None or f.metadata.get("maximum") is not None:
+            low, high = _bounds(f, kind)
+            bounds = f"; {_shown(low)}..{_shown(high)}"
+        text = f"{f.metadata.get('help', '')} [env {_env_name(f)}; default: {shown!r}{bounds}]".replace("%", "%%")
         flag = _flag_name(f)
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
@@ -163,25 +180,71 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
             parser.add_argument(flag, default=None, help=text, dest=f.name, metavar=f.name.upper())
 
 
-def _convert(name: str, kind: Any, raw: Any, separator: str = ",") -> Any:
+def _number(name: str, kind: Any, raw: Any, shown: str) -> int | float:
+    """A number in the field's type; `ConfigError` (never OverflowError/ValueError) otherwise."""
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        value: int | float = kind(raw) if kind is float or float(raw).is_integer() else raw
+    else:
+        text = str(raw).strip()
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "a whole number" if kind is int else "a number"
+            raise ConfigError(f"{name}: expected {what}, got {shown}") from None
+    if kind is int and not isinstance(value, int):
+        raise ConfigError(f"{name}: expected a whole number, got {shown}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name}: expected a finite number, got {shown}")
+    return value
+
+
+def _bounds(f: dataclasses.Field[Any], kind: Any) -> tuple[float, float]:
+    """The field's declared (minimum, maximum), each defaulting to INT_RANGE / FLOAT_RANGE."""
+    low, high = INT_RANGE if kind is int else FLOAT_RANGE
+    minimum, maximum = f.metadata.get("minimum"), f.metadata.get("maximum")
+    return (low if minimum is None else minimum, high if maximum is None else maximum)
+
+
+def _check_range(name: str, value: float, f: dataclasses.Field[Any], kind: Any) -> None:
+    low, high = _bounds(f, kind)
+    if value < low:
+        raise ConfigError(f"{name} must be at least {_shown(low)}, got {_shown(value)}")
+    if value > high:
+        raise ConfigError(f"{name} must be at most {_shown(high)}, got {_shown(value)}")
+
+
+def _shown(number: float) -> str:
+    """1 -> '1', 2.5 -> '2.5', 1e20 -> '100000000000000000000', a 5000-digit int -> its start."""
+    text = str(int(number)) if float(number).is_integer() else f"{number:g}"
+    return text if len(text) <= 24 else text[:12] + "..." + f" ({len(text)} digits)"
+
+
+def _excerpt(raw: Any, limit: int = 40) -> str:
+    text = repr(raw)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(raw))} characters)"
+
+
+def _convert(name: str, kind: Any, raw: Any, separator: str = ",", secret: bool = False) -> Any:
+    shown = "a value (not shown)" if secret else _excerpt(raw)
     if kind is tuple:
         items = [raw] if isinstance(raw, str) else list(raw)
         return tuple(part.strip() for item in items for part in item.split(separator) if part.strip())
     if kind is bool and isinstance(raw, str):
         lowered = raw.strip().lower()
         if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            raise ConfigError(f"{name}: expected true/false, got {raw!r}")
+            raise ConfigError(f"{name}: expected true/false, got {shown}")
         return lowered in ("1", "true", "yes", "on")
     if kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
+        return _number(name, kind, raw, shown)
     return raw
 
 
 def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overrides: Any) -> T:
-    """Build the frozen settings: explicit overrides > CLI flag > env variable > default."""
+    """Build the frozen settings: explicit overrides > CLI flag > env variable > default.
+
+    Everything is checked here, before a command does anything: types, the bounds of every
+    number, the Kafka pass-through settings and topic overrides, then the class's `validate()`.
+    """
     hints = get_type_hints(cls)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
@@ -191,9 +254,17 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
             raw = getattr(args, f.name, None)
         if raw is None:
             raw = os.environ.get(_env_name(f))
-        if raw is not None:
-            values[f.name] = _convert(_flag_name(f), kind, raw, f.metadata.get("separator", ","))
+        if raw is None:
+            continue
+        name = _flag_name(f)
+        value = _convert(name, kind, raw, f.metadata.get("separator", ","), bool(f.metadata.get("secret")))
+        if kind in (int, float):
+            _check_range(name, value, f, kind)
+        values[f.name] = value
     settings = cls(**values)
+    if isinstance(settings, KafkaSettings):
+        settings.librdkafka()
+        settings.topics()
     validate = getattr(settings, "validate", None)
     if callable(validate):
         validate()

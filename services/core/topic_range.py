@@ -16,6 +16,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from services.core.errors import BrokerError, TopicMissing
+from services.core.kafka import new_client, wait_for_broker
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,10 @@ def plan_spans(
     end_offset: int | None = None,
 ) -> list[PartitionSpan]:
     """Per-partition [start, end) offsets of the slice."""
-    metadata = consumer.list_topics(topic, timeout=15)
+    try:
+        metadata = consumer.list_topics(topic, timeout=15)
+    except KafkaException as exc:
+        raise BrokerError(f"cannot read the metadata of {topic}: {exc}") from None
     info = metadata.topics.get(topic)
     if info is None or info.error is not None:
         raise TopicMissing(f"topic {topic} does not exist")
@@ -86,7 +90,9 @@ def read_spans(
     end_offset: int | None = None,
 ) -> Iterator[Message]:
     """Every record of the slice, partition spans read concurrently, each to its end."""
-    consumer = Consumer({
+    if spans is None:
+        wait_for_broker(config)  # the command's --connect-timeout-s, and one clear line if none answers
+    consumer = new_client(Consumer, {
         **config, "group.id": f"rdv-range-{uuid.uuid4().hex}", "enable.auto.commit": False,
         "isolation.level": "read_committed", "fetch.max.bytes": 64 * 1024 * 1024,
         "max.partition.fetch.bytes": 16 * 1024 * 1024,

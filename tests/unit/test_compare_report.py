@@ -89,7 +89,7 @@ def test_settings_from_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(("flags", "line"), [
     (["--since", "10x"], "error: --since: expected a duration like 90s, 10m, 2h, got '10x'\n"),
     (["--since", "5m", "--from", "offset:1"], "error: give either --since or --from, not both\n"),
-    (["--max-records", "-1"], "error: --max-records must be >= 0, got -1\n"),
+    (["--max-records", "-1"], "error: --max-records must be at least 0, got -1\n"),
 ])  # fmt: skip
 def test_cli_bad_flags_print_one_line(flags: list[str], line: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compare", "--bootstrap", "127.0.0.1:1", *flags]) == 2

@@ -19,7 +19,7 @@ def test_settings_precedence_flag_over_env_over_default(monkeypatch: pytest.Monk
 
 def test_bad_setting_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RDV_LINGER_MS", "soon")
-    with pytest.raises(ConfigError, match="--linger-ms: expected a number"):
+    with pytest.raises(ConfigError, match="--linger-ms: expected a whole number"):
         from_namespace(RendezvousSettings)
 
 

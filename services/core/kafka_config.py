@@ -1,0 +1,164 @@
+"""librdkafka pass-through settings (`--kafka-config key=value`, `RDV_KAFKA_CONFIG`): parsed once,
+and never shown with their values except for an allow-list of settings known to hold no secret.
+
+Masking by allow-list rather than by spotting secret-looking names: a misspelled key
+(`sasl.pasword`), an unusual one (`sasl.oauthbearer.config=clientSecret=...`) or one this list
+does not know is masked too. A malformed item is never echoed: errors name it by position, and
+by its key only when the key is a known librdkafka property or looks like one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from services.core.errors import ConfigError
+from services.core.redaction import MASK, never_print
+
+FLAG = "--kafka-config"
+
+
+def _names(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# librdkafka properties whose values are shown in logs and errors (CONFIGURATION.md of librdkafka).
+SHOWN = _names("""
+    bootstrap.servers metadata.broker.list client.id client.rack client.dns.lookup
+    acks request.required.acks linger.ms queue.buffering.max.ms queue.buffering.max.messages
+    queue.buffering.max.kbytes batch.size batch.num.messages compression.type compression.codec
+    compression.level enable.idempotence enable.gapless.guarantee max.in.flight.requests.per.connection
+    max.in.flight message.max.bytes message.copy.max.bytes receive.message.max.bytes message.timeout.ms
+    delivery.timeout.ms request.timeout.ms retries message.send.max.retries retry.backoff.ms
+    retry.backoff.max.ms reconnect.backoff.ms reconnect.backoff.max.ms partitioner
+    sticky.partitioning.linger.ms transactional.id transaction.timeout.ms
+    socket.timeout.ms socket.keepalive.enable socket.nagle.disable socket.send.buffer.bytes
+    socket.receive.buffer.bytes socket.connection.setup.timeout.ms socket.max.fails
+    connections.max.idle.ms broker.address.family broker.address.ttl api.version.request
+    api.version.request.timeout.ms api.version.fallback.ms broker.version.fallback
+    topic.metadata.refresh.interval.ms metadata.max.age.ms topic.metadata.refresh.fast.interval.ms
+    topic.metadata.refresh.sparse topic.metadata.propagation.max.ms allow.auto.create.topics
+    statistics.interval.ms enable.metrics.push debug log_level log.queue log.thread.name
+    log.connection.close security.protocol sasl.mechanism sasl.mechanisms sasl.kerberos.service.name
+    sasl.kerberos.min.time.before.relogin sasl.oauthbearer.method ssl.endpoint.identification.algorithm
+    enable.ssl.certificate.verification ssl.ca.location ssl.ca.certificate.stores ssl.certificate.location
+    ssl.crl.location ssl.keystore.location ssl.cipher.suites ssl.curves.list ssl.sigalgs.list ssl.providers
+    group.id group.instance.id group.protocol group.protocol.type group.remote.assignor
+    partition.assignment.strategy session.timeout.ms heartbeat.interval.ms max.poll.interval.ms
+    coordinator.query.interval.ms auto.offset.reset enable.auto.commit auto.commit.interval.ms
+    enable.auto.offset.store enable.partition.eof isolation.level check.crcs fetch.min.bytes
+    fetch.max.bytes fetch.wait.max.ms fetch.message.max.bytes max.partition.fetch.bytes
+    fetch.error.backoff.ms fetch.queue.backoff.ms queued.min.messages queued.max.messages.kbytes
+""")
+
+# librdkafka properties that may hold a secret or an identity: known (their names may be shown),
+# their values never are. Any other property's value is masked as well.
+SECRET = _names("""
+    sasl.username sasl.password sasl.oauthbearer.config sasl.oauthbearer.client.id
+    sasl.oauthbearer.client.secret sasl.oauthbearer.token.endpoint.url sasl.oauthbearer.extensions
+    sasl.oauthbearer.scope sasl.oauthbearer.assertion.private.key.file
+    sasl.oauthbearer.assertion.private.key.passphrase sasl.kerberos.keytab sasl.kerberos.principal
+    sasl.kerberos.kinit.cmd ssl.key.location ssl.key.password ssl.key.pem ssl.certificate.pem
+    ssl.ca.pem ssl.keystore.password ssl.engine.location sasl.jaas.config
+""")
+
+KNOWN = SHOWN | SECRET
+
+# Properties whose values legitimately hold `,`-separated key=value pairs.
+_COMMA_PAIRS = frozenset({"sasl.oauthbearer.extensions"})
+_PROPERTY_LIKE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+")
+_LEADING_KEY = re.compile(r"\s*([A-Za-z0-9_.\-]+)")
+_JOINED = re.compile(r",\s*([A-Za-z0-9_.\-]+)\s*=")
+_QUOTED = re.compile(r'"([^"]*)"')
+
+
+def safe_key(key: str) -> bool:
+    """A key that may be printed: a known property, or lower-case dotted like one (`sasl.pasword`)."""
+    return key in KNOWN or (len(key) <= 64 and _PROPERTY_LIKE.fullmatch(key) is not None)
+
+
+def _item(position: int, key: str) -> str:
+    return f"{FLAG} item {position}" + (f" ({key})" if safe_key(key) else "")
+
+
+def _remember_value(value: str) -> None:
+    """Mask the whole value and each `k=v` part of it (`clientSecret=... scope=...`)."""
+    never_print(value)
+    for part in re.split(r"[\s,;]+", value):
+        never_print(part.partition("=")[2] or part)
+
+
+def parse(items: Iterable[str]) -> dict[str, str]:
+    """`key=value` items -> a librdkafka config. Every value not known to be harmless is
+    remembered as never to be printed, before anything can fail."""
+    config: dict[str, str] = {}
+    errors: list[str] = []
+    for position, item in enumerate(items, start=1):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not key:
+            _remember_value(item)
+            errors.append(_malformed(position, item))
+            continue
+        if key not in SHOWN:
+            _remember_value(value)
+        joined = _joined_key(key, value)
+        if joined is not None:
+            errors.append(
+                f"{_item(position, key)}: its value continues with "
+                f"{'a ' + joined if safe_key(joined) else 'another'} key=value after ','; "
+                f"settings are separated by ';' (RDV_KAFKA_CONFIG='a=1;b=2') or given as repeated {FLAG}"
+            )
+            continue
+        config[key] = value
+    if errors:
+        raise ConfigError("; ".join(errors) + " (values not shown)")
+    return config
+
+
+def _malformed(position: int, item: str) -> str:
+    """Why an item without `key=` is wrong, without showing it."""
+    leading = _LEADING_KEY.match(item)
+    if leading is None or not safe_key(leading.group(1)):
+        return f"{FLAG} item {position}: expected key=value"
+    key = leading.group(1)
+    rest = item[leading.end():]
+    separator = rest[:1]
+    if separator and not separator.isspace():
+        return f"{FLAG} item {position} ({key}): expected key=value, found {separator!r} where '=' belongs"
+    return f"{FLAG} item {position} ({key}): expected key=value, found no '='"
+
+
+def _joined_key(key: str, value: str) -> str | None:
+    """The key of a second setting glued on with `,` (`SASL_SSL,sasl.password=x`), if any."""
+    if key in _COMMA_PAIRS:
+        return None
+    for match in _JOINED.finditer(value):
+        candidate = match.group(1)
+        if candidate in KNOWN or _PROPERTY_LIKE.fullmatch(candidate):
+            return candidate
+    return None
+
+
+def masked(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy safe to log: values shown only for the allow-list (`SHOWN`)."""
+    return {k: (v if k in SHOWN else MASK) for k, v in config.items()}
+
+
+def describe_refusal(text: str, config: Mapping[str, Any]) -> str:
+    """librdkafka's message for a configuration it refused, without any value it quotes
+    (`Invalid value "..." for configuration property "..."`), plus a spelling hint."""
+
+    hidden = {str(v) for k, v in config.items() if k not in SHOWN}
+    shown = {str(v) for k, v in config.items() if k in SHOWN}
+
+    def keep_or_mask(match: re.Match[str]) -> str:
+        quoted = match.group(1)
+        harmless = quoted not in hidden and (safe_key(quoted) or quoted in shown)
+        return match.group(0) if harmless else f'"{MASK}"'
+
+    cleaned = _QUOTED.sub(keep_or_mask, text)
+    unknown = [k for k in config if k not in KNOWN and safe_key(k) and f'"{k}"' in cleaned]
+    hints = [f"{k}: did you mean {m[0]}?" for k in unknown if (m := difflib.get_close_matches(k, KNOWN, n=1))]
+    return cleaned + (f" ({'; '.join(hints)})" if hints else "")
