@@ -19,8 +19,9 @@ from typing import Any, Protocol
 from confluent_kafka import Message
 
 from services.core.codec import codec
-from services.core.errors import BadInput, DecodeFailed
+from services.core.errors import BadInput
 from services.core.metrics import child
+from services.core.requests import check_request
 from services.rendezvous import metrics as m
 from services.rendezvous.control import ScheduleBook
 from services.rendezvous.mailbox import Arrival, Mailbox
@@ -42,13 +43,8 @@ class Outputs(Protocol):
 
 
 def validate_request(request: dict[str, Any]) -> None:
-    """Checks Avro cannot express; a failure dead-letters the request."""
-    if not request["request_id"]:
-        raise DecodeFailed("request_id is empty")
-    if request["created_at"] <= 0:
-        raise DecodeFailed(f"created_at must be epoch milliseconds, got {request['created_at']}")
-    if not request["features"] and request["payload"] is None:
-        raise DecodeFailed("request carries neither features nor a payload")
+    """Checks Avro cannot express (the rule the model workers apply too); a failure dead-letters it."""
+    check_request(request)
 
 
 class Join:
