@@ -26,6 +26,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
+from itertools import chain
 from operator import itemgetter
 from typing import Any
 
@@ -121,10 +122,6 @@ class Signature:
         return {f.name: f for f in self.features}
 
     @cached_property
-    def _name_set(self) -> frozenset[str]:
-        return frozenset(self.names)
-
-    @cached_property
     def _get_all(self) -> Any:
         getter = itemgetter(*self.names)
         return getter if len(self.names) > 1 else (lambda row: (getter(row),))
@@ -171,37 +168,55 @@ class Signature:
     def prepare(self, rows: Sequence[Mapping[str, Any]]) -> Prepared:
         """Check every row; stack the valid ones into the model's float64 matrix.
 
-        The common case (exactly the signature's features, all finite) costs one key-set
-        comparison and one C-level gather per row plus one vectorised finiteness check.
+        The common case (exactly the signature's features, all finite) costs one C-level
+        gather per row, one conversion of the whole batch and one vectorised finiteness check;
+        any other row takes `problem()` / `values()`, which explain or fill it.
         """
         n, k = len(rows), len(self.names)
-        out = np.empty((n, k), dtype=np.float64)
-        exact = np.zeros(n, dtype=bool)
-        names, get_all = self._name_set, self._get_all
-        ignore_extra = self.extra == "ignore"
+        get_all, placeholder = self._get_all, self._placeholder
+        exact_len = self.extra == "reject"  # all k names present + nothing else = exactly k keys
+        gathered: list[tuple[Any, ...]] = []
+        slow: list[int] = []
         for i, row in enumerate(rows):
-            keys = row.keys()
-            if keys == names or (ignore_extra and keys >= names):
+            if len(row) == k or (not exact_len and len(row) > k):
                 try:
-                    out[i] = get_all(row)
-                    exact[i] = True
-                except (TypeError, ValueError):  # a None or non-numeric value: the slow path explains
+                    gathered.append(get_all(row))
+                    continue
+                except KeyError:
                     pass
+            gathered.append(placeholder)
+            slow.append(i)
+        try:
+            out = np.fromiter(chain.from_iterable(gathered), dtype=np.float64, count=n * k).reshape(n, k)
+        except (TypeError, ValueError):  # a None or non-numeric value somewhere: row by row
+            return self._prepare_slowly(rows)
         errors: dict[int, str] = {}
-        if exact.any():
-            finite = np.isfinite(out).all(axis=1)
-            for i in np.flatnonzero(exact & ~finite).tolist():
-                errors[i] = self.problem(rows[i]) or "a feature value is not a finite number"
-        for i in np.flatnonzero(~exact).tolist():
+        fast = np.ones(n, dtype=bool)
+        fast[slow] = False
+        for i in np.flatnonzero(fast & ~np.isfinite(out).all(axis=1)).tolist():
+            errors[i] = self.problem(rows[i]) or "a feature value is not a finite number"
+        for i in slow:
             reason = self.problem(rows[i])
             if reason is None:
                 out[i] = self.values(rows[i])
             else:
                 errors[i] = reason
-        if not errors:
-            return Prepared(out, list(range(n)), errors)
-        valid = [i for i in range(n) if i not in errors]
-        return Prepared(out[valid], valid, errors)
+        return _prepared(out, errors)
+
+    def _prepare_slowly(self, rows: Sequence[Mapping[str, Any]]) -> Prepared:
+        out = np.empty((len(rows), len(self.names)), dtype=np.float64)
+        errors: dict[int, str] = {}
+        for i, row in enumerate(rows):
+            reason = self.problem(row)
+            if reason is None:
+                out[i] = self.values(row)
+            else:
+                errors[i] = reason
+        return _prepared(out, errors)
+
+    @cached_property
+    def _placeholder(self) -> tuple[float, ...]:
+        return (math.nan,) * len(self.names)
 
     # -- published form ----------------------------------------------------------------------------
 
@@ -216,6 +231,13 @@ class Signature:
         if not isinstance(items, list) or not items:
             raise ModelSpecError(f"{where}: expected a non-empty JSON list of features")
         return cls(tuple(_feature_from(item, where) for item in items), extra)
+
+
+def _prepared(out: np.ndarray, errors: dict[int, str]) -> Prepared:
+    if not errors:
+        return Prepared(out, list(range(len(out))), errors)
+    valid = [i for i in range(len(out)) if i not in errors]
+    return Prepared(out[valid], valid, errors)
 
 
 def _feature_from(item: Any, where: str) -> FeatureSpec:

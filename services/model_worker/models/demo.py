@@ -64,6 +64,7 @@ __all__ = [
     "contrarian_flips",
     "contrarian_threshold",
     "demo_data",
+    "demo_estimator",
     "demo_rows",
     "demo_signature",
     "flaky",
@@ -135,36 +136,42 @@ def _column(name: str) -> int:
 
 
 @functools.cache
-def _champion_scorer() -> _Scorer:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
+def demo_estimator(kind: str) -> Any:
+    """The fitted scikit-learn estimator behind a demo scorer: "champion" (a StandardScaler +
+    LogisticRegression pipeline), "challenger" (a random forest) or "canary" (a depth-2 tree on
+    `_CANARY_FEATURES`, in that column order). Shared and cached: do not modify it."""
     x, y, _ = _dataset()
-    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=_SEED))
-    pipe.fit(x, y)
-    return LogisticScorer(pipe)
+    if kind == "champion":
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=_SEED)).fit(x, y)
+    if kind == "challenger":
+        from sklearn.ensemble import RandomForestClassifier
+
+        return RandomForestClassifier(n_estimators=50, max_depth=6, random_state=_SEED).fit(x, y)
+    if kind == "canary":
+        from sklearn.tree import DecisionTreeClassifier
+
+        cols = [_column(name) for name in _CANARY_FEATURES]
+        return DecisionTreeClassifier(max_depth=2, random_state=_SEED).fit(x[:, cols], y)
+    raise ValueError(f"no demo estimator {kind!r}")
+
+
+@functools.cache
+def _champion_scorer() -> _Scorer:
+    return LogisticScorer(demo_estimator("champion"))
 
 
 @functools.cache
 def _challenger_scorer() -> _Scorer:
-    from sklearn.ensemble import RandomForestClassifier
-
-    x, y, _ = _dataset()
-    forest = RandomForestClassifier(n_estimators=50, max_depth=6, random_state=_SEED)
-    forest.fit(x, y)
-    return TreeScorer(forest.estimators_)
+    return TreeScorer(demo_estimator("challenger").estimators_)
 
 
 @functools.cache
 def _canary_scorer() -> _Scorer:
-    from sklearn.tree import DecisionTreeClassifier
-
-    x, y, _ = _dataset()
-    cols = [_column(name) for name in _CANARY_FEATURES]
-    tree = DecisionTreeClassifier(max_depth=2, random_state=_SEED)
-    tree.fit(x[:, cols], y)
-    return TreeScorer([tree], columns=cols)
+    return TreeScorer([demo_estimator("canary")], columns=[_column(name) for name in _CANARY_FEATURES])
 
 
 @functools.cache

@@ -14,8 +14,10 @@ or `"required": false` without a default for estimators that handle NaN themselv
 
 Safety: a joblib/pickle file can run any code when it is loaded, so it is refused unless
 `trust_model_file` is set. A skops file is loaded by skops, which rebuilds only the types it
-trusts (scikit-learn, numpy, scipy, ...) and never runs code from the file; a skops file holding
-other types is refused, naming them, unless `trust_model_file` is set.
+trusts (scikit-learn estimators, numpy, scipy, ...) and never unpickles; a skops file holding
+other types is refused, naming them, unless `trust_model_file` is set. Note that skops does not
+trust scikit-learn's internal `Tree` (a file could set node indices that predict() follows
+without bounds checks), so tree-based models in skops need the flag too: export those to ONNX.
 
 Speed: inputs the worker has checked (all finite) skip scikit-learn's finiteness check
 (`assume_finite`), and a random forest or extra-trees classifier running on one job is evaluated
@@ -204,8 +206,8 @@ def _load_skops(path: Path, trust: bool) -> Any:
             f" (+{len(untrusted) - _SHOWN_TYPES} more)" if len(untrusted) > _SHOWN_TYPES else ""
         )
         raise ModelSpecError(
-            f"{where}: the file holds types skops does not trust by default ({shown}), and building them "
-            f"may run their code; review them and, only if you trust this file, pass {TRUST_HINT}"
+            f"{where}: the file holds types skops does not trust by default ({shown}): loading them is not "
+            f"known to be safe; review them and, only if you trust this file, pass {TRUST_HINT}"
         )
     try:
         return sio.load(path, trusted=untrusted or None)
