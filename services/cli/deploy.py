@@ -23,6 +23,7 @@ from services.core.kafka import wait_for_groups
 from services.core.settings import KafkaSettings, setting
 from services.localkafka.config import cache_dir
 from services.model_worker.models import load_model
+from services.model_worker.settings import trust_model_file_setting
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class DeploySettings(KafkaSettings):
     version: str = setting("", "deploy: version written on its scores (default: the model's own).")
     start_at: str = setting("", "deploy: catch up from this time (ISO, epoch ms, or e.g. 1h ago as '1h') first.")
     wait_s: float = setting(60.0, "deploy: how long to wait for the replicas to join their group (s).")
+    trust_model_file: bool = trust_model_file_setting()
 
     def validate(self) -> None:
         if self.replicas < 1:
@@ -67,7 +69,8 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
         raise ConfigError("deploy needs --model SPEC")
     if running_pids(name):
         raise ConfigError(f"{name} is already deployed here (pids {running_pids(name)}); `rendezvous undeploy {name}`")
-    load_model(settings.model)  # fail here, with the loader's message, not in a detached process
+    # Fail here, with the loader's message, not in a detached process.
+    load_model(settings.model, trust_model_file=settings.trust_model_file)
     folder = _state_file(name).parent
     folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap, "RDV_TOPIC_PREFIX": settings.topic_prefix}
@@ -76,6 +79,7 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
         args = ["model", "serve", "--model", settings.model, "--name", name, "--instance", f"{name}-{replica}"]
         args += ["--version", settings.version] if settings.version else []
         args += ["--start-at", settings.start_at] if settings.start_at else []
+        args += ["--trust-model-file"] if settings.trust_model_file else []
         with (folder / f"replica-{replica}.log").open("ab") as log_file:
             process = subprocess.Popen([sys.executable, "-m", "services.cli.main", *args], stdout=log_file,
                                        stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -93,6 +97,8 @@ def compose_block(name: str, settings: DeploySettings) -> str:
     command = ["model", "serve", "--model", settings.model, "--name", name]
     if settings.start_at:
         command += ["--start-at", settings.start_at]
+    if settings.trust_model_file:
+        command += ["--trust-model-file"]
     return (
         f"  {name}:\n    <<: *rdv\n    command: {json.dumps(command)}\n"
         + (f"    deploy:\n      replicas: {settings.replicas}\n" if settings.replicas > 1 else "")

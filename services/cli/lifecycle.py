@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.cli.gate import Verdict, evaluate, parse_requirements
+from services.cli.model_contracts import print_contracts
 from services.core.codec import codec
 from services.core.errors import BadInput, ConfigError
 from services.core.runtime import now_ms
@@ -115,6 +116,7 @@ def cmd_models(settings: LifecycleSettings, console: Console) -> int:
     console.print(table)
     if not figures:
         console.print("no model has scored in that window")
+    print_contracts(settings, console)  # what each model accepts (services/cli/model_contracts.py)
     return 0
 
 
