@@ -1,11 +1,8 @@
-"""The published input contracts, as `rendezvous models` shows them under its live table."""
+"""The published input contracts, as `rendezvous models` prints them under its live table."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from rich.console import Console
-from rich.table import Table
 
 from services.core.errors import TopicMissing
 from services.core.model_info import ModelInfo, read_model_infos
@@ -13,18 +10,14 @@ from services.core.settings import KafkaSettings
 from services.core.signatures import listed
 
 
-def contracts_table(infos: Mapping[str, ModelInfo], title: str) -> Table:
-    """One row per model: version, required / optional features (with defaults), extras policy."""
-    table = Table(title=title)
-    for column in ("model", "version", "required", "optional (default)", "extra features", "published by"):
-        table.add_column(column)
-    for name, info in sorted(infos.items()):
-        signature = info.signature
-        optional = [f"{f.name}={f.default:g}" if f.default is not None else f.name
-                    for f in signature.features if not f.required]
-        table.add_row(name, info.version, f"{len(signature.required)}: {listed(signature.required)}",
-                      f"{len(optional)}: {listed(optional)}" if optional else "-", signature.extra, info.instance)
-    return table
+def contract_line(info: ModelInfo) -> str:
+    """`champion logreg-1: requires 30 (mean_radius, ...); optional: none; extra features: reject`."""
+    signature = info.signature
+    optional = [f"{f.name}={f.default:g}" if f.default is not None else f.name
+                for f in signature.features if not f.required]
+    shown = f"{len(optional)} ({listed(optional)})" if optional else "none"
+    return (f"{info.name} {info.version}: requires {len(signature.required)} ({listed(signature.required)}); "
+            f"optional: {shown}; extra features: {signature.extra}; published by {info.instance or '?'}")
 
 
 def print_contracts(settings: KafkaSettings, console: Console) -> None:
@@ -35,6 +28,9 @@ def print_contracts(settings: KafkaSettings, console: Console) -> None:
         console.print(f"no input contracts: topic {topic} is missing (create it with `rendezvous topics create`)")
         return
     if infos:
-        console.print(contracts_table(infos, f"input contracts published on {topic}"))
+        # Plain lines, not a second table: scripts read the live table above by its columns.
+        console.print(f"input contracts published on {topic}:", highlight=False)
+        for _name, info in sorted(infos.items()):
+            console.print("  " + contract_line(info), highlight=False, markup=False, soft_wrap=True)
     else:
         console.print(f"no model has published its input contract on {topic}")
