@@ -82,14 +82,10 @@ def score_batch(
     elapsed = _ms_since(started)
     if not prepared.errors:
         return [Scored(p, e, elapsed) for p, e in outputs]
-    results = [Scored(None, reason, elapsed) for reason in _reasons(prepared.errors, len(rows))]
+    results = [Scored(None, prepared.errors.get(i), elapsed) for i in range(len(rows))]
     for i, (p, e) in zip(prepared.valid, outputs, strict=True):
         results[i] = Scored(p, e, elapsed)
     return results
-
-
-def _reasons(errors: Mapping[int, str], n: int) -> list[str]:
-    return [errors.get(i, "") for i in range(n)]
 
 
 def _predict(model: Model, matrix: Any) -> list[_Output]:
