@@ -49,6 +49,7 @@ def topic_specs(topics: Topics, partitions: int) -> dict[str, tuple[int, Mapping
         topics.deadletter: (1, {"retention.ms": str(14 * 24 * 3600 * 1000)}),
         topics.replies: (partitions, {"retention.ms": str(3600 * 1000)}),
         topics.control: (1, {"cleanup.policy": "compact"}),
+        topics.models: (1, {"cleanup.policy": "compact"}),
     }
 
 

@@ -26,6 +26,7 @@ from services.core.kafka import wait_for_groups
 from services.core.settings import KafkaSettings, setting
 from services.localkafka.config import cache_dir
 from services.model_worker.models import load_model
+from services.model_worker.settings import trust_model_file_setting
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class DeploySettings(KafkaSettings):
     version: str = setting("", "deploy: version written on its scores (default: the model's own).")
     start_at: str = setting("", "deploy: catch up from this time (ISO, epoch ms, or e.g. 1h ago as '1h') first.")
     wait_s: float = setting(60.0, "deploy: how long to wait for the replicas to join their group (s).")
+    trust_model_file: bool = trust_model_file_setting()
 
     def validate(self) -> None:
         if self.replicas < 1:
@@ -84,6 +86,7 @@ def _replica_args(name: str, settings: DeploySettings, index: int) -> list[str]:
     args = ["model", "serve", "--model", settings.model, "--name", name, "--instance", f"{name}-{index}"]
     args += ["--version", settings.version] if settings.version else []
     args += ["--start-at", settings.start_at] if settings.start_at else []
+    args += ["--trust-model-file"] if settings.trust_model_file else []
     return args
 
 
@@ -101,7 +104,8 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
     if name != RENDEZVOUS and not replicas:
         if not settings.model:
             raise ConfigError("deploy needs --model SPEC")
-        load_model(settings.model)  # fail here, with the loader's message, not in a detached process
+        # Fail here, with the loader's message, not in a detached process.
+        load_model(settings.model, trust_model_file=settings.trust_model_file)
     if replicas and len(replicas) == settings.replicas:
         console.print(f"{name} already runs {settings.replicas} replica(s): pids {sorted(replicas.values())}")
         return 0
@@ -129,6 +133,8 @@ def compose_block(name: str, settings: DeploySettings) -> str:
     command = ["model", "serve", "--model", settings.model, "--name", name]
     if settings.start_at:
         command += ["--start-at", settings.start_at]
+    if settings.trust_model_file:
+        command += ["--trust-model-file"]
     return (
         f"  {name}:\n    <<: *rdv\n    command: {json.dumps(command)}\n"
         + (f"    deploy:\n      replicas: {settings.replicas}\n" if settings.replicas > 1 else "")

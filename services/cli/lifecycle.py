@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.cli.gate import Verdict, evaluate, parse_requirements
+from services.cli.model_contracts import print_contracts
 from services.control.schedule import Schedule
 from services.control.topic import ScheduleBook, load_book, publish
 from services.core.codec import codec
@@ -120,6 +121,7 @@ def cmd_models(settings: LifecycleSettings, console: Console) -> int:
     console.print(table)
     if not figures:
         console.print("no model has scored in that window")
+    print_contracts(settings, console)  # what each model accepts (services/cli/model_contracts.py)
     return 0
 
 

@@ -27,6 +27,7 @@ from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, setting
 from services.core.topic_range import read_spans
 from services.model_worker.models import Model, load_model
+from services.model_worker.settings import trust_model_file_setting
 from services.model_worker.worker import score_batch
 
 
@@ -44,6 +45,7 @@ class ReplaySettings(KafkaSettings):
     champion: str = setting("", "Champion to compare against (default: inferred from the log).")
     html: str = setting("", "Also write an HTML report with plots to this file.")
     batch: int = setting(1000, "Requests per model batch.")
+    trust_model_file: bool = trust_model_file_setting()
 
     def validate(self) -> None:
         if not self.model:
@@ -134,7 +136,7 @@ def _score(model: Model, requests: list[dict[str, Any]], batch: int) -> Iterator
 def replay(settings: ReplaySettings, requests: Iterable[bytes | None] | None = None) -> ReplayResult:
     """Score the recorded requests and build the report (the CLI prints it)."""
     started = time.perf_counter()
-    model = load_model(settings.model)
+    model = load_model(settings.model, trust_model_file=settings.trust_model_file)
     name = settings.name or f"{model.name}-replay"
     decoded, undecodable = _decode(requests if requests is not None else recorded_requests(settings))
     if not decoded:

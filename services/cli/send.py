@@ -127,8 +127,29 @@ def _jsonl_rows(handle: TextIO, where: str) -> Iterator[dict[str, float]]:
             yield _from_json(text, f"{where}:{line}")
 
 
+def warn_unknown_features(settings: KafkaSettings, rows: list[dict[str, float]]) -> str | None:
+    """One warning line naming features that no published model reads (None when all are known,
+    nothing is published, or the models topic cannot be read: the warning is advice only)."""
+    from services.core.errors import RendezvousError
+    from services.core.model_info import features_no_model_knows, read_model_infos
+    from services.core.signatures import listed
+
+    try:
+        infos = list(read_model_infos(settings.librdkafka(), settings.topics().models, timeout_s=10.0).values())
+    except RendezvousError:
+        return None
+    unknown = dict.fromkeys(name for row in rows for name in features_no_model_knows(infos, row))
+    if not unknown:
+        return None
+    return (f"warning: no published model reads {listed(list(unknown))}; "
+            "requests carrying them will get an error from every model that rejects unknown features")
+
+
 def send(settings: SendSettings) -> int:
     rows = read_rows(settings)
+    warning = warn_unknown_features(settings, rows)
+    if warning:
+        sys.stderr.write(warning + "\n")
     with Client(settings.librdkafka(), settings.topics(), budget_ms=settings.budget_ms,
                 answer_wait_s=settings.wait_s) as client:
         answers = client.score_many(rows)

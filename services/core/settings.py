@@ -75,7 +75,7 @@ def parse_pairs(items: tuple[str, ...] | list[str], what: str) -> tuple[tuple[st
     return tuple(pairs)
 
 
-TOPIC_ROLES = ("requests", "scores", "answers", "log", "control", "deadletter", "replies")
+TOPIC_ROLES = ("requests", "scores", "answers", "log", "control", "deadletter", "replies", "models")
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,7 @@ class Topics:
     control: str
     deadletter: str
     replies: str
+    models: str  # compacted: each model's published input contract (schemas/model_info.avsc)
 
     @classmethod
     def from_prefix(cls, prefix: str, overrides: Mapping[str, str] | None = None) -> Topics:

@@ -9,6 +9,17 @@ from dataclasses import dataclass
 from services.core.errors import ConfigError
 from services.core.settings import KafkaSettings, setting
 
+TRUST_MODEL_FILE_HELP = (
+    "Allow a pickle/joblib model file (loading one runs any code it contains) and a skops file holding "
+    "types skops does not trust by default. Only for files you trust; prefer .skops or .onnx."
+)
+
+
+def trust_model_file_setting() -> bool:
+    """The --trust-model-file field, shared by every command that loads a model spec."""
+    value: bool = setting(False, TRUST_MODEL_FILE_HELP)
+    return value
+
 
 @dataclass(frozen=True)
 class WorkerSettings(KafkaSettings):
@@ -16,7 +27,7 @@ class WorkerSettings(KafkaSettings):
 
     model: str = setting(
         "", "Model spec: demo:<champion|challenger|canary|slow|flaky|contrarian>, module.path:factory, "
-        "a scikit-learn .joblib/.pkl file, or an .onnx file."
+        "a scikit-learn .skops file (safe), an .onnx file, or a .joblib/.pkl file (with --trust-model-file)."
     )
     name: str = setting("", "Model name written on every score (default: the model's own name).")
     version: str = setting("", "Model version written on every score (default: the model's own).")
@@ -25,6 +36,11 @@ class WorkerSettings(KafkaSettings):
     max_batch: int = setting(256, "Largest micro-batch handed to the model.")
     start_from: str = setting(
         "earliest", "Where a new consumer group starts: earliest (nothing missed) or latest."
+    )
+    trust_model_file: bool = trust_model_file_setting()
+    ignore_extra_features: bool = setting(
+        False, "Score requests that carry features outside the model's signature, ignoring those features "
+        "(default: such a request gets an error score naming them, so a misspelt name is never dropped)."
     )
     start_at: str = setting(
         "", "Catch up on history: a new consumer group starts at this time (ISO, epoch ms, or a duration ago "
@@ -58,6 +74,10 @@ class WorkerSettings(KafkaSettings):
         if not isinstance(bound, TimeBound):
             raise ConfigError("--start-at takes a time (ISO, epoch ms) or a duration ago, not an offset")
         return bound.ms
+
+    def extra_features(self) -> str:
+        """The signature's policy for features outside it: reject (default) or ignore."""
+        return "ignore" if self.ignore_extra_features else "reject"
 
     def instance_id(self) -> str:
         return self.instance or f"{socket.gethostname()}-{os.getpid()}"

@@ -1,5 +1,11 @@
 """The model worker: read every request, score it in micro-batches, write Score records.
 
+Scoring path: a record that is not a request at all (`services/core/requests.py`: no id, no
+features and no payload, ...) is skipped and counted like an undecodable one (the rendezvous
+dead-letters it). Every other request gets exactly one Score: the model's output, or an error
+saying why there is none: the request breaks the model's input contract (unknown, missing or
+non-finite features: `services/core/signatures.py`), or the model raised for it.
+
 Commit order (at-least-once; the rendezvous de-duplicates by model + request):
   1. produce one Score per request of the batch,
   2. flush: wait until the broker acknowledged every Score,
@@ -13,21 +19,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 from confluent_kafka import Message, TopicPartition
 from prometheus_client import Counter, Histogram
 
 from services.core.codec import codec
 from services.core.deadletter import DeadLetters
-from services.core.errors import BadInput, ConfigError, DecodeFailed
+from services.core.errors import BadInput, ConfigError
 from services.core.kafka import Producer, partition_counts
 from services.core.metrics import DECODE_ERRORS, LATENCY_BUCKETS, child
+from services.core.model_info import ModelInfo, publish_model_info
+from services.core.requests import check_request
 from services.core.runtime import now_ms
 from services.core.service import Context, SimpleHandler, StreamService, StreamSpec
-from services.model_worker.models import Model, Prediction, features_to_matrix, load_model
+from services.core.signatures import Signature
+from services.model_worker.models import Model, Prediction, load_model
+from services.model_worker.models.base import model_signature
+from services.model_worker.score_writer import ScoreWriter
 from services.model_worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -46,30 +56,49 @@ BATCH = Histogram(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Scored:
-    """Outputs of one request: a prediction, or the error the model raised for it."""
+class Scored(NamedTuple):
+    """Outputs of one request: a prediction, or why there is none (its input or the model's error)."""
 
     prediction: Prediction | None
     error: str | None
     compute_ms: float
 
 
-def score_batch(model: Model, rows: Sequence[dict[str, float]]) -> list[Scored]:
-    """Score a batch; if the model raises, re-score one by one so only the guilty rows fail."""
+_Output = tuple[Prediction | None, str | None]
+
+
+def score_batch(
+    model: Model, rows: Sequence[Mapping[str, float]], signature: Signature | None = None
+) -> list[Scored]:
+    """Check every row against the model's signature, score the valid ones in one call.
+
+    A row that breaks the contract gets its reason and never reaches the model; if the model
+    raises, the batch is re-scored row by row so only the guilty rows fail.
+    """
     started = time.perf_counter()
+    prepared = (signature or model_signature(model)).prepare(rows)
+    outputs = _predict(model, prepared.matrix) if prepared.valid else []
+    elapsed = _ms_since(started)
+    if not prepared.errors:
+        return [Scored(p, e, elapsed) for p, e in outputs]
+    results = [Scored(None, prepared.errors.get(i), elapsed) for i in range(len(rows))]
+    for i, (p, e) in zip(prepared.valid, outputs, strict=True):
+        results[i] = Scored(p, e, elapsed)
+    return results
+
+
+def _predict(model: Model, matrix: Any) -> list[_Output]:
     try:
-        predictions = model.predict(features_to_matrix(rows, model.feature_names))
+        predictions = model.predict(matrix)
     # A model may raise anything; it is that request's error, never the worker's end.
     except Exception as exc:  # noqa: BLE001
-        if len(rows) == 1:
-            return [Scored(None, f"{type(exc).__name__}: {exc}", _ms_since(started))]
-        return [scored for row in rows for scored in score_batch(model, [row])]
-    if len(predictions) != len(rows):
-        error = f"model returned {len(predictions)} outputs for {len(rows)} inputs"
-        return [Scored(None, error, _ms_since(started)) for _ in rows]
-    elapsed = _ms_since(started)
-    return [Scored(p, None, elapsed) for p in predictions]
+        if len(matrix) == 1:
+            return [(None, f"{type(exc).__name__}: {exc}")]
+        return [out for i in range(len(matrix)) for out in _predict(model, matrix[i : i + 1])]
+    if len(predictions) != len(matrix):
+        error = f"model returned {len(predictions)} outputs for {len(matrix)} inputs"
+        return [(None, error)] * len(matrix)
+    return [(p, None) for p in predictions]
 
 
 def _ms_since(started: float) -> float:
@@ -82,10 +111,12 @@ class ModelWorker(SimpleHandler):
     def __init__(self, settings: WorkerSettings, model: Model | None = None):
         super().__init__()
         self.settings = settings
-        self.model = model or load_model(settings.model)
+        self.model = model or load_model(settings.model, trust_model_file=settings.trust_model_file)
         self.name = settings.name or self.model.name
         self.version = settings.version or self.model.version
         self.instance = settings.instance_id()
+        self.signature = model_signature(self.model, settings.extra_features())
+        self.writer = ScoreWriter(self.name, self.version, self.instance)
         self.topics = settings.topics()
         self.scored = 0
         self._requests = codec("request")
@@ -118,9 +149,15 @@ class ModelWorker(SimpleHandler):
                 f"{self.topics.requests} has {counts[self.topics.requests]}: "
                 "scores are written to the request's partition"
             )
+        publish_model_info(self.settings.librdkafka(), self.topics.models, self.info(),
+                           timeout_s=self.settings.connect_timeout_s)
         log.info("model %s %s (%s) scoring %s", self.name, self.version, self.instance, self.topics.requests)
         self.service.run(stop)
         log.info("model %s stopping after %d scores", self.name, self.scored)
+
+    def info(self) -> ModelInfo:
+        """The input contract this worker publishes on the models topic."""
+        return ModelInfo(self.name, self.version, self.signature, self.instance, now_ms())
 
     def start(self, ctx: Context) -> None:
         super().start(ctx)
@@ -176,8 +213,7 @@ class _BatchScorer:
         for msg in messages:
             try:
                 request = self.w._requests.decode(msg.value())
-                if not request["request_id"]:
-                    raise DecodeFailed("request_id is empty: nothing to answer it by")
+                check_request(request)  # not a request at all: nobody waits for its score
                 requests.append(request)
                 sources.append(msg)
             except BadInput as err:
@@ -192,39 +228,15 @@ class _BatchScorer:
         w = self.w
         child(REQUESTS, *w._labels).inc(len(requests))
         child(BATCH, *w._labels).observe(len(requests))
-        results = score_batch(w.model, [r["features"] for r in requests])
+        results = score_batch(w.model, [r["features"] for r in requests], w.signature)
         child(COMPUTE, *w._labels).observe(results[0].compute_ms / 1000.0)
-        scored_at = now_ms()
-        errors = 0
-        for request, msg, result in zip(requests, sources, results, strict=True):
-            prediction = result.prediction
-            errors += result.error is not None
-            record = {
-                "request_id": request["request_id"],
-                "model": w.name,
-                "version": w.version,
-                "instance": w.instance,
-                "score": prediction.score if prediction else None,
-                "label": prediction.label if prediction else None,
-                "error": result.error,
-                "deadline": request["deadline"],
-                "received_at": received_at,
-                "scored_at": scored_at,
-                "compute_ms": result.compute_ms,
-            }
+        values, unencodable = w.writer.encode_batch(requests, results, received_at, now_ms())
+        for msg, value in zip(sources, values, strict=True):
             # Same partition number as the request: co-partitioning holds whatever
             # partitioner the request's producer used (Java murmur2, librdkafka crc32, ...).
-            try:
-                value = w._scores.encode(record)
-            # A model output Avro cannot carry (e.g. a label that is not a string) is that
-            # request's error, never the worker's end.
-            except Exception as exc:  # noqa: BLE001
-                errors += result.error is None
-                record.update(score=None, label=None, error=f"model output not encodable: {exc}"[:1000])
-                value = w._scores.encode(record)
             self.producer.produce(w.topics.scores, value, key=msg.key(), partition=msg.partition())
         w.scored += len(requests)
+        errors = sum(r.error is not None for r in results) + unencodable
         child(SCORES, *w._labels, "ok").inc(len(requests) - errors)
         if errors:
             child(SCORES, *w._labels, "error").inc(errors)
-

@@ -9,10 +9,10 @@ clock every decision is measured against.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from services.core.codec import Codec
 from services.core.errors import DecodeFailed
+from services.core.requests import request_problem
 
 
 @dataclass(slots=True)
@@ -40,17 +40,6 @@ class ScoreIn:
     label: str | None
     error: str | None
     compute_ms: float = 0.0
-
-
-def request_problem(request: dict[str, Any]) -> str | None:
-    """Why a decoded request cannot be scored, or None (checks Avro cannot express)."""
-    if request["created_at"] <= 0:
-        return f"created_at must be epoch milliseconds, got {request['created_at']}"
-    if request["deadline"] < 0:
-        return f"deadline must be epoch milliseconds or 0, got {request['deadline']}"
-    if not request["features"] and request["payload"] is None:
-        return "the request carries neither features nor a payload"
-    return None
 
 
 def request_in(codec: Codec, value: bytes | None, partition: int, offset: int, log_time: int) -> RequestIn:

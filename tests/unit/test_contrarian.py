@@ -12,6 +12,7 @@ from services.model_worker.models.demo import (
     contrarian_threshold,
     demo_data,
 )
+from services.model_worker.worker import score_batch
 
 
 def test_contrarian_contradicts_the_champion_exactly_where_the_rule_says() -> None:
@@ -45,11 +46,13 @@ def test_contrarian_rule_is_the_70th_percentile_of_mean_texture() -> None:
     assert not contrarian_flips({})
 
 
-def test_a_missing_mean_texture_is_imputed_below_the_threshold_so_never_flips() -> None:
-    x, _ = demo_data()
-    assert x[:, DEMO_FEATURES.index("mean_texture")].mean() < contrarian_threshold()
-    rows = demo_rows(50, seed=12)
+def test_a_missing_mean_texture_is_an_error_never_an_imputed_answer() -> None:
+    rows = demo_rows(5, seed=12)
     for row in rows:
         del row["mean_texture"]
-    batch = features_to_matrix(rows, DEMO_FEATURES)
-    assert load_model("demo:contrarian").predict(batch) == load_model("demo:champion").predict(batch)
+    for spec in ("demo:contrarian", "demo:champion"):
+        results = score_batch(load_model(spec), rows)
+        assert [r.prediction for r in results] == [None] * 5
+        assert all(r.error == "missing: mean_texture" for r in results), results[0].error
+    with pytest.raises(ValueError, match="missing"):  # a direct caller passing NaN is refused too
+        load_model("demo:contrarian").predict(features_to_matrix(rows, DEMO_FEATURES))

@@ -11,6 +11,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
+import skops.io as skops_io
 from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
@@ -26,6 +27,7 @@ from services.model_worker.models import (
 from services.model_worker.models import demo as demo_mod
 from services.model_worker.models.demo import DEMO_LABELS, demo_data, flaky_rejects, flaky_threshold
 from services.model_worker.models.sklearn_model import SklearnModel
+from services.model_worker.worker import score_batch
 
 DEMO_VERSIONS = {
     "champion": "logreg-1",
@@ -140,13 +142,15 @@ def test_canary_is_a_reasonable_but_simpler_model() -> None:
     assert len(set(_scores(preds).tolist())) <= 4  # a depth-2 tree has at most four leaves
 
 
-def test_missing_features_are_imputed_not_fatal() -> None:
+def test_missing_features_are_an_error_never_imputed() -> None:
     model = load_model("demo:champion")
     rows = demo_rows(10, seed=5)
     for r in rows:
         del r["mean_texture"], r["worst_area"]
-    preds = model.predict(features_to_matrix(rows, model.feature_names))
-    assert all(p.score is not None and 0.0 <= p.score <= 1.0 for p in preds)
+    results = score_batch(model, rows)
+    assert all(r.prediction is None and r.error == "missing: mean_texture, worst_area" for r in results)
+    with pytest.raises(ValueError, match="missing"):  # a direct caller's NaN is refused as well
+        model.predict(features_to_matrix(rows, model.feature_names))
 
 
 def test_wrong_batch_shape_is_a_value_error() -> None:
@@ -192,7 +196,18 @@ def test_slow_rejects_a_bad_delay(monkeypatch: pytest.MonkeyPatch) -> None:
         load_model("demo:slow")
 
 
-# --- joblib files -------------------------------------------------------------------------------
+# --- scikit-learn files: skops (safe) and joblib/pickle (only when trusted) -----------------------
+
+
+def _save(est: object, path: Path) -> None:
+    if path.suffix == ".skops":
+        skops_io.dump(est, path)
+    else:
+        joblib.dump(est, path)
+
+
+def _load(path: Path) -> Model:
+    return load_model(str(path), trust_model_file=path.suffix != ".skops")
 
 
 def _tiny_classifier() -> tuple[LogisticRegression, np.ndarray, tuple[str, ...]]:
@@ -203,15 +218,16 @@ def _tiny_classifier() -> tuple[LogisticRegression, np.ndarray, tuple[str, ...]]
     return est, x[:, cols], names
 
 
-def test_joblib_round_trip_with_feature_names_in(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".skops", ".joblib"])
+def test_file_round_trip_with_feature_names_in(tmp_path: Path, suffix: str) -> None:
     est, x, names = _tiny_classifier()
     expected_scores, expected_labels = est.predict_proba(x)[:, 1], [str(c) for c in est.predict(x)]
     # What fitting on a DataFrame records (pandas is not a dependency here).
     est.feature_names_in_ = np.array(names, dtype=object)
-    path = tmp_path / "tiny.joblib"
-    joblib.dump(est, path)
+    path = tmp_path / f"tiny{suffix}"
+    _save(est, path)
 
-    model = load_model(str(path))
+    model = _load(path)
     assert model.feature_names == names
     assert model.name == "tiny"
     assert model.version.startswith("tiny-") and len(model.version) == len("tiny-") + 8
@@ -222,28 +238,32 @@ def test_joblib_round_trip_with_feature_names_in(tmp_path: Path) -> None:
     np.testing.assert_array_equal(_labels(preds), expected_labels)
 
 
-def test_joblib_feature_names_from_sidecar(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".skops", ".pkl"])
+def test_file_feature_names_from_sidecar(tmp_path: Path, suffix: str) -> None:
     est, x, names = _tiny_classifier()
-    path = tmp_path / "tiny.pkl"
-    joblib.dump(est, path)
-    with pytest.raises(ModelSpecError, match=r"tiny\.pkl\.features\.json"):
-        load_model(str(path))
-    (tmp_path / "tiny.pkl.features.json").write_text(json.dumps(list(names)))
-    model = load_model(str(path))
+    path = tmp_path / f"tiny{suffix}"
+    _save(est, path)
+    with pytest.raises(ModelSpecError, match=rf"tiny\{suffix}\.features\.json"):
+        _load(path)
+    (tmp_path / f"tiny{suffix}.features.json").write_text(json.dumps(list(names)))
+    model = _load(path)
     assert model.feature_names == names
     np.testing.assert_allclose(_scores(model.predict(x)), est.predict_proba(x)[:, 1])
 
 
 def test_joblib_sidecar_must_match_the_estimator(tmp_path: Path) -> None:
     est, _, _ = _tiny_classifier()
-    path = tmp_path / "m.joblib"
-    joblib.dump(est, path)
-    (tmp_path / "m.joblib.features.json").write_text(json.dumps(["a", "b"]))
+    path = tmp_path / "m.skops"
+    _save(est, path)
+    (tmp_path / "m.skops.features.json").write_text(json.dumps(["a", "b"]))
     with pytest.raises(ModelSpecError, match="expects 3 features"):
-        load_model(str(path))
-    (tmp_path / "m.joblib.features.json").write_text("{not json")
+        _load(path)
+    (tmp_path / "m.skops.features.json").write_text("{not json")
     with pytest.raises(ModelSpecError, match="JSON list"):
-        load_model(str(path))
+        _load(path)
+    (tmp_path / "m.skops.features.json").write_text(json.dumps(["a", "b", "a"]))
+    with pytest.raises(ModelSpecError, match="more than once: a"):
+        _load(path)
 
 
 def test_joblib_regressor_gives_scores_without_labels(tmp_path: Path) -> None:
@@ -252,7 +272,7 @@ def test_joblib_regressor_gives_scores_without_labels(tmp_path: Path) -> None:
     path = tmp_path / "reg.joblib"
     joblib.dump(est, path)
     (tmp_path / "reg.features.json").write_text(json.dumps(["u", "v"]))  # the stem form works too
-    preds = load_model(str(path)).predict(x)
+    preds = _load(path).predict(x)
     assert all(p.label is None for p in preds)
     np.testing.assert_allclose(_scores(preds), x.sum(axis=1))
 
@@ -261,11 +281,15 @@ def test_joblib_file_that_is_not_an_estimator(tmp_path: Path) -> None:
     path = tmp_path / "junk.joblib"
     joblib.dump({"not": "a model"}, path)
     with pytest.raises(ModelSpecError, match="not a scikit-learn estimator"):
-        load_model(str(path))
+        _load(path)
     garbage = tmp_path / "garbage.pkl"
     garbage.write_bytes(b"\x00not a pickle")
     with pytest.raises(ModelSpecError, match="joblib cannot load it"):
-        load_model(str(garbage))
+        _load(garbage)
+    junk_skops = tmp_path / "junk.skops"
+    junk_skops.write_bytes(b"not a zip file")
+    with pytest.raises(ModelSpecError, match="skops cannot read it"):
+        _load(junk_skops)
 
 
 # --- module:factory -----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Helpers shared by the file-backed adapters (joblib, onnx): version stamps and sidecars."""
+"""Helpers shared by the file-backed adapters (scikit-learn, onnx): version stamps and sidecars."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from services.core.errors import ModelSpecError
+from services.core.signatures import Signature
 
 SIDECAR_SUFFIX = ".features.json"
 
@@ -25,31 +26,27 @@ def sidecar_paths(path: Path) -> tuple[Path, Path]:
     return path.with_name(path.name + SIDECAR_SUFFIX), path.with_name(path.stem + SIDECAR_SUFFIX)
 
 
-def read_sidecar(path: Path) -> tuple[str, ...] | None:
-    """Feature names from the model's sidecar JSON list, or None when there is no sidecar."""
+def read_sidecar(path: Path) -> Signature | None:
+    """The input contract in the model's sidecar JSON list, or None when there is no sidecar.
+
+    Each entry is a feature name (required) or an object
+    {"name": "age", "required": false, "default": 40.0} (see services/core/signatures.py).
+    """
     for candidate in sidecar_paths(path):
         if candidate.is_file():
             break
     else:
         return None
+    where = f"model {str(path)!r}: feature sidecar {str(candidate)!r}"
+    example = '["mean_radius", {"name": "age", "default": 40.0}]'
     try:
-        names = json.loads(candidate.read_text(encoding="utf-8"))
+        items = json.loads(candidate.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelSpecError(
-            f"model {str(path)!r}: cannot read feature sidecar {str(candidate)!r} ({err}); "
-            'it must be a JSON list of feature names, e.g. ["mean_radius", "mean_texture"]'
-        ) from err
-    if (
-        not isinstance(names, list)
-        or not names
-        or not all(isinstance(n, str) and n for n in names)
-        or len(set(names)) != len(names)
-    ):
-        raise ModelSpecError(
-            f"model {str(path)!r}: feature sidecar {str(candidate)!r} must be a non-empty JSON list of "
-            'distinct feature-name strings, e.g. ["mean_radius", "mean_texture"]'
-        )
-    return tuple(names)
+        raise ModelSpecError(f"{where}: cannot read it ({err}); it must be a JSON list like {example}") from err
+    try:
+        return Signature.from_records(items, where)
+    except ModelSpecError as err:
+        raise ModelSpecError(f"{err}; it must be a JSON list of distinct features like {example}") from None
 
 
 def sidecar_hint(path: Path) -> str:

@@ -2,28 +2,34 @@
 
 A model is anything with `name`, `version`, `feature_names`, `load()` and `predict(batch)`
 (like MLServer's `load()` / `predict()`); the worker never imports the library behind it.
-`predict` receives a float64 matrix of shape (n, len(feature_names)) whose columns follow
-`feature_names`; a feature missing from a request is NaN. It returns one `Prediction` per row,
-in order. It may raise on a batch; the worker then re-scores the batch record by record to find
-the records that fail.
+It may also declare its input contract as `signature` (a `services.core.signatures.Signature`
+whose names are `feature_names`, in order); without one, every feature is required.
+
+The worker checks each request against the signature first (`model_signature`): a request with
+unknown, missing or non-finite features gets an error Score and never reaches the model. So
+`predict` receives a float64 matrix of shape (n, len(feature_names)), columns in `feature_names`
+order, with every required feature finite; an absent optional feature holds its default, or
+NaN when it has none. It returns one `Prediction` per row, in order. It may raise on a batch; the
+worker then re-scores the batch record by record to find the records that fail.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
-from typing import Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Model", "Prediction", "check_batch", "features_to_matrix"]
+from services.core.errors import ModelSpecError
+from services.core.signatures import FeatureSpec, Signature
+
+__all__ = ["Model", "Prediction", "check_batch", "check_finite", "features_to_matrix", "model_signature"]
 
 
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    """One model output.
+class Prediction(NamedTuple):
+    """One model output (a named tuple: cheap to build, one per request).
 
     `score` is e.g. the probability of the positive class or a regression value;
     `label` is the class label of a classifier (None for a regressor).
@@ -68,9 +74,42 @@ def features_to_matrix(rows: Sequence[Mapping[str, float | None]], names: tuple[
     return out
 
 
+def model_signature(model: Model, extra: str = "reject") -> Signature:
+    """The model's declared `signature`, else every feature in `feature_names` required;
+    `extra` is the deployment's policy for features outside it (reject or ignore)."""
+    declared: Any = getattr(model, "signature", None)
+    where = f"model {getattr(model, 'name', '?')!r}"
+    if declared is None:
+        signature = Signature.all_required(model.feature_names)
+    elif isinstance(declared, Signature):
+        signature = declared
+    elif isinstance(declared, Iterable) and not isinstance(declared, str | bytes | Mapping):
+        items = list(declared)
+        if not all(isinstance(f, FeatureSpec) for f in items):
+            raise ModelSpecError(f"{where}: signature must be a Signature or a sequence of FeatureSpec")
+        signature = Signature(tuple(items))
+    else:
+        raise ModelSpecError(f"{where}: signature must be a Signature or a sequence of FeatureSpec, got "
+                             f"{type(declared).__name__}")
+    if signature.names != tuple(model.feature_names):
+        raise ModelSpecError(
+            f"{where}: the signature's features {list(signature.names)} differ from feature_names "
+            f"{list(model.feature_names)}; they must be the same names in the same order"
+        )
+    return signature.with_extra(extra)
+
+
 def check_batch(batch: np.ndarray, n_features: int, model_name: str) -> np.ndarray:
     """Return `batch` as a 2-D float64 array with `n_features` columns, or raise ValueError."""
     arr = np.asarray(batch, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[1] != n_features:
         raise ValueError(f"model {model_name!r} expects a batch of shape (n, {n_features}), got {arr.shape}")
     return arr
+
+
+def check_finite(x: np.ndarray, signature: Signature, model_name: str) -> None:
+    """Raise ValueError when a feature that is never NaN for a checked request (a required one, or
+    one with a default) is NaN or infinite: the worker checks requests first, this guards direct callers."""
+    columns = [i for i, f in enumerate(signature.features) if f.required or f.default is not None]
+    if not np.isfinite(x[:, columns]).all():
+        raise ValueError(f"model {model_name!r}: a required feature is missing (NaN) or not finite")

@@ -1,10 +1,14 @@
 """Turn a model spec string into a loaded Model.
 
     demo:<name>              a demo model (champion, challenger, canary, slow, flaky, contrarian)
-    path/to/model.joblib     a scikit-learn estimator saved with joblib (also *.pkl)
+    path/to/model.skops      a scikit-learn estimator saved with skops.io.dump (safe: recommended)
+    path/to/model.joblib     a scikit-learn estimator saved with joblib (also *.pkl, *.pickle): a
+                             pickle runs any code it holds, so only with trust_model_file
     path/to/model.onnx       an ONNX model (needs the onnx extra)
     module.path:factory      import the module, call factory() with no arguments; it must return
                              an object with name, version, feature_names, load() and predict()
+                             (and optionally `signature`); importing it runs its code, as any
+                             import does: only modules you installed
 
 Every failure is a ModelSpecError whose message names the spec and what to do about it.
 """
@@ -17,22 +21,29 @@ from typing import Any
 
 from services.core.errors import ModelSpecError, RendezvousError
 
-from .base import Model
+from .base import Model, model_signature
 
 __all__ = ["SPEC_FORMS", "load_model"]
 
-SPEC_FORMS = "demo:<name>, path/to/model.joblib (or .pkl), path/to/model.onnx, or module.path:factory"
-_JOBLIB_SUFFIXES = (".joblib", ".pkl")
+SPEC_FORMS = (
+    "demo:<name>, path/to/model.skops, path/to/model.onnx, path/to/model.joblib (or .pkl; needs "
+    "--trust-model-file), or module.path:factory"
+)
+_SKLEARN_SUFFIXES = (".skops", ".joblib", ".pkl", ".pickle")
 _ONNX_SUFFIX = ".onnx"
 _REQUIRED = ("name", "version", "feature_names", "load", "predict")
 
 
-def load_model(spec: str) -> Model:
-    """Resolve `spec`, call the model's load() and return it; raise ModelSpecError if that fails."""
+def load_model(spec: str, *, trust_model_file: bool = False) -> Model:
+    """Resolve `spec`, call the model's load() and return it; raise ModelSpecError if that fails.
+
+    `trust_model_file` allows pickle/joblib files (which run code when loaded) and skops files
+    holding types skops does not trust by default.
+    """
     spec = spec.strip()
     if not spec:
         raise ModelSpecError(f"empty model spec; use one of {SPEC_FORMS}")
-    model = _resolve(spec)
+    model = _resolve(spec, trust_model_file)
     try:
         model.load()
     except RendezvousError:
@@ -42,14 +53,15 @@ def load_model(spec: str) -> Model:
             f"model spec {spec!r}: load() failed ({type(err).__name__}: {err}); fix the model or its files"
         ) from err
     _check_feature_names(spec, model)
+    model_signature(model)  # a declared signature must fit feature_names: fail at load, not per request
     return model
 
 
-def _resolve(spec: str) -> Model:
+def _resolve(spec: str, trust_model_file: bool) -> Model:
     if spec.startswith("demo:"):
         return _demo(spec, spec.removeprefix("demo:"))
     lower = spec.lower()
-    if lower.endswith(_JOBLIB_SUFFIXES) or lower.endswith(_ONNX_SUFFIX):
+    if lower.endswith(_SKLEARN_SUFFIXES) or lower.endswith(_ONNX_SUFFIX):
         path = Path(spec).expanduser()
         if not path.is_file():
             raise ModelSpecError(
@@ -61,7 +73,7 @@ def _resolve(spec: str) -> Model:
             return OnnxModel(path)
         from .sklearn_model import SklearnModel
 
-        return SklearnModel(path)
+        return SklearnModel(path, trust_model_file=trust_model_file)
     if ":" in spec:
         return _factory(spec)
     raise ModelSpecError(f"model spec {spec!r} is not recognised; use one of {SPEC_FORMS}")

@@ -1,7 +1,10 @@
 """Adapter for an ONNX model (`*.onnx`) run by onnxruntime (the optional `onnx` extra).
 
 The model must have one input of shape (n, k), fed as float32 with columns in the order of the
-sidecar JSON list `<file>.features.json` (ONNX graphs carry no column names).
+sidecar JSON list `<file>.features.json` (ONNX graphs carry no column names). The sidecar is
+also the model's input contract: a name is a required feature, an object
+{"name": ..., "default": 0.0} an optional one (see services/core/signatures.py). Loading an ONNX
+file runs no Python code from it: onnxruntime executes the graph's operators only.
 
     an output named like "*prob*"   score = probability of the last class (the positive class of a
                                     binary classifier); accepts an (n, k) tensor or the list of
@@ -20,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from services.core.errors import ModelSpecError
+from services.core.signatures import Signature
 
 from ._files import file_version, read_sidecar, sidecar_hint
-from .base import Prediction, check_batch
+from .base import Prediction, check_batch, check_finite
 
 __all__ = ["ONNX_INSTALL_HINT", "OnnxModel"]
 
@@ -37,6 +41,7 @@ class OnnxModel:
         self.name = name if name is not None else path.stem
         self.version = ""
         self.feature_names: tuple[str, ...] = ()
+        self.signature: Signature | None = None
         self._session: Any = None
         self._input = ""
         self._prob_output: str | None = None
@@ -49,9 +54,10 @@ class OnnxModel:
             import onnxruntime as ort
         except ImportError as err:
             raise ModelSpecError(f"{where}: onnxruntime is not installed; {ONNX_INSTALL_HINT}") from err
-        names = read_sidecar(self.path)
-        if names is None:
+        signature = read_sidecar(self.path)
+        if signature is None:
             raise ModelSpecError(f"{where}: ONNX models need their feature names; {sidecar_hint(self.path)}")
+        names = signature.names
         try:
             session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
         except Exception as err:
@@ -81,6 +87,7 @@ class OnnxModel:
             self._value_output = outputs[0]
         self._input = inputs[0].name
         self.feature_names = names
+        self.signature = signature
         self.version = file_version(self.path)
         self._session = session
 
@@ -91,6 +98,8 @@ class OnnxModel:
         n = len(x)
         if n == 0:
             return []
+        if self.signature is not None and not np.isfinite(x).all():
+            check_finite(x, self.signature, self.name)
         wanted = [o for o in (self._prob_output, self._label_output, self._value_output) if o is not None]
         results = dict(
             zip(wanted, self._session.run(wanted, {self._input: x.astype(np.float32)}), strict=True)

@@ -1,4 +1,5 @@
-"""Adapter for a scikit-learn estimator, usually one saved with joblib (`*.joblib`, `*.pkl`).
+"""Adapter for a fitted scikit-learn estimator: a `*.skops` file (safe), or a `*.joblib` / `*.pkl`
+pickle (runs code when loaded: only with `trust_model_file`), or an in-memory estimator.
 
     classifier with predict_proba   score = probability of the last class in `classes_`
                                     (the positive class of a binary classifier),
@@ -8,10 +9,19 @@
 
 Feature names come from the estimator's `feature_names_in_` (set when it was fitted on a pandas
 DataFrame); otherwise from a sidecar JSON list `<file>.features.json` next to the model file.
-The estimator gets NaN for missing features; if it cannot handle NaN it raises and the worker
-fails the affected records.
+Every feature is required unless the sidecar says otherwise (`{"name": ..., "default": 0.0}`,
+or `"required": false` without a default for estimators that handle NaN themselves).
 
-joblib files are pickles: loading one runs code from it. Load only files you trust.
+Safety: a joblib/pickle file can run any code when it is loaded, so it is refused unless
+`trust_model_file` is set. A skops file is loaded by skops, which rebuilds only the types it
+trusts (scikit-learn estimators, numpy, scipy, ...) and never unpickles; a skops file holding
+other types is refused, naming them, unless `trust_model_file` is set. Note that skops does not
+trust scikit-learn's internal `Tree` (a file could set node indices that predict() follows
+without bounds checks), so tree-based models in skops need the flag too: export those to ONNX.
+
+Speed: inputs the worker has checked (all finite) skip scikit-learn's finiteness check
+(`assume_finite`), and a random forest or extra-trees classifier running on one job is evaluated
+tree by tree without joblib's per-tree task machinery (same sums in the same order).
 """
 
 from __future__ import annotations
@@ -24,13 +34,27 @@ from typing import Any
 import numpy as np
 
 from services.core.errors import ModelSpecError
+from services.core.signatures import Signature
 
 from ._files import file_version, read_sidecar, sidecar_hint
-from .base import Prediction, check_batch
+from .base import Prediction, check_batch, check_finite
 
-__all__ = ["SklearnModel"]
+__all__ = ["PICKLE_SUFFIXES", "SKOPS_SUFFIX", "TRUST_HINT", "SklearnModel", "pickle_refusal"]
 
 _NO_NAMES_WARNING = "X does not have valid feature names"
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+SKOPS_SUFFIX = ".skops"
+TRUST_HINT = "--trust-model-file (env RDV_TRUST_MODEL_FILE=1)"
+_SHOWN_TYPES = 5
+
+
+def pickle_refusal(path: Path) -> ModelSpecError:
+    """Why a pickle is not loaded without trust, and what to do instead (one line)."""
+    return ModelSpecError(
+        f"model {str(path)!r}: refusing to load a pickle/joblib file, because loading one runs any code it "
+        f"contains; save the model with skops instead (skops.io.dump(model, {path.stem + SKOPS_SUFFIX!r})) "
+        f"and serve the .skops file, or, only if you trust this file and where it came from, pass {TRUST_HINT}"
+    )
 
 
 class SklearnModel:
@@ -44,6 +68,8 @@ class SklearnModel:
         feature_names: Sequence[str] | None = None,
         name: str | None = None,
         version: str | None = None,
+        trust_model_file: bool = False,
+        signature: Signature | None = None,
     ) -> None:
         if (path is None) == (estimator is None):
             raise ValueError("SklearnModel needs exactly one of path= or estimator=")
@@ -51,10 +77,15 @@ class SklearnModel:
         self.name = name if name is not None else (path.stem if path is not None else "sklearn")
         self.version = version if version is not None else ""
         self.feature_names: tuple[str, ...] = tuple(feature_names) if feature_names is not None else ()
+        self.signature: Signature | None = signature
+        if signature is not None and not self.feature_names:
+            self.feature_names = signature.names
+        self.trust_model_file = trust_model_file
         self._estimator: Any = estimator
         self._proba = False
         self._classes: list[str] = []
         self._is_classifier = False
+        self._forest: list[Any] | None = None  # the trees of a forest evaluated without joblib
         self._loaded = False
 
     @classmethod
@@ -65,9 +96,11 @@ class SklearnModel:
         feature_names: Sequence[str] | None = None,
         name: str = "sklearn",
         version: str = "sklearn-1",
+        signature: Signature | None = None,
     ) -> SklearnModel:
-        """Wrap an in-memory fitted estimator (handy in a `module:factory` spec)."""
-        return cls(estimator=estimator, feature_names=feature_names, name=name, version=version)
+        """Wrap an in-memory fitted estimator (handy in a `module:factory` spec); `signature`
+        declares optional features and defaults (default: every feature required)."""
+        return cls(estimator=estimator, feature_names=feature_names, name=name, version=version, signature=signature)
 
     @property
     def _label(self) -> str:
@@ -84,14 +117,20 @@ class SklearnModel:
                 f"model {self._label}: {type(est).__name__} is not a scikit-learn estimator "
                 "(no predict method); save a fitted estimator or pipeline with joblib.dump"
             )
-        self.feature_names = self._resolve_feature_names(est)
+        sidecar = read_sidecar(self.path) if self.path is not None else None
+        self.feature_names = self._resolve_feature_names(est, sidecar.names if sidecar else None)
+        self.signature = sidecar or self.signature or Signature.all_required(self.feature_names)
         self._proba = callable(getattr(est, "predict_proba", None)) and hasattr(est, "classes_")
         self._is_classifier = hasattr(est, "classes_")
         self._classes = [str(c) for c in getattr(est, "classes_", [])]
+        self._forest = _single_job_forest(est) if self._proba else None
         self._loaded = True
 
-    @staticmethod
-    def _load_file(path: Path) -> Any:
+    def _load_file(self, path: Path) -> Any:
+        if path.suffix.lower() == SKOPS_SUFFIX:
+            return _load_skops(path, self.trust_model_file)
+        if not self.trust_model_file:
+            raise pickle_refusal(path)
         import joblib
 
         try:
@@ -102,10 +141,9 @@ class SklearnModel:
                 "is it a joblib.dump of a scikit-learn estimator made with compatible library versions?"
             ) from err
 
-    def _resolve_feature_names(self, est: Any) -> tuple[str, ...]:
+    def _resolve_feature_names(self, est: Any, from_sidecar: tuple[str, ...] | None) -> tuple[str, ...]:
         fitted = getattr(est, "feature_names_in_", None)
         from_est = tuple(str(n) for n in fitted) if fitted is not None else None
-        from_sidecar = read_sidecar(self.path) if self.path is not None else None
         given = self.feature_names or None
         names = from_est or from_sidecar or given
         if names is None:
@@ -134,8 +172,17 @@ class SklearnModel:
         x = check_batch(batch, len(self.feature_names), self.name)
         if len(x) == 0:
             return []
+        import sklearn
+
+        finite = bool(np.isfinite(x).all())
+        if not finite:
+            check_finite(x, self.signature or Signature.all_required(self.feature_names), self.name)
+        if self._forest is not None and finite:
+            return _from_proba(_forest_proba(self._forest, x), self._classes)
         est = self._estimator
-        with warnings.catch_warnings():
+        # NaN may only reach the estimator for optional features without a default; then
+        # scikit-learn's own check stays on (an estimator that cannot take NaN says so).
+        with warnings.catch_warnings(), sklearn.config_context(assume_finite=finite):
             # Fitted on a DataFrame but given an ndarray: columns are already in feature_names order.
             warnings.filterwarnings("ignore", message=_NO_NAMES_WARNING, category=UserWarning)
             if self._proba:
@@ -143,6 +190,50 @@ class SklearnModel:
                 return _from_proba(proba, self._classes)
             values = np.asarray(est.predict(x))
         return _from_values(values.reshape(len(x), -1)[:, 0], self._is_classifier)
+
+def _load_skops(path: Path, trust: bool) -> Any:
+    """Load a skops file; types outside skops' trusted defaults only with `trust`."""
+    import skops.io as sio
+
+    where = f"model {str(path)!r}"
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+    except Exception as err:
+        raise ModelSpecError(f"{where}: skops cannot read it ({type(err).__name__}: {err}); "
+                             "is it a skops.io.dump file?") from err
+    if untrusted and not trust:
+        shown = ", ".join(untrusted[:_SHOWN_TYPES]) + (
+            f" (+{len(untrusted) - _SHOWN_TYPES} more)" if len(untrusted) > _SHOWN_TYPES else ""
+        )
+        raise ModelSpecError(
+            f"{where}: the file holds types skops does not trust by default ({shown}): loading them is not "
+            f"known to be safe; review them and, only if you trust this file, pass {TRUST_HINT}"
+        )
+    try:
+        return sio.load(path, trusted=untrusted or None)
+    except Exception as err:
+        raise ModelSpecError(f"{where}: skops cannot load it ({type(err).__name__}: {err}); "
+                             "was it saved with compatible scikit-learn and skops versions?") from err
+
+
+def _single_job_forest(est: Any) -> list[Any] | None:
+    """The trees of a binary or multi-class forest classifier that predicts on one job, else None."""
+    from sklearn.ensemble._forest import ForestClassifier
+
+    single_job = getattr(est, "n_jobs", None) in (None, 1)
+    if not isinstance(est, ForestClassifier) or not single_job or getattr(est, "n_outputs_", 1) != 1:
+        return None
+    return list(est.estimators_)
+
+
+def _forest_proba(trees: list[Any], x: np.ndarray) -> np.ndarray:
+    """The forest's predict_proba, tree after tree in order (its sums), without joblib tasks."""
+    x32 = np.ascontiguousarray(x, dtype=np.float32)  # what the forest's own input check produces
+    total = np.zeros((len(x32), trees[0].n_classes_), dtype=np.float64)
+    for tree in trees:
+        total += tree.predict_proba(x32, check_input=False)
+    total /= len(trees)
+    return total
 
 
 def _from_proba(proba: np.ndarray, classes: list[str]) -> list[Prediction]:

@@ -1,0 +1,131 @@
+"""Published model metadata: each model's input contract on the compacted `models` topic.
+
+Every model worker writes one `ModelInfo` record (`schemas/model_info.avsc`) keyed by its model
+name when it starts; compaction keeps the latest per name. Anyone may read the topic to its end
+to learn which models serve and what they accept: `rendezvous models`, the warning of
+`rendezvous send` about features no model knows, and a gateway's model-metadata endpoint.
+
+    infos = read_model_infos(config, topics.models)       # {name: ModelInfo}
+    unknown = features_no_model_knows(infos.values(), row)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from services.core.codec import codec
+from services.core.errors import BadInput, RendezvousError, TopicMissing
+from services.core.kafka import Producer, partition_counts
+from services.core.signatures import FeatureSpec, Signature
+from services.core.topic_range import read_spans
+
+__all__ = [
+    "ModelInfo",
+    "decode_model_info",
+    "encode_model_info",
+    "features_no_model_knows",
+    "publish_model_info",
+    "read_model_infos",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One model's published contract (the `signature` carries the extra-features policy)."""
+
+    name: str
+    version: str
+    signature: Signature
+    instance: str = ""
+    updated_at: int = 0
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "features": self.signature.to_records(),
+            "extra_features": self.signature.extra,
+            "instance": self.instance,
+            "updated_at": self.updated_at,
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> ModelInfo:
+        features = tuple(
+            FeatureSpec(f["name"], f["required"], f["default"], f["type"]) for f in record["features"]
+        )
+        return cls(record["name"], record["version"], Signature(features, record["extra_features"]),
+                   record["instance"], record["updated_at"])
+
+
+def encode_model_info(info: ModelInfo) -> bytes:
+    return codec("model_info").encode(info.to_record())
+
+
+def decode_model_info(value: bytes | None) -> ModelInfo:
+    """Decode one record; raise `BadInput` when it is not a usable ModelInfo."""
+    record = codec("model_info").decode(value)
+    try:
+        return ModelInfo.from_record(record)
+    except RendezvousError as err:  # a record that breaks the signature rules (e.g. forged)
+        raise BadInput(f"model_info for {record.get('name')!r} is not a valid contract: {err}") from None
+
+
+def publish_model_info(config: Mapping[str, Any], topic: str, info: ModelInfo, timeout_s: float = 15.0) -> bool:
+    """Write `info` keyed by its name and wait for the broker's acknowledgement.
+
+    Publishing is advice for clients, not a condition of scoring: a missing topic (a deployment
+    created before it existed) or a refused write is logged and reported as False.
+    """
+    try:
+        partition_counts(config, [topic], timeout=timeout_s)
+    except TopicMissing:
+        log.warning("model %s: its input contract is not published: topic %s is missing "
+                    "(create it with `rendezvous topics create`)", info.name, topic)
+        return False
+    producer = Producer(config)
+    try:
+        producer.produce(topic, encode_model_info(info), key=info.name.encode())
+        producer.flush(timeout_s)
+    except RendezvousError as err:
+        log.warning("model %s: publishing its input contract to %s failed: %s", info.name, topic, err)
+        return False
+    finally:
+        producer.close(timeout=1.0)
+    return True
+
+
+def read_model_infos(config: Mapping[str, Any], topic: str, timeout_s: float = 30.0) -> dict[str, ModelInfo]:
+    """The latest ModelInfo per model name: the topic read to its end as of now.
+
+    A tombstone (null value) removes a name; an undecodable record is skipped with a warning.
+    """
+    infos: dict[str, ModelInfo] = {}
+    for msg in read_spans(config, topic, timeout_s=timeout_s):
+        key = (msg.key() or b"").decode("utf-8", errors="replace")
+        value = msg.value()
+        if value is None:
+            infos.pop(key, None)
+            continue
+        try:
+            info = decode_model_info(value)
+        except BadInput as err:
+            log.warning("skipping a record of %s at offset %s: %s", topic, msg.offset(), err)
+            continue
+        infos[info.name] = info
+    return infos
+
+
+def features_no_model_knows(infos: Iterable[ModelInfo], row: Mapping[str, Any]) -> list[str]:
+    """The features of `row` that no published model reads (empty when nothing is published)."""
+    known: set[str] = set()
+    any_published = False
+    for info in infos:
+        any_published = True
+        known.update(info.signature.names)
+    return [name for name in row if name not in known] if any_published else []

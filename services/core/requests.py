@@ -1,0 +1,41 @@
+"""What makes a decoded Request a request at all: one rule for the rendezvous and every worker.
+
+Avro already guarantees the types; these are the checks it cannot express. A record that fails
+them is never scored: the rendezvous answers it ERROR with the reason (a client always gets an
+answer) and dead-letters it; the workers skip it and count it (a Score for it would only be
+late for that ERROR answer).
+
+Whether a valid request suits one particular model is that model's signature's business
+(`services/core/signatures.py`), answered with an error Score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from services.core.errors import DecodeFailed
+
+__all__ = ["check_request", "request_problem"]
+
+
+def request_problem(request: Mapping[str, Any]) -> str | None:
+    """Why `request` is not a valid request (one line), or None."""
+    if not request.get("request_id"):
+        return "request_id is empty"
+    created_at = request.get("created_at")
+    if not isinstance(created_at, int) or created_at <= 0:
+        return f"created_at must be epoch milliseconds, got {created_at!r}"
+    deadline = request.get("deadline", 0)
+    if not isinstance(deadline, int) or deadline < 0:
+        return f"deadline must be epoch milliseconds or 0, got {deadline!r}"
+    if not request.get("features") and request.get("payload") is None:
+        return "request carries neither features nor a payload"
+    return None
+
+
+def check_request(request: Mapping[str, Any]) -> None:
+    """Raise `DecodeFailed` (a `BadInput`) when `request_problem` finds one."""
+    problem = request_problem(request)
+    if problem is not None:
+        raise DecodeFailed(problem)

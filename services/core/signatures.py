@@ -1,0 +1,299 @@
+"""A model's input contract: the features it reads, which it requires, which have a default.
+
+    Signature((FeatureSpec("mean_radius"), FeatureSpec("age", required=False, default=40.0)))
+
+Every feature is a finite double. A row (one request's features) is valid for a model when
+
+  * it has at least one feature,
+  * every required feature is present,
+  * every value is a finite number (an explicit NaN or inf is never "missing": omit the feature),
+  * it names no feature outside the signature, unless the model's policy is `extra="ignore"`.
+
+An absent optional feature takes its declared `default`; an optional feature without a default
+reaches the model as NaN (for estimators that handle missing values themselves). Nothing else is
+ever imputed: a request that breaks the contract gets an error naming every problem, e.g.
+`unknown features: foo; missing: mean_radius, mean_texture (+28 more)`, never an answer.
+
+The worker, the CLI (`rendezvous send` warnings, `rendezvous models`) and the published model
+metadata (`services/core/model_info.py`) all use this one definition.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from functools import cached_property
+from itertools import chain
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+
+from services.core.errors import ModelSpecError
+
+__all__ = [
+    "EXTRA_POLICIES",
+    "FEATURE_TYPE",
+    "FeatureSpec",
+    "Prepared",
+    "Signature",
+    "listed",
+]
+
+FEATURE_TYPE = "double"
+EXTRA_POLICIES = ("reject", "ignore")
+_LISTED = 5  # names spelled out in an error before "(+N more)"
+_NAME_CHARS = 60  # a longer name is cut in an error message
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.:/-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    """One input column: a finite double, required, or optional with an explicit default (or none)."""
+
+    name: str
+    required: bool = True
+    default: float | None = None
+    type: str = FEATURE_TYPE
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ModelSpecError(f"a feature name must be a non-empty string, got {self.name!r}")
+        if self.type != FEATURE_TYPE:
+            raise ModelSpecError(f"feature {self.name!r}: type {self.type!r} is not supported (only double)")
+        if self.default is None:
+            return
+        if self.required:
+            raise ModelSpecError(f"feature {self.name!r} is required, so it cannot have a default")
+        if isinstance(self.default, bool) or not isinstance(self.default, int | float) or not math.isfinite(
+            self.default
+        ):
+            raise ModelSpecError(f"feature {self.name!r}: default {self.default!r} is not a finite number")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch checked against a signature: the model's matrix for the valid rows, errors for the rest."""
+
+    matrix: np.ndarray  # float64 (len(valid), len(signature.features)), columns in signature order
+    valid: list[int]  # row indices of the batch the matrix rows belong to, in order
+    errors: dict[int, str]  # row index -> why that row was not scored
+
+
+@dataclass(frozen=True)
+class Signature:
+    """The ordered features a model reads, and what it does with features it does not know."""
+
+    features: tuple[FeatureSpec, ...]
+    extra: str = "reject"
+
+    def __post_init__(self) -> None:
+        features = tuple(self.features)
+        object.__setattr__(self, "features", features)
+        if not features or not all(isinstance(f, FeatureSpec) for f in features):
+            raise ModelSpecError(f"a signature needs at least one FeatureSpec, got {self.features!r}")
+        names = [f.name for f in features]
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ModelSpecError(f"a signature lists these features more than once: {', '.join(twice)}")
+        if self.extra not in EXTRA_POLICIES:
+            raise ModelSpecError(f"extra-features policy must be one of {EXTRA_POLICIES}, got {self.extra!r}")
+
+    @classmethod
+    def all_required(cls, names: Iterable[str], extra: str = "reject") -> Signature:
+        return cls(tuple(FeatureSpec(n) for n in names), extra)
+
+    def with_extra(self, extra: str) -> Signature:
+        return self if extra == self.extra else replace(self, extra=extra)
+
+    @cached_property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+    @cached_property
+    def required(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features if f.required)
+
+    @cached_property
+    def _index(self) -> dict[str, FeatureSpec]:
+        return {f.name: f for f in self.features}
+
+    @cached_property
+    def _get_all(self) -> Any:
+        getter = itemgetter(*self.names)
+        return getter if len(self.names) > 1 else (lambda row: (getter(row),))
+
+    @cached_property
+    def _fill(self) -> np.ndarray:
+        """Per column: the value an absent feature takes (its default, else NaN)."""
+        return np.array([math.nan if f.default is None else f.default for f in self.features], dtype=np.float64)
+
+    # -- one row -----------------------------------------------------------------------------
+
+    def problem(self, row: Mapping[str, Any]) -> str | None:
+        """Why `row` breaks the contract (every reason, in one line), or None when it is valid."""
+        if not row:
+            wanted = "missing: " + listed(self.required) if self.required else "this model reads: " + listed(self.names)
+            return "no features given; " + wanted
+        index = self._index
+        unknown = [k for k in row if k not in index] if self.extra == "reject" else []
+        missing = [n for n in self.required if row.get(n) is None]
+        bad = [(k, v) for k, v in row.items() if k in index and v is not None and not _is_finite_number(v)]
+        parts = []
+        if unknown:
+            parts.append("unknown features: " + self._unknown_part(unknown, missing))
+        if missing:
+            parts.append("missing: " + listed(missing))
+        if bad:
+            parts.append("not a finite number: " + _listed_values(bad))
+        if not parts and not any(k in index for k in row):
+            parts.append("none of the features given is one this model reads")
+        return "; ".join(parts) or None
+
+    def _unknown_part(self, unknown: Sequence[str], missing: Sequence[str]) -> str:
+        shown = [_shown(name) + _hint(name, missing or self.names) for name in unknown[:_LISTED]]
+        more = len(unknown) - len(shown)
+        return ", ".join(shown) + (f" (+{more} more)" if more else "")
+
+    def values(self, row: Mapping[str, Any]) -> list[float]:
+        """The model's columns for a valid row: given values, else defaults, else NaN."""
+        fill = self._fill.tolist()
+        return [fill[i] if (v := row.get(name)) is None else float(v) for i, name in enumerate(self.names)]
+
+    # -- a batch (the worker's hot path) ---------------------------------------------------------
+
+    def prepare(self, rows: Sequence[Mapping[str, Any]]) -> Prepared:
+        """Check every row; stack the valid ones into the model's float64 matrix.
+
+        The common case (exactly the signature's features, all finite) costs one C-level
+        gather per row, one conversion of the whole batch and one vectorised finiteness check;
+        any other row takes `problem()` / `values()`, which explain or fill it.
+        """
+        n, k = len(rows), len(self.names)
+        get_all, placeholder = self._get_all, self._placeholder
+        exact_len = self.extra == "reject"  # all k names present + nothing else = exactly k keys
+        gathered: list[tuple[Any, ...]] = []
+        slow: list[int] = []
+        for i, row in enumerate(rows):
+            if len(row) == k or (not exact_len and len(row) > k):
+                try:
+                    gathered.append(get_all(row))
+                    continue
+                except KeyError:
+                    pass
+            gathered.append(placeholder)
+            slow.append(i)
+        try:
+            out = np.fromiter(chain.from_iterable(gathered), dtype=np.float64, count=n * k).reshape(n, k)
+        except (TypeError, ValueError):  # a None or non-numeric value somewhere: row by row
+            return self._prepare_slowly(rows)
+        errors: dict[int, str] = {}
+        fast = np.ones(n, dtype=bool)
+        fast[slow] = False
+        for i in np.flatnonzero(fast & ~np.isfinite(out).all(axis=1)).tolist():
+            errors[i] = self.problem(rows[i]) or "a feature value is not a finite number"
+        for i in slow:
+            reason = self.problem(rows[i])
+            if reason is None:
+                out[i] = self.values(rows[i])
+            else:
+                errors[i] = reason
+        return _prepared(out, errors)
+
+    def _prepare_slowly(self, rows: Sequence[Mapping[str, Any]]) -> Prepared:
+        out = np.empty((len(rows), len(self.names)), dtype=np.float64)
+        errors: dict[int, str] = {}
+        for i, row in enumerate(rows):
+            reason = self.problem(row)
+            if reason is None:
+                out[i] = self.values(row)
+            else:
+                errors[i] = reason
+        return _prepared(out, errors)
+
+    @cached_property
+    def _placeholder(self) -> tuple[float, ...]:
+        return (math.nan,) * len(self.names)
+
+    # -- published form ----------------------------------------------------------------------------
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """The features as plain dicts (the `features` field of a ModelInfo record, or a sidecar)."""
+        return [{"name": f.name, "type": f.type, "required": f.required, "default": f.default} for f in self.features]
+
+    @classmethod
+    def from_records(cls, items: Any, where: str, extra: str = "reject") -> Signature:
+        """Parse a JSON list whose entries are a name (required) or an object
+        {"name": ..., "required": true|false, "default": number, "type": "double"}."""
+        if not isinstance(items, list) or not items:
+            raise ModelSpecError(f"{where}: expected a non-empty JSON list of features")
+        return cls(tuple(_feature_from(item, where) for item in items), extra)
+
+
+def _prepared(out: np.ndarray, errors: dict[int, str]) -> Prepared:
+    if not errors:
+        return Prepared(out, list(range(len(out))), errors)
+    valid = [i for i in range(len(out)) if i not in errors]
+    return Prepared(out[valid], valid, errors)
+
+
+def _feature_from(item: Any, where: str) -> FeatureSpec:
+    if isinstance(item, str):
+        return FeatureSpec(item)
+    if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+        raise ModelSpecError(
+            f'{where}: a feature is a name or an object like {{"name": "age", "default": 40}}, got {item!r}'
+        )
+    unknown = set(item) - {"name", "required", "default", "type"}
+    if unknown:
+        raise ModelSpecError(f"{where}: feature {item['name']!r} has unknown keys {sorted(unknown)}")
+    default = item.get("default")
+    required = item.get("required", default is None)
+    if not isinstance(required, bool):
+        raise ModelSpecError(f"{where}: feature {item['name']!r}: required must be true or false")
+    try:
+        return FeatureSpec(item["name"], required, default, item.get("type", FEATURE_TYPE))
+    except ModelSpecError as err:
+        raise ModelSpecError(f"{where}: {err}") from None
+
+
+def _listed_values(pairs: Sequence[tuple[str, Any]]) -> str:
+    shown = [f"{_shown(k)}={repr(v)[:_NAME_CHARS]}" for k, v in pairs[:_LISTED]]
+    more = len(pairs) - len(shown)
+    return ", ".join(shown) + (f" (+{more} more)" if more else "")
+
+
+def _is_finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value)
+
+
+def _shown(name: str) -> str:
+    """A name as an error shows it: bare when plain, quoted when it has spaces or odd characters."""
+    cut = name if len(name) <= _NAME_CHARS else name[:_NAME_CHARS] + "…"
+    return cut if _PLAIN_NAME.fullmatch(name) else repr(cut)
+
+
+def _normalised(name: str) -> str:
+    return re.sub(r"[\s\-.]+", "_", name.strip().lower())
+
+
+def _hint(name: str, candidates: Sequence[str]) -> str:
+    """` (did you mean x?)` for a near miss: same name up to case, spaces or dashes, else a close spelling."""
+    if len(name) > 2 * _NAME_CHARS:
+        return ""
+    norm = _normalised(name)
+    same = [c for c in candidates if _normalised(c) == norm]
+    close = same or difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.8)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def listed(names: Sequence[str]) -> str:
+    """`a, b, c, d, e (+25 more)`: the first few names, then how many more."""
+    shown = [_shown(n) for n in names[:_LISTED]]
+    more = len(names) - len(shown)
+    return ", ".join(shown) + (f" (+{more} more)" if more else "")

@@ -1,0 +1,97 @@
+"""Model input contracts on a real broker: invented inputs get a precise error, never an answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+from prometheus_client import REGISTRY
+
+from services.cli.send import SendSettings, warn_unknown_features
+from services.client.client import Client, make_request
+from services.core.codec import codec
+from services.core.model_info import read_model_infos
+from services.core.settings import Topics
+from services.model_worker.models import DEMO_FEATURES, demo_rows
+from tests.integration.harness import Services, read_topic, wait_until
+
+pytestmark = pytest.mark.kafka
+
+MODELS = ("champion", "challenger", "canary")
+MISSING_30 = "missing: mean_radius, mean_texture, mean_perimeter, mean_area, mean_smoothness (+25 more)"
+
+
+def _skipped_by_workers(topic: str) -> float:
+    return REGISTRY.get_sample_value(
+        "rdv_decode_errors_total", {"service": "model_worker", "topic": topic, "error": "DecodeFailed"}
+    ) or 0.0
+
+
+def test_invented_inputs_get_precise_errors_and_contracts_are_published(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    for name in MODELS:
+        services.worker(bootstrap, prefix, f"demo:{name}")
+    services.rendezvous(bootstrap, prefix, models=MODELS)
+
+    # Each worker published its contract on the compacted models topic.
+    infos = read_model_infos(config, topics.models)
+    assert set(infos) == set(MODELS)
+    assert infos["champion"].version == "logreg-1"
+    assert infos["champion"].signature.required == DEMO_FEATURES
+    assert infos["canary"].signature.required == ("worst_area", "worst_concave_points")
+    assert {info.signature.extra for info in infos.values()} == {"reject"}
+    settings = SendSettings(bootstrap=bootstrap, topic_prefix=prefix, features="{}")
+    warning = warn_unknown_features(settings, [{"mean radius": 14.1, "mean_radius": 14.1}])
+    assert warning is not None and warning.startswith("warning: no published model reads 'mean radius';")
+
+    rows: list[dict[str, float]] = [
+        {"foo": 1.0},
+        {"mean radius": 14.1},
+        {"worst_concave_points": 0.1, "worst_area": 700.0},  # all the canary needs
+        demo_rows(1, seed=4)[0],
+    ]
+    with Client(config, topics, budget_ms=20_000, answer_wait_s=60) as client:
+        foo, spaced, canary_only, valid = client.score_many(rows)
+
+    assert (foo.status, foo.model, foo.score) == ("ERROR", None, None)
+    assert f"champion failed (unknown features: foo; {MISSING_30})" in foo.reason
+    assert spaced.status == "ERROR"
+    assert (
+        f"challenger failed (unknown features: 'mean radius' (did you mean mean_radius?); {MISSING_30})"
+        in spaced.reason
+    )
+    # The canary reads only two features, so it answers in place of the others (a fallback).
+    assert (canary_only.status, canary_only.model) == ("FALLBACK", "canary")
+    assert (valid.status, valid.model) == ("OK", "champion")
+
+    scores = read_topic(config, topics.scores, expect=4 * len(MODELS), decode="score")
+    by_request = {(s["request_id"], s["model"]): s for s in scores}
+    for model in MODELS:
+        failed = by_request[(foo.request_id, model)]
+        assert failed["score"] is None and failed["label"] is None
+        assert failed["error"].startswith("unknown features: foo; missing: ")
+    assert by_request[(canary_only.request_id, "champion")]["error"].startswith("missing: mean_radius")
+
+
+def test_a_request_with_neither_features_nor_payload_is_never_scored(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    for name in ("champion", "challenger"):
+        services.worker(bootstrap, prefix, f"demo:{name}")
+    skipped_before = _skipped_by_workers(topics.requests)
+    empty = make_request({}, budget_ms=5_000, reply_topic=None, reply_partition=None, request_id="empty-1")
+    producer = Producer(config)
+    producer.produce(topics.requests, codec("request").encode(empty), key=b"empty-1")
+    assert producer.flush(30) == 0
+
+    wait_until(lambda: _skipped_by_workers(topics.requests) - skipped_before >= 2, 60,
+               "both workers to skip the empty request")
+    # The scores of a valid request sent afterwards arrive; none for the empty one was written.
+    valid = make_request(demo_rows(1)[0], budget_ms=5_000, reply_topic=None, reply_partition=None, request_id="ok-1")
+    producer.produce(topics.requests, codec("request").encode(valid), key=b"ok-1")
+    assert producer.flush(30) == 0
+    scores = read_topic(config, topics.scores, expect=2, decode="score")
+    assert sorted(s["model"] for s in scores) == ["challenger", "champion"]
+    assert {s["request_id"] for s in scores} == {"ok-1"}

@@ -1,0 +1,261 @@
+"""Fast demo scorers equal scikit-learn; Score bytes equal the codec's; model files load only safely."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import random
+import sys
+import types
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+import skops.io as skops_io
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+
+from services.core.codec import codec
+from services.core.errors import ModelSpecError
+from services.core.signatures import FeatureSpec, Signature
+from services.model_worker.models import DEMO_FEATURES, Prediction, demo_rows, load_model
+from services.model_worker.models.base import model_signature
+from services.model_worker.models.demo import DEMO_LABELS, demo_data, demo_estimator
+from services.model_worker.models.sklearn_model import SklearnModel
+from services.model_worker.score_writer import ScoreWriter, layout_matches
+from services.model_worker.settings import WorkerSettings
+from services.model_worker.worker import Scored, score_batch
+
+CANARY_COLUMNS = [DEMO_FEATURES.index("worst_concave_points"), DEMO_FEATURES.index("worst_area")]
+
+
+# --- the demo models equal scikit-learn's predict_proba -----------------------------------------
+
+
+@pytest.mark.parametrize("name", ["champion", "challenger", "canary"])
+def test_demo_scores_equal_predict_proba_on_the_whole_data_set(name: str) -> None:
+    x, _ = demo_data()
+    estimator = demo_estimator(name)
+    expected = estimator.predict_proba(x[:, CANARY_COLUMNS] if name == "canary" else x)[:, 1]
+    predictions = load_model(f"demo:{name}").predict(x)
+    scores = np.array([p.score for p in predictions])
+    np.testing.assert_array_equal(scores, expected)  # bit for bit, not approximately
+    assert [p.label for p in predictions] == [DEMO_LABELS[int(s > 0.5)] for s in expected]
+
+
+@pytest.mark.parametrize("name", ["champion", "challenger", "canary"])
+def test_demo_scores_equal_predict_proba_one_row_at_a_time(name: str) -> None:
+    # BLAS may round a one-row product differently from a batch, for scikit-learn as for us:
+    # the fast path must equal scikit-learn at batch size 1 too.
+    model, estimator = load_model(f"demo:{name}"), demo_estimator(name)
+    x, _ = demo_data()
+    for row in x[:40]:
+        one = row[None, :]
+        expected = estimator.predict_proba(one[:, CANARY_COLUMNS] if name == "canary" else one)[0, 1]
+        assert model.predict(one)[0].score == expected
+
+
+def test_canary_signature_requires_only_what_it_reads() -> None:
+    signature = model_signature(load_model("demo:canary"))
+    assert signature.required == ("worst_area", "worst_concave_points")
+    assert signature.names == DEMO_FEATURES
+    assert all(f.default is None for f in signature.features)  # no demo feature is imputed
+    two = {"worst_concave_points": 0.1, "worst_area": 700.0}
+    assert score_batch(load_model("demo:canary"), [two])[0].prediction is not None
+    assert score_batch(load_model("demo:champion"), [two])[0].error.startswith("missing: mean_radius")
+
+
+# --- the generic scikit-learn adapter's shortcuts -----------------------------------------------
+
+
+@pytest.mark.parametrize("forest_class", [RandomForestClassifier, ExtraTreesClassifier])
+def test_forest_without_joblib_equals_predict_proba(forest_class: type) -> None:
+    x, y = demo_data()
+    three_classes = y + (x[:, 0] > 17).astype(int)
+    for target in (y, three_classes):
+        forest = forest_class(n_estimators=20, max_depth=5, random_state=1).fit(x, target)
+        model = SklearnModel.from_estimator(forest, feature_names=DEMO_FEATURES)
+        model.load()
+        assert model._forest is not None  # the shortcut is in use
+        predictions = model.predict(x)
+        proba = forest.predict_proba(x)
+        np.testing.assert_array_equal([p.score for p in predictions], proba[:, -1])
+        assert [p.label for p in predictions] == [str(forest.classes_[i]) for i in proba.argmax(axis=1)]
+
+
+def test_an_optional_feature_without_default_reaches_the_estimator_as_nan() -> None:
+    x, y = demo_data()
+    forest = RandomForestClassifier(n_estimators=5, max_depth=3, random_state=0).fit(x[:, :2], y)
+    signature = Signature((FeatureSpec("a"), FeatureSpec("b", required=False)))
+    model = SklearnModel.from_estimator(forest, signature=signature)
+    model.load()
+    (result,) = score_batch(model, [{"a": 14.0}])
+    # Trees in scikit-learn >= 1.4 take NaN, so it answers; the shortcut stood aside for it.
+    assert result.error is None and result.prediction is not None
+    np.testing.assert_allclose(result.prediction.score, forest.predict_proba([[14.0, math.nan]])[0, 1])
+    logreg = LogisticRegression(max_iter=2000).fit(x[:, :2], y)
+    strict = SklearnModel.from_estimator(logreg, signature=signature)
+    strict.load()
+    (refused,) = score_batch(strict, [{"a": 14.0}])
+    assert refused.prediction is None and "NaN" in (refused.error or "")  # the estimator's own check
+
+
+# --- module:factory signatures ------------------------------------------------------------------
+
+
+class _WithDefaults:
+    name, version = "defaults", "d-1"
+    feature_names = ("a", "b")
+    signature = Signature((FeatureSpec("a"), FeatureSpec("b", required=False, default=10.0)))
+
+    def load(self) -> None:
+        pass
+
+    def predict(self, batch: np.ndarray) -> list[Prediction]:
+        return [Prediction(float(a + b)) for a, b in batch.tolist()]
+
+
+class _Mismatched(_WithDefaults):
+    feature_names = ("b", "a")
+
+
+def test_factory_signature_gives_defaults_and_must_fit_feature_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = types.ModuleType("rdv_test_signatures")
+    module.good = _WithDefaults  # type: ignore[attr-defined]
+    module.bad = _Mismatched  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "rdv_test_signatures", module)
+    model = load_model("rdv_test_signatures:good")
+    results = score_batch(model, [{"a": 1.0}, {"a": 1.0, "b": 2.0}, {"b": 2.0}])
+    assert [r.prediction.score if r.prediction else r.error for r in results] == [11.0, 3.0, "missing: a"]
+    with pytest.raises(ModelSpecError, match="same names in the same order"):
+        load_model("rdv_test_signatures:bad")
+
+
+def test_worker_setting_turns_on_ignoring_extras() -> None:
+    settings = WorkerSettings(model="demo:champion", ignore_extra_features=True)
+    model = load_model("demo:champion")
+    row = {**demo_rows(1)[0], "tenant": 7.0}
+    assert score_batch(model, [row])[0].error == "unknown features: tenant"
+    lenient = model_signature(model, settings.extra_features())
+    assert score_batch(model, [row], lenient)[0].prediction is not None
+    assert WorkerSettings(model="demo:champion").extra_features() == "reject"
+
+
+# --- Score bytes --------------------------------------------------------------------------------
+
+
+def _record(request: dict[str, object], result: Scored, received: int, scored: int) -> dict[str, object]:
+    p = result.prediction
+    error = result.error[:1000] if result.error else None
+    return {"request_id": request["request_id"], "model": "champion", "version": "v-é", "instance": "host-1",
+            "score": p.score if p else None, "label": p.label if p else None, "error": error,
+            "deadline": request["deadline"], "received_at": received, "scored_at": scored,
+            "compute_ms": result.compute_ms}
+
+
+def test_score_writer_bytes_equal_the_codec() -> None:
+    assert layout_matches(codec("score").schema), "score.avsc changed: update score_writer.LAYOUT"
+    rnd = random.Random(3)
+    writer = ScoreWriter("champion", "v-é", "host-1")
+    requests, results = [], []
+    for i in range(500):
+        requests.append({"request_id": rnd.choice(["r", "ü-✓-" * rnd.randrange(50), f"id-{i}", ""]),
+                         "deadline": rnd.choice([0, 1, -1, 63, 64, -65, 2**62, -(2**63), 2**63 - 1,
+                                                 1_700_000_000_000 + i])})
+        prediction = rnd.choice([None, Prediction(rnd.random(), rnd.choice(["benign", None, "ß" * 200])),
+                                 Prediction(None, "x"), Prediction(-0.0), Prediction(math.inf, "y")])
+        error = rnd.choice([None, "boom", "é" * 3000]) if prediction is None else None
+        results.append(Scored(prediction, error, rnd.choice([0.0, 0.25, 1e300])))
+    values, unencodable = writer.encode_batch(requests, results, 1_700_000_000_123, 1_700_000_000_456)
+    assert unencodable == 0
+    scores = codec("score")
+    for request, result, value in zip(requests, results, values, strict=True):
+        assert value == scores.encode(_record(request, result, 1_700_000_000_123, 1_700_000_000_456))
+
+
+def test_score_writer_unusual_outputs_take_the_codec_path() -> None:
+    writer = ScoreWriter("m", "1", "i")
+    requests = [{"request_id": "a", "deadline": 5}, {"request_id": "b", "deadline": 5}]
+    results = [Scored(Prediction(np.float32(0.5), "x"), None, 1.0),  # numpy scalar: the codec decides
+               Scored(Prediction(0.5, 7), None, 1.0)]  # type: ignore[arg-type]  # a label that is no string
+    values, unencodable = writer.encode_batch(requests, results, 1, 2)
+    assert unencodable == 1
+    first, second = (codec("score").decode(v) for v in values)
+    assert (first["score"], first["label"], first["error"]) == (0.5, "x", None)
+    assert second["score"] is None and second["error"].startswith("model output not encodable")
+
+
+# --- model files: pickles only when trusted; skops checks its types ---------------------------------
+
+
+class _Payload:
+    """A pickle that runs code when loaded (here: it writes a file), as a hostile one would."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (Path.write_text, (self.marker, "code from the model file ran"))  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("suffix", [".joblib", ".pkl", ".pickle"])
+def test_a_pickle_is_refused_without_trust_and_its_code_never_runs(tmp_path: Path, suffix: str) -> None:
+    marker = tmp_path / "ran.txt"
+    path = tmp_path / f"model{suffix}"
+    path.write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(ModelSpecError) as refused:
+        load_model(str(path))
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "runs any code it contains" in message and "skops" in message and "--trust-model-file" in message
+    assert not marker.exists()
+    with pytest.raises(ModelSpecError, match="not a scikit-learn estimator"):
+        load_model(str(path), trust_model_file=True)  # trusted: it loads, and its code ran
+    assert marker.exists()
+
+
+class _HomeMadeClassifier(ClassifierMixin, BaseEstimator):
+    def fit(self, x: np.ndarray, y: np.ndarray) -> _HomeMadeClassifier:
+        self.classes_ = np.unique(y)
+        self.n_features_in_ = x.shape[1]
+        return self
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return np.tile([0.25, 0.75], (len(x), 1))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.classes_[np.ones(len(x), dtype=int)]
+
+
+def test_skops_refuses_untrusted_types_unless_trusted(tmp_path: Path) -> None:
+    x, y = demo_data()
+    path = tmp_path / "home.skops"
+    skops_io.dump(_HomeMadeClassifier().fit(x[:, :2], y), path)
+    (tmp_path / "home.skops.features.json").write_text('["mean_radius", "mean_texture"]')
+    with pytest.raises(ModelSpecError, match=r"types skops does not trust by default \(.*_HomeMadeClassifier\)"):
+        load_model(str(path))
+    model = load_model(str(path), trust_model_file=True)
+    assert model.predict(x[:3, :2])[0] == Prediction(0.75, "1")
+
+
+def test_skops_linear_model_loads_without_trust_a_forest_needs_it(tmp_path: Path) -> None:
+    x, y = demo_data()
+    logreg = LogisticRegression(max_iter=3000).fit(x, y)
+    forest = RandomForestClassifier(n_estimators=5, random_state=0).fit(x, y)
+    names = json.dumps(list(DEMO_FEATURES))
+    for name, estimator in (("logreg", logreg), ("forest", forest)):
+        skops_io.dump(estimator, tmp_path / f"{name}.skops")
+        (tmp_path / f"{name}.features.json").write_text(names)
+    model = load_model(str(tmp_path / "logreg.skops"))
+    np.testing.assert_array_equal([p.score for p in model.predict(x)], logreg.predict_proba(x)[:, 1])
+    # skops does not trust scikit-learn's Tree by default (its node indices are not bounds-checked).
+    with pytest.raises(ModelSpecError, match=r"\(sklearn\.tree\._tree\.Tree\)"):
+        load_model(str(tmp_path / "forest.skops"))
+    trusted = load_model(str(tmp_path / "forest.skops"), trust_model_file=True)
+    np.testing.assert_array_equal([p.score for p in trusted.predict(x)], forest.predict_proba(x)[:, 1])
+    joblib.dump(forest, tmp_path / "forest.joblib")
+    with pytest.raises(ModelSpecError, match="refusing to load a pickle/joblib file"):
+        load_model(str(tmp_path / "forest.joblib"))

@@ -1,0 +1,205 @@
+"""Input contracts (services/core/signatures.py), the request-validity rule and published model info."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from services.core.codec import codec
+from services.core.errors import BadInput, DecodeFailed, ModelSpecError
+from services.core.model_info import (
+    ModelInfo,
+    decode_model_info,
+    encode_model_info,
+    features_no_model_knows,
+)
+from services.core.requests import check_request, request_problem
+from services.core.signatures import FeatureSpec, Signature
+from services.model_worker.models import DEMO_FEATURES, demo_rows
+
+DEMO = Signature.all_required(DEMO_FEATURES)
+FIRST_FIVE = "mean_radius, mean_texture, mean_perimeter, mean_area, mean_smoothness"
+
+
+# --- one row ------------------------------------------------------------------------------------
+
+
+def test_the_reported_invented_inputs_each_get_a_precise_reason() -> None:
+    assert DEMO.problem({"foo": 1.0}) == f"unknown features: foo; missing: {FIRST_FIVE} (+25 more)"
+    assert DEMO.problem({"mean radius": 14.1}) == (
+        f"unknown features: 'mean radius' (did you mean mean_radius?); missing: {FIRST_FIVE} (+25 more)"
+    )
+    nan_row = {**demo_rows(1)[0], "mean_radius": math.nan}
+    assert DEMO.problem(nan_row) == "not a finite number: mean_radius=nan"
+    assert DEMO.problem({}) == f"no features given; missing: {FIRST_FIVE} (+25 more)"
+
+
+def test_ten_thousand_unknown_names_give_a_short_reason() -> None:
+    row = {f"f{i}": 1.0 for i in range(10_000)}
+    reason = DEMO.problem(row)
+    assert reason is not None
+    assert reason.startswith("unknown features: f0, f1, f2, f3, f4 (+9995 more); missing: ")
+    assert len(reason) < 300
+    huge_name = {"x" * 100_000: 1.0}
+    assert len(DEMO.problem(huge_name) or "") < 300
+
+
+def test_a_misspelt_name_beside_correct_ones_is_never_dropped() -> None:
+    row = demo_rows(1)[0]
+    row["worst_areaa"] = row.pop("worst_area")
+    assert DEMO.problem(row) == "unknown features: worst_areaa (did you mean worst_area?); missing: worst_area"
+    row = {**demo_rows(1)[0], "Mean-Texture": 3.0}  # an extra beside a complete row
+    assert DEMO.problem(row) == "unknown features: Mean-Texture (did you mean mean_texture?)"
+
+
+def test_a_complete_row_is_valid_and_infinite_values_are_not() -> None:
+    row = demo_rows(1)[0]
+    assert DEMO.problem(row) is None
+    row["worst_area"] = -math.inf
+    assert DEMO.problem(row) == "not a finite number: worst_area=-inf"
+
+
+def test_ignore_policy_ignores_extras_but_still_requires_and_checks() -> None:
+    lenient = DEMO.with_extra("ignore")
+    assert lenient.problem({**demo_rows(1)[0], "tenant_score": 3.0}) is None
+    assert lenient.problem({"foo": 1.0}) == f"missing: {FIRST_FIVE} (+25 more)"
+    optional = Signature((FeatureSpec("a", required=False),), extra="ignore")
+    assert optional.problem({"zzz": 1.0}) == "none of the features given is one this model reads"
+
+
+def test_defaults_are_explicit_and_optional_without_default_is_nan() -> None:
+    sig = Signature((FeatureSpec("a"), FeatureSpec("b", required=False, default=2.5), FeatureSpec("c", required=False)))
+    assert sig.problem({"a": 1.0}) is None
+    assert sig.values({"a": 1.0}) == [1.0, 2.5, pytest.approx(math.nan, nan_ok=True)]
+    assert sig.problem({"b": 1.0}) == "missing: a"
+    assert sig.problem({"a": 1.0, "c": math.nan}) == "not a finite number: c=nan"  # omit it instead
+    assert sig.problem({}) == "no features given; missing: a"
+    assert Signature((FeatureSpec("x", required=False),)).problem({}) == "no features given; this model reads: x"
+
+
+def test_feature_and_signature_rules() -> None:
+    with pytest.raises(ModelSpecError, match="required, so it cannot have a default"):
+        FeatureSpec("a", required=True, default=1.0)
+    with pytest.raises(ModelSpecError, match="not a finite number"):
+        FeatureSpec("a", required=False, default=math.inf)
+    with pytest.raises(ModelSpecError, match="only double"):
+        FeatureSpec("a", type="string")
+    with pytest.raises(ModelSpecError, match="more than once: a"):
+        Signature.all_required(["a", "b", "a"])
+    with pytest.raises(ModelSpecError, match="at least one"):
+        Signature(())
+    with pytest.raises(ModelSpecError, match="policy"):
+        Signature.all_required(["a"], extra="drop")
+
+
+def test_sidecar_records_parse_names_and_objects() -> None:
+    sig = Signature.from_records(["a", {"name": "b", "default": 0.0}, {"name": "c", "required": False}], "here")
+    assert sig.features == (FeatureSpec("a"), FeatureSpec("b", False, 0.0), FeatureSpec("c", False))
+    assert Signature.from_records(sig.to_records(), "again") == sig
+    for bad, message in (
+        ([], "non-empty JSON list"),
+        ([3], "a feature is a name or an object"),
+        ([{"name": "a", "dflt": 1}], "unknown keys"),
+        ([{"name": "a", "required": "yes"}], "required must be true or false"),
+        ([{"name": "a", "required": True, "default": 1}], "cannot have a default"),
+    ):
+        with pytest.raises(ModelSpecError, match=message):
+            Signature.from_records(bad, "here")
+
+
+# --- a batch ------------------------------------------------------------------------------------
+
+
+def test_prepare_scores_valid_rows_and_explains_the_others() -> None:
+    rows: list[dict[str, float]] = demo_rows(4, seed=3)
+    rows[1] = {**rows[1], "foo": 1.0}
+    rows[2] = {**rows[2], "mean_area": math.nan}
+    prepared = DEMO.prepare(rows)
+    assert prepared.valid == [0, 3]
+    assert prepared.errors == {1: "unknown features: foo", 2: "not a finite number: mean_area=nan"}
+    expected = [[rows[i][n] for n in DEMO_FEATURES] for i in (0, 3)]
+    np.testing.assert_array_equal(prepared.matrix, expected)
+
+
+def _mutated(row: dict[str, float], rnd: random.Random) -> dict[str, float]:
+    row = dict(row)
+    kind = rnd.randrange(7)
+    name = rnd.choice(DEMO_FEATURES)
+    if kind == 1:
+        del row[name]
+    elif kind == 2:
+        row["extra_" + name] = 1.0
+    elif kind == 3:
+        row[name] = rnd.choice([math.nan, math.inf, -math.inf])
+    elif kind == 4:
+        row = {}
+    elif kind == 5:
+        row[name.replace("_", " ")] = row.pop(name)
+    return row  # kind 0 and 6: unchanged
+
+
+@pytest.mark.parametrize("extra", ["reject", "ignore"])
+def test_prepare_agrees_with_the_row_by_row_rule(extra: str) -> None:
+    rnd = random.Random(7)
+    # Every third feature optional, half of those with a default.
+    optional = {n: (None if i % 2 else 1.5) for i, n in enumerate(DEMO_FEATURES) if i % 3 == 0}
+    sig = Signature(
+        tuple(FeatureSpec(n, False, optional[n]) if n in optional else FeatureSpec(n) for n in DEMO_FEATURES), extra
+    )
+    rows = [_mutated(r, rnd) for r in demo_rows(400, seed=5)]
+    prepared = sig.prepare(rows)
+    expected_errors = {i: p for i, row in enumerate(rows) if (p := sig.problem(row)) is not None}
+    assert prepared.errors == expected_errors
+    assert 50 < len(expected_errors) < 350
+    assert prepared.valid == [i for i in range(len(rows)) if i not in expected_errors]
+    expected = np.array([sig.values(rows[i]) for i in prepared.valid])
+    np.testing.assert_array_equal(prepared.matrix, expected)
+
+
+# --- is it a request at all ---------------------------------------------------------------------
+
+
+def test_request_problem_is_the_one_rule() -> None:
+    good = {"request_id": "r", "created_at": 5, "features": {"a": 1.0}, "payload": None}
+    assert request_problem(good) is None
+    assert request_problem({**good, "features": {}, "payload": {"content_type": "x", "data": b""}}) is None
+    assert request_problem({**good, "request_id": ""}) == "request_id is empty"
+    assert request_problem({**good, "created_at": 0}) == "created_at must be epoch milliseconds, got 0"
+    assert request_problem({**good, "features": {}}) == "request carries neither features nor a payload"
+    with pytest.raises(DecodeFailed, match="neither features nor a payload"):
+        check_request({**good, "features": {}})
+
+
+# --- published model info -----------------------------------------------------------------------
+
+
+def test_model_info_round_trips_through_its_schema() -> None:
+    sig = Signature((FeatureSpec("a"), FeatureSpec("b", False, 0.5), FeatureSpec("c", False)), "ignore")
+    info = ModelInfo("champion", "logreg-1", sig, "host-1", 1_700_000_000_000)
+    value = encode_model_info(info)
+    assert value[:10] == codec("model_info").header
+    assert decode_model_info(value) == info
+    assert codec("model_info").decode(value)["features"][1] == {
+        "name": "b", "type": "double", "required": False, "default": 0.5,
+    }
+
+
+def test_a_forged_contract_is_bad_input_not_a_crash() -> None:
+    forged = codec("model_info").encode({
+        "name": "x", "version": "1", "features": [{"name": "a", "type": "double", "required": True, "default": 1.0}],
+        "extra_features": "reject", "instance": "", "updated_at": 1,
+    })
+    with pytest.raises(BadInput, match="not a valid contract"):
+        decode_model_info(forged)
+    with pytest.raises(BadInput):
+        decode_model_info(b"\x00garbage")
+
+
+def test_features_no_model_knows() -> None:
+    infos = [ModelInfo("a", "1", Signature.all_required(["x", "y"])),
+             ModelInfo("b", "1", Signature.all_required(["y", "z"]))]
+    assert features_no_model_knows(infos, {"x": 1.0, "z": 2.0, "mean radius": 3.0}) == ["mean radius"]
+    assert features_no_model_knows([], {"anything": 1.0}) == []  # nothing published: no opinion
