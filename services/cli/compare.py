@@ -24,10 +24,10 @@ from rich.text import Text
 
 from services.compare_report.report import report_from_topic
 from services.compare_report.settings import CompareSettings
-from services.compare_report.table import print_report
+from services.compare_report.table import print_report, print_report_json
 
 # Wide enough for every column when stdout is a file or a pipe (rich would assume 80).
-PIPE_WIDTH = 200
+PIPE_WIDTH = 1000  # piped: as wide as the table needs, never '…' in place of a figure
 
 
 class _Rate(ProgressColumn):
@@ -67,7 +67,7 @@ class _Bar:
 
 def run_compare(settings: CompareSettings, out: Console | None = None, err: Console | None = None) -> int:
     """The report of the range on `out`, progress on `err`; the HTML file when asked."""
-    out = out or Console(width=None if sys.stdout.isatty() else PIPE_WIDTH)
+    out = out or Console(width=None if sys.stdout.isatty() else PIPE_WIDTH, no_color=not sys.stdout.isatty())
     err = err or Console(stderr=True)
     bar = _Bar(err, settings.topics().log)
     try:
@@ -75,7 +75,10 @@ def run_compare(settings: CompareSettings, out: Console | None = None, err: Cons
         bar.stop(completed=result.offsets)
     finally:
         bar.stop()
-    print_report(report, out)
+    if settings.format == "json":
+        print_report_json(report)
+    else:
+        print_report(report, out)
     if settings.html:
         from services.compare_report.html import write_html  # matplotlib loads in ~1 s: only when asked
 

@@ -17,38 +17,52 @@ def _console() -> Console:
 
 
 def _stdout() -> Console:
-    """Tables on stdout; wide enough for every column when piped (rich would assume 80)."""
-    return Console(width=None if sys.stdout.isatty() else 200)
+    """Tables on stdout. When piped, as wide as they need (rich would assume 80 columns and
+    shorten figures to "…"), with no colour codes."""
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=1000, no_color=True, highlight=False)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from services.cli.lifecycle import LifecycleSettings
-    from services.cli.lifecycle import cmd_models as run
-
-    return run(with_bootstrap(from_namespace(LifecycleSettings, args)), _stdout())
-
-
-def cmd_schedule(args: argparse.Namespace) -> int:
     from services.cli import lifecycle
 
-    settings = with_bootstrap(from_namespace(lifecycle.LifecycleSettings, args))
-    action = {"show": lifecycle.cmd_schedule_show, "set": lifecycle.cmd_schedule_set,
-              "history": lifecycle.cmd_schedule_history}[args.action]
-    return action(settings, _console() if args.action != "history" else _stdout())
+    return lifecycle.cmd_models(with_bootstrap(from_namespace(lifecycle.ModelsSettings, args)), _stdout())
+
+
+def cmd_schedule_show(args: argparse.Namespace) -> int:
+    from services.cli import lifecycle
+
+    settings = with_bootstrap(from_namespace(lifecycle.ScheduleSettings, args))
+    return lifecycle.cmd_schedule_show(settings, _console())
+
+
+def cmd_schedule_history(args: argparse.Namespace) -> int:
+    from services.cli import lifecycle
+
+    settings = with_bootstrap(from_namespace(lifecycle.ScheduleSettings, args))
+    return lifecycle.cmd_schedule_history(settings, _stdout())
+
+
+def cmd_schedule_set(args: argparse.Namespace) -> int:
+    from services.cli import lifecycle
+
+    settings = with_bootstrap(from_namespace(lifecycle.ScheduleSetSettings, args))
+    return lifecycle.cmd_schedule_set(settings, _console())
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
     from services.cli import lifecycle
-    from services.cli.evidence import gate_figures
+    from services.control.evidence import gate_figures
 
-    settings = with_bootstrap(from_namespace(lifecycle.LifecycleSettings, args))
+    settings = with_bootstrap(from_namespace(lifecycle.PromoteSettings, args))
     return lifecycle.cmd_promote(settings, args.name, _console(), gate_figures)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     from services.cli import lifecycle
 
-    return lifecycle.cmd_rollback(with_bootstrap(from_namespace(lifecycle.LifecycleSettings, args)), _console())
+    return lifecycle.cmd_rollback(with_bootstrap(from_namespace(lifecycle.ChangeSettings, args)), _console())
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -82,36 +96,49 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def register(commands: Any) -> None:
     """Add the lifecycle commands to the `rendezvous` parser."""
     from services.cli.deploy import DeploySettings
-    from services.cli.lifecycle import LifecycleSettings
+    from services.cli.lifecycle import (
+        ChangeSettings,
+        ModelsSettings,
+        PromoteSettings,
+        ScheduleSetSettings,
+        ScheduleSettings,
+    )
     from services.cli.replay import ReplaySettings
     from services.decoy.settings import DecoySettings
 
-    models = commands.add_parser("models", help="which models are live: rate, latency, errors, role")
-    add_arguments(models, LifecycleSettings)
+    models = commands.add_parser("models", help="which models are live: rate, lag, latency, errors, role, contracts")
+    add_arguments(models, ModelsSettings)
     models.set_defaults(handler=cmd_models)
 
-    deploy = commands.add_parser("deploy", help="start a challenger's workers beside the champion (this machine)")
-    deploy.add_argument("name", help="model name on the scores topic (its consumer group is <prefix>model.NAME)")
+    deploy = commands.add_parser("deploy", help="start (or rescale) a model's workers, or rendezvous instances")
+    deploy.add_argument("name", help="model name on the scores topic (its consumer group is <prefix>model.NAME), "
+                        "or `rendezvous` for rendezvous instances")
     add_arguments(deploy, DeploySettings)
     deploy.set_defaults(handler=cmd_deploy)
 
-    undeploy = commands.add_parser("undeploy", help="stop the workers `deploy` started")
+    undeploy = commands.add_parser("undeploy", help="stop the processes `deploy` started")
     undeploy.add_argument("name")
     undeploy.set_defaults(handler=cmd_undeploy)
 
     promote = commands.add_parser("promote", help="make a model the champion (old champion = first fallback)")
     promote.add_argument("name", help="the model to promote")
-    add_arguments(promote, LifecycleSettings)
+    add_arguments(promote, PromoteSettings)
     promote.set_defaults(handler=cmd_promote)
 
     rollback = commands.add_parser("rollback", help="restore the previous schedule (as a new version)")
-    add_arguments(rollback, LifecycleSettings)
+    add_arguments(rollback, ChangeSettings)
     rollback.set_defaults(handler=cmd_rollback)
 
     schedule = commands.add_parser("schedule", help="show, set or list the versions of the live schedule")
-    schedule.add_argument("action", choices=["show", "set", "history"])
-    add_arguments(schedule, LifecycleSettings)
-    schedule.set_defaults(handler=cmd_schedule)
+    schedule_sub = schedule.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, help_text, settings_class, handler in (
+        ("show", "the latest version (JSON)", ScheduleSettings, cmd_schedule_show),
+        ("history", "every accepted version", ScheduleSettings, cmd_schedule_history),
+        ("set", "publish a new version from flags or a file", ScheduleSetSettings, cmd_schedule_set),
+    ):
+        parser = schedule_sub.add_parser(action, help=help_text)
+        add_arguments(parser, settings_class)
+        parser.set_defaults(handler=handler)
 
     decoy = commands.add_parser("decoy", help="run the decoy: archive every request exactly as received")
     decoy_sub = decoy.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -19,12 +19,12 @@ from typing import Any
 from rich.console import Console
 
 from services.compare_report import Report, summarize_records
-from services.compare_report.table import print_report
+from services.compare_report.table import print_report, print_report_json
 from services.core.codec import codec
 from services.core.errors import BadInput, ConfigError
 from services.core.ranges import OffsetBound, TimeBound, parse_bounds
 from services.core.runtime import now_ms
-from services.core.settings import KafkaSettings, setting
+from services.core.settings import KafkaSettings, check_format, setting
 from services.core.topic_range import read_spans
 from services.model_worker.models import Model, load_model
 from services.model_worker.settings import trust_model_file_setting
@@ -45,9 +45,11 @@ class ReplaySettings(KafkaSettings):
     champion: str = setting("", "Champion to compare against (default: inferred from the log).")
     html: str = setting("", "Also write an HTML report with plots to this file.")
     batch: int = setting(1000, "Requests per model batch.")
+    format: str = setting("table", "Output: table (for people) or json (for scripts).")
     trust_model_file: bool = trust_model_file_setting()
 
     def validate(self) -> None:
+        check_format(self.format)
         if not self.model:
             raise ConfigError("replay needs --model SPEC")
         if self.source not in ("topic", "archive"):
@@ -179,7 +181,10 @@ def run_replay(settings: ReplaySettings, console: Console) -> int:
     err = Console(stderr=True)
     with err.status("replaying ..."):
         result = replay(settings)
-    print_report(result.report, console)
+    if settings.format == "json":
+        print_report_json(result.report)
+    else:
+        print_report(result.report, console)
     err.print(f"{result.requests:,} requests replayed in {result.seconds:.1f}s ({result.rate:,.0f}/s); "
               f"{result.undecodable} undecodable skipped; {result.without_log} had no comparison record")
     if settings.html:

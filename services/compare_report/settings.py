@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from services.core.errors import ConfigError
 from services.core.ranges import Bounds, parse_bounds, parse_duration_ms
 from services.core.runtime import now_ms
-from services.core.settings import KafkaSettings, setting
+from services.core.settings import KafkaSettings, check_format, setting
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class CompareSettings(KafkaSettings):
         "when the read starts."
     )
     html: str = setting("", "Also write a self-contained HTML report with plots to this file.")
+    format: str = setting("table", "Output: table (for people) or json (for scripts).")
     champion: str = setting(
         "", "The model the others are compared with. Default: the model most often chosen with status OK."
     )
@@ -42,6 +43,7 @@ class CompareSettings(KafkaSettings):
     )
 
     def validate(self) -> None:
+        check_format(self.format)
         self.bounds()
         self.bucket_ms()
         if self.max_records < 0:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 from collections.abc import Callable
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -72,3 +75,24 @@ def print_report(report: Report, console: Console) -> None:
             console.print(note)
         return
     console.print(build_table(report))
+
+
+def report_dict(report: Report) -> dict[str, Any]:
+    """The report's figures for scripts (`--format json`): the table's content, no plots."""
+    def number(value: float) -> float | None:
+        return None if value != value else float(value)  # NaN -> null: JSON has no NaN
+
+    models = [{
+        "model": m.name, "versions": list(m.versions), "champion": m.champion, "n": m.n, "errors": m.errors,
+        "late": m.late, "deadline_met": number(m.deadline_met),
+        "latency_ms": {k: number(v) for k, v in m.latency_ms.items()}, "agreement": number(m.agreement),
+        "ks": number(m.ks), "psi": number(m.psi), "mad": number(m.mad), "correlation": number(m.correlation),
+        "paired": m.paired,
+    } for m in report.models]
+    return {"records": report.records, "champion": report.champion, "champion_source": report.champion_source,
+            "statuses": dict(report.statuses), "answered_by_deadline": number(report.answered_by_deadline),
+            "first_ms": report.first_ms, "last_ms": report.last_ms, "models": models}
+
+
+def print_report_json(report: Report) -> None:
+    sys.stdout.write(json.dumps(report_dict(report), indent=2) + "\n")

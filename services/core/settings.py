@@ -270,3 +270,12 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
     if callable(validate):
         validate()
     return settings
+
+
+OUTPUT_FORMATS = ("table", "json")
+
+
+def check_format(value: str) -> None:
+    """`--format` of the report-like commands: table (for people) or json (for scripts)."""
+    if value not in OUTPUT_FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {value!r}")

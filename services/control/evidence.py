@@ -6,7 +6,6 @@ the evidence; the gate only renames its columns to the figure names `--require` 
 
 from __future__ import annotations
 
-from services.cli.lifecycle import LifecycleSettings
 from services.compare_report.report import report_from_topic
 from services.compare_report.settings import CompareSettings
 from services.core.settings import KafkaSettings
@@ -14,9 +13,9 @@ from services.core.settings import KafkaSettings
 NAN = float("nan")
 
 
-def gate_figures(settings: KafkaSettings, candidate: str, champion: str, now: int) -> dict[str, float]:
-    del now  # the window ends at the end of the log topic, as `compare --since` does
-    window = settings.window if isinstance(settings, LifecycleSettings) else "10m"
+def gate_figures(settings: KafkaSettings, window: str, candidate: str, champion: str) -> dict[str, float]:
+    """The candidate's figures over the last `window` of the log (ending at its end, as
+    `compare --since` does), measured against `champion` on the same requests."""
     compare = CompareSettings(bootstrap=settings.bootstrap, topic_prefix=settings.topic_prefix, topic=settings.topic,
                               kafka_config=settings.kafka_config, since=window, champion=champion, workers=1)
     report, _read = report_from_topic(compare)

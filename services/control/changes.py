@@ -1,0 +1,55 @@
+"""Schedule changes as values: the next version, a promotion, a rollback.
+
+The commands (`schedule set`, `promote`, `rollback`) build a draft here, check it, and publish
+it (services/control/topic.py). Nothing here talks to Kafka.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from services.control.schedule import Schedule
+from services.control.topic import ScheduleBook
+from services.core.errors import ConfigError
+
+
+def current(book: ScheduleBook) -> Schedule:
+    """The latest version, or a clear refusal when there is none yet."""
+    if book.latest is None:
+        raise ConfigError(
+            f"no schedule {book.name!r} on the control topic yet: start a rendezvous (it publishes its "
+            "bootstrap schedule) or run `rendezvous schedule set --models ...`"
+        )
+    return book.latest
+
+
+def next_version(book: ScheduleBook, draft: Schedule, now_ms: int, effective_in_ms: int) -> Schedule:
+    """`draft` as the version after the current one, taking effect `effective_in_ms` from now
+    (never before the current one does)."""
+    latest = current(book)
+    return dataclasses.replace(draft, name=book.name, version=latest.version + 1, created_at=now_ms,
+                               effective_at=max(now_ms + effective_in_ms, latest.effective_at))
+
+
+def promotion(current_schedule: Schedule, candidate: str, canary: str, comment: str = "") -> Schedule:
+    """The schedule with `candidate` first and the old champion as the first fallback."""
+    champion = current_schedule.models[0]
+    if canary and candidate == canary:
+        raise ConfigError(f"{candidate} is the canary, a fixed reference model: it is never promoted")
+    if champion == candidate:
+        raise ConfigError(f"{candidate} is already the champion of {current_schedule.name} "
+                          f"(v{current_schedule.version})")
+    order = (candidate, champion, *(m for m in current_schedule.models[1:] if m != candidate))
+    waits = {m: w for m, w in current_schedule.waits_ms.items() if m in order}
+    return dataclasses.replace(current_schedule, models=order, waits_ms=waits,
+                               comment=comment or f"promote {candidate} (was {champion})")
+
+
+def rollback(book: ScheduleBook, comment: str = "") -> Schedule:
+    """The previous version's policy, as a draft of the next version."""
+    latest = current(book)
+    versions = book.versions
+    if len(versions) < 2:
+        raise ConfigError(f"nothing to roll back to: {book.name} has only v{latest.version}")
+    previous = versions[-2]
+    return dataclasses.replace(previous, comment=comment or f"rollback to v{previous.version}")
