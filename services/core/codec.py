@@ -125,9 +125,10 @@ class Codec:
 
 
 def schemas_dir() -> Path:
-    """`RDV_SCHEMA_DIR`, else `schemas/` at the repository root (the public contract)."""
+    """`RDV_SCHEMA_DIR`, else the schemas shipped in this package (`schemas/` at the repository
+    root is a link to the same directory: the public contract has one source)."""
     configured = os.environ.get("RDV_SCHEMA_DIR")
-    path = Path(configured) if configured else Path(__file__).resolve().parents[2] / "schemas"
+    path = Path(configured) if configured else Path(__file__).resolve().parent / "schemas"
     if not (path / "request.avsc").is_file():
         raise ConfigError(f"schema directory {path} has no request.avsc; set RDV_SCHEMA_DIR")
     return path
