@@ -1,4 +1,4 @@
-"""Benchmarks: they print figures and are never part of the test pass/fail (DESIGN.md section 7).
+"""Benchmarks: they print figures and are never part of the test pass/fail (docs/benchmarks.md).
 
 Run them with the project's interpreter, as scripts or as modules from the repository root:
 

@@ -1,7 +1,7 @@
 """What the benchmarks share: a broker, fresh topic names, child processes, the fixed-rate load
 loop, the bare pass-through hop (the baseline), percentiles, a printed table and `--json`.
 
-Measuring rules (DESIGN.md section 7): every figure is reported next to a baseline taken in the
+Measuring rules (docs/benchmarks.md): every figure is reported next to a baseline taken in the
 same run on the same broker, because the machines are shared and noisy; latencies are reported
 as p50 / p99 / p99.9, never as means.
 

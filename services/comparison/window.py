@@ -258,7 +258,7 @@ class References:
     """Each model's first `size` scores, frozen: the "self" reference its window is compared to.
 
     A model compared with its own earlier behaviour shows drift of its *inputs* (the canary's
-    job, DESIGN.md section 4) even when no other model is there to disagree with.
+    job, docs/architecture.md) even when no other model is there to disagree with.
     """
 
     def __init__(self, size: int):

@@ -44,7 +44,7 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "partitioner": "murmur2_random",
 }
 CONSUMER_DEFAULTS: dict[str, Any] = {
-    # We commit explicitly, only what is finished (DESIGN.md section 3).
+    # We commit explicitly, only what is finished (docs/architecture.md, "Commit orders").
     "enable.auto.commit": False,
     "auto.offset.reset": "earliest",
     # With fetch.min.bytes=1 the broker answers as soon as data arrives, so a longer wait adds
@@ -314,17 +314,6 @@ class Consumer:
     @property
     def native(self) -> _Consumer:
         return self._consumer
-
-
-def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
-    """Commit positions for a handled batch: one past the highest offset read, per partition."""
-    highest: dict[tuple[str, int], int] = {}
-    for msg in messages:
-        key = (msg.topic() or "", msg.partition() or 0)
-        offset = msg.offset() or 0
-        if offset >= highest.get(key, -1):
-            highest[key] = offset
-    return [TopicPartition(t, p, o + 1) for (t, p), o in highest.items()]
 
 
 def admin(config: Mapping[str, Any]) -> AdminClient:

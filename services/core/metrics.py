@@ -10,9 +10,7 @@ import logging
 from functools import lru_cache
 from typing import Any
 
-from prometheus_client import Counter, start_http_server
-
-from services.core.errors import ConfigError
+from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +29,6 @@ DEAD_LETTERS = Counter(
     "Records sent to the dead-letter topic, by service, source topic and error type.",
     ["service", "topic", "error"],
 )
-
-
-def serve_metrics(port: int, addr: str = "0.0.0.0") -> int:
-    """Expose the default registry on `port` (0 = disabled). Returns the port or 0."""
-    if port <= 0:
-        return 0
-    try:
-        start_http_server(port, addr=addr)
-    except OSError as exc:
-        raise ConfigError(f"cannot expose metrics on port {port}: {exc.strerror}") from None
-    log.info("metrics on http://%s:%d/metrics", addr, port)
-    return port
 
 
 @lru_cache(maxsize=8192)

@@ -1,7 +1,7 @@
-"""Process plumbing every service shares: a stop flag, signal handling, the poll loop.
+"""Process plumbing every service shares: the wall clock, a stop flag and signal handling.
 
-Signals only flip a flag (no work inside a handler); the loop polls with a short timeout,
-sees the flag, and returns, and the caller closes everything through an ExitStack.
+Signals only flip a flag (no work inside a handler); the service skeleton's poll loop
+(services/core/service.py) sees it and returns, and everything closes through an ExitStack.
 A second SIGINT/SIGTERM exits at once.
 """
 
@@ -13,19 +13,14 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from types import FrameType
-from typing import Protocol
-
-from confluent_kafka import Message
-
-from services.core.kafka import Consumer
 
 log = logging.getLogger(__name__)
 
 
 def now_ms() -> int:
-    """Wall clock in epoch milliseconds: the time base of every record (DESIGN.md section 2)."""
+    """Wall clock in epoch milliseconds: the time base of the records we write (docs/architecture.md)."""
     return time.time_ns() // 1_000_000
 
 
@@ -39,36 +34,6 @@ def install_signal_handlers(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
-
-
-class BatchHandler(Protocol):
-    def on_batch(self, messages: list[Message]) -> None:
-        """Handle what one consume returned (possibly nothing)."""
-
-    def next_wakeup(self) -> float:
-        """Seconds until the handler has timed work to do (the poll timeout)."""
-
-    def on_tick(self) -> None:
-        """Timed work: deadlines, periodic commits. Called after every poll."""
-
-
-def run_poll_loop(
-    consumer: Consumer,
-    handler: BatchHandler,
-    stop: threading.Event,
-    *,
-    max_batch: int = 500,
-    max_wait: float = 0.1,
-    on_idle: Callable[[], None] | None = None,
-) -> None:
-    """The one consume loop of every service: poll, handle, tick, until `stop` is set."""
-    while not stop.is_set():
-        timeout = max(0.0, min(max_wait, handler.next_wakeup()))
-        messages = consumer.consume(max_batch, timeout)
-        handler.on_batch(messages)
-        handler.on_tick()
-        if not messages and on_idle is not None:
-            on_idle()
 
 
 def stop_processes(processes: Iterable[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:

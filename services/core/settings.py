@@ -80,7 +80,7 @@ TOPIC_ROLES = ("requests", "scores", "answers", "log", "control", "deadletter", 
 
 @dataclass(frozen=True)
 class Topics:
-    """The topic names of one deployment (DESIGN.md section 2)."""
+    """The topic names of one deployment (docs/architecture.md, "Contracts")."""
 
     requests: str
     scores: str
