@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
 from services.cli.common import run_service, with_bootstrap
-from services.core.settings import add_arguments, from_namespace
+from services.core.settings import from_namespace
 
 
 def _console() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True)
 
 
 def _stdout() -> Console:
+    from rich.console import Console
+
     """Tables on stdout. When piped, as wide as they need (rich would assume 80 columns and
     shorten figures to "…"), with no colour codes."""
     if sys.stdout.isatty():
@@ -90,30 +95,20 @@ def cmd_decoy_serve(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from services.cli.replay import ReplaySettings, run_replay
 
-    return run_replay(with_bootstrap(from_namespace(ReplaySettings, args)), Console())
+    return run_replay(with_bootstrap(from_namespace(ReplaySettings, args)), _stdout())
 
 
-def register(commands: Any) -> None:
-    """Add the lifecycle commands to the `rendezvous` parser."""
-    from services.cli.deploy import DeploySettings
-    from services.cli.lifecycle import (
-        ChangeSettings,
-        ModelsSettings,
-        PromoteSettings,
-        ScheduleSetSettings,
-        ScheduleSettings,
-    )
-    from services.cli.replay import ReplaySettings
-    from services.decoy.settings import DecoySettings
-
+def register(commands: Any, selection: Any) -> None:
+    """Add the lifecycle commands to the `rendezvous` parser (flags of the selected one only)."""
+    lifecycle = "services.cli.lifecycle:"
     models = commands.add_parser("models", help="which models are live: rate, lag, latency, errors, role, contracts")
-    add_arguments(models, ModelsSettings)
+    selection.arguments(models, ("models",), lifecycle + "ModelsSettings")
     models.set_defaults(handler=cmd_models)
 
     deploy = commands.add_parser("deploy", help="start (or rescale) a model's workers, or rendezvous instances")
     deploy.add_argument("name", help="model name on the scores topic (its consumer group is <prefix>model.NAME), "
                         "or `rendezvous` for rendezvous instances")
-    add_arguments(deploy, DeploySettings)
+    selection.arguments(deploy, ("deploy",), "services.cli.deploy:DeploySettings")
     deploy.set_defaults(handler=cmd_deploy)
 
     undeploy = commands.add_parser("undeploy", help="stop the processes `deploy` started")
@@ -122,30 +117,30 @@ def register(commands: Any) -> None:
 
     promote = commands.add_parser("promote", help="make a model the champion (old champion = first fallback)")
     promote.add_argument("name", help="the model to promote")
-    add_arguments(promote, PromoteSettings)
+    selection.arguments(promote, ("promote",), lifecycle + "PromoteSettings")
     promote.set_defaults(handler=cmd_promote)
 
     rollback = commands.add_parser("rollback", help="restore the previous schedule (as a new version)")
-    add_arguments(rollback, ChangeSettings)
+    selection.arguments(rollback, ("rollback",), lifecycle + "ChangeSettings")
     rollback.set_defaults(handler=cmd_rollback)
 
     schedule = commands.add_parser("schedule", help="show, set or list the versions of the live schedule")
     schedule_sub = schedule.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, help_text, settings_class, handler in (
-        ("show", "the latest version (JSON)", ScheduleSettings, cmd_schedule_show),
-        ("history", "every accepted version", ScheduleSettings, cmd_schedule_history),
-        ("set", "publish a new version from flags or a file", ScheduleSetSettings, cmd_schedule_set),
+        ("show", "the latest version (JSON)", "ScheduleSettings", cmd_schedule_show),
+        ("history", "every accepted version", "ScheduleSettings", cmd_schedule_history),
+        ("set", "publish a new version from flags or a file", "ScheduleSetSettings", cmd_schedule_set),
     ):
         parser = schedule_sub.add_parser(action, help=help_text)
-        add_arguments(parser, settings_class)
+        selection.arguments(parser, ("schedule", action), lifecycle + settings_class)
         parser.set_defaults(handler=handler)
 
     decoy = commands.add_parser("decoy", help="run the decoy: archive every request exactly as received")
     decoy_sub = decoy.add_subparsers(dest="action", required=True, metavar="ACTION")
     decoy_serve = decoy_sub.add_parser("serve", help="consume the requests topic into an archive directory")
-    add_arguments(decoy_serve, DecoySettings)
+    selection.arguments(decoy_serve, ("decoy", "serve"), "services.decoy.settings:DecoySettings")
     decoy_serve.set_defaults(handler=cmd_decoy_serve)
 
     replay = commands.add_parser("replay", help="run a model over recorded requests; compare with the champion")
-    add_arguments(replay, ReplaySettings)
+    selection.arguments(replay, ("replay",), "services.cli.replay:ReplaySettings")
     replay.set_defaults(handler=cmd_replay)

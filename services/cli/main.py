@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
+import importlib
 import json
 import logging
 import re
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from confluent_kafka import KafkaException
-from rich.console import Console
 
 from services.cli.common import ensure_topics, run_service, setup_logging, with_bootstrap
 from services.core.errors import RendezvousError
@@ -44,6 +44,8 @@ class TopicSettings(KafkaSettings):
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from services.localkafka.broker import start_background, status_background, stop_background
 
     console = Console(stderr=True)
@@ -65,7 +67,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_topics(args: argparse.Namespace) -> int:
     settings = with_bootstrap(from_namespace(TopicSettings, args))
     created = ensure_topics(settings.librdkafka(), settings.topics(), settings.partitions)
-    Console(stderr=True).print(f"created {len(created)} topic(s): {', '.join(created) or 'all existed'}")
+    sys.stderr.write(f"created {len(created)} topic(s): {', '.join(created) or 'all existed'}\n")
     return 0
 
 
@@ -103,6 +105,8 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from services.cli.demo import DemoSettings, run_demo
 
     return run_demo(from_namespace(DemoSettings, args), Console())
@@ -115,17 +119,50 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return run_compare(with_bootstrap(from_namespace(CompareSettings, args)))
 
 
-def _settings_classes() -> dict[str, type]:
-    from services.cli.demo import DemoSettings
-    from services.cli.send import SendSettings
-    from services.compare_report.settings import CompareSettings
-    from services.comparison.settings import ComparisonSettings
-    from services.model_worker.settings import WorkerSettings
-    from services.rendezvous.settings import RendezvousSettings
+# Each command's settings class, imported only when that command is being parsed: `serve`
+# should not load numpy, matplotlib or the report code it never runs.
+SETTINGS = {
+    ("model", "serve"): "services.model_worker.settings:WorkerSettings",
+    ("serve",): "services.rendezvous.settings:RendezvousSettings",
+    ("rendezvous",): "services.rendezvous.settings:RendezvousSettings",
+    ("send",): "services.cli.send:SendSettings",
+    ("demo",): "services.cli.demo:DemoSettings",
+    ("comparison", "serve"): "services.comparison.settings:ComparisonSettings",
+    ("compare",): "services.compare_report.settings:CompareSettings",
+}
 
-    return {"model serve": WorkerSettings, "serve": RendezvousSettings, "send": SendSettings,
-            "demo": DemoSettings, "topics create": TopicSettings,
-            "comparison serve": ComparisonSettings, "compare": CompareSettings}
+
+class Selection:
+    """Which command the arguments name, so only its flags (and imports) are built.
+    Without arguments (the tests, documentation) every command is built."""
+
+    def __init__(self, argv: Sequence[str] | None):
+        self.words: list[str] | None = None
+        if argv is None:
+            return
+        args = list(argv)
+        while args and args[0].startswith("-"):  # top-level options and their values
+            flag = args.pop(0)
+            if flag == "--log-level" and args:
+                args.pop(0)
+        self.words = []
+        for arg in args:
+            if arg.startswith("-"):
+                break
+            self.words.append(arg)
+
+    def wants(self, path: tuple[str, ...]) -> bool:
+        return self.words is None or tuple(self.words[: len(path)]) == path
+
+    def arguments(self, parser: argparse.ArgumentParser, path: tuple[str, ...], settings: str | type) -> None:
+        """Add the settings' flags to `parser` if this command is the one being parsed."""
+        if not self.wants(path):
+            return
+        if isinstance(settings, str):
+            module, _sep, name = settings.partition(":")
+            add_arguments(parser, getattr(importlib.import_module(module), name))
+        else:
+            add_arguments(parser, settings)
 
 
 class Parser(argparse.ArgumentParser):
@@ -144,7 +181,9 @@ _FLAG_ONLY = re.compile(r"--?[A-Za-z][A-Za-z0-9-]*")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given the arguments, only the named command's flags are built."""
+    selection = Selection(argv)
     parser = Parser(
         prog="rendezvous",
         description="Streaming model serving on Apache Kafka: several models score every request, "
@@ -153,7 +192,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
                         help="DEBUG, INFO, WARNING or ERROR [default: INFO]")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    classes = _settings_classes()
 
     broker = commands.add_parser("broker", help="start/stop/status of a local Kafka broker (no Docker)")
     broker.add_argument("action", choices=["start", "stop", "status"])
@@ -162,18 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
     topics = commands.add_parser("topics", help="create the topics of a deployment")
     topics_sub = topics.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = topics_sub.add_parser("create", help="create every topic (existing ones are left alone)")
-    add_arguments(create, classes["topics create"])
+    selection.arguments(create, ("topics", "create"), TopicSettings)
     create.set_defaults(handler=cmd_topics)
 
     model = commands.add_parser("model", help="run a model worker")
     model_sub = model.add_subparsers(dest="action", required=True, metavar="ACTION")
     serve_model = model_sub.add_parser("serve", help="score every request with one model")
-    add_arguments(serve_model, classes["model serve"])
+    selection.arguments(serve_model, ("model", "serve"), SETTINGS[("model", "serve")])
     serve_model.set_defaults(handler=cmd_model_serve)
 
     for name in ("serve", "rendezvous"):
         serve = commands.add_parser(name, help="run the rendezvous service (join, schedule, answer, log)")
-        add_arguments(serve, classes["serve"])
+        selection.arguments(serve, (name,), SETTINGS[(name,)])
         serve.set_defaults(handler=cmd_serve)
 
     comparison = commands.add_parser("comparison", help="run the live comparison service")
@@ -181,26 +219,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve_comparison = comparison_sub.add_parser(
         "serve", help="read the comparison log; export per-model and champion-vs-challenger metrics"
     )
-    add_arguments(serve_comparison, classes["comparison serve"])
+    selection.arguments(serve_comparison, ("comparison", "serve"), SETTINGS[("comparison", "serve")])
     serve_comparison.set_defaults(handler=cmd_comparison_serve)
 
     send = commands.add_parser("send", help="send requests, print their answers as JSON lines")
-    add_arguments(send, classes["send"])
+    selection.arguments(send, ("send",), SETTINGS[("send",)])
     send.set_defaults(handler=cmd_send)
 
     demo = commands.add_parser("demo", help="broker + models + rendezvous + load, with a live table")
-    add_arguments(demo, classes["demo"])
+    selection.arguments(demo, ("demo",), SETTINGS[("demo",)])
     demo.set_defaults(handler=cmd_demo)
 
     compare = commands.add_parser(
         "compare", help="report on the comparison log over a time or offset range: table, optional HTML plots"
     )
-    add_arguments(compare, classes["compare"])
+    selection.arguments(compare, ("compare",), SETTINGS[("compare",)])
     compare.set_defaults(handler=cmd_compare)
 
     from services.cli import lifecycle_commands
 
-    lifecycle_commands.register(commands)
+    lifecycle_commands.register(commands, selection)
     return parser
 
 
@@ -208,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `kill -USR1 <pid>` prints every thread's stack: the first question about a stuck service.
     with contextlib.suppress(AttributeError, OSError, ValueError):  # stderr without a file descriptor
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-    args = build_parser().parse_args(argv)
+    args = build_parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
     setup_logging(args.log_level)
     handler: Handler = args.handler
     try:
