@@ -59,6 +59,10 @@ SCHEDULE = Gauge(
     ["name", "version", "preferred"],
 )
 SCHEDULE_UPDATES = Counter("rdv_schedule_updates_total", "Schedule versions accepted from the control topic.")
+SCHEDULE_LATE = Counter(
+    "rdv_schedule_late_total",
+    "Schedule versions read only after their effective time (publish them with a longer --effective-in).",
+)
 SCHEDULE_REJECTED = Counter(
     "rdv_schedule_rejected_total",
     "Control records refused (malformed, stale, or naming a model that is not live).",

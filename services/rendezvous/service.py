@@ -440,6 +440,13 @@ class Rendezvous:
             return
         self.book.add(schedule)
         m.SCHEDULE_UPDATES.inc()
+        late_ms = now_ms() - schedule.effective_at
+        if live and late_ms > 0:
+            # Requests created since its effective time may have been answered under the old
+            # version here, while an instance re-reading them would use the new one.
+            m.SCHEDULE_LATE.inc()
+            log.warning("schedule %s v%d was read %d ms after it took effect: publish with a longer "
+                        "--effective-in", schedule.name, schedule.version, late_ms)
         log.info("schedule %s v%d accepted (effective at %d): %s - %s", schedule.name, schedule.version,
                  schedule.effective_at, list(schedule.models), schedule.comment)
 

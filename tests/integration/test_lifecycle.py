@@ -26,7 +26,7 @@ def test_promote_and_rollback_during_a_stream_switch_exactly_at_the_effective_ti
     services.worker(bootstrap, prefix, "demo:champion")
     services.worker(bootstrap, prefix, "demo:challenger")
     services.rendezvous(bootstrap, prefix, models=("champion", "challenger"), linger_ms=300)
-    common = ("--bootstrap", bootstrap, "--topic-prefix", prefix, "--effective-in", "1s")
+    common = ("--bootstrap", bootstrap, "--topic-prefix", prefix, "--effective-in", "3s")
     total = 5000
     with Client(config, topics, budget_ms=20_000, answer_wait_s=60) as client:
         # 250 requests/s for 20 s: each CLI call (a fresh process) takes a few seconds.
@@ -54,7 +54,8 @@ def test_promote_and_rollback_during_a_stream_switch_exactly_at_the_effective_ti
         expected = 1 if created < promote_at else 2 if created < rollback_at else 3
         segments[expected] += 1
         champion = versions[expected].models[0]
-        assert (answer["schedule_version"], answer["model"], answer["status"]) == (expected, champion, "OK"), answer
+        assert (answer["schedule_version"], answer["model"], answer["status"]) == (expected, champion, "OK"), (
+            answer, created - promote_at, created - rollback_at)
     assert all(segments.values()), f"every schedule governed some requests: {segments}"
     logged = read_topic(config, topics.log, expect=total, decode="comparison", timeout=120)
     by_id = {a["request_id"]: a["schedule_version"] for a in answers}
