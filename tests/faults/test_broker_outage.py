@@ -70,7 +70,7 @@ def test_broker_down_for_30s_every_request_answered_or_timed_out(own_broker: Loc
         cpu_used = {p.args[0]: cpu_seconds(p) - cpu_before[p.args[0]] for p in (worker, rendezvous)}
         own_broker.start(fresh=False)
 
-        until(lambda: rendezvous.ready() and worker.ready(), 90, "both services ready again")
+        until(lambda: rendezvous.ready() and worker.ready(), 180, "both services ready again")
         sender.join()
         answers = read_topic(config, topics.answers, expect=len(sender.ids), decode="answer", timeout=180)
     finally:

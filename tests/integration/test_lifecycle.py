@@ -199,11 +199,11 @@ def test_deploy_scales_a_model_mid_stream_without_losing_or_double_scoring(
     try:
         sender = PacedSender(send, 8000, 250.0, lambda: producer.flush(30)).start()
         wait_until(lambda: len(ids) >= 800, 60, "the stream to be under way")
-        scaled_up = rendezvous("deploy", name, "--replicas", "3", *common)
+        scaled_up = rendezvous("deploy", name, "--replicas", "3", "--wait-s", "150", *common, timeout=240)
         assert scaled_up.returncode == 0 and "runs 3 replica(s)" in scaled_up.stderr, scaled_up.stderr
         grown = len(ids)
         wait_until(lambda: len(ids) >= min(grown + 1000, 7000), 60, "4 s of the stream with three replicas")
-        scaled_down = rendezvous("deploy", name, "--replicas", "1", *common)
+        scaled_down = rendezvous("deploy", name, "--replicas", "1", "--wait-s", "150", *common, timeout=240)
         assert scaled_down.returncode == 0 and "runs 1 replica(s)" in scaled_down.stderr, scaled_down.stderr
         sender.join()
         scores = read_topic(config, topics.scores, expect=8000, decode="score", timeout=120)
