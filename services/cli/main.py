@@ -109,6 +109,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return run_compare(with_bootstrap(from_namespace(CompareSettings, args)))
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from services.gateway.service import GatewayService
+    from services.gateway.settings import GatewaySettings
+    from services.model_worker.models import DEMO_FEATURES
+
+    settings = with_bootstrap(from_namespace(GatewaySettings, args))
+    # The demo models' features describe the models until they publish their own signatures.
+    run_service(GatewayService(settings, DEMO_FEATURES), 0, settings)
+    return 0
+
+
 def _settings_classes() -> dict[str, type]:
     from services.cli.demo import DemoSettings
     from services.cli.send import SendSettings
@@ -174,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(compare, classes["compare"])
     compare.set_defaults(handler=cmd_compare)
+
+    from services.gateway.settings import GatewaySettings
+
+    gateway = commands.add_parser(
+        "gateway", help="the Open Inference Protocol (REST + gRPC) in front of the rendezvous, and /ui"
+    )
+    add_arguments(gateway, GatewaySettings)
+    gateway.set_defaults(handler=cmd_gateway)
 
     from services.cli import lifecycle_commands
 
