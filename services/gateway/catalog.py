@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from services.control.schedule import Schedule
 from services.control.topic import ControlFeed, ControlRecord, ScheduleBook
@@ -65,6 +65,14 @@ class ScheduleFollower:
         self._feed.close()
 
 
+class Schedules(Protocol):
+    """The versions of one schedule (ScheduleFollower reads them from the control topic)."""
+
+    book: ScheduleBook
+
+    def in_force(self) -> Schedule | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """A resolved model name: what answers, in which version, reading which features."""
@@ -82,7 +90,7 @@ class Target:
 
 
 class Catalog:
-    def __init__(self, schedules: ScheduleFollower, signatures: Signatures, *, enforce: bool):
+    def __init__(self, schedules: Schedules, signatures: Signatures, *, enforce: bool):
         self.schedules = schedules
         self.signatures = signatures
         # Published contracts are the models' own: a feature none of them reads is refused (400).

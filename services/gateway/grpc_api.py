@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -160,11 +159,6 @@ def _contents(name: str, datatype: str, shape: tuple[int, ...], contents: Any) -
     return values
 
 
-def _bytes_tensor(values: list[str]) -> bytes:
-    encoded = [v.encode() for v in values]
-    return b"".join(struct.pack("<I", len(e)) + e for e in encoded)
-
-
 def _param(value: Any) -> Any:
     if isinstance(value, bool):
         return pb.InferParameter(bool_param=value)
@@ -180,7 +174,7 @@ def response_from(result: InferResult) -> Any:
         response.parameters[key].CopyFrom(_param(value))
     for name, datatype, data in result.columns():
         response.outputs.add(name=name, datatype=datatype, shape=[n])
-        raw = np.asarray(data, dtype="<f8").tobytes() if datatype == "FP64" else _bytes_tensor(data)
+        raw = np.asarray(data, dtype="<f8").tobytes() if datatype == "FP64" else oip.raw_bytes(data)
         response.raw_output_contents.append(raw)
     return response
 

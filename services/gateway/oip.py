@@ -17,6 +17,7 @@ after that is shared.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -257,6 +258,12 @@ class InferResult:
                 else:
                     out.append((name, "BYTES", [getattr(r, name) for r in self.rows]))
         return out
+
+
+def raw_bytes(values: Sequence[str]) -> bytes:
+    """BYTES elements in raw form: each one's UTF-8 bytes after its 4-byte little-endian length."""
+    encoded = [v.encode() for v in values]
+    return b"".join(struct.pack("<I", len(e)) + e for e in encoded)
 
 
 def rest_response(result: InferResult) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Python stubs of `inference.proto`, generated with grpcio-tools at first import, never committed.
 
-The stubs are written next to the .proto (git-ignored) when this directory is writable (a checkout,
-an editable install, a container image that imports them once at build time), else into a per-user
-cache directory that joins this package's `__path__` (a wheel in a read-only site-packages). A stamp
+The stubs are written into `_generated/` beside the .proto (git-ignored, and no package, so a wheel
+built from a checkout never ships them) when this directory is writable (a checkout, an editable
+install, a container image that imports them once at build time), else into a per-user cache
+directory (a wheel in a read-only site-packages); that place joins this package's `__path__`. A stamp
 (sha256 of the .proto and the generator's version) tells stale stubs apart; generation writes into
 a temporary directory and renames the files into place, so processes starting together never
 import a half-written module.
@@ -82,13 +83,12 @@ def _cache_dir(fingerprint: str) -> Path:
 def stubs() -> tuple[ModuleType, ModuleType]:
     """(inference_pb2, inference_pb2_grpc), generated first if missing or stale."""
     fingerprint = _fingerprint()
-    place = HERE
+    place = HERE / "_generated"
+    if not _fresh(place, fingerprint) and not os.access(HERE, os.W_OK):
+        place = _cache_dir(fingerprint)
     if not _fresh(place, fingerprint):
-        if not os.access(HERE, os.W_OK):
-            place = _cache_dir(fingerprint)
-            __path__.insert(0, str(place))  # this package's modules are found there first
-        if not _fresh(place, fingerprint):
-            _generate(place, fingerprint)
+        _generate(place, fingerprint)
+    __path__.insert(0, str(place))  # this package's generated modules are found there
     messages = importlib.import_module(f"{__name__}.inference_pb2")
     services = importlib.import_module(f"{__name__}.inference_pb2_grpc")
     return messages, services
