@@ -152,6 +152,8 @@ class Gateway:
                          metadata: dict[str, str]) -> list[RowAnswer]:
         if not self.tap.started:
             await asyncio.to_thread(self.tap.start)
+            if self.draining:  # the stop came while the log reader started: send nothing now
+                raise Unavailable("this gateway is shutting down; retry (another replica will answer)")
         expected = [self.tap.expect(rid) for rid in ids]
         try:
             # The schedule's own answers are not what this call asked for: nobody waits for them.

@@ -42,9 +42,9 @@ class GatewaySettings(KafkaSettings):
         "(the rendezvous answers TIMEOUT by the deadline; missing that, it is not running) (ms).",
     )
     comparison_grace_ms: int = setting(
-        4000,
-        "Calls to a single model wait for the comparison record, written after the deadline plus the "
-        "rendezvous' linger: how long past the deadline to wait for it (ms).",
+        10_000,
+        "Calls to a single model wait for the comparison record, written once every model reported or "
+        "the rendezvous' --linger-ms after the deadline passed: how long past the deadline to wait (ms).",
     )
     max_budget_ms: int = setting(60_000, "Largest deadline a call may ask for (ms); more is refused (400).")
     max_rows: int = setting(1000, "Most rows (Kafka requests) one inference call may carry; more is refused (400).")

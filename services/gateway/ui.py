@@ -125,6 +125,9 @@ class ComparisonFeed:
             return {"at": at, "source": self.url, "error": None, **snapshot_from(text)}
         except (urllib.error.URLError, OSError, ValueError) as exc:
             return {**self._status(f"cannot read {self.url}: {exc}"), "at": at}
+        except Exception as exc:  # an exposition we cannot make sense of must not stop the page
+            log.exception("cannot use the figures of %s", self.url)
+            return {**self._status(f"cannot use the figures of {self.url}: {type(exc).__name__}: {exc}"), "at": at}
 
     async def changes(self, stopping: Callable[[], bool]) -> AsyncIterator[dict[str, Any]]:
         """Every new snapshot, as it is read (the current one first)."""
@@ -155,6 +158,7 @@ class ComparisonPage:
             Route("/ui/app.css", self._static("ui.css", "text/css; charset=utf-8")),
             Route("/ui/snapshot", self.snapshot),
             Route("/ui/events", self.events),
+            Route("/favicon.ico", self.no_icon),  # browsers ask for one; there is none
         ]
 
     def _static(self, name: str, media_type: str) -> Callable[[Request], Any]:
@@ -165,6 +169,9 @@ class ComparisonPage:
                             headers={"Content-Security-Policy": CSP, "Cache-Control": "no-cache"})
 
         return serve
+
+    async def no_icon(self, _request: Request) -> Response:
+        return Response(status_code=204)
 
     async def snapshot(self, _request: Request) -> Response:
         self.feed.watch()

@@ -83,6 +83,7 @@ function render(snapshot) {
   const cards = document.getElementById("models");
   cards.replaceChildren(...snapshot.models.map((m) => renderModel(m, snapshot.champion)));
   document.body.setAttribute("data-snapshot-at", String(snapshot.at));
+  document.body.setAttribute("data-snapshots", String(Number(document.body.getAttribute("data-snapshots") || 0) + 1));
 }
 
 function connect() {
