@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -96,6 +97,9 @@ class Catalog:
         # Published contracts are the models' own: a feature none of them reads is refused (400).
         # A fallback list only describes; it refuses nothing.
         self.enforce = enforce
+        # The schedule's target, rebuilt when the schedule in force changes or after a second
+        # (published signatures may change): every call to the schedule resolves it.
+        self._cached: tuple[Schedule, float, Target] | None = None
 
     @property
     def schedule_name(self) -> str:
@@ -126,12 +130,17 @@ class Catalog:
 
     def _schedule_target(self, version: str) -> Target:
         schedule = self.schedule()
-        versions = tuple(str(s.version) for s in self.schedules.book.versions)
         if version and version != str(schedule.version):
             raise NotFound(f"schedule {schedule.name!r} version {version!r} is not in force (v{schedule.version} "
                            "is); leave the version out or ask for that one")
-        return Target(schedule.name, SCHEDULE, str(schedule.version), versions,
-                      self._union(schedule.models), schedule)
+        cached, now = self._cached, time.monotonic()
+        if cached is not None and cached[0] is schedule and now - cached[1] < 1.0:
+            return cached[2]
+        versions = tuple(str(s.version) for s in self.schedules.book.versions)
+        target = Target(schedule.name, SCHEDULE, str(schedule.version), versions, self._union(schedule.models),
+                        schedule)
+        self._cached = (schedule, now, target)
+        return target
 
     def _model_target(self, name: str, published: str, version: str) -> Target:
         if version and published and version != published:

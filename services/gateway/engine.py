@@ -12,6 +12,7 @@ The deadline of a call is the smallest of the gRPC deadline, the `timeout` param
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import uuid
 from collections.abc import Sequence
@@ -45,6 +46,13 @@ class Gateway:
         self.health = health
         self.draining = False
         self.rows_in_flight = 0
+        # Ids for calls without one: a random per-process prefix and a counter (unique without a
+        # call to the OS per request, as uuid4 makes).
+        self._id_prefix = uuid.uuid4().hex[:16]
+        self._ids = itertools.count()
+
+    def _new_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids):x}"
 
     # -- admission ------------------------------------------------------------------------------
 
@@ -86,7 +94,7 @@ class Gateway:
         if self.rows_in_flight + len(rows) > self.settings.max_in_flight:
             raise Unavailable(f"overloaded: {self.rows_in_flight} rows waiting for answers (at most "
                               f"{self.settings.max_in_flight}); retry later")
-        base = call.id or uuid.uuid4().hex
+        base = call.id or self._new_id()
         ids = _request_ids(base, len(rows), target.kind)
         metadata = {"gateway": self.settings.instance_name(), "caller": caller}
         self.rows_in_flight += len(rows)
@@ -139,8 +147,11 @@ class Gateway:
         futures = self._send(ids, rows, budget, metadata)
         wait_ms = budget + self.settings.answer_grace_ms
         try:
-            answers = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(f) for f in futures)),
-                                             wait_ms / 1000)
+            if len(futures) == 1:  # the common case, without gather's extra future
+                answers = [await asyncio.wait_for(asyncio.wrap_future(futures[0]), wait_ms / 1000)]
+            else:
+                answers = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(f) for f in futures)),
+                                                 wait_ms / 1000)
         except TimeoutError:
             raise Unavailable(f"no answer from the rendezvous within {wait_ms} ms (deadline {budget} ms + "
                               f"{self.settings.answer_grace_ms} ms): is it running?") from None

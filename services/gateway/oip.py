@@ -36,9 +36,10 @@ OUTPUTS = ("score", "label", "status", "model", "version", "reason")
 FEATURE_NAMES = "feature_names"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Tensor:
-    """One input tensor: its elements as floats, flattened row-major."""
+    """One input tensor: its elements as floats, flattened row-major (not frozen: a call makes one
+    per feature, and a frozen dataclass is several times slower to build)."""
 
     name: str
     datatype: str
@@ -61,17 +62,21 @@ class InferCall:
 
 
 def check_header(name: Any, datatype: Any, shape: Any, where: str) -> tuple[str, str, tuple[int, ...]]:
-    if not isinstance(name, str) or not name:
+    # `type(x) is` rather than isinstance: this runs once per input tensor of every call, and
+    # bool (a subclass of int) must not pass as a size.
+    if type(name) is not str or not name:
         raise InvalidInput(f"{where}: 'name' must be a non-empty string")
-    if datatype not in NUMERIC:
+    if type(datatype) is not str or datatype not in NUMERIC:
         shown = datatype if isinstance(datatype, str) else type(datatype).__name__
         raise InvalidInput(
             f"input '{name}': datatype {shown} is not a number type; send features as FP64 or FP32"
         )
-    if not isinstance(shape, (list, tuple)) or not shape or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
+    kind = type(shape)
+    if (kind is not list and kind is not tuple) or not shape:
         raise InvalidInput(f"input '{name}': 'shape' must be a non-empty list of sizes >= 0, got {shape!r}")
+    for d in shape:
+        if type(d) is not int or d < 0:
+            raise InvalidInput(f"input '{name}': 'shape' must be a non-empty list of sizes >= 0, got {shape!r}")
     return name, datatype, tuple(shape)
 
 
@@ -208,9 +213,10 @@ def _check_unique(names: Sequence[str], what: str) -> None:
 
 
 def _check_finite(values: list[float], where: Any) -> None:
-    for i, value in enumerate(values):
-        if not math.isfinite(value):
-            raise InvalidInput(f"{where(i)} is {value}: features must be finite numbers")
+    if all(map(math.isfinite, values)):
+        return
+    i, value = next((i, v) for i, v in enumerate(values) if not math.isfinite(v))
+    raise InvalidInput(f"{where(i)} is {value}: features must be finite numbers")
 
 
 # -- answers -> response ------------------------------------------------------------------------

@@ -90,7 +90,10 @@ class RestApi:
     def routes(self) -> list[BaseRoute]:
         model = "/v2/models/{name}"
         versioned = "/v2/models/{name}/versions/{version}"
+        # Inference first: routes are matched in order, and it is the route that carries the load.
         routes: list[BaseRoute] = [
+            Route(model + "/infer", measured("infer", self.infer), methods=["POST"]),
+            Route(versioned + "/infer", measured("infer", self.infer), methods=["POST"]),
             Route("/v2", measured("server_metadata", self.server_metadata)),
             Route("/v2/health/live", measured("server_live", self.live)),
             Route("/v2/health/ready", measured("server_ready", self.ready)),
@@ -102,7 +105,6 @@ class RestApi:
             routes += [
                 Route(path, measured("model_metadata", self.model_metadata)),
                 Route(path + "/ready", measured("model_ready", self.model_ready)),
-                Route(path + "/infer", measured("infer", self.infer), methods=["POST"]),
             ]
         return routes
 
