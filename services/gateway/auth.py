@@ -1,0 +1,111 @@
+"""Who may call: API keys as bearer tokens, and a rate limit per key.
+
+Keys are stored as SHA-256 digests (`name:hex` lines), never in clear. An API key is a random
+secret of 128 bits or more (e.g. `openssl rand -hex 32`), not a password, so a fast hash is the
+right one: there is nothing to brute-force, and a slow hash would cost every call milliseconds.
+A presented key is hashed and compared with *every* stored digest with `hmac.compare_digest`
+(no early exit), so the time taken says nothing about which digest, or how much of it, matched.
+Keys never reach a log line or a metric label; the key's *name* (from the file) may.
+
+The rate limit is a token bucket per key name: `rate` calls per second sustained, `burst` at once.
+Without keys, every caller shares the bucket `anonymous`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from services.core.errors import ConfigError
+from services.gateway.errors import RateLimited, Unauthenticated
+
+ANONYMOUS = "anonymous"
+_HEX = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def parse_entries(lines: Iterable[str], where: str) -> list[tuple[str, bytes]]:
+    """`name:hex` or `hex` entries ('#' comments and blank lines skipped)."""
+    entries: list[tuple[str, bytes]] = []
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        name, _, hexdigest = text.rpartition(":")
+        if not _HEX.fullmatch(hexdigest):
+            # The line itself is not shown: it might be a key pasted by mistake.
+            raise ConfigError(f"{where} entry {number}: expected name:<64 hex digits of sha256(key)>")
+        entries.append((name.strip() or f"key{len(entries) + 1}", bytes.fromhex(hexdigest)))
+    return entries
+
+
+class ApiKeys:
+    def __init__(self, entries: list[tuple[str, bytes]]):
+        self._entries = entries
+
+    @classmethod
+    def load(cls, file: str, inline: Iterable[str]) -> ApiKeys:
+        entries = parse_entries(inline, "--api-key-hashes")
+        if file:
+            try:
+                text = Path(file).read_text()
+            except OSError as exc:
+                raise ConfigError(f"cannot read --api-keys-file {file}: {exc.strerror}") from None
+            entries += parse_entries(text.splitlines(), file)
+        return cls(entries)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def identify(self, authorization: str | None) -> str:
+        """The name of the key in an `Authorization: Bearer <key>` value; `Unauthenticated` if none."""
+        if not self._entries:
+            return ANONYMOUS
+        if not authorization:
+            raise Unauthenticated("an API key is required: send Authorization: Bearer <key>")
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("the Authorization header must be: Bearer <key>")
+        presented = digest(token.strip())
+        found = ""
+        for name, stored in self._entries:
+            if hmac.compare_digest(presented, stored) and not found:
+                found = name
+        if not found:
+            raise Unauthenticated("the API key is not valid")
+        return found
+
+
+class RateLimit:
+    """Token buckets by key name (the names are few: they come from the key file)."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate = rate
+        self.burst = float(burst)
+        self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, at)
+        self._lock = threading.Lock()
+
+    def take(self, name: str) -> None:
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            tokens, at = self._buckets.get(name, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - at) * self.rate)
+            if tokens < 1.0:
+                self._buckets[name] = (tokens, now)
+                wait = (1.0 - tokens) / self.rate
+                raise RateLimited(f"over the rate limit of {self.rate:g} calls/s for this key; retry in {wait:.2f}s")
+            self._buckets[name] = (tokens - 1.0, now)

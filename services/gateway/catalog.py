@@ -1,0 +1,186 @@
+"""What an OIP model name means here: the schedule (the rendezvous' answer) or one model of it.
+
+`{name}` is the schedule's name (e.g. `default`): the call is answered by the rendezvous, and the
+OIP model version is the schedule's version in force. `{name}` may also be a model the deployment
+knows (in the schedule, or with a published signature), for testing a challenger directly: the
+call still goes through the schedule (every model scores every request), and the response carries
+that model's own output as the comparison log recorded it (engine.py).
+
+Schedules are followed live from the control topic with the rendezvous' own acceptance rule
+(`ScheduleBook.refusal`), so the gateway and the rendezvous agree on what is in force.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from services.control.schedule import Schedule
+from services.control.topic import ControlFeed, ControlRecord, ScheduleBook
+from services.core.runtime import now_ms
+from services.gateway.errors import InvalidInput, NotFound
+from services.gateway.oip import OUTPUTS
+from services.gateway.signatures import FeatureSpec, Signatures
+
+log = logging.getLogger(__name__)
+
+SCHEDULE = "schedule"
+MODEL = "model"
+
+
+class ScheduleFollower:
+    """The accepted versions of one schedule, read from the control topic and kept up to date."""
+
+    def __init__(self, config: Mapping[str, Any], topic: str, name: str, poll_s: float = 0.5):
+        self.book = ScheduleBook(name)
+        self._feed = ControlFeed(config, topic)
+        self._apply(self._feed.read_history())
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, args=(poll_s,), name="rdv-gateway-control",
+                                        daemon=True)
+        self._thread.start()
+
+    def _apply(self, records: Iterable[ControlRecord]) -> None:
+        for record in records:
+            schedule = record.schedule
+            if schedule is None or schedule.name != self.book.name:
+                continue
+            if self.book.refusal(schedule, record.written_at) is None:
+                self.book.add(schedule)
+                log.info("schedule %s v%d: %s", schedule.name, schedule.version, list(schedule.models))
+
+    def _follow(self, poll_s: float) -> None:
+        while not self._stop.wait(poll_s):
+            self._apply(self._feed.poll())
+
+    def in_force(self) -> Schedule | None:
+        return self.book.in_force(now_ms()) if self.book.latest else None
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._feed.close()
+
+
+class Schedules(Protocol):
+    """The versions of one schedule (ScheduleFollower reads them from the control topic)."""
+
+    book: ScheduleBook
+
+    def in_force(self) -> Schedule | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A resolved model name: what answers, in which version, reading which features."""
+
+    name: str
+    kind: str  # SCHEDULE or MODEL
+    version: str
+    versions: tuple[str, ...]
+    features: tuple[FeatureSpec, ...] | None
+    schedule: Schedule
+
+    @property
+    def feature_names(self) -> tuple[str, ...] | None:
+        return None if self.features is None else tuple(f.name for f in self.features)
+
+
+class Catalog:
+    def __init__(self, schedules: Schedules, signatures: Signatures, *, enforce: bool):
+        self.schedules = schedules
+        self.signatures = signatures
+        # Published contracts are the models' own: a feature none of them reads is refused (400).
+        # A fallback list only describes; it refuses nothing.
+        self.enforce = enforce
+        # The schedule's target, rebuilt when the schedule in force changes or after a second
+        # (published signatures may change): every call to the schedule resolves it.
+        self._cached: tuple[Schedule, float, Target] | None = None
+
+    @property
+    def schedule_name(self) -> str:
+        return self.schedules.book.name
+
+    def schedule(self) -> Schedule:
+        schedule = self.schedules.in_force()
+        if schedule is None:
+            raise NotFound(f"schedule {self.schedule_name!r} has no version on the control topic yet "
+                           "(is the rendezvous running?)")
+        return schedule
+
+    def models(self) -> dict[str, str]:
+        """Model names a caller may ask for directly, with their published versions ('' unknown)."""
+        schedule = self.schedules.in_force()
+        known = {name: "" for name in (schedule.models if schedule else ())}
+        known.update(self.signatures.models())
+        return known
+
+    def resolve(self, name: str, version: str = "") -> Target:
+        if name == self.schedule_name:
+            return self._schedule_target(version)
+        models = self.models()
+        if name not in models:
+            known = ", ".join([self.schedule_name, *sorted(models)])
+            raise NotFound(f"unknown model {name!r}; this gateway serves: {known}")
+        return self._model_target(name, models[name], version)
+
+    def _schedule_target(self, version: str) -> Target:
+        schedule = self.schedule()
+        if version and version != str(schedule.version):
+            raise NotFound(f"schedule {schedule.name!r} version {version!r} is not in force (v{schedule.version} "
+                           "is); leave the version out or ask for that one")
+        cached, now = self._cached, time.monotonic()
+        if cached is not None and cached[0] is schedule and now - cached[1] < 1.0:
+            return cached[2]
+        versions = tuple(str(s.version) for s in self.schedules.book.versions)
+        target = Target(schedule.name, SCHEDULE, str(schedule.version), versions, self._union(schedule.models),
+                        schedule)
+        self._cached = (schedule, now, target)
+        return target
+
+    def _model_target(self, name: str, published: str, version: str) -> Target:
+        if version and published and version != published:
+            raise NotFound(f"model {name!r} serves version {published!r}, not {version!r}")
+        features = self.signatures.features(name)
+        return Target(name, MODEL, published or version, (published,) if published else (),
+                      None if features is None else tuple(features), self.schedule())
+
+    def _union(self, models: Iterable[str]) -> tuple[FeatureSpec, ...] | None:
+        """Every feature any of the models reads, the preferred model's first (None: one is unknown)."""
+        seen: dict[str, FeatureSpec] = {}
+        for model in models:
+            specs = self.signatures.features(model)
+            if specs is None:
+                return None
+            for spec in specs:
+                # Required for the schedule only if the preferred model requires it.
+                seen.setdefault(spec.name, spec if not seen else FeatureSpec(spec.name, False, spec.datatype))
+        return tuple(seen.values())
+
+    def check_features(self, target: Target, names: Iterable[str]) -> None:
+        """400 for a feature the target does not read, or a required one missing."""
+        if not self.enforce or target.features is None:
+            return
+        given = set(names)
+        known = {f.name for f in target.features}
+        unknown = sorted(given - known)
+        if unknown:
+            raise InvalidInput(f"unknown feature(s) {', '.join(repr(n) for n in unknown[:10])} for {target.name!r}; "
+                               f"it reads: {', '.join(sorted(known)[:40])}")
+        missing = [f.name for f in target.features if f.required and f.name not in given]
+        if missing:
+            raise InvalidInput(f"missing required feature(s) {', '.join(repr(n) for n in missing[:10])} "
+                               f"for {target.name!r}")
+
+    def metadata(self, target: Target) -> dict[str, Any]:
+        """The OIP model metadata (REST form; gRPC builds its message from the same dict)."""
+        inputs = [{"name": f.name, "datatype": f.datatype, "shape": [-1]} for f in target.features or ()]
+        outputs = [{"name": name, "datatype": "FP64" if name == "score" else "BYTES", "shape": [-1]}
+                   for name in OUTPUTS]
+        platform = "rendezvous_schedule" if target.kind == SCHEDULE else "rendezvous_model"
+        return {"name": target.name, "versions": list(target.versions), "platform": platform,
+                "inputs": inputs, "outputs": outputs}

@@ -1,0 +1,232 @@
+"""The gateway's one inference path, shared by REST and gRPC: admit, resolve, send, await, answer.
+
+    call ─► admit (API key, rate limit) ─► resolve the name (catalog) ─► rows (oip) ─► budget
+         ─► one Kafka request per row (services/client: return address = a reply partition this
+            gateway owns) ─► await the answers by request_id ─► response, or the status of the failure
+
+The deadline of a call is the smallest of the gRPC deadline, the `timeout` parameter and the
+`X-Timeout-Ms` header; without any, the schedule's default. The rendezvous answers by then
+(TIMEOUT at the latest); the gateway waits `answer_grace_ms` longer before it gives up with 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from services.client.client import Answer, Client
+from services.core.health import BrokerHealth
+from services.core.metrics import child
+from services.core.runtime import now_ms
+from services.gateway import metrics as m
+from services.gateway.auth import ApiKeys, RateLimit
+from services.gateway.catalog import SCHEDULE, Catalog, Target
+from services.gateway.comparisons import ComparisonTap
+from services.gateway.errors import AnswerFailed, AnswerTimedOut, InvalidInput, Unavailable
+from services.gateway.oip import InferCall, InferResult, RowAnswer, rows_of, timeout_ms
+from services.gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings, client: Client, catalog: Catalog, tap: ComparisonTap,
+                 keys: ApiKeys, health: BrokerHealth):
+        self.settings = settings
+        self.client = client
+        self.catalog = catalog
+        self.tap = tap
+        self.keys = keys
+        self.limit = RateLimit(settings.rate_limit, settings.rate_burst)
+        self.health = health
+        self.draining = False
+        self.rows_in_flight = 0
+        # Ids for calls without one: a random per-process prefix and a counter (unique without a
+        # call to the OS per request, as uuid4 makes).
+        self._id_prefix = uuid.uuid4().hex[:16]
+        self._ids = itertools.count()
+
+    def _new_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids):x}"
+
+    # -- admission ------------------------------------------------------------------------------
+
+    def admit(self, authorization: str | None) -> str:
+        """The caller's key name, after authentication and its rate limit."""
+        name = self.keys.identify(authorization)
+        self.limit.take(name)
+        return name
+
+    def authenticate(self, authorization: str | None) -> str:
+        """Authentication alone (metadata calls do not spend the rate limit)."""
+        return self.keys.identify(authorization)
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "draining: shutting down"
+        if not self.health.up:
+            return False, self.health.describe()
+        if not self.client.owned_partitions:
+            return False, f"no reply partition of {self.client.topics.replies} assigned yet"
+        if self.catalog.schedules.in_force() is None:
+            return False, f"no version of schedule {self.catalog.schedule_name!r} on the control topic yet"
+        return True, f"ready: reply partitions {list(self.client.owned_partitions)}"
+
+    def model_ready(self, name: str, version: str) -> bool:
+        self.catalog.resolve(name, version)  # NotFound for an unknown name
+        return self.readiness()[0]
+
+    # -- inference ------------------------------------------------------------------------------
+
+    async def infer(self, name: str, version: str, call: InferCall, caller: str,
+                    deadline_ms: Sequence[int | None] = ()) -> InferResult:
+        if self.draining:
+            raise Unavailable("this gateway is shutting down; retry (another replica will answer)")
+        target = self.catalog.resolve(name, version)
+        rows = rows_of(call.tensors, target.feature_names, self.settings.max_rows)
+        self.catalog.check_features(target, rows[0])
+        budget = self._budget(target, [timeout_ms(call.parameters), *deadline_ms])
+        if self.rows_in_flight + len(rows) > self.settings.max_in_flight:
+            raise Unavailable(f"overloaded: {self.rows_in_flight} rows waiting for answers (at most "
+                              f"{self.settings.max_in_flight}); retry later")
+        base = call.id or self._new_id()
+        ids = _request_ids(base, len(rows), target.kind)
+        metadata = {"gateway": self.settings.instance_name(), "caller": caller}
+        self.rows_in_flight += len(rows)
+        m.ROWS_IN_FLIGHT.set(self.rows_in_flight)
+        try:
+            if target.kind == SCHEDULE:
+                answers = await self._via_schedule(ids, rows, budget, metadata)
+            else:
+                answers = await self._via_model(target, ids, rows, budget, metadata)
+        finally:
+            self.rows_in_flight -= len(rows)
+            m.ROWS_IN_FLIGHT.set(self.rows_in_flight)
+        for answer in answers:
+            child(m.ANSWERS, answer.status, target.kind).inc()
+        _raise_failures(ids, answers)
+        versions = {a.version for a in answers}
+        version = target.version or (versions.pop() if len(versions) == 1 else "")
+        return InferResult(target.name, version, base, tuple(answers), call.outputs)
+
+    def _budget(self, target: Target, given: Sequence[int | None]) -> int:
+        limits = [g for g in given if g is not None]
+        if not limits:
+            return target.schedule.default_deadline_ms
+        budget = min(limits)
+        if budget > self.settings.max_budget_ms:
+            raise InvalidInput(f"a deadline of {budget} ms is over this gateway's limit of "
+                               f"{self.settings.max_budget_ms} ms")
+        return max(1, budget)
+
+    def _send(self, ids: list[str], rows: list[dict[str, float]], budget: int,
+              metadata: dict[str, str]) -> list[Future[Answer]]:
+        created = now_ms()
+        futures: list[Future[Answer]] = []
+        try:
+            for rid, row in zip(ids, rows, strict=True):
+                futures.append(self.client.submit(row, budget_ms=budget, request_id=rid, metadata=metadata,
+                                                  created_at=created))
+        except BaseException:
+            self._abandon(ids, futures)
+            raise
+        return futures
+
+    def _abandon(self, ids: list[str], futures: list[Future[Answer]]) -> None:
+        for rid, future in zip(ids, futures, strict=False):
+            if not future.done():
+                self.client.abandon(rid, future)
+
+    async def _via_schedule(self, ids: list[str], rows: list[dict[str, float]], budget: int,
+                            metadata: dict[str, str]) -> list[RowAnswer]:
+        futures = self._send(ids, rows, budget, metadata)
+        wait_ms = budget + self.settings.answer_grace_ms
+        try:
+            if len(futures) == 1:  # the common case, without gather's extra future
+                answers = [await asyncio.wait_for(asyncio.wrap_future(futures[0]), wait_ms / 1000)]
+            else:
+                answers = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(f) for f in futures)),
+                                                 wait_ms / 1000)
+        except TimeoutError:
+            raise Unavailable(f"no answer from the rendezvous within {wait_ms} ms (deadline {budget} ms + "
+                              f"{self.settings.answer_grace_ms} ms): is it running?") from None
+        finally:
+            self._abandon(ids, futures)
+        return [_row(a) for a in answers]
+
+    async def _via_model(self, target: Target, ids: list[str], rows: list[dict[str, float]], budget: int,
+                         metadata: dict[str, str]) -> list[RowAnswer]:
+        if not self.tap.started:
+            await asyncio.to_thread(self.tap.start)
+            if self.draining:  # the stop came while the log reader started: send nothing now
+                raise Unavailable("this gateway is shutting down; retry (another replica will answer)")
+        expected = [self.tap.expect(rid) for rid in ids]
+        try:
+            # The schedule's own answers are not what this call asked for: nobody waits for them.
+            self._abandon(ids, self._send(ids, rows, budget, metadata))
+            wait_ms = budget + self.settings.comparison_grace_ms
+            try:
+                records = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(f) for f in expected)),
+                                                 wait_ms / 1000)
+            except TimeoutError:
+                raise Unavailable(f"no comparison record within {wait_ms} ms: is the rendezvous running and "
+                                  "writing its log?") from None
+        finally:
+            for rid, future in zip(ids, expected, strict=True):
+                self.tap.abandon(rid, future)
+        return [_model_row(target, record) for record in records]
+
+
+def _request_ids(base: str, n: int, kind: str) -> list[str]:
+    """Kafka request ids of a call's rows: the OIP id (`id/i` for row i of several).
+
+    A request id the rendezvous has seen is answered again with its first answer and not logged
+    again (idempotent retries). A call to a single model needs a comparison record of its own, so
+    its ids get a fresh suffix."""
+    if kind != SCHEDULE:
+        base = f"{base}.{uuid.uuid4().hex[:12]}"
+    return [base] if n == 1 else [f"{base}/{i}" for i in range(n)]
+
+
+def _row(answer: Answer) -> RowAnswer:
+    return RowAnswer(answer.status, answer.model or "", answer.version or "", answer.score, answer.label or "",
+                     answer.reason, answer.schedule_version)
+
+
+def _model_row(target: Target, record: dict[str, Any]) -> RowAnswer:
+    """One model's own output from a comparison record, judged against the request's deadline."""
+    output = next((o for o in record["outputs"] if o["model"] == target.name), None)
+    schedule_version = int(record["schedule_version"])
+    if output is None:
+        return RowAnswer("TIMEOUT", target.name, "", None, "", f"model {target.name!r} gave no output for "
+                         "this request before its comparison record closed (is it running?)", schedule_version)
+    version = output["version"]
+    if output["error"] is not None:
+        return RowAnswer("ERROR", target.name, version, None, "", f"model {target.name!r} failed: {output['error']}",
+                         schedule_version)
+    budget = record["deadline"] - record["created_at"]
+    latency = output["latency_ms"]
+    if latency > budget:
+        return RowAnswer("TIMEOUT", target.name, version, None, "", f"model {target.name!r} answered in "
+                         f"{latency:.0f} ms, after the {budget} ms deadline", schedule_version)
+    chosen = record["chosen_model"] or "no model"
+    return RowAnswer("OK", target.name, version, output["score"], output["label"] or "",
+                     f"model {target.name!r} itself, in {latency:.0f} ms (the schedule answered "
+                     f"{record['status']} with {chosen})", schedule_version)
+
+
+def _raise_failures(ids: list[str], answers: list[RowAnswer]) -> None:
+    """A call with a TIMEOUT row fails with 504, else with an ERROR row with 502: no confident
+    answer for a row that has none. The message names the rows and their reasons."""
+    for status, error in (("TIMEOUT", AnswerTimedOut), ("ERROR", AnswerFailed)):
+        failed = [(rid, a) for rid, a in zip(ids, answers, strict=True) if a.status == status]
+        if failed:
+            if len(answers) == 1:
+                raise error(f"{status}: {failed[0][1].reason}")
+            shown = "; ".join(f"{rid}: {a.reason}" for rid, a in failed[:5])
+            raise error(f"{status} for {len(failed)} of {len(answers)} rows: {shown}")

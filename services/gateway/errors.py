@@ -1,0 +1,89 @@
+"""What can go wrong with a call, and the one table that turns it into an HTTP and a gRPC status.
+
+Every failure a caller sees is a `RendezvousError` (services/core/errors.py): the gateway's own
+(below), the client's (`NoReplyPartition`, `ReplyPartitionLost`, `AnswerTimeout`) or the core's
+(a broker that went away). `status_of` is the only place that maps them; REST and gRPC both ask it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from services.core.errors import BrokerError, KafkaOperationError, RendezvousError
+
+
+class CallError(RendezvousError):
+    """A call the gateway refuses or cannot complete; the subclass decides the status."""
+
+
+class InvalidInput(CallError):
+    """The call is malformed: the message names the problem (400 / INVALID_ARGUMENT)."""
+
+
+class BodyTooLarge(CallError):
+    """The request body is over --max-body-bytes (413 / RESOURCE_EXHAUSTED)."""
+
+
+class NotFound(CallError):
+    """No such model, schedule or version (404 / NOT_FOUND)."""
+
+
+class Unauthenticated(CallError):
+    """No API key, or not an accepted one (401 / UNAUTHENTICATED)."""
+
+
+class RateLimited(CallError):
+    """The key is over its rate limit (429 / RESOURCE_EXHAUSTED)."""
+
+
+class AnswerTimedOut(CallError):
+    """The rendezvous answered TIMEOUT: no usable score by the deadline (504 / DEADLINE_EXCEEDED)."""
+
+
+class AnswerFailed(CallError):
+    """The rendezvous answered ERROR: every model failed (502 / UNAVAILABLE)."""
+
+
+class Unavailable(CallError):
+    """The gateway cannot serve the call now: draining, overloaded, no answer in time (503 / UNAVAILABLE)."""
+
+    retriable = True
+
+
+@dataclass(frozen=True)
+class Status:
+    http: int
+    grpc: grpc.StatusCode
+    message: str
+    reason: str  # label of the rejected-calls metric
+
+    @property
+    def retry(self) -> bool:
+        return self.http in (429, 503)
+
+
+# Most specific first: the first class an exception is an instance of decides.
+_TABLE: tuple[tuple[type[BaseException], int, grpc.StatusCode, str], ...] = (
+    (InvalidInput, 400, grpc.StatusCode.INVALID_ARGUMENT, "invalid"),
+    (BodyTooLarge, 413, grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large"),
+    (NotFound, 404, grpc.StatusCode.NOT_FOUND, "not_found"),
+    (Unauthenticated, 401, grpc.StatusCode.UNAUTHENTICATED, "unauthenticated"),
+    (RateLimited, 429, grpc.StatusCode.RESOURCE_EXHAUSTED, "rate_limited"),
+    (AnswerTimedOut, 504, grpc.StatusCode.DEADLINE_EXCEEDED, "timeout"),
+    (AnswerFailed, 502, grpc.StatusCode.UNAVAILABLE, "error"),
+    (Unavailable, 503, grpc.StatusCode.UNAVAILABLE, "unavailable"),
+    # The client's (no reply partition, a partition that moved, no answer) and the broker's.
+    (BrokerError, 503, grpc.StatusCode.UNAVAILABLE, "broker"),
+    (KafkaOperationError, 503, grpc.StatusCode.UNAVAILABLE, "broker"),
+    (RendezvousError, 503, grpc.StatusCode.UNAVAILABLE, "unavailable"),
+)
+
+
+def status_of(exc: BaseException) -> Status:
+    """The HTTP and gRPC status of a failed call; anything unforeseen is a 500 / INTERNAL."""
+    for kind, http, code, reason in _TABLE:
+        if isinstance(exc, kind):
+            return Status(http, code, str(exc), reason)
+    return Status(500, grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}", "internal")

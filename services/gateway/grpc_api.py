@@ -1,0 +1,183 @@
+"""The gRPC binding: `inference.GRPCInferenceService` on grpc.aio, over the same engine as REST.
+
+Inputs may come as typed `contents` or as `raw_input_contents`; outputs always go out as
+`raw_output_contents` (little-endian FP64 for `score`; BYTES elements each prefixed by their
+4-byte little-endian length, the layout OIP clients decode). The API key comes in the
+`authorization` metadata (`Bearer <key>`); the call's deadline is the gRPC deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from services.core.metrics import child
+from services.gateway import metrics as m
+from services.gateway import oip
+from services.gateway.engine import Gateway
+from services.gateway.errors import InvalidInput, status_of
+from services.gateway.oip import InferCall, InferResult, Tensor
+from services.gateway.proto import stubs
+from services.gateway.rest import SERVER_NAME
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "grpc"
+pb, pb_grpc = stubs()
+
+R = TypeVar("R")
+
+# InferTensorContents field holding each numeric type.
+CONTENTS = {
+    "FP64": "fp64_contents", "FP32": "fp32_contents", "INT64": "int64_contents", "UINT64": "uint64_contents",
+    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+}  # fmt: skip
+
+
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return str(value)
+    return None
+
+
+class InferenceService:
+    """The servicer: method names are the protocol's (registered by the generated `add_..._to_server`)."""
+
+    def __init__(self, gateway: Gateway, server_version: str):
+        self.gateway = gateway
+        self.server_version = server_version
+
+    async def _measured(self, route: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[R]]) -> R:
+        started = time.perf_counter()
+        in_flight = child(m.IN_FLIGHT, PROTOCOL)
+        in_flight.inc()
+        code = grpc.StatusCode.OK
+        try:
+            return await work()
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:  # every failure becomes a status (errors.status_of)
+            status = status_of(exc)
+            if status.http == 500:
+                log.error("unexpected failure serving a gRPC call", exc_info=exc)
+            code = status.grpc
+            child(m.REJECTED, PROTOCOL, status.reason).inc()
+            await context.abort(status.grpc, status.message)
+            raise  # abort raises; this line is never reached
+        finally:
+            in_flight.dec()
+            child(m.CALLS, PROTOCOL, route, code.name).inc()
+            child(m.LATENCY, PROTOCOL, route, code.name).observe(time.perf_counter() - started)
+
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            return pb.ServerLiveResponse(live=True)
+        return await self._measured("server_live", context, work)
+
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            return pb.ServerReadyResponse(ready=self.gateway.readiness()[0])
+        return await self._measured("server_ready", context, work)
+
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            self.gateway.authenticate(_authorization(context))
+            return pb.ModelReadyResponse(ready=self.gateway.model_ready(request.name, request.version))
+        return await self._measured("model_ready", context, work)
+
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            self.gateway.authenticate(_authorization(context))
+            return pb.ServerMetadataResponse(name=SERVER_NAME, version=self.server_version, extensions=[])
+        return await self._measured("server_metadata", context, work)
+
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            self.gateway.authenticate(_authorization(context))
+            catalog = self.gateway.catalog
+            meta = catalog.metadata(catalog.resolve(request.name, request.version))
+            tensor = pb.ModelMetadataResponse.TensorMetadata
+            return pb.ModelMetadataResponse(
+                name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+                inputs=[tensor(**t) for t in meta["inputs"]], outputs=[tensor(**t) for t in meta["outputs"]],
+            )
+        return await self._measured("model_metadata", context, work)
+
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            caller = self.gateway.admit(_authorization(context))
+            call = call_from(request)
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else max(1, math.floor(remaining * 1000))
+            result = await self.gateway.infer(request.model_name, request.model_version, call, caller, (deadline,))
+            return response_from(result)
+        return await self._measured("infer", context, work)
+
+
+def _parameter(value: Any) -> Any:
+    kind = value.WhichOneof("parameter_choice")
+    return None if kind is None else getattr(value, kind)
+
+
+def _parameters(mapping: Any) -> dict[str, Any]:
+    return {key: _parameter(value) for key, value in mapping.items()}
+
+
+def call_from(request: Any) -> InferCall:
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+    tensors = []
+    for index, item in enumerate(request.inputs):
+        name, datatype, shape = oip.check_header(item.name, item.datatype, list(item.shape), f"inputs[{index}]")
+        if raw:
+            values = oip.from_raw(name, datatype, shape, raw[index])
+        else:
+            values = _contents(name, datatype, shape, item.contents)
+        tensors.append(Tensor(name, datatype, shape, values, _parameters(item.parameters)))
+    outputs = oip.requested_outputs(o.name for o in request.outputs)
+    return InferCall(request.id, tuple(tensors), outputs, _parameters(request.parameters))
+
+
+def _contents(name: str, datatype: str, shape: tuple[int, ...], contents: Any) -> list[float]:
+    field = CONTENTS.get(datatype)
+    if field is None:
+        raise InvalidInput(f"input '{name}': {datatype} data must come as raw_input_contents")
+    values = [float(v) for v in getattr(contents, field)]
+    if len(values) != oip.elements(shape):
+        raise InvalidInput(f"input '{name}': {len(values)} values in {field} for shape {list(shape)}")
+    return values
+
+
+def _param(value: Any) -> Any:
+    if isinstance(value, bool):
+        return pb.InferParameter(bool_param=value)
+    if isinstance(value, int):
+        return pb.InferParameter(int64_param=value)
+    return pb.InferParameter(string_param=str(value))
+
+
+def response_from(result: InferResult) -> Any:
+    n = len(result.rows)
+    response = pb.ModelInferResponse(model_name=result.model_name, model_version=result.model_version, id=result.id)
+    for key, value in result.parameters().items():
+        response.parameters[key].CopyFrom(_param(value))
+    for name, datatype, data in result.columns():
+        response.outputs.add(name=name, datatype=datatype, shape=[n])
+        raw = np.asarray(data, dtype="<f8").tobytes() if datatype == "FP64" else oip.raw_bytes(data)
+        response.raw_output_contents.append(raw)
+    return response
+
+
+def add_to(server: grpc.aio.Server, service: InferenceService) -> None:
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)

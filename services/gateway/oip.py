@@ -1,0 +1,286 @@
+"""The Open Inference Protocol's inference call, without a transport: tensors in, rows out, and back.
+
+A call carries either one tensor per feature (each of shape [n] or [n, 1], named by the feature)
+or one [n, k] tensor whose columns are named by its parameter `feature_names` (comma-separated;
+without it, the model's own feature order when k matches it). Either way `n` rows become `n`
+Kafka requests and one response. Numbers only (FP64, FP32, FP16 and the integer types), finite.
+
+Outputs of a response: `score` (FP64 [n]), `label`, `status`, `model`, `version`, `reason`
+(BYTES [n]); parameters `status`, `model`, `version`, `reason`, `schedule_version` (for n > 1:
+the worst status, and model/version/reason only when every row agrees).
+
+Call parameters read here: `timeout` (an integer number of microseconds, as Triton's clients send
+it). REST and gRPC turn their own encodings into `Tensor`s (rest.py, grpc_api.py); everything
+after that is shared.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from services.gateway.errors import InvalidInput
+
+# Element types a feature may be sent as, and their little-endian numpy types (raw / binary data).
+NUMERIC: dict[str, str] = {
+    "FP64": "<f8", "FP32": "<f4", "FP16": "<f2",
+    "INT8": "i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
+    "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
+}  # fmt: skip
+OUTPUTS = ("score", "label", "status", "model", "version", "reason")
+FEATURE_NAMES = "feature_names"
+
+
+@dataclass(slots=True)
+class Tensor:
+    """One input tensor: its elements as floats, flattened row-major (not frozen: a call makes one
+    per feature, and a frozen dataclass is several times slower to build)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    values: list[float]
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class InferCall:
+    """What a caller asked, whatever the transport."""
+
+    id: str
+    tensors: tuple[Tensor, ...]
+    outputs: tuple[str, ...]  # empty: all of them
+    parameters: Mapping[str, Any]
+
+
+# -- checks shared by both encodings ------------------------------------------------------------
+
+
+def check_header(name: Any, datatype: Any, shape: Any, where: str) -> tuple[str, str, tuple[int, ...]]:
+    # `type(x) is` rather than isinstance: this runs once per input tensor of every call, and
+    # bool (a subclass of int) must not pass as a size.
+    if type(name) is not str or not name:
+        raise InvalidInput(f"{where}: 'name' must be a non-empty string")
+    if type(datatype) is not str or datatype not in NUMERIC:
+        shown = datatype if isinstance(datatype, str) else type(datatype).__name__
+        raise InvalidInput(
+            f"input '{name}': datatype {shown} is not a number type; send features as FP64 or FP32"
+        )
+    kind = type(shape)
+    if (kind is not list and kind is not tuple) or not shape:
+        raise InvalidInput(f"input '{name}': 'shape' must be a non-empty list of sizes >= 0, got {shape!r}")
+    for d in shape:
+        if type(d) is not int or d < 0:
+            raise InvalidInput(f"input '{name}': 'shape' must be a non-empty list of sizes >= 0, got {shape!r}")
+    return name, datatype, tuple(shape)
+
+
+def elements(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+def from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) -> list[float]:
+    """Elements of raw little-endian bytes (gRPC raw_input_contents, REST binary data)."""
+    width = np.dtype(NUMERIC[datatype]).itemsize
+    if len(raw) != elements(shape) * width:
+        raise InvalidInput(
+            f"input '{name}': {len(raw)} bytes of data for shape {list(shape)} of {datatype} "
+            f"(expected {elements(shape) * width})"
+        )
+    values: list[float] = np.frombuffer(raw, dtype=NUMERIC[datatype]).astype(np.float64).tolist()
+    return values
+
+
+def from_list(name: str, shape: tuple[int, ...], data: Any) -> list[float]:
+    """Elements of JSON data (flat or nested row-major lists of numbers)."""
+    flat = _flatten(data, name)
+    if len(flat) != elements(shape):
+        raise InvalidInput(f"input '{name}': {len(flat)} values for shape {list(shape)} ({elements(shape)} expected)")
+    return flat
+
+
+def _flatten(data: Any, name: str) -> list[float]:
+    if not isinstance(data, list):
+        raise InvalidInput(f"input '{name}': 'data' must be a list of numbers")
+    out: list[float] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            kind = type(item)
+            if kind is float or kind is int:
+                out.append(float(item))
+            elif kind is list:
+                stack.append(iter(item))
+                break
+            else:
+                raise InvalidInput(f"input '{name}': {item!r} is not a number")
+        else:
+            stack.pop()
+    return out
+
+
+def timeout_ms(parameters: Mapping[str, Any]) -> int | None:
+    """The `timeout` parameter (microseconds, as Triton's clients send it) in whole ms, if given."""
+    if "timeout" not in parameters:
+        return None
+    value = parameters["timeout"]
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise InvalidInput(f"parameter 'timeout' must be a positive integer number of microseconds, got {value!r}")
+    return max(1, math.ceil(value / 1000))
+
+
+def requested_outputs(names: Iterable[str]) -> tuple[str, ...]:
+    chosen = tuple(names)
+    unknown = [n for n in chosen if n not in OUTPUTS]
+    if unknown:
+        raise InvalidInput(f"unknown output(s) {', '.join(repr(n) for n in unknown)}; outputs are {', '.join(OUTPUTS)}")
+    return chosen
+
+
+# -- tensors -> rows ----------------------------------------------------------------------------
+
+
+def rows_of(tensors: Sequence[Tensor], features: Sequence[str] | None, max_rows: int) -> list[dict[str, float]]:
+    """The feature rows of a call; `features` is the target's feature order, when known."""
+    if not tensors:
+        raise InvalidInput("no inputs: send one tensor per feature, or one [n, k] tensor")
+    matrix = len(tensors) == 1 and _is_matrix(tensors[0])
+    rows = _matrix_rows(tensors[0], features) if matrix else _column_rows(tensors)
+    if not rows:
+        raise InvalidInput("the inputs hold no rows (n = 0)")
+    if len(rows) > max_rows:
+        raise InvalidInput(f"{len(rows)} rows in one call; at most {max_rows}")
+    return rows
+
+
+def _is_matrix(tensor: Tensor) -> bool:
+    return FEATURE_NAMES in tensor.parameters or (len(tensor.shape) == 2 and tensor.shape[1] > 1)
+
+
+def _matrix_rows(tensor: Tensor, features: Sequence[str] | None) -> list[dict[str, float]]:
+    if len(tensor.shape) != 2:
+        raise InvalidInput(f"input '{tensor.name}' has feature_names, so it must be [n, k], got {list(tensor.shape)}")
+    n, k = tensor.shape
+    names = _column_names(tensor, features, k)
+    values = tensor.values
+    _check_finite(values, lambda i: f"input '{tensor.name}' row {i // k} column '{names[i % k]}'")
+    return [dict(zip(names, values[r * k:(r + 1) * k], strict=True)) for r in range(n)]
+
+
+def _column_names(tensor: Tensor, features: Sequence[str] | None, k: int) -> list[str]:
+    given = tensor.parameters.get(FEATURE_NAMES)
+    if given is None:
+        if features is not None and len(features) == k:
+            return list(features)
+        raise InvalidInput(
+            f"input '{tensor.name}' is a [n, {k}] matrix: name its columns with the parameter "
+            f"feature_names (comma-separated), or send one tensor per feature"
+        )
+    if not isinstance(given, str):
+        raise InvalidInput(f"input '{tensor.name}': parameter feature_names must be a comma-separated string")
+    names = [part.strip() for part in given.split(",")]
+    if len(names) != k or not all(names):
+        raise InvalidInput(f"input '{tensor.name}': feature_names has {len(names)} names for {k} columns")
+    _check_unique(names, "feature_names")
+    return names
+
+
+def _column_rows(tensors: Sequence[Tensor]) -> list[dict[str, float]]:
+    _check_unique([t.name for t in tensors], "input names")
+    n = None
+    for tensor in tensors:
+        if len(tensor.shape) > 2 or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
+            raise InvalidInput(
+                f"input '{tensor.name}': a feature tensor is [n] or [n, 1], got {list(tensor.shape)}"
+            )
+        if n is None:
+            n = tensor.shape[0]
+        elif tensor.shape[0] != n:
+            raise InvalidInput(f"input '{tensor.name}' has {tensor.shape[0]} rows, the others {n}")
+        _check_finite(tensor.values, lambda i, t=tensor: f"input '{t.name}' row {i}")
+    return [{t.name: t.values[r] for t in tensors} for r in range(n or 0)]
+
+
+def _check_unique(names: Sequence[str], what: str) -> None:
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise InvalidInput(f"{what}: {', '.join(repr(n) for n in twice)} given more than once")
+
+
+def _check_finite(values: list[float], where: Any) -> None:
+    if all(map(math.isfinite, values)):
+        return
+    i, value = next((i, v) for i, v in enumerate(values) if not math.isfinite(v))
+    raise InvalidInput(f"{where(i)} is {value}: features must be finite numbers")
+
+
+# -- answers -> response ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RowAnswer:
+    """One row's answer, as a caller sees it."""
+
+    status: str
+    model: str
+    version: str
+    score: float | None
+    label: str
+    reason: str
+    schedule_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class InferResult:
+    model_name: str
+    model_version: str
+    id: str
+    rows: tuple[RowAnswer, ...]
+    outputs: tuple[str, ...]  # empty: all
+
+    def parameters(self) -> dict[str, Any]:
+        rows = self.rows
+        worst = "FALLBACK" if any(r.status != "OK" for r in rows) else "OK"
+        params: dict[str, Any] = {"status": worst, "schedule_version": max(r.schedule_version for r in rows)}
+        for name in ("model", "version", "reason"):
+            values = {getattr(r, name) for r in rows}
+            if len(values) == 1:
+                params[name] = values.pop()
+        return params
+
+    def columns(self) -> list[tuple[str, str, list[Any]]]:
+        """(name, datatype, values) of each output asked for, in the protocol's order."""
+        wanted = self.outputs or OUTPUTS
+        out = []
+        for name in OUTPUTS:
+            if name in wanted:
+                if name == "score":
+                    out.append((name, "FP64", [math.nan if r.score is None else r.score for r in self.rows]))
+                else:
+                    out.append((name, "BYTES", [getattr(r, name) for r in self.rows]))
+        return out
+
+
+def raw_bytes(values: Sequence[str]) -> bytes:
+    """BYTES elements in raw form: each one's UTF-8 bytes after its 4-byte little-endian length."""
+    encoded = [v.encode() for v in values]
+    return b"".join(struct.pack("<I", len(e)) + e for e in encoded)
+
+
+def rest_response(result: InferResult) -> dict[str, Any]:
+    n = len(result.rows)
+    return {
+        "model_name": result.model_name,
+        "model_version": result.model_version,
+        "id": result.id,
+        "parameters": result.parameters(),
+        "outputs": [
+            {"name": name, "datatype": datatype, "shape": [n], "data": data}
+            for name, datatype, data in result.columns()
+        ],
+    }

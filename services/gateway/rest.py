@@ -1,0 +1,250 @@
+"""The REST binding of the Open Inference Protocol (Starlette), plus health, metrics and the page.
+
+    GET  /v2                                        server metadata
+    GET  /v2/health/live | /v2/health/ready          liveness, readiness (no key needed)
+    GET  /v2/models/{name}[/versions/{v}]            model metadata
+    GET  /v2/models/{name}[/versions/{v}]/ready      model readiness
+    POST /v2/models/{name}[/versions/{v}]/infer      inference
+    GET  /healthz /readyz /metrics                   the conventions of every service here
+    GET  /ui ...                                     the live comparison page (ui.py)
+
+Errors are `{"error": "<message>"}` with the status `errors.status_of` gives. Request bodies are
+JSON, or Triton's binary tensor extension (a JSON header of `Inference-Header-Content-Length`
+bytes, then each input's raw little-endian data whose size its `binary_data_size` parameter gives).
+The deadline header is `X-Timeout-Ms`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from services.core.health import READY
+from services.core.metrics import child
+from services.gateway import metrics as m
+from services.gateway import oip
+from services.gateway.engine import Gateway
+from services.gateway.errors import BodyTooLarge, InvalidInput, status_of
+from services.gateway.oip import InferCall, Tensor
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "rest"
+TIMEOUT_HEADER = "x-timeout-ms"
+BINARY_HEADER = "inference-header-content-length"
+SERVER_NAME = "rendezvous-serving"
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(content), status, headers, media_type="application/json")
+
+
+def error_response(exc: BaseException) -> Response:
+    status = status_of(exc)
+    if status.http == 500:
+        log.error("unexpected failure serving a call", exc_info=exc)
+    headers = {"WWW-Authenticate": "Bearer"} if status.http == 401 else {}
+    if status.retry:
+        headers["Retry-After"] = "1"
+    return json_response({"error": status.message}, status.http, headers)
+
+
+def measured(route: str, handler: Handler) -> Handler:
+    """Count, time and map the failures of one route."""
+    in_flight = child(m.IN_FLIGHT, PROTOCOL)
+
+    async def run(request: Request) -> Response:
+        started = time.perf_counter()
+        in_flight.inc()
+        try:
+            response = await handler(request)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a status (errors.status_of)
+            response = error_response(exc)
+            child(m.REJECTED, PROTOCOL, status_of(exc).reason).inc()
+        finally:
+            in_flight.dec()
+        code = str(response.status_code)
+        child(m.CALLS, PROTOCOL, route, code).inc()
+        child(m.LATENCY, PROTOCOL, route, code).observe(time.perf_counter() - started)
+        return response
+
+    return run
+
+
+class RestApi:
+    def __init__(self, gateway: Gateway, server_version: str):
+        self.gateway = gateway
+        self.server_version = server_version
+
+    def routes(self) -> list[BaseRoute]:
+        model = "/v2/models/{name}"
+        versioned = "/v2/models/{name}/versions/{version}"
+        # Inference first: routes are matched in order, and it is the route that carries the load.
+        routes: list[BaseRoute] = [
+            Route(model + "/infer", measured("infer", self.infer), methods=["POST"]),
+            Route(versioned + "/infer", measured("infer", self.infer), methods=["POST"]),
+            Route("/v2", measured("server_metadata", self.server_metadata)),
+            Route("/v2/health/live", measured("server_live", self.live)),
+            Route("/v2/health/ready", measured("server_ready", self.ready)),
+            Route("/healthz", self.healthz),
+            Route("/readyz", self.readyz),
+            Route("/metrics", self.metrics),
+        ]
+        for path in (model, versioned):
+            routes += [
+                Route(path, measured("model_metadata", self.model_metadata)),
+                Route(path + "/ready", measured("model_ready", self.model_ready)),
+            ]
+        return routes
+
+    # -- health and metadata ------------------------------------------------------------------
+
+    async def live(self, _request: Request) -> Response:
+        return json_response({"live": True})
+
+    async def ready(self, _request: Request) -> Response:
+        ready, reason = self.gateway.readiness()
+        return json_response({"ready": ready, "reason": reason}, 200 if ready else 503)
+
+    async def healthz(self, _request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def readyz(self, _request: Request) -> Response:
+        ready, reason = self.gateway.readiness()
+        READY.set(1 if ready else 0)
+        return PlainTextResponse(reason + "\n", 200 if ready else 503)
+
+    async def metrics(self, _request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    async def server_metadata(self, request: Request) -> Response:
+        self.gateway.authenticate(request.headers.get("authorization"))
+        return json_response({"name": SERVER_NAME, "version": self.server_version, "extensions": []})
+
+    async def model_metadata(self, request: Request) -> Response:
+        self.gateway.authenticate(request.headers.get("authorization"))
+        name, version = _name_version(request)
+        target = self.gateway.catalog.resolve(name, version)
+        return json_response(self.gateway.catalog.metadata(target))
+
+    async def model_ready(self, request: Request) -> Response:
+        self.gateway.authenticate(request.headers.get("authorization"))
+        name, version = _name_version(request)
+        ready = self.gateway.model_ready(name, version)
+        return json_response({"name": name, "ready": ready}, 200 if ready else 503)
+
+    # -- inference --------------------------------------------------------------------------------
+
+    async def infer(self, request: Request) -> Response:
+        caller = self.gateway.admit(request.headers.get("authorization"))
+        name, version = _name_version(request)
+        body = await _body(request, self.gateway.settings.max_body_bytes)
+        call = parse_call(body, request.headers.get(BINARY_HEADER))
+        deadline = _header_ms(request.headers.get(TIMEOUT_HEADER))
+        result = await self.gateway.infer(name, version, call, caller, (deadline,))
+        return json_response(oip.rest_response(result))
+
+
+def _name_version(request: Request) -> tuple[str, str]:
+    params = request.path_params
+    return params["name"], params.get("version", "")
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"request body of {declared} bytes is over the limit of {limit}")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _header_ms(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.strip().isdigit() or int(value) <= 0:
+        raise InvalidInput(f"header X-Timeout-Ms must be a positive whole number of milliseconds, got {value!r}")
+    return int(value)
+
+
+def parse_call(body: bytes, binary_header: str | None) -> InferCall:
+    """An inference call from a REST body (JSON, or JSON + binary tensor data)."""
+    header, rest = body, b""
+    if binary_header is not None:
+        if not binary_header.isdigit() or int(binary_header) > len(body):
+            raise InvalidInput(f"Inference-Header-Content-Length {binary_header!r} does not fit the body")
+        header, rest = body[:int(binary_header)], body[int(binary_header):]
+    try:
+        document = orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidInput("the body must be a JSON object with 'inputs'")
+    call_id = document.get("id", "")
+    if not isinstance(call_id, str):
+        raise InvalidInput("'id' must be a string")
+    inputs = document.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInput("'inputs' must be a non-empty list of tensors")
+    tensors, used = [], 0
+    for index, item in enumerate(inputs):
+        tensor, size = _tensor(item, index, rest[used:])
+        tensors.append(tensor)
+        used += size
+    if used != len(rest):
+        raise InvalidInput(f"{len(rest) - used} bytes of binary data belong to no input")
+    return InferCall(call_id, tuple(tensors), _outputs(document.get("outputs")), _parameters(document))
+
+
+def _parameters(document: dict[str, Any]) -> dict[str, Any]:
+    params = document.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidInput("'parameters' must be an object")
+    return params
+
+
+def _outputs(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in value):
+        raise InvalidInput("'outputs' must be a list of objects with a 'name'")
+    return oip.requested_outputs(o["name"] for o in value)
+
+
+def _tensor(item: Any, index: int, binary: bytes) -> tuple[Tensor, int]:
+    """One input tensor, and how many bytes of binary data it took."""
+    if not isinstance(item, dict):
+        raise InvalidInput(f"inputs[{index}] must be an object")
+    name, datatype, shape = oip.check_header(item.get("name"), item.get("datatype"), item.get("shape"),
+                                             f"inputs[{index}]")
+    params = item.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidInput(f"input '{name}': 'parameters' must be an object")
+    size = params.get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary):
+            raise InvalidInput(f"input '{name}': binary_data_size {size!r} does not fit the binary data")
+        return Tensor(name, datatype, shape, oip.from_raw(name, datatype, shape, binary[:size]), params), size
+    if "data" not in item:
+        raise InvalidInput(f"input '{name}' has no 'data'")
+    return Tensor(name, datatype, shape, oip.from_list(name, shape, item["data"]), params), 0
+
+
+def build_app(api: RestApi, extra: list[BaseRoute]) -> Starlette:
+    return Starlette(routes=[*api.routes(), *extra])

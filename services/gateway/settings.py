@@ -1,0 +1,98 @@
+"""Settings of one gateway process: where it listens, whom it lets in, how long it waits."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from services.core.errors import ConfigError
+from services.core.settings import KafkaSettings, setting
+
+
+@dataclass(frozen=True)
+class GatewaySettings(KafkaSettings):
+    """The Open Inference Protocol (REST and gRPC) in front of the rendezvous."""
+
+    http_addr: str = setting("0.0.0.0", "Address the REST API (and /ui, /metrics, /healthz, /readyz) binds.")
+    http_port: int = setting(8080, "Port of the REST API (0 = off).")
+    grpc_addr: str = setting("0.0.0.0", "Address the gRPC API binds.")
+    grpc_port: int = setting(8081, "Port of the gRPC API (0 = off).")
+    metrics_port: int = setting(
+        0, "Extra plain-HTTP port for /metrics, /healthz and /readyz (0 = only on the REST port).",
+    )
+    tls_cert: str = setting("", "PEM certificate file: serve REST and gRPC over TLS (with --tls-key).")
+    tls_key: str = setting("", "PEM private key file of --tls-cert.")
+    api_keys_file: str = setting(
+        "",
+        "File of accepted API keys, one `name:sha256-hex-of-the-key` (or just the hex) a line; callers "
+        "send `Authorization: Bearer <key>`. Empty (and no --api-key-hashes) = no authentication.",
+    )
+    api_key_hashes: tuple[str, ...] = setting(
+        (), "Accepted API keys as `name:sha256-hex` entries (comma-separated), besides --api-keys-file.",
+    )
+    rate_limit: float = setting(
+        0.0, "Inference calls per second each API key may make, sustained (0 = unlimited); over it: 429.",
+    )
+    rate_burst: int = setting(50, "Inference calls a key may make at once above --rate-limit (the bucket size).")
+    schedule: str = setting("default", "Name of the schedule the rendezvous answers with: the OIP model name of it.")
+    answer_grace_ms: int = setting(
+        2000,
+        "How long after a request's deadline to wait for the rendezvous' answer before replying 503 "
+        "(the rendezvous answers TIMEOUT by the deadline; missing that, it is not running) (ms).",
+    )
+    comparison_grace_ms: int = setting(
+        10_000,
+        "Calls to a single model wait for the comparison record, written once every model reported or "
+        "the rendezvous' --linger-ms after the deadline passed: how long past the deadline to wait (ms).",
+    )
+    max_budget_ms: int = setting(60_000, "Largest deadline a call may ask for (ms); more is refused (400).")
+    max_rows: int = setting(1000, "Most rows (Kafka requests) one inference call may carry; more is refused (400).")
+    max_in_flight: int = setting(
+        20_000, "Most rows waiting for answers at once; calls beyond it are refused with 503 (overloaded).",
+    )
+    max_body_bytes: int = setting(8 * 1024 * 1024, "Largest request body (REST and gRPC), in bytes.")
+    drain_timeout_s: float = setting(
+        10.0,
+        "On SIGTERM: stop taking calls (readiness 503), wait this long for the calls in flight, then "
+        "fail what is left with 503 and exit (s).",
+    )
+    reply_group: str = setting(
+        "", "Consumer group of the gateways on the replies topic (default: <prefix>gateway): each "
+        "partition has one reader, so every gateway has return addresses of its own.",
+    )
+    comparison_url: str = setting(
+        "",
+        "The comparison service's metrics endpoint, e.g. http://comparison:9104/metrics: the /ui page "
+        "shows its figures (empty: the page says it has no source).",
+    )
+    ui: bool = setting(True, "Serve the live comparison page at /ui (public, like /metrics).")
+    instance: str = setting(
+        "", "Name of this gateway in logs and Kafka client ids (default: the host name).",
+    )
+
+    def validate(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        for path in (self.tls_cert, self.tls_key, self.api_keys_file):
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"no such file: {path}")
+        if self.http_port <= 0 and self.grpc_port <= 0:
+            raise ConfigError("nothing to serve: both --http-port and --grpc-port are 0")
+        if self.rate_limit < 0 or self.rate_burst < 1:
+            raise ConfigError("--rate-limit must be >= 0 and --rate-burst >= 1")
+        for name in ("answer_grace_ms", "comparison_grace_ms", "max_budget_ms", "max_rows",
+                     "max_in_flight", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.drain_timeout_s < 0:
+            raise ConfigError(f"--drain-timeout-s must be >= 0, got {self.drain_timeout_s}")
+
+    def reply_group_id(self) -> str:
+        return self.reply_group or f"{self.topic_prefix}gateway"
+
+    def models_topic_name(self) -> str:
+        return self.topics().models
+
+    def instance_name(self) -> str:
+        return self.instance or socket.gethostname()

@@ -1,0 +1,98 @@
+"""Which features each model reads: the input side of the model metadata, and the 400 for a feature
+no model knows.
+
+`Signatures` is all the gateway needs. Two implementations:
+- `PublishedSignatures`: the compacted topic where each model worker publishes its input contract
+  (services/core/model_info.py), read to its end at start and again every `refresh_s`;
+- `FixedSignatures`: one feature list for every model (the demo models' features, which the CLI
+  passes in), known only by name, none required.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaException
+
+from services.core.errors import RendezvousError
+from services.core.model_info import read_model_infos
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    name: str
+    required: bool = False
+    datatype: str = "FP64"
+
+
+class Signatures(Protocol):
+    def features(self, model: str) -> list[FeatureSpec] | None:
+        """The model's input features in its column order; None: not known."""
+
+    def models(self) -> dict[str, str]:
+        """Published models and their versions (empty when nothing is published)."""
+
+
+class FixedSignatures:
+    """The same features for any model (names only: nothing is required)."""
+
+    def __init__(self, names: Sequence[str]):
+        self._specs = [FeatureSpec(name) for name in names]
+
+    def features(self, model: str) -> list[FeatureSpec] | None:
+        return list(self._specs) if self._specs else None
+
+    def models(self) -> dict[str, str]:
+        return {}
+
+
+class PublishedSignatures:
+    """Input contracts from the models topic, refreshed in the background."""
+
+    def __init__(self, config: Mapping[str, Any], topic: str, refresh_s: float = 30.0):
+        self._config = dict(config)
+        self._topic = topic
+        self._specs: dict[str, tuple[str, list[FeatureSpec]]] = {}
+        self._stop = threading.Event()
+        self.reload()
+        self._thread = threading.Thread(target=self._refresh, args=(refresh_s,), name="rdv-gateway-models",
+                                        daemon=True)
+        self._thread.start()
+
+    def features(self, model: str) -> list[FeatureSpec] | None:
+        entry = self._specs.get(model)
+        return None if entry is None else list(entry[1])
+
+    def models(self) -> dict[str, str]:
+        return {name: version for name, (version, _specs) in self._specs.items()}
+
+    def reload(self) -> None:
+        """Read the topic to its end; the newest record per model wins (as compaction keeps it)."""
+        infos = read_model_infos(self._config, self._topic, timeout_s=10.0)
+        self._specs = {name: (info.version, [FeatureSpec(f.name, f.required) for f in info.signature.features])
+                       for name, info in infos.items()}
+
+    def _refresh(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            try:
+                self.reload()
+            except (RendezvousError, KafkaException) as err:
+                log.warning("could not refresh the model signatures from %s: %s", self._topic, err)
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def signatures_for(config: Mapping[str, Any], topic: str, fallback: Sequence[str]) -> Signatures:
+    """Published contracts when the deployment has them, else the fixed fallback list."""
+    try:
+        return PublishedSignatures(config, topic)
+    except RendezvousError as err:
+        log.info("no published model signatures (%s): model metadata lists the fallback features", err)
+        return FixedSignatures(fallback)

@@ -1,0 +1,400 @@
+"""The gateway's pure logic: OIP tensors to rows, REST bodies, the status table, API keys and rate
+limits, the catalog (schedule or model, versions, features), model-direct answers, the page's figures.
+
+Nothing here imports the generated gRPC stubs: their `inference.*` messages would clash with the
+ones tritonclient registers in the same process (tests/integration/test_gateway.py uses both).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import grpc
+import numpy as np
+import orjson
+import pytest
+
+from services.control.schedule import Schedule
+from services.control.topic import ScheduleBook
+from services.core.errors import BrokerUnavailable, ConfigError
+from services.gateway.auth import ANONYMOUS, ApiKeys, RateLimit, parse_entries
+from services.gateway.catalog import MODEL, SCHEDULE, Catalog
+from services.gateway.engine import _model_row, _raise_failures, _request_ids
+from services.gateway.errors import (
+    AnswerFailed,
+    AnswerTimedOut,
+    BodyTooLarge,
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+    status_of,
+)
+from services.gateway.oip import (
+    InferResult,
+    RowAnswer,
+    Tensor,
+    from_raw,
+    raw_bytes,
+    requested_outputs,
+    rows_of,
+    timeout_ms,
+)
+from services.gateway.rest import parse_call
+from services.gateway.settings import GatewaySettings
+from services.gateway.signatures import FeatureSpec, FixedSignatures
+from services.gateway.ui import snapshot_from
+
+# -- tensors -> rows -------------------------------------------------------------------------------
+
+
+def column(name: str, values: list[float], datatype: str = "FP64") -> Tensor:
+    return Tensor(name, datatype, (len(values),), values)
+
+
+def test_one_tensor_per_feature_gives_one_row_per_element() -> None:
+    rows = rows_of([column("a", [1.0, 2.0]), column("b", [3.0, 4.0])], None, 10)
+    assert rows == [{"a": 1.0, "b": 3.0}, {"a": 2.0, "b": 4.0}]
+
+
+def test_a_matrix_is_named_by_feature_names_or_by_the_models_order() -> None:
+    named = Tensor("x", "FP32", (2, 2), [1.0, 2.0, 3.0, 4.0], {"feature_names": "b, a"})
+    assert rows_of([named], None, 10) == [{"b": 1.0, "a": 2.0}, {"b": 3.0, "a": 4.0}]
+    unnamed = Tensor("x", "FP64", (1, 2), [5.0, 6.0])
+    assert rows_of([unnamed], ("p", "q"), 10) == [{"p": 5.0, "q": 6.0}]
+    with pytest.raises(InvalidInput, match="name its columns with the parameter feature_names"):
+        rows_of([unnamed], ("p", "q", "r"), 10)
+
+
+@pytest.mark.parametrize(
+    ("tensors", "message"),
+    [
+        ([], "no inputs"),
+        ([column("a", [1.0]), column("b", [1.0, 2.0])], "input 'b' has 2 rows, the others 1"),
+        ([column("a", [1.0]), column("a", [2.0])], "'a' given more than once"),
+        ([column("a", [float("nan")])], "input 'a' row 0 is nan: features must be finite"),
+        ([Tensor("a", "FP64", (1, 1, 1), [1.0])], r"a feature tensor is \[n\] or \[n, 1\]"),
+        ([Tensor("x", "FP64", (1, 2), [1.0, 2.0], {"feature_names": "a"})], "1 names for 2 columns"),
+        ([Tensor("x", "FP64", (1, 2), [1.0, float("inf")], {"feature_names": "a,b"})], "column 'b' is inf"),
+        ([column("a", [])], "no rows"),
+    ],
+)
+def test_malformed_inputs_are_refused_naming_the_problem(tensors: list[Tensor], message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        rows_of(tensors, None, 10)
+
+
+def test_more_rows_than_allowed_are_refused() -> None:
+    with pytest.raises(InvalidInput, match="3 rows in one call; at most 2"):
+        rows_of([column("a", [1.0, 2.0, 3.0])], None, 2)
+
+
+def test_raw_little_endian_data_of_any_number_type() -> None:
+    assert from_raw("a", "FP32", (2,), np.array([1.5, -2.0], "<f4").tobytes()) == [1.5, -2.0]
+    assert from_raw("a", "INT64", (1,), np.array([7], "<i8").tobytes()) == [7.0]
+    with pytest.raises(InvalidInput, match="12 bytes of data for shape"):
+        from_raw("a", "FP64", (2,), b"\0" * 12)
+
+
+def test_timeout_parameter_is_microseconds_rounded_up_to_ms() -> None:
+    assert timeout_ms({}) is None
+    assert timeout_ms({"timeout": 250_000}) == 250
+    assert timeout_ms({"timeout": 1}) == 1
+    for bad in (0, -5, "100", True, 1.5):
+        with pytest.raises(InvalidInput, match="timeout"):
+            timeout_ms({"timeout": bad})
+
+
+def test_outputs_asked_for_must_exist() -> None:
+    assert requested_outputs(["label", "score"]) == ("label", "score")
+    with pytest.raises(InvalidInput, match=r"unknown output.*'proba'"):
+        requested_outputs(["proba"])
+
+
+def test_response_parameters_summarise_the_rows() -> None:
+    ok = RowAnswer("OK", "champion", "v1", 0.9, "benign", "preferred model answered", 3)
+    fallback = RowAnswer("FALLBACK", "challenger", "v2", 0.2, "malignant", "champion late", 3)
+    one = InferResult("default", "3", "id", (ok,), ())
+    assert one.parameters() == {"status": "OK", "schedule_version": 3, "model": "champion", "version": "v1",
+                                "reason": "preferred model answered"}
+    both = InferResult("default", "3", "id", (ok, fallback), ("score", "model"))
+    assert both.parameters() == {"status": "FALLBACK", "schedule_version": 3}
+    assert both.columns() == [("score", "FP64", [0.9, 0.2]), ("model", "BYTES", ["champion", "challenger"])]
+
+
+# -- REST bodies ------------------------------------------------------------------------------------
+
+
+def test_rest_json_body() -> None:
+    body = orjson.dumps({"id": "r1", "parameters": {"timeout": 5000}, "outputs": [{"name": "score"}],
+                         "inputs": [{"name": "a", "datatype": "FP64", "shape": [2, 1], "data": [[1], [2.5]]}]})
+    call = parse_call(body, None)
+    assert (call.id, call.outputs, call.parameters) == ("r1", ("score",), {"timeout": 5000})
+    assert call.tensors[0].values == [1.0, 2.5]
+
+
+def test_rest_binary_tensor_extension() -> None:
+    header = orjson.dumps({"inputs": [
+        {"name": "a", "datatype": "FP64", "shape": [2], "parameters": {"binary_data_size": 16}},
+        {"name": "b", "datatype": "FP32", "shape": [2], "data": [3, 4]},
+        {"name": "c", "datatype": "INT32", "shape": [2], "parameters": {"binary_data_size": 8}},
+    ]})
+    body = header + np.array([1.0, 2.0], "<f8").tobytes() + np.array([5, 6], "<i4").tobytes()
+    call = parse_call(body, str(len(header)))
+    assert [t.values for t in call.tensors] == [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
+    with pytest.raises(InvalidInput, match="4 bytes of binary data belong to no input"):
+        parse_call(body + b"\0" * 4, str(len(header)))
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "the body is not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"inputs": []}', "'inputs' must be a non-empty list"),
+        (b'{"inputs": [{"name": "a", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}',
+         "datatype BYTES is not a number type"),
+        (b'{"inputs": [{"name": "a", "datatype": "FP64", "shape": [2], "data": [1]}]}', "1 values for shape"),
+        (b'{"inputs": [{"name": "a", "datatype": "FP64", "shape": [1], "data": ["1"]}]}', "'1' is not a number"),
+        (b'{"inputs": [{"name": "a", "datatype": "FP64", "shape": [1]}]}', "input 'a' has no 'data'"),
+        (b'{"inputs": [{"name": "a", "datatype": "FP64", "shape": [-1], "data": [1]}]}', "'shape' must be"),
+        (b'{"id": 5, "inputs": [{"name": "a", "datatype": "FP64", "shape": [1], "data": [1]}]}',
+         "'id' must be a string"),
+    ],
+)
+def test_malformed_rest_bodies(body: bytes, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        parse_call(body, None)
+
+
+# -- one status table -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "http", "code"),
+    [
+        (InvalidInput("x"), 400, grpc.StatusCode.INVALID_ARGUMENT),
+        (NotFound("x"), 404, grpc.StatusCode.NOT_FOUND),
+        (Unauthenticated("x"), 401, grpc.StatusCode.UNAUTHENTICATED),
+        (RateLimited("x"), 429, grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (BodyTooLarge("x"), 413, grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (AnswerTimedOut("x"), 504, grpc.StatusCode.DEADLINE_EXCEEDED),
+        (AnswerFailed("x"), 502, grpc.StatusCode.UNAVAILABLE),
+        (Unavailable("x"), 503, grpc.StatusCode.UNAVAILABLE),
+        (BrokerUnavailable("x"), 503, grpc.StatusCode.UNAVAILABLE),
+        (ValueError("secret detail"), 500, grpc.StatusCode.INTERNAL),
+    ],
+)
+def test_every_failure_has_one_http_and_one_grpc_status(error: Exception, http: int, code: grpc.StatusCode) -> None:
+    status = status_of(error)
+    assert (status.http, status.grpc) == (http, code)
+    assert "secret detail" not in status.message or http != 500
+
+
+# -- API keys and rate limits -----------------------------------------------------------------------
+
+
+def sha(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def test_api_keys_are_checked_against_their_hashes() -> None:
+    keys = ApiKeys(parse_entries([f"alice:{sha('k-alice')}", "# comment", "", sha("k-anon")], "test"))
+    assert keys.identify("Bearer k-alice") == "alice"
+    assert keys.identify("bearer  k-anon ") == "key2"
+    for header, message in ((None, "an API key is required"), ("Basic abc", "must be: Bearer"),
+                            ("Bearer k-mallory", "not valid"), ("Bearer ", "must be: Bearer")):
+        with pytest.raises(Unauthenticated, match=message):
+            keys.identify(header)
+    assert ApiKeys([]).identify(None) == ANONYMOUS
+
+
+def test_a_bad_key_file_line_is_refused_without_showing_it() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_entries(["bob:not-a-hash-but-maybe-a-key"], "keys.txt")
+    assert "keys.txt entry 1" in str(err.value)
+    assert "not-a-hash" not in str(err.value)
+
+
+def test_rate_limit_allows_the_burst_then_refuses_per_key() -> None:
+    limit = RateLimit(rate=0.001, burst=2)
+    limit.take("a")
+    limit.take("a")
+    with pytest.raises(RateLimited, match="over the rate limit"):
+        limit.take("a")
+    limit.take("b")  # another key has its own bucket
+    RateLimit(rate=0.0, burst=1).take("a")  # 0 = unlimited
+
+
+def test_settings_refuse_half_a_tls_pair_and_nothing_to_serve(tmp_path: Any) -> None:
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    with pytest.raises(ConfigError, match="go together"):
+        GatewaySettings(tls_cert=str(cert)).validate()
+    with pytest.raises(ConfigError, match="nothing to serve"):
+        GatewaySettings(http_port=0, grpc_port=0).validate()
+    GatewaySettings().validate()
+
+
+# -- the catalog --------------------------------------------------------------------------------------
+
+
+class Versions:
+    """Schedule versions given directly (production reads them from the control topic)."""
+
+    def __init__(self, *schedules: Schedule):
+        self.book = ScheduleBook("default")
+        for schedule in schedules:
+            self.book.add(schedule)
+
+    def in_force(self) -> Schedule | None:
+        return self.book.latest
+
+
+class Published:
+    def __init__(self, specs: dict[str, tuple[str, list[FeatureSpec]]]):
+        self.specs = specs
+
+    def features(self, model: str) -> list[FeatureSpec] | None:
+        entry = self.specs.get(model)
+        return None if entry is None else entry[1]
+
+    def models(self) -> dict[str, str]:
+        return {name: version for name, (version, _) in self.specs.items()}
+
+
+V1 = Schedule(models=("champion", "challenger"), version=1)
+V2 = Schedule(models=("champion", "challenger"), version=2, default_deadline_ms=300)
+
+
+def test_the_schedule_name_is_a_model_whose_version_is_the_one_in_force() -> None:
+    catalog = Catalog(Versions(V1, V2), FixedSignatures(["a", "b"]), enforce=False)
+    target = catalog.resolve("default")
+    assert (target.kind, target.version, target.versions) == (SCHEDULE, "2", ("1", "2"))
+    assert catalog.resolve("default", "2").schedule.default_deadline_ms == 300
+    with pytest.raises(NotFound, match="version '1' is not in force"):
+        catalog.resolve("default", "1")
+    meta = catalog.metadata(target)
+    assert [i["name"] for i in meta["inputs"]] == ["a", "b"]
+    assert [o["name"] for o in meta["outputs"]] == ["score", "label", "status", "model", "version", "reason"]
+
+
+def test_models_of_the_schedule_and_published_ones_may_be_asked_directly() -> None:
+    published = Published({"champion": ("logreg-1", [FeatureSpec("a", True), FeatureSpec("b")]),
+                           "shadow": ("s-1", [FeatureSpec("c")])})
+    catalog = Catalog(Versions(V1), published, enforce=True)
+    assert catalog.resolve("challenger").kind == MODEL
+    shadow = catalog.resolve("shadow", "s-1")
+    assert (shadow.version, shadow.feature_names) == ("s-1", ("c",))
+    with pytest.raises(NotFound, match="unknown model 'nope'; this gateway serves: default, challenger"):
+        catalog.resolve("nope")
+    with pytest.raises(NotFound, match="serves version 's-1', not 's-0'"):
+        catalog.resolve("shadow", "s-0")
+    champion = catalog.resolve("champion")
+    catalog.check_features(champion, ["a", "b"])
+    with pytest.raises(InvalidInput, match=r"unknown feature.*'z'"):
+        catalog.check_features(champion, ["a", "z"])
+    with pytest.raises(InvalidInput, match=r"missing required feature.*'a'"):
+        catalog.check_features(champion, ["b"])
+
+
+def test_a_fallback_feature_list_describes_but_refuses_nothing() -> None:
+    catalog = Catalog(Versions(V1), FixedSignatures(["a"]), enforce=False)
+    catalog.check_features(catalog.resolve("default"), ["anything"])
+
+
+def test_no_schedule_yet_is_a_404_saying_why() -> None:
+    with pytest.raises(NotFound, match="no version on the control topic yet"):
+        Catalog(Versions(), FixedSignatures([]), enforce=False).resolve("default")
+
+
+# -- answers ------------------------------------------------------------------------------------------
+
+
+def comparison(outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"request_id": "r", "created_at": 1000, "deadline": 1200, "status": "OK", "chosen_model": "champion",
+            "schedule_version": 4, "outputs": outputs}
+
+
+def output(model: str, latency: float, error: str | None = None) -> dict[str, Any]:
+    return {"model": model, "version": "v", "score": 0.25, "label": "malignant", "error": error,
+            "latency_ms": latency, "compute_ms": 1.0, "late": False}
+
+
+def test_a_call_to_one_model_gets_that_models_own_output_judged_by_the_deadline() -> None:
+    target = Catalog(Versions(V1), FixedSignatures([]), enforce=False).resolve("challenger")
+    ok = _model_row(target, comparison([output("champion", 10), output("challenger", 150)]))
+    assert (ok.status, ok.score, ok.label, ok.schedule_version) == ("OK", 0.25, "malignant", 4)
+    late = _model_row(target, comparison([output("challenger", 250)]))
+    assert late.status == "TIMEOUT" and "after the 200 ms deadline" in late.reason
+    failed = _model_row(target, comparison([output("challenger", 5, error="ValueError: boom")]))
+    assert failed.status == "ERROR" and "boom" in failed.reason
+    assert _model_row(target, comparison([output("champion", 5)])).status == "TIMEOUT"
+
+
+def test_a_call_fails_as_its_worst_row_naming_the_rows() -> None:
+    ok = RowAnswer("OK", "m", "v", 0.1, "x", "fine", 1)
+    timeout = RowAnswer("TIMEOUT", "", "", None, "", "no usable score by the deadline", 1)
+    error = RowAnswer("ERROR", "", "", None, "", "every model failed", 1)
+    _raise_failures(["a"], [ok])
+    with pytest.raises(AnswerTimedOut, match=r"^TIMEOUT: no usable score"):
+        _raise_failures(["a"], [timeout])
+    with pytest.raises(AnswerTimedOut, match="TIMEOUT for 1 of 3 rows: c: no usable"):
+        _raise_failures(["a", "b", "c"], [ok, error, timeout])
+    with pytest.raises(AnswerFailed, match="ERROR for 1 of 2 rows: b: every model failed"):
+        _raise_failures(["a", "b"], [ok, error])
+
+
+def test_request_ids_are_the_oip_id_and_a_call_to_one_model_gets_fresh_ones() -> None:
+    assert _request_ids("abc", 1, SCHEDULE) == ["abc"]
+    assert _request_ids("abc", 2, SCHEDULE) == ["abc/0", "abc/1"]
+    direct = _request_ids("abc", 2, MODEL)
+    assert direct[0].startswith("abc.") and direct[0].endswith("/0") and direct != _request_ids("abc", 2, MODEL)
+
+
+# -- the page's figures -------------------------------------------------------------------------------
+
+EXPOSITION = """\
+# TYPE rdv_cmp_answers_total counter
+rdv_cmp_answers_total{status="OK"} 90.0
+rdv_cmp_answers_total{status="FALLBACK"} 7.0
+rdv_cmp_answers_total{status="TIMEOUT"} 3.0
+rdv_cmp_answers_total{status="ERROR"} 0.0
+# TYPE rdv_cmp_deadline_total counter
+rdv_cmp_deadline_total{model="champion",outcome="met"} 97.0
+rdv_cmp_deadline_total{model="champion",outcome="missed"} 3.0
+rdv_cmp_deadline_total{model="challenger",outcome="met"} 80.0
+rdv_cmp_deadline_total{model="challenger",outcome="missed"} 20.0
+# TYPE rdv_cmp_latency_seconds gauge
+rdv_cmp_latency_seconds{model="champion",quantile="0.5"} 0.012
+rdv_cmp_latency_seconds{model="champion",quantile="0.99"} 0.05
+rdv_cmp_latency_seconds{model="challenger",quantile="0.5"} 0.03
+# TYPE rdv_cmp_agreement_ratio gauge
+rdv_cmp_agreement_ratio{champion="champion",model="challenger"} 0.7
+# TYPE rdv_cmp_score_ks gauge
+rdv_cmp_score_ks{model="challenger",reference="champion"} 0.21
+rdv_cmp_score_ks{model="challenger",reference="self"} 0.05
+# TYPE rdv_cmp_champion_info gauge
+rdv_cmp_champion_info{model="champion"} 1.0
+# TYPE rdv_cmp_window_records gauge
+rdv_cmp_window_records 100.0
+"""
+
+
+def test_page_figures_are_the_comparison_services_metrics() -> None:
+    snap = snapshot_from(EXPOSITION)
+    assert snap["champion"] == "champion"
+    assert snap["answers"] == {"OK": 90.0, "FALLBACK": 7.0, "TIMEOUT": 3.0, "ERROR": 0.0}
+    assert snap["answers_total"] == 100.0
+    champion, challenger = snap["models"]
+    assert champion["model"] == "champion" and champion["latency_s"] == {"0.5": 0.012, "0.99": 0.05}
+    assert champion["deadline"]["ratio"] == 0.97
+    assert (challenger["agreement"], challenger["ks"]) == (0.7, 0.21)  # against the champion, not self
+    assert challenger["deadline"]["ratio"] == 0.8
+
+
+def test_bytes_outputs_are_length_prefixed_in_raw_form() -> None:
+    # The raw layout of BYTES elements OIP clients decode (4-byte little-endian length, then bytes).
+    assert raw_bytes(["benign", "", "é"]) == b"\x06\x00\x00\x00benign\x00\x00\x00\x00\x02\x00\x00\x00\xc3\xa9"
