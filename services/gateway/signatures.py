@@ -55,7 +55,7 @@ class FixedSignatures:
 class PublishedSignatures:
     """Input contracts from the models topic, refreshed in the background."""
 
-    def __init__(self, config: Mapping[str, Any], topic: str, refresh_s: float = 30.0):
+    def __init__(self, config: Mapping[str, Any], topic: str, refresh_s: float = 5.0):
         self._config = dict(config)
         self._topic = topic
         self._specs: dict[str, tuple[str, list[FeatureSpec]]] = {}
