@@ -344,7 +344,10 @@ class CommitLane:
                     return
                 offsets, self._wanted, give_up = self._wanted, None, self._give_up
                 self._committing = True
-            outcome = self._commit(offsets, give_up)
+            try:
+                outcome = self._commit(offsets, give_up)
+            except BaseException as exc:  # noqa: BLE001 - a dead lane would stall every later commit
+                outcome = CommitOutcome(offsets, False, exc)
             with self._lock:
                 self._outcomes.append(outcome)
                 self._lock.notify_all()
@@ -369,6 +372,8 @@ class CommitLane:
     def _wait_idle(self) -> None:
         with self._lock:
             while self._committing or self._wanted is not None:
+                if self._thread is not None and not self._thread.is_alive():
+                    raise KafkaOperationError("the commit thread ended unexpectedly")
                 self._lock.wait(0.1)
 
     def commit_now(self, offsets: list[TopicPartition], give_up: Callable[[], bool]) -> bool:

@@ -16,7 +16,9 @@ margin before the committed request's timestamp.
 A crashed previous owner may have left a transaction open on those partitions; read_committed
 readers cannot pass it until the broker aborts it (after transaction.timeout.ms). The new owner
 therefore fences a departed previous owner's transactional id first (`fence`): its open
-transaction is ended at once.
+transaction is ended at once. Only a departed one: a previous owner that is still a member of
+the group (it gave the partition up in a rebalance, committing on revoke) holds no open
+transaction for it, and fencing it would kill a healthy instance (`live_members`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from confluent_kafka import Producer as _NativeProducer
 
 from services.core.codec import codec
 from services.core.errors import BadInput, BrokerError
+from services.core.kafka import admin
 from services.core.settings import Topics
 from services.core.topic_range import PartitionSpan
 from services.rendezvous.join import Finished
@@ -73,6 +76,20 @@ def fence(config: Mapping[str, Any], transactional_id: str, timeout_s: float = 1
     except KafkaException as exc:
         log.warning("could not fence %s: %s", transactional_id, exc)
         return False
+
+
+def live_members(config: Mapping[str, Any], group: str, timeout_s: float = 5.0) -> set[str] | None:
+    """The client ids of the group's current members (None if the broker could not say).
+
+    Each rendezvous uses its transactional id as its client id, so a previous owner whose id is
+    in this set is alive and must not be fenced."""
+    client = admin(dict(config))
+    try:
+        future = client.describe_consumer_groups([group], request_timeout=timeout_s)[group]
+        return {member.client_id for member in future.result(timeout=timeout_s).members}
+    except (KafkaException, TimeoutError) as exc:
+        log.warning("could not list the members of %s (%s): fencing nobody", group, exc)
+        return None
 
 
 def scan_finished(

@@ -46,7 +46,7 @@ from services.rendezvous.join import Join, Reply
 from services.rendezvous.mailbox import Mailbox
 from services.rendezvous.offsets import OffsetBook
 from services.rendezvous.records import request_in, score_in
-from services.rendezvous.recovery import Mark, fence, scan_finished
+from services.rendezvous.recovery import Mark, fence, live_members, scan_finished
 from services.rendezvous.replies import ReplyRouter, ReplyRules
 from services.rendezvous.settings import RendezvousSettings
 
@@ -376,13 +376,19 @@ class Rendezvous:
 
     def _fence_departed(self, marks: dict[int, tuple[int, Mark | None]]) -> None:
         """End the open transaction of a previous owner that is gone (crashed), so reading its
-        outputs need not wait for the broker to time that transaction out."""
+        outputs need not wait for the broker to time that transaction out. A previous owner
+        still in the group is alive and left nothing open: it is never fenced."""
         assert self._ctx is not None
         ours = self.settings.transactional_id()
-        previous = {mark.txn for _offset, mark in marks.values() if mark is not None and mark.txn}
-        for txn in sorted(previous - {ours}):
-            if self.settings.processing == "exactly-once" and fence(self._ctx.config, txn):
-                log.info("fenced %s, the previous owner's transactional id", txn)
+        previous = {mark.txn for _offset, mark in marks.values() if mark is not None and mark.txn} - {ours}
+        if not previous or self.settings.processing != "exactly-once":
+            return
+        members = live_members(self._ctx.config, self.settings.group_id())
+        if members is None:
+            return  # unknown: its transaction, if any, ends at its timeout instead
+        for txn in sorted(previous - members):
+            if fence(self._ctx.config, txn):
+                log.info("fenced %s, the previous owner's transactional id (no longer in the group)", txn)
 
     # -- bounded intake ----------------------------------------------------------------------
 
