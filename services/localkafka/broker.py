@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -35,19 +36,11 @@ from typing import Any
 from services.core.errors import BrokerError, BrokerUnavailable
 from services.localkafka import config
 from services.localkafka.jars import Progress, java_executable, provision
+from services.localkafka.jvm import DEFAULT_JVM_OPTIONS, JVM_OPTS_ENV, TOOL_JVM_OPTIONS, with_overrides
 from services.localkafka.process import error_lines, is_stack_frame, pid_alive, signal_group, tail, wait_until
 
 log = logging.getLogger(__name__)
 
-DEFAULT_JVM_OPTIONS: tuple[str, ...] = (
-    "-Xms256m",
-    "-Xmx512m",
-    "-XX:+UseG1GC",
-    "-Djava.awt.headless=true",
-    "-XX:+ExitOnOutOfMemoryError",
-)
-# The storage tool runs for a second: a quick-start JIT is all it needs.
-_TOOL_JVM_OPTIONS = ("-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Djava.awt.headless=true")
 MAIN_CLASS = "kafka.Kafka"
 # How long `start(fresh=False)` waits for the kept ports to be free (a client may hold one for a moment).
 RESUME_PORT_WAIT_S = 10.0
@@ -148,7 +141,8 @@ class LocalBroker:
             listeners, cluster_id = kept
             log4j.write_text(config.log4j2_properties(self.log_file))
             say(f"Resuming local broker {self.name!r} (cluster {cluster_id}) from {self.root} ...")
-        cmd = [java, *self.jvm_options, logging_opt, "-cp", classpath, MAIN_CLASS, str(self.properties_file)]
+        jvm_options = with_overrides(self.jvm_options, os.environ.get(JVM_OPTS_ENV))
+        cmd = [java, *jvm_options, logging_opt, "-cp", classpath, MAIN_CLASS, str(self.properties_file)]
         log.debug("starting %s", " ".join(cmd))
         with self.stdout_file.open("wb") as out:
             self._proc = subprocess.Popen(
@@ -161,6 +155,7 @@ class LocalBroker:
             "listeners": listeners, "controller": controller, "cluster_id": cluster_id,
             "data_dir": str(self.root), "log_file": str(self.log_file), "started_at": time.time(),
             "ready": False, "resumed": not fresh, "kafka_version": config.KAFKA_VERSION,
+            "jvm_options": list(jvm_options),
         }  # fmt: skip
         self._write_state()
         say(f"Starting Apache Kafka {config.KAFKA_VERSION} (pid {self._proc.pid}) ...")
@@ -261,8 +256,11 @@ class LocalBroker:
         ports = config.free_ports(2 + len(self.extra_listeners))
         pairs = zip(self.extra_listeners.items(), ports[2:], strict=True)
         extra = {lname.upper(): (port, proto) for (lname, proto), port in pairs}
+        # $RDV_BROKER_PROPERTIES (experiments) has the last word, over the code's own extras.
+        from_env = config.properties_from_text(os.environ.get(config.PROPERTIES_ENV))
+        extra_properties = {**self.extra_properties, **from_env}
         props = config.server_properties(
-            self.root, ports[0], ports[1], extra_listeners=extra, extra_properties=self.extra_properties
+            self.root, ports[0], ports[1], extra_listeners=extra, extra_properties=extra_properties
         )
         self.properties_file.write_text(config.render_properties(props))
         return config.listener_addresses(props), config.new_cluster_id()
@@ -293,7 +291,7 @@ class LocalBroker:
 
     def _format(self, java: str, classpath: str, logging_opt: str, cluster_id: str) -> None:
         cmd = [
-            java, *_TOOL_JVM_OPTIONS, logging_opt, "-cp", classpath, "kafka.tools.StorageTool",
+            java, *TOOL_JVM_OPTIONS, logging_opt, "-cp", classpath, "kafka.tools.StorageTool",
             "format", "-t", cluster_id, "-c", str(self.properties_file), *self.format_args,
         ]  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)

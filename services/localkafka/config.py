@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shlex
 import socket
 import uuid
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from typing import Any
 KAFKA_VERSION = "4.4.0"
 HOST = "127.0.0.1"
 BROKER_LISTENER = "PLAINTEXT"
+PROPERTIES_ENV = "RDV_BROKER_PROPERTIES"
 CONTROLLER_LISTENER = "CONTROLLER"
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -128,6 +130,17 @@ def server_properties(
     }
     props.update(extra_properties or {})
     return props
+
+
+def properties_from_text(text: str | None) -> dict[str, str]:
+    """`key=value` pairs split like a shell line (quote a value with spaces), e.g. `$RDV_BROKER_PROPERTIES`."""
+    out: dict[str, str] = {}
+    for item in shlex.split(text or ""):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"broker property {item!r} is not key=value")
+        out[key.strip()] = value
+    return out
 
 
 def listener_addresses(props: Mapping[str, str]) -> dict[str, str]:

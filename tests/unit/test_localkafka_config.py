@@ -271,3 +271,20 @@ def test_sasl_client_config() -> None:
         "bootstrap.servers": "127.0.0.1:1", "security.protocol": "SASL_PLAINTEXT",
         "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "alice", "sasl.password": "pw",
     }  # fmt: skip
+
+
+def test_jvm_overrides_append_and_replace_only_the_collector() -> None:
+    from services.localkafka.jvm import DEFAULT_JVM_OPTIONS, with_overrides
+
+    options = with_overrides(DEFAULT_JVM_OPTIONS, "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Xmx1g")
+    assert options[-3:] == ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xmx1g")
+    assert "-XX:+UseG1GC" not in options
+    assert "-Xmx512m" in options  # the JVM takes the last -Xmx: appending overrides it
+    assert with_overrides(DEFAULT_JVM_OPTIONS, None) == DEFAULT_JVM_OPTIONS
+
+
+def test_broker_properties_from_text_are_key_value_pairs() -> None:
+    assert config.properties_from_text("a.b=1 'c=x y' d=") == {"a.b": "1", "c": "x y", "d": ""}
+    assert config.properties_from_text(None) == {}
+    with pytest.raises(ValueError, match="not key=value"):
+        config.properties_from_text("novalue")

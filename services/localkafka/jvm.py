@@ -1,0 +1,38 @@
+"""The broker's JVM command-line options, and `RDV_BROKER_JVM_OPTS` for experiments.
+
+Pure: nothing here starts a process.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+
+JVM_OPTS_ENV = "RDV_BROKER_JVM_OPTS"
+
+DEFAULT_JVM_OPTIONS: tuple[str, ...] = (
+    "-Xms256m",
+    "-Xmx512m",
+    "-XX:+UseG1GC",
+    "-Djava.awt.headless=true",
+    "-XX:+ExitOnOutOfMemoryError",
+)
+# The storage tool runs for a second: a quick-start JIT is all it needs.
+TOOL_JVM_OPTIONS: tuple[str, ...] = (
+    "-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Djava.awt.headless=true",
+)  # fmt: skip
+
+
+def _is_gc_choice(option: str) -> bool:
+    return option.startswith("-XX:+Use") and option.endswith("GC")
+
+
+def with_overrides(defaults: Sequence[str], extra: str | None) -> tuple[str, ...]:
+    """`defaults` followed by the shell-split `extra` (e.g. `$RDV_BROKER_JVM_OPTS`).
+
+    The JVM takes the last of repeated options (`-Xmx`, `-XX:...`), so appending overrides. The one
+    option that cannot be repeated is the collector: a `-XX:+Use*GC` in `extra` drops the default one.
+    """
+    added = shlex.split(extra or "")
+    base = [o for o in defaults if not (_is_gc_choice(o) and any(map(_is_gc_choice, added)))]
+    return (*base, *added)
