@@ -14,7 +14,7 @@ from services.core.health import serve_http
 from services.core.kafka import create_topics, set_connect_timeout
 from services.core.redaction import MaskingFormatter
 from services.core.runtime import install_signal_handlers
-from services.core.settings import KafkaSettings, Topics, redact
+from services.core.settings import KafkaSettings, ServiceSettings, Topics, redact
 from services.localkafka.broker import read_bootstrap
 
 S = TypeVar("S", bound=KafkaSettings)
@@ -61,12 +61,17 @@ class Runnable(Protocol):
     def run(self, stop: threading.Event) -> None: ...
 
 
-def run_service(service: Runnable, metrics_port: int, settings: KafkaSettings) -> None:
-    """Run a service in the foreground until SIGINT/SIGTERM (a second one exits at once)."""
+def run_service(service: Runnable, settings: KafkaSettings) -> None:
+    """Run a service in the foreground until SIGINT/SIGTERM (a second one exits at once).
+
+    Services with `ServiceSettings` get their metrics/health endpoint here; the gateway serves
+    its own beside its REST API."""
     log.info("starting with %s", settings.describe())
     log.debug("librdkafka config: %s", redact(settings.librdkafka()))
     readiness = getattr(service, "readiness", None) or (lambda: (True, "running"))
-    server = serve_http(metrics_port, readiness)
+    server = None
+    if isinstance(settings, ServiceSettings):
+        server = serve_http(settings.metrics_port, readiness, settings.metrics_host)
     stop = threading.Event()
     install_signal_handlers(stop)
     try:

@@ -76,7 +76,7 @@ def cmd_model_serve(args: argparse.Namespace) -> int:
     from services.model_worker.worker import ModelWorker
 
     settings = with_bootstrap(from_namespace(WorkerSettings, args))
-    run_service(ModelWorker(settings), settings.metrics_port, settings)
+    run_service(ModelWorker(settings), settings)
     return 0
 
 
@@ -85,7 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from services.rendezvous.settings import RendezvousSettings
 
     settings = with_bootstrap(from_namespace(RendezvousSettings, args))
-    run_service(Rendezvous(settings), settings.metrics_port, settings)
+    run_service(Rendezvous(settings), settings)
     return 0
 
 
@@ -94,7 +94,7 @@ def cmd_comparison_serve(args: argparse.Namespace) -> int:
     from services.comparison.settings import ComparisonSettings
 
     settings = with_bootstrap(from_namespace(ComparisonSettings, args))
-    run_service(ComparisonService(settings), settings.metrics_port, settings)
+    run_service(ComparisonService(settings), settings)
     return 0
 
 
@@ -126,7 +126,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
     settings = with_bootstrap(from_namespace(GatewaySettings, args))
     # The demo models' features describe the models until they publish their own signatures.
-    run_service(GatewayService(settings, DEMO_FEATURES), 0, settings)
+    run_service(GatewayService(settings, DEMO_FEATURES), settings)
     return 0
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.core.errors import ConfigError
-from services.core.settings import KafkaSettings, setting
+from services.core.settings import ServiceSettings, setting
 
 
 @dataclass(frozen=True)
-class ComparisonSettings(KafkaSettings):
+class ComparisonSettings(ServiceSettings):
     """What the comparison service reads, how long its window is, and how it exports."""
 
     window_s: float = setting(
@@ -56,7 +56,6 @@ class ComparisonSettings(KafkaSettings):
         "Where a new consumer group starts: latest (a live view from now on) or earliest (replay "
         "the log's retention through the event-time window).",
     )
-    metrics_port: int = setting(0, "Port of the Prometheus /metrics endpoint (0 = off).")
 
     def validate(self) -> None:
         for name in ("window_s", "export_interval_s", "future_tolerance_s"):

@@ -119,14 +119,14 @@ def _handler(readiness: Readiness) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve_http(port: int, readiness: Readiness, addr: str = "0.0.0.0") -> ThreadingHTTPServer | None:
+def serve_http(port: int, readiness: Readiness, addr: str) -> ThreadingHTTPServer | None:
     """Start the endpoint in a daemon thread (port 0 = off). Returns the server to shut down."""
     if port <= 0:
         return None
     try:
         server = ThreadingHTTPServer((addr, port), _handler(readiness))
     except OSError as exc:
-        raise ConfigError(f"cannot serve metrics/health on port {port}: {exc.strerror}") from None
+        raise ConfigError(f"cannot serve metrics/health on {addr}:{port}: {exc.strerror}") from None
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="rdv-http", daemon=True).start()
     log.info("metrics and health on http://%s:%d/ (/metrics /healthz /readyz)", addr, port)

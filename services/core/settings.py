@@ -144,6 +144,19 @@ class KafkaSettings:
         return Topics.from_prefix(self.topic_prefix, dict(parse_pairs(self.topic, "--topic")))
 
 
+@dataclass(frozen=True)
+class ServiceSettings(KafkaSettings):
+    """What every long-running service adds: where its /metrics, /healthz and /readyz listen."""
+
+    metrics_port: int = setting(0, "Port of the /metrics, /healthz and /readyz endpoint (0 = off).")
+    # Loopback by default: metrics and health say a lot about the traffic and need no outside
+    # reader on a laptop. Containers (the image sets RDV_METRICS_HOST=0.0.0.0) open it up.
+    metrics_host: str = setting(
+        "127.0.0.1", "Address the metrics/health endpoint binds (0.0.0.0: every interface, e.g. in a container).",
+        env="RDV_METRICS_HOST",
+    )
+
+
 def _env_name(f: dataclasses.Field[Any]) -> str:
     return f.metadata.get("env") or ENV_PREFIX + f.name.upper()
 

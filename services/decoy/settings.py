@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.core.errors import ConfigError
-from services.core.settings import KafkaSettings, setting
+from services.core.settings import ServiceSettings, setting
 
 
 @dataclass(frozen=True)
-class DecoySettings(KafkaSettings):
+class DecoySettings(ServiceSettings):
     """The decoy reads the requests topic like a model, scores nothing, archives the bytes."""
 
     archive_dir: str = setting("", "Directory of the archive (Avro container files + manifest.json).")
@@ -19,7 +19,6 @@ class DecoySettings(KafkaSettings):
     group: str = setting("", "Consumer group (default: <prefix>decoy).")
     start_from: str = setting("earliest", "Where a new consumer group starts: earliest or latest.")
     max_batch: int = setting(1000, "Most records archived per batch (each batch is fsynced).")
-    metrics_port: int = setting(0, "Port of the Prometheus /metrics endpoint (0 = off).")
 
     def validate(self) -> None:
         if not self.archive_dir:

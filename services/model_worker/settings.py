@@ -7,7 +7,7 @@ import socket
 from dataclasses import dataclass
 
 from services.core.errors import ConfigError
-from services.core.settings import KafkaSettings, setting
+from services.core.settings import ServiceSettings, setting
 
 TRUST_MODEL_FILE_HELP = (
     "Allow a pickle/joblib model file (loading one runs any code it contains) and a skops file holding "
@@ -22,7 +22,7 @@ def trust_model_file_setting() -> bool:
 
 
 @dataclass(frozen=True)
-class WorkerSettings(KafkaSettings):
+class WorkerSettings(ServiceSettings):
     """A worker runs one model under a name and version in its own consumer group."""
 
     model: str = setting(
@@ -47,7 +47,6 @@ class WorkerSettings(KafkaSettings):
         "like 1h) instead of --start-from; ignored once the group has committed offsets."
     )
     commit_interval_ms: int = setting(100, "How often the offsets of scored requests are committed (ms).")
-    metrics_port: int = setting(0, "Port of the /metrics, /healthz and /readyz endpoint (0 = off).")
     dead_letter: bool = setting(
         False, "Also dead-letter undecodable requests (the rendezvous already does; off avoids duplicates)."
     )

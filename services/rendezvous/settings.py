@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 from services.control.schedule import Schedule
 from services.core.errors import ConfigError
-from services.core.settings import KafkaSettings, parse_pairs, setting
+from services.core.settings import ServiceSettings, parse_pairs, setting
 from services.rendezvous.join import JoinLimits
 
 
 @dataclass(frozen=True)
-class RendezvousSettings(KafkaSettings):
+class RendezvousSettings(ServiceSettings):
     """How the rendezvous joins scores to requests and when it answers."""
 
     schedule_file: str = setting(
@@ -45,7 +45,6 @@ class RendezvousSettings(KafkaSettings):
     max_batch: int = setting(1000, "Most records handled per poll.")
     group: str = setting("", "Consumer group (default: <prefix>rendezvous); instances share it.")
     start_from: str = setting("earliest", "Where a new consumer group starts: earliest or latest.")
-    metrics_port: int = setting(0, "Port of the /metrics, /healthz and /readyz endpoint (0 = off).")
     processing: str = setting(
         "exactly-once",
         "exactly-once: answers, comparison records and input offsets commit in one Kafka transaction "

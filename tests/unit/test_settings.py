@@ -63,3 +63,29 @@ def test_every_command_explains_itself(command: str, capsys: pytest.CaptureFixtu
         build_parser().parse_args([*command.split(), "--help"])
     assert exit_info.value.code == 0
     assert "usage: rendezvous" in capsys.readouterr().out
+
+
+def test_metrics_listen_on_loopback_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.core.health import serve_http
+    from services.model_worker.settings import WorkerSettings
+
+    monkeypatch.delenv("RDV_METRICS_HOST", raising=False)
+    settings = from_namespace(WorkerSettings, None, model="demo:champion")
+    assert settings.metrics_host == "127.0.0.1"
+    server = serve_http(_free_port(), lambda: (True, "ok"), settings.metrics_host)
+    assert server is not None
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+    finally:
+        server.shutdown()
+        server.server_close()
+    monkeypatch.setenv("RDV_METRICS_HOST", "0.0.0.0")
+    assert from_namespace(RendezvousSettings).metrics_host == "0.0.0.0"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
