@@ -53,11 +53,20 @@ class TransactionAborted(KafkaOperationError):
 
 
 class Committer(Protocol):
+    """`commit` may run on any thread and never touches the consumer; `finish` runs on the
+    consumer's own thread.
+
+    Why the split: confluent-kafka serialises every call on a consumer handle; a call from a
+    second thread waits while the poll loop is inside `consume()`. Inside a rebalance callback
+    the loop waits for the commit thread, so a consumer call there would never return."""
+
     transactional: bool
 
     def init(self) -> None: ...
 
-    def commit(self, offsets: list[TopicPartition], give_up: Callable[[], bool]) -> bool: ...
+    def commit(self, offsets: list[TopicPartition], give_up: Callable[[], bool], group: Any) -> bool: ...
+
+    def finish(self, offsets: list[TopicPartition], wait: bool) -> None: ...
 
     def abort(self) -> None: ...
 
@@ -84,25 +93,39 @@ class AtLeastOnce(_Base):
     def init(self) -> None:
         return None
 
-    def commit(self, offsets: list[TopicPartition], give_up: Callable[[], bool]) -> bool:
-        """Flush, then commit, once; False if the broker is away (the caller keeps the offsets
-        and tries again from its poll loop, which must keep polling for the consumer to recover
-        its coordinator and its assignment)."""
+    def commit(self, offsets: list[TopicPartition], give_up: Callable[[], bool], group: Any = None) -> bool:
+        """Flush (every output acknowledged), once; False if the broker is away (the caller
+        keeps the offsets and tries again from its poll loop). The offsets follow in `finish`."""
         try:
             with self.health.blocking():
                 if self.producer is not None:
                     self.producer.flush(self.retry_s)
-                self.consumer.commit(offsets)
-            return True
-        except CommitRejected as err:
-            # At-least-once: whoever owns these partitions now re-reads from the last commit.
-            log.warning("%s; the new owner repeats that work", err)
             return True
         except (DeliveryFailed, KafkaOperationError) as err:
             if not err.retriable:
                 raise
             self.on_wait(f"waiting for the broker to take our outputs: {err}")
             return False
+
+    def finish(self, offsets: list[TopicPartition], wait: bool) -> None:
+        """Commit the input offsets whose outputs `commit` flushed (on the consumer's thread).
+
+        From the poll loop asynchronously (the loop never waits; a failed commit is covered by
+        the next one); on revoke and drain synchronously."""
+        if not offsets:
+            return
+        if not wait:
+            try:
+                self.consumer.native.commit(offsets=offsets, asynchronous=True)
+            except KafkaException as exc:
+                log.warning("offset commit not sent (%s); the next one covers it", exc)
+            return
+        try:
+            with self.health.blocking():
+                self.consumer.commit(offsets)
+        except CommitRejected as err:
+            # At-least-once: whoever owns these partitions now re-reads from the last commit.
+            log.warning("%s; the new owner repeats that work", err)
 
     def abort(self) -> None:
         return None
@@ -134,10 +157,13 @@ class ExactlyOnce(_Base):
                 raise ConfigError(f"cannot start transactions: {exc}") from None
         self.txn.native.begin_transaction()
 
-    def commit(self, offsets: list[TopicPartition], give_up: Callable[[], bool]) -> bool:
-        """Commit outputs + offsets atomically and open the next transaction."""
+    def commit(self, offsets: list[TopicPartition], give_up: Callable[[], bool], group: Any = None) -> bool:
+        """Commit outputs + offsets atomically and open the next transaction. `group` is the
+        consumer's group metadata, taken on the consumer's thread."""
         if offsets:
-            self._send_offsets(offsets)
+            if group is None:
+                raise ConfigError("a transactional commit of offsets needs the consumer's group metadata")
+            self._send_offsets(offsets, group)
         # A timed-out commit may or may not have completed on the broker: only retrying the
         # commit itself is safe (librdkafka makes it idempotent); aborting now could repeat work.
         if not self._retry(lambda: self.txn.native.commit_transaction(self.retry_s), give_up):
@@ -146,7 +172,7 @@ class ExactlyOnce(_Base):
         self.txn.native.begin_transaction()
         return True
 
-    def _send_offsets(self, offsets: list[TopicPartition]) -> None:
+    def _send_offsets(self, offsets: list[TopicPartition], metadata: Any) -> None:
         """Add the input offsets to the transaction; on any failure abort it (safe: nothing is
         committed yet).
 
@@ -157,7 +183,6 @@ class ExactlyOnce(_Base):
         transaction, and the caller re-reads from the committed offsets.
         """
         outcome: list[BaseException | None] = []
-        metadata = self.consumer.native.consumer_group_metadata()
         native = self.txn.native
 
         def call() -> None:
@@ -217,6 +242,9 @@ class ExactlyOnce(_Base):
         # the rest is aborted, and re-reading + recovery sorts out which was which.
         self._replace_producer(f"transaction still failing after {MAX_ATTEMPTS} tries")
 
+    def finish(self, offsets: list[TopicPartition], wait: bool) -> None:
+        return None  # the offsets were committed inside the transaction
+
     def abort(self) -> None:
         """Abort the open transaction and open the next (a wedged client is replaced)."""
         for _attempt in range(MAX_ATTEMPTS):
@@ -273,6 +301,7 @@ class CommitLane:
         self._held: list[tuple[str, bytes | None, bytes | str | None, int | None, Any]] = []
         self._committing = False
         self._wanted: list[TopicPartition] | None = None
+        self._group: Any = None
         self._give_up: Callable[[], bool] = lambda: False
         self._outcomes: list[CommitOutcome] = []
         self._closed = False
@@ -314,15 +343,19 @@ class CommitLane:
 
     # -- commits ---------------------------------------------------------------------------
 
-    def request(self, offsets: list[TopicPartition], give_up: Callable[[], bool] = lambda: False) -> None:
-        """Commit these positions, and every output produced so far, as soon as possible."""
+    def request(
+        self, offsets: list[TopicPartition], give_up: Callable[[], bool] = lambda: False, group: Any = None
+    ) -> None:
+        """Commit these positions, and every output produced so far, as soon as possible.
+        `group`: the consumer's group metadata (transactional), taken on the consumer's thread."""
         self.produced = False
         if not self._background:
-            self._outcomes.append(self._commit(offsets, give_up))
+            self._outcomes.append(self._commit(offsets, give_up, group))
             return
         with self._lock:
             self._wanted = offsets
             self._give_up = give_up
+            self._group = group
             self._lock.notify_all()
 
     def busy(self) -> bool:
@@ -342,22 +375,22 @@ class CommitLane:
                     self._lock.wait()
                 if self._wanted is None:
                     return
-                offsets, self._wanted, give_up = self._wanted, None, self._give_up
+                offsets, self._wanted, give_up, group = self._wanted, None, self._give_up, self._group
                 self._committing = True
             try:
-                outcome = self._commit(offsets, give_up)
+                outcome = self._commit(offsets, give_up, group)
             except BaseException as exc:  # noqa: BLE001 - a dead lane would stall every later commit
                 outcome = CommitOutcome(offsets, False, exc)
             with self._lock:
                 self._outcomes.append(outcome)
                 self._lock.notify_all()
 
-    def _commit(self, offsets: list[TopicPartition], give_up: Callable[[], bool]) -> CommitOutcome:
+    def _commit(self, offsets: list[TopicPartition], give_up: Callable[[], bool], group: Any) -> CommitOutcome:
         with self._lock:
             self._committing = True
         started = time.perf_counter()
         try:
-            return CommitOutcome(offsets, self.committer.commit(offsets, give_up))
+            return CommitOutcome(offsets, self.committer.commit(offsets, give_up, group))
         except (KafkaOperationError, ConfigError) as err:
             return CommitOutcome(offsets, False, err)
         finally:
@@ -376,13 +409,26 @@ class CommitLane:
                     raise KafkaOperationError("the commit thread ended unexpectedly")
                 self._lock.wait(0.1)
 
-    def commit_now(self, offsets: list[TopicPartition], give_up: Callable[[], bool]) -> bool:
-        """Commit on the caller's thread (after any background commit ended); raises its error."""
+    def finish(self, outcome: CommitOutcome) -> None:
+        """On the consumer's thread, after a background commit ended well (see `Committer`)."""
+        self.committer.finish(outcome.offsets, wait=False)
+
+    def commit_now(self, offsets: list[TopicPartition], give_up: Callable[[], bool], group: Any = None) -> bool:
+        """Commit on the caller's thread, the consumer's (after any background commit ended);
+        raises its error. Outcomes not yet settled are superseded by this commit: settling them
+        later could commit older positions of partitions given up meanwhile."""
         self._wait_idle()
-        outcome = self._commit(offsets, give_up)
+        self.discard_outcomes()
+        outcome = self._commit(offsets, give_up, group)
         if outcome.error is not None:
             raise outcome.error
+        if outcome.done:
+            self.committer.finish(offsets, wait=True)
         return outcome.done
+
+    def discard_outcomes(self) -> None:
+        with self._lock:
+            self._outcomes = []
 
     def abort_now(self) -> None:
         """Abort the open transaction: what it holds, and what is held for it, is discarded."""

@@ -219,13 +219,14 @@ class StreamService:
         # A transaction must also commit when only outputs were produced (e.g. answers to
         # requests whose offsets wait behind an older one): readers see them only then.
         if offsets or (lane.produced and lane.transactional):
-            lane.request(offsets, give_up=self._give_up)
+            lane.request(offsets, give_up=self._give_up, group=self._group_metadata())
 
     def _settle_commits(self) -> None:
         assert self.ctx is not None
         for outcome in self.ctx.outputs.outcomes():
             if outcome.error is None:
                 if outcome.done:
+                    self.ctx.outputs.finish(outcome)
                     self.handler.on_committed(outcome.offsets)
                     self.health.mark_up()
                 continue
@@ -240,10 +241,17 @@ class StreamService:
         assert self.ctx is not None
         offsets = self.handler.finished_offsets()
         try:
-            if self.ctx.outputs.commit_now(offsets, self._give_up):
+            if self.ctx.outputs.commit_now(offsets, self._give_up, self._group_metadata()):
                 self.handler.on_committed(offsets)
         except TransactionAborted as err:
             log.warning("%s: the next owner re-reads that work", err)
+
+    def _group_metadata(self) -> Any:
+        """Taken here, on the consumer's thread: the commit thread never calls the consumer."""
+        assert self.ctx is not None
+        if not self.ctx.outputs.transactional:
+            return None
+        return self.ctx.consumer.native.consumer_group_metadata()
 
     def _give_up(self) -> bool:
         """Stop retrying a commit only when a drain ran out of time (the next owner redoes it)."""
@@ -297,6 +305,7 @@ class StreamService:
         log.warning("%s lost %s: dropping their state without committing", self.spec.name,
                     sorted((p.topic, p.partition) for p in partitions))
         assert self.ctx is not None
+        self.ctx.outputs.discard_outcomes()  # their partitions may be someone else's already
         if self.ctx.outputs.transactional:
             try:
                 self.ctx.outputs.abort_now()
