@@ -125,6 +125,12 @@ def server_properties(
         "share.coordinator.state.topic.min.isr": "1",
         "share.coordinator.state.topic.num.partitions": "4",
         "group.initial.rebalance.delay.ms": "0",
+        # Failover is bounded by the session timeout of the member that died; Kafka's floor of 6 s
+        # is lowered here so a local instance may ask for less (the rendezvous' --session-timeout-ms).
+        # A production cluster sets the same broker setting to allow it: docs/failover.md.
+        "group.min.session.timeout.ms": "1000",
+        "group.consumer.min.session.timeout.ms": "1000",
+        "group.consumer.min.heartbeat.interval.ms": "500",
         "auto.create.topics.enable": "false",
         "delete.topic.enable": "true",
     }
