@@ -78,6 +78,22 @@ def fence(config: Mapping[str, Any], transactional_id: str, timeout_s: float = 1
         return False
 
 
+def stable_marks(config: Mapping[str, Any], group: str, partitions: list[TopicPartition]) -> dict[int, Mark | None]:
+    """The marks of the group's last *completed* commits, read without waiting.
+
+    The service's own consumer reads committed offsets as read_committed, which makes the broker
+    answer "unstable" (and librdkafka retry until its timeout) while a transaction holding
+    offsets for those partitions is open: exactly the crashed owner's transaction we must fence
+    first. A read_uncommitted reader gets the last completed commit at once, and with it the
+    transactional id of the owner to fence."""
+    probe = _NativeConsumer({**config, "group.id": group, "enable.auto.commit": False,
+                             "isolation.level": "read_uncommitted"})
+    try:
+        return {tp.partition: Mark.decode(tp.metadata) for tp in probe.committed(partitions, timeout=5)}
+    finally:
+        probe.close()
+
+
 def live_members(config: Mapping[str, Any], group: str, timeout_s: float = 5.0) -> set[str] | None:
     """The client ids of the group's current members (None if the broker could not say).
 

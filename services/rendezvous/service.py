@@ -46,7 +46,7 @@ from services.rendezvous.join import Join, Reply
 from services.rendezvous.mailbox import Mailbox
 from services.rendezvous.offsets import OffsetBook
 from services.rendezvous.records import request_in, score_in
-from services.rendezvous.recovery import Mark, fence, live_members, scan_finished
+from services.rendezvous.recovery import Mark, fence, live_members, scan_finished, stable_marks
 from services.rendezvous.replies import ReplyRouter, ReplyRules
 from services.rendezvous.settings import RendezvousSettings
 
@@ -359,10 +359,10 @@ class Rendezvous:
         consumer, config = self._ctx.consumer, self._ctx.config
         try:
             with self.service.health.blocking():
+                self._fence_departed([tp for tp in partitions if tp.topic == self.topics.requests])
                 committed = consumer.committed(partitions, timeout=5)
                 marks = {tp.partition: (tp.offset, Mark.decode(tp.metadata)) for tp in committed
                          if tp.topic == self.topics.requests}
-                self._fence_departed(marks)
                 if marks:
                     margin = int(self.settings.recovery_margin_s * 1000)
                     self.join.restore(scan_finished(config, self.topics, marks, margin))
@@ -374,14 +374,17 @@ class Rendezvous:
         consumer.resume(partitions)
         self.service.health.mark_up()
 
-    def _fence_departed(self, marks: dict[int, tuple[int, Mark | None]]) -> None:
-        """End the open transaction of a previous owner that is gone (crashed), so reading its
-        outputs need not wait for the broker to time that transaction out. A previous owner
-        still in the group is alive and left nothing open: it is never fenced."""
+    def _fence_departed(self, requests: list[TopicPartition]) -> None:
+        """End the open transaction of a previous owner that is gone (crashed), so reading the
+        committed offsets and its outputs need not wait for the broker to time that transaction
+        out. A previous owner still in the group is alive and left nothing open: never fenced."""
         assert self._ctx is not None
+        if not requests or self.settings.processing != "exactly-once":
+            return
         ours = self.settings.transactional_id()
-        previous = {mark.txn for _offset, mark in marks.values() if mark is not None and mark.txn} - {ours}
-        if not previous or self.settings.processing != "exactly-once":
+        marks = stable_marks(self._ctx.config, self.settings.group_id(), requests)
+        previous = {mark.txn for mark in marks.values() if mark is not None and mark.txn} - {ours}
+        if not previous:
             return
         members = live_members(self._ctx.config, self.settings.group_id())
         if members is None:

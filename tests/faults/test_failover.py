@@ -104,6 +104,11 @@ class Requests:
                  if moment <= t <= moment + window_s and r in replies.first_at]
         return max(waits, default=float("nan"))
 
+    def resumed_after(self, moment: float, replies: Replies) -> float:
+        """How long after `moment` the first answer to a request sent after it arrived."""
+        arrivals = [replies.first_at[r] for r, t in self.sent_at.items() if t >= moment and r in replies.first_at]
+        return min(arrivals, default=float("nan")) - moment
+
     def start(self) -> Requests:
         self._pace.start()
         return self
@@ -159,9 +164,14 @@ def procs() -> Iterator[list[Proc]]:
         proc.stop()
 
 
+# The project's broker lets a member ask for a 2 s session (group.min.session.timeout.ms=1000);
+# the default (6 s) is what any Kafka cluster accepts. Failover time follows it: docs/failover.md.
+SESSION_TIMEOUT_MS = "2000"
+
+
 def serve(procs: list[Proc], tmp_path: Path, name: str, bootstrap: str, prefix: str, *extra: str) -> Proc:
     proc = Proc(["serve", "--bootstrap", bootstrap, "--topic-prefix", prefix, "--models", "champion",
-                 "--linger-ms", "200", *extra], tmp_path / f"{name}.log")
+                 "--linger-ms", "200", "--session-timeout-ms", SESSION_TIMEOUT_MS, *extra], tmp_path / f"{name}.log")
     procs.append(proc)
     return proc.start()
 
@@ -191,9 +201,11 @@ def test_the_only_instance_killed_five_times_never_answers_twice_differently(
         gaps.append(killed_at)
     requests.join()
     result = verdict(config, topics, requests, replies)
-    gaps = [requests.longest_wait_after(at, replies) for at in gaps]
+    resumed = [requests.resumed_after(at, replies) for at in gaps]
+    waits = [requests.longest_wait_after(at, replies) for at in gaps]
+    # Kills 3 s apart: the longest waits include the backlog of the whole series, not one restart.
     print(f"FIGURES kill -9 the only instance x5 (restarted at once, static member): sent=20000 {result.line()} "
-          f"answers_stopped_s={[round(g, 2) for g in gaps]}")
+          f"answers_resumed_s={[round(r, 2) for r in resumed]} longest_wait_s={[round(w, 2) for w in waits]}")
     assert result.faults() == (0, 0, 0, 0)
     assert result.answers_topic == 20_000
 
