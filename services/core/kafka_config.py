@@ -142,8 +142,10 @@ def _joined_key(key: str, value: str) -> str | None:
 
 
 def masked(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy safe to log: values shown only for the allow-list (`SHOWN`)."""
-    return {k: (v if k in SHOWN else MASK) for k, v in config.items()}
+    """A copy safe to log: values shown only for the allow-list (`SHOWN`), and a key only if it
+    looks like a property name (`sasl.password:x,security.protocol` holds a secret in its key)."""
+    return {(k if safe_key(k) else f"<key {i} not shown>"): (v if k in SHOWN else MASK)
+            for i, (k, v) in enumerate(config.items(), start=1)}
 
 
 def describe_refusal(text: str, config: Mapping[str, Any]) -> str:
