@@ -20,10 +20,15 @@ from datetime import UTC, datetime
 
 from services.core.errors import ConfigError
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 # Epoch milliseconds below this (1973-03-03) are almost surely epoch *seconds* typed by mistake.
 _MIN_EPOCH_MS = 100_000_000_000
+# The end of year 9999 (what an ISO time can name) and Kafka's largest offset.
+_MAX_EPOCH_MS = 253_402_300_799_999
+_MAX_OFFSET = 2**63 - 1
+# A duration longer than this reaches before any Kafka record (about 8,000 years).
+_MAX_DURATION_MS = _MAX_EPOCH_MS // 1_000 * 1_000
 OFFSET_PREFIX = "offset:"
 
 
@@ -73,7 +78,10 @@ def parse_duration_ms(text: str, flag: str = "--since") -> int:
     match = _DURATION.match(text)
     if match is None:
         raise ConfigError(f"{flag}: expected a duration like 90s, 10m, 2h, got {text!r}")
-    ms = int(float(match.group(1)) * _UNIT_MS[match.group(2)])
+    amount = float(match.group(1)) * _UNIT_MS[match.group(2)]
+    if amount > _MAX_DURATION_MS:
+        raise ConfigError(f"{flag}: the duration is longer than any Kafka log, got {text[:40]!r}")
+    ms = int(amount)
     if ms <= 0:
         raise ConfigError(f"{flag}: the duration must be positive, got {text!r}")
     return ms
@@ -84,13 +92,15 @@ def parse_bound(text: str, flag: str) -> Bound:
     value = text.strip()
     if value.lower().startswith(OFFSET_PREFIX):
         number = value[len(OFFSET_PREFIX):].strip()
-        if not number.isdigit():
-            raise ConfigError(f"{flag}: expected offset:N with N a whole number >= 0, got {text!r}")
+        if not (number.isascii() and number.isdigit()) or int(number) > _MAX_OFFSET:
+            raise ConfigError(f"{flag}: expected offset:N with N a whole number from 0 to 2^63-1, got {text[:40]!r}")
         return OffsetBound(int(number))
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         ms = int(value)
         if ms < _MIN_EPOCH_MS:
             raise ConfigError(f"{flag}: {text!r} looks like epoch seconds; give epoch milliseconds")
+        if ms > _MAX_EPOCH_MS:
+            raise ConfigError(f"{flag}: {text[:40]!r} is after the year 9999; give epoch milliseconds")
         return TimeBound(ms)
     return TimeBound(_parse_iso_ms(value, flag))
 

@@ -119,3 +119,48 @@ def test_a_commit_mark_round_trips(answers: int, log: int, txn: str) -> None:
 @pytest.mark.parametrize("text", ["a=1;l=2", "a=x;l=2;t=", "garbage", "a=1;l=2;t=x;extra"])
 def test_malformed_marks_examples(text: str) -> None:
     assert Mark.decode(text) is None or isinstance(Mark.decode(text), Mark)
+
+
+@FAST
+@given(data=st.binary(max_size=512))
+def test_any_control_record_is_a_schedule_or_a_bad_input(data: bytes) -> None:
+    from services.control.topic import decode_schedule
+    from services.core.codec import codec as get_codec
+
+    for candidate in (data, get_codec("schedule").header + data):
+        try:
+            decode_schedule(candidate)
+        except BadInput:
+            continue
+
+
+flag_text = st.one_of(
+    st.text(max_size=40),
+    st.from_regex(r"\A(offset:)?[0-9\u00b2\u0663]{1,400}(\.[0-9]{1,3})?(ms|s|m|h|d)?\Z"),
+)
+
+
+@FAST
+@given(text=flag_text)
+def test_range_flags_parse_or_say_why(text: str) -> None:
+    from services.core.ranges import parse_bound, parse_duration_ms
+
+    for parse in (lambda t: parse_duration_ms(t), lambda t: parse_bound(t, "--from")):
+        try:
+            parse(text)
+        except ConfigError as err:
+            assert "--" in str(err)
+
+
+@FAST
+@given(value=st.text(max_size=30))
+def test_a_numeric_flag_is_a_number_in_bounds_or_one_error_line(value: str) -> None:
+    from services.core.settings import from_namespace
+    from services.rendezvous.settings import RendezvousSettings
+
+    try:
+        settings = from_namespace(RendezvousSettings, None, deadline_ms=value, models="champion")
+    except ConfigError as err:
+        assert "\n" not in str(err)
+        return
+    assert isinstance(settings.deadline_ms, int) and settings.deadline_ms > 0
