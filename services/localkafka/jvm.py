@@ -10,9 +10,14 @@ from collections.abc import Sequence
 
 JVM_OPTS_ENV = "RDV_BROKER_JVM_OPTS"
 
+# C1 only (TieredStopAtLevel=1): a single-node broker on a small machine spent about half its CPU
+# in the C2 compiler threads during the first minutes; without them the bench at 200 req/s met
+# more deadlines in each of three paired runs (100/93/97% vs 96/93/74%) at lower broker CPU.
+# Peak throughput of long-running code is lower: this broker is for laptops, CI and demos.
 DEFAULT_JVM_OPTIONS: tuple[str, ...] = (
     "-Xms256m",
     "-Xmx512m",
+    "-XX:TieredStopAtLevel=1",
     "-XX:+UseG1GC",
     "-Djava.awt.headless=true",
     "-XX:+ExitOnOutOfMemoryError",
