@@ -24,7 +24,7 @@ from typing import NoReturn
 from confluent_kafka import KafkaException
 
 from services.cli.common import ensure_topics, run_service, setup_logging, with_bootstrap
-from services.core.errors import RendezvousError
+from services.core.errors import ConfigError, RendezvousError
 from services.core.redaction import mask
 from services.core.settings import KafkaSettings, add_arguments, from_namespace, setting
 
@@ -46,22 +46,32 @@ class TopicSettings(KafkaSettings):
 def cmd_broker(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from services.localkafka.broker import start_background, status_background, stop_background
+    from services.localkafka.broker import reset_background, start_background, status_background, stop_background
 
     console = Console(stderr=True)
     if args.action == "start":
-        broker = start_background(progress=console.print)
+        broker = start_background(progress=console.print, fresh=True if args.fresh else None)
         print(broker.bootstrap)  # noqa: T201 - the command's output, for scripts
     elif args.action == "stop":
         stopped = stop_background(progress=console.print)
-        console.print("local broker stopped" if stopped else "no local broker was running")
+        console.print("local broker stopped; its topics are kept (`rendezvous broker reset` deletes them)"
+                      if stopped else "no local broker was running")
+    elif args.action == "reset":
+        if not args.yes and not _confirmed("delete every topic of the local broker (requests, log, control...)?"):
+            raise ConfigError("broker reset deletes every topic: confirm, or pass --yes")
+        console.print(f"local broker data deleted ({reset_background(progress=console.print):,} bytes)")
     else:
         status = status_background()
-        if status is None:
-            console.print("no local broker running")
-            return 1
         print(json.dumps(status, indent=2, default=str))  # noqa: T201
+        return 0 if status["running"] else 1
     return 0
+
+
+def _confirmed(question: str) -> bool:
+    """Ask on a terminal; anything but yes (or no terminal at all) is a no."""
+    if not sys.stdin.isatty():
+        return False
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -204,8 +214,15 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                         help="DEBUG, INFO, WARNING or ERROR [default: INFO]")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    broker = commands.add_parser("broker", help="start/stop/status of a local Kafka broker (no Docker)")
-    broker.add_argument("action", choices=["start", "stop", "status"])
+    broker = commands.add_parser(
+        "broker", help="start/stop/status/reset of a local Kafka broker (no Docker)",
+        description="A local single-node Kafka broker. `stop` keeps its topics and `start` resumes them "
+        "(like a database); `reset` deletes them (asks first unless --yes); `status` says where the data "
+        "lives and how big it is (exit 1 when not running).",
+    )
+    broker.add_argument("action", choices=["start", "stop", "status", "reset"])
+    broker.add_argument("--fresh", action="store_true", help="start: begin empty even if data was kept (it is deleted)")
+    broker.add_argument("--yes", action="store_true", help="reset: do not ask")
     broker.set_defaults(handler=cmd_broker)
 
     topics = commands.add_parser("topics", help="create the topics of a deployment")

@@ -222,7 +222,30 @@ class LocalBroker:
         if running and self._state:
             info |= self._state
             info["uptime_s"] = round(time.time() - float(self._state["started_at"]), 1)
+        info["data_kept"] = self.has_kept_data()
+        info["data_bytes"] = self.data_bytes()
         return info
+
+    def has_kept_data(self) -> bool:
+        """A formatted cluster is on disk (kept by `stop(keep_data=True)` or a crash)."""
+        try:
+            props = config.parse_properties(self.properties_file.read_text())
+        except OSError:
+            return False
+        data = config.log_dir(props)
+        return data is not None and config.read_cluster_id(data) is not None
+
+    def data_bytes(self) -> int:
+        """Bytes of topic data on disk."""
+        logs = self.root / "logs"
+        return sum(f.stat().st_size for f in logs.rglob("*") if f.is_file()) if logs.is_dir() else 0
+
+    def reset(self, timeout: float = 20.0) -> int:
+        """Stop the broker if it runs and delete its data; returns the bytes deleted."""
+        size = self.data_bytes()
+        self.stop(timeout=timeout, keep_data=False)
+        self.properties_file.unlink(missing_ok=True)
+        return size
 
     # ----- internals ------------------------------------------------------------------------
     def _alive(self, pid: int) -> bool:
@@ -357,32 +380,42 @@ def _port_open(host: str, port: int) -> bool:
 
 # ----- module-level helpers for the CLI -----------------------------------------------------------
 def start_background(
-    name: str = "default", *, wait_timeout: float = 90.0, progress: Progress | None = None, fresh: bool = True
+    name: str = "default", *, wait_timeout: float = 90.0, progress: Progress | None = None,
+    fresh: bool | None = None,
 ) -> LocalBroker:
     """Start the named broker and leave it running; returns the already running one if there is one.
 
-    `fresh=False` resumes the data kept by `stop_background(keep_data=True)` (see `LocalBroker.start`).
+    Like a database, it resumes the data a previous run kept (`fresh=None`, the default) and
+    starts empty only when there is none or when `fresh=True` (see `LocalBroker.start`).
     """
     broker = LocalBroker(name, progress=progress)
     if broker.is_running():
         if progress:
             progress(f"Local broker {name!r} already runs at {broker.bootstrap} (pid {broker.pid})")
         return broker
-    broker.start(wait_timeout=wait_timeout, fresh=fresh)
+    resume = not fresh and broker.has_kept_data()
+    if resume and progress:
+        progress(f"Resuming the kept data of local broker {name!r} ({broker.data_bytes():,} bytes in {broker.root}); "
+                 "`rendezvous broker reset` deletes it")
+    broker.start(wait_timeout=wait_timeout, fresh=not resume)
     return broker
 
 
 def stop_background(
-    name: str = "default", *, timeout: float = 20.0, progress: Progress | None = None, keep_data: bool = False
+    name: str = "default", *, timeout: float = 20.0, progress: Progress | None = None, keep_data: bool = True
 ) -> bool:
-    """Stop the named broker; False if it was not running. Its topics are deleted unless `keep_data`."""
+    """Stop the named broker; False if it was not running. Its topics are kept unless `keep_data=False`."""
     return LocalBroker(name, progress=progress).stop(timeout=timeout, keep_data=keep_data)
 
 
-def status_background(name: str = "default") -> dict[str, Any] | None:
-    """`LocalBroker.status()` of the named broker if it runs, else None."""
-    broker = LocalBroker(name)
-    return broker.status() if broker.is_running() else None
+def reset_background(name: str = "default", *, progress: Progress | None = None) -> int:
+    """Stop the named broker if it runs and delete every topic it holds; returns the bytes deleted."""
+    return LocalBroker(name, progress=progress).reset()
+
+
+def status_background(name: str = "default") -> dict[str, Any]:
+    """`LocalBroker.status()` of the named broker, running or not (where its data lives, how big)."""
+    return LocalBroker(name).status()
 
 
 def read_bootstrap(name: str = "default") -> str | None:

@@ -113,7 +113,8 @@ def test_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def test_not_running_broker(cache: Path) -> None:
     assert read_bootstrap() is None
-    assert status_background() is None
+    status = status_background()
+    assert status["running"] is False and status["data_kept"] is False and status["data_bytes"] == 0
     assert stop_background() is False
     broker = LocalBroker("other")
     assert broker.status()["running"] is False
@@ -288,3 +289,16 @@ def test_broker_properties_from_text_are_key_value_pairs() -> None:
     assert config.properties_from_text(None) == {}
     with pytest.raises(ValueError, match="not key=value"):
         config.properties_from_text("novalue")
+
+
+def test_kept_data_is_seen_sized_and_reset(cache: Path) -> None:
+    broker = LocalBroker("kept")
+    logs = broker.root / "logs"
+    (logs / "rdv.requests-0").mkdir(parents=True)
+    (logs / "meta.properties").write_text("cluster.id=abc\nnode.id=1\n")
+    (logs / "rdv.requests-0" / "00000000000000000000.log").write_bytes(b"x" * 1000)
+    broker.properties_file.write_text(f"log.dirs={logs}\n")
+    assert broker.has_kept_data() and broker.status()["data_kept"] is True
+    assert broker.data_bytes() >= 1000
+    assert broker.reset() >= 1000
+    assert not broker.has_kept_data() and not logs.exists() and broker.data_bytes() == 0
