@@ -133,8 +133,9 @@ class Producer:
         if self._is_soft(topic) and self._on_soft_failure is not None:
             self._on_soft_failure(topic, err)
             return
+        refused = refusal(err, "WRITE", "topic", topic)
         self._failures.append(
-            DeliveryFailed(f"delivery to {topic} failed: {err.str()}", retriable=err.retriable())
+            DeliveryFailed(refused or f"delivery to {topic} failed: {err.str()}", retriable=err.retriable())
         )
 
     def raise_failures(self) -> None:
@@ -275,7 +276,8 @@ class Consumer:
                 raise TopicMissing(f"topic {msg.topic()} does not exist: {err.str()}")
             elif err.fatal() or not err.retriable():
                 source = Source(msg.topic() or "?", msg.partition() or -1, msg.offset() or -1)
-                raise KafkaOperationError(f"consume failed: {err.str()}", source=source)
+                refused = refusal(err, "READ", "topic", msg.topic() or "?")
+                raise KafkaOperationError(refused or f"consume failed: {err.str()}", source=source)
             else:
                 log.warning("consume: transient error, librdkafka retries: %s", err.str())
         return good
@@ -314,6 +316,26 @@ class Consumer:
     @property
     def native(self) -> _Consumer:
         return self._consumer
+
+
+_AUTHORIZATION = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED: "topic",
+    KafkaError.GROUP_AUTHORIZATION_FAILED: "group",
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: "transactional_id",
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED: "cluster",
+}
+
+
+def refusal(err: KafkaError, operation: str, resource: str, name: str) -> str | None:
+    """One line naming the missing permission if the broker refused for lack of one, else None."""
+    kind = _AUTHORIZATION.get(err.code())
+    if kind is None:
+        return None
+    if kind != resource:  # e.g. a write refused for want of an idempotent/transactional grant
+        return f"not authorized: the broker refused {operation} on {resource} {name} ({err.str()}); " \
+               f"the principal lacks a permission on a {kind} (see `rendezvous acl show`)"
+    return (f"not authorized to {operation.lower()} {resource} {name}: the principal needs {operation} on "
+            f"{resource} {name} (see `rendezvous acl show`)")
 
 
 def admin(config: Mapping[str, Any]) -> AdminClient:

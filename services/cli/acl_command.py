@@ -1,0 +1,81 @@
+"""`rendezvous acl show|apply`: the deployment's least-privilege ACL layout (services/control/acl.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from services.cli.common import with_bootstrap
+from services.core.errors import BrokerError, ConfigError
+from services.core.settings import KafkaSettings, check_format, from_namespace, parse_pairs, setting
+
+
+@dataclass(frozen=True)
+class AclSettings(KafkaSettings):
+    """The ACLs of one deployment: which principal may read and write which topic and group."""
+
+    principal: tuple[str, ...] = setting(
+        (), "A role's SASL user, role=name (repeatable), e.g. --principal client=alice. Roles: admin, "
+        "rendezvous, model, comparison, decoy, client, gateway; default names rdv-<role>.",
+    )
+    format: str = setting("table", "Output of `show`: table (for people) or json (for scripts).")
+
+    def validate(self) -> None:
+        check_format(self.format)
+
+    def principals(self) -> Any:
+        from services.control.acl import Principals
+
+        try:
+            return Principals.from_pairs(dict(parse_pairs(self.principal, "--principal")))
+        except ValueError as err:
+            raise ConfigError(f"--principal: {err}") from None
+
+
+def _grants(settings: AclSettings) -> list[Any]:
+    from services.control.acl import layout
+
+    return layout(settings.topics(), settings.topic_prefix, settings.principals())
+
+
+def cmd_acl_show(args: argparse.Namespace) -> int:
+    settings = from_namespace(AclSettings, args)
+    grants = _grants(settings)
+    if settings.format == "json":
+        print(json.dumps([asdict(g) for g in grants], indent=1))  # noqa: T201 - the command's output
+        return 0
+    for grant in grants:
+        print(grant.describe())  # noqa: T201
+    return 0
+
+
+def cmd_acl_apply(args: argparse.Namespace) -> int:
+    from confluent_kafka import KafkaException
+
+    from services.control.acl import apply
+    from services.core.kafka import admin
+
+    settings = with_bootstrap(from_namespace(AclSettings, args))
+    grants = _grants(settings)
+    try:
+        count = apply(admin(settings.librdkafka()), grants)
+    except KafkaException as exc:
+        raise BrokerError(f"the broker refused the ACLs (run as the admin principal, on a broker with an "
+                          f"authorizer): {exc.args[0].str() if exc.args else exc}") from None
+    sys.stderr.write(f"{count} ACL(s) in place for {len(settings.principals().roles())} roles\n")
+    return 0
+
+
+def register(commands: Any, selection: Any) -> None:
+    acl = commands.add_parser("acl", help="least-privilege Kafka ACLs of the deployment: show or apply them")
+    acl_sub = acl.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, help_text, handler in (
+        ("show", "print every grant (principal, operation, resource)", cmd_acl_show),
+        ("apply", "create the grants on the broker (as its admin principal)", cmd_acl_apply),
+    ):
+        parser = acl_sub.add_parser(action, help=help_text)
+        selection.arguments(parser, ("acl", action), AclSettings)
+        parser.set_defaults(handler=handler)

@@ -1,0 +1,145 @@
+"""Least-privilege Kafka ACLs for one deployment: who may read and write what.
+
+The layout is pure data (`layout`), so it can be shown, tested and reviewed without a broker;
+`apply` creates it with the admin client (creating an ACL that exists is a no-op on the broker).
+
+Principals (SASL user names, `User:<name>`), one per role:
+
+- admin: every topic and group of the deployment (create topics, publish schedules).
+- rendezvous: read requests, scores and control; write answers, log, dead letters, replies,
+  clock records (into scores) and the bootstrap schedule (into control, only when it has none);
+  its group and its transactional ids.
+- model: read requests; write scores, dead letters and its published signature; its groups.
+- comparison: read the log. decoy: read requests.
+- client: write requests; read replies, published signatures and the control topic (to check
+  features and show schedules); nothing else.
+- gateway: a client that also reads the log (the live page).
+
+Every reader also gets the short-lived groups the code uses for one-off reads (`rdv-…` with a
+random suffix), as a prefixed grant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from services.core.settings import Topics
+
+ROLES = ("admin", "rendezvous", "model", "comparison", "decoy", "client", "gateway")
+# Groups the code creates with a random suffix for one-off reads (control history, recovery,
+# compare, client replies...): granted as a prefix.
+SCRATCH_GROUP_PREFIX = "rdv-"
+
+
+@dataclass(frozen=True, order=True)
+class Grant:
+    """One ALLOW ACL: `principal` may `operation` on the `resource` named `name` (literal or prefix)."""
+
+    principal: str
+    resource: str  # topic | group | transactional_id
+    name: str
+    operation: str  # READ | WRITE | DESCRIBE | DESCRIBE_CONFIGS | ALL
+    prefixed: bool = False
+
+    def describe(self) -> str:
+        pattern = f"{self.name}*" if self.prefixed else self.name
+        return f"{self.principal} {self.operation} {self.resource} {pattern}"
+
+
+@dataclass(frozen=True)
+class Principals:
+    """The SASL principal of each role (`User:<name>`)."""
+
+    admin: str = "User:rdv-admin"
+    rendezvous: str = "User:rdv-rendezvous"
+    model: str = "User:rdv-model"
+    comparison: str = "User:rdv-comparison"
+    decoy: str = "User:rdv-decoy"
+    client: str = "User:rdv-client"
+    gateway: str = "User:rdv-gateway"
+
+    @classmethod
+    def from_pairs(cls, pairs: Mapping[str, str]) -> Principals:
+        """Overrides like {"client": "alice"}; a bare name becomes `User:<name>`."""
+        unknown = sorted(set(pairs) - set(ROLES))
+        if unknown:
+            raise ValueError(f"unknown role(s) {', '.join(unknown)}; roles: {', '.join(ROLES)}")
+        return cls(**{role: name if ":" in name else f"User:{name}" for role, name in pairs.items()})
+
+    def of(self, role: str) -> str:
+        return str(getattr(self, role))
+
+    def roles(self) -> list[tuple[str, str]]:
+        return [(f.name, getattr(self, f.name)) for f in fields(self)]
+
+
+def _topic(principal: str, operation: str, *names: str) -> list[Grant]:
+    return [Grant(principal, "topic", name, operation) for name in names]
+
+
+def _groups(principal: str, *prefixes: str) -> list[Grant]:
+    return [Grant(principal, "group", prefix, "READ", prefixed=True) for prefix in (*prefixes, SCRATCH_GROUP_PREFIX)]
+
+
+def layout(topics: Topics, prefix: str, principals: Principals = Principals()) -> list[Grant]:
+    """Every grant of a deployment whose topics are `topics` and whose names start with `prefix`."""
+    t, p = topics, principals
+    grants: list[Grant] = [
+        Grant(p.admin, "topic", prefix, "ALL", prefixed=True),
+        Grant(p.admin, "group", prefix, "ALL", prefixed=True),
+        Grant(p.admin, "group", SCRATCH_GROUP_PREFIX, "ALL", prefixed=True),
+        *_topic(p.rendezvous, "READ", t.requests, t.scores, t.control, t.answers, t.log),
+        *_topic(p.rendezvous, "WRITE", t.answers, t.log, t.deadletter, t.replies, t.scores, t.control),
+        # It checks at start-up that requests and scores keep LogAppendTime.
+        *_topic(p.rendezvous, "DESCRIBE_CONFIGS", t.requests, t.scores),
+        *_groups(p.rendezvous, f"{prefix}rendezvous"),
+        Grant(p.rendezvous, "transactional_id", f"{prefix}rendezvous", "WRITE", prefixed=True),
+        Grant(p.rendezvous, "transactional_id", f"{prefix}rendezvous", "DESCRIBE", prefixed=True),
+        *_topic(p.model, "READ", t.requests, t.models),
+        *_topic(p.model, "WRITE", t.scores, t.deadletter, t.models),
+        *_groups(p.model, f"{prefix}model."),
+        *_topic(p.comparison, "READ", t.log),
+        *_groups(p.comparison, f"{prefix}comparison"),
+        *_topic(p.decoy, "READ", t.requests),
+        *_groups(p.decoy, f"{prefix}decoy"),
+    ]
+    for role in (p.client, p.gateway):
+        grants += [*_topic(role, "WRITE", t.requests), *_topic(role, "READ", t.replies, t.models, t.control),
+                   *_groups(role, f"{prefix}client", f"{prefix}gateway")]
+    grants += _topic(p.gateway, "READ", t.log)
+    return sorted(set(grants))
+
+
+def to_bindings(grants: Iterable[Grant]) -> list[Any]:
+    """confluent-kafka `AclBinding`s (ALLOW, any host) of the grants."""
+    from confluent_kafka.admin import AclBinding, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
+
+    kinds = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP,
+             "transactional_id": ResourceType.TRANSACTIONAL_ID}
+    patterns = {True: ResourcePatternType.PREFIXED, False: ResourcePatternType.LITERAL}
+    return [
+        AclBinding(kinds[g.resource], g.name, patterns[g.prefixed], g.principal, "*", AclOperation[g.operation],
+                   AclPermissionType.ALLOW)
+        for g in grants
+    ]
+
+
+def allows(grants: Iterable[Grant], principal: str, resource: str, name: str, operation: str) -> bool:
+    """Whether the grants let `principal` do `operation` on `name` (ALL covers every operation;
+    READ and WRITE imply DESCRIBE, as on the broker)."""
+    implied = {"DESCRIBE": {"DESCRIBE", "READ", "WRITE", "ALL"}}.get(operation, {operation, "ALL"})
+    return any(
+        g.principal == principal and g.resource == resource and g.operation in implied
+        and (name.startswith(g.name) if g.prefixed else name == g.name)
+        for g in grants
+    )
+
+
+def apply(admin: Any, grants: list[Grant], timeout_s: float = 30.0) -> int:
+    """Create the grants' ACLs (existing ones stay); returns how many were sent. Raises on refusal."""
+    futures = admin.create_acls(to_bindings(grants), request_timeout=timeout_s)
+    for future in futures.values():
+        future.result()
+    return len(grants)

@@ -1,0 +1,48 @@
+"""The least-privilege layout as data: who may do what, without a broker."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.control.acl import Principals, allows, layout, to_bindings
+from services.core.settings import Topics
+
+PREFIX = "rdv."
+TOPICS = Topics.from_prefix(PREFIX)
+P = Principals()
+GRANTS = layout(TOPICS, PREFIX, P)
+
+
+@pytest.mark.parametrize(("role", "topic", "operation", "allowed"), [
+    (P.client, TOPICS.control, "WRITE", False),
+    (P.client, TOPICS.requests, "WRITE", True),
+    (P.client, TOPICS.answers, "READ", False),
+    (P.model, TOPICS.scores, "WRITE", True),
+    (P.model, TOPICS.control, "WRITE", False),
+    (P.comparison, TOPICS.log, "READ", True),
+    (P.comparison, TOPICS.requests, "READ", False),
+    (P.rendezvous, TOPICS.requests, "WRITE", False),
+    (P.rendezvous, TOPICS.answers, "DESCRIBE", True),  # implied by WRITE, as on the broker
+    (P.admin, TOPICS.control, "WRITE", True),
+])
+def test_who_may_do_what(role: str, topic: str, operation: str, allowed: bool) -> None:
+    assert allows(GRANTS, role, "topic", topic, operation) is allowed
+
+
+def test_transactional_ids_and_groups_follow_the_prefix() -> None:
+    assert allows(GRANTS, P.rendezvous, "transactional_id", "rdv.rendezvous-host-42", "WRITE")
+    assert not allows(GRANTS, P.model, "transactional_id", "rdv.rendezvous-host-42", "WRITE")
+    assert allows(GRANTS, P.model, "group", "rdv.model.champion", "READ")
+    assert not allows(GRANTS, P.client, "group", "rdv.rendezvous", "READ")
+
+
+def test_grants_are_unique_and_become_acl_bindings() -> None:
+    assert len(GRANTS) == len(set(GRANTS))
+    assert len(to_bindings(GRANTS)) == len(GRANTS)
+
+
+def test_principals_by_role_and_unknown_roles() -> None:
+    assert Principals.from_pairs({"client": "alice"}).client == "User:alice"
+    assert Principals.from_pairs({"client": "User:bob"}).client == "User:bob"
+    with pytest.raises(ValueError, match="unknown role"):
+        Principals.from_pairs({"nobody": "x"})
