@@ -43,6 +43,8 @@ from services.rendezvous.records import RequestIn, ScoreIn
 
 log = logging.getLogger(__name__)
 
+LIVE_CACHE_MS = 100  # how stale the set of live models may be (it decides only what a log record waits for)
+
 Reply = tuple[str, int | None]
 
 
@@ -100,6 +102,9 @@ class Join:
         self._remembered: OrderedDict[str, tuple[int, int, dict[str, Any] | None]] = OrderedDict()
         self._finished = Finished({}, set())
         self._models_seen: dict[str, int] = {}  # model -> wall ms of its last score
+        # live_models() runs for every event; its answer changes only when a model appears or
+        # ages out, so it is recomputed at most every LIVE_CACHE_MS (or when a new model appears).
+        self._live: tuple[int, set[str]] | None = None
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -113,8 +118,12 @@ class Join:
         return len(self.mailboxes) - self._orphan_count
 
     def live_models(self, wall_ms: int) -> set[str]:
+        if self._live is not None and 0 <= wall_ms - self._live[0] < LIVE_CACHE_MS:
+            return self._live[1]
         horizon = wall_ms - self.limits.model_ttl_ms
-        return {model for model, at in self._models_seen.items() if at >= horizon}
+        live = {model for model, at in self._models_seen.items() if at >= horizon}
+        self._live = (wall_ms, live)
+        return live
 
     def markers_due(self, wall_ms: int, delay_ms: int, resend_s: float, wall_s: float) -> list[int]:
         return self.clocks.markers_due(wall_ms, delay_ms, resend_s, wall_s)
@@ -174,6 +183,8 @@ class Join:
     def on_score(self, score: ScoreIn) -> Mailbox | None:
         self._tick(score.partition, score.log_time)
         child(m.SCORES, score.model, score.version).inc()
+        if score.model not in self._models_seen:
+            self._live = None
         self._models_seen[score.model] = self.wall_ms()
         rid = score.request_id
         mailbox = self.mailboxes.get(rid)

@@ -1,7 +1,8 @@
 """The rendezvous service: the join (join.py) plugged into the shared service skeleton.
 
 This module only adapts Kafka to the join: it turns records into plain `RequestIn` / `ScoreIn`
-values, keeps the offset book, writes what the join decides, and takes partitions over.
+values, keeps the offset book and writes what the join decides. Taking partitions over lives in
+takeover.py (with recovery.py), the schedules from the control topic in schedules.py.
 
 Co-partitioning: requests and scores are keyed by request_id with equal partition counts, and
 one consumer group reads both topics with the range assignor, so the instance that owns request
@@ -25,18 +26,16 @@ decide *when* to ask for a clock record, and for metrics.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, Message, TopicPartition
 
 from services.control.schedule import Schedule
-from services.control.topic import ControlFeed, ControlRecord, ScheduleBook, encode_schedule
 from services.core.codec import codec
 from services.core.deadletter import DeadLetters, excerpt_limit
-from services.core.errors import BadInput, ConfigError, DecodeFailed, RendezvousError, UnexpectedFailure
+from services.core.errors import BadInput, ConfigError, DecodeFailed, UnexpectedFailure
 from services.core.kafka import Producer, partition_counts, topic_config
 from services.core.metrics import DECODE_ERRORS
 from services.core.runtime import now_ms
@@ -46,9 +45,11 @@ from services.rendezvous.join import Join, Reply
 from services.rendezvous.mailbox import Mailbox
 from services.rendezvous.offsets import OffsetBook
 from services.rendezvous.records import request_in, score_in
-from services.rendezvous.recovery import Mark, fence, live_members, scan_finished, stable_marks
+from services.rendezvous.recovery import Mark
 from services.rendezvous.replies import ReplyRouter, ReplyRules
+from services.rendezvous.schedules import ScheduleFeed
 from services.rendezvous.settings import RendezvousSettings
+from services.rendezvous.takeover import Takeover
 
 log = logging.getLogger(__name__)
 
@@ -72,23 +73,21 @@ class Rendezvous:
         self.topics = settings.topics()
         # Used only if the control topic holds no version of this schedule yet (it is then
         # published there as the first version, so the topic stays the one source of truth).
-        self.bootstrap_schedule = schedule or settings.schedule()
-        self.book = ScheduleBook(settings.schedule_name)
-        self.join = Join(settings.limits(), self._schedule_for, self)
+        self.schedules = ScheduleFeed(settings.schedule_name, schedule or settings.schedule(), self.topics,
+                                      self._dead_letter)
+        self.book = self.schedules.book
+        self.join = Join(settings.limits(), self.schedules.for_request, self)
         self.offsets = OffsetBook()
         self.service = StreamService(self._spec(), self)
         self.ready = self.service.ready
         self._requests, self._scores = codec("request"), codec("score")
         self._answers, self._comparisons = codec("answer"), codec("comparison")
         self._paused = False
-        self._to_recover: list[TopicPartition] = []
-        self._next_recovery = 0.0
-        self._shown_version = -1
+        self.takeover = Takeover(settings, self.join, self.service)
         self._ctx: Context | None = None
         self._fast: Producer | None = None
         self._dead: DeadLetters | None = None
         self._replies: ReplyRouter | None = None
-        self._control: ControlFeed | None = None
 
     def _spec(self) -> StreamSpec:
         s, t = self.settings, self.topics
@@ -130,7 +129,7 @@ class Rendezvous:
     @property
     def schedule(self) -> Schedule:
         """The schedule in force now (requests are governed by the one in force at creation)."""
-        return self._schedule_for(now_ms())
+        return self.schedules.for_request(now_ms())
 
     def readiness(self) -> tuple[bool, str]:
         return self.service.readiness()
@@ -139,8 +138,6 @@ class Rendezvous:
         self._check_topics()
         self.service.run(stop)
 
-    def _schedule_for(self, created_at: int) -> Schedule:
-        return self.book.for_request(created_at) if self.book.latest else self.bootstrap_schedule
 
     def _check_topics(self) -> None:
         t, config = self.topics, self.settings.librdkafka()
@@ -172,9 +169,7 @@ class Rendezvous:
         rules = ReplyRules(self.topics, self.settings.reply_topics)
         self._replies = ReplyRouter(self._send_reply, ctx.config, rules)
         ctx.stack.callback(self._replies.close)
-        self._control = ControlFeed(ctx.config, self.topics.control)
-        ctx.stack.callback(self._control.close)
-        self._load_schedules()
+        self.schedules.start(ctx)
 
     def on_batch(self, messages: list[Message]) -> None:
         requests, scores = self.topics.requests, self.topics.scores
@@ -220,14 +215,14 @@ class Rendezvous:
         self.offsets.track(self.topics.scores, partition, offset, owner)
 
     def on_tick(self) -> None:
-        assert self._control is not None and self._replies is not None and self._fast is not None
-        for record in self._control.poll():
-            self._apply_control(record, live=True)
+        assert self._replies is not None and self._fast is not None
+        self.schedules.poll()
         self._replies.poll()
-        self._recover_pending()
+        assert self._ctx is not None
+        self.takeover.run_due(self._ctx)
         self._ask_for_clock_records()
         self._throttle()
-        self._show_schedule(now_ms())
+        self.schedules.show(now_ms())
         m.MAILBOXES.set(len(self.join.mailboxes))
         self._fast.poll(0)
 
@@ -252,15 +247,10 @@ class Rendezvous:
         assert self._ctx is not None
         self._paused = False
         m.PAUSED.set(0)
-        if partitions:
-            # Nothing is read from them until recovery (in the poll loop) knows what was done.
-            self._ctx.consumer.pause(partitions)
-            self._to_recover.extend(partitions)
-            self._next_recovery = 0.0
+        self.takeover.add(self._ctx, partitions)
 
     def on_released(self, partitions: list[TopicPartition], lost: bool) -> None:
-        gone = {(tp.topic, tp.partition) for tp in partitions}
-        self._to_recover = [tp for tp in self._to_recover if (tp.topic, tp.partition) not in gone]
+        self.takeover.release(partitions)
         self.join.drop_partitions({tp.partition for tp in partitions})
         self.offsets.forget(partitions)
 
@@ -268,7 +258,7 @@ class Rendezvous:
         m.TRANSACTIONS.labels("aborted").inc()
         assert self._ctx is not None
         assignment = self._ctx.consumer.assignment()
-        self._to_recover = []
+        self.takeover.clear()
         self.join.drop_partitions({tp.partition for tp in assignment})
         self.offsets.forget(assignment)
 
@@ -276,8 +266,8 @@ class Rendezvous:
         return self.join.waiting
 
     def not_ready(self) -> str | None:
-        if self._to_recover:
-            return f"recovering {len(self._to_recover)} partition(s)"
+        if self.takeover.pending:
+            return f"recovering {self.takeover.pending} partition(s)"
         if self._paused:
             return f"paused: {self.join.waiting} requests in flight (limit {self.settings.max_mailboxes})"
         return None
@@ -344,62 +334,13 @@ class Rendezvous:
     def _current_mark(self, topic: str, partition: int) -> str | None:
         return self._mark(partition) if topic == self.topics.requests else None
 
-    def _recover_pending(self) -> None:
-        """Restore what was already answered/logged on newly assigned partitions, then resume them.
-
-        Runs from the poll loop, not inside the rebalance callback: the broker may still be coming
-        back (or resolving a transaction), and the loop must keep serving the consumer meanwhile.
-        Tried at most once a second.
-        """
-        assert self._ctx is not None
-        if not self._to_recover or time.monotonic() < self._next_recovery:
-            return
-        self._next_recovery = time.monotonic() + 1.0
-        partitions = list(self._to_recover)
-        consumer, config = self._ctx.consumer, self._ctx.config
-        try:
-            with self.service.health.blocking():
-                self._fence_departed([tp for tp in partitions if tp.topic == self.topics.requests])
-                committed = consumer.committed(partitions, timeout=5)
-                marks = {tp.partition: (tp.offset, Mark.decode(tp.metadata)) for tp in committed
-                         if tp.topic == self.topics.requests}
-                if marks:
-                    margin = int(self.settings.recovery_margin_s * 1000)
-                    self.join.restore(scan_finished(config, self.topics, marks, margin))
-        except (KafkaException, RendezvousError) as exc:
-            self.service.health.mark_down()
-            log.warning("recovery waiting for the broker: %s", exc)
-            return
-        self._to_recover = []
-        consumer.resume(partitions)
-        self.service.health.mark_up()
-
-    def _fence_departed(self, requests: list[TopicPartition]) -> None:
-        """End the open transaction of a previous owner that is gone (crashed), so reading the
-        committed offsets and its outputs need not wait for the broker to time that transaction
-        out. A previous owner still in the group is alive and left nothing open: never fenced."""
-        assert self._ctx is not None
-        if not requests or self.settings.processing != "exactly-once":
-            return
-        ours = self.settings.transactional_id()
-        marks = stable_marks(self._ctx.config, self.settings.group_id(), requests)
-        previous = {mark.txn for mark in marks.values() if mark is not None and mark.txn} - {ours}
-        if not previous:
-            return
-        members = live_members(self._ctx.config, self.settings.group_id())
-        if members is None:
-            return  # unknown: its transaction, if any, ends at its timeout instead
-        for txn in sorted(previous - members):
-            if fence(self._ctx.config, txn):
-                log.info("fenced %s, the previous owner's transactional id (no longer in the group)", txn)
-
     # -- bounded intake ----------------------------------------------------------------------
 
     def _throttle(self) -> None:
         """Bounded memory: at most max_mailboxes requests in flight. Scores are never paused
         (orphans are bounded by the join instead), so real requests always get their scores."""
         assert self._ctx is not None
-        if self._ctx.draining or self._to_recover:
+        if self._ctx.draining or self.takeover.pending:
             return
         limit, waiting = self.settings.max_mailboxes, self.join.waiting
         if not self._paused and waiting >= limit:
@@ -415,65 +356,3 @@ class Rendezvous:
         self._ctx.pause_topic(self.topics.requests, pause)
         self._paused = pause
         m.PAUSED.set(1 if pause else 0)
-
-    # -- schedules from the control topic --------------------------------------------------
-
-    def _load_schedules(self) -> None:
-        """Replay the control topic's history; seed it with the bootstrap schedule if empty."""
-        assert self._control is not None and self._ctx is not None
-        for record in self._control.read_history():
-            self._apply_control(record, live=False)
-        if self.book.latest is None:
-            first = max(1, self.bootstrap_schedule.version)
-            seed = dataclasses.replace(self.bootstrap_schedule, version=first, effective_at=0, created_at=now_ms())
-            self._ctx.outputs.produce(self.topics.control, encode_schedule(seed), key=seed.key())
-            self._ctx.outputs.commit_now([], give_up=lambda: False)  # the seed is public before we answer
-            self.book.add(seed)
-            log.info("control topic had no schedule %r: published the bootstrap one as v%d", seed.name, seed.version)
-        self._show_schedule(now_ms())
-
-    def _apply_control(self, record: ControlRecord, *, live: bool) -> None:
-        schedule = record.schedule
-        if schedule is None:
-            assert record.error is not None
-            self._reject_schedule(record.msg, record.error.message, live)
-            return
-        if schedule.name != self.book.name:
-            return  # another deployment's schedule
-        known = next((v for v in self.book.versions if v.version == schedule.version), None)
-        if known is not None and known.same_policy(schedule) and known.effective_at == schedule.effective_at:
-            return  # the same version read again (e.g. our own bootstrap seed)
-        reason = self.book.refusal(schedule, record.written_at)
-        if reason:
-            self._reject_schedule(record.msg, f"schedule {schedule.name} v{schedule.version} rejected: {reason}", live)
-            return
-        self.book.add(schedule)
-        m.SCHEDULE_UPDATES.inc()
-        late_ms = now_ms() - schedule.effective_at
-        if live and late_ms > 0:
-            # Requests created since its effective time may have been answered under the old
-            # version here, while an instance re-reading them would use the new one.
-            m.SCHEDULE_LATE.inc()
-            log.warning("schedule %s v%d was read %d ms after it took effect: publish with a longer "
-                        "--effective-in", schedule.name, schedule.version, late_ms)
-        log.info("schedule %s v%d accepted (effective at %d): %s - %s", schedule.name, schedule.version,
-                 schedule.effective_at, list(schedule.models), schedule.comment)
-
-    def _reject_schedule(self, msg: Message, reason: str, live: bool) -> None:
-        """Dead-letter a refused control record (history read at start-up was dealt with before)."""
-        if not live:
-            log.debug("skipping control record refused before: %s", reason)
-            return
-        current = self.book.latest
-        stays = f"v{current.version} stays in force" if current else "no schedule yet"
-        m.SCHEDULE_REJECTED.inc()
-        log.warning("control record rejected: %s; %s", reason, stays)
-        self._dead_letter(msg, DecodeFailed(f"{reason}; {stays}"))
-
-    def _show_schedule(self, now: int) -> None:
-        schedule = self._schedule_for(now)
-        if schedule.version != self._shown_version:
-            m.SCHEDULE.clear()
-            m.SCHEDULE.labels(schedule.name, str(schedule.version), schedule.preferred).set(1)
-            self._shown_version = schedule.version
-            log.info("schedule %s v%d in force: %s", schedule.name, schedule.version, list(schedule.models))

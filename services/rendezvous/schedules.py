@@ -1,0 +1,110 @@
+"""The rendezvous' schedules: the control topic's history and live updates, and which version
+governs a request.
+
+A request is governed by the version in force at its `created_at`; versions are validated with
+the rule every CLI command shares (`ScheduleBook.refusal`). If the control topic holds no version
+of this schedule yet, the bootstrap schedule (from the flags) is published there as v1 before
+anything is answered, so the topic stays the one source of truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+
+from confluent_kafka import Message
+
+from services.control.schedule import Schedule
+from services.control.topic import ControlFeed, ControlRecord, ScheduleBook, encode_schedule
+from services.core.errors import BadInput, DecodeFailed
+from services.core.runtime import now_ms
+from services.core.service import Context
+from services.core.settings import Topics
+from services.rendezvous import metrics as m
+
+log = logging.getLogger(__name__)
+
+
+class ScheduleFeed:
+    """The schedule book, fed from the control topic; refused records go to `dead_letter`."""
+
+    def __init__(self, name: str, bootstrap: Schedule, topics: Topics,
+                 dead_letter: Callable[[Message, BadInput], None]):
+        self.book = ScheduleBook(name)
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self._dead_letter = dead_letter
+        self._feed: ControlFeed | None = None
+        self._shown_version = -1
+
+    def for_request(self, created_at: int) -> Schedule:
+        return self.book.for_request(created_at) if self.book.latest else self.bootstrap
+
+    def start(self, ctx: Context) -> None:
+        """Replay the control topic's history; seed it with the bootstrap schedule if empty."""
+        self._feed = ControlFeed(ctx.config, self.topics.control)
+        ctx.stack.callback(self._feed.close)
+        for record in self._feed.read_history():
+            self._apply(record, live=False)
+        if self.book.latest is None:
+            first = max(1, self.bootstrap.version)
+            seed = dataclasses.replace(self.bootstrap, version=first, effective_at=0, created_at=now_ms())
+            ctx.outputs.produce(self.topics.control, encode_schedule(seed), key=seed.key())
+            ctx.outputs.commit_now([], give_up=lambda: False)  # the seed is public before we answer
+            self.book.add(seed)
+            log.info("control topic had no schedule %r: published the bootstrap one as v%d", seed.name, seed.version)
+        self.show(now_ms())
+
+    def poll(self) -> None:
+        """Apply what arrived on the control topic since the last call."""
+        assert self._feed is not None
+        for record in self._feed.poll():
+            self._apply(record, live=True)
+
+    def show(self, now: int) -> None:
+        """Log and export the version in force when it changes."""
+        schedule = self.for_request(now)
+        if schedule.version != self._shown_version:
+            m.SCHEDULE.clear()
+            m.SCHEDULE.labels(schedule.name, str(schedule.version), schedule.preferred).set(1)
+            self._shown_version = schedule.version
+            log.info("schedule %s v%d in force: %s", schedule.name, schedule.version, list(schedule.models))
+
+    def _apply(self, record: ControlRecord, *, live: bool) -> None:
+        schedule = record.schedule
+        if schedule is None:
+            assert record.error is not None
+            self._reject(record.msg, record.error.message, live)
+            return
+        if schedule.name != self.book.name:
+            return  # another deployment's schedule
+        known = next((v for v in self.book.versions if v.version == schedule.version), None)
+        if known is not None and known.same_policy(schedule) and known.effective_at == schedule.effective_at:
+            return  # the same version read again (e.g. our own bootstrap seed)
+        reason = self.book.refusal(schedule, record.written_at)
+        if reason:
+            self._reject(record.msg, f"schedule {schedule.name} v{schedule.version} rejected: {reason}", live)
+            return
+        self.book.add(schedule)
+        m.SCHEDULE_UPDATES.inc()
+        late_ms = now_ms() - schedule.effective_at
+        if live and late_ms > 0:
+            # Requests created since its effective time may have been answered under the old
+            # version here, while an instance re-reading them would use the new one.
+            m.SCHEDULE_LATE.inc()
+            log.warning("schedule %s v%d was read %d ms after it took effect: publish with a longer "
+                        "--effective-in", schedule.name, schedule.version, late_ms)
+        log.info("schedule %s v%d accepted (effective at %d): %s - %s", schedule.name, schedule.version,
+                 schedule.effective_at, list(schedule.models), schedule.comment)
+
+    def _reject(self, msg: Message, reason: str, live: bool) -> None:
+        """Dead-letter a refused control record (history read at start-up was dealt with before)."""
+        if not live:
+            log.debug("skipping control record refused before: %s", reason)
+            return
+        current = self.book.latest
+        stays = f"v{current.version} stays in force" if current else "no schedule yet"
+        m.SCHEDULE_REJECTED.inc()
+        log.warning("control record rejected: %s; %s", reason, stays)
+        self._dead_letter(msg, DecodeFailed(f"{reason}; {stays}"))

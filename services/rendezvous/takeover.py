@@ -1,0 +1,98 @@
+"""Taking partitions over: which newly assigned partitions still wait for recovery, and running it.
+
+Newly assigned partitions are paused until recovery knows what was already done on them
+(services/rendezvous/recovery.py): a departed previous owner is fenced, the committed offsets and
+their marks are read, the answers and log since the marks are scanned into the join. Recovery
+runs from the poll loop (never inside a rebalance callback: the broker may still be coming back
+or resolving a transaction, and the loop must keep serving the consumer), at most once a second
+while it fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from confluent_kafka import KafkaException, TopicPartition
+
+from services.core.errors import RendezvousError
+from services.core.service import Context, StreamService
+from services.rendezvous.join import Join
+from services.rendezvous.recovery import Mark, fence, live_members, scan_finished, stable_marks
+from services.rendezvous.settings import RendezvousSettings
+
+log = logging.getLogger(__name__)
+
+RETRY_S = 1.0
+
+
+class Takeover:
+    """Partitions assigned but not yet recovered, and the recovery that resumes them."""
+
+    def __init__(self, settings: RendezvousSettings, join: Join, service: StreamService):
+        self.settings, self.join, self.service = settings, join, service
+        self.topics = settings.topics()
+        self._pending: list[TopicPartition] = []
+        self._next_try = 0.0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def add(self, ctx: Context, partitions: list[TopicPartition]) -> None:
+        """Pause new partitions: nothing is read from them until recovery knows what was done."""
+        if partitions:
+            ctx.consumer.pause(partitions)
+            self._pending.extend(partitions)
+            self._next_try = 0.0
+
+    def release(self, partitions: list[TopicPartition]) -> None:
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._pending = [tp for tp in self._pending if (tp.topic, tp.partition) not in gone]
+
+    def clear(self) -> None:
+        self._pending = []
+
+    def run_due(self, ctx: Context) -> None:
+        """Recover the pending partitions, then resume them (if a try is due)."""
+        if not self._pending or time.monotonic() < self._next_try:
+            return
+        self._next_try = time.monotonic() + RETRY_S
+        partitions = list(self._pending)
+        try:
+            with self.service.health.blocking():
+                self._fence_departed(ctx, [tp for tp in partitions if tp.topic == self.topics.requests])
+                committed = ctx.consumer.committed(partitions, timeout=5)
+                marks = {tp.partition: (tp.offset, Mark.decode(tp.metadata)) for tp in committed
+                         if tp.topic == self.topics.requests}
+                if marks:
+                    margin = int(self.settings.recovery_margin_s * 1000)
+                    self.join.restore(scan_finished(ctx.config, self.topics, marks, margin))
+        except (KafkaException, RendezvousError) as exc:
+            self.service.health.mark_down()
+            log.warning("recovery waiting for the broker: %s", exc)
+            return
+        self._pending = []
+        ctx.consumer.resume(partitions)
+        self.service.health.mark_up()
+
+    def _fence_departed(self, ctx: Context, requests: list[TopicPartition]) -> None:
+        """End the open transaction of a previous owner that is gone (crashed), so reading the
+        committed offsets and its outputs need not wait for the broker to time that transaction
+        out. A previous owner still in the group is alive and left nothing open: never fenced.
+
+        Before the committed offsets: a read_committed offset fetch waits for exactly that open
+        transaction, so whom to fence is read from the last completed commit (`stable_marks`)."""
+        if not requests or self.settings.processing != "exactly-once":
+            return
+        ours = self.settings.transactional_id()
+        marks = stable_marks(ctx.config, self.settings.group_id(), requests)
+        previous = {mark.txn for mark in marks.values() if mark is not None and mark.txn} - {ours}
+        if not previous:
+            return
+        members = live_members(ctx.config, self.settings.group_id())
+        if members is None:
+            return  # unknown: its transaction, if any, ends at its timeout instead
+        for txn in sorted(previous - members):
+            if fence(ctx.config, txn):
+                log.info("fenced %s, the previous owner's transactional id (no longer in the group)", txn)
