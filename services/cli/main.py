@@ -50,8 +50,12 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     if args.action == "start":
-        broker = start_background(progress=console.print, fresh=True if args.fresh else None)
+        broker = start_background(progress=console.print, fresh=True if args.fresh else None, tls=args.tls)
         print(broker.bootstrap)  # noqa: T201 - the command's output, for scripts
+        status = broker.status()
+        if "tls_ca" in status:
+            console.print(f"TLS listener {broker.listener('SSL')}: clients use --kafka-config security.protocol=SSL "
+                          f"--kafka-config ssl.ca.location={status['tls_ca']}")
     elif args.action == "stop":
         stopped = stop_background(progress=console.print)
         console.print("local broker stopped; its topics are kept (`rendezvous broker reset` deletes them)"
@@ -223,6 +227,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     broker.add_argument("action", choices=["start", "stop", "status", "reset"])
     broker.add_argument("--fresh", action="store_true", help="start: begin empty even if data was kept (it is deleted)")
     broker.add_argument("--yes", action="store_true", help="reset: do not ask")
+    broker.add_argument("--tls", action="store_true",
+                        help="start: add a TLS listener, with a CA and certificate generated in the data directory")
     broker.set_defaults(handler=cmd_broker)
 
     topics = commands.add_parser("topics", help="create the topics of a deployment")

@@ -375,11 +375,14 @@ def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> 
     """
     timeout = _connect_timeout_s if timeout is None else timeout
     refused: list[KafkaError] = []
+    untrusted: list[KafkaError] = []
     caller_cb = config.get("error_cb")
 
     def on_error(err: KafkaError) -> None:
         if err.code() == KafkaError._AUTHENTICATION:
             refused.append(err)
+        elif err.code() == KafkaError._SSL:
+            untrusted.append(err)
         elif err.fatal():
             _log_client_error(err)
         else:
@@ -405,6 +408,14 @@ def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> 
             reason = _without_secrets(refused[0].str(), config)
             raise BrokerError(
                 f"Kafka refused the credentials at {bootstrap}: {reason}; check sasl.username/sasl.password"
+            )
+        if untrusted:
+            # A broker that presents a certificate we do not trust will not start trusting it: say
+            # so now instead of retrying until the timeout.
+            reason = _without_secrets(untrusted[0].str(), config)
+            raise BrokerError(
+                f"TLS handshake with {bootstrap} failed: {reason}; is ssl.ca.location the CA that signed "
+                "the broker's certificate?"
             )
         if time.monotonic() >= deadline:
             raise BrokerUnavailable(

@@ -38,6 +38,8 @@ from services.localkafka import config
 from services.localkafka.jars import Progress, java_executable, provision
 from services.localkafka.jvm import DEFAULT_JVM_OPTIONS, JVM_OPTS_ENV, TOOL_JVM_OPTIONS, with_overrides
 from services.localkafka.process import error_lines, is_stack_frame, pid_alive, signal_group, tail, wait_until
+from services.localkafka.tls import TLS_LISTENER, tls_broker_options
+from services.localkafka.tls import generate as generate_tls
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +225,9 @@ class LocalBroker:
             info |= self._state
             info["uptime_s"] = round(time.time() - float(self._state["started_at"]), 1)
         info["data_kept"] = self.has_kept_data()
+        ca = self.root / "tls" / "ca.pem"
+        if ca.exists() and TLS_LISTENER in self.kept_listeners():
+            info["tls_ca"] = str(ca)  # clients: security.protocol=SSL, ssl.ca.location=<this>
         info["data_bytes"] = self.data_bytes()
         return info
 
@@ -234,6 +239,13 @@ class LocalBroker:
             return False
         data = config.log_dir(props)
         return data is not None and config.read_cluster_id(data) is not None
+
+    def kept_listeners(self) -> set[str]:
+        """Listener names of the kept configuration (empty if none)."""
+        try:
+            return set(config.listener_addresses(config.parse_properties(self.properties_file.read_text())))
+        except OSError:
+            return set()
 
     def data_bytes(self) -> int:
         """Bytes of topic data on disk."""
@@ -381,12 +393,13 @@ def _port_open(host: str, port: int) -> bool:
 # ----- module-level helpers for the CLI -----------------------------------------------------------
 def start_background(
     name: str = "default", *, wait_timeout: float = 90.0, progress: Progress | None = None,
-    fresh: bool | None = None,
+    fresh: bool | None = None, tls: bool = False,
 ) -> LocalBroker:
     """Start the named broker and leave it running; returns the already running one if there is one.
 
     Like a database, it resumes the data a previous run kept (`fresh=None`, the default) and
     starts empty only when there is none or when `fresh=True` (see `LocalBroker.start`).
+    `tls=True` adds a TLS listener ("SSL") with a CA and certificate generated in `<data>/tls/`.
     """
     broker = LocalBroker(name, progress=progress)
     if broker.is_running():
@@ -394,6 +407,12 @@ def start_background(
             progress(f"Local broker {name!r} already runs at {broker.bootstrap} (pid {broker.pid})")
         return broker
     resume = not fresh and broker.has_kept_data()
+    if tls and resume and TLS_LISTENER not in broker.kept_listeners():
+        raise BrokerError(f"local broker {name!r} kept data from a start without TLS: "
+                          "`rendezvous broker start --tls --fresh` starts anew with TLS (its topics are deleted)")
+    if tls and not resume:
+        files = generate_tls(broker.root / "tls")
+        broker = LocalBroker(name, progress=progress, **tls_broker_options(files))  # type: ignore[arg-type]
     if resume and progress:
         progress(f"Resuming the kept data of local broker {name!r} ({broker.data_bytes():,} bytes in {broker.root}); "
                  "`rendezvous broker reset` deletes it")

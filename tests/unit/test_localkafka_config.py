@@ -302,3 +302,25 @@ def test_kept_data_is_seen_sized_and_reset(cache: Path) -> None:
     assert broker.data_bytes() >= 1000
     assert broker.reset() >= 1000
     assert not broker.has_kept_data() and not logs.exists() and broker.data_bytes() == 0
+
+
+def test_tls_material_is_a_ca_and_a_broker_certificate_for_loopback(tmp_path: Path) -> None:
+    import ipaddress
+    import stat
+
+    from cryptography import x509
+
+    from services.localkafka.tls import generate, tls_broker_options
+
+    files = generate(tmp_path / "tls")
+    ca = x509.load_pem_x509_certificate(files.ca.read_bytes())
+    cert = x509.load_pem_x509_certificate(files.certificate.read_bytes())
+    cert.verify_directly_issued_by(ca)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address("127.0.0.1") in names.get_values_for_type(x509.IPAddress)
+    assert stat.S_IMODE(files.key.stat().st_mode) == 0o600
+    options = tls_broker_options(files)
+    assert options["extra_listeners"] == {"SSL": "SSL"}
+    properties = options["extra_properties"]
+    assert isinstance(properties, dict)
+    assert "PRIVATE KEY" in properties["listener.name.ssl.ssl.keystore.key"]

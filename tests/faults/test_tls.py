@@ -1,0 +1,85 @@
+"""TLS on a real broker: a listener with a certificate from a CA the project generates.
+
+Services, the CLI and a client connect with that CA; a client given another CA fails at once
+with one clear line (not after its connect timeout).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.client.client import Client
+from services.core.settings import Topics
+from services.localkafka import LocalBroker, ephemeral_broker
+from services.localkafka.tls import TLS_LISTENER, TlsFiles, generate, tls_broker_options, tls_client_config
+from services.model_worker.models import demo_rows
+from tests.integration.harness import Services
+
+pytestmark = pytest.mark.kafka
+
+FAST_S = 10.0  # well under the 30 s connect timeout the commands are given
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return generate(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory, tls: TlsFiles) -> Iterator[LocalBroker]:
+    missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"the TLS tests start their own Kafka broker: install {' and '.join(missing)}")
+    with ephemeral_broker(tmp_path_factory.mktemp("kafka-tls"), **tls_broker_options(tls)) as running:
+        yield running
+
+
+def cli(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "services.cli.main", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    return done, time.monotonic() - started
+
+
+def tls_flags(ca: Path) -> list[str]:
+    return ["--kafka-config", "security.protocol=SSL", "--kafka-config", f"ssl.ca.location={ca}",
+            "--connect-timeout-s", "30"]
+
+
+def test_services_cli_and_client_work_over_tls(broker: LocalBroker, tls: TlsFiles) -> None:
+    address = broker.listener(TLS_LISTENER)
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    created, _ = cli("topics", "create", "--bootstrap", address, "--topic-prefix", prefix, *tls_flags(tls.ca))
+    assert created.returncode == 0, created.stderr
+    kafka_config = ("security.protocol=SSL", f"ssl.ca.location={tls.ca}")
+    services = Services(threading.Event())
+    try:
+        services.worker(address, prefix, "demo:champion", kafka_config=kafka_config)
+        services.rendezvous(address, prefix, models=("champion",), kafka_config=kafka_config)
+        with Client(tls_client_config(address, tls.ca), Topics.from_prefix(prefix), reply_partition=0,
+                    answer_wait_s=60) as client:
+            answers = [client.score(row, budget_ms=20_000) for row in demo_rows(3, seed=5)]
+        assert [a.status for a in answers] == ["OK"] * 3, answers
+    finally:
+        services.stop_all()
+
+
+def test_a_wrong_ca_fails_at_once_in_one_line(broker: LocalBroker, tmp_path: Path) -> None:
+    other = generate(tmp_path / "other", name="somebody else")
+    done, took = cli("topics", "create", "--bootstrap", broker.listener(TLS_LISTENER),
+                     "--topic-prefix", "wrongca.", *tls_flags(other.ca))
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, done.stderr
+    assert "TLS handshake" in lines[0] and "ssl.ca.location" in lines[0], lines[0]
+    assert took < FAST_S, f"the refusal took {took:.1f}s"
+    print(f"FIGURES wrong CA refused in {took:.2f}s: {lines[0]}")
