@@ -109,7 +109,8 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
         if not settings.bootstrap and read_bootstrap() is None:
             console.print("starting a local Kafka broker (first run downloads it with Maven)...")
             broker: LocalBroker = start_background(progress=console.print)
-            stack.callback(broker.stop)
+            # Stopped like a database: the demo's topics stay for `compare`, `replay`, the next run.
+            stack.callback(broker.stop, keep_data=True)
             settings = replace(settings, bootstrap=broker.bootstrap)
         elif not settings.bootstrap:
             settings = replace(settings, bootstrap=read_bootstrap() or "")
