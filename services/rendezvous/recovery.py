@@ -78,20 +78,31 @@ def fence(config: Mapping[str, Any], transactional_id: str, timeout_s: float = 1
         return False
 
 
-def stable_marks(config: Mapping[str, Any], group: str, partitions: list[TopicPartition]) -> dict[int, Mark | None]:
-    """The marks of the group's last *completed* commits, read without waiting.
+def committed_offsets(
+    config: Mapping[str, Any], group: str, partitions: list[TopicPartition], *, stable: bool, timeout_s: float = 5.0
+) -> list[TopicPartition]:
+    """The group's committed offsets (with their metadata), read by a short-lived client.
 
-    The service's own consumer reads committed offsets as read_committed, which makes the broker
-    answer "unstable" (and librdkafka retry until its timeout) while a transaction holding
-    offsets for those partitions is open: exactly the crashed owner's transaction we must fence
-    first. A read_uncommitted reader gets the last completed commit at once, and with it the
-    transactional id of the owner to fence."""
-    probe = _NativeConsumer({**config, "group.id": group, "enable.auto.commit": False,
-                             "isolation.level": "read_uncommitted"})
+    Not by the service's own consumer: after a broker restart a long-lived client can stay wedged
+    on its old coordinator connection (its offset fetches time out while a new client's answer at
+    once). `stable=True` reads as read_committed, which makes the broker answer "unstable" (and
+    librdkafka retry until its timeout) while a transaction holding offsets for those partitions
+    is open; `stable=False` gets the last *completed* commit at once."""
+    isolation = "read_committed" if stable else "read_uncommitted"
+    probe = _NativeConsumer({**config, "group.id": group, "enable.auto.commit": False, "isolation.level": isolation})
     try:
-        return {tp.partition: Mark.decode(tp.metadata) for tp in probe.committed(partitions, timeout=5)}
+        result: list[TopicPartition] = probe.committed(partitions, timeout=timeout_s)
+        return result
     finally:
         probe.close()
+
+
+def stable_marks(config: Mapping[str, Any], group: str, partitions: list[TopicPartition]) -> dict[int, Mark | None]:
+    """The marks of the group's last completed commits, read without waiting for an open
+    transaction: exactly the crashed owner's transaction that must be fenced first, named by
+    the transactional id in the mark."""
+    done = committed_offsets(config, group, partitions, stable=False, timeout_s=3.0)
+    return {tp.partition: Mark.decode(tp.metadata) for tp in done}
 
 
 def live_members(config: Mapping[str, Any], group: str, timeout_s: float = 5.0) -> set[str] | None:

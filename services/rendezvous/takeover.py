@@ -13,17 +13,23 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from services.core.errors import RendezvousError
 from services.core.service import Context, StreamService
 from services.rendezvous.join import Join
-from services.rendezvous.recovery import Mark, fence, live_members, scan_finished, stable_marks
+from services.rendezvous.recovery import Mark, committed_offsets, fence, live_members, scan_finished, stable_marks
 from services.rendezvous.settings import RendezvousSettings
 
 log = logging.getLogger(__name__)
 
 RETRY_S = 1.0
+# Offset fetches that stay "unstable" this many times in a row fall back to the last completed
+# commit. The open transaction they wait for can only abort by then (a crashed owner is fenced or
+# times out; our own previous producer was fenced by our new one), and an aborted transaction's
+# offsets are not the ones to resume from anyway. Seen after a broker restart: pending offsets of
+# an abandoned transaction that the broker kept reporting unstable for minutes.
+UNSTABLE_TRIES = 3
 
 
 class Takeover:
@@ -34,6 +40,7 @@ class Takeover:
         self.topics = settings.topics()
         self._pending: list[TopicPartition] = []
         self._next_try = 0.0
+        self._unstable = 0  # consecutive offset fetches that timed out waiting for a transaction
 
     @property
     def pending(self) -> int:
@@ -45,6 +52,7 @@ class Takeover:
             ctx.consumer.pause(partitions)
             self._pending.extend(partitions)
             self._next_try = 0.0
+            self._unstable = 0
 
     def release(self, partitions: list[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
@@ -62,7 +70,7 @@ class Takeover:
         try:
             with self.service.health.blocking():
                 self._fence_departed(ctx, [tp for tp in partitions if tp.topic == self.topics.requests])
-                committed = ctx.consumer.committed(partitions, timeout=5)
+                committed = self._committed(ctx, partitions)
                 marks = {tp.partition: (tp.offset, Mark.decode(tp.metadata)) for tp in committed
                          if tp.topic == self.topics.requests}
                 if marks:
@@ -73,8 +81,22 @@ class Takeover:
             log.warning("recovery waiting for the broker: %s", exc)
             return
         self._pending = []
+        self._unstable = 0
         ctx.consumer.resume(partitions)
         self.service.health.mark_up()
+
+    def _committed(self, ctx: Context, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        group = self.settings.group_id()
+        if self._unstable >= UNSTABLE_TRIES:
+            log.warning("committed offsets stayed unstable %d times (a transaction the broker has not resolved): "
+                        "resuming from the last completed commit", self._unstable)
+            return committed_offsets(ctx.config, group, partitions, stable=False)
+        try:
+            return committed_offsets(ctx.config, group, partitions, stable=True)
+        except KafkaException as exc:
+            if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError._TIMED_OUT:
+                self._unstable += 1
+            raise
 
     def _fence_departed(self, ctx: Context, requests: list[TopicPartition]) -> None:
         """End the open transaction of a previous owner that is gone (crashed), so reading the
@@ -86,7 +108,11 @@ class Takeover:
         if not requests or self.settings.processing != "exactly-once":
             return
         ours = self.settings.transactional_id()
-        marks = stable_marks(ctx.config, self.settings.group_id(), requests)
+        try:
+            marks = stable_marks(ctx.config, self.settings.group_id(), requests)
+        except KafkaException as exc:
+            log.info("cannot tell whom to fence (%s): a departed owner's transaction ends at its timeout", exc)
+            return
         previous = {mark.txn for mark in marks.values() if mark is not None and mark.txn} - {ours}
         if not previous:
             return
