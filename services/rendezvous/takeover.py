@@ -71,6 +71,7 @@ class Takeover:
             with self.service.health.blocking():
                 self._fence_departed(ctx, [tp for tp in partitions if tp.topic == self.topics.requests])
                 committed = self._committed(ctx, partitions)
+                fallback = self._unstable >= UNSTABLE_TRIES
                 marks = {tp.partition: (tp.offset, Mark.decode(tp.metadata)) for tp in committed
                          if tp.topic == self.topics.requests}
                 if marks:
@@ -80,10 +81,23 @@ class Takeover:
             self.service.health.mark_down()
             log.warning("recovery waiting for the broker: %s", exc)
             return
+        if fallback:
+            self._position(ctx, committed)
         self._pending = []
         self._unstable = 0
         ctx.consumer.resume(partitions)
         self.service.health.mark_up()
+
+    @staticmethod
+    def _position(ctx: Context, committed: list[TopicPartition]) -> None:
+        """Start reading at the offsets recovery used: the consumer's own offset fetch waits on the
+        same unresolved transaction and would never start its partitions."""
+        for tp in committed:
+            if tp.offset >= 0:
+                try:
+                    ctx.consumer.native.seek(TopicPartition(tp.topic, tp.partition, tp.offset))
+                except KafkaException as exc:
+                    log.warning("cannot position %s[%d] at %d: %s", tp.topic, tp.partition, tp.offset, exc)
 
     def _committed(self, ctx: Context, partitions: list[TopicPartition]) -> list[TopicPartition]:
         group = self.settings.group_id()
