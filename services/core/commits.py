@@ -368,6 +368,13 @@ class CommitLane:
             done, self._outcomes = self._outcomes, []
         return done
 
+    def wait_outcomes(self, timeout: float) -> list[CommitOutcome]:
+        """Like `outcomes`, but waits up to `timeout` s for at least one (for callers off the loop)."""
+        with self._lock:
+            self._lock.wait_for(lambda: bool(self._outcomes), timeout)
+            done, self._outcomes = self._outcomes, []
+        return done
+
     def _run(self) -> None:
         while True:
             with self._lock:

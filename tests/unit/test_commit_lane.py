@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,13 +38,9 @@ class RecordingCommitter:
 
 
 def _outcomes(lane: CommitLane, timeout: float = 5.0) -> list[CommitOutcome]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done = lane.outcomes()
-        if done:
-            return done
-        time.sleep(0.01)  # polling the lane's own condition, bounded
-    raise AssertionError("no commit outcome")
+    done = lane.wait_outcomes(timeout)
+    assert done, "no commit outcome"
+    return done
 
 
 def test_commits_run_on_the_lane_and_consumer_steps_on_the_caller() -> None:
@@ -67,9 +62,8 @@ def test_commit_now_supersedes_unsettled_outcomes_and_waits_for_its_commit() -> 
     lane = CommitLane(committer, None)
     try:
         lane.request([TopicPartition("t", 0, 5)])
-        deadline = time.monotonic() + 5
-        while lane.busy() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert lane.wait_outcomes(5), "the first commit never ended"
+        lane.request([TopicPartition("t", 0, 7)])  # not settled yet when commit_now supersedes it
         assert lane.commit_now([TopicPartition("t", 0, 9)], lambda: False)
         assert lane.outcomes() == []  # the older positions are never committed after the newer
         assert committer.finishes == [(threading.current_thread().name, True)]
