@@ -93,6 +93,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the rendezvous' --processing (default exactly-once, as the service)")
     arg("--baseline-runs", type=int, default=2, help="pass-through runs before and after (default 2)")
     arg("--profile", metavar="FILE", help="cProfile the rendezvous thread; write pstats to FILE, print top")
+    arg("--cloudevents", action="store_true", help="the rendezvous adds CloudEvents headers (serve --cloudevents)")
     args = parser.parse_args(argv)
     positive(parser, args, "requests", "partitions", "budget_ms", "timeout", "baseline_runs")
     return args
@@ -221,7 +222,7 @@ def run_baseline(
 def run_rendezvous(bootstrap: str, prefix: str, topics: Topics, args: argparse.Namespace) -> Timing:
     settings = RendezvousSettings(
         bootstrap=bootstrap, topic_prefix=prefix, models=tuple(m for m, _ in MODELS),
-        deadline_ms=args.budget_ms, processing=args.processing,
+        deadline_ms=args.budget_ms, processing=args.processing, cloudevents=args.cloudevents,
     )  # fmt: skip
     settings.validate()
     service = Rendezvous(settings)

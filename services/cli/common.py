@@ -9,6 +9,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
+from services.core import wire
 from services.core.errors import ConfigError
 from services.core.health import serve_http
 from services.core.kafka import create_topics, set_connect_timeout
@@ -26,6 +27,7 @@ def with_bootstrap(settings: S) -> S:
     """Settings whose bootstrap is --bootstrap, KAFKA_BOOTSTRAP_SERVERS, or the local broker;
     every later wait for the broker in this command honours its --connect-timeout-s."""
     set_connect_timeout(settings.connect_timeout_s)
+    wire.configure(settings)
     if settings.bootstrap:
         return settings
     local = read_bootstrap()

@@ -23,6 +23,7 @@ from rich.table import Table
 from services.cli.common import ensure_topics
 from services.cli.spawn import service_env, spawn
 from services.client.client import Answer, Client
+from services.core import wire
 from services.core.errors import ConfigError
 from services.core.kafka import wait_for_groups
 from services.core.runtime import stop_processes
@@ -105,6 +106,7 @@ class Tally:
 
 
 def run_demo(settings: DemoSettings, console: Console) -> int:
+    wire.configure(settings)
     with ExitStack() as stack:
         if not settings.bootstrap and read_bootstrap() is None:
             console.print("starting a local Kafka broker (first run downloads it with Maven)...")

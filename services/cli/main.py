@@ -276,10 +276,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     selection.arguments(gateway, ("gateway",), "services.gateway.settings:GatewaySettings")
     gateway.set_defaults(handler=cmd_gateway)
 
-    from services.cli import acl_command, lifecycle_commands
+    from services.cli import acl_command, lifecycle_commands, registry_command
 
     lifecycle_commands.register(commands, selection)
     acl_command.register(commands, selection)
+    registry_command.register(commands, selection)
     return parser
 
 

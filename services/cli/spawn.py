@@ -22,6 +22,8 @@ def service_env(settings: KafkaSettings) -> dict[str, str]:
     env["KAFKA_BOOTSTRAP_SERVERS"] = settings.bootstrap
     env["RDV_TOPIC_PREFIX"] = settings.topic_prefix
     env["RDV_CONNECT_TIMEOUT_S"] = str(settings.connect_timeout_s)
+    env["RDV_WIRE_FORMAT"] = settings.wire_format
+    env["RDV_SCHEMA_REGISTRY"] = settings.schema_registry
     for name, value in (("RDV_TOPIC", ",".join(settings.topic)), ("RDV_KAFKA_CONFIG", ";".join(settings.kafka_config))):
         if value:
             env[name] = value

@@ -22,7 +22,7 @@ from fastavro import parse_schema, schemaless_reader
 
 from services.compare_report.columns import Columns
 from services.compare_report.vectordecode import Rejected, decode_bodies, layout_matches
-from services.core.codec import HEADER_SIZE, Codec
+from services.core.codec import Codec
 from services.core.errors import BadInput
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class BatchDecoder:
         others = len(values) - len(current)
         if current and self._vectorized:
             try:
-                columns.add_batch(decode_bodies(current, skip=HEADER_SIZE))
+                columns.add_batch(decode_bodies(current, skip=len(header)))
                 current = []
             except Rejected as why:
                 log.debug("vectorized decoding rejected a batch (%s): fastavro takes it", why)
@@ -89,7 +89,7 @@ class BatchDecoder:
     def _decode_current(self, values: list[bytes]) -> list[dict[str, Any]]:
         if not values:
             return []
-        body = BytesIO(_varint(len(values)) + b"".join([v[HEADER_SIZE:] for v in values]) + b"\x00")
+        body = BytesIO(_varint(len(values)) + b"".join([v[len(self._header):] for v in values]) + b"\x00")
         try:
             records = schemaless_reader(body, self._array, None)
         # A corrupt body may raise many types inside fastavro; the batch is then redone record by

@@ -1,13 +1,19 @@
-"""Avro single-object encoding of the records in `schemas/*.avsc`.
+"""Avro encoding of the records in `schemas/*.avsc`, in either of two framings.
 
-Wire format (Avro spec, "Single object encoding"):
+Single-object encoding (Avro spec; the default, needs nothing but the schema files):
 
     C3 01 | 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema's
             Parsing Canonical Form | Avro binary body
 
-A reader resolves the fingerprint to a writer schema it knows (the current one, or an
-older version kept in `schemas/history/<name>/`) and applies Avro schema resolution, so
-schemas evolve by adding defaulted fields without breaking older consumers.
+Schema-registry framing (Confluent's wire format, read by Connect, ksqlDB, Flink, ...):
+
+    00 | 4-byte big-endian schema id in a schema registry | Avro binary body
+
+A reader accepts both on every topic. It resolves the fingerprint, or the schema the registry
+holds under the id, to a writer schema it knows (the current one, or an older version kept in
+`schemas/history/<name>/`) and applies Avro schema resolution, so schemas evolve by adding
+defaulted fields without breaking older consumers. What a process *writes* is set once at
+start-up (`services/core/wire.py`).
 
 Hot path notes: each schema is parsed once; `timestamp-millis` logical types are stripped
 before parsing so times stay plain ints (epoch ms) instead of becoming `datetime` objects
@@ -21,7 +27,7 @@ import copy
 import json
 import os
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from io import BytesIO
 from pathlib import Path
@@ -34,6 +40,11 @@ from services.core.errors import ConfigError, DecodeFailed, UnknownFingerprint
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
+REGISTRY_MAGIC = 0
+REGISTRY_HEADER_SIZE = 5
+
+# Given a registry schema id, the writer schema it names (or raises `BadInput`).
+IdLookup = Callable[[int], Mapping[str, Any]]
 
 _CRC64_EMPTY = 0xC15D213AA4D7A795
 
@@ -85,14 +96,29 @@ class Codec:
 
     def __init__(self, schema: Mapping[str, Any], older_writers: Iterable[Mapping[str, Any]] = ()):
         self.name: str = schema["name"]
+        self.full_name: str = f"{schema['namespace']}.{self.name}" if schema.get("namespace") else self.name
         self.schema = dict(schema)
         self.fingerprint = fingerprint(schema)
+        # What `encode` writes before the body: the single-object header until `write_registry_id`.
         self.header = MAGIC + self.fingerprint
         self._parsed = parse_plain(schema)
         # fingerprint -> (writer schema, reader schema or None when no resolution is needed)
         self._readers: dict[bytes, tuple[Any, Any]] = {self.fingerprint: (self._parsed, None)}
         for writer in older_writers:
             self._readers[fingerprint(writer)] = (parse_plain(writer), self._parsed)
+        self._by_id: dict[int, tuple[Any, Any]] = {}
+        self._lookup: IdLookup | None = None
+
+    def read_registry_ids(self, lookup: IdLookup) -> None:
+        """Resolve schema ids of registry-framed records with `lookup` (once per id)."""
+        self._lookup = lookup
+
+    def write_registry_id(self, schema_id: int) -> None:
+        """Frame what `encode` writes the registry way, with the id the registry gave the schema."""
+        if not 0 <= schema_id < 2**32:
+            raise ConfigError(f"schema id {schema_id} of {self.name} does not fit the 4-byte id field")
+        self.header = bytes([REGISTRY_MAGIC]) + schema_id.to_bytes(4, "big")
+        self._by_id[schema_id] = (self._parsed, None)
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
         buf = BytesIO()
@@ -101,16 +127,43 @@ class Codec:
         return buf.getvalue()
 
     def decode(self, data: bytes | None) -> dict[str, Any]:
-        """Decode one single-object encoded record; raise `BadInput` subclasses on any fault."""
-        if data is None or len(data) < HEADER_SIZE or data[:2] != MAGIC:
-            raise DecodeFailed(f"not an Avro single-object encoded {self.name} (bad or missing C3 01 header)")
-        schemas = self._readers.get(data[2:HEADER_SIZE])
-        if schemas is None:
-            raise UnknownFingerprint(
-                f"unknown writer schema fingerprint {data[2:HEADER_SIZE].hex()} for {self.name}"
+        """Decode one record in either framing; raise `BadInput` subclasses on any fault."""
+        if data is not None and len(data) >= HEADER_SIZE and data[:2] == MAGIC:
+            schemas = self._readers.get(data[2:HEADER_SIZE])
+            if schemas is None:
+                raise UnknownFingerprint(
+                    f"unknown writer schema fingerprint {data[2:HEADER_SIZE].hex()} for {self.name}"
+                )
+            return self._body(data, HEADER_SIZE, schemas)
+        if data is not None and len(data) >= REGISTRY_HEADER_SIZE and data[0] == REGISTRY_MAGIC:
+            schema_id = int.from_bytes(data[1:REGISTRY_HEADER_SIZE], "big")
+            return self._body(data, REGISTRY_HEADER_SIZE, self._schemas_for_id(schema_id))
+        raise DecodeFailed(
+            f"not an Avro {self.name}: neither single-object (C3 01) nor schema-registry (00 + id) framed"
+        )
+
+    def _schemas_for_id(self, schema_id: int) -> tuple[Any, Any]:
+        known = self._by_id.get(schema_id)
+        if known is not None:
+            return known
+        if self._lookup is None:
+            raise DecodeFailed(
+                f"{self.name} framed with schema-registry id {schema_id}, but no --schema-registry is configured"
             )
+        writer = self._lookup(schema_id)  # raises BadInput for an id it cannot resolve
+        try:
+            writer_fingerprint = fingerprint(writer)
+        except Exception as exc:  # noqa: BLE001 (fastavro's parse errors have many types)
+            raise DecodeFailed(f"schema id {schema_id} is not a valid Avro schema: {exc}") from None
+        schemas = self._readers.get(writer_fingerprint)
+        if schemas is None:
+            raise UnknownFingerprint(f"schema id {schema_id} is not a known version of {self.name}")
+        self._by_id[schema_id] = schemas
+        return schemas
+
+    def _body(self, data: bytes, start: int, schemas: tuple[Any, Any]) -> dict[str, Any]:
         body = BytesIO(data)
-        body.seek(HEADER_SIZE)
+        body.seek(start)
         try:
             record = schemaless_reader(body, schemas[0], schemas[1])
         # fastavro signals corrupt input with many exception types (EOFError, UnicodeDecodeError,
@@ -140,6 +193,9 @@ def load_schema(file: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read schema {file}: {exc}") from None
     return schema
+
+
+CODEC_NAMES = ("request", "score", "answer", "comparison", "deadletter", "schedule", "model_info")
 
 
 @cache

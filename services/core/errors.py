@@ -9,7 +9,7 @@
     ├── KafkaOperationError          a produce / consume / commit failed (wraps KafkaError)
     │   └── DeliveryFailed           the broker did not take a produced record
     └── BadInput                     one record that cannot be used (dead-letter it, go on)
-        ├── UnknownFingerprint       single-object header names a schema we do not know
+        ├── UnknownFingerprint       the header (fingerprint or registry id) names a schema we do not know
         ├── DecodeFailed             bytes that are not a valid record of the schema
         └── UnexpectedFailure        handling this one record raised unexpectedly (a bug or an
                                      input nobody foresaw): dead-lettered, the service goes on
@@ -86,11 +86,11 @@ class BadInput(RendezvousError):
 
 
 class UnknownFingerprint(BadInput):
-    """The single-object header names a writer schema this service does not know."""
+    """The record's header (fingerprint or registry id) names a writer schema this service does not know."""
 
 
 class DecodeFailed(BadInput):
-    """The bytes are not a valid single-object encoded record."""
+    """The bytes are not a valid framed Avro record."""
 
 
 class UnexpectedFailure(BadInput):

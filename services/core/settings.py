@@ -127,6 +127,16 @@ class KafkaSettings:
         15.0, "How long to wait for the broker at start-up before failing with a clear error (s).",
         minimum=0.1, maximum=3600,
     )
+    wire_format: str = setting(
+        "single-object",
+        "How records are framed when written: single-object (Avro's own header, needs no registry) or "
+        "registry (Confluent Schema Registry framing, magic 0 + schema id, read by Connect, ksqlDB, Flink; "
+        "registers the schemas). Both are always read.",
+    )
+    schema_registry: str = setting(
+        "", "URL of a Confluent-compatible schema registry (Confluent, Apicurio's /apis/ccompat/v7, Karapace), "
+        "used to read registry-framed records and, with --wire-format registry, to register the schemas.",
+    )
 
     def librdkafka(self) -> dict[str, str]:
         """Base client config: bootstrap plus the pass-through keys."""

@@ -81,7 +81,7 @@ def _is_provisioned(libs: Path, pom_digest: str) -> bool:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """Exclusive lock so two processes provisioning at once do not interleave Maven runs."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
@@ -96,7 +96,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _MAVEN_BOILERPLATE = ("To see the full stack trace", "Re-run Maven", "For more information", "[Help 1] http")
 
 
-def _useful(output: str) -> list[str]:
+def maven_output(output: str) -> list[str]:
     """Maven's output without colour codes, blank `[ERROR]` lines and its generic advice."""
     lines = (_ANSI.sub("", ln).rstrip() for ln in output.splitlines())
     return [
@@ -125,7 +125,7 @@ def _run_maven(pom: Path, out_dir: Path) -> None:
     except subprocess.TimeoutExpired as err:
         raise BrokerError(f"Maven did not fetch the Kafka jars within {MAVEN_TIMEOUT_S:.0f} s") from err
     if done.returncode != 0:
-        tail = "\n".join(_useful(done.stdout)[-15:])
+        tail = "\n".join(maven_output(done.stdout)[-15:])
         raise BrokerError(
             f"Maven could not fetch the Kafka {KAFKA_VERSION} jars (exit {done.returncode}):\n{tail}\n"
             "hint: check access to https://repo.maven.apache.org (or a mirror/proxy in ~/.m2/settings.xml)"
@@ -141,7 +141,7 @@ def provision(progress: Progress | None = None) -> Path:
     digest = hashlib.sha256(pom.read_bytes()).hexdigest()
     if _is_provisioned(libs, digest):
         return libs
-    with _locked(home / ".lock"):
+    with locked(home / ".lock"):
         if _is_provisioned(libs, digest):  # another process finished while we waited
             return libs
         say(f"Fetching Apache Kafka {KAFKA_VERSION} jars from Maven Central into {libs} ...")

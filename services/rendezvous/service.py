@@ -33,6 +33,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, TopicPartition
 
 from services.control.schedule import Schedule
+from services.core.cloudevents import EventHeaders
 from services.core.codec import codec
 from services.core.deadletter import DeadLetters, excerpt_limit
 from services.core.errors import BadInput, ConfigError, DecodeFailed, UnexpectedFailure
@@ -82,6 +83,8 @@ class Rendezvous:
         self.ready = self.service.ready
         self._requests, self._scores = codec("request"), codec("score")
         self._answers, self._comparisons = codec("answer"), codec("comparison")
+        self._answer_events = EventHeaders("Answer", self.topics.answers) if settings.cloudevents else None
+        self._log_events = EventHeaders("Comparison", self.topics.log) if settings.cloudevents else None
         self._paused = False
         self.takeover = Takeover(settings, self.join, self.service)
         self._ctx: Context | None = None
@@ -278,14 +281,16 @@ class Rendezvous:
         assert self._ctx is not None
         value = self._answers.encode(record)
         key = mailbox.request_id.encode()
-        self._ctx.outputs.produce(self.topics.answers, value, key=key, partition=mailbox.partition)
+        headers = self._answer_events.for_id(mailbox.request_id) if self._answer_events else None
+        self._ctx.outputs.produce(self.topics.answers, value, key=key, partition=mailbox.partition, headers=headers)
         for topic, partition in mailbox.replies:
             self._reply(topic, partition, key, value)
 
     def log(self, mailbox: Mailbox, record: dict[str, Any]) -> None:
         assert self._ctx is not None
+        headers = self._log_events.for_id(mailbox.request_id) if self._log_events else None
         self._ctx.outputs.produce(self.topics.log, self._comparisons.encode(record),
-                                  key=mailbox.request_id.encode(), partition=mailbox.partition)
+                                  key=mailbox.request_id.encode(), partition=mailbox.partition, headers=headers)
 
     def repeat(self, reply: Reply, record: dict[str, Any]) -> None:
         self._reply(reply[0], reply[1], record["request_id"].encode(), self._answers.encode(record))

@@ -43,6 +43,10 @@ class RendezvousSettings(ServiceSettings):
         100, "How often finished work is committed (ms); commits run beside the poll loop."
     )
     max_batch: int = setting(1000, "Most records handled per poll.")
+    cloudevents: bool = setting(
+        False, "Add CloudEvents binary-mode headers (ce_id = request id, ce_type, ce_source, ce_specversion) to "
+        "answers and comparison records, so CloudEvents tools read those topics as events."
+    )
     group: str = setting("", "Consumer group (default: <prefix>rendezvous); instances share it.")
     start_from: str = setting("earliest", "Where a new consumer group starts: earliest or latest.")
     processing: str = setting(

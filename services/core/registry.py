@@ -1,0 +1,102 @@
+"""The part of the Confluent Schema Registry REST API the wire format needs.
+
+Two calls: register a schema under a subject (its id comes back; registering the same schema
+again returns the same id) and fetch a schema by id. Confluent's registry, Apicurio's
+`/apis/ccompat/v7` API, Karapace and Redpanda all serve it. Standard library HTTP on purpose:
+two small JSON calls, made at start-up and once per unseen schema id, need no client library.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+from urllib.parse import quote
+
+from services.core.errors import ConfigError
+
+CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+
+
+class RegistryError(Exception):
+    """The registry did not answer (`status` None), or answered with an HTTP error `status`."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class SchemaRegistry:
+    """A Confluent-compatible schema registry at `url` (e.g. http://localhost:8081)."""
+
+    def __init__(self, url: str, timeout_s: float = 5.0):
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"--schema-registry must be an http(s):// URL, got {url!r}")
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def register(self, subject: str, schema: dict[str, Any]) -> int:
+        """The id of `schema` under `subject`, registering it if it is new there."""
+        body = json.dumps({"schema": json.dumps(schema, separators=(",", ":"))}).encode()
+        reply = self._call("POST", f"/subjects/{quote(subject, safe='')}/versions", body)
+        schema_id = reply.get("id") if isinstance(reply, dict) else None
+        if not isinstance(schema_id, int):
+            raise RegistryError(f"schema registry {self.url} answered registration of {subject} without an id")
+        return schema_id
+
+    def schema(self, schema_id: int) -> dict[str, Any]:
+        """The Avro schema the registry holds under global id `schema_id`."""
+        reply = self._call("GET", f"/schemas/ids/{schema_id}", None)
+        text = reply.get("schema") if isinstance(reply, dict) else None
+        if reply.get("schemaType", "AVRO") != "AVRO" or not isinstance(text, str):
+            raise RegistryError(f"schema id {schema_id} in {self.url} is not an Avro schema")
+        try:
+            schema = json.loads(text)
+        except ValueError:
+            raise RegistryError(f"schema id {schema_id} in {self.url} is not valid JSON") from None
+        if not isinstance(schema, dict):
+            raise RegistryError(f"schema id {schema_id} in {self.url} is not an Avro record schema")
+        return schema
+
+    def _call(self, method: str, path: str, body: bytes | None) -> Any:
+        request = urllib.request.Request(
+            self.url + path, data=body, method=method,
+            headers={"Content-Type": CONTENT_TYPE, "Accept": CONTENT_TYPE},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            message = f"schema registry {self.url}{path}: HTTP {exc.code} {_message(exc)}"
+            raise RegistryError(message, exc.code) from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise RegistryError(f"schema registry {self.url} unreachable: {reason}") from None
+
+
+def _message(exc: urllib.error.HTTPError) -> str:
+    try:
+        detail = json.loads(exc.read())
+    except (OSError, ValueError):
+        return exc.reason or ""
+    return str(detail.get("message", "")) if isinstance(detail, dict) else ""
+
+
+class Outage:
+    """Remembers a failed registry call for `quiet_s`, so a registry that is down costs one
+    timeout, not one per record (every record with an unseen id fails fast meanwhile)."""
+
+    def __init__(self, quiet_s: float = 5.0):
+        self.quiet_s = quiet_s
+        self._until = 0.0
+        self._reason = ""
+
+    def reason(self) -> str | None:
+        """Why the registry is not being asked right now; None when it may be."""
+        return self._reason if time.monotonic() < self._until else None
+
+    def record(self, error: RegistryError) -> None:
+        self._until = time.monotonic() + self.quiet_s
+        self._reason = f"{error} (not retried for {self.quiet_s:g} s)"

@@ -1,0 +1,101 @@
+"""What goes on the wire: single-object encoding (default) or schema-registry framing.
+
+Set once per process, before any record is written (`configure`, called by every command
+with its settings). Readers accept both framings whatever is written; registry-framed records
+need `--schema-registry` to resolve their ids.
+
+Writing with registry framing registers each record's schema under the subjects of the topics
+that carry it, the Confluent default (TopicNameStrategy: `rdv.requests-value`, ...), so tools
+such as ksqlDB find a topic's schema by its name.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from services.core.codec import CODEC_NAMES, codec
+from services.core.errors import ConfigError, DecodeFailed
+from services.core.registry import Outage, RegistryError, SchemaRegistry
+from services.core.settings import KafkaSettings, Topics
+
+WIRE_FORMATS = ("single-object", "registry")
+
+# The record type each topic role carries (the contracts in docs/architecture.md).
+ROLE_RECORDS = {
+    "requests": "request", "scores": "score", "answers": "answer", "replies": "answer",
+    "log": "comparison", "deadletter": "deadletter", "control": "schedule", "models": "model_info",
+}
+
+
+class IdLookup:
+    """Schema ids to schemas, from the registry: each id is fetched once; ids that name nothing
+    usable are remembered (up to `max_unknown`); at most `per_second` fetches, so a flood of
+    records with made-up ids cannot turn the poll loop into a stream of HTTP calls."""
+
+    def __init__(self, registry: SchemaRegistry, per_second: int = 20, max_unknown: int = 10_000):
+        self.registry = registry
+        self.per_second = per_second
+        self.max_unknown = max_unknown
+        self._unknown: dict[int, str] = {}
+        self._window = (0, 0)  # (second, fetches in it)
+        self._outage = Outage()
+
+    def __call__(self, schema_id: int) -> Mapping[str, Any]:
+        reason = self._unknown.get(schema_id)
+        if reason is not None:
+            raise DecodeFailed(reason)
+        outage = self._outage.reason()
+        if outage is not None:
+            raise DecodeFailed(outage)
+        self._spend()
+        try:
+            return self.registry.schema(schema_id)
+        except RegistryError as exc:
+            if exc.status is None or exc.status >= 500:  # the registry's trouble, not the id's
+                self._outage.record(exc)
+                raise DecodeFailed(str(exc)) from None
+            self._remember(schema_id, f"schema id {schema_id}: {exc}")
+            raise DecodeFailed(self._unknown[schema_id]) from None
+
+    def _spend(self) -> None:
+        second = int(time.monotonic())
+        start, used = self._window
+        used = used + 1 if start == second else 1
+        self._window = (second, used)
+        if used > self.per_second:
+            raise DecodeFailed(f"more than {self.per_second} unseen schema ids in one second; not looked up")
+
+    def _remember(self, schema_id: int, reason: str) -> None:
+        if len(self._unknown) >= self.max_unknown:
+            self._unknown.clear()
+        self._unknown[schema_id] = reason
+
+
+def configure(settings: KafkaSettings) -> None:
+    """Apply `--wire-format` and `--schema-registry` to every codec of this process."""
+    if settings.wire_format not in WIRE_FORMATS:
+        raise ConfigError(f"--wire-format must be one of {', '.join(WIRE_FORMATS)}, got {settings.wire_format!r}")
+    if settings.wire_format == "registry" and not settings.schema_registry:
+        raise ConfigError("--wire-format registry needs --schema-registry URL (env RDV_SCHEMA_REGISTRY)")
+    if not settings.schema_registry:
+        return
+    registry = SchemaRegistry(settings.schema_registry)
+    lookup = IdLookup(registry)
+    for name in CODEC_NAMES:
+        codec(name).read_registry_ids(lookup)
+    if settings.wire_format == "registry":
+        register_all(registry, settings.topics())
+
+
+def register_all(registry: SchemaRegistry, topics: Topics) -> None:
+    """Register each record's schema under its topics' subjects; encode with the id given."""
+    for name in CODEC_NAMES:
+        record = codec(name)
+        subjects = [f"{getattr(topics, role)}-value" for role, kind in ROLE_RECORDS.items() if kind == name]
+        try:
+            ids = [registry.register(subject, record.schema) for subject in subjects]
+        except RegistryError as exc:
+            raise ConfigError(f"cannot register the {name} schema: {exc}") from None
+        record.write_registry_id(ids[0])

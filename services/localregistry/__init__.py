@@ -1,0 +1,1 @@
+"""A local schema registry (Apicurio Registry, from Maven Central) for registry framing."""

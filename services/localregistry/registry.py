@@ -1,0 +1,170 @@
+"""Provision and run Apicurio Registry locally: a real Confluent-compatible schema registry.
+
+Apicurio publishes its finished Quarkus application on Maven Central
+(`io.apicurio:apicurio-registry-app:<version>:all:tar.gz`); Maven unpacks it once into
+`<cache>/apicurio-registry-<version>/`. It keeps schemas in memory (H2), serves the Confluent
+API at `/apis/ccompat/v7` and, with its defaults, gives one id per schema content across
+subjects, as Confluent's registry does. Apicurio 3 is built for Java 21: a JDK 21+ is looked
+for in RDV_REGISTRY_JAVA_HOME, JAVA_HOME, PATH and /usr/lib/jvm.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.core.errors import ConfigError
+from services.localkafka.config import cache_dir, free_port
+from services.localkafka.jars import MAVEN_TIMEOUT_S, Progress, locked, maven_output
+from services.localkafka.process import tail
+
+APICURIO_VERSION = "3.3.3"
+MIN_JAVA = 21
+CCOMPAT_PATH = "/apis/ccompat/v7"
+
+_POM = f"""<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by services/localregistry/registry.py: unpacks Apicurio's published Quarkus app. -->
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>io.rendezvous-serving</groupId>
+  <artifactId>local-schema-registry</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <build><plugins><plugin>
+    <groupId>org.apache.maven.plugins</groupId>
+    <artifactId>maven-dependency-plugin</artifactId>
+    <version>3.8.1</version>
+    <executions><execution>
+      <id>unpack-registry</id>
+      <phase>package</phase>
+      <goals><goal>unpack</goal></goals>
+      <configuration>
+        <artifactItems><artifactItem>
+          <groupId>io.apicurio</groupId>
+          <artifactId>apicurio-registry-app</artifactId>
+          <version>{APICURIO_VERSION}</version>
+          <classifier>all</classifier>
+          <type>tar.gz</type>
+          <outputDirectory>${{project.build.directory}}/quarkus-app</outputDirectory>
+        </artifactItem></artifactItems>
+      </configuration>
+    </execution></executions>
+  </plugin></plugins></build>
+</project>
+"""
+
+
+def registry_home() -> Path:
+    return cache_dir() / f"apicurio-registry-{APICURIO_VERSION}"
+
+
+def _run_jar(home: Path) -> Path:
+    return home / "target" / "quarkus-app" / "quarkus-run.jar"
+
+
+def provision(progress: Progress | None = None) -> Path:
+    """The registry's `quarkus-run.jar`, fetched with Maven first if it is not cached yet."""
+    home = registry_home()
+    if _run_jar(home).is_file():
+        return _run_jar(home)
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise ConfigError("mvn not found: the local schema registry is fetched from Maven Central with Apache Maven")
+    with locked(home / ".lock"):
+        if _run_jar(home).is_file():
+            return _run_jar(home)
+        (progress or (lambda _m: None))(f"Fetching Apicurio Registry {APICURIO_VERSION} from Maven Central ...")
+        (home / "pom.xml").write_text(_POM)
+        cmd = [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(home / "pom.xml"), "package"]
+        try:
+            done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  timeout=MAVEN_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired:
+            raise ConfigError(f"Maven did not fetch Apicurio Registry within {MAVEN_TIMEOUT_S:.0f} s") from None
+        if done.returncode != 0 or not _run_jar(home).is_file():
+            detail = "\n".join(maven_output(done.stdout)[-15:])
+            raise ConfigError(f"Maven could not fetch Apicurio Registry {APICURIO_VERSION} "
+                              f"(exit {done.returncode}):\n{detail}")
+    return _run_jar(home)
+
+
+def _java_version(java: Path) -> int:
+    try:
+        out = subprocess.run([str(java), "-version"], capture_output=True, text=True, timeout=30).stderr
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    found = re.search(r'version "(\d+)', out)
+    return int(found.group(1)) if found else 0
+
+
+def find_java() -> Path:
+    """A `java` of version 21 or newer; `ConfigError` naming where it looked if there is none."""
+    homes = [os.environ.get("RDV_REGISTRY_JAVA_HOME"), os.environ.get("JAVA_HOME")]
+    candidates = [Path(h) / "bin" / "java" for h in homes if h]
+    on_path = shutil.which("java")
+    candidates += [Path(on_path)] if on_path else []
+    candidates += sorted(Path("/usr/lib/jvm").glob("*/bin/java"), reverse=True)
+    for java in candidates:
+        if java.is_file() and _java_version(java) >= MIN_JAVA:
+            return java
+    raise ConfigError(
+        f"Apicurio Registry {APICURIO_VERSION} needs Java {MIN_JAVA}+ and none was found (looked in "
+        "RDV_REGISTRY_JAVA_HOME, JAVA_HOME, PATH, /usr/lib/jvm); install one or set RDV_REGISTRY_JAVA_HOME"
+    )
+
+
+@dataclass
+class LocalRegistry:
+    """One running registry process; `url` is the base of its Confluent-compatible API."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    log_file: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{CCOMPAT_PATH}"
+
+    def answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/subjects", timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start(port: int = 0, progress: Progress | None = None, timeout_s: float = 120.0) -> LocalRegistry:
+    """Start a registry (schemas in memory) and wait until its API answers."""
+    jar, java = provision(progress), find_java()
+    port = port or free_port()
+    log_file = registry_home() / f"registry-{port}.log"
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(
+            [str(java), "-Xmx256m", f"-Dquarkus.http.port={port}", f"-Dquarkus.management.port={free_port()}",
+             "-Dquarkus.http.host=127.0.0.1", "-jar", str(jar)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=registry_home(),
+        )
+    registry = LocalRegistry(port, process, log_file)
+    deadline = time.monotonic() + timeout_s
+    while not registry.answers():
+        if process.poll() is not None or time.monotonic() > deadline:
+            registry.stop()
+            raise ConfigError(f"the schema registry did not start (log {log_file}):\n{tail(log_file)}")
+        time.sleep(0.2)  # polling the registry's own HTTP API: the condition is "it answers"
+    return registry

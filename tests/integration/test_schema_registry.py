@@ -1,0 +1,126 @@
+"""Schema-registry framing against a real registry (Apicurio, started here from Maven Central),
+checked with a client library of that ecosystem nobody here wrote: confluent-kafka's
+`schema_registry` serializers. Also the CloudEvents headers on answers and comparison records."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from services.client.client import make_request
+from services.core.codec import Codec, codec
+from services.core.registry import SchemaRegistry
+from services.core.settings import Topics
+from services.core.wire import IdLookup
+from services.localregistry import registry as local
+from services.model_worker.models import demo_rows
+from tests.faults.procs import Proc
+from tests.integration.harness import read_topic
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture(scope="module")
+def registry_url() -> Iterator[str]:
+    try:
+        local.find_java()
+    except Exception as exc:  # noqa: BLE001 (no Java 21+ here: say so, never pass)
+        pytest.skip(str(exc))
+    running = local.start()
+    yield running.url
+    running.stop()
+
+
+def plain(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as the confluent deserializer returns it, with its datetimes back in epoch ms."""
+    return {k: int(v.timestamp() * 1000) if isinstance(v, dt.datetime) else v for k, v in record.items()}
+
+
+def request_rows(count: int, seed: int) -> list[dict[str, Any]]:
+    return [make_request(row, budget_ms=30_000, reply_topic=None, reply_partition=None)
+            for row in demo_rows(count, seed=seed)]
+
+
+def test_records_written_here_are_read_by_the_confluent_client_and_back(registry_url: str) -> None:
+    schema_text = json.dumps(codec("request").schema)
+    client = SchemaRegistryClient({"url": registry_url})
+    context = SerializationContext("registry-test.requests", MessageField.VALUE)
+    ours = Codec(codec("request").schema)  # the shared codecs keep their default framing
+    ours.write_registry_id(SchemaRegistry(registry_url).register("registry-test.requests-value", ours.schema))
+    ours.read_registry_ids(IdLookup(SchemaRegistry(registry_url)))
+
+    request, theirs_request = request_rows(2, seed=3)
+    written_here = ours.encode(request)
+    assert written_here[0] == 0
+    assert plain(AvroDeserializer(client)(written_here, context)) == request
+
+    # The reverse: their serializer registers the schema text itself and frames with the id it got.
+    written_there = AvroSerializer(client, schema_text)(theirs_request, context)
+    assert written_there[:1] == b"\x00"
+    assert ours.decode(written_there) == theirs_request
+    # The same schema content has one id, whoever registered it.
+    assert written_there[:5] == written_here[:5]
+
+
+def test_an_unknown_id_is_bad_input_with_the_registry_reason_every_time(registry_url: str) -> None:
+    ours = Codec(codec("request").schema)
+    ours.read_registry_ids(IdLookup(SchemaRegistry(registry_url)))
+    for _ in range(3):
+        with pytest.raises(Exception, match="HTTP 404") as failure:
+            ours.decode(b"\x00\x7f\xff\xff\xf0" + b"\x00" * 20)
+        assert type(failure.value).__name__ == "DecodeFailed"
+
+
+def test_services_speak_registry_framing_end_to_end_with_cloudevents(
+    registry_url: str, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any], tmp_path: Path
+) -> None:
+    env = {"RDV_WIRE_FORMAT": "registry", "RDV_SCHEMA_REGISTRY": registry_url}
+    common = ["--bootstrap", bootstrap, "--topic-prefix", prefix]
+    procs = [Proc(["model", "serve", *common, "--model", "demo:champion"], tmp_path / "champion.log", env),
+             Proc(["serve", *common, "--models", "champion", "--cloudevents"], tmp_path / "rendezvous.log", env)]
+    try:
+        for proc in procs:
+            proc.start()
+        client = SchemaRegistryClient({"url": registry_url})
+        serialize = AvroSerializer(client, json.dumps(codec("request").schema))
+        producer = Producer(config)
+        sent = request_rows(40, seed=11)
+        for record in sent:
+            value = serialize(record, SerializationContext(topics.requests, MessageField.VALUE))
+            producer.produce(topics.requests, value, key=record["request_id"])
+        assert producer.flush(30) == 0
+
+        deserialize = AvroDeserializer(client)
+        answers = read_topic(config, topics.answers, expect=len(sent), timeout=90)
+        decoded = [deserialize(m.value(), SerializationContext(topics.answers, MessageField.VALUE)) for m in answers]
+        assert sorted(a["request_id"] for a in decoded) == sorted(r["request_id"] for r in sent)
+        assert {a["status"] for a in decoded} == {"OK"}
+        for message, answer in zip(answers, decoded, strict=True):
+            headers = dict(message.headers() or [])
+            assert headers["ce_id"] == answer["request_id"].encode()
+            assert headers["ce_type"] == b"io.rendezvous.Answer" and headers["ce_specversion"] == b"1.0"
+
+        logs = read_topic(config, topics.log, expect=len(sent), timeout=60)
+        assert {dict(m.headers() or [])["ce_type"] for m in logs} == {b"io.rendezvous.Comparison"}
+        assert all(deserialize(m.value(), SerializationContext(topics.log, MessageField.VALUE))["outputs"]
+                   for m in logs)
+        scores = read_topic(config, topics.scores, expect=len(sent), timeout=30)
+        assert {m.value()[:1] for m in scores} == {b"\x00"}
+        assert {deserialize(m.value(), None)["model"] for m in scores} == {"champion"}
+
+        with urllib.request.urlopen(f"{registry_url}/subjects", timeout=5) as reply:
+            subjects = set(json.loads(reply.read()))
+        assert {f"{topics.answers}-value", f"{topics.scores}-value", f"{topics.log}-value"} <= subjects
+    finally:
+        for proc in procs:
+            proc.stop()

@@ -1,0 +1,128 @@
+"""Schema-registry framing beside single-object encoding (codec level, no registry needed),
+and the CloudEvents headers. The registry round trip itself: tests/integration/test_schema_registry.py."""
+
+from __future__ import annotations
+
+import copy
+import io
+from typing import Any
+
+import fastavro
+import pytest
+
+from services.core import wire
+from services.core.cloudevents import EventHeaders
+from services.core.codec import MAGIC, Codec, codec
+from services.core.errors import ConfigError, DecodeFailed, UnknownFingerprint
+from services.core.settings import KafkaSettings
+from tests.unit.test_codec import REQUEST
+
+
+def fresh(older: list[dict[str, Any]] | None = None) -> Codec:
+    """A codec of its own: the shared ones (`codec(name)`) must keep the default framing."""
+    return Codec(codec("request").schema, older or [])
+
+
+def test_registry_framing_is_magic_zero_big_endian_id_then_the_plain_body() -> None:
+    writer = fresh()
+    writer.write_registry_id(0x01020304)
+    data = writer.encode(REQUEST)
+    assert data[:5] == b"\x00\x01\x02\x03\x04"
+    body = fastavro.schemaless_reader(io.BytesIO(data[5:]), fastavro.parse_schema(writer.schema))
+    assert body["request_id"] == REQUEST["request_id"]
+    assert data[5:] == codec("request").encode(REQUEST)[10:]
+
+
+def test_both_framings_are_read_whatever_is_written() -> None:
+    reader = fresh()
+    reader.write_registry_id(7)
+    assert reader.decode(reader.encode(REQUEST)) == REQUEST
+    assert reader.decode(codec("request").encode(REQUEST)) == REQUEST
+    assert reader.header[:1] == b"\x00" and codec("request").header[:2] == MAGIC
+
+
+def test_an_unseen_id_is_looked_up_once_and_matched_by_fingerprint() -> None:
+    asked: list[int] = []
+    reader = fresh()
+
+    def lookup(schema_id: int) -> dict[str, Any]:
+        asked.append(schema_id)
+        # What a registry gives back: the same schema, formatted and documented differently.
+        schema = copy.deepcopy(codec("request").schema)
+        schema["doc"] = "registered by someone else"
+        return schema
+
+    reader.read_registry_ids(lookup)
+    data = b"\x00" + (42).to_bytes(4, "big") + codec("request").encode(REQUEST)[10:]
+    assert reader.decode(data) == REQUEST
+    assert reader.decode(data) == REQUEST
+    assert asked == [42]
+
+
+def test_an_older_version_by_id_is_resolved_to_the_current_schema() -> None:
+    current = copy.deepcopy(codec("request").schema)
+    current["fields"].append({"name": "priority", "type": "int", "default": 5})
+    old = codec("request").schema
+    reader = Codec(current, [old])
+    reader.read_registry_ids(lambda _id: old)
+    decoded = reader.decode(b"\x00\x00\x00\x00\x09" + codec("request").encode(REQUEST)[10:])
+    assert decoded["priority"] == 5 and decoded["request_id"] == REQUEST["request_id"]
+
+
+def test_an_id_naming_a_schema_we_do_not_know_is_bad_input() -> None:
+    reader = fresh()
+    reader.read_registry_ids(lambda _id: {"type": "record", "name": "Other", "fields": []})
+    with pytest.raises(UnknownFingerprint, match="schema id 3 is not a known version of Request"):
+        reader.decode(b"\x00\x00\x00\x00\x03" + codec("request").encode(REQUEST)[10:])
+
+
+def test_an_id_naming_an_invalid_schema_is_bad_input() -> None:
+    reader = fresh()
+    reader.read_registry_ids(lambda _id: {"type": "record", "name": "Broken", "fields": [{"name": "x"}]})
+    with pytest.raises(DecodeFailed, match="schema id 4 is not a valid Avro schema"):
+        reader.decode(b"\x00\x00\x00\x00\x04\x00")
+
+
+def test_registry_framing_without_a_registry_says_so() -> None:
+    with pytest.raises(DecodeFailed, match="no --schema-registry is configured"):
+        fresh().decode(b"\x00\x00\x00\x00\x05" + codec("request").encode(REQUEST)[10:])
+
+
+@pytest.mark.parametrize("data", [b"\x00", b"\x00\x00\x00\x00", b"\x01\x00\x00\x00\x05abc", b"\xc3\x02" + b"\x00" * 9])
+def test_other_first_bytes_are_neither_framing(data: bytes) -> None:
+    with pytest.raises(DecodeFailed, match="neither single-object"):
+        fresh().decode(data)
+
+
+def test_an_id_outside_four_bytes_is_refused() -> None:
+    with pytest.raises(ConfigError, match="does not fit"):
+        fresh().write_registry_id(2**32)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"wire_format": "protobuf"}, "--wire-format must be one of single-object, registry"),
+        ({"wire_format": "registry"}, "--wire-format registry needs --schema-registry URL"),
+        ({"schema_registry": "localhost:8081"}, "must be an http"),
+    ],
+)
+def test_wire_settings_are_checked_in_one_line(changes: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        wire.configure(KafkaSettings(**changes))
+
+
+def test_every_topic_role_names_a_record_with_a_codec() -> None:
+    from services.core.settings import TOPIC_ROLES
+
+    assert set(wire.ROLE_RECORDS) == set(TOPIC_ROLES)
+    for name in set(wire.ROLE_RECORDS.values()):
+        assert codec(name).full_name.startswith("io.rendezvous.")
+
+
+def test_cloudevents_headers_carry_the_required_attributes() -> None:
+    headers = dict(EventHeaders("Answer", "rdv.answers").for_id("r-1"))
+    assert headers == {
+        "ce_id": b"r-1", "ce_specversion": b"1.0", "ce_type": b"io.rendezvous.Answer",
+        "ce_source": b"/rendezvous/rdv.answers", "content-type": b"application/avro",
+    }
