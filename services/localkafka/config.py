@@ -81,6 +81,10 @@ def new_cluster_id() -> str:
             return cid
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+
+
 def server_properties(
     data_dir: Path,
     port: int,
@@ -125,6 +129,11 @@ def server_properties(
         "share.coordinator.state.topic.min.isr": "1",
         "share.coordinator.state.topic.num.partitions": "4",
         "group.initial.rebalance.delay.ms": "0",
+        # Kafka's defaults (8 I/O and 3 network threads) are sized for servers; one node on a small
+        # machine only pays context switches for them (2 cores: broker CPU per request -7%,
+        # bench/e2e_latency.py, docs/benchmarks.md).
+        "num.io.threads": str(max(2, _cores())),
+        "num.network.threads": str(max(1, _cores() // 2)),
         # Failover is bounded by the session timeout of the member that died; Kafka's floor of 6 s
         # is lowered here so a local instance may ask for less (the rendezvous' --session-timeout-ms).
         # A production cluster sets the same broker setting to allow it: docs/failover.md.
