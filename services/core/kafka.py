@@ -42,6 +42,8 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "compression.type": "lz4",
     # Java's partitioner, so keys land where a Java/Go client would put them.
     "partitioner": "murmur2_random",
+    # As the consumers (and Java's clients): a lone small record is never held back by Nagle.
+    "socket.nagle.disable": True,
 }
 CONSUMER_DEFAULTS: dict[str, Any] = {
     # We commit explicitly, only what is finished (docs/architecture.md, "Commit orders").
