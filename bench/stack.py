@@ -68,6 +68,7 @@ class StackOptions:
     partitions: int = 4
     rendezvous_args: str = ""  # extra flags for `rendezvous serve`
     model_args: str = ""  # extra flags for each `rendezvous model serve`
+    models: int = len(MODELS)  # the first N of MODELS (fewer: what the other processes cost)
 
 
 def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,16 +78,20 @@ def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--rendezvous-args", default="", metavar="ARGS",
         help="extra flags for `serve`, e.g. '--processing at-least-once --commit-interval-ms 20'")
     arg("--model-args", default="", metavar="ARGS", help="extra flags for each `model serve`")
+    arg("--models", type=int, choices=range(1, len(MODELS) + 1), default=len(MODELS),
+        help="how many model processes (champion, challenger, canary; default 3): with 1, what the path "
+        "costs when the machine is not also running two more models")
 
 
 def stack_options(args: argparse.Namespace) -> StackOptions:
-    return StackOptions(args.budget_ms, args.partitions, args.rendezvous_args, args.model_args)
+    return StackOptions(args.budget_ms, args.partitions, args.rendezvous_args, args.model_args, args.models)
 
 
 def describe(options: StackOptions) -> str:
     """The options for a table title, e.g. 'budget 200 ms, 4 partitions'."""
     extras = (("serve", options.rendezvous_args), ("model serve", options.model_args))
-    return f"budget {options.budget_ms} ms, {options.partitions} partitions" + "".join(
+    models = "" if options.models == len(MODELS) else f", {options.models} model(s)"
+    return f"budget {options.budget_ms} ms, {options.partitions} partitions{models}" + "".join(
         f", {flag} {extra!r}" for flag, extra in extras if extra
     )
 
@@ -195,11 +200,12 @@ def _spawn_all(kids: Children, bootstrap: str, prefix: str, options: StackOption
         kids.spawn(f"hop{i}", [*hop, "--source", hop_topics[i], "--dest", hop_topics[i + 1]])
         groups.append(group)
     cli = ["-m", "services.cli.main"]
-    for name in MODELS:
+    models = MODELS[: options.models]
+    for name in models:
         kids.spawn(name, [*cli, "model", "serve", "--model", f"demo:{name}", "--name", name,
                           *shlex.split(options.model_args)])
         groups.append(f"{prefix}model.{name}")
-    kids.spawn("rendezvous", [*cli, "serve", "--models", ",".join(MODELS), "--deadline-ms", str(options.budget_ms),
+    kids.spawn("rendezvous", [*cli, "serve", "--models", ",".join(models), "--deadline-ms", str(options.budget_ms),
                               *shlex.split(options.rendezvous_args)])
     groups.append(f"{prefix}rendezvous")
     return groups
