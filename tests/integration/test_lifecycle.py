@@ -86,7 +86,7 @@ def test_malformed_forged_or_unknown_model_schedules_are_refused_and_the_old_one
         dead = read_topic(config, topics.deadletter, expect=4, decode="deadletter")
         reasons = sorted(d["reason"] for d in dead if d["source_topic"] == topics.control)
         assert len(reasons) == 4, reasons
-        assert any("not an Avro single-object" in r for r in reasons)
+        assert any("not an Avro Schedule: neither single-object" in r for r in reasons)
         assert any("not newer than v1" in r for r in reasons)
         assert any("days after the record was written" in r for r in reasons)
         assert any("outside 1.." in r for r in reasons)

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +25,7 @@ from services.core.codec import Codec, codec
 from services.core.registry import SchemaRegistry
 from services.core.settings import Topics
 from services.core.wire import IdLookup
+from services.localkafka.config import free_port
 from services.localregistry import registry as local
 from services.model_worker.models import demo_rows
 from tests.faults.procs import Proc
@@ -124,3 +128,23 @@ def test_services_speak_registry_framing_end_to_end_with_cloudevents(
     finally:
         for proc in procs:
             proc.stop()
+
+
+def test_registry_run_serves_until_signalled_and_stops_its_jvm(registry_url: str, tmp_path: Path) -> None:
+    """`rendezvous registry run`: the command a user runs to try registry framing locally."""
+    port = free_port()
+    command = [sys.executable, "-m", "services.cli.main", "registry", "run", "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()  # printed once the registry answers
+        assert f"http://127.0.0.1:{port}/apis/ccompat/v7" in first, first
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/apis/ccompat/v7/subjects", timeout=5) as reply:
+            assert json.loads(reply.read()) == []
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    with pytest.raises(OSError):  # the registry's JVM went with it
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/apis/ccompat/v7/subjects", timeout=2)

@@ -9,11 +9,13 @@ from typing import Any
 
 import fastavro
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.core import wire
 from services.core.cloudevents import EventHeaders
 from services.core.codec import MAGIC, Codec, codec
-from services.core.errors import ConfigError, DecodeFailed, UnknownFingerprint
+from services.core.errors import BadInput, ConfigError, DecodeFailed, UnknownFingerprint
 from services.core.settings import KafkaSettings
 from tests.unit.test_codec import REQUEST
 
@@ -126,3 +128,27 @@ def test_cloudevents_headers_carry_the_required_attributes() -> None:
         "ce_id": b"r-1", "ce_specversion": b"1.0", "ce_type": b"io.rendezvous.Answer",
         "ce_source": b"/rendezvous/rdv.answers", "content-type": b"application/avro",
     }
+
+
+@given(st.binary(max_size=300), st.sampled_from(["ours", "other", "broken", "refused"]))
+@settings(max_examples=300, deadline=None)
+def test_any_registry_framed_bytes_decode_to_a_record_or_bad_input(body: bytes, answer: str) -> None:
+    """Whatever the bytes after `00 + id`, and whatever the registry says the id is."""
+    schemas = {
+        "ours": codec("request").schema,
+        "other": {"type": "record", "name": "Other", "fields": [{"name": "x", "type": "long"}]},
+        "broken": {"type": "record", "name": "Broken", "fields": [{"name": "x"}]},
+    }
+
+    def lookup(_schema_id: int) -> dict[str, Any]:
+        if answer == "refused":
+            raise DecodeFailed("schema id: HTTP 404")
+        return schemas[answer]
+
+    reader = fresh()
+    reader.read_registry_ids(lookup)
+    try:
+        record = reader.decode(b"\x00\x00\x00\x01\x00" + body)
+    except BadInput:
+        return
+    assert answer == "ours" and isinstance(record, dict)
