@@ -36,7 +36,7 @@ from typing import Any
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import to_parsing_canonical_form
 
-from services.core.errors import ConfigError, DecodeFailed, UnknownFingerprint
+from services.core.errors import BadInput, ConfigError, DecodeFailed, UnknownFingerprint
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
@@ -44,7 +44,8 @@ REGISTRY_MAGIC = 0
 REGISTRY_HEADER_SIZE = 5
 
 # Given a registry schema id, the writer schema it names (or raises `BadInput`).
-IdLookup = Callable[[int], Mapping[str, Any]]
+SchemaForId = Callable[[int], Mapping[str, Any]]
+_MAX_REFUSED_IDS = 10_000
 
 _CRC64_EMPTY = 0xC15D213AA4D7A795
 
@@ -107,9 +108,12 @@ class Codec:
         for writer in older_writers:
             self._readers[fingerprint(writer)] = (parse_plain(writer), self._parsed)
         self._by_id: dict[int, tuple[Any, Any]] = {}
-        self._lookup: IdLookup | None = None
+        # ids that name no version we know, and why (kept as kind + text: a raised exception object
+        # would grow its traceback each time it is raised again)
+        self._refused_ids: dict[int, tuple[type[BadInput], str]] = {}
+        self._lookup: SchemaForId | None = None
 
-    def read_registry_ids(self, lookup: IdLookup) -> None:
+    def read_registry_ids(self, lookup: SchemaForId) -> None:
         """Resolve schema ids of registry-framed records with `lookup` (once per id)."""
         self._lookup = lookup
 
@@ -150,16 +154,28 @@ class Codec:
             raise DecodeFailed(
                 f"{self.name} framed with schema-registry id {schema_id}, but no --schema-registry is configured"
             )
+        refused = self._refused_ids.get(schema_id)
+        if refused is not None:
+            raise refused[0](refused[1])
         writer = self._lookup(schema_id)  # raises BadInput for an id it cannot resolve
         try:
             writer_fingerprint = fingerprint(writer)
         except Exception as exc:  # noqa: BLE001 (fastavro's parse errors have many types)
-            raise DecodeFailed(f"schema id {schema_id} is not a valid Avro schema: {exc}") from None
+            why = DecodeFailed(f"schema id {schema_id} is not a valid Avro schema: {exc}")
+            raise self._refuse(schema_id, why) from None
         schemas = self._readers.get(writer_fingerprint)
         if schemas is None:
-            raise UnknownFingerprint(f"schema id {schema_id} is not a known version of {self.name}")
+            unknown = UnknownFingerprint(f"schema id {schema_id} is not a known version of {self.name}")
+            raise self._refuse(schema_id, unknown)
         self._by_id[schema_id] = schemas
         return schemas
+
+    def _refuse(self, schema_id: int, why: BadInput) -> BadInput:
+        """Remember that `schema_id` names no schema we can read, so it is not looked up again."""
+        if len(self._refused_ids) >= _MAX_REFUSED_IDS:
+            self._refused_ids.clear()
+        self._refused_ids[schema_id] = (type(why), why.message)
+        return why
 
     def _body(self, data: bytes, start: int, schemas: tuple[Any, Any]) -> dict[str, Any]:
         body = BytesIO(data)

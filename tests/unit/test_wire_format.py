@@ -152,3 +152,18 @@ def test_any_registry_framed_bytes_decode_to_a_record_or_bad_input(body: bytes, 
     except BadInput:
         return
     assert answer == "ours" and isinstance(record, dict)
+
+
+def test_an_id_refused_once_is_not_looked_up_again() -> None:
+    asked: list[int] = []
+
+    def lookup(schema_id: int) -> dict[str, Any]:
+        asked.append(schema_id)
+        return {"type": "record", "name": "Other", "fields": []}
+
+    reader = fresh()
+    reader.read_registry_ids(lookup)
+    for _ in range(3):
+        with pytest.raises(UnknownFingerprint, match="schema id 8 is not a known version"):
+            reader.decode(b"\x00\x00\x00\x00\x08\x00")
+    assert asked == [8]
