@@ -43,7 +43,8 @@ HEADER_SIZE = len(MAGIC) + 8
 REGISTRY_MAGIC = 0
 REGISTRY_HEADER_SIZE = 5
 
-# Given a registry schema id, the writer schema it names (or raises `BadInput`).
+# Given a registry schema id, the writer schema it names, or `BadInput`: `retriable` when the
+# failure is passing (the registry is down), else the id is refused for good.
 SchemaForId = Callable[[int], Mapping[str, Any]]
 _MAX_REFUSED_IDS = 10_000
 
@@ -157,7 +158,10 @@ class Codec:
         refused = self._refused_ids.get(schema_id)
         if refused is not None:
             raise refused[0](refused[1])
-        writer = self._lookup(schema_id)  # raises BadInput for an id it cannot resolve
+        try:
+            writer = self._lookup(schema_id)
+        except BadInput as failure:
+            raise failure if failure.retriable else self._refuse(schema_id, failure) from None
         try:
             writer_fingerprint = fingerprint(writer)
         except Exception as exc:  # noqa: BLE001 (fastavro's parse errors have many types)

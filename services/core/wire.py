@@ -30,34 +30,29 @@ ROLE_RECORDS = {
 
 
 class IdLookup:
-    """Schema ids to schemas, from the registry: each id is fetched once; ids that name nothing
-    usable are remembered (up to `max_unknown`); at most `per_second` fetches, so a flood of
-    records with made-up ids cannot turn the poll loop into a stream of HTTP calls."""
+    """Schema ids to schemas, fetched from the registry. A failure that is the registry's (down,
+    5xx) or this process' (more than `per_second` fetches, so a flood of records with made-up ids
+    cannot turn the poll loop into a stream of HTTP calls) is `retriable`: the codec asks again
+    later. Any other refusal is the id's; the codec remembers it and never asks again."""
 
-    def __init__(self, registry: SchemaRegistry, per_second: int = 20, max_unknown: int = 10_000):
+    def __init__(self, registry: SchemaRegistry, per_second: int = 20):
         self.registry = registry
         self.per_second = per_second
-        self.max_unknown = max_unknown
-        self._unknown: dict[int, str] = {}
         self._window = (0, 0)  # (second, fetches in it)
         self._outage = Outage()
 
     def __call__(self, schema_id: int) -> Mapping[str, Any]:
-        reason = self._unknown.get(schema_id)
-        if reason is not None:
-            raise DecodeFailed(reason)
         outage = self._outage.reason()
         if outage is not None:
-            raise DecodeFailed(outage)
+            raise DecodeFailed(outage, retriable=True)
         self._spend()
         try:
             return self.registry.schema(schema_id)
         except RegistryError as exc:
             if exc.status is None or exc.status >= 500:  # the registry's trouble, not the id's
                 self._outage.record(exc)
-                raise DecodeFailed(str(exc)) from None
-            self._remember(schema_id, f"schema id {schema_id}: {exc}")
-            raise DecodeFailed(self._unknown[schema_id]) from None
+                raise DecodeFailed(str(exc), retriable=True) from None
+            raise DecodeFailed(f"schema id {schema_id}: {exc}") from None
 
     def _spend(self) -> None:
         second = int(time.monotonic())
@@ -65,12 +60,9 @@ class IdLookup:
         used = used + 1 if start == second else 1
         self._window = (second, used)
         if used > self.per_second:
-            raise DecodeFailed(f"more than {self.per_second} unseen schema ids in one second; not looked up")
-
-    def _remember(self, schema_id: int, reason: str) -> None:
-        if len(self._unknown) >= self.max_unknown:
-            self._unknown.clear()
-        self._unknown[schema_id] = reason
+            raise DecodeFailed(
+                f"more than {self.per_second} unseen schema ids in one second; not looked up", retriable=True
+            )
 
 
 def configure(settings: KafkaSettings) -> None:
