@@ -96,7 +96,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _MAVEN_BOILERPLATE = ("To see the full stack trace", "Re-run Maven", "For more information", "[Help 1] http")
 
 
-def maven_output(output: str) -> list[str]:
+def _maven_output(output: str) -> list[str]:
     """Maven's output without colour codes, blank `[ERROR]` lines and its generic advice."""
     lines = (_ANSI.sub("", ln).rstrip() for ln in output.splitlines())
     return [
@@ -105,17 +105,16 @@ def maven_output(output: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _run_maven(pom: Path, out_dir: Path) -> None:
+def run_maven(pom: Path, goals: list[str], what: str) -> None:
+    """`mvn -f pom goals...`, quiet; `BrokerError` with Maven's useful lines if it fails.
+    `what` names what is fetched, for the messages ("the Kafka 4.4.0 jars")."""
     mvn = shutil.which("mvn")
     if not mvn:
         raise ConfigError(
-            "mvn not found: the local Kafka broker's jars are fetched from Maven Central with Apache Maven "
+            f"mvn not found: {what} are fetched from Maven Central with Apache Maven "
             "(e.g. `apt-get install maven`), or point RDV_CACHE_DIR at a cache that already holds them"
         )
-    cmd = [
-        mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(pom), "dependency:copy-dependencies",
-        "-DincludeScope=runtime", f"-DoutputDirectory={out_dir}",
-    ]  # fmt: skip
+    cmd = [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(pom), *goals]
     log.debug("running %s", " ".join(cmd))
     try:
         done = subprocess.run(
@@ -123,11 +122,11 @@ def _run_maven(pom: Path, out_dir: Path) -> None:
             timeout=MAVEN_TIMEOUT_S, check=False,
         )  # fmt: skip
     except subprocess.TimeoutExpired as err:
-        raise BrokerError(f"Maven did not fetch the Kafka jars within {MAVEN_TIMEOUT_S:.0f} s") from err
+        raise BrokerError(f"Maven did not fetch {what} within {MAVEN_TIMEOUT_S:.0f} s") from err
     if done.returncode != 0:
-        tail = "\n".join(maven_output(done.stdout)[-15:])
+        tail = "\n".join(_maven_output(done.stdout)[-15:])
         raise BrokerError(
-            f"Maven could not fetch the Kafka {KAFKA_VERSION} jars (exit {done.returncode}):\n{tail}\n"
+            f"Maven could not fetch {what} (exit {done.returncode}):\n{tail}\n"
             "hint: check access to https://repo.maven.apache.org (or a mirror/proxy in ~/.m2/settings.xml)"
         )
 
@@ -149,7 +148,8 @@ def provision(progress: Progress | None = None) -> Path:
         staging = home / f"libs.tmp-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            _run_maven(pom, staging)
+            run_maven(pom, ["dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={staging}"],
+                      f"the Kafka {KAFKA_VERSION} jars")
             jars = sorted(p.name for p in staging.glob("*.jar"))
             if not any(name.startswith("kafka_2.13-") for name in jars):
                 raise BrokerError(f"Maven finished but left no kafka_2.13 jar in {staging}")

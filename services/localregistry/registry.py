@@ -22,7 +22,7 @@ from pathlib import Path
 
 from services.core.errors import ConfigError
 from services.localkafka.config import cache_dir, free_port
-from services.localkafka.jars import MAVEN_TIMEOUT_S, Progress, locked, maven_output
+from services.localkafka.jars import Progress, locked, run_maven
 from services.localkafka.process import tail
 
 APICURIO_VERSION = "3.3.3"
@@ -74,24 +74,14 @@ def provision(progress: Progress | None = None) -> Path:
     home = registry_home()
     if _run_jar(home).is_file():
         return _run_jar(home)
-    mvn = shutil.which("mvn")
-    if not mvn:
-        raise ConfigError("mvn not found: the local schema registry is fetched from Maven Central with Apache Maven")
     with locked(home / ".lock"):
         if _run_jar(home).is_file():
             return _run_jar(home)
         (progress or (lambda _m: None))(f"Fetching Apicurio Registry {APICURIO_VERSION} from Maven Central ...")
         (home / "pom.xml").write_text(_POM)
-        cmd = [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(home / "pom.xml"), "package"]
-        try:
-            done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  timeout=MAVEN_TIMEOUT_S, check=False)
-        except subprocess.TimeoutExpired:
-            raise ConfigError(f"Maven did not fetch Apicurio Registry within {MAVEN_TIMEOUT_S:.0f} s") from None
-        if done.returncode != 0 or not _run_jar(home).is_file():
-            detail = "\n".join(maven_output(done.stdout)[-15:])
-            raise ConfigError(f"Maven could not fetch Apicurio Registry {APICURIO_VERSION} "
-                              f"(exit {done.returncode}):\n{detail}")
+        run_maven(home / "pom.xml", ["package"], f"Apicurio Registry {APICURIO_VERSION}")
+        if not _run_jar(home).is_file():
+            raise ConfigError(f"Maven finished but left no {_run_jar(home)}")
     return _run_jar(home)
 
 
