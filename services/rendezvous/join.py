@@ -292,7 +292,7 @@ class Join:
                 return
             self._answer(mailbox, decision)
         log_by = mailbox.deadline + self.limits.linger_ms
-        if clock > log_by or self._expected(schedule) <= mailbox.arrivals.keys():
+        if clock > log_by or self._all_expected_in(schedule, mailbox):
             self._close(mailbox)
         else:
             self._wake(mailbox, log_by, clock)
@@ -303,9 +303,11 @@ class Join:
         mailbox.wake_at = at
         self.clocks.wake(mailbox.partition, at, mailbox)
 
-    def _expected(self, schedule: Schedule) -> set[str]:
-        """Models a comparison record waits for: the schedule's plus any seen recently."""
-        return set(schedule.models) | self.live_models(self.wall_ms())
+    def _all_expected_in(self, schedule: Schedule, mailbox: Mailbox) -> bool:
+        """Whether every model a comparison record waits for (the schedule's, and any seen
+        recently) has reported; per event, so no set is built."""
+        arrived = mailbox.arrivals.keys()
+        return all(m in arrived for m in schedule.models) and arrived >= self.live_models(self.wall_ms())
 
     def _answer(self, mailbox: Mailbox, decision: Decision) -> None:
         mailbox.decision = decision
