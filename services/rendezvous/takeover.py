@@ -16,7 +16,7 @@ import time
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from services.core.errors import RendezvousError
-from services.core.service import Context, StreamService
+from services.core.service import Context
 from services.rendezvous.join import Join
 from services.rendezvous.recovery import Mark, committed_offsets, fence, live_members, scan_finished, stable_marks
 from services.rendezvous.settings import RendezvousSettings
@@ -35,8 +35,8 @@ UNSTABLE_TRIES = 3
 class Takeover:
     """Partitions assigned but not yet recovered, and the recovery that resumes them."""
 
-    def __init__(self, settings: RendezvousSettings, join: Join, service: StreamService):
-        self.settings, self.join, self.service = settings, join, service
+    def __init__(self, settings: RendezvousSettings, join: Join):
+        self.settings, self.join = settings, join
         self.topics = settings.topics()
         self._pending: list[TopicPartition] = []
         self._next_try = 0.0
@@ -68,7 +68,7 @@ class Takeover:
         self._next_try = time.monotonic() + RETRY_S
         partitions = list(self._pending)
         try:
-            with self.service.health.blocking():
+            with ctx.health.blocking():
                 self._fence_departed(ctx, [tp for tp in partitions if tp.topic == self.topics.requests])
                 committed = self._committed(ctx, partitions)
                 fallback = self._unstable >= UNSTABLE_TRIES
@@ -78,7 +78,7 @@ class Takeover:
                     margin = int(self.settings.recovery_margin_s * 1000)
                     self.join.restore(scan_finished(ctx.config, self.topics, marks, margin))
         except (KafkaException, RendezvousError) as exc:
-            self.service.health.mark_down()
+            ctx.health.mark_down()
             log.warning("recovery waiting for the broker: %s", exc)
             return
         if fallback:
@@ -86,7 +86,7 @@ class Takeover:
         self._pending = []
         self._unstable = 0
         ctx.consumer.resume(partitions)
-        self.service.health.mark_up()
+        ctx.health.mark_up()
 
     @staticmethod
     def _position(ctx: Context, committed: list[TopicPartition]) -> None:
