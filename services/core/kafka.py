@@ -135,7 +135,7 @@ class Producer:
         if self._is_soft(topic) and self._on_soft_failure is not None:
             self._on_soft_failure(topic, err)
             return
-        refused = refusal(err, "WRITE", "topic", topic)
+        refused = refusal(err, "WRITE", topic)
         self._failures.append(
             DeliveryFailed(refused or f"delivery to {topic} failed: {err.str()}", retriable=err.retriable())
         )
@@ -278,7 +278,7 @@ class Consumer:
                 raise TopicMissing(f"topic {msg.topic()} does not exist: {err.str()}")
             elif err.fatal() or not err.retriable():
                 source = Source(msg.topic() or "?", msg.partition() or -1, msg.offset() or -1)
-                refused = refusal(err, "READ", "topic", msg.topic() or "?")
+                refused = refusal(err, "READ", msg.topic() or "?")
                 raise KafkaOperationError(refused or f"consume failed: {err.str()}", source=source)
             else:
                 log.warning("consume: transient error, librdkafka retries: %s", err.str())
@@ -328,8 +328,9 @@ _AUTHORIZATION = {
 }
 
 
-def refusal(err: KafkaError, operation: str, resource: str, name: str) -> str | None:
-    """One line naming the missing permission if the broker refused for lack of one, else None."""
+def refusal(err: KafkaError, operation: str, topic: str) -> str | None:
+    """One line naming the missing permission on `topic` if the broker refused for lack of one."""
+    resource, name = "topic", topic
     kind = _AUTHORIZATION.get(err.code())
     if kind is None:
         return None
@@ -367,6 +368,17 @@ def _without_secrets(text: str, config: Mapping[str, Any]) -> str:
     return masked
 
 
+# Client errors that end the wait for a broker at once, with what to say: refused credentials, or
+# a certificate we do not trust, will not mend by retrying until the timeout.
+_FINAL_ERRORS = {
+    KafkaError._AUTHENTICATION:
+        "Kafka refused the credentials at {bootstrap}: {reason}; check sasl.username/sasl.password",
+    KafkaError._SSL:
+        "TLS handshake with {bootstrap} failed: {reason}; is ssl.ca.location the CA that signed the broker's "
+        "certificate?",
+}
+
+
 def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> Any:
     """Return cluster metadata once a broker answers; `BrokerUnavailable` after `timeout`
     (default: the command's --connect-timeout-s, see `set_connect_timeout`).
@@ -376,15 +388,12 @@ def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> 
     broker starts: they are logged at DEBUG (fatal ones at ERROR) and summed up in the final error.
     """
     timeout = _connect_timeout_s if timeout is None else timeout
-    refused: list[KafkaError] = []
-    untrusted: list[KafkaError] = []
+    final: list[KafkaError] = []  # errors retrying cannot mend (_FINAL_ERRORS)
     caller_cb = config.get("error_cb")
 
     def on_error(err: KafkaError) -> None:
-        if err.code() == KafkaError._AUTHENTICATION:
-            refused.append(err)
-        elif err.code() == KafkaError._SSL:
-            untrusted.append(err)
+        if err.code() in _FINAL_ERRORS:
+            final.append(err)
         elif err.fatal():
             _log_client_error(err)
         else:
@@ -406,19 +415,9 @@ def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> 
         except KafkaException as exc:
             last = str(exc.args[0].str() if exc.args and isinstance(exc.args[0], KafkaError) else exc)
         client.poll(0)  # serves error_cb (and log lines) queued during the attempt
-        if refused:
-            reason = _without_secrets(refused[0].str(), config)
-            raise BrokerError(
-                f"Kafka refused the credentials at {bootstrap}: {reason}; check sasl.username/sasl.password"
-            )
-        if untrusted:
-            # A broker that presents a certificate we do not trust will not start trusting it: say
-            # so now instead of retrying until the timeout.
-            reason = _without_secrets(untrusted[0].str(), config)
-            raise BrokerError(
-                f"TLS handshake with {bootstrap} failed: {reason}; is ssl.ca.location the CA that signed "
-                "the broker's certificate?"
-            )
+        if final:
+            reason = _without_secrets(final[0].str(), config)
+            raise BrokerError(_FINAL_ERRORS[final[0].code()].format(bootstrap=bootstrap, reason=reason))
         if time.monotonic() >= deadline:
             raise BrokerUnavailable(
                 f"no Kafka broker answered at {bootstrap!r} within {timeout:.0f}s "
