@@ -27,7 +27,6 @@ from typing import Any
 
 from services.core.settings import Topics
 
-ROLES = ("admin", "rendezvous", "model", "comparison", "decoy", "client", "gateway")
 # Groups the code creates with a random suffix for one-off reads (control history, recovery,
 # compare, client replies...): granted as a prefix.
 SCRATCH_GROUP_PREFIX = "rdv-"
@@ -71,8 +70,10 @@ class Principals:
     def of(self, role: str) -> str:
         return str(getattr(self, role))
 
-    def roles(self) -> list[tuple[str, str]]:
-        return [(f.name, getattr(self, f.name)) for f in fields(self)]
+
+
+# The roles, as named by the fields of `Principals` (one list to keep).
+ROLES = tuple(f.name for f in fields(Principals))
 
 
 def _topic(principal: str, operation: str, *names: str) -> list[Grant]:
