@@ -140,6 +140,13 @@ class Producer:
             DeliveryFailed(refused or f"delivery to {topic} failed: {err.str()}", retriable=err.retriable())
         )
 
+    def _then(self, on_done: Callable[[], None]) -> Callable[[KafkaError | None, Message], None]:
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            self._on_delivery(err, msg)
+            on_done()
+
+        return delivered
+
     def raise_failures(self) -> None:
         if self._failures:
             first = self._failures[0]
@@ -166,9 +173,11 @@ class Producer:
         key: bytes | str | None = None,
         partition: int | None = None,
         headers: Sequence[tuple[str, bytes]] | None = None,
+        on_done: Callable[[], None] | None = None,
     ) -> None:
+        """`on_done` is called once the broker acknowledged or refused the record (from `poll`)."""
         self.raise_failures()
-        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
+        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery if on_done is None else self._then(on_done)}
         if partition is not None:
             kwargs["partition"] = partition
         if headers:

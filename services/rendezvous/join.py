@@ -11,7 +11,9 @@ order in their partitions and their append times (see `Schedule.decide`), so an 
 takes over a partition after a crash and re-reads it decides every open request exactly as the
 crashed one did, and an answer the crashed one already sent to a return address is repeated
 identically, never contradicted. `answered_at` is the log time by which the answer was
-determined, for the same reason.
+determined, for the same reason. A re-read request found already answered (or logged) keeps
+that answer and sends it to its return address again: the crashed instance may have committed
+the answer before its reply was acknowledged (mailbox.py says why that offset was re-read).
 
 Lifecycle of a mailbox: opened by its request or its first score -> answered (preferred model
 in, fallback, TIMEOUT, ERROR; a request that cannot be scored is answered ERROR at once) ->
@@ -38,7 +40,7 @@ from services.core.metrics import child
 from services.core.runtime import now_ms
 from services.rendezvous import metrics as m
 from services.rendezvous.clock import LogClocks
-from services.rendezvous.mailbox import Arrival, Mailbox
+from services.rendezvous.mailbox import Arrival, Mailbox, Receipt
 from services.rendezvous.records import RequestIn, ScoreIn
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 LIVE_CACHE_MS = 100  # how stale the set of live models may be (it decides only what a log record waits for)
 
 Reply = tuple[str, int | None]
+Owner = Mailbox | Receipt  # what a record's offset waits for (see offsets.py)
 
 
 class Outputs(Protocol):
@@ -55,8 +58,9 @@ class Outputs(Protocol):
     def log(self, mailbox: Mailbox, record: dict[str, Any]) -> None:
         """Write the comparison record."""
 
-    def repeat(self, reply: Reply, record: dict[str, Any]) -> None:
-        """Send an answer already given to one more return address (a repeated request)."""
+    def repeat(self, reply: Reply, record: dict[str, Any], receipt: Mailbox | Receipt) -> None:
+        """Send an answer already given to a return address again (a repeated or re-read
+        request); `receipt` counts the reply until the broker acknowledges it."""
 
 
 @dataclass(frozen=True)
@@ -149,7 +153,7 @@ class Join:
 
     # -- records ---------------------------------------------------------------------------
 
-    def on_request(self, request: RequestIn) -> Mailbox | None:
+    def on_request(self, request: RequestIn) -> Owner | None:
         m.REQUESTS.inc()
         if request.log_time > self._requests_read.get(request.partition, request.log_time - 1):
             self._requests_read[request.partition] = request.log_time
@@ -157,11 +161,7 @@ class Join:
         rid = request.request_id
         reply = (request.reply_topic, request.reply_partition) if request.reply_topic else None
         if rid in self._finished.logged:
-            self._finished.logged.discard(rid)  # answered and logged before a restart
-            self._finished.answered.pop(rid, None)
-            self._remember(rid, request.partition, None, request.log_time)
-            child(m.RECOVERED, "logged").inc()
-            return None
+            return self._relogged(request, reply)
         mailbox = self.mailboxes.get(rid)
         if (mailbox is not None and mailbox.has_request) or (mailbox is None and rid in self._remembered):
             return self._repeated(rid, mailbox, reply)
@@ -175,10 +175,10 @@ class Join:
         if problem is not None:
             self._answer(mailbox, Decision(Status.ERROR, None, f"invalid request: {problem}", request.log_time))
             self._close(mailbox)
-            return None
+            return None if mailbox.settled else mailbox
         self._restore_answer(mailbox)
         self._advance(mailbox, self.clocks.now(request.partition))
-        return None if mailbox.closed else mailbox
+        return None if mailbox.settled else mailbox
 
     def on_score(self, score: ScoreIn) -> Mailbox | None:
         self._tick(score.partition, score.log_time)
@@ -230,29 +230,46 @@ class Join:
                     f"(at most {self.limits.max_future_ms} ms is accepted)")
         return None
 
-    def _repeated(self, rid: str, mailbox: Mailbox | None, reply: Reply | None) -> Mailbox | None:
+    def _repeated(self, rid: str, mailbox: Mailbox | None, reply: Reply | None) -> Owner | None:
         """The same request_id again: it gets the answer the first one got (now, or when decided)."""
         m.DUPLICATE_REQUESTS.inc()
         if mailbox is not None:
             if reply is not None:
                 if mailbox.answer is not None:
-                    self.outputs.repeat(reply, mailbox.answer)
+                    self.outputs.repeat(reply, mailbox.answer, mailbox)
                 else:
                     mailbox.replies.append(reply)
             return mailbox
-        answer = self._remembered[rid][2]
-        if reply is not None and answer is not None:
-            self.outputs.repeat(reply, answer)
-        return None
+        return self._send_again(reply, self._remembered[rid][2])
+
+    def _relogged(self, request: RequestIn, reply: Reply | None) -> Receipt | None:
+        """A re-read request answered and logged before a restart: nothing is redone, but its
+        reply is sent again (it may not have been acknowledged before the crash)."""
+        rid = request.request_id
+        self._finished.logged.discard(rid)
+        answer = self._finished.answered.pop(rid, None)
+        self._remember(rid, request.partition, answer, request.log_time)
+        child(m.RECOVERED, "logged").inc()
+        return self._send_again(reply, answer)
+
+    def _send_again(self, reply: Reply | None, answer: dict[str, Any] | None) -> Receipt | None:
+        if reply is None or answer is None:
+            return None
+        receipt = Receipt()
+        self.outputs.repeat(reply, answer, receipt)
+        return None if receipt.settled else receipt
 
     def _restore_answer(self, mailbox: Mailbox) -> None:
-        """A request answered before a restart keeps that answer (it is not sent again)."""
+        """A request answered before a restart keeps that answer, sent again to its return
+        addresses (the first reply may not have been acknowledged before the crash)."""
         answer = self._finished.answered.pop(mailbox.request_id, None)
         if answer is None:
             return
         mailbox.decision = Decision(Status(answer["status"]), answer["model"], answer["reason"], answer["answered_at"])
         mailbox.answer, mailbox.restored = answer, True
         child(m.RECOVERED, "answered").inc()
+        for reply in mailbox.replies:
+            self.outputs.repeat(reply, answer, mailbox)
 
     def _open_orphan(self, rid: str, score: ScoreIn) -> Mailbox:
         orphans = self._orphans.setdefault(score.partition, OrderedDict())

@@ -1,4 +1,13 @@
-"""A mailbox per request: what arrived for it, and whether it was answered and logged."""
+"""A mailbox per request: what arrived for it, whether it was answered and logged, and whether
+the replies it sent to return addresses are acknowledged.
+
+Why replies count: they go out through a non-transactional producer, at once. If the instance
+crashed after its transaction committed an answer but before the broker acknowledged the reply,
+and the request's offset were committed too, nobody would ever send that reply. So a request's
+offset is finished only once it is `settled`: closed *and* every reply acknowledged (or refused
+for good). A crash before that makes the new owner re-read the request, find its answer and send
+the reply again (an identical repeat, never a different answer).
+"""
 
 from __future__ import annotations
 
@@ -38,6 +47,12 @@ class Mailbox:
     restored: bool = False  # answered before a restart: finish its comparison record only
     closed: bool = False
     wake_at: int = -1  # log time of this mailbox's pending timer (-1: none)
+    unacked: int = 0  # replies sent and not yet acknowledged by the broker
+
+    @property
+    def settled(self) -> bool:
+        """Nothing of this request is in flight any more: its offset may be committed."""
+        return self.closed and self.unacked == 0
 
     def add(self, arrival: Arrival) -> bool:
         """Record a model's score; False if that model already reported (a duplicate: the first
@@ -48,3 +63,15 @@ class Mailbox:
         self.outcomes[arrival.model] = Outcome(arrival.error is None and arrival.score is not None,
                                                arrival.error, arrival.at)
         return True
+
+
+@dataclass(slots=True)
+class Receipt:
+    """Replies sent for a request record that has no open mailbox (a repeated or re-read request
+    whose mailbox is closed): its offset is finished once they are acknowledged."""
+
+    unacked: int = 0
+
+    @property
+    def settled(self) -> bool:
+        return self.unacked == 0

@@ -33,6 +33,10 @@ LATE_SCORES = Counter(
 ORPHAN_SCORES = Counter(
     "rdv_orphan_scores_total", "Scores dropped because their request never arrived within the grace period."
 )
+REPLIES_REPEATED = Counter(
+    "rdv_replies_repeated_total",
+    "Answers sent again to a return address: a repeated request, or a re-read one after a restart.",
+)
 REPLY_ERRORS = Counter(
     "rdv_reply_errors_total", "Answers that could not be written to the request's return address.", ["reason"]
 )
@@ -68,7 +72,9 @@ SCHEDULE_REJECTED = Counter(
     "Control records refused (malformed, stale, or naming a model that is not live).",
 )
 RECOVERED = Counter(
-    "rdv_recovered_total", "Re-read requests found already answered/logged after a restart (not repeated).", ["what"]
+    "rdv_recovered_total",
+    "Re-read requests found already answered/logged after a restart (not decided again; replies sent again).",
+    ["what"],
 )
 PAUSED = Gauge("rdv_requests_paused", "1 while request intake is paused (mailbox table full, or draining).")
 TRANSACTIONS = Counter("rdv_transactions_total", "Transactions ended, by outcome (committed | aborted).", ["outcome"])

@@ -1,9 +1,9 @@
 """Which offsets may be committed: everything below the oldest record still in use.
 
 Per partition, records are tracked in the order they were read (offsets increase). A record
-is finished when its mailbox is closed (answered and logged), or at once when it needed no
-mailbox (dead-lettered, or a late score for a closed request). The committable position is
-the offset of the first unfinished record, or one past the last record read.
+is finished when its mailbox is settled (answered, logged, and its replies acknowledged), or at
+once when it needed no mailbox (dead-lettered, or a late score for a closed request). The
+committable position is the offset of the first unfinished record, or one past the last read.
 
 Each tracked record may carry a `mark` (e.g. where the outputs topics ended when it was read);
 the mark of the first unfinished record travels with the committed offset as its metadata, so
@@ -20,7 +20,8 @@ from confluent_kafka import TopicPartition
 
 
 class Finishable(Protocol):
-    closed: bool
+    @property
+    def settled(self) -> bool: ...
 
 
 class PartitionOffsets:
@@ -31,7 +32,7 @@ class PartitionOffsets:
         self._next = -1
 
     def track(self, offset: int, owner: Finishable | None, mark: str | None = None) -> None:
-        if owner is not None and not owner.closed:
+        if owner is not None and not owner.settled:
             self._pending.append((offset, owner, mark))
         self._next = offset + 1
 
@@ -39,7 +40,7 @@ class PartitionOffsets:
         """Next offset to read after a restart (-1 if nothing was read), and its mark (None:
         nothing is in use, the caller's current mark applies)."""
         pending = self._pending
-        while pending and pending[0][1].closed:
+        while pending and pending[0][1].settled:
             pending.popleft()
         if pending:
             return pending[0][0], pending[0][2]

@@ -5,7 +5,8 @@ so a new owner re-reads requests that may already be answered (answered, but sti
 late scores for the comparison record) or even logged (finished, but behind an older
 unfinished one). Before re-reading partition p it reads the answers and comparison log of
 partition p (outputs are co-partitioned with the requests) from where they may hold outputs of
-re-read requests: requests found there are restored as answered / skipped as logged.
+re-read requests: requests found there are restored as answered / skipped as logged, and their
+answers sent to their return addresses again (join.py).
 
 Where to start reading travels with the committed offset as its metadata (a `Mark`): the end
 offsets of the answers and log partitions (as delivered to this instance) when the oldest

@@ -12,6 +12,10 @@ unknown topic, by a helper thread) and remembered in a bounded cache; answers fo
 being checked wait in a bounded queue and go out once it is known to exist. So a request
 naming a missing topic costs that one reply (counted in rdv_reply_errors_total), and never
 delays any other answer.
+
+Every reply is counted on its request's receipt (its mailbox) from the moment it is accepted
+until the broker acknowledges it, or it is dropped for good: the request's offset is not
+committed before that (mailbox.py), so a crash never loses a reply.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import KafkaException
 
@@ -38,7 +42,14 @@ VERDICT_TTL_S = 30.0
 MAX_TOPICS = 1_000  # verdicts remembered
 MAX_WAITING = 10_000  # replies waiting for a verdict, all topics together
 
-Send = Callable[[str, int | None, bytes, bytes], None]
+
+
+class Pending(Protocol):
+    unacked: int
+
+
+# topic, partition, key, value, and what to call once the broker has acknowledged (or refused) it
+Send = Callable[[str, int | None, bytes, bytes, Callable[[], None]], None]
 
 
 class ReplyRules:
@@ -70,20 +81,23 @@ class ReplyRouter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rdv-reply-check")
         self._verdicts: OrderedDict[str, tuple[int, float]] = OrderedDict()  # topic -> (partitions, at)
         self._checking: dict[str, Future[int]] = {}
-        self._waiting: dict[str, deque[tuple[int | None, bytes, bytes]]] = {}
+        self._waiting: dict[str, deque[tuple[int | None, bytes, bytes, Pending]]] = {}
         self._waiting_count = 0
+        self.unacked = 0  # replies accepted and not yet acknowledged (a drain waits for them)
         self._lock = threading.Lock()
 
-    def send(self, topic: str, partition: int | None, key: bytes, value: bytes) -> None:
+    def send(self, topic: str, partition: int | None, key: bytes, value: bytes, receipt: Pending) -> None:
         refusal = self._rules.refusal(topic)
         if refusal is not None:
             m.REPLY_ERRORS.labels(refusal).inc()
             return
+        receipt.unacked += 1
+        self.unacked += 1
         count = self._known(topic)
         if count is None:
-            self._wait_for_verdict(topic, partition, key, value)
+            self._wait_for_verdict(topic, partition, key, value, receipt)
         else:
-            self._deliver(topic, count, partition, key, value)
+            self._deliver(topic, count, partition, key, value, receipt)
 
     def forget(self, topic: str) -> None:
         """A delivery to `topic` failed: treat it as missing until it is checked again."""
@@ -94,20 +108,30 @@ class ReplyRouter:
         for topic in [t for t, future in self._checking.items() if future.done()]:
             count = self._checking.pop(topic).result()
             self._remember(topic, count)
-            for partition, key, value in self._waiting.pop(topic, deque()):
+            for partition, key, value, receipt in self._waiting.pop(topic, deque()):
                 self._waiting_count -= 1
-                self._deliver(topic, count, partition, key, value)
+                self._deliver(topic, count, partition, key, value, receipt)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _deliver(self, topic: str, count: int, partition: int | None, key: bytes, value: bytes) -> None:
+    def _deliver(
+        self, topic: str, count: int, partition: int | None, key: bytes, value: bytes, receipt: Pending
+    ) -> None:
         if count == 0:
-            m.REPLY_ERRORS.labels("unknown_topic").inc()
+            self._drop(receipt, "unknown_topic")
         elif partition is not None and not 0 <= partition < count:
-            m.REPLY_ERRORS.labels("bad_partition").inc()
+            self._drop(receipt, "bad_partition")
         else:
-            self._send(topic, partition, key, value)
+            self._send(topic, partition, key, value, lambda: self._acknowledged(receipt))
+
+    def _drop(self, receipt: Pending, reason: str) -> None:
+        m.REPLY_ERRORS.labels(reason).inc()
+        self._acknowledged(receipt)
+
+    def _acknowledged(self, receipt: Pending) -> None:
+        receipt.unacked -= 1
+        self.unacked -= 1
 
     def _known(self, topic: str) -> int | None:
         cached = self._verdicts.get(topic)
@@ -115,11 +139,11 @@ class ReplyRouter:
             return None
         return cached[0]
 
-    def _wait_for_verdict(self, topic: str, partition: int | None, key: bytes, value: bytes) -> None:
+    def _wait_for_verdict(self, topic: str, partition: int | None, key: bytes, value: bytes, receipt: Pending) -> None:
         if self._waiting_count >= MAX_WAITING:
-            m.REPLY_ERRORS.labels("too_many_unchecked").inc()
+            self._drop(receipt, "too_many_unchecked")
             return
-        self._waiting.setdefault(topic, deque()).append((partition, key, value))
+        self._waiting.setdefault(topic, deque()).append((partition, key, value, receipt))
         self._waiting_count += 1
         if topic not in self._checking:
             self._checking[topic] = self._pool.submit(self._partition_count, topic)

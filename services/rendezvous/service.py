@@ -17,7 +17,10 @@ partition is that of its oldest record whose mailbox is still open (offsets.py).
 Answers to return addresses go out at once through a separate, non-transactional producer. That
 is safe because every decision is a function of the records alone (join.py): if this instance
 crashes before its transaction commits, the new owner re-decides the same answer, so a client
-can receive an identical repeat, never a different answer.
+can receive an identical repeat, never a different answer. And a request's offset waits for the
+broker's acknowledgement of its replies (mailbox.py): if the crash comes after the answer was
+committed but before its reply was acknowledged, the new owner re-reads the request, finds the
+answer and sends it again.
 
 Clock: decisions use the log's clock (the broker's append times of the scores partition); quiet
 partitions get clock records written by this service (clock.py). Wall time is used only to
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, TopicPartition
@@ -36,14 +40,14 @@ from services.control.schedule import Schedule
 from services.core.cloudevents import EventHeaders
 from services.core.codec import codec
 from services.core.deadletter import DeadLetters, excerpt_limit
-from services.core.errors import BadInput, ConfigError, DecodeFailed, UnexpectedFailure
+from services.core.errors import BadInput, ConfigError, DecodeFailed, KafkaOperationError, UnexpectedFailure
 from services.core.kafka import Producer, partition_counts, topic_config
 from services.core.metrics import DECODE_ERRORS
 from services.core.runtime import now_ms
 from services.core.service import Context, StreamService, StreamSpec
 from services.rendezvous import metrics as m
 from services.rendezvous.join import Join, Reply
-from services.rendezvous.mailbox import Mailbox
+from services.rendezvous.mailbox import Mailbox, Receipt
 from services.rendezvous.offsets import OffsetBook
 from services.rendezvous.records import request_in, score_in
 from services.rendezvous.recovery import Mark
@@ -266,7 +270,7 @@ class Rendezvous:
         self.offsets.forget(assignment)
 
     def in_flight(self) -> int:
-        return self.join.waiting
+        return self.join.waiting + (self._replies.unacked if self._replies is not None else 0)
 
     def not_ready(self) -> str | None:
         if self.takeover.pending:
@@ -282,9 +286,11 @@ class Rendezvous:
         value = self._answers.encode(record)
         key = mailbox.request_id.encode()
         headers = self._answer_events.for_id(mailbox.request_id) if self._answer_events else None
-        self._ctx.outputs.produce(self.topics.answers, value, key=key, partition=mailbox.partition, headers=headers)
+        # Replies first: once the answer is in a transaction, its replies are already counted on
+        # the mailbox, so the request's offset cannot be committed before they are acknowledged.
         for topic, partition in mailbox.replies:
-            self._reply(topic, partition, key, value)
+            self._replies_out.send(topic, partition, key, value, mailbox)
+        self._ctx.outputs.produce(self.topics.answers, value, key=key, partition=mailbox.partition, headers=headers)
 
     def log(self, mailbox: Mailbox, record: dict[str, Any]) -> None:
         assert self._ctx is not None
@@ -292,16 +298,25 @@ class Rendezvous:
         self._ctx.outputs.produce(self.topics.log, self._comparisons.encode(record),
                                   key=mailbox.request_id.encode(), partition=mailbox.partition, headers=headers)
 
-    def repeat(self, reply: Reply, record: dict[str, Any]) -> None:
-        self._reply(reply[0], reply[1], record["request_id"].encode(), self._answers.encode(record))
+    def repeat(self, reply: Reply, record: dict[str, Any], receipt: Mailbox | Receipt) -> None:
+        m.REPLIES_REPEATED.inc()
+        self._replies_out.send(reply[0], reply[1], record["request_id"].encode(), self._answers.encode(record), receipt)
 
-    def _reply(self, topic: str, partition: int | None, key: bytes, value: bytes) -> None:
+    @property
+    def _replies_out(self) -> ReplyRouter:
         assert self._replies is not None
-        self._replies.send(topic, partition, key, value)
+        return self._replies
 
-    def _send_reply(self, topic: str, partition: int | None, key: bytes, value: bytes) -> None:
+    def _send_reply(
+        self, topic: str, partition: int | None, key: bytes, value: bytes, done: Callable[[], None]
+    ) -> None:
         assert self._fast is not None
-        self._fast.produce(topic, value, key=key, partition=partition)
+        try:
+            self._fast.produce(topic, value, key=key, partition=partition, on_done=done)
+        except KafkaOperationError as err:
+            done()  # refused by the client itself: nothing is in flight
+            m.REPLY_ERRORS.labels("delivery").inc()
+            log.warning("answer to return address %s not sent: %s", topic, err)
 
     def _on_reply_failure(self, topic: str, err: KafkaError) -> None:
         m.REPLY_ERRORS.labels("delivery").inc()

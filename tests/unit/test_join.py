@@ -12,7 +12,8 @@ import pytest
 
 from services.control.schedule import Schedule
 from services.rendezvous.join import Finished, Join, JoinLimits, Reply
-from services.rendezvous.mailbox import Mailbox
+from services.rendezvous.mailbox import Mailbox, Receipt
+from services.rendezvous.offsets import OffsetBook
 from services.rendezvous.records import RequestIn, ScoreIn
 
 T0 = 1_000_000
@@ -21,19 +22,34 @@ MODELS = ("champion", "challenger", "canary")
 
 @dataclass
 class Collected:
+    """The outputs, and the replies' receipts as the reply router counts them (acknowledged by
+    `acknowledge`, as the broker's delivery reports would)."""
+
     answers: list[dict[str, Any]] = field(default_factory=list)
     logs: list[dict[str, Any]] = field(default_factory=list)
     replies: list[tuple[Reply, dict[str, Any]]] = field(default_factory=list)
+    in_flight: list[Mailbox | Receipt] = field(default_factory=list)
 
     def answer(self, mailbox: Mailbox, record: dict[str, Any]) -> None:
         self.answers.append(record)
-        self.replies.extend((reply, record) for reply in mailbox.replies)
+        for reply in mailbox.replies:
+            self._send(reply, record, mailbox)
 
     def log(self, mailbox: Mailbox, record: dict[str, Any]) -> None:
         self.logs.append(record)
 
-    def repeat(self, reply: Reply, record: dict[str, Any]) -> None:
+    def repeat(self, reply: Reply, record: dict[str, Any], receipt: Mailbox | Receipt) -> None:
+        self._send(reply, record, receipt)
+
+    def _send(self, reply: Reply, record: dict[str, Any], receipt: Mailbox | Receipt) -> None:
         self.replies.append((reply, record))
+        receipt.unacked += 1
+        self.in_flight.append(receipt)
+
+    def acknowledge(self) -> None:
+        for receipt in self.in_flight:
+            receipt.unacked -= 1
+        self.in_flight.clear()
 
 
 def make_join(schedule: Schedule | None = None, **limits: Any) -> tuple[Join, Collected]:
@@ -135,7 +151,9 @@ def test_per_model_wait_falls_back_by_the_log_clock() -> None:
 def test_a_request_that_cannot_be_scored_is_answered_error_at_once_and_logged() -> None:
     join, out = make_join()
     owner = join.on_request(request("r", problem="the request carries neither features nor a payload"))
-    assert owner is None
+    assert owner is not None and owner.closed and not owner.settled  # closed; its reply is in flight
+    out.acknowledge()
+    assert owner.settled
     assert decided(out)["r"][0] == "ERROR"
     assert "invalid request: the request carries neither" in out.answers[0]["reason"]
     assert [r["request_id"] for r in out.logs] == ["r"]
@@ -195,17 +213,44 @@ def test_a_repeated_request_gets_the_same_answer_while_open_and_after_it_closed(
     assert len(out.answers) == 1  # answered once on the answers topic
 
 
-def test_answers_restored_after_a_restart_are_not_sent_again() -> None:
+def test_answers_restored_after_a_restart_are_not_decided_again_but_their_replies_are_sent_again() -> None:
+    """The crashed owner may have committed these answers before their replies were
+    acknowledged: the replies go out again, identical; the answers topic gets nothing new."""
     join, out = make_join()
-    answered = {"request_id": "a", "status": "OK", "model": "champion", "reason": "preferred model answered",
-                "answered_at": T0 + 5}
-    join.restore(Finished({"a": answered}, {"b"}))
-    assert join.on_request(request("b")) is None  # logged before: nothing to do
+    answers = {rid: {"request_id": rid, "status": "OK", "model": "champion", "reason": "preferred model answered",
+                     "answered_at": T0 + 5} for rid in ("a", "b")}
+    join.restore(Finished(answers.copy(), {"b"}))
+    receipt = join.on_request(request("b"))  # answered and logged before: only its reply again
+    assert isinstance(receipt, Receipt) and not receipt.settled
     join.on_request(request("a"))
     for model in MODELS:
         join.on_score(score("a", model, T0 + 5))
-    assert out.answers == []  # restored, not repeated
+    assert out.answers == []  # restored, not decided again
+    assert out.replies == [(("replies", None), answers["b"]), (("replies", None), answers["a"])]
     assert [r["request_id"] for r in out.logs] == ["a"] and out.logs[0]["answered_at"] == T0 + 5
+    out.acknowledge()
+    assert receipt.settled
+
+
+def test_a_request_is_not_finished_until_its_reply_is_acknowledged() -> None:
+    """Answered and logged is not enough for its offset to be committed: a crash before the
+    reply's acknowledgement must make the next owner re-read it."""
+    join, out = make_join(Schedule(models=("champion",)))
+    book = OffsetBook()
+    book.track("requests", 0, 7, join.on_request(request("r")))
+    book.track("scores", 0, 3, join.on_score(score("r", "champion", T0 + 3)))
+    assert len(out.logs) == 1 and join.mailboxes == {}  # answered, logged, closed
+    assert [(t.topic, t.offset) for t in book.to_commit()] == [("requests", 7), ("scores", 4)]
+    out.acknowledge()
+    assert [(t.topic, t.offset) for t in book.to_commit()] == [("requests", 8), ("scores", 4)]
+
+
+def test_a_request_without_a_return_address_is_finished_when_logged() -> None:
+    join, out = make_join(Schedule(models=("champion",)))
+    owner = join.on_request(request("r", reply=None))
+    assert owner is not None
+    join.on_score(score("r", "champion", T0 + 3))
+    assert owner.settled and out.replies == []
 
 
 def test_ids_closed_on_a_dropped_partition_are_decided_again_when_re_read() -> None:

@@ -13,6 +13,10 @@ from services.rendezvous.offsets import OffsetBook
 class Owner:
     closed: bool = False
 
+    @property
+    def settled(self) -> bool:
+        return self.closed
+
 
 def test_commit_stops_at_the_oldest_open_mailbox() -> None:
     book = OffsetBook()
