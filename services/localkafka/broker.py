@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from services.core.errors import BrokerError, BrokerUnavailable
-from services.localkafka import config
+from services.localkafka import cds, config
 from services.localkafka.jars import Progress, java_executable, provision
 from services.localkafka.jvm import DEFAULT_JVM_OPTIONS, JVM_OPTS_ENV, TOOL_JVM_OPTIONS, with_overrides
 from services.localkafka.process import error_lines, is_stack_frame, pid_alive, signal_group, tail, wait_until
@@ -59,6 +59,7 @@ class LocalBroker:
     extra_listeners: dict[str, str] = field(default_factory=dict)
     format_args: list[str] = field(default_factory=list, repr=False)  # may hold a SCRAM password
     jvm_options: tuple[str, ...] = DEFAULT_JVM_OPTIONS
+    cds_dir: Path | None = None  # where class-data-sharing archives live (default: the cache's broker-cds/)
     progress: Progress | None = field(default=None, repr=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _state: dict[str, Any] | None = field(default=None, init=False, repr=False)
@@ -144,6 +145,8 @@ class LocalBroker:
             log4j.write_text(config.log4j2_properties(self.log_file))
             say(f"Resuming local broker {self.name!r} (cluster {cluster_id}) from {self.root} ...")
         jvm_options = with_overrides(self.jvm_options, os.environ.get(JVM_OPTS_ENV))
+        archive, cds_options, cds_pending = self._cds(java)
+        jvm_options = (*jvm_options, *cds_options)
         cmd = [java, *jvm_options, logging_opt, "-cp", classpath, MAIN_CLASS, str(self.properties_file)]
         log.debug("starting %s", " ".join(cmd))
         with self.stdout_file.open("wb") as out:
@@ -158,6 +161,7 @@ class LocalBroker:
             "data_dir": str(self.root), "log_file": str(self.log_file), "started_at": time.time(),
             "ready": False, "resumed": not fresh, "kafka_version": config.KAFKA_VERSION,
             "jvm_options": list(jvm_options),
+            "cds_archive": str(archive or ""), "cds_pending": str(cds_pending or ""),
         }  # fmt: skip
         self._write_state()
         say(f"Starting Apache Kafka {config.KAFKA_VERSION} (pid {self._proc.pid}) ...")
@@ -189,9 +193,12 @@ class LocalBroker:
             say(f"Local broker {self.name!r} is not running")
             return False
         pid = int(self._state["pid"]) if self._state else 0
+        state = dict(self._state or {})
         say(f"Stopping local broker {self.name!r} (pid {pid}) ...")
         signal_group(pid, signal.SIGTERM)
-        if not wait_until(lambda: not self._alive(pid), timeout, interval=0.1):
+        if wait_until(lambda: not self._alive(pid), timeout, interval=0.1):
+            self._adopt_cds_archive(state)
+        else:
             log.warning("local broker pid %d ignored SIGTERM for %.0f s; killing it", pid, timeout)
             self._kill_now()
         self._state = None
@@ -367,10 +374,29 @@ class LocalBroker:
                     log.debug("broker not ready yet: %s", err)
             time.sleep(0.05)
 
+    def _cds(self, java: str) -> tuple[Path | None, tuple[str, ...], Path | None]:
+        """The class-data-sharing archive for this JVM (cds.py): its path, the JVM options, and
+        the file this broker writes at a clean exit (None when it maps an existing archive)."""
+        if not cds.wanted(os.environ.get(JVM_OPTS_ENV)):
+            return None, (), None
+        directory = self.cds_dir or config.cache_dir() / "broker-cds"
+        archive = cds.archive_path(directory, java, config.KAFKA_VERSION)
+        options, pending = cds.options(archive)
+        return archive, options, pending
+
+    @staticmethod
+    def _adopt_cds_archive(state: dict[str, Any]) -> None:
+        pending, archive = state.get("cds_pending"), state.get("cds_archive")
+        if pending and archive:
+            cds.adopt(Path(pending), Path(archive))
+
     def _kill_now(self) -> None:
         pid = self.pid
         if pid is None:
             return
+        pending = (self._state or {}).get("cds_pending")
+        if pending:
+            cds.discard(Path(pending))
         signal_group(pid, signal.SIGKILL)
         wait_until(lambda: not self._alive(pid), 10.0)
         self.state_file.unlink(missing_ok=True)

@@ -1,0 +1,65 @@
+"""The local broker's class-data-sharing archive: named for its JVM, written under a name of its
+own, adopted only after a clean stop, never used against the user's own CDS options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.localkafka import cds
+
+
+def _java(tmp_path: Path, name: str = "java") -> str:
+    java = tmp_path / name
+    java.write_text("#!/bin/sh\n")
+    return str(java)
+
+
+def test_the_archive_is_named_for_the_java_runtime_and_the_kafka_version(tmp_path: Path) -> None:
+    java, other = _java(tmp_path), _java(tmp_path, "java21")
+    first = cds.archive_path(tmp_path / "cds", java, "4.4.0")
+    assert first == cds.archive_path(tmp_path / "cds", java, "4.4.0")
+    assert first.parent == tmp_path / "cds" and first.name.startswith("kafka-4.4.0-") and first.suffix == ".jsa"
+    assert cds.archive_path(tmp_path / "cds", other, "4.4.0") != first
+    assert cds.archive_path(tmp_path / "cds", java, "4.5.0") != first
+
+
+def test_a_broker_writes_a_pending_archive_of_its_own_until_one_exists(tmp_path: Path) -> None:
+    archive = cds.archive_path(tmp_path / "cds", _java(tmp_path), "4.4.0")
+    (opts_a, pending_a), (_opts_b, pending_b) = cds.options(archive), cds.options(archive)
+    assert pending_a is not None and pending_b is not None and pending_a != pending_b
+    assert opts_a == (f"-XX:ArchiveClassesAtExit={pending_a}",)
+    pending_a.write_bytes(b"archive")
+    assert cds.adopt(pending_a, archive) and archive.read_bytes() == b"archive" and not pending_a.exists()
+    assert cds.options(archive) == ((f"-XX:SharedArchiveFile={archive}",), None)
+
+
+def test_an_empty_or_missing_archive_is_not_adopted_and_a_killed_brokers_is_discarded(tmp_path: Path) -> None:
+    archive = tmp_path / "a.jsa"
+    empty = tmp_path / "a.jsa.1.part"
+    empty.write_bytes(b"")
+    assert not cds.adopt(empty, archive) and not archive.exists() and not empty.exists()
+    assert not cds.adopt(tmp_path / "never-written.part", archive)
+    half = tmp_path / "a.jsa.2.part"
+    half.write_bytes(b"half")
+    cds.discard(half)
+    assert not half.exists() and not archive.exists()
+
+
+@pytest.mark.parametrize(("setting", "extra", "expected"), [
+    (None, None, True),
+    ("off", None, False),
+    ("0", None, False),
+    ("on", "-Xmx1g", True),
+    (None, "-XX:SharedArchiveFile=/x.jsa", False),
+    (None, "-Xshare:off", False),
+])
+def test_it_is_on_unless_turned_off_or_the_user_brings_cds_options(
+    monkeypatch: pytest.MonkeyPatch, setting: str | None, extra: str | None, expected: bool
+) -> None:
+    if setting is None:
+        monkeypatch.delenv(cds.CDS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(cds.CDS_ENV, setting)
+    assert cds.wanted(extra) is expected
