@@ -74,10 +74,17 @@ class ReplyRules:
 
 
 class ReplyRouter:
-    def __init__(self, send: Send, config: Mapping[str, Any], rules: ReplyRules):
+    """`partition_count(topic)` (0: missing) is asked on a helper thread; by default a metadata
+    request through an admin client of `config`."""
+
+    def __init__(
+        self, send: Send, config: Mapping[str, Any], rules: ReplyRules,
+        partition_count: Callable[[str], int] | None = None,
+    ):
         self._send = send
         self._rules = rules
-        self._admin = admin(config)
+        self._admin = admin(config) if partition_count is None else None
+        self._partition_count = partition_count or self._ask_broker
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rdv-reply-check")
         self._verdicts: OrderedDict[str, tuple[int, float]] = OrderedDict()  # topic -> (partitions, at)
         self._checking: dict[str, Future[int]] = {}
@@ -98,6 +105,13 @@ class ReplyRouter:
             self._wait_for_verdict(topic, partition, key, value, receipt)
         else:
             self._deliver(topic, count, partition, key, value, receipt)
+
+    def check_now(self, topic: str) -> None:
+        """Ask the broker about `topic` on the helper thread, unless a question is out already.
+        Called at start for the deployment's own replies topic, so the first answers need not
+        wait for that metadata request."""
+        if topic not in self._checking:
+            self._checking[topic] = self._pool.submit(self._partition_count, topic)
 
     def forget(self, topic: str) -> None:
         """A delivery to `topic` failed: treat it as missing until it is checked again."""
@@ -134,9 +148,16 @@ class ReplyRouter:
         self.unacked -= 1
 
     def _known(self, topic: str) -> int | None:
+        """The topic's partition count, if known. A topic known to exist stays usable while an
+        expired verdict is checked again in the background: answers to it never wait for that."""
         cached = self._verdicts.get(topic)
-        if cached is None or time.monotonic() - cached[1] >= VERDICT_TTL_S:
+        if cached is None:
             return None
+        if time.monotonic() - cached[1] < VERDICT_TTL_S:
+            return cached[0]
+        if cached[0] == 0:
+            return None  # missing when last asked: wait for the new verdict
+        self.check_now(topic)
         return cached[0]
 
     def _wait_for_verdict(self, topic: str, partition: int | None, key: bytes, value: bytes, receipt: Pending) -> None:
@@ -145,8 +166,7 @@ class ReplyRouter:
             return
         self._waiting.setdefault(topic, deque()).append((partition, key, value, receipt))
         self._waiting_count += 1
-        if topic not in self._checking:
-            self._checking[topic] = self._pool.submit(self._partition_count, topic)
+        self.check_now(topic)
 
     def _remember(self, topic: str, count: int) -> None:
         verdicts = self._verdicts
@@ -157,8 +177,14 @@ class ReplyRouter:
         if count == 0:
             log.warning("return address %s does not exist; its answers go to the answers topic only", topic)
 
-    def _partition_count(self, topic: str) -> int:
+    @property
+    def checking(self) -> int:
+        """Questions about topics still out."""
+        return len(self._checking)
+
+    def _ask_broker(self, topic: str) -> int:
         """Runs on the helper thread: one metadata request."""
+        assert self._admin is not None
         try:
             meta = self._admin.list_topics(topic=topic, timeout=5.0).topics.get(topic)
         except KafkaException as exc:

@@ -176,6 +176,7 @@ class Rendezvous:
         rules = ReplyRules(self.topics, self.settings.reply_topics)
         self._replies = ReplyRouter(self._send_reply, ctx.config, rules)
         ctx.stack.callback(self._replies.close)
+        self._replies.check_now(self.topics.replies)
         self.schedules.start(ctx)
 
     def on_batch(self, messages: list[Message]) -> None:

@@ -1,0 +1,103 @@
+"""The reply router without a broker: which return addresses get an answer, that the first
+answers to the deployment's replies topic do not wait, that an expired verdict never stalls
+answers to a topic known to exist, and that every reply is counted on its receipt until it is
+acknowledged or dropped (a request's offset waits for that)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from services.core.settings import Topics
+from services.rendezvous import replies as r
+from services.rendezvous.mailbox import Receipt
+from tests.integration.harness import wait_until
+
+TOPICS = Topics.from_prefix("t.")
+
+
+@dataclass
+class Broker:
+    """Partition counts by topic (0: missing), the questions asked, and the replies written."""
+
+    partitions: dict[str, int]
+    asked: list[str] = field(default_factory=list)
+    sent: list[tuple[str, int | None, bytes]] = field(default_factory=list)
+    acks: list[Callable[[], None]] = field(default_factory=list)
+
+    def count(self, topic: str) -> int:
+        self.asked.append(topic)
+        return self.partitions.get(topic, 0)
+
+    def send(self, topic: str, partition: int | None, key: bytes, _value: bytes, done: Callable[[], None]) -> None:
+        self.sent.append((topic, partition, key))
+        self.acks.append(done)
+
+    def acknowledge(self) -> None:
+        for done in self.acks:
+            done()
+        self.acks.clear()
+
+
+def router(broker: Broker) -> r.ReplyRouter:
+    return r.ReplyRouter(broker.send, {}, r.ReplyRules(TOPICS), partition_count=broker.count)
+
+
+def settle(router_: r.ReplyRouter) -> None:
+    """Until every question was answered by the helper thread and its verdict taken."""
+
+    def answered() -> bool:
+        router_.poll()
+        return router_.checking == 0
+
+    wait_until(answered, 10, "the topic checks")
+
+
+def test_the_replies_topic_checked_at_start_takes_the_first_answer_at_once() -> None:
+    broker = Broker({TOPICS.replies: 4})
+    out = router(broker)
+    out.check_now(TOPICS.replies)
+    settle(out)
+    receipt = Receipt()
+    out.send(TOPICS.replies, None, b"r1", b"answer", receipt)
+    assert broker.sent == [(TOPICS.replies, None, b"r1")]
+    assert receipt.unacked == 1 and out.unacked == 1
+    broker.acknowledge()
+    assert receipt.settled and out.unacked == 0
+
+
+def test_an_unchecked_topic_holds_its_replies_until_the_verdict_then_delivers_or_drops() -> None:
+    broker = Broker({"client-a": 2})
+    out = router(broker)
+    kept, lost, bad = Receipt(), Receipt(), Receipt()
+    out.send("client-a", 1, b"r1", b"v", kept)
+    out.send("missing", None, b"r2", b"v", lost)
+    out.send("client-a", 7, b"r3", b"v", bad)
+    assert broker.sent == [] and out.unacked == 3
+    settle(out)
+    assert broker.sent == [("client-a", 1, b"r1")]
+    assert lost.settled and bad.settled and not kept.settled  # dropped ones are released at once
+    broker.acknowledge()
+    assert kept.settled and out.unacked == 0
+
+
+def test_an_internal_topic_gets_no_reply_and_nothing_to_wait_for() -> None:
+    broker = Broker({TOPICS.control: 4})
+    out = router(broker)
+    receipt = Receipt()
+    out.send(TOPICS.control, None, b"r", b"v", receipt)
+    assert broker.sent == [] and broker.asked == [] and receipt.settled and out.unacked == 0
+
+
+def test_an_expired_verdict_is_checked_again_without_holding_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    broker = Broker({TOPICS.replies: 4})
+    out = router(broker)
+    out.check_now(TOPICS.replies)
+    settle(out)
+    monkeypatch.setattr(r, "VERDICT_TTL_S", 0.0)
+    out.send(TOPICS.replies, None, b"r1", b"v", Receipt())
+    assert broker.sent == [(TOPICS.replies, None, b"r1")]  # delivered at once, on the old verdict
+    settle(out)
+    assert broker.asked == [TOPICS.replies, TOPICS.replies]  # and asked again in the background
