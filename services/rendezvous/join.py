@@ -58,7 +58,7 @@ class Outputs(Protocol):
     def log(self, mailbox: Mailbox, record: dict[str, Any]) -> None:
         """Write the comparison record."""
 
-    def repeat(self, reply: Reply, record: dict[str, Any], receipt: Mailbox | Receipt) -> None:
+    def repeat(self, reply: Reply, record: dict[str, Any], receipt: Owner) -> None:
         """Send an answer already given to a return address again (a repeated or re-read
         request); `receipt` counts the reply until the broker acknowledges it."""
 

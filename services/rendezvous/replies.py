@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
@@ -41,7 +40,6 @@ log = logging.getLogger(__name__)
 VERDICT_TTL_S = 30.0
 MAX_TOPICS = 1_000  # verdicts remembered
 MAX_WAITING = 10_000  # replies waiting for a verdict, all topics together
-
 
 
 class Pending(Protocol):
@@ -91,7 +89,6 @@ class ReplyRouter:
         self._waiting: dict[str, deque[tuple[int | None, bytes, bytes, Pending]]] = {}
         self._waiting_count = 0
         self.unacked = 0  # replies accepted and not yet acknowledged (a drain waits for them)
-        self._lock = threading.Lock()
 
     def send(self, topic: str, partition: int | None, key: bytes, value: bytes, receipt: Pending) -> None:
         refusal = self._rules.refusal(topic)

@@ -46,8 +46,8 @@ from services.core.metrics import DECODE_ERRORS
 from services.core.runtime import now_ms
 from services.core.service import Context, StreamService, StreamSpec
 from services.rendezvous import metrics as m
-from services.rendezvous.join import Join, Reply
-from services.rendezvous.mailbox import Mailbox, Receipt
+from services.rendezvous.join import Join, Owner, Reply
+from services.rendezvous.mailbox import Mailbox
 from services.rendezvous.offsets import OffsetBook
 from services.rendezvous.records import request_in, score_in
 from services.rendezvous.recovery import Mark
@@ -299,7 +299,7 @@ class Rendezvous:
         self._ctx.outputs.produce(self.topics.log, self._comparisons.encode(record),
                                   key=mailbox.request_id.encode(), partition=mailbox.partition, headers=headers)
 
-    def repeat(self, reply: Reply, record: dict[str, Any], receipt: Mailbox | Receipt) -> None:
+    def repeat(self, reply: Reply, record: dict[str, Any], receipt: Owner) -> None:
         m.REPLIES_REPEATED.inc()
         self._replies_out.send(reply[0], reply[1], record["request_id"].encode(), self._answers.encode(record), receipt)
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from services.control.schedule import Schedule
-from services.rendezvous.join import Finished, Join, JoinLimits, Reply
+from services.rendezvous.join import Finished, Join, JoinLimits, Owner, Reply
 from services.rendezvous.mailbox import Mailbox, Receipt
 from services.rendezvous.offsets import OffsetBook
 from services.rendezvous.records import RequestIn, ScoreIn
@@ -28,7 +28,7 @@ class Collected:
     answers: list[dict[str, Any]] = field(default_factory=list)
     logs: list[dict[str, Any]] = field(default_factory=list)
     replies: list[tuple[Reply, dict[str, Any]]] = field(default_factory=list)
-    in_flight: list[Mailbox | Receipt] = field(default_factory=list)
+    in_flight: list[Owner] = field(default_factory=list)
 
     def answer(self, mailbox: Mailbox, record: dict[str, Any]) -> None:
         self.answers.append(record)
@@ -38,10 +38,10 @@ class Collected:
     def log(self, mailbox: Mailbox, record: dict[str, Any]) -> None:
         self.logs.append(record)
 
-    def repeat(self, reply: Reply, record: dict[str, Any], receipt: Mailbox | Receipt) -> None:
+    def repeat(self, reply: Reply, record: dict[str, Any], receipt: Owner) -> None:
         self._send(reply, record, receipt)
 
-    def _send(self, reply: Reply, record: dict[str, Any], receipt: Mailbox | Receipt) -> None:
+    def _send(self, reply: Reply, record: dict[str, Any], receipt: Owner) -> None:
         self.replies.append((reply, record))
         receipt.unacked += 1
         self.in_flight.append(receipt)
