@@ -66,6 +66,7 @@ def cold_figures(cold: ColdStart, window_s: float) -> dict[str, Any]:
         "whole": whole,
         "cpu_ms_per_request": cpu_per_request({"rendezvous": cold.meter}, {"rendezvous": len(cold.load.futures)}),
         "cpu_s": cold.meter.used,
+        "host_cpu_pct": cold.meter.host_share(),
         "broker_threads": {
             "names": "full Java names (jcmd)" if names else "15-character comm (no jcmd)",
             "start_up": by_group({}, cold.threads_at_start, names, cold.broker_cpu_at_start),
@@ -87,7 +88,8 @@ def print_cold(figures: dict[str, Any], title: str) -> None:
     rows = [[f"{w['from_s']:g}-{w['to_s']:g} s", *cells(w)] for w in figures["windows"]]
     rows.append([f"whole {figures['seconds']:g} s", *cells(figures["whole"])])
     print_table(title, ["sent in", *COLUMNS, "% by deadline", "% OK by deadline", "TIMEOUT", "no answer"], rows)
-    print_cpu_per_request("the cold start, every process", figures["cpu_ms_per_request"])
+    print_cpu_per_request("the cold start, every process", figures["cpu_ms_per_request"],
+                          host={"rendezvous": figures.get("host_cpu_pct")})
     threads = figures["broker_threads"]
     load, start_up = threads["load"], threads["start_up"]
     total = sum(g["cpu_s"] for g in load.values()) or float("nan")

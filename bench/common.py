@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
+from services.core import hostcpu
 from services.core.errors import BrokerError
 from services.core.kafka import (
     CONSUMER_DEFAULTS,
@@ -402,18 +403,27 @@ class CpuMeter:
     def __init__(self, sources: Mapping[str, Callable[[], float]]):
         self.sources = dict(sources)
         self.used: dict[str, float] = dict.fromkeys(self.sources, 0.0)
+        self._host = hostcpu.CpuTimes(0, 0, 0)  # the whole machine's ticks inside the spans
 
     def read(self) -> dict[str, float]:
         return {name: read() for name, read in self.sources.items()}
 
     @contextmanager
     def span(self) -> Iterator[None]:
-        before = self.read()
+        before, host_before = self.read(), hostcpu.read()
         try:
             yield
         finally:
             for name, now in self.read().items():
                 self.used[name] += now - before[name]
+            host_after = hostcpu.read()
+            if host_before is not None and host_after is not None:
+                self._host = self._host.plus(host_after.minus(host_before))
+
+    def host_share(self) -> dict[str, float] | None:
+        """The whole host's CPU inside the spans: % busy and % stolen by the hypervisor."""
+        share = hostcpu.share(self._host)
+        return asdict(share) if share else None
 
 
 def metered(
@@ -443,24 +453,34 @@ def cpu_per_request(
     return figures
 
 
+def host_cpu(meters: Mapping[str, CpuMeter]) -> dict[str, dict[str, float] | None]:
+    """{column: the host's % busy and % stolen during its spans} (None off Linux)."""
+    return {column: meter.host_share() for column, meter in meters.items()}
+
+
 def print_cpu_per_request(
-    title: str, figures: Mapping[str, Mapping[str, float]], unit: str = "request", digits: int = 2
+    title: str, figures: Mapping[str, Mapping[str, float]], unit: str = "request", digits: int = 2,
+    host: Mapping[str, Mapping[str, float] | None] | None = None,
 ) -> None:
-    """The table of `cpu_per_request`: one row per process, one column per thing measured."""
+    """The table of `cpu_per_request`: one row per process, one column per thing measured; then
+    the host's CPU over the same time, stolen share included (a noisy neighbour shows there)."""
     columns = list(figures)
     processes = [p for p in dict.fromkeys(p for c in columns for p in figures[c]) if p != "total"]
     rows = [[p, *(figures[c].get(p, math.nan) for c in columns)] for p in [*processes, "total"]]
     print_table(f"CPU ms per {unit}: {title}", ["process", *columns], rows, digits=digits)
+    shares = [f"{c} {s['busy_pct']:.0f}% / {s['steal_pct']:.0f}%" for c, s in (host or {}).items() if s]
+    if shares:
+        print("host CPU busy / stolen by the hypervisor meanwhile: " + ", ".join(shares))
 
 
 def cpu_figures(
     meters: Mapping[str, CpuMeter], requests: Mapping[str, int], title: str, unit: str = "request", digits: int = 2
 ) -> dict[str, Any]:
     """Print the CPU per request table; return it with the raw CPU seconds, for the JSON."""
-    figures = cpu_per_request(meters, requests)
-    print_cpu_per_request(title, figures, unit, digits)
+    figures, host = cpu_per_request(meters, requests), host_cpu(meters)
+    print_cpu_per_request(title, figures, unit, digits, host)
     return {"cpu_ms_per_request": figures, "cpu_s": {c: m.used for c, m in meters.items()},
-            "requests": dict(requests)}
+            "requests": dict(requests), "host_cpu_pct": host}
 
 
 # ----- profiles ----------------------------------------------------------------------------------

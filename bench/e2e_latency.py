@@ -140,7 +140,7 @@ def report(args: argparse.Namespace, measured: Round, comparisons: list[dict[str
           f"{floor['sent']:,}; sender max lag behind schedule: floor {floor['behind_max_ms']:.1f} ms, "
           f"rendezvous {rdv['behind_max_ms']:.1f} ms")
     print_cpu_per_request("every process during each pipeline's measured slices (the other pipeline's "
-                          "processes idle meanwhile)", figures["cpu_ms_per_request"])
+                          "processes idle meanwhile)", figures["cpu_ms_per_request"], host=figures["host_cpu_pct"])
     stage_rows = stages(comparisons, measured.answers())
     print_table("Rendezvous path by stage, ms after created_at (from the comparison log)",
                 ["stage", *COLUMNS], stage_rows)

@@ -33,6 +33,7 @@ if __package__ in (None, ""):  # run as `python bench/<name>.py`: make the `benc
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -129,6 +130,12 @@ def highest_rate(points: list[dict[str, Any]], key: str) -> float | None:
     return max(meeting) if meeting else None
 
 
+def _stolen(point: dict[str, Any], pipeline: str) -> float:
+    """% of the host's CPU the hypervisor gave to other guests during the pipeline's slices."""
+    share = point["host_cpu_pct"][pipeline]
+    return share["steal_pct"] if share else math.nan
+
+
 def print_curve(points: list[dict[str, Any]], args: argparse.Namespace, stopped: str) -> None:
     rows = []
     for p in points:
@@ -139,18 +146,21 @@ def print_curve(points: list[dict[str, Any]], args: argparse.Namespace, stopped:
             ratio(rdv["p50"], floor["p50"]), ratio(rdv["p99"], floor["p99"]), rdv["by_deadline_pct"],
             rdv["ok_by_deadline_pct"], 100.0 * rdv["statuses"].get("TIMEOUT", 0) / sent,
             100.0 * rdv["statuses"]["no answer"] / sent, cpu["floor"]["total"], cpu["rendezvous"]["total"],
-            cpu["rendezvous"].get("broker"), min(floor["sent_rate"], rdv["sent_rate"]),
+            cpu["rendezvous"].get("broker"), _stolen(p, "floor"), _stolen(p, "rendezvous"),
+            min(floor["sent_rate"], rdv["sent_rate"]),
         ])  # fmt: skip
     print_table(
         f"Latency vs rate (ms, created -> received; %: of requests sent; CPU: ms per request, every process "
         f"during that pipeline's slices): {args.step:g} s per pipeline and rate in {args.slices} slices, "
         f"{describe(stack_options(args))}",
         ["req/s", "floor p50", "p99", "% by dl", "rdv p50", "p99", "x p50", "x p99", "% by dl", "% OK by dl",
-         "% TIMEOUT", "% none", "CPU floor", "CPU rdv", "of it broker", "sent/s"], rows,
+         "% TIMEOUT", "% none", "CPU floor", "CPU rdv", "of it broker", "% stolen floor", "rdv", "sent/s"], rows,
     )  # fmt: skip
     for pipeline in ("rendezvous", "floor"):
         by_rate = {f"{p['rate']:g}/s": p["cpu_ms_per_request"][pipeline] for p in points}
-        print_cpu_per_request(f"the {pipeline} pipeline by rate (every process during its slices)", by_rate)
+        host = {f"{p['rate']:g}/s": p["host_cpu_pct"][pipeline] for p in points}
+        print_cpu_per_request(f"the {pipeline} pipeline by rate (every process during its slices)", by_rate,
+                              host=host)
     print(f"stopped: {stopped}")
 
 

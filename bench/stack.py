@@ -41,6 +41,7 @@ from bench.common import (
     cpu_per_request,
     drive,
     fresh_topics,
+    host_cpu,
     pid_cpu,
     plain_topics,
     ratio,
@@ -312,4 +313,5 @@ def round_figures(measured: Round) -> dict[str, Any]:
         "ratios": {p: ratio(rendezvous[p], floor[p]) for p in ("p50", "p99", "p99.9")},
         "cpu_ms_per_request": cpu_per_request(measured.meters, requests),
         "cpu_s": {name: meter.used for name, meter in measured.meters.items()},
+        "host_cpu_pct": host_cpu(measured.meters),
     }

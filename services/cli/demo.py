@@ -23,7 +23,7 @@ from rich.table import Table
 from services.cli.common import ensure_topics
 from services.cli.spawn import service_env, spawn
 from services.client.client import Answer, Client
-from services.core import wire
+from services.core import hostcpu, wire
 from services.core.errors import ConfigError
 from services.core.kafka import wait_for_groups
 from services.core.runtime import stop_processes
@@ -71,6 +71,9 @@ class Tally:
         self.on_time = 0
         self.answered = 0
         self.latencies: deque[int] = deque(maxlen=20_000)
+        # The whole machine's CPU since the load began: on a VM, time stolen by the hypervisor
+        # for other guests makes deadlines slip that the same code meets on a quiet host.
+        self.host_at_start = hostcpu.read()
 
     def add(self, future: Future[Answer]) -> None:
         if future.exception() is not None:
@@ -100,6 +103,9 @@ class Tally:
             table.add_row("sent / answered", "", f"{self.sent} / {self.answered}", "")
             table.add_row("deadlines met", "", str(self.on_time), f"{met:.1f}%")
             table.add_row("latency p50 / p99", "", f"{p50:.0f} / {p99:.0f} ms", "")
+            host = hostcpu.between(self.host_at_start, hostcpu.read())
+            if host:
+                table.add_row("host CPU busy / stolen", "", f"{host.busy_pct:.0f}% / {host.steal_pct:.0f}%", "")
             if self.failed:
                 table.add_row("no answer", "", str(self.failed), "")
             return table

@@ -88,5 +88,6 @@ def test_demo_runs_and_prints_the_live_table(bootstrap: str, topics: Topics) -> 
     assert result.returncode == 0, result.stderr[-3000:]
     table = result.stdout
     assert "rendezvous demo" in table and "deadlines met" in table and "latency p50 / p99" in table
+    assert "host CPU busy / stolen" in table  # from /proc/stat: the suite runs on Linux
     champion_rows = [line for line in table.splitlines() if "champion" in line and "OK" in line]
     assert champion_rows, table[-2000:]
