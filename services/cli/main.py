@@ -222,7 +222,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "broker", help="start/stop/status/reset of a local Kafka broker (no Docker)",
         description="A local single-node Kafka broker. `stop` keeps its topics and `start` resumes them "
         "(like a database); `reset` deletes them (asks first unless --yes); `status` says where the data "
-        "lives and how big it is (exit 1 when not running).",
+        "lives and how big it is (exit 1 when not running). Before `start` reports ready, the broker gets "
+        "about 1.5 s of serving-like traffic so its JIT has compiled the hot paths (RDV_BROKER_WARMUP=off "
+        "skips it); RDV_BROKER_CDS=off, RDV_BROKER_JVM_OPTS and RDV_BROKER_PROPERTIES: see the README.",
     )
     broker.add_argument("action", choices=["start", "stop", "status", "reset"])
     broker.add_argument("--fresh", action="store_true", help="start: begin empty even if data was kept (it is deleted)")

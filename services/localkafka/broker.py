@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from services.core.errors import BrokerError, BrokerUnavailable
-from services.localkafka import cds, config
+from services.localkafka import cds, config, warmup
 from services.localkafka.jars import Progress, java_executable, provision
 from services.localkafka.jvm import DEFAULT_JVM_OPTIONS, JVM_OPTS_ENV, TOOL_JVM_OPTIONS, with_overrides
 from services.localkafka.process import error_lines, is_stack_frame, pid_alive, signal_group, tail, wait_until
@@ -60,6 +60,7 @@ class LocalBroker:
     format_args: list[str] = field(default_factory=list, repr=False)  # may hold a SCRAM password
     jvm_options: tuple[str, ...] = DEFAULT_JVM_OPTIONS
     cds_dir: Path | None = None  # where class-data-sharing archives live (default: the cache's broker-cds/)
+    warm_up: bool = True  # serving-like traffic before "ready" (warmup.py); RDV_BROKER_WARMUP=off skips it
     progress: Progress | None = field(default=None, repr=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _state: dict[str, Any] | None = field(default=None, init=False, repr=False)
@@ -170,6 +171,7 @@ class LocalBroker:
         except BaseException:
             self._kill_now()
             raise
+        self._warm_up(say)
         self._state["ready"] = True
         self._write_state()
         elapsed = time.monotonic() - started
@@ -373,6 +375,15 @@ class LocalBroker:
                 except KafkaException as err:
                     log.debug("broker not ready yet: %s", err)
             time.sleep(0.05)
+
+    def _warm_up(self, say: Progress) -> None:
+        """Compile the broker's serving paths before anyone depends on them (warmup.py says why)."""
+        assert self._state is not None
+        if not (self.warm_up and warmup.wanted(os.environ.get(warmup.WARMUP_ENV))):
+            self._state["warm_up"] = "off"
+            return
+        say(f"Warming up the broker's JIT with serving-like traffic ({warmup.WARMUP_ENV}=off skips it) ...")
+        self._state["warm_up"] = warmup.warm_up(self.bootstrap).as_dict()
 
     def _cds(self, java: str) -> tuple[Path | None, tuple[str, ...], Path | None]:
         """The class-data-sharing archive for this JVM (cds.py): its path, the JVM options, and
