@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -31,12 +32,24 @@ class _Partition(Generic[T]):
     marker_sent_at: float = -1.0  # wall time (s) of the last clock record asked for
 
 
-class LogClocks(Generic[T]):
-    """Per-partition log clocks with timers in log time."""
+def _always(_at: int, _item: object) -> bool:
+    return True
 
-    def __init__(self) -> None:
+
+class LogClocks(Generic[T]):
+    """Per-partition log clocks with timers in log time.
+
+    `live(at, item)` says whether a timer still matters (default: always). Timers are never
+    removed from the middle of a heap; one that no longer matters (its mailbox closed before it
+    fired) is dropped when it reaches the top, so it neither asks for a clock record nor wakes
+    the poll loop early. Without that, nearly every request's give-up timer, left behind once all
+    its scores were in, cost a clock record on a scores partition quieter than a few ms.
+    """
+
+    def __init__(self, live: Callable[[int, T], bool] = _always) -> None:
         self._parts: dict[int, _Partition[T]] = {}
         self._seq = itertools.count()  # ties pop in push order; items are never compared
+        self._live = live
 
     def _part(self, partition: int) -> _Partition[T]:
         part = self._parts.get(partition)
@@ -70,6 +83,7 @@ class LogClocks(Generic[T]):
         clock has not passed it (and no clock record was asked for in the last `resend_s`)."""
         due = []
         for partition, part in self._parts.items():
+            self._drop_dead_top(part)
             if not part.timers or part.timers[0][0] + delay_ms > wall_ms:
                 continue
             if part.marker_sent_at >= 0 and wall_s - part.marker_sent_at < resend_s:
@@ -80,8 +94,15 @@ class LogClocks(Generic[T]):
 
     def earliest(self) -> int | None:
         """The earliest timer of any partition (log ms), for the poll loop's wake-up."""
+        for part in self._parts.values():
+            self._drop_dead_top(part)
         tops = [part.timers[0][0] for part in self._parts.values() if part.timers]
         return min(tops) if tops else None
+
+    def _drop_dead_top(self, part: _Partition[T]) -> None:
+        timers = part.timers
+        while timers and not self._live(timers[0][0], timers[0][2]):
+            heapq.heappop(timers)
 
     def forget(self, partitions: set[int]) -> None:
         for partition in partitions:

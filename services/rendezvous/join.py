@@ -45,6 +45,12 @@ from services.rendezvous.records import RequestIn, ScoreIn
 
 log = logging.getLogger(__name__)
 
+def _timer_matters(at: int, mailbox: Mailbox) -> bool:
+    """A mailbox's timer matters while the mailbox is open and this is its pending timer (each
+    `_wake` pushes a new one; the ones before it, and all of a closed mailbox's, are leftovers)."""
+    return not mailbox.closed and mailbox.wake_at == at
+
+
 LIVE_CACHE_MS = 100  # how stale the set of live models may be (it decides only what a log record waits for)
 
 Reply = tuple[str, int | None]
@@ -95,7 +101,7 @@ class Join:
         self.outputs = outputs
         self.wall_ms = wall_ms
         self.mailboxes: dict[str, Mailbox] = {}
-        self.clocks: LogClocks[Mailbox] = LogClocks()  # scores partitions: they decide
+        self.clocks: LogClocks[Mailbox] = LogClocks(_timer_matters)  # scores partitions: they decide
         self._requests_read: dict[int, int] = {}  # requests partition -> newest append time read
         self.answered = 0
         self.logged = 0

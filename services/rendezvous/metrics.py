@@ -57,6 +57,9 @@ DEADLINE_SLACK = Histogram(
     "How long after its deadline an answer was sent (0 when on time).",
     buckets=(0.0, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
 )
+CLOCK_RECORDS = Counter(
+    "rdv_clock_records_total", "Clock records written to quiet scores partitions so their log clock moves (clock.py)."
+)
 MAILBOXES = Gauge("rdv_mailboxes_open", "Requests in flight (answered-but-not-logged included).")
 SCHEDULE = Gauge(
     "rdv_schedule_info", "The schedule in force (value 1), by name, version and preferred model.",

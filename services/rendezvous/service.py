@@ -342,6 +342,7 @@ class Rendezvous:
         wall = now_ms()
         for partition in self.join.markers_due(wall, self.settings.clock_record_delay_ms, 0.5, time.monotonic()):
             self._fast.produce(self.topics.scores, None, partition=partition, headers=[(CLOCK_HEADER, b"")])
+            m.CLOCK_RECORDS.inc()
 
     # -- offsets metadata and recovery -----------------------------------------------------
 

@@ -27,3 +27,15 @@ def test_a_quiet_partition_with_a_due_timer_asks_for_one_clock_record_at_a_time(
     assert clocks.markers_due(wall_ms=1_600, delay_ms=3, resend_s=0.5, wall_s=10.6) == [0]  # it got lost: again
     assert clocks.advance(0, 1_001) == ["x"]
     assert clocks.markers_due(wall_ms=1_700, delay_ms=3, resend_s=0.5, wall_s=10.7) == []
+
+
+def test_timers_that_no_longer_matter_ask_for_no_clock_record_and_wake_nobody() -> None:
+    finished = {"closed"}
+    clocks: LogClocks[str] = LogClocks(lambda _at, item: item not in finished)
+    clocks.wake(0, 1_000, "closed")
+    clocks.wake(0, 2_000, "open")
+    assert clocks.earliest() == 2_000
+    assert clocks.markers_due(wall_ms=1_500, delay_ms=3, resend_s=0.5, wall_s=10.0) == []
+    assert clocks.markers_due(wall_ms=2_003, delay_ms=3, resend_s=0.5, wall_s=10.1) == [0]
+    finished.add("open")
+    assert clocks.earliest() is None and clocks.pending() == 0

@@ -90,6 +90,19 @@ def test_preferred_score_answers_at_once_with_its_append_time() -> None:
     assert join.mailboxes == {}
 
 
+def test_a_request_with_every_score_in_leaves_no_timer_behind_to_ask_for_clock_records() -> None:
+    join, _out = make_join()
+    join.on_request(request("done"))
+    assert join.clocks.earliest() is not None  # the champion's give-up time
+    for i, model in enumerate(MODELS):
+        join.on_score(score("done", model, T0 + 5 + i))
+    assert join.mailboxes == {}
+    assert join.clocks.earliest() is None
+    assert join.markers_due(T0 + 10_000, 3, 0.5, 100.0) == []
+    join.on_request(request("waiting", at=T0 + 20))  # no score will come: its timer matters
+    assert join.markers_due(T0 + 10_000, 3, 0.5, 101.0) == [0]
+
+
 def test_scores_before_their_request_are_kept_and_answer_when_it_comes() -> None:
     join, out = make_join()
     join.on_score(score("r", "challenger", T0 + 3))
