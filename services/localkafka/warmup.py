@@ -2,10 +2,10 @@
 
 Why: a JVM runs new code interpreted until its JIT compiler has seen it often enough. A fresh
 broker met the first second of the demo's load with its produce, fetch and transaction paths
-still cold: that second answered 50-97% of the requests by their deadline (p50 100-200 ms) and
+still cold: that second answered 49-57% of the requests by their deadline (p50 190-204 ms) and
 every later second 100%. The same kinds of requests sent first, from a scratch topic, compile
-those paths before anyone depends on them: with 4 s of them the demo's first second met 100%
-(p50 42-68 ms). docs/benchmarks.md has the runs.
+those paths before anyone depends on them: after this warm-up that second met 100% (p50 15-52
+ms), for about 2.3 s more to start. docs/benchmarks.md has the runs.
 
 What it sends, for `seconds`: records through an idempotent producer, one request each (as
 serving sends at modest rates); transactions with records and consumer offsets in them (as an
