@@ -257,9 +257,9 @@ class LocalBroker:
             return set()
 
     def data_bytes(self) -> int:
-        """Bytes of topic data on disk."""
-        logs = self.root / "logs"
-        return sum(f.stat().st_size for f in logs.rglob("*") if f.is_file()) if logs.is_dir() else 0
+        """Bytes of topic data on disk. A running broker deletes files and whole directories
+        meanwhile (a deleted topic, old segments): those are skipped, not an error."""
+        return _bytes_under(self.root / "logs")
 
     def reset(self, timeout: float = 20.0) -> int:
         """Stop the broker if it runs and delete its data; returns the bytes deleted."""
@@ -417,6 +417,17 @@ class LocalBroker:
         errors = error_lines(self.log_file)
         parts = [f"errors:\n{errors}" if errors else "", tail(self.log_file, 6), tail(self.stdout_file, 10)]
         return "\n".join(p for p in parts if p) or "(no log output)"
+
+
+def _bytes_under(directory: Path) -> int:
+    total = 0
+    for parent, _dirs, files in os.walk(directory):  # a directory gone meanwhile is skipped by os.walk
+        for name in files:
+            try:
+                total += os.stat(os.path.join(parent, name)).st_size
+            except FileNotFoundError:
+                continue  # deleted between listing and stat
+    return total
 
 
 def _port_open(host: str, port: int) -> bool:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -324,3 +326,22 @@ def test_tls_material_is_a_ca_and_a_broker_certificate_for_loopback(tmp_path: Pa
     properties = options["extra_properties"]
     assert isinstance(properties, dict)
     assert "PRIVATE KEY" in properties["listener.name.ssl.ssl.keystore.key"]
+
+
+def test_data_bytes_skips_what_the_broker_deletes_while_it_is_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = LocalBroker(name="t", data_dir=tmp_path)
+    kept = broker.root / "logs" / "kept-0"
+    kept.mkdir(parents=True)
+    (kept / "00.log").write_bytes(b"x" * 1000)
+    (kept / "deleted-meanwhile.log").write_bytes(b"y" * 500)
+    real_stat = os.stat
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if str(path).endswith("deleted-meanwhile.log"):
+            raise FileNotFoundError(path)  # the broker deleted it after the directory was listed
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    assert broker.data_bytes() == 1000
