@@ -60,7 +60,6 @@ class LocalBroker:
     format_args: list[str] = field(default_factory=list, repr=False)  # may hold a SCRAM password
     jvm_options: tuple[str, ...] = DEFAULT_JVM_OPTIONS
     cds_dir: Path | None = None  # where class-data-sharing archives live (default: the cache's broker-cds/)
-    warm_up: bool = True  # serving-like traffic before "ready" (warmup.py); RDV_BROKER_WARMUP=off skips it
     progress: Progress | None = field(default=None, repr=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _state: dict[str, Any] | None = field(default=None, init=False, repr=False)
@@ -379,7 +378,7 @@ class LocalBroker:
     def _warm_up(self, say: Progress) -> None:
         """Compile the broker's serving paths before anyone depends on them (warmup.py says why)."""
         assert self._state is not None
-        if not (self.warm_up and warmup.wanted(os.environ.get(warmup.WARMUP_ENV))):
+        if not warmup.wanted(os.environ.get(warmup.WARMUP_ENV)):
             self._state["warm_up"] = "off"
             return
         say(f"Warming up the broker's JIT with serving-like traffic ({warmup.WARMUP_ENV}=off skips it) ...")

@@ -283,3 +283,9 @@ def log4j2_properties(log_file: Path) -> str:
             "",
         ]
     )
+
+
+def switched_off(value: str | None) -> bool:
+    """An on-by-default switch of the local broker from the environment (RDV_BROKER_CDS,
+    RDV_BROKER_WARMUP): off only when it says off, 0, false or no."""
+    return (value or "").strip().lower() in {"off", "0", "false", "no"}

@@ -27,6 +27,8 @@ from typing import Any
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from services.localkafka import config
+
 log = logging.getLogger(__name__)
 
 WARMUP_ENV = "RDV_BROKER_WARMUP"
@@ -52,7 +54,7 @@ class WarmUp:
 
 def wanted(value: str | None) -> bool:
     """On unless `RDV_BROKER_WARMUP` says off/0/false/no."""
-    return (value or "on").strip().lower() not in {"off", "0", "false", "no"}
+    return not config.switched_off(value)
 
 
 def warm_up(bootstrap: str, seconds: float = 1.5) -> WarmUp:
