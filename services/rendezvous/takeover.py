@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from services.core.errors import RendezvousError
 from services.core.service import Context
@@ -81,23 +81,26 @@ class Takeover:
             ctx.health.mark_down()
             log.warning("recovery waiting for the broker: %s", exc)
             return
-        if fallback:
-            self._position(ctx, committed)
         self._pending = []
         self._unstable = 0
-        ctx.consumer.resume(partitions)
+        for start, refusal in ctx.consumer.resume_at(partitions, self._starts(committed)):
+            # After the fallback the consumer's own offset fetch waits on the same unresolved
+            # transaction and would never start its partitions: only the seek starts them.
+            log.log(logging.WARNING if fallback else logging.DEBUG, "cannot position %s[%d] at %d: %s",
+                    start.topic, start.partition, start.offset, refusal)
         ctx.health.mark_up()
 
-    @staticmethod
-    def _position(ctx: Context, committed: list[TopicPartition]) -> None:
-        """Start reading at the offsets recovery used: the consumer's own offset fetch waits on the
-        same unresolved transaction and would never start its partitions."""
+    def _starts(self, committed: list[TopicPartition]) -> list[TopicPartition]:
+        """Where each partition is read from: the committed offset recovery used, else where a new
+        group starts. With `latest` that is left to the consumer, which found the end when the
+        partition was assigned: the end now would skip what arrived during recovery."""
+        starts = []
         for tp in committed:
             if tp.offset >= 0:
-                try:
-                    ctx.consumer.native.seek(TopicPartition(tp.topic, tp.partition, tp.offset))
-                except KafkaException as exc:
-                    log.warning("cannot position %s[%d] at %d: %s", tp.topic, tp.partition, tp.offset, exc)
+                starts.append(_at(tp))
+            elif self.settings.start_from == "earliest":
+                starts.append(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
+        return starts
 
     def _committed(self, ctx: Context, partitions: list[TopicPartition]) -> list[TopicPartition]:
         group = self.settings.group_id()
@@ -136,3 +139,11 @@ class Takeover:
         for txn in sorted(previous - members):
             if fence(ctx.config, txn):
                 log.info("fenced %s, the previous owner's transactional id (no longer in the group)", txn)
+
+
+def _at(committed: TopicPartition) -> TopicPartition:
+    """The committed position, with its leader epoch when it has one (librdkafka then checks the
+    offset against the log, as it does for a committed offset it fetched itself)."""
+    if committed.leader_epoch is None:
+        return TopicPartition(committed.topic, committed.partition, committed.offset)
+    return TopicPartition(committed.topic, committed.partition, committed.offset, leader_epoch=committed.leader_epoch)
