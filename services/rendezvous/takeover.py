@@ -2,7 +2,8 @@
 
 Newly assigned partitions are paused until recovery knows what was already done on them
 (services/rendezvous/recovery.py): a departed previous owner is fenced, the committed offsets and
-their marks are read, the answers and log since the marks are scanned into the join. Recovery
+their marks are read, the answers and log since the marks are scanned into the join; then they
+are resumed at the offsets recovery used (`Consumer.resume_at`: the seek is what wakes the fetcher). Recovery
 runs from the poll loop (never inside a rebalance callback: the broker may still be coming back
 or resolving a transaction, and the loop must keep serving the consumer), at most once a second
 while it fails.
