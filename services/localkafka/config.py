@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import os
+import random
 import shlex
 import socket
 import uuid
@@ -47,15 +48,49 @@ def broker_dir(name: str) -> Path:
     return cache_dir() / "broker" / name
 
 
-def free_ports(count: int, host: str = HOST) -> list[int]:
-    """`count` distinct ports that were free on `host` a moment ago (all bound at once, then released)."""
+# Where the OS takes the local ports of outgoing connections (Linux: 32768-60999 by default). A
+# port the OS picks for a bind to port 0 comes from that same range, so between our check and the
+# server's own bind any client's connection can take it (seen in CI: a schema registry that then
+# could not start). Servers get ports from just below that range instead.
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_SERVER_PORTS_SPAN = 12_000
+_TRIES_PER_PORT = 50
+
+
+def server_port_range(range_file: Path = EPHEMERAL_RANGE_FILE) -> range | None:
+    """Ports below the OS's range for outgoing connections, or None when it cannot be read (or
+    leaves no room above the privileged ports)."""
+    try:
+        low = int(range_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if low - _SERVER_PORTS_SPAN < 1024:
+        return None
+    return range(low - _SERVER_PORTS_SPAN, low)
+
+
+def free_ports(count: int, host: str = HOST, candidates: range | None = None) -> list[int]:
+    """`count` distinct ports that were free on `host` a moment ago (all bound at once, then
+    released), from `candidates` (default: `server_port_range()`) when one of them is free."""
+    candidates = server_port_range() if candidates is None else candidates
     with ExitStack() as stack:
         ports = []
         for _ in range(count):
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((host, 0))
-            ports.append(int(sock.getsockname()[1]))
+            ports.append(_bind_one(sock, host, candidates))
         return ports
+
+
+def _bind_one(sock: socket.socket, host: str, candidates: range | None) -> int:
+    if candidates is not None:
+        for port in random.sample(candidates, min(_TRIES_PER_PORT, len(candidates))):
+            try:
+                sock.bind((host, port))
+                return port
+            except OSError:
+                continue  # taken: another one
+    sock.bind((host, 0))
+    return int(sock.getsockname()[1])
 
 
 def free_port(host: str = HOST) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -19,14 +18,8 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.core.runtime import stop_processes
+from services.localkafka.config import free_port
 from tests.integration.harness import wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

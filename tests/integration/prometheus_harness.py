@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from services.core.runtime import stop_processes
+from services.localkafka.config import free_port
 from tests.integration.harness import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,14 +43,6 @@ PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 # max(4 x scrape interval, query step + scrape interval); with the tests' 1 s scrapes and a
 # short range, 1m is a value Grafana could choose and is long enough for rate() to see the run.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m"}
-
-
-def free_port() -> int:
-    """A port that was free a moment ago on 127.0.0.1 (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -92,6 +92,22 @@ def test_free_ports_are_distinct_and_bindable() -> None:
             sock.bind((config.HOST, port))
 
 
+def test_free_ports_come_from_below_the_range_of_outgoing_connections(tmp_path: Path) -> None:
+    range_file = tmp_path / "ip_local_port_range"
+    range_file.write_text("32768\t60999\n")
+    below = config.server_port_range(range_file)
+    assert below == range(32768 - 12_000, 32768)
+    ports = config.free_ports(3, candidates=below)
+    assert len(set(ports)) == 3 and all(port in below for port in ports)
+
+
+def test_no_server_range_when_the_os_range_cannot_be_read_or_starts_too_low(tmp_path: Path) -> None:
+    assert config.server_port_range(tmp_path / "missing") is None
+    low = tmp_path / "low"
+    low.write_text("2000 60999")
+    assert config.server_port_range(low) is None
+
+
 def test_cluster_id_format() -> None:
     ids = {config.new_cluster_id() for _ in range(200)}
     assert len(ids) == 200

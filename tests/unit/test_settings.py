@@ -6,6 +6,7 @@ import pytest
 
 from services.core.errors import ConfigError
 from services.core.settings import KafkaSettings, Topics, from_namespace, redact
+from services.localkafka.config import free_port
 from services.rendezvous.settings import RendezvousSettings
 
 
@@ -72,7 +73,7 @@ def test_metrics_listen_on_loopback_unless_told_otherwise(monkeypatch: pytest.Mo
     monkeypatch.delenv("RDV_METRICS_HOST", raising=False)
     settings = from_namespace(WorkerSettings, None, model="demo:champion")
     assert settings.metrics_host == "127.0.0.1"
-    server = serve_http(_free_port(), lambda: (True, "ok"), settings.metrics_host)
+    server = serve_http(free_port(), lambda: (True, "ok"), settings.metrics_host)
     assert server is not None
     try:
         assert server.server_address[0] == "127.0.0.1"
@@ -81,11 +82,3 @@ def test_metrics_listen_on_loopback_unless_told_otherwise(monkeypatch: pytest.Mo
         server.server_close()
     monkeypatch.setenv("RDV_METRICS_HOST", "0.0.0.0")
     assert from_namespace(RendezvousSettings).metrics_host == "0.0.0.0"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
