@@ -77,6 +77,7 @@ from services.core.codec import codec
 from services.core.kafka import Consumer, Producer
 from services.core.runtime import now_ms
 from services.core.settings import Topics
+from services.localkafka.config import free_port
 from services.model_worker.models import DEMO_FEATURES, demo_rows
 
 BUDGET_MS = 1000
@@ -300,13 +301,6 @@ def highest_rate(args: argparse.Namespace, client: Client, port: int, body: byte
 
 
 # ----- the run -------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def wait_ready(port: int, check: Callable[[], None], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
