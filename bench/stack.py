@@ -70,6 +70,7 @@ class StackOptions:
     rendezvous_args: str = ""  # extra flags for `rendezvous serve`
     model_args: str = ""  # extra flags for each `rendezvous model serve`
     models: int = len(MODELS)  # the first N of MODELS (fewer: what the other processes cost)
+    co_host: bool = False  # all models in one worker process (`model serve --co-host`)
 
 
 def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,16 +83,21 @@ def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--models", type=int, choices=range(1, len(MODELS) + 1), default=len(MODELS),
         help="how many model processes (champion, challenger, canary; default 3): with 1, what the path "
         "costs when the machine is not also running two more models")
+    arg("--co-host", action="store_true",
+        help="score with all models in one worker process (`model serve --co-host`): one fetch and one "
+        "produce request for all their scores")
 
 
 def stack_options(args: argparse.Namespace) -> StackOptions:
-    return StackOptions(args.budget_ms, args.partitions, args.rendezvous_args, args.model_args, args.models)
+    return StackOptions(args.budget_ms, args.partitions, args.rendezvous_args, args.model_args, args.models,
+                        args.co_host)
 
 
 def describe(options: StackOptions) -> str:
     """The options for a table title, e.g. 'budget 200 ms, 4 partitions'."""
     extras = (("serve", options.rendezvous_args), ("model serve", options.model_args))
     models = "" if options.models == len(MODELS) else f", {options.models} model(s)"
+    models += ", co-hosted" if options.co_host else ""
     return f"budget {options.budget_ms} ms, {options.partitions} partitions{models}" + "".join(
         f", {flag} {extra!r}" for flag, extra in extras if extra
     )
@@ -202,10 +208,12 @@ def _spawn_all(kids: Children, bootstrap: str, prefix: str, options: StackOption
         groups.append(group)
     cli = ["-m", "services.cli.main"]
     models = MODELS[: options.models]
-    for name in models:
-        kids.spawn(name, [*cli, "model", "serve", "--model", f"demo:{name}", "--name", name,
-                          *shlex.split(options.model_args)])
-        groups.append(f"{prefix}model.{name}")
+    workers = [models] if options.co_host else [(name,) for name in models]
+    for first, *others in workers:
+        co_host = ["--co-host", ",".join(f"{name}=demo:{name}" for name in others)] if others else []
+        kids.spawn("+".join((first, *others)), [*cli, "model", "serve", "--model", f"demo:{first}", "--name", first,
+                                                *co_host, *shlex.split(options.model_args)])
+        groups.append(f"{prefix}model.{'+'.join((first, *others))}")
     kids.spawn("rendezvous", [*cli, "serve", "--models", ",".join(models), "--deadline-ms", str(options.budget_ms),
                               *shlex.split(options.rendezvous_args)])
     groups.append(f"{prefix}rendezvous")

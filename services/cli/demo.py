@@ -49,6 +49,10 @@ class DemoSettings(KafkaSettings):
     metrics_base_port: int = setting(
         9100, "Rendezvous metrics on this port, models on the next ones (0 = no metrics endpoints)."
     )
+    co_host: bool = setting(
+        False, "Score with every model in one worker process (`model serve --co-host`): fewer Kafka requests and "
+        "processes, so less CPU per request on a small machine; but a slow model then holds up the others."
+    )
 
     def validate(self) -> None:
         if self.rate <= 0 or self.duration < 0 or self.budget_ms <= 0:
@@ -136,14 +140,13 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
             rendezvous_port = port + len(names) + index if port and index else port
             processes.append(spawn(["serve", "--models", ",".join(names), "--deadline-ms", str(settings.budget_ms),
                                     "--metrics-port", str(rendezvous_port)], logs / f"rendezvous-{index}.log", env))
-        for offset, item in enumerate(settings.models, start=1):
-            name, spec = item.split("=", 1)
+        workers = _model_workers(settings)
+        for offset, (worker, args) in enumerate(workers.items(), start=1):
             model_port = port + offset if port else 0
-            processes.append(spawn(["model", "serve", "--model", spec, "--name", name,
-                                    "--metrics-port", str(model_port)], logs / f"{name}.log", env))
-        console.print(f"started {settings.rendezvous} rendezvous + {len(names)} models (logs in {logs}); "
-                      "waiting for them...")
-        groups = [f"{settings.topic_prefix}rendezvous"] + [f"{settings.topic_prefix}model.{n}" for n in names]
+            processes.append(spawn([*args, "--metrics-port", str(model_port)], logs / f"{worker}.log", env))
+        console.print(f"started {settings.rendezvous} rendezvous + {len(names)} models in {len(workers)} "
+                      f"worker process(es) (logs in {logs}); waiting for them...")
+        groups = [f"{settings.topic_prefix}rendezvous"] + [f"{settings.topic_prefix}model.{w}" for w in workers]
         wait_for_groups(config, groups, timeout=120)
         wait_for_groups(config, groups[:1], timeout=120, members=settings.rendezvous)
         if port:
@@ -153,6 +156,17 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
         client.score_many(demo_rows(10, seed=2), budget_ms=30_000)
         _generate_load(settings, client, processes, console)
     return 0
+
+
+def _model_workers(settings: DemoSettings) -> dict[str, list[str]]:
+    """`model serve` arguments by worker, named as its consumer group is (model.<name>): one worker
+    per model, or one for all of them."""
+    pairs = [item.split("=", 1) for item in settings.models]
+    if settings.co_host:
+        (first, spec), others = pairs[0], pairs[1:]
+        co_host = ["--co-host", ",".join(settings.models[1:])] if others else []
+        return {"+".join(name for name, _ in pairs): ["model", "serve", "--model", spec, "--name", first, *co_host]}
+    return {name: ["model", "serve", "--model", spec, "--name", name] for name, spec in pairs}
 
 
 def _generate_load(

@@ -24,9 +24,10 @@ from services.control.liveness import live_models, not_live
 from services.control.schedule import Schedule
 from services.control.topic import ScheduleBook, load_book, publish
 from services.core.errors import ConfigError
-from services.core.kafka import group_lag
+from services.core.kafka import consumer_groups, group_lag
 from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, check_format, parse_pairs, setting
+from services.model_worker.settings import model_groups
 
 FiguresFn = Callable[[KafkaSettings, str, str, str], dict[str, float]]
 
@@ -108,17 +109,21 @@ def cmd_models(settings: ModelsSettings, console: Console) -> int:
     for column in columns:
         table.add_column(column, justify="left" if column in ("model", "version", "role") else "right")
     in_schedule = set(book.latest.models) if book.latest else set()
-    requests = settings.topics().requests
+    requests, prefix = settings.topics().requests, settings.topic_prefix
+    groups = model_groups(prefix, consumer_groups(config)) if figures else {}
+
+    def lag(model: str) -> int | None:
+        return group_lag(config, groups.get(model, f"{prefix}model.{model}"), requests)
+
     if settings.format == "json":
         _print_json([{"model": model, "version": version, "role": _role(model, champion, in_schedule),
-                      "lag": group_lag(config, f"{settings.topic_prefix}model.{model}", requests), **f}
-                     for (model, version), f in sorted(figures.items())])
+                      "lag": lag(model), **f} for (model, version), f in sorted(figures.items())])
         return 0
     for (model, version), f in sorted(figures.items()):
         role = _role(model, champion, in_schedule)
-        lag = group_lag(config, f"{settings.topic_prefix}model.{model}", requests)
+        behind = lag(model)
         table.add_row(model, version, role, f"{f['replicas']:.0f}", f"{f['rate']:.1f}",
-                      "-" if lag is None else str(lag), f"{f['errors']:.0f}",
+                      "-" if behind is None else str(behind), f"{f['errors']:.0f}",
                       f"{f['p50_ms']:.1f}", f"{f['p99_ms']:.1f}", f"{f['last_seen_s']:.1f}s ago")
     console.print(table)
     if not figures:

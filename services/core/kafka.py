@@ -601,6 +601,16 @@ def wait_for_groups(
             time.sleep(0.2)  # polling an external condition, not a readiness guess
 
 
+def consumer_groups(config: Mapping[str, Any], timeout: float = 10.0) -> list[str]:
+    """The ids of every consumer group the cluster knows."""
+    client = admin(config)  # held until the result is in: a client collected meanwhile fails it
+    try:
+        listed = client.list_consumer_groups(request_timeout=timeout).result()
+    except KafkaException as exc:
+        raise BrokerError(f"cannot list the consumer groups: {exc}") from None
+    return [group.group_id for group in listed.valid]
+
+
 def group_lag(config: Mapping[str, Any], group: str, topic: str, timeout: float = 10.0) -> int | None:
     """Records of `topic` the group has not committed yet (None: the group committed nothing)."""
     from confluent_kafka import ConsumerGroupTopicPartitions

@@ -50,6 +50,12 @@ class WorkerSettings(ServiceSettings):
     dead_letter: bool = setting(
         False, "Also dead-letter undecodable requests (the rendezvous already does; off avoids duplicates)."
     )
+    co_host: tuple[str, ...] = setting(
+        (), "More models this worker scores with, NAME=SPEC,... (each under its own version). They share the "
+        "worker's consumer group, micro-batches and commits: one fetch and one produce request serve them all, "
+        "so the broker does less work per request; but a slow or failing model holds up the others' scores. "
+        "Default group then: <prefix>model.<name>+<name>..."
+    )
 
     def validate(self) -> None:
         if not self.model:
@@ -59,6 +65,7 @@ class WorkerSettings(ServiceSettings):
         if self.start_from not in ("earliest", "latest"):
             raise ConfigError(f"--start-from must be earliest or latest, got {self.start_from!r}")
         self.start_at_ms(0)
+        self.co_hosted()
 
     def start_at_ms(self, now_ms: int) -> int | None:
         """--start-at as epoch ms (None when not set)."""
@@ -81,5 +88,27 @@ class WorkerSettings(ServiceSettings):
     def instance_id(self) -> str:
         return self.instance or f"{socket.gethostname()}-{os.getpid()}"
 
-    def group_id(self, model_name: str) -> str:
-        return self.group or f"{self.topic_prefix}model.{model_name}"
+    def co_hosted(self) -> list[tuple[str, str]]:
+        """--co-host as (name, spec) pairs."""
+        pairs = []
+        for item in self.co_host:
+            name, _, spec = item.partition("=")
+            if not name.strip() or not spec.strip():
+                raise ConfigError(f"--co-host expects NAME=SPEC (e.g. challenger=demo:challenger), got {item!r}")
+            pairs.append((name.strip(), spec.strip()))
+        return pairs
+
+    def group_id(self, model_names: list[str]) -> str:
+        """The worker's consumer group: its own for every set of models scored together."""
+        return self.group or f"{self.topic_prefix}model.{'+'.join(model_names)}"
+
+
+def model_groups(prefix: str, group_ids: list[str]) -> dict[str, str]:
+    """Model name -> the consumer group that scores with it, from the groups' names: model.<name>,
+    or model.<a>+<b>+... of a worker with co-hosted models (a group given with --group is not found)."""
+    found: dict[str, str] = {}
+    for group in sorted(group_ids, key=len):  # a model's own group wins over a co-hosted one
+        if group.startswith(f"{prefix}model."):
+            for name in group[len(f"{prefix}model."):].split("+"):
+                found.setdefault(name, group)
+    return found

@@ -1,5 +1,10 @@
 """The model worker: read every request, score it in micro-batches, write Score records.
 
+A worker scores with one model, or with several co-hosted ones (`--co-host`): those share its
+consumer group, its micro-batches and its commits, so one fetch brings a batch to all of them and
+one produce request carries all their scores (fewer Kafka requests, which is what the broker's
+CPU follows), at the cost of isolation: a slow model holds up the scores of the others.
+
 Scoring path: a record that is not a request at all (`services/core/requests.py`: no id, no
 features and no payload, ...) is skipped and counted like an undecodable one (the rendezvous
 dead-letters it). Every other request gets exactly one Score: the model's output, or an error
@@ -105,27 +110,50 @@ def _ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
 
 
+class Hosted:
+    """One model a worker scores with, under the name and version written on its scores."""
+
+    def __init__(self, model: Model, name: str, version: str, instance: str, extra_features: str):
+        self.model = model
+        self.name = name or model.name
+        self.version = version or model.version
+        self.signature = model_signature(model, extra_features)
+        self.writer = ScoreWriter(self.name, self.version, instance)
+        self.labels = (self.name, self.version)
+
+
+def hosted_models(settings: WorkerSettings, instance: str, model: Model | None = None) -> list[Hosted]:
+    """The worker's own model (`--model`), then its co-hosted ones (`--co-host`); names unique."""
+    def load(spec: str) -> Model:
+        return load_model(spec, trust_model_file=settings.trust_model_file)
+
+    extra = settings.extra_features()
+    hosted = [Hosted(model or load(settings.model), settings.name, settings.version, instance, extra)]
+    hosted += [Hosted(load(spec), name, "", instance, extra) for name, spec in settings.co_hosted()]
+    names = [h.name for h in hosted]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"co-hosted models need distinct names, got {', '.join(names)}")
+    return hosted
+
+
 class ModelWorker(SimpleHandler):
-    """One model, one consumer group; `run(stop)` until the flag is set."""
+    """One model (or several co-hosted), one consumer group; `run(stop)` until the flag is set."""
 
     def __init__(self, settings: WorkerSettings, model: Model | None = None):
         super().__init__()
         self.settings = settings
-        self.model = model or load_model(settings.model, trust_model_file=settings.trust_model_file)
-        self.name = settings.name or self.model.name
-        self.version = settings.version or self.model.version
         self.instance = settings.instance_id()
-        self.signature = model_signature(self.model, settings.extra_features())
-        self.writer = ScoreWriter(self.name, self.version, self.instance)
+        self.hosted = hosted_models(settings, self.instance, model)
+        first = self.hosted[0]
+        self.model, self.name, self.version, self.signature = first.model, first.name, first.version, first.signature
         self.topics = settings.topics()
         self.scored = 0
         self._requests = codec("request")
-        self._scores = codec("score")
-        self._labels = (self.name, self.version)
         self._scorer: _BatchScorer | None = None
+        names = [h.name for h in self.hosted]
         self.service = StreamService(StreamSpec(
-            name=f"model {self.name}", config=settings.librdkafka(), subscription=[self.topics.requests],
-            group_id=settings.group_id(self.name), processing="at-least-once",
+            name=f"model {'+'.join(names)}", config=settings.librdkafka(), subscription=[self.topics.requests],
+            group_id=settings.group_id(names), processing="at-least-once",
             commit_interval_ms=settings.commit_interval_ms, max_batch=settings.max_batch,
             connect_timeout_s=settings.connect_timeout_s,
             consumer_config={
@@ -149,15 +177,17 @@ class ModelWorker(SimpleHandler):
                 f"{self.topics.requests} has {counts[self.topics.requests]}: "
                 "scores are written to the request's partition"
             )
-        publish_model_info(self.settings.librdkafka(), self.topics.models, self.info(),
-                           timeout_s=self.settings.connect_timeout_s)
-        log.info("model %s %s (%s) scoring %s", self.name, self.version, self.instance, self.topics.requests)
+        for info in self.infos():
+            publish_model_info(self.settings.librdkafka(), self.topics.models, info,
+                               timeout_s=self.settings.connect_timeout_s)
+        scoring = ", ".join(f"{h.name} {h.version}" for h in self.hosted)
+        log.info("model %s (%s) scoring %s", scoring, self.instance, self.topics.requests)
         self.service.run(stop)
-        log.info("model %s stopping after %d scores", self.name, self.scored)
+        log.info("model %s stopping after %d scores", scoring, self.scored)
 
-    def info(self) -> ModelInfo:
-        """The input contract this worker publishes on the models topic."""
-        return ModelInfo(self.name, self.version, self.signature, self.instance, now_ms())
+    def infos(self) -> list[ModelInfo]:
+        """The input contracts this worker publishes on the models topic, one per hosted model."""
+        return [ModelInfo(h.name, h.version, h.signature, self.instance, now_ms()) for h in self.hosted]
 
     def start(self, ctx: Context) -> None:
         super().start(ctx)
@@ -225,18 +255,27 @@ class _BatchScorer:
     def _score_and_produce(
         self, requests: list[dict[str, Any]], sources: list[Message], received_at: int
     ) -> None:
-        w = self.w
-        child(REQUESTS, *w._labels).inc(len(requests))
-        child(BATCH, *w._labels).observe(len(requests))
-        results = score_batch(w.model, [r["features"] for r in requests], w.signature)
-        child(COMPUTE, *w._labels).observe(results[0].compute_ms / 1000.0)
-        values, unencodable = w.writer.encode_batch(requests, results, received_at, now_ms())
+        rows = [r["features"] for r in requests]
+        for hosted in self.w.hosted:
+            self._score_with(hosted, requests, rows, sources, received_at)
+        self.w.scored += len(requests)
+
+    def _score_with(
+        self, hosted: Hosted, requests: list[dict[str, Any]], rows: list[Any], sources: list[Message],
+        received_at: int,
+    ) -> None:
+        labels = hosted.labels
+        child(REQUESTS, *labels).inc(len(requests))
+        child(BATCH, *labels).observe(len(requests))
+        results = score_batch(hosted.model, rows, hosted.signature)
+        child(COMPUTE, *labels).observe(results[0].compute_ms / 1000.0)
+        values, unencodable = hosted.writer.encode_batch(requests, results, received_at, now_ms())
+        scores_topic = self.w.topics.scores
         for msg, value in zip(sources, values, strict=True):
             # Same partition number as the request: co-partitioning holds whatever
             # partitioner the request's producer used (Java murmur2, librdkafka crc32, ...).
-            self.producer.produce(w.topics.scores, value, key=msg.key(), partition=msg.partition())
-        w.scored += len(requests)
+            self.producer.produce(scores_topic, value, key=msg.key(), partition=msg.partition())
         errors = sum(r.error is not None for r in results) + unencodable
-        child(SCORES, *w._labels, "ok").inc(len(requests) - errors)
+        child(SCORES, *labels, "ok").inc(len(requests) - errors)
         if errors:
-            child(SCORES, *w._labels, "error").inc(errors)
+            child(SCORES, *labels, "error").inc(errors)

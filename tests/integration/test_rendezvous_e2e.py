@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
+from rich.console import Console
 
+from services.cli.lifecycle import ModelsSettings, cmd_models
 from services.client.client import Client
+from services.core.kafka import group_lag
 from services.core.settings import Topics
 from services.model_worker.models import demo_rows
 from services.model_worker.models.demo import flaky_rejects
-from tests.integration.harness import Services, read_topic
+from tests.integration.harness import Services, read_topic, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -151,3 +155,34 @@ def test_two_replicas_share_the_work(
     by_replica = Counter(s["instance"] for s in scores)
     assert set(by_replica) == {"replica-a", "replica-b"}
     assert min(by_replica.values()) > 0
+
+
+def test_co_hosted_models_score_every_request_from_one_worker(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    worker = services.worker(bootstrap, prefix, "demo:flaky", name="champion", instance="host-1",
+                             co_host=("challenger=demo:challenger", "canary=demo:canary"))
+    services.rendezvous(bootstrap, prefix, models=THREE)
+    rows = demo_rows(200, seed=8)
+    with Client(config, topics, budget_ms=30_000, answer_wait_s=60) as client:
+        answers = client.score_many(rows)
+
+    rejected = [flaky_rejects(row) for row in rows]
+    assert 0 < sum(rejected) < len(rows)
+    for row_rejected, answer in zip(rejected, answers, strict=True):
+        # A co-hosted model's error is its own: the next model in the schedule answers.
+        assert (answer.model, answer.status) == (("challenger", "FALLBACK") if row_rejected else ("champion", "OK"))
+    scores = read_topic(config, topics.scores, expect=600, decode="score")
+    assert Counter(s["model"] for s in scores) == {name: 200 for name in THREE}
+    assert {s["instance"] for s in scores} == {"host-1"}
+    assert worker.scored == 200
+    logged = read_topic(config, topics.log, expect=200, decode="comparison")
+    assert all(sorted(o["model"] for o in r["outputs"]) == sorted(THREE) for r in logged)
+    # The three models share one consumer group, which commits what they scored.
+    group = f"{prefix}model.champion+challenger+canary"
+    wait_until(lambda: group_lag(config, group, topics.requests) == 0, 30, "the co-hosted group to commit")
+    # `rendezvous models` finds that group for each of them (its lag column).
+    cmd_models(ModelsSettings(bootstrap=bootstrap, topic_prefix=prefix, format="json"), Console())
+    listed = json.loads(capsys.readouterr().out)
+    assert {row["model"]: row["lag"] for row in listed} == {name: 0 for name in THREE}

@@ -19,15 +19,15 @@ from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
 from services.core.codec import codec
-from services.core.errors import ModelSpecError
+from services.core.errors import ConfigError, ModelSpecError
 from services.core.signatures import FeatureSpec, Signature
 from services.model_worker.models import DEMO_FEATURES, Prediction, demo_rows, load_model
 from services.model_worker.models.base import model_signature
 from services.model_worker.models.demo import DEMO_LABELS, demo_data, demo_estimator
 from services.model_worker.models.sklearn_model import SklearnModel
 from services.model_worker.score_writer import ScoreWriter, layout_matches
-from services.model_worker.settings import WorkerSettings
-from services.model_worker.worker import Scored, score_batch
+from services.model_worker.settings import WorkerSettings, model_groups
+from services.model_worker.worker import Scored, hosted_models, score_batch
 
 CANARY_COLUMNS = [DEMO_FEATURES.index("worst_concave_points"), DEMO_FEATURES.index("worst_area")]
 
@@ -259,3 +259,38 @@ def test_skops_linear_model_loads_without_trust_a_forest_needs_it(tmp_path: Path
     joblib.dump(forest, tmp_path / "forest.joblib")
     with pytest.raises(ModelSpecError, match="refusing to load a pickle/joblib file"):
         load_model(str(tmp_path / "forest.joblib"))
+
+
+# --- Co-hosted models ---------------------------------------------------------------------------
+
+
+def test_co_hosted_models_load_under_their_names_with_a_group_of_their_own() -> None:
+    settings = WorkerSettings(model="demo:champion", name="main", instance="host-1", topic_prefix="p.",
+                              co_host=("challenger=demo:challenger", " canary = demo:canary "))
+    settings.validate()
+    hosted = hosted_models(settings, "host-1")
+    assert [(h.name, h.version) for h in hosted] == [
+        ("main", load_model("demo:champion").version), ("challenger", "forest-1"), ("canary", "stump-1")]
+    assert settings.group_id([h.name for h in hosted]) == "p.model.main+challenger+canary"
+    assert WorkerSettings(model="demo:champion", topic_prefix="p.").group_id(["champion"]) == "p.model.champion"
+    assert WorkerSettings(model="demo:champion", group="g").group_id(["a", "b"]) == "g"
+
+
+@pytest.mark.parametrize("item", ["challenger", "=demo:challenger", "challenger="])
+def test_co_host_needs_name_and_spec(item: str) -> None:
+    with pytest.raises(ConfigError, match="--co-host expects NAME=SPEC"):
+        WorkerSettings(model="demo:champion", co_host=(item,)).validate()
+
+
+def test_co_hosted_names_must_differ() -> None:
+    settings = WorkerSettings(model="demo:champion", co_host=("champion=demo:canary",))
+    with pytest.raises(ConfigError, match="distinct names, got champion, champion"):
+        hosted_models(settings, "host-1")
+
+
+def test_model_groups_finds_the_group_of_a_co_hosted_model() -> None:
+    groups = ["p.rendezvous", "p.model.champion", "p.model.champion+challenger+canary", "q.model.other",
+              "p.model.decoy"]
+    assert model_groups("p.", groups) == {
+        "champion": "p.model.champion", "challenger": "p.model.champion+challenger+canary",
+        "canary": "p.model.champion+challenger+canary", "decoy": "p.model.decoy"}
