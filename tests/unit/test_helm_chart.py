@@ -310,7 +310,13 @@ def test_each_model_has_its_deployment_group_and_settings(each_render: Render) -
         assert container["args"][:2] == ["model", "serve"]
         assert env_value(container, "RDV_MODEL") == model["spec"]
         assert env_value(container, "RDV_NAME") == model["name"]
-        assert env_value(container, "RDV_GROUP") == f"{prefix}model.{model['name']}"
+        co_hosted = model.get("coHost", [])
+        names = [model["name"], *(m["name"] for m in co_hosted)]
+        assert env_value(container, "RDV_GROUP") == f"{prefix}model.{'+'.join(names)}"
+        if co_hosted:
+            assert env_value(container, "RDV_CO_HOST") == ",".join(f"{m['name']}={m['spec']}" for m in co_hosted)
+        else:
+            assert "RDV_CO_HOST" not in env_of(container)
         if model.get("version"):
             assert env_value(container, "RDV_VERSION") == model["version"]
         else:
@@ -355,6 +361,27 @@ def test_keda_scales_each_model_on_its_own_groups_lag_on_the_requests_topic(full
         assert scaled["spec"]["maxReplicaCount"] == keda["maxReplicas"]
         assert scaled["spec"]["minReplicaCount"] == keda["minReplicas"]
         assert trigger["authenticationRef"]["name"] == keda["authenticationRef"]
+
+
+def test_co_hosted_models_share_a_worker_its_group_and_the_schedule(helm: Path, tmp_path: Path) -> None:
+    values = {"models": [{"name": "champion", "spec": "demo:champion",
+                          "coHost": [{"name": "challenger", "spec": "demo:challenger"}]},
+                         {"name": "canary", "spec": "demo:canary"}],
+              "keda": {"enabled": True}}
+    path = tmp_path / "co-host.yaml"
+    path.write_text(yaml.safe_dump(values))
+    r = Render("co-host", merged_values(path), render(helm, "-f", str(path)))
+    prefix = r.values["kafka"]["topicPrefix"]
+    assert {d["metadata"]["name"] for d in r.of_kind("Deployment")} >= {
+        f"{fullname()}-model-champion", f"{fullname()}-model-canary"}
+    assert not [d for d in r.of_kind("Deployment") if d["metadata"]["name"].endswith("-challenger")]
+    (worker,) = pod_spec(r.named("Deployment", f"{fullname()}-model-champion"))["containers"]
+    assert env_value(worker, "RDV_CO_HOST") == "challenger=demo:challenger"
+    assert env_value(worker, "RDV_GROUP") == f"{prefix}model.champion+challenger"
+    scaled = r.named("ScaledObject", f"{fullname()}-model-champion")
+    assert scaled["spec"]["triggers"][0]["metadata"]["consumerGroup"] == f"{prefix}model.champion+challenger"
+    (rendezvous,) = pod_spec(r.named("StatefulSet", f"{fullname()}-rendezvous"))["containers"]
+    assert env_value(rendezvous, "RDV_MODELS") == "champion,challenger,canary"
 
 
 # --- rendezvous, comparison, decoy -------------------------------------------------------------
@@ -529,6 +556,10 @@ def two_models_named(first: str, second: str) -> dict[str, Any]:
     [
         (two_models_named("champion", "champion"), "listed twice"),
         (two_models_named("champion", "Challenger_1"), "/models/1/name"),
+        ({"models": [{"name": "a", "spec": "demo:champion", "coHost": [{"name": "a", "spec": "demo:canary"}]}]},
+         "listed twice (coHost of a)"),
+        ({"models": [{"name": "a", "spec": "demo:champion", "coHost": [{"name": "b", "spec": "x,y"}]}]},
+         "/models/0/coHost/0/spec"),
         ({"kafka": {"config": {"client.id": "a;b"}}}, "';'"),
         ({"kafka": {"topics": {"answerz": "x"}}}, "answerz"),
         ({"rendezvous": {"processing": "maybe-once"}}, "/rendezvous/processing"),
@@ -539,6 +570,8 @@ def two_models_named(first: str, second: str) -> dict[str, Any]:
     ids=[
         "duplicate-model",
         "bad-model-name",
+        "co-hosted-twice",
+        "comma-in-co-hosted-spec",
         "separator-in-config",
         "unknown-topic-role",
         "bad-processing",

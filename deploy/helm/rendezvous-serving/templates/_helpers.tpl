@@ -222,3 +222,18 @@ annotations:
 {{- end -}}
 {{- join "," $pairs -}}
 {{- end -}}
+
+{{/* The consumer group of a model's worker: <prefix>model.<name>, or with co-hosted models
+<prefix>model.<name>+<co-hosted name>+... (the worker's own default, services/model_worker/settings.py). */}}
+{{- define "rdv.modelGroup" -}}
+{{- $names := list .model.name -}}
+{{- range .model.coHost }}{{- $names = append $names .name }}{{- end -}}
+{{- printf "%smodel.%s" .root.Values.kafka.topicPrefix (join "+" $names) -}}
+{{- end }}
+
+{{/* --co-host from a model's coHost list: NAME=SPEC,... */}}
+{{- define "rdv.coHost" -}}
+{{- $pairs := list -}}
+{{- range . }}{{- $pairs = append $pairs (printf "%s=%s" .name .spec) }}{{- end -}}
+{{- join "," $pairs -}}
+{{- end }}
