@@ -136,8 +136,9 @@ def draw(document: Mapping[str, Any], path: str | Path) -> None:
     _cold(axes[1][1], results.get("cold_start"), results["budget_ms"])
     machine = document.get("machine", {})
     commit = (machine.get("git") or {}).get("commit") or "?"
-    fig.suptitle(f"rendezvous-serving latency vs rate: {machine.get('cpus', '?')} CPUs, {document.get('at', '')}, "
-                 f"commit {commit[:10]}", fontsize=10)
+    co_hosted = ", the 3 models in one worker (--co-host)" if document.get("args", {}).get("co_host") else ""
+    fig.suptitle(f"rendezvous-serving latency vs rate{co_hosted}: {machine.get('cpus', '?')} CPUs, "
+                 f"{document.get('at', '')}, commit {commit[:10]}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, metadata={"Date": None} if str(path).endswith(".svg") else None)
     plt.close(fig)
