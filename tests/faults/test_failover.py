@@ -46,6 +46,7 @@ class Replies:
     first_at: dict[str, float] = field(default_factory=dict)  # request_id -> first reply (monotonic)
     arrivals: list[float] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
 
     def start(self) -> Replies:
         consumer = Consumer({**self.config, "group.id": f"outside-{uuid.uuid4().hex}",
@@ -69,8 +70,10 @@ class Replies:
         consumer.close()
 
     def stop(self) -> None:
+        """Stop reading and close the consumer (a reader left running outlives the test's broker)."""
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
 
 

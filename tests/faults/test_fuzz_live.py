@@ -68,8 +68,9 @@ def test_a_hundred_thousand_hostile_records_beside_valid_traffic(
     champion = Proc(["model", "serve", *base, "--model", "demo:champion"], tmp_path / "champion.log").start()
     rendezvous = Proc(["serve", *base, "--models", "champion", "--linger-ms", "200", "--max-orphans", "20000"],
                       tmp_path / "rendezvous.log").start()
+    replies = Replies(config, topics.replies)
     try:
-        replies = Replies(config, topics.replies).start()
+        replies.start()
         valid = Requests(config, topics, total=6_000, rate=200.0, budget_ms=30_000).start()
         rng = random.Random(11)
         samples = {
@@ -117,6 +118,7 @@ def test_a_hundred_thousand_hostile_records_beside_valid_traffic(
         assert by_topic[topics.control] >= expected["control"]  # decodable ones may be refused too
         assert rss_mb < 1024, "memory stays bounded"
     finally:
+        replies.stop()
         for proc in (rendezvous, champion):
             proc.kill(signal.SIGTERM)
             proc.wait(60)
