@@ -144,15 +144,14 @@ class ModelWorker(SimpleHandler):
         self.settings = settings
         self.instance = settings.instance_id()
         self.hosted = hosted_models(settings, self.instance, model)
-        first = self.hosted[0]
-        self.model, self.name, self.version, self.signature = first.model, first.name, first.version, first.signature
+        names = [h.name for h in self.hosted]
+        self.name = "+".join(names)  # the worker's name in logs and its client id
         self.topics = settings.topics()
         self.scored = 0
         self._requests = codec("request")
         self._scorer: _BatchScorer | None = None
-        names = [h.name for h in self.hosted]
         self.service = StreamService(StreamSpec(
-            name=f"model {'+'.join(names)}", config=settings.librdkafka(), subscription=[self.topics.requests],
+            name=f"model {self.name}", config=settings.librdkafka(), subscription=[self.topics.requests],
             group_id=settings.group_id(names), processing="at-least-once",
             commit_interval_ms=settings.commit_interval_ms, max_batch=settings.max_batch,
             connect_timeout_s=settings.connect_timeout_s,
