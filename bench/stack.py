@@ -50,6 +50,7 @@ from bench.common import (
     summarize,
 )
 from services.cli.common import topic_specs
+from services.cli.spawn import model_workers
 from services.client.client import Answer, Client, make_request
 from services.core.codec import codec
 from services.core.kafka import Consumer, Producer
@@ -208,12 +209,10 @@ def _spawn_all(kids: Children, bootstrap: str, prefix: str, options: StackOption
         groups.append(group)
     cli = ["-m", "services.cli.main"]
     models = MODELS[: options.models]
-    workers = [models] if options.co_host else [(name,) for name in models]
-    for first, *others in workers:
-        co_host = ["--co-host", ",".join(f"{name}=demo:{name}" for name in others)] if others else []
-        kids.spawn("+".join((first, *others)), [*cli, "model", "serve", "--model", f"demo:{first}", "--name", first,
-                                                *co_host, *shlex.split(options.model_args)])
-        groups.append(f"{prefix}model.{'+'.join((first, *others))}")
+    workers = model_workers([(name, f"demo:{name}") for name in models], options.co_host)
+    for worker, args in workers.items():
+        kids.spawn(worker, [*cli, *args, *shlex.split(options.model_args)])
+        groups.append(f"{prefix}model.{worker}")
     kids.spawn("rendezvous", [*cli, "serve", "--models", ",".join(models), "--deadline-ms", str(options.budget_ms),
                               *shlex.split(options.rendezvous_args)])
     groups.append(f"{prefix}rendezvous")

@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.table import Table
 
 from services.cli.common import ensure_topics
-from services.cli.spawn import service_env, spawn
+from services.cli.spawn import model_workers, service_env, spawn
 from services.client.client import Answer, Client
 from services.core import hostcpu, wire
 from services.core.errors import ConfigError
@@ -62,6 +62,10 @@ class DemoSettings(KafkaSettings):
         for item in self.models:
             if "=" not in item:
                 raise ConfigError(f"--models expects name=spec, got {item!r}")
+
+    def model_specs(self) -> list[tuple[str, str]]:
+        """--models as (name, spec) pairs."""
+        return [(name, spec) for name, spec in (item.split("=", 1) for item in self.models)]
 
 
 class Tally:
@@ -132,7 +136,7 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
 
         logs = cache_dir() / "demo"
         env = service_env(settings)
-        names = [item.split("=", 1)[0] for item in settings.models]
+        names = [name for name, _ in settings.model_specs()]
         processes: list[subprocess.Popen[bytes]] = []
         stack.callback(stop_processes, processes)
         port = settings.metrics_base_port
@@ -140,7 +144,7 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
             rendezvous_port = port + len(names) + index if port and index else port
             processes.append(spawn(["serve", "--models", ",".join(names), "--deadline-ms", str(settings.budget_ms),
                                     "--metrics-port", str(rendezvous_port)], logs / f"rendezvous-{index}.log", env))
-        workers = _model_workers(settings)
+        workers = model_workers(settings.model_specs(), settings.co_host)
         for offset, (worker, args) in enumerate(workers.items(), start=1):
             model_port = port + offset if port else 0
             processes.append(spawn([*args, "--metrics-port", str(model_port)], logs / f"{worker}.log", env))
@@ -156,17 +160,6 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
         client.score_many(demo_rows(10, seed=2), budget_ms=30_000)
         _generate_load(settings, client, processes, console)
     return 0
-
-
-def _model_workers(settings: DemoSettings) -> dict[str, list[str]]:
-    """`model serve` arguments by worker, named as its consumer group is (model.<name>): one worker
-    per model, or one for all of them."""
-    pairs = [item.split("=", 1) for item in settings.models]
-    if settings.co_host:
-        (first, spec), others = pairs[0], pairs[1:]
-        co_host = ["--co-host", ",".join(settings.models[1:])] if others else []
-        return {"+".join(name for name, _ in pairs): ["model", "serve", "--model", spec, "--name", first, *co_host]}
-    return {name: ["model", "serve", "--model", spec, "--name", name] for name, spec in pairs}
 
 
 def _generate_load(

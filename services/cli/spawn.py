@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from services.core.settings import KafkaSettings
@@ -38,3 +39,15 @@ def spawn(args: list[str], log_file: Path, env: dict[str, str], *, detached: boo
     with log_file.open("ab") as handle:
         return subprocess.Popen([sys.executable, "-m", "services.cli.main", *args], stdout=handle,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=detached)
+
+
+def model_workers(models: Sequence[tuple[str, str]], co_host: bool) -> dict[str, list[str]]:
+    """`model serve` arguments by worker for (name, spec) pairs: one worker per model, or with
+    `co_host` one scoring with all of them. A worker's name is what its consumer group is named
+    after (<prefix>model.<worker name>, WorkerSettings.group_id)."""
+    if co_host and len(models) > 1:
+        (first, spec), others = models[0], models[1:]
+        co_hosted = ",".join(f"{name}={other}" for name, other in others)
+        worker = "+".join(name for name, _ in models)
+        return {worker: ["model", "serve", "--model", spec, "--name", first, "--co-host", co_hosted]}
+    return {name: ["model", "serve", "--model", spec, "--name", name] for name, spec in models}

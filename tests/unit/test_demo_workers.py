@@ -1,14 +1,14 @@
-"""Which worker processes `rendezvous demo` starts for its models."""
+"""Which worker processes `rendezvous demo` (and the benches' stack) start for their models."""
 
 from __future__ import annotations
 
-from services.cli.demo import DemoSettings, _model_workers
+from services.cli.spawn import model_workers
 
-MODELS = ("champion=demo:champion", "challenger=demo:challenger", "canary=demo:canary")
+MODELS = (("champion", "demo:champion"), ("challenger", "demo:challenger"), ("canary", "demo:canary"))
 
 
 def test_one_worker_per_model_by_default() -> None:
-    workers = _model_workers(DemoSettings(models=MODELS))
+    workers = model_workers(MODELS, co_host=False)
     assert workers == {
         "champion": ["model", "serve", "--model", "demo:champion", "--name", "champion"],
         "challenger": ["model", "serve", "--model", "demo:challenger", "--name", "challenger"],
@@ -17,12 +17,12 @@ def test_one_worker_per_model_by_default() -> None:
 
 
 def test_co_host_puts_every_model_in_one_worker_named_as_its_group() -> None:
-    workers = _model_workers(DemoSettings(models=MODELS, co_host=True))
+    workers = model_workers(MODELS, co_host=True)
     assert workers == {"champion+challenger+canary": [
         "model", "serve", "--model", "demo:champion", "--name", "champion",
         "--co-host", "challenger=demo:challenger,canary=demo:canary"]}
 
 
 def test_co_host_with_one_model_is_a_plain_worker() -> None:
-    workers = _model_workers(DemoSettings(models=MODELS[:1], co_host=True))
+    workers = model_workers(MODELS[:1], co_host=True)
     assert workers == {"champion": ["model", "serve", "--model", "demo:champion", "--name", "champion"]}
