@@ -109,6 +109,8 @@ def model_groups(prefix: str, group_ids: list[str]) -> dict[str, str]:
     found: dict[str, str] = {}
     for group in sorted(group_ids, key=len):  # a model's own group wins over a co-hosted one
         if group.startswith(f"{prefix}model."):
-            for name in group[len(f"{prefix}model."):].split("+"):
+            names = group[len(f"{prefix}model."):]
+            found.setdefault(names, group)  # a model alone in its group, even one named with a '+'
+            for name in names.split("+"):
                 found.setdefault(name, group)
     return found

@@ -133,6 +133,9 @@ def hosted_models(settings: WorkerSettings, instance: str, model: Model | None =
     names = [h.name for h in hosted]
     if len(set(names)) < len(names):
         raise ConfigError(f"co-hosted models need distinct names, got {', '.join(names)}")
+    if len(names) > 1 and any("+" in name for name in names):
+        # The shared group is named model.<a>+<b>+...; a '+' inside a name would make it ambiguous.
+        raise ConfigError(f"co-hosted model names may not contain '+', got {', '.join(names)}")
     return hosted
 
 

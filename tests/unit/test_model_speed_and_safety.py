@@ -291,6 +291,17 @@ def test_co_hosted_names_must_differ() -> None:
 def test_model_groups_finds_the_group_of_a_co_hosted_model() -> None:
     groups = ["p.rendezvous", "p.model.champion", "p.model.champion+challenger+canary", "q.model.other",
               "p.model.decoy"]
-    assert model_groups("p.", groups) == {
+    found = model_groups("p.", groups)
+    assert {name: found.get(name) for name in ("champion", "challenger", "canary", "decoy", "other")} == {
         "champion": "p.model.champion", "challenger": "p.model.champion+challenger+canary",
-        "canary": "p.model.champion+challenger+canary", "decoy": "p.model.decoy"}
+        "canary": "p.model.champion+challenger+canary", "decoy": "p.model.decoy", "other": None}
+
+
+def test_model_groups_finds_a_lone_model_whose_name_has_a_plus() -> None:
+    assert model_groups("p.", ["p.model.a+b", "p.model.a"])["a+b"] == "p.model.a+b"
+
+
+def test_co_hosted_names_may_not_contain_a_plus() -> None:
+    settings = WorkerSettings(model="demo:champion", co_host=("a+b=demo:canary",))
+    with pytest.raises(ConfigError, match="may not contain '\\+', got champion, a\\+b"):
+        hosted_models(settings, "host-1")
