@@ -94,10 +94,12 @@ class LogClocks(Generic[T]):
 
     def earliest(self) -> int | None:
         """The earliest timer of any partition (log ms), for the poll loop's wake-up."""
+        earliest: int | None = None
         for part in self._parts.values():
             self._drop_dead_top(part)
-        tops = [part.timers[0][0] for part in self._parts.values() if part.timers]
-        return min(tops) if tops else None
+            if part.timers and (earliest is None or part.timers[0][0] < earliest):
+                earliest = part.timers[0][0]
+        return earliest
 
     def _drop_dead_top(self, part: _Partition[T]) -> None:
         timers = part.timers
