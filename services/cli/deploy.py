@@ -26,7 +26,7 @@ from services.core.kafka import wait_for_groups
 from services.core.settings import KafkaSettings, setting
 from services.localkafka.config import cache_dir
 from services.model_worker.models import load_model
-from services.model_worker.settings import trust_model_file_setting
+from services.model_worker.settings import check_co_hosted_names, model_group, parse_co_host, trust_model_file_setting
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,19 @@ class DeploySettings(KafkaSettings):
     start_at: str = setting("", "deploy: catch up from this time (ISO, epoch ms, or e.g. 1h ago as '1h') first.")
     wait_s: float = setting(60.0, "deploy: how long to wait for the replicas to join their group (s).")
     trust_model_file: bool = trust_model_file_setting()
+    co_host: tuple[str, ...] = setting(
+        (), "deploy: more models the same workers score with, NAME=SPEC,... (`model serve --co-host`); "
+        "their group is then <prefix>model.<name>+<name>..."
+    )
 
     def validate(self) -> None:
         if self.replicas < 1:
             raise ConfigError(f"--replicas must be >= 1, got {self.replicas}")
+        parse_co_host(self.co_host)
+
+    def model_names(self, name: str) -> list[str]:
+        """The deployment's own model, then its co-hosted ones."""
+        return [name, *(co_name for co_name, _ in parse_co_host(self.co_host))]
 
 
 RENDEZVOUS = "rendezvous"  # `deploy rendezvous --replicas N`: instances of the rendezvous itself
@@ -87,11 +96,23 @@ def _replica_args(name: str, settings: DeploySettings, index: int) -> list[str]:
     args += ["--version", settings.version] if settings.version else []
     args += ["--start-at", settings.start_at] if settings.start_at else []
     args += ["--trust-model-file"] if settings.trust_model_file else []
+    args += ["--co-host", ",".join(settings.co_host)] if settings.co_host else []
     return args
 
 
 def _group(name: str, settings: DeploySettings) -> str:
-    return f"{settings.topic_prefix}{RENDEZVOUS}" if name == RENDEZVOUS else f"{settings.topic_prefix}model.{name}"
+    if name == RENDEZVOUS:
+        return f"{settings.topic_prefix}{RENDEZVOUS}"
+    return model_group(settings.topic_prefix, settings.model_names(name))
+
+
+def _check_models(name: str, settings: DeploySettings) -> None:
+    """Fail here, with the loader's message, not in a detached process."""
+    if not settings.model:
+        raise ConfigError("deploy needs --model SPEC")
+    check_co_hosted_names(settings.model_names(name))
+    for spec in [settings.model, *(spec for _, spec in parse_co_host(settings.co_host))]:
+        load_model(spec, trust_model_file=settings.trust_model_file)
 
 
 def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
@@ -99,13 +120,11 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
     leaving commits its finished work first, so nothing is lost or scored twice)."""
     replicas = _replicas(name)
     if replicas and not settings.model:
-        settings = dataclasses.replace(settings, model=_state(name).get("model", ""),
-                                       version=_state(name).get("version", ""))
+        state = _state(name)
+        settings = dataclasses.replace(settings, model=state.get("model", ""), version=state.get("version", ""),
+                                       co_host=tuple(state.get("co_host", ())))
     if name != RENDEZVOUS and not replicas:
-        if not settings.model:
-            raise ConfigError("deploy needs --model SPEC")
-        # Fail here, with the loader's message, not in a detached process.
-        load_model(settings.model, trust_model_file=settings.trust_model_file)
+        _check_models(name, settings)
     if replicas and len(replicas) == settings.replicas:
         console.print(f"{name} already runs {settings.replicas} replica(s): pids {sorted(replicas.values())}")
         return 0
@@ -119,7 +138,7 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
     _stop(list(surplus.values()))
     kept = {index: pid for index, pid in replicas.items() if index < settings.replicas}
     _state_file(name).write_text(json.dumps({"name": name, "model": settings.model, "version": settings.version,
-                                             "replicas": kept}))
+                                             "co_host": list(settings.co_host), "replicas": kept}))
     wait_for_groups(settings.librdkafka(), [_group(name, settings)], timeout=settings.wait_s,
                     members=settings.replicas)
     console.print(f"{name} runs {settings.replicas} replica(s): pids {sorted(kept.values())}, logs in {folder}")
@@ -135,6 +154,8 @@ def compose_block(name: str, settings: DeploySettings) -> str:
         command += ["--start-at", settings.start_at]
     if settings.trust_model_file:
         command += ["--trust-model-file"]
+    if settings.co_host:
+        command += ["--co-host", ",".join(settings.co_host)]
     return (
         f"  {name}:\n    <<: *rdv\n    command: {json.dumps(command)}\n"
         + (f"    deploy:\n      replicas: {settings.replicas}\n" if settings.replicas > 1 else "")

@@ -21,6 +21,31 @@ def trust_model_file_setting() -> bool:
     return value
 
 
+def parse_co_host(items: tuple[str, ...]) -> list[tuple[str, str]]:
+    """--co-host NAME=SPEC,... as (name, spec) pairs; a one-line error for anything else."""
+    pairs = []
+    for item in items:
+        name, _, spec = item.partition("=")
+        if not name.strip() or not spec.strip():
+            raise ConfigError(f"--co-host expects NAME=SPEC (e.g. challenger=demo:challenger), got {item!r}")
+        pairs.append((name.strip(), spec.strip()))
+    return pairs
+
+
+def check_co_hosted_names(names: list[str]) -> None:
+    """Models scored by one worker need distinct names without '+': the shared group is named
+    model.<a>+<b>+..., and a '+' inside a name would make it ambiguous."""
+    if len(set(names)) < len(names):
+        raise ConfigError(f"co-hosted models need distinct names, got {', '.join(names)}")
+    if len(names) > 1 and any("+" in name for name in names):
+        raise ConfigError(f"co-hosted model names may not contain '+', got {', '.join(names)}")
+
+
+def model_group(prefix: str, model_names: list[str]) -> str:
+    """The default consumer group of a worker scoring with these models (one, or co-hosted)."""
+    return f"{prefix}model.{'+'.join(model_names)}"
+
+
 @dataclass(frozen=True)
 class WorkerSettings(ServiceSettings):
     """A worker runs one model under a name and version in its own consumer group."""
@@ -90,17 +115,11 @@ class WorkerSettings(ServiceSettings):
 
     def co_hosted(self) -> list[tuple[str, str]]:
         """--co-host as (name, spec) pairs."""
-        pairs = []
-        for item in self.co_host:
-            name, _, spec = item.partition("=")
-            if not name.strip() or not spec.strip():
-                raise ConfigError(f"--co-host expects NAME=SPEC (e.g. challenger=demo:challenger), got {item!r}")
-            pairs.append((name.strip(), spec.strip()))
-        return pairs
+        return parse_co_host(self.co_host)
 
     def group_id(self, model_names: list[str]) -> str:
         """The worker's consumer group: its own for every set of models scored together."""
-        return self.group or f"{self.topic_prefix}model.{'+'.join(model_names)}"
+        return self.group or model_group(self.topic_prefix, model_names)
 
 
 def model_groups(prefix: str, group_ids: list[str]) -> dict[str, str]:

@@ -43,7 +43,7 @@ from services.core.signatures import Signature
 from services.model_worker.models import Model, Prediction, load_model
 from services.model_worker.models.base import model_signature
 from services.model_worker.score_writer import ScoreWriter
-from services.model_worker.settings import WorkerSettings
+from services.model_worker.settings import WorkerSettings, check_co_hosted_names
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +130,7 @@ def hosted_models(settings: WorkerSettings, instance: str, model: Model | None =
     extra = settings.extra_features()
     hosted = [Hosted(model or load(settings.model), settings.name, settings.version, instance, extra)]
     hosted += [Hosted(load(spec), name, "", instance, extra) for name, spec in settings.co_hosted()]
-    names = [h.name for h in hosted]
-    if len(set(names)) < len(names):
-        raise ConfigError(f"co-hosted models need distinct names, got {', '.join(names)}")
-    if len(names) > 1 and any("+" in name for name in names):
-        # The shared group is named model.<a>+<b>+...; a '+' inside a name would make it ambiguous.
-        raise ConfigError(f"co-hosted model names may not contain '+', got {', '.join(names)}")
+    check_co_hosted_names([h.name for h in hosted])
     return hosted
 
 

@@ -131,29 +131,34 @@ def test_gated_promotion_is_refused_with_the_figures_when_agreement_is_low(
     assert latest is not None and latest.version == 2 and latest.models == ("challenger", "champion")
 
 
-def test_deploy_runs_a_challenger_beside_the_champion_and_models_lists_it(
+def test_deploy_runs_co_hosted_challengers_beside_the_champion_and_models_lists_them(
     services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
 ) -> None:
     services.worker(bootstrap, prefix, "demo:champion")
     services.rendezvous(bootstrap, prefix, models=("champion",))
     common = ("--bootstrap", bootstrap, "--topic-prefix", prefix)
     name = f"cand{prefix[1:7]}"
-    deployed = rendezvous("deploy", name, "--model", "demo:challenger", "--replicas", "2", *common)
+    partner = f"{name}b"
+    deployed = rendezvous("deploy", name, "--model", "demo:challenger", "--co-host", f"{partner}=demo:canary",
+                          "--replicas", "2", *common)
     try:
         assert deployed.returncode == 0, deployed.stderr
         assert "In docker-compose, add instead" in deployed.stderr and "replicas: 2" in deployed.stderr
+        assert f'"--co-host", "{partner}=demo:canary"' in deployed.stderr
         with Client(config, topics, budget_ms=20_000, answer_wait_s=60) as client:
             answers = client.score_many(demo_rows(50, seed=61))
         assert {a.model for a in answers} == {"champion"}, "a deployed challenger answers nothing until promoted"
         from services.core.kafka import group_lag
-        wait_until(lambda: group_lag(config, f"{prefix}model.{name}", topics.requests) is not None, 30,
-                   "the challenger's first commit")
+        group = f"{prefix}model.{name}+{partner}"
+        wait_until(lambda: group_lag(config, group, topics.requests) is not None, 30, "the challengers' first commit")
         listed = rendezvous("models", "--live-window-s", "120", *common)
         assert listed.returncode == 0, listed.stderr
         rows = {line.split("│")[1].strip(): line for line in listed.stdout.splitlines() if line.count("│") > 5}
-        assert "champion" in rows and name in rows
-        assert "challenger" in rows[name] and "2" in rows[name].split("│")[4], rows[name]
-        assert rows[name].split("│")[6].strip().isdigit(), f"the consumer lag of {name}: {rows[name]}"
+        assert "champion" in rows and name in rows and partner in rows
+        assert "forest-1" in rows[name] and "2" in rows[name].split("│")[4], rows[name]  # the demo challenger
+        assert "stump-1" in rows[partner] and "2" in rows[partner].split("│")[4], rows[partner]  # the canary
+        for model in (name, partner):
+            assert rows[model].split("│")[6].strip().isdigit(), f"the consumer lag of {model}: {rows[model]}"
     finally:
         undeployed = rendezvous("undeploy", name)
     assert undeployed.returncode == 0 and "undeployed" in undeployed.stderr
@@ -214,3 +219,15 @@ def test_deploy_scales_a_model_mid_stream_without_losing_or_double_scoring(
     assert set(per_request) == set(ids), f"{len(set(ids) - set(per_request))} requests never scored"
     assert max(per_request.values()) == 1, "a request scored twice across the rescaling"
     assert len(instances) == 3, f"every replica scored a share: {instances}"
+
+
+@pytest.mark.parametrize(("co_host", "needle"), [
+    ("nameless", "--co-host expects NAME=SPEC"),
+    ("a+b=demo:canary", "co-hosted model names may not contain '+'"),
+    ("x=demo:canary", "co-hosted models need distinct names, got x, x"),
+    ("y=demo:nosuch", "unknown demo model 'demo:nosuch'"),
+])
+def test_deploy_refuses_a_bad_co_host_in_one_line(co_host: str, needle: str) -> None:
+    refused = rendezvous("deploy", "x", "--model", "demo:challenger", "--co-host", co_host,
+                         "--bootstrap", "127.0.0.1:1")
+    assert_one_line_error(refused, needle)
