@@ -10,7 +10,9 @@ answers sent to their return addresses again (join.py).
 
 Where to start reading travels with the committed offset as its metadata (a `Mark`): the end
 offsets of the answers and log partitions (as delivered to this instance) when the oldest
-unfinished request was read, and the transactional id of the instance that committed it.
+unfinished request was read, and the transactional id of the instance that committed it. Until
+an instance has delivered outputs to a partition, its marks there are where its own recovery
+started (`Recovered.floors`): a 0 would make the next owner read the whole topic.
 Without a mark (a group committed by an older version) the start is found by time, from a
 margin before the committed request's timestamp.
 
@@ -43,6 +45,8 @@ from services.core.topic_range import PartitionSpan
 from services.rendezvous.join import Finished
 
 log = logging.getLogger(__name__)
+
+END = "end"  # a scan's start: the partition's end (nothing to read)
 
 
 @dataclass(frozen=True)
@@ -120,24 +124,38 @@ def live_members(config: Mapping[str, Any], group: str, timeout_s: float = 5.0) 
         return None
 
 
+@dataclass(frozen=True)
+class Recovered:
+    """What a takeover found: the re-read window's finished requests, and per output partition
+    (topic, partition) the offset before which no output of a request at or after the committed
+    offset can be. The floor is this instance's mark until it delivers outputs there itself: a
+    mark of 0 would send the next owner scanning the whole topic."""
+
+    finished: Finished
+    floors: dict[tuple[str, int], int]
+
+
 def scan_finished(
     config: Mapping[str, Any], topics: Topics, committed: Mapping[int, tuple[int, Mark | None]], margin_ms: int
-) -> Finished:
+) -> Recovered:
     """What was already answered / logged for requests at or after the committed offsets."""
     finished = Finished({}, set())
     probe = _NativeConsumer({**config, "group.id": f"rdv-recovery-{uuid.uuid4().hex}",
                              "enable.auto.commit": False, "isolation.level": "read_committed"})
     try:
-        answers, logs = {}, {}
+        answers: dict[int, int | str] = {}
+        logs: dict[int, int | str] = {}
         for partition, (offset, mark) in committed.items():
-            starts = _starts(probe, topics, partition, offset, mark, margin_ms)
-            if starts is not None:
-                answers[partition], logs[partition] = starts
+            # Nothing to redo: outputs of what comes next are written after the partitions' ends now.
+            answers[partition], logs[partition] = _starts(probe, topics, partition, offset, mark, margin_ms) or (
+                END, END)
         spans = {topics.answers: _spans(probe, topics.answers, answers), topics.log: _spans(probe, topics.log, logs)}
     finally:
         probe.close()
+    floors = {(topic, span.partition): span.start for topic, topic_spans in spans.items() for span in topic_spans}
     readers = {topics.answers: codec("answer"), topics.log: codec("comparison")}
-    for topic, msg in _read_all(config, spans):
+    unread = {topic: [span for span in topic_spans if span.size > 0] for topic, topic_spans in spans.items()}
+    for topic, msg in _read_all(config, unread):
         try:
             record = readers[topic].decode(msg.value())
         except BadInput:
@@ -148,7 +166,7 @@ def scan_finished(
             finished.logged.add(record["request_id"])
     log.info("recovery: %d requests already answered, %d already logged on partitions %s",
              len(finished.answered), len(finished.logged), sorted(committed))
-    return finished
+    return Recovered(finished, floors)
 
 
 def _starts(
@@ -180,16 +198,19 @@ def _timestamp_at(probe: _NativeConsumer, topic: str, partition: int, offset: in
 
 
 def _spans(probe: _NativeConsumer, topic: str, starts: Mapping[int, int | str]) -> list[PartitionSpan]:
+    """From each start (an offset, "ms:<time>" or END) to the partition's end now; empty ones too."""
     spans = []
     for partition, start in starts.items():
         low, high = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
-        if isinstance(start, str):  # "ms:<epoch ms>": the first offset at or after that time
+        if start == END:
+            offset = high
+        elif isinstance(start, str):  # "ms:<epoch ms>": the first offset at or after that time
             found = probe.offsets_for_times([TopicPartition(topic, partition, int(start[3:]))], timeout=15)[0]
             offset = found.offset if found.offset >= 0 else high
         else:
             offset = start
         spans.append(PartitionSpan(partition, max(low, min(offset, high)), high))
-    return [span for span in spans if span.size > 0]
+    return spans
 
 
 def _read_all(config: Mapping[str, Any], spans: Mapping[str, list[PartitionSpan]]) -> Iterator[tuple[str, Message]]:

@@ -347,11 +347,13 @@ class Rendezvous:
     # -- offsets metadata and recovery -----------------------------------------------------
 
     def _mark(self, partition: int) -> str:
-        """Where this partition's outputs end now (as delivered to us), and who we are."""
+        """Where this partition's outputs end now (as delivered to us; until we deliver some,
+        where recovery found they may start), and who we are."""
         assert self._ctx is not None and self._ctx.producer is not None
-        ends = self._ctx.producer.delivered_ends
-        return Mark(ends.get((self.topics.answers, partition), 0), ends.get((self.topics.log, partition), 0),
-                    self.settings.transactional_id()).encode()
+        ends, floors = self._ctx.producer.delivered_ends, self.takeover.floors
+        answers, comparisons = (self.topics.answers, partition), (self.topics.log, partition)
+        return Mark(max(ends.get(answers, 0), floors.get(answers, 0)), max(ends.get(comparisons, 0),
+                    floors.get(comparisons, 0)), self.settings.transactional_id()).encode()
 
     def _current_mark(self, topic: str, partition: int) -> str | None:
         return self._mark(partition) if topic == self.topics.requests else None

@@ -42,6 +42,9 @@ class Takeover:
         self._pending: list[TopicPartition] = []
         self._next_try = 0.0
         self._unstable = 0  # consecutive offset fetches that timed out waiting for a transaction
+        # (answers or log topic, partition) -> offset below which no output of a re-read or later
+        # request can be: the marks' floor until this instance delivers outputs there
+        self.floors: dict[tuple[str, int], int] = {}
 
     @property
     def pending(self) -> int:
@@ -58,6 +61,8 @@ class Takeover:
     def release(self, partitions: list[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self._pending = [tp for tp in self._pending if (tp.topic, tp.partition) not in gone]
+        numbers = {tp.partition for tp in partitions if tp.topic == self.topics.requests}
+        self.floors = {key: offset for key, offset in self.floors.items() if key[1] not in numbers}
 
     def clear(self) -> None:
         self._pending = []
@@ -77,7 +82,9 @@ class Takeover:
                          if tp.topic == self.topics.requests}
                 if marks:
                     margin = int(self.settings.recovery_margin_s * 1000)
-                    self.join.restore(scan_finished(ctx.config, self.topics, marks, margin))
+                    found = scan_finished(ctx.config, self.topics, marks, margin)
+                    self.join.restore(found.finished)
+                    self.floors.update(found.floors)
         except (KafkaException, RendezvousError) as exc:
             ctx.health.mark_down()
             log.warning("recovery waiting for the broker: %s", exc)
