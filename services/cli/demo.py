@@ -14,6 +14,7 @@ from collections import Counter, deque
 from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
@@ -156,10 +157,37 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
         if port:
             console.print(f"metrics: http://127.0.0.1:{port}/metrics (rendezvous), models on the next ports")
         client = stack.enter_context(Client(config, topics, budget_ms=settings.budget_ms))
-        # Warm-up, not counted: every producer's first send waits for its producer id.
-        client.score_many(demo_rows(10, seed=2), budget_ms=30_000)
+        _first_answers(client, processes, console, logs)
         _generate_load(settings, client, processes, console)
     return 0
+
+
+FIRST_ANSWERS_WAIT_S = 180.0
+
+
+def _check_alive(processes: list[subprocess.Popen[bytes]]) -> None:
+    dead = [p for p in processes if p.poll() is not None]
+    if dead:
+        raise ConfigError(f"a demo process exited (code {dead[0].returncode}); see its log")
+
+
+def _first_answers(client: Client, processes: list[subprocess.Popen[bytes]], console: Console, logs: Path) -> None:
+    """Warm-up, not counted: every producer's first send waits for its producer id, and a
+    rendezvous answers only once it has recovered its partitions (on a broker kept from earlier
+    runs it reads back the answers and log of requests it re-reads: seconds, or more)."""
+    futures = [client.submit(row, budget_ms=30_000) for row in demo_rows(10, seed=2)]
+    client.flush()
+    started = last_note = time.monotonic()
+    while not all(future.done() for future in futures):
+        waited = time.monotonic() - started
+        if waited > FIRST_ANSWERS_WAIT_S:
+            raise ConfigError(f"no answer within {FIRST_ANSWERS_WAIT_S:.0f} s; see the logs in {logs}")
+        _check_alive(processes)
+        if time.monotonic() - last_note >= 5.0:
+            console.print(f"waiting for the first answers ({waited:.0f} s; the rendezvous may still be "
+                          "recovering its partitions, see rendezvous-0.log)...")
+            last_note = time.monotonic()
+        time.sleep(0.1)  # polling the warm-up requests' futures
 
 
 def _generate_load(
@@ -177,9 +205,7 @@ def _generate_load(
                     client.submit(rows[tally.sent % len(rows)]).add_done_callback(tally.add)
                     tally.sent += 1
                 live.update(tally.table(elapsed))
-                dead = [p for p in processes if p.poll() is not None]
-                if dead:
-                    raise ConfigError(f"a demo process exited (code {dead[0].returncode}); see its log")
+                _check_alive(processes)
                 time.sleep(0.01)  # pacing the load generator at its fixed rate
             client.flush()
             _drain(client, settings.budget_ms)
