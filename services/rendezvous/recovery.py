@@ -146,9 +146,9 @@ def scan_finished(
         answers: dict[int, int | str] = {}
         logs: dict[int, int | str] = {}
         for partition, (offset, mark) in committed.items():
+            starts = _starts(probe, topics, partition, offset, mark, margin_ms)
             # Nothing to redo: outputs of what comes next are written after the partitions' ends now.
-            answers[partition], logs[partition] = _starts(probe, topics, partition, offset, mark, margin_ms) or (
-                END, END)
+            answers[partition], logs[partition] = starts if starts is not None else (END, END)
         spans = {topics.answers: _spans(probe, topics.answers, answers), topics.log: _spans(probe, topics.log, logs)}
     finally:
         probe.close()

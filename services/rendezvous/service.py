@@ -349,11 +349,13 @@ class Rendezvous:
     def _mark(self, partition: int) -> str:
         """Where this partition's outputs end now (as delivered to us; until we deliver some,
         where recovery found they may start), and who we are."""
+        return Mark(self._output_end(self.topics.answers, partition), self._output_end(self.topics.log, partition),
+                    self.settings.transactional_id()).encode()
+
+    def _output_end(self, topic: str, partition: int) -> int:
         assert self._ctx is not None and self._ctx.producer is not None
-        ends, floors = self._ctx.producer.delivered_ends, self.takeover.floors
-        answers, comparisons = (self.topics.answers, partition), (self.topics.log, partition)
-        return Mark(max(ends.get(answers, 0), floors.get(answers, 0)), max(ends.get(comparisons, 0),
-                    floors.get(comparisons, 0)), self.settings.transactional_id()).encode()
+        key = (topic, partition)
+        return max(self._ctx.producer.delivered_ends.get(key, 0), self.takeover.floors.get(key, 0))
 
     def _current_mark(self, topic: str, partition: int) -> str | None:
         return self._mark(partition) if topic == self.topics.requests else None
