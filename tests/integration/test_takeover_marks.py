@@ -7,9 +7,10 @@ import threading
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 
 from services.client.client import Client
+from services.core.kafka import group_lag
 from services.core.settings import Topics
 from services.model_worker.models import demo_rows
 from services.rendezvous.recovery import Mark, committed_offsets
@@ -30,17 +31,8 @@ def marks(config: dict[str, Any], prefix: str, topics: Topics) -> dict[int, tupl
     return {tp.partition: (tp.offset, Mark.decode(tp.metadata)) for tp in found}
 
 
-def request_ends(config: dict[str, Any], topics: Topics) -> dict[int, int]:
-    probe = Consumer({**config, "group.id": "ends"})
-    try:
-        return {p: probe.get_watermark_offsets(TopicPartition(topics.requests, p), timeout=10)[1] for p in PARTITIONS}
-    finally:
-        probe.close()
-
-
 def all_committed(config: dict[str, Any], prefix: str, topics: Topics) -> bool:
-    committed = {partition: offset for partition, (offset, _mark) in marks(config, prefix, topics).items()}
-    return committed == request_ends(config, topics)
+    return group_lag(config, f"{prefix}rendezvous", topics.requests) == 0
 
 
 def test_a_new_owner_that_delivers_no_answer_commits_the_mark_it_recovered_from_not_zero(
