@@ -57,6 +57,7 @@ from services.core.kafka import Consumer, Producer
 from services.core.runtime import now_ms
 from services.core.settings import Topics
 from services.model_worker.models import demo_rows
+from services.model_worker.settings import model_group
 
 MODELS = ("champion", "challenger", "canary")
 HOPS = 3  # topics crossed by the rendezvous path: requests, scores, replies
@@ -212,7 +213,7 @@ def _spawn_all(kids: Children, bootstrap: str, prefix: str, options: StackOption
     workers = model_workers([(name, f"demo:{name}") for name in models], options.co_host)
     for worker, args in workers.items():
         kids.spawn(worker, [*cli, *args, *shlex.split(options.model_args)])
-        groups.append(f"{prefix}model.{worker}")
+        groups.append(model_group(prefix, [worker]))
     kids.spawn("rendezvous", [*cli, "serve", "--models", ",".join(models), "--deadline-ms", str(options.budget_ms),
                               *shlex.split(options.rendezvous_args)])
     groups.append(f"{prefix}rendezvous")

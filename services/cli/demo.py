@@ -32,6 +32,7 @@ from services.core.settings import KafkaSettings, setting
 from services.localkafka.broker import LocalBroker, read_bootstrap, start_background
 from services.localkafka.config import cache_dir
 from services.model_worker.models import demo_rows
+from services.model_worker.settings import model_group
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
             processes.append(spawn([*args, "--metrics-port", str(model_port)], logs / f"{worker}.log", env))
         console.print(f"started {settings.rendezvous} rendezvous + {len(names)} models in {len(workers)} "
                       f"worker process(es) (logs in {logs}); waiting for them...")
-        groups = [f"{settings.topic_prefix}rendezvous"] + [f"{settings.topic_prefix}model.{w}" for w in workers]
+        groups = [f"{settings.topic_prefix}rendezvous"] + [model_group(settings.topic_prefix, [w]) for w in workers]
         wait_for_groups(config, groups, timeout=120)
         wait_for_groups(config, groups[:1], timeout=120, members=settings.rendezvous)
         if port:

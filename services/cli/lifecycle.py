@@ -27,7 +27,7 @@ from services.core.errors import ConfigError
 from services.core.kafka import consumer_groups, group_lag
 from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, check_format, parse_pairs, setting
-from services.model_worker.settings import model_groups
+from services.model_worker.settings import model_group, model_groups
 
 FiguresFn = Callable[[KafkaSettings, str, str, str], dict[str, float]]
 
@@ -113,7 +113,7 @@ def cmd_models(settings: ModelsSettings, console: Console) -> int:
     groups = model_groups(prefix, consumer_groups(config)) if figures else {}
 
     def lag(model: str) -> int | None:
-        return group_lag(config, groups.get(model, f"{prefix}model.{model}"), requests)
+        return group_lag(config, groups.get(model, model_group(prefix, [model])), requests)
 
     if settings.format == "json":
         _print_json([{"model": model, "version": version, "role": _role(model, champion, in_schedule),

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from services.core.settings import KafkaSettings
+from services.model_worker.settings import worker_name
 
 
 def service_env(settings: KafkaSettings) -> dict[str, str]:
@@ -44,10 +45,10 @@ def spawn(args: list[str], log_file: Path, env: dict[str, str], *, detached: boo
 def model_workers(models: Sequence[tuple[str, str]], co_host: bool) -> dict[str, list[str]]:
     """`model serve` arguments by worker for (name, spec) pairs: one worker per model, or with
     `co_host` one scoring with all of them. A worker's name is what its consumer group is named
-    after (<prefix>model.<worker name>, WorkerSettings.group_id)."""
+    after (`model_group`)."""
     if co_host and len(models) > 1:
         (first, spec), others = models[0], models[1:]
         co_hosted = ",".join(f"{name}={other}" for name, other in others)
-        worker = "+".join(name for name, _ in models)
+        worker = worker_name([name for name, _ in models])
         return {worker: ["model", "serve", "--model", spec, "--name", first, "--co-host", co_hosted]}
     return {name: ["model", "serve", "--model", spec, "--name", name] for name, spec in models}

@@ -41,9 +41,14 @@ def check_co_hosted_names(names: list[str]) -> None:
         raise ConfigError(f"co-hosted model names may not contain '+', got {', '.join(names)}")
 
 
+def worker_name(model_names: list[str]) -> str:
+    """A worker's name from the models it scores with (its logs, client id and group)."""
+    return "+".join(model_names)
+
+
 def model_group(prefix: str, model_names: list[str]) -> str:
     """The default consumer group of a worker scoring with these models (one, or co-hosted)."""
-    return f"{prefix}model.{'+'.join(model_names)}"
+    return f"{prefix}model.{worker_name(model_names)}"
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from services.core.signatures import Signature
 from services.model_worker.models import Model, Prediction, load_model
 from services.model_worker.models.base import model_signature
 from services.model_worker.score_writer import ScoreWriter
-from services.model_worker.settings import WorkerSettings, check_co_hosted_names
+from services.model_worker.settings import WorkerSettings, check_co_hosted_names, worker_name
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class ModelWorker(SimpleHandler):
         self.instance = settings.instance_id()
         self.hosted = hosted_models(settings, self.instance, model)
         names = [h.name for h in self.hosted]
-        self.name = "+".join(names)  # the worker's name in logs and its client id
+        self.name = worker_name(names)
         self.topics = settings.topics()
         self.scored = 0
         self._requests = codec("request")
