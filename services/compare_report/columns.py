@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from services.compare_report.vectordecode import DecodedBatch
+from services.core.vectordecode import DecodedBatch
 
 STATUSES = ("OK", "FALLBACK", "TIMEOUT", "ERROR")
 _STATUS_CODE = {name: code for code, name in enumerate(STATUSES)}

@@ -21,9 +21,9 @@ from typing import Any
 from fastavro import parse_schema, schemaless_reader
 
 from services.compare_report.columns import Columns
-from services.compare_report.vectordecode import Rejected, decode_bodies, layout_matches
 from services.core.codec import Codec
 from services.core.errors import BadInput
+from services.core.vectordecode import Rejected, decode_bodies, layout_matches
 
 log = logging.getLogger(__name__)
 

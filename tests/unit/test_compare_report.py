@@ -339,14 +339,14 @@ def as_rows(frame: Any) -> list[tuple[Any, ...]]:
 
 
 def test_vectorized_decoder_knows_the_current_schema() -> None:
-    from services.compare_report.vectordecode import layout_matches
+    from services.core.vectordecode import layout_matches
 
     assert layout_matches(codec("comparison").schema), "comparison.avsc changed: update vectordecode.LAYOUT"
 
 
 @pytest.mark.parametrize("case", ["synthetic", "edges"])
 def test_vectorized_decoding_equals_fastavro(records: list[dict[str, Any]], case: str) -> None:
-    from services.compare_report.vectordecode import decode_bodies
+    from services.core.vectordecode import decode_bodies
 
     chosen = records if case == "synthetic" else edge_records()
     comparisons = codec("comparison")
@@ -360,7 +360,7 @@ def test_vectorized_decoding_equals_fastavro(records: list[dict[str, Any]], case
 
 
 def test_vectorized_decoding_reads_arrays_written_in_several_blocks() -> None:
-    from services.compare_report.vectordecode import decode_bodies
+    from services.core.vectordecode import decode_bodies
 
     chosen = synthetic(20, seed=5)
     values = [two_block_value(r) for r in chosen]
@@ -380,7 +380,7 @@ def test_vectorized_decoding_reads_arrays_written_in_several_blocks() -> None:
 def test_vectorized_decoding_rejects_what_it_cannot_read_exactly(
     records: list[dict[str, Any]], damage: Any, why: str
 ) -> None:
-    from services.compare_report.vectordecode import Rejected, decode_bodies
+    from services.core.vectordecode import Rejected, decode_bodies
 
     good = codec("comparison").encode(records[0])
     with pytest.raises(Rejected, match=why):
