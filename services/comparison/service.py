@@ -2,7 +2,9 @@
 
 Per batch: decode each Comparison record once (an undecodable or implausible one is
 dead-lettered and counted; it never stops the service), fold it into the lifetime counters,
-the champion tracker, the frozen "self" references and the event-time window. Every
+the champion tracker, the frozen "self" references and the event-time window. A large batch of
+valid records is decoded and folded all at once, with numpy (fold.py: the same result, a
+fraction of the CPU); any other batch record by record. Every
 `export_interval_s` the window is merged and the gauges are rebuilt (metrics.py).
 
 Commit order: every record read is finished when its batch returns, and this service produces
@@ -23,6 +25,7 @@ from typing import Any
 
 from confluent_kafka import Message
 
+from services.comparison import fold
 from services.comparison import metrics as m
 from services.comparison.settings import ComparisonSettings
 from services.comparison.window import ChampionTracker, References, SlidingWindow
@@ -33,6 +36,7 @@ from services.core.kafka import partition_counts
 from services.core.metrics import DECODE_ERRORS
 from services.core.runtime import now_ms
 from services.core.service import Context, SimpleHandler, StreamService, StreamSpec
+from services.core.vectordecode import Rejected, decode_bodies, layout_matches
 from services.stats.deadline import met_deadline
 
 log = logging.getLogger(__name__)
@@ -68,6 +72,7 @@ class ComparisonService(SimpleHandler):
         self._touched: set[tuple[str, str]] = set()
         self._series: dict[tuple[str, str], tuple[str, str]] = {}  # raw (model, version) -> labels
         self._codec = codec("comparison")
+        self._vectorized = layout_matches(self._codec.schema)
         self._export_every = settings.export_interval_s
         self._next_export = time.monotonic() + self._export_every
         self._dead: DeadLetters | None = None
@@ -106,8 +111,36 @@ class ComparisonService(SimpleHandler):
         if not messages:
             return
         tally = m.Tally()
-        decode = self._codec.decode
         latest_ok = now_ms() + int(self.settings.future_tolerance_s * 1000)
+        rejected = 0 if self._fold_at_once(messages, latest_ok, tally) else self._fold_each(messages, latest_ok, tally)
+        tally.apply()
+        self.window.compact()
+        self.processed += len(messages) - rejected
+        self.positions.advance(messages)
+
+    def _fold_at_once(self, messages: list[Message], latest_ok: int, tally: m.Tally) -> bool:
+        """A large batch of valid current-schema records, decoded and folded in at once (fold.py);
+        False (nothing done) for any other batch: the record path decodes, checks and rejects
+        one by one."""
+        if len(messages) < fold.MIN_RECORDS or not self._vectorized:
+            return False
+        header = self._codec.header
+        bodies = [value for msg in messages if (value := msg.value()) is not None and value.startswith(header)]
+        if len(bodies) < len(messages):
+            return False
+        try:
+            batch = decode_bodies(bodies, skip=len(header))
+        except Rejected:
+            return False
+        if not fold.valid(batch, latest_ok):
+            return False
+        fold.fold(batch, self._series_labels, self._labels.model, self.champion, self.references, self.window,
+                  tally)  # fmt: skip
+        return True
+
+    def _fold_each(self, messages: list[Message], latest_ok: int, tally: m.Tally) -> int:
+        """Decode, check and fold one record at a time; returns how many were rejected."""
+        decode = self._codec.decode
         rejected = 0
         for msg in messages:
             try:
@@ -124,10 +157,7 @@ class ComparisonService(SimpleHandler):
                 log.exception("unexpected failure on %s[%s]@%s", msg.topic(), msg.partition(), msg.offset())
                 self._reject(msg, UnexpectedFailure(f"processing failed: {type(exc).__name__}: {exc}"))
                 rejected += 1
-        tally.apply()
-        self.window.compact()
-        self.processed += len(messages) - rejected
-        self.positions.advance(messages)
+        return rejected
 
     def on_tick(self) -> None:
         if time.monotonic() >= self._next_export:
@@ -167,6 +197,10 @@ class ComparisonService(SimpleHandler):
         tally.records += 1
         if not self.window.add(record, self.champion.observe(record)):
             tally.stale += 1
+
+    def _series_labels(self, model: str, version: str) -> tuple[str, str]:
+        labels = self._series.get((model, version))
+        return labels if labels is not None else self._admit((model, version))
 
     def _admit(self, raw: tuple[str, str]) -> tuple[str, str]:
         """Label values of a (model, version) seen for the first time; its counters start at 0."""

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from services.stats.deadline import met_deadline
 from services.stats.distributions import PairedLabels, PairedScores, QuantileSketch
 
@@ -158,9 +160,7 @@ class SlidingWindow:
             return False
         if created > self.newest_ms:
             self.newest_ms = created
-        bucket = self._live.get(key)
-        if bucket is None:
-            bucket = self._live[key] = Bucket()
+        bucket = self.bucket(key)
         bucket.records += 1
         bucket.statuses[record["status"]] += 1
 
@@ -212,6 +212,32 @@ class SlidingWindow:
             if label is not None and lead_label is not None:
                 pair.labels.confusion[(lead_label, label)] += 1
         return True
+
+    def admit(self, created: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`add`'s sliding for a batch of records (in order): the window slides past all of them;
+        returns their bucket keys and which of them are in the window at its new end. Those
+        older than the window when they came are counted as stale; those the window slid past
+        later in the batch are not (one at a time, they would have been added, then dropped)."""
+        keys = created // self.bucket_ms
+        if not len(keys):
+            return keys, np.zeros(0, dtype=bool)
+        first = int(keys[0]) if self._newest_key is None else self._newest_key
+        newest_before = np.maximum.accumulate(np.concatenate(([first], keys[:-1])))
+        fresh = keys > newest_before - self.buckets
+        self.stale += int(len(keys) - fresh.sum())
+        if fresh.any():
+            self.newest_ms = max(self.newest_ms, int(created[fresh].max()))
+        newest = int(max(first, keys.max()))
+        if self._newest_key is None or newest > self._newest_key:
+            self._slide(newest)
+        return keys, fresh & (keys > newest - self.buckets)
+
+    def bucket(self, key: int) -> Bucket:
+        """The live bucket of `key` (made when it has none yet)."""
+        bucket = self._live.get(key)
+        if bucket is None:
+            bucket = self._live[key] = Bucket()
+        return bucket
 
     def _slide(self, key: int) -> None:
         """Make `key` the newest bucket; drop buckets that fell out of the window."""
@@ -274,6 +300,15 @@ class References:
         if values is None:
             values = self._filling[model] = []
         values.append(score)
+        if len(values) >= self.size:
+            self.frozen[model] = QuantileSketch.of(self._filling.pop(model))
+
+    def add_many(self, model: str, scores: list[float]) -> None:
+        """`add` of each of `scores` in turn; every one of them must be finite."""
+        if model in self.frozen or not scores:
+            return
+        values = self._filling.setdefault(model, [])
+        values.extend(scores[: self.size - len(values)])
         if len(values) >= self.size:
             self.frozen[model] = QuantileSketch.of(self._filling.pop(model))
 

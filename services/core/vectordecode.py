@@ -91,6 +91,7 @@ class DecodedBatch:
     model: Strings
     version: Strings
     score: np.ndarray  # NaN = null
+    scored: np.ndarray  # False = null (NaN in `score`, where a written NaN is True here)
     label: Strings  # ids -1 = null
     error: np.ndarray
     latency_ms: np.ndarray
@@ -241,7 +242,8 @@ def decode_bodies(values: Sequence[bytes], skip: int = 0) -> DecodedBatch:
         chosen=Strings(models.values, models.ids[:split]), row=np.concatenate(outputs["row"]),
         model=Strings(models.values, models.ids[split:]),
         version=cur.texts([(np.ones(len(s), bool), s, n) for s, n in outputs["version"]]),
-        score=np.concatenate(outputs["score"]), label=cur.texts(outputs["label"]),
+        score=np.concatenate(outputs["score"]), scored=np.concatenate(outputs["scored"]),
+        label=cur.texts(outputs["label"]),
         error=np.concatenate(outputs["error"]), latency_ms=np.concatenate(outputs["latency_ms"]),
         late=np.concatenate(outputs["late"]),
     )  # fmt: skip
@@ -250,7 +252,8 @@ def decode_bodies(values: Sequence[bytes], skip: int = 0) -> DecodedBatch:
 def _outputs(cur: _Cursor) -> dict[str, list[Any]]:
     """Walk every record's `outputs` array: items of all records with items left, in lockstep."""
     found: dict[str, list[Any]] = {k: [np.zeros(0, dtype=t)] for k, t in (
-        ("row", np.int64), ("score", np.float64), ("error", bool), ("latency_ms", np.float64), ("late", bool))}
+        ("row", np.int64), ("score", np.float64), ("scored", bool), ("error", bool), ("latency_ms", np.float64),
+        ("late", bool))}
     found.update(model=[], version=[], label=[])
     rows = np.arange(len(cur.pos))
     left = _block(cur, rows)
@@ -263,6 +266,7 @@ def _outputs(cur: _Cursor) -> dict[str, list[Any]]:
         score = np.full(len(rows), np.nan)
         score[scored] = cur.double(rows[scored])
         found["score"].append(score)
+        found["scored"].append(scored)
         found["label"].append(cur.optional_string(rows))
         error = cur.index(2, rows) == 1
         cur.skip_string(rows[error])

@@ -1,0 +1,244 @@
+"""The comparison service's path for large batches: every record of a batch folded in at once.
+
+Why: one record at a time, fastavro's decode of a Comparison record (a dict per record and per
+output) and the fold of that dict cost ≈ 60 µs per record, twelve times a bare consume. Here
+`services/core/vectordecode.py` turns the batch's bytes into columns and numpy folds the columns
+into the same counters, champion, references and window — the same state as
+`ComparisonService.observe` record by record (tests/unit/test_comparison_fold.py holds the two to
+it). Small batches (a live log at a few hundred records per second) stay on the record path:
+numpy's fixed cost per call is larger than a few records' decode.
+
+Order matters where the record-by-record fold keeps it, and is kept here: values reach the
+window's lists and the references in record order, the champion of a record is the chosen model
+of the latest OK answer at or before it, names are admitted to the label budget in order of
+first appearance.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.comparison.metrics import Tally
+from services.comparison.window import STATUSES, ChampionTracker, ModelStats, PairStats, References, SlidingWindow
+from services.core.vectordecode import DecodedBatch
+
+# Decode + fold cost, µs per record, at a batch of 8 / 32 / 128 / 2,000 records: 338 / 96 / 34 / 14
+# (record by record: 40-55).
+MIN_RECORDS = 100
+KINDS = ("ok", "late", "error")  # an output's outcome, as the outputs counter names it
+
+
+class Names:
+    """Model label values of one batch, each with a small index."""
+
+    def __init__(self) -> None:
+        self.values: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def index(self, name: str) -> int:
+        found = self._index.get(name)
+        if found is None:
+            found = self._index[name] = len(self.values)
+            self.values.append(name)
+        return found
+
+    def find(self, name: str | None) -> int:
+        """The index of a name already here, else -1."""
+        return -1 if name is None else self._index.get(name, -1)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """The batch's model outputs in record order; model names as indexes into a `Names`."""
+
+    row: np.ndarray
+    name: np.ndarray
+    series: np.ndarray  # index into the batch's (model, version) label pairs
+    score: np.ndarray
+    scored: np.ndarray
+    error: np.ndarray
+    latency: np.ndarray
+    late: np.ndarray
+    label: np.ndarray  # index into the batch's label strings, -1 = null
+
+    @property
+    def usable_score(self) -> np.ndarray:
+        """A score that can enter a sketch or a sum (not null, not NaN or infinite)."""
+        return self.scored & np.isfinite(self.score)
+
+
+def valid(batch: DecodedBatch, latest_ok_ms: int) -> bool:
+    """What `service.validate` checks, for the whole batch at once."""
+    created = batch.created_at
+    return bool((created > 0).all() and (created <= latest_ok_ms).all() and np.isfinite(batch.latency_ms).all())
+
+
+def fold(
+    batch: DecodedBatch,
+    series_labels: Callable[[str, str], tuple[str, str]],
+    model_label: Callable[[str], str],
+    champion: ChampionTracker,
+    references: References,
+    window: SlidingWindow,
+    tally: Tally,
+) -> None:
+    """`ComparisonService.observe` of every record of a valid batch, in order."""
+    names = Names()
+    out, pairs = _outputs(batch, series_labels, names)
+    chosen = _chosen(batch, model_label, names)
+    champions = _champions(batch.status, chosen, champion, names)
+    met = _met(batch, out)
+    _count(batch, out, pairs, met, tally)
+    usable = ~out.error & out.usable_score
+    for name in np.unique(out.name[usable]).tolist():
+        if names.values[name] not in references.frozen:
+            references.add_many(names.values[name], out.score[usable & (out.name == name)].tolist())
+    stale_before = window.stale
+    keys, live = window.admit(batch.created_at)
+    tally.stale += window.stale - stale_before
+    _fill_buckets(batch, keys, live, window)
+    _fill_models(out, met, keys, live, names, window)
+    _fill_pairs(batch, out, keys, live, champions, names, window)
+
+
+def _outputs(
+    batch: DecodedBatch, series_labels: Callable[[str, str], tuple[str, str]], names: Names
+) -> tuple[Outputs, list[tuple[str, str]]]:
+    # The decoder walks the outputs arrays of all records in lockstep; a stable sort by record
+    # puts them back in record order.
+    order = np.argsort(batch.row, kind="stable")
+    width = max(1, len(batch.version.values))
+    codes, first, series = np.unique(batch.model.ids[order] * width + batch.version.ids[order],
+                                     return_index=True, return_inverse=True)  # fmt: skip
+    pairs: list[tuple[str, str]] = [("", "")] * len(codes)
+    for code in np.argsort(first).tolist():
+        model, version = divmod(int(codes[code]), width)
+        pairs[code] = series_labels(batch.model.values[model], batch.version.values[version])
+    name_of_series = np.array([names.index(model) for model, _version in pairs], dtype=np.int64)
+    series = series.ravel()
+    outputs = Outputs(
+        row=batch.row[order], name=name_of_series[series], series=series, score=batch.score[order],
+        scored=batch.scored[order], error=batch.error[order], latency=batch.latency_ms[order],
+        late=batch.late[order], label=batch.label.ids[order],
+    )  # fmt: skip
+    return outputs, pairs
+
+
+def _chosen(batch: DecodedBatch, model_label: Callable[[str], str], names: Names) -> np.ndarray:
+    """Each record's chosen model as a label index, -1 for none. (Admitted after the outputs'
+    names: a chosen model is one of its record's outputs in every record the rendezvous writes.)"""
+    labels = np.array([names.index(model_label(value)) if value else -1 for value in batch.chosen.values] + [-1],
+                      dtype=np.int64)  # fmt: skip
+    ids: np.ndarray = labels[batch.chosen.ids]  # id -1 (null) takes the -1 at the end
+    return ids
+
+
+def _champions(status: np.ndarray, chosen: np.ndarray, tracker: ChampionTracker, names: Names) -> np.ndarray:
+    """The champion each record's pairs compare against, as a label index (-1: none in this batch)."""
+    if tracker.override:
+        return np.full(len(status), names.find(tracker.override), dtype=np.int64)
+    sets = (status == STATUSES.index("OK")) & (chosen >= 0)
+    latest = np.maximum.accumulate(np.where(sets, np.arange(len(status)), -1))
+    champions: np.ndarray = np.where(latest >= 0, chosen[np.maximum(latest, 0)], names.find(tracker.current))
+    if sets.any():
+        tracker.current = names.values[int(champions[-1])]
+    return champions
+
+
+def _count(batch: DecodedBatch, out: Outputs, pairs: list[tuple[str, str]], met: np.ndarray, tally: Tally) -> None:
+    """The batch's counter increments: records, answers by status, outputs by outcome."""
+    tally.records += batch.records
+    for status, n in enumerate(np.bincount(batch.status, minlength=len(STATUSES)).tolist()):
+        if n:
+            tally.answers[STATUSES[status]] += n
+    kind = np.where(out.error, KINDS.index("error"), np.where(out.late, KINDS.index("late"), KINDS.index("ok")))
+    codes, counts = np.unique((out.series * len(KINDS) + kind) * 2 + met, return_counts=True)
+    for code, n in zip(codes.tolist(), counts.tolist(), strict=True):
+        series, rest = divmod(code, 2 * len(KINDS))
+        key = (pairs[series], KINDS[rest // 2], bool(rest % 2))
+        tally.outputs[key] = tally.outputs.get(key, 0) + n
+
+
+def _met(batch: DecodedBatch, out: Outputs) -> np.ndarray:
+    """services/stats/deadline.py's `met_deadline` of every output."""
+    budget = (batch.deadline - batch.created_at)[out.row]
+    met: np.ndarray = ~out.error & out.scored & (out.latency <= budget)
+    return met
+
+
+def _fill_buckets(batch: DecodedBatch, keys: np.ndarray, live: np.ndarray, window: SlidingWindow) -> None:
+    for key in np.unique(keys[live]).tolist():
+        mine = live & (keys == key)
+        bucket = window.bucket(key)
+        bucket.records += int(mine.sum())
+        for status, n in enumerate(np.bincount(batch.status[mine], minlength=len(STATUSES)).tolist()):
+            if n:
+                bucket.statuses[STATUSES[status]] += n
+
+
+def _fill_models(
+    out: Outputs, met: np.ndarray, keys: np.ndarray, live: np.ndarray, names: Names, window: SlidingWindow
+) -> None:
+    usable = out.usable_score
+    for (key, name), at in _groups(keys[out.row], out.name, where=live[out.row]):
+        models = window.bucket(key).models
+        stats = models.get(names.values[name])
+        if stats is None:
+            stats = models[names.values[name]] = ModelStats()
+        error = out.error[at]
+        errors = int(error.sum())
+        stats.new_latencies.extend(out.latency[at].tolist())
+        stats.late += int(out.late[at].sum())
+        stats.errors += errors
+        stats.met += int(met[at].sum())
+        stats.missed += errors + int((~met[at] & ~error).sum())
+        stats.new_scores.extend(out.score[at[~error & usable[at]]].tolist())
+
+
+def _fill_pairs(
+    batch: DecodedBatch, out: Outputs, keys: np.ndarray, live: np.ndarray, champions: np.ndarray,
+    names: Names, window: SlidingWindow,
+) -> None:  # fmt: skip
+    """Every other output without error against the champion's (its last one without error) on
+    the same request, in records with two outputs or more."""
+    position = np.arange(len(out.row))
+    candidate = live[out.row] & ~out.error & (out.name == champions[out.row])
+    lead = np.full(batch.records, -1, dtype=np.int64)
+    np.maximum.at(lead, out.row[candidate], position[candidate])
+    paired = (lead >= 0) & (np.bincount(out.row, minlength=batch.records) >= 2)
+    lead_of = np.maximum(lead[out.row], 0)
+    pairable = paired[out.row] & ~out.error & (position != lead[out.row])
+    usable = out.usable_score
+    both_scored = usable & usable[lead_of]
+    for (key, name, lead_name), at in _groups(keys[out.row], out.name, out.name[lead_of], where=pairable):
+        pairs = window.bucket(key).pairs
+        pair_key = (names.values[name], names.values[lead_name])
+        pair = pairs.get(pair_key)
+        if pair is None:
+            pair = pairs[pair_key] = PairStats()
+        pair.n += len(at)
+        scored = at[both_scored[at]]
+        pair.new_model_scores.extend(out.score[scored].tolist())
+        pair.new_champion_scores.extend(out.score[lead_of[scored]].tolist())
+        labelled = at[(out.label[at] >= 0) & (out.label[lead_of[at]] >= 0)]
+        values = batch.label.values
+        counts = Counter(zip(out.label[lead_of[labelled]].tolist(), out.label[labelled].tolist(), strict=True))
+        for (lead_label, label), n in counts.items():
+            pair.labels.confusion[(values[lead_label], values[label])] += n
+
+
+def _groups(*columns: np.ndarray, where: np.ndarray) -> list[tuple[tuple[int, ...], np.ndarray]]:
+    """Positions where `where` holds, grouped by their values in `columns`: each group's values
+    and its positions in order; the groups in order of first appearance."""
+    positions = np.flatnonzero(where)
+    if not len(positions):
+        return []
+    keys = np.stack([column[positions] for column in columns], axis=1)
+    distinct, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    grouped = np.split(positions[np.argsort(inverse, kind="stable")], np.cumsum(np.bincount(inverse))[:-1])
+    return [(tuple(distinct[g].tolist()), grouped[g]) for g in np.argsort(first).tolist()]

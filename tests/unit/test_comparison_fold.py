@@ -1,0 +1,135 @@
+"""The comparison service's batch fold (fold.py) against its record-by-record fold (no Kafka).
+
+Both folds get the same batches of random Comparison records — several models per record, now
+and then twice the same, errors, null / NaN / infinite scores, null labels, late outputs, every
+status, a champion that changes, records the window already slid past, jumps forward — and must
+leave exactly the same state: counters, champion, references, window (its raw value lists in
+order, before they are folded into sketches), label series.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from services.comparison import fold
+from services.comparison import metrics as m
+from services.comparison.service import ComparisonService
+from services.comparison.settings import ComparisonSettings
+from services.comparison.window import References, SlidingWindow
+from services.core.codec import codec
+from services.core.vectordecode import decode_bodies
+
+BASE_MS = 1_700_000_000_000
+MODELS = ("champion", "challenger", "canary", "shadow")
+
+
+def random_record(rng: np.random.Generator, created: int) -> dict[str, Any]:
+    outputs = []
+    for model in rng.choice(MODELS, size=int(rng.integers(1, 5))).tolist():  # repeats allowed
+        error = "ValueError: x" if rng.random() < 0.1 else None
+        score = None if error or rng.random() < 0.05 else float(rng.choice([rng.random(), np.nan, np.inf],
+                                                                             p=[0.94, 0.03, 0.03]))
+        label = None if error or rng.random() < 0.3 else str(rng.choice(["a", "b", "c"]))
+        outputs.append({"model": model, "version": str(rng.choice(["v1", "v2"])), "score": score, "label": label,
+                        "error": error, "latency_ms": float(rng.uniform(0, 400)), "compute_ms": 1.0,
+                        "late": bool(rng.random() < 0.2)})
+    # As the rendezvous writes them: the chosen model is one of the record's outputs, or none.
+    chosen = str(rng.choice([o["model"] for o in outputs])) if rng.random() < 0.8 else None
+    return {"request_id": f"r{created}", "created_at": created, "deadline": created + int(rng.integers(50, 300)),
+            "answered_at": created + 5, "status": str(rng.choice(["OK", "FALLBACK", "TIMEOUT", "ERROR"])),
+            "chosen_model": chosen, "reason": "", "schedule": "s", "schedule_version": 1, "outputs": outputs}
+
+
+def random_batches(seed: int, batches: int = 6, size: int = 80) -> list[list[dict[str, Any]]]:
+    rng = np.random.default_rng(seed)
+    created, result = BASE_MS, []
+    for _ in range(batches):
+        batch = []
+        for _ in range(size):
+            step = int(rng.choice([0, 3, 40, -900, 700], p=[0.2, 0.6, 0.14, 0.03, 0.03]))
+            created = max(BASE_MS, created + step)  # now and then far back (stale) or far ahead
+            batch.append(random_record(rng, created))
+        result.append(batch)
+    return result
+
+
+def service(override: str, max_models: int) -> ComparisonService:
+    settings = ComparisonSettings(bootstrap="unused:1", champion=override, max_models=max_models)
+    settings.validate()
+    svc = ComparisonService(settings)
+    svc.window = SlidingWindow(bucket_ms=100, buckets=4)  # small, so the batches slide it often
+    svc.references = References(size=40)  # fills up within the run
+    return svc
+
+
+def state(svc: ComparisonService, tallies: list[m.Tally]) -> dict[str, Any]:
+    window = svc.window
+    buckets = {
+        key: (b.records, dict(b.statuses),
+              {name: (s.errors, s.late, s.met, s.missed, s.new_latencies, s.new_scores)
+               for name, s in b.models.items()},
+              {key: (p.n, p.new_model_scores, p.new_champion_scores, dict(p.labels.confusion))
+               for key, p in b.pairs.items()})
+        for key, b in window._live.items()
+    }  # fmt: skip
+    return {
+        "tallies": [(t.records, t.stale, dict(t.answers), t.outputs) for t in tallies],
+        "champion": svc.champion.current,
+        "references": (dict(svc.references._filling), sorted(svc.references.frozen)),
+        "window": (window.newest_ms, window.stale, window._newest_key, buckets),
+        "series": (dict(svc._series), sorted(svc._touched)),
+    }
+
+
+@pytest.mark.parametrize("override", ["", "challenger"])
+@pytest.mark.parametrize("max_models", [10, 2])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_batch_fold_leaves_the_state_one_record_at_a_time_leaves(seed: int, max_models: int, override: str) -> None:
+    comparisons = codec("comparison")
+    one_by_one, at_once = service(override, max_models), service(override, max_models)
+    tallies_one, tallies_all = [], []
+    for records in random_batches(seed):
+        tally = m.Tally()
+        for record in records:
+            one_by_one.observe(comparisons.decode(comparisons.encode(record)), tally)
+        tallies_one.append(tally)
+        batch = decode_bodies([comparisons.encode(r) for r in records], skip=len(comparisons.header))
+        assert fold.valid(batch, BASE_MS * 2)
+        tally = m.Tally()
+        fold.fold(batch, at_once._series_labels, at_once._labels.model, at_once.champion, at_once.references,
+                  at_once.window, tally)  # fmt: skip
+        tallies_all.append(tally)
+    expected, got = state(one_by_one, tallies_one), state(at_once, tallies_all)
+    for part in expected:  # one part at a time, for a readable failure
+        assert _nan_safe(got[part]) == _nan_safe(expected[part]), part
+    assert expected["window"][1] > 0, "the records should include some the window had slid past"
+    assert expected["references"][1], "a reference should have frozen"
+
+
+def _nan_safe(value: Any) -> Any:
+    """NaN != NaN: compare NaN scores by name."""
+    if isinstance(value, float) and value != value:
+        return "nan"
+    if isinstance(value, dict):
+        return {_nan_safe(k): _nan_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_nan_safe(v) for v in value)
+    return value
+
+
+@pytest.mark.parametrize("fault", ["created_at 0", "created_at ahead", "latency NaN"])
+def test_a_batch_with_a_record_the_record_path_rejects_is_not_folded_at_once(fault: str) -> None:
+    comparisons = codec("comparison")
+    records = random_batches(7, batches=1, size=40)[0]
+    victim = records[17]
+    if fault == "created_at 0":
+        victim["created_at"] = 0
+    elif fault == "created_at ahead":
+        victim["created_at"] = BASE_MS * 3
+    else:
+        victim["outputs"][0]["latency_ms"] = float("nan")
+    batch = decode_bodies([comparisons.encode(r) for r in records], skip=len(comparisons.header))
+    assert not fold.valid(batch, BASE_MS * 2)
