@@ -16,7 +16,6 @@ first appearance.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -225,20 +224,25 @@ def _fill_pairs(
         pair.new_model_scores.extend(out.score[scored].tolist())
         pair.new_champion_scores.extend(out.score[lead_of[scored]].tolist())
         labelled = at[(out.label[at] >= 0) & (out.label[lead_of[at]] >= 0)]
-        values = batch.label.values
-        counts = Counter(zip(out.label[lead_of[labelled]].tolist(), out.label[labelled].tolist(), strict=True))
-        for (lead_label, label), n in counts.items():
-            pair.labels.confusion[(values[lead_label], values[label])] += n
+        width = len(batch.label.values)
+        codes, counts = np.unique(out.label[lead_of[labelled]] * width + out.label[labelled], return_counts=True)
+        for code, n in zip(codes.tolist(), counts.tolist(), strict=True):
+            lead_label, label = divmod(code, width)
+            pair.labels.confusion[(batch.label.values[lead_label], batch.label.values[label])] += n
 
 
 def _groups(*columns: np.ndarray, where: np.ndarray) -> list[tuple[tuple[int, ...], np.ndarray]]:
-    """Positions where `where` holds, grouped by their values in `columns`: each group's values
-    and its positions in order; the groups in order of first appearance."""
+    """Positions where `where` holds, grouped by their values in `columns` (small non-negative
+    ints): each group's values and its positions in order; the groups in order of first appearance."""
     positions = np.flatnonzero(where)
     if not len(positions):
         return []
-    keys = np.stack([column[positions] for column in columns], axis=1)
-    distinct, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-    inverse = inverse.ravel()
-    grouped = np.split(positions[np.argsort(inverse, kind="stable")], np.cumsum(np.bincount(inverse))[:-1])
-    return [(tuple(distinct[g].tolist()), grouped[g]) for g in np.argsort(first).tolist()]
+    code = np.zeros(len(positions), dtype=np.int64)
+    for column in columns:  # one int per combination (a sort of one int column is the fast one)
+        values = column[positions]
+        code = code * (int(values.max()) + 1) + values
+    order = np.argsort(code, kind="stable")
+    ordered = code[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    grouped = sorted(np.split(positions[order], starts[1:]), key=lambda at: int(at[0]))
+    return [(tuple(int(column[at[0]]) for column in columns), at) for at in grouped]

@@ -359,6 +359,31 @@ def test_vectorized_decoding_equals_fastavro(records: list[dict[str, Any]], case
         m: set(v) for m, v in zip(reference.frame().models, reference.frame().versions, strict=True)}
 
 
+@pytest.mark.parametrize("hashing", ["as shipped", "every row colliding"])
+def test_vectorized_decoding_tells_strings_apart_even_when_their_hashes_collide(
+    records: list[dict[str, Any]], hashing: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.core import vectordecode
+
+    if hashing == "every row colliding":
+        monkeypatch.setattr(vectordecode, "_ROW_HASH", np.zeros_like(vectordecode._ROW_HASH))
+    comparisons = codec("comparison")
+    values = [comparisons.encode(r) for r in [*records, *edge_records()]]
+    batch = vectordecode.decode_bodies(values, skip=10)
+
+    def text(strings: Any, i: int) -> str | None:
+        return None if i < 0 else strings.values[i]
+
+    got = [(row, text(batch.model, m), text(batch.version, v), text(batch.label, la)) for row, m, v, la in zip(
+        batch.row.tolist(), batch.model.ids.tolist(), batch.version.ids.tolist(), batch.label.ids.tolist(),
+        strict=True)]  # fmt: skip
+    expected = [(row, o["model"], o["version"], o["label"])
+                for row, r in enumerate(comparisons.decode(v) for v in values) for o in r["outputs"]]
+    assert sorted(got, key=repr) == sorted(expected, key=repr)
+    for strings in (batch.model, batch.version, batch.label):
+        assert strings.values == sorted(set(strings.values), key=lambda t: (len(t.encode()), t.encode()))
+
+
 def test_vectorized_decoding_reads_arrays_written_in_several_blocks() -> None:
     from services.core.vectordecode import decode_bodies
 
