@@ -9,7 +9,6 @@ Docker engine answers. Never a mock.
 
 from __future__ import annotations
 
-import gc
 import os
 import shutil
 import threading
@@ -37,13 +36,6 @@ def _docker_engine_answers() -> bool:
         return False
 
 
-def _release_clients() -> None:
-    """Destroy the Kafka clients that only reference cycles still hold (a test's sender whose
-    thread holds its bound method) while the broker is still up: left to the interpreter's exit,
-    they outlive the broker and print "Connection refused" until then."""
-    gc.collect()
-
-
 @pytest.fixture(scope="session")
 def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
@@ -55,14 +47,12 @@ def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
         with ephemeral_broker(Path(tmp_path_factory.mktemp("kafka"))) as broker:
             yield broker.bootstrap
-            _release_clients()
         return
     if _docker_engine_answers():
         from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer().with_kraft() as container:
             yield container.get_bootstrap_server()
-            _release_clients()
         return
     pytest.fail("no Kafka: set KAFKA_BOOTSTRAP_SERVERS, install Java 17 + Maven, or run a Docker engine")
 

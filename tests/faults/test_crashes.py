@@ -57,6 +57,9 @@ class Sender:
 
     def _flush(self) -> None:
         assert self._producer.flush(60) == 0
+        # Closed here, not when collected: the pacing thread's bound method keeps this object in a
+        # reference cycle, which would keep the client reconnecting until the interpreter exits.
+        self._producer.close()
 
     def start(self) -> Sender:
         self._pace.start()
