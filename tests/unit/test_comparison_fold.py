@@ -1,8 +1,9 @@
 """The comparison service's batch fold (fold.py) against its record-by-record fold (no Kafka).
 
-Both folds get the same batches of random Comparison records — several models per record, now
-and then twice the same, errors, null / NaN / infinite scores, null labels, late outputs, every
-status, a champion that changes, records the window already slid past, jumps forward — and must
+Both folds get the same batches of random Comparison records — up to four models per record
+(none, now and then twice the same), errors, null / NaN / infinite scores, null labels, late
+outputs, every status, a champion that changes, records the window already slid past, jumps
+forward, a batch without a single output — and must
 leave exactly the same state: counters, champion, references, window (its raw value lists in
 order, before they are folded into sketches), label series.
 """
@@ -28,7 +29,7 @@ MODELS = ("champion", "challenger", "canary", "shadow")
 
 def random_record(rng: np.random.Generator, created: int) -> dict[str, Any]:
     outputs = []
-    for model in rng.choice(MODELS, size=int(rng.integers(1, 5))).tolist():  # repeats allowed
+    for model in rng.choice(MODELS, size=int(rng.integers(0, 5))).tolist():  # none, or repeats
         error = "ValueError: x" if rng.random() < 0.1 else None
         score = None if error or rng.random() < 0.05 else float(rng.choice([rng.random(), np.nan, np.inf],
                                                                              p=[0.94, 0.03, 0.03]))
@@ -37,7 +38,7 @@ def random_record(rng: np.random.Generator, created: int) -> dict[str, Any]:
                         "error": error, "latency_ms": float(rng.uniform(0, 400)), "compute_ms": 1.0,
                         "late": bool(rng.random() < 0.2)})
     # As the rendezvous writes them: the chosen model is one of the record's outputs, or none.
-    chosen = str(rng.choice([o["model"] for o in outputs])) if rng.random() < 0.8 else None
+    chosen = str(rng.choice([o["model"] for o in outputs])) if outputs and rng.random() < 0.8 else None
     return {"request_id": f"r{created}", "created_at": created, "deadline": created + int(rng.integers(50, 300)),
             "answered_at": created + 5, "status": str(rng.choice(["OK", "FALLBACK", "TIMEOUT", "ERROR"])),
             "chosen_model": chosen, "reason": "", "schedule": "s", "schedule_version": 1, "outputs": outputs}
@@ -91,7 +92,9 @@ def test_batch_fold_leaves_the_state_one_record_at_a_time_leaves(seed: int, max_
     comparisons = codec("comparison")
     one_by_one, at_once = service(override, max_models), service(override, max_models)
     tallies_one, tallies_all = [], []
-    for records in random_batches(seed):
+    batches = random_batches(seed)
+    batches.insert(3, [{**r, "outputs": [], "chosen_model": None} for r in batches[3]])
+    for records in batches:
         tally = m.Tally()
         for record in records:
             one_by_one.observe(comparisons.decode(comparisons.encode(record)), tally)
