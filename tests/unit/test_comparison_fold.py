@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from confluent_kafka import Message
 
 from services.comparison import fold
 from services.comparison import metrics as m
@@ -136,3 +137,27 @@ def test_a_batch_with_a_record_the_record_path_rejects_is_not_folded_at_once(fau
         victim["outputs"][0]["latency_ms"] = float("nan")
     batch = decode_bodies([comparisons.encode(r) for r in records], skip=len(comparisons.header))
     assert not fold.valid(batch, BASE_MS * 2)
+
+
+@pytest.mark.parametrize("batch", ["valid", "too small", "a garbage value", "a truncated value", "a null value",
+                                   "created_at 0"])
+def test_only_large_valid_batches_are_folded_at_once_and_others_are_left_untouched(batch: str) -> None:
+    comparisons = codec("comparison")
+    records = random_batches(11, batches=1, size=fold.MIN_RECORDS + 20)[0]
+    if batch == "too small":
+        records = records[: fold.MIN_RECORDS - 1]
+    if batch == "created_at 0":
+        records[5]["created_at"] = 0
+    values: list[bytes | None] = [comparisons.encode(r) for r in records]
+    if batch == "a garbage value":
+        values[7] = b"\x00 not a comparison record"
+    elif batch == "a truncated value":
+        values[7] = values[7][:-3]  # type: ignore[index]
+    elif batch == "a null value":
+        values[7] = None
+    messages = [Message(topic="rdv.log", partition=0, offset=i, value=v) for i, v in enumerate(values)]
+    svc, tally = service("", 10), m.Tally()
+    folded = svc._fold_at_once(messages, BASE_MS * 2, tally)
+    assert folded == (batch == "valid")
+    assert tally.records == (len(records) if folded else 0)
+    assert (svc.window.newest_ms > 0) == folded
