@@ -25,8 +25,8 @@ from services.comparison.metrics import Tally
 from services.comparison.window import STATUSES, ChampionTracker, ModelStats, PairStats, References, SlidingWindow
 from services.core.vectordecode import DecodedBatch
 
-# Decode + fold cost, µs per record, at a batch of 8 / 32 / 128 / 2,000 records: 338 / 96 / 34 / 14
-# (record by record: 40-55).
+# Decode + fold cost, µs per record, at a batch of 8 / 32 / 128 / 500 / 2,000 records: 202-214 / 49 /
+# 16-17 / 8-9 / 6-7 (record by record: 30-33, the same records and machine).
 MIN_RECORDS = 100
 KINDS = ("ok", "late", "error")  # an output's outcome, as the outputs counter names it
 
