@@ -43,8 +43,10 @@ MAX_ITEMS = 10_000  # outputs per array block: more is not a Comparison record
 _K = np.arange(10)
 _SHIFTS = (7 * _K).astype(np.uint64)
 _DOUBLE = np.arange(8)
-# Odd random multipliers, one per key byte, for `_distinct_rows`' hash (fixed: runs compare alike).
-_ROW_HASH = np.random.default_rng(20261129).integers(1, 2**63, size=STRING_MAX + 1, dtype=np.uint64) | np.uint64(1)
+# Odd random multipliers, one per key word, for `_distinct_rows`' hash (fixed: runs compare alike).
+_ROW_HASH = np.random.default_rng(20261129).integers(1, 2**63, size=2 + STRING_MAX // 8, dtype=np.uint64) | np.uint64(1)
+# The low n bytes of a little-endian word, for n = 0..8.
+_LOW_BYTES = np.array([(1 << (8 * n)) - 1 for n in range(9)], dtype=np.uint64)
 
 
 class Rejected(Exception):
@@ -108,12 +110,14 @@ class _Cursor:
     """One read position per record in a concatenation of record bodies; checks every step."""
 
     def __init__(self, values: Sequence[bytes], skip: int):
-        data = b"".join(values)
-        self.buf = np.frombuffer(data, dtype=np.uint8)
+        # 8 bytes of padding let a string's last 8-byte word start anywhere in the data.
+        padded = np.frombuffer(b"".join((*values, bytes(8))), dtype=np.uint8)
+        self.buf = padded[:-8]
+        self._words = np.lib.stride_tricks.sliding_window_view(padded, 8)  # a view: nothing is copied
         lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
         self.end = np.cumsum(lengths)
         self.pos = self.end - lengths + skip
-        self._last = max(len(data) - 1, 0)
+        self._last = max(len(self.buf) - 1, 0)
 
     def _check(self, pos: np.ndarray, rows: np.ndarray | None) -> None:
         end = self.end if rows is None else self.end[rows]
@@ -202,42 +206,44 @@ class _Cursor:
         if not parts:
             return Strings([], np.zeros(0, dtype=np.int64))
         present = np.concatenate([p for p, _, _ in parts])
-        start = np.concatenate([s for _, s, _ in parts])
-        size = np.concatenate([n for _, _, n in parts])
-        width = int(size.max()) if len(size) else 0
-        # Key = 1 length byte + the bytes, zero-padded: equal keys mean equal strings (the length
-        # byte keeps "a" apart from "a\0", which a NUL-padded byte string could not).
-        columns = np.arange(width)
-        gathered = self.buf[np.minimum(start[:, None] + columns, self._last)] * (columns < size[:, None])
-        keys = np.concatenate([size[:, None].astype(np.uint8), gathered.astype(np.uint8)], axis=1)
-        unique, inverse = _distinct_rows(keys[present])
+        start = np.concatenate([s for _, s, _ in parts])[present]
+        size = np.concatenate([n for _, _, n in parts])[present]
+        # Key = the length, then the bytes 8 at a time (zero past the end): equal keys mean equal
+        # strings, and the length keeps "a" apart from "a\0".
+        columns = [size.astype(np.uint64)]
+        for word in range(-(-int(size.max()) // 8) if len(size) else 0):
+            left = np.clip(size - 8 * word, 0, 8)
+            raw = self._words[np.minimum(start + 8 * word, len(self._words) - 1)]
+            columns.append(np.ascontiguousarray(raw).view("<u8").ravel() & _LOW_BYTES[left])
+        distinct, inverse = _distinct_rows(np.stack(columns, axis=1))
         ids = np.full(len(present), -1, dtype=np.int64)
         ids[present] = inverse
         try:
-            values = [key[1 : 1 + key[0]].decode("utf-8") for key in unique]
+            values = [row[8:].tobytes()[: int(row[0])].decode("utf-8") for row in distinct]
         except UnicodeDecodeError:
             raise Rejected("a string that is not UTF-8") from None
         return Strings(values, ids)
 
 
-def _distinct_rows(keys: np.ndarray) -> tuple[list[bytes], np.ndarray]:
-    """The distinct rows of a uint8 matrix in byte order, and each row's index among them.
+def _distinct_rows(keys: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """The distinct rows of a uint64 matrix of string keys (length, then the bytes 8 at a time) in
+    the strings' order (shorter first, then by bytes), and each row's index among them.
 
     Rows are told apart by a 64-bit hash (sorting ints is several times cheaper than sorting
-    byte strings), then checked against the rows themselves: after a collision, by the bytes."""
+    rows), then checked against the rows themselves: after a collision, by the rows."""
     if not len(keys):
         return [], np.zeros(0, dtype=np.int64)
-    hashes = (keys.astype(np.uint64) * _ROW_HASH[: keys.shape[1]]).sum(axis=1, dtype=np.uint64)
+    hashes = (keys * _ROW_HASH[: keys.shape[1]]).sum(axis=1, dtype=np.uint64)
     _hashes, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
     inverse = inverse.ravel()
     if (keys[first][inverse] != keys).any():
-        rows, inverse = np.unique(keys, axis=0, return_inverse=True)
-        return [row.tobytes() for row in rows], inverse.ravel()
-    distinct = [keys[i].tobytes() for i in first.tolist()]
-    order = sorted(range(len(distinct)), key=distinct.__getitem__)
+        _rows, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+        inverse = inverse.ravel()
+    distinct = [keys[i] for i in first.tolist()]
+    order = sorted(range(len(distinct)), key=lambda i: (int(distinct[i][0]), distinct[i][1:].tobytes()))
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
-    return [distinct[i] for i in order], rank[inverse]
+    return [distinct[i].view(np.uint8) for i in order], rank[inverse]
 
 
 def decode_bodies(values: Sequence[bytes], skip: int = 0) -> DecodedBatch:
