@@ -92,10 +92,7 @@ def fold(
     champions = _champions(batch.status, chosen, champion, names)
     met = _met(batch, out)
     _count(batch, out, pairs, met, tally)
-    usable = ~out.error & out.usable_score
-    for name in np.unique(out.name[usable]).tolist():
-        if names.values[name] not in references.frozen:
-            references.add_many(names.values[name], out.score[usable & (out.name == name)].tolist())
+    _fill_references(out, names, references)
     stale_before = window.stale
     keys, live = window.admit(batch.created_at)
     tally.stale += window.stale - stale_before
@@ -169,6 +166,14 @@ def _met(batch: DecodedBatch, out: Outputs) -> np.ndarray:
     return met
 
 
+def _fill_references(out: Outputs, names: Names, references: References) -> None:
+    """Each model's scores without error, in order, to its reference until it is frozen."""
+    usable = ~out.error & out.usable_score
+    for name in np.unique(out.name[usable]).tolist():
+        if names.values[name] not in references.frozen:
+            references.add_many(names.values[name], out.score[usable & (out.name == name)].tolist())
+
+
 def _fill_buckets(batch: DecodedBatch, keys: np.ndarray, live: np.ndarray, window: SlidingWindow) -> None:
     for key in np.unique(keys[live]).tolist():
         mine = live & (keys == key)
@@ -232,15 +237,17 @@ def _fill_pairs(
 
 
 def _groups(*columns: np.ndarray, where: np.ndarray) -> list[tuple[tuple[int, ...], np.ndarray]]:
-    """Positions where `where` holds, grouped by their values in `columns` (small non-negative
-    ints): each group's values and its positions in order; the groups in order of first appearance."""
+    """Positions where `where` holds, grouped by their values in `columns` (ints in a small range:
+    bucket keys of one batch, name indexes): each group's values and its positions in order; the
+    groups in order of first appearance."""
     positions = np.flatnonzero(where)
     if not len(positions):
         return []
     code = np.zeros(len(positions), dtype=np.int64)
     for column in columns:  # one int per combination (a sort of one int column is the fast one)
         values = column[positions]
-        code = code * (int(values.max()) + 1) + values
+        low = int(values.min())
+        code = code * (int(values.max()) - low + 1) + (values - low)
     order = np.argsort(code, kind="stable")
     ordered = code[order]
     starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))

@@ -110,33 +110,43 @@ class ComparisonService(SimpleHandler):
     def on_batch(self, messages: list[Message]) -> None:
         if not messages:
             return
-        tally = m.Tally()
         latest_ok = now_ms() + int(self.settings.future_tolerance_s * 1000)
-        rejected = 0 if self._fold_at_once(messages, latest_ok, tally) else self._fold_each(messages, latest_ok, tally)
+        rejected = 0
+        tally = self._fold_at_once(messages, latest_ok)
+        if tally is None:
+            tally = m.Tally()
+            rejected = self._fold_each(messages, latest_ok, tally)
         tally.apply()
         self.window.compact()
         self.processed += len(messages) - rejected
         self.positions.advance(messages)
 
-    def _fold_at_once(self, messages: list[Message], latest_ok: int, tally: m.Tally) -> bool:
-        """A large batch of valid current-schema records, decoded and folded in at once (fold.py);
-        False (nothing done) for any other batch: the record path decodes, checks and rejects
-        one by one."""
+    def _fold_at_once(self, messages: list[Message], latest_ok: int) -> m.Tally | None:
+        """A large batch of valid current-schema records, decoded and folded in at once (fold.py),
+        and its counter increments; None (nothing done) for any other batch: the record path
+        decodes, checks and rejects one by one."""
         if len(messages) < fold.MIN_RECORDS or not self._vectorized:
-            return False
+            return None
         header = self._codec.header
         bodies = [value for msg in messages if (value := msg.value()) is not None and value.startswith(header)]
         if len(bodies) < len(messages):
-            return False
+            return None
         try:
             batch = decode_bodies(bodies, skip=len(header))
         except Rejected:
-            return False
+            return None
         if not fold.valid(batch, latest_ok):
-            return False
-        fold.fold(batch, self._series_labels, self._labels.model, self.champion, self.references, self.window,
-                  tally)  # fmt: skip
-        return True
+            return None
+        tally = m.Tally()
+        try:
+            fold.fold(batch, self._series_labels, self._labels.model, self.champion, self.references,
+                      self.window, tally)  # fmt: skip
+        # A valid batch never fails here; if a bug makes one, the record path takes the batch and
+        # nothing stops (the counters count it once; the window may hold what was folded before).
+        except Exception:
+            log.exception("folding a batch of %d records at once failed; folding them one by one", len(messages))
+            return None
+        return tally
 
     def _fold_each(self, messages: list[Message], latest_ok: int, tally: m.Tally) -> int:
         """Decode, check and fold one record at a time; returns how many were rejected."""

@@ -294,14 +294,8 @@ class References:
 
     def add(self, model: str, score: float | None) -> None:
         """One score of `model` (ignored once its reference is frozen, or when unusable)."""
-        if model in self.frozen or score is None or not math.isfinite(score):
-            return
-        values = self._filling.get(model)
-        if values is None:
-            values = self._filling[model] = []
-        values.append(score)
-        if len(values) >= self.size:
-            self.frozen[model] = QuantileSketch.of(self._filling.pop(model))
+        if score is not None and math.isfinite(score):
+            self.add_many(model, [score])
 
     def add_many(self, model: str, scores: list[float]) -> None:
         """`add` of each of `scores` in turn; every one of them must be finite."""
