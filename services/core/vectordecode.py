@@ -239,7 +239,7 @@ def _distinct_rows(keys: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
     if (keys[first][inverse] != keys).any():
         _rows, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
         inverse = inverse.ravel()
-    distinct = [keys[i] for i in first.tolist()]
+    distinct = [keys[i].astype("<u8") for i in first.tolist()]  # little-endian: a word's bytes in string order
     order = sorted(range(len(distinct)), key=lambda i: (int(distinct[i][0]), distinct[i][1:].tobytes()))
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
