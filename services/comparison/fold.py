@@ -24,6 +24,7 @@ import numpy as np
 from services.comparison.metrics import Tally
 from services.comparison.window import STATUSES, ChampionTracker, ModelStats, PairStats, References, SlidingWindow
 from services.core.vectordecode import DecodedBatch
+from services.stats.deadline import met_deadline_array
 
 # Decode + fold cost, µs per record, at a batch of 8 / 32 / 128 / 500 / 2,000 records: 202-214 / 49 /
 # 16-17 / 8-9 / 6-7 (record by record: 30-33, the same records and machine).
@@ -160,10 +161,8 @@ def _count(batch: DecodedBatch, out: Outputs, pairs: list[tuple[str, str]], met:
 
 
 def _met(batch: DecodedBatch, out: Outputs) -> np.ndarray:
-    """services/stats/deadline.py's `met_deadline` of every output."""
-    budget = (batch.deadline - batch.created_at)[out.row]
-    met: np.ndarray = ~out.error & out.scored & (out.latency <= budget)
-    return met
+    """Whether each output met its request's deadline (the one definition, services/stats/deadline.py)."""
+    return met_deadline_array(~out.error & out.scored, out.latency, (batch.deadline - batch.created_at)[out.row])
 
 
 def _fill_references(out: Outputs, names: Names, references: References) -> None:

@@ -4,8 +4,8 @@ A model met the deadline when it gave a usable output â€” no error and a score â
 the rendezvous no later than the request's deadline. Its `latency_ms` in the comparison log is
 measured from the request's created_at, so "by the deadline" is `latency_ms <= budget_ms`
 where the budget is `deadline - created_at`. The live comparison service applies it record by
-record (`met_deadline`), the report to whole columns at once (`met_deadline_array`); a unit
-test holds the two to the same answers.
+record (`met_deadline`) or, to a large batch, to its columns at once (`met_deadline_array`, as the
+report does); a unit test holds the two to the same answers.
 """
 
 from __future__ import annotations
