@@ -64,11 +64,7 @@ class Outputs:
     latency: np.ndarray
     late: np.ndarray
     label: np.ndarray  # index into the batch's label strings, -1 = null
-
-    @property
-    def usable_score(self) -> np.ndarray:
-        """A score that can enter a sketch or a sum (not null, not NaN or infinite)."""
-        return self.scored & np.isfinite(self.score)
+    usable_score: np.ndarray  # a score that can enter a sketch or a sum (not null, NaN or infinite)
 
 
 def valid(batch: DecodedBatch, latest_ok_ms: int) -> bool:
@@ -117,10 +113,11 @@ def _outputs(
         pairs[code] = series_labels(batch.model.values[model], batch.version.values[version])
     name_of_series = np.array([names.index(model) for model, _version in pairs], dtype=np.int64)
     series = series.ravel()
+    score, scored = batch.score[order], batch.scored[order]
     outputs = Outputs(
-        row=batch.row[order], name=name_of_series[series], series=series, score=batch.score[order],
-        scored=batch.scored[order], error=batch.error[order], latency=batch.latency_ms[order],
-        late=batch.late[order], label=batch.label.ids[order],
+        row=batch.row[order], name=name_of_series[series], series=series, score=score, scored=scored,
+        error=batch.error[order], latency=batch.latency_ms[order], late=batch.late[order],
+        label=batch.label.ids[order], usable_score=scored & np.isfinite(score),
     )  # fmt: skip
     return outputs, pairs
 
