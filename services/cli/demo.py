@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 from collections import Counter, deque
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -176,19 +176,19 @@ def _first_answers(client: Client, processes: list[subprocess.Popen[bytes]], con
     """Warm-up, not counted: every producer's first send waits for its producer id, and a
     rendezvous answers only once it has recovered its partitions (on a broker kept from earlier
     runs it reads back the answers and log of requests it re-reads: seconds, or more)."""
-    futures = [client.submit(row, budget_ms=30_000) for row in demo_rows(10, seed=2)]
+    pending = {client.submit(row, budget_ms=30_000) for row in demo_rows(10, seed=2)}
     client.flush()
     started = last_note = time.monotonic()
-    while not all(future.done() for future in futures):
+    while pending:
+        _answered, pending = wait(pending, timeout=0.5)  # returns as soon as the last one is answered
         waited = time.monotonic() - started
-        if waited > FIRST_ANSWERS_WAIT_S:
+        if pending and waited > FIRST_ANSWERS_WAIT_S:
             raise ConfigError(f"no answer within {FIRST_ANSWERS_WAIT_S:.0f} s; see the logs in {logs}")
         _check_alive(processes)
-        if time.monotonic() - last_note >= 5.0:
+        if pending and time.monotonic() - last_note >= 5.0:
             console.print(f"waiting for the first answers ({waited:.0f} s; the rendezvous may still be "
                           "recovering its partitions, see rendezvous-0.log)...")
             last_note = time.monotonic()
-        time.sleep(0.1)  # polling the warm-up requests' futures
 
 
 def _generate_load(
