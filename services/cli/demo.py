@@ -7,6 +7,7 @@ generator sends demo rows at a fixed rate through the `Client` and tallies the a
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -34,6 +35,11 @@ from services.localkafka.config import cache_dir
 from services.model_worker.models import demo_rows
 from services.model_worker.settings import model_group
 
+# Below this many CPUs the demo co-hosts its models unless told otherwise: on 2 cores, three model
+# processes beside the broker, the rendezvous and the load generator kept the machine 85-95% busy
+# at 200 req/s and missed deadlines whenever it stalled; one worker scoring all three costs less.
+SEPARATE_WORKERS_MIN_CPUS = 4
+
 
 @dataclass(frozen=True)
 class DemoSettings(KafkaSettings):
@@ -51,9 +57,10 @@ class DemoSettings(KafkaSettings):
     metrics_base_port: int = setting(
         9100, "Rendezvous metrics on this port, models on the next ones (0 = no metrics endpoints)."
     )
-    co_host: bool = setting(
-        False, "Score with every model in one worker process (`model serve --co-host`): fewer Kafka requests and "
-        "processes, so less CPU per request on a small machine; but a slow model then holds up the others."
+    co_host: bool | None = setting(
+        None, "Score with every model in one worker process (`model serve --co-host`): fewer Kafka requests and "
+        "processes, so less CPU per request; but a slow model then holds up the others. Unset: co-hosted "
+        f"on a machine with fewer than {SEPARATE_WORKERS_MIN_CPUS} CPUs, one process per model otherwise."
     )
 
     def validate(self) -> None:
@@ -64,6 +71,12 @@ class DemoSettings(KafkaSettings):
         for item in self.models:
             if "=" not in item:
                 raise ConfigError(f"--models expects name=spec, got {item!r}")
+
+    def co_hosted(self) -> bool:
+        """--co-host / --no-co-host as given, else whether this machine is too small for a process per model."""
+        if self.co_host is not None:
+            return self.co_host
+        return (os.cpu_count() or 1) < SEPARATE_WORKERS_MIN_CPUS
 
     def model_specs(self) -> list[tuple[str, str]]:
         """--models as (name, spec) pairs."""
@@ -138,6 +151,7 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
 
         logs = cache_dir() / "demo"
         env = service_env(settings)
+        env.pop("RDV_CO_HOST", None)  # the demo's true/false; a worker would read it as its co-host list
         names = [name for name, _ in settings.model_specs()]
         processes: list[subprocess.Popen[bytes]] = []
         stack.callback(stop_processes, processes)
@@ -146,12 +160,12 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
             rendezvous_port = port + len(names) + index if port and index else port
             processes.append(spawn(["serve", "--models", ",".join(names), "--deadline-ms", str(settings.budget_ms),
                                     "--metrics-port", str(rendezvous_port)], logs / f"rendezvous-{index}.log", env))
-        workers = model_workers(settings.model_specs(), settings.co_host)
+        workers = model_workers(settings.model_specs(), settings.co_hosted())
         for offset, (worker, args) in enumerate(workers.items(), start=1):
             model_port = port + offset if port else 0
             processes.append(spawn([*args, "--metrics-port", str(model_port)], logs / f"{worker}.log", env))
         console.print(f"started {settings.rendezvous} rendezvous + {len(names)} models in {len(workers)} "
-                      f"worker process(es) (logs in {logs}); waiting for them...")
+                      f"worker process(es){_why_co_hosted(settings)} (logs in {logs}); waiting for them...")
         groups = [f"{settings.topic_prefix}rendezvous"] + [model_group(settings.topic_prefix, [w]) for w in workers]
         wait_for_groups(config, groups, timeout=120)
         wait_for_groups(config, groups[:1], timeout=120, members=settings.rendezvous)
@@ -161,6 +175,12 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
         _first_answers(client, processes, console, logs)
         _generate_load(settings, client, processes, console)
     return 0
+
+
+def _why_co_hosted(settings: DemoSettings) -> str:
+    if settings.co_host is not None or not settings.co_hosted() or len(settings.models) < 2:
+        return ""
+    return f" (co-hosted: this machine has {os.cpu_count()} CPUs; --no-co-host runs one process per model)"
 
 
 FIRST_ANSWERS_WAIT_S = 180.0
