@@ -256,7 +256,7 @@ class LocalBroker:
             return set()
 
     def data_bytes(self) -> int:
-        """Bytes of topic data on disk. A running broker deletes files and whole directories
+        """Bytes of disk the topic data takes. A running broker deletes files and whole directories
         meanwhile (a deleted topic, old segments): those are skipped, not an error."""
         return _bytes_under(self.root / "logs")
 
@@ -419,11 +419,14 @@ class LocalBroker:
 
 
 def _bytes_under(directory: Path) -> int:
+    """Disk space the files under `directory` take, as `du` counts it: blocks, not apparent sizes.
+    Kafka preallocates each active segment's offset and time indexes (10 MB each) as sparse files,
+    so their apparent size overstated a kept demo broker's data tenfold (4.6 GB for 409 MB)."""
     total = 0
     for parent, _dirs, files in os.walk(directory):  # a directory gone meanwhile is skipped by os.walk
         for name in files:
             try:
-                total += os.stat(os.path.join(parent, name)).st_size
+                total += os.stat(os.path.join(parent, name)).st_blocks * 512  # st_blocks: 512-byte units
             except FileNotFoundError:
                 continue  # deleted between listing and stat
     return total

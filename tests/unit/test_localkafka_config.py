@@ -359,5 +359,16 @@ def test_data_bytes_skips_what_the_broker_deletes_while_it_is_counted(
             raise FileNotFoundError(path)  # the broker deleted it after the directory was listed
         return real_stat(path, *args, **kwargs)
 
+    kept_on_disk = os.stat(kept / "00.log").st_blocks * 512
     monkeypatch.setattr(os, "stat", stat)
-    assert broker.data_bytes() == 1000
+    assert broker.data_bytes() == kept_on_disk > 0
+
+
+def test_data_bytes_counts_the_disk_a_sparse_index_takes_not_its_apparent_size(tmp_path: Path) -> None:
+    broker = LocalBroker(name="t", data_dir=tmp_path)
+    segment = broker.root / "logs" / "rdv.requests-0"
+    segment.mkdir(parents=True)
+    (segment / "00000000000000000000.log").write_bytes(b"r" * 100_000)
+    with (segment / "00000000000000000000.index").open("wb") as index:
+        index.truncate(10 * 2**20)  # preallocated as Kafka does: 10 MB apparent, nothing written
+    assert 100_000 <= broker.data_bytes() < 2**20
