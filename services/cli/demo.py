@@ -36,8 +36,9 @@ from services.model_worker.models import demo_rows
 from services.model_worker.settings import model_group
 
 # Below this many CPUs the demo co-hosts its models unless told otherwise: on 2 cores, three model
-# processes beside the broker, the rendezvous and the load generator kept the machine 85-95% busy
-# at 200 req/s and missed deadlines whenever it stalled; one worker scoring all three costs less.
+# processes beside the broker, the rendezvous and the load generator kept the machine 89-95% busy
+# at 200 req/s and missed deadlines whenever it stalled; one worker scoring all three took 31-32%
+# of a core against 52% for the three (docs/benchmarks.md).
 SEPARATE_WORKERS_MIN_CPUS = 4
 
 
@@ -227,8 +228,9 @@ def _generate_load(
                 for _ in range(max(0, due)):
                     client.submit(rows[tally.sent % len(rows)]).add_done_callback(tally.add)
                     tally.sent += 1
-                # The table only as often as it is drawn: built on every 10 ms turn it took 15% of
-                # a core (percentiles of 20,000 latencies), CPU the services on the same machine lack.
+                # The table only as often as it is drawn: built on every 10 ms turn (percentiles of
+                # 20,000 latencies) it cost the demo process 22.5% of a core instead of 15.3%, CPU
+                # the services on the same machine lack.
                 if elapsed >= next_view:
                     live.update(tally.table(elapsed))
                     next_view = elapsed + 1.0 / VIEWS_PER_S
