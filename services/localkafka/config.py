@@ -21,6 +21,7 @@ HOST = "127.0.0.1"
 BROKER_LISTENER = "PLAINTEXT"
 PROPERTIES_ENV = "RDV_BROKER_PROPERTIES"
 CONTROLLER_LISTENER = "CONTROLLER"
+DEDUPE_BUFFER_BYTES = 8 * 1024 * 1024
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 REPO_POM = _REPO_ROOT / "deploy" / "kafka" / "pom.xml"
@@ -169,6 +170,12 @@ def server_properties(
         # bench/e2e_latency.py, docs/benchmarks.md).
         "num.io.threads": str(max(2, _cores())),
         "num.network.threads": str(max(1, _cores() // 2)),
+        # The log cleaner allocates its dedupe buffer on the heap once and keeps it. Kafka's 128 MiB
+        # is a quarter of this broker's heap (jvm.py): it kept the old generation above G1's
+        # threshold, so the broker ran a marking cycle, with a 10-20 ms remark pause, every 4 s
+        # (docs/benchmarks.md). The compacted topics of one node (offsets, transactions, the
+        # control topic) have few keys; 8 MiB holds about 300,000 per cleaning pass.
+        "log.cleaner.dedupe.buffer.size": str(DEDUPE_BUFFER_BYTES),
         # Failover is bounded by the session timeout of the member that died; Kafka's floor of 6 s
         # is lowered here so a local instance may ask for less (the rendezvous' --session-timeout-ms).
         # A production cluster sets the same broker setting to allow it: docs/failover.md.

@@ -15,7 +15,7 @@ import pytest
 
 from services.core.errors import BrokerError, ConfigError
 from services.localkafka import broker as broker_module
-from services.localkafka import config, jars, sasl_broker_options, sasl_client_config
+from services.localkafka import config, jars, jvm, sasl_broker_options, sasl_client_config
 from services.localkafka.broker import LocalBroker, read_bootstrap, status_background, stop_background
 
 
@@ -50,6 +50,16 @@ def test_server_properties_single_node_kraft(tmp_path: Path) -> None:
     assert props["auto.create.topics.enable"] == "false"
     assert props["delete.topic.enable"] == "true"
     assert "controller.quorum.bootstrap.servers" not in props  # static voters, no --standalone
+
+
+def test_cleaner_buffer_is_a_small_part_of_the_heap(tmp_path: Path) -> None:
+    """The cleaner's dedupe buffer lives on the heap for good; Kafka's default (128 MiB) was a
+    quarter of it and kept G1 marking every few seconds."""
+    (max_heap,) = [opt for opt in jvm.DEFAULT_JVM_OPTIONS if opt.startswith("-Xmx")]
+    assert max_heap.endswith("m"), max_heap
+    heap_bytes = int(max_heap.removeprefix("-Xmx")[:-1]) * 1024 * 1024
+    buffer_bytes = int(config.server_properties(tmp_path, 1, 2)["log.cleaner.dedupe.buffer.size"])
+    assert 1024 * 1024 <= buffer_bytes <= heap_bytes // 32
 
 
 def test_extra_listeners_and_properties(tmp_path: Path) -> None:
