@@ -299,14 +299,16 @@ class LocalBroker:
         ports = config.free_ports(2 + len(self.extra_listeners))
         pairs = zip(self.extra_listeners.items(), ports[2:], strict=True)
         extra = {lname.upper(): (port, proto) for (lname, proto), port in pairs}
-        # $RDV_BROKER_PROPERTIES (experiments) has the last word, over the code's own extras.
-        from_env = config.properties_from_text(os.environ.get(config.PROPERTIES_ENV))
-        extra_properties = {**self.extra_properties, **from_env}
         props = config.server_properties(
-            self.root, ports[0], ports[1], extra_listeners=extra, extra_properties=extra_properties
+            self.root, ports[0], ports[1], extra_listeners=extra, extra_properties=self._extra_properties()
         )
         self.properties_file.write_text(config.render_properties(props))
         return config.listener_addresses(props), config.new_cluster_id()
+
+    def _extra_properties(self) -> dict[str, str]:
+        # $RDV_BROKER_PROPERTIES (experiments) has the last word, over the code's own extras.
+        from_env = config.properties_from_text(os.environ.get(config.PROPERTIES_ENV))
+        return {**self.extra_properties, **from_env}
 
     def _resume_config(self) -> tuple[dict[str, str], str]:
         """The kept server.properties and cluster id, once every port of it can be listened on again."""
@@ -327,6 +329,9 @@ class LocalBroker:
                 f"cannot resume local broker {self.name!r}: port(s) {', '.join(map(str, taken))} "
                 f"are taken by another process (clients keep the old addresses, so the ports must not change)"
             )
+        resumed = config.resumed_properties(props, self._extra_properties())
+        if resumed != props:  # a broker kept by older code takes today's tuning too
+            self.properties_file.write_text(config.render_properties(resumed))
         self.state_file.unlink(missing_ok=True)
         if self.log_file.exists():  # keep the previous run's log, but out of this run's error report
             self.log_file.replace(self.log_file.with_name(self.log_file.name + ".previous"))

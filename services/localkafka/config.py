@@ -121,6 +121,24 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
 
 
+def tuning_properties() -> dict[str, str]:
+    """Settings sized for one node on a small machine. Unlike ports, listeners and the data
+    layout, they may change between starts: a kept broker takes the current ones when it resumes."""
+    return {
+        # Kafka's defaults (8 I/O and 3 network threads) are sized for servers; one node on a small
+        # machine only pays context switches for them (2 cores: broker CPU per request -7%,
+        # bench/e2e_latency.py, docs/benchmarks.md).
+        "num.io.threads": str(max(2, _cores())),
+        "num.network.threads": str(max(1, _cores() // 2)),
+        # The log cleaner allocates its dedupe buffer on the heap once and keeps it. Kafka's 128 MiB
+        # is a quarter of this broker's heap (jvm.py): it kept the old generation above G1's
+        # threshold, so the broker ran a marking cycle, with a 10-20 ms remark pause, every 4 s
+        # (docs/benchmarks.md). The compacted topics of one node (offsets, transactions, the
+        # control topic) have few keys; 8 MiB holds about 300,000 per cleaning pass.
+        "log.cleaner.dedupe.buffer.size": str(DEDUPE_BUFFER_BYTES),
+    }
+
+
 def server_properties(
     data_dir: Path,
     port: int,
@@ -165,17 +183,7 @@ def server_properties(
         "share.coordinator.state.topic.min.isr": "1",
         "share.coordinator.state.topic.num.partitions": "4",
         "group.initial.rebalance.delay.ms": "0",
-        # Kafka's defaults (8 I/O and 3 network threads) are sized for servers; one node on a small
-        # machine only pays context switches for them (2 cores: broker CPU per request -7%,
-        # bench/e2e_latency.py, docs/benchmarks.md).
-        "num.io.threads": str(max(2, _cores())),
-        "num.network.threads": str(max(1, _cores() // 2)),
-        # The log cleaner allocates its dedupe buffer on the heap once and keeps it. Kafka's 128 MiB
-        # is a quarter of this broker's heap (jvm.py): it kept the old generation above G1's
-        # threshold, so the broker ran a marking cycle, with a 10-20 ms remark pause, every 4 s
-        # (docs/benchmarks.md). The compacted topics of one node (offsets, transactions, the
-        # control topic) have few keys; 8 MiB holds about 300,000 per cleaning pass.
-        "log.cleaner.dedupe.buffer.size": str(DEDUPE_BUFFER_BYTES),
+        **tuning_properties(),
         # Failover is bounded by the session timeout of the member that died; Kafka's floor of 6 s
         # is lowered here so a local instance may ask for less (the rendezvous' --session-timeout-ms).
         # A production cluster sets the same broker setting to allow it: docs/failover.md.
@@ -188,6 +196,12 @@ def server_properties(
     props.update(extra_properties or {})
     return props
 
+
+
+def resumed_properties(kept: Mapping[str, str], extra_properties: Mapping[str, str]) -> dict[str, str]:
+    """A kept broker's server.properties with the current tuning, then `extra_properties` (the
+    code's own extras and `$RDV_BROKER_PROPERTIES`), which win as they do at creation."""
+    return {**kept, **tuning_properties(), **extra_properties}
 
 def properties_from_text(text: str | None) -> dict[str, str]:
     """`key=value` pairs split like a shell line (quote a value with spaces), e.g. `$RDV_BROKER_PROPERTIES`."""

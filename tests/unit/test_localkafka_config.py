@@ -246,6 +246,30 @@ def test_resume_refuses_a_taken_port(cache: Path, monkeypatch: pytest.MonkeyPatc
     assert (broker.root / "logs" / "meta.properties").is_file()  # a refused resume keeps the data
 
 
+
+def test_a_resumed_broker_takes_the_current_tuning_and_the_given_extras() -> None:
+    kept = {"listeners": "PLAINTEXT://127.0.0.1:1", "num.io.threads": "8",
+            "log.cleaner.dedupe.buffer.size": "134217728"}  # fmt: skip
+    resumed = config.resumed_properties(kept, {"num.io.threads": "5"})
+    assert resumed["listeners"] == kept["listeners"]  # identity and layout stay as kept
+    assert resumed["num.io.threads"] == "5"  # the extras (and $RDV_BROKER_PROPERTIES) win
+    assert resumed["log.cleaner.dedupe.buffer.size"] == str(config.DEDUPE_BUFFER_BYTES)
+
+
+def test_resume_rewrites_the_kept_properties_with_the_current_tuning(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(config.PROPERTIES_ENV, "log.cleaner.threads=2")
+    broker = LocalBroker("retuned")
+    _kept_data(broker, tuple(config.free_ports(3)))  # type: ignore[arg-type]
+    old = config.parse_properties(broker.properties_file.read_text())
+    broker.properties_file.write_text(config.render_properties({**old, "log.cleaner.dedupe.buffer.size": "134217728"}))
+    broker._resume_config()
+    props = config.parse_properties(broker.properties_file.read_text())
+    assert props["log.cleaner.dedupe.buffer.size"] == str(config.DEDUPE_BUFFER_BYTES)
+    assert props["log.cleaner.threads"] == "2"
+    assert props["listeners"] == old["listeners"]
+
 def test_stop_keeps_or_deletes_the_data(cache: Path) -> None:
     broker = LocalBroker("data")
     _kept_data(broker, (1, 2, 3))
