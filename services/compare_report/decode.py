@@ -23,7 +23,7 @@ from fastavro import parse_schema, schemaless_reader
 from services.compare_report.columns import Columns
 from services.core.codec import Codec
 from services.core.errors import BadInput
-from services.core.vectordecode import Rejected, decode_bodies, layout_matches
+from services.core.vectordecode import CurrentBatches
 
 log = logging.getLogger(__name__)
 
@@ -57,22 +57,19 @@ class BatchDecoder:
         self._array = parse_schema(
             {"type": "array", "items": _without_logical_types(codec.schema)}, _write_hint=False
         )
-        self._vectorized = layout_matches(codec.schema)
-        if not self._vectorized:
+        self._batches = CurrentBatches(codec)
+        if not self._batches.usable:
             log.warning("%s schema changed: the report decodes with fastavro (slower)", codec.name)
         self.skipped = 0
 
     def decode_into(self, values: Sequence[bytes | None], columns: Columns) -> None:
         """Append every decodable record of `values` to `columns`."""
         header = self._header
-        current = [v for v in values if v is not None and v.startswith(header)]
+        current = self._batches.current(values)
         others = len(values) - len(current)
-        if current and self._vectorized:
-            try:
-                columns.add_batch(decode_bodies(current, skip=len(header)))
-                current = []
-            except Rejected as why:
-                log.debug("vectorized decoding rejected a batch (%s): fastavro takes it", why)
+        if current and (batch := self._batches.decode(current)) is not None:
+            columns.add_batch(batch)
+            current = []
         columns.add(self._decode_current(current))
         if others:
             columns.add(self._one_by_one([v for v in values if v is None or not v.startswith(header)]))
@@ -80,7 +77,7 @@ class BatchDecoder:
     def decode(self, values: Sequence[bytes | None]) -> list[dict[str, Any]]:
         """Every decodable record of `values` as dicts (tiers 2 and 3), current-header ones first."""
         header = self._header
-        current = [v for v in values if v is not None and v.startswith(header)]
+        current = self._batches.current(values)
         records = self._decode_current(current)
         if len(current) < len(values):
             records.extend(self._one_by_one([v for v in values if v is None or not v.startswith(header)]))

@@ -36,7 +36,7 @@ from services.core.kafka import partition_counts
 from services.core.metrics import DECODE_ERRORS
 from services.core.runtime import now_ms
 from services.core.service import Context, SimpleHandler, StreamService, StreamSpec
-from services.core.vectordecode import Rejected, decode_bodies, layout_matches
+from services.core.vectordecode import CurrentBatches
 from services.stats.deadline import met_deadline
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class ComparisonService(SimpleHandler):
         self._touched: set[tuple[str, str]] = set()
         self._series: dict[tuple[str, str], tuple[str, str]] = {}  # raw (model, version) -> labels
         self._codec = codec("comparison")
-        self._vectorized = layout_matches(self._codec.schema)
+        self._batches = CurrentBatches(self._codec)
         self._export_every = settings.export_interval_s
         self._next_export = time.monotonic() + self._export_every
         self._dead: DeadLetters | None = None
@@ -125,17 +125,13 @@ class ComparisonService(SimpleHandler):
         """A large batch of valid current-schema records, decoded and folded in at once (fold.py),
         and its counter increments; None (nothing done) for any other batch: the record path
         decodes, checks and rejects one by one."""
-        if len(messages) < fold.MIN_RECORDS or not self._vectorized:
+        if len(messages) < fold.MIN_RECORDS or not self._batches.usable:
             return None
-        header = self._codec.header
-        bodies = [value for msg in messages if (value := msg.value()) is not None and value.startswith(header)]
+        bodies = self._batches.current([msg.value() for msg in messages])
         if len(bodies) < len(messages):
             return None
-        try:
-            batch = decode_bodies(bodies, skip=len(header))
-        except Rejected:
-            return None
-        if not fold.valid(batch, latest_ok):
+        batch = self._batches.decode(bodies)
+        if batch is None or not fold.valid(batch, latest_ok):
             return None
         tally = m.Tally()
         try:

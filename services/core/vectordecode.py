@@ -18,11 +18,16 @@ here or handed over whole.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from services.core.codec import Codec
+
+log = logging.getLogger(__name__)
 
 # The Comparison schema as this decoder walks it (name, type); `STRING_MAX` bounds the strings it
 # gathers into fixed-width keys, longer ones fall back.
@@ -276,6 +281,32 @@ def decode_bodies(values: Sequence[bytes], skip: int = 0) -> DecodedBatch:
         late=np.concatenate(outputs["late"]),
     )  # fmt: skip
 
+
+
+class CurrentBatches:
+    """This decoder for one codec's values: usable while the codec's schema still has `LAYOUT`,
+    for values that all carry the codec's current single-object header. The comparison service
+    and the report both choose between it and fastavro with it."""
+
+    def __init__(self, codec: Codec) -> None:
+        self.header = codec.header
+        self.usable = layout_matches(codec.schema)
+
+    def current(self, values: Sequence[bytes | None]) -> list[bytes]:
+        """The values written with the current schema (the others need fastavro's resolution)."""
+        header = self.header
+        return [v for v in values if v is not None and v.startswith(header)]
+
+    def decode(self, values: Sequence[bytes]) -> DecodedBatch | None:
+        """The columns of `values` (each with the current header); None when this decoder cannot
+        take them all exactly (the schema changed, or `Rejected`): the caller's slower path does."""
+        if not self.usable:
+            return None
+        try:
+            return decode_bodies(values, skip=len(self.header))
+        except Rejected as why:
+            log.debug("vectorized decoding rejected a batch of %d (%s): fastavro takes it", len(values), why)
+            return None
 
 def _outputs(cur: _Cursor) -> dict[str, list[Any]]:
     """Walk every record's `outputs` array: items of all records with items left, in lockstep."""

@@ -412,6 +412,22 @@ def test_vectorized_decoding_rejects_what_it_cannot_read_exactly(
         decode_bodies([good, damage(good)], skip=10)
 
 
+
+def test_current_batches_take_current_values_and_hand_back_what_they_cannot_read(
+    records: list[dict[str, Any]],
+) -> None:
+    from services.core.vectordecode import CurrentBatches
+
+    comparisons = codec("comparison")
+    batches = CurrentBatches(comparisons)
+    good = comparisons.encode(records[0])
+    other_schema = b"\xc3\x01" + bytes(8) + good[10:]  # another writer schema's fingerprint
+    assert batches.usable
+    assert batches.current([good, None, other_schema, good]) == [good, good]
+    decoded = batches.decode([good, good])
+    assert decoded is not None and decoded.records == 2
+    assert batches.decode([good, good[:-1]]) is None  # rejected whole: the caller's fastavro path
+
 def test_batches_with_bad_records_fall_back_and_skip_exactly_those(records: list[dict[str, Any]]) -> None:
     comparisons = codec("comparison")
     values: list[bytes | None] = [comparisons.encode(r) for r in records[:300]]
