@@ -9,8 +9,9 @@ and strings the report needs (model, version, label, chosen model) are deduplica
 so only a handful of `str` objects are ever made.
 
 It knows one layout: the current `schemas/comparison.avsc` (`LAYOUT`, checked against the codec's
-schema at start-up). Anything else falls back to fastavro (services/compare_report/decode.py),
-which also handles any batch this decoder rejects: a record whose fields do not end exactly at
+schema at start-up; `CurrentBatches`). Anything else falls back to fastavro (the report's
+services/compare_report/decode.py, the comparison service's record path), which also handles
+any batch this decoder rejects: a record whose fields do not end exactly at
 its end, a varint longer than 10 bytes, a union or enum index out of range, a boolean that is
 not 0/1, bytes that are not UTF-8. Nothing is misread silently: a batch is either fully valid
 here or handed over whole.
@@ -282,7 +283,6 @@ def decode_bodies(values: Sequence[bytes], skip: int = 0) -> DecodedBatch:
     )  # fmt: skip
 
 
-
 class CurrentBatches:
     """This decoder for one codec's values: usable while the codec's schema still has `LAYOUT`,
     for values that all carry the codec's current single-object header. The comparison service
@@ -307,6 +307,7 @@ class CurrentBatches:
         except Rejected as why:
             log.debug("vectorized decoding rejected a batch of %d (%s): fastavro takes it", len(values), why)
             return None
+
 
 def _outputs(cur: _Cursor) -> dict[str, list[Any]]:
     """Walk every record's `outputs` array: items of all records with items left, in lockstep."""
