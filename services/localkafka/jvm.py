@@ -14,8 +14,11 @@ JVM_OPTS_ENV = "RDV_BROKER_JVM_OPTS"
 # in the C2 compiler threads during the first minutes; without them the bench at 200 req/s met
 # more deadlines in each of three paired runs (100/93/97% vs 96/93/74%) at lower broker CPU.
 # Peak throughput of long-running code is lower: this broker is for laptops, CI and demos.
+# The heap starts at its maximum: G1 sizes the young generation from the heap it has, and from
+# 256 MB it collected twice as often (each pause as long, 15-30 ms; at 500 req/s 9-11 pauses,
+# 174-198 ms in all, against 5-6 and 63-103 ms in 30 s; docs/benchmarks.md).
 DEFAULT_JVM_OPTIONS: tuple[str, ...] = (
-    "-Xms256m",
+    "-Xms512m",
     "-Xmx512m",
     "-XX:TieredStopAtLevel=1",
     "-XX:+UseG1GC",
