@@ -64,23 +64,20 @@ class BatchDecoder:
 
     def decode_into(self, values: Sequence[bytes | None], columns: Columns) -> None:
         """Append every decodable record of `values` to `columns`."""
-        header = self._header
-        current = self._batches.current(values)
-        others = len(values) - len(current)
+        current, others = self._batches.split(values)
         if current and (batch := self._batches.decode(current)) is not None:
             columns.add_batch(batch)
             current = []
         columns.add(self._decode_current(current))
         if others:
-            columns.add(self._one_by_one([v for v in values if v is None or not v.startswith(header)]))
+            columns.add(self._one_by_one(others))
 
     def decode(self, values: Sequence[bytes | None]) -> list[dict[str, Any]]:
         """Every decodable record of `values` as dicts (tiers 2 and 3), current-header ones first."""
-        header = self._header
-        current = self._batches.current(values)
+        current, others = self._batches.split(values)
         records = self._decode_current(current)
-        if len(current) < len(values):
-            records.extend(self._one_by_one([v for v in values if v is None or not v.startswith(header)]))
+        if others:
+            records.extend(self._one_by_one(others))
         return records
 
     def _decode_current(self, values: list[bytes]) -> list[dict[str, Any]]:

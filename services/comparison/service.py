@@ -127,8 +127,8 @@ class ComparisonService(SimpleHandler):
         decodes, checks and rejects one by one."""
         if len(messages) < fold.MIN_RECORDS or not self._batches.usable:
             return None
-        bodies = self._batches.current([msg.value() for msg in messages])
-        if len(bodies) < len(messages):
+        bodies, others = self._batches.split([msg.value() for msg in messages])
+        if others:
             return None
         batch = self._batches.decode(bodies)
         if batch is None or not fold.valid(batch, latest_ok):

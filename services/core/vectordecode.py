@@ -292,10 +292,18 @@ class CurrentBatches:
         self.header = codec.header
         self.usable = layout_matches(codec.schema)
 
-    def current(self, values: Sequence[bytes | None]) -> list[bytes]:
-        """The values written with the current schema (the others need fastavro's resolution)."""
+    def split(self, values: Sequence[bytes | None]) -> tuple[list[bytes], list[bytes | None]]:
+        """The values written with the current schema, and the others (an older writer schema,
+        which needs fastavro's resolution, or no value at all)."""
         header = self.header
-        return [v for v in values if v is not None and v.startswith(header)]
+        current: list[bytes] = []
+        others: list[bytes | None] = []
+        for value in values:
+            if value is not None and value.startswith(header):
+                current.append(value)
+            else:
+                others.append(value)
+        return current, others
 
     def decode(self, values: Sequence[bytes]) -> DecodedBatch | None:
         """The columns of `values` (each with the current header); None when this decoder cannot

@@ -197,11 +197,11 @@ def server_properties(
     return props
 
 
-
 def resumed_properties(kept: Mapping[str, str], extra_properties: Mapping[str, str]) -> dict[str, str]:
     """A kept broker's server.properties with the current tuning, then `extra_properties` (the
     code's own extras and `$RDV_BROKER_PROPERTIES`), which win as they do at creation."""
     return {**kept, **tuning_properties(), **extra_properties}
+
 
 def properties_from_text(text: str | None) -> dict[str, str]:
     """`key=value` pairs split like a shell line (quote a value with spaces), e.g. `$RDV_BROKER_PROPERTIES`."""

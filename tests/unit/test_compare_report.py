@@ -412,7 +412,6 @@ def test_vectorized_decoding_rejects_what_it_cannot_read_exactly(
         decode_bodies([good, damage(good)], skip=10)
 
 
-
 def test_current_batches_take_current_values_and_hand_back_what_they_cannot_read(
     records: list[dict[str, Any]],
 ) -> None:
@@ -423,10 +422,11 @@ def test_current_batches_take_current_values_and_hand_back_what_they_cannot_read
     good = comparisons.encode(records[0])
     other_schema = b"\xc3\x01" + bytes(8) + good[10:]  # another writer schema's fingerprint
     assert batches.usable
-    assert batches.current([good, None, other_schema, good]) == [good, good]
+    assert batches.split([good, None, other_schema, good]) == ([good, good], [None, other_schema])
     decoded = batches.decode([good, good])
     assert decoded is not None and decoded.records == 2
     assert batches.decode([good, good[:-1]]) is None  # rejected whole: the caller's fastavro path
+
 
 def test_batches_with_bad_records_fall_back_and_skip_exactly_those(records: list[dict[str, Any]]) -> None:
     comparisons = codec("comparison")

@@ -246,7 +246,6 @@ def test_resume_refuses_a_taken_port(cache: Path, monkeypatch: pytest.MonkeyPatc
     assert (broker.root / "logs" / "meta.properties").is_file()  # a refused resume keeps the data
 
 
-
 def test_a_resumed_broker_takes_the_current_tuning_and_the_given_extras() -> None:
     kept = {"listeners": "PLAINTEXT://127.0.0.1:1", "num.io.threads": "8",
             "log.cleaner.dedupe.buffer.size": "134217728"}  # fmt: skip
@@ -269,6 +268,7 @@ def test_resume_rewrites_the_kept_properties_with_the_current_tuning(
     assert props["log.cleaner.dedupe.buffer.size"] == str(config.DEDUPE_BUFFER_BYTES)
     assert props["log.cleaner.threads"] == "2"
     assert props["listeners"] == old["listeners"]
+
 
 def test_stop_keeps_or_deletes_the_data(cache: Path) -> None:
     broker = LocalBroker("data")
