@@ -260,7 +260,8 @@ def test_resume_rewrites_the_kept_properties_with_the_current_tuning(
 ) -> None:
     monkeypatch.setenv(config.PROPERTIES_ENV, "log.cleaner.threads=2")
     broker = LocalBroker("retuned")
-    _kept_data(broker, tuple(config.free_ports(3)))  # type: ignore[arg-type]
+    port, controller_port, sasl_port = config.free_ports(3)
+    _kept_data(broker, (port, controller_port, sasl_port))
     old = config.parse_properties(broker.properties_file.read_text())
     broker.properties_file.write_text(config.render_properties({**old, "log.cleaner.dedupe.buffer.size": "134217728"}))
     broker._resume_config()
