@@ -36,6 +36,7 @@ from typing import Any
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import to_parsing_canonical_form
 
+from services.core.avro_writer import Unfit, compile_encoder
 from services.core.errors import BadInput, ConfigError, DecodeFailed, UnknownFingerprint
 
 MAGIC = b"\xc3\x01"
@@ -104,6 +105,7 @@ class Codec:
         # What `encode` writes before the body: the single-object header until `write_registry_id`.
         self.header = MAGIC + self.fingerprint
         self._parsed = parse_plain(schema)
+        self._compiled = compile_encoder(schema)
         # fingerprint -> (writer schema, reader schema or None when no resolution is needed)
         self._readers: dict[bytes, tuple[Any, Any]] = {self.fingerprint: (self._parsed, None)}
         for writer in older_writers:
@@ -126,6 +128,11 @@ class Codec:
         self._by_id[schema_id] = (self._parsed, None)
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
+        if self._compiled is not None:
+            try:
+                return self.header + self._compiled(record)
+            except Unfit:
+                pass  # not only plain values (avro_writer.py): fastavro writes it, or says why not
         buf = BytesIO()
         buf.write(self.header)
         schemaless_writer(buf, self._parsed, record)

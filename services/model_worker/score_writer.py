@@ -18,6 +18,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from services.core.avro_writer import long_bytes, string_bytes
 from services.core.codec import codec
 
 __all__ = ["LAYOUT", "ScoreWriter", "layout_matches"]
@@ -67,24 +68,6 @@ def layout_matches(schema: Mapping[str, Any]) -> bool:
     return fields == LAYOUT
 
 
-def _long(n: int) -> bytes:
-    """Avro long: zig-zag, then 7 bits per byte, low bits first."""
-    n = (n << 1) ^ (n >> 63)
-    if n < 0x80:
-        return bytes((n,))
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _string(text: str) -> bytes:
-    data = text.encode("utf-8")
-    return _long(len(data)) + data
-
-
 class ScoreWriter:
     """Encodes the Score records of one worker (model, version and instance fixed)."""
 
@@ -92,7 +75,7 @@ class ScoreWriter:
         self._codec = codec("score")
         self._fast = layout_matches(self._codec.schema)
         self._names = {"model": model, "version": version, "instance": instance}
-        self._constant = _string(model) + _string(version) + _string(instance)
+        self._constant = string_bytes(model) + string_bytes(version) + string_bytes(instance)
         self._labels: dict[str, bytes] = {}
 
     def encode_batch(
@@ -101,7 +84,7 @@ class ScoreWriter:
         """One encoded Score per request; also how many outputs could not be encoded (each of
         those becomes an error Score saying why)."""
         tails: dict[float, bytes] = {}
-        times = _long(received_at) + _long(scored_at)
+        times = long_bytes(received_at) + long_bytes(scored_at)
         values, unencodable = [], 0
         for request, result in zip(requests, results, strict=True):
             value = self._fast_record(request, result, times, tails) if self._fast else None
@@ -133,19 +116,19 @@ class ScoreWriter:
             tail = tails[compute_ms] = times + _DOUBLE(compute_ms)
         return b"".join((
             self._codec.header,
-            _string(request_id),
+            string_bytes(request_id),
             self._constant,
             _NULL if score is None else _SOME + _DOUBLE(score),
             _NULL if label is None else self._label(label),
-            _NULL if error is None else _SOME + _string(error[:_ERROR_CHARS]),
-            _long(deadline),
+            _NULL if error is None else _SOME + string_bytes(error[:_ERROR_CHARS]),
+            long_bytes(deadline),
             tail,
         ))
 
     def _label(self, label: str) -> bytes:
         encoded = self._labels.get(label)
         if encoded is None:
-            encoded = _SOME + _string(label)
+            encoded = _SOME + string_bytes(label)
             if len(self._labels) < 1024:  # classifiers have few labels; a regressor's text never fills it
                 self._labels[label] = encoded
         return encoded
