@@ -7,6 +7,8 @@ version where it is per model; label values come from model names, never request
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -36,3 +38,58 @@ def child(metric: Any, *labels: str) -> Any:
     """`metric.labels(*labels)`, cached: the lookup costs about as much as an Avro decode on the
     hot path, and label values (model names, statuses) are few."""
     return metric.labels(*labels)
+
+
+class Tally:
+    """Counter increments and histogram observations of one poll batch, applied by `flush` at
+    its end. Why: each `inc` or `observe` of prometheus_client takes a lock (an observation two),
+    ≈ 2 µs a call; the rendezvous made ten per request, 10% of its join's CPU. Per batch it is
+    one `inc` per counter child and one pass per histogram child. Values are taken when counted
+    (a latency is measured then, not at the flush); a scrape sees them at the end of the batch."""
+
+    def __init__(self) -> None:
+        self._counts: dict[Any, float] = {}
+        self._observed: dict[Any, list[float]] = {}
+
+    def inc(self, counter: Any, amount: float = 1) -> None:
+        self._counts[counter] = self._counts.get(counter, 0) + amount
+
+    def observe(self, histogram: Any, value: float) -> None:
+        observed = self._observed.get(histogram)
+        if observed is None:
+            self._observed[histogram] = [value]
+        else:
+            observed.append(value)
+
+    def flush(self) -> None:
+        if self._counts:
+            for counter, amount in self._counts.items():
+                counter.inc(amount)
+            self._counts.clear()
+        if self._observed:
+            for histogram, values in self._observed.items():
+                observe_many(histogram, values)
+            self._observed.clear()
+
+
+def observe_many(histogram: Any, values: Sequence[float]) -> None:
+    """`histogram.observe(v)` for each value, with one lock per bucket touched instead of two per
+    value. It updates the child's buckets and sum as `observe` does (the first bucket whose upper
+    bound is >= the value; NaN in none), through attributes prometheus_client has kept since 0.4;
+    tests/unit/test_metrics.py compares the result with `observe`, and a child without them
+    (another client version) is observed value by value."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for value in values:
+            histogram.observe(value)
+        return
+    counts: dict[int, int] = {}
+    for value in values:
+        if value == value:  # NaN is counted in the sum only, as by `observe`
+            index = bisect_left(bounds, value)
+            counts[index] = counts.get(index, 0) + 1
+    for index, count in counts.items():
+        buckets[index].inc(count)
+    total.inc(sum(values))
