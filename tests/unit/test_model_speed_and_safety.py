@@ -9,6 +9,7 @@ import random
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -27,7 +28,7 @@ from services.model_worker.models.demo import DEMO_LABELS, demo_data, demo_estim
 from services.model_worker.models.sklearn_model import SklearnModel
 from services.model_worker.score_writer import ScoreWriter, layout_matches
 from services.model_worker.settings import WorkerSettings, model_groups
-from services.model_worker.worker import Scored, hosted_models, score_batch
+from services.model_worker.worker import Hosted, Scored, hosted_models, score_batch, score_co_hosted
 
 CANARY_COLUMNS = [DEMO_FEATURES.index("worst_concave_points"), DEMO_FEATURES.index("worst_area")]
 
@@ -305,3 +306,47 @@ def test_co_hosted_names_may_not_contain_a_plus() -> None:
     settings = WorkerSettings(model="demo:champion", co_host=("a+b=demo:canary",))
     with pytest.raises(ConfigError, match="may not contain '\\+', got champion, a\\+b"):
         hosted_models(settings, "host-1")
+
+
+class _Doubling:
+    """A model that scales its input in place (allowed: the batch is its own)."""
+
+    name, version = "doubling", "1"
+    feature_names: tuple[str, ...] = ("a", "b")
+
+    def load(self) -> None:
+        pass
+
+    def predict(self, batch: np.ndarray) -> list[Prediction]:
+        batch *= 2.0
+        return [Prediction(float(row.sum())) for row in batch]
+
+
+def test_co_hosted_models_with_one_signature_share_one_check_and_not_their_input(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    prepared: list[Signature] = []
+    original = Signature.prepare
+
+    def counting(self: Signature, rows: Any) -> Any:
+        prepared.append(self)
+        return original(self, rows)
+
+    monkeypatch.setattr(Signature, "prepare", counting)
+    hosted = [Hosted(_Doubling(), f"m{i}", "", "host-1", "reject") for i in range(3)]
+    hosted.append(Hosted(load_model("demo:canary"), "canary", "", "host-1", "ignore"))
+    hosted[1].signature = hosted[0].signature  # as hosted_models makes equal signatures one object
+    rows = [{"a": 1.0, "b": 2.0}, {"a": 3.0}]
+    results = {h.name: r for h, r in score_co_hosted(hosted, rows)}
+    # m0 and m1 share a check; m2's equal but separate signature and the canary's are checked apart
+    assert len(prepared) == 3
+    outputs = {name: [s.prediction.score if s.prediction else s.error for s in r] for name, r in results.items()}
+    assert outputs["m0"] == outputs["m1"] == outputs["m2"] == [6.0, "missing: b"]
+
+
+def test_hosted_models_make_equal_signatures_one_object() -> None:
+    settings = WorkerSettings(model="demo:champion", co_host=("challenger=demo:challenger", "canary=demo:canary"))
+    settings.validate()
+    champion, challenger, canary = hosted_models(settings, "host-1")
+    assert champion.signature is challenger.signature
+    assert canary.signature is not champion.signature
