@@ -18,7 +18,8 @@ start-up (`services/core/wire.py`).
 Hot path notes: each schema is parsed once; `timestamp-millis` logical types are stripped
 before parsing so times stay plain ints (epoch ms) instead of becoming `datetime` objects
 on every decode. Stripping does not change the fingerprint, because the Parsing Canonical
-Form drops `logicalType` anyway.
+Form drops `logicalType` anyway. Records of plain values are written by an encoder compiled
+once per schema (`avro_writer.py`, about half of fastavro's time); fastavro writes the others.
 """
 
 from __future__ import annotations
