@@ -149,6 +149,9 @@ class _Cursor:
         if (first < 0x80).all():  # the common case: one byte
             value = first.astype(np.uint64)
             self._advance(rows, pos + 1)
+        elif (same := self._same_size(pos, first)) is not None:
+            value, size = same
+            self._advance(rows, pos + size)
         else:
             raw = self.buf[np.minimum(pos[:, None] + _K, self._last)]
             stops = raw < 0x80
@@ -160,6 +163,24 @@ class _Cursor:
             self._advance(rows, pos + size)
         # Zig-zag decoding on the unsigned value (a logical shift), then reinterpreted as signed.
         return (value >> np.uint64(1)).view(np.int64) ^ -(value & np.uint64(1)).view(np.int64)
+
+    def _same_size(self, pos: np.ndarray, first: np.ndarray) -> tuple[np.ndarray, int] | None:
+        """Varints that all take as many bytes as the first one (times of one batch, say: epoch
+        ms are 6 bytes until 2039), read a byte position at a time; None if they do not."""
+        size, byte = 1, first
+        parts = [first & 0x7F]
+        while byte[0] >= 0x80 and size < 10:
+            if (byte < 0x80).any():
+                return None
+            byte = self.buf[np.minimum(pos + size, self._last)]
+            parts.append(byte & 0x7F)
+            size += 1
+        if (byte >= 0x80).any():
+            return None
+        value = np.zeros(len(pos), dtype=np.uint64)
+        for shift, part in zip(_SHIFTS, parts, strict=False):  # 10 shifts; parts holds 2 to 10
+            value |= part.astype(np.uint64) << shift
+        return value, size
 
     def index(self, branches: int, rows: np.ndarray | None = None) -> np.ndarray:
         """A union branch or enum symbol index, checked against the number of branches."""

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rich.console import Console
 
 from services.cli.main import main
@@ -357,6 +359,20 @@ def test_vectorized_decoding_equals_fastavro(records: list[dict[str, Any]], case
     assert as_rows(fast.frame()) == as_rows(reference.frame())
     assert {m: set(v) for m, v in zip(fast.frame().models, fast.frame().versions, strict=True)} == {
         m: set(v) for m, v in zip(reference.frame().models, reference.frame().versions, strict=True)}
+
+
+@settings(max_examples=200, deadline=None)
+@given(longs=st.one_of(
+    st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=30),  # sizes mixed: the general path
+    st.integers(2**40, 2**41 - 1).flatmap(lambda n: st.lists(st.integers(n, n + 1000), min_size=1, max_size=30)),
+))  # fmt: skip
+def test_vectorized_varints_equal_their_values(longs: list[int]) -> None:
+    from services.core.avro_writer import long_bytes
+    from services.core.vectordecode import _Cursor
+
+    cursor = _Cursor([long_bytes(n) for n in longs], 0)
+    assert cursor.long().tolist() == longs
+    assert (cursor.pos == cursor.end).all()
 
 
 @pytest.mark.parametrize("hashing", ["as shipped", "every row colliding"])
