@@ -40,12 +40,14 @@ def child(metric: Any, *labels: str) -> Any:
     return metric.labels(*labels)
 
 
-class Tally:
+class BatchedMetrics:
     """Counter increments and histogram observations of one poll batch, applied by `flush` at
     its end. Why: each `inc` or `observe` of prometheus_client takes a lock (an observation two),
     ≈ 2 µs a call; the rendezvous made ten per request, 10% of its join's CPU. Per batch it is
     one `inc` per counter child and one pass per histogram child. Values are taken when counted
-    (a latency is measured then, not at the flush); a scrape sees them at the end of the batch."""
+    (a latency is measured then, not at the flush); a scrape sees them at the end of the batch.
+    (The comparison service keeps typed counts of its own, services/comparison/metrics.py `Tally`:
+    its numpy fold adds them by label, not by metric child.)"""
 
     def __init__(self) -> None:
         self._counts: dict[Any, float] = {}

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from services.control.schedule import Decision, Schedule, Status
-from services.core.metrics import Tally, child
+from services.core.metrics import BatchedMetrics, child
 from services.core.runtime import now_ms
 from services.rendezvous import metrics as m
 from services.rendezvous.clock import LogClocks
@@ -115,8 +115,8 @@ class Join:
         # live_models() runs for every event; its answer changes only when a model appears or
         # ages out, so it is recomputed at most every LIVE_CACHE_MS (or when a new model appears).
         self._live: tuple[int, set[str]] | None = None
-        # Metrics counted here reach Prometheus when the service flushes the tally (once a batch).
-        self.tally = Tally()
+        # Metrics counted here reach Prometheus when the service flushes them (once a batch).
+        self.metrics = BatchedMetrics()
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -162,7 +162,7 @@ class Join:
     # -- records ---------------------------------------------------------------------------
 
     def on_request(self, request: RequestIn) -> Owner | None:
-        self.tally.inc(m.REQUESTS)
+        self.metrics.inc(m.REQUESTS)
         if request.log_time > self._requests_read.get(request.partition, request.log_time - 1):
             self._requests_read[request.partition] = request.log_time
             self._expire_orphans(request.partition)
@@ -190,7 +190,7 @@ class Join:
 
     def on_score(self, score: ScoreIn) -> Mailbox | None:
         self._tick(score.partition, score.log_time)
-        self.tally.inc(child(m.SCORES, score.model, score.version))
+        self.metrics.inc(child(m.SCORES, score.model, score.version))
         if score.model not in self._models_seen:
             self._live = None
         self._models_seen[score.model] = self.wall_ms()
@@ -198,15 +198,15 @@ class Join:
         mailbox = self.mailboxes.get(rid)
         if mailbox is None:
             if rid in self._remembered:
-                self.tally.inc(child(m.LATE_SCORES, score.model, "true"))
+                self.metrics.inc(child(m.LATE_SCORES, score.model, "true"))
                 return None
             mailbox = self._open_orphan(rid, score)
         arrival = Arrival(score.model, score.version, score.score, score.label, score.error, score.log_time,
                           score.compute_ms)
         if not mailbox.add(arrival):
-            self.tally.inc(child(m.DUPLICATE_SCORES, arrival.model))
+            self.metrics.inc(child(m.DUPLICATE_SCORES, arrival.model))
         elif mailbox.decision is not None and arrival.at > mailbox.decision.at:
-            self.tally.inc(child(m.LATE_SCORES, arrival.model, "false"))
+            self.metrics.inc(child(m.LATE_SCORES, arrival.model, "false"))
         self._advance(mailbox, self.clocks.now(score.partition))
         return None if mailbox.closed else mailbox
 
@@ -240,7 +240,7 @@ class Join:
 
     def _repeated(self, rid: str, mailbox: Mailbox | None, reply: Reply | None) -> Owner | None:
         """The same request_id again: it gets the answer the first one got (now, or when decided)."""
-        self.tally.inc(m.DUPLICATE_REQUESTS)
+        self.metrics.inc(m.DUPLICATE_REQUESTS)
         if mailbox is not None:
             if reply is not None:
                 if mailbox.answer is not None:
@@ -257,7 +257,7 @@ class Join:
         self._finished.logged.discard(rid)
         answer = self._finished.answered.pop(rid, None)
         self._remember(rid, request.partition, answer, request.log_time)
-        self.tally.inc(child(m.RECOVERED, "logged"))
+        self.metrics.inc(child(m.RECOVERED, "logged"))
         return self._send_again(reply, answer)
 
     def _send_again(self, reply: Reply | None, answer: dict[str, Any] | None) -> Receipt | None:
@@ -275,7 +275,7 @@ class Join:
             return
         mailbox.decision = Decision(Status(answer["status"]), answer["model"], answer["reason"], answer["answered_at"])
         mailbox.answer, mailbox.restored = answer, True
-        self.tally.inc(child(m.RECOVERED, "answered"))
+        self.metrics.inc(child(m.RECOVERED, "answered"))
         for reply in mailbox.replies:
             self.outputs.repeat(reply, answer, mailbox)
 
@@ -360,14 +360,14 @@ class Join:
     def _count_answer(self, mailbox: Mailbox, decision: Decision) -> None:
         status = decision.status.value
         wall = self.wall_ms()
-        tally = self.tally
-        tally.inc(child(m.ANSWERS, decision.model or "", status))
-        tally.observe(child(m.ANSWER_LATENCY, status), max(0, wall - mailbox.created_at) / 1000.0)
-        tally.observe(m.DEADLINE_SLACK, max(0, wall - mailbox.deadline) / 1000.0)
+        metrics = self.metrics
+        metrics.inc(child(m.ANSWERS, decision.model or "", status))
+        metrics.observe(child(m.ANSWER_LATENCY, status), max(0, wall - mailbox.created_at) / 1000.0)
+        metrics.observe(m.DEADLINE_SLACK, max(0, wall - mailbox.deadline) / 1000.0)
         if decision.status is Status.FALLBACK:
-            tally.inc(child(m.FALLBACKS, decision.model))
+            metrics.inc(child(m.FALLBACKS, decision.model))
         elif decision.status is Status.TIMEOUT:
-            tally.inc(m.TIMEOUTS)
+            metrics.inc(m.TIMEOUTS)
 
     def _close(self, mailbox: Mailbox) -> None:
         decision = mailbox.decision
@@ -375,7 +375,7 @@ class Join:
         outputs = []
         for a in mailbox.arrivals.values():
             latency = max(0, a.at - mailbox.created_at)
-            self.tally.observe(child(m.SCORE_LATENCY, a.model, a.version), latency / 1000.0)
+            self.metrics.observe(child(m.SCORE_LATENCY, a.model, a.version), latency / 1000.0)
             outputs.append({"model": a.model, "version": a.version, "score": a.score, "label": a.label,
                             "error": a.error, "latency_ms": float(latency), "compute_ms": a.compute_ms,
                             "late": a.at > decision.at})
@@ -400,7 +400,7 @@ class Join:
         """Forget scores whose request never came (not remembered: if it comes after all, it is
         a request like any other)."""
         log.debug("dropping %d score(s) of %s: %s", len(mailbox.arrivals), mailbox.request_id, why)
-        self.tally.inc(m.ORPHAN_SCORES, len(mailbox.arrivals))
+        self.metrics.inc(m.ORPHAN_SCORES, len(mailbox.arrivals))
         mailbox.closed = True
         del self.mailboxes[mailbox.request_id]
 

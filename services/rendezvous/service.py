@@ -193,7 +193,7 @@ class Rendezvous:
             except Exception as exc:
                 log.exception("unexpected failure on %s[%s]@%s", topic, msg.partition(), msg.offset())
                 self._reject(msg, UnexpectedFailure(f"processing failed: {type(exc).__name__}: {exc}"))
-        self.join.tally.flush()  # the join counts only while records come in: all of it is counted by now
+        self.join.metrics.flush()  # the join counts only while records come in: all of it is counted by now
 
     def _on_request(self, msg: Message) -> None:
         partition, offset, log_time = msg.partition() or 0, msg.offset() or 0, msg.timestamp()[1]

@@ -1,4 +1,4 @@
-"""The batched metrics (services/core/metrics.py `Tally`) leave exactly what one call per event leaves."""
+"""The batched metrics (services/core/metrics.py `BatchedMetrics`) leave exactly what one call per event leaves."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from services.core.metrics import LATENCY_BUCKETS, Tally, observe_many
+from services.core.metrics import LATENCY_BUCKETS, BatchedMetrics, observe_many
 
 
 def _samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -40,18 +40,18 @@ def test_observe_many_equals_one_observe_per_value(values: list[float]) -> None:
     assert _samples(at_once) == _samples(one_by_one)
 
 
-def test_a_tally_applies_its_counts_and_observations_once_at_the_flush() -> None:
+def test_batched_metrics_apply_their_counts_and_observations_once_at_the_flush() -> None:
     registry = CollectorRegistry()
     counter = Counter("c", "c", ["status"], registry=registry)
     histogram = _histogram(registry)
-    tally = Tally()
+    batched = BatchedMetrics()
     for value in (0.004, 0.004, 0.3):
-        tally.inc(counter.labels("OK"))
-        tally.observe(histogram.labels("champion"), value)
-    tally.inc(counter.labels("TIMEOUT"), 2)
+        batched.inc(counter.labels("OK"))
+        batched.observe(histogram.labels("champion"), value)
+    batched.inc(counter.labels("TIMEOUT"), 2)
     assert registry.get_sample_value("c_total", {"status": "OK"}) == 0.0  # nothing before the flush
-    tally.flush()
-    tally.flush()  # a second flush adds nothing
+    batched.flush()
+    batched.flush()  # a second flush adds nothing
     assert registry.get_sample_value("c_total", {"status": "OK"}) == 3.0
     assert registry.get_sample_value("c_total", {"status": "TIMEOUT"}) == 2.0
     assert registry.get_sample_value("h_seconds_count", {"model": "champion"}) == 3.0
