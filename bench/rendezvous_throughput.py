@@ -14,6 +14,10 @@ of this process:
 3. the baseline again. Each baseline run (`--baseline-runs` before and as many after) uses a
    new group and output topic; the ratio uses their median, their spread shows the noise.
 
+Besides wall-clock rates it reports each consuming thread's CPU time and requests per thread
+CPU-second: on a shared machine the wall clock of two runs of the same code differs by half,
+the CPU a thread spent on the same records far less.
+
 Each timing runs from the consumer's partition assignment to the moment the last output record
 is on the topic (the baseline's high watermarks polled every 10 ms; the rendezvous' committed
 records counted by a read_committed consumer, as exactly-once writes in transactions).
@@ -136,6 +140,9 @@ class Timing:
     startup_s: float  # thread start -> partitions assigned
     processing_s: float  # partitions assigned -> every output record on the topic
     outputs: int
+    # CPU of the consuming thread over its whole life (start-up and stop included, librdkafka's
+    # own threads not): what the code costs per request whatever else the machine was doing.
+    thread_cpu_s: float
 
 
 def timed(
@@ -153,14 +160,17 @@ def timed(
     """
     stop = threading.Event()
     failures: list[BaseException] = []
+    cpu: list[float] = []
 
     def body() -> None:
+        cpu_started = time.thread_time()
         try:
             with profiling(profile):
                 target(stop)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread and raised there
             failures.append(exc)
         finally:
+            cpu.append(time.thread_time() - cpu_started)
             ready.set()  # never leave the main thread waiting on a dead thread
 
     def check(what: str, since: float) -> None:
@@ -187,7 +197,9 @@ def timed(
         thread.join(timeout=30)
     if failures:
         raise BenchError(f"{name} failed on stop: {failures[0]}") from failures[0]
-    return Timing(assigned - started, done - assigned, outputs)
+    if not cpu:
+        raise BenchError(f"{name} did not stop within 30 s")
+    return Timing(assigned - started, done - assigned, outputs, cpu[0])
 
 
 def run_baseline(
@@ -265,20 +277,23 @@ def report(args: argparse.Namespace, preload_s: float, before: list[Timing], rdv
     records_in = n * (1 + len(MODELS))
     bases = [*before, *after]
     base_rate, rdv_rate = float(np.median([n / b.processing_s for b in bases])), n / rdv.processing_s
+    base_per_cpu = float(np.median([n / b.thread_cpu_s for b in bases]))
     named = [*((f"pass-through #{i + 1} (before)", b) for i, b in enumerate(before)), ("rendezvous", rdv),
              *((f"pass-through #{len(before) + i + 1} (after)", b) for i, b in enumerate(after))]
-    rows = [[name, t.startup_s, t.processing_s, n / t.processing_s, records_in / t.processing_s, t.outputs]
-            for name, t in named]
+    rows = [[name, t.startup_s, t.processing_s, n / t.processing_s, records_in / t.processing_s,
+             t.thread_cpu_s, n / t.thread_cpu_s, t.outputs] for name, t in named]
     reply = ("no return address" if args.no_reply_to else "return address set") + f", {args.processing}"
     print_table(
         f"Rendezvous throughput: {n:,} requests + {n * len(MODELS):,} scores pre-loaded "
         f"({preload_s:.1f} s), {args.partitions} partitions, {reply}",
-        ["consumer", "startup s", "processing s", "req/s", "records-in/s", "records out"], rows, digits=2,
+        ["consumer", "startup s", "processing s", "req/s", "records-in/s", "thread CPU s", "req/CPU-s",
+         "records out"], rows, digits=2,
     )
     share = ratio(rdv_rate, base_rate)
     verdict = "met" if rdv_rate >= TARGET_REQ_S else "NOT met"
-    print(f"ratio rendezvous / pass-through (median of {len(bases)} pass-through runs): {share:.2f}; "
-          f"target >= {TARGET_REQ_S:,.0f} req/s: {verdict}")
+    per_cpu = ratio(n / rdv.thread_cpu_s, base_per_cpu)
+    print(f"ratio rendezvous / pass-through (median of {len(bases)} pass-through runs): {share:.2f} wall-clock, "
+          f"{per_cpu:.3f} per thread CPU-second; target >= {TARGET_REQ_S:,.0f} req/s: {verdict}")
     ok = "all checks passed" if not checked["problems"] else "PROBLEMS: " + "; ".join(checked["problems"])
     print(f"log topic: {checked['records']:,} comparison records, answers topic: {checked['answers']:,}, "
           f"dead letters: {checked['dead_letters']}; outcomes {checked['outcomes']}; {ok}")
@@ -287,8 +302,10 @@ def report(args: argparse.Namespace, preload_s: float, before: list[Timing], rdv
         "baselines": [{**vars(b), "req_s": n / b.processing_s, "records_in_s": records_in / b.processing_s}
                       for b in bases],
         "baseline_median_req_s": base_rate,
-        "rendezvous": {**vars(rdv), "req_s": rdv_rate, "records_in_s": records_in / rdv.processing_s},
-        "ratio": share, "check": checked, "problems": checked["problems"],
+        "rendezvous": {**vars(rdv), "req_s": rdv_rate, "records_in_s": records_in / rdv.processing_s,
+                       "req_per_thread_cpu_s": n / rdv.thread_cpu_s,
+                       "thread_cpu_us_per_request": 1e6 * rdv.thread_cpu_s / n},
+        "ratio": share, "ratio_per_thread_cpu": per_cpu, "check": checked, "problems": checked["problems"],
     }  # fmt: skip
 
 
