@@ -21,31 +21,12 @@ from typing import Any
 from fastavro import parse_schema, schemaless_reader
 
 from services.compare_report.columns import Columns
-from services.core.codec import Codec
+from services.core.avro_writer import long_bytes
+from services.core.codec import Codec, strip_logical_types
 from services.core.errors import BadInput
 from services.core.vectordecode import CurrentBatches
 
 log = logging.getLogger(__name__)
-
-
-def _without_logical_types(node: Any) -> Any:
-    """Times stay epoch-ms ints instead of datetimes, as in `services.core.codec` (same reason)."""
-    if isinstance(node, dict):
-        return {k: _without_logical_types(v) for k, v in node.items() if k != "logicalType"}
-    if isinstance(node, list):
-        return [_without_logical_types(v) for v in node]
-    return node
-
-
-def _varint(n: int) -> bytes:
-    """Avro `long` encoding (zig-zag varint) of a non-negative count."""
-    n <<= 1
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 class BatchDecoder:
@@ -55,7 +36,7 @@ class BatchDecoder:
         self._codec = codec
         self._header = codec.header
         self._array = parse_schema(
-            {"type": "array", "items": _without_logical_types(codec.schema)}, _write_hint=False
+            {"type": "array", "items": strip_logical_types(codec.schema)}, _write_hint=False
         )
         self._batches = CurrentBatches(codec)
         if not self._batches.usable:
@@ -83,7 +64,7 @@ class BatchDecoder:
     def _decode_current(self, values: list[bytes]) -> list[dict[str, Any]]:
         if not values:
             return []
-        body = BytesIO(_varint(len(values)) + b"".join([v[len(self._header):] for v in values]) + b"\x00")
+        body = BytesIO(long_bytes(len(values)) + b"".join([v[len(self._header):] for v in values]) + b"\x00")
         try:
             records = schemaless_reader(body, self._array, None)
         # A corrupt body may raise many types inside fastavro; the batch is then redone record by

@@ -80,11 +80,12 @@ def fingerprint(schema: Mapping[str, Any]) -> bytes:
     return struct.pack("<Q", crc64_avro(canonical.encode("utf-8")))
 
 
-def _strip_logical_types(node: Any) -> Any:
+def strip_logical_types(node: Any) -> Any:
+    """The schema without `logicalType` annotations: times stay epoch-ms ints, not datetimes."""
     if isinstance(node, dict):
-        return {k: _strip_logical_types(v) for k, v in node.items() if k != "logicalType"}
+        return {k: strip_logical_types(v) for k, v in node.items() if k != "logicalType"}
     if isinstance(node, list):
-        return [_strip_logical_types(v) for v in node]
+        return [strip_logical_types(v) for v in node]
     return node
 
 
@@ -92,7 +93,7 @@ def parse_plain(schema: Mapping[str, Any]) -> Any:
     """Parse a schema with logical types stripped, so times decode as plain epoch-ms ints."""
     # The default write hint marks the result as parsed, so fastavro does not parse it again on
     # every read and write (with _write_hint=False it would, doubling the cost of a decode).
-    return parse_schema(_strip_logical_types(copy.deepcopy(dict(schema))))
+    return parse_schema(strip_logical_types(copy.deepcopy(dict(schema))))
 
 
 class Codec:

@@ -280,9 +280,9 @@ def test_batch_decoder_matches_codec_and_skips_bad_records(records: list[dict[st
 def _item_schema() -> Any:
     from fastavro import parse_schema
 
-    from services.compare_report.decode import _without_logical_types
+    from services.core.codec import strip_logical_types
 
-    schema = _without_logical_types(codec("comparison").schema)
+    schema = strip_logical_types(codec("comparison").schema)
     items = next(f for f in schema["fields"] if f["name"] == "outputs")["type"]["items"]
     return parse_schema(items, _write_hint=False)
 
