@@ -499,6 +499,53 @@ def profiling(path: str | None) -> Iterator[None]:
         profiler.dump_stats(path)
 
 
+class MeasuredThread:
+    """`target(stop)` of a service under test in a daemon thread of this process (cProfiled with
+    `profile`). `ready` is set when it ends, so the main thread never waits on a dead thread; a
+    failure is raised on the main thread by `raise_failure` and `finish`; `cpu_s` is the thread's
+    CPU time over its whole life (librdkafka's own threads not included)."""
+
+    def __init__(self, name: str, target: Callable[[threading.Event], object], ready: threading.Event,
+                 profile: str | None = None) -> None:
+        self.name = name
+        self.stop = threading.Event()
+        self.cpu_s = math.nan
+        self._failures: list[BaseException] = []
+        self._ready = ready
+        self._thread = threading.Thread(target=self._body, args=(target, profile), name=name, daemon=True)
+        self._thread.start()
+
+    def _body(self, target: Callable[[threading.Event], object], profile: str | None) -> None:
+        started = time.thread_time()
+        try:
+            with profiling(profile):
+                target(self.stop)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread and raised there
+            self._failures.append(exc)
+        finally:
+            self.cpu_s = time.thread_time() - started
+            self._ready.set()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def raise_failure(self, when: str = "") -> None:
+        if self._failures:
+            first = self._failures[0]
+            raise BenchError(f"{self.name} failed{when}: {type(first).__name__}: {first}") from first
+
+    def finish(self, timeout: float = 30.0) -> None:
+        """Stop the thread and wait for it (in a `finally`: raises nothing of its own)."""
+        self.stop.set()
+        self._thread.join(timeout)
+
+    def check_finished(self) -> None:
+        """After `finish`: raise the thread's failure, or that it did not stop."""
+        self.raise_failure(" on stop")
+        if self._thread.is_alive():
+            raise BenchError(f"{self.name} did not stop when asked")
+
+
 def print_profile(path: str, what: str, top: int = 25) -> None:
     """The `top` functions by own time of a `profiling` dump."""
     out = io.StringIO()

@@ -28,7 +28,6 @@ if __package__ in (None, ""):  # run as `python bench/<name>.py`: make the `benc
 
 import argparse
 import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -42,6 +41,7 @@ from bench.common import (
     BenchError,
     BrokerInfo,
     CpuMeter,
+    MeasuredThread,
     bare_consumer,
     bench_and_broker,
     cpu_figures,
@@ -52,7 +52,6 @@ from bench.common import (
     plain_topics,
     print_profile,
     print_table,
-    profiling,
     ratio,
     run_bench,
     run_prefix,
@@ -159,46 +158,27 @@ def run_service(bootstrap: str, prefix: str, args: argparse.Namespace) -> Timing
                                   group=f"{prefix}comparison", max_batch=MAX_BATCH)
     settings.validate()
     service = ComparisonService(settings)
-    stop = threading.Event()
-    failures: list[BaseException] = []
-    cpu: list[float] = []
-
-    def body() -> None:
-        cpu_started = time.thread_time()
-        try:
-            with profiling(args.profile):
-                service.run(stop)
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread and raised there
-            failures.append(exc)
-        finally:
-            cpu.append(time.thread_time() - cpu_started)
-            service.ready.set()
-
     def wait(condition: Callable[[], bool], what: str, since: float) -> None:
         while not condition():
-            if failures:
-                raise BenchError(f"comparison failed: {failures[0]!r}") from failures[0]
+            thread.raise_failure()
             if time.monotonic() - since > args.timeout:
                 raise BenchError(f"comparison: no {what} within {args.timeout:g} s")
             time.sleep(POLL_S)  # polling the service's progress counter, an external condition
 
     started = time.monotonic()
-    thread = threading.Thread(target=body, name="comparison", daemon=True)
-    thread.start()
+    thread = MeasuredThread("comparison", service.run, service.ready, args.profile)
     try:
         wait(service.ready.is_set, "partition assignment", started)
         assigned = time.monotonic()
         wait(lambda: service.processed >= args.records, f"{args.records:,} records", assigned)
         done = time.monotonic()
     finally:
-        stop.set()
-        thread.join(timeout=30)
-    if failures:
-        raise BenchError(f"comparison failed on stop: {failures[0]!r}") from failures[0]
+        thread.finish()
+    thread.check_finished()
     window = WINDOW.value("rdv_cmp_window_records")
     note(f"comparison: window holds {window} records; agreement challenger/champion "
          f"{WINDOW.value('rdv_cmp_agreement_ratio', model='challenger', champion='champion')}")
-    return Timing(assigned - started, done - assigned, service.processed, cpu[0] if cpu else float("nan"))
+    return Timing(assigned - started, done - assigned, service.processed, thread.cpu_s)
 
 
 def report(args: argparse.Namespace, preload_s: float, bases: list[Timing], service: Timing) -> dict[str, object]:

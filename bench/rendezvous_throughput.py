@@ -50,6 +50,7 @@ from bench.common import (
     BenchError,
     BrokerInfo,
     CpuMeter,
+    MeasuredThread,
     RecordCounter,
     bare_consumer,
     bare_producer,
@@ -64,7 +65,6 @@ from bench.common import (
     positive,
     print_profile,
     print_table,
-    profiling,
     ratio,
     read_topic,
     run_bench,
@@ -158,32 +158,15 @@ def timed(
 
     `count()` returns the records on the output topic so far, waiting up to ~POLL_S for news.
     """
-    stop = threading.Event()
-    failures: list[BaseException] = []
-    cpu: list[float] = []
-
-    def body() -> None:
-        cpu_started = time.thread_time()
-        try:
-            with profiling(profile):
-                target(stop)
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread and raised there
-            failures.append(exc)
-        finally:
-            cpu.append(time.thread_time() - cpu_started)
-            ready.set()  # never leave the main thread waiting on a dead thread
-
     def check(what: str, since: float) -> None:
-        if failures:
-            raise BenchError(f"{name} failed: {type(failures[0]).__name__}: {failures[0]}") from failures[0]
+        thread.raise_failure()
         if not thread.is_alive():
             raise BenchError(f"{name} stopped by itself before {what}")
         if time.monotonic() - since > timeout:
             raise BenchError(f"{name}: no {what} within {timeout:g} s")
 
     started = time.monotonic()
-    thread = threading.Thread(target=body, name=name, daemon=True)
-    thread.start()
+    thread = MeasuredThread(name, target, ready, profile)
     try:
         while not ready.wait(0.1):
             check("partition assignment", started)
@@ -193,13 +176,9 @@ def timed(
             check(f"{expect:,} output records", assigned)
         done = time.monotonic()
     finally:
-        stop.set()
-        thread.join(timeout=30)
-    if failures:
-        raise BenchError(f"{name} failed on stop: {failures[0]}") from failures[0]
-    if not cpu:
-        raise BenchError(f"{name} did not stop within 30 s")
-    return Timing(assigned - started, done - assigned, outputs, cpu[0])
+        thread.finish()
+    thread.check_finished()
+    return Timing(assigned - started, done - assigned, outputs, thread.cpu_s)
 
 
 def run_baseline(
