@@ -190,6 +190,10 @@ class Signature:
             out = np.fromiter(chain.from_iterable(gathered), dtype=np.float64, count=n * k).reshape(n, k)
         except (TypeError, ValueError):  # a None or non-numeric value somewhere: row by row
             return self._prepare_slowly(rows)
+        if not slow and np.isfinite(out).all():
+            # The common case in two numpy calls: at low rates each batch runs on a cold CPU,
+            # where every numpy call costs tens of microseconds (docs/benchmarks.md).
+            return _prepared(out, {})
         errors: dict[int, str] = {}
         fast = np.ones(n, dtype=bool)
         fast[slow] = False

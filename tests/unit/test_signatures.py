@@ -157,6 +157,16 @@ def test_prepare_agrees_with_the_row_by_row_rule(extra: str) -> None:
     assert prepared.valid == [i for i in range(len(rows)) if i not in expected_errors]
     expected = np.array([sig.values(rows[i]) for i in prepared.valid])
     np.testing.assert_array_equal(prepared.matrix, expected)
+    # Small batches too, half of them unchanged rows: a batch of complete, finite rows takes a shortcut.
+    unchanged = demo_rows(90, seed=6)
+    for start in range(0, 180, 3):
+        batch = rows[start : start + 3] if start % 2 else unchanged[start // 2 : start // 2 + 3]
+        small = sig.prepare(batch)
+        problems = {i: sig.problem(row) for i, row in enumerate(batch)}
+        assert small.errors == {i: p for i, p in problems.items() if p is not None}
+        assert small.valid == [i for i in range(len(batch)) if i not in small.errors]
+        values = np.array([sig.values(batch[i]) for i in small.valid]).reshape(-1, len(DEMO_FEATURES))
+        np.testing.assert_array_equal(small.matrix, values)
 
 
 # --- is it a request at all ---------------------------------------------------------------------
