@@ -24,7 +24,14 @@ from services.core.errors import ConfigError, ModelSpecError
 from services.core.signatures import FeatureSpec, Signature
 from services.model_worker.models import DEMO_FEATURES, Prediction, demo_rows, load_model
 from services.model_worker.models.base import model_signature
-from services.model_worker.models.demo import DEMO_LABELS, demo_data, demo_estimator
+from services.model_worker.models.demo import (
+    DEMO_LABELS,
+    _canary_scorer,
+    _challenger_scorer,
+    demo_data,
+    demo_estimator,
+)
+from services.model_worker.models.fast import PYTHON_ROWS
 from services.model_worker.models.sklearn_model import SklearnModel
 from services.model_worker.score_writer import ScoreWriter, layout_matches
 from services.model_worker.settings import WorkerSettings, model_groups
@@ -57,6 +64,22 @@ def test_demo_scores_equal_predict_proba_one_row_at_a_time(name: str) -> None:
         one = row[None, :]
         expected = estimator.predict_proba(one[:, CANARY_COLUMNS] if name == "canary" else one)[0, 1]
         assert model.predict(one)[0].score == expected
+
+
+@pytest.mark.parametrize("name", ["challenger", "canary"])
+def test_demo_trees_equal_predict_proba_in_small_batches(name: str) -> None:
+    # Batches of up to fast.PYTHON_ROWS rows are walked in plain Python, larger ones in numpy:
+    # both sides of that line, and the Python walk itself at every size, equal scikit-learn.
+    model, estimator = load_model(f"demo:{name}"), demo_estimator(name)
+    scorer = {"challenger": _challenger_scorer, "canary": _canary_scorer}[name]()
+    x, _ = demo_data()
+    for size in range(1, PYTHON_ROWS + 3):
+        for start in range(0, 100, size):
+            batch = x[start : start + size]
+            read = batch[:, CANARY_COLUMNS] if name == "canary" else batch
+            expected = estimator.predict_proba(read)[:, 1].tolist()
+            assert [p.score for p in model.predict(batch)] == expected
+            assert scorer._walk_rows(read).tolist() == expected
 
 
 def test_canary_signature_requires_only_what_it_reads() -> None:

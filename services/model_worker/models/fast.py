@@ -23,7 +23,12 @@ from typing import Any
 import numpy as np
 from scipy.special import expit
 
-__all__ = ["LogisticScorer", "TreeScorer"]
+__all__ = ["PYTHON_ROWS", "LogisticScorer", "TreeScorer"]
+
+# Trees walk batches of up to this many rows in plain Python. At low rates a batch is one or two
+# rows arriving on a cold CPU, where each numpy call costs tens of microseconds; the walk's
+# numpy version makes about six calls per tree level (docs/benchmarks.md).
+PYTHON_ROWS = 4
 
 
 class LogisticScorer:
@@ -78,10 +83,15 @@ class TreeScorer:
         self._roots = np.asarray(roots, dtype=np.intp)[:, None]  # (trees, 1)
         self._depth = depth
         self._columns = None if columns is None else np.asarray(columns, dtype=np.intp)
+        # The same arrays as Python lists, for `_walk_rows`.
+        self._lists = (self._feature.tolist(), self._threshold.tolist(), self._left.tolist(),
+                       self._right.tolist(), self._p1.tolist(), self._roots[:, 0].tolist())
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self._columns is not None:
             x = x[:, self._columns]
+        if len(x) <= PYTHON_ROWS:
+            return self._walk_rows(x)
         # scikit-learn's trees compare float32 inputs with float64 thresholds.
         x32 = np.ascontiguousarray(x, dtype=np.float32)
         n, k = x32.shape
@@ -98,6 +108,21 @@ class TreeScorer:
         # so the float rounding is the same), then divided by the number of trees.
         total: np.ndarray = np.cumsum(fractions, axis=0)[-1]
         return total / len(fractions)
+
+    def _walk_rows(self, x: np.ndarray) -> np.ndarray:
+        """The same walk in plain Python, one row and one tree at a time, leaf fractions summed in
+        tree order as above (so the result is the same to the bit)."""
+        feature, threshold, left, right, p1, roots = self._lists
+        totals = []
+        for row in x.astype(np.float32).tolist():  # float32 values, compared as float64 as above
+            total = 0.0
+            for node in roots:
+                while left[node] != node:  # a leaf points to itself
+                    node = left[node] if row[feature[node]] <= threshold[node] else right[node]
+                total += p1[node]
+            totals.append(total)
+        scores = np.array(totals, dtype=np.float64)
+        return scores if len(roots) == 1 else scores / len(roots)
 
 
 def _positive_fraction(value: np.ndarray) -> np.ndarray:
