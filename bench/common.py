@@ -271,11 +271,21 @@ class Children:
         self.procs.clear()
 
 
+# Where the services of a bench run log: a temporary directory (gone after the run), or this one.
+KEEP_LOGS_ENV = "RDV_BENCH_LOGS"
+
+
 @contextmanager
 def children(env: Mapping[str, str]) -> Iterator[Children]:
-    """Children whose logs live in a temporary directory; all of them stopped on exit."""
+    """Children whose logs live in a temporary directory, or in `$RDV_BENCH_LOGS` (kept, to read
+    after a run that went wrong); all of them stopped on exit."""
+    kept = os.environ.get(KEEP_LOGS_ENV, "").strip()
     with tempfile.TemporaryDirectory(prefix="rdv-bench-logs-") as tmp:
-        kids = Children(Path(tmp), {**os.environ, **env})
+        log_dir = Path(kept) if kept else Path(tmp)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        if kept:
+            note(f"services log to {log_dir} ({KEEP_LOGS_ENV})")
+        kids = Children(log_dir, {**os.environ, **env})
         try:
             yield kids
         finally:
