@@ -10,6 +10,13 @@ Two parts are timed for each demo model (champion, challenger, canary) and batch
     encode   the Score records of that batch, built and Avro-encoded as the worker writes them
 
 Each figure is the time of one whole batch (µs, p50 and p99 over the repetitions) and per row.
+`--models` may also name `co-hosted`: the three models scored together as one worker scores them
+(`score_co_hosted`, one check per distinct signature; score part only).
+
+`--gap-ms G` sleeps G ms before each timed call. Back to back (0, the default) every call finds
+the CPU's caches warm from the last; at 200 req/s a worker's batch comes every ~5 ms, after the
+CPU ran other processes or sat idle, and on this machine that makes the same call several times
+dearer (docs/benchmarks.md, "Every wake-up is paid").
 `--baseline DIR` also measures a checkout of another version (e.g. `git archive <commit> | tar -x
 -C DIR`) in the same run, in a child process whose imports come from DIR, alternating with the
 current tree, and prints the ratio current / baseline (below 1 = faster now). With `--rounds N`
@@ -34,13 +41,16 @@ BATCHES = (1, 8, 64, 256)
 
 
 # ----- the child: measures whatever `services` its sys.path resolves to -----------------------
-def _timings(run: Callable[[], Any], min_reps: int, min_s: float) -> list[float]:
-    """Microseconds of each call; at least `min_reps` calls and `min_s` seconds, after a warm-up."""
+def _timings(run: Callable[[], Any], min_reps: int, min_s: float, gap_s: float) -> list[float]:
+    """Microseconds of each call; at least `min_reps` calls and `min_s` seconds, after a warm-up;
+    `gap_s` asleep before each call."""
     for _ in range(5):
         run()
     times: list[float] = []
     started = time.perf_counter()
     while len(times) < min_reps or time.perf_counter() - started < min_s:
+        if gap_s:
+            time.sleep(gap_s)
         t0 = time.perf_counter()
         run()
         times.append((time.perf_counter() - t0) * 1e6)
@@ -75,7 +85,22 @@ def _encoder() -> Callable[[list[dict[str, Any]], list[Any]], list[bytes]]:
     return inline
 
 
-def measure(models: Sequence[str], batches: Sequence[int], min_reps: int, min_s: float) -> dict[str, Any]:
+def _co_hosted() -> Callable[[Sequence[dict[str, float]]], list[Any]]:
+    """The three demo models scored as one co-hosting worker scores them."""
+    from services.model_worker.settings import WorkerSettings
+    from services.model_worker.worker import hosted_models, score_co_hosted
+
+    settings = WorkerSettings(model="demo:champion", co_host=("challenger=demo:challenger", "canary=demo:canary"))
+    settings.validate()
+    hosted = hosted_models(settings, "bench-1")
+    return lambda rows: [s for _h, scored in score_co_hosted(hosted, rows) for s in scored]
+
+
+def _one_model(model: Any, score_batch: Callable[..., list[Any]]) -> Callable[[Sequence[dict[str, float]]], list[Any]]:
+    return lambda rows: score_batch(model, rows)
+
+
+def measure(models: Sequence[str], batches: Sequence[int], min_reps: int, min_s: float, gap_s: float) -> dict[str, Any]:
     import numpy as np
 
     import services
@@ -85,16 +110,17 @@ def measure(models: Sequence[str], batches: Sequence[int], min_reps: int, min_s:
     encode = _encoder()
     results: dict[str, Any] = {"services": str(Path(services.__file__).parent), "rows": []}
     for name in models:
-        model = load_model(f"demo:{name}")
+        score = _co_hosted() if name == "co-hosted" else _one_model(load_model(f"demo:{name}"), score_batch)
         for n in batches:
             rows = demo_rows(n, seed=n)
             requests = [{"request_id": f"r-{i}", "deadline": 1_700_000_000_000 + i, "features": r}
                         for i, r in enumerate(rows)]
-            scored = score_batch(model, rows)
+            scored = score(rows)
             assert all(s.error is None for s in scored), scored[0].error
-            score_us = _timings(lambda m=model, r=rows: score_batch(m, r), min_reps, min_s)
-            encode_us = _timings(lambda q=requests, s=scored: encode(q, s), min_reps, min_s)
-            for part, times in (("score", score_us), ("encode", encode_us)):
+            parts = {"score": _timings(lambda r=rows, f=score: f(r), min_reps, min_s, gap_s)}
+            if name != "co-hosted":
+                parts["encode"] = _timings(lambda q=requests, s=scored: encode(q, s), min_reps, min_s, gap_s)
+            for part, times in parts.items():
                 p50, p99 = np.percentile(times, [50, 99])
                 results["rows"].append({"model": name, "batch": n, "part": part, "reps": len(times),
                                         "p50_us": float(p50), "p99_us": float(p99)})
@@ -106,7 +132,7 @@ def _child(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(tree), "RDV_SCHEMA_DIR": str(tree / "schemas")}
     command = [sys.executable, str(HERE), "--child", "--models", ",".join(args.models),
                "--batches", ",".join(map(str, args.batches)), "--min-reps", str(args.min_reps),
-               "--min-s", str(args.min_s)]
+               "--min-s", str(args.min_s), "--gap-ms", str(args.gap_ms)]
     done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.stderr.write(done.stderr)
@@ -133,7 +159,7 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"services": runs[0]["services"], "rows": rows, "rounds": len(runs)}
 
 
-def _print(current: dict[str, Any], baseline: dict[str, Any] | None) -> None:
+def _print(current: dict[str, Any], baseline: dict[str, Any] | None, gap_ms: float) -> None:
     sys.path.insert(0, str(HERE.parents[1]))
     from bench.common import print_table, ratio
 
@@ -148,7 +174,8 @@ def _print(current: dict[str, Any], baseline: dict[str, Any] | None) -> None:
             b = base[_key(row)]
             line += [b["p50_us"], b["p99_us"], ratio(row["p50_us"], b["p50_us"]), ratio(row["p99_us"], b["p99_us"])]
         table.append(line)
-    title = "model worker scoring path, per batch (current / baseline ratio < 1 = faster now)"
+    gap = f", {gap_ms:g} ms asleep before each call" if gap_ms else ", back to back"
+    title = f"model worker scoring path, per batch{gap} (current / baseline ratio < 1 = faster now)"
     print_table(title, headers, table, digits=2)
 
 
@@ -158,13 +185,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=list(BATCHES))
     parser.add_argument("--min-reps", type=int, default=200, help="repetitions per figure, at least")
     parser.add_argument("--min-s", type=float, default=0.5, help="seconds per figure, at least")
+    parser.add_argument("--gap-ms", type=float, default=0.0,
+                        help="sleep this long before each timed call (5 = the gap between requests at 200 req/s)")
     parser.add_argument("--baseline", type=Path, help="a checkout of the version to compare with")
     parser.add_argument("--rounds", type=int, default=1, help="alternate baseline and current this many times")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.gap_ms < 0:
+        parser.error(f"--gap-ms must be >= 0, got {args.gap_ms:g}")
     if args.child:
-        print(json.dumps(measure(args.models, args.batches, args.min_reps, args.min_s)))
+        print(json.dumps(measure(args.models, args.batches, args.min_reps, args.min_s, args.gap_ms / 1000.0)))
         return 0
     tree = HERE.parents[1]
     baselines, currents = [], []
@@ -174,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         currents.append(_child(tree, args))
     current = _median(currents)
     baseline = _median(baselines) if baselines else None
-    _print(current, baseline)
+    _print(current, baseline, args.gap_ms)
     if args.json:
         Path(args.json).write_text(json.dumps({"current": current, "baseline": baseline}, indent=2) + "\n")
     return 0
