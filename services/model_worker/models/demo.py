@@ -202,7 +202,7 @@ def contrarian_flips(row: Mapping[str, float]) -> bool:
 
 
 def _to_predictions(scores: np.ndarray) -> list[Prediction]:
-    values = scores.tolist()  # one numpy call: the labels are compared in Python (fast.PYTHON_ROWS)
+    values = scores.tolist()  # one numpy call; the labels are compared in Python (docs/benchmarks.md)
     return [Prediction(score, DEMO_LABELS[score > 0.5]) for score in values]
 
 
