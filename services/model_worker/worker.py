@@ -139,7 +139,7 @@ def hosted_models(settings: WorkerSettings, instance: str, model: Model | None =
     hosted += [Hosted(load(spec), name, "", instance, extra) for name, spec in settings.co_hosted()]
     check_co_hosted_names([h.name for h in hosted])
     # Equal signatures become one object, so a batch is checked once per distinct signature
-    # (`_BatchScorer` keys its checks by identity: hashing 30 feature specs per batch costs too).
+    # (`score_co_hosted` keys its checks by identity: hashing 30 feature specs per batch costs too).
     shared: dict[Signature, Signature] = {}
     for h in hosted:
         h.signature = shared.setdefault(h.signature, h.signature)
@@ -150,8 +150,9 @@ def score_co_hosted(
     hosted: Sequence[Hosted], rows: Sequence[Mapping[str, float]]
 ) -> Iterator[tuple[Hosted, list[Scored]]]:
     """Each model's results for one batch, model after model. Models with the same signature share
-    one check of the batch (`Signature.prepare`, ≈ 20 µs even for one row), each with its own copy
-    of the checked matrix: a model may scale its input in place, and the next must not see that."""
+    one check of the batch (`Signature.prepare`: one row ≈ 15 µs back to back, ≈ 190 µs on a cold
+    CPU, docs/benchmarks.md), each with its own copy of the checked matrix: a model may scale its
+    input in place, and the next must not see that."""
     ids = [id(h.signature) for h in hosted]
     shared = {key for key in ids if ids.count(key) > 1}
     checked: dict[int, tuple[Prepared, float]] = {}  # id(signature) -> the batch checked, in ms
