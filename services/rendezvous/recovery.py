@@ -22,6 +22,12 @@ therefore fences a departed previous owner's transactional id first (`fence`): i
 transaction is ended at once. Only a departed one: a previous owner that is still a member of
 the group (it gave the partition up in a rebalance, committing on revoke) holds no open
 transaction for it, and fencing it would kill a healthy instance (`live_members`).
+
+The scan reads as read_committed, so it stops at each partition's last stable offset: outputs of
+a transaction still open are beyond it, unseen. Were that transaction to commit after the scan,
+its answers would go out twice (once from it, once from the re-read). So the scan starts only
+once no transaction is open on the partitions it reads (`OpenTransaction` until then): the
+stable end has reached what was written when the scan began.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from confluent_kafka import KafkaException, Message, TopicPartition
 from confluent_kafka import Producer as _NativeProducer
 
 from services.core.codec import codec
-from services.core.errors import BadInput, BrokerError
+from services.core.errors import BadInput, BrokerError, RendezvousError
 from services.core.kafka import admin
 from services.core.settings import Topics
 from services.core.topic_range import PartitionSpan
@@ -47,6 +53,10 @@ from services.rendezvous.join import Finished
 log = logging.getLogger(__name__)
 
 END = "end"  # a scan's start: the partition's end (nothing to read)
+
+
+class OpenTransaction(RendezvousError):
+    """A transaction is still open on an output partition recovery must read: try again shortly."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +150,10 @@ def scan_finished(
 ) -> Recovered:
     """What was already answered / logged for requests at or after the committed offsets."""
     finished = Finished({}, set())
+    # Written ends first, stable ends second: whatever was written before the scan must be
+    # stable (committed or aborted) by the time the stable ends are read.
+    written = _written_ends(config, [(topic, partition) for topic in (topics.answers, topics.log)
+                                     for partition in committed])
     probe = _NativeConsumer({**config, "group.id": f"rdv-recovery-{uuid.uuid4().hex}",
                              "enable.auto.commit": False, "isolation.level": "read_committed"})
     try:
@@ -152,6 +166,7 @@ def scan_finished(
         spans = {topics.answers: _spans(probe, topics.answers, answers), topics.log: _spans(probe, topics.log, logs)}
     finally:
         probe.close()
+    _refuse_open_transactions(written, spans)
     floors = {(topic, span.partition): span.start for topic, topic_spans in spans.items() for span in topic_spans}
     readers = {topics.answers: codec("answer"), topics.log: codec("comparison")}
     unread = {topic: [span for span in topic_spans if span.size > 0] for topic, topic_spans in spans.items()}
@@ -211,6 +226,27 @@ def _spans(probe: _NativeConsumer, topic: str, starts: Mapping[int, int | str]) 
             offset = start
         spans.append(PartitionSpan(partition, max(low, min(offset, high)), high))
     return spans
+
+
+def _written_ends(config: Mapping[str, Any], partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """Each partition's high watermark: the end of what was written, committed or not."""
+    probe = _NativeConsumer({**config, "group.id": f"rdv-recovery-{uuid.uuid4().hex}",
+                             "enable.auto.commit": False, "isolation.level": "read_uncommitted"})
+    try:
+        return {(topic, partition): probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)[1]
+                for topic, partition in partitions}
+    finally:
+        probe.close()
+
+
+def _refuse_open_transactions(written: Mapping[tuple[str, int], int], spans: Mapping[str, list[PartitionSpan]]) -> None:
+    """Raise OpenTransaction if a span ends (at the stable end) before what was written there."""
+    for topic, topic_spans in spans.items():
+        for span in topic_spans:
+            end = written.get((topic, span.partition), span.end)
+            if span.end < end:
+                raise OpenTransaction(f"a transaction is still open on {topic}[{span.partition}] (stable up to "
+                                      f"offset {span.end}, written up to {end}): recovery waits for it to end")
 
 
 def _read_all(config: Mapping[str, Any], spans: Mapping[str, list[PartitionSpan]]) -> Iterator[tuple[str, Message]]:

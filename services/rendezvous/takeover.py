@@ -19,17 +19,32 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 from services.core.errors import RendezvousError
 from services.core.service import Context
 from services.rendezvous.join import Join
-from services.rendezvous.recovery import Mark, committed_offsets, fence, live_members, scan_finished, stable_marks
+from services.rendezvous.recovery import (
+    Mark,
+    OpenTransaction,
+    committed_offsets,
+    fence,
+    live_members,
+    scan_finished,
+    stable_marks,
+)
 from services.rendezvous.settings import RendezvousSettings
 
 log = logging.getLogger(__name__)
 
 RETRY_S = 1.0
+# While a transaction is still open on the outputs to scan (usually a committed one whose
+# markers are being written): try again soon, it rarely lasts.
+OPEN_TXN_RETRY_S = 0.2
+# ... and say so at WARNING once it has lasted this long (a crashed owner's transaction that
+# could not be fenced lasts until its transaction timeout).
+OPEN_TXN_WARN_S = 5.0
 # Offset fetches that stay "unstable" this many times in a row fall back to the last completed
-# commit. The open transaction they wait for can only abort by then (a crashed owner is fenced or
-# times out; our own previous producer was fenced by our new one), and an aborted transaction's
-# offsets are not the ones to resume from anyway. Seen after a broker restart: pending offsets of
-# an abandoned transaction that the broker kept reporting unstable for minutes.
+# commit. Seen after a broker restart: the pending offsets of a transaction the broker kept
+# reporting unstable for minutes. The fallback is safe because the scan waits until no
+# transaction is open on the outputs it reads (recovery.OpenTransaction): if the unresolved
+# transaction committed, its answers are found and its requests not answered again; if it
+# aborted, its offsets were not the ones to resume from anyway.
 UNSTABLE_TRIES = 3
 
 
@@ -42,6 +57,7 @@ class Takeover:
         self._pending: list[TopicPartition] = []
         self._next_try = 0.0
         self._unstable = 0  # consecutive offset fetches that timed out waiting for a transaction
+        self._open_since: float | None = None  # when the scan first found a transaction open
         # (answers or log topic, partition) -> offset below which no output of a re-read or later
         # request can be: the marks' floor until this instance delivers outputs there
         self.floors: dict[tuple[str, int], int] = {}
@@ -85,18 +101,32 @@ class Takeover:
                     found = scan_finished(ctx.config, self.topics, marks, margin)
                     self.join.restore(found.finished)
                     self.floors.update(found.floors)
+        except OpenTransaction as exc:
+            self._wait_for_transaction(exc)
+            return
         except (KafkaException, RendezvousError) as exc:
             ctx.health.mark_down()
             log.warning("recovery waiting for the broker: %s", exc)
             return
         self._pending = []
         self._unstable = 0
+        self._open_since = None
         for start, refusal in ctx.consumer.resume_at(partitions, self._starts(committed)):
             # After the fallback the consumer's own offset fetch waits on the same unresolved
             # transaction and would never start its partitions: only the seek starts them.
             log.log(logging.WARNING if fallback else logging.DEBUG, "cannot position %s[%d] at %d: %s",
                     start.topic, start.partition, start.offset, refusal)
         ctx.health.mark_up()
+
+    def _wait_for_transaction(self, exc: OpenTransaction) -> None:
+        """The broker is fine; an output partition is not stable yet. Try again soon, and log
+        it at WARNING only once it lasts."""
+        now = time.monotonic()
+        self._next_try = now + OPEN_TXN_RETRY_S
+        if self._open_since is None:
+            self._open_since = now
+        waited = now - self._open_since
+        log.log(logging.WARNING if waited >= OPEN_TXN_WARN_S else logging.DEBUG, "%s (%.1fs so far)", exc, waited)
 
     def _starts(self, committed: list[TopicPartition]) -> list[TopicPartition]:
         """Where each partition is read from: the committed offset recovery used, else where a new
