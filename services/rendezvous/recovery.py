@@ -150,10 +150,6 @@ def scan_finished(
 ) -> Recovered:
     """What was already answered / logged for requests at or after the committed offsets."""
     finished = Finished({}, set())
-    # Written ends first, stable ends second: whatever was written before the scan must be
-    # stable (committed or aborted) by the time the stable ends are read.
-    written = _written_ends(config, [(topic, partition) for topic in (topics.answers, topics.log)
-                                     for partition in committed])
     probe = _NativeConsumer({**config, "group.id": f"rdv-recovery-{uuid.uuid4().hex}",
                              "enable.auto.commit": False, "isolation.level": "read_committed"})
     try:
@@ -163,6 +159,11 @@ def scan_finished(
             starts = _starts(probe, topics, partition, offset, mark, margin_ms)
             # Nothing to redo: outputs of what comes next are written after the partitions' ends now.
             answers[partition], logs[partition] = starts if starts is not None else (END, END)
+        # Written ends first, stable ends second: whatever was written before the scan must be
+        # stable (committed or aborted) by the time the stable ends are read. Only where requests
+        # are re-read: elsewhere nothing could be answered twice.
+        redo = [partition for partition, start in answers.items() if start != END]
+        written = _written_ends(config, [(topic, p) for topic in (topics.answers, topics.log) for p in redo])
         spans = {topics.answers: _spans(probe, topics.answers, answers), topics.log: _spans(probe, topics.log, logs)}
     finally:
         probe.close()
@@ -230,6 +231,8 @@ def _spans(probe: _NativeConsumer, topic: str, starts: Mapping[int, int | str]) 
 
 def _written_ends(config: Mapping[str, Any], partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
     """Each partition's high watermark: the end of what was written, committed or not."""
+    if not partitions:
+        return {}
     probe = _NativeConsumer({**config, "group.id": f"rdv-recovery-{uuid.uuid4().hex}",
                              "enable.auto.commit": False, "isolation.level": "read_uncommitted"})
     try:
@@ -240,7 +243,8 @@ def _written_ends(config: Mapping[str, Any], partitions: list[tuple[str, int]]) 
 
 
 def _refuse_open_transactions(written: Mapping[tuple[str, int], int], spans: Mapping[str, list[PartitionSpan]]) -> None:
-    """Raise OpenTransaction if a span ends (at the stable end) before what was written there."""
+    """Raise OpenTransaction if a span ends (at the stable end) before what was written there
+    (partitions without a written end were not asked: nothing is re-read there)."""
     for topic, topic_spans in spans.items():
         for span in topic_spans:
             end = written.get((topic, span.partition), span.end)
