@@ -36,8 +36,9 @@ RETRY_S = 1.0
 # While a transaction is still open on the outputs to scan (usually a committed one whose
 # markers are being written): try again soon, it rarely lasts.
 OPEN_TXN_RETRY_S = 0.2
-# ... and say so at WARNING once it has lasted this long (a crashed owner's transaction that
-# could not be fenced lasts until its transaction timeout).
+# ... and say so at WARNING every this many seconds once it has lasted that long (a crashed
+# owner's transaction that could not be fenced lasts until its transaction timeout; one the
+# broker left without markers lasts until someone aborts it: docs/failover.md).
 OPEN_TXN_WARN_S = 5.0
 # Offset fetches that stay "unstable" this many times in a row fall back to the last completed
 # commit. Seen after a broker restart: the pending offsets of a transaction the broker kept
@@ -58,6 +59,7 @@ class Takeover:
         self._next_try = 0.0
         self._unstable = 0  # consecutive offset fetches that timed out waiting for a transaction
         self._open_since: float | None = None  # when the scan first found a transaction open
+        self._open_warned = 0.0  # when that was last logged at WARNING
         # (answers or log topic, partition) -> offset below which no output of a re-read or later
         # request can be: the marks' floor until this instance delivers outputs there
         self.floors: dict[tuple[str, int], int] = {}
@@ -126,7 +128,10 @@ class Takeover:
         if self._open_since is None:
             self._open_since = now
         waited = now - self._open_since
-        log.log(logging.WARNING if waited >= OPEN_TXN_WARN_S else logging.DEBUG, "%s (%.1fs so far)", exc, waited)
+        loud = waited >= OPEN_TXN_WARN_S and now - self._open_warned >= OPEN_TXN_WARN_S
+        if loud:
+            self._open_warned = now
+        log.log(logging.WARNING if loud else logging.DEBUG, "%s (%.1fs so far)", exc, waited)
 
     def _starts(self, committed: list[TopicPartition]) -> list[TopicPartition]:
         """Where each partition is read from: the committed offset recovery used, else where a new

@@ -1,12 +1,18 @@
-"""Where a taken-over partition is read from once recovery is done (services/rendezvous/takeover.py)."""
+"""Where a taken-over partition is read from once recovery is done, and how recovery waits for a
+transaction still open on its outputs (services/rendezvous/takeover.py, recovery.py)."""
 
 from __future__ import annotations
 
+import logging
 from typing import cast
 
+import pytest
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, TopicPartition
 
+from services.core.topic_range import PartitionSpan
+from services.rendezvous import takeover as takeover_module
 from services.rendezvous.join import Join
+from services.rendezvous.recovery import OpenTransaction, _refuse_open_transactions
 from services.rendezvous.settings import RendezvousSettings
 from services.rendezvous.takeover import Takeover
 
@@ -33,3 +39,29 @@ def test_an_uncommitted_partition_starts_at_the_beginning_for_earliest_and_is_le
     # "latest" is the end the consumer found when the partition was assigned: the end now would
     # skip whatever arrived during recovery.
     assert starts("latest", [never]) == []
+
+
+def test_recovery_refuses_to_scan_a_partition_whose_stable_end_is_short_of_what_was_written() -> None:
+    spans = {"rdv.answers": [PartitionSpan(0, 10, 20), PartitionSpan(1, 5, 5)], "rdv.log": [PartitionSpan(0, 3, 9)]}
+    # Everything written is stable (or a partition was not asked: nothing is re-read there).
+    _refuse_open_transactions({("rdv.answers", 0): 20, ("rdv.answers", 1): 5, ("rdv.log", 0): 9}, spans)
+    _refuse_open_transactions({}, spans)
+    with pytest.raises(OpenTransaction, match=r"rdv\.log\[0\] \(stable up to offset 9, written up to 12\)"):
+        _refuse_open_transactions({("rdv.answers", 0): 20, ("rdv.log", 0): 12}, spans)
+
+
+def test_waiting_for_an_open_transaction_retries_soon_and_warns_at_most_every_few_seconds(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(takeover_module.time, "monotonic", lambda: clock[0])
+    waiting = takeover("earliest")
+    warnings = []
+    for _ in range(100):  # 20 s of retries, 0.2 s apart
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="services.rendezvous.takeover"):
+            waiting._wait_for_transaction(OpenTransaction("a transaction is still open"))
+        assert waiting._next_try == clock[0] + takeover_module.OPEN_TXN_RETRY_S
+        warnings += [clock[0] - 1000.0 for r in caplog.records if r.levelno == logging.WARNING]
+        clock[0] += takeover_module.OPEN_TXN_RETRY_S
+    assert [round(w) for w in warnings] == [5, 10, 15]
