@@ -250,7 +250,8 @@ def _refuse_open_transactions(written: Mapping[tuple[str, int], int], spans: Map
             end = written.get((topic, span.partition), span.end)
             if span.end < end:
                 raise OpenTransaction(f"a transaction is still open on {topic}[{span.partition}] (stable up to "
-                                      f"offset {span.end}, written up to {end}): recovery waits for it to end")
+                                      f"offset {span.end}, written up to {end}): recovery waits for it to end (one "
+                                      f"open far longer than the transaction timeout is hanging: docs/failover.md)")
 
 
 def _read_all(config: Mapping[str, Any], spans: Mapping[str, list[PartitionSpan]]) -> Iterator[tuple[str, Message]]:
