@@ -75,6 +75,7 @@ class Takeover:
             self._pending.extend(partitions)
             self._next_try = 0.0
             self._unstable = 0
+            self._open_since = None
 
     def release(self, partitions: list[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
@@ -115,7 +116,9 @@ class Takeover:
         self._open_since = None
         for start, refusal in ctx.consumer.resume_at(partitions, self._starts(committed)):
             # After the fallback the consumer's own offset fetch waits on the same unresolved
-            # transaction and would never start its partitions: only the seek starts them.
+            # transaction and would never start its partitions: only the seek starts them, if
+            # librdkafka takes it (it refuses while that fetch is out: _STATE, seen with a
+            # transaction left hanging by a broker restart, docs/failover.md).
             log.log(logging.WARNING if fallback else logging.DEBUG, "cannot position %s[%d] at %d: %s",
                     start.topic, start.partition, start.offset, refusal)
         ctx.health.mark_up()
