@@ -11,7 +11,10 @@ Whether a topic exists is asked of the broker off the poll loop (one metadata re
 unknown topic, by a helper thread) and remembered in a bounded cache; answers for a topic
 being checked wait in a bounded queue and go out once it is known to exist. So a request
 naming a missing topic costs that one reply (counted in rdv_reply_errors_total), and never
-delays any other answer.
+delays any other answer. A question the broker could not answer (it is away) says nothing
+about the topic: its answers keep waiting and the question is asked again a second later. A
+failed delivery makes the next answers to that topic wait for a fresh verdict, not drop: after
+a long outage every reply in flight fails, and the topic is usually still there.
 
 Every reply is counted on its request's receipt (its mailbox) from the moment it is accepted
 until the broker acknowledges it, or it is dropped for good: the request's offset is not
@@ -40,6 +43,8 @@ log = logging.getLogger(__name__)
 VERDICT_TTL_S = 30.0
 MAX_TOPICS = 1_000  # verdicts remembered
 MAX_WAITING = 10_000  # replies waiting for a verdict, all topics together
+UNKNOWN = -1  # a partition count the broker could not give (it is away): ask again
+RECHECK_S = 1.0
 
 
 class Pending(Protocol):
@@ -86,6 +91,7 @@ class ReplyRouter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rdv-reply-check")
         self._verdicts: OrderedDict[str, tuple[int, float]] = OrderedDict()  # topic -> (partitions, at)
         self._checking: dict[str, Future[int]] = {}
+        self._recheck_at: dict[str, float] = {}  # topics whose question went unanswered -> when to ask again
         self._waiting: dict[str, deque[tuple[int | None, bytes, bytes, Pending]]] = {}
         self._waiting_count = 0
         self.unacked = 0  # replies accepted and not yet acknowledged (a drain waits for them)
@@ -111,17 +117,25 @@ class ReplyRouter:
             self._checking[topic] = self._pool.submit(self._partition_count, topic)
 
     def forget(self, topic: str) -> None:
-        """A delivery to `topic` failed: treat it as missing until it is checked again."""
-        self._verdicts[topic] = (0, time.monotonic())
+        """A delivery to `topic` failed: its next replies wait for a fresh verdict."""
+        self._verdicts.pop(topic, None)
 
     def poll(self) -> None:
         """Deliver (or drop) replies whose topic's verdict arrived; call from the poll loop."""
         for topic in [t for t, future in self._checking.items() if future.done()]:
             count = self._checking.pop(topic).result()
+            if count == UNKNOWN:
+                self._recheck_at[topic] = time.monotonic() + RECHECK_S
+                continue
             self._remember(topic, count)
             for partition, key, value, receipt in self._waiting.pop(topic, deque()):
                 self._waiting_count -= 1
                 self._deliver(topic, count, partition, key, value, receipt)
+        if self._recheck_at:
+            now = time.monotonic()
+            for topic in [t for t, at in self._recheck_at.items() if at <= now]:
+                del self._recheck_at[topic]
+                self.check_now(topic)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -163,7 +177,8 @@ class ReplyRouter:
             return
         self._waiting.setdefault(topic, deque()).append((partition, key, value, receipt))
         self._waiting_count += 1
-        self.check_now(topic)
+        if topic not in self._recheck_at:  # else poll() asks again when it is time
+            self.check_now(topic)
 
     def _remember(self, topic: str, count: int) -> None:
         verdicts = self._verdicts
@@ -185,6 +200,6 @@ class ReplyRouter:
         try:
             meta = self._admin.list_topics(topic=topic, timeout=5.0).topics.get(topic)
         except KafkaException as exc:
-            log.warning("cannot check return address %s: %s", topic, exc)
-            return 0
+            log.warning("cannot check return address %s (asking again in %.0f s): %s", topic, RECHECK_S, exc)
+            return UNKNOWN
         return len(meta.partitions) if meta is not None and meta.error is None else 0

@@ -101,3 +101,42 @@ def test_an_expired_verdict_is_checked_again_without_holding_answers(monkeypatch
     assert broker.sent == [(TOPICS.replies, None, b"r1")]  # delivered at once, on the old verdict
     settle(out)
     assert broker.asked == [TOPICS.replies, TOPICS.replies]  # and asked again in the background
+
+
+def test_after_a_failed_delivery_the_next_replies_wait_for_a_fresh_verdict_instead_of_being_dropped() -> None:
+    broker = Broker({TOPICS.replies: 4})
+    out = router(broker)
+    out.check_now(TOPICS.replies)
+    settle(out)
+    out.forget(TOPICS.replies)  # e.g. every reply in flight timed out during a long outage
+    receipt = Receipt()
+    out.send(TOPICS.replies, 2, b"r1", b"v", receipt)
+    assert broker.sent == [] and not receipt.settled  # held, not dropped
+    settle(out)
+    assert broker.sent == [(TOPICS.replies, 2, b"r1")] and broker.asked == [TOPICS.replies, TOPICS.replies]
+
+
+def test_a_question_the_broker_could_not_answer_keeps_the_replies_and_is_asked_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers = iter([r.UNKNOWN, r.UNKNOWN, 3])
+    asked: list[str] = []
+
+    def flaky(topic: str) -> int:
+        asked.append(topic)
+        return next(answers)
+
+    broker = Broker({})
+    monkeypatch.setattr(r, "RECHECK_S", 0.0)
+    out = r.ReplyRouter(broker.send, {}, r.ReplyRules(TOPICS), partition_count=flaky)
+    receipt = Receipt()
+    out.send("client-a", 1, b"r1", b"v", receipt)
+    out.send("client-a", 2, b"r2", b"v", Receipt())  # asked once for both, not once per reply
+    def delivered() -> bool:
+        out.poll()
+        return bool(broker.sent)
+
+    wait_until(delivered, 10, "the third question's answer")
+    assert asked == ["client-a"] * 3
+    assert broker.sent == [("client-a", 1, b"r1"), ("client-a", 2, b"r2")]
+    assert not receipt.settled and out.unacked == 2  # delivered, awaiting acknowledgement
