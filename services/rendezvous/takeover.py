@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 1.0
 # While a transaction is still open on the outputs to scan (usually a committed one whose
-# markers are being written): try again soon, it rarely lasts.
+# markers are being written): try again soon, it rarely lasts; after OPEN_TXN_SOON_S, every
+# RETRY_S (each try starts a few short-lived clients).
 OPEN_TXN_RETRY_S = 0.2
+OPEN_TXN_SOON_S = 2.0
 # ... and say so at WARNING every this many seconds once it has lasted that long (a crashed
 # owner's transaction that could not be fenced lasts until its transaction timeout; one the
 # broker left without markers lasts until someone aborts it: docs/failover.md).
@@ -60,6 +62,7 @@ class Takeover:
         self._unstable = 0  # consecutive offset fetches that timed out waiting for a transaction
         self._open_since: float | None = None  # when the scan first found a transaction open
         self._open_warned = 0.0  # when that was last logged at WARNING
+        self._fallback_said = False  # the fallback to the last completed commit was logged
         # (answers or log topic, partition) -> offset below which no output of a re-read or later
         # request can be: the marks' floor until this instance delivers outputs there
         self.floors: dict[tuple[str, int], int] = {}
@@ -76,6 +79,7 @@ class Takeover:
             self._next_try = 0.0
             self._unstable = 0
             self._open_since = None
+            self._fallback_said = False
 
     def release(self, partitions: list[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
@@ -114,6 +118,7 @@ class Takeover:
         self._pending = []
         self._unstable = 0
         self._open_since = None
+        self._fallback_said = False
         for start, refusal in ctx.consumer.resume_at(partitions, self._starts(committed)):
             # After the fallback the consumer's own offset fetch waits on the same unresolved
             # transaction and would never start its partitions: only the seek starts them, if
@@ -127,10 +132,10 @@ class Takeover:
         """The broker is fine; an output partition is not stable yet. Try again soon, and log
         it at WARNING only once it lasts."""
         now = time.monotonic()
-        self._next_try = now + OPEN_TXN_RETRY_S
         if self._open_since is None:
             self._open_since = now
         waited = now - self._open_since
+        self._next_try = now + (OPEN_TXN_RETRY_S if waited < OPEN_TXN_SOON_S else RETRY_S)
         loud = waited >= OPEN_TXN_WARN_S and now - self._open_warned >= OPEN_TXN_WARN_S
         if loud:
             self._open_warned = now
@@ -151,8 +156,10 @@ class Takeover:
     def _committed(self, ctx: Context, partitions: list[TopicPartition]) -> list[TopicPartition]:
         group = self.settings.group_id()
         if self._unstable >= UNSTABLE_TRIES:
-            log.warning("committed offsets stayed unstable %d times (a transaction the broker has not resolved): "
-                        "resuming from the last completed commit", self._unstable)
+            if not self._fallback_said:  # once per takeover: the open-transaction wait may retry for long
+                self._fallback_said = True
+                log.warning("committed offsets stayed unstable %d times (a transaction the broker has not "
+                            "resolved): resuming from the last completed commit", self._unstable)
             return committed_offsets(ctx.config, group, partitions, stable=False)
         try:
             return committed_offsets(ctx.config, group, partitions, stable=True)

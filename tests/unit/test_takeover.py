@@ -50,18 +50,21 @@ def test_recovery_refuses_to_scan_a_partition_whose_stable_end_is_short_of_what_
         _refuse_open_transactions({("rdv.answers", 0): 20, ("rdv.log", 0): 12}, spans)
 
 
-def test_waiting_for_an_open_transaction_retries_soon_and_warns_at_most_every_few_seconds(
+def test_waiting_for_an_open_transaction_retries_soon_then_every_second_and_warns_every_few_seconds(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = [1000.0]
     monkeypatch.setattr(takeover_module.time, "monotonic", lambda: clock[0])
     waiting = takeover("earliest")
-    warnings = []
-    for _ in range(100):  # 20 s of retries, 0.2 s apart
+    delays, warnings = [], []
+    while clock[0] < 1020.0:  # each try when the previous one said
         caplog.clear()
         with caplog.at_level(logging.DEBUG, logger="services.rendezvous.takeover"):
             waiting._wait_for_transaction(OpenTransaction("a transaction is still open"))
-        assert waiting._next_try == clock[0] + takeover_module.OPEN_TXN_RETRY_S
-        warnings += [clock[0] - 1000.0 for r in caplog.records if r.levelno == logging.WARNING]
-        clock[0] += takeover_module.OPEN_TXN_RETRY_S
-    assert [round(w) for w in warnings] == [5, 10, 15]
+        warnings += [round(clock[0] - 1000.0, 1) for r in caplog.records if r.levelno == logging.WARNING]
+        delays.append(round(waiting._next_try - clock[0], 1))
+        clock[0] = waiting._next_try
+    soon = int(takeover_module.OPEN_TXN_SOON_S / takeover_module.OPEN_TXN_RETRY_S)
+    assert delays[:soon] == [takeover_module.OPEN_TXN_RETRY_S] * soon
+    assert set(delays[soon:]) == {takeover_module.RETRY_S}
+    assert warnings == [5.0, 10.0, 15.0]
