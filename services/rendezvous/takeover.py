@@ -59,10 +59,8 @@ class Takeover:
         self.topics = settings.topics()
         self._pending: list[TopicPartition] = []
         self._next_try = 0.0
-        self._unstable = 0  # consecutive offset fetches that timed out waiting for a transaction
-        self._open_since: float | None = None  # when the scan first found a transaction open
-        self._open_warned = 0.0  # when that was last logged at WARNING
-        self._fallback_said = False  # the fallback to the last completed commit was logged
+        self._open_warned = 0.0  # when the open-transaction wait was last logged at WARNING
+        self._start_over()
         # (answers or log topic, partition) -> offset below which no output of a re-read or later
         # request can be: the marks' floor until this instance delivers outputs there
         self.floors: dict[tuple[str, int], int] = {}
@@ -77,9 +75,13 @@ class Takeover:
             ctx.consumer.pause(partitions)
             self._pending.extend(partitions)
             self._next_try = 0.0
-            self._unstable = 0
-            self._open_since = None
-            self._fallback_said = False
+            self._start_over()
+
+    def _start_over(self) -> None:
+        """What one takeover learns while it waits, forgotten when it ends or new partitions come."""
+        self._unstable = 0  # consecutive offset fetches that timed out waiting for a transaction
+        self._open_since: float | None = None  # when the scan first found a transaction open
+        self._fallback_said = False  # the fallback to the last completed commit was logged
 
     def release(self, partitions: list[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
@@ -116,9 +118,7 @@ class Takeover:
             log.warning("recovery waiting for the broker: %s", exc)
             return
         self._pending = []
-        self._unstable = 0
-        self._open_since = None
-        self._fallback_said = False
+        self._start_over()
         for start, refusal in ctx.consumer.resume_at(partitions, self._starts(committed)):
             # After the fallback the consumer's own offset fetch waits on the same unresolved
             # transaction and would never start its partitions: only the seek starts them, if
