@@ -93,6 +93,12 @@ def fence(config: Mapping[str, Any], transactional_id: str, timeout_s: float = 1
         return False
 
 
+def _reader(config: Mapping[str, Any], isolation: str, extra: Mapping[str, Any] | None = None) -> _NativeConsumer:
+    """A short-lived consumer of recovery's own (a group of its own, never committing)."""
+    return _NativeConsumer({**config, "group.id": f"rdv-recovery-{uuid.uuid4().hex}", "enable.auto.commit": False,
+                            "isolation.level": isolation, **(extra or {})})
+
+
 def committed_offsets(
     config: Mapping[str, Any], group: str, partitions: list[TopicPartition], *, stable: bool, timeout_s: float = 5.0
 ) -> list[TopicPartition]:
@@ -150,8 +156,7 @@ def scan_finished(
 ) -> Recovered:
     """What was already answered / logged for requests at or after the committed offsets."""
     finished = Finished({}, set())
-    probe = _NativeConsumer({**config, "group.id": f"rdv-recovery-{uuid.uuid4().hex}",
-                             "enable.auto.commit": False, "isolation.level": "read_committed"})
+    probe = _reader(config, "read_committed")
     try:
         answers: dict[int, int | str] = {}
         logs: dict[int, int | str] = {}
@@ -233,8 +238,7 @@ def _written_ends(config: Mapping[str, Any], partitions: list[tuple[str, int]]) 
     """Each partition's high watermark: the end of what was written, committed or not."""
     if not partitions:
         return {}
-    probe = _NativeConsumer({**config, "group.id": f"rdv-recovery-{uuid.uuid4().hex}",
-                             "enable.auto.commit": False, "isolation.level": "read_uncommitted"})
+    probe = _reader(config, "read_uncommitted")
     try:
         return {(topic, partition): probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)[1]
                 for topic, partition in partitions}
@@ -259,9 +263,7 @@ def _read_all(config: Mapping[str, Any], spans: Mapping[str, list[PartitionSpan]
     remaining = {(topic, s.partition): s for topic, topic_spans in spans.items() for s in topic_spans}
     if not remaining:
         return
-    consumer = _NativeConsumer({**config, "group.id": f"rdv-recovery-{uuid.uuid4().hex}",
-                                "enable.auto.commit": False, "isolation.level": "read_committed",
-                                "auto.offset.reset": "earliest"})
+    consumer = _reader(config, "read_committed", {"auto.offset.reset": "earliest"})
     try:
         consumer.assign([TopicPartition(t, p, s.start) for (t, p), s in remaining.items()])
         deadline = time.monotonic() + 120
