@@ -34,6 +34,11 @@ from tests.integration.harness import read_topic
 pytestmark = pytest.mark.kafka
 
 
+# The confluent client waits for ever by default; one of its requests to the local registry once
+# never got an answer (a CI run stopped by pytest-timeout after 600 s). With a timeout it retries.
+REQUEST_TIMEOUT_S = 10
+
+
 @pytest.fixture(scope="module")
 def registry_url() -> Iterator[str]:
     try:
@@ -57,7 +62,7 @@ def request_rows(count: int, seed: int) -> list[dict[str, Any]]:
 
 def test_records_written_here_are_read_by_the_confluent_client_and_back(registry_url: str) -> None:
     schema_text = json.dumps(codec("request").schema)
-    client = SchemaRegistryClient({"url": registry_url})
+    client = SchemaRegistryClient({"url": registry_url, "timeout": REQUEST_TIMEOUT_S})
     context = SerializationContext("registry-test.requests", MessageField.VALUE)
     ours = Codec(codec("request").schema)  # the shared codecs keep their default framing
     ours.write_registry_id(SchemaRegistry(registry_url).register("registry-test.requests-value", ours.schema))
@@ -95,7 +100,7 @@ def test_services_speak_registry_framing_end_to_end_with_cloudevents(
     try:
         for proc in procs:
             proc.start()
-        client = SchemaRegistryClient({"url": registry_url})
+        client = SchemaRegistryClient({"url": registry_url, "timeout": REQUEST_TIMEOUT_S})
         serialize = AvroSerializer(client, json.dumps(codec("request").schema))
         producer = Producer(config)
         sent = request_rows(40, seed=11)
