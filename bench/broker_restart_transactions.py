@@ -29,6 +29,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from services.cli.common import ensure_topics
+from services.core.kafka import end_offsets
 from services.core.settings import Topics
 from services.localkafka.broker import LocalBroker, ephemeral_broker
 
@@ -79,14 +80,10 @@ def commit_loop(config: dict[str, str], topics: Topics, member: Consumer, k: int
 
 def ends(config: dict[str, str], topic: str) -> tuple[list[int], list[int]]:
     """(written ends, stable ends) of the topic's partitions."""
-    found = []
-    for isolation in ("read_uncommitted", "read_committed"):
-        probe = Consumer({**config, "group.id": f"probe-{uuid.uuid4().hex}", "isolation.level": isolation})
-        try:
-            found.append([probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in PARTITIONS])
-        finally:
-            probe.close()
-    return found[0], found[1]
+    partitions = [(topic, p) for p in PARTITIONS]
+    written = end_offsets(config, partitions, committed=False)
+    stable = end_offsets(config, partitions, committed=True)
+    return [written[tp] for tp in partitions], [stable[tp] for tp in partitions]
 
 
 def one_try(args: argparse.Namespace, broker: LocalBroker) -> bool:

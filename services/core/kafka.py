@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -629,3 +630,21 @@ def group_lag(config: Mapping[str, Any], group: str, topic: str, timeout: float 
         return sum(max(0, future.result().offset - positions[tp.partition]) for tp, future in ends.items())
     except KafkaException as exc:
         raise BrokerError(f"cannot read the lag of group {group}: {exc}") from None
+
+
+def end_offsets(
+    config: Mapping[str, Any], partitions: Iterable[tuple[str, int]], *, committed: bool, timeout: float = 15.0
+) -> dict[tuple[str, int], int]:
+    """Each partition's end: the last stable offset (`committed`: what read_committed readers can
+    reach; an open transaction holds it back) or the high watermark (all that was written)."""
+    wanted = list(partitions)
+    if not wanted:
+        return {}
+    isolation = "read_committed" if committed else "read_uncommitted"
+    probe = new_client(_Consumer, {**config, "group.id": f"rdv-ends-{uuid.uuid4().hex}",
+                                   "enable.auto.commit": False, "isolation.level": isolation})
+    try:
+        return {(topic, p): probe.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+                for topic, p in wanted}
+    finally:
+        probe.close()

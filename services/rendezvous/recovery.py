@@ -45,7 +45,7 @@ from confluent_kafka import Producer as _NativeProducer
 
 from services.core.codec import codec
 from services.core.errors import BadInput, BrokerError, RendezvousError
-from services.core.kafka import admin
+from services.core.kafka import admin, end_offsets
 from services.core.settings import Topics
 from services.core.topic_range import PartitionSpan
 from services.rendezvous.join import Finished
@@ -168,7 +168,8 @@ def scan_finished(
         # stable (committed or aborted) by the time the stable ends are read. Only where requests
         # are re-read: elsewhere nothing could be answered twice.
         redo = [partition for partition, start in answers.items() if start != END]
-        written = _written_ends(config, [(topic, p) for topic in (topics.answers, topics.log) for p in redo])
+        written = end_offsets(config, [(topic, p) for topic in (topics.answers, topics.log) for p in redo],
+                              committed=False)
         spans = {topics.answers: _spans(probe, topics.answers, answers), topics.log: _spans(probe, topics.log, logs)}
     finally:
         probe.close()
@@ -232,18 +233,6 @@ def _spans(probe: _NativeConsumer, topic: str, starts: Mapping[int, int | str]) 
             offset = start
         spans.append(PartitionSpan(partition, max(low, min(offset, high)), high))
     return spans
-
-
-def _written_ends(config: Mapping[str, Any], partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
-    """Each partition's high watermark: the end of what was written, committed or not."""
-    if not partitions:
-        return {}
-    probe = _reader(config, "read_uncommitted")
-    try:
-        return {(topic, partition): probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)[1]
-                for topic, partition in partitions}
-    finally:
-        probe.close()
 
 
 def _refuse_open_transactions(written: Mapping[tuple[str, int], int], spans: Mapping[str, list[PartitionSpan]]) -> None:

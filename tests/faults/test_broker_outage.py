@@ -6,16 +6,15 @@ from __future__ import annotations
 import os
 import shutil
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from services.cli.common import ensure_topics
+from services.core.kafka import end_offsets
 from services.core.settings import Topics
 from services.localkafka.broker import LocalBroker, ephemeral_broker
 from tests.faults.procs import Proc, until
@@ -43,17 +42,10 @@ def cpu_seconds(proc: Proc) -> float:
 
 def open_transactions(config: dict[str, Any], topics: list[str]) -> dict[str, tuple[int, int]]:
     """Partitions whose last stable offset is short of their end: "topic[p]" -> (stable, end)."""
-    ends: dict[str, list[int]] = {}
-    for isolation in ("read_committed", "read_uncommitted"):
-        probe = Consumer({**config, "group.id": f"probe-{uuid.uuid4().hex}", "isolation.level": isolation})
-        try:
-            for topic in topics:
-                for partition in probe.list_topics(topic, timeout=10).topics[topic].partitions:
-                    _low, high = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-                    ends.setdefault(f"{topic}[{partition}]", []).append(high)
-        finally:
-            probe.close()
-    return {name: (stable, end) for name, (stable, end) in ends.items() if stable < end}
+    partitions = [(topic, p) for topic in topics for p in range(4)]
+    stable = end_offsets(config, partitions, committed=True)
+    written = end_offsets(config, partitions, committed=False)
+    return {f"{t}[{p}]": (stable[t, p], written[t, p]) for t, p in partitions if stable[t, p] < written[t, p]}
 
 
 def test_broker_down_for_30s_every_request_answered_or_timed_out(own_broker: LocalBroker, tmp_path: Path) -> None:
