@@ -4,10 +4,8 @@ don't spin, don't crash; afterwards every request is answered (or explicitly tim
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ import pytest
 from services.cli.common import ensure_topics
 from services.core.kafka import end_offsets
 from services.core.settings import Topics
-from services.localkafka.broker import LocalBroker, ephemeral_broker
+from services.localkafka.broker import LocalBroker
 from tests.faults.procs import Proc, until
 from tests.faults.test_crashes import Sender
 from tests.integration.harness import read_topic
@@ -24,14 +22,6 @@ from tests.integration.harness import read_topic
 pytestmark = pytest.mark.kafka
 
 OUTAGE_S = 30.0
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[LocalBroker]:
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or not (shutil.which("java") and shutil.which("mvn")):
-        pytest.fail("the outage test stops and restarts a broker it owns: it needs Java 17 and Maven")
-    with ephemeral_broker(tmp_path) as broker:
-        yield broker
 
 
 def cpu_seconds(proc: Proc) -> float:
