@@ -30,6 +30,7 @@ from services.comparison import metrics as m
 from services.comparison.settings import ComparisonSettings
 from services.comparison.window import ChampionTracker, References, SlidingWindow
 from services.core.codec import codec
+from services.core.control_records import is_control_record
 from services.core.deadletter import DeadLetters
 from services.core.errors import BadInput, DecodeFailed, UnexpectedFailure
 from services.core.kafka import partition_counts
@@ -112,13 +113,14 @@ class ComparisonService(SimpleHandler):
             return
         latest_ok = now_ms() + int(self.settings.future_tolerance_s * 1000)
         rejected = 0
-        tally = self._fold_at_once(messages, latest_ok)
+        records = [msg for msg in messages if not is_control_record(msg)]  # seals: no comparison in them
+        tally = self._fold_at_once(records, latest_ok)
         if tally is None:
             tally = m.Tally()
-            rejected = self._fold_each(messages, latest_ok, tally)
+            rejected = self._fold_each(records, latest_ok, tally)
         tally.apply()
         self.window.compact()
-        self.processed += len(messages) - rejected
+        self.processed += len(records) - rejected
         self.positions.advance(messages)
 
     def _fold_at_once(self, messages: list[Message], latest_ok: int) -> m.Tally | None:

@@ -44,6 +44,7 @@ from confluent_kafka import KafkaException, Message, TopicPartition
 from confluent_kafka import Producer as _NativeProducer
 
 from services.core.codec import codec
+from services.core.control_records import is_control_record
 from services.core.errors import BadInput, BrokerError, RendezvousError
 from services.core.kafka import admin, end_offsets
 from services.core.settings import Topics
@@ -56,7 +57,12 @@ END = "end"  # a scan's start: the partition's end (nothing to read)
 
 
 class OpenTransaction(RendezvousError):
-    """A transaction is still open on an output partition recovery must read: try again shortly."""
+    """A transaction is still open on output partitions recovery must read: try again shortly.
+    `partitions`: each (topic, partition) whose stable end is short of what was written there."""
+
+    def __init__(self, message: str, partitions: list[tuple[str, int]]):
+        super().__init__(message)
+        self.partitions = partitions
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,8 @@ def scan_finished(
     readers = {topics.answers: codec("answer"), topics.log: codec("comparison")}
     unread = {topic: [span for span in topic_spans if span.size > 0] for topic, topic_spans in spans.items()}
     for topic, msg in _read_all(config, unread):
+        if is_control_record(msg):
+            continue
         try:
             record = readers[topic].decode(msg.value())
         except BadInput:
@@ -238,13 +246,18 @@ def _spans(probe: _NativeConsumer, topic: str, starts: Mapping[int, int | str]) 
 def _refuse_open_transactions(written: Mapping[tuple[str, int], int], spans: Mapping[str, list[PartitionSpan]]) -> None:
     """Raise OpenTransaction if a span ends (at the stable end) before what was written there
     (partitions without a written end were not asked: nothing is re-read there)."""
+    short = []
     for topic, topic_spans in spans.items():
         for span in topic_spans:
             end = written.get((topic, span.partition), span.end)
             if span.end < end:
-                raise OpenTransaction(f"a transaction is still open on {topic}[{span.partition}] (stable up to "
-                                      f"offset {span.end}, written up to {end}): recovery waits for it to end (one "
-                                      f"open far longer than the transaction timeout is hanging: docs/failover.md)")
+                short.append((topic, span.partition, span.end, end))
+    if short:
+        where = ", ".join(f"{topic}[{partition}] (stable up to offset {stable}, written up to {end})"
+                          for topic, partition, stable, end in short)
+        raise OpenTransaction(f"a transaction is still open on {where}: recovery waits for it to end (one open "
+                              f"far longer than the transaction timeout is hanging: docs/failover.md)",
+                              [(topic, partition) for topic, partition, _stable, _end in short])
 
 
 def _read_all(config: Mapping[str, Any], spans: Mapping[str, list[PartitionSpan]]) -> Iterator[tuple[str, Message]]:

@@ -39,6 +39,7 @@ from confluent_kafka import KafkaError, Message, TopicPartition
 from services.control.schedule import Schedule
 from services.core.cloudevents import EventHeaders
 from services.core.codec import codec
+from services.core.control_records import CLOCK_HEADER, control_kind
 from services.core.deadletter import DeadLetters, excerpt_limit
 from services.core.errors import BadInput, ConfigError, DecodeFailed, KafkaOperationError, UnexpectedFailure
 from services.core.kafka import Producer, partition_counts, topic_config
@@ -59,15 +60,7 @@ from services.rendezvous.takeover import Takeover
 log = logging.getLogger(__name__)
 
 SERVICE = "rendezvous"
-CLOCK_HEADER = "rdv-clock"
 RESUME_AT = 0.8  # request intake resumes once the mailbox table is below this share of its maximum
-
-
-def is_clock_record(msg: Message) -> bool:
-    if msg.value() is not None:
-        return False
-    headers = msg.headers()
-    return isinstance(headers, list) and any(item[0] == CLOCK_HEADER for item in headers)
 
 
 class Rendezvous:
@@ -210,7 +203,7 @@ class Rendezvous:
 
     def _on_score(self, msg: Message) -> None:
         partition, offset, log_time = msg.partition() or 0, msg.offset() or 0, msg.timestamp()[1]
-        if is_clock_record(msg):
+        if control_kind(msg) == CLOCK_HEADER:
             self.join.on_clock(partition, log_time)
             self.offsets.track(self.topics.scores, partition, offset, None)
             return
@@ -245,7 +238,8 @@ class Rendezvous:
         return due_in if due_in > 0 else 0.05
 
     def finished_offsets(self) -> list[TopicPartition]:
-        return self.offsets.to_commit(self._current_mark)
+        moves = self.offsets.to_commit(self._current_mark)
+        return moves + self.takeover.take_offsets_to_recommit({(tp.topic, tp.partition) for tp in moves})
 
     def on_committed(self, offsets: list[TopicPartition]) -> None:
         self.offsets.mark_committed(offsets)

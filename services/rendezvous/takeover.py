@@ -16,6 +16,7 @@ import time
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
+from services.core.control_records import SEAL_HEADER
 from services.core.errors import RendezvousError
 from services.core.service import Context
 from services.rendezvous.join import Join
@@ -42,6 +43,13 @@ OPEN_TXN_SOON_S = 2.0
 # owner's transaction that could not be fenced lasts until its transaction timeout; one the
 # broker left without markers lasts until someone aborts it: docs/failover.md).
 OPEN_TXN_WARN_S = 5.0
+# A transaction still open this long after the transaction timeout is no live one (the broker
+# aborts those at their timeout, looking for them every 10 s): the broker left it hanging across
+# a restart (docs/failover.md). If it is our producer's, a transaction of ours writing to the same
+# partitions ends it: each gets a seal record (core/control_records.py), committed with our next
+# commit, whose marker ends everything our producer id left open there. Committed, not aborted:
+# seen here, the coordinator had recorded such a transaction as committed.
+HANGING_MARGIN_S = 15.0
 # Offset fetches that stay "unstable" this many times in a row fall back to the last completed
 # commit. Seen after a broker restart: the pending offsets of a transaction the broker kept
 # reporting unstable for minutes. The fallback is safe because the scan waits until no
@@ -60,6 +68,7 @@ class Takeover:
         self._pending: list[TopicPartition] = []
         self._next_try = 0.0
         self._open_warned = 0.0  # when the open-transaction wait was last logged at WARNING
+        self._to_recommit: list[TopicPartition] = []  # offsets for our next commit (_recommit)
         self._start_over()
         # (answers or log topic, partition) -> offset below which no output of a re-read or later
         # request can be: the marks' floor until this instance delivers outputs there
@@ -82,6 +91,7 @@ class Takeover:
         self._unstable = 0  # consecutive offset fetches that timed out waiting for a transaction
         self._open_since: float | None = None  # when the scan first found a transaction open
         self._fallback_said = False  # the fallback to the last completed commit was logged
+        self._sealed: set[tuple[str, int]] = set()  # output partitions given a seal record
 
     def release(self, partitions: list[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
@@ -98,6 +108,8 @@ class Takeover:
             return
         self._next_try = time.monotonic() + RETRY_S
         partitions = list(self._pending)
+        committed: list[TopicPartition] = []
+        fallback = False
         try:
             with ctx.health.blocking():
                 self._fence_departed(ctx, [tp for tp in partitions if tp.topic == self.topics.requests])
@@ -111,7 +123,9 @@ class Takeover:
                     self.join.restore(found.finished)
                     self.floors.update(found.floors)
         except OpenTransaction as exc:
-            self._wait_for_transaction(exc)
+            due = self._wait_for_transaction(exc)
+            if due:
+                self._seal(ctx, due, committed if fallback else [])
             return
         except (KafkaException, RendezvousError) as exc:
             ctx.health.mark_down()
@@ -119,18 +133,22 @@ class Takeover:
             return
         self._pending = []
         self._start_over()
+        if fallback:
+            self._recommit(committed)
         for start, refusal in ctx.consumer.resume_at(partitions, self._starts(committed)):
             # After the fallback the consumer's own offset fetch waits on the same unresolved
-            # transaction and would never start its partitions: only the seek starts them, if
+            # transaction and would never start its partitions: the seek starts them if
             # librdkafka takes it (it refuses while that fetch is out: _STATE, seen with a
-            # transaction left hanging by a broker restart, docs/failover.md).
+            # transaction left hanging by a broker restart, docs/failover.md); otherwise the
+            # fetch returns once our commit of the same offsets (`_recommit`) has ended it.
             log.log(logging.WARNING if fallback else logging.DEBUG, "cannot position %s[%d] at %d: %s",
                     start.topic, start.partition, start.offset, refusal)
         ctx.health.mark_up()
 
-    def _wait_for_transaction(self, exc: OpenTransaction) -> None:
+    def _wait_for_transaction(self, exc: OpenTransaction) -> list[tuple[str, int]]:
         """The broker is fine; an output partition is not stable yet. Try again soon, and log
-        it at WARNING only once it lasts."""
+        it at WARNING only once it lasts. Returns the partitions to seal now: those open for
+        longer than any live transaction can be, not sealed yet in this takeover."""
         now = time.monotonic()
         if self._open_since is None:
             self._open_since = now
@@ -140,6 +158,45 @@ class Takeover:
         if loud:
             self._open_warned = now
         log.log(logging.WARNING if loud else logging.DEBUG, "%s (%.1fs so far)", exc, waited)
+        hanging_after = self.settings.transaction_timeout_ms / 1000 + HANGING_MARGIN_S
+        if waited < hanging_after or self.settings.processing != "exactly-once":
+            return []
+        due = [tp for tp in exc.partitions if tp not in self._sealed]
+        self._sealed.update(due)
+        return due
+
+    def _seal(self, ctx: Context, partitions: list[tuple[str, int]], fallen_back_to: list[TopicPartition]) -> None:
+        """Write a seal record to each partition in our open transaction (committed by the next
+        commit): if the hanging transaction is our producer's, that commit ends it. When the
+        group's offsets stayed unstable too (`fallen_back_to`: the last completed commit), the
+        same commit re-commits those offsets, so it ends what is open on the offsets as well."""
+        self._recommit(fallen_back_to)
+        for topic, partition in partitions:
+            ctx.outputs.produce(topic, None, partition=partition, headers=[(SEAL_HEADER, b"")])
+        log.warning("a transaction has stayed open on %s far beyond the transaction timeout: the broker left it "
+                    "hanging. Writing a seal record there; our next commit ends it if it is our producer's "
+                    "(if not, it stays: docs/failover.md)",
+                    ", ".join(f"{topic}[{partition}]" for topic, partition in partitions))
+
+    def _recommit(self, fallen_back_to: list[TopicPartition]) -> None:
+        """Hand the last completed commit's offsets (with their marks) to our next commit.
+
+        After the fallback the group's offsets partition holds a transaction nobody resolved;
+        if it is our producer's (left hanging by a broker restart), our commit's marker ends it
+        and the consumer's own offset fetch, waiting on it, returns. Safe whoever's it is: the
+        positions are where recovery resumes anyway, and every answer of a request they make us
+        read again was found by the scan, which waited for the answers to be stable."""
+        if self.settings.processing != "exactly-once":
+            return  # no transaction of ours to end anything with
+        self._to_recommit = [tp for tp in fallen_back_to if tp.offset >= 0]
+        if self._to_recommit:
+            log.info("re-committing the last completed commit's offsets in our next transaction: its marker "
+                        "ends a transaction left open on the group's offsets, if it is our producer's")
+
+    def take_offsets_to_recommit(self, moving: set[tuple[str, int]]) -> list[TopicPartition]:
+        """Offsets for the next commit (once), except of partitions whose position moved since."""
+        offsets, self._to_recommit = self._to_recommit, []
+        return [tp for tp in offsets if (tp.topic, tp.partition) not in moving]
 
     def _starts(self, committed: list[TopicPartition]) -> list[TopicPartition]:
         """Where each partition is read from: the committed offset recovery used, else where a new

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from services.core.codec import codec
+from services.core.control_records import is_control_record
 from services.model_worker.settings import WorkerSettings
 from services.model_worker.worker import ModelWorker
 from services.rendezvous.service import Rendezvous
@@ -146,7 +147,7 @@ def read_topic(
                 break
         if decode is None:
             return records
-        reader = codec(decode)
-        return [reader.decode(m.value()) for m in records]
+        reader = codec(decode)  # control records (no value: clock, seal) carry nothing to decode
+        return [reader.decode(m.value()) for m in records if not is_control_record(m)]
     finally:
         consumer.close()

@@ -36,6 +36,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from services.client.client import Client
+from services.core.control_records import SEAL_HEADER
 from services.core.errors import BrokerError
 from services.core.kafka import Producer, wait_for_groups
 from services.core.settings import Topics
@@ -179,6 +180,8 @@ def test_dashboards_and_alerts_show_the_live_comparison(
         sent += warmup
         bad = Producer(config)
         bad.produce(topics.log, b"not a comparison record", key=b"bad")
+        # A seal record (a control record: null value) is skipped, neither folded nor dead-lettered.
+        bad.produce(topics.log, None, partition=0, headers=[(SEAL_HEADER, b"")])
         bad.close()
         children.wait(lambda: all_logged(prom, len(sent)), 90, "the warm-up in the comparison window")
         children.wait(lambda: prom.value('rdv_cmp_champion_info{model="champion"}') == 1, 30,
@@ -247,7 +250,7 @@ def test_dashboards_and_alerts_show_the_live_comparison(
     # Everything on the log (the bad record included) was handled and its offset committed.
     children.wait(lambda: committed_after_last_record(config, f"{prefix}comparison", topics.log), 30,
                   "the comparison group to commit its position after the last record of the log")
-    # The undecodable record went to the dead-letter topic, with where it came from.
+    # The undecodable record went to the dead-letter topic, with where it came from; the seal did not.
     dead = read_topic(config, topics.deadletter, expect=1, decode="deadletter")
     assert [(d["service"], d["source_topic"], d["error_type"]) for d in dead] == [
         ("comparison", topics.log, "DecodeFailed")]

@@ -17,9 +17,9 @@ from services.rendezvous.settings import RendezvousSettings
 from services.rendezvous.takeover import Takeover
 
 
-def takeover(start_from: str) -> Takeover:
+def takeover(start_from: str, processing: str = "exactly-once") -> Takeover:
     # Choosing the starts reads only the settings; the join is what recovery fills.
-    return Takeover(RendezvousSettings(start_from=start_from), cast(Join, None))
+    return Takeover(RendezvousSettings(start_from=start_from, processing=processing), cast(Join, None))
 
 
 def starts(start_from: str, committed: list[TopicPartition]) -> list[tuple[str, int, int, int | None]]:
@@ -46,8 +46,12 @@ def test_recovery_refuses_to_scan_a_partition_whose_stable_end_is_short_of_what_
     # Everything written is stable (or a partition was not asked: nothing is re-read there).
     _refuse_open_transactions({("rdv.answers", 0): 20, ("rdv.answers", 1): 5, ("rdv.log", 0): 9}, spans)
     _refuse_open_transactions({}, spans)
-    with pytest.raises(OpenTransaction, match=r"rdv\.log\[0\] \(stable up to offset 9, written up to 12\)"):
+    with pytest.raises(OpenTransaction, match=r"rdv\.log\[0\] \(stable up to offset 9, written up to 12\)") as refused:
         _refuse_open_transactions({("rdv.answers", 0): 20, ("rdv.log", 0): 12}, spans)
+    assert refused.value.partitions == [("rdv.log", 0)]
+    with pytest.raises(OpenTransaction) as refused:
+        _refuse_open_transactions({("rdv.answers", 0): 21, ("rdv.log", 0): 12}, spans)
+    assert refused.value.partitions == [("rdv.answers", 0), ("rdv.log", 0)]
 
 
 def test_waiting_for_an_open_transaction_retries_soon_then_every_second_and_warns_every_few_seconds(
@@ -60,7 +64,7 @@ def test_waiting_for_an_open_transaction_retries_soon_then_every_second_and_warn
     while clock[0] < 1020.0:  # each try when the previous one said
         caplog.clear()
         with caplog.at_level(logging.DEBUG, logger="services.rendezvous.takeover"):
-            waiting._wait_for_transaction(OpenTransaction("a transaction is still open"))
+            waiting._wait_for_transaction(OpenTransaction("a transaction is still open", [("rdv.answers", 0)]))
         warnings += [round(clock[0] - 1000.0, 1) for r in caplog.records if r.levelno == logging.WARNING]
         delays.append(round(waiting._next_try - clock[0], 1))
         clock[0] = waiting._next_try
@@ -68,3 +72,39 @@ def test_waiting_for_an_open_transaction_retries_soon_then_every_second_and_warn
     assert delays[:soon] == [takeover_module.OPEN_TXN_RETRY_S] * soon
     assert set(delays[soon:]) == {takeover_module.RETRY_S}
     assert warnings == [5.0, 10.0, 15.0]
+
+
+def seals(processing: str, open_on: list[list[tuple[str, int]]], until_s: float,
+          monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, list[tuple[str, int]]]]:
+    """Each time the wait asked for seal records, and where: trying whenever the previous try
+    said, the open partitions of the n-th try being open_on[min(n, last)]."""
+    clock = [1000.0]
+    monkeypatch.setattr(takeover_module.time, "monotonic", lambda: clock[0])
+    waiting, asked, tries = takeover("earliest", processing), [], 0
+    while clock[0] < 1000.0 + until_s:
+        due = waiting._wait_for_transaction(OpenTransaction("open", open_on[min(tries, len(open_on) - 1)]))
+        if due:
+            asked.append((round(clock[0] - 1000.0, 1), due))
+        tries += 1
+        clock[0] = waiting._next_try
+    return asked
+
+
+def test_a_transaction_open_far_beyond_the_transaction_timeout_gets_one_seal_per_partition(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hanging_after = RendezvousSettings().transaction_timeout_ms / 1000 + takeover_module.HANGING_MARGIN_S
+    both = [("rdv.answers", 0), ("rdv.log", 0)]
+    asked = seals("exactly-once", [both], hanging_after + 30, monkeypatch)
+    assert len(asked) == 1 and asked[0][1] == both
+    assert hanging_after <= asked[0][0] < hanging_after + takeover_module.RETRY_S
+    # One found open after the first seal gets its own on the next try (the wait counts from the
+    # takeover's first refusal); no partition twice.
+    first, later = [("rdv.answers", 0)], [("rdv.answers", 0), ("rdv.log", 2)]
+    asked = seals("exactly-once", [first] * 50 + [later], hanging_after + 60, monkeypatch)
+    assert [where for _at, where in asked] == [first, [("rdv.log", 2)]]
+    assert asked[1][0] > asked[0][0]
+
+
+def test_at_least_once_never_seals_it_holds_no_transaction_that_could_end_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert seals("at-least-once", [[("rdv.answers", 0)]], 120, monkeypatch) == []

@@ -1,0 +1,33 @@
+"""Control records: records with no value and a header that says what they are for.
+
+The rendezvous writes two kinds to its own topics; they carry no Avro body, so every reader
+of those topics skips them before decoding (an outside reader sees a record with a null value,
+which Kafka readers already treat as "no record here"):
+
+- `rdv-clock` on rdv.scores: moves the log's clock on a quiet partition (rendezvous/clock.py).
+- `rdv-seal` on rdv.answers / rdv.log: ends a transaction the broker left hanging across a
+  restart (rendezvous/takeover.py, docs/failover.md). Written inside one of the rendezvous' own
+  transactions: its commit marker ends every record its producer left open on that partition.
+"""
+
+from __future__ import annotations
+
+from confluent_kafka import Message
+
+CLOCK_HEADER = "rdv-clock"
+SEAL_HEADER = "rdv-seal"
+CONTROL_HEADERS = (CLOCK_HEADER, SEAL_HEADER)
+
+
+def control_kind(msg: Message) -> str | None:
+    """The control header of a control record (`CLOCK_HEADER` or `SEAL_HEADER`); None for data."""
+    if msg.value() is not None:
+        return None
+    headers = msg.headers()
+    if not isinstance(headers, list):
+        return None
+    return next((name for name, _value in headers if name in CONTROL_HEADERS), None)
+
+
+def is_control_record(msg: Message) -> bool:
+    return control_kind(msg) is not None
