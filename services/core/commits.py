@@ -81,10 +81,12 @@ class _Base:
 
     def __init__(
         self, producer: Producer | None, consumer: Consumer, on_wait: Callable[[str], None], health: BrokerHealth,
-        retry_s: float = 5.0,
+        retry_s: float = 5.0, stopping: Callable[[], bool] = lambda: False,
     ):
         self.producer, self.consumer, self.on_wait, self.retry_s = producer, consumer, on_wait, retry_s
         self.health = health
+        # Asked between tries of a wait that would otherwise last as long as the broker is away.
+        self.stopping = stopping
 
 
 class AtLeastOnce(_Base):
@@ -136,25 +138,30 @@ class ExactlyOnce(_Base):
 
     def __init__(
         self, producer: Producer | None, consumer: Consumer, on_wait: Callable[[str], None], health: BrokerHealth,
-        retry_s: float = 5.0,
+        retry_s: float = 5.0, stopping: Callable[[], bool] = lambda: False,
     ):
         if producer is None:
             raise ConfigError("exactly-once processing needs a (transactional) producer")
-        super().__init__(producer, consumer, on_wait, health, retry_s)
+        super().__init__(producer, consumer, on_wait, health, retry_s, stopping)
         self.txn: Producer = producer
 
     def init(self) -> None:
-        """Register the transactional id (aborting a dead predecessor's open transaction)."""
+        """Register the transactional id (aborting a dead predecessor's open transaction).
+
+        Waits as long as the broker is away, unless `stopping()` says the service is stopping
+        (then KafkaOperationError: a SIGTERM must end a service even if the broker never returns)."""
         while True:
             try:
                 self.txn.native.init_transactions(self.retry_s)
                 break
             except KafkaException as exc:
                 err = _kafka_error(exc)
-                if err is not None and err.retriable():
-                    self.on_wait(f"waiting for the transaction coordinator: {err.str()}")
-                    continue
-                raise ConfigError(f"cannot start transactions: {exc}") from None
+                if err is None or not err.retriable():
+                    raise ConfigError(f"cannot start transactions: {exc}") from None
+                if self.stopping():
+                    raise KafkaOperationError(f"stopped while waiting for the transaction coordinator: {err.str()}",
+                                              retriable=True) from None
+                self.on_wait(f"waiting for the transaction coordinator: {err.str()}")
         self.txn.native.begin_transaction()
 
     def commit(self, offsets: list[TopicPartition], give_up: Callable[[], bool], group: Any = None) -> bool:

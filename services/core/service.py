@@ -157,7 +157,7 @@ class StreamService:
             producer = self._producer(config, stack)
             consumer = Consumer({**config, "group.id": spec.group_id, **spec.consumer_config})
             stack.callback(consumer.close)
-            committer = self._committer(producer, consumer)
+            committer = self._committer(producer, consumer, stop)
             lane = CommitLane(committer, producer, background=spec.processing != "durable")
             stack.callback(lane.close)
             committer.init()
@@ -181,9 +181,16 @@ class StreamService:
         stack.callback(producer.close)
         return producer
 
-    def _committer(self, producer: Producer | None, consumer: Consumer) -> Committer:
+    def _committer(self, producer: Producer | None, consumer: Consumer, stop: threading.Event) -> Committer:
         kind = ExactlyOnce if self.spec.processing == "exactly-once" else AtLeastOnce
-        return kind(producer, consumer, self._waiting, self.health)
+
+        def stopping() -> bool:
+            """Asked to stop, and no drain is using its time to wait for the broker: the wait may
+            be the very thing keeping the loop from draining (e.g. a producer replaced inside a
+            rebalance callback), so it must not wait for the drain to begin."""
+            return stop.is_set() and (self._draining_until is None or self._give_up())
+
+        return kind(producer, consumer, self._waiting, self.health, stopping=stopping)
 
     def _subscribe(self) -> None:
         assert self.ctx is not None

@@ -4,6 +4,8 @@ don't spin, don't crash; afterwards every request is answered (or explicitly tim
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -91,3 +93,32 @@ def test_broker_down_for_30s_every_request_answered_or_timed_out(own_broker: Loc
     assert sum(statuses.values()) == len(sender.ids)
     assert all(v < OUTAGE_S * 0.25 for v in cpu_used.values()), f"no busy retry loop: {cpu_used}"
     assert "broker unreachable" in not_ready
+
+
+def test_sigterm_ends_a_rendezvous_whose_broker_is_gone_for_good(own_broker: LocalBroker, tmp_path: Path) -> None:
+    """The broker stops and never comes back; the rendezvous, with answers to commit, retries and
+    then replaces its transactional producer, whose registration waits for the coordinator.
+    SIGTERM must still end it: after its drain timeout, not when the broker returns."""
+    config: dict[str, Any] = {"bootstrap.servers": own_broker.bootstrap}
+    topics = Topics.from_prefix("rdv.")
+    ensure_topics(config, topics, partitions=4)
+    rendezvous = Proc(["serve", "--bootstrap", own_broker.bootstrap, "--models", "champion", "--instance", "rdv-0",
+                       "--drain-timeout-s", "5"], tmp_path / "rendezvous.log").start()
+    try:
+        sender = Sender(config, topics.requests, total=200, rate=100.0, budget_ms=1_000).start()
+        sender.join()
+        until(lambda: rendezvous.metric("rdv_answers_total") >= 1, 60, "a first answer")
+        own_broker.stop(keep_data=True)
+        until(lambda: "replacing the producer" in rendezvous.log_file.read_text(), 120,
+              "the rendezvous to replace its producer while the broker is away")
+        rendezvous.kill(signal.SIGTERM)
+        asked = time.monotonic()
+        try:
+            code = rendezvous.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 120 s after SIGTERM; log:\n{rendezvous.tail()}")
+        print(f"FIGURES exited {time.monotonic() - asked:.1f}s after SIGTERM with code {code}")
+    finally:
+        rendezvous.stop()
+    assert code != 0, "it could not commit what it had: an error exit, saying why"
+    assert "stopped while waiting for the transaction coordinator" in rendezvous.log_file.read_text()
