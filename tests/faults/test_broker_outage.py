@@ -71,7 +71,13 @@ def test_broker_down_for_30s_every_request_answered_or_timed_out(own_broker: Loc
         cpu_used = {p.args[0]: cpu_seconds(p) - cpu_before[p.args[0]] for p in (worker, rendezvous)}
         own_broker.start(fresh=False)
 
-        until(lambda: rendezvous.ready() and worker.ready(), 180, "both services ready again")
+        try:
+            until(lambda: rendezvous.ready() and worker.ready(), 180, "both services ready again")
+        except AssertionError as err:
+            # Say whether the broker left a transaction hanging (docs/failover.md) and what the
+            # rendezvous reported, not only that it was not ready.
+            raise AssertionError(f"{err}; rendezvous readiness: {rendezvous.readiness()}; open transactions: "
+                                 f"{open_transactions(config, [topics.answers, topics.log]) or 'none'}") from None
         sender.join()
         answers = read_topic(config, topics.answers, expect=len(sender.ids), decode="answer", timeout=180)
         hanging = open_transactions(config, [topics.answers, topics.log])
