@@ -33,6 +33,11 @@ LATE_SCORES = Counter(
 ORPHAN_SCORES = Counter(
     "rdv_orphan_scores_total", "Scores dropped because their request never arrived within the grace period."
 )
+HANGING_SEALS = Counter(
+    "rdv_hanging_transaction_seals_total",
+    "Seal records written to end a transaction the broker left hanging across a restart (docs/failover.md).",
+    ["topic"],
+)
 REPLIES_REPEATED = Counter(
     "rdv_replies_repeated_total",
     "Answers sent again to a return address: a repeated request, or a re-read one after a restart.",

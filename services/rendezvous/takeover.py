@@ -19,6 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 from services.core.control_records import SEAL_HEADER
 from services.core.errors import RendezvousError
 from services.core.service import Context
+from services.rendezvous import metrics as m
 from services.rendezvous.join import Join
 from services.rendezvous.recovery import (
     Mark,
@@ -173,6 +174,7 @@ class Takeover:
         self._recommit(fallen_back_to)
         for topic, partition in partitions:
             ctx.outputs.produce(topic, None, partition=partition, headers=[(SEAL_HEADER, b"")])
+            m.HANGING_SEALS.labels(topic).inc()
         log.warning("a transaction has stayed open on %s far beyond the transaction timeout: the broker left it "
                     "hanging. Writing a seal record there; our next commit ends it if it is our producer's "
                     "(if not, it stays: docs/failover.md)",

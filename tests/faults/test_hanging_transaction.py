@@ -139,6 +139,7 @@ def test_the_rendezvous_ends_a_transaction_the_broker_left_hanging(
         rendezvous.start(ready_timeout=120)  # ready once recovery has read the answers: after the seal
         answers = read_topic(config, topics.answers, expect=len(ids), decode="answer", timeout=60)
         still_open = open_transactions(config, [topics.answers, topics.log])
+        seals = rendezvous.metric("rdv_hanging_transaction_seals_total", topic=topics.answers)
     finally:
         rendezvous.stop()
 
@@ -146,3 +147,4 @@ def test_the_rendezvous_ends_a_transaction_the_broker_left_hanging(
     assert answered == Counter(ids), f"each request answered once, the hanging answer included: {answered}"
     assert still_open == {}, f"no transaction left open: {still_open}"
     assert "Writing a seal record there" in rendezvous.log_file.read_text()
+    assert seals == 1, "one seal record, counted"
