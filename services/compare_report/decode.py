@@ -78,6 +78,8 @@ class BatchDecoder:
     def _one_by_one(self, values: Sequence[bytes | None]) -> list[dict[str, Any]]:
         records = []
         for value in values:
+            if value is None:
+                continue  # a control record (core/control_records.py), not a skipped comparison
             try:
                 records.append(self._codec.decode(value))
             except BadInput:
