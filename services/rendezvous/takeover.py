@@ -97,11 +97,14 @@ class Takeover:
     def release(self, partitions: list[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self._pending = [tp for tp in self._pending if (tp.topic, tp.partition) not in gone]
+        # Never commit offsets of a partition given up: it may be another member's already.
+        self._to_recommit = [tp for tp in self._to_recommit if (tp.topic, tp.partition) not in gone]
         numbers = {tp.partition for tp in partitions if tp.topic == self.topics.requests}
         self.floors = {key: offset for key, offset in self.floors.items() if key[1] not in numbers}
 
     def clear(self) -> None:
         self._pending = []
+        self._to_recommit = []
 
     def run_due(self, ctx: Context) -> None:
         """Recover the pending partitions, then resume them (if a try is due)."""

@@ -108,3 +108,21 @@ def test_a_transaction_open_far_beyond_the_transaction_timeout_gets_one_seal_per
 
 def test_at_least_once_never_seals_it_holds_no_transaction_that_could_end_one(monkeypatch: pytest.MonkeyPatch) -> None:
     assert seals("at-least-once", [[("rdv.answers", 0)]], 120, monkeypatch) == []
+
+
+def test_offsets_handed_to_the_next_commit_are_taken_once_and_never_for_a_partition_given_up() -> None:
+    waiting = takeover("earliest")
+    last_completed = [TopicPartition("rdv.requests", p, 100 + p, metadata="a=1;l=2;t=x") for p in range(3)]
+    never = TopicPartition("rdv.requests", 3, OFFSET_INVALID)
+    waiting._recommit([*last_completed, never])
+    waiting.release([TopicPartition("rdv.requests", 1)])
+    # A partition whose position moved since is committed at its new position instead.
+    taken = waiting.take_offsets_to_recommit({("rdv.requests", 2)})
+    assert [(tp.partition, tp.offset, tp.metadata) for tp in taken] == [(0, 100, "a=1;l=2;t=x")]
+    assert waiting.take_offsets_to_recommit(set()) == []
+    waiting._recommit(last_completed)
+    waiting.clear()  # a rewind: the partitions are assigned again and recovered anew
+    assert waiting.take_offsets_to_recommit(set()) == []
+    at_least_once = takeover("earliest", "at-least-once")
+    at_least_once._recommit(last_completed)
+    assert at_least_once.take_offsets_to_recommit(set()) == []
