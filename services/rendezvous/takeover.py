@@ -196,7 +196,7 @@ class Takeover:
         self._to_recommit = [tp for tp in fallen_back_to if tp.offset >= 0]
         if self._to_recommit:
             log.info("re-committing the last completed commit's offsets in our next transaction: its marker "
-                        "ends a transaction left open on the group's offsets, if it is our producer's")
+                     "ends a transaction left open on the group's offsets, if it is our producer's")
 
     def take_offsets_to_recommit(self, moving: set[tuple[str, int]]) -> list[TopicPartition]:
         """Offsets for the next commit (once), except of partitions whose position moved since."""
