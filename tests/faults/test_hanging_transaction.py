@@ -58,7 +58,8 @@ def _requests(config: dict[str, Any], topic: str) -> list[str]:
 
 def _previous_incarnation(config: dict[str, Any], topics: Topics, answered: list[str]) -> None:
     """What the rendezvous `rdv-0` would have committed: one transaction per request, its answer
-    and the offset past it (with the mark: where that request's outputs start)."""
+    and the offset past it, with a mark at or before where the outputs of what follows start
+    (each answer and its commit marker take two offsets)."""
     settings = RendezvousSettings(instance=INSTANCE)
     txn = settings.transactional_id()
     producer = Producer({**config, "transactional.id": txn})
