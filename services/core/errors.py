@@ -7,7 +7,8 @@
     │   ├── BrokerUnavailable        no answer to a metadata request (retriable)
     │   └── TopicMissing             a topic the service needs does not exist
     ├── KafkaOperationError          a produce / consume / commit failed (wraps KafkaError)
-    │   └── DeliveryFailed           the broker did not take a produced record
+    │   ├── DeliveryFailed           the broker did not take a produced record
+    │   └── ConsumerFenced           another member took our group.instance.id: the client is done
     └── BadInput                     one record that cannot be used (dead-letter it, go on)
         ├── UnknownFingerprint       the header (fingerprint or registry id) names a schema we do not know
         ├── DecodeFailed             bytes that are not a valid record of the schema
@@ -79,6 +80,11 @@ class KafkaOperationError(RendezvousError):
 
 class DeliveryFailed(KafkaOperationError):
     """A produced record was not acknowledged by the broker."""
+
+
+class ConsumerFenced(KafkaOperationError):
+    """A static member fenced by another with the same group.instance.id (or by its own rejoin
+    after a broker restart): a fatal error for that client, which must be replaced."""
 
 
 class BadInput(RendezvousError):

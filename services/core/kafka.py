@@ -26,6 +26,7 @@ from services.core.errors import (
     BrokerError,
     BrokerUnavailable,
     ConfigError,
+    ConsumerFenced,
     DeliveryFailed,
     KafkaOperationError,
     Source,
@@ -237,7 +238,17 @@ class Consumer:
 
     def __init__(self, config: Mapping[str, Any]):
         merged = {**CONSUMER_DEFAULTS, **config, "error_cb": _error_cb(config), "logger": LIBRDKAFKA_LOG}
+        self._config = merged
         self._consumer = new_client(_Consumer, merged)
+
+    def renew(self) -> None:
+        """Replace the client by a new one of the same configuration (after a fatal error: the
+        old one can do nothing more; closing it leaves nothing behind to wait for)."""
+        try:
+            self._consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.info("closing the replaced consumer: %s", exc)
+        self._consumer = new_client(_Consumer, self._config)
 
     def subscribe(
         self,
@@ -286,6 +297,10 @@ class Consumer:
                 continue
             elif err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
                 raise TopicMissing(f"topic {msg.topic()} does not exist: {err.str()}")
+            elif err.code() == KafkaError._FATAL and "group.instance.id" in err.str():
+                # librdkafka reports FENCED_INSTANCE_ID as a generic fatal error; the Python client
+                # does not expose the original code, only this text.
+                raise ConsumerFenced(err.str())
             elif err.fatal() or not err.retriable():
                 source = Source(msg.topic() or "?", msg.partition() or -1, msg.offset() or -1)
                 refused = refusal(err, "READ", msg.topic() or "?")

@@ -15,8 +15,9 @@ readiness, and the drain on SIGTERM.
 Commit order (all disciplines): outputs first, then the input offsets they finish
 (`handler.finished_offsets()`); a revoked partition's finished work is committed before it is
 given up; a lost partition is never committed (another member may own it already) and, with
-transactions, the open transaction is aborted. Signals only set `stop`; everything closes
-through an ExitStack.
+transactions, the open transaction is aborted. A static member fenced out of its
+group.instance.id loses its partitions that way and rejoins with a new consumer (`_rejoin`).
+Signals only set `stop`; everything closes through an ExitStack.
 """
 
 from __future__ import annotations
@@ -32,13 +33,16 @@ from typing import Any, Protocol
 from confluent_kafka import Message, TopicPartition
 
 from services.core.commits import AtLeastOnce, CommitLane, Committer, ExactlyOnce, TransactionAborted
-from services.core.errors import ConfigError, KafkaOperationError
+from services.core.errors import ConfigError, ConsumerFenced, KafkaOperationError
 from services.core.health import BrokerHealth
 from services.core.kafka import Consumer, Producer, wait_for_broker
 
 log = logging.getLogger(__name__)
 
 PROCESSING = ("exactly-once", "at-least-once", "durable")
+# A consumer fenced again this soon after rejoining shares its group.instance.id with another
+# process: rejoining again would only fence that one in turn.
+REFENCED_WINDOW_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,9 @@ class StreamService:
         self._draining_until: float | None = None
         self._rewinding = False
         self._last_commit = 0.0
+        self._fenced_at: float | None = None  # when the consumer was last fenced (_rejoin)
+        # What we own, as the callbacks said: a fenced consumer forgets its assignment at once.
+        self._owned: dict[tuple[str, int], TopicPartition] = {}
 
     # -- readiness -------------------------------------------------------------------------
 
@@ -203,7 +210,11 @@ class StreamService:
         stopped = stop.is_set if isinstance(stop, threading.Event) else stop
         while not stopped():
             timeout = max(0.0, min(spec.max_wait_s, handler.next_wakeup()))
-            messages = ctx.consumer.consume(spec.max_batch, timeout)
+            try:
+                messages = ctx.consumer.consume(spec.max_batch, timeout)
+            except ConsumerFenced as err:
+                self._rejoin(err)
+                continue
             if messages:
                 self.health.mark_up()
             handler.on_batch(messages)
@@ -293,6 +304,7 @@ class StreamService:
         # Assigned here, not after the callback returns, so the handler can pause or reposition
         # them before a single record of theirs is fetched.
         self.ctx.consumer.assign(partitions)
+        self._owned.update({(tp.topic, tp.partition): tp for tp in partitions})
         self.handler.on_assigned(partitions)
         self.ready.set()
 
@@ -304,6 +316,7 @@ class StreamService:
                 self.commit_now()
             except KafkaOperationError as err:
                 log.warning("commit on revoke failed (%s): the next owner repeats that work", err)
+        self._disown(partitions)
         self.handler.on_released(partitions, lost=False)
 
     def _on_lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
@@ -318,7 +331,28 @@ class StreamService:
                 self.ctx.outputs.abort_now()
             except TransactionAborted as err:
                 log.warning("%s", err)  # the producer was replaced; nothing of it was committed
+        self._disown(partitions)
         self.handler.on_released(partitions, lost=True)
+
+    def _disown(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._owned.pop((tp.topic, tp.partition), None)
+
+    def _rejoin(self, err: ConsumerFenced) -> None:
+        """Our static membership (group.instance.id) was given to another join. Seen after a
+        broker restart with no other process using the id (the member's own rejoin fenced it):
+        a new client joins again and its partitions are recovered as after any takeover. Fenced
+        again soon after means another process does use the id (a misconfiguration): stop."""
+        now = time.monotonic()
+        if self._fenced_at is not None and now - self._fenced_at < REFENCED_WINDOW_S:
+            raise ConfigError(f"{self.spec.name} fenced twice within {REFENCED_WINDOW_S:.0f}s: another process uses "
+                              f"its group.instance.id (--instance must be unique per running instance): {err}")
+        self._fenced_at = now
+        assert self.ctx is not None
+        log.warning("%s: %s: rejoining the group with a new consumer", self.spec.name, err)
+        self._on_lost(None, list(self._owned.values()))
+        self.ctx.consumer.renew()
+        self._subscribe()
 
     # -- shutdown --------------------------------------------------------------------------
 
