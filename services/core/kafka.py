@@ -647,6 +647,18 @@ def group_lag(config: Mapping[str, Any], group: str, topic: str, timeout: float 
         raise BrokerError(f"cannot read the lag of group {group}: {exc}") from None
 
 
+def reader(
+    config: Mapping[str, Any], purpose: str, *, committed: bool = True, extra: Mapping[str, Any] | None = None
+) -> _Consumer:
+    """A short-lived native consumer that assigns partitions itself or asks for ends: a group of
+    its own (named after `purpose`), never committing. `committed`: read_committed (stops at an
+    open transaction) or read_uncommitted (everything written)."""
+    return new_client(_Consumer, {
+        **config, "group.id": f"rdv-{purpose}-{uuid.uuid4().hex}", "enable.auto.commit": False,
+        "isolation.level": "read_committed" if committed else "read_uncommitted", **(extra or {}),
+    })
+
+
 def end_offsets(
     config: Mapping[str, Any], partitions: Iterable[tuple[str, int]], *, committed: bool, timeout: float = 15.0
 ) -> dict[tuple[str, int], int]:
@@ -655,9 +667,7 @@ def end_offsets(
     wanted = list(partitions)
     if not wanted:
         return {}
-    isolation = "read_committed" if committed else "read_uncommitted"
-    probe = new_client(_Consumer, {**config, "group.id": f"rdv-ends-{uuid.uuid4().hex}",
-                                   "enable.auto.commit": False, "isolation.level": isolation})
+    probe = reader(config, "ends", committed=committed)
     try:
         return {(topic, p): probe.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
                 for topic, p in wanted}

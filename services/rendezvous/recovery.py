@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +45,7 @@ from confluent_kafka import Producer as _NativeProducer
 from services.core.codec import codec
 from services.core.control_records import is_control_record
 from services.core.errors import BadInput, BrokerError, RendezvousError
-from services.core.kafka import admin, end_offsets
+from services.core.kafka import admin, end_offsets, reader
 from services.core.settings import Topics
 from services.core.topic_range import PartitionSpan
 from services.rendezvous.join import Finished
@@ -97,12 +96,6 @@ def fence(config: Mapping[str, Any], transactional_id: str, timeout_s: float = 1
     except KafkaException as exc:
         log.warning("could not fence %s: %s", transactional_id, exc)
         return False
-
-
-def _reader(config: Mapping[str, Any], isolation: str, extra: Mapping[str, Any] | None = None) -> _NativeConsumer:
-    """A short-lived consumer of recovery's own (a group of its own, never committing)."""
-    return _NativeConsumer({**config, "group.id": f"rdv-recovery-{uuid.uuid4().hex}", "enable.auto.commit": False,
-                            "isolation.level": isolation, **(extra or {})})
 
 
 def committed_offsets(
@@ -162,7 +155,7 @@ def scan_finished(
 ) -> Recovered:
     """What was already answered / logged for requests at or after the committed offsets."""
     finished = Finished({}, set())
-    probe = _reader(config, "read_committed")
+    probe = reader(config, "recovery")
     try:
         answers: dict[int, int | str] = {}
         logs: dict[int, int | str] = {}
@@ -265,7 +258,7 @@ def _read_all(config: Mapping[str, Any], spans: Mapping[str, list[PartitionSpan]
     remaining = {(topic, s.partition): s for topic, topic_spans in spans.items() for s in topic_spans}
     if not remaining:
         return
-    consumer = _reader(config, "read_committed", {"auto.offset.reset": "earliest"})
+    consumer = reader(config, "recovery", extra={"auto.offset.reset": "earliest"})
     try:
         consumer.assign([TopicPartition(t, p, s.start) for (t, p), s in remaining.items()])
         deadline = time.monotonic() + 120
