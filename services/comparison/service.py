@@ -113,7 +113,8 @@ class ComparisonService(SimpleHandler):
             return
         latest_ok = now_ms() + int(self.settings.future_tolerance_s * 1000)
         rejected = 0
-        records = [msg for msg in messages if not is_control_record(msg)]  # seals: no comparison in them
+        # Seals carry no comparison; only a null value can be one, so data records skip the check.
+        records = [msg for msg in messages if msg.value() is not None or not is_control_record(msg)]
         tally = self._fold_at_once(records, latest_ok)
         if tally is None:
             tally = m.Tally()
