@@ -7,10 +7,11 @@ every later second 100%. The same kinds of requests sent first, from a scratch t
 those paths before anyone depends on them: after this warm-up that second met 100% (p50 15-52
 ms), for about 2.3 s more to start. docs/benchmarks.md has the runs.
 
-What it sends, for `seconds`: records through an idempotent producer, one request each (as
-serving sends at modest rates); transactions with records and consumer offsets in them (as an
-exactly-once service commits); reads of it all by a read_committed consumer that commits its
-offsets (as an at-least-once worker does). The scratch topic and group are deleted afterwards.
+What it sends, for `seconds` and at least MIN_ROUNDS rounds (a busy host takes longer): records
+through an idempotent producer, one request each (as serving sends at modest rates); transactions
+with records and consumer offsets in them (as an exactly-once service commits); reads of it all by
+a read_committed consumer that commits its offsets (as an at-least-once worker does).
+The scratch topic and group are deleted afterwards.
 
 Best effort: the broker is ready either way, so any failure is logged and the start goes on.
 `RDV_BROKER_WARMUP=off` skips it.
@@ -35,6 +36,9 @@ WARMUP_ENV = "RDV_BROKER_WARMUP"
 TOPIC = "_rdv_broker_warmup"
 PARTITIONS = 4
 PLAIN_PER_ROUND = 8
+# A JIT compiles after a number of calls, not of seconds: on a busy host the time runs out before
+# the requests do, so the warm-up goes on until this many rounds were sent, however long it takes.
+MIN_ROUNDS = 20
 _QUIET = logging.getLogger(f"{__name__}.librdkafka")  # connection noise of short-lived clients
 
 
@@ -58,7 +62,8 @@ def wanted(value: str | None) -> bool:
 
 
 def warm_up(bootstrap: str, seconds: float = 1.5) -> WarmUp:
-    """Send serving-like traffic to the broker at `bootstrap` for about `seconds`."""
+    """Send serving-like traffic to the broker at `bootstrap` for about `seconds`, and at least
+    MIN_ROUNDS rounds of it."""
     started = time.monotonic()
     done = WarmUp()
     base: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": _QUIET}
@@ -94,7 +99,7 @@ def _traffic(base: dict[str, Any], group: str, seconds: float, done: WarmUp) -> 
         reader.assign([TopicPartition(TOPIC, p, OFFSET_END) for p in range(PARTITIONS)])
         txn.init_transactions(10)
         until = time.monotonic() + seconds
-        while time.monotonic() < until:
+        while time.monotonic() < until or done.transactions < MIN_ROUNDS:
             _one_round(plain, txn, reader, done)
     finally:
         reader.close()
