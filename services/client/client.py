@@ -30,7 +30,7 @@ from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
 
 from services.core.codec import codec
 from services.core.errors import BadInput, BrokerError, ConfigError, RendezvousError
-from services.core.kafka import Consumer, Producer, partition_counts
+from services.core.kafka import Consumer, Producer, groupless, partition_counts
 from services.core.runtime import now_ms
 from services.core.settings import Topics
 
@@ -145,7 +145,7 @@ class Client:
             self.reply_partition: int | None = (
                 random.randrange(partitions) if reply_partition is None else reply_partition
             )
-            self._consumer = Consumer({**config, "group.id": f"rdv-client-{uuid.uuid4().hex}"})
+            self._consumer = Consumer(groupless(config, "client"))
             self._start_reading(self.reply_partition)
             self._owned: tuple[int, ...] = (self.reply_partition,)
         else:

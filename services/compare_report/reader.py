@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +29,7 @@ from services.compare_report.columns import Columns
 from services.compare_report.decode import BatchDecoder
 from services.core.codec import codec
 from services.core.errors import BrokerUnavailable, KafkaOperationError, Source, TopicMissing
-from services.core.kafka import Consumer, partition_counts
+from services.core.kafka import Consumer, groupless, partition_counts
 from services.core.ranges import Bounds, OffsetBound, TimeBound
 from services.core.topic_range import PartitionSpan, plan_spans
 
@@ -69,8 +68,8 @@ class ReadResult:
 
 
 def reader_consumer(config: dict[str, Any]) -> Consumer:
-    """A consumer for reading a range; the group id is required by librdkafka but never used."""
-    return Consumer({**config, **READER_CONFIG, "group.id": f"rdv-compare-{uuid.uuid4().hex}"})
+    """A groupless consumer for reading a range."""
+    return Consumer({**groupless(config, "compare"), **READER_CONFIG})
 
 
 def read_partitions(

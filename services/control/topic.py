@@ -11,7 +11,6 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +20,7 @@ from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 from services.control.schedule import Schedule
 from services.core.codec import codec
 from services.core.errors import BadInput, ConfigError, DecodeFailed
-from services.core.kafka import Consumer, Producer, partition_counts
+from services.core.kafka import Consumer, Producer, groupless, partition_counts
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +115,7 @@ class ControlFeed:
 
     def __init__(self, config: Mapping[str, Any], topic: str):
         self.topic = topic
-        self._consumer = Consumer({**config, "group.id": f"rdv-control-{uuid.uuid4().hex}",
-                                   "enable.partition.eof": False})
+        self._consumer = Consumer({**groupless(config, "control"), "enable.partition.eof": False})
         partitions = partition_counts(config, [topic])[topic]
         self._partitions = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
         self._consumer.assign(self._partitions)

@@ -647,14 +647,21 @@ def group_lag(config: Mapping[str, Any], group: str, topic: str, timeout: float 
         raise BrokerError(f"cannot read the lag of group {group}: {exc}") from None
 
 
+def groupless(config: Mapping[str, Any], purpose: str) -> dict[str, Any]:
+    """The configuration of a consumer that assigns its partitions itself. librdkafka wants a
+    group id all the same: a unique one named after `purpose`, never joined, never committed to
+    (so no group is left behind on the broker)."""
+    return {**config, "group.id": f"rdv-{purpose}-{uuid.uuid4().hex}", "enable.auto.commit": False}
+
+
 def reader(
     config: Mapping[str, Any], purpose: str, *, committed: bool = True, extra: Mapping[str, Any] | None = None
 ) -> _Consumer:
-    """A short-lived native consumer that assigns partitions itself or asks for ends: a group of
-    its own (named after `purpose`), never committing. `committed`: read_committed (stops at an
-    open transaction) or read_uncommitted (everything written)."""
+    """A short-lived native groupless consumer that reads partitions or asks for ends.
+    `committed`: read_committed (stops at an open transaction) or read_uncommitted (everything
+    written)."""
     return new_client(_Consumer, {
-        **config, "group.id": f"rdv-{purpose}-{uuid.uuid4().hex}", "enable.auto.commit": False,
+        **groupless(config, purpose),
         "isolation.level": "read_committed" if committed else "read_uncommitted", **(extra or {}),
     })
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from collections.abc import Mapping
 from concurrent.futures import Future
 from typing import Any
@@ -20,14 +19,14 @@ from confluent_kafka import TopicPartition
 
 from services.core.codec import codec
 from services.core.errors import BadInput, RendezvousError
-from services.core.kafka import Consumer, partition_counts
+from services.core.kafka import Consumer, groupless, partition_counts
 
 log = logging.getLogger(__name__)
 
 
 class ComparisonTap:
     def __init__(self, config: Mapping[str, Any], topic: str):
-        self._config = {**config, "group.id": f"rdv-gateway-log-{uuid.uuid4().hex}",
+        self._config = {**groupless(config, "gateway-log"),
                         "isolation.level": "read_committed", "enable.partition.eof": False}
         self._topic = topic
         self._pending: dict[str, list[Future[dict[str, Any]]]] = {}
