@@ -8,7 +8,6 @@ the end time), so a read of a live topic terminates.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from services.core.errors import BrokerError, TopicMissing
-from services.core.kafka import new_client, wait_for_broker
+from services.core.kafka import reader, wait_for_broker
 
 
 @dataclass(frozen=True)
@@ -92,45 +91,57 @@ def read_spans(
     """Every record of the slice, partition spans read concurrently, each to its end."""
     if spans is None:
         wait_for_broker(config)  # the command's --connect-timeout-s, and one clear line if none answers
-    consumer = new_client(Consumer, {
-        **config, "group.id": f"rdv-range-{uuid.uuid4().hex}", "enable.auto.commit": False,
-        "isolation.level": "read_committed", "fetch.max.bytes": 64 * 1024 * 1024,
-        "max.partition.fetch.bytes": 16 * 1024 * 1024,
+    consumer = reader(config, "range", extra={
+        "fetch.max.bytes": 64 * 1024 * 1024, "max.partition.fetch.bytes": 16 * 1024 * 1024,
     })
     try:
         todo = spans if spans is not None else plan_spans(
             consumer, topic, start_ms=start_ms, end_ms=end_ms, start_offset=start_offset, end_offset=end_offset
         )
-        remaining = {s.partition: s for s in todo if s.size > 0}
-        if not remaining:
-            return
-        consumer.assign([TopicPartition(topic, s.partition, s.start) for s in remaining.values()])
-        deadline = time.monotonic() + timeout_s
-        while remaining:
-            if time.monotonic() > deadline:
-                raise BrokerError(f"reading {topic} did not reach the end of the range in {timeout_s:.0f}s")
-            batch = consumer.consume(10_000, 0.5)
-            yielded = 0
-            for msg in batch:
-                if msg.error() is not None:
-                    continue
-                span = remaining.get(msg.partition() or 0)
-                offset = msg.offset() or 0
-                if span is None or offset >= span.end:
-                    continue
-                yielded += 1
-                yield msg
-            if progress is not None and yielded:
-                progress(yielded)
-            _drop_finished(consumer, topic, remaining)
+        yield from read_together(consumer, {(topic, s.partition): s for s in todo}, what=f"reading {topic}",
+                                  timeout_s=timeout_s, progress=progress)
     finally:
         consumer.close()
 
 
-def _drop_finished(consumer: Consumer, topic: str, remaining: dict[int, PartitionSpan]) -> None:
+def read_together(
+    consumer: Consumer,
+    spans: Mapping[tuple[str, int], PartitionSpan],
+    *,
+    what: str,
+    timeout_s: float,
+    wait_s: float = 0.5,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[Message]:
+    """Every record of the spans (keyed by topic and partition, of one topic or several), read
+    together by `consumer` (a groupless one: this assigns it), each span to its end. `wait_s`:
+    how long one fetch waits for a full batch once little is left."""
+    remaining = {key: span for key, span in spans.items() if span.size > 0}
+    if not remaining:
+        return
+    consumer.assign([TopicPartition(t, p, span.start) for (t, p), span in remaining.items()])
+    deadline = time.monotonic() + timeout_s
+    while remaining:
+        if time.monotonic() > deadline:
+            left = ", ".join(f"{t}-{p}" for t, p in sorted(remaining))
+            raise BrokerError(f"{what} did not reach the end of {left} in {timeout_s:.0f}s")
+        yielded = 0
+        for msg in consumer.consume(10_000, wait_s):
+            if msg.error() is not None:
+                continue
+            span = remaining.get((msg.topic() or "", msg.partition() or 0))
+            if span is None or (msg.offset() or 0) >= span.end:
+                continue
+            yielded += 1
+            yield msg
+        if progress is not None and yielded:
+            progress(yielded)
+        _drop_finished(consumer, remaining)
+
+
+def _drop_finished(consumer: Consumer, remaining: dict[tuple[str, int], PartitionSpan]) -> None:
     # The position, not the last offset seen, says a span is done: transaction markers and
     # compacted-away offsets leave gaps no record fills.
-    positions = consumer.position([TopicPartition(topic, p) for p in remaining])
-    for tp in positions:
-        if tp.offset >= 0 and tp.offset >= remaining[tp.partition].end:
-            del remaining[tp.partition]
+    for tp in consumer.position([TopicPartition(t, p) for t, p in remaining]):
+        if tp.offset >= 0 and tp.offset >= remaining[(tp.topic, tp.partition)].end:
+            del remaining[(tp.topic, tp.partition)]

@@ -44,10 +44,10 @@ from confluent_kafka import Producer as _NativeProducer
 
 from services.core.codec import codec
 from services.core.control_records import is_control_record
-from services.core.errors import BadInput, BrokerError, RendezvousError
+from services.core.errors import BadInput, RendezvousError
 from services.core.kafka import admin, end_offsets, reader
 from services.core.settings import Topics
-from services.core.topic_range import PartitionSpan
+from services.core.topic_range import PartitionSpan, read_together
 from services.rendezvous.join import Finished
 
 log = logging.getLogger(__name__)
@@ -255,24 +255,11 @@ def _refuse_open_transactions(written: Mapping[tuple[str, int], int], spans: Map
 
 def _read_all(config: Mapping[str, Any], spans: Mapping[str, list[PartitionSpan]]) -> Iterator[tuple[str, Message]]:
     """Every record of the spans of several topics, read together by one consumer."""
-    remaining = {(topic, s.partition): s for topic, topic_spans in spans.items() for s in topic_spans}
-    if not remaining:
-        return
+    keyed = {(topic, s.partition): s for topic, topic_spans in spans.items() for s in topic_spans}
     consumer = reader(config, "recovery", extra={"auto.offset.reset": "earliest"})
     try:
-        consumer.assign([TopicPartition(t, p, s.start) for (t, p), s in remaining.items()])
-        deadline = time.monotonic() + 120
-        while remaining:
-            if time.monotonic() > deadline:
-                raise BrokerError(f"recovery did not reach the end of {sorted(remaining)} in 120s")
-            for msg in consumer.consume(10_000, 0.2):
-                key = (msg.topic() or "", msg.partition() or 0)
-                span = remaining.get(key)
-                if msg.error() is None and span is not None and (msg.offset() or 0) < span.end:
-                    yield key[0], msg
-            # Positions, not offsets seen: transaction markers occupy offsets no record fills.
-            for tp in consumer.position([TopicPartition(t, p) for t, p in remaining]):
-                if tp.offset >= remaining[(tp.topic, tp.partition)].end:
-                    del remaining[(tp.topic, tp.partition)]
+        # A short wait per fetch: the takeover waits for this, and the last fetch is never full.
+        for msg in read_together(consumer, keyed, what="recovery", timeout_s=120, wait_s=0.2):
+            yield msg.topic() or "", msg
     finally:
         consumer.close()
