@@ -85,17 +85,23 @@ def wait_until(
 
 
 class PacedSender:
-    """Calls `send(i)` for i = 0..total-1 at `rate` per second from a thread, then `finish()`."""
+    """Calls `send(i)` for i = 0..total-1 at `rate` per second from a thread, then `finish()`.
+    `stop()` ends it sooner: a test whose stream must outlast steps of unknown length (a CLI
+    call on a loaded host) gives a generous `total` and stops once the steps are done."""
 
     def __init__(self, send: Callable[[int], None], total: int, rate: float,
                  finish: Callable[[], None] = lambda: None):
         self.send, self.total, self.rate, self.finish = send, total, rate, finish
         self.sent = 0
+        self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def stop(self) -> None:
+        self._stop.set()
 
     def _run(self) -> None:
         started = time.monotonic()
-        while self.sent < self.total:
+        while self.sent < self.total and not self._stop.is_set():
             due = min(self.total, int((time.monotonic() - started) * self.rate) + 1)
             while self.sent < due:
                 self.send(self.sent)
