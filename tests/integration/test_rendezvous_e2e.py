@@ -65,11 +65,13 @@ def test_slow_champion_falls_back_at_the_deadline(
     services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("RDV_DEMO_SLOW_MS", "2000")
+    slow_ms, budget_ms = 3000, 1000
+    monkeypatch.setenv("RDV_DEMO_SLOW_MS", str(slow_ms))
     services.worker(bootstrap, prefix, "demo:slow", name="champion")
     services.worker(bootstrap, prefix, "demo:challenger")
-    services.rendezvous(bootstrap, prefix, models=("champion", "challenger"), linger_ms=5000)
-    with Client(config, topics, budget_ms=300, answer_wait_s=30) as client:
+    # Lingering long enough for the champion's two slow batches: its scores are logged as late.
+    services.rendezvous(bootstrap, prefix, models=("champion", "challenger"), linger_ms=15_000)
+    with Client(config, topics, budget_ms=budget_ms, answer_wait_s=30) as client:
         # Warm-up with a generous budget: a fresh producer's first send waits for its producer id.
         client.score_many(demo_rows(4, seed=3), budget_ms=10_000)
         answers = client.score_many(demo_rows(40, seed=4))
@@ -77,9 +79,10 @@ def test_slow_champion_falls_back_at_the_deadline(
     assert {(a.model, a.status) for a in answers} == {("challenger", "FALLBACK")}
     assert all("champion late" in a.reason for a in answers)
     overshoot = [a.answered_at - a.deadline for a in answers]
-    # Answered once the deadline passed, and not waiting anywhere near the slow model (2 s).
+    # Answered once the deadline passed, and before the slow champion could have scored: no
+    # tighter bound here (a loaded host delays a timer); bench/ measures how close to it.
     assert min(overshoot) >= 0
-    assert max(overshoot) <= 500, f"answers came {max(overshoot)} ms after their deadline"
+    assert max(overshoot) < slow_ms - budget_ms, f"answers came {max(overshoot)} ms after their deadline"
     measured = {a.request_id for a in answers}
     logged = [r for r in read_topic(config, topics.log, expect=44, decode="comparison") if r["request_id"] in measured]
     assert len(logged) == 40

@@ -48,7 +48,7 @@ def test_a_new_owner_that_delivers_no_answer_commits_the_mark_it_recovered_from_
     with Client(config, topics, budget_ms=200, answer_wait_s=30) as client:
         client.score_many(demo_rows(40, seed=71))  # finished within deadline + linger: answers to every partition
         wait_until(lambda: all_committed(config, prefix, topics), 30, "the first requests committed")
-    with Client(config, topics, budget_ms=2_000, answer_wait_s=30) as client:
+    with Client(config, topics, budget_ms=10_000, answer_wait_s=30) as client:  # OK even on a loaded host
         answered = client.score_many(demo_rows(40, seed=72))
     assert {a.status for a in answered} == {"OK"}
     stop_first.set()  # drains 0.5 s: the second requests stay open and are re-read by the next owner
