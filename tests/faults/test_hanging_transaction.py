@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer, TopicPartition
 
 from services.cli.common import ensure_topics
 from services.client.client import make_request
@@ -34,7 +34,7 @@ from services.rendezvous.recovery import Mark
 from services.rendezvous.settings import RendezvousSettings
 from tests.faults.procs import Proc, until
 from tests.faults.test_broker_outage import open_transactions
-from tests.integration.harness import read_topic
+from tests.integration.harness import read_topic, send_offsets_as_member
 from tests.integration.test_takeover_open_transaction import _answer
 
 pytestmark = pytest.mark.kafka
@@ -64,17 +64,13 @@ def _previous_incarnation(config: dict[str, Any], topics: Topics, answered: list
     txn = settings.transactional_id()
     producer = Producer({**config, "transactional.id": txn})
     producer.init_transactions(30)
-    member = Consumer({**config, "group.id": settings.group_id(), "enable.auto.commit": False})
-    try:
-        for offset, request_id in enumerate(answered):
-            producer.begin_transaction()
-            producer.produce(topics.answers, codec("answer").encode(_answer(request_id)), key=request_id.encode(),
-                             partition=0)
-            offsets = [TopicPartition(topics.requests, 0, offset + 1, metadata=Mark(offset, 0, txn).encode())]
-            producer.send_offsets_to_transaction(offsets, member.consumer_group_metadata(), 30)
-            producer.commit_transaction(30)
-    finally:
-        member.close()
+    for offset, request_id in enumerate(answered):
+        producer.begin_transaction()
+        producer.produce(topics.answers, codec("answer").encode(_answer(request_id)), key=request_id.encode(),
+                         partition=0)
+        send_offsets_as_member(producer, config, settings.group_id(),
+                               [TopicPartition(topics.requests, 0, offset + 1, metadata=Mark(offset, 0, txn).encode())])
+        producer.commit_transaction(30)
 
 
 def _offsets_partition(group: str, broker: LocalBroker) -> str:

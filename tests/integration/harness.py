@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from services.core.codec import codec
 from services.core.control_records import is_control_record
@@ -82,6 +82,18 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(POLL_S)
+
+
+def send_offsets_as_member(
+    producer: Producer, config: dict[str, Any], group: str, offsets: list[TopicPartition]
+) -> None:
+    """Put `group`'s offsets into the producer's open transaction, as a member of that group
+    would (a previous owner of the rendezvous' work, made up by a test)."""
+    member = Consumer({**config, "group.id": group, "enable.auto.commit": False})
+    try:
+        producer.send_offsets_to_transaction(offsets, member.consumer_group_metadata(), 30)
+    finally:
+        member.close()
 
 
 class PacedSender:

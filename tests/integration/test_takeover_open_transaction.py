@@ -15,14 +15,14 @@ import uuid
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer, TopicPartition
 
 from services.client.client import make_request
 from services.core.codec import codec
 from services.core.kafka import group_lag
 from services.core.runtime import now_ms
 from services.core.settings import Topics
-from tests.integration.harness import Services, read_topic, wait_until
+from tests.integration.harness import Services, read_topic, send_offsets_as_member, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -59,12 +59,7 @@ def _previous_owner(config: dict[str, Any], topics: Topics, group: str, rounds: 
     owner.init_transactions(30)
     owner.begin_transaction()
     _produce_answers(owner, topics.answers, first)
-    member = Consumer({**config, "group.id": group, "enable.auto.commit": False})
-    try:
-        offsets = [TopicPartition(topics.requests, p, 1) for p in PARTITIONS]
-        owner.send_offsets_to_transaction(offsets, member.consumer_group_metadata(), 30)
-    finally:
-        member.close()
+    send_offsets_as_member(owner, config, group, [TopicPartition(topics.requests, p, 1) for p in PARTITIONS])
     owner.commit_transaction(30)
     owner.begin_transaction()
     _produce_answers(owner, topics.answers, second)
