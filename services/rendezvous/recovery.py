@@ -255,7 +255,9 @@ def _refuse_open_transactions(written: Mapping[tuple[str, int], int], spans: Map
 
 def _read_all(config: Mapping[str, Any], spans: Mapping[str, list[PartitionSpan]]) -> Iterator[tuple[str, Message]]:
     """Every record of the spans of several topics, read together by one consumer."""
-    keyed = {(topic, s.partition): s for topic, topic_spans in spans.items() for s in topic_spans}
+    keyed = {(topic, s.partition): s for topic, topic_spans in spans.items() for s in topic_spans if s.size > 0}
+    if not keyed:
+        return  # nothing to read: no client to start
     consumer = reader(config, "recovery", extra={"auto.offset.reset": "earliest"})
     try:
         # A short wait per fetch: the takeover waits for this, and the last fetch is never full.
