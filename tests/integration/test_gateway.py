@@ -55,7 +55,7 @@ pytestmark = pytest.mark.kafka
 MODELS = ("champion", "challenger", "canary")
 # Every call that must be answered OK gets this long: seven services, a JVM and a browser share
 # two cores here, and a score late by a stall would turn an OK into a FALLBACK or a 504.
-DEADLINE_MS = "10000"
+DEADLINE_MS = 10_000
 ALICE, BOB = "alice-" + "k" * 40, "bob-" + "k" * 40
 CURL = shutil.which("curl") or "/usr/bin/curl"
 
@@ -151,7 +151,7 @@ def stack(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     try:
         for model in (*MODELS, "flaky"):
             children.cli(model, "model", "serve", *common, "--model", f"demo:{model}", "--name", model)
-        children.cli("rendezvous", "serve", *common, "--models", ",".join(MODELS), "--deadline-ms", DEADLINE_MS,
+        children.cli("rendezvous", "serve", *common, "--models", ",".join(MODELS), "--deadline-ms", str(DEADLINE_MS),
                      "--linger-ms", "500")
         children.cli("comparison", "comparison", "serve", *common, "--export-interval-s", "1",
                      "--metrics-port", str(cmp_port))
@@ -346,7 +346,7 @@ def test_error_is_502_unavailable_when_every_model_of_the_schedule_fails(stack: 
     # it before then, even on a loaded host.
     start = now_ms() + 5000
     publish(stack.config, stack.topics.control, Schedule(models=("flaky",), version=2, effective_at=start,
-                                                         default_deadline_ms=int(DEADLINE_MS)))
+                                                         default_deadline_ms=DEADLINE_MS))
     rendezvous_log = stack.tmp / "rendezvous.log"
     try:
         stack.children.wait(lambda: '"2"' in stack.a.get("/v2/models/default/versions/2")[1]
@@ -366,7 +366,7 @@ def test_error_is_502_unavailable_when_every_model_of_the_schedule_fails(stack: 
     finally:
         publish(stack.config, stack.topics.control, Schedule(models=MODELS, version=3,
                                                              effective_at=max(now_ms(), start),
-                                                             default_deadline_ms=int(DEADLINE_MS)))
+                                                             default_deadline_ms=DEADLINE_MS))
         stack.children.wait(lambda: stack.a.get("/v2/models/default/versions/3")[0] == 200, 60, "schedule v3")
 
 

@@ -28,8 +28,7 @@ def test_promote_and_rollback_during_a_stream_switch_exactly_at_the_effective_ti
     services.worker(bootstrap, prefix, "demo:challenger")
     services.rendezvous(bootstrap, prefix, models=("champion", "challenger"), linger_ms=300)
     # The rendezvous must read each change before it takes effect: 10 s of margin on a loaded host.
-    effective_in_ms = 10_000
-    common = ("--bootstrap", bootstrap, "--topic-prefix", prefix, "--effective-in", f"{effective_in_ms // 1000}s")
+    common = ("--bootstrap", bootstrap, "--topic-prefix", prefix, "--effective-in", "10s")
     with Client(config, topics, budget_ms=20_000, answer_wait_s=60) as client:
         # 250 requests/s until both changes have governed requests for 2 s each (each CLI call, a
         # fresh process, takes a few seconds): the cap is never reached.
