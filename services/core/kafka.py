@@ -240,6 +240,7 @@ class Consumer:
         merged = {**CONSUMER_DEFAULTS, **config, "error_cb": _error_cb(config), "logger": LIBRDKAFKA_LOG}
         self._config = merged
         self._consumer = new_client(_Consumer, merged)
+        self._subscribed = False
 
     def renew(self) -> None:
         """Replace the client by a new one of the same configuration (after a fatal error: the
@@ -249,6 +250,7 @@ class Consumer:
         except (KafkaException, RuntimeError) as exc:
             log.info("closing the replaced consumer: %s", exc)
         self._consumer = new_client(_Consumer, self._config)
+        self._subscribed = False
 
     def subscribe(
         self,
@@ -265,6 +267,7 @@ class Consumer:
         if on_lost:
             kwargs["on_lost"] = on_lost
         self._consumer.subscribe(topics, **kwargs)
+        self._subscribed = True
 
     def assign(self, partitions: list[TopicPartition]) -> None:
         self._consumer.assign(partitions)
@@ -361,6 +364,13 @@ class Consumer:
         return refused
 
     def close(self) -> None:
+        if self._subscribed:
+            # A subscribe made during a rebalance (the rewind unsubscribes and subscribes again)
+            # waits inside librdkafka until the rebalance is over; closed meanwhile, librdkafka
+            # applies it during its own tear-down and aborts the process (rdkafka_cgrp.c,
+            # rd_kafka_cgrp_destroy_final: `!rkcg->rkcg_subscription`, seen when SIGTERM came
+            # within a second of a rewind). Unsubscribing first drops the waiting subscribe.
+            self._consumer.unsubscribe()
         self._consumer.close()
 
     @property
