@@ -370,7 +370,10 @@ class Consumer:
             # applies it during its own tear-down and aborts the process (rdkafka_cgrp.c,
             # rd_kafka_cgrp_destroy_final: `!rkcg->rkcg_subscription`, seen when SIGTERM came
             # within a second of a rewind). Unsubscribing first drops the waiting subscribe.
-            self._consumer.unsubscribe()
+            try:
+                self._consumer.unsubscribe()
+            except KafkaException as exc:  # e.g. a fenced client, in a fatal state: still closed
+                log.debug("unsubscribing before the close: %s", exc)
         self._consumer.close()
 
     @property
