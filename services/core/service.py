@@ -300,6 +300,7 @@ class StreamService:
     def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         log.info("%s assigned %s", self.spec.name, sorted((p.topic, p.partition) for p in partitions))
         self._assigned = True
+        self.health.mark_up()  # the group coordinator answered
         assert self.ctx is not None
         # Assigned here, not after the callback returns, so the handler can pause or reposition
         # them before a single record of theirs is fetched.
@@ -324,6 +325,10 @@ class StreamService:
         # and an open transaction may hold outputs for them, so it is aborted.
         log.warning("%s lost %s: dropping their state without committing", self.spec.name,
                     sorted((p.topic, p.partition) for p in partitions))
+        # Lost, mostly, because the group coordinator stopped answering: not ready until the
+        # group assigns partitions again (librdkafka's "all brokers down" may have come and gone
+        # before, cleared by records it had already fetched).
+        self.health.mark_down()
         assert self.ctx is not None
         self.ctx.outputs.discard_outcomes()  # their partitions may be someone else's already
         if self.ctx.outputs.transactional:
