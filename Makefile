@@ -22,9 +22,11 @@ demo: setup
 system-deps:
 	bash deploy/ci/system-deps.sh
 
-## Lint, type-check, then every test (the broker is provisioned from Maven Central on first use).
+## Lint, type-check, then every test (the broker is provisioned from Maven Central on first use),
+## in TEST_WORKERS processes (pytest-xdist; a test file stays in one process, each its own broker).
+TEST_WORKERS ?= 2
 test: system-deps setup lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 unit: setup
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
