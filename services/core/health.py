@@ -6,7 +6,10 @@
                    503 with the reason otherwise (e.g. while the broker is down)
 
 `BrokerHealth` follows librdkafka's own signals: "all brokers down" marks the broker
-unreachable; any successful fetch or delivery marks it back.
+unreachable; any successful fetch or delivery marks it back. The shared skeleton adds the
+group's: losing the partitions (a session that timed out, mostly because the coordinator went
+away) marks it unreachable and the next assignment reachable, because librdkafka reports "all
+brokers down" once per outage and a batch fetched before it would otherwise mark it back.
 """
 
 from __future__ import annotations
