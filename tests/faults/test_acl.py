@@ -19,11 +19,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, Producer, TopicPartition
 
 from services.cli.common import ensure_topics
 from services.client.client import Client
 from services.control.acl import ROLES, Principals, allows, layout
+from services.core.kafka import reader
 from services.core.settings import Topics
 from services.localkafka import LocalBroker, ephemeral_broker
 from services.localkafka.config import SASL_LISTENER, sasl_client_config, scram_format_arg
@@ -112,8 +113,7 @@ def _read_one(conf: dict[str, Any], topic: str) -> bool:
     # A topic the principal may not even describe is refused in the metadata (librdkafka then
     # waits for it silently); one it may describe but not read, in the fetch.
     reported: list[KafkaError] = []
-    consumer = Consumer({**conf, "group.id": f"rdv-acl-{uuid.uuid4().hex}", "enable.auto.commit": False,
-                         "error_cb": reported.append})
+    consumer = reader(conf, "acl", extra={"error_cb": reported.append})
     errors: list[str] = []
     try:
         described = consumer.list_topics(topic, timeout=10).topics[topic].error

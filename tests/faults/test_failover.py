@@ -16,7 +16,6 @@ import contextlib
 import signal
 import threading
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from services.client.client import make_request
 from services.core.codec import codec
+from services.core.kafka import reader
 from services.core.settings import Topics
 from services.model_worker.models import demo_rows
 from tests.faults.procs import Proc, until
@@ -49,8 +49,7 @@ class Replies:
     _thread: threading.Thread | None = None
 
     def start(self) -> Replies:
-        consumer = Consumer({**self.config, "group.id": f"outside-{uuid.uuid4().hex}",
-                             "isolation.level": "read_committed", "enable.auto.commit": False})
+        consumer = reader(self.config, "outside")
         partitions = consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
         ends = [TopicPartition(self.topic, p, consumer.get_watermark_offsets(TopicPartition(self.topic, p),
                                                                                timeout=10)[1]) for p in partitions]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -13,6 +12,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from services.core.codec import codec
 from services.core.control_records import is_control_record
+from services.core.kafka import reader
 from services.model_worker.settings import WorkerSettings
 from services.model_worker.worker import ModelWorker
 from services.rendezvous.service import Rendezvous
@@ -139,8 +139,7 @@ def read_topic(
     Returns decoded records (when `decode` names a codec) or raw confluent-kafka messages.
     Reading to the high watermark after the count is reached makes "exactly N" checkable.
     """
-    consumer = Consumer({**config, "group.id": f"reader-{uuid.uuid4().hex}", "enable.auto.commit": False,
-                         "isolation.level": "read_committed"})
+    consumer = reader(config, "test-reader")
     try:
         metadata = consumer.list_topics(topic, timeout=10)
         partitions = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.topics[topic].partitions]
@@ -165,7 +164,7 @@ def read_topic(
                 break
         if decode is None:
             return records
-        reader = codec(decode)  # control records (no value: clock, seal) carry nothing to decode
-        return [reader.decode(m.value()) for m in records if not is_control_record(m)]
+        schema = codec(decode)  # control records (no value: clock, seal) carry nothing to decode
+        return [schema.decode(m.value()) for m in records if not is_control_record(m)]
     finally:
         consumer.close()
