@@ -14,13 +14,13 @@ letters are produced into a transaction (exactly-once, the default) and committe
 the offsets of the inputs they finish, on a thread of their own. The committable offset of a
 partition is that of its oldest record whose mailbox is still open (offsets.py).
 
-Answers to return addresses go out at once through a separate, non-transactional producer. That
-is safe because every decision is a function of the records alone (join.py): if this instance
-crashes before its transaction commits, the new owner re-decides the same answer, so a client
-can receive an identical repeat, never a different answer. And a request's offset waits for the
-broker's acknowledgement of its replies (mailbox.py): if the crash comes after the answer was
-committed but before its reply was acknowledged, the new owner re-reads the request, finds the
-answer and sends it again.
+Answers to return addresses go out at once (at the end of the batch that decided them) through a
+separate, non-transactional producer. That is safe because every decision is a function of the
+records alone (join.py): if this instance crashes before its transaction commits, the new owner
+re-decides the same answer, so a client can receive an identical repeat, never a different answer.
+And a request's offset waits for the broker's acknowledgement of its replies (mailbox.py): if the
+crash comes after the answer was committed but before its reply was acknowledged, the new owner
+re-reads the request, finds the answer and sends it again.
 
 Clock: decisions use the log's clock (the broker's append times of the scores partition); quiet
 partitions get clock records written by this service (clock.py). Wall time is used only to
@@ -88,6 +88,8 @@ class Rendezvous:
         self._fast: Producer | None = None
         self._dead: DeadLetters | None = None
         self._replies: ReplyRouter | None = None
+        # Replies decided during a batch, produced together at its end (`_send_replies`).
+        self._outbox: list[tuple[str, int | None, bytes, bytes, Callable[[], None]]] = []
 
     def _spec(self) -> StreamSpec:
         s, t = self.settings, self.topics
@@ -186,6 +188,7 @@ class Rendezvous:
             except Exception as exc:
                 log.exception("unexpected failure on %s[%s]@%s", topic, msg.partition(), msg.offset())
                 self._reject(msg, UnexpectedFailure(f"processing failed: {type(exc).__name__}: {exc}"))
+        self._send_replies()
         self.join.metrics.flush()  # the join counts only while records come in: all of it is counted by now
 
     def _on_request(self, msg: Message) -> None:
@@ -226,6 +229,7 @@ class Rendezvous:
         self._throttle()
         self.schedules.show(now_ms())
         m.MAILBOXES.set(len(self.join.mailboxes))
+        self._send_replies()  # those decided outside a batch (a takeover's repeats, verdicts that came in)
         self._fast.poll(0)
 
     def next_wakeup(self) -> float:
@@ -306,13 +310,22 @@ class Rendezvous:
     def _send_reply(
         self, topic: str, partition: int | None, key: bytes, value: bytes, done: Callable[[], None]
     ) -> None:
+        self._outbox.append((topic, partition, key, value, done))
+
+    def _send_replies(self) -> None:
+        """Produce the replies of the batch back to back. The reply producer sends at once
+        (linger 0): one by one, between the join's work on the next records, each reply would
+        be a Kafka request of its own; handed over together, librdkafka sends what one partition
+        got in one request. A reply waits at most for the rest of its batch."""
         assert self._fast is not None
-        try:
-            self._fast.produce(topic, value, key=key, partition=partition, on_done=done)
-        except KafkaOperationError as err:
-            done()  # refused by the client itself: nothing is in flight
-            m.REPLY_ERRORS.labels("delivery").inc()
-            log.warning("answer to return address %s not sent: %s", topic, err)
+        outbox, self._outbox = self._outbox, []
+        for topic, partition, key, value, done in outbox:
+            try:
+                self._fast.produce(topic, value, key=key, partition=partition, on_done=done)
+            except KafkaOperationError as err:
+                done()  # refused by the client itself: nothing is in flight
+                m.REPLY_ERRORS.labels("delivery").inc()
+                log.warning("answer to return address %s not sent: %s", topic, err)
 
     def _on_reply_failure(self, topic: str, err: KafkaError) -> None:
         m.REPLY_ERRORS.labels("delivery").inc()
