@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = "rendezvous"
 RESUME_AT = 0.8  # request intake resumes once the mailbox table is below this share of its maximum
+OUTBOX_MAX = 64  # replies held back for the end of a batch, at most (~100 µs of the join each)
 
 
 class Rendezvous:
@@ -311,12 +312,15 @@ class Rendezvous:
         self, topic: str, partition: int | None, key: bytes, value: bytes, done: Callable[[], None]
     ) -> None:
         self._outbox.append((topic, partition, key, value, done))
+        if len(self._outbox) >= OUTBOX_MAX:
+            self._send_replies()
 
     def _send_replies(self) -> None:
-        """Produce the replies of the batch back to back. The reply producer sends at once
-        (linger 0): one by one, between the join's work on the next records, each reply would
-        be a Kafka request of its own; handed over together, librdkafka sends what one partition
-        got in one request. A reply waits at most for the rest of its batch."""
+        """Produce the replies decided so far back to back. The reply producer sends at once
+        (linger 0), so replies handed over one by one, between the join's work on the next
+        records, wake its sender each time and often go one to a Kafka request; handed over
+        together they share requests. A reply waits for the rest of its batch, or for at most
+        OUTBOX_MAX - 1 more replies when a backlog makes batches long."""
         assert self._fast is not None
         outbox, self._outbox = self._outbox, []
         for topic, partition, key, value, done in outbox:
