@@ -170,7 +170,7 @@ class Rendezvous:
         excerpt = excerpt_limit(ctx.config, self.topics.deadletter)
         self._dead = DeadLetters(ctx.outputs, self.topics.deadletter, SERVICE, excerpt)
         rules = ReplyRules(self.topics, self.settings.reply_topics)
-        self._replies = ReplyRouter(self._send_reply, ctx.config, rules)
+        self._replies = ReplyRouter(self._queue_reply, ctx.config, rules)
         ctx.stack.callback(self._replies.close)
         self._replies.check_now(self.topics.replies)
         self.schedules.start(ctx)
@@ -308,7 +308,7 @@ class Rendezvous:
         assert self._replies is not None
         return self._replies
 
-    def _send_reply(
+    def _queue_reply(
         self, topic: str, partition: int | None, key: bytes, value: bytes, done: Callable[[], None]
     ) -> None:
         self._outbox.append((topic, partition, key, value, done))
@@ -321,6 +321,8 @@ class Rendezvous:
         records, wake its sender each time and often go one to a Kafka request; handed over
         together they share requests. A reply waits for the rest of its batch, or for at most
         OUTBOX_MAX - 1 more replies when a backlog makes batches long."""
+        if not self._outbox:
+            return  # the usual case on a turn without answers: nothing to swap
         assert self._fast is not None
         outbox, self._outbox = self._outbox, []
         for topic, partition, key, value, done in outbox:
