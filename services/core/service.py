@@ -36,6 +36,7 @@ from services.core.commits import AtLeastOnce, CommitLane, Committer, ExactlyOnc
 from services.core.errors import ConfigError, ConsumerFenced, KafkaOperationError
 from services.core.health import BrokerHealth
 from services.core.kafka import Consumer, Producer, wait_for_broker
+from services.core.runtime import tune_gc
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,7 @@ class StreamService:
             self._subscribe()
             log.info("%s reading %s (group %s, %s)", spec.name, ", ".join(spec.subscription), spec.group_id,
                      spec.processing)
+            tune_gc()  # after start-up: what it built is frozen out of the collector's sight
             self._loop(stop)
             self._drain()
 
