@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -103,31 +103,46 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+@dataclass(frozen=True)
+class Record:
+    is_request: bool
+    partition: int
+    key: bytes
+    value: bytes
+
+
+def records(count: int, partitions: int, reply_topic: str | None, budget_ms: int, created: int) -> Iterator[Record]:
+    """`count` encoded requests, each followed by its three scores, on partition i % partitions
+    (also what bench/join_ceiling.py feeds the join without Kafka)."""
+    rows = demo_rows(min(count, 5_000), seed=2)
+    values = np.random.default_rng(3).random((count, len(MODELS))).tolist()
+    requests, scores = codec("request"), codec("score")
+    for i in range(count):
+        partition = i % partitions
+        request = make_request(rows[i % len(rows)], budget_ms=budget_ms, reply_topic=reply_topic,
+                               reply_partition=partition if reply_topic else None, created_at=created)
+        key = request["request_id"].encode()
+        yield Record(True, partition, key, requests.encode(request))
+        for (model, version), value in zip(MODELS, values[i], strict=True):
+            score = {
+                "request_id": request["request_id"], "model": model, "version": version,
+                "instance": "bench", "score": value, "label": "benign" if value > 0.5 else "malignant",
+                "error": None, "deadline": request["deadline"], "received_at": created + 1,
+                "scored_at": created + 2, "compute_ms": 0.5,
+            }  # fmt: skip
+            yield Record(False, partition, key, scores.encode(score))
+
+
 def preload(bootstrap: str, topics: Topics, args: argparse.Namespace) -> float:
     """Write N requests and 3N scores; returns the seconds it took."""
     started = time.monotonic()
-    rows = demo_rows(min(args.requests, 5_000), seed=2)
-    values = np.random.default_rng(3).random((args.requests, len(MODELS))).tolist()
-    requests, scores = codec("request"), codec("score")
     producer = Producer({"bootstrap.servers": bootstrap})
-    created = now_ms()
+    reply = None if args.no_reply_to else topics.replies
     try:
-        for i in range(args.requests):
-            partition = i % args.partitions
-            reply = None if args.no_reply_to else topics.replies
-            request = make_request(rows[i % len(rows)], budget_ms=args.budget_ms, reply_topic=reply,
-                                   reply_partition=partition if reply else None, created_at=created)
-            key = request["request_id"].encode()
-            producer.produce(topics.requests, requests.encode(request), key=key, partition=partition)
-            for (model, version), value in zip(MODELS, values[i], strict=True):
-                score = {
-                    "request_id": request["request_id"], "model": model, "version": version,
-                    "instance": "bench", "score": value, "label": "benign" if value > 0.5 else "malignant",
-                    "error": None, "deadline": request["deadline"], "received_at": created + 1,
-                    "scored_at": created + 2, "compute_ms": 0.5,
-                }  # fmt: skip
-                producer.produce(topics.scores, scores.encode(score), key=key, partition=partition)
-            if i % 1000 == 0:
+        for i, record in enumerate(records(args.requests, args.partitions, reply, args.budget_ms, now_ms())):
+            topic = topics.requests if record.is_request else topics.scores
+            producer.produce(topic, record.value, key=record.key, partition=record.partition)
+            if i % 4000 == 0:
                 producer.poll(0)
         producer.flush()
     finally:
