@@ -31,6 +31,7 @@ from services.client.client import Client
 from services.core.errors import ConfigError
 from services.core.health import BrokerHealth, serve_http
 from services.core.kafka import admin
+from services.core.runtime import tune_gc
 from services.gateway import metrics as m
 from services.gateway.auth import ApiKeys
 from services.gateway.catalog import Catalog, ScheduleFollower
@@ -117,6 +118,7 @@ class GatewayService:
             metrics_server = serve_http(s.metrics_port, self.readiness, s.http_addr)
             if metrics_server is not None:
                 closing.callback(metrics_server.shutdown)
+            tune_gc()  # as the streaming services do once started (services/core/runtime.py)
             await self._serve(gateway, config, stop)
 
     async def _serve(self, gateway: Gateway, config: dict[str, Any], stop: threading.Event) -> None:
