@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterable
+from functools import cache
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ def now_ms() -> int:
 GC_YOUNG_THRESHOLD = 10_000
 
 
+@cache  # once per process: tests and benches start several services in one
 def tune_gc() -> None:
     """Collect less often, and never look at what start-up left, for a process that handles records.
 
@@ -40,11 +42,8 @@ def tune_gc() -> None:
     thread's CPU per request fell by about a tenth (docs/benchmarks.md, "The collector").
     What start-up built (modules, schemas, models) lives as long as the process: frozen, the
     collector no longer walks it. Reference counting still frees every acyclic object at once;
-    only cyclic garbage waits longer. Once per process (tests and benches start several services
-    in one): what later services leave is not frozen.
+    only cyclic garbage waits longer. What later services of the same process leave is not frozen.
     """
-    if gc.get_threshold()[0] == GC_YOUNG_THRESHOLD:
-        return
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
