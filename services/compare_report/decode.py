@@ -1,8 +1,9 @@
 """Decoding batches of Comparison values into columns, the fast way when possible.
 
 Three tiers, each the fallback of the one before:
-1. `vectordecode`: records with the current schema's header, decoded all at once with numpy
-   straight into columns (~5x less CPU than tier 2 in bench/compare_read.py: no dict per record);
+1. `shapedecode` (and `vectordecode` for records of shapes it has not learnt): records with the
+   current schema's header, decoded all at once with numpy straight into columns (~5x less CPU
+   than tier 2 in bench/compare_read.py: no dict per record);
 2. one fastavro call per batch: the bodies concatenated into the Avro encoding of an *array* of
    Comparison (one block: count, bodies, end marker), ~2x faster than a call per record; used
    when the schema has changed under the vectorized decoder, or it rejected the batch;
@@ -24,7 +25,7 @@ from services.compare_report.columns import Columns
 from services.core.avro_writer import long_bytes
 from services.core.codec import Codec, strip_logical_types
 from services.core.errors import BadInput
-from services.core.vectordecode import CurrentBatches
+from services.core.shapedecode import CurrentBatches
 
 log = logging.getLogger(__name__)
 

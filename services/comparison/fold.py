@@ -2,7 +2,7 @@
 
 Why: one record at a time, fastavro's decode of a Comparison record (a dict per record and per
 output) and the fold of that dict cost ≈ 60 µs per record, twelve times a bare consume. Here
-`services/core/vectordecode.py` turns the batch's bytes into columns and numpy folds the columns
+`services/core/shapedecode.py` turns the batch's bytes into columns and numpy folds the columns
 into the same counters, champion, references and window — the same state as
 `ComparisonService.observe` record by record (tests/unit/test_comparison_fold.py holds the two to
 it). Small batches (a live log at a few hundred records per second) stay on the record path:
@@ -101,8 +101,8 @@ def fold(
 def _outputs(
     batch: DecodedBatch, series_labels: Callable[[str, str], tuple[str, str]], names: Names
 ) -> tuple[Outputs, list[tuple[str, str]]]:
-    # The decoder walks the outputs arrays of all records in lockstep; a stable sort by record
-    # puts them back in record order.
+    # The decoders give outputs in record order or (the lockstep walk's) item by item across
+    # records; a stable sort by record puts them in record order either way.
     order = np.argsort(batch.row, kind="stable")
     width = max(1, len(batch.version.values))
     codes, first, series = np.unique(batch.model.ids[order] * width + batch.version.ids[order],

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from math import isfinite
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Message
 
@@ -37,7 +37,7 @@ from services.core.kafka import partition_counts
 from services.core.metrics import DECODE_ERRORS
 from services.core.runtime import now_ms
 from services.core.service import Context, SimpleHandler, StreamService, StreamSpec
-from services.core.vectordecode import CurrentBatches
+from services.core.shapedecode import CurrentBatches
 from services.stats.deadline import met_deadline
 
 log = logging.getLogger(__name__)
@@ -113,9 +113,11 @@ class ComparisonService(SimpleHandler):
             return
         latest_ok = now_ms() + int(self.settings.future_tolerance_s * 1000)
         rejected = 0
-        # Seals carry no comparison; only a null value can be one, so data records skip the check.
-        records = [msg for msg in messages if msg.value() is not None or not is_control_record(msg)]
-        tally = self._fold_at_once(records, latest_ok)
+        records, values = messages, list(map(Message.value, messages))
+        if None in values:  # seals carry no comparison; only a null value can be one
+            records = [msg for msg in messages if msg.value() is not None or not is_control_record(msg)]
+            values = [msg.value() for msg in records]
+        tally = self._fold_at_once(values, latest_ok)
         if tally is None:
             tally = m.Tally()
             rejected = self._fold_each(records, latest_ok, tally)
@@ -124,16 +126,13 @@ class ComparisonService(SimpleHandler):
         self.processed += len(records) - rejected
         self.positions.advance(messages)
 
-    def _fold_at_once(self, messages: list[Message], latest_ok: int) -> m.Tally | None:
+    def _fold_at_once(self, values: list[bytes | None], latest_ok: int) -> m.Tally | None:
         """A large batch of valid current-schema records, decoded and folded in at once (fold.py),
         and its counter increments; None (nothing done) for any other batch: the record path
         decodes, checks and rejects one by one."""
-        if len(messages) < fold.MIN_RECORDS or not self._batches.usable:
+        if len(values) < fold.MIN_RECORDS or not self._batches.usable or None in values:
             return None
-        bodies, others = self._batches.split([msg.value() for msg in messages])
-        if others:
-            return None
-        batch = self._batches.decode(bodies)
+        batch = self._batches.decode(cast(list[bytes], values))  # None if one has an older schema
         if batch is None or not fold.valid(batch, latest_ok):
             return None
         tally = m.Tally()
@@ -143,7 +142,7 @@ class ComparisonService(SimpleHandler):
         # A valid batch never fails here; if a bug makes one, the record path takes the batch and
         # nothing stops (the counters count it once; the window may hold what was folded before).
         except Exception:
-            log.exception("folding a batch of %d records at once failed; folding them one by one", len(messages))
+            log.exception("folding a batch of %d records at once failed; folding them one by one", len(values))
             return None
         return tally
 

@@ -19,16 +19,11 @@ here or handed over whole.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from services.core.codec import Codec
-
-log = logging.getLogger(__name__)
 
 # The Comparison schema as this decoder walks it (name, type); `STRING_MAX` bounds the strings it
 # gathers into fixed-width keys, longer ones fall back.
@@ -116,10 +111,9 @@ class _Cursor:
     """One read position per record in a concatenation of record bodies; checks every step."""
 
     def __init__(self, values: Sequence[bytes], skip: int):
-        # 8 bytes of padding let a string's last 8-byte word start anywhere in the data.
-        padded = np.frombuffer(b"".join((*values, bytes(8))), dtype=np.uint8)
+        padded = padded_buffer(values)
         self.buf = padded[:-8]
-        self._words = np.lib.stride_tricks.sliding_window_view(padded, 8)  # a view: nothing is copied
+        self._words = words_at(padded)
         lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
         self.end = np.cumsum(lengths)
         self.pos = self.end - lengths + skip
@@ -233,23 +227,40 @@ class _Cursor:
         if not parts:
             return Strings([], np.zeros(0, dtype=np.int64))
         present = np.concatenate([p for p, _, _ in parts])
-        start = np.concatenate([s for _, s, _ in parts])[present]
-        size = np.concatenate([n for _, _, n in parts])[present]
-        # Key = the length, then the bytes 8 at a time (zero past the end): equal keys mean equal
-        # strings, and the length keeps "a" apart from "a\0".
-        columns = [size.astype(np.uint64)]
-        for word in range(-(-int(size.max()) // 8) if len(size) else 0):
-            left = np.clip(size - 8 * word, 0, 8)
-            raw = self._words[np.minimum(start + 8 * word, len(self._words) - 1)]
-            columns.append(np.ascontiguousarray(raw).view("<u8").ravel() & _LOW_BYTES[left])
-        distinct, inverse = _distinct_rows(np.stack(columns, axis=1))
-        ids = np.full(len(present), -1, dtype=np.int64)
-        ids[present] = inverse
-        try:
-            values = [row[8:].tobytes()[: int(row[0])].decode("utf-8") for row in distinct]
-        except UnicodeDecodeError:
-            raise Rejected("a string that is not UTF-8") from None
-        return Strings(values, ids)
+        start = np.concatenate([s for _, s, _ in parts])
+        size = np.concatenate([n for _, _, n in parts])
+        return distinct_strings(self._words, present, start, size)
+
+
+def padded_buffer(values: Sequence[bytes]) -> np.ndarray:
+    """The values concatenated, with 8 bytes of padding: an 8-byte word may start at any byte."""
+    return np.frombuffer(b"".join((*values, bytes(8))), dtype=np.uint8)
+
+
+def words_at(padded: np.ndarray) -> np.ndarray:
+    """`words_at(padded)[p]`: the 8 bytes at byte p as a little-endian uint64 (unaligned, overlapping:
+    a view with a stride of one byte, nothing copied), so one gather reads a word at any position."""
+    return np.ndarray(shape=(len(padded) - 7,), dtype="<u8", buffer=padded, strides=(1,))
+
+
+def distinct_strings(words: np.ndarray, present: np.ndarray, start: np.ndarray, size: np.ndarray) -> Strings:
+    """Distinct strings among those at (start, size) where `present` (bytes read from `words`,
+    see `words_at`), and an id per occurrence (-1 = absent); `Rejected` if one is not UTF-8."""
+    start, size = start[present], size[present]
+    # Key = the length, then the bytes 8 at a time (zero past the end): equal keys mean equal
+    # strings, and the length keeps "a" apart from "a\0".
+    columns = [size.astype(np.uint64)]
+    for word in range(-(-int(size.max()) // 8) if len(size) else 0):
+        left = np.clip(size - 8 * word, 0, 8)
+        columns.append(words[np.minimum(start + 8 * word, len(words) - 1)] & _LOW_BYTES[left])
+    distinct, inverse = _distinct_rows(np.stack(columns, axis=1))
+    ids = np.full(len(present), -1, dtype=np.int64)
+    ids[present] = inverse
+    try:
+        values = [row[8:].tobytes()[: int(row[0])].decode("utf-8") for row in distinct]
+    except UnicodeDecodeError:
+        raise Rejected("a string that is not UTF-8") from None
+    return Strings(values, ids)
 
 
 def _distinct_rows(keys: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
@@ -302,40 +313,6 @@ def decode_bodies(values: Sequence[bytes], skip: int = 0) -> DecodedBatch:
         error=np.concatenate(outputs["error"]), latency_ms=np.concatenate(outputs["latency_ms"]),
         late=np.concatenate(outputs["late"]),
     )  # fmt: skip
-
-
-class CurrentBatches:
-    """This decoder for one codec's values: usable while the codec's schema still has `LAYOUT`,
-    for values that all carry the codec's current single-object header. The comparison service
-    and the report both choose between it and fastavro with it."""
-
-    def __init__(self, codec: Codec) -> None:
-        self.header = codec.header
-        self.usable = layout_matches(codec.schema)
-
-    def split(self, values: Sequence[bytes | None]) -> tuple[list[bytes], list[bytes | None]]:
-        """The values written with the current schema, and the others (an older writer schema,
-        which needs fastavro's resolution, or no value at all)."""
-        header = self.header
-        current: list[bytes] = []
-        others: list[bytes | None] = []
-        for value in values:
-            if value is not None and value.startswith(header):
-                current.append(value)
-            else:
-                others.append(value)
-        return current, others
-
-    def decode(self, values: Sequence[bytes]) -> DecodedBatch | None:
-        """The columns of `values` (each with the current header); None when this decoder cannot
-        take them all exactly (the schema changed, or `Rejected`): the caller's slower path does."""
-        if not self.usable:
-            return None
-        try:
-            return decode_bodies(values, skip=len(self.header))
-        except Rejected as why:
-            log.debug("vectorized decoding rejected a batch of %d (%s): fastavro takes it", len(values), why)
-            return None
 
 
 def _outputs(cur: _Cursor) -> dict[str, list[Any]]:

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from confluent_kafka import Message
 
 from services.comparison import fold
 from services.comparison import metrics as m
@@ -155,9 +154,8 @@ def test_only_large_valid_batches_are_folded_at_once_and_others_are_left_untouch
         values[7] = values[7][:-3]  # type: ignore[index]
     elif batch == "a null value":
         values[7] = None
-    messages = [Message(topic="rdv.log", partition=0, offset=i, value=v) for i, v in enumerate(values)]
     svc = service("", 10)
-    tally = svc._fold_at_once(messages, BASE_MS * 2)
+    tally = svc._fold_at_once(values, BASE_MS * 2)
     assert (tally is not None) == (batch == "valid")
     assert tally is None or tally.records == len(records)
     assert (svc.window.newest_ms > 0) == (batch == "valid")
@@ -166,11 +164,10 @@ def test_only_large_valid_batches_are_folded_at_once_and_others_are_left_untouch
 def test_a_failure_inside_the_batch_fold_leaves_the_batch_to_the_record_path(monkeypatch: pytest.MonkeyPatch) -> None:
     comparisons = codec("comparison")
     records = random_batches(12, batches=1, size=fold.MIN_RECORDS)[0]
-    messages = [Message(topic="rdv.log", partition=0, offset=i, value=comparisons.encode(r))
-                for i, r in enumerate(records)]
+    values: list[bytes | None] = [comparisons.encode(r) for r in records]
 
     def broken(*_args: Any) -> None:
         raise IndexError("a bug")
 
     monkeypatch.setattr(fold, "fold", broken)
-    assert service("", 10)._fold_at_once(messages, BASE_MS * 2) is None
+    assert service("", 10)._fold_at_once(values, BASE_MS * 2) is None
