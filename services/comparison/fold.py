@@ -164,10 +164,11 @@ def _met(batch: DecodedBatch, out: Outputs) -> np.ndarray:
 
 def _fill_references(out: Outputs, names: Names, references: References) -> None:
     """Each model's scores without error, in order, to its reference until it is frozen."""
-    usable = ~out.error & out.usable_score
-    for name in np.unique(out.name[usable]).tolist():
-        if names.values[name] not in references.frozen:
-            references.add_many(names.values[name], out.score[usable & (out.name == name)].tolist())
+    usable = None
+    for index, name in enumerate(names.values):
+        if name not in references.frozen:  # soon every one: then nothing here costs a pass over the batch
+            usable = ~out.error & out.usable_score if usable is None else usable
+            references.add_many(name, out.score[usable & (out.name == index)].tolist())
 
 
 def _fill_buckets(batch: DecodedBatch, keys: np.ndarray, live: np.ndarray, window: SlidingWindow) -> None:

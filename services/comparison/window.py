@@ -11,7 +11,7 @@ than the window's start are counted as stale and left out of the window. The win
 between (buckets - 1) and `buckets` bucket widths: the newest bucket is still filling up.
 
 Hot path: `add` touches each output once and only appends raw values to plain lists; the
-lists are folded into the sketches and paired sums in bulk (`compact`) after each batch and
+lists are folded into the sketches and paired sums in bulk (`compact`) every few batches and
 before a view is taken, which is several times cheaper than one sketch call per value.
 """
 
@@ -247,7 +247,7 @@ class SlidingWindow:
             del self._live[old]
 
     def compact(self) -> None:
-        """Fold raw values into sketches (bounds memory; call after each batch)."""
+        """Fold raw values into sketches (bounds memory; call every few batches)."""
         for bucket in self._live.values():
             if any(stats.new_latencies for stats in bucket.models.values()):
                 bucket.compact()
