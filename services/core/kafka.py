@@ -292,7 +292,7 @@ class Consumer:
         messages = [first]
         if max_messages > 1:
             messages.extend(self._consumer.consume(max_messages - 1, 0))
-        if not any(m.error() for m in messages):
+        if not any(map(Message.error, messages)):
             return messages
         return self._without_errors(messages)
 

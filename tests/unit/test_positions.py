@@ -1,0 +1,34 @@
+"""Commit positions of services that finish records within their batch (services/core/service.py)."""
+
+from __future__ import annotations
+
+import pytest
+from confluent_kafka import Message
+
+from services.core.service import Positions
+
+
+def reference(batches: list[list[Message]]) -> dict[tuple[str, int], int]:
+    """One past the last offset read of each partition, the plain way."""
+    found: dict[tuple[str, int], int] = {}
+    for batch in batches:
+        for msg in batch:
+            found[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
+    return found
+
+
+def batch(*runs: tuple[str, int, range]) -> list[Message]:
+    return [Message(topic=topic, partition=p, offset=o, value=b"") for topic, p, offsets in runs for o in offsets]
+
+
+@pytest.mark.parametrize("batches", [
+    [batch(("log", 0, range(0, 500)), ("log", 1, range(0, 500)), ("log", 0, range(500, 700)))],  # p0 twice
+    [batch(("log", 2, range(7, 8))), batch(("log", 2, range(8, 20)), ("log", 3, range(0, 4)))],
+    [batch(("a", 0, range(0, 3)), ("b", 0, range(0, 9)), ("a", 0, range(3, 4)))],  # two topics, one number
+    [[]],
+])  # fmt: skip
+def test_positions_are_one_past_the_last_record_of_each_partition(batches: list[list[Message]]) -> None:
+    positions = Positions()
+    for messages in batches:
+        positions.advance(messages)
+    assert {(tp.topic, tp.partition): tp.offset for tp in positions.finished()} == reference(batches)
