@@ -350,6 +350,14 @@ class _Catalogue:
                 self.at[index, :words], self.mask[index, :words] = shape.check_at[order], shape.check_mask[order]
                 self.value[index, :words] = shape.check_value[order]
         self.by_length = {length: np.array(found, dtype=np.int64) for length, found in by_length.items()}
+        # The shapes of one length mostly tell themselves apart by the same few offsets: each is
+        # read once per record, then each shape's first words are picked from those (cheaply).
+        self.first_at: dict[int, np.ndarray] = {}
+        self.first_of: dict[int, np.ndarray] = {}
+        for length, group_of in self.by_length.items():
+            offsets = self.at[group_of, : self.first[length]]
+            self.first_at[length], inverse = np.unique(offsets, return_inverse=True)
+            self.first_of[length] = inverse.reshape(offsets.shape)
 
     def match(self, words: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         kind = np.full(len(starts), -1, dtype=np.int64)
@@ -360,12 +368,14 @@ class _Catalogue:
             shapes = self.by_length.get(length)
             if shapes is not None:
                 rows = order[start:end]
-                kind[rows] = self._fit(words, starts[rows], shapes, self.first[length])
+                kind[rows] = self._fit(words, starts[rows], shapes, length)
         return kind
 
-    def _fit(self, words: np.ndarray, at: np.ndarray, shapes: np.ndarray, telling: int) -> np.ndarray:
+    def _fit(self, words: np.ndarray, at: np.ndarray, shapes: np.ndarray, length: int) -> np.ndarray:
+        telling = self.first[length]
         first = slice(0, telling)
-        found = words[at[:, None, None] + self.at[shapes, first]]  # records x shapes x first words
+        read = words[at[:, None] + self.first_at[length]]  # records x distinct offsets of first words
+        found = read[:, self.first_of[length]]  # records x shapes x first words
         agree = ((found & self.mask[shapes, first]) == self.value[shapes, first]).all(axis=2)
         kind = np.full(len(at), -1, dtype=np.int64)
         rows = np.flatnonzero(agree.any(axis=1))
