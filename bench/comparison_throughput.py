@@ -68,7 +68,7 @@ from services.core.settings import Topics
 MODELS = MODEL_VERSIONS
 TARGET_RECORDS_S = 30_000.0
 TARGET_RATIO = 0.5  # of a bare consume, wall-clock (issue 8)
-MAX_BATCH = 2000
+MAX_BATCH = ComparisonSettings().max_batch  # the bare consume takes batches as large as the service does
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -155,7 +155,7 @@ def bare_consume(bootstrap: str, topic: str, args: argparse.Namespace) -> Timing
 def run_service(bootstrap: str, prefix: str, args: argparse.Namespace) -> Timing:
     """(b): the comparison service in a thread until it has processed N records."""
     settings = ComparisonSettings(bootstrap=bootstrap, topic_prefix=prefix, start_from="earliest",
-                                  group=f"{prefix}comparison", max_batch=MAX_BATCH)
+                                  group=f"{prefix}comparison")  # its default batch size, as deployed
     settings.validate()
     service = ComparisonService(settings)
     def wait(condition: Callable[[], bool], what: str, since: float) -> None:

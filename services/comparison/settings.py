@@ -46,7 +46,9 @@ class ComparisonSettings(ServiceSettings):
         "A record created more than this far in the future (by this host's clock) is dead-lettered: "
         "it would move the window's end and expire everything else (s).",
     )
-    max_batch: int = setting(2000, "Most records handled per poll.")
+    max_batch: int = setting(
+        5000, "Most records handled per poll (a backlog is folded in batches this large: each batch has a fixed cost)."
+    )
     commit_interval_ms: int = setting(
         1000, "How often the positions after the handled records are committed (ms)."
     )
