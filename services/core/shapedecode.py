@@ -608,3 +608,7 @@ class CurrentBatches:
         except Rejected as why:
             log.debug("columnar decoding rejected a batch of %d (%s): fastavro takes it", len(values), why)
             return None
+        # A bug here must not stop a service: the caller's record-by-record path decodes the batch.
+        except Exception:
+            log.exception("columnar decoding failed on a batch of %d; fastavro takes it", len(values))
+            return None

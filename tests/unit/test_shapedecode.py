@@ -119,3 +119,16 @@ def test_a_walk_rejects_what_the_lockstep_walk_rejects() -> None:
             walk(value, HEADER)
         with pytest.raises(Rejected):
             decode_bodies([value], skip=len(HEADER))
+
+
+def test_a_bug_in_the_shapes_hands_the_batch_to_the_slower_path(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    batches = CurrentBatches(COMPARISONS)
+
+    def broken(_values: Any) -> None:
+        raise IndexError("a bug")
+
+    monkeypatch.setattr(batches.shapes, "decode", broken)
+    assert batches.decode([COMPARISONS.encode(synthetic(1)[0])]) is None
+    assert "columnar decoding failed" in caplog.text
