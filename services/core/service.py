@@ -380,6 +380,9 @@ class StreamService:
         self.commit_now()
 
 
+RUNS_FROM = 64  # records in a batch from which numpy finds the commit positions faster than a loop
+
+
 class Positions:
     """Commit positions of a service whose records are finished as soon as their batch returns
     (model workers, comparison, decoy): one past the last record read, per partition."""
@@ -392,7 +395,7 @@ class Positions:
         if not messages:
             return
         topics = list(map(Message.topic, messages))
-        if topics.count(topics[0]) != len(topics):
+        if len(messages) < RUNS_FROM or topics.count(topics[0]) != len(topics):
             for msg in messages:  # a partition's records arrive in offset order
                 self._next[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
             return

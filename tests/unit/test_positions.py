@@ -25,6 +25,7 @@ def batch(*runs: tuple[str, int, range]) -> list[Message]:
     [batch(("log", 0, range(0, 500)), ("log", 1, range(0, 500)), ("log", 0, range(500, 700)))],  # p0 twice
     [batch(("log", 2, range(7, 8))), batch(("log", 2, range(8, 20)), ("log", 3, range(0, 4)))],
     [batch(("a", 0, range(0, 3)), ("b", 0, range(0, 9)), ("a", 0, range(3, 4)))],  # two topics, one number
+    [batch(("a", 0, range(0, 100)), ("b", 0, range(0, 90)), ("a", 0, range(100, 110)))],  # the same, larger
     [[]],
 ])  # fmt: skip
 def test_positions_are_one_past_the_last_record_of_each_partition(batches: list[list[Message]]) -> None:
