@@ -9,16 +9,18 @@ there. Once one record of a shape has been walked (in plain Python, once), every
 that shape is recognised by comparing its structural bytes with the walked one's — a few 8-byte
 words per record, one gather — and each of its values is then one gather at a fixed offset.
 
-What makes two records the same shape (`Shape.fits`): the same body length and, byte for byte, the
-same string lengths, union branches, array block counts, model/version/chosen-model names, varint
+What makes two records the same shape (`Shape.fits`): the same length and, byte for byte, the same
+single-object header, string lengths, union branches, array block counts, model/version/chosen-model names, varint
 widths (their continuation bits) and boolean bytes that are 0 or 1. Every record that fits a shape
 is therefore valid exactly as the walked one was, field by field, so nothing is misread: the values
 left free (times, scores, latencies, status, labels) are read as columns and checked where Avro
 leaves room for a bad value (a status index out of range, a label that is not UTF-8).
 
-Shapes are remembered across batches (`Shapes`, most useful first); records of shapes not seen
-before are walked (a few per batch), and whatever is left is decoded by the lockstep walk and
-merged in, so a flood of distinct shapes costs no more than before.
+Shapes are remembered across batches (`Shapes`: the 64 used last) and matched all at once
+(`_Catalogue`: per record length, the few words that tell its shapes apart, then the rest of the
+one shape each record agreed with). Records of shapes not seen before are walked, at most 16 a
+batch, and whatever is left is decoded by the lockstep walk and merged in: a flood of distinct
+shapes costs the lockstep walk and those walks, never a wrong value.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from services.core.vectordecode import MAX_ITEMS, STRING_MAX, DecodedBatch, Reje
 
 log = logging.getLogger(__name__)
 
-FIRST_WORDS = 4  # words `Shape.fits` compares on every candidate; the rest only where these agree
+FIRST_WORDS = 4  # at most this many words tell a shape from the others of its length
 SHAPES_KEPT = 64  # shapes remembered between batches
 WALKS_PER_BATCH = 16  # records of new shapes walked per batch; the rest go to the lockstep walk
 _U64 = np.uint64
@@ -73,17 +75,11 @@ class Shape:
     items: tuple[ItemShape, ...]
 
     def fits(self, words: np.ndarray, starts: np.ndarray) -> np.ndarray:
-        """Which of the records at `starts` (each `length` bytes long) have this shape: the words
-        that tell shapes apart first, the rest only for the records that passed them."""
-        fit = self._agree(words, starts, slice(0, FIRST_WORDS))
-        passed = np.flatnonzero(fit)
-        fit[passed] = self._agree(words, starts[passed], slice(FIRST_WORDS, None))
+        """Which of the records at `starts` (each `length` bytes long) have this shape (one shape
+        at a time: for the records of a shape just learnt; `_Catalogue` matches the known ones)."""
+        found = words[starts[:, None] + self.check_at]
+        fit: np.ndarray = ((found & self.check_mask) == self.check_value).all(axis=1)
         return fit
-
-    def _agree(self, words: np.ndarray, starts: np.ndarray, which: slice) -> np.ndarray:
-        found = words[starts[:, None] + self.check_at[which]]
-        agree: np.ndarray = ((found & self.check_mask[which]) == self.check_value[which]).all(axis=1)
-        return agree
 
 
 class _Walk:
@@ -94,7 +90,6 @@ class _Walk:
         self.pos = 0
         self.mask = bytearray(len(body))
         self.expect = bytearray(len(body))
-        self.telling: set[int] = set()  # offsets of the bytes that usually tell one shape from another
 
     def _need(self, end: int) -> None:
         if end > len(self.body):
@@ -135,17 +130,13 @@ class _Walk:
         return start, width
 
     def index(self, branches: int) -> int:
-        self.telling.add(self.pos)
         value = self.exact_long()
         if not 0 <= value < branches:
             raise Rejected("a union or enum index out of range")
         return value
 
-    def string(self, content: bool = False, telling: bool = False) -> tuple[int, int]:
-        """(offset, length) of a string; its length is structural (and `telling`: it often
-        differs between records), its content too if `content`."""
-        if telling:
-            self.telling.add(self.pos)
+    def string(self, content: bool = False) -> tuple[int, int]:
+        """(offset, length) of a string; its length is structural, its content too if `content`."""
         size = self.exact_long()
         if size < 0:
             raise Rejected("a negative string length")
@@ -158,7 +149,7 @@ class _Walk:
 
     def key(self) -> tuple[int, int]:
         """A string the decoder gathers (a label): at most STRING_MAX bytes, as vectordecode."""
-        start, size = self.string(telling=True)
+        start, size = self.string()
         if size > STRING_MAX:
             raise Rejected("a string too long (or negative) for the fixed-width keys")
         return start, size
@@ -189,22 +180,18 @@ class _Walk:
         return start
 
     def checks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The structural bits as 8-byte words: (offsets, masks, values), the words with a telling
-        byte first, from the record's end (`Shape.fits` compares those first: the shapes of one
-        length differ in their outputs, and the outputs come last)."""
-        found: list[tuple[bool, int, int, int]] = []
+        """The structural bits as 8-byte words: (offsets, masks, values)."""
+        at: list[int] = []
         pos = 0
         while pos < len(self.mask):
-            if not self.mask[pos]:
+            if self.mask[pos]:
+                at.append(pos)
+                pos += 8
+            else:
                 pos += 1
-                continue
-            telling = any(at in self.telling for at in range(pos, pos + 8))
-            found.append((not telling, pos, int.from_bytes(self.mask[pos : pos + 8], "little"),
-                          int.from_bytes(self.expect[pos : pos + 8], "little")))  # fmt: skip
-            pos += 8
-        found.sort(key=lambda word: (word[0], -word[1]))  # telling ones first, the last items' first
-        return (np.array([f[1] for f in found], dtype=np.int64), np.array([f[2] for f in found], dtype=np.uint64),
-                np.array([f[3] for f in found], dtype=np.uint64))  # fmt: skip
+        masks = [int.from_bytes(self.mask[pos : pos + 8], "little") for pos in at]
+        values = [int.from_bytes(self.expect[pos : pos + 8], "little") for pos in at]
+        return np.array(at, dtype=np.int64), np.array(masks, dtype=np.uint64), np.array(values, dtype=np.uint64)
 
 
 def walk(value: bytes, header: bytes) -> Shape:
@@ -220,7 +207,7 @@ def walk(value: bytes, header: bytes) -> Shape:
     answered_at = w.long() if w.index(2) == 1 else None
     status = w.long()  # an enum index, read as a column and checked there
     chosen = w.name() if w.index(2) == 1 else None
-    w.string(telling=True)  # reason: one per answer status
+    w.string()  # reason
     w.string()  # schedule
     w.long()  # schedule_version
     items: list[ItemShape] = []
@@ -245,14 +232,14 @@ def _item(w: _Walk) -> ItemShape:
     label = w.key() if w.index(2) == 1 else None
     error = w.index(2) == 1
     if error:
-        w.string(telling=True)
+        w.string()
     latency = w.double()
     w.double()  # compute_ms
     return ItemShape(model, version, score, label, error, latency, w.boolean())
 
 
 class Shapes:
-    """The shapes seen so far and `decode`, which uses and extends them."""
+    """The shapes learnt so far and `decode`, which uses and extends them."""
 
     def __init__(self, header: bytes, kept: int = SHAPES_KEPT, walks: int = WALKS_PER_BATCH) -> None:
         self.header = header
