@@ -150,8 +150,9 @@ def _count(batch: DecodedBatch, out: Outputs, pairs: list[tuple[str, str]], met:
         if n:
             tally.answers[STATUSES[status]] += n
     kind = np.where(out.error, KINDS.index("error"), np.where(out.late, KINDS.index("late"), KINDS.index("ok")))
-    codes, counts = np.unique((out.series * len(KINDS) + kind) * 2 + met, return_counts=True)
-    for code, n in zip(codes.tolist(), counts.tolist(), strict=True):
+    counts = np.bincount((out.series * len(KINDS) + kind) * 2 + met)  # a few codes: counted, not sorted
+    codes = np.flatnonzero(counts)
+    for code, n in zip(codes.tolist(), counts[codes].tolist(), strict=True):
         series, rest = divmod(code, 2 * len(KINDS))
         key = (pairs[series], KINDS[rest // 2], bool(rest % 2))
         tally.outputs[key] = tally.outputs.get(key, 0) + n
@@ -172,7 +173,10 @@ def _fill_references(out: Outputs, names: Names, references: References) -> None
 
 
 def _fill_buckets(batch: DecodedBatch, keys: np.ndarray, live: np.ndarray, window: SlidingWindow) -> None:
-    for key in np.unique(keys[live]).tolist():
+    if not live.any():
+        return
+    low = int(keys[live].min())  # live keys lie within the window: a few buckets apart at most
+    for key in (np.flatnonzero(np.bincount(keys[live] - low)) + low).tolist():
         mine = live & (keys == key)
         bucket = window.bucket(key)
         bucket.records += int(mine.sum())
