@@ -101,9 +101,10 @@ def fold(
 def _outputs(
     batch: DecodedBatch, series_labels: Callable[[str, str], tuple[str, str]], names: Names
 ) -> tuple[Outputs, list[tuple[str, str]]]:
-    # The decoders give outputs in record order or (the lockstep walk's) item by item across
-    # records; a stable sort by record puts them in record order either way.
-    order = np.argsort(batch.row, kind="stable")
+    # The shape decoder gives outputs in record order; the lockstep walk item by item across
+    # records, which a stable sort by record puts in record order.
+    row = batch.row
+    order = slice(None) if len(row) < 2 or bool((row[1:] >= row[:-1]).all()) else np.argsort(row, kind="stable")
     width = max(1, len(batch.version.values))
     codes, first, series = np.unique(batch.model.ids[order] * width + batch.version.ids[order],
                                      return_index=True, return_inverse=True)  # fmt: skip

@@ -529,8 +529,8 @@ class _Columns:
             out[name].append(getattr(batch, name))
 
     def finish(self) -> DecodedBatch:
-        out = {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in self.outputs.items()}
-        label = out["label"].astype(np.int64)
+        out = {name: _joined(parts) for name, parts in self.outputs.items()}
+        label = out["label"].astype(np.int64, copy=False)
         if self._label_at:
             gathered = vectordecode.distinct_strings(
                 self.words, np.ones(sum(map(len, self._label_at)), dtype=bool),
@@ -538,13 +538,21 @@ class _Columns:
             label[label == -2] = self.labels.ids(gathered.values)[gathered.ids]
         return DecodedBatch(
             created_at=self.created_at, deadline=self.deadline, answered_at=self.answered_at,
-            status=self.status, chosen=self.models.finish(self.chosen), row=out["row"].astype(np.int64),
-            model=self.models.finish(out["model"].astype(np.int64)),
-            version=self.versions.finish(out["version"].astype(np.int64)),
-            score=out["score"].astype(np.float64), scored=out["scored"].astype(bool),
-            label=self.labels.finish(label), error=out["error"].astype(bool),
-            latency_ms=out["latency_ms"].astype(np.float64), late=out["late"].astype(bool),
+            status=self.status, chosen=self.models.finish(self.chosen),
+            row=out["row"].astype(np.int64, copy=False),
+            model=self.models.finish(out["model"].astype(np.int64, copy=False)),
+            version=self.versions.finish(out["version"].astype(np.int64, copy=False)),
+            score=out["score"].astype(np.float64, copy=False), scored=out["scored"].astype(bool, copy=False),
+            label=self.labels.finish(label), error=out["error"].astype(bool, copy=False),
+            latency_ms=out["latency_ms"].astype(np.float64, copy=False), late=out["late"].astype(bool, copy=False),
         )  # fmt: skip
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """The parts as one array (the only part itself: no copy)."""
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def _varints(words: np.ndarray, at: np.ndarray, width: int) -> np.ndarray:
