@@ -462,8 +462,9 @@ class _Columns:
         self.outputs: dict[str, list[np.ndarray]] = {key: [] for key in (
             "row", "model", "version", "score", "scored", "label", "error", "latency_ms", "late")}  # fmt: skip
         self.models, self.versions, self.labels = _Names(), _Names(), _Names()
-        self._label_at: list[np.ndarray] = []  # (start, size) of labels to gather, by output
+        self._label_at: list[np.ndarray] = []  # (start, size) of labels to gather, by output...
         self._label_size: list[np.ndarray] = []
+        self._label_group: list[np.ndarray] = []  # ...and the shape's output they are the label of
 
     def add_shapes(self, shapes: list[Shape], rows: np.ndarray, kind: np.ndarray, starts: np.ndarray) -> None:
         """The records at `rows` (ascending), each of `shapes[kind]`, read at their shape's offsets:
@@ -501,6 +502,7 @@ class _Columns:
         out["label"].append(label)
         self._label_at.append(out_at[labelled] + table.label[item[labelled]])
         self._label_size.append(table.label_size[item[labelled]])
+        self._label_group.append(item[labelled])
 
     def _longs(self, at: np.ndarray, where: tuple[np.ndarray, np.ndarray], kind: np.ndarray) -> np.ndarray:
         """A varint field of each record (offset and width by shape; one call per width)."""
@@ -532,10 +534,8 @@ class _Columns:
         out = {name: _joined(parts) for name, parts in self.outputs.items()}
         label = out["label"].astype(np.int64, copy=False)
         if self._label_at:
-            gathered = vectordecode.distinct_strings(
-                self.words, np.ones(sum(map(len, self._label_at)), dtype=bool),
-                np.concatenate(self._label_at), np.concatenate(self._label_size))  # fmt: skip
-            label[label == -2] = self.labels.ids(gathered.values)[gathered.ids]
+            label[label == -2] = self._label_ids(
+                np.concatenate(self._label_at), np.concatenate(self._label_size), np.concatenate(self._label_group))
         return DecodedBatch(
             created_at=self.created_at, deadline=self.deadline, answered_at=self.answered_at,
             status=self.status, chosen=self.models.finish(self.chosen),
@@ -546,6 +546,26 @@ class _Columns:
             label=self.labels.finish(label), error=out["error"].astype(bool, copy=False),
             latency_ms=out["latency_ms"].astype(np.float64, copy=False), late=out["late"].astype(bool, copy=False),
         )  # fmt: skip
+
+
+    def _label_ids(self, start: np.ndarray, size: np.ndarray, group: np.ndarray) -> np.ndarray:
+        """Label ids of the labels at (start, size). The labels of one output of one shape are
+        mostly one value (a shape fixes the label's length), so each is compared with one of its
+        group's; only those that differ are told apart by sorting (`distinct_strings`)."""
+        keys = vectordecode.string_keys(self.words, start, size)
+        one_of = np.zeros(int(group.max()) + 1, dtype=np.int64)
+        one_of[group] = np.arange(len(group))  # any label of each group will do
+        same = (keys == keys[one_of[group]]).all(axis=1)
+        of_group = np.full(len(one_of), -1, dtype=np.int64)
+        for found in np.flatnonzero(np.bincount(group)).tolist():
+            of_group[found] = self.labels.id(vectordecode.key_text(keys[one_of[found]]))
+        ids = of_group[group]
+        if not same.all():
+            other = ~same
+            rest = vectordecode.distinct_strings(self.words, np.ones(int(other.sum()), dtype=bool),
+                                                 start[other], size[other])  # fmt: skip
+            ids[other] = self.labels.ids(rest.values)[rest.ids]
+        return ids
 
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:

@@ -246,14 +246,7 @@ def words_at(padded: np.ndarray) -> np.ndarray:
 def distinct_strings(words: np.ndarray, present: np.ndarray, start: np.ndarray, size: np.ndarray) -> Strings:
     """Distinct strings among those at (start, size) where `present` (bytes read from `words`,
     see `words_at`), and an id per occurrence (-1 = absent); `Rejected` if one is not UTF-8."""
-    start, size = start[present], size[present]
-    # Key = the length, then the bytes 8 at a time (zero past the end): equal keys mean equal
-    # strings, and the length keeps "a" apart from "a\0".
-    columns = [size.astype(np.uint64)]
-    for word in range(-(-int(size.max()) // 8) if len(size) else 0):
-        left = np.clip(size - 8 * word, 0, 8)
-        columns.append(words[np.minimum(start + 8 * word, len(words) - 1)] & _LOW_BYTES[left])
-    distinct, inverse = _distinct_rows(np.stack(columns, axis=1))
+    distinct, inverse = _distinct_rows(string_keys(words, start[present], size[present]))
     ids = np.full(len(present), -1, dtype=np.int64)
     ids[present] = inverse
     try:
@@ -261,6 +254,25 @@ def distinct_strings(words: np.ndarray, present: np.ndarray, start: np.ndarray, 
     except UnicodeDecodeError:
         raise Rejected("a string that is not UTF-8") from None
     return Strings(values, ids)
+
+
+def string_keys(words: np.ndarray, start: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """A key per string at (start, size): its length, then its bytes 8 at a time (zero past the
+    end). Equal keys mean equal strings; the length keeps "a" apart from "a\0"."""
+    columns = [size.astype(np.uint64)]
+    for word in range(-(-int(size.max()) // 8) if len(size) else 0):
+        left = np.clip(size - 8 * word, 0, 8)
+        columns.append(words[np.minimum(start + 8 * word, len(words) - 1)] & _LOW_BYTES[left])
+    return np.stack(columns, axis=1)
+
+
+def key_text(key: np.ndarray) -> str:
+    """The string of one `string_keys` row; `Rejected` if it is not UTF-8."""
+    raw = np.ascontiguousarray(key, dtype="<u8").view(np.uint8)
+    try:
+        return raw[8:].tobytes()[: int(key[0])].decode("utf-8")
+    except UnicodeDecodeError:
+        raise Rejected("a string that is not UTF-8") from None
 
 
 def _distinct_rows(keys: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:

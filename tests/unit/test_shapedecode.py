@@ -61,6 +61,18 @@ def test_batches_decode_as_the_lockstep_walk_does(kept: int, walks: int) -> None
     assert len(shapes._known) <= kept
 
 
+def test_labels_of_one_length_told_apart_within_a_shape() -> None:
+    """A shape fixes a label's length, not its text: "ab" and "cd" share shapes."""
+    rng = np.random.default_rng(4)
+    records = [{**r, "outputs": [{**o, "label": None if o["label"] is None else ("ab", "cd")[int(rng.integers(2))]}
+                                 for o in r["outputs"]]} for r in synthetic(300, seed=9)]  # fmt: skip
+    shapes = Shapes(HEADER)
+    for values in batches_of(records, 100):
+        got = shapes.decode(values)
+        assert_same(got, decode_bodies(values, skip=len(HEADER)))
+        assert set(got.label.values) == {"ab", "cd"}
+
+
 def test_arrays_in_several_blocks_and_records_without_outputs() -> None:
     records = synthetic(40, seed=5)
     values = [two_block_value(r) for r in records] + [COMPARISONS.encode({**records[0], "outputs": []})]
@@ -83,7 +95,8 @@ def damaged(value: bytes, at: int, byte: int) -> bytes:
     return value[:at] + bytes([byte]) + value[at + 1 :]
 
 
-@pytest.mark.parametrize("damage", ["late is 2", "status 4", "truncated", "one byte more", "name byte"])
+@pytest.mark.parametrize("damage", ["late is 2", "status 4", "truncated", "one byte more", "label not UTF-8",
+                                    "name byte"])
 def test_a_damaged_record_never_fits_a_learnt_shape(damage: str) -> None:
     """The shape of `good` is learnt first; the damaged copy must then be walked (and rejected, or
     read as what it is), never read at the good one's offsets."""
@@ -99,6 +112,10 @@ def test_a_damaged_record_never_fits_a_learnt_shape(damage: str) -> None:
         bad = good[:-1]
     elif damage == "one byte more":
         bad = good + b"\x00"
+    elif damage == "label not UTF-8":
+        label = next(item.label for item in shape.items if item.label is not None)
+        assert label is not None
+        bad = damaged(good, label[0], 0xFF)
     else:  # the same length, another (chosen) model name: a valid record of another shape
         bad = damaged(good, good.index(b"champion"), ord("k"))
         got = shapes.decode([good, bad])
