@@ -36,7 +36,11 @@ class Sender:
         self.topic, self.budget_ms, self.garbage_every = topic, budget_ms, garbage_every
         self.ids: list[str] = []
         self.garbage = 0
-        self._producer = Producer(config)
+        # After a broker restart librdkafka once left this producer's partitions without a leader
+        # (log: "new leader-1 not found in cache"); only its periodic metadata refresh, every 5
+        # minutes by default, would have found them again. This client stands in for an outside
+        # one; what the tests judge is the services, so it looks again every 5 s.
+        self._producer = Producer({**config, "topic.metadata.refresh.interval.ms": 5000})
         self._requests = codec("request")
         self._rows = demo_rows(500, seed=21)
         self._pace = PacedSender(self._send, total, rate, self._flush)
