@@ -392,10 +392,8 @@ class Positions:
         self._committed: dict[tuple[str, int], int] = {}
 
     def advance(self, messages: list[Message]) -> None:
-        if not messages:
-            return
-        topics = list(map(Message.topic, messages))
-        if len(messages) < RUNS_FROM or topics.count(topics[0]) != len(topics):
+        topics = list(map(Message.topic, messages)) if len(messages) >= RUNS_FROM else []
+        if not topics or topics.count(topics[0]) != len(topics):
             for msg in messages:  # a partition's records arrive in offset order
                 self._next[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
             return

@@ -147,18 +147,17 @@ class _Walk:
         self.pos = start + size
         return start, size
 
-    def key(self) -> tuple[int, int]:
-        """A string the decoder gathers (a label): at most STRING_MAX bytes, as vectordecode."""
-        start, size = self.string()
+    def key(self, content: bool = False) -> tuple[int, int]:
+        """A string the decoder keeps (a label; a name if `content`): at most STRING_MAX bytes,
+        as vectordecode."""
+        start, size = self.string(content)
         if size > STRING_MAX:
             raise Rejected("a string too long (or negative) for the fixed-width keys")
         return start, size
 
     def name(self) -> str:
         """A model, version or chosen-model name: its bytes are structural."""
-        start, size = self.string(content=True)
-        if size > STRING_MAX:
-            raise Rejected("a string too long (or negative) for the fixed-width keys")
+        start, size = self.key(content=True)
         try:
             return self.body[start : start + size].decode("utf-8")
         except UnicodeDecodeError:
@@ -259,9 +258,12 @@ class Shapes:
         starts = np.cumsum(lengths) - lengths
         kind = self._match(values, words, starts, lengths)
         matched = np.flatnonzero(kind >= 0)
-        used, local = np.unique(kind[matched], return_inverse=True)
+        # The shapes this batch used, numbered from 0 (a few dozen at most: counted, not sorted).
+        used = np.flatnonzero(np.bincount(kind[matched], minlength=len(self._known)))
+        local = np.zeros(len(self._known), dtype=np.int64)
+        local[used] = np.arange(len(used))
         columns = _Columns(len(values), words)
-        columns.add_shapes([self._known[i] for i in used.tolist()], matched, local.ravel(), starts)
+        columns.add_shapes([self._known[i] for i in used.tolist()], matched, local[kind[matched]], starts)
         left = np.flatnonzero(kind < 0)
         if len(left):
             rest = [values[i] for i in left.tolist()]
