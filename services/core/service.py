@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -143,6 +143,7 @@ class StreamService:
         self._fenced_at: float | None = None  # when the consumer was last fenced (_rejoin)
         # What we own, as the callbacks said: a fenced consumer forgets its assignment at once.
         self._owned: dict[tuple[str, int], TopicPartition] = {}
+        self._releases = 0  # partitions released so far (revoked or lost): tells a rebalance happened
 
     # -- readiness -------------------------------------------------------------------------
 
@@ -213,11 +214,18 @@ class StreamService:
         stopped = stop.is_set if isinstance(stop, threading.Event) else stop
         while not stopped():
             timeout = max(0.0, min(spec.max_wait_s, handler.next_wakeup()))
+            releases = self._releases
             try:
                 messages = ctx.consumer.consume(spec.max_batch, timeout)
             except ConsumerFenced as err:
                 self._rejoin(err)
                 continue
+            if self._releases != releases:
+                # A rebalance ran inside the call (its callbacks do) after some of these records
+                # were taken: those of released partitions belong to the next owner, which reads
+                # them from the position committed at the revoke. Handled here too, they would be
+                # done twice (a model scoring a request twice across a rescaling, say).
+                messages = still_owned(messages, self._owned)
             if messages:
                 self.health.mark_up()
             handler.on_batch(messages)
@@ -343,6 +351,7 @@ class StreamService:
         self.handler.on_released(partitions, lost=True)
 
     def _disown(self, partitions: list[TopicPartition]) -> None:
+        self._releases += 1
         for tp in partitions:
             self._owned.pop((tp.topic, tp.partition), None)
 
@@ -378,6 +387,11 @@ class StreamService:
                      self.spec.drain_timeout_s)
             self._loop(lambda: not self.handler.in_flight() or self._give_up())
         self.commit_now()
+
+
+def still_owned(messages: list[Message], owned: Mapping[tuple[str, int], Any]) -> list[Message]:
+    """The records of `messages` whose partition is in `owned` ((topic, partition) keys)."""
+    return [msg for msg in messages if (msg.topic() or "", msg.partition() or 0) in owned]
 
 
 RUNS_FROM = 64  # records in a batch from which numpy finds the commit positions faster than a loop

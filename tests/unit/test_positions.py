@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import Message
 
-from services.core.service import Positions
+from services.core.service import Positions, still_owned
 
 
 def reference(batches: list[list[Message]]) -> dict[tuple[str, int], int]:
@@ -33,3 +33,9 @@ def test_positions_are_one_past_the_last_record_of_each_partition(batches: list[
     for messages in batches:
         positions.advance(messages)
     assert {(tp.topic, tp.partition): tp.offset for tp in positions.finished()} == reference(batches)
+
+
+def test_records_of_partitions_released_during_a_poll_are_left_to_their_next_owner() -> None:
+    messages = batch(("log", 0, range(0, 3)), ("log", 1, range(0, 2)), ("other", 0, range(5, 6)))
+    kept = still_owned(messages, {("log", 1): None, ("other", 0): None})
+    assert [(m.topic(), m.partition(), m.offset()) for m in kept] == [("log", 1, 0), ("log", 1, 1), ("other", 0, 5)]
