@@ -1,9 +1,9 @@
 """Decoding batches of Comparison values into columns, the fast way when possible.
 
 Three tiers, each the fallback of the one before:
-1. `shapedecode` (and `vectordecode` for records of shapes it has not learnt): records with the
-   current schema's header, decoded all at once with numpy straight into columns (~5x less CPU
-   than tier 2 in bench/compare_read.py: no dict per record);
+1. `compiled_decode`: records with the current schema's header, decoded by a compiled loop
+   straight into columns (several times less CPU than tier 2 in bench/compare_read.py: no dict
+   per record);
 2. one fastavro call per batch: the bodies concatenated into the Avro encoding of an *array* of
    Comparison (one block: count, bodies, end marker), ~2x faster than a call per record; used
    when the schema has changed under the vectorized decoder, or it rejected the batch;
@@ -24,8 +24,8 @@ from fastavro import parse_schema, schemaless_reader
 from services.compare_report.columns import Columns
 from services.core.avro_writer import long_bytes
 from services.core.codec import Codec, strip_logical_types
+from services.core.compiled_decode import CurrentBatches, warm_up
 from services.core.errors import BadInput
-from services.core.shapedecode import CurrentBatches
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,9 @@ class BatchDecoder:
             {"type": "array", "items": strip_logical_types(codec.schema)}, _write_hint=False
         )
         self._batches = CurrentBatches(codec)
-        if not self._batches.usable:
+        if self._batches.usable:
+            warm_up()
+        else:
             log.warning("%s schema changed: the report decodes with fastavro (slower)", codec.name)
         self.skipped = 0
 

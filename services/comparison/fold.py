@@ -2,7 +2,7 @@
 
 Why: one record at a time, fastavro's decode of a Comparison record (a dict per record and per
 output) and the fold of that dict cost ≈ 60 µs per record, twelve times a bare consume. Here
-`services/core/shapedecode.py` turns the batch's bytes into columns and numpy folds the columns
+`services/core/compiled_decode.py` turns the batch's bytes into columns and numpy folds the columns
 into the same counters, champion, references and window — the same state as
 `ComparisonService.observe` record by record (tests/unit/test_comparison_fold.py holds the two to
 it). Small batches (a live log at a few hundred records per second) stay on the record path:
@@ -101,8 +101,8 @@ def fold(
 def _outputs(
     batch: DecodedBatch, series_labels: Callable[[str, str], tuple[str, str]], names: Names
 ) -> tuple[Outputs, list[tuple[str, str]]]:
-    # The shape decoder gives outputs in record order; the lockstep walk item by item across
-    # records, which a stable sort by record puts in record order.
+    # The compiled decoder gives outputs in record order; the lockstep walk (vectordecode) item
+    # by item across records, which a stable sort by record puts in record order.
     row = batch.row
     order = slice(None) if len(row) < 2 or bool((row[1:] >= row[:-1]).all()) else np.argsort(row, kind="stable")
     width = max(1, len(batch.version.values))

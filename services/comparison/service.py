@@ -30,6 +30,7 @@ from services.comparison import metrics as m
 from services.comparison.settings import ComparisonSettings
 from services.comparison.window import ChampionTracker, References, SlidingWindow
 from services.core.codec import codec
+from services.core.compiled_decode import CurrentBatches, warm_up
 from services.core.control_records import is_control_record
 from services.core.deadletter import DeadLetters
 from services.core.errors import BadInput, DecodeFailed, UnexpectedFailure
@@ -37,7 +38,6 @@ from services.core.kafka import partition_counts
 from services.core.metrics import DECODE_ERRORS
 from services.core.runtime import now_ms
 from services.core.service import Context, SimpleHandler, StreamService, StreamSpec
-from services.core.shapedecode import CurrentBatches
 from services.stats.deadline import met_deadline
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,8 @@ class ComparisonService(SimpleHandler):
     def run(self, stop: threading.Event) -> None:
         partition_counts(self.settings.librdkafka(), [self.topics.log, self.topics.deadletter],
                          timeout=self.settings.connect_timeout_s)
+        if self._batches.usable:
+            warm_up()  # the decoder's compiled loop, loaded (or compiled) before the first batch
         log.info("comparison reading %s (window %gs in %d buckets)", self.topics.log,
                  self.settings.window_s, self.settings.buckets)
         self.service.run(stop)

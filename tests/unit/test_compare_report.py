@@ -431,7 +431,7 @@ def test_vectorized_decoding_rejects_what_it_cannot_read_exactly(
 def test_current_batches_take_current_values_and_hand_back_what_they_cannot_read(
     records: list[dict[str, Any]],
 ) -> None:
-    from services.core.shapedecode import CurrentBatches
+    from services.core.compiled_decode import CurrentBatches
 
     comparisons = codec("comparison")
     batches = CurrentBatches(comparisons)

@@ -1,0 +1,406 @@
+"""Comparison records decoded into columns by a compiled loop (numba): one plain Avro walk per record.
+
+Why: the comparison service and `rendezvous compare` read every record of the log. With numpy
+alone a batch is decoded by shape (shapedecode.py: ~1 µs a record, most of it numpy's cost per
+call, however few the records), with fastavro a record costs ~17 µs. Compiled, the same walk a
+reader of the Avro specification would write — a varint, a string length, a union index at a
+time — costs about a tenth of a microsecond a record, and is the easiest of the three to read.
+
+It walks one layout, `vectordecode.LAYOUT` (the current `schemas/comparison.avsc`), and checks
+every step as fastavro would: the single-object header, varints of at most 10 bytes, lengths
+inside the record, union and enum indexes in range, booleans 0/1, an array block of at most
+`MAX_ITEMS` items, the last field ending exactly at the record's end. The strings the readers need
+(model, version, label, chosen model) are interned as they are met (a small hash table per kind
+of string, in the loop), so only the distinct ones become `str` (and are checked to be UTF-8);
+the others (request id, reason, schedule, error text) are skipped. Any failure raises `Rejected`
+naming the record and why: the caller's fastavro path takes the batch and dead-letters the bad
+record. The columns are those of `vectordecode.DecodedBatch`, exactly as the other decoders make
+them (tests/unit/test_compiled_decode.py).
+
+The loop is compiled at first use and cached on disk next to this file (numba's cache, a few
+hundred milliseconds to load; about two seconds to compile where there is no cache yet): services
+call `warm_up()` when they start, so that no batch waits for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+from numba.core import config as numba_config
+
+from services.core.codec import Codec
+from services.core.vectordecode import MAX_ITEMS, DecodedBatch, Rejected, Strings, layout_matches
+
+log = logging.getLogger(__name__)
+
+# numba keeps compiled code in __pycache__ next to this file and, where it cannot write there (a
+# package installed by root, run as another user: deploy/Dockerfile) nor in a home directory,
+# refuses to import the module at all. A directory of our own under the temp directory then.
+if not numba_config.CACHE_DIR and not os.access(Path(__file__).parent, os.W_OK):  # type: ignore[attr-defined]
+    numba_config.CACHE_DIR = str(Path(tempfile.gettempdir()) / f"rendezvous-numba-{os.getuid()}")  # type: ignore[attr-defined]
+
+# Fewest bytes a ModelOutput can take (two empty strings, three null unions, two doubles, a
+# boolean): the output columns are sized for the most outputs a batch's bytes can hold.
+MIN_OUTPUT_BYTES = 22
+STRINGS_KEPT = 4096  # distinct strings of one kind in one batch; more (not a real log) fall back
+_SLOTS = 2 * STRINGS_KEPT  # open addressing, at most half full
+_NULL_DOUBLE = np.uint64(0x7FF8000000000000)  # a quiet NaN: the score column's null
+
+# Why a batch was refused, by the code the loop returns.
+REASONS = (
+    "",
+    "a value without the current schema's header",
+    "a field runs past the end of its record",
+    "a varint longer than 10 bytes",
+    "a union or enum index out of range",
+    "a negative length",
+    "a boolean that is neither 0 nor 1",
+    "bytes left after the last field",
+    f"an array block of more than {MAX_ITEMS} items",
+    "more than {kept} distinct strings of one kind",
+)
+(_, _HEADER, _PAST_END, _LONG_VARINT, _BAD_INDEX, _NEGATIVE, _BAD_BOOLEAN, _TRAILING, _BIG_BLOCK,
+ _TOO_MANY_STRINGS) = range(len(REASONS))  # fmt: skip
+
+_FNV_OFFSET = np.uint64(14695981039346656037)
+_FNV_PRIME = np.uint64(1099511628211)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _varint(buf: np.ndarray, pos: int, end: int) -> tuple[int, int]:
+    """(value, position after it) of the zig-zag varint at `pos`; position -1 past the end,
+    -2 longer than 10 bytes."""
+    raw = np.uint64(0)
+    for k in range(10):
+        if pos >= end:
+            return 0, -1
+        byte = buf[pos]
+        pos += 1
+        raw |= np.uint64(byte & 0x7F) << np.uint64(7 * k)
+        if byte < 0x80:
+            # Zig-zag on the unsigned value (a logical shift), then the bits read as signed.
+            return int(np.int64((raw >> np.uint64(1)) ^ (np.uint64(0) - (raw & np.uint64(1))))), pos
+    return 0, -2
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _bits(buf: np.ndarray, pos: int) -> np.uint64:
+    """The 8 bytes at `pos` as a little-endian uint64 (a double's bits)."""
+    value = np.uint64(0)
+    for k in range(8):
+        value |= np.uint64(buf[pos + k]) << np.uint64(8 * k)
+    return value
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _intern(buf: np.ndarray, start: int, size: int, kind: int, slots: np.ndarray, table: np.ndarray,
+            counts: np.ndarray) -> int:
+    """The id of the string at (start, size) among those of its `kind` met so far (a new id when
+    it is new); -1 when the kind already holds STRINGS_KEPT. `table[kind, i]` is (start, size) of
+    id i. (Whole arrays indexed by kind, not views of them: a view costs a reference count.)"""
+    h = _FNV_OFFSET
+    for i in range(start, start + size):
+        h = (h ^ np.uint64(buf[i])) * _FNV_PRIME
+    mask = slots.shape[1] - 1
+    slot = np.int64(h & np.uint64(mask))
+    while True:
+        found = slots[kind, slot]
+        if found < 0:
+            found = counts[kind]
+            if found >= table.shape[1]:
+                return -1
+            counts[kind] = found + 1
+            slots[kind, slot] = found
+            table[kind, found, 0] = start
+            table[kind, found, 1] = size
+            return found
+        if table[kind, found, 1] == size:
+            other = table[kind, found, 0]
+            same = True
+            for i in range(size):
+                if buf[start + i] != buf[other + i]:
+                    same = False
+                    break
+            if same:
+                return found
+        slot = (slot + 1) & mask
+
+
+@njit(cache=True, nogil=True)
+def _walk(buf, header, starts, ends, records, outputs, slots, tables, counts):  # type: ignore[no-untyped-def]
+    """Decode every record of the batch into `records` (created_at, deadline, answered_at,
+    status, chosen) and `outputs` (row, model, version, score bits, scored, label, error,
+    latency bits, late); returns (outputs written, 0, 0) or (-1, reason code, record index)."""
+    n_out = 0
+    for r in range(len(starts)):
+        pos, end = starts[r], ends[r]
+        if end - pos < len(header):
+            return -1, _HEADER, r
+        for k in range(len(header)):
+            if buf[pos + k] != header[k]:
+                return -1, _HEADER, r
+        pos += len(header)
+        # request_id: skipped
+        size, pos = _varint(buf, pos, end)
+        if pos < 0:
+            return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+        if size < 0:
+            return -1, _NEGATIVE, r
+        pos += size
+        if pos > end:
+            return -1, _PAST_END, r
+        # created_at, deadline
+        for column in range(2):
+            value, pos = _varint(buf, pos, end)
+            if pos < 0:
+                return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+            records[column, r] = value
+        # answered_at: [null, long]
+        branch, pos = _varint(buf, pos, end)
+        if pos < 0:
+            return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+        if branch == 1:
+            value, pos = _varint(buf, pos, end)
+            if pos < 0:
+                return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+            records[2, r] = value
+        elif branch == 0:
+            records[2, r] = -1
+        else:
+            return -1, _BAD_INDEX, r
+        # status: an enum of 4
+        value, pos = _varint(buf, pos, end)
+        if pos < 0:
+            return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+        if value < 0 or value > 3:
+            return -1, _BAD_INDEX, r
+        records[3, r] = value
+        # chosen_model: [null, string], interned with the model names
+        branch, pos = _varint(buf, pos, end)
+        if pos < 0:
+            return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+        records[4, r] = -1
+        if branch == 1:
+            size, pos = _varint(buf, pos, end)
+            if pos < 0:
+                return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+            if size < 0:
+                return -1, _NEGATIVE, r
+            if pos + size > end:
+                return -1, _PAST_END, r
+            found = _intern(buf, pos, size, 0, slots, tables, counts)
+            if found < 0:
+                return -1, _TOO_MANY_STRINGS, r
+            records[4, r] = found
+            pos += size
+        elif branch != 0:
+            return -1, _BAD_INDEX, r
+        # reason, schedule: skipped; schedule_version: read past
+        for _skipped in range(2):
+            size, pos = _varint(buf, pos, end)
+            if pos < 0:
+                return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+            if size < 0:
+                return -1, _NEGATIVE, r
+            pos += size
+            if pos > end:
+                return -1, _PAST_END, r
+        value, pos = _varint(buf, pos, end)
+        if pos < 0:
+            return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+        # outputs: array blocks of ModelOutput until a block of 0 items
+        while True:
+            items, pos = _varint(buf, pos, end)
+            if pos < 0:
+                return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+            if items == 0:
+                break
+            if items < 0:  # a negative count is followed by the block's size in bytes
+                items = -items
+                value, pos = _varint(buf, pos, end)
+                if pos < 0:
+                    return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+                if value < 0:
+                    return -1, _NEGATIVE, r
+            if items > MAX_ITEMS:
+                return -1, _BIG_BLOCK, r
+            for _item in range(items):
+                if n_out >= outputs.shape[1]:
+                    return -1, _PAST_END, r  # more outputs than the bytes can hold: cannot be valid
+                outputs[0, n_out] = r
+                # model, version: strings, interned by kind
+                for kind in range(2):
+                    size, pos = _varint(buf, pos, end)
+                    if pos < 0:
+                        return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+                    if size < 0:
+                        return -1, _NEGATIVE, r
+                    if pos + size > end:
+                        return -1, _PAST_END, r
+                    found = _intern(buf, pos, size, kind, slots, tables, counts)
+                    if found < 0:
+                        return -1, _TOO_MANY_STRINGS, r
+                    outputs[1 + kind, n_out] = found
+                    pos += size
+                # score: [null, double]
+                branch, pos = _varint(buf, pos, end)
+                if pos < 0:
+                    return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+                if branch == 1:
+                    if pos + 8 > end:
+                        return -1, _PAST_END, r
+                    outputs[3, n_out] = np.int64(_bits(buf, pos))
+                    outputs[4, n_out] = 1
+                    pos += 8
+                elif branch == 0:
+                    outputs[3, n_out] = np.int64(_NULL_DOUBLE)
+                    outputs[4, n_out] = 0
+                else:
+                    return -1, _BAD_INDEX, r
+                # label: [null, string], interned
+                branch, pos = _varint(buf, pos, end)
+                if pos < 0:
+                    return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+                outputs[5, n_out] = -1
+                if branch == 1:
+                    size, pos = _varint(buf, pos, end)
+                    if pos < 0:
+                        return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+                    if size < 0:
+                        return -1, _NEGATIVE, r
+                    if pos + size > end:
+                        return -1, _PAST_END, r
+                    found = _intern(buf, pos, size, 2, slots, tables, counts)
+                    if found < 0:
+                        return -1, _TOO_MANY_STRINGS, r
+                    outputs[5, n_out] = found
+                    pos += size
+                elif branch != 0:
+                    return -1, _BAD_INDEX, r
+                # error: [null, string], skipped (only whether there is one)
+                branch, pos = _varint(buf, pos, end)
+                if pos < 0:
+                    return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+                outputs[6, n_out] = branch
+                if branch == 1:
+                    size, pos = _varint(buf, pos, end)
+                    if pos < 0:
+                        return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+                    if size < 0:
+                        return -1, _NEGATIVE, r
+                    pos += size
+                elif branch != 0:
+                    return -1, _BAD_INDEX, r
+                # latency_ms, compute_ms (skipped): doubles; late: a boolean
+                if pos + 17 > end:
+                    return -1, _PAST_END, r
+                outputs[7, n_out] = np.int64(_bits(buf, pos))
+                late = buf[pos + 16]
+                if late > 1:
+                    return -1, _BAD_BOOLEAN, r
+                outputs[8, n_out] = late
+                pos += 17
+                n_out += 1
+        if pos != end:
+            return -1, _TRAILING, r
+    return n_out, 0, 0
+
+
+# The kinds of interned strings, in the order of `_walk`'s tables.
+_MODELS, _VERSIONS, _LABELS = range(3)
+
+
+def decode(values: Sequence[bytes], header: bytes) -> DecodedBatch:
+    """The columns of `values` (each `header` then a Comparison body); `Rejected` naming the first
+    record that is not valid."""
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    ends = np.cumsum(lengths)
+    buf = np.frombuffer(b"".join(values), dtype=np.uint8)
+    records = np.empty((5, len(values)), dtype=np.int64)
+    outputs = np.empty((9, len(buf) // MIN_OUTPUT_BYTES + 1), dtype=np.int64)
+    slots = np.full((3, _SLOTS), -1, dtype=np.int64)
+    tables = np.empty((3, STRINGS_KEPT, 2), dtype=np.int64)
+    counts = np.zeros(3, dtype=np.int64)
+    header_bytes = np.frombuffer(header, dtype=np.uint8)
+    written, reason, record = _walk(buf, header_bytes, ends - lengths, ends, records, outputs, slots, tables, counts)
+    if written < 0:
+        raise Rejected(f"record {record} of the batch: {REASONS[reason].format(kept=STRINGS_KEPT)}")
+    out = outputs[:, :written]
+    texts = [_texts(buf, tables[kind, : counts[kind]]) for kind in range(3)]
+    models = _ordered(texts[_MODELS], records[4], out[1])
+    return DecodedBatch(
+        created_at=records[0], deadline=records[1], answered_at=records[2], status=records[3],
+        chosen=Strings(models.values, models.ids[: len(values)]),
+        row=out[0], model=Strings(models.values, models.ids[len(values):]),
+        version=_ordered(texts[_VERSIONS], out[2]), label=_ordered(texts[_LABELS], out[5]),
+        score=out[3].view(np.float64), scored=out[4].astype(bool), error=out[6].astype(bool),
+        latency_ms=out[7].view(np.float64), late=out[8].astype(bool),
+    )  # fmt: skip
+
+
+def _texts(buf: np.ndarray, table: np.ndarray) -> list[bytes]:
+    return [buf[start : start + size].tobytes() for start, size in table.tolist()]
+
+
+def _ordered(texts: list[bytes], *ids: np.ndarray) -> Strings:
+    """`texts` as strings in the other decoders' order (shorter first, then by bytes), with `ids`
+    (concatenated) renumbered to match; `Rejected` if one is not UTF-8."""
+    order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), texts[i]))
+    try:
+        values = [texts[i].decode("utf-8") for i in order]
+    except UnicodeDecodeError:
+        raise Rejected("a string that is not UTF-8") from None
+    rank = np.empty(len(order) + 1, dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    rank[-1] = -1  # id -1 (null) stays -1
+    return Strings(values, rank[np.concatenate(ids)] if len(ids) > 1 else rank[ids[0]])
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) the loop now, so that no batch waits for it."""
+    decode([], b"")
+
+
+class CurrentBatches:
+    """The compiled decoder for one codec's values: usable while the codec's schema still has
+    `LAYOUT`, for values that all carry the codec's current single-object header. The comparison
+    service and the report both choose between it and fastavro with it."""
+
+    def __init__(self, codec: Codec) -> None:
+        self.header = codec.header
+        self.usable = layout_matches(codec.schema)
+
+    def split(self, values: Sequence[bytes | None]) -> tuple[list[bytes], list[bytes | None]]:
+        """The values written with the current schema, and the others (an older writer schema,
+        which needs fastavro's resolution, or no value at all)."""
+        header = self.header
+        current: list[bytes] = []
+        others: list[bytes | None] = []
+        for value in values:
+            if value is not None and value.startswith(header):
+                current.append(value)
+            else:
+                others.append(value)
+        return current, others
+
+    def decode(self, values: Sequence[bytes]) -> DecodedBatch | None:
+        """The columns of `values`; None when this decoder cannot take them all exactly (the
+        schema changed, a value lacks the current header, or one is not valid): the caller's
+        fastavro path does, and dead-letters what is not valid."""
+        if not self.usable:
+            return None
+        try:
+            return decode(values, self.header)
+        except Rejected as why:
+            log.debug("the compiled decoder rejected a batch of %d (%s): fastavro takes it", len(values), why)
+            return None
+        # A bug here must not stop a service: the caller's record-by-record path decodes the batch.
+        except Exception:
+            log.exception("columnar decoding failed on a batch of %d; fastavro takes it", len(values))
+            return None

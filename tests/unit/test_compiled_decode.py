@@ -1,0 +1,172 @@
+"""Decoding Comparison batches with the compiled loop (services/core/compiled_decode.py): the same
+columns as fastavro and the lockstep walk, and nothing invalid read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from services.core import compiled_decode
+from services.core.codec import codec
+from services.core.compiled_decode import CurrentBatches, decode
+from services.core.vectordecode import DecodedBatch, Rejected, Strings, decode_bodies
+from tests.unit.test_compare_report import edge_records, synthetic, two_block_value
+
+COMPARISONS = codec("comparison")
+HEADER = COMPARISONS.header
+
+
+def text(strings: Strings, ids: np.ndarray) -> list[str | None]:
+    return [None if i < 0 else strings.values[i] for i in ids.tolist()]
+
+
+def outputs(batch: DecodedBatch) -> list[tuple[Any, ...]]:
+    """Every output in record order (items in order), names as text, NaN as None."""
+    order = np.argsort(batch.row, kind="stable")
+
+    def number(x: float) -> float | None:
+        return None if np.isnan(x) else x
+
+    return list(zip(batch.row[order].tolist(), text(batch.model, batch.model.ids[order]),
+                    text(batch.version, batch.version.ids[order]), [number(x) for x in batch.score[order].tolist()],
+                    batch.scored[order].tolist(), text(batch.label, batch.label.ids[order]),
+                    batch.error[order].tolist(), [number(x) for x in batch.latency_ms[order].tolist()],
+                    batch.late[order].tolist(), strict=True))  # fmt: skip
+
+
+def assert_same(got: DecodedBatch, expected: DecodedBatch) -> None:
+    for name in ("created_at", "deadline", "answered_at", "status"):
+        assert getattr(got, name).tolist() == getattr(expected, name).tolist(), name
+    assert text(got.chosen, got.chosen.ids) == text(expected.chosen, expected.chosen.ids)
+    assert outputs(got) == outputs(expected)
+    for strings in (got.model, got.version, got.label):  # the order vectordecode gives them
+        assert strings.values == sorted(set(strings.values), key=lambda t: (len(t.encode()), t.encode()))
+
+
+def as_fastavro_reads(records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """The outputs of `records` as `outputs` lists them (from fastavro's dicts)."""
+    return [(row, o["model"], o["version"], o["score"], o["score"] is not None, o["label"], o["error"] is not None,
+             o["latency_ms"], o["late"]) for row, r in enumerate(records) for o in r["outputs"]]  # fmt: skip
+
+
+def batches_of(records: list[dict[str, Any]], size: int) -> list[list[bytes]]:
+    values = [COMPARISONS.encode(r) for r in records]
+    return [values[i : i + size] for i in range(0, len(values), size)]
+
+
+def test_batches_decode_as_fastavro_and_the_lockstep_walk_do() -> None:
+    for values in batches_of([*synthetic(600, seed=7), *edge_records()], 150):
+        got = decode(values, HEADER)
+        assert_same(got, decode_bodies(values, skip=len(HEADER)))
+        records = [COMPARISONS.decode(value) for value in values]
+        assert outputs(got) == as_fastavro_reads(records)
+        assert got.created_at.tolist() == [r["created_at"] for r in records]
+
+
+def test_outputs_come_in_record_order() -> None:
+    """The fold relies on it to skip a sort (fold._outputs)."""
+    got = decode(batches_of(synthetic(300, seed=4), 300)[0], HEADER)
+    assert bool((np.diff(got.row) >= 0).all())
+
+
+def test_arrays_in_several_blocks_and_records_without_outputs() -> None:
+    records = synthetic(40, seed=5)
+    values = [two_block_value(r) for r in records] + [COMPARISONS.encode({**records[0], "outputs": []})]
+    assert_same(decode(values, HEADER), decode_bodies(values, skip=len(HEADER)))
+
+
+def test_strings_longer_than_the_lockstep_walks_keys_are_read() -> None:
+    record = synthetic(1)[0]
+    value = COMPARISONS.encode({**record, "outputs": [{**record["outputs"][0], "label": "y" * 500}]})
+    with pytest.raises(Rejected):
+        decode_bodies([value], skip=len(HEADER))
+    assert decode([value], HEADER).label.values == ["y" * 500]
+
+
+def test_a_value_without_the_header_is_rejected() -> None:
+    good = COMPARISONS.encode(synthetic(1)[0])
+    other = b"\xc3\x01" + bytes(8) + good[10:]  # another writer schema's fingerprint
+    for batch in ([good, other], [good, HEADER[:5]]):
+        with pytest.raises(Rejected, match="record 1 of the batch: a value without the current schema's header"):
+            decode(batch, HEADER)
+    assert CurrentBatches(COMPARISONS).decode([good, other]) is None
+
+
+def first_difference(a: bytes, b: bytes) -> int:
+    return next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
+
+
+def damaged(value: bytes, at: int, byte: int) -> bytes:
+    return value[:at] + bytes([byte]) + value[at + 1 :]
+
+
+def damage_of(kind: str) -> tuple[bytes, str]:
+    """A valid record and a damaged copy of it, and the reason the decoder must give."""
+    record = synthetic(1)[0]
+    good = COMPARISONS.encode(record)
+    # Where a field lies: the first byte that differs from a record with that field changed.
+    last = record["outputs"][-1]
+    if kind == "late is 2":
+        outputs = [*record["outputs"][:-1], {**last, "late": not last["late"]}]
+        flipped = COMPARISONS.encode({**record, "outputs": outputs})
+        return damaged(good, first_difference(good, flipped), 2), "neither 0 nor 1"
+    if kind == "status 4":
+        other = COMPARISONS.encode({**record, "status": "ERROR" if record["status"] != "ERROR" else "OK"})
+        return damaged(good, first_difference(good, other), 8), "index out of range"  # zig-zag 4
+    if kind == "union index 2":
+        other = COMPARISONS.encode({**record, "answered_at": None if record["answered_at"] is not None else 1})
+        return damaged(good, first_difference(good, other), 4), "index out of range"
+    if kind == "truncated":
+        return good[:-1], "past the end"
+    if kind == "one byte more":
+        return good + b"\x00", "bytes left"
+    if kind == "varint of 11 bytes":
+        return HEADER + b"\x80" * 11, "longer than 10 bytes"
+    if kind == "negative length":
+        return HEADER + b"\x01", "negative length"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["late is 2", "status 4", "union index 2", "truncated", "one byte more",
+                                  "varint of 11 bytes", "negative length"])
+def test_a_damaged_record_is_rejected_with_its_reason(kind: str) -> None:
+    bad, reason = damage_of(kind)
+    good = COMPARISONS.encode(synthetic(2)[1])
+    with pytest.raises(Rejected, match=f"record 1 of the batch: .*{reason}"):
+        decode([good, bad], HEADER)
+
+
+def test_a_label_that_is_not_utf8_is_rejected() -> None:
+    record = synthetic(1)[0]
+    labelled = next(o for o in record["outputs"] if o["label"] is not None)
+    good = COMPARISONS.encode(record)
+    other = COMPARISONS.encode({**record, "outputs": [{**o, "label": "\x01" + o["label"][1:]} if o is labelled else o
+                                                      for o in record["outputs"]]})  # fmt: skip
+    with pytest.raises(Rejected, match="not UTF-8"):
+        decode([damaged(good, first_difference(good, other), 0xFF)], HEADER)
+
+
+def test_more_distinct_names_than_kept_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compiled_decode, "STRINGS_KEPT", 4)
+    monkeypatch.setattr(compiled_decode, "_SLOTS", 8)
+    record = synthetic(1)[0]
+    named = [{**record, "chosen_model": None, "outputs": [{**record["outputs"][0], "model": f"model-{i}"}]}
+             for i in range(5)]
+    assert len(decode([COMPARISONS.encode(r) for r in named[:4]], HEADER).model.values) == 4
+    with pytest.raises(Rejected, match="record 4 of the batch: more than 4 distinct strings"):
+        decode([COMPARISONS.encode(r) for r in named], HEADER)
+
+
+def test_a_bug_in_the_decoder_hands_the_batch_to_the_slower_path(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    batches = CurrentBatches(COMPARISONS)
+
+    def broken(_values: Any, _header: bytes) -> None:
+        raise IndexError("a bug")
+
+    monkeypatch.setattr(compiled_decode, "decode", broken)
+    assert batches.decode([COMPARISONS.encode(synthetic(1)[0])]) is None
+    assert "columnar decoding failed" in caplog.text
