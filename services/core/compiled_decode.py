@@ -17,33 +17,23 @@ naming the record and why: the caller's fastavro path takes the batch and dead-l
 record. The columns are those of `vectordecode.DecodedBatch`, exactly as the other decoders make
 them (tests/unit/test_compiled_decode.py).
 
-The loop is compiled at first use and cached on disk next to this file (numba's cache, a few
-hundred milliseconds to load; about two seconds to compile where there is no cache yet): services
-call `warm_up()` when they start, so that no batch waits for it.
+The loop is compiled at first use and cached on disk (services/core/compiled.py: a few hundred
+milliseconds to load, about five seconds to compile where there is no cache yet): services call
+`warm_up()` when they start, so that no batch waits for it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
-from numba import njit
-from numba.core import config as numba_config
 
 from services.core.codec import Codec
+from services.core.compiled import compiled
 from services.core.vectordecode import MAX_ITEMS, DecodedBatch, Rejected, Strings, layout_matches
 
 log = logging.getLogger(__name__)
-
-# numba keeps compiled code in __pycache__ next to this file and, where it cannot write there (a
-# package installed by root, run as another user: deploy/Dockerfile) nor in a home directory,
-# refuses to import the module at all. A directory of our own under the temp directory then.
-if not numba_config.CACHE_DIR and not os.access(Path(__file__).parent, os.W_OK):  # type: ignore[attr-defined]
-    numba_config.CACHE_DIR = str(Path(tempfile.gettempdir()) / f"rendezvous-numba-{os.getuid()}")  # type: ignore[attr-defined]
 
 # Fewest bytes a ModelOutput can take (two empty strings, three null unions, two doubles, a
 # boolean): the output columns are sized for the most outputs a batch's bytes can hold.
@@ -72,7 +62,7 @@ _FNV_OFFSET = np.uint64(14695981039346656037)
 _FNV_PRIME = np.uint64(1099511628211)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@compiled(inline="always")
 def _varint(buf: np.ndarray, pos: int, end: int) -> tuple[int, int]:
     """(value, position after it) of the zig-zag varint at `pos`; position -1 past the end,
     -2 longer than 10 bytes."""
@@ -89,7 +79,7 @@ def _varint(buf: np.ndarray, pos: int, end: int) -> tuple[int, int]:
     return 0, -2
 
 
-@njit(cache=True, nogil=True, inline="always")
+@compiled(inline="always")
 def _bits(buf: np.ndarray, pos: int) -> np.uint64:
     """The 8 bytes at `pos` as a little-endian uint64 (a double's bits)."""
     value = np.uint64(0)
@@ -98,7 +88,7 @@ def _bits(buf: np.ndarray, pos: int) -> np.uint64:
     return value
 
 
-@njit(cache=True, nogil=True, inline="always")
+@compiled(inline="always")
 def _intern(buf: np.ndarray, start: int, size: int, kind: int, slots: np.ndarray, table: np.ndarray,
             counts: np.ndarray) -> int:
     """The id of the string at (start, size) among those of its `kind` met so far (a new id when
@@ -132,7 +122,7 @@ def _intern(buf: np.ndarray, start: int, size: int, kind: int, slots: np.ndarray
         slot = (slot + 1) & mask
 
 
-@njit(cache=True, nogil=True)
+@compiled()
 def _walk(buf, header, starts, ends, records, outputs, slots, tables, counts):  # type: ignore[no-untyped-def]
     """Decode every record of the batch into `records` (created_at, deadline, answered_at,
     status, chosen) and `outputs` (row, model, version, score bits, scored, label, error,
