@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
+from services.comparison.kernels import first_seen, grouped, last_per_row
 from services.comparison.metrics import Tally
 from services.comparison.window import STATUSES, ChampionTracker, ModelStats, PairStats, References, SlidingWindow
 from services.core.vectordecode import DecodedBatch
@@ -106,14 +108,14 @@ def _outputs(
     row = batch.row
     order = slice(None) if len(row) < 2 or bool((row[1:] >= row[:-1]).all()) else np.argsort(row, kind="stable")
     width = max(1, len(batch.version.values))
-    codes, first, series = np.unique(batch.model.ids[order] * width + batch.version.ids[order],
-                                     return_index=True, return_inverse=True)  # fmt: skip
-    pairs: list[tuple[str, str]] = [("", "")] * len(codes)
-    for code in np.argsort(first).tolist():
-        model, version = divmod(int(codes[code]), width)
-        pairs[code] = series_labels(batch.model.values[model], batch.version.values[version])
+    # Each (model, version) as a series, numbered in order of first appearance (the order the
+    # label budget admits them in, as record by record).
+    codes, series = first_seen(batch.model.ids[order] * width + batch.version.ids[order])
+    pairs: list[tuple[str, str]] = []
+    for code in codes.tolist():
+        model, version = divmod(code, width)
+        pairs.append(series_labels(batch.model.values[model], batch.version.values[version]))
     name_of_series = np.array([names.index(model) for model, _version in pairs], dtype=np.int64)
-    series = series.ravel()
     score, scored = batch.score[order], batch.scored[order]
     outputs = Outputs(
         row=batch.row[order], name=name_of_series[series], series=series, score=score, scored=scored,
@@ -213,8 +215,7 @@ def _fill_pairs(
     the same request, in records with two outputs or more."""
     position = np.arange(len(out.row))
     candidate = live[out.row] & ~out.error & (out.name == champions[out.row])
-    lead = np.full(batch.records, -1, dtype=np.int64)
-    np.maximum.at(lead, out.row[candidate], position[candidate])
+    lead = last_per_row(out.row, candidate, batch.records)
     paired = (lead >= 0) & (np.bincount(out.row, minlength=batch.records) >= 2)
     lead_of = np.maximum(lead[out.row], 0)
     pairable = paired[out.row] & ~out.error & (position != lead[out.row])
@@ -228,14 +229,14 @@ def _fill_pairs(
             pair = pairs[pair_key] = PairStats()
         pair.n += len(at)
         scored = at[both_scored[at]]
-        pair.new_model_scores.extend(out.score[scored].tolist())
-        pair.new_champion_scores.extend(out.score[lead_of[scored]].tolist())
+        if len(scored):
+            pair.scores.add_many(out.score[scored], out.score[lead_of[scored]])
         labelled = at[(out.label[at] >= 0) & (out.label[lead_of[at]] >= 0)]
         width = len(batch.label.values)
-        codes, counts = np.unique(out.label[lead_of[labelled]] * width + out.label[labelled], return_counts=True)
-        for code, n in zip(codes.tolist(), counts.tolist(), strict=True):
+        counts = np.bincount(out.label[lead_of[labelled]] * width + out.label[labelled])  # few labels: counted
+        for code in np.flatnonzero(counts).tolist():
             lead_label, label = divmod(code, width)
-            pair.labels.confusion[(batch.label.values[lead_label], batch.label.values[label])] += n
+            pair.labels.confusion[(batch.label.values[lead_label], batch.label.values[label])] += int(counts[code])
 
 
 def _groups(*columns: np.ndarray, where: np.ndarray) -> list[tuple[tuple[int, ...], np.ndarray]]:
@@ -245,13 +246,14 @@ def _groups(*columns: np.ndarray, where: np.ndarray) -> list[tuple[tuple[int, ..
     positions = np.flatnonzero(where)
     if not len(positions):
         return []
-    code = np.zeros(len(positions), dtype=np.int64)
-    for column in columns:  # one int per combination (a sort of one int column is the fast one)
+    combined = np.zeros(len(positions), dtype=np.int64)
+    for column in columns:  # one int per combination, in a small range
         values = column[positions]
         low = int(values.min())
-        code = code * (int(values.max()) - low + 1) + (values - low)
-    order = np.argsort(code, kind="stable")
-    ordered = code[order]
-    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
-    grouped = sorted(np.split(positions[order], starts[1:]), key=lambda at: int(at[0]))
-    return [(tuple(int(column[at[0]]) for column in columns), at) for at in grouped]
+        combined = combined * (int(values.max()) - low + 1) + (values - low)
+    code = np.zeros(len(where), dtype=np.int64)
+    code[positions] = combined
+    at, starts, _codes = grouped(code, where)
+    bounds = starts.tolist()
+    groups = [at[start:end] for start, end in pairwise(bounds)]
+    return [(tuple(int(column[group[0]]) for column in columns), group) for group in groups]

@@ -25,7 +25,7 @@ from typing import Any, cast
 
 from confluent_kafka import Message
 
-from services.comparison import fold
+from services.comparison import fold, kernels
 from services.comparison import metrics as m
 from services.comparison.settings import ComparisonSettings
 from services.comparison.window import ChampionTracker, References, SlidingWindow
@@ -75,6 +75,9 @@ class ComparisonService(SimpleHandler):
         self._series: dict[tuple[str, str], tuple[str, str]] = {}  # raw (model, version) -> labels
         self._codec = codec("comparison")
         self._batches = CurrentBatches(self._codec)
+        if self._batches.usable:  # the compiled loops, loaded (or compiled) before the first batch
+            warm_up()
+            kernels.warm_up()
         self._export_every = settings.export_interval_s
         self._next_export = time.monotonic() + self._export_every
         self._dead: DeadLetters | None = None
@@ -95,8 +98,6 @@ class ComparisonService(SimpleHandler):
     def run(self, stop: threading.Event) -> None:
         partition_counts(self.settings.librdkafka(), [self.topics.log, self.topics.deadletter],
                          timeout=self.settings.connect_timeout_s)
-        if self._batches.usable:
-            warm_up()  # the decoder's compiled loop, loaded (or compiled) before the first batch
         log.info("comparison reading %s (window %gs in %d buckets)", self.topics.log,
                  self.settings.window_s, self.settings.buckets)
         self.service.run(stop)

@@ -19,7 +19,7 @@ from services.comparison import fold
 from services.comparison import metrics as m
 from services.comparison.service import ComparisonService
 from services.comparison.settings import ComparisonSettings
-from services.comparison.window import References, SlidingWindow
+from services.comparison.window import PairStats, References, SlidingWindow
 from services.core.codec import codec
 from services.core.vectordecode import decode_bodies
 
@@ -66,13 +66,22 @@ def service(override: str, max_models: int) -> ComparisonService:
     return svc
 
 
+def sums(pair: PairStats) -> tuple[Any, ...]:
+    """A pair's paired-score sums, to 10 significant digits (the batch fold adds them in
+    another order than the record path: the last bits may differ)."""
+    pair.compact()
+    scores = pair.scores
+    return (scores.n, *(float(f"{x:.10g}") for x in (scores.sum_abs_diff, scores.sum_a, scores.sum_b,
+                                                   scores.sum_aa, scores.sum_bb, scores.sum_ab)))
+
+
 def state(svc: ComparisonService, tallies: list[m.Tally]) -> dict[str, Any]:
     window = svc.window
     buckets = {
         key: (b.records, dict(b.statuses),
               {name: (s.errors, s.late, s.met, s.missed, s.new_latencies, s.new_scores)
                for name, s in b.models.items()},
-              {key: (p.n, p.new_model_scores, p.new_champion_scores, dict(p.labels.confusion))
+              {key: (p.n, sums(p), dict(p.labels.confusion))
                for key, p in b.pairs.items()})
         for key, b in window._live.items()
     }  # fmt: skip
