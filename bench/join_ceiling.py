@@ -6,14 +6,16 @@ The records `bench/rendezvous_throughput.py` pre-loads (N requests with the 30 d
 a return address, each followed by its three scores) are fed, in memory, through what the
 rendezvous does with each record, in four stages that each add one part:
 
-    decode   the Avro decode of every record (services/core/codec.py): what any reader pays
-    records  + turning them into the join's plain values (services/rendezvous/records.py)
+    decode   fastavro's decode of every record (services/core/codec.py): what any reader pays
+    records  instead, turning them into the join's plain values (services/rendezvous/records.py:
+             compiled walks that read only what the join needs, fastavro for what they leave)
     join     + the join itself (services/rendezvous/join.py): mailboxes, schedule, clock, metrics
     encode   + encoding the Answer and the Comparison record of every request, as the service does
 
 Each stage is timed with the thread's CPU clock, the stages alternating `--rounds` times (the
 machine is shared); the table gives the median and the range of µs per request and the ceiling
-that cost sets on one core (1,000,000 / µs). The collector is set as the services set it
+that cost sets on one core (1,000,000 / µs); "the part added" of `records` is what it costs
+beyond a full fastavro decode (less than nothing since the walks). The collector is set as the services set it
 (`tune_gc`, services/core/runtime.py); a fifth stage, `default gc`, runs the last one again with
 CPython's default threshold, for comparison. The service pays librdkafka's calls on top (four
 records consumed, three produced per request): `bench/rendezvous_throughput.py` reports what it

@@ -54,25 +54,27 @@ class Rejected(Exception):
     """The batch is not (entirely) the layout this decoder knows; decode it with fastavro."""
 
 
-def _signature(node: Any) -> Any:
+def signature(node: Any) -> Any:
     """A schema (dict/list/str) as the nested tuples of LAYOUT, to compare with it."""
     if isinstance(node, str):
         return node
     if isinstance(node, list):
-        return tuple(_signature(branch) for branch in node)
+        return tuple(signature(branch) for branch in node)
     kind = node["type"]
     if kind == "record":
-        return tuple((f["name"], _signature(f["type"])) for f in node["fields"])
+        return tuple((f["name"], signature(f["type"])) for f in node["fields"])
     if kind == "enum":
         return ("enum", tuple(node["symbols"]))
     if kind == "array":
-        return ("array", _signature(node["items"]))
-    return _signature(kind)
+        return ("array", signature(node["items"]))
+    if kind == "map":
+        return ("map", signature(node["values"]))
+    return signature(kind)
 
 
 def layout_matches(schema: Mapping[str, Any]) -> bool:
     """True when `schema` is the Comparison layout this decoder walks."""
-    return bool(_signature(dict(schema)) == LAYOUT)
+    return bool(signature(dict(schema)) == LAYOUT)
 
 
 @dataclass(frozen=True)

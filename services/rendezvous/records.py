@@ -9,10 +9,20 @@ clock every decision is measured against.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
-from services.core.codec import Codec
+from services.core.codec import HEADER_SIZE, Codec
 from services.core.errors import DecodeFailed
 from services.core.requests import request_problem
+from services.rendezvous.compiled_records import (
+    REQUEST_LAYOUT,
+    SCORE_LAYOUT,
+    Walker,
+    double_at,
+    walk_request,
+    walk_score,
+)
 
 
 @dataclass(slots=True)
@@ -44,6 +54,16 @@ class ScoreIn:
 
 def request_in(codec: Codec, value: bytes | None, partition: int, offset: int, log_time: int) -> RequestIn:
     """A RequestIn; `BadInput` if the bytes are no Request or carry no request_id to answer."""
+    if _walker(codec, REQUEST_LAYOUT).takes(value):
+        assert value is not None
+        fields = walk_request(value, HEADER_SIZE)
+        if fields[0]:
+            return _request_walked(value, fields, partition, offset, log_time)
+    return request_decoded(codec, value, partition, offset, log_time)  # anything else: fastavro, its errors
+
+
+def request_decoded(codec: Codec, value: bytes | None, partition: int, offset: int, log_time: int) -> RequestIn:
+    """`request_in` through fastavro's decode of the whole record."""
     request = codec.decode(value)
     rid = request["request_id"]
     if not rid:
@@ -56,6 +76,16 @@ def request_in(codec: Codec, value: bytes | None, partition: int, offset: int, l
 
 
 def score_in(codec: Codec, value: bytes | None, partition: int, offset: int, log_time: int) -> ScoreIn:
+    if _walker(codec, SCORE_LAYOUT).takes(value):
+        assert value is not None
+        fields = walk_score(value, HEADER_SIZE)
+        if fields[0]:
+            return _score_walked(value, fields, partition, offset, log_time)
+    return score_decoded(codec, value, partition, offset, log_time)  # anything else: fastavro, its errors
+
+
+def score_decoded(codec: Codec, value: bytes | None, partition: int, offset: int, log_time: int) -> ScoreIn:
+    """`score_in` through fastavro's decode of the whole record."""
     score = codec.decode(value)
     if not score["request_id"] or not score["model"]:
         raise DecodeFailed("a score needs a request_id and a model name")
@@ -63,3 +93,43 @@ def score_in(codec: Codec, value: bytes | None, partition: int, offset: int, log
         score["request_id"], partition, offset, log_time, score["model"], score["version"], score["score"],
         score["label"], score["error"], score["compute_ms"],
     )
+
+
+@cache
+def _walker(codec: Codec, layout: Any) -> Walker:
+    return Walker(codec, layout)
+
+
+def _text(value: bytes, start: int, end: int) -> str:
+    return value[start:end].decode()  # the walk checked it is UTF-8
+
+
+def _request_walked(value: bytes, fields: tuple[int, ...], partition: int, offset: int, log_time: int) -> RequestIn:
+    """`request_in` from a valid Request's walk (compiled_records.walk_request)."""
+    _ok, rid, rid_end, created, deadline, reply, topic, topic_end, has_partition, reply_partition, features, payload = (
+        fields)  # fmt: skip
+    request_id = _text(value, rid, rid_end)
+    if not request_id:
+        raise DecodeFailed("request_id is empty: nothing to answer it by")
+    # request_problem reads only these: the features' count stands for the map (empty or not).
+    seen = {"request_id": request_id, "created_at": created, "deadline": deadline, "features": features,
+            "payload": True if payload else None}  # fmt: skip
+    return RequestIn(
+        request_id, partition, offset, log_time, created, deadline,
+        _text(value, topic, topic_end) if reply else None, reply_partition if reply and has_partition else None,
+        request_problem(seen),
+    )  # fmt: skip
+
+
+def _score_walked(value: bytes, fields: tuple[int, ...], partition: int, offset: int, log_time: int) -> ScoreIn:
+    """`score_in` from a valid Score's walk (compiled_records.walk_score)."""
+    (_ok, rid, rid_end, model, model_end, version, version_end, scored, score_at, labelled, label, label_end,
+     failed, error, error_end, compute_at) = fields  # fmt: skip
+    request_id, model_name = _text(value, rid, rid_end), _text(value, model, model_end)
+    if not request_id or not model_name:
+        raise DecodeFailed("a score needs a request_id and a model name")
+    return ScoreIn(
+        request_id, partition, offset, log_time, model_name, _text(value, version, version_end),
+        double_at(value, score_at) if scored else None, _text(value, label, label_end) if labelled else None,
+        _text(value, error, error_end) if failed else None, double_at(value, compute_at),
+    )  # fmt: skip

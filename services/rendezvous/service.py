@@ -46,6 +46,7 @@ from services.core.kafka import Producer, partition_counts, topic_config
 from services.core.metrics import DECODE_ERRORS
 from services.core.runtime import now_ms
 from services.core.service import Context, StreamService, StreamSpec
+from services.rendezvous import compiled_records
 from services.rendezvous import metrics as m
 from services.rendezvous.join import Join, Owner, Reply
 from services.rendezvous.mailbox import Mailbox
@@ -80,6 +81,7 @@ class Rendezvous:
         self.service = StreamService(self._spec(), self)
         self.ready = self.service.ready
         self._requests, self._scores = codec("request"), codec("score")
+        compiled_records.warm_up()  # the record walks, loaded (or compiled) before the first batch
         self._answers, self._comparisons = codec("answer"), codec("comparison")
         self._answer_events = EventHeaders("Answer", self.topics.answers) if settings.cloudevents else None
         self._log_events = EventHeaders("Comparison", self.topics.log) if settings.cloudevents else None

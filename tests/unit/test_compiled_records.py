@@ -1,0 +1,105 @@
+"""Requests and scores read by the compiled walks (services/rendezvous/compiled_records.py): what
+`request_in` / `score_in` make of a record is what fastavro's decode makes of it, and a record the
+walk takes is one fastavro reads the same (damaged ones are left to fastavro, with its errors)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from services.core.codec import HEADER_SIZE, Codec, codec
+from services.core.errors import BadInput
+from services.rendezvous.compiled_records import walk_request, walk_score
+from services.rendezvous.records import request_decoded, request_in, score_decoded, score_in
+
+FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+REQUESTS, SCORES = codec("request"), codec("score")
+
+text = st.text(max_size=30)  # any code point Python can encode, empty included
+doubles = st.floats(width=64)  # NaN and infinities too: the walk does not look at features
+epoch = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+
+requests = st.fixed_dictionaries({
+    "request_id": text, "created_at": epoch, "deadline": epoch,
+    "reply_to": st.one_of(st.none(), st.fixed_dictionaries({
+        "topic": text, "partition": st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1))})),
+    "features": st.dictionaries(text, doubles, max_size=8),
+    "payload": st.one_of(st.none(), st.fixed_dictionaries({"content_type": text, "data": st.binary(max_size=20)})),
+    "metadata": st.dictionaries(text, text, max_size=3),
+})  # fmt: skip
+scores = st.fixed_dictionaries({
+    "request_id": text, "model": text, "version": text, "instance": text,
+    "score": st.one_of(st.none(), doubles), "label": st.one_of(st.none(), text),
+    "error": st.one_of(st.none(), text), "deadline": epoch, "received_at": epoch, "scored_at": epoch,
+    "compute_ms": doubles,
+})  # fmt: skip
+
+
+def outcome(read: Any, codec: Codec, value: bytes) -> Any:
+    """What a reader makes of `value`: its record's fields, or the kind of error it raised (fastavro's
+    messages name objects by their address)."""
+    try:
+        found = read(codec, value, 3, 7, 11)
+    except BadInput as err:
+        return type(err).__name__
+    # NaN != NaN: compare the floats by their text.
+    return tuple(repr(x) if isinstance(x, float) else x for x in (getattr(found, f) for f in found.__slots__))
+
+
+@FAST
+@given(record=requests)
+def test_a_request_reads_as_fastavro_reads_it(record: dict[str, Any]) -> None:
+    value = REQUESTS.encode(record)
+    assert walk_request(value, HEADER_SIZE)[0] == 1
+    assert outcome(request_in, REQUESTS, value) == outcome(request_decoded, REQUESTS, value)
+
+
+@FAST
+@given(record=scores)
+def test_a_score_reads_as_fastavro_reads_it(record: dict[str, Any]) -> None:
+    value = SCORES.encode(record)
+    assert walk_score(value, HEADER_SIZE)[0] == 1
+    assert outcome(score_in, SCORES, value) == outcome(score_decoded, SCORES, value)
+
+
+def damaged(value: bytes, position: int, byte: int, cut: int) -> bytes:
+    data = bytearray(value)
+    data[HEADER_SIZE + position % (len(data) - HEADER_SIZE)] = byte
+    return bytes(data[: len(data) - cut])
+
+
+@FAST
+@given(record=requests, position=st.integers(0, 10_000), byte=st.integers(0, 255), cut=st.integers(0, 2))
+def test_a_damaged_request_the_walk_takes_is_one_fastavro_reads_the_same(
+    record: dict[str, Any], position: int, byte: int, cut: int
+) -> None:
+    value = damaged(REQUESTS.encode(record), position, byte, cut)
+    walked = outcome(request_in, REQUESTS, value)
+    assert walked == outcome(request_decoded, REQUESTS, value)
+    if walk_request(value, HEADER_SIZE)[0] == 1:
+        REQUESTS.decode(value)  # fastavro reads it too
+
+
+@FAST
+@given(record=scores, position=st.integers(0, 10_000), byte=st.integers(0, 255), cut=st.integers(0, 2))
+def test_a_damaged_score_the_walk_takes_is_one_fastavro_reads_the_same(
+    record: dict[str, Any], position: int, byte: int, cut: int
+) -> None:
+    value = damaged(SCORES.encode(record), position, byte, cut)
+    assert outcome(score_in, SCORES, value) == outcome(score_decoded, SCORES, value)
+    if walk_score(value, HEADER_SIZE)[0] == 1:
+        SCORES.decode(value)
+
+
+@pytest.mark.parametrize("raw", [b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82", b"\xff", b"\x80"])
+def test_a_string_that_is_not_utf8_is_left_to_fastavro(raw: bytes) -> None:
+    value = SCORES.encode({"request_id": "r", "model": "m", "version": "v", "instance": "", "score": 0.5,
+                           "label": "ab", "error": None, "deadline": 1, "received_at": 1, "scored_at": 1,
+                           "compute_ms": 1.0})  # fmt: skip
+    bad = value.replace(b"\x04ab", bytes([2 * len(raw)]) + raw)  # the label's length, then the bytes
+    assert walk_score(bad, HEADER_SIZE)[0] == 0
+    with pytest.raises(BadInput):
+        score_in(SCORES, bad, 0, 0, 0)
