@@ -11,7 +11,7 @@ Two tables in one object:
   error flag, latency (ms), late flag.
 
 `Columns.add` takes Comparison-shaped dicts (as built by a replay, or decoded by fastavro),
-`Columns.add_batch` the columns `vectordecode` made straight from the bytes of `rdv.log`, and
+`Columns.add_batch` the columns `compiled_decode` made straight from the bytes of `rdv.log`, and
 `Columns.merge` joins the columns of two readers (codes are re-mapped).
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from services.core.vectordecode import DecodedBatch
+from services.core.comparison_columns import DecodedBatch
 
 STATUSES = ("OK", "FALLBACK", "TIMEOUT", "ERROR")
 _STATUS_CODE = {name: code for code, name in enumerate(STATUSES)}
@@ -128,7 +128,7 @@ class Columns:
         return row - start
 
     def add_batch(self, batch: DecodedBatch) -> int:
-        """Append columns decoded by `vectordecode` (batch-local names become our codes)."""
+        """Append columns decoded by `compiled_decode` (batch-local names become our codes)."""
         offset = len(self.created_at)
         models = [self._model_code(name) for name in batch.model.values]
         labels = [self._label_code(name) for name in batch.label.values]

@@ -25,7 +25,7 @@ import numpy as np
 from services.comparison.kernels import first_seen, grouped, last_per_row
 from services.comparison.metrics import Tally
 from services.comparison.window import STATUSES, ChampionTracker, ModelStats, PairStats, References, SlidingWindow
-from services.core.vectordecode import DecodedBatch
+from services.core.comparison_columns import DecodedBatch
 from services.stats.deadline import met_deadline_array
 
 # Decode + fold cost, µs per record, at a batch of 8 / 32 / 128 / 500 / 2,000 records: 202-214 / 49 /
@@ -103,8 +103,8 @@ def fold(
 def _outputs(
     batch: DecodedBatch, series_labels: Callable[[str, str], tuple[str, str]], names: Names
 ) -> tuple[Outputs, list[tuple[str, str]]]:
-    # The compiled decoder gives outputs in record order; the lockstep walk (vectordecode) item
-    # by item across records, which a stable sort by record puts in record order.
+    # The compiled decoder gives outputs in record order; a stable sort by record keeps any
+    # other maker of a DecodedBatch correct.
     row = batch.row
     order = slice(None) if len(row) < 2 or bool((row[1:] >= row[:-1]).all()) else np.argsort(row, kind="stable")
     width = max(1, len(batch.version.values))

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from services.core.codec import MAGIC, Codec
+from services.core.comparison_columns import signature
 from services.core.compiled import compiled
-from services.core.vectordecode import signature
 
-# The layouts walked here (vectordecode.signature of schemas/request.avsc and score.avsc).
+# The layouts walked here (comparison_columns.signature of schemas/request.avsc and score.avsc).
 REQUEST_LAYOUT: Any = (
     ("request_id", "string"), ("created_at", "long"), ("deadline", "long"),
     ("reply_to", ("null", (("topic", "string"), ("partition", ("null", "int"))))),

@@ -340,21 +340,25 @@ def as_rows(frame: Any) -> list[tuple[Any, ...]]:
     return sorted(rows, key=repr)
 
 
-def test_vectorized_decoder_knows_the_current_schema() -> None:
-    from services.core.vectordecode import layout_matches
+def test_the_compiled_decoder_knows_the_current_schema() -> None:
+    from services.core.comparison_columns import layout_matches
 
-    assert layout_matches(codec("comparison").schema), "comparison.avsc changed: update vectordecode.LAYOUT"
+    assert layout_matches(codec("comparison").schema), "comparison.avsc changed: update comparison_columns.LAYOUT"
+
+
+def compiled(values: list[bytes]) -> Any:
+    from services.core.compiled_decode import decode
+
+    return decode(values, codec("comparison").header)
 
 
 @pytest.mark.parametrize("case", ["synthetic", "edges"])
-def test_vectorized_decoding_equals_fastavro(records: list[dict[str, Any]], case: str) -> None:
-    from services.core.vectordecode import decode_bodies
-
+def test_compiled_decoding_equals_fastavro(records: list[dict[str, Any]], case: str) -> None:
     chosen = records if case == "synthetic" else edge_records()
     comparisons = codec("comparison")
     values = [comparisons.encode(r) for r in chosen]
     fast = Columns()
-    fast.add_batch(decode_bodies(values, skip=10))
+    fast.add_batch(compiled(values))
     reference = Columns.of(comparisons.decode(v) for v in values)
     assert as_rows(fast.frame()) == as_rows(reference.frame())
     assert {m: set(v) for m, v in zip(fast.frame().models, fast.frame().versions, strict=True)} == {
@@ -363,69 +367,41 @@ def test_vectorized_decoding_equals_fastavro(records: list[dict[str, Any]], case
 
 @settings(max_examples=200, deadline=None)
 @given(longs=st.one_of(
-    st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=30),  # sizes mixed: the general path
+    st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=30),  # every width of varint
     st.integers(2**40, 2**41 - 1).flatmap(lambda n: st.lists(st.integers(n, n + 1000), min_size=1, max_size=30)),
 ))  # fmt: skip
-def test_vectorized_varints_equal_their_values(longs: list[int]) -> None:
-    from services.core.avro_writer import long_bytes
-    from services.core.vectordecode import _Cursor
-
-    cursor = _Cursor([long_bytes(n) for n in longs], 0)
-    assert cursor.long().tolist() == longs
-    assert (cursor.pos == cursor.end).all()
-
-
-@pytest.mark.parametrize("hashing", ["as shipped", "every row colliding"])
-def test_vectorized_decoding_tells_strings_apart_even_when_their_hashes_collide(
-    records: list[dict[str, Any]], hashing: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from services.core import vectordecode
-
-    if hashing == "every row colliding":
-        monkeypatch.setattr(vectordecode, "_ROW_HASH", np.zeros_like(vectordecode._ROW_HASH))
-    comparisons = codec("comparison")
-    values = [comparisons.encode(r) for r in [*records, *edge_records()]]
-    batch = vectordecode.decode_bodies(values, skip=10)
-
-    def text(strings: Any, i: int) -> str | None:
-        return None if i < 0 else strings.values[i]
-
-    got = [(row, text(batch.model, m), text(batch.version, v), text(batch.label, la)) for row, m, v, la in zip(
-        batch.row.tolist(), batch.model.ids.tolist(), batch.version.ids.tolist(), batch.label.ids.tolist(),
-        strict=True)]  # fmt: skip
-    expected = [(row, o["model"], o["version"], o["label"])
-                for row, r in enumerate(comparisons.decode(v) for v in values) for o in r["outputs"]]
-    assert sorted(got, key=repr) == sorted(expected, key=repr)
-    for strings in (batch.model, batch.version, batch.label):
-        assert strings.values == sorted(set(strings.values), key=lambda t: (len(t.encode()), t.encode()))
+def test_compiled_varints_equal_their_values(longs: list[int]) -> None:
+    base = synthetic(1)[0]
+    values = [codec("comparison").encode({**base, "created_at": n, "deadline": ~n}) for n in longs]
+    batch = compiled(values)
+    assert batch.created_at.tolist() == longs
+    assert batch.deadline.tolist() == [~n for n in longs]
 
 
-def test_vectorized_decoding_reads_arrays_written_in_several_blocks() -> None:
-    from services.core.vectordecode import decode_bodies
-
+def test_compiled_decoding_reads_arrays_written_in_several_blocks() -> None:
     chosen = synthetic(20, seed=5)
     values = [two_block_value(r) for r in chosen]
     assert [codec("comparison").decode(v) for v in values] == [codec("comparison").decode(
         codec("comparison").encode(r)) for r in chosen]  # the hand-made encoding is valid Avro
     fast = Columns()
-    fast.add_batch(decode_bodies(values, skip=10))
+    fast.add_batch(compiled(values))
     assert as_rows(fast.frame()) == as_rows(Columns.of(chosen).frame())
 
 
 @pytest.mark.parametrize(("damage", "why"), [
     (lambda v: v[:-1], "past the end"),
-    (lambda v: v + b"\x00", "does not end"),
+    (lambda v: v + b"\x00", "bytes left"),
     (lambda v: v[:-2] + b"\x02" + v[-1:], "boolean"),  # `late` of the last output, before the array end
     (lambda v: v[:10] + b"\x80" * 11 + v[10:], "longer than 10 bytes"),
 ])  # fmt: skip
-def test_vectorized_decoding_rejects_what_it_cannot_read_exactly(
+def test_compiled_decoding_rejects_what_it_cannot_read_exactly(
     records: list[dict[str, Any]], damage: Any, why: str
 ) -> None:
-    from services.core.vectordecode import Rejected, decode_bodies
+    from services.core.comparison_columns import Rejected
 
     good = codec("comparison").encode(records[0])
     with pytest.raises(Rejected, match=why):
-        decode_bodies([good, damage(good)], skip=10)
+        compiled([good, damage(good)])
 
 
 def test_current_batches_take_current_values_and_hand_back_what_they_cannot_read(

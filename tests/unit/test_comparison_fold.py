@@ -21,7 +21,7 @@ from services.comparison.service import ComparisonService
 from services.comparison.settings import ComparisonSettings
 from services.comparison.window import PairStats, References, SlidingWindow
 from services.core.codec import codec
-from services.core.vectordecode import decode_bodies
+from services.core.compiled_decode import decode
 
 BASE_MS = 1_700_000_000_000
 MODELS = ("champion", "challenger", "canary", "shadow")
@@ -108,7 +108,7 @@ def test_batch_fold_leaves_the_state_one_record_at_a_time_leaves(seed: int, max_
         for record in records:
             one_by_one.observe(comparisons.decode(comparisons.encode(record)), tally)
         tallies_one.append(tally)
-        batch = decode_bodies([comparisons.encode(r) for r in records], skip=len(comparisons.header))
+        batch = decode([comparisons.encode(r) for r in records], comparisons.header)
         assert fold.valid(batch, BASE_MS * 2)
         tally = m.Tally()
         fold.fold(batch, at_once._series_labels, at_once._labels.model, at_once.champion, at_once.references,
@@ -143,7 +143,7 @@ def test_a_batch_with_a_record_the_record_path_rejects_is_not_folded_at_once(fau
         victim["created_at"] = BASE_MS * 3
     else:
         victim["outputs"][0]["latency_ms"] = float("nan")
-    batch = decode_bodies([comparisons.encode(r) for r in records], skip=len(comparisons.header))
+    batch = decode([comparisons.encode(r) for r in records], comparisons.header)
     assert not fold.valid(batch, BASE_MS * 2)
 
 

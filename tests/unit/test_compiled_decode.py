@@ -1,5 +1,5 @@
 """Decoding Comparison batches with the compiled loop (services/core/compiled_decode.py): the same
-columns as fastavro and the lockstep walk, and nothing invalid read."""
+columns as fastavro's records, and nothing invalid read."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 from services.core import compiled_decode
 from services.core.codec import codec
+from services.core.comparison_columns import DecodedBatch, Rejected, Strings
 from services.core.compiled_decode import CurrentBatches, decode
-from services.core.vectordecode import DecodedBatch, Rejected, Strings, decode_bodies
 from tests.unit.test_compare_report import edge_records, synthetic, two_block_value
 
 COMPARISONS = codec("comparison")
@@ -36,12 +36,17 @@ def outputs(batch: DecodedBatch) -> list[tuple[Any, ...]]:
                     batch.late[order].tolist(), strict=True))  # fmt: skip
 
 
-def assert_same(got: DecodedBatch, expected: DecodedBatch) -> None:
-    for name in ("created_at", "deadline", "answered_at", "status"):
-        assert getattr(got, name).tolist() == getattr(expected, name).tolist(), name
-    assert text(got.chosen, got.chosen.ids) == text(expected.chosen, expected.chosen.ids)
-    assert outputs(got) == outputs(expected)
-    for strings in (got.model, got.version, got.label):  # the order vectordecode gives them
+def assert_reads_as_fastavro(got: DecodedBatch, values: list[bytes]) -> None:
+    records = [COMPARISONS.decode(value) for value in values]
+    for name in ("created_at", "deadline", "status"):
+        expected = [r[name] for r in records]
+        if name == "status":
+            expected = [("OK", "FALLBACK", "TIMEOUT", "ERROR").index(status) for status in expected]
+        assert getattr(got, name).tolist() == expected, name
+    assert got.answered_at.tolist() == [-1 if r["answered_at"] is None else r["answered_at"] for r in records]
+    assert text(got.chosen, got.chosen.ids) == [r["chosen_model"] for r in records]
+    assert outputs(got) == as_fastavro_reads(records)
+    for strings in (got.model, got.version, got.label):  # shorter first, then by bytes
         assert strings.values == sorted(set(strings.values), key=lambda t: (len(t.encode()), t.encode()))
 
 
@@ -56,13 +61,9 @@ def batches_of(records: list[dict[str, Any]], size: int) -> list[list[bytes]]:
     return [values[i : i + size] for i in range(0, len(values), size)]
 
 
-def test_batches_decode_as_fastavro_and_the_lockstep_walk_do() -> None:
+def test_batches_decode_as_fastavro_does() -> None:
     for values in batches_of([*synthetic(600, seed=7), *edge_records()], 150):
-        got = decode(values, HEADER)
-        assert_same(got, decode_bodies(values, skip=len(HEADER)))
-        records = [COMPARISONS.decode(value) for value in values]
-        assert outputs(got) == as_fastavro_reads(records)
-        assert got.created_at.tolist() == [r["created_at"] for r in records]
+        assert_reads_as_fastavro(decode(values, HEADER), values)
 
 
 def test_outputs_come_in_record_order() -> None:
@@ -74,15 +75,24 @@ def test_outputs_come_in_record_order() -> None:
 def test_arrays_in_several_blocks_and_records_without_outputs() -> None:
     records = synthetic(40, seed=5)
     values = [two_block_value(r) for r in records] + [COMPARISONS.encode({**records[0], "outputs": []})]
-    assert_same(decode(values, HEADER), decode_bodies(values, skip=len(HEADER)))
+    assert_reads_as_fastavro(decode(values, HEADER), values)
 
 
-def test_strings_longer_than_the_lockstep_walks_keys_are_read() -> None:
+def test_long_strings_are_read() -> None:
     record = synthetic(1)[0]
     value = COMPARISONS.encode({**record, "outputs": [{**record["outputs"][0], "label": "y" * 500}]})
-    with pytest.raises(Rejected):
-        decode_bodies([value], skip=len(HEADER))
     assert decode([value], HEADER).label.values == ["y" * 500]
+
+
+@pytest.mark.parametrize("distinct", [3, 14])
+def test_strings_are_told_apart_when_their_slots_collide(monkeypatch: pytest.MonkeyPatch, distinct: int) -> None:
+    """A table of 16 slots for up to 15 strings: most of them share a slot with another."""
+    monkeypatch.setattr(compiled_decode, "STRINGS_KEPT", 15)
+    monkeypatch.setattr(compiled_decode, "_SLOTS", 16)
+    records = [{**r, "chosen_model": None, "outputs": [{**o, "model": f"m{i % distinct}"} for o in r["outputs"][:1]]}
+               for i, r in enumerate(synthetic(200, seed=6))]  # fmt: skip
+    values = [COMPARISONS.encode(r) for r in records]
+    assert_reads_as_fastavro(decode(values, HEADER), values)
 
 
 def test_a_value_without_the_header_is_rejected() -> None:
