@@ -22,7 +22,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from services.comparison.kernels import first_seen, grouped, last_per_row
+from services.comparison.kernels import dense, first_seen, grouped, last_per_row
 from services.comparison.metrics import Tally
 from services.comparison.window import STATUSES, ChampionTracker, ModelStats, PairStats, References, SlidingWindow
 from services.core.comparison_columns import DecodedBatch
@@ -110,9 +110,10 @@ def _outputs(
     width = max(1, len(batch.version.values))
     # Each (model, version) as a series, numbered in order of first appearance (the order the
     # label budget admits them in, as record by record).
-    codes, series = first_seen(batch.model.ids[order] * width + batch.version.ids[order])
+    values, codes = dense(batch.model.ids[order] * width + batch.version.ids[order])
+    distinct, series = first_seen(codes)
     pairs: list[tuple[str, str]] = []
-    for code in codes.tolist():
+    for code in values[distinct].tolist():
         model, version = divmod(code, width)
         pairs.append(series_labels(batch.model.values[model], batch.version.values[version]))
     name_of_series = np.array([names.index(model) for model, _version in pairs], dtype=np.int64)
@@ -233,9 +234,10 @@ def _fill_pairs(
             pair.scores.add_many(out.score[scored], out.score[lead_of[scored]])
         labelled = at[(out.label[at] >= 0) & (out.label[lead_of[at]] >= 0)]
         width = len(batch.label.values)
-        counts = np.bincount(out.label[lead_of[labelled]] * width + out.label[labelled])  # few labels: counted
+        values, codes = dense(out.label[lead_of[labelled]] * width + out.label[labelled])
+        counts = np.bincount(codes)  # few labels: counted, not sorted
         for code in np.flatnonzero(counts).tolist():
-            lead_label, label = divmod(code, width)
+            lead_label, label = divmod(int(values[code]), width)
             pair.labels.confusion[(batch.label.values[lead_label], batch.label.values[label])] += int(counts[code])
 
 
@@ -252,7 +254,7 @@ def _groups(*columns: np.ndarray, where: np.ndarray) -> list[tuple[tuple[int, ..
         low = int(values.min())
         combined = combined * (int(values.max()) - low + 1) + (values - low)
     code = np.zeros(len(where), dtype=np.int64)
-    code[positions] = combined
+    code[positions] = dense(combined)[1]
     at, starts, _codes = grouped(code, where)
     bounds = starts.tolist()
     groups = [at[start:end] for start, end in pairwise(bounds)]

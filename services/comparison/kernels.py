@@ -15,8 +15,8 @@ from services.core.compiled import compiled
 
 @compiled()
 def first_seen(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct values of `codes` (non-negative) in order of first appearance, and each
-    code's index among them."""
+    """The distinct values of `codes` (non-negative, in a narrow range: `dense`) in order of first
+    appearance, and each code's index among them."""
     span = codes.max() + 1 if len(codes) else 0
     index = np.full(span, -1, dtype=np.int64)
     distinct = np.empty(len(codes), dtype=np.int64)
@@ -34,9 +34,9 @@ def first_seen(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @compiled()
 def grouped(codes: np.ndarray, where: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Positions where `where` holds, grouped by their (non-negative) code: (positions, group
-    starts with the end appended, each group's code); groups in order of first appearance,
-    positions in order within each."""
+    """Positions where `where` holds, grouped by their code (non-negative, in a narrow range:
+    `dense`): (positions, group starts with the end appended, each group's code); groups in order
+    of first appearance, positions in order within each."""
     span = codes.max() + 1 if len(codes) else 0
     index = np.full(span, -1, dtype=np.int64)
     keys = np.empty(len(codes), dtype=np.int64)
@@ -69,6 +69,20 @@ def last_per_row(rows: np.ndarray, chosen: np.ndarray, records: int) -> np.ndarr
         if chosen[i]:
             last[rows[i]] = i
     return last
+
+
+# Codes up to this many times a batch's outputs are counted in a table that wide; wider ones (a
+# log with thousands of model or label names) are made dense first, with a sort.
+TABLE_PER_OUTPUT = 4
+
+
+def dense(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(values, codes) where codes index values: `codes` itself and an identity when their range
+    is narrow enough for `first_seen` / `grouped`'s tables, else made dense (np.unique)."""
+    if not len(codes) or int(codes.max()) < TABLE_PER_OUTPUT * len(codes) + 1024:
+        return np.arange(int(codes.max()) + 1 if len(codes) else 0), codes
+    values, inverse = np.unique(codes, return_inverse=True)
+    return values, inverse.ravel()
 
 
 def warm_up() -> None:
