@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from services.core.avro_walk import BAD_INDEX, NEGATIVE, PAST_END, STEP_REASONS, varint
 from services.core.codec import Codec
 from services.core.comparison_columns import MAX_ITEMS, DecodedBatch, Rejected, Strings, layout_matches
 from services.core.compiled import compiled
@@ -42,41 +43,19 @@ STRINGS_KEPT = 4096  # distinct strings of one kind in one batch; more (not a re
 _SLOTS = 2 * STRINGS_KEPT  # open addressing, at most half full
 _NULL_DOUBLE = np.uint64(0x7FF8000000000000)  # a quiet NaN: the score column's null
 
-# Why a batch was refused, by the code the loop returns.
-REASONS = (
-    "",
-    "a value without the current schema's header",
-    "a field runs past the end of its record",
-    "a varint longer than 10 bytes",
-    "a union or enum index out of range",
-    "a negative length",
-    "a boolean that is neither 0 nor 1",
-    "bytes left after the last field",
-    f"an array block of more than {MAX_ITEMS} items",
-    "more than {kept} distinct strings of one kind",
-)
-(_, _HEADER, _PAST_END, _LONG_VARINT, _BAD_INDEX, _NEGATIVE, _BAD_BOOLEAN, _TRAILING, _BIG_BLOCK,
- _TOO_MANY_STRINGS) = range(len(REASONS))  # fmt: skip
+# Why a batch was refused, by the code the loop returns (after those of a step, avro_walk.py).
+_HEADER, _BAD_BOOLEAN, _TRAILING, _BIG_BLOCK, _TOO_MANY_STRINGS = range(5, 10)
+REASONS = {
+    **STEP_REASONS,
+    _HEADER: "a value without the current schema's header",
+    _BAD_BOOLEAN: "a boolean that is neither 0 nor 1",
+    _TRAILING: "bytes left after the last field",
+    _BIG_BLOCK: f"an array block of more than {MAX_ITEMS} items",
+    _TOO_MANY_STRINGS: "more than {kept} distinct strings of one kind",
+}
 
 _FNV_OFFSET = np.uint64(14695981039346656037)
 _FNV_PRIME = np.uint64(1099511628211)
-
-
-@compiled(inline="always")
-def _varint(buf: np.ndarray, pos: int, end: int) -> tuple[int, int]:
-    """(value, position after it) of the zig-zag varint at `pos`; position -1 past the end,
-    -2 longer than 10 bytes."""
-    raw = np.uint64(0)
-    for k in range(10):
-        if pos >= end:
-            return 0, -1
-        byte = buf[pos]
-        pos += 1
-        raw |= np.uint64(byte & 0x7F) << np.uint64(7 * k)
-        if byte < 0x80:
-            # Zig-zag on the unsigned value (a logical shift), then the bits read as signed.
-            return int(np.int64((raw >> np.uint64(1)) ^ (np.uint64(0) - (raw & np.uint64(1))))), pos
-    return 0, -2
 
 
 @compiled(inline="always")
@@ -126,7 +105,10 @@ def _intern(buf: np.ndarray, start: int, size: int, kind: int, slots: np.ndarray
 def _walk(buf, header, starts, ends, records, outputs, slots, tables, counts):  # type: ignore[no-untyped-def]
     """Decode every record of the batch into `records` (created_at, deadline, answered_at,
     status, chosen) and `outputs` (row, model, version, score bits, scored, label, error,
-    latency bits, late); returns (outputs written, 0, 0) or (-1, reason code, record index)."""
+    latency bits, late); returns (outputs written, 0, 0) or (-1, reason code, record index).
+
+    Written out flat: the same walk split into inlined helpers (a string read and interned, a
+    record's head, an output) ran 15-20% slower (0.45 -> 0.52-0.55 us a record)."""
     n_out = 0
     for r in range(len(starts)):
         pos, end = starts[r], ends[r]
@@ -137,114 +119,114 @@ def _walk(buf, header, starts, ends, records, outputs, slots, tables, counts):  
                 return -1, _HEADER, r
         pos += len(header)
         # request_id: skipped
-        size, pos = _varint(buf, pos, end)
+        size, pos = varint(buf, pos, end)
         if pos < 0:
-            return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+            return -1, -pos, r
         if size < 0:
-            return -1, _NEGATIVE, r
+            return -1, NEGATIVE, r
         pos += size
         if pos > end:
-            return -1, _PAST_END, r
+            return -1, PAST_END, r
         # created_at, deadline
         for column in range(2):
-            value, pos = _varint(buf, pos, end)
+            value, pos = varint(buf, pos, end)
             if pos < 0:
-                return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+                return -1, -pos, r
             records[column, r] = value
         # answered_at: [null, long]
-        branch, pos = _varint(buf, pos, end)
+        branch, pos = varint(buf, pos, end)
         if pos < 0:
-            return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+            return -1, -pos, r
         if branch == 1:
-            value, pos = _varint(buf, pos, end)
+            value, pos = varint(buf, pos, end)
             if pos < 0:
-                return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+                return -1, -pos, r
             records[2, r] = value
         elif branch == 0:
             records[2, r] = -1
         else:
-            return -1, _BAD_INDEX, r
+            return -1, BAD_INDEX, r
         # status: an enum of 4
-        value, pos = _varint(buf, pos, end)
+        value, pos = varint(buf, pos, end)
         if pos < 0:
-            return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+            return -1, -pos, r
         if value < 0 or value > 3:
-            return -1, _BAD_INDEX, r
+            return -1, BAD_INDEX, r
         records[3, r] = value
         # chosen_model: [null, string], interned with the model names
-        branch, pos = _varint(buf, pos, end)
+        branch, pos = varint(buf, pos, end)
         if pos < 0:
-            return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+            return -1, -pos, r
         records[4, r] = -1
         if branch == 1:
-            size, pos = _varint(buf, pos, end)
+            size, pos = varint(buf, pos, end)
             if pos < 0:
-                return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+                return -1, -pos, r
             if size < 0:
-                return -1, _NEGATIVE, r
+                return -1, NEGATIVE, r
             if pos + size > end:
-                return -1, _PAST_END, r
+                return -1, PAST_END, r
             found = _intern(buf, pos, size, 0, slots, tables, counts)
             if found < 0:
                 return -1, _TOO_MANY_STRINGS, r
             records[4, r] = found
             pos += size
         elif branch != 0:
-            return -1, _BAD_INDEX, r
+            return -1, BAD_INDEX, r
         # reason, schedule: skipped; schedule_version: read past
         for _skipped in range(2):
-            size, pos = _varint(buf, pos, end)
+            size, pos = varint(buf, pos, end)
             if pos < 0:
-                return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+                return -1, -pos, r
             if size < 0:
-                return -1, _NEGATIVE, r
+                return -1, NEGATIVE, r
             pos += size
             if pos > end:
-                return -1, _PAST_END, r
-        value, pos = _varint(buf, pos, end)
+                return -1, PAST_END, r
+        value, pos = varint(buf, pos, end)
         if pos < 0:
-            return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+            return -1, -pos, r
         # outputs: array blocks of ModelOutput until a block of 0 items
         while True:
-            items, pos = _varint(buf, pos, end)
+            items, pos = varint(buf, pos, end)
             if pos < 0:
-                return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+                return -1, -pos, r
             if items == 0:
                 break
             if items < 0:  # a negative count is followed by the block's size in bytes
                 items = -items
-                value, pos = _varint(buf, pos, end)
+                value, pos = varint(buf, pos, end)
                 if pos < 0:
-                    return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+                    return -1, -pos, r
                 if value < 0:
-                    return -1, _NEGATIVE, r
+                    return -1, NEGATIVE, r
             if items > MAX_ITEMS:
                 return -1, _BIG_BLOCK, r
             for _item in range(items):
                 if n_out >= outputs.shape[1]:
-                    return -1, _PAST_END, r  # more outputs than the bytes can hold: cannot be valid
+                    return -1, PAST_END, r  # more outputs than the bytes can hold: cannot be valid
                 outputs[0, n_out] = r
                 # model, version: strings, interned by kind
                 for kind in range(2):
-                    size, pos = _varint(buf, pos, end)
+                    size, pos = varint(buf, pos, end)
                     if pos < 0:
-                        return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+                        return -1, -pos, r
                     if size < 0:
-                        return -1, _NEGATIVE, r
+                        return -1, NEGATIVE, r
                     if pos + size > end:
-                        return -1, _PAST_END, r
+                        return -1, PAST_END, r
                     found = _intern(buf, pos, size, kind, slots, tables, counts)
                     if found < 0:
                         return -1, _TOO_MANY_STRINGS, r
                     outputs[1 + kind, n_out] = found
                     pos += size
                 # score: [null, double]
-                branch, pos = _varint(buf, pos, end)
+                branch, pos = varint(buf, pos, end)
                 if pos < 0:
-                    return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+                    return -1, -pos, r
                 if branch == 1:
                     if pos + 8 > end:
-                        return -1, _PAST_END, r
+                        return -1, PAST_END, r
                     outputs[3, n_out] = np.int64(_bits(buf, pos))
                     outputs[4, n_out] = 1
                     pos += 8
@@ -252,44 +234,44 @@ def _walk(buf, header, starts, ends, records, outputs, slots, tables, counts):  
                     outputs[3, n_out] = np.int64(_NULL_DOUBLE)
                     outputs[4, n_out] = 0
                 else:
-                    return -1, _BAD_INDEX, r
+                    return -1, BAD_INDEX, r
                 # label: [null, string], interned
-                branch, pos = _varint(buf, pos, end)
+                branch, pos = varint(buf, pos, end)
                 if pos < 0:
-                    return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+                    return -1, -pos, r
                 outputs[5, n_out] = -1
                 if branch == 1:
-                    size, pos = _varint(buf, pos, end)
+                    size, pos = varint(buf, pos, end)
                     if pos < 0:
-                        return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+                        return -1, -pos, r
                     if size < 0:
-                        return -1, _NEGATIVE, r
+                        return -1, NEGATIVE, r
                     if pos + size > end:
-                        return -1, _PAST_END, r
+                        return -1, PAST_END, r
                     found = _intern(buf, pos, size, 2, slots, tables, counts)
                     if found < 0:
                         return -1, _TOO_MANY_STRINGS, r
                     outputs[5, n_out] = found
                     pos += size
                 elif branch != 0:
-                    return -1, _BAD_INDEX, r
+                    return -1, BAD_INDEX, r
                 # error: [null, string], skipped (only whether there is one)
-                branch, pos = _varint(buf, pos, end)
+                branch, pos = varint(buf, pos, end)
                 if pos < 0:
-                    return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+                    return -1, -pos, r
                 outputs[6, n_out] = branch
                 if branch == 1:
-                    size, pos = _varint(buf, pos, end)
+                    size, pos = varint(buf, pos, end)
                     if pos < 0:
-                        return -1, _LONG_VARINT if pos == -2 else _PAST_END, r
+                        return -1, -pos, r
                     if size < 0:
-                        return -1, _NEGATIVE, r
+                        return -1, NEGATIVE, r
                     pos += size
                 elif branch != 0:
-                    return -1, _BAD_INDEX, r
+                    return -1, BAD_INDEX, r
                 # latency_ms, compute_ms (skipped): doubles; late: a boolean
                 if pos + 17 > end:
-                    return -1, _PAST_END, r
+                    return -1, PAST_END, r
                 outputs[7, n_out] = np.int64(_bits(buf, pos))
                 late = buf[pos + 16]
                 if late > 1:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from services.core.avro_walk import string, varint
 from services.core.codec import MAGIC, Codec
 from services.core.comparison_columns import signature
 from services.core.compiled import compiled
@@ -37,21 +38,6 @@ SCORE_LAYOUT: Any = (
     ("deadline", "long"), ("received_at", "long"), ("scored_at", "long"), ("compute_ms", "double"),
 )  # fmt: skip
 _DOUBLE = struct.Struct("<d")
-
-
-@compiled()
-def _varint(buf: Any, pos: int, end: int) -> tuple[int, int]:
-    """(value, position after it) of the zig-zag varint at `pos`; position -1 if invalid."""
-    raw = np.uint64(0)
-    for k in range(10):
-        if pos >= end:
-            return 0, -1
-        byte = buf[pos]
-        pos += 1
-        raw |= np.uint64(byte & 0x7F) << np.uint64(7 * k)
-        if byte < 0x80:
-            return int(np.int64((raw >> np.uint64(1)) ^ (np.uint64(0) - (raw & np.uint64(1))))), pos
-    return 0, -1
 
 
 @compiled()
@@ -91,12 +77,10 @@ def _utf8(buf: Any, start: int, end: int) -> bool:
 @compiled()
 def _string(buf: Any, pos: int, end: int, text: bool) -> tuple[int, int]:
     """(start, position after it) of the string (or bytes, `text` False) at `pos`; -1 if invalid."""
-    size, pos = _varint(buf, pos, end)
-    if pos < 0 or size < 0 or pos + size > end:
+    start, pos = string(buf, pos, end)
+    if pos < 0 or (text and not _utf8(buf, start, pos)):
         return 0, -1
-    if text and not _utf8(buf, pos, pos + size):
-        return 0, -1
-    return pos, pos + size
+    return start, pos
 
 
 @compiled()
@@ -104,14 +88,14 @@ def _map(buf: Any, pos: int, end: int, doubles: bool) -> tuple[int, int]:
     """(entries, position after it) of a map of doubles (or of strings); position -1 if invalid."""
     entries = 0
     while True:
-        count, pos = _varint(buf, pos, end)
+        count, pos = varint(buf, pos, end)
         if pos < 0:
             return 0, -1
         if count == 0:
             return entries, pos
         if count < 0:  # a negative count is followed by the block's size in bytes
             count = -count
-            size, pos = _varint(buf, pos, end)
+            size, pos = varint(buf, pos, end)
             if pos < 0 or size < 0:
                 return 0, -1
         for _ in range(count):
@@ -140,13 +124,13 @@ def walk_request(buf: Any, skip: int) -> tuple[int, ...]:
     if pos < 0:
         return (0,) * 12
     rid_end = pos
-    created, pos = _varint(buf, pos, end)
+    created, pos = varint(buf, pos, end)
     if pos < 0:
         return (0,) * 12
-    deadline, pos = _varint(buf, pos, end)
+    deadline, pos = varint(buf, pos, end)
     if pos < 0:
         return (0,) * 12
-    reply, pos = _varint(buf, pos, end)
+    reply, pos = varint(buf, pos, end)
     topic, topic_end, has_partition, partition = 0, 0, 0, 0
     if pos < 0 or reply < 0 or reply > 1:
         return (0,) * 12
@@ -155,17 +139,17 @@ def walk_request(buf: Any, skip: int) -> tuple[int, ...]:
         if pos < 0:
             return (0,) * 12
         topic_end = pos
-        has_partition, pos = _varint(buf, pos, end)
+        has_partition, pos = varint(buf, pos, end)
         if pos < 0 or has_partition < 0 or has_partition > 1:
             return (0,) * 12
         if has_partition == 1:
-            partition, pos = _varint(buf, pos, end)
+            partition, pos = varint(buf, pos, end)
             if pos < 0:
                 return (0,) * 12
     features, pos = _map(buf, pos, end, True)
     if pos < 0:
         return (0,) * 12
-    payload, pos = _varint(buf, pos, end)
+    payload, pos = varint(buf, pos, end)
     if pos < 0 or payload < 0 or payload > 1:
         return (0,) * 12
     if payload == 1:
@@ -184,7 +168,7 @@ def walk_request(buf: Any, skip: int) -> tuple[int, ...]:
 @compiled()
 def _optional_string(buf: Any, pos: int, end: int) -> tuple[int, int, int]:
     """(present 1/0, start, position after it) of a [null, string] union; position -1 if invalid."""
-    branch, pos = _varint(buf, pos, end)
+    branch, pos = varint(buf, pos, end)
     if pos < 0 or branch < 0 or branch > 1:
         return 0, 0, -1
     if branch == 0:
@@ -207,7 +191,7 @@ def walk_score(buf: Any, skip: int) -> tuple[int, ...]:
             return (0,) * 16
         if k < 3:
             fields[1 + 2 * k], fields[2 + 2 * k] = start, pos
-    branch, pos = _varint(buf, pos, end)
+    branch, pos = varint(buf, pos, end)
     if pos < 0 or branch < 0 or branch > 1:
         return (0,) * 16
     fields[7], fields[8] = branch, pos
@@ -219,7 +203,7 @@ def walk_score(buf: Any, skip: int) -> tuple[int, ...]:
             return (0,) * 16
         fields[9 + 3 * k], fields[10 + 3 * k], fields[11 + 3 * k] = present, start, pos
     for _ in range(3):  # deadline, received_at, scored_at (not kept)
-        _value, pos = _varint(buf, pos, end)
+        _value, pos = varint(buf, pos, end)
         if pos < 0:
             return (0,) * 16
     fields[15] = pos
