@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from services.core.avro_walk import string, varint
+from services.core.avro_walk import branch, string, varint
 from services.core.codec import MAGIC, Codec
 from services.core.comparison_columns import signature
 from services.core.compiled import compiled
@@ -130,17 +130,17 @@ def walk_request(buf: Any, skip: int) -> tuple[int, ...]:
     deadline, pos = varint(buf, pos, end)
     if pos < 0:
         return (0,) * 12
-    reply, pos = varint(buf, pos, end)
+    reply, pos = branch(buf, pos, end, 2)
     topic, topic_end, has_partition, partition = 0, 0, 0, 0
-    if pos < 0 or reply < 0 or reply > 1:
+    if pos < 0:
         return (0,) * 12
     if reply == 1:
         topic, pos = _string(buf, pos, end, True)
         if pos < 0:
             return (0,) * 12
         topic_end = pos
-        has_partition, pos = varint(buf, pos, end)
-        if pos < 0 or has_partition < 0 or has_partition > 1:
+        has_partition, pos = branch(buf, pos, end, 2)
+        if pos < 0:
             return (0,) * 12
         if has_partition == 1:
             partition, pos = varint(buf, pos, end)
@@ -149,8 +149,8 @@ def walk_request(buf: Any, skip: int) -> tuple[int, ...]:
     features, pos = _map(buf, pos, end, True)
     if pos < 0:
         return (0,) * 12
-    payload, pos = varint(buf, pos, end)
-    if pos < 0 or payload < 0 or payload > 1:
+    payload, pos = branch(buf, pos, end, 2)
+    if pos < 0:
         return (0,) * 12
     if payload == 1:
         _start, pos = _string(buf, pos, end, True)
@@ -168,10 +168,10 @@ def walk_request(buf: Any, skip: int) -> tuple[int, ...]:
 @compiled()
 def _optional_string(buf: Any, pos: int, end: int) -> tuple[int, int, int]:
     """(present 1/0, start, position after it) of a [null, string] union; position -1 if invalid."""
-    branch, pos = varint(buf, pos, end)
-    if pos < 0 or branch < 0 or branch > 1:
+    present, pos = branch(buf, pos, end, 2)
+    if pos < 0:
         return 0, 0, -1
-    if branch == 0:
+    if present == 0:
         return 0, pos, pos
     start, pos = _string(buf, pos, end, True)
     return 1, start, pos
@@ -191,11 +191,11 @@ def walk_score(buf: Any, skip: int) -> tuple[int, ...]:
             return (0,) * 16
         if k < 3:
             fields[1 + 2 * k], fields[2 + 2 * k] = start, pos
-    branch, pos = varint(buf, pos, end)
-    if pos < 0 or branch < 0 or branch > 1:
+    scored, pos = branch(buf, pos, end, 2)
+    if pos < 0:
         return (0,) * 16
-    fields[7], fields[8] = branch, pos
-    if branch == 1:
+    fields[7], fields[8] = scored, pos
+    if scored == 1:
         pos += 8
     for k in range(2):  # label, error
         present, start, pos = _optional_string(buf, pos, end)
