@@ -18,8 +18,6 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-import numpy as np
-
 from services.core.avro_walk import branch, string, varint
 from services.core.codec import MAGIC, Codec
 from services.core.comparison_columns import signature
@@ -183,33 +181,37 @@ def walk_score(buf: Any, skip: int) -> tuple[int, ...]:
     offset, has a label 1/0, its start and end, has an error 1/0, its start and end, compute_ms's
     offset) of the Score body at `skip`."""
     end = len(buf)
-    fields = np.zeros(16, dtype=np.int64)
-    pos = skip
-    for k in range(4):  # request_id, model, version, instance (not kept)
-        start, pos = _string(buf, pos, end, True)
-        if pos < 0:
-            return (0,) * 16
-        if k < 3:
-            fields[1 + 2 * k], fields[2 + 2 * k] = start, pos
+    rid, pos = _string(buf, skip, end, True)
+    rid_end = pos
+    model, pos = _string(buf, pos, end, True) if pos >= 0 else (0, pos)
+    model_end = pos
+    version, pos = _string(buf, pos, end, True) if pos >= 0 else (0, pos)
+    version_end = pos
+    _instance, pos = _string(buf, pos, end, True) if pos >= 0 else (0, pos)  # not kept
+    if pos < 0:
+        return (0,) * 16
     scored, pos = branch(buf, pos, end, 2)
     if pos < 0:
         return (0,) * 16
-    fields[7], fields[8] = scored, pos
+    score_at = pos
     if scored == 1:
         pos += 8
-    for k in range(2):  # label, error
-        present, start, pos = _optional_string(buf, pos, end)
-        if pos < 0:
-            return (0,) * 16
-        fields[9 + 3 * k], fields[10 + 3 * k], fields[11 + 3 * k] = present, start, pos
+    labelled, label, pos = _optional_string(buf, pos, end)
+    if pos < 0:
+        return (0,) * 16
+    label_end = pos
+    failed, error, pos = _optional_string(buf, pos, end)
+    if pos < 0:
+        return (0,) * 16
+    error_end = pos
     for _ in range(3):  # deadline, received_at, scored_at (not kept)
         _value, pos = varint(buf, pos, end)
         if pos < 0:
             return (0,) * 16
-    fields[15] = pos
-    fields[0] = 1 if pos + 8 == end else 0
-    return (fields[0], fields[1], fields[2], fields[3], fields[4], fields[5], fields[6], fields[7], fields[8],
-            fields[9], fields[10], fields[11], fields[12], fields[13], fields[14], fields[15])
+    if pos + 8 != end:  # compute_ms, the last field
+        return (0,) * 16
+    return (1, rid, rid_end, model, model_end, version, version_end, scored, score_at, labelled, label, label_end,
+            failed, error, error_end, pos)
 
 
 class Walker:

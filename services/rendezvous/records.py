@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
 
 from services.core.codec import HEADER_SIZE, Codec
 from services.core.errors import DecodeFailed
@@ -54,7 +53,7 @@ class ScoreIn:
 
 def request_in(codec: Codec, value: bytes | None, partition: int, offset: int, log_time: int) -> RequestIn:
     """A RequestIn; `BadInput` if the bytes are no Request or carry no request_id to answer."""
-    if _walker(codec, REQUEST_LAYOUT).takes(value):
+    if _request_walker(codec).takes(value):
         assert value is not None
         fields = walk_request(value, HEADER_SIZE)
         if fields[0]:
@@ -76,7 +75,7 @@ def request_decoded(codec: Codec, value: bytes | None, partition: int, offset: i
 
 
 def score_in(codec: Codec, value: bytes | None, partition: int, offset: int, log_time: int) -> ScoreIn:
-    if _walker(codec, SCORE_LAYOUT).takes(value):
+    if _score_walker(codec).takes(value):
         assert value is not None
         fields = walk_score(value, HEADER_SIZE)
         if fields[0]:
@@ -95,9 +94,15 @@ def score_decoded(codec: Codec, value: bytes | None, partition: int, offset: int
     )
 
 
+# Per codec, not per (codec, layout): a call hashes its key, and a layout is a nested tuple.
 @cache
-def _walker(codec: Codec, layout: Any) -> Walker:
-    return Walker(codec, layout)
+def _request_walker(codec: Codec) -> Walker:
+    return Walker(codec, REQUEST_LAYOUT)
+
+
+@cache
+def _score_walker(codec: Codec) -> Walker:
+    return Walker(codec, SCORE_LAYOUT)
 
 
 def _text(value: bytes, start: int, end: int) -> str:
