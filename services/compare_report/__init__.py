@@ -3,7 +3,7 @@
     ranges.py    --since / --from / --to parsing (before any broker is contacted)
     reader.py    range -> per-partition offsets, reading them in batches into columns
     decode.py    batches of Comparison values into columns: services/core/compiled_decode.py
-                 (numpy, all records of a batch at once), else one fastavro call per batch, else one per record
+                 (a compiled loop over a batch), else one fastavro call per batch, else one per record
     columns.py   columnar accumulation (array.array, codes for names)
     summary.py   per-model figures (stats from services/stats/distributions.py)
     table.py     the terminal table (rich)        html.py   the HTML page with inline SVG plots

@@ -6,7 +6,7 @@ Three tiers, each the fallback of the one before:
    per record);
 2. one fastavro call per batch: the bodies concatenated into the Avro encoding of an *array* of
    Comparison (one block: count, bodies, end marker), ~2x faster than a call per record; used
-   when the schema has changed under the vectorized decoder, or it rejected the batch;
+   when the schema has changed under the compiled decoder, or it rejected the batch;
 3. `Codec.decode` per record: older writer schemas (schema resolution), and every record of a
    batch that tier 2 could not decode exactly, so a bad record is counted and skipped, never
    fatal, never misread silently.
