@@ -64,9 +64,7 @@ def request_in(codec: Codec, value: bytes | None, partition: int, offset: int, l
 def request_decoded(codec: Codec, value: bytes | None, partition: int, offset: int, log_time: int) -> RequestIn:
     """`request_in` through fastavro's decode of the whole record."""
     request = codec.decode(value)
-    rid = request["request_id"]
-    if not rid:
-        raise DecodeFailed("request_id is empty: nothing to answer it by")
+    rid = _answerable(request["request_id"])
     reply = request["reply_to"]
     return RequestIn(
         rid, partition, offset, log_time, request["created_at"], request["deadline"],
@@ -86,8 +84,7 @@ def score_in(codec: Codec, value: bytes | None, partition: int, offset: int, log
 def score_decoded(codec: Codec, value: bytes | None, partition: int, offset: int, log_time: int) -> ScoreIn:
     """`score_in` through fastavro's decode of the whole record."""
     score = codec.decode(value)
-    if not score["request_id"] or not score["model"]:
-        raise DecodeFailed("a score needs a request_id and a model name")
+    _joinable(score["request_id"], score["model"])
     return ScoreIn(
         score["request_id"], partition, offset, log_time, score["model"], score["version"], score["score"],
         score["label"], score["error"], score["compute_ms"],
@@ -105,6 +102,19 @@ def _score_walker(codec: Codec) -> Walker:
     return Walker(codec, SCORE_LAYOUT)
 
 
+def _answerable(request_id: str) -> str:
+    """The request id of a request, which it is answered by; `DecodeFailed` if empty."""
+    if not request_id:
+        raise DecodeFailed("request_id is empty: nothing to answer it by")
+    return request_id
+
+
+def _joinable(request_id: str, model: str) -> None:
+    """`DecodeFailed` unless a score names the request and the model it joins by."""
+    if not request_id or not model:
+        raise DecodeFailed("a score needs a request_id and a model name")
+
+
 def _text(value: bytes, start: int, end: int) -> str:
     return value[start:end].decode()  # the walk checked it is UTF-8
 
@@ -113,9 +123,7 @@ def _request_walked(value: bytes, fields: tuple[int, ...], partition: int, offse
     """`request_in` from a valid Request's walk (compiled_records.walk_request)."""
     _ok, rid, rid_end, created, deadline, reply, topic, topic_end, has_partition, reply_partition, features, payload = (
         fields)  # fmt: skip
-    request_id = _text(value, rid, rid_end)
-    if not request_id:
-        raise DecodeFailed("request_id is empty: nothing to answer it by")
+    request_id = _answerable(_text(value, rid, rid_end))
     # request_problem reads only these: the features' count stands for the map (empty or not).
     seen = {"request_id": request_id, "created_at": created, "deadline": deadline, "features": features,
             "payload": True if payload else None}  # fmt: skip
@@ -131,8 +139,7 @@ def _score_walked(value: bytes, fields: tuple[int, ...], partition: int, offset:
     (_ok, rid, rid_end, model, model_end, version, version_end, scored, score_at, labelled, label, label_end,
      failed, error, error_end, compute_at) = fields  # fmt: skip
     request_id, model_name = _text(value, rid, rid_end), _text(value, model, model_end)
-    if not request_id or not model_name:
-        raise DecodeFailed("a score needs a request_id and a model name")
+    _joinable(request_id, model_name)
     return ScoreIn(
         request_id, partition, offset, log_time, model_name, _text(value, version, version_end),
         double_at(value, score_at) if scored else None, _text(value, label, label_end) if labelled else None,
