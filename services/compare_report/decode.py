@@ -6,10 +6,15 @@ Three tiers, each the fallback of the one before:
    per record);
 2. one fastavro call per batch: the bodies concatenated into the Avro encoding of an *array* of
    Comparison (one block: count, bodies, end marker), ~2x faster than a call per record; used
-   when the schema has changed under the compiled decoder, or it rejected the batch;
+   for small ranges, when the schema has changed under the compiled decoder, or it rejected the
+   batch;
 3. `Codec.decode` per record: older writer schemas (schema resolution), and every record of a
    batch that tier 2 could not decode exactly, so a bad record is counted and skipped, never
    fatal, never misread silently.
+
+Tier 1 is used only for ranges of at least `COMPILED_FROM` records: loading the compiled code
+(numba and its cache) costs a process ~0.5 s, which tier 2 (~13 µs a record more, `Columns.add`
+included) makes up only from some 25,000 records: a report of a few thousand would take twice as long.
 """
 
 from __future__ import annotations
@@ -17,39 +22,43 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from io import BytesIO
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastavro import parse_schema, schemaless_reader
 
 from services.compare_report.columns import Columns
 from services.core.avro_writer import long_bytes
 from services.core.codec import Codec, strip_logical_types
-from services.core.compiled_decode import CurrentBatches, warm_up
+from services.core.comparison_columns import split_current
 from services.core.errors import BadInput
+
+if TYPE_CHECKING:
+    from services.core.compiled_decode import CurrentBatches
 
 log = logging.getLogger(__name__)
 
+# Records in a range from which the compiled decoder pays for its load: `rendezvous compare --since 1h`
+# took 0.59 / 1.12 s for 5,000 records (fastavro / compiled), about the same for 30,000 (1.13 / 1.24).
+COMPILED_FROM = 25_000
+
 
 class BatchDecoder:
-    """Decodes lists of single-object encoded values of one codec; counts what it must skip."""
+    """Decodes lists of single-object encoded values of one codec; counts what it must skip.
+    `expected`: how many records the caller will hand over in all (None: unknown, many)."""
 
-    def __init__(self, codec: Codec):
+    def __init__(self, codec: Codec, expected: int | None = None):
         self._codec = codec
         self._header = codec.header
         self._array = parse_schema(
             {"type": "array", "items": strip_logical_types(codec.schema)}, _write_hint=False
         )
-        self._batches = CurrentBatches(codec)
-        if self._batches.usable:
-            warm_up()
-        else:
-            log.warning("%s schema changed: the report decodes with fastavro (slower)", codec.name)
+        self._batches = _compiled(codec) if expected is None or expected >= COMPILED_FROM else None
         self.skipped = 0
 
     def decode_into(self, values: Sequence[bytes | None], columns: Columns) -> None:
         """Append every decodable record of `values` to `columns`."""
-        current, others = self._batches.split(values)
-        if current and (batch := self._batches.decode(current)) is not None:
+        current, others = split_current(values, self._header)
+        if current and self._batches is not None and (batch := self._batches.decode(current)) is not None:
             columns.add_batch(batch)
             current = []
         columns.add(self._decode_current(current))
@@ -58,7 +67,7 @@ class BatchDecoder:
 
     def decode(self, values: Sequence[bytes | None]) -> list[dict[str, Any]]:
         """Every decodable record of `values` as dicts (tiers 2 and 3), current-header ones first."""
-        current, others = self._batches.split(values)
+        current, others = split_current(values, self._header)
         records = self._decode_current(current)
         if others:
             records.extend(self._one_by_one(others))
@@ -88,3 +97,16 @@ class BatchDecoder:
             except BadInput:
                 self.skipped += 1
         return records
+
+
+def _compiled(codec: Codec) -> CurrentBatches | None:
+    """The compiled decoder, loaded (imported here: numba's import alone is ~0.3 s); None when the
+    schema changed under it."""
+    from services.core.compiled_decode import CurrentBatches, warm_up
+
+    batches = CurrentBatches(codec)
+    if not batches.usable:
+        log.warning("%s schema changed: the report decodes with fastavro (slower)", codec.name)
+        return None
+    warm_up()
+    return batches

@@ -8,8 +8,8 @@
    large batches, drop what lies past a partition's end and pause it once its end is reached
    (or once the broker reports partition EOF, which also covers transaction markers that
    occupy the last offsets without ever being delivered).
-3. Decode each batch straight into `Columns` (`BatchDecoder.decode_into`: numpy over the whole
-   batch, fastavro where that cannot be used).
+3. Decode each batch straight into `Columns` (`BatchDecoder.decode_into`: a compiled loop over
+   the whole batch for large ranges, fastavro for small ones and where that cannot be used).
 
 `read_partitions` is the single-process reader; `read_range` resolves the range and splits the
 partitions over `--workers` processes when that pays (services/compare_report/workers.py).
@@ -78,7 +78,8 @@ def read_partitions(
 ) -> tuple[Columns, int, bool]:  # fmt: skip
     """Read the spans into columns; returns (columns, records skipped, stopped at max_records)."""
     pending = {s.partition: s for s in spans if s.size > 0}
-    columns, decoder = Columns(), BatchDecoder(codec("comparison"))
+    expected = sum(s.size for s in pending.values())
+    columns, decoder = Columns(), BatchDecoder(codec("comparison"), min(expected, max_records or expected))
     consumer = reader_consumer(config)
     try:
         consumer.assign([TopicPartition(topic, s.partition, s.start) for s in pending.values()])

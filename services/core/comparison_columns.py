@@ -10,7 +10,7 @@ schema at start-up (`layout_matches`); with any other schema, fastavro decodes r
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,19 @@ def signature(node: Any) -> Any:
 def layout_matches(schema: Mapping[str, Any]) -> bool:
     """True when `schema` is the Comparison layout this decoder walks."""
     return bool(signature(dict(schema)) == LAYOUT)
+
+
+def split_current(values: Sequence[bytes | None], header: bytes) -> tuple[list[bytes], list[bytes | None]]:
+    """The values written with the current schema (they start with its single-object `header`),
+    and the others (an older writer schema, which needs fastavro's resolution, or no value)."""
+    current: list[bytes] = []
+    others: list[bytes | None] = []
+    for value in values:
+        if value is not None and value.startswith(header):
+            current.append(value)
+        else:
+            others.append(value)
+    return current, others
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import numpy as np
 
 from services.core.avro_walk import BAD_INDEX, NEGATIVE, PAST_END, STEP_REASONS, varint
 from services.core.codec import Codec
-from services.core.comparison_columns import MAX_ITEMS, DecodedBatch, Rejected, Strings, layout_matches
+from services.core.comparison_columns import MAX_ITEMS, DecodedBatch, Rejected, Strings, layout_matches, split_current
 from services.core.compiled import compiled
 
 log = logging.getLogger(__name__)
@@ -349,17 +349,8 @@ class CurrentBatches:
         self.usable = layout_matches(codec.schema)
 
     def split(self, values: Sequence[bytes | None]) -> tuple[list[bytes], list[bytes | None]]:
-        """The values written with the current schema, and the others (an older writer schema,
-        which needs fastavro's resolution, or no value at all)."""
-        header = self.header
-        current: list[bytes] = []
-        others: list[bytes | None] = []
-        for value in values:
-            if value is not None and value.startswith(header):
-                current.append(value)
-            else:
-                others.append(value)
-        return current, others
+        """The values written with the current schema, and the others (`split_current`)."""
+        return split_current(values, self.header)
 
     def decode(self, values: Sequence[bytes]) -> DecodedBatch | None:
         """The columns of `values`; None when this decoder cannot take them all exactly (the

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from html.parser import HTMLParser
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -435,6 +438,40 @@ def test_batches_with_bad_records_fall_back_and_skip_exactly_those(records: list
     assert decoder.skipped == 1
     expected = Columns.of([*records[:300], comparisons.decode(long_label)])
     assert as_rows(columns.frame()) == as_rows(expected.frame())
+
+
+def test_small_ranges_decode_without_the_compiled_code_to_the_same_columns(records: list[dict[str, Any]]) -> None:
+    comparisons = codec("comparison")
+    values: list[bytes | None] = [comparisons.encode(r) for r in records[:300]]
+    good = values[0]
+    assert good is not None
+    mixed = [*values[:100], good[:-3], None, *values[100:]]
+    decoded = {}
+    for expected in (len(mixed), None):  # a small range; an unknown (large) one: compiled
+        columns, decoder = Columns(), BatchDecoder(comparisons, expected)
+        decoder.decode_into(mixed, columns)
+        decoded[expected] = (as_rows(columns.frame()), decoder.skipped)
+    assert decoded[len(mixed)] == decoded[None]
+    assert decoded[None][1] == 1
+
+
+def test_a_small_report_never_loads_numba() -> None:
+    """Loading the compiled code costs ~0.5 s, several times what decoding a small range takes."""
+    script = (
+        "import sys\n"
+        "from services.compare_report.decode import BatchDecoder\n"
+        "from services.compare_report.columns import Columns\n"
+        "from services.core.codec import codec\n"
+        "from tests.unit.test_compare_report import synthetic\n"
+        "c = codec('comparison'); values = [c.encode(r) for r in synthetic(50)]\n"
+        "columns = Columns(); BatchDecoder(c, len(values)).decode_into(values, columns)\n"
+        "assert len(columns) == 50, len(columns)\n"
+        "print('numba' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
 
 
 # ----- workers, table, HTML --------------------------------------------------------------------
