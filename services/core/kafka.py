@@ -115,7 +115,12 @@ def _error_cb(config: Mapping[str, Any]) -> Callable[[KafkaError], None]:
 
 
 class Producer:
-    """A producer whose delivery failures surface as exceptions."""
+    """A producer whose delivery failures surface as exceptions.
+
+    `delivered`: hear of every record's delivery (`delivered_ends`, `produce(on_done=...)`).
+    Without it librdkafka reports failures only (`delivery.report.only.error`): no Python call
+    per delivered record, ~0.8 µs of the producing thread a record (docs/benchmarks.md).
+    """
 
     def __init__(
         self,
@@ -123,14 +128,18 @@ class Producer:
         *,
         soft_topics: Callable[[str], bool] = lambda _topic: False,
         on_soft_failure: Callable[[str, KafkaError], None] | None = None,
+        delivered: bool = False,
     ):
-        merged = {**PRODUCER_DEFAULTS, **config, "error_cb": _error_cb(config), "logger": LIBRDKAFKA_LOG}
+        merged = {**PRODUCER_DEFAULTS, **config, "error_cb": _error_cb(config), "logger": LIBRDKAFKA_LOG,
+                  "delivery.report.only.error": not delivered}
+        self._delivered = delivered
         self._config = merged
         self._producer = new_client(_Producer, merged)
         self._failures: list[DeliveryFailed] = []
         self._is_soft = soft_topics
         self._on_soft_failure = on_soft_failure
-        # (topic, partition) -> one past the highest offset delivered: where outputs end now.
+        # (topic, partition) -> one past the highest offset delivered: where outputs end now
+        # (kept with `delivered` only).
         self.delivered_ends: dict[tuple[str, int], int] = {}
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
@@ -184,8 +193,11 @@ class Producer:
         headers: Sequence[tuple[str, bytes]] | None = None,
         on_done: Callable[[], None] | None = None,
     ) -> None:
-        """`on_done` is called once the broker acknowledged or refused the record (from `poll`)."""
+        """`on_done` is called once the broker acknowledged or refused the record (from `poll`;
+        only for a producer made with `delivered`)."""
         self.raise_failures()
+        if on_done is not None and not self._delivered:
+            raise ValueError("on_done needs a producer made with delivered=True")
         kwargs: dict[str, Any] = {"on_delivery": self._on_delivery if on_done is None else self._then(on_done)}
         if partition is not None:
             kwargs["partition"] = partition

@@ -67,6 +67,7 @@ class StreamSpec:
     consumer_config: dict[str, Any] = field(default_factory=dict)  # group tuning, assignment, isolation
     intake: tuple[str, ...] = ()  # topics paused when draining (empty: every topic)
     producer_config: dict[str, Any] = field(default_factory=dict)
+    delivered: bool = False  # the handler needs every delivery reported (core/kafka.py, Producer)
 
     def __post_init__(self) -> None:
         if self.processing not in PROCESSING:
@@ -188,7 +189,7 @@ class StreamService:
         if spec.processing == "exactly-once":
             producer_config["transactional.id"] = spec.transactional_id
             producer_config["transaction.timeout.ms"] = spec.transaction_timeout_ms
-        producer = Producer(producer_config)
+        producer = Producer(producer_config, delivered=spec.delivered)
         stack.callback(producer.close)
         return producer
 

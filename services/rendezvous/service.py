@@ -115,6 +115,7 @@ class Rendezvous:
             consumer_config=consumer, intake=(t.requests,),
             # Answers, comparison records and dead letters wait for the commit anyway: batch them.
             producer_config={"linger.ms": s.output_linger_ms},
+            delivered=True,  # where its outputs end (`_output_end`) comes from their deliveries
         )
 
     # -- what tests and the CLI look at --------------------------------------------------
@@ -166,7 +167,7 @@ class Rendezvous:
     def start(self, ctx: Context) -> None:
         self._ctx = ctx
         fast = Producer({**ctx.config, "linger.ms": 0}, soft_topics=lambda _t: True,
-                        on_soft_failure=self._on_reply_failure)
+                        on_soft_failure=self._on_reply_failure, delivered=True)  # a reply's receipt: on_done
         ctx.stack.callback(fast.close)
         self._fast = fast
         excerpt = excerpt_limit(ctx.config, self.topics.deadletter)
