@@ -5,11 +5,14 @@ consumer group, its micro-batches and its commits, so one fetch brings a batch t
 one produce request carries all their scores (fewer Kafka requests, which is what the broker's
 CPU follows), at the cost of isolation: a slow model holds up the scores of the others.
 
-Scoring path: a record that is not a request at all (`services/core/requests.py`: no id, no
-features and no payload, ...) is skipped and counted like an undecodable one (the rendezvous
-dead-letters it). Every other request gets exactly one Score: the model's output, or an error
-saying why there is none: the request breaks the model's input contract (unknown, missing or
-non-finite features: `services/core/signatures.py`), or the model raised for it.
+Scoring path: a batch of plain requests — each naming exactly the models' features, in order,
+all finite — is read by a compiled walk straight into the models' matrix (walked.py); any other
+batch is decoded by fastavro and checked against each signature, where a record that is not a
+request at all (`services/core/requests.py`: no id, no features and no payload, ...) is skipped
+and counted like an undecodable one (the rendezvous dead-letters it). Every other request gets
+exactly one Score: the model's output, or an error saying why there is none: the request breaks
+the model's input contract (unknown, missing or non-finite features: `services/core/signatures.py`),
+or the model raised for it.
 
 Commit order (at-least-once; the rendezvous de-duplicates by model + request):
   1. produce one Score per request of the batch,
@@ -44,6 +47,7 @@ from services.model_worker.models import Model, Prediction, load_model
 from services.model_worker.models.base import model_signature
 from services.model_worker.score_writer import ScoreWriter
 from services.model_worker.settings import WorkerSettings, check_co_hosted_names, worker_name
+from services.model_worker.walked import RequestWalker
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +133,14 @@ class Hosted:
         self.labels = (self.name, self.version)
 
 
+def shared_names(hosted: Sequence[Hosted]) -> tuple[str, ...] | None:
+    """The feature names every hosted model reads, in one order, or None. A request naming exactly
+    those, in that order, all finite, is valid for each of their signatures whatever they require
+    or default, and gives each the same matrix: one walk serves them all (walked.py)."""
+    names = {h.signature.names for h in hosted}
+    return next(iter(names)) if len(names) == 1 else None
+
+
 def hosted_models(settings: WorkerSettings, instance: str, model: Model | None = None) -> list[Hosted]:
     """The worker's own model (`--model`), then its co-hosted ones (`--co-host`); names unique."""
     def load(spec: str) -> Model:
@@ -147,15 +159,17 @@ def hosted_models(settings: WorkerSettings, instance: str, model: Model | None =
 
 
 def score_co_hosted(
-    hosted: Sequence[Hosted], rows: Sequence[Mapping[str, float]]
+    hosted: Sequence[Hosted], rows: Sequence[Mapping[str, Any]], walked: tuple[Prepared, float] | None = None
 ) -> Iterator[tuple[Hosted, list[Scored]]]:
     """Each model's results for one batch, model after model. Models with the same signature share
     one check of the batch (`Signature.prepare`: one row ≈ 15 µs back to back, ≈ 190 µs on a cold
     CPU, docs/benchmarks.md), each with its own copy of the checked matrix: a model may scale its
-    input in place, and the next must not see that."""
-    ids = [id(h.signature) for h in hosted]
+    input in place, and the next must not see that. `walked`: the batch already checked by the
+    request walk against the feature names all of `hosted` read (walked.py), and the ms it took;
+    `rows` are then only counted."""
+    ids = [id(h.signature) for h in hosted] if walked is None else [0] * len(hosted)  # walked: one check for all
     shared = {key for key in ids if ids.count(key) > 1}
-    checked: dict[int, tuple[Prepared, float]] = {}  # id(signature) -> the batch checked, in ms
+    checked: dict[int, tuple[Prepared, float]] = {} if walked is None else {0: walked}  # key -> batch checked, ms
     for h, key in zip(hosted, ids, strict=True):
         check = checked.get(key)
         if check is None:
@@ -180,6 +194,7 @@ class ModelWorker(SimpleHandler):
         self.topics = settings.topics()
         self.scored = 0
         self._requests = codec("request")
+        self._walker = RequestWalker(self._requests, shared_names(self.hosted))
         self._scorer: _BatchScorer | None = None
         self.service = StreamService(StreamSpec(
             name=f"model {self.name}", config=settings.librdkafka(), subscription=[self.topics.requests],
@@ -264,6 +279,10 @@ class _BatchScorer:
         if not messages:
             return
         received_at = now_ms()
+        walked = self.w._walker.read([msg.value() for msg in messages])
+        if walked is not None:
+            self._score_and_produce(walked.requests, messages, received_at, walked.checked)
+            return
         requests, sources = self._decode(messages)
         if requests:
             self._score_and_produce(requests, sources, received_at)
@@ -283,11 +302,12 @@ class _BatchScorer:
         return requests, sources
 
     def _score_and_produce(
-        self, requests: list[dict[str, Any]], sources: list[Message], received_at: int
+        self, requests: list[dict[str, Any]], sources: list[Message], received_at: int,
+        walked: tuple[Prepared, float] | None = None,
     ) -> None:
-        rows = [r["features"] for r in requests]
+        rows = requests if walked is not None else [r["features"] for r in requests]
         # One model's scores go out before the next model scores: the preferred one is not held up.
-        for hosted, results in score_co_hosted(self.w.hosted, rows):
+        for hosted, results in score_co_hosted(self.w.hosted, rows, walked):
             self._write(hosted, results, requests, sources, received_at)
         self.w.scored += len(requests)
 

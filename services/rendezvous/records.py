@@ -12,16 +12,10 @@ from dataclasses import dataclass
 from functools import cache
 
 from services.core.codec import HEADER_SIZE, Codec
+from services.core.compiled_requests import REQUEST_LAYOUT, Walker, walk_request
 from services.core.errors import DecodeFailed
 from services.core.requests import request_problem
-from services.rendezvous.compiled_records import (
-    REQUEST_LAYOUT,
-    SCORE_LAYOUT,
-    Walker,
-    double_at,
-    walk_request,
-    walk_score,
-)
+from services.rendezvous.compiled_records import SCORE_LAYOUT, double_at, walk_score
 
 
 @dataclass(slots=True)
@@ -120,7 +114,7 @@ def _text(value: bytes, start: int, end: int) -> str:
 
 
 def _request_walked(value: bytes, fields: tuple[int, ...], partition: int, offset: int, log_time: int) -> RequestIn:
-    """`request_in` from a valid Request's walk (compiled_records.walk_request)."""
+    """`request_in` from a valid Request's walk (core/compiled_requests.walk_request)."""
     _ok, rid, rid_end, created, deadline, reply, topic, topic_end, has_partition, reply_partition, features, payload = (
         fields)  # fmt: skip
     request_id = _answerable(_text(value, rid, rid_end))

@@ -1,6 +1,7 @@
-"""Requests and scores read by the compiled walks (services/rendezvous/compiled_records.py): what
-`request_in` / `score_in` make of a record is what fastavro's decode makes of it, and a record the
-walk takes is one fastavro reads the same (damaged ones are left to fastavro, with its errors)."""
+"""Requests and scores read by the compiled walks (services/core/compiled_requests.py,
+services/rendezvous/compiled_records.py): what `request_in` / `score_in` make of a record is what
+fastavro's decode makes of it, and a record the walk takes is one fastavro reads the same (damaged
+ones are left to fastavro, with its errors)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.core.codec import HEADER_SIZE, Codec, codec
+from services.core.compiled_requests import walk_request
 from services.core.errors import BadInput
-from services.rendezvous.compiled_records import walk_request, walk_score
+from services.rendezvous.compiled_records import walk_score
 from services.rendezvous.records import request_decoded, request_in, score_decoded, score_in
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

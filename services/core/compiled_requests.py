@@ -1,0 +1,253 @@
+"""Requests read by compiled loops (numba): every byte checked, only what the reader needs.
+
+Why: fastavro builds a dict of the whole record — the request's thirty features, its metadata —
+where the rendezvous keeps five fields (17 µs a request, a third of its own work per request:
+bench/join_ceiling.py) and a model worker wants the id, the deadline and the features as one row
+of its model's matrix, which `Signature.prepare` then built from the dict again. One compiled walk
+of the Avro encoding checks the record as fastavro would (varints of at most 10 bytes, lengths
+inside the record, union indexes, strings that are UTF-8, nothing left over) and hands back where
+the fields are; `walk_features` also writes the feature values straight into a matrix row when
+the request names exactly the signature's features, in its order, all finite.
+
+Only records framed with the codec's current single-object header, while the schema still has the
+layout walked here (`Walker`), take this path, and only when the walk finds them valid: anything
+else (an older writer schema, registry framing, a damaged record, features in another order) goes
+to `Codec.decode`, so errors and their messages are exactly fastavro's
+(services/rendezvous/records.py, services/model_worker/walked.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from services.core.avro_walk import branch, string, varint
+from services.core.codec import MAGIC, Codec
+from services.core.comparison_columns import signature
+from services.core.compiled import compiled
+
+# The layout walked here (comparison_columns.signature of schemas/request.avsc).
+REQUEST_LAYOUT: Any = (
+    ("request_id", "string"), ("created_at", "long"), ("deadline", "long"),
+    ("reply_to", ("null", (("topic", "string"), ("partition", ("null", "int"))))),
+    ("features", ("map", "double")), ("payload", ("null", (("content_type", "string"), ("data", "bytes")))),
+    ("metadata", ("map", "string")),
+)  # fmt: skip
+_INVALID = (0,) * 13
+# No signature: `walk_request` matches no feature name (numba keeps global arrays as read-only
+# constants, so the rows it never writes are made in the call: some 30 ns).
+_NO_NAMES = np.empty(0, dtype=np.uint8)
+_NO_ENDS = np.zeros(1, dtype=np.int64)
+
+
+@compiled()
+def _utf8(buf: Any, start: int, end: int) -> bool:
+    """Whether the bytes [start, end) are UTF-8 as Python's strict decoder takes it (no overlong
+    forms, no surrogates, nothing above U+10FFFF)."""
+    i = start
+    while i < end:
+        byte = buf[i]
+        if byte < 0x80:
+            i += 1
+            continue
+        if byte < 0xC2 or byte > 0xF4:
+            return False
+        more = 1 if byte < 0xE0 else (2 if byte < 0xF0 else 3)
+        if i + more >= end:  # its continuation bytes run past the end
+            return False
+        low, high = 0x80, 0xBF
+        if byte == 0xE0:
+            low = 0xA0
+        elif byte == 0xED:
+            high = 0x9F
+        elif byte == 0xF0:
+            low = 0x90
+        elif byte == 0xF4:
+            high = 0x8F
+        second = buf[i + 1]
+        if second < low or second > high:
+            return False
+        for k in range(2, more + 1):
+            if buf[i + k] & 0xC0 != 0x80:
+                return False
+        i += more + 1
+    return True
+
+
+@compiled()
+def string_span(buf: Any, pos: int, end: int, text: bool) -> tuple[int, int]:
+    """(start, position after it) of the string (or bytes, `text` False) at `pos`; -1 if invalid."""
+    start, pos = string(buf, pos, end)
+    if pos < 0 or (text and not _utf8(buf, start, pos)):
+        return 0, -1
+    return start, pos
+
+
+@compiled()
+def _map(buf: Any, pos: int, end: int, doubles: bool) -> tuple[int, int]:
+    """(entries, position after it) of a map of doubles (or of strings); position -1 if invalid."""
+    entries = 0
+    while True:
+        count, pos = varint(buf, pos, end)
+        if pos < 0:
+            return 0, -1
+        if count == 0:
+            return entries, pos
+        if count < 0:  # a negative count is followed by the block's size in bytes
+            count = -count
+            size, pos = varint(buf, pos, end)
+            if pos < 0 or size < 0:
+                return 0, -1
+        for _ in range(count):
+            _start, pos = string_span(buf, pos, end, True)
+            if pos < 0:
+                return 0, -1
+            if doubles:
+                pos += 8
+                if pos > end:
+                    return 0, -1
+            else:
+                _start, pos = string_span(buf, pos, end, True)
+                if pos < 0:
+                    return 0, -1
+        entries += count
+
+
+@compiled(inline="always")
+def _same(buf: Any, start: int, end: int, names: Any, name_start: int, name_end: int) -> bool:
+    if end - start != name_end - name_start:
+        return False
+    for k in range(end - start):  # noqa: SIM110 (a loop: numba compiles no generator in `all`)
+        if buf[start + k] != names[name_start + k]:
+            return False
+    return True
+
+
+@compiled(inline="always")
+def _features(buf: Any, pos: int, end: int, names: Any, ends: Any, rows: Any, row: int) -> tuple[int, int, int]:
+    """(entries, exact 1/0, position after it) of the features map; position -1 if invalid. Exact:
+    the keys are the names (`names`, name i ending at ends[i + 1]), in their order, each value
+    finite — and then the values are in rows[row]."""
+    wanted = len(ends) - 1
+    entries, exact = 0, 1
+    while True:
+        count, pos = varint(buf, pos, end)
+        if pos < 0:
+            return 0, 0, -1
+        if count == 0:
+            return entries, exact if entries == wanted else 0, pos
+        if count < 0:  # a negative count is followed by the block's size in bytes
+            count = -count
+            size, pos = varint(buf, pos, end)
+            if pos < 0 or size < 0:
+                return 0, 0, -1
+        for _ in range(count):
+            key, pos = string_span(buf, pos, end, True)
+            if pos < 0 or pos + 8 > end:
+                return 0, 0, -1
+            if exact and entries < wanted and _same(buf, key, pos, names, ends[entries], ends[entries + 1]):
+                value = np.uint64(0)
+                for k in range(8):
+                    value |= np.uint64(buf[pos + k]) << np.uint64(8 * k)
+                if (value >> np.uint64(52)) & np.uint64(0x7FF) == np.uint64(0x7FF):
+                    exact = 0  # NaN or an infinity: the signature's check explains it
+                else:
+                    rows.view(np.uint64)[row, entries] = value
+            else:
+                exact = 0
+            pos += 8
+            entries += 1
+
+
+@compiled(inline="always")
+def _request(buf: Any, skip: int, names: Any, ends: Any, rows: Any, row: int) -> tuple[int, ...]:
+    """`walk_features`' fields of the Request body at `skip` (all 0 when it is not valid)."""
+    end = len(buf)
+    rid, pos = string_span(buf, skip, end, True)
+    if pos < 0:
+        return _INVALID
+    rid_end = pos
+    created, pos = varint(buf, pos, end)
+    if pos < 0:
+        return _INVALID
+    deadline, pos = varint(buf, pos, end)
+    if pos < 0:
+        return _INVALID
+    reply, pos = branch(buf, pos, end, 2)
+    topic, topic_end, has_partition, partition = 0, 0, 0, 0
+    if pos < 0:
+        return _INVALID
+    if reply == 1:
+        topic, pos = string_span(buf, pos, end, True)
+        if pos < 0:
+            return _INVALID
+        topic_end = pos
+        has_partition, pos = branch(buf, pos, end, 2)
+        if pos < 0:
+            return _INVALID
+        if has_partition == 1:
+            partition, pos = varint(buf, pos, end)
+            if pos < 0:
+                return _INVALID
+    features, exact, pos = _features(buf, pos, end, names, ends, rows, row)
+    if pos < 0:
+        return _INVALID
+    payload, pos = branch(buf, pos, end, 2)
+    if pos < 0:
+        return _INVALID
+    if payload == 1:
+        _start, pos = string_span(buf, pos, end, True)
+        if pos < 0:
+            return _INVALID
+        _start, pos = string_span(buf, pos, end, False)
+        if pos < 0:
+            return _INVALID
+    _entries, pos = _map(buf, pos, end, False)
+    if pos != end:
+        return _INVALID
+    return (1, rid, rid_end, created, deadline, reply, topic, topic_end, has_partition, partition, features, payload,
+            exact)
+
+
+# A walk takes a microsecond: it keeps the GIL (releasing it per record would only invite a switch).
+@compiled(nogil=False)
+def walk_request(buf: Any, skip: int) -> tuple[int, ...]:
+    """(valid 1/0, request_id start, end, created_at, deadline, has reply_to 1/0, its topic start,
+    end, has a partition 1/0, partition, features, has a payload 1/0) of the Request body at
+    `skip`."""
+    return _request(buf, skip, _NO_NAMES, _NO_ENDS, np.empty((0, 0), dtype=np.float64), 0)[:12]
+
+
+@compiled(nogil=False)
+def walk_features(buf: Any, skip: int, names: Any, ends: Any, rows: Any, row: int) -> tuple[int, ...]:
+    """`walk_request`'s fields, then exact 1/0: whether the features are exactly `names` (UTF-8
+    bytes, name i at [ends[i], ends[i + 1])) in that order, all finite; their values are then in
+    rows[row] (float64), else rows[row] holds anything."""
+    return _request(buf, skip, names, ends, rows, row)
+
+
+class Walker:
+    """Whether a codec's current records can be walked here, and its header."""
+
+    def __init__(self, codec: Codec, layout: Any) -> None:
+        self.header = MAGIC + codec.fingerprint
+        self.usable = signature(codec.schema) == layout
+
+    def takes(self, value: bytes | None) -> bool:
+        return self.usable and value is not None and value.startswith(self.header)
+
+
+def feature_names(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """`walk_features`' form of a signature's names: their UTF-8 bytes end to end, and where each ends."""
+    encoded = [name.encode() for name in names]
+    ends = np.zeros(len(encoded) + 1, dtype=np.int64)
+    ends[1:] = np.cumsum([len(e) for e in encoded])
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), ends
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) the walks now, so that no record waits for them."""
+    walk_request(b"", 0)
+    names, ends = feature_names(("x",))
+    walk_features(b"", 0, names, ends, np.empty((1, 1)), 0)

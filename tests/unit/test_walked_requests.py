@@ -1,0 +1,128 @@
+"""The model worker's walked batches (services/model_worker/walked.py): a batch the walk takes
+gives the models what fastavro's decode and the signature's check give them, bit for bit; any
+batch with one record of another kind is left to that usual path, whole."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from services.client.client import make_request
+from services.core.codec import HEADER_SIZE, codec
+from services.core.signatures import FeatureSpec, Signature
+from services.model_worker.models import Prediction, demo_rows, load_model
+from services.model_worker.walked import RequestWalker
+from services.model_worker.worker import Hosted, score_co_hosted, shared_names
+
+REQUESTS = codec("request")
+NAMES = tuple(demo_rows(1, seed=3)[0])
+
+
+def encoded(features: dict[str, float], **fields: Any) -> bytes:
+    record = make_request(features, budget_ms=200, reply_topic="replies", reply_partition=None, request_id="r-1")
+    return REQUESTS.encode({**record, **fields})
+
+
+def prepared_usually(values: list[bytes], signature: Signature) -> np.ndarray:
+    prepared = signature.prepare([REQUESTS.decode(v)["features"] for v in values])
+    assert not prepared.errors
+    return prepared.matrix
+
+
+def test_a_walked_batch_is_what_decoding_and_checking_give() -> None:
+    rows = demo_rows(20, seed=5)
+    values = [REQUESTS.encode(make_request(r, budget_ms=200, reply_topic=None, reply_partition=None)) for r in rows]
+    walked = RequestWalker(REQUESTS, NAMES).read(values)
+    assert walked is not None
+    decoded = [REQUESTS.decode(v) for v in values]
+    assert [(r["request_id"], r["deadline"]) for r in walked.requests] == [
+        (d["request_id"], d["deadline"]) for d in decoded]
+    prepared, _ms = walked.checked
+    expected = prepared_usually(values, Signature.all_required(NAMES))
+    assert prepared.matrix.tobytes() == expected.tobytes()
+    assert prepared.valid == list(range(20)) and not prepared.errors
+
+
+GOOD = dict(zip(NAMES, np.linspace(0.5, 30.5, len(NAMES)).tolist(), strict=True))
+UNUSUAL = {
+    "features in another order": lambda: encoded(dict(reversed(list(GOOD.items())))),
+    "a feature missing": lambda: encoded({k: v for k, v in GOOD.items() if k != NAMES[3]}),
+    "an extra feature": lambda: encoded({**GOOD, "extra": 1.0}),
+    "a NaN": lambda: encoded({**GOOD, NAMES[0]: math.nan}),
+    "an infinity": lambda: encoded({**GOOD, NAMES[-1]: -math.inf}),
+    "an empty request id": lambda: encoded(GOOD, request_id=""),
+    "no created_at": lambda: encoded(GOOD, created_at=0),
+    "no value": lambda: None,
+    "a cut record": lambda: encoded(GOOD)[:-4],
+    "a byte too many": lambda: encoded(GOOD) + b"\x00",
+    "another writer schema": lambda: b"\xc3\x01" + bytes(8) + encoded(GOOD)[HEADER_SIZE:],
+    "registry framing": lambda: b"\x00\x00\x00\x00\x07" + encoded(GOOD)[HEADER_SIZE:],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(UNUSUAL))
+def test_one_unusual_record_sends_the_whole_batch_the_usual_way(kind: str) -> None:
+    walker = RequestWalker(REQUESTS, NAMES)
+    good = encoded(GOOD)
+    assert walker.read([good, good]) is not None
+    assert walker.read([good, UNUSUAL[kind](), good]) is None
+
+
+def test_no_walk_when_the_models_read_different_names() -> None:
+    a = Hosted(load_model("demo:champion"), "a", "", "host-1", "reject")
+    b = Hosted(load_model("demo:canary"), "b", "", "host-1", "reject")
+    assert shared_names([a, b]) == NAMES  # other requirements, the same names: one walk serves both
+    few = Signature((FeatureSpec(NAMES[0]),))
+    b.signature = few
+    assert shared_names([a, b]) is None
+    assert RequestWalker(REQUESTS, None).read([encoded(GOOD)]) is None
+
+
+SMALL = ("a", "b", "c")
+rows = st.dictionaries(st.sampled_from([*SMALL, "d"]), st.floats(width=64), max_size=4)
+ids = st.text(max_size=8)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(rows, ids, st.integers(0, 2**40)), min_size=1, max_size=4))
+def test_the_walk_takes_exactly_the_batches_a_strict_signature_takes_as_they_are(batch: list[Any]) -> None:
+    values = [encoded(features, request_id=rid, created_at=created) for features, rid, created in batch]
+    walked = RequestWalker(REQUESTS, SMALL).read(values)
+    decoded = [REQUESTS.decode(v) for v in values]
+    as_is = all(tuple(d["features"]) == SMALL and all(map(math.isfinite, d["features"].values()))
+                and d["request_id"] and d["created_at"] > 0 for d in decoded)  # fmt: skip
+    assert (walked is not None) == as_is
+    if walked is not None:
+        expected = prepared_usually(values, Signature.all_required(SMALL))
+        assert walked.checked[0].matrix.tobytes() == expected.tobytes()
+
+
+class _Doubling:
+    """A model that scales its input in place (allowed: the batch is its own)."""
+
+    name, version = "doubling", "1"
+    feature_names: tuple[str, ...] = SMALL
+
+    def load(self) -> None:
+        pass
+
+    def predict(self, batch: np.ndarray) -> list[Prediction]:
+        batch *= 2.0
+        return [Prediction(float(row.sum())) for row in batch]
+
+
+def test_co_hosted_models_each_get_their_own_copy_of_a_walked_batch() -> None:
+    hosted = [Hosted(_Doubling(), f"m{i}", "", "host-1", "reject") for i in range(3)]
+    values = [encoded({"a": 1.0, "b": 2.0, "c": 3.0})]
+    walked = RequestWalker(REQUESTS, shared_names(hosted)).read(values)
+    assert walked is not None
+    results = {h.name: r for h, r in score_co_hosted(hosted, walked.requests, walked.checked)}
+    usual = {h.name: r for h, r in score_co_hosted(hosted, [REQUESTS.decode(v)["features"] for v in values])}
+    scores = {name: [s.prediction.score for s in r if s.prediction] for name, r in results.items()}
+    assert scores == {name: [s.prediction.score for s in r if s.prediction] for name, r in usual.items()}
+    assert scores == {"m0": [12.0], "m1": [12.0], "m2": [12.0]}
