@@ -200,7 +200,7 @@ def _walk(buf, header, starts, ends, records, outputs, slots, tables, counts):  
                     return -1, -pos, r
                 if value < 0:
                     return -1, NEGATIVE, r
-            if items > MAX_ITEMS:
+            if items < 0 or items > MAX_ITEMS:  # still < 0: it was -2**63, a block of 2**63 items
                 return -1, _BIG_BLOCK, r
             for _item in range(items):
                 if n_out >= outputs.shape[1]:

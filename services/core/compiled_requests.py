@@ -10,9 +10,10 @@ the fields are; `walk_features` also writes the feature values straight into a m
 the request names exactly the signature's features, in its order, all finite.
 
 Only records framed with the codec's current single-object header, while the schema still has the
-layout walked here (`Walker`), take this path, and only when the walk finds them valid: anything
-else (an older writer schema, registry framing, a damaged record, features in another order) goes
-to `Codec.decode`, so errors and their messages are exactly fastavro's
+layout walked here (`Walker`), take this path, and only when the walk finds them valid (for
+`walk_features`, also exact): anything else (an older writer schema, registry framing, a damaged
+record; features in another order for a worker) goes to `Codec.decode`, so errors and their
+messages are exactly fastavro's
 (services/rendezvous/records.py, services/model_worker/walked.py).
 """
 
@@ -85,33 +86,23 @@ def string_span(buf: Any, pos: int, end: int, text: bool) -> tuple[int, int]:
 
 
 @compiled()
-def _map(buf: Any, pos: int, end: int, doubles: bool) -> tuple[int, int]:
-    """(entries, position after it) of a map of doubles (or of strings); position -1 if invalid."""
-    entries = 0
+def _strings_map(buf: Any, pos: int, end: int) -> int:
+    """The position after the map of strings at `pos` (the metadata), -1 if it is not valid."""
     while True:
         count, pos = varint(buf, pos, end)
         if pos < 0:
-            return 0, -1
+            return -1
         if count == 0:
-            return entries, pos
+            return pos
         if count < 0:  # a negative count is followed by the block's size in bytes
-            count = -count
+            count = -count  # still < 0 when it was -2**63: more entries than any record holds
             size, pos = varint(buf, pos, end)
-            if pos < 0 or size < 0:
-                return 0, -1
-        for _ in range(count):
+            if pos < 0 or size < 0 or count < 0:
+                return -1
+        for _ in range(2 * count):  # key, value
             _start, pos = string_span(buf, pos, end, True)
             if pos < 0:
-                return 0, -1
-            if doubles:
-                pos += 8
-                if pos > end:
-                    return 0, -1
-            else:
-                _start, pos = string_span(buf, pos, end, True)
-                if pos < 0:
-                    return 0, -1
-        entries += count
+                return -1
 
 
 @compiled(inline="always")
@@ -138,9 +129,9 @@ def _features(buf: Any, pos: int, end: int, names: Any, ends: Any, rows: Any, ro
         if count == 0:
             return entries, exact if entries == wanted else 0, pos
         if count < 0:  # a negative count is followed by the block's size in bytes
-            count = -count
+            count = -count  # still < 0 when it was -2**63: more entries than any record holds
             size, pos = varint(buf, pos, end)
-            if pos < 0 or size < 0:
+            if pos < 0 or size < 0 or count < 0:
                 return 0, 0, -1
         for _ in range(count):
             key, pos = string_span(buf, pos, end, True)
@@ -203,7 +194,7 @@ def _request(buf: Any, skip: int, names: Any, ends: Any, rows: Any, row: int) ->
         _start, pos = string_span(buf, pos, end, False)
         if pos < 0:
             return _INVALID
-    _entries, pos = _map(buf, pos, end, False)
+    pos = _strings_map(buf, pos, end)
     if pos != end:
         return _INVALID
     return (1, rid, rid_end, created, deadline, reply, topic, topic_end, has_partition, partition, features, payload,
@@ -240,7 +231,8 @@ class Walker:
 
 def feature_names(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """`walk_features`' form of a signature's names: their UTF-8 bytes end to end, and where each ends."""
-    encoded = [name.encode() for name in names]
+    # surrogatepass: a name no UTF-8 key can spell (a lone surrogate) matches nothing, fails nothing
+    encoded = [name.encode("utf-8", "surrogatepass") for name in names]
     ends = np.zeros(len(encoded) + 1, dtype=np.int64)
     ends[1:] = np.cumsum([len(e) for e in encoded])
     return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), ends

@@ -118,8 +118,10 @@ class Producer:
     """A producer whose delivery failures surface as exceptions.
 
     `delivered`: hear of every record's delivery (`delivered_ends`, `produce(on_done=...)`).
-    Without it librdkafka reports failures only (`delivery.report.only.error`): no Python call
-    per delivered record, ~0.8 µs of the producing thread a record (docs/benchmarks.md).
+    Without it, failures only (`delivery.report.only.error`, which confluent-kafka applies itself:
+    librdkafka still reports every record to the binding, which calls no Python function for a
+    delivered one — ~0.8 µs of the producing thread a record, docs/benchmarks.md); `poll` and
+    `flush` serve the reports as before.
     """
 
     def __init__(

@@ -1,7 +1,8 @@
 """Micro-batches of requests read by the compiled request walk: the worker's common case, cheaper.
 
 A request framed with the current Request schema that names exactly its models' features, in the
-signatures' order (the order clients write them in), all finite, is all a model worker expects —
+signatures' order (a client writes a row's features in the order it was given them: the demo's
+rows and a model's own feature list are in that order), all finite, is what a worker expects —
 and for it fastavro's dict of the whole record (17 µs) and `Signature.prepare`'s pass over that
 dict are work for nothing: the walk (services/core/compiled_requests.py) checks the record and
 writes its features straight into the model's matrix; the id and the deadline are all the Score

@@ -104,13 +104,16 @@ def score_prepared(model: Model, prepared: Prepared, rows: int, prepare_ms: floa
 
 
 def _predict(model: Model, matrix: Any) -> list[_Output]:
+    # A model may scale its input in place before it raises: the rows retried one by one must be
+    # the rows it was given.
+    given = matrix.copy() if len(matrix) > 1 else matrix
     try:
         predictions = model.predict(matrix)
     # A model may raise anything; it is that request's error, never the worker's end.
     except Exception as exc:  # noqa: BLE001
         if len(matrix) == 1:
             return [(None, f"{type(exc).__name__}: {exc}")]
-        return [out for i in range(len(matrix)) for out in _predict(model, matrix[i : i + 1])]
+        return [out for i in range(len(given)) for out in _predict(model, given[i : i + 1])]
     if len(predictions) != len(matrix):
         error = f"model returned {len(predictions)} outputs for {len(matrix)} inputs"
         return [(None, error)] * len(matrix)

@@ -136,11 +136,17 @@ def damage_of(kind: str) -> tuple[bytes, str]:
         return HEADER + b"\x80" * 11, "longer than 10 bytes"
     if kind == "negative length":
         return HEADER + b"\x01", "negative length"
+    if kind == "a block of 2**63 outputs":
+        empty = COMPARISONS.encode({**record, "outputs": []})  # the array is the last field: its 0 ends it
+        return empty[:-1] + MIN_LONG + b"\x00" + b"\x00", "block of more than"
     raise AssertionError(kind)
 
 
+MIN_LONG = b"\xff" * 9 + b"\x01"  # -2**63 as Avro writes it (zig-zag: 2**64 - 1); its negation overflows
+
+
 @pytest.mark.parametrize("kind", ["late is 2", "status 4", "union index 2", "truncated", "one byte more",
-                                  "varint of 11 bytes", "negative length"])
+                                  "varint of 11 bytes", "negative length", "a block of 2**63 outputs"])
 def test_a_damaged_record_is_rejected_with_its_reason(kind: str) -> None:
     bad, reason = damage_of(kind)
     good = COMPARISONS.encode(synthetic(2)[1])

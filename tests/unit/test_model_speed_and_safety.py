@@ -345,6 +345,22 @@ class _Doubling:
         return [Prediction(float(row.sum())) for row in batch]
 
 
+class _DoublingThenFailing(_Doubling):
+    """Scales its input in place, then refuses a batch holding a row whose a is over 100."""
+
+    def predict(self, batch: np.ndarray) -> list[Prediction]:
+        batch *= 2.0
+        if (batch[:, 0] > 200.0).any():
+            raise ValueError("a is too large")
+        return [Prediction(float(row.sum())) for row in batch]
+
+
+def test_rows_retried_after_a_model_raised_are_the_rows_it_was_given() -> None:
+    results = score_batch(_DoublingThenFailing(), [{"a": 1.0, "b": 2.0}, {"a": 150.0, "b": 1.0}])
+    assert [r.prediction.score if r.prediction else r.error for r in results] == [
+        6.0, "ValueError: a is too large"]
+
+
 def test_co_hosted_models_with_one_signature_share_one_check_and_not_their_input(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
