@@ -238,8 +238,8 @@ def feature_names(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), ends
 
 
-def warm_up() -> None:
-    """Compile (or load from the cache) the walks now, so that no record waits for them."""
-    walk_request(b"", 0)
+def warm_up_features() -> None:
+    """Compile (or load from the cache) `walk_features` now, so that no record waits for it (a
+    worker's only walk; ~4 s to compile on 2 cores, the rendezvous' `walk_request` as much)."""
     names, ends = feature_names(("x",))
     walk_features(b"", 0, names, ends, np.empty((1, 1)), 0)

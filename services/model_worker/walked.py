@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from services.core.codec import HEADER_SIZE, Codec
-from services.core.compiled_requests import REQUEST_LAYOUT, Walker, feature_names, walk_features, warm_up
+from services.core.compiled_requests import REQUEST_LAYOUT, Walker, feature_names, walk_features, warm_up_features
 from services.core.requests import request_problem
 from services.core.signatures import Prepared
 
@@ -42,7 +42,7 @@ class RequestWalker:
         self.usable = self._walker.usable and bool(names)
         self._names, self._ends = feature_names(names or ())
         if self.usable:
-            warm_up()
+            warm_up_features()
 
     def read(self, values: Sequence[bytes | None]) -> WalkedBatch | None:
         """The batch, or None when any of its records needs the usual path."""
