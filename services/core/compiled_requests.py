@@ -13,8 +13,7 @@ Only records framed with the codec's current single-object header, while the sch
 layout walked here (`Walker`), take this path, and only when the walk finds them valid (for
 `walk_features`, also exact): anything else (an older writer schema, registry framing, a damaged
 record; features in another order for a worker) goes to `Codec.decode`, so errors and their
-messages are exactly fastavro's
-(services/rendezvous/records.py, services/model_worker/walked.py).
+messages are exactly fastavro's (services/rendezvous/records.py, services/model_worker/walked.py).
 """
 
 from __future__ import annotations
@@ -99,8 +98,11 @@ def _strings_map(buf: Any, pos: int, end: int) -> int:
             size, pos = varint(buf, pos, end)
             if pos < 0 or size < 0 or count < 0:
                 return -1
-        for _ in range(2 * count):  # key, value
-            _start, pos = string_span(buf, pos, end, True)
+        for _ in range(count):  # (2 * count could overflow)
+            _key, pos = string_span(buf, pos, end, True)
+            if pos < 0:
+                return -1
+            _value, pos = string_span(buf, pos, end, True)
             if pos < 0:
                 return -1
 
