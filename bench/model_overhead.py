@@ -3,15 +3,18 @@
     flock -x /work/heavy.lock .venv/bin/python bench/model_overhead.py
     flock -x /work/heavy.lock .venv/bin/python bench/model_overhead.py --baseline /tmp/rdv-baseline
 
-Two parts are timed for each demo model (champion, challenger, canary) and batch size (1, 8, 64,
+Three parts are timed for each demo model (champion, challenger, canary) and batch size (1, 8, 64,
 256 by default), on rows of the demo data set:
 
+    read     the batch's Request records (bytes) -> the checked matrix the model is given: the
+             request walk where the tree has one (services/model_worker/walked.py), else what the
+             worker did before it, fastavro's decode, the request check and `Signature.prepare`
     score    `score_batch(model, rows)`: feature dicts -> checked matrix -> predict -> results
     encode   the Score records of that batch, built and Avro-encoded as the worker writes them
 
 Each figure is the time of one whole batch (µs, p50 and p99 over the repetitions) and per row.
 `--models` may also name `co-hosted`: the three models scored together as one worker scores them
-(`score_co_hosted`, one check per distinct signature; score part only).
+(`score_co_hosted`, one check per distinct signature; read and score parts).
 
 `--gap-ms G` sleeps G ms before each timed call. Back to back (0, the default) every call finds
 the CPU's caches warm from the last; at 200 req/s a worker's batch comes every ~5 ms, after the
@@ -85,6 +88,38 @@ def _encoder() -> Callable[[list[dict[str, Any]], list[Any]], list[bytes]]:
     return inline
 
 
+def _reader(names: tuple[str, ...]) -> Callable[[list[bytes]], Any]:
+    """A batch of Request values -> the checked matrix for models reading `names`, as the worker
+    of this tree gets it."""
+    import importlib.util
+
+    from services.core.codec import codec
+    from services.core.requests import check_request
+    from services.core.signatures import Signature
+
+    requests = codec("request")
+    if importlib.util.find_spec("services.model_worker.walked") is not None:
+        from services.model_worker.walked import RequestWalker
+
+        walker = RequestWalker(requests, names)
+
+        def walked(values: list[bytes]) -> Any:
+            batch = walker.read(values)
+            assert batch is not None, "the bench's requests are plain: the walk must take them"
+            return batch.checked[0].matrix
+
+        return walked
+    signature = Signature.all_required(names)
+
+    def decoded(values: list[bytes]) -> Any:
+        records = [requests.decode(v) for v in values]
+        for record in records:
+            check_request(record)
+        return signature.prepare([r["features"] for r in records]).matrix
+
+    return decoded
+
+
 def _co_hosted() -> Callable[[Sequence[dict[str, float]]], list[Any]]:
     """The three demo models scored as one co-hosting worker scores them."""
     from services.model_worker.settings import WorkerSettings
@@ -104,10 +139,14 @@ def measure(models: Sequence[str], batches: Sequence[int], min_reps: int, min_s:
     import numpy as np
 
     import services
+    from services.client.client import make_request
+    from services.core.codec import codec
     from services.model_worker.models import demo_rows, load_model
     from services.model_worker.worker import score_batch
 
     encode = _encoder()
+    read = _reader(tuple(demo_rows(1)[0]))  # the demo models all read the demo's features, in order
+    request_codec = codec("request")
     results: dict[str, Any] = {"services": str(Path(services.__file__).parent), "rows": []}
     for name in models:
         score = _co_hosted() if name == "co-hosted" else _one_model(load_model(f"demo:{name}"), score_batch)
@@ -115,9 +154,12 @@ def measure(models: Sequence[str], batches: Sequence[int], min_reps: int, min_s:
             rows = demo_rows(n, seed=n)
             requests = [{"request_id": f"r-{i}", "deadline": 1_700_000_000_000 + i, "features": r}
                         for i, r in enumerate(rows)]
+            values = [request_codec.encode(make_request(r, budget_ms=200, reply_topic=None, reply_partition=None))
+                      for r in rows]
             scored = score(rows)
             assert all(s.error is None for s in scored), scored[0].error
-            parts = {"score": _timings(lambda r=rows, f=score: f(r), min_reps, min_s, gap_s)}
+            parts = {"read": _timings(lambda v=values: read(v), min_reps, min_s, gap_s),
+                     "score": _timings(lambda r=rows, f=score: f(r), min_reps, min_s, gap_s)}
             if name != "co-hosted":
                 parts["encode"] = _timings(lambda q=requests, s=scored: encode(q, s), min_reps, min_s, gap_s)
             for part, times in parts.items():
