@@ -26,6 +26,7 @@ from services.core.avro_walk import branch, string, varint
 from services.core.codec import MAGIC, Codec
 from services.core.comparison_columns import signature
 from services.core.compiled import compiled
+from services.core.requests import request_problem
 
 # The layout walked here (comparison_columns.signature of schemas/request.avsc).
 REQUEST_LAYOUT: Any = (
@@ -35,6 +36,8 @@ REQUEST_LAYOUT: Any = (
     ("metadata", ("map", "string")),
 )  # fmt: skip
 _INVALID = (0,) * 13
+# Where a walk's fields are (`walk_request`: the first 12; `walk_features`: all 13).
+VALID, ID, ID_END, CREATED, DEADLINE, FEATURES, PAYLOAD, EXACT = 0, 1, 2, 3, 4, 10, 11, 12
 # No signature: `walk_request` matches no feature name (numba keeps global arrays as read-only
 # constants, so the rows it never writes are made in the call: some 30 ns).
 _NO_NAMES = np.empty(0, dtype=np.uint8)
@@ -229,6 +232,13 @@ class Walker:
 
     def takes(self, value: bytes | None) -> bool:
         return self.usable and value is not None and value.startswith(self.header)
+
+
+def walked_problem(fields: tuple[int, ...], request_id: str) -> str | None:
+    """`request_problem` of a walked Request (whose id is `request_id`): it reads only these fields,
+    and the features' count stands for the map (empty or not)."""
+    return request_problem({"request_id": request_id, "created_at": fields[CREATED], "deadline": fields[DEADLINE],
+                            "features": fields[FEATURES], "payload": True if fields[PAYLOAD] else None})
 
 
 def feature_names(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:

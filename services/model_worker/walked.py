@@ -21,11 +21,20 @@ from typing import Any
 import numpy as np
 
 from services.core.codec import HEADER_SIZE, Codec
-from services.core.compiled_requests import REQUEST_LAYOUT, Walker, feature_names, walk_features, warm_up_features
-from services.core.requests import request_problem
+from services.core.compiled_requests import (
+    DEADLINE,
+    EXACT,
+    ID,
+    ID_END,
+    REQUEST_LAYOUT,
+    VALID,
+    Walker,
+    feature_names,
+    walk_features,
+    walked_problem,
+    warm_up_features,
+)
 from services.core.signatures import Prepared
-
-_VALID, _ID, _ID_END, _CREATED, _DEADLINE, _FEATURES, _EXACT = 0, 1, 2, 3, 4, 10, 12
 
 
 @dataclass(frozen=True)
@@ -57,12 +66,11 @@ class RequestWalker:
                 return None
             assert value is not None  # `takes` saw to that
             fields = walk_features(value, HEADER_SIZE, names, ends, rows, i)
-            if not fields[_VALID] or not fields[_EXACT]:
+            if not fields[VALID] or not fields[EXACT]:
                 return None
-            request = {"request_id": value[fields[_ID] : fields[_ID_END]].decode(), "created_at": fields[_CREATED],
-                       "deadline": fields[_DEADLINE], "features": fields[_FEATURES], "payload": None}  # fmt: skip
-            if request_problem(request) is not None:  # its features' count stands for the map
+            request_id = value[fields[ID] : fields[ID_END]].decode()
+            if walked_problem(fields, request_id) is not None:
                 return None
-            requests.append(request)
+            requests.append({"request_id": request_id, "deadline": fields[DEADLINE]})
         prepared = Prepared(rows, list(range(len(rows))), {})
         return WalkedBatch(requests, (prepared, (time.perf_counter() - started) * 1000.0))

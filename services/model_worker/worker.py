@@ -282,7 +282,8 @@ class _BatchScorer:
         if not messages:
             return
         received_at = now_ms()
-        walked = self.w._walker.read([msg.value() for msg in messages])
+        walker = self.w._walker
+        walked = walker.read([msg.value() for msg in messages]) if walker.usable else None
         if walked is not None:
             self._score_and_produce(walked.requests, messages, received_at, walked.checked)
             return

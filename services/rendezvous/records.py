@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from services.core.codec import HEADER_SIZE, Codec
-from services.core.compiled_requests import REQUEST_LAYOUT, Walker, walk_request
+from services.core.compiled_requests import REQUEST_LAYOUT, Walker, walk_request, walked_problem
 from services.core.errors import DecodeFailed
 from services.core.requests import request_problem
 from services.rendezvous.compiled_records import SCORE_LAYOUT, double_at, walk_score
@@ -115,16 +115,12 @@ def _text(value: bytes, start: int, end: int) -> str:
 
 def _request_walked(value: bytes, fields: tuple[int, ...], partition: int, offset: int, log_time: int) -> RequestIn:
     """`request_in` from a valid Request's walk (core/compiled_requests.walk_request)."""
-    _ok, rid, rid_end, created, deadline, reply, topic, topic_end, has_partition, reply_partition, features, payload = (
-        fields)  # fmt: skip
+    _ok, rid, rid_end, created, deadline, reply, topic, topic_end, has_partition, reply_partition = fields[:10]
     request_id = _answerable(_text(value, rid, rid_end))
-    # request_problem reads only these: the features' count stands for the map (empty or not).
-    seen = {"request_id": request_id, "created_at": created, "deadline": deadline, "features": features,
-            "payload": True if payload else None}  # fmt: skip
     return RequestIn(
         request_id, partition, offset, log_time, created, deadline,
         _text(value, topic, topic_end) if reply else None, reply_partition if reply and has_partition else None,
-        request_problem(seen),
+        walked_problem(fields, request_id),
     )  # fmt: skip
 
 
