@@ -39,7 +39,13 @@ PLAIN_PER_ROUND = 8
 # A JIT compiles after a number of calls, not of seconds: on a busy host the time runs out before
 # the requests do, so the warm-up goes on until this many rounds were sent, however long it takes.
 MIN_ROUNDS = 20
-_QUIET = logging.getLogger(f"{__name__}.librdkafka")  # connection noise of short-lived clients
+# librdkafka's log lines of the warm-up's short-lived clients. Right after a start the broker is
+# still loading its transaction coordinator: librdkafka says so at WARNING ("Failed to acquire
+# transactional PID ... Coordinator load in progress: retrying") and retries, which is routine
+# here, not something for the person starting a demo to worry about. A failure that stops the
+# warm-up still shows: it raises, and `warm_up` logs it.
+_QUIET = logging.getLogger(f"{__name__}.librdkafka")
+_QUIET.setLevel(logging.ERROR)
 
 
 @dataclass
