@@ -50,7 +50,6 @@ from bench.common import (
     summarize,
 )
 from services.cli.common import topic_specs
-from services.cli.demo import demo_partitions
 from services.cli.spawn import model_workers
 from services.client.client import Answer, Client, make_request
 from services.core.codec import codec
@@ -69,7 +68,7 @@ STATUSES = ("OK", "FALLBACK", "TIMEOUT", "ERROR")
 @dataclass(frozen=True)
 class StackOptions:
     budget_ms: int = 200
-    partitions: int = field(default_factory=demo_partitions)
+    partitions: int = 4
     rendezvous_args: str = ""  # extra flags for `rendezvous serve`
     model_args: str = ""  # extra flags for each `rendezvous model serve`
     models: int = len(MODELS)  # the first N of MODELS (fewer: what the other processes cost)
@@ -79,9 +78,7 @@ class StackOptions:
 def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
     arg = parser.add_argument
     arg("--budget-ms", type=int, default=200, help="deadline budget per request (default 200)")
-    arg("--partitions", type=int, default=demo_partitions(),
-        help="partitions per topic (default: the demo's on this machine, 1 below 4 CPUs, else 4; "
-        f"here {demo_partitions()})")
+    arg("--partitions", type=int, default=4, help="partitions per topic (default 4)")
     arg("--rendezvous-args", default="", metavar="ARGS",
         help="extra flags for `serve`, e.g. '--processing at-least-once --commit-interval-ms 20'")
     arg("--model-args", default="", metavar="ARGS", help="extra flags for each `model serve`")

@@ -40,24 +40,6 @@ from services.model_worker.settings import model_group
 # at 200 req/s and missed deadlines whenever it stalled; one worker scoring all three took 31-32%
 # of a core against 52% for the three (docs/benchmarks.md).
 SEPARATE_WORKERS_MIN_CPUS = 4
-# Partitions of the demo topics unless told: four (room for four rendezvous instances), but one on a
-# machine as small as that. Each partition a record goes to is paid per request: librdkafka sends
-# one produce request per partition, and a transaction writes its commit marker into every
-# partition it touched. On 2 cores, co-hosted (`bench/e2e_latency.py --partitions 1 / 2 / 4`):
-# 5.3 / 5.6 / 6.4 CPU-ms per request at 200 req/s, 1.20 / 1.27 / 1.30 at 1,500 req/s, where
-# 100 / 99.5 / 96.4% of the answers came by the deadline (docs/benchmarks.md).
-DEMO_PARTITIONS = 4
-SMALL_MACHINE_PARTITIONS = 1
-
-
-def small_machine() -> bool:
-    """Fewer CPUs than a process per model needs (the demo then co-hosts them, on one partition)."""
-    return (os.cpu_count() or 1) < SEPARATE_WORKERS_MIN_CPUS
-
-
-def demo_partitions(rendezvous: int = 1) -> int:
-    """The demo's partitions for this machine: enough for `rendezvous` instances."""
-    return max(rendezvous, SMALL_MACHINE_PARTITIONS if small_machine() else DEMO_PARTITIONS)
 
 
 @dataclass(frozen=True)
@@ -71,13 +53,8 @@ class DemoSettings(KafkaSettings):
         ("champion=demo:champion", "challenger=demo:challenger", "canary=demo:canary"),
         "Models as name=spec, in schedule order (first = champion).",
     )
-    partitions: int = setting(
-        0, f"Partitions of the demo topics (topics that exist keep theirs). 0: {SMALL_MACHINE_PARTITIONS} on a "
-        f"machine with fewer than {SEPARATE_WORKERS_MIN_CPUS} CPUs (each partition costs CPU per request), "
-        f"{DEMO_PARTITIONS} otherwise; never fewer than --rendezvous.", minimum=0,
-    )
-    rendezvous: int = setting(1, "Rendezvous instances sharing the work (each takes some of the partitions).",
-                              minimum=1)
+    partitions: int = setting(4, "Partitions of the demo topics.")
+    rendezvous: int = setting(1, "Rendezvous instances sharing the work (each takes some of the partitions).")
     metrics_base_port: int = setting(
         9100, "Rendezvous metrics on this port, models on the next ones (0 = no metrics endpoints)."
     )
@@ -90,7 +67,7 @@ class DemoSettings(KafkaSettings):
     def validate(self) -> None:
         if self.rate <= 0 or self.duration < 0 or self.budget_ms <= 0:
             raise ConfigError("--rate and --budget-ms must be positive, --duration >= 0")
-        if self.partitions and self.rendezvous > self.partitions:
+        if not 1 <= self.rendezvous <= self.partitions:
             raise ConfigError(f"--rendezvous must be within 1..--partitions ({self.partitions}), got {self.rendezvous}")
         for item in self.models:
             if "=" not in item:
@@ -100,11 +77,7 @@ class DemoSettings(KafkaSettings):
         """--co-host / --no-co-host as given, else whether this machine is too small for a process per model."""
         if self.co_host is not None:
             return self.co_host
-        return small_machine()
-
-    def topic_partitions(self) -> int:
-        """--partitions as given, else this machine's default (`demo_partitions`)."""
-        return self.partitions or demo_partitions(self.rendezvous)
+        return (os.cpu_count() or 1) < SEPARATE_WORKERS_MIN_CPUS
 
     def model_specs(self) -> list[tuple[str, str]]:
         """--models as (name, spec) pairs."""
@@ -175,7 +148,7 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
             settings = replace(settings, bootstrap=read_bootstrap() or "")
         console.print(f"broker: {settings.bootstrap}")
         config, topics = settings.librdkafka(), settings.topics()
-        ensure_topics(config, topics, settings.topic_partitions())
+        ensure_topics(config, topics, settings.partitions)
 
         logs = cache_dir() / "demo"
         env = service_env(settings)

@@ -9,7 +9,6 @@ import pytest
 
 from services.cli.demo import DemoSettings
 from services.cli.spawn import model_workers
-from services.core.errors import ConfigError
 from services.core.settings import add_arguments, from_namespace
 
 MODELS = (("champion", "demo:champion"), ("challenger", "demo:challenger"), ("canary", "demo:canary"))
@@ -62,26 +61,3 @@ def test_the_demo_co_host_flag_and_variable(
     parser = argparse.ArgumentParser()
     add_arguments(parser, DemoSettings)
     assert from_namespace(DemoSettings, parser.parse_args(flag)).co_host is expected
-
-
-@pytest.mark.parametrize(("cpus", "rendezvous", "partitions"), [
-    (2, 1, 1), (2, 3, 3), (3, 1, 1), (None, 1, 1), (4, 1, 4), (16, 1, 4), (16, 6, 6),
-])  # fmt: skip
-def test_the_demo_topics_get_one_partition_on_a_small_machine_unless_told(
-    monkeypatch: pytest.MonkeyPatch, cpus: int | None, rendezvous: int, partitions: int
-) -> None:
-    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
-    assert DemoSettings(rendezvous=rendezvous).topic_partitions() == partitions
-    assert DemoSettings(partitions=2, rendezvous=1).topic_partitions() == 2
-
-
-@pytest.mark.parametrize(("partitions", "rendezvous", "message"), [
-    (2, 3, "--rendezvous must be within 1..--partitions (2), got 3"),
-    (-1, 1, "--partitions must be at least 0, got -1"),
-    (0, 0, "--rendezvous must be at least 1, got 0"),
-])  # fmt: skip
-def test_demo_partitions_and_instances_that_cannot_work_are_refused(partitions: int, rendezvous: int,
-                                                                     message: str) -> None:
-    with pytest.raises(ConfigError) as refused:
-        from_namespace(DemoSettings, partitions=partitions, rendezvous=rendezvous)
-    assert str(refused.value) == message
