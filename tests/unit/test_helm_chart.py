@@ -10,6 +10,7 @@ cannot be built these tests fail, they never skip.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import re
 import subprocess
 from collections.abc import Iterator
@@ -219,15 +220,8 @@ def test_gateway_service_has_http_and_grpc_ports(full_render: Render) -> None:
 
 
 def test_every_gateway_variable_is_a_setting_of_the_gateway_command(full_render: Render) -> None:
-    """The chart speaks the command's language: each RDV_* variable is one of its flags."""
-    from services.core.settings import _env_name
-    from services.gateway.settings import GatewaySettings
-
     r = full_render
-    known = {_env_name(f) for f in dataclasses.fields(GatewaySettings)}
     (container,) = pod_spec(r.named("Deployment", f"{fullname()}-gateway"))["containers"]
-    names = set(env_of(container))
-    assert {n for n in names if n.startswith("RDV_") or n == "KAFKA_BOOTSTRAP_SERVERS"} <= known
     gateway = r.values["gateway"]
     assert env_value(container, "RDV_HTTP_PORT") == str(gateway["httpPort"])
     assert env_value(container, "RDV_GRPC_PORT") == str(gateway["grpcPort"])
@@ -244,6 +238,37 @@ def test_every_gateway_variable_is_a_setting_of_the_gateway_command(full_render:
 
 
 # --- every container ---------------------------------------------------------------------------
+
+
+# The settings class of each command a container runs (its first arguments).
+COMMAND_SETTINGS = {
+    ("model", "serve"): "services.model_worker.settings:WorkerSettings",
+    ("serve",): "services.rendezvous.settings:RendezvousSettings",
+    ("comparison", "serve"): "services.comparison.settings:ComparisonSettings",
+    ("decoy", "serve"): "services.decoy.settings:DecoySettings",
+    ("gateway",): "services.gateway.settings:GatewaySettings",
+    ("topics", "create"): "services.cli.main:TopicSettings",
+}
+
+
+def _settings_of(args: list[str]) -> type:
+    for words, where in COMMAND_SETTINGS.items():
+        if tuple(args[: len(words)]) == words:
+            module, name = where.split(":")
+            settings: type = getattr(importlib.import_module(module), name)
+            return settings
+    raise AssertionError(f"no settings class known for the command {args}")
+
+
+def test_every_variable_a_container_gets_is_a_setting_of_its_command(each_render: Render) -> None:
+    """The chart speaks each command's language: a variable no setting reads would be a value
+    that silently does nothing."""
+    from services.core.settings import _env_name
+
+    for workload, container in each_render.containers():
+        known = {_env_name(f) for f in dataclasses.fields(_settings_of(container["args"]))}
+        names = {n for n in env_of(container) if n.startswith("RDV_") or n == "KAFKA_BOOTSTRAP_SERVERS"}
+        assert names <= known, f"{workload['metadata']['name']}: {sorted(names - known)} set but read by no setting"
 
 
 def test_every_container_probes_healthz_and_readyz_on_the_metrics_port(each_render: Render) -> None:
@@ -397,7 +422,6 @@ def test_the_rendezvous_statefulset_passes_its_pod_name_as_the_instance(each_ren
     instance = env_of(container)["RDV_INSTANCE"]
     assert "value" not in instance
     assert instance["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    assert env_value(container, "RDV_STATIC_MEMBERSHIP") == str(settings["staticMembership"]).lower()
     assert env_value(container, "RDV_PROCESSING") == settings["processing"]
     # The governing Service exists and is headless: each pod keeps a DNS name.
     governing = r.named("Service", stateful["spec"]["serviceName"])
