@@ -45,6 +45,9 @@ MAX_TOPICS = 1_000  # verdicts remembered
 MAX_WAITING = 10_000  # replies waiting for a verdict, all topics together
 UNKNOWN = -1  # a partition count the broker could not give (it is away): ask again
 RECHECK_S = 1.0
+# What Kafka accepts as a topic name (its Topic.validate); anything else is refused before the
+# name reaches librdkafka, which raises on some of them (an embedded NUL) instead of answering.
+LEGAL_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 
 class Pending(Protocol):
@@ -69,7 +72,7 @@ class ReplyRules:
             return None
         if topic in self._internal:
             return "internal_topic"
-        if topic.startswith("__") or not topic or len(topic) > 249:
+        if topic.startswith("__") or topic in (".", "..") or not LEGAL_TOPIC.fullmatch(topic):
             return "invalid_topic"
         if not self._allowed.fullmatch(topic):
             return "not_allowed"
@@ -123,7 +126,7 @@ class ReplyRouter:
     def poll(self) -> None:
         """Deliver (or drop) replies whose topic's verdict arrived; call from the poll loop."""
         for topic in [t for t, future in self._checking.items() if future.done()]:
-            count = self._checking.pop(topic).result()
+            count = self._verdict(topic, self._checking.pop(topic))
             if count == UNKNOWN:
                 self._recheck_at[topic] = time.monotonic() + RECHECK_S
                 continue
@@ -136,6 +139,16 @@ class ReplyRouter:
             for topic in [t for t, at in self._recheck_at.items() if at <= now]:
                 del self._recheck_at[topic]
                 self.check_now(topic)
+
+    @staticmethod
+    def _verdict(topic: str, question: Future[int]) -> int:
+        """The partition count a question found; a question that failed unexpectedly (the client
+        library refusing the name) counts as a missing topic, never as the poll loop's failure."""
+        failure = question.exception()
+        if failure is None:
+            return question.result()
+        log.warning("cannot check return address %r: %s: %s", topic, type(failure).__name__, failure)
+        return 0
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -91,6 +91,27 @@ def test_an_internal_topic_gets_no_reply_and_nothing_to_wait_for() -> None:
     assert broker.sent == [] and broker.asked == [] and receipt.settled and out.unacked == 0
 
 
+@pytest.mark.parametrize("topic", ["bad\x00name", "spaces in name", "ünïcode", ".", "..", "x" * 250, ""])
+def test_a_topic_name_kafka_would_refuse_gets_no_reply_and_no_question(topic: str) -> None:
+    broker = Broker({topic: 4})
+    out = router(broker)
+    receipt = Receipt()
+    out.send(topic, None, b"r", b"v", receipt)
+    assert broker.sent == [] and broker.asked == [] and receipt.settled and out.unacked == 0
+
+
+def test_a_question_that_fails_unexpectedly_counts_the_topic_as_missing_and_the_loop_goes_on() -> None:
+    def refusing(topic: str) -> int:
+        raise ValueError("embedded null character")
+
+    broker = Broker({})
+    out = r.ReplyRouter(broker.send, {}, r.ReplyRules(TOPICS), partition_count=refusing)
+    receipt = Receipt()
+    out.send("client-a", 0, b"r", b"v", receipt)
+    settle(out)  # poll() does not raise
+    assert broker.sent == [] and receipt.settled and out.unacked == 0
+
+
 def test_an_expired_verdict_is_checked_again_without_holding_answers(monkeypatch: pytest.MonkeyPatch) -> None:
     broker = Broker({TOPICS.replies: 4})
     out = router(broker)
