@@ -78,6 +78,10 @@ class KafkaOperationError(RendezvousError):
     """A produce, consume or commit call failed; `retriable` mirrors librdkafka's verdict."""
 
 
+class RecordTooLarge(KafkaOperationError):
+    """The client refused a record over its `message.max.bytes` (nothing was sent)."""
+
+
 class DeliveryFailed(KafkaOperationError):
     """A produced record was not acknowledged by the broker."""
 

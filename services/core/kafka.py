@@ -29,6 +29,7 @@ from services.core.errors import (
     ConsumerFenced,
     DeliveryFailed,
     KafkaOperationError,
+    RecordTooLarge,
     Source,
     TopicMissing,
 )
@@ -213,6 +214,10 @@ class Producer:
                 # Local queue full: serve delivery reports until there is room again.
                 self._producer.poll(0.05)
             except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise RecordTooLarge(f"a record of {len(value or b'') + len(key or b'')} bytes for {topic} "
+                                         f"is over the producer's message.max.bytes") from None
                 raise KafkaOperationError(f"produce to {topic} failed: {exc}") from None
 
     def poll(self, timeout: float = 0.0) -> None:

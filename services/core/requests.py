@@ -16,13 +16,21 @@ from typing import Any
 
 from services.core.errors import DecodeFailed
 
-__all__ = ["check_request", "request_problem"]
+__all__ = ["MAX_REQUEST_ID", "check_request", "request_problem"]
+
+# Characters in a request id, at most. Every output about a request carries its id (a Score, the
+# Answer, the comparison record, the reply's key): an id near Kafka's record size would make them
+# too large to write, and such a request could never be answered. UUIDs take 36.
+MAX_REQUEST_ID = 1024
 
 
 def request_problem(request: Mapping[str, Any]) -> str | None:
     """Why `request` is not a valid request (one line), or None."""
-    if not request.get("request_id"):
+    request_id = request.get("request_id")
+    if not request_id:
         return "request_id is empty"
+    if isinstance(request_id, str) and len(request_id) > MAX_REQUEST_ID:
+        return f"request_id of {len(request_id)} characters is over the limit of {MAX_REQUEST_ID}"
     created_at = request.get("created_at")
     if not isinstance(created_at, int) or created_at <= 0:
         return f"created_at must be epoch milliseconds, got {created_at!r}"

@@ -51,6 +51,7 @@ def _timer_matters(at: int, mailbox: Mailbox) -> bool:
     return not mailbox.closed and mailbox.wake_at == at
 
 
+MAX_LONG = 2**63 - 1  # what an Avro long (the records' times) holds
 LIVE_CACHE_MS = 100  # how stale the set of live models may be (it decides only what a log record waits for)
 
 Reply = tuple[str, int | None]
@@ -227,7 +228,9 @@ class Join:
         schedule = self.schedule_for(request.created_at)
         deadline = schedule.deadline_for(request.created_at, request.deadline)
         mailbox.has_request, mailbox.schedule, mailbox.created_at = True, schedule, request.created_at
-        mailbox.deadline = min(deadline, request.created_at + self.limits.max_budget_ms)
+        # A created_at near the end of an Avro long would carry the deadline past it: the answer
+        # could not be encoded, and the mailbox would stay open for good.
+        mailbox.deadline = min(deadline, request.created_at + self.limits.max_budget_ms, MAX_LONG)
         if reply is not None:
             mailbox.replies.append(reply)
 

@@ -30,6 +30,12 @@ LATE_SCORES = Counter(
     "Scores that arrived after the answer was sent; after_log=true ones came after the comparison record.",
     ["model", "after_log"],
 )
+OUTPUTS_CUT = Counter(
+    "rdv_outputs_cut_total",
+    "Answers and comparison records too large for a Kafka record (a score's long label or error): written "
+    "with their strings cut (outcome=cut) or, if still too large, left out (outcome=left_out).",
+    ["output", "outcome"],
+)
 ORPHAN_SCORES = Counter(
     "rdv_orphan_scores_total", "Scores dropped because their request never arrived within the grace period."
 )

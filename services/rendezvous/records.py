@@ -14,7 +14,7 @@ from functools import cache
 from services.core.codec import HEADER_SIZE, Codec
 from services.core.compiled_requests import REQUEST_LAYOUT, Walker, walk_request, walked_problem
 from services.core.errors import DecodeFailed
-from services.core.requests import request_problem
+from services.core.requests import MAX_REQUEST_ID, request_problem
 from services.rendezvous.compiled_records import SCORE_LAYOUT, double_at, walk_score
 
 
@@ -97,16 +97,23 @@ def _score_walker(codec: Codec) -> Walker:
 
 
 def _answerable(request_id: str) -> str:
-    """The request id of a request, which it is answered by; `DecodeFailed` if empty."""
+    """The request id of a request, which it is answered by; `DecodeFailed` if empty, or too long
+    for its answer to be written (core/requests.py: MAX_REQUEST_ID)."""
     if not request_id:
         raise DecodeFailed("request_id is empty: nothing to answer it by")
+    if len(request_id) > MAX_REQUEST_ID:
+        raise DecodeFailed(f"request_id of {len(request_id)} characters is over the limit of {MAX_REQUEST_ID}: "
+                           "its answer could not be written")
     return request_id
 
 
 def _joinable(request_id: str, model: str) -> None:
-    """`DecodeFailed` unless a score names the request and the model it joins by."""
+    """`DecodeFailed` unless a score names the request and the model it joins by (no request has
+    an id over MAX_REQUEST_ID)."""
     if not request_id or not model:
         raise DecodeFailed("a score needs a request_id and a model name")
+    if len(request_id) > MAX_REQUEST_ID:
+        raise DecodeFailed(f"request_id of {len(request_id)} characters is over the limit of {MAX_REQUEST_ID}")
 
 
 def _text(value: bytes, start: int, end: int) -> str:

@@ -41,9 +41,17 @@ from services.core.cloudevents import EventHeaders
 from services.core.codec import codec
 from services.core.control_records import CLOCK_HEADER, control_kind
 from services.core.deadletter import DeadLetters, excerpt_limit
-from services.core.errors import BadInput, ConfigError, DecodeFailed, KafkaOperationError, UnexpectedFailure
+from services.core.errors import (
+    BadInput,
+    ConfigError,
+    DecodeFailed,
+    KafkaOperationError,
+    RecordTooLarge,
+    UnexpectedFailure,
+)
 from services.core.kafka import Producer, partition_counts, topic_config
 from services.core.metrics import DECODE_ERRORS
+from services.core.requests import MAX_REQUEST_ID
 from services.core.runtime import now_ms
 from services.core.service import Context, StreamService, StreamSpec
 from services.rendezvous import compiled_records
@@ -62,6 +70,9 @@ log = logging.getLogger(__name__)
 
 SERVICE = "rendezvous"
 RESUME_AT = 0.8  # request intake resumes once the mailbox table is below this share of its maximum
+# An answer or comparison record too large to write (a score's label or error near Kafka's record
+# size) is written again with every string cut to this many characters (request ids are never longer).
+CUT_TO = MAX_REQUEST_ID
 OUTBOX_MAX = 64  # replies held back for the end of a batch, at most (~100 µs of the join each)
 
 
@@ -286,6 +297,29 @@ class Rendezvous:
     # -- outputs (called by the join) ----------------------------------------------------
 
     def answer(self, mailbox: Mailbox, record: dict[str, Any]) -> None:
+        self._written("answer", record, lambda written: self._write_answer(mailbox, written))
+
+    def log(self, mailbox: Mailbox, record: dict[str, Any]) -> None:
+        self._written("log", record, lambda written: self._write_log(mailbox, written))
+
+    def _written(self, output: str, record: dict[str, Any], write: Callable[[dict[str, Any]], None]) -> None:
+        """Write an output; one too large for a Kafka record is written with its strings cut, and
+        if even that fails it is left out and counted. Never raised into the join: a mailbox
+        whose output failed halfway would stay open, and hold its partition's offsets, for good."""
+        try:
+            write(record)
+            return
+        except RecordTooLarge as err:
+            log.warning("%s of %s: %s; written again with every string cut to %d characters",
+                        output, record["request_id"], err, CUT_TO)
+        try:
+            write(cut_strings(record, CUT_TO))
+            m.OUTPUTS_CUT.labels(output, "cut").inc()
+        except RecordTooLarge as err:
+            m.OUTPUTS_CUT.labels(output, "left_out").inc()
+            log.error("%s of %s left out: %s even with its strings cut", output, record["request_id"], err)
+
+    def _write_answer(self, mailbox: Mailbox, record: dict[str, Any]) -> None:
         assert self._ctx is not None
         value = self._answers.encode(record)
         key = mailbox.request_id.encode()
@@ -296,7 +330,7 @@ class Rendezvous:
             self._replies_out.send(topic, partition, key, value, mailbox)
         self._ctx.outputs.produce(self.topics.answers, value, key=key, partition=mailbox.partition, headers=headers)
 
-    def log(self, mailbox: Mailbox, record: dict[str, Any]) -> None:
+    def _write_log(self, mailbox: Mailbox, record: dict[str, Any]) -> None:
         assert self._ctx is not None
         headers = self._log_events.for_id(mailbox.request_id) if self._log_events else None
         self._ctx.outputs.produce(self.topics.log, self._comparisons.encode(record),
@@ -399,3 +433,14 @@ class Rendezvous:
         self._ctx.pause_topic(self.topics.requests, pause)
         self._paused = pause
         m.PAUSED.set(1 if pause else 0)
+
+
+def cut_strings(value: Any, limit: int) -> Any:
+    """`value` with every string in it (in dicts and lists too) cut to `limit` characters."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[:limit]
+    if isinstance(value, dict):
+        return {k: cut_strings(v, limit) for k, v in value.items()}
+    if isinstance(value, list):
+        return [cut_strings(v, limit) for v in value]
+    return value

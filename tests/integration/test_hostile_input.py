@@ -11,6 +11,7 @@ from confluent_kafka import Producer
 from services.client.client import make_request
 from services.core.codec import codec
 from services.core.deadletter import DEFAULT_EXCERPT_BYTES, KEY_BYTES
+from services.core.requests import MAX_REQUEST_ID
 from services.core.settings import Topics
 from services.model_worker.models import demo_rows
 from tests.integration.harness import Services, read_topic
@@ -54,3 +55,44 @@ def test_a_record_near_the_size_limit_is_dead_lettered_as_an_excerpt_and_the_str
         assert (letter["source_topic"], letter["source_partition"]) == (topics.requests, 0)
         assert "object at 0x" not in letter["reason"]
     assert worker.scored == 20 and rendezvous.answered == 20
+
+
+def _score(request_id: str, model: str, label: str) -> dict[str, Any]:
+    return {"request_id": request_id, "model": model, "version": "forged", "instance": "", "score": 0.5,
+            "label": label, "error": None, "deadline": 0, "received_at": 0, "scored_at": 0, "compute_ms": 0.1}
+
+
+def test_records_whose_outputs_could_not_be_written_as_they_are_never_stall_the_rendezvous(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    """Each of these once stopped the rendezvous for good: a return address with a NUL (the
+    service died, and again on the re-read); an id too long for its answer to be written, and
+    scores whose comparison record is over Kafka's record size (the mailbox never closed, so the
+    partition's offsets never moved). Requests after them on the same partition are answered."""
+    rendezvous = services.rendezvous(bootstrap, prefix, models=("champion", "challenger"))
+    requests, scores = codec("request"), codec("score")
+    producer = Producer(config)
+    row = demo_rows(1, seed=4)[0]
+
+    def send(record: dict[str, Any]) -> str:
+        producer.produce(topics.requests, requests.encode(record), partition=0)
+        return str(record["request_id"])
+
+    nul = send(make_request(row, budget_ms=1_000, reply_topic="replies\x00x", reply_partition=None))
+    send(make_request(row, budget_ms=20_000, reply_topic=None, reply_partition=None,
+                      request_id="r" * (MAX_REQUEST_ID + 1)))
+    big = send(make_request(row, budget_ms=20_000, reply_topic=None, reply_partition=None))
+    for model in ("champion", "challenger"):  # 600 KB labels: each Score fits, their comparison record does not
+        producer.produce(topics.scores, scores.encode(_score(big, model, "x" * 600_000)), partition=0)
+    after = send(make_request(row, budget_ms=1_000, reply_topic=None, reply_partition=None))
+    assert producer.flush(30) == 0
+
+    answers = {a["request_id"]: a for a in read_topic(config, topics.answers, expect=3, decode="answer")}
+    assert set(answers) == {nul, big, after}
+    assert answers[big]["status"] == "OK" and answers[big]["label"] == "x" * 600_000
+    assert answers[after]["status"] == "TIMEOUT"  # no worker runs: it was decided, past the records before it
+    logged = {r["request_id"]: r for r in read_topic(config, topics.log, expect=3, decode="comparison")}
+    assert [o["label"] for o in logged[big]["outputs"]] == ["x" * MAX_REQUEST_ID] * 2
+    dead = read_topic(config, topics.deadletter, expect=1, decode="deadletter")
+    assert len(dead) == 1 and f"request_id of {MAX_REQUEST_ID + 1} characters" in dead[0]["reason"]
+    assert rendezvous.answered == 3

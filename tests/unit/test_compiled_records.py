@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from services.core.avro_writer import long_bytes, string_bytes
 from services.core.codec import HEADER_SIZE, Codec, codec
 from services.core.compiled_requests import walk_request
-from services.core.errors import BadInput
+from services.core.errors import BadInput, DecodeFailed
+from services.core.requests import MAX_REQUEST_ID
 from services.rendezvous.compiled_records import walk_score
 from services.rendezvous.records import request_decoded, request_in, score_decoded, score_in
 
@@ -137,3 +138,21 @@ def test_a_map_block_too_large_for_64_bits_is_left_to_fastavro(kind: str) -> Non
             return type(err).__name__
 
     assert outcome(request_in) == outcome(request_decoded)
+
+
+@pytest.mark.parametrize("read", [request_in, request_decoded])
+def test_a_request_whose_id_is_too_long_to_answer_by_is_refused(read: Any) -> None:
+    """Its answer, which carries the id twice (key and value), might not fit a Kafka record."""
+    base = {"created_at": 5, "deadline": 0, "reply_to": None, "features": {"a": 1.0}, "payload": None,
+            "metadata": {}}
+    assert read(REQUESTS, REQUESTS.encode({**base, "request_id": "r" * MAX_REQUEST_ID}), 0, 0, 9).problem is None
+    with pytest.raises(DecodeFailed, match=f"request_id of {MAX_REQUEST_ID + 1} characters"):
+        read(REQUESTS, REQUESTS.encode({**base, "request_id": "r" * (MAX_REQUEST_ID + 1)}), 0, 0, 9)
+
+
+@pytest.mark.parametrize("read", [score_in, score_decoded])
+def test_a_score_whose_id_no_request_can_have_is_refused(read: Any) -> None:
+    score = {"request_id": "r" * (MAX_REQUEST_ID + 1), "model": "m", "version": "1", "instance": "", "score": 0.5,
+             "label": None, "error": None, "deadline": 0, "received_at": 0, "scored_at": 0, "compute_ms": 0.1}
+    with pytest.raises(DecodeFailed, match="over the limit"):
+        read(SCORES, SCORES.encode(score), 0, 0, 9)

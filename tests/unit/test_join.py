@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from services.control.schedule import Schedule
+from services.core.codec import codec
 from services.rendezvous.join import Finished, Join, JoinLimits, Owner, Reply
 from services.rendezvous.mailbox import Mailbox, Receipt
 from services.rendezvous.offsets import OffsetBook
@@ -178,6 +179,15 @@ def test_a_request_created_far_ahead_of_the_log_is_refused() -> None:
     join.on_request(request("r", at=T0, created=T0 + 10 * 365 * 86_400_000))
     assert decided(out)["r"][0] == "ERROR"
     assert "ahead of the broker's clock" in out.answers[0]["reason"]
+
+
+def test_a_request_created_at_the_end_of_time_gets_records_that_can_be_written() -> None:
+    """created_at + a budget is past what an Avro long holds: the deadline stops at its maximum."""
+    join, out = make_join()
+    join.on_request(request("r", at=T0, created=2**63 - 1, budget=0))
+    assert decided(out)["r"][0] == "ERROR" and out.answers[0]["deadline"] == 2**63 - 1
+    codec("answer").encode(out.answers[0])
+    codec("comparison").encode(out.logs[0])
 
 
 def test_an_absurd_deadline_is_clamped_to_the_maximum_budget() -> None:

@@ -16,7 +16,7 @@ from services.core.model_info import (
     encode_model_info,
     features_no_model_knows,
 )
-from services.core.requests import check_request, request_problem
+from services.core.requests import MAX_REQUEST_ID, check_request, request_problem
 from services.core.signatures import FeatureSpec, Signature
 from services.model_worker.models import DEMO_FEATURES, demo_rows
 
@@ -177,6 +177,9 @@ def test_request_problem_is_the_one_rule() -> None:
     assert request_problem(good) is None
     assert request_problem({**good, "features": {}, "payload": {"content_type": "x", "data": b""}}) is None
     assert request_problem({**good, "request_id": ""}) == "request_id is empty"
+    assert request_problem({**good, "request_id": "r" * MAX_REQUEST_ID}) is None
+    assert request_problem({**good, "request_id": "r" * (MAX_REQUEST_ID + 1)}) == (
+        f"request_id of {MAX_REQUEST_ID + 1} characters is over the limit of {MAX_REQUEST_ID}")
     assert request_problem({**good, "created_at": 0}) == "created_at must be epoch milliseconds, got 0"
     assert request_problem({**good, "features": {}}) == "request carries neither features nor a payload"
     with pytest.raises(DecodeFailed, match="neither features nor a payload"):
