@@ -37,6 +37,9 @@ LAYOUT: tuple[tuple[str, Any], ...] = (
     ("compute_ms", "double"),
 )
 _ERROR_CHARS = 1000  # an error message is cut here: a Score stays small whatever a model raises
+# A longer label is that request's error (a class name is short; a label near Kafka's record size
+# would make the Score, and the answer that carries it, impossible to write).
+MAX_LABEL_CHARS = 1024
 _NULL = b"\x00"
 _SOME = b"\x02"  # union branch 1 (the non-null type), zig-zag encoded
 _DOUBLE = struct.Struct("<d").pack
@@ -106,7 +109,7 @@ class ScoreWriter:
         if (
             type(request_id) is not str or type(deadline) is not int or not _MIN_LONG <= deadline <= _MAX_LONG
             or (score is not None and type(score) is not float)
-            or (label is not None and type(label) is not str)
+            or (label is not None and (type(label) is not str or len(label) > MAX_LABEL_CHARS))
             or (error is not None and type(error) is not str)
             or type(compute_ms) is not float
         ):
@@ -149,6 +152,11 @@ class ScoreWriter:
             "scored_at": scored_at,
             "compute_ms": result.compute_ms,
         }
+        label = record["label"]
+        if isinstance(label, str) and len(label) > MAX_LABEL_CHARS:
+            record.update(score=None, label=None,
+                          error=f"the model's label of {len(label)} characters is over the limit of {MAX_LABEL_CHARS}")
+            return self._codec.encode(record), 1 if error is None else 0
         try:
             return self._codec.encode(record), 0
         # A model output Avro cannot carry (e.g. a label that is not a string) is that

@@ -35,7 +35,7 @@ from prometheus_client import Counter, Histogram
 
 from services.core.codec import codec
 from services.core.deadletter import DeadLetters
-from services.core.errors import BadInput, ConfigError
+from services.core.errors import BadInput, ConfigError, DecodeFailed, RecordTooLarge
 from services.core.kafka import Producer, partition_counts
 from services.core.metrics import DECODE_ERRORS, LATENCY_BUCKETS, child
 from services.core.model_info import ModelInfo, publish_model_info
@@ -328,7 +328,13 @@ class _BatchScorer:
         for msg, value in zip(sources, values, strict=True):
             # Same partition number as the request: co-partitioning holds whatever
             # partitioner the request's producer used (Java murmur2, librdkafka crc32, ...).
-            self.producer.produce(scores_topic, value, key=msg.key(), partition=msg.partition())
+            try:
+                self.producer.produce(scores_topic, value, key=msg.key(), partition=msg.partition())
+            except RecordTooLarge as err:  # a producer message.max.bytes set below a Score's size
+                unencodable += 1
+                log.warning("no Score for %s[%s]@%s: %s", msg.topic(), msg.partition(), msg.offset(), err)
+                if self.w.settings.dead_letter:
+                    self.dead.send(msg, DecodeFailed(f"its Score could not be written: {err}"))
         errors = sum(r.error is not None for r in results) + unencodable
         child(SCORES, *labels, "ok").inc(len(requests) - errors)
         if errors:

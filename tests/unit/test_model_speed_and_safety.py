@@ -33,7 +33,7 @@ from services.model_worker.models.demo import (
 )
 from services.model_worker.models.fast import PYTHON_ROWS
 from services.model_worker.models.sklearn_model import SklearnModel
-from services.model_worker.score_writer import ScoreWriter, layout_matches
+from services.model_worker.score_writer import MAX_LABEL_CHARS, ScoreWriter, layout_matches
 from services.model_worker.settings import WorkerSettings, model_groups
 from services.model_worker.worker import Hosted, Scored, hosted_models, score_batch, score_co_hosted
 
@@ -210,6 +210,19 @@ def test_score_writer_unusual_outputs_take_the_codec_path() -> None:
     first, second = (codec("score").decode(v) for v in values)
     assert (first["score"], first["label"], first["error"]) == (0.5, "x", None)
     assert second["score"] is None and second["error"].startswith("model output not encodable")
+
+
+def test_a_label_too_long_for_a_score_record_is_that_requests_error() -> None:
+    writer = ScoreWriter("m", "1", "i")
+    requests = [{"request_id": "a", "deadline": 5}, {"request_id": "b", "deadline": 5}]
+    results = [Scored(Prediction(0.5, "x" * MAX_LABEL_CHARS), None, 1.0),
+               Scored(Prediction(0.5, "x" * 900_000), None, 1.0)]
+    values, unencodable = writer.encode_batch(requests, results, 1, 2)
+    assert unencodable == 1
+    first, second = (codec("score").decode(v) for v in values)
+    assert first["label"] == "x" * MAX_LABEL_CHARS and first["error"] is None
+    assert (second["score"], second["label"]) == (None, None) and len(values[1]) < 1_000
+    assert second["error"] == f"the model's label of 900000 characters is over the limit of {MAX_LABEL_CHARS}"
 
 
 # --- model files: pickles only when trusted; skops checks its types ---------------------------------
