@@ -12,6 +12,7 @@ The deadline of a call is the smallest of the gRPC deadline, the `timeout` param
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 import uuid
@@ -87,6 +88,8 @@ class Gateway:
                     deadline_ms: Sequence[int | None] = ()) -> InferResult:
         if self.draining:
             raise Unavailable("this gateway is shutting down; retry (another replica will answer)")
+        if not self.health.up:  # else requests would queue in the producer, and calls wait out their deadline
+            raise Unavailable(f"Kafka is unreachable ({self.health.describe()}); retry later")
         target = self.catalog.resolve(name, version)
         rows = rows_of(call.tensors, target.feature_names, self.settings.max_rows)
         self.catalog.check_features(target, rows[0])
@@ -94,8 +97,8 @@ class Gateway:
         if self.rows_in_flight + len(rows) > self.settings.max_in_flight:
             raise Unavailable(f"overloaded: {self.rows_in_flight} rows waiting for answers (at most "
                               f"{self.settings.max_in_flight}); retry later")
-        base = call.id or self._new_id()
-        ids = _request_ids(base, len(rows), target.kind)
+        base = call.id or self._new_id()  # the id the response carries
+        ids = _request_ids(_kafka_id(call.id, caller, rows) if call.id else base, len(rows), target.kind)
         metadata = {"gateway": self.settings.instance_name(), "caller": caller}
         self.rows_in_flight += len(rows)
         m.ROWS_IN_FLIGHT.set(self.rows_in_flight)
@@ -138,9 +141,10 @@ class Gateway:
         return futures
 
     def _abandon(self, ids: list[str], futures: list[Future[Answer]]) -> None:
+        # Done is not enough to skip one: a wait that timed out or was cancelled cancels its future
+        # (done), and only `abandon` takes it out of the client's table of pending requests.
         for rid, future in zip(ids, futures, strict=False):
-            if not future.done():
-                self.client.abandon(rid, future)
+            self.client.abandon(rid, future)
 
     async def _via_schedule(self, ids: list[str], rows: list[dict[str, float]], budget: int,
                             metadata: dict[str, str]) -> list[RowAnswer]:
@@ -182,12 +186,21 @@ class Gateway:
         return [_model_row(target, record) for record in records]
 
 
+def _kafka_id(call_id: str, caller: str, rows: list[dict[str, float]]) -> str:
+    """The Kafka request id of a call that names itself: its `id` and a digest of the caller and
+    the rows. The rendezvous answers a request id it has seen with its first answer: the same call
+    sent again (a retry, to any replica) gets that answer, while another caller's call, or other
+    rows under the same `id` (OIP ids need not be unique), are requests of their own."""
+    digest = hashlib.blake2b(repr((caller, rows)).encode(), digest_size=8).hexdigest()
+    return f"{call_id}.{digest}"
+
+
 def _request_ids(base: str, n: int, kind: str) -> list[str]:
-    """Kafka request ids of a call's rows: the OIP id (`id/i` for row i of several).
+    """Kafka request ids of a call's rows: `base` (`base/i` for row i of several).
 
     A request id the rendezvous has seen is answered again with its first answer and not logged
-    again (idempotent retries). A call to a single model needs a comparison record of its own, so
-    its ids get a fresh suffix."""
+    again (idempotent retries, see `_kafka_id`). A call to a single model needs a comparison record
+    of its own, so its ids get a fresh suffix."""
     if kind != SCHEDULE:
         base = f"{base}.{uuid.uuid4().hex[:12]}"
     return [base] if n == 1 else [f"{base}/{i}" for i in range(n)]

@@ -116,7 +116,7 @@ class InferenceService:
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
             caller = self.gateway.admit(_authorization(context))
-            call = call_from(request)
+            call = call_from(request, self.gateway.settings.max_rows)
             remaining = context.time_remaining()
             deadline = None if remaining is None else max(1, math.floor(remaining * 1000))
             result = await self.gateway.infer(request.model_name, request.model_version, call, caller, (deadline,))
@@ -133,20 +133,21 @@ def _parameters(mapping: Any) -> dict[str, Any]:
     return {key: _parameter(value) for key, value in mapping.items()}
 
 
-def call_from(request: Any) -> InferCall:
+def call_from(request: Any, max_rows: int) -> InferCall:
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
     tensors = []
     for index, item in enumerate(request.inputs):
-        name, datatype, shape = oip.check_header(item.name, item.datatype, list(item.shape), f"inputs[{index}]")
+        name, datatype, shape = oip.check_header(item.name, item.datatype, list(item.shape), f"inputs[{index}]",
+                                                 max_rows)
         if raw:
             values = oip.from_raw(name, datatype, shape, raw[index])
         else:
             values = _contents(name, datatype, shape, item.contents)
         tensors.append(Tensor(name, datatype, shape, values, _parameters(item.parameters)))
     outputs = oip.requested_outputs(o.name for o in request.outputs)
-    return InferCall(request.id, tuple(tensors), outputs, _parameters(request.parameters))
+    return InferCall(oip.check_id(request.id), tuple(tensors), outputs, _parameters(request.parameters))
 
 
 def _contents(name: str, datatype: str, shape: tuple[int, ...], contents: Any) -> list[float]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,8 @@ NUMERIC: dict[str, str] = {
 }  # fmt: skip
 OUTPUTS = ("score", "label", "status", "model", "version", "reason")
 FEATURE_NAMES = "feature_names"
+# A call's `id`, at most: it becomes part of a Kafka request id, and of every record about it.
+MAX_ID_CHARS = 256
 
 
 @dataclass(slots=True)
@@ -61,7 +64,19 @@ class InferCall:
 # -- checks shared by both encodings ------------------------------------------------------------
 
 
-def check_header(name: Any, datatype: Any, shape: Any, where: str) -> tuple[str, str, tuple[int, ...]]:
+def check_id(call_id: Any) -> str:
+    if not isinstance(call_id, str):
+        raise InvalidInput("'id' must be a string")
+    if len(call_id) > MAX_ID_CHARS:
+        raise InvalidInput(f"'id' of {len(call_id)} characters is over the limit of {MAX_ID_CHARS}")
+    return call_id
+
+
+def check_header(
+    name: Any, datatype: Any, shape: Any, where: str, max_rows: int
+) -> tuple[str, str, tuple[int, ...]]:
+    """The name, datatype and shape of an input tensor, checked before any of its data is read:
+    at most 2 dimensions and `max_rows` rows, so no shape costs more than its data to refuse."""
     # `type(x) is` rather than isinstance: this runs once per input tensor of every call, and
     # bool (a subclass of int) must not pass as a size.
     if type(name) is not str or not name:
@@ -72,19 +87,28 @@ def check_header(name: Any, datatype: Any, shape: Any, where: str) -> tuple[str,
             f"input '{name}': datatype {shown} is not a number type; send features as FP64 or FP32"
         )
     kind = type(shape)
-    if (kind is not list and kind is not tuple) or not shape:
-        raise InvalidInput(f"input '{name}': 'shape' must be a non-empty list of sizes >= 0, got {shape!r}")
+    if (kind is not list and kind is not tuple) or not shape or len(shape) > 2:
+        raise InvalidInput(f"input '{name}': 'shape' must be [n], [n, 1] or [n, k] with sizes >= 0, "
+                           f"got {_short_shape(shape)}")
     for d in shape:
         if type(d) is not int or d < 0:
-            raise InvalidInput(f"input '{name}': 'shape' must be a non-empty list of sizes >= 0, got {shape!r}")
+            raise InvalidInput(f"input '{name}': 'shape' must be [n], [n, 1] or [n, k] with sizes >= 0, "
+                               f"got {_short_shape(shape)}")
+    if shape[0] > max_rows:
+        raise InvalidInput(f"{shape[0]} rows in one call; at most {max_rows}")
     return name, datatype, tuple(shape)
+
+
+def _short_shape(shape: Any) -> str:
+    shown = repr(shape)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 def elements(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
-def from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) -> list[float]:
+def from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes | memoryview) -> list[float]:
     """Elements of raw little-endian bytes (gRPC raw_input_contents, REST binary data)."""
     width = np.dtype(NUMERIC[datatype]).itemsize
     if len(raw) != elements(shape) * width:
@@ -208,8 +232,9 @@ def _column_rows(tensors: Sequence[Tensor]) -> list[dict[str, float]]:
 
 def _check_unique(names: Sequence[str], what: str) -> None:
     if len(set(names)) != len(names):
-        twice = sorted({n for n in names if names.count(n) > 1})
-        raise InvalidInput(f"{what}: {', '.join(repr(n) for n in twice)} given more than once")
+        twice = sorted(n for n, count in Counter(names).items() if count > 1)
+        shown = ", ".join(repr(n[:40]) for n in twice[:5]) + (f" and {len(twice) - 5} more" if len(twice) > 5 else "")
+        raise InvalidInput(f"{what}: {shown} given more than once")
 
 
 def _check_finite(values: list[float], where: Any) -> None:

@@ -17,6 +17,7 @@ The deadline header is `X-Timeout-Ms`.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -42,6 +43,7 @@ PROTOCOL = "rest"
 TIMEOUT_HEADER = "x-timeout-ms"
 BINARY_HEADER = "inference-header-content-length"
 SERVER_NAME = "rendezvous-serving"
+WHOLE = re.compile(r"[0-9]{1,15}")  # str.isdigit() takes '²' too, which int() refuses
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -150,7 +152,7 @@ class RestApi:
         caller = self.gateway.admit(request.headers.get("authorization"))
         name, version = _name_version(request)
         body = await _body(request, self.gateway.settings.max_body_bytes)
-        call = parse_call(body, request.headers.get(BINARY_HEADER))
+        call = parse_call(body, request.headers.get(BINARY_HEADER), self.gateway.settings.max_rows)
         deadline = _header_ms(request.headers.get(TIMEOUT_HEADER))
         result = await self.gateway.infer(name, version, call, caller, (deadline,))
         return json_response(oip.rest_response(result))
@@ -162,8 +164,8 @@ def _name_version(request: Request) -> tuple[str, str]:
 
 
 async def _body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    declared = _whole(request.headers.get("content-length"))
+    if declared is not None and declared > limit:
         raise BodyTooLarge(f"request body of {declared} bytes is over the limit of {limit}")
     chunks = []
     size = 0
@@ -175,36 +177,44 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _header_ms(value: str | None) -> int | None:
-    if value is None:
+def _whole(value: str | None) -> int | None:
+    """A header's whole number (ASCII digits, at most 15 of them), or None."""
+    if value is None or not WHOLE.fullmatch(value.strip()):
         return None
-    if not value.strip().isdigit() or int(value) <= 0:
-        raise InvalidInput(f"header X-Timeout-Ms must be a positive whole number of milliseconds, got {value!r}")
     return int(value)
 
 
-def parse_call(body: bytes, binary_header: str | None) -> InferCall:
+def _header_ms(value: str | None) -> int | None:
+    if value is None:
+        return None
+    ms = _whole(value)
+    if ms is None or ms <= 0:
+        raise InvalidInput(f"header X-Timeout-Ms must be a positive whole number of milliseconds, got {value[:40]!r}")
+    return ms
+
+
+def parse_call(body: bytes, binary_header: str | None, max_rows: int) -> InferCall:
     """An inference call from a REST body (JSON, or JSON + binary tensor data)."""
-    header, rest = body, b""
+    header, rest = body, memoryview(b"")
     if binary_header is not None:
-        if not binary_header.isdigit() or int(binary_header) > len(body):
-            raise InvalidInput(f"Inference-Header-Content-Length {binary_header!r} does not fit the body")
-        header, rest = body[:int(binary_header)], body[int(binary_header):]
+        size = _whole(binary_header)
+        if size is None or size > len(body):
+            raise InvalidInput(f"Inference-Header-Content-Length {binary_header[:40]!r} does not fit the body")
+        # A view: each input's data is sliced from it without copying the rest of the body.
+        header, rest = body[:size], memoryview(body)[size:]
     try:
         document = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"the body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise InvalidInput("the body must be a JSON object with 'inputs'")
-    call_id = document.get("id", "")
-    if not isinstance(call_id, str):
-        raise InvalidInput("'id' must be a string")
+    call_id = oip.check_id(document.get("id", ""))
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInput("'inputs' must be a non-empty list of tensors")
     tensors, used = [], 0
     for index, item in enumerate(inputs):
-        tensor, size = _tensor(item, index, rest[used:])
+        tensor, size = _tensor(item, index, rest[used:], max_rows)
         tensors.append(tensor)
         used += size
     if used != len(rest):
@@ -227,12 +237,12 @@ def _outputs(value: Any) -> tuple[str, ...]:
     return oip.requested_outputs(o["name"] for o in value)
 
 
-def _tensor(item: Any, index: int, binary: bytes) -> tuple[Tensor, int]:
+def _tensor(item: Any, index: int, binary: memoryview, max_rows: int) -> tuple[Tensor, int]:
     """One input tensor, and how many bytes of binary data it took."""
     if not isinstance(item, dict):
         raise InvalidInput(f"inputs[{index}] must be an object")
     name, datatype, shape = oip.check_header(item.get("name"), item.get("datatype"), item.get("shape"),
-                                             f"inputs[{index}]")
+                                             f"inputs[{index}]", max_rows)
     params = item.get("parameters") or {}
     if not isinstance(params, dict):
         raise InvalidInput(f"input '{name}': 'parameters' must be an object")

@@ -20,7 +20,7 @@ from services.control.topic import ScheduleBook
 from services.core.errors import BrokerUnavailable, ConfigError
 from services.gateway.auth import ANONYMOUS, ApiKeys, RateLimit, parse_entries
 from services.gateway.catalog import MODEL, SCHEDULE, Catalog
-from services.gateway.engine import _model_row, _raise_failures, _request_ids
+from services.gateway.engine import _kafka_id, _model_row, _raise_failures, _request_ids
 from services.gateway.errors import (
     AnswerFailed,
     AnswerTimedOut,
@@ -33,6 +33,7 @@ from services.gateway.errors import (
     status_of,
 )
 from services.gateway.oip import (
+    MAX_ID_CHARS,
     InferResult,
     RowAnswer,
     Tensor,
@@ -42,7 +43,7 @@ from services.gateway.oip import (
     rows_of,
     timeout_ms,
 )
-from services.gateway.rest import parse_call
+from services.gateway.rest import _header_ms, parse_call
 from services.gateway.settings import GatewaySettings
 from services.gateway.signatures import FeatureSpec, FixedSignatures
 from services.gateway.ui import snapshot_from
@@ -130,7 +131,7 @@ def test_response_parameters_summarise_the_rows() -> None:
 def test_rest_json_body() -> None:
     body = orjson.dumps({"id": "r1", "parameters": {"timeout": 5000}, "outputs": [{"name": "score"}],
                          "inputs": [{"name": "a", "datatype": "FP64", "shape": [2, 1], "data": [[1], [2.5]]}]})
-    call = parse_call(body, None)
+    call = parse_call(body, None, 1000)
     assert (call.id, call.outputs, call.parameters) == ("r1", ("score",), {"timeout": 5000})
     assert call.tensors[0].values == [1.0, 2.5]
 
@@ -142,10 +143,10 @@ def test_rest_binary_tensor_extension() -> None:
         {"name": "c", "datatype": "INT32", "shape": [2], "parameters": {"binary_data_size": 8}},
     ]})
     body = header + np.array([1.0, 2.0], "<f8").tobytes() + np.array([5, 6], "<i4").tobytes()
-    call = parse_call(body, str(len(header)))
+    call = parse_call(body, str(len(header)), 1000)
     assert [t.values for t in call.tensors] == [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
     with pytest.raises(InvalidInput, match="4 bytes of binary data belong to no input"):
-        parse_call(body + b"\0" * 4, str(len(header)))
+        parse_call(body + b"\0" * 4, str(len(header)), 1000)
 
 
 @pytest.mark.parametrize(
@@ -166,7 +167,55 @@ def test_rest_binary_tensor_extension() -> None:
 )
 def test_malformed_rest_bodies(body: bytes, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
-        parse_call(body, None)
+        parse_call(body, None, 1000)
+
+
+def _one_input(shape: list[int], data: Any = (), call_id: Any = "") -> bytes:
+    return orjson.dumps({"id": call_id, "inputs": [{"name": "a", "datatype": "FP64", "shape": shape,
+                                                    "data": list(data)}]})
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        # Refused from the shape alone, before any element count is computed or data read: 40,000
+        # dimensions of 2^63 once took seconds of the event loop, then a 500.
+        (_one_input([2**63 - 1] * 40_000), r"'shape' must be \[n\], \[n, 1\] or \[n, k\].*\.\.\.$"),
+        (_one_input([2, 1, 1], [1, 2]), r"'shape' must be \[n\], \[n, 1\] or \[n, k\]"),
+        (_one_input([4_000_000], [0.5] * 10), "4000000 rows in one call; at most 1000"),
+        (_one_input([1], [1], call_id="x" * (MAX_ID_CHARS + 1)), f"'id' of {MAX_ID_CHARS + 1} characters"),
+    ],
+)
+def test_bodies_that_would_be_costly_to_read_are_refused_from_their_headers(body: bytes, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        parse_call(body, None, 1000)
+
+
+def test_names_given_twice_are_named_once_each() -> None:
+    inputs = [{"name": n, "datatype": "FP64", "shape": [1], "data": [1]} for n in ["a", "b"] * 10_000 + ["c"]]
+    call = parse_call(orjson.dumps({"inputs": inputs}), None, 1000)
+    with pytest.raises(InvalidInput, match=r"^input names: 'a', 'b' given more than once$"):
+        rows_of(call.tensors, None, 1000)
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "9" * 5000, "-5", "0", "1.5", "", " "])
+def test_a_deadline_header_that_is_no_positive_whole_number_is_refused(value: str) -> None:
+    with pytest.raises(InvalidInput, match="X-Timeout-Ms must be a positive whole number"):
+        _header_ms(value)
+
+
+@pytest.mark.parametrize("value", ["\u00b9", "9" * 5000, "-1", "x"])
+def test_a_binary_header_length_that_is_no_whole_number_is_refused(value: str) -> None:
+    with pytest.raises(InvalidInput, match=r"Inference-Header-Content-Length .* does not fit the body"):
+        parse_call(_one_input([1], [1]), value, 1000)
+
+
+def test_the_kafka_id_of_a_named_call_is_the_same_for_a_retry_and_differs_for_other_callers_or_rows() -> None:
+    rows = [{"a": 1.0, "b": 2.5}]
+    first = _kafka_id("42", "team-a", rows)
+    assert first.startswith("42.") and first == _kafka_id("42", "team-a", [{"a": 1.0, "b": 2.5}])
+    assert len({first, _kafka_id("42", "team-b", rows), _kafka_id("42", "team-a", [{"a": 1.0, "b": 2.6}]),
+                _kafka_id("43", "team-a", rows)}) == 4
 
 
 # -- one status table -------------------------------------------------------------------------------
