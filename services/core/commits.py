@@ -343,6 +343,8 @@ class CommitLane:
                 self._producer.produce(topic, value, key=key, partition=partition, headers=headers)
 
     def _release_held(self) -> None:
+        if not self._held:
+            return
         assert self._producer is not None
         held, self._held = self._held, []
         for topic, value, key, partition, headers in held:
@@ -354,16 +356,24 @@ class CommitLane:
         self, offsets: list[TopicPartition], give_up: Callable[[], bool] = lambda: False, group: Any = None
     ) -> None:
         """Commit these positions, and every output produced so far, as soon as possible.
-        `group`: the consumer's group metadata (transactional), taken on the consumer's thread."""
+        `group`: the consumer's group metadata (transactional), taken on the consumer's thread.
+        Nothing is started while a failed commit waits to be settled: after an aborted
+        transaction, these positions may cover work whose outputs were aborted with it."""
+        if self._failure_pending():
+            return
         self.produced = False
         if not self._background:
-            self._outcomes.append(self._commit(offsets, give_up, group))
+            self._commit(offsets, give_up, group, record=True)
             return
         with self._lock:
             self._wanted = offsets
             self._give_up = give_up
             self._group = group
             self._lock.notify_all()
+
+    def _failure_pending(self) -> bool:
+        with self._lock:
+            return any(o.error is not None for o in self._outcomes)
 
     def busy(self) -> bool:
         with self._lock:
@@ -391,22 +401,27 @@ class CommitLane:
                     return
                 offsets, self._wanted, give_up, group = self._wanted, None, self._give_up, self._group
                 self._committing = True
-            try:
-                outcome = self._commit(offsets, give_up, group)
-            except BaseException as exc:  # noqa: BLE001 - a dead lane would stall every later commit
-                outcome = CommitOutcome(offsets, False, exc)
-            with self._lock:
-                self._outcomes.append(outcome)
-                self._lock.notify_all()
+            self._commit(offsets, give_up, group, record=True)
 
-    def _commit(self, offsets: list[TopicPartition], give_up: Callable[[], bool], group: Any) -> CommitOutcome:
+    def _commit(
+        self, offsets: list[TopicPartition], give_up: Callable[[], bool], group: Any, record: bool = False
+    ) -> CommitOutcome:
+        """One commit. `record`: its outcome goes to `outcomes()` in the same step that ends
+        `busy()`, so the loop never sees the lane idle without the outcome (it would start the
+        next commit before settling an abort); any failure is then an outcome, as a dead lane
+        would stall every later commit."""
         with self._lock:
             self._committing = True
         started = time.perf_counter()
+        outcome: CommitOutcome | None = None
         try:
-            return CommitOutcome(offsets, self.committer.commit(offsets, give_up, group))
+            outcome = CommitOutcome(offsets, self.committer.commit(offsets, give_up, group))
         except (KafkaOperationError, ConfigError) as err:
-            return CommitOutcome(offsets, False, err)
+            outcome = CommitOutcome(offsets, False, err)
+        except BaseException as exc:
+            if not record:
+                raise
+            outcome = CommitOutcome(offsets, False, exc)
         finally:
             COMMIT_SECONDS.labels("transaction" if self.committer.transactional else "offsets").observe(
                 time.perf_counter() - started)
@@ -414,7 +429,10 @@ class CommitLane:
                 self._committing = False
                 if self.committer.transactional:
                     self._release_held()
+                if record and outcome is not None:
+                    self._outcomes.append(outcome)
                 self._lock.notify_all()
+        return outcome
 
     def _wait_idle(self) -> None:
         with self._lock:
@@ -430,9 +448,15 @@ class CommitLane:
     def commit_now(self, offsets: list[TopicPartition], give_up: Callable[[], bool], group: Any = None) -> bool:
         """Commit on the caller's thread, the consumer's (after any background commit ended);
         raises its error. Outcomes not yet settled are superseded by this commit: settling them
-        later could commit older positions of partitions given up meanwhile."""
+        later could commit older positions of partitions given up meanwhile. An aborted
+        transaction among them is raised instead: `offsets` may cover work whose outputs it took
+        with it, and committing them would lose those outputs for good."""
         self._wait_idle()
-        self.discard_outcomes()
+        with self._lock:
+            unsettled, self._outcomes = self._outcomes, []
+        aborted = next((o.error for o in unsettled if isinstance(o.error, TransactionAborted)), None)
+        if aborted is not None:
+            raise aborted
         outcome = self._commit(offsets, give_up, group)
         if outcome.error is not None:
             raise outcome.error

@@ -274,7 +274,13 @@ class StreamService:
             if self.ctx.outputs.commit_now(offsets, self._give_up, self._group_metadata()):
                 self.handler.on_committed(offsets)
         except TransactionAborted as err:
-            log.warning("%s: the next owner re-reads that work", err)
+            log.warning("%s: nothing committed; the next owner re-reads that work", err)
+            # What this instance produced since is in the transaction now open: aborted too, or
+            # it would be committed with a later transaction for partitions gone to another owner.
+            try:
+                self.ctx.outputs.abort_now()
+            except TransactionAborted as again:
+                log.warning("%s", again)
 
     def _group_metadata(self) -> Any:
         """Taken here, on the consumer's thread: the commit thread never calls the consumer."""

@@ -6,9 +6,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from confluent_kafka import TopicPartition
 
-from services.core.commits import CommitLane, CommitOutcome
+from services.core.commits import CommitLane, CommitOutcome, TransactionAborted
 
 
 class RecordingCommitter:
@@ -82,5 +83,52 @@ def test_an_unexpected_error_is_an_outcome_and_the_lane_goes_on() -> None:
         lane.request([TopicPartition("t", 0, 2)])
         [outcome] = _outcomes(lane)
         assert outcome.done
+    finally:
+        lane.close()
+
+
+class AbortingFirst(RecordingCommitter):
+    """Its first transaction is aborted (offsets refused, the producer replaced, ...)."""
+
+    transactional = True
+
+    def commit(self, offsets: list[TopicPartition], give_up: Callable[[], bool], group: Any) -> bool:
+        if not self.commits:
+            self.commits.append(("aborted", [tp.offset for tp in offsets]))
+            raise TransactionAborted("transaction aborted: offsets refused")
+        self.commits.append(("committed", [tp.offset for tp in offsets]))
+        return True
+
+
+def test_commit_now_raises_an_abort_not_yet_settled_and_commits_nothing() -> None:
+    """A revoke or a drain right after an abort: committing the finished positions then would
+    cover requests whose answers were aborted, and nobody would ever answer them again."""
+    committer = AbortingFirst()
+    lane = CommitLane(committer, None)
+    try:
+        lane.request([TopicPartition("t", 0, 100)])
+        with lane._lock:  # the outcome is in, not yet settled by the loop
+            assert lane._lock.wait_for(lambda: bool(lane._outcomes), 5)
+        with pytest.raises(TransactionAborted):
+            lane.commit_now([TopicPartition("t", 0, 120)], lambda: False)
+        assert committer.commits == [("aborted", [100])]
+    finally:
+        lane.close()
+
+
+def test_no_commit_starts_while_a_failed_one_waits_to_be_settled() -> None:
+    committer = AbortingFirst()
+    lane = CommitLane(committer, None)
+    try:
+        lane.request([TopicPartition("t", 0, 100)])
+        with lane._lock:
+            assert lane._lock.wait_for(lambda: bool(lane._outcomes), 5)
+        lane.request([TopicPartition("t", 0, 120)])  # refused: the loop must rewind first
+        assert not lane.busy() and committer.commits == [("aborted", [100])]
+        [outcome] = lane.outcomes()
+        assert isinstance(outcome.error, TransactionAborted)
+        lane.request([TopicPartition("t", 0, 100)])  # settled: commits go on
+        [outcome] = _outcomes(lane)
+        assert outcome.done and committer.commits[-1] == ("committed", [100])
     finally:
         lane.close()
