@@ -180,12 +180,15 @@ class Join:
             del self._orphans[mailbox.partition][rid]  # its scores came first; now it has its request
             self._orphan_count -= 1
         self._attach(mailbox, request, reply)
+        # Restored first: an invalid request answered before a restart keeps that answer (its
+        # comparison record may not have been committed with it) instead of getting a second one.
+        self._restore_answer(mailbox)
         problem = request.problem or self._time_problem(request)
         if problem is not None:
-            self._answer(mailbox, Decision(Status.ERROR, None, f"invalid request: {problem}", request.log_time))
+            if mailbox.decision is None:
+                self._answer(mailbox, Decision(Status.ERROR, None, f"invalid request: {problem}", request.log_time))
             self._close(mailbox)
             return None if mailbox.settled else mailbox
-        self._restore_answer(mailbox)
         self._advance(mailbox, self.clocks.now(request.partition))
         return None if mailbox.settled else mailbox
 

@@ -236,6 +236,16 @@ def test_a_repeated_request_gets_the_same_answer_while_open_and_after_it_closed(
     assert len(out.answers) == 1  # answered once on the answers topic
 
 
+def test_an_invalid_request_answered_before_a_restart_keeps_that_answer_and_gets_no_second() -> None:
+    join, out = make_join()
+    answer = {"request_id": "bad", "status": "ERROR", "model": None, "reason": "invalid request: x",
+              "answered_at": T0}
+    join.restore(Finished({"bad": answer}, set()))  # answered, but its comparison record was not committed
+    join.on_request(request("bad", problem="x"))
+    assert out.answers == [] and [record for _reply, record in out.replies] == [answer]
+    assert [record["request_id"] for record in out.logs] == ["bad"] and join._finished.answered == {}
+
+
 def test_answers_restored_after_a_restart_are_not_decided_again_but_their_replies_are_sent_again() -> None:
     """The crashed owner may have committed these answers before their replies were
     acknowledged: the replies go out again, identical; the answers topic gets nothing new."""
