@@ -290,7 +290,10 @@ class Join:
         mailbox = self.mailboxes[rid] = orphans[rid] = Mailbox(rid, score.partition, score.log_time)
         self._orphan_count += 1
         if self._orphan_count > self.limits.max_orphans:
-            _oldest, dropped = orphans.popitem(last=False)
+            # From the partition holding the most: forged scores flooding one partition must not
+            # push out the early scores of real requests on another.
+            fullest = max(self._orphans.values(), key=len)
+            _oldest, dropped = fullest.popitem(last=False)
             self._orphan_count -= 1
             self._drop_orphan(dropped, "too many scores wait for their requests")
         return mailbox

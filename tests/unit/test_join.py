@@ -209,6 +209,16 @@ def test_forged_scores_are_bounded_in_number_and_dropped_once_requests_are_read_
     assert decided(out) == {"real": ("OK", "champion", T0 + 2_001)}
 
 
+def test_forged_scores_flooding_one_partition_never_push_out_a_real_requests_early_scores_on_another() -> None:
+    join, out = make_join(max_orphans=10)
+    for i in range(50):
+        join.on_score(score(f"forged-{i}", "champion", T0 + i, partition=0))
+    join.on_score(score("real", "champion", T0 + 1, partition=1))  # its score came before its request
+    assert join.orphans == 10
+    join.on_request(request("real", at=T0, partition=1))
+    assert decided(out) == {"real": ("OK", "champion", T0 + 1)}
+
+
 def test_scores_read_far_ahead_of_their_requests_are_kept_for_them() -> None:
     """Catching up on a backlog, the scores partition may be read seconds (of log time) ahead of
     the requests partition: no score is dropped, and no request is taken for a repeat."""
