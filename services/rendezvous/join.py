@@ -52,6 +52,12 @@ def _timer_matters(at: int, mailbox: Mailbox) -> bool:
 
 
 MAX_LONG = 2**63 - 1  # what an Avro long (the records' times) holds
+# Models the join keeps track of, and (model, version) pairs its metrics name; beyond them scores
+# of further models are refused and further versions are labelled OTHER_VERSION. Forged scores
+# naming a new model or version each would otherwise grow memory and metric series without end.
+MAX_MODELS = 256
+MAX_LABELLED_VERSIONS = 1024
+OTHER_VERSION = "_other"
 LIVE_CACHE_MS = 100  # how stale the set of live models may be (it decides only what a log record waits for)
 
 Reply = tuple[str, int | None]
@@ -113,6 +119,7 @@ class Join:
         self._remembered: OrderedDict[str, tuple[int, int, dict[str, Any] | None]] = OrderedDict()
         self._finished = Finished({}, set())
         self._models_seen: dict[str, int] = {}  # model -> wall ms of its last score
+        self._labelled: set[tuple[str, str]] = set()  # (model, version) pairs named in metrics
         # live_models() runs for every event; its answer changes only when a model appears or
         # ages out, so it is recomputed at most every LIVE_CACHE_MS (or when a new model appears).
         self._live: tuple[int, set[str]] | None = None
@@ -137,6 +144,24 @@ class Join:
         live = {model for model, at in self._models_seen.items() if at >= horizon}
         self._live = (wall_ms, live)
         return live
+
+    def _room_for_a_model(self) -> bool:
+        """Whether one more model may be tracked: below MAX_MODELS, once models silent for longer
+        than `model_ttl_ms` are forgotten."""
+        if len(self._models_seen) < MAX_MODELS:
+            return True
+        horizon = self.wall_ms() - self.limits.model_ttl_ms
+        self._models_seen = {model: at for model, at in self._models_seen.items() if at >= horizon}
+        return len(self._models_seen) < MAX_MODELS
+
+    def _version_label(self, model: str, version: str) -> str:
+        key = (model, version)
+        if key in self._labelled:
+            return version
+        if len(self._labelled) < MAX_LABELLED_VERSIONS:
+            self._labelled.add(key)
+            return version
+        return OTHER_VERSION
 
     def markers_due(self, wall_ms: int, delay_ms: int, resend_s: float, wall_s: float) -> list[int]:
         return self.clocks.markers_due(wall_ms, delay_ms, resend_s, wall_s)
@@ -194,9 +219,12 @@ class Join:
 
     def on_score(self, score: ScoreIn) -> Mailbox | None:
         self._tick(score.partition, score.log_time)
-        self.metrics.inc(child(m.SCORES, score.model, score.version))
         if score.model not in self._models_seen:
+            if not self._room_for_a_model() and score.model not in self.schedule_for(score.log_time).models:
+                self.metrics.inc(m.SCORES_REFUSED)
+                return None
             self._live = None
+        self.metrics.inc(child(m.SCORES, score.model, self._version_label(score.model, score.version)))
         self._models_seen[score.model] = self.wall_ms()
         rid = score.request_id
         mailbox = self.mailboxes.get(rid)
@@ -384,7 +412,8 @@ class Join:
         outputs = []
         for a in mailbox.arrivals.values():
             latency = max(0, a.at - mailbox.created_at)
-            self.metrics.observe(child(m.SCORE_LATENCY, a.model, a.version), latency / 1000.0)
+            self.metrics.observe(child(m.SCORE_LATENCY, a.model, self._version_label(a.model, a.version)),
+                                 latency / 1000.0)
             outputs.append({"model": a.model, "version": a.version, "score": a.score, "label": a.label,
                             "error": a.error, "latency_ms": float(latency), "compute_ms": a.compute_ms,
                             "late": a.at > decision.at})

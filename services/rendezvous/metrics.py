@@ -11,6 +11,10 @@ DUPLICATE_REQUESTS = Counter(
     "rdv_duplicate_requests_total", "Request records seen again for a known request_id."
 )
 SCORES = Counter("rdv_scores_total", "Scores read by the rendezvous, by model.", ["model", "version"])
+SCORES_REFUSED = Counter(
+    "rdv_scores_refused_total",
+    "Scores of a model beyond the 256 the rendezvous tracks at once (models silent for model_ttl are forgotten).",
+)
 DUPLICATE_SCORES = Counter(
     "rdv_duplicate_scores_total", "Scores of a model for a request it had already scored.", ["model"]
 )

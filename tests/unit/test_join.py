@@ -12,7 +12,16 @@ import pytest
 
 from services.control.schedule import Schedule
 from services.core.codec import codec
-from services.rendezvous.join import Finished, Join, JoinLimits, Owner, Reply
+from services.rendezvous.join import (
+    MAX_LABELLED_VERSIONS,
+    MAX_MODELS,
+    OTHER_VERSION,
+    Finished,
+    Join,
+    JoinLimits,
+    Owner,
+    Reply,
+)
 from services.rendezvous.mailbox import Mailbox, Receipt
 from services.rendezvous.offsets import OffsetBook
 from services.rendezvous.records import RequestIn, ScoreIn
@@ -217,6 +226,25 @@ def test_forged_scores_flooding_one_partition_never_push_out_a_real_requests_ear
     assert join.orphans == 10
     join.on_request(request("real", at=T0, partition=1))
     assert decided(out) == {"real": ("OK", "champion", T0 + 1)}
+
+
+def test_scores_of_ever_new_model_names_are_bounded_and_the_schedules_models_still_count() -> None:
+    join, out = make_join()
+    for i in range(MAX_MODELS + 50):
+        join.on_score(score(f"f{i}", f"forged-{i}", T0 + 1, partition=1))
+    assert len(join._models_seen) == MAX_MODELS and join.orphans == MAX_MODELS
+    join.on_request(request("real", at=T0 + 2))
+    join.on_score(score("real", "champion", T0 + 3))  # named by the schedule: never refused
+    assert decided(out) == {"real": ("OK", "champion", T0 + 3)}
+
+
+def test_metrics_name_a_bounded_number_of_versions() -> None:
+    join, _out = make_join()
+    for i in range(MAX_LABELLED_VERSIONS + 10):
+        join.on_score(ScoreIn(f"r{i}", 0, 0, T0, "champion", f"v{i}", 0.5, None, None))
+    assert len(join._labelled) == MAX_LABELLED_VERSIONS
+    assert join._version_label("champion", "v-new") == OTHER_VERSION
+    assert join._version_label("champion", "v0") == "v0"
 
 
 def test_scores_read_far_ahead_of_their_requests_are_kept_for_them() -> None:
