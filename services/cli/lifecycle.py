@@ -158,7 +158,16 @@ def cmd_schedule_show(settings: ScheduleSettings, console: Console) -> int:
     book = _book(settings)
     current = changes.current(book)
     in_force = book.in_force(now_ms())
-    _print_json(current.to_dict())
+    if settings.format == "json":
+        _print_json(current.to_dict())
+    else:
+        table = Table(title=f"schedule {current.name!r} v{current.version}")
+        table.add_column("field")
+        table.add_column("value")
+        for field, value in current.to_dict().items():
+            table.add_row(field, ", ".join(value) if isinstance(value, list) else
+                          json.dumps(value) if isinstance(value, dict) else str(value))
+        console.print(table)
     if in_force.version != current.version:
         console.print(f"v{current.version} takes effect at {current.effective_at}; v{in_force.version} governs now")
     return 0

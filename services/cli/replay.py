@@ -40,7 +40,7 @@ class ReplaySettings(KafkaSettings):
     source: str = setting("topic", "Where the requests come from: topic (the requests topic) or archive.")
     archive_dir: str = setting("", "The decoy's archive directory (with --source archive).")
     since: str = setting("", "Replay the last ... of requests, e.g. 10m (request record time).")
-    from_: str = setting("", "Start: ISO time, epoch ms, or offset:N (topic only).", flag="--from")
+    from_: str = setting("", "Start: ISO time, epoch ms, or offset:N (topic only).", flag="--from", env="RDV_FROM")
     to: str = setting("", "End (exclusive): ISO time, epoch ms, or offset:N (topic only).")
     champion: str = setting("", "Champion to compare against (default: inferred from the log).")
     html: str = setting("", "Also write an HTML report with plots to this file.")

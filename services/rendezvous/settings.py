@@ -13,6 +13,8 @@ from services.core.errors import ConfigError
 from services.core.settings import ServiceSettings, parse_pairs, setting
 from services.rendezvous.join import JoinLimits
 
+DEFAULT_SCHEDULE_NAME = "default"
+
 
 @dataclass(frozen=True)
 class RendezvousSettings(ServiceSettings):
@@ -22,7 +24,8 @@ class RendezvousSettings(ServiceSettings):
         "", "JSON schedule file (models, waits_ms, default_deadline_ms, name, version)."
     )
     schedule_name: str = setting(
-        "default", "Which schedule on the control topic this rendezvous follows."
+        DEFAULT_SCHEDULE_NAME, "Which schedule on the control topic this rendezvous follows (a schedule file's "
+        "'name', if it has one, must be this)."
     )
     models: tuple[str, ...] = setting(
         ("champion",),
@@ -113,7 +116,13 @@ class RendezvousSettings(ServiceSettings):
 
     def schedule(self) -> Schedule:
         if self.schedule_file:
-            return dataclasses.replace(Schedule.from_file(self.schedule_file), name=self.schedule_name)
+            named = Schedule.from_file(self.schedule_file)
+            # The rendezvous follows --schedule-name on the control topic; a file naming another
+            # schedule would silently become that one's version.
+            if named.name not in (DEFAULT_SCHEDULE_NAME, self.schedule_name):
+                raise ConfigError(f"schedule file {self.schedule_file} names schedule {named.name!r}, but this "
+                                  f"rendezvous follows {self.schedule_name!r}: pass --schedule-name {named.name}")
+            return dataclasses.replace(named, name=self.schedule_name)
         waits = {}
         for model, ms in parse_pairs(self.wait, "--wait"):
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
@@ -97,8 +98,11 @@ def test_malformed_forged_or_unknown_model_schedules_are_refused_and_the_old_one
         assert all("v1 stays in force" in r for r in reasons)
         assert rendezvous_service.book.latest is not None and rendezvous_service.book.latest.version == 1
         # The CLI applies the same rule to the same records: it agrees on what is in force.
-        shown = rendezvous("schedule", "show", "--bootstrap", bootstrap, "--topic-prefix", prefix)
-        assert shown.returncode == 0 and '"version": 1' in shown.stdout, shown.stdout + shown.stderr
+        where = ("--bootstrap", bootstrap, "--topic-prefix", prefix)
+        shown = rendezvous("schedule", "show", *where, "--format", "json")
+        assert shown.returncode == 0 and json.loads(shown.stdout)["version"] == 1, shown.stdout + shown.stderr
+        table = rendezvous("schedule", "show", *where)
+        assert table.returncode == 0 and "schedule 'default' v1" in table.stdout, table.stdout + table.stderr
 
         after = client.score(demo_rows(1, seed=2)[0])
     assert (after.schedule_version, after.model, after.status) == (1, "champion", "OK")

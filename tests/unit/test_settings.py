@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from services.core.errors import ConfigError
@@ -82,3 +84,16 @@ def test_metrics_listen_on_loopback_unless_told_otherwise(monkeypatch: pytest.Mo
         server.server_close()
     monkeypatch.setenv("RDV_METRICS_HOST", "0.0.0.0")
     assert from_namespace(RendezvousSettings).metrics_host == "0.0.0.0"
+
+
+def test_a_schedule_files_name_must_be_the_schedule_the_rendezvous_follows(tmp_path: Path) -> None:
+    path = tmp_path / "schedule.json"
+    path.write_text('{"name": "prod", "version": 3, "models": ["champion"]}')
+    with pytest.raises(ConfigError, match="names schedule 'prod', but this rendezvous follows 'default': "
+                                          "pass --schedule-name prod"):
+        from_namespace(RendezvousSettings, None, schedule_file=str(path)).schedule()
+    named = from_namespace(RendezvousSettings, None, schedule_file=str(path), schedule_name="prod").schedule()
+    assert (named.name, named.version, named.models) == ("prod", 3, ("champion",))
+    path.write_text('{"version": 3, "models": ["champion"]}')  # no name: the one followed
+    unnamed = from_namespace(RendezvousSettings, None, schedule_file=str(path), schedule_name="prod").schedule()
+    assert unnamed.name == "prod"
