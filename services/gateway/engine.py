@@ -28,7 +28,7 @@ from services.gateway import metrics as m
 from services.gateway.auth import ApiKeys, RateLimit
 from services.gateway.catalog import SCHEDULE, Catalog, Target
 from services.gateway.comparisons import ComparisonTap
-from services.gateway.errors import AnswerFailed, AnswerTimedOut, InvalidInput, Unavailable
+from services.gateway.errors import AnswerFailed, AnswerTimedOut, Unavailable
 from services.gateway.oip import InferCall, InferResult, RowAnswer, rows_of, timeout_ms
 from services.gateway.settings import GatewaySettings
 
@@ -118,14 +118,7 @@ class Gateway:
         return InferResult(target.name, version, base, tuple(answers), call.outputs)
 
     def _budget(self, target: Target, given: Sequence[int | None]) -> int:
-        limits = [g for g in given if g is not None]
-        if not limits:
-            return target.schedule.default_deadline_ms
-        budget = min(limits)
-        if budget > self.settings.max_budget_ms:
-            raise InvalidInput(f"a deadline of {budget} ms is over this gateway's limit of "
-                               f"{self.settings.max_budget_ms} ms")
-        return max(1, budget)
+        return call_budget(given, target.schedule.default_deadline_ms, self.settings.max_budget_ms)
 
     def _send(self, ids: list[str], rows: list[dict[str, float]], budget: int,
               metadata: dict[str, str]) -> list[Future[Answer]]:
@@ -184,6 +177,14 @@ class Gateway:
             for rid, future in zip(ids, expected, strict=True):
                 self.tap.abandon(rid, future)
         return [_model_row(target, record) for record in records]
+
+
+def call_budget(given: Sequence[int | None], default_ms: int, max_ms: int) -> int:
+    """A call's deadline in ms: the smallest given, else the schedule's default. A deadline says how
+    long the caller is willing to wait: one longer than this gateway allows is served within the
+    limit (gRPC clients often set generous deadlines), never refused."""
+    limits = [g for g in given if g is not None]
+    return max(1, min(*limits, max_ms)) if limits else default_ms
 
 
 def _kafka_id(call_id: str, caller: str, rows: list[dict[str, float]]) -> str:

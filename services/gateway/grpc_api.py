@@ -142,6 +142,8 @@ def call_from(request: Any, max_rows: int) -> InferCall:
         name, datatype, shape = oip.check_header(item.name, item.datatype, list(item.shape), f"inputs[{index}]",
                                                  max_rows)
         if raw:
+            if item.HasField("contents"):
+                raise InvalidInput(f"input '{name}': data in both contents and raw_input_contents; send one")
             values = oip.from_raw(name, datatype, shape, raw[index])
         else:
             values = _contents(name, datatype, shape, item.contents)
@@ -157,6 +159,7 @@ def _contents(name: str, datatype: str, shape: tuple[int, ...], contents: Any) -
     values = [float(v) for v in getattr(contents, field)]
     if len(values) != oip.elements(shape):
         raise InvalidInput(f"input '{name}': {len(values)} values in {field} for shape {list(shape)}")
+    oip.check_values(name, datatype, values)
     return values
 
 

@@ -120,12 +120,39 @@ def from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes | memo
     return values
 
 
-def from_list(name: str, shape: tuple[int, ...], data: Any) -> list[float]:
-    """Elements of JSON data (flat or nested row-major lists of numbers)."""
+def from_list(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> list[float]:
+    """Elements of JSON data (flat, or nested row by row as the shape says), each a value of
+    `datatype`."""
+    if isinstance(data, list) and data and type(data[0]) is list:
+        n, k = shape if len(shape) == 2 else (shape[0], -1)
+        if len(data) != n or any(type(row) is not list or len(row) != k for row in data):
+            raise InvalidInput(f"input '{name}': nested data must be one list of values per row, "
+                               f"as the shape {list(shape)} says")
     flat = _flatten(data, name)
     if len(flat) != elements(shape):
         raise InvalidInput(f"input '{name}': {len(flat)} values for shape {list(shape)} ({elements(shape)} expected)")
+    check_values(name, datatype, flat)
     return flat
+
+
+# The values each element type holds (FP64 holds every finite number JSON can carry).
+_INTEGERS = {t: (int(np.iinfo(d).min), int(np.iinfo(d).max)) for t, d in NUMERIC.items() if t[0] in "IU"}
+_FLOAT_MAX = {"FP32": float(np.finfo(np.float32).max), "FP16": float(np.finfo(np.float16).max)}
+
+
+def check_values(name: str, datatype: str, values: list[float]) -> None:
+    """Values sent as numbers (JSON, gRPC contents) must be values of their declared type: a
+    whole number in range for the integer types, in range for FP32 and FP16."""
+    if datatype in _INTEGERS:
+        low, high = _INTEGERS[datatype]
+        bad = next((v for v in values if not (low <= v <= high and float(v).is_integer())), None)
+        if bad is not None:
+            raise InvalidInput(f"input '{name}': {bad} is not a {datatype} value (whole numbers {low}..{high})")
+    elif datatype in _FLOAT_MAX:
+        limit = _FLOAT_MAX[datatype]
+        bad = next((v for v in values if not -limit <= v <= limit), None)
+        if bad is not None:
+            raise InvalidInput(f"input '{name}': {bad} is out of {datatype}'s range")
 
 
 def _flatten(data: Any, name: str) -> list[float]:

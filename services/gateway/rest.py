@@ -253,7 +253,7 @@ def _tensor(item: Any, index: int, binary: memoryview, max_rows: int) -> tuple[T
         return Tensor(name, datatype, shape, oip.from_raw(name, datatype, shape, binary[:size]), params), size
     if "data" not in item:
         raise InvalidInput(f"input '{name}' has no 'data'")
-    return Tensor(name, datatype, shape, oip.from_list(name, shape, item["data"]), params), 0
+    return Tensor(name, datatype, shape, oip.from_list(name, datatype, shape, item["data"]), params), 0
 
 
 def build_app(api: RestApi, extra: list[BaseRoute]) -> Starlette:

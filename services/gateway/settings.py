@@ -46,7 +46,7 @@ class GatewaySettings(KafkaSettings):
         "Calls to a single model wait for the comparison record, written once every model reported or "
         "the rendezvous' --linger-ms after the deadline passed: how long past the deadline to wait (ms).",
     )
-    max_budget_ms: int = setting(60_000, "Largest deadline a call may ask for (ms); more is refused (400).")
+    max_budget_ms: int = setting(60_000, "Longest deadline a call gets (ms); a longer one is shortened to this.")
     max_rows: int = setting(1000, "Most rows (Kafka requests) one inference call may carry; more is refused (400).")
     max_in_flight: int = setting(
         20_000, "Most rows waiting for answers at once; calls beyond it are refused with 503 (overloaded).",

@@ -20,7 +20,7 @@ from services.control.topic import ScheduleBook
 from services.core.errors import BrokerUnavailable, ConfigError
 from services.gateway.auth import ANONYMOUS, ApiKeys, RateLimit, parse_entries
 from services.gateway.catalog import MODEL, SCHEDULE, Catalog
-from services.gateway.engine import _kafka_id, _model_row, _raise_failures, _request_ids
+from services.gateway.engine import _kafka_id, _model_row, _raise_failures, _request_ids, call_budget
 from services.gateway.errors import (
     AnswerFailed,
     AnswerTimedOut,
@@ -163,6 +163,12 @@ def test_rest_binary_tensor_extension() -> None:
         (b'{"inputs": [{"name": "a", "datatype": "FP64", "shape": [-1], "data": [1]}]}', "'shape' must be"),
         (b'{"id": 5, "inputs": [{"name": "a", "datatype": "FP64", "shape": [1], "data": [1]}]}',
          "'id' must be a string"),
+        (b'{"inputs": [{"name": "a", "datatype": "INT8", "shape": [1], "data": [1000.5]}]}',
+         r"1000.5 is not a INT8 value \(whole numbers -128..127\)"),
+        (b'{"inputs": [{"name": "a", "datatype": "UINT8", "shape": [2], "data": [1, -3]}]}', "-3.0 is not a UINT8"),
+        (b'{"inputs": [{"name": "a", "datatype": "FP16", "shape": [1], "data": [1e300]}]}', "out of FP16's range"),
+        (b'{"inputs": [{"name": "a", "datatype": "FP64", "shape": [2, 2], "data": [[1, 2, 3], [4]]}]}',
+         "nested data must be one list of values per row"),
     ],
 )
 def test_malformed_rest_bodies(body: bytes, message: str) -> None:
@@ -208,6 +214,13 @@ def test_a_deadline_header_that_is_no_positive_whole_number_is_refused(value: st
 def test_a_binary_header_length_that_is_no_whole_number_is_refused(value: str) -> None:
     with pytest.raises(InvalidInput, match=r"Inference-Header-Content-Length .* does not fit the body"):
         parse_call(_one_input([1], [1]), value, 1000)
+
+
+def test_a_calls_budget_is_its_shortest_deadline_within_the_gateways_limit() -> None:
+    assert call_budget([None, None], 200, 60_000) == 200  # the schedule's default
+    assert call_budget([500, None, 250], 200, 60_000) == 250
+    assert call_budget([120_000], 200, 60_000) == 60_000  # a generous gRPC deadline: served within the limit
+    assert call_budget([0], 200, 60_000) == 1
 
 
 def test_the_kafka_id_of_a_named_call_is_the_same_for_a_retry_and_differs_for_other_callers_or_rows() -> None:
