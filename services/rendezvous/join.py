@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from services.control.schedule import Decision, Schedule, Status
@@ -96,6 +96,14 @@ class Finished:
 
     answered: dict[str, dict[str, Any]]
     logged: set[str]
+    partition_of: dict[str, int] = field(default_factory=dict)  # request id -> its partition
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop the entries of `partitions` (given up, or to be re-read and scanned again)."""
+        for rid in [rid for rid, partition in self.partition_of.items() if partition in partitions]:
+            del self.partition_of[rid]
+            self.answered.pop(rid, None)
+            self.logged.discard(rid)
 
 
 class Join:
@@ -180,10 +188,14 @@ class Join:
         for rid in [rid for rid, (partition, _at, _answer) in self._remembered.items() if partition in partitions]:
             del self._remembered[rid]
         self.clocks.forget(partitions)
+        # A later owner scans again; an entry kept past this would take a new request with the
+        # same id for an old one (and, finding no answer, send it none).
+        self._finished.forget(partitions)
 
     def restore(self, finished: Finished) -> None:
         self._finished.answered.update(finished.answered)
         self._finished.logged.update(finished.logged)
+        self._finished.partition_of.update(finished.partition_of)
 
     # -- records ---------------------------------------------------------------------------
 

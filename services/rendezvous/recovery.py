@@ -187,6 +187,7 @@ def scan_finished(
             finished.answered[record["request_id"]] = record
         else:
             finished.logged.add(record["request_id"])
+        finished.partition_of[record["request_id"]] = msg.partition() or 0  # the request's partition too
     log.info("recovery: %d requests already answered, %d already logged on partitions %s",
              len(finished.answered), len(finished.logged), sorted(committed))
     return Recovered(finished, floors)

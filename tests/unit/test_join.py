@@ -284,6 +284,17 @@ def test_an_invalid_request_answered_before_a_restart_keeps_that_answer_and_gets
     assert [record["request_id"] for record in out.logs] == ["bad"] and join._finished.answered == {}
 
 
+def test_what_a_scan_found_is_forgotten_with_its_partition() -> None:
+    """Kept past a revoke, a found entry would take a later request with the same id for the old
+    one: logged, no answer known, so no answer at all."""
+    join, out = make_join()
+    join.restore(Finished({}, {"again"}, {"again": 0}))
+    join.drop_partitions({0})
+    join.on_request(request("again"))
+    join.on_score(score("again", "champion", T0 + 1))
+    assert decided(out) == {"again": ("OK", "champion", T0 + 1)}
+
+
 def test_answers_restored_after_a_restart_are_not_decided_again_but_their_replies_are_sent_again() -> None:
     """The crashed owner may have committed these answers before their replies were
     acknowledged: the replies go out again, identical; the answers topic gets nothing new."""
