@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import KafkaException, Message, TopicPartition
 from prometheus_client import Counter, Histogram
 
 from services.core.codec import codec
@@ -50,6 +50,8 @@ from services.model_worker.settings import WorkerSettings, check_co_hosted_names
 from services.model_worker.walked import RequestWalker
 
 log = logging.getLogger(__name__)
+
+CATCH_UP_TRIES = 3  # of finding where --start-at begins (each waits up to 15 s for the broker)
 
 SERVICE = "model_worker"
 REQUESTS = Counter("rdv_model_requests_total", "Requests read by a model worker.", ["model", "version"])
@@ -251,7 +253,15 @@ class ModelWorker(SimpleHandler):
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
         start_ms = self.settings.start_at_ms(now_ms())
         if start_ms is not None and partitions and self.ctx is not None:
-            self._start_new_partitions_at(self.ctx.consumer.native, partitions, start_ms)
+            for attempt in range(1, CATCH_UP_TRIES + 1):
+                try:
+                    self._start_new_partitions_at(self.ctx.consumer.native, partitions, start_ms)
+                    return
+                except KafkaException as exc:  # raised here, it would end the worker in its poll
+                    log.warning("catch-up start for %s not found (try %d of %d): %s", self.name, attempt,
+                                CATCH_UP_TRIES, exc)
+            log.error("model %s: partitions %s start where the group left off or at auto.offset.reset, not at "
+                      "--start-at: the broker did not answer", self.name, sorted(tp.partition for tp in partitions))
 
     def _start_new_partitions_at(self, consumer: Any, partitions: list[TopicPartition], start_ms: int) -> None:
         """Catch-up: partitions this group never committed start at `start_ms`, not at the end."""
