@@ -156,7 +156,7 @@ class GatewayService:
         config = uvicorn.Config(
             app, http="httptools", lifespan="off", access_log=False, log_config=None, server_header=False,
             ssl_certfile=s.tls_cert or None, ssl_keyfile=s.tls_key or None, backlog=2048,
-            timeout_graceful_shutdown=5, timeout_keep_alive=30,
+            timeout_graceful_shutdown=5, timeout_keep_alive=30, limit_concurrency=s.max_connections,
         )
         return _Server(config), _listen(s.http_addr, s.http_port)
 
@@ -165,7 +165,7 @@ class GatewayService:
 
         s = self.settings
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", s.max_body_bytes),
-                                          ("grpc.so_reuseport", 0)])
+                                          ("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=s.max_connections)
         add_to(server, InferenceService(gateway, server_version()))
         address = f"[{s.grpc_addr}]:{s.grpc_port}" if ":" in s.grpc_addr else f"{s.grpc_addr}:{s.grpc_port}"
         try:

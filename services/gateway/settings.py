@@ -52,6 +52,10 @@ class GatewaySettings(KafkaSettings):
         20_000, "Most rows waiting for answers at once; calls beyond it are refused with 503 (overloaded).",
     )
     max_body_bytes: int = setting(8 * 1024 * 1024, "Largest request body (REST and gRPC), in bytes.")
+    max_connections: int = setting(
+        1000, "Most HTTP connections and most gRPC calls at once; more get 503 / RESOURCE_EXHAUSTED. Bodies being "
+        "read take at most this times --max-body-bytes of memory.", minimum=1,
+    )
     drain_timeout_s: float = setting(
         10.0,
         "On SIGTERM: stop taking calls (readiness 503), wait this long for the calls in flight, then "
