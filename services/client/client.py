@@ -26,7 +26,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_END, KafkaError, KafkaException, Message, TopicPartition
 
 from services.core.codec import codec
 from services.core.errors import BadInput, BrokerError, ConfigError, RendezvousError
@@ -135,7 +135,9 @@ class Client:
             )
         self._requests = codec("request")
         self._answers = codec("answer")
-        self._producer = Producer(config)
+        # A request the broker refused fails its own caller, not the next one to send (every topic
+        # soft: its failure goes to `_undelivered`, never raised by a later produce).
+        self._producer = Producer(config, soft_topics=lambda _topic: True, on_soft_failure=self._undelivered)
         # request_id -> waiters (future, reply partition): the same id may be in flight twice.
         self._pending: dict[str, list[tuple[Future[Answer], int]]] = {}
         self._lock = threading.Lock()
@@ -292,6 +294,9 @@ class Client:
                 received = now_ms()
                 for msg in messages:
                     self._resolve(msg.value(), received)
+            # The producer's reports too (a refused request fails its caller): callers that only
+            # wait would otherwise never serve them.
+            self._producer.poll(0)
 
     def _resolve(self, value: bytes | None, received_at: int) -> None:
         try:
@@ -310,6 +315,16 @@ class Client:
                 del self._pending[rid]
         if not future.done():
             future.set_result(Answer.from_record(record, received_at))
+
+    def _undelivered(self, msg: Message, err: KafkaError) -> None:
+        key = msg.key()
+        rid = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+        with self._lock:
+            waiters = self._pending.pop(rid, [])
+        log.warning("request %s not delivered to %s: %s", rid, msg.topic(), err.str())
+        for future, _partition in waiters:
+            if not future.done():
+                future.set_exception(BrokerError(f"the request was not delivered to {msg.topic()}: {err.str()}"))
 
     def _fail_all(self, err: Exception) -> None:
         self._fail_where(lambda _partition: True, err)

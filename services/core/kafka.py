@@ -130,7 +130,7 @@ class Producer:
         config: Mapping[str, Any],
         *,
         soft_topics: Callable[[str], bool] = lambda _topic: False,
-        on_soft_failure: Callable[[str, KafkaError], None] | None = None,
+        on_soft_failure: Callable[[Message, KafkaError], None] | None = None,
         delivered: bool = False,
     ):
         merged = {**PRODUCER_DEFAULTS, **config, "error_cb": _error_cb(config), "logger": LIBRDKAFKA_LOG,
@@ -154,7 +154,7 @@ class Producer:
             return
         topic = msg.topic() or "?"
         if self._is_soft(topic) and self._on_soft_failure is not None:
-            self._on_soft_failure(topic, err)
+            self._on_soft_failure(msg, err)
             return
         refused = refusal(err, "WRITE", topic)
         self._failures.append(

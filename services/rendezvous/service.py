@@ -370,7 +370,8 @@ class Rendezvous:
                 m.REPLY_ERRORS.labels("delivery").inc()
                 log.warning("answer to return address %s not sent: %s", topic, err)
 
-    def _on_reply_failure(self, topic: str, err: KafkaError) -> None:
+    def _on_reply_failure(self, msg: Message, err: KafkaError) -> None:
+        topic = msg.topic() or "?"
         m.REPLY_ERRORS.labels("delivery").inc()
         if self._replies is not None:
             self._replies.forget(topic)

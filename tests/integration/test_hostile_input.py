@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import uuid
 from typing import Any
 
 import pytest
 from confluent_kafka import Producer
 
-from services.client.client import make_request
+from services.client.client import Client, make_request
 from services.core.codec import codec
 from services.core.deadletter import DEFAULT_EXCERPT_BYTES, KEY_BYTES
+from services.core.errors import BrokerError
+from services.core.kafka import create_topics
 from services.core.requests import MAX_REQUEST_ID
 from services.core.settings import Topics
 from services.model_worker.models import demo_rows
@@ -96,3 +99,20 @@ def test_records_whose_outputs_could_not_be_written_as_they_are_never_stall_the_
     dead = read_topic(config, topics.deadletter, expect=1, decode="deadletter")
     assert len(dead) == 1 and f"request_id of {MAX_REQUEST_ID + 1} characters" in dead[0]["reason"]
     assert rendezvous.answered == 3
+
+
+def test_a_request_the_broker_refuses_fails_its_own_caller_not_the_next_one(
+    bootstrap: str, config: dict[str, Any]
+) -> None:
+    """A refused request used to be raised by the next, unrelated `submit` (a gateway answered
+    that call 503) while its own caller waited out its deadline."""
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    topics = Topics.from_prefix(prefix)
+    create_topics(config, {topics.requests: (1, {"max.message.bytes": "2000"}), topics.replies: (1, {})})
+    # The client's own limit is higher than the topic's: the broker refuses, after the send.
+    with Client({**config, "message.max.bytes": 2_000_000}, topics, budget_ms=5_000, reply_partition=0) as client:
+        big = client.submit({os.urandom(8).hex(): float(i) for i in range(1000)})  # ~25 KB, compressed or not
+        with pytest.raises(BrokerError, match="not delivered"):
+            big.result(timeout=30)
+        small = client.submit({"f": 1.0})  # raises nothing: the failure was its caller's
+        assert not small.done()
