@@ -223,7 +223,9 @@ def parse_call(body: bytes, binary_header: str | None, max_rows: int) -> InferCa
 
 
 def _parameters(document: dict[str, Any]) -> dict[str, Any]:
-    params = document.get("parameters") or {}
+    params = document.get("parameters")
+    if params is None:
+        return {}
     if not isinstance(params, dict):
         raise InvalidInput("'parameters' must be an object")
     return params
@@ -243,7 +245,8 @@ def _tensor(item: Any, index: int, binary: memoryview, max_rows: int) -> tuple[T
         raise InvalidInput(f"inputs[{index}] must be an object")
     name, datatype, shape = oip.check_header(item.get("name"), item.get("datatype"), item.get("shape"),
                                              f"inputs[{index}]", max_rows)
-    params = item.get("parameters") or {}
+    params = item.get("parameters")
+    params = {} if params is None else params
     if not isinstance(params, dict):
         raise InvalidInput(f"input '{name}': 'parameters' must be an object")
     size = params.get("binary_data_size")
@@ -256,5 +259,12 @@ def _tensor(item: Any, index: int, binary: memoryview, max_rows: int) -> tuple[T
     return Tensor(name, datatype, shape, oip.from_list(name, datatype, shape, item["data"]), params), 0
 
 
+async def _no_route(request: Request, exc: Exception) -> Response:
+    """Unknown paths and methods answer in the protocol's error shape too, not Starlette's text."""
+    status = getattr(exc, "status_code", 404)
+    what = "no such path" if status == 404 else f"method {request.method} not allowed here"
+    return json_response({"error": f"{what}: {request.url.path}"}, status)
+
+
 def build_app(api: RestApi, extra: list[BaseRoute]) -> Starlette:
-    return Starlette(routes=[*api.routes(), *extra])
+    return Starlette(routes=[*api.routes(), *extra], exception_handlers={404: _no_route, 405: _no_route})

@@ -561,5 +561,7 @@ def test_readiness_and_liveness_conventions(stack: Stack) -> None:
     assert status == 200 and reason.startswith("ready: reply partitions")
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(f"{stack.a.url}/v2/nothing-here", timeout=5)
-    assert err.value.code == 404
+    assert err.value.code == 404 and json.loads(err.value.read()) == {"error": "no such path: /v2/nothing-here"}
+    status, text = curl(stack.a, "DELETE", "/v2/models/default/infer")
+    assert status == 405 and json.loads(text)["error"].startswith("method DELETE not allowed here")
 
