@@ -31,7 +31,7 @@ from typing import Any, NoReturn, Protocol
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from prometheus_client import Histogram
 
-from services.core.errors import ConfigError, DeliveryFailed, KafkaOperationError
+from services.core.errors import ConfigError, DeliveryFailed, KafkaOperationError, OutputsLost
 from services.core.health import BrokerHealth
 from services.core.kafka import CommitRejected, Consumer, Producer
 
@@ -49,7 +49,8 @@ MAX_ATTEMPTS = 3
 
 
 class TransactionAborted(KafkaOperationError):
-    """The open transaction was aborted; its outputs are discarded, inputs must be re-read."""
+    """The work since the last commit is void (its transaction aborted, or, at least once, its
+    outputs were lost): the inputs must be re-read from the committed offsets."""
 
 
 class Committer(Protocol):
@@ -103,6 +104,9 @@ class AtLeastOnce(_Base):
                 if self.producer is not None:
                     self.producer.flush(self.retry_s)
             return True
+        except OutputsLost as err:
+            # E.g. timed out in a long outage: committing these offsets would lose those outputs.
+            raise TransactionAborted(f"outputs not delivered ({err}): re-reading from the committed offsets") from None
         except (DeliveryFailed, KafkaOperationError) as err:
             if not err.retriable:
                 raise

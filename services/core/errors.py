@@ -86,6 +86,11 @@ class DeliveryFailed(KafkaOperationError):
     """A produced record was not acknowledged by the broker."""
 
 
+class OutputsLost(DeliveryFailed):
+    """Records the producer gave up on (timed out, refused): the work that made them must be
+    redone from the last committed offsets; nothing retries them."""
+
+
 class ConsumerFenced(KafkaOperationError):
     """A static member fenced by another with the same group.instance.id (or by its own rejoin
     after a broker restart): a fatal error for that client, which must be replaced."""

@@ -29,6 +29,7 @@ from services.core.errors import (
     ConsumerFenced,
     DeliveryFailed,
     KafkaOperationError,
+    OutputsLost,
     RecordTooLarge,
     Source,
     TopicMissing,
@@ -156,10 +157,9 @@ class Producer:
         if self._is_soft(topic) and self._on_soft_failure is not None:
             self._on_soft_failure(msg, err)
             return
-        refused = refusal(err, "WRITE", topic)
-        self._failures.append(
-            DeliveryFailed(refused or f"delivery to {topic} failed: {err.str()}", retriable=err.retriable())
-        )
+        refused = refusal(err, "WRITE", topic)  # a missing permission: no re-reading mends that
+        self._failures.append(DeliveryFailed(refused) if refused else
+                              OutputsLost(f"delivery to {topic} failed: {err.str()}", retriable=err.retriable()))
 
     def _then(self, on_done: Callable[[], None]) -> Callable[[KafkaError | None, Message], None]:
         def delivered(err: KafkaError | None, msg: Message) -> None:
@@ -174,7 +174,7 @@ class Producer:
             count = len(self._failures)
             self._failures.clear()
             if count > 1:
-                raise DeliveryFailed(f"{first.message} (and {count - 1} more)", retriable=first.retriable)
+                raise type(first)(f"{first.message} (and {count - 1} more)", retriable=first.retriable)
             raise first
 
     def renew(self) -> None:
@@ -197,8 +197,9 @@ class Producer:
         on_done: Callable[[], None] | None = None,
     ) -> None:
         """`on_done` is called once the broker acknowledged or refused the record (from `poll`;
-        only for a producer made with `delivered`)."""
-        self.raise_failures()
+        only for a producer made with `delivered`). Failures of earlier records are raised by
+        `flush` (and a transaction's commit), where they are handled, never by a later produce:
+        that one would fail a caller, or a batch, they do not belong to."""
         if on_done is not None and not self._delivered:
             raise ValueError("on_done needs a producer made with delivered=True")
         kwargs: dict[str, Any] = {"on_delivery": self._on_delivery if on_done is None else self._then(on_done)}
