@@ -339,6 +339,9 @@ class CommitLane:
         if not self.committer.transactional:
             self._producer.produce(topic, value, key=key, partition=partition, headers=headers)
             return
+        # Checked now, not when a held record is released on the commit thread: the caller can
+        # still write a smaller record instead (the rendezvous cuts its strings).
+        self._producer.check_size(value, key)
         # Under the lock, so a commit cannot begin between the check and the produce call.
         with self._lock:
             if self._committing:
@@ -347,12 +350,19 @@ class CommitLane:
                 self._producer.produce(topic, value, key=key, partition=partition, headers=headers)
 
     def _release_held(self) -> None:
+        """Produce the outputs held during a commit (under the lock). One that cannot be produced
+        voids the open transaction: the outcome makes the loop abort it and re-read."""
         if not self._held:
             return
         assert self._producer is not None
         held, self._held = self._held, []
         for topic, value, key, partition, headers in held:
-            self._producer.produce(topic, value, key=key, partition=partition, headers=headers)
+            try:
+                self._producer.produce(topic, value, key=key, partition=partition, headers=headers)
+            except KafkaOperationError as err:
+                self._outcomes.append(CommitOutcome([], False, TransactionAborted(
+                    f"an output held during a commit could not be produced ({err}): re-reading")))
+                return
 
     # -- commits ---------------------------------------------------------------------------
 
@@ -405,7 +415,13 @@ class CommitLane:
                     return
                 offsets, self._wanted, give_up, group = self._wanted, None, self._give_up, self._group
                 self._committing = True
-            self._commit(offsets, give_up, group, record=True)
+            try:
+                self._commit(offsets, give_up, group, record=True)
+            except BaseException as exc:  # noqa: BLE001 - a dead lane would stall every later commit
+                with self._lock:
+                    self._committing = False
+                    self._outcomes.append(CommitOutcome(offsets, False, exc))
+                    self._lock.notify_all()
 
     def _commit(
         self, offsets: list[TopicPartition], give_up: Callable[[], bool], group: Any, record: bool = False
@@ -431,10 +447,10 @@ class CommitLane:
                 time.perf_counter() - started)
             with self._lock:
                 self._committing = False
-                if self.committer.transactional:
-                    self._release_held()
                 if record and outcome is not None:
                     self._outcomes.append(outcome)
+                if self.committer.transactional:
+                    self._release_held()  # into the next transaction: after this one's outcome
                 self._lock.notify_all()
         return outcome
 

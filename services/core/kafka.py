@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -116,6 +117,25 @@ def _error_cb(config: Mapping[str, Any]) -> Callable[[KafkaError], None]:
     return both
 
 
+LIBRDKAFKA_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's default message.max.bytes
+# Delivery errors after which re-reading and producing again can succeed (the broker away or slow).
+_PASSING = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError.REQUEST_TIMED_OUT,
+            KafkaError.NOT_ENOUGH_REPLICAS, KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND, KafkaError._ALL_BROKERS_DOWN}
+
+
+def _delivery_failure(err: KafkaError, topic: str) -> DeliveryFailed:
+    """A transient failure voids the work that made the record (`OutputsLost`: redo it); any other
+    (a missing permission, a record the topic refuses for good) is raised as it is: redoing the
+    work would only meet it again."""
+    refused = refusal(err, "WRITE", topic)
+    if refused:
+        return DeliveryFailed(refused)
+    message = f"delivery to {topic} failed: {err.str()}"
+    if err.retriable() or err.code() in _PASSING:
+        return OutputsLost(message, retriable=True)
+    return DeliveryFailed(message, retriable=False)
+
+
 class Producer:
     """A producer whose delivery failures surface as exceptions.
 
@@ -139,6 +159,9 @@ class Producer:
         self._delivered = delivered
         self._config = merged
         self._producer = new_client(_Producer, merged)
+        self._max_record = int(merged.get("message.max.bytes", LIBRDKAFKA_MESSAGE_MAX_BYTES))
+        # Appended by delivery reports on whichever thread polls, taken by flush on another.
+        self._failures_lock = threading.Lock()
         self._failures: list[DeliveryFailed] = []
         self._is_soft = soft_topics
         self._on_soft_failure = on_soft_failure
@@ -157,9 +180,8 @@ class Producer:
         if self._is_soft(topic) and self._on_soft_failure is not None:
             self._on_soft_failure(msg, err)
             return
-        refused = refusal(err, "WRITE", topic)  # a missing permission: no re-reading mends that
-        self._failures.append(DeliveryFailed(refused) if refused else
-                              OutputsLost(f"delivery to {topic} failed: {err.str()}", retriable=err.retriable()))
+        with self._failures_lock:
+            self._failures.append(_delivery_failure(err, topic))
 
     def _then(self, on_done: Callable[[], None]) -> Callable[[KafkaError | None, Message], None]:
         def delivered(err: KafkaError | None, msg: Message) -> None:
@@ -169,23 +191,33 @@ class Producer:
         return delivered
 
     def raise_failures(self) -> None:
-        if self._failures:
-            first = self._failures[0]
-            count = len(self._failures)
-            self._failures.clear()
-            if count > 1:
-                raise type(first)(f"{first.message} (and {count - 1} more)", retriable=first.retriable)
+        with self._failures_lock:
+            failures, self._failures = self._failures, []
+        if failures:
+            # One that re-reading cannot mend (a missing permission, a refusal for good) first.
+            first = next((f for f in failures if not isinstance(f, OutputsLost)), failures[0])
+            if len(failures) > 1:
+                raise type(first)(f"{first.message} (and {len(failures) - 1} more)", retriable=first.retriable)
             raise first
+
+    def check_size(self, value: bytes | None, key: bytes | str | None = None) -> None:
+        """`RecordTooLarge` if the client would refuse this record (before it is held or queued)."""
+        size = len(value or b"") + len(key or b"")
+        if size > self._max_record:
+            raise RecordTooLarge(f"a record of {size} bytes is over the producer's message.max.bytes "
+                                 f"({self._max_record})")
 
     def renew(self) -> None:
         """Replace the client with a new one of the same configuration (the old one is
         abandoned as it is: e.g. wedged inside a call that never returns)."""
         self._producer = new_client(_Producer, self._config)
-        self._failures.clear()
+        with self._failures_lock:
+            self._failures = []
 
     def discard_failures(self) -> None:
         """Forget delivery failures of outputs that were aborted with their transaction."""
-        self._failures.clear()
+        with self._failures_lock:
+            self._failures = []
 
     def produce(
         self,

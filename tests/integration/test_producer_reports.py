@@ -47,17 +47,16 @@ def test_on_done_needs_a_producer_made_with_delivered(config: dict[str, Any], to
         producer.produce(topics.requests, b"x", on_done=lambda: None)
 
 
-def test_lost_outputs_make_at_least_once_re_read_and_never_fail_a_later_produce(
+def test_a_record_refused_for_good_stops_at_least_once_with_the_reason_and_never_fails_a_later_produce(
     config: dict[str, Any], topics: Topics
 ) -> None:
-    """Records the producer gave up on (here: refused as too large; in a long outage: timed out)
-    void the work since the last commit: its offsets must not be committed, and the service
-    re-reads instead of stopping. The next produce is not failed by them."""
+    """Re-reading would only meet the refusal again (tests/unit/test_producer_loss.py: the
+    transient case re-reads); the produce after it is not the one failed."""
     producer = Producer({**config, **TOO_LARGE})
     producer.produce(topics.requests, os.urandom(2_000_000), partition=0)
     producer.poll(10)  # the refusal is reported
     producer.produce(topics.requests, b"fits", partition=0)
     committer = AtLeastOnce(producer, None, lambda _what: None, BrokerHealth())  # type: ignore[arg-type]
-    with pytest.raises(TransactionAborted, match="re-reading from the committed offsets"):
+    with pytest.raises(DeliveryFailed, match=f"delivery to {topics.requests} failed") as failed:
         committer.commit([], lambda: False)
-    assert committer.commit([], lambda: False)  # reported once: the re-read work commits as usual
+    assert not isinstance(failed.value, TransactionAborted)

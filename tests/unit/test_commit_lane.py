@@ -10,6 +10,7 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from services.core.commits import CommitLane, CommitOutcome, TransactionAborted
+from services.core.errors import KafkaOperationError
 
 
 class RecordingCommitter:
@@ -130,5 +131,55 @@ def test_no_commit_starts_while_a_failed_one_waits_to_be_settled() -> None:
         lane.request([TopicPartition("t", 0, 100)])  # settled: commits go on
         [outcome] = _outcomes(lane)
         assert outcome.done and committer.commits[-1] == ("committed", [100])
+    finally:
+        lane.close()
+
+
+class HeldProducer:
+    """Our producer's surface as the lane uses it; a produce of b"bad" fails."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes | None] = []
+
+    def check_size(self, value: bytes | None, key: Any = None) -> None:
+        return None
+
+    def produce(self, topic: str, value: bytes | None, **_kwargs: Any) -> None:
+        if value == b"bad":
+            raise KafkaOperationError("produce to t failed: Local: Erroneous state")
+        self.sent.append(value)
+
+
+class GatedCommitter(RecordingCommitter):
+    transactional = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def commit(self, offsets: list[TopicPartition], give_up: Callable[[], bool], group: Any) -> bool:
+        self.entered.set()
+        self.gate.wait(5)
+        return True
+
+
+def test_an_output_held_during_a_commit_that_cannot_be_produced_voids_the_transaction_and_the_lane_goes_on() -> None:
+    committer, producer = GatedCommitter(), HeldProducer()
+    lane = CommitLane(committer, producer)  # type: ignore[arg-type]
+    try:
+        lane.request([TopicPartition("t", 0, 1)])
+        assert committer.entered.wait(5)
+        lane.produce("t", b"bad")  # held: a commit is running
+        lane.produce("t", b"after")
+        committer.gate.set()
+        outcomes: list[CommitOutcome] = []
+        while len(outcomes) < 2:
+            outcomes += _outcomes(lane)
+        assert outcomes[0].done and isinstance(outcomes[1].error, TransactionAborted)
+        assert producer.sent == [] and lane._thread is not None and lane._thread.is_alive()
+        lane.request([TopicPartition("t", 0, 1)])  # settled: the lane commits again
+        [outcome] = _outcomes(lane)
+        assert outcome.done
     finally:
         lane.close()

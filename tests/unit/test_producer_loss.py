@@ -1,0 +1,36 @@
+"""Outputs the producer gave up on for a passing reason (here: no broker answers within the
+record's message.timeout.ms, as in a long outage) void the work since the last commit: at least
+once, the commit says so (TransactionAborted: re-read) instead of committing offsets past them
+or stopping the service. No broker is needed: the producer points at a closed port."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.core.commits import AtLeastOnce, TransactionAborted
+from services.core.errors import OutputsLost
+from services.core.health import BrokerHealth
+from services.core.kafka import Producer
+from services.localkafka.config import free_port
+
+
+def test_outputs_timed_out_in_an_outage_make_at_least_once_re_read() -> None:
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "message.timeout.ms": 300,
+                         "log_level": 0})
+    producer.produce("t", b"lost", partition=0)
+    producer.produce("t", b"lost too", partition=0)
+    committer = AtLeastOnce(producer, None, lambda _what: None, BrokerHealth(), retry_s=10)  # type: ignore[arg-type]
+    with pytest.raises(TransactionAborted, match="re-reading from the committed offsets") as aborted:
+        committer.commit([], lambda: False)
+    assert "Local: Message timed out" in str(aborted.value) and "(and 1 more)" in str(aborted.value)
+    producer.produce("t", b"after", partition=0)  # the failures were taken: nothing raised here
+
+
+def test_a_transient_failure_is_outputs_lost_and_a_lasting_one_is_not() -> None:
+    from confluent_kafka import KafkaError
+
+    from services.core.kafka import _delivery_failure
+
+    assert isinstance(_delivery_failure(KafkaError(KafkaError._MSG_TIMED_OUT), "t"), OutputsLost)
+    assert not isinstance(_delivery_failure(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), "t"), OutputsLost)
+    assert not isinstance(_delivery_failure(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED), "t"), OutputsLost)
