@@ -57,7 +57,7 @@ MAX_LONG = 2**63 - 1  # what an Avro long (the records' times) holds
 # naming a new model or version each would otherwise grow memory and metric series without end.
 MAX_MODELS = 256
 MAX_LABELLED_VERSIONS = 1024
-OTHER_VERSION = "_other"
+OTHER = "_other"
 LIVE_CACHE_MS = 100  # how stale the set of live models may be (it decides only what a log record waits for)
 
 Reply = tuple[str, int | None]
@@ -127,6 +127,7 @@ class Join:
         self._remembered: OrderedDict[str, tuple[int, int, dict[str, Any] | None]] = OrderedDict()
         self._finished = Finished({}, set())
         self._models_seen: dict[str, int] = {}  # model -> wall ms of its last score
+        self._labelled_models: set[str] = set()  # models named in metrics (never forgotten: series stay)
         self._labelled: set[tuple[str, str]] = set()  # (model, version) pairs named in metrics
         # live_models() runs for every event; its answer changes only when a model appears or
         # ages out, so it is recomputed at most every LIVE_CACHE_MS (or when a new model appears).
@@ -162,14 +163,19 @@ class Join:
         self._models_seen = {model: at for model, at in self._models_seen.items() if at >= horizon}
         return len(self._models_seen) < MAX_MODELS
 
-    def _version_label(self, model: str, version: str) -> str:
+    def _labels(self, model: str, version: str) -> tuple[str, str]:
+        """The metric labels of a model's version: at most MAX_MODELS models and
+        MAX_LABELLED_VERSIONS (model, version) pairs are named, the rest are OTHER."""
+        if model not in self._labelled_models:
+            if len(self._labelled_models) >= MAX_MODELS:
+                return OTHER, OTHER
+            self._labelled_models.add(model)
         key = (model, version)
-        if key in self._labelled:
-            return version
-        if len(self._labelled) < MAX_LABELLED_VERSIONS:
+        if key not in self._labelled:
+            if len(self._labelled) >= MAX_LABELLED_VERSIONS:
+                return model, OTHER
             self._labelled.add(key)
-            return version
-        return OTHER_VERSION
+        return key
 
     def markers_due(self, wall_ms: int, delay_ms: int, resend_s: float, wall_s: float) -> list[int]:
         return self.clocks.markers_due(wall_ms, delay_ms, resend_s, wall_s)
@@ -231,26 +237,29 @@ class Join:
 
     def on_score(self, score: ScoreIn) -> Mailbox | None:
         self._tick(score.partition, score.log_time)
+        rid = score.request_id
+        mailbox = self.mailboxes.get(rid)
         if score.model not in self._models_seen:
-            if not self._room_for_a_model() and score.model not in self.schedule_for(score.log_time).models:
+            # Only under a flood of more than MAX_MODELS names (forged): which get through then
+            # depends on when each was last seen, a bound on memory that no instance can avoid.
+            if not self._room_for_a_model() and not _scheduled(score, mailbox, self.schedule_for):
                 self.metrics.inc(m.SCORES_REFUSED)
                 return None
             self._live = None
-        self.metrics.inc(child(m.SCORES, score.model, self._version_label(score.model, score.version)))
+        model_label, version_label = self._labels(score.model, score.version)
+        self.metrics.inc(child(m.SCORES, model_label, version_label))
         self._models_seen[score.model] = self.wall_ms()
-        rid = score.request_id
-        mailbox = self.mailboxes.get(rid)
         if mailbox is None:
             if rid in self._remembered:
-                self.metrics.inc(child(m.LATE_SCORES, score.model, "true"))
+                self.metrics.inc(child(m.LATE_SCORES, model_label, "true"))
                 return None
             mailbox = self._open_orphan(rid, score)
         arrival = Arrival(score.model, score.version, score.score, score.label, score.error, score.log_time,
                           score.compute_ms)
         if not mailbox.add(arrival):
-            self.metrics.inc(child(m.DUPLICATE_SCORES, arrival.model))
+            self.metrics.inc(child(m.DUPLICATE_SCORES, model_label))
         elif mailbox.decision is not None and arrival.at > mailbox.decision.at:
-            self.metrics.inc(child(m.LATE_SCORES, arrival.model, "false"))
+            self.metrics.inc(child(m.LATE_SCORES, model_label, "false"))
         self._advance(mailbox, self.clocks.now(score.partition))
         return None if mailbox.closed else mailbox
 
@@ -332,7 +341,8 @@ class Join:
         if self._orphan_count > self.limits.max_orphans:
             # From the partition holding the most: forged scores flooding one partition must not
             # push out the early scores of real requests on another.
-            fullest = max(self._orphans.values(), key=len)
+            # On a tie, another partition's: never the score just read when others wait too.
+            _partition, fullest = max(self._orphans.items(), key=lambda kv: (len(kv[1]), kv[0] != score.partition))
             _oldest, dropped = fullest.popitem(last=False)
             self._orphan_count -= 1
             self._drop_orphan(dropped, "too many scores wait for their requests")
@@ -424,8 +434,7 @@ class Join:
         outputs = []
         for a in mailbox.arrivals.values():
             latency = max(0, a.at - mailbox.created_at)
-            self.metrics.observe(child(m.SCORE_LATENCY, a.model, self._version_label(a.model, a.version)),
-                                 latency / 1000.0)
+            self.metrics.observe(child(m.SCORE_LATENCY, *self._labels(a.model, a.version)), latency / 1000.0)
             outputs.append({"model": a.model, "version": a.version, "score": a.score, "label": a.label,
                             "error": a.error, "latency_ms": float(latency), "compute_ms": a.compute_ms,
                             "late": a.at > decision.at})
@@ -476,3 +485,10 @@ class Join:
             if forget_at >= clocks.now(partition):
                 break
             remembered.popitem(last=False)
+
+
+def _scheduled(score: ScoreIn, mailbox: Mailbox | None, schedule_for: Callable[[int], Schedule]) -> bool:
+    """Whether the schedule of the score's request (or, before the request is read, the one in
+    force at the score's time) names its model: such a score is never refused."""
+    schedule = mailbox.schedule if mailbox is not None else None
+    return score.model in (schedule or schedule_for(score.log_time)).models

@@ -15,7 +15,7 @@ from services.core.codec import codec
 from services.rendezvous.join import (
     MAX_LABELLED_VERSIONS,
     MAX_MODELS,
-    OTHER_VERSION,
+    OTHER,
     Finished,
     Join,
     JoinLimits,
@@ -228,6 +228,16 @@ def test_forged_scores_flooding_one_partition_never_push_out_a_real_requests_ear
     assert decided(out) == {"real": ("OK", "champion", T0 + 1)}
 
 
+def test_on_a_tie_the_score_just_read_is_not_the_one_dropped() -> None:
+    join, out = make_join(max_orphans=1)
+    join.on_score(score("a", "champion", T0, partition=1))
+    join.on_request(request("a", at=T0, partition=1))  # partition 1 comes first among the orphans' partitions
+    join.on_score(score("forged", "champion", T0 + 1, partition=0))
+    join.on_score(score("real", "champion", T0 + 2, partition=1))  # one each: a tie
+    join.on_request(request("real", at=T0 + 1, partition=1))
+    assert decided(out)["real"] == ("OK", "champion", T0 + 2)
+
+
 def test_scores_of_ever_new_model_names_are_bounded_and_the_schedules_models_still_count() -> None:
     join, out = make_join()
     for i in range(MAX_MODELS + 50):
@@ -243,8 +253,11 @@ def test_metrics_name_a_bounded_number_of_versions() -> None:
     for i in range(MAX_LABELLED_VERSIONS + 10):
         join.on_score(ScoreIn(f"r{i}", 0, 0, T0, "champion", f"v{i}", 0.5, None, None))
     assert len(join._labelled) == MAX_LABELLED_VERSIONS
-    assert join._version_label("champion", "v-new") == OTHER_VERSION
-    assert join._version_label("champion", "v0") == "v0"
+    assert join._labels("champion", "v-new") == ("champion", OTHER)
+    assert join._labels("champion", "v0") == ("champion", "v0")
+    for i in range(MAX_MODELS):  # models too: their series are never forgotten, so never more than that
+        join._labels(f"m{i}", "1")
+    assert join._labels("one-too-many", "1") == (OTHER, OTHER) and len(join._labelled_models) == MAX_MODELS
 
 
 def test_scores_read_far_ahead_of_their_requests_are_kept_for_them() -> None:
