@@ -154,7 +154,8 @@ def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule,
     return schedule
 
 
-def cmd_schedule_show(settings: ScheduleSettings, console: Console) -> int:
+def cmd_schedule_show(settings: ScheduleSettings, console: Console, tables: Console) -> int:
+    """The schedule in force: JSON or a table on stdout (`tables`), notes on `console` (stderr)."""
     book = _book(settings)
     current = changes.current(book)
     in_force = book.in_force(now_ms())
@@ -167,7 +168,7 @@ def cmd_schedule_show(settings: ScheduleSettings, console: Console) -> int:
         for field, value in current.to_dict().items():
             table.add_row(field, ", ".join(value) if isinstance(value, list) else
                           json.dumps(value) if isinstance(value, dict) else str(value))
-        console.print(table)
+        tables.print(table)
     if in_force.version != current.version:
         console.print(f"v{current.version} takes effect at {current.effective_at}; v{in_force.version} governs now")
     return 0

@@ -39,7 +39,7 @@ def cmd_schedule_show(args: argparse.Namespace) -> int:
     from services.cli import lifecycle
 
     settings = with_bootstrap(from_namespace(lifecycle.ScheduleSettings, args))
-    return lifecycle.cmd_schedule_show(settings, _console())
+    return lifecycle.cmd_schedule_show(settings, _console(), _stdout())
 
 
 def cmd_schedule_history(args: argparse.Namespace) -> int:

@@ -263,7 +263,7 @@ async def _no_route(request: Request, exc: Exception) -> Response:
     """Unknown paths and methods answer in the protocol's error shape too, not Starlette's text."""
     status = getattr(exc, "status_code", 404)
     what = "no such path" if status == 404 else f"method {request.method} not allowed here"
-    return json_response({"error": f"{what}: {request.url.path}"}, status)
+    return json_response({"error": f"{what}: {request.url.path}"}, status, getattr(exc, "headers", None))  # Allow
 
 
 def build_app(api: RestApi, extra: list[BaseRoute]) -> Starlette:

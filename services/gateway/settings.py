@@ -53,8 +53,9 @@ class GatewaySettings(KafkaSettings):
     )
     max_body_bytes: int = setting(8 * 1024 * 1024, "Largest request body (REST and gRPC), in bytes.")
     max_connections: int = setting(
-        1000, "Most HTTP connections and most gRPC calls at once; more get 503 / RESOURCE_EXHAUSTED. Bodies being "
-        "read take at most this times --max-body-bytes of memory.", minimum=1,
+        1000, "Most HTTP connections open (idle keep-alive ones count: at the limit every request gets 503) and "
+        "most gRPC calls at once (RESOURCE_EXHAUSTED beyond). Bodies being read take at most this times "
+        "--max-body-bytes of memory.", minimum=1,
     )
     drain_timeout_s: float = setting(
         10.0,

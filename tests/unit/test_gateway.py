@@ -170,6 +170,7 @@ def test_rest_binary_tensor_extension() -> None:
         (b'{"inputs": [{"name": "a", "datatype": "INT8", "shape": [1], "data": [1000.5]}]}',
          r"1000.5 is not a INT8 value \(whole numbers -128..127\)"),
         (b'{"inputs": [{"name": "a", "datatype": "UINT8", "shape": [2], "data": [1, -3]}]}', "-3.0 is not a UINT8"),
+        (b'{"inputs": [{"name": "a", "datatype": "INT64", "shape": [1], "data": [1e19]}]}', "is not a INT64 value"),
         (b'{"inputs": [{"name": "a", "datatype": "FP16", "shape": [1], "data": [1e300]}]}', "out of FP16's range"),
         (b'{"inputs": [{"name": "a", "datatype": "FP64", "shape": [2, 2], "data": [[1, 2, 3], [4]]}]}',
          "nested data must be one list of values per row"),
@@ -199,6 +200,15 @@ def _one_input(shape: list[int], data: Any = (), call_id: Any = "") -> bytes:
 def test_bodies_that_would_be_costly_to_read_are_refused_from_their_headers(body: bytes, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         parse_call(body, None, 1000)
+
+
+def test_the_extremes_of_the_integer_types_are_their_values() -> None:
+    body = orjson.dumps({"inputs": [
+        {"name": "a", "datatype": "INT64", "shape": [2], "data": [2**63 - 1, -(2**63)]},
+        {"name": "b", "datatype": "UINT64", "shape": [2], "data": [2**64 - 1, 0]},
+        {"name": "c", "datatype": "INT8", "shape": [2], "data": [127, -128]},
+    ]})
+    assert [len(t.values) for t in parse_call(body, None, 1000).tensors] == [2, 2, 2]
 
 
 def test_names_given_twice_are_named_once_each() -> None:
