@@ -48,7 +48,7 @@ def string(buf: Any, pos: int, end: int) -> tuple[int, int]:
         return 0, pos
     if size < 0:
         return 0, -NEGATIVE
-    if pos + size > end:
+    if size > end - pos:  # not pos + size > end: a length near 2**63 would wrap past it
         return 0, -PAST_END
     return pos, pos + size
 

@@ -124,9 +124,9 @@ def _walk(buf, header, starts, ends, records, outputs, slots, tables, counts):  
             return -1, -pos, r
         if size < 0:
             return -1, NEGATIVE, r
-        pos += size
-        if pos > end:
+        if size > end - pos:  # not pos + size > end: a length near 2**63 would wrap past the check
             return -1, PAST_END, r
+        pos += size
         # created_at, deadline
         for column in range(2):
             value, pos = varint(buf, pos, end)
@@ -164,7 +164,7 @@ def _walk(buf, header, starts, ends, records, outputs, slots, tables, counts):  
                 return -1, -pos, r
             if size < 0:
                 return -1, NEGATIVE, r
-            if pos + size > end:
+            if size > end - pos:  # not pos + size: a length near 2**63 would wrap
                 return -1, PAST_END, r
             found = _intern(buf, pos, size, 0, slots, tables, counts)
             if found < 0:
@@ -180,9 +180,9 @@ def _walk(buf, header, starts, ends, records, outputs, slots, tables, counts):  
                 return -1, -pos, r
             if size < 0:
                 return -1, NEGATIVE, r
-            pos += size
-            if pos > end:
+            if size > end - pos:
                 return -1, PAST_END, r
+            pos += size
         value, pos = varint(buf, pos, end)
         if pos < 0:
             return -1, -pos, r
@@ -213,7 +213,7 @@ def _walk(buf, header, starts, ends, records, outputs, slots, tables, counts):  
                         return -1, -pos, r
                     if size < 0:
                         return -1, NEGATIVE, r
-                    if pos + size > end:
+                    if size > end - pos:  # not pos + size: a length near 2**63 would wrap
                         return -1, PAST_END, r
                     found = _intern(buf, pos, size, kind, slots, tables, counts)
                     if found < 0:
@@ -246,7 +246,7 @@ def _walk(buf, header, starts, ends, records, outputs, slots, tables, counts):  
                         return -1, -pos, r
                     if size < 0:
                         return -1, NEGATIVE, r
-                    if pos + size > end:
+                    if size > end - pos:  # not pos + size: a length near 2**63 would wrap
                         return -1, PAST_END, r
                     found = _intern(buf, pos, size, 2, slots, tables, counts)
                     if found < 0:
@@ -266,6 +266,8 @@ def _walk(buf, header, starts, ends, records, outputs, slots, tables, counts):  
                         return -1, -pos, r
                     if size < 0:
                         return -1, NEGATIVE, r
+                    if size > end - pos:
+                        return -1, PAST_END, r
                     pos += size
                 elif branch != 0:
                     return -1, BAD_INDEX, r

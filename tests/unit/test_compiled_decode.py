@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from services.core import compiled_decode
+from services.core.avro_writer import long_bytes
 from services.core.codec import codec
 from services.core.comparison_columns import DecodedBatch, Rejected, Strings
 from services.core.compiled_decode import CurrentBatches, decode
@@ -186,3 +187,31 @@ def test_a_bug_in_the_decoder_hands_the_batch_to_the_slower_path(
     monkeypatch.setattr(compiled_decode, "decode", broken)
     assert batches.decode([COMPARISONS.encode(synthetic(1)[0])]) is None
     assert "columnar decoding failed" in caplog.text
+
+
+def _with_one_output(**changes: Any) -> dict[str, Any]:
+    output = {"model": "m", "version": "v", "score": 0.5, "label": "l", "error": "e", "latency_ms": 3.0,
+              "compute_ms": 1.0, "late": False}
+    record = {"request_id": "r", "created_at": 1_700_000_000_000, "deadline": 1_700_000_000_200,
+              "answered_at": 1_700_000_000_010, "status": "OK", "chosen_model": "m", "reason": "x",
+              "schedule": "s", "schedule_version": 1, "outputs": [output]}
+    for field, value in changes.items():
+        if field in output:
+            output[field] = value
+        else:
+            record[field] = value
+    return record
+
+
+@pytest.mark.parametrize("field", ["request_id", "chosen_model", "reason", "schedule", "model", "version", "label",
+                                   "error"])
+def test_a_length_near_2_to_the_63_is_past_the_end_not_a_wrap_around(field: str) -> None:
+    """pos + size overflowed: the check passed and the next read was far outside the buffer (a
+    segfault of the comparison service, again after every restart)."""
+    base = _with_one_output()
+    value = base["outputs"][0][field] if field in base["outputs"][0] else base[field]
+    good = COMPARISONS.encode(base)
+    at = first_difference(good, COMPARISONS.encode(_with_one_output(**{field: value + "z"})))  # its length
+    bad = good[:at] + long_bytes(2**63 - 1) + good[at + 1:]
+    with pytest.raises(Rejected, match=r"record 1 of the batch: .*past the end"):
+        decode([good, bad], HEADER)
