@@ -1,0 +1,50 @@
+"""A damaged archive file never stops the decoy at start nor `replay --source archive`: a torn
+block raises whatever its codec meets (an IndexError on zeroed bytes, a zlib error on flipped
+ones), and a sealed file can be damaged or removed after the manifest named it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.decoy.archive import ArchiveWriter, iter_archive
+
+ROLL = {"roll_bytes": 1 << 30, "roll_seconds": 3600}
+
+
+def rows(first: int, n: int) -> list[dict[str, Any]]:
+    return [{"topic": "t", "partition": 0, "offset": i, "timestamp": 1_700_000_000_000 + i, "key": None,
+             "value": b"v%d" % i * 20, "archived_at": 1} for i in range(first, first + n)]
+
+
+def test_a_part_file_whose_tail_is_zeroed_is_recovered_up_to_its_last_whole_block(tmp_path: Path) -> None:
+    writer = ArchiveWriter(tmp_path, **ROLL)
+    writer.append(rows(0, 60))
+    part = next(tmp_path.glob("*.part"))
+    first_block_end = part.stat().st_size
+    writer.append(rows(60, 40))
+    data = part.read_bytes()
+    part.write_bytes(data[:-300] + bytes(300))  # the second block's end never reached the disk
+
+    ArchiveWriter(tmp_path, **ROLL).close()  # raised IndexError before: the decoy could not start
+    assert [r["offset"] for r in iter_archive(tmp_path)] == list(range(60))
+    assert first_block_end < len(data)
+
+
+def test_a_sealed_file_damaged_or_missing_is_skipped_and_the_others_are_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for first in (0, 100, 200):  # three sealed files
+        writer = ArchiveWriter(tmp_path, **ROLL)
+        writer.append(rows(first, 50))
+        writer.close()
+    first, second, _third = sorted(p for p in tmp_path.glob("*.avro"))
+    damaged = bytearray(second.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    second.write_bytes(bytes(damaged))
+    first.unlink()
+    offsets = [r["offset"] for r in iter_archive(tmp_path)]
+    assert offsets == list(range(200, 250))
+    assert "missing" in caplog.text and "sha256 is not the manifest's" in caplog.text
