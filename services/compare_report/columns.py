@@ -66,7 +66,7 @@ class Columns:
         self.status = array("b")
         self.chosen = array("i")
         self.row = array("i")
-        self.model = array("h")
+        self.model = array("i")  # "h" overflowed past 32,767 model names (OverflowError, or wrapped codes)
         self.score = array("d")
         self.label = array("i")
         self.error = array("b")

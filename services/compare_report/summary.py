@@ -233,14 +233,22 @@ def _paired(ref: _Reference, out: _Outputs, names: tuple[str, ...]) -> _Paired:
     return _Paired(scores, _paired_labels(ref.label[out.rows], out.label, names))
 
 
+DENSE_LABELS = 1024  # distinct labels up to which the confusion counts are one dense array (8 MB)
+
+
 def _paired_labels(champion: np.ndarray, model: np.ndarray, names: tuple[str, ...]) -> PairedLabels:
     """Confusion counts of (champion label, model label) over the records where both have one."""
     both = (champion >= 0) & (model >= 0)
     size = len(names)
-    counts = np.bincount(champion[both] * size + model[both], minlength=size * size)  # O(n), no sort
+    pairs = champion[both].astype(np.int64) * size + model[both]
     labels = PairedLabels()
-    for pair in np.flatnonzero(counts).tolist():
-        labels.confusion[(names[pair // size], names[pair % size])] = int(counts[pair])
+    if size <= DENSE_LABELS:  # a dense count is O(n), no sort
+        counts = np.bincount(pairs, minlength=size * size)
+        found, counts = np.flatnonzero(counts), counts[counts > 0]
+    else:  # labels x labels would not fit in memory (a model that puts an id in its label)
+        found, counts = np.unique(pairs, return_counts=True)
+    for pair, count in zip(found.tolist(), counts.tolist(), strict=True):
+        labels.confusion[(names[pair // size], names[pair % size])] = int(count)
     return labels
 
 

@@ -208,6 +208,28 @@ def test_paired_figures_match_numpy(records: list[dict[str, Any]], report: Repor
     assert row.psi == pytest.approx(psi_by_hand(all_champion, all_model))
 
 
+def test_labels_that_are_ids_are_counted_without_a_labels_by_labels_array() -> None:
+    """A model that puts an id in its label: 3,000 distinct labels once asked for 9,000,000 counts
+    per challenger (30,000 for 7 GB)."""
+    records = synthetic(3000)
+    for i, record in enumerate(records):
+        for output in record["outputs"]:
+            if output["label"] is not None:
+                output["label"] = f"id-{i}" if output["model"] == "champion" or i % 3 else "other"
+    row = next(m for m in summarize_records(records, source="ids").models if m.name == "challenger")
+    pairs = {r["request_id"]: o for r, o in outputs_of(records, "champion")}
+    labelled = [(pairs[r["request_id"]]["label"], o["label"]) for r, o in outputs_of(records, "challenger")
+                if r["request_id"] in pairs and pairs[r["request_id"]]["label"] is not None and o["label"] is not None]
+    assert row.agreement == pytest.approx(np.mean([x == y for x, y in labelled]))
+
+
+def test_more_model_names_than_a_16_bit_code_holds_are_kept_apart() -> None:
+    columns = Columns()
+    columns.add([{**synthetic(1)[0], "outputs": [{**synthetic(1)[0]["outputs"][0], "model": f"m{i}"}]}
+                 for i in range(40_000)])
+    assert len(columns.model_codes) == 40_001 and columns.model[-1] == 40_000  # the chosen "champion" first
+
+
 def test_champion_row_has_no_paired_figures(report: Report) -> None:
     champion = report.models[0]
     assert champion.champion and champion.plots.qq is None and champion.plots.confusion is None
