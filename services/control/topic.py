@@ -39,6 +39,7 @@ def encode_schedule(schedule: Schedule) -> bytes:
 
 
 # Versions stay below 2**53, so the next version always fits an Avro long (and a JSON number).
+MAX_VERSION_STEP = 1_000  # how far past the latest version a new one may jump
 MAX_VERSION = 2**53
 # A version may take effect at most this long after it was written (by the log's clock): an
 # effective_at in the year 2100 would otherwise be "accepted" and never govern anything.
@@ -74,6 +75,11 @@ class ScheduleBook:
             return (f"effective_at {schedule.effective_at} is more than "
                     f"{MAX_EFFECTIVE_AHEAD_MS // 86_400_000} days after the record was written ({written_at})")
         latest = self.latest
+        # A bounded step: one version near the top would leave no room for the next, and the
+        # topic keeps it (compacted), so no schedule could ever change again.
+        highest = (latest.version if latest else 0) + MAX_VERSION_STEP
+        if schedule.version > highest:
+            return f"version {schedule.version} jumps past v{highest} (at most {MAX_VERSION_STEP} past the latest)"
         if latest is None:
             return None
         if schedule.version <= latest.version:
