@@ -72,7 +72,8 @@ class Outputs:
 def valid(batch: DecodedBatch, latest_ok_ms: int) -> bool:
     """What `service.validate` checks, for the whole batch at once."""
     created = batch.created_at
-    return bool((created > 0).all() and (created <= latest_ok_ms).all() and np.isfinite(batch.latency_ms).all())
+    return bool((created > 0).all() and (created <= latest_ok_ms).all() and (batch.deadline >= 0).all()
+                and np.isfinite(batch.latency_ms).all())
 
 
 def fold(

@@ -54,6 +54,8 @@ def validate(record: dict[str, Any], latest_ok_ms: int) -> None:
     if created > latest_ok_ms:
         # One such record would move the event-time window's end and expire everything else.
         raise DecodeFailed(f"created_at {created} is in the future (this host's clock allows {latest_ok_ms})")
+    if record["deadline"] < 0:  # deadline - created_at would wrap in the batch path's int64s
+        raise DecodeFailed(f"deadline must be epoch milliseconds, got {record['deadline']}")
     for out in record["outputs"]:
         if not isfinite(out["latency_ms"]):  # would poison the latency sketch
             raise DecodeFailed(f"output of {out['model']!r} has latency_ms {out['latency_ms']}")

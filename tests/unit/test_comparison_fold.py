@@ -167,7 +167,7 @@ def test_a_batch_with_a_record_the_record_path_rejects_is_not_folded_at_once(fau
 
 
 @pytest.mark.parametrize("batch", ["valid", "too small", "a garbage value", "a truncated value", "a null value",
-                                   "created_at 0"])
+                                   "created_at 0", "a negative deadline"])
 def test_only_large_valid_batches_are_folded_at_once_and_others_are_left_untouched(batch: str) -> None:
     comparisons = codec("comparison")
     records = random_batches(11, batches=1, size=fold.MIN_RECORDS + 20)[0]
@@ -175,6 +175,8 @@ def test_only_large_valid_batches_are_folded_at_once_and_others_are_left_untouch
         records = records[: fold.MIN_RECORDS - 1]
     if batch == "created_at 0":
         records[5]["created_at"] = 0
+    if batch == "a negative deadline":  # deadline - created_at would wrap: counted as met
+        records[5]["deadline"] = -(2**63) + 5
     values: list[bytes | None] = [comparisons.encode(r) for r in records]
     if batch == "a garbage value":
         values[7] = b"\x00 not a comparison record"

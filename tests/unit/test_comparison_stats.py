@@ -341,6 +341,8 @@ def test_implausible_records_are_rejected_as_bad_input() -> None:
         validate(record(0, []), latest_ok_ms=BASE_MS)
     with pytest.raises(DecodeFailed, match="latency_ms nan"):
         validate(record(BASE_MS, [output("champion", latency=float("nan"))]), latest_ok_ms=BASE_MS)
+    with pytest.raises(DecodeFailed, match="deadline must be epoch milliseconds"):
+        validate({**record(BASE_MS, [output("champion")]), "deadline": -(2**63) + 5}, latest_ok_ms=BASE_MS)
     validate(record(BASE_MS, [output("champion")]), latest_ok_ms=BASE_MS)
 
 
