@@ -23,6 +23,7 @@ from services.compare_report.table import print_report, print_report_json
 from services.core.codec import codec
 from services.core.errors import BadInput, ConfigError
 from services.core.ranges import OffsetBound, TimeBound, parse_bounds
+from services.core.requests import check_request
 from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, check_format, setting
 from services.core.topic_range import read_spans
@@ -160,7 +161,9 @@ def _decode(values: Iterable[bytes | None]) -> tuple[list[dict[str, Any]], int]:
     decoded, bad = [], 0
     for value in values:
         try:
-            decoded.append(request_codec.decode(value))
+            request = request_codec.decode(value)
+            check_request(request)  # the rule every worker applies: a created_at <= 0 is no request
+            decoded.append(request)
         except BadInput:
             bad += 1
     return decoded, bad
