@@ -58,9 +58,14 @@ class BatchDecoder:
     def decode_into(self, values: Sequence[bytes | None], columns: Columns) -> None:
         """Append every decodable record of `values` to `columns`."""
         current, others = split_current(values, self._header)
-        if current and self._batches is not None and (batch := self._batches.decode(current)) is not None:
-            columns.add_batch(batch)
-            current = []
+        if current and self._batches is not None:
+            batch = self._batches.decode(current)
+            if batch is not None:
+                columns.add_batch(batch)
+                current = []
+            else:  # a damaged record: framed one by one, as in one array two damaged ones could pass
+                columns.add(self._one_by_one(current))
+                current = []
         columns.add(self._decode_current(current))
         if others:
             columns.add(self._one_by_one(others))

@@ -365,6 +365,20 @@ def as_rows(frame: Any) -> list[tuple[Any, ...]]:
     return sorted(rows, key=repr)
 
 
+def test_two_damaged_records_that_would_frame_each_other_in_one_array_are_both_skipped(
+    records: list[dict[str, Any]],
+) -> None:
+    """A lacks its last byte (the outputs' closing 0); B has one byte more, a 0 right after its
+    header. Decoded as one array, B's 0 closed A and both read as valid records."""
+    comparisons = codec("comparison")
+    values = [comparisons.encode(r) for r in records[:100]]
+    header = comparisons.header
+    a, b = values[10][:-1], header + b"\x00" + values[11][len(header):]
+    columns, decoder = Columns(), BatchDecoder(comparisons, 100_000)  # a range large enough to compile
+    decoder.decode_into([*values[:10], a, b, *values[12:]], columns)
+    assert len(columns) == 98 and decoder.skipped == 2
+
+
 def test_the_compiled_decoder_knows_the_current_schema() -> None:
     from services.core.comparison_columns import layout_matches
 
