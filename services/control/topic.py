@@ -39,7 +39,7 @@ def encode_schedule(schedule: Schedule) -> bytes:
 
 
 # Versions stay below 2**53, so the next version always fits an Avro long (and a JSON number).
-MAX_VERSION_STEP = 1_000  # how far past the latest version a new one may jump
+VERSION_HEADROOM = 1_000_000  # versions kept free above the highest one accepted
 MAX_VERSION = 2**53
 # A version may take effect at most this long after it was written (by the log's clock): an
 # effective_at in the year 2100 would otherwise be "accepted" and never govern anything.
@@ -69,17 +69,14 @@ class ScheduleBook:
 
     def refusal(self, schedule: Schedule, written_at: int) -> str | None:
         """Why `schedule`, written to the log at `written_at`, cannot be the next version (None: it can)."""
-        if not 1 <= schedule.version < MAX_VERSION:
-            return f"version {schedule.version} is outside 1..{MAX_VERSION - 1}"
+        # Room is kept above every version: one near the top would leave none for the next, and the
+        # compacted topic keeps it, so no schedule could ever change again.
+        if not 1 <= schedule.version < MAX_VERSION - VERSION_HEADROOM:
+            return f"version {schedule.version} is outside 1..{MAX_VERSION - VERSION_HEADROOM - 1}"
         if schedule.effective_at < 0 or schedule.effective_at > written_at + MAX_EFFECTIVE_AHEAD_MS:
             return (f"effective_at {schedule.effective_at} is more than "
                     f"{MAX_EFFECTIVE_AHEAD_MS // 86_400_000} days after the record was written ({written_at})")
         latest = self.latest
-        # A bounded step: one version near the top would leave no room for the next, and the
-        # topic keeps it (compacted), so no schedule could ever change again.
-        highest = (latest.version if latest else 0) + MAX_VERSION_STEP
-        if schedule.version > highest:
-            return f"version {schedule.version} jumps past v{highest} (at most {MAX_VERSION_STEP} past the latest)"
         if latest is None:
             return None
         if schedule.version <= latest.version:
