@@ -118,6 +118,10 @@ def _error_cb(config: Mapping[str, Any]) -> Callable[[KafkaError], None]:
 
 
 LIBRDKAFKA_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's default message.max.bytes
+# Bytes librdkafka adds to a record's key and value when it checks message.max.bytes (its v2
+# record's framing, measured at 36), and per header: with some margin.
+RECORD_OVERHEAD = 64
+HEADER_OVERHEAD = 16
 # Delivery errors after which re-reading and producing again can succeed (the broker away or slow).
 _PASSING = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError.REQUEST_TIMED_OUT,
             KafkaError.NOT_ENOUGH_REPLICAS, KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND, KafkaError._ALL_BROKERS_DOWN}
@@ -200,9 +204,14 @@ class Producer:
                 raise type(first)(f"{first.message} (and {len(failures) - 1} more)", retriable=first.retriable)
             raise first
 
-    def check_size(self, value: bytes | None, key: bytes | str | None = None) -> None:
-        """`RecordTooLarge` if the client would refuse this record (before it is held or queued)."""
-        size = len(value or b"") + len(key or b"")
+    def check_size(
+        self, value: bytes | None, key: bytes | str | None = None, headers: Sequence[tuple[str, bytes]] | None = None
+    ) -> None:
+        """`RecordTooLarge` if the client would refuse this record (before it is held or queued).
+        librdkafka counts the record's framing and its headers too: the margin covers both."""
+        size = len(value or b"") + len(key or b"") + RECORD_OVERHEAD
+        for name, header in headers or ():
+            size += len(name) + len(header or b"") + HEADER_OVERHEAD
         if size > self._max_record:
             raise RecordTooLarge(f"a record of {size} bytes is over the producer's message.max.bytes "
                                  f"({self._max_record})")

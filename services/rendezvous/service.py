@@ -323,9 +323,9 @@ class Rendezvous:
         assert self._ctx is not None and self._ctx.producer is not None
         value = self._answers.encode(record)
         key = mailbox.request_id.encode()
-        self._ctx.producer.check_size(value, key)  # before any reply is queued with it
-        mailbox.answer = record  # a repeat of the request gets what was written (cut or not)
         headers = self._answer_events.for_id(mailbox.request_id) if self._answer_events else None
+        self._ctx.producer.check_size(value, key, headers)  # before any reply is queued with it
+        mailbox.answer = record  # a repeat of the request gets what was written (cut or not)
         # Replies first: once the answer is in a transaction, its replies are already counted on
         # the mailbox, so the request's offset cannot be committed before they are acknowledged.
         for topic, partition in mailbox.replies:

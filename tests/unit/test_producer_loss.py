@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from services.core.commits import AtLeastOnce, TransactionAborted
-from services.core.errors import OutputsLost
+from services.core.errors import OutputsLost, RecordTooLarge
 from services.core.health import BrokerHealth
 from services.core.kafka import Producer
 from services.localkafka.config import free_port
@@ -34,3 +34,24 @@ def test_a_transient_failure_is_outputs_lost_and_a_lasting_one_is_not() -> None:
     assert isinstance(_delivery_failure(KafkaError(KafkaError._MSG_TIMED_OUT), "t"), OutputsLost)
     assert not isinstance(_delivery_failure(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), "t"), OutputsLost)
     assert not isinstance(_delivery_failure(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED), "t"), OutputsLost)
+
+
+@pytest.mark.parametrize("size", [900, 936, 960, 980, 1000])
+def test_check_size_refuses_whatever_the_client_would(size: int) -> None:
+    """The early check (before a record is held in a commit or queued as a reply) refuses at least
+    every record librdkafka refuses, its framing included: a record it let through and the client
+    then refused used to void a transaction on the commit thread."""
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "message.max.bytes": 1000, "log_level": 0})
+    value, key = b"x" * size, b"k" * 10
+    try:
+        producer.produce("t", value, key=key, partition=0)
+        client_refused = False
+    except RecordTooLarge:
+        client_refused = True
+    try:
+        producer.check_size(value, key)
+        checked_refused = False
+    except RecordTooLarge:
+        checked_refused = True
+    assert checked_refused or not client_refused
+    assert size > 900 or not checked_refused  # the margin stays small
