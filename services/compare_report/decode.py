@@ -4,10 +4,10 @@ Three tiers, each the fallback of the one before:
 1. `compiled_decode`: records with the current schema's header, decoded by a compiled loop
    straight into columns (several times less CPU than tier 2 in bench/compare_read.py: no dict
    per record);
-2. one fastavro call per batch: the bodies concatenated into the Avro encoding of an *array* of
-   Comparison (one block: count, bodies, end marker), ~2x faster than a call per record; used
-   for small ranges, when the schema has changed under the compiled decoder, or it rejected the
-   batch;
+2. one fastavro reader over the batch's bodies end to end, every record's end checked against
+   its value's length (decoded as one array, two damaged records could frame each other into
+   two valid ones); used for small ranges, when the schema has changed under the compiled
+   decoder, or it rejected the batch;
 3. `Codec.decode` per record: older writer schemas (schema resolution), and every record of a
    batch that tier 2 could not decode exactly, so a bad record is counted and skipped, never
    fatal, never misread silently.
@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 from fastavro import parse_schema, schemaless_reader
 
 from services.compare_report.columns import Columns
-from services.core.avro_writer import long_bytes
 from services.core.codec import Codec, strip_logical_types
 from services.core.comparison_columns import split_current
 from services.core.errors import BadInput
@@ -49,23 +48,16 @@ class BatchDecoder:
     def __init__(self, codec: Codec, expected: int | None = None):
         self._codec = codec
         self._header = codec.header
-        self._array = parse_schema(
-            {"type": "array", "items": strip_logical_types(codec.schema)}, _write_hint=False
-        )
+        self._record = parse_schema(strip_logical_types(codec.schema), _write_hint=False)
         self._batches = _compiled(codec) if expected is None or expected >= COMPILED_FROM else None
         self.skipped = 0
 
     def decode_into(self, values: Sequence[bytes | None], columns: Columns) -> None:
         """Append every decodable record of `values` to `columns`."""
         current, others = split_current(values, self._header)
-        if current and self._batches is not None:
-            batch = self._batches.decode(current)
-            if batch is not None:
-                columns.add_batch(batch)
-                current = []
-            else:  # a damaged record: framed one by one, as in one array two damaged ones could pass
-                columns.add(self._one_by_one(current))
-                current = []
+        if current and self._batches is not None and (batch := self._batches.decode(current)) is not None:
+            columns.add_batch(batch)
+            current = []
         columns.add(self._decode_current(current))
         if others:
             columns.add(self._one_by_one(others))
@@ -81,14 +73,24 @@ class BatchDecoder:
     def _decode_current(self, values: list[bytes]) -> list[dict[str, Any]]:
         if not values:
             return []
-        body = BytesIO(long_bytes(len(values)) + b"".join([v[len(self._header):] for v in values]) + b"\x00")
+        skip = len(self._header)
+        body = BytesIO(b"".join([v[skip:] for v in values]))
+        records: list[dict[str, Any]] = []
+        end = 0
         try:
-            records = schemaless_reader(body, self._array, None)
+            for value in values:
+                record = schemaless_reader(body, self._record, None)
+                if not isinstance(record, dict):
+                    return self._one_by_one(values)
+                records.append(record)
+                # Each record must end where its value does: read as one stream, a record lacking
+                # its last byte and the next with one byte too many would both pass.
+                end += len(value) - skip
+                if body.tell() != end:
+                    return self._one_by_one(values)
         # A corrupt body may raise many types inside fastavro; the batch is then redone record by
         # record below, which names and skips exactly the bad ones.
         except Exception:  # noqa: BLE001
-            return self._one_by_one(values)
-        if not isinstance(records, list) or len(records) != len(values) or body.tell() != len(body.getbuffer()):
             return self._one_by_one(values)
         return records
 

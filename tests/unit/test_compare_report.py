@@ -374,9 +374,10 @@ def test_two_damaged_records_that_would_frame_each_other_in_one_array_are_both_s
     values = [comparisons.encode(r) for r in records[:100]]
     header = comparisons.header
     a, b = values[10][:-1], header + b"\x00" + values[11][len(header):]
-    columns, decoder = Columns(), BatchDecoder(comparisons, 100_000)  # a range large enough to compile
-    decoder.decode_into([*values[:10], a, b, *values[12:]], columns)
-    assert len(columns) == 98 and decoder.skipped == 2
+    for expected in (100, 100_000):  # a small range (fastavro alone) and a large one (compiled first)
+        columns, decoder = Columns(), BatchDecoder(comparisons, expected)
+        decoder.decode_into([*values[:10], a, b, *values[12:]], columns)
+        assert len(columns) == 98 and decoder.skipped == 2
 
 
 def test_the_compiled_decoder_knows_the_current_schema() -> None:
