@@ -20,8 +20,9 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 PART = ".part"
+DAMAGED = ".damaged"  # a recovered file's original, kept when it held a damaged block
 
 
 def archive_schema() -> Any:
@@ -148,7 +150,14 @@ class ArchiveWriter:
         """Seal `.part` files a crash left behind, keeping every record that can be read."""
         for part in sorted(self.directory.glob("*" + PART)):
             stats = FileStats(part.name[: -len(PART)])
-            kept = list(_readable_records(part))
+            tears: list[Exception] = []
+            kept = list(_readable_records(part, tears.append))
+            if tears:
+                # Reading stops at the first damaged block. A crash tears only the last one, but
+                # damage inside the file would lose the blocks after it: the original is kept.
+                damaged = part.with_name(part.name + DAMAGED)
+                shutil.copyfile(part, damaged)
+                log.warning("%s: the original is kept as %s (delete it once checked)", part.name, damaged.name)
             if not kept:
                 part.unlink()
                 continue
@@ -162,7 +171,10 @@ class ArchiveWriter:
             self._seal(part, stats)
 
 
-def _readable_records(path: Path) -> Iterator[dict[str, Any]]:
+def _readable_records(
+    path: Path, torn: Callable[[Exception], None] = lambda _exc: None
+) -> Iterator[dict[str, Any]]:
+    """The records of a file up to its first damaged block (`torn` hears of the damage)."""
     with path.open("rb") as handle:
         try:
             for record in fastavro.reader(handle):
@@ -171,8 +183,9 @@ def _readable_records(path: Path) -> Iterator[dict[str, Any]]:
         # A torn block raises whatever its codec meets (IndexError, zlib.error, ...): one damaged
         # file must not stop the decoy at every start.
         except Exception as exc:  # noqa: BLE001
-            log.warning("%s ends in a torn block (%s: %s); keeping what precedes it", path.name,
+            log.warning("%s: a damaged block (%s: %s); keeping what precedes it", path.name,
                         type(exc).__name__, exc)
+            torn(exc)
 
 
 def _sha256(path: Path) -> str:

@@ -31,6 +31,9 @@ def test_a_part_file_whose_tail_is_zeroed_is_recovered_up_to_its_last_whole_bloc
     ArchiveWriter(tmp_path, **ROLL).close()  # raised IndexError before: the decoy could not start
     assert [r["offset"] for r in iter_archive(tmp_path)] == list(range(60))
     assert first_block_end < len(data)
+    # What was dropped is not destroyed: damage inside a file would lose the blocks after it.
+    (kept,) = tmp_path.glob("*.damaged")
+    assert kept.read_bytes() == data[:-300] + bytes(300)
 
 
 def test_a_sealed_file_damaged_or_missing_is_skipped_and_the_others_are_read(
