@@ -203,8 +203,10 @@ def _model(frame: Frame, code: int, ref: _Reference, starts: np.ndarray, bucket_
     compared = ref.code is not None and code != ref.code
     paired = _paired(ref, out, frame.labels) if compared else _Paired(PairedScores(), None)
     scores = out.score[out.usable]
-    budget = frame.deadline[out.rows] - frame.created_at[out.rows]
-    on_time = met_deadline_array(out.usable, out.latency, budget)
+    deadline, created = frame.deadline[out.rows], frame.created_at[out.rows]
+    # A negative deadline (forged: the rendezvous writes none) would wrap deadline - created_at.
+    budget = np.where(deadline >= 0, deadline - np.maximum(created, 0), -1)
+    on_time = met_deadline_array(out.usable & (deadline >= 0), out.latency, budget)
     latency = _quantiles(out.latency, [q for _, q in LATENCY_QUANTILES])
     return ModelSummary(
         name=frame.models[code], versions=frame.versions[code], champion=code == ref.code, n=len(out.rows),

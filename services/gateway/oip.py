@@ -138,6 +138,7 @@ def from_list(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> li
 # The values each element type holds (FP64 holds every finite number JSON can carry).
 # As floats, which the values are by now: INT64's largest, 2^63 - 1, is 2^63 as a double.
 _INTEGERS = {t: (float(np.iinfo(d).min), float(np.iinfo(d).max)) for t, d in NUMERIC.items() if t[0] in "IU"}
+_SHOWN = {t: (int(np.iinfo(d).min), int(np.iinfo(d).max)) for t, d in NUMERIC.items() if t[0] in "IU"}
 _FLOAT_MAX = {"FP32": float(np.finfo(np.float32).max), "FP16": float(np.finfo(np.float16).max)}
 
 
@@ -148,7 +149,9 @@ def check_values(name: str, datatype: str, values: list[float]) -> None:
         low, high = _INTEGERS[datatype]
         bad = next((v for v in values if not (low <= v <= high and float(v).is_integer())), None)
         if bad is not None:
-            raise InvalidInput(f"input '{name}': {bad} is not a {datatype} value (whole numbers {low:.0f}..{high:.0f})")
+            shown_low, shown_high = _SHOWN[datatype]
+            raise InvalidInput(f"input '{name}': {bad} is not a {datatype} value (whole numbers "
+                               f"{shown_low}..{shown_high})")
     elif datatype in _FLOAT_MAX:
         limit = _FLOAT_MAX[datatype]
         bad = next((v for v in values if not -limit <= v <= limit), None)

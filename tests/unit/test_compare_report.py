@@ -223,6 +223,17 @@ def test_labels_that_are_ids_are_counted_without_a_labels_by_labels_array() -> N
     assert row.agreement == pytest.approx(np.mean([x == y for x, y in labelled]))
 
 
+def test_a_negative_deadline_never_counts_as_met() -> None:
+    """deadline - created_at wrapped in int64: a forged record's outputs counted as on time."""
+    records = synthetic(200)
+    records[0]["deadline"] = -(2**63) + 5
+    row = next(m for m in summarize_records(records, source="forged").models if m.name == "champion")
+    pairs = outputs_of(records, "champion")
+    met = [o["error"] is None and o["score"] is not None and r["created_at"] + o["latency_ms"] <= r["deadline"]
+           for r, o in pairs]
+    assert row.deadline_met == pytest.approx(np.mean(met))
+
+
 def test_more_model_names_than_a_16_bit_code_holds_are_kept_apart() -> None:
     columns = Columns()
     columns.add([{**synthetic(1)[0], "outputs": [{**synthetic(1)[0]["outputs"][0], "model": f"m{i}"}]}
