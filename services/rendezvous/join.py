@@ -167,7 +167,9 @@ class Join:
         """The metric labels of a model's version: at most MAX_MODELS models and
         MAX_LABELLED_VERSIONS (model, version) pairs are named, the rest are OTHER."""
         if model not in self._labelled_models:
-            if len(self._labelled_models) >= MAX_MODELS:
+            # Past the budget only a model the schedule now names gets a series of its own (after
+            # a forged flood, or years of rotated challengers, a new challenger is still seen).
+            if len(self._labelled_models) >= MAX_MODELS and model not in self.schedule_for(self.wall_ms()).models:
                 return OTHER, OTHER
             self._labelled_models.add(model)
         key = (model, version)

@@ -258,6 +258,7 @@ def test_metrics_name_a_bounded_number_of_versions() -> None:
     for i in range(MAX_MODELS):  # models too: their series are never forgotten, so never more than that
         join._labels(f"m{i}", "1")
     assert join._labels("one-too-many", "1") == (OTHER, OTHER) and len(join._labelled_models) == MAX_MODELS
+    assert join._labels("canary", "1")[0] == "canary"  # a model the schedule names: always a series of its own
 
 
 def test_scores_read_far_ahead_of_their_requests_are_kept_for_them() -> None:
