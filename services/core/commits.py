@@ -240,7 +240,10 @@ class ExactlyOnce(_Base):
                 if err is not None and err.fatal():
                     self._replace_producer(f"fatal transaction error: {err.str()}")
                 if err is not None and err.txn_requires_abort():
+                    lasting = self.txn.lasting_failure()  # taken before the abort discards it
                     self.abort()
+                    if lasting is not None:  # re-reading would only meet the same refusal, for ever
+                        raise lasting from None
                     raise TransactionAborted(f"transaction aborted: {err.str()}") from None
                 if err is None or not err.retriable():
                     raise KafkaOperationError(f"transaction failed: {exc}") from None

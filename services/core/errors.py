@@ -86,6 +86,11 @@ class DeliveryFailed(KafkaOperationError):
     """A produced record was not acknowledged by the broker."""
 
 
+class RefusedForGood(DeliveryFailed):
+    """The broker refuses the record and would refuse it again (too large for the topic, a missing
+    permission): redoing the work that made it cannot help."""
+
+
 class OutputsLost(DeliveryFailed):
     """Records the producer gave up on (timed out, refused): the work that made them must be
     redone from the last committed offsets; nothing retries them."""

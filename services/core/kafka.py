@@ -32,6 +32,7 @@ from services.core.errors import (
     KafkaOperationError,
     OutputsLost,
     RecordTooLarge,
+    RefusedForGood,
     Source,
     TopicMissing,
 )
@@ -127,14 +128,21 @@ _PASSING = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._TRANSP
             KafkaError.NOT_ENOUGH_REPLICAS, KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND, KafkaError._ALL_BROKERS_DOWN}
 
 
+# Delivery errors the broker would give the same record again.
+_LASTING = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE,
+            KafkaError.INVALID_RECORD, KafkaError.POLICY_VIOLATION, KafkaError.TOPIC_EXCEPTION}
+
+
 def _delivery_failure(err: KafkaError, topic: str) -> DeliveryFailed:
-    """A transient failure voids the work that made the record (`OutputsLost`: redo it); any other
-    (a missing permission, a record the topic refuses for good) is raised as it is: redoing the
-    work would only meet it again."""
+    """A transient failure voids the work that made the record (`OutputsLost`: redo it); one the
+    broker would repeat (`RefusedForGood`: a missing permission, a record the topic refuses) is
+    raised as it is, as is anything else: redoing the work would not help."""
     refused = refusal(err, "WRITE", topic)
     if refused:
-        return DeliveryFailed(refused)
+        return RefusedForGood(refused)
     message = f"delivery to {topic} failed: {err.str()}"
+    if err.code() in _LASTING:
+        return RefusedForGood(message)
     if err.retriable() or err.code() in _PASSING:
         return OutputsLost(message, retriable=True)
     return DeliveryFailed(message, retriable=False)
@@ -203,6 +211,11 @@ class Producer:
             if len(failures) > 1:
                 raise type(first)(f"{first.message} (and {len(failures) - 1} more)", retriable=first.retriable)
             raise first
+
+    def lasting_failure(self) -> RefusedForGood | None:
+        """A failure that redoing the work would meet again, if one is pending."""
+        with self._failures_lock:
+            return next((f for f in self._failures if isinstance(f, RefusedForGood)), None)
 
     def check_size(
         self, value: bytes | None, key: bytes | str | None = None, headers: Sequence[tuple[str, bytes]] | None = None

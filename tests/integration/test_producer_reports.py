@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+import uuid
 from typing import Any
 
 import pytest
 
-from services.core.commits import AtLeastOnce, TransactionAborted
+from services.core.commits import AtLeastOnce, ExactlyOnce, TransactionAborted
 from services.core.errors import DeliveryFailed
 from services.core.health import BrokerHealth
-from services.core.kafka import Producer
+from services.core.kafka import Producer, create_topics
 from services.core.settings import Topics
 
 pytestmark = pytest.mark.kafka
@@ -58,5 +59,21 @@ def test_a_record_refused_for_good_stops_at_least_once_with_the_reason_and_never
     producer.produce(topics.requests, b"fits", partition=0)
     committer = AtLeastOnce(producer, None, lambda _what: None, BrokerHealth())  # type: ignore[arg-type]
     with pytest.raises(DeliveryFailed, match=f"delivery to {topics.requests} failed") as failed:
+        committer.commit([], lambda: False)
+    assert not isinstance(failed.value, TransactionAborted)
+
+
+def test_a_record_refused_for_good_stops_exactly_once_with_the_reason_instead_of_re_reading_for_ever(
+    config: dict[str, Any]
+) -> None:
+    """The transaction is aborted either way; re-reading would produce the same record and meet the
+    same refusal, again and again: the reason is raised instead (the service stops saying it)."""
+    topic = f"t{uuid.uuid4().hex[:10]}.small"
+    create_topics(config, {topic: (1, {"max.message.bytes": "2000"})})
+    producer = Producer({**config, "transactional.id": topic, "compression.type": "none"})
+    committer = ExactlyOnce(producer, None, lambda _what: None, BrokerHealth())  # type: ignore[arg-type]
+    committer.init()  # the first transaction is open
+    producer.produce(topic, os.urandom(5_000), partition=0)
+    with pytest.raises(DeliveryFailed, match=f"delivery to {topic} failed: Broker: Message size too large") as failed:
         committer.commit([], lambda: False)
     assert not isinstance(failed.value, TransactionAborted)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from services.core.commits import AtLeastOnce, TransactionAborted
-from services.core.errors import OutputsLost, RecordTooLarge
+from services.core.errors import OutputsLost, RecordTooLarge, RefusedForGood
 from services.core.health import BrokerHealth
 from services.core.kafka import Producer
 from services.localkafka.config import free_port
@@ -32,8 +32,10 @@ def test_a_transient_failure_is_outputs_lost_and_a_lasting_one_is_not() -> None:
     from services.core.kafka import _delivery_failure
 
     assert isinstance(_delivery_failure(KafkaError(KafkaError._MSG_TIMED_OUT), "t"), OutputsLost)
-    assert not isinstance(_delivery_failure(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), "t"), OutputsLost)
-    assert not isinstance(_delivery_failure(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED), "t"), OutputsLost)
+    assert isinstance(_delivery_failure(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), "t"), RefusedForGood)
+    assert isinstance(_delivery_failure(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED), "t"), RefusedForGood)
+    purged = _delivery_failure(KafkaError(KafkaError._PURGE_QUEUE), "t")  # neither: raised as it is
+    assert not isinstance(purged, (OutputsLost, RefusedForGood))
 
 
 @pytest.mark.parametrize("size", [900, 936, 960, 980, 1000])
