@@ -16,7 +16,7 @@ from typing import Any
 
 from services.core.errors import DecodeFailed
 
-__all__ = ["MAX_REQUEST_ID", "check_request", "request_problem"]
+__all__ = ["MAX_REQUEST_ID", "check_request", "id_too_long", "request_problem"]
 
 # Characters in a request id, at most. Every output about a request carries its id (a Score, the
 # Answer, the comparison record, the reply's key): an id near Kafka's record size would make them
@@ -24,13 +24,21 @@ __all__ = ["MAX_REQUEST_ID", "check_request", "request_problem"]
 MAX_REQUEST_ID = 1024
 
 
+def id_too_long(request_id: str) -> str | None:
+    """Why `request_id` is too long to be any request's (one line), or None: the one rule for
+    requests, scores and every service."""
+    if len(request_id) > MAX_REQUEST_ID:
+        return f"request_id of {len(request_id)} characters is over the limit of {MAX_REQUEST_ID}"
+    return None
+
+
 def request_problem(request: Mapping[str, Any]) -> str | None:
     """Why `request` is not a valid request (one line), or None."""
     request_id = request.get("request_id")
     if not request_id:
         return "request_id is empty"
-    if isinstance(request_id, str) and len(request_id) > MAX_REQUEST_ID:
-        return f"request_id of {len(request_id)} characters is over the limit of {MAX_REQUEST_ID}"
+    if isinstance(request_id, str) and (too_long := id_too_long(request_id)):
+        return too_long
     created_at = request.get("created_at")
     if not isinstance(created_at, int) or created_at <= 0:
         return f"created_at must be epoch milliseconds, got {created_at!r}"

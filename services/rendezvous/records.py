@@ -14,7 +14,7 @@ from functools import cache
 from services.core.codec import HEADER_SIZE, Codec
 from services.core.compiled_requests import REQUEST_LAYOUT, Walker, walk_request, walked_problem
 from services.core.errors import DecodeFailed
-from services.core.requests import MAX_REQUEST_ID, request_problem
+from services.core.requests import id_too_long, request_problem
 from services.rendezvous.compiled_records import SCORE_LAYOUT, double_at, walk_score
 
 
@@ -98,12 +98,11 @@ def _score_walker(codec: Codec) -> Walker:
 
 def _answerable(request_id: str) -> str:
     """The request id of a request, which it is answered by; `DecodeFailed` if empty, or too long
-    for its answer to be written (core/requests.py: MAX_REQUEST_ID)."""
+    for its answer to be written (core/requests.py: id_too_long)."""
     if not request_id:
         raise DecodeFailed("request_id is empty: nothing to answer it by")
-    if len(request_id) > MAX_REQUEST_ID:
-        raise DecodeFailed(f"request_id of {len(request_id)} characters is over the limit of {MAX_REQUEST_ID}: "
-                           "its answer could not be written")
+    if too_long := id_too_long(request_id):
+        raise DecodeFailed(f"{too_long}: its answer could not be written")
     return request_id
 
 
@@ -112,8 +111,8 @@ def _joinable(request_id: str, model: str) -> None:
     an id over MAX_REQUEST_ID)."""
     if not request_id or not model:
         raise DecodeFailed("a score needs a request_id and a model name")
-    if len(request_id) > MAX_REQUEST_ID:
-        raise DecodeFailed(f"request_id of {len(request_id)} characters is over the limit of {MAX_REQUEST_ID}")
+    if too_long := id_too_long(request_id):
+        raise DecodeFailed(too_long)
 
 
 def _text(value: bytes, start: int, end: int) -> str:
