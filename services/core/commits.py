@@ -33,7 +33,7 @@ from prometheus_client import Histogram
 
 from services.core.errors import ConfigError, DeliveryFailed, KafkaOperationError, OutputsLost
 from services.core.health import BrokerHealth
-from services.core.kafka import CommitRejected, Consumer, Producer
+from services.core.kafka import CommitRejected, Consumer, Producer, refused_for_good
 
 log = logging.getLogger(__name__)
 
@@ -217,8 +217,21 @@ class ExactlyOnce(_Base):
             if err is not None and err.fatal():
                 self._replace_producer(f"fatal transaction error: {err.str()}")
             self.on_wait(f"could not add offsets to the transaction ({exc}); aborting it")
-            self.abort()
-            raise TransactionAborted(f"transaction aborted: {err.str() if err else exc}") from None
+            if err is None:
+                self.abort()
+                raise TransactionAborted(f"transaction aborted: {exc}") from None
+            raise self._aborted(err) from None
+
+    def _aborted(self, err: KafkaError) -> KafkaOperationError:
+        """Abort the failed transaction; what to raise: `TransactionAborted` (re-read and redo), or
+        the refusal itself if the broker would refuse the redone outputs again (re-reading would
+        meet it for ever). The error may name it, or only a delivery report."""
+        lasting = self.txn.lasting_failure()  # taken before the abort discards it
+        self.abort()
+        lasting = lasting or refused_for_good(err, "an output of the transaction")
+        if lasting is not None:
+            return lasting
+        return TransactionAborted(f"transaction aborted: {err.str()}")
 
     def _replace_producer(self, why: str) -> NoReturn:
         """A fatal transactional error (e.g. the coordinator expired our transaction while the
@@ -240,11 +253,7 @@ class ExactlyOnce(_Base):
                 if err is not None and err.fatal():
                     self._replace_producer(f"fatal transaction error: {err.str()}")
                 if err is not None and err.txn_requires_abort():
-                    lasting = self.txn.lasting_failure()  # taken before the abort discards it
-                    self.abort()
-                    if lasting is not None:  # re-reading would only meet the same refusal, for ever
-                        raise lasting from None
-                    raise TransactionAborted(f"transaction aborted: {err.str()}") from None
+                    raise self._aborted(err) from None
                 if err is None or not err.retriable():
                     raise KafkaOperationError(f"transaction failed: {exc}") from None
                 self.on_wait(f"transaction waiting for the broker: {err.str()}")

@@ -148,6 +148,13 @@ def _delivery_failure(err: KafkaError, topic: str) -> DeliveryFailed:
     return DeliveryFailed(message, retriable=False)
 
 
+def refused_for_good(err: KafkaError, where: str) -> RefusedForGood | None:
+    """The failure as `RefusedForGood` if the broker would refuse the same record again (e.g. a
+    transaction failed by a record over its topic's limit), else None."""
+    failure = _delivery_failure(err, where)
+    return failure if isinstance(failure, RefusedForGood) else None
+
+
 class Producer:
     """A producer whose delivery failures surface as exceptions.
 

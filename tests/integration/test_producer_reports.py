@@ -77,3 +77,29 @@ def test_a_record_refused_for_good_stops_exactly_once_with_the_reason_instead_of
     with pytest.raises(DeliveryFailed, match=f"delivery to {topic} failed: Broker: Message size too large") as failed:
         committer.commit([], lambda: False)
     assert not isinstance(failed.value, TransactionAborted)
+
+
+def test_a_refusal_for_good_met_when_offsets_join_the_transaction_stops_exactly_once_too(
+    config: dict[str, Any]
+) -> None:
+    """With input offsets to commit, the refusal can surface when they are added to the
+    transaction: that path re-read into the same refusal for ever (seen with a comparison log
+    whose max.message.bytes was below the record)."""
+    from confluent_kafka import TopicPartition
+
+    from services.core.kafka import Consumer
+    from tests.integration.harness import wait_until
+
+    topic = f"t{uuid.uuid4().hex[:10]}.small"
+    create_topics(config, {topic: (1, {"max.message.bytes": "2000"})})
+    producer = Producer({**config, "transactional.id": topic, "compression.type": "none"})
+    consumer = Consumer({**config, "group.id": topic})
+    committer = ExactlyOnce(producer, consumer, lambda _what: None, BrokerHealth())
+    committer.init()
+    producer.produce(topic, os.urandom(5_000), partition=0)
+    wait_until(lambda: (producer.poll(0.1), producer.lasting_failure())[1] is not None, 30, "the refusal reported")
+    group = consumer.native.consumer_group_metadata()
+    with pytest.raises(DeliveryFailed, match="Message size too large") as failed:
+        committer.commit([TopicPartition(topic, 0, 1)], lambda: False, group)
+    assert not isinstance(failed.value, TransactionAborted)
+    consumer.close()
