@@ -91,6 +91,7 @@ class ComparisonService(SimpleHandler):
             connect_timeout_s=settings.connect_timeout_s,
             # The rendezvous writes the log in transactions: an aborted record was never logged.
             consumer_config={"auto.offset.reset": settings.start_from, "isolation.level": "read_committed"},
+            outputs=(self.topics.deadletter,),
         ), self)
         self.ready = self.service.ready
 

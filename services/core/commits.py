@@ -353,7 +353,7 @@ class CommitLane:
             return
         # Checked now, not when a held record is released on the commit thread: the caller can
         # still write a smaller record instead (the rendezvous cuts its strings).
-        self._producer.check_size(value, key, headers)
+        self._producer.check_size(value, key, headers, topic)
         # Under the lock, so a commit cannot begin between the check and the produce call.
         with self._lock:
             if self._committing:

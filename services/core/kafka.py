@@ -123,6 +123,9 @@ LIBRDKAFKA_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's default message.max.byt
 # record's framing, measured at 36), and per header: with some margin.
 RECORD_OVERHEAD = 64
 HEADER_OVERHEAD = 16
+# A topic's max.message.bytes bounds a whole record *batch*: its header (61 bytes in the v2
+# format) comes on top of the records.
+BATCH_OVERHEAD = 64
 # Delivery errors after which re-reading and producing again can succeed (the broker away or slow).
 _PASSING = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError.REQUEST_TIMED_OUT,
             KafkaError.NOT_ENOUGH_REPLICAS, KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND, KafkaError._ALL_BROKERS_DOWN}
@@ -172,13 +175,21 @@ class Producer:
         soft_topics: Callable[[str], bool] = lambda _topic: False,
         on_soft_failure: Callable[[Message, KafkaError], None] | None = None,
         delivered: bool = False,
+        topic_limits: Mapping[str, int] | None = None,
     ):
         merged = {**PRODUCER_DEFAULTS, **config, "error_cb": _error_cb(config), "logger": LIBRDKAFKA_LOG,
                   "delivery.report.only.error": not delivered}
+        self._max_record = int(merged.get("message.max.bytes", LIBRDKAFKA_MESSAGE_MAX_BYTES))
+        # topic -> the largest record it takes: the producer's limit, or the topic's own if lower.
+        self._limits = {t: min(self._max_record, limit - BATCH_OVERHEAD) for t, limit in (topic_limits or {}).items()}
+        if self._limits:
+            # librdkafka fills a batch up to batch.size: several records that each fit a topic
+            # could still make a batch the broker refuses (for good, as they would be resent alike).
+            merged["batch.size"] = max(1, min(int(merged.get("batch.size", LIBRDKAFKA_MESSAGE_MAX_BYTES)),
+                                              *self._limits.values()))
         self._delivered = delivered
         self._config = merged
         self._producer = new_client(_Producer, merged)
-        self._max_record = int(merged.get("message.max.bytes", LIBRDKAFKA_MESSAGE_MAX_BYTES))
         # Appended by delivery reports on whichever thread polls, taken by flush on another.
         self._failures_lock = threading.Lock()
         self._failures: list[DeliveryFailed] = []
@@ -225,16 +236,22 @@ class Producer:
             return next((f for f in self._failures if isinstance(f, RefusedForGood)), None)
 
     def check_size(
-        self, value: bytes | None, key: bytes | str | None = None, headers: Sequence[tuple[str, bytes]] | None = None
+        self, value: bytes | None, key: bytes | str | None = None, headers: Sequence[tuple[str, bytes]] | None = None,
+        topic: str | None = None,
     ) -> None:
-        """`RecordTooLarge` if the client would refuse this record (before it is held or queued).
-        librdkafka counts the record's framing and its headers too: the margin covers both."""
+        """`RecordTooLarge` if the client would refuse this record, or `topic` would (if its limit
+        was given): checked before it is held or queued. librdkafka counts the record's framing
+        and its headers too: the margin covers both."""
         size = len(value or b"") + len(key or b"") + RECORD_OVERHEAD
         for name, header in headers or ():
             size += len(name) + len(header or b"") + HEADER_OVERHEAD
+        if size <= self._max_record and (topic is None or size <= self._limits.get(topic, size)):
+            return
         if size > self._max_record:
             raise RecordTooLarge(f"a record of {size} bytes is over the producer's message.max.bytes "
                                  f"({self._max_record})")
+        raise RecordTooLarge(f"a record of {size} bytes is over what {topic} takes (its max.message.bytes "
+                             f"less a batch's framing: {self._limits.get(topic or '')})")
 
     def renew(self) -> None:
         """Replace the client with a new one of the same configuration (the old one is
@@ -263,6 +280,9 @@ class Producer:
         that one would fail a caller, or a batch, they do not belong to."""
         if on_done is not None and not self._delivered:
             raise ValueError("on_done needs a producer made with delivered=True")
+        if topic in self._limits:
+            # librdkafka knows only its own limit: the topic's would refuse the record later, for good.
+            self.check_size(value, key, headers, topic)
         kwargs: dict[str, Any] = {"on_delivery": self._on_delivery if on_done is None else self._then(on_done)}
         if partition is not None:
             kwargs["partition"] = partition
@@ -586,6 +606,29 @@ def topic_config(config: Mapping[str, Any], topic: str, key: str, timeout: float
         raise BrokerError(f"cannot read the configuration of {topic}: {exc}") from None
     entry = entries.get(key)
     return None if entry is None else str(entry.value)
+
+
+def topic_limits(config: Mapping[str, Any], topics: Iterable[str], timeout: float = 15.0) -> dict[str, int]:
+    """max.message.bytes of each topic, as the broker has it; one it does not tell (missing, no
+    permission to describe, no answer) is left out, with a warning: only the producer's own
+    limit is checked for it."""
+    from confluent_kafka.admin import ConfigResource
+
+    wanted = sorted(set(topics))
+    if not wanted:
+        return {}
+    client = admin(config)  # kept referenced until the answers are in: a collected client cancels them
+    futures = client.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, t) for t in wanted],
+                                      request_timeout=timeout)
+    limits: dict[str, int] = {}
+    for resource, future in futures.items():
+        try:
+            entry = future.result().get("max.message.bytes")
+            limits[resource.name] = int(entry.value)
+        except (KafkaException, AttributeError, TypeError, ValueError) as exc:
+            log.warning("max.message.bytes of %s unknown (%s): records for it are checked against the "
+                        "producer's message.max.bytes only", resource.name, exc)
+    return limits
 
 
 def partition_counts(

@@ -36,7 +36,7 @@ from confluent_kafka import Message, TopicPartition
 from services.core.commits import AtLeastOnce, CommitLane, Committer, ExactlyOnce, TransactionAborted
 from services.core.errors import ConfigError, ConsumerFenced, KafkaOperationError
 from services.core.health import BrokerHealth
-from services.core.kafka import Consumer, Producer, wait_for_broker
+from services.core.kafka import Consumer, Producer, topic_limits, wait_for_broker
 from services.core.runtime import tune_gc
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,9 @@ class StreamSpec:
     intake: tuple[str, ...] = ()  # topics paused when draining (empty: every topic)
     producer_config: dict[str, Any] = field(default_factory=dict)
     delivered: bool = False  # the handler needs every delivery reported (core/kafka.py, Producer)
+    # Topics the service writes: at start, each one's max.message.bytes is read, so a record it
+    # would refuse (for good) is known before it is produced (core/kafka.py, Producer.check_size).
+    outputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.processing not in PROCESSING:
@@ -189,7 +192,8 @@ class StreamService:
         if spec.processing == "exactly-once":
             producer_config["transactional.id"] = spec.transactional_id
             producer_config["transaction.timeout.ms"] = spec.transaction_timeout_ms
-        producer = Producer(producer_config, delivered=spec.delivered)
+        limits = topic_limits(config, spec.outputs, spec.connect_timeout_s)
+        producer = Producer(producer_config, delivered=spec.delivered, topic_limits=limits)
         stack.callback(producer.close)
         return producer
 

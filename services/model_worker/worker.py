@@ -212,6 +212,7 @@ class ModelWorker(SimpleHandler):
                 # A dead replica's partitions move on after 6 s (librdkafka's default is 45 s).
                 "session.timeout.ms": 6_000,
             },
+            outputs=(self.topics.scores, self.topics.deadletter),
         ), self)
         self.ready = self.service.ready
 

@@ -127,6 +127,7 @@ class Rendezvous:
             # Answers, comparison records and dead letters wait for the commit anyway: batch them.
             producer_config={"linger.ms": s.output_linger_ms},
             delivered=True,  # where its outputs end (`_output_end`) comes from their deliveries
+            outputs=(t.answers, t.log, t.deadletter),
         )
 
     # -- what tests and the CLI look at --------------------------------------------------
@@ -324,7 +325,7 @@ class Rendezvous:
         value = self._answers.encode(record)
         key = mailbox.request_id.encode()
         headers = self._answer_events.for_id(mailbox.request_id) if self._answer_events else None
-        self._ctx.producer.check_size(value, key, headers)  # before any reply is queued with it
+        self._ctx.producer.check_size(value, key, headers, self.topics.answers)  # before a reply is queued with it
         mailbox.answer = record  # a repeat of the request gets what was written (cut or not)
         # Replies first: once the answer is in a transaction, its replies are already counted on
         # the mailbox, so the request's offset cannot be committed before they are acknowledged.

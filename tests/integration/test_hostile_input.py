@@ -116,3 +116,44 @@ def test_a_request_the_broker_refuses_fails_its_own_caller_not_the_next_one(
             big.result(timeout=30)
         small = client.submit({"f": 1.0})  # raises nothing: the failure was its caller's
         assert not small.done()
+
+
+def test_an_output_over_its_topics_own_limit_is_cut_to_fit_not_a_stop(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    """A comparison log whose max.message.bytes is set below the producer's limit: a comparison
+    record over it once stopped the rendezvous (exactly once, the broker refuses it for good), and
+    again on the request re-read after every restart. The topic's limit is read at start: the
+    record is written with its strings cut, and the stream goes on."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    from services.core.kafka import admin
+
+    entry = ConfigEntry("max.message.bytes", "20000", incremental_operation=AlterConfigOpType.SET)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topics.log, incremental_configs=[entry])
+    client = admin(config)  # referenced until the answer is in: a collected client cancels it
+    for future in client.incremental_alter_configs([resource]).values():
+        future.result(30)
+    rendezvous = services.rendezvous(bootstrap, prefix, models=("champion", "challenger"))
+    requests, scores = codec("request"), codec("score")
+    producer = Producer(config)
+    row = demo_rows(1, seed=5)[0]
+    ids = []
+    for _ in range(2):
+        record = make_request(row, budget_ms=20_000, reply_topic=None, reply_partition=None)
+        producer.produce(topics.requests, requests.encode(record), partition=1)
+        ids.append(record["request_id"])
+    big, after = ids
+    # 30 KB labels that compress to half at best: the answer fits, the comparison record does not.
+    label = os.urandom(15_000).hex()
+    for model in ("champion", "challenger"):
+        producer.produce(topics.scores, scores.encode(_score(big, model, label)), partition=1)
+        producer.produce(topics.scores, scores.encode(_score(after, model, "fine")), partition=1)
+    assert producer.flush(30) == 0
+
+    answers = {a["request_id"]: a for a in read_topic(config, topics.answers, expect=2, decode="answer")}
+    assert answers[big]["label"] == label and answers[after]["label"] == "fine"
+    logged = {r["request_id"]: r for r in read_topic(config, topics.log, expect=2, decode="comparison")}
+    assert [o["label"] for o in logged[big]["outputs"]] == [label[:MAX_REQUEST_ID]] * 2
+    assert [o["label"] for o in logged[after]["outputs"]] == ["fine"] * 2
+    assert rendezvous.logged == 2

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from services.core.commits import AtLeastOnce, ExactlyOnce, TransactionAborted
-from services.core.errors import DeliveryFailed
+from services.core.errors import DeliveryFailed, RecordTooLarge
 from services.core.health import BrokerHealth
-from services.core.kafka import Producer, create_topics
+from services.core.kafka import Producer, create_topics, topic_limits
 from services.core.settings import Topics
 
 pytestmark = pytest.mark.kafka
@@ -77,6 +77,24 @@ def test_a_record_refused_for_good_stops_exactly_once_with_the_reason_instead_of
     with pytest.raises(DeliveryFailed, match=f"delivery to {topic} failed: Broker: Message size too large") as failed:
         committer.commit([], lambda: False)
     assert not isinstance(failed.value, TransactionAborted)
+
+
+def test_records_for_a_topic_with_a_lower_limit_are_refused_at_once_and_batched_under_it(
+    config: dict[str, Any]
+) -> None:
+    """The topic's max.message.bytes is read from the broker (a missing topic is left out); a
+    record over it is refused before it is queued, and records that each fit are never batched
+    into one the broker would refuse."""
+    topic = f"t{uuid.uuid4().hex[:10]}.small"
+    create_topics(config, {topic: (1, {"max.message.bytes": "2000"})})
+    limits = topic_limits(config, [topic, f"{topic}.missing"])
+    assert limits == {topic: 2000}
+    producer = Producer({**config, "linger.ms": 200, "compression.type": "none"}, topic_limits=limits)
+    with pytest.raises(RecordTooLarge, match=f"over what {topic} takes"):
+        producer.produce(topic, os.urandom(1_990), partition=0)
+    for _ in range(6):  # 6 x 1,500 bytes in one linger: one batch of ~9 KB without the limit
+        producer.produce(topic, os.urandom(1_500), partition=0)
+    producer.flush(30)  # raises if the broker refused any
 
 
 def test_a_refusal_for_good_met_when_offsets_join_the_transaction_stops_exactly_once_too(

@@ -141,7 +141,7 @@ class HeldProducer:
     def __init__(self) -> None:
         self.sent: list[bytes | None] = []
 
-    def check_size(self, value: bytes | None, key: Any = None, headers: Any = None) -> None:
+    def check_size(self, value: bytes | None, key: Any = None, headers: Any = None, topic: str | None = None) -> None:
         return None
 
     def produce(self, topic: str, value: bytes | None, **_kwargs: Any) -> None:

@@ -57,3 +57,21 @@ def test_check_size_refuses_whatever_the_client_would(size: int) -> None:
         checked_refused = True
     assert checked_refused or not client_refused
     assert size > 900 or not checked_refused  # the margin stays small
+
+
+def test_a_record_over_its_topics_own_limit_is_refused_before_it_is_queued() -> None:
+    """The broker refuses, for good, a batch over the topic's max.message.bytes, while librdkafka
+    checks only its own limit: told the topic's, the producer refuses such a record at once (the
+    caller can still write a smaller one) and keeps its batches under it."""
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0},
+                        topic_limits={"small": 2_000, "large": 5_000_000})
+    with pytest.raises(RecordTooLarge, match="over what small takes"):
+        producer.produce("small", b"x" * 2_000, partition=0)
+    with pytest.raises(RecordTooLarge, match="over what small takes"):
+        producer.check_size(b"x" * 2_000, topic="small")
+    producer.check_size(b"x" * 2_000)  # within the producer's own limit: only the topic refuses it
+    producer.produce("small", b"x" * 1_800, partition=0)
+    producer.produce("other", b"x" * 2_000, partition=0)
+    with pytest.raises(RecordTooLarge, match=r"producer.s message\.max\.bytes"):  # the lower of the two
+        producer.check_size(b"x" * 1_000_000, topic="large")
+    assert int(producer._config["batch.size"]) <= 2_000
