@@ -176,6 +176,7 @@ def scan_finished(
     floors = {(topic, span.partition): span.start for topic, topic_spans in spans.items() for span in topic_spans}
     readers = {topics.answers: codec("answer"), topics.log: codec("comparison")}
     unread = {topic: [span for span in topic_spans if span.size > 0] for topic, topic_spans in spans.items()}
+    logged: dict[str, dict[str, Any]] = {}
     for topic, msg in _read_all(config, unread):
         if is_control_record(msg):
             continue
@@ -187,10 +188,36 @@ def scan_finished(
             finished.answered[record["request_id"]] = record
         else:
             finished.logged.add(record["request_id"])
+            logged[record["request_id"]] = record
         finished.partition_of[record["request_id"]] = msg.partition() or 0  # the request's partition too
+    # A request answered at once and logged later can have its answer before the mark, its
+    # comparison record after: a retry of it (same id) must still get that answer, not none.
+    for rid, record in logged.items():
+        if rid not in finished.answered:
+            finished.answered[rid] = answer_of(record)
     log.info("recovery: %d requests already answered, %d already logged on partitions %s",
              len(finished.answered), len(finished.logged), sorted(committed))
     return Recovered(finished, floors)
+
+
+def answer_of(logged: Mapping[str, Any]) -> dict[str, Any]:
+    """The Answer a comparison record was logged with (it carries the decision, and the chosen
+    model's output)."""
+    chosen = next((o for o in logged["outputs"] if o["model"] == logged["chosen_model"]), None)
+    return {
+        "request_id": logged["request_id"],
+        "status": logged["status"],
+        "model": logged["chosen_model"],
+        "version": chosen["version"] if chosen else None,
+        "score": chosen["score"] if chosen else None,
+        "label": chosen["label"] if chosen else None,
+        "reason": logged["reason"],
+        "created_at": logged["created_at"],
+        "deadline": logged["deadline"],
+        "answered_at": logged["answered_at"],
+        "schedule": logged["schedule"],
+        "schedule_version": logged["schedule_version"],
+    }
 
 
 def _starts(

@@ -328,6 +328,34 @@ def test_answers_restored_after_a_restart_are_not_decided_again_but_their_replie
     assert receipt.settled
 
 
+def test_the_answer_a_comparison_record_was_logged_with_is_read_back_from_it_whatever_the_decision() -> None:
+    """A new owner's scan may find a request's comparison record past the mark but its answer
+    before it (answered at once, logged later): a retry of that id gets the answer rebuilt from
+    the record, as the Avro records are read back (it got no answer at all)."""
+    from services.rendezvous.recovery import answer_of
+
+    join, out = make_join(Schedule(models=MODELS, waits_ms={"champion": 50}))
+    join.on_request(request("ok"))
+    join.on_request(request("fallback"))
+    join.on_request(request("timeout"))
+    join.on_request(request("error"))
+    join.on_score(score("ok", "champion", T0 + 3))
+    join.on_score(score("fallback", "champion", T0 + 3, value=None, error="boom"))
+    join.on_score(score("fallback", "challenger", T0 + 4))
+    for i, model in enumerate(MODELS):
+        join.on_score(score("error", model, T0 + i, value=None, error="boom"))
+    for model in MODELS[1:]:
+        join.on_score(score("ok", model, T0 + 5))
+    join.on_score(score("fallback", "canary", T0 + 5))
+    join.on_score(score("timeout", "challenger", T0 + 250))  # after the deadline
+    join.on_clock(0, T0 + 10_000)
+    assert {a["status"] for a in out.answers} == {"OK", "FALLBACK", "TIMEOUT", "ERROR"}
+    answers, logged = codec("answer"), codec("comparison")
+    for answer in out.answers:
+        record = next(r for r in out.logs if r["request_id"] == answer["request_id"])
+        assert answer_of(logged.decode(logged.encode(record))) == answers.decode(answers.encode(answer))
+
+
 def test_a_request_is_not_finished_until_its_reply_is_acknowledged() -> None:
     """Answered and logged is not enough for its offset to be committed: a crash before the
     reply's acknowledgement must make the next owner re-read it."""

@@ -1,0 +1,56 @@
+"""What a new owner's scan (services/rendezvous/recovery.py scan_finished) finds already done for
+the requests it re-reads, from the records on the answers and log topics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from services.client.client import make_request
+from services.core.codec import codec
+from services.core.settings import Topics
+from services.rendezvous.recovery import Mark, scan_finished
+
+pytestmark = pytest.mark.kafka
+
+T0 = 1_700_000_000_000
+
+
+def _answer(rid: str) -> dict[str, Any]:
+    return {"request_id": rid, "status": "OK", "model": "champion", "version": "v1", "score": 0.25,
+            "label": "benign", "reason": "preferred model answered", "created_at": T0, "deadline": T0 + 200,
+            "answered_at": T0 + 3, "schedule": "default", "schedule_version": 1}
+
+
+def _logged(answer: dict[str, Any]) -> dict[str, Any]:
+    outputs = [{"model": model, "version": "v1", "score": score, "label": "benign", "error": None,
+                "latency_ms": 3.0, "compute_ms": 0.1, "late": model != "champion"}
+               for model, score in (("challenger", 0.5), ("champion", 0.25))]
+    return {"request_id": answer["request_id"], "created_at": T0, "deadline": T0 + 200,
+            "answered_at": answer["answered_at"], "status": "OK", "chosen_model": "champion",
+            "reason": answer["reason"], "schedule": "default", "schedule_version": 1, "outputs": outputs}
+
+
+def test_a_request_answered_before_the_mark_and_logged_after_it_is_found_with_its_answer(
+    topics: Topics, config: dict[str, Any]
+) -> None:
+    """X was answered at once (its answer before the mark the committed request Q was read at),
+    then logged once its last score came (after the mark). The scan finds X logged: a retry of X
+    must get X's answer again, which it takes from the comparison record (it found none)."""
+    answers, logs, requests = codec("answer"), codec("comparison"), codec("request")
+    producer = Producer(config)
+    x, q = _answer("x"), _answer("q")
+    for rid in ("x", "q"):  # the requests: Q at offset 1 is the committed one, re-read
+        request = make_request({"f": 1.0}, budget_ms=200, reply_topic=None, reply_partition=None, request_id=rid)
+        producer.produce(topics.requests, requests.encode(request), partition=0)
+    producer.produce(topics.answers, answers.encode(x), partition=0)  # offset 0: before the mark
+    producer.produce(topics.answers, answers.encode(q), partition=0)  # offset 1
+    producer.produce(topics.log, logs.encode(_logged(x)), partition=0)  # offset 0: after the mark
+    assert producer.flush(30) == 0
+
+    found = scan_finished(config, topics, {0: (1, Mark(answers=1, log=0))}, margin_ms=0)
+
+    assert found.finished.logged == {"x"}
+    assert found.finished.answered == {"q": q, "x": x}
