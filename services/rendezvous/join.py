@@ -312,6 +312,13 @@ class Join:
         reply is sent again (it may not have been acknowledged before the crash)."""
         rid = request.request_id
         self._finished.logged.discard(rid)
+        orphan = self.mailboxes.get(rid)
+        if orphan is not None:  # its scores, re-read first: done with too (else they would wait, holding
+            # their partition's offsets, and a retry of the id would be attached to them as a new request)
+            del self._orphans[orphan.partition][rid]
+            self._orphan_count -= 1
+            orphan.closed = True
+            del self.mailboxes[rid]
         answer = self._finished.answered.pop(rid, None)
         self._remember(rid, request.partition, answer, request.log_time)
         self.metrics.inc(child(m.RECOVERED, "logged"))

@@ -356,6 +356,24 @@ def test_the_answer_a_comparison_record_was_logged_with_is_read_back_from_it_wha
         assert answer_of(logged.decode(logged.encode(record))) == answers.decode(answers.encode(answer))
 
 
+def test_scores_re_read_before_a_request_answered_and_logged_before_a_restart_are_done_with_too() -> None:
+    """They opened an orphan mailbox; the request, found logged, is not decided again, and its
+    scores must not wait on (holding their partition's offsets back, and taking a retry of the
+    id as a new request: a second answer and comparison record)."""
+    join, out = make_join()
+    answer = {"request_id": "r", "status": "OK", "model": "champion", "reason": "preferred model answered",
+              "answered_at": T0 + 5}
+    join.restore(Finished({"r": answer}, {"r"}))
+    for model in MODELS:
+        join.on_score(score("r", model, T0 + 5))
+    assert join.orphans == 1
+    join.on_request(request("r"))
+    assert join.orphans == 0 and join.mailboxes == {}
+    join.on_request(request("r", at=T0 + 40))  # a retry
+    assert out.answers == [] and out.logs == []
+    assert [record for _reply, record in out.replies] == [answer, answer]
+
+
 def test_a_request_is_not_finished_until_its_reply_is_acknowledged() -> None:
     """Answered and logged is not enough for its offset to be committed: a crash before the
     reply's acknowledgement must make the next owner re-read it."""
