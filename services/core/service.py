@@ -310,7 +310,10 @@ class StreamService:
         assert self.ctx is not None
         self._rewinding = True
         try:
-            self.ctx.outputs.abort_now()
+            try:
+                self.ctx.outputs.abort_now()
+            except TransactionAborted as err:  # the abort itself failed: the producer was replaced,
+                log.warning("%s", err)          # which ended the transaction; re-read all the same
             self.handler.on_rewind()
             self.ctx.consumer.native.unsubscribe()
             self._subscribe()

@@ -1,0 +1,82 @@
+"""The skeleton's rewind after an aborted transaction (services/core/service.py), with stand-ins
+for the Kafka clients: an abort that itself fails in a broker outage must still re-read."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+
+from services.core.commits import CommitLane, CommitOutcome, ExactlyOnce, TransactionAborted
+from services.core.health import BrokerHealth
+from services.core.service import Context, StreamHandler, StreamService, StreamSpec
+
+
+class UnreachableTransactions:
+    """A transactional client whose aborts time out (the coordinator is away)."""
+
+    def __init__(self, calls: list[str]):
+        self.calls = calls
+
+    def abort_transaction(self, _timeout: float) -> None:
+        self.calls.append("abort")
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "broker away", retriable=True))
+
+    def init_transactions(self, _timeout: float) -> None:
+        self.calls.append("init")
+
+    def begin_transaction(self) -> None:
+        self.calls.append("begin")
+
+
+class Producer:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.native = UnreachableTransactions(self.calls)
+
+    def renew(self) -> None:
+        self.calls.append("renew")
+        self.native = UnreachableTransactions(self.calls)
+
+    def discard_failures(self) -> None:
+        return None
+
+
+class Consumer:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.native = self
+
+    def unsubscribe(self) -> None:
+        self.calls.append("unsubscribe")
+
+    def subscribe(self, *_args: Any, **_kwargs: Any) -> None:
+        self.calls.append("subscribe")
+
+
+class Handler(StreamHandler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rewound = 0
+
+    def on_rewind(self) -> None:
+        self.rewound += 1
+
+
+def test_an_abort_that_fails_during_a_rewind_replaces_the_producer_and_still_re_reads() -> None:
+    """It escaped the loop and stopped the service, the handler never told to forget its work."""
+    health, producer, consumer, handler = BrokerHealth(), Producer(), Consumer(), Handler()
+    committer = ExactlyOnce(producer, consumer, lambda _what: None, health, retry_s=0.01)  # type: ignore[arg-type]
+    lane = CommitLane(committer, producer, background=False)  # type: ignore[arg-type]
+    spec = StreamSpec(name="svc", config={}, subscription=["in"], group_id="g", processing="exactly-once",
+                      transactional_id="t")
+    service = StreamService(spec, handler)
+    service.ctx = Context(spec, {}, health, consumer, producer, lane, ExitStack())  # type: ignore[arg-type]
+    lane._outcomes.append(CommitOutcome([], False, TransactionAborted("transaction aborted: coordinator away")))
+
+    service._settle_commits()
+
+    assert "renew" in producer.calls and producer.calls[-2:] == ["init", "begin"]
+    assert handler.rewound == 1
+    assert consumer.calls[0] == "unsubscribe" and "subscribe" in consumer.calls
