@@ -62,6 +62,7 @@ class OpenTransaction(RendezvousError):
     def __init__(self, message: str, partitions: list[tuple[str, int]]):
         super().__init__(message)
         self.partitions = partitions
+        self.fallen_back_to: list[TopicPartition] = []  # the offsets the try fell back to, if it did
 
 
 @dataclass(frozen=True)

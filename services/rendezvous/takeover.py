@@ -107,11 +107,40 @@ class Takeover:
         self._to_recommit = []
 
     def run_due(self, ctx: Context) -> None:
-        """Recover the pending partitions, then resume them (if a try is due)."""
+        """Recover the pending partitions, then resume them (if a try is due). Those whose outputs
+        a transaction still holds open wait; the others are recovered without them."""
         if not self._pending or time.monotonic() < self._next_try:
             return
         self._next_try = time.monotonic() + RETRY_S
         partitions = list(self._pending)
+        try:
+            self._recover(ctx, partitions)
+        except OpenTransaction as exc:
+            due = self._wait_for_transaction(exc)
+            if due:
+                self._seal(ctx, due, exc.fallen_back_to)
+            held = {partition for _topic, partition in exc.partitions}
+            rest = [tp for tp in partitions if tp.partition not in held]
+            if rest and len(rest) < len(partitions):
+                self._recover_rest(ctx, rest)
+        except (KafkaException, RendezvousError) as exc:
+            ctx.health.mark_down()
+            log.warning("recovery waiting for the broker: %s", exc)
+
+    def _recover_rest(self, ctx: Context, partitions: list[TopicPartition]) -> None:
+        """Another try with the partitions no open transaction holds: an open (or hanging)
+        transaction on one partition's outputs must not keep every other one paused."""
+        try:
+            self._recover(ctx, partitions)
+        except OpenTransaction as exc:
+            log.debug("recovery of the rest waits too: %s", exc)
+        except (KafkaException, RendezvousError) as exc:
+            ctx.health.mark_down()
+            log.warning("recovery waiting for the broker: %s", exc)
+
+    def _recover(self, ctx: Context, partitions: list[TopicPartition]) -> None:
+        """Learn what was done for these partitions' re-read requests, then resume them;
+        OpenTransaction (with `fallen_back_to`) while a transaction holds their outputs open."""
         committed: list[TopicPartition] = []
         fallback = False
         try:
@@ -127,16 +156,12 @@ class Takeover:
                     self.join.restore(found.finished)
                     self.floors.update(found.floors)
         except OpenTransaction as exc:
-            due = self._wait_for_transaction(exc)
-            if due:
-                self._seal(ctx, due, committed if fallback else [])
-            return
-        except (KafkaException, RendezvousError) as exc:
-            ctx.health.mark_down()
-            log.warning("recovery waiting for the broker: %s", exc)
-            return
-        self._pending = []
-        self._start_over()
+            exc.fallen_back_to = committed if fallback else []
+            raise
+        done = {(tp.topic, tp.partition) for tp in partitions}
+        self._pending = [tp for tp in self._pending if (tp.topic, tp.partition) not in done]
+        if not self._pending:
+            self._start_over()
         if fallback:
             self._recommit(committed)
         for start, refusal in ctx.consumer.resume_at(partitions, self._starts(committed)):
@@ -193,8 +218,11 @@ class Takeover:
         read again was found by the scan, which waited for the answers to be stable."""
         if self.settings.processing != "exactly-once":
             return  # no transaction of ours to end anything with
-        self._to_recommit = [tp for tp in fallen_back_to if tp.offset >= 0]
-        if self._to_recommit:
+        added = [tp for tp in fallen_back_to if tp.offset >= 0]
+        # Added to (keyed by partition): partitions recovered apart may each fall back.
+        recommit = {(tp.topic, tp.partition): tp for tp in [*self._to_recommit, *added]}
+        self._to_recommit = list(recommit.values())
+        if added:
             log.info("re-committing the last completed commit's offsets in our next transaction: its marker "
                      "ends a transaction left open on the group's offsets, if it is our producer's")
 

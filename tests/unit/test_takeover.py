@@ -126,3 +126,58 @@ def test_offsets_handed_to_the_next_commit_are_taken_once_and_never_for_a_partit
     at_least_once = takeover("earliest", "at-least-once")
     at_least_once._recommit(last_completed)
     assert at_least_once.take_offsets_to_recommit(set()) == []
+
+
+class _Consumer:
+    def __init__(self) -> None:
+        self.resumed: list[tuple[str, int]] = []
+
+    def pause(self, _partitions: list[TopicPartition]) -> None:
+        return None
+
+    def resume_at(self, partitions: list[TopicPartition], _starts: list[TopicPartition]) -> list[object]:
+        self.resumed += [(tp.topic, tp.partition) for tp in partitions]
+        return []
+
+
+def test_a_transaction_open_on_one_partitions_outputs_keeps_only_that_partition_paused(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every rebalance (the range assignor is eager) makes all of an instance's partitions
+    pending: one partition's open, or hanging, transaction kept every other one paused too."""
+    from services.core.health import BrokerHealth
+    from services.rendezvous.join import Finished
+    from services.rendezvous.recovery import Recovered
+
+    settings = RendezvousSettings()
+    topics = settings.topics()
+    open_on = [1]  # partition 1's answers are in a transaction that has not ended yet
+    scanned: list[list[int]] = []
+
+    def scan(_config: object, _topics: object, marks: dict[int, object], _margin: int) -> Recovered:
+        scanned.append(sorted(marks))
+        if any(p in marks for p in open_on):
+            raise OpenTransaction("open on rdv.answers[1]", [(topics.answers, p) for p in open_on if p in marks])
+        return Recovered(Finished({}, set()), {})
+
+    monkeypatch.setattr(takeover_module, "scan_finished", scan)
+    monkeypatch.setattr(takeover_module, "committed_offsets", lambda _c, _g, partitions, **_k: [
+        TopicPartition(tp.topic, tp.partition, 10, metadata="a=0;l=0;t=other") for tp in partitions])
+    monkeypatch.setattr(takeover_module, "stable_marks", lambda *_a, **_k: {})
+
+    class Ctx:
+        consumer, health, config = _Consumer(), BrokerHealth(), {}
+
+    ctx = Ctx()
+    restored: list[Finished] = []
+    waiting = Takeover(settings, cast(Join, type("J", (), {"restore": lambda _self, f: restored.append(f)})()))
+    waiting.add(ctx, [TopicPartition(t, p) for p in range(4) for t in (topics.requests, topics.scores)])  # type: ignore[arg-type]
+    waiting.run_due(ctx)  # type: ignore[arg-type]
+    assert scanned == [[0, 1, 2, 3], [0, 2, 3]]
+    assert sorted(ctx.consumer.resumed) == sorted((t, p) for p in (0, 2, 3) for t in (topics.requests, topics.scores))
+    assert waiting.pending == 2
+    open_on.clear()  # the transaction ended
+    waiting._next_try = 0.0
+    waiting.run_due(ctx)  # type: ignore[arg-type]
+    assert scanned[-1] == [1] and waiting.pending == 0 and len(ctx.consumer.resumed) == 8
+    assert len(restored) == 2  # what each recovery found, the held partition's once it could be read
