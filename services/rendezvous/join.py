@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from services.control.schedule import Decision, Schedule, Status
+from services.core.codec import codec
+from services.core.errors import BadInput
 from services.core.metrics import BatchedMetrics, child
 from services.core.runtime import now_ms
 from services.rendezvous import metrics as m
@@ -97,6 +99,10 @@ class Finished:
     answered: dict[str, dict[str, Any]]
     logged: set[str]
     partition_of: dict[str, int] = field(default_factory=dict)  # request id -> its partition
+    # Ids closed before the re-read window, in the last remember_ms: request id -> (partition,
+    # log time, its Answer's encoded value), so a retry of one gets that answer again, as it
+    # would have from the previous owner's memory (decoded only then).
+    remembered: dict[str, tuple[int, int, bytes]] = field(default_factory=dict)
 
     def forget(self, partitions: set[int]) -> None:
         """Drop the entries of `partitions` (given up, or to be re-read and scanned again)."""
@@ -124,7 +130,9 @@ class Join:
         self._orphans: dict[int, OrderedDict[str, Mailbox]] = {}
         self._orphan_count = 0
         # request_id -> (partition, forget at log time, the answer sent or None)
-        self._remembered: OrderedDict[str, tuple[int, int, dict[str, Any] | None]] = OrderedDict()
+        # request id -> (partition, forget at (log time), its answer: decoded, or as a recovery
+        # scan read it)
+        self._remembered: OrderedDict[str, tuple[int, int, dict[str, Any] | bytes | None]] = OrderedDict()
         self._finished = Finished({}, set())
         self._models_seen: dict[str, int] = {}  # model -> wall ms of its last score
         self._labelled_models: set[str] = set()  # models named in metrics (never forgotten: series stay)
@@ -204,6 +212,9 @@ class Join:
         self._finished.answered.update(finished.answered)
         self._finished.logged.update(finished.logged)
         self._finished.partition_of.update(finished.partition_of)
+        for rid, (partition, log_time, answer) in sorted(finished.remembered.items(), key=lambda kv: kv[1][1]):
+            if rid not in self._remembered and rid not in self.mailboxes and rid not in finished.partition_of:
+                self._remember(rid, partition, answer, log_time)
 
     # -- records ---------------------------------------------------------------------------
 
@@ -305,7 +316,7 @@ class Join:
                 else:
                     mailbox.replies.append(reply)
             return mailbox
-        return self._send_again(reply, self._remembered[rid][2])
+        return self._send_again(reply, _decoded(self._remembered[rid][2]))
 
     def _relogged(self, request: RequestIn, reply: Reply | None) -> Receipt | None:
         """A re-read request answered and logged before a restart: nothing is redone, but its
@@ -477,7 +488,7 @@ class Join:
         del self.mailboxes[mailbox.request_id]
         self._remember(mailbox.request_id, mailbox.partition, answer, mailbox.opened_at)
 
-    def _remember(self, rid: str, partition: int, answer: dict[str, Any] | None, log_time: int) -> None:
+    def _remember(self, rid: str, partition: int, answer: dict[str, Any] | bytes | None, log_time: int) -> None:
         """Keep a closed id (and its answer) so late scores are known as late and a repeated
         request gets the same answer; bounded in time and number."""
         remembered = self._remembered
@@ -494,6 +505,17 @@ class Join:
             if forget_at >= clocks.now(partition):
                 break
             remembered.popitem(last=False)
+
+
+def _decoded(answer: dict[str, Any] | bytes | None) -> dict[str, Any] | None:
+    """A remembered answer as a record (None if it cannot be read: no reply is better than a wrong one)."""
+    if not isinstance(answer, bytes):
+        return answer
+    try:
+        return codec("answer").decode(answer)
+    except BadInput as err:
+        log.warning("a remembered answer cannot be read (%s): no reply sent again", err)
+        return None
 
 
 def _scheduled(score: ScoreIn, mailbox: Mailbox | None, schedule_for: Callable[[int], Schedule]) -> bool:

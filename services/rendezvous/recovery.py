@@ -46,6 +46,7 @@ from services.core.codec import codec
 from services.core.control_records import is_control_record
 from services.core.errors import BadInput, RendezvousError
 from services.core.kafka import admin, end_offsets, reader
+from services.core.runtime import now_ms
 from services.core.settings import Topics
 from services.core.topic_range import PartitionSpan, read_together
 from services.rendezvous.join import Finished
@@ -152,18 +153,25 @@ class Recovered:
 
 
 def scan_finished(
-    config: Mapping[str, Any], topics: Topics, committed: Mapping[int, tuple[int, Mark | None]], margin_ms: int
+    config: Mapping[str, Any], topics: Topics, committed: Mapping[int, tuple[int, Mark | None]], margin_ms: int,
+    remember_ms: int = 0,
 ) -> Recovered:
-    """What was already answered / logged for requests at or after the committed offsets."""
+    """What was already answered / logged for requests at or after the committed offsets; and,
+    with `remember_ms`, the answers of requests closed in that time before them (a retry of one,
+    read later, gets its answer again instead of a second decision)."""
     finished = Finished({}, set())
     probe = reader(config, "recovery")
     try:
         answers: dict[int, int | str] = {}
         logs: dict[int, int | str] = {}
+        remember_from: dict[int, int | str] = {}
         for partition, (offset, mark) in committed.items():
             starts = _starts(probe, topics, partition, offset, mark, margin_ms)
             # Nothing to redo: outputs of what comes next are written after the partitions' ends now.
             answers[partition], logs[partition] = starts if starts is not None else (END, END)
+            if remember_ms > 0 and offset >= 0:
+                since = _timestamp_at(probe, topics.requests, partition, offset) if starts is not None else None
+                remember_from[partition] = f"ms:{max(0, (since or now_ms()) - remember_ms)}"
         # Written ends first, stable ends second: whatever was written before the scan must be
         # stable (committed or aborted) by the time the stable ends are read. Only where requests
         # are re-read: elsewhere nothing could be answered twice.
@@ -171,15 +179,23 @@ def scan_finished(
         written = end_offsets(config, [(topic, p) for topic in (topics.answers, topics.log) for p in redo],
                               committed=False)
         spans = {topics.answers: _spans(probe, topics.answers, answers), topics.log: _spans(probe, topics.log, logs)}
+        earlier = {span.partition: span.start for span in _spans(probe, topics.answers, remember_from)}
     finally:
         probe.close()
     _refuse_open_transactions(written, spans)
     floors = {(topic, span.partition): span.start for topic, topic_spans in spans.items() for span in topic_spans}
     readers = {topics.answers: codec("answer"), topics.log: codec("comparison")}
+    # The answers read from before each span's start are remembered ids, not re-read requests'.
+    before = {span.partition: span.start for span in spans[topics.answers]}
+    spans[topics.answers] = [PartitionSpan(span.partition, min(span.start, earlier.get(span.partition, span.start)),
+                                           span.end) for span in spans[topics.answers]]
     unread = {topic: [span for span in topic_spans if span.size > 0] for topic, topic_spans in spans.items()}
     logged: dict[str, dict[str, Any]] = {}
     for topic, msg in _read_all(config, unread):
         if is_control_record(msg):
+            continue
+        if topic == topics.answers and (msg.offset() or 0) < before[msg.partition() or 0]:
+            _remembered(finished, msg)
             continue
         try:
             record = readers[topic].decode(msg.value())
@@ -196,9 +212,25 @@ def scan_finished(
     for rid, record in logged.items():
         if rid not in finished.answered:
             finished.answered[rid] = answer_of(record)
-    log.info("recovery: %d requests already answered, %d already logged on partitions %s",
-             len(finished.answered), len(finished.logged), sorted(committed))
+    for rid in [rid for rid in finished.remembered if rid in finished.partition_of]:
+        del finished.remembered[rid]  # found again in the re-read window: that finding counts
+    log.info("recovery: %d requests already answered, %d already logged, %d answered before them remembered, "
+             "on partitions %s", len(finished.answered), len(finished.logged), len(finished.remembered),
+             sorted(committed))
     return Recovered(finished, floors)
+
+
+def _remembered(finished: Finished, msg: Message) -> None:
+    """An answer written before the re-read window: kept as it is (decoded only if a retry of
+    its request comes), under its key, the request id."""
+    key, value = msg.key(), msg.value()
+    if not isinstance(key, bytes) or not isinstance(value, bytes):
+        return
+    try:
+        rid = key.decode()
+    except UnicodeDecodeError:
+        return
+    finished.remembered[rid] = (msg.partition() or 0, int(msg.timestamp()[1]), value)
 
 
 def answer_of(logged: Mapping[str, Any]) -> dict[str, Any]:

@@ -152,7 +152,7 @@ class Takeover:
                          if tp.topic == self.topics.requests}
                 if marks:
                     margin = int(self.settings.recovery_margin_s * 1000)
-                    found = scan_finished(ctx.config, self.topics, marks, margin)
+                    found = scan_finished(ctx.config, self.topics, marks, margin, self.join.limits.remember_ms)
                     self.join.restore(found.finished)
                     self.floors.update(found.floors)
         except OpenTransaction as exc:

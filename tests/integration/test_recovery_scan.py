@@ -54,3 +54,36 @@ def test_a_request_answered_before_the_mark_and_logged_after_it_is_found_with_it
 
     assert found.finished.logged == {"x"}
     assert found.finished.answered == {"q": q, "x": x}
+
+
+def test_answers_written_shortly_before_the_re_read_window_are_remembered_and_the_window_still_counts(
+    topics: Topics, config: dict[str, Any]
+) -> None:
+    """A retry of a request closed before the committed one is read after it: the previous owner
+    would have repeated its answer from memory, the new owner has only the scan. It remembers the
+    answers of the last `remember_ms` before the window (undecoded), on partitions re-read and on
+    those with nothing to redo alike; an id the window itself holds is the window's."""
+    answers, requests = codec("answer"), codec("request")
+    producer = Producer(config)
+    for partition, rids in ((0, ("old", "x", "q")), (1, ("done",))):
+        for rid in rids:
+            request = make_request({"f": 1.0}, budget_ms=200, reply_topic=None, reply_partition=None, request_id=rid)
+            producer.produce(topics.requests, requests.encode(request), partition=partition)
+    old, x, q, done = (_answer(rid) for rid in ("old", "x", "q", "done"))
+    for record in (old, x, q):  # offsets 0, 1, 2: the mark is at 2 (q's request, offset 2, re-read)
+        producer.produce(topics.answers, answers.encode(record), key=record["request_id"], partition=0)
+    producer.produce(topics.answers, answers.encode(x), key="x", partition=0)  # again in the window
+    producer.produce(topics.answers, answers.encode(done), key="done", partition=1)
+    assert producer.flush(30) == 0
+
+    found = scan_finished(config, topics, {0: (2, Mark(answers=2, log=0)), 1: (1, Mark(answers=1, log=0))},
+                          margin_ms=0, remember_ms=60_000)
+
+    assert set(found.finished.answered) == {"q", "x"}
+    assert sorted(found.finished.remembered) == ["done", "old"]
+    for rid, record, partition in (("old", old, 0), ("done", done, 1)):
+        where, _at, value = found.finished.remembered[rid]
+        assert where == partition and answers.decode(value) == record
+    assert found.floors[(topics.answers, 0)] == 2  # where this owner's outputs may start: the mark
+    nothing = scan_finished(config, topics, {0: (2, Mark(answers=2, log=0))}, margin_ms=0)
+    assert nothing.finished.remembered == {}  # remember_ms 0: none

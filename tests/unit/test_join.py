@@ -374,6 +374,25 @@ def test_scores_re_read_before_a_request_answered_and_logged_before_a_restart_ar
     assert [record for _reply, record in out.replies] == [answer, answer]
 
 
+def test_a_retry_of_an_id_answered_before_a_takeover_gets_that_answer_again_not_a_second_decision() -> None:
+    """The new owner's scan remembers the answers written in the last remember_ms before what it
+    re-reads (as the previous owner's memory did): a retry of one is a repeat. It was decided
+    again: a second answer (perhaps another status) and a second comparison record."""
+    join, out = make_join()
+    answers = codec("answer")
+    first = {"request_id": "x", "status": "OK", "model": "champion", "version": "v1", "score": 0.25,
+             "label": "benign", "reason": "preferred model answered", "created_at": T0 - 5_000,
+             "deadline": T0 - 4_800, "answered_at": T0 - 4_990, "schedule": "default", "schedule_version": 1}
+    join.restore(Finished({}, set(), remembered={"x": (0, T0 - 4_990, answers.encode(first)),
+                                                 "damaged": (0, T0 - 4_000, b"\xff")}))
+    join.on_request(request("x", at=T0))
+    for model in MODELS:  # the workers score the retry too: late scores of a closed id
+        join.on_score(score("x", model, T0 + 3))
+    join.on_request(request("damaged", at=T0))  # unreadable: no reply rather than a wrong one
+    assert out.answers == [] and out.logs == [] and join.mailboxes == {}
+    assert [record for _reply, record in out.replies] == [first]
+
+
 def test_a_request_is_not_finished_until_its_reply_is_acknowledged() -> None:
     """Answered and logged is not enough for its offset to be committed: a crash before the
     reply's acknowledgement must make the next owner re-read it."""

@@ -154,7 +154,7 @@ def test_a_transaction_open_on_one_partitions_outputs_keeps_only_that_partition_
     open_on = [1]  # partition 1's answers are in a transaction that has not ended yet
     scanned: list[list[int]] = []
 
-    def scan(_config: object, _topics: object, marks: dict[int, object], _margin: int) -> Recovered:
+    def scan(_config: object, _topics: object, marks: dict[int, object], _margin: int, _remember: int) -> Recovered:
         scanned.append(sorted(marks))
         if any(p in marks for p in open_on):
             raise OpenTransaction("open on rdv.answers[1]", [(topics.answers, p) for p in open_on if p in marks])
@@ -170,7 +170,8 @@ def test_a_transaction_open_on_one_partitions_outputs_keeps_only_that_partition_
 
     ctx = Ctx()
     restored: list[Finished] = []
-    waiting = Takeover(settings, cast(Join, type("J", (), {"restore": lambda _self, f: restored.append(f)})()))
+    join = type("J", (), {"restore": lambda _self, f: restored.append(f), "limits": settings.limits()})()
+    waiting = Takeover(settings, cast(Join, join))
     waiting.add(ctx, [TopicPartition(t, p) for p in range(4) for t in (topics.requests, topics.scores)])  # type: ignore[arg-type]
     waiting.run_due(ctx)  # type: ignore[arg-type]
     assert scanned == [[0, 1, 2, 3], [0, 2, 3]]
