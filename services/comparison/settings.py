@@ -47,7 +47,8 @@ class ComparisonSettings(ServiceSettings):
         "it would move the window's end and expire everything else (s).",
     )
     max_batch: int = setting(
-        5000, "Most records handled per poll (a backlog is folded in batches this large: each batch has a fixed cost)."
+        5000, "Most records handled per poll (a backlog is folded in batches this large: each batch has a fixed cost).",
+        minimum=1,
     )
     commit_interval_ms: int = setting(
         1000, "How often the positions after the handled records are committed (ms)."

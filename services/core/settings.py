@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import math
 import os
+import re
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ ENV_PREFIX = "RDV_"
 # Numbers a setting accepts unless it declares its own bounds: never negative, and small enough
 # for every use (Kafka's int32 fields, epoch-ms arithmetic, `threading` timeouts).
 INT_RANGE = (0, 2**31 - 1)
+MAX_PORT = 65_535
 FLOAT_RANGE = (0.0, 1e9)
 
 T = TypeVar("T")
@@ -75,6 +77,15 @@ def parse_pairs(items: tuple[str, ...] | list[str], what: str) -> tuple[tuple[st
     return tuple(pairs)
 
 
+# What Kafka accepts as a topic name (its Topic.validate); anything else is refused before the
+# name reaches librdkafka, which raises on some of them (an embedded NUL) instead of answering.
+LEGAL_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+def legal_topic(name: str) -> bool:
+    return name not in (".", "..") and LEGAL_TOPIC.fullmatch(name) is not None
+
+
 TOPIC_ROLES = ("requests", "scores", "answers", "log", "control", "deadletter", "replies", "models")
 
 
@@ -97,7 +108,20 @@ class Topics:
         unknown = set(overrides) - set(TOPIC_ROLES)
         if unknown:
             raise ConfigError(f"--topic: unknown role(s) {sorted(unknown)}; known: {', '.join(TOPIC_ROLES)}")
-        return cls(**{role: overrides.get(role, prefix + role) for role in TOPIC_ROLES})
+        names = {role: overrides.get(role, prefix + role) for role in TOPIC_ROLES}
+        for role, name in names.items():
+            if not legal_topic(name):
+                how = "--topic" if role in overrides else "--topic-prefix"
+                raise ConfigError(f"{how}: {name!r} ({role}) is not a topic name Kafka accepts: 1 to 249 of "
+                                  "letters, digits, '.', '_' and '-'")
+        roles_of: dict[str, list[str]] = {}
+        for role, name in names.items():
+            roles_of.setdefault(name, []).append(role)
+        shared = {name: roles for name, roles in roles_of.items() if len(roles) > 1}
+        if shared:
+            name, roles = next(iter(shared.items()))
+            raise ConfigError(f"--topic: {' and '.join(roles)} would both be {name!r}: each role needs its own topic")
+        return cls(**names)
 
 
 @dataclass(frozen=True)
@@ -158,7 +182,7 @@ class KafkaSettings:
 class ServiceSettings(KafkaSettings):
     """What every long-running service adds: where its /metrics, /healthz and /readyz listen."""
 
-    metrics_port: int = setting(0, "Port of the /metrics, /healthz and /readyz endpoint (0 = off).")
+    metrics_port: int = setting(0, "Port of the /metrics, /healthz and /readyz endpoint (0 = off).", maximum=MAX_PORT)
     # Loopback by default: metrics and health say a lot about the traffic and need no outside
     # reader on a laptop. Containers (the image sets RDV_METRICS_HOST=0.0.0.0) open it up.
     metrics_host: str = setting(
@@ -276,11 +300,14 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
         raw = overrides.get(f.name)
         if raw is None and args is not None:
             raw = getattr(args, f.name, None)
+        name = _flag_name(f)
         if raw is None:
             raw = os.environ.get(_env_name(f))
+            # A value from the environment is named as such: the flag was never typed (and a
+            # variable left over from another command is otherwise hard to find).
+            name = f"{_env_name(f)} (the environment's {name})"
         if raw is None:
             continue
-        name = _flag_name(f)
         value = _convert(name, kind, raw, f.metadata.get("separator", ","), bool(f.metadata.get("secret")))
         if kind in (int, float):
             _check_range(name, value, f, kind)

@@ -63,7 +63,7 @@ class WorkerSettings(ServiceSettings):
     version: str = setting("", "Model version written on every score (default: the model's own).")
     group: str = setting("", "Consumer group (default: <prefix>model.<name>); replicas of a model share it.")
     instance: str = setting("", "Replica id written on every score (default: host-pid).")
-    max_batch: int = setting(256, "Largest micro-batch handed to the model.")
+    max_batch: int = setting(256, "Largest micro-batch handed to the model.", minimum=1)
     start_from: str = setting(
         "earliest", "Where a new consumer group starts: earliest (nothing missed) or latest."
     )

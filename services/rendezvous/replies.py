@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaException
 
 from services.core.kafka import admin
-from services.core.settings import Topics
+from services.core.settings import Topics, legal_topic
 from services.rendezvous import metrics as m
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,6 @@ MAX_TOPICS = 1_000  # verdicts remembered
 MAX_WAITING = 10_000  # replies waiting for a verdict, all topics together
 UNKNOWN = -1  # a partition count the broker could not give (it is away): ask again
 RECHECK_S = 1.0
-# What Kafka accepts as a topic name (its Topic.validate); anything else is refused before the
-# name reaches librdkafka, which raises on some of them (an embedded NUL) instead of answering.
-LEGAL_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 
 class Pending(Protocol):
@@ -72,7 +69,7 @@ class ReplyRules:
             return None
         if topic in self._internal:
             return "internal_topic"
-        if topic.startswith("__") or topic in (".", "..") or not LEGAL_TOPIC.fullmatch(topic):
+        if topic.startswith("__") or not legal_topic(topic):
             return "invalid_topic"
         if not self._allowed.fullmatch(topic):
             return "not_allowed"

@@ -45,7 +45,7 @@ class RendezvousSettings(ServiceSettings):
     commit_interval_ms: int = setting(
         100, "How often finished work is committed (ms); commits run beside the poll loop."
     )
-    max_batch: int = setting(1000, "Most records handled per poll.")
+    max_batch: int = setting(1000, "Most records handled per poll.", minimum=1)
     cloudevents: bool = setting(
         False, "Add CloudEvents binary-mode headers (ce_id = request id, ce_type, ce_source, ce_specversion) to "
         "answers and comparison records, so CloudEvents tools read those topics as events."

@@ -22,8 +22,11 @@ def test_settings_precedence_flag_over_env_over_default(monkeypatch: pytest.Monk
 
 def test_bad_setting_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RDV_LINGER_MS", "soon")
-    with pytest.raises(ConfigError, match="--linger-ms: expected a whole number"):
+    # Named as the environment's: the flag was never typed.
+    with pytest.raises(ConfigError, match=r"^RDV_LINGER_MS \(the environment's --linger-ms\): expected a whole number"):
         from_namespace(RendezvousSettings)
+    with pytest.raises(ConfigError, match=r"^--linger-ms: expected a whole number, got 'later'"):
+        from_namespace(RendezvousSettings, None, linger_ms="later")
 
 
 def test_secrets_never_in_repr_or_describe() -> None:
