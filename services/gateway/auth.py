@@ -56,10 +56,17 @@ class ApiKeys:
         entries = parse_entries(inline, "--api-key-hashes")
         if file:
             try:
-                text = Path(file).read_text()
+                text = Path(file).read_text(encoding="utf-8")
             except OSError as exc:
                 raise ConfigError(f"cannot read --api-keys-file {file}: {exc.strerror}") from None
-            entries += parse_entries(text.splitlines(), file)
+            except UnicodeDecodeError:
+                raise ConfigError(f"--api-keys-file {file} is not text: expected lines of "
+                                  "name:<64 hex digits of sha256(key)>") from None
+            from_file = parse_entries(text.splitlines(), file)
+            if not from_file:
+                # An empty file would let every caller in: most likely not what its operator meant.
+                raise ConfigError(f"--api-keys-file {file} holds no key (leave the flag out to let every caller in)")
+            entries += from_file
         return cls(entries)
 
     @property

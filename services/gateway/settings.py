@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 from dataclasses import dataclass
 
 from services.core.errors import ConfigError
-from services.core.settings import KafkaSettings, setting
+from services.core.settings import MAX_PORT, KafkaSettings, setting
+from services.gateway.auth import ApiKeys
 
 
 @dataclass(frozen=True)
@@ -15,11 +17,11 @@ class GatewaySettings(KafkaSettings):
     """The Open Inference Protocol (REST and gRPC) in front of the rendezvous."""
 
     http_addr: str = setting("0.0.0.0", "Address the REST API (and /ui, /metrics, /healthz, /readyz) binds.")
-    http_port: int = setting(8080, "Port of the REST API (0 = off).")
+    http_port: int = setting(8080, "Port of the REST API (0 = off).", maximum=MAX_PORT)
     grpc_addr: str = setting("0.0.0.0", "Address the gRPC API binds.")
-    grpc_port: int = setting(8081, "Port of the gRPC API (0 = off).")
+    grpc_port: int = setting(8081, "Port of the gRPC API (0 = off).", maximum=MAX_PORT)
     metrics_port: int = setting(
-        0, "Extra plain-HTTP port for /metrics, /healthz and /readyz (0 = only on the REST port).",
+        0, "Extra plain-HTTP port for /metrics, /healthz and /readyz (0 = only on the REST port).", maximum=MAX_PORT,
     )
     tls_cert: str = setting("", "PEM certificate file: serve REST and gRPC over TLS (with --tls-key).")
     tls_key: str = setting("", "PEM private key file of --tls-cert.")
@@ -82,6 +84,9 @@ class GatewaySettings(KafkaSettings):
         for path in (self.tls_cert, self.tls_key, self.api_keys_file):
             if path and not os.path.isfile(path):
                 raise ConfigError(f"no such file: {path}")
+        if self.tls_cert:
+            _check_tls_pair(self.tls_cert, self.tls_key)
+        ApiKeys.load(self.api_keys_file, self.api_key_hashes)  # its one-line error now, not after Kafka
         if self.http_port <= 0 and self.grpc_port <= 0:
             raise ConfigError("nothing to serve: both --http-port and --grpc-port are 0")
         if self.rate_limit < 0 or self.rate_burst < 1:
@@ -101,3 +106,12 @@ class GatewaySettings(KafkaSettings):
 
     def instance_name(self) -> str:
         return self.instance or socket.gethostname()
+
+
+def _check_tls_pair(cert: str, key: str) -> None:
+    """ConfigError unless `cert` and `key` are a PEM certificate and its private key (a wrong file
+    otherwise surfaces as a failure to bind, or a traceback, once Kafka has been reached)."""
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"--tls-cert {cert} / --tls-key {key}: not a PEM certificate and its key ({exc})") from None
