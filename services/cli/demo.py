@@ -27,12 +27,13 @@ from services.cli.spawn import model_workers, service_env, spawn
 from services.client.client import Answer, Client
 from services.core import hostcpu, wire
 from services.core.errors import ConfigError
-from services.core.kafka import wait_for_groups
+from services.core.kafka import set_connect_timeout, wait_for_groups
 from services.core.runtime import stop_processes
-from services.core.settings import KafkaSettings, setting
+from services.core.settings import MAX_PORT, KafkaSettings, setting
 from services.localkafka.broker import LocalBroker, read_bootstrap, start_background
 from services.localkafka.config import cache_dir
 from services.model_worker.models import demo_rows
+from services.model_worker.models.loader import check_spec
 from services.model_worker.settings import model_group
 
 # Below this many CPUs the demo co-hosts its models unless told otherwise: on 2 cores, three model
@@ -56,7 +57,8 @@ class DemoSettings(KafkaSettings):
     partitions: int = setting(4, "Partitions of the demo topics.")
     rendezvous: int = setting(1, "Rendezvous instances sharing the work (each takes some of the partitions).")
     metrics_base_port: int = setting(
-        9100, "Rendezvous metrics on this port, models on the next ones (0 = no metrics endpoints)."
+        9100, "Rendezvous metrics on this port, models on the next ones (0 = no metrics endpoints).",
+        maximum=MAX_PORT - 100,
     )
     co_host: bool | None = setting(
         None, "Score with every model in one worker process (`model serve --co-host`): fewer Kafka requests and "
@@ -70,8 +72,14 @@ class DemoSettings(KafkaSettings):
         if not 1 <= self.rendezvous <= self.partitions:
             raise ConfigError(f"--rendezvous must be within 1..--partitions ({self.partitions}), got {self.rendezvous}")
         for item in self.models:
-            if "=" not in item:
+            name, _, spec = item.partition("=")
+            if not name.strip() or not spec.strip():
                 raise ConfigError(f"--models expects name=spec, got {item!r}")
+            check_spec(spec)  # here, not in a worker that the demo would wait 2 minutes for
+        names = [name for name, _ in self.model_specs()]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ConfigError(f"--models names {', '.join(twice)} more than once")
 
     def co_hosted(self) -> bool:
         """--co-host / --no-co-host as given, else whether this machine is too small for a process per model."""
@@ -137,6 +145,7 @@ class Tally:
 
 def run_demo(settings: DemoSettings, console: Console) -> int:
     wire.configure(settings)
+    set_connect_timeout(settings.connect_timeout_s)
     with ExitStack() as stack:
         if not settings.bootstrap and read_bootstrap() is None:
             console.print("starting a local Kafka broker (first run downloads it with Maven)...")

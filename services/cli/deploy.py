@@ -22,7 +22,7 @@ from rich.console import Console
 
 from services.cli.spawn import service_env, spawn
 from services.core.errors import ConfigError
-from services.core.kafka import wait_for_groups
+from services.core.kafka import wait_for_broker, wait_for_groups
 from services.core.settings import KafkaSettings, setting
 from services.localkafka.config import cache_dir
 from services.model_worker.models import load_model
@@ -74,15 +74,34 @@ def _alive(pid: int) -> bool:
 
 def _state(name: str) -> dict[str, Any]:
     path = _state_file(name)
-    state: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    return state
+    if not path.exists():
+        return {}
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or not isinstance(state.get("replicas", {}), dict):
+            raise ValueError("not a deployment's state")
+        return state
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the state of deployment {name} ({path}: {exc}); stop its processes "
+                          "yourself if any still run, and delete the file") from None
 
 
 def _replicas(name: str) -> dict[int, int]:
     """Live replicas of a deployment: replica index -> pid."""
-    state = _state(name)
-    replicas = {int(k): int(v) for k, v in state.get("replicas", {}).items()}
+    try:
+        replicas = {int(k): int(v) for k, v in _state(name).get("replicas", {}).items()}
+    except (TypeError, ValueError):
+        raise ConfigError(f"cannot read the replicas of deployment {name} in {_state_file(name)}; stop its "
+                          "processes yourself if any still run, and delete the file") from None
     return {index: pid for index, pid in replicas.items() if _alive(pid)}
+
+
+def _write_state(name: str, state: dict[str, Any]) -> None:
+    """Written whole or not at all (a crash mid-write left a file every later command failed on)."""
+    path = _state_file(name)
+    partial = path.with_suffix(".json.part")
+    partial.write_text(json.dumps(state), encoding="utf-8")
+    os.replace(partial, path)
 
 
 def running_pids(name: str) -> list[int]:
@@ -119,15 +138,22 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
     """Start a deployment, or change its number of replicas (the group rebalances; a replica
     leaving commits its finished work first, so nothing is lost or scored twice)."""
     replicas = _replicas(name)
-    if replicas and not settings.model:
+    if replicas:
         state = _state(name)
-        settings = dataclasses.replace(settings, model=state.get("model", ""), version=state.get("version", ""),
-                                       co_host=tuple(state.get("co_host", ())))
+        running = (state.get("model", ""), state.get("version", ""), tuple(state.get("co_host", ())))
+        given = (settings.model, settings.version, tuple(settings.co_host))
+        if any(value and value != now for value, now in zip(given, running, strict=True)):
+            # Replicas of one group must score alike: a new model is a new deployment (or undeploy first).
+            raise ConfigError(f"{name} runs {running[0]!r} (version {running[1] or 'default'}): deploy another "
+                              f"model under another name, or `rendezvous undeploy {name}` first")
+        settings = dataclasses.replace(settings, model=running[0], version=running[1], co_host=running[2])
     if name != RENDEZVOUS and not replicas:
         _check_models(name, settings)
     if replicas and len(replicas) == settings.replicas:
         console.print(f"{name} already runs {settings.replicas} replica(s): pids {sorted(replicas.values())}")
         return 0
+    # Said now, in one line: a replica started without a broker only says so in its own log.
+    wait_for_broker(settings.librdkafka(), settings.connect_timeout_s)
     folder = _state_file(name).parent
     env = service_env(settings)
     for index in range(settings.replicas):
@@ -137,8 +163,8 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
     surplus = {index: pid for index, pid in replicas.items() if index >= settings.replicas}
     _stop(list(surplus.values()))
     kept = {index: pid for index, pid in replicas.items() if index < settings.replicas}
-    _state_file(name).write_text(json.dumps({"name": name, "model": settings.model, "version": settings.version,
-                                             "co_host": list(settings.co_host), "replicas": kept}))
+    _write_state(name, {"name": name, "model": settings.model, "version": settings.version,
+                        "co_host": list(settings.co_host), "replicas": kept})
     wait_for_groups(settings.librdkafka(), [_group(name, settings)], timeout=settings.wait_s,
                     members=settings.replicas)
     console.print(f"{name} runs {settings.replicas} replica(s): pids {sorted(kept.values())}, logs in {folder}")

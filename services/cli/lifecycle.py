@@ -68,7 +68,12 @@ class ChangeSettings(ScheduleSettings):
 
     def validate(self) -> None:
         super().validate()
-        self.effective_in_ms()
+        from services.control.topic import MAX_EFFECTIVE_AHEAD_MS
+
+        if self.effective_in_ms() > MAX_EFFECTIVE_AHEAD_MS:
+            # Every reader refuses such a version (services/control/topic.py): it would be published for nothing.
+            raise ConfigError(f"--effective-in {self.effective_in}: at most {MAX_EFFECTIVE_AHEAD_MS // 86_400_000} "
+                              "days ahead (readers refuse a version effective later)")
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,13 @@ class ScheduleSetSettings(ChangeSettings):
     deadline_ms: int = setting(0, "Default deadline budget (0 = keep the current one).")
     traffic: str = setting("", "Answer a share with a challenger first, e.g. challenger=0.1.")
 
+    def validate(self) -> None:
+        super().validate()
+        given = [flag for flag, value in (("--models", self.models), ("--wait", self.wait),
+                                          ("--deadline-ms", self.deadline_ms), ("--traffic", self.traffic)) if value]
+        if self.file and given:
+            raise ConfigError(f"--file gives the whole schedule: leave out {', '.join(given)} (or edit the file)")
+
 
 @dataclass(frozen=True)
 class PromoteSettings(ChangeSettings):
@@ -89,6 +101,15 @@ class PromoteSettings(ChangeSettings):
     require: str = setting("", "Gate, e.g. agreement>=0.95,p99<=50ms,n>=10000 (see README).")
     window: str = setting("10m", "How far back the gate's figures are measured on the log topic.")
     canary: str = setting("canary", "The canary model: a fixed reference that is never made champion.")
+
+    def validate(self) -> None:
+        super().validate()
+        from services.control.gates import parse_requirements
+        from services.core.ranges import parse_duration_ms
+
+        parse_duration_ms(self.window, "--window")  # before the log is read, and under its own name
+        if self.require:
+            parse_requirements(self.require)
 
 
 def _book(settings: ScheduleSettings) -> ScheduleBook:

@@ -13,6 +13,7 @@ import faulthandler
 import importlib
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -306,6 +307,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (`rendezvous ... | head`): nothing more to say. Later
+        # writes (the interpreter's own flush at exit) go nowhere instead of failing again.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception:  # noqa: BLE001 - printed (masked), not swallowed
         # A bug: the traceback is wanted, but masked like every other line of output.
         sys.stderr.write(mask(traceback.format_exc()))

@@ -87,7 +87,7 @@ def read_rows(settings: SendSettings) -> list[dict[str, float]]:
     if read is None:
         raise ConfigError(f"--file {path}: expected a .csv or .jsonl file")
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: a BOM (Excel's "CSV UTF-8") is not a name
             rows = []
             for row in read(handle, str(path)):
                 rows.append(row)
@@ -130,12 +130,14 @@ def _jsonl_rows(handle: TextIO, where: str) -> Iterator[dict[str, float]]:
 def warn_unknown_features(settings: KafkaSettings, rows: list[dict[str, float]]) -> str | None:
     """One warning line naming features that no published model reads (None when all are known,
     nothing is published, or the models topic cannot be read: the warning is advice only)."""
-    from services.core.errors import RendezvousError
+    from services.core.errors import BrokerUnavailable, RendezvousError
     from services.core.model_info import features_no_model_knows, read_model_infos
     from services.core.signatures import listed
 
     try:
         infos = list(read_model_infos(settings.librdkafka(), settings.topics().models, timeout_s=10.0).values())
+    except BrokerUnavailable:
+        raise  # no broker at all: said now, not after the client waits for it all over again
     except RendezvousError:
         return None
     unknown = dict.fromkeys(name for row in rows for name in features_no_model_knows(infos, row))

@@ -202,9 +202,18 @@ def read_manifest(directory: Path) -> list[FileStats]:
         return []
     try:
         data = json.loads(path.read_text())
-        return [FileStats(**entry) for entry in data["files"]]
+        return [_checked(FileStats(**entry)) for entry in data["files"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"archive manifest {path} is unreadable: {exc}") from None
+
+
+def _checked(stats: FileStats) -> FileStats:
+    """TypeError unless each field has its type (a hand-edited manifest failed later, mid-replay)."""
+    whole = (stats.records, stats.bytes, *(t for t in (stats.first_timestamp, stats.last_timestamp) if t is not None))
+    if not isinstance(stats.name, str) or not isinstance(stats.sha256, str) or not isinstance(stats.partitions, dict) \
+            or not all(isinstance(n, int) and not isinstance(n, bool) for n in whole):
+        raise TypeError(f"the entry of {stats.name!r} has a field of the wrong type")
+    return stats
 
 
 def write_manifest(directory: Path, files: list[FileStats]) -> None:

@@ -48,7 +48,7 @@ def archive_path(directory: Path, java: str, kafka_version: str) -> Path:
 
 def wanted(extra_jvm_options: str | None) -> bool:
     """Whether to use an archive: not when turned off, nor when the user set CDS options."""
-    if config.switched_off(os.environ.get(CDS_ENV)):
+    if config.switched_off(os.environ.get(CDS_ENV), CDS_ENV):
         return False
     return not any(option in (extra_jvm_options or "") for option in _OWN_CDS_OPTIONS)
 

@@ -16,6 +16,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from services.core.errors import ConfigError
+
 KAFKA_VERSION = "4.4.0"
 HOST = "127.0.0.1"
 BROKER_LISTENER = "PLAINTEXT"
@@ -206,10 +208,10 @@ def resumed_properties(kept: Mapping[str, str], extra_properties: Mapping[str, s
 def properties_from_text(text: str | None) -> dict[str, str]:
     """`key=value` pairs split like a shell line (quote a value with spaces), e.g. `$RDV_BROKER_PROPERTIES`."""
     out: dict[str, str] = {}
-    for item in shlex.split(text or ""):
+    for item in _shell_words(text, PROPERTIES_ENV):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"broker property {item!r} is not key=value")
+            raise ConfigError(f"{PROPERTIES_ENV}: broker property {item!r} is not key=value")
         out[key.strip()] = value
     return out
 
@@ -341,7 +343,20 @@ def log4j2_properties(log_file: Path) -> str:
     )
 
 
-def switched_off(value: str | None) -> bool:
+_ON, _OFF = {"", "on", "1", "true", "yes"}, {"off", "0", "false", "no"}
+
+
+def switched_off(value: str | None, name: str = "the switch") -> bool:
     """An on-by-default switch of the local broker from the environment (RDV_BROKER_CDS,
-    RDV_BROKER_WARMUP): off only when it says off, 0, false or no."""
-    return (value or "").strip().lower() in {"off", "0", "false", "no"}
+    RDV_BROKER_WARMUP): off when it says off, 0, false or no; ConfigError unless it says either."""
+    said = (value or "").strip().lower()
+    if said not in _ON | _OFF:
+        raise ConfigError(f"{name}: expected on or off, got {value!r}")
+    return said in _OFF
+
+
+def _shell_words(text: str | None, name: str) -> list[str]:
+    try:
+        return shlex.split(text or "")
+    except ValueError as exc:  # e.g. an unclosed quote
+        raise ConfigError(f"{name}: {exc}") from None

@@ -8,6 +8,8 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
+from services.core.errors import ConfigError
+
 JVM_OPTS_ENV = "RDV_BROKER_JVM_OPTS"
 
 # C1 only (TieredStopAtLevel=1): a single-node broker on a small machine spent about half its CPU
@@ -41,6 +43,9 @@ def with_overrides(defaults: Sequence[str], extra: str | None) -> tuple[str, ...
     The JVM takes the last of repeated options (`-Xmx`, `-XX:...`), so appending overrides. The one
     option that cannot be repeated is the collector: a `-XX:+Use*GC` in `extra` drops the default one.
     """
-    added = shlex.split(extra or "")
+    try:
+        added = shlex.split(extra or "")
+    except ValueError as exc:  # e.g. an unclosed quote
+        raise ConfigError(f"{JVM_OPTS_ENV}: {exc}") from None
     base = [o for o in defaults if not (_is_gc_choice(o) and any(map(_is_gc_choice, added)))]
     return (*base, *added)

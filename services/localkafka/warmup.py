@@ -64,7 +64,7 @@ class WarmUp:
 
 def wanted(value: str | None) -> bool:
     """On unless `RDV_BROKER_WARMUP` says off/0/false/no."""
-    return not config.switched_off(value)
+    return not config.switched_off(value, WARMUP_ENV)
 
 
 def warm_up(bootstrap: str, seconds: float = 1.5) -> WarmUp:

@@ -15,6 +15,14 @@ def test_the_broker_warm_up_is_on_unless_switched_off(value: str | None, on: boo
     assert warmup.wanted(value) is on
 
 
+def test_a_switch_that_says_neither_on_nor_off_is_refused_with_its_name() -> None:
+    """It counted as on: `RDV_BROKER_WARMUP=of` kept the warm-up without a word."""
+    from services.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"RDV_BROKER_WARMUP: expected on or off, got 'of'"):
+        warmup.wanted("of")
+
+
 def test_librdkafka_retry_warnings_of_the_warm_up_are_not_shown(caplog: pytest.LogCaptureFixture) -> None:
     """Right after a start the coordinator is still loading and librdkafka warns while it retries:
     routine for a warm-up, so only its errors reach the person starting the broker."""

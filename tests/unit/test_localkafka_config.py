@@ -340,8 +340,17 @@ def test_jvm_overrides_append_and_replace_only_the_collector() -> None:
 def test_broker_properties_from_text_are_key_value_pairs() -> None:
     assert config.properties_from_text("a.b=1 'c=x y' d=") == {"a.b": "1", "c": "x y", "d": ""}
     assert config.properties_from_text(None) == {}
-    with pytest.raises(ValueError, match="not key=value"):
+    with pytest.raises(ConfigError, match="RDV_BROKER_PROPERTIES: broker property 'novalue' is not key=value"):
         config.properties_from_text("novalue")
+    with pytest.raises(ConfigError, match="RDV_BROKER_PROPERTIES: No closing quotation"):
+        config.properties_from_text("a='b")
+
+
+def test_jvm_options_that_cannot_be_split_are_a_one_line_error() -> None:
+    from services.localkafka.jvm import with_overrides
+
+    with pytest.raises(ConfigError, match="RDV_BROKER_JVM_OPTS: No closing quotation"):
+        with_overrides(("-Xmx1g",), "-Dx='unclosed")
 
 
 def test_kept_data_is_seen_sized_and_reset(cache: Path) -> None:

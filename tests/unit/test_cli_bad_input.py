@@ -1,0 +1,113 @@
+"""Bad values given to the commands: each is a one-line ConfigError, before anything starts (a
+review of the CLI found these accepted, or failing late, or failing with a traceback)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from services.cli.demo import DemoSettings
+from services.cli.lifecycle import PromoteSettings, ScheduleSetSettings
+from services.core.errors import BrokerUnavailable, ConfigError
+from services.core.settings import Topics, from_namespace
+from services.gateway.settings import GatewaySettings
+from services.rendezvous.settings import RendezvousSettings
+
+NO_BROKER = "127.0.0.1:1"  # nothing listens there
+
+
+@pytest.mark.parametrize(("cls", "values", "says"), [
+    (RendezvousSettings, {"metrics_port": "70000"}, "--metrics-port must be at most 65535"),
+    (GatewaySettings, {"grpc_port": "70000"}, "--grpc-port must be at most 65535"),  # it bound another port
+    (RendezvousSettings, {"max_batch": "0"}, "--max-batch must be at least 1"),
+    (DemoSettings, {"models": "x=demo:nope"}, "unknown demo model 'demo:nope'"),
+    (DemoSettings, {"models": "=demo:champion"}, "--models expects name=spec"),
+    (DemoSettings, {"models": "a=demo:champion,a=demo:canary"}, "--models names a more than once"),
+    (ScheduleSetSettings, {"models": "a", "effective_in": "8d"}, "at most 7 days ahead"),
+    (ScheduleSetSettings, {"file": "s.json", "models": "a"}, "leave out --models"),
+    (PromoteSettings, {"window": "forever"}, "--window: expected a duration"),
+    (PromoteSettings, {"require": "agreement~0.9"}, "--require: cannot read"),
+    (RendezvousSettings, {"topic": "requests=rdv.scores"}, "requests and scores would both be 'rdv.scores'"),
+    (RendezvousSettings, {"topic_prefix": "my prefix/"}, "not a topic name Kafka accepts"),
+])
+def test_a_bad_value_is_refused_with_its_reason(cls: type, values: dict[str, str], says: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        from_namespace(cls, None, **values)
+
+
+def test_gateway_files_that_would_let_everyone_in_or_fail_after_kafka_are_refused(tmp_path: Path) -> None:
+    empty, binary, pem = tmp_path / "empty.keys", tmp_path / "binary.keys", tmp_path / "bad.pem"
+    empty.write_text("# no key yet\n")
+    binary.write_bytes(b"\xff\xfe\x00binary")
+    pem.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match="holds no key"):  # it ran with no authentication at all
+        from_namespace(GatewaySettings, None, api_keys_file=str(empty))
+    with pytest.raises(ConfigError, match="is not text"):
+        from_namespace(GatewaySettings, None, api_keys_file=str(binary))
+    with pytest.raises(ConfigError, match="not a PEM certificate and its key"):
+        from_namespace(GatewaySettings, None, tls_cert=str(pem), tls_key=str(pem))
+
+
+def test_output_read_by_a_reader_that_goes_away_ends_quietly() -> None:
+    """`rendezvous acl show | head -1` printed a BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli.main", "acl", "show"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before it writes: its first write meets a closed pipe
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(60) == 0 and "Traceback" not in stderr, stderr
+
+
+def test_a_csv_saved_with_a_byte_order_mark_names_its_first_feature_without_it(tmp_path: Path) -> None:
+    from services.cli.send import SendSettings, read_rows
+
+    path = tmp_path / "rows.csv"
+    path.write_bytes("\ufeffmean_radius,mean_texture\n14.2,19.1\n".encode())
+    assert read_rows(SendSettings(file=str(path))) == [{"mean_radius": 14.2, "mean_texture": 19.1}]
+
+
+def test_send_says_at_once_that_no_broker_answers() -> None:
+    """It swallowed that while looking for unknown features, then waited for the broker again."""
+    from services.cli.send import SendSettings, warn_unknown_features
+    from services.core.kafka import connect_timeout, set_connect_timeout
+
+    before = connect_timeout()
+    set_connect_timeout(1)
+    try:
+        with pytest.raises(BrokerUnavailable):
+            warn_unknown_features(SendSettings(bootstrap=NO_BROKER, connect_timeout_s=1), [{"a": 1.0}])
+    finally:
+        set_connect_timeout(before)
+
+
+def test_a_damaged_deployment_state_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.cli.deploy import DeploySettings, cmd_deploy, cmd_undeploy
+
+    monkeypatch.setenv("RDV_CACHE_DIR", str(tmp_path))
+    state = tmp_path / "deployments" / "champion" / "state.json"
+    state.parent.mkdir(parents=True)
+    for damaged in ('{"replicas": {"0": "pid"}}', "{not json", '["a list"]'):
+        state.write_text(damaged)
+        with pytest.raises(ConfigError, match="deployment champion"):
+            cmd_deploy(DeploySettings(model="demo:champion"), "champion", Console())
+        with pytest.raises(ConfigError, match="deployment champion"):
+            cmd_undeploy("champion", Console())
+
+
+def test_a_decoy_manifest_with_fields_of_the_wrong_type_is_a_one_line_error(tmp_path: Path) -> None:
+    from services.decoy.archive import MANIFEST, read_manifest
+
+    (tmp_path / MANIFEST).write_text(json.dumps({"files": [{"name": "a.avro", "first_timestamp": "soon"}]}))
+    with pytest.raises(ConfigError, match=r"manifest .* is unreadable"):
+        read_manifest(tmp_path)
+
+
+def test_topic_names_kafka_takes_still_pass() -> None:
+    topics = Topics.from_prefix("t0123456789.", {"requests": "prod.requests-v2_x"})
+    assert topics.requests == "prod.requests-v2_x" and topics.scores == "t0123456789.scores"
