@@ -164,20 +164,42 @@ class Gateway:
             if self.draining:  # the stop came while the log reader started: send nothing now
                 raise Unavailable("this gateway is shutting down; retry (another replica will answer)")
         expected = [self.tap.expect(rid) for rid in ids]
+        sent: list[Future[Answer]] = []
         try:
-            # The schedule's own answers are not what this call asked for: nobody waits for them.
-            self._abandon(ids, self._send(ids, rows, budget, metadata))
+            sent = self._send(ids, rows, budget, metadata)
             wait_ms = budget + self.settings.comparison_grace_ms
-            try:
-                records = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(f) for f in expected)),
-                                                 wait_ms / 1000)
-            except TimeoutError:
-                raise Unavailable(f"no comparison record within {wait_ms} ms: is the rendezvous running and "
-                                  "writing its log?") from None
+            records = await _records_unless_refused(expected, sent, wait_ms)
         finally:
+            self._abandon(ids, sent)  # the schedule's own answers are not what this call asked for
             for rid, future in zip(ids, expected, strict=True):
                 self.tap.abandon(rid, future)
         return [_model_row(target, record) for record in records]
+
+
+async def _records_unless_refused(
+    expected: list[Future[dict[str, Any]]], sent: list[Future[Answer]], wait_ms: int
+) -> list[dict[str, Any]]:
+    """The comparison records of a call to one model; the broker's refusal of one of its requests
+    (the client fails that request's future) at once, instead of waiting out the grace for a
+    record that cannot come."""
+    records = asyncio.ensure_future(asyncio.gather(*(asyncio.wrap_future(f) for f in expected)))
+    pending: set[asyncio.Future[Any]] = {records, *(asyncio.wrap_future(f) for f in sent)}
+    deadline = asyncio.get_running_loop().time() + wait_ms / 1000
+    try:
+        while not records.done():
+            remaining = deadline - asyncio.get_running_loop().time()
+            done, pending = await asyncio.wait(pending, timeout=max(0.0, remaining),
+                                               return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                raise Unavailable(f"no comparison record within {wait_ms} ms: is the rendezvous running and "
+                                  "writing its log?")
+            for answer in done - {records}:
+                if not answer.cancelled() and answer.exception() is not None:
+                    raise answer.exception()  # type: ignore[misc]
+        return records.result()
+    finally:
+        for waiting in pending:
+            waiting.cancel()
 
 
 def call_budget(given: Sequence[int | None], default_ms: int, max_ms: int) -> int:

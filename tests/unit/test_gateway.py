@@ -474,3 +474,39 @@ def test_page_figures_are_the_comparison_services_metrics() -> None:
 def test_bytes_outputs_are_length_prefixed_in_raw_form() -> None:
     # The raw layout of BYTES elements OIP clients decode (4-byte little-endian length, then bytes).
     assert raw_bytes(["benign", "", "é"]) == b"\x06\x00\x00\x00benign\x00\x00\x00\x00\x02\x00\x00\x00\xc3\xa9"
+
+
+def test_a_call_to_one_model_whose_request_the_broker_refused_fails_at_once_not_after_the_grace() -> None:
+    """Its comparison record can never come: the refusal (503, from the BrokerError) is the answer,
+    not 'no comparison record within' the whole budget and grace later."""
+    import asyncio
+    from concurrent.futures import Future
+
+    from services.core.errors import BrokerError
+    from services.gateway.engine import _records_unless_refused
+    from services.gateway.errors import Unavailable
+
+    async def refused() -> None:
+        record: Future[dict[str, object]] = Future()
+        sent: Future[object] = Future()
+        waiting = asyncio.ensure_future(_records_unless_refused([record], [sent], 3_600_000))  # type: ignore[list-item]
+        await asyncio.sleep(0)
+        sent.set_exception(BrokerError("the request was not delivered to rdv.requests: Message size too large"))
+        with pytest.raises(BrokerError, match="not delivered"):
+            await asyncio.wait_for(waiting, 30)  # a guard against hanging: the grace is an hour
+        assert record.cancelled()
+
+    async def answered() -> list[dict[str, object]]:
+        record: Future[dict[str, object]] = Future()
+        sent: Future[object] = Future()
+        sent.set_result("the schedule's answer")  # comes first, and is not what the call waits for
+        record.set_result({"request_id": "r"})
+        return await _records_unless_refused([record], [sent], 3_600_000)  # type: ignore[list-item]
+
+    async def silent() -> None:
+        with pytest.raises(Unavailable, match="no comparison record within 1 ms"):
+            await _records_unless_refused([Future()], [Future()], 1)
+
+    asyncio.run(refused())
+    assert asyncio.run(answered()) == [{"request_id": "r"}]
+    asyncio.run(silent())
