@@ -44,7 +44,7 @@ _SLOTS = 2 * STRINGS_KEPT  # open addressing, at most half full
 _NULL_DOUBLE = np.uint64(0x7FF8000000000000)  # a quiet NaN: the score column's null
 
 # Why a batch was refused, by the code the loop returns (after those of a step, avro_walk.py).
-_HEADER, _BAD_BOOLEAN, _TRAILING, _BIG_BLOCK, _TOO_MANY_STRINGS = range(5, 10)
+_HEADER, _BAD_BOOLEAN, _TRAILING, _BIG_BLOCK, _TOO_MANY_STRINGS, _NOT_UTF8 = range(5, 11)
 REASONS = {
     **STEP_REASONS,
     _HEADER: "a value without the current schema's header",
@@ -52,6 +52,7 @@ REASONS = {
     _TRAILING: "bytes left after the last field",
     _BIG_BLOCK: f"an array block of more than {MAX_ITEMS} items",
     _TOO_MANY_STRINGS: "more than {kept} distinct strings of one kind",
+    _NOT_UTF8: "a string that is not UTF-8",
 }
 
 _FNV_OFFSET = np.uint64(14695981039346656037)
@@ -102,6 +103,43 @@ def _intern(buf: np.ndarray, start: int, size: int, kind: int, slots: np.ndarray
 
 
 @compiled()
+def _utf8(buf, pos, size):  # type: ignore[no-untyped-def]
+    """Whether buf[pos:pos + size] is UTF-8 as Python's strict decoder (fastavro's) takes it: no
+    overlong forms, surrogates or code points past U+10FFFF. A string the walk skips is checked
+    too, so that a record is refused alike whichever decoder reads its batch."""
+    i, end = pos, pos + size
+    while i < end:
+        c = buf[i]
+        if c < 0x80:
+            i += 1
+            continue
+        low, high = 0x80, 0xBF  # the second byte's range; the later ones are always 80..BF
+        if 0xC2 <= c <= 0xDF:
+            n = 1
+        elif 0xE0 <= c <= 0xEF:
+            n = 2
+            if c == 0xE0:
+                low = 0xA0
+            elif c == 0xED:
+                high = 0x9F
+        elif 0xF0 <= c <= 0xF4:
+            n = 3
+            if c == 0xF0:
+                low = 0x90
+            elif c == 0xF4:
+                high = 0x8F
+        else:
+            return False
+        if end - i - 1 < n or not low <= buf[i + 1] <= high:
+            return False
+        for k in range(2, n + 1):
+            if not 0x80 <= buf[i + k] <= 0xBF:
+                return False
+        i += n + 1
+    return True
+
+
+@compiled()
 def _walk(buf, header, starts, ends, records, outputs, slots, tables, counts):  # type: ignore[no-untyped-def]
     """Decode every record of the batch into `records` (created_at, deadline, answered_at,
     status, chosen) and `outputs` (row, model, version, score bits, scored, label, error,
@@ -126,6 +164,8 @@ def _walk(buf, header, starts, ends, records, outputs, slots, tables, counts):  
             return -1, NEGATIVE, r
         if size > end - pos:  # not pos + size > end: a length near 2**63 would wrap past the check
             return -1, PAST_END, r
+        if not _utf8(buf, pos, size):
+            return -1, _NOT_UTF8, r
         pos += size
         # created_at, deadline
         for column in range(2):
@@ -182,6 +222,8 @@ def _walk(buf, header, starts, ends, records, outputs, slots, tables, counts):  
                 return -1, NEGATIVE, r
             if size > end - pos:
                 return -1, PAST_END, r
+            if not _utf8(buf, pos, size):
+                return -1, _NOT_UTF8, r
             pos += size
         value, pos = varint(buf, pos, end)
         if pos < 0:
@@ -268,6 +310,8 @@ def _walk(buf, header, starts, ends, records, outputs, slots, tables, counts):  
                         return -1, NEGATIVE, r
                     if size > end - pos:
                         return -1, PAST_END, r
+                    if not _utf8(buf, pos, size):
+                        return -1, _NOT_UTF8, r
                     pos += size
                 elif branch != 0:
                     return -1, BAD_INDEX, r

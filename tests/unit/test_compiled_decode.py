@@ -215,3 +215,42 @@ def test_a_length_near_2_to_the_63_is_past_the_end_not_a_wrap_around(field: str)
     bad = good[:at] + long_bytes(2**63 - 1) + good[at + 1:]
     with pytest.raises(Rejected, match=r"record 1 of the batch: .*past the end"):
         decode([good, bad], HEADER)
+
+
+@pytest.mark.parametrize("field", ["request_id", "reason", "schedule", "error"])
+def test_a_skipped_string_that_is_not_utf8_is_rejected_as_fastavro_rejects_it(field: str) -> None:
+    """These strings are skipped, not read: unchecked, a record fastavro refuses was counted when
+    its batch was large enough for this decoder, and dead-lettered when it was not."""
+    record = synthetic(1)[0]
+    if field == "error":
+        record = {**record, "outputs": [{**record["outputs"][0], "error": "boom"}, *record["outputs"][1:]]}
+    else:
+        record = {**record, field: "some text"}
+    good = COMPARISONS.encode(record)
+    if field == "error":
+        marked = {**record, "outputs": [{**record["outputs"][0], "error": "\x01oom"}, *record["outputs"][1:]]}
+    else:
+        marked = {**record, field: "\x01" + record[field][1:]}
+    bad = damaged(good, first_difference(good, COMPARISONS.encode(marked)), 0xFF)
+    with pytest.raises(Exception):  # noqa: B017 - fastavro's own UnicodeDecodeError or BadInput
+        COMPARISONS.decode(bad)
+    with pytest.raises(Rejected, match="record 1 of the batch: a string that is not UTF-8"):
+        decode([good, bad], HEADER)
+
+
+def test_the_compiled_utf8_check_agrees_with_pythons_decoder() -> None:
+    edges = [b"", b"plain", "é".encode(), "€".encode(), "𝄞".encode(), b"\xc0\x80", b"\xc1\xbf", b"\xe0\x80\x80",
+             b"\xe0\x9f\xbf", b"\xed\xa0\x80", b"\xed\x9f\xbf", b"\xf0\x8f\xbf\xbf", b"\xf4\x90\x80\x80",
+             b"\xf4\x8f\xbf\xbf", b"\xf5\x80\x80\x80", b"\xff", b"\xe2\x82", b"a\xe2\x82\xac", b"\x80", b"\xc3("]
+    rng = np.random.default_rng(7)
+    alphabet = np.array([0x41, 0x7F, 0x80, 0xBF, 0xC2, 0xDF, 0xE0, 0xED, 0xEF, 0xF0, 0xF4, 0xF5, 0xA0, 0x9F, 0x90],
+                        dtype=np.uint8)
+    drawn = [rng.choice(alphabet, size=int(rng.integers(1, 7))).tobytes() for _ in range(3000)]
+    for text in edges + drawn:
+        try:
+            text.decode("utf-8")
+            python_takes = True
+        except UnicodeDecodeError:
+            python_takes = False
+        buf = np.frombuffer(b"\x00" + text + b"\x00", dtype=np.uint8)  # with bytes around it, never read
+        assert compiled_decode._utf8(buf, 1, len(text)) is python_takes, text
