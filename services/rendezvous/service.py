@@ -240,7 +240,9 @@ class Rendezvous:
         self.schedules.poll()
         self._replies.poll()
         assert self._ctx is not None
-        self.takeover.run_due(self._ctx)
+        resumed = self.takeover.run_due(self._ctx)
+        if self._paused and resumed:  # intake is paused: recovered requests partitions wait with the rest
+            self._ctx.consumer.pause([tp for tp in resumed if tp.topic == self.topics.requests])
         self._ask_for_clock_records()
         self._throttle()
         self.schedules.show(now_ms())
@@ -421,7 +423,7 @@ class Rendezvous:
         """Bounded memory: at most max_mailboxes requests in flight. Scores are never paused
         (orphans are bounded by the join instead), so real requests always get their scores."""
         assert self._ctx is not None
-        if self._ctx.draining or self.takeover.pending:
+        if self._ctx.draining:
             return
         limit, waiting = self.settings.max_mailboxes, self.join.waiting
         if not self._paused and waiting >= limit:
@@ -433,8 +435,14 @@ class Rendezvous:
             self._pause_requests(False)
 
     def _pause_requests(self, pause: bool) -> None:
+        """Pause or resume the requests partitions, except those a takeover is recovering: they
+        stay paused until it is done (and then follow this state, `on_tick`)."""
         assert self._ctx is not None
-        self._ctx.pause_topic(self.topics.requests, pause)
+        consumer = self._ctx.consumer
+        flowing = [tp for tp in consumer.assignment()
+                   if tp.topic == self.topics.requests and not self.takeover.is_pending(tp)]
+        if flowing:
+            (consumer.pause if pause else consumer.resume)(flowing)
         self._paused = pause
         m.PAUSED.set(1 if pause else 0)
 

@@ -79,6 +79,9 @@ class Takeover:
     def pending(self) -> int:
         return len(self._pending)
 
+    def is_pending(self, partition: TopicPartition) -> bool:
+        return any(tp.topic == partition.topic and tp.partition == partition.partition for tp in self._pending)
+
     def add(self, ctx: Context, partitions: list[TopicPartition]) -> None:
         """Pause new partitions: nothing is read from them until recovery knows what was done."""
         if partitions:
@@ -106,15 +109,17 @@ class Takeover:
         self._pending = []
         self._to_recommit = []
 
-    def run_due(self, ctx: Context) -> None:
-        """Recover the pending partitions, then resume them (if a try is due). Those whose outputs
-        a transaction still holds open wait; the others are recovered without them."""
+    def run_due(self, ctx: Context) -> list[TopicPartition]:
+        """Recover the pending partitions, then resume them (if a try is due); returns those
+        resumed. Those whose outputs a transaction still holds open wait; the others are
+        recovered without them."""
         if not self._pending or time.monotonic() < self._next_try:
-            return
+            return []
         self._next_try = time.monotonic() + RETRY_S
         partitions = list(self._pending)
         try:
             self._recover(ctx, partitions)
+            return partitions
         except OpenTransaction as exc:
             due = self._wait_for_transaction(exc)
             if due:
@@ -122,21 +127,24 @@ class Takeover:
             held = {partition for _topic, partition in exc.partitions}
             rest = [tp for tp in partitions if tp.partition not in held]
             if rest and len(rest) < len(partitions):
-                self._recover_rest(ctx, rest)
+                return self._recover_rest(ctx, rest)
         except (KafkaException, RendezvousError) as exc:
             ctx.health.mark_down()
             log.warning("recovery waiting for the broker: %s", exc)
+        return []
 
-    def _recover_rest(self, ctx: Context, partitions: list[TopicPartition]) -> None:
+    def _recover_rest(self, ctx: Context, partitions: list[TopicPartition]) -> list[TopicPartition]:
         """Another try with the partitions no open transaction holds: an open (or hanging)
         transaction on one partition's outputs must not keep every other one paused."""
         try:
             self._recover(ctx, partitions)
+            return partitions
         except OpenTransaction as exc:
             log.debug("recovery of the rest waits too: %s", exc)
         except (KafkaException, RendezvousError) as exc:
             ctx.health.mark_down()
             log.warning("recovery waiting for the broker: %s", exc)
+        return []
 
     def _recover(self, ctx: Context, partitions: list[TopicPartition]) -> None:
         """Learn what was done for these partitions' re-read requests, then resume them;
