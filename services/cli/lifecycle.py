@@ -86,13 +86,6 @@ class ScheduleSetSettings(ChangeSettings):
     deadline_ms: int = setting(0, "Default deadline budget (0 = keep the current one).")
     traffic: str = setting("", "Answer a share with a challenger first, e.g. challenger=0.1.")
 
-    def validate(self) -> None:
-        super().validate()
-        given = [flag for flag, value in (("--models", self.models), ("--wait", self.wait),
-                                          ("--deadline-ms", self.deadline_ms), ("--traffic", self.traffic)) if value]
-        if self.file and given:
-            raise ConfigError(f"--file gives the whole schedule: leave out {', '.join(given)} (or edit the file)")
-
 
 @dataclass(frozen=True)
 class PromoteSettings(ChangeSettings):

@@ -359,7 +359,7 @@ class CommitLane:
             if self._committing:
                 self._held.append((topic, value, key, partition, headers))
             else:
-                self._producer.produce(topic, value, key=key, partition=partition, headers=headers)
+                self._producer.produce(topic, value, key=key, partition=partition, headers=headers, checked=True)
 
     def _release_held(self) -> None:
         """Produce the outputs held during a commit (under the lock). One that cannot be produced
@@ -370,7 +370,7 @@ class CommitLane:
         held, self._held = self._held, []
         for topic, value, key, partition, headers in held:
             try:
-                self._producer.produce(topic, value, key=key, partition=partition, headers=headers)
+                self._producer.produce(topic, value, key=key, partition=partition, headers=headers, checked=True)
             except KafkaOperationError as err:
                 self._outcomes.append(CommitOutcome([], False, TransactionAborted(
                     f"an output held during a commit could not be produced ({err}): re-reading")))

@@ -273,6 +273,7 @@ class Producer:
         partition: int | None = None,
         headers: Sequence[tuple[str, bytes]] | None = None,
         on_done: Callable[[], None] | None = None,
+        checked: bool = False,
     ) -> None:
         """`on_done` is called once the broker acknowledged or refused the record (from `poll`;
         only for a producer made with `delivered`). Failures of earlier records are raised by
@@ -280,7 +281,7 @@ class Producer:
         that one would fail a caller, or a batch, they do not belong to."""
         if on_done is not None and not self._delivered:
             raise ValueError("on_done needs a producer made with delivered=True")
-        if topic in self._limits:
+        if not checked and topic in self._limits:  # `checked`: the caller just ran check_size
             # librdkafka knows only its own limit: the topic's would refuse the record later, for good.
             self.check_size(value, key, headers, topic)
         kwargs: dict[str, Any] = {"on_delivery": self._on_delivery if on_done is None else self._then(on_done)}

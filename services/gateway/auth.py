@@ -63,7 +63,7 @@ class ApiKeys:
                 raise ConfigError(f"--api-keys-file {file} is not text: expected lines of "
                                   "name:<64 hex digits of sha256(key)>") from None
             from_file = parse_entries(text.splitlines(), file)
-            if not from_file:
+            if not from_file and not entries:
                 # An empty file would let every caller in: most likely not what its operator meant.
                 raise ConfigError(f"--api-keys-file {file} holds no key (leave the flag out to let every caller in)")
             entries += from_file

@@ -127,6 +127,9 @@ class LocalBroker:
         if self.is_running():
             raise BrokerError(f"local broker {self.name!r} already runs (pid {self.pid}, {self.bootstrap})")
         say = self.progress or (lambda _msg: None)
+        # The environment's switches are read now, so a bad one is said before anything starts.
+        warmup.wanted(os.environ.get(warmup.WARMUP_ENV))
+        cds.wanted(os.environ.get(JVM_OPTS_ENV))
         kept = None if fresh else self._resume_config()  # before anything else: no data, no start
         java = java_executable()
         libs = provision(self.progress)

@@ -46,7 +46,6 @@ from services.core.codec import codec
 from services.core.control_records import is_control_record
 from services.core.errors import BadInput, RendezvousError
 from services.core.kafka import admin, end_offsets, reader
-from services.core.runtime import now_ms
 from services.core.settings import Topics
 from services.core.topic_range import PartitionSpan, read_together
 from services.rendezvous.join import Finished
@@ -54,6 +53,12 @@ from services.rendezvous.join import Finished
 log = logging.getLogger(__name__)
 
 END = "end"  # a scan's start: the partition's end (nothing to read)
+
+
+# Answers read from before each re-read window, at most (a retry of an older one after a takeover
+# is decided again): enough for a minute of a few hundred requests/s on each partition, and a
+# scan of a fraction of a second.
+REMEMBERED_AT_MOST = 10_000
 
 
 class OpenTransaction(RendezvousError):
@@ -158,20 +163,17 @@ def scan_finished(
 ) -> Recovered:
     """What was already answered / logged for requests at or after the committed offsets; and,
     with `remember_ms`, the answers of requests closed in that time before them (a retry of one,
-    read later, gets its answer again instead of a second decision)."""
+    read later, gets its answer again instead of a second decision): at most REMEMBERED_AT_MOST
+    answers of each partition, so that a takeover's scan stays short at any rate."""
     finished = Finished({}, set())
     probe = reader(config, "recovery")
     try:
         answers: dict[int, int | str] = {}
         logs: dict[int, int | str] = {}
-        remember_from: dict[int, int | str] = {}
         for partition, (offset, mark) in committed.items():
             starts = _starts(probe, topics, partition, offset, mark, margin_ms)
             # Nothing to redo: outputs of what comes next are written after the partitions' ends now.
             answers[partition], logs[partition] = starts if starts is not None else (END, END)
-            if remember_ms > 0 and offset >= 0:
-                since = _timestamp_at(probe, topics.requests, partition, offset) if starts is not None else None
-                remember_from[partition] = f"ms:{max(0, (since or now_ms()) - remember_ms)}"
         # Written ends first, stable ends second: whatever was written before the scan must be
         # stable (committed or aborted) by the time the stable ends are read. Only where requests
         # are re-read: elsewhere nothing could be answered twice.
@@ -179,7 +181,10 @@ def scan_finished(
         written = end_offsets(config, [(topic, p) for topic in (topics.answers, topics.log) for p in redo],
                               committed=False)
         spans = {topics.answers: _spans(probe, topics.answers, answers), topics.log: _spans(probe, topics.log, logs)}
-        earlier = {span.partition: span.start for span in _spans(probe, topics.answers, remember_from)}
+        earlier = {}
+        if remember_ms > 0:
+            earlier = {span.partition: max(_low(probe, topics.answers, span.partition), span.start - REMEMBERED_AT_MOST)
+                       for span in spans[topics.answers] if committed[span.partition][0] >= 0}
     finally:
         probe.close()
     _refuse_open_transactions(written, spans)
@@ -212,12 +217,27 @@ def scan_finished(
     for rid, record in logged.items():
         if rid not in finished.answered:
             finished.answered[rid] = answer_of(record)
-    for rid in [rid for rid in finished.remembered if rid in finished.partition_of]:
-        del finished.remembered[rid]  # found again in the re-read window: that finding counts
+    _keep_recent(finished, remember_ms)
     log.info("recovery: %d requests already answered, %d already logged, %d answered before them remembered, "
              "on partitions %s", len(finished.answered), len(finished.logged), len(finished.remembered),
              sorted(committed))
     return Recovered(finished, floors)
+
+
+def _low(probe: _NativeConsumer, topic: str, partition: int) -> int:
+    low, _high = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
+    return int(low)
+
+
+def _keep_recent(finished: Finished, remember_ms: int) -> None:
+    """Of the answers read before the window, those of the last `remember_ms` (by each partition's
+    newest), and not found again in the window (that finding counts)."""
+    newest: dict[int, int] = {}
+    for partition, at, _value in finished.remembered.values():
+        newest[partition] = max(at, newest.get(partition, at))
+    for rid, (partition, at, _value) in list(finished.remembered.items()):
+        if rid in finished.partition_of or at < newest[partition] - remember_ms:
+            del finished.remembered[rid]
 
 
 def _remembered(finished: Finished, msg: Message) -> None:

@@ -11,6 +11,7 @@ from confluent_kafka import Producer
 from services.client.client import make_request
 from services.core.codec import codec
 from services.core.settings import Topics
+from services.rendezvous import recovery
 from services.rendezvous.recovery import Mark, scan_finished
 
 pytestmark = pytest.mark.kafka
@@ -57,7 +58,7 @@ def test_a_request_answered_before_the_mark_and_logged_after_it_is_found_with_it
 
 
 def test_answers_written_shortly_before_the_re_read_window_are_remembered_and_the_window_still_counts(
-    topics: Topics, config: dict[str, Any]
+    topics: Topics, config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A retry of a request closed before the committed one is read after it: the previous owner
     would have repeated its answer from memory, the new owner has only the scan. It remembers the
@@ -87,3 +88,6 @@ def test_answers_written_shortly_before_the_re_read_window_are_remembered_and_th
     assert found.floors[(topics.answers, 0)] == 2  # where this owner's outputs may start: the mark
     nothing = scan_finished(config, topics, {0: (2, Mark(answers=2, log=0))}, margin_ms=0)
     assert nothing.finished.remembered == {}  # remember_ms 0: none
+    monkeypatch.setattr(recovery, "REMEMBERED_AT_MOST", 1)  # only x's answer, just before the mark: the window's
+    capped = scan_finished(config, topics, {0: (2, Mark(answers=2, log=0))}, margin_ms=0, remember_ms=60_000)
+    assert capped.finished.remembered == {}

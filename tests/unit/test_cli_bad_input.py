@@ -30,7 +30,6 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (DemoSettings, {"models": "=demo:champion"}, "--models expects name=spec"),
     (DemoSettings, {"models": "a=demo:champion,a=demo:canary"}, "--models names a more than once"),
     (ScheduleSetSettings, {"models": "a", "effective_in": "8d"}, "at most 7 days ahead"),
-    (ScheduleSetSettings, {"file": "s.json", "models": "a"}, "leave out --models"),
     (PromoteSettings, {"window": "forever"}, "--window: expected a duration"),
     (PromoteSettings, {"require": "agreement~0.9"}, "--require: cannot read"),
     (RendezvousSettings, {"topic": "requests=rdv.scores"}, "requests and scores would both be 'rdv.scores'"),
@@ -48,6 +47,8 @@ def test_gateway_files_that_would_let_everyone_in_or_fail_after_kafka_are_refuse
     pem.write_text("not a certificate\n")
     with pytest.raises(ConfigError, match="holds no key"):  # it ran with no authentication at all
         from_namespace(GatewaySettings, None, api_keys_file=str(empty))
+    inline = "ops:" + "ab" * 32  # with keys given inline, an empty file adds none: fine
+    assert from_namespace(GatewaySettings, None, api_keys_file=str(empty), api_key_hashes=inline)
     with pytest.raises(ConfigError, match="is not text"):
         from_namespace(GatewaySettings, None, api_keys_file=str(binary))
     with pytest.raises(ConfigError, match="not a PEM certificate and its key"):

@@ -393,6 +393,17 @@ def test_a_retry_of_an_id_answered_before_a_takeover_gets_that_answer_again_not_
     assert [record for _reply, record in out.replies] == [first]
 
 
+def test_answers_a_scan_read_before_its_window_are_kept_for_the_last_remember_ms_of_each_partition() -> None:
+    from services.rendezvous.recovery import _keep_recent
+
+    found = Finished({}, set(), {"again": 0}, remembered={
+        "old": (0, T0 - 60_001, b"o"), "recent": (0, T0 - 60_000, b"r"), "again": (0, T0, b"a"),
+        "quiet": (1, T0 - 500_000, b"q"),  # by its own partition's newest: recent enough
+    })
+    _keep_recent(found, 60_000)
+    assert sorted(found.remembered) == ["quiet", "recent"]
+
+
 def test_a_request_is_not_finished_until_its_reply_is_acknowledged() -> None:
     """Answered and logged is not enough for its offset to be committed: a crash before the
     reply's acknowledgement must make the next owner re-read it."""

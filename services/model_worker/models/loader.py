@@ -57,12 +57,12 @@ def load_model(spec: str, *, trust_model_file: bool = False) -> Model:
     return model
 
 
-def check_spec(spec: str) -> None:
+def check_spec(spec: str, *, trust_model_file: bool = False) -> None:
     """ModelSpecError if `spec` names no model this machine could load (the model is not loaded:
     a command that starts workers checks their specs first, in a moment, with the loader's words)."""
     if not spec.strip():
         raise ModelSpecError(f"empty model spec; use one of {SPEC_FORMS}")
-    _resolve(spec.strip(), trust_model_file=True)
+    _resolve(spec.strip(), trust_model_file)
 
 
 def _resolve(spec: str, trust_model_file: bool) -> Model:
