@@ -93,15 +93,20 @@ def layout(topics: Topics, prefix: str, principals: Principals = Principals()) -
         Grant(p.admin, "group", SCRATCH_GROUP_PREFIX, "ALL", prefixed=True),
         *_topic(p.rendezvous, "READ", t.requests, t.scores, t.control, t.answers, t.log),
         *_topic(p.rendezvous, "WRITE", t.answers, t.log, t.deadletter, t.replies, t.scores, t.control),
-        # It checks at start-up that requests and scores keep LogAppendTime.
-        *_topic(p.rendezvous, "DESCRIBE_CONFIGS", t.requests, t.scores),
+        # It checks at start-up that requests and scores keep LogAppendTime; every service reads
+        # the max.message.bytes of the topics it writes (StreamSpec.outputs).
+        *_topic(p.rendezvous, "DESCRIBE_CONFIGS", t.requests, t.scores, t.answers, t.log, t.deadletter),
         *_groups(p.rendezvous, f"{prefix}rendezvous"),
         Grant(p.rendezvous, "transactional_id", f"{prefix}rendezvous", "WRITE", prefixed=True),
         Grant(p.rendezvous, "transactional_id", f"{prefix}rendezvous", "DESCRIBE", prefixed=True),
         *_topic(p.model, "READ", t.requests, t.models),
         *_topic(p.model, "WRITE", t.scores, t.deadletter, t.models),
+        *_topic(p.model, "DESCRIBE_CONFIGS", t.scores, t.deadletter),
         *_groups(p.model, f"{prefix}model."),
         *_topic(p.comparison, "READ", t.log),
+        # A record it cannot read is dead-lettered (without WRITE the refusal would stop it).
+        *_topic(p.comparison, "WRITE", t.deadletter),
+        *_topic(p.comparison, "DESCRIBE_CONFIGS", t.deadletter),
         *_groups(p.comparison, f"{prefix}comparison"),
         *_topic(p.decoy, "READ", t.requests),
         *_groups(p.decoy, f"{prefix}decoy"),

@@ -24,6 +24,12 @@ GRANTS = layout(TOPICS, PREFIX, P)
     (P.rendezvous, TOPICS.requests, "WRITE", False),
     (P.rendezvous, TOPICS.answers, "DESCRIBE", True),  # implied by WRITE, as on the broker
     (P.admin, TOPICS.control, "WRITE", True),
+    # Each service reads the max.message.bytes of what it writes; the comparison dead-letters.
+    (P.rendezvous, TOPICS.log, "DESCRIBE_CONFIGS", True),
+    (P.model, TOPICS.scores, "DESCRIBE_CONFIGS", True),
+    (P.comparison, TOPICS.deadletter, "WRITE", True),
+    (P.comparison, TOPICS.deadletter, "DESCRIBE_CONFIGS", True),
+    (P.comparison, TOPICS.log, "WRITE", False),
 ])
 def test_who_may_do_what(role: str, topic: str, operation: str, allowed: bool) -> None:
     assert allows(GRANTS, role, "topic", topic, operation) is allowed
