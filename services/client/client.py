@@ -29,7 +29,7 @@ from typing import Any
 from confluent_kafka import OFFSET_END, KafkaError, KafkaException, Message, TopicPartition
 
 from services.core.codec import codec
-from services.core.errors import BadInput, BrokerError, ConfigError, RendezvousError
+from services.core.errors import BadInput, BrokerError, ConfigError, RecordTooLarge, RendezvousError
 from services.core.kafka import Consumer, Producer, groupless, partition_counts
 from services.core.runtime import now_ms
 from services.core.settings import Topics
@@ -121,7 +121,10 @@ class Client:
         reply_partition: int | None = None,
         answer_wait_s: float = 10.0,
         reply_group: str | None = None,
+        wait_when_full: bool = True,
     ):
+        """`wait_when_full=False`: a submit meeting librdkafka's local queue full raises (a server on
+        an event loop must not wait for room: everything else it serves would wait too)."""
         if reply_group is not None and reply_partition is not None:
             raise ConfigError("a client either reads one reply partition or joins a reply group, not both")
         self.topics = topics
@@ -135,6 +138,7 @@ class Client:
             )
         self._requests = codec("request")
         self._answers = codec("answer")
+        self._wait_when_full = wait_when_full
         # A request the broker refused fails its own caller, not the next one to send (every topic
         # soft: its failure goes to `_undelivered`, never raised by a later produce).
         self._producer = Producer(config, soft_topics=lambda _topic: True, on_soft_failure=self._undelivered)
@@ -159,6 +163,9 @@ class Client:
                                        "partition.assignment.strategy": "cooperative-sticky"})
             self._consumer.subscribe([topics.replies], on_assign=self._on_assign,
                                      on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        # Why the reader of answers stopped for good (a consumer error it cannot get past), if it did:
+        # no request is sent after that, it could never be answered.
+        self.stopped: str | None = None
         self._reader = threading.Thread(target=self._read_answers, name="rdv-client-answers", daemon=True)
         self._reader.start()
 
@@ -228,12 +235,15 @@ class Client:
             reply_partition=partition, request_id=request_id, payload=payload, metadata=metadata,
             created_at=created_at,
         )
+        if self.stopped is not None:
+            raise BrokerError(f"this client {self.stopped}")
         future: Future[Answer] = Future()
         rid = record["request_id"]
         with self._lock:
             self._pending.setdefault(rid, []).append((future, partition))
         try:
-            self._producer.produce(self.topics.requests, self._requests.encode(record), key=rid.encode())
+            self._producer.produce(self.topics.requests, self._requests.encode(record), key=rid.encode(),
+                                   wait_when_full=self._wait_when_full)
         except BaseException:
             self.abandon(rid, future)
             raise
@@ -288,6 +298,7 @@ class Client:
                 messages = self._consumer.consume(500, 0.1)
             except RendezvousError as err:
                 log.error("client stopped reading answers: %s", err)
+                self.stopped = f"stopped reading answers: {err}"
                 self._fail_all(err)
                 return
             if messages:
@@ -322,9 +333,13 @@ class Client:
         with self._lock:
             waiters = self._pending.pop(rid, [])
         log.warning("request %s not delivered to %s: %s", rid, msg.topic(), err.str())
+        failure: Exception = BrokerError(f"the request was not delivered to {msg.topic()}: {err.str()}")
+        if err.code() in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE):
+            # Refused for its size (the topic's limit): sending it again would be refused again.
+            failure = RecordTooLarge(f"the request is too large for {msg.topic()}: {err.str()}")
         for future, _partition in waiters:
             if not future.done():
-                future.set_exception(BrokerError(f"the request was not delivered to {msg.topic()}: {err.str()}"))
+                future.set_exception(failure)
 
     def _fail_all(self, err: Exception) -> None:
         self._fail_where(lambda _partition: True, err)

@@ -274,6 +274,7 @@ class Producer:
         headers: Sequence[tuple[str, bytes]] | None = None,
         on_done: Callable[[], None] | None = None,
         checked: bool = False,
+        wait_when_full: bool = True,
     ) -> None:
         """`on_done` is called once the broker acknowledged or refused the record (from `poll`;
         only for a producer made with `delivered`). Failures of earlier records are raised by
@@ -294,6 +295,9 @@ class Producer:
                 self._producer.produce(topic, value, key, **kwargs)
                 return
             except BufferError:
+                if not wait_when_full:
+                    raise KafkaOperationError(f"produce to {topic} refused: the client's local queue is full "
+                                              "(the broker is not taking records as fast as they come)") from None
                 # Local queue full: serve delivery reports until there is room again.
                 self._producer.poll(0.05)
             except KafkaException as exc:

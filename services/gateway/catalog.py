@@ -37,6 +37,7 @@ class ScheduleFollower:
 
     def __init__(self, config: Mapping[str, Any], topic: str, name: str, poll_s: float = 0.5):
         self.book = ScheduleBook(name)
+        self.stopped: str | None = None  # why following stopped for good, if it did
         self._feed = ControlFeed(config, topic)
         self._apply(self._feed.read_history())
         self._stop = threading.Event()
@@ -54,8 +55,12 @@ class ScheduleFollower:
                 log.info("schedule %s v%d: %s", schedule.name, schedule.version, list(schedule.models))
 
     def _follow(self, poll_s: float) -> None:
-        while not self._stop.wait(poll_s):
-            self._apply(self._feed.poll())
+        try:
+            while not self._stop.wait(poll_s):
+                self._apply(self._feed.poll())
+        except Exception as err:  # noqa: BLE001 - said (readiness, liveness), never a silent stop
+            log.error("stopped following schedule %s on the control topic: %s", self.book.name, err)
+            self.stopped = f"stopped following schedule {self.book.name!r}: {err}"
 
     def in_force(self) -> Schedule | None:
         return self.book.in_force(now_ms()) if self.book.latest else None
@@ -70,6 +75,7 @@ class Schedules(Protocol):
     """The versions of one schedule (ScheduleFollower reads them from the control topic)."""
 
     book: ScheduleBook
+    stopped: str | None  # why the versions stopped being followed, if they did
 
     def in_force(self) -> Schedule | None: ...
 

@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from concurrent.futures import Future
 from typing import Any
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from services.core.codec import codec
-from services.core.errors import BadInput, RendezvousError
+from services.core.errors import BadInput, BrokerError, RendezvousError
 from services.core.kafka import Consumer, groupless, partition_counts
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ class ComparisonTap:
         self._stop = threading.Event()
         self._consumer: Consumer | None = None
         self._thread: threading.Thread | None = None
+        self.stopped: str | None = None  # why reading stopped for good, if it did
 
     @property
     def started(self) -> bool:
@@ -47,9 +48,13 @@ class ComparisonTap:
             partitions = partition_counts(self._config, [self._topic])[self._topic]
             consumer = Consumer(self._config)
             starts = []
-            for p in range(partitions):
-                _low, high = consumer.native.get_watermark_offsets(TopicPartition(self._topic, p), timeout=10)
-                starts.append(TopicPartition(self._topic, p, high))
+            try:
+                for p in range(partitions):
+                    _low, high = consumer.native.get_watermark_offsets(TopicPartition(self._topic, p), timeout=10)
+                    starts.append(TopicPartition(self._topic, p, high))
+            except KafkaException as exc:  # the broker away or refusing: a 503 for the call, not a 500
+                consumer.close()
+                raise BrokerError(f"cannot start reading comparison records from {self._topic}: {exc}") from None
             consumer.assign(starts)
             self._consumer = consumer
             self._thread = threading.Thread(target=self._read, args=(consumer,), name="rdv-gateway-log",
@@ -58,6 +63,8 @@ class ComparisonTap:
             log.info("reading comparison records from %s for calls to single models", self._topic)
 
     def expect(self, request_id: str) -> Future[dict[str, Any]]:
+        if self.stopped is not None:
+            raise BrokerError(f"this gateway {self.stopped}")
         future: Future[dict[str, Any]] = Future()
         with self._lock:
             self._pending.setdefault(request_id, []).append(future)
@@ -86,6 +93,8 @@ class ComparisonTap:
                 messages = consumer.consume(1000, 0.1)
             except RendezvousError as err:
                 log.error("stopped reading %s: %s", self._topic, err)
+                self.stopped = f"stopped reading comparison records from {self._topic}: {err}"
+                self.fail_all(BrokerError(f"this gateway {self.stopped}"))
                 return
             for msg in messages:
                 key = (msg.key() or b"").decode("utf-8", "replace")

@@ -68,9 +68,17 @@ class Gateway:
         """Authentication alone (metadata calls do not spend the rate limit)."""
         return self.keys.identify(authorization)
 
+    def broken(self) -> str | None:
+        """Why this gateway can no longer answer, for good, if it cannot: a reader of its Kafka
+        topics stopped (a consumer error it cannot get past). Its liveness fails, so it is restarted."""
+        return self.client.stopped or self.tap.stopped or self.catalog.schedules.stopped
+
     def readiness(self) -> tuple[bool, str]:
         if self.draining:
             return False, "draining: shutting down"
+        broken = self.broken()
+        if broken:
+            return False, broken
         if not self.health.up:
             return False, self.health.describe()
         if not self.client.owned_partitions:
@@ -89,6 +97,9 @@ class Gateway:
                     deadline_ms: Sequence[int | None] = ()) -> InferResult:
         if self.draining:
             raise Unavailable("this gateway is shutting down; retry (another replica will answer)")
+        broken = self.broken()
+        if broken:
+            raise Unavailable(f"this gateway {broken}; retry (another replica will answer)")
         if not self.health.up:  # else requests would queue in the producer, and calls wait out their deadline
             raise Unavailable(f"Kafka is unreachable ({self.health.describe()}); retry later")
         target = self.catalog.resolve(name, version)

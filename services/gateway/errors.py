@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from services.core.errors import BrokerError, KafkaOperationError, RendezvousError
+from services.core.errors import BrokerError, KafkaOperationError, RecordTooLarge, RendezvousError
 
 
 class CallError(RendezvousError):
@@ -68,6 +68,8 @@ class Status:
 _TABLE: tuple[tuple[type[BaseException], int, grpc.StatusCode, str], ...] = (
     (InvalidInput, 400, grpc.StatusCode.INVALID_ARGUMENT, "invalid"),
     (BodyTooLarge, 413, grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large"),
+    # A request too large for a Kafka record: sending it again would meet the same refusal.
+    (RecordTooLarge, 413, grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large"),
     (NotFound, 404, grpc.StatusCode.NOT_FOUND, "not_found"),
     (Unauthenticated, 401, grpc.StatusCode.UNAUTHENTICATED, "unauthenticated"),
     (RateLimited, 429, grpc.StatusCode.RESOURCE_EXHAUSTED, "rate_limited"),

@@ -81,7 +81,7 @@ class InferenceService:
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
-            return pb.ServerLiveResponse(live=True)
+            return pb.ServerLiveResponse(live=self.gateway.broken() is None)
         return await self._measured("server_live", context, work)
 
     async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

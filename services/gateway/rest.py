@@ -113,14 +113,16 @@ class RestApi:
     # -- health and metadata ------------------------------------------------------------------
 
     async def live(self, _request: Request) -> Response:
-        return json_response({"live": True})
+        broken = self.gateway.broken()
+        return json_response({"live": False, "reason": broken}, 503) if broken else json_response({"live": True})
 
     async def ready(self, _request: Request) -> Response:
         ready, reason = self.gateway.readiness()
         return json_response({"ready": ready, "reason": reason}, 200 if ready else 503)
 
     async def healthz(self, _request: Request) -> Response:
-        return PlainTextResponse("ok\n")
+        broken = self.gateway.broken()
+        return PlainTextResponse(f"{broken}\n", 503) if broken else PlainTextResponse("ok\n")
 
     async def readyz(self, _request: Request) -> Response:
         ready, reason = self.gateway.readiness()

@@ -104,7 +104,11 @@ class GatewayService:
                                   "error_cb": health.error_cb}
         topics = s.topics()
         with contextlib.ExitStack() as closing:
-            client = await asyncio.to_thread(Client, config, topics, reply_group=s.reply_group_id())
+            # A request older than any call may wait is useless: librdkafka gives it up then, not after
+            # its 5-minute default (such requests filled its queue while the broker took none).
+            client_config = {**config, "message.timeout.ms": s.max_budget_ms + s.answer_grace_ms}
+            client = await asyncio.to_thread(Client, client_config, topics, reply_group=s.reply_group_id(),
+                                             wait_when_full=False)
             closing.callback(client.close)
             schedules = await asyncio.to_thread(ScheduleFollower, config, topics.control, s.schedule)
             closing.callback(schedules.close)

@@ -322,6 +322,7 @@ class Versions:
 
     def __init__(self, *schedules: Schedule):
         self.book = ScheduleBook("default")
+        self.stopped: str | None = None
         for schedule in schedules:
             self.book.add(schedule)
 
@@ -510,3 +511,45 @@ def test_a_call_to_one_model_whose_request_the_broker_refused_fails_at_once_not_
     asyncio.run(refused())
     assert asyncio.run(answered()) == [{"request_id": "r"}]
     asyncio.run(silent())
+
+
+def test_a_reader_that_stops_for_good_makes_the_gateway_not_live_and_fails_calls_at_once() -> None:
+    """A consumer error the readers cannot get past (an authorization, a topic deleted) ended
+    their threads silently: the gateway stayed ready, and every call waited out its deadline for
+    a 503 blaming the rendezvous. Now the reason is its readiness and liveness answer, and every
+    call's, at once; and the comparison reader fails the calls that were waiting on it."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from services.core.errors import BrokerError, RendezvousError
+    from services.core.health import BrokerHealth
+    from services.gateway.auth import ApiKeys
+    from services.gateway.comparisons import ComparisonTap
+    from services.gateway.engine import Gateway
+    from services.gateway.errors import Unavailable
+    from services.gateway.settings import GatewaySettings
+
+    class Refused:
+        def consume(self, _n: int, _timeout: float) -> list[object]:
+            raise RendezvousError("not authorized to read topic rdv.log")
+
+    tap = ComparisonTap({"bootstrap.servers": "127.0.0.1:1"}, "rdv.log")
+    waiting = tap.expect("r1")
+    tap._read(Refused())  # type: ignore[arg-type]
+    with pytest.raises(BrokerError, match=r"not authorized to read topic rdv\.log"):
+        waiting.result(0)
+    with pytest.raises(BrokerError, match="stopped reading comparison records"):
+        tap.expect("r2")
+
+    client = SimpleNamespace(stopped=None, owned_partitions=(0,), topics=SimpleNamespace(replies="rdv.replies"))
+    catalog = SimpleNamespace(schedules=Versions(Schedule(models=("champion",))), schedule_name="default")
+    fresh = ComparisonTap({"bootstrap.servers": "127.0.0.1:1"}, "rdv.log")
+    gateway = Gateway(GatewaySettings(), client, catalog, fresh, ApiKeys([]), BrokerHealth())  # type: ignore[arg-type]
+    assert gateway.readiness()[0] and gateway.broken() is None
+    client.stopped = "stopped reading answers: Broker: Topic authorization failed"
+    assert gateway.readiness() == (False, client.stopped) and gateway.broken() == client.stopped
+    with pytest.raises(Unavailable, match="stopped reading answers"):
+        asyncio.run(gateway.infer("champion", "", None, "anonymous"))  # type: ignore[arg-type]
+    gateway.tap = tap
+    client.stopped = None
+    assert gateway.broken() == tap.stopped

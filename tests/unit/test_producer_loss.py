@@ -75,3 +75,22 @@ def test_a_record_over_its_topics_own_limit_is_refused_before_it_is_queued() -> 
     with pytest.raises(RecordTooLarge, match=r"producer.s message\.max\.bytes"):  # the lower of the two
         producer.check_size(b"x" * 1_000_000, topic="large")
     assert int(producer._config["batch.size"]) <= 2_000
+
+
+def test_a_full_local_queue_is_refused_at_once_when_the_caller_must_not_wait() -> None:
+    """The gateway submits on its event loop: waiting there for room (the broker taking no
+    records) froze every other call, health checks and the drain included."""
+    from services.core.errors import KafkaOperationError
+
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0,
+                         "queue.buffering.max.messages": 1})
+    producer.produce("t", b"first", partition=0)  # queued: no broker will take it
+    with pytest.raises(KafkaOperationError, match="local queue is full"):
+        producer.produce("t", b"second", partition=0, wait_when_full=False)
+
+
+def test_a_request_too_large_for_kafka_is_a_413_not_a_retry() -> None:
+    from services.gateway.errors import status_of
+
+    status = status_of(RecordTooLarge("a record of 1200119 bytes for rdv.requests is over ..."))
+    assert (status.http, status.reason, status.retry) == (413, "too_large", False)
