@@ -198,7 +198,8 @@ class Client:
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         gone = {tp.partition for tp in partitions}
-        self._owned = tuple(p for p in self._owned if p not in gone)
+        with self._lock:
+            self._owned = tuple(p for p in self._owned if p not in gone)
         consumer.incremental_unassign(partitions)
         moved = ReplyPartitionLost(f"reply partition(s) {sorted(gone)} of {self.topics.replies} moved "
                                    "to another reader; the request was sent, its answer is read elsewhere")
@@ -240,6 +241,11 @@ class Client:
         future: Future[Answer] = Future()
         rid = record["request_id"]
         with self._lock:
+            # Checked under the lock the revoke takes: a partition that moved since it was picked
+            # would leave this waiter to wait out its deadline, failed by no one.
+            if partition not in self._owned:
+                raise ReplyPartitionLost(f"reply partition {partition} of {self.topics.replies} moved to another "
+                                         "reader just now; the request was not sent")
             self._pending.setdefault(rid, []).append((future, partition))
         try:
             self._producer.produce(self.topics.requests, self._requests.encode(record), key=rid.encode(),
@@ -304,12 +310,12 @@ class Client:
             if messages:
                 received = now_ms()
                 for msg in messages:
-                    self._resolve(msg.value(), received)
+                    self._resolve(msg.value(), received, msg.partition())
             # The producer's reports too (a refused request fails its caller): callers that only
             # wait would otherwise never serve them.
             self._producer.poll(0)
 
-    def _resolve(self, value: bytes | None, received_at: int) -> None:
+    def _resolve(self, value: bytes | None, received_at: int, partition: int | None = None) -> None:
         try:
             record = self._answers.decode(value)
         except BadInput as err:
@@ -320,8 +326,10 @@ class Client:
             waiters = self._pending.get(rid)
             if not waiters:
                 return
-            # A repeated request id is answered once per request, with the same answer.
-            future, _partition = waiters.pop(0)
+            # A repeated request id is answered once per request, with the same answer: to the
+            # waiter whose return address it came to (another's partition may move meanwhile).
+            index = next((i for i, (_f, p) in enumerate(waiters) if p == partition), 0)
+            future, _partition = waiters.pop(index)
             if not waiters:
                 del self._pending[rid]
         if not future.done():

@@ -20,6 +20,7 @@ from confluent_kafka import KafkaException, TopicPartition
 from services.core.codec import codec
 from services.core.errors import BadInput, BrokerError, RendezvousError
 from services.core.kafka import Consumer, groupless, partition_counts
+from services.gateway.errors import AnswerFailed
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,10 @@ class ComparisonTap:
                     record = records.decode(msg.value())
                 except BadInput as err:
                     log.warning("undecodable comparison record for %s: %s", key, err)
+                    for future in waiters:  # their record came, unreadable: said now, not at the grace's end
+                        if not future.done():
+                            future.set_exception(AnswerFailed(f"the comparison record of this request cannot "
+                                                              f"be read: {err}"))
                     continue
                 for future in waiters:
                     if not future.done():

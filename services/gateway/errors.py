@@ -52,6 +52,10 @@ class Unavailable(CallError):
     retriable = True
 
 
+class ClientClosed(CallError):
+    """The caller went away before its request was read whole: no one to answer (nginx's 499)."""
+
+
 @dataclass(frozen=True)
 class Status:
     http: int
@@ -67,6 +71,7 @@ class Status:
 # Most specific first: the first class an exception is an instance of decides.
 _TABLE: tuple[tuple[type[BaseException], int, grpc.StatusCode, str], ...] = (
     (InvalidInput, 400, grpc.StatusCode.INVALID_ARGUMENT, "invalid"),
+    (ClientClosed, 499, grpc.StatusCode.CANCELLED, "client_closed"),
     (BodyTooLarge, 413, grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large"),
     # A request too large for a Kafka record: sending it again would meet the same refusal.
     (RecordTooLarge, 413, grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large"),

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
@@ -34,7 +34,7 @@ from services.core.metrics import child
 from services.gateway import metrics as m
 from services.gateway import oip
 from services.gateway.engine import Gateway
-from services.gateway.errors import BodyTooLarge, InvalidInput, status_of
+from services.gateway.errors import BodyTooLarge, ClientClosed, InvalidInput, status_of
 from services.gateway.oip import InferCall, Tensor
 
 log = logging.getLogger(__name__)
@@ -171,11 +171,14 @@ async def _body(request: Request, limit: int) -> bytes:
         raise BodyTooLarge(f"request body of {declared} bytes is over the limit of {limit}")
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # an ordinary hang-up, not the gateway's failure (it counted as internal)
+        raise ClientClosed(f"the caller closed the connection after {size} bytes of its request") from None
     return b"".join(chunks)
 
 

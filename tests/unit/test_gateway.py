@@ -553,3 +553,45 @@ def test_a_reader_that_stops_for_good_makes_the_gateway_not_live_and_fails_calls
     gateway.tap = tap
     client.stopped = None
     assert gateway.broken() == tap.stopped
+
+
+def test_a_caller_hanging_up_mid_body_is_client_closed_not_an_internal_error() -> None:
+    import asyncio
+
+    from starlette.requests import ClientDisconnect
+
+    from services.gateway.errors import ClientClosed, status_of
+    from services.gateway.rest import _body
+
+    class HangingUp:
+        headers: dict[str, str] = {}
+
+        async def stream(self):  # type: ignore[no-untyped-def]
+            yield b'{"inputs": ['
+            raise ClientDisconnect()
+
+    with pytest.raises(ClientClosed, match="after 12 bytes") as closed:
+        asyncio.run(_body(HangingUp(), 1000))  # type: ignore[arg-type]
+    assert (status_of(closed.value).http, status_of(closed.value).reason) == (499, "client_closed")
+
+
+def test_an_unreadable_comparison_record_fails_its_waiting_calls_at_once() -> None:
+    """They were dropped from the table and left to wait out the grace for a 503 blaming the
+    rendezvous."""
+    from types import SimpleNamespace
+
+    from services.gateway.comparisons import ComparisonTap
+    from services.gateway.errors import AnswerFailed, status_of
+
+    tap = ComparisonTap({"bootstrap.servers": "127.0.0.1:1"}, "rdv.log")
+    waiting = tap.expect("r1")
+
+    class OneDamaged:
+        def consume(self, _n: int, _timeout: float) -> list[object]:
+            tap._stop.set()  # one batch, then the loop ends
+            return [SimpleNamespace(key=lambda: b"r1", value=lambda: b"\x00\x01damaged")]
+
+    tap._read(OneDamaged())  # type: ignore[arg-type]
+    with pytest.raises(AnswerFailed, match="comparison record of this request cannot be read") as failed:
+        waiting.result(0)
+    assert status_of(failed.value).http == 502

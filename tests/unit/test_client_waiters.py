@@ -1,0 +1,53 @@
+"""Which waiter an answer goes to, and a request whose reply partition moved while it was sent
+(services/client/client.py), without a broker: a client's tables, driven directly."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+
+import pytest
+
+from services.client.client import Answer, Client, ReplyPartitionLost
+from services.core.codec import codec
+from services.core.settings import Topics
+
+
+def bare_client(owned: tuple[int, ...]) -> Client:
+    client = Client.__new__(Client)  # the tables only: no Kafka client is made
+    client._lock = threading.Lock()
+    client._pending = {}
+    client._answers = codec("answer")
+    client._owned = owned
+    client.topics = Topics.from_prefix("rdv.")
+    client.stopped = None
+    client.budget_ms = 200
+    return client
+
+
+def answer(rid: str) -> bytes:
+    return codec("answer").encode({
+        "request_id": rid, "status": "OK", "model": "champion", "version": "v1", "score": 0.5, "label": "x",
+        "reason": "preferred model answered", "created_at": 1, "deadline": 2, "answered_at": 1, "schedule": "s",
+        "schedule_version": 1})
+
+
+def test_an_answer_goes_to_the_waiter_whose_return_address_it_came_to() -> None:
+    """The same id in flight twice, answered on partitions 0 and 1: the answer read from 1 went to
+    the waiter on 0, whose partition then moved, failing the caller whose answer had come."""
+    client = bare_client((0, 1))
+    on_0, on_1 = Future[Answer](), Future[Answer]()
+    client._pending["r"] = [(on_0, 0), (on_1, 1)]
+    client._resolve(answer("r"), 10, partition=1)
+    assert on_1.done() and not on_0.done()
+    assert client._pending["r"] == [(on_0, 0)]
+
+
+def test_a_request_whose_reply_partition_moved_after_it_was_picked_is_not_sent() -> None:
+    """Picked, then revoked before its waiter was registered: the revoke could not fail it, and
+    it waited out its deadline."""
+    client = bare_client((1,))  # partition 0 was picked, then moved
+    client._pick_partition = lambda: 0  # type: ignore[method-assign]
+    with pytest.raises(ReplyPartitionLost, match="moved to another reader just now"):
+        client.submit({"f": 1.0})
+    assert client._pending == {}
