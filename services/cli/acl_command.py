@@ -56,10 +56,11 @@ def cmd_acl_apply(args: argparse.Namespace) -> int:
     from confluent_kafka import KafkaException
 
     from services.control.acl import ROLES, apply
-    from services.core.kafka import admin
+    from services.core.kafka import admin, wait_for_broker
 
     settings = with_bootstrap(from_namespace(AclSettings, args))
     grants = _grants(settings)
+    wait_for_broker(settings.librdkafka(), settings.connect_timeout_s)  # no broker is not a refusal
     try:
         count = apply(admin(settings.librdkafka()), grants)
     except KafkaException as exc:
