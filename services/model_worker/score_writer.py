@@ -90,7 +90,10 @@ class ScoreWriter:
         times = long_bytes(received_at) + long_bytes(scored_at)
         values, unencodable = [], 0
         for request, result in zip(requests, results, strict=True):
-            value = self._fast_record(request, result, times, tails) if self._fast else None
+            try:
+                value = self._fast_record(request, result, times, tails) if self._fast else None
+            except Exception:  # noqa: BLE001 - e.g. a label with a lone surrogate: the generic path says why
+                value = None
             if value is None:
                 value, failed = self._generic(request, result, received_at, scored_at)
                 unencodable += failed
@@ -144,9 +147,13 @@ class ScoreWriter:
         record = {
             "request_id": request["request_id"],
             **self._names,
-            "score": prediction.score if prediction is not None else None,
-            "label": prediction.label if prediction is not None else None,
-            "error": error[:_ERROR_CHARS] if isinstance(error, str) else error,
+            # getattr: a model returning something else than Predictions (plain floats, None) is
+            # that request's error below (not encodable), never the worker's end.
+            "score": getattr(prediction, "score", prediction) if prediction is not None else None,
+            "label": getattr(prediction, "label", None) if prediction is not None else None,
+            # Escaped: an exception's text may hold what UTF-8 cannot carry (a lone surrogate).
+            "error": error[:_ERROR_CHARS].encode("utf-8", "backslashreplace").decode() if isinstance(error, str)
+            else error,
             "deadline": request["deadline"],
             "received_at": received_at,
             "scored_at": scored_at,
@@ -163,5 +170,8 @@ class ScoreWriter:
         # request's error, never the worker's end.
         except Exception as exc:  # noqa: BLE001
             failed = 1 if error is None else 0
-            record.update(score=None, label=None, error=f"model output not encodable: {exc}"[:_ERROR_CHARS])
+            why = f"model output not encodable: {exc}"[:_ERROR_CHARS]
+            # The reason itself may hold what could not be encoded (a lone surrogate): escaped.
+            why = why.encode("utf-8", "backslashreplace").decode("utf-8")
+            record.update(score=None, label=None, error=why)
             return self._codec.encode(record), failed

@@ -25,6 +25,7 @@ A crash between 2 and 3 re-scores that batch after restart; no request is ever s
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -111,15 +112,36 @@ def _predict(model: Model, matrix: Any) -> list[_Output]:
     given = matrix.copy() if len(matrix) > 1 else matrix
     try:
         predictions = model.predict(matrix)
-    # A model may raise anything; it is that request's error, never the worker's end.
+        if len(predictions) != len(matrix):
+            raise ValueError(f"model returned {len(predictions)} outputs for {len(matrix)} inputs")
+    # A model may raise anything; it is that request's error, never the worker's end. Several rows
+    # are tried again one by one: a request's score must not depend on the batch it came in.
     except Exception as exc:  # noqa: BLE001
         if len(matrix) == 1:
-            return [(None, f"{type(exc).__name__}: {exc}")]
+            return [(None, _described(exc))]
         return [out for i in range(len(given)) for out in _predict(model, given[i : i + 1])]
-    if len(predictions) != len(matrix):
-        error = f"model returned {len(predictions)} outputs for {len(matrix)} inputs"
-        return [(None, error)] * len(matrix)
-    return [(p, None) for p in predictions]
+    return [_checked(p) for p in predictions]
+
+
+def _checked(prediction: Any) -> _Output:
+    """A prediction whose score is not a finite number (inputs near the float range overflow a
+    model's arithmetic) is that request's error: NaN is no answer to give with confidence."""
+    score = getattr(prediction, "score", None)
+    try:
+        finite = score is None or math.isfinite(score)
+    except TypeError:
+        finite = True  # not a number at all: the Score writer says so
+    return (prediction, None) if finite else (None, f"the model's score is not a finite number ({score})")
+
+
+def _described(exc: BaseException) -> str:
+    """An exception as one line of text, whatever its message holds (a lone surrogate, a __str__
+    that raises): the text goes into a Score, never into the worker's end."""
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:  # noqa: BLE001
+        text = f"{type(exc).__name__} (its message cannot be shown)"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _ms_since(started: float) -> float:
@@ -336,17 +358,20 @@ class _BatchScorer:
         child(COMPUTE, *labels).observe(results[0].compute_ms / 1000.0)
         values, unencodable = hosted.writer.encode_batch(requests, results, received_at, now_ms())
         scores_topic = self.w.topics.scores
-        for msg, value in zip(sources, values, strict=True):
-            # Same partition number as the request: co-partitioning holds whatever
-            # partitioner the request's producer used (Java murmur2, librdkafka crc32, ...).
+        for msg, request, result, value in zip(sources, requests, results, values, strict=True):
+            # Keyed by the request id (at most 1,024 characters, so a Score always fits), not the
+            # request's own key, which may be of any size. Same partition number as the request:
+            # co-partitioning holds whatever partitioner the request's producer used.
             try:
-                self.producer.produce(scores_topic, value, key=msg.key(), partition=msg.partition())
-            except RecordTooLarge as err:  # a producer message.max.bytes set below a Score's size
-                unencodable += 1
+                self.producer.produce(scores_topic, value, key=request["request_id"].encode(),
+                                      partition=msg.partition())
+            except RecordTooLarge as err:  # a producer or topic limit set below a Score's size
+                unencodable += result.error is None  # an error Score already counts as one
                 log.warning("no Score for %s[%s]@%s: %s", msg.topic(), msg.partition(), msg.offset(), err)
                 if self.w.settings.dead_letter:
                     self.dead.send(msg, DecodeFailed(f"its Score could not be written: {err}"))
-        errors = sum(r.error is not None for r in results) + unencodable
+        # At most one per request, whatever way each failed (a negative count would raise here).
+        errors = min(len(requests), sum(r.error is not None for r in results) + unencodable)
         child(SCORES, *labels, "ok").inc(len(requests) - errors)
         if errors:
             child(SCORES, *labels, "error").inc(errors)

@@ -33,6 +33,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from math import isfinite
 from typing import Any, Protocol
 
 from services.control.schedule import Decision, Schedule, Status
@@ -267,8 +268,10 @@ class Join:
                 self.metrics.inc(child(m.LATE_SCORES, model_label, "true"))
                 return None
             mailbox = self._open_orphan(rid, score)
-        arrival = Arrival(score.model, score.version, score.score, score.label, score.error, score.log_time,
-                          score.compute_ms)
+        value, error = score.score, score.error
+        if value is not None and not isfinite(value):  # NaN is no answer to give with confidence
+            value, error = None, error or f"its score is not a finite number ({value})"
+        arrival = Arrival(score.model, score.version, value, score.label, error, score.log_time, score.compute_ms)
         if not mailbox.add(arrival):
             self.metrics.inc(child(m.DUPLICATE_SCORES, model_label))
         elif mailbox.decision is not None and arrival.at > mailbox.decision.at:

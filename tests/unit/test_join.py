@@ -404,6 +404,16 @@ def test_answers_a_scan_read_before_its_window_are_kept_for_the_last_remember_ms
     assert sorted(found.remembered) == ["quiet", "recent"]
 
 
+def test_a_score_that_is_not_a_finite_number_is_that_models_failure_not_an_answer() -> None:
+    join, out = make_join()
+    join.on_request(request("r"))
+    join.on_score(score("r", "champion", T0 + 2, value=float("nan")))
+    join.on_score(score("r", "challenger", T0 + 3, value=float("inf")))
+    join.on_score(score("r", "canary", T0 + 4, value=0.25))
+    assert decided(out) == {"r": ("FALLBACK", "canary", T0 + 4)}
+    assert "champion failed (its score is not a finite number (nan))" in out.answers[0]["reason"]
+
+
 def test_a_request_is_not_finished_until_its_reply_is_acknowledged() -> None:
     """Answered and logged is not enough for its offset to be committed: a crash before the
     reply's acknowledgement must make the next owner re-read it."""

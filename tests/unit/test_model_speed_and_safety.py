@@ -225,6 +225,64 @@ def test_a_label_too_long_for_a_score_record_is_that_requests_error() -> None:
     assert second["error"] == f"the model's label of 900000 characters is over the limit of {MAX_LABEL_CHARS}"
 
 
+def test_outputs_that_once_killed_the_worker_are_each_their_requests_error() -> None:
+    """A label with a lone surrogate, an exception whose text holds one, or a model returning
+    something else than Predictions raised out of the Score writer: the worker died (with every
+    co-hosted model), again on the re-read batch after each restart."""
+    writer = ScoreWriter("m", "1", "i")
+    requests = [{"request_id": rid, "deadline": 5} for rid in "abcd"]
+    results = [Scored(Prediction(0.5, "bad \udc80 label"), None, 1.0),
+               Scored(None, "ValueError: bad \udc80 text", 1.0),
+               Scored(0.75, None, 1.0),  # type: ignore[arg-type]  # a plain float: its score
+               Scored(object(), None, 1.0)]  # type: ignore[arg-type]
+    values, unencodable = writer.encode_batch(requests, results, 1, 2)
+    decoded = [codec("score").decode(v) for v in values]
+    assert decoded[0]["score"] is None and decoded[0]["error"].startswith("model output not encodable")
+    assert decoded[1]["score"] is None and "bad" in decoded[1]["error"]
+    assert (decoded[2]["score"], decoded[2]["error"]) == (0.75, None)
+    assert decoded[3]["score"] is None and decoded[3]["error"].startswith("model output not encodable")
+    assert unencodable == 2  # the first and the last; the second was an error already
+
+
+class _Overflowing:
+    """A model whose arithmetic overflows on inputs near the float range (finite, so they pass
+    the contract), and that drops the rows it cannot handle from a batch."""
+
+    name, version, feature_names = "overflowing", "1", ["x"]
+
+    def load(self) -> None:
+        return None
+
+    def predict(self, matrix: Any) -> list[Prediction]:
+        kept = [row for row in matrix if abs(row[0]) < 1e300]
+        if len(kept) < len(matrix) and len(matrix) > 1:
+            return [Prediction(float(row[0]) * 1e10, "l") for row in kept]
+        return [Prediction(float(row[0]) * 1e10, "l") for row in matrix]
+
+
+def test_a_score_that_is_not_finite_is_an_error_and_a_rows_score_never_depends_on_its_batch() -> None:
+    """1e308 features overflowed a model's arithmetic into a NaN or inf score, answered OK with
+    confidence; a model dropping one row of a batch failed every row of it."""
+    model = _Overflowing()
+    alone = score_batch(model, [{"x": 0.5}])  # type: ignore[arg-type]
+    together = score_batch(model, [{"x": 0.5}, {"x": 1e308}])  # type: ignore[arg-type]
+    assert together[0].prediction == alone[0].prediction and together[0].error is None
+    assert together[1].prediction is None and together[1].error == "the model's score is not a finite number (inf)"
+
+
+def test_an_exception_whose_text_cannot_be_shown_is_still_that_requests_error() -> None:
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    class Raising(_Overflowing):
+        def predict(self, matrix: Any) -> list[Prediction]:
+            raise Unprintable()
+
+    (result,) = score_batch(Raising(), [{"x": 0.5}])  # type: ignore[arg-type]
+    assert result.prediction is None and result.error == "Unprintable (its message cannot be shown)"
+
+
 # --- model files: pickles only when trusted; skops checks its types ---------------------------------
 
 
