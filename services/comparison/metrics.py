@@ -37,6 +37,10 @@ QUANTILES = (("0.5", 0.5), ("0.9", 0.9), ("0.99", 0.99), ("0.999", 0.999))
 MAX_CONFUSION_LABELS = 10
 
 RECORDS = Counter("rdv_cmp_records_total", "Comparison records read from the log (one per request).")
+EXPORT_FAILURES = Counter("rdv_cmp_export_failures_total",
+                          "Times the window's figures could not be computed (the last published ones stayed).")
+# Longer model or version names are counted as 'other': label values go into every /metrics scrape.
+MAX_LABEL_CHARS = 128
 STALE = Counter(
     "rdv_cmp_stale_records_total", "Records older than the window's start: counted, not windowed."
 )
@@ -165,20 +169,21 @@ class LabelBudget:
     def model(self, name: str) -> str:
         if name in self._models:
             return name
-        if len(self._models) < self.max_models and name != OTHER:
+        if len(self._models) < self.max_models and name != OTHER and len(name) <= MAX_LABEL_CHARS:
             self._models.add(name)
             return name
         if not self._warned:
             self._warned = True
-            log.warning("model %r and any later new model are counted as %r (--max-models %d)",
-                        name, OTHER, self.max_models)
+            log.warning("model %r and any later new model, or any named with more than %d characters, are "
+                        "counted as %r (--max-models %d)", name[:MAX_LABEL_CHARS], MAX_LABEL_CHARS, OTHER,
+                        self.max_models)
         return OTHER
 
     def version(self, model: str, version: str) -> str:
         key = (model, version)
         if key in self._versions:
             return version
-        if len(self._versions) < 4 * self.max_models:
+        if len(self._versions) < 4 * self.max_models and len(version) <= MAX_LABEL_CHARS:
             self._versions.add(key)
             return version
         return OTHER

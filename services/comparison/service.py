@@ -119,7 +119,7 @@ class ComparisonService(SimpleHandler):
     def on_batch(self, messages: list[Message]) -> None:
         if not messages:
             return
-        latest_ok = now_ms() + int(self.settings.future_tolerance_s * 1000)
+        latest_ok = now_ms() + self.settings.future_tolerance_ms()
         rejected = 0
         records, values = messages, list(map(Message.value, messages))
         if None in values:  # seals carry no comparison; only a null value can be one
@@ -248,11 +248,18 @@ class ComparisonService(SimpleHandler):
     def export(self) -> None:
         """Recompute every window gauge and publish them together."""
         started = time.monotonic()
-        samples = m.window_samples(self.window.view(), self.champion.current, self.references.frozen,
-                                   {name: self.references.count(name) for name in self._labels_seen()},
-                                   canary=self.settings.canary or None)
+        self._next_export = started + self._export_every
+        try:
+            samples = m.window_samples(self.window.view(), self.champion.current, self.references.frozen,
+                                       {name: self.references.count(name) for name in self._labels_seen()},
+                                       canary=self.settings.canary or None)
+        # What the window holds came from the log (anyone may write it): a figure it cannot be
+        # computed from leaves the last published ones, said and counted, never the service's end.
+        except Exception:
+            m.EXPORT_FAILURES.inc()
+            log.exception("the window's figures could not be computed; the last published ones stay")
+            return
         m.WINDOW.publish(samples)
-        self._next_export = time.monotonic() + self._export_every
         log.debug("exported the window in %.1f ms", (time.monotonic() - started) * 1000)
 
     def _labels_seen(self) -> set[str]:

@@ -42,10 +42,17 @@ class ComparisonSettings(ServiceSettings):
         "values; later ones are counted as 'other', so a bad producer cannot explode cardinality.",
     )
     future_tolerance_s: float = setting(
-        300.0,
+        60.0,
         "A record created more than this far in the future (by this host's clock) is dead-lettered: "
-        "it would move the window's end and expire everything else (s).",
+        "it would move the window's end and expire everything else (s). The rendezvous refuses "
+        "requests created more than a minute ahead; one within it moves the end by at most this much "
+        "(and by at most half of --window-s, whatever this says).",
     )
+
+    def future_tolerance_ms(self) -> int:
+        """How far ahead of this host's clock a record may be created: at most half the window,
+        so that one record cannot expire most of what the window holds."""
+        return int(min(self.future_tolerance_s, self.window_s / 2) * 1000)
     max_batch: int = setting(
         5000, "Most records handled per poll (a backlog is folded in batches this large: each batch has a fixed cost).",
         minimum=1,

@@ -15,6 +15,7 @@ Used by the live comparison service (over sliding windows of mergeable parts) an
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -202,9 +203,13 @@ class PairedScores:
         """Pearson correlation (nan when empty or when either side is constant)."""
         if self.n < 2:
             return float("nan")
+        # Products, not `**`: a float's ** raises OverflowError past 1e308 (scores near 1e154
+        # killed the comparison service), a product becomes inf, and the answer nan below.
         cov = self.sum_ab - self.sum_a * self.sum_b / self.n
-        var_a = self.sum_aa - self.sum_a**2 / self.n
-        var_b = self.sum_bb - self.sum_b**2 / self.n
+        var_a = self.sum_aa - self.sum_a * self.sum_a / self.n
+        var_b = self.sum_bb - self.sum_b * self.sum_b / self.n
+        if not (math.isfinite(cov) and math.isfinite(var_a) and math.isfinite(var_b)):
+            return float("nan")
         if var_a <= 1e-12 * self.n or var_b <= 1e-12 * self.n:
             return float("nan")
         return float(cov / np.sqrt(var_a * var_b))

@@ -334,6 +334,52 @@ def test_label_budget_folds_excess_model_names_into_other() -> None:
     assert m.WINDOW.value("rdv_cmp_window_outputs", model="other") == 3
 
 
+def test_scores_near_the_float_range_give_no_figure_instead_of_killing_the_service() -> None:
+    """A score of 1e200 (anyone may write the log, and no model's score is bounded) made the
+    correlation's `sum**2` raise OverflowError in export: the comparison service died, again at
+    each export while the record stayed in the window."""
+    svc = service()
+    feed(svc, [record(BASE_MS + i, [output("champion", 0.5 + i / 100), output("big", 1e200 * (i + 1))])
+               for i in range(5)])
+    svc.export()  # raised OverflowError
+    pairs = {labels for labels, _v in m.WINDOW._samples["rdv_cmp_window_pairs"]}
+    correlated = {labels for labels, _v in m.WINDOW._samples["rdv_cmp_score_correlation"]}
+    assert ("big", "champion") in pairs and ("big", "champion") not in correlated  # no figure: none given
+
+
+def test_a_failure_to_compute_the_figures_leaves_the_last_ones_and_is_counted(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = service()
+    feed(svc, [record(BASE_MS, [output("champion"), output("challenger")])])
+    svc.export()
+    before = sample("rdv_cmp_export_failures_total")
+    published = dict(m.WINDOW._samples)
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise ValueError("a figure that cannot be computed")
+
+    monkeypatch.setattr(m, "window_samples", broken)
+    svc.export()
+    assert sample("rdv_cmp_export_failures_total") == before + 1
+    assert dict(m.WINDOW._samples) == published
+
+
+def test_model_names_too_long_for_a_metric_label_are_counted_as_other() -> None:
+    """50 records with 400 kB names made a 439 MB /metrics body, 8 s to build at every scrape."""
+    svc = service()
+    feed(svc, [record(BASE_MS, [output("champion"), output("n" * 100_000)])])
+    svc.export()
+    names = {labels[0] for labels, _v in m.WINDOW._samples["rdv_cmp_window_outputs"]}
+    assert names == {"champion", "other"}
+
+
+def test_a_record_far_ahead_never_moves_the_window_past_half_its_length() -> None:
+    """The tolerance equalled the window (300 s): one record 290 s ahead emptied it."""
+    assert ComparisonSettings(window_s=300).future_tolerance_ms() == 60_000  # the default
+    assert ComparisonSettings(window_s=60, future_tolerance_s=300).future_tolerance_ms() == 30_000
+
+
 def test_implausible_records_are_rejected_as_bad_input() -> None:
     with pytest.raises(DecodeFailed, match="in the future"):
         validate(record(BASE_MS + 10_000_000, []), latest_ok_ms=BASE_MS)
