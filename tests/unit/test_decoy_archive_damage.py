@@ -51,3 +51,65 @@ def test_a_sealed_file_damaged_or_missing_is_skipped_and_the_others_are_read(
     offsets = [r["offset"] for r in iter_archive(tmp_path)]
     assert offsets == list(range(200, 250))
     assert "missing" in caplog.text and "sha256 is not the manifest's" in caplog.text
+
+
+def test_a_file_sealed_but_not_yet_in_the_manifest_at_a_crash_is_added_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its records were fsynced and their offsets committed; the manifest's write failed (a full
+    disk, a kill between the rename and the write): they were never read back."""
+    from services.decoy import archive
+
+    writer = ArchiveWriter(tmp_path, **ROLL)
+    writer.append(rows(0, 2))
+    writer.roll()
+    writer.append(rows(2, 2))
+
+    def full(_directory: Path, _files: list[Any]) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(archive, "write_manifest", full)
+        with pytest.raises(OSError, match="No space"):
+            writer.roll()
+    assert [r["offset"] for r in iter_archive(tmp_path)] == [0, 1]  # the sealed file is not named
+
+    ArchiveWriter(tmp_path, **ROLL).close()
+    assert [r["offset"] for r in iter_archive(tmp_path)] == [0, 1, 2, 3]
+
+
+def test_a_recovery_cut_short_leaves_the_original_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It rewrote the `.part` in place: a kill during the rewrite left nothing readable."""
+    from fastavro.write import Writer
+
+    from services.decoy import archive
+
+    writer = ArchiveWriter(tmp_path, **ROLL)
+    writer.append(rows(0, 100))
+    part = next(tmp_path.glob("*.part"))
+    original = part.read_bytes()
+
+    class KilledMidway:
+        """fastavro's writer, until the kill half way through the copy."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.real, self.written = Writer(*args, **kwargs), 0
+
+        def write(self, record: Any) -> None:
+            self.written += 1
+            if self.written > 50:
+                raise KeyboardInterrupt
+            self.real.write(record)
+
+        def flush(self) -> None:
+            self.real.flush()
+
+    with monkeypatch.context() as patched:
+        patched.setattr(archive, "Writer", KilledMidway)
+        with pytest.raises(KeyboardInterrupt):
+            ArchiveWriter(tmp_path, **ROLL)
+    assert part.read_bytes() == original
+
+    ArchiveWriter(tmp_path, **ROLL).close()  # the next start: the whole file, the stale copy gone
+    assert [r["offset"] for r in iter_archive(tmp_path)] == list(range(100))
+    assert not list(tmp_path.glob("*.recovering"))
