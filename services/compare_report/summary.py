@@ -14,13 +14,14 @@ use it without Kafka); `summarize` from accumulated columns.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from services.compare_report.columns import STATUSES, Columns, Frame
 from services.core.errors import ConfigError
+from services.core.runtime import now_ms
 from services.stats.deadline import met_deadline_array
 from services.stats.distributions import PairedLabels, PairedScores, ks_exact, psi_exact
 
@@ -91,6 +92,10 @@ def summarize_records(
 
 def summarize(frame: Frame, champion: str | None = None, bucket_ms: int | None = None, **extra: Any) -> Report:
     """The report of accumulated columns; `extra` fills `source` / `notes`."""
+    frame, left_out = plausible(frame, now_ms())
+    if left_out:
+        extra["notes"] = (*extra.get("notes", ()), f"{left_out:,} records left out: created at no plausible time "
+                          f"(before {EARLIEST_YEAR} or more than a day ahead of this host's clock)")
     champion_code, source = _champion(frame, champion)
     first, last = (int(frame.created_at.min()), int(frame.created_at.max())) if frame.records else (None, None)
     bucket = _bucket_ms(first, last, bucket_ms)
@@ -105,6 +110,34 @@ def summarize(frame: Frame, champion: str | None = None, bucket_ms: int | None =
         answered_by_deadline=_answered_by_deadline(frame), first_ms=first, last_ms=last, bucket_ms=bucket,
         bucket_starts=starts, **extra,
     )  # fmt: skip
+
+
+# What a request's created_at may be: the rendezvous logs even a request it refused, with the
+# created_at it was given (2^63 - 1 from a careless or hostile client), and no figure, bucket or
+# date can be made of such a time.
+EARLIEST_YEAR = 2000
+_EARLIEST_MS = 946_684_800_000  # 2000-01-01
+_AHEAD_MS = 86_400_000
+
+
+def plausible(frame: Frame, now: int) -> tuple[Frame, int]:
+    """The frame without records created at no plausible time, and how many those were; scores
+    that are not finite (no model's score is bounded) count as not scored."""
+    keep = (frame.created_at >= _EARLIEST_MS) & (frame.created_at <= now + _AHEAD_MS)
+    score = frame.score
+    if not np.isfinite(score[~np.isnan(score)]).all():
+        score = np.where(np.isinf(score), np.nan, score)
+    if keep.all():
+        return (frame if score is frame.score else replace(frame, score=score)), 0
+    row_keep = keep[frame.row]
+    renumbered = np.cumsum(keep) - 1
+    return replace(
+        frame, created_at=frame.created_at[keep], deadline=frame.deadline[keep],
+        answered_at=frame.answered_at[keep], status=frame.status[keep], chosen=frame.chosen[keep],
+        row=renumbered[frame.row[row_keep]], model=frame.model[row_keep], score=score[row_keep],
+        label=frame.label[row_keep], error=frame.error[row_keep], latency_ms=frame.latency_ms[row_keep],
+        late=frame.late[row_keep],
+    ), int((~keep).sum())  # fmt: skip
 
 
 def _champion(frame: Frame, given: str | None) -> tuple[int | None, str]:

@@ -69,8 +69,12 @@ def _describe(bound: Bound | None, default: str) -> str:
 
 
 def format_ms(ms: int) -> str:
-    """Epoch ms as an ISO UTC time to the second, e.g. 2024-05-01 12:00:00Z."""
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    """Epoch ms as an ISO UTC time to the second, e.g. 2024-05-01 12:00:00Z (a time no calendar
+    date can show, e.g. 2^63 - 1, as its number)."""
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    except (ValueError, OverflowError, OSError):
+        return f"{ms} ms since 1970"
 
 
 def parse_duration_ms(text: str, flag: str = "--since") -> int:

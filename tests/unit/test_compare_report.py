@@ -583,3 +583,30 @@ def test_html_without_a_champion_says_so() -> None:
     parser.feed(render_html(report))
     assert set(parser.figures) == {"fig-latency-cdf", "fig-score-qq", "fig-agreement-over-time"}
     assert parser.svgs == 1
+
+
+def test_records_created_at_no_plausible_time_are_left_out_and_said() -> None:
+    """The rendezvous logs a refused request with the created_at it was given: 2^63 - 1 made the
+    report's dates raise (no calendar has that year), -2^63 wrapped its buckets' subtraction, and
+    an infinite score counted as usable (every mean difference inf, correlation nan)."""
+    records = synthetic(50)
+    hostile = [{**records[0], "request_id": "end", "created_at": 2**63 - 1, "deadline": 2**63 - 1},
+               {**records[1], "request_id": "start", "created_at": -(2**63), "deadline": -(2**63) + 30}]
+    scored = {**records[2], "request_id": "inf", "outputs": [
+        {**o, "score": math.inf} if o["model"] == "challenger" else o for o in records[2]["outputs"]]}
+    report = summarize_records([*records, *hostile, scored])
+    expected = summarize_records([*records, {**records[2], "request_id": "inf", "outputs": [
+        {**o, "score": None} if o["model"] == "challenger" else o for o in records[2]["outputs"]]}])
+    assert report.records == 51 and report.first_ms == min(r["created_at"] for r in records)
+    assert any("2 records left out: created at no plausible time" in note for note in report.notes)
+    challenger = next(m for m in report.models if m.name == "challenger")
+    assert math.isfinite(challenger.mad)
+    assert challenger.mad == next(m for m in expected.models if m.name == "challenger").mad
+    print_report(report, Console(width=200, record=True))  # raised ValueError: year out of range
+
+
+def test_a_time_no_calendar_can_show_is_shown_as_its_number() -> None:
+    from services.core.ranges import format_ms
+
+    assert format_ms(2**63 - 1) == f"{2**63 - 1} ms since 1970"
+    assert format_ms(1_700_000_000_000) == "2023-11-14 22:13:20Z"
