@@ -31,6 +31,10 @@ from services.model_worker.models import Model, load_model
 from services.model_worker.settings import trust_model_file_setting
 from services.model_worker.worker import score_batch
 
+# How far before the earliest request's created_at the log is read (see `replay`): a client's
+# clock up to a minute ahead of the rendezvous', and a minute more for what is logged late.
+LOG_MARGIN_MS = 120_000
+
 
 @dataclass(frozen=True)
 class ReplaySettings(KafkaSettings):
@@ -144,15 +148,21 @@ def replay(settings: ReplaySettings, requests: Iterable[bytes | None] | None = N
     decoded, undecodable = _decode(requests if requests is not None else recorded_requests(settings))
     if not decoded:
         raise ConfigError("no requests in that range: nothing to replay")
-    first_created = min(r["created_at"] for r in decoded)
-    logged = _logged_outputs(settings, {r["request_id"] for r in decoded}, first_created)
+    # Each request once: a retry of an id (the same request again) is one request of the log.
+    decoded = list({r["request_id"]: r for r in reversed(decoded)}.values())[::-1]
+    # The log's records are stamped by the rendezvous' clock, a request's created_at by its client's,
+    # which may run up to a minute ahead (the rendezvous accepts that much): read from before it.
+    first_created = min(r["created_at"] for r in decoded) - LOG_MARGIN_MS
+    logged = _logged_outputs(settings, {r["request_id"] for r in decoded}, max(0, first_created))
     records = []
     for request, output in zip(decoded, _score(model, decoded, settings.batch), strict=True):
         past = logged.get(request["request_id"])
         records.append(_comparison(request, past, {"model": name, "version": model.version, **output}))
-    report = summarize_records(records, champion=settings.champion or None,
-                               source=f"replay of {len(decoded):,} requests ({settings.source}) through {name}")
     without_log = sum(r["request_id"] not in logged for r in decoded)
+    notes = (f"{without_log:,} of these requests have no comparison record in the log: shown as TIMEOUT "
+             "'not in the log', their real answers unknown",) if without_log else ()
+    report = summarize_records(records, champion=settings.champion or None, notes=notes,
+                               source=f"replay of {len(decoded):,} requests ({settings.source}) through {name}")
     return ReplayResult(report, len(decoded), undecodable, without_log, time.perf_counter() - started)
 
 
