@@ -460,3 +460,23 @@ def test_hosted_models_make_equal_signatures_one_object() -> None:
     champion, challenger, canary = hosted_models(settings, "host-1")
     assert champion.signature is challenger.signature
     assert canary.signature is not champion.signature
+
+
+def test_one_hostile_row_costs_a_few_calls_not_one_per_row() -> None:
+    """The batch was re-scored row by row: one such row in every batch of 256 made 257 calls."""
+
+    class OneBadRow(_Overflowing):
+        calls = 0
+
+        def predict(self, matrix: Any) -> list[Prediction]:
+            OneBadRow.calls += 1
+            if any(row[0] < 0 for row in matrix):
+                raise ValueError("a row it cannot take")
+            return [Prediction(float(row[0]), "l") for row in matrix]
+
+    rows = [{"x": float(i)} for i in range(256)]
+    rows[77] = {"x": -1.0}
+    results = score_batch(OneBadRow(), rows)  # type: ignore[arg-type]
+    assert [r.error is not None for r in results] == [i == 77 for i in range(256)]
+    assert [r.prediction.score for r in results if r.prediction] == [float(i) for i in range(256) if i != 77]
+    assert OneBadRow.calls <= 1 + 2 * 8  # the batch, then two halves at each of log2(256) levels
