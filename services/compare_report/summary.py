@@ -131,12 +131,17 @@ def plausible(frame: Frame, now: int) -> tuple[Frame, int]:
         return (frame if score is frame.score else replace(frame, score=score)), 0
     row_keep = keep[frame.row]
     renumbered = np.cumsum(keep) - 1
+    # Models seen only in what was left out are no models of the range: their codes go too.
+    present = np.unique(frame.model[row_keep])
+    recode = np.full(len(frame.models) + 1, -1, dtype=np.int64)  # the last slot: -1 (no model) stays -1
+    recode[present] = np.arange(len(present))
     return replace(
         frame, created_at=frame.created_at[keep], deadline=frame.deadline[keep],
-        answered_at=frame.answered_at[keep], status=frame.status[keep], chosen=frame.chosen[keep],
-        row=renumbered[frame.row[row_keep]], model=frame.model[row_keep], score=score[row_keep],
+        answered_at=frame.answered_at[keep], status=frame.status[keep], chosen=recode[frame.chosen[keep]],
+        row=renumbered[frame.row[row_keep]], model=recode[frame.model[row_keep]], score=score[row_keep],
         label=frame.label[row_keep], error=frame.error[row_keep], latency_ms=frame.latency_ms[row_keep],
-        late=frame.late[row_keep],
+        late=frame.late[row_keep], models=tuple(frame.models[i] for i in present.tolist()),
+        versions=tuple(frame.versions[i] for i in present.tolist()),
     ), int((~keep).sum())  # fmt: skip
 
 

@@ -42,11 +42,11 @@ class ComparisonSettings(ServiceSettings):
         "values; later ones are counted as 'other', so a bad producer cannot explode cardinality.",
     )
     future_tolerance_s: float = setting(
-        60.0,
+        120.0,
         "A record created more than this far in the future (by this host's clock) is dead-lettered: "
         "it would move the window's end and expire everything else (s). The rendezvous refuses "
-        "requests created more than a minute ahead; one within it moves the end by at most this much "
-        "(and by at most half of --window-s, whatever this says).",
+        "requests created more than a minute ahead of the broker's clock, and this host's may lag it; "
+        "one within it moves the end by at most this much (and by at most half of --window-s).",
     )
 
     def future_tolerance_ms(self) -> int:

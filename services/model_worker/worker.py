@@ -106,7 +106,7 @@ def score_prepared(model: Model, prepared: Prepared, rows: int, prepare_ms: floa
     return results
 
 
-def _predict(model: Model, matrix: Any) -> list[_Output]:
+def _predict(model: Model, matrix: Any, probe: bool = True) -> list[_Output]:
     # A model may scale its input in place before it raises: the rows retried one by one must be
     # the rows it was given.
     given = matrix.copy() if len(matrix) > 1 else matrix
@@ -120,19 +120,26 @@ def _predict(model: Model, matrix: Any) -> list[_Output]:
     except Exception as exc:  # noqa: BLE001
         if len(matrix) == 1:
             return [(None, _described(exc))]
+        if probe:  # the first row alone: if it fails too, most likely every row does (a broken model)
+            first = _predict(model, given[:1], probe=False)
+            if first[0][1] is not None:
+                return [*first, *(out for i in range(1, len(given)) for out in _predict(model, given[i : i + 1]))]
+            return [*first, *_predict(model, given[1:], probe=False)]
         half = len(given) // 2
-        return [*_predict(model, given[:half]), *_predict(model, given[half:])]
+        return [*_predict(model, given[:half], probe=False), *_predict(model, given[half:], probe=False)]
     return [_checked(p) for p in predictions]
 
 
 def _checked(prediction: Any) -> _Output:
     """A prediction whose score is not a finite number (inputs near the float range overflow a
     model's arithmetic) is that request's error: NaN is no answer to give with confidence."""
-    score = getattr(prediction, "score", None)
+    score = getattr(prediction, "score", prediction)  # as the Score writer reads it (a plain float too)
     try:
         finite = score is None or math.isfinite(score)
     except TypeError:
         finite = True  # not a number at all: the Score writer says so
+    except (ValueError, OverflowError):  # e.g. an int past the float range
+        finite = False
     return (prediction, None) if finite else (None, f"the model's score is not a finite number ({score})")
 
 

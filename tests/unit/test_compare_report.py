@@ -605,6 +605,17 @@ def test_records_created_at_no_plausible_time_are_left_out_and_said() -> None:
     print_report(report, Console(width=200, record=True))  # raised ValueError: year out of range
 
 
+def test_a_model_seen_only_in_records_left_out_is_no_model_of_the_report() -> None:
+    records = synthetic(20)
+    ghost = {**records[0], "request_id": "ghost", "created_at": 2**63 - 1, "deadline": 2**63 - 1,
+             "outputs": [{**records[0]["outputs"][0], "model": "ghost"}]}
+    report = summarize_records([*records, ghost])
+    assert "ghost" not in {m.name for m in report.models}
+    assert {m.name for m in report.models} == {m.name for m in summarize_records(records).models}
+    with pytest.raises(ConfigError, match="--champion ghost: no such model in the range"):
+        summarize_records([*records, ghost], champion="ghost")
+
+
 def test_a_time_no_calendar_can_show_is_shown_as_its_number() -> None:
     from services.core.ranges import format_ms
 

@@ -479,4 +479,32 @@ def test_one_hostile_row_costs_a_few_calls_not_one_per_row() -> None:
     results = score_batch(OneBadRow(), rows)  # type: ignore[arg-type]
     assert [r.error is not None for r in results] == [i == 77 for i in range(256)]
     assert [r.prediction.score for r in results if r.prediction] == [float(i) for i in range(256) if i != 77]
-    assert OneBadRow.calls <= 1 + 2 * 8  # the batch, then two halves at each of log2(256) levels
+    assert OneBadRow.calls <= 3 + 2 * 8  # the batch, the first row alone, the rest, two halves a level below it
+
+
+def test_a_model_that_fails_every_row_costs_one_call_a_row_not_two() -> None:
+    """Halving a batch where every row fails would make 2n - 1 calls: the first row, tried alone
+    first, tells it apart and the rest go one by one (n + 1 calls, as before halving)."""
+
+    class Broken(_Overflowing):
+        calls = 0
+
+        def predict(self, matrix: Any) -> list[Prediction]:
+            Broken.calls += 1
+            raise RuntimeError("broken")
+
+    results = score_batch(Broken(), [{"x": float(i)} for i in range(256)])  # type: ignore[arg-type]
+    assert all(r.error == "RuntimeError: broken" for r in results) and Broken.calls == 257
+
+
+def test_scores_the_float_range_cannot_hold_are_errors_whatever_their_type() -> None:
+    """An int past the float range raised OverflowError out of the check (the worker's end); a
+    plain float NaN (a model returning floats) passed it and was written as an OK Score."""
+
+    class Odd(_Overflowing):
+        def predict(self, matrix: Any) -> list[Any]:
+            return [Prediction(10**400, "l"), float("nan"), 0.25][: len(matrix)]
+
+    results = score_batch(Odd(), [{"x": 0.0}, {"x": 1.0}, {"x": 2.0}])  # type: ignore[arg-type]
+    assert [r.error is not None for r in results] == [True, True, False]
+    assert "not a finite number" in (results[1].error or "") and results[2].prediction == 0.25
