@@ -239,7 +239,7 @@ def _fill_pairs(
         counts = np.bincount(codes)  # few labels: counted, not sorted
         for code in np.flatnonzero(counts).tolist():
             lead_label, label = divmod(int(values[code]), width)
-            pair.labels.confusion[(batch.label.values[lead_label], batch.label.values[label])] += int(counts[code])
+            pair.labels.add(batch.label.values[lead_label], batch.label.values[label], int(counts[code]))
 
 
 def _groups(*columns: np.ndarray, where: np.ndarray) -> list[tuple[tuple[int, ...], np.ndarray]]:

@@ -210,7 +210,7 @@ class SlidingWindow:
                 pair.new_champion_scores.append(lead_score)
             label = out["label"]
             if label is not None and lead_label is not None:
-                pair.labels.confusion[(lead_label, label)] += 1
+                pair.labels.add(lead_label, label)
         return True
 
     def admit(self, created: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -215,17 +215,29 @@ class PairedScores:
         return float(cov / np.sqrt(var_a * var_b))
 
 
+# Distinct (champion label, model label) pairs counted one by one, at most; later new pairs are
+# counted together as OTHER_LABELS (agreeing) or (OTHER_LABELS, DIFFERENT_LABELS): agreement stays
+# exact, and a model that puts an id in its label cannot grow memory with every request.
+MAX_LABEL_PAIRS = 4096
+OTHER_LABELS = "(other labels)"
+DIFFERENT_LABELS = "(other, different labels)"
+
+
 @dataclass(slots=True)
 class PairedLabels:
     """Agreement and confusion counts of a model against the champion; mergeable."""
 
     confusion: Counter[tuple[str, str]] = field(default_factory=Counter)  # (champion, model) -> n
 
-    def add(self, champion_label: str, model_label: str) -> None:
-        self.confusion[(champion_label, model_label)] += 1
+    def add(self, champion_label: str, model_label: str, count: int = 1) -> None:
+        key = (champion_label, model_label)
+        if key not in self.confusion and len(self.confusion) >= MAX_LABEL_PAIRS:
+            key = (OTHER_LABELS, OTHER_LABELS if champion_label == model_label else DIFFERENT_LABELS)
+        self.confusion[key] += count
 
     def merge(self, other: PairedLabels) -> None:
-        self.confusion.update(other.confusion)
+        for (champion_label, model_label), count in other.confusion.items():
+            self.add(champion_label, model_label, count)
 
     @property
     def n(self) -> int:

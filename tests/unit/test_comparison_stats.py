@@ -436,3 +436,19 @@ def test_the_deadline_rule_is_one_rule_for_one_record_and_for_columns() -> None:
     columns = met_deadline_array(~errors & ~missing, latency, budget)
     assert list(columns) == scalar
     assert 0 < sum(scalar) < 500
+
+
+def test_label_pairs_beyond_the_bound_are_counted_together_and_agreement_stays_exact() -> None:
+    """A model putting an id in its label made one confusion entry per request: 50,000 records
+    of 1 kB labels took 58 MB of the comparison service's window."""
+    from services.stats.distributions import MAX_LABEL_PAIRS, PairedLabels
+
+    labels, other = PairedLabels(), PairedLabels()
+    for i in range(MAX_LABEL_PAIRS + 3_000):
+        labels.add(f"id-{i}", f"id-{i}" if i % 3 == 0 else f"other-{i}")
+    other.add("yes", "yes", 5)
+    labels.merge(other)
+    assert len(labels.confusion) <= MAX_LABEL_PAIRS + 2
+    agreeing = sum(1 for i in range(MAX_LABEL_PAIRS + 3_000) if i % 3 == 0) + 5
+    assert labels.n == MAX_LABEL_PAIRS + 3_005
+    assert labels.agreement() == pytest.approx(agreeing / labels.n)
