@@ -179,12 +179,15 @@ class PairedScores:
         if xa.shape != xb.shape or xa.ndim != 1:
             raise ValueError(f"add_many needs two equal-length 1-d sequences, got {xa.shape} and {xb.shape}")
         self.n += len(xa)
-        self.sum_abs_diff += float(np.abs(xa - xb).sum())
-        self.sum_a += float(xa.sum())
-        self.sum_b += float(xb.sum())
-        self.sum_aa += float(xa @ xa)
-        self.sum_bb += float(xb @ xb)
-        self.sum_ab += float(xa @ xb)
+        # Scores near the float range overflow to inf: the figures they feed are then not given
+        # (`correlation`), which is the answer; no warning for each batch of them.
+        with np.errstate(over="ignore", invalid="ignore"):
+            self.sum_abs_diff += float(np.abs(xa - xb).sum())
+            self.sum_a += float(xa.sum())
+            self.sum_b += float(xb.sum())
+            self.sum_aa += float(xa @ xa)
+            self.sum_bb += float(xb @ xb)
+            self.sum_ab += float(xa @ xb)
 
     def merge(self, other: PairedScores) -> None:
         self.n += other.n
