@@ -124,9 +124,7 @@ def plausible(frame: Frame, now: int) -> tuple[Frame, int]:
     """The frame without records created at no plausible time, and how many those were; scores
     that are not finite (no model's score is bounded) count as not scored."""
     keep = (frame.created_at >= _EARLIEST_MS) & (frame.created_at <= now + _AHEAD_MS)
-    score = frame.score
-    if not np.isfinite(score[~np.isnan(score)]).all():
-        score = np.where(np.isinf(score), np.nan, score)
+    score = np.where(np.isinf(frame.score), np.nan, frame.score) if np.isinf(frame.score).any() else frame.score
     if keep.all():
         return (frame if score is frame.score else replace(frame, score=score)), 0
     row_keep = keep[frame.row]

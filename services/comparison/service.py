@@ -109,7 +109,9 @@ class ComparisonService(SimpleHandler):
 
     def start(self, ctx: Context) -> None:
         super().start(ctx)
-        self._dead = DeadLetters.for_topic(ctx.outputs, ctx.config, self.topics.deadletter, SERVICE)
+        assert ctx.producer is not None
+        self._dead = DeadLetters.for_topic(ctx.outputs, ctx.config, self.topics.deadletter, SERVICE,
+                                           known=ctx.producer.topic_limit(self.topics.deadletter))
 
     # -- the poll loop's handler -----------------------------------------------------------
 

@@ -46,9 +46,12 @@ def clean_reason(text: str) -> str:
     return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"
 
 
-def excerpt_limit(config: Mapping[str, Any], topic: str, timeout: float = 10.0) -> int:
+def excerpt_limit(config: Mapping[str, Any], topic: str, timeout: float = 10.0, known: int | None = None) -> int:
     """How much of an original value a dead letter on `topic` may carry (a quarter of its
-    max.message.bytes, at most DEFAULT_EXCERPT_BYTES); the default if the broker does not say."""
+    max.message.bytes, at most DEFAULT_EXCERPT_BYTES); the default if the broker does not say.
+    `known`: the limit the service's producer read at start (Producer.topic_limit): not asked again."""
+    if known is not None:
+        return max(256, min(DEFAULT_EXCERPT_BYTES, known // 4))
     try:
         limit = int(topic_config(config, topic, "max.message.bytes", timeout) or "")
     except (BrokerError, ValueError) as exc:
@@ -74,9 +77,11 @@ class DeadLetters:
         self._codec = codec("deadletter")
 
     @classmethod
-    def for_topic(cls, producer: Produces, config: Mapping[str, Any], topic: str, service: str) -> DeadLetters:
-        """Dead letters sized for what `topic` accepts."""
-        return cls(producer, topic, service, excerpt_limit(config, topic))
+    def for_topic(
+        cls, producer: Produces, config: Mapping[str, Any], topic: str, service: str, known: int | None = None
+    ) -> DeadLetters:
+        """Dead letters sized for what `topic` accepts (`known`: its limit, if already read)."""
+        return cls(producer, topic, service, excerpt_limit(config, topic, known=known))
 
     def send(self, msg: Message, error: BadInput | Exception) -> None:
         """Dead-letter `msg` with the reason; never raises for the record's size or shape."""

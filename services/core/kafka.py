@@ -235,6 +235,10 @@ class Producer:
         with self._failures_lock:
             return next((f for f in self._failures if isinstance(f, RefusedForGood)), None)
 
+    def topic_limit(self, topic: str) -> int | None:
+        """The largest record `topic` takes, if its limit was read at start (`topic_limits`)."""
+        return self._limits.get(topic)
+
     def check_size(
         self, value: bytes | None, key: bytes | str | None = None, headers: Sequence[tuple[str, bytes]] | None = None,
         topic: str | None = None,

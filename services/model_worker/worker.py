@@ -274,7 +274,8 @@ class ModelWorker(SimpleHandler):
     def start(self, ctx: Context) -> None:
         super().start(ctx)
         assert ctx.producer is not None
-        dead_letters = DeadLetters.for_topic(ctx.producer, ctx.config, self.topics.deadletter, SERVICE)
+        dead_letters = DeadLetters.for_topic(ctx.producer, ctx.config, self.topics.deadletter, SERVICE,
+                                             known=ctx.producer.topic_limit(self.topics.deadletter))
         self._scorer = _BatchScorer(self, ctx.producer, dead_letters)
 
     def on_batch(self, messages: list[Message]) -> None:

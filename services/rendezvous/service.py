@@ -40,7 +40,7 @@ from services.control.schedule import Schedule
 from services.core.cloudevents import EventHeaders
 from services.core.codec import codec
 from services.core.control_records import CLOCK_HEADER, control_kind
-from services.core.deadletter import DeadLetters, excerpt_limit
+from services.core.deadletter import DeadLetters
 from services.core.errors import (
     BadInput,
     ConfigError,
@@ -182,8 +182,9 @@ class Rendezvous:
                         on_soft_failure=self._on_reply_failure, delivered=True)  # a reply's receipt: on_done
         ctx.stack.callback(fast.close)
         self._fast = fast
-        excerpt = excerpt_limit(ctx.config, self.topics.deadletter)
-        self._dead = DeadLetters(ctx.outputs, self.topics.deadletter, SERVICE, excerpt)
+        assert ctx.producer is not None
+        self._dead = DeadLetters.for_topic(ctx.outputs, ctx.config, self.topics.deadletter, SERVICE,
+                                           known=ctx.producer.topic_limit(self.topics.deadletter))
         rules = ReplyRules(self.topics, self.settings.reply_topics)
         self._replies = ReplyRouter(self._queue_reply, ctx.config, rules)
         ctx.stack.callback(self._replies.close)

@@ -118,33 +118,33 @@ class Takeover:
         self._next_try = time.monotonic() + RETRY_S
         partitions = list(self._pending)
         try:
-            self._recover(ctx, partitions)
-            return partitions
+            return self._attempt(ctx, partitions)
         except OpenTransaction as exc:
             due = self._wait_for_transaction(exc)
             if due:
                 self._seal(ctx, due, exc.fallen_back_to)
+            # Another try without the partitions the open (or hanging) transaction holds: it must
+            # not keep every other one paused.
             held = {partition for _topic, partition in exc.partitions}
             rest = [tp for tp in partitions if tp.partition not in held]
             if rest and len(rest) < len(partitions):
-                return self._recover_rest(ctx, rest)
-        except (KafkaException, RendezvousError) as exc:
-            ctx.health.mark_down()
-            log.warning("recovery waiting for the broker: %s", exc)
+                try:
+                    return self._attempt(ctx, rest)
+                except OpenTransaction as again:
+                    log.debug("recovery of the rest waits too: %s", again)
         return []
 
-    def _recover_rest(self, ctx: Context, partitions: list[TopicPartition]) -> list[TopicPartition]:
-        """Another try with the partitions no open transaction holds: an open (or hanging)
-        transaction on one partition's outputs must not keep every other one paused."""
+    def _attempt(self, ctx: Context, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """`_recover` the partitions; those resumed, none while the broker is away."""
         try:
             self._recover(ctx, partitions)
             return partitions
-        except OpenTransaction as exc:
-            log.debug("recovery of the rest waits too: %s", exc)
+        except OpenTransaction:
+            raise  # a RendezvousError too, but the broker is fine: the caller waits for it
         except (KafkaException, RendezvousError) as exc:
             ctx.health.mark_down()
             log.warning("recovery waiting for the broker: %s", exc)
-        return []
+            return []
 
     def _recover(self, ctx: Context, partitions: list[TopicPartition]) -> None:
         """Learn what was done for these partitions' re-read requests, then resume them;
