@@ -77,6 +77,12 @@ class WorkerSettings(ServiceSettings):
         "like 1h) instead of --start-from; ignored once the group has committed offsets."
     )
     commit_interval_ms: int = setting(100, "How often the offsets of scored requests are committed (ms).")
+    predict_timeout_s: float = setting(
+        60.0, "Longest a model may take to score one micro-batch (s; 0 = no limit). A model still busy after it "
+        "is taken to be stuck for good: the batch's requests get an error Score, its offsets are committed and "
+        "the worker exits (code 70) for its supervisor to start a fresh one, which reads on after that batch.",
+        minimum=0, maximum=240,
+    )
     dead_letter: bool = setting(
         False, "Also dead-letter undecodable requests (the rendezvous already does; off avoids duplicates)."
     )

@@ -49,6 +49,7 @@ from services.model_worker.models.base import model_signature
 from services.model_worker.score_writer import ScoreWriter
 from services.model_worker.settings import WorkerSettings, check_co_hosted_names, worker_name
 from services.model_worker.walked import RequestWalker
+from services.model_worker.watchdog import ScoringWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,7 @@ class ModelWorker(SimpleHandler):
         self._requests = codec("request")
         self._walker = RequestWalker(self._requests, shared_names(self.hosted))
         self._scorer: _BatchScorer | None = None
+        self._watchdog: ScoringWatchdog[Hosted] | None = None
         self.service = StreamService(StreamSpec(
             name=f"model {self.name}", config=settings.librdkafka(), subscription=[self.topics.requests],
             group_id=settings.group_id(names), processing="at-least-once",
@@ -264,7 +266,11 @@ class ModelWorker(SimpleHandler):
                                timeout_s=self.settings.connect_timeout_s)
         scoring = ", ".join(f"{h.name} {h.version}" for h in self.hosted)
         log.info("model %s (%s) scoring %s", scoring, self.instance, self.topics.requests)
-        self.service.run(stop)
+        try:
+            self.service.run(stop)
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.stop()
         log.info("model %s stopping after %d scores", scoring, self.scored)
 
     def infos(self) -> list[ModelInfo]:
@@ -276,7 +282,10 @@ class ModelWorker(SimpleHandler):
         assert ctx.producer is not None
         dead_letters = DeadLetters.for_topic(ctx.producer, ctx.config, self.topics.deadletter, SERVICE,
                                              known=ctx.producer.topic_limit(self.topics.deadletter))
-        self._scorer = _BatchScorer(self, ctx.producer, dead_letters)
+        self._watchdog = ScoringWatchdog(self.settings.predict_timeout_s, lambda h: h.name, ctx.producer,
+                                         ctx.consumer)
+        self._watchdog.start()  # only watches with a timeout (--predict-timeout-s > 0)
+        self._scorer = _BatchScorer(self, ctx.producer, dead_letters, self._watchdog)
 
     def on_batch(self, messages: list[Message]) -> None:
         assert self._scorer is not None
@@ -316,10 +325,11 @@ class _BatchScorer:
     """Decode -> score -> produce per polled batch. Scores go out at once (the rendezvous waits
     for them); the skeleton flushes and commits the positions behind them off the poll loop."""
 
-    def __init__(self, worker: ModelWorker, producer: Producer, dead: DeadLetters):
+    def __init__(self, worker: ModelWorker, producer: Producer, dead: DeadLetters, watchdog: ScoringWatchdog[Hosted]):
         self.w = worker
         self.producer = producer
         self.dead = dead
+        self.watchdog = watchdog
 
     def on_batch(self, messages: list[Message]) -> None:
         if not messages:
@@ -353,9 +363,18 @@ class _BatchScorer:
         walked: tuple[Prepared, float] | None = None,
     ) -> None:
         rows = requests if walked is not None else [r["features"] for r in requests]
-        # One model's scores go out before the next model scores: the preferred one is not held up.
-        for hosted, results in score_co_hosted(self.w.hosted, rows, walked):
-            self._write(hosted, results, requests, sources, received_at)
+        def write_errors(hosted: Hosted, reason: str) -> None:  # by the watchdog, for a model stuck on it
+            elapsed = float(now_ms() - received_at)
+            self._write(hosted, [Scored(None, reason, elapsed)] * len(requests), requests, sources, received_at)
+
+        watched = self.watchdog.watch(self.w.hosted, sources, write_errors)
+        try:
+            # One model's scores go out before the next model scores: the preferred one is not held up.
+            for hosted, results in score_co_hosted(self.w.hosted, rows, walked):
+                if watched.claim(hosted):
+                    self._write(hosted, results, requests, sources, received_at)
+        finally:
+            self.watchdog.done()
         self.w.scored += len(requests)
 
     def _write(

@@ -1,0 +1,147 @@
+"""A model that never returns: its batch gets error Scores, is committed past, and the worker exits.
+
+A model's `predict` runs on the worker's poll loop. One that never returns (an input that sends
+a library into an endless loop, a deadlock in native code) stops that loop for good: no more
+scores, and a restart re-reads the same batch and hangs again, as does every other replica once
+the group hands the partitions on. Python cannot interrupt a call, so this thread does what the
+stuck loop cannot, once a model has spent `timeout_s` on one batch:
+
+  1. an error Score for every request of the batch from each model that has not written its
+     Scores yet ("did not answer within ..."): the rendezvous falls back to the other models,
+  2. a flush: those Scores, and every earlier one, acknowledged by the broker,
+  3. a synchronous commit of the batch's offsets, so the next process reads on after it. No other
+     commit can land after it and move the position back: the worker commits its offsets from
+     the poll loop (asynchronously, queued before this one), and the loop is stuck,
+  4. the process exits with EXIT_MODEL_HUNG, for its supervisor (Kubernetes, systemd, the demo's
+     operator) to start a fresh one: the stuck thread cannot be stopped any other way.
+
+The Scores and the commit are at-least-once like the worker's own: should the model return
+while this runs, each model's Scores are written once (by whichever side claims it first).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+from confluent_kafka import Message, TopicPartition
+
+from services.core.errors import RendezvousError
+from services.core.kafka import Consumer, Producer
+
+log = logging.getLogger(__name__)
+
+EXIT_MODEL_HUNG = 70  # EX_SOFTWARE: this process cannot go on; a fresh one reads on after the batch
+FLUSH_TIMEOUT_S = 30.0
+
+M = TypeVar("M")  # a hosted model
+WriteErrors = Callable[[M, str], None]  # the model, the reason: an error Score for each request of the batch
+
+
+class Watched(Generic[M]):
+    """One batch being scored: the models that have not claimed it for their Scores yet."""
+
+    def __init__(self, models: Sequence[M], sources: Sequence[Message], write_errors: WriteErrors[M]):
+        self.pending = list(models)
+        self.sources = sources
+        self.write_errors = write_errors
+        self.turn_started = time.monotonic()
+        self.abandoned = False
+        self._lock = threading.Lock()
+
+    def claim(self, model: M) -> bool:
+        """Whether `model` may write its Scores for this batch (False once the watchdog wrote
+        them); its turn ends and the next model's starts."""
+        with self._lock:
+            if self.abandoned:
+                return False
+            self.pending.remove(model)
+            self.turn_started = time.monotonic()
+            return True
+
+    def abandon(self) -> list[M]:
+        """The models whose Scores the watchdog writes instead (the stuck one first)."""
+        with self._lock:
+            self.abandoned = True
+            pending, self.pending = self.pending, []
+            return pending
+
+    def end_offsets(self) -> list[TopicPartition]:
+        """One past the batch's last record, per partition."""
+        ends: dict[tuple[str, int], int] = {}
+        for msg in self.sources:
+            key = (msg.topic() or "", msg.partition() or 0)
+            ends[key] = max(ends.get(key, 0), (msg.offset() or 0) + 1)
+        return [TopicPartition(topic, partition, offset) for (topic, partition), offset in ends.items()]
+
+
+def _exit_process() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_MODEL_HUNG)
+
+
+class ScoringWatchdog(Generic[M]):
+    """Watches the batch being scored from a thread of its own (`start`, `stop`)."""
+
+    def __init__(
+        self, timeout_s: float, name: Callable[[M], str], producer: Producer, consumer: Consumer,
+        exit_process: Callable[[], None] = _exit_process,
+    ):
+        self.timeout_s = timeout_s
+        self._name = name
+        self._producer, self._consumer, self._exit = producer, consumer, exit_process
+        self._batch: Watched[M] | None = None
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rdv-watchdog", daemon=True)
+
+    def start(self) -> None:
+        if self.timeout_s > 0:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def watch(self, models: Sequence[M], sources: Sequence[Message], write_errors: WriteErrors[M]) -> Watched[M]:
+        """The batch now being scored (on the poll loop, before the first model's turn)."""
+        batch = self._batch = Watched(models, sources, write_errors)
+        return batch
+
+    def done(self) -> None:
+        self._batch = None
+
+    def _run(self) -> None:
+        every = min(1.0, self.timeout_s / 4)
+        while not self._stopped.wait(every):
+            batch = self._batch
+            if batch is not None and batch.pending and time.monotonic() - batch.turn_started >= self.timeout_s:
+                self._give_up(batch)
+                return
+
+    def _give_up(self, batch: Watched[M]) -> None:
+        pending = batch.abandon()
+        if not pending:
+            return  # every model wrote its Scores just now
+        stuck = self._name(pending[0])
+        log.error(
+            "model %s has not scored a batch of %d requests in %.0f s (stuck in predict): each gets an error "
+            "Score, the batch's offsets are committed and the worker exits (%d) for a fresh one to read on",
+            stuck, len(batch.sources), self.timeout_s, EXIT_MODEL_HUNG,
+        )
+        for i, model in enumerate(pending):
+            reason = (f"model {stuck} did not answer within {self.timeout_s:g} s" if i == 0 else
+                      f"not scored: co-hosted model {stuck} hung on this batch")
+            batch.write_errors(model, reason)
+        try:
+            self._producer.flush(FLUSH_TIMEOUT_S)
+            self._consumer.commit(batch.end_offsets())
+        except RendezvousError as err:  # the next process scores the batch again, and hangs again
+            log.error("the batch's offsets could not be committed (%s): the next process reads it again", err)
+        self._exit()
+
