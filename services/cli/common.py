@@ -11,7 +11,7 @@ from typing import Any, Protocol, TypeVar
 
 from services.core import wire
 from services.core.errors import ConfigError
-from services.core.health import serve_http
+from services.core.health import always_alive, serve_http
 from services.core.kafka import create_topics, set_connect_timeout
 from services.core.redaction import MaskingFormatter
 from services.core.runtime import install_signal_handlers
@@ -71,9 +71,10 @@ def run_service(service: Runnable, settings: KafkaSettings) -> None:
     log.info("starting with %s", settings.describe())
     log.debug("librdkafka config: %s", redact(settings.librdkafka()))
     readiness = getattr(service, "readiness", None) or (lambda: (True, "running"))
+    liveness = getattr(service, "liveness", None) or always_alive
     server = None
     if isinstance(settings, ServiceSettings):
-        server = serve_http(settings.metrics_port, readiness, settings.metrics_host)
+        server = serve_http(settings.metrics_port, readiness, settings.metrics_host, liveness)
     stop = threading.Event()
     install_signal_handlers(stop)
     try:

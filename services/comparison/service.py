@@ -37,7 +37,7 @@ from services.core.errors import BadInput, DecodeFailed, UnexpectedFailure
 from services.core.kafka import partition_counts
 from services.core.metrics import DECODE_ERRORS
 from services.core.runtime import now_ms
-from services.core.service import Context, SimpleHandler, StreamService, StreamSpec
+from services.core.service import Context, Probed, SimpleHandler, StreamService, StreamSpec
 from services.stats.deadline import met_deadline
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def validate(record: dict[str, Any], latest_ok_ms: int) -> None:
             raise DecodeFailed(f"output of {out['model']!r} has latency_ms {out['latency_ms']}")
 
 
-class ComparisonService(SimpleHandler):
+class ComparisonService(SimpleHandler, Probed):
     """One comparison instance; `run(stop)` until the flag is set."""
 
     def __init__(self, settings: ComparisonSettings):
@@ -94,9 +94,6 @@ class ComparisonService(SimpleHandler):
             outputs=(self.topics.deadletter,),
         ), self)
         self.ready = self.service.ready
-
-    def readiness(self) -> tuple[bool, str]:
-        return self.service.readiness()
 
     def run(self, stop: threading.Event) -> None:
         partition_counts(self.settings.librdkafka(), [self.topics.log, self.topics.deadletter],

@@ -1,7 +1,9 @@
 """Liveness, readiness and metrics over HTTP, one port per service process.
 
     GET /metrics   Prometheus text (the default registry)
-    GET /healthz   200 while the process runs its loop
+    GET /healthz   200 while the process runs its loop; 503 with the reason once a service's poll
+                   loop has stopped turning (a deadlock, a call that never returns) while the
+                   broker answers: restarting it is the cure (waiting for the broker is not)
     GET /readyz    200 when it can do its job (broker reachable, partitions assigned),
                    503 with the reason otherwise (e.g. while the broker is down)
 
@@ -32,7 +34,11 @@ log = logging.getLogger(__name__)
 READY = Gauge("rdv_ready", "1 when the service can do its job (broker reachable, partitions assigned).")
 BROKER_UP = Gauge("rdv_broker_reachable", "1 when the Kafka cluster answers this process.")
 
-Readiness = Callable[[], tuple[bool, str]]
+Readiness = Callable[[], tuple[bool, str]]  # also liveness: (ok, the reason when not)
+
+
+def always_alive() -> tuple[bool, str]:
+    return True, "ok"
 
 
 class BrokerHealth:
@@ -95,13 +101,14 @@ class BrokerHealth:
         return "broker reachable"
 
 
-def _handler(readiness: Readiness) -> type[BaseHTTPRequestHandler]:
+def _handler(readiness: Readiness, liveness: Readiness) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path.startswith("/metrics"):
                 self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
             elif self.path.startswith("/healthz"):
-                self._send(200, b"ok\n", "text/plain")
+                alive, reason = liveness()
+                self._send(200 if alive else 503, (reason + "\n").encode(), "text/plain")
             elif self.path.startswith("/readyz"):
                 ready, reason = readiness()
                 READY.set(1 if ready else 0)
@@ -122,12 +129,14 @@ def _handler(readiness: Readiness) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve_http(port: int, readiness: Readiness, addr: str) -> ThreadingHTTPServer | None:
+def serve_http(
+    port: int, readiness: Readiness, addr: str, liveness: Readiness = always_alive
+) -> ThreadingHTTPServer | None:
     """Start the endpoint in a daemon thread (port 0 = off). Returns the server to shut down."""
     if port <= 0:
         return None
     try:
-        server = ThreadingHTTPServer((addr, port), _handler(readiness))
+        server = ThreadingHTTPServer((addr, port), _handler(readiness, liveness))
     except OSError as exc:
         raise ConfigError(f"cannot serve metrics/health on {addr}:{port}: {exc.strerror}") from None
     server.daemon_threads = True

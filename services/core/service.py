@@ -45,6 +45,7 @@ PROCESSING = ("exactly-once", "at-least-once", "durable")
 # A consumer fenced again this soon after rejoining shares its group.instance.id with another
 # process: rejoining again would only fence that one in turn.
 REFENCED_WINDOW_S = 60.0
+STALLED_AFTER_S = 120.0  # default of StreamSpec.stalled_after_s
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,10 @@ class StreamSpec:
     # Topics the service writes: at start, each one's max.message.bytes is read, so a record it
     # would refuse (for good) is known before it is produced (core/kafka.py, Producer.check_size).
     outputs: tuple[str, ...] = ()
+    # Liveness: a poll loop that has not turned for this long while the broker answers is stuck
+    # (a deadlock, a call that never returns), and /healthz says so for the process to be
+    # restarted. None: never (a model worker whose models may take as long as they like).
+    stalled_after_s: float | None = STALLED_AFTER_S
 
     def __post_init__(self) -> None:
         if self.processing not in PROCESSING:
@@ -148,6 +153,7 @@ class StreamService:
         # What we own, as the callbacks said: a fenced consumer forgets its assignment at once.
         self._owned: dict[tuple[str, int], TopicPartition] = {}
         self._releases = 0  # partitions released so far (revoked or lost): tells a rebalance happened
+        self._turned_at: float | None = None  # the poll loop's last pass (None: not looping)
 
     # -- readiness -------------------------------------------------------------------------
 
@@ -160,6 +166,17 @@ class StreamService:
             return False, "draining before shutdown"
         reason = self.handler.not_ready()
         return (False, reason) if reason else (True, "ready")
+
+    def liveness(self) -> tuple[bool, str]:
+        """False once the poll loop has stopped turning for `stalled_after_s` while the broker
+        answers (a loop waiting for the broker would not be helped by a restart)."""
+        turned, limit = self._turned_at, self.spec.stalled_after_s
+        if turned is None or limit is None or not self.health.up:
+            return True, "ok"
+        idle = time.monotonic() - turned
+        if idle < limit:
+            return True, "ok"
+        return False, f"{self.spec.name}: the poll loop has not turned for {idle:.0f}s (stuck): restart the process"
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -181,7 +198,10 @@ class StreamService:
             log.info("%s reading %s (group %s, %s)", spec.name, ", ".join(spec.subscription), spec.group_id,
                      spec.processing)
             tune_gc()  # after start-up: what it built is frozen out of the collector's sight
-            self._loop(stop)
+            try:
+                self._loop(stop)
+            finally:
+                self._turned_at = None  # the drain is bounded by its own timeout
             self._drain()
 
     def _producer(self, config: dict[str, Any], stack: ExitStack) -> Producer | None:
@@ -218,6 +238,7 @@ class StreamService:
         ctx, handler, spec = self.ctx, self.handler, self.spec
         stopped = stop.is_set if isinstance(stop, threading.Event) else stop
         while not stopped():
+            self._turned_at = time.monotonic()
             timeout = max(0.0, min(spec.max_wait_s, handler.next_wakeup()))
             releases = self._releases
             try:
@@ -401,6 +422,18 @@ class StreamService:
                      self.spec.drain_timeout_s)
             self._loop(lambda: not self.handler.in_flight() or self._give_up())
         self.commit_now()
+
+
+class Probed:
+    """`readiness()` and `liveness()` (/readyz, /healthz) of a service that runs on `self.service`."""
+
+    service: StreamService
+
+    def readiness(self) -> tuple[bool, str]:
+        return self.service.readiness()
+
+    def liveness(self) -> tuple[bool, str]:
+        return self.service.liveness()
 
 
 def still_owned(messages: list[Message], owned: Mapping[tuple[str, int], Any]) -> list[Message]:

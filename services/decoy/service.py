@@ -19,7 +19,7 @@ from prometheus_client import Counter
 
 from services.core.kafka import partition_counts
 from services.core.runtime import now_ms
-from services.core.service import Context, SimpleHandler, StreamService, StreamSpec
+from services.core.service import Context, Probed, SimpleHandler, StreamService, StreamSpec
 from services.decoy.archive import ArchiveWriter
 from services.decoy.settings import DecoySettings
 
@@ -29,7 +29,7 @@ ARCHIVED = Counter("rdv_decoy_archived_total", "Request records written to the d
 ARCHIVED_BYTES = Counter("rdv_decoy_archived_bytes_total", "Value bytes written to the decoy archive.")
 
 
-class Decoy(SimpleHandler):
+class Decoy(SimpleHandler, Probed):
     """Reads every request like a model and archives it; `run(stop)` until the flag is set."""
 
     def __init__(self, settings: DecoySettings):
@@ -45,9 +45,6 @@ class Decoy(SimpleHandler):
             consumer_config={"auto.offset.reset": settings.start_from},
         ), self)
         self.ready = self.service.ready
-
-    def readiness(self) -> tuple[bool, str]:
-        return self.service.readiness()
 
     def run(self, stop: threading.Event) -> None:
         partition_counts(self.settings.librdkafka(), [self.topics.requests], timeout=self.settings.connect_timeout_s)

@@ -91,6 +91,11 @@ class GatewayService:
     def readiness(self) -> tuple[bool, str]:
         return self.gateway.readiness() if self.gateway else (False, "starting")
 
+    def liveness(self) -> tuple[bool, str]:
+        """/healthz of the extra metrics port, as the REST port's (rest.py)."""
+        broken = self.gateway.broken() if self.gateway else None
+        return (False, broken) if broken else (True, "ok")
+
     def run(self, stop: threading.Event) -> None:
         uvloop.run(self._main(stop))
 
@@ -119,7 +124,7 @@ class GatewayService:
             tap = ComparisonTap(config, topics.log)
             closing.callback(tap.close)
             gateway = self.gateway = Gateway(s, client, catalog, tap, keys, health)
-            metrics_server = serve_http(s.metrics_port, self.readiness, s.http_addr)
+            metrics_server = serve_http(s.metrics_port, self.readiness, s.http_addr, self.liveness)
             if metrics_server is not None:
                 closing.callback(metrics_server.shutdown)
             tune_gc()  # as the streaming services do once started (services/core/runtime.py)

@@ -42,7 +42,7 @@ from services.core.metrics import DECODE_ERRORS, LATENCY_BUCKETS, child
 from services.core.model_info import ModelInfo, publish_model_info
 from services.core.requests import check_request
 from services.core.runtime import now_ms
-from services.core.service import Context, SimpleHandler, StreamService, StreamSpec
+from services.core.service import STALLED_AFTER_S, Context, Probed, SimpleHandler, StreamService, StreamSpec
 from services.core.signatures import Prepared, Signature
 from services.model_worker.models import Model, Prediction, load_model
 from services.model_worker.models.base import model_signature
@@ -158,6 +158,12 @@ def _ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
 
 
+def stalled_after_s(predict_timeout_s: float) -> float | None:
+    """When the worker's /healthz says its loop is stuck: never before the watchdog has acted on a
+    stuck model (it exits the process), never at all when models may take as long as they like."""
+    return None if predict_timeout_s <= 0 else max(STALLED_AFTER_S, predict_timeout_s + 60.0)
+
+
 class Hosted:
     """One model a worker scores with, under the name and version written on its scores."""
 
@@ -218,7 +224,7 @@ def score_co_hosted(
         yield h, score_prepared(h.model, prepared, len(rows), check[1])
 
 
-class ModelWorker(SimpleHandler):
+class ModelWorker(SimpleHandler, Probed):
     """One model (or several co-hosted), one consumer group; `run(stop)` until the flag is set."""
 
     def __init__(self, settings: WorkerSettings, model: Model | None = None):
@@ -246,11 +252,9 @@ class ModelWorker(SimpleHandler):
                 "session.timeout.ms": 6_000,
             },
             outputs=(self.topics.scores, self.topics.deadletter),
+            stalled_after_s=stalled_after_s(settings.predict_timeout_s),
         ), self)
         self.ready = self.service.ready
-
-    def readiness(self) -> tuple[bool, str]:
-        return self.service.readiness()
 
     def run(self, stop: threading.Event) -> None:
         counts = partition_counts(self.settings.librdkafka(), [self.topics.requests, self.topics.scores],

@@ -53,7 +53,7 @@ from services.core.kafka import Producer, partition_counts, topic_config
 from services.core.metrics import DECODE_ERRORS
 from services.core.requests import MAX_REQUEST_ID
 from services.core.runtime import now_ms
-from services.core.service import Context, StreamService, StreamSpec
+from services.core.service import Context, Probed, StreamService, StreamSpec
 from services.rendezvous import compiled_records
 from services.rendezvous import metrics as m
 from services.rendezvous.join import Join, Owner, Reply
@@ -76,7 +76,7 @@ CUT_TO = MAX_REQUEST_ID
 OUTBOX_MAX = 64  # replies held back for the end of a batch, at most (~100 µs of the join each)
 
 
-class Rendezvous:
+class Rendezvous(Probed):
     """One rendezvous instance; `run(stop)` until the flag is set, then drain and commit."""
 
     def __init__(self, settings: RendezvousSettings, schedule: Schedule | None = None):
@@ -148,9 +148,6 @@ class Rendezvous:
     def schedule(self) -> Schedule:
         """The schedule in force now (requests are governed by the one in force at creation)."""
         return self.schedules.for_request(now_ms())
-
-    def readiness(self) -> tuple[bool, str]:
-        return self.service.readiness()
 
     def run(self, stop: Any) -> None:
         self._check_topics()
