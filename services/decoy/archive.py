@@ -114,7 +114,16 @@ class ArchiveWriter:
         self._writer.flush()
         self._file.flush()
         os.fsync(self._file.fileno())
-        if self._file.tell() >= self.roll_bytes or time.monotonic() - self._opened_at >= self.roll_seconds:
+        if self._file.tell() >= self.roll_bytes:
+            self.roll()
+        else:
+            self.roll_if_old()
+
+    def roll_if_old(self) -> None:
+        """Seal the open file once it is `roll_seconds` old, whether or not records still come
+        (the service asks on every pass of its loop): a quiet topic's last records reach a
+        sealed file, in the manifest, in time too."""
+        if self._file is not None and time.monotonic() - self._opened_at >= self.roll_seconds:
             self.roll()
 
     def roll(self) -> None:

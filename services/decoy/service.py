@@ -59,6 +59,10 @@ class Decoy(SimpleHandler, Probed):
                                       roll_seconds=self.settings.roll_seconds, codec=self.settings.codec)
         ctx.stack.callback(self._archive.close)
 
+    def on_tick(self) -> None:
+        assert self._archive is not None
+        self._archive.roll_if_old()
+
     def on_batch(self, messages: list[Message]) -> None:
         if not messages:
             return

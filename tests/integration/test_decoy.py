@@ -63,6 +63,20 @@ def test_archive_holds_exactly_the_requests_sent(
         assert sum(1 for _ in reader) == manifest[0].records
 
 
+def test_a_quiet_topics_last_records_are_sealed_once_the_file_is_old_enough(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any], tmp_path: Path
+) -> None:
+    archive = tmp_path / "archive"
+    settings = DecoySettings(bootstrap=bootstrap, topic_prefix=prefix, archive_dir=str(archive), roll_seconds=1.0)
+    decoy: Decoy = services.start(Decoy(settings))
+    send_requests(config, topics.requests, 20)
+    wait_until(lambda: decoy.archived >= 20, 60, "the decoy to archive the requests")
+    # Nothing more arrives: the file is sealed by its age alone, while the decoy runs.
+    wait_until(lambda: sum(f.records for f in read_manifest(archive)) == 20, 30, "the open file to be sealed")
+    assert not list(archive.glob("*.part"))
+    assert len(list(iter_archive(archive))) == 20
+
+
 def test_a_torn_file_left_by_a_crash_is_recovered_on_start(tmp_path: Path) -> None:
     from services.decoy.archive import ArchiveWriter
 
