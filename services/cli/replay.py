@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rich.console import Console
 
-from services.compare_report import Report, summarize_records
+from services.compare_report import Report
+from services.compare_report.columns import Columns
+from services.compare_report.summary import summarize
 from services.compare_report.table import print_report, print_report_json
 from services.core.codec import codec
 from services.core.errors import BadInput, ConfigError
@@ -109,91 +111,128 @@ def recorded_requests(settings: ReplaySettings) -> Iterator[bytes | None]:
     return source(settings)
 
 
-def _logged_outputs(settings: ReplaySettings, ids: set[str], start_ms: int) -> dict[str, dict[str, Any]]:
-    """The comparison records the rendezvous wrote for these requests."""
+class Replayed(NamedTuple):
+    """What a replay keeps of one request once scored (its features are not kept: a range of
+    millions of requests would not fit in memory otherwise)."""
+
+    created_at: int
+    deadline: int
+    output: tuple[float | None, str | None, str | None, float, float]  # score, label, error, latency, compute ms
+
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_what: str) -> None:
+    return None
+
+
+def _scored_requests(
+    model: Model, values: Iterable[bytes | None], batch: int, progress: Progress = _quiet
+) -> tuple[dict[str, Replayed], int]:
+    """Every request of `values` scored, in batches as they are read, each id once (a retry of an
+    id is one request of the log: the first is kept); and how many values were no request."""
+    request_codec = codec("request")
+    replayed: dict[str, Replayed] = {}
+    pending: dict[str, dict[str, Any]] = {}
+    bad = 0
+    for value in values:
+        request = _request(request_codec, value)
+        if request is None:
+            bad += 1
+        elif request["request_id"] not in replayed and request["request_id"] not in pending:
+            pending[request["request_id"]] = request
+            if len(pending) >= batch:
+                _score_into(replayed, model, pending)
+                progress(f"{len(replayed):,} requests scored")
+    _score_into(replayed, model, pending)
+    return replayed, bad
+
+
+def _request(request_codec: Any, value: bytes | None) -> dict[str, Any] | None:
+    try:
+        request: dict[str, Any] = request_codec.decode(value)
+        check_request(request)  # the rule every worker applies: a created_at <= 0 is no request
+        return request
+    except BadInput:
+        return None
+
+
+def _score_into(replayed: dict[str, Replayed], model: Model, pending: dict[str, dict[str, Any]]) -> None:
+    requests = list(pending.values())
+    pending.clear()
+    for request, scored in zip(requests, score_batch(model, [r["features"] for r in requests]), strict=True):
+        prediction = scored.prediction
+        # No network in a replay: the output's latency is the model's time per request.
+        output = (prediction.score if prediction else None, prediction.label if prediction else None, scored.error,
+                  scored.compute_ms / max(1, len(requests)), scored.compute_ms)
+        replayed[request["request_id"]] = Replayed(request["created_at"], request["deadline"], output)
+
+
+def _log_records(settings: ReplaySettings, start_ms: int, progress: Progress = _quiet) -> Iterator[dict[str, Any]]:
+    """The comparison records the rendezvous wrote from `start_ms` on."""
     log_codec = codec("comparison")
-    found: dict[str, dict[str, Any]] = {}
-    for msg in read_spans(settings.librdkafka(), settings.topics().log, start_ms=start_ms, timeout_s=600):
+    def read(count: int) -> None:
+        progress(f"log: {count:,} records read")
+
+    for msg in read_spans(settings.librdkafka(), settings.topics().log, start_ms=start_ms, timeout_s=600,
+                          progress=read):
         try:
-            record = log_codec.decode(msg.value())
+            yield log_codec.decode(msg.value())
         except BadInput:
             continue
-        if record["request_id"] in ids:
-            found[record["request_id"]] = record
-    return found
 
 
-def _score(model: Model, requests: list[dict[str, Any]], batch: int) -> Iterator[dict[str, Any]]:
-    """The replayed model's output per request, in Comparison ModelOutput form."""
-    for start in range(0, len(requests), batch):
-        chunk = requests[start:start + batch]
-        for scored in score_batch(model, [r["features"] for r in chunk]):
-            prediction = scored.prediction
-            yield {
-                "score": prediction.score if prediction else None,
-                "label": prediction.label if prediction else None,
-                "error": scored.error,
-                # No network in a replay: the output's latency is the model's time per request.
-                "latency_ms": scored.compute_ms / max(1, len(chunk)),
-                "compute_ms": scored.compute_ms,
-                "late": False,
-            }
-
-
-def replay(settings: ReplaySettings, requests: Iterable[bytes | None] | None = None) -> ReplayResult:
+def replay(
+    settings: ReplaySettings, requests: Iterable[bytes | None] | None = None, progress: Progress = _quiet
+) -> ReplayResult:
     """Score the recorded requests and build the report (the CLI prints it)."""
     started = time.perf_counter()
     model = load_model(settings.model, trust_model_file=settings.trust_model_file)
     name = settings.name or f"{model.name}-replay"
-    decoded, undecodable = _decode(requests if requests is not None else recorded_requests(settings))
-    if not decoded:
+    values = requests if requests is not None else recorded_requests(settings)
+    replayed, undecodable = _scored_requests(model, values, settings.batch, progress)
+    if not replayed:
         raise ConfigError("no requests in that range: nothing to replay")
-    # Each request once: a retry of an id (the same request again) is one request of the log.
-    decoded = list({r["request_id"]: r for r in reversed(decoded)}.values())[::-1]
+    total = len(replayed)
     # The log's records are stamped by the rendezvous' clock, a request's created_at by its client's,
     # which may run up to a minute ahead (the rendezvous accepts that much): read from before it.
-    first_created = min(r["created_at"] for r in decoded) - LOG_MARGIN_MS
-    logged = _logged_outputs(settings, {r["request_id"] for r in decoded}, max(0, first_created))
-    records = []
-    for request, output in zip(decoded, _score(model, decoded, settings.batch), strict=True):
-        past = logged.get(request["request_id"])
-        records.append(_comparison(request, past, {"model": name, "version": model.version, **output}))
-    without_log = sum(r["request_id"] not in logged for r in decoded)
+    first_created = min(r.created_at for r in replayed.values()) - LOG_MARGIN_MS
+    columns = Columns()
+    version = model.version
+    logged = (_comparison(past["request_id"], past, replayed.pop(past["request_id"]), name, version)
+              for past in _log_records(settings, max(0, first_created), progress)
+              if past["request_id"] in replayed)  # the first record of an id; a later one finds it gone
+    columns.add(logged)
+    without_log = len(replayed)
+    columns.add(_comparison(request_id, None, r, name, version) for request_id, r in replayed.items())
     notes = (f"{without_log:,} of these requests have no comparison record in the log: shown as TIMEOUT "
              "'not in the log', their real answers unknown",) if without_log else ()
-    report = summarize_records(records, champion=settings.champion or None, notes=notes,
-                               source=f"replay of {len(decoded):,} requests ({settings.source}) through {name}")
-    return ReplayResult(report, len(decoded), undecodable, without_log, time.perf_counter() - started)
+    report = summarize(columns.frame(), champion=settings.champion or None, notes=notes,
+                       source=f"replay of {total:,} requests ({settings.source}) through {name}")
+    return ReplayResult(report, total, undecodable, without_log, time.perf_counter() - started)
 
 
-def _decode(values: Iterable[bytes | None]) -> tuple[list[dict[str, Any]], int]:
-    request_codec = codec("request")
-    decoded, bad = [], 0
-    for value in values:
-        try:
-            request = request_codec.decode(value)
-            check_request(request)  # the rule every worker applies: a created_at <= 0 is no request
-            decoded.append(request)
-        except BadInput:
-            bad += 1
-    return decoded, bad
-
-
-def _comparison(request: dict[str, Any], past: dict[str, Any] | None, replayed: dict[str, Any]) -> dict[str, Any]:
+def _comparison(
+    request_id: str, past: dict[str, Any] | None, replayed: Replayed, name: str, version: str
+) -> dict[str, Any]:
     """The logged record with the replayed output added (or a record with only that output)."""
+    score, label, error, latency_ms, compute_ms = replayed.output
+    output = {"model": name, "version": version, "score": score, "label": label, "error": error,
+              "latency_ms": latency_ms, "compute_ms": compute_ms, "late": False}
     if past is not None:
-        return {**past, "outputs": [o for o in past["outputs"] if o["model"] != replayed["model"]] + [replayed]}
+        return {**past, "outputs": [o for o in past["outputs"] if o["model"] != name] + [output]}
     return {
-        "request_id": request["request_id"], "created_at": request["created_at"], "deadline": request["deadline"],
+        "request_id": request_id, "created_at": replayed.created_at, "deadline": replayed.deadline,
         "answered_at": None, "status": "TIMEOUT", "chosen_model": None, "reason": "not in the log",
-        "schedule": "", "schedule_version": 0, "outputs": [replayed],
+        "schedule": "", "schedule_version": 0, "outputs": [output],
     }
 
 
 def run_replay(settings: ReplaySettings, console: Console) -> int:
     err = Console(stderr=True)
-    with err.status("replaying ..."):
-        result = replay(settings)
+    with err.status("replaying ...") as status:
+        result = replay(settings, progress=lambda what: status.update(f"replaying: {what}"))
     if settings.format == "json":
         print_report_json(result.report)
     else:

@@ -3,18 +3,22 @@ created_at <= 0 once became the start of the log range replay reads its answers 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
-from services.cli.replay import _decode
+from services.cli.replay import _scored_requests
 from services.client.client import make_request
 from services.core.codec import codec
+from services.model_worker.models import load_model
 
 
 def test_records_that_are_no_requests_are_counted_as_undecodable_not_replayed() -> None:
     requests = codec("request")
     good = make_request({"a": 1.0}, budget_ms=100, reply_topic=None, reply_partition=None)
-    decoded, bad = _decode([requests.encode(good), requests.encode({**good, "created_at": 0}), b"garbage", None])
-    assert [r["request_id"] for r in decoded] == [good["request_id"]] and bad == 3
+    values = [requests.encode(good), requests.encode({**good, "created_at": 0}), b"garbage", None]
+    replayed, bad = _scored_requests(load_model("demo:canary"), values, batch=10)
+    assert list(replayed) == [good["request_id"]] and bad == 3
 
 
 def test_a_replay_counts_each_request_once_reads_the_log_from_before_it_and_says_what_the_log_lacks(
@@ -29,16 +33,15 @@ def test_a_replay_counts_each_request_once_reads_the_log_from_before_it_and_says
     requests = codec("request")
     first = make_request({"mean_radius": 14.0}, budget_ms=100, reply_topic=None, reply_partition=None)
     other = make_request({"mean_radius": 12.0}, budget_ms=100, reply_topic=None, reply_partition=None)
-    asked: list[tuple[set[str], int]] = []
+    asked: list[int] = []
 
-    def no_log(_settings: ReplaySettings, ids: set[str], start_ms: int) -> dict[str, object]:
-        asked.append((ids, start_ms))
-        return {}
+    def no_log(_settings: ReplaySettings, start_ms: int, _progress: object) -> Iterator[dict[str, object]]:
+        asked.append(start_ms)
+        return iter(())
 
-    monkeypatch.setattr(replay_module, "_logged_outputs", no_log)
+    monkeypatch.setattr(replay_module, "_log_records", no_log)
     values = [requests.encode(first), requests.encode(first), requests.encode(other)]
     result = replay_module.replay(ReplaySettings(model="demo:champion"), values)
     assert result.requests == 2 and result.report.records == 2
-    assert asked == [({first["request_id"], other["request_id"]},
-                      min(first["created_at"], other["created_at"]) - LOG_MARGIN_MS)]
+    assert asked == [min(first["created_at"], other["created_at"]) - LOG_MARGIN_MS]
     assert any("2 of these requests have no comparison record" in note for note in result.report.notes)
