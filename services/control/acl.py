@@ -12,11 +12,13 @@ Principals (SASL user names, `User:<name>`), one per role:
 - model: read requests; write scores, dead letters and its published signature; its groups.
 - comparison: read the log. decoy: read requests.
 - client: write requests; read replies, published signatures and the control topic (to check
-  features and show schedules); nothing else.
-- gateway: a client that also reads the log (the live page).
+  features and show schedules); groups `<prefix>client*` (an application's reply group); nothing else.
+- gateway: a client that also reads the log (the live page); groups `<prefix>gateway*`, its own
+  (a client may not join the gateways' reply group and take their replies, nor the reverse).
 
-Every reader also gets the short-lived groups the code uses for one-off reads (`rdv-…` with a
-random suffix), as a prefixed grant.
+Every reader also gets the short-lived groups the code uses for one-off reads (`rdv-scratch-…`
+with a random suffix), as a prefixed grant; a topic prefix under which the deployment's own groups
+would fall under that grant is refused.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from services.core.errors import ConfigError
+from services.core.kafka import SCRATCH_GROUP_PREFIX
 from services.core.settings import Topics
 
-# Groups the code creates with a random suffix for one-off reads (control history, recovery,
-# compare, client replies...): granted as a prefix.
-SCRATCH_GROUP_PREFIX = "rdv-"
+# The deployment's own consumer groups, after its topic prefix.
+GROUPS = ("rendezvous", "model.", "comparison", "decoy", "client", "gateway")
 
 
 @dataclass(frozen=True, order=True)
@@ -86,6 +89,10 @@ def _groups(principal: str, *prefixes: str) -> list[Grant]:
 
 def layout(topics: Topics, prefix: str, principals: Principals = Principals()) -> list[Grant]:
     """Every grant of a deployment whose topics are `topics` and whose names start with `prefix`."""
+    overlapping = [f"{prefix}{group}" for group in GROUPS if f"{prefix}{group}".startswith(SCRATCH_GROUP_PREFIX)]
+    if overlapping:
+        raise ConfigError(f"topic prefix {prefix!r} names groups ({', '.join(overlapping)}) under "
+                          f"{SCRATCH_GROUP_PREFIX}*, which every service may join for one-off reads: choose another")
     t, p = topics, principals
     grants: list[Grant] = [
         Grant(p.admin, "topic", prefix, "ALL", prefixed=True),
@@ -111,9 +118,9 @@ def layout(topics: Topics, prefix: str, principals: Principals = Principals()) -
         *_topic(p.decoy, "READ", t.requests),
         *_groups(p.decoy, f"{prefix}decoy"),
     ]
-    for role in (p.client, p.gateway):
+    for role, group in ((p.client, "client"), (p.gateway, "gateway")):
         grants += [*_topic(role, "WRITE", t.requests), *_topic(role, "READ", t.replies, t.models, t.control),
-                   *_groups(role, f"{prefix}client", f"{prefix}gateway")]
+                   *_groups(role, f"{prefix}{group}")]
     grants += _topic(p.gateway, "READ", t.log)
     return sorted(set(grants))
 

@@ -800,11 +800,16 @@ def group_lag(config: Mapping[str, Any], group: str, topic: str, timeout: float 
         raise BrokerError(f"cannot read the lag of group {group}: {exc}") from None
 
 
+# The groups of one-off readers (`groupless`); granted as a prefix (services/control/acl.py),
+# which no deployment's own groups may fall under.
+SCRATCH_GROUP_PREFIX = "rdv-scratch-"
+
+
 def groupless(config: Mapping[str, Any], purpose: str) -> dict[str, Any]:
     """The configuration of a consumer that assigns its partitions itself. librdkafka wants a
     group id all the same: a unique one named after `purpose`, never joined, never committed to
     (so no group is left behind on the broker)."""
-    return {**config, "group.id": f"rdv-{purpose}-{uuid.uuid4().hex}", "enable.auto.commit": False}
+    return {**config, "group.id": f"{SCRATCH_GROUP_PREFIX}{purpose}-{uuid.uuid4().hex}", "enable.auto.commit": False}
 
 
 def reader(

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from services.cli.common import ensure_topics
 from services.client.client import Client
@@ -190,3 +190,30 @@ def test_a_client_writing_the_schedule_is_refused_in_one_line(
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, done.stderr
     assert "not authorized" in lines[0] and "WRITE" in lines[0] and f"{prefix}control" in lines[0], lines[0]
+
+
+def _can_join(conf: dict[str, Any], group: str, topic: str) -> bool:
+    """Whether this principal may join `group` (it reads `topic`, which it may read)."""
+    reported: list[KafkaError] = []
+    consumer = Consumer({**conf, "group.id": group, "error_cb": reported.append, "auto.offset.reset": "earliest"})
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            errors = [*reported, *([msg.error()] if msg is not None and msg.error() is not None else [])]
+            if any(err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED for err in errors):
+                return False
+            if consumer.assignment():
+                return True
+        raise AssertionError(f"neither an assignment nor a refusal joining {group}: {reported}")
+    finally:
+        consumer.close()
+
+
+def test_a_client_may_not_join_the_gateways_reply_group(broker: LocalBroker, deployment: tuple[str, Topics]) -> None:
+    """It could take the gateways' reply partitions: their calls would wait out their deadlines."""
+    prefix, topics = deployment
+    client = config(broker, "client")
+    assert _can_join(client, f"{prefix}client-app", topics.replies)
+    assert not _can_join(client, f"{prefix}gateway", topics.replies)

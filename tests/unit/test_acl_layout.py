@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.control.acl import Principals, allows, layout, to_bindings
+from services.core.errors import ConfigError
 from services.core.settings import Topics
 
 PREFIX = "rdv."
@@ -40,6 +41,23 @@ def test_transactional_ids_and_groups_follow_the_prefix() -> None:
     assert not allows(GRANTS, P.model, "transactional_id", "rdv.rendezvous-host-42", "WRITE")
     assert allows(GRANTS, P.model, "group", "rdv.model.champion", "READ")
     assert not allows(GRANTS, P.client, "group", "rdv.rendezvous", "READ")
+
+
+def test_a_client_may_not_join_the_gateways_reply_group_nor_the_reverse() -> None:
+    assert allows(GRANTS, P.client, "group", "rdv.client-app", "READ")
+    assert not allows(GRANTS, P.client, "group", "rdv.gateway", "READ")
+    assert allows(GRANTS, P.gateway, "group", "rdv.gateway", "READ")
+    assert not allows(GRANTS, P.gateway, "group", "rdv.client", "READ")
+
+
+def test_the_one_off_readers_groups_never_cover_a_deployments_own() -> None:
+    prefix = "rdv-prod."  # under the old scratch grant (rdv-*), every role could join every group of it
+    grants = layout(Topics.from_prefix(prefix), prefix, P)
+    for role in (P.client, P.decoy, P.model, P.comparison):
+        assert not allows(grants, role, "group", f"{prefix}rendezvous", "READ"), role
+    assert allows(grants, P.decoy, "group", "rdv-scratch-range-0f1e", "READ")
+    with pytest.raises(ConfigError, match="under rdv-scratch-"):
+        layout(Topics.from_prefix("rdv-scratch-x."), "rdv-scratch-x.", P)
 
 
 def test_grants_are_unique_and_become_acl_bindings() -> None:
