@@ -32,8 +32,9 @@ def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-def parse_entries(lines: Iterable[str], where: str) -> list[tuple[str, bytes]]:
-    """`name:hex` or `hex` entries ('#' comments and blank lines skipped)."""
+def parse_entries(lines: Iterable[str], where: str, before: int = 0) -> list[tuple[str, bytes]]:
+    """`name:hex` or `hex` entries ('#' comments and blank lines skipped); an unnamed one is
+    key<n>, counted after the `before` entries of other sources."""
     entries: list[tuple[str, bytes]] = []
     for number, line in enumerate(lines, 1):
         text = line.split("#", 1)[0].strip()
@@ -43,8 +44,18 @@ def parse_entries(lines: Iterable[str], where: str) -> list[tuple[str, bytes]]:
         if not _HEX.fullmatch(hexdigest):
             # The line itself is not shown: it might be a key pasted by mistake.
             raise ConfigError(f"{where} entry {number}: expected name:<64 hex digits of sha256(key)>")
-        entries.append((name.strip() or f"key{len(entries) + 1}", bytes.fromhex(hexdigest)))
+        entries.append((name.strip() or f"key{before + len(entries) + 1}", bytes.fromhex(hexdigest)))
     return entries
+
+
+def _distinct_names(entries: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """Each name one key: a name is what identifies a caller (its rate limit, its request ids)."""
+    named: dict[str, bytes] = {}
+    for name, stored in entries:
+        if named.setdefault(name, stored) != stored:
+            raise ConfigError(f"two different API keys are both named {name!r}: they would share a rate limit and "
+                              "each other's request ids; give each key its own name")
+    return list(named.items())
 
 
 class ApiKeys:
@@ -62,12 +73,12 @@ class ApiKeys:
             except UnicodeDecodeError:
                 raise ConfigError(f"--api-keys-file {file} is not text: expected lines of "
                                   "name:<64 hex digits of sha256(key)>") from None
-            from_file = parse_entries(text.splitlines(), file)
+            from_file = parse_entries(text.splitlines(), file, before=len(entries))
             if not from_file and not entries:
                 # An empty file would let every caller in: most likely not what its operator meant.
                 raise ConfigError(f"--api-keys-file {file} holds no key (leave the flag out to let every caller in)")
             entries += from_file
-        return cls(entries)
+        return cls(_distinct_names(entries))
 
     @property
     def enabled(self) -> bool:

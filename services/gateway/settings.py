@@ -108,10 +108,23 @@ class GatewaySettings(KafkaSettings):
         return self.instance or socket.gethostname()
 
 
+class _Encrypted(Exception):
+    """The key asks for a passphrase."""
+
+
+def _no_passphrase() -> str:
+    # Without a callback OpenSSL asks for it on the terminal: a service would wait there for good.
+    raise _Encrypted
+
+
 def _check_tls_pair(cert: str, key: str) -> None:
     """ConfigError unless `cert` and `key` are a PEM certificate and its private key (a wrong file
     otherwise surfaces as a failure to bind, or a traceback, once Kafka has been reached)."""
     try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key, password=_no_passphrase)
+    except _Encrypted:
+        raise ConfigError(f"--tls-key {key} is encrypted with a passphrase, which the gateway cannot be given: "
+                          f"use the key unencrypted (openssl pkey -in {key} -out plain.pem), readable by the gateway "
+                          "alone") from None
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"--tls-cert {cert} / --tls-key {key}: not a PEM certificate and its key ({exc})") from None

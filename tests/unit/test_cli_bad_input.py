@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from rich.console import Console
 
 from services.cli.demo import DemoSettings
@@ -53,6 +54,21 @@ def test_gateway_files_that_would_let_everyone_in_or_fail_after_kafka_are_refuse
         from_namespace(GatewaySettings, None, api_keys_file=str(binary))
     with pytest.raises(ConfigError, match="not a PEM certificate and its key"):
         from_namespace(GatewaySettings, None, tls_cert=str(pem), tls_key=str(pem))
+
+
+def test_a_tls_key_encrypted_with_a_passphrase_is_refused_without_asking_for_it(tmp_path: Path) -> None:
+    """OpenSSL asked for the passphrase on the terminal (a service would wait there), then said
+    the file was no PEM certificate."""
+    from services.localkafka.tls import generate
+
+    files = generate(tmp_path)
+    key = serialization.load_pem_private_key(files.key.read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted-key.pem"
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"secret")))
+    assert from_namespace(GatewaySettings, None, tls_cert=str(files.certificate), tls_key=str(files.key))
+    with pytest.raises(ConfigError, match="is encrypted with a passphrase"):
+        from_namespace(GatewaySettings, None, tls_cert=str(files.certificate), tls_key=str(encrypted))
 
 
 def test_output_read_by_a_reader_that_goes_away_ends_quietly() -> None:

@@ -8,6 +8,7 @@ ones tritonclient registers in the same process (tests/integration/test_gateway.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -285,6 +286,19 @@ def test_api_keys_are_checked_against_their_hashes() -> None:
         with pytest.raises(Unauthenticated, match=message):
             keys.identify(header)
     assert ApiKeys([]).identify(None) == ANONYMOUS
+
+
+def test_two_different_keys_never_share_a_name(tmp_path: Path) -> None:
+    """An unnamed key of the file and one given inline were both key1: one rate limit, and each
+    could be answered the other's request ids."""
+    file = tmp_path / "keys"
+    file.write_text(sha("k-file") + "\n")
+    keys = ApiKeys.load(str(file), [sha("k-inline")])
+    assert (keys.identify("Bearer k-inline"), keys.identify("Bearer k-file")) == ("key1", "key2")
+    file.write_text(f"ops:{sha('k-file')}\nops:{sha('k-file')}\n")  # the same key twice: one key
+    assert len(ApiKeys.load(str(file), [])) == 1
+    with pytest.raises(ConfigError, match="two different API keys are both named 'ops'"):
+        ApiKeys.load(str(file), [f"ops:{sha('k-other')}"])
 
 
 def test_a_bad_key_file_line_is_refused_without_showing_it() -> None:
