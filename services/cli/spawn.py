@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from services.core.errors import ConfigError
 from services.core.settings import KafkaSettings
 from services.model_worker.settings import worker_name
 
@@ -26,6 +27,12 @@ def service_env(settings: KafkaSettings) -> dict[str, str]:
     env["RDV_CONNECT_TIMEOUT_S"] = str(settings.connect_timeout_s)
     env["RDV_WIRE_FORMAT"] = settings.wire_format
     env["RDV_SCHEMA_REGISTRY"] = settings.schema_registry
+    if any(";" in item for item in settings.kafka_config):
+        # The key is shown, never the value: it may be a password.
+        keys = [item.partition("=")[0].strip() for item in settings.kafka_config if ";" in item]
+        raise ConfigError(f"--kafka-config {', '.join(keys)}: a value holding ';' cannot be handed to the processes "
+                          "this command starts (RDV_KAFKA_CONFIG separates settings by ';'); start them yourself "
+                          "with the flag")
     for name, value in (("RDV_TOPIC", ",".join(settings.topic)), ("RDV_KAFKA_CONFIG", ";".join(settings.kafka_config))):
         if value:
             env[name] = value

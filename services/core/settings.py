@@ -40,18 +40,20 @@ def setting(
     flag: str | None = None,
     secret: bool = False,
     separator: str = ",",
+    split_flags: bool = True,
     minimum: float | None = None,
     maximum: float | None = None,
 ) -> Any:
     """A dataclass field with its --help text and optional env/flag name overrides.
 
     `secret=True` keeps the value out of `repr()` (and so out of every log line).
-    `separator` splits tuple values given in one flag or env variable (a,b,c).
+    `separator` splits tuple values given in one flag or env variable (a,b,c); with
+    `split_flags=False` only the env variable's (each flag is one item: it may hold the separator).
     `minimum`/`maximum` bound a number (default: `INT_RANGE` / `FLOAT_RANGE`); `from_namespace`
     refuses anything outside with one clear line, for every command.
     """
-    meta = {"help": help, "env": env, "flag": flag, "separator": separator, "secret": secret,
-            "minimum": minimum, "maximum": maximum}
+    meta = {"help": help, "env": env, "flag": flag, "separator": separator, "split_flags": split_flags,
+            "secret": secret, "minimum": minimum, "maximum": maximum}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use tuples for sequence defaults: settings are frozen")
     return field(default=default, metadata=meta, repr=not secret)
@@ -141,10 +143,11 @@ class KafkaSettings:
     kafka_config: tuple[str, ...] = setting(
         (),
         "librdkafka setting passed through untouched, e.g. --kafka-config security.protocol=SASL_SSL "
-        "(repeatable; env: separated by ';'). Values are never logged, except of settings known to hold no "
-        "secret (security.protocol, acks, ...).",
+        "(repeatable, one setting per flag: a value may hold ';'; env: separated by ';'). Values are never logged, "
+        "except of settings known to hold no secret (security.protocol, acks, ...).",
         secret=True,
         separator=";",
+        split_flags=False,
     )
 
     connect_timeout_s: float = setting(
@@ -272,7 +275,8 @@ def _excerpt(raw: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(str(raw))} characters)"
 
 
-def _convert(name: str, kind: Any, raw: Any, separator: str = ",", secret: bool = False) -> Any:
+def _convert(name: str, kind: Any, raw: Any, separator: str | None = ",", secret: bool = False) -> Any:
+    """`separator` None: a tuple's items are taken whole (repeated flags)."""
     shown = "a value (not shown)" if secret else _excerpt(raw)
     if kind is tuple:
         items = [raw] if isinstance(raw, str) else list(raw)
@@ -301,6 +305,9 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
         if raw is None and args is not None:
             raw = getattr(args, f.name, None)
         name = _flag_name(f)
+        separator = f.metadata.get("separator", ",")
+        if raw is not None and not f.metadata.get("split_flags", True):
+            separator = None
         if raw is None:
             raw = os.environ.get(_env_name(f))
             # A value from the environment is named as such: the flag was never typed (and a
@@ -308,7 +315,7 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
             name = f"{_env_name(f)} (the environment's {name})"
         if raw is None:
             continue
-        value = _convert(name, kind, raw, f.metadata.get("separator", ","), bool(f.metadata.get("secret")))
+        value = _convert(name, kind, raw, separator, bool(f.metadata.get("secret")))
         if kind in (int, float):
             _check_range(name, value, f, kind)
         values[f.name] = value

@@ -57,6 +57,25 @@ def test_list_flags_split_on_commas_but_kafka_config_keeps_them() -> None:
     assert settings.librdkafka()["ssl.cipher.suites"] == "x,y"
 
 
+def test_a_kafka_config_flag_is_one_setting_whatever_it_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A password holding ';' was cut in two at it (and refused) when given with the flag."""
+    import argparse
+
+    from services.cli.spawn import service_env
+    from services.core.settings import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, RendezvousSettings)
+    args = parser.parse_args(["--kafka-config", "sasl.password=ab;cd", "--kafka-config", "acks=all"])
+    settings = from_namespace(RendezvousSettings, args)
+    assert settings.librdkafka()["sasl.password"] == "ab;cd" and settings.librdkafka()["acks"] == "all"
+    monkeypatch.setenv("RDV_KAFKA_CONFIG", "acks=1;linger.ms=5")  # the variable's settings: one per ';'
+    assert from_namespace(RendezvousSettings).librdkafka()["linger.ms"] == "5"
+    with pytest.raises(ConfigError, match=r"--kafka-config sasl\.password: a value holding ';'") as err:
+        service_env(settings)  # a child reads the variable: it would cut the value there
+    assert "ab;cd" not in str(err.value)
+
+
 @pytest.mark.parametrize(
     "command",
     ["serve", "model serve", "send", "demo", "topics create", "models", "deploy x", "promote x", "rollback",
