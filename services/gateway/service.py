@@ -38,6 +38,7 @@ from services.gateway.catalog import Catalog, ScheduleFollower
 from services.gateway.comparisons import ComparisonTap
 from services.gateway.engine import Gateway
 from services.gateway.errors import Unavailable
+from services.gateway.http_guard import guarded_protocol
 from services.gateway.rest import RestApi, build_app
 from services.gateway.settings import GatewaySettings
 from services.gateway.signatures import FixedSignatures, signatures_for
@@ -163,7 +164,7 @@ class GatewayService:
         extra = ComparisonPage(self._feed, lambda: self._stopping).routes() if s.ui else []
         app = build_app(RestApi(gateway, server_version()), extra)
         config = uvicorn.Config(
-            app, http="httptools", lifespan="off", access_log=False, log_config=None, server_header=False,
+            app, http=guarded_protocol(), lifespan="off", access_log=False, log_config=None, server_header=False,
             ssl_certfile=s.tls_cert or None, ssl_keyfile=s.tls_key or None, backlog=2048,
             timeout_graceful_shutdown=5, timeout_keep_alive=30, limit_concurrency=s.max_connections,
         )

@@ -1,0 +1,112 @@
+"""The REST port's guard against callers that hold it without asking anything.
+
+uvicorn's httptools protocol bounds neither the size of a request's head (its request line and
+headers: a caller sent 192 MiB of headers before the API key was ever looked at, and the
+gateway's memory grew with them) nor the time a head may take to arrive (connections that send
+half a head and wait keep their slot for good: a few hundred fill `--max-connections`, and every
+other caller, the liveness probe included, is refused). This protocol adds both, as a proxy in
+front would (nginx: 8 KiB a header line, 60 s):
+
+    a head over `max_head_bytes`            431, connection closed
+    a head not complete in `head_timeout_s`  408, connection closed (from the connection's
+                                             first byte, or from its opening if none comes)
+
+The time between requests of a kept-alive connection stays uvicorn's `timeout_keep_alive`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import Counter
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+MAX_HEAD_BYTES = 64 * 1024
+HEAD_TIMEOUT_S = 10.0
+
+REFUSED = Counter("rdv_gateway_connections_refused_total",
+                  "REST connections closed before a request was read, by reason (head_too_large | head_too_slow).",
+                  ["reason"])
+
+
+class HeadTooLarge(Exception):
+    """Raised from the parser's callbacks: the parser stops, the connection gets a 431."""
+
+
+def guarded_protocol(max_head_bytes: int = MAX_HEAD_BYTES, head_timeout_s: float = HEAD_TIMEOUT_S) -> type:
+    """uvicorn's httptools protocol with these bounds (the `http` of its Config)."""
+
+    class Guarded(_Guarded):
+        MAX_HEAD_BYTES = max_head_bytes
+        HEAD_TIMEOUT_S = head_timeout_s
+
+    return Guarded
+
+
+class _Guarded(HttpToolsProtocol):
+    MAX_HEAD_BYTES = MAX_HEAD_BYTES
+    HEAD_TIMEOUT_S = HEAD_TIMEOUT_S
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_bytes = 0
+        self._too_large = False
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+        self._arm_head_timer()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._disarm_head_timer()
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._too_large:
+            super().send_400_response(msg)
+            return
+        REFUSED.labels("head_too_large").inc()
+        self._close_with(b"431 Request Header Fields Too Large",
+                         f"the request line and headers are over {self.MAX_HEAD_BYTES:,} bytes")
+
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self.MAX_HEAD_BYTES:
+            self._too_large = True
+            raise HeadTooLarge  # the parser stops and reports it: send_400_response above
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.HEAD_TIMEOUT_S, self._head_too_slow)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
+            return  # a request is being answered: its head came in time
+        REFUSED.labels("head_too_slow").inc()
+        self._close_with(b"408 Request Timeout", f"no complete request head within {self.HEAD_TIMEOUT_S:g} s")
+
+    def _close_with(self, status: bytes, text: str) -> None:
+        body = (text + "\n").encode()
+        self.transport.write(b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                             b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+        self.transport.close()

@@ -1,0 +1,70 @@
+"""The REST port's guard (services/gateway/http_guard.py) on a real uvicorn server and real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+import uvicorn
+
+from services.gateway.http_guard import guarded_protocol
+from services.localkafka.config import free_port
+
+
+async def hello(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})  # type: ignore[operator]
+    await send({"type": "http.response.body", "body": b"hello"})  # type: ignore[operator]
+
+
+@pytest.fixture
+def port() -> Iterator[int]:
+    chosen = free_port()
+    config = uvicorn.Config(hello, host="127.0.0.1", port=chosen, http=guarded_protocol(4096, 1.0), lifespan="off",
+                            log_config=None, access_log=False, limit_concurrency=3)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    while not server.started:
+        thread.join(0.05)
+    yield chosen
+    server.should_exit = True
+    thread.join(10)
+
+
+def exchange(port: int, data: bytes) -> bytes:
+    """What the server answers before it closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        if data:
+            conn.sendall(data)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+        return answer
+
+
+def test_a_request_within_the_bounds_is_served(port: int) -> None:
+    assert exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").endswith(b"hello")
+
+
+def test_a_head_over_the_limit_is_refused_before_the_app_sees_it(port: int) -> None:
+    big = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 500) for i in range(20))
+    assert exchange(port, big + b"\r\n").startswith(b"HTTP/1.1 431 ")
+
+
+def test_a_head_that_never_completes_is_closed_and_its_slot_freed(port: int) -> None:
+    assert exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n").startswith(b"HTTP/1.1 408 ")  # half a head
+    assert exchange(port, b"").startswith(b"HTTP/1.1 408 ")  # nothing at all
+    # Three such connections held every slot of this server (limit_concurrency=3) for good.
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+    try:
+        for conn in held:
+            conn.sendall(b"GET / HTTP/1.1\r\n")
+        for conn in held:
+            assert conn.recv(65536).startswith(b"HTTP/1.1 408 ")
+        assert exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").endswith(b"hello")
+    finally:
+        for conn in held:
+            conn.close()
