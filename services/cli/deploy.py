@@ -202,8 +202,7 @@ def _stop(pids: list[int], timeout_s: float = 20.0) -> None:
 def cmd_undeploy(name: str, console: Console, timeout_s: float = 20.0) -> int:
     pids = running_pids(name)
     if not pids:
-        console.print(f"{name} is not deployed here")
-        return 1
+        raise ConfigError(f"{name} is not deployed on this machine: nothing to undeploy")
     _stop(pids, timeout_s)
     _state_file(name).unlink(missing_ok=True)
     console.print(f"undeployed {name} (pids {pids})")

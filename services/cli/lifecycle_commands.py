@@ -112,7 +112,7 @@ def register(commands: Any, selection: Any) -> None:
     deploy.set_defaults(handler=cmd_deploy)
 
     undeploy = commands.add_parser("undeploy", help="stop the processes `deploy` started")
-    undeploy.add_argument("name")
+    undeploy.add_argument("name", help="the name it was deployed under (a model, or rendezvous)")
     undeploy.set_defaults(handler=cmd_undeploy)
 
     promote = commands.add_parser("promote", help="make a model the champion (old champion = first fallback)")
@@ -127,7 +127,7 @@ def register(commands: Any, selection: Any) -> None:
     schedule = commands.add_parser("schedule", help="show, set or list the versions of the live schedule")
     schedule_sub = schedule.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, help_text, settings_class, handler in (
-        ("show", "the latest version (JSON)", "ScheduleSettings", cmd_schedule_show),
+        ("show", "the latest version (a table, or --format json)", "ScheduleSettings", cmd_schedule_show),
         ("history", "every accepted version", "ScheduleSettings", cmd_schedule_history),
         ("set", "publish a new version from flags or a file", "ScheduleSetSettings", cmd_schedule_set),
     ):

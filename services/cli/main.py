@@ -227,7 +227,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "about 1.5 s of serving-like traffic so its JIT has compiled the hot paths (RDV_BROKER_WARMUP=off "
         "skips it); RDV_BROKER_CDS=off, RDV_BROKER_JVM_OPTS and RDV_BROKER_PROPERTIES: see the README.",
     )
-    broker.add_argument("action", choices=["start", "stop", "status", "reset"])
+    broker.add_argument("action", choices=["start", "stop", "status", "reset"],
+                        help="start (or reuse a running one), stop (topics kept), status, reset (delete every topic)")
     broker.add_argument("--fresh", action="store_true", help="start: begin empty even if data was kept (it is deleted)")
     broker.add_argument("--yes", action="store_true", help="reset: do not ask")
     broker.add_argument("--tls", action="store_true",

@@ -16,7 +16,8 @@ from services.core.settings import from_namespace, setting
 class RegistrySettings:
     """Where the local registry listens."""
 
-    port: int = setting(8081, "Port of the registry's HTTP API (the Confluent API is under /apis/ccompat/v7).",
+    port: int = setting(8090, "Port of the registry's HTTP API (the Confluent API is under /apis/ccompat/v7); "
+                        "not 8081, the gateway's gRPC port.",
                         env="RDV_REGISTRY_PORT", minimum=1, maximum=65535)
 
 

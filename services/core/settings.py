@@ -228,7 +228,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
         elif kind is tuple:
             parser.add_argument(flag, action="append", default=None, help=text, dest=f.name)
         else:
-            parser.add_argument(flag, default=None, help=text, dest=f.name, metavar=f.name.upper())
+            metavar = flag.removeprefix("--").replace("-", "_").upper()  # --from: FROM, not the field's FROM_
+            parser.add_argument(flag, default=None, help=text, dest=f.name, metavar=metavar)
 
 
 def _number(name: str, kind: Any, raw: Any, shown: str) -> int | float:

@@ -76,7 +76,7 @@ class WorkerSettings(ServiceSettings):
         "", "Catch up on history: a new consumer group starts at this time (ISO, epoch ms, or a duration ago "
         "like 1h) instead of --start-from; ignored once the group has committed offsets."
     )
-    commit_interval_ms: int = setting(100, "How often the offsets of scored requests are committed (ms).")
+    commit_interval_ms: int = setting(100, "How often the offsets of scored requests are committed (ms).", minimum=1)
     predict_timeout_s: float = setting(
         60.0, "Longest a model may take to score one micro-batch (s; 0 = no limit). A model still busy after it "
         "is taken to be stuck for good: the batch's requests get an error Score, its offsets are committed and "
