@@ -16,6 +16,7 @@ from concurrent.futures import Future, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -25,16 +26,20 @@ from rich.table import Table
 from services.cli.common import ensure_topics
 from services.cli.spawn import model_workers, service_env, spawn
 from services.client.client import Answer, Client
+from services.control import changes
+from services.control.schedule import Schedule
+from services.control.topic import load_book, publish
 from services.core import hostcpu, wire
 from services.core.errors import ConfigError
 from services.core.kafka import set_connect_timeout, wait_for_groups
-from services.core.runtime import stop_processes
-from services.core.settings import MAX_PORT, KafkaSettings, setting
+from services.core.runtime import now_ms, stop_processes
+from services.core.settings import MAX_PORT, KafkaSettings, Topics, setting
 from services.localkafka.broker import LocalBroker, read_bootstrap, start_background
 from services.localkafka.config import cache_dir
 from services.model_worker.models import demo_rows
 from services.model_worker.models.loader import check_spec
 from services.model_worker.settings import model_group
+from services.rendezvous.settings import DEFAULT_SCHEDULE_NAME
 
 # Below this many CPUs the demo co-hosts its models unless told otherwise: on 2 cores, three model
 # processes beside the broker, the rendezvous and the load generator kept the machine 89-95% busy
@@ -54,7 +59,8 @@ class DemoSettings(KafkaSettings):
         ("champion=demo:champion", "challenger=demo:challenger", "canary=demo:canary"),
         "Models as name=spec, in schedule order (first = champion).",
     )
-    partitions: int = setting(4, "Partitions of the demo topics.")
+    partitions: int = setting(4, "Partitions of the demo topics when it creates them (kept topics keep theirs; "
+                              "`broker reset` deletes them).")
     rendezvous: int = setting(1, "Rendezvous instances sharing the work (each takes some of the partitions).")
     metrics_base_port: int = setting(
         9100, "Rendezvous metrics on this port, models on the next ones (0 = no metrics endpoints).",
@@ -158,6 +164,7 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
         console.print(f"broker: {settings.bootstrap}")
         config, topics = settings.librdkafka(), settings.topics()
         ensure_topics(config, topics, settings.partitions)
+        _schedule_naming(settings.model_specs(), settings.budget_ms, config, topics, console)
 
         logs = cache_dir() / "demo"
         env = service_env(settings)
@@ -185,6 +192,25 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
         _first_answers(client, processes, console, logs)
         _generate_load(settings, client, processes, console)
     return 0
+
+
+def _schedule_naming(
+    specs: list[tuple[str, str]], budget_ms: int, config: dict[str, Any], topics: Topics, console: Console
+) -> None:
+    """A kept control topic's schedule governs the demo's rendezvous (`serve --models` only seeds an
+    empty topic): one naming other models (a run with other --models) would leave the demo's models
+    unasked and every answer a TIMEOUT. Then the demo publishes one naming its own, effective at
+    once; one naming the same models in another order (a promotion) stays."""
+    names = tuple(name for name, _ in specs)
+    book = load_book(config, topics.control, DEFAULT_SCHEDULE_NAME)
+    kept = book.latest
+    if kept is None or set(kept.models) == set(names):
+        return
+    draft = Schedule(models=names, default_deadline_ms=budget_ms, comment="demo: its own models")
+    schedule = changes.next_version(book, draft, now_ms(), effective_in_ms=0)
+    publish(config, topics.control, schedule)
+    console.print(f"the kept schedule named {', '.join(kept.models)}: published v{schedule.version} naming the "
+                  f"demo's models {', '.join(names)}")
 
 
 def _why_co_hosted(settings: DemoSettings) -> str:

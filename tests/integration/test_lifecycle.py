@@ -244,3 +244,26 @@ def test_deploy_refuses_a_bad_co_host_in_one_line(co_host: str, needle: str) -> 
     refused = rendezvous("deploy", "x", "--model", "demo:challenger", "--co-host", co_host,
                          "--bootstrap", "127.0.0.1:1")
     assert_one_line_error(refused, needle)
+
+
+def test_a_demo_on_a_kept_control_topic_names_its_own_models_but_keeps_a_promotion(
+    config: dict[str, Any], topics: Topics
+) -> None:
+    """A second demo with other --models was governed by the first run's schedule, which named models
+    it did not run: every answer a TIMEOUT."""
+    from rich.console import Console
+
+    from services.cli.demo import _schedule_naming
+    from services.control import changes
+    from services.control.topic import publish
+
+    publish(config, topics.control, Schedule(models=("champion", "challenger"), created_at=now_ms()))
+    specs = [("slow", "demo:slow"), ("flaky", "demo:flaky")]
+    _schedule_naming(specs, 300, config, topics, Console(quiet=True))
+    latest = load_book(config, topics.control, "default").latest
+    assert latest is not None and latest.models == ("slow", "flaky") and latest.version == 2
+    book = load_book(config, topics.control, "default")
+    publish(config, topics.control, changes.next_version(book, Schedule(models=("flaky", "slow")), now_ms(), 0))
+    _schedule_naming(specs, 300, config, topics, Console(quiet=True))  # the same models: the promotion stays
+    latest = load_book(config, topics.control, "default").latest
+    assert latest is not None and latest.models == ("flaky", "slow") and latest.version == 3
