@@ -28,6 +28,7 @@ from confluent_kafka import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from services.core.errors import ConfigError
+from services.core.redaction import mask
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +109,11 @@ def _handler(readiness: Readiness, liveness: Readiness) -> type[BaseHTTPRequestH
                 self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
             elif self.path.startswith("/healthz"):
                 alive, reason = liveness()
-                self._send(200 if alive else 503, (reason + "\n").encode(), "text/plain")
+                self._send(200 if alive else 503, (mask(reason) + "\n").encode(), "text/plain")
             elif self.path.startswith("/readyz"):
                 ready, reason = readiness()
                 READY.set(1 if ready else 0)
-                self._send(200 if ready else 503, (reason + "\n").encode(), "text/plain")
+                self._send(200 if ready else 503, (mask(reason) + "\n").encode(), "text/plain")
             else:
                 self._send(404, b"try /metrics, /healthz or /readyz\n", "text/plain")
 

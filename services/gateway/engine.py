@@ -24,6 +24,7 @@ from typing import Any
 from services.client.client import Answer, Client
 from services.core.health import BrokerHealth
 from services.core.metrics import child
+from services.core.redaction import mask
 from services.core.runtime import now_ms
 from services.gateway import metrics as m
 from services.gateway.auth import ApiKeys, RateLimit
@@ -71,7 +72,8 @@ class Gateway:
     def broken(self) -> str | None:
         """Why this gateway can no longer answer, for good, if it cannot: a reader of its Kafka
         topics stopped (a consumer error it cannot get past). Its liveness fails, so it is restarted."""
-        return self.client.stopped or self.tap.stopped or self.catalog.schedules.stopped
+        broken = self.client.stopped or self.tap.stopped or self.catalog.schedules.stopped
+        return None if broken is None else mask(broken)  # shown without a key (health endpoints)
 
     def readiness(self) -> tuple[bool, str]:
         if self.draining:

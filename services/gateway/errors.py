@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import grpc
 
 from services.core.errors import BrokerError, KafkaOperationError, RecordTooLarge, RendezvousError
+from services.core.redaction import mask
 
 
 class CallError(RendezvousError):
@@ -92,5 +93,6 @@ def status_of(exc: BaseException) -> Status:
     """The HTTP and gRPC status of a failed call; anything unforeseen is a 500 / INTERNAL."""
     for kind, http, code, reason in _TABLE:
         if isinstance(exc, kind):
-            return Status(http, code, str(exc), reason)
+            # Masked: a Kafka error's text may quote a setting's value (the body goes to any caller).
+            return Status(http, code, mask(str(exc)), reason)
     return Status(500, grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}", "internal")

@@ -164,12 +164,15 @@ class Rendezvous(Probed):
                     f"{other} has {counts[other]} partitions but {t.requests} has {counts[t.requests]}: "
                     "scores, answers and log must be co-partitioned with the requests"
                 )
-        kind = topic_config(config, t.scores, "message.timestamp.type")
-        if kind != "LogAppendTime":
-            raise ConfigError(
-                f"{t.scores} uses message.timestamp.type={kind}: the rendezvous decides by the broker's "
-                "append times, so it needs LogAppendTime (`rendezvous topics create` sets it on existing topics)"
-            )
+        # Both: a request's append time starts its clock, a score's moves it. With CreateTime
+        # a client would set them (the requests' check was missing: a security review).
+        for topic in (t.requests, t.scores):
+            kind = topic_config(config, topic, "message.timestamp.type")
+            if kind != "LogAppendTime":
+                raise ConfigError(
+                    f"{topic} uses message.timestamp.type={kind}: the rendezvous decides by the broker's "
+                    "append times, so it needs LogAppendTime (`rendezvous topics create` sets it on existing topics)"
+                )
 
     # -- the skeleton's handler ----------------------------------------------------------
 

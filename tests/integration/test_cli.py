@@ -91,3 +91,17 @@ def test_demo_runs_and_prints_the_live_table(bootstrap: str, topics: Topics) -> 
     assert "host CPU busy / stolen" in table  # from /proc/stat: the suite runs on Linux
     champion_rows = [line for line in table.splitlines() if "champion" in line and "OK" in line]
     assert champion_rows, table[-2000:]
+
+
+def test_a_requests_topic_stamped_by_its_clients_is_refused_at_start(
+    bootstrap: str, prefix: str, config: dict[str, Any]
+) -> None:
+    """Only the scores topic was checked: with CreateTime requests a client sets the time a request
+    starts the join's clock from."""
+    from services.core.kafka import create_topics
+
+    own = f"{prefix}requests-createtime"
+    create_topics(config, {own: (4, {"message.timestamp.type": "CreateTime"})})
+    result = rendezvous("serve", "--bootstrap", bootstrap, "--topic-prefix", prefix, "--topic", f"requests={own}",
+                        "--models", "champion")
+    assert_one_line_error(result, own, "message.timestamp.type=CreateTime", "LogAppendTime")
