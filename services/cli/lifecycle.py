@@ -86,6 +86,20 @@ class ScheduleSetSettings(ChangeSettings):
     deadline_ms: int = setting(0, "Default deadline budget (0 = keep the current one).")
     traffic: str = setting("", "Answer a share with a challenger first, e.g. challenger=0.1.")
 
+    def validate(self) -> None:
+        """Before the broker is asked anything."""
+        super().validate()
+        if self.file:
+            if self.models or self.wait or self.deadline_ms or self.traffic:
+                raise ConfigError("schedule set takes --file or --models/--wait/--deadline-ms/--traffic, not both")
+            Schedule.from_file(self.file)
+            return
+        if not self.models:
+            raise ConfigError("schedule set needs --models a,b,c or --file schedule.json")
+        for model, value in parse_pairs(self.wait, "--wait"):
+            _whole_ms(value, f"--wait {model}")
+        _traffic(self.traffic)
+
 
 @dataclass(frozen=True)
 class PromoteSettings(ChangeSettings):

@@ -27,7 +27,7 @@ from services.core.errors import BadInput, ConfigError
 from services.core.ranges import OffsetBound, TimeBound, parse_bounds
 from services.core.requests import check_request
 from services.core.runtime import now_ms
-from services.core.settings import KafkaSettings, check_format, setting
+from services.core.settings import KafkaSettings, check_format, check_writable_file, setting
 from services.core.topic_range import read_spans
 from services.model_worker.models import Model, load_model
 from services.model_worker.settings import trust_model_file_setting
@@ -65,6 +65,8 @@ class ReplaySettings(KafkaSettings):
             raise ConfigError("--source archive needs --archive-dir DIR")
         if self.batch < 1:
             raise ConfigError(f"--batch must be >= 1, got {self.batch}")
+        if self.html:
+            check_writable_file(self.html, "--html")
 
 
 @dataclass

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from services.core.errors import ConfigError
 from services.core.ranges import Bounds, parse_bounds, parse_duration_ms
 from services.core.runtime import now_ms
-from services.core.settings import KafkaSettings, check_format, setting
+from services.core.settings import KafkaSettings, check_format, check_writable_file, setting
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class CompareSettings(KafkaSettings):
 
     def validate(self) -> None:
         check_format(self.format)
+        if self.html:
+            check_writable_file(self.html, "--html")  # now, not after the whole range was read
         self.bounds()
         self.bucket_ms()
         if self.max_records < 0:

@@ -300,6 +300,7 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
     """
     hints = get_type_hints(cls)
     values: dict[str, Any] = {}
+    from_env: dict[str, str] = {}  # flag -> the variable its value came from
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         kind = _base_type(hints[f.name])
         raw = overrides.get(f.name)
@@ -313,6 +314,8 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
             raw = os.environ.get(_env_name(f))
             # A value from the environment is named as such: the flag was never typed (and a
             # variable left over from another command is otherwise hard to find).
+            if raw is not None:
+                from_env[name] = _env_name(f)
             name = f"{_env_name(f)} (the environment's {name})"
         if raw is None:
             continue
@@ -321,13 +324,50 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
             _check_range(name, value, f, kind)
         values[f.name] = value
     settings = cls(**values)
-    if isinstance(settings, KafkaSettings):
-        settings.librdkafka()
-        settings.topics()
-    validate = getattr(settings, "validate", None)
-    if callable(validate):
-        validate()
+    try:
+        if isinstance(settings, KafkaSettings):
+            settings.librdkafka()
+            settings.topics()
+        validate = getattr(settings, "validate", None)
+        if callable(validate):
+            validate()
+    except ConfigError as err:
+        raise _from_env(err, from_env) from None
     return settings
+
+
+def _from_env(err: ConfigError, from_env: dict[str, str]) -> ConfigError:
+    """`err` with the first flag it names that was not typed (its value came from a variable)
+    named as that variable, as the type checks above name it."""
+    text = str(err)
+    for flag, variable in from_env.items():
+        named, found = re.subn(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", f"{variable} (the environment's {flag})",
+                               text, count=1)
+        if found:
+            return type(err)(named)
+    return err
+
+
+def check_writable_directory(path: str, flag: str) -> None:
+    """ConfigError unless `path` is (or can be made) a directory this process may write: said at
+    start, not after the broker was reached or a long read was done."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot create it ({exc.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: this process may not write there")
+
+
+def check_writable_file(path: str, flag: str) -> None:
+    """ConfigError unless a file can be written at `path` (its directory exists and is writable)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConfigError(f"{flag} {path}: is a directory, not a file")
+    if not os.path.isdir(directory):
+        raise ConfigError(f"{flag} {path}: no such directory {directory}")
+    if not os.access(directory, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ConfigError(f"{flag} {path}: this process may not write there")
 
 
 OUTPUT_FORMATS = ("table", "json")

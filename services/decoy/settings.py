@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.core.errors import ConfigError
-from services.core.settings import ServiceSettings, setting
+from services.core.settings import ServiceSettings, check_writable_directory, setting
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class DecoySettings(ServiceSettings):
     def validate(self) -> None:
         if not self.archive_dir:
             raise ConfigError("--archive-dir is required (where the archive files go)")
+        check_writable_directory(self.archive_dir, "--archive-dir")
         if self.codec not in ("null", "deflate"):
             raise ConfigError(f"--codec must be null or deflate, got {self.codec!r}")
         if self.roll_mb <= 0 or self.roll_seconds <= 0 or self.max_batch < 1:

@@ -89,6 +89,9 @@ class GatewaySettings(KafkaSettings):
         ApiKeys.load(self.api_keys_file, self.api_key_hashes)  # its one-line error now, not after Kafka
         if self.http_port <= 0 and self.grpc_port <= 0:
             raise ConfigError("nothing to serve: both --http-port and --grpc-port are 0")
+        _check_ports_apart({"--http-port": (self.http_addr, self.http_port),
+                            "--grpc-port": (self.grpc_addr, self.grpc_port),
+                            "--metrics-port": (self.http_addr, self.metrics_port)})
         if self.rate_limit < 0 or self.rate_burst < 1:
             raise ConfigError("--rate-limit must be >= 0 and --rate-burst >= 1")
         for name in ("answer_grace_ms", "comparison_grace_ms", "max_budget_ms", "max_rows",
@@ -106,6 +109,21 @@ class GatewaySettings(KafkaSettings):
 
     def instance_name(self) -> str:
         return self.instance or socket.gethostname()
+
+
+_ANY_ADDRESS = ("0.0.0.0", "::", "")
+
+
+def _check_ports_apart(ports: dict[str, tuple[str, int]]) -> None:
+    """Two listeners on one port fail only once Kafka has been reached: say it now."""
+    taken: dict[int, tuple[str, str]] = {}
+    for flag, (addr, port) in ports.items():
+        if port <= 0:
+            continue
+        other = taken.get(port)
+        if other is not None and (other[1] == addr or {other[1], addr} & set(_ANY_ADDRESS)):
+            raise ConfigError(f"{other[0]} and {flag} are both {port}: each listener needs its own port")
+        taken[port] = (flag, addr)
 
 
 class _Encrypted(Exception):

@@ -15,8 +15,10 @@ from rich.console import Console
 
 from services.cli.demo import DemoSettings
 from services.cli.lifecycle import PromoteSettings, ScheduleSetSettings
+from services.compare_report.settings import CompareSettings
 from services.core.errors import BrokerUnavailable, ConfigError
 from services.core.settings import Topics, from_namespace
+from services.decoy.settings import DecoySettings
 from services.gateway.settings import GatewaySettings
 from services.rendezvous.settings import RendezvousSettings
 
@@ -31,6 +33,15 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (DemoSettings, {"models": "=demo:champion"}, "--models expects name=spec"),
     (DemoSettings, {"models": "a=demo:champion,a=demo:canary"}, "--models names a more than once"),
     (ScheduleSetSettings, {"models": "a", "effective_in": "8d"}, "at most 7 days ahead"),
+    # Each of these was said only after the broker had been reached (or, --html, after the whole read).
+    (ScheduleSetSettings, {}, "schedule set needs --models a,b,c or --file"),
+    (ScheduleSetSettings, {"models": "a", "traffic": "a=lots"}, "--traffic: expected model=fraction"),
+    (ScheduleSetSettings, {"models": "a", "file": "/nonexistent/s.json"}, "takes --file or --models"),
+    (ScheduleSetSettings, {"file": "/nonexistent/s.json"}, "cannot read schedule file /nonexistent/s.json"),
+    (GatewaySettings, {"grpc_port": "8080"}, "--http-port and --grpc-port are both 8080"),
+    (GatewaySettings, {"metrics_port": "8081"}, "--grpc-port and --metrics-port are both 8081"),
+    (CompareSettings, {"html": "/nonexistent/report.html"}, "--html /nonexistent/report.html: no such directory"),
+    (DecoySettings, {"archive_dir": "/proc/no-archive-here"}, "--archive-dir /proc/no-archive-here: cannot create it"),
     (PromoteSettings, {"window": "forever"}, "--window: expected a duration"),
     (PromoteSettings, {"require": "agreement~0.9"}, "--require: cannot read"),
     (RendezvousSettings, {"topic": "requests=rdv.scores"}, "requests and scores would both be 'rdv.scores'"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,16 @@ def test_a_schedule_files_name_must_be_the_schedule_the_rendezvous_follows(tmp_p
     path.write_text('{"version": 3, "models": ["champion"]}')  # no name: the one followed
     unnamed = from_namespace(RendezvousSettings, None, schedule_file=str(path), schedule_name="prod").schedule()
     assert unnamed.name == "prod"
+
+
+def test_a_value_refused_by_a_command_names_the_variable_it_came_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RDV_CO_HOST is the demo's true/false and a worker's list: left set, a worker said
+    '--co-host expects NAME=SPEC', a flag nobody typed."""
+    from services.model_worker.settings import WorkerSettings
+
+    monkeypatch.setenv("RDV_CO_HOST", "0")
+    with pytest.raises(ConfigError, match=re.escape("RDV_CO_HOST (the environment's --co-host) expects NAME=SPEC")):
+        from_namespace(WorkerSettings, None, model="demo:champion")
+    monkeypatch.delenv("RDV_CO_HOST")
+    with pytest.raises(ConfigError, match=re.escape("--co-host expects NAME=SPEC")):
+        from_namespace(WorkerSettings, None, model="demo:champion", co_host=("0",))
