@@ -73,8 +73,12 @@ class DemoSettings(KafkaSettings):
     )
 
     def validate(self) -> None:
-        if self.rate <= 0 or self.duration < 0 or self.budget_ms <= 0:
-            raise ConfigError("--rate and --budget-ms must be positive, --duration >= 0")
+        for flag, value, least in (("--rate", self.rate, 0.0), ("--budget-ms", self.budget_ms, 0),
+                                   ("--partitions", self.partitions, 0)):
+            if value <= least:
+                raise ConfigError(f"{flag} must be positive, got {value}")
+        if self.duration < 0:
+            raise ConfigError(f"--duration must be >= 0, got {self.duration}")
         if not 1 <= self.rendezvous <= self.partitions:
             raise ConfigError(f"--rendezvous must be within 1..--partitions ({self.partitions}), got {self.rendezvous}")
         for item in self.models:

@@ -30,6 +30,8 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (GatewaySettings, {"grpc_port": "70000"}, "--grpc-port must be at most 65535"),  # it bound another port
     (RendezvousSettings, {"max_batch": "0"}, "--max-batch must be at least 1"),
     (DemoSettings, {"models": "x=demo:nope"}, "unknown demo model 'demo:nope'"),
+    (DemoSettings, {"partitions": "0"}, "--partitions must be positive, got 0"),  # it blamed --rendezvous
+    (DemoSettings, {"rate": "0"}, "--rate must be positive, got 0"),
     (DemoSettings, {"models": "=demo:champion"}, "--models expects name=spec"),
     (DemoSettings, {"models": "a=demo:champion,a=demo:canary"}, "--models names a more than once"),
     (ScheduleSetSettings, {"models": "a", "effective_in": "8d"}, "at most 7 days ahead"),
