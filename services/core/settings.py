@@ -281,7 +281,8 @@ def _convert(name: str, kind: Any, raw: Any, separator: str | None = ",", secret
     shown = "a value (not shown)" if secret else _excerpt(raw)
     if kind is tuple:
         items = [raw] if isinstance(raw, str) else list(raw)
-        return tuple(part.strip() for item in items for part in item.split(separator) if part.strip())
+        parts = (part for item in items for part in ([item] if separator is None else item.split(separator)))
+        return tuple(part.strip() for part in parts if part.strip())
     if kind is bool and isinstance(raw, str):
         lowered = raw.strip().lower()
         if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
@@ -341,22 +342,24 @@ def _from_env(err: ConfigError, from_env: dict[str, str]) -> ConfigError:
     named as that variable, as the type checks above name it."""
     text = str(err)
     for flag, variable in from_env.items():
-        named, found = re.subn(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", f"{variable} (the environment's {flag})",
-                               text, count=1)
-        if found:
-            return type(err)(named)
+        # Only the flag the message is about (it opens it): in "--a, --b and --c must be ..." none is.
+        if re.match(rf"{re.escape(flag)}(?![\w-])(?!,| and )", text):
+            return type(err)(f"{variable} (the environment's {flag}){text[len(flag):]}")
     return err
 
 
 def check_writable_directory(path: str, flag: str) -> None:
-    """ConfigError unless `path` is (or can be made) a directory this process may write: said at
-    start, not after the broker was reached or a long read was done."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"{flag} {path}: cannot create it ({exc.strerror})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {path}: this process may not write there")
+    """ConfigError unless `path` is a directory this process may write, or one it may create (its
+    nearest existing ancestor is a writable directory): said at start, not after the broker was
+    reached. Nothing is created here."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"{flag} {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        verb = "write there" if existing == os.path.abspath(path) else f"create it (in {existing})"
+        raise ConfigError(f"{flag} {path}: this process may not {verb}")
 
 
 def check_writable_file(path: str, flag: str) -> None:

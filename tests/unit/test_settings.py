@@ -67,9 +67,11 @@ def test_a_kafka_config_flag_is_one_setting_whatever_it_holds(monkeypatch: pytes
 
     parser = argparse.ArgumentParser()
     add_arguments(parser, RendezvousSettings)
-    args = parser.parse_args(["--kafka-config", "sasl.password=ab;cd", "--kafka-config", "acks=all"])
+    args = parser.parse_args(["--kafka-config", "sasl.password=ab;cd", "--kafka-config", "acks=all",
+                              "--kafka-config", "sasl.oauthbearer.config=principal=admin scope=read"])
     settings = from_namespace(RendezvousSettings, args)
     assert settings.librdkafka()["sasl.password"] == "ab;cd" and settings.librdkafka()["acks"] == "all"
+    assert settings.librdkafka()["sasl.oauthbearer.config"] == "principal=admin scope=read"  # not cut at the space
     monkeypatch.setenv("RDV_KAFKA_CONFIG", "acks=1;linger.ms=5")  # the variable's settings: one per ';'
     assert from_namespace(RendezvousSettings).librdkafka()["linger.ms"] == "5"
     with pytest.raises(ConfigError, match=r"--kafka-config sasl\.password: a value holding ';'") as err:
@@ -133,3 +135,8 @@ def test_a_value_refused_by_a_command_names_the_variable_it_came_from(monkeypatc
     monkeypatch.delenv("RDV_CO_HOST")
     with pytest.raises(ConfigError, match=re.escape("--co-host expects NAME=SPEC")):
         from_namespace(WorkerSettings, None, model="demo:champion", co_host=("0",))
+    from services.decoy.settings import DecoySettings
+
+    monkeypatch.setenv("RDV_MAX_BATCH", "100")  # valid: a message naming it among others is not about it
+    with pytest.raises(ConfigError, match=re.escape("--roll-mb, --roll-seconds and --max-batch must be positive")):
+        from_namespace(DecoySettings, None, archive_dir="/tmp", roll_mb="0")
