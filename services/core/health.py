@@ -50,7 +50,8 @@ class BrokerHealth:
 
     def __init__(self) -> None:
         self._down_since: float | None = None
-        self._blocked_since: float | None = None
+        # Per thread: a commit ending on one thread must not clear another's mark (a takeover's scan).
+        self._blocked_since: dict[int, float] = {}
         self._lock = threading.Lock()
         BROKER_UP.set(1)
 
@@ -59,11 +60,12 @@ class BrokerHealth:
         """Wrap a call that may block while the broker is away (some librdkafka calls ignore
         their timeout then, e.g. send_offsets_to_transaction): readiness, answered from another
         thread, turns false once it has blocked for BLOCKED_AFTER_S."""
-        self._blocked_since = time.monotonic()
+        thread = threading.get_ident()
+        self._blocked_since[thread] = time.monotonic()
         try:
             yield
         finally:
-            self._blocked_since = None
+            self._blocked_since.pop(thread, None)
 
     def error_cb(self, err: KafkaError) -> None:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
@@ -87,7 +89,7 @@ class BrokerHealth:
                 BROKER_UP.set(0)
 
     def _blocked_for(self) -> float:
-        since = self._blocked_since
+        since = min(self._blocked_since.values(), default=None)  # one C call: no other thread runs meanwhile
         return 0.0 if since is None else time.monotonic() - since
 
     @property

@@ -198,10 +198,7 @@ class StreamService:
             log.info("%s reading %s (group %s, %s)", spec.name, ", ".join(spec.subscription), spec.group_id,
                      spec.processing)
             tune_gc()  # after start-up: what it built is frozen out of the collector's sight
-            try:
-                self._loop(stop)
-            finally:
-                self._turned_at = None  # the drain is bounded by its own timeout
+            self._loop(stop)
             self._drain()
 
     def _producer(self, config: dict[str, Any], stack: ExitStack) -> Producer | None:

@@ -29,10 +29,6 @@ REFUSED = Counter("rdv_gateway_connections_refused_total",
                   ["reason"])
 
 
-class HeadTooLarge(Exception):
-    """Raised from the parser's callbacks: the parser stops, the connection gets a 431."""
-
-
 def guarded_protocol(max_head_bytes: int = MAX_HEAD_BYTES, head_timeout_s: float = HEAD_TIMEOUT_S) -> type:
     """uvicorn's httptools protocol with these bounds (the `http` of its Config)."""
 
@@ -43,13 +39,19 @@ def guarded_protocol(max_head_bytes: int = MAX_HEAD_BYTES, head_timeout_s: float
     return Guarded
 
 
+class HeadTooLarge(Exception):
+    """Raised from the parser's callbacks: the parser stops, the connection gets a 431."""
+
+
 class _Guarded(HttpToolsProtocol):
     MAX_HEAD_BYTES = MAX_HEAD_BYTES
     HEAD_TIMEOUT_S = HEAD_TIMEOUT_S
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._head_bytes = 0
+        self._head_bytes = 0  # as received, while in a head (a line not ended yet included)
+        self._parsed_bytes = 0  # of the current head, as the parser hands it over
+        self._in_head = True  # between requests, and until a request's head is complete
         self._too_large = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._arm_head_timer()
@@ -58,11 +60,22 @@ class _Guarded(HttpToolsProtocol):
         self._disarm_head_timer()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        # Counted as they come: the parser hands a header over only once its line ends, so one
+        # line that never ends would otherwise grow without a bound.
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and self._head_bytes > self.MAX_HEAD_BYTES and not self.transport.is_closing():
+            self._too_large = True  # all of it still head: what came is over the bound
+            self.send_400_response("")
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_bytes = 0
+        self._parsed_bytes = 0
         self._arm_head_timer()
 
+    # A whole head may come in one read: counted as the parser hands it over, too.
     def on_url(self, url: bytes) -> None:
         self._count(len(url))
         super().on_url(url)
@@ -72,8 +85,13 @@ class _Guarded(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         self._disarm_head_timer()
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head, self._head_bytes = True, 0  # what comes next is the next request's head
 
     def send_400_response(self, msg: str) -> None:
         if not self._too_large:
@@ -84,8 +102,10 @@ class _Guarded(HttpToolsProtocol):
                          f"the request line and headers are over {self.MAX_HEAD_BYTES:,} bytes")
 
     def _count(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > self.MAX_HEAD_BYTES:
+        if not self._in_head:
+            return  # a chunked body's trailers
+        self._parsed_bytes += size
+        if self._parsed_bytes > self.MAX_HEAD_BYTES:
             self._too_large = True
             raise HeadTooLarge  # the parser stops and reports it: send_400_response above
 
@@ -100,9 +120,14 @@ class _Guarded(HttpToolsProtocol):
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
-        if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
-            return  # a request is being answered: its head came in time
+        if self.transport.is_closing():
+            return
         REFUSED.labels("head_too_slow").inc()
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined head too slow behind a request still being answered: no status can be
+            # written into that response's stream, only the connection closed.
+            self.transport.close()
+            return
         self._close_with(b"408 Request Timeout", f"no complete request head within {self.HEAD_TIMEOUT_S:g} s")
 
     def _close_with(self, status: bytes, text: str) -> None:

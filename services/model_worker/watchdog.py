@@ -50,19 +50,24 @@ class Watched(Generic[M]):
         self.pending = list(models)
         self.sources = sources
         self.write_errors = write_errors
-        self.turn_started = time.monotonic()
+        # When the model whose turn it is began it; None while a model's Scores are written (a
+        # produce may wait for the broker: that is no model's time).
+        self.turn_started: float | None = time.monotonic()
         self.abandoned = False
         self._lock = threading.Lock()
 
     def claim(self, model: M) -> bool:
         """Whether `model` may write its Scores for this batch (False once the watchdog wrote
-        them); its turn ends and the next model's starts."""
+        them); its turn ends. The next model's starts with `next_turn`, once they are written."""
         with self._lock:
             if self.abandoned:
                 return False
             self.pending.remove(model)
-            self.turn_started = time.monotonic()
+            self.turn_started = None
             return True
+
+    def next_turn(self) -> None:
+        self.turn_started = time.monotonic()
 
     def abandon(self) -> list[M]:
         """The models whose Scores the watchdog writes instead (the stuck one first)."""
@@ -99,6 +104,7 @@ class ScoringWatchdog(Generic[M]):
         self._producer, self._consumer, self._exit = producer, consumer, exit_process
         self._batch: Watched[M] | None = None
         self._stopped = threading.Event()
+        self._gave_up = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rdv-watchdog", daemon=True)
 
     def start(self) -> None:
@@ -116,18 +122,30 @@ class ScoringWatchdog(Generic[M]):
     def done(self) -> None:
         self._batch = None
 
+    def hold(self) -> None:
+        """For the poll loop when the watchdog took its batch (the model returned too late): wait
+        for the exit. Going on, it would commit later offsets that the watchdog's commit, landing
+        after them, would move back."""
+        self._gave_up.wait()
+        self._stopped.wait()
+
     def _run(self) -> None:
         every = min(1.0, self.timeout_s / 4)
         while not self._stopped.wait(every):
             batch = self._batch
-            if batch is not None and batch.pending and time.monotonic() - batch.turn_started >= self.timeout_s:
+            if batch is not None and self._overdue(batch):
                 self._give_up(batch)
                 return
+
+    def _overdue(self, batch: Watched[M]) -> bool:
+        started = batch.turn_started
+        return started is not None and bool(batch.pending) and time.monotonic() - started >= self.timeout_s
 
     def _give_up(self, batch: Watched[M]) -> None:
         pending = batch.abandon()
         if not pending:
             return  # every model wrote its Scores just now
+        self._gave_up.set()
         stuck = self._name(pending[0])
         log.error(
             "model %s has not scored a batch of %d requests in %.0f s (stuck in predict): each gets an error "

@@ -158,10 +158,18 @@ def _ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
 
 
-def stalled_after_s(predict_timeout_s: float) -> float | None:
+def stalled_after_s(predict_timeout_s: float, models: int) -> float | None:
     """When the worker's /healthz says its loop is stuck: never before the watchdog has acted on a
-    stuck model (it exits the process), never at all when models may take as long as they like."""
-    return None if predict_timeout_s <= 0 else max(STALLED_AFTER_S, predict_timeout_s + 60.0)
+    stuck model (it exits the process; each model of a batch has its own turn of the timeout),
+    never at all when models may take as long as they like."""
+    return None if predict_timeout_s <= 0 else max(STALLED_AFTER_S, models * predict_timeout_s + 60.0)
+
+
+def max_poll_interval_ms(predict_timeout_s: float, models: int) -> int:
+    """The consumer's max.poll.interval.ms: past it librdkafka leaves the group, and the watchdog's
+    commit would be refused. At least librdkafka's default; more when the models' turns of one
+    batch may add up to more."""
+    return max(300_000, int((models * predict_timeout_s + 60.0) * 1000))
 
 
 class Hosted:
@@ -250,9 +258,10 @@ class ModelWorker(SimpleHandler, Probed):
                 "auto.offset.reset": settings.start_from,
                 # A dead replica's partitions move on after 6 s (librdkafka's default is 45 s).
                 "session.timeout.ms": 6_000,
+                "max.poll.interval.ms": max_poll_interval_ms(settings.predict_timeout_s, len(self.hosted)),
             },
             outputs=(self.topics.scores, self.topics.deadletter),
-            stalled_after_s=stalled_after_s(settings.predict_timeout_s),
+            stalled_after_s=stalled_after_s(settings.predict_timeout_s, len(self.hosted)),
         ), self)
         self.ready = self.service.ready
 
@@ -375,8 +384,11 @@ class _BatchScorer:
         try:
             # One model's scores go out before the next model scores: the preferred one is not held up.
             for hosted, results in score_co_hosted(self.w.hosted, rows, walked):
-                if watched.claim(hosted):
-                    self._write(hosted, results, requests, sources, received_at)
+                if not watched.claim(hosted):
+                    self.watchdog.hold()  # it wrote this batch's Scores and ends the process
+                    break
+                self._write(hosted, results, requests, sources, received_at)
+                watched.next_turn()
         finally:
             self.watchdog.done()
         self.w.scored += len(requests)
