@@ -612,3 +612,34 @@ def test_bad_values_are_refused_with_a_reason(
     done = run_helm(helm, "template", RELEASE, str(CHART), "-f", str(path))
     assert done.returncode != 0, f"{values} rendered"
     assert reason in done.stderr, done.stderr
+
+
+# --- values a review found rendered wrong ------------------------------------------------------
+
+
+def test_values_render_as_given_whatever_their_size_or_zero(helm: Path, tmp_path: Path) -> None:
+    """1000000 rendered as 1e+06 (librdkafka read message.max.bytes=1); replicas 0 rendered as 1;
+    a long model name made a Service name the API refuses; the gateway was not told the schedule."""
+    long_name = "fraud-detector-gradient-boosting-v12"
+    values = {"kafka": {"config": {"message.max.bytes": 1000000, "linger.ms": 0.5}},
+              "models": [{"name": long_name, "spec": "demo:champion", "replicas": 0}],
+              "rendezvous": {"scheduleName": "fraud"},
+              "gateway": {"enabled": True}}
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    r = Render("review", merged_values(path), render(helm, "-f", str(path)))
+    (deployment,) = [d for d in r.of_kind("Deployment") if "-model-" in d["metadata"]["name"]]
+    (worker,) = pod_spec(deployment)["containers"]
+    assert set(env_value(worker, "RDV_KAFKA_CONFIG").split(";")) >= {"message.max.bytes=1000000", "linger.ms=0.5"}
+    assert deployment["spec"]["replicas"] == 0
+    for service in r.of_kind("Service"):
+        assert len(service["metadata"]["name"]) <= 63, service["metadata"]["name"]
+    (gateway,) = pod_spec(r.named("Deployment", f"{fullname()}-gateway"))["containers"]
+    assert env_value(gateway, "RDV_SCHEDULE") == "fraud"
+    assert env_value(worker, "RDV_METRICS_HOST") == "0.0.0.0"  # probed whatever image it runs
+
+
+def test_more_gateways_than_reply_partitions_is_refused(helm: Path) -> None:
+    done = run_helm(helm, "template", RELEASE, str(CHART), "--set", "gateway.enabled=true",
+                    "--set", "gateway.replicas=5", "--set", "topics.partitions=4")
+    assert done.returncode != 0 and "would never be ready" in done.stderr

@@ -75,7 +75,7 @@ ever part of a rendered manifest. */}}
 {{- if contains ";" (toString $value) -}}
 {{- fail (printf "kafka.config.%s contains ';', the separator of RDV_KAFKA_CONFIG" $key) -}}
 {{- end -}}
-{{- $pairs = append $pairs (printf "%s=%v" $key $value) -}}
+{{- $pairs = append $pairs (printf "%s=%s" $key (include "rdv.scalar" $value)) -}}
 {{- end -}}
 {{- range .Values.kafka.secretConfig -}}
 {{- if hasKey $.Values.kafka.config .key -}}
@@ -135,6 +135,25 @@ ever part of a rendered manifest. */}}
 {{- define "rdv.metricsEnv" -}}
 - name: RDV_METRICS_PORT
   value: {{ .Values.metricsPort | quote }}
+{{- /* Not only the project's image sets it: a model's own image must be probed too. */}}
+- name: RDV_METRICS_HOST
+  value: "0.0.0.0"
+{{- end -}}
+
+{{/* The name of a model's workload and Service (.root, .model): at most 63 characters, as a
+Service name must be. */}}
+{{- define "rdv.modelName" -}}
+{{- printf "%s-model-%s" (include "rdv.fullname" .root) .model.name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* A value as its text: a whole number as digits (YAML numbers reach templates as floats,
+which %v prints as 1e+06: librdkafka would read message.max.bytes=1). */}}
+{{- define "rdv.scalar" -}}
+{{- if and (kindIs "float64" .) (eq (float64 (int64 .)) .) -}}
+{{- int64 . -}}
+{{- else -}}
+{{- printf "%v" . -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Pod pieces ---------------------------------------------------------------------------- */}}
@@ -218,7 +237,7 @@ annotations:
 {{- define "rdv.pairs" -}}
 {{- $pairs := list -}}
 {{- range $key, $value := . -}}
-{{- $pairs = append $pairs (printf "%s=%v" $key $value) -}}
+{{- $pairs = append $pairs (printf "%s=%s" $key (include "rdv.scalar" $value)) -}}
 {{- end -}}
 {{- join "," $pairs -}}
 {{- end -}}
