@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from rich.table import Table
 
 from services.cli.model_contracts import print_contracts
 from services.control import changes
-from services.control.gates import Verdict, evaluate, parse_requirements
+from services.control.gates import Verdict, evaluate, parse_requirements, with_defaults
 from services.control.liveness import live_models, not_live
 from services.control.schedule import Schedule
 from services.control.topic import ScheduleBook, load_book, publish
@@ -175,11 +176,23 @@ def _check_live(settings: ChangeSettings, schedule: Schedule) -> None:
 
 
 def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule, console: Console) -> Schedule:
-    schedule = changes.next_version(book, draft, now_ms(), settings.effective_in_ms())
+    now = now_ms()
+    schedule = changes.next_version(book, draft, now, settings.effective_in_ms())
     publish(settings.librdkafka(), settings.topics().control, schedule)
     console.print(f"published {schedule.name} v{schedule.version}: {list(schedule.models)} "
-                  f"(effective in {settings.effective_in}; {schedule.comment})")
+                  f"(effective in {_duration((schedule.effective_at - now) / 1000)}; {schedule.comment})")
+    if schedule.effective_at > now + settings.effective_in_ms():
+        # A version never takes effect before the one it follows: one scheduled later holds this back.
+        console.print(f"[yellow]note[/]: not in {settings.effective_in}: v{schedule.version - 1} takes effect only "
+                      "then, and a version never takes effect before the one it follows")
     return schedule
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
 
 
 def cmd_schedule_show(settings: ScheduleSettings, console: Console, tables: Console) -> int:
@@ -275,8 +288,9 @@ def cmd_promote(settings: PromoteSettings, candidate: str, console: Console, fig
 def _gate(
     settings: PromoteSettings, candidate: str, champion: str, console: Console, figures_fn: FiguresFn
 ) -> list[Verdict]:
-    requirements = parse_requirements(settings.require)
-    verdicts = evaluate(requirements, figures_fn(settings, settings.window, candidate, champion))
+    figures = figures_fn(settings, settings.window, candidate, champion)
+    requirements = with_defaults(parse_requirements(settings.require), figures.get("champion_error_rate", math.nan))
+    verdicts = evaluate(requirements, figures)
     for verdict in verdicts:
         console.print(verdict.line())
     return verdicts
@@ -284,5 +298,7 @@ def _gate(
 
 def cmd_rollback(settings: ChangeSettings, console: Console) -> int:
     book = _book(settings)
-    _publish_next(settings, book, changes.rollback(book, settings.comment), console)
+    draft = changes.rollback(book, settings.comment)
+    _check_live(settings, draft)  # the version before may name a model undeployed since
+    _publish_next(settings, book, draft, console)
     return 0

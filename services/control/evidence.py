@@ -20,9 +20,12 @@ def gate_figures(settings: KafkaSettings, window: str, candidate: str, champion:
                               kafka_config=settings.kafka_config, since=window, champion=champion, workers=1)
     report, _read = report_from_topic(compare)
     row = next((m for m in report.models if m.name == candidate), None)
+    reference = next((m for m in report.models if m.name == champion), None)
+    champion_error_rate = reference.errors / reference.n if reference is not None and reference.n else NAN
     if row is None:
-        return {"n": 0.0}
+        return {"n": 0.0, "champion_error_rate": champion_error_rate}
     return {
+        "champion_error_rate": champion_error_rate,  # for the gate's default error_rate clause
         "n": float(row.paired),
         "agreement": row.agreement,
         "p50": row.latency_ms.get("p50", NAN),

@@ -60,13 +60,36 @@ def parse_requirements(text: str) -> list[Requirement]:
         figure, op, number, unit = match.groups()
         if figure not in FIGURES:
             raise ConfigError(f"--require: unknown figure {figure!r}; known: {', '.join(FIGURES)}")
-        value = float(number) * (1000.0 if unit == "s" else 1.0)
+        try:
+            value = float(number) * (1000.0 if unit == "s" else 1.0)
+        except ValueError:  # 0.9.5, 1e, 1-2: the pattern lets some typos through
+            raise ConfigError(f"--require: {number!r} is not a number ({clause!r})") from None
         if unit and not figure.startswith("p"):
             raise ConfigError(f"--require: {figure} takes no unit ({clause!r})")
         requirements.append(Requirement(figure, op, value, clause))
     if not requirements:
         raise ConfigError("--require is empty")
     return requirements
+
+
+# What every gate checks unless the operator says otherwise with a clause on the same figure: a
+# handful of paired requests is no evidence, and a candidate that fails fast must not pass on its
+# agreement and latency (the latency figures count error outputs too).
+DEFAULT_MIN_N = 100
+DEFAULT_ERROR_MARGIN = 0.01
+
+
+def with_defaults(requirements: list[Requirement], champion_error_rate: float) -> list[Requirement]:
+    """`requirements` plus `n>=100` and `error_rate<=` the champion's + 0.01, for figures they do not name."""
+    named = {r.figure for r in requirements}
+    extra = []
+    if "n" not in named:
+        extra.append(Requirement("n", ">=", DEFAULT_MIN_N, f"n>={DEFAULT_MIN_N} (default)"))
+    if "error_rate" not in named:
+        base = champion_error_rate if champion_error_rate == champion_error_rate else 0.0
+        limit = min(1.0, base + DEFAULT_ERROR_MARGIN)
+        extra.append(Requirement("error_rate", "<=", limit, f"error_rate<={limit:.4g} (default: champion's + 0.01)"))
+    return [*requirements, *extra]
 
 
 def evaluate(requirements: list[Requirement], figures: Mapping[str, float]) -> list[Verdict]:

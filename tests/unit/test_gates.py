@@ -1,0 +1,39 @@
+"""The promotion gate's defaults (services/control/gates.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.control.gates import evaluate, parse_requirements, with_defaults
+from services.core.errors import ConfigError
+
+
+def verdicts(require: str, figures: dict[str, float]) -> dict[str, bool]:
+    requirements = with_defaults(parse_requirements(require), figures.get("champion_error_rate", float("nan")))
+    return {v.requirement.text: v.passed for v in evaluate(requirements, figures)}
+
+
+def test_a_candidate_failing_fast_does_not_pass_on_agreement_and_latency() -> None:
+    """990 errors in 2 ms and 10 agreeing scores passed agreement>=0.95,p99<=50ms,n>=10 (a review)."""
+    figures = {"n": 10, "agreement": 1.0, "p99": 6.0, "error_rate": 0.99, "champion_error_rate": 0.02}
+    result = verdicts("agreement>=0.95,p99<=50ms,n>=10", figures)
+    assert result["error_rate<=0.03 (default: champion's + 0.01)"] is False
+    assert all(passed for text, passed in result.items() if "default" not in text)
+
+
+def test_a_handful_of_requests_is_no_evidence_unless_the_operator_says_so() -> None:
+    figures = {"n": 1, "agreement": 1.0, "error_rate": 0.0, "champion_error_rate": 0.0}
+    assert verdicts("agreement>=0.95", figures)["n>=100 (default)"] is False
+    assert verdicts("agreement>=0.95,n>=1", figures) == {"agreement>=0.95": True, "n>=1": True,
+                                                          "error_rate<=0.01 (default: champion's + 0.01)": True}
+
+
+def test_a_clause_on_a_figure_replaces_its_default() -> None:
+    figures = {"n": 500, "error_rate": 0.2, "champion_error_rate": 0.0}
+    assert verdicts("error_rate<=0.25", figures) == {"error_rate<=0.25": True, "n>=100 (default)": True}
+
+
+@pytest.mark.parametrize("typo", ["agreement>=0.9.5", "n>=1e", "n>=1-2"])
+def test_a_number_that_is_none_is_one_error_line(typo: str) -> None:
+    with pytest.raises(ConfigError, match="is not a number"):  # it was a ValueError traceback
+        parse_requirements(typo)
