@@ -18,6 +18,7 @@ partition's clock (the newest append time read) has passed its give-up time.
 from __future__ import annotations
 
 import json
+import uuid
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -185,9 +186,12 @@ class Schedule:
             "comment": self.comment,
         }
 
-    def key(self) -> str:
-        """Kafka key on the control topic: one record per version survives compaction."""
-        return f"{self.name}/{self.version:010d}"
+    def new_key(self) -> str:
+        """A Kafka key for one write of this version to the control topic, unique to that write.
+        Readers accept the first record of a version in log order; were two writers' records of
+        one version under one key, compaction would keep the second, and a reader starting after
+        it would accept another version than those already running."""
+        return f"{self.name}/{self.version:010d}/{uuid.uuid4().hex[:12]}"
 
     def same_policy(self, other: Schedule) -> bool:
         """Equal apart from name, version, timing and comment (what rollback restores)."""

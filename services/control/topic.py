@@ -183,5 +183,5 @@ def load_book(config: Mapping[str, Any], topic: str, name: str) -> ScheduleBook:
 def publish(config: Mapping[str, Any], topic: str, schedule: Schedule) -> None:
     """Write one schedule version and wait until the broker has it."""
     producer = Producer(config)
-    producer.produce(topic, encode_schedule(schedule), key=schedule.key())
+    producer.produce(topic, encode_schedule(schedule), key=schedule.new_key())
     producer.flush()

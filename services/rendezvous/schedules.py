@@ -50,10 +50,17 @@ class ScheduleFeed:
         if self.book.latest is None:
             first = max(1, self.bootstrap.version)
             seed = dataclasses.replace(self.bootstrap, version=first, effective_at=0, created_at=now_ms())
-            ctx.outputs.produce(self.topics.control, encode_schedule(seed), key=seed.key())
+            ctx.outputs.produce(self.topics.control, encode_schedule(seed), key=seed.new_key())
             ctx.outputs.commit_now([], give_up=lambda: False)  # the seed is public before we answer
-            self.book.add(seed)
-            log.info("control topic had no schedule %r: published the bootstrap one as v%d", seed.name, seed.version)
+            # Read back: another instance starting now may have seeded first, and every reader
+            # takes the first v1 in log order; this one must too.
+            for record in self._feed.read_history():
+                self._apply(record, live=False)
+            if self.book.latest is None:  # not readable back (read_uncommitted lag): ours, as before
+                self.book.add(seed)
+            in_force = self.book.latest or seed
+            log.info("control topic had no schedule %r: published the bootstrap one; v%d in force: %s",
+                     seed.name, in_force.version, list(in_force.models))
         self.show(now_ms())
 
     def poll(self) -> None:

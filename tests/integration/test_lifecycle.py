@@ -83,9 +83,9 @@ def test_malformed_forged_or_unknown_model_schedules_are_refused_and_the_old_one
         stale = Schedule(models=("champion",), version=1, effective_at=5)
         producer.produce(topics.control, encode_schedule(stale), key="default/0000000001")
         year_2100 = Schedule(models=("champion",), version=5, effective_at=4_102_444_800_000)
-        producer.produce(topics.control, encode_schedule(year_2100), key=year_2100.key())
+        producer.produce(topics.control, encode_schedule(year_2100), key=year_2100.new_key())
         huge = Schedule(models=("champion",), version=2**63 - 1, effective_at=0)
-        producer.produce(topics.control, encode_schedule(huge), key=huge.key())
+        producer.produce(topics.control, encode_schedule(huge), key=huge.new_key())
         assert producer.flush(30) == 0
 
         dead = read_topic(config, topics.deadletter, expect=4, decode="deadletter")
@@ -267,3 +267,29 @@ def test_a_demo_on_a_kept_control_topic_names_its_own_models_but_keeps_a_promoti
     _schedule_naming(specs, 300, config, topics, Console(quiet=True))  # the same models: the promotion stays
     latest = load_book(config, topics.control, "default").latest
     assert latest is not None and latest.models == ("flaky", "slow") and latest.version == 3
+
+
+def test_of_two_changes_published_as_one_version_the_first_holds_everywhere_and_the_second_is_told(
+    bootstrap: str, prefix: str, config: dict[str, Any], topics: Topics
+) -> None:
+    """Two operators read v1 and both published v2 under one key: running readers took the first,
+    compaction kept the second for every reader started later, and the second operator was told
+    'published'."""
+    from rich.console import Console
+
+    from services.cli.lifecycle import ChangeSettings, _publish_next
+    from services.control import changes
+    from services.control.topic import publish
+    from services.core.errors import ConfigError
+
+    publish(config, topics.control, Schedule(models=("champion", "challenger"), created_at=now_ms()))
+    stale = load_book(config, topics.control, "default")  # what both operators read
+    first = changes.next_version(stale, Schedule(models=("challenger", "champion"), comment="first"), now_ms(), 0)
+    publish(config, topics.control, first)
+    settings = ChangeSettings(bootstrap=bootstrap, topic_prefix=prefix, effective_in="1s", force=True)
+    with pytest.raises(ConfigError, match="v2 was published by another change first"):
+        _publish_next(settings, stale, Schedule(models=("champion",), comment="second"), Console(quiet=True))
+    latest = load_book(config, topics.control, "default").latest
+    assert latest is not None and latest.version == 2 and latest.comment == "first"
+    keys = [m.key() for m in read_topic(config, topics.control, expect=3)]
+    assert len(set(keys)) == 3, keys  # each write its own key: compaction keeps the first v2 too
