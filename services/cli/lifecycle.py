@@ -168,8 +168,9 @@ def _role(model: str, champion: str | None, in_schedule: set[str]) -> str:
 def _check_live(settings: ChangeSettings, schedule: Schedule) -> None:
     if settings.force:
         return
-    live = {model for model, _version in live_models(settings.librdkafka(), settings.topics().scores,
-                                                     settings.live_window_s)}
+    figures = live_models(settings.librdkafka(), settings.topics().scores, settings.live_window_s)
+    # A model whose every score is an error (a broken model file, a contract nothing meets) is not live.
+    live = {model for (model, _version), f in figures.items() if f["errors"] < f["scores"]}
     reason = not_live(schedule, live, settings.live_window_s)
     if reason:
         raise ConfigError(f"refused: {reason}; deploy it first, or pass --force")

@@ -61,5 +61,5 @@ def not_live(schedule: Schedule, live: set[str], window_s: float) -> str | None:
     missing = [m for m in wanted if m not in live]
     if not missing:
         return None
-    return (f"{', '.join(missing)} sent no score in the last {window_s:.0f}s "
+    return (f"{', '.join(missing)} sent no usable score (one without an error) in the last {window_s:.0f}s "
             f"(scoring: {', '.join(sorted(live)) or 'none'})")

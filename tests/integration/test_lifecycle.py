@@ -76,7 +76,7 @@ def test_malformed_forged_or_unknown_model_schedules_are_refused_and_the_old_one
         client.score(demo_rows(1)[0])  # the champion is live now
 
         refused = rendezvous("schedule", "set", "--models", "ghost", "--bootstrap", bootstrap, "--topic-prefix", prefix)
-        assert_one_line_error(refused, "ghost", "sent no score")
+        assert_one_line_error(refused, "ghost", "sent no usable score")
 
         producer = Producer(config)
         producer.produce(topics.control, b"not a schedule", key=b"default/0000000003")
@@ -293,3 +293,23 @@ def test_of_two_changes_published_as_one_version_the_first_holds_everywhere_and_
     assert latest is not None and latest.version == 2 and latest.comment == "first"
     keys = [m.key() for m in read_topic(config, topics.control, expect=3)]
     assert len(set(keys)) == 3, keys  # each write its own key: compaction keeps the first v2 too
+
+
+def test_a_model_whose_every_score_is_an_error_is_not_live_for_a_change(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    """A model answering nothing but errors counted as scoring: promote, rollback and schedule set
+    let it become the champion."""
+    from services.control.topic import publish
+
+    publish(config, topics.control, Schedule(models=("champion",), created_at=now_ms()))
+    services.worker(bootstrap, prefix, "demo:champion")
+    producer, requests = Producer(config), codec("request")
+    for _ in range(5):  # features the champion does not know: each gets an error Score
+        record = make_request({"unknown_feature": 1.0}, budget_ms=1000, reply_topic=None, reply_partition=None)
+        producer.produce(topics.requests, requests.encode(record), key=record["request_id"])
+    assert producer.flush(30) == 0
+    producer.close()
+    read_topic(config, topics.scores, expect=5)
+    refused = rendezvous("schedule", "set", "--models", "champion", "--bootstrap", bootstrap, "--topic-prefix", prefix)
+    assert_one_line_error(refused, "champion sent no usable score")
