@@ -127,8 +127,14 @@ class Gateway:
         for answer in answers:
             child(m.ANSWERS, answer.status, target.kind).inc()
         _raise_failures(ids, answers)
-        versions = {a.version for a in answers}
-        version = target.version or (versions.pop() if len(versions) == 1 else "")
+        if target.kind == SCHEDULE:
+            # The version that decided (the rendezvous picks it by the request's created_at), not
+            # the one this gateway's clock saw in force: they differ at a switch.
+            decided = {str(a.schedule_version) for a in answers if a.schedule_version > 0}
+            version = decided.pop() if len(decided) == 1 else target.version
+        else:
+            versions = {a.version for a in answers}
+            version = target.version or (versions.pop() if len(versions) == 1 else "")
         return InferResult(target.name, version, base, tuple(answers), call.outputs)
 
     def _budget(self, target: Target, given: Sequence[int | None]) -> int:
