@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from services.compare_report.report import report_from_topic
 from services.compare_report.settings import CompareSettings
+from services.core.errors import ConfigError
 from services.core.settings import KafkaSettings
 
 NAN = float("nan")
@@ -18,7 +19,14 @@ def gate_figures(settings: KafkaSettings, window: str, candidate: str, champion:
     `compare --since` does), measured against `champion` on the same requests."""
     compare = CompareSettings(bootstrap=settings.bootstrap, topic_prefix=settings.topic_prefix, topic=settings.topic,
                               kafka_config=settings.kafka_config, since=window, champion=champion, workers=1)
-    report, _read = report_from_topic(compare)
+    try:
+        report, _read = report_from_topic(compare)
+    except ConfigError as err:
+        if "--champion" not in str(err):
+            raise
+        # The report's words name its own flag, which promote has not: say it for the gate.
+        raise ConfigError(f"the champion {champion} has no output in the log over the last {window}: nothing to "
+                          "measure the candidate against (widen --window, or check the champion scores)") from None
     row = next((m for m in report.models if m.name == candidate), None)
     reference = next((m for m in report.models if m.name == champion), None)
     champion_error_rate = reference.errors / reference.n if reference is not None and reference.n else NAN
