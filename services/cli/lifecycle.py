@@ -244,8 +244,20 @@ def cmd_schedule_set(settings: ScheduleSetSettings, console: Console) -> int:
     book = _book(settings)
     draft = _draft_from_flags(settings, changes.current(book))
     _check_live(settings, draft)
+    for warning in _risky(draft):
+        console.print(f"[yellow]note[/]: {warning}")
     _publish_next(settings, book, draft, console)
     return 0
+
+
+def _risky(schedule: Schedule) -> list[str]:
+    """What a schedule allows that is seldom meant (published all the same: it is the operator's call)."""
+    notes = [f"--wait {model}={wait} is past the deadline ({schedule.default_deadline_ms} ms): the deadline wins"
+             for model, wait in schedule.waits_ms.items() if wait > schedule.default_deadline_ms]
+    if schedule.traffic_model and schedule.traffic_model not in schedule.waits_ms:
+        notes.append(f"{schedule.traffic_model} answers its share first but has no --wait: when it is silent, "
+                     "those requests wait up to the whole deadline before the fallback")
+    return notes
 
 
 def _draft_from_flags(settings: ScheduleSetSettings, current: Schedule) -> Schedule:

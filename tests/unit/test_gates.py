@@ -37,3 +37,15 @@ def test_a_clause_on_a_figure_replaces_its_default() -> None:
 def test_a_number_that_is_none_is_one_error_line(typo: str) -> None:
     with pytest.raises(ConfigError, match="is not a number"):  # it was a ValueError traceback
         parse_requirements(typo)
+
+
+def test_a_schedule_set_notes_what_is_seldom_meant() -> None:
+    from services.cli.lifecycle import _risky
+    from services.control.schedule import Schedule
+
+    risky = Schedule(models=("champion", "challenger"), waits_ms={"champion": 500}, default_deadline_ms=200,
+                     traffic_model="challenger", traffic_fraction=0.05)
+    notes = _risky(risky)
+    assert any("--wait champion=500 is past the deadline" in n for n in notes)
+    assert any("challenger answers its share first but has no --wait" in n for n in notes)
+    assert _risky(Schedule(models=("champion",), waits_ms={"champion": 50})) == []
