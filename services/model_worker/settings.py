@@ -110,11 +110,15 @@ class WorkerSettings(ServiceSettings):
         from services.core.ranges import TimeBound, parse_bound, parse_duration_ms
 
         text = self.start_at.strip()
-        if text[-1:].isalpha() and not text.lower().startswith("offset:") and "T" not in text:
-            return now_ms - parse_duration_ms(text, "--start-at")
-        bound = parse_bound(text, "--start-at")
+        forms = "a time (ISO like 2026-05-01T12:00:00Z, or epoch ms) or a duration ago (90s, 10m, 2h)"
+        try:
+            if text[-1:].isalpha() and not text.lower().startswith("offset:") and "T" not in text:
+                return now_ms - parse_duration_ms(text, "--start-at")
+            bound = parse_bound(text, "--start-at")
+        except ConfigError:
+            raise ConfigError(f"--start-at: expected {forms}, got {text!r}") from None
         if not isinstance(bound, TimeBound):
-            raise ConfigError("--start-at takes a time (ISO, epoch ms) or a duration ago, not an offset")
+            raise ConfigError(f"--start-at takes {forms}, not an offset")
         return bound.ms
 
     def extra_features(self) -> str:

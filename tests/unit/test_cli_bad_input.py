@@ -20,6 +20,7 @@ from services.core.errors import BrokerUnavailable, ConfigError
 from services.core.settings import Topics, from_namespace
 from services.decoy.settings import DecoySettings
 from services.gateway.settings import GatewaySettings
+from services.model_worker.settings import WorkerSettings
 from services.rendezvous.settings import RendezvousSettings
 
 NO_BROKER = "127.0.0.1:1"  # nothing listens there
@@ -31,6 +32,9 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (RendezvousSettings, {"max_batch": "0"}, "--max-batch must be at least 1"),
     (DemoSettings, {"models": "x=demo:nope"}, "unknown demo model 'demo:nope'"),
     (DemoSettings, {"partitions": "0"}, "--partitions must be positive, got 0"),  # it blamed --rendezvous
+    # Each said one form only (a duration, or a time and an offset it refuses).
+    (WorkerSettings, {"model": "demo:champion", "start_at": "yesterday"}, "expected a time (ISO like"),
+    (WorkerSettings, {"model": "demo:champion", "start_at": "2024-13-01"}, "or a duration ago (90s, 10m, 2h)"),
     (DemoSettings, {"rate": "0"}, "--rate must be positive, got 0"),
     (DemoSettings, {"models": "=demo:champion"}, "--models expects name=spec"),
     (DemoSettings, {"models": "a=demo:champion,a=demo:canary"}, "--models names a more than once"),
