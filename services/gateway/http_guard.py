@@ -10,6 +10,8 @@ front would (nginx: 8 KiB a header line, 60 s):
     a head over `max_head_bytes`            431, connection closed
     a head not complete in `head_timeout_s`  408, connection closed (from the connection's
                                              first byte, or from its opening if none comes)
+    a body not complete in `body_timeout_s`  408 (or, once an answer has begun, the connection
+                                             closed), from the end of its head
 
 The time between requests of a kept-alive connection stays uvicorn's `timeout_keep_alive`.
 """
@@ -23,18 +25,23 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_HEAD_BYTES = 64 * 1024
 HEAD_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 30.0  # the whole body: 33 KB/s for a 1 MiB one
 
 REFUSED = Counter("rdv_gateway_connections_refused_total",
-                  "REST connections closed before a request was read, by reason (head_too_large | head_too_slow).",
+                  "REST connections closed before a request was read, by reason (head_too_large | head_too_slow | "
+                  "body_too_slow).",
                   ["reason"])
 
 
-def guarded_protocol(max_head_bytes: int = MAX_HEAD_BYTES, head_timeout_s: float = HEAD_TIMEOUT_S) -> type:
+def guarded_protocol(
+    max_head_bytes: int = MAX_HEAD_BYTES, head_timeout_s: float = HEAD_TIMEOUT_S, body_timeout_s: float = BODY_TIMEOUT_S
+) -> type:
     """uvicorn's httptools protocol with these bounds (the `http` of its Config)."""
 
     class Guarded(_Guarded):
         MAX_HEAD_BYTES = max_head_bytes
         HEAD_TIMEOUT_S = head_timeout_s
+        BODY_TIMEOUT_S = body_timeout_s
 
     return Guarded
 
@@ -46,6 +53,7 @@ class HeadTooLarge(Exception):
 class _Guarded(HttpToolsProtocol):
     MAX_HEAD_BYTES = MAX_HEAD_BYTES
     HEAD_TIMEOUT_S = HEAD_TIMEOUT_S
+    BODY_TIMEOUT_S = BODY_TIMEOUT_S
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -54,10 +62,12 @@ class _Guarded(HttpToolsProtocol):
         self._in_head = True  # between requests, and until a request's head is complete
         self._too_large = False
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        self._disarm_body_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -87,9 +97,11 @@ class _Guarded(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._disarm_head_timer()
+        self._body_timer = self.loop.call_later(self.BODY_TIMEOUT_S, self._body_too_slow)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self._disarm_body_timer()
         super().on_message_complete()
         self._in_head, self._head_bytes = True, 0  # what comes next is the next request's head
 
@@ -117,6 +129,21 @@ class _Guarded(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def _disarm_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_too_slow(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing():
+            return
+        REFUSED.labels("body_too_slow").inc()
+        if self.cycle is not None and self.cycle.response_started:
+            self.transport.close()  # an answer is under way (e.g. a 401 before the body): no status fits
+            return
+        self._close_with(b"408 Request Timeout", f"the request body did not arrive within {self.BODY_TIMEOUT_S:g} s")
 
     def _head_too_slow(self) -> None:
         self._head_timer = None

@@ -6,6 +6,7 @@ import asyncio
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import uvicorn
@@ -14,15 +15,19 @@ from services.gateway.http_guard import REFUSED, guarded_protocol
 from services.localkafka.config import free_port
 
 
-async def hello(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})  # type: ignore[operator]
-    await send({"type": "http.response.body", "body": b"hello"})  # type: ignore[operator]
+async def hello(scope: dict, receive: Any, send: Any) -> None:  # type: ignore[type-arg]
+    """Reads the whole body, as the gateway's handlers do, then answers."""
+    message = await receive()
+    while message.get("more_body"):
+        message = await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+    await send({"type": "http.response.body", "body": b"hello"})
 
 
 @pytest.fixture
 def port() -> Iterator[int]:
     chosen = free_port()
-    config = uvicorn.Config(hello, host="127.0.0.1", port=chosen, http=guarded_protocol(4096, 1.0), lifespan="off",
+    config = uvicorn.Config(hello, host="127.0.0.1", port=chosen, http=guarded_protocol(4096, 1.0, 2.0), lifespan="off",
                             log_config=None, access_log=False, limit_concurrency=3)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
@@ -87,3 +92,11 @@ def test_a_head_that_never_completes_is_closed_and_its_slot_freed(port: int) -> 
     finally:
         for conn in held:
             conn.close()
+
+
+def test_a_body_that_never_completes_is_closed_and_its_slot_freed(port: int) -> None:
+    answer = exchange(port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+    body = b"x" * 100  # the same request whole is answered
+    assert exchange(port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nConnection: close\r\n\r\n"
+                    + body).endswith(b"hello")
