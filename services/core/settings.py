@@ -338,8 +338,8 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
 
 
 def _from_env(err: ConfigError, from_env: dict[str, str]) -> ConfigError:
-    """`err` with the first flag it names that was not typed (its value came from a variable)
-    named as that variable, as the type checks above name it."""
+    """`err` with the flag it is about, when that flag was not typed (its value came from a
+    variable), named as that variable, as the type checks above name it."""
     text = str(err)
     for flag, variable in from_env.items():
         # Only the flag the message is about (it opens it): in "--a, --b and --c must be ..." none is.
