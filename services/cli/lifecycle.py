@@ -35,9 +35,18 @@ FiguresFn = Callable[[KafkaSettings, str, str, str], dict[str, float]]
 
 @dataclass(frozen=True)
 class ScheduleSettings(KafkaSettings):
-    """Which schedule to read."""
+    """Which schedule to read or change."""
 
     schedule_name: str = setting("default", "Which schedule on the control topic to read or change.")
+
+    def validate(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class ScheduleViewSettings(ScheduleSettings):
+    """A command that shows something: how (the changes print one line, and take no --format)."""
+
     format: str = setting("table", "Output: table (for people) or json (for scripts).")
 
     def validate(self) -> None:
@@ -45,7 +54,7 @@ class ScheduleSettings(KafkaSettings):
 
 
 @dataclass(frozen=True)
-class ModelsSettings(ScheduleSettings):
+class ModelsSettings(ScheduleViewSettings):
     """Which models are scoring, with their figures and input contracts."""
 
     live_window_s: float = setting(60.0, "A model counts as live if it scored within this many seconds.",
@@ -203,7 +212,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
-def cmd_schedule_show(settings: ScheduleSettings, console: Console, tables: Console) -> int:
+def cmd_schedule_show(settings: ScheduleViewSettings, console: Console, tables: Console) -> int:
     """The schedule in force: JSON or a table on stdout (`tables`), notes on `console` (stderr)."""
     book = _book(settings)
     current = changes.current(book)
@@ -223,7 +232,7 @@ def cmd_schedule_show(settings: ScheduleSettings, console: Console, tables: Cons
     return 0
 
 
-def cmd_schedule_history(settings: ScheduleSettings, console: Console) -> int:
+def cmd_schedule_history(settings: ScheduleViewSettings, console: Console) -> int:
     book = _book(settings)
     changes.current(book)
     if settings.format == "json":

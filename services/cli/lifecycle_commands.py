@@ -38,14 +38,14 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_schedule_show(args: argparse.Namespace) -> int:
     from services.cli import lifecycle
 
-    settings = with_bootstrap(from_namespace(lifecycle.ScheduleSettings, args))
+    settings = with_bootstrap(from_namespace(lifecycle.ScheduleViewSettings, args))
     return lifecycle.cmd_schedule_show(settings, _console(), _stdout())
 
 
 def cmd_schedule_history(args: argparse.Namespace) -> int:
     from services.cli import lifecycle
 
-    settings = with_bootstrap(from_namespace(lifecycle.ScheduleSettings, args))
+    settings = with_bootstrap(from_namespace(lifecycle.ScheduleViewSettings, args))
     return lifecycle.cmd_schedule_history(settings, _stdout())
 
 
@@ -127,8 +127,8 @@ def register(commands: Any, selection: Any) -> None:
     schedule = commands.add_parser("schedule", help="show, set or list the versions of the live schedule")
     schedule_sub = schedule.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, help_text, settings_class, handler in (
-        ("show", "the latest version (a table, or --format json)", "ScheduleSettings", cmd_schedule_show),
-        ("history", "every accepted version", "ScheduleSettings", cmd_schedule_history),
+        ("show", "the latest version (a table, or --format json)", "ScheduleViewSettings", cmd_schedule_show),
+        ("history", "every accepted version", "ScheduleViewSettings", cmd_schedule_history),
         ("set", "publish a new version from flags or a file", "ScheduleSetSettings", cmd_schedule_set),
     ):
         parser = schedule_sub.add_parser(action, help=help_text)
