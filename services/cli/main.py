@@ -314,6 +314,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        # The machine refused a file or socket operation (a full disk, a read-only or missing
+        # directory): its words and the path, on one line.
+        logging.getLogger("rendezvous").debug("failed", exc_info=True)
+        where = f": {exc.filename}" if exc.filename else ""
+        sys.stderr.write(mask(f"error: {exc.strerror or exc}{where}\n"))
+        return EXIT_ERROR
     except Exception:  # noqa: BLE001 - printed (masked), not swallowed
         # A bug: the traceback is wanted, but masked like every other line of output.
         sys.stderr.write(mask(traceback.format_exc()))

@@ -63,6 +63,9 @@ class LocalBroker:
     progress: Progress | None = field(default=None, repr=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _state: dict[str, Any] | None = field(default=None, init=False, repr=False)
+    # A resume's server.properties as kept, and as it is launched with (today's tuning, the environment's).
+    _kept_properties: str | None = field(default=None, init=False, repr=False)
+    _resumed_properties: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve() if self.data_dir else config.broker_dir(self.name)
@@ -149,6 +152,8 @@ class LocalBroker:
             say(f"Resuming local broker {self.name!r} (cluster {cluster_id}) from {self.root} ...")
         jvm_options = with_overrides(self.jvm_options, os.environ.get(JVM_OPTS_ENV))
         archive, cds_options, cds_pending = self._cds(java)
+        if self._resumed_properties is not None:
+            self.properties_file.write_text(self._resumed_properties)
         jvm_options = (*jvm_options, *cds_options)
         cmd = [java, *jvm_options, logging_opt, "-cp", classpath, MAIN_CLASS, str(self.properties_file)]
         log.debug("starting %s", " ".join(cmd))
@@ -170,10 +175,11 @@ class LocalBroker:
         say(f"Starting Apache Kafka {config.KAFKA_VERSION} (pid {self._proc.pid}) ...")
         try:
             self._wait_ready(wait_timeout)
+            self._warm_up(say)  # a Ctrl-C here too: a broker half started is not left behind
         except BaseException:
             self._kill_now()
+            self._restore_kept_properties()
             raise
-        self._warm_up(say)
         self._state["ready"] = True
         self._write_state()
         elapsed = time.monotonic() - started
@@ -283,6 +289,16 @@ class LocalBroker:
             return None
         return state if isinstance(state, dict) and "pid" in state else None
 
+    def _restore_kept_properties(self) -> None:
+        """A resume that failed leaves server.properties as it was kept: a bad $RDV_BROKER_PROPERTIES
+        value (or a mistyped log.dirs, which made the next start format a new cluster over the
+        topics) is not saved for every later start."""
+        if self._kept_properties is not None:
+            self.properties_file.write_text(self._kept_properties)
+            if self._resumed_properties != self._kept_properties and os.environ.get(config.PROPERTIES_ENV):
+                say = self.progress or (lambda _msg: None)
+                say(f"{self.properties_file} is kept as it was: the start with ${config.PROPERTIES_ENV} failed")
+
     def _write_state(self) -> None:
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(self._state, indent=1))
@@ -333,8 +349,10 @@ class LocalBroker:
                 f"are taken by another process (clients keep the old addresses, so the ports must not change)"
             )
         resumed = config.resumed_properties(props, self._extra_properties())
-        if resumed != props:  # a broker kept by older code takes today's tuning too
-            self.properties_file.write_text(config.render_properties(resumed))
+        self._kept_properties = self._resumed_properties = None  # nothing of an earlier start
+        if resumed != props:  # a broker kept by older code takes today's tuning too (written at launch)
+            self._kept_properties = self.properties_file.read_text()
+            self._resumed_properties = config.render_properties(resumed)
         self.state_file.unlink(missing_ok=True)
         if self.log_file.exists():  # keep the previous run's log, but out of this run's error report
             self.log_file.replace(self.log_file.with_name(self.log_file.name + ".previous"))
@@ -460,6 +478,10 @@ def start_background(
     `tls=True` adds a TLS listener ("SSL") with a CA and certificate generated in `<data>/tls/`.
     """
     broker = LocalBroker(name, progress=progress)
+    if broker.is_running() and (fresh or tls):
+        asked = " and ".join(flag for flag, on in (("--fresh", fresh), ("--tls", tls)) if on)
+        raise BrokerError(f"local broker {name!r} already runs (pid {broker.pid}, {broker.bootstrap}): {asked} "
+                          "cannot apply to it; `rendezvous broker stop` first")
     if broker.is_running():
         if progress:
             progress(f"Local broker {name!r} already runs at {broker.bootstrap} (pid {broker.pid})")

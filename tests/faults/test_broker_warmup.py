@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from services.localkafka import warmup
 from services.localkafka.broker import ephemeral_broker
@@ -45,3 +45,51 @@ def test_the_warm_up_can_be_switched_off(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv(warmup.WARMUP_ENV, "off")
     with ephemeral_broker(tmp_path) as broker:
         assert broker.status()["warm_up"] == "off"
+
+
+def test_a_resume_that_failed_on_a_bad_property_keeps_the_broker_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$RDV_BROKER_PROPERTIES was written into the kept server.properties before the broker took it:
+    a bad value failed every later start too (and a mistyped log.dirs made the next one format a
+    new cluster over the topics)."""
+    from services.core.errors import BrokerError
+    from services.localkafka import config
+
+    _needs_own_broker()
+    with ephemeral_broker(tmp_path) as broker:
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        admin.create_topics([NewTopic("kept", 1)])["kept"].result(30)
+        kept = broker.properties_file.read_text()
+        broker.stop(keep_data=True)
+        monkeypatch.setenv(config.PROPERTIES_ENV, "message.max.bytes=10MB")
+        with pytest.raises(BrokerError):
+            broker.start(wait_timeout=60, fresh=False)
+        assert broker.properties_file.read_text() == kept
+        monkeypatch.delenv(config.PROPERTIES_ENV)
+        broker.start(wait_timeout=90, fresh=False)  # as it was: resumed, its topic there
+        assert "kept" in AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=10).topics
+
+
+def test_fresh_or_tls_asked_of_a_running_broker_is_refused_not_ignored(tmp_path: Path) -> None:
+    """`broker start --fresh` or `--tls` on a running broker said "already runs" and exited 0,
+    deleting nothing and adding no listener (a review of the local broker)."""
+    import subprocess
+    import sys
+
+    _needs_own_broker()
+    env = {**os.environ, "RDV_CACHE_DIR": str(tmp_path)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "services.cli.main", "broker", *args], capture_output=True,
+                              text=True, timeout=180, env=env)
+
+    assert cli("start").returncode == 0
+    try:
+        for flag in ("--fresh", "--tls"):
+            refused = cli("start", flag)
+            assert refused.returncode == 2, refused.stderr
+            assert f"{flag} cannot apply to it; `rendezvous broker stop` first" in refused.stderr
+        assert cli("start").returncode == 0  # plain: the running one, as before
+    finally:
+        assert cli("stop").returncode == 0

@@ -146,3 +146,13 @@ def test_a_decoy_manifest_with_fields_of_the_wrong_type_is_a_one_line_error(tmp_
 def test_topic_names_kafka_takes_still_pass() -> None:
     topics = Topics.from_prefix("t0123456789.", {"requests": "prod.requests-v2_x"})
     assert topics.requests == "prod.requests-v2_x" and topics.scores == "t0123456789.scores"
+
+
+def test_a_cache_directory_that_cannot_be_made_is_one_error_line() -> None:
+    """A read-only or full disk under the cache printed a traceback (a review of the local broker)."""
+    import os
+
+    done = subprocess.run([sys.executable, "-m", "services.cli.main", "broker", "start"], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "RDV_CACHE_DIR": "/etc/hostname/cache"})
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: Not a directory: /etc/hostname/cache")
