@@ -188,13 +188,16 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
         console.print(f"started {settings.rendezvous} rendezvous + {len(names)} models in {len(workers)} "
                       f"worker process(es){_why_co_hosted(settings)} (logs in {logs}); waiting for them...")
         groups = [f"{settings.topic_prefix}rendezvous"] + [model_group(settings.topic_prefix, [w]) for w in workers]
-        wait_for_groups(config, groups, timeout=120)
-        wait_for_groups(config, groups[:1], timeout=120, members=settings.rendezvous)
+        def alive() -> None:
+            _check_alive(processes, logs)
+
+        wait_for_groups(config, groups, timeout=120, check=alive)
+        wait_for_groups(config, groups[:1], timeout=120, members=settings.rendezvous, check=alive)
         if port:
             console.print(f"metrics: http://127.0.0.1:{port}/metrics (rendezvous), models on the next ports")
         client = stack.enter_context(Client(config, topics, budget_ms=settings.budget_ms))
         _first_answers(client, processes, console, logs)
-        _generate_load(settings, client, processes, console)
+        _generate_load(settings, client, processes, console, logs)
     return 0
 
 
@@ -227,10 +230,22 @@ FIRST_ANSWERS_WAIT_S = 180.0
 VIEWS_PER_S = 4  # the live table's redraws per second
 
 
-def _check_alive(processes: list[subprocess.Popen[bytes]]) -> None:
+def _check_alive(processes: list[subprocess.Popen[bytes]], logs: Path) -> None:
     dead = [p for p in processes if p.poll() is not None]
     if dead:
-        raise ConfigError(f"a demo process exited (code {dead[0].returncode}); see its log")
+        args = dead[0].args
+        command = " ".join(map(str, args[3:5])) if isinstance(args, list) else str(args)  # after python -m ...
+        raise ConfigError(f"a demo process ({command}) exited (code {dead[0].returncode}){_last_error(logs)}; "
+                          f"its log is in {logs}")
+
+
+def _last_error(logs: Path) -> str:
+    """The newest `error:` line of the demo's logs (a port another process holds, say), as ': ...'."""
+    for log_file in sorted(logs.glob("*.log"), key=lambda f: f.stat().st_mtime, reverse=True):
+        lines = [line for line in log_file.read_text(errors="replace").splitlines() if line.startswith("error:")]
+        if lines:
+            return f": {lines[-1].removeprefix('error: ')[:300]}"
+    return ""
 
 
 def _first_answers(client: Client, processes: list[subprocess.Popen[bytes]], console: Console, logs: Path) -> None:
@@ -245,7 +260,7 @@ def _first_answers(client: Client, processes: list[subprocess.Popen[bytes]], con
         waited = time.monotonic() - started
         if pending and waited > FIRST_ANSWERS_WAIT_S:
             raise ConfigError(f"no answer within {FIRST_ANSWERS_WAIT_S:.0f} s; see the logs in {logs}")
-        _check_alive(processes)
+        _check_alive(processes, logs)
         if pending and time.monotonic() - last_note >= 5.0:
             console.print(f"waiting for the first answers ({waited:.0f} s; the rendezvous may still be "
                           "recovering its partitions, see rendezvous-0.log)...")
@@ -253,7 +268,7 @@ def _first_answers(client: Client, processes: list[subprocess.Popen[bytes]], con
 
 
 def _generate_load(
-    settings: DemoSettings, client: Client, processes: list[subprocess.Popen[bytes]], console: Console
+    settings: DemoSettings, client: Client, processes: list[subprocess.Popen[bytes]], console: Console, logs: Path
 ) -> None:
     tally = Tally()
     rows = demo_rows(10_000, seed=1)
@@ -273,7 +288,7 @@ def _generate_load(
                 if elapsed >= next_view:
                     live.update(tally.table(elapsed))
                     next_view = elapsed + 1.0 / VIEWS_PER_S
-                _check_alive(processes)
+                _check_alive(processes, logs)
                 time.sleep(0.01)  # pacing the load generator at its fixed rate
             client.flush()
             _drain(client, settings.budget_ms)

@@ -744,9 +744,11 @@ def delete_topics(config: Mapping[str, Any], names: Iterable[str], timeout: floa
 
 
 def wait_for_groups(
-    config: Mapping[str, Any], groups: Sequence[str], timeout: float = 60.0, members: int = 1
+    config: Mapping[str, Any], groups: Sequence[str], timeout: float = 60.0, members: int = 1,
+    check: Callable[[], None] | None = None,
 ) -> None:
-    """Block until every consumer group is Stable with at least `members` members (real readiness)."""
+    """Block until every consumer group is Stable with at least `members` members (real readiness).
+    `check` runs between tries and may raise (e.g. "the process that should join has exited")."""
     from confluent_kafka import ConsumerGroupState
 
     client = admin(config)
@@ -764,6 +766,8 @@ def wait_for_groups(
             if not ready:
                 still.append(group)
         waiting = still
+        if waiting and check is not None:
+            check()
         if waiting and time.monotonic() > deadline:
             raise BrokerError(f"consumer group(s) {', '.join(waiting)} not ready within {timeout:.0f}s")
         if waiting:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -105,3 +106,20 @@ def test_a_requests_topic_stamped_by_its_clients_is_refused_at_start(
     result = rendezvous("serve", "--bootstrap", bootstrap, "--topic-prefix", prefix, "--topic", f"requests={own}",
                         "--models", "champion")
     assert_one_line_error(result, own, "message.timestamp.type=CreateTime", "LogAppendTime")
+
+
+def test_a_demo_process_that_exits_is_named_with_its_own_error(bootstrap: str, tmp_path: Path) -> None:
+    """The demo waited two minutes for a rendezvous that had exited at once (its metrics port taken,
+    e.g. by one left from a demo killed with -9), then said "a demo process exited; see its log"."""
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        result = rendezvous("demo", "--bootstrap", bootstrap, "--topic-prefix", f"demo{uuid.uuid4().hex[:8]}.",
+                            "--duration", "5", "--metrics-base-port", str(taken.getsockname()[1]),
+                            env={"RDV_CACHE_DIR": str(tmp_path)}, timeout=240)
+    finally:
+        taken.close()
+    assert_one_line_error(result, "a demo process (serve --models) exited", "Address already in use")
