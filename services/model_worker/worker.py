@@ -158,18 +158,22 @@ def _ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
 
 
+def _batch_bound_s(predict_timeout_s: float, models: int) -> float:
+    """The longest one batch may hold the loop before the watchdog has acted: each hosted model has
+    its own turn of the timeout, and a minute more for the watchdog's flush and commit."""
+    return models * predict_timeout_s + 60.0
+
+
 def stalled_after_s(predict_timeout_s: float, models: int) -> float | None:
     """When the worker's /healthz says its loop is stuck: never before the watchdog has acted on a
-    stuck model (it exits the process; each model of a batch has its own turn of the timeout),
-    never at all when models may take as long as they like."""
-    return None if predict_timeout_s <= 0 else max(STALLED_AFTER_S, models * predict_timeout_s + 60.0)
+    stuck model (it exits the process), never at all when models may take as long as they like."""
+    return None if predict_timeout_s <= 0 else max(STALLED_AFTER_S, _batch_bound_s(predict_timeout_s, models))
 
 
 def max_poll_interval_ms(predict_timeout_s: float, models: int) -> int:
     """The consumer's max.poll.interval.ms: past it librdkafka leaves the group, and the watchdog's
-    commit would be refused. At least librdkafka's default; more when the models' turns of one
-    batch may add up to more."""
-    return max(300_000, int((models * predict_timeout_s + 60.0) * 1000))
+    commit would be refused. At least librdkafka's default; more when one batch may take longer."""
+    return max(300_000, int(_batch_bound_s(predict_timeout_s, models) * 1000))
 
 
 class Hosted:

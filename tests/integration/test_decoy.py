@@ -33,13 +33,17 @@ def send_requests(config: dict[str, Any], topic: str, n: int, garbage: int = 0) 
     assert producer.flush(30) == 0
 
 
+def start_decoy(services: Services, bootstrap: str, prefix: str, archive: Path, **settings: Any) -> Decoy:
+    decoy: Decoy = services.start(Decoy(DecoySettings(bootstrap=bootstrap, topic_prefix=prefix,
+                                                      archive_dir=str(archive), **settings)))
+    return decoy
+
+
 def test_archive_holds_exactly_the_requests_sent(
     services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any], tmp_path: Path
 ) -> None:
     archive = tmp_path / "archive"
-    # Small files so the run rolls several of them.
-    settings = DecoySettings(bootstrap=bootstrap, topic_prefix=prefix, archive_dir=str(archive), roll_mb=0.05)
-    decoy: Decoy = services.start(Decoy(settings))
+    decoy = start_decoy(services, bootstrap, prefix, archive, roll_mb=0.05)  # small files: several of them
     send_requests(config, topics.requests, 1500, garbage=5)
     wait_until(lambda: decoy.archived >= 1505, 60, "the decoy to archive every record")
     services.stop_all()  # SIGTERM-equivalent: the open file is sealed into the manifest
@@ -67,8 +71,7 @@ def test_a_quiet_topics_last_records_are_sealed_once_the_file_is_old_enough(
     services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any], tmp_path: Path
 ) -> None:
     archive = tmp_path / "archive"
-    settings = DecoySettings(bootstrap=bootstrap, topic_prefix=prefix, archive_dir=str(archive), roll_seconds=1.0)
-    decoy: Decoy = services.start(Decoy(settings))
+    decoy = start_decoy(services, bootstrap, prefix, archive, roll_seconds=1.0)
     send_requests(config, topics.requests, 20)
     wait_until(lambda: decoy.archived >= 20, 60, "the decoy to archive the requests")
     # Nothing more arrives: the file is sealed by its age alone, while the decoy runs.
