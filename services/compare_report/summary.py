@@ -34,6 +34,10 @@ _NICE_BUCKETS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200
 _OK = STATUSES.index("OK")
 
 
+class ChampionNotInRange(ConfigError):
+    """The champion asked for has no output in the range (a gate says it in its own words)."""
+
+
 @dataclass(frozen=True)
 class ModelPlots:
     """What the HTML plots draw for one model (None where there is no champion to pair with)."""
@@ -149,7 +153,8 @@ def _champion(frame: Frame, given: str | None) -> tuple[int | None, str]:
         if given not in frame.models:
             if not frame.records:
                 return None, "--champion"
-            raise ConfigError(f"--champion {given}: no such model in the range (models: {', '.join(frame.models)})")
+            raise ChampionNotInRange(f"--champion {given}: no such model in the range (models: "
+                                     f"{', '.join(frame.models)})")
         return frame.models.index(given), "--champion"
     for mask, how in (((frame.status == _OK) & (frame.chosen >= 0), "chosen with status OK"),
                       (frame.chosen >= 0, "chosen most often (no OK answers)")):  # fmt: skip

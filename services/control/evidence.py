@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from services.compare_report.report import report_from_topic
 from services.compare_report.settings import CompareSettings
+from services.compare_report.summary import ChampionNotInRange
 from services.core.errors import ConfigError
 from services.core.settings import KafkaSettings
 
@@ -21,9 +22,7 @@ def gate_figures(settings: KafkaSettings, window: str, candidate: str, champion:
                               kafka_config=settings.kafka_config, since=window, champion=champion, workers=1)
     try:
         report, _read = report_from_topic(compare)
-    except ConfigError as err:
-        if "--champion" not in str(err):
-            raise
+    except ChampionNotInRange:
         # The report's words name its own flag, which promote has not: say it for the gate.
         raise ConfigError(f"the champion {champion} has no output in the log over the last {window}: nothing to "
                           "measure the candidate against (widen --window, or check the champion scores)") from None
