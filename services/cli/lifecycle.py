@@ -189,13 +189,6 @@ def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule,
     now = now_ms()
     schedule = changes.next_version(book, draft, now, settings.effective_in_ms())
     publish(settings.librdkafka(), settings.topics().control, schedule)
-    # Read back: another change published as this version first (two operators at once) wins
-    # everywhere, since every reader takes the first record of a version in log order.
-    accepted = next((v for v in _book(settings).versions if v.version == schedule.version), None)
-    if accepted is None or accepted.to_dict() != schedule.to_dict():
-        shown = f"{list(accepted.models)} ({accepted.comment})" if accepted is not None else "none readable"
-        raise ConfigError(f"v{schedule.version} was published by another change first: {shown}; yours was "
-                          "refused by every reader. See `rendezvous schedule history`, then run yours again")
     console.print(f"published {schedule.name} v{schedule.version}: {list(schedule.models)} "
                   f"(effective in {_duration((schedule.effective_at - now) / 1000)}; {schedule.comment})")
     if schedule.effective_at > now + settings.effective_in_ms():

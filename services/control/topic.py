@@ -181,7 +181,15 @@ def load_book(config: Mapping[str, Any], topic: str, name: str) -> ScheduleBook:
 
 
 def publish(config: Mapping[str, Any], topic: str, schedule: Schedule) -> None:
-    """Write one schedule version and wait until the broker has it."""
+    """Write one schedule version, wait until the broker has it, and read it back: `ConfigError`
+    when another change published this version first (two operators at once, two demos), since
+    every reader takes the first record of a version in log order and refuses the later ones."""
     producer = Producer(config)
     producer.produce(topic, encode_schedule(schedule), key=schedule.new_key())
     producer.flush()
+    accepted = next((v for v in load_book(config, topic, schedule.name).versions if v.version == schedule.version),
+                    None)
+    if accepted is None or accepted.to_dict() != schedule.to_dict():
+        shown = f"{list(accepted.models)} ({accepted.comment})" if accepted is not None else "none readable"
+        raise ConfigError(f"v{schedule.version} was published by another change first: {shown}; yours was "
+                          "refused by every reader. See `rendezvous schedule history`, then run yours again")
