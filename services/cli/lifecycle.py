@@ -26,6 +26,7 @@ from services.control.schedule import Schedule
 from services.control.topic import ScheduleBook, load_book, publish
 from services.core.errors import ConfigError
 from services.core.kafka import consumer_groups, group_lag
+from services.core.ranges import format_duration_ms, parse_duration_ms
 from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, check_format, parse_pairs, setting
 from services.model_worker.settings import model_group, model_groups
@@ -72,7 +73,6 @@ class ChangeSettings(ScheduleSettings):
     force: bool = setting(False, "Skip the check that the schedule's preferred model is scoring now.")
 
     def effective_in_ms(self) -> int:
-        from services.core.ranges import parse_duration_ms
 
         return parse_duration_ms(self.effective_in, "--effective-in")
 
@@ -122,7 +122,6 @@ class PromoteSettings(ChangeSettings):
     def validate(self) -> None:
         super().validate()
         from services.control.gates import parse_requirements
-        from services.core.ranges import parse_duration_ms
 
         parse_duration_ms(self.window, "--window")  # before the log is read, and under its own name
         if self.require:
@@ -190,19 +189,12 @@ def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule,
     schedule = changes.next_version(book, draft, now, settings.effective_in_ms())
     publish(settings.librdkafka(), settings.topics().control, schedule)
     console.print(f"published {schedule.name} v{schedule.version}: {list(schedule.models)} "
-                  f"(effective in {_duration((schedule.effective_at - now) / 1000)}; {schedule.comment})")
+                  f"(effective in {format_duration_ms(schedule.effective_at - now)}; {schedule.comment})")
     if schedule.effective_at > now + settings.effective_in_ms():
         # A version never takes effect before the one it follows: one scheduled later holds this back.
         console.print(f"[yellow]note[/]: not in {settings.effective_in}: v{schedule.version - 1} takes effect only "
                       "then, and a version never takes effect before the one it follows")
     return schedule
-
-
-def _duration(seconds: float) -> str:
-    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
 
 
 def cmd_schedule_show(settings: ScheduleViewSettings, console: Console, tables: Console) -> int:

@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from services.compare_report.summary import ModelSummary, Report
 from services.compare_report.table import COLUMNS, caption
 from services.core.errors import ConfigError
-from services.core.ranges import format_ms
+from services.core.ranges import format_duration_ms, format_ms
 
 LOG_SCALE_SPREAD = 10.0  # latency x axis is logarithmic when max p99 / min p50 exceeds this
 _SVG_METADATA = {"Date": None, "Creator": None, "Format": None, "Type": None}
@@ -87,7 +87,7 @@ def _figures(report: Report) -> list[str]:
                 lambda ax: _latency_cdf(ax, report.models, colors)),
         _figure("score-qq", f"Score quantiles vs the champion ({report.champion})",
                 lambda ax: _qq(ax, challengers, colors), empty=_none_with(challengers, "qq")),
-        _figure("agreement-over-time", f"Agreement with the champion per {_duration(report.bucket_ms)}",
+        _figure("agreement-over-time", f"Agreement with the champion per {format_duration_ms(report.bucket_ms)}",
                 lambda ax: _agreement(ax, report, challengers, colors),
                 empty=_none_with(challengers, "agreement_over_time")),
     ]  # fmt: skip
@@ -180,13 +180,6 @@ def _confusion(ax: Axes, model: ModelSummary) -> None:
     peak = counts.max() if counts.size else 0
     for (i, j), count in np.ndenumerate(counts):
         ax.text(j, i, f"{count:,}", ha="center", va="center", color="white" if count > 0.6 * peak else "black")
-
-
-def _duration(ms: int) -> str:
-    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000)):
-        if ms >= size and ms % size == 0:
-            return f"{ms // size} {unit}"
-    return f"{ms} ms"
 
 
 def _slug(name: str) -> str:

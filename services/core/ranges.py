@@ -77,6 +77,16 @@ def format_ms(ms: int) -> str:
         return f"{ms} ms since 1970"
 
 
+def format_duration_ms(ms: float) -> str:
+    """A duration in `parse_duration_ms`'s units, exact when it is a whole number of one (`5m`,
+    `2h`), else to a tenth of the largest unit it reaches (`1.5h`, `2.3s`)."""
+    for unit in ("d", "h", "m", "s"):
+        size = _UNIT_MS[unit]
+        if ms >= size:
+            return f"{int(ms) // size}{unit}" if ms % size == 0 else f"{ms / size:.1f}{unit}"
+    return f"{ms:.0f}ms" if ms else "0s"
+
+
 def parse_duration_ms(text: str, flag: str = "--since") -> int:
     """`90s`, `10m`, `2h`, `1d`, `500ms`, `1.5h` -> milliseconds (positive)."""
     match = _DURATION.match(text)

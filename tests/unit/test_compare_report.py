@@ -27,7 +27,15 @@ from services.compare_report.table import print_report
 from services.compare_report.workers import split
 from services.core.codec import codec
 from services.core.errors import ConfigError
-from services.core.ranges import Bounds, OffsetBound, TimeBound, parse_bound, parse_bounds, parse_duration_ms
+from services.core.ranges import (
+    Bounds,
+    OffsetBound,
+    TimeBound,
+    format_duration_ms,
+    parse_bound,
+    parse_bounds,
+    parse_duration_ms,
+)
 from services.core.settings import from_namespace
 from services.core.topic_range import PartitionSpan
 
@@ -40,6 +48,16 @@ MODELS = ("champion", "challenger", "canary")
                                           ("500ms", 500), ("1.5h", 5_400_000), (" 3m ", 180_000)])
 def test_durations(text: str, ms: int) -> None:
     assert parse_duration_ms(text) == ms
+
+
+@pytest.mark.parametrize("ms", [500, 1_000, 90_000, 600_000, 7_200_000, 86_400_000, 3 * 86_400_000])
+def test_a_whole_duration_is_shown_as_it_parses_back(ms: int) -> None:
+    assert parse_duration_ms(format_duration_ms(ms)) == ms
+
+
+@pytest.mark.parametrize(("ms", "shown"), [(0, "0s"), (5_400_000, "1.5h"), (2_345, "2.3s"), (90_061_000, "1.0d")])
+def test_a_broken_duration_is_shown_to_a_tenth_of_its_largest_unit(ms: int, shown: str) -> None:
+    assert format_duration_ms(ms) == shown
 
 
 @pytest.mark.parametrize("text", ["10x", "m", "-5m", "10", "", "5 minutes"])
