@@ -59,7 +59,7 @@ class ModelSummary:
     errors: int
     late: int
     deadline_met: float  # share of n: a usable score that arrived by the request's deadline
-    latency_ms: dict[str, float]  # LATENCY_QUANTILES of created_at -> score arrived
+    latency_ms: dict[str, float]  # LATENCY_QUANTILES of created_at -> score arrived, error outputs not counted
     agreement: float
     ks: float
     psi: float
@@ -248,7 +248,10 @@ def _model(frame: Frame, code: int, ref: _Reference, starts: np.ndarray, bucket_
     # A negative deadline (forged: the rendezvous writes none) would wrap deadline - created_at.
     budget = np.where(deadline >= 0, deadline - np.maximum(created, 0), -1)
     on_time = met_deadline_array(out.usable & (deadline >= 0), out.latency, budget)
-    latency = _quantiles(out.latency, [q for _, q in LATENCY_QUANTILES])
+    # Latency is that of answers: an error output's time (a fast refusal, a model given up on after
+    # a minute) is no figure of how fast the model answers; errors are counted on their own.
+    answered = out.latency[~out.error]
+    latency = _quantiles(answered, [q for _, q in LATENCY_QUANTILES])
     return ModelSummary(
         name=frame.models[code], versions=frame.versions[code], champion=code == ref.code, n=len(out.rows),
         errors=int(out.error.sum()), late=int(out.late.sum()),
@@ -259,7 +262,7 @@ def _model(frame: Frame, code: int, ref: _Reference, starts: np.ndarray, bucket_
         psi=psi_exact(ref.scores, scores) if compared else float("nan"),
         mad=paired.scores.mad(), correlation=paired.scores.correlation(), paired=paired.scores.n,
         plots=ModelPlots(
-            latency_cdf=(_quantiles(out.latency, CDF_PROBES), CDF_PROBES),
+            latency_cdf=(_quantiles(answered, CDF_PROBES), CDF_PROBES),
             qq=(_quantiles(ref.scores, QQ_PROBES), _quantiles(scores, QQ_PROBES)) if compared else None,
             agreement_over_time=_agreement_series(frame, ref, out, starts, bucket_ms) if compared else None,
             confusion=paired.labels.matrix() if paired.labels is not None and paired.labels.n else None,

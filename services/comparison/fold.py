@@ -201,7 +201,7 @@ def _fill_models(
             stats = models[names.values[name]] = ModelStats()
         error = out.error[at]
         errors = int(error.sum())
-        stats.new_latencies.extend(out.latency[at].tolist())
+        stats.new_latencies.extend(out.latency[at[~error]].tolist())  # answers' latency: errors are counted apart
         stats.late += int(out.late[at].sum())
         stats.errors += errors
         stats.met += int(met[at].sum())

@@ -65,7 +65,8 @@ for _status in STATUSES:  # a fixed enum: every series exists from the start, at
 # name -> (help, label names) of every window gauge.
 GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "rdv_cmp_latency_seconds": (
-        "Latency quantiles of each model over the window (request created -> score arrived).",
+        "Latency quantiles of each model's answers over the window (request created -> score arrived; "
+        "error outputs not counted).",
         ("model", "quantile"),
     ),
     "rdv_cmp_agreement_ratio": (

@@ -174,14 +174,14 @@ class SlidingWindow:
             stats = models.get(name)
             if stats is None:
                 stats = models[name] = ModelStats()
-            latency = out["latency_ms"]
-            stats.new_latencies.append(latency)
             if out["late"]:
                 stats.late += 1
-            if out["error"] is not None:
+            if out["error"] is not None:  # counted as an error, not as a latency: see fold._fill_models
                 stats.errors += 1
                 stats.missed += 1
                 continue
+            latency = out["latency_ms"]
+            stats.new_latencies.append(latency)
             score = out["score"]
             if met_deadline(None, score, latency, budget):
                 stats.met += 1

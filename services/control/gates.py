@@ -13,7 +13,7 @@ from services.core.errors import ConfigError
 FIGURES = {
     "n": "requests where both the candidate and the champion gave a usable score",
     "agreement": "share of those requests where the candidate's label equals the champion's",
-    "p50": "candidate latency p50 (ms; request created -> score at the rendezvous)",
+    "p50": "candidate latency p50 (ms; request created -> score at the rendezvous; answers only, not errors)",
     "p90": "candidate latency p90 (ms)",
     "p99": "candidate latency p99 (ms)",
     "p999": "candidate latency p99.9 (ms)",
@@ -74,7 +74,7 @@ def parse_requirements(text: str) -> list[Requirement]:
 
 # What every gate checks unless the operator says otherwise with a clause on the same figure: a
 # handful of paired requests is no evidence, and a candidate that fails fast must not pass on its
-# agreement and latency (the latency figures count error outputs too).
+# agreement, nor one that answers only its easy requests on its latency (errors are no latency figure).
 DEFAULT_MIN_N = 100
 DEFAULT_ERROR_MARGIN = 0.01
 
