@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
 from services.core import wire
-from services.core.errors import ConfigError
+from services.core.errors import ConfigError, StoppedWaiting
 from services.core.health import always_alive, serve_http
 from services.core.kafka import create_topics, set_connect_timeout
 from services.core.redaction import MaskingFormatter
@@ -79,6 +79,8 @@ def run_service(service: Runnable, settings: KafkaSettings) -> None:
     install_signal_handlers(stop)
     try:
         service.run(stop)
+    except StoppedWaiting as stopped:
+        log.info("%s", stopped)  # stopping before the broker answered is no error
     finally:
         if server is not None:
             server.shutdown()

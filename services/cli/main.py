@@ -27,6 +27,7 @@ from confluent_kafka import KafkaException
 from services.cli.common import ensure_topics, run_service, setup_logging, with_bootstrap
 from services.core.errors import ConfigError, RendezvousError
 from services.core.redaction import mask
+from services.core.runtime import stop_with_parent
 from services.core.settings import KafkaSettings, add_arguments, from_namespace, setting
 
 EXIT_ERROR = 2
@@ -294,6 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     args = build_parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
     setup_logging(args.log_level)
+    stop_with_parent()  # a demo's service dies with the demo, even one killed with -9
     handler: Handler = args.handler
     try:
         return handler(args)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from services.core.errors import ConfigError
+from services.core.runtime import PARENT_PID_ENV
 from services.core.settings import KafkaSettings
 from services.model_worker.settings import worker_name
 
@@ -42,7 +43,11 @@ def service_env(settings: KafkaSettings) -> dict[str, str]:
 
 
 def spawn(args: list[str], log_file: Path, env: dict[str, str], *, detached: bool = False) -> subprocess.Popen[bytes]:
-    """Run `rendezvous <args>` with its output appended to `log_file`; `detached` outlives us."""
+    """Run `rendezvous <args>` with its output appended to `log_file`; `detached` outlives us, any
+    other is sent SIGTERM when we die, even killed with -9 (`stop_with_parent`)."""
+    env = {key: value for key, value in env.items() if key != PARENT_PID_ENV}
+    if not detached:
+        env[PARENT_PID_ENV] = str(os.getpid())
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as handle:
         return subprocess.Popen([sys.executable, "-m", "services.cli.main", *args], stdout=handle,

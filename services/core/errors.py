@@ -70,6 +70,10 @@ class BrokerUnavailable(BrokerError):
     retriable = True
 
 
+class StoppedWaiting(BrokerError):
+    """Asked to stop (SIGTERM, Ctrl-C) while waiting for a broker: not a failure (see run_service)."""
+
+
 class TopicMissing(BrokerError):
     """A topic the service needs does not exist (create it with `rendezvous topics create`)."""
 

@@ -34,8 +34,10 @@ from services.core.errors import (
     RecordTooLarge,
     RefusedForGood,
     Source,
+    StoppedWaiting,
     TopicMissing,
 )
+from services.core.runtime import stop_requested
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -559,7 +561,8 @@ _FINAL_ERRORS = {
 
 def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> Any:
     """Return cluster metadata once a broker answers; `BrokerUnavailable` after `timeout`
-    (default: the command's --connect-timeout-s, see `set_connect_timeout`).
+    (default: the command's --connect-timeout-s, see `set_connect_timeout`); `StoppedWaiting`
+    as soon as the process is asked to stop (a service's SIGTERM would wait out the timeout).
 
     A broker that refuses the client's SASL credentials ends the wait at once with `BrokerError`
     (librdkafka itself would retry until the timeout). Other client errors are expected while a
@@ -593,6 +596,8 @@ def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> 
         except KafkaException as exc:
             last = str(exc.args[0].str() if exc.args and isinstance(exc.args[0], KafkaError) else exc)
         client.poll(0)  # serves error_cb (and log lines) queued during the attempt
+        if stop_requested():
+            raise StoppedWaiting(f"asked to stop while waiting for a Kafka broker at {bootstrap!r}")
         if final:
             reason = _without_secrets(final[0].str(), config)
             raise BrokerError(_FINAL_ERRORS[final[0].code()].format(bootstrap=bootstrap, reason=reason))

@@ -7,6 +7,7 @@ A second SIGINT/SIGTERM exits at once.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import os
@@ -48,6 +49,16 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
+# Set with the service's own stop flag by the handlers below: waits that come before a service's
+# poll loop (for a broker, above all) read it here instead of being handed the flag.
+_stop_requested = threading.Event()
+
+
+def stop_requested() -> bool:
+    """True once SIGINT/SIGTERM reached a process that installed `install_signal_handlers`."""
+    return _stop_requested.is_set()
+
+
 def install_signal_handlers(stop: threading.Event) -> None:
     """SIGINT/SIGTERM set `stop`; a second one ends the process immediately."""
 
@@ -55,9 +66,37 @@ def install_signal_handlers(stop: threading.Event) -> None:
         if stop.is_set():
             os._exit(128 + signum)
         stop.set()
+        _stop_requested.set()
 
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
+
+
+# Set by services/cli/spawn.py in the children of a command (the demo's services): the pid they
+# stop with. Read once, at start (`stop_with_parent`).
+PARENT_PID_ENV = "RDV_STOP_WITH_PID"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def stop_with_parent() -> None:
+    """In a child of a command that started it (the demo's services): be sent SIGTERM (drain,
+    commit, exit) when that command dies, even by SIGKILL, which runs no clean-up of its own.
+
+    Linux only (prctl); elsewhere the children outlive a killed parent as before. The kernel sends
+    the signal when the *thread* that forked us ends: the commands spawn from their main thread.
+    The parent may have died before this call: then there is no one to wait for, and we stop."""
+    parent = os.environ.pop(PARENT_PID_ENV, "")  # not handed on to our own children
+    if not parent.isdigit():
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):  # no libc prctl: not Linux
+        return
+    if os.getppid() != int(parent):
+        log.warning("the command that started this process (pid %s) has already exited: stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def stop_processes(processes: Iterable[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:

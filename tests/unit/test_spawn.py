@@ -1,0 +1,85 @@
+"""A service stops when asked while it waits for a broker, and when the command that started it
+(the demo) is killed with -9.
+
+Real processes, no broker: the service is `rendezvous serve` pointed at a port where no broker
+answers, so it would wait for one for minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+PARENT = """
+import sys, time
+from pathlib import Path
+from services.cli.spawn import spawn
+child = spawn(["serve"], Path(sys.argv[1]), dict(__import__("os").environ))
+print(child.pid, flush=True)
+time.sleep(600)  # the parent stays until the test kills it
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"  # exited, waiting for its (new) parent to reap it
+
+
+def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} within {timeout:.0f}s")
+        time.sleep(0.05)
+
+
+NO_BROKER = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "RDV_CONNECT_TIMEOUT_S": "300"}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _started(log: Path) -> bool:
+    return "starting with" in (log.read_text() if log.exists() else "")
+
+
+def test_a_service_waiting_for_a_broker_stops_at_sigterm(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        service = subprocess.Popen([sys.executable, "-m", "services.cli.main", "serve"], stdout=out,
+                                   stderr=subprocess.STDOUT, env=NO_BROKER, cwd=ROOT)
+    try:
+        _wait(lambda: _started(log), 60, "the service did not start")
+        service.terminate()
+        assert service.wait(timeout=30) == 0
+        assert "asked to stop while waiting for a Kafka broker at '127.0.0.1:1'" in log.read_text()
+    finally:
+        service.kill()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
+def test_a_service_the_demo_started_stops_when_the_demo_is_killed(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(log)], stdout=subprocess.PIPE, env=NO_BROKER,
+                              cwd=ROOT)
+    child = 0
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        _wait(lambda: _started(log), 60, "the child did not start")
+        assert not _gone(child)
+        parent.kill()
+        parent.wait()
+        _wait(lambda: _gone(child), 30, "the child outlived its killed parent")
+    finally:
+        parent.kill()
+        if child and not _gone(child):
+            os.kill(child, signal.SIGKILL)
