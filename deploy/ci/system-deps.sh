@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages the tests need, installed from Debian when missing:
 #   java + mvn  - the local Kafka broker (resolved from Maven Central)
-#   prometheus  - a real Prometheus server scrapes the services in the metrics tests
+#   prometheus  - a real Prometheus server scrapes the services in the metrics tests; its promtool
+#                 checks and tests the alert rules
 #   chromium    - renders the HTML comparison report in a headless-browser test
 #   helm        - lints and renders the Helm chart (built from the Go module proxy by helm.sh)
 #   curl        - a real HTTP client against the gateway (tests/integration/test_gateway.py)
@@ -15,6 +16,7 @@ missing=()
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v prometheus >/dev/null || missing+=(prometheus)
+command -v promtool >/dev/null || missing+=(prometheus)  # the same package: the alert rules' tests
 command -v chromium >/dev/null || missing+=(chromium)
 command -v curl >/dev/null || missing+=(curl)
 command -v wrk >/dev/null || missing+=(wrk)
