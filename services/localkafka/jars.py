@@ -44,18 +44,42 @@ _FALLBACK_POM = f"""<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
+MIN_JAVA = 17  # Kafka 4's broker
+_JAVA_VERSION = re.compile(r'version "(?:1\.)?(\d+)')
+
+
 def java_executable() -> str:
-    """`$JAVA_HOME/bin/java` if present, else `java` on PATH; `ConfigError` if neither."""
+    """`$JAVA_HOME/bin/java` if present, else `java` on PATH; `ConfigError` if neither, or if it
+    is older than Java 17 (the broker would fail with a class-version error deep in its log)."""
     home = os.environ.get("JAVA_HOME")
     if home and (Path(home) / "bin" / "java").is_file():
-        return str(Path(home) / "bin" / "java")
-    found = shutil.which("java")
+        found: str | None = str(Path(home) / "bin" / "java")
+    else:
+        found = shutil.which("java")
     if not found:
         raise ConfigError(
-            "java not found: the local Kafka broker needs a Java 17+ runtime on PATH or in JAVA_HOME "
+            f"java not found: the local Kafka broker needs a Java {MIN_JAVA}+ runtime on PATH or in JAVA_HOME "
             "(e.g. `apt-get install openjdk-17-jre-headless`)"
         )
+    major = java_major(_version_text(found))
+    if major is not None and major < MIN_JAVA:
+        raise ConfigError(f"{found} is Java {major}: the local Kafka broker needs Java {MIN_JAVA} or newer "
+                          "(set JAVA_HOME to one, e.g. `apt-get install openjdk-17-jre-headless`)")
     return found
+
+
+def java_major(version_text: str) -> int | None:
+    """The major version in `java -version`'s output (`1.8.0_402` is 8), None if it names none."""
+    match = _JAVA_VERSION.search(version_text)
+    return int(match.group(1)) if match else None
+
+
+def _version_text(java: str) -> str:
+    try:
+        done = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"{java} -version failed: {exc}") from None
+    return done.stderr + done.stdout
 
 
 def libs_dir() -> Path:

@@ -178,6 +178,33 @@ def test_java_missing_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None
         jars.java_executable()
 
 
+@pytest.mark.parametrize(("text", "major"), [
+    ('openjdk version "17.0.15" 2025-04-15\nOpenJDK Runtime Environment (build 17.0.15+6-Debian-1deb12u1)', 17),
+    ('openjdk version "21" 2023-09-19', 21),
+    ('java version "1.8.0_402"\nJava(TM) SE Runtime Environment (build 1.8.0_402-b08)', 8),
+    ('openjdk version "11.0.22" 2024-01-16 LTS', 11),
+    ("Error: could not open `lib/jvm.cfg'", None),
+])
+def test_the_major_version_is_read_from_java_version(text: str, major: int | None) -> None:
+    assert jars.java_major(text) == major
+
+
+def test_the_machines_java_is_accepted() -> None:
+    assert os.path.isfile(jars.java_executable())
+
+
+def test_an_older_java_is_refused_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A JAVA_HOME whose java says it is Java 11 (a script: this machine has only one JDK).
+    java = tmp_path / "bin" / "java"
+    java.parent.mkdir()
+    java.write_text('#!/bin/sh\necho \'openjdk version "11.0.22" 2024-01-16\' >&2\n')
+    java.chmod(0o755)
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path))
+    refused = rf"^{java} is Java 11: the local Kafka broker needs Java {jars.MIN_JAVA} or newer"
+    with pytest.raises(ConfigError, match=refused):
+        jars.java_executable()
+
+
 # ----- restartable broker: what a resume reads back -------------------------------------------------
 def test_listener_addresses_read_back_every_listener(tmp_path: Path) -> None:
     props = config.server_properties(tmp_path, 1000, 1001, extra_listeners={"sasl": (1002, "SASL_PLAINTEXT")})
