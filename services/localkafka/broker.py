@@ -35,7 +35,7 @@ from typing import Any
 
 from services.core.errors import BrokerError, BrokerUnavailable
 from services.localkafka import cds, config, warmup
-from services.localkafka.jars import Progress, java_executable, provision
+from services.localkafka.jars import Progress, java_executable, locked, provision
 from services.localkafka.jvm import DEFAULT_JVM_OPTIONS, JVM_OPTS_ENV, TOOL_JVM_OPTIONS, with_overrides
 from services.localkafka.process import error_lines, is_stack_frame, pid_alive, signal_group, tail, wait_until
 from services.localkafka.tls import TLS_LISTENER, tls_broker_options
@@ -467,6 +467,20 @@ def _port_open(host: str, port: int) -> bool:
 
 
 # ----- module-level helpers for the CLI -----------------------------------------------------------
+@contextmanager
+def _one_at_a_time(broker: LocalBroker) -> Iterator[None]:
+    """One start, stop or reset of a named broker at a time, across processes: two demos started at
+    once both saw no broker running and both formatted and launched one over the same directory.
+    The lock file lives beside the data directory, which a reset deletes."""
+    def waiting() -> None:
+        if broker.progress:
+            broker.progress(f"Another command is starting, stopping or resetting local broker {broker.name!r}: "
+                            "waiting for it")
+
+    with locked(broker.root.parent / f".{broker.root.name}.lock", waiting):
+        yield
+
+
 def start_background(
     name: str = "default", *, wait_timeout: float = 90.0, progress: Progress | None = None,
     fresh: bool | None = None, tls: bool = False,
@@ -478,6 +492,12 @@ def start_background(
     `tls=True` adds a TLS listener ("SSL") with a CA and certificate generated in `<data>/tls/`.
     """
     broker = LocalBroker(name, progress=progress)
+    with _one_at_a_time(broker):
+        return _start_background(broker, wait_timeout, fresh, tls)
+
+
+def _start_background(broker: LocalBroker, wait_timeout: float, fresh: bool | None, tls: bool) -> LocalBroker:
+    name, progress = broker.name, broker.progress
     if broker.is_running() and (fresh or tls):
         asked = " and ".join(flag for flag, on in (("--fresh", fresh), ("--tls", tls)) if on)
         raise BrokerError(f"local broker {name!r} already runs (pid {broker.pid}, {broker.bootstrap}): {asked} "
@@ -504,12 +524,16 @@ def stop_background(
     name: str = "default", *, timeout: float = 20.0, progress: Progress | None = None, keep_data: bool = True
 ) -> bool:
     """Stop the named broker; False if it was not running. Its topics are kept unless `keep_data=False`."""
-    return LocalBroker(name, progress=progress).stop(timeout=timeout, keep_data=keep_data)
+    broker = LocalBroker(name, progress=progress)
+    with _one_at_a_time(broker):
+        return broker.stop(timeout=timeout, keep_data=keep_data)
 
 
 def reset_background(name: str = "default", *, progress: Progress | None = None) -> int:
     """Stop the named broker if it runs and delete every topic it holds; returns the bytes deleted."""
-    return LocalBroker(name, progress=progress).reset()
+    broker = LocalBroker(name, progress=progress)
+    with _one_at_a_time(broker):
+        return broker.reset()
 
 
 def status_background(name: str = "default") -> dict[str, Any]:
