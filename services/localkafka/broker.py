@@ -80,6 +80,14 @@ class LocalBroker:
     def properties_file(self) -> Path:
         return self.root / "server.properties"
 
+    def _write_properties(self, text: str) -> None:
+        """server.properties, readable by its owner only: it holds the TLS key (inline PEM) and the
+        SASL users' passwords of a secured broker."""
+        fd = os.open(self.properties_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a file kept from an earlier start keeps its mode through O_TRUNC
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+
     @property
     def log_file(self) -> Path:
         return self.root / "broker.log"
@@ -153,7 +161,7 @@ class LocalBroker:
         jvm_options = with_overrides(self.jvm_options, os.environ.get(JVM_OPTS_ENV))
         archive, cds_options, cds_pending = self._cds(java)
         if self._resumed_properties is not None:
-            self.properties_file.write_text(self._resumed_properties)
+            self._write_properties(self._resumed_properties)
         jvm_options = (*jvm_options, *cds_options)
         cmd = [java, *jvm_options, logging_opt, "-cp", classpath, MAIN_CLASS, str(self.properties_file)]
         log.debug("starting %s", " ".join(cmd))
@@ -294,7 +302,7 @@ class LocalBroker:
         value (or a mistyped log.dirs, which made the next start format a new cluster over the
         topics) is not saved for every later start."""
         if self._kept_properties is not None:
-            self.properties_file.write_text(self._kept_properties)
+            self._write_properties(self._kept_properties)
             if self._resumed_properties != self._kept_properties and os.environ.get(config.PROPERTIES_ENV):
                 say = self.progress or (lambda _msg: None)
                 say(f"{self.properties_file} is kept as it was: the start with ${config.PROPERTIES_ENV} failed")
@@ -321,7 +329,7 @@ class LocalBroker:
         props = config.server_properties(
             self.root, ports[0], ports[1], extra_listeners=extra, extra_properties=self._extra_properties()
         )
-        self.properties_file.write_text(config.render_properties(props))
+        self._write_properties(config.render_properties(props))
         return config.listener_addresses(props), config.new_cluster_id()
 
     def _extra_properties(self) -> dict[str, str]:

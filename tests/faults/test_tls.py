@@ -7,6 +7,7 @@ with one clear line (not after its connect timeout).
 from __future__ import annotations
 
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -86,3 +87,8 @@ def test_a_wrong_ca_fails_at_once_in_one_line(broker: LocalBroker, tmp_path: Pat
     assert "TLS handshake" in lines[0] and "ssl.ca.location" in lines[0], lines[0]
     assert took < FAST_S, f"the refusal took {took:.1f}s"
     print(f"FIGURES wrong CA refused in {took:.2f}s: {lines[0]}")
+
+
+def test_the_server_properties_holding_the_key_are_readable_by_their_owner_only(broker: LocalBroker) -> None:
+    assert "PRIVATE KEY" in broker.properties_file.read_text()
+    assert stat.S_IMODE(broker.properties_file.stat().st_mode) == 0o600
