@@ -21,9 +21,11 @@ turns it off; JVM options of one's own about CDS (`RDV_BROKER_JVM_OPTS`) take it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -58,8 +60,25 @@ def options(archive: Path) -> tuple[tuple[str, ...], Path | None]:
     if archive.is_file():
         return (f"-XX:SharedArchiveFile={archive}",), None
     archive.parent.mkdir(parents=True, exist_ok=True)
+    _forget_stale(archive.parent)
     pending = archive.with_name(f"{archive.name}.{uuid.uuid4().hex[:12]}.part")
     return (f"-XX:ArchiveClassesAtExit={pending}",), pending
+
+
+# A JVM writes its archive in the seconds of its exit: a part file this old is one whose broker
+# died without the clean stop or the kill that adopt or discard it (a crash, a reboot).
+STALE_PART_S = 3600.0
+
+
+def _forget_stale(directory: Path) -> None:
+    """Delete part files left by brokers that died before their own were adopted or discarded
+    (each is tens of MB, and every later start without an archive would leave another)."""
+    now = time.time()
+    for part in directory.glob("*.jsa.*.part"):
+        with contextlib.suppress(OSError):  # another start may delete it first
+            if now - part.stat().st_mtime > STALE_PART_S:
+                part.unlink()
+                log.info("deleted %s: a class-data archive a broker that did not stop cleanly left half-written", part)
 
 
 def adopt(pending: Path, archive: Path) -> bool:

@@ -3,6 +3,8 @@ own, adopted only after a clean stop, never used against the user's own CDS opti
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,19 @@ def test_a_broker_writes_a_pending_archive_of_its_own_until_one_exists(tmp_path:
     pending_a.write_bytes(b"archive")
     assert cds.adopt(pending_a, archive) and archive.read_bytes() == b"archive" and not pending_a.exists()
     assert cds.options(archive) == ((f"-XX:SharedArchiveFile={archive}",), None)
+
+
+def test_a_part_file_left_by_a_broker_that_died_is_deleted_at_the_next_start_without_archive(tmp_path: Path) -> None:
+    archive = tmp_path / "kafka-4.0.0-0123456789abcdef.jsa"
+    stale, recent = (archive.with_name(f"{archive.name}.{tag}.part") for tag in ("aaaaaaaaaaaa", "bbbbbbbbbbbb"))
+    for part in (stale, recent):
+        part.write_bytes(b"half an archive")
+    hours_ago = time.time() - 2 * cds.STALE_PART_S
+    os.utime(stale, (hours_ago, hours_ago))
+    _options, pending = cds.options(archive)
+    assert not stale.exists()
+    assert recent.exists()  # perhaps a broker exiting now writes it
+    assert pending is not None and not pending.exists()
 
 
 def test_an_empty_or_missing_archive_is_not_adopted_and_a_killed_brokers_is_discarded(tmp_path: Path) -> None:
