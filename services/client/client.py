@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import numbers
 import random
 import threading
 import uuid
@@ -31,6 +32,7 @@ from confluent_kafka import OFFSET_END, KafkaError, KafkaException, Message, Top
 from services.core.codec import codec
 from services.core.errors import BadInput, BrokerError, ConfigError, RecordTooLarge, RendezvousError
 from services.core.kafka import Consumer, Producer, groupless, partition_counts
+from services.core.requests import id_too_long
 from services.core.runtime import now_ms
 from services.core.settings import Topics
 
@@ -85,6 +87,52 @@ class ReplyPartitionLost(RendezvousError):
     retriable = True
 
 
+class InvalidRequest(BadInput):
+    """A request this client refuses to send (a feature that is not a number, an empty id, a
+    budget that is not a positive number of ms): the message names what."""
+
+
+class ClosedClient(RendezvousError):
+    """The client was closed: a request still waiting gets no answer, and none is sent."""
+
+
+MAX_LONG = 2**63 - 1
+
+
+def _checked_features(features: Mapping[str, float]) -> dict[str, float]:
+    """The features as floats: each name a non-empty string, each value a real number (not a
+    bool, not text that would read as one: a caller's mistake must not get a confident score)."""
+    if not isinstance(features, Mapping):
+        raise InvalidRequest(f"features must map names to numbers, got {type(features).__name__}")
+    checked: dict[str, float] = {}
+    for name, value in features.items():
+        if type(name) is not str or not name or not _utf8(name):
+            raise InvalidRequest(f"feature name {name!r:.80}: must be a non-empty string of text")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise InvalidRequest(f"feature {name!r:.80}: {type(value).__name__} {value!r:.40} is not a number")
+        try:
+            checked[name] = float(value)
+        except (OverflowError, ValueError) as exc:
+            raise InvalidRequest(f"feature {name!r:.80}: {exc}") from None
+    return checked
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
+def _checked_id(request_id: Any) -> str:
+    if type(request_id) is not str or not request_id or not _utf8(request_id):
+        raise InvalidRequest(f"request_id {request_id!r:.80}: must be a non-empty string of text")
+    if too_long := id_too_long(request_id):
+        raise InvalidRequest(too_long)
+    return request_id
+
+
 def make_request(
     features: Mapping[str, float],
     *,
@@ -96,17 +144,29 @@ def make_request(
     metadata: Mapping[str, str] | None = None,
     created_at: int | None = None,
 ) -> dict[str, Any]:
-    """A Request record (see schemas/request.avsc)."""
+    """A Request record (see schemas/request.avsc); `InvalidRequest` names what is wrong with one."""
     created = created_at if created_at is not None else now_ms()
+    if type(budget_ms) is not int or budget_ms <= 0:
+        raise InvalidRequest(f"budget_ms must be a positive number of milliseconds, got {budget_ms!r:.40}")
+    if type(created) is not int or not 0 <= created <= MAX_LONG - budget_ms:
+        raise InvalidRequest(f"created_at {created!r:.40} plus budget_ms {budget_ms} is no time in epoch ms")
     return {
-        "request_id": uuid.uuid4().hex if request_id is None else request_id,
+        "request_id": uuid.uuid4().hex if request_id is None else _checked_id(request_id),
         "created_at": created,
         "deadline": created + budget_ms,
         "reply_to": {"topic": reply_topic, "partition": reply_partition} if reply_topic else None,
-        "features": {k: float(v) for k, v in features.items()},
+        "features": _checked_features(features),
         "payload": {"content_type": payload[0], "data": payload[1]} if payload else None,
         "metadata": dict(metadata or {}),
     }
+
+
+class Waiting(Future[Answer]):
+    """A request's Future, knowing the request it waits for (a wait that times out drops it)."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__()
+        self.request_id = request_id
 
 
 class Client:
@@ -230,15 +290,15 @@ class Client:
         created_at: int | None = None,
     ) -> Future[Answer]:
         """Send one request; the Future resolves to its Answer."""
+        if self.stopped is not None:
+            raise (ClosedClient if self._stop.is_set() else BrokerError)(f"this client {self.stopped}")
         partition = self._pick_partition()
         record = make_request(
-            features, budget_ms=budget_ms or self.budget_ms, reply_topic=self.topics.replies,
+            features, budget_ms=self.budget_ms if budget_ms is None else budget_ms, reply_topic=self.topics.replies,
             reply_partition=partition, request_id=request_id, payload=payload, metadata=metadata,
             created_at=created_at,
         )
-        if self.stopped is not None:
-            raise BrokerError(f"this client {self.stopped}")
-        future: Future[Answer] = Future()
+        future = Waiting(record["request_id"])
         rid = record["request_id"]
         with self._lock:
             # Checked under the lock the revoke takes: a partition that moved since it was picked
@@ -282,7 +342,11 @@ class Client:
         """asyncio form of `score`."""
         future = self.submit(features, **kwargs)
         self._producer.poll(0)
-        return await asyncio.wait_for(asyncio.wrap_future(future), self.answer_wait_s)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.answer_wait_s)
+        except TimeoutError:
+            self._give_up(future)
+            raise self._no_answer() from None
 
     def flush(self) -> None:
         self._producer.flush()
@@ -291,10 +355,17 @@ class Client:
         try:
             return future.result(timeout=self.answer_wait_s)
         except FutureTimeout:
-            raise AnswerTimeout(
-                f"no answer within {self.answer_wait_s:.0f}s: is the rendezvous running on "
-                f"{self.topics.requests}?"
-            ) from None
+            self._give_up(future)
+            raise self._no_answer() from None
+
+    def _give_up(self, future: Future[Answer]) -> None:
+        """A wait that timed out leaves no waiter behind (one per timed-out call piled up)."""
+        if isinstance(future, Waiting):
+            self.abandon(future.request_id, future)
+
+    def _no_answer(self) -> AnswerTimeout:
+        return AnswerTimeout(f"no answer within {self.answer_wait_s:.0f}s: is the rendezvous running on "
+                             f"{self.topics.requests}?")
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -380,8 +451,14 @@ class Client:
             return sum(len(waiters) for waiters in self._pending.values())
 
     def close(self) -> None:
+        """Stop: requests still waiting fail with `ClosedClient` (their callers would wait out
+        their timeout for an answer no one reads), and no request is sent after this. Once."""
+        if self._stop.is_set():
+            return
+        self.stopped = "is closed"
         self._stop.set()
         self._reader.join(timeout=5)
+        self._fail_all(ClosedClient("the client was closed before this request was answered"))
         self._producer.close()
         self._consumer.close()
 
