@@ -89,10 +89,18 @@ _TABLE: tuple[tuple[type[BaseException], int, grpc.StatusCode, str], ...] = (
 )
 
 
+# A status message echoes what the caller sent (names, values): a longer one did not fit gRPC's
+# 16 KiB trailer once percent-encoded, and the caller got RESOURCE_EXHAUSTED without the reason.
+MAX_MESSAGE_CHARS = 1000
+
+
 def status_of(exc: BaseException) -> Status:
     """The HTTP and gRPC status of a failed call; anything unforeseen is a 500 / INTERNAL."""
     for kind, http, code, reason in _TABLE:
         if isinstance(exc, kind):
             # Masked: a Kafka error's text may quote a setting's value (the body goes to any caller).
-            return Status(http, code, mask(str(exc)), reason)
+            message = mask(str(exc))
+            if len(message) > MAX_MESSAGE_CHARS:
+                message = message[:MAX_MESSAGE_CHARS - 3] + "..."
+            return Status(http, code, message, reason)
     return Status(500, grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}", "internal")

@@ -73,10 +73,12 @@ def check_id(call_id: Any) -> str:
 
 
 def check_header(
-    name: Any, datatype: Any, shape: Any, where: str, max_rows: int
+    name: Any, datatype: Any, shape: Any, where: str, max_rows: int, max_features: int
 ) -> tuple[str, str, tuple[int, ...]]:
     """The name, datatype and shape of an input tensor, checked before any of its data is read:
-    at most 2 dimensions and `max_rows` rows, so no shape costs more than its data to refuse."""
+    at most 2 dimensions, `max_rows` rows and `max_features` columns, so no shape costs more than
+    its data to refuse, and no call's data more than rows x features values (8 MB of INT8 was 8
+    million Python floats, then 1,000 rows of 8,000 features: half a GB, to refuse the names)."""
     # `type(x) is` rather than isinstance: this runs once per input tensor of every call, and
     # bool (a subclass of int) must not pass as a size.
     if type(name) is not str or not name:
@@ -96,7 +98,15 @@ def check_header(
                                f"got {_short_shape(shape)}")
     if shape[0] > max_rows:
         raise InvalidInput(f"{shape[0]} rows in one call; at most {max_rows}")
+    if len(shape) == 2 and shape[1] > max_features:
+        raise InvalidInput(f"input '{name}': {shape[1]} features in one call; at most {max_features}")
     return name, datatype, tuple(shape)
+
+
+def check_input_count(count: int, max_features: int) -> None:
+    """One input tensor per feature at most (each of its rows is one more value to read)."""
+    if count > max_features:
+        raise InvalidInput(f"{count} inputs in one call; at most {max_features} (one per feature)")
 
 
 def _short_shape(shape: Any) -> str:

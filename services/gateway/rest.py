@@ -154,7 +154,8 @@ class RestApi:
         caller = self.gateway.admit(request.headers.get("authorization"))
         name, version = _name_version(request)
         body = await _body(request, self.gateway.settings.max_body_bytes)
-        call = parse_call(body, request.headers.get(BINARY_HEADER), self.gateway.settings.max_rows)
+        s = self.gateway.settings
+        call = parse_call(body, request.headers.get(BINARY_HEADER), s.max_rows, s.max_features)
         deadline = _header_ms(request.headers.get(TIMEOUT_HEADER))
         result = await self.gateway.infer(name, version, call, caller, (deadline,))
         return json_response(oip.rest_response(result))
@@ -198,7 +199,7 @@ def _header_ms(value: str | None) -> int | None:
     return ms
 
 
-def parse_call(body: bytes, binary_header: str | None, max_rows: int) -> InferCall:
+def parse_call(body: bytes, binary_header: str | None, max_rows: int, max_features: int) -> InferCall:
     """An inference call from a REST body (JSON, or JSON + binary tensor data)."""
     header, rest = body, memoryview(b"")
     if binary_header is not None:
@@ -217,9 +218,10 @@ def parse_call(body: bytes, binary_header: str | None, max_rows: int) -> InferCa
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInput("'inputs' must be a non-empty list of tensors")
+    oip.check_input_count(len(inputs), max_features)
     tensors, used = [], 0
     for index, item in enumerate(inputs):
-        tensor, size = _tensor(item, index, rest[used:], max_rows)
+        tensor, size = _tensor(item, index, rest[used:], max_rows, max_features)
         tensors.append(tensor)
         used += size
     if used != len(rest):
@@ -244,12 +246,12 @@ def _outputs(value: Any) -> tuple[str, ...]:
     return oip.requested_outputs(o["name"] for o in value)
 
 
-def _tensor(item: Any, index: int, binary: memoryview, max_rows: int) -> tuple[Tensor, int]:
+def _tensor(item: Any, index: int, binary: memoryview, max_rows: int, max_features: int) -> tuple[Tensor, int]:
     """One input tensor, and how many bytes of binary data it took."""
     if not isinstance(item, dict):
         raise InvalidInput(f"inputs[{index}] must be an object")
     name, datatype, shape = oip.check_header(item.get("name"), item.get("datatype"), item.get("shape"),
-                                             f"inputs[{index}]", max_rows)
+                                             f"inputs[{index}]", max_rows, max_features)
     params = item.get("parameters")
     params = {} if params is None else params
     if not isinstance(params, dict):

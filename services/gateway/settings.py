@@ -50,6 +50,11 @@ class GatewaySettings(KafkaSettings):
     )
     max_budget_ms: int = setting(60_000, "Longest deadline a call gets (ms); a longer one is shortened to this.")
     max_rows: int = setting(1000, "Most rows (Kafka requests) one inference call may carry; more is refused (400).")
+    max_features: int = setting(
+        1024, "Most features (columns of an [n, k] input, or feature inputs) one call may carry; more is refused "
+        "(400) before its data is read: a call costs at most --max-rows x this many values.", minimum=1,
+        maximum=1_000_000,
+    )
     max_in_flight: int = setting(
         20_000, "Most rows waiting for answers at once; calls beyond it are refused with 503 (overloaded).",
     )

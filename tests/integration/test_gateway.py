@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
@@ -327,6 +328,31 @@ def test_malformed_input_is_400_invalid_argument_naming_the_problem(stack: Stack
     assert (status, text) == ("400", "input 'mean_area': 1 values for shape [2] (2 expected)")
     status, text = curl(stack.a, "POST", "/v2/models/default/infer", b"{oops")
     assert status == 400 and "the body is not valid JSON" in json.loads(text)["error"]
+
+
+def test_an_unparseable_or_outsized_grpc_call_is_invalid_argument_with_its_reason_counted(stack: Stack) -> None:
+    """Garbage bytes were an UNKNOWN status, uncounted, with a traceback logged per call; a call
+    naming a 16,000-character input got RESOURCE_EXHAUSTED: its reason, echoing the name, did not
+    fit gRPC's trailer."""
+    from tritonclient.grpc import service_pb2
+
+    invalid = ("rdv_gateway_rejected_total", (("protocol", "grpc"), ("reason", "invalid")))
+    before = stack.a.metrics().get(invalid, 0)
+    with grpc.insecure_channel(f"127.0.0.1:{stack.a.grpc}") as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # bytes as they are
+        with pytest.raises(grpc.RpcError) as garbage:
+            infer(b"\xff\xff\xff\xff not a message", timeout=30)
+        tensor = service_pb2.ModelInferRequest.InferInputTensor(
+            name="x" * 16_000, datatype="FP64", shape=[1],
+            contents=service_pb2.InferTensorContents(fp64_contents=[1.0]))
+        long_name = service_pb2.ModelInferRequest(model_name="default", inputs=[tensor])
+        with pytest.raises(grpc.RpcError) as named:
+            infer(long_name.SerializeToString(), timeout=30)
+    assert garbage.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert garbage.value.details().startswith("the message is not a valid ModelInferRequest: ")
+    assert named.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "xxxx" in named.value.details() and len(named.value.details()) <= 1000
+    assert stack.a.metrics().get(invalid, 0) == before + 2
 
 
 def test_timeout_is_504_deadline_exceeded_with_the_reason(stack: Stack) -> None:

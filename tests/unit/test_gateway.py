@@ -132,7 +132,7 @@ def test_response_parameters_summarise_the_rows() -> None:
 def test_rest_json_body() -> None:
     body = orjson.dumps({"id": "r1", "parameters": {"timeout": 5000}, "outputs": [{"name": "score"}],
                          "inputs": [{"name": "a", "datatype": "FP64", "shape": [2, 1], "data": [[1], [2.5]]}]})
-    call = parse_call(body, None, 1000)
+    call = parse_call(body, None, 1000, 1024)
     assert (call.id, call.outputs, call.parameters) == ("r1", ("score",), {"timeout": 5000})
     assert call.tensors[0].values == [1.0, 2.5]
 
@@ -144,10 +144,10 @@ def test_rest_binary_tensor_extension() -> None:
         {"name": "c", "datatype": "INT32", "shape": [2], "parameters": {"binary_data_size": 8}},
     ]})
     body = header + np.array([1.0, 2.0], "<f8").tobytes() + np.array([5, 6], "<i4").tobytes()
-    call = parse_call(body, str(len(header)), 1000)
+    call = parse_call(body, str(len(header)), 1000, 1024)
     assert [t.values for t in call.tensors] == [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
     with pytest.raises(InvalidInput, match="4 bytes of binary data belong to no input"):
-        parse_call(body + b"\0" * 4, str(len(header)), 1000)
+        parse_call(body + b"\0" * 4, str(len(header)), 1000, 1024)
 
 
 @pytest.mark.parametrize(
@@ -179,7 +179,7 @@ def test_rest_binary_tensor_extension() -> None:
 )
 def test_malformed_rest_bodies(body: bytes, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
-        parse_call(body, None, 1000)
+        parse_call(body, None, 1000, 1024)
 
 
 def _one_input(shape: list[int], data: Any = (), call_id: Any = "") -> bytes:
@@ -196,11 +196,15 @@ def _one_input(shape: list[int], data: Any = (), call_id: Any = "") -> bytes:
         (_one_input([2, 1, 1], [1, 2]), r"'shape' must be \[n\], \[n, 1\] or \[n, k\]"),
         (_one_input([4_000_000], [0.5] * 10), "4000000 rows in one call; at most 1000"),
         (_one_input([1], [1], call_id="x" * (MAX_ID_CHARS + 1)), f"'id' of {MAX_ID_CHARS + 1} characters"),
+        # Many features: 8 MB of INT8 as 1,000 rows of 8,000 features was half a GB of Python floats.
+        (_one_input([1000, 8000], [0.5] * 10), "input 'a': 8000 features in one call; at most 1024"),
+        (orjson.dumps({"inputs": [{"name": f"f{i}", "datatype": "FP64", "shape": [1], "data": [1]}
+                                  for i in range(1025)]}), "1025 inputs in one call; at most 1024"),
     ],
 )
 def test_bodies_that_would_be_costly_to_read_are_refused_from_their_headers(body: bytes, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
-        parse_call(body, None, 1000)
+        parse_call(body, None, 1000, 1024)
 
 
 def test_the_extremes_of_the_integer_types_are_their_values() -> None:
@@ -209,12 +213,12 @@ def test_the_extremes_of_the_integer_types_are_their_values() -> None:
         {"name": "b", "datatype": "UINT64", "shape": [2], "data": [2**64 - 1, 0]},
         {"name": "c", "datatype": "INT8", "shape": [2], "data": [127, -128]},
     ]})
-    assert [len(t.values) for t in parse_call(body, None, 1000).tensors] == [2, 2, 2]
+    assert [len(t.values) for t in parse_call(body, None, 1000, 1024).tensors] == [2, 2, 2]
 
 
 def test_names_given_twice_are_named_once_each() -> None:
     inputs = [{"name": n, "datatype": "FP64", "shape": [1], "data": [1]} for n in ["a", "b"] * 10_000 + ["c"]]
-    call = parse_call(orjson.dumps({"inputs": inputs}), None, 1000)
+    call = parse_call(orjson.dumps({"inputs": inputs}), None, 1000, 100_000)
     with pytest.raises(InvalidInput, match=r"^input names: 'a', 'b' given more than once$"):
         rows_of(call.tensors, None, 1000)
 
@@ -228,7 +232,7 @@ def test_a_deadline_header_that_is_no_positive_whole_number_is_refused(value: st
 @pytest.mark.parametrize("value", ["\u00b9", "9" * 5000, "-1", "x"])
 def test_a_binary_header_length_that_is_no_whole_number_is_refused(value: str) -> None:
     with pytest.raises(InvalidInput, match=r"Inference-Header-Content-Length .* does not fit the body"):
-        parse_call(_one_input([1], [1]), value, 1000)
+        parse_call(_one_input([1], [1]), value, 1000, 1024)
 
 
 def test_a_calls_budget_is_its_shortest_deadline_within_the_gateways_limit() -> None:
