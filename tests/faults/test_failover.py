@@ -16,7 +16,8 @@ import contextlib
 import signal
 import threading
 import time
-from collections import defaultdict
+import uuid
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from services.cli.common import ensure_topics
 from services.client.client import make_request
 from services.core.codec import codec
 from services.core.kafka import reader
@@ -89,7 +91,7 @@ class Requests:
         self._pace = PacedSender(self._send, total, rate, lambda: self._producer.flush(60))
 
     def _send(self, i: int) -> None:
-        record = make_request(self._rows[i % len(self._rows)], budget_ms=self.budget_ms,
+        record = make_request(self.row(i), budget_ms=self.budget_ms,
                               reply_topic=self.topics.replies, reply_partition=None)
         self.ids.append(record["request_id"])
         self.sent_at[record["request_id"]] = time.monotonic()
@@ -99,6 +101,10 @@ class Requests:
     @property
     def sent(self) -> int:
         return self._pace.sent
+
+    def row(self, index: int) -> dict[str, float]:
+        """The features request `index` was sent with."""
+        return self._rows[index % len(self._rows)]
 
     def longest_wait_after(self, moment: float, replies: Replies, window_s: float = 5.0) -> float:
         """How long answers stopped after `moment`: the longest wait for an answer of a request
@@ -259,3 +265,40 @@ def test_an_instance_added_and_one_stopped_mid_stream_lose_and_double_nothing(
           f"answers_stopped_s(stop)={requests.longest_wait_after(stopped_at, replies):.2f}")
     assert result.faults() == (0, 0, 0, 0)
     assert result.answers_topic == 15_000
+
+
+def test_a_retry_after_a_kill_gets_the_first_answer_again_not_a_second_decision(
+    procs: list[Proc], tmp_path: Path, bootstrap: str, config: dict[str, Any]
+) -> None:
+    """Retries (the same request ids) of the first 20 of 12,000 requests, sent after the only
+    instance was killed with -9 and restarted: the restarted owner remembers their answers from
+    its scan of the answers topic. One partition, so 11,980 answers are newer than the oldest
+    retried: over the scan's old cap of 10,000, under which each retry got a second decision,
+    a second record on rdv.answers and rdv.log, and a different reply (a failover review)."""
+    prefix = f"r{uuid.uuid4().hex[:10]}."
+    topics = Topics.from_prefix(prefix)
+    ensure_topics(config, topics, partitions=1)
+    champion(procs, tmp_path, bootstrap, prefix)
+    rendezvous = serve(procs, tmp_path, "rendezvous", bootstrap, prefix, "--instance", "rdv-0")
+    replies = Replies(config, topics.replies).start()
+    requests = Requests(config, topics, total=12_000, rate=1000.0).start()
+    requests.join()
+    until(lambda: all(r in replies.answers for r in requests.ids), 120, "every request answered")
+    rendezvous.kill(signal.SIGKILL)
+    rendezvous.wait(10)
+    rendezvous.start()
+    retried = requests.ids[:20]
+    producer, requests_codec = Producer(config), codec("request")
+    for index, rid in enumerate(retried):
+        record = make_request(requests.row(index), budget_ms=60_000, reply_topic=topics.replies,
+                              reply_partition=None, request_id=rid)
+        producer.produce(topics.requests, requests_codec.encode(record), key=rid)
+    producer.flush(30)
+    until(lambda: all(len(replies.answers[r]) == 2 for r in retried), 120, "a reply to every retry")
+    answers = Counter(msg.key().decode() for msg in read_topic(config, topics.answers, expect=12_000, timeout=120))
+    logged = Counter(record["request_id"] for record in read_topic(config, topics.log, expect=12_000, timeout=120,
+                                                                   decode="comparison"))
+    replies.stop()
+    assert [len(set(replies.answers[r])) for r in retried] == [1] * 20  # the same answer, byte for byte
+    assert [answers[r] for r in retried] == [1] * 20 and sum(answers.values()) == 12_000
+    assert [logged[r] for r in retried] == [1] * 20 and sum(logged.values()) == 12_000
