@@ -78,6 +78,14 @@ class OffsetBook:
                     moves.append(TopicPartition(topic, partition, position, metadata=metadata))
         return moves
 
+    def start_at(self, topic: str, partition: int, offset: int) -> None:
+        """A partition's position before anything is read from it (committed like any other)."""
+        part = self._parts.get((topic, partition))
+        if part is None:
+            part = self._parts[(topic, partition)] = PartitionOffsets()
+        if part.committable() == (-1, None):
+            part._next = offset
+
     def mark_committed(self, offsets: list[TopicPartition]) -> None:
         for tp in offsets:
             self._committed[(tp.topic, tp.partition)] = tp.offset

@@ -97,7 +97,7 @@ class Rendezvous(Probed):
         self._answer_events = EventHeaders("Answer", self.topics.answers) if settings.cloudevents else None
         self._log_events = EventHeaders("Comparison", self.topics.log) if settings.cloudevents else None
         self._paused = False
-        self.takeover = Takeover(settings, self.join)
+        self.takeover = Takeover(settings, self.join, self.offsets.start_at)
         self._ctx: Context | None = None
         self._fast: Producer | None = None
         self._dead: DeadLetters | None = None

@@ -51,7 +51,10 @@ class RendezvousSettings(ServiceSettings):
         "answers and comparison records, so CloudEvents tools read those topics as events."
     )
     group: str = setting("", "Consumer group (default: <prefix>rendezvous); instances share it.")
-    start_from: str = setting("earliest", "Where a new consumer group starts: earliest or latest.")
+    start_from: str = setting(
+        "earliest", "Where a new consumer group starts: earliest or latest (a partition's end when first assigned, "
+        "committed at once, so what arrives while its owner is away is read by the next).",
+    )
     processing: str = setting(
         "exactly-once",
         "exactly-once: answers, comparison records and input offsets commit in one Kafka transaction "

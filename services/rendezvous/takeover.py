@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
@@ -63,8 +64,15 @@ UNSTABLE_TRIES = 3
 class Takeover:
     """Partitions assigned but not yet recovered, and the recovery that resumes them."""
 
-    def __init__(self, settings: RendezvousSettings, join: Join):
+    def __init__(
+        self, settings: RendezvousSettings, join: Join, start_at: Callable[[str, int, int], None] = lambda *_: None
+    ):
+        """`start_at(topic, partition, offset)`: a partition of a `latest` group never read before
+        starts there, a position to commit before anything is read from it (see `_starts`)."""
         self.settings, self.join = settings, join
+        self._start_at = start_at
+        # (topic, partition) -> its end when assigned: where `latest` starts one never committed.
+        self._ends_when_assigned: dict[tuple[str, int], int] = {}
         self.topics = settings.topics()
         self._pending: list[TopicPartition] = []
         self._next_try = 0.0
@@ -86,6 +94,8 @@ class Takeover:
         """Pause new partitions: nothing is read from them until recovery knows what was done."""
         if partitions:
             ctx.consumer.pause(partitions)
+            if self.settings.start_from == "latest":
+                self._ends_when_assigned.update(_ends(ctx, partitions))
             self._pending.extend(partitions)
             self._next_try = 0.0
             self._start_over()
@@ -100,6 +110,7 @@ class Takeover:
     def release(self, partitions: list[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self._pending = [tp for tp in self._pending if (tp.topic, tp.partition) not in gone]
+        self._ends_when_assigned = {key: end for key, end in self._ends_when_assigned.items() if key not in gone}
         # Never commit offsets of a partition given up: it may be another member's already.
         self._to_recommit = [tp for tp in self._to_recommit if (tp.topic, tp.partition) not in gone]
         numbers = {tp.partition for tp in partitions if tp.topic == self.topics.requests}
@@ -108,6 +119,7 @@ class Takeover:
     def clear(self) -> None:
         self._pending = []
         self._to_recommit = []
+        self._ends_when_assigned = {}
 
     def run_due(self, ctx: Context) -> list[TopicPartition]:
         """Recover the pending partitions, then resume them (if a try is due); returns those
@@ -241,14 +253,21 @@ class Takeover:
 
     def _starts(self, committed: list[TopicPartition]) -> list[TopicPartition]:
         """Where each partition is read from: the committed offset recovery used, else where a new
-        group starts. With `latest` that is left to the consumer, which found the end when the
-        partition was assigned: the end now would skip what arrived during recovery."""
+        group starts. With `latest` that is the end when the partition was assigned (the end now
+        would skip what arrived during recovery), and it is committed before anything is read:
+        a partition that had no record yet was never committed, and whatever came to it while
+        its owner was away was skipped by the next owner's `latest` (a failover review)."""
         starts = []
         for tp in committed:
             if tp.offset >= 0:
                 starts.append(_at(tp))
             elif self.settings.start_from == "earliest":
                 starts.append(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
+            else:
+                end = self._ends_when_assigned.pop((tp.topic, tp.partition), None)
+                if end is not None:  # else left to the consumer, which found the end when assigned
+                    starts.append(TopicPartition(tp.topic, tp.partition, end))
+                    self._start_at(tp.topic, tp.partition, end)
         return starts
 
     def _committed(self, ctx: Context, partitions: list[TopicPartition]) -> list[TopicPartition]:
@@ -290,6 +309,19 @@ class Takeover:
         for txn in sorted(previous - members):
             if fence(ctx.config, txn):
                 log.info("fenced %s, the previous owner's transactional id (no longer in the group)", txn)
+
+
+def _ends(ctx: Context, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
+    """Each partition's end offset now (those the broker does not tell are left out)."""
+    ends = {}
+    for tp in partitions:
+        try:
+            _low, high = ctx.consumer.native.get_watermark_offsets(tp, timeout=10, cached=False)
+        except KafkaException as exc:
+            log.warning("cannot read the end of %s[%d] (%s): the consumer finds it", tp.topic, tp.partition, exc)
+            continue
+        ends[(tp.topic, tp.partition)] = int(high)
+    return ends
 
 
 def _at(committed: TopicPartition) -> TopicPartition:

@@ -302,3 +302,37 @@ def test_a_retry_after_a_kill_gets_the_first_answer_again_not_a_second_decision(
     assert [len(set(replies.answers[r])) for r in retried] == [1] * 20  # the same answer, byte for byte
     assert [answers[r] for r in retried] == [1] * 20 and sum(answers.values()) == 12_000
     assert [logged[r] for r in retried] == [1] * 20 and sum(logged.values()) == 12_000
+
+
+def test_with_start_from_latest_what_came_to_a_partition_never_read_while_its_owner_was_away_is_answered(
+    procs: list[Proc], tmp_path: Path, bootstrap: str, config: dict[str, Any]
+) -> None:
+    """`--start-from latest`: partitions 2 and 3 get no request before the instance stops; what is
+    sent to every partition while it is away is answered when it is back. Their start was never
+    committed (nothing read), and the restart's `latest` skipped it all (a failover review)."""
+    prefix = f"l{uuid.uuid4().hex[:10]}."
+    topics = Topics.from_prefix(prefix)
+    ensure_topics(config, topics, partitions=4)
+    champion(procs, tmp_path, bootstrap, prefix)
+    rendezvous = serve(procs, tmp_path, "rendezvous", bootstrap, prefix, "--instance", "rdv-0",
+                       "--start-from", "latest")
+    producer, requests_codec, rows = Producer(config), codec("request"), demo_rows(40, seed=8)
+
+    def send(tag: str, partitions: range) -> list[str]:
+        ids = [f"{tag}-{p}-{i}" for p in partitions for i in range(10)]
+        for n, rid in enumerate(ids):
+            record = make_request(rows[n % len(rows)], budget_ms=60_000, reply_topic=None, reply_partition=None,
+                                  request_id=rid)
+            producer.produce(topics.requests, requests_codec.encode(record), key=rid, partition=int(rid.split("-")[1]))
+        producer.flush(30)
+        return ids
+
+    def answered() -> set[str]:
+        return {msg.key().decode() for msg in read_topic(config, topics.answers, expect=0, timeout=30)}
+
+    warm_up = send("warm", range(2))
+    until(lambda: set(warm_up) <= answered(), 60, "the warm-up answered")
+    rendezvous.stop()
+    away = send("away", range(4))
+    rendezvous.start()
+    until(lambda: set(away) <= answered(), 90, "every request sent while it was away answered")

@@ -12,6 +12,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, TopicPartition
 from services.core.topic_range import PartitionSpan
 from services.rendezvous import takeover as takeover_module
 from services.rendezvous.join import Join
+from services.rendezvous.offsets import OffsetBook
 from services.rendezvous.recovery import OpenTransaction, _refuse_open_transactions
 from services.rendezvous.settings import RendezvousSettings
 from services.rendezvous.takeover import Takeover
@@ -33,12 +34,22 @@ def test_a_committed_partition_starts_at_its_committed_offset_with_its_leader_ep
     assert starts("latest", [with_epoch, without]) == [("rdv.requests", 0, 1200, 3), ("rdv.scores", 0, 3400, None)]
 
 
-def test_an_uncommitted_partition_starts_at_the_beginning_for_earliest_and_is_left_alone_for_latest() -> None:
+def test_an_uncommitted_partition_starts_at_the_beginning_for_earliest_and_at_its_end_when_assigned_for_latest(
+) -> None:
     never = TopicPartition("rdv.requests", 1, OFFSET_INVALID)
     assert starts("earliest", [never]) == [("rdv.requests", 1, OFFSET_BEGINNING, None)]
-    # "latest" is the end the consumer found when the partition was assigned: the end now would
-    # skip whatever arrived during recovery.
+    # Its end is unknown (not read at the assignment): left to the consumer.
     assert starts("latest", [never]) == []
+    # "latest" is the end when the partition was assigned (the end now would skip what arrived
+    # during recovery), and it is a position to commit before anything is read from it: never
+    # committed, a partition that had no record yet made the next owner skip what came meanwhile.
+    book = OffsetBook()
+    assigned = Takeover(RendezvousSettings(start_from="latest"), cast(Join, None), book.start_at)
+    assigned._ends_when_assigned[("rdv.requests", 1)] = 42
+    assert [(tp.topic, tp.partition, tp.offset) for tp in assigned._starts([never])] == [("rdv.requests", 1, 42)]
+    assert [(tp.topic, tp.partition, tp.offset) for tp in book.to_commit()] == [("rdv.requests", 1, 42)]
+    book.track("rdv.requests", 1, 42, None)  # read from there on: the position moves as before
+    assert [tp.offset for tp in book.to_commit()] == [43]
 
 
 def test_recovery_refuses_to_scan_a_partition_whose_stable_end_is_short_of_what_was_written() -> None:
