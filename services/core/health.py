@@ -108,6 +108,9 @@ def _handler(readiness: Readiness, liveness: Readiness) -> type[BaseHTTPRequestH
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path.startswith("/metrics"):
+                # Each scrape says whether the service is ready (the gauge moved only when
+                # something asked /readyz: where nothing probes, as under Compose, it stayed 0).
+                READY.set(1 if readiness()[0] else 0)
                 self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
             elif self.path.startswith("/healthz"):
                 alive, reason = liveness()

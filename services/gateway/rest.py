@@ -130,6 +130,7 @@ class RestApi:
         return PlainTextResponse(reason + "\n", 200 if ready else 503)
 
     async def metrics(self, _request: Request) -> Response:
+        READY.set(1 if self.gateway.readiness()[0] else 0)  # as every service: each scrape says it
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     async def server_metadata(self, request: Request) -> Response:
