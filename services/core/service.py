@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import KafkaException, Message, TopicPartition
 
 from services.core.commits import AtLeastOnce, CommitLane, Committer, ExactlyOnce, TransactionAborted
 from services.core.errors import ConfigError, ConsumerFenced, KafkaOperationError
@@ -345,6 +345,8 @@ class StreamService:
         self._assigned = True
         self.health.mark_up()  # the group coordinator answered
         assert self.ctx is not None
+        if isinstance(self.handler, SimpleHandler) and self.spec.consumer_config.get("auto.offset.reset") == "latest":
+            partitions = _latest_starts(self.ctx.consumer, partitions)
         # Assigned here, not after the callback returns, so the handler can pause or reposition
         # them before a single record of theirs is fetched.
         self.ctx.consumer.assign(partitions)
@@ -433,6 +435,27 @@ class Probed:
         return self.service.liveness()
 
 
+def _latest_starts(consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
+    """`partitions`, those without a committed offset started at their end now, explicitly, so
+    that the handler commits that start before anything is read (`SimpleHandler.on_assigned`).
+    Left to `auto.offset.reset=latest`, such a partition (one that had no record yet) was never
+    committed, and whatever came to it while the service was away was skipped by its next start
+    (a failover review found it in the rendezvous, which does the same in its takeover)."""
+    try:
+        committed = consumer.committed(partitions, timeout=10)
+        starts = []
+        for tp in committed:
+            if tp.offset >= 0:
+                starts.append(TopicPartition(tp.topic, tp.partition))  # the consumer resumes there itself
+            else:
+                _low, high = consumer.native.get_watermark_offsets(tp, timeout=10, cached=False)
+                starts.append(TopicPartition(tp.topic, tp.partition, high))
+        return starts
+    except KafkaException as exc:
+        log.warning("cannot read where partitions start (%s): leaving it to auto.offset.reset", exc)
+        return partitions
+
+
 def still_owned(messages: list[Message], owned: Mapping[tuple[str, int], Any]) -> list[Message]:
     """The records of `messages` whose partition is in `owned` ((topic, partition) keys)."""
     return [msg for msg in messages if (msg.topic() or "", msg.partition() or 0) in owned]
@@ -464,6 +487,13 @@ class Positions:
 
     def finished(self) -> list[TopicPartition]:
         return [TopicPartition(t, p, o) for (t, p), o in self._next.items() if self._committed.get((t, p)) != o]
+
+    def knows(self, tp: TopicPartition) -> bool:
+        return (tp.topic, tp.partition) in self._next
+
+    def start_at(self, tp: TopicPartition) -> None:
+        """A partition's position before anything is read from it (committed like any other)."""
+        self._next.setdefault((tp.topic, tp.partition), tp.offset)
 
     def committed(self, offsets: list[TopicPartition]) -> None:
         for tp in offsets:
@@ -499,7 +529,9 @@ class SimpleHandler:
         self.positions.committed(offsets)
 
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
-        return None
+        for tp in partitions:  # started at an offset of the skeleton's choosing (_latest_starts)
+            if tp.offset >= 0:
+                self.positions.start_at(tp)
 
     def on_released(self, partitions: list[TopicPartition], lost: bool) -> None:
         self.positions.forget(partitions)

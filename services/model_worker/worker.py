@@ -312,15 +312,20 @@ class ModelWorker(SimpleHandler, Probed):
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
         start_ms = self.settings.start_at_ms(now_ms())
         if start_ms is not None and partitions and self.ctx is not None:
-            for attempt in range(1, CATCH_UP_TRIES + 1):
-                try:
-                    self._start_new_partitions_at(self.ctx.consumer.native, partitions, start_ms)
-                    return
-                except KafkaException as exc:  # raised here, it would end the worker in its poll
-                    log.warning("catch-up start for %s not found (try %d of %d): %s", self.name, attempt,
-                                CATCH_UP_TRIES, exc)
-            log.error("model %s: partitions %s start where the group left off or at auto.offset.reset, not at "
-                      "--start-at: the broker did not answer", self.name, sorted(tp.partition for tp in partitions))
+            self._catch_up(partitions, start_ms)
+        super().on_assigned(partitions)  # where each partition starts now, to be committed
+
+    def _catch_up(self, partitions: list[TopicPartition], start_ms: int) -> None:
+        assert self.ctx is not None
+        for attempt in range(1, CATCH_UP_TRIES + 1):
+            try:
+                self._start_new_partitions_at(self.ctx.consumer.native, partitions, start_ms)
+                return
+            except KafkaException as exc:  # raised here, it would end the worker in its poll
+                log.warning("catch-up start for %s not found (try %d of %d): %s", self.name, attempt,
+                            CATCH_UP_TRIES, exc)
+        log.error("model %s: partitions %s start where the group left off or at auto.offset.reset, not at "
+                  "--start-at: the broker did not answer", self.name, sorted(tp.partition for tp in partitions))
 
     def _start_new_partitions_at(self, consumer: Any, partitions: list[TopicPartition], start_ms: int) -> None:
         """Catch-up: partitions this group never committed start at `start_ms`, not at the end."""

@@ -32,6 +32,8 @@ from services.core.codec import codec
 from services.core.kafka import reader
 from services.core.settings import Topics
 from services.model_worker.models import demo_rows
+from services.model_worker.settings import model_group
+from services.rendezvous.recovery import committed_offsets
 from tests.faults.procs import Proc, until
 from tests.integration.harness import PacedSender, read_topic
 
@@ -336,3 +338,46 @@ def test_with_start_from_latest_what_came_to_a_partition_never_read_while_its_ow
     away = send("away", range(4))
     rendezvous.start()
     until(lambda: set(away) <= answered(), 90, "every request sent while it was away answered")
+
+
+def test_a_model_worker_with_start_from_latest_scores_what_came_to_a_partition_never_read_while_it_was_away(
+    procs: list[Proc], tmp_path: Path, bootstrap: str, config: dict[str, Any]
+) -> None:
+    """The skeleton's services (model workers, the decoy, the comparison) had the rendezvous'
+    fault: a partition nothing was read from was never committed, so with `--start-from latest`
+    a restart skipped whatever came to it meanwhile (here: requests never scored)."""
+    prefix = f"w{uuid.uuid4().hex[:10]}."
+    topics = Topics.from_prefix(prefix)
+    ensure_topics(config, topics, partitions=4)
+    worker = Proc(["model", "serve", "--bootstrap", bootstrap, "--topic-prefix", prefix, "--model", "demo:champion",
+                   "--start-from", "latest", "--instance", "w-0"], tmp_path / "champion.log")
+    procs.append(worker)
+    worker.start()
+    producer, requests_codec, rows = Producer(config), codec("request"), demo_rows(40, seed=9)
+
+    def send(tag: str, partitions: range) -> list[str]:
+        ids = [f"{tag}-{p}-{i}" for p in partitions for i in range(10)]
+        for n, rid in enumerate(ids):
+            record = make_request(rows[n % len(rows)], budget_ms=60_000, reply_topic=None, reply_partition=None,
+                                  request_id=rid)
+            producer.produce(topics.requests, requests_codec.encode(record), key=rid, partition=int(rid.split("-")[1]))
+        producer.flush(30)
+        return ids
+
+    def scored() -> set[str]:
+        return {record["request_id"] for record in read_topic(config, topics.scores, expect=0, timeout=30,
+                                                              decode="score")}
+
+    def committed() -> list[int]:
+        partitions = [TopicPartition(topics.requests, p) for p in range(4)]
+        return [tp.offset for tp in committed_offsets(config, model_group(prefix, ["champion"]), partitions,
+                                                          stable=True)]
+
+    # Where `latest` started each partition is committed before anything is read from it.
+    until(lambda: min(committed()) >= 0, 60, "a committed start on every partition")
+    warm_up = send("warm", range(2))
+    until(lambda: set(warm_up) <= scored(), 60, "the warm-up scored")
+    worker.stop()
+    away = send("away", range(4))
+    worker.start()
+    until(lambda: set(away) <= scored(), 90, "every request sent while the worker was away scored")

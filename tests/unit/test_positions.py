@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from confluent_kafka import Message
+from confluent_kafka import Message, TopicPartition
 
 from services.core.service import Positions, still_owned
 
@@ -39,3 +39,15 @@ def test_records_of_partitions_released_during_a_poll_are_left_to_their_next_own
     messages = batch(("log", 0, range(0, 3)), ("log", 1, range(0, 2)), ("other", 0, range(5, 6)))
     kept = still_owned(messages, {("log", 1): None, ("other", 0): None})
     assert [(m.topic(), m.partition(), m.offset()) for m in kept] == [("log", 1, 0), ("log", 1, 1), ("other", 0, 5)]
+
+
+def test_a_partition_nothing_was_read_from_is_committed_where_it_starts_until_records_move_it() -> None:
+    positions = Positions()
+    start = TopicPartition("requests", 2, 40)
+    assert not positions.knows(start)
+    positions.start_at(start)
+    assert positions.knows(start)
+    assert [(tp.partition, tp.offset) for tp in positions.finished()] == [(2, 40)]
+    positions.start_at(TopicPartition("requests", 2, 99))  # known: a later start does not move it
+    positions.advance(batch(("requests", 2, range(40, 45))))
+    assert [(tp.partition, tp.offset) for tp in positions.finished()] == [(2, 45)]
