@@ -172,6 +172,22 @@ def verdict(config: dict[str, Any], topics: Topics, requests: Requests, replies:
     )
 
 
+def send_to_partitions(
+    config: dict[str, Any], topics: Topics, tag: str, partitions: range, each: int = 10
+) -> list[str]:
+    """`each` requests (no return address) to each of `partitions`, ids `<tag>-<partition>-<i>`."""
+    producer, requests_codec, rows = Producer(config), codec("request"), demo_rows(each, seed=8)
+    ids = []
+    for partition in partitions:
+        for i in range(each):
+            rid = f"{tag}-{partition}-{i}"
+            record = make_request(rows[i], budget_ms=60_000, reply_topic=None, reply_partition=None, request_id=rid)
+            producer.produce(topics.requests, requests_codec.encode(record), key=rid, partition=partition)
+            ids.append(rid)
+    producer.flush(30)
+    return ids
+
+
 @pytest.fixture
 def procs() -> Iterator[list[Proc]]:
     started: list[Proc] = []
@@ -318,24 +334,14 @@ def test_with_start_from_latest_what_came_to_a_partition_never_read_while_its_ow
     champion(procs, tmp_path, bootstrap, prefix)
     rendezvous = serve(procs, tmp_path, "rendezvous", bootstrap, prefix, "--instance", "rdv-0",
                        "--start-from", "latest")
-    producer, requests_codec, rows = Producer(config), codec("request"), demo_rows(40, seed=8)
-
-    def send(tag: str, partitions: range) -> list[str]:
-        ids = [f"{tag}-{p}-{i}" for p in partitions for i in range(10)]
-        for n, rid in enumerate(ids):
-            record = make_request(rows[n % len(rows)], budget_ms=60_000, reply_topic=None, reply_partition=None,
-                                  request_id=rid)
-            producer.produce(topics.requests, requests_codec.encode(record), key=rid, partition=int(rid.split("-")[1]))
-        producer.flush(30)
-        return ids
 
     def answered() -> set[str]:
         return {msg.key().decode() for msg in read_topic(config, topics.answers, expect=0, timeout=30)}
 
-    warm_up = send("warm", range(2))
+    warm_up = send_to_partitions(config, topics, "warm", range(2))
     until(lambda: set(warm_up) <= answered(), 60, "the warm-up answered")
     rendezvous.stop()
-    away = send("away", range(4))
+    away = send_to_partitions(config, topics, "away", range(4))
     rendezvous.start()
     until(lambda: set(away) <= answered(), 90, "every request sent while it was away answered")
 
@@ -353,16 +359,6 @@ def test_a_model_worker_with_start_from_latest_scores_what_came_to_a_partition_n
                    "--start-from", "latest", "--instance", "w-0"], tmp_path / "champion.log")
     procs.append(worker)
     worker.start()
-    producer, requests_codec, rows = Producer(config), codec("request"), demo_rows(40, seed=9)
-
-    def send(tag: str, partitions: range) -> list[str]:
-        ids = [f"{tag}-{p}-{i}" for p in partitions for i in range(10)]
-        for n, rid in enumerate(ids):
-            record = make_request(rows[n % len(rows)], budget_ms=60_000, reply_topic=None, reply_partition=None,
-                                  request_id=rid)
-            producer.produce(topics.requests, requests_codec.encode(record), key=rid, partition=int(rid.split("-")[1]))
-        producer.flush(30)
-        return ids
 
     def scored() -> set[str]:
         return {record["request_id"] for record in read_topic(config, topics.scores, expect=0, timeout=30,
@@ -375,9 +371,9 @@ def test_a_model_worker_with_start_from_latest_scores_what_came_to_a_partition_n
 
     # Where `latest` started each partition is committed before anything is read from it.
     until(lambda: min(committed()) >= 0, 60, "a committed start on every partition")
-    warm_up = send("warm", range(2))
+    warm_up = send_to_partitions(config, topics, "warm", range(2))
     until(lambda: set(warm_up) <= scored(), 60, "the warm-up scored")
     worker.stop()
-    away = send("away", range(4))
+    away = send_to_partitions(config, topics, "away", range(4))
     worker.start()
     until(lambda: set(away) <= scored(), 90, "every request sent while the worker was away scored")

@@ -11,19 +11,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.integration.harness import wait_until
+
 PARENT = """
-import sys, time
+import os, signal, sys
 from pathlib import Path
 from services.cli.spawn import spawn
-child = spawn(["serve"], Path(sys.argv[1]), dict(__import__("os").environ))
+child = spawn(["serve"], Path(sys.argv[1]), dict(os.environ))
 print(child.pid, flush=True)
-time.sleep(600)  # the parent stays until the test kills it
+signal.pause()  # the parent stays until the test kills it
 """
 
 
@@ -33,14 +33,6 @@ def _gone(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return state == "Z"  # exited, waiting for its (new) parent to reap it
-
-
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout:.0f}s")
-        time.sleep(0.05)
 
 
 NO_BROKER = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "RDV_CONNECT_TIMEOUT_S": "300"}
@@ -57,7 +49,7 @@ def test_a_service_waiting_for_a_broker_stops_at_sigterm(tmp_path: Path) -> None
         service = subprocess.Popen([sys.executable, "-m", "services.cli.main", "serve"], stdout=out,
                                    stderr=subprocess.STDOUT, env=NO_BROKER, cwd=ROOT)
     try:
-        _wait(lambda: _started(log), 60, "the service did not start")
+        wait_until(lambda: _started(log), 60, "the service to start")
         service.terminate()
         assert service.wait(timeout=30) == 0
         assert "asked to stop while waiting for a Kafka broker at '127.0.0.1:1'" in log.read_text()
@@ -74,11 +66,11 @@ def test_a_service_the_demo_started_stops_when_the_demo_is_killed(tmp_path: Path
     try:
         assert parent.stdout is not None
         child = int(parent.stdout.readline())
-        _wait(lambda: _started(log), 60, "the child did not start")
+        wait_until(lambda: _started(log), 60, "the child to start")
         assert not _gone(child)
         parent.kill()
         parent.wait()
-        _wait(lambda: _gone(child), 30, "the child outlived its killed parent")
+        wait_until(lambda: _gone(child), 30, "the child to stop with its killed parent")
     finally:
         parent.kill()
         if child and not _gone(child):
