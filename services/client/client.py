@@ -106,8 +106,11 @@ def _checked_features(features: Mapping[str, float]) -> dict[str, float]:
         raise InvalidRequest(f"features must map names to numbers, got {type(features).__name__}")
     checked: dict[str, float] = {}
     for name, value in features.items():
-        if type(name) is not str or not name or not _utf8(name):
+        if type(name) is not str or not name or (not name.isascii() and not _utf8(name)):
             raise InvalidRequest(f"feature name {name!r:.80}: must be a non-empty string of text")
+        if type(value) is float:  # the common case, first: this runs for every feature of every request
+            checked[name] = value
+            continue
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise InvalidRequest(f"feature {name!r:.80}: {type(value).__name__} {value!r:.40} is not a number")
         try:
