@@ -32,7 +32,7 @@ from confluent_kafka import OFFSET_END, KafkaError, KafkaException, Message, Top
 from services.core.codec import codec
 from services.core.errors import BadInput, BrokerError, ConfigError, RecordTooLarge, RendezvousError
 from services.core.kafka import Consumer, Producer, groupless, partition_counts
-from services.core.requests import id_too_long
+from services.core.requests import id_too_long, request_problem
 from services.core.runtime import now_ms
 from services.core.settings import Topics
 
@@ -153,7 +153,7 @@ def make_request(
         raise InvalidRequest(f"budget_ms must be a positive number of milliseconds, got {budget_ms!r:.40}")
     if type(created) is not int or not 0 <= created <= MAX_LONG - budget_ms:
         raise InvalidRequest(f"created_at {created!r:.40} plus budget_ms {budget_ms} is no time in epoch ms")
-    return {
+    record = {
         "request_id": uuid.uuid4().hex if request_id is None else _checked_id(request_id),
         "created_at": created,
         "deadline": created + budget_ms,
@@ -162,6 +162,10 @@ def make_request(
         "payload": {"content_type": payload[0], "data": payload[1]} if payload else None,
         "metadata": dict(metadata or {}),
     }
+    problem = request_problem(record)  # what every service refuses (core/requests.py), refused here first
+    if problem is not None:
+        raise InvalidRequest(problem)
+    return record
 
 
 class Waiting(Future[Answer]):
@@ -304,6 +308,10 @@ class Client:
         future = Waiting(record["request_id"])
         rid = record["request_id"]
         with self._lock:
+            # Under the lock `close` takes: a waiter added after it failed the others would wait
+            # out its timeout, its request sent by a closed producer.
+            if self._stop.is_set():
+                raise ClosedClient(f"this client {self.stopped}")
             # Checked under the lock the revoke takes: a partition that moved since it was picked
             # would leave this waiter to wait out its deadline, failed by no one.
             if partition not in self._owned:
@@ -339,7 +347,12 @@ class Client:
         """Send a batch, then wait for every answer (in input order)."""
         futures = [self.submit(row, **kwargs) for row in rows]
         self._producer.flush()
-        return [self._wait(f) for f in futures]
+        try:
+            return [self._wait(f) for f in futures]
+        except AnswerTimeout:
+            for future in futures:  # the ones not waited for yet leave no waiter behind either
+                self._give_up(future)
+            raise
 
     async def ascore(self, features: Mapping[str, float], **kwargs: Any) -> Answer:
         """asyncio form of `score`."""
@@ -456,10 +469,11 @@ class Client:
     def close(self) -> None:
         """Stop: requests still waiting fail with `ClosedClient` (their callers would wait out
         their timeout for an answer no one reads), and no request is sent after this. Once."""
-        if self._stop.is_set():
-            return
-        self.stopped = "is closed"
-        self._stop.set()
+        with self._lock:
+            if self._stop.is_set():
+                return
+            self.stopped = "is closed"
+            self._stop.set()
         self._reader.join(timeout=5)
         self._fail_all(ClosedClient("the client was closed before this request was answered"))
         self._producer.close()

@@ -43,8 +43,8 @@ def test_garbage_and_wrong_schema_are_dead_lettered_while_good_requests_flow(
         # An empty id: the client refuses to send one; another producer may.
         b"no-id": (requests.encode({**make_request(demo_rows(1)[0], budget_ms=100, reply_topic=None,
                                                    reply_partition=None), "request_id": ""}), "DecodeFailed"),
-        b"empty": (requests.encode(make_request({}, budget_ms=100, reply_topic=None, reply_partition=None)),
-                   "DecodeFailed"),
+        b"empty": (requests.encode({**make_request(demo_rows(1)[0], budget_ms=100, reply_topic=None,
+                                                   reply_partition=None), "features": {}}), "DecodeFailed"),
         b"null": (None, "DecodeFailed"),
     }
     producer = Producer(config)

@@ -81,7 +81,9 @@ def test_a_request_with_neither_features_nor_payload_is_never_scored(
     for name in ("champion", "challenger"):
         services.worker(bootstrap, prefix, f"demo:{name}")
     skipped_before = _skipped_by_workers(topics.requests)
-    empty = make_request({}, budget_ms=5_000, reply_topic=None, reply_partition=None, request_id="empty-1")
+    # No features: the client refuses to send it; another producer may.
+    empty = {**make_request({"x": 1.0}, budget_ms=5_000, reply_topic=None, reply_partition=None,
+                            request_id="empty-1"), "features": {}}
     producer = Producer(config)
     producer.produce(topics.requests, codec("request").encode(empty), key=b"empty-1")
     assert producer.flush(30) == 0

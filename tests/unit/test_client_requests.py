@@ -47,6 +47,8 @@ def test_a_feature_that_is_not_a_named_number_is_refused(features: Any, refusal:
     ({"budget_ms": 2**63}, f"created_at {0} plus budget_ms {2**63} is no time in epoch ms"),
     ({"created_at": 2**63 - 10}, f"created_at {2**63 - 10} plus budget_ms 200 is no time in epoch ms"),
     ({"created_at": -1}, "created_at -1 plus budget_ms 200 is no time in epoch ms"),
+    # What every service refuses (core/requests.py request_problem), refused before sending too.
+    ({"created_at": 0}, "created_at must be epoch milliseconds, got 0"),
 ])
 def test_an_id_budget_or_time_that_no_request_can_carry_is_refused(kwargs: dict[str, Any], refusal: str) -> None:
     if kwargs.get("budget_ms") == 2**63:
@@ -54,6 +56,12 @@ def test_an_id_budget_or_time_that_no_request_can_carry_is_refused(kwargs: dict[
     with pytest.raises(InvalidRequest) as refused:
         request(**kwargs)
     assert str(refused.value) == refusal
+
+
+def test_a_request_without_features_or_payload_is_refused() -> None:
+    with pytest.raises(InvalidRequest, match=r"^request carries neither features nor a payload$"):
+        request({})
+    assert request({}, payload=("text/plain", b"x"))["features"] == {}
 
 
 def test_numbers_of_any_real_kind_are_sent_as_floats() -> None:

@@ -16,6 +16,7 @@ from services.core.settings import Topics
 def bare_client(owned: tuple[int, ...]) -> Client:
     client = Client.__new__(Client)  # the tables only: no Kafka client is made
     client._lock = threading.Lock()
+    client._stop = threading.Event()
     client._pending = {}
     client._answers = codec("answer")
     client._owned = owned

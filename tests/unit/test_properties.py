@@ -25,7 +25,7 @@ epoch_ms = st.integers(min_value=1, max_value=2**53)
 
 
 @FAST
-@given(features=st.dictionaries(names, finite, max_size=20), budget=st.integers(1, 10**7),
+@given(features=st.dictionaries(names, finite, min_size=1, max_size=20), budget=st.integers(1, 10**7),
        request_id=st.text(min_size=1, max_size=80), created=epoch_ms)
 def test_a_request_survives_the_wire_unchanged(
     features: dict[str, float], budget: int, request_id: str, created: int

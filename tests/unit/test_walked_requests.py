@@ -24,8 +24,10 @@ NAMES = tuple(demo_rows(1, seed=3)[0])
 
 
 def encoded(features: dict[str, float], **fields: Any) -> bytes:
-    record = make_request(features, budget_ms=200, reply_topic="replies", reply_partition=None, request_id="r-1")
-    return REQUESTS.encode({**record, **fields})
+    """A request as any producer may write it: the fields given replace a valid one's (the client
+    refuses to send, e.g., one without features)."""
+    record = make_request({"x": 1.0}, budget_ms=200, reply_topic="replies", reply_partition=None, request_id="r-1")
+    return REQUESTS.encode({**record, "features": dict(features), **fields})
 
 
 def prepared_usually(values: list[bytes], signature: Signature) -> np.ndarray:
