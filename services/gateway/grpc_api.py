@@ -147,10 +147,16 @@ def call_from(request: Any, max_rows: int, max_features: int) -> InferCall:
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
-    tensors = []
+    # Every input's header first: the shapes say what the data would cost before any is read.
+    budget = oip.ValueBudget(max_rows, max_features)
+    headers = []
     for index, item in enumerate(request.inputs):
-        name, datatype, shape = oip.check_header(item.name, item.datatype, list(item.shape), f"inputs[{index}]",
-                                                 max_rows, max_features)
+        header = oip.check_header(item.name, item.datatype, list(item.shape), f"inputs[{index}]", max_rows,
+                                  max_features)
+        budget.take(header[0], header[2])
+        headers.append(header)
+    tensors = []
+    for index, (item, (name, datatype, shape)) in enumerate(zip(request.inputs, headers, strict=True)):
         if raw:
             if item.HasField("contents"):
                 raise InvalidInput(f"input '{name}': data in both contents and raw_input_contents; send one")

@@ -109,6 +109,21 @@ def check_input_count(count: int, max_features: int) -> None:
         raise InvalidInput(f"{count} inputs in one call; at most {max_features} (one per feature)")
 
 
+class ValueBudget:
+    """The values a call's inputs may hold together, counted from their shapes before any data is
+    read: at most rows x features (several inputs of the largest shape each would pass one by one)."""
+
+    def __init__(self, max_rows: int, max_features: int) -> None:
+        self.left = max_rows * max_features
+        self.limit = self.left
+
+    def take(self, name: str, shape: tuple[int, ...]) -> None:
+        self.left -= elements(shape)
+        if self.left < 0:
+            raise InvalidInput(f"input '{name}': the inputs hold more than {self.limit:,} values in one call "
+                               "(rows x features)")
+
+
 def _short_shape(shape: Any) -> str:
     shown = repr(shape)
     return shown if len(shown) <= 60 else shown[:57] + "..."

@@ -220,9 +220,12 @@ def parse_call(body: bytes, binary_header: str | None, max_rows: int, max_featur
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInput("'inputs' must be a non-empty list of tensors")
     oip.check_input_count(len(inputs), max_features)
+    # Every input's header first: the shapes say what the data would cost before any is read.
+    budget = oip.ValueBudget(max_rows, max_features)
+    shapes = [_header(item, index, max_rows, max_features, budget) for index, item in enumerate(inputs)]
     tensors, used = [], 0
-    for index, item in enumerate(inputs):
-        tensor, size = _tensor(item, index, rest[used:], max_rows, max_features)
+    for item, shape in zip(inputs, shapes, strict=True):
+        tensor, size = _tensor(item, shape, rest[used:])
         tensors.append(tensor)
         used += size
     if used != len(rest):
@@ -247,12 +250,21 @@ def _outputs(value: Any) -> tuple[str, ...]:
     return oip.requested_outputs(o["name"] for o in value)
 
 
-def _tensor(item: Any, index: int, binary: memoryview, max_rows: int, max_features: int) -> tuple[Tensor, int]:
-    """One input tensor, and how many bytes of binary data it took."""
+def _header(
+    item: Any, index: int, max_rows: int, max_features: int, budget: oip.ValueBudget
+) -> tuple[str, str, tuple[int, ...]]:
+    """An input's name, datatype and shape, checked, its values taken from the call's budget."""
     if not isinstance(item, dict):
         raise InvalidInput(f"inputs[{index}] must be an object")
     name, datatype, shape = oip.check_header(item.get("name"), item.get("datatype"), item.get("shape"),
                                              f"inputs[{index}]", max_rows, max_features)
+    budget.take(name, shape)
+    return name, datatype, shape
+
+
+def _tensor(item: dict[str, Any], header: tuple[str, str, tuple[int, ...]], binary: memoryview) -> tuple[Tensor, int]:
+    """One input tensor, and how many bytes of binary data it took."""
+    name, datatype, shape = header
     params = item.get("parameters")
     params = {} if params is None else params
     if not isinstance(params, dict):

@@ -200,6 +200,10 @@ def _one_input(shape: list[int], data: Any = (), call_id: Any = "") -> bytes:
         (_one_input([1000, 8000], [0.5] * 10), "input 'a': 8000 features in one call; at most 1024"),
         (orjson.dumps({"inputs": [{"name": f"f{i}", "datatype": "FP64", "shape": [1], "data": [1]}
                                   for i in range(1025)]}), "1025 inputs in one call; at most 1024"),
+        # Several inputs of the largest shape each: together over rows x features.
+        (orjson.dumps({"inputs": [{"name": f"m{i}", "datatype": "INT8", "shape": [1000, 1024], "data": [1]}
+                                  for i in range(2)]}),
+         "input 'm1': the inputs hold more than 1,024,000 values in one call"),
     ],
 )
 def test_bodies_that_would_be_costly_to_read_are_refused_from_their_headers(body: bytes, message: str) -> None:
