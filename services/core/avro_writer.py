@@ -55,8 +55,9 @@ def _varint(n: int) -> bytes:
     rest = _HIGH_GROUPS.get(high)
     if rest is None:
         rest = _varint_loop(high)
-        if len(_HIGH_GROUPS) < HIGH_GROUPS_KEPT:
-            _HIGH_GROUPS[high] = rest
+        if len(_HIGH_GROUPS) >= HIGH_GROUPS_KEPT:
+            _HIGH_GROUPS.clear()  # full (after ~9 hours of timestamps, or other large longs): start over
+        _HIGH_GROUPS[high] = rest
     return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80)) + rest
 
 

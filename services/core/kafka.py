@@ -559,6 +559,13 @@ _FINAL_ERRORS = {
 }
 
 
+def partition_end(consumer: Any, tp: TopicPartition) -> int:
+    """The partition's end offset now, asked of the broker (a native consumer's; KafkaException
+    if it does not answer)."""
+    _low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+    return int(high)
+
+
 def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> Any:
     """Return cluster metadata once a broker answers; `BrokerUnavailable` after `timeout`
     (default: the command's --connect-timeout-s, see `set_connect_timeout`); `StoppedWaiting`

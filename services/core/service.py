@@ -36,7 +36,7 @@ from confluent_kafka import KafkaException, Message, TopicPartition
 from services.core.commits import AtLeastOnce, CommitLane, Committer, ExactlyOnce, TransactionAborted
 from services.core.errors import ConfigError, ConsumerFenced, KafkaOperationError
 from services.core.health import BrokerHealth
-from services.core.kafka import Consumer, Producer, topic_limits, wait_for_broker
+from services.core.kafka import Consumer, Producer, partition_end, topic_limits, wait_for_broker
 from services.core.runtime import tune_gc
 
 log = logging.getLogger(__name__)
@@ -437,7 +437,7 @@ class Probed:
 
 def _latest_starts(consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
     """`partitions`, those without a committed offset started at their end now, explicitly, so
-    that the handler commits that start before anything is read (`SimpleHandler.on_assigned`).
+    that the handler commits that start with its next commit, read or not (`SimpleHandler.on_assigned`).
     Left to `auto.offset.reset=latest`, such a partition (one that had no record yet) was never
     committed, and whatever came to it while the service was away was skipped by its next start
     (a failover review found it in the rendezvous, which does the same in its takeover)."""
@@ -448,8 +448,7 @@ def _latest_starts(consumer: Consumer, partitions: list[TopicPartition]) -> list
             if tp.offset >= 0:
                 starts.append(TopicPartition(tp.topic, tp.partition))  # the consumer resumes there itself
             else:
-                _low, high = consumer.native.get_watermark_offsets(tp, timeout=10, cached=False)
-                starts.append(TopicPartition(tp.topic, tp.partition, high))
+                starts.append(TopicPartition(tp.topic, tp.partition, partition_end(consumer.native, tp)))
         return starts
     except KafkaException as exc:
         log.warning("cannot read where partitions start (%s): leaving it to auto.offset.reset", exc)

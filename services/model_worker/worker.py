@@ -37,7 +37,7 @@ from prometheus_client import Counter, Histogram
 from services.core.codec import codec
 from services.core.deadletter import DeadLetters
 from services.core.errors import BadInput, ConfigError, DecodeFailed, RecordTooLarge
-from services.core.kafka import Producer, partition_counts
+from services.core.kafka import Producer, partition_counts, partition_end
 from services.core.metrics import DECODE_ERRORS, LATENCY_BUCKETS, child
 from services.core.model_info import ModelInfo, publish_model_info
 from services.core.requests import check_request
@@ -337,8 +337,9 @@ class ModelWorker(SimpleHandler, Probed):
         starts = {tp.partition: tp.offset for tp in consumer.offsets_for_times(fresh, timeout=15)}
         for tp in partitions:
             if tp.partition in starts:
-                # No record at or after start_ms: begin at the end (OFFSET_END = -1).
-                tp.offset = starts[tp.partition] if starts[tp.partition] >= 0 else -1
+                # No record at or after start_ms: begin at the end now, as an offset the worker
+                # commits (OFFSET_END would leave the partition uncommitted: see _latest_starts).
+                tp.offset = starts[tp.partition] if starts[tp.partition] >= 0 else partition_end(consumer, tp)
         consumer.assign(partitions)
         log.info("model %s catching up from %d on partitions %s", self.name, start_ms, sorted(starts))
 

@@ -19,6 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 
 from services.core.control_records import SEAL_HEADER
 from services.core.errors import RendezvousError
+from services.core.kafka import partition_end
 from services.core.service import Context
 from services.rendezvous import metrics as m
 from services.rendezvous.join import Join
@@ -68,7 +69,7 @@ class Takeover:
         self, settings: RendezvousSettings, join: Join, start_at: Callable[[str, int, int], None] = lambda *_: None
     ):
         """`start_at(topic, partition, offset)`: a partition of a `latest` group never read before
-        starts there, a position to commit before anything is read from it (see `_starts`)."""
+        starts there, a position committed with the next commit even if nothing is read (`_starts`)."""
         self.settings, self.join = settings, join
         self._start_at = start_at
         # (topic, partition) -> its end when assigned: where `latest` starts one never committed.
@@ -254,7 +255,8 @@ class Takeover:
     def _starts(self, committed: list[TopicPartition]) -> list[TopicPartition]:
         """Where each partition is read from: the committed offset recovery used, else where a new
         group starts. With `latest` that is the end when the partition was assigned (the end now
-        would skip what arrived during recovery), and it is committed before anything is read:
+        would skip what arrived during recovery), and it is committed with the next commit (within
+        one commit interval) whether or not anything was read:
         a partition that had no record yet was never committed, and whatever came to it while
         its owner was away was skipped by the next owner's `latest` (a failover review)."""
         starts = []
@@ -316,11 +318,9 @@ def _ends(ctx: Context, partitions: list[TopicPartition]) -> dict[tuple[str, int
     ends = {}
     for tp in partitions:
         try:
-            _low, high = ctx.consumer.native.get_watermark_offsets(tp, timeout=10, cached=False)
+            ends[(tp.topic, tp.partition)] = partition_end(ctx.consumer.native, tp)
         except KafkaException as exc:
             log.warning("cannot read the end of %s[%d] (%s): the consumer finds it", tp.topic, tp.partition, exc)
-            continue
-        ends[(tp.topic, tp.partition)] = int(high)
     return ends
 
 

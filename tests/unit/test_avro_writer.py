@@ -160,3 +160,19 @@ def test_a_union_with_null_second_writes_the_right_branch(value: str | None) -> 
     buf = io.BytesIO()
     schemaless_writer(buf, parse_plain(schema), {"u": value})
     assert encoder({"u": value}) == buf.getvalue()
+
+
+def test_varints_stay_right_and_cached_past_the_cache_of_high_bytes() -> None:
+    def reference(n: int) -> bytes:
+        out = bytearray()
+        while n >= 0x80:
+            out.append((n & 0x7F) | 0x80)
+            n >>= 7
+        out.append(n)
+        return bytes(out)
+
+    base = 1_796_000_000_000 << 1  # a zig-zagged epoch ms: a new high part every 16,384
+    values = [base + k * (1 << 14) + k % 100 for k in range(avro_writer.HIGH_GROUPS_KEPT + 50)]
+    assert [avro_writer._varint(n) for n in values] == [reference(n) for n in values]
+    assert values[-1] >> 14 in avro_writer._HIGH_GROUPS  # the newest is still kept once it was full
+    assert len(avro_writer._HIGH_GROUPS) <= avro_writer.HIGH_GROUPS_KEPT
