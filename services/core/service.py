@@ -345,14 +345,30 @@ class StreamService:
         self._assigned = True
         self.health.mark_up()  # the group coordinator answered
         assert self.ctx is not None
-        if isinstance(self.handler, SimpleHandler) and self.spec.consumer_config.get("auto.offset.reset") == "latest":
+        simple = isinstance(self.handler, SimpleHandler)
+        if simple and self.spec.consumer_config.get("auto.offset.reset") == "latest":
             partitions = _latest_starts(self.ctx.consumer, partitions)
         # Assigned here, not after the callback returns, so the handler can pause or reposition
         # them before a single record of theirs is fetched.
         self.ctx.consumer.assign(partitions)
         self._owned.update({(tp.topic, tp.partition): tp for tp in partitions})
         self.handler.on_assigned(partitions)
+        if simple and self.spec.processing != "exactly-once":
+            # Starts chosen here or by the handler (a worker's --start-at), as they are now.
+            self._commit_starts([tp for tp in partitions if tp.offset >= 0])
         self.ready.set()
+
+    def _commit_starts(self, starts: list[TopicPartition]) -> None:
+        """Commit where `_latest_starts` started partitions, now: with the next commit, a kill
+        within its interval would still skip what came meanwhile. Nothing of theirs is read yet,
+        so no commit of this service's can hold a later position for them."""
+        assert self.ctx is not None
+        try:
+            self.ctx.consumer.commit(starts)
+            self.handler.on_committed(starts)
+        except KafkaOperationError as err:
+            log.warning("%s: the start of %s is committed with the next commit (%s)", self.spec.name,
+                        sorted((tp.topic, tp.partition) for tp in starts), err)
 
     def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         log.info("%s revoked %s: committing finished work", self.spec.name,
