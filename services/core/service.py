@@ -453,7 +453,7 @@ class Probed:
 
 def _latest_starts(consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
     """`partitions`, those without a committed offset started at their end now, explicitly, so
-    that the handler commits that start with its next commit, read or not (`SimpleHandler.on_assigned`).
+    that the service commits that start at once (`StreamService._commit_starts`).
     Left to `auto.offset.reset=latest`, such a partition (one that had no record yet) was never
     committed, and whatever came to it while the service was away was skipped by its next start
     (a failover review found it in the rendezvous, which does the same in its takeover)."""
