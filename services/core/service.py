@@ -359,9 +359,10 @@ class StreamService:
         self.ready.set()
 
     def _commit_starts(self, starts: list[TopicPartition]) -> None:
-        """Commit where `_latest_starts` started partitions, now: with the next commit, a kill
-        within its interval would still skip what came meanwhile. Nothing of theirs is read yet,
-        so no commit of this service's can hold a later position for them."""
+        """Commit the starts of newly assigned partitions chosen at assignment (`_latest_starts`,
+        a worker's --start-at), now: with the next commit, a kill within its interval would still
+        skip what came meanwhile. Nothing of theirs is read yet, so no commit of this service's
+        can hold a later position for them."""
         assert self.ctx is not None
         try:
             self.ctx.consumer.commit(starts)
@@ -502,9 +503,6 @@ class Positions:
 
     def finished(self) -> list[TopicPartition]:
         return [TopicPartition(t, p, o) for (t, p), o in self._next.items() if self._committed.get((t, p)) != o]
-
-    def knows(self, tp: TopicPartition) -> bool:
-        return (tp.topic, tp.partition) in self._next
 
     def start_at(self, tp: TopicPartition) -> None:
         """A partition's position before anything is read from it (committed like any other)."""

@@ -36,6 +36,11 @@ class PartitionOffsets:
             self._pending.append((offset, owner, mark))
         self._next = offset + 1
 
+    def start_at(self, offset: int) -> None:
+        """Where reading starts, before anything is read (then records read move it)."""
+        if self._next < 0 and not self._pending:
+            self._next = offset
+
     def committable(self) -> tuple[int, str | None]:
         """Next offset to read after a restart (-1 if nothing was read), and its mark (None:
         nothing is in use, the caller's current mark applies)."""
@@ -83,8 +88,7 @@ class OffsetBook:
         part = self._parts.get((topic, partition))
         if part is None:
             part = self._parts[(topic, partition)] = PartitionOffsets()
-        if part.committable() == (-1, None):
-            part._next = offset
+        part.start_at(offset)
 
     def mark_committed(self, offsets: list[TopicPartition]) -> None:
         for tp in offsets:

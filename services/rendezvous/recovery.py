@@ -322,8 +322,7 @@ def _spans(probe: _NativeConsumer, topic: str, starts: Mapping[int, int | str]) 
         if start == END:
             offset = high
         elif isinstance(start, str):  # "ms:<epoch ms>": the first offset at or after that time
-            found = probe.offsets_for_times([TopicPartition(topic, partition, int(start[3:]))], timeout=15)[0]
-            offset = found.offset if found.offset >= 0 else high
+            offset = _offset_at(probe, topic, partition, int(start[3:]), high)
         else:
             offset = start
         spans.append(PartitionSpan(partition, max(low, min(offset, high)), high))

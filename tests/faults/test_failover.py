@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,6 +188,25 @@ def send_to_partitions(
     return ids
 
 
+def fresh_topics(config: dict[str, Any], tag: str, partitions: int) -> tuple[str, Topics]:
+    """A topic prefix of the test's own, every topic created with `partitions`."""
+    prefix = f"{tag}{uuid.uuid4().hex[:10]}."
+    topics = Topics.from_prefix(prefix)
+    ensure_topics(config, topics, partitions=partitions)
+    return prefix, topics
+
+
+def sent_while_away(service: Proc, config: dict[str, Any], topics: Topics, seen: Callable[[], set[str]]) -> None:
+    """Requests to partitions 0 and 1 only, seen; then `service` stopped, requests to all four
+    partitions, `service` started again: every one of those must be seen (`seen`: request ids)."""
+    warm_up = send_to_partitions(config, topics, "warm", range(2))
+    until(lambda: set(warm_up) <= seen(), 60, "the warm-up seen")
+    service.stop()
+    away = send_to_partitions(config, topics, "away", range(4))
+    service.start()
+    until(lambda: set(away) <= seen(), 90, "every request sent while the service was away seen")
+
+
 @pytest.fixture
 def procs() -> Iterator[list[Proc]]:
     started: list[Proc] = []
@@ -293,9 +312,7 @@ def test_a_retry_after_a_kill_gets_the_first_answer_again_not_a_second_decision(
     its scan of the answers topic. One partition, so 11,980 answers are newer than the oldest
     retried: over the scan's old cap of 10,000, under which each retry got a second decision,
     a second record on rdv.answers and rdv.log, and a different reply (a failover review)."""
-    prefix = f"r{uuid.uuid4().hex[:10]}."
-    topics = Topics.from_prefix(prefix)
-    ensure_topics(config, topics, partitions=1)
+    prefix, topics = fresh_topics(config, "r", 1)
     champion(procs, tmp_path, bootstrap, prefix)
     rendezvous = serve(procs, tmp_path, "rendezvous", bootstrap, prefix, "--instance", "rdv-0")
     replies = Replies(config, topics.replies).start()
@@ -328,9 +345,7 @@ def test_with_start_from_latest_what_came_to_a_partition_never_read_while_its_ow
     """`--start-from latest`: partitions 2 and 3 get no request before the instance stops; what is
     sent to every partition while it is away is answered when it is back. Their start was never
     committed (nothing read), and the restart's `latest` skipped it all (a failover review)."""
-    prefix = f"l{uuid.uuid4().hex[:10]}."
-    topics = Topics.from_prefix(prefix)
-    ensure_topics(config, topics, partitions=4)
+    prefix, topics = fresh_topics(config, "l", 4)
     champion(procs, tmp_path, bootstrap, prefix)
     rendezvous = serve(procs, tmp_path, "rendezvous", bootstrap, prefix, "--instance", "rdv-0",
                        "--start-from", "latest")
@@ -338,12 +353,7 @@ def test_with_start_from_latest_what_came_to_a_partition_never_read_while_its_ow
     def answered() -> set[str]:
         return {msg.key().decode() for msg in read_topic(config, topics.answers, expect=0, timeout=30)}
 
-    warm_up = send_to_partitions(config, topics, "warm", range(2))
-    until(lambda: set(warm_up) <= answered(), 60, "the warm-up answered")
-    rendezvous.stop()
-    away = send_to_partitions(config, topics, "away", range(4))
-    rendezvous.start()
-    until(lambda: set(away) <= answered(), 90, "every request sent while it was away answered")
+    sent_while_away(rendezvous, config, topics, answered)
 
 
 def test_a_model_worker_with_start_from_latest_scores_what_came_to_a_partition_never_read_while_it_was_away(
@@ -352,9 +362,7 @@ def test_a_model_worker_with_start_from_latest_scores_what_came_to_a_partition_n
     """The skeleton's services (model workers, the decoy, the comparison) had the rendezvous'
     fault: a partition nothing was read from was never committed, so with `--start-from latest`
     a restart skipped whatever came to it meanwhile (here: requests never scored)."""
-    prefix = f"w{uuid.uuid4().hex[:10]}."
-    topics = Topics.from_prefix(prefix)
-    ensure_topics(config, topics, partitions=4)
+    prefix, topics = fresh_topics(config, "w", 4)
     worker = Proc(["model", "serve", "--bootstrap", bootstrap, "--topic-prefix", prefix, "--model", "demo:champion",
                    "--start-from", "latest", "--instance", "w-0"], tmp_path / "champion.log")
     procs.append(worker)
@@ -371,9 +379,4 @@ def test_a_model_worker_with_start_from_latest_scores_what_came_to_a_partition_n
 
     # Where `latest` started each partition is committed before anything is read from it.
     until(lambda: min(committed()) >= 0, 60, "a committed start on every partition")
-    warm_up = send_to_partitions(config, topics, "warm", range(2))
-    until(lambda: set(warm_up) <= scored(), 60, "the warm-up scored")
-    worker.stop()
-    away = send_to_partitions(config, topics, "away", range(4))
-    worker.start()
-    until(lambda: set(away) <= scored(), 90, "every request sent while the worker was away scored")
+    sent_while_away(worker, config, topics, scored)

@@ -44,9 +44,8 @@ def test_records_of_partitions_released_during_a_poll_are_left_to_their_next_own
 def test_a_partition_nothing_was_read_from_is_committed_where_it_starts_until_records_move_it() -> None:
     positions = Positions()
     start = TopicPartition("requests", 2, 40)
-    assert not positions.knows(start)
+    assert positions.finished() == []
     positions.start_at(start)
-    assert positions.knows(start)
     assert [(tp.partition, tp.offset) for tp in positions.finished()] == [(2, 40)]
     positions.start_at(TopicPartition("requests", 2, 99))  # known: a later start does not move it
     positions.advance(batch(("requests", 2, range(40, 45))))
