@@ -92,6 +92,11 @@ class Context:
         self.spec, self.config, self.health = spec, config, health
         self.consumer, self.producer, self.outputs, self.stack = consumer, producer, lane, stack
         self.draining = False
+        self.commit_wanted = False  # commit on the loop's next pass, not after the commit interval
+
+    def commit_soon(self) -> None:
+        """Have the loop request a commit on its next pass (e.g. a start nothing read would commit)."""
+        self.commit_wanted = True
 
     def pause_topic(self, topic: str, pause: bool) -> None:
         partitions = [tp for tp in self.consumer.assignment() if tp.topic == topic]
@@ -254,7 +259,7 @@ class StreamService:
             handler.on_batch(messages)
             handler.on_tick()
             self._settle_commits()
-            if time.monotonic() - self._last_commit >= spec.commit_interval_ms / 1000.0:
+            if ctx.commit_wanted or time.monotonic() - self._last_commit >= spec.commit_interval_ms / 1000.0:
                 self._request_commit()
             if ctx.producer is not None:
                 ctx.producer.poll(0)
@@ -267,6 +272,7 @@ class StreamService:
         if lane.busy():
             return  # asked again on the next pass: commits run back to back when they take longer
         self._last_commit = time.monotonic()
+        self.ctx.commit_wanted = False
         offsets = self.handler.finished_offsets()
         # A transaction must also commit when only outputs were produced (e.g. answers to
         # requests whose offsets wait behind an older one): readers see them only then.

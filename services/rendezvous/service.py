@@ -97,13 +97,21 @@ class Rendezvous(Probed):
         self._answer_events = EventHeaders("Answer", self.topics.answers) if settings.cloudevents else None
         self._log_events = EventHeaders("Comparison", self.topics.log) if settings.cloudevents else None
         self._paused = False
-        self.takeover = Takeover(settings, self.join, self.offsets.start_at)
+        self.takeover = Takeover(settings, self.join, self._start_at)
         self._ctx: Context | None = None
         self._fast: Producer | None = None
         self._dead: DeadLetters | None = None
         self._replies: ReplyRouter | None = None
         # Replies decided during a batch, produced together at its end (`_send_replies`).
         self._outbox: list[tuple[str, int | None, bytes, bytes, Callable[[], None]]] = []
+
+    def _start_at(self, topic: str, partition: int, offset: int) -> None:
+        """A partition never committed starts at `offset` (latest's end when it was assigned),
+        committed by a transaction requested now, not after the commit interval: until it is,
+        a kill makes the next owner's `latest` skip what came meanwhile."""
+        self.offsets.start_at(topic, partition, offset)
+        if self._ctx is not None:
+            self._ctx.commit_soon()
 
     def _spec(self) -> StreamSpec:
         s, t = self.settings, self.topics

@@ -53,7 +53,7 @@ class RendezvousSettings(ServiceSettings):
     group: str = setting("", "Consumer group (default: <prefix>rendezvous); instances share it.")
     start_from: str = setting(
         "earliest", "Where a new consumer group starts: earliest or latest (a partition's end when first assigned, "
-        "committed within one commit interval, so what arrives while its owner is away is read by the next).",
+        "committed at once, so what arrives while its owner is away is read by the next).",
     )
     processing: str = setting(
         "exactly-once",

@@ -69,7 +69,7 @@ class Takeover:
         self, settings: RendezvousSettings, join: Join, start_at: Callable[[str, int, int], None] = lambda *_: None
     ):
         """`start_at(topic, partition, offset)`: a partition of a `latest` group never read before
-        starts there, a position committed with the next commit even if nothing is read (`_starts`)."""
+        starts there, a position to commit at once even if nothing is read (`_starts`)."""
         self.settings, self.join = settings, join
         self._start_at = start_at
         # (topic, partition) -> its end when assigned: where `latest` starts one never committed.
@@ -255,8 +255,8 @@ class Takeover:
     def _starts(self, committed: list[TopicPartition]) -> list[TopicPartition]:
         """Where each partition is read from: the committed offset recovery used, else where a new
         group starts. With `latest` that is the end when the partition was assigned (the end now
-        would skip what arrived during recovery), and it is committed with the next commit (within
-        one commit interval) whether or not anything was read:
+        would skip what arrived during recovery), and `start_at` has it committed at once (a
+        transaction requested on the loop's next pass) whether or not anything was read:
         a partition that had no record yet was never committed, and whatever came to it while
         its owner was away was skipped by the next owner's `latest` (a failover review)."""
         starts = []

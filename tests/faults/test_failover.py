@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewPartitions
 
 from services.cli.common import ensure_topics
 from services.client.client import make_request
@@ -354,6 +355,30 @@ def test_with_start_from_latest_what_came_to_a_partition_never_read_while_its_ow
         return {msg.key().decode() for msg in read_topic(config, topics.answers, expect=0, timeout=30)}
 
     sent_while_away(rendezvous, config, topics, answered)
+
+
+def test_with_start_from_latest_a_partition_assigned_later_has_its_start_committed_at_once(
+    procs: list[Proc], tmp_path: Path, bootstrap: str, config: dict[str, Any]
+) -> None:
+    """A partition never committed starts at its end when assigned; until that start is
+    committed, a kill makes the next owner's `latest` skip what came meanwhile. The first
+    assignment is committed on the loop's first pass; one that came later (here: partitions added
+    to the topics) waited for the next commit interval, an hour here."""
+    prefix, topics = fresh_topics(config, "c", 2)
+    serve(procs, tmp_path, "rendezvous", bootstrap, prefix, "--instance", "rdv-0", "--start-from", "latest",
+          "--commit-interval-ms", "3600000", "--kafka-config", "topic.metadata.refresh.interval.ms=500")
+
+    def committed(count: int) -> list[int]:
+        partitions = [TopicPartition(topics.requests, p) for p in range(count)]
+        return [tp.offset for tp in committed_offsets(config, f"{prefix}rendezvous", partitions, stable=True)]
+
+    until(lambda: min(committed(2)) >= 0, 60, "the first assignment's starts committed")
+    # Grown together, as docs/helm.md says: the outputs are co-partitioned with the requests.
+    grown = [NewPartitions(topic, 4) for topic in (topics.answers, topics.log, topics.requests, topics.scores)]
+    admin = AdminClient(config)  # kept: its futures fail once the client is collected
+    for future in admin.create_partitions(grown).values():
+        future.result(30)
+    until(lambda: min(committed(4)) >= 0, 60, "the added partitions' starts committed")
 
 
 def test_a_model_worker_with_start_from_latest_scores_what_came_to_a_partition_never_read_while_it_was_away(
