@@ -33,7 +33,7 @@ from prometheus_client import Histogram
 
 from services.core.errors import ConfigError, DeliveryFailed, KafkaOperationError, OutputsLost
 from services.core.health import BrokerHealth
-from services.core.kafka import CommitRejected, Consumer, Producer, refused_for_good
+from services.core.kafka import CommitRejected, Consumer, Producer, kafka_error, refused_for_good
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,6 @@ class Committer(Protocol):
     def finish(self, offsets: list[TopicPartition], wait: bool) -> None: ...
 
     def abort(self) -> None: ...
-
-
-def _kafka_error(exc: KafkaException) -> KafkaError | None:
-    err = exc.args[0] if exc.args else None
-    return err if isinstance(err, KafkaError) else None
 
 
 class _Base:
@@ -159,7 +154,7 @@ class ExactlyOnce(_Base):
                 self.txn.native.init_transactions(self.retry_s)
                 break
             except KafkaException as exc:
-                err = _kafka_error(exc)
+                err = kafka_error(exc)
                 if err is None or not err.retriable():
                     raise ConfigError(f"cannot start transactions: {exc}") from None
                 if self.stopping():
@@ -213,7 +208,7 @@ class ExactlyOnce(_Base):
             if outcome[0] is not None:
                 raise outcome[0]
         except KafkaException as exc:
-            err = _kafka_error(exc)
+            err = kafka_error(exc)
             if err is not None and err.fatal():
                 self._replace_producer(f"fatal transaction error: {err.str()}")
             self.on_wait(f"could not add offsets to the transaction ({exc}); aborting it")
@@ -249,7 +244,7 @@ class ExactlyOnce(_Base):
                     action()
                 return True
             except KafkaException as exc:
-                err = _kafka_error(exc)
+                err = kafka_error(exc)
                 if err is not None and err.fatal():
                     self._replace_producer(f"fatal transaction error: {err.str()}")
                 if err is not None and err.txn_requires_abort():
@@ -276,7 +271,7 @@ class ExactlyOnce(_Base):
                     self.txn.native.abort_transaction(self.retry_s)
                 break
             except KafkaException as exc:
-                err = _kafka_error(exc)
+                err = kafka_error(exc)
                 if err is not None and err.fatal():
                     self._replace_producer(f"fatal error while aborting: {err.str()}")
                 if err is None or not err.retriable():

@@ -153,6 +153,12 @@ def _delivery_failure(err: KafkaError, topic: str) -> DeliveryFailed:
     return DeliveryFailed(message, retriable=False)
 
 
+def kafka_error(exc: KafkaException) -> KafkaError | None:
+    """The KafkaError a confluent-kafka exception carries (None if it carries none)."""
+    err = exc.args[0] if exc.args else None
+    return err if isinstance(err, KafkaError) else None
+
+
 def refused_for_good(err: KafkaError, where: str) -> RefusedForGood | None:
     """The failure as `RefusedForGood` if the broker would refuse the same record again (e.g. a
     transaction failed by a record over its topic's limit), else None."""
@@ -601,7 +607,8 @@ def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> 
         try:
             return client.list_topics(timeout=min(step, max(0.1, deadline - time.monotonic())))
         except KafkaException as exc:
-            last = str(exc.args[0].str() if exc.args and isinstance(exc.args[0], KafkaError) else exc)
+            err = kafka_error(exc)
+            last = err.str() if err is not None else str(exc)
         client.poll(0)  # serves error_cb (and log lines) queued during the attempt
         if stop_requested():
             raise StoppedWaiting(f"asked to stop while waiting for a Kafka broker at {bootstrap!r}")

@@ -19,7 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 
 from services.core.control_records import SEAL_HEADER
 from services.core.errors import RendezvousError
-from services.core.kafka import partition_end
+from services.core.kafka import kafka_error, partition_end
 from services.core.service import Context
 from services.rendezvous import metrics as m
 from services.rendezvous.join import Join
@@ -154,7 +154,17 @@ class Takeover:
             return partitions
         except OpenTransaction:
             raise  # a RendezvousError too, but the broker is fine: the caller waits for it
-        except (KafkaException, RendezvousError) as exc:
+        except KafkaException as exc:
+            if _code_of(exc) == KafkaError._UNKNOWN_PARTITION:
+                # The broker is fine: requests grew and an output topic did not (yet).
+                log.warning("recovery of %s waits: an output partition it reads does not exist (%s); answers and "
+                            "log must have as many partitions as requests: grow them together (docs/helm.md)",
+                            sorted({tp.partition for tp in partitions}), exc)
+                return []
+            ctx.health.mark_down()
+            log.warning("recovery waiting for the broker: %s", exc)
+            return []
+        except RendezvousError as exc:
             ctx.health.mark_down()
             log.warning("recovery waiting for the broker: %s", exc)
             return []
@@ -283,7 +293,7 @@ class Takeover:
         try:
             return committed_offsets(ctx.config, group, partitions, stable=True)
         except KafkaException as exc:
-            if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError._TIMED_OUT:
+            if _code_of(exc) == KafkaError._TIMED_OUT:
                 self._unstable += 1
             raise
 
@@ -322,6 +332,11 @@ def _ends(ctx: Context, partitions: list[TopicPartition]) -> dict[tuple[str, int
         except KafkaException as exc:
             log.warning("cannot read the end of %s[%d] (%s): the consumer finds it", tp.topic, tp.partition, exc)
     return ends
+
+
+def _code_of(exc: KafkaException) -> int | None:
+    err = kafka_error(exc)
+    return err.code() if err is not None else None
 
 
 def _at(committed: TopicPartition) -> TopicPartition:

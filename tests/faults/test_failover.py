@@ -363,21 +363,29 @@ def test_with_start_from_latest_a_partition_assigned_later_has_its_start_committ
     """A partition never committed starts at its end when assigned; until that start is
     committed, a kill makes the next owner's `latest` skip what came meanwhile. The first
     assignment is committed on the loop's first pass; one that came later (here: partitions added
-    to the topics) waited for the next commit interval, an hour here."""
+    to the topics) waited for the next commit interval, an hour here. On the way: requests grown
+    before the outputs they are co-partitioned with is said as such, not as a broker away."""
     prefix, topics = fresh_topics(config, "c", 2)
-    serve(procs, tmp_path, "rendezvous", bootstrap, prefix, "--instance", "rdv-0", "--start-from", "latest",
-          "--commit-interval-ms", "3600000", "--kafka-config", "topic.metadata.refresh.interval.ms=500")
+    rendezvous = serve(procs, tmp_path, "rendezvous", bootstrap, prefix, "--instance", "rdv-0",
+                       "--start-from", "latest", "--commit-interval-ms", "3600000",
+                       "--kafka-config", "topic.metadata.refresh.interval.ms=500")
 
     def committed(count: int) -> list[int]:
         partitions = [TopicPartition(topics.requests, p) for p in range(count)]
         return [tp.offset for tp in committed_offsets(config, f"{prefix}rendezvous", partitions, stable=True)]
 
     until(lambda: min(committed(2)) >= 0, 60, "the first assignment's starts committed")
-    # Grown together, as docs/helm.md says: the outputs are co-partitioned with the requests.
-    grown = [NewPartitions(topic, 4) for topic in (topics.answers, topics.log, topics.requests, topics.scores)]
     admin = AdminClient(config)  # kept: its futures fail once the client is collected
-    for future in admin.create_partitions(grown).values():
-        future.result(30)
+
+    def grow(*names: str) -> None:
+        for future in admin.create_partitions([NewPartitions(name, 4) for name in names]).values():
+            future.result(30)
+
+    grow(topics.requests, topics.scores)
+    until(lambda: "answers and log must have as many partitions as requests" in rendezvous.tail(200), 60,
+          "the recovery of the added partitions saying why it waits")
+    assert "recovery waiting for the broker" not in rendezvous.tail(200)
+    grow(topics.answers, topics.log)
     until(lambda: min(committed(4)) >= 0, 60, "the added partitions' starts committed")
 
 
