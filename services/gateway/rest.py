@@ -34,7 +34,7 @@ from services.core.metrics import child
 from services.gateway import metrics as m
 from services.gateway import oip
 from services.gateway.engine import Gateway
-from services.gateway.errors import BodyTooLarge, ClientClosed, InvalidInput, status_of
+from services.gateway.errors import BodyTooLarge, ClientClosed, InvalidInput, UnsupportedMediaType, status_of
 from services.gateway.oip import InferCall, Tensor
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,10 @@ TIMEOUT_HEADER = "x-timeout-ms"
 BINARY_HEADER = "inference-header-content-length"
 SERVER_NAME = "rendezvous-serving"
 WHOLE = re.compile(r"[0-9]{1,15}")  # str.isdigit() takes '²' too, which int() refuses
+# The types a page on another site may send without the CORS consent this gateway never gives
+# ("CORS-safelisted"): refused, so no page a user visits can call a gateway that runs without
+# API keys on their machine or network. A body is read by what it holds otherwise (as Triton does).
+CROSS_SITE_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -154,12 +158,22 @@ class RestApi:
     async def infer(self, request: Request) -> Response:
         caller = self.gateway.admit(request.headers.get("authorization"))
         name, version = _name_version(request)
+        check_media_type(request.headers.get("content-type"))
         body = await _body(request, self.gateway.settings.max_body_bytes)
         s = self.gateway.settings
         call = parse_call(body, request.headers.get(BINARY_HEADER), s.max_rows, s.max_features)
         deadline = _header_ms(request.headers.get(TIMEOUT_HEADER))
         result = await self.gateway.infer(name, version, call, caller, (deadline,))
         return json_response(oip.rest_response(result))
+
+
+def check_media_type(content_type: str | None) -> None:
+    """Refuse a body labelled with a type any web page may send cross-site (CROSS_SITE_TYPES)."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type in CROSS_SITE_TYPES:
+        raise UnsupportedMediaType(
+            f"Content-Type {media_type} is not accepted (a page on any web site may send it): send the body as "
+            "application/json (curl: -H 'Content-Type: application/json'), or with no Content-Type")
 
 
 def _name_version(request: Request) -> tuple[str, str]:

@@ -93,7 +93,7 @@ class Stack:
 
 
 def curl(gateway: Gateway, method: str, path: str, body: bytes | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, str]:
+         headers: dict[str, str] | None = None, content_type: str = "application/json") -> tuple[int, str]:
     """`curl`, the real one: (status, body)."""
     args = [CURL, "-s", "-S", "-X", method, "-w", "\n%{http_code}", "--max-time", "30"]
     if gateway.tls:
@@ -101,7 +101,7 @@ def curl(gateway: Gateway, method: str, path: str, body: bytes | None = None,
     for key, value in (headers or {}).items():
         args += ["-H", f"{key}: {value}"]
     if body is not None:
-        args += ["-H", "Content-Type: application/json", "--data-binary", "@-"]
+        args += ["-H", f"Content-Type: {content_type}", "--data-binary", "@-"]
     done = subprocess.run([*args, gateway.url + path], input=body, capture_output=True, timeout=60, check=True)
     text, _, code = done.stdout.decode().rpartition("\n")
     return int(code), text
@@ -328,6 +328,22 @@ def test_malformed_input_is_400_invalid_argument_naming_the_problem(stack: Stack
     assert (status, text) == ("400", "input 'mean_area': 1 values for shape [2] (2 expected)")
     status, text = curl(stack.a, "POST", "/v2/models/default/infer", b"{oops")
     assert status == 400 and "the body is not valid JSON" in json.loads(text)["error"]
+
+
+def test_a_body_of_a_type_any_web_page_may_send_cross_site_is_415_counted(stack: Stack) -> None:
+    """text/plain and forms: any page may POST them to another site without the CORS consent the
+    gateway never gives. They were read as JSON, so a page a user visited could make calls to a
+    gateway running without API keys on their machine or network."""
+    body = json.dumps(rows_body(demo_rows(1, seed=16))).encode()
+    counted = ("rdv_gateway_rejected_total", (("protocol", "rest"), ("reason", "media_type")))
+    before = stack.a.metrics().get(counted, 0)
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "Multipart/Form-Data; boundary=x"):
+        status, text = curl(stack.a, "POST", "/v2/models/default/infer", body, content_type=kind)
+        assert status == 415 and "send the body as application/json" in json.loads(text)["error"], (kind, text)
+    assert stack.a.metrics().get(counted, 0) == before + 3
+    labelled = "application/json; charset=utf-8"
+    status, text = curl(stack.a, "POST", "/v2/models/default/infer", body, content_type=labelled)
+    assert status == 200, text
 
 
 def test_an_unparseable_or_outsized_grpc_call_is_invalid_argument_with_its_reason_counted(stack: Stack) -> None:

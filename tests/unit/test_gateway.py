@@ -31,6 +31,7 @@ from services.gateway.errors import (
     RateLimited,
     Unauthenticated,
     Unavailable,
+    UnsupportedMediaType,
     status_of,
 )
 from services.gateway.oip import (
@@ -44,7 +45,7 @@ from services.gateway.oip import (
     rows_of,
     timeout_ms,
 )
-from services.gateway.rest import _header_ms, parse_call
+from services.gateway.rest import _header_ms, check_media_type, parse_call
 from services.gateway.settings import GatewaySettings
 from services.gateway.signatures import FeatureSpec, FixedSignatures
 from services.gateway.ui import snapshot_from
@@ -254,6 +255,19 @@ def test_the_kafka_id_of_a_named_call_is_the_same_for_a_retry_and_differs_for_ot
                 _kafka_id("43", "team-a", rows)}) == 4
 
 
+@pytest.mark.parametrize("content_type", ["text/plain", "TEXT/PLAIN; charset=utf-8",
+                                          "application/x-www-form-urlencoded", " multipart/form-data; boundary=b"])
+def test_a_type_any_web_page_may_send_cross_site_is_refused(content_type: str) -> None:
+    with pytest.raises(UnsupportedMediaType, match="send the body as application/json"):
+        check_media_type(content_type)
+
+
+@pytest.mark.parametrize("content_type", [None, "", "application/json", "application/json; charset=utf-8",
+                                          "application/octet-stream"])
+def test_json_binary_and_unlabelled_bodies_are_read(content_type: str | None) -> None:
+    check_media_type(content_type)
+
+
 # -- one status table -------------------------------------------------------------------------------
 
 
@@ -265,6 +279,7 @@ def test_the_kafka_id_of_a_named_call_is_the_same_for_a_retry_and_differs_for_ot
         (Unauthenticated("x"), 401, grpc.StatusCode.UNAUTHENTICATED),
         (RateLimited("x"), 429, grpc.StatusCode.RESOURCE_EXHAUSTED),
         (BodyTooLarge("x"), 413, grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (UnsupportedMediaType("x"), 415, grpc.StatusCode.INVALID_ARGUMENT),
         (AnswerTimedOut("x"), 504, grpc.StatusCode.DEADLINE_EXCEEDED),
         (AnswerFailed("x"), 502, grpc.StatusCode.UNAVAILABLE),
         (Unavailable("x"), 503, grpc.StatusCode.UNAVAILABLE),
