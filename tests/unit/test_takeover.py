@@ -52,6 +52,50 @@ def test_an_uncommitted_partition_starts_at_the_beginning_for_earliest_and_at_it
     assert [tp.offset for tp in book.to_commit()] == [43]
 
 
+class _Ends:
+    """What the broker says a partition's end is (the consumer's watermark question)."""
+
+    def __init__(self, unreadable: tuple[str, int] | None = None) -> None:
+        self.unreadable, self.asked = unreadable, 0
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float, cached: bool) -> tuple[int, int]:
+        from confluent_kafka import KafkaError, KafkaException
+        self.asked += 1
+        if (tp.topic, tp.partition) == self.unreadable:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+        return 0, 100 + tp.partition
+
+
+def test_the_ends_read_at_assignment_are_the_latest_starts_until_their_partition_is_given_up() -> None:
+    """Takeover.add reads each new partition's end under `latest` (the start of one never
+    committed); a partition released before its recovery forgets it, and one whose end the broker
+    did not tell is left to the consumer."""
+    never = [TopicPartition(t, p, OFFSET_INVALID) for t in ("rdv.requests", "rdv.scores") for p in (0, 1)]
+
+    class Ctx:
+        consumer = _Consumer()
+        consumer.native = _Ends(unreadable=("rdv.scores", 1))  # type: ignore[attr-defined]
+
+    book = OffsetBook()
+    latest = Takeover(RendezvousSettings(start_from="latest"), cast(Join, None), book.start_at)
+    latest.add(Ctx(), [TopicPartition(tp.topic, tp.partition) for tp in never])  # type: ignore[arg-type]
+    latest.release([TopicPartition("rdv.requests", 1)])
+    assert [(tp.topic, tp.partition, tp.offset) for tp in latest._starts(never)] == [
+        ("rdv.requests", 0, 100), ("rdv.scores", 0, 100)]
+    assert sorted((tp.topic, tp.partition, tp.offset) for tp in book.to_commit()) == [
+        ("rdv.requests", 0, 100), ("rdv.scores", 0, 100)]
+    # Taken: a second recovery of the same partitions (another rebalance) reads their ends again.
+    assert latest._starts(never) == []
+
+    class EarliestCtx:
+        consumer = _Consumer()
+        consumer.native = _Ends()  # type: ignore[attr-defined]
+
+    earliest = Takeover(RendezvousSettings(start_from="earliest"), cast(Join, None))
+    earliest.add(EarliestCtx(), never)  # type: ignore[arg-type]
+    assert EarliestCtx.consumer.native.asked == 0  # type: ignore[attr-defined]
+
+
 def test_recovery_refuses_to_scan_a_partition_whose_stable_end_is_short_of_what_was_written() -> None:
     spans = {"rdv.answers": [PartitionSpan(0, 10, 20), PartitionSpan(1, 5, 5)], "rdv.log": [PartitionSpan(0, 3, 9)]}
     # Everything written is stable (or a partition was not asked: nothing is re-read there).
