@@ -230,7 +230,7 @@ class _Outputs:
 
     @property
     def usable(self) -> np.ndarray:
-        return ~self.error & ~np.isnan(self.score)
+        return ~self.error & np.isfinite(self.score)  # NaN: no score; infinite: no answer either
 
 
 @dataclass(frozen=True)

@@ -165,7 +165,7 @@ def _count(batch: DecodedBatch, out: Outputs, pairs: list[tuple[str, str]], met:
 
 def _met(batch: DecodedBatch, out: Outputs) -> np.ndarray:
     """Whether each output met its request's deadline (the one definition, services/stats/deadline.py)."""
-    return met_deadline_array(~out.error & out.scored, out.latency, (batch.deadline - batch.created_at)[out.row])
+    return met_deadline_array(~out.error & out.usable_score, out.latency, (batch.deadline - batch.created_at)[out.row])
 
 
 def _fill_references(out: Outputs, names: Names, references: References) -> None:

@@ -1,6 +1,6 @@
 """The one definition of "a model met the deadline" for a request.
 
-A model met the deadline when it gave a usable output — no error and a score — that reached
+A model met the deadline when it gave a usable output — no error and a finite score — that reached
 the rendezvous no later than the request's deadline. Its `latency_ms` in the comparison log is
 measured from the request's created_at, so "by the deadline" is `latency_ms <= budget_ms`
 where the budget is `deadline - created_at`. The live comparison service applies it record by
@@ -10,14 +10,17 @@ report does); a unit test holds the two to the same answers.
 
 from __future__ import annotations
 
+from math import isfinite
+
 import numpy as np
 
 
 def met_deadline(error: str | None, score: float | None, latency_ms: float, budget_ms: float) -> bool:
-    return error is None and score is not None and latency_ms <= budget_ms
+    # A NaN or infinite score is no answer (the rendezvous takes it for an error): never "met".
+    return error is None and score is not None and isfinite(score) and latency_ms <= budget_ms
 
 
 def met_deadline_array(usable: np.ndarray, latency_ms: np.ndarray, budget_ms: np.ndarray) -> np.ndarray:
-    """`met_deadline` over columns: `usable` = no error and a score."""
+    """`met_deadline` over columns: `usable` = no error and a finite score."""
     result: np.ndarray = usable & (latency_ms <= budget_ms)
     return result

@@ -223,6 +223,18 @@ def test_deadline_errors_lateness_and_pairs() -> None:
     assert totals.statuses == {"OK": 2}
 
 
+@pytest.mark.parametrize("score", [float("nan"), float("inf"), float("-inf")])
+def test_a_score_that_is_not_a_finite_number_never_met_the_deadline(score: float) -> None:
+    """The rendezvous takes such a score for an error; the live figures counted it as met (the
+    report did not): a forged or broken model looked 100% on time."""
+    assert not met_deadline(None, score, 10.0, 200.0)
+    window = SlidingWindow(bucket_ms=10_000, buckets=6)
+    window.add(record(BASE_MS, [output("champion", 0.9), output("broken", score, label="benign")]), "champion")
+    totals = window.view().totals
+    assert (totals.models["broken"].met, totals.models["broken"].missed) == (0, 1)
+    assert (totals.models["champion"].met, totals.models["champion"].missed) == (1, 0)
+
+
 def test_champion_is_the_chosen_model_of_the_latest_ok_answer_unless_overridden() -> None:
     tracker = ChampionTracker()
     assert tracker.current is None
