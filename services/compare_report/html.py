@@ -60,7 +60,10 @@ def write_html(report: Report, path: str | Path) -> Path:
 def render_html(report: Report) -> str:
     title = f"rendezvous compare: {report.source}" if report.source else "rendezvous compare"
     # Text stays text in the SVG (searchable, small); the browser supplies the font.
-    with matplotlib.rc_context({"svg.fonttype": "none", "font.size": 9, "axes.grid": True, "grid.alpha": 0.3}):
+    # parse_math off: model names and labels are data; a '$' in one was read as TeX (and a bad
+    # formula raised: no report at all).
+    with matplotlib.rc_context({"svg.fonttype": "none", "font.size": 9, "axes.grid": True, "grid.alpha": 0.3,
+                                "text.parse_math": False}):
         figures = "\n".join(_figures(report)) if report.records else '<p class="empty">no records in range</p>'
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
@@ -123,7 +126,7 @@ def _latency_cdf(ax: Axes, models: tuple[ModelSummary, ...], colors: dict[str, s
     for model in models:
         xs, ys = model.plots.latency_cdf
         if model.n:
-            ax.step(xs, ys, where="post", color=colors[model.name], label=model.name)
+            ax.step(xs, ys, where="post", color=colors[model.name], label=_legend(model.name))
     medians = [m.latency_ms["p50"] for m in models if m.n]
     tails = [m.latency_ms["p99"] for m in models if m.n]
     if medians and min(medians) > 0 and max(tails) / min(medians) > LOG_SCALE_SPREAD:
@@ -139,7 +142,7 @@ def _qq(ax: Axes, challengers: list[ModelSummary], colors: dict[str, str]) -> No
         if model.plots.qq is None:
             continue
         reference, values = model.plots.qq
-        ax.plot(reference, values, ".", color=colors[model.name], label=model.name, markersize=4)
+        ax.plot(reference, values, ".", color=colors[model.name], label=_legend(model.name), markersize=4)
         low, high = min(low, np.nanmin(reference), np.nanmin(values)), max(high, np.nanmax(reference),
                                                                           np.nanmax(values))  # fmt: skip
     if math.isfinite(low) and math.isfinite(high):
@@ -156,7 +159,7 @@ def _agreement(ax: Axes, report: Report, challengers: list[ModelSummary], colors
     for model in challengers:
         series = model.plots.agreement_over_time
         if series is not None:
-            ax.plot(times, series, marker=".", color=colors[model.name], label=model.name)
+            ax.plot(times, series, marker=".", color=colors[model.name], label=_legend(model.name))
     locator = AutoDateLocator()
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
@@ -180,6 +183,12 @@ def _confusion(ax: Axes, model: ModelSummary) -> None:
     peak = counts.max() if counts.size else 0
     for (i, j), count in np.ndenumerate(counts):
         ax.text(j, i, f"{count:,}", ha="center", va="center", color="white" if count > 0.6 * peak else "black")
+
+
+def _legend(name: str) -> str:
+    """A model's name as a legend entry: matplotlib leaves out entries whose label starts with
+    '_', so such a name gets a zero-width space in front."""
+    return "\u200b" + name if name.startswith("_") else name
 
 
 def _slug(name: str) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from services.compare_report.summary import LATENCY_QUANTILES, ModelSummary, Report
 from services.core.ranges import format_ms
@@ -42,14 +43,16 @@ COLUMNS: tuple[tuple[str, Callable[[ModelSummary], str]], ...] = (
 
 
 def build_table(report: Report) -> Table:
-    table = Table(title=f"rendezvous compare: {report.source}" if report.source else "rendezvous compare",
-                  caption=caption(report), caption_justify="left")  # fmt: skip
+    # Every text from the log as Text, never as a string rich reads markup in: a model named
+    # "[/bold]" raised (no table), one named "[link=...]x[/link]" showed as another name.
+    title = f"rendezvous compare: {report.source}" if report.source else "rendezvous compare"
+    table = Table(title=Text(title), caption=Text(caption(report)), caption_justify="left")
     table.add_column("model", no_wrap=True)
     for header, _ in COLUMNS:
         table.add_column(header, justify="left" if header == "version" else "right", no_wrap=True)
     for model in report.models:
-        name = f"[bold]{model.name}[/bold] ★" if model.champion else model.name
-        table.add_row(name, *(cell(model) for _, cell in COLUMNS))
+        name = Text.assemble((model.name, "bold"), " ★") if model.champion else Text(model.name)
+        table.add_row(name, *(Text(cell(model)) for _, cell in COLUMNS))
     return table
 
 
@@ -70,9 +73,9 @@ def print_report(report: Report, console: Console) -> None:
     """The table, or one clear line when the range holds no records."""
     if not report.records:
         where = f" ({report.source})" if report.source else ""
-        console.print(f"no records in range{where}")
+        console.print(Text(f"no records in range{where}"))
         for note in report.notes:
-            console.print(note)
+            console.print(Text(note))
         return
     console.print(build_table(report))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from html import escape as html_escape
 from html.parser import HTMLParser
 from itertools import pairwise
 from pathlib import Path
@@ -547,6 +548,31 @@ def test_split_balances_partitions() -> None:
     groups = split(spans, 2)
     assert sorted(sum(s.size for s in g) for g in groups) == [100, 110]
     assert split(spans[:1], 4) == [[spans[0]]]
+
+
+HOSTILE_NAMES = ("[/bold]", "[link=https://evil.example]click[/link]", "m$\\frac{$x", "_shadow")
+
+
+def renamed(records: list[dict[str, Any]], names: dict[str, str]) -> list[dict[str, Any]]:
+    return [{**r, "chosen_model": names.get(r["chosen_model"], r["chosen_model"]),
+             "outputs": [{**o, "model": names.get(o["model"], o["model"]),
+                               "label": "$\\notacommand$" if o["label"] == "yes" else o["label"]}
+                              for o in r["outputs"]]} for r in records]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_names_and_labels_from_the_log_are_shown_as_written_in_the_table_and_the_page(name: str) -> None:
+    """Names are data: rich read markup in them (a model "[/bold]" raised, no table; a link
+    showed another name) and matplotlib TeX (a '$' raised, no page; '_shadow' left the legends)."""
+    report = summarize_records(renamed(synthetic(400), {"challenger": name}))
+    console = Console(width=300, record=True)
+    print_report(report, console)
+    assert f"│ {name} " in console.export_text()
+    page = render_html(report)
+    assert html_escape(name) in page
+    if name.startswith("_"):
+        # A legend entry per plot that has one (latency CDF, quantiles, agreement over time).
+        assert page.count("\u200b" + name) >= 2
 
 
 def test_table_lists_every_model(report: Report) -> None:
