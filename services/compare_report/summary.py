@@ -98,8 +98,9 @@ def summarize(frame: Frame, champion: str | None = None, bucket_ms: int | None =
     """The report of accumulated columns; `extra` fills `source` / `notes`."""
     frame, left_out = plausible(frame, now_ms())
     if left_out:
-        extra["notes"] = (*extra.get("notes", ()), f"{left_out:,} records left out: created at no plausible time "
-                          f"(before {EARLIEST_YEAR} or more than a day ahead of this host's clock)")
+        extra["notes"] = (*extra.get("notes", ()), f"{left_out:,} records left out, as the live comparison leaves "
+                          f"them out: created at no plausible time (before {EARLIEST_YEAR} or more than a day ahead "
+                          "of this host's clock), a negative deadline, or a latency that is not a finite number")
     champion_code, source = _champion(frame, champion)
     first, last = (int(frame.created_at.min()), int(frame.created_at.max())) if frame.records else (None, None)
     bucket = _bucket_ms(first, last, bucket_ms)
@@ -125,9 +126,14 @@ _AHEAD_MS = 86_400_000
 
 
 def plausible(frame: Frame, now: int) -> tuple[Frame, int]:
-    """The frame without records created at no plausible time, and how many those were; scores
-    that are not finite (no model's score is bounded) count as not scored."""
-    keep = (frame.created_at >= _EARLIEST_MS) & (frame.created_at <= now + _AHEAD_MS)
+    """The frame without the records the live comparison service refuses (created at no
+    plausible time, a negative deadline, an output whose latency is not a finite number), and
+    how many those were; scores that are not finite (no model's score is bounded) count as not
+    scored. The same log gives the same figures here and live."""
+    keep = (frame.created_at >= _EARLIEST_MS) & (frame.created_at <= now + _AHEAD_MS) & (frame.deadline >= 0)
+    broken_latency = ~np.isfinite(frame.latency_ms)
+    if broken_latency.any():
+        keep &= np.bincount(frame.row[broken_latency], minlength=frame.records) == 0
     score = np.where(np.isinf(frame.score), np.nan, frame.score) if np.isinf(frame.score).any() else frame.score
     if keep.all():
         return (frame if score is frame.score else replace(frame, score=score)), 0
@@ -203,7 +209,7 @@ class _Reference:
         label = np.full(frame.records, -1, dtype=np.int64)
         if code is None:
             return cls(None, score, label, np.zeros(0))
-        mask = frame.model == code
+        mask = (frame.model == code) & ~frame.error  # an error output is no answer to compare with
         rows = frame.row[mask]
         score[rows] = frame.score[mask]
         label[rows] = frame.label[mask]
@@ -224,9 +230,13 @@ class _Outputs:
 
     @classmethod
     def of(cls, frame: Frame, code: int) -> _Outputs:
+        """An error output's score and label are left out (NaN, -1): a Score may carry both with
+        its error, and it is no answer to pair with the champion's (nor is it live)."""
         mask = frame.model == code
-        return cls(frame.row[mask], frame.score[mask], frame.label[mask], frame.error[mask],
-                   frame.latency_ms[mask], frame.late[mask])  # fmt: skip
+        error = frame.error[mask]
+        score = np.where(error, np.nan, frame.score[mask]) if error.any() else frame.score[mask]
+        label = np.where(error, -1, frame.label[mask]) if error.any() else frame.label[mask]
+        return cls(frame.row[mask], score, label, error, frame.latency_ms[mask], frame.late[mask])
 
     @property
     def usable(self) -> np.ndarray:
@@ -244,10 +254,8 @@ def _model(frame: Frame, code: int, ref: _Reference, starts: np.ndarray, bucket_
     compared = ref.code is not None and code != ref.code
     paired = _paired(ref, out, frame.labels) if compared else _Paired(PairedScores(), None)
     scores = out.score[out.usable]
-    deadline, created = frame.deadline[out.rows], frame.created_at[out.rows]
-    # A negative deadline (forged: the rendezvous writes none) would wrap deadline - created_at.
-    budget = np.where(deadline >= 0, deadline - np.maximum(created, 0), -1)
-    on_time = met_deadline_array(out.usable & (deadline >= 0), out.latency, budget)
+    budget = frame.deadline[out.rows] - frame.created_at[out.rows]  # both plausible times (`plausible`)
+    on_time = met_deadline_array(out.usable, out.latency, budget)
     # Latency is that of answers: an error output's time (a fast refusal, a model given up on after
     # a minute) is no figure of how fast the model answers; errors are counted on their own.
     answered = out.latency[~out.error]

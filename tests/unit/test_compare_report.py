@@ -243,15 +243,42 @@ def test_labels_that_are_ids_are_counted_without_a_labels_by_labels_array() -> N
     assert row.agreement == pytest.approx(np.mean([x == y for x, y in labelled]))
 
 
-def test_a_negative_deadline_never_counts_as_met() -> None:
-    """deadline - created_at wrapped in int64: a forged record's outputs counted as on time."""
+@pytest.mark.parametrize("fault", ["negative deadline", "infinite latency", "NaN latency"])
+def test_a_record_the_live_comparison_refuses_is_left_out_and_said(fault: str) -> None:
+    """deadline - created_at wrapped in int64 (a forged record's outputs counted as on time), and
+    a latency that is not a finite number spoiled every quantile; the live service dead-letters
+    both, so the same log gave other figures here (a review by experiment)."""
     records = synthetic(200)
-    records[0]["deadline"] = -(2**63) + 5
-    row = next(m for m in summarize_records(records, source="forged").models if m.name == "champion")
-    pairs = outputs_of(records, "champion")
-    met = [o["error"] is None and o["score"] is not None and r["created_at"] + o["latency_ms"] <= r["deadline"]
-           for r, o in pairs]
-    assert row.deadline_met == pytest.approx(np.mean(met))
+    forged = records[0]
+    if fault == "negative deadline":
+        forged["deadline"] = -(2**63) + 5
+    else:
+        forged["outputs"][0]["latency_ms"] = math.inf if fault == "infinite latency" else math.nan
+    report = summarize_records(records, source="forged")
+    assert report.records == 199 and any(note.startswith("1 records left out, as the live") for note in report.notes)
+    without = summarize_records(records[1:], source="forged")
+    for model, expected in zip(report.models, without.models, strict=True):
+        np.testing.assert_equal(figures(model), figures(expected))  # NaN equal to NaN
+
+
+def test_an_error_output_carrying_a_score_and_a_label_is_not_paired_with_the_champion() -> None:
+    """A Score may carry a label and a score with its error, and the log keeps them; the live
+    service pairs no error output, the report paired them (agreement 0.5 against 1.0 live)."""
+    records = synthetic(300)
+    erred = [{**r, "outputs": [{**o, "error": "boom", "score": 0.99, "label": "other"}
+                               if o["model"] == "challenger" and i % 2 else o for o in r["outputs"]]}
+             for i, r in enumerate(records)]
+    nulled = [{**r, "outputs": [{**o, "score": None, "label": None} if o["error"] else o for o in r["outputs"]]}
+              for r in erred]
+    for model, expected in zip(summarize_records(erred).models, summarize_records(nulled).models, strict=True):
+        np.testing.assert_equal(figures(model), figures(expected))
+    challenger = next(m for m in summarize_records(erred).models if m.name == "challenger")
+    assert challenger.errors >= 150 and challenger.paired < 150
+
+
+def figures(model: Any) -> tuple[Any, ...]:
+    return (model.name, model.n, model.errors, model.late, model.deadline_met, model.latency_ms, model.agreement,
+            model.ks, model.psi, model.mad, model.correlation, model.paired)
 
 
 def test_more_model_names_than_a_16_bit_code_holds_are_kept_apart() -> None:
@@ -643,7 +670,8 @@ def test_records_created_at_no_plausible_time_are_left_out_and_said() -> None:
     expected = summarize_records([*records, {**records[2], "request_id": "inf", "outputs": [
         {**o, "score": None} if o["model"] == "challenger" else o for o in records[2]["outputs"]]}])
     assert report.records == 51 and report.first_ms == min(r["created_at"] for r in records)
-    assert any("2 records left out: created at no plausible time" in note for note in report.notes)
+    assert any(note.startswith("2 records left out, as the live comparison leaves them out: created at no "
+                               "plausible time") for note in report.notes)
     challenger = next(m for m in report.models if m.name == "challenger")
     assert math.isfinite(challenger.mad)
     assert challenger.mad == next(m for m in expected.models if m.name == "challenger").mad
