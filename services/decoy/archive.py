@@ -11,7 +11,10 @@ Durability: each batch is appended as Avro blocks, flushed and fsynced before th
 commits the batch's offsets, so a committed record is on disk. After a crash the `.part`
 file is sealed on start-up (its readable records kept, a torn last block dropped); records
 after the last commit are read again, so the archive is at-least-once and readers drop
-duplicates by (topic, partition, offset).
+duplicates: the same (topic, partition, offset) with the same timestamp, among the last
+DUPLICATE_WINDOW offsets of its partition (a re-read goes back to the last commit only). The
+timestamp tells a re-read from a new record at an old offset: a topic deleted and created again
+(a broker reset) starts its offsets over.
 """
 
 from __future__ import annotations
@@ -280,7 +283,7 @@ def iter_archive(
     """Archived records with from_ms <= timestamp < to_ms, once each (duplicates dropped)."""
     if not (directory / MANIFEST).exists():
         raise ConfigError(f"{directory} is not a decoy archive (no {MANIFEST})")
-    seen: set[tuple[str, int, int]] = set()
+    seen: dict[tuple[str, int], _Recent] = {}
     for stats in read_manifest(directory):
         if not _overlaps(stats, from_ms, to_ms):
             continue
@@ -290,13 +293,41 @@ def iter_archive(
             log.warning("archive file %s skipped: %s", stats.name, damage)
             continue
         for record in _readable_records(path):
-            ident = (record["topic"], record["partition"], record["offset"])
             ts = record["timestamp"]
-            in_range = (from_ms is None or ts >= from_ms) and (to_ms is None or ts < to_ms)
-            if ident in seen or not in_range:
+            if (from_ms is not None and ts < from_ms) or (to_ms is not None and ts >= to_ms):
                 continue
-            seen.add(ident)
-            yield record
+            recent = seen.get((record["topic"], record["partition"]))
+            if recent is None:
+                recent = seen[(record["topic"], record["partition"])] = _Recent()
+            if recent.first_time(record["offset"], ts):
+                yield record
+
+
+# Offsets of a partition, behind the highest one read, within which a record read again is known
+# as such: a re-read starts at the last commit (at most one commit interval and a batch back).
+DUPLICATE_WINDOW = 100_000
+
+
+class _Recent:
+    """The timestamps of one partition's recent offsets: memory bounded by DUPLICATE_WINDOW,
+    whatever the archive's size (a set of every record read grew without bound)."""
+
+    def __init__(self) -> None:
+        self.timestamps: dict[int, int] = {}
+        self.high = -1
+
+    def first_time(self, offset: int, timestamp: int) -> bool:
+        """False for a record read before (same offset, same timestamp)."""
+        if self.timestamps.get(offset) == timestamp:
+            return False
+        if offset < self.high - DUPLICATE_WINDOW:  # far behind: the topic started over (recreated)
+            self.timestamps, self.high = {}, offset
+        self.timestamps[offset] = timestamp
+        self.high = max(self.high, offset)
+        if len(self.timestamps) > 2 * DUPLICATE_WINDOW:
+            floor = self.high - DUPLICATE_WINDOW
+            self.timestamps = {o: t for o, t in self.timestamps.items() if o >= floor}
+        return True
 
 
 def _damage(path: Path, stats: FileStats) -> str | None:
