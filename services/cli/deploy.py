@@ -26,7 +26,13 @@ from services.core.kafka import wait_for_broker, wait_for_groups
 from services.core.settings import KafkaSettings, setting
 from services.localkafka.config import cache_dir
 from services.model_worker.models import load_model
-from services.model_worker.settings import check_co_hosted_names, model_group, parse_co_host, trust_model_file_setting
+from services.model_worker.settings import (
+    check_co_hosted_names,
+    model_group,
+    parse_co_host,
+    parse_start_at,
+    trust_model_file_setting,
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,10 @@ class DeploySettings(KafkaSettings):
     replicas: int = setting(1, "deploy: processes sharing the group; deploying again with another number scales it.")
     version: str = setting("", "deploy: version written on its scores (default: the model's own).")
     start_at: str = setting("", "deploy: catch up from this time (ISO, epoch ms, or e.g. 1h ago as '1h') first.")
+    start_from: str = setting(
+        "latest", "deploy: where a new deployment starts without --start-at: latest (the requests from now on) or "
+        "earliest (every request the topic still holds, scored before it catches up with the live ones)."
+    )
     wait_s: float = setting(60.0, "deploy: how long to wait for the replicas to join their group (s).")
     trust_model_file: bool = trust_model_file_setting()
     co_host: tuple[str, ...] = setting(
@@ -48,6 +58,10 @@ class DeploySettings(KafkaSettings):
     def validate(self) -> None:
         if self.replicas < 1:
             raise ConfigError(f"--replicas must be >= 1, got {self.replicas}")
+        if self.start_from not in ("earliest", "latest"):
+            raise ConfigError(f"--start-from must be earliest or latest, got {self.start_from!r}")
+        # Here, not in a detached replica, whose error only its log would show.
+        parse_start_at(self.start_at, 0)
         parse_co_host(self.co_host)
 
     def model_names(self, name: str) -> list[str]:
@@ -69,7 +83,17 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Exited but not reaped (its parent, this command, is gone and init has not reaped it yet):
+    kill(pid, 0) still finds it, and a dead replica was taken for a running one."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # no /proc (not Linux), or gone meanwhile: kill(pid, 0) decides
+    return stat[stat.rindex(")") + 2:].startswith("Z")  # the state follows the name in parentheses
 
 
 def _state(name: str) -> dict[str, Any]:
@@ -114,6 +138,7 @@ def _replica_args(name: str, settings: DeploySettings, index: int) -> list[str]:
     args = ["model", "serve", "--model", settings.model, "--name", name, "--instance", f"{name}-{index}"]
     args += ["--version", settings.version] if settings.version else []
     args += ["--start-at", settings.start_at] if settings.start_at else []
+    args += ["--start-from", settings.start_from]
     args += ["--trust-model-file"] if settings.trust_model_file else []
     args += ["--co-host", ",".join(settings.co_host)] if settings.co_host else []
     return args
@@ -178,6 +203,7 @@ def compose_block(name: str, settings: DeploySettings) -> str:
     command = ["model", "serve", "--model", settings.model, "--name", name]
     if settings.start_at:
         command += ["--start-at", settings.start_at]
+    command += ["--start-from", settings.start_from]
     if settings.trust_model_file:
         command += ["--trust-model-file"]
     if settings.co_host:

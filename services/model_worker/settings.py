@@ -105,21 +105,7 @@ class WorkerSettings(ServiceSettings):
 
     def start_at_ms(self, now_ms: int) -> int | None:
         """--start-at as epoch ms (None when not set)."""
-        if not self.start_at:
-            return None
-        from services.core.ranges import TimeBound, parse_bound, parse_duration_ms
-
-        text = self.start_at.strip()
-        forms = "a time (ISO like 2026-05-01T12:00:00Z, or epoch ms) or a duration ago (90s, 10m, 2h)"
-        try:
-            if text[-1:].isalpha() and not text.lower().startswith("offset:") and "T" not in text:
-                return now_ms - parse_duration_ms(text, "--start-at")
-            bound = parse_bound(text, "--start-at")
-        except ConfigError:
-            raise ConfigError(f"--start-at: expected {forms}, got {text!r}") from None
-        if not isinstance(bound, TimeBound):
-            raise ConfigError(f"--start-at takes {forms}, not an offset")
-        return bound.ms
+        return parse_start_at(self.start_at, now_ms)
 
     def extra_features(self) -> str:
         """The signature's policy for features outside it: reject (default) or ignore."""
@@ -148,3 +134,22 @@ def model_groups(prefix: str, group_ids: list[str]) -> dict[str, str]:
             for name in names.split("+"):
                 found.setdefault(name, group)
     return found
+
+
+def parse_start_at(text: str, now_ms: int) -> int | None:
+    """A --start-at value as epoch ms (None when empty); `deploy` checks it with this too."""
+    if not text:
+        return None
+    from services.core.ranges import TimeBound, parse_bound, parse_duration_ms
+
+    text = text.strip()
+    forms = "a time (ISO like 2026-05-01T12:00:00Z, or epoch ms) or a duration ago (90s, 10m, 2h)"
+    try:
+        if text[-1:].isalpha() and not text.lower().startswith("offset:") and "T" not in text:
+            return now_ms - parse_duration_ms(text, "--start-at")
+        bound = parse_bound(text, "--start-at")
+    except ConfigError:
+        raise ConfigError(f"--start-at: expected {forms}, got {text!r}") from None
+    if not isinstance(bound, TimeBound):
+        raise ConfigError(f"--start-at takes {forms}, not an offset")
+    return bound.ms

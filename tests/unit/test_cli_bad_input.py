@@ -4,6 +4,7 @@ review of the CLI found these accepted, or failing late, or failing with a trace
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from rich.console import Console
 
 from services.cli.demo import DemoSettings
+from services.cli.deploy import DeploySettings
 from services.cli.lifecycle import PromoteSettings, ScheduleSetSettings
 from services.compare_report.settings import CompareSettings
 from services.core.errors import BrokerUnavailable, ConfigError
@@ -51,6 +53,9 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
      "--archive-dir /etc/hostname/archive: /etc/hostname is not a directory"),
     (PromoteSettings, {"window": "forever"}, "--window: expected a duration"),
     (PromoteSettings, {"require": "agreement~0.9"}, "--require: cannot read"),
+    # Found by the replica it started, whose log alone said so; deploy waited out --wait-s.
+    (DeploySettings, {"model": "demo:champion", "start_at": "abc"}, "--start-at: expected a time"),
+    (DeploySettings, {"model": "demo:champion", "start_from": "now"}, "--start-from must be earliest or latest"),
     (RendezvousSettings, {"topic": "requests=rdv.scores"}, "requests and scores would both be 'rdv.scores'"),
     (RendezvousSettings, {"topic_prefix": "my prefix/"}, "not a topic name Kafka accepts"),
 ])
@@ -122,7 +127,7 @@ def test_send_says_at_once_that_no_broker_answers() -> None:
 
 
 def test_a_damaged_deployment_state_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from services.cli.deploy import DeploySettings, cmd_deploy, cmd_undeploy
+    from services.cli.deploy import cmd_deploy, cmd_undeploy
 
     monkeypatch.setenv("RDV_CACHE_DIR", str(tmp_path))
     state = tmp_path / "deployments" / "champion" / "state.json"
@@ -156,3 +161,40 @@ def test_a_cache_directory_that_cannot_be_made_is_one_error_line() -> None:
                           text=True, timeout=60, env={**os.environ, "RDV_CACHE_DIR": "/etc/hostname/cache"})
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: Not a directory: /etc/hostname/cache")
+
+
+def test_a_replica_that_exited_unreaped_is_not_taken_for_a_running_one() -> None:
+    """Its parent (the deploy command) gone, a dead replica stays a zombie until init reaps it:
+    kill(pid, 0) still found it, and the next deploy said it already ran, starting nothing."""
+    from services.cli.deploy import _alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    wait_until_state(child.pid, "Z")
+    assert not _alive(child.pid)
+    child.wait()
+    assert not _alive(child.pid)
+    assert _alive(os.getpid())
+
+
+def wait_until_state(pid: int, state: str) -> None:
+    from tests.integration.harness import wait_until
+
+    def in_state() -> bool:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        return text[text.rindex(")") + 2:].startswith(state)
+
+    wait_until(in_state, 30, f"process {pid} in state {state}")
+
+
+def test_a_new_deployment_scores_the_requests_from_now_on_unless_told_otherwise() -> None:
+    """Its workers started at the worker's default, earliest: a new challenger first scored every
+    request the topic held (days of them, its live scores late meanwhile)."""
+    from services.cli.deploy import _replica_args, compose_block
+
+    def start(settings: DeploySettings) -> str:
+        args = _replica_args("challenger3", settings, 0)
+        return args[args.index("--start-from") + 1]
+
+    assert start(DeploySettings(model="demo:challenger")) == "latest"
+    assert start(DeploySettings(model="demo:challenger", start_from="earliest")) == "earliest"
+    assert '"--start-from", "latest"' in compose_block("challenger3", DeploySettings(model="demo:challenger"))
