@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import signal
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +70,8 @@ class DeploySettings(KafkaSettings):
         """The deployment's own model, then its co-hosted ones."""
         return [name, *(co_name for co_name, _ in parse_co_host(self.co_host))]
 
+
+log = logging.getLogger(__name__)
 
 RENDEZVOUS = "rendezvous"  # `deploy rendezvous --replicas N`: instances of the rendezvous itself
 
@@ -181,22 +185,63 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
     wait_for_broker(settings.librdkafka(), settings.connect_timeout_s)
     folder = _state_file(name).parent
     env = service_env(settings)
+    started: dict[int, subprocess.Popen[bytes]] = {}
+    new_deployment = not replicas
     for index in range(settings.replicas):
         if index not in replicas:
-            replicas[index] = spawn(_replica_args(name, settings, index), folder / f"replica-{index}.log", env,
-                                    detached=True).pid
+            started[index] = spawn(_replica_args(name, settings, index), folder / f"replica-{index}.log", env,
+                                   detached=True)
+            replicas[index] = started[index].pid
     surplus = {index: pid for index, pid in replicas.items() if index >= settings.replicas}
     _stop(list(surplus.values()))
     kept = {index: pid for index, pid in replicas.items() if index < settings.replicas}
     _write_state(name, {"name": name, "model": settings.model, "version": settings.version,
                         "co_host": list(settings.co_host), "replicas": kept})
+    waited_until = time.monotonic() + settings.wait_s
     wait_for_groups(settings.librdkafka(), [_group(name, settings)], timeout=settings.wait_s,
-                    members=settings.replicas)
+                    members=settings.replicas, check=lambda: _none_exited(started, folder))
+    if new_deployment and name != RENDEZVOUS:
+        _wait_for_starts(settings, _group(name, settings), waited_until, console)
     console.print(f"{name} runs {settings.replicas} replica(s): pids {sorted(kept.values())}, logs in {folder}")
     if name != RENDEZVOUS:
         console.print(f"it scores every request; its answers are only logged until you `rendezvous promote {name}`.")
         console.print("In docker-compose, add instead:\n" + compose_block(name, settings))
     return 0
+
+
+def _none_exited(started: dict[int, subprocess.Popen[bytes]], folder: Path) -> None:
+    """A replica that exited while the group formed says why now (its log's last line), not
+    after --wait-s as a group that never formed."""
+    for index, proc in started.items():
+        code = proc.poll()
+        if code is not None:
+            log_file = folder / f"replica-{index}.log"
+            lines = log_file.read_text(errors="replace").strip().splitlines() if log_file.exists() else []
+            raise ConfigError(f"replica {index} exited ({code}): {lines[-1] if lines else 'no output'} "
+                              f"(log: {log_file})")
+
+
+def _wait_for_starts(settings: DeploySettings, group: str, until: float, console: Console) -> None:
+    """Wait for the new group's start on every requests partition to be committed: from then on
+    every request is scored (a group is Stable a moment before its members have read where
+    `latest` is)."""
+    from confluent_kafka import KafkaException, TopicPartition
+
+    from services.core.kafka import partition_counts
+    from services.rendezvous.recovery import committed_offsets
+
+    config, requests = settings.librdkafka(), settings.topics().requests
+    until = max(until, time.monotonic() + 10)  # the group's wait may have used up --wait-s
+    while time.monotonic() < until:
+        try:
+            partitions = [TopicPartition(requests, p) for p in range(partition_counts(config, [requests])[requests])]
+            if all(tp.offset >= 0 for tp in committed_offsets(config, group, partitions, stable=False)):
+                return
+        except KafkaException as exc:
+            log.debug("committed offsets of %s not read yet: %s", group, exc)
+        time.sleep(0.2)  # polling the broker for a commit the replicas make, not a readiness guess
+    console.print(f"[yellow]{group} has not committed where it starts on every partition within --wait-s: "
+                  "requests sent meanwhile may not be scored[/yellow]")
 
 
 def compose_block(name: str, settings: DeploySettings) -> str:

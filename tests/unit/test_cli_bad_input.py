@@ -198,3 +198,21 @@ def test_a_new_deployment_scores_the_requests_from_now_on_unless_told_otherwise(
     assert start(DeploySettings(model="demo:challenger")) == "latest"
     assert start(DeploySettings(model="demo:challenger", start_from="earliest")) == "earliest"
     assert '"--start-from", "latest"' in compose_block("challenger3", DeploySettings(model="demo:challenger"))
+
+
+def test_a_replica_that_exits_while_its_group_forms_is_said_with_its_last_log_line(tmp_path: Path) -> None:
+    """deploy waited out --wait-s, then said the group never formed; the reason was in the log."""
+    from services.cli.deploy import _none_exited
+
+    with (tmp_path / "replica-0.log").open("wb") as log:
+        failing = subprocess.Popen([sys.executable, "-c", "print('starting'); print('error: no such model'); exit(2)"],
+                                   stdout=log)
+    failing.wait(30)
+    with pytest.raises(ConfigError, match=r"replica 0 exited \(2\): error: no such model \(log: "):
+        _none_exited({0: failing}, tmp_path)
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _none_exited({0: running}, tmp_path)  # still running: nothing to say
+    finally:
+        running.kill()
+        running.wait()
