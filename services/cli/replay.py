@@ -223,7 +223,12 @@ def _comparison(
     output = {"model": name, "version": version, "score": score, "label": label, "error": error,
               "latency_ms": latency_ms, "compute_ms": compute_ms, "late": False}
     if past is not None:
-        return {**past, "outputs": [o for o in past["outputs"] if o["model"] != name] + [output]}
+        if any(o["model"] == name for o in past["outputs"]):
+            # Its figures would be the replay's, the live model's left out: "champion" compared
+            # every challenger with the replayed model, silently.
+            raise ConfigError(f"--name {name}: the log already holds outputs of a model of that name; give the "
+                              "replayed model a name of its own")
+        return {**past, "outputs": [*past["outputs"], output]}
     return {
         "request_id": request_id, "created_at": replayed.created_at, "deadline": replayed.deadline,
         "answered_at": None, "status": "TIMEOUT", "chosen_model": None, "reason": "not in the log",

@@ -45,3 +45,21 @@ def test_a_replay_counts_each_request_once_reads_the_log_from_before_it_and_says
     assert result.requests == 2 and result.report.records == 2
     assert asked == [min(first["created_at"], other["created_at"]) - LOG_MARGIN_MS]
     assert any("2 of these requests have no comparison record" in note for note in result.report.notes)
+
+
+def test_a_replayed_model_named_as_a_logged_one_is_refused_not_put_in_its_place() -> None:
+    """`--name champion` dropped the live champion's logged outputs for the replayed ones: every
+    challenger was then compared with the replayed model, silently (a review by experiment)."""
+    import pytest
+
+    from services.cli.replay import Replayed, _comparison
+    from services.core.errors import ConfigError
+
+    logged = {"request_id": "r1", "created_at": 1, "deadline": 201, "outputs": [
+        {"model": "champion", "version": "v1", "score": 0.9, "label": "yes", "error": None, "latency_ms": 5.0,
+         "compute_ms": 1.0, "late": False}]}
+    replayed = Replayed(1, 201, (0.2, "no", None, 3.0, 1.0))
+    with pytest.raises(ConfigError, match="--name champion: the log already holds outputs of a model of that name"):
+        _comparison("r1", logged, replayed, "champion", "v9")
+    added = _comparison("r1", logged, replayed, "champion-replay", "v9")
+    assert [(o["model"], o["score"]) for o in added["outputs"]] == [("champion", 0.9), ("champion-replay", 0.2)]
