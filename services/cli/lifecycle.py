@@ -22,7 +22,7 @@ from services.cli.model_contracts import print_contracts
 from services.control import changes
 from services.control.gates import Verdict, evaluate, parse_requirements, with_defaults
 from services.control.liveness import live_models, not_live
-from services.control.schedule import Schedule
+from services.control.schedule import DEFAULT_DEADLINE_MS, Schedule
 from services.control.topic import ScheduleBook, load_book, publish
 from services.core.errors import ConfigError
 from services.core.kafka import consumer_groups, group_lag
@@ -236,7 +236,7 @@ def cmd_schedule_history(settings: ScheduleViewSettings, console: Console) -> in
 
 def cmd_schedule_set(settings: ScheduleSetSettings, console: Console) -> int:
     book = _book(settings)
-    draft = _draft_from_flags(settings, changes.current(book))
+    draft = _draft_from_flags(settings, book.latest)  # none yet: this is the first version
     _check_live(settings, draft)
     for warning in _risky(draft):
         console.print(f"[yellow]note[/]: {warning}")
@@ -254,16 +254,16 @@ def _risky(schedule: Schedule) -> list[str]:
     return notes
 
 
-def _draft_from_flags(settings: ScheduleSetSettings, current: Schedule) -> Schedule:
+def _draft_from_flags(settings: ScheduleSetSettings, current: Schedule | None) -> Schedule:
     if settings.file:
-        draft = Schedule.from_file(settings.file)
+        draft = Schedule.from_file(settings.file).named(settings.schedule_name, settings.file)
     else:
         if not settings.models:
             raise ConfigError("schedule set needs --models a,b,c or --file schedule.json")
         waits = {m: _whole_ms(v, f"--wait {m}") for m, v in parse_pairs(settings.wait, "--wait")}
         traffic_model, fraction = _traffic(settings.traffic)
-        draft = Schedule(models=settings.models, waits_ms=waits,
-                         default_deadline_ms=settings.deadline_ms or current.default_deadline_ms,
+        deadline_ms = settings.deadline_ms or (current.default_deadline_ms if current else DEFAULT_DEADLINE_MS)
+        draft = Schedule(models=settings.models, waits_ms=waits, default_deadline_ms=deadline_ms,
                          traffic_model=traffic_model, traffic_fraction=fraction)
     return dataclasses.replace(draft, comment=settings.comment or draft.comment or "schedule set")
 

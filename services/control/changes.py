@@ -24,11 +24,12 @@ def current(book: ScheduleBook) -> Schedule:
 
 
 def next_version(book: ScheduleBook, draft: Schedule, now_ms: int, effective_in_ms: int) -> Schedule:
-    """`draft` as the version after the current one, taking effect `effective_in_ms` from now
-    (never before the current one does)."""
-    latest = current(book)
-    return dataclasses.replace(draft, name=book.name, version=latest.version + 1, created_at=now_ms,
-                               effective_at=max(now_ms + effective_in_ms, latest.effective_at))
+    """`draft` as the version after the current one (v1 when there is none yet), taking effect
+    `effective_in_ms` from now (never before the current one does)."""
+    latest = book.latest
+    version, not_before = (latest.version + 1, latest.effective_at) if latest is not None else (1, 0)
+    return dataclasses.replace(draft, name=book.name, version=version, created_at=now_ms,
+                               effective_at=max(now_ms + effective_in_ms, not_before))
 
 
 def promotion(current_schedule: Schedule, candidate: str, canary: str, comment: str = "") -> Schedule:

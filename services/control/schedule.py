@@ -17,6 +17,7 @@ partition's clock (the newest append time read) has passed its give-up time.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 import zlib
@@ -27,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from services.core.errors import ConfigError
+
+DEFAULT_NAME = "default"  # a schedule file without a name gets it, and takes the name it is used under
+DEFAULT_DEADLINE_MS = 200
 
 
 class Status(StrEnum):
@@ -67,8 +71,8 @@ class Schedule:
 
     models: tuple[str, ...]
     waits_ms: Mapping[str, int] = field(default_factory=dict)
-    default_deadline_ms: int = 200
-    name: str = "default"
+    default_deadline_ms: int = DEFAULT_DEADLINE_MS
+    name: str = DEFAULT_NAME
     version: int = 1
     traffic_model: str | None = None
     traffic_fraction: float = 0.0
@@ -168,6 +172,14 @@ class Schedule:
             and (m not in outcomes or outcomes[m].at > t)
         ]
         return min(times, default=deadline)
+
+    def named(self, name: str, path: str | Path) -> Schedule:
+        """This schedule (read from the file at `path`) as one of schedule `name`: refused when
+        the file names another, which would silently have become a version of `name`."""
+        if self.name not in (DEFAULT_NAME, name):
+            raise ConfigError(f"schedule file {path} names schedule {self.name!r}, not {name!r}: pass "
+                              f"--schedule-name {self.name}, or change the file's name")
+        return dataclasses.replace(self, name=name)
 
     def to_dict(self) -> dict[str, Any]:
         """The Schedule record (schemas/schedule.avsc) and the JSON file format."""

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import socket
 from dataclasses import dataclass
 
-from services.control.schedule import Schedule
+from services.control.schedule import DEFAULT_NAME, Schedule
 from services.core.errors import ConfigError
 from services.core.settings import ServiceSettings, parse_pairs, setting
 from services.rendezvous.join import JoinLimits
 
-DEFAULT_SCHEDULE_NAME = "default"
+DEFAULT_SCHEDULE_NAME = DEFAULT_NAME
 
 
 @dataclass(frozen=True)
@@ -119,13 +118,9 @@ class RendezvousSettings(ServiceSettings):
 
     def schedule(self) -> Schedule:
         if self.schedule_file:
-            named = Schedule.from_file(self.schedule_file)
             # The rendezvous follows --schedule-name on the control topic; a file naming another
             # schedule would silently become that one's version.
-            if named.name not in (DEFAULT_SCHEDULE_NAME, self.schedule_name):
-                raise ConfigError(f"schedule file {self.schedule_file} names schedule {named.name!r}, but this "
-                                  f"rendezvous follows {self.schedule_name!r}: pass --schedule-name {named.name}")
-            return dataclasses.replace(named, name=self.schedule_name)
+            return Schedule.from_file(self.schedule_file).named(self.schedule_name, self.schedule_file)
         waits = {}
         for model, ms in parse_pairs(self.wait, "--wait"):
             try:

@@ -313,3 +313,13 @@ def test_a_model_whose_every_score_is_an_error_is_not_live_for_a_change(
     read_topic(config, topics.scores, expect=5)
     refused = rendezvous("schedule", "set", "--models", "champion", "--bootstrap", bootstrap, "--topic-prefix", prefix)
     assert_one_line_error(refused, "champion sent no usable score")
+
+
+def test_the_first_schedule_can_be_set_before_any_rendezvous_ran(bootstrap: str, prefix: str) -> None:
+    """On an empty control topic `schedule set` refused, saying to run `schedule set`."""
+    where = ("--bootstrap", bootstrap, "--topic-prefix", prefix)
+    first = rendezvous("schedule", "set", "--models", "champion,challenger", "--force", *where)
+    assert first.returncode == 0 and "v1" in first.stderr, first.stderr
+    shown = rendezvous("schedule", "show", *where, "--format", "json")
+    assert shown.returncode == 0, shown.stderr
+    assert (json.loads(shown.stdout)["version"], json.loads(shown.stdout)["models"]) == (1, ["champion", "challenger"])

@@ -114,8 +114,7 @@ def test_metrics_listen_on_loopback_unless_told_otherwise(monkeypatch: pytest.Mo
 def test_a_schedule_files_name_must_be_the_schedule_the_rendezvous_follows(tmp_path: Path) -> None:
     path = tmp_path / "schedule.json"
     path.write_text('{"name": "prod", "version": 3, "models": ["champion"]}')
-    with pytest.raises(ConfigError, match="names schedule 'prod', but this rendezvous follows 'default': "
-                                          "pass --schedule-name prod"):
+    with pytest.raises(ConfigError, match="names schedule 'prod', not 'default': pass --schedule-name prod"):
         from_namespace(RendezvousSettings, None, schedule_file=str(path)).schedule()
     named = from_namespace(RendezvousSettings, None, schedule_file=str(path), schedule_name="prod").schedule()
     assert (named.name, named.version, named.models) == ("prod", 3, ("champion",))
@@ -140,3 +139,15 @@ def test_a_value_refused_by_a_command_names_the_variable_it_came_from(monkeypatc
     monkeypatch.setenv("RDV_MAX_BATCH", "100")  # valid: a message naming it among others is not about it
     with pytest.raises(ConfigError, match=re.escape("--roll-mb, --roll-seconds and --max-batch must be positive")):
         from_namespace(DecoySettings, None, archive_dir="/tmp", roll_mb="0")
+
+
+def test_schedule_set_refuses_a_file_naming_another_schedule_than_the_one_it_changes(tmp_path: Path) -> None:
+    """`schedule set --file` published a file naming 'prod' as the next version of 'default'."""
+    from services.cli.lifecycle import ScheduleSetSettings, _draft_from_flags
+
+    path = tmp_path / "schedule.json"
+    path.write_text('{"name": "prod", "version": 3, "models": ["champion"]}')
+    with pytest.raises(ConfigError, match="names schedule 'prod', not 'default': pass --schedule-name prod"):
+        _draft_from_flags(from_namespace(ScheduleSetSettings, None, file=str(path)), None)
+    draft = _draft_from_flags(from_namespace(ScheduleSetSettings, None, file=str(path), schedule_name="prod"), None)
+    assert (draft.name, draft.models) == ("prod", ("champion",))
