@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import time
@@ -163,9 +164,21 @@ def _check_models(name: str, settings: DeploySettings) -> None:
         load_model(spec, trust_model_file=settings.trust_model_file)
 
 
+# A deployment's name is a folder under the cache and its group's name: 'a/b' made nested
+# folders, and 'a+b' the group of model a co-hosting b.
+DEPLOYMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_name(name: str) -> None:
+    if not DEPLOYMENT_NAME.fullmatch(name):
+        raise ConfigError(f"deployment name {name[:120]!r}: use letters, digits, '.', '_' and '-' (at most 100, "
+                          "starting with a letter or digit)")
+
+
 def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
     """Start a deployment, or change its number of replicas (the group rebalances; a replica
     leaving commits its finished work first, so nothing is lost or scored twice)."""
+    check_name(name)
     replicas = _replicas(name)
     if replicas:
         state = _state(name)
