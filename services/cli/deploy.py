@@ -24,7 +24,7 @@ from typing import Any
 from rich.console import Console
 
 from services.cli.spawn import service_env, spawn
-from services.core.errors import ConfigError
+from services.core.errors import ConfigError, RendezvousError
 from services.core.kafka import wait_for_broker, wait_for_groups
 from services.core.settings import KafkaSettings, setting
 from services.localkafka.config import cache_dir
@@ -283,11 +283,51 @@ def _stop(pids: list[int], timeout_s: float = 20.0) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def cmd_undeploy(name: str, console: Console, timeout_s: float = 20.0) -> int:
+@dataclass(frozen=True)
+class UndeploySettings(KafkaSettings):
+    """Stop a deployment's processes."""
+
+    force: bool = setting(False, "undeploy: stop it even if the live schedule prefers one of its models.")
+    schedule_name: str = setting("default", "undeploy: the schedule checked for its models.")
+
+    def validate(self) -> None:
+        return None
+
+
+def cmd_undeploy(name: str, console: Console, timeout_s: float = 20.0,
+                 settings: UndeploySettings | None = None) -> int:
     pids = running_pids(name)
     if not pids:
         raise ConfigError(f"{name} is not deployed on this machine: nothing to undeploy")
+    if settings is not None and not settings.force and name != RENDEZVOUS:
+        _check_not_preferred(name, settings, console)
     _stop(pids, timeout_s)
     _state_file(name).unlink(missing_ok=True)
     console.print(f"undeployed {name} (pids {pids})")
     return 0
+
+
+def _check_not_preferred(name: str, settings: UndeploySettings, console: Console) -> None:
+    """Refuse to stop the model the live schedule answers with (promote, rollback and schedule set
+    refuse to prefer a model that is not scoring; this was the one way to get there unasked):
+    every answer would then wait for the fallback, or time out."""
+    from services.cli.common import with_bootstrap
+    from services.control.topic import load_book
+
+    state = _state(name)
+    models = [name, *(entry.split("=", 1)[0] for entry in state.get("co_host", []))]
+    try:
+        settings = with_bootstrap(settings)
+        book = load_book(settings.librdkafka(), settings.topics().control, settings.schedule_name)
+    except RendezvousError as exc:  # no broker (stopping needs none), or it does not answer
+        console.print(f"[yellow]note[/]: the schedule could not be read ({exc}): not checked")
+        return
+    schedule = book.latest
+    if schedule is None:
+        return
+    preferred = {schedule.models[0], *([schedule.traffic_model] if schedule.traffic_model else [])}
+    held = [m for m in models if m in preferred]
+    if held:
+        raise ConfigError(f"{', '.join(held)} is what schedule {schedule.name} v{schedule.version} answers with: "
+                          "once stopped every such answer waits for a fallback or times out; promote another "
+                          f"model first, or undeploy {name} --force")

@@ -78,9 +78,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_undeploy(args: argparse.Namespace) -> int:
+    from services.cli.deploy import UndeploySettings
     from services.cli.deploy import cmd_undeploy as run
 
-    return run(args.name, _console())
+    # Its broker is found only to check the schedule: stopping works without one.
+    return run(args.name, _console(), settings=from_namespace(UndeploySettings, args))
 
 
 def cmd_decoy_serve(args: argparse.Namespace) -> int:
@@ -113,6 +115,7 @@ def register(commands: Any, selection: Any) -> None:
 
     undeploy = commands.add_parser("undeploy", help="stop the processes `deploy` started")
     undeploy.add_argument("name", help="the name it was deployed under (a model, or rendezvous)")
+    selection.arguments(undeploy, ("undeploy",), "services.cli.deploy:UndeploySettings")
     undeploy.set_defaults(handler=cmd_undeploy)
 
     promote = commands.add_parser("promote", help="make a model the champion (old champion = first fallback)")

@@ -323,3 +323,21 @@ def test_the_first_schedule_can_be_set_before_any_rendezvous_ran(bootstrap: str,
     shown = rendezvous("schedule", "show", *where, "--format", "json")
     assert shown.returncode == 0, shown.stderr
     assert (json.loads(shown.stdout)["version"], json.loads(shown.stdout)["models"]) == (1, ["champion", "challenger"])
+
+
+def test_undeploy_refuses_to_stop_the_model_the_schedule_answers_with_unless_forced(
+    services: Services, bootstrap: str, prefix: str, tmp_path: Any
+) -> None:
+    """The one command that stops the preferred model had no check: every answer then fell back
+    at the deadline (or timed out), where promote, rollback and schedule set refuse to prefer a
+    model that does not score (a review by experiment)."""
+    services.rendezvous(bootstrap, prefix, models=("champion", "challenger"))
+    common = ("--bootstrap", bootstrap, "--topic-prefix", prefix)
+    own = {"RDV_CACHE_DIR": str(tmp_path)}  # a deployment named champion of its own, not this machine's
+    assert rendezvous("deploy", "champion", "--model", "demo:champion", *common, env=own).returncode == 0
+    try:
+        refused = rendezvous("undeploy", "champion", *common, env=own)
+        assert_one_line_error(refused, "champion is what schedule default v1 answers with", "--force")
+    finally:
+        forced = rendezvous("undeploy", "champion", "--force", *common, env=own)
+    assert forced.returncode == 0 and "undeployed champion" in forced.stderr, forced.stderr
