@@ -310,9 +310,17 @@ def _gate(
     return verdicts
 
 
-def cmd_rollback(settings: ChangeSettings, console: Console) -> int:
+@dataclass(frozen=True)
+class RollbackSettings(ChangeSettings):
+    """Which version a rollback restores."""
+
+    to: int = setting(0, "The version to restore (default: the one before the latest; run twice, a rollback "
+                         "restores what the first rolled back from: give --to to step further back).", minimum=0)
+
+
+def cmd_rollback(settings: RollbackSettings, console: Console) -> int:
     book = _book(settings)
-    draft = changes.rollback(book, settings.comment)
+    draft = changes.rollback(book, settings.comment, settings.to)
     _check_live(settings, draft)  # the version before may name a model undeployed since
     _publish_next(settings, book, draft, console)
     return 0

@@ -67,7 +67,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     from services.cli import lifecycle
 
-    return lifecycle.cmd_rollback(with_bootstrap(from_namespace(lifecycle.ChangeSettings, args)), _console())
+    return lifecycle.cmd_rollback(with_bootstrap(from_namespace(lifecycle.RollbackSettings, args)), _console())
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -124,7 +124,7 @@ def register(commands: Any, selection: Any) -> None:
     promote.set_defaults(handler=cmd_promote)
 
     rollback = commands.add_parser("rollback", help="restore the previous schedule (as a new version)")
-    selection.arguments(rollback, ("rollback",), lifecycle + "ChangeSettings")
+    selection.arguments(rollback, ("rollback",), lifecycle + "RollbackSettings")
     rollback.set_defaults(handler=cmd_rollback)
 
     schedule = commands.add_parser("schedule", help="show, set or list the versions of the live schedule")

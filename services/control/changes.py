@@ -46,11 +46,17 @@ def promotion(current_schedule: Schedule, candidate: str, canary: str, comment: 
                                comment=comment or f"promote {candidate} (was {champion})")
 
 
-def rollback(book: ScheduleBook, comment: str = "") -> Schedule:
-    """The previous version's policy, as a draft of the next version."""
+def rollback(book: ScheduleBook, comment: str = "", to: int = 0) -> Schedule:
+    """Version `to`'s policy (default: the one before the latest), as a draft of the next
+    version. Run twice without `to`, it restores what the first rolled back from."""
     latest = current(book)
     versions = book.versions
     if len(versions) < 2:
         raise ConfigError(f"nothing to roll back to: {book.name} has only v{latest.version}")
-    previous = versions[-2]
+    if to == latest.version:
+        raise ConfigError(f"--to {to}: v{to} is the version in force")
+    previous = next((v for v in versions if v.version == to), None) if to else versions[-2]
+    if previous is None:
+        raise ConfigError(f"--to {to}: {book.name} has no v{to} (versions: "
+                          f"{', '.join(f'v{v.version}' for v in versions[-20:])})")
     return dataclasses.replace(previous, comment=comment or f"rollback to v{previous.version}")

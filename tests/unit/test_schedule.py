@@ -134,3 +134,18 @@ def test_a_version_leaves_room_for_the_versions_after_it() -> None:
     assert book.refusal(Schedule(models=("a",), version=20251201), written_at=0) is None  # date-like: fine
     book.add(Schedule(models=("a",), version=top))
     assert book.refusal(Schedule(models=("a",), version=top + 1), written_at=0) is not None
+
+
+def test_rollback_restores_the_version_before_or_the_one_asked_for() -> None:
+    """Run twice, a rollback restores what the first rolled back from (B, A, B): `--to` steps further back."""
+    from services.control import changes
+
+    book = ScheduleBook("default")
+    for version, models in enumerate([("a",), ("b", "a"), ("c", "b", "a")], start=1):
+        book.add(Schedule(models=models, version=version, effective_at=version))
+    assert changes.rollback(book).models == ("b", "a")
+    assert changes.rollback(book, to=1).models == ("a",) and changes.rollback(book, to=1).comment == "rollback to v1"
+    with pytest.raises(ConfigError, match="--to 3: v3 is the version in force"):
+        changes.rollback(book, to=3)
+    with pytest.raises(ConfigError, match=r"--to 7: default has no v7 \(versions: v1, v2, v3\)"):
+        changes.rollback(book, to=7)
