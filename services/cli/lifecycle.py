@@ -173,7 +173,9 @@ def _role(model: str, champion: str | None, in_schedule: set[str]) -> str:
     return "champion" if model == champion else ("fallback" if model in in_schedule else "challenger")
 
 
-def _check_live(settings: ChangeSettings, schedule: Schedule) -> None:
+def _check_live(settings: ChangeSettings, schedule: Schedule, console: Console | None = None) -> None:
+    """Refuse a schedule whose preferred model is not scoring; note fallbacks that are not either
+    (a typo there makes a request wait out the deadline whenever the champion is late)."""
     if settings.force:
         return
     figures = live_models(settings.librdkafka(), settings.topics().scores, settings.live_window_s)
@@ -182,6 +184,10 @@ def _check_live(settings: ChangeSettings, schedule: Schedule) -> None:
     reason = not_live(schedule, live, settings.live_window_s)
     if reason:
         raise ConfigError(f"refused: {reason}; deploy it first, or pass --force")
+    silent = [m for m in schedule.models[1:] if m not in live]
+    if silent and console is not None:
+        console.print(f"[yellow]note[/]: fallback model(s) {', '.join(silent)} sent no usable score in the last "
+                      f"{settings.live_window_s:g} s: published all the same")
 
 
 def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule, console: Console) -> Schedule:
@@ -237,7 +243,7 @@ def cmd_schedule_history(settings: ScheduleViewSettings, console: Console) -> in
 def cmd_schedule_set(settings: ScheduleSetSettings, console: Console) -> int:
     book = _book(settings)
     draft = _draft_from_flags(settings, book.latest)  # none yet: this is the first version
-    _check_live(settings, draft)
+    _check_live(settings, draft, console)
     for warning in _risky(draft):
         console.print(f"[yellow]note[/]: {warning}")
     _publish_next(settings, book, draft, console)

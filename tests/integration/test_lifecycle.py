@@ -106,6 +106,11 @@ def test_malformed_forged_or_unknown_model_schedules_are_refused_and_the_old_one
 
         after = client.score(demo_rows(1, seed=2)[0])
     assert (after.schedule_version, after.model, after.status) == (1, "champion", "OK")
+    # A fallback nothing serves (a typo, say) is published, with a note: requests would wait out
+    # the deadline whenever the champion is late.
+    noted = rendezvous("schedule", "set", "--models", "champion,ghsot", *where)
+    assert noted.returncode == 0 and "published default v2" in noted.stderr, noted.stderr
+    assert "fallback model(s) ghsot sent no usable score" in noted.stderr, noted.stderr
 
 
 def test_gated_promotion_is_refused_with_the_figures_when_agreement_is_low(
