@@ -104,6 +104,12 @@ class Context:
             (self.consumer.pause if pause else self.consumer.resume)(partitions)
 
 
+# Under the user's --kafka-config (which may change it) and the service's own consumer_config.
+# A member killed with -9 keeps its partitions until its session times out: librdkafka's default
+# of 45 s left a restarted decoy or comparison service without partitions for most of a minute.
+GROUP_DEFAULTS: dict[str, Any] = {"session.timeout.ms": 6_000}
+
+
 class StreamHandler(Protocol):
     """The service-specific part. Every method runs on the poll loop's thread."""
 
@@ -191,7 +197,7 @@ class StreamService:
         wait_for_broker(config, spec.connect_timeout_s)
         with ExitStack() as stack:
             producer = self._producer(config, stack)
-            consumer = Consumer({**config, "group.id": spec.group_id, **spec.consumer_config})
+            consumer = Consumer({**GROUP_DEFAULTS, **config, "group.id": spec.group_id, **spec.consumer_config})
             stack.callback(consumer.close)
             committer = self._committer(producer, consumer, stop)
             lane = CommitLane(committer, producer, background=spec.processing != "durable")

@@ -259,9 +259,7 @@ class ModelWorker(SimpleHandler, Probed):
             connect_timeout_s=settings.connect_timeout_s,
             consumer_config={
                 "client.id": f"{self.name}-{self.instance}",
-                "auto.offset.reset": settings.start_from,
-                # A dead replica's partitions move on after 6 s (librdkafka's default is 45 s).
-                "session.timeout.ms": 6_000,
+                "auto.offset.reset": settings.start_from,  # a dead replica's partitions move on: GROUP_DEFAULTS
                 "max.poll.interval.ms": max_poll_interval_ms(settings.predict_timeout_s, len(self.hosted)),
             },
             outputs=(self.topics.scores, self.topics.deadletter),
