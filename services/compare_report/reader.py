@@ -28,6 +28,7 @@ from confluent_kafka import KafkaError, Message, TopicPartition
 from services.compare_report.columns import Columns
 from services.compare_report.decode import BatchDecoder
 from services.core.codec import codec
+from services.core.control_records import is_control_record
 from services.core.errors import BrokerUnavailable, KafkaOperationError, Source, TopicMissing
 from services.core.kafka import Consumer, groupless, partition_counts
 from services.core.ranges import Bounds, OffsetBound, TimeBound
@@ -136,7 +137,8 @@ def _in_range(messages: list[Message], pending: dict[int, PartitionSpan]) -> tup
         offset = msg.offset() or 0
         if wanted is None or offset >= wanted.end:
             continue
-        values.append(msg.value())
+        if not is_control_record(msg):  # a seal (core/control_records.py) is no comparison record
+            values.append(msg.value())
         if offset + 1 >= wanted.end:
             del pending[wanted.partition]
             drained.append(wanted.partition)

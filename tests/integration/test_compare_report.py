@@ -161,3 +161,18 @@ def test_missing_topic_is_one_clear_line(bootstrap: str) -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "missing topic(s)" in errors[0], result.stderr
+
+
+def test_a_seal_is_left_out_and_a_null_value_that_is_none_is_counted_as_skipped(
+    config: dict[str, Any], timed_log: str
+) -> None:
+    """A null value without a control header is no comparison record: the live service
+    dead-letters it, the report skipped it uncounted, as it does a seal (a review by experiment)."""
+    from services.core.control_records import SEAL_HEADER
+
+    producer = Producer(config)
+    producer.produce(timed_log, None, partition=0, headers=[(SEAL_HEADER, b"")])
+    producer.produce(timed_log, None, partition=1)
+    assert producer.flush(30) == 0
+    result = read_range(config, timed_log, Bounds())
+    assert (len(result.columns), result.skipped) == (400, 1)

@@ -357,7 +357,9 @@ def test_batch_decoder_matches_codec_and_skips_bad_records(records: list[dict[st
     broken = [good[:-3], None, b"\xc3\x01" + b"\x00" * 8 + good[10:], good + b"\x00"]
     mixed = values[:50] + broken + values[50:100]
     assert decoder.decode(mixed) == [comparisons.decode(v) for v in values[:100]]
-    assert decoder.skipped == len(broken) - 1  # the None is a control record (a seal), not a broken comparison
+    # The None too: control records (seals) are left out by the reader; a null value that reaches the
+    # decoder is no comparison record (the live service dead-letters it; the report skipped it uncounted).
+    assert decoder.skipped == len(broken)
 
 
 def _item_schema() -> Any:
@@ -528,9 +530,8 @@ def test_batches_with_bad_records_fall_back_and_skip_exactly_those(records: list
     columns = Columns()
     decoder = BatchDecoder(comparisons)
     decoder.decode_into(mixed, columns)
-    # The truncated one; the None is a control record (a seal), not a comparison, so not counted as
-    # skipped; the long label is valid, just not fast.
-    assert decoder.skipped == 1
+    # The truncated one and the None (no comparison record); the long label is valid, just not fast.
+    assert decoder.skipped == 2
     expected = Columns.of([*records[:300], comparisons.decode(long_label)])
     assert as_rows(columns.frame()) == as_rows(expected.frame())
 
@@ -547,7 +548,7 @@ def test_small_ranges_decode_without_the_compiled_code_to_the_same_columns(recor
         decoder.decode_into(mixed, columns)
         decoded[expected] = (as_rows(columns.frame()), decoder.skipped)
     assert decoded[len(mixed)] == decoded[None]
-    assert decoded[None][1] == 1
+    assert decoded[None][1] == 2  # the truncated record and the null value
 
 
 def test_a_small_report_never_loads_numba() -> None:
