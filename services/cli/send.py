@@ -6,12 +6,14 @@ import csv
 import json
 import math
 import sys
+import time
 from collections.abc import Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
-from services.client.client import Client
+from services.client.client import AnswerTimeout, Client
 from services.core.errors import ConfigError
 from services.core.settings import KafkaSettings, setting
 
@@ -152,13 +154,26 @@ def send(settings: SendSettings) -> int:
     warning = warn_unknown_features(settings, rows)
     if warning:
         sys.stderr.write(warning + "\n")
+    statuses: dict[str, int] = {}
+    missing = 0
     with Client(settings.librdkafka(), settings.topics(), budget_ms=settings.budget_ms,
                 answer_wait_s=settings.wait_s) as client:
-        answers = client.score_many(rows)
-    statuses: dict[str, int] = {}
-    for answer in answers:
-        sys.stdout.write(json.dumps({**asdict(answer), "latency_ms": answer.latency_ms}) + "\n")
-        statuses[answer.status] = statuses.get(answer.status, 0) + 1
+        futures = [client.submit(row) for row in rows]
+        client.flush()
+        # One wait for them all: each answer printed as it is in (input order), a missing one
+        # counted; score_many printed nothing at all when one answer of many was missing.
+        until = time.monotonic() + settings.wait_s
+        for future in futures:
+            try:
+                answer = future.result(timeout=max(0.0, until - time.monotonic()))
+            except FutureTimeout:
+                missing += 1
+                continue
+            sys.stdout.write(json.dumps({**asdict(answer), "latency_ms": answer.latency_ms}) + "\n")
+            statuses[answer.status] = statuses.get(answer.status, 0) + 1
     summary = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
-    sys.stderr.write(f"{len(answers)} answers: {summary}\n")
+    sys.stderr.write(f"{len(rows) - missing} answers: {summary or 'none'}\n")
+    if missing:
+        raise AnswerTimeout(f"{missing} of {len(rows)} requests got no answer within {settings.wait_s:g}s: is the "
+                            f"rendezvous running on {settings.topics().requests}?")
     return 0

@@ -80,6 +80,13 @@ def test_topics_create_then_send_prints_answers(
     assert "3 answers: 3 OK" in result.stderr
     bad = rendezvous("send", "--bootstrap", bootstrap, "--topic-prefix", prefix, "--features", "{oops")
     assert_one_line_error(bad, "--features", "not valid JSON")
+    # Nobody answers on another prefix: the requests unanswered are counted, in one line.
+    idle = f"idle{uuid.uuid4().hex[:8]}."
+    assert rendezvous("topics", "create", "--bootstrap", bootstrap, "--topic-prefix", idle).returncode == 0
+    unanswered = rendezvous("send", "--bootstrap", bootstrap, "--topic-prefix", idle, "--demo-rows", "3",
+                            "--wait-s", "2")
+    assert_one_line_error(unanswered, "3 of 3 requests got no answer within 2s")
+    assert unanswered.stdout == "" and "0 answers: none" in unanswered.stderr
 
 
 def test_demo_runs_and_prints_the_live_table(bootstrap: str, topics: Topics) -> None:
