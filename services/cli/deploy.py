@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from services.cli.spawn import service_env, spawn
 from services.core.errors import ConfigError, RendezvousError
@@ -36,6 +37,8 @@ from services.model_worker.settings import (
     parse_start_at,
     trust_model_file_setting,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,6 @@ class DeploySettings(KafkaSettings):
         """The deployment's own model, then its co-hosted ones."""
         return [name, *(co_name for co_name, _ in parse_co_host(self.co_host))]
 
-
-log = logging.getLogger(__name__)
 
 RENDEZVOUS = "rendezvous"  # `deploy rendezvous --replicas N`: instances of the rendezvous itself
 
@@ -320,7 +321,7 @@ def _check_not_preferred(name: str, settings: UndeploySettings, console: Console
         settings = with_bootstrap(settings)
         book = load_book(settings.librdkafka(), settings.topics().control, settings.schedule_name)
     except RendezvousError as exc:  # no broker (stopping needs none), or it does not answer
-        console.print(f"[yellow]note[/]: the schedule could not be read ({exc}): not checked")
+        console.print(f"[yellow]note[/]: the schedule could not be read ({escape(str(exc))}): not checked")
         return
     schedule = book.latest
     if schedule is None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from services.cli.model_contracts import print_contracts
@@ -186,8 +187,8 @@ def _check_live(settings: ChangeSettings, schedule: Schedule, console: Console |
         raise ConfigError(f"refused: {reason}; deploy it first, or pass --force")
     silent = [m for m in schedule.models[1:] if m not in live]
     if silent and console is not None:
-        console.print(f"[yellow]note[/]: fallback model(s) {', '.join(silent)} sent no usable score in the last "
-                      f"{settings.live_window_s:g} s: published all the same")
+        console.print(f"[yellow]note[/]: fallback model(s) {escape(', '.join(silent))} sent no usable score in the "
+                      f"last {settings.live_window_s:g} s: published all the same")
 
 
 def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule, console: Console) -> Schedule:
