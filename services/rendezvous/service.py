@@ -186,15 +186,17 @@ class Rendezvous(Probed):
 
     def start(self, ctx: Context) -> None:
         self._ctx = ctx
-        fast = Producer({**ctx.config, "linger.ms": 0}, soft_topics=lambda _t: True,
+        # A return address is a client's word: it must never create a topic (on a broker that
+        # creates topics on demand, a metadata question or a produce would).
+        fast = Producer({**ctx.config, "linger.ms": 0, "allow.auto.create.topics": False}, soft_topics=lambda _t: True,
                         on_soft_failure=self._on_reply_failure, delivered=True)  # a reply's receipt: on_done
         ctx.stack.callback(fast.close)
         self._fast = fast
         assert ctx.producer is not None
         self._dead = DeadLetters.for_topic(ctx.outputs, ctx.config, self.topics.deadletter, SERVICE,
                                            known=ctx.producer.topic_limit(self.topics.deadletter))
-        rules = ReplyRules(self.topics, self.settings.reply_topics)
-        self._replies = ReplyRouter(self._queue_reply, ctx.config, rules)
+        rules = ReplyRules(self.topics, self.settings.reply_topic_pattern())
+        self._replies = ReplyRouter(self._queue_reply, {**ctx.config, "allow.auto.create.topics": False}, rules)
         ctx.stack.callback(self._replies.close)
         self._replies.check_now(self.topics.replies)
         self.schedules.start(ctx)

@@ -81,8 +81,9 @@ class RendezvousSettings(ServiceSettings):
         60_000, "Longest deadline a request may ask for, from its created_at (ms); longer ones are clamped."
     )
     reply_topics: str = setting(
-        ".*", "Which topics may be a return address (a regular expression matched against the whole name). "
-        "The deployment's own topics and Kafka-internal ones never may; its replies topic always may."
+        "", "Which topics may be a return address (a regular expression matched against the whole name; default: "
+        "those under --topic-prefix, '.*' for any). The deployment's own topics and Kafka-internal ones never may; "
+        "its replies topic always may."
     )
     drain_timeout_s: float = setting(
         10.0, "On SIGTERM: how long to keep finishing requests in flight before committing and exiting (s)."
@@ -111,7 +112,7 @@ class RendezvousSettings(ServiceSettings):
         if self.start_from not in ("earliest", "latest"):
             raise ConfigError(f"--start-from must be earliest or latest, got {self.start_from!r}")
         try:
-            re.compile(self.reply_topics)
+            re.compile(self.reply_topic_pattern())
         except re.error as exc:
             raise ConfigError(f"--reply-topics is not a regular expression: {exc}") from None
         self.schedule()
@@ -141,6 +142,12 @@ class RendezvousSettings(ServiceSettings):
 
     def transactional_id(self) -> str:
         return f"{self.group_id()}-{self.instance or _PROCESS_ID}"
+
+    def reply_topic_pattern(self) -> str:
+        """--reply-topics, or by default the topics under the deployment's prefix: a client could
+        otherwise have answers written into any topic the rendezvous may write (another
+        deployment's control topic, say; a security review)."""
+        return self.reply_topics or re.escape(self.topic_prefix) + ".*"
 
     def group_id(self) -> str:
         return self.group or f"{self.topic_prefix}rendezvous"
