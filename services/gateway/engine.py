@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import logging
+import secrets
 import uuid
 from array import array
 from collections.abc import Sequence
@@ -51,11 +51,13 @@ class Gateway:
         self.rows_in_flight = 0
         # Ids for calls without one: a random per-process prefix and a counter (unique without a
         # call to the OS per request, as uuid4 makes).
-        self._id_prefix = uuid.uuid4().hex[:16]
-        self._ids = itertools.count()
 
-    def _new_id(self) -> str:
-        return f"{self._id_prefix}-{next(self._ids):x}"
+    @staticmethod
+    def _new_id() -> str:
+        """Unpredictable: the rendezvous answers an id it has seen with its first answer, so a
+        client that could guess the next id (a process prefix and a counter, read off the replies
+        topic) sent it first with rows of its own, and its answer went to the gateway's caller."""
+        return secrets.token_hex(16)
 
     # -- admission ------------------------------------------------------------------------------
 

@@ -632,3 +632,14 @@ def test_an_unreadable_comparison_record_fails_its_waiting_calls_at_once() -> No
     with pytest.raises(AnswerFailed, match="comparison record of this request cannot be read") as failed:
         waiting.result(0)
     assert status_of(failed.value).http == 502
+
+
+def test_the_ids_of_calls_without_one_cannot_be_guessed_from_earlier_ones() -> None:
+    """A process prefix and a counter: a client reading the replies topic saw one id, sent the
+    next ones first with rows of its own, and the rendezvous gave their answers to the gateway's
+    callers (a security review)."""
+    from services.gateway.engine import Gateway
+
+    ids = [Gateway._new_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert len({i[:8] for i in ids}) > 990  # no shared prefix to count on
