@@ -8,14 +8,16 @@ two small JSON calls, made at start-up and once per unseen schema id, need no cl
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import urllib.error
 import urllib.request
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from services.core.errors import ConfigError
+from services.core.redaction import never_print
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 
@@ -33,8 +35,8 @@ class SchemaRegistry:
 
     def __init__(self, url: str, timeout_s: float = 5.0):
         if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"--schema-registry must be an http(s):// URL, got {url!r}")
-        self.url = url.rstrip("/")
+            raise ConfigError(f"--schema-registry must be an http(s):// URL, got {shown_url(url)!r}")
+        self.url, self._auth = _without_credentials(url.rstrip("/"))
         self.timeout_s = timeout_s
 
     def register(self, subject: str, schema: dict[str, Any]) -> int:
@@ -61,10 +63,10 @@ class SchemaRegistry:
         return schema
 
     def _call(self, method: str, path: str, body: bytes | None) -> Any:
-        request = urllib.request.Request(
-            self.url + path, data=body, method=method,
-            headers={"Content-Type": CONTENT_TYPE, "Accept": CONTENT_TYPE},
-        )
+        headers = {"Content-Type": CONTENT_TYPE, "Accept": CONTENT_TYPE}
+        if self._auth:
+            headers["Authorization"] = self._auth
+        request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 return json.loads(response.read())
@@ -74,6 +76,28 @@ class SchemaRegistry:
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             raise RegistryError(f"schema registry {self.url} unreachable: {reason}") from None
+
+
+def _without_credentials(url: str) -> tuple[str, str]:
+    """The URL without its user:password@ (urllib took them for part of the host name, and every
+    message quoted them), and the Basic authorization header they make ('' without them). The
+    password is masked in every output line from here on."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, ""
+    user, password = unquote(parts.username or ""), unquote(parts.password or "")
+    never_print(password)
+    never_print(quote(password, safe=""))
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return shown_url(url), f"Basic {token}"
+
+
+def shown_url(url: str) -> str:
+    """A registry URL as it may be shown: without its credentials."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def _message(exc: urllib.error.HTTPError) -> str:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 from services.core import kafka_config
 from services.core.errors import ConfigError
+from services.core.registry import shown_url
 
 ENV_PREFIX = "RDV_"
 # Numbers a setting accepts unless it declares its own bounds: never negative, and small enough
@@ -175,6 +176,7 @@ class KafkaSettings:
         """One log line of the settings, with librdkafka secrets redacted."""
         shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}
         shown["kafka_config"] = kafka_config.masked(kafka_config.parse(self.kafka_config))
+        shown["schema_registry"] = shown_url(self.schema_registry)  # user:password@ left out
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def topics(self) -> Topics:

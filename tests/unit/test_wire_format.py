@@ -167,3 +167,21 @@ def test_an_id_refused_once_is_not_looked_up_again() -> None:
         with pytest.raises(UnknownFingerprint, match="schema id 8 is not a known version"):
             reader.decode(b"\x00\x00\x00\x00\x08\x00")
     assert asked == [8]
+
+
+def test_registry_credentials_in_the_url_go_into_a_header_and_never_into_a_message() -> None:
+    """urllib took user:password@ for part of the host (a registry that asks for them could not be
+    used) and every message quoted the URL with the password (a security review)."""
+    import base64
+
+    from services.core.registry import RegistryError, SchemaRegistry, _without_credentials
+
+    url, auth = _without_credentials("http://reg%40user:S3cret%2Fpw@127.0.0.1:9/ccompat")
+    assert url == "http://127.0.0.1:9/ccompat"
+    assert base64.b64decode(auth.removeprefix("Basic ")) == b"reg@user:S3cret/pw"
+    assert _without_credentials("https://registry:8081") == ("https://registry:8081", "")
+    registry = SchemaRegistry("http://reguser:RegS3cretPw@127.0.0.1:9/", timeout_s=2)
+    with pytest.raises(RegistryError) as refused:  # nothing listens on port 9: a real refusal
+        registry.schema(1)
+    assert "RegS3cretPw" not in str(refused.value) and "schema registry http://127.0.0.1:9 unreachable" in str(
+        refused.value)
