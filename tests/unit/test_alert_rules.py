@@ -92,7 +92,7 @@ def test_the_series_of_a_family_are_those_of_its_type() -> None:
 def test_every_runbook_annotation_names_a_section_of_the_runbook() -> None:
     headings = re.findall(r"^#+ (.+)$", RUNBOOK.read_text(), flags=re.M)
     anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in headings}
-    for rule in _rules("operations.yml"):
+    for rule in [*_rules("operations.yml"), *_rules("alerts.yml")]:
         runbook = rule["annotations"]["runbook"]
         path, _, anchor = runbook.partition("#")
         assert path == "docs/runbook.md" and anchor in anchors, f"{rule['alert']}: {runbook}"
