@@ -40,7 +40,7 @@ class TopicSettings(KafkaSettings):
     """Create every topic of a deployment."""
 
     partitions: int = setting(
-        4, "Partitions of requests/scores/answers/log (requests and scores must match).",
+        4, "Partitions of requests/scores/answers/log/replies (requests and scores must match).",
         minimum=1, maximum=10_000,
     )
 
@@ -248,8 +248,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     selection.arguments(serve_model, ("model", "serve"), SETTINGS[("model", "serve")])
     serve_model.set_defaults(handler=cmd_model_serve)
 
-    for name in ("serve", "rendezvous"):
-        serve = commands.add_parser(name, help="run the rendezvous service (join, schedule, answer, log)")
+    for name, what in (("serve", "run the rendezvous service (join, schedule, answer, log)"),
+                       ("rendezvous", "the same as serve (the service's own name)")):
+        serve = commands.add_parser(name, help=what)
         selection.arguments(serve, (name,), SETTINGS[(name,)])
         serve.set_defaults(handler=cmd_serve)
 

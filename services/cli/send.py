@@ -34,7 +34,8 @@ class SendSettings(KafkaSettings):
         200, "Deadline budget of each request (ms after it is created).", minimum=1, maximum=3_600_000
     )
     wait_s: float = setting(
-        10.0, "How long to wait for each answer before giving up (s).", minimum=0.1, maximum=3600
+        10.0, "How long to wait for all the answers (s); those missing then are counted and the command exits 2.",
+        minimum=0.1, maximum=3600
     )
 
     def validate(self) -> None:
