@@ -27,6 +27,10 @@ class BodyTooLarge(CallError):
     """The request body is over --max-body-bytes (413 / RESOURCE_EXHAUSTED)."""
 
 
+class CrossOrigin(CallError):
+    """A call from a web page of another origin (403; REST only)."""
+
+
 class UnsupportedMediaType(CallError):
     """The body's Content-Type is one the gateway refuses (415; REST only)."""
 
@@ -80,6 +84,7 @@ _TABLE: tuple[tuple[type[BaseException], int, grpc.StatusCode, str], ...] = (
     (BodyTooLarge, 413, grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large"),
     # A request too large for a Kafka record: sending it again would meet the same refusal.
     (RecordTooLarge, 413, grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large"),
+    (CrossOrigin, 403, grpc.StatusCode.PERMISSION_DENIED, "cross_origin"),
     (UnsupportedMediaType, 415, grpc.StatusCode.INVALID_ARGUMENT, "media_type"),
     (NotFound, 404, grpc.StatusCode.NOT_FOUND, "not_found"),
     (Unauthenticated, 401, grpc.StatusCode.UNAUTHENTICATED, "unauthenticated"),

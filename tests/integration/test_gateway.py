@@ -101,7 +101,8 @@ def curl(gateway: Gateway, method: str, path: str, body: bytes | None = None,
     for key, value in (headers or {}).items():
         args += ["-H", f"{key}: {value}"]
     if body is not None:
-        args += ["-H", f"Content-Type: {content_type}", "--data-binary", "@-"]
+        # "Content-Type:" with no value: curl sends none (else --data-binary would send a form's)
+        args += ["-H", f"Content-Type: {content_type}" if content_type else "Content-Type:", "--data-binary", "@-"]
     done = subprocess.run([*args, gateway.url + path], input=body, capture_output=True, timeout=60, check=True)
     text, _, code = done.stdout.decode().rpartition("\n")
     return int(code), text
@@ -344,6 +345,13 @@ def test_a_body_of_a_type_any_web_page_may_send_cross_site_is_415_counted(stack:
     labelled = "application/json; charset=utf-8"
     status, text = curl(stack.a, "POST", "/v2/models/default/infer", body, content_type=labelled)
     assert status == 200, text
+    # A page's Blob goes with no Content-Type at all, and needs no consent either: its Origin says it.
+    refused = ("rdv_gateway_rejected_total", (("protocol", "rest"), ("reason", "cross_origin")))
+    before = stack.a.metrics().get(refused, 0)
+    status, text = curl(stack.a, "POST", "/v2/models/default/infer", body, content_type="",
+                        headers={"Origin": "https://evil.example"})
+    assert status == 403 and "web page of another origin" in json.loads(text)["error"], text
+    assert stack.a.metrics().get(refused, 0) == before + 1
 
 
 def test_an_unparseable_or_outsized_grpc_call_is_invalid_argument_with_its_reason_counted(stack: Stack) -> None:

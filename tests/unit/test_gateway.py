@@ -45,7 +45,7 @@ from services.gateway.oip import (
     rows_of,
     timeout_ms,
 )
-from services.gateway.rest import _header_ms, check_media_type, parse_call
+from services.gateway.rest import _header_ms, check_media_type, check_origin, parse_call
 from services.gateway.settings import GatewaySettings
 from services.gateway.signatures import FeatureSpec, FixedSignatures
 from services.gateway.ui import snapshot_from
@@ -643,3 +643,17 @@ def test_the_ids_of_calls_without_one_cannot_be_guessed_from_earlier_ones() -> N
     ids = [Gateway._new_id() for _ in range(1000)]
     assert len(set(ids)) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
     assert len({i[:8] for i in ids}) > 990  # no shared prefix to count on
+
+
+@pytest.mark.parametrize(("origin", "host"), [("https://evil.example", "localhost:8080"), ("null", "localhost:8080"),
+                                             ("http://localhost:8081", "localhost:8080")])
+def test_a_call_from_a_page_of_another_origin_is_refused(origin: str, host: str) -> None:
+    from services.gateway.errors import CrossOrigin
+
+    with pytest.raises(CrossOrigin, match="web page of another origin"):
+        check_origin(origin, host)
+
+
+def test_calls_without_an_origin_or_from_the_gateways_own_pages_are_read() -> None:
+    check_origin(None, "localhost:8080")  # curl, tritonclient, any server
+    check_origin("http://LocalHost:8080", "localhost:8080")
