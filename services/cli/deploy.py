@@ -17,6 +17,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from services.cli.spawn import service_env, spawn
+from services.control.schedule import DEFAULT_NAME
 from services.core.errors import ConfigError, RendezvousError
 from services.core.kafka import wait_for_broker, wait_for_groups
 from services.core.settings import KafkaSettings, setting
@@ -201,6 +203,10 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
     env = service_env(settings)
     started: dict[int, subprocess.Popen[bytes]] = {}
     new_deployment = not replicas
+    if new_deployment and name != RENDEZVOUS and _committed_before(settings, _group(name, settings)):
+        console.print(f"[yellow]note[/]: group {_group(name, settings)} holds the positions of an earlier deployment "
+                      f"of {escape(name)}: it resumes there, scoring what came since, whatever --start-from or "
+                      "--start-at say (deploy under another name to start afresh)")
     for index in range(settings.replicas):
         if index not in replicas:
             started[index] = spawn(_replica_args(name, settings, index), folder / f"replica-{index}.log", env,
@@ -214,8 +220,10 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
     waited_until = time.monotonic() + settings.wait_s
     wait_for_groups(settings.librdkafka(), [_group(name, settings)], timeout=settings.wait_s,
                     members=settings.replicas, check=lambda: _none_exited(started, folder))
-    if new_deployment and name != RENDEZVOUS:
-        _wait_for_starts(settings, _group(name, settings), waited_until, console)
+    if new_deployment and name != RENDEZVOUS and (settings.start_from == "latest" or settings.start_at):
+        # Under earliest nothing is committed at assignment: there is no start to wait for.
+        _wait_for_starts(settings, _group(name, settings), waited_until, console,
+                         check=lambda: _none_exited(started, folder))
     console.print(f"{name} runs {settings.replicas} replica(s): pids {sorted(kept.values())}, logs in {folder}")
     if name != RENDEZVOUS:
         console.print(f"it scores every request; its answers are only logged until you `rendezvous promote {name}`.")
@@ -235,27 +243,53 @@ def _none_exited(started: dict[int, subprocess.Popen[bytes]], folder: Path) -> N
                               f"(log: {log_file})")
 
 
-def _wait_for_starts(settings: DeploySettings, group: str, until: float, console: Console) -> None:
+def _requests_partitions(settings: DeploySettings) -> list[Any]:
+    from confluent_kafka import TopicPartition
+
+    from services.core.kafka import partition_counts
+
+    requests = settings.topics().requests
+    count = partition_counts(settings.librdkafka(), [requests])[requests]
+    return [TopicPartition(requests, p) for p in range(count)]
+
+
+def _committed_before(settings: DeploySettings, group: str) -> bool:
+    """Whether `group` already has a committed position (a deployment of the same name before)."""
+    from confluent_kafka import KafkaException
+
+    from services.rendezvous.recovery import committed_offsets
+
+    try:
+        offsets = committed_offsets(settings.librdkafka(), group, _requests_partitions(settings), stable=False)
+    except KafkaException as exc:
+        log.debug("committed offsets of %s not read: %s", group, exc)
+        return False
+    return any(tp.offset >= 0 for tp in offsets)
+
+
+def _wait_for_starts(
+    settings: DeploySettings, group: str, until: float, console: Console, check: Callable[[], None]
+) -> None:
     """Wait for the new group's start on every requests partition to be committed: from then on
     every request is scored (a group is Stable a moment before its members have read where
     `latest` is)."""
-    from confluent_kafka import KafkaException, TopicPartition
+    from confluent_kafka import KafkaException
 
-    from services.core.kafka import partition_counts
     from services.rendezvous.recovery import committed_offsets
 
-    config, requests = settings.librdkafka(), settings.topics().requests
+    config = settings.librdkafka()
     until = max(until, time.monotonic() + 10)  # the group's wait may have used up --wait-s
     while time.monotonic() < until:
         try:
-            partitions = [TopicPartition(requests, p) for p in range(partition_counts(config, [requests])[requests])]
+            partitions = _requests_partitions(settings)
             if all(tp.offset >= 0 for tp in committed_offsets(config, group, partitions, stable=False)):
                 return
         except KafkaException as exc:
             log.debug("committed offsets of %s not read yet: %s", group, exc)
+        check()  # a replica that died after joining says so, not as a start never committed
         time.sleep(0.2)  # polling the broker for a commit the replicas make, not a readiness guess
-    console.print(f"[yellow]{group} has not committed where it starts on every partition within --wait-s: "
-                  "requests sent meanwhile may not be scored[/yellow]")
+    console.print(f"[yellow]{group} has not committed where it starts on every partition: requests sent "
+                  "meanwhile may not be scored[/yellow]")
 
 
 def compose_block(name: str, settings: DeploySettings) -> str:
@@ -289,7 +323,7 @@ class UndeploySettings(KafkaSettings):
     """Stop a deployment's processes."""
 
     force: bool = setting(False, "undeploy: stop it even if the live schedule prefers one of its models.")
-    schedule_name: str = setting("default", "undeploy: the schedule checked for its models.")
+    schedule_name: str = setting(DEFAULT_NAME, "undeploy: the schedule checked for its models.")
 
     def validate(self) -> None:
         return None
@@ -312,6 +346,8 @@ def _check_not_preferred(name: str, settings: UndeploySettings, console: Console
     """Refuse to stop the model the live schedule answers with (promote, rollback and schedule set
     refuse to prefer a model that is not scoring; this was the one way to get there unasked):
     every answer would then wait for the fallback, or time out."""
+    from confluent_kafka import KafkaException
+
     from services.cli.common import with_bootstrap
     from services.control.topic import load_book
 
@@ -320,14 +356,13 @@ def _check_not_preferred(name: str, settings: UndeploySettings, console: Console
     try:
         settings = with_bootstrap(settings)
         book = load_book(settings.librdkafka(), settings.topics().control, settings.schedule_name)
-    except RendezvousError as exc:  # no broker (stopping needs none), or it does not answer
+    except (RendezvousError, KafkaException) as exc:  # no broker (stopping needs none), or it does not answer
         console.print(f"[yellow]note[/]: the schedule could not be read ({escape(str(exc))}): not checked")
         return
     schedule = book.latest
     if schedule is None:
         return
-    preferred = {schedule.models[0], *([schedule.traffic_model] if schedule.traffic_model else [])}
-    held = [m for m in models if m in preferred]
+    held = [m for m in models if m in schedule.answering()]
     if held:
         raise ConfigError(f"{', '.join(held)} is what schedule {schedule.name} v{schedule.version} answers with: "
                           "once stopped every such answer waits for a fallback or times out; promote another "

@@ -57,8 +57,7 @@ def live_models(config: Mapping[str, Any], scores_topic: str, window_s: float) -
 
 def not_live(schedule: Schedule, live: set[str], window_s: float) -> str | None:
     """Why `schedule` would prefer a model that is not scoring (None: the ones it prefers are)."""
-    wanted = [schedule.models[0]] + ([schedule.traffic_model] if schedule.traffic_model else [])
-    missing = [m for m in wanted if m not in live]
+    missing = [m for m in schedule.answering() if m not in live]
     if not missing:
         return None
     return (f"{', '.join(missing)} sent no usable score (one without an error) in the last {window_s:.0f}s "

@@ -113,6 +113,10 @@ class Schedule:
     def preferred(self) -> str:
         return self.models[0]
 
+    def answering(self) -> list[str]:
+        """The models it answers with first: the preferred one, and the traffic split's."""
+        return [self.models[0]] + ([self.traffic_model] if self.traffic_model else [])
+
     def deadline_for(self, created_at: int, deadline: int) -> int:
         """The request's own absolute deadline, or created_at + the default budget if it set none."""
         return deadline if deadline > 0 else created_at + self.default_deadline_ms

@@ -118,8 +118,8 @@ class ControlFeed:
 
     def __init__(self, config: Mapping[str, Any], topic: str):
         self.topic = topic
+        partitions = partition_counts(config, [topic])[topic]  # first: a missing topic leaves no client open
         self._consumer = Consumer({**groupless(config, "control"), "enable.partition.eof": False})
-        partitions = partition_counts(config, [topic])[topic]
         self._partitions = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
         self._consumer.assign(self._partitions)
 

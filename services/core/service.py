@@ -110,6 +110,12 @@ class Context:
 GROUP_DEFAULTS: dict[str, Any] = {"session.timeout.ms": 6_000}
 
 
+def group_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    """GROUP_DEFAULTS, but none under the new group protocol (KIP-848): its session timeout is the
+    broker's, and librdkafka refuses the setting there."""
+    return {} if str(config.get("group.protocol", "classic")).lower() == "consumer" else GROUP_DEFAULTS
+
+
 class StreamHandler(Protocol):
     """The service-specific part. Every method runs on the poll loop's thread."""
 
@@ -197,7 +203,7 @@ class StreamService:
         wait_for_broker(config, spec.connect_timeout_s)
         with ExitStack() as stack:
             producer = self._producer(config, stack)
-            consumer = Consumer({**GROUP_DEFAULTS, **config, "group.id": spec.group_id, **spec.consumer_config})
+            consumer = Consumer({**group_defaults(config), **config, "group.id": spec.group_id, **spec.consumer_config})
             stack.callback(consumer.close)
             committer = self._committer(producer, consumer, stop)
             lane = CommitLane(committer, producer, background=spec.processing != "durable")

@@ -227,3 +227,16 @@ def test_a_deployment_name_that_is_no_plain_folder_and_group_name_is_refused(nam
         cmd_deploy(DeploySettings(model="demo:champion"), name, Console())
     for fine in ("challenger3", "fraud-v2.1", "m_1"):
         check_name(fine)
+
+
+def test_the_group_defaults_stay_out_of_the_new_group_protocol() -> None:
+    """librdkafka refuses session.timeout.ms under group.protocol=consumer (the broker's then):
+    the decoy and the comparison service, which started with it before, would not have."""
+    from confluent_kafka import Consumer as NativeConsumer
+
+    from services.core.service import group_defaults
+
+    for config in ({"group.protocol": "consumer"}, {"group.protocol": "classic"}, {}):
+        NativeConsumer({"group.id": "g", **group_defaults(config), **config}).close()  # accepted by librdkafka
+    assert group_defaults({"group.protocol": "CONSUMER"}) == {}
+    assert group_defaults({})["session.timeout.ms"] == 6_000
