@@ -322,7 +322,7 @@ def body_of(args: argparse.Namespace, broker: BrokerInfo) -> dict[str, Any]:
     topics = Topics.from_prefix(prefix)
     config = {"bootstrap.servers": broker.bootstrap}
     specs = topic_specs(topics, args.partitions)
-    client_replies = f"{prefix}client-replies"
+    client_replies = f"{prefix}replies.client"  # named after the replies topic: a return address by default
     specs[client_replies] = (args.partitions, {})
     row = demo_rows(1, seed=7)[0]
     body = infer_body(row)

@@ -82,8 +82,8 @@ class RendezvousSettings(ServiceSettings):
     )
     reply_topics: str = setting(
         "", "Which topics may be a return address (a regular expression matched against the whole name; default: "
-        "those under --topic-prefix, '.*' for any). The deployment's own topics and Kafka-internal ones never may; "
-        "its replies topic always may."
+        "the replies topic and those named after it, <replies>.<name>; '.*' for any). The deployment's own topics "
+        "and Kafka-internal ones never may; its replies topic always may."
     )
     drain_timeout_s: float = setting(
         10.0, "On SIGTERM: how long to keep finishing requests in flight before committing and exiting (s)."
@@ -144,10 +144,11 @@ class RendezvousSettings(ServiceSettings):
         return f"{self.group_id()}-{self.instance or _PROCESS_ID}"
 
     def reply_topic_pattern(self) -> str:
-        """--reply-topics, or by default the topics under the deployment's prefix: a client could
-        otherwise have answers written into any topic the rendezvous may write (another
-        deployment's control topic, say; a security review)."""
-        return self.reply_topics or re.escape(self.topic_prefix) + ".*"
+        """--reply-topics, or by default the replies topic and those named after it (a client's
+        own, `rdv.replies.alice`): a client could otherwise have answers written into any topic
+        the rendezvous may write (another deployment's control topic, say, a security review;
+        the whole prefix was not narrow enough: `rdv.staging.control` is under `rdv.`)."""
+        return self.reply_topics or re.escape(self.topics().replies) + r"(\..+)?"
 
     def group_id(self) -> str:
         return self.group or f"{self.topic_prefix}rendezvous"

@@ -44,7 +44,8 @@ def test_a_return_address_creates_no_topic_and_reaches_no_other_deployment(
     rendezvous = procs[1].start()
     try:
         producer, requests = Producer(config), codec("request")
-        addresses = ["rdv.made-by-a-client", "made-by-a-client", staging.control, topics.replies]
+        # Allowed by name but missing; not allowed; another deployment's; ours.
+        addresses = ["rdv.replies.made-by-a-client", "made-by-a-client", staging.control, topics.replies]
         for row, address in zip(demo_rows(len(addresses)), addresses, strict=True):
             record = make_request(row, budget_ms=20_000, reply_topic=address, reply_partition=None,
                                   request_id=f"to-{address}")
@@ -57,7 +58,7 @@ def test_a_return_address_creates_no_topic_and_reaches_no_other_deployment(
         until(lambda: sum(rendezvous.metric("rdv_reply_errors_total", reason=reason)
                           for reason in ("unknown_topic", "not_allowed")) >= 3, 60, "three return addresses refused")
         existing = set(AdminClient(config).list_topics(timeout=10).topics)
-        assert not {"rdv.made-by-a-client", "made-by-a-client"} & existing, sorted(existing)
+        assert not {"rdv.replies.made-by-a-client", "made-by-a-client"} & existing, sorted(existing)
         staging_control = end_offsets(config, [(staging.control, 0)], committed=False)[(staging.control, 0)]
         assert staging_control == 0, "an answer on another deployment's control topic"
     finally:

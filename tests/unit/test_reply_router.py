@@ -161,3 +161,13 @@ def test_a_question_the_broker_could_not_answer_keeps_the_replies_and_is_asked_a
     assert asked == ["client-a"] * 3
     assert broker.sent == [("client-a", 1, b"r1"), ("client-a", 2, b"r2")]
     assert not receipt.settled and out.unacked == 2  # delivered, awaiting acknowledgement
+
+
+def test_by_default_a_return_address_is_the_replies_topic_or_one_named_after_it() -> None:
+    """The whole prefix was not narrow enough: `rdv.staging.control`, another deployment's control
+    topic, is under `rdv.` (the review of this change)."""
+    from services.rendezvous.settings import RendezvousSettings
+
+    rules = r.ReplyRules(Topics.from_prefix("rdv."), RendezvousSettings().reply_topic_pattern())
+    assert [rules.refusal(t) for t in ("rdv.replies", "rdv.replies.alice", "rdv.staging.control", "rdv.repliesx",
+                                       "staging.control")] == [None, None, "not_allowed", "not_allowed", "not_allowed"]
