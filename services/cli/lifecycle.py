@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from services.cli.model_contracts import print_contracts
 from services.control import changes
@@ -160,7 +161,8 @@ def cmd_models(settings: ModelsSettings, console: Console) -> int:
     for (model, version), f in sorted(figures.items()):
         role = _role(model, champion, in_schedule)
         behind = lag(model)
-        table.add_row(model, version, role, f"{f['replicas']:.0f}", f"{f['rate']:.1f}",
+        # Text, not markup: model names and versions come from the scores topic (any model's word).
+        table.add_row(Text(model), Text(version), role, f"{f['replicas']:.0f}", f"{f['rate']:.1f}",
                       "-" if behind is None else str(behind), f"{f['errors']:.0f}",
                       f"{f['p50_ms']:.1f}", f"{f['p99_ms']:.1f}", f"{f['last_seen_s']:.1f}s ago")
     console.print(table)
@@ -174,11 +176,12 @@ def _role(model: str, champion: str | None, in_schedule: set[str]) -> str:
     return "champion" if model == champion else ("fallback" if model in in_schedule else "challenger")
 
 
-def _check_live(settings: ChangeSettings, schedule: Schedule, console: Console | None = None) -> None:
-    """Refuse a schedule whose preferred model is not scoring; note fallbacks that are not either
-    (a typo there makes a request wait out the deadline whenever the champion is late)."""
+def _check_live(settings: ChangeSettings, schedule: Schedule) -> list[str]:
+    """Refuse a schedule whose preferred model is not scoring; the notes to print once it is
+    published: fallbacks that are not scoring either (a typo there makes a request wait out the
+    deadline whenever the champion is late)."""
     if settings.force:
-        return
+        return []
     figures = live_models(settings.librdkafka(), settings.topics().scores, settings.live_window_s)
     # A model whose every score is an error (a broken model file, a contract nothing meets) is not live.
     live = {model for (model, _version), f in figures.items() if f["errors"] < f["scores"]}
@@ -186,9 +189,10 @@ def _check_live(settings: ChangeSettings, schedule: Schedule, console: Console |
     if reason:
         raise ConfigError(f"refused: {reason}; deploy it first, or pass --force")
     silent = [m for m in schedule.models[1:] if m not in live]
-    if silent and console is not None:
-        console.print(f"[yellow]note[/]: fallback model(s) {escape(', '.join(silent))} sent no usable score in the "
-                      f"last {settings.live_window_s:g} s: published all the same")
+    if not silent:
+        return []
+    return [f"fallback model(s) {', '.join(silent)} sent no usable score in the last {settings.live_window_s:g} s: "
+            "published all the same"]
 
 
 def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule, console: Console) -> Schedule:
@@ -212,12 +216,12 @@ def cmd_schedule_show(settings: ScheduleViewSettings, console: Console, tables: 
     if settings.format == "json":
         _print_json(current.to_dict())
     else:
-        table = Table(title=f"schedule {current.name!r} v{current.version}")
+        table = Table(title=Text(f"schedule {current.name!r} v{current.version}"))
         table.add_column("field")
         table.add_column("value")
         for field, value in current.to_dict().items():
-            table.add_row(field, ", ".join(value) if isinstance(value, list) else
-                          json.dumps(value) if isinstance(value, dict) else str(value))
+            table.add_row(field, Text(", ".join(value) if isinstance(value, list) else
+                                      json.dumps(value) if isinstance(value, dict) else str(value)))
         tables.print(table)
     if in_force.version != current.version:
         console.print(f"v{current.version} takes effect at {current.effective_at}; v{in_force.version} governs now")
@@ -230,13 +234,13 @@ def cmd_schedule_history(settings: ScheduleViewSettings, console: Console) -> in
     if settings.format == "json":
         _print_json([s.to_dict() for s in book.versions])
         return 0
-    table = Table(title=f"schedule {book.name!r} history")
+    table = Table(title=Text(f"schedule {book.name!r} history"))
     for column in ("version", "effective at (ms)", "models", "waits", "traffic", "comment"):
         table.add_column(column)
     for s in book.versions:
         traffic = f"{s.traffic_model}={s.traffic_fraction}" if s.traffic_model else ""
-        table.add_row(str(s.version), str(s.effective_at), ", ".join(s.models),
-                      json.dumps(dict(s.waits_ms)) if s.waits_ms else "", traffic, s.comment)
+        table.add_row(str(s.version), str(s.effective_at), Text(", ".join(s.models)),
+                      Text(json.dumps(dict(s.waits_ms)) if s.waits_ms else ""), Text(traffic), Text(s.comment))
     console.print(table)
     return 0
 
@@ -244,10 +248,10 @@ def cmd_schedule_history(settings: ScheduleViewSettings, console: Console) -> in
 def cmd_schedule_set(settings: ScheduleSetSettings, console: Console) -> int:
     book = _book(settings)
     draft = _draft_from_flags(settings, book.latest)  # none yet: this is the first version
-    _check_live(settings, draft, console)
-    for warning in _risky(draft):
-        console.print(f"[yellow]note[/]: {warning}")
+    notes = _check_live(settings, draft) + _risky(draft)
     _publish_next(settings, book, draft, console)
+    for note in notes:  # after: a publish refused (another change first) would have followed "published"
+        console.print(f"[yellow]note[/]: {escape(note)}")
     return 0
 
 

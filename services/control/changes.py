@@ -54,7 +54,7 @@ def rollback(book: ScheduleBook, comment: str = "", to: int = 0) -> Schedule:
     if len(versions) < 2:
         raise ConfigError(f"nothing to roll back to: {book.name} has only v{latest.version}")
     if to == latest.version:
-        raise ConfigError(f"--to {to}: v{to} is the version in force")
+        raise ConfigError(f"--to {to}: v{to} is the latest version already")
     previous = next((v for v in versions if v.version == to), None) if to else versions[-2]
     if previous is None:
         raise ConfigError(f"--to {to}: {book.name} has no v{to} (versions: "

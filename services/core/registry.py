@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -35,7 +36,8 @@ class SchemaRegistry:
 
     def __init__(self, url: str, timeout_s: float = 5.0):
         if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"--schema-registry must be an http(s):// URL, got {shown_url(url)!r}")
+            # No scheme, so no parse of user:password@: everything before an '@' is left out.
+            raise ConfigError(f"--schema-registry must be an http(s):// URL, got {re.sub(r'^.*@', '***@', url)!r}")
         self.url, self._auth = _without_credentials(url.rstrip("/"))
         self.timeout_s = timeout_s
 
@@ -68,7 +70,7 @@ class SchemaRegistry:
             headers["Authorization"] = self._auth
         request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            with _NO_REDIRECTS.open(request, timeout=self.timeout_s) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
             message = f"schema registry {self.url}{path}: HTTP {exc.code} {_message(exc)}"
@@ -76,6 +78,17 @@ class SchemaRegistry:
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             raise RegistryError(f"schema registry {self.url} unreachable: {reason}") from None
+
+
+class _Unredirected(urllib.request.HTTPRedirectHandler):
+    """No redirect is followed: urllib copies the Authorization header onto any, another host's
+    too. A registry answers its two calls itself; a redirect is an HTTP error like any other."""
+
+    def redirect_request(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_Unredirected)
 
 
 def _without_credentials(url: str) -> tuple[str, str]:

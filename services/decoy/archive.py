@@ -304,8 +304,9 @@ def iter_archive(
 
 
 # Offsets of a partition, behind the highest one read, within which a record read again is known
-# as such: a re-read starts at the last commit (at most one commit interval and a batch back).
-DUPLICATE_WINDOW = 100_000
+# as such: a re-read starts at the last commit (one batch, --max-batch 1000 by default, and what a
+# commit interval of 100 ms reads, back). 2 MB a partition at most.
+DUPLICATE_WINDOW = 10_000
 
 
 class _Recent:

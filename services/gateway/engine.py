@@ -49,8 +49,6 @@ class Gateway:
         self.health = health
         self.draining = False
         self.rows_in_flight = 0
-        # Ids for calls without one: a random per-process prefix and a counter (unique without a
-        # call to the OS per request, as uuid4 makes).
 
     @staticmethod
     def _new_id() -> str:

@@ -78,6 +78,7 @@ class Takeover:
         self._pending: list[TopicPartition] = []
         self._next_try = 0.0
         self._open_warned = 0.0  # when the open-transaction wait was last logged at WARNING
+        self._missing_warned = 0.0  # when a missing output partition was last logged at WARNING
         self._to_recommit: list[TopicPartition] = []  # offsets for our next commit (_recommit)
         self._start_over()
         # (answers or log topic, partition) -> offset below which no output of a re-read or later
@@ -156,10 +157,15 @@ class Takeover:
             raise  # a RendezvousError too, but the broker is fine: the caller waits for it
         except KafkaException as exc:
             if _code_of(exc) == KafkaError._UNKNOWN_PARTITION:
-                # The broker is fine: requests grew and an output topic did not (yet).
-                log.warning("recovery of %s waits: an output partition it reads does not exist (%s); answers and "
-                            "log must have as many partitions as requests: grow them together (docs/helm.md)",
-                            sorted({tp.partition for tp in partitions}), exc)
+                # The broker is fine: requests grew and an output topic did not (yet). Retried every
+                # RETRY_S, said at WARNING every OPEN_TXN_WARN_S.
+                now = time.monotonic()
+                loud = now - self._missing_warned >= OPEN_TXN_WARN_S
+                self._missing_warned = now if loud else self._missing_warned
+                log.log(logging.WARNING if loud else logging.DEBUG,
+                        "recovery of %s waits: an output partition it reads does not exist (%s); answers and log "
+                        "must have as many partitions as requests: grow them together (docs/helm.md)",
+                        sorted({tp.partition for tp in partitions}), exc)
                 return []
             ctx.health.mark_down()
             log.warning("recovery waiting for the broker: %s", exc)

@@ -20,6 +20,7 @@ from confluent_kafka import Producer
 from services.client.client import make_request
 from services.core.codec import codec
 from services.core.settings import Topics
+from services.decoy.archive import iter_archive
 from services.model_worker.models import demo_rows
 from tests.faults.procs import Proc, until
 from tests.integration.harness import PacedSender, read_topic
@@ -217,3 +218,6 @@ def test_a_decoy_killed_and_restarted_gets_its_partitions_back_in_seconds(
     more = Sender(config, topics.requests, 200, rate=200.0).start()
     more.join()
     until(lambda: decoy.metric("rdv_decoy_archived_total") >= 200, 30, "requests after the restart archived")
+    decoy.stop()  # seals its file, which the archive's reader then reads
+    archived = {record["key"] for record in iter_archive(tmp_path / "archive")}
+    assert {rid.encode() for rid in more.ids} <= archived, "a request sent after the restart is not in the archive"

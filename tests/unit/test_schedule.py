@@ -145,7 +145,7 @@ def test_rollback_restores_the_version_before_or_the_one_asked_for() -> None:
         book.add(Schedule(models=models, version=version, effective_at=version))
     assert changes.rollback(book).models == ("b", "a")
     assert changes.rollback(book, to=1).models == ("a",) and changes.rollback(book, to=1).comment == "rollback to v1"
-    with pytest.raises(ConfigError, match="--to 3: v3 is the version in force"):
+    with pytest.raises(ConfigError, match="--to 3: v3 is the latest version already"):
         changes.rollback(book, to=3)
     with pytest.raises(ConfigError, match=r"--to 7: default has no v7 \(versions: v1, v2, v3\)"):
         changes.rollback(book, to=7)

@@ -185,3 +185,6 @@ def test_registry_credentials_in_the_url_go_into_a_header_and_never_into_a_messa
         registry.schema(1)
     assert "RegS3cretPw" not in str(refused.value) and "schema registry http://127.0.0.1:9 unreachable" in str(
         refused.value)
+    with pytest.raises(ConfigError) as schemeless:  # no scheme, so no parse of the credentials
+        SchemaRegistry("reguser:RegS3cretPw@registry:8081")
+    assert "RegS3cretPw" not in str(schemeless.value) and "***@registry:8081" in str(schemeless.value)
