@@ -243,28 +243,27 @@ def _none_exited(started: dict[int, subprocess.Popen[bytes]], folder: Path) -> N
                               f"(log: {log_file})")
 
 
-def _requests_partitions(settings: DeploySettings) -> list[Any]:
-    from confluent_kafka import TopicPartition
+def _positions(settings: DeploySettings, group: str) -> list[int] | None:
+    """`group`'s committed offset on each requests partition (negative: none); None if the broker
+    did not say."""
+    from confluent_kafka import KafkaException, TopicPartition
 
     from services.core.kafka import partition_counts
+    from services.rendezvous.recovery import committed_offsets
 
-    requests = settings.topics().requests
-    count = partition_counts(settings.librdkafka(), [requests])[requests]
-    return [TopicPartition(requests, p) for p in range(count)]
+    config, requests = settings.librdkafka(), settings.topics().requests
+    try:
+        partitions = [TopicPartition(requests, p) for p in range(partition_counts(config, [requests])[requests])]
+        return [tp.offset for tp in committed_offsets(config, group, partitions, stable=False)]
+    except KafkaException as exc:
+        log.debug("committed offsets of %s not read: %s", group, exc)
+        return None
 
 
 def _committed_before(settings: DeploySettings, group: str) -> bool:
     """Whether `group` already has a committed position (a deployment of the same name before)."""
-    from confluent_kafka import KafkaException
-
-    from services.rendezvous.recovery import committed_offsets
-
-    try:
-        offsets = committed_offsets(settings.librdkafka(), group, _requests_partitions(settings), stable=False)
-    except KafkaException as exc:
-        log.debug("committed offsets of %s not read: %s", group, exc)
-        return False
-    return any(tp.offset >= 0 for tp in offsets)
+    positions = _positions(settings, group)
+    return positions is not None and any(offset >= 0 for offset in positions)
 
 
 def _wait_for_starts(
@@ -273,19 +272,11 @@ def _wait_for_starts(
     """Wait for the new group's start on every requests partition to be committed: from then on
     every request is scored (a group is Stable a moment before its members have read where
     `latest` is)."""
-    from confluent_kafka import KafkaException
-
-    from services.rendezvous.recovery import committed_offsets
-
-    config = settings.librdkafka()
     until = max(until, time.monotonic() + 10)  # the group's wait may have used up --wait-s
     while time.monotonic() < until:
-        try:
-            partitions = _requests_partitions(settings)
-            if all(tp.offset >= 0 for tp in committed_offsets(config, group, partitions, stable=False)):
-                return
-        except KafkaException as exc:
-            log.debug("committed offsets of %s not read yet: %s", group, exc)
+        positions = _positions(settings, group)
+        if positions is not None and all(offset >= 0 for offset in positions):
+            return
         check()  # a replica that died after joining says so, not as a start never committed
         time.sleep(0.2)  # polling the broker for a commit the replicas make, not a readiness guess
     console.print(f"[yellow]{group} has not committed where it starts on every partition: requests sent "

@@ -166,24 +166,15 @@ def test_a_cache_directory_that_cannot_be_made_is_one_error_line() -> None:
 def test_a_replica_that_exited_unreaped_is_not_taken_for_a_running_one() -> None:
     """Its parent (the deploy command) gone, a dead replica stays a zombie until init reaps it:
     kill(pid, 0) still found it, and the next deploy said it already ran, starting nothing."""
-    from services.cli.deploy import _alive
+    from services.cli.deploy import _alive, _zombie
+    from tests.integration.harness import wait_until
 
     child = subprocess.Popen([sys.executable, "-c", "pass"])
-    wait_until_state(child.pid, "Z")
+    wait_until(lambda: _zombie(child.pid), 30, "the child exited, not reaped")
     assert not _alive(child.pid)
     child.wait()
     assert not _alive(child.pid)
     assert _alive(os.getpid())
-
-
-def wait_until_state(pid: int, state: str) -> None:
-    from tests.integration.harness import wait_until
-
-    def in_state() -> bool:
-        text = Path(f"/proc/{pid}/stat").read_text()
-        return text[text.rindex(")") + 2:].startswith(state)
-
-    wait_until(in_state, 30, f"process {pid} in state {state}")
 
 
 def test_a_new_deployment_scores_the_requests_from_now_on_unless_told_otherwise() -> None:
