@@ -148,13 +148,8 @@ def call_from(request: Any, max_rows: int, max_features: int) -> InferCall:
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
     # Every input's header first: the shapes say what the data would cost before any is read.
-    budget = oip.ValueBudget(max_rows, max_features)
-    headers = []
-    for index, item in enumerate(request.inputs):
-        header = oip.check_header(item.name, item.datatype, list(item.shape), f"inputs[{index}]", max_rows,
-                                  max_features)
-        budget.take(header[0], header[2])
-        headers.append(header)
+    headers = oip.checked_headers([(item.name, item.datatype, list(item.shape)) for item in request.inputs],
+                                  max_rows, max_features)
     tensors = []
     for index, (item, (name, datatype, shape)) in enumerate(zip(request.inputs, headers, strict=True)):
         if raw:

@@ -109,6 +109,21 @@ def check_input_count(count: int, max_features: int) -> None:
         raise InvalidInput(f"{count} inputs in one call; at most {max_features} (one per feature)")
 
 
+def checked_headers(
+    headers: Iterable[tuple[Any, Any, Any]], max_rows: int, max_features: int
+) -> list[tuple[str, str, tuple[int, ...]]]:
+    """Every input's (name, datatype, shape), checked before any data is read (REST and gRPC,
+    after `check_input_count`): each within `check_header`'s bounds, and all of them together
+    within rows x features values (several inputs of the largest shape each would pass one by one)."""
+    budget = ValueBudget(max_rows, max_features)
+    checked = []
+    for index, (name, datatype, shape) in enumerate(headers):
+        header = check_header(name, datatype, shape, f"inputs[{index}]", max_rows, max_features)
+        budget.take(header[0], header[2])
+        checked.append(header)
+    return checked
+
+
 class ValueBudget:
     """The values a call's inputs may hold together, counted from their shapes before any data is
     read: at most rows x features (several inputs of the largest shape each would pass one by one)."""

@@ -257,8 +257,7 @@ def parse_call(body: bytes, binary_header: str | None, max_rows: int, max_featur
         raise InvalidInput("'inputs' must be a non-empty list of tensors")
     oip.check_input_count(len(inputs), max_features)
     # Every input's header first: the shapes say what the data would cost before any is read.
-    budget = oip.ValueBudget(max_rows, max_features)
-    shapes = [_header(item, index, max_rows, max_features, budget) for index, item in enumerate(inputs)]
+    shapes = oip.checked_headers((_fields(item, index) for index, item in enumerate(inputs)), max_rows, max_features)
     tensors, used = [], 0
     for item, shape in zip(inputs, shapes, strict=True):
         tensor, size = _tensor(item, shape, rest[used:])
@@ -286,16 +285,11 @@ def _outputs(value: Any) -> tuple[str, ...]:
     return oip.requested_outputs(o["name"] for o in value)
 
 
-def _header(
-    item: Any, index: int, max_rows: int, max_features: int, budget: oip.ValueBudget
-) -> tuple[str, str, tuple[int, ...]]:
-    """An input's name, datatype and shape, checked, its values taken from the call's budget."""
+def _fields(item: Any, index: int) -> tuple[Any, Any, Any]:
+    """An input's name, datatype and shape as sent (checked by `oip.checked_headers`)."""
     if not isinstance(item, dict):
         raise InvalidInput(f"inputs[{index}] must be an object")
-    name, datatype, shape = oip.check_header(item.get("name"), item.get("datatype"), item.get("shape"),
-                                             f"inputs[{index}]", max_rows, max_features)
-    budget.take(name, shape)
-    return name, datatype, shape
+    return item.get("name"), item.get("datatype"), item.get("shape")
 
 
 def _tensor(item: dict[str, Any], header: tuple[str, str, tuple[int, ...]], binary: memoryview) -> tuple[Tensor, int]:
