@@ -35,9 +35,10 @@ REQUEST_LAYOUT: Any = (
     ("features", ("map", "double")), ("payload", ("null", (("content_type", "string"), ("data", "bytes")))),
     ("metadata", ("map", "string")),
 )  # fmt: skip
-_INVALID = (0,) * 13
-# Where a walk's fields are (`walk_request`: the first 12; `walk_features`: all 13).
-VALID, ID, ID_END, CREATED, DEADLINE, FEATURES, PAYLOAD, EXACT = 0, 1, 2, 3, 4, 10, 11, 12
+_INVALID = (0,) * 15
+# Where a walk's fields are (`walk_request`: the first 14; `walk_features`: all 15). INPUTS to
+# INPUTS_END: the encoding of the features and the payload, what a model scores.
+VALID, ID, ID_END, CREATED, DEADLINE, FEATURES, PAYLOAD, INPUTS, INPUTS_END, EXACT = 0, 1, 2, 3, 4, 10, 11, 12, 13, 14
 # No signature: `walk_request` matches no feature name (numba keeps global arrays as read-only
 # constants, so the rows it never writes are made in the call: some 30 ns).
 _NO_NAMES = np.empty(0, dtype=np.uint8)
@@ -186,6 +187,7 @@ def _request(buf: Any, skip: int, names: Any, ends: Any, rows: Any, row: int) ->
             partition, pos = varint(buf, pos, end)
             if pos < 0:
                 return _INVALID
+    inputs = pos
     features, exact, pos = _features(buf, pos, end, names, ends, rows, row)
     if pos < 0:
         return _INVALID
@@ -199,20 +201,21 @@ def _request(buf: Any, skip: int, names: Any, ends: Any, rows: Any, row: int) ->
         _start, pos = string_span(buf, pos, end, False)
         if pos < 0:
             return _INVALID
+    inputs_end = pos
     pos = _strings_map(buf, pos, end)
     if pos != end:
         return _INVALID
     return (1, rid, rid_end, created, deadline, reply, topic, topic_end, has_partition, partition, features, payload,
-            exact)
+            inputs, inputs_end, exact)
 
 
 # A walk takes a microsecond: it keeps the GIL (releasing it per record would only invite a switch).
 @compiled(nogil=False)
 def walk_request(buf: Any, skip: int) -> tuple[int, ...]:
     """(valid 1/0, request_id start, end, created_at, deadline, has reply_to 1/0, its topic start,
-    end, has a partition 1/0, partition, features, has a payload 1/0) of the Request body at
-    `skip`."""
-    return _request(buf, skip, _NO_NAMES, _NO_ENDS, np.empty((0, 0), dtype=np.float64), 0)[:12]
+    end, has a partition 1/0, partition, features, has a payload 1/0, start and end of the
+    features' and payload's encoding) of the Request body at `skip`."""
+    return _request(buf, skip, _NO_NAMES, _NO_ENDS, np.empty((0, 0), dtype=np.float64), 0)[:14]
 
 
 @compiled(nogil=False)

@@ -24,7 +24,9 @@ always appended before its scores, so by then it is not coming): forged scores c
 exhaust memory nor starve real requests, and a backlog read faster on the scores side than on
 the requests side loses nothing. Closed request ids are remembered
 for a while, bounded likewise, to recognise late scores and to answer a repeated request with
-the answer it already got.
+the answer it already got — if it carries the same inputs (features and payload) as the first:
+one with other inputs under a known id is answered ERROR at its return address and not scored, so
+whoever sends an id first cannot decide the answer of a different request sent under it later.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ OTHER = "_other"
 LIVE_CACHE_MS = 100  # how stale the set of live models may be (it decides only what a log record waits for)
 
 Reply = tuple[str, int | None]
+# A closed request id: (partition, forget at (log time), its answer, its inputs' digest)
+Remembered = tuple[int, int, dict[str, Any] | bytes | None, bytes | None]
 Owner = Mailbox | Receipt  # what a record's offset waits for (see offsets.py)
 
 
@@ -130,10 +134,9 @@ class Join:
         # Orphans per scores partition, in the order read (their append times grow).
         self._orphans: dict[int, OrderedDict[str, Mailbox]] = {}
         self._orphan_count = 0
-        # request_id -> (partition, forget at log time, the answer sent or None)
         # request id -> (partition, forget at (log time), its answer: decoded, or as a recovery
-        # scan read it)
-        self._remembered: OrderedDict[str, tuple[int, int, dict[str, Any] | bytes | None]] = OrderedDict()
+        # scan read it; the digest of its inputs, None when a recovery scan found it)
+        self._remembered: OrderedDict[str, Remembered] = OrderedDict()
         self._finished = Finished({}, set())
         self._models_seen: dict[str, int] = {}  # model -> wall ms of its last score
         self._labelled_models: set[str] = set()  # models named in metrics (never forgotten: series stay)
@@ -202,7 +205,7 @@ class Join:
         for partition in partitions:
             self._orphan_count -= len(self._orphans.pop(partition, {}))
             self._requests_read.pop(partition, None)
-        for rid in [rid for rid, (partition, _at, _answer) in self._remembered.items() if partition in partitions]:
+        for rid in [rid for rid, (partition, *_rest) in self._remembered.items() if partition in partitions]:
             del self._remembered[rid]
         self.clocks.forget(partitions)
         # A later owner scans again; an entry kept past this would take a new request with the
@@ -215,7 +218,7 @@ class Join:
         self._finished.partition_of.update(finished.partition_of)
         for rid, (partition, log_time, answer) in sorted(finished.remembered.items(), key=lambda kv: kv[1][1]):
             if rid not in self._remembered and rid not in self.mailboxes and rid not in finished.partition_of:
-                self._remember(rid, partition, answer, log_time)
+                self._remember(rid, partition, answer, log_time, None)
 
     # -- records ---------------------------------------------------------------------------
 
@@ -230,7 +233,7 @@ class Join:
             return self._relogged(request, reply)
         mailbox = self.mailboxes.get(rid)
         if (mailbox is not None and mailbox.has_request) or (mailbox is None and rid in self._remembered):
-            return self._repeated(rid, mailbox, reply)
+            return self._repeated(request, mailbox, reply)
         if mailbox is None:
             mailbox = self.mailboxes[rid] = Mailbox(rid, request.partition, request.log_time)
         else:
@@ -294,13 +297,17 @@ class Join:
 
     def _attach(self, mailbox: Mailbox, request: RequestIn, reply: Reply | None) -> None:
         schedule = self.schedule_for(request.created_at)
-        deadline = schedule.deadline_for(request.created_at, request.deadline)
         mailbox.has_request, mailbox.schedule, mailbox.created_at = True, schedule, request.created_at
-        # A created_at near the end of an Avro long would carry the deadline past it: the answer
-        # could not be encoded, and the mailbox would stay open for good.
-        mailbox.deadline = min(deadline, request.created_at + self.limits.max_budget_ms, MAX_LONG)
+        mailbox.deadline, mailbox.inputs = self._deadline(schedule, request), request.inputs
         if reply is not None:
             mailbox.replies.append(reply)
+
+    def _deadline(self, schedule: Schedule, request: RequestIn) -> int:
+        """The request's effective deadline: its own or the schedule's default, clamped."""
+        deadline = schedule.deadline_for(request.created_at, request.deadline)
+        # A created_at near the end of an Avro long would carry the deadline past it: the answer
+        # could not be encoded, and the mailbox would stay open for good.
+        return min(deadline, request.created_at + self.limits.max_budget_ms, MAX_LONG)
 
     def _time_problem(self, request: RequestIn) -> str | None:
         ahead = request.created_at - request.log_time
@@ -309,9 +316,14 @@ class Join:
                     f"(at most {self.limits.max_future_ms} ms is accepted)")
         return None
 
-    def _repeated(self, rid: str, mailbox: Mailbox | None, reply: Reply | None) -> Owner | None:
-        """The same request_id again: it gets the answer the first one got (now, or when decided)."""
+    def _repeated(self, request: RequestIn, mailbox: Mailbox | None, reply: Reply | None) -> Owner | None:
+        """The same request_id again: it gets the answer the first one got (now, or when decided),
+        if it carries the same inputs."""
         self.metrics.inc(m.DUPLICATE_REQUESTS)
+        rid = request.request_id
+        first = mailbox.inputs if mailbox is not None else self._remembered[rid][3]
+        if first is not None and first != request.inputs:
+            return self._conflicting(request, reply)
         if mailbox is not None:
             if reply is not None:
                 if mailbox.answer is not None:
@@ -320,6 +332,19 @@ class Join:
                     mailbox.replies.append(reply)
             return mailbox
         return self._send_again(reply, _decoded(self._remembered[rid][2]))
+
+    def _conflicting(self, request: RequestIn, reply: Reply | None) -> Receipt | None:
+        """A known request_id with other inputs: the first request's answer would be a confident
+        answer to inputs nobody scored, so this one is answered ERROR at its return address (the
+        answers topic keeps the first request's answer: one answer per id) and neither scored
+        nor logged (its scores, if a model wrote any, are late scores of the first)."""
+        self.metrics.inc(m.CONFLICTING_REQUESTS)
+        schedule = self.schedule_for(request.created_at)
+        reason = (f"request_id {request.request_id!r} was already used by a request with other features or "
+                  "payload: this one is not scored (a request_id must be unique; a retry must repeat its inputs)")
+        refusal = _answer_record(request.request_id, Decision(Status.ERROR, None, reason, request.log_time),
+                                 request.created_at, self._deadline(schedule, request), None, None)
+        return self._send_again(reply, refusal)
 
     def _relogged(self, request: RequestIn, reply: Reply | None) -> Receipt | None:
         """A re-read request answered and logged before a restart: nothing is redone, but its
@@ -334,7 +359,7 @@ class Join:
             orphan.closed = True
             del self.mailboxes[rid]
         answer = self._finished.answered.pop(rid, None)
-        self._remember(rid, request.partition, answer, request.log_time)
+        self._remember(rid, request.partition, answer, request.log_time, request.inputs)
         self.metrics.inc(child(m.RECOVERED, "logged"))
         return self._send_again(reply, answer)
 
@@ -419,21 +444,8 @@ class Join:
     def _answer(self, mailbox: Mailbox, decision: Decision) -> None:
         mailbox.decision = decision
         chosen = mailbox.arrivals.get(decision.model) if decision.model else None
-        schedule = mailbox.schedule
-        record = {
-            "request_id": mailbox.request_id,
-            "status": decision.status.value,
-            "model": decision.model,
-            "version": chosen.version if chosen else None,
-            "score": chosen.score if chosen else None,
-            "label": chosen.label if chosen else None,
-            "reason": decision.reason,
-            "created_at": mailbox.created_at,
-            "deadline": mailbox.deadline,
-            "answered_at": decision.at,
-            "schedule": schedule.name if schedule else "",
-            "schedule_version": schedule.version if schedule else 0,
-        }
+        record = _answer_record(mailbox.request_id, decision, mailbox.created_at, mailbox.deadline, chosen,
+                                mailbox.schedule)
         mailbox.answer = record
         self.outputs.answer(mailbox, record)
         self.answered += 1
@@ -489,14 +501,16 @@ class Join:
     def _retire(self, mailbox: Mailbox, answer: dict[str, Any] | None) -> None:
         mailbox.closed = True
         del self.mailboxes[mailbox.request_id]
-        self._remember(mailbox.request_id, mailbox.partition, answer, mailbox.opened_at)
+        self._remember(mailbox.request_id, mailbox.partition, answer, mailbox.opened_at, mailbox.inputs)
 
-    def _remember(self, rid: str, partition: int, answer: dict[str, Any] | bytes | None, log_time: int) -> None:
-        """Keep a closed id (and its answer) so late scores are known as late and a repeated
-        request gets the same answer; bounded in time and number."""
+    def _remember(
+        self, rid: str, partition: int, answer: dict[str, Any] | bytes | None, log_time: int, inputs: bytes | None
+    ) -> None:
+        """Keep a closed id (its answer, its inputs' digest) so late scores are known as late and
+        a repeated request gets the same answer; bounded in time and number."""
         remembered = self._remembered
         since = max(log_time, self.clocks.now(partition))
-        remembered[rid] = (partition, since + self.limits.remember_ms, answer)
+        remembered[rid] = (partition, since + self.limits.remember_ms, answer, inputs)
         remembered.move_to_end(rid)
         while len(remembered) > self.limits.max_remembered:
             remembered.popitem(last=False)
@@ -504,10 +518,31 @@ class Join:
     def _forget_remembered(self) -> None:
         remembered, clocks = self._remembered, self.clocks
         while remembered:
-            partition, forget_at, _answer = next(iter(remembered.values()))
+            partition, forget_at, *_rest = next(iter(remembered.values()))
             if forget_at >= clocks.now(partition):
                 break
             remembered.popitem(last=False)
+
+
+def _answer_record(
+    request_id: str, decision: Decision, created_at: int, deadline: int, chosen: Arrival | None,
+    schedule: Schedule | None,
+) -> dict[str, Any]:
+    """The Answer record of a decision (`chosen`: the score it answers with)."""
+    return {
+        "request_id": request_id,
+        "status": decision.status.value,
+        "model": decision.model,
+        "version": chosen.version if chosen else None,
+        "score": chosen.score if chosen else None,
+        "label": chosen.label if chosen else None,
+        "reason": decision.reason,
+        "created_at": created_at,
+        "deadline": deadline,
+        "answered_at": decision.at,
+        "schedule": schedule.name if schedule else "",
+        "schedule_version": schedule.version if schedule else 0,
+    }
 
 
 def _decoded(answer: dict[str, Any] | bytes | None) -> dict[str, Any] | None:

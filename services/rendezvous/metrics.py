@@ -10,6 +10,10 @@ REQUESTS = Counter("rdv_requests_total", "Requests read by the rendezvous.")
 DUPLICATE_REQUESTS = Counter(
     "rdv_duplicate_requests_total", "Request records seen again for a known request_id."
 )
+CONFLICTING_REQUESTS = Counter(
+    "rdv_conflicting_requests_total",
+    "Requests under a known request_id with other features or payload: answered ERROR, not scored.",
+)
 SCORES = Counter("rdv_scores_total", "Scores read by the rendezvous, by model.", ["model", "version"])
 SCORES_REFUSED = Counter(
     "rdv_scores_refused_total",
@@ -50,7 +54,8 @@ HANGING_SEALS = Counter(
 )
 REPLIES_REPEATED = Counter(
     "rdv_replies_repeated_total",
-    "Answers sent again to a return address: a repeated request, or a re-read one after a restart.",
+    "Answers sent to a return address again (a repeated request, a re-read one after a restart), or "
+    "the ERROR of a request reusing a request_id with other inputs.",
 )
 REPLY_ERRORS = Counter(
     "rdv_reply_errors_total", "Answers that could not be written to the request's return address.", ["reason"]

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from hashlib import sha256
+from io import BytesIO
+from typing import Any
+
+from fastavro import parse_schema, schemaless_writer
 
 from services.core.codec import HEADER_SIZE, Codec
-from services.core.compiled_requests import REQUEST_LAYOUT, Walker, walk_request, walked_problem
+from services.core.compiled_requests import INPUTS, INPUTS_END, REQUEST_LAYOUT, Walker, walk_request, walked_problem
 from services.core.errors import DecodeFailed
 from services.core.requests import id_too_long, request_problem
 from services.rendezvous.compiled_records import SCORE_LAYOUT, double_at, walk_score
@@ -29,6 +34,7 @@ class RequestIn:
     reply_topic: str | None = None
     reply_partition: int | None = None
     problem: str | None = None  # why the request cannot be scored (it is answered ERROR)
+    inputs: bytes = b""  # digest of what the models score: features and payload (`inputs_digest`)
 
 
 @dataclass(slots=True)
@@ -63,7 +69,32 @@ def request_decoded(codec: Codec, value: bytes | None, partition: int, offset: i
     return RequestIn(
         rid, partition, offset, log_time, request["created_at"], request["deadline"],
         reply["topic"] if reply else None, reply["partition"] if reply else None, request_problem(request),
+        inputs_digest(_inputs_encoded(codec, request)),
     )
+
+
+def inputs_digest(encoded: bytes) -> bytes:
+    """The digest a request's inputs are compared by: the Avro encoding of its features and
+    payload (as the walk finds it, or as `_inputs_encoded` writes it again), hashed so that no
+    one can choose other inputs with the same digest (SHA-256: its CPU instructions make it the
+    cheapest such hash here, 0.65 µs for the demo's 700 bytes), and short (kept for every closed id)."""
+    return sha256(encoded).digest()
+
+
+def _inputs_encoded(codec: Codec, request: dict[str, Any]) -> bytes:
+    """A decoded request's features and payload encoded as a writer puts them in one record
+    (each map one block: what fastavro and Avro's Java writer do), so that a record fastavro
+    decoded (registry framing, an older writer schema) gets the digest a walked one would. (A
+    writer that splits its maps into blocks gets the same digest only for the same framing.)"""
+    out = BytesIO()
+    schemaless_writer(out, _inputs_schema(codec), request)
+    return out.getvalue()
+
+
+@cache
+def _inputs_schema(codec: Codec) -> Any:
+    fields = [f for f in codec.schema["fields"] if f["name"] in ("features", "payload")]
+    return parse_schema({"type": "record", "name": "Inputs", "namespace": "io.rendezvous", "fields": fields})
 
 
 def score_in(codec: Codec, value: bytes | None, partition: int, offset: int, log_time: int) -> ScoreIn:
@@ -126,7 +157,7 @@ def _request_walked(value: bytes, fields: tuple[int, ...], partition: int, offse
     return RequestIn(
         request_id, partition, offset, log_time, created, deadline,
         _text(value, topic, topic_end) if reply else None, reply_partition if reply and has_partition else None,
-        walked_problem(fields, request_id),
+        walked_problem(fields, request_id), inputs_digest(value[fields[INPUTS] : fields[INPUTS_END]]),
     )  # fmt: skip
 
 

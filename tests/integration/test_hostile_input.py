@@ -60,6 +60,30 @@ def test_a_record_near_the_size_limit_is_dead_lettered_as_an_excerpt_and_the_str
     assert worker.scored == 20 and rendezvous.answered == 20
 
 
+def test_a_request_reusing_a_known_id_with_other_features_gets_an_error_not_the_first_answer(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    """Whoever sends an id first decided the answer of any request sent under it later, a
+    different one included (a guessed id: docs/security.md). A true retry still gets the answer."""
+    services.worker(bootstrap, prefix, "demo:champion")
+    services.rendezvous(bootstrap, prefix, models=("champion",))
+    requests = codec("request")
+    producer = Producer(config)
+    first = make_request(demo_rows(1, seed=5)[0], budget_ms=20_000, reply_topic=topics.replies, reply_partition=0)
+    other = {**first, "features": {name: value + 1.0 for name, value in first["features"].items()}}
+    for record in (first, other, first):
+        producer.produce(topics.requests, requests.encode(record), key=first["request_id"])
+        assert producer.flush(30) == 0
+
+    replies = read_topic(config, topics.replies, expect=3, decode="answer")
+    assert [r["request_id"] for r in replies] == [first["request_id"]] * 3
+    refused = [r for r in replies if r["status"] == "ERROR"]
+    answered = [r for r in replies if r["status"] != "ERROR"]  # the first's and its retry's, in either order
+    assert len(refused) == 1 and "already used by a request with other features" in refused[0]["reason"]
+    assert len(answered) == 2 and answered[0] == answered[1] and answered[0]["status"] == "OK"
+    assert read_topic(config, topics.answers, expect=1, decode="answer") == [answered[0]]
+
+
 def _score(request_id: str, model: str, label: str) -> dict[str, Any]:
     return {"request_id": request_id, "model": model, "version": "forged", "instance": "", "score": 0.5,
             "label": label, "error": None, "deadline": 0, "received_at": 0, "scored_at": 0, "compute_ms": 0.1}

@@ -61,6 +61,22 @@ def test_a_request_reads_as_fastavro_reads_it(record: dict[str, Any]) -> None:
     assert outcome(request_in, REQUESTS, value) == outcome(request_decoded, REQUESTS, value)
 
 
+def test_a_request_s_inputs_digest_covers_its_features_in_their_order_and_its_payload_only() -> None:
+    """What a repeated request_id is compared by (join.py): a retry may come with a new created_at,
+    deadline, return address or metadata, not with other inputs."""
+    base = {"request_id": "r", "created_at": 1, "deadline": 2, "reply_to": None, "features": {"a": 1.0, "b": 2.0},
+            "payload": None, "metadata": {}}
+
+    def digest(**changes: Any) -> bytes:
+        return request_in(REQUESTS, REQUESTS.encode({**base, **changes}), 0, 0, 0).inputs
+
+    assert digest(request_id="s", created_at=5, deadline=9, reply_to={"topic": "t", "partition": None},
+                  metadata={"trace": "x"}) == digest()
+    others = [digest(features={"a": 1.0, "b": 2.5}), digest(features={"a": 1.0}), digest(features={"b": 2.0, "a": 1.0}),
+              digest(payload={"content_type": "x", "data": b""})]
+    assert digest() not in others and len(set(others)) == len(others)
+
+
 @FAST
 @given(record=scores)
 def test_a_score_reads_as_fastavro_reads_it(record: dict[str, Any]) -> None:

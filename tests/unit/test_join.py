@@ -23,10 +23,12 @@ from services.rendezvous.join import (
     Reply,
 )
 from services.rendezvous.mailbox import Mailbox, Receipt
+from services.rendezvous.metrics import CONFLICTING_REQUESTS
 from services.rendezvous.offsets import OffsetBook
 from services.rendezvous.records import RequestIn, ScoreIn
 
 T0 = 1_000_000
+CONFLICTING = CONFLICTING_REQUESTS._value
 MODELS = ("champion", "challenger", "canary")
 
 
@@ -70,9 +72,10 @@ def make_join(schedule: Schedule | None = None, **limits: Any) -> tuple[Join, Co
 
 
 def request(rid: str, *, at: int = T0, budget: int = 200, partition: int = 0, reply: str | None = "replies",
-            problem: str | None = None, created: int | None = None) -> RequestIn:
+            problem: str | None = None, created: int | None = None, inputs: bytes = b"inputs") -> RequestIn:
     created_at = at if created is None else created
-    return RequestIn(rid, partition, 0, at, created_at, created_at + budget if budget else 0, reply, None, problem)
+    return RequestIn(rid, partition, 0, at, created_at, created_at + budget if budget else 0, reply, None, problem,
+                     inputs)
 
 
 def score(rid: str, model: str, at: int, *, value: float | None = 0.9, error: str | None = None,
@@ -286,6 +289,58 @@ def test_a_repeated_request_gets_the_same_answer_while_open_and_after_it_closed(
     assert [reply[0] for reply, _record in out.replies] == ["first", "second", "third"]
     assert len({id(record) for _reply, record in out.replies}) == 1
     assert len(out.answers) == 1  # answered once on the answers topic
+
+
+def refusals(out: Collected) -> list[tuple[str, str]]:
+    """(return address, reason) of the ERROR replies sent outside the answers topic."""
+    answered = {id(record) for record in out.answers}
+    return [(reply[0], record["reason"]) for reply, record in out.replies
+            if id(record) not in answered and record["status"] == "ERROR"]
+
+
+def test_a_known_request_id_with_other_inputs_is_answered_error_at_its_address_open_or_closed() -> None:
+    """Whoever sends an id first must not decide the answer of a different request sent under it
+    later: that one is refused, the first goes on as if it had not come."""
+    join, out = make_join()
+    refused_before = CONFLICTING.get()
+    join.on_request(request("r", reply="first", inputs=b"mine"))
+    receipt = join.on_request(request("r", at=T0 + 1, reply="other", inputs=b"theirs"))  # while open
+    assert isinstance(receipt, Receipt) and not receipt.settled  # its offset waits for the refusal's ack
+    for model in MODELS:
+        join.on_score(score("r", model, T0 + 3))
+    join.on_request(request("r", at=T0 + 500, reply="later", inputs=b"theirs"))  # after it closed
+    join.on_request(request("r", at=T0 + 501, reply="retry", inputs=b"mine"))  # a true retry still gets it
+    assert [(reply[0], record["status"]) for reply, record in out.replies if record in out.answers] == [
+        ("first", "OK"), ("retry", "OK")]
+    assert [address for address, _reason in refusals(out)] == ["other", "later"]
+    assert all("already used by a request with other features" in reason for _address, reason in refusals(out))
+    assert len(out.answers) == 1 and [record["request_id"] for record in out.logs] == ["r"]
+    assert [o["model"] for o in out.logs[0]["outputs"]] == list(MODELS)
+    out.acknowledge()
+    assert receipt.settled
+    join.metrics.flush()
+    assert CONFLICTING.get() - refused_before == 2
+
+
+def test_a_request_sent_after_a_forged_one_under_its_id_gets_an_error_not_the_forged_answer() -> None:
+    join, out = make_join()
+    join.on_request(request("guessed", reply="attacker", inputs=b"forged"))
+    join.on_score(score("guessed", "champion", T0 + 1))
+    join.on_request(request("guessed", at=T0 + 2, reply="caller", inputs=b"real"))
+    assert [(reply[0], record["status"]) for reply, record in out.replies] == [("attacker", "OK"), ("caller", "ERROR")]
+
+
+def test_a_re_read_request_s_inputs_are_compared_as_before_the_restart() -> None:
+    """After a takeover the original is re-read first (the same partition, in order), so its
+    inputs are known again before any repeat of its id."""
+    join, out = make_join()
+    answer = {"request_id": "r", "status": "OK", "model": "champion", "reason": "preferred model answered",
+              "answered_at": T0 + 5}
+    join.restore(Finished({"r": answer}, {"r"}))
+    join.on_request(request("r", inputs=b"mine"))
+    join.on_request(request("r", at=T0 + 9, reply="other", inputs=b"theirs"))
+    assert [record["status"] for _reply, record in out.replies] == ["OK", "ERROR"]
+    assert [address for address, _reason in refusals(out)] == ["other"]
 
 
 def test_an_invalid_request_answered_before_a_restart_keeps_that_answer_and_gets_no_second() -> None:
