@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import bisect
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
+from confluent_kafka import Message
 
 from services.control.schedule import Schedule
 from services.core.codec import codec
 from services.core.errors import BadInput, ConfigError, DecodeFailed
-from services.core.kafka import Consumer, Producer, groupless, partition_counts
+from services.core.kafka import Producer
+from services.core.topic_tail import TopicTail
 
 log = logging.getLogger(__name__)
 
@@ -118,45 +118,18 @@ class ControlFeed:
 
     def __init__(self, config: Mapping[str, Any], topic: str):
         self.topic = topic
-        partitions = partition_counts(config, [topic])[topic]  # first: a missing topic leaves no client open
-        self._consumer = Consumer({**groupless(config, "control"), "enable.partition.eof": False})
-        self._partitions = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
-        self._consumer.assign(self._partitions)
-
-    def end_offsets(self) -> dict[int, int]:
-        ends = {}
-        for tp in self._partitions:
-            _low, high = self._consumer.native.get_watermark_offsets(
-                TopicPartition(self.topic, tp.partition), timeout=10
-            )
-            ends[tp.partition] = high
-        return ends
+        self._tail = TopicTail(config, topic, "control")
 
     def read_history(self, timeout: float = 30.0) -> list[ControlRecord]:
         """Every record up to the end offsets as of now."""
-        ends = self.end_offsets()
-        records: list[ControlRecord] = []
-        deadline = time.monotonic() + timeout
-        while not self._reached(ends):
-            if time.monotonic() > deadline:
-                raise ConfigError(f"could not read {self.topic} to its end within {timeout:.0f}s")
-            records.extend(_parse(msg) for msg in self._consumer.consume(500, 0.05))
-        return records
-
-    def _reached(self, ends: dict[int, int]) -> bool:
-        # Positions, not offsets seen: transaction markers occupy offsets no record fills.
-        waiting = [TopicPartition(self.topic, p) for p, end in ends.items() if end > 0]
-        if not waiting:
-            return True
-        positions = self._consumer.native.position(waiting)
-        return all(tp.offset >= ends[tp.partition] for tp in positions)
+        return [_parse(msg) for msg in self._tail.read_to_end(timeout)]
 
     def poll(self) -> list[ControlRecord]:
         """Whatever arrived since the last call (non-blocking)."""
-        return [_parse(msg) for msg in self._consumer.consume(100, 0)]
+        return [_parse(msg) for msg in self._tail.poll()]
 
     def close(self) -> None:
-        self._consumer.close()
+        self._tail.close()
 
 
 def _parse(msg: Message) -> ControlRecord:

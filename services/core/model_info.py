@@ -16,11 +16,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from confluent_kafka import Message
+
 from services.core.codec import codec
 from services.core.errors import BadInput, RendezvousError, TopicMissing
 from services.core.kafka import Producer, partition_counts
 from services.core.signatures import FeatureSpec, Signature
 from services.core.topic_range import read_spans
+from services.core.topic_tail import TopicTail
 
 __all__ = [
     "ModelInfo",
@@ -107,18 +110,49 @@ def read_model_infos(config: Mapping[str, Any], topic: str, timeout_s: float = 3
     """
     infos: dict[str, ModelInfo] = {}
     for msg in read_spans(config, topic, timeout_s=timeout_s):
-        key = (msg.key() or b"").decode("utf-8", errors="replace")
-        value = msg.value()
-        if value is None:
-            infos.pop(key, None)
-            continue
-        try:
-            info = decode_model_info(value)
-        except BadInput as err:
-            log.warning("skipping a record of %s at offset %s: %s", topic, msg.offset(), err)
-            continue
-        infos[info.name] = info
+        _apply(infos, msg)
     return infos
+
+
+class ModelInfoFeed:
+    """The latest ModelInfo per model name, followed by one consumer for the process's life: the
+    topic read to its end at start, then on from there at each `refresh` (as `read_model_infos`
+    reads it)."""
+
+    def __init__(self, config: Mapping[str, Any], topic: str, timeout_s: float = 10.0):
+        self._tail = TopicTail(config, topic, "models")
+        self.infos: dict[str, ModelInfo] = {}
+        try:
+            for msg in self._tail.read_to_end(timeout_s):
+                _apply(self.infos, msg)
+        except BaseException:
+            self._tail.close()
+            raise
+
+    def refresh(self) -> dict[str, ModelInfo]:
+        """The infos with every record that came since the last call."""
+        while batch := self._tail.poll():
+            for msg in batch:
+                _apply(self.infos, msg)
+        return self.infos
+
+    def close(self) -> None:
+        self._tail.close()
+
+
+def _apply(infos: dict[str, ModelInfo], msg: Message) -> None:
+    """One record of the models topic: a model's newest info, or a tombstone removing it."""
+    key = (msg.key() or b"").decode("utf-8", errors="replace")
+    value = msg.value()
+    if value is None:
+        infos.pop(key, None)
+        return
+    try:
+        info = decode_model_info(value)
+    except BadInput as err:
+        log.warning("skipping a record of %s at offset %s: %s", msg.topic(), msg.offset(), err)
+        return
+    infos[info.name] = info
 
 
 def features_no_model_knows(infos: Iterable[ModelInfo], row: Mapping[str, Any]) -> list[str]:

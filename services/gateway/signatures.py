@@ -3,7 +3,7 @@ no model knows.
 
 `Signatures` is all the gateway needs. Two implementations:
 - `PublishedSignatures`: the compacted topic where each model worker publishes its input contract
-  (services/core/model_info.py), read to its end at start and again every `refresh_s`;
+  (services/core/model_info.py), read to its end at start, then followed (every `refresh_s`);
 - `FixedSignatures`: one feature list for every model (the demo models' features, which the CLI
   passes in), known only by name, none required.
 """
@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaException
 
 from services.core.errors import RendezvousError
-from services.core.model_info import read_model_infos
+from services.core.model_info import ModelInfo, ModelInfoFeed
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +53,13 @@ class FixedSignatures:
 
 
 class PublishedSignatures:
-    """Input contracts from the models topic, refreshed in the background."""
+    """Input contracts from the models topic, followed in the background by one consumer."""
 
     def __init__(self, config: Mapping[str, Any], topic: str, refresh_s: float = 5.0):
-        self._config = dict(config)
         self._topic = topic
-        self._specs: dict[str, tuple[str, list[FeatureSpec]]] = {}
+        self._feed = ModelInfoFeed(config, topic)
+        self._specs = _specs(self._feed.infos)
         self._stop = threading.Event()
-        self.reload()
         self._thread = threading.Thread(target=self._refresh, args=(refresh_s,), name="rdv-gateway-models",
                                         daemon=True)
         self._thread.start()
@@ -72,21 +71,23 @@ class PublishedSignatures:
     def models(self) -> dict[str, str]:
         return {name: version for name, (version, _specs) in self._specs.items()}
 
-    def reload(self) -> None:
-        """Read the topic to its end; the newest record per model wins (as compaction keeps it)."""
-        infos = read_model_infos(self._config, self._topic, timeout_s=10.0)
-        self._specs = {name: (info.version, [FeatureSpec(f.name, f.required) for f in info.signature.features])
-                       for name, info in infos.items()}
-
     def _refresh(self, every_s: float) -> None:
         while not self._stop.wait(every_s):
             try:
-                self.reload()
+                self._specs = _specs(self._feed.refresh())
             except (RendezvousError, KafkaException) as err:
                 log.warning("could not refresh the model signatures from %s: %s", self._topic, err)
 
     def close(self) -> None:
         self._stop.set()
+        self._thread.join()  # it may be reading: the consumer is closed after it
+        self._feed.close()
+
+
+def _specs(infos: Mapping[str, ModelInfo]) -> dict[str, tuple[str, list[FeatureSpec]]]:
+    """Each model's version and input features (the newest record per model wins, as compaction keeps it)."""
+    return {name: (info.version, [FeatureSpec(f.name, f.required) for f in info.signature.features])
+            for name, info in infos.items()}
 
 
 def signatures_for(config: Mapping[str, Any], topic: str, fallback: Sequence[str]) -> Signatures:

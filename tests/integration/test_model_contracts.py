@@ -10,9 +10,12 @@ from prometheus_client import REGISTRY
 
 from services.cli.send import SendSettings, warn_unknown_features
 from services.client.client import Client, make_request
+from services.core import kafka
 from services.core.codec import codec
-from services.core.model_info import read_model_infos
+from services.core.model_info import ModelInfo, encode_model_info, read_model_infos
 from services.core.settings import Topics
+from services.core.signatures import Signature
+from services.gateway.signatures import FeatureSpec, PublishedSignatures
 from services.model_worker.models import DEMO_FEATURES, demo_rows
 from tests.integration.harness import Services, read_topic, wait_until
 
@@ -97,3 +100,29 @@ def test_a_request_with_neither_features_nor_payload_is_never_scored(
     scores = read_topic(config, topics.scores, expect=2, decode="score")
     assert sorted(s["model"] for s in scores) == ["challenger", "champion"]
     assert {s["request_id"] for s in scores} == {"ok-1"}
+
+
+def test_the_gateway_follows_published_contracts_with_one_consumer(
+    topics: Topics, config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It read the models topic anew every 5 s: an admin client and a consumer each time (new
+    connections; on a secured cluster a TLS handshake and a SASL login, 17,000 a day). One
+    consumer follows it now; a contract published later, or withdrawn by a tombstone, shows."""
+    producer = Producer(config)
+    producer.produce(topics.models, encode_model_info(ModelInfo("a", "1", Signature.all_required(["x"]))), key=b"a")
+    assert producer.flush(15) == 0
+    signatures = PublishedSignatures(config, topics.models, refresh_s=0.1)
+    try:
+        assert signatures.models() == {"a": "1"}
+        created: list[Any] = []
+        real = kafka.new_client
+        monkeypatch.setattr(kafka, "new_client", lambda kind, conf: created.append(kind) or real(kind, conf))
+        producer.produce(topics.models, encode_model_info(ModelInfo("b", "2", Signature.all_required(["y"]))),
+                         key=b"b")
+        producer.produce(topics.models, None, key=b"a")
+        assert producer.flush(15) == 0
+        wait_until(lambda: signatures.models() == {"b": "2"}, 30, "the new contract and the tombstone")
+        assert signatures.features("b") == [FeatureSpec("y", required=True)]
+        assert created == []  # read after the patch, by the one consumer made before it
+    finally:
+        signatures.close()
