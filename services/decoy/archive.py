@@ -7,8 +7,8 @@ Layout of an archive directory:
     requests-<start ms>-<seq>.avro     finished files (Avro container, schema inside)
     requests-<start ms>-<seq>.avro.part   the file being written
 
-Durability: each batch is appended as Avro blocks, flushed and fsynced before the decoy
-commits the batch's offsets, so a committed record is on disk. After a crash the `.part`
+Durability: records are written as they come and flushed and fsynced (`sync`) before the decoy
+commits their offsets, so a committed record is on disk. After a crash the `.part`
 file is sealed on start-up (its readable records kept, a torn last block dropped); records
 after the last commit are read again, so the archive is at-least-once and readers drop
 duplicates: the same (topic, partition, offset) with the same timestamp, among the last
@@ -96,6 +96,7 @@ class ArchiveWriter:
         self._stats: FileStats | None = None
         self._opened_at = 0.0
         self._seq = 0
+        self._unsynced = False  # records written since the last fsync
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -106,21 +107,34 @@ class ArchiveWriter:
 
     def append(self, records: list[dict[str, Any]]) -> None:
         """Append a batch and make it durable (flush + fsync) before returning."""
+        self.write(records)
+        self.sync()
+        self.roll_if_old()
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        """Add records to the open file; durable only after the next `sync` (or roll)."""
         if not records:
             return
         if self._writer is None:
             self._open()
-        assert self._writer is not None and self._file is not None and self._stats is not None
+        assert self._writer is not None and self._stats is not None
         for record in records:
             self._writer.write(record)
             self._stats.see(record)
+        self._unsynced = True
+
+    def sync(self) -> None:
+        """Make every record written so far durable (flush + fsync); seal the file once it is
+        `roll_bytes` large."""
+        if not self._unsynced:
+            return
+        assert self._writer is not None and self._file is not None
         self._writer.flush()
         self._file.flush()
         os.fsync(self._file.fileno())
+        self._unsynced = False
         if self._file.tell() >= self.roll_bytes:
             self.roll()
-        else:
-            self.roll_if_old()
 
     def roll_if_old(self) -> None:
         """Seal the open file once it is `roll_seconds` old, whether or not records still come
@@ -133,6 +147,7 @@ class ArchiveWriter:
         """Seal the open file (if any) and record it in the manifest."""
         if self._file is None or self._stats is None:
             return
+        self.sync()
         part = Path(self._file.name)
         self._file.close()
         self._file, self._writer = None, None

@@ -18,7 +18,8 @@ class DecoySettings(ServiceSettings):
     codec: str = setting("deflate", "Avro block codec of the archive files: null or deflate.")
     group: str = setting("", "Consumer group (default: <prefix>decoy).")
     start_from: str = setting("earliest", "Where a new consumer group starts: earliest or latest.")
-    max_batch: int = setting(1000, "Most records archived per batch (each batch is fsynced).", minimum=1)
+    max_batch: int = setting(1000, "Most records read per poll (the archive is fsynced before each commit).",
+                             minimum=1)
 
     def validate(self) -> None:
         if not self.archive_dir:
