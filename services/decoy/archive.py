@@ -19,6 +19,8 @@ timestamp tells a re-read from a new record at an old offset: a topic deleted an
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -26,6 +28,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,7 +38,7 @@ import fastavro
 from fastavro.write import Writer
 
 from services.core.codec import load_schema, schemas_dir
-from services.core.errors import ConfigError
+from services.core.errors import ConfigError, RendezvousError
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,10 @@ MANIFEST = "manifest.json"
 PART = ".part"
 DAMAGED = ".damaged"  # a recovered file's original, kept when it held a damaged block
 RECOVERING = ".recovering"  # a recovered file's new copy, until it replaces the original
+
+
+class ArchiveFailed(RendezvousError):
+    """The archive's storage refused a write (a full disk, a read-only or deleted directory)."""
 
 
 def archive_schema() -> Any:
@@ -97,6 +104,7 @@ class ArchiveWriter:
         self._opened_at = 0.0
         self._seq = 0
         self._unsynced = False  # records written since the last fsync
+        self._failed: ArchiveFailed | None = None
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -104,6 +112,11 @@ class ArchiveWriter:
         self.manifest = read_manifest(directory)
         self._recover_parts()
         self._adopt_sealed()
+
+    @property
+    def healthy(self) -> bool:
+        """False once the storage failed: nothing is written, synced or sealed after that."""
+        return self._failed is None
 
     def append(self, records: list[dict[str, Any]]) -> None:
         """Append a batch and make it durable (flush + fsync) before returning."""
@@ -115,26 +128,52 @@ class ArchiveWriter:
         """Add records to the open file; durable only after the next `sync` (or roll)."""
         if not records:
             return
-        if self._writer is None:
-            self._open()
-        assert self._writer is not None and self._stats is not None
-        for record in records:
-            self._writer.write(record)
-            self._stats.see(record)
-        self._unsynced = True
+        with self._storage("write to"):
+            if self._writer is None:
+                self._open()
+            assert self._writer is not None and self._stats is not None
+            for record in records:
+                self._writer.write(record)
+                self._stats.see(record)
+            self._unsynced = True
+        assert self._file is not None
+        if self._file.tell() >= self.roll_bytes:  # a backlog writes far more than --roll-mb between commits
+            self.roll()
 
     def sync(self) -> None:
         """Make every record written so far durable (flush + fsync); seal the file once it is
-        `roll_bytes` large."""
+        `roll_bytes` large. `ArchiveFailed` if the storage refuses, or if the file lost its name
+        meanwhile (its directory deleted: fsyncing a file no directory holds keeps nothing)."""
+        self._make_durable()
+        if self._file is not None and self._file.tell() >= self.roll_bytes:
+            self.roll()
+
+    def _make_durable(self) -> None:
         if not self._unsynced:
             return
-        assert self._writer is not None and self._file is not None
-        self._writer.flush()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._unsynced = False
-        if self._file.tell() >= self.roll_bytes:
-            self.roll()
+        with self._storage("fsync"):
+            assert self._writer is not None and self._file is not None
+            self._writer.flush()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            _still_named(self._file)
+            self._unsynced = False
+
+    @contextmanager
+    def _storage(self, doing: str, name: str = "") -> Iterator[None]:
+        """Turns a refusal of the storage into `ArchiveFailed` naming the directory, the file and
+        what was being done, logged once; every later call raises it again."""
+        if self._failed is not None:
+            raise self._failed
+        try:
+            yield
+        except OSError as exc:
+            name = name or (Path(self._file.name).name if self._file is not None else "a new file")
+            self._failed = ArchiveFailed(
+                f"archive {self.directory}: cannot {doing} {name}: {exc.strerror or exc}; the decoy stops "
+                "(what it read since its last commit is read again when it starts)")
+            log.error("%s", self._failed)
+            raise self._failed from None
 
     def roll_if_old(self) -> None:
         """Seal the open file once it is `roll_seconds` old, whether or not records still come
@@ -147,15 +186,23 @@ class ArchiveWriter:
         """Seal the open file (if any) and record it in the manifest."""
         if self._file is None or self._stats is None:
             return
-        self.sync()
+        self._make_durable()
         part = Path(self._file.name)
-        self._file.close()
-        self._file, self._writer = None, None
-        self._seal(part, self._stats)
-        self._stats = None
+        with self._storage("seal", part.name):
+            self._file.close()
+            self._file, self._writer = None, None
+            self._seal(part, self._stats)
+            self._stats = None
 
     def close(self) -> None:
-        self.roll()
+        """Seal the open file; after a failure, only let go of it: its `.part` is recovered at
+        the next start (sealing it would count records that never reached the disk)."""
+        if self._failed is None:
+            self.roll()
+        elif self._file is not None:
+            with contextlib.suppress(OSError):  # its buffer may not fit either
+                self._file.close()
+            self._file, self._writer, self._stats = None, None, None
 
     def _open(self) -> None:
         self._seq += 1
@@ -225,6 +272,17 @@ class ArchiveWriter:
                 stats.see(record)
             log.warning("%s was sealed but not in the manifest (a crash in between): adding it", final.name)
             self._record(final, stats)
+
+
+def _still_named(file: BinaryIO) -> None:
+    """`OSError` unless the open file is still the one its path names."""
+    opened = os.fstat(file.fileno())
+    try:
+        named = os.stat(file.name)
+    except FileNotFoundError:
+        named = None
+    if opened.st_nlink == 0 or named is None or (named.st_dev, named.st_ino) != (opened.st_dev, opened.st_ino):
+        raise OSError(errno.ENOENT, "it was deleted or replaced while being written (its directory removed?)")
 
 
 def _sync_directory(directory: Path) -> None:

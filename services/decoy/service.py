@@ -78,8 +78,10 @@ class Decoy(SimpleHandler, Probed):
     def finished_offsets(self) -> list[TopicPartition]:
         """Asked by the skeleton before it commits: what was written is fsynced now, and only
         then finished."""
-        if self._written:
-            assert self._archive is not None
+        assert self._archive is not None
+        # After a failure (raised from here or from on_batch, ending the service) nothing more
+        # is finished: what was written since the last sync is read again at the next start.
+        if self._written and self._archive.healthy:
             self._archive.sync()
             written, self._written = self._written, []
             self.positions.advance(written)

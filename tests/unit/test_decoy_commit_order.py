@@ -3,11 +3,13 @@ their offsets are finished only once the skeleton asks before a commit and the f
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
-from confluent_kafka import Message
+import pytest
+from confluent_kafka import Message, TopicPartition
 
-from services.decoy.archive import ArchiveWriter, _readable_records
+from services.decoy.archive import ArchiveFailed, ArchiveWriter, _readable_records, read_manifest
 from services.decoy.service import Decoy
 from services.decoy.settings import DecoySettings
 
@@ -31,3 +33,46 @@ def test_offsets_are_finished_only_when_asked_before_a_commit_and_then_their_rec
     on_disk = [(r["partition"], r["offset"]) for r in _readable_records(part, lambda err: None)]
     assert sorted(on_disk) == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 7), (1, 8)]  # read back: flushed
     assert decoy.archived == 6
+
+
+def test_an_archive_directory_deleted_while_written_stops_the_decoy_before_any_offset_is_finished(
+    tmp_path: Path,
+) -> None:
+    """The decoy went on writing and fsyncing into a file no directory held, and committed its
+    offsets: everything it read until its next roll (300 s by default) was lost, while its
+    metrics and readiness said all was well (a review's run: 160 of 160 requests)."""
+    archive = tmp_path / "archive"
+    decoy = Decoy(DecoySettings(archive_dir=str(tmp_path)))
+    decoy._archive = ArchiveWriter(archive, roll_bytes=1 << 30, roll_seconds=3600)
+    decoy.on_batch(requests(0, range(0, 3)))
+    assert decoy.finished_offsets() == [TopicPartition("rq", 0, 3)]
+    shutil.rmtree(archive)
+    decoy.on_batch(requests(0, range(3, 5)))  # written into the deleted file: no error yet
+    with pytest.raises(ArchiveFailed, match=r"cannot fsync requests-.*\.avro\.part: it was deleted or replaced"):
+        decoy.finished_offsets()
+    assert not decoy._archive.healthy
+    # Asked again on the way out (a revoke, the drain): what was finished before, nothing more.
+    assert decoy.finished_offsets() == [TopicPartition("rq", 0, 3)]
+    with pytest.raises(ArchiveFailed):
+        decoy.on_batch(requests(0, range(5, 6)))
+    decoy._archive.close()  # lets go of the file; raises nothing, seals nothing
+    assert not archive.exists() and decoy.archived == 3
+
+
+def test_a_failed_archive_is_left_for_recovery_not_sealed(tmp_path: Path) -> None:
+    """Sealing after a failure would put a file in the manifest counting records that never
+    reached the disk; the `.part` is recovered at the next start instead."""
+    writer = ArchiveWriter(tmp_path, roll_bytes=1 << 30, roll_seconds=3600)
+    writer.append([_row(0)])
+    part = next(tmp_path.glob("*.avro.part"))
+    part.rename(part.with_name("moved.part"))  # the path no longer names the open file
+    writer.write([_row(1)])
+    with pytest.raises(ArchiveFailed, match="deleted or replaced"):
+        writer.sync()
+    writer.close()
+    assert read_manifest(tmp_path) == [] and [p.name for p in tmp_path.glob("*.part")] == ["moved.part"]
+
+
+def _row(offset: int) -> dict[str, object]:
+    return {"topic": "rq", "partition": 0, "offset": offset, "timestamp": 5, "key": b"k", "value": b"v",
+            "archived_at": 5}
