@@ -397,19 +397,21 @@ class Consumer:
     def assign(self, partitions: list[TopicPartition]) -> None:
         self._consumer.assign(partitions)
 
-    def consume(self, max_messages: int, timeout: float) -> list[Message]:
-        """Wait up to `timeout` for the first record, then take what is already queued.
+    def consume(self, max_messages: int, timeout: float, gather_s: float = 0.0) -> list[Message]:
+        """Wait up to `timeout` for the first record, then take what is already queued, or
+        what comes within `gather_s` after it.
 
         `Consumer.consume(n, timeout)` would hold a lone record until n arrive or the timeout
         passes; polling for one and draining without waiting keeps latency at one fetch while
-        still handing out micro-batches under load.
+        still handing out micro-batches under load. A reader for which latency costs nothing
+        gathers instead: at 200 records/s, a wake-up per record cost more than the record.
         """
         first = self._consumer.poll(timeout)
         if first is None:
             return []
         messages = [first]
         if max_messages > 1:
-            messages.extend(self._consumer.consume(max_messages - 1, 0))
+            messages.extend(self._consumer.consume(max_messages - 1, gather_s))
         if not any(map(Message.error, messages)):
             return messages
         return self._without_errors(messages)

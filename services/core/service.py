@@ -63,6 +63,9 @@ class StreamSpec:
     commit_interval_ms: int = 100
     max_batch: int = 500
     max_wait_s: float = 0.1
+    # After a poll's first record, how long to wait for more (0: take only what is queued). For
+    # services that answer nobody (the decoy): fewer, larger batches for the same records.
+    gather_s: float = 0.0
     drain_timeout_s: float = 10.0
     connect_timeout_s: float = 15.0
     consumer_config: dict[str, Any] = field(default_factory=dict)  # group tuning, assignment, isolation
@@ -256,7 +259,7 @@ class StreamService:
             timeout = max(0.0, min(spec.max_wait_s, handler.next_wakeup()))
             releases = self._releases
             try:
-                messages = ctx.consumer.consume(spec.max_batch, timeout)
+                messages = ctx.consumer.consume(spec.max_batch, timeout, spec.gather_s)
             except ConsumerFenced as err:
                 self._rejoin(err)
                 continue
