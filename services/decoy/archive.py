@@ -246,7 +246,9 @@ class ArchiveWriter:
                 writer.flush()
                 handle.flush()
                 os.fsync(handle.fileno())
-            if tears:
+            if tears and _torn_at_end(part):
+                log.info("%s: its last block was being written at the crash: dropped", part.name)
+            elif tears:
                 # Reading stops at the first damaged block. A crash tears only the last one, but
                 # damage inside the file would lose the blocks after it: the original is kept.
                 damaged = part.with_name(part.name + DAMAGED)
@@ -272,6 +274,26 @@ class ArchiveWriter:
                 stats.see(record)
             log.warning("%s was sealed but not in the manifest (a crash in between): adding it", final.name)
             self._record(final, stats)
+
+
+def _torn_at_end(path: Path) -> bool:
+    """Whether a file's damage is only a last block cut short (what a crash while it was written
+    leaves): every block before it whole, and no block's sync marker after it."""
+    with path.open("rb") as handle:
+        try:
+            blocks = fastavro.block_reader(handle)
+        except Exception:  # noqa: BLE001 - not even a header: not a crash's tear
+            return False
+        sync, end = blocks._header["sync"], handle.tell()  # the file's marker, and where the blocks begin
+        try:
+            for block in blocks:
+                for _record in block:  # a block whose records cannot be read is damage inside
+                    pass
+                end = block.offset + block.size
+        except Exception:  # noqa: BLE001 - whatever the codec meets, as in _readable_records
+            handle.seek(end)
+            return sync not in handle.read()
+    return False  # nothing damaged in the framing or the blocks: not a torn tail
 
 
 def _still_named(file: BinaryIO) -> None:

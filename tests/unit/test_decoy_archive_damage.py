@@ -20,6 +20,8 @@ def rows(first: int, n: int) -> list[dict[str, Any]]:
 
 
 def test_a_part_file_whose_tail_is_zeroed_is_recovered_up_to_its_last_whole_block(tmp_path: Path) -> None:
+    """What a crash while the last block was written leaves: that block is dropped (its records'
+    offsets were never committed), and no copy of the file is kept for anyone to delete."""
     writer = ArchiveWriter(tmp_path, **ROLL)
     writer.append(rows(0, 60))
     part = next(tmp_path.glob("*.part"))
@@ -30,10 +32,24 @@ def test_a_part_file_whose_tail_is_zeroed_is_recovered_up_to_its_last_whole_bloc
 
     ArchiveWriter(tmp_path, **ROLL).close()  # raised IndexError before: the decoy could not start
     assert [r["offset"] for r in iter_archive(tmp_path)] == list(range(60))
-    assert first_block_end < len(data)
-    # What was dropped is not destroyed: damage inside a file would lose the blocks after it.
+    assert first_block_end < len(data) and not list(tmp_path.glob("*.damaged"))
+
+
+def test_a_part_file_damaged_before_its_last_block_is_kept_beside_what_was_recovered(tmp_path: Path) -> None:
+    """Reading stops at the first damaged block: the blocks after it would be lost, so the
+    original is kept."""
+    writer = ArchiveWriter(tmp_path, **ROLL)
+    writer.append(rows(0, 60))
+    part = next(tmp_path.glob("*.part"))
+    first_block_end = part.stat().st_size
+    writer.append(rows(60, 40))
+    damaged = bytearray(part.read_bytes())
+    damaged[first_block_end - 40] ^= 0xFF  # inside the first block's records
+    part.write_bytes(bytes(damaged))
+
+    ArchiveWriter(tmp_path, **ROLL).close()
     (kept,) = tmp_path.glob("*.damaged")
-    assert kept.read_bytes() == data[:-300] + bytes(300)
+    assert kept.read_bytes() == bytes(damaged)
 
 
 def test_a_sealed_file_damaged_or_missing_is_skipped_and_the_others_are_read(
