@@ -79,6 +79,14 @@ class Decoy(SimpleHandler, Probed):
         self._archive.write([_record(msg, archived_at) for msg in messages])
         self._written.extend(messages)
 
+    def on_released(self, partitions: list[TopicPartition], lost: bool) -> None:
+        """Records of partitions lost without a commit are the next owner's to archive (a
+        revoke's commit finished them first): they must not be finished here later, which would
+        commit positions of partitions this decoy no longer owns."""
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._written = [msg for msg in self._written if (msg.topic(), msg.partition()) not in gone]
+        super().on_released(partitions, lost)
+
     def finished_offsets(self) -> list[TopicPartition]:
         """Asked by the skeleton before it commits: what was written is fsynced now, and only
         then finished."""

@@ -76,3 +76,13 @@ def test_a_failed_archive_is_left_for_recovery_not_sealed(tmp_path: Path) -> Non
 def _row(offset: int) -> dict[str, object]:
     return {"topic": "rq", "partition": 0, "offset": offset, "timestamp": 5, "key": b"k", "value": b"v",
             "archived_at": 5}
+
+
+def test_records_of_a_partition_lost_before_they_were_synced_are_not_finished_later(tmp_path: Path) -> None:
+    """Lost (no commit at the revoke): finishing them at the next commit would commit a position of
+    a partition another decoy owns now."""
+    decoy = Decoy(DecoySettings(archive_dir=str(tmp_path)))
+    decoy._archive = ArchiveWriter(tmp_path, roll_bytes=1 << 30, roll_seconds=3600)
+    decoy.on_batch(requests(0, range(0, 2)) + requests(1, range(0, 3)))
+    decoy.on_released([TopicPartition("rq", 1)], lost=True)
+    assert decoy.finished_offsets() == [TopicPartition("rq", 0, 2)]
