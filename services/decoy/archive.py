@@ -277,8 +277,12 @@ class ArchiveWriter:
 
 
 def _torn_at_end(path: Path) -> bool:
-    """Whether a file's damage is only a last block cut short (what a crash while it was written
-    leaves): every block before it whole, and no block's sync marker after it."""
+    """Whether a file's damage is only what a crash leaves: nothing written at all, or a last
+    block cut short (every block before it whole, no block's sync marker after it, and its
+    declared size running past the end of the file or its end zeroed, as a power loss leaves
+    it). Anything else may hide whole blocks after the damage: not a torn tail."""
+    if path.stat().st_size == 0:
+        return True  # opened, nothing flushed yet
     with path.open("rb") as handle:
         try:
             blocks = fastavro.block_reader(handle)
@@ -292,8 +296,28 @@ def _torn_at_end(path: Path) -> bool:
                 end = block.offset + block.size
         except Exception:  # noqa: BLE001 - whatever the codec meets, as in _readable_records
             handle.seek(end)
-            return sync not in handle.read()
+            rest = handle.read()
+            return sync not in rest and (_runs_past(rest) or rest.endswith(bytes(len(sync))))
     return False  # nothing damaged in the framing or the blocks: not a torn tail
+
+
+def _runs_past(block: bytes) -> bool:
+    """Whether a block's declared extent (its count and size, its data, the 16-byte marker)
+    is longer than the bytes there are."""
+    pos, size = 0, 0
+    for _field in range(2):  # the record count, then the data's size: zig-zag varints
+        shift, value = 0, 0
+        while True:
+            if pos >= len(block) or shift > 63:
+                return True
+            byte = block[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        size = (value >> 1) ^ -(value & 1)
+    return pos + size + 16 > len(block)
 
 
 def _still_named(file: BinaryIO) -> None:

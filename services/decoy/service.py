@@ -87,6 +87,10 @@ class Decoy(SimpleHandler, Probed):
         self._written = [msg for msg in self._written if (msg.topic(), msg.partition()) not in gone]
         super().on_released(partitions, lost)
 
+    def on_rewind(self) -> None:
+        self._written = []  # re-read from the committed offsets: finished as they come again
+        super().on_rewind()
+
     def finished_offsets(self) -> list[TopicPartition]:
         """Asked by the skeleton before it commits: what was written is fsynced now, and only
         then finished."""
