@@ -129,11 +129,14 @@ class ModelInfoFeed:
             self._tail.close()
             raise
 
-    def refresh(self) -> dict[str, ModelInfo]:
-        """The infos with every record that came since the last call."""
-        while batch := self._tail.poll():
+    def refresh(self, most: int = 10_000) -> dict[str, ModelInfo]:
+        """The infos with the records that came since the last call (at most about `most` of
+        them: a caller that stops waits for no flood)."""
+        read = 0
+        while read < most and (batch := self._tail.poll()):
             for msg in batch:
                 _apply(self.infos, msg)
+            read += len(batch)
         return self.infos
 
     def close(self) -> None:

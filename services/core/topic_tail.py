@@ -12,9 +12,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message, TopicPartition
 
-from services.core.errors import ConfigError
+from services.core.errors import BrokerError, ConfigError
 from services.core.kafka import Consumer, groupless, partition_counts
 
 
@@ -29,9 +29,12 @@ class TopicTail:
     def end_offsets(self) -> dict[int, int]:
         ends = {}
         for tp in self._partitions:
-            _low, high = self._consumer.native.get_watermark_offsets(
-                TopicPartition(self.topic, tp.partition), timeout=10
-            )
+            try:
+                _low, high = self._consumer.native.get_watermark_offsets(
+                    TopicPartition(self.topic, tp.partition), timeout=10
+                )
+            except KafkaException as exc:
+                raise BrokerError(f"cannot read the end offsets of {self.topic}: {exc}") from None
             ends[tp.partition] = high
         return ends
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -22,6 +23,10 @@ from services.core.errors import RendezvousError
 from services.core.model_info import ModelInfo, ModelInfoFeed
 
 log = logging.getLogger(__name__)
+
+# How often the models topic is read again from its beginning by a new consumer (between, one
+# consumer follows it): partitions added, or the topic made again, are seen within this.
+REREAD_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +61,7 @@ class PublishedSignatures:
     """Input contracts from the models topic, followed in the background by one consumer."""
 
     def __init__(self, config: Mapping[str, Any], topic: str, refresh_s: float = 5.0):
+        self._config = dict(config)
         self._topic = topic
         self._feed = ModelInfoFeed(config, topic)
         self._specs = _specs(self._feed.infos)
@@ -72,11 +78,22 @@ class PublishedSignatures:
         return {name: version for name, (version, _specs) in self._specs.items()}
 
     def _refresh(self, every_s: float) -> None:
+        read_at = time.monotonic()
         while not self._stop.wait(every_s):
             try:
+                if time.monotonic() - read_at >= REREAD_S:
+                    self._reread()
+                    read_at = time.monotonic()
                 self._specs = _specs(self._feed.refresh())
             except (RendezvousError, KafkaException) as err:
                 log.warning("could not refresh the model signatures from %s: %s", self._topic, err)
+
+    def _reread(self) -> None:
+        """Follow the topic with a new consumer from its beginning: one that follows it for good
+        never sees partitions added later, nor a topic deleted and created again."""
+        feed = ModelInfoFeed(self._config, self._topic)
+        self._feed, old = feed, self._feed
+        old.close()
 
     def close(self) -> None:
         self._stop.set()
