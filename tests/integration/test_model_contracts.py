@@ -126,3 +126,29 @@ def test_the_gateway_follows_published_contracts_with_one_consumer(
         assert created == []  # read after the patch, by the one consumer made before it
     finally:
         signatures.close()
+
+
+def test_the_gateway_sees_contracts_on_partitions_added_after_it_started(
+    topics: Topics, config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One consumer that follows the topic for good never sees a partition added later: the feed
+    is read again from the start every REREAD_S (the review of this change)."""
+    from confluent_kafka.admin import NewPartitions
+
+    from services.gateway import signatures as module
+
+    monkeypatch.setattr(module, "REREAD_S", 0.5)
+    signatures = PublishedSignatures(config, topics.models, refresh_s=0.1)
+    try:
+        assert signatures.models() == {}
+        count = kafka.partition_counts(config, [topics.models])[topics.models]
+        client = kafka.admin(config)  # referenced until the answer is in
+        for future in client.create_partitions([NewPartitions(topics.models, count + 1)]).values():
+            future.result(30)
+        producer = Producer(config)
+        producer.produce(topics.models, encode_model_info(ModelInfo("late", "1", Signature.all_required(["x"]))),
+                         key=b"late", partition=count)  # the new partition
+        assert producer.flush(15) == 0
+        wait_until(lambda: signatures.models() == {"late": "1"}, 30, "the contract on the added partition")
+    finally:
+        signatures.close()
