@@ -108,8 +108,11 @@ def test_sigterm_ends_a_rendezvous_whose_broker_is_gone_for_good(own_broker: Loc
     config: dict[str, Any] = {"bootstrap.servers": own_broker.bootstrap}
     topics = Topics.from_prefix("rdv.")
     ensure_topics(config, topics, partitions=4)
+    # A session longer than the wait below: at the default 6 s, the group session sometimes ran out
+    # first (the broker gone), the partitions were lost with the answers not yet committed, and
+    # nothing was left to commit: the producer was never replaced (1 CI run in 3 on a busy host).
     rendezvous = Proc(["serve", "--bootstrap", own_broker.bootstrap, "--models", "champion", "--instance", "rdv-0",
-                       "--drain-timeout-s", "5"], tmp_path / "rendezvous.log").start()
+                       "--drain-timeout-s", "5", "--session-timeout-ms", "180000"], tmp_path / "rendezvous.log").start()
     try:
         sender = Sender(config, topics.requests, total=200, rate=100.0, budget_ms=1_000).start()
         sender.join()
