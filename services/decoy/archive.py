@@ -37,6 +37,7 @@ from typing import Any, BinaryIO
 import fastavro
 from fastavro.write import Writer
 
+from services.core.avro_walk import varint
 from services.core.codec import load_schema, schemas_dir
 from services.core.errors import ConfigError, RendezvousError
 
@@ -136,15 +137,16 @@ class ArchiveWriter:
                 self._writer.write(record)
                 self._stats.see(record)
             self._unsynced = True
-        assert self._file is not None
-        if self._file.tell() >= self.roll_bytes:  # a backlog writes far more than --roll-mb between commits
-            self.roll()
+        self._roll_if_large()  # a backlog writes far more than --roll-mb between commits
 
     def sync(self) -> None:
         """Make every record written so far durable (flush + fsync); seal the file once it is
         `roll_bytes` large. `ArchiveFailed` if the storage refuses, or if the file lost its name
         meanwhile (its directory deleted: fsyncing a file no directory holds keeps nothing)."""
         self._make_durable()
+        self._roll_if_large()
+
+    def _roll_if_large(self) -> None:
         if self._file is not None and self._file.tell() >= self.roll_bytes:
             self.roll()
 
@@ -304,20 +306,11 @@ def _torn_at_end(path: Path) -> bool:
 def _runs_past(block: bytes) -> bool:
     """Whether a block's declared extent (its count and size, its data, the 16-byte marker)
     is longer than the bytes there are."""
-    pos, size = 0, 0
-    for _field in range(2):  # the record count, then the data's size: zig-zag varints
-        shift, value = 0, 0
-        while True:
-            if pos >= len(block) or shift > 63:
-                return True
-            byte = block[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-        size = (value >> 1) ^ -(value & 1)
-    return pos + size + 16 > len(block)
+    _count, pos = varint(block, 0, len(block))
+    if pos < 0:
+        return True
+    size, pos = varint(block, pos, len(block))
+    return pos < 0 or pos + size + 16 > len(block)
 
 
 def _still_named(file: BinaryIO) -> None:
