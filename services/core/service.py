@@ -170,6 +170,7 @@ class StreamService:
         self._rewinding = False
         self._last_commit = 0.0
         self._fenced_at: float | None = None  # when the consumer was last fenced (_rejoin)
+        self._failure: Exception | None = None  # what ended the loop, while the clients close after it
         # What we own, as the callbacks said: a fenced consumer forgets its assignment at once.
         self._owned: dict[tuple[str, int], TopicPartition] = {}
         self._releases = 0  # partitions released so far (revoked or lost): tells a rebalance happened
@@ -218,8 +219,12 @@ class StreamService:
             log.info("%s reading %s (group %s, %s)", spec.name, ", ".join(spec.subscription), spec.group_id,
                      spec.processing)
             tune_gc()  # after start-up: what it built is frozen out of the collector's sight
-            self._loop(stop)
-            self._drain()
+            try:
+                self._loop(stop)
+                self._drain()
+            except Exception as exc:
+                self._failure = exc  # the consumer's close revokes its partitions: its log line says why
+                raise
 
     def _producer(self, config: dict[str, Any], stack: ExitStack) -> Producer | None:
         spec = self.spec
@@ -393,8 +398,9 @@ class StreamService:
                         sorted((tp.topic, tp.partition) for tp in starts), err)
 
     def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        log.info("%s revoked %s: committing finished work", self.spec.name,
-                 sorted((p.topic, p.partition) for p in partitions))
+        why = "committing finished work" if self._failure is None else (
+            f"stopping after an error ({type(self._failure).__name__}): committing the work finished before it")
+        log.info("%s revoked %s: %s", self.spec.name, sorted((p.topic, p.partition) for p in partitions), why)
         if not self._rewinding:
             try:
                 self.commit_now()

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from confluent_kafka import Message, Producer
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from services.core.health import serve_http
 from services.core.service import Probed, SimpleHandler, StreamService, StreamSpec
@@ -77,3 +77,54 @@ def test_healthz_fails_while_the_loop_is_stuck_and_recovers_when_it_turns_again(
     assert "the poll loop has not turned for" in get(url)[1]
     handler.release.set()
     wait_until(lambda: get(url) == (200, "ok\n"), 30, "/healthz to recover once the loop turns")
+
+
+class FailsOnBoom(SimpleHandler):
+    """Finishes every record until one reads b"boom", then raises: the loop ends with an error."""
+
+    def __init__(self, config: dict[str, Any], topics: Topics, prefix: str):
+        super().__init__()
+        self.group = f"{prefix}fails"
+        self.service = StreamService(StreamSpec(
+            name="fails", config=config, subscription=[topics.requests], group_id=self.group, producer=False,
+        ), self)
+
+    def on_batch(self, messages: list[Message]) -> None:
+        for msg in messages:
+            if msg.value() == b"boom":
+                raise RuntimeError("the handler broke")
+            self.positions.advance([msg])
+
+
+def test_a_service_ending_on_an_error_commits_what_it_finished_and_its_log_says_why(
+    config: dict[str, Any], topics: Topics, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The consumer's close revokes the partitions on the way out: the revoke's line said
+    "committing finished work", as after a rebalance, right before the error that ended it."""
+    handler = FailsOnBoom(config, topics, prefix)
+    producer = Producer(config)
+    for value in (b"one", b"two", b"boom"):
+        producer.produce(topics.requests, value, partition=0)
+    assert producer.flush(30) == 0
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            handler.service.run(threading.Event())
+        except RuntimeError as exc:
+            failed.append(exc)
+
+    caplog.set_level("INFO", logger="services.core.service")
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(90)
+    assert not thread.is_alive() and [str(e) for e in failed] == ["the handler broke"]
+    revokes = [r.getMessage() for r in caplog.records if "fails revoked" in r.getMessage()]
+    assert revokes and all("stopping after an error (RuntimeError): committing the work finished before it" in line
+                           for line in revokes), revokes
+    consumer = Consumer({**config, "group.id": handler.group})
+    try:
+        committed = consumer.committed([TopicPartition(topics.requests, 0)], timeout=15)
+    finally:
+        consumer.close()
+    assert committed[0].offset == 2  # "one" and "two" finished, "boom" not
