@@ -158,13 +158,13 @@ class Catalog:
     def _union(self, models: Iterable[str]) -> tuple[FeatureSpec, ...] | None:
         """Every feature any of the models reads, the preferred model's first (None: one is unknown)."""
         seen: dict[str, FeatureSpec] = {}
-        for model in models:
+        for rank, model in enumerate(models):
             specs = self.signatures.features(model)
             if specs is None:
                 return None
             for spec in specs:
-                # Required for the schedule only if the preferred model requires it.
-                seen.setdefault(spec.name, spec if not seen else FeatureSpec(spec.name, False, spec.datatype))
+                # Required for the schedule only if the preferred model (rank 0) requires it.
+                seen.setdefault(spec.name, spec if rank == 0 else FeatureSpec(spec.name, False, spec.datatype))
         return tuple(seen.values())
 
     def check_features(self, target: Target, names: Iterable[str]) -> None:

@@ -327,6 +327,12 @@ def test_malformed_input_is_400_invalid_argument_naming_the_problem(stack: Stack
     ragged["inputs"][3]["shape"] = [2]
     status, text = rest_call(stack.a, "default", ragged)
     assert (status, text) == ("400", "input 'mean_area': 1 values for shape [2] (2 expected)")
+    # Any feature the preferred model requires, not only its first: without one, the models failed on
+    # it and a fallback answered 200.
+    partial = rows_body(rows)
+    partial["inputs"] = [i for i in partial["inputs"] if i["name"] != "mean_texture"]
+    status, text = rest_call(stack.a, "default", partial)
+    assert (status, text) == ("400", "missing required feature(s) 'mean_texture' for 'default'")
     status, text = curl(stack.a, "POST", "/v2/models/default/infer", b"{oops")
     assert status == 400 and "the body is not valid JSON" in json.loads(text)["error"]
 

@@ -414,6 +414,20 @@ def test_models_of_the_schedule_and_published_ones_may_be_asked_directly() -> No
         catalog.check_features(champion, ["b"])
 
 
+def test_a_schedule_requires_every_feature_its_preferred_model_requires() -> None:
+    """Only the preferred model's first feature was required: a call without another went to the
+    models, which failed on it, and was answered by a fallback, 200."""
+    published = Published({"champion": ("1", [FeatureSpec("a", True), FeatureSpec("b", True), FeatureSpec("c")]),
+                           "challenger": ("2", [FeatureSpec("b", True), FeatureSpec("d", True)])})
+    catalog = Catalog(Versions(V1), published, enforce=True)
+    target = catalog.resolve("default")
+    assert [(f.name, f.required) for f in target.features or ()] == [
+        ("a", True), ("b", True), ("c", False), ("d", False)]
+    catalog.check_features(target, ["a", "b"])
+    with pytest.raises(InvalidInput, match=r"missing required feature\(s\) 'b' for 'default'"):
+        catalog.check_features(target, ["a", "c", "d"])
+
+
 def test_a_fallback_feature_list_describes_but_refuses_nothing() -> None:
     catalog = Catalog(Versions(V1), FixedSignatures(["a"]), enforce=False)
     catalog.check_features(catalog.resolve("default"), ["anything"])
