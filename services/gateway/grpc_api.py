@@ -167,11 +167,11 @@ def _contents(name: str, datatype: str, shape: tuple[int, ...], contents: Any) -
     field = CONTENTS.get(datatype)
     if field is None:
         raise InvalidInput(f"input '{name}': {datatype} data must come as raw_input_contents")
-    values = [float(v) for v in getattr(contents, field)]
+    values = list(getattr(contents, field))
     if len(values) != oip.elements(shape):
         raise InvalidInput(f"input '{name}': {len(values)} values in {field} for shape {list(shape)}")
-    oip.check_values(name, datatype, values)
-    return values
+    oip.check_values(name, datatype, values)  # as sent: an INT64's int is compared exactly
+    return [float(v) for v in values]
 
 
 def _param(value: Any) -> Any:

@@ -161,62 +161,70 @@ def from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes | memo
 
 
 def from_list(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> list[float]:
-    """Elements of JSON data (flat, or nested row by row as the shape says), each a value of
-    `datatype`."""
-    if isinstance(data, list) and data and type(data[0]) is list:
-        n, k = shape if len(shape) == 2 else (shape[0], -1)
-        if len(data) != n or any(type(row) is not list or len(row) != k for row in data):
+    """Elements of JSON data (flat, or nested one list per row as a 2-D shape says), each a value
+    of `datatype`."""
+    if not isinstance(data, list):
+        raise InvalidInput(f"input '{name}': 'data' must be a list of numbers")
+    if data and type(data[0]) is list:
+        if len(shape) != 2 or len(data) != shape[0] or any(type(row) is not list or len(row) != shape[1]
+                                                           for row in data):
             raise InvalidInput(f"input '{name}': nested data must be one list of values per row, "
                                f"as the shape {list(shape)} says")
-    flat = _flatten(data, name)
-    if len(flat) != elements(shape):
-        raise InvalidInput(f"input '{name}': {len(flat)} values for shape {list(shape)} ({elements(shape)} expected)")
-    check_values(name, datatype, flat)
-    return flat
+        numbers = _numbers((value for row in data for value in row), name)
+    else:
+        numbers = _numbers(data, name)
+    if len(numbers) != elements(shape):
+        raise InvalidInput(f"input '{name}': {len(numbers)} values for shape {list(shape)} "
+                           f"({elements(shape)} expected)")
+    check_values(name, datatype, numbers)
+    return [float(v) for v in numbers]
+
+
+def _numbers(items: Iterable[Any], name: str) -> list[int | float]:
+    """The items, each a JSON number; a list among them is nested deeper than the shape says
+    (it was flattened, and the call answered as if the data had the shape)."""
+    out: list[int | float] = []
+    for item in items:
+        kind = type(item)
+        if kind is float or kind is int:
+            out.append(item)
+        elif kind is list:
+            raise InvalidInput(f"input '{name}': data nested deeper than its shape says (a list where a "
+                               "number belongs)")
+        else:
+            raise InvalidInput(f"input '{name}': {_short(item)} is not a number")
+    return out
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # The values each element type holds (FP64 holds every finite number JSON can carry).
-# As floats, which the values are by now: INT64's largest, 2^63 - 1, is 2^63 as a double.
-_INTEGERS = {t: (float(np.iinfo(d).min), float(np.iinfo(d).max)) for t, d in NUMERIC.items() if t[0] in "IU"}
-_SHOWN = {t: (int(np.iinfo(d).min), int(np.iinfo(d).max)) for t, d in NUMERIC.items() if t[0] in "IU"}
+_INTEGERS = {t: (int(np.iinfo(d).min), int(np.iinfo(d).max)) for t, d in NUMERIC.items() if t[0] in "IU"}
+# A float is in range below max + 1 (a power of two, exact as a double): INT64's max, 2^63 - 1, is
+# no double, and `<= float(max)` let 2^63 itself through.
+_FLOAT_END = {t: float(high + 1) for t, (_low, high) in _INTEGERS.items()}
 _FLOAT_MAX = {"FP32": float(np.finfo(np.float32).max), "FP16": float(np.finfo(np.float16).max)}
 
 
-def check_values(name: str, datatype: str, values: list[float]) -> None:
-    """Values sent as numbers (JSON, gRPC contents) must be values of their declared type: a
-    whole number in range for the integer types, in range for FP32 and FP16."""
+def check_values(name: str, datatype: str, values: Sequence[int | float]) -> None:
+    """Values sent as numbers (JSON, gRPC contents), as sent (an int is compared exactly), must be
+    values of their declared type: a whole number in range for the integer types, in range for
+    FP32 and FP16."""
     if datatype in _INTEGERS:
         low, high = _INTEGERS[datatype]
-        bad = next((v for v in values if not (low <= v <= high and float(v).is_integer())), None)
+        end = _FLOAT_END[datatype]
+        bad = next((v for v in values if not (low <= v <= high if type(v) is int else
+                                             low <= v < end and float(v).is_integer())), None)
         if bad is not None:
-            shown_low, shown_high = _SHOWN[datatype]
-            raise InvalidInput(f"input '{name}': {bad} is not a {datatype} value (whole numbers "
-                               f"{shown_low}..{shown_high})")
+            raise InvalidInput(f"input '{name}': {bad} is not a {datatype} value (whole numbers {low}..{high})")
     elif datatype in _FLOAT_MAX:
         limit = _FLOAT_MAX[datatype]
         bad = next((v for v in values if not -limit <= v <= limit), None)
         if bad is not None:
             raise InvalidInput(f"input '{name}': {bad} is out of {datatype}'s range")
-
-
-def _flatten(data: Any, name: str) -> list[float]:
-    if not isinstance(data, list):
-        raise InvalidInput(f"input '{name}': 'data' must be a list of numbers")
-    out: list[float] = []
-    stack = [iter(data)]
-    while stack:
-        for item in stack[-1]:
-            kind = type(item)
-            if kind is float or kind is int:
-                out.append(float(item))
-            elif kind is list:
-                stack.append(iter(item))
-                break
-            else:
-                raise InvalidInput(f"input '{name}': {item!r} is not a number")
-        else:
-            stack.pop()
-    return out
 
 
 def timeout_ms(parameters: Mapping[str, Any]) -> int | None:

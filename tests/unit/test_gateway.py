@@ -8,6 +8,7 @@ ones tritonclient registers in the same process (tests/integration/test_gateway.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +172,7 @@ def test_rest_binary_tensor_extension() -> None:
          "input 'a': 'parameters' must be an object"),
         (b'{"inputs": [{"name": "a", "datatype": "INT8", "shape": [1], "data": [1000.5]}]}',
          r"1000.5 is not a INT8 value \(whole numbers -128..127\)"),
-        (b'{"inputs": [{"name": "a", "datatype": "UINT8", "shape": [2], "data": [1, -3]}]}', "-3.0 is not a UINT8"),
+        (b'{"inputs": [{"name": "a", "datatype": "UINT8", "shape": [2], "data": [1, -3]}]}', "-3 is not a UINT8"),
         (b'{"inputs": [{"name": "a", "datatype": "INT64", "shape": [1], "data": [1e19]}]}', "is not a INT64 value"),
         (b'{"inputs": [{"name": "a", "datatype": "FP16", "shape": [1], "data": [1e300]}]}', "out of FP16's range"),
         (b'{"inputs": [{"name": "a", "datatype": "FP64", "shape": [2, 2], "data": [[1, 2, 3], [4]]}]}',
@@ -219,6 +220,44 @@ def test_the_extremes_of_the_integer_types_are_their_values() -> None:
         {"name": "c", "datatype": "INT8", "shape": [2], "data": [127, -128]},
     ]})
     assert [len(t.values) for t in parse_call(body, None, 1000, 1024).tensors] == [2, 2, 2]
+
+
+@pytest.mark.parametrize(("datatype", "value"), [
+    ("INT64", 2**63), ("INT64", 2**63 + 1000), ("INT64", 2.0**63),
+    ("UINT64", 2**64), ("UINT64", 2.0**64), ("UINT64", -1), ("INT8", 128), ("INT32", 1.5),
+])
+def test_a_number_beyond_its_integer_type_is_refused_even_where_a_double_cannot_tell(
+    datatype: str, value: float
+) -> None:
+    """Compared as doubles, 2^63 equalled INT64's largest value (2^63 - 1 rounds to it): answered 200.
+    (orjson reads a number beyond 64 bits as a double: 2^64 arrives as 2.0^64.)"""
+    body = json.dumps({"inputs": [{"name": "a", "datatype": datatype, "shape": [1], "data": [value]}]})
+    with pytest.raises(InvalidInput, match=f"is not a {datatype} value"):
+        parse_call(body, None, 1000, 1024)
+
+
+def test_the_largest_doubles_below_an_integer_types_end_are_its_values() -> None:
+    below = float(np.nextafter(2.0**63, 0))
+    body = orjson.dumps({"inputs": [{"name": "a", "datatype": "INT64", "shape": [2], "data": [below, -(2.0**63)]}]})
+    assert parse_call(body, None, 1000, 1024).tensors[0].values == [below, -(2.0**63)]
+
+
+@pytest.mark.parametrize(("shape", "data"), [
+    ([2], [1.0, [[2.0]]]), ([2], [[1.0], [2.0]]), ([1, 2], [[[1.0], [2.0]]]), ([2, 1], [[1.0], [[2.0]]]),
+    ([1, 2], [1.0, [2.0]]),
+])
+def test_data_nested_otherwise_than_its_shape_is_refused(shape: list[int], data: list[object]) -> None:
+    """Flattened whatever its nesting, such data was answered as if it had the shape."""
+    body = orjson.dumps({"inputs": [{"name": "a", "datatype": "FP64", "shape": shape, "data": data}]})
+    with pytest.raises(InvalidInput, match=r"^input 'a': (nested data must be one list of values per row|data "
+                                           r"nested deeper than its shape says)"):
+        parse_call(body, None, 1000, 1024)
+
+
+def test_data_flat_or_one_list_per_row_is_read_row_major() -> None:
+    for data in ([1, 2.5, 3, 4], [[1, 2.5], [3, 4]]):
+        body = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP64", "shape": [2, 2], "data": data}]})
+        assert parse_call(body, None, 1000, 1024).tensors[0].values == [1.0, 2.5, 3.0, 4.0]
 
 
 def test_names_given_twice_are_named_once_each() -> None:
@@ -671,3 +710,16 @@ def test_a_call_from_a_page_of_another_origin_is_refused(origin: str, host: str)
 def test_calls_without_an_origin_or_from_the_gateways_own_pages_are_read() -> None:
     check_origin(None, "localhost:8080")  # curl, tritonclient, any server
     check_origin("http://LocalHost:8080", "localhost:8080")
+
+
+def test_grpc_contents_are_checked_as_sent_so_every_int64_is_a_value() -> None:
+    """As doubles, INT64's largest value (2^63 - 1) reads as 2^63, which the exact check refuses."""
+    from services.gateway.grpc_api import call_from, pb
+
+    request = pb.ModelInferRequest(model_name="m")
+    tensor = request.inputs.add(name="a", datatype="INT64", shape=[2])
+    tensor.contents.int64_contents.extend([2**63 - 1, -(2**63)])
+    assert call_from(request, 10, 10).tensors[0].values == [2.0**63, -(2.0**63)]
+    request = pb.ModelInferRequest(model_name="m")
+    request.inputs.add(name="b", datatype="UINT64", shape=[1]).contents.uint64_contents.append(2**64 - 1)
+    assert call_from(request, 10, 10).tensors[0].values == [2.0**64]
