@@ -65,6 +65,15 @@ class ClientClosed(CallError):
     """The caller went away before its request was read whole: no one to answer (nginx's 499)."""
 
 
+class BodyTooSlow(CallError):
+    """The REST guard closed the connection: the body did not arrive in time (408)."""
+
+
+class UnreadableFraming(CallError):
+    """The REST guard closed the connection: the HTTP parser could not read the body's framing
+    (a bad chunk size, an unknown Transfer-Encoding; 400)."""
+
+
 @dataclass(frozen=True)
 class Status:
     http: int
@@ -81,6 +90,8 @@ class Status:
 _TABLE: tuple[tuple[type[BaseException], int, grpc.StatusCode, str], ...] = (
     (InvalidInput, 400, grpc.StatusCode.INVALID_ARGUMENT, "invalid"),
     (ClientClosed, 499, grpc.StatusCode.CANCELLED, "client_closed"),
+    (BodyTooSlow, 408, grpc.StatusCode.DEADLINE_EXCEEDED, "body_too_slow"),
+    (UnreadableFraming, 400, grpc.StatusCode.INVALID_ARGUMENT, "bad_request"),
     (BodyTooLarge, 413, grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large"),
     # A request too large for a Kafka record: sending it again would meet the same refusal.
     (RecordTooLarge, 413, grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large"),

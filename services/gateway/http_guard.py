@@ -13,12 +13,21 @@ front would (nginx: 8 KiB a header line, 60 s):
     a body not complete in `body_timeout_s`  408 (or, once an answer has begun, the connection
                                              closed), from the end of its head
 
+and counts what uvicorn refuses by itself, before the app sees a request, in the same metric: a
+request the HTTP parser cannot read (uvicorn's 400, `bad_request`) and one over
+`limit_concurrency` (its 503, `max_connections`). Each refusal logged a WARNING line, so any
+caller could fill the log at will: those lines now come at most once a minute, with the count.
+A call whose body the guard cut off (too slow, or unreadable framing) is marked in its ASGI scope
+(`CLOSED_BY`), so the app counts it for that reason, not as a caller who hung up.
+
 The time between requests of a kept-alive connection stays uvicorn's `timeout_keep_alive`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 
 from prometheus_client import Counter
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -26,17 +35,53 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 MAX_HEAD_BYTES = 64 * 1024
 HEAD_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 30.0  # the whole body: 33 KB/s for a 1 MiB one
+CLOSED_BY = "rdv.closed_by"  # scope key: why the guard closed the connection under a call's app
+QUIET_S = 60.0
 
 REFUSED = Counter("rdv_gateway_connections_refused_total",
-                  "REST connections closed before a request was read, by reason (head_too_large | head_too_slow | "
-                  "body_too_slow).",
+                  "REST requests refused before they were read, by reason (head_too_large | head_too_slow | "
+                  "body_too_slow | bad_request: the HTTP parser could not read it | max_connections: "
+                  "--max-connections were open).",
                   ["reason"])
+
+
+class _OncePerMinute(logging.Filter):
+    """uvicorn's WARNING for each request it refuses, let through at most once per QUIET_S with
+    the number of them since (every one is counted in REFUSED)."""
+
+    LINES = {"Invalid HTTP request received.": "bad_request", "Exceeded concurrency limit.": "max_connections"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[str, float] = {}
+        self._since: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        reason = self.LINES.get(record.msg) if isinstance(record.msg, str) else None
+        if reason is None:
+            return True
+        now = time.monotonic()
+        if now - self._last.get(reason, -QUIET_S) < QUIET_S:
+            self._since[reason] = self._since.get(reason, 0) + 1
+            return False
+        self._last[reason] = now
+        skipped = self._since.pop(reason, 0)
+        record.msg = f"{record.msg} (refused requests are counted in rdv_gateway_connections_refused_total" \
+                     f"{{reason=\"{reason}\"}}; {skipped} more since the last such line; the next in {QUIET_S:g} s)"
+        return True
+
+
+_QUIETER = _OncePerMinute()
 
 
 def guarded_protocol(
     max_head_bytes: int = MAX_HEAD_BYTES, head_timeout_s: float = HEAD_TIMEOUT_S, body_timeout_s: float = BODY_TIMEOUT_S
 ) -> type:
     """uvicorn's httptools protocol with these bounds (the `http` of its Config)."""
+
+    logger = logging.getLogger("uvicorn.error")
+    if _QUIETER not in logger.filters:
+        logger.addFilter(_QUIETER)
 
     class Guarded(_Guarded):
         MAX_HEAD_BYTES = max_head_bytes
@@ -98,6 +143,9 @@ class _Guarded(HttpToolsProtocol):
         self._in_head = False
         self._disarm_head_timer()
         self._body_timer = self.loop.call_later(self.BODY_TIMEOUT_S, self._body_too_slow)
+        limit = self.limit_concurrency
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            REFUSED.labels("max_connections").inc()  # uvicorn's own test, just below: it answers 503
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -107,6 +155,8 @@ class _Guarded(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         if not self._too_large:
+            REFUSED.labels("bad_request").inc()  # the parser could not read the request (head or body)
+            self._mark_call("bad_request")
             super().send_400_response(msg)
             return
         REFUSED.labels("head_too_large").inc()
@@ -140,6 +190,7 @@ class _Guarded(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         REFUSED.labels("body_too_slow").inc()
+        self._mark_call("body_too_slow")
         if self.cycle is not None and self.cycle.response_started:
             self.transport.close()  # an answer is under way (e.g. a 401 before the body): no status fits
             return
@@ -156,6 +207,11 @@ class _Guarded(HttpToolsProtocol):
             self.transport.close()
             return
         self._close_with(b"408 Request Timeout", f"no complete request head within {self.HEAD_TIMEOUT_S:g} s")
+
+    def _mark_call(self, reason: str) -> None:
+        """Tell the app reading this call's body why it ends (it sees only a disconnect)."""
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.scope[CLOSED_BY] = reason  # type: ignore[literal-required]
 
     def _close_with(self, status: bytes, text: str) -> None:
         body = (text + "\n").encode()

@@ -24,7 +24,8 @@ ROWS_IN_FLIGHT = Gauge("rdv_gateway_rows_in_flight", "Rows (Kafka requests) wait
 REJECTED = Counter(
     "rdv_gateway_rejected_total",
     "Calls refused or failed, by protocol and reason (invalid, not_found, unauthenticated, "
-    "rate_limited, timeout, error, unavailable, broker, too_large, media_type, cross_origin, client_closed, internal).",
+    "rate_limited, timeout, error, unavailable, broker, too_large, media_type, cross_origin, client_closed, "
+    "body_too_slow, bad_request, no_route, internal).",
     ["protocol", "reason"],
 )
 ANSWERS = Counter(

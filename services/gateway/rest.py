@@ -37,12 +37,16 @@ from services.gateway import oip
 from services.gateway.engine import Gateway
 from services.gateway.errors import (
     BodyTooLarge,
+    BodyTooSlow,
+    CallError,
     ClientClosed,
     CrossOrigin,
     InvalidInput,
+    UnreadableFraming,
     UnsupportedMediaType,
     status_of,
 )
+from services.gateway.http_guard import CLOSED_BY
 from services.gateway.oip import InferCall, Tensor
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,7 @@ TIMEOUT_HEADER = "x-timeout-ms"
 BINARY_HEADER = "inference-header-content-length"
 SERVER_NAME = "rendezvous-serving"
 WHOLE = re.compile(r"[0-9]{1,15}")  # str.isdigit() takes '²' too, which int() refuses
+LONG_WHOLE = re.compile(r"[0-9]{16,}")
 # The types a page on another site may send without the CORS consent this gateway never gives
 # ("CORS-safelisted"): refused, so no page a user visits can call a gateway that runs without
 # API keys on their machine or network. A body is read by what it holds otherwise (as Triton does).
@@ -204,9 +209,12 @@ def _name_version(request: Request) -> tuple[str, str]:
 
 
 async def _body(request: Request, limit: int) -> bytes:
-    declared = _whole(request.headers.get("content-length"))
-    if declared is not None and declared > limit:
-        raise BodyTooLarge(f"request body of {declared} bytes is over the limit of {limit}")
+    declared = request.headers.get("content-length", "").strip()
+    if LONG_WHOLE.fullmatch(declared):  # more digits than _whole reads: over any limit (it was waited for)
+        raise BodyTooLarge(f"request body of {declared[:20]}... bytes is over the limit of {limit}")
+    length = _whole(declared)
+    if length is not None and length > limit:
+        raise BodyTooLarge(f"request body of {length} bytes is over the limit of {limit}")
     chunks = []
     size = 0
     try:
@@ -216,8 +224,19 @@ async def _body(request: Request, limit: int) -> bytes:
                 raise BodyTooLarge(f"request body is over the limit of {limit} bytes")
             chunks.append(chunk)
     except ClientDisconnect:  # an ordinary hang-up, not the gateway's failure (it counted as internal)
-        raise ClientClosed(f"the caller closed the connection after {size} bytes of its request") from None
+        raise _disconnected(request, size) from None
     return b"".join(chunks)
+
+
+def _disconnected(request: Request, size: int) -> CallError:
+    """Why a call's body ended early: the guard closed its connection (http_guard.py marks why),
+    or the caller hung up."""
+    reason = request.scope.get(CLOSED_BY)
+    if reason == "body_too_slow":
+        return BodyTooSlow(f"the request body did not arrive in time ({size} bytes came)")
+    if reason == "bad_request":
+        return UnreadableFraming(f"the request's framing could not be read after {size} bytes of its body")
+    return ClientClosed(f"the caller closed the connection after {size} bytes of its request")
 
 
 def _whole(value: str | None) -> int | None:
@@ -310,8 +329,11 @@ def _tensor(item: dict[str, Any], header: tuple[str, str, tuple[int, ...]], bina
 
 
 async def _no_route(request: Request, exc: Exception) -> Response:
-    """Unknown paths and methods answer in the protocol's error shape too, not Starlette's text."""
+    """Unknown paths and methods answer in the protocol's error shape too, not Starlette's text,
+    counted under the route `none`."""
     status = getattr(exc, "status_code", 404)
+    child(m.CALLS, PROTOCOL, "none", str(status)).inc()
+    child(m.REJECTED, PROTOCOL, "no_route").inc()
     what = "no such path" if status == 404 else f"method {request.method} not allowed here"
     return json_response({"error": f"{what}: {request.url.path}"}, status, getattr(exc, "headers", None))  # Allow
 

@@ -7,8 +7,10 @@ ones tritonclient registers in the same process (tests/integration/test_gateway.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import grpc
 import numpy as np
 import orjson
 import pytest
+from starlette.requests import ClientDisconnect
 
 from services.control.schedule import Schedule
 from services.control.topic import ScheduleBook
@@ -27,6 +30,7 @@ from services.gateway.errors import (
     AnswerFailed,
     AnswerTimedOut,
     BodyTooLarge,
+    CallError,
     InvalidInput,
     NotFound,
     RateLimited,
@@ -35,6 +39,7 @@ from services.gateway.errors import (
     UnsupportedMediaType,
     status_of,
 )
+from services.gateway.http_guard import CLOSED_BY
 from services.gateway.oip import (
     MAX_ID_CHARS,
     InferResult,
@@ -46,7 +51,7 @@ from services.gateway.oip import (
     rows_of,
     timeout_ms,
 )
-from services.gateway.rest import _header_ms, check_media_type, check_origin, parse_call
+from services.gateway.rest import _body, _header_ms, check_media_type, check_origin, parse_call
 from services.gateway.settings import GatewaySettings
 from services.gateway.signatures import FeatureSpec, FixedSignatures
 from services.gateway.ui import snapshot_from
@@ -231,7 +236,7 @@ def test_a_number_beyond_its_integer_type_is_refused_even_where_a_double_cannot_
 ) -> None:
     """Compared as doubles, 2^63 equalled INT64's largest value (2^63 - 1 rounds to it): answered 200.
     (orjson reads a number beyond 64 bits as a double: 2^64 arrives as 2.0^64.)"""
-    body = json.dumps({"inputs": [{"name": "a", "datatype": datatype, "shape": [1], "data": [value]}]})
+    body = json.dumps({"inputs": [{"name": "a", "datatype": datatype, "shape": [1], "data": [value]}]}).encode()
     with pytest.raises(InvalidInput, match=f"is not a {datatype} value"):
         parse_call(body, None, 1000, 1024)
 
@@ -645,24 +650,38 @@ def test_a_reader_that_stops_for_good_makes_the_gateway_not_live_and_fails_calls
     assert gateway.broken() == tap.stopped
 
 
-def test_a_caller_hanging_up_mid_body_is_client_closed_not_an_internal_error() -> None:
-    import asyncio
+class EndsMidBody:
+    """A request whose body stops after 12 bytes; `closed_by`: what the REST guard marked in its scope."""
 
-    from starlette.requests import ClientDisconnect
+    def __init__(self, closed_by: str | None = None, content_length: str = "100"):
+        self.headers = {"content-length": content_length}
+        self.scope = {} if closed_by is None else {CLOSED_BY: closed_by}
 
-    from services.gateway.errors import ClientClosed, status_of
-    from services.gateway.rest import _body
+    async def stream(self) -> AsyncIterator[bytes]:
+        yield b'{"inputs": ['
+        raise ClientDisconnect()
 
-    class HangingUp:
-        headers: dict[str, str] = {}
 
-        async def stream(self):  # type: ignore[no-untyped-def]
-            yield b'{"inputs": ['
-            raise ClientDisconnect()
+@pytest.mark.parametrize(("closed_by", "http", "reason", "message"), [
+    (None, 499, "client_closed", "the caller closed the connection after 12 bytes"),
+    ("body_too_slow", 408, "body_too_slow", r"did not arrive in time \(12 bytes came\)"),
+    ("bad_request", 400, "bad_request", "framing could not be read after 12 bytes"),
+])
+def test_a_body_that_ends_early_is_counted_for_why_it_ended(
+    closed_by: str | None, http: int, reason: str, message: str
+) -> None:
+    """A caller hanging up is client_closed, not an internal error; the guard closing the connection
+    (a body too slow, framing the parser could not read) was counted as the caller hanging up too."""
+    with pytest.raises(CallError, match=message) as ended:
+        asyncio.run(_body(EndsMidBody(closed_by), 1000))  # type: ignore[arg-type]
+    assert (status_of(ended.value).http, status_of(ended.value).reason) == (http, reason)
 
-    with pytest.raises(ClientClosed, match="after 12 bytes") as closed:
-        asyncio.run(_body(HangingUp(), 1000))  # type: ignore[arg-type]
-    assert (status_of(closed.value).http, status_of(closed.value).reason) == (499, "client_closed")
+
+@pytest.mark.parametrize("length", ["1001", "999999999999999", "9999999999999999", "9" * 40])
+def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_read(length: str) -> None:
+    """16 digits or more were taken for no length: the body was waited for (30 s, then 408)."""
+    with pytest.raises(BodyTooLarge, match="over the limit of 1000"):
+        asyncio.run(_body(EndsMidBody(content_length=length), 1000))  # type: ignore[arg-type]
 
 
 def test_an_unreadable_comparison_record_fails_its_waiting_calls_at_once() -> None:
@@ -723,3 +742,21 @@ def test_grpc_contents_are_checked_as_sent_so_every_int64_is_a_value() -> None:
     request = pb.ModelInferRequest(model_name="m")
     request.inputs.add(name="b", datatype="UINT64", shape=[1]).contents.uint64_contents.append(2**64 - 1)
     assert call_from(request, 10, 10).tensors[0].values == [2.0**64]
+
+
+def test_unknown_paths_and_methods_are_counted_under_the_route_none() -> None:
+    from types import SimpleNamespace
+
+    from starlette.exceptions import HTTPException
+
+    from services.core.metrics import child
+    from services.gateway import metrics as m
+    from services.gateway.rest import _no_route
+
+    calls, refused = child(m.CALLS, "rest", "none", "405"), child(m.REJECTED, "rest", "no_route")
+    before = calls._value.get(), refused._value.get()
+    request = SimpleNamespace(method="PUT", url=SimpleNamespace(path="/v2/models/x/infer"))
+    response = asyncio.run(_no_route(request, HTTPException(405, headers={"Allow": "POST"})))  # type: ignore[arg-type]
+    assert (response.status_code, response.headers["allow"]) == (405, "POST")
+    assert orjson.loads(response.body) == {"error": "method PUT not allowed here: /v2/models/x/infer"}
+    assert (calls._value.get(), refused._value.get()) == (before[0] + 1, before[1] + 1)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from services.gateway.http_guard import REFUSED, guarded_protocol
+from services.gateway.http_guard import _QUIETER, REFUSED, guarded_protocol
 from services.localkafka.config import free_port
 
 
@@ -100,3 +100,26 @@ def test_a_body_that_never_completes_is_closed_and_its_slot_freed(port: int) -> 
     body = b"x" * 100  # the same request whole is answered
     assert exchange(port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nConnection: close\r\n\r\n"
                     + body).endswith(b"hello")
+
+
+def test_requests_uvicorn_refuses_itself_are_counted_and_logged_once_a_minute(
+    port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request the parser cannot read (uvicorn's 400) and one over limit_concurrency (its 503)
+    were counted nowhere, and each wrote a WARNING line: any caller could fill the log."""
+    _QUIETER._last.clear()
+    unreadable, crowded = REFUSED.labels("bad_request"), REFUSED.labels("max_connections")
+    before = unreadable._value.get(), crowded._value.get()
+    caplog.set_level("WARNING", logger="uvicorn.error")
+    for _ in range(3):
+        assert exchange(port, b"NOT HTTP AT ALL\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]  # limit_concurrency=3
+    try:
+        assert exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 503 ")
+    finally:
+        for conn in held:
+            conn.close()
+    assert (unreadable._value.get(), crowded._value.get()) == (before[0] + 3, before[1] + 1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.error"]
+    assert len([line for line in lines if line.startswith("Invalid HTTP request received.")]) == 1, lines
+    assert any('rdv_gateway_connections_refused_total{reason="bad_request"}' in line for line in lines), lines
