@@ -287,8 +287,11 @@ def _column_names(tensor: Tensor, features: Sequence[str] | None, k: int) -> lis
     if not isinstance(given, str):
         raise InvalidInput(f"input '{tensor.name}': parameter feature_names must be a comma-separated string")
     names = [part.strip() for part in given.split(",")]
-    if len(names) != k or not all(names):
+    if len(names) != k:
         raise InvalidInput(f"input '{tensor.name}': feature_names has {len(names)} names for {k} columns")
+    if not all(names):
+        raise InvalidInput(f"input '{tensor.name}': feature_names has an empty name (column {names.index('')}; "
+                           "two commas in a row, or one at an end)")
     _check_unique(names, "feature_names")
     return names
 

@@ -173,6 +173,7 @@ class RestApi:
         name, version = _name_version(request)
         check_origin(request.headers.get("origin"), request.headers.get("host"))
         check_media_type(request.headers.get("content-type"))
+        check_encoding(request.headers.get("content-encoding"))
         body = await _body(request, self.gateway.settings.max_body_bytes)
         s = self.gateway.settings
         call = parse_call(body, request.headers.get(BINARY_HEADER), s.max_rows, s.max_features)
@@ -192,6 +193,15 @@ def check_origin(origin: str | None, host: str | None) -> None:
     if not page or page != (host or "").lower():
         raise CrossOrigin(f"a call from a web page of another origin ({origin[:100]}) is refused: call the gateway "
                           "from a server or a client library")
+
+
+def check_encoding(encoding: str | None) -> None:
+    """A compressed body (tritonclient's `request_compression_algorithm`) is refused by name: read
+    as it came, it failed as JSON that is "not valid UTF-8", and an uncompressed body labelled gzip
+    was answered as if the label were not there."""
+    if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+        raise UnsupportedMediaType(f"Content-Encoding {encoding.strip()[:40]!r} is not accepted: send the body "
+                                   "uncompressed (tritonclient: leave request_compression_algorithm unset)")
 
 
 def check_media_type(content_type: str | None) -> None:

@@ -51,7 +51,7 @@ from services.gateway.oip import (
     rows_of,
     timeout_ms,
 )
-from services.gateway.rest import _body, _header_ms, check_media_type, check_origin, parse_call
+from services.gateway.rest import _body, _header_ms, check_encoding, check_media_type, check_origin, parse_call
 from services.gateway.settings import GatewaySettings
 from services.gateway.signatures import FeatureSpec, FixedSignatures
 from services.gateway.ui import snapshot_from
@@ -760,3 +760,18 @@ def test_unknown_paths_and_methods_are_counted_under_the_route_none() -> None:
     assert (response.status_code, response.headers["allow"]) == (405, "POST")
     assert orjson.loads(response.body) == {"error": "method PUT not allowed here: /v2/models/x/infer"}
     assert (calls._value.get(), refused._value.get()) == (before[0] + 1, before[1] + 1)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", " GZIP ", "br, gzip"])
+def test_a_compressed_body_is_refused_naming_its_encoding(encoding: str) -> None:
+    """Read as it came, a gzip body failed as "not valid UTF-8"; an uncompressed one labelled gzip got 200."""
+    with pytest.raises(UnsupportedMediaType, match=f"Content-Encoding '{encoding.strip()}' is not accepted"):
+        check_encoding(encoding)
+    for plain in (None, "", "identity"):
+        check_encoding(plain)
+
+
+def test_an_empty_column_name_is_named_as_such() -> None:
+    """It said "feature_names has 2 names for 2 columns", which read as no problem at all."""
+    with pytest.raises(InvalidInput, match=r"feature_names has an empty name \(column 1;"):
+        rows_of([Tensor("x", "FP64", (1, 2), [1.0, 2.0], {"feature_names": "a, "})], None, 10)
