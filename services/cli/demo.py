@@ -31,7 +31,7 @@ from services.control.schedule import Schedule
 from services.control.topic import load_book, publish
 from services.core import hostcpu, wire
 from services.core.errors import ConfigError
-from services.core.kafka import set_connect_timeout, wait_for_groups
+from services.core.kafka import groups_with_members, set_connect_timeout, wait_for_groups
 from services.core.runtime import now_ms, stop_processes
 from services.core.settings import MAX_PORT, KafkaSettings, Topics, setting
 from services.localkafka.broker import LocalBroker, read_bootstrap, start_background
@@ -167,6 +167,7 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
             settings = replace(settings, bootstrap=read_bootstrap() or "")
         console.print(f"broker: {settings.bootstrap}")
         config, topics = settings.librdkafka(), settings.topics()
+        _refuse_serving_topics(config, settings.topic_prefix, settings.bootstrap)
         ensure_topics(config, topics, settings.partitions)
         _schedule_naming(settings.model_specs(), settings.budget_ms, config, topics, console)
 
@@ -201,6 +202,19 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
     return 0
 
 
+def _refuse_serving_topics(config: dict[str, Any], prefix: str, bootstrap: str) -> None:
+    """The demo's processes join the groups of whatever already serves its topics (taking some of
+    their partitions) and may publish a schedule naming its own models: on a cluster where a
+    rendezvous or a model already runs under this prefix, it would change what they answer."""
+    busy = groups_with_members(config, [f"{prefix}rendezvous", f"{prefix}model."])
+    if busy:
+        raise ConfigError(
+            f"{', '.join(busy[:5])} already ha{'s' if len(busy) == 1 else 've'} members on {bootstrap}: something "
+            f"serves the topics {prefix}* there, and the demo would join it and may change its schedule. Stop it, "
+            "or run the demo on topics of its own: --topic-prefix demo. (members of a demo killed just now "
+            "leave within their session timeout: then retry in a minute)")
+
+
 def _schedule_naming(
     specs: list[tuple[str, str]], budget_ms: int, config: dict[str, Any], topics: Topics, console: Console
 ) -> None:
@@ -211,7 +225,15 @@ def _schedule_naming(
     names = tuple(name for name, _ in specs)
     book = load_book(config, topics.control, DEFAULT_SCHEDULE_NAME)
     kept = book.latest
-    if kept is None or set(kept.models) == set(names):
+    if kept is None:
+        return
+    if set(kept.models) == set(names):
+        if kept.models != names or kept.traffic_model is not None:
+            traffic = (f", {kept.traffic_fraction:.0%} of requests answered by {kept.traffic_model} first"
+                       if kept.traffic_model else "")
+            console.print(f"the kept schedule v{kept.version} is in force: {', '.join(kept.models)} in that "
+                          f"order{traffic} "
+                          "(`rendezvous schedule history`; `rendezvous broker reset` starts afresh)")
         return
     draft = Schedule(models=names, default_deadline_ms=budget_ms, comment="demo: its own models")
     schedule = changes.next_version(book, draft, now_ms(), effective_in_ms=0)

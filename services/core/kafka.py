@@ -805,6 +805,19 @@ def consumer_groups(config: Mapping[str, Any], timeout: float = 10.0) -> list[st
     return [group.group_id for group in listed.valid]
 
 
+def groups_with_members(config: Mapping[str, Any], prefixes: Sequence[str], timeout: float = 10.0) -> list[str]:
+    """The consumer groups whose ids start with one of `prefixes` and that have members now."""
+    from confluent_kafka import ConsumerGroupState
+
+    client = admin(config)
+    try:
+        listed = client.list_consumer_groups(request_timeout=timeout).result()
+    except KafkaException as exc:
+        raise BrokerError(f"cannot list the consumer groups: {exc}") from None
+    idle = (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD)
+    return sorted(g.group_id for g in listed.valid if g.group_id.startswith(tuple(prefixes)) and g.state not in idle)
+
+
 def group_lag(config: Mapping[str, Any], group: str, topic: str, timeout: float = 10.0) -> int | None:
     """Records of `topic` the group has not committed yet (None: the group committed nothing)."""
     from confluent_kafka import ConsumerGroupTopicPartitions

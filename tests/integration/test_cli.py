@@ -101,6 +101,34 @@ def test_demo_runs_and_prints_the_live_table(bootstrap: str, topics: Topics) -> 
     assert champion_rows, table[-2000:]
 
 
+def test_a_demo_on_topics_something_already_serves_is_refused_and_changes_nothing(
+    bootstrap: str, prefix: str, config: dict[str, Any], topics: Topics
+) -> None:
+    """It joined the serving rendezvous' group and published a schedule naming its own models
+    (kept after it failed): on a cluster in use, that changed what callers were answered."""
+    from confluent_kafka import Consumer
+
+    from services.cli.common import ensure_topics
+    from services.control.schedule import Schedule
+    from services.control.topic import load_book, publish
+    from services.core.runtime import now_ms
+    from tests.integration.harness import wait_until
+
+    ensure_topics(config, topics, 4)
+    publish(config, topics.control, Schedule(models=("champion", "challenger"), created_at=now_ms()))
+    serving = Consumer({**config, "group.id": f"{prefix}rendezvous"})
+    serving.subscribe([topics.requests])
+    try:
+        wait_until(lambda: serving.poll(0.2) is None and bool(serving.assignment()), 60, "the group to have a member")
+        result = rendezvous("demo", "--bootstrap", bootstrap, "--topic-prefix", prefix, "--duration", "5",
+                            "--metrics-base-port", "0", timeout=120)
+    finally:
+        serving.close()
+    assert_one_line_error(result, f"{prefix}rendezvous already has members on {bootstrap}", "--topic-prefix demo.")
+    latest = load_book(config, topics.control, "default").latest
+    assert latest is not None and (latest.version, latest.models) == (1, ("champion", "challenger"))
+
+
 def test_a_requests_topic_stamped_by_its_clients_is_refused_at_start(
     bootstrap: str, prefix: str, config: dict[str, Any]
 ) -> None:
