@@ -27,7 +27,7 @@ from rich.markup import escape
 
 from services.cli.spawn import service_env, spawn
 from services.control.schedule import DEFAULT_NAME
-from services.core.errors import ConfigError, RendezvousError
+from services.core.errors import BrokerError, ConfigError, RendezvousError
 from services.core.kafka import wait_for_broker, wait_for_groups
 from services.core.settings import KafkaSettings, setting
 from services.localkafka.config import cache_dir
@@ -218,8 +218,13 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
     _write_state(name, {"name": name, "model": settings.model, "version": settings.version,
                         "co_host": list(settings.co_host), "replicas": kept})
     waited_until = time.monotonic() + settings.wait_s
-    wait_for_groups(settings.librdkafka(), [_group(name, settings)], timeout=settings.wait_s,
-                    members=settings.replicas, check=lambda: _none_exited(started, folder))
+    try:
+        wait_for_groups(settings.librdkafka(), [_group(name, settings)], timeout=settings.wait_s,
+                        members=settings.replicas, check=lambda: _none_exited(started, folder))
+    except BrokerError as err:  # they were started and go on starting: said, not left to be found
+        raise BrokerError(f"{err}: {name}'s {settings.replicas} replica(s) are started (pids {sorted(kept.values())}) "
+                          f"and go on starting; logs in {folder}; `rendezvous models` shows when they score, "
+                          f"`rendezvous undeploy {name}` stops them") from None
     if new_deployment and name != RENDEZVOUS and (settings.start_from == "latest" or settings.start_at):
         # Under earliest nothing is committed at assignment: there is no start to wait for.
         _wait_for_starts(settings, _group(name, settings), waited_until, console,

@@ -177,6 +177,21 @@ def test_deploy_runs_co_hosted_challengers_beside_the_champion_and_models_lists_
     assert undeployed.returncode == 0 and "undeployed" in undeployed.stderr
 
 
+def test_a_deploy_whose_replicas_are_not_ready_in_time_says_they_run_and_how_to_stop_them(
+    bootstrap: str, prefix: str
+) -> None:
+    """It said only "not ready within 0s", exit 2: the replica went on scoring, unmentioned."""
+    name = f"slowjoin{prefix[1:7]}"
+    deployed = rendezvous("deploy", name, "--model", "demo:canary", "--wait-s", "0", "--bootstrap", bootstrap,
+                          "--topic-prefix", prefix, timeout=120)
+    try:
+        assert_one_line_error(deployed, "not ready within 0s", f"{name}'s 1 replica(s) are started (pids [",
+                              f"`rendezvous undeploy {name}` stops them")
+    finally:
+        undeployed = rendezvous("undeploy", name)
+    assert undeployed.returncode == 0 and "undeployed" in undeployed.stderr
+
+
 def test_a_new_model_catches_up_on_history_before_joining_live_traffic(
     services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
 ) -> None:
