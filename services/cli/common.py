@@ -12,7 +12,7 @@ from typing import Any, Protocol, TypeVar
 from services.core import wire
 from services.core.errors import ConfigError, StoppedWaiting
 from services.core.health import always_alive, serve_http
-from services.core.kafka import create_topics, set_connect_timeout
+from services.core.kafka import create_topics, partition_counts, set_connect_timeout
 from services.core.redaction import MaskingFormatter
 from services.core.runtime import install_signal_handlers
 from services.core.settings import KafkaSettings, ServiceSettings, Topics, redact
@@ -57,6 +57,18 @@ def topic_specs(topics: Topics, partitions: int) -> dict[str, tuple[int, Mapping
 
 def ensure_topics(config: Mapping[str, Any], topics: Topics, partitions: int) -> list[str]:
     return create_topics(config, topic_specs(topics, partitions))
+
+
+def kept_partition_counts(config: Mapping[str, Any], topics: Topics, partitions: int) -> str | None:
+    """A note naming the existing topics whose partition count is not the one asked (they keep
+    theirs: `topics create` said "all existed" and nothing else), or None."""
+    specs = topic_specs(topics, partitions)
+    counts = partition_counts(config, specs)
+    differ = [f"{topic} has {counts[topic]}" for topic, (wanted, _) in specs.items() if counts[topic] != wanted]
+    if not differ:
+        return None
+    return (f"note: {', '.join(differ)} partition(s), not {partitions}: topics that exist keep theirs "
+            "(--partitions applies to new ones; `rendezvous broker reset` deletes a local broker's topics)")
 
 
 class Runnable(Protocol):

@@ -24,7 +24,7 @@ from typing import NoReturn
 
 from confluent_kafka import KafkaException
 
-from services.cli.common import ensure_topics, run_service, setup_logging, with_bootstrap
+from services.cli.common import ensure_topics, kept_partition_counts, run_service, setup_logging, with_bootstrap
 from services.core.errors import ConfigError, RendezvousError
 from services.core.redaction import mask
 from services.core.runtime import stop_with_parent
@@ -82,8 +82,12 @@ def _confirmed(question: str) -> bool:
 
 def cmd_topics(args: argparse.Namespace) -> int:
     settings = with_bootstrap(from_namespace(TopicSettings, args))
-    created = ensure_topics(settings.librdkafka(), settings.topics(), settings.partitions)
+    config, topics = settings.librdkafka(), settings.topics()
+    created = ensure_topics(config, topics, settings.partitions)
     sys.stderr.write(f"created {len(created)} topic(s): {', '.join(created) or 'all existed'}\n")
+    note = kept_partition_counts(config, topics, settings.partitions)
+    if note:
+        sys.stderr.write(note + "\n")
     return 0
 
 

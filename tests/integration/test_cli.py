@@ -69,6 +69,10 @@ def test_topics_create_then_send_prints_answers(
     prefix = f"cli{uuid.uuid4().hex[:8]}."
     created = rendezvous("topics", "create", "--bootstrap", bootstrap, "--topic-prefix", prefix)
     assert created.returncode == 0, created.stderr
+    again = rendezvous("topics", "create", "--bootstrap", bootstrap, "--topic-prefix", prefix, "--partitions", "8")
+    assert again.returncode == 0 and "created 0 topic(s): all existed" in again.stderr, again.stderr
+    # They keep their 4: said, where "all existed" alone read as if 8 were in force.
+    assert f"note: {prefix}requests has 4, {prefix}scores has 4" in again.stderr, again.stderr
     services.worker(bootstrap, prefix, "demo:champion")
     services.rendezvous(bootstrap, prefix, models=("champion",))
     result = rendezvous("send", "--bootstrap", bootstrap, "--topic-prefix", prefix, "--demo-rows", "3",
