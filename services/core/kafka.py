@@ -416,8 +416,7 @@ class Consumer:
             return messages
         return self._without_errors(messages)
 
-    @staticmethod
-    def _without_errors(messages: list[Message]) -> list[Message]:
+    def _without_errors(self, messages: list[Message]) -> list[Message]:
         good = []
         for msg in messages:
             err = msg.error()
@@ -431,6 +430,12 @@ class Consumer:
                 # librdkafka reports FENCED_INSTANCE_ID as a generic fatal error; the Python client
                 # does not expose the original code, only this text.
                 raise ConsumerFenced(err.str())
+            elif err.code() == KafkaError.INVALID_SESSION_TIMEOUT:
+                timeout = self._config.get("session.timeout.ms", 45000)
+                raise ConfigError(f"the broker refused the consumer's session timeout ({err.str()}): "
+                                  f"session.timeout.ms {timeout} (--session-timeout-ms) must be within the broker's "
+                                  "group.min.session.timeout.ms and group.max.session.timeout.ms (Kafka's defaults: "
+                                  "6000 and 1800000; the project's local broker allows 1000)")
             elif err.fatal() or not err.retriable():
                 source = Source(msg.topic() or "?", msg.partition() or -1, msg.offset() or -1)
                 refused = refusal(err, "READ", msg.topic() or "?")

@@ -133,6 +133,17 @@ def test_a_demo_on_topics_something_already_serves_is_refused_and_changes_nothin
     assert latest is not None and (latest.version, latest.models) == (1, ("champion", "challenger"))
 
 
+def test_a_session_timeout_the_broker_refuses_is_one_line_naming_the_flag_and_the_bounds(
+    bootstrap: str, prefix: str
+) -> None:
+    """It said "consume failed: JoinGroup failed: Broker: Invalid session timeout (at ?[-1]@-1)"."""
+    assert rendezvous("topics", "create", "--bootstrap", bootstrap, "--topic-prefix", prefix).returncode == 0
+    result = rendezvous("serve", "--bootstrap", bootstrap, "--topic-prefix", prefix, "--models", "champion",
+                        "--session-timeout-ms", "10", "--metrics-port", "0", timeout=120)
+    assert_one_line_error(result, "session.timeout.ms 10 (--session-timeout-ms) must be within the broker's "
+                          "group.min.session.timeout.ms")
+
+
 def test_a_requests_topic_stamped_by_its_clients_is_refused_at_start(
     bootstrap: str, prefix: str, config: dict[str, Any]
 ) -> None:
