@@ -17,11 +17,17 @@ stuck loop cannot, once a model has spent `timeout_s` on one batch:
 
 The Scores and the commit are at-least-once like the worker's own: should the model return
 while this runs, each model's Scores are written once (by whichever side claims it first).
+
+A model stuck in C code that never releases the interpreter lock stops this thread too. For that,
+the batch is also written to shared memory (`Board`) for the rescue process (rescue.py), which
+does the same from outside the process a little later and kills it; whichever of the two takes
+the batch first flags it there, and the other stands down.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import threading
@@ -33,20 +39,32 @@ from confluent_kafka import Message, TopicPartition
 
 from services.core.errors import RendezvousError
 from services.core.kafka import Consumer, Producer
+from services.model_worker.rescue_board import Board
 
 log = logging.getLogger(__name__)
 
 EXIT_MODEL_HUNG = 70  # EX_SOFTWARE: this process cannot go on; a fresh one reads on after the batch
 FLUSH_TIMEOUT_S = 30.0
+# consumer_group_metadata() is a round trip to librdkafka's own thread (≈ 40 µs, more than the
+# rest of the batch's bookkeeping): taken again after a rebalance and at most once a second.
+METADATA_REFRESH_S = 1.0
 
 M = TypeVar("M")  # a hosted model
 WriteErrors = Callable[[M, str], None]  # the model, the reason: an error Score for each request of the batch
+OnTurn = Callable[[float, int], None]  # a model's turn began (its index among the models), 0.0: none runs
+
+
+def _no_board(_started: float, _model: int) -> None:
+    return None
 
 
 class Watched(Generic[M]):
     """One batch being scored: the models that have not claimed it for their Scores yet."""
 
-    def __init__(self, models: Sequence[M], sources: Sequence[Message], write_errors: WriteErrors[M]):
+    def __init__(
+        self, models: Sequence[M], sources: Sequence[Message], write_errors: WriteErrors[M], on_turn: OnTurn = _no_board
+    ):
+        self.models = len(models)
         self.pending = list(models)
         self.sources = sources
         self.write_errors = write_errors
@@ -54,6 +72,7 @@ class Watched(Generic[M]):
         # produce may wait for the broker: that is no model's time).
         self.turn_started: float | None = time.monotonic()
         self.abandoned = False
+        self._on_turn = on_turn
         self._lock = threading.Lock()
 
     def claim(self, model: M) -> bool:
@@ -64,10 +83,12 @@ class Watched(Generic[M]):
                 return False
             self.pending.remove(model)
             self.turn_started = None
+            self._on_turn(0.0, 0)
             return True
 
     def next_turn(self) -> None:
-        self.turn_started = time.monotonic()
+        started = self.turn_started = time.monotonic()
+        self._on_turn(started, self.models - len(self.pending))
 
     def abandon(self) -> list[M]:
         """The models whose Scores the watchdog writes instead (the stuck one first)."""
@@ -97,11 +118,13 @@ class ScoringWatchdog(Generic[M]):
 
     def __init__(
         self, timeout_s: float, name: Callable[[M], str], producer: Producer, consumer: Consumer,
-        exit_process: Callable[[], None] = _exit_process,
+        exit_process: Callable[[], None] = _exit_process, board: Board | None = None,
     ):
         self.timeout_s = timeout_s
         self._name = name
         self._producer, self._consumer, self._exit = producer, consumer, exit_process
+        self._board = board
+        self._metadata, self._metadata_at = b"", -math.inf
         self._batch: Watched[M] | None = None
         self._stopped = threading.Event()
         self._gave_up = threading.Event()
@@ -116,11 +139,30 @@ class ScoringWatchdog(Generic[M]):
 
     def watch(self, models: Sequence[M], sources: Sequence[Message], write_errors: WriteErrors[M]) -> Watched[M]:
         """The batch now being scored (on the poll loop, before the first model's turn)."""
-        batch = self._batch = Watched(models, sources, write_errors)
+        board = self._board
+        if board is None:
+            batch = self._batch = Watched(models, sources, write_errors)
+            return batch
+        batch = Watched(models, sources, write_errors, board.turn)
+        assert batch.turn_started is not None
+        board.batch(sources, self._group_metadata(batch.turn_started), batch.turn_started)
+        self._batch = batch
         return batch
+
+    def rebalanced(self) -> None:
+        """The group's generation (and maybe this member's id) changed: for the rescue process."""
+        self._metadata_at = -math.inf
+
+    def _group_metadata(self, now: float) -> bytes:
+        if now - self._metadata_at >= METADATA_REFRESH_S:
+            metadata: bytes = self._consumer.native.consumer_group_metadata()
+            self._metadata, self._metadata_at = metadata, now
+        return self._metadata
 
     def done(self) -> None:
         self._batch = None
+        if self._board is not None:
+            self._board.turn(0.0)
 
     def hold(self) -> None:
         """For the poll loop when the watchdog took its batch (the model returned too late): wait
@@ -142,9 +184,14 @@ class ScoringWatchdog(Generic[M]):
         return started is not None and bool(batch.pending) and time.monotonic() - started >= self.timeout_s
 
     def _give_up(self, batch: Watched[M]) -> None:
+        if self._board is not None and self._board.rescuing():
+            log.error("the rescue process took the batch (the model held the interpreter lock): it kills the worker")
+            return
         pending = batch.abandon()
         if not pending:
             return  # every model wrote its Scores just now
+        if self._board is not None:
+            self._board.watchdog_took()
         self._gave_up.set()
         stuck = self._name(pending[0])
         log.error(

@@ -46,6 +46,8 @@ from services.core.service import STALLED_AFTER_S, Context, Probed, SimpleHandle
 from services.core.signatures import Prepared, Signature
 from services.model_worker.models import Model, Prediction, load_model
 from services.model_worker.models.base import model_signature
+from services.model_worker.rescue import Model as RescuedModel
+from services.model_worker.rescue import Rescue
 from services.model_worker.score_writer import ScoreWriter
 from services.model_worker.settings import WorkerSettings, check_co_hosted_names, worker_name
 from services.model_worker.walked import RequestWalker
@@ -252,9 +254,11 @@ class ModelWorker(SimpleHandler, Probed):
         self._walker = RequestWalker(self._requests, shared_names(self.hosted))
         self._scorer: _BatchScorer | None = None
         self._watchdog: ScoringWatchdog[Hosted] | None = None
+        self._rescue: Rescue | None = None
+        self._group_id = settings.group_id(names)
         self.service = StreamService(StreamSpec(
             name=f"model {self.name}", config=settings.librdkafka(), subscription=[self.topics.requests],
-            group_id=settings.group_id(names), processing="at-least-once",
+            group_id=self._group_id, processing="at-least-once",
             commit_interval_ms=settings.commit_interval_ms, max_batch=settings.max_batch,
             connect_timeout_s=settings.connect_timeout_s,
             consumer_config={
@@ -286,6 +290,8 @@ class ModelWorker(SimpleHandler, Probed):
         finally:
             if self._watchdog is not None:
                 self._watchdog.stop()
+            if self._rescue is not None:
+                self._rescue.stop()
         log.info("model %s stopping after %d scores", scoring, self.scored)
 
     def infos(self) -> list[ModelInfo]:
@@ -297,10 +303,18 @@ class ModelWorker(SimpleHandler, Probed):
         assert ctx.producer is not None
         dead_letters = DeadLetters.for_topic(ctx.producer, ctx.config, self.topics.deadletter, SERVICE,
                                              known=ctx.producer.topic_limit(self.topics.deadletter))
+        if self.settings.predict_timeout_s > 0 and self._rescue is None:
+            self._rescue = self._start_rescue()
         self._watchdog = ScoringWatchdog(self.settings.predict_timeout_s, lambda h: h.name, ctx.producer,
-                                         ctx.consumer)
+                                         ctx.consumer, board=self._rescue.board if self._rescue else None)
         self._watchdog.start()  # only watches with a timeout (--predict-timeout-s > 0)
         self._scorer = _BatchScorer(self, ctx.producer, dead_letters, self._watchdog)
+
+    def _start_rescue(self) -> Rescue:
+        """The process that takes over a batch when a model holds the interpreter lock (rescue.py)."""
+        models = [RescuedModel(h.name, h.version, self.instance) for h in self.hosted]
+        return Rescue.start(self.settings.librdkafka(), self.topics.requests, self.topics.scores, self._group_id,
+                            models, self.settings.predict_timeout_s, self.settings.max_batch)
 
     def on_batch(self, messages: list[Message]) -> None:
         assert self._scorer is not None
@@ -308,10 +322,17 @@ class ModelWorker(SimpleHandler, Probed):
         self.positions.advance(messages)
 
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
+        if self._watchdog is not None:
+            self._watchdog.rebalanced()
         start_ms = self.settings.start_at_ms(now_ms())
         if start_ms is not None and partitions and self.ctx is not None:
             self._catch_up(partitions, start_ms)
         super().on_assigned(partitions)  # where each partition starts now, to be committed
+
+    def on_released(self, partitions: list[TopicPartition], lost: bool) -> None:
+        if self._watchdog is not None:
+            self._watchdog.rebalanced()
+        super().on_released(partitions, lost)
 
     def _catch_up(self, partitions: list[TopicPartition], start_ms: int) -> None:
         assert self.ctx is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import threading
 
 import numpy as np
@@ -27,3 +28,20 @@ class HangingModel(DemoModel):
 
 def factory() -> HangingModel:
     return HangingModel()
+
+
+class GilHoldingModel(DemoModel):
+    """As HangingModel, except that it waits in C code holding the interpreter lock (a PyDLL call
+    keeps it), as catastrophic backtracking in `re` would: no other thread of the worker runs."""
+
+    def __init__(self) -> None:
+        super().__init__("gil", "logreg-gil-1", _champion_scorer)
+
+    def predict(self, batch: np.ndarray) -> list[Prediction]:
+        if (batch[:, 0] == HANG_AT).any():
+            ctypes.PyDLL(None).sleep(3600)
+        return super().predict(batch)
+
+
+def gil_factory() -> GilHoldingModel:
+    return GilHoldingModel()

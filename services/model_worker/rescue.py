@@ -1,0 +1,306 @@
+"""The rescue process: the watchdog's work, from outside a worker whose model holds the GIL.
+
+A model stuck in C code that never releases the interpreter lock (catastrophic backtracking in
+`re`, a `ctypes.PyDLL` call) stops every Python thread of its worker, the watchdog's too
+(watchdog.py): the process hangs for good, and a restart re-reads the batch and hangs again.
+
+With --predict-timeout-s > 0 the worker starts this process (`Rescue.start`). It reads the batch
+being scored from shared memory (rescue_board.py) every CHECK_EVERY_S and acts once a model's
+turn has run past the timeout and a grace with the same batch, while the in-process watchdog has
+not taken it (it would have by then, were the interpreter lock free):
+
+  1. reads the batch's records from the requests topic (a groupless consumer of its own),
+  2. in one transaction (transactional id: the worker's group + ".rescue"): an error Score for
+     each request of the batch from each model that has not written its Scores, and the batch's
+     end offsets, committed for the worker's group as the stuck member (its group metadata:
+     KIP-447 checks the member id and generation; the stuck worker is still a member, as
+     librdkafka's own threads go on heartbeating),
+  3. kills the worker (SIGKILL), whether that worked or not: a process that cannot run Python
+     is no use, and its supervisor starts a fresh one, which reads on after the batch.
+
+It exits by itself when the worker is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import IO, Any
+
+from confluent_kafka import Consumer as NativeConsumer
+from confluent_kafka import KafkaException, Message, TopicPartition
+from confluent_kafka import Producer as NativeProducer
+
+from services.core.codec import codec
+from services.core.errors import BadInput
+from services.core.kafka import new_client, reader
+from services.core.requests import check_request
+from services.core.runtime import now_ms
+from services.model_worker.rescue_board import Board, Range, Reader, Snapshot, unlink
+
+log = logging.getLogger("services.model_worker.rescue")
+
+CHECK_EVERY_S = 0.5
+KAFKA_TIMEOUT_S = 30.0  # each step of the rescue (read, init, offsets, commit)
+GIVE_UP_AFTER_S = 150.0  # the whole rescue: librdkafka may never return (e.g. librdkafka #5456)
+
+
+def grace_s(timeout_s: float) -> float:
+    """How much longer than the in-process watchdog the rescue waits before it takes a batch."""
+    return max(2.0, timeout_s / 2)
+
+
+def should_rescue(before: Snapshot, after: Snapshot, now: float, timeout_s: float) -> bool:
+    """Whether the rescue takes the batch of `after` (read CHECK_EVERY_S after `before`): a model's
+    turn has run past timeout + grace on the same batch, and the in-process watchdog did not take it."""
+    if after.turn_started <= 0 or after.watchdog_took or after.seq == 0:
+        return False
+    if (before.seq, before.turn_started) != (after.seq, after.turn_started):
+        return False  # the loop moved on between the two reads
+    return now - after.turn_started > timeout_s + grace_s(timeout_s)
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    version: str
+    instance: str
+
+
+@dataclass(frozen=True)
+class RescueConfig:
+    """What the worker hands the rescue process (on its stdin: the Kafka config may hold secrets)."""
+
+    kafka: dict[str, Any]
+    requests_topic: str
+    scores_topic: str
+    group_id: str
+    models: list[Model]
+    timeout_s: float
+    max_batch: int
+    board: str
+    parent: int
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> RescueConfig:
+        fields = json.loads(text)
+        return cls(**{**fields, "models": [Model(**m) for m in fields["models"]]})
+
+
+class Rescue:
+    """The worker's handle on its rescue process and their shared memory."""
+
+    def __init__(self, board: Board, process: subprocess.Popen[bytes]):
+        self.board, self.process = board, process
+
+    @classmethod
+    def start(cls, kafka: Mapping[str, Any], requests_topic: str, scores_topic: str, group_id: str,
+              models: Sequence[Model], timeout_s: float, max_batch: int) -> Rescue:
+        board = Board()
+        config = RescueConfig(dict(kafka), requests_topic, scores_topic, group_id, list(models), timeout_s,
+                              max_batch, board.path, os.getpid())
+        process = subprocess.Popen([sys.executable, "-m", "services.model_worker.rescue"], stdin=subprocess.PIPE)
+        stdin: IO[bytes] | None = process.stdin
+        assert stdin is not None
+        stdin.write(config.to_json().encode())
+        stdin.close()
+        return cls(board, process)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.board.close()
+
+
+# The rescue process.
+
+
+def watch(config: RescueConfig, board: Reader, parent_alive: Callable[[], bool]) -> Snapshot | None:
+    """Wait until a batch needs the rescue (its snapshot) or the worker is gone (None)."""
+    before = board.read()
+    while parent_alive():
+        time.sleep(CHECK_EVERY_S)
+        after = board.read()
+        if should_rescue(before, after, time.monotonic(), config.timeout_s):
+            return after
+        before = after
+    return None
+
+
+def read_batch(config: RescueConfig, ranges: Sequence[Range]) -> list[Message]:
+    """The batch's records, each partition's from its first offset to one before its end."""
+    consumer: NativeConsumer = reader(config.kafka, "rescue")
+    try:
+        consumer.assign([TopicPartition(config.requests_topic, p, first) for p, first, _ in ranges])
+        ends = {p: end for p, _, end in ranges}
+        records: list[Message] = []
+        deadline = time.monotonic() + KAFKA_TIMEOUT_S
+        while ends and len(records) < config.max_batch * 2 and time.monotonic() < deadline:
+            for msg in consumer.consume(100, 1.0):
+                p = msg.partition() or 0
+                if msg.error() is not None or p not in ends:
+                    continue
+                if (msg.offset() or 0) < ends[p]:
+                    records.append(msg)
+                if (msg.offset() or 0) >= ends[p] - 1:
+                    del ends[p]
+                    consumer.incremental_unassign([TopicPartition(config.requests_topic, p)])
+        if ends:
+            raise RuntimeError(f"partitions {sorted(ends)} of the batch not read within {KAFKA_TIMEOUT_S:g} s")
+        return records
+    finally:
+        consumer.close()
+
+
+def requests_of(records: Sequence[Message]) -> list[tuple[Message, dict[str, Any]]]:
+    """The records the worker scored: those it could decode as requests."""
+    requests = codec("request")
+    found = []
+    for msg in records:
+        try:
+            request = requests.decode(msg.value())
+            check_request(request)
+        except BadInput:
+            continue
+        found.append((msg, request))
+    return found
+
+
+def error_scores(config: RescueConfig, snap: Snapshot, requests: Sequence[tuple[Message, dict[str, Any]]],
+                 now: int) -> list[tuple[int, bytes, bytes]]:
+    """(partition, key, value) of an error Score per request for each model whose turn has not
+    come or not ended: the stuck one first, as the watchdog writes them."""
+    scores = codec("score")
+    stuck = config.models[snap.model].name
+    elapsed = max(0.0, (time.monotonic() - snap.turn_started) * 1000.0)
+    out = []
+    for i, model in enumerate(config.models[snap.model:]):
+        reason = (f"model {stuck} did not answer within {config.timeout_s:g} s (stuck holding the interpreter lock)"
+                  if i == 0 else f"not scored: co-hosted model {stuck} hung on this batch")
+        for msg, request in requests:
+            value = scores.encode({
+                "request_id": request["request_id"], "model": model.name, "version": model.version,
+                "instance": model.instance, "score": None, "label": None, "error": reason,
+                "deadline": request["deadline"], "received_at": now, "scored_at": now, "compute_ms": elapsed,
+            })
+            out.append((msg.partition() or 0, request["request_id"].encode(), value))
+    return out
+
+
+def commit(config: RescueConfig, snap: Snapshot, scores: Sequence[tuple[int, bytes, bytes]]) -> None:
+    """The Scores and the batch's end offsets, for the worker's group as its stuck member, in one
+    transaction."""
+    if not snap.meta:
+        raise RuntimeError("the worker's group metadata was not in the shared memory")
+    producer: NativeProducer = new_client(NativeProducer, {
+        **config.kafka, "transactional.id": f"{config.group_id}.rescue", "enable.idempotence": True, "acks": "all",
+    })
+    failed: list[str] = []
+
+    def delivered(err: Any, _msg: Message) -> None:
+        if err is not None:
+            failed.append(str(err))
+
+    producer.init_transactions(KAFKA_TIMEOUT_S)
+    producer.begin_transaction()
+    for partition, key, value in scores:
+        producer.produce(config.scores_topic, value, key=key, partition=partition, on_delivery=delivered)
+    if producer.flush(KAFKA_TIMEOUT_S) or failed:
+        producer.abort_transaction(KAFKA_TIMEOUT_S)
+        raise RuntimeError(f"the Scores were not written: {failed[:1] or 'flush timed out'}")
+    offsets = [TopicPartition(config.requests_topic, p, end) for p, _, end in snap.ranges]
+    producer.send_offsets_to_transaction(offsets, snap.meta, KAFKA_TIMEOUT_S)
+    producer.commit_transaction(KAFKA_TIMEOUT_S)
+
+
+def rescue(config: RescueConfig, snap: Snapshot, board: Reader) -> bool | None:
+    """Write the batch's error Scores and commit past it; whether that worked (None: the worker
+    went on, or its watchdog took the batch after all, so the rescue stands down)."""
+    stuck = config.models[snap.model].name
+    span = ", ".join(f"{p}:{first}-{end - 1}" for p, first, end in snap.ranges)
+    try:
+        requests = requests_of(read_batch(config, snap.ranges))
+        scores = error_scores(config, snap, requests, now_ms())
+        again = board.read()
+        if again.seq != snap.seq or again.watchdog_took:
+            log.warning("model %s returned (or the watchdog acted) while the rescue read the batch: it stands down",
+                        stuck)
+            return None
+        commit(config, snap, scores)
+    except (KafkaException, RuntimeError, ValueError, BadInput) as exc:
+        log.error("rescue of the worker stuck in model %s failed, the batch (%s %s) is read again by the next "
+                  "worker: %s; killing the worker (pid %d)", stuck, config.requests_topic, span, exc, config.parent)
+        return False
+    left = " (more partitions than the shared memory holds: the others are read again)" if snap.overflow else ""
+    log.error("model %s held the interpreter lock for over %.0f s (the worker's own watchdog could not run): "
+              "%d requests of the batch (%s %s) got error Scores from %d model(s), their offsets are committed%s; "
+              "killing the worker (pid %d) for a fresh one to read on", stuck,
+              config.timeout_s + grace_s(config.timeout_s), len(requests), config.requests_topic, span,
+              len(config.models) - snap.model, left, config.parent)
+    return True
+
+
+def kill(pid: int) -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _give_up(config: RescueConfig) -> None:
+    """Whatever librdkafka does (a call that never returns), the worker is killed in the end."""
+    log.error("rescue still running after %.0f s: killing the worker (pid %d)", GIVE_UP_AFTER_S, config.parent)
+    kill(config.parent)
+    unlink(config.board)
+    os._exit(1)
+
+
+def run(config: RescueConfig) -> int:
+    board = Reader(config.board)
+    try:
+        snap = watch(config, board, lambda: os.getppid() == config.parent)
+        if snap is None:
+            return 0
+        board.take()
+        deadline = threading.Timer(GIVE_UP_AFTER_S, _give_up, (config,))
+        deadline.daemon = True
+        deadline.start()
+        ok = rescue(config, snap, board)
+        if ok is None:
+            return 0
+        kill(config.parent)
+        unlink(config.board)  # the worker cannot any more
+        return 0 if ok else 1
+    finally:
+        board.close()
+        if os.getppid() != config.parent:
+            unlink(config.board)
+
+
+def main() -> None:
+    from services.cli.common import setup_logging
+
+    setup_logging(os.environ.get("RDV_LOG_LEVEL", "INFO"))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    sys.exit(run(RescueConfig.from_json(sys.stdin.read())))
+
+
+if __name__ == "__main__":
+    main()

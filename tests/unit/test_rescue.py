@@ -1,0 +1,154 @@
+"""The rescue process's shared memory and when it acts (the rescue itself: tests/faults/test_gil_held_model.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from confluent_kafka import Message
+
+from services.core.codec import codec
+from services.model_worker.rescue import Model, RescueConfig, error_scores, grace_s, should_rescue
+from services.model_worker.rescue_board import MAX_META, MAX_RANGES, Board, Reader, Snapshot, batch_ranges, read
+from services.model_worker.watchdog import ScoringWatchdog
+
+META = b"CGMDv2:\x00\x00\x00\x07rdv.model.a+b\x00\x00\x01"
+
+
+@pytest.fixture
+def board() -> Iterator[Board]:
+    b = Board()
+    yield b
+    b.close()
+
+
+def messages(spans: list[tuple[int, range]]) -> list[Message]:
+    return [Message(topic="rq", partition=p, offset=o, value=b"") for p, offsets in spans for o in offsets]
+
+
+@pytest.mark.parametrize("size", [3, 100])  # the loop and the numpy path
+def test_a_batchs_ranges_per_partition(size: int) -> None:
+    msgs = messages([(2, range(10, 10 + size)), (0, range(5, 5 + size)), (2, range(500, 502))])
+    assert sorted(batch_ranges(msgs)) == [(0, 5, 5 + size), (2, 10, 502)]
+
+
+def test_the_layout_round_trip(board: Board) -> None:
+    board.batch(messages([(1, range(40, 43)), (3, range(7, 8))]), META, 123.5)
+    snap = Reader(board.path).read()
+    assert snap == Snapshot(seq=1, turn_started=123.5, model=0, watchdog_took=False, overflow=False,
+                            ranges=((1, 40, 43), (3, 7, 8)), meta=META, rescuing=False)
+    board.turn(0.0)
+    board.turn(130.25, 1)
+    board.watchdog_took()
+    snap = read(board._buf)
+    assert (snap.turn_started, snap.model, snap.watchdog_took) == (130.25, 1, True)
+    board.batch(messages([(0, range(1))]), META, 140.0)  # a new batch clears the flags
+    snap = read(board._buf)
+    assert (snap.seq, snap.watchdog_took, snap.ranges) == (2, False, ((0, 0, 1),))
+
+
+def test_the_rescue_flag_is_seen_by_the_worker(board: Board) -> None:
+    reader = Reader(board.path)
+    assert not board.rescuing()
+    reader.take()
+    assert board.rescuing()
+    reader.close()
+
+
+def test_more_partitions_than_fit_are_marked(board: Board) -> None:
+    board.batch(messages([(p, range(p, p + 1)) for p in range(MAX_RANGES + 3)]), META, 1.0)
+    snap = read(board._buf)
+    assert snap.overflow and len(snap.ranges) == MAX_RANGES and snap.ranges[0] == (0, 0, 1)
+
+
+def test_group_metadata_too_large_is_left_out_not_cut(board: Board) -> None:
+    board.batch(messages([(0, range(1))]), META, 1.0)
+    board.batch(messages([(0, range(1))]), b"x" * (MAX_META + 1), 1.0)
+    assert read(board._buf).meta == b""
+
+
+def snapshot(seq: int = 4, started: float = 100.0, took: bool = False) -> Snapshot:
+    return Snapshot(seq, started, 0, took, False, ((0, 1, 2),), META, False)
+
+
+TIMEOUT = 2.0
+PAST = 100.0 + TIMEOUT + grace_s(TIMEOUT) + 0.1
+
+
+def test_the_rescue_acts_only_past_the_timeout_and_its_grace() -> None:
+    assert grace_s(2.0) == 2.0 and grace_s(60.0) == 30.0
+    snap = snapshot()
+    assert should_rescue(snap, snap, PAST, TIMEOUT)
+    assert not should_rescue(snap, snap, PAST - 0.2, TIMEOUT)  # the in-process watchdog's time, and its grace
+
+
+def test_the_rescue_stands_down_when_the_watchdog_took_the_batch() -> None:
+    assert not should_rescue(snapshot(), snapshot(took=True), PAST, TIMEOUT)
+
+
+def test_the_rescue_does_nothing_when_no_turn_runs() -> None:
+    assert not should_rescue(snapshot(started=0.0), snapshot(started=0.0), PAST, TIMEOUT)
+
+
+def test_the_rescue_does_nothing_when_the_loop_moved_on() -> None:
+    assert not should_rescue(snapshot(seq=4), snapshot(seq=5), PAST, TIMEOUT)
+    assert not should_rescue(snapshot(started=99.0), snapshot(started=100.0), PAST, TIMEOUT)  # the next turn
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.native = self
+        self.asked = 0
+
+    def consumer_group_metadata(self) -> bytes:
+        self.asked += 1
+        return META
+
+
+def test_the_watchdog_writes_each_turn_as_watched_sees_it(board: Board) -> None:
+    consumer = FakeConsumer()
+    watchdog: ScoringWatchdog[str] = ScoringWatchdog(2.0, str, None, consumer, board=board)  # type: ignore[arg-type]
+    watched = watchdog.watch(["a", "b"], messages([(0, range(3))]), lambda _m, _r: None)
+    snap = read(board._buf)
+    assert (snap.seq, snap.turn_started, snap.model, snap.meta) == (1, watched.turn_started, 0, META)
+    assert watched.claim("a") and read(board._buf).turn_started == 0.0  # a's Scores written: nobody's turn
+    watched.next_turn()
+    snap = read(board._buf)
+    assert (snap.turn_started, snap.model) == (watched.turn_started, 1)
+    watchdog.done()
+    assert read(board._buf).turn_started == 0.0
+    watchdog.watch(["a", "b"], messages([(0, range(3, 4))]), lambda _m, _r: None)
+    assert consumer.asked == 1  # not again within the second, unless the group rebalanced
+    watchdog.rebalanced()
+    watchdog.watch(["a", "b"], messages([(0, range(4, 5))]), lambda _m, _r: None)
+    assert consumer.asked == 2
+
+
+def test_the_watchdog_stands_down_when_the_rescue_took_the_batch(board: Board) -> None:
+    exits: list[bool] = []
+    watchdog: ScoringWatchdog[str] = ScoringWatchdog(2.0, str, None, FakeConsumer(), lambda: exits.append(True),  # type: ignore[arg-type]
+                                                     board=board)
+    watched = watchdog.watch(["a"], messages([(0, range(3))]), lambda _m, _r: None)
+    Reader(board.path).take()
+    watchdog._give_up(watched)
+    assert watched.pending == ["a"] and not exits and not read(board._buf).watchdog_took
+
+
+def test_the_error_scores_mirror_the_watchdogs() -> None:
+    config = RescueConfig({}, "rq", "sc", "rdv.model.a+b", [Model("a", "1", "h-1"), Model("b", "2", "h-1")],
+                          2.0, 256, "/dev/shm/x", 1)
+    assert RescueConfig.from_json(config.to_json()) == config
+    request: dict[str, Any] = {"request_id": "r-1", "deadline": 99}
+    msg = Message(topic="rq", partition=3, offset=5, value=b"")
+    stuck_b = dataclasses.replace(snapshot(started=time.monotonic() - 5), model=1)
+    scores = error_scores(config, stuck_b, [(msg, request)], now=1000)
+    assert [(p, key) for p, key, _ in scores] == [(3, b"r-1")]  # a had written its Scores
+    decoded = codec("score").decode(scores[0][2])
+    assert decoded["model"] == "b" and decoded["instance"] == "h-1" and decoded["deadline"] == 99
+    assert decoded["error"] == "model b did not answer within 2 s (stuck holding the interpreter lock)"
+    assert decoded["compute_ms"] >= 5000
+    both = [codec("score").decode(v)["error"] for _, _, v in error_scores(config, snapshot(), [(msg, request)], 1)]
+    assert both[1] == "not scored: co-hosted model a hung on this batch"
