@@ -9,7 +9,8 @@ Principals (SASL user names, `User:<name>`), one per role:
 - rendezvous: read requests, scores and control; write answers, log, dead letters, replies,
   clock records (into scores) and the bootstrap schedule (into control, only when it has none);
   its group and its transactional ids.
-- model: read requests; write scores, dead letters and its published signature; its groups.
+- model: read requests; write scores, dead letters and its published signature; its groups and
+  its rescue process's transactional ids (`<prefix>model.*`: the worker's group + ".rescue").
 - comparison: read the log. decoy: read requests.
 - client: write requests; read replies, published signatures and the control topic (to check
   features and show schedules); groups `<prefix>client*` (an application's reply group); nothing else.
@@ -110,6 +111,10 @@ def layout(topics: Topics, prefix: str, principals: Principals = Principals()) -
         *_topic(p.model, "WRITE", t.scores, t.deadletter, t.models),
         *_topic(p.model, "DESCRIBE_CONFIGS", t.scores, t.deadletter),
         *_groups(p.model, f"{prefix}model."),
+        # The rescue process of a worker stuck holding the GIL commits its batch in a transaction
+        # (services/model_worker/rescue.py).
+        Grant(p.model, "transactional_id", f"{prefix}model.", "WRITE", prefixed=True),
+        Grant(p.model, "transactional_id", f"{prefix}model.", "DESCRIBE", prefixed=True),
         *_topic(p.comparison, "READ", t.log),
         # A record it cannot read is dead-lettered (without WRITE the refusal would stop it).
         *_topic(p.comparison, "WRITE", t.deadletter),

@@ -39,6 +39,11 @@ def test_who_may_do_what(role: str, topic: str, operation: str, allowed: bool) -
 def test_transactional_ids_and_groups_follow_the_prefix() -> None:
     assert allows(GRANTS, P.rendezvous, "transactional_id", "rdv.rendezvous-host-42", "WRITE")
     assert not allows(GRANTS, P.model, "transactional_id", "rdv.rendezvous-host-42", "WRITE")
+    # A worker's rescue process (services/model_worker/rescue.py): its group + ".rescue".
+    assert allows(GRANTS, P.model, "transactional_id", "rdv.model.champion+challenger.rescue", "WRITE")
+    assert allows(GRANTS, P.model, "transactional_id", "rdv.model.champion.rescue", "DESCRIBE")
+    assert not allows(GRANTS, P.rendezvous, "transactional_id", "rdv.model.champion.rescue", "WRITE")
+    assert not allows(GRANTS, P.client, "transactional_id", "rdv.model.champion.rescue", "WRITE")
     assert allows(GRANTS, P.model, "group", "rdv.model.champion", "READ")
     assert not allows(GRANTS, P.client, "group", "rdv.rendezvous", "READ")
 
