@@ -80,7 +80,9 @@ class WorkerSettings(ServiceSettings):
     predict_timeout_s: float = setting(
         60.0, "Longest a model may take to score one micro-batch (s; 0 = no limit). A model still busy after it "
         "is taken to be stuck for good: the batch's requests get an error Score, its offsets are committed and "
-        "the worker exits (code 70) for its supervisor to start a fresh one, which reads on after that batch.",
+        "the worker exits (code 70) for its supervisor to start a fresh one, which reads on after that batch. "
+        "A model stuck holding the interpreter lock is handled by a rescue process the worker starts, which "
+        "does the same a little later (timeout + max(2 s, timeout/2)) and kills the worker.",
         minimum=0, maximum=240,
     )
     dead_letter: bool = setting(
