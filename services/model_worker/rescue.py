@@ -111,7 +111,11 @@ class Rescue:
         board = Board()
         config = RescueConfig(dict(kafka), requests_topic, scores_topic, group_id, list(models), timeout_s,
                               max_batch, board.path, os.getpid())
-        process = subprocess.Popen([sys.executable, "-m", "services.model_worker.rescue"], stdin=subprocess.PIPE)
+        try:
+            process = subprocess.Popen([sys.executable, "-m", "services.model_worker.rescue"], stdin=subprocess.PIPE)
+        except OSError:
+            board.close()  # its file in /dev/shm with it
+            raise
         stdin: IO[bytes] | None = process.stdin
         assert stdin is not None
         stdin.write(config.to_json().encode())
@@ -275,16 +279,21 @@ def _give_up(config: RescueConfig) -> None:
 def run(config: RescueConfig) -> int:
     board = Reader(config.board)
     try:
-        snap = watch(config, board, lambda: os.getppid() == config.parent)
-        if snap is None:
-            return 0
-        board.take()
-        deadline = threading.Timer(GIVE_UP_AFTER_S, _give_up, (config,))
-        deadline.daemon = True
-        deadline.start()
-        ok = rescue(config, snap, board)
-        if ok is None:
-            return 0
+        while True:
+            snap = watch(config, board, lambda: os.getppid() == config.parent)
+            if snap is None:
+                return 0
+            board.take()
+            deadline = threading.Timer(GIVE_UP_AFTER_S, _give_up, (config,))
+            deadline.daemon = True
+            deadline.start()
+            ok = rescue(config, snap, board)
+            if ok is not None:
+                break
+            # Stood down: the worker goes on, and so does the watch (with the flag left set, the
+            # in-process watchdog would stand down for good, and with no rescue left either).
+            deadline.cancel()
+            board.release()
         kill(config.parent)
         unlink(config.board)  # the worker cannot any more
         return 0 if ok else 1

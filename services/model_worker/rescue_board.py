@@ -151,6 +151,10 @@ class Reader:
     def take(self) -> None:
         self._buf[_RESCUING_AT] = 1
 
+    def release(self) -> None:
+        """The rescue stood down (the model returned): the in-process watchdog watches again."""
+        self._buf[_RESCUING_AT] = 0
+
     def close(self) -> None:
         self._buf.close()
 

@@ -310,11 +310,16 @@ class ModelWorker(SimpleHandler, Probed):
         self._watchdog.start()  # only watches with a timeout (--predict-timeout-s > 0)
         self._scorer = _BatchScorer(self, ctx.producer, dead_letters, self._watchdog)
 
-    def _start_rescue(self) -> Rescue:
+    def _start_rescue(self) -> Rescue | None:
         """The process that takes over a batch when a model holds the interpreter lock (rescue.py)."""
         models = [RescuedModel(h.name, h.version, self.instance) for h in self.hosted]
-        return Rescue.start(self.settings.librdkafka(), self.topics.requests, self.topics.scores, self._group_id,
-                            models, self.settings.predict_timeout_s, self.settings.max_batch)
+        try:
+            return Rescue.start(self.settings.librdkafka(), self.topics.requests, self.topics.scores, self._group_id,
+                                models, self.settings.predict_timeout_s, self.settings.max_batch)
+        except OSError as err:  # no shared memory, no process: the worker serves on with its watchdog alone
+            log.warning("model %s: no rescue process (%s): a model holding the interpreter lock for good would "
+                        "hang this worker", self.name, err)
+            return None
 
     def on_batch(self, messages: list[Message]) -> None:
         assert self._scorer is not None

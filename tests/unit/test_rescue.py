@@ -152,3 +152,30 @@ def test_the_error_scores_mirror_the_watchdogs() -> None:
     assert decoded["compute_ms"] >= 5000
     both = [codec("score").decode(v)["error"] for _, _, v in error_scores(config, snapshot(), [(msg, request)], 1)]
     assert both[1] == "not scored: co-hosted model a hung on this batch"
+
+
+def test_a_rescue_that_stood_down_releases_the_batch_and_watches_on(
+    board: Board, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It left its flag set and ended: the in-process watchdog stood down for good after it, and
+    no rescue was left either."""
+    from services.model_worker import rescue as module
+
+    config = RescueConfig({}, "rq", "sc", "g", [Model("a", "1", "h")], 2.0, 256, board.path, 4242)
+    outcomes, flags_seen, watching, killed = [None, True], [], [], []
+
+    def watch(_config: RescueConfig, _reader: Reader, _alive: object) -> Snapshot:
+        watching.append(board.rescuing())
+        return snapshot()
+
+    monkeypatch.setattr(module, "watch", watch)
+    monkeypatch.setattr(module, "kill", killed.append)
+
+    def rescue(_config: RescueConfig, _snap: Snapshot, _board: Reader) -> bool | None:
+        flags_seen.append(board.rescuing())
+        return outcomes.pop(0)
+
+    monkeypatch.setattr(module, "rescue", rescue)
+    assert module.run(config) == 0
+    assert watching == [False, False]  # released when it stood down
+    assert flags_seen == [True, True] and killed == [4242]  # the second batch taken, then the worker killed
