@@ -29,6 +29,7 @@ from services.cli.spawn import service_env, spawn
 from services.control.schedule import DEFAULT_NAME
 from services.core.errors import BrokerError, ConfigError, RendezvousError
 from services.core.kafka import wait_for_broker, wait_for_groups
+from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, setting
 from services.localkafka.config import cache_dir
 from services.model_worker.models import load_model
@@ -69,7 +70,7 @@ class DeploySettings(KafkaSettings):
         if self.start_from not in ("earliest", "latest"):
             raise ConfigError(f"--start-from must be earliest or latest, got {self.start_from!r}")
         # Here, not in a detached replica, whose error only its log would show.
-        parse_start_at(self.start_at, 0)
+        parse_start_at(self.start_at, now_ms())
         parse_co_host(self.co_host)
 
     def model_names(self, name: str) -> list[str]:

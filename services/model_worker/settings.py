@@ -6,6 +6,7 @@ import os
 import socket
 from dataclasses import dataclass
 
+from services.core import runtime
 from services.core.errors import ConfigError
 from services.core.settings import ServiceSettings, setting
 
@@ -102,7 +103,7 @@ class WorkerSettings(ServiceSettings):
             raise ConfigError(f"--max-batch must be >= 1, got {self.max_batch}")
         if self.start_from not in ("earliest", "latest"):
             raise ConfigError(f"--start-from must be earliest or latest, got {self.start_from!r}")
-        self.start_at_ms(0)
+        self.start_at_ms(runtime.now_ms())
         self.co_hosted()
 
     def start_at_ms(self, now_ms: int) -> int | None:
@@ -138,6 +139,9 @@ def model_groups(prefix: str, group_ids: list[str]) -> dict[str, str]:
     return found
 
 
+FUTURE_SLACK_MS = 60_000  # clocks of the machines that set and read --start-at may differ
+
+
 def parse_start_at(text: str, now_ms: int) -> int | None:
     """A --start-at value as epoch ms (None when empty); `deploy` checks it with this too."""
     if not text:
@@ -154,4 +158,7 @@ def parse_start_at(text: str, now_ms: int) -> int | None:
         raise ConfigError(f"--start-at: expected {forms}, got {text!r}") from None
     if not isinstance(bound, TimeBound):
         raise ConfigError(f"--start-at takes {forms}, not an offset")
+    if bound.ms > now_ms + FUTURE_SLACK_MS:
+        raise ConfigError(f"--start-at {text} is in the future: a new group would score nothing before then "
+                          "(give a past time, or a duration ago such as 1h)")
     return bound.ms

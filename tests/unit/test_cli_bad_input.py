@@ -55,6 +55,9 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (PromoteSettings, {"require": "agreement~0.9"}, "--require: cannot read"),
     # Found by the replica it started, whose log alone said so; deploy waited out --wait-s.
     (DeploySettings, {"model": "demo:champion", "start_at": "abc"}, "--start-at: expected a time"),
+    # It ran, "catching up from 4070908800000": a new group would have scored nothing till 2099.
+    (DeploySettings, {"model": "demo:champion", "start_at": "2099-01-01"}, "--start-at 2099-01-01 is in the future"),
+    (WorkerSettings, {"model": "demo:champion", "start_at": "4070908800000"}, "is in the future"),
     (DeploySettings, {"model": "demo:champion", "start_from": "now"}, "--start-from must be earliest or latest"),
     (RendezvousSettings, {"topic": "requests=rdv.scores"}, "requests and scores would both be 'rdv.scores'"),
     (RendezvousSettings, {"topic_prefix": "my prefix/"}, "not a topic name Kafka accepts"),
