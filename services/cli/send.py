@@ -15,7 +15,7 @@ from typing import TextIO
 
 from services.client.client import AnswerTimeout, Client
 from services.core.errors import ConfigError
-from services.core.settings import KafkaSettings, setting
+from services.core.settings import KafkaSettings, not_a_readable_file, setting
 
 # Rows are read (and checked) before anything is sent: a bound on what one command holds in memory.
 MAX_ROWS = 100_000
@@ -81,10 +81,9 @@ def read_rows(settings: SendSettings) -> list[dict[str, float]]:
 
         return demo_rows(settings.demo_rows)
     path = Path(settings.file)
-    if path.is_dir():
-        raise ConfigError(f"--file {path}: is a directory, expected a .csv or .jsonl file")
-    if not path.is_file():
-        raise ConfigError(f"--file {path}: no such file")
+    problem = not_a_readable_file(path)
+    if problem:
+        raise ConfigError(f"--file {path}: {problem}; expected a .csv or .jsonl file")
     reader = {".csv": _csv_rows, ".jsonl": _jsonl_rows, ".ndjson": _jsonl_rows, ".json": _jsonl_rows}
     read = reader.get(path.suffix.lower())
     if read is None:

@@ -364,11 +364,24 @@ def check_writable_directory(path: str, flag: str) -> None:
         raise ConfigError(f"{flag} {path}: this process may not {verb}")
 
 
+def not_a_readable_file(path: str | os.PathLike[str]) -> str | None:
+    """Why `path` cannot be read as a file ("no such file", "is a directory", ...), or None."""
+    if os.path.isdir(path):
+        return "is a directory, not a file"
+    if not os.path.exists(path):
+        return "no such file"
+    if not os.path.isfile(path):
+        return "is not a regular file (a device or a pipe)"
+    return None
+
+
 def check_writable_file(path: str, flag: str) -> None:
     """ConfigError unless a file can be written at `path` (its directory exists and is writable)."""
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ConfigError(f"{flag} {path}: is a directory, not a file")
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ConfigError(f"{flag} {path}: {directory} is not a directory")
     if not os.path.isdir(directory):
         raise ConfigError(f"{flag} {path}: no such directory {directory}")
     if not os.access(directory, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 from dataclasses import dataclass
 
 from services.core.errors import ConfigError
-from services.core.settings import MAX_PORT, KafkaSettings, setting
+from services.core.settings import MAX_PORT, KafkaSettings, not_a_readable_file, setting
 from services.gateway.auth import ApiKeys
 
 
@@ -86,9 +85,11 @@ class GatewaySettings(KafkaSettings):
     def validate(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together")
-        for path in (self.tls_cert, self.tls_key, self.api_keys_file):
-            if path and not os.path.isfile(path):
-                raise ConfigError(f"no such file: {path}")
+        for flag, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key),
+                           ("--api-keys-file", self.api_keys_file)):
+            problem = not_a_readable_file(path) if path else None
+            if problem:
+                raise ConfigError(f"{flag} {path}: {problem}")
         if self.tls_cert:
             _check_tls_pair(self.tls_cert, self.tls_key)
         ApiKeys.load(self.api_keys_file, self.api_key_hashes)  # its one-line error now, not after Kafka

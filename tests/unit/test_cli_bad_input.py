@@ -49,6 +49,10 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (GatewaySettings, {"grpc_port": "8080"}, "--http-port and --grpc-port are both 8080"),
     (GatewaySettings, {"metrics_port": "8081"}, "--grpc-port and --metrics-port are both 8081"),
     (CompareSettings, {"html": "/nonexistent/report.html"}, "--html /nonexistent/report.html: no such directory"),
+    # Each said "no such file" (or "no such directory") of something that exists, only not as expected.
+    (GatewaySettings, {"api_keys_file": "/tmp"}, "--api-keys-file /tmp: is a directory, not a file"),
+    (GatewaySettings, {"api_keys_file": "/dev/null"}, "--api-keys-file /dev/null: is not a regular file"),
+    (CompareSettings, {"html": "/etc/hostname/x.html"}, "--html /etc/hostname/x.html: /etc/hostname is not a directory"),
     (DecoySettings, {"archive_dir": "/etc/hostname/archive"},
      "--archive-dir /etc/hostname/archive: /etc/hostname is not a directory"),
     (PromoteSettings, {"window": "forever"}, "--window: expected a duration"),

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from services.core.errors import ModelSpecError, RendezvousError
+from services.core.settings import not_a_readable_file
 
 from .base import Model, model_signature
 
@@ -71,10 +72,9 @@ def _resolve(spec: str, trust_model_file: bool) -> Model:
     lower = spec.lower()
     if lower.endswith(_SKLEARN_SUFFIXES) or lower.endswith(_ONNX_SUFFIX):
         path = Path(spec).expanduser()
-        if not path.is_file():
-            raise ModelSpecError(
-                f"model spec {spec!r}: no such file ({str(path.resolve())!r}); check the path"
-            )
+        problem = not_a_readable_file(path)
+        if problem:
+            raise ModelSpecError(f"model spec {spec!r}: {problem} ({str(path.resolve())!r}); check the path")
         if lower.endswith(_ONNX_SUFFIX):
             from .onnx_model import OnnxModel
 
