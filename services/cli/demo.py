@@ -53,14 +53,14 @@ class DemoSettings(KafkaSettings):
     """Run the whole stack on one machine and watch it answer."""
 
     duration: float = setting(0.0, "Stop after this many seconds (0 = until Ctrl-C).")
-    rate: float = setting(200.0, "Requests per second sent by the load generator.")
-    budget_ms: int = setting(200, "Deadline budget of each request (ms).")
+    rate: float = setting(200.0, "Requests per second sent by the load generator.", above=0)
+    budget_ms: int = setting(200, "Deadline budget of each request (ms).", minimum=1)
     models: tuple[str, ...] = setting(
         ("champion=demo:champion", "challenger=demo:challenger", "canary=demo:canary"),
         "Models as name=spec, in schedule order (first = champion).",
     )
     partitions: int = setting(4, "Partitions of the demo topics when it creates them (kept topics keep theirs; "
-                              "`broker reset` deletes them).")
+                              "`broker reset` deletes them).", minimum=1)
     rendezvous: int = setting(1, "Rendezvous instances sharing the work (each takes some of the partitions).")
     metrics_base_port: int = setting(
         9100, "Rendezvous metrics on this port, models on the next ones (0 = no metrics endpoints).",

@@ -28,7 +28,7 @@ from rich.markup import escape
 from services.cli.spawn import service_env, spawn
 from services.control.schedule import DEFAULT_NAME
 from services.core.errors import BrokerError, ConfigError, RendezvousError
-from services.core.kafka import wait_for_broker, wait_for_groups
+from services.core.kafka import partition_counts, wait_for_broker, wait_for_groups
 from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, setting
 from services.localkafka.config import cache_dir
@@ -44,13 +44,17 @@ from services.model_worker.settings import (
 log = logging.getLogger(__name__)
 
 
+MAX_REPLICAS = 256  # processes of one deployment on one machine; beyond the requests partitions they stand by
+
+
 @dataclass(frozen=True)
 class DeploySettings(KafkaSettings):
     """Start (or stop) the workers of one model."""
 
     model: str = setting("", "deploy: model spec (demo:challenger, pkg.module:factory, model.joblib, model.onnx); "
                              "not needed to scale a running deployment, nor for `deploy rendezvous`.")
-    replicas: int = setting(1, "deploy: processes sharing the group; deploying again with another number scales it.")
+    replicas: int = setting(1, "deploy: processes sharing the group; deploying again with another number scales it.",
+                            minimum=1, maximum=MAX_REPLICAS)
     version: str = setting("", "deploy: version written on its scores (default: the model's own).")
     start_at: str = setting("", "deploy: catch up from this time (ISO, epoch ms, or e.g. 1h ago as '1h') first.")
     start_from: str = setting(
@@ -200,6 +204,7 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
         return 0
     # Said now, in one line: a replica started without a broker only says so in its own log.
     wait_for_broker(settings.librdkafka(), settings.connect_timeout_s)
+    _note_idle_replicas(settings, console)
     folder = _state_file(name).parent
     env = service_env(settings)
     started: dict[int, subprocess.Popen[bytes]] = {}
@@ -235,6 +240,19 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
         console.print(f"it scores every request; its answers are only logged until you `rendezvous promote {name}`.")
         console.print("In docker-compose, add instead:\n" + compose_block(name, settings))
     return 0
+
+
+def _note_idle_replicas(settings: DeploySettings, console: Console) -> None:
+    """More replicas than requests partitions: the group gives the extra ones nothing to read."""
+    requests = settings.topics().requests
+    try:
+        partitions = partition_counts(settings.librdkafka(), [requests], settings.connect_timeout_s)[requests]
+    except RendezvousError:
+        return  # a missing topic is said where the replicas start
+    if settings.replicas > partitions:
+        console.print(f"[yellow]note[/]: {settings.replicas} replicas for {partitions} partitions of {requests}: "
+                      f"{settings.replicas - partitions} of them stand by with nothing to read (they take over "
+                      "when another stops)")
 
 
 def _none_exited(started: dict[int, subprocess.Popen[bytes]], folder: Path) -> None:

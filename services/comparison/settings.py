@@ -16,15 +16,18 @@ class ComparisonSettings(ServiceSettings):
         300.0,
         "Length of the sliding window the gauges describe, in seconds of event time (the records' "
         "created_at; the window ends at the newest created_at seen, so a replay shows its own past).",
+        above=0,
     )
     buckets: int = setting(
-        10, "Time buckets the window is made of; the window slides by one bucket (window_s / buckets)."
+        10, "Time buckets the window is made of; the window slides by one bucket (window_s / buckets).",
+        minimum=1,
     )
-    export_interval_s: float = setting(5.0, "How often the window's gauges are recomputed (s).")
+    export_interval_s: float = setting(5.0, "How often the window's gauges are recomputed (s).", above=0)
     reference_size: int = setting(
         5000,
         "Scores of each model that form its frozen 'self' reference for drift (its first N scores "
         "seen by this process); drift gauges appear once a model has that many.",
+        minimum=1,
     )
     champion: str = setting(
         "",
@@ -40,6 +43,7 @@ class ComparisonSettings(ServiceSettings):
         50,
         "Most distinct model names (and 4x as many model/version pairs) given their own label "
         "values; later ones are counted as 'other', so a bad producer cannot explode cardinality.",
+        minimum=1,
     )
     future_tolerance_s: float = setting(
         120.0,
@@ -47,6 +51,7 @@ class ComparisonSettings(ServiceSettings):
         "it would move the window's end and expire everything else (s). The rendezvous refuses "
         "requests created more than a minute ahead of the broker's clock, and this host's may lag it; "
         "one within it moves the end by at most this much (and by at most half of --window-s).",
+        above=0,
     )
 
     def future_tolerance_ms(self) -> int:
@@ -58,7 +63,8 @@ class ComparisonSettings(ServiceSettings):
         minimum=1,
     )
     commit_interval_ms: int = setting(
-        1000, "How often the positions after the handled records are committed (ms)."
+        1000, "How often the positions after the handled records are committed (ms).",
+        minimum=1,
     )
     group: str = setting("", "Consumer group (default: <prefix>comparison).")
     start_from: str = setting(

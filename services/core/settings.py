@@ -44,17 +44,19 @@ def setting(
     split_flags: bool = True,
     minimum: float | None = None,
     maximum: float | None = None,
+    above: float | None = None,
 ) -> Any:
     """A dataclass field with its --help text and optional env/flag name overrides.
 
     `secret=True` keeps the value out of `repr()` (and so out of every log line).
     `separator` splits tuple values given in one flag or env variable (a,b,c); with
     `split_flags=False` only the env variable's (each flag is one item: it may hold the separator).
-    `minimum`/`maximum` bound a number (default: `INT_RANGE` / `FLOAT_RANGE`); `from_namespace`
+    `minimum`/`maximum` bound a number (default: `INT_RANGE` / `FLOAT_RANGE`); `above` is an
+    exclusive lower bound (a duration or a rate that must be more than 0); `from_namespace`
     refuses anything outside with one clear line, for every command.
     """
     meta = {"help": help, "env": env, "flag": flag, "separator": separator, "split_flags": split_flags,
-            "secret": secret, "minimum": minimum, "maximum": maximum}
+            "secret": secret, "minimum": minimum, "maximum": maximum, "above": above}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use tuples for sequence defaults: settings are frozen")
     return field(default=default, metadata=meta, repr=not secret)
@@ -220,7 +222,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
         default = f.default
         shown = ",".join(default) if isinstance(default, tuple) else default
         bounds = ""
-        if f.metadata.get("minimum") is not None or f.metadata.get("maximum") is not None:
+        if f.metadata.get("above") is not None:
+            bounds = f"; above {_shown(f.metadata['above'])}"
+        elif f.metadata.get("minimum") is not None or f.metadata.get("maximum") is not None:
             low, high = _bounds(f, kind)
             bounds = f"; {_shown(low)}..{_shown(high)}"
         text = f"{f.metadata.get('help', '')} [env {_env_name(f)}; default: {shown!r}{bounds}]".replace("%", "%%")
@@ -261,6 +265,9 @@ def _bounds(f: dataclasses.Field[Any], kind: Any) -> tuple[float, float]:
 
 def _check_range(name: str, value: float, f: dataclasses.Field[Any], kind: Any) -> None:
     low, high = _bounds(f, kind)
+    above = f.metadata.get("above")
+    if above is not None and value <= above:
+        raise ConfigError(f"{name} must be above {_shown(above)}, got {_shown(value)}")
     if value < low:
         raise ConfigError(f"{name} must be at least {_shown(low)}, got {_shown(value)}")
     if value > high:

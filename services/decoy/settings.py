@@ -13,8 +13,9 @@ class DecoySettings(ServiceSettings):
     """The decoy reads the requests topic like a model, scores nothing, archives the bytes."""
 
     archive_dir: str = setting("", "Directory of the archive (Avro container files + manifest.json).")
-    roll_mb: float = setting(64.0, "Seal the current file once it is this large (MiB).")
-    roll_seconds: float = setting(300.0, "Seal the current file once it is this old (s), even if nothing follows.")
+    roll_mb: float = setting(64.0, "Seal the current file once it is this large (MiB).", above=0)
+    roll_seconds: float = setting(300.0, "Seal the current file once it is this old (s), even if nothing follows.",
+                                  above=0)
     codec: str = setting("deflate", "Avro block codec of the archive files: null or deflate.")
     group: str = setting("", "Consumer group (default: <prefix>decoy).")
     start_from: str = setting("earliest", "Where a new consumer group starts: earliest or latest.")

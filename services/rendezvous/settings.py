@@ -31,18 +31,21 @@ class RendezvousSettings(ServiceSettings):
         "Model preference order when no schedule file is given, e.g. champion,challenger,canary.",
     )
     wait: tuple[str, ...] = setting((), "Per-model wait before falling back, e.g. --wait champion=50 (ms).")
-    deadline_ms: int = setting(200, "Default answer budget for requests that carry no deadline (ms).")
+    deadline_ms: int = setting(200, "Default answer budget for requests that carry no deadline (ms).", minimum=1)
     linger_ms: int = setting(
-        1000, "How long after the deadline to keep collecting scores for the comparison log (ms)."
+        1000, "How long after the deadline to keep collecting scores for the comparison log (ms).",
+        minimum=1,
     )
     orphan_grace_ms: int = setting(
-        10_000, "How long after its deadline a score may wait for its request before it is dropped (ms)."
+        10_000, "How long after its deadline a score may wait for its request before it is dropped (ms).",
+        minimum=1,
     )
     model_ttl_s: float = setting(
         30.0, "A model that sent no score for this long is no longer expected in comparison records (s)."
     )
     commit_interval_ms: int = setting(
-        100, "How often finished work is committed (ms); commits run beside the poll loop."
+        100, "How often finished work is committed (ms); commits run beside the poll loop.",
+        minimum=1,
     )
     max_batch: int = setting(1000, "Most records handled per poll.", minimum=1)
     cloudevents: bool = setting(
@@ -66,19 +69,24 @@ class RendezvousSettings(ServiceSettings):
     )
     session_timeout_ms: int = setting(
         6_000, "How long a silent instance keeps its partitions before the group moves them (ms); the broker's "
-        "group.min.session.timeout.ms (default 6000) is the lowest it accepts."
+        "group.min.session.timeout.ms (default 6000) is the lowest it accepts.",
+        minimum=1,
     )
     transaction_timeout_ms: int = setting(
-        10_000, "How long the broker keeps a dead instance's transaction open before aborting it (ms)."
+        10_000, "How long the broker keeps a dead instance's transaction open before aborting it (ms).",
+        minimum=1,
     )
     max_mailboxes: int = setting(
-        100_000, "Requests in flight before request intake pauses (resumes below 80%); bounds memory under a flood."
+        100_000, "Requests in flight before request intake pauses (resumes below 80%); bounds memory under a flood.",
+        minimum=10,
     )
     max_orphans: int = setting(
-        50_000, "Scores waiting for a request that has not arrived, at most (the oldest are dropped beyond)."
+        50_000, "Scores waiting for a request that has not arrived, at most (the oldest are dropped beyond).",
+        minimum=10,
     )
     max_budget_ms: int = setting(
-        60_000, "Longest deadline a request may ask for, from its created_at (ms); longer ones are clamped."
+        60_000, "Longest deadline a request may ask for, from its created_at (ms); longer ones are clamped.",
+        minimum=1,
     )
     reply_topics: str = setting(
         "", "Which topics may be a return address (a regular expression matched against the whole name; default: "

@@ -178,15 +178,20 @@ def test_deploy_runs_co_hosted_challengers_beside_the_champion_and_models_lists_
 
 
 def test_a_deploy_whose_replicas_are_not_ready_in_time_says_they_run_and_how_to_stop_them(
-    bootstrap: str, prefix: str
+    bootstrap: str, prefix: str, config: dict[str, Any], topics: Topics
 ) -> None:
     """It said only "not ready within 0s", exit 2: the replica went on scoring, unmentioned."""
+    from services.cli.common import ensure_topics
+
+    ensure_topics(config, topics, 4)
     name = f"slowjoin{prefix[1:7]}"
-    deployed = rendezvous("deploy", name, "--model", "demo:canary", "--wait-s", "0", "--bootstrap", bootstrap,
-                          "--topic-prefix", prefix, timeout=120)
+    deployed = rendezvous("deploy", name, "--model", "demo:canary", "--wait-s", "0", "--replicas", "5",
+                          "--bootstrap", bootstrap, "--topic-prefix", prefix, timeout=120)
     try:
-        assert_one_line_error(deployed, "not ready within 0s", f"{name}'s 1 replica(s) are started (pids [",
+        assert_one_line_error(deployed, "not ready within 0s", f"{name}'s 5 replica(s) are started (pids [",
                               f"`rendezvous undeploy {name}` stops them")
+        # and, before, that one of the five has no partition to read
+        assert f"note: 5 replicas for 4 partitions of {topics.requests}: 1 of them stand by" in deployed.stderr
     finally:
         undeployed = rendezvous("undeploy", name)
     assert undeployed.returncode == 0 and "undeployed" in undeployed.stderr

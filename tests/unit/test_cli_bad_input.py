@@ -33,11 +33,16 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (GatewaySettings, {"grpc_port": "70000"}, "--grpc-port must be at most 65535"),  # it bound another port
     (RendezvousSettings, {"max_batch": "0"}, "--max-batch must be at least 1"),
     (DemoSettings, {"models": "x=demo:nope"}, "unknown demo model 'demo:nope'"),
-    (DemoSettings, {"partitions": "0"}, "--partitions must be positive, got 0"),  # it blamed --rendezvous
+    (DemoSettings, {"partitions": "0"}, "--partitions must be at least 1, got 0"),  # it blamed --rendezvous
     # Each said one form only (a duration, or a time and an offset it refuses).
     (WorkerSettings, {"model": "demo:champion", "start_at": "yesterday"}, "expected a time (ISO like"),
     (WorkerSettings, {"model": "demo:champion", "start_at": "2024-13-01"}, "or a duration ago (90s, 10m, 2h)"),
-    (DemoSettings, {"rate": "0"}, "--rate must be positive, got 0"),
+    (DemoSettings, {"rate": "0"}, "--rate must be above 0, got 0"),
+    # -5 said "must be at least 0", 0 then "must be positive": the bound told is the one that holds.
+    (RendezvousSettings, {"deadline_ms": "-5"}, "--deadline-ms must be at least 1, got -5"),
+    (RendezvousSettings, {"deadline_ms": "0"}, "--deadline-ms must be at least 1, got 0"),
+    (RendezvousSettings, {"max_orphans": "-1"}, "--max-orphans must be at least 10, got -1"),
+    (DeploySettings, {"model": "demo:champion", "replicas": "1000"}, "--replicas must be at most 256, got 1000"),
     (DemoSettings, {"models": "=demo:champion"}, "--models expects name=spec"),
     (DemoSettings, {"models": "a=demo:champion,a=demo:canary"}, "--models names a more than once"),
     (ScheduleSetSettings, {"models": "a", "effective_in": "8d"}, "at most 7 days ahead"),
@@ -52,7 +57,8 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     # Each said "no such file" (or "no such directory") of something that exists, only not as expected.
     (GatewaySettings, {"api_keys_file": "/tmp"}, "--api-keys-file /tmp: is a directory, not a file"),
     (GatewaySettings, {"api_keys_file": "/dev/null"}, "--api-keys-file /dev/null: is not a regular file"),
-    (CompareSettings, {"html": "/etc/hostname/x.html"}, "--html /etc/hostname/x.html: /etc/hostname is not a directory"),
+    (CompareSettings, {"html": "/etc/hostname/x.html"},
+     "--html /etc/hostname/x.html: /etc/hostname is not a directory"),
     (DecoySettings, {"archive_dir": "/etc/hostname/archive"},
      "--archive-dir /etc/hostname/archive: /etc/hostname is not a directory"),
     (PromoteSettings, {"window": "forever"}, "--window: expected a duration"),
