@@ -27,6 +27,7 @@ from typing import Any
 from confluent_kafka import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
+from services.core import kafka_logs
 from services.core.errors import ConfigError
 from services.core.redaction import mask
 
@@ -77,10 +78,13 @@ class BrokerHealth:
     def mark_up(self) -> None:
         if self._down_since is not None:
             with self._lock:
-                if self._down_since is not None:
-                    log.info("broker reachable again after %.1fs", time.monotonic() - self._down_since)
-                self._down_since = None
+                down_since, self._down_since = self._down_since, None
                 BROKER_UP.set(1)
+            if down_since is not None:
+                # What the clients held back meanwhile, then the news; a later outage's first
+                # line is logged as it comes (kafka_logs).
+                kafka_logs.flush()
+                log.info("broker reachable again after %.1fs", time.monotonic() - down_since)
 
     def mark_down(self) -> None:
         with self._lock:

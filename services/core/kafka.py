@@ -22,7 +22,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka import Producer as _Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from services.core import kafka_config
+from services.core import kafka_config, kafka_logs
 from services.core.errors import (
     BrokerError,
     BrokerUnavailable,
@@ -72,8 +72,9 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 
 
 # librdkafka's own log lines go through Python logging (not straight to stderr), so the
-# services' log format and level apply to them too.
-LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+# services' log format and level apply to them too; with its error events, one line per kind of
+# event per client per period (kafka_logs).
+LIBRDKAFKA_LOG = kafka_logs.LIBRDKAFKA_LOG
 
 
 def new_client(kind: Callable[[dict[str, Any]], T], config: dict[str, Any]) -> T:
@@ -105,19 +106,6 @@ def _log_client_error(err: KafkaError) -> None:
     # librdkafka reports transient broker trouble here and retries by itself.
     level = logging.ERROR if err.fatal() else logging.WARNING
     log.log(level, "kafka client: %s", err.str())
-
-
-def _error_cb(config: Mapping[str, Any]) -> Callable[[KafkaError], None]:
-    """Log client errors, and also hand them to a caller's `error_cb` (e.g. a health tracker)."""
-    extra = config.get("error_cb")
-    if extra is None:
-        return _log_client_error
-
-    def both(err: KafkaError) -> None:
-        _log_client_error(err)
-        extra(err)
-
-    return both
 
 
 LIBRDKAFKA_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's default message.max.bytes
@@ -185,8 +173,7 @@ class Producer:
         delivered: bool = False,
         topic_limits: Mapping[str, int] | None = None,
     ):
-        merged = {**PRODUCER_DEFAULTS, **config, "error_cb": _error_cb(config), "logger": LIBRDKAFKA_LOG,
-                  "delivery.report.only.error": not delivered}
+        merged = kafka_logs.wired({**PRODUCER_DEFAULTS, **config, "delivery.report.only.error": not delivered})
         self._max_record = int(merged.get("message.max.bytes", LIBRDKAFKA_MESSAGE_MAX_BYTES))
         # topic -> the largest record it takes: the producer's limit, or the topic's own if lower.
         self._limits = {t: min(self._max_record, limit - BATCH_OVERHEAD) for t, limit in (topic_limits or {}).items()}
@@ -362,7 +349,7 @@ class Consumer:
     """A consumer with typed errors and explicit, synchronous commits."""
 
     def __init__(self, config: Mapping[str, Any]):
-        merged = {**CONSUMER_DEFAULTS, **config, "error_cb": _error_cb(config), "logger": LIBRDKAFKA_LOG}
+        merged = kafka_logs.wired({**CONSUMER_DEFAULTS, **config})
         self._config = merged
         self._consumer = new_client(_Consumer, merged)
         self._subscribed = False
@@ -535,8 +522,7 @@ def refusal(err: KafkaError, operation: str, topic: str) -> str | None:
 
 
 def admin(config: Mapping[str, Any]) -> AdminClient:
-    merged: dict[str, Any] = {**config, "error_cb": _log_client_error, "logger": LIBRDKAFKA_LOG}
-    return new_client(AdminClient, merged)
+    return new_client(AdminClient, kafka_logs.wired(dict(config)))
 
 
 class _QuietLog:
@@ -861,10 +847,10 @@ def reader(
     """A short-lived native groupless consumer that reads partitions or asks for ends.
     `committed`: read_committed (stops at an open transaction) or read_uncommitted (everything
     written)."""
-    return new_client(_Consumer, {
+    return new_client(_Consumer, kafka_logs.wired({
         **FETCH_AHEAD, **groupless(config, purpose),
         "isolation.level": "read_committed" if committed else "read_uncommitted", **(extra or {}),
-    })
+    }))
 
 
 def end_offsets(

@@ -42,6 +42,7 @@ from confluent_kafka import Consumer as _NativeConsumer
 from confluent_kafka import KafkaException, Message, TopicPartition
 from confluent_kafka import Producer as _NativeProducer
 
+from services.core import kafka_logs
 from services.core.codec import codec
 from services.core.control_records import is_control_record
 from services.core.errors import BadInput, RendezvousError
@@ -100,7 +101,7 @@ class Mark:
 def fence(config: Mapping[str, Any], transactional_id: str, timeout_s: float = 10.0) -> bool:
     """End whatever transaction `transactional_id` left open (its owner is gone): a producer
     registering the same id makes the coordinator abort it now instead of at its timeout."""
-    producer = _NativeProducer({**config, "transactional.id": transactional_id})
+    producer = _NativeProducer(kafka_logs.wired({**config, "transactional.id": transactional_id}))
     try:
         producer.init_transactions(timeout_s)
         return True
@@ -120,7 +121,8 @@ def committed_offsets(
     librdkafka retry until its timeout) while a transaction holding offsets for those partitions
     is open; `stable=False` gets the last *completed* commit at once."""
     isolation = "read_committed" if stable else "read_uncommitted"
-    probe = _NativeConsumer({**config, "group.id": group, "enable.auto.commit": False, "isolation.level": isolation})
+    probe = _NativeConsumer(kafka_logs.wired({**config, "group.id": group, "enable.auto.commit": False,
+                                               "isolation.level": isolation}))
     try:
         result: list[TopicPartition] = probe.committed(partitions, timeout=timeout_s)
         return result

@@ -8,6 +8,7 @@ import pytest
 from confluent_kafka import KafkaError
 
 from services.core import kafka_logs
+from services.core.health import BrokerHealth
 from services.core.kafka_logs import ClientLog, normalise, wired
 
 REFUSED = ("127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed: Connection refused "
@@ -165,6 +166,20 @@ def test_flush_says_what_was_held_back_and_the_next_outage_is_logged_at_once(
     assert len(lines(caplog)) == 2, "nothing held back: nothing to say"
     as_librdkafka(client, refused_line())
     assert len(lines(caplog)) == 3, "the first line after the broker came back is logged as it comes"
+
+
+def test_broker_health_coming_back_flushes_the_clients(clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    health = BrokerHealth()
+    client = ClientLog(health.error_cb, clock=clock)
+    client.error_cb(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
+    for _ in range(3):
+        client.error_cb(refused_error())
+    assert not health.up, "the caller's error_cb still hears of every error"
+    health.mark_up()
+    said = [r.getMessage() for r in caplog.records]
+    assert said[-1].startswith("broker reachable again after")
+    assert f"kafka client: {REFUSED.format(ms=0, more='')} (repeated 2 times in the last 0 s)" in said[:-1]
 
 
 def test_the_caller_error_cb_hears_every_error_even_held_back_ones(clock: Clock) -> None:
