@@ -188,14 +188,17 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
     leaving commits its finished work first, so nothing is lost or scored twice)."""
     check_name(name)
     replicas = _replicas(name)
-    if replicas:
-        state = _state(name)
+    state = _state(name)
+    if replicas or (state.get("model") and not settings.model):
         running = (state.get("model", ""), state.get("version", ""), tuple(state.get("co_host", ())))
         given = (settings.model, settings.version, tuple(settings.co_host))
-        if any(value and value != now for value, now in zip(given, running, strict=True)):
+        if replicas and any(value and value != now for value, now in zip(given, running, strict=True)):
             # Replicas of one group must score alike: a new model is a new deployment (or undeploy first).
             raise ConfigError(f"{name} runs {running[0]!r} (version {running[1] or 'default'}): deploy another "
                               f"model under another name, or `rendezvous undeploy {name}` first")
+        if not replicas:  # every replica exited (killed, crashed): started again as it was deployed
+            console.print(f"{name}: none of its replicas runs any more; starting it again as deployed "
+                          f"({running[0]})")
         settings = dataclasses.replace(settings, model=running[0], version=running[1], co_host=running[2])
     if name != RENDEZVOUS and not replicas:
         _check_models(name, settings)
@@ -348,6 +351,10 @@ def cmd_undeploy(name: str, console: Console, timeout_s: float = 20.0,
                  settings: UndeploySettings | None = None) -> int:
     pids = running_pids(name)
     if not pids:
+        if _state_file(name).exists():  # deployed, but every replica has exited: only its record is left
+            _state_file(name).unlink()
+            console.print(f"undeployed {name}: none of its replicas was running any more (they had exited)")
+            return 0
         raise ConfigError(f"{name} is not deployed on this machine: nothing to undeploy")
     if settings is not None and not settings.force and name != RENDEZVOUS:
         _check_not_preferred(name, settings, console)

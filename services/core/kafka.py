@@ -611,7 +611,8 @@ def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> 
         if time.monotonic() >= deadline:
             raise BrokerUnavailable(
                 f"no Kafka broker answered at {bootstrap!r} within {timeout:.0f}s "
-                f"({last}); start one with `rendezvous broker start` or pass --bootstrap"
+                f"({last}); start one with `rendezvous broker start`, or check --bootstrap (and, for a "
+                "cluster that wants TLS or SASL, --kafka-config security.protocol=...)"
             )
 
 

@@ -129,6 +129,25 @@ class Topics:
         return cls(**names)
 
 
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def check_bootstrap(bootstrap: str) -> None:
+    """--bootstrap as librdkafka reads it: host[:port] entries, comma-separated (a typo such as an
+    empty entry or a trailing ':' was waited on for --connect-timeout-s, then blamed on no broker)."""
+    if not bootstrap:
+        return  # the local broker
+    for entry in bootstrap.split(","):
+        address = entry.strip().split("://", 1)[-1]  # PLAINTEXT://host:port is accepted too
+        if ":" not in address or address.endswith("]"):  # a host alone ([::1] too), on the default port
+            host, port = address, "9092"
+        else:
+            host, _, port = address.rpartition(":")
+        if not host.strip("[]") or not _PORT.fullmatch(port) or not 0 < int(port) <= MAX_PORT:
+            raise ConfigError(f"--bootstrap {bootstrap!r}: expected host:port entries separated by commas, "
+                              f"got {entry.strip()!r}")
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
     """Connection settings shared by every service and the CLI."""
@@ -336,6 +355,7 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
     settings = cls(**values)
     try:
         if isinstance(settings, KafkaSettings):
+            check_bootstrap(settings.bootstrap)
             settings.librdkafka()
             settings.topics()
         validate = getattr(settings, "validate", None)

@@ -197,6 +197,42 @@ def test_a_deploy_whose_replicas_are_not_ready_in_time_says_they_run_and_how_to_
     assert undeployed.returncode == 0 and "undeployed" in undeployed.stderr
 
 
+def test_a_deployment_whose_replicas_all_exited_is_started_again_or_undeployed_by_its_name(
+    bootstrap: str, prefix: str, config: dict[str, Any], topics: Topics
+) -> None:
+    """Both said it did not exist: "deploy needs --model SPEC", "not deployed on this machine"."""
+    import os
+    import signal
+
+    from services.cli.common import ensure_topics
+    from services.cli.deploy import _alive, running_pids
+
+    ensure_topics(config, topics, 4)
+    name, common = f"crashy{prefix[1:7]}", ("--bootstrap", bootstrap, "--topic-prefix", prefix)
+
+    def kill_all() -> None:
+        pids = running_pids(name)
+        assert pids
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not any(_alive(pid) for pid in pids), 30, "the replicas to die")
+
+    first = rendezvous("deploy", name, "--model", "demo:canary", "--wait-s", "120", *common, timeout=180)
+    try:
+        assert first.returncode == 0, first.stderr
+        kill_all()
+        again = rendezvous("deploy", name, "--wait-s", "120", *common, timeout=180)
+        assert again.returncode == 0, again.stderr
+        assert f"{name}: none of its replicas runs any more; starting it again as deployed (demo:canary)" \
+            in again.stderr
+        assert len(running_pids(name)) == 1
+        kill_all()
+    finally:
+        undeployed = rendezvous("undeploy", name)
+    assert undeployed.returncode == 0, undeployed.stderr
+    assert f"undeployed {name}: none of its replicas was running any more" in undeployed.stderr
+
+
 def test_a_new_model_catches_up_on_history_before_joining_live_traffic(
     services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
 ) -> None:

@@ -39,6 +39,11 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (WorkerSettings, {"model": "demo:champion", "start_at": "2024-13-01"}, "or a duration ago (90s, 10m, 2h)"),
     (DemoSettings, {"rate": "0"}, "--rate must be above 0, got 0"),
     # -5 said "must be at least 0", 0 then "must be positive": the bound told is the one that holds.
+    # Each was waited on for 15 s, then blamed on no broker answering ("or pass --bootstrap").
+    (RendezvousSettings, {"bootstrap": ",,,"}, "--bootstrap ',,,': expected host:port entries"),
+    (RendezvousSettings, {"bootstrap": "127.0.0.1:29743:"}, "got '127.0.0.1:29743:'"),
+    (RendezvousSettings, {"bootstrap": "a:9092,b:port"}, "got 'b:port'"),
+    (RendezvousSettings, {"bootstrap": "a:99999"}, "got 'a:99999'"),
     (RendezvousSettings, {"deadline_ms": "-5"}, "--deadline-ms must be at least 1, got -5"),
     (RendezvousSettings, {"deadline_ms": "0"}, "--deadline-ms must be at least 1, got 0"),
     (RendezvousSettings, {"max_orphans": "-1"}, "--max-orphans must be at least 10, got -1"),
