@@ -349,6 +349,7 @@ class UndeploySettings(KafkaSettings):
 
 def cmd_undeploy(name: str, console: Console, timeout_s: float = 20.0,
                  settings: UndeploySettings | None = None) -> int:
+    check_name(name)
     pids = running_pids(name)
     if not pids:
         if _state_file(name).exists():  # deployed, but every replica has exited: only its record is left

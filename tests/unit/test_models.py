@@ -328,6 +328,22 @@ def test_module_factory_spec(monkeypatch: pytest.MonkeyPatch) -> None:
         load_model("rdv_test_models:missing")
 
 
+def test_a_factory_models_feature_names_may_be_a_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A list was refused ("must be a non-empty tuple ... got ['x']"), the README asking only for feature_names."""
+    from services.model_worker.models.base import model_signature
+
+    listed, empty = _ConstantModel(), _ConstantModel()
+    listed.feature_names, empty.feature_names = ["x", "y"], []  # type: ignore[assignment]
+    module = types.ModuleType("rdv_test_listed")
+    module.listed, module.empty = (lambda: listed), (lambda: empty)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "rdv_test_listed", module)
+    model = load_model("rdv_test_listed:listed")
+    assert model_signature(model).names == ("x", "y")
+    assert features_to_matrix([{"x": 1.0, "y": 2.0}], model.feature_names).tolist() == [[1.0, 2.0]]
+    with pytest.raises(ModelSpecError, match=r"non-empty tuple or list of distinct strings after load\(\), got \[\]"):
+        load_model("rdv_test_listed:empty")
+
+
 def test_module_factory_spec_for_a_demo_factory() -> None:
     model = load_model("services.model_worker.models.demo:champion")
     assert (model.name, model.version) == ("champion", "logreg-1")

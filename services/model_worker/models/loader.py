@@ -150,12 +150,12 @@ def _factory(spec: str) -> Model:
 def _check_feature_names(spec: str, model: Model) -> None:
     names = model.feature_names
     if (
-        not isinstance(names, tuple)
+        not isinstance(names, (tuple, list))  # a list reads as well everywhere (it was refused)
         or not names
         or not all(isinstance(n, str) for n in names)
         or len(set(names)) != len(names)
     ):
         raise ModelSpecError(
-            f"model spec {spec!r}: feature_names must be a non-empty tuple of distinct strings after "
+            f"model spec {spec!r}: feature_names must be a non-empty tuple or list of distinct strings after "
             f"load(), got {names!r}"
         )
