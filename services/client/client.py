@@ -176,6 +176,10 @@ class Waiting(Future[Answer]):
         self.request_id = request_id
 
 
+PRODUCER_ONLY = frozenset({"message.timeout.ms", "delivery.timeout.ms", "linger.ms", "queue.buffering.max.ms",
+                           "acks", "request.required.acks", "compression.type", "enable.idempotence"})
+
+
 class Client:
     """A scoring client: `score()` (sync), `submit()` (a Future), `score_many()`, `ascore()`."""
 
@@ -209,6 +213,9 @@ class Client:
         # A request the broker refused fails its own caller, not the next one to send (every topic
         # soft: its failure goes to `_undelivered`, never raised by a later produce).
         self._producer = Producer(config, soft_topics=lambda _topic: True, on_soft_failure=self._undelivered)
+        # The producer's settings given for the requests (a gateway's message.timeout.ms) are not the
+        # reader's: librdkafka warned of each at every start ("a producer property and will be ignored").
+        reader_config = {k: v for k, v in config.items() if k not in PRODUCER_ONLY}
         # request_id -> waiters (future, reply partition): the same id may be in flight twice.
         self._pending: dict[str, list[tuple[Future[Answer], int]]] = {}
         self._lock = threading.Lock()
@@ -218,7 +225,7 @@ class Client:
             self.reply_partition: int | None = (
                 random.randrange(partitions) if reply_partition is None else reply_partition
             )
-            self._consumer = Consumer(groupless(config, "client"))
+            self._consumer = Consumer(groupless(reader_config, "client"))
             self._start_reading(self.reply_partition)
             self._owned: tuple[int, ...] = (self.reply_partition,)
         else:
@@ -226,7 +233,7 @@ class Client:
             self._owned = ()
             # Cooperative rebalancing: a member joining or leaving moves only the partitions it
             # must, so the other members' requests in flight are not failed by every rebalance.
-            self._consumer = Consumer({**config, "group.id": reply_group,
+            self._consumer = Consumer({**reader_config, "group.id": reply_group,
                                        "partition.assignment.strategy": "cooperative-sticky"})
             self._consumer.subscribe([topics.replies], on_assign=self._on_assign,
                                      on_revoke=self._on_revoke, on_lost=self._on_revoke)

@@ -163,4 +163,7 @@ def describe_refusal(text: str, config: Mapping[str, Any]) -> str:
     cleaned = _QUOTED.sub(keep_or_mask, text)
     unknown = [k for k in config if k not in KNOWN and safe_key(k) and f'"{k}"' in cleaned]
     hints = [f"{k}: did you mean {m[0]}?" for k in unknown if (m := difflib.get_close_matches(k, KNOWN, n=1))]
+    if cleaned.startswith("No such configuration property") and f'"{MASK}"' in cleaned:
+        hints.append("a key that does not look like a librdkafka property (lower-case, dotted: sasl.mechanism) "
+                     "is not shown, in case it is a secret typed in the wrong place")
     return cleaned + (f" ({'; '.join(hints)})" if hints else "")

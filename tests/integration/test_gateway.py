@@ -621,3 +621,5 @@ def test_readiness_and_liveness_conventions(stack: Stack) -> None:
     status, text = curl(stack.a, "DELETE", "/v2/models/default/infer")
     assert status == 405 and json.loads(text)["error"].startswith("method DELETE not allowed here")
 
+    # Its start logged one librdkafka warning, about its own settings: a producer's given to a reader.
+    assert "producer property and will be ignored" not in (stack.tmp / "gateway-a.log").read_text()

@@ -151,3 +151,17 @@ def test_schedule_set_refuses_a_file_naming_another_schedule_than_the_one_it_cha
         _draft_from_flags(from_namespace(ScheduleSetSettings, None, file=str(path)), None)
     draft = _draft_from_flags(from_namespace(ScheduleSetSettings, None, file=str(path), schedule_name="prod"), None)
     assert (draft.name, draft.models) == ("prod", ("champion",))
+
+
+def test_a_refused_key_that_is_not_shown_says_why() -> None:
+    """It said only 'No such configuration property: "***"', hiding the key typed (a=1)."""
+    from services.core.kafka import Consumer
+
+    with pytest.raises(ConfigError) as refused:
+        Consumer({"bootstrap.servers": "127.0.0.1:1", "group.id": "g", "hunter2": "1"})
+    assert "hunter2" not in str(refused.value)
+    assert 'No such configuration property: "***" (a key that does not look like a librdkafka property' \
+        in str(refused.value)
+    with pytest.raises(ConfigError, match=r'"sasl.mechansim".*did you mean sasl.mechanism\?') as typo:
+        Consumer({"bootstrap.servers": "127.0.0.1:1", "group.id": "g", "sasl.mechansim": "PLAIN"})
+    assert "is not shown" not in str(typo.value)
