@@ -55,6 +55,14 @@ def topic_specs(topics: Topics, partitions: int) -> dict[str, tuple[int, Mapping
     }
 
 
+def messages() -> Any:
+    """A rich Console for a command's messages, on stderr. Piped, its lines are not wrapped at 80
+    columns (rich's guess without a terminal): a wrapped line split a command to copy in two."""
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=not sys.stderr.isatty())
+
+
 def ensure_topics(config: Mapping[str, Any], topics: Topics, partitions: int) -> list[str]:
     return create_topics(config, topic_specs(topics, partitions))
 

@@ -9,14 +9,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.console import Console
 
-from services.cli.common import run_service, with_bootstrap
+from services.cli.common import messages, run_service, with_bootstrap
 from services.core.settings import from_namespace
 
 
 def _console() -> Console:
-    from rich.console import Console
-
-    return Console(stderr=True)
+    return messages()
 
 
 def _stdout() -> Console:

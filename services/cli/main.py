@@ -24,7 +24,14 @@ from typing import NoReturn
 
 from confluent_kafka import KafkaException
 
-from services.cli.common import ensure_topics, kept_partition_counts, run_service, setup_logging, with_bootstrap
+from services.cli.common import (
+    ensure_topics,
+    kept_partition_counts,
+    messages,
+    run_service,
+    setup_logging,
+    with_bootstrap,
+)
 from services.core.errors import ConfigError, RendezvousError
 from services.core.redaction import mask
 from services.core.runtime import stop_with_parent
@@ -46,11 +53,9 @@ class TopicSettings(KafkaSettings):
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from services.localkafka.broker import reset_background, start_background, status_background, stop_background
 
-    console = Console(stderr=True)
+    console = messages()
     if args.action == "start":
         broker = start_background(progress=console.print, fresh=True if args.fresh else None, tls=args.tls)
         print(broker.bootstrap)  # noqa: T201 - the command's output, for scripts

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from rich.console import Console
 
+from services.cli.common import messages
 from services.compare_report import Report
 from services.compare_report.columns import Columns
 from services.compare_report.summary import summarize
@@ -237,7 +238,7 @@ def _comparison(
 
 
 def run_replay(settings: ReplaySettings, console: Console) -> int:
-    err = Console(stderr=True)
+    err = messages()
     with err.status("replaying ...") as status:
         result = replay(settings, progress=lambda what: status.update(f"replaying: {what}"))
     if settings.format == "json":
