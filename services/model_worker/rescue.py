@@ -288,11 +288,11 @@ def run(config: RescueConfig) -> int:
             deadline.daemon = True
             deadline.start()
             ok = rescue(config, snap, board)
+            deadline.cancel()  # it bounds the rescue's Kafka calls, which are over
             if ok is not None:
                 break
             # Stood down: the worker goes on, and so does the watch (with the flag left set, the
             # in-process watchdog would stand down for good, and with no rescue left either).
-            deadline.cancel()
             board.release()
         kill(config.parent)
         unlink(config.board)  # the worker cannot any more

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -176,6 +177,13 @@ def test_a_rescue_that_stood_down_releases_the_batch_and_watches_on(
         return outcomes.pop(0)
 
     monkeypatch.setattr(module, "rescue", rescue)
+    before = set(threading.enumerate())
     assert module.run(config) == 0
+    # No give-up timer left running: armed for GIVE_UP_AFTER_S, it kills the parent and exits the
+    # process it runs in (it ended a test run's worker 150 s after this test).
+    timers = [t for t in threading.enumerate() if t not in before and isinstance(t, threading.Timer)]
+    for timer in timers:
+        timer.join(5)  # a cancelled one ends at once
+    assert not [t for t in timers if t.is_alive()]
     assert watching == [False, False]  # released when it stood down
     assert flags_seen == [True, True] and killed == [4242]  # the second batch taken, then the worker killed
