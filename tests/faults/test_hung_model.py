@@ -1,9 +1,15 @@
-"""A model stuck for good on one batch: its requests get error Scores, a fresh worker reads on."""
+"""A model stuck for good on one batch: its requests get error Scores, a fresh worker reads on.
+
+Stuck in Python or in C code that releases the interpreter lock, the worker's own watchdog acts
+(exit code 70); stuck holding the lock, no thread of the worker runs, and its rescue process acts
+from outside (error Scores and the commit in one transaction, then SIGKILL)."""
 
 from __future__ import annotations
 
+import signal
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +29,32 @@ from tests.integration.harness import read_topic
 pytestmark = pytest.mark.kafka
 
 
+@dataclass(frozen=True)
+class Stuck:
+    factory: str  # in tests.faults.hanging_model
+    model: str  # the name it scores under
+    exit_code: int
+    error: str  # of its error Score
+    log_says: str  # who acted
+    log_lacks: str  # who could not
+
+
+IN_PYTHON = Stuck("factory", "hang", EXIT_MODEL_HUNG, "model hang did not answer within 2 s",
+                  "has not scored a batch", "held the interpreter lock")
+HOLDING_THE_GIL = Stuck("gil_factory", "gil", -signal.SIGKILL,
+                        "model gil did not answer within 2 s (stuck holding the interpreter lock)",
+                        "held the interpreter lock", "has not scored a batch")
+
+
+@pytest.fixture(params=[IN_PYTHON, HOLDING_THE_GIL], ids=["in-python", "holding-the-gil"])
+def stuck(request: pytest.FixtureRequest) -> Stuck:
+    return request.param  # type: ignore[no-any-return]
+
+
 @pytest.fixture
-def worker(tmp_path: Path, bootstrap: str, prefix: str) -> Iterator[Proc]:
+def worker(tmp_path: Path, bootstrap: str, prefix: str, stuck: Stuck) -> Iterator[Proc]:
     proc = Proc(["model", "serve", "--bootstrap", bootstrap, "--topic-prefix", prefix,
-                 "--model", "tests.faults.hanging_model:factory", "--co-host", "champion=demo:champion",
+                 "--model", f"tests.faults.hanging_model:{stuck.factory}", "--co-host", "champion=demo:champion",
                  "--predict-timeout-s", "2"], tmp_path / "worker.log")
     yield proc
     proc.stop()
@@ -44,7 +72,7 @@ def send(config: dict[str, Any], topic: str, rows: list[dict[str, float]]) -> li
 
 
 def test_a_model_stuck_on_a_batch_gets_it_answered_with_errors_and_a_fresh_worker_reads_on(
-    worker: Proc, topics: Topics, config: dict[str, Any]
+    worker: Proc, stuck: Stuck, topics: Topics, config: dict[str, Any]
 ) -> None:
     rows = demo_rows(30, seed=5)
     worker.start()
@@ -52,7 +80,9 @@ def test_a_model_stuck_on_a_batch_gets_it_answered_with_errors_and_a_fresh_worke
     until(lambda: worker.metric("rdv_model_scores_total", model="champion") >= 10, 60, "the first requests scored")
 
     hostile = send(config, topics.requests, [{**rows[10], DEMO_FEATURES[0]: HANG_AT}])[0]
-    assert worker.wait(60) == EXIT_MODEL_HUNG, worker.tail()
+    assert worker.wait(60) == stuck.exit_code, worker.tail()
+    log = worker.log_file.read_text(errors="replace")
+    assert stuck.log_says in log and stuck.log_lacks not in log, worker.tail()
 
     worker.start()  # as its supervisor would: it must read on after the batch, not hang on it again
     after = send(config, topics.requests, rows[11:30])
@@ -63,9 +93,9 @@ def test_a_model_stuck_on_a_batch_gets_it_answered_with_errors_and_a_fresh_worke
     scores: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for score in read_topic(config, topics.scores, expect=2 * (len(before) + 1 + len(after)), decode="score"):
         scores[(score["request_id"], score["model"])].append(score)
-    stuck, skipped = scores[(hostile, "hang")], scores[(hostile, "champion")]
-    assert [s["error"] for s in stuck] == ["model hang did not answer within 2 s"]
-    assert [s["error"] for s in skipped] == ["not scored: co-hosted model hang hung on this batch"]
+    assert [s["error"] for s in scores[(hostile, stuck.model)]] == [stuck.error]
+    assert [s["error"] for s in scores[(hostile, "champion")]] == [
+        f"not scored: co-hosted model {stuck.model} hung on this batch"]
     for request_id in before + after:
-        for model in ("hang", "champion"):
+        for model in (stuck.model, "champion"):
             assert any(s["error"] is None for s in scores[(request_id, model)]), (request_id, model)

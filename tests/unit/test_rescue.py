@@ -1,4 +1,4 @@
-"""The rescue process's shared memory and when it acts (the rescue itself: tests/faults/test_gil_held_model.py)."""
+"""The rescue process's shared memory and when it acts (the rescue itself: tests/faults/test_hung_model.py)."""
 
 from __future__ import annotations
 
