@@ -32,6 +32,7 @@ from services.cli.common import (
     setup_logging,
     with_bootstrap,
 )
+from services.cli.examples import describe
 from services.core.errors import ConfigError, RendezvousError
 from services.core.redaction import mask
 from services.core.runtime import stop_with_parent
@@ -296,6 +297,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     lifecycle_commands.register(commands, selection)
     acl_command.register(commands, selection)
     registry_command.register(commands, selection)
+    describe(parser)
     return parser
 
 

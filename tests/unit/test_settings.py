@@ -165,3 +165,25 @@ def test_a_refused_key_that_is_not_shown_says_why() -> None:
     with pytest.raises(ConfigError, match=r'"sasl.mechansim".*did you mean sasl.mechanism\?') as typo:
         Consumer({"bootstrap.servers": "127.0.0.1:1", "group.id": "g", "sasl.mechansim": "PLAIN"})
     assert "is not shown" not in str(typo.value)
+
+
+def test_every_example_in_the_help_parses_and_every_subcommand_has_a_description(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--help` of send, compare, models, deploy, promote and others showed only usage and options."""
+    import shlex
+
+    from services.cli.examples import EXAMPLES
+    from services.cli.main import build_parser
+
+    for path, lines in EXAMPLES.items():
+        for line in lines:
+            argv = shlex.split(line.split("  #")[0])[1:]  # without `rendezvous` and the comment
+            assert argv[: len(path)] == list(path), line
+            build_parser(argv).parse_args(argv)  # a flag that does not exist exits (SystemExit 2)
+    for command in ("send", "compare", "models", "deploy x", "promote x", "schedule set", "acl show"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*command.split(), "--help"])
+        text = capsys.readouterr().out
+        description = text.split("\n\n")[1]  # what follows the usage
+        assert not description.startswith(("options:", "positional arguments:")), text[:400]
