@@ -28,7 +28,7 @@ from services.control.schedule import DEFAULT_DEADLINE_MS, Schedule
 from services.control.topic import ScheduleBook, load_book, publish
 from services.core.errors import ConfigError
 from services.core.kafka import consumer_groups, group_lag
-from services.core.ranges import format_duration_ms, parse_duration_ms
+from services.core.ranges import format_duration_ms, format_ms, parse_duration_ms
 from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, check_format, parse_pairs, setting
 from services.model_worker.settings import model_group, model_groups
@@ -208,6 +208,9 @@ def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule,
     return schedule
 
 
+TIMES = ("effective_at", "created_at")  # epoch ms in the Schedule record: shown with their UTC time too
+
+
 def cmd_schedule_show(settings: ScheduleViewSettings, console: Console, tables: Console) -> int:
     """The schedule in force: JSON or a table on stdout (`tables`), notes on `console` (stderr)."""
     book = _book(settings)
@@ -220,11 +223,13 @@ def cmd_schedule_show(settings: ScheduleViewSettings, console: Console, tables: 
         table.add_column("field")
         table.add_column("value")
         for field, value in current.to_dict().items():
-            table.add_row(field, Text(", ".join(value) if isinstance(value, list) else
-                                      json.dumps(value) if isinstance(value, dict) else str(value)))
+            shown = (", ".join(value) if isinstance(value, list) else json.dumps(value) if isinstance(value, dict)
+                     else f"{value} ({format_ms(value)})" if field in TIMES and value else str(value))
+            table.add_row(field, Text(shown))
         tables.print(table)
     if in_force.version != current.version:
-        console.print(f"v{current.version} takes effect at {current.effective_at}; v{in_force.version} governs now")
+        console.print(f"v{current.version} takes effect at {format_ms(current.effective_at)}; v{in_force.version} "
+                      "governs now")
     return 0
 
 
@@ -235,11 +240,12 @@ def cmd_schedule_history(settings: ScheduleViewSettings, console: Console) -> in
         _print_json([s.to_dict() for s in book.versions])
         return 0
     table = Table(title=Text(f"schedule {book.name!r} history"))
-    for column in ("version", "effective at (ms)", "models", "waits", "traffic", "comment"):
+    for column in ("version", "effective at (UTC)", "models", "waits", "traffic", "comment"):
         table.add_column(column)
     for s in book.versions:
         traffic = f"{s.traffic_model}={s.traffic_fraction}" if s.traffic_model else ""
-        table.add_row(str(s.version), str(s.effective_at), Text(", ".join(s.models)),
+        effective = format_ms(s.effective_at) if s.effective_at else "always"
+        table.add_row(str(s.version), effective, Text(", ".join(s.models)),
                       Text(json.dumps(dict(s.waits_ms)) if s.waits_ms else ""), Text(traffic), Text(s.comment))
     console.print(table)
     return 0

@@ -13,6 +13,7 @@ from services.client.client import Client, make_request
 from services.control.schedule import Schedule
 from services.control.topic import encode_schedule, load_book
 from services.core.codec import codec
+from services.core.ranges import format_ms
 from services.core.runtime import now_ms
 from services.core.settings import Topics
 from services.model_worker.models import demo_rows
@@ -103,6 +104,10 @@ def test_malformed_forged_or_unknown_model_schedules_are_refused_and_the_old_one
         assert shown.returncode == 0 and json.loads(shown.stdout)["version"] == 1, shown.stdout + shown.stderr
         table = rendezvous("schedule", "show", *where)
         assert table.returncode == 0 and "schedule 'default' v1" in table.stdout, table.stdout + table.stderr
+        created = json.loads(shown.stdout)["created_at"]  # and its times readable, beside their epoch ms
+        assert f"{created} ({format_ms(created)})" in table.stdout, table.stdout
+        history = rendezvous("schedule", "history", *where)
+        assert history.returncode == 0 and "effective at (UTC)" in history.stdout, history.stdout + history.stderr
 
         after = client.score(demo_rows(1, seed=2)[0])
     assert (after.schedule_version, after.model, after.status) == (1, "champion", "OK")
