@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import time
@@ -35,6 +34,7 @@ from services.localkafka.config import cache_dir
 from services.model_worker.models import load_model
 from services.model_worker.settings import (
     check_co_hosted_names,
+    check_model_name,
     model_group,
     parse_co_host,
     parse_start_at,
@@ -172,15 +172,8 @@ def _check_models(name: str, settings: DeploySettings) -> None:
         load_model(spec, trust_model_file=settings.trust_model_file)
 
 
-# A deployment's name is a folder under the cache and its group's name: 'a/b' made nested
-# folders, and 'a+b' the group of model a co-hosting b.
-DEPLOYMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-
 def check_name(name: str) -> None:
-    if not DEPLOYMENT_NAME.fullmatch(name):
-        raise ConfigError(f"deployment name {name[:120]!r}: use letters, digits, '.', '_' and '-' (at most 100, "
-                          "starting with a letter or digit)")
+    check_model_name(name, "deployment name")
 
 
 def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:

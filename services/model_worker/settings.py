@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass
 
@@ -22,6 +23,17 @@ def trust_model_file_setting() -> bool:
     return value
 
 
+# A model's name is part of its consumer group's and of a deployment's folder name: 'a b' made the
+# group "rdv.model.a b", 'a/b' nested folders, and 'a+b' the group of model a co-hosting b.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_model_name(name: str, what: str) -> None:
+    if not MODEL_NAME.fullmatch(name):
+        raise ConfigError(f"{what} {name[:120]!r}: use letters, digits, '.', '_' and '-' (at most 100, starting "
+                          "with a letter or digit)")
+
+
 def parse_co_host(items: tuple[str, ...]) -> list[tuple[str, str]]:
     """--co-host NAME=SPEC,... as (name, spec) pairs; a one-line error for anything else."""
     pairs = []
@@ -29,6 +41,7 @@ def parse_co_host(items: tuple[str, ...]) -> list[tuple[str, str]]:
         name, _, spec = item.partition("=")
         if not name.strip() or not spec.strip():
             raise ConfigError(f"--co-host expects NAME=SPEC (e.g. challenger=demo:challenger), got {item!r}")
+        check_model_name(name.strip(), "--co-host name")
         pairs.append((name.strip(), spec.strip()))
     return pairs
 
@@ -103,6 +116,8 @@ class WorkerSettings(ServiceSettings):
             raise ConfigError(f"--max-batch must be >= 1, got {self.max_batch}")
         if self.start_from not in ("earliest", "latest"):
             raise ConfigError(f"--start-from must be earliest or latest, got {self.start_from!r}")
+        if self.name:
+            check_model_name(self.name, "--name")
         self.start_at_ms(runtime.now_ms())
         self.co_hosted()
 

@@ -73,6 +73,9 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     # It ran, "catching up from 4070908800000": a new group would have scored nothing till 2099.
     (DeploySettings, {"model": "demo:champion", "start_at": "2099-01-01"}, "--start-at 2099-01-01 is in the future"),
     (WorkerSettings, {"model": "demo:champion", "start_at": "4070908800000"}, "is in the future"),
+    # deploy refused such names, model serve took them ("rdv.model.a b" as its group).
+    (WorkerSettings, {"model": "demo:champion", "name": "a b"}, "--name 'a b': use letters, digits"),
+    (WorkerSettings, {"model": "demo:champion", "co_host": "c/d=demo:canary"}, "--co-host name 'c/d': use letters"),
     (DeploySettings, {"model": "demo:champion", "start_from": "now"}, "--start-from must be earliest or latest"),
     (RendezvousSettings, {"topic": "requests=rdv.scores"}, "requests and scores would both be 'rdv.scores'"),
     (RendezvousSettings, {"topic_prefix": "my prefix/"}, "not a topic name Kafka accepts"),
