@@ -167,11 +167,7 @@ def _contents(name: str, datatype: str, shape: tuple[int, ...], contents: Any) -
     field = CONTENTS.get(datatype)
     if field is None:
         raise InvalidInput(f"input '{name}': {datatype} data must come as raw_input_contents")
-    values = list(getattr(contents, field))
-    if len(values) != oip.elements(shape):
-        raise InvalidInput(f"input '{name}': {len(values)} values in {field} for shape {list(shape)}")
-    oip.check_values(name, datatype, values)  # as sent: an INT64's int is compared exactly
-    return [float(v) for v in values]
+    return oip.from_numbers(name, datatype, shape, list(getattr(contents, field)), f"in {field} ")
 
 
 def _param(value: Any) -> Any:

@@ -173,8 +173,15 @@ def from_list(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> li
         numbers = _numbers((value for row in data for value in row), name)
     else:
         numbers = _numbers(data, name)
+    return from_numbers(name, datatype, shape, numbers)
+
+
+def from_numbers(name: str, datatype: str, shape: tuple[int, ...], numbers: list[int | float], where: str = "") -> (
+        list[float]):
+    """Numbers as sent (JSON's, gRPC contents') as a tensor's elements: as many as the shape says,
+    each checked as sent (an INT64's int exactly: as a double, 2^63 - 1 reads as 2^63)."""
     if len(numbers) != elements(shape):
-        raise InvalidInput(f"input '{name}': {len(numbers)} values for shape {list(shape)} "
+        raise InvalidInput(f"input '{name}': {len(numbers)} values {where}for shape {list(shape)} "
                            f"({elements(shape)} expected)")
     check_values(name, datatype, numbers)
     return [float(v) for v in numbers]
