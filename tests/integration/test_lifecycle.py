@@ -302,7 +302,7 @@ def test_deploy_scales_a_model_mid_stream_without_losing_or_double_scoring(
 
 @pytest.mark.parametrize(("co_host", "needle"), [
     ("nameless", "--co-host expects NAME=SPEC"),
-    ("a+b=demo:canary", "co-hosted model names may not contain '+'"),
+    ("a+b=demo:canary", "--co-host name 'a+b': use letters, digits"),
     ("x=demo:canary", "co-hosted models need distinct names, got x, x"),
     ("y=demo:nosuch", "unknown demo model 'demo:nosuch'"),
 ])
