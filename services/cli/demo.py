@@ -315,6 +315,8 @@ def _generate_load(
             client.flush()
             _drain(client, settings.budget_ms)
             live.update(tally.table(time.monotonic() - started))
+        if not console.is_terminal:
+            console.print()  # piped, rich ends the last frame without one: the next line joined the table's
     except KeyboardInterrupt:
         console.print("stopping...")
 

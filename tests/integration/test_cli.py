@@ -103,6 +103,7 @@ def test_demo_runs_and_prints_the_live_table(bootstrap: str, topics: Topics) -> 
     assert "host CPU busy / stolen" in table  # from /proc/stat: the suite runs on Linux
     champion_rows = [line for line in table.splitlines() if "champion" in line and "OK" in line]
     assert champion_rows, table[-2000:]
+    assert table.endswith("┘\n"), table[-200:]  # what is printed next starts a line of its own
 
 
 def test_a_demo_on_topics_something_already_serves_is_refused_and_changes_nothing(
