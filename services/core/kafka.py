@@ -787,27 +787,28 @@ def wait_for_groups(
             time.sleep(0.2)  # polling an external condition, not a readiness guess
 
 
-def consumer_groups(config: Mapping[str, Any], timeout: float = 10.0) -> list[str]:
-    """The ids of every consumer group the cluster knows."""
+def _listed_groups(config: Mapping[str, Any], timeout: float) -> list[Any]:
+    """Every consumer group the cluster knows (id and state)."""
     client = admin(config)  # held until the result is in: a client collected meanwhile fails it
     try:
         listed = client.list_consumer_groups(request_timeout=timeout).result()
     except KafkaException as exc:
         raise BrokerError(f"cannot list the consumer groups: {exc}") from None
-    return [group.group_id for group in listed.valid]
+    return list(listed.valid)
+
+
+def consumer_groups(config: Mapping[str, Any], timeout: float = 10.0) -> list[str]:
+    """The ids of every consumer group the cluster knows."""
+    return [group.group_id for group in _listed_groups(config, timeout)]
 
 
 def groups_with_members(config: Mapping[str, Any], prefixes: Sequence[str], timeout: float = 10.0) -> list[str]:
     """The consumer groups whose ids start with one of `prefixes` and that have members now."""
     from confluent_kafka import ConsumerGroupState
 
-    client = admin(config)
-    try:
-        listed = client.list_consumer_groups(request_timeout=timeout).result()
-    except KafkaException as exc:
-        raise BrokerError(f"cannot list the consumer groups: {exc}") from None
     idle = (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD)
-    return sorted(g.group_id for g in listed.valid if g.group_id.startswith(tuple(prefixes)) and g.state not in idle)
+    return sorted(g.group_id for g in _listed_groups(config, timeout)
+                  if g.group_id.startswith(tuple(prefixes)) and g.state not in idle)
 
 
 def group_lag(config: Mapping[str, Any], group: str, topic: str, timeout: float = 10.0) -> int | None:

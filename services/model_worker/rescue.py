@@ -36,15 +36,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import IO, Any
 
-from confluent_kafka import Consumer as NativeConsumer
 from confluent_kafka import KafkaException, Message, TopicPartition
 from confluent_kafka import Producer as NativeProducer
 
 from services.core.codec import codec
-from services.core.errors import BadInput
-from services.core.kafka import new_client, reader
+from services.core.errors import BadInput, RendezvousError
+from services.core.kafka import new_client
 from services.core.requests import check_request
 from services.core.runtime import now_ms
+from services.core.topic_range import PartitionSpan, read_spans
 from services.model_worker.rescue_board import Board, Range, Reader, Snapshot, unlink
 
 log = logging.getLogger("services.model_worker.rescue")
@@ -150,27 +150,8 @@ def watch(config: RescueConfig, board: Reader, parent_alive: Callable[[], bool])
 
 def read_batch(config: RescueConfig, ranges: Sequence[Range]) -> list[Message]:
     """The batch's records, each partition's from its first offset to one before its end."""
-    consumer: NativeConsumer = reader(config.kafka, "rescue")
-    try:
-        consumer.assign([TopicPartition(config.requests_topic, p, first) for p, first, _ in ranges])
-        ends = {p: end for p, _, end in ranges}
-        records: list[Message] = []
-        deadline = time.monotonic() + KAFKA_TIMEOUT_S
-        while ends and len(records) < config.max_batch * 2 and time.monotonic() < deadline:
-            for msg in consumer.consume(100, 1.0):
-                p = msg.partition() or 0
-                if msg.error() is not None or p not in ends:
-                    continue
-                if (msg.offset() or 0) < ends[p]:
-                    records.append(msg)
-                if (msg.offset() or 0) >= ends[p] - 1:
-                    del ends[p]
-                    consumer.incremental_unassign([TopicPartition(config.requests_topic, p)])
-        if ends:
-            raise RuntimeError(f"partitions {sorted(ends)} of the batch not read within {KAFKA_TIMEOUT_S:g} s")
-        return records
-    finally:
-        consumer.close()
+    spans = [PartitionSpan(p, first, end) for p, first, end in ranges]
+    return list(read_spans(config.kafka, config.requests_topic, spans, timeout_s=KAFKA_TIMEOUT_S))
 
 
 def requests_of(records: Sequence[Message]) -> list[tuple[Message, dict[str, Any]]]:
@@ -248,7 +229,7 @@ def rescue(config: RescueConfig, snap: Snapshot, board: Reader) -> bool | None:
                         stuck)
             return None
         commit(config, snap, scores)
-    except (KafkaException, RuntimeError, ValueError, BadInput) as exc:
+    except (KafkaException, RendezvousError, RuntimeError, ValueError) as exc:
         log.error("rescue of the worker stuck in model %s failed, the batch (%s %s) is read again by the next "
                   "worker: %s; killing the worker (pid %d)", stuck, config.requests_topic, span, exc, config.parent)
         return False
