@@ -203,18 +203,27 @@ class Selection:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, except that a stray argument is not echoed: it may be a secret typed without its
-    flag (`rendezvous send sasl.password=...`). Subcommand parsers are of this class too."""
+    """argparse, except that a mistake is one line and a stray argument is not echoed: it may be a
+    secret typed without its flag (`rendezvous send sasl.password=...`). Subcommand parsers are of
+    this class too."""
 
     def error(self, message: str) -> NoReturn:
         head, sep, items = message.partition("unrecognized arguments: ")
         if sep:
             shown = [item if _FLAG_ONLY.fullmatch(item) else "<a value, not shown>" for item in items.split(" ")]
             message = head + sep + " ".join(shown)
-        super().error(message)
+        # One line, not argparse's usage dump (20 lines for most commands) above it.
+        self.exit(2, f"{self.prog}: error: {message}{_dash_value_hint(message)}; see `{self.prog} --help`\n")
 
 
 _FLAG_ONLY = re.compile(r"--?[A-Za-z][A-Za-z0-9-]*")
+_EXPECTED_VALUE = re.compile(r"argument (--[a-z0-9-]+)(?:/-\w)?: expected one argument")
+
+
+def _dash_value_hint(message: str) -> str:
+    """argparse takes `--since -5m`'s value for a flag: say how to write a value that begins with '-'."""
+    match = _EXPECTED_VALUE.match(message)
+    return f" (a value that begins with '-' is written {match.group(1)}=-VALUE)" if match else ""
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 

@@ -93,6 +93,25 @@ def test_every_command_explains_itself(command: str, capsys: pytest.CaptureFixtu
     assert "usage: rendezvous" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [(["replay", "--since", "-5m"], "rendezvous replay: error: argument --since: expected one argument "
+      "(a value that begins with '-' is written --since=-VALUE); see `rendezvous replay --help`"),
+     (["nosuch"], "rendezvous: error: argument COMMAND: invalid choice: 'nosuch'")],
+)
+def test_a_mistake_on_the_command_line_is_one_line(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse printed its usage (about 20 lines for replay) above the error; `--since -5m` got no hint."""
+    from services.cli.main import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser(argv).parse_args(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(said), err
+
+
 def test_metrics_listen_on_loopback_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
     from services.core.health import serve_http
     from services.model_worker.settings import WorkerSettings
