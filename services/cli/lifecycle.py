@@ -282,6 +282,9 @@ def _draft_from_flags(settings: ScheduleSetSettings, current: Schedule | None) -
         deadline_ms = settings.deadline_ms or (current.default_deadline_ms if current else DEFAULT_DEADLINE_MS)
         draft = Schedule(models=settings.models, waits_ms=waits, default_deadline_ms=deadline_ms,
                          traffic_model=traffic_model, traffic_fraction=fraction)
+    if draft.traffic_model is not None and draft.traffic_model == draft.preferred:
+        raise ConfigError(f"the traffic split names {draft.traffic_model}, the preferred model (first of the "
+                          "models) that answers every request first already: name a challenger")
     return dataclasses.replace(draft, comment=settings.comment or draft.comment or "schedule set")
 
 

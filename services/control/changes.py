@@ -42,8 +42,11 @@ def promotion(current_schedule: Schedule, candidate: str, canary: str, comment: 
                           f"(v{current_schedule.version})")
     order = (candidate, champion, *(m for m in current_schedule.models[1:] if m != candidate))
     waits = {m: w for m, w in current_schedule.waits_ms.items() if m in order}
-    return dataclasses.replace(current_schedule, models=order, waits_ms=waits,
-                               comment=comment or f"promote {candidate} (was {champion})")
+    promoted = dataclasses.replace(current_schedule, models=order, waits_ms=waits,
+                                   comment=comment or f"promote {candidate} (was {champion})")
+    if current_schedule.traffic_model == candidate:  # it answers every request first now: its split ends
+        promoted = dataclasses.replace(promoted, traffic_model=None, traffic_fraction=0.0)
+    return promoted
 
 
 def rollback(book: ScheduleBook, comment: str = "", to: int = 0) -> Schedule:

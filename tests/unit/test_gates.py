@@ -49,3 +49,31 @@ def test_a_schedule_set_notes_what_is_seldom_meant() -> None:
     assert any("--wait champion=500 is past the deadline" in n for n in notes)
     assert any("challenger answers its share first but has no --wait" in n for n in notes)
     assert _risky(Schedule(models=("champion",), waits_ms={"champion": 50})) == []
+
+
+def test_a_traffic_split_naming_the_preferred_model_is_refused() -> None:
+    """`schedule set --models champion,challenger --traffic champion=0.1` was published: a split
+    that changes nothing, shown in `schedule show` as if it did (a newcomer review)."""
+    from services.cli.lifecycle import ScheduleSetSettings, _draft_from_flags
+    from services.control.schedule import Schedule
+
+    def draft(traffic: str) -> Schedule:
+        settings = ScheduleSetSettings(models=("champion", "challenger"), traffic=traffic)
+        return _draft_from_flags(settings, None)
+
+    with pytest.raises(ConfigError, match="the traffic split names champion, the preferred model"):
+        draft("champion=0.1")
+    assert draft("challenger=0.1").traffic_model == "challenger"
+
+
+def test_promoting_the_traffic_model_ends_its_split() -> None:
+    from services.control.changes import promotion
+    from services.control.schedule import Schedule
+
+    current = Schedule(models=("champion", "challenger", "canary"), traffic_model="challenger",
+                       traffic_fraction=0.05)
+    promoted = promotion(current, "challenger", canary="canary")
+    assert promoted.models == ("challenger", "champion", "canary")
+    assert (promoted.traffic_model, promoted.traffic_fraction) == (None, 0.0)
+    other = Schedule(models=("champion", "challenger", "next"), traffic_model="next", traffic_fraction=0.05)
+    assert promotion(other, "challenger", canary="canary").traffic_model == "next"  # another model's split stays
