@@ -168,7 +168,8 @@ def cmd_models(settings: ModelsSettings, console: Console) -> int:
     console.print(table)
     if not figures:
         console.print("no model has scored in that window")
-    print_contracts(settings, console)  # what each model accepts (services/cli/model_contracts.py)
+    # What each model accepts (services/cli/model_contracts.py), those of models not scoring apart.
+    print_contracts(settings, console, scoring={model for model, _version in figures})
     return 0
 
 

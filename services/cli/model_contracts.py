@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from rich.console import Console
 
 from services.core.errors import TopicMissing
 from services.core.model_info import ModelInfo, read_model_infos
+from services.core.ranges import format_ms
 from services.core.settings import KafkaSettings
 from services.core.signatures import listed
 
@@ -20,17 +23,30 @@ def contract_line(info: ModelInfo) -> str:
             f"optional: {shown}; extra features: {signature.extra}; published by {info.instance or '?'}")
 
 
-def print_contracts(settings: KafkaSettings, console: Console) -> None:
+def print_contracts(settings: KafkaSettings, console: Console, scoring: Collection[str] = ()) -> None:
+    """Every published contract: those of the models in `scoring` (the live table's) first, then
+    those whose model sent no score in the table's window (a contract stays on the compacted topic
+    after its model stopped, until a new one of that name replaces it)."""
     topic = settings.topics().models
     try:
         infos = read_model_infos(settings.librdkafka(), topic)
     except TopicMissing:
         console.print(f"no input contracts: topic {topic} is missing (create it with `rendezvous topics create`)")
         return
-    if infos:
-        # Plain lines, not a second table: scripts read the live table above by its columns.
-        console.print(f"input contracts published on {topic}:", highlight=False)
-        for _name, info in sorted(infos.items()):
-            console.print("  " + contract_line(info), highlight=False, markup=False, soft_wrap=True)
-    else:
+    if not infos:
         console.print(f"no model has published its input contract on {topic}")
+        return
+    live = [info for _name, info in sorted(infos.items()) if info.name in scoring]
+    silent = [info for _name, info in sorted(infos.items()) if info.name not in scoring]
+    # Plain lines, not a second table: scripts read the live table above by its columns.
+    if live:
+        console.print(f"input contracts published on {topic}:", highlight=False)
+        _print_lines(console, [contract_line(info) for info in live])
+    if silent:
+        console.print(f"published on {topic} by models not scoring now:", highlight=False)
+        _print_lines(console, [f"{contract_line(info)}, at {format_ms(info.updated_at)}" for info in silent])
+
+
+def _print_lines(console: Console, lines: list[str]) -> None:
+    for line in lines:
+        console.print("  " + line, highlight=False, markup=False, soft_wrap=True)

@@ -152,3 +152,30 @@ def test_the_gateway_sees_contracts_on_partitions_added_after_it_started(
         wait_until(lambda: signatures.models() == {"late": "1"}, 30, "the contract on the added partition")
     finally:
         signatures.close()
+
+
+def test_models_lists_the_contracts_of_models_not_scoring_apart(
+    bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    """`rendezvous models` listed a contract published by a model stopped days ago as one of the
+    live ones (a newcomer review): it is now under its own heading, with when it was published."""
+    from rich.console import Console
+
+    from services.cli.model_contracts import print_contracts
+    from services.core.settings import KafkaSettings
+
+    producer = Producer(config)
+    for name, at in (("live", 1_700_000_000_000), ("gone", 1_600_000_000_000)):
+        info = ModelInfo(name, "1", Signature.all_required(["x"]), instance="host-1", updated_at=at)
+        producer.produce(topics.models, encode_model_info(info), key=name.encode())
+    assert producer.flush(15) == 0
+    console = Console(record=True, width=200)
+    print_contracts(KafkaSettings(bootstrap=bootstrap, topic_prefix=prefix), console, scoring={"live"})
+    lines = console.export_text().splitlines()
+    assert lines == [
+        f"input contracts published on {topics.models}:",
+        "  live 1: requires 1 (x); optional: none; extra features: reject; published by host-1",
+        f"published on {topics.models} by models not scoring now:",
+        "  gone 1: requires 1 (x); optional: none; extra features: reject; published by host-1, "
+        "at 2020-09-13 12:26:40Z",
+    ]
