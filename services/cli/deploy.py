@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
@@ -27,7 +27,7 @@ from rich.markup import escape
 from services.cli.spawn import service_env, spawn
 from services.control.schedule import DEFAULT_NAME
 from services.core.errors import BrokerError, ConfigError, RendezvousError
-from services.core.kafka import partition_counts, wait_for_broker, wait_for_groups
+from services.core.kafka import group_member_count, partition_counts, wait_for_broker, wait_for_groups
 from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, setting
 from services.localkafka.config import cache_dir
@@ -42,6 +42,7 @@ from services.model_worker.settings import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 MAX_REPLICAS = 256  # processes of one deployment on one machine; beyond the requests partitions they stand by
@@ -333,7 +334,8 @@ def _stop(pids: list[int], timeout_s: float = 20.0) -> None:
 class UndeploySettings(KafkaSettings):
     """Stop a deployment's processes."""
 
-    force: bool = setting(False, "undeploy: stop it even if the live schedule prefers one of its models.")
+    force: bool = setting(False, "undeploy: stop it even if the live schedule prefers one of its models, or "
+                          "it is the last rendezvous instance serving.")
     schedule_name: str = setting(DEFAULT_NAME, "undeploy: the schedule checked for its models.")
 
     def validate(self) -> None:
@@ -350,30 +352,53 @@ def cmd_undeploy(name: str, console: Console, timeout_s: float = 20.0,
             console.print(f"undeployed {name}: none of its replicas was running any more (they had exited)")
             return 0
         raise ConfigError(f"{name} is not deployed on this machine: nothing to undeploy")
-    if settings is not None and not settings.force and name != RENDEZVOUS:
-        _check_not_preferred(name, settings, console)
+    if settings is not None and not settings.force:
+        if name == RENDEZVOUS:
+            _check_not_last_rendezvous(len(pids), settings, console)
+        else:
+            _check_not_preferred(name, settings, console)
     _stop(pids, timeout_s)
     _state_file(name).unlink(missing_ok=True)
     console.print(f"undeployed {name} (pids {pids})")
     return 0
 
 
+def _check_not_last_rendezvous(replicas: int, settings: UndeploySettings, console: Console) -> None:
+    """Refuse to stop the last instances of the rendezvous: no request would be answered until one
+    runs again (each client waits out its deadline). Instances elsewhere are members of its group."""
+    group = f"{settings.topic_prefix}{RENDEZVOUS}"
+    members = _read_from_broker(settings, console, lambda config: group_member_count(config, group))
+    if members is not None and members <= replicas:
+        raise ConfigError(f"these {replicas} instance(s) are every member of consumer group {group}: once stopped no "
+                          f"request on {settings.topics().requests} is answered until a rendezvous runs again; "
+                          "deploy another first, or undeploy rendezvous --force")
+
+
+def _read_from_broker(settings: UndeploySettings, console: Console, read: Callable[[dict[str, Any]], T]) -> T | None:
+    """What `read` finds on the broker, or None with a note: stopping needs no broker, and the
+    check is a courtesy when there is one."""
+    from confluent_kafka import KafkaException
+
+    from services.cli.common import with_bootstrap
+
+    try:
+        return read(with_bootstrap(settings).librdkafka())
+    except (RendezvousError, KafkaException) as exc:  # no broker, or it does not answer
+        console.print(f"[yellow]note[/]: the broker could not be asked ({escape(str(exc))}): not checked")
+        return None
+
+
 def _check_not_preferred(name: str, settings: UndeploySettings, console: Console) -> None:
     """Refuse to stop the model the live schedule answers with (promote, rollback and schedule set
     refuse to prefer a model that is not scoring; this was the one way to get there unasked):
     every answer would then wait for the fallback, or time out."""
-    from confluent_kafka import KafkaException
-
-    from services.cli.common import with_bootstrap
     from services.control.topic import load_book
 
     state = _state(name)
     models = [name, *(entry.split("=", 1)[0] for entry in state.get("co_host", []))]
-    try:
-        settings = with_bootstrap(settings)
-        book = load_book(settings.librdkafka(), settings.topics().control, settings.schedule_name)
-    except (RendezvousError, KafkaException) as exc:  # no broker (stopping needs none), or it does not answer
-        console.print(f"[yellow]note[/]: the schedule could not be read ({escape(str(exc))}): not checked")
+    book = _read_from_broker(settings, console,
+                             lambda config: load_book(config, settings.topics().control, settings.schedule_name))
+    if book is None:
         return
     schedule = book.latest
     if schedule is None:

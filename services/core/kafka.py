@@ -811,6 +811,15 @@ def groups_with_members(config: Mapping[str, Any], prefixes: Sequence[str], time
                   if g.group_id.startswith(tuple(prefixes)) and g.state not in idle)
 
 
+def group_member_count(config: Mapping[str, Any], group: str, timeout: float = 10.0) -> int:
+    """How many members the consumer group has now (0 for a group that is empty or unknown)."""
+    client = admin(config)  # held until the result is in: a client collected meanwhile fails it
+    try:
+        return len(client.describe_consumer_groups([group], request_timeout=timeout)[group].result().members)
+    except KafkaException as exc:
+        raise BrokerError(f"cannot describe consumer group {group}: {exc}") from None
+
+
 def group_lag(config: Mapping[str, Any], group: str, topic: str, timeout: float = 10.0) -> int | None:
     """Records of `topic` the group has not committed yet (None: the group committed nothing)."""
     from confluent_kafka import ConsumerGroupTopicPartitions

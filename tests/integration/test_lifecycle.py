@@ -410,3 +410,30 @@ def test_undeploy_refuses_to_stop_the_model_the_schedule_answers_with_unless_for
     finally:
         forced = rendezvous("undeploy", "champion", "--force", *common, env=own)
     assert forced.returncode == 0 and "undeployed champion" in forced.stderr, forced.stderr
+
+
+def test_undeploy_refuses_to_stop_the_last_rendezvous_unless_another_serves(
+    services: Services, bootstrap: str, prefix: str, config: dict[str, Any], topics: Topics, tmp_path: Any
+) -> None:
+    """`undeploy rendezvous` stopped the one instance answering requests, unasked (a newcomer
+    review): every client then waited out its deadline. Another instance in its group (here one
+    in this process) makes it safe."""
+    from services.cli.common import ensure_topics
+    from services.core.kafka import group_member_count
+
+    common = ("--bootstrap", bootstrap, "--topic-prefix", prefix)
+    own = {"RDV_CACHE_DIR": str(tmp_path)}  # a deployment of its own, not this machine's
+    ensure_topics(config, topics, 2)
+    deployed = rendezvous("deploy", "rendezvous", "--wait-s", "120", *common, env=own, timeout=180)
+    assert deployed.returncode == 0, deployed.stderr
+    try:
+        refused = rendezvous("undeploy", "rendezvous", *common, env=own)
+        assert_one_line_error(refused, f"these 1 instance(s) are every member of consumer group {prefix}rendezvous",
+                              "undeploy rendezvous --force")
+        services.rendezvous(bootstrap, prefix, models=("champion",))  # joins the same group
+        wait_until(lambda: group_member_count(config, f"{prefix}rendezvous") == 2, 60, "the second member")
+        undeployed = rendezvous("undeploy", "rendezvous", *common, env=own)
+    finally:
+        if refused.returncode != 0:
+            rendezvous("undeploy", "rendezvous", "--force", *common, env=own)
+    assert undeployed.returncode == 0 and "undeployed rendezvous" in undeployed.stderr, undeployed.stderr
