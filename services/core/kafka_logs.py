@@ -21,10 +21,11 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaError
+
+from services.core.rate_limit import Held, OncePerPeriod
 
 LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 CLIENT_LOG = logging.getLogger("services.core.kafka")  # error events: "kafka client: ..."
@@ -63,19 +64,11 @@ def normalise(message: str) -> str:
     return kind
 
 
-@dataclass
-class _Kind:
-    logged_at: float
-    # The last one held back, for a summary said when none follows: logger, level, format, args.
-    line: tuple[logging.Logger, int, str, tuple[Any, ...]]
-    # Held back since `logged_at`, by source ("log", "error"): the two report the same failures,
-    # not always interleaved (a client polled now and then serves a batch of each).
-    held: dict[str, int] = field(default_factory=dict)
-    said: tuple[str, float] | None = None  # (source, time) of the line said last: its twin may follow
+Line = tuple[logging.Logger, int, str, tuple[Any, ...]]  # logger, level, format, args
 
-    @property
-    def repeats(self) -> int:
-        return max(self.held.values(), default=0)
+
+def _repeated(held: Held) -> str:
+    return f" (repeated {held.lines} times in the last {held.seconds:.0f} s)" if held.lines else ""
 
 
 _clients: weakref.WeakSet[ClientLog] = weakref.WeakSet()
@@ -89,8 +82,12 @@ class ClientLog:
                  clock: Callable[[], float] = time.monotonic, period_s: float = PERIOD_S):
         self._extra = error_cb
         self._clock = clock
-        self._period = period_s
-        self._kinds: dict[str, _Kind] = {}
+        # Per kind of message; its lines held back are counted by source ("log", "error"): the two
+        # report the same failures, not always interleaved (a client polled now and then serves a
+        # batch of each).
+        self._limit: OncePerPeriod[str] = OncePerPeriod(period_s, clock)
+        self._held_line: dict[str, Line] = {}  # the last one held back, for a summary said when none follows
+        self._said: dict[str, tuple[str, float]] = {}  # (source, time) of the line said last: its twin may follow
         self._lock = threading.Lock()
         with _clients_lock:
             _clients.add(self)
@@ -119,55 +116,44 @@ class ClientLog:
                text: str, always: bool) -> None:
         now = self._clock()
         key = normalise(text)
-        said: list[tuple[logging.Logger, int, str, tuple[Any, ...]]] = []
         with self._lock:
-            self._due(now, said, skip=key)
-            kind = self._kinds.get(key)
-            if kind is not None and kind.said is not None and kind.said[0] != source \
-                    and now - kind.said[1] <= PAIR_S:
-                kind.said = None  # the twin of the line just said (a log line and an error event)
-            elif kind is None or always or now - kind.logged_at >= self._period:
-                if kind is None:
-                    self._make_room(said)
-                    kind = self._kinds[key] = _Kind(now, (logger, level, msg, args))
-                said.append((logger, level, msg + "%s", (*args, self._repeated(kind, now))))
-                kind.logged_at, kind.held, kind.said = now, {}, (source, now)
+            # Summaries of kinds held back for a whole period that did not come again since.
+            said = [self._summary(kind, held) for kind, held in self._limit.due(now, skip=key)]
+            twin = self._said.get(key)
+            if twin is not None and twin[0] != source and now - twin[1] <= PAIR_S:
+                del self._said[key]  # the twin of the line just said (a log line and an error event)
             else:
-                kind.held[source] = kind.held.get(source, 0) + 1
-                kind.line = (logger, level, msg, args)
+                if key not in self._limit:
+                    self._make_room(said, now)
+                held = self._limit.passes(key, now, always=always, source=source)
+                if held is None:
+                    self._held_line[key] = (logger, level, msg, args)
+                else:
+                    said.append((logger, level, msg + "%s", (*args, _repeated(held))))
+                    self._said[key] = (source, now)
         for target, lvl, fmt, fmt_args in said:
             target.log(lvl, fmt, *fmt_args)
 
-    @staticmethod
-    def _repeated(kind: _Kind, now: float) -> str:
-        if kind.repeats == 0:
-            return ""
-        return f" (repeated {kind.repeats} times in the last {now - kind.logged_at:.0f} s)"
+    def _summary(self, kind: str, held: Held) -> Line:
+        logger, level, msg, args = self._held_line[kind]
+        return logger, level, msg + "%s", (*args, _repeated(held))
 
-    def _summary(self, kind: _Kind, now: float) -> tuple[logging.Logger, int, str, tuple[Any, ...]]:
-        logger, level, msg, args = kind.line
-        return logger, level, msg + "%s", (*args, self._repeated(kind, now))
-
-    def _due(self, now: float, said: list[tuple[logging.Logger, int, str, tuple[Any, ...]]], skip: str) -> None:
-        """Summaries of kinds held back for a whole period that did not come again since."""
-        for key, kind in self._kinds.items():
-            if key != skip and kind.repeats and now - kind.logged_at >= self._period:
-                said.append(self._summary(kind, now))
-                kind.logged_at, kind.held = now, {}
-
-    def _make_room(self, said: list[tuple[logging.Logger, int, str, tuple[Any, ...]]]) -> None:
-        while len(self._kinds) >= MAX_KINDS:
-            key = min(self._kinds, key=lambda k: self._kinds[k].logged_at)
-            kind = self._kinds.pop(key)
-            if kind.repeats:
-                said.append(self._summary(kind, self._clock()))
+    def _make_room(self, said: list[Line], now: float) -> None:
+        while len(self._limit) >= MAX_KINDS:
+            kind = self._limit.oldest()
+            held = self._limit.forget(kind, now)
+            self._said.pop(kind, None)
+            if held.lines:
+                said.append(self._summary(kind, held))
+            self._held_line.pop(kind, None)
 
     def flush(self) -> None:
         """Say what was held back, and forget every kind: the next one is logged as it comes."""
         now = self._clock()
         with self._lock:
-            said = [self._summary(kind, now) for kind in self._kinds.values() if kind.repeats]
-            self._kinds.clear()
+            said = [self._summary(kind, held) for kind, held in self._limit.drain(now)]
+            self._held_line.clear()
+            self._said.clear()
         for target, lvl, fmt, fmt_args in said:
             target.log(lvl, fmt, *fmt_args)
 

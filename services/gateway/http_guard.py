@@ -28,9 +28,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from prometheus_client import Counter
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from services.core.rate_limit import OncePerPeriod
 
 MAX_HEAD_BYTES = 64 * 1024
 HEAD_TIMEOUT_S = 10.0
@@ -51,23 +54,19 @@ class _OncePerMinute(logging.Filter):
 
     LINES = {"Invalid HTTP request received.": "bad_request", "Exceeded concurrency limit.": "max_connections"}
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
-        self._last: dict[str, float] = {}
-        self._since: dict[str, int] = {}
+        self.limit: OncePerPeriod[str] = OncePerPeriod(QUIET_S, clock)
 
     def filter(self, record: logging.LogRecord) -> bool:
         reason = self.LINES.get(record.msg) if isinstance(record.msg, str) else None
         if reason is None:
             return True
-        now = time.monotonic()
-        if now - self._last.get(reason, -QUIET_S) < QUIET_S:
-            self._since[reason] = self._since.get(reason, 0) + 1
+        held = self.limit.passes(reason)
+        if held is None:
             return False
-        self._last[reason] = now
-        skipped = self._since.pop(reason, 0)
         record.msg = f"{record.msg} (refused requests are counted in rdv_gateway_connections_refused_total" \
-                     f"{{reason=\"{reason}\"}}; {skipped} more since the last such line; the next in {QUIET_S:g} s)"
+                     f"{{reason=\"{reason}\"}}; {held.lines} more since the last such line; the next in {QUIET_S:g} s)"
         return True
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from services.gateway.http_guard import _QUIETER, REFUSED, guarded_protocol
+from services.gateway.http_guard import _QUIETER, QUIET_S, REFUSED, _OncePerMinute, guarded_protocol
 from services.localkafka.config import free_port
 
 
@@ -107,7 +108,7 @@ def test_requests_uvicorn_refuses_itself_are_counted_and_logged_once_a_minute(
 ) -> None:
     """A request the parser cannot read (uvicorn's 400) and one over limit_concurrency (its 503)
     were counted nowhere, and each wrote a WARNING line: any caller could fill the log."""
-    _QUIETER._last.clear()
+    _QUIETER.limit.drain()  # the first line of each reason passes
     unreadable, crowded = REFUSED.labels("bad_request"), REFUSED.labels("max_connections")
     before = unreadable._value.get(), crowded._value.get()
     caplog.set_level("WARNING", logger="uvicorn.error")
@@ -123,3 +124,20 @@ def test_requests_uvicorn_refuses_itself_are_counted_and_logged_once_a_minute(
     lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.error"]
     assert len([line for line in lines if line.startswith("Invalid HTTP request received.")]) == 1, lines
     assert any('rdv_gateway_connections_refused_total{reason="bad_request"}' in line for line in lines), lines
+
+
+def test_the_refusal_lines_pass_once_a_minute_with_the_count_of_those_held_back() -> None:
+    now = [100.0]
+    quieter = _OncePerMinute(clock=lambda: now[0])
+
+    def line(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.error", logging.WARNING, __file__, 1, msg, None, None)
+
+    assert quieter.filter(line("Invalid HTTP request received."))
+    assert not quieter.filter(line("Invalid HTTP request received."))
+    assert quieter.filter(line("Exceeded concurrency limit.")), "each reason has its own minute"
+    assert quieter.filter(line("Some other line.")), "other lines are not held back"
+    now[0] += QUIET_S
+    record = line("Invalid HTTP request received.")
+    assert quieter.filter(record)
+    assert "; 1 more since the last such line;" in record.getMessage(), record.getMessage()

@@ -211,7 +211,7 @@ def test_kinds_are_bounded_per_client(clock: Clock, caplog: pytest.LogCaptureFix
     for i in range(10):
         clock.now += 1
         client.error_cb(KafkaError(KafkaError._TRANSPORT, f"broker {i}/{i}: gone"))
-    assert len(client._kinds) <= 4
+    assert len(client._limit) <= 4
     assert any("(repeated 1 times" in line for line in lines(caplog)), "an evicted kind's count is said"
 
 
