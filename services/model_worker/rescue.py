@@ -46,6 +46,7 @@ from services.core.requests import check_request
 from services.core.runtime import now_ms
 from services.core.topic_range import PartitionSpan, read_spans
 from services.model_worker.rescue_board import Board, Range, Reader, Snapshot, unlink
+from services.model_worker.score_writer import ScoreWriter, unscored
 
 log = logging.getLogger("services.model_worker.rescue")
 
@@ -172,20 +173,17 @@ def error_scores(config: RescueConfig, snap: Snapshot, requests: Sequence[tuple[
                  now: int) -> list[tuple[int, bytes, bytes]]:
     """(partition, key, value) of an error Score per request for each model whose turn has not
     come or not ended: the stuck one first, as the watchdog writes them."""
-    scores = codec("score")
     stuck = config.models[snap.model].name
     elapsed = max(0.0, (time.monotonic() - snap.turn_started) * 1000.0)
+    batch = [request for _, request in requests]
     out = []
     for i, model in enumerate(config.models[snap.model:]):
         reason = (f"model {stuck} did not answer within {config.timeout_s:g} s (stuck holding the interpreter lock)"
                   if i == 0 else f"not scored: co-hosted model {stuck} hung on this batch")
-        for msg, request in requests:
-            value = scores.encode({
-                "request_id": request["request_id"], "model": model.name, "version": model.version,
-                "instance": model.instance, "score": None, "label": None, "error": reason,
-                "deadline": request["deadline"], "received_at": now, "scored_at": now, "compute_ms": elapsed,
-            })
-            out.append((msg.partition() or 0, request["request_id"].encode(), value))
+        writer = ScoreWriter(model.name, model.version, model.instance)
+        values, _ = writer.encode_batch(batch, [unscored(reason, elapsed)] * len(batch), now, now)
+        out += [(msg.partition() or 0, request["request_id"].encode(), value)
+                for (msg, request), value in zip(requests, values, strict=True)]
     return out
 
 

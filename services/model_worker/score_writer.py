@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from services.core.avro_writer import long_bytes, string_bytes
 from services.core.codec import codec
 
-__all__ = ["LAYOUT", "ScoreWriter", "layout_matches"]
+__all__ = ["LAYOUT", "Result", "ScoreWriter", "layout_matches", "unscored"]
 
 LAYOUT: tuple[tuple[str, Any], ...] = (
     ("request_id", "string"),
@@ -47,7 +47,7 @@ _MIN_LONG, _MAX_LONG = -(1 << 63), (1 << 63) - 1
 
 
 class Result(Protocol):
-    """What the worker knows about one scored request (worker.Scored)."""
+    """What the worker knows about one scored request (worker.Scored, or `unscored`)."""
 
     @property
     def prediction(self) -> Any: ...
@@ -57,6 +57,19 @@ class Result(Protocol):
 
     @property
     def compute_ms(self) -> float: ...
+
+
+class _Unscored(NamedTuple):
+    prediction: None
+    error: str
+    compute_ms: float
+
+
+def unscored(reason: str, compute_ms: float) -> Result:
+    """The result of a request its model gave no output for (stuck on its batch): its Score is an
+    error saying `reason`. The watchdog's error Scores and the rescue process's are these, written
+    by `ScoreWriter.encode_batch` as every other Score."""
+    return _Unscored(None, reason, compute_ms)
 
 
 def _plain_type(node: Any) -> Any:

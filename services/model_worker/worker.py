@@ -48,7 +48,7 @@ from services.model_worker.models import Model, Prediction, load_model
 from services.model_worker.models.base import model_signature
 from services.model_worker.rescue import Model as RescuedModel
 from services.model_worker.rescue import Rescue
-from services.model_worker.score_writer import ScoreWriter
+from services.model_worker.score_writer import Result, ScoreWriter, unscored
 from services.model_worker.settings import WorkerSettings, check_co_hosted_names, worker_name
 from services.model_worker.walked import RequestWalker
 from services.model_worker.watchdog import ScoringWatchdog
@@ -412,7 +412,7 @@ class _BatchScorer:
         rows = requests if walked is not None else [r["features"] for r in requests]
         def write_errors(hosted: Hosted, reason: str) -> None:  # by the watchdog, for a model stuck on it
             elapsed = float(now_ms() - received_at)
-            self._write(hosted, [Scored(None, reason, elapsed)] * len(requests), requests, sources, received_at)
+            self._write(hosted, [unscored(reason, elapsed)] * len(requests), requests, sources, received_at)
 
         watched = self.watchdog.watch(self.w.hosted, sources, write_errors)
         try:
@@ -428,7 +428,7 @@ class _BatchScorer:
         self.w.scored += len(requests)
 
     def _write(
-        self, hosted: Hosted, results: list[Scored], requests: list[dict[str, Any]], sources: list[Message],
+        self, hosted: Hosted, results: Sequence[Result], requests: list[dict[str, Any]], sources: list[Message],
         received_at: int,
     ) -> None:
         labels = hosted.labels

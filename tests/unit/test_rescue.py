@@ -151,6 +151,7 @@ def test_the_error_scores_mirror_the_watchdogs() -> None:
     assert decoded["model"] == "b" and decoded["instance"] == "h-1" and decoded["deadline"] == 99
     assert decoded["error"] == "model b did not answer within 2 s (stuck holding the interpreter lock)"
     assert decoded["compute_ms"] >= 5000
+    assert [decoded[f] for f in ("score", "label", "received_at", "scored_at")] == [None, None, 1000, 1000]
     both = [codec("score").decode(v)["error"] for _, _, v in error_scores(config, snapshot(), [(msg, request)], 1)]
     assert both[1] == "not scored: co-hosted model a hung on this batch"
 
