@@ -173,14 +173,10 @@ def _check_models(name: str, settings: DeploySettings) -> None:
         load_model(spec, trust_model_file=settings.trust_model_file)
 
 
-def check_name(name: str) -> None:
-    check_model_name(name, "deployment name")
-
-
 def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
     """Start a deployment, or change its number of replicas (the group rebalances; a replica
     leaving commits its finished work first, so nothing is lost or scored twice)."""
-    check_name(name)
+    check_model_name(name, "deployment name")
     replicas = _replicas(name)
     state = _state(name)
     if replicas or (state.get("model") and not settings.model):
@@ -344,7 +340,7 @@ class UndeploySettings(KafkaSettings):
 
 def cmd_undeploy(name: str, console: Console, timeout_s: float = 20.0,
                  settings: UndeploySettings | None = None) -> int:
-    check_name(name)
+    check_model_name(name, "deployment name")
     pids = running_pids(name)
     if not pids:
         if _state_file(name).exists():  # deployed, but every replica has exited: only its record is left

@@ -233,12 +233,13 @@ def test_a_replica_that_exits_while_its_group_forms_is_said_with_its_last_log_li
 @pytest.mark.parametrize("name", ["a/b", "a+b", "..", "", "-x", "x" * 101, "café"])
 def test_a_deployment_name_that_is_no_plain_folder_and_group_name_is_refused(name: str) -> None:
     """'a/b' made nested folders under the cache; 'a+b' took the group of model a co-hosting b."""
-    from services.cli.deploy import check_name, cmd_deploy
+    from services.cli.deploy import cmd_deploy
+    from services.model_worker.settings import check_model_name
 
     with pytest.raises(ConfigError, match="deployment name"):
         cmd_deploy(DeploySettings(model="demo:champion"), name, Console())
     for fine in ("challenger3", "fraud-v2.1", "m_1"):
-        check_name(fine)
+        check_model_name(fine, "deployment name")
 
 
 def test_the_group_defaults_stay_out_of_the_new_group_protocol() -> None:
