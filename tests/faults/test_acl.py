@@ -3,8 +3,9 @@
 `rendezvous acl apply` (as the admin principal) creates the layout of services/control/acl.py;
 then every role tries to write and read every topic of the deployment, and the measured
 matrix must equal what the layout says. A model worker and the rendezvous run with only their
-own grants and answer a client's request; a client writing the control topic is refused, and
-the CLI says so in one line naming the permission.
+own grants and answer a client's request; so does the rescue process of a worker whose model
+holds the interpreter lock (its transaction as the model principal); a client writing the control
+topic is refused, and the CLI says so in one line naming the permission.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +31,7 @@ from services.core.settings import Topics
 from services.localkafka import LocalBroker, ephemeral_broker
 from services.localkafka.config import SASL_LISTENER, sasl_client_config, scram_format_arg
 from services.model_worker.models import demo_rows
+from tests.faults.hung import HOLDING_THE_GIL, hung_worker, stuck_batch_answered_and_worker_reads_on
 from tests.integration.harness import Services
 
 pytestmark = pytest.mark.kafka
@@ -82,6 +85,11 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def deployment(broker: LocalBroker) -> tuple[str, Topics]:
+    return new_deployment(broker)
+
+
+def new_deployment(broker: LocalBroker) -> tuple[str, Topics]:
+    """A deployment's topics (a fresh prefix), with its layout applied."""
     prefix = f"a{uuid.uuid4().hex[:8]}."
     topics = Topics.from_prefix(prefix)
     # The cluster operator (the PLAINTEXT listener's super user here) applies the layout; from then
@@ -217,3 +225,18 @@ def test_a_client_may_not_join_the_gateways_reply_group(broker: LocalBroker, dep
     client = config(broker, "client")
     assert _can_join(client, f"{prefix}client-app", topics.replies)
     assert not _can_join(client, f"{prefix}gateway", topics.replies)
+
+
+def test_the_rescue_of_a_worker_stuck_holding_the_gil_needs_only_the_models_grants(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """The rescue process reads the batch, writes its error Scores and commits its offsets for the
+    worker's group in a transaction (`<group>.rescue`) as the model principal: the layout's
+    transactional-id and group grants must be enough (fresh topics: the scenario counts Scores)."""
+    prefix, topics = new_deployment(broker)
+    worker = hung_worker(tmp_path / "worker.log", broker.listener(SASL_LISTENER), prefix, HOLDING_THE_GIL,
+                         *kafka_flags("model", broker))
+    try:
+        stuck_batch_answered_and_worker_reads_on(worker, HOLDING_THE_GIL, topics, config(broker, "admin"))
+    finally:
+        worker.stop()
