@@ -215,7 +215,7 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
     _stop(list(surplus.values()))
     kept = {index: pid for index, pid in replicas.items() if index < settings.replicas}
     _write_state(name, {"name": name, "model": settings.model, "version": settings.version,
-                        "co_host": list(settings.co_host), "replicas": kept})
+                        "co_host": list(settings.co_host), "replicas": kept, "topic_prefix": settings.topic_prefix})
     waited_until = time.monotonic() + settings.wait_s
     try:
         wait_for_groups(settings.librdkafka(), [_group(name, settings)], timeout=settings.wait_s,
@@ -349,6 +349,9 @@ def cmd_undeploy(name: str, console: Console, timeout_s: float = 20.0,
             return 0
         raise ConfigError(f"{name} is not deployed on this machine: nothing to undeploy")
     if settings is not None and not settings.force:
+        # The deployment's own topics and groups, whatever this command's --topic-prefix (older
+        # records have none: this command's, then).
+        settings = dataclasses.replace(settings, topic_prefix=_state(name).get("topic_prefix", settings.topic_prefix))
         if name == RENDEZVOUS:
             _check_not_last_rendezvous(len(pids), settings, console)
         else:
@@ -364,7 +367,7 @@ def _check_not_last_rendezvous(replicas: int, settings: UndeploySettings, consol
     runs again (each client waits out its deadline). Instances elsewhere are members of its group."""
     group = f"{settings.topic_prefix}{RENDEZVOUS}"
     members = _read_from_broker(settings, console, lambda config: group_member_count(config, group))
-    if members is not None and members <= replicas:
+    if members is not None and 0 < members <= replicas:  # none: they never joined, and stopping them changes nothing
         raise ConfigError(f"these {replicas} instance(s) are every member of consumer group {group}: once stopped no "
                           f"request on {settings.topics().requests} is answered until a rendezvous runs again; "
                           "deploy another first, or undeploy rendezvous --force")
