@@ -284,8 +284,8 @@ def _draft_from_flags(settings: ScheduleSetSettings, current: Schedule | None) -
         draft = Schedule(models=settings.models, waits_ms=waits, default_deadline_ms=deadline_ms,
                          traffic_model=traffic_model, traffic_fraction=fraction)
     if draft.traffic_model is not None and draft.traffic_model == draft.preferred:
-        raise ConfigError(f"the traffic split names {draft.traffic_model}, the preferred model (first of the "
-                          "models) that answers every request first already: name a challenger")
+        raise ConfigError(f"traffic split: {draft.traffic_model} is the preferred model (the first), which "
+                          "answers every request first already; name a challenger")
     return dataclasses.replace(draft, comment=settings.comment or draft.comment or "schedule set")
 
 

@@ -207,29 +207,52 @@ class Parser(argparse.ArgumentParser):
     secret typed without its flag (`rendezvous send sasl.password=...`). Subcommand parsers are of
     this class too."""
 
+    # The command line being parsed (build_parser sets it): the hints below read what was typed.
+    given: tuple[str, ...] = ()
+
     def error(self, message: str) -> NoReturn:
         head, sep, items = message.partition("unrecognized arguments: ")
         if sep:
             shown = [item if _FLAG_ONLY.fullmatch(item) else "<a value, not shown>" for item in items.split(" ")]
             message = head + sep + " ".join(shown)
-        # One line, not argparse's usage dump (20 lines for most commands) above it.
-        self.exit(2, f"{self.prog}: error: {message}{_dash_value_hint(message)}; see `{self.prog} --help`\n")
+        # One line, not argparse's usage dump (20 lines for most commands) above it. The top-level
+        # parser reports a subcommand's unknown flags: its help is the one that lists the flags.
+        command = _command_prog(self, Selection(self.given).words or [])
+        self.exit(2, f"{self.prog}: error: {message}{_dash_value_hint(message, self.given)}; "
+                     f"see `{command} --help`\n")
 
 
 _FLAG_ONLY = re.compile(r"--?[A-Za-z][A-Za-z0-9-]*")
 _EXPECTED_VALUE = re.compile(r"argument (--[a-z0-9-]+)(?:/-\w)?: expected one argument")
 
 
-def _dash_value_hint(message: str) -> str:
+def _dash_value_hint(message: str, given: Sequence[str]) -> str:
     """argparse takes `--since -5m`'s value for a flag: say how to write a value that begins with '-'."""
     match = _EXPECTED_VALUE.match(message)
-    return f" (a value that begins with '-' is written {match.group(1)}=-VALUE)" if match else ""
+    if match is None:
+        return ""
+    flag = match.group(1)
+    dashed = any(given[i + 1].startswith("-") for i, arg in enumerate(given[:-1]) if arg == flag)
+    return f" (a value that begins with '-' is written {flag}=-VALUE)" if dashed else ""
+
+
+def _command_prog(parser: argparse.ArgumentParser, words: Sequence[str]) -> str:
+    """The prog of the deepest subcommand `words` name under `parser` (`rendezvous model serve`)."""
+    for word in words:
+        commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not commands or word not in commands[0].choices:
+            break
+        parser = commands[0].choices[word]
+    return parser.prog
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser; given the arguments, only the named command's flags are built."""
     selection = Selection(argv)
+    Parser.given = tuple(argv or ())
     parser = Parser(
         prog="rendezvous",
         description="Streaming model serving on Apache Kafka: several models score every request, "

@@ -61,7 +61,7 @@ def test_a_traffic_split_naming_the_preferred_model_is_refused() -> None:
         settings = ScheduleSetSettings(models=("champion", "challenger"), traffic=traffic)
         return _draft_from_flags(settings, None)
 
-    with pytest.raises(ConfigError, match="the traffic split names champion, the preferred model"):
+    with pytest.raises(ConfigError, match="traffic split: champion is the preferred model"):
         draft("champion=0.1")
     assert draft("challenger=0.1").traffic_model == "challenger"
 

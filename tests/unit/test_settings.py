@@ -97,6 +97,10 @@ def test_every_command_explains_itself(command: str, capsys: pytest.CaptureFixtu
     ("argv", "said"),
     [(["replay", "--since", "-5m"], "rendezvous replay: error: argument --since: expected one argument "
       "(a value that begins with '-' is written --since=-VALUE); see `rendezvous replay --help`"),
+     (["replay", "--since"], "rendezvous replay: error: argument --since: expected one argument; "
+      "see `rendezvous replay --help`"),
+     (["model", "serve", "--bogus"], "rendezvous: error: unrecognized arguments: --bogus; "
+      "see `rendezvous model serve --help`"),
      (["nosuch"], "rendezvous: error: argument COMMAND: invalid choice: 'nosuch'")],
 )
 def test_a_mistake_on_the_command_line_is_one_line(
