@@ -5,7 +5,8 @@ and counted; the first after the period passes with that count ("... repeated 31
 last 30 s"). Used by librdkafka's log lines and error events (kafka_logs.ClientLog) and by
 uvicorn's lines for the requests it refuses (gateway/http_guard.py).
 
-Not thread-safe: a limiter several threads share is used under its owner's lock.
+Not thread-safe: a limiter several threads share is used under its owner's lock (ClientLog's);
+the gateway's is used by uvicorn's one event-loop thread only.
 """
 
 from __future__ import annotations
