@@ -69,6 +69,9 @@ Reply = tuple[str, int | None]
 # A closed request id: (partition, forget at (log time), its answer, its inputs' digest)
 Remembered = tuple[int, int, dict[str, Any] | bytes | None, bytes | None]
 Owner = Mailbox | Receipt  # what a record's offset waits for (see offsets.py)
+# A status as the records write it: `Status.X.value` is a Python-level property (enum.py), read
+# three times per request.
+_TEXT = {status: status.value for status in Status}
 
 
 class Outputs(Protocol):
@@ -141,6 +144,7 @@ class Join:
         self._models_seen: dict[str, int] = {}  # model -> wall ms of its last score
         self._labelled_models: set[str] = set()  # models named in metrics (never forgotten: series stay)
         self._labelled: set[tuple[str, str]] = set()  # (model, version) pairs named in metrics
+        self._score_latencies: dict[tuple[str, str], Any] = {}  # (model, version) -> its histogram child
         # live_models() runs for every event; its answer changes only when a model appears or
         # ages out, so it is recomputed at most every LIVE_CACHE_MS (or when a new model appears).
         self._live: tuple[int, set[str]] | None = None
@@ -178,18 +182,30 @@ class Join:
     def _labels(self, model: str, version: str) -> tuple[str, str]:
         """The metric labels of a model's version: at most MAX_MODELS models and
         MAX_LABELLED_VERSIONS (model, version) pairs are named, the rest are OTHER."""
+        key = (model, version)
+        if key in self._labelled:  # named for good (its model was named first): nearly every call
+            return key
         if model not in self._labelled_models:
             # Past the budget only a model the schedule now names gets a series of its own (after
             # a forged flood, or years of rotated challengers, a new challenger is still seen).
             if len(self._labelled_models) >= MAX_MODELS and model not in self.schedule_for(self.wall_ms()).models:
                 return OTHER, OTHER
             self._labelled_models.add(model)
-        key = (model, version)
-        if key not in self._labelled:
-            if len(self._labelled) >= MAX_LABELLED_VERSIONS:
-                return model, OTHER
-            self._labelled.add(key)
+        if len(self._labelled) >= MAX_LABELLED_VERSIONS:
+            return model, OTHER
+        self._labelled.add(key)
         return key
+
+    def _score_latency(self, model: str, version: str) -> Any:
+        """SCORE_LATENCY's child for a model's version, kept once its labels are its own (they stay so)."""
+        key = (model, version)
+        histogram = self._score_latencies.get(key)
+        if histogram is None:
+            labels = self._labels(model, version)
+            histogram = child(m.SCORE_LATENCY, *labels)
+            if labels == key:  # at most MAX_LABELLED_VERSIONS of them
+                self._score_latencies[key] = histogram
+        return histogram
 
     def markers_due(self, wall_ms: int, delay_ms: int, resend_s: float, wall_s: float) -> list[int]:
         return self.clocks.markers_due(wall_ms, delay_ms, resend_s, wall_s)
@@ -253,7 +269,7 @@ class Join:
         return None if mailbox.settled else mailbox
 
     def on_score(self, score: ScoreIn) -> Mailbox | None:
-        self._tick(score.partition, score.log_time)
+        clock = self._tick(score.partition, score.log_time)
         rid = score.request_id
         mailbox = self.mailboxes.get(rid)
         if score.model not in self._models_seen:
@@ -279,14 +295,15 @@ class Join:
             self.metrics.inc(child(m.DUPLICATE_SCORES, model_label))
         elif mailbox.decision is not None and arrival.at > mailbox.decision.at:
             self.metrics.inc(child(m.LATE_SCORES, model_label, "false"))
-        self._advance(mailbox, self.clocks.now(score.partition))
+        self._advance(mailbox, clock)
         return None if mailbox.closed else mailbox
 
     def on_clock(self, partition: int, log_time: int) -> None:
         """A clock record (or any record) appended to scores partition `partition` at `log_time`."""
         self._tick(partition, log_time)
 
-    def _tick(self, partition: int, log_time: int) -> None:
+    def _tick(self, partition: int, log_time: int) -> int:
+        """Move the partition's clock, wake the mailboxes it made due; the clock's reading after."""
         clock_due = self.clocks.advance(partition, log_time)
         now = self.clocks.now(partition)
         for mailbox in clock_due:
@@ -294,6 +311,7 @@ class Join:
                 mailbox.wake_at = -1
                 self._advance(mailbox, now)
         self._forget_remembered()
+        return now  # nothing above moves a clock: the caller may decide on this reading
 
     def _attach(self, mailbox: Mailbox, request: RequestIn, reply: Reply | None) -> None:
         schedule = self.schedule_for(request.created_at)
@@ -443,7 +461,10 @@ class Join:
         """Whether every model a comparison record waits for (the schedule's, and any seen
         recently) has reported; per event, so no set is built."""
         arrived = mailbox.arrivals.keys()
-        return all(m in arrived for m in schedule.models) and arrived >= self.live_models(self.wall_ms())
+        models = schedule.models
+        if len(arrived) < len(models):  # a schedule names each model once: some are missing (most calls)
+            return False
+        return all(m in arrived for m in models) and arrived >= self.live_models(self.wall_ms())
 
     def _answer(self, mailbox: Mailbox, decision: Decision) -> None:
         mailbox.decision = decision
@@ -456,7 +477,7 @@ class Join:
         self._count_answer(mailbox, decision)
 
     def _count_answer(self, mailbox: Mailbox, decision: Decision) -> None:
-        status = decision.status.value
+        status = _TEXT[decision.status]
         wall = self.wall_ms()
         metrics = self.metrics
         metrics.inc(child(m.ANSWERS, decision.model or "", status))
@@ -470,20 +491,22 @@ class Join:
     def _close(self, mailbox: Mailbox) -> None:
         decision = mailbox.decision
         assert decision is not None
+        created_at, decided_at = mailbox.created_at, decision.at
+        observe, score_latency = self.metrics.observe, self._score_latency
         outputs = []
         for a in mailbox.arrivals.values():
-            latency = max(0, a.at - mailbox.created_at)
-            self.metrics.observe(child(m.SCORE_LATENCY, *self._labels(a.model, a.version)), latency / 1000.0)
+            latency = a.at - created_at if a.at > created_at else 0
+            observe(score_latency(a.model, a.version), latency / 1000.0)
             outputs.append({"model": a.model, "version": a.version, "score": a.score, "label": a.label,
                             "error": a.error, "latency_ms": float(latency), "compute_ms": a.compute_ms,
-                            "late": a.at > decision.at})
+                            "late": a.at > decided_at})
         schedule = mailbox.schedule
         record = {
             "request_id": mailbox.request_id,
             "created_at": mailbox.created_at,
             "deadline": mailbox.deadline,
             "answered_at": decision.at,
-            "status": decision.status.value,
+            "status": _TEXT[decision.status],
             "chosen_model": decision.model,
             "reason": decision.reason,
             "schedule": schedule.name if schedule else "",
@@ -522,8 +545,8 @@ class Join:
     def _forget_remembered(self) -> None:
         remembered, clocks = self._remembered, self.clocks
         while remembered:
-            partition, forget_at, *_rest = next(iter(remembered.values()))
-            if forget_at >= clocks.now(partition):
+            oldest = next(iter(remembered.values()))  # (partition, forget at, ...): indexed, not unpacked (per score)
+            if oldest[1] >= clocks.now(oldest[0]):
                 break
             remembered.popitem(last=False)
 
@@ -535,7 +558,7 @@ def _answer_record(
     """The Answer record of a decision (`chosen`: the score it answers with)."""
     return {
         "request_id": request_id,
-        "status": decision.status.value,
+        "status": _TEXT[decision.status],
         "model": decision.model,
         "version": chosen.version if chosen else None,
         "score": chosen.score if chosen else None,
