@@ -72,6 +72,8 @@ Owner = Mailbox | Receipt  # what a record's offset waits for (see offsets.py)
 # A status as the records write it: `Status.X.value` is a Python-level property (enum.py), read
 # three times per request.
 _TEXT = {status: status.value for status in Status}
+# Members read per request; `Status.X` is a slow lookup in Python 3.11 (its EnumType has a __getattr__).
+_FALLBACK, _TIMEOUT = Status.FALLBACK, Status.TIMEOUT
 
 
 class Outputs(Protocol):
@@ -290,7 +292,8 @@ class Join:
         value, error = score.score, score.error
         if value is not None and not isfinite(value):  # NaN is no answer to give with confidence
             value, error = None, error or f"its score is not a finite number ({value})"
-        arrival = Arrival(score.model, score.version, value, score.label, error, score.log_time, score.compute_ms)
+        arrival = Arrival(score.model, score.version, value, score.label, error, score.log_time, score.compute_ms,
+                          error is None and value is not None)
         if not mailbox.add(arrival):
             self.metrics.inc(child(m.DUPLICATE_SCORES, model_label))
         elif mailbox.decision is not None and arrival.at > mailbox.decision.at:
@@ -438,10 +441,10 @@ class Join:
         schedule = mailbox.schedule
         assert schedule is not None
         if mailbox.decision is None:
-            decision = schedule.decide(mailbox.outcomes, mailbox.created_at, mailbox.deadline, clock,
+            decision = schedule.decide(mailbox.arrivals, mailbox.created_at, mailbox.deadline, clock,
                                        mailbox.request_id)
             if decision is None:
-                at = schedule.next_check(mailbox.outcomes, mailbox.created_at, mailbox.deadline, clock)
+                at = schedule.next_check(mailbox.arrivals, mailbox.created_at, mailbox.deadline, clock)
                 self._wake(mailbox, at, clock)
                 return
             self._answer(mailbox, decision)
@@ -483,9 +486,9 @@ class Join:
         metrics.inc(child(m.ANSWERS, decision.model or "", status))
         metrics.observe(child(m.ANSWER_LATENCY, status), max(0, wall - mailbox.created_at) / 1000.0)
         metrics.observe(m.DEADLINE_SLACK, max(0, wall - mailbox.deadline) / 1000.0)
-        if decision.status is Status.FALLBACK:
+        if decision.status is _FALLBACK:
             metrics.inc(child(m.FALLBACKS, decision.model))
-        elif decision.status is Status.TIMEOUT:
+        elif decision.status is _TIMEOUT:
             metrics.inc(m.TIMEOUTS)
 
     def _close(self, mailbox: Mailbox) -> None:

@@ -14,12 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.control.schedule import Decision, Outcome, Schedule
+from services.control.schedule import Decision, Schedule
 
 
 @dataclass(slots=True)
 class Arrival:
-    """One model's score as the log took it (`at`: its append time)."""
+    """One model's score as the log took it (`at`: its append time); also what the schedule
+    decides by (`schedule.Reported`)."""
 
     model: str
     version: str
@@ -28,6 +29,7 @@ class Arrival:
     error: str | None
     at: int
     compute_ms: float
+    usable: bool  # a score and no error: what the schedule may answer with
 
 
 @dataclass(slots=True)
@@ -44,7 +46,6 @@ class Mailbox:
     inputs: bytes | None = b""
     replies: list[tuple[str, int | None]] = field(default_factory=list)  # return addresses
     arrivals: dict[str, Arrival] = field(default_factory=dict)
-    outcomes: dict[str, Outcome] = field(default_factory=dict)
     decision: Decision | None = None
     answer: dict[str, Any] | None = None  # the Answer record sent (for repeats of the request)
     restored: bool = False  # answered before a restart: finish its comparison record only
@@ -63,8 +64,6 @@ class Mailbox:
         if arrival.model in self.arrivals:
             return False
         self.arrivals[arrival.model] = arrival
-        self.outcomes[arrival.model] = Outcome(arrival.error is None and arrival.score is not None,
-                                               arrival.error, arrival.at)
         return True
 
 
