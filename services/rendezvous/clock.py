@@ -50,6 +50,7 @@ class LogClocks(Generic[T]):
         self._parts: dict[int, _Partition[T]] = {}
         self._seq = itertools.count()  # ties pop in push order; items are never compared
         self._live = live
+        self.moves = 0  # times any clock moved: a reader compares it to know whether one did since it last looked
 
     def _part(self, partition: int) -> _Partition[T]:
         part = self._parts.get(partition)
@@ -63,10 +64,13 @@ class LogClocks(Generic[T]):
 
     def advance(self, partition: int, log_time: int) -> list[T]:
         """Move the clock to `log_time` (if later); the items whose time it has now passed."""
-        part = self._part(partition)
+        part = self._parts.get(partition)  # per record: `_part` only for a new partition
+        if part is None:
+            part = self._part(partition)
         if log_time <= part.now:
             return []
         part.now = log_time
+        self.moves += 1
         part.marker_sent_at = -1.0
         due = []
         timers = part.timers

@@ -142,6 +142,10 @@ class Join:
         # request id -> (partition, forget at (log time), its answer: decoded, or as a recovery
         # scan read it; the digest of its inputs, None when a recovery scan found it)
         self._remembered: OrderedDict[str, Remembered] = OrderedDict()
+        # What _forget_remembered last looked at: the clocks' move count, and whether the
+        # remembered ids changed since (the oldest may be another one now).
+        self._moves_seen = -1
+        self._remembered_changed = False
         self._finished = Finished({}, set())
         self._models_seen: dict[str, int] = {}  # model -> wall ms of its last score
         self._labelled_models: set[str] = set()  # models named in metrics (never forgotten: series stay)
@@ -225,6 +229,7 @@ class Join:
             self._requests_read.pop(partition, None)
         for rid in [rid for rid, (partition, *_rest) in self._remembered.items() if partition in partitions]:
             del self._remembered[rid]
+        self._remembered_changed = True
         self.clocks.forget(partitions)
         # A later owner scans again; an entry kept past this would take a new request with the
         # same id for an old one (and, finding no answer, send it none).
@@ -539,6 +544,7 @@ class Join:
         """Keep a closed id (its answer, its inputs' digest) so late scores are known as late and
         a repeated request gets the same answer; bounded in time and number."""
         remembered = self._remembered
+        self._remembered_changed = True
         since = max(log_time, self.clocks.now(partition))
         remembered[rid] = (partition, since + self.limits.remember_ms, answer, inputs)
         remembered.move_to_end(rid)
@@ -546,7 +552,12 @@ class Join:
             remembered.popitem(last=False)
 
     def _forget_remembered(self) -> None:
+        """Forget the oldest closed ids whose time is up. Only a clock's move or a change to the
+        ids can make one due, so on most records (a clock moves once per ms) it need not look."""
         remembered, clocks = self._remembered, self.clocks
+        if clocks.moves == self._moves_seen and not self._remembered_changed:
+            return
+        self._moves_seen, self._remembered_changed = clocks.moves, False
         while remembered:
             oldest = next(iter(remembered.values()))  # (partition, forget at, ...): indexed, not unpacked (per score)
             if oldest[1] >= clocks.now(oldest[0]):

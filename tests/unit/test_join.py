@@ -291,6 +291,23 @@ def test_a_repeated_request_gets_the_same_answer_while_open_and_after_it_closed(
     assert len(out.answers) == 1  # answered once on the answers topic
 
 
+def test_a_closed_id_is_forgotten_once_the_oldest_ids_before_it_are() -> None:
+    """Closed ids are forgotten oldest first, each once its partition's clock is remember_ms past
+    it: found by the next record after a clock moves or the oldest ids change, whichever it is."""
+    join, _out = make_join(remember_ms=100)
+    for rid, partition in (("r0", 0), ("r1", 1)):
+        join.on_request(request(rid, partition=partition))
+        for model in MODELS:
+            join.on_score(score(rid, model, T0 + 5, partition=partition))
+    assert join.mailboxes == {}
+    join.on_clock(1, T0 + 200)  # r1's time is up, but r0 (partition 0, its clock at T0 + 5) is older
+    join.on_score(score("r1", "champion", T0 + 200, partition=1))
+    assert join.orphans == 0  # a late score of r1, still remembered
+    join.drop_partitions({0})  # r0 goes: r1 is the oldest now, and due
+    join.on_score(score("r1", "challenger", T0 + 200, partition=1))  # no clock moves
+    assert join.orphans == 1  # r1 forgotten: its score waits for a request like any other
+
+
 def refusals(out: Collected) -> list[tuple[str, str]]:
     """(return address, reason) of the ERROR replies sent outside the answers topic."""
     answered = {id(record) for record in out.answers}
