@@ -24,6 +24,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -129,6 +130,11 @@ class Schedule:
     @property
     def preferred(self) -> str:
         return self.models[0]
+
+    @cached_property
+    def model_set(self) -> frozenset[str]:
+        """The models as a set, for subset tests per event (kept in the instance's __dict__)."""
+        return frozenset(self.models)
 
     def answering(self) -> list[str]:
         """The models it answers with first: the preferred one, and the traffic split's."""

@@ -150,7 +150,9 @@ class Join:
         self._models_seen: dict[str, int] = {}  # model -> wall ms of its last score
         self._labelled_models: set[str] = set()  # models named in metrics (never forgotten: series stay)
         self._labelled: set[tuple[str, str]] = set()  # (model, version) pairs named in metrics
-        self._score_latencies: dict[tuple[str, str], Any] = {}  # (model, version) -> its histogram child
+        # Named (model, version) pairs -> their metric children (see _scores_counted).
+        self._scores_children: dict[tuple[str, str], tuple[Any, str]] = {}
+        self._latency_children: dict[tuple[str, str], Any] = {}
         # live_models() runs for every event; its answer changes only when a model appears or
         # ages out, so it is recomputed at most every LIVE_CACHE_MS (or when a new model appears).
         self._live: tuple[int, set[str]] | None = None
@@ -202,15 +204,28 @@ class Join:
         self._labelled.add(key)
         return key
 
-    def _score_latency(self, model: str, version: str) -> Any:
-        """SCORE_LATENCY's child for a model's version, kept once its labels are its own (they stay so)."""
+    def _scores_counted(self, model: str, version: str) -> tuple[Any, str]:
+        """rdv_scores_total's child for a model's version and its model label (per score); kept
+        once its labels are its own: they stay so, and `_labels` would only return them again."""
         key = (model, version)
-        histogram = self._score_latencies.get(key)
+        found = self._scores_children.get(key)
+        if found is None:
+            labels = self._labels(model, version)
+            found = (child(m.SCORES, *labels), labels[0])
+            if labels == key:  # at most MAX_LABELLED_VERSIONS of them
+                self._scores_children[key] = found
+        return found
+
+    def _score_latency(self, model: str, version: str) -> Any:
+        """rdv_score_latency_seconds' child for a model's version (per score logged), kept likewise;
+        made only when a latency is observed, as a series shows once made."""
+        key = (model, version)
+        histogram = self._latency_children.get(key)
         if histogram is None:
             labels = self._labels(model, version)
             histogram = child(m.SCORE_LATENCY, *labels)
-            if labels == key:  # at most MAX_LABELLED_VERSIONS of them
-                self._score_latencies[key] = histogram
+            if labels == key:
+                self._latency_children[key] = histogram
         return histogram
 
     def markers_due(self, wall_ms: int, delay_ms: int, resend_s: float, wall_s: float) -> list[int]:
@@ -265,7 +280,8 @@ class Join:
         self._attach(mailbox, request, reply)
         # Restored first: an invalid request answered before a restart keeps that answer (its
         # comparison record may not have been committed with it) instead of getting a second one.
-        self._restore_answer(mailbox)
+        if self._finished.answered:  # empty but after a takeover's scan
+            self._restore_answer(mailbox)
         problem = request.problem or self._time_problem(request)
         if problem is not None:
             if mailbox.decision is None:
@@ -286,8 +302,8 @@ class Join:
                 self.metrics.inc(m.SCORES_REFUSED)
                 return None
             self._live = None
-        model_label, version_label = self._labels(score.model, score.version)
-        self.metrics.inc(child(m.SCORES, model_label, version_label))
+        counter, model_label = self._scores_counted(score.model, score.version)
+        self.metrics.inc(counter)
         self._models_seen[score.model] = self.wall_ms()
         if mailbox is None:
             if rid in self._remembered:
@@ -467,12 +483,9 @@ class Join:
 
     def _all_expected_in(self, schedule: Schedule, mailbox: Mailbox) -> bool:
         """Whether every model a comparison record waits for (the schedule's, and any seen
-        recently) has reported; per event, so no set is built."""
+        recently) has reported; per event, so no set is built (a keys view compares with a set)."""
         arrived = mailbox.arrivals.keys()
-        models = schedule.models
-        if len(arrived) < len(models):  # a schedule names each model once: some are missing (most calls)
-            return False
-        return all(m in arrived for m in models) and arrived >= self.live_models(self.wall_ms())
+        return arrived >= schedule.model_set and arrived >= self.live_models(self.wall_ms())
 
     def _answer(self, mailbox: Mailbox, decision: Decision) -> None:
         mailbox.decision = decision
