@@ -80,7 +80,8 @@ class LogClocks(Generic[T]):
 
     def wake(self, partition: int, at: int, item: T) -> None:
         """Hand `item` back once the partition's clock passes `at`."""
-        heapq.heappush(self._part(partition).timers, (at, next(self._seq), item))
+        part = self._parts.get(partition) or self._part(partition)  # per request: `_part` only for a new one
+        heapq.heappush(part.timers, (at, next(self._seq), item))
 
     def markers_due(self, wall_ms: int, delay_ms: int, resend_s: float, wall_s: float) -> list[int]:
         """Partitions whose earliest timer is `delay_ms` overdue by the wall clock while their log
