@@ -150,8 +150,8 @@ class Join:
         self._models_seen: dict[str, int] = {}  # model -> wall ms of its last score
         self._labelled_models: set[str] = set()  # models named in metrics (never forgotten: series stay)
         self._labelled: set[tuple[str, str]] = set()  # (model, version) pairs named in metrics
-        # Named (model, version) pairs -> their metric children (see _scores_counted).
-        self._scores_children: dict[tuple[str, str], tuple[Any, str]] = {}
+        # Named (model, version) pairs -> their metric children (see _child_of).
+        self._scores_children: dict[tuple[str, str], Any] = {}
         self._latency_children: dict[tuple[str, str], Any] = {}
         # live_models() runs for every event; its answer changes only when a model appears or
         # ages out, so it is recomputed at most every LIVE_CACHE_MS (or when a new model appears).
@@ -204,29 +204,18 @@ class Join:
         self._labelled.add(key)
         return key
 
-    def _scores_counted(self, model: str, version: str) -> tuple[Any, str]:
-        """rdv_scores_total's child for a model's version and its model label (per score); kept
-        once its labels are its own: they stay so, and `_labels` would only return them again."""
+    def _child_of(self, metric: Any, kept: dict[tuple[str, str], Any], model: str, version: str) -> Any:
+        """`metric`'s child for a model's version (per score), made only when first asked for (a
+        series shows once made); kept in `kept` once its labels are its own: they stay so, and
+        `_labels` would only return them again."""
         key = (model, version)
-        found = self._scores_children.get(key)
+        found = kept.get(key)
         if found is None:
             labels = self._labels(model, version)
-            found = (child(m.SCORES, *labels), labels[0])
+            found = child(metric, *labels)
             if labels == key:  # at most MAX_LABELLED_VERSIONS of them
-                self._scores_children[key] = found
+                kept[key] = found
         return found
-
-    def _score_latency(self, model: str, version: str) -> Any:
-        """rdv_score_latency_seconds' child for a model's version (per score logged), kept likewise;
-        made only when a latency is observed, as a series shows once made."""
-        key = (model, version)
-        histogram = self._latency_children.get(key)
-        if histogram is None:
-            labels = self._labels(model, version)
-            histogram = child(m.SCORE_LATENCY, *labels)
-            if labels == key:
-                self._latency_children[key] = histogram
-        return histogram
 
     def markers_due(self, wall_ms: int, delay_ms: int, resend_s: float, wall_s: float) -> list[int]:
         return self.clocks.markers_due(wall_ms, delay_ms, resend_s, wall_s)
@@ -302,8 +291,8 @@ class Join:
                 self.metrics.inc(m.SCORES_REFUSED)
                 return None
             self._live = None
-        counter, model_label = self._scores_counted(score.model, score.version)
-        self.metrics.inc(counter)
+        self.metrics.inc(self._child_of(m.SCORES, self._scores_children, score.model, score.version))
+        model_label = self._labels(score.model, score.version)[0]
         self._models_seen[score.model] = self.wall_ms()
         if mailbox is None:
             if rid in self._remembered:
@@ -513,11 +502,11 @@ class Join:
         decision = mailbox.decision
         assert decision is not None
         created_at, decided_at = mailbox.created_at, decision.at
-        observe, score_latency = self.metrics.observe, self._score_latency
+        observe, child_of, kept = self.metrics.observe, self._child_of, self._latency_children
         outputs = []
         for a in mailbox.arrivals.values():
             latency = a.at - created_at if a.at > created_at else 0
-            observe(score_latency(a.model, a.version), latency / 1000.0)
+            observe(child_of(m.SCORE_LATENCY, kept, a.model, a.version), latency / 1000.0)
             outputs.append({"model": a.model, "version": a.version, "score": a.score, "label": a.label,
                             "error": a.error, "latency_ms": float(latency), "compute_ms": a.compute_ms,
                             "late": a.at > decided_at})
