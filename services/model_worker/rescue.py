@@ -46,7 +46,7 @@ from services.core.requests import check_request
 from services.core.runtime import now_ms
 from services.core.topic_range import PartitionSpan, read_spans
 from services.model_worker.rescue_board import Board, Range, Reader, Snapshot, unlink
-from services.model_worker.score_writer import ScoreWriter, unscored
+from services.model_worker.score_writer import ScoreWriter, hung_reasons, unscored
 
 log = logging.getLogger("services.model_worker.rescue")
 
@@ -177,9 +177,9 @@ def error_scores(config: RescueConfig, snap: Snapshot, requests: Sequence[tuple[
     elapsed = max(0.0, (time.monotonic() - snap.turn_started) * 1000.0)
     batch = [request for _, request in requests]
     out = []
-    for i, model in enumerate(config.models[snap.model:]):
-        reason = (f"model {stuck} did not answer within {config.timeout_s:g} s (stuck holding the interpreter lock)"
-                  if i == 0 else f"not scored: co-hosted model {stuck} hung on this batch")
+    pending = config.models[snap.model:]
+    for model, reason in zip(pending, hung_reasons(stuck, config.timeout_s, len(pending), holding_gil=True),
+                             strict=True):
         writer = ScoreWriter(model.name, model.version, model.instance)
         values, _ = writer.encode_batch(batch, [unscored(reason, elapsed)] * len(batch), now, now)
         out += [(msg.partition() or 0, request["request_id"].encode(), value)

@@ -72,6 +72,16 @@ def unscored(reason: str, compute_ms: float) -> Result:
     return _Unscored(None, reason, compute_ms)
 
 
+def hung_reasons(stuck: str, timeout_s: float, models: int, *, holding_gil: bool = False) -> list[str]:
+    """The reasons of the error Scores of a batch model `stuck` hung on, one per model whose turn
+    had not ended: the stuck one's first, then the co-hosted ones after it that never got a turn.
+    The watchdog (`holding_gil` False) and the rescue process (True: the worker could not even run
+    its watchdog) write the same words, so a reader of the scores need not know which wrote them."""
+    why = " (stuck holding the interpreter lock)" if holding_gil else ""
+    first = f"model {stuck} did not answer within {timeout_s:g} s{why}"
+    return [first] + [f"not scored: co-hosted model {stuck} hung on this batch"] * (models - 1)
+
+
 def _plain_type(node: Any) -> Any:
     if isinstance(node, Mapping):
         return node["type"]  # e.g. {"type": "long", "logicalType": "timestamp-millis"}

@@ -40,6 +40,7 @@ from confluent_kafka import Message, TopicPartition
 from services.core.errors import RendezvousError
 from services.core.kafka import Consumer, Producer
 from services.model_worker.rescue_board import Board
+from services.model_worker.score_writer import hung_reasons
 
 log = logging.getLogger(__name__)
 
@@ -199,9 +200,7 @@ class ScoringWatchdog(Generic[M]):
             "Score, the batch's offsets are committed and the worker exits (%d) for a fresh one to read on",
             stuck, len(batch.sources), self.timeout_s, EXIT_MODEL_HUNG,
         )
-        for i, model in enumerate(pending):
-            reason = (f"model {stuck} did not answer within {self.timeout_s:g} s" if i == 0 else
-                      f"not scored: co-hosted model {stuck} hung on this batch")
+        for model, reason in zip(pending, hung_reasons(stuck, self.timeout_s, len(pending)), strict=True):
             batch.write_errors(model, reason)
         try:
             self._producer.flush(FLUSH_TIMEOUT_S)

@@ -14,6 +14,7 @@ from confluent_kafka import Message
 from services.core.codec import codec
 from services.model_worker.rescue import Model, RescueConfig, error_scores, grace_s, should_rescue
 from services.model_worker.rescue_board import MAX_META, MAX_RANGES, Board, Reader, Snapshot, batch_ranges, read
+from services.model_worker.score_writer import hung_reasons
 from services.model_worker.watchdog import ScoringWatchdog
 
 META = b"CGMDv2:\x00\x00\x00\x07rdv.model.a+b\x00\x00\x01"
@@ -154,6 +155,14 @@ def test_the_error_scores_mirror_the_watchdogs() -> None:
     assert [decoded[f] for f in ("score", "label", "received_at", "scored_at")] == [None, None, 1000, 1000]
     both = [codec("score").decode(v)["error"] for _, _, v in error_scores(config, snapshot(), [(msg, request)], 1)]
     assert both[1] == "not scored: co-hosted model a hung on this batch"
+
+
+def test_the_watchdog_and_the_rescue_give_the_same_reasons_but_one_note() -> None:
+    assert hung_reasons("b", 2.5, 3) == ["model b did not answer within 2.5 s",
+                                         "not scored: co-hosted model b hung on this batch",
+                                         "not scored: co-hosted model b hung on this batch"]
+    rescued = hung_reasons("b", 2.5, 1, holding_gil=True)
+    assert rescued == ["model b did not answer within 2.5 s (stuck holding the interpreter lock)"]
 
 
 def test_a_rescue_that_stood_down_releases_the_batch_and_watches_on(
