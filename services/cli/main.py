@@ -207,7 +207,9 @@ class Parser(argparse.ArgumentParser):
     secret typed without its flag (`rendezvous send sasl.password=...`). Subcommand parsers are of
     this class too."""
 
-    # The command line being parsed (build_parser sets it): the hints below read what was typed.
+    # The command line being parsed: the hints below read what was typed. Set on a subclass made
+    # per build_parser call (argparse makes subcommand parsers of the parent's own class), so two
+    # parsers in one process never read each other's command line.
     given: tuple[str, ...] = ()
 
     def error(self, message: str) -> NoReturn:
@@ -252,8 +254,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser; given the arguments, only the named command's flags are built."""
     selection = Selection(argv)
-    Parser.given = tuple(argv or ())
-    parser = Parser(
+    parser_class = type("Parser", (Parser,), {"given": tuple(argv or ())})
+    parser = parser_class(
         prog="rendezvous",
         description="Streaming model serving on Apache Kafka: several models score every request, "
         "the rendezvous answers by schedule under a deadline, and logs every output for comparison.",

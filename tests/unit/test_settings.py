@@ -116,6 +116,17 @@ def test_a_mistake_on_the_command_line_is_one_line(
     assert err.count("\n") == 1 and err.startswith(said), err
 
 
+def test_a_parser_reads_its_own_command_line_not_the_last_one_built(capsys: pytest.CaptureFixture[str]) -> None:
+    """The command line was a class attribute: a parser built after another changed what the first read."""
+    from services.cli.main import build_parser
+
+    first = build_parser(["replay", "--since", "-5m"])
+    build_parser(["replay", "--since", "5m"])
+    with pytest.raises(SystemExit):
+        first.parse_args(["replay", "--since", "-5m"])
+    assert "is written --since=-VALUE" in capsys.readouterr().err
+
+
 def test_metrics_listen_on_loopback_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
     from services.core.health import serve_http
     from services.model_worker.settings import WorkerSettings
