@@ -21,6 +21,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError
@@ -71,6 +72,14 @@ def _repeated(held: Held) -> str:
     return f" (repeated {held.lines} times in the last {held.seconds:.0f} s)" if held.lines else ""
 
 
+@dataclass
+class _Kind:
+    """What a client remembers of one kind of message besides its count (kept by the limiter)."""
+
+    held_line: Line | None = None  # the last one held back, for a summary said when none follows
+    said: tuple[str, float] | None = None  # (source, time) of the line said last: its twin may follow
+
+
 _clients: weakref.WeakSet[ClientLog] = weakref.WeakSet()
 _clients_lock = threading.Lock()
 
@@ -86,8 +95,7 @@ class ClientLog:
         # report the same failures, not always interleaved (a client polled now and then serves a
         # batch of each).
         self._limit: OncePerPeriod[str] = OncePerPeriod(period_s, clock)
-        self._held_line: dict[str, Line] = {}  # the last one held back, for a summary said when none follows
-        self._said: dict[str, tuple[str, float]] = {}  # (source, time) of the line said last: its twin may follow
+        self._kinds: dict[str, _Kind] = {}  # the limiter's keys, each with what else it needs
         self._lock = threading.Lock()
         with _clients_lock:
             _clients.add(self)
@@ -118,42 +126,44 @@ class ClientLog:
         key = normalise(text)
         with self._lock:
             # Summaries of kinds held back for a whole period that did not come again since.
-            said = [self._summary(kind, held) for kind, held in self._limit.due(now, skip=key)]
-            twin = self._said.get(key)
-            if twin is not None and twin[0] != source and now - twin[1] <= PAIR_S:
-                del self._said[key]  # the twin of the line just said (a log line and an error event)
+            said = [self._summary(due, held) for due, held in self._limit.due(now, skip=key)]
+            kind = self._kinds.get(key)
+            twin = kind.said if kind is not None else None
+            if kind is not None and twin is not None and twin[0] != source and now - twin[1] <= PAIR_S:
+                kind.said = None  # the twin of the line just said (a log line and an error event)
             else:
-                if key not in self._limit:
+                if kind is None:
                     self._make_room(said, now)
+                    kind = self._kinds[key] = _Kind()
                 held = self._limit.passes(key, now, always=always, source=source)
                 if held is None:
-                    self._held_line[key] = (logger, level, msg, args)
+                    kind.held_line = (logger, level, msg, args)
                 else:
                     said.append((logger, level, msg + "%s", (*args, _repeated(held))))
-                    self._said[key] = (source, now)
+                    kind.said = (source, now)
         for target, lvl, fmt, fmt_args in said:
             target.log(lvl, fmt, *fmt_args)
 
-    def _summary(self, kind: str, held: Held) -> Line:
-        logger, level, msg, args = self._held_line[kind]
+    def _summary(self, key: str, held: Held) -> Line:
+        line = self._kinds[key].held_line
+        assert line is not None  # the limiter held a line of this kind back
+        logger, level, msg, args = line
         return logger, level, msg + "%s", (*args, _repeated(held))
 
     def _make_room(self, said: list[Line], now: float) -> None:
         while len(self._limit) >= MAX_KINDS:
-            kind = self._limit.oldest()
-            held = self._limit.forget(kind, now)
-            self._said.pop(kind, None)
+            key = self._limit.oldest()
+            held = self._limit.forget(key, now)
             if held.lines:
-                said.append(self._summary(kind, held))
-            self._held_line.pop(kind, None)
+                said.append(self._summary(key, held))
+            del self._kinds[key]
 
     def flush(self) -> None:
         """Say what was held back, and forget every kind: the next one is logged as it comes."""
         now = self._clock()
         with self._lock:
-            said = [self._summary(kind, held) for kind, held in self._limit.drain(now)]
-            self._held_line.clear()
-            self._said.clear()
+            said = [self._summary(key, held) for key, held in self._limit.drain(now)]
+            self._kinds.clear()
         for target, lvl, fmt, fmt_args in said:
             target.log(lvl, fmt, *fmt_args)
 
