@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import types
 import warnings
@@ -74,6 +75,29 @@ def test_demo_features_are_the_data_set_names_in_snake_case() -> None:
     assert expected == DEMO_FEATURES
     assert len(DEMO_FEATURES) == 30
     assert {"mean_radius", "worst_concave_points"} <= set(DEMO_FEATURES)
+
+
+def test_demo_data_read_from_the_bundled_file_is_load_breast_cancer_to_the_bit() -> None:
+    # A scikit-learn release that moves the file would silently bring back the slow import.
+    assert demo_mod.bundled_csv() is not None
+    data = load_breast_cancer()
+    x, y = demo_data()
+    assert x.dtype == np.float64 and x.shape == (569, 30) and x.tobytes() == np.asarray(data.data).tobytes()
+    assert y.tolist() == data.target.tolist()
+
+
+def test_demo_data_falls_back_to_load_breast_cancer_without_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(demo_mod, "bundled_csv", lambda: None)
+    fallback = demo_mod._bundled_rows()
+    monkeypatch.undo()
+    assert fallback == demo_mod._bundled_rows()
+
+
+def test_demo_rows_do_not_import_sklearn() -> None:
+    code = ("import sys; from services.model_worker.models import demo_rows; demo_rows(5); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
 
 
 def test_demo_rows_are_reproducible_rows_of_the_data_set() -> None:

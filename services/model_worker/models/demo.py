@@ -37,10 +37,13 @@ Each factory below (`champion()`, `challenger()`, ...) returns an unloaded model
 
 from __future__ import annotations
 
+import csv
 import functools
+import importlib.util
 import os
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -88,16 +91,42 @@ _Scorer = Callable[[np.ndarray], np.ndarray]
 
 
 @functools.cache
-def _dataset() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    from sklearn.datasets import load_breast_cancer
-
-    data: Any = load_breast_cancer()
-    x = np.ascontiguousarray(data.data, dtype=np.float64)
+def _dataset() -> tuple[np.ndarray, np.ndarray]:
+    rows = _bundled_rows()
+    x = np.array([row[:-1] for row in rows], dtype=np.float64)
     x.setflags(write=False)
-    y = np.asarray(data.target, dtype=np.int64)
+    y = np.array([row[-1] for row in rows], dtype=np.int64)
     y.setflags(write=False)
-    names = tuple(str(n).strip().lower().replace(" ", "_") for n in data.feature_names)
-    return x, y, names
+    return x, y
+
+
+def _bundled_rows() -> list[list[float]]:
+    """The data set's rows (30 features, then the class), read from the CSV file scikit-learn ships.
+
+    Read directly: `sklearn.datasets` costs ≈ 2 s of CPU to import on a small machine, and the
+    demo's load generator (which needs rows, not scikit-learn) paid it before its first request.
+    If a scikit-learn release moves the file, `load_breast_cancer` is the fallback (a unit test
+    checks that the file is found and gives the same values)."""
+    path = bundled_csv()
+    if path is None:
+        from sklearn.datasets import load_breast_cancer
+
+        data: Any = load_breast_cancer()
+        targets = data.target.tolist()
+        return [[*features, float(targets[i])] for i, features in enumerate(data.data.tolist())]
+    with path.open(newline="") as lines:
+        next(lines)  # "569,30,malignant,benign": rows, features, class names
+        return [[float(value) for value in row] for row in csv.reader(lines)]
+
+
+def bundled_csv() -> Path | None:
+    """scikit-learn's copy of the breast-cancer data set, found without importing scikit-learn."""
+    spec = importlib.util.find_spec("sklearn")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder, "datasets", "data", "breast_cancer.csv")
+        if path.is_file():
+            return path
+    return None
 
 
 def demo_data() -> tuple[np.ndarray, np.ndarray]:
@@ -105,8 +134,7 @@ def demo_data() -> tuple[np.ndarray, np.ndarray]:
 
     Both arrays are read-only and shared; copy them before modifying.
     """
-    x, y, _ = _dataset()
-    return x, y
+    return _dataset()
 
 
 # Kept literal (and checked against the data set by the tests) so importing this module is cheap.
@@ -125,7 +153,7 @@ def demo_rows(n: int, seed: int = 0) -> list[dict[str, float]]:
     """`n` feature dicts drawn from the data set with replacement (any n works), reproducible by seed."""
     if n < 0:
         raise ValueError(f"demo_rows: n must be >= 0, got {n}")
-    x, _, _ = _dataset()
+    x, _ = _dataset()
     idx = np.random.default_rng(seed).integers(0, len(x), size=n)
     names = DEMO_FEATURES
     return [dict(zip(names, values, strict=True)) for values in x[idx].tolist()]
@@ -140,7 +168,7 @@ def demo_estimator(kind: str) -> Any:
     """The fitted scikit-learn estimator behind a demo scorer: "champion" (a StandardScaler +
     LogisticRegression pipeline), "challenger" (a random forest) or "canary" (a depth-2 tree on
     `_CANARY_FEATURES`, in that column order). Shared and cached: do not modify it."""
-    x, y, _ = _dataset()
+    x, y = _dataset()
     if kind == "champion":
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
@@ -177,7 +205,7 @@ def _canary_scorer() -> _Scorer:
 @functools.cache
 def flaky_threshold() -> float:
     """The flaky model refuses rows whose mean_radius is above this (the 80th percentile)."""
-    x, _, _ = _dataset()
+    x, _ = _dataset()
     return float(np.percentile(x[:, _column(_FLAKY_FEATURE)], _FLAKY_PERCENTILE))
 
 
@@ -190,7 +218,7 @@ def flaky_rejects(row: Mapping[str, float]) -> bool:
 @functools.cache
 def contrarian_threshold() -> float:
     """demo:contrarian flips rows whose mean_texture is above this (the 70th percentile)."""
-    x, _, _ = _dataset()
+    x, _ = _dataset()
     return float(np.percentile(x[:, _column(_CONTRARIAN_FEATURE)], _CONTRARIAN_PERCENTILE))
 
 
