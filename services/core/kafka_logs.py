@@ -79,6 +79,10 @@ class _Kind:
     held_line: Line | None = None  # the last one held back, for a summary said when none follows
     said: tuple[str, float] | None = None  # (source, time) of the line said last: its twin may follow
 
+    def twin_of(self, source: str, now: float) -> bool:
+        """True when a line of this kind from `source` now is the other half of the one said last."""
+        return self.said is not None and self.said[0] != source and now - self.said[1] <= PAIR_S
+
 
 _clients: weakref.WeakSet[ClientLog] = weakref.WeakSet()
 _clients_lock = threading.Lock()
@@ -128,8 +132,7 @@ class ClientLog:
             # Summaries of kinds held back for a whole period that did not come again since.
             said = [self._summary(due, held) for due, held in self._limit.due(now, skip=key)]
             kind = self._kinds.get(key)
-            twin = kind.said if kind is not None else None
-            if kind is not None and twin is not None and twin[0] != source and now - twin[1] <= PAIR_S:
+            if kind is not None and kind.twin_of(source, now):
                 kind.said = None  # the twin of the line just said (a log line and an error event)
             else:
                 if kind is None:
