@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import Future, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -189,8 +190,13 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
         console.print(f"started {settings.rendezvous} rendezvous + {len(names)} models in {len(workers)} "
                       f"worker process(es){_why_co_hosted(settings)} (logs in {logs}); waiting for them...")
         groups = [f"{settings.topic_prefix}rendezvous"] + [model_group(settings.topic_prefix, [w]) for w in workers]
+        patience = Patience(console, lambda waited: (
+            f"still waiting for them ({waited:.0f} s; a first start compiles their loops once, 5-15 s on 2 "
+            f"cores; see the logs in {logs})..."), every_s=10.0)  # started from the cache, they take ~5 s
+
         def alive() -> None:
             _check_alive(processes, logs)
+            patience.tick()
 
         wait_for_groups(config, groups, timeout=120, check=alive)
         wait_for_groups(config, groups[:1], timeout=120, members=settings.rendezvous, check=alive)
@@ -252,6 +258,25 @@ FIRST_ANSWERS_WAIT_S = 180.0
 VIEWS_PER_S = 4  # the live table's redraws per second
 
 
+class Patience:
+    """A line every `every_s` seconds while the demo waits, so that a long wait never looks like a hang."""
+
+    def __init__(self, console: Console, line: Callable[[float], str], every_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._console, self._line, self._every_s, self._clock = console, line, every_s, clock
+        self._started = self._last = clock()
+
+    def waited(self) -> float:
+        return self._clock() - self._started
+
+    def tick(self) -> None:
+        """Print the line (given the seconds waited so far) if the last one is `every_s` old."""
+        now = self._clock()
+        if now - self._last >= self._every_s:
+            self._console.print(self._line(now - self._started))
+            self._last = now
+
+
 def _check_alive(processes: list[subprocess.Popen[bytes]], logs: Path) -> None:
     dead = [p for p in processes if p.poll() is not None]
     if dead:
@@ -276,17 +301,16 @@ def _first_answers(client: Client, processes: list[subprocess.Popen[bytes]], con
     runs it reads back the answers and log of requests it re-reads: seconds, or more)."""
     pending = {client.submit(row, budget_ms=30_000) for row in demo_rows(10, seed=2)}
     client.flush()
-    started = last_note = time.monotonic()
+    patience = Patience(console, lambda waited: (
+        f"waiting for the first answers ({waited:.0f} s; the rendezvous may still be recovering its partitions, "
+        "see rendezvous-0.log)..."))
     while pending:
         _answered, pending = wait(pending, timeout=0.5)  # returns as soon as the last one is answered
-        waited = time.monotonic() - started
-        if pending and waited > FIRST_ANSWERS_WAIT_S:
+        if pending and patience.waited() > FIRST_ANSWERS_WAIT_S:
             raise ConfigError(f"no answer within {FIRST_ANSWERS_WAIT_S:.0f} s; see the logs in {logs}")
         _check_alive(processes, logs)
-        if pending and time.monotonic() - last_note >= 5.0:
-            console.print(f"waiting for the first answers ({waited:.0f} s; the rendezvous may still be "
-                          "recovering its partitions, see rendezvous-0.log)...")
-            last_note = time.monotonic()
+        if pending:
+            patience.tick()
 
 
 def _generate_load(
