@@ -326,11 +326,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     selection.arguments(gateway, ("gateway",), "services.gateway.settings:GatewaySettings")
     gateway.set_defaults(handler=cmd_gateway)
 
-    from services.cli import acl_command, lifecycle_commands, registry_command
+    from services.cli import acl_command, lifecycle_commands, precompile, registry_command
 
     lifecycle_commands.register(commands, selection)
     acl_command.register(commands, selection)
     registry_command.register(commands, selection)
+    precompile.register(commands, selection)
     describe(parser)
     return parser
 

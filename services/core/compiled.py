@@ -4,24 +4,35 @@ Compiled code is cached on disk, so that a process loads it in a fraction of a s
 compiling it for seconds. numba keeps it in __pycache__ next to the source, or in NUMBA_CACHE_DIR,
 and where it can write to neither (a package installed by root and run as another user, as in
 deploy/Dockerfile; a read-only root file system, as in the Helm chart's pods) it refuses to import
-the module at all. So: the package's own directory when it is writable, else NUMBA_CACHE_DIR when
-that is, else a directory of ours under the temp directory (/tmp, an emptyDir in the chart's pods),
-else no cache: every process then compiles at start (seconds; the services do it before they
-subscribe, see their `warm_up` calls).
+the module at all. So: NUMBA_CACHE_DIR when it is set and writable, else the package's own
+directory when that is, else a directory of ours under the temp directory (/tmp, an emptyDir in
+the chart's pods), else no cache: every process then compiles at start (seconds; the services do
+it before they subscribe, see their `warm_up` calls).
+
+A cache made ahead of time (`rendezvous precompile`, which the image runs at build) seeds the
+cache directory of a process that starts without one: RDV_NUMBA_SEED names it, and its files are
+copied in before the first loop is loaded (numba only uses a cache it can write to). Code compiled
+for one CPU is used only on that CPU model; with NUMBA_CPU_NAME=generic (the image) it is used on
+any x86-64.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
-from functools import partial
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from numba import njit
 from numba.core import config as numba_config
 
 log = logging.getLogger(__name__)
+
+SEED_ENV = "RDV_NUMBA_SEED"
+CACHE_FILES = (".nbi", ".nbc")  # numba's index of a function's compiled versions, and each version
 
 
 def _writable(directory: Path) -> bool:
@@ -35,13 +46,50 @@ def _writable(directory: Path) -> bool:
 
 def _cache_dir() -> str | None:
     """Where numba is to cache ("" for its default, next to the sources), or None for nowhere."""
-    if _writable(Path(__file__).resolve().parents[1]):
-        return ""
     configured = numba_config.CACHE_DIR  # type: ignore[attr-defined]
     if configured and _writable(Path(configured)):
         return str(configured)
+    if _writable(Path(__file__).resolve().parents[1]):
+        return ""
     ours = Path(tempfile.gettempdir()) / f"rendezvous-numba-{os.getuid()}"
     return str(ours) if _writable(ours) else None
+
+
+def seed_cache(seed: Path, cache: Path) -> int:
+    """Copy the compiled code cached under `seed` into `cache` (the same layout: both are a
+    NUMBA_CACHE_DIR), keeping the files already there; how many files were copied. Each file
+    appears whole (copied under a temporary name, then renamed): another process starting at the
+    same time reads the old state or the new one, never half a file."""
+    if seed.resolve() == cache.resolve():
+        return 0
+    copied = 0
+    for source in sorted(seed.rglob("*")):
+        target = cache / source.relative_to(seed)
+        if source.suffix not in CACHE_FILES or not source.is_file() or target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.part")
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+        copied += 1
+    return copied
+
+
+def _seed(cache: str | None) -> None:
+    seed = os.environ.get(SEED_ENV, "")
+    if not seed or not cache:  # nothing to seed from, or numba's own in-tree cache (its own layout)
+        return
+    if not Path(seed).is_dir():
+        log.warning("%s=%s is no directory: compiled loops are compiled where the cache lacks them", SEED_ENV, seed)
+        return
+    try:
+        copied = seed_cache(Path(seed), Path(cache))
+    except OSError as err:
+        log.warning("numba's cache not seeded from %s (%s): compiled loops are compiled where it lacks them",
+                    seed, err)
+        return
+    if copied:
+        log.info("numba's cache %s seeded with %d files from %s", cache, copied, seed)
 
 
 _CACHE = _cache_dir()
@@ -49,6 +97,28 @@ if _CACHE:
     numba_config.CACHE_DIR = _CACHE  # type: ignore[attr-defined]
 elif _CACHE is None:
     log.warning("no writable directory for numba's cache: compiled loops are compiled in every process")
+_seed(_CACHE)
 
-# A loop compiled at its first call (or loaded from the cache), which runs without the GIL.
-compiled = partial(njit, cache=_CACHE is not None, nogil=True)
+LOOPS: list[Any] = []  # every loop made by `compiled`, for `cache_counts`
+
+
+def compiled(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """A loop compiled at its first call (or loaded from the cache), which runs without the GIL."""
+
+    def compile_later(function: Callable[..., Any]) -> Any:
+        loop = njit(**{"cache": _CACHE is not None, "nogil": True, **options})(function)
+        LOOPS.append(loop)
+        return loop
+
+    return compile_later
+
+
+def cache_directory() -> str | None:
+    """The directory numba caches in ("" for next to the sources), None when it cannot cache."""
+    return _CACHE
+
+
+def cache_counts() -> tuple[int, int]:
+    """(loaded from the cache, compiled) versions of every loop made ready in this process so far."""
+    stats = [loop.stats for loop in LOOPS]
+    return sum(sum(s.cache_hits.values()) for s in stats), sum(sum(s.cache_misses.values()) for s in stats)

@@ -10,22 +10,39 @@ import pytest
 from services.core import compiled
 
 
-def test_the_package_directory_when_writable_else_ours_else_none(
+def test_numba_cache_dir_when_writable_else_the_package_directory_else_ours_else_none(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     package = Path(compiled.__file__).resolve().parents[1]
-    writable: set[Path] = {package}
+    writable: set[Path] = {package, tmp_path / "configured"}
     monkeypatch.setattr(compiled, "_writable", lambda directory: directory in writable)
     monkeypatch.setattr(compiled.tempfile, "gettempdir", lambda: str(tmp_path))
     monkeypatch.setattr(compiled.numba_config, "CACHE_DIR", str(tmp_path / "configured"))
+    assert compiled._cache_dir() == str(tmp_path / "configured")  # set by the user: it wins
+    writable = {package}
     assert compiled._cache_dir() == ""  # numba's default: __pycache__ next to the sources
-    writable = {tmp_path / "configured"}
-    assert compiled._cache_dir() == str(tmp_path / "configured")
     ours = tmp_path / f"rendezvous-numba-{os.getuid()}"
     writable = {ours}
     assert compiled._cache_dir() == str(ours)
     writable = set()
     assert compiled._cache_dir() is None
+
+
+def test_a_seed_fills_in_the_cache_files_missing_and_keeps_the_others(tmp_path: Path) -> None:
+    seed, cache = tmp_path / "seed", tmp_path / "cache"
+    (seed / "core_ab").mkdir(parents=True)
+    (seed / "core_ab" / "walks.walk-1.py311.nbi").write_bytes(b"index")
+    (seed / "core_ab" / "walks.walk-1.py311.1.nbc").write_bytes(b"code")
+    (seed / "core_ab" / "notes.txt").write_text("not numba's")
+    (cache / "core_ab").mkdir(parents=True)
+    (cache / "core_ab" / "walks.walk-1.py311.nbi").write_bytes(b"newer index")
+    assert compiled.seed_cache(seed, cache) == 1
+    assert (cache / "core_ab" / "walks.walk-1.py311.1.nbc").read_bytes() == b"code"
+    assert (cache / "core_ab" / "walks.walk-1.py311.nbi").read_bytes() == b"newer index"
+    names = sorted(p.name for p in (cache / "core_ab").iterdir())
+    assert names == ["walks.walk-1.py311.1.nbc", "walks.walk-1.py311.nbi"]
+    assert compiled.seed_cache(seed, cache) == 0  # nothing left to copy
+    assert compiled.seed_cache(seed, seed) == 0  # a cache is not its own seed
 
 
 def test_a_directory_that_cannot_be_made_is_not_writable(tmp_path: Path) -> None:
