@@ -34,10 +34,8 @@ EXAMPLES: dict[tuple[str, ...], tuple[str, ...]] = {
         "rendezvous deploy challenger2 --replicas 4                        # rescale a running deployment",
     ),
     ("undeploy",): ("rendezvous undeploy challenger2",),
-    ("precompile",): (
-        "rendezvous precompile                                     # into this machine's cache",
-        "NUMBA_CACHE_DIR=/opt/cache NUMBA_CPU_NAME=generic rendezvous precompile   # an image's, any x86-64",
-    ),
+    ("precompile",): ("rendezvous precompile   # this machine's cache; an image's: NUMBA_CACHE_DIR=DIR "
+                      "NUMBA_CPU_NAME=generic first",),
     ("promote",): ("rendezvous promote challenger2 --require 'agreement>=0.95,p99<=50ms,n>=10000'",),
     ("rollback",): ("rendezvous rollback            # the previous schedule, as a new version (--to N: version N)",),
     ("schedule", "set"): ("rendezvous schedule set --models champion,challenger --wait champion=50 "
