@@ -151,12 +151,12 @@ class LocalBroker:
         if kept is None:
             self._prepare_dir()
             listeners, cluster_id = self._configure_fresh()
-            log4j.write_text(config.log4j2_properties(self.log_file))
+            log4j.write_text(self._log4j2())
             say(f"Formatting storage of local broker {self.name!r} in {self.root} ...")
             self._format(java, classpath, logging_opt, cluster_id)
         else:
             listeners, cluster_id = kept
-            log4j.write_text(config.log4j2_properties(self.log_file))
+            log4j.write_text(self._log4j2())
             say(f"Resuming local broker {self.name!r} (cluster {cluster_id}) from {self.root} ...")
         jvm_options = with_overrides(self.jvm_options, os.environ.get(JVM_OPTS_ENV))
         archive, cds_options, cds_pending = self._cds(java)
@@ -331,6 +331,9 @@ class LocalBroker:
         )
         self._write_properties(config.render_properties(props))
         return config.listener_addresses(props), config.new_cluster_id()
+
+    def _log4j2(self) -> str:
+        return config.log4j2_properties(self.log_file, config.request_log_path(os.environ.get(config.REQUEST_LOG_ENV)))
 
     def _extra_properties(self) -> dict[str, str]:
         # $RDV_BROKER_PROPERTIES (experiments) has the last word, over the code's own extras.

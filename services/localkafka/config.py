@@ -22,6 +22,7 @@ KAFKA_VERSION = "4.4.0"
 HOST = "127.0.0.1"
 BROKER_LISTENER = "PLAINTEXT"
 PROPERTIES_ENV = "RDV_BROKER_PROPERTIES"
+REQUEST_LOG_ENV = "RDV_BROKER_REQUEST_LOG"  # a file: every request the broker completes, one line each
 CONTROLLER_LISTENER = "CONTROLLER"
 DEDUPE_BUFFER_BYTES = 8 * 1024 * 1024
 
@@ -316,31 +317,50 @@ def parse_properties(text: str) -> dict[str, str]:
     return out
 
 
-def log4j2_properties(log_file: Path) -> str:
-    """log4j2 config: INFO to a size-rolled `log_file`, nothing on the console."""
+def log4j2_properties(log_file: Path, request_log: Path | None = None) -> str:
+    """log4j2 config: INFO to a size-rolled `log_file`, nothing on the console. With `request_log`,
+    Kafka's request logger writes a line for every request the broker completes to that file
+    (its DEBUG level: the request's header, connection and times, not its contents), for
+    counting requests (bench/broker_requests.py); it costs the broker CPU, so only on demand."""
     pattern = str(log_file.with_name(log_file.name + ".%i"))
-    return "\n".join(
-        [
-            "status = warn",
-            "name = rendezvous-local-kafka",
-            "appender.file.type = RollingFile",
-            "appender.file.name = FILE",
-            f"appender.file.fileName = {_escape(str(log_file))}",
-            f"appender.file.filePattern = {_escape(pattern)}",
-            "appender.file.layout.type = PatternLayout",
-            "appender.file.layout.pattern = [%d] %p %m (%c)%n",
-            "appender.file.policies.type = Policies",
-            "appender.file.policies.size.type = SizeBasedTriggeringPolicy",
-            "appender.file.policies.size.size = 50MB",
-            "appender.file.strategy.type = DefaultRolloverStrategy",
-            "appender.file.strategy.max = 3",
-            "rootLogger.level = INFO",
-            "rootLogger.appenderRef.file.ref = FILE",
-            "logger.request.name = kafka.request.logger",
-            "logger.request.level = WARN",
-            "",
+    lines = [
+        "status = warn",
+        "name = rendezvous-local-kafka",
+        "appender.file.type = RollingFile",
+        "appender.file.name = FILE",
+        f"appender.file.fileName = {_escape(str(log_file))}",
+        f"appender.file.filePattern = {_escape(pattern)}",
+        "appender.file.layout.type = PatternLayout",
+        "appender.file.layout.pattern = [%d] %p %m (%c)%n",
+        "appender.file.policies.type = Policies",
+        "appender.file.policies.size.type = SizeBasedTriggeringPolicy",
+        "appender.file.policies.size.size = 50MB",
+        "appender.file.strategy.type = DefaultRolloverStrategy",
+        "appender.file.strategy.max = 3",
+        "rootLogger.level = INFO",
+        "rootLogger.appenderRef.file.ref = FILE",
+        "logger.request.name = kafka.request.logger",
+    ]
+    if request_log is None:
+        lines.append("logger.request.level = WARN")
+    else:
+        lines += [
+            "appender.requests.type = File",
+            "appender.requests.name = REQUESTS",
+            f"appender.requests.fileName = {_escape(str(request_log))}",
+            "appender.requests.layout.type = PatternLayout",
+            "appender.requests.layout.pattern = %d{UNIX_MILLIS} %m%n",  # epoch ms: when it completed
+            "logger.request.level = DEBUG",
+            "logger.request.additivity = false",
+            "logger.request.appenderRef.requests.ref = REQUESTS",
         ]
-    )
+    return "\n".join([*lines, ""])
+
+
+def request_log_path(value: str | None) -> Path | None:
+    """$RDV_BROKER_REQUEST_LOG as an absolute path (None when unset or empty)."""
+    text = (value or "").strip()
+    return Path(text).expanduser().resolve() if text else None
 
 
 _ON, _OFF = {"", "on", "1", "true", "yes"}, {"off", "0", "false", "no"}
