@@ -270,7 +270,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "(like a database); `reset` deletes them (asks first unless --yes); `status` says where the data "
         "lives and how big it is (exit 1 when not running). Before `start` reports ready, the broker gets "
         "about 1.5 s of serving-like traffic so its JIT has compiled the hot paths (RDV_BROKER_WARMUP=off "
-        "skips it); RDV_BROKER_CDS=off, RDV_BROKER_JVM_OPTS and RDV_BROKER_PROPERTIES: see the README.",
+        "skips it); RDV_BROKER_CDS=off, RDV_BROKER_JVM_OPTS, RDV_BROKER_PROPERTIES and RDV_BROKER_REQUEST_LOG (a file "
+        "for a line per request the broker completes): see the README.",
     )
     broker.add_argument("action", choices=["start", "stop", "status", "reset"],
                         help="start (or reuse a running one), stop (topics kept), status, reset (delete every topic)")

@@ -141,6 +141,7 @@ class LocalBroker:
         # The environment's switches are read now, so a bad one is said before anything starts.
         warmup.wanted(os.environ.get(warmup.WARMUP_ENV))
         cds.wanted(os.environ.get(JVM_OPTS_ENV))
+        config.request_log_path(os.environ.get(config.REQUEST_LOG_ENV))
         kept = None if fresh else self._resume_config()  # before anything else: no data, no start
         java = java_executable()
         libs = provision(self.progress)

@@ -358,9 +358,17 @@ def log4j2_properties(log_file: Path, request_log: Path | None = None) -> str:
 
 
 def request_log_path(value: str | None) -> Path | None:
-    """$RDV_BROKER_REQUEST_LOG as an absolute path (None when unset or empty)."""
+    """$RDV_BROKER_REQUEST_LOG as an absolute path (None when unset or empty); ConfigError if no
+    file can be written there (log4j would only say so in the broker's own output)."""
     text = (value or "").strip()
-    return Path(text).expanduser().resolve() if text else None
+    if not text:
+        return None
+    path = Path(text).expanduser().resolve()
+    if path.is_dir():
+        raise ConfigError(f"{REQUEST_LOG_ENV}={text}: a directory; name a file for the broker's request log")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{REQUEST_LOG_ENV}={text}: {path.parent} is not a directory")
+    return path
 
 
 _ON, _OFF = {"", "on", "1", "true", "yes"}, {"off", "0", "false", "no"}

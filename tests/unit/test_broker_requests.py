@@ -7,7 +7,10 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
+
 from bench.broker_requests import UNKNOWN, Completed, Window, count, parse_line, socket_owners
+from services.core.errors import ConfigError
 from services.localkafka.config import log4j2_properties, request_log_path
 
 
@@ -71,3 +74,10 @@ def test_the_request_log_is_configured_only_when_asked_for(tmp_path: Path) -> No
     assert "logger.request.additivity = false" in logged  # not into broker.log as well
     assert request_log_path("  ") is None
     assert request_log_path(str(tmp_path / "r.log")) == (tmp_path / "r.log").resolve()
+
+
+def test_a_request_log_nowhere_to_write_is_refused_in_one_line(tmp_path: Path) -> None:
+    for where, why in ((tmp_path, "a directory"), (tmp_path / "no" / "r.log", "is not a directory")):
+        with pytest.raises(ConfigError, match=f"^RDV_BROKER_REQUEST_LOG=.*{why}") as refused:
+            request_log_path(str(where))
+        assert "\n" not in str(refused.value)
