@@ -221,7 +221,11 @@ class ExactlyOnce(_Base):
         """Abort the failed transaction; what to raise: `TransactionAborted` (re-read and redo), or
         the refusal itself if the broker would refuse the redone outputs again (re-reading would
         meet it for ever). The error may name it, or only a delivery report."""
-        lasting = self.txn.lasting_failure()  # taken before the abort discards it
+        # The refused record's delivery report names it and its topic. When the refusal came while
+        # the transaction was open and nothing polled since, the report is queued but not served
+        # yet (commit_transaction failed at once): served now, before the abort discards it.
+        self.txn.poll(0)
+        lasting = self.txn.lasting_failure()
         self.abort()
         lasting = lasting or refused_for_good(err, "an output of the transaction")
         if lasting is not None:
