@@ -320,8 +320,9 @@ def parse_properties(text: str) -> dict[str, str]:
 def log4j2_properties(log_file: Path, request_log: Path | None = None) -> str:
     """log4j2 config: INFO to a size-rolled `log_file`, nothing on the console. With `request_log`,
     Kafka's request logger writes a line for every request the broker completes to that file
-    (its DEBUG level: the request's header, connection and times, not its contents), for
-    counting requests (bench/broker_requests.py); it costs the broker CPU, so only on demand."""
+    (its DEBUG level: each request's header and fields, topics included but no records, its
+    connection and times), for counting requests (bench/broker_requests.py); it costs the broker
+    CPU, so only on demand."""
     pattern = str(log_file.with_name(log_file.name + ".%i"))
     lines = [
         "status = warn",
