@@ -25,7 +25,7 @@ REJECTED = Counter(
     "rdv_gateway_rejected_total",
     "Calls refused or failed, by protocol and reason (invalid, not_found, unauthenticated, "
     "rate_limited, timeout, error, unavailable, broker, too_large, media_type, cross_origin, client_closed, "
-    "body_too_slow, bad_request, no_route, internal).",
+    "body_too_slow, bad_request, no_route, internal, ui_viewers).",
     ["protocol", "reason"],
 )
 ANSWERS = Counter(

@@ -161,7 +161,7 @@ class GatewayService:
 
     def _http_server(self, gateway: Gateway) -> tuple[_Server, socket.socket]:
         s = self.settings
-        extra = ComparisonPage(self._feed, lambda: self._stopping).routes() if s.ui else []
+        extra = ComparisonPage(self._feed, lambda: self._stopping, s.ui_max_viewers).routes() if s.ui else []
         app = build_app(RestApi(gateway, server_version()), extra)
         config = uvicorn.Config(
             app, http=guarded_protocol(), lifespan="off", access_log=False, log_config=None, server_header=False,

@@ -78,6 +78,11 @@ class GatewaySettings(KafkaSettings):
         "shows its figures (empty: the page says it has no source).",
     )
     ui: bool = setting(True, "Serve the live comparison page at /ui (public, like /metrics).")
+    ui_max_viewers: int = setting(
+        32, "Most /ui/events streams open at once (beyond: 503); each ends after 5 minutes and the page "
+        "reconnects, so idle viewers cannot hold the --max-connections slots. Must be below --max-connections.",
+        minimum=1,
+    )
     instance: str = setting(
         "", "Name of this gateway in logs and Kafka client ids (default: the host name).",
     )
@@ -106,6 +111,9 @@ class GatewaySettings(KafkaSettings):
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.drain_timeout_s < 0:
             raise ConfigError(f"--drain-timeout-s must be >= 0, got {self.drain_timeout_s}")
+        if self.ui and self.ui_max_viewers >= self.max_connections:
+            raise ConfigError(f"--ui-max-viewers ({self.ui_max_viewers}) must be below --max-connections "
+                              f"({self.max_connections}): /ui viewers could hold every connection (or --no-ui)")
 
     def reply_group_id(self) -> str:
         return self.reply_group or f"{self.topic_prefix}gateway"

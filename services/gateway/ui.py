@@ -9,6 +9,11 @@ service exports at that moment; it computes nothing of its own but ratios of two
     GET /ui            the page (HTML; its script and style are served here too: nothing external)
     GET /ui/events     text/event-stream, one `snapshot` event a second
     GET /ui/snapshot   the current snapshot as JSON
+
+The page is public, like /metrics, and an event stream holds its connection for as long as the
+viewer stays: so at most `max_viewers` streams are open at once (beyond, 503), and each ends after
+STREAM_S (the browser reconnects by itself). Otherwise anyone could hold every --max-connections
+slot with idle streams, and every REST call, inference included, would get 503.
 """
 
 from __future__ import annotations
@@ -29,14 +34,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
+from services.core.metrics import child
 from services.core.runtime import now_ms
+from services.gateway import metrics as m
 
 log = logging.getLogger(__name__)
 
 STATUSES = ("OK", "FALLBACK", "TIMEOUT", "ERROR")
 QUANTILES = ("0.5", "0.9", "0.99")
 WATCHED_S = 10.0  # keep reading this long after the last viewer asked
+STREAM_S = 300.0  # an event stream ends after this; the browser reconnects (after RECONNECT_MS)
+RECONNECT_MS = 1000
 # Only this page's own script, style and event stream; nothing else may load.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -146,9 +156,14 @@ def _asset(name: str) -> bytes:
 
 
 class ComparisonPage:
-    def __init__(self, feed: ComparisonFeed, stopping: Callable[[], bool]):
+    def __init__(
+        self, feed: ComparisonFeed, stopping: Callable[[], bool], max_viewers: int, stream_s: float = STREAM_S,
+    ):
         self.feed = feed
         self.stopping = stopping
+        self.max_viewers = max_viewers
+        self.stream_s = stream_s
+        self.viewers = 0  # event streams open now (see _ViewerStream)
         self._assets = {name: _asset(name) for name in ("ui.html", "ui.js", "ui.css")}
 
     def routes(self) -> list[BaseRoute]:
@@ -180,9 +195,34 @@ class ComparisonPage:
         return Response(orjson.dumps(self.feed.latest), media_type="application/json")
 
     async def events(self, _request: Request) -> Response:
+        if self.viewers >= self.max_viewers:
+            child(m.REJECTED, "rest", "ui_viewers").inc()
+            error = (f"the most viewers of /ui/events this gateway serves at once ({self.max_viewers}, "
+                     "--ui-max-viewers) are watching: try again later")
+            return Response(orjson.dumps({"error": error}), 503, {"Retry-After": "10"}, media_type="application/json")
+        ends = time.monotonic() + self.stream_s
+
         async def stream() -> AsyncIterator[bytes]:
-            async for snapshot in self.feed.changes(self.stopping):
+            yield f"retry: {RECONNECT_MS}\n\n".encode()
+            async for snapshot in self.feed.changes(lambda: self.stopping() or time.monotonic() >= ends):
                 yield b"event: snapshot\ndata: " + orjson.dumps(snapshot) + b"\n\n"
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.viewers += 1  # counted from here: the next call sees it, before this stream is sent
+        return _ViewerStream(self, stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+class _ViewerStream(StreamingResponse):
+    """An event stream that counts as a viewer until it ends, however it ends (the viewer left,
+    the stream's time was up, the gateway stopped): a generator's `finally` would run only when
+    the generator is collected if the viewer left while it waited at a `yield`."""
+
+    def __init__(self, page: ComparisonPage, content: AsyncIterator[bytes], **kwargs: Any):
+        super().__init__(content, **kwargs)
+        self._page = page
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._page.viewers -= 1

@@ -774,3 +774,64 @@ def test_an_empty_column_name_is_named_as_such() -> None:
     """It said "feature_names has 2 names for 2 columns", which read as no problem at all."""
     with pytest.raises(InvalidInput, match=r"feature_names has an empty name \(column 1;"):
         rows_of([Tensor("x", "FP64", (1, 2), [1.0, 2.0], {"feature_names": "a, "})], None, 10)
+
+
+def _stream_events(page: Any, disconnect_after_snapshot: bool) -> tuple[Any, list[bytes]]:
+    """Serve one /ui/events response over ASGI; the viewer leaves after its first snapshot, or never."""
+    import asyncio
+
+    async def run() -> tuple[Any, list[bytes]]:
+        response = await page.events(None)
+        bodies: list[bytes] = []
+        left = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            await left.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            bodies.append(message.get("body", b""))
+            if disconnect_after_snapshot and b"event: snapshot" in bodies[-1]:
+                left.set()
+
+        if response.status_code == 200:
+            await asyncio.wait_for(response({"type": "http", "asgi": {"spec_version": "2.3"}}, receive, send), 30)
+        return response, bodies
+
+    return asyncio.run(run())
+
+
+def test_ui_event_streams_are_capped_and_a_viewer_counts_until_its_stream_ends() -> None:
+    """Idle viewers must not hold every --max-connections slot: past --ui-max-viewers a stream is
+    refused (503), and a stream stops counting when its viewer leaves or its time is up."""
+    import asyncio
+
+    from services.gateway import metrics as gm
+    from services.gateway.ui import ComparisonFeed, ComparisonPage
+
+    page = ComparisonPage(ComparisonFeed(""), lambda: False, max_viewers=1, stream_s=3600)
+    held = asyncio.run(page.events(None))  # type: ignore[arg-type]
+    assert (held.status_code, page.viewers) == (200, 1)
+    counted = gm.REJECTED.labels("rest", "ui_viewers")
+    before = counted._value.get()
+    refused, _ = _stream_events(page, disconnect_after_snapshot=True)
+    assert refused.status_code == 503 and b"--ui-max-viewers" in refused.body
+    assert refused.headers["retry-after"] == "10" and counted._value.get() == before + 1
+
+    page.viewers = 0  # the held response is never served; a served one counts itself down:
+    served, bodies = _stream_events(page, disconnect_after_snapshot=True)
+    assert served.status_code == 200 and page.viewers == 0
+    assert bodies[1] == b"retry: 1000\n\n"  # bodies[0]: the response's start
+    assert any(b"event: snapshot" in body for body in bodies)
+
+    timed = ComparisonPage(ComparisonFeed(""), lambda: False, max_viewers=1, stream_s=0)
+    ended, bodies = _stream_events(timed, disconnect_after_snapshot=False)  # the viewer never leaves
+    assert ended.status_code == 200 and timed.viewers == 0
+    assert sum(b"event: snapshot" in body for body in bodies) == 1
+
+
+def test_settings_refuse_more_ui_viewers_than_connections() -> None:
+    with pytest.raises(ConfigError, match=r"--ui-max-viewers \(32\) must be below --max-connections \(10\)"):
+        GatewaySettings(max_connections=10).validate()
+    GatewaySettings(max_connections=10, ui=False).validate()
+    GatewaySettings(max_connections=10, ui_max_viewers=9).validate()

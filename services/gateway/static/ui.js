@@ -91,6 +91,9 @@ function connect() {
   events.addEventListener("snapshot", (event) => render(JSON.parse(event.data)));
   events.onerror = () => {
     document.getElementById("updated").textContent = "disconnected, retrying…";
+    if (events.readyState === EventSource.CLOSED) {  // refused (e.g. 503: too many viewers): the browser gives up
+      setTimeout(connect, 10000);
+    }
   };
 }
 
