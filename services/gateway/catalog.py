@@ -142,17 +142,20 @@ class Catalog:
         cached, now = self._cached, time.monotonic()
         if cached is not None and cached[0] is schedule and now - cached[1] < 1.0:
             return cached[2]
-        versions = tuple(str(s.version) for s in self.schedules.book.versions)
-        target = Target(schedule.name, SCHEDULE, str(schedule.version), versions, self._union(schedule.models),
-                        schedule)
+        # Only the version in force may be asked for (OIP's `versions`: those a call may name).
+        target = Target(schedule.name, SCHEDULE, str(schedule.version), (str(schedule.version),),
+                        self._union(schedule.models), schedule)
         self._cached = (schedule, now, target)
         return target
 
     def _model_target(self, name: str, published: str, version: str) -> Target:
-        if version and published and version != published:
+        if version and not published:  # no version to check it against: the call's would be echoed unchecked
+            raise NotFound(f"model {name!r} has published no version, so none can be asked for; leave the "
+                           "version out")
+        if version and version != published:
             raise NotFound(f"model {name!r} serves version {published!r}, not {version!r}")
         features = self.signatures.features(name)
-        return Target(name, MODEL, published or version, (published,) if published else (),
+        return Target(name, MODEL, published, (published,) if published else (),
                       None if features is None else tuple(features), self.schedule())
 
     def _union(self, models: Iterable[str]) -> tuple[FeatureSpec, ...] | None:

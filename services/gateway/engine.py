@@ -133,8 +133,10 @@ class Gateway:
             decided = {str(a.schedule_version) for a in answers if a.schedule_version > 0}
             version = decided.pop() if len(decided) == 1 else target.version
         else:
-            versions = {a.version for a in answers}
-            version = target.version or (versions.pop() if len(versions) == 1 else "")
+            # The version that scored, as its output says (a worker of the version before may
+            # still answer during a roll-out); the published one when the rows differ.
+            versions = {a.version for a in answers if a.version}
+            version = versions.pop() if len(versions) == 1 else target.version
         return InferResult(target.name, version, base, tuple(answers), call.outputs)
 
     def _budget(self, target: Target, given: Sequence[int | None]) -> int:

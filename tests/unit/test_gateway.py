@@ -430,7 +430,8 @@ V2 = Schedule(models=("champion", "challenger"), version=2, default_deadline_ms=
 def test_the_schedule_name_is_a_model_whose_version_is_the_one_in_force() -> None:
     catalog = Catalog(Versions(V1, V2), FixedSignatures(["a", "b"]), enforce=False)
     target = catalog.resolve("default")
-    assert (target.kind, target.version, target.versions) == (SCHEDULE, "2", ("1", "2"))
+    # Only the version in force may be asked for, so only it is listed (OIP's `versions`).
+    assert (target.kind, target.version, target.versions) == (SCHEDULE, "2", ("2",))
     assert catalog.resolve("default", "2").schedule.default_deadline_ms == 300
     with pytest.raises(NotFound, match="version '1' is not in force"):
         catalog.resolve("default", "1")
@@ -450,6 +451,10 @@ def test_models_of_the_schedule_and_published_ones_may_be_asked_directly() -> No
         catalog.resolve("nope")
     with pytest.raises(NotFound, match="serves version 's-1', not 's-0'"):
         catalog.resolve("shadow", "s-0")
+    # The schedule names challenger, but it published no version: one asked for cannot be checked.
+    assert catalog.resolve("challenger").version == ""
+    with pytest.raises(NotFound, match="'challenger' has published no version"):
+        catalog.resolve("challenger", "no-such-version")
     champion = catalog.resolve("champion")
     catalog.check_features(champion, ["a", "b"])
     with pytest.raises(InvalidInput, match=r"unknown feature.*'z'"):
