@@ -16,10 +16,11 @@ The deadline header is `X-Timeout-Ms`.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -171,7 +172,7 @@ class RestApi:
     async def infer(self, request: Request) -> Response:
         caller = self.gateway.admit(request.headers.get("authorization"))
         name, version = _name_version(request)
-        check_origin(request.headers.get("origin"), request.headers.get("host"))
+        check_origin(request.headers.get("origin"), request.headers.get("host"), self.gateway.settings.allowed_hosts)
         check_media_type(request.headers.get("content-type"))
         check_encoding(request.headers.get("content-encoding"))
         body = await _body(request, self.gateway.settings.max_body_bytes)
@@ -182,17 +183,39 @@ class RestApi:
         return json_response(oip.rest_response(result))
 
 
-def check_origin(origin: str | None, host: str | None) -> None:
+def check_origin(origin: str | None, host: str | None, allowed_hosts: Collection[str] = ()) -> None:
     """Refuse a call a web page of another origin makes: a browser names the page's origin on
     every cross-origin POST, and no other client here sends one. A body with no Content-Type
     (a Blob, an ArrayBuffer, sendBeacon) needs no CORS consent either: the type alone did not
-    keep pages out (the review of this change)."""
+    keep pages out (the review of this change).
+
+    A page's call is read only under a name the gateway knows (`page_host_known`): a page on a
+    name whose address an attacker switches to this machine (DNS rebinding) is of "the same
+    origin" as the gateway to the browser, with an `Origin` equal to the `Host`."""
     if origin is None:
         return
     page = urlsplit(origin).netloc.lower()
     if not page or page != (host or "").lower():
         raise CrossOrigin(f"a call from a web page of another origin ({origin[:100]}) is refused: call the gateway "
                           "from a server or a client library")
+    name = urlsplit(origin).hostname or ""
+    if not page_host_known(name, allowed_hosts):
+        raise CrossOrigin(f"a call from a web page under the name {name[:100]!r} is refused: a page may call the "
+                          "gateway only under localhost, an IP address or a name in --allowed-hosts (any site "
+                          "can point a name of its own at this machine)")
+
+
+def page_host_known(name: str, allowed_hosts: Collection[str]) -> bool:
+    """Whether a page under host `name` may call: localhost, an IP address (a page of another site
+    cannot have one that is this gateway's: its origin would be the gateway's own address and
+    port), or a name the operator listed."""
+    if name == "localhost" or name.endswith(".localhost") or name in {h.lower() for h in allowed_hosts}:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def check_encoding(encoding: str | None) -> None:

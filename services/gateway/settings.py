@@ -32,6 +32,11 @@ class GatewaySettings(KafkaSettings):
     api_key_hashes: tuple[str, ...] = setting(
         (), "Accepted API keys as `name:sha256-hex` entries (comma-separated), besides --api-keys-file.",
     )
+    allowed_hosts: tuple[str, ...] = setting(
+        (), "Host names (comma-separated) under which a web page may call the gateway, besides localhost and "
+        "IP addresses: a page under any other name is refused (403), since any site can point a name of its "
+        "own at this machine (DNS rebinding). Clients that are not browsers are not affected.",
+    )
     rate_limit: float = setting(
         0.0, "Inference calls per second each API key may make, sustained (0 = unlimited); over it: 429.",
     )

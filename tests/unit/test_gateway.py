@@ -733,7 +733,23 @@ def test_a_call_from_a_page_of_another_origin_is_refused(origin: str, host: str)
 
 def test_calls_without_an_origin_or_from_the_gateways_own_pages_are_read() -> None:
     check_origin(None, "localhost:8080")  # curl, tritonclient, any server
+    check_origin(None, "rebind.evil.test:8080")  # not a browser: no page to rebind
     check_origin("http://LocalHost:8080", "localhost:8080")
+    check_origin("http://127.0.0.1:8080", "127.0.0.1:8080")
+    check_origin("http://[::1]:8080", "[::1]:8080")
+    check_origin("http://app.localhost:8080", "app.localhost:8080")
+    check_origin("https://Gateway.Example:443", "gateway.example:443", ("gateway.EXAMPLE",))
+
+
+def test_a_page_under_a_name_the_gateway_does_not_know_is_refused_even_as_its_own_origin() -> None:
+    """DNS rebinding: the attacker's name now resolves to this machine, so to the browser the page
+    and the gateway are one origin (Origin == Host)."""
+    from services.gateway.errors import CrossOrigin
+
+    with pytest.raises(CrossOrigin, match=r"under the name 'rebind\.evil\.test' is refused"):
+        check_origin("http://rebind.evil.test:8080", "rebind.evil.test:8080")
+    with pytest.raises(CrossOrigin, match="--allowed-hosts"):
+        check_origin("http://rebind.evil.test:8080", "rebind.evil.test:8080", ("gateway.example",))
 
 
 def test_grpc_contents_are_checked_as_sent_so_every_int64_is_a_value() -> None:
