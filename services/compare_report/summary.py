@@ -67,6 +67,14 @@ class ModelSummary:
     correlation: float
     paired: int  # records where both this model and the champion have a score
     plots: ModelPlots
+    # For promotion gates (services/control/evidence.py), which must not pass on a sliver of the
+    # traffic: of the `paired` records, those where both labels are there and equal, and those where
+    # both are there at all; the requests the champion answered from this model's first output on
+    # (the ones it was expected to score too), and how many of them it scored by the deadline.
+    paired_agreeing: int = 0
+    paired_labelled: int = 0
+    expected: int = 0
+    expected_met: int = 0
 
 
 @dataclass(frozen=True)
@@ -247,6 +255,8 @@ class _Outputs:
 class _Paired:
     scores: PairedScores
     labels: PairedLabels | None  # None for the champion itself / without a champion
+    agreeing: int = 0  # of the records paired by score: both labels there and equal
+    labelled: int = 0  # of the records paired by score: both labels there
 
 
 def _model(frame: Frame, code: int, ref: _Reference, starts: np.ndarray, bucket_ms: int) -> ModelSummary:
@@ -260,6 +270,7 @@ def _model(frame: Frame, code: int, ref: _Reference, starts: np.ndarray, bucket_
     # a minute) is no figure of how fast the model answers; errors are counted on their own.
     answered = out.latency[~out.error]
     latency = _quantiles(answered, [q for _, q in LATENCY_QUANTILES])
+    expected = _expected(frame, ref, out) if compared else np.zeros(frame.records, dtype=bool)
     return ModelSummary(
         name=frame.models[code], versions=frame.versions[code], champion=code == ref.code, n=len(out.rows),
         errors=int(out.error.sum()), late=int(out.late.sum()),
@@ -275,7 +286,19 @@ def _model(frame: Frame, code: int, ref: _Reference, starts: np.ndarray, bucket_
             agreement_over_time=_agreement_series(frame, ref, out, starts, bucket_ms) if compared else None,
             confusion=paired.labels.matrix() if paired.labels is not None and paired.labels.n else None,
         ),
+        paired_agreeing=paired.agreeing, paired_labelled=paired.labelled,
+        expected=int(expected.sum()), expected_met=int(expected[out.rows[on_time]].sum()),
     )  # fmt: skip
+
+
+def _expected(frame: Frame, ref: _Reference, out: _Outputs) -> np.ndarray:
+    """Per record row: the champion answered it, and it was created at or after this model's first
+    output (before that the model may not have been deployed)."""
+    if not len(out.rows):
+        return np.zeros(frame.records, dtype=bool)
+    first = frame.created_at[out.rows].min()
+    result: np.ndarray = ~np.isnan(ref.score) & (frame.created_at >= first)
+    return result
 
 
 def _paired(ref: _Reference, out: _Outputs, names: tuple[str, ...]) -> _Paired:
@@ -284,7 +307,10 @@ def _paired(ref: _Reference, out: _Outputs, names: tuple[str, ...]) -> _Paired:
     both = ~np.isnan(champion_score) & ~np.isnan(out.score)
     scores = PairedScores()
     scores.add_many(champion_score[both], out.score[both])
-    return _Paired(scores, _paired_labels(ref.label[out.rows], out.label, names))
+    champion_label, label = ref.label[out.rows][both], out.label[both]
+    labelled = (champion_label >= 0) & (label >= 0)
+    return _Paired(scores, _paired_labels(ref.label[out.rows], out.label, names),
+                   agreeing=int((labelled & (champion_label == label)).sum()), labelled=int(labelled.sum()))
 
 
 DENSE_LABELS = 1024  # distinct labels up to which the confusion counts are one dense array (8 MB)

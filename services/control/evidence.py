@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from services.compare_report.report import report_from_topic
 from services.compare_report.settings import CompareSettings
-from services.compare_report.summary import ChampionNotInRange
+from services.compare_report.summary import ChampionNotInRange, Report
 from services.core.errors import ConfigError
 from services.core.settings import KafkaSettings
 
@@ -26,15 +26,24 @@ def gate_figures(settings: KafkaSettings, window: str, candidate: str, champion:
         # The report's words name its own flag, which promote has not: say it for the gate.
         raise ConfigError(f"the champion {champion} has no output in the log over the last {window}: nothing to "
                           "measure the candidate against (widen --window, or check the champion scores)") from None
+    return figures_of(report, candidate, champion)
+
+
+def figures_of(report: Report, candidate: str, champion: str) -> dict[str, float]:
+    """The gate's figures of `candidate` in `report` (one measured against `champion`)."""
     row = next((m for m in report.models if m.name == candidate), None)
     reference = next((m for m in report.models if m.name == champion), None)
     champion_error_rate = reference.errors / reference.n if reference is not None and reference.n else NAN
     if row is None:
         return {"n": 0.0, "champion_error_rate": champion_error_rate}
+    # Agreement over all n paired requests, a missing label counting against it, and the deadlines
+    # met over every request the candidate was expected to score: the report's own figures count
+    # only the labels given and the candidate's own outputs, so a candidate that labels or scores a
+    # sliver of the traffic would pass on that sliver.
     return {
         "champion_error_rate": champion_error_rate,  # for the gate's default error_rate clause
         "n": float(row.paired),
-        "agreement": row.agreement,
+        "agreement": row.paired_agreeing / row.paired if row.paired and row.paired_labelled else NAN,
         "p50": row.latency_ms.get("p50", NAN),
         "p90": row.latency_ms.get("p90", NAN),
         "p99": row.latency_ms.get("p99", NAN),
@@ -43,5 +52,5 @@ def gate_figures(settings: KafkaSettings, window: str, candidate: str, champion:
         "correlation": row.correlation,
         "ks": row.ks,
         "error_rate": row.errors / row.n if row.n else NAN,
-        "deadline_met": row.deadline_met,
+        "deadline_met": row.expected_met / row.expected if row.expected else NAN,
     }

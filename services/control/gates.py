@@ -12,7 +12,8 @@ from services.core.errors import ConfigError
 # figure name -> what it means (all about the candidate, over the gate's window)
 FIGURES = {
     "n": "requests where both the candidate and the champion gave a usable score",
-    "agreement": "share of those requests where the candidate's label equals the champion's",
+    "agreement": "share of those requests where the candidate's label equals the champion's (a missing label "
+                 "disagrees)",
     "p50": "candidate latency p50 (ms; request created -> score at the rendezvous; answers only, not errors)",
     "p90": "candidate latency p90 (ms)",
     "p99": "candidate latency p99 (ms)",
@@ -21,7 +22,8 @@ FIGURES = {
     "correlation": "Pearson correlation of scores with the champion",
     "ks": "Kolmogorov-Smirnov distance of score distributions to the champion",
     "error_rate": "share of the candidate's outputs that were errors",
-    "deadline_met": "share of the candidate's outputs that arrived by the deadline",
+    "deadline_met": "share of the requests the champion answered, from the candidate's first output on, that "
+                    "the candidate scored by the deadline",
 }
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq,

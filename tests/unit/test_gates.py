@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import pytest
 
 from services.control.gates import evaluate, parse_requirements, with_defaults
@@ -77,3 +80,45 @@ def test_promoting_the_traffic_model_ends_its_split() -> None:
     assert (promoted.traffic_model, promoted.traffic_fraction) == (None, 0.0)
     other = Schedule(models=("champion", "challenger", "next"), traffic_model="next", traffic_fraction=0.05)
     assert promotion(other, "challenger", canary="canary").traffic_model == "next"  # another model's split stays
+
+
+def _gate_figures(records: list[dict[str, Any]]) -> dict[str, float]:
+    """The gate's figures for 'cand' against 'champion' in the report of `records`."""
+    from services.compare_report.summary import summarize_records
+    from services.control.evidence import figures_of
+
+    return figures_of(summarize_records(records, champion="champion"), "cand", "champion")
+
+
+def _record(i: int, outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    created = 1_700_000_000_000 + i
+    return {"request_id": f"r{i}", "created_at": created, "deadline": created + 200, "answered_at": created + 5,
+            "status": "OK", "chosen_model": "champion", "outputs": outputs}
+
+
+def _output(model: str, score: float, label: str | None, latency_ms: float = 10.0) -> dict[str, Any]:
+    return {"model": model, "version": "1", "score": score, "label": label, "error": None,
+            "latency_ms": latency_ms, "compute_ms": 1.0, "late": False}
+
+
+def test_a_gates_agreement_counts_every_paired_request_a_missing_label_disagreeing() -> None:
+    """A candidate that labels 1 request of 1,000 (agreeing there) must not measure agreement 1."""
+    records = [_record(i, [_output("champion", 0.9, "pos"), _output("cand", 0.1, "pos" if i == 0 else None)])
+               for i in range(1000)]
+    figures = _gate_figures(records)
+    assert figures["n"] == 1000 and figures["agreement"] == pytest.approx(0.001)
+    unlabelled = [_record(i, [_output("champion", 0.9, None), _output("cand", 0.1, None)]) for i in range(10)]
+    assert math.isnan(_gate_figures(unlabelled)["agreement"])  # no label at all: nothing to agree on
+
+
+def test_a_gates_deadline_met_counts_the_requests_the_candidate_did_not_score() -> None:
+    """Present on 1 request of 50 from its first output on (on time there), it met 2% of its deadlines;
+    the requests before its first output (not deployed yet) do not count."""
+    records = [_record(i, [_output("champion", 0.5, "pos")]) for i in range(100)]  # before the candidate
+    records += [_record(100 + i, [_output("champion", 0.5, "pos")] + ([_output("cand", 0.5, "pos")] if i % 50 == 0
+                                                                       else [])) for i in range(100)]
+    figures = _gate_figures(records)
+    assert figures["deadline_met"] == pytest.approx(2 / 100)
+    late = [_record(i, [_output("champion", 0.5, "pos"),
+                        _output("cand", 0.5, "pos", latency_ms=500.0 if i % 2 else 5.0)]) for i in range(10)]
+    assert _gate_figures(late)["deadline_met"] == pytest.approx(0.5)
