@@ -174,23 +174,28 @@ class ScoringWatchdog(Generic[M]):
 
     def _run(self) -> None:
         every = min(1.0, self.timeout_s / 4)
+        passed: Watched[M] | None = None  # a batch the watchdog stood down on: it watches the next one
         while not self._stopped.wait(every):
             batch = self._batch
-            if batch is not None and self._overdue(batch):
-                self._give_up(batch)
-                return
+            if batch is not None and batch is not passed and self._overdue(batch):
+                if self._give_up(batch):
+                    return
+                passed = batch
 
     def _overdue(self, batch: Watched[M]) -> bool:
         started = batch.turn_started
         return started is not None and bool(batch.pending) and time.monotonic() - started >= self.timeout_s
 
-    def _give_up(self, batch: Watched[M]) -> None:
+    def _give_up(self, batch: Watched[M]) -> bool:
+        """Write the batch's error Scores, commit it and exit; False if someone else did or will
+        (every model wrote its Scores just now, or the rescue process took the batch: if the model
+        returns, the rescue stands down and the worker goes on, so the next batch is watched)."""
         if self._board is not None and self._board.rescuing():
             log.error("the rescue process took the batch (the model held the interpreter lock): it kills the worker")
-            return
+            return False
         pending = batch.abandon()
         if not pending:
-            return  # every model wrote its Scores just now
+            return False
         if self._board is not None:
             self._board.watchdog_took()
         self._gave_up.set()
@@ -200,12 +205,17 @@ class ScoringWatchdog(Generic[M]):
             "Score, the batch's offsets are committed and the worker exits (%d) for a fresh one to read on",
             stuck, len(batch.sources), self.timeout_s, EXIT_MODEL_HUNG,
         )
-        for model, reason in zip(pending, hung_reasons(stuck, self.timeout_s, len(pending)), strict=True):
-            batch.write_errors(model, reason)
-        try:
+        try:  # the poll loop waits for this exit (`hold`): whatever fails below, the process exits
+            for model, reason in zip(pending, hung_reasons(stuck, self.timeout_s, len(pending)), strict=True):
+                batch.write_errors(model, reason)
             self._producer.flush(FLUSH_TIMEOUT_S)
             self._consumer.commit(batch.end_offsets())
         except RendezvousError as err:  # the next process scores the batch again, and hangs again
-            log.error("the batch's offsets could not be committed (%s): the next process reads it again", err)
-        self._exit()
+            log.error("the batch's error Scores or offsets could not be written (%s): the next process reads it "
+                      "again", err)
+        except Exception:
+            log.exception("writing the batch's error Scores failed: the next process reads it again")
+        finally:
+            self._exit()
+        return True
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from typing import Any
+
 from confluent_kafka import Message
 
+from services.core.errors import KafkaOperationError
 from services.model_worker.watchdog import Watched
 
 
@@ -49,3 +54,67 @@ def test_the_liveness_and_group_limits_leave_every_co_hosted_model_its_turn() ->
     assert stalled_after_s(55, 3) == 3 * 55 + 60  # three healthy 55 s turns stalled it at 120 s
     assert max_poll_interval_ms(60, 1) == 300_000
     assert max_poll_interval_ms(240, 2) == (2 * 240 + 60) * 1000
+
+
+def _watchdog(board: Any = None, consumer: Any = None) -> tuple[Any, threading.Event]:
+    """A watchdog with a 0.2 s timeout whose exit only sets an event. It has no producer: in these
+    tests writing the error Scores fails first, so it never reaches it (nor commits)."""
+    from services.model_worker.watchdog import ScoringWatchdog
+
+    exited = threading.Event()
+    watchdog = ScoringWatchdog(0.2, str, None, consumer, exit_process=exited.set, board=board)  # type: ignore[arg-type]
+    watchdog.start()
+    return watchdog, exited
+
+
+def _failing_writes(written: list[str]) -> Any:
+    def write_errors(model: str, reason: str) -> None:
+        written.append(model)
+        raise KafkaOperationError("produce to rdv.scores failed: Local: Fatal error")
+
+    return write_errors
+
+
+def test_the_worker_exits_even_when_the_error_scores_cannot_be_written() -> None:
+    """The poll loop waits for that exit (`hold`): a watchdog thread dying before it hung the worker."""
+    watchdog, exited = _watchdog()
+    written: list[str] = []
+    watchdog.watch(["m"], [Message(topic="rq", partition=0, offset=5, value=b"")], _failing_writes(written))
+    assert exited.wait(30) and written == ["m"]
+    watchdog.stop()
+
+
+def test_after_standing_down_for_the_rescue_the_watchdog_watches_the_next_batch(caplog: Any) -> None:
+    """It stood down for good once the rescue process had taken a batch, even after the rescue
+    stood down in turn (the model returned): a later stuck batch then hung the worker."""
+    from types import SimpleNamespace
+
+    from confluent_kafka import Consumer
+
+    from services.model_worker.rescue_board import Board, Reader
+
+    board = Board()
+    rescue = Reader(board.path)
+    # The rescue's board takes the group's metadata: a real consumer gives it without a broker.
+    native = Consumer({"group.id": "watchdog-test", "bootstrap.servers": "127.0.0.1:9", "log_level": 0})
+    try:
+        watchdog, exited = _watchdog(board, SimpleNamespace(native=native))
+        sources = [Message(topic="rq", partition=0, offset=5, value=b"")]
+        first: list[str] = []
+        watched = watchdog.watch(["m"], sources, _failing_writes(first))
+        rescue.take()  # the rescue process took the batch (as if the model held the interpreter lock)
+        deadline = time.monotonic() + 30
+        while "the rescue process took the batch" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the watchdog found the batch overdue and stood down
+        assert "the rescue process took the batch" in caplog.text
+        assert watched.claim("m")  # the model returned after all: the rescue stands down
+        watchdog.done()
+        rescue.release()
+        second: list[str] = []
+        watchdog.watch(["m"], sources, _failing_writes(second))  # stuck too, with the interpreter lock free
+        assert exited.wait(30) and (first, second) == ([], ["m"])
+        watchdog.stop()
+    finally:
+        native.close()
+        rescue.close()
+        board.close()
