@@ -53,7 +53,9 @@ class SchemaRegistry:
     def schema(self, schema_id: int) -> dict[str, Any]:
         """The Avro schema the registry holds under global id `schema_id`."""
         reply = self._call("GET", f"/schemas/ids/{schema_id}", None)
-        text = reply.get("schema") if isinstance(reply, dict) else None
+        if not isinstance(reply, dict):  # e.g. [] or null from something that is not a registry
+            raise RegistryError(f"schema registry {self.url} answered schema id {schema_id} with no JSON object")
+        text = reply.get("schema")
         if reply.get("schemaType", "AVRO") != "AVRO" or not isinstance(text, str):
             raise RegistryError(f"schema id {schema_id} in {self.url} is not an Avro schema")
         try:

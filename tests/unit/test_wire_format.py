@@ -188,3 +188,32 @@ def test_registry_credentials_in_the_url_go_into_a_header_and_never_into_a_messa
     with pytest.raises(ConfigError) as schemeless:  # no scheme, so no parse of the credentials
         SchemaRegistry("reguser:RegS3cretPw@registry:8081")
     assert "RegS3cretPw" not in str(schemeless.value) and "***@registry:8081" in str(schemeless.value)
+
+
+@pytest.mark.parametrize("answer", [b"[]", b"null", b'"x"', b"7"])
+def test_a_registry_answer_that_is_no_json_object_is_a_registry_error(answer: bytes) -> None:
+    """Read as a dict, it raised AttributeError, which no decoder counts as bad input: the worker
+    stopped, and stopped again on the same request after each restart."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from services.core.registry import RegistryError, SchemaRegistry
+
+    class NotARegistry(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *_args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotARegistry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(RegistryError, match="answered schema id 7 with no JSON object"):
+            SchemaRegistry(f"http://127.0.0.1:{server.server_port}").schema(7)
+    finally:
+        server.shutdown()
+        server.server_close()
