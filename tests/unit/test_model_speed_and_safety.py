@@ -127,6 +127,24 @@ def test_an_optional_feature_without_default_reaches_the_estimator_as_nan() -> N
     assert refused.prediction is None and "NaN" in (refused.error or "")  # the estimator's own check
 
 
+def test_a_value_beyond_float32_is_refused_by_a_tree_model_not_scored_as_infinity() -> None:
+    """Finite as float64, 1e39 is infinite as the float32 trees compute in: with their own check
+    skipped (the input looked finite), forests and trees gave it a confident score."""
+    x, y = demo_data()
+    forest = RandomForestClassifier(n_estimators=5, max_depth=3, random_state=0).fit(x[:, :2], y)
+    logreg = LogisticRegression(max_iter=2000).fit(x[:, :2], y)
+    rows = [{"a": 1e39, "b": 0.0}, {"a": 14.0, "b": 0.0}]
+    trees = SklearnModel.from_estimator(forest, feature_names=("a", "b"))
+    linear = SklearnModel.from_estimator(logreg, feature_names=("a", "b"))
+    trees.load()
+    linear.load()
+    with pytest.warns(RuntimeWarning, match="overflow"):  # scikit-learn's own cast, before it refuses
+        refused, scored = score_batch(trees, rows)
+    assert refused.prediction is None and "too large for dtype('float32')" in (refused.error or "")
+    assert scored.error is None and scored.prediction is not None  # the rest of its batch is scored
+    assert all(r.error is None for r in score_batch(linear, rows))  # float64 throughout: a value like any
+
+
 # --- module:factory signatures ------------------------------------------------------------------
 
 

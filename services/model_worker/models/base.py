@@ -107,6 +107,15 @@ def check_batch(batch: np.ndarray, n_features: int, model_name: str) -> np.ndarr
     return arr
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def fits_float32(x: np.ndarray) -> bool:
+    """Whether no value of a batch becomes infinite as float32 (1e39 does; NaN stays NaN): models
+    that compute in float32 (trees, ONNX graphs) would score an infinity with confidence."""
+    return not bool((np.abs(x) > FLOAT32_MAX).any())
+
+
 def check_finite(x: np.ndarray, signature: Signature, model_name: str) -> None:
     """Raise ValueError when a feature that is never NaN for a checked request (a required one, or
     one with a default) is NaN or infinite: the worker checks requests first, this guards direct callers."""

@@ -26,7 +26,7 @@ from services.core.errors import ModelSpecError
 from services.core.signatures import Signature
 
 from ._files import file_version, read_sidecar, sidecar_hint
-from .base import Prediction, check_batch, check_finite
+from .base import FLOAT32_MAX, Prediction, check_batch, check_finite, fits_float32
 
 __all__ = ["ONNX_INSTALL_HINT", "OnnxModel"]
 
@@ -100,6 +100,9 @@ class OnnxModel:
             return []
         if self.signature is not None and not np.isfinite(x).all():
             check_finite(x, self.signature, self.name)
+        if not fits_float32(x):
+            raise ValueError(f"model {self.name!r}: a feature value is beyond float32's range (±{FLOAT32_MAX:.4g}), "
+                             "the type this model computes in")
         wanted = [o for o in (self._prob_output, self._label_output, self._value_output) if o is not None]
         results = dict(
             zip(wanted, self._session.run(wanted, {self._input: x.astype(np.float32)}), strict=True)

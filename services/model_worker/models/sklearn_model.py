@@ -37,7 +37,7 @@ from services.core.errors import ModelSpecError
 from services.core.signatures import Signature
 
 from ._files import file_version, read_sidecar, sidecar_hint
-from .base import Prediction, check_batch, check_finite
+from .base import Prediction, check_batch, check_finite, fits_float32
 
 __all__ = ["PICKLE_SUFFIXES", "SKOPS_SUFFIX", "TRUST_HINT", "SklearnModel", "pickle_refusal"]
 
@@ -177,6 +177,9 @@ class SklearnModel:
         finite = bool(np.isfinite(x).all())
         if not finite:
             check_finite(x, self.signature or Signature.all_required(self.feature_names), self.name)
+        # Beyond float32's range, scikit-learn's own check decides: an estimator that computes in
+        # float32 (trees) refuses the value, one in float64 takes it.
+        finite = finite and fits_float32(x)
         if self._forest is not None and finite:
             return _from_proba(_forest_proba(self._forest, x), self._classes)
         est = self._estimator
