@@ -354,6 +354,23 @@ def test_skops_refuses_untrusted_types_unless_trusted(tmp_path: Path) -> None:
     assert model.predict(x[:3, :2])[0] == Prediction(0.75, "1")
 
 
+def test_skops_svm_needs_trust_even_inside_a_pipeline(tmp_path: Path) -> None:
+    """skops trusts SVC, but libsvm follows the file's arrays unchecked (a crafted one crashed the
+    worker at its first predict): like trees, it takes --trust-model-file."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    x, y = demo_data()
+    path = tmp_path / "svm.skops"
+    skops_io.dump(make_pipeline(StandardScaler(), SVC(probability=True, random_state=0)).fit(x, y), path)
+    (tmp_path / "svm.features.json").write_text(json.dumps(list(DEMO_FEATURES)))
+    assert skops_io.get_untrusted_types(file=path) == []  # skops alone would load it
+    with pytest.raises(ModelSpecError, match=r"libsvm estimator \(sklearn\.svm\._classes\.SVC\).*--trust-model-file"):
+        load_model(str(path))
+    assert len(load_model(str(path), trust_model_file=True).predict(x[:3])) == 3
+
+
 def test_skops_linear_model_loads_without_trust_a_forest_needs_it(tmp_path: Path) -> None:
     x, y = demo_data()
     logreg = LogisticRegression(max_iter=3000).fit(x, y)

@@ -18,6 +18,9 @@ trusts (scikit-learn estimators, numpy, scipy, ...) and never unpickles; a skops
 other types is refused, naming them, unless `trust_model_file` is set. Note that skops does not
 trust scikit-learn's internal `Tree` (a file could set node indices that predict() follows
 without bounds checks), so tree-based models in skops need the flag too: export those to ONNX.
+The same holds for the libsvm estimators (SVC, NuSVC, SVR, NuSVR, OneClassSVM), which skops does
+trust: libsvm follows their fitted arrays unchecked (a file with two support vectors fewer than
+its counts say crashed the worker on its first predict), so this adapter asks the flag for them.
 
 Speed: inputs the worker has checked (all finite) skip scikit-learn's finiteness check
 (`assume_finite`), and a random forest or extra-trees classifier running on one job is evaluated
@@ -26,7 +29,9 @@ tree by tree without joblib's per-tree task machinery (same sums in the same ord
 
 from __future__ import annotations
 
+import json
 import warnings
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +51,9 @@ PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 SKOPS_SUFFIX = ".skops"
 TRUST_HINT = "--trust-model-file (env RDV_TRUST_MODEL_FILE=1)"
 _SHOWN_TYPES = 5
+# Trusted by skops, but their predict() runs libsvm's C code over the file's arrays unchecked.
+_LIBSVM_CLASSES = frozenset({"SVC", "NuSVC", "SVR", "NuSVR", "OneClassSVM"})
+_SCHEMA = "schema.json"  # a skops file's description of every object in it
 
 
 def pickle_refusal(path: Path) -> ModelSpecError:
@@ -195,28 +203,54 @@ class SklearnModel:
         return _from_values(values.reshape(len(x), -1)[:, 0], self._is_classifier)
 
 def _load_skops(path: Path, trust: bool) -> Any:
-    """Load a skops file; types outside skops' trusted defaults only with `trust`."""
+    """Load a skops file; types outside skops' trusted defaults, and libsvm estimators, only with `trust`."""
     import skops.io as sio
 
     where = f"model {str(path)!r}"
     try:
-        untrusted = sio.get_untrusted_types(file=path)
+        untrusted, libsvm = sio.get_untrusted_types(file=path), _libsvm_types(path)
     except Exception as err:
         raise ModelSpecError(f"{where}: skops cannot read it ({type(err).__name__}: {err}); "
                              "is it a skops.io.dump file?") from err
     if untrusted and not trust:
-        shown = ", ".join(untrusted[:_SHOWN_TYPES]) + (
-            f" (+{len(untrusted) - _SHOWN_TYPES} more)" if len(untrusted) > _SHOWN_TYPES else ""
-        )
         raise ModelSpecError(
-            f"{where}: the file holds types skops does not trust by default ({shown}): loading them is not "
-            f"known to be safe; review them and, only if you trust this file, pass {TRUST_HINT}"
+            f"{where}: the file holds types skops does not trust by default ({_shown(untrusted)}): loading them "
+            f"is not known to be safe; review them and, only if you trust this file, pass {TRUST_HINT}"
+        )
+    if libsvm and not trust:
+        raise ModelSpecError(
+            f"{where}: the file holds a libsvm estimator ({_shown(libsvm)}), whose fitted arrays libsvm follows "
+            "without checking them: a crafted file can crash the worker or read past its memory; export it to "
+            f"ONNX, or, only if you trust this file, pass {TRUST_HINT}"
         )
     try:
         return sio.load(path, trusted=untrusted or None)
     except Exception as err:
         raise ModelSpecError(f"{where}: skops cannot load it ({type(err).__name__}: {err}); "
                              "was it saved with compatible scikit-learn and skops versions?") from err
+
+
+def _shown(types: list[str]) -> str:
+    more = f" (+{len(types) - _SHOWN_TYPES} more)" if len(types) > _SHOWN_TYPES else ""
+    return ", ".join(types[:_SHOWN_TYPES]) + more
+
+
+def _libsvm_types(path: Path) -> list[str]:
+    """The libsvm estimator types a skops file holds (`_LIBSVM_CLASSES`), as module.Class names."""
+    with zipfile.ZipFile(path) as archive:
+        schema = json.loads(archive.read(_SCHEMA))
+    found: set[str] = set()
+    pending: list[Any] = [schema]
+    while pending:  # every object skops describes, however deeply nested (pipelines, ensembles)
+        node = pending.pop()
+        if isinstance(node, dict):
+            module, name = node.get("__module__"), node.get("__class__")
+            if isinstance(module, str) and module.startswith("sklearn.svm") and name in _LIBSVM_CLASSES:
+                found.add(f"{module}.{name}")
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return sorted(found)
 
 
 def _single_job_forest(est: Any) -> list[Any] | None:
