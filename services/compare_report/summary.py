@@ -21,7 +21,7 @@ import numpy as np
 
 from services.compare_report.columns import STATUSES, Columns, Frame
 from services.core.errors import ConfigError
-from services.core.runtime import now_ms
+from services.core.runtime import EARLIEST_PLAUSIBLE_MS, EARLIEST_PLAUSIBLE_YEAR, now_ms
 from services.stats.deadline import met_deadline_array
 from services.stats.distributions import PairedLabels, PairedScores, ks_exact, psi_exact
 
@@ -107,8 +107,9 @@ def summarize(frame: Frame, champion: str | None = None, bucket_ms: int | None =
     frame, left_out = plausible(frame, now_ms())
     if left_out:
         extra["notes"] = (*extra.get("notes", ()), f"{left_out:,} records left out, as the live comparison leaves "
-                          f"them out: created at no plausible time (before {EARLIEST_YEAR} or more than a day ahead "
-                          "of this host's clock), a negative deadline, or a latency that is not a finite number")
+                          f"them out: created at no plausible time (before {EARLIEST_PLAUSIBLE_YEAR} or more than a "
+                          "day ahead of this host's clock), a negative deadline, or a latency that is negative or "
+                          "not a finite number")
     champion_code, source = _champion(frame, champion)
     first, last = (int(frame.created_at.min()), int(frame.created_at.max())) if frame.records else (None, None)
     bucket = _bucket_ms(first, last, bucket_ms)
@@ -128,8 +129,6 @@ def summarize(frame: Frame, champion: str | None = None, bucket_ms: int | None =
 # What a request's created_at may be: the rendezvous logs even a request it refused, with the
 # created_at it was given (2^63 - 1 from a careless or hostile client), and no figure, bucket or
 # date can be made of such a time.
-EARLIEST_YEAR = 2000
-_EARLIEST_MS = 946_684_800_000  # 2000-01-01
 _AHEAD_MS = 86_400_000
 
 
@@ -138,8 +137,8 @@ def plausible(frame: Frame, now: int) -> tuple[Frame, int]:
     plausible time, a negative deadline, an output whose latency is not a finite number), and
     how many those were; scores that are not finite (no model's score is bounded) count as not
     scored. The same log gives the same figures here and live."""
-    keep = (frame.created_at >= _EARLIEST_MS) & (frame.created_at <= now + _AHEAD_MS) & (frame.deadline >= 0)
-    broken_latency = ~np.isfinite(frame.latency_ms)
+    keep = (frame.created_at >= EARLIEST_PLAUSIBLE_MS) & (frame.created_at <= now + _AHEAD_MS) & (frame.deadline >= 0)
+    broken_latency = ~np.isfinite(frame.latency_ms) | (frame.latency_ms < 0)
     if broken_latency.any():
         keep &= np.bincount(frame.row[broken_latency], minlength=frame.records) == 0
     score = np.where(np.isinf(frame.score), np.nan, frame.score) if np.isinf(frame.score).any() else frame.score

@@ -26,6 +26,7 @@ from services.comparison.kernels import dense, first_seen, grouped, last_per_row
 from services.comparison.metrics import Tally
 from services.comparison.window import STATUSES, ChampionTracker, ModelStats, PairStats, References, SlidingWindow
 from services.core.comparison_columns import DecodedBatch
+from services.core.runtime import EARLIEST_PLAUSIBLE_MS
 from services.stats.deadline import met_deadline_array
 
 # Decode + fold cost, µs per record, at a batch of 8 / 32 / 128 / 500 / 2,000 records: 202-214 / 49 /
@@ -72,8 +73,9 @@ class Outputs:
 def valid(batch: DecodedBatch, latest_ok_ms: int) -> bool:
     """What `service.validate` checks, for the whole batch at once."""
     created = batch.created_at
-    return bool((created > 0).all() and (created <= latest_ok_ms).all() and (batch.deadline >= 0).all()
-                and np.isfinite(batch.latency_ms).all())
+    latency = batch.latency_ms
+    return bool((created >= EARLIEST_PLAUSIBLE_MS).all() and (created <= latest_ok_ms).all()
+                and (batch.deadline >= 0).all() and np.isfinite(latency).all() and (latency >= 0).all())
 
 
 def fold(

@@ -36,7 +36,7 @@ from services.core.deadletter import DeadLetters
 from services.core.errors import BadInput, DecodeFailed, UnexpectedFailure
 from services.core.kafka import partition_counts
 from services.core.metrics import DECODE_ERRORS
-from services.core.runtime import now_ms
+from services.core.runtime import EARLIEST_PLAUSIBLE_MS, EARLIEST_PLAUSIBLE_YEAR, now_ms
 from services.core.service import Context, Probed, SimpleHandler, StreamService, StreamSpec
 from services.stats.deadline import met_deadline
 
@@ -49,15 +49,17 @@ COMPACT_EVERY = 10_000  # records; the raw values kept between compactions: a fe
 def validate(record: dict[str, Any], latest_ok_ms: int) -> None:
     """Checks Avro cannot express; a failure dead-letters the record."""
     created = record["created_at"]
-    if created <= 0:
-        raise DecodeFailed(f"created_at must be epoch milliseconds, got {created}")
+    if created < EARLIEST_PLAUSIBLE_MS:  # `rendezvous compare` leaves these out too
+        raise DecodeFailed(f"created_at must be epoch milliseconds since {EARLIEST_PLAUSIBLE_YEAR}, got {created}")
     if created > latest_ok_ms:
         # One such record would move the event-time window's end and expire everything else.
         raise DecodeFailed(f"created_at {created} is in the future (this host's clock allows {latest_ok_ms})")
     if record["deadline"] < 0:  # deadline - created_at would wrap in the batch path's int64s
         raise DecodeFailed(f"deadline must be epoch milliseconds, got {record['deadline']}")
     for out in record["outputs"]:
-        if not isfinite(out["latency_ms"]):  # would poison the latency sketch
+        # Not finite: it would poison the latency sketch. Negative: no model answers before it is
+        # asked (the rendezvous writes at least 0), and it would count as a deadline met.
+        if not isfinite(out["latency_ms"]) or out["latency_ms"] < 0:
             raise DecodeFailed(f"output of {out['model']!r} has latency_ms {out['latency_ms']}")
 
 

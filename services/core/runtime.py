@@ -22,6 +22,12 @@ from types import FrameType
 log = logging.getLogger(__name__)
 
 
+# No request of this system was created before 2000-01-01: an earlier created_at (1970 + seconds,
+# a client's clock not set) is no time a report, a window or a dashboard can be made of.
+EARLIEST_PLAUSIBLE_MS = 946_684_800_000
+EARLIEST_PLAUSIBLE_YEAR = 2000
+
+
 def now_ms() -> int:
     """Wall clock in epoch milliseconds: the time base of the records we write (docs/architecture.md)."""
     return time.time_ns() // 1_000_000

@@ -243,7 +243,7 @@ def test_labels_that_are_ids_are_counted_without_a_labels_by_labels_array() -> N
     assert row.agreement == pytest.approx(np.mean([x == y for x, y in labelled]))
 
 
-@pytest.mark.parametrize("fault", ["negative deadline", "infinite latency", "NaN latency"])
+@pytest.mark.parametrize("fault", ["negative deadline", "infinite latency", "NaN latency", "negative latency"])
 def test_a_record_the_live_comparison_refuses_is_left_out_and_said(fault: str) -> None:
     """deadline - created_at wrapped in int64 (a forged record's outputs counted as on time), and
     a latency that is not a finite number spoiled every quantile; the live service dead-letters
@@ -252,6 +252,8 @@ def test_a_record_the_live_comparison_refuses_is_left_out_and_said(fault: str) -
     forged = records[0]
     if fault == "negative deadline":
         forged["deadline"] = -(2**63) + 5
+    elif fault == "negative latency":  # it counted as a deadline met, and pulled the quantiles down
+        forged["outputs"][0]["latency_ms"] = -1.7e308
     else:
         forged["outputs"][0]["latency_ms"] = math.inf if fault == "infinite latency" else math.nan
     report = summarize_records(records, source="forged")

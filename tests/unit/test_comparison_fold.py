@@ -151,15 +151,20 @@ def _nan_safe(value: Any) -> Any:
     return value
 
 
-@pytest.mark.parametrize("fault", ["created_at 0", "created_at ahead", "latency NaN"])
+@pytest.mark.parametrize("fault", ["created_at 0", "created_at 1970", "created_at ahead", "latency NaN",
+                                   "latency negative"])
 def test_a_batch_with_a_record_the_record_path_rejects_is_not_folded_at_once(fault: str) -> None:
     comparisons = codec("comparison")
     records = random_batches(7, batches=1, size=40)[0]
     victim = records[17]
     if fault == "created_at 0":
         victim["created_at"] = 0
+    elif fault == "created_at 1970":  # a client whose clock was never set
+        victim["created_at"] = 1000
     elif fault == "created_at ahead":
         victim["created_at"] = BASE_MS * 3
+    elif fault == "latency negative":  # would count as a deadline met
+        victim["outputs"][0]["latency_ms"] = -1.7e308
     else:
         victim["outputs"][0]["latency_ms"] = float("nan")
     batch = decode([comparisons.encode(r) for r in records], comparisons.header)

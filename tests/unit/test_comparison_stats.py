@@ -397,6 +397,10 @@ def test_implausible_records_are_rejected_as_bad_input() -> None:
         validate(record(BASE_MS + 10_000_000, []), latest_ok_ms=BASE_MS)
     with pytest.raises(DecodeFailed, match="epoch milliseconds"):
         validate(record(0, []), latest_ok_ms=BASE_MS)
+    with pytest.raises(DecodeFailed, match="epoch milliseconds since 2000, got 1000"):  # as `compare` leaves out
+        validate(record(1000, []), latest_ok_ms=BASE_MS)
+    with pytest.raises(DecodeFailed, match="latency_ms -1"):  # it would count as a deadline met
+        validate(record(BASE_MS, [output("champion", latency=-1.0)]), latest_ok_ms=BASE_MS)
     with pytest.raises(DecodeFailed, match="latency_ms nan"):
         validate(record(BASE_MS, [output("champion", latency=float("nan"))]), latest_ok_ms=BASE_MS)
     with pytest.raises(DecodeFailed, match="deadline must be epoch milliseconds"):
