@@ -92,6 +92,20 @@ def test_ks_on_discrete_scores_matches_the_exact_value() -> None:
     )
 
 
+def test_psi_and_ks_on_scores_piled_on_one_value_match_the_exact_values() -> None:
+    """A champion scoring 0.0 on 95% of requests has every decile at 0.0: the sketch's CDF read at
+    the edge itself counted only part of the pile, and the live PSI was 0 (the exact one 1.43)."""
+    rng = np.random.default_rng(6)
+    champion = np.where(rng.random(5_000) < 0.95, 0.0, rng.random(5_000))
+    challenger = np.where(rng.random(5_000) < 0.5, 0.0, rng.random(5_000))
+    exact = psi_exact(champion, challenger)
+    assert exact > 1.0 and psi(merged_sketch(champion), merged_sketch(challenger)) == pytest.approx(exact, rel=0.1)
+    assert ks_statistic(merged_sketch(champion), merged_sketch(challenger)) == pytest.approx(
+        ks_exact(champion, challenger), abs=0.02)
+    one, other = np.zeros(1), np.ones(1)  # a single score each: wholly apart
+    assert ks_statistic(merged_sketch(one), merged_sketch(other)) == ks_exact(one, other) == 1.0
+
+
 # --- paired measures ----------------------------------------------------------------------------
 
 
