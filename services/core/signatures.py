@@ -23,6 +23,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -47,6 +48,12 @@ FEATURE_TYPE = "double"
 EXTRA_POLICIES = ("reject", "ignore")
 _LISTED = 5  # names spelled out in an error before "(+N more)"
 _NAME_CHARS = 60  # a longer name is cut in an error message
+# A close spelling is looked for (difflib) among at most this many names, for at most this many
+# new names a second per signature: among 400 similar names one look took 43 ms, five per row, so
+# a batch of rows with misspelt names took nearly a minute, inside the model's timed turn.
+_SPELLING_CANDIDATES = 64
+_SPELLINGS_PER_SECOND = 10
+_REMEMBERED_HINTS = 1024
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.:/-]+")
 
 
@@ -127,6 +134,10 @@ class Signature:
         return getter if len(self.names) > 1 else (lambda row: (getter(row),))
 
     @cached_property
+    def _hints(self) -> _Hints:
+        return _Hints()
+
+    @cached_property
     def _fill(self) -> np.ndarray:
         """Per column: the value an absent feature takes (its default, else NaN)."""
         return np.array([math.nan if f.default is None else f.default for f in self.features], dtype=np.float64)
@@ -154,7 +165,8 @@ class Signature:
         return "; ".join(parts) or None
 
     def _unknown_part(self, unknown: Sequence[str], missing: Sequence[str]) -> str:
-        shown = [_shown(name) + _hint(name, missing or self.names) for name in unknown[:_LISTED]]
+        candidates = tuple(missing) or self.names
+        shown = [_shown(name) + self._hints.hint(name, candidates) for name in unknown[:_LISTED]]
         more = len(unknown) - len(shown)
         return ", ".join(shown) + (f" (+{more} more)" if more else "")
 
@@ -286,14 +298,53 @@ def _normalised(name: str) -> str:
     return re.sub(r"[\s\-.]+", "_", name.strip().lower())
 
 
-def _hint(name: str, candidates: Sequence[str]) -> str:
-    """` (did you mean x?)` for a near miss: same name up to case, spaces or dashes, else a close spelling."""
-    if len(name) > 2 * _NAME_CHARS:
-        return ""
-    norm = _normalised(name)
-    same = [c for c in candidates if _normalised(c) == norm]
-    close = same or difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.8)
-    return f" (did you mean {close[0]}?)" if close else ""
+class _Hints:
+    """Hints for unknown feature names (` (did you mean x?)` for a near miss: the same name up to
+    case, spaces or dashes, else a close spelling), each worked out once, close spellings within
+    a budget (`_SPELLINGS_PER_SECOND`): what a row's error costs stays small beside scoring it."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._normal: dict[tuple[str, ...], dict[str, str]] = {}  # candidates -> normalised name -> name
+        self._window = (0, 0)  # (second, close spellings looked for in it)
+
+    def hint(self, name: str, candidates: tuple[str, ...]) -> str:
+        key = (name, candidates)
+        found = self._known.get(key)
+        if found is not None:
+            return found
+        plausible = len(name) <= 2 * _NAME_CHARS
+        same = self._normalised_index(candidates).get(_normalised(name)) if plausible else None
+        may_spell = same is None and plausible and len(candidates) <= _SPELLING_CANDIDATES
+        spell = may_spell and self._spend()
+        close = [same] if same else difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.8) if spell else []
+        found = f" (did you mean {close[0]}?)" if close else ""
+        if spell or not may_spell:  # else a lesser hint than its own (over the budget): worked out again later
+            self._known = _bounded(self._known)
+            self._known[key] = found
+        return found
+
+    def _normalised_index(self, candidates: tuple[str, ...]) -> dict[str, str]:
+        index = self._normal.get(candidates)
+        if index is None:
+            index = {}
+            for candidate in candidates:
+                index.setdefault(_normalised(candidate), candidate)  # the first, as a scan would find
+            self._normal = _bounded(self._normal, 64)
+            self._normal[candidates] = index
+        return index
+
+    def _spend(self) -> bool:
+        second = int(time.monotonic())
+        start, used = self._window
+        used = used + 1 if start == second else 1
+        self._window = (second, used)
+        return used <= _SPELLINGS_PER_SECOND
+
+
+def _bounded(cache: dict[Any, Any], most: int = _REMEMBERED_HINTS) -> dict[Any, Any]:
+    """`cache`, emptied when it holds `most` entries (hostile names must not grow it for ever)."""
+    return {} if len(cache) >= most else cache
 
 
 def listed(names: Sequence[str]) -> str:
