@@ -122,6 +122,11 @@ class Codec:
         """Resolve schema ids of registry-framed records with `lookup` (once per id)."""
         self._lookup = lookup
 
+    @property
+    def registry_id(self) -> int | None:
+        """The schema id `encode` frames records with (`write_registry_id`), None when single-object."""
+        return int.from_bytes(self.header[1:5], "big") if self.header[0] == REGISTRY_MAGIC else None
+
     def write_registry_id(self, schema_id: int) -> None:
         """Frame what `encode` writes the registry way, with the id the registry gave the schema."""
         if not 0 <= schema_id < 2**32:

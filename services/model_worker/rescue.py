@@ -90,6 +90,10 @@ class RescueConfig:
     max_batch: int
     board: str
     parent: int
+    # The worker's wire format: where registry-framed requests' schemas are looked up, and the id
+    # its Scores are framed with (None: single-object), so the rescue reads and writes as it does.
+    schema_registry: str = ""
+    score_registry_id: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -108,10 +112,10 @@ class Rescue:
 
     @classmethod
     def start(cls, kafka: Mapping[str, Any], requests_topic: str, scores_topic: str, group_id: str,
-              models: Sequence[Model], timeout_s: float, max_batch: int) -> Rescue:
+              models: Sequence[Model], timeout_s: float, max_batch: int, schema_registry: str = "") -> Rescue:
         board = Board()
         config = RescueConfig(dict(kafka), requests_topic, scores_topic, group_id, list(models), timeout_s,
-                              max_batch, board.path, os.getpid())
+                              max_batch, board.path, os.getpid(), schema_registry, codec("score").registry_id)
         try:
             process = subprocess.Popen([sys.executable, "-m", "services.model_worker.rescue"], stdin=subprocess.PIPE)
         except OSError:
@@ -255,7 +259,20 @@ def _give_up(config: RescueConfig) -> None:
     os._exit(1)
 
 
+def configure_wire(config: RescueConfig) -> None:
+    """Read and write as the worker does: without it, registry-framed requests were skipped (no
+    error Score, while their offsets were committed) and Scores went out single-object."""
+    if config.schema_registry:
+        from services.core.registry import SchemaRegistry
+        from services.core.wire import IdLookup
+
+        codec("request").read_registry_ids(IdLookup(SchemaRegistry(config.schema_registry)))
+    if config.score_registry_id is not None:
+        codec("score").write_registry_id(config.score_registry_id)
+
+
 def run(config: RescueConfig) -> int:
+    configure_wire(config)
     board = Reader(config.board)
     try:
         while True:

@@ -315,7 +315,8 @@ class ModelWorker(SimpleHandler, Probed):
         models = [RescuedModel(h.name, h.version, self.instance) for h in self.hosted]
         try:
             return Rescue.start(self.settings.librdkafka(), self.topics.requests, self.topics.scores, self._group_id,
-                                models, self.settings.predict_timeout_s, self.settings.max_batch)
+                                models, self.settings.predict_timeout_s, self.settings.max_batch,
+                                self.settings.schema_registry)
         except OSError as err:  # no shared memory, no process: the worker serves on with its watchdog alone
             log.warning("model %s: no rescue process (%s): a model holding the interpreter lock for good would "
                         "hang this worker", self.name, err)

@@ -197,3 +197,50 @@ def test_a_rescue_that_stood_down_releases_the_batch_and_watches_on(
     assert not [t for t in timers if t.is_alive()]
     assert watching == [False, False]  # released when it stood down
     assert flags_seen == [True, True] and killed == [4242]  # the second batch taken, then the worker killed
+
+
+def test_the_rescue_reads_registry_framed_requests_and_frames_its_scores_as_the_worker_does() -> None:
+    """It never configured the wire format: a registry-framed request was skipped (no error Score,
+    its offset committed all the same) and its Scores went out single-object. In a process of its
+    own, as the rescue runs: the shared codecs of this one must keep their framing."""
+    import json
+    import subprocess
+    import sys
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    schema = json.dumps({"schema": json.dumps(codec("request").schema)}).encode()
+
+    class Registry(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            found = self.path == "/schemas/ids/7"
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(schema if found else b'{"error_code": 40403, "message": "Schema not found"}')
+
+        def log_message(self, *_args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Registry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    script = f"""
+import sys
+from confluent_kafka import Message
+from services.core.codec import codec
+from services.model_worker.rescue import RescueConfig, configure_wire, requests_of
+from tests.unit.test_codec import REQUEST
+plain = codec("request").encode(REQUEST)[len(codec("request").header):]
+config = RescueConfig({{}}, "rq", "sc", "g", [], 1.0, 10, "", 0, "http://127.0.0.1:{server.server_port}", 9)
+configure_wire(config)
+found = requests_of([Message(topic="rq", partition=0, offset=3, value=b"\\x00" + (7).to_bytes(4, "big") + plain)])
+print(len(found), found[0][1]["request_id"] if found else None, codec("score").header.hex())
+"""
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 0, done.stderr
+    from tests.unit.test_codec import REQUEST
+
+    assert done.stdout.split() == ["1", REQUEST["request_id"], "0000000009"]
