@@ -164,49 +164,61 @@ def _psi_from_shares(expected: np.ndarray, actual: np.ndarray) -> float:
 
 @dataclass(slots=True)
 class PairedScores:
-    """Running sums for MAD and Pearson correlation of paired scores; mergeable."""
+    """MAD and Pearson correlation of paired scores from centred sums (Welford, merged by Chan's
+    rule); mergeable. Raw sums of squares lost the variance of scores far from zero (around 1e8
+    with a standard deviation of 1 the correlation read 0.58 for 0.96), and an absolute cut-off for
+    "constant" took scores in [0, 1e-6] for constants."""
 
     n: int = 0
     sum_abs_diff: float = 0.0
-    sum_a: float = 0.0
-    sum_b: float = 0.0
-    sum_aa: float = 0.0
-    sum_bb: float = 0.0
-    sum_ab: float = 0.0
+    mean_a: float = 0.0
+    mean_b: float = 0.0
+    m2_a: float = 0.0  # sum of squared deviations from mean_a
+    m2_b: float = 0.0
+    c_ab: float = 0.0  # sum of products of both deviations
 
     def add(self, a: float, b: float) -> None:
         self.n += 1
         self.sum_abs_diff += abs(a - b)
-        self.sum_a += a
-        self.sum_b += b
-        self.sum_aa += a * a
-        self.sum_bb += b * b
-        self.sum_ab += a * b
+        da = a - self.mean_a
+        self.mean_a += da / self.n
+        db = b - self.mean_b
+        self.mean_b += db / self.n
+        self.m2_a += da * (a - self.mean_a)
+        self.m2_b += db * (b - self.mean_b)
+        self.c_ab += da * (b - self.mean_b)
 
     def add_many(self, a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> None:
-        """Add pairs (a[i], b[i]) in one vectorised step (the same sums as calling `add` per pair)."""
+        """Add pairs (a[i], b[i]) in one vectorised step (the same figures as calling `add` per pair)."""
         xa, xb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
         if xa.shape != xb.shape or xa.ndim != 1:
             raise ValueError(f"add_many needs two equal-length 1-d sequences, got {xa.shape} and {xb.shape}")
-        self.n += len(xa)
+        if not len(xa):
+            return
         # Scores near the float range overflow to inf: the figures they feed are then not given
         # (`correlation`), which is the answer; no warning for each batch of them.
         with np.errstate(over="ignore", invalid="ignore"):
-            self.sum_abs_diff += float(np.abs(xa - xb).sum())
-            self.sum_a += float(xa.sum())
-            self.sum_b += float(xb.sum())
-            self.sum_aa += float(xa @ xa)
-            self.sum_bb += float(xb @ xb)
-            self.sum_ab += float(xa @ xb)
+            mean_a, mean_b = float(xa.mean()), float(xb.mean())
+            da, db = xa - mean_a, xb - mean_b
+            batch = PairedScores(len(xa), float(np.abs(xa - xb).sum()), mean_a, mean_b, float(da @ da),
+                                 float(db @ db), float(da @ db))
+        self.merge(batch)
 
     def merge(self, other: PairedScores) -> None:
-        self.n += other.n
+        if not other.n:
+            return
+        n1, n2 = self.n, other.n
+        n = n1 + n2
+        with np.errstate(over="ignore", invalid="ignore"):
+            da, db = other.mean_a - self.mean_a, other.mean_b - self.mean_b
+            weight = n1 * n2 / n
+            self.mean_a += da * n2 / n
+            self.mean_b += db * n2 / n
+            self.m2_a += other.m2_a + da * da * weight
+            self.m2_b += other.m2_b + db * db * weight
+            self.c_ab += other.c_ab + da * db * weight
+        self.n = n
         self.sum_abs_diff += other.sum_abs_diff
-        self.sum_a += other.sum_a
-        self.sum_b += other.sum_b
-        self.sum_aa += other.sum_aa
-        self.sum_bb += other.sum_bb
-        self.sum_ab += other.sum_ab
 
     def mad(self) -> float:
         """Mean absolute difference (nan when empty)."""
@@ -216,16 +228,19 @@ class PairedScores:
         """Pearson correlation (nan when empty or when either side is constant)."""
         if self.n < 2:
             return float("nan")
-        # Products, not `**`: a float's ** raises OverflowError past 1e308 (scores near 1e154
-        # killed the comparison service), a product becomes inf, and the answer nan below.
-        cov = self.sum_ab - self.sum_a * self.sum_b / self.n
-        var_a = self.sum_aa - self.sum_a * self.sum_a / self.n
-        var_b = self.sum_bb - self.sum_b * self.sum_b / self.n
-        if not (math.isfinite(cov) and math.isfinite(var_a) and math.isfinite(var_b)):
+        figures = (self.c_ab, self.m2_a, self.m2_b, self.mean_a, self.mean_b)
+        if not all(math.isfinite(x) for x in figures):
             return float("nan")
-        if var_a <= 1e-12 * self.n or var_b <= 1e-12 * self.n:
+        if _constant(self.m2_a, self.mean_a, self.n) or _constant(self.m2_b, self.mean_b, self.n):
             return float("nan")
-        return float(cov / np.sqrt(var_a * var_b))
+        # Each root apart: the product of the two overflows for scores near 1e150.
+        return float(np.clip(self.c_ab / (math.sqrt(self.m2_a) * math.sqrt(self.m2_b)), -1.0, 1.0))
+
+
+def _constant(m2: float, mean: float, n: int) -> bool:
+    """Whether the deviations are no more than rounding noise: below ~1000 ulps of the mean."""
+    noise = 1e-13 * abs(mean)
+    return m2 <= n * noise * noise or m2 <= 0.0
 
 
 # Distinct (champion label, model label) pairs counted one by one, at most; later new pairs are

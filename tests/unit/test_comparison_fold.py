@@ -71,8 +71,8 @@ def sums(pair: PairStats) -> tuple[Any, ...]:
     another order than the record path: the last bits may differ)."""
     pair.compact()
     scores = pair.scores
-    return (scores.n, *(float(f"{x:.10g}") for x in (scores.sum_abs_diff, scores.sum_a, scores.sum_b,
-                                                   scores.sum_aa, scores.sum_bb, scores.sum_ab)))
+    return (scores.n, *(float(f"{x:.10g}") for x in (scores.sum_abs_diff, scores.mean_a, scores.mean_b,
+                                                   scores.m2_a, scores.m2_b, scores.c_ab)))
 
 
 def state(svc: ComparisonService, tallies: list[m.Tally]) -> dict[str, Any]:

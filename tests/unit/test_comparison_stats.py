@@ -132,6 +132,27 @@ def test_paired_scores_match_numpy_whether_added_one_by_one_or_in_bulk() -> None
         bulk.add_many([1.0, 2.0], [1.0])
 
 
+@pytest.mark.parametrize(("offset", "scale"), [(0.0, 1e-6), (1e8, 1.0), (-3e12, 1e3), (0.0, 1e150)])
+def test_correlation_does_not_depend_on_where_the_scores_sit(offset: float, scale: float) -> None:
+    """Raw sums of squares read 0.58 for 0.96 around 1e8, and an absolute cut-off took scores in
+    [0, 1e-6] for constants (nan)."""
+    rng = np.random.default_rng(7)
+    x = rng.random(5_000)
+    y = x + rng.normal(0, 0.1, 5_000)
+    a, b = offset + scale * x, offset + scale * y
+    expected = float(np.corrcoef(x, y)[0, 1])
+    one, bulk = PairedScores(), PairedScores()
+    for u, v in zip(a.tolist(), b.tolist(), strict=True):
+        one.add(u, v)
+    for part_a, part_b in zip(np.array_split(a, 9), np.array_split(b, 9), strict=True):
+        bulk.add_many(part_a, part_b)
+    assert one.correlation() == pytest.approx(expected, rel=1e-6)
+    assert bulk.correlation() == pytest.approx(expected, rel=1e-6)
+    flat = PairedScores()
+    flat.add_many([offset + scale] * 100, b[:100])  # a constant far from zero is still a constant
+    assert math.isnan(flat.correlation())
+
+
 def test_agreement_and_confusion_match_a_direct_count() -> None:
     rng = np.random.default_rng(6)
     champion = rng.choice(["benign", "malignant"], 1_000).tolist()
