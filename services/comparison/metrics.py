@@ -17,6 +17,7 @@ request ids never become labels.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter as TypedCounter
 from collections.abc import Iterator, Mapping
@@ -158,7 +159,10 @@ class LabelBudget:
     """The first `max_models` model names keep their name as a label value; later ones are 'other'.
 
     Model/version pairs get 4x that budget; a pair beyond it keeps its model and gets version
-    'other'. Only admitted values are remembered, so a flood of names costs no memory.
+    'other'. Only admitted values are remembered, so a flood of names costs no memory. Names
+    `forget` gives back their places: the service gives back, when the budget is full, those no
+    longer in its window (so one forged record of 50 names does not count every model as
+    'other' for good).
     """
 
     def __init__(self, max_models: int):
@@ -179,6 +183,19 @@ class LabelBudget:
                         "counted as %r (--max-models %d)", name[:MAX_LABEL_CHARS], MAX_LABEL_CHARS, OTHER,
                         self.max_models)
         return OTHER
+
+    @property
+    def full(self) -> bool:
+        return len(self._models) >= self.max_models
+
+    @property
+    def admitted(self) -> frozenset[str]:
+        return frozenset(self._models)
+
+    def forget(self, names: set[str]) -> None:
+        self._models -= names
+        self._versions = {pair for pair in self._versions if pair[0] not in names}
+        self._warned = False  # the next name past the budget is said again
 
     def version(self, model: str, version: str) -> str:
         key = (model, version)
@@ -216,6 +233,16 @@ class Tally:
             deadline[(model, "met" if met else "missed")] += n
         for labels, n in deadline.items():
             DEADLINE.labels(*labels).inc(n)
+
+
+def forget_series(model: str, version: str) -> None:
+    """Drop a model version's counter series (its name gave its label back: `LabelBudget.forget`)."""
+    for outcome in ("ok", "error", "late"):
+        with contextlib.suppress(KeyError):
+            OUTPUTS.remove(model, version, outcome)
+    for outcome in ("met", "missed"):
+        with contextlib.suppress(KeyError):
+            DEADLINE.remove(model, outcome)
 
 
 def touch_model(model: str, version: str) -> None:

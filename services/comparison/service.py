@@ -250,6 +250,7 @@ class ComparisonService(SimpleHandler, Probed):
         """Recompute every window gauge and publish them together."""
         started = time.monotonic()
         self._next_export = started + self._export_every
+        self._give_back_idle_labels()
         try:
             samples = m.window_samples(self.window.view(), self.champion.current, self.references.frozen,
                                        {name: self.references.count(name) for name in self._labels_seen()},
@@ -262,6 +263,28 @@ class ComparisonService(SimpleHandler, Probed):
             return
         m.WINDOW.publish(samples)
         log.debug("exported the window in %.1f ms", (time.monotonic() - started) * 1000)
+
+    def _give_back_idle_labels(self) -> None:
+        """With the label budget full, the names no longer in the window give their places back:
+        their series and references go, and names counted as 'other' meanwhile are labelled
+        afresh. Done at an export, where the record path and the batch fold hold the same state."""
+        if not self._labels.full:
+            return
+        idle = set(self._labels.admitted - self.window.models())
+        if not idle:
+            return
+        self._labels.forget(idle)
+        for raw, labels in list(self._series.items()):
+            if labels[0] in idle or labels[0] == m.OTHER or labels[1] == m.OTHER:
+                del self._series[raw]
+        gone = {pair for pair in self._touched if pair[0] in idle}
+        self._touched -= gone
+        for model, version in gone:
+            m.forget_series(model, version)
+        for model in idle:
+            self.references.forget(model)
+        log.info("the label budget (--max-models %d) was full: %d model name(s) no longer in the window gave "
+                 "their places back", self.settings.max_models, len(idle))
 
     def _labels_seen(self) -> set[str]:
         return {model for model, _version in self._touched}

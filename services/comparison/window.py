@@ -252,6 +252,10 @@ class SlidingWindow:
             if any(stats.new_latencies for stats in bucket.models.values()):
                 bucket.compact()
 
+    def models(self) -> set[str]:
+        """The model names in the live buckets."""
+        return set().union(*(bucket.models.keys() for bucket in self._live.values()))
+
     def view(self) -> WindowView:
         """The live buckets merged (a new object; the window keeps sliding independently)."""
         totals = Bucket()
@@ -305,6 +309,10 @@ class References:
         values.extend(scores[: self.size - len(values)])
         if len(values) >= self.size:
             self.frozen[model] = QuantileSketch.of(self._filling.pop(model))
+
+    def forget(self, model: str) -> None:
+        self._filling.pop(model, None)
+        self.frozen.pop(model, None)
 
     def count(self, model: str) -> int:
         """Scores in the model's reference so far (== size once frozen)."""

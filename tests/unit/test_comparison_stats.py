@@ -503,3 +503,26 @@ def test_label_pairs_beyond_the_bound_are_counted_together_and_agreement_stays_e
     agreeing = sum(1 for i in range(MAX_LABEL_PAIRS + 3_000) if i % 3 == 0) + 5
     assert labels.n == MAX_LABEL_PAIRS + 3_005
     assert labels.agreement() == pytest.approx(agreeing / labels.n)
+
+
+def test_one_forged_record_of_many_names_does_not_count_every_model_as_other_for_good() -> None:
+    """The label budget was first come, first served, for good: one record naming --max-models
+    invented models made every later model 'other', the champion too, and no agreement or
+    distance gauge was exported again (a review's experiment). Names no longer in the window give
+    their places back at an export, when the budget is full."""
+    svc = service(max_models=5)
+    feed(svc, [record(BASE_MS, [output(f"forged-{i}") for i in range(5)], chosen=None, status="TIMEOUT")])
+    svc.export()  # the budget full, every name in the window: nothing given back
+    assert svc._labels.full and "forged-0" in svc._labels.admitted
+    rng = np.random.default_rng(10)
+    start = BASE_MS + 60_000
+    for second in range(0, 130, 5):  # genuine traffic, exported every 5 s as the service does
+        scores = rng.random(50)
+        feed(svc, [record(start + second * 1_000 + i * 100, [output("champion", float(s)),
+                                                             output("challenger", 1.0 - float(s))])
+                   for i, s in enumerate(scores)])
+        svc.export()
+    assert svc.window.models() == {"champion", "challenger"}
+    assert not any(name.startswith("forged") for name in svc._labels.admitted)
+    assert m.WINDOW.value("rdv_cmp_champion_info", model="champion") == 1.0
+    assert m.WINDOW.value("rdv_cmp_agreement_ratio", model="challenger", champion="champion") == 0.0
