@@ -31,6 +31,7 @@ from confluent_kafka import OFFSET_END, KafkaError, KafkaException, Message, Top
 
 from services.core.codec import codec
 from services.core.errors import BadInput, BrokerError, ConfigError, RecordTooLarge, RendezvousError
+from services.core.futures import fail, settle
 from services.core.kafka import Consumer, Producer, groupless, partition_counts
 from services.core.requests import id_too_long, request_problem
 from services.core.runtime import now_ms
@@ -240,6 +241,7 @@ class Client:
         # Why the reader of answers stopped for good (a consumer error it cannot get past), if it did:
         # no request is sent after that, it could never be answered.
         self.stopped: str | None = None
+        self._closed_from_reader = False  # close() was called on the reading thread (an answer's callback)
         self._reader = threading.Thread(target=self._read_answers, name="rdv-client-answers", daemon=True)
         self._reader.start()
 
@@ -393,6 +395,16 @@ class Client:
     # -- receiving -------------------------------------------------------------------------
 
     def _read_answers(self) -> None:
+        try:
+            self._read_until_stopped()
+        except Exception as err:  # a thread that ends unseen would leave every caller waiting for good
+            log.exception("client stopped reading answers")
+            self.stopped = f"stopped reading answers: {type(err).__name__}: {err}"
+            self._fail_all(BrokerError(f"the client {self.stopped}"))
+        if self._closed_from_reader:
+            self._close_clients()
+
+    def _read_until_stopped(self) -> None:
         while not self._stop.is_set():
             try:
                 messages = self._consumer.consume(500, 0.1)
@@ -427,7 +439,7 @@ class Client:
             if not waiters:
                 del self._pending[rid]
         if not future.done():
-            future.set_result(Answer.from_record(record, received_at))
+            settle(future, Answer.from_record(record, received_at))
 
     def _undelivered(self, msg: Message, err: KafkaError) -> None:
         key = msg.key()
@@ -440,8 +452,7 @@ class Client:
             # Refused for its size (the topic's limit): sending it again would be refused again.
             failure = RecordTooLarge(f"the request is too large for {msg.topic()}: {err.str()}")
         for future, _partition in waiters:
-            if not future.done():
-                future.set_exception(failure)
+            fail(future, failure)
 
     def _fail_all(self, err: Exception) -> None:
         self._fail_where(lambda _partition: True, err)
@@ -465,8 +476,7 @@ class Client:
                 else:
                     del self._pending[rid]
         for future in failed:
-            if not future.done():
-                future.set_exception(err)
+            fail(future, err)
 
     @property
     def in_flight(self) -> int:
@@ -481,8 +491,17 @@ class Client:
                 return
             self.stopped = "is closed"
             self._stop.set()
+        if threading.current_thread() is self._reader:
+            # From an answer's callback, on the reading thread: it cannot join itself, and uses the
+            # Kafka clients until its loop ends, where it closes them (`_read_answers`).
+            self._closed_from_reader = True
+            self._fail_all(ClosedClient("the client was closed before this request was answered"))
+            return
         self._reader.join(timeout=5)
         self._fail_all(ClosedClient("the client was closed before this request was answered"))
+        self._close_clients()
+
+    def _close_clients(self) -> None:
         self._producer.close()
         self._consumer.close()
 

@@ -19,6 +19,7 @@ from confluent_kafka import KafkaException, TopicPartition
 
 from services.core.codec import codec
 from services.core.errors import BadInput, BrokerError, RendezvousError
+from services.core.futures import fail, settle
 from services.core.kafka import Consumer, groupless, partition_counts
 from services.gateway.errors import AnswerFailed
 
@@ -84,8 +85,7 @@ class ComparisonTap:
             pending, self._pending = self._pending, {}
         for waiters in pending.values():
             for future in waiters:
-                if not future.done():
-                    future.set_exception(err)
+                fail(future, err)
 
     def _read(self, consumer: Consumer) -> None:
         records = codec("comparison")
@@ -108,13 +108,10 @@ class ComparisonTap:
                 except BadInput as err:
                     log.warning("undecodable comparison record for %s: %s", key, err)
                     for future in waiters:  # their record came, unreadable: said now, not at the grace's end
-                        if not future.done():
-                            future.set_exception(AnswerFailed(f"the comparison record of this request cannot "
-                                                              f"be read: {err}"))
+                        fail(future, AnswerFailed(f"the comparison record of this request cannot be read: {err}"))
                     continue
                 for future in waiters:
-                    if not future.done():
-                        future.set_result(record)
+                    settle(future, record)
 
     def close(self) -> None:
         self._stop.set()

@@ -52,3 +52,41 @@ def test_a_request_whose_reply_partition_moved_after_it_was_picked_is_not_sent()
     with pytest.raises(ReplyPartitionLost, match="moved to another reader just now"):
         client.submit({"f": 1.0})
     assert client._pending == {}
+
+
+class _CancelledRightAfterTheCheck(Future[Answer]):
+    """A waiter whose caller stops waiting between the reader's `done()` check and its result."""
+
+    def done(self) -> bool:
+        was = super().done()
+        self.cancel()
+        return was
+
+
+def test_a_waiter_cancelled_while_its_answer_is_handed_over_does_not_end_the_reader() -> None:
+    """set_result on a future cancelled just after the check raised InvalidStateError out of the
+    thread that reads every caller's answers: it died, submit() went on, nothing was answered."""
+    client = bare_client((0,))
+    cancelled, waiting = _CancelledRightAfterTheCheck(), Future[Answer]()
+    client._pending = {"r": [(cancelled, 0)], "s": [(waiting, 0)]}
+    client._resolve(answer("r"), 10, partition=0)
+    client._resolve(answer("s"), 10, partition=0)
+    assert cancelled.cancelled() and waiting.result(0).request_id == "s"
+
+
+def test_closing_from_an_answers_callback_fails_the_other_waiters_instead_of_raising() -> None:
+    """close() joined the reading thread from that thread (RuntimeError): the other futures stayed
+    pending for good, and a second close() did nothing."""
+    from services.client.client import ClosedClient
+
+    client = bare_client((0,))
+    client._reader = threading.current_thread()  # as in a done-callback run by the reading thread
+    client._closed_from_reader = False
+    first, second = Future[Answer](), Future[Answer]()
+    client._pending = {"first": [(first, 0)], "second": [(second, 0)]}
+    first.add_done_callback(lambda _done: client.close())
+    client._resolve(answer("first"), 10, partition=0)
+    assert first.result(0).request_id == "first"
+    with pytest.raises(ClosedClient):
+        second.result(0)
+    assert client._closed_from_reader and client.stopped == "is closed"  # its loop closes the Kafka clients
