@@ -24,7 +24,7 @@ from services.cli.model_contracts import print_contracts
 from services.control import changes
 from services.control.gates import Verdict, evaluate, parse_requirements, with_defaults
 from services.control.liveness import live_models, not_live
-from services.control.schedule import DEFAULT_DEADLINE_MS, Schedule
+from services.control.schedule import DEFAULT_DEADLINE_MS, MAX_INT, Schedule
 from services.control.topic import ScheduleBook, load_book, publish
 from services.core.errors import ConfigError
 from services.core.kafka import consumer_groups, group_lag
@@ -291,9 +291,12 @@ def _draft_from_flags(settings: ScheduleSetSettings, current: Schedule | None) -
 
 def _whole_ms(text: str, flag: str) -> int:
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise ConfigError(f"{flag}: expected whole milliseconds, got {text!r}") from None
+    if not 0 <= value <= MAX_INT:  # said here, before the broker is asked anything
+        raise ConfigError(f"{flag}: expected whole milliseconds from 0 to {MAX_INT}, got {text[:30]!r}")
+    return value
 
 
 def _traffic(text: str) -> tuple[str | None, float]:

@@ -115,12 +115,19 @@ class Schedule:
         unknown = set(self.waits_ms) - set(self.models)
         if unknown:
             found.append(f"waits name models not in the schedule: {sorted(unknown)}")
-        if any(not isinstance(w, int) or w < 0 for w in self.waits_ms.values()):
-            found.append("waits must be whole milliseconds >= 0")
-        if not isinstance(self.default_deadline_ms, int) or self.default_deadline_ms <= 0:
-            found.append("default_deadline_ms must be a positive whole number")
-        if not isinstance(self.version, int) or self.version < 0:
-            found.append("version must be a whole number >= 0")
+        # The bounds of the schedule record's Avro fields (schemas/schedule.avsc: int and long):
+        # beyond them it cannot be encoded (an OverflowError at publish, or at a rendezvous' start)
+        # and readers in other languages refuse it.
+        if any(not isinstance(w, int) or not 0 <= w <= MAX_INT for w in self.waits_ms.values()):
+            found.append(f"waits must be whole milliseconds from 0 to {MAX_INT}")
+        if not isinstance(self.default_deadline_ms, int) or not 0 < self.default_deadline_ms <= MAX_INT:
+            found.append(f"default_deadline_ms must be a whole number from 1 to {MAX_INT}")
+        if not isinstance(self.version, int) or not 0 <= self.version <= MAX_LONG:
+            found.append("version must be a whole number >= 0 (an Avro long)")
+        for name in ("effective_at", "created_at"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not -MAX_LONG - 1 <= value <= MAX_LONG:
+                found.append(f"{name} must be epoch milliseconds (an Avro long)")
         if self.traffic_model is not None and self.traffic_model not in self.models:
             found.append(f"traffic model {self.traffic_model!r} is not in the schedule")
         if not 0.0 <= self.traffic_fraction <= 1.0:
@@ -257,6 +264,8 @@ class Schedule:
         traffic = data.get("traffic") or {}
         if not isinstance(traffic, dict) or not isinstance(traffic.get("model", ""), str):
             raise ConfigError("invalid schedule: 'traffic' must be {\"model\": name, \"fraction\": 0..1}")
+        if traffic and not traffic.get("model"):  # it was dropped without a word: a split that never happened
+            raise ConfigError("invalid schedule: 'traffic' names no model: {\"model\": name, \"fraction\": 0..1}")
         return cls(
             models=tuple(models),
             waits_ms={str(m): _whole(w, f"waits_ms[{m!r}]") for m, w in waits.items()},
@@ -292,6 +301,10 @@ def _whole(value: Any, field_name: str) -> int:
     if isinstance(value, float) and not value.is_integer():
         raise ConfigError(f"invalid schedule: {field_name} must be a whole number, got {_short(value)}")
     return int(value)
+
+
+MAX_INT = 2**31 - 1  # an Avro int
+MAX_LONG = 2**63 - 1  # an Avro long
 
 
 def _fraction(value: Any) -> float:

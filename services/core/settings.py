@@ -295,7 +295,8 @@ def _check_range(name: str, value: float, f: dataclasses.Field[Any], kind: Any) 
 
 def _shown(number: float) -> str:
     """1 -> '1', 2.5 -> '2.5', 1e20 -> '100000000000000000000', a 5000-digit int -> its start."""
-    text = str(int(number)) if float(number).is_integer() else f"{number:g}"
+    # An int is shown as itself: float() of a 400-digit one raised OverflowError (a traceback).
+    text = str(number) if isinstance(number, int) else str(int(number)) if number.is_integer() else f"{number:g}"
     return text if len(text) <= 24 else text[:12] + "..." + f" ({len(text)} digits)"
 
 

@@ -109,8 +109,14 @@ def test_default_deadline_applies_when_the_request_has_none() -> None:
         ({"models": []}, "names no model"),
         ({"models": ["a", "a"]}, "listed twice"),
         ({"models": ["a"], "waits_ms": {"b": 5}}, "not in the schedule"),
-        ({"models": ["a"], "waits_ms": {"a": -1}}, ">= 0"),
-        ({"models": ["a"], "default_deadline_ms": 0}, "positive"),
+        ({"models": ["a"], "waits_ms": {"a": -1}}, "from 0 to 2147483647"),
+        ({"models": ["a"], "default_deadline_ms": 0}, "from 1 to 2147483647"),
+        # Beyond the record's Avro int / long: an OverflowError at publish, or at a rendezvous' start.
+        ({"models": ["a"], "waits_ms": {"a": 2**31}}, "from 0 to 2147483647"),
+        ({"models": ["a"], "default_deadline_ms": 1e300}, "from 1 to 2147483647"),
+        ({"models": ["a"], "effective_at": 2**64}, "effective_at must be epoch milliseconds"),
+        ({"models": ["a"], "version": 2**63}, "version must be"),
+        ({"models": ["a"], "traffic": {"fraction": 0.5}}, "'traffic' names no model"),  # was dropped unsaid
         ({"models": "a"}, "must be a list"),
         ({"models": ["a"], "colour": "red"}, "unknown field"),
     ],

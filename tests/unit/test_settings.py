@@ -28,6 +28,9 @@ def test_bad_setting_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
         from_namespace(RendezvousSettings)
     with pytest.raises(ConfigError, match=r"^--linger-ms: expected a whole number, got 'later'"):
         from_namespace(RendezvousSettings, None, linger_ms="later")
+    # float() of a 400-digit number raised OverflowError while the message was made: a traceback.
+    with pytest.raises(ConfigError, match=r"^--linger-ms must be at most .*, got 999999999999\.\.\. \(400 digits\)"):
+        from_namespace(RendezvousSettings, None, linger_ms="9" * 400)
 
 
 def test_secrets_never_in_repr_or_describe() -> None:
