@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -369,12 +370,23 @@ def read_manifest(directory: Path) -> list[FileStats]:
 
 
 def _checked(stats: FileStats) -> FileStats:
-    """TypeError unless each field has its type (a hand-edited manifest failed later, mid-replay)."""
+    """TypeError unless each field has its type (a hand-edited manifest failed later, mid-replay);
+    ValueError unless the name is one of the archive's own files and the sha256 a digest: a name
+    with '..' or a whole path made replay read a file outside the archive, and an empty sha256
+    turned the integrity check off."""
     whole = (stats.records, stats.bytes, *(t for t in (stats.first_timestamp, stats.last_timestamp) if t is not None))
     if not isinstance(stats.name, str) or not isinstance(stats.sha256, str) or not isinstance(stats.partitions, dict) \
             or not all(isinstance(n, int) and not isinstance(n, bool) for n in whole):
         raise TypeError(f"the entry of {stats.name!r} has a field of the wrong type")
+    if not _FILE_NAME.fullmatch(stats.name):
+        raise ValueError(f"{stats.name[:80]!r} is not the name of an archive file (requests-<ms>-<seq>.avro)")
+    if not _SHA256.fullmatch(stats.sha256):
+        raise ValueError(f"the entry of {stats.name} has no sha256 of its file")
     return stats
+
+
+_FILE_NAME = re.compile(r"requests-[0-9]+-[0-9]+\.avro")  # a plain name in the archive's directory
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def write_manifest(directory: Path, files: list[FileStats]) -> None:
@@ -447,7 +459,7 @@ def _damage(path: Path, stats: FileStats) -> str | None:
     """Why a finished file cannot be read as the manifest describes it, or None."""
     if not path.is_file():
         return "missing"
-    if stats.sha256 and _sha256(path) != stats.sha256:
+    if _sha256(path) != stats.sha256:
         return "its sha256 is not the manifest's (damaged since it was sealed)"
     return None
 

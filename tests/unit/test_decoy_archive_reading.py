@@ -43,3 +43,24 @@ def test_what_is_remembered_per_partition_is_bounded(tmp_path: Path, monkeypatch
     assert len(recent.timestamps) <= 201 and not recent.first_time(999, 5_999)
     # Far behind the highest offset: a topic that started over, read from its start.
     assert recent.first_time(0, 9_000) and not recent.first_time(0, 9_000) and recent.first_time(1, 9_001)
+
+
+def test_a_manifest_naming_a_file_outside_the_archive_or_without_its_sha256_is_refused(tmp_path: Path) -> None:
+    """Names were followed as given ('../elsewhere/x.avro', an absolute path: replay read a file
+    outside the archive), and an empty sha256 turned the integrity check off."""
+    import json
+
+    import pytest
+
+    from services.core.errors import ConfigError
+
+    archive_of(tmp_path, rows(range(3), 1_000, b"a"))
+    manifest = tmp_path / archive.MANIFEST
+    good = json.loads(manifest.read_text())
+    assert [r["offset"] for r in iter_archive(tmp_path)] == [0, 1, 2]
+    for change, said in (({"name": "../elsewhere/requests-1-0001.avro"}, "is not the name of an archive file"),
+                         ({"name": str(tmp_path / good["files"][0]["name"])}, "is not the name of an archive file"),
+                         ({"sha256": ""}, "has no sha256")):
+        manifest.write_text(json.dumps({**good, "files": [{**good["files"][0], **change}]}))
+        with pytest.raises(ConfigError, match=said):
+            list(iter_archive(tmp_path))
