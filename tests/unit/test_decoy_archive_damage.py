@@ -35,6 +35,30 @@ def test_a_part_file_whose_tail_is_zeroed_is_recovered_up_to_its_last_whole_bloc
     assert first_block_end < len(data) and not list(tmp_path.glob("*.damaged"))
 
 
+def test_a_torn_last_block_with_the_null_codec_gives_no_records_of_zeros(tmp_path: Path) -> None:
+    """Its count and size reached the disk, its data and marker did not (zeros): uncompressed,
+    zeros decode as records (topic '', offset 0), which fastavro handed over before it checked the
+    block's marker; they were sealed into the archive and replayed."""
+    import fastavro
+
+    from services.core.avro_walk import varint
+
+    writer = ArchiveWriter(tmp_path, codec="null", **ROLL)
+    writer.append(rows(0, 5))
+    writer.append(rows(5, 3))
+    part = next(tmp_path.glob("*.part"))
+    data = bytearray(part.read_bytes())
+    with part.open("rb") as handle:
+        last = list(fastavro.block_reader(handle))[-1]
+    _count, at = varint(bytes(data), last.offset, len(data))
+    _size, at = varint(bytes(data), at, len(data))
+    data[at:] = bytes(len(data) - at)
+    part.write_bytes(bytes(data))
+
+    ArchiveWriter(tmp_path, codec="null", **ROLL).close()
+    assert [(r["topic"], r["offset"]) for r in iter_archive(tmp_path)] == [("t", i) for i in range(5)]
+
+
 def test_a_part_file_damaged_before_its_last_block_is_kept_beside_what_was_recovered(tmp_path: Path) -> None:
     """Reading stops at the first damaged block: the blocks after it would be lost, so the
     original is kept."""
