@@ -259,6 +259,11 @@ class Join:
         if rid in self._finished.logged:
             return self._relogged(request, reply)
         mailbox = self.mailboxes.get(rid)
+        if mailbox is not None and mailbox.partition != request.partition:
+            if mailbox.has_request:
+                return self._elsewhere(request, reply, mailbox.partition)
+            self._drop_stray_orphan(mailbox, request.partition)
+            mailbox = None
         if (mailbox is not None and mailbox.has_request) or (mailbox is None and rid in self._remembered):
             return self._repeated(request, mailbox, reply)
         if mailbox is None:
@@ -284,6 +289,12 @@ class Join:
         clock = self._tick(score.partition, score.log_time)
         rid = score.request_id
         mailbox = self.mailboxes.get(rid)
+        if mailbox is not None and mailbox.partition != score.partition:
+            # Not its request's partition number (a worker breaking the rule, or forged): joined, it
+            # would be decided on another partition's clock, and the request's offset could be
+            # committed unanswered when that other partition is given up.
+            self.metrics.inc(child(m.ELSEWHERE, "score"))
+            return None
         if score.model not in self._models_seen:
             # Only under a flood of more than MAX_MODELS names (forged): which get through then
             # depends on when each was last seen, a bound on memory that no instance can avoid.
@@ -376,6 +387,28 @@ class Join:
         refusal = _answer_record(request.request_id, Decision(Status.ERROR, None, reason, request.log_time),
                                  request.created_at, self._deadline(schedule, request), None, None)
         return self._send_again(reply, refusal)
+
+    def _elsewhere(self, request: RequestIn, reply: Reply | None, partition: int) -> Receipt | None:
+        """A request_id open on another partition: answered ERROR at its return address, neither
+        scored nor joined (each partition's mailboxes are decided and committed on their own)."""
+        self.metrics.inc(child(m.ELSEWHERE, "request"))
+        schedule = self.schedule_for(request.created_at)
+        reason = (f"request_id {request.request_id!r} is in use by a request on partition {partition} of the "
+                  f"requests topic, and this one came to partition {request.partition}: a request_id must be "
+                  "unique, and a retry must go to the same partition (key it by its request_id)")
+        refusal = _answer_record(request.request_id, Decision(Status.ERROR, None, reason, request.log_time),
+                                 request.created_at, self._deadline(schedule, request), None, None)
+        return self._send_again(reply, refusal)
+
+    def _drop_stray_orphan(self, orphan: Mailbox, partition: int) -> None:
+        """Scores that came on another partition number than their request: not joined to it."""
+        del self._orphans[orphan.partition][orphan.request_id]
+        self._orphan_count -= 1
+        self.metrics.inc(child(m.ELSEWHERE, "score"), len(orphan.arrivals))
+        log.debug("dropping %d score(s) of %s: they came on partition %d, their request on %d",
+                  len(orphan.arrivals), orphan.request_id, orphan.partition, partition)
+        orphan.closed = True
+        del self.mailboxes[orphan.request_id]
 
     def _relogged(self, request: RequestIn, reply: Reply | None) -> Receipt | None:
         """A re-read request answered and logged before a restart: nothing is redone, but its

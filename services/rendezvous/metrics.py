@@ -15,6 +15,13 @@ CONFLICTING_REQUESTS = Counter(
     "Requests under a known request_id with other features or payload: answered ERROR, not scored.",
 )
 SCORES = Counter("rdv_scores_total", "Scores read by the rendezvous, by model.", ["model", "version"])
+ELSEWHERE = Counter(
+    "rdv_partition_mismatches_total",
+    "Records whose request_id is open on another partition number (kind: score, request): a score is "
+    "dropped, a request answered ERROR; a request and its scores share a partition number, so the "
+    "join's decisions and commits stay per partition.",
+    ["kind"],
+)
 SCORES_REFUSED = Counter(
     "rdv_scores_refused_total",
     "Scores of a model beyond the 256 the rendezvous tracks at once (models silent for model_ttl are forgotten).",

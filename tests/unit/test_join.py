@@ -580,3 +580,46 @@ def test_a_new_owner_re_reading_from_the_committed_point_decides_as_the_first_di
     for answer in second_out.answers:
         if answer["request_id"] in first_answers:
             assert answer == first_answers[answer["request_id"]]
+
+
+def test_a_score_on_another_partition_than_its_request_is_not_joined() -> None:
+    """Joined by request id alone, a stray score decided the request on another partition's clock
+    (two instances reading the partitions in another order answered differently)."""
+    answers = []
+    for stray_first in (False, True):
+        join, out = make_join()
+        join.on_request(request("x", partition=0))  # deadline T0 + 200
+        scores = [score("x", "champion", T0 + 100, partition=0), score("x", "challenger", T0 + 300, partition=1)]
+        for each in (scores[::-1] if stray_first else scores):
+            join.on_score(each)
+        answers.append(decided(out))
+    assert answers[0] == answers[1] == {"x": ("OK", "champion", T0 + 100)}
+
+
+def test_scores_on_another_partition_do_not_hold_a_request_that_is_committed_unanswered() -> None:
+    """Stray scores first opened the mailbox on their partition: the request joined it, and when
+    that partition was given up the request's offset was committed with no answer."""
+    from services.rendezvous.offsets import OffsetBook
+
+    join, out = make_join()
+    book = OffsetBook()
+    join.on_score(score("y", "champion", T0 + 1, partition=1))
+    owner = join.on_request(request("y", partition=0))
+    assert owner is not None and owner.partition == 0 and join.orphans == 0
+    book.track("requests", 0, 41, owner)
+    join.drop_partitions({1})
+    assert [(tp.partition, tp.offset) for tp in book.to_commit()] == [(0, 41)]  # not past it: unanswered
+    join.on_score(score("y", "champion", T0 + 5, partition=0))
+    assert decided(out) == {"y": ("OK", "champion", T0 + 5)}
+
+
+def test_a_request_id_open_on_another_partition_is_answered_error_not_joined() -> None:
+    join, out = make_join()
+    first = join.on_request(request("z", partition=1))
+    again = join.on_request(request("z", partition=0, reply="replies.b"))
+    assert first is not None and again is not first
+    ((reply, refusal),) = out.replies
+    assert reply == ("replies.b", None) and refusal["status"] == "ERROR"
+    assert "in use by a request on partition 1" in refusal["reason"]
+    join.drop_partitions({1})  # the first one's partition given up: the second holds nothing of it
+    assert not join.mailboxes
