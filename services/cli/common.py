@@ -50,7 +50,10 @@ def topic_specs(topics: Topics, partitions: int) -> dict[str, tuple[int, Mapping
         topics.log: (partitions, {}),
         topics.deadletter: (1, {"retention.ms": str(14 * 24 * 3600 * 1000)}),
         topics.replies: (partitions, {"retention.ms": str(3600 * 1000)}),
-        topics.control: (1, {"cleanup.policy": "compact"}),
+        # The broker's clock too: a schedule may take effect at most a week after it was written,
+        # and a writer's clock (or a forged timestamp) far ahead would let one through that every
+        # later version inherits, so that none could be accepted again.
+        topics.control: (1, {"cleanup.policy": "compact", **log_time}),
         topics.models: (1, {"cleanup.policy": "compact"}),
     }
 

@@ -172,9 +172,15 @@ class Rendezvous(Probed):
                     f"{other} has {counts[other]} partitions but {t.requests} has {counts[t.requests]}: "
                     "scores, answers and log must be co-partitioned with the requests"
                 )
-        # Both: a request's append time starts its clock, a score's moves it. With CreateTime
-        # a client would set them (the requests' check was missing: a security review).
-        for topic in (t.requests, t.scores):
+        # A schedule's versions are ordered by the control topic's one partition: with more, each
+        # reader's "first record of a version" would depend on its fetch order (instances disagree).
+        if counts[t.control] != 1:
+            raise ConfigError(f"{t.control} has {counts[t.control]} partitions: the control topic must have one, "
+                              "so that every reader sees the schedule's versions in one order")
+        # Requests and scores: a request's append time starts its clock, a score's moves it. With
+        # CreateTime a client would set them (the requests' check was missing: a security review).
+        # Control: a version's effective_at is bounded by when it was written (a review).
+        for topic in (t.requests, t.scores, t.control):
             kind = topic_config(config, topic, "message.timestamp.type")
             if kind != "LogAppendTime":
                 raise ConfigError(

@@ -159,6 +159,23 @@ def test_a_requests_topic_stamped_by_its_clients_is_refused_at_start(
     assert_one_line_error(result, own, "message.timestamp.type=CreateTime", "LogAppendTime")
 
 
+@pytest.mark.parametrize(("partitions", "stamp", "said"), [
+    (1, "CreateTime", "message.timestamp.type=CreateTime"),  # a writer's clock bounds effective_at
+    (2, "LogAppendTime", "has 2 partitions: the control topic must have one"),  # readers would disagree
+])
+def test_a_control_topic_that_would_let_readers_disagree_or_be_frozen_is_refused_at_start(
+    bootstrap: str, prefix: str, config: dict[str, Any], partitions: int, stamp: str, said: str
+) -> None:
+    from services.core.kafka import create_topics
+
+    assert rendezvous("topics", "create", "--bootstrap", bootstrap, "--topic-prefix", prefix).returncode == 0
+    own = f"{prefix}control-{partitions}-{stamp.lower()}"
+    create_topics(config, {own: (partitions, {"cleanup.policy": "compact", "message.timestamp.type": stamp})})
+    result = rendezvous("serve", "--bootstrap", bootstrap, "--topic-prefix", prefix, "--topic", f"control={own}",
+                        "--models", "champion", "--metrics-port", "0")
+    assert_one_line_error(result, own, said)
+
+
 def test_a_demo_process_that_exits_is_named_with_its_own_error(bootstrap: str, tmp_path: Path) -> None:
     """The demo waited two minutes for a rendezvous that had exited at once (its metrics port taken,
     e.g. by one left from a demo killed with -9), then said "a demo process exited; see its log"."""
