@@ -128,7 +128,10 @@ def _parse_iso_ms(value: str, flag: str) -> int:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    ms = int(moment.timestamp() * 1000)
+    if ms < 0:  # Kafka's offset lookup reads -1, -2 and -3 as latest, earliest and max timestamp
+        raise ConfigError(f"{flag}: {value[:40]!r} is before 1970; no Kafka record is")
+    return ms
 
 
 def parse_bounds(since: str, start: str, end: str, now_ms: int) -> Bounds:

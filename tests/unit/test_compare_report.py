@@ -85,6 +85,9 @@ def test_bounds(text: str, bound: TimeBound | OffsetBound) -> None:
     ("1714564800", "looks like epoch seconds"),
     ("offset:-1", "expected offset:N"),
     ("offset:", "expected offset:N"),
+    # -1 ms: Kafka's offset lookup reads it as "latest" (-2 earliest, -3 max timestamp)
+    ("1969-12-31T23:59:59.999Z", "before 1970"),
+    ("1969-12-31T23:59:59.998+00:00", "before 1970"),
 ])  # fmt: skip
 def test_bad_bounds(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
