@@ -68,6 +68,10 @@ class ReplaySettings(KafkaSettings):
             raise ConfigError(f"--batch must be >= 1, got {self.batch}")
         if self.html:
             check_writable_file(self.html, "--html")
+        # Said now, before the model loads (seconds, for some), not when the range is first read.
+        bounds = parse_bounds(self.since, self.from_, self.to, now_ms())
+        if self.source == "archive" and OffsetBound in (type(bounds.start), type(bounds.end)):
+            raise ConfigError("--source archive takes time bounds only (offsets belong to the topic)")
 
 
 @dataclass

@@ -63,3 +63,18 @@ def test_a_replayed_model_named_as_a_logged_one_is_refused_not_put_in_its_place(
         _comparison("r1", logged, replayed, "champion", "v9")
     added = _comparison("r1", logged, replayed, "champion-replay", "v9")
     assert [(o["model"], o["score"]) for o in added["outputs"]] == [("champion", 0.9), ("champion-replay", 0.2)]
+
+
+@pytest.mark.parametrize(("changes", "said"), [
+    ({"since": "1x"}, "expected a duration"),
+    ({"source": "archive", "archive_dir": "/tmp", "from_": "offset:5"}, "time bounds only"),
+])
+def test_a_replays_range_is_checked_with_its_settings_before_any_model_loads(
+    changes: dict[str, str], said: str
+) -> None:
+    """They were checked when the range was first read, after the model had loaded (3 s for one)."""
+    from services.cli.replay import ReplaySettings
+    from services.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=said):
+        ReplaySettings(bootstrap="localhost:9092", model="demo:champion", **changes).validate()
