@@ -381,21 +381,23 @@ class Join:
         answers topic keeps the first request's answer: one answer per id) and neither scored
         nor logged (its scores, if a model wrote any, are late scores of the first)."""
         self.metrics.inc(m.CONFLICTING_REQUESTS)
-        schedule = self.schedule_for(request.created_at)
-        reason = (f"request_id {request.request_id!r} was already used by a request with other features or "
-                  "payload: this one is not scored (a request_id must be unique; a retry must repeat its inputs)")
-        refusal = _answer_record(request.request_id, Decision(Status.ERROR, None, reason, request.log_time),
-                                 request.created_at, self._deadline(schedule, request), None, None)
-        return self._send_again(reply, refusal)
+        return self._refused(request, reply, f"request_id {request.request_id!r} was already used by a request with "
+                             "other features or payload: this one is not scored (a request_id must be unique; a retry "
+                             "must repeat its inputs)")
 
     def _elsewhere(self, request: RequestIn, reply: Reply | None, partition: int) -> Receipt | None:
         """A request_id open on another partition: answered ERROR at its return address, neither
         scored nor joined (each partition's mailboxes are decided and committed on their own)."""
         self.metrics.inc(child(m.ELSEWHERE, "request"))
+        return self._refused(request, reply, f"request_id {request.request_id!r} is in use by a request on "
+                             f"partition {partition} of the requests topic, and this one came to partition "
+                             f"{request.partition}: a request_id must be unique, and a retry must go to the same "
+                             "partition (key it by its request_id)")
+
+    def _refused(self, request: RequestIn, reply: Reply | None, reason: str) -> Receipt | None:
+        """An ERROR answer for `reason`, sent to the request's return address only (not on the
+        answers topic, which keeps the one answer of its id)."""
         schedule = self.schedule_for(request.created_at)
-        reason = (f"request_id {request.request_id!r} is in use by a request on partition {partition} of the "
-                  f"requests topic, and this one came to partition {request.partition}: a request_id must be "
-                  "unique, and a retry must go to the same partition (key it by its request_id)")
         refusal = _answer_record(request.request_id, Decision(Status.ERROR, None, reason, request.log_time),
                                  request.created_at, self._deadline(schedule, request), None, None)
         return self._send_again(reply, refusal)
