@@ -101,9 +101,9 @@ def layout(topics: Topics, prefix: str, principals: Principals = Principals()) -
         Grant(p.admin, "group", SCRATCH_GROUP_PREFIX, "ALL", prefixed=True),
         *_topic(p.rendezvous, "READ", t.requests, t.scores, t.control, t.answers, t.log),
         *_topic(p.rendezvous, "WRITE", t.answers, t.log, t.deadletter, t.replies, t.scores, t.control),
-        # It checks at start-up that requests and scores keep LogAppendTime; every service reads
-        # the max.message.bytes of the topics it writes (StreamSpec.outputs).
-        *_topic(p.rendezvous, "DESCRIBE_CONFIGS", t.requests, t.scores, t.answers, t.log, t.deadletter),
+        # It checks at start-up that requests, scores and control keep LogAppendTime; every service
+        # reads the max.message.bytes of the topics it writes (StreamSpec.outputs).
+        *_topic(p.rendezvous, "DESCRIBE_CONFIGS", t.requests, t.scores, t.control, t.answers, t.log, t.deadletter),
         *_groups(p.rendezvous, f"{prefix}rendezvous"),
         Grant(p.rendezvous, "transactional_id", f"{prefix}rendezvous", "WRITE", prefixed=True),
         Grant(p.rendezvous, "transactional_id", f"{prefix}rendezvous", "DESCRIBE", prefixed=True),

@@ -27,6 +27,7 @@ GRANTS = layout(TOPICS, PREFIX, P)
     (P.admin, TOPICS.control, "WRITE", True),
     # Each service reads the max.message.bytes of what it writes; the comparison dead-letters.
     (P.rendezvous, TOPICS.log, "DESCRIBE_CONFIGS", True),
+    (P.rendezvous, TOPICS.control, "DESCRIBE_CONFIGS", True),  # it checks the control topic's LogAppendTime
     (P.model, TOPICS.scores, "DESCRIBE_CONFIGS", True),
     (P.comparison, TOPICS.deadletter, "WRITE", True),
     (P.comparison, TOPICS.deadletter, "DESCRIBE_CONFIGS", True),
