@@ -7,6 +7,8 @@ uvicorn's lines for the requests it refuses (gateway/http_guard.py).
 
 Not thread-safe: a limiter several threads share is used under its owner's lock (ClientLog's);
 the gateway's is used by uvicorn's one event-loop thread only.
+
+`PerSecond` bounds work rather than lines: at most N uses a second.
 """
 
 from __future__ import annotations
@@ -93,3 +95,21 @@ class OncePerPeriod(Generic[K]):
         held = [(key, state.since(now)) for key, state in self._keys.items() if state.held]
         self._keys.clear()
         return held
+
+
+class PerSecond:
+    """At most `most` uses in each second of `clock` (time.monotonic): for work any caller can
+    ask for at will (a schema id looked up, a close spelling looked for)."""
+
+    def __init__(self, most: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.most = most
+        self.clock = clock
+        self._window = (0, 0)  # (second, uses in it)
+
+    def spend(self) -> bool:
+        """Whether one more use fits in this second (it is counted either way)."""
+        second = int(self.clock())
+        start, used = self._window
+        used = used + 1 if start == second else 1
+        self._window = (second, used)
+        return used <= self.most

@@ -23,7 +23,6 @@ from __future__ import annotations
 import difflib
 import math
 import re
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from services.core.errors import ModelSpecError
+from services.core.rate_limit import PerSecond
 
 __all__ = [
     "EXTRA_POLICIES",
@@ -306,7 +306,7 @@ class _Hints:
     def __init__(self) -> None:
         self._known: dict[tuple[str, tuple[str, ...]], str] = {}
         self._normal: dict[tuple[str, ...], dict[str, str]] = {}  # candidates -> normalised name -> name
-        self._window = (0, 0)  # (second, close spellings looked for in it)
+        self._spellings = PerSecond(_SPELLINGS_PER_SECOND)
 
     def hint(self, name: str, candidates: tuple[str, ...]) -> str:
         key = (name, candidates)
@@ -316,7 +316,7 @@ class _Hints:
         plausible = len(name) <= 2 * _NAME_CHARS
         same = self._normalised_index(candidates).get(_normalised(name)) if plausible else None
         may_spell = same is None and plausible and len(candidates) <= _SPELLING_CANDIDATES
-        spell = may_spell and self._spend()
+        spell = may_spell and self._spellings.spend()
         close = [same] if same else difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.8) if spell else []
         found = f" (did you mean {close[0]}?)" if close else ""
         if spell or not may_spell:  # else a lesser hint than its own (over the budget): worked out again later
@@ -333,13 +333,6 @@ class _Hints:
             self._normal = _bounded(self._normal, 64)
             self._normal[candidates] = index
         return index
-
-    def _spend(self) -> bool:
-        second = int(time.monotonic())
-        start, used = self._window
-        used = used + 1 if start == second else 1
-        self._window = (second, used)
-        return used <= _SPELLINGS_PER_SECOND
 
 
 def _bounded(cache: dict[Any, Any], most: int = _REMEMBERED_HINTS) -> dict[Any, Any]:

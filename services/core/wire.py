@@ -11,12 +11,12 @@ such as ksqlDB find a topic's schema by its name.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
 from services.core.codec import CODEC_NAMES, codec
 from services.core.errors import ConfigError, DecodeFailed
+from services.core.rate_limit import PerSecond
 from services.core.registry import Outage, RegistryError, SchemaRegistry
 from services.core.settings import KafkaSettings, Topics
 
@@ -38,7 +38,7 @@ class IdLookup:
     def __init__(self, registry: SchemaRegistry, per_second: int = 20):
         self.registry = registry
         self.per_second = per_second
-        self._window = (0, 0)  # (second, fetches in it)
+        self._budget = PerSecond(per_second)
         self._outage = Outage()
 
     def __call__(self, schema_id: int) -> Mapping[str, Any]:
@@ -55,11 +55,7 @@ class IdLookup:
             raise DecodeFailed(f"schema id {schema_id}: {exc}") from None
 
     def _spend(self) -> None:
-        second = int(time.monotonic())
-        start, used = self._window
-        used = used + 1 if start == second else 1
-        self._window = (second, used)
-        if used > self.per_second:
+        if not self._budget.spend():
             raise DecodeFailed(
                 f"more than {self.per_second} unseen schema ids in one second; not looked up", retriable=True
             )

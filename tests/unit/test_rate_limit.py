@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.core.rate_limit import Held, OncePerPeriod
+from services.core.rate_limit import Held, OncePerPeriod, PerSecond
 from tests.unit.test_kafka_logs import Clock
 
 
@@ -105,3 +105,13 @@ def test_drain_says_every_count_and_forgets_every_key(clock: Clock) -> None:
     assert len(limit) == 0
     assert limit.drain() == []
     assert limit.passes("b") == Held(0, 0.0)
+
+
+def test_per_second_allows_so_many_uses_in_each_second_of_its_clock() -> None:
+    now = [100.2]
+    budget = PerSecond(2, clock=lambda: now[0])
+    assert [budget.spend() for _ in range(3)] == [True, True, False]
+    now[0] = 100.9  # the same second
+    assert not budget.spend()
+    now[0] = 101.0  # the next one starts afresh
+    assert [budget.spend() for _ in range(3)] == [True, True, False]
