@@ -269,8 +269,7 @@ class Join:
         if mailbox is None:
             mailbox = self.mailboxes[rid] = Mailbox(rid, request.partition, request.log_time)
         else:
-            del self._orphans[mailbox.partition][rid]  # its scores came first; now it has its request
-            self._orphan_count -= 1
+            self._unorphan(mailbox)  # its scores came first; now it has its request
         self._attach(mailbox, request, reply)
         # Restored first: an invalid request answered before a restart keeps that answer (its
         # comparison record may not have been committed with it) instead of getting a second one.
@@ -404,8 +403,7 @@ class Join:
 
     def _drop_stray_orphan(self, orphan: Mailbox, partition: int) -> None:
         """Scores that came on another partition number than their request: not joined to it."""
-        del self._orphans[orphan.partition][orphan.request_id]
-        self._orphan_count -= 1
+        self._unorphan(orphan)
         self.metrics.inc(child(m.ELSEWHERE, "score"), len(orphan.arrivals))
         log.debug("dropping %d score(s) of %s: they came on partition %d, their request on %d",
                   len(orphan.arrivals), orphan.request_id, orphan.partition, partition)
@@ -420,8 +418,7 @@ class Join:
         orphan = self.mailboxes.get(rid)
         if orphan is not None:  # its scores, re-read first: done with too (else they would wait, holding
             # their partition's offsets, and a retry of the id would be attached to them as a new request)
-            del self._orphans[orphan.partition][rid]
-            self._orphan_count -= 1
+            self._unorphan(orphan)
             orphan.closed = True
             del self.mailboxes[rid]
         answer = self._finished.answered.pop(rid, None)
@@ -451,6 +448,11 @@ class Join:
         self.metrics.inc(child(m.RECOVERED, "answered"))
         for reply in mailbox.replies:
             self.outputs.repeat(reply, answer, mailbox)
+
+    def _unorphan(self, mailbox: Mailbox) -> None:
+        """Take an orphan off its partition's list (its request came, or its scores are dropped)."""
+        del self._orphans[mailbox.partition][mailbox.request_id]
+        self._orphan_count -= 1
 
     def _open_orphan(self, rid: str, score: ScoreIn) -> Mailbox:
         orphans = self._orphans.setdefault(score.partition, OrderedDict())
