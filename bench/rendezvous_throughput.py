@@ -11,7 +11,10 @@ of this process:
    output topic (no decoding, no commits), timed until all 4N records are on the output topic;
 2. one `Rendezvous` (deadline far away, so every answer is the champion's), timed until all N
    comparison records are on the log topic; the records are then read back and checked;
-3. the baseline again. Each baseline run (`--baseline-runs` before and as many after) uses a
+3. the kafka skeleton (bench/kafka_skeleton.py): the rendezvous' Kafka work alone, on its spec
+   and the service skeleton, writing the same three records per request with no decode, join
+   or encode; the rendezvous' thread CPU per request splits into its part and the rest;
+4. the baseline again. Each baseline run (`--baseline-runs` before and as many after) uses a
    new group and output topic; the ratio uses their median, their spread shows the noise.
 
 Besides wall-clock rates it reports each consuming thread's CPU time and requests per thread
@@ -71,6 +74,7 @@ from bench.common import (
     run_prefix,
     watermark_total,
 )
+from bench.kafka_skeleton import KafkaSkeleton, Outputs
 from services.cli.common import topic_specs
 from services.client.client import make_request
 from services.core.codec import codec
@@ -225,18 +229,40 @@ def run_baseline(
         counter.close()
 
 
-def run_rendezvous(bootstrap: str, prefix: str, topics: Topics, args: argparse.Namespace) -> Timing:
+def rendezvous_settings(bootstrap: str, prefix: str, args: argparse.Namespace, group: str = "") -> RendezvousSettings:
     settings = RendezvousSettings(
-        bootstrap=bootstrap, topic_prefix=prefix, models=tuple(m for m, _ in MODELS),
+        bootstrap=bootstrap, topic_prefix=prefix, models=tuple(m for m, _ in MODELS), group=group,
         deadline_ms=args.budget_ms, processing=args.processing, cloudevents=args.cloudevents,
     )  # fmt: skip
     settings.validate()
-    service = Rendezvous(settings)
+    return settings
+
+
+def run_rendezvous(bootstrap: str, prefix: str, topics: Topics, args: argparse.Namespace) -> Timing:
+    service = Rendezvous(rendezvous_settings(bootstrap, prefix, args))
     # Exactly-once writes in transactions: count the committed records, not the watermarks.
     counter = RecordCounter(bootstrap, topics.log, args.partitions)
     try:
         return timed("rendezvous", service.run, service.ready, lambda: counter.update(POLL_S),
                      args.requests, args.timeout, args.profile)
+    finally:
+        counter.close()
+
+
+def skeleton_outputs(prefix: str, args: argparse.Namespace) -> Outputs:
+    replies = None if args.no_reply_to else f"{prefix}skeleton.replies"
+    return Outputs(f"{prefix}skeleton.answers", f"{prefix}skeleton.log", replies)
+
+
+def run_skeleton(bootstrap: str, prefix: str, topics: Topics, args: argparse.Namespace) -> Timing:
+    """The rendezvous' Kafka work alone (bench/kafka_skeleton.py), in a group of its own."""
+    spec = Rendezvous(rendezvous_settings(bootstrap, prefix, args, group=f"{prefix}skeleton")).service.spec
+    outputs = skeleton_outputs(prefix, args)
+    skeleton = KafkaSkeleton(spec, topics.requests, outputs)
+    counter = RecordCounter(bootstrap, outputs.log, args.partitions)
+    try:
+        return timed("kafka skeleton", skeleton.run, skeleton.ready, lambda: counter.update(POLL_S),
+                     args.requests, args.timeout)
     finally:
         counter.close()
 
@@ -265,7 +291,7 @@ def check_log(bootstrap: str, topics: Topics, args: argparse.Namespace) -> dict[
             "outcomes": {f"{s}/{m}": n for (s, m), n in outcomes.items()}, "problems": problems}
 
 
-def report(args: argparse.Namespace, preload_s: float, before: list[Timing], rdv: Timing,
+def report(args: argparse.Namespace, preload_s: float, before: list[Timing], rdv: Timing, skeleton: Timing,
            after: list[Timing], checked: dict[str, Any]) -> dict[str, Any]:
     n = args.requests
     records_in = n * (1 + len(MODELS))
@@ -273,6 +299,7 @@ def report(args: argparse.Namespace, preload_s: float, before: list[Timing], rdv
     base_rate, rdv_rate = float(np.median([n / b.processing_s for b in bases])), n / rdv.processing_s
     base_per_cpu = float(np.median([n / b.thread_cpu_s for b in bases]))
     named = [*((f"pass-through #{i + 1} (before)", b) for i, b in enumerate(before)), ("rendezvous", rdv),
+             ("kafka skeleton", skeleton),
              *((f"pass-through #{len(before) + i + 1} (after)", b) for i, b in enumerate(after))]
     rows = [[name, t.startup_s, t.processing_s, n / t.processing_s, records_in / t.processing_s,
              t.thread_cpu_s, n / t.thread_cpu_s, t.outputs] for name, t in named]
@@ -288,6 +315,12 @@ def report(args: argparse.Namespace, preload_s: float, before: list[Timing], rdv
     per_cpu = ratio(n / rdv.thread_cpu_s, base_per_cpu)
     print(f"ratio rendezvous / pass-through (median of {len(bases)} pass-through runs): {share:.2f} wall-clock, "
           f"{per_cpu:.3f} per thread CPU-second; target >= {TARGET_REQ_S:,.0f} req/s: {verdict}")
+    split = skeleton_split(n, rdv, skeleton)
+    print(f"the rendezvous' Kafka work alone (the kafka skeleton): {n / skeleton.processing_s:,.0f} req/s, "
+          f"{split['skeleton_us']:.1f} µs of its thread's CPU per request; the rest of the rendezvous' "
+          f"{split['rendezvous_us']:.1f} µs, {split['rest_us']:.1f} µs, is its decode, join and encode. "
+          f"One instance reaches {TARGET_REQ_S:,.0f} req/s only if the skeleton alone does and the rest fits "
+          f"in the {split['room_us']:.1f} µs it leaves")
     ok = "all checks passed" if not checked["problems"] else "PROBLEMS: " + "; ".join(checked["problems"])
     print(f"log topic: {checked['records']:,} comparison records, answers topic: {checked['answers']:,}, "
           f"dead letters: {checked['dead_letters']}; outcomes {checked['outcomes']}; {ok}")
@@ -299,8 +332,18 @@ def report(args: argparse.Namespace, preload_s: float, before: list[Timing], rdv
         "rendezvous": {**vars(rdv), "req_s": rdv_rate, "records_in_s": records_in / rdv.processing_s,
                        "req_per_thread_cpu_s": n / rdv.thread_cpu_s,
                        "thread_cpu_us_per_request": 1e6 * rdv.thread_cpu_s / n},
+        "kafka_skeleton": {**vars(skeleton), "req_s": n / skeleton.processing_s,
+                           "ratio": ratio(n / skeleton.processing_s, base_rate), **split},
         "ratio": share, "ratio_per_thread_cpu": per_cpu, "check": checked, "problems": checked["problems"],
     }  # fmt: skip
+
+
+def skeleton_split(requests: int, rdv: Timing, skeleton: Timing) -> dict[str, float]:
+    """The rendezvous' thread CPU per request, split into the skeleton's part and the rest; and
+    the thread CPU per request the target leaves beside the skeleton's (negative: none)."""
+    rdv_us, skeleton_us = 1e6 * rdv.thread_cpu_s / requests, 1e6 * skeleton.thread_cpu_s / requests
+    return {"rendezvous_us": rdv_us, "skeleton_us": skeleton_us, "rest_us": rdv_us - skeleton_us,
+            "room_us": 1e6 / TARGET_REQ_S - skeleton_us}
 
 
 def measure(broker: BrokerInfo, args: argparse.Namespace) -> dict[str, Any]:
@@ -308,7 +351,8 @@ def measure(broker: BrokerInfo, args: argparse.Namespace) -> dict[str, Any]:
     prefix = run_prefix("throughput")
     topics = Topics.from_prefix(prefix)
     out_topics = [f"{prefix}passthrough.{i}" for i in range(2 * args.baseline_runs)]
-    specs = {**topic_specs(topics, args.partitions), **plain_topics(out_topics, args.partitions)}
+    skeleton_topics = [t for t in vars(skeleton_outputs(prefix, args)).values() if t]
+    specs = {**topic_specs(topics, args.partitions), **plain_topics([*out_topics, *skeleton_topics], args.partitions)}
     meters: dict[str, CpuMeter] = {}
     sources = bench_and_broker(broker)
 
@@ -323,12 +367,14 @@ def measure(broker: BrokerInfo, args: argparse.Namespace) -> dict[str, Any]:
                   for i, out in enumerate(out_topics[:runs])]
         note("rendezvous ...")
         rdv = metered(meters, "rendezvous", sources, lambda: run_rendezvous(bootstrap, prefix, topics, args))
+        note("the rendezvous' Kafka work alone (kafka skeleton) ...")
+        skeleton = metered(meters, "kafka skeleton", sources, lambda: run_skeleton(bootstrap, prefix, topics, args))
         note(f"baseline again: {runs} run(s) ...")
         after = [metered(meters, f"pass-through #{runs + i + 1}", sources,
                          partial(run_baseline, bootstrap, topics, out, args))
                  for i, out in enumerate(out_topics[runs:])]
         checked = check_log(bootstrap, topics, args)
-        results = report(args, preload_s, before, rdv, after, checked)
+        results = report(args, preload_s, before, rdv, skeleton, after, checked)
         results["cpu"] = cpu_figures(meters, dict.fromkeys(meters, args.requests),
                                      "this process (the consuming thread + a counter) and the broker, per run")
         if args.profile:
