@@ -165,6 +165,9 @@ class Join:
     def orphans(self) -> int:
         return self._orphan_count
 
+    def orphans_by_partition(self) -> dict[int, int]:
+        return {partition: len(orphans) for partition, orphans in self._orphans.items() if orphans}
+
     @property
     def waiting(self) -> int:
         """Mailboxes that hold a request (what request intake is throttled on)."""

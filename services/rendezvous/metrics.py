@@ -107,4 +107,8 @@ RECOVERED = Counter(
     ["what"],
 )
 PAUSED = Gauge("rdv_requests_paused", "1 while request intake is paused (mailbox table full, or draining).")
+SCORES_HELD = Gauge(
+    "rdv_scores_held_partitions",
+    "Score partitions paused because their requests lag behind and orphans fill half of --max-orphans.",
+)
 TRANSACTIONS = Counter("rdv_transactions_total", "Transactions ended, by outcome (committed | aborted).", ["outcome"])

@@ -63,6 +63,7 @@ from services.rendezvous.records import request_in, score_in
 from services.rendezvous.recovery import Mark
 from services.rendezvous.replies import ReplyRouter, ReplyRules
 from services.rendezvous.schedules import ScheduleFeed
+from services.rendezvous.score_brake import ScoreBrake
 from services.rendezvous.settings import RendezvousSettings
 from services.rendezvous.takeover import Takeover
 
@@ -97,6 +98,7 @@ class Rendezvous(Probed):
         self._answer_events = EventHeaders("Answer", self.topics.answers) if settings.cloudevents else None
         self._log_events = EventHeaders("Comparison", self.topics.log) if settings.cloudevents else None
         self._paused = False
+        self._brake = ScoreBrake(settings.max_orphans)
         self.takeover = Takeover(settings, self.join, self._start_at)
         self._ctx: Context | None = None
         self._fast: Producer | None = None
@@ -262,6 +264,7 @@ class Rendezvous(Probed):
             self._ctx.consumer.pause([tp for tp in resumed if tp.topic == self.topics.requests])
         self._ask_for_clock_records()
         self._throttle()
+        self._brake_scores()
         self.schedules.show(now_ms())
         m.MAILBOXES.set(len(self.join.mailboxes))
         self._send_replies()  # those decided outside a batch (a takeover's repeats, verdicts that came in)
@@ -292,6 +295,8 @@ class Rendezvous(Probed):
         self.takeover.add(self._ctx, partitions)
 
     def on_released(self, partitions: list[TopicPartition], lost: bool) -> None:
+        self._brake.forget({tp.partition for tp in partitions if tp.topic == self.topics.scores})
+        m.SCORES_HELD.set(len(self._brake.held))
         self.takeover.release(partitions)
         self.join.drop_partitions({tp.partition for tp in partitions})
         self.offsets.forget(partitions)
@@ -437,8 +442,9 @@ class Rendezvous(Probed):
     # -- bounded intake ----------------------------------------------------------------------
 
     def _throttle(self) -> None:
-        """Bounded memory: at most max_mailboxes requests in flight. Scores are never paused
-        (orphans are bounded by the join instead), so real requests always get their scores."""
+        """Bounded memory: at most max_mailboxes requests in flight. Scores are not paused for
+        this (orphans are bounded by the join, and held back only while their requests lag,
+        `_brake_scores`), so the requests in flight always get their scores."""
         assert self._ctx is not None
         if self._ctx.draining:
             return
@@ -450,6 +456,39 @@ class Rendezvous(Probed):
         elif self._paused and waiting < limit * RESUME_AT:
             log.info("%d requests in flight: resuming request intake", waiting)
             self._pause_requests(False)
+
+    def _brake_scores(self) -> None:
+        """Scores wait while their requests lag and orphans fill half the budget (score_brake.py)."""
+        assert self._ctx is not None
+        free = self._paused or self._ctx.draining
+        pause, resume = self._brake.decide(self.join.orphans, self.join.orphans_by_partition,
+                                           self._requests_behind, free)
+        if not (pause or resume):
+            return
+        consumer, owned = self._ctx.consumer, {tp.partition for tp in self._ctx.consumer.assignment()
+                                               if tp.topic == self.topics.scores}
+        if pause:
+            log.info("%d scores wait for requests not read yet: scores of partition(s) %s wait for their "
+                     "requests", self.join.orphans, sorted(pause))
+            consumer.pause([TopicPartition(self.topics.scores, p) for p in sorted(pause & owned)])
+        if resume:
+            log.info("scores of partition(s) %s flow again (%d wait for their requests)", sorted(resume),
+                     self.join.orphans)
+            consumer.resume([TopicPartition(self.topics.scores, p) for p in sorted(resume & owned)
+                             if not self.takeover.is_pending(TopicPartition(self.topics.scores, p))])
+        m.SCORES_HELD.set(len(self._brake.held))
+
+    def _requests_behind(self, partition: int) -> bool:
+        """Partition `partition` of the requests topic has records this consumer has not read
+        (by the high watermark of its last fetch; before its first record, if it has any)."""
+        assert self._ctx is not None
+        tp = TopicPartition(self.topics.requests, partition)
+        if self.takeover.is_pending(tp):
+            return False  # paused until recovered: its scores are paused with it
+        native = self._ctx.consumer.native
+        low, high = native.get_watermark_offsets(tp, cached=True) or (-1, -1)
+        position = native.position([tp])[0].offset
+        return high > (position if position >= 0 else low)
 
     def _pause_requests(self, pause: bool) -> None:
         """Pause or resume the requests partitions, except those a takeover is recovering: they

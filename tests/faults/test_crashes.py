@@ -169,8 +169,9 @@ def test_flood_of_malformed_messages_is_dead_lettered_with_bounded_memory(
     assert len(dead) == 10_000 and all(d["reason"] and d["error_type"] == "DecodeFailed" for d in dead)
     assert rendezvous.alive(), "bad input never kills the service"
     # Requests in flight and scores waiting for their requests are bounded separately (request
-    # intake pauses at the limit; scores are never paused, the oldest orphans beyond their bound
-    # are dropped); one poll batch may overshoot.
+    # intake pauses at the limit; scores are paused only while their requests lag, never while
+    # intake is paused, and the oldest orphans beyond their bound are dropped); one poll batch
+    # may overshoot.
     assert peak <= limit + orphans + 1000, "memory stays bounded"
 
 

@@ -1,0 +1,60 @@
+"""Scores read no further ahead of their requests than the orphan budget allows.
+
+Live, a score comes after its request, so scores flow freely: the join bounds the scores that
+wait for a request (orphans, `max_orphans`) by dropping the oldest, which only forged or stray
+scores ever reach. A backlog of both topics is different (a restart after an outage, a consumer
+group reset): the consumer fetches the two topics at their own pace, and when the scores run
+ahead, the scores of requests not yet read pile up as orphans. Beyond the budget the oldest were
+dropped, and their requests, read later, waited for scores that would never come and were
+answered TIMEOUT although every score had been written in time (measured: 11,166 of 100,000
+pre-loaded requests in one `bench/rendezvous_throughput.py --requests 100000` run). By the log's
+clock the answer after a backlog must be the one the request would have had live.
+
+So while a partition's requests have records not yet read, and orphans fill `HOLD_AT` of the
+budget, the scores of that partition (if it has orphans) wait: the consumer pauses them, which
+also frees its fetch queue for the requests. They flow again once orphans are below
+`RELEASE_AT` of the budget, once the partition's requests are caught up, or when the rendezvous
+needs every score now (request intake paused: its open requests must be able to finish; and the
+drain before shutdown). Memory stays bounded: the drop rule is still there behind the brake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+HOLD_AT = 0.5  # share of max_orphans from which scores of partitions whose requests lag wait
+RELEASE_AT = 0.25  # below this share, held scores flow again (hysteresis: no pause/resume flapping)
+
+
+class ScoreBrake:
+    def __init__(self, max_orphans: int):
+        self._hold_from = max_orphans * HOLD_AT
+        self._release_below = max_orphans * RELEASE_AT
+        self.held: set[int] = set()  # partitions whose scores wait now
+
+    def decide(
+        self,
+        orphans: int,
+        orphans_by_partition: Callable[[], Mapping[int, int]],
+        requests_behind: Callable[[int], bool],
+        free: bool,
+    ) -> tuple[set[int], set[int]]:
+        """Partitions whose scores to pause now, and to resume now.
+
+        `orphans`: scores waiting for their requests, in all; `orphans_by_partition()` the same by
+        partition (asked only when it matters); `requests_behind(p)`: partition p's requests have
+        records not yet read; `free`: hold nothing (every open request needs its scores now)."""
+        if not self.held and (free or orphans < self._hold_from):
+            return set(), set()  # the usual case, every turn of the loop: nothing to look at
+        keep: set[int] = set()
+        if not free and orphans >= self._release_below:
+            keep = {p for p in self.held if requests_behind(p)}
+            if orphans >= self._hold_from:
+                keep |= {p for p, n in orphans_by_partition().items() if n and requests_behind(p)}
+        pause, resume = keep - self.held, self.held - keep
+        self.held = keep
+        return pause, resume
+
+    def forget(self, partitions: set[int]) -> None:
+        """Partitions given up: no longer held (a new owner starts them flowing)."""
+        self.held -= partitions

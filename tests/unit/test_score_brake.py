@@ -1,0 +1,138 @@
+"""score_brake.py: scores wait while their requests lag and orphans fill half the budget; and the
+rendezvous applying it to its consumer (service.py `_brake_scores`) with stand-in consumer calls."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from confluent_kafka import TopicPartition
+
+from services.rendezvous.score_brake import ScoreBrake
+from services.rendezvous.service import Rendezvous
+from services.rendezvous.settings import RendezvousSettings
+from tests.unit.test_join import T0, score
+from tests.unit.test_rendezvous_intake import Consumer
+
+
+def _brake(orphans: dict[int, int], behind: set[int], free: bool = False, brake: ScoreBrake | None = None
+           ) -> tuple[ScoreBrake, set[int], set[int]]:
+    brake = brake or ScoreBrake(max_orphans=100)
+    pause, resume = brake.decide(sum(orphans.values()), lambda: orphans, behind.__contains__, free)
+    return brake, pause, resume
+
+
+def test_below_half_the_budget_nothing_waits() -> None:
+    brake, pause, resume = _brake({0: 49}, behind={0})
+    assert (pause, resume, brake.held) == (set(), set(), set())
+
+
+def test_from_half_the_budget_the_partitions_whose_requests_lag_wait() -> None:
+    # 1: orphans but its requests are caught up (forged or stray scores: the drop rule's);
+    # 2: requests lag but no orphans there (its scores are not ahead).
+    brake, pause, resume = _brake({0: 30, 1: 20, 3: 5}, behind={0, 2, 3})
+    assert pause == {0, 3} and resume == set() and brake.held == {0, 3}
+
+
+def test_held_scores_flow_again_below_a_quarter_or_once_their_requests_are_caught_up() -> None:
+    brake, _, _ = _brake({0: 30, 1: 30}, behind={0, 1})
+    brake, pause, resume = _brake({0: 20, 1: 10}, behind={0}, brake=brake)  # 1 caught up; 30 >= 25 keeps 0
+    assert (pause, resume, brake.held) == (set(), {1}, {0})
+    brake, pause, resume = _brake({0: 24}, behind={0}, brake=brake)
+    assert (pause, resume, brake.held) == (set(), {0}, set())
+
+
+def test_between_a_quarter_and_a_half_held_scores_keep_waiting_and_no_new_partition_is_held() -> None:
+    brake, _, _ = _brake({0: 60}, behind={0, 1})
+    brake, pause, resume = _brake({0: 30, 1: 10}, behind={0, 1}, brake=brake)
+    assert (pause, resume, brake.held) == (set(), set(), {0})
+
+
+def test_when_every_open_request_needs_its_scores_nothing_is_held() -> None:
+    brake, _, _ = _brake({0: 60}, behind={0})
+    brake, pause, resume = _brake({0: 60}, behind={0}, free=True, brake=brake)
+    assert (pause, resume, brake.held) == (set(), {0}, set())
+    assert _brake({0: 60}, behind={0}, free=True)[1:] == (set(), set())
+
+
+def test_partitions_given_up_are_forgotten() -> None:
+    brake, _, _ = _brake({0: 30, 1: 30}, behind={0, 1})
+    brake.forget({1})
+    assert brake.held == {0}
+
+
+class Native:
+    """position() and the cached high watermarks of a consumer that read `read` of `ends`."""
+
+    def __init__(self, ends: dict[int, int], read: dict[int, int]):
+        self.ends, self.read = ends, read
+
+    def get_watermark_offsets(self, tp: TopicPartition, cached: bool = False) -> tuple[int, int]:
+        assert cached  # asked every turn of the loop while scores wait: never a broker round trip
+        return 0, self.ends[tp.partition]
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, self.read.get(tp.partition, -1001)) for tp in partitions]
+
+
+def _service(ends: dict[int, int], read: dict[int, int]) -> tuple[Rendezvous, Consumer]:
+    service = Rendezvous(RendezvousSettings(max_orphans=10, models=("champion",)))
+    requests, scores = service.topics.requests, service.topics.scores
+    consumer = Consumer([TopicPartition(t, p) for t in (requests, scores) for p in range(4)])
+    consumer.native = Native(ends, read)  # type: ignore[attr-defined]
+    service._ctx = SimpleNamespace(consumer=consumer, draining=False)  # type: ignore[assignment]
+    return service, consumer
+
+
+def test_the_rendezvous_pauses_the_scores_of_a_partition_whose_requests_it_has_not_read() -> None:
+    # Partition 0: 100 requests written, 40 read. Partition 1: every request read.
+    service, consumer = _service(ends={0: 100, 1: 50}, read={0: 40, 1: 50})
+    for i in range(4):
+        service.join.on_score(score(f"a{i}", "champion", T0, partition=0))
+        service.join.on_score(score(f"b{i}", "champion", T0, partition=1))
+
+    service._brake_scores()
+
+    assert consumer.paused == {(service.topics.scores, 0)}
+    consumer.native.read[0] = 100  # type: ignore[attr-defined]
+    service._brake_scores()
+    assert consumer.paused == set()
+
+
+def test_a_partition_before_its_first_record_read_counts_as_behind_if_it_has_records() -> None:
+    service, consumer = _service(ends={0: 100, 1: 0}, read={})
+    for i in range(4):
+        service.join.on_score(score(f"a{i}", "champion", T0, partition=0))
+        service.join.on_score(score(f"b{i}", "champion", T0, partition=1))
+
+    service._brake_scores()
+
+    assert consumer.paused == {(service.topics.scores, 0)}
+
+
+def test_held_scores_flow_again_when_request_intake_pauses() -> None:
+    """A full mailbox table pauses requests: the open ones then need their scores to finish."""
+    service, consumer = _service(ends={0: 100}, read={0: 1})
+    for i in range(6):
+        service.join.on_score(score(f"a{i}", "champion", T0, partition=0))
+    service._brake_scores()
+    assert consumer.paused == {(service.topics.scores, 0)}
+
+    service._paused = True
+    service._brake_scores()
+
+    assert consumer.paused == set()
+
+
+def test_scores_of_a_partition_being_taken_over_are_left_to_the_takeover() -> None:
+    service, consumer = _service(ends={0: 100}, read={0: 1})
+    for i in range(6):
+        service.join.on_score(score(f"a{i}", "champion", T0, partition=0))
+    service._brake_scores()
+    pending = TopicPartition(service.topics.scores, 0)
+    service.takeover._pending = [TopicPartition(service.topics.requests, 0), pending]
+    service._ctx.draining = True  # type: ignore[union-attr]
+
+    service._brake_scores()
+
+    assert consumer.paused == {(service.topics.scores, 0)}  # still paused: the takeover resumes it
+    assert service._brake.held == set()
