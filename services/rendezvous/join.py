@@ -21,8 +21,9 @@ logged and closed once every expected model reported or the clock passes deadlin
 Scores whose request does not come (orphans) are kept for a bounded number, and dropped once
 the requests partition has been read past their append time by `orphan_grace_ms` (a request is
 always appended before its scores, so by then it is not coming): forged scores can neither
-exhaust memory nor starve real requests, and a backlog read faster on the scores side than on
-the requests side loses nothing. Closed request ids are remembered
+exhaust memory nor starve real requests. A backlog read faster on the scores side than on the
+requests side loses nothing either: from half the bound, the service holds back the scores of
+partitions whose requests lag (score_brake.py). Closed request ids are remembered
 for a while, bounded likewise, to recognise late scores and to answer a repeated request with
 the answer it already got — if it carries the same inputs (features and payload) as the first:
 one with other inputs under a known id is answered ERROR at its return address and not scored, so

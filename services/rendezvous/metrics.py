@@ -109,6 +109,7 @@ RECOVERED = Counter(
 PAUSED = Gauge("rdv_requests_paused", "1 while request intake is paused (mailbox table full, or draining).")
 SCORES_HELD = Gauge(
     "rdv_scores_held_partitions",
-    "Score partitions paused because their requests lag behind and orphans fill half of --max-orphans.",
+    "Score partitions paused while their requests lag (reading a backlog): from half of --max-orphans "
+    "waiting for their requests, until below a quarter.",
 )
 TRANSACTIONS = Counter("rdv_transactions_total", "Transactions ended, by outcome (committed | aborted).", ["outcome"])

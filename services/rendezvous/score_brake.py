@@ -10,12 +10,15 @@ answered TIMEOUT although every score had been written in time (measured: 11,166
 pre-loaded requests in one `bench/rendezvous_throughput.py --requests 100000` run). By the log's
 clock the answer after a backlog must be the one the request would have had live.
 
-So while a partition's requests have records not yet read, and orphans fill `HOLD_AT` of the
-budget, the scores of that partition (if it has orphans) wait: the consumer pauses them, which
-also frees its fetch queue for the requests. They flow again once orphans are below
-`RELEASE_AT` of the budget, once the partition's requests are caught up, or when the rendezvous
-needs every score now (request intake paused: its open requests must be able to finish; and the
-drain before shutdown). Memory stays bounded: the drop rule is still there behind the brake.
+So while a partition's requests lag (more records not read yet than one poll takes: a backlog,
+not a fetch in flight) and orphans fill `HOLD_AT` of the budget, the scores of that partition, if
+it has orphans, wait: the consumer pauses them, which also frees its fetch queue for the
+requests. They flow again once the partition has no orphans left or its requests are caught up,
+once orphans in all are below `RELEASE_AT` of the budget, or when the rendezvous needs every
+score now (request intake paused: its open requests must be able to finish; and the drain
+before shutdown). Memory stays bounded: the drop rule is still there behind the brake. A
+requests partition behind an open transaction of an outside transactional producer counts as
+lagging (librdkafka's cached high watermark is not the last stable offset) until it ends.
 """
 
 from __future__ import annotations
@@ -27,30 +30,36 @@ RELEASE_AT = 0.25  # below this share, held scores flow again (hysteresis: no pa
 
 
 class ScoreBrake:
-    def __init__(self, max_orphans: int):
+    def __init__(self, max_orphans: int, lag_from: int):
         self._hold_from = max_orphans * HOLD_AT
         self._release_below = max_orphans * RELEASE_AT
+        self._lag_from = lag_from  # records not read yet from which a requests partition lags
         self.held: set[int] = set()  # partitions whose scores wait now
 
     def decide(
         self,
         orphans: int,
         orphans_by_partition: Callable[[], Mapping[int, int]],
-        requests_behind: Callable[[int], bool],
+        requests_lag: Callable[[int], int],
         free: bool,
     ) -> tuple[set[int], set[int]]:
         """Partitions whose scores to pause now, and to resume now.
 
         `orphans`: scores waiting for their requests, in all; `orphans_by_partition()` the same by
-        partition (asked only when it matters); `requests_behind(p)`: partition p's requests have
-        records not yet read; `free`: hold nothing (every open request needs its scores now)."""
+        partition (asked only when it matters); `requests_lag(p)`: records of partition p's
+        requests not read yet; `free`: hold nothing (every open request needs its scores now)."""
         if not self.held and (free or orphans < self._hold_from):
             return set(), set()  # the usual case, every turn of the loop: nothing to look at
         keep: set[int] = set()
         if not free and orphans >= self._release_below:
-            keep = {p for p in self.held if requests_behind(p)}
+            waiting = orphans_by_partition()
+
+            def ahead(partition: int) -> bool:
+                return waiting.get(partition, 0) > 0 and requests_lag(partition) >= self._lag_from
+
+            keep = {p for p in self.held if ahead(p)}
             if orphans >= self._hold_from:
-                keep |= {p for p, n in orphans_by_partition().items() if n and requests_behind(p)}
+                keep |= {p for p in waiting if ahead(p)}
         pause, resume = keep - self.held, self.held - keep
         self.held = keep
         return pause, resume

@@ -98,7 +98,7 @@ class Rendezvous(Probed):
         self._answer_events = EventHeaders("Answer", self.topics.answers) if settings.cloudevents else None
         self._log_events = EventHeaders("Comparison", self.topics.log) if settings.cloudevents else None
         self._paused = False
-        self._brake = ScoreBrake(settings.max_orphans)
+        self._brake = ScoreBrake(settings.max_orphans, lag_from=settings.max_batch)
         self.takeover = Takeover(settings, self.join, self._start_at)
         self._ctx: Context | None = None
         self._fast: Producer | None = None
@@ -461,34 +461,46 @@ class Rendezvous(Probed):
         """Scores wait while their requests lag and orphans fill half the budget (score_brake.py)."""
         assert self._ctx is not None
         free = self._paused or self._ctx.draining
+        was_held = bool(self._brake.held)
         pause, resume = self._brake.decide(self.join.orphans, self.join.orphans_by_partition,
-                                           self._requests_behind, free)
+                                           self._requests_lag, free)
         if not (pause or resume):
             return
-        consumer, owned = self._ctx.consumer, {tp.partition for tp in self._ctx.consumer.assignment()
-                                               if tp.topic == self.topics.scores}
-        if pause:
-            log.info("%d scores wait for requests not read yet: scores of partition(s) %s wait for their "
-                     "requests", self.join.orphans, sorted(pause))
-            consumer.pause([TopicPartition(self.topics.scores, p) for p in sorted(pause & owned)])
-        if resume:
-            log.info("scores of partition(s) %s flow again (%d wait for their requests)", sorted(resume),
-                     self.join.orphans)
-            consumer.resume([TopicPartition(self.topics.scores, p) for p in sorted(resume & owned)
-                             if not self.takeover.is_pending(TopicPartition(self.topics.scores, p))])
-        m.SCORES_HELD.set(len(self._brake.held))
+        scores, consumer = self.topics.scores, self._ctx.consumer
+        owned = {tp.partition for tp in consumer.assignment() if tp.topic == scores}
+        paused = [TopicPartition(scores, p) for p in sorted(pause & owned)]
+        resumed = [TopicPartition(scores, p) for p in sorted(resume & owned)
+                   if not self.takeover.is_pending(TopicPartition(scores, p))]
+        if paused:
+            consumer.pause(paused)
+        if resumed:
+            consumer.resume(resumed)
+        # A line when scores start to wait and when they all flow again; the changes between at debug.
+        held = sorted(self._brake.held)
+        if held and not was_held:
+            log.info("%d scores wait for requests not read yet: the scores of partition(s) %s wait for their "
+                     "requests (from half of --max-orphans)", self.join.orphans, held)
+        elif was_held and not held:
+            log.info("scores flow again (%d wait for their requests)", self.join.orphans)
+        else:
+            log.debug("scores held back on partition(s) %s", held)
+        m.SCORES_HELD.set(len(held))
 
-    def _requests_behind(self, partition: int) -> bool:
-        """Partition `partition` of the requests topic has records this consumer has not read
-        (by the high watermark of its last fetch; before its first record, if it has any)."""
+    def _requests_lag(self, partition: int) -> int:
+        """Records of partition `partition` of the requests topic this consumer has not read (by the
+        high watermark of its last fetch); 0 while the partition waits for a takeover (its scores
+        are paused with it). With no position yet (nothing read since its assignment or a seek),
+        from the start of the log: a backlog read from the start has its scores fetched before its
+        first request as often as not. A partition resumed at its end counts as lagging that way
+        until its next request is read, which frees its scores on the loop's next turn."""
         assert self._ctx is not None
         tp = TopicPartition(self.topics.requests, partition)
         if self.takeover.is_pending(tp):
-            return False  # paused until recovered: its scores are paused with it
+            return 0
         native = self._ctx.consumer.native
         low, high = native.get_watermark_offsets(tp, cached=True) or (-1, -1)
         position = native.position([tp])[0].offset
-        return high > (position if position >= 0 else low)
+        return max(0, high - (position if position >= 0 else low))
 
     def _pause_requests(self, pause: bool) -> None:
         """Pause or resume the requests partitions, except those a takeover is recovering: they

@@ -13,11 +13,14 @@ from services.rendezvous.settings import RendezvousSettings
 from tests.unit.test_join import T0, score
 from tests.unit.test_rendezvous_intake import Consumer
 
+LAG_FROM = 50  # as --max-batch: a lag one poll takes is a fetch in flight, not a backlog
 
-def _brake(orphans: dict[int, int], behind: set[int], free: bool = False, brake: ScoreBrake | None = None
-           ) -> tuple[ScoreBrake, set[int], set[int]]:
-    brake = brake or ScoreBrake(max_orphans=100)
-    pause, resume = brake.decide(sum(orphans.values()), lambda: orphans, behind.__contains__, free)
+
+def _brake(orphans: dict[int, int], behind: set[int], free: bool = False, brake: ScoreBrake | None = None,
+           lag: int = 1_000) -> tuple[ScoreBrake, set[int], set[int]]:
+    """`behind`: the partitions whose requests lag by `lag` records (the others by none)."""
+    brake = brake or ScoreBrake(max_orphans=100, lag_from=LAG_FROM)
+    pause, resume = brake.decide(sum(orphans.values()), lambda: orphans, lambda p: lag if p in behind else 0, free)
     return brake, pause, resume
 
 
@@ -31,6 +34,20 @@ def test_from_half_the_budget_the_partitions_whose_requests_lag_wait() -> None:
     # 2: requests lag but no orphans there (its scores are not ahead).
     brake, pause, resume = _brake({0: 30, 1: 20, 3: 5}, behind={0, 2, 3})
     assert pause == {0, 3} and resume == set() and brake.held == {0, 3}
+
+
+def test_a_lag_one_poll_takes_is_not_a_backlog() -> None:
+    """Live, a requests partition often has a fetched record not read yet."""
+    brake, pause, _ = _brake({0: 60}, behind={0}, lag=LAG_FROM - 1)
+    assert pause == set() and brake.held == set()
+    assert _brake({0: 60}, behind={0}, lag=LAG_FROM)[1] == {0}
+
+
+def test_a_held_partition_whose_orphans_are_gone_flows_again() -> None:
+    """Its requests still lag, but nothing of it waits: held, its requests would wait for scores."""
+    brake, _, _ = _brake({0: 45, 1: 5}, behind={0, 1})
+    brake, pause, resume = _brake({0: 45}, behind={0, 1}, brake=brake)
+    assert (pause, resume, brake.held) == (set(), {1}, {0})
 
 
 def test_held_scores_flow_again_below_a_quarter_or_once_their_requests_are_caught_up() -> None:
@@ -75,7 +92,7 @@ class Native:
 
 
 def _service(ends: dict[int, int], read: dict[int, int]) -> tuple[Rendezvous, Consumer]:
-    service = Rendezvous(RendezvousSettings(max_orphans=10, models=("champion",)))
+    service = Rendezvous(RendezvousSettings(max_orphans=10, max_batch=10, models=("champion",)))
     requests, scores = service.topics.requests, service.topics.scores
     consumer = Consumer([TopicPartition(t, p) for t in (requests, scores) for p in range(4)])
     consumer.native = Native(ends, read)  # type: ignore[attr-defined]
@@ -98,7 +115,8 @@ def test_the_rendezvous_pauses_the_scores_of_a_partition_whose_requests_it_has_n
     assert consumer.paused == set()
 
 
-def test_a_partition_before_its_first_record_read_counts_as_behind_if_it_has_records() -> None:
+def test_a_requests_partition_read_from_its_start_lags_before_its_first_record_is_read() -> None:
+    """A backlog read from the start: its scores may all be fetched before its first request."""
     service, consumer = _service(ends={0: 100, 1: 0}, read={})
     for i in range(4):
         service.join.on_score(score(f"a{i}", "champion", T0, partition=0))
