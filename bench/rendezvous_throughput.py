@@ -318,7 +318,8 @@ def report(args: argparse.Namespace, preload_s: float, before: list[Timing], rdv
     split = skeleton_split(n, rdv, skeleton)
     print(f"the rendezvous' Kafka work alone (the kafka skeleton): {n / skeleton.processing_s:,.0f} req/s, "
           f"{split['skeleton_us']:.1f} µs of its thread's CPU per request; the rest of the rendezvous' "
-          f"{split['rendezvous_us']:.1f} µs, {split['rest_us']:.1f} µs, is its decode, join and encode. "
+          f"{split['rendezvous_us']:.1f} µs, {split['rest_us']:.1f} µs, is its own work "
+          f"(decode, join, encode, bookkeeping). "
           f"One instance reaches {TARGET_REQ_S:,.0f} req/s only if the skeleton alone does and the rest fits "
           f"in the {split['room_us']:.1f} µs it leaves")
     ok = "all checks passed" if not checked["problems"] else "PROBLEMS: " + "; ".join(checked["problems"])

@@ -500,7 +500,7 @@ class Rendezvous(Probed):
         native = self._ctx.consumer.native
         low, high = native.get_watermark_offsets(tp, cached=True) or (-1, -1)
         position = native.position([tp])[0].offset
-        return max(0, high - (position if position >= 0 else low))
+        return max(0, high - (position if position >= 0 else max(low, 0)))
 
     def _pause_requests(self, pause: bool) -> None:
         """Pause or resume the requests partitions, except those a takeover is recovering: they

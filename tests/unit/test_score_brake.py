@@ -78,14 +78,15 @@ def test_partitions_given_up_are_forgotten() -> None:
 
 
 class Native:
-    """position() and the cached high watermarks of a consumer that read `read` of `ends`."""
+    """position() and the cached watermarks of a consumer that read `read` of `ends` (-1001 for a
+    partition no fetch has reported yet, as librdkafka)."""
 
-    def __init__(self, ends: dict[int, int], read: dict[int, int]):
-        self.ends, self.read = ends, read
+    def __init__(self, ends: dict[int, int], read: dict[int, int], low: int = 0):
+        self.ends, self.read, self.low = ends, read, low
 
     def get_watermark_offsets(self, tp: TopicPartition, cached: bool = False) -> tuple[int, int]:
         assert cached  # asked every turn of the loop while scores wait: never a broker round trip
-        return 0, self.ends[tp.partition]
+        return self.low, self.ends[tp.partition]
 
     def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         return [TopicPartition(tp.topic, tp.partition, self.read.get(tp.partition, -1001)) for tp in partitions]
@@ -154,3 +155,11 @@ def test_scores_of_a_partition_being_taken_over_are_left_to_the_takeover() -> No
 
     assert consumer.paused == {(service.topics.scores, 0)}  # still paused: the takeover resumes it
     assert service._brake.held == set()
+
+
+def test_an_unknown_log_start_counts_from_offset_zero() -> None:
+    service, _ = _service(ends={0: 100}, read={})
+    service._ctx.consumer.native.low = -1001  # type: ignore[union-attr]
+    assert service._requests_lag(0) == 100
+    service._ctx.consumer.native.read[0] = 90  # type: ignore[union-attr]
+    assert service._requests_lag(0) == 10
