@@ -208,6 +208,11 @@ class Producer:
         with self._failures_lock:
             self._failures.append(_delivery_failure(err, topic))
 
+    def forget_ends(self, keys: Iterable[tuple[str, int]]) -> None:
+        """Forget where these (topic, partition)s' outputs ended (partitions given up)."""
+        for key in keys:
+            self.delivered_ends.pop(key, None)
+
     def _then(self, on_done: Callable[[], None]) -> Callable[[KafkaError | None, Message], None]:
         def delivered(err: KafkaError | None, msg: Message) -> None:
             self._on_delivery(err, msg)

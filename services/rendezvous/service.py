@@ -300,6 +300,14 @@ class Rendezvous(Probed):
         self.takeover.release(partitions)
         self.join.drop_partitions({tp.partition for tp in partitions})
         self.offsets.forget(partitions)
+        # Where this instance's outputs ended on a partition it gives up: kept, a later
+        # takeover of the same partition by this instance would mark the requests it re-reads
+        # past the answers it wrote for them before, and a crash then would make the next owner
+        # scan from there (`_output_end`: until new outputs, recovery's floor is the mark).
+        numbers = {tp.partition for tp in partitions if tp.topic == self.topics.requests}
+        if numbers and self._ctx is not None and self._ctx.producer is not None:
+            self._ctx.producer.forget_ends((topic, p) for topic in (self.topics.answers, self.topics.log)
+                                           for p in numbers)
 
     def on_rewind(self) -> None:
         m.TRANSACTIONS.labels("aborted").inc()

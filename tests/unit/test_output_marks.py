@@ -1,0 +1,35 @@
+"""The mark a request read after a takeover gets (service.py `_output_end`): where the outputs of
+its partition end, as this instance's producer delivered them, or where recovery found they may
+start. A partition given up and taken back by the same instance must not keep the ends of its
+earlier ownership, or the requests it re-reads are marked past the answers it wrote for them."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from confluent_kafka import TopicPartition
+
+from services.core.kafka import Producer
+from services.localkafka.config import free_port
+from services.rendezvous.service import Rendezvous
+from services.rendezvous.settings import RendezvousSettings
+from tests.unit.test_rendezvous_intake import Consumer
+
+
+def test_a_partition_taken_back_is_marked_from_recovery_not_from_the_earlier_ownership() -> None:
+    service = Rendezvous(RendezvousSettings(models=("champion",)))
+    t = service.topics
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0}, delivered=True)
+    try:
+        consumer = Consumer([TopicPartition(topic, p) for topic in (t.requests, t.scores) for p in range(2)])
+        service._ctx = SimpleNamespace(consumer=consumer, producer=producer, draining=False)  # type: ignore[assignment]
+        # The earlier ownership wrote answers and comparison records up to 500 on partition 0, 300 on 1.
+        producer.delivered_ends.update({(t.answers, 0): 500, (t.log, 0): 500, (t.answers, 1): 300})
+
+        service.on_released([TopicPartition(t.requests, 0), TopicPartition(t.scores, 0)], lost=False)
+        service.takeover.floors.update({(t.answers, 0): 400, (t.log, 0): 380})  # what its recovery found
+
+        assert (service._output_end(t.answers, 0), service._output_end(t.log, 0)) == (400, 380)
+        assert service._output_end(t.answers, 1) == 300  # a partition kept keeps its ends
+    finally:
+        producer.close(timeout=1)
