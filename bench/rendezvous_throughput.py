@@ -261,10 +261,15 @@ def run_skeleton(bootstrap: str, prefix: str, topics: Topics, args: argparse.Nam
     skeleton = KafkaSkeleton(spec, topics.requests, outputs)
     counter = RecordCounter(bootstrap, outputs.log, args.partitions)
     try:
-        return timed("kafka skeleton", skeleton.run, skeleton.ready, lambda: counter.update(POLL_S),
-                     args.requests, args.timeout)
+        timing = timed("kafka skeleton", skeleton.run, skeleton.ready, lambda: counter.update(POLL_S),
+                       args.requests, args.timeout)
     finally:
         counter.close()
+    # Its replies were sent as the rendezvous sends them; closing its producer waited for them.
+    if outputs.replies is not None and skeleton.replies_acknowledged != args.requests:
+        raise BenchError(f"kafka skeleton: {skeleton.replies_acknowledged:,} replies acknowledged "
+                         f"of {args.requests:,}")
+    return timing
 
 
 def check_log(bootstrap: str, topics: Topics, args: argparse.Namespace) -> dict[str, Any]:

@@ -10,8 +10,8 @@ answered TIMEOUT although every score had been written in time (measured: 11,166
 pre-loaded requests in one `bench/rendezvous_throughput.py --requests 100000` run). By the log's
 clock the answer after a backlog must be the one the request would have had live.
 
-So while a partition's requests lag (more records not read yet than one poll takes: a backlog,
-not a fetch in flight) and orphans fill `HOLD_AT` of the budget, the scores of that partition, if
+So while a partition's requests lag (at least as many records not read yet as one poll takes: a
+backlog, not a fetch in flight) and orphans fill `HOLD_AT` of the budget, the scores of that partition, if
 it has orphans, wait: the consumer pauses them, which also frees its fetch queue for the
 requests. They flow again once the partition has no orphans left or its requests are caught up,
 once orphans in all are below `RELEASE_AT` of the budget, or when the rendezvous needs every

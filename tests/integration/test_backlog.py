@@ -59,7 +59,8 @@ def test_a_backlog_whose_scores_run_ahead_is_answered_from_its_scores(
     write_backlog(config, topics)
     caplog.set_level(logging.INFO, logger="services.rendezvous.service")
 
-    # 100 orphans at most (the scores of ~33 requests): a quarter of what runs ahead here.
+    # At most 100 requests' scores wait for their requests (orphans), and a poll takes 20 records:
+    # without the brake, hundreds run ahead here.
     services.rendezvous(bootstrap, prefix, models=MODELS, start_from="earliest", max_orphans=100, max_batch=20,
                         kafka_config=(FETCH,))
     logged = read_topic(config, topics.log, expect=REQUESTS, decode="comparison")
