@@ -70,13 +70,16 @@ class OffsetBook:
             part = self._parts[(topic, partition)] = PartitionOffsets()
         part.track(offset, owner, mark)
 
-    def to_commit(self, current_mark: Callable[[str, int], str | None] = lambda _t, _p: None) -> list[TopicPartition]:
-        """Positions that moved since the last call to `mark_committed`, with their marks as metadata."""
+    def to_commit(
+        self, current_mark: Callable[[str, int, int], str | None] = lambda _t, _p, _o: None
+    ) -> list[TopicPartition]:
+        """Positions that moved since the last call to `mark_committed`, with their marks as metadata
+        (`current_mark(topic, partition, position)` where no record in use carries one)."""
         moves = []
         for (topic, partition), part in self._parts.items():
             position, mark = part.committable()
             if position >= 0 and position != self._committed.get((topic, partition)):
-                metadata = mark if mark is not None else current_mark(topic, partition)
+                metadata = mark if mark is not None else current_mark(topic, partition, position)
                 if metadata is None:
                     moves.append(TopicPartition(topic, partition, position))
                 else:

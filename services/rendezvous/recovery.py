@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer as _NativeConsumer
@@ -157,10 +157,16 @@ class Recovered:
     """What a takeover found: the re-read window's finished requests, and per output partition
     (topic, partition) the offset before which no output of a request at or after the committed
     offset can be. The floor is this instance's mark until it delivers outputs there itself: a
-    mark of 0 would send the next owner scanning the whole topic."""
+    mark of 0 would send the next owner scanning the whole topic.
+
+    `reread_ends`: per requests partition with a re-read window, the partition's end when the
+    scan began. A request below it may have been answered by the previous owner anywhere after
+    the floors, so its mark stays the floors even once this instance has delivered outputs of
+    its own there (a mark past them would hide that answer from the next owner's scan)."""
 
     finished: Finished
     floors: dict[tuple[str, int], int]
+    reread_ends: dict[int, int] = field(default_factory=dict)
 
 
 def scan_finished(
@@ -176,10 +182,14 @@ def scan_finished(
     try:
         answers: dict[int, int | str] = {}
         logs: dict[int, int | str] = {}
+        reread_ends: dict[int, int] = {}
         for partition, (offset, mark) in committed.items():
-            starts = _starts(probe, topics, partition, offset, mark, margin_ms)
+            requests_end = _requests_end(probe, topics, partition)
+            starts = _starts(probe, topics, partition, offset, requests_end, mark, margin_ms)
             # Nothing to redo: outputs of what comes next are written after the partitions' ends now.
             answers[partition], logs[partition] = starts if starts is not None else (END, END)
+            if starts is not None:
+                reread_ends[partition] = requests_end
         # Written ends first, stable ends second: whatever was written before the scan must be
         # stable (committed or aborted) by the time the stable ends are read. Only where requests
         # are re-read: elsewhere nothing could be answered twice.
@@ -230,7 +240,7 @@ def scan_finished(
     log.info("recovery: %d requests already answered, %d already logged, %d answered before them remembered, "
              "on partitions %s", len(finished.answered), len(finished.logged), len(finished.remembered),
              sorted(committed))
-    return Recovered(finished, floors)
+    return Recovered(finished, floors, reread_ends)
 
 
 def _offset_at(probe: _NativeConsumer, topic: str, partition: int, at_ms: int, otherwise: int) -> int:
@@ -288,13 +298,19 @@ def answer_of(logged: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _requests_end(probe: _NativeConsumer, topics: Topics, partition: int) -> int:
+    """The requests partition's end now: the previous owner read nothing at or after it."""
+    _low, high = probe.get_watermark_offsets(TopicPartition(topics.requests, partition), timeout=15)
+    return int(high)
+
+
 def _starts(
-    probe: _NativeConsumer, topics: Topics, partition: int, committed: int, mark: Mark | None, margin_ms: int
+    probe: _NativeConsumer, topics: Topics, partition: int, committed: int, requests_end: int, mark: Mark | None,
+    margin_ms: int,
 ) -> tuple[int | str, int | str] | None:
     """Where outputs of requests at or after `committed` may start on the answers and log
     partitions (offsets, or "ms:<time>" to find by time); None when nothing is to be redone."""
-    _low, high = probe.get_watermark_offsets(TopicPartition(topics.requests, partition), timeout=15)
-    if committed < 0 or committed >= high:
+    if committed < 0 or committed >= requests_end:
         return None
     if mark is not None:
         return mark.answers, mark.log

@@ -236,7 +236,7 @@ class Rendezvous(Probed):
         if request.problem is not None:
             self._dead_letter(msg, DecodeFailed(request.problem))
         owner = self.join.on_request(request)
-        mark = self._mark(partition) if owner is not None else None
+        mark = self._mark(partition, offset) if owner is not None else None
         self.offsets.track(self.topics.requests, partition, offset, owner, mark)
 
     def _on_score(self, msg: Message) -> None:
@@ -433,19 +433,26 @@ class Rendezvous(Probed):
 
     # -- offsets metadata and recovery -----------------------------------------------------
 
-    def _mark(self, partition: int) -> str:
-        """Where this partition's outputs end now (as delivered to us; until we deliver some,
-        where recovery found they may start), and who we are."""
-        return Mark(self._output_end(self.topics.answers, partition), self._output_end(self.topics.log, partition),
-                    self.settings.transactional_id()).encode()
+    def _mark(self, partition: int, offset: int) -> str:
+        """For the request at `offset`: where this partition's outputs end now (as delivered to
+        us; until we deliver some, where recovery found they may start), and who we are. A
+        request the previous owner may have answered (read before the partition's end at our
+        recovery) gets recovery's floors: its answer can lie before outputs we delivered since."""
+        on_answers, on_log = (self.topics.answers, partition), (self.topics.log, partition)
+        if offset < self.takeover.reread_ends.get(partition, -1):
+            floors = self.takeover.floors
+            answers, logged = floors.get(on_answers, 0), floors.get(on_log, 0)
+        else:
+            answers, logged = self._output_end(*on_answers), self._output_end(*on_log)
+        return Mark(answers, logged, self.settings.transactional_id()).encode()
 
     def _output_end(self, topic: str, partition: int) -> int:
         assert self._ctx is not None and self._ctx.producer is not None
         key = (topic, partition)
         return max(self._ctx.producer.delivered_ends.get(key, 0), self.takeover.floors.get(key, 0))
 
-    def _current_mark(self, topic: str, partition: int) -> str | None:
-        return self._mark(partition) if topic == self.topics.requests else None
+    def _current_mark(self, topic: str, partition: int, position: int) -> str | None:
+        return self._mark(partition, position) if topic == self.topics.requests else None
 
     # -- bounded intake ----------------------------------------------------------------------
 

@@ -84,6 +84,9 @@ class Takeover:
         # (answers or log topic, partition) -> offset below which no output of a re-read or later
         # request can be: the marks' floor until this instance delivers outputs there
         self.floors: dict[tuple[str, int], int] = {}
+        # requests partition -> its end at recovery: requests below it are marked with the floors
+        # for good (`Recovered.reread_ends`)
+        self.reread_ends: dict[int, int] = {}
 
     @property
     def pending(self) -> int:
@@ -117,6 +120,7 @@ class Takeover:
         self._to_recommit = [tp for tp in self._to_recommit if (tp.topic, tp.partition) not in gone]
         numbers = {tp.partition for tp in partitions if tp.topic == self.topics.requests}
         self.floors = {key: offset for key, offset in self.floors.items() if key[1] not in numbers}
+        self.reread_ends = {p: end for p, end in self.reread_ends.items() if p not in numbers}
 
     def clear(self) -> None:
         self._pending = []
@@ -192,6 +196,9 @@ class Takeover:
                     found = scan_finished(ctx.config, self.topics, marks, margin, self.join.limits.remember_ms)
                     self.join.restore(found.finished)
                     self.floors.update(found.floors)
+                    for partition in marks:  # what this scan found replaces what an earlier one did
+                        self.reread_ends.pop(partition, None)
+                    self.reread_ends.update(found.reread_ends)
         except OpenTransaction as exc:
             exc.fallen_back_to = committed if fallback else []
             raise

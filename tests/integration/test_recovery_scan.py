@@ -55,6 +55,9 @@ def test_a_request_answered_before_the_mark_and_logged_after_it_is_found_with_it
 
     assert found.finished.logged == {"x"}
     assert found.finished.answered == {"q": q, "x": x}
+    # Requests below the end at the scan (2) keep the floors as their marks (service.py `_mark`).
+    assert found.reread_ends == {0: 2}
+    assert (found.floors[(topics.answers, 0)], found.floors[(topics.log, 0)]) == (1, 0)
 
 
 def test_answers_written_shortly_before_the_re_read_window_are_remembered_and_the_window_still_counts(

@@ -41,8 +41,8 @@ def test_the_mark_of_the_oldest_open_record_travels_with_its_offset() -> None:
     first, second = Owner(), Owner()
     book.track("req", 1, 5, first, mark="a=3")
     book.track("req", 1, 6, second, mark="a=4")
-    assert [(t.offset, t.metadata) for t in book.to_commit(lambda _t, _p: "now")] == [(5, "a=3")]
+    assert [(t.offset, t.metadata) for t in book.to_commit(lambda _t, _p, _o: "now")] == [(5, "a=3")]
     first.closed = True
-    assert [(t.offset, t.metadata) for t in book.to_commit(lambda _t, _p: "now")] == [(6, "a=4")]
+    assert [(t.offset, t.metadata) for t in book.to_commit(lambda _t, _p, _o: "now")] == [(6, "a=4")]
     second.closed = True
-    assert [(t.offset, t.metadata) for t in book.to_commit(lambda _t, _p: "now")] == [(7, "now")]
+    assert [(t.offset, t.metadata) for t in book.to_commit(lambda _t, p, o: f"now {p}@{o}")] == [(7, "now 1@7")]

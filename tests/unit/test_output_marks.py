@@ -1,7 +1,9 @@
 """The mark a request read after a takeover gets (service.py `_output_end`): where the outputs of
 its partition end, as this instance's producer delivered them, or where recovery found they may
 start. A partition given up and taken back by the same instance must not keep the ends of its
-earlier ownership, or the requests it re-reads are marked past the answers it wrote for them."""
+earlier ownership, or the requests it re-reads are marked past the answers it wrote for them. And
+a request the previous owner may have answered keeps recovery's floors as its mark even after this
+instance delivered outputs of its own: the previous owner's answer lies before them."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from confluent_kafka import TopicPartition
 
 from services.core.kafka import Producer
 from services.localkafka.config import free_port
+from services.rendezvous.recovery import Mark
 from services.rendezvous.service import Rendezvous
 from services.rendezvous.settings import RendezvousSettings
 from tests.unit.test_rendezvous_intake import Consumer
@@ -31,5 +34,35 @@ def test_a_partition_taken_back_is_marked_from_recovery_not_from_the_earlier_own
 
         assert (service._output_end(t.answers, 0), service._output_end(t.log, 0)) == (400, 380)
         assert service._output_end(t.answers, 1) == 300  # a partition kept keeps its ends
+    finally:
+        producer.close(timeout=1)
+
+
+def test_a_re_read_request_keeps_the_floors_as_its_mark_after_this_instance_delivered_outputs() -> None:
+    service = Rendezvous(RendezvousSettings(models=("champion",)))
+    t = service.topics
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0}, delivered=True)
+    try:
+        consumer = Consumer([TopicPartition(topic, p) for topic in (t.requests, t.scores) for p in range(2)])
+        service._ctx = SimpleNamespace(consumer=consumer, producer=producer, draining=False)  # type: ignore[assignment]
+        # Recovery of partition 0 found the previous owner's outputs from 400 / 380; requests ended at 120.
+        service.takeover.floors.update({(t.answers, 0): 400, (t.log, 0): 380})
+        service.takeover.reread_ends[0] = 120
+        # Since then this instance answered re-read requests the previous owner had not: delivered to 450 / 390.
+        producer.delivered_ends.update({(t.answers, 0): 450, (t.log, 0): 390, (t.answers, 1): 70})
+
+        def mark(partition: int, offset: int) -> tuple[int, int]:
+            decoded = Mark.decode(service._mark(partition, offset))
+            assert decoded is not None
+            return decoded.answers, decoded.log
+
+        assert mark(0, 119) == (400, 380)  # the previous owner may have answered it after 400
+        assert mark(0, 120) == (450, 390)  # read after recovery: only this instance answers it
+        assert mark(1, 5) == (70, 0)  # a partition without a re-read window: its ends
+        assert service._current_mark(t.requests, 0, 100) == service._mark(0, 100)  # a position counts the same
+        assert service._current_mark(t.scores, 0, 100) is None
+
+        service.on_released([TopicPartition(t.requests, 0), TopicPartition(t.scores, 0)], lost=False)
+        assert 0 not in service.takeover.reread_ends  # taken back later, its recovery says anew
     finally:
         producer.close(timeout=1)
