@@ -424,10 +424,13 @@ class Rendezvous(Probed):
     # -- the log's clock -------------------------------------------------------------------
 
     def _ask_for_clock_records(self) -> None:
-        """Quiet partitions with a timer due: write a clock record so the log's clock moves."""
+        """Quiet partitions with a timer due: write a clock record so the log's clock moves. Not
+        on a partition whose scores the brake holds: its record would wait unread behind them."""
         assert self._fast is not None
-        wall = now_ms()
+        wall, held = now_ms(), self._brake.held
         for partition in self.join.markers_due(wall, self.settings.clock_record_delay_ms, 0.5, time.monotonic()):
+            if partition in held:
+                continue
             self._fast.produce(self.topics.scores, None, partition=partition, headers=[(CLOCK_HEADER, b"")])
             m.CLOCK_RECORDS.inc()
 

@@ -10,7 +10,7 @@ from confluent_kafka import TopicPartition
 from services.rendezvous.score_brake import ScoreBrake
 from services.rendezvous.service import Rendezvous
 from services.rendezvous.settings import RendezvousSettings
-from tests.unit.test_join import T0, score
+from tests.unit.test_join import T0, request, score
 from tests.unit.test_rendezvous_intake import Consumer
 
 LAG_FROM = 50  # as --max-batch: a lag one poll takes is a fetch in flight, not a backlog
@@ -163,3 +163,27 @@ def test_an_unknown_log_start_counts_from_offset_zero() -> None:
     assert service._requests_lag(0) == 100
     service._ctx.consumer.native.read[0] = 90  # type: ignore[union-attr]
     assert service._requests_lag(0) == 10
+
+
+class Produced:
+    """The reply producer's produce(), recorded: which scores partitions were asked for a clock record."""
+
+    def __init__(self) -> None:
+        self.partitions: list[int] = []
+
+    def produce(self, _topic: str, _value: None, partition: int, headers: list[tuple[str, bytes]]) -> None:
+        self.partitions.append(partition)
+
+
+def test_no_clock_record_is_asked_for_on_a_partition_whose_scores_are_held() -> None:
+    """Mailboxes long past their deadline wait on partitions 0 and 1; 0's scores are held."""
+    service, _consumer = _service(ends={0: 100, 1: 100}, read={0: 100, 1: 100})
+    service.join.on_request(request("r0", partition=0))
+    service.join.on_request(request("r1", partition=1))
+    service._brake.held = {0}
+    produced = Produced()
+    service._fast = produced  # type: ignore[assignment]
+
+    service._ask_for_clock_records()
+
+    assert produced.partitions == [1]
