@@ -97,7 +97,7 @@ class JoinLimits:
     max_future_ms: int = 60_000  # a request created further ahead of the log's clock is refused
     linger_ms: int = 1_000  # after the deadline, keep collecting scores for the comparison record
     orphan_grace_ms: int = 10_000  # how long a score waits for its request (log time)
-    max_orphans: int = 50_000  # scores waiting for their requests, at most
+    max_orphans: int = 50_000  # requests whose scores wait for them (orphans), at most
     remember_ms: int = 60_000  # closed request ids are remembered this long (log time)
     max_remembered: int = 200_000
     model_ttl_ms: int = 30_000  # a model silent this long is no longer expected in comparison records

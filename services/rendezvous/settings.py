@@ -81,8 +81,8 @@ class RendezvousSettings(ServiceSettings):
         minimum=10,
     )
     max_orphans: int = setting(
-        50_000, "Scores waiting for a request that has not arrived, at most (the oldest are dropped beyond; "
-        "from half of it, the scores of partitions whose requests are not read yet wait for them).",
+        50_000, "Requests whose scores came before them, at most (their scores wait for them; the oldest are "
+        "dropped beyond; from half of it, the scores of partitions whose requests are not read yet wait).",
         minimum=10,
     )
     max_budget_ms: int = setting(
