@@ -1,7 +1,7 @@
 """`rendezvous precompile`: compile every numba loop of the services now, into numba's cache.
 
 A service compiles its loops when it starts, unless the cache holds them (services/core/compiled.py):
-10-15 s on two cores for the rendezvous, a model worker or the comparison service. An image runs
+5-15 s on two cores for the rendezvous, a model worker or the comparison service. An image runs
 this command at build time, with NUMBA_CACHE_DIR set to a directory it ships and NUMBA_CPU_NAME=generic
 (code for any x86-64), and names that directory in RDV_NUMBA_SEED: its containers then start with
 the loops loaded, not compiled (deploy/Dockerfile).
@@ -20,7 +20,7 @@ from services.core.errors import ConfigError
 
 DESCRIPTION = (
     "Compiles the loops the rendezvous, the model workers and the comparison service compile when they start "
-    "(10-15 s each on two cores), into numba's cache: NUMBA_CACHE_DIR if set, else next to the package's "
+    "(5-15 s each on two cores), into numba's cache: NUMBA_CACHE_DIR if set, else next to the package's "
     "sources if writable, else under the temp directory. Run at an image's build with NUMBA_CPU_NAME=generic "
     "and RDV_NUMBA_SEED naming that cache at run time, containers start without compiling (deploy/Dockerfile). "
     "Prints how many were loaded from the cache and how many compiled."
