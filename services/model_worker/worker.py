@@ -123,14 +123,31 @@ def _predict(model: Model, matrix: Any, probe: bool = True) -> list[_Output]:
     except Exception as exc:  # noqa: BLE001
         if len(matrix) == 1:
             return [(None, _described(exc))]
-        if probe:  # the first row alone: if it fails too, most likely every row does (a broken model)
-            first = _predict(model, given[:1], probe=False)
-            if first[0][1] is not None:
-                return [*first, *(out for i in range(1, len(given)) for out in _predict(model, given[i : i + 1]))]
-            return [*first, *_predict(model, given[1:], probe=False)]
+        if probe:
+            return _probed(model, given)
         half = len(given) // 2
         return [*_predict(model, given[:half], probe=False), *_predict(model, given[half:], probe=False)]
     return [_checked(p) for p in predictions]
+
+
+def _probed(model: Model, given: Any) -> list[_Output]:
+    """A failed batch of several rows: its first row alone, and if that fails its middle row. Both
+    failing, most likely every row does (a broken model): one call a row, not the 2n - 1 of halving.
+    The middle row too, not the first only: a hostile request at the head of a batch sent every
+    row of it through the model alone (257 calls for a batch of 256)."""
+    first = _predict(model, given[:1], probe=False)
+    if first[0][1] is None:
+        return [*first, *_predict(model, given[1:], probe=False)]
+    mid = len(given) // 2
+    middle = _predict(model, given[mid : mid + 1], probe=False)
+    if middle[0][1] is not None:
+        return [*first, *(out for i in range(1, len(given))
+                          for out in (middle if i == mid else _predict(model, given[i : i + 1])))]
+    return [*first, *_rows(model, given[1:mid]), *middle, *_rows(model, given[mid + 1 :])]
+
+
+def _rows(model: Model, matrix: Any) -> list[_Output]:
+    return _predict(model, matrix, probe=False) if len(matrix) else []
 
 
 def _checked(prediction: Any) -> _Output:

@@ -79,7 +79,7 @@ def test_demo_trees_equal_predict_proba_in_small_batches(name: str) -> None:
             read = batch[:, CANARY_COLUMNS] if name == "canary" else batch
             expected = estimator.predict_proba(read)[:, 1].tolist()
             assert [p.score for p in model.predict(batch)] == expected
-            assert scorer._walk_rows(read).tolist() == expected
+            assert scorer._walk_rows(read.astype(np.float32)).tolist() == expected
 
 
 def test_canary_signature_requires_only_what_it_reads() -> None:
@@ -143,6 +143,23 @@ def test_a_value_beyond_float32_is_refused_by_a_tree_model_not_scored_as_infinit
     assert refused.prediction is None and "too large for dtype('float32')" in (refused.error or "")
     assert scored.error is None and scored.prediction is not None  # the rest of its batch is scored
     assert all(r.error is None for r in score_batch(linear, rows))  # float64 throughout: a value like any
+
+
+@pytest.mark.parametrize("name", ["challenger", "canary"])
+def test_a_value_beyond_float32_is_refused_by_a_demo_tree_not_scored(name: str) -> None:
+    """The demo's own tree scorers checked only for NaN and infinity: 1e39 went down one side of
+    every tree to a confident score (challenger 0.61, canary 0.0 'malignant')."""
+    model = load_model(f"demo:{name}")
+    model.load()
+    x, _ = demo_data()
+    rows = [dict(zip(model.feature_names, map(float, row), strict=True)) for row in x[:40]]
+    for huge in (1e39, -1e39, 1e300):
+        hostile = [*rows[:20], {**rows[20], "worst_area": huge}, *rows[21:]]
+        results = score_batch(model, hostile)
+        assert [r.error is not None for r in results] == [i == 20 for i in range(40)], huge
+        assert "float32" in (results[20].error or "")
+        assert [r.prediction.score for r in results if r.prediction] == [  # the rest of the batch as alone
+            r.prediction.score for r in score_batch(model, rows[:20] + rows[21:]) if r.prediction]
 
 
 # --- module:factory signatures ------------------------------------------------------------------
@@ -515,6 +532,31 @@ def test_one_hostile_row_costs_a_few_calls_not_one_per_row() -> None:
     assert [r.error is not None for r in results] == [i == 77 for i in range(256)]
     assert [r.prediction.score for r in results if r.prediction] == [float(i) for i in range(256) if i != 77]
     assert OneBadRow.calls <= 3 + 2 * 8  # the batch, the first row alone, the rest, two halves a level below it
+
+
+def test_a_hostile_row_at_the_head_of_a_batch_costs_a_few_calls_not_one_per_row() -> None:
+    """The first row failing alone was taken for a broken model: every row went alone (257 calls)."""
+
+    class BadRows(_Overflowing):
+        calls = 0
+
+        def predict(self, matrix: Any) -> list[Prediction]:
+            BadRows.calls += 1
+            if any(row[0] < 0 for row in matrix):
+                raise ValueError("a row it cannot take")
+            return [Prediction(float(row[0]), "l") for row in matrix]
+
+    for bad in ({0}, {0, 255}, {0, 1}):
+        BadRows.calls = 0
+        rows = [{"x": -1.0 if i in bad else float(i)} for i in range(256)]
+        results = score_batch(BadRows(), rows)  # type: ignore[arg-type]
+        assert [r.error is not None for r in results] == [i in bad for i in range(256)]
+        assert [r.prediction.score for r in results if r.prediction] == [float(i) for i in range(256) if i not in bad]
+        assert BadRows.calls <= 3 + 2 * 2 * 8, (bad, BadRows.calls)  # probes, then halving down to each bad row
+    for size in (2, 3):  # the middle row is the last, or the one after the first
+        BadRows.calls = 0
+        results = score_batch(BadRows(), [{"x": -1.0}] + [{"x": float(i)} for i in range(1, size)])  # type: ignore[arg-type]
+        assert [r.error is not None for r in results] == [i == 0 for i in range(size)]
 
 
 def test_a_model_that_fails_every_row_costs_one_call_a_row_not_two() -> None:

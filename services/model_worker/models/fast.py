@@ -90,10 +90,14 @@ class TreeScorer:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self._columns is not None:
             x = x[:, self._columns]
-        if len(x) <= PYTHON_ROWS:
-            return self._walk_rows(x)
         # scikit-learn's trees compare float32 inputs with float64 thresholds.
         x32 = np.ascontiguousarray(x, dtype=np.float32)
+        if np.isinf(x32).any():
+            # 1e39 is finite as the float64 read, infinite as float32: it would go down one side of
+            # every tree to a confident score. scikit-learn refuses it; so does this.
+            raise ValueError("a feature value is beyond the float32 range the trees compare (|x| > 3.4e38)")
+        if len(x) <= PYTHON_ROWS:
+            return self._walk_rows(x32)
         n, k = x32.shape
         flat = x32.reshape(-1)
         row_start = np.arange(0, n * k, k, dtype=np.intp)  # (n,): where each row begins in `flat`
@@ -110,11 +114,11 @@ class TreeScorer:
         return total / len(fractions)
 
     def _walk_rows(self, x: np.ndarray) -> np.ndarray:
-        """The same walk in plain Python, one row and one tree at a time, leaf fractions summed in
-        tree order as above (so the result is the same to the bit)."""
+        """The same walk in plain Python on the float32 batch `x`, one row and one tree at a time,
+        leaf fractions summed in tree order as above (so the result is the same to the bit)."""
         feature, threshold, left, right, p1, roots = self._lists
         totals = []
-        for row in x.astype(np.float32).tolist():  # float32 values, compared as float64 as above
+        for row in x.tolist():  # float32 values (`x` is the float32 batch), compared as float64 as above
             total = 0.0
             for node in roots:
                 while left[node] != node:  # a leaf points to itself
