@@ -270,6 +270,9 @@ def _model_row(target: Target, record: dict[str, Any]) -> RowAnswer:
     if output["error"] is not None:
         return RowAnswer("ERROR", target.name, version, None, "", f"model {target.name!r} failed: {output['error']}",
                          schedule_version)
+    if output["score"] is None:  # no error and no score: no answer, as the rendezvous judges it (join.py)
+        return RowAnswer("ERROR", target.name, version, None, "", f"model {target.name!r} gave no score",
+                         schedule_version)
     budget = record["deadline"] - record["created_at"]
     latency = output["latency_ms"]
     if latency > budget:

@@ -194,11 +194,15 @@ def check_origin(origin: str | None, host: str | None, allowed_hosts: Collection
     origin" as the gateway to the browser, with an `Origin` equal to the `Host`."""
     if origin is None:
         return
-    page = urlsplit(origin).netloc.lower()
+    try:
+        parts = urlsplit(origin)
+        page, name = parts.netloc.lower(), parts.hostname or ""
+    except ValueError:  # "http://[": no browser sends it, and it was a 500 with a traceback logged
+        raise CrossOrigin(f"the Origin header is not an origin ({origin[:100]!r}): call the gateway from a server "
+                          "or a client library") from None
     if not page or page != (host or "").lower():
         raise CrossOrigin(f"a call from a web page of another origin ({origin[:100]}) is refused: call the gateway "
                           "from a server or a client library")
-    name = urlsplit(origin).hostname or ""
     if not page_host_known(name, allowed_hosts):
         raise CrossOrigin(f"a call from a web page under the name {name[:100]!r} is refused: a page may call the "
                           "gateway only under localhost, an IP address or a name in --allowed-hosts (any site "

@@ -509,6 +509,9 @@ def test_a_call_to_one_model_gets_that_models_own_output_judged_by_the_deadline(
     failed = _model_row(target, comparison([output("challenger", 5, error="ValueError: boom")]))
     assert failed.status == "ERROR" and "boom" in failed.reason
     assert _model_row(target, comparison([output("champion", 5)])).status == "TIMEOUT"
+    # A label and no score is no answer (the rendezvous does not use it either): it was OK, score null.
+    unscored = _model_row(target, comparison([{**output("challenger", 5), "score": None}]))
+    assert (unscored.status, unscored.score) == ("ERROR", None) and "gave no score" in unscored.reason
 
 
 def test_a_call_fails_as_its_worst_row_naming_the_rows() -> None:
@@ -729,6 +732,15 @@ def test_a_call_from_a_page_of_another_origin_is_refused(origin: str, host: str)
 
     with pytest.raises(CrossOrigin, match="web page of another origin"):
         check_origin(origin, host)
+
+
+@pytest.mark.parametrize("origin", ["http://[", "http://[::1", "http://[not-an-address]"])
+def test_an_origin_header_that_is_no_origin_is_refused_not_an_internal_error(origin: str) -> None:
+    """urlsplit raised ValueError: a 500 with a traceback logged on every such call."""
+    from services.gateway.errors import CrossOrigin
+
+    with pytest.raises(CrossOrigin, match="not an origin"):
+        check_origin(origin, "localhost:8080")
 
 
 def test_calls_without_an_origin_or_from_the_gateways_own_pages_are_read() -> None:
