@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from services.compare_report.columns import STATUSES, Columns, Frame
+from services.core.comparison_columns import repeating_a_model
 from services.core.errors import ConfigError
 from services.core.runtime import EARLIEST_PLAUSIBLE_MS, EARLIEST_PLAUSIBLE_YEAR, now_ms
 from services.stats.deadline import met_deadline_array
@@ -108,8 +109,8 @@ def summarize(frame: Frame, champion: str | None = None, bucket_ms: int | None =
     if left_out:
         extra["notes"] = (*extra.get("notes", ()), f"{left_out:,} records left out, as the live comparison leaves "
                           f"them out: created at no plausible time (before {EARLIEST_PLAUSIBLE_YEAR} or more than a "
-                          "day ahead of this host's clock), a negative deadline, or a latency that is negative or "
-                          "not a finite number")
+                          "day ahead of this host's clock), a negative deadline, a latency that is negative or "
+                          "not a finite number, or a model with two outputs in one record")
     champion_code, source = _champion(frame, champion)
     first, last = (int(frame.created_at.min()), int(frame.created_at.max())) if frame.records else (None, None)
     bucket = _bucket_ms(first, last, bucket_ms)
@@ -134,10 +135,11 @@ _AHEAD_MS = 86_400_000
 
 def plausible(frame: Frame, now: int) -> tuple[Frame, int]:
     """The frame without the records the live comparison service refuses (created at no
-    plausible time, a negative deadline, an output whose latency is not a finite number), and
-    how many those were; scores that are not finite (no model's score is bounded) count as not
-    scored. The same log gives the same figures here and live."""
+    plausible time, a negative deadline, an output whose latency is not a finite number, a model
+    with two outputs), and how many those were; scores that are not finite (no model's score is
+    bounded) count as not scored. The same log gives the same figures here and live."""
     keep = (frame.created_at >= EARLIEST_PLAUSIBLE_MS) & (frame.created_at <= now + _AHEAD_MS) & (frame.deadline >= 0)
+    keep &= ~repeating_a_model(frame.row, frame.model, frame.records)
     broken_latency = ~np.isfinite(frame.latency_ms) | (frame.latency_ms < 0)
     if broken_latency.any():
         keep &= np.bincount(frame.row[broken_latency], minlength=frame.records) == 0

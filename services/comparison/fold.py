@@ -25,7 +25,7 @@ import numpy as np
 from services.comparison.kernels import dense, first_seen, grouped, last_per_row
 from services.comparison.metrics import Tally
 from services.comparison.window import STATUSES, ChampionTracker, ModelStats, PairStats, References, SlidingWindow
-from services.core.comparison_columns import DecodedBatch
+from services.core.comparison_columns import DecodedBatch, repeating_a_model
 from services.core.runtime import EARLIEST_PLAUSIBLE_MS
 from services.stats.deadline import met_deadline_array
 
@@ -75,7 +75,8 @@ def valid(batch: DecodedBatch, latest_ok_ms: int) -> bool:
     created = batch.created_at
     latency = batch.latency_ms
     return bool((created >= EARLIEST_PLAUSIBLE_MS).all() and (created <= latest_ok_ms).all()
-                and (batch.deadline >= 0).all() and np.isfinite(latency).all() and (latency >= 0).all())
+                and (batch.deadline >= 0).all() and np.isfinite(latency).all() and (latency >= 0).all()
+                and not repeating_a_model(batch.row, batch.model.ids, batch.records).any())
 
 
 def fold(

@@ -56,11 +56,15 @@ def validate(record: dict[str, Any], latest_ok_ms: int) -> None:
         raise DecodeFailed(f"created_at {created} is in the future (this host's clock allows {latest_ok_ms})")
     if record["deadline"] < 0:  # deadline - created_at would wrap in the batch path's int64s
         raise DecodeFailed(f"deadline must be epoch milliseconds, got {record['deadline']}")
+    seen: set[str] = set()
     for out in record["outputs"]:
         # Not finite: it would poison the latency sketch. Negative: no model answers before it is
         # asked (the rendezvous writes at least 0), and it would count as a deadline met.
         if not isfinite(out["latency_ms"]) or out["latency_ms"] < 0:
             raise DecodeFailed(f"output of {out['model']!r} has latency_ms {out['latency_ms']}")
+        if out["model"] in seen:  # each copy would count as a pair (comparison_columns.repeating_a_model)
+            raise DecodeFailed(f"model {out['model'][:100]!r} has more than one output in the record")
+        seen.add(out["model"])
 
 
 class ComparisonService(SimpleHandler, Probed):

@@ -32,6 +32,27 @@ LAYOUT: tuple[tuple[str, Any], ...] = (
 MAX_ITEMS = 10_000  # outputs per array block: more is not a Comparison record
 
 
+def repeating_a_model(row: np.ndarray, model: np.ndarray, records: int) -> np.ndarray:
+    """Per record: one of its outputs is of a model an earlier one of the same record is of.
+
+    The rendezvous writes one output per model per record; a record written by anyone else with a
+    model listed 200 times would count 200 pairs, 200 deadlines met, in every figure and gate. Both
+    the live service (it dead-letters such a record) and `rendezvous compare` (it leaves it out)
+    ask this, so the same log gives the same figures."""
+    repeated = np.zeros(len(row), dtype=bool)
+    if len(row) > 1:
+        most = int(np.bincount(row).max())  # outputs of the longest record
+        if most <= 16 and bool((row[1:] >= row[:-1]).all()):  # in record order: compare each with those before it
+            for lag in range(1, most):
+                repeated[lag:] |= (row[lag:] == row[:-lag]) & (model[lag:] == model[:-lag])
+        else:
+            key = row.astype(np.int64) * (int(model.max()) + 2) + (model.astype(np.int64) + 1)
+            _values, first = np.unique(key, return_index=True)
+            repeated[:] = True
+            repeated[first] = False
+    return np.bincount(row[repeated], minlength=records) > 0
+
+
 class Rejected(Exception):
     """The batch is not (entirely) the layout this decoder knows; decode it with fastavro."""
 

@@ -684,6 +684,33 @@ def test_records_created_at_no_plausible_time_are_left_out_and_said() -> None:
     print_report(report, Console(width=200, record=True))  # raised ValueError: year out of range
 
 
+def test_a_record_with_a_model_twice_is_left_out_as_the_live_comparison_refuses_it() -> None:
+    """One record listing the challenger 200 times made its n 205 of 6 records and its
+    deadline_met 34.2 (a share), and passed every gate."""
+    records = synthetic(60)
+    challenger = next(o for o in records[0]["outputs"] if o["model"] == "challenger")
+    forged = {**records[0], "request_id": "forged", "outputs": [challenger] * 200}
+    report = summarize_records([*records, forged])
+    honest = summarize_records(records)
+    assert report.records == honest.records == 60
+    assert [(m.name, m.n, m.paired, m.expected_met) for m in report.models] == [
+        (m.name, m.n, m.paired, m.expected_met) for m in honest.models]
+    assert any("or a model with two outputs in one record" in note for note in report.notes)
+
+
+@pytest.mark.parametrize("in_order", [True, False])
+def test_records_repeating_a_model_are_found_in_order_or_not(in_order: bool) -> None:
+    from services.core.comparison_columns import repeating_a_model
+
+    row = np.array([0, 0, 0, 1, 1, 2, 3, 3, 3, 3])
+    model = np.array([0, 1, 2, 1, 1, 0, 2, 0, 1, 2])  # record 1: model 1 twice; record 3: model 2 twice
+    order = np.arange(len(row)) if in_order else np.random.default_rng(3).permutation(len(row))
+    assert repeating_a_model(row[order], model[order], 5).tolist() == [False, True, False, True, False]
+    many = np.repeat(np.arange(3), 40)  # 40 outputs a record: more than the lag comparisons take
+    assert repeating_a_model(many, np.arange(120) % 40, 3).tolist() == [False, False, False]
+    assert repeating_a_model(many, np.arange(120) % 39, 3).tolist() == [True, True, True]
+
+
 def test_a_model_seen_only_in_records_left_out_is_no_model_of_the_report() -> None:
     records = synthetic(20)
     ghost = {**records[0], "request_id": "ghost", "created_at": 2**63 - 1, "deadline": 2**63 - 1,

@@ -17,11 +17,12 @@ import pytest
 
 from services.comparison import fold
 from services.comparison import metrics as m
-from services.comparison.service import ComparisonService
+from services.comparison.service import ComparisonService, validate
 from services.comparison.settings import ComparisonSettings
 from services.comparison.window import PairStats, References, SlidingWindow
 from services.core.codec import codec
 from services.core.compiled_decode import decode
+from services.core.errors import DecodeFailed
 
 BASE_MS = 1_700_000_000_000
 MODELS = ("champion", "challenger", "canary", "shadow")
@@ -29,7 +30,8 @@ MODELS = ("champion", "challenger", "canary", "shadow")
 
 def random_record(rng: np.random.Generator, created: int) -> dict[str, Any]:
     outputs = []
-    for model in rng.choice(MODELS, size=int(rng.integers(0, 5))).tolist():  # none, or repeats
+    # None, or up to all of them, each once (a record repeating a model is refused: the last test).
+    for model in rng.choice(MODELS, size=int(rng.integers(0, 5)), replace=False).tolist():
         error = "ValueError: x" if rng.random() < 0.1 else None
         score = None if error or rng.random() < 0.05 else float(rng.choice([rng.random(), np.nan, np.inf],
                                                                              p=[0.94, 0.03, 0.03]))
@@ -206,3 +208,19 @@ def test_a_failure_inside_the_batch_fold_leaves_the_batch_to_the_record_path(mon
 
     monkeypatch.setattr(fold, "fold", broken)
     assert service("", 10)._fold_at_once(values, BASE_MS * 2) is None
+
+
+def test_a_batch_with_a_record_that_repeats_a_model_is_left_to_the_record_path_which_refuses_that_record() -> None:
+    """One record listing the candidate 200 times counted 200 pairs and 200 deadlines met."""
+    rng = np.random.default_rng(5)
+    records = [random_record(rng, BASE_MS + i) for i in range(fold.MIN_RECORDS + 20)]
+    output = {"model": "challenger", "version": "v1", "score": 0.5, "label": "a", "error": None,
+              "latency_ms": 3.0, "compute_ms": 1.0, "late": False}
+    repeated = {**records[7], "outputs": [output] * 200}
+    records[7] = repeated
+    values: list[bytes | None] = [codec("comparison").encode(r) for r in records]
+    svc = service("", 10)
+    assert svc._fold_at_once(values, BASE_MS * 2) is None  # not valid as a batch
+    with pytest.raises(DecodeFailed, match="'challenger' has more than one output"):
+        validate(repeated, BASE_MS * 2)
+    validate(records[6], BASE_MS * 2)  # its neighbours are valid
