@@ -249,6 +249,9 @@ def _constant(m2: float, mean: float, n: int) -> bool:
 MAX_LABEL_PAIRS = 4096
 OTHER_LABELS = "(other labels)"
 DIFFERENT_LABELS = "(other, different labels)"
+# A label longer than this is counted among the other labels too: 4,096 pairs of 20 kB labels kept
+# 20 MB per pair of models, and each went out as a Prometheus label value on every scrape.
+LONGEST_LABEL = 128
 
 
 @dataclass(slots=True)
@@ -259,7 +262,8 @@ class PairedLabels:
 
     def add(self, champion_label: str, model_label: str, count: int = 1) -> None:
         key = (champion_label, model_label)
-        if key not in self.confusion and len(self.confusion) >= MAX_LABEL_PAIRS:
+        if (len(champion_label) > LONGEST_LABEL or len(model_label) > LONGEST_LABEL
+                or (key not in self.confusion and len(self.confusion) >= MAX_LABEL_PAIRS)):
             key = (OTHER_LABELS, OTHER_LABELS if champion_label == model_label else DIFFERENT_LABELS)
         self.confusion[key] += count
 
