@@ -71,7 +71,8 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
         ("model", "quantile"),
     ),
     "rdv_cmp_agreement_ratio": (
-        "Share of requests in the window on which the model's label equals the champion's.",
+        "Share of the paired requests in the window on which the model's label equals the champion's (one "
+        "without a label of either counts as a disagreement).",
         ("model", "champion"),
     ),
     "rdv_cmp_confusion": (
@@ -317,7 +318,10 @@ def _pair_samples(out: Samples, view: WindowView, name: str, champion: str) -> N
     _finite(out, "rdv_cmp_score_mad", labels, pair.scores.mad())
     _finite(out, "rdv_cmp_score_correlation", labels, pair.scores.correlation())
     if pair.labels.n:
-        _finite(out, "rdv_cmp_agreement_ratio", labels, pair.labels.agreement())
+        # Over every paired request, one either model left unlabelled disagreeing (as the promote
+        # gate counts): a challenger that stopped labelling kept 1.0 on the 2 in 200 it labelled.
+        agreeing = pair.labels.agreement() * pair.labels.n
+        _finite(out, "rdv_cmp_agreement_ratio", labels, agreeing / max(pair.n, pair.labels.n))
         names, counts = pair.labels.matrix(MAX_CONFUSION_LABELS)
         for i, lead_label in enumerate(names):
             for j, model_label in enumerate(names):

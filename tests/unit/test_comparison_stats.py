@@ -489,6 +489,20 @@ def test_the_deadline_rule_is_one_rule_for_one_record_and_for_columns() -> None:
     assert 0 < sum(scalar) < 500
 
 
+def test_the_agreement_gauge_counts_a_request_without_a_label_as_a_disagreement_as_the_gate_does() -> None:
+    """A challenger that labelled 2 of 200 paired requests showed an agreement of 1.0 beside
+    200 pairs: the alert on it (< 0.95 with >= 100 pairs) could not fire."""
+    svc = service()
+    records = []
+    for i in range(200):
+        challenger = output("challenger", 0.9) if i < 2 else {**output("challenger", 0.9), "label": None}
+        records.append(record(BASE_MS + i * 10, [output("champion", 0.9), challenger]))
+    feed(svc, records)
+    svc.export()
+    assert m.WINDOW.value("rdv_cmp_window_pairs", model="challenger", champion="champion") == 200
+    assert m.WINDOW.value("rdv_cmp_agreement_ratio", model="challenger", champion="champion") == pytest.approx(0.01)
+
+
 def test_label_pairs_beyond_the_bound_are_counted_together_and_agreement_stays_exact() -> None:
     """A model putting an id in its label made one confusion entry per request: 50,000 records
     of 1 kB labels took 58 MB of the comparison service's window."""
@@ -503,6 +517,20 @@ def test_label_pairs_beyond_the_bound_are_counted_together_and_agreement_stays_e
     agreeing = sum(1 for i in range(MAX_LABEL_PAIRS + 3_000) if i % 3 == 0) + 5
     assert labels.n == MAX_LABEL_PAIRS + 3_005
     assert labels.agreement() == pytest.approx(agreeing / labels.n)
+
+
+def test_labels_longer_than_the_bound_are_counted_together_and_agreement_stays_exact() -> None:
+    """1,000 records of 20 kB labels kept 20 MB in the window and sent 40 kB lines to every scrape."""
+    from services.stats.distributions import DIFFERENT_LABELS, LONGEST_LABEL, OTHER_LABELS, PairedLabels
+
+    labels = PairedLabels()
+    long = ["x" * (LONGEST_LABEL + 1) + str(i) for i in range(50)]
+    for i, label in enumerate(long):
+        labels.add(label, label if i % 2 == 0 else "short")  # 25 agree, 25 do not
+    labels.add("x" * LONGEST_LABEL, "x" * LONGEST_LABEL)  # at the bound: its own entry
+    assert dict(labels.confusion) == {(OTHER_LABELS, OTHER_LABELS): 25, (OTHER_LABELS, DIFFERENT_LABELS): 25,
+                                      ("x" * LONGEST_LABEL, "x" * LONGEST_LABEL): 1}
+    assert labels.agreement() == pytest.approx(26 / 51)
 
 
 def test_one_forged_record_of_many_names_does_not_count_every_model_as_other_for_good() -> None:
