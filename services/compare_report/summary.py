@@ -71,10 +71,12 @@ class ModelSummary:
     # For promotion gates (services/control/evidence.py), which must not pass on a sliver of the
     # traffic: of the `paired` records, those where both labels are there and equal, and those where
     # both are there at all; the requests the champion answered from this model's first output on
-    # (the ones it was expected to score too), and how many of them it scored by the deadline.
+    # (the ones it was expected to score too), how many of them it gave an output for at all, and
+    # how many it scored by the deadline.
     paired_agreeing: int = 0
     paired_labelled: int = 0
     expected: int = 0
+    expected_output: int = 0
     expected_met: int = 0
 
 
@@ -288,7 +290,8 @@ def _model(frame: Frame, code: int, ref: _Reference, starts: np.ndarray, bucket_
             confusion=paired.labels.matrix() if paired.labels is not None and paired.labels.n else None,
         ),
         paired_agreeing=paired.agreeing, paired_labelled=paired.labelled,
-        expected=int(expected.sum()), expected_met=int(expected[out.rows[on_time]].sum()),
+        expected=int(expected.sum()), expected_output=int(expected[out.rows].sum()),
+        expected_met=int(expected[out.rows[on_time]].sum()),
     )  # fmt: skip
 
 

@@ -22,6 +22,8 @@ FIGURES = {
     "correlation": "Pearson correlation of scores with the champion",
     "ks": "Kolmogorov-Smirnov distance of score distributions to the champion",
     "error_rate": "share of the candidate's outputs that were errors",
+    "coverage": "share of the requests the champion answered, from the candidate's first output on, that the "
+                "candidate gave an output for (an error counts: error_rate judges those)",
     "deadline_met": "share of the requests the champion answered, from the candidate's first output on, that "
                     "the candidate scored by the deadline",
 }
@@ -76,13 +78,17 @@ def parse_requirements(text: str) -> list[Requirement]:
 
 # What every gate checks unless the operator says otherwise with a clause on the same figure: a
 # handful of paired requests is no evidence, and a candidate that fails fast must not pass on its
-# agreement, nor one that answers only its easy requests on its latency (errors are no latency figure).
+# agreement, nor one that answers only its easy requests on its latency (errors are no latency figure),
+# nor one that answers a sliver of the traffic on the figures of that sliver (2% of 10,000 requests
+# passed n>=100, agreement and error_rate: a review).
 DEFAULT_MIN_N = 100
 DEFAULT_ERROR_MARGIN = 0.01
+DEFAULT_MIN_COVERAGE = 0.95
 
 
 def with_defaults(requirements: list[Requirement], champion_error_rate: float) -> list[Requirement]:
-    """`requirements` plus `n>=100` and `error_rate<=` the champion's + 0.01, for figures they do not name."""
+    """`requirements` plus `n>=100`, `error_rate<=` the champion's + 0.01 and `coverage>=0.95`, for
+    figures they do not name."""
     named = {r.figure for r in requirements}
     extra = []
     if "n" not in named:
@@ -91,6 +97,8 @@ def with_defaults(requirements: list[Requirement], champion_error_rate: float) -
         base = champion_error_rate if champion_error_rate == champion_error_rate else 0.0
         limit = min(1.0, base + DEFAULT_ERROR_MARGIN)
         extra.append(Requirement("error_rate", "<=", limit, f"error_rate<={limit:.4g} (default: champion's + 0.01)"))
+    if "coverage" not in named:
+        extra.append(Requirement("coverage", ">=", DEFAULT_MIN_COVERAGE, f"coverage>={DEFAULT_MIN_COVERAGE} (default)"))
     return [*requirements, *extra]
 
 
