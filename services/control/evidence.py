@@ -53,5 +53,6 @@ def figures_of(report: Report, candidate: str, champion: str) -> dict[str, float
         "ks": row.ks,
         "error_rate": row.errors / row.n if row.n else NAN,
         "coverage": row.expected_output / row.expected if row.expected else NAN,
+        "versions": float(len(row.versions)),
         "deadline_met": row.expected_met / row.expected if row.expected else NAN,
     }

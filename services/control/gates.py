@@ -26,6 +26,7 @@ FIGURES = {
                 "candidate gave an output for (an error counts: error_rate judges those)",
     "deadline_met": "share of the requests the champion answered, from the candidate's first output on, that "
                     "the candidate scored by the deadline",
+    "versions": "how many versions of the candidate scored in the window (the figures mix them)",
 }
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq,
@@ -80,15 +81,16 @@ def parse_requirements(text: str) -> list[Requirement]:
 # handful of paired requests is no evidence, and a candidate that fails fast must not pass on its
 # agreement, nor one that answers only its easy requests on its latency (errors are no latency figure),
 # nor one that answers a sliver of the traffic on the figures of that sliver (2% of 10,000 requests
-# passed n>=100, agreement and error_rate: a review).
+# passed n>=100, agreement and error_rate: a review), nor a version redeployed minutes ago on the
+# figures of the one before it.
 DEFAULT_MIN_N = 100
 DEFAULT_ERROR_MARGIN = 0.01
 DEFAULT_MIN_COVERAGE = 0.95
 
 
 def with_defaults(requirements: list[Requirement], champion_error_rate: float) -> list[Requirement]:
-    """`requirements` plus `n>=100`, `error_rate<=` the champion's + 0.01 and `coverage>=0.95`, for
-    figures they do not name."""
+    """`requirements` plus `n>=100`, `error_rate<=` the champion's + 0.01, `coverage>=0.95` and
+    `versions<=1`, for figures they do not name."""
     named = {r.figure for r in requirements}
     extra = []
     if "n" not in named:
@@ -99,6 +101,9 @@ def with_defaults(requirements: list[Requirement], champion_error_rate: float) -
         extra.append(Requirement("error_rate", "<=", limit, f"error_rate<={limit:.4g} (default: champion's + 0.01)"))
     if "coverage" not in named:
         extra.append(Requirement("coverage", ">=", DEFAULT_MIN_COVERAGE, f"coverage>={DEFAULT_MIN_COVERAGE} (default)"))
+    if "versions" not in named:
+        extra.append(Requirement("versions", "<=", 1, "versions<=1 (default: one version's figures; a --window "
+                                                      "from after its rollout)"))
     return [*requirements, *extra]
 
 

@@ -10,6 +10,8 @@ import pytest
 from services.control.gates import evaluate, parse_requirements, with_defaults
 from services.core.errors import ConfigError
 
+VERSIONS_DEFAULT = "versions<=1 (default: one version's figures; a --window from after its rollout)"
+
 
 def verdicts(require: str, figures: dict[str, float]) -> dict[str, bool]:
     requirements = with_defaults(parse_requirements(require), figures.get("champion_error_rate", float("nan")))
@@ -25,17 +27,19 @@ def test_a_candidate_failing_fast_does_not_pass_on_agreement_and_latency() -> No
 
 
 def test_a_handful_of_requests_is_no_evidence_unless_the_operator_says_so() -> None:
-    figures = {"n": 1, "agreement": 1.0, "error_rate": 0.0, "champion_error_rate": 0.0, "coverage": 1.0}
+    figures = {"n": 1, "agreement": 1.0, "error_rate": 0.0, "champion_error_rate": 0.0, "coverage": 1.0,
+               "versions": 1}
     assert verdicts("agreement>=0.95", figures)["n>=100 (default)"] is False
     assert verdicts("agreement>=0.95,n>=1", figures) == {"agreement>=0.95": True, "n>=1": True,
                                                           "error_rate<=0.01 (default: champion's + 0.01)": True,
-                                                          "coverage>=0.95 (default)": True}
+                                                          "coverage>=0.95 (default)": True,
+                                                          VERSIONS_DEFAULT: True}
 
 
 def test_a_candidate_answering_a_sliver_of_the_traffic_does_not_pass_on_that_sliver() -> None:
     """2% of 10,000 requests passed agreement>=0.95,p99<=50ms with the defaults n and error_rate (a review)."""
     figures = {"n": 200, "agreement": 1.0, "p99": 10.0, "error_rate": 0.0, "champion_error_rate": 0.0,
-               "coverage": 0.02, "deadline_met": 0.02}
+               "coverage": 0.02, "deadline_met": 0.02, "versions": 1}
     result = verdicts("agreement>=0.95,p99<=50ms", figures)
     assert result["coverage>=0.95 (default)"] is False
     assert all(passed for text, passed in result.items() if not text.startswith("coverage"))
@@ -43,9 +47,9 @@ def test_a_candidate_answering_a_sliver_of_the_traffic_does_not_pass_on_that_sli
 
 
 def test_a_clause_on_a_figure_replaces_its_default() -> None:
-    figures = {"n": 500, "error_rate": 0.2, "champion_error_rate": 0.0, "coverage": 0.97}
-    assert verdicts("error_rate<=0.25", figures) == {"error_rate<=0.25": True, "n>=100 (default)": True,
-                                                     "coverage>=0.95 (default)": True}
+    figures = {"n": 500, "error_rate": 0.2, "champion_error_rate": 0.0, "coverage": 0.97, "versions": 2}
+    assert verdicts("error_rate<=0.25,versions<=2", figures) == {
+        "error_rate<=0.25": True, "versions<=2": True, "n>=100 (default)": True, "coverage>=0.95 (default)": True}
 
 
 @pytest.mark.parametrize("typo", ["agreement>=0.9.5", "n>=1e", "n>=1-2"])
@@ -132,6 +136,17 @@ def test_a_gates_deadline_met_counts_the_requests_the_candidate_did_not_score() 
     figures = _gate_figures(records)
     assert figures["deadline_met"] == pytest.approx(2 / 100)
     assert figures["coverage"] == pytest.approx(2 / 100)
+    assert figures["versions"] == 1
+
+
+def test_a_candidate_redeployed_within_the_window_is_not_judged_on_its_earlier_version() -> None:
+    """The figures of a window mix every version that scored in it: version 2, deployed minutes
+    ago, passed on version 1's hours (a review)."""
+    records = [_record(i, [_output("champion", 0.5, "pos"), {**_output("cand", 0.5, "pos"),
+                                                            "version": "1" if i < 900 else "2"}]) for i in range(1000)]
+    figures = _gate_figures(records)
+    assert figures["versions"] == 2
+    assert verdicts("agreement>=0.95", figures)[VERSIONS_DEFAULT] is False
     late = [_record(i, [_output("champion", 0.5, "pos"),
                         _output("cand", 0.5, "pos", latency_ms=500.0 if i % 2 else 5.0)]) for i in range(10)]
     assert _gate_figures(late)["deadline_met"] == pytest.approx(0.5)
