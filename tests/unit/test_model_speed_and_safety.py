@@ -514,48 +514,44 @@ def test_hosted_models_make_equal_signatures_one_object() -> None:
     assert canary.signature is not champion.signature
 
 
+class RefusingNegatives(_Overflowing):
+    """A model that fails a whole batch holding a negative row (as real adapters fail a batch
+    for one row they cannot take); counts its calls."""
+
+    calls = 0
+
+    def predict(self, matrix: Any) -> list[Prediction]:
+        type(self).calls += 1
+        if any(row[0] < 0 for row in matrix):
+            raise ValueError("a row it cannot take")
+        return [Prediction(float(row[0]), "l") for row in matrix]
+
+
+def _score_counting_calls(rows: list[dict[str, float]]) -> tuple[list[Any], int]:
+    RefusingNegatives.calls = 0
+    results = score_batch(RefusingNegatives(), rows)  # type: ignore[arg-type]
+    return results, RefusingNegatives.calls
+
+
 def test_one_hostile_row_costs_a_few_calls_not_one_per_row() -> None:
     """The batch was re-scored row by row: one such row in every batch of 256 made 257 calls."""
-
-    class OneBadRow(_Overflowing):
-        calls = 0
-
-        def predict(self, matrix: Any) -> list[Prediction]:
-            OneBadRow.calls += 1
-            if any(row[0] < 0 for row in matrix):
-                raise ValueError("a row it cannot take")
-            return [Prediction(float(row[0]), "l") for row in matrix]
-
     rows = [{"x": float(i)} for i in range(256)]
     rows[77] = {"x": -1.0}
-    results = score_batch(OneBadRow(), rows)  # type: ignore[arg-type]
+    results, calls = _score_counting_calls(rows)
     assert [r.error is not None for r in results] == [i == 77 for i in range(256)]
     assert [r.prediction.score for r in results if r.prediction] == [float(i) for i in range(256) if i != 77]
-    assert OneBadRow.calls <= 3 + 2 * 8  # the batch, the first row alone, the rest, two halves a level below it
+    assert calls <= 3 + 2 * 8  # the batch, the first row alone, the rest, two halves a level below it
 
 
 def test_a_hostile_row_at_the_head_of_a_batch_costs_a_few_calls_not_one_per_row() -> None:
     """The first row failing alone was taken for a broken model: every row went alone (257 calls)."""
-
-    class BadRows(_Overflowing):
-        calls = 0
-
-        def predict(self, matrix: Any) -> list[Prediction]:
-            BadRows.calls += 1
-            if any(row[0] < 0 for row in matrix):
-                raise ValueError("a row it cannot take")
-            return [Prediction(float(row[0]), "l") for row in matrix]
-
     for bad in ({0}, {0, 255}, {0, 1}):
-        BadRows.calls = 0
-        rows = [{"x": -1.0 if i in bad else float(i)} for i in range(256)]
-        results = score_batch(BadRows(), rows)  # type: ignore[arg-type]
+        results, calls = _score_counting_calls([{"x": -1.0 if i in bad else float(i)} for i in range(256)])
         assert [r.error is not None for r in results] == [i in bad for i in range(256)]
         assert [r.prediction.score for r in results if r.prediction] == [float(i) for i in range(256) if i not in bad]
-        assert BadRows.calls <= 3 + 2 * 2 * 8, (bad, BadRows.calls)  # probes, then halving down to each bad row
+        assert calls <= 3 + 2 * 2 * 8, (bad, calls)  # probes, then halving down to each bad row
     for size in (2, 3):  # the middle row is the last, or the one after the first
-        BadRows.calls = 0
-        results = score_batch(BadRows(), [{"x": -1.0}] + [{"x": float(i)} for i in range(1, size)])  # type: ignore[arg-type]
+        results, _calls = _score_counting_calls([{"x": -1.0}] + [{"x": float(i)} for i in range(1, size)])
         assert [r.error is not None for r in results] == [i == 0 for i in range(size)]
 
 

@@ -7,8 +7,10 @@ instance delivered outputs of its own: the previous owner's answer lies before t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import SimpleNamespace
 
+import pytest
 from confluent_kafka import TopicPartition
 
 from services.core.kafka import Producer
@@ -19,50 +21,57 @@ from services.rendezvous.settings import RendezvousSettings
 from tests.unit.test_rendezvous_intake import Consumer
 
 
-def test_a_partition_taken_back_is_marked_from_recovery_not_from_the_earlier_ownership() -> None:
+@pytest.fixture
+def service() -> Iterator[Rendezvous]:
+    """A rendezvous owning partitions 0 and 1, its producer's delivered ends set by each test."""
     service = Rendezvous(RendezvousSettings(models=("champion",)))
     t = service.topics
     producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0}, delivered=True)
+    consumer = Consumer([TopicPartition(topic, p) for topic in (t.requests, t.scores) for p in range(2)])
+    service._ctx = SimpleNamespace(consumer=consumer, producer=producer, draining=False)  # type: ignore[assignment]
     try:
-        consumer = Consumer([TopicPartition(topic, p) for topic in (t.requests, t.scores) for p in range(2)])
-        service._ctx = SimpleNamespace(consumer=consumer, producer=producer, draining=False)  # type: ignore[assignment]
-        # The earlier ownership wrote answers and comparison records up to 500 on partition 0, 300 on 1.
-        producer.delivered_ends.update({(t.answers, 0): 500, (t.log, 0): 500, (t.answers, 1): 300})
-
-        service.on_released([TopicPartition(t.requests, 0), TopicPartition(t.scores, 0)], lost=False)
-        service.takeover.floors.update({(t.answers, 0): 400, (t.log, 0): 380})  # what its recovery found
-
-        assert (service._output_end(t.answers, 0), service._output_end(t.log, 0)) == (400, 380)
-        assert service._output_end(t.answers, 1) == 300  # a partition kept keeps its ends
+        yield service
     finally:
         producer.close(timeout=1)
 
 
-def test_a_re_read_request_keeps_the_floors_as_its_mark_after_this_instance_delivered_outputs() -> None:
-    service = Rendezvous(RendezvousSettings(models=("champion",)))
+def _delivered(service: Rendezvous) -> dict[tuple[str, int], int]:
+    assert service._ctx is not None and service._ctx.producer is not None
+    return service._ctx.producer.delivered_ends
+
+
+def test_a_partition_taken_back_is_marked_from_recovery_not_from_the_earlier_ownership(service: Rendezvous) -> None:
     t = service.topics
-    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0}, delivered=True)
-    try:
-        consumer = Consumer([TopicPartition(topic, p) for topic in (t.requests, t.scores) for p in range(2)])
-        service._ctx = SimpleNamespace(consumer=consumer, producer=producer, draining=False)  # type: ignore[assignment]
-        # Recovery of partition 0 found the previous owner's outputs from 400 / 380; requests ended at 120.
-        service.takeover.floors.update({(t.answers, 0): 400, (t.log, 0): 380})
-        service.takeover.reread_ends[0] = 120
-        # Since then this instance answered re-read requests the previous owner had not: delivered to 450 / 390.
-        producer.delivered_ends.update({(t.answers, 0): 450, (t.log, 0): 390, (t.answers, 1): 70})
+    # The earlier ownership wrote answers and comparison records up to 500 on partition 0, 300 on 1.
+    _delivered(service).update({(t.answers, 0): 500, (t.log, 0): 500, (t.answers, 1): 300})
 
-        def mark(partition: int, offset: int) -> tuple[int, int]:
-            decoded = Mark.decode(service._mark(partition, offset))
-            assert decoded is not None
-            return decoded.answers, decoded.log
+    service.on_released([TopicPartition(t.requests, 0), TopicPartition(t.scores, 0)], lost=False)
+    service.takeover.floors.update({(t.answers, 0): 400, (t.log, 0): 380})  # what its recovery found
 
-        assert mark(0, 119) == (400, 380)  # the previous owner may have answered it after 400
-        assert mark(0, 120) == (450, 390)  # read after recovery: only this instance answers it
-        assert mark(1, 5) == (70, 0)  # a partition without a re-read window: its ends
-        assert service._current_mark(t.requests, 0, 100) == service._mark(0, 100)  # a position counts the same
-        assert service._current_mark(t.scores, 0, 100) is None
+    assert (service._output_end(t.answers, 0), service._output_end(t.log, 0)) == (400, 380)
+    assert service._output_end(t.answers, 1) == 300  # a partition kept keeps its ends
 
-        service.on_released([TopicPartition(t.requests, 0), TopicPartition(t.scores, 0)], lost=False)
-        assert 0 not in service.takeover.reread_ends  # taken back later, its recovery says anew
-    finally:
-        producer.close(timeout=1)
+
+def test_a_re_read_request_keeps_the_floors_as_its_mark_after_this_instance_delivered_outputs(
+    service: Rendezvous,
+) -> None:
+    t = service.topics
+    # Recovery of partition 0 found the previous owner's outputs from 400 / 380; requests ended at 120.
+    service.takeover.floors.update({(t.answers, 0): 400, (t.log, 0): 380})
+    service.takeover.reread_ends[0] = 120
+    # Since then this instance answered re-read requests the previous owner had not: delivered to 450 / 390.
+    _delivered(service).update({(t.answers, 0): 450, (t.log, 0): 390, (t.answers, 1): 70})
+
+    def mark(partition: int, offset: int) -> tuple[int, int]:
+        decoded = Mark.decode(service._mark(partition, offset))
+        assert decoded is not None
+        return decoded.answers, decoded.log
+
+    assert mark(0, 119) == (400, 380)  # the previous owner may have answered it after 400
+    assert mark(0, 120) == (450, 390)  # read after recovery: only this instance answers it
+    assert mark(1, 5) == (70, 0)  # a partition without a re-read window: its ends
+    assert service._current_mark(t.requests, 0, 100) == service._mark(0, 100)  # a position counts the same
+    assert service._current_mark(t.scores, 0, 100) is None
+
+    service.on_released([TopicPartition(t.requests, 0), TopicPartition(t.scores, 0)], lost=False)
+    assert 0 not in service.takeover.reread_ends  # taken back later, its recovery says anew
