@@ -122,10 +122,11 @@ def test_a_sealed_file_damaged_or_missing_is_skipped_and_the_others_are_read(
 
 
 def test_a_file_sealed_but_not_yet_in_the_manifest_at_a_crash_is_added_at_the_next_start(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Its records were fsynced and their offsets committed; the manifest's write failed (a full
-    disk, a kill between the rename and the write): they were never read back."""
+    disk, a kill between the rename and the write): they were never read back. Until that start a
+    replay does not read them either, and says so."""
     from services.decoy import archive
 
     writer = ArchiveWriter(tmp_path, **ROLL)
@@ -140,10 +141,33 @@ def test_a_file_sealed_but_not_yet_in_the_manifest_at_a_crash_is_added_at_the_ne
         patched.setattr(archive, "write_manifest", full)
         with pytest.raises(ArchiveFailed, match=r"cannot seal requests-.*\.avro\.part: No space left on device"):
             writer.roll()
-    assert [r["offset"] for r in iter_archive(tmp_path)] == [0, 1]  # the sealed file is not named
+    with caplog.at_level("WARNING", logger="services.decoy.archive"):
+        assert [r["offset"] for r in iter_archive(tmp_path)] == [0, 1]  # the sealed file is not named
+    assert "1 archive file(s) sealed but not in the manifest yet, not read: requests-" in caplog.text  # was silent
 
     ArchiveWriter(tmp_path, **ROLL).close()
     assert [r["offset"] for r in iter_archive(tmp_path)] == [0, 1, 2, 3]
+
+
+def test_a_file_in_the_archive_under_another_name_is_left_alone_not_adopted(tmp_path: Path) -> None:
+    """A copy ('requests-<ms>-0001.copy.avro') or 'requests-old.avro' was adopted into the manifest
+    at a start, and every later read of the manifest refused it: the decoy could not start again,
+    nor could replay read the archive."""
+    import shutil
+
+    writer = ArchiveWriter(tmp_path, **ROLL)
+    writer.append(rows(0, 3))
+    writer.close()
+    (sealed,) = tmp_path.glob("requests-*.avro")
+    strays = [sealed.with_name(sealed.stem + ".copy.avro"), tmp_path / "requests-old.avro",
+              tmp_path / "requests-old.avro.part"]
+    for stray in strays:
+        shutil.copyfile(sealed, stray)
+
+    ArchiveWriter(tmp_path, **ROLL).close()  # a restart: adopts and recovers only its own names
+
+    assert [r["offset"] for r in iter_archive(tmp_path)] == [0, 1, 2]
+    assert all(stray.read_bytes() == sealed.read_bytes() for stray in strays)  # left as they were
 
 
 def test_a_recovery_cut_short_leaves_the_original_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
