@@ -321,6 +321,8 @@ class Client:
             # out its timeout, its request sent by a closed producer.
             if self._stop.is_set():
                 raise ClosedClient(f"this client {self.stopped}")
+            if self.stopped is not None:  # set under this lock as the reader ends (`_reader_ended`)
+                raise BrokerError(f"this client {self.stopped}")
             # Checked under the lock the revoke takes: a partition that moved since it was picked
             # would leave this waiter to wait out its deadline, failed by no one.
             if partition not in self._owned:
@@ -349,17 +351,27 @@ class Client:
     def score(self, features: Mapping[str, float], **kwargs: Any) -> Answer:
         """Send one request and wait for its answer."""
         future = self.submit(features, **kwargs)
-        self._producer.flush()
+        self._send_now([future])
         return self._wait(future)
 
     def score_many(self, rows: Iterable[Mapping[str, float]], **kwargs: Any) -> list[Answer]:
         """Send a batch, then wait for every answer (in input order)."""
         futures = [self.submit(row, **kwargs) for row in rows]
-        self._producer.flush()
+        self._send_now(futures)
         try:
             return [self._wait(f) for f in futures]
         except AnswerTimeout:
             for future in futures:  # the ones not waited for yet leave no waiter behind either
+                self._give_up(future)
+            raise
+
+    def _send_now(self, futures: list[Future[Answer]]) -> None:
+        """Deliver the requests just submitted, within the answer wait: with the broker away, a
+        call given 2 s waited out the producer's 30 s flush and left its waiter behind."""
+        try:
+            self._producer.flush(self.answer_wait_s)
+        except BaseException:
+            for future in futures:
                 self._give_up(future)
             raise
 
@@ -372,6 +384,9 @@ class Client:
         except TimeoutError:
             self._give_up(future)
             raise self._no_answer() from None
+        except BaseException:  # cancelled (its caller went away): no waiter is left behind either
+            self._give_up(future)
+            raise
 
     def flush(self) -> None:
         self._producer.flush()
@@ -389,7 +404,7 @@ class Client:
             self.abandon(future.request_id, future)
 
     def _no_answer(self) -> AnswerTimeout:
-        return AnswerTimeout(f"no answer within {self.answer_wait_s:.0f}s: is the rendezvous running on "
+        return AnswerTimeout(f"no answer within {self.answer_wait_s:g}s: is the rendezvous running on "
                              f"{self.topics.requests}?")
 
     # -- receiving -------------------------------------------------------------------------
@@ -399,8 +414,8 @@ class Client:
             self._read_until_stopped()
         except Exception as err:  # a thread that ends unseen would leave every caller waiting for good
             log.exception("client stopped reading answers")
-            self.stopped = f"stopped reading answers: {type(err).__name__}: {err}"
-            self._fail_all(BrokerError(f"the client {self.stopped}"))
+            reason = f"stopped reading answers: {type(err).__name__}: {err}"
+            self._reader_ended(reason, BrokerError(f"the client {reason}"))
         if self._closed_from_reader:
             self._close_clients()
 
@@ -410,8 +425,7 @@ class Client:
                 messages = self._consumer.consume(500, 0.1)
             except RendezvousError as err:
                 log.error("client stopped reading answers: %s", err)
-                self.stopped = f"stopped reading answers: {err}"
-                self._fail_all(err)
+                self._reader_ended(f"stopped reading answers: {err}", err)
                 return
             if messages:
                 received = now_ms()
@@ -453,6 +467,13 @@ class Client:
             failure = RecordTooLarge(f"the request is too large for {msg.topic()}: {err.str()}")
         for future, _partition in waiters:
             fail(future, failure)
+
+    def _reader_ended(self, reason: str, err: Exception) -> None:
+        """No answer will be read again: set under the lock `submit` registers its waiter under, so
+        none registers after the waiters are failed (one that did waited for good)."""
+        with self._lock:
+            self.stopped = reason
+        self._fail_all(err)
 
     def _fail_all(self, err: Exception) -> None:
         self._fail_where(lambda _partition: True, err)

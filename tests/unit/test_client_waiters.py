@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from concurrent.futures import Future
 
@@ -90,3 +91,72 @@ def test_closing_from_an_answers_callback_fails_the_other_waiters_instead_of_rai
     with pytest.raises(ClosedClient):
         second.result(0)
     assert client._closed_from_reader and client.stopped == "is closed"  # its loop closes the Kafka clients
+
+
+def test_a_request_submitted_as_the_reader_dies_is_refused_not_left_waiting() -> None:
+    """`submit` checked `stopped` before the lock, the reader failed every waiter after that check
+    and before the new waiter was registered: that one was never settled (a review's repro)."""
+    from services.core.errors import BrokerError
+
+    client = bare_client((0,))
+
+    def pick_as_the_reader_dies() -> int:
+        client._reader_ended("stopped reading answers: boom", BrokerError("the client stopped reading answers"))
+        return 0
+
+    client._pick_partition = pick_as_the_reader_dies  # type: ignore[method-assign]
+    with pytest.raises(BrokerError, match="stopped reading answers: boom"):
+        client.submit({"f": 1.0})
+    assert client._pending == {}
+
+
+def sending_client(answer_wait_s: float) -> Client:
+    """A bare client with a real producer whose broker is not there: requests queue, none is delivered."""
+    from services.core.kafka import Producer
+    from services.localkafka.config import free_port
+
+    client = bare_client((0,))
+    client._producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0})
+    client._requests = codec("request")
+    client._wait_when_full = True
+    client._turn = itertools.count()
+    client.answer_wait_s = answer_wait_s
+    return client
+
+
+def test_score_with_the_broker_away_fails_within_its_answer_wait_and_leaves_no_waiter() -> None:
+    """It waited out the producer's 30 s flush (answer_wait_s 2), then raised with its waiter left
+    behind for librdkafka's 5-minute message timeout."""
+    from services.core.errors import DeliveryFailed
+
+    client = sending_client(0.3)
+    try:
+        with pytest.raises(DeliveryFailed, match=r"not acknowledged within 0\.3s"):
+            client.score({"f": 1.0})
+        assert client._pending == {}
+        assert "within 0.3s" in str(client._no_answer())  # it said "within 0s"
+    finally:
+        client._producer.native.purge()
+        client._producer.close(timeout=0)
+
+
+def test_an_ascore_cancelled_by_its_caller_leaves_no_waiter() -> None:
+    import asyncio
+
+    client = sending_client(30)
+
+    async def cancel_one() -> None:
+        task = asyncio.create_task(client.ascore({"f": 1.0}))
+        while not client._pending and not task.done():
+            await asyncio.sleep(0)
+        assert client._pending  # waiting for its answer
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(cancel_one())
+        assert client._pending == {}
+    finally:
+        client._producer.native.purge()
+        client._producer.close(timeout=0)
