@@ -69,11 +69,21 @@ class Principals:
         unknown = sorted(set(pairs) - set(ROLES))
         if unknown:
             raise ValueError(f"unknown role(s) {', '.join(unknown)}; roles: {', '.join(ROLES)}")
+        # 'client=' or 'client=User:' named no one: it was granted as the principal 'User:'.
+        nameless = sorted(role for role, name in pairs.items() if not _named(name))
+        if nameless:
+            raise ValueError(f"no principal given for {', '.join(nameless)} (e.g. client=alice or client=User:alice)")
         return cls(**{role: name if ":" in name else f"User:{name}" for role, name in pairs.items()})
 
     def of(self, role: str) -> str:
         return str(getattr(self, role))
 
+
+
+def _named(principal: str) -> bool:
+    """Whether 'alice' or 'User:alice' names someone ('' and 'User:' do not)."""
+    kind, colon, name = principal.partition(":")
+    return bool((name if colon else kind).strip())
 
 
 # The roles, as named by the fields of `Principals` (one list to keep).

@@ -76,3 +76,10 @@ def test_principals_by_role_and_unknown_roles() -> None:
     assert Principals.from_pairs({"client": "User:bob"}).client == "User:bob"
     with pytest.raises(ValueError, match="unknown role"):
         Principals.from_pairs({"nobody": "x"})
+
+
+@pytest.mark.parametrize("nameless", ["", " ", "User:", "User: "])
+def test_a_principal_without_a_name_is_refused(nameless: str) -> None:
+    """`--principal client=` was granted as the principal 'User:' and shown as any other."""
+    with pytest.raises(ValueError, match="no principal given for client"):
+        Principals.from_pairs({"client": nameless})
