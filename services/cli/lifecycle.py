@@ -99,18 +99,13 @@ class ScheduleSetSettings(ChangeSettings):
     traffic: str = setting("", "Answer a share with a challenger first, e.g. challenger=0.1.")
 
     def validate(self) -> None:
-        """Before the broker is asked anything."""
+        """Before the broker is asked anything: the schedule the flags make is built once here (a
+        --traffic share of 5, a model listed twice, a --wait for a model not listed were refused only
+        after the control topic was read), and again once it is, with the current deadline."""
         super().validate()
-        if self.file:
-            if self.models or self.wait or self.deadline_ms or self.traffic:
-                raise ConfigError("schedule set takes --file or --models/--wait/--deadline-ms/--traffic, not both")
-            Schedule.from_file(self.file)
-            return
-        if not self.models:
-            raise ConfigError("schedule set needs --models a,b,c or --file schedule.json")
-        for model, value in parse_pairs(self.wait, "--wait"):
-            _whole_ms(value, f"--wait {model}")
-        _traffic(self.traffic)
+        if self.file and (self.models or self.wait or self.deadline_ms or self.traffic):
+            raise ConfigError("schedule set takes --file or --models/--wait/--deadline-ms/--traffic, not both")
+        _draft_from_flags(self, None)
 
 
 @dataclass(frozen=True)

@@ -224,3 +224,17 @@ def test_every_example_in_the_help_parses_and_every_subcommand_has_a_description
         text = capsys.readouterr().out
         description = text.split("\n\n")[1]  # what follows the usage
         assert not description.startswith(("options:", "positional arguments:")), text[:400]
+
+
+@pytest.mark.parametrize(("flags", "refusal"), [
+    ({"models": "a,b", "traffic": "b=5"}, "traffic fraction must be within"),
+    ({"models": "a,a"}, "a model is listed twice"),
+    ({"models": "a,b", "wait": "zz=50"}, "waits name models not in the schedule"),
+])
+def test_schedule_set_refuses_a_bad_schedule_before_the_broker_is_asked(flags: dict[str, str], refusal: str) -> None:
+    """These were refused only once the control topic was read: with a slow broker, after
+    --connect-timeout-s, and with no broker as 'no Kafka broker answered'."""
+    from services.cli.lifecycle import ScheduleSetSettings
+
+    with pytest.raises(ConfigError, match=refusal):  # the settings' own validation, before any command runs
+        from_namespace(ScheduleSetSettings, None, bootstrap="127.0.0.1:1", **flags)
