@@ -9,6 +9,7 @@ block to add there instead.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -100,6 +101,18 @@ def _alive(pid: int) -> bool:
     return not _zombie(pid)
 
 
+def _identity(pid: int) -> str | None:
+    """Which process `pid` is: this boot's id and the process's start time (None without /proc).
+    A pid alone is reused: after a reboot or long enough, a deployment's recorded pid names some
+    other process, which `deploy` counted as its replica and `undeploy` killed (its process group)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return f"{boot}/{stat[stat.rindex(')') + 2:].split()[19]}"  # field 22, starttime, after the name
+
+
 def _zombie(pid: int) -> bool:
     """Exited but not reaped (its parent, this command, is gone and init has not reaped it yet):
     kill(pid, 0) still finds it, and a dead replica was taken for a running one."""
@@ -125,13 +138,17 @@ def _state(name: str) -> dict[str, Any]:
 
 
 def _replicas(name: str) -> dict[int, int]:
-    """Live replicas of a deployment: replica index -> pid."""
+    """Live replicas of a deployment: replica index -> pid (a pid now naming another process is none:
+    `_identity`; a record written before identities were kept trusts its pids)."""
+    state = _state(name)
     try:
-        replicas = {int(k): int(v) for k, v in _state(name).get("replicas", {}).items()}
-    except (TypeError, ValueError):
+        replicas = {int(k): int(v) for k, v in state.get("replicas", {}).items()}
+        identities = {int(k): str(v) for k, v in state.get("identities", {}).items()}
+    except (TypeError, ValueError, AttributeError):
         raise ConfigError(f"cannot read the replicas of deployment {name} in {_state_file(name)}; stop its "
                           "processes yourself if any still run, and delete the file") from None
-    return {index: pid for index, pid in replicas.items() if _alive(pid)}
+    return {index: pid for index, pid in replicas.items()
+            if _alive(pid) and (index not in identities or identities[index] == _identity(pid))}
 
 
 def _write_state(name: str, state: dict[str, Any]) -> None:
@@ -214,8 +231,10 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
     surplus = {index: pid for index, pid in replicas.items() if index >= settings.replicas}
     _stop(list(surplus.values()))
     kept = {index: pid for index, pid in replicas.items() if index < settings.replicas}
+    identities = {index: identity for index, pid in kept.items() if (identity := _identity(pid)) is not None}
     _write_state(name, {"name": name, "model": settings.model, "version": settings.version,
-                        "co_host": list(settings.co_host), "replicas": kept, "topic_prefix": settings.topic_prefix})
+                        "co_host": list(settings.co_host), "replicas": kept, "identities": identities,
+                        "topic_prefix": settings.topic_prefix})
     waited_until = time.monotonic() + settings.wait_s
     try:
         wait_for_groups(settings.librdkafka(), [_group(name, settings)], timeout=settings.wait_s,
@@ -318,12 +337,18 @@ def compose_block(name: str, settings: DeploySettings) -> str:
 def _stop(pids: list[int], timeout_s: float = 20.0) -> None:
     """SIGTERM (they drain and commit), then SIGKILL whatever outlives `timeout_s`."""
     for pid in pids:
-        os.killpg(pid, signal.SIGTERM)
+        _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)  # waiting for the replicas to drain and exit
     for pid in (p for p in pids if _alive(p)):
-        os.killpg(pid, signal.SIGKILL)
+        _signal_group(pid, signal.SIGKILL)
+
+
+def _signal_group(pid: int, signum: signal.Signals) -> None:
+    """A replica leads its own process group (spawned detached); one gone meanwhile is stopped."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signum)
 
 
 @dataclass(frozen=True)

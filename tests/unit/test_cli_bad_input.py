@@ -253,3 +253,35 @@ def test_the_group_defaults_stay_out_of_the_new_group_protocol() -> None:
         NativeConsumer({"group.id": "g", **group_defaults(config), **config}).close()  # accepted by librdkafka
     assert group_defaults({"group.protocol": "CONSUMER"}) == {}
     assert group_defaults({})["session.timeout.ms"] == 6_000
+
+
+def test_a_recorded_pid_now_naming_another_process_is_no_replica(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a reboot (the record lives in the cache) a replica's pid named some other process:
+    deploy counted it as running and started nothing, undeploy killed its process group."""
+    import subprocess
+    import sys
+
+    from services.cli.deploy import _identity, cmd_undeploy, running_pids
+
+    monkeypatch.setenv("RDV_CACHE_DIR", str(tmp_path))
+    state = tmp_path / "deployments" / "champion" / "state.json"
+    state.parent.mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        identity = _identity(other.pid)
+        assert identity is not None
+        record = {"name": "champion", "model": "demo:champion", "replicas": {"0": other.pid}}
+        state.write_text(json.dumps({**record, "identities": {"0": identity}}))
+        assert running_pids("champion") == [other.pid]  # its own replica
+        state.write_text(json.dumps(record))
+        assert running_pids("champion") == [other.pid]  # a record from before identities: trusted as it was
+        state.write_text(json.dumps({**record, "identities": {"0": identity.rsplit("/", 1)[0] + "/1"}}))
+        assert running_pids("champion") == []  # the same pid, another process
+
+        assert cmd_undeploy("champion", Console()) == 0
+        assert not state.exists() and other.poll() is None  # the record goes, the process lives on
+    finally:
+        other.kill()
+        other.wait()
