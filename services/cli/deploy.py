@@ -206,7 +206,10 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
         if not replicas:  # every replica exited (killed, crashed): started again as it was deployed
             console.print(f"{name}: none of its replicas runs any more; starting it again as deployed "
                           f"({running[0]})")
-        settings = dataclasses.replace(settings, model=running[0], version=running[1], co_host=running[2])
+        # A model file trusted when it was deployed stays trusted for its new replicas (they
+        # refused it and exited when a scale-up did not pass --trust-model-file again).
+        settings = dataclasses.replace(settings, model=running[0], version=running[1], co_host=running[2],
+                                       trust_model_file=settings.trust_model_file or state.get("trusted") is True)
     if name != RENDEZVOUS and not replicas:
         _check_models(name, settings)
     if replicas and len(replicas) == settings.replicas:
@@ -234,7 +237,7 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
     identities = {index: identity for index, pid in kept.items() if (identity := _identity(pid)) is not None}
     _write_state(name, {"name": name, "model": settings.model, "version": settings.version,
                         "co_host": list(settings.co_host), "replicas": kept, "identities": identities,
-                        "topic_prefix": settings.topic_prefix})
+                        "trusted": settings.trust_model_file, "topic_prefix": settings.topic_prefix})
     waited_until = time.monotonic() + settings.wait_s
     try:
         wait_for_groups(settings.librdkafka(), [_group(name, settings)], timeout=settings.wait_s,

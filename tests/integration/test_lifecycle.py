@@ -438,3 +438,28 @@ def test_undeploy_refuses_to_stop_the_last_rendezvous_unless_another_serves(
         assert "not checked" not in undeployed.stderr
     finally:
         rendezvous("undeploy", "rendezvous", "--force", env=own)  # whatever failed above: nothing left running
+
+
+def test_a_trusted_model_file_stays_trusted_when_its_deployment_scales_up(
+    bootstrap: str, prefix: str, tmp_path: Any
+) -> None:
+    """--trust-model-file was not kept with the deployment: replicas a scale-up started without it
+    refused the file and exited."""
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    from services.model_worker.models.demo import DEMO_FEATURES, demo_data
+
+    x, y = demo_data()
+    path = tmp_path / "model.joblib"
+    joblib.dump(LogisticRegression(max_iter=2000).fit(x, y), path)
+    (tmp_path / "model.joblib.features.json").write_text(json.dumps(list(DEMO_FEATURES)))
+    common = ("--bootstrap", bootstrap, "--topic-prefix", prefix, "--wait-s", "150")
+    name = f"trusted{prefix[1:7]}"
+    try:
+        deployed = rendezvous("deploy", name, "--model", str(path), "--trust-model-file", *common, timeout=240)
+        assert deployed.returncode == 0, deployed.stderr
+        scaled = rendezvous("deploy", name, "--replicas", "2", *common, timeout=240)
+        assert scaled.returncode == 0 and "runs 2 replica(s)" in scaled.stderr, scaled.stderr
+    finally:
+        rendezvous("undeploy", name)
