@@ -110,6 +110,7 @@ class ComparisonFeed:
         self.version = 0
         self._watched_until = 0.0
         self._changed = asyncio.Event()
+        self._reading = asyncio.Lock()  # one reading at a time (`first_reading`)
 
     def _status(self, error: str | None) -> dict[str, Any]:
         return {"at": now_ms(), "source": self.url, "error": error, "champion": None, "models": [],
@@ -121,11 +122,22 @@ class ComparisonFeed:
     async def run(self, stopping: Callable[[], bool]) -> None:
         while not stopping():
             if self.url and time.monotonic() < self._watched_until:
-                self.latest = await asyncio.to_thread(self.read)
-                self.version += 1
-                self._changed.set()
-                self._changed = asyncio.Event()
+                async with self._reading:
+                    await self._refresh()
             await asyncio.sleep(self.every_s)
+
+    async def first_reading(self) -> None:
+        """A reading now if there has been none: one for every caller waiting for it (each one's
+        own blocking read of up to 2 s, started per call, piled up in the thread pool)."""
+        async with self._reading:
+            if self.version == 0:
+                await self._refresh()
+
+    async def _refresh(self) -> None:
+        self.latest = await asyncio.to_thread(self.read)
+        self.version += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     def read(self) -> dict[str, Any]:
         at = now_ms()
@@ -191,7 +203,7 @@ class ComparisonPage:
     async def snapshot(self, _request: Request) -> Response:
         self.feed.watch()
         if self.feed.version == 0 and self.feed.url:
-            self.feed.latest = await asyncio.to_thread(self.feed.read)
+            await self.feed.first_reading()
         return Response(orjson.dumps(self.feed.latest), media_type="application/json")
 
     async def events(self, _request: Request) -> Response:

@@ -863,6 +863,48 @@ def test_ui_event_streams_are_capped_and_a_viewer_counts_until_its_stream_ends()
     assert sum(b"event: snapshot" in body for body in bodies) == 1
 
 
+def test_snapshots_asked_before_the_first_reading_share_one_read_of_the_comparison_service() -> None:
+    """Each /ui/snapshot before the first reading started its own blocking read (up to 2 s) of
+    the comparison service's /metrics: 20 at once, 20 reads piled up in the thread pool."""
+    import asyncio
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from services.gateway.ui import ComparisonFeed, ComparisonPage
+
+    served = []
+
+    class SlowMetrics(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # the name http.server calls
+            served.append(self.path)
+            time.sleep(0.2)  # a comparison service slow to answer
+            body = b"rdv_cmp_records_total 5\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowMetrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        page = ComparisonPage(ComparisonFeed(f"http://127.0.0.1:{server.server_port}/metrics"), lambda: False,
+                              max_viewers=1, stream_s=0)
+
+        async def twenty() -> list[Any]:
+            return await asyncio.gather(*(page.snapshot(None) for _ in range(20)))  # type: ignore[arg-type]
+
+        responses = asyncio.run(twenty())
+        assert len(served) == 1 and page.feed.version == 1
+        assert all(r.status_code == 200 and b'"error":null' in r.body for r in responses)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_settings_refuse_more_ui_viewers_than_connections() -> None:
     with pytest.raises(ConfigError, match=r"--ui-max-viewers \(32\) must be below --max-connections \(10\)"):
         GatewaySettings(max_connections=10).validate()
