@@ -107,6 +107,14 @@ def stages(comparisons: list[dict[str, Any]], answers: list[Answer]) -> list[lis
         rows.append([f"  {model} compute per batch", *(cs[c] for c in COLUMNS)])
     dec = summarize(decided)
     rows.append(["answer decided (answered_at)", *(dec[c] for c in COLUMNS)])
+    # answered_at is the log's clock (the append time of the record that decided it): how far the
+    # rendezvous reads behind the log shows only in when it wrote the reply (its record's timestamp).
+    replied = [(a.created_at, a.replied_at, a.received_at) for a in answers if a.replied_at and a.replied_at > 0]
+    if replied:
+        written = summarize([at - created for created, at, _received in replied])
+        rows.append(["reply written (its record's timestamp)", *(written[c] for c in COLUMNS)])
+        carried = summarize([received - at for _created, at, received in replied])
+        rows.append(["  reply written -> received, ms", *(carried[c] for c in COLUMNS)])
     rec = summarize([a.latency_ms for a in answers])
     rows.append(["answer received by client", *(rec[c] for c in COLUMNS)])
     return rows

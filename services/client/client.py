@@ -55,6 +55,9 @@ class Answer:
     schedule: str
     schedule_version: int
     received_at: int
+    # The reply record's timestamp: when the rendezvous produced it (a replies topic with CreateTime,
+    # as `topics create` makes it), or when the broker appended it (LogAppendTime). None if unknown.
+    replied_at: int | None = None
 
     @property
     def latency_ms(self) -> int:
@@ -62,10 +65,10 @@ class Answer:
         return self.received_at - self.created_at
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any], received_at: int) -> Answer:
+    def from_record(cls, record: Mapping[str, Any], received_at: int, replied_at: int | None = None) -> Answer:
         # Only the fields this client knows: newer writers may add defaulted fields.
         known = {name: record[name] for name in cls.__dataclass_fields__ if name in record}
-        return cls(**{**known, "received_at": received_at})
+        return cls(**{**known, "received_at": received_at, "replied_at": replied_at})
 
 
 class AnswerTimeout(RendezvousError):
@@ -430,12 +433,14 @@ class Client:
             if messages:
                 received = now_ms()
                 for msg in messages:
-                    self._resolve(msg.value(), received, msg.partition())
+                    self._resolve(msg.value(), received, msg.partition(), msg.timestamp()[1])
             # The producer's reports too (a refused request fails its caller): callers that only
             # wait would otherwise never serve them.
             self._producer.poll(0)
 
-    def _resolve(self, value: bytes | None, received_at: int, partition: int | None = None) -> None:
+    def _resolve(
+        self, value: bytes | None, received_at: int, partition: int | None = None, replied_at: int | None = None
+    ) -> None:
         try:
             record = self._answers.decode(value)
         except BadInput as err:
@@ -453,7 +458,7 @@ class Client:
             if not waiters:
                 del self._pending[rid]
         if not future.done():
-            settle(future, Answer.from_record(record, received_at))
+            settle(future, Answer.from_record(record, received_at, replied_at))
 
     def _undelivered(self, msg: Message, err: KafkaError) -> None:
         key = msg.key()

@@ -160,3 +160,15 @@ def test_an_ascore_cancelled_by_its_caller_leaves_no_waiter() -> None:
     finally:
         client._producer.native.purge()
         client._producer.close(timeout=0)
+
+
+def test_an_answer_carries_when_its_reply_was_written() -> None:
+    """The reply record's timestamp (the rendezvous' producer stamps it): bench/e2e_latency.py
+    splits the time after the decision into the rendezvous' and the way back with it."""
+    client = bare_client((0,))
+    waiting = Future[Answer]()
+    client._pending["r"] = [(waiting, 0)]
+    client._resolve(answer("r"), 25, partition=0, replied_at=20)
+    got = waiting.result(0)
+    assert (got.replied_at, got.received_at) == (20, 25)
+    assert Answer.from_record(codec("answer").decode(answer("s")), 9).replied_at is None
