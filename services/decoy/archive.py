@@ -12,13 +12,16 @@ commits their offsets, so a committed record is on disk. After a crash the `.par
 file is sealed on start-up (its readable records kept, a torn last block dropped); records
 after the last commit are read again, so the archive is at-least-once and readers drop
 duplicates: the same (topic, partition, offset) with the same timestamp, among the last
-DUPLICATE_WINDOW offsets of its partition (a re-read goes back to the last commit only). The
-timestamp tells a re-read from a new record at an old offset: a topic deleted and created again
-(a broker reset) starts its offsets over.
+DUPLICATE_WINDOW offsets of its partition, or, further back, within a span of offsets read before
+and appended no later than its newest record (a re-read goes back to the last commit, further
+only when commits failed for a while or the group's offsets were reset). The timestamp tells a
+re-read from a new record at an old offset: a topic deleted and created again (a broker reset)
+starts its offsets over.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import hashlib
@@ -458,31 +461,64 @@ def iter_archive(
 
 
 # Offsets of a partition, behind the highest one read, within which a record read again is known
-# as such: a re-read starts at the last commit (one batch, --max-batch 1000 by default, and what a
-# commit interval of 100 ms reads, back). 2 MB a partition at most.
+# by its own offset and timestamp: a re-read starts at the last commit (one batch, --max-batch 1000
+# by default, and what a commit interval of 100 ms reads, back). 2 MB a partition at most. Older
+# offsets are kept as spans (`_Recent.spans`).
 DUPLICATE_WINDOW = 10_000
+MAX_SPANS = 1_000  # spans of older offsets a partition keeps (a new one only where offsets skip)
+GAP = 2  # offsets this far apart are one span: a transaction's commit marker takes an offset
 
 
 class _Recent:
-    """The timestamps of one partition's recent offsets: memory bounded by DUPLICATE_WINDOW,
-    whatever the archive's size (a set of every record read grew without bound)."""
+    """The timestamps of one partition's recent offsets, and spans of the older ones: memory
+    bounded by DUPLICATE_WINDOW and MAX_SPANS, whatever the archive's size (a set of every record
+    read grew without bound)."""
 
     def __init__(self) -> None:
         self.timestamps: dict[int, int] = {}
         self.high = -1
+        # [first offset, last offset, newest timestamp] of the offsets gone from `timestamps`, in
+        # order. A re-read from further back than the window (a commit that failed for a while, a
+        # group's offsets reset) was taken for a topic created again: every record came twice.
+        self.spans: list[list[int]] = []
 
     def first_time(self, offset: int, timestamp: int) -> bool:
-        """False for a record read before (same offset, same timestamp)."""
+        """False for a record read before (same offset, same timestamp; or, further back than the
+        window, an offset of a span read before, appended no later than its newest record)."""
         if self.timestamps.get(offset) == timestamp:
             return False
-        if offset < self.high - DUPLICATE_WINDOW:  # far behind: the topic started over (recreated)
-            self.timestamps, self.high = {}, offset
+        if offset < self.high - DUPLICATE_WINDOW:
+            span = self._span_of(offset)
+            if span is not None and timestamp <= span[2]:
+                return False
+            # Far behind, and not a record read before: the topic started over (created again,
+            # its new records appended after all the old ones).
+            self.timestamps, self.high, self.spans = {}, offset, []
         self.timestamps[offset] = timestamp
         self.high = max(self.high, offset)
         if len(self.timestamps) > 2 * DUPLICATE_WINDOW:
-            floor = self.high - DUPLICATE_WINDOW
-            self.timestamps = {o: t for o, t in self.timestamps.items() if o >= floor}
+            self._trim(self.high - DUPLICATE_WINDOW)
         return True
+
+    def _span_of(self, offset: int) -> list[int] | None:
+        at = bisect.bisect_right(self.spans, offset, key=lambda span: span[0]) - 1
+        return self.spans[at] if at >= 0 and offset <= self.spans[at][1] else None
+
+    def _trim(self, floor: int) -> None:
+        """Offsets below `floor` leave the window for the spans."""
+        kept: dict[int, int] = {}
+        for offset, timestamp in sorted(self.timestamps.items()):
+            if offset >= floor:
+                kept[offset] = timestamp
+                continue
+            last = self.spans[-1] if self.spans else None
+            if last is not None and last[0] <= offset <= last[1] + GAP:
+                last[1], last[2] = max(last[1], offset), max(last[2], timestamp)
+            else:
+                self.spans.append([offset, offset, timestamp])
+        self.timestamps = kept
+        self.spans.sort()
+        del self.spans[:-MAX_SPANS]
 
 
 def _damage(path: Path, stats: FileStats) -> str | None:

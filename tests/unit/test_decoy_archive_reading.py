@@ -45,6 +45,27 @@ def test_what_is_remembered_per_partition_is_bounded(tmp_path: Path, monkeypatch
     assert recent.first_time(0, 9_000) and not recent.first_time(0, 9_000) and recent.first_time(1, 9_001)
 
 
+def test_a_re_read_from_further_back_than_the_window_is_read_once(tmp_path: Path, monkeypatch: Any) -> None:
+    """Commits that failed for a while, or a group's offsets reset: a re-read of 30,000 offsets
+    (the window 10,000) was taken for a topic created again, and all of it came out twice."""
+    monkeypatch.setattr(archive, "DUPLICATE_WINDOW", 100)
+    archive_of(tmp_path, rows(range(0, 1_000), 1_000, b"a"), rows(range(300, 1_200), 1_000, b"a"))
+    assert [r["offset"] for r in iter_archive(tmp_path)] == list(range(1_200))
+    recent = archive._Recent()
+    assert all(recent.first_time(o, 1_000 + o) for o in range(1_000))
+    assert len(recent.spans) == 1 and len(recent.timestamps) <= 201  # the older offsets as one span
+    # After a skip of offsets (a reset forward): a span each side, the skipped ones new if read later.
+    assert all(recent.first_time(o, 1_000 + o) for o in range(5_000, 5_400))
+    assert len(recent.spans) == 2 and recent.first_time(3_000, 4_000) and recent.high == 3_000
+
+
+def test_a_topic_created_again_far_past_the_window_is_read_whole(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr(archive, "DUPLICATE_WINDOW", 100)
+    archive_of(tmp_path, rows(range(1_000), 1_000, b"old"), rows(range(10), 90_000, b"new"))
+    values = [r["value"] for r in iter_archive(tmp_path)]
+    assert len(values) == 1_010 and sum(v.startswith(b"new") for v in values) == 10
+
+
 def test_a_manifest_naming_a_file_outside_the_archive_or_without_its_sha256_is_refused(tmp_path: Path) -> None:
     """Names were followed as given ('../elsewhere/x.avro', an absolute path: replay read a file
     outside the archive), and an empty sha256 turned the integrity check off."""
