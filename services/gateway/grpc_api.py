@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError
 from services.core.metrics import child
 from services.gateway import metrics as m
 from services.gateway import oip
-from services.gateway.engine import Gateway
+from services.gateway.engine import LARGE_BODY, Gateway, off_the_loop
 from services.gateway.errors import InvalidInput, status_of
 from services.gateway.oip import InferCall, InferResult, Tensor
 from services.gateway.proto import stubs
@@ -125,7 +125,8 @@ class InferenceService:
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
             caller = self.gateway.admit(_authorization(context))
-            call = call_from(request, self.gateway.settings.max_rows, self.gateway.settings.max_features)
+            s = self.gateway.settings
+            call = await off_the_loop(request.ByteSize() >= LARGE_BODY, call_from, request, s.max_rows, s.max_features)
             remaining = context.time_remaining()
             deadline = None if remaining is None else max(1, math.floor(remaining * 1000))
             result = await self.gateway.infer(request.model_name, request.model_version, call, caller, (deadline,))

@@ -35,7 +35,7 @@ from services.core.health import READY
 from services.core.metrics import child
 from services.gateway import metrics as m
 from services.gateway import oip
-from services.gateway.engine import Gateway
+from services.gateway.engine import LARGE_BODY, Gateway, off_the_loop
 from services.gateway.errors import (
     BodyTooLarge,
     BodyTooSlow,
@@ -177,7 +177,8 @@ class RestApi:
         check_encoding(request.headers.get("content-encoding"))
         body = await _body(request, self.gateway.settings.max_body_bytes)
         s = self.gateway.settings
-        call = parse_call(body, request.headers.get(BINARY_HEADER), s.max_rows, s.max_features)
+        call = await off_the_loop(len(body) >= LARGE_BODY, parse_call, body, request.headers.get(BINARY_HEADER),
+                                  s.max_rows, s.max_features)
         deadline = _header_ms(request.headers.get(TIMEOUT_HEADER))
         result = await self.gateway.infer(name, version, call, caller, (deadline,))
         return json_response(oip.rest_response(result))
