@@ -320,8 +320,7 @@ def _pair_samples(out: Samples, view: WindowView, name: str, champion: str) -> N
     if pair.labels.n:
         # Over every paired request, one either model left unlabelled disagreeing (as the promote
         # gate counts): a challenger that stopped labelling kept 1.0 on the 2 in 200 it labelled.
-        agreeing = pair.labels.agreement() * pair.labels.n
-        _finite(out, "rdv_cmp_agreement_ratio", labels, agreeing / max(pair.n, pair.labels.n))
+        _finite(out, "rdv_cmp_agreement_ratio", labels, pair.labels.agreeing / max(pair.n, pair.labels.n))
         names, counts = pair.labels.matrix(MAX_CONFUSION_LABELS)
         for i, lead_label in enumerate(names):
             for j, model_label in enumerate(names):

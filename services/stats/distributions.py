@@ -275,11 +275,14 @@ class PairedLabels:
     def n(self) -> int:
         return sum(self.confusion.values())
 
+    @property
+    def agreeing(self) -> int:
+        """Pairs whose two labels are equal."""
+        return sum(v for (c, m), v in self.confusion.items() if c == m)
+
     def agreement(self) -> float:
         total = self.n
-        if not total:
-            return float("nan")
-        return sum(v for (c, m), v in self.confusion.items() if c == m) / total
+        return self.agreeing / total if total else float("nan")
 
     def matrix(self, max_labels: int = 10) -> tuple[list[str], np.ndarray]:
         """Labels (most frequent first, the rest folded into 'other') and counts[champion][model]."""
