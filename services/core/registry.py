@@ -9,6 +9,7 @@ two small JSON calls, made at start-up and once per unseen schema id, need no cl
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import re
 import time
@@ -21,6 +22,7 @@ from services.core.errors import ConfigError
 from services.core.redaction import never_print
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+MAX_REPLY_BYTES = 4 * 1024 * 1024  # a schema is a few kB; a reply larger than this is no registry's
 
 
 class RegistryError(Exception):
@@ -38,6 +40,7 @@ class SchemaRegistry:
         if not url.startswith(("http://", "https://")):
             # No scheme, so no parse of user:password@: everything before an '@' is left out.
             raise ConfigError(f"--schema-registry must be an http(s):// URL, got {re.sub(r'^.*@', '***@', url)!r}")
+        _check_address(url)
         self.url, self._auth = _without_credentials(url.rstrip("/"))
         self.timeout_s = timeout_s
 
@@ -60,7 +63,7 @@ class SchemaRegistry:
             raise RegistryError(f"schema id {schema_id} in {self.url} is not an Avro schema")
         try:
             schema = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested deeper than the parser's stack
             raise RegistryError(f"schema id {schema_id} in {self.url} is not valid JSON") from None
         if not isinstance(schema, dict):
             raise RegistryError(f"schema id {schema_id} in {self.url} is not an Avro record schema")
@@ -71,15 +74,51 @@ class SchemaRegistry:
         if self._auth:
             headers["Authorization"] = self._auth
         request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
+        # The timeout bounds each wait on the socket; the deadline, the whole call (a registry or a
+        # proxy trickling its reply a byte at a time would keep every wait short).
+        deadline = time.monotonic() + self.timeout_s
         try:
             with _NO_REDIRECTS.open(request, timeout=self.timeout_s) as response:
-                return json.loads(response.read())
+                return json.loads(_read_within(response, deadline))
         except urllib.error.HTTPError as exc:
             message = f"schema registry {self.url}{path}: HTTP {exc.code} {_message(exc)}"
             raise RegistryError(message, exc.code) from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        # HTTPException: a reply cut short, or from something that does not speak HTTP;
+        # RecursionError: JSON nested deeper than the parser's stack. Neither is a registry's answer.
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException, RecursionError) as exc:
             reason = getattr(exc, "reason", exc)
             raise RegistryError(f"schema registry {self.url} unreachable: {reason}") from None
+
+
+def _read_within(response: Any, deadline: float) -> bytes:
+    """The reply's body, read by the deadline and at most MAX_REPLY_BYTES of it."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := response.read1(65_536):
+        size += len(chunk)
+        if size > MAX_REPLY_BYTES:
+            raise ValueError(f"a reply larger than {MAX_REPLY_BYTES // (1024 * 1024)} MiB")
+        if time.monotonic() > deadline:
+            raise TimeoutError("the reply took longer than the timeout to come")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check_address(url: str) -> None:
+    """A one-line ConfigError for a URL urllib would refuse only at its first call (or with a
+    traceback): a bad IPv6 address, a port that is no number, no host."""
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError as exc:
+        raise ConfigError(f"--schema-registry {shown_url_safely(url)!r} is not a valid URL: {exc}") from None
+    if not parts.hostname or not port_ok:
+        raise ConfigError(f"--schema-registry {shown_url_safely(url)!r} needs a host and a port from 1 to 65535")
+
+
+def shown_url_safely(url: str) -> str:
+    """A URL that may not even parse, as it may be shown: everything before an '@' left out."""
+    return re.sub(r"^([a-z]+://)?.*@", r"\1***@", url)
 
 
 class _Unredirected(urllib.request.HTTPRedirectHandler):

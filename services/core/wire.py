@@ -29,11 +29,17 @@ ROLE_RECORDS = {
 }
 
 
+# Answers that are the registry's trouble or ours, not the id's: it is asked again later (408
+# timeout, 429 too many requests; 401 and 403, credentials refused, perhaps rotated meanwhile).
+PASSING_STATUSES = frozenset({401, 403, 408, 429})
+
+
 class IdLookup:
     """Schema ids to schemas, fetched from the registry. A failure that is the registry's (down,
-    5xx) or this process' (more than `per_second` fetches, so a flood of records with made-up ids
-    cannot turn the poll loop into a stream of HTTP calls) is `retriable`: the codec asks again
-    later. Any other refusal is the id's; the codec remembers it and never asks again."""
+    5xx, PASSING_STATUSES) or this process' (more than `per_second` fetches, so a flood of records
+    with made-up ids cannot turn the poll loop into a stream of HTTP calls) is
+    `retriable`: the codec asks again later. Any other refusal (404: no such id) is the id's; the
+    codec remembers it and never asks again."""
 
     def __init__(self, registry: SchemaRegistry, per_second: int = 20):
         self.registry = registry
@@ -49,7 +55,7 @@ class IdLookup:
         try:
             return self.registry.schema(schema_id)
         except RegistryError as exc:
-            if exc.status is None or exc.status >= 500:  # the registry's trouble, not the id's
+            if exc.status is None or exc.status >= 500 or exc.status in PASSING_STATUSES:  # not the id's
                 self._outage.record(exc)
                 raise DecodeFailed(str(exc), retriable=True) from None
             raise DecodeFailed(f"schema id {schema_id}: {exc}") from None

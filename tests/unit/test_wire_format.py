@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import copy
 import io
+import json
+import socketserver
+import threading
 from typing import Any
 
 import fastavro
@@ -16,6 +19,7 @@ from services.core import wire
 from services.core.cloudevents import EventHeaders
 from services.core.codec import MAGIC, Codec, codec
 from services.core.errors import BadInput, ConfigError, DecodeFailed, UnknownFingerprint
+from services.core.registry import RegistryError, SchemaRegistry
 from services.core.settings import KafkaSettings
 from tests.unit.test_codec import REQUEST
 
@@ -217,3 +221,98 @@ def test_a_registry_answer_that_is_no_json_object_is_a_registry_error(answer: by
     finally:
         server.shutdown()
         server.server_close()
+
+
+class RawReplies(socketserver.ThreadingTCPServer):
+    """A server that answers every connection with the next of `replies`, bytes as given, each
+    chunk after `pause_s` (a registry, a proxy or something else at the registry's address)."""
+
+    daemon_threads = True
+
+    def __init__(self, *replies: list[bytes], pause_s: float = 0.0):
+        self.replies, self.pause_s, self.stopping = list(replies), pause_s, threading.Event()
+        super().__init__(("127.0.0.1", 0), _Raw)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def __enter__(self) -> RawReplies:
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stopping.set()
+        self.shutdown()
+        self.server_close()
+
+
+class _Raw(socketserver.StreamRequestHandler):
+    server: RawReplies
+
+    def handle(self) -> None:
+        self.rfile.readline()  # the request line is enough to answer
+        for chunk in self.server.replies.pop(0) if self.server.replies else []:
+            if self.server.stopping.wait(self.server.pause_s):
+                return
+            try:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+            except OSError:
+                return
+
+
+def http_reply(body: bytes, status: str = "200 OK", length: int | None = None) -> list[bytes]:
+    size = len(body) if length is None else length
+    head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {size}\r\nConnection: close"
+    return [f"{head}\r\n\r\n".encode() + body]
+
+
+@pytest.mark.parametrize(("reply", "why"), [
+    (http_reply(b'{"schema": "', length=1000), "unreachable"),  # cut short
+    ([b"SSH-2.0-OpenSSH_9.6\r\n"], "unreachable"),  # not HTTP at all
+    (http_reply(b"[" * 100_000), "unreachable"),  # nested past the parser's stack
+    (http_reply(json.dumps({"schema": "[" * 100_000}).encode()), "is not valid JSON"),
+])  # fmt: skip
+def test_a_registry_reply_no_registry_would_give_is_a_registry_error_not_a_crash(reply: list[bytes], why: str) -> None:
+    """Each escaped as http.client's or the JSON parser's own exception, which no decoder counts
+    as bad input: the model worker stopped on the record, and again after every restart (a review)."""
+    with RawReplies(reply) as server, pytest.raises(RegistryError, match=why):
+        SchemaRegistry(server.url, timeout_s=5).schema(7)
+
+
+def test_a_reply_trickled_byte_by_byte_ends_the_call_by_its_timeout() -> None:
+    """The timeout bounded each wait on the socket, not the call: a reply of a byte every 0.2 s took
+    as long as it liked, the poll loop waiting on it (a review measured 12 s for a 1 s timeout)."""
+    body = json.dumps({"schema": json.dumps(codec("request").schema)}).encode()
+    chunks = [http_reply(b"", length=len(body))[0], *(body[i:i + 1] for i in range(len(body)))]
+    with RawReplies(chunks, pause_s=0.2) as server, pytest.raises(RegistryError, match="took longer than the timeout"):
+        SchemaRegistry(server.url, timeout_s=1).schema(7)
+
+
+@pytest.mark.parametrize("status", ["429 Too Many Requests", "401 Unauthorized", "503 Service Unavailable"])
+def test_an_id_the_registry_would_not_look_up_for_now_is_asked_again_not_refused(status: str) -> None:
+    """A 429 (or 401 / 403 / 408) was taken for the id's fault: remembered as refused, so every
+    later record with that id was dead-lettered until the process restarted (a review)."""
+    from services.core.registry import Outage
+
+    schema = json.dumps({"schema": json.dumps(codec("request").schema)}).encode()
+    with RawReplies(http_reply(b'{"message": "not now"}', status=status), http_reply(schema)) as server:
+        lookup = wire.IdLookup(SchemaRegistry(server.url, timeout_s=5))
+        lookup._outage = Outage(quiet_s=0.0)  # asked again at once, here
+        reader = fresh()
+        reader.read_registry_ids(lookup)
+        framed = b"\x00\x00\x00\x00\x07" + codec("request").encode(REQUEST)[10:]
+        with pytest.raises(DecodeFailed) as first:
+            reader.decode(framed)
+        assert first.value.retriable  # to be tried again, and not refused:
+        assert reader.decode(framed)["request_id"] == REQUEST["request_id"]
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://registry:port", "http://:8081", "http://registry:0"])
+def test_a_registry_url_urllib_cannot_use_is_one_config_error(url: str) -> None:
+    with pytest.raises(ConfigError, match="--schema-registry"):
+        SchemaRegistry(url)
+    with pytest.raises(ConfigError) as masked:
+        SchemaRegistry(url.replace("://", "://user:Pw0rd@"))
+    assert "Pw0rd" not in str(masked.value)
