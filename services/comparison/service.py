@@ -98,6 +98,7 @@ class ComparisonService(SimpleHandler, Probed):
             # The rendezvous writes the log in transactions: an aborted record was never logged.
             consumer_config={"auto.offset.reset": settings.start_from, "isolation.level": "read_committed"},
             outputs=(self.topics.deadletter,),
+            records={self.topics.log: "comparison"},
         ), self)
         self.ready = self.service.ready
 

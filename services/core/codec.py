@@ -38,7 +38,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import to_parsing_canonical_form
 
 from services.core.avro_writer import Unfit, compile_encoder
-from services.core.errors import BadInput, ConfigError, DecodeFailed, UnknownFingerprint
+from services.core.errors import BadInput, ConfigError, DecodeFailed, LookupsSpent, UnknownFingerprint
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
@@ -121,6 +121,29 @@ class Codec:
     def read_registry_ids(self, lookup: SchemaForId) -> None:
         """Resolve schema ids of registry-framed records with `lookup` (once per id)."""
         self._lookup = lookup
+
+    @property
+    def looks_up_ids(self) -> bool:
+        """Whether registry-framed records' ids are looked up (`read_registry_ids`)."""
+        return self._lookup is not None
+
+    def unresolved(self, data: bytes | None) -> str | None:
+        """For a registry-framed record whose schema id is new here: look it up now, and say why
+        when that must be tried again later (the registry is down or refuses for now: schema_wait.py).
+        None when its schema is known, found, refused for good, or not looked up for the lookups
+        of the second are spent (`decode` says why), and for every other record."""
+        if self._lookup is None or not data or data[0] != REGISTRY_MAGIC or len(data) < REGISTRY_HEADER_SIZE:
+            return None
+        schema_id = int.from_bytes(data[1:REGISTRY_HEADER_SIZE], "big")
+        if schema_id in self._by_id:
+            return None
+        try:
+            self._schemas_for_id(schema_id)
+        except LookupsSpent:
+            return None  # decoded now, it is dead-lettered with the reason (errors.py says why)
+        except BadInput as failure:
+            return failure.message if failure.retriable else None
+        return None
 
     @property
     def registry_id(self) -> int | None:

@@ -12,6 +12,7 @@
     └── BadInput                     one record that cannot be used (dead-letter it, go on)
         ├── UnknownFingerprint       the header (fingerprint or registry id) names a schema we do not know
         ├── DecodeFailed             bytes that are not a valid record of the schema
+        │   └── LookupsSpent         a schema id not looked up: this second's lookups are spent
         └── UnexpectedFailure        handling this one record raised unexpectedly (a bug or an
                                      input nobody foresaw): dead-lettered, the service goes on
 
@@ -115,6 +116,15 @@ class UnknownFingerprint(BadInput):
 
 class DecodeFailed(BadInput):
     """The bytes are not a valid framed Avro record."""
+
+
+class LookupsSpent(DecodeFailed):
+    """A record's schema-registry id was not looked up: this process has spent its lookups of the
+    second (wire.py). Not the id's fault, so it is not refused for good; nor does the record wait
+    for the next second, as it does while the registry is down (schema_wait.py): a flood of
+    made-up ids would hold its partition to that many records a second."""
+
+    retriable = True
 
 
 class UnexpectedFailure(BadInput):

@@ -464,6 +464,16 @@ class Consumer:
     def resume(self, partitions: list[TopicPartition]) -> None:
         self._consumer.resume(partitions)
 
+    def rewind(self, start: TopicPartition) -> bool:
+        """Read `start`'s partition again from its offset (records of it already fetched are
+        dropped); False if librdkafka refused the seek."""
+        try:
+            self._consumer.seek(start)
+        except KafkaException as exc:
+            log.debug("seek to %s[%d]@%d refused: %s", start.topic, start.partition, start.offset, exc)
+            return False
+        return True
+
     def resume_at(
         self, partitions: list[TopicPartition], starts: list[TopicPartition]
     ) -> list[tuple[TopicPartition, KafkaException]]:

@@ -38,6 +38,7 @@ from services.core.errors import ConfigError, ConsumerFenced, KafkaOperationErro
 from services.core.health import BrokerHealth
 from services.core.kafka import Consumer, Producer, partition_end, topic_limits, wait_for_broker
 from services.core.runtime import tune_gc
+from services.core.schema_wait import SchemaWait
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,9 @@ class StreamSpec:
     # (a deadlock, a call that never returns), and /healthz says so for the process to be
     # restarted. None: never (a model worker whose models may take as long as they like).
     stalled_after_s: float | None = STALLED_AFTER_S
+    # topic -> the record type it carries (codec.py), for topics whose records the handler decodes:
+    # a record whose schema-registry id cannot be looked up yet waits for it (schema_wait.py).
+    records: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.processing not in PROCESSING:
@@ -155,6 +159,10 @@ class StreamHandler(Protocol):
     def not_ready(self) -> str | None:
         """Why the handler cannot work now (None: it can)."""
 
+    def keeps_paused(self, tp: TopicPartition) -> bool:
+        """Whether the handler holds `tp` paused itself (and resumes it): asked before the skeleton
+        resumes a partition it paused (schema_wait.py)."""
+
 
 class StreamService:
     """Runs one handler: `run(stop)` until the flag is set, then drain and commit."""
@@ -175,6 +183,7 @@ class StreamService:
         self._owned: dict[tuple[str, int], TopicPartition] = {}
         self._releases = 0  # partitions released so far (revoked or lost): tells a rebalance happened
         self._turned_at: float | None = None  # the poll loop's last pass (None: not looping)
+        self._schemas: SchemaWait | None = None  # records waiting for their schema (run: after wire.configure)
 
     # -- readiness -------------------------------------------------------------------------
 
@@ -214,6 +223,7 @@ class StreamService:
             stack.callback(lane.close)
             committer.init()
             self.ctx = ctx = Context(spec, config, self.health, consumer, producer, lane, stack)
+            self._schemas = SchemaWait.of(spec.name, spec.records)
             self.handler.start(ctx)
             self._subscribe()
             log.info("%s reading %s (group %s, %s)", spec.name, ", ".join(spec.subscription), spec.group_id,
@@ -274,6 +284,9 @@ class StreamService:
                 # them from the position committed at the revoke. Handled here too, they would be
                 # done twice (a model scoring a request twice across a rescaling, say).
                 messages = still_owned(messages, self._owned)
+            if self._schemas is not None:
+                messages = self._schemas.admit(messages, ctx.consumer)
+                self._schemas.resume_due(ctx.consumer, self._kept_paused)
             if messages:
                 self.health.mark_up()
             handler.on_batch(messages)
@@ -337,6 +350,11 @@ class StreamService:
             return None
         return self.ctx.consumer.native.consumer_group_metadata()
 
+    def _kept_paused(self, tp: TopicPartition) -> bool:
+        """Not resumed by the skeleton: paused by a drain, or by the handler for its own reasons."""
+        assert self.ctx is not None
+        return self.ctx.draining or self.handler.keeps_paused(tp)
+
     def _give_up(self) -> bool:
         """Stop retrying a commit only when a drain ran out of time (the next owner redoes it)."""
         until = self._draining_until
@@ -359,6 +377,8 @@ class StreamService:
             except TransactionAborted as err:  # the abort itself failed: the producer was replaced,
                 log.warning("%s", err)          # which ended the transaction; re-read all the same
             self.handler.on_rewind()
+            if self._schemas is not None:
+                self._schemas.clear()
             self.ctx.consumer.native.unsubscribe()
             self._subscribe()
         finally:
@@ -430,6 +450,8 @@ class StreamService:
 
     def _disown(self, partitions: list[TopicPartition]) -> None:
         self._releases += 1
+        if self._schemas is not None:
+            self._schemas.forget(partitions)
         for tp in partitions:
             self._owned.pop((tp.topic, tp.partition), None)
 
@@ -584,3 +606,6 @@ class SimpleHandler:
 
     def not_ready(self) -> str | None:
         return None
+
+    def keeps_paused(self, tp: TopicPartition) -> bool:
+        return False

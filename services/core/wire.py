@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from services.core.codec import CODEC_NAMES, codec
-from services.core.errors import ConfigError, DecodeFailed
+from services.core.errors import ConfigError, DecodeFailed, LookupsSpent
 from services.core.rate_limit import PerSecond
 from services.core.registry import Outage, RegistryError, SchemaRegistry
 from services.core.settings import KafkaSettings, Topics
@@ -37,7 +37,7 @@ PASSING_STATUSES = frozenset({401, 403, 408, 429})
 class IdLookup:
     """Schema ids to schemas, fetched from the registry. A failure that is the registry's (down,
     5xx, PASSING_STATUSES) or this process' (more than `per_second` fetches, so a flood of records
-    with made-up ids cannot turn the poll loop into a stream of HTTP calls) is
+    with made-up ids cannot turn the poll loop into a stream of HTTP calls: `LookupsSpent`) is
     `retriable`: the codec asks again later. Any other refusal (404: no such id) is the id's; the
     codec remembers it and never asks again."""
 
@@ -62,9 +62,7 @@ class IdLookup:
 
     def _spend(self) -> None:
         if not self._budget.spend():
-            raise DecodeFailed(
-                f"more than {self.per_second} unseen schema ids in one second; not looked up", retriable=True
-            )
+            raise LookupsSpent(f"more than {self.per_second} unseen schema ids in one second; not looked up")
 
 
 def configure(settings: KafkaSettings) -> None:

@@ -284,6 +284,7 @@ class ModelWorker(SimpleHandler, Probed):
                 "max.poll.interval.ms": max_poll_interval_ms(settings.predict_timeout_s, len(self.hosted)),
             },
             outputs=(self.topics.scores, self.topics.deadletter),
+            records={self.topics.requests: "request"},
             stalled_after_s=stalled_after_s(settings.predict_timeout_s, len(self.hosted)),
         ), self)
         self.ready = self.service.ready

@@ -138,6 +138,7 @@ class Rendezvous(Probed):
             producer_config={"linger.ms": s.output_linger_ms},
             delivered=True,  # where its outputs end (`_output_end`) comes from their deliveries
             outputs=(t.answers, t.log, t.deadletter),
+            records={t.requests: "request", t.scores: "score"},
         )
 
     # -- what tests and the CLI look at --------------------------------------------------
@@ -326,6 +327,15 @@ class Rendezvous(Probed):
         if self._paused:
             return f"paused: {self.join.waiting} requests in flight (limit {self.settings.max_mailboxes})"
         return None
+
+    def keeps_paused(self, tp: TopicPartition) -> bool:
+        """A partition a takeover recovers, requests while intake is paused, scores the brake holds:
+        each is resumed by what paused it."""
+        if self.takeover.is_pending(tp):
+            return True
+        if tp.topic == self.topics.requests:
+            return self._paused
+        return tp.partition in self._brake.held
 
     # -- outputs (called by the join) ----------------------------------------------------
 

@@ -9,8 +9,12 @@ import json
 import signal
 import subprocess
 import sys
+import threading
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,7 @@ from services.localkafka.config import free_port
 from services.localregistry import registry as local
 from services.model_worker.models import demo_rows
 from tests.faults.procs import Proc
-from tests.integration.harness import read_topic
+from tests.integration.harness import read_topic, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -133,6 +137,87 @@ def test_services_speak_registry_framing_end_to_end_with_cloudevents(
     finally:
         for proc in procs:
             proc.stop()
+
+
+class Outage(ThreadingHTTPServer):
+    """The real registry behind a switch: while `down` is set, every call gets a 503, as from a
+    registry restarting behind its load balancer."""
+
+    def __init__(self, target: str):
+        parts = urllib.parse.urlsplit(target)
+        self.origin, self.path = f"{parts.scheme}://{parts.netloc}", parts.path
+        self.down = threading.Event()
+        self.calls = 0
+        super().__init__(("127.0.0.1", 0), _Forward)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{self.path}"
+
+
+class _Forward(BaseHTTPRequestHandler):
+    server: Outage
+
+    def do_GET(self) -> None:
+        self.server.calls += 1
+        if self.server.down.is_set():
+            self._answer(503, b'{"error_code": 50301, "message": "restarting"}')
+            return
+        try:
+            with urllib.request.urlopen(self.server.origin + self.path, timeout=10) as reply:
+                self._answer(reply.status, reply.read())
+        except urllib.error.HTTPError as err:
+            self._answer(err.code, err.read())
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+def test_records_wait_out_a_registry_outage_and_are_answered_not_dead_lettered(
+    registry_url: str, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any], tmp_path: Path
+) -> None:
+    """Requests framed with a schema id the services have not met, while the registry answers 503:
+    their partitions wait (paused, rewound) and are read again; once it answers, every request
+    is scored and answered OK, and nothing is dead-lettered (before: all of them were)."""
+    outage = Outage(registry_url)
+    threading.Thread(target=outage.serve_forever, daemon=True).start()
+    outage.down.set()
+    env = {"RDV_SCHEMA_REGISTRY": outage.url}  # written single-object; registry framing read
+    common = ["--bootstrap", bootstrap, "--topic-prefix", prefix]
+    procs = [Proc(["model", "serve", *common, "--model", "demo:champion"], tmp_path / "champion.log", env),
+             Proc(["serve", *common, "--models", "champion"], tmp_path / "rendezvous.log", env)]
+    try:
+        for proc in procs:
+            proc.start()
+        client = SchemaRegistryClient({"url": registry_url, "timeout": REQUEST_TIMEOUT_S})
+        serialize = AvroSerializer(client, json.dumps(codec("request").schema))
+        producer = Producer(config)
+        sent = request_rows(20, seed=12)
+        for record in sent:
+            value = serialize(record, SerializationContext(topics.requests, MessageField.VALUE))
+            producer.produce(topics.requests, value, key=record["request_id"])
+        assert producer.flush(30) == 0
+
+        wait_until(lambda: all(proc.metric("rdv_schema_waits_total") > 0 for proc in procs), 60,
+                   "the worker and the rendezvous to hold the requests back")
+        assert outage.calls > 0
+        outage.down.clear()
+        answers = read_topic(config, topics.answers, expect=len(sent), timeout=60, decode="answer")
+        assert sorted(a["request_id"] for a in answers) == sorted(r["request_id"] for r in sent)
+        assert {a["status"] for a in answers} == {"OK"}
+        assert read_topic(config, topics.deadletter, expect=0, timeout=10) == []
+    finally:
+        for proc in procs:
+            proc.stop()
+        outage.shutdown()
+        outage.server_close()
 
 
 def test_registry_run_serves_until_signalled_and_stops_its_jvm(registry_url: str, tmp_path: Path) -> None:
