@@ -260,8 +260,15 @@ class Join:
             self._expire_orphans(request.partition)
         rid = request.request_id
         reply = (request.reply_topic, request.reply_partition) if request.reply_topic else None
-        if rid in self._finished.logged:
-            return self._relogged(request, reply)
+        finished = self._finished
+        if rid in finished.logged or rid in finished.answered:
+            # What a takeover's scan found belongs to its request's partition: a request under the
+            # id on another partition is not the one answered (and, read first, took its answer).
+            on = finished.partition_of.get(rid, request.partition)
+            if on != request.partition:
+                return self._elsewhere(request, reply, on)
+            if rid in finished.logged:
+                return self._relogged(request, reply)
         mailbox = self.mailboxes.get(rid)
         if mailbox is not None and mailbox.partition != request.partition:
             if mailbox.has_request:
@@ -369,6 +376,10 @@ class Join:
         first = mailbox.inputs if mailbox is not None else self._remembered[rid][3]
         if first is not None and first != request.inputs:
             return self._conflicting(request, reply)
+        if first is None and mailbox is None and self._remembered[rid][0] != request.partition:
+            # Answered before a takeover, inputs unknown: only a request on its partition can be
+            # taken for its retry.
+            return self._elsewhere(request, reply, self._remembered[rid][0])
         if mailbox is not None:
             if reply is not None:
                 if mailbox.answer is not None:

@@ -362,6 +362,26 @@ def test_after_a_restart_a_re_read_request_already_answered_is_not_taken_for_the
         assert [(reply[0], record["status"]) for reply, record in out.replies] == [("later", "OK"), ("retry", "OK")]
 
 
+@pytest.mark.parametrize("logged", [False, True])
+def test_after_a_takeover_a_request_under_a_found_id_on_another_partition_does_not_take_its_answer(
+    logged: bool,
+) -> None:
+    """What the scan found is the answer of the request on its partition. A request under that id
+    on another partition, read first, took it (with whatever inputs), and the real one, re-read
+    after, was answered ERROR as in use elsewhere: two answers for one request (a review)."""
+    answer = {"request_id": "x", "status": "OK", "model": "champion", "reason": "preferred model answered",
+              "answered_at": T0 + 5}
+    join, out = make_join()
+    join.restore(Finished({"x": answer}, {"x"} if logged else set(), {"x": 0}))
+    join.on_request(request("x", partition=1, reply="other", inputs=b"forged"))
+    join.on_request(request("x", partition=0, reply="caller", inputs=b"real"))
+    join.on_request(request("x", at=T0 + 9, partition=1, reply="again", inputs=b"forged"))  # now remembered
+    assert [(reply[0], record["status"]) for reply, record in out.replies] == [
+        ("other", "ERROR"), ("caller", "OK"), ("again", "ERROR")]
+    assert out.replies[1][1] == answer and out.answers == []
+    assert all("partition 0" in reason for _address, reason in refusals(out))
+
+
 def test_an_invalid_request_answered_before_a_restart_keeps_that_answer_and_gets_no_second() -> None:
     join, out = make_join()
     answer = {"request_id": "bad", "status": "ERROR", "model": None, "reason": "invalid request: x",
