@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Protocol
 
 from services.core.avro_writer import long_bytes, string_bytes
 from services.core.codec import codec
+from services.core.score_limits import MAX_ERROR_CHARS, MAX_LABEL_CHARS
 
 __all__ = ["LAYOUT", "Result", "ScoreWriter", "layout_matches", "unscored"]
 
@@ -36,10 +37,6 @@ LAYOUT: tuple[tuple[str, Any], ...] = (
     ("scored_at", "long"),
     ("compute_ms", "double"),
 )
-_ERROR_CHARS = 1000  # an error message is cut here: a Score stays small whatever a model raises
-# A longer label is that request's error (a class name is short; a label near Kafka's record size
-# would make the Score, and the answer that carries it, impossible to write).
-MAX_LABEL_CHARS = 1024
 _NULL = b"\x00"
 _SOME = b"\x02"  # union branch 1 (the non-null type), zig-zag encoded
 _DOUBLE = struct.Struct("<d").pack
@@ -149,7 +146,7 @@ class ScoreWriter:
             self._constant,
             _NULL if score is None else _SOME + _DOUBLE(score),
             _NULL if label is None else self._label(label),
-            _NULL if error is None else _SOME + string_bytes(error[:_ERROR_CHARS]),
+            _NULL if error is None else _SOME + string_bytes(error[:MAX_ERROR_CHARS]),
             long_bytes(deadline),
             tail,
         ))
@@ -175,7 +172,7 @@ class ScoreWriter:
             "score": getattr(prediction, "score", prediction) if prediction is not None else None,
             "label": getattr(prediction, "label", None) if prediction is not None else None,
             # Escaped: an exception's text may hold what UTF-8 cannot carry (a lone surrogate).
-            "error": error[:_ERROR_CHARS].encode("utf-8", "backslashreplace").decode() if isinstance(error, str)
+            "error": error[:MAX_ERROR_CHARS].encode("utf-8", "backslashreplace").decode() if isinstance(error, str)
             else error,
             "deadline": request["deadline"],
             "received_at": received_at,
@@ -193,7 +190,7 @@ class ScoreWriter:
         # request's error, never the worker's end.
         except Exception as exc:  # noqa: BLE001
             failed = 1 if error is None else 0
-            why = f"model output not encodable: {exc}"[:_ERROR_CHARS]
+            why = f"model output not encodable: {exc}"[:MAX_ERROR_CHARS]
             # The reason itself may hold what could not be encoded (a lone surrogate): escaped.
             why = why.encode("utf-8", "backslashreplace").decode("utf-8")
             record.update(score=None, label=None, error=why)

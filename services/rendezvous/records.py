@@ -20,6 +20,7 @@ from services.core.codec import HEADER_SIZE, Codec
 from services.core.compiled_requests import INPUTS, INPUTS_END, REQUEST_LAYOUT, Walker, walk_request, walked_problem
 from services.core.errors import DecodeFailed
 from services.core.requests import id_too_long, request_problem
+from services.core.score_limits import MAX_ERROR_CHARS, oversized
 from services.rendezvous.compiled_records import SCORE_LAYOUT, double_at, walk_score
 
 
@@ -110,9 +111,11 @@ def score_decoded(codec: Codec, value: bytes | None, partition: int, offset: int
     """`score_in` through fastavro's decode of the whole record."""
     score = codec.decode(value)
     _joinable(score["request_id"], score["model"])
+    _small(score["label"], score["version"])
+    error = score["error"]
     return ScoreIn(
         score["request_id"], partition, offset, log_time, score["model"], score["version"], score["score"],
-        score["label"], score["error"], score["compute_ms"],
+        score["label"], error[:MAX_ERROR_CHARS] if error is not None else None, score["compute_ms"],
     )
 
 
@@ -146,6 +149,13 @@ def _joinable(request_id: str, model: str) -> None:
         raise DecodeFailed(too_long)
 
 
+def _small(label: str | None, version: str) -> None:
+    """`DecodeFailed` for a label or version longer than a worker writes (score_limits.py): kept in
+    its mailbox, and by an orphan's, a forged one near the record size held a megabyte a score."""
+    if too_long := oversized(label, version):
+        raise DecodeFailed(f"a score with {too_long}")
+
+
 def _text(value: bytes, start: int, end: int) -> str:
     return value[start:end].decode()  # the walk checked it is UTF-8
 
@@ -167,8 +177,10 @@ def _score_walked(value: bytes, fields: tuple[int, ...], partition: int, offset:
      failed, error, error_end, compute_at) = fields  # fmt: skip
     request_id, model_name = _text(value, rid, rid_end), _text(value, model, model_end)
     _joinable(request_id, model_name)
+    version_text, label_text = _text(value, version, version_end), _text(value, label, label_end) if labelled else None
+    _small(label_text, version_text)
     return ScoreIn(
-        request_id, partition, offset, log_time, model_name, _text(value, version, version_end),
-        double_at(value, score_at) if scored else None, _text(value, label, label_end) if labelled else None,
-        _text(value, error, error_end) if failed else None, double_at(value, compute_at),
+        request_id, partition, offset, log_time, model_name, version_text,
+        double_at(value, score_at) if scored else None, label_text,
+        _text(value, error, error_end)[:MAX_ERROR_CHARS] if failed else None, double_at(value, compute_at),
     )  # fmt: skip

@@ -16,6 +16,7 @@ from services.core.codec import HEADER_SIZE, Codec, codec
 from services.core.compiled_requests import walk_request
 from services.core.errors import BadInput, DecodeFailed
 from services.core.requests import MAX_REQUEST_ID
+from services.core.score_limits import MAX_ERROR_CHARS, MAX_LABEL_CHARS, MAX_VERSION_CHARS
 from services.rendezvous.compiled_records import walk_score
 from services.rendezvous.records import request_decoded, request_in, score_decoded, score_in
 
@@ -172,3 +173,20 @@ def test_a_score_whose_id_no_request_can_have_is_refused(read: Any) -> None:
              "label": None, "error": None, "deadline": 0, "received_at": 0, "scored_at": 0, "compute_ms": 0.1}
     with pytest.raises(DecodeFailed, match="over the limit"):
         read(SCORES, SCORES.encode(score), 0, 0, 9)
+
+
+@pytest.mark.parametrize("read", [score_in, score_decoded])
+def test_a_score_keeps_no_more_text_than_a_worker_writes(read: Any) -> None:
+    """A forged score's label, version or error near the record size was kept whole by its mailbox
+    (a megabyte a score: 64 of them held 85 MB; a review). A label or version longer than a worker
+    writes is refused; an error text is cut where the workers cut theirs."""
+    score = {"request_id": "r", "model": "m", "version": "1", "instance": "", "score": 0.5, "label": None,
+             "error": None, "deadline": 0, "received_at": 0, "scored_at": 0, "compute_ms": 0.1}
+    kept = read(SCORES, SCORES.encode({**score, "label": "l" * MAX_LABEL_CHARS, "version": "v" * MAX_VERSION_CHARS,
+                                       "error": "e" * 900_000}), 0, 0, 9)
+    assert (len(kept.label), len(kept.version), kept.error) == (MAX_LABEL_CHARS, MAX_VERSION_CHARS,
+                                                                 "e" * MAX_ERROR_CHARS)
+    with pytest.raises(DecodeFailed, match=f"a label of 900000 characters \\(at most {MAX_LABEL_CHARS}\\)"):
+        read(SCORES, SCORES.encode({**score, "label": "l" * 900_000}), 0, 0, 9)
+    with pytest.raises(DecodeFailed, match="a version of 1025 characters"):
+        read(SCORES, SCORES.encode({**score, "version": "v" * (MAX_VERSION_CHARS + 1)}), 0, 0, 9)

@@ -21,6 +21,7 @@ from sklearn.linear_model import LogisticRegression
 
 from services.core.codec import codec
 from services.core.errors import ConfigError, ModelSpecError
+from services.core.score_limits import MAX_LABEL_CHARS
 from services.core.signatures import FeatureSpec, Signature
 from services.model_worker.models import DEMO_FEATURES, Prediction, demo_rows, load_model
 from services.model_worker.models.base import model_signature
@@ -33,7 +34,7 @@ from services.model_worker.models.demo import (
 )
 from services.model_worker.models.fast import PYTHON_ROWS
 from services.model_worker.models.sklearn_model import SklearnModel
-from services.model_worker.score_writer import MAX_LABEL_CHARS, ScoreWriter, layout_matches
+from services.model_worker.score_writer import ScoreWriter, layout_matches
 from services.model_worker.settings import WorkerSettings, model_groups
 from services.model_worker.worker import Hosted, Scored, hosted_models, score_batch, score_co_hosted
 

@@ -1,0 +1,20 @@
+"""How long a Score's strings may be: the model workers write within these, and the rendezvous
+refuses a score beyond them (or cuts its error text), so that what it keeps per score stays small
+whatever a forged score carries (a label near the record size, kept by every mailbox it joins)."""
+
+from __future__ import annotations
+
+# A longer label is that request's error (a class name is short; a label near Kafka's record size
+# would make the Score, and the answer that carries it, impossible to write).
+MAX_LABEL_CHARS = 1024
+MAX_ERROR_CHARS = 1000  # an error message is cut here: a Score stays small whatever a model raises
+MAX_VERSION_CHARS = 1024
+
+
+def oversized(label: str | None, version: str) -> str | None:
+    """Why a score's label or version is too long to be joined; None when neither is."""
+    if label is not None and len(label) > MAX_LABEL_CHARS:
+        return f"a label of {len(label)} characters (at most {MAX_LABEL_CHARS})"
+    if len(version) > MAX_VERSION_CHARS:
+        return f"a version of {len(version)} characters (at most {MAX_VERSION_CHARS})"
+    return None
