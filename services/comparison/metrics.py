@@ -11,7 +11,7 @@ never exported as NaN.
 
 Label cardinality: model names come from the data, so `LabelBudget` gives at most
 `max_models` names (and 4x as many model/version pairs) their own label values and counts
-the rest as "other"; confusion matrices keep at most 10 labels a side (the rest is "other");
+the rest as "other"; confusion matrices keep at most 10 labels a side (the rest is "(other labels)");
 request ids never become labels.
 """
 

@@ -285,13 +285,17 @@ class PairedLabels:
         return self.agreeing / total if total else float("nan")
 
     def matrix(self, max_labels: int = 10) -> tuple[list[str], np.ndarray]:
-        """Labels (most frequent first, the rest folded into 'other') and counts[champion][model]."""
+        """The `max_labels` most frequent labels (sorted), then, if there are more, OTHER_LABELS
+        for the rest (and for pairs counted as other labels already); counts[champion][model].
+        The fold is named as no label a model gives is likely to be: named 'other', it took a
+        model's own class 'other' for itself, and the two came out as one name twice."""
         totals: Counter[str] = Counter()
         for (c, m), v in self.confusion.items():
             totals[c] += v
             totals[m] += v
-        keep = [label for label, _ in totals.most_common(max_labels)]
-        labels = sorted(keep) + (["other"] if len(totals) > len(keep) else [])
+        folded = totals.keys() & {OTHER_LABELS, DIFFERENT_LABELS}
+        keep = [label for label, _ in totals.most_common(max_labels + len(folded)) if label not in folded][:max_labels]
+        labels = sorted(keep) + ([OTHER_LABELS] if len(totals) > len(keep) else [])
         index = {label: i for i, label in enumerate(labels)}
         counts = np.zeros((len(labels), len(labels)), dtype=np.int64)
         for (c, m), v in self.confusion.items():

@@ -17,6 +17,7 @@ from services.comparison.window import ChampionTracker, References, SlidingWindo
 from services.core.errors import ConfigError, DecodeFailed
 from services.stats.deadline import met_deadline, met_deadline_array
 from services.stats.distributions import (
+    OTHER_LABELS,
     PairedLabels,
     PairedScores,
     QuantileSketch,
@@ -175,9 +176,22 @@ def test_confusion_keeps_ten_labels_a_side_and_folds_the_rest_into_other() -> No
         for _ in range(15 - i):  # label "c0" most frequent ... "c14" least
             labels.add(f"c{i}", f"c{i}")
     names, counts = labels.matrix(10)
-    assert len(names) == 11 and names[-1] == "other"
+    assert len(names) == 11 and names[-1] == OTHER_LABELS
     assert counts.sum() == sum(range(1, 16))
     assert counts[-1, -1] == sum(range(1, 6))  # c10..c14: 5+4+3+2+1
+
+
+def test_a_class_named_other_keeps_its_own_row_beside_the_fold() -> None:
+    """The fold was named 'other': a model's own class 'other' shared its name, its counts went
+    into the fold, and the matrix named 'other' twice (duplicate series on every scrape; a review)."""
+    labels = PairedLabels()
+    for i, label in enumerate(["other", *(f"c{i}" for i in range(11))]):
+        labels.add(label, label, 100 - i)
+    labels.add("x" * 200, "y" * 200)  # counted among the other labels already
+    names, counts = labels.matrix(10)
+    assert len(set(names)) == len(names) == 11 and names[-1] == OTHER_LABELS
+    assert counts[names.index("other"), names.index("other")] == 100
+    assert counts[-1].sum() == 100 - 10 + 100 - 11 + 1 and counts.sum() == labels.n
 
 
 # --- the window ---------------------------------------------------------------------------------
