@@ -206,13 +206,22 @@ def resumed_properties(kept: Mapping[str, str], extra_properties: Mapping[str, s
     return {**kept, **tuning_properties(), **extra_properties}
 
 
+# Where the broker keeps its data is the local broker's own: its status, reset and --fresh measure and
+# delete <root>/logs. Moved elsewhere, a reset said "0 bytes deleted" and left the topics behind.
+OWN_PROPERTIES = ("log.dirs", "log.dir", "metadata.log.dir")
+
+
 def properties_from_text(text: str | None) -> dict[str, str]:
-    """`key=value` pairs split like a shell line (quote a value with spaces), e.g. `$RDV_BROKER_PROPERTIES`."""
+    """`key=value` pairs split like a shell line (quote a value with spaces), e.g. `$RDV_BROKER_PROPERTIES`;
+    the data directories (OWN_PROPERTIES) are refused."""
     out: dict[str, str] = {}
     for item in _shell_words(text, PROPERTIES_ENV):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"{PROPERTIES_ENV}: broker property {item!r} is not key=value")
+        if key.strip() in OWN_PROPERTIES:
+            raise ConfigError(f"{PROPERTIES_ENV}: {key.strip()} cannot be set: the local broker keeps its data in "
+                              "its own directory (.cache/broker/<name>/logs), which status, reset and --fresh use")
         out[key.strip()] = value
     return out
 
