@@ -62,4 +62,7 @@ def rollback(book: ScheduleBook, comment: str = "", to: int = 0) -> Schedule:
     if previous is None:
         raise ConfigError(f"--to {to}: {book.name} has no v{to} (versions: "
                           f"{', '.join(f'v{v.version}' for v in versions[-20:])})")
+    if previous.same_policy(latest):  # published, it would be a version that changes nothing
+        raise ConfigError(f"v{previous.version}'s policy is the one in force already (v{latest.version}): "
+                          "nothing to roll back (--to N for an earlier version)")
     return dataclasses.replace(previous, comment=comment or f"rollback to v{previous.version}")

@@ -73,7 +73,9 @@ class ScheduleBook:
         # compacted topic keeps it, so no schedule could ever change again.
         if not 1 <= schedule.version < MAX_VERSION - VERSION_HEADROOM:
             return f"version {schedule.version} is outside 1..{MAX_VERSION - VERSION_HEADROOM - 1}"
-        if schedule.effective_at < 0 or schedule.effective_at > written_at + MAX_EFFECTIVE_AHEAD_MS:
+        if schedule.effective_at < 0:
+            return f"effective_at {schedule.effective_at} is before 1970 (epoch milliseconds)"
+        if schedule.effective_at > written_at + MAX_EFFECTIVE_AHEAD_MS:
             return (f"effective_at {schedule.effective_at} is more than "
                     f"{MAX_EFFECTIVE_AHEAD_MS // 86_400_000} days after the record was written ({written_at})")
         latest = self.latest

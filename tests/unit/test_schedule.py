@@ -142,6 +142,14 @@ def test_a_version_leaves_room_for_the_versions_after_it() -> None:
     assert book.refusal(Schedule(models=("a",), version=top + 1), written_at=0) is not None
 
 
+def test_an_effective_at_before_1970_is_refused_as_such() -> None:
+    """It was refused as 'more than 7 days after the record was written' (a review)."""
+    book = ScheduleBook("default")
+    assert book.refusal(Schedule(models=("a",), version=2, effective_at=-5), written_at=1_700_000_000_000) == (
+        "effective_at -5 is before 1970 (epoch milliseconds)")
+    assert "more than 7 days after" in str(book.refusal(Schedule(models=("a",), version=2, effective_at=10**13), 0))
+
+
 def test_rollback_restores_the_version_before_or_the_one_asked_for() -> None:
     """Run twice, a rollback restores what the first rolled back from (B, A, B): `--to` steps further back."""
     from services.control import changes
@@ -155,3 +163,7 @@ def test_rollback_restores_the_version_before_or_the_one_asked_for() -> None:
         changes.rollback(book, to=3)
     with pytest.raises(ConfigError, match=r"--to 7: default has no v7 \(versions: v1, v2, v3\)"):
         changes.rollback(book, to=7)
+    book.add(Schedule(models=("c", "b", "a"), version=4, effective_at=4, comment="the same again"))
+    with pytest.raises(ConfigError, match=r"v3's policy is the one in force already \(v4\): nothing to roll back"):
+        changes.rollback(book)  # it published a v5 that changed nothing (a review)
+    assert changes.rollback(book, to=2).models == ("b", "a")
