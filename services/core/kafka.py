@@ -625,7 +625,7 @@ def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> 
             raise BrokerError(_FINAL_ERRORS[final[0].code()].format(bootstrap=bootstrap, reason=reason))
         if time.monotonic() >= deadline:
             raise BrokerUnavailable(
-                f"no Kafka broker answered at {bootstrap!r} within {timeout:.0f}s "
+                f"no Kafka broker answered at {bootstrap!r} within {timeout:g}s "
                 f"({last}); start one with `rendezvous broker start`, or check --bootstrap (and, for a "
                 "cluster that wants TLS or SASL, --kafka-config security.protocol=...)"
             )
@@ -758,7 +758,7 @@ def _wait_for_leaders(client: AdminClient, topics: list[str], timeout: float) ->
         if not pending and _offsets_answer(client, metadata, topics):
             return
         if time.monotonic() > deadline:
-            raise BrokerError(f"topic(s) {', '.join(pending)} have no partition leader after {timeout:.0f}s")
+            raise BrokerError(f"topic(s) {', '.join(pending)} have no partition leader after {timeout:g}s")
         time.sleep(0.1)  # polling metadata until the controller has elected leaders
 
 
@@ -797,7 +797,7 @@ def wait_for_groups(
         if waiting and check is not None:
             check()
         if waiting and time.monotonic() > deadline:
-            raise BrokerError(f"consumer group(s) {', '.join(waiting)} not ready within {timeout:.0f}s")
+            raise BrokerError(f"consumer group(s) {', '.join(waiting)} not ready within {timeout:g}s")
         if waiting:
             time.sleep(0.2)  # polling an external condition, not a readiness guess
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from services.core.health import BrokerHealth
 
 
@@ -28,3 +30,12 @@ def test_a_call_ending_on_one_thread_leaves_another_threads_call_blocked() -> No
     finish.set()
     thread.join(30)
     assert health.up
+
+
+def test_the_wait_for_a_broker_says_the_time_it_waited_as_given() -> None:
+    """`--connect-timeout-s 0.5` read 'within 0s' (a review)."""
+    from services.core.errors import BrokerUnavailable
+    from services.core.kafka import wait_for_broker
+
+    with pytest.raises(BrokerUnavailable, match=r"no Kafka broker answered at '127.0.0.1:1' within 0.5s"):
+        wait_for_broker({"bootstrap.servers": "127.0.0.1:1"}, timeout=0.5)  # nothing listens on port 1
