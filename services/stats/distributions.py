@@ -47,10 +47,15 @@ class QuantileSketch:
             self._flush()
 
     def _flush(self) -> None:
-        if not self._pending:
+        """Fold the pending values into the digest. Values that are not finite are left out: the
+        digest refuses them, and one kept pending made every later reading fail. The callers
+        filter them already; this keeps one that forgets from breaking the sketch for good."""
+        values, self._pending = self._pending, []
+        if not math.isfinite(sum(values)):  # a NaN or an infinity makes the sum so (or finite ones overflow it)
+            values = [v for v in values if math.isfinite(v)]
+        if not values:
             return
-        batch = TDigest.from_values(self._pending, max_centroids=MAX_CENTROIDS)
-        self._pending = []
+        batch = TDigest.from_values(values, max_centroids=MAX_CENTROIDS)
         if self._digest is None:
             self._digest = batch
         else:

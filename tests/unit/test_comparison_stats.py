@@ -67,6 +67,19 @@ def test_sketch_quantiles_are_within_the_stated_rank_bound(distribution: str, se
         assert sketch.quantile(0.5) == pytest.approx(float(np.quantile(values, 0.5)), rel=0.01)
 
 
+def test_a_value_that_is_not_finite_leaves_a_sketch_readable() -> None:
+    """One NaN kept pending made every later reading raise 'Values must be finite' (a review)."""
+    sketch = QuantileSketch()
+    sketch.add(float("nan"))
+    sketch.add_many([1.0, float("inf"), 3.0, -float("inf")])
+    assert (sketch.quantile(0.5), sketch.count) == (2.0, 2)
+    sketch.add(5.0)
+    assert sketch.count == 3
+    empty = QuantileSketch()
+    empty.add(float("nan"))
+    assert math.isnan(empty.quantile(0.5)) and empty.count == 0
+
+
 def test_ks_and_psi_from_sketches_match_the_exact_values() -> None:
     rng = np.random.default_rng(3)
     a = rng.normal(0.0, 1.0, 20_000)
