@@ -108,8 +108,10 @@ class Gateway:
 
     # -- inference ------------------------------------------------------------------------------
 
-    async def infer(self, name: str, version: str, call: InferCall, caller: str,
-                    deadline_ms: Sequence[int | None] = ()) -> InferResult:
+    def open_for_calls(self) -> None:
+        """`Unavailable` when no call can be served now (draining, broken, Kafka away, or as many
+        rows in flight as allowed): asked before a call's body is read and parsed too, which took
+        a large call's memory (≈ 60 MB for 2 MB of JSON) only for it to be refused after."""
         if self.draining:
             raise Unavailable("this gateway is shutting down; retry (another replica will answer)")
         broken = self.broken()
@@ -117,6 +119,13 @@ class Gateway:
             raise Unavailable(f"this gateway {broken}; retry (another replica will answer)")
         if not self.health.up:  # else requests would queue in the producer, and calls wait out their deadline
             raise Unavailable(f"Kafka is unreachable ({self.health.describe()}); retry later")
+        if self.rows_in_flight >= self.settings.max_in_flight:  # a call has a row at least
+            raise Unavailable(f"overloaded: {self.rows_in_flight} rows waiting for answers (at most "
+                              f"{self.settings.max_in_flight}); retry later")
+
+    async def infer(self, name: str, version: str, call: InferCall, caller: str,
+                    deadline_ms: Sequence[int | None] = ()) -> InferResult:
+        self.open_for_calls()
         target = self.catalog.resolve(name, version)
         values = sum(len(tensor.values) for tensor in call.tensors)
         rows = await off_the_loop(values >= LARGE_VALUES, rows_of, call.tensors, target.feature_names,

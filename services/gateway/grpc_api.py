@@ -125,6 +125,7 @@ class InferenceService:
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
             caller = self.gateway.admit(_authorization(context))
+            self.gateway.open_for_calls()  # before the message is turned into rows
             s = self.gateway.settings
             call = await off_the_loop(request.ByteSize() >= LARGE_BODY, call_from, request, s.max_rows, s.max_features)
             remaining = context.time_remaining()

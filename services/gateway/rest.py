@@ -175,6 +175,7 @@ class RestApi:
         check_origin(request.headers.get("origin"), request.headers.get("host"), self.gateway.settings.allowed_hosts)
         check_media_type(request.headers.get("content-type"))
         check_encoding(request.headers.get("content-encoding"))
+        self.gateway.open_for_calls()  # before the body takes its memory
         body = await _body(request, self.gateway.settings.max_body_bytes)
         s = self.gateway.settings
         call = await off_the_loop(len(body) >= LARGE_BODY, parse_call, body, request.headers.get(BINARY_HEADER),

@@ -658,6 +658,39 @@ def test_a_reader_that_stops_for_good_makes_the_gateway_not_live_and_fails_calls
     assert gateway.broken() == tap.stopped
 
 
+def test_a_call_to_a_full_gateway_is_refused_before_its_body_is_read() -> None:
+    """The overload check came after the body was read and parsed: a large call took its memory
+    (~60 MB for 2 MB of JSON) only to be refused (a review)."""
+    from types import SimpleNamespace
+
+    from services.core.health import BrokerHealth
+    from services.gateway.auth import ApiKeys
+    from services.gateway.comparisons import ComparisonTap
+    from services.gateway.engine import Gateway
+    from services.gateway.errors import Unavailable
+    from services.gateway.rest import RestApi
+    from services.gateway.settings import GatewaySettings
+
+    class Unread:
+        headers = {"content-type": "application/json", "content-length": "2000000"}
+        path_params = {"name": "default"}
+        read = False
+
+        async def stream(self) -> AsyncIterator[bytes]:
+            Unread.read = True
+            yield b"{}"
+
+    client = SimpleNamespace(stopped=None, owned_partitions=(0,), topics=SimpleNamespace(replies="rdv.replies"))
+    catalog = SimpleNamespace(schedules=Versions(Schedule(models=("champion",))), schedule_name="default")
+    tap = ComparisonTap({"bootstrap.servers": "127.0.0.1:1"}, "rdv.log")
+    gateway = Gateway(GatewaySettings(max_in_flight=4), client, catalog, tap, ApiKeys([]),  # type: ignore[arg-type]
+                      BrokerHealth())
+    gateway.rows_in_flight = 4
+    with pytest.raises(Unavailable, match=r"overloaded: 4 rows waiting for answers \(at most 4\)"):
+        asyncio.run(RestApi(gateway, "test").infer(Unread()))  # type: ignore[arg-type]
+    assert not Unread.read
+
+
 class EndsMidBody:
     """A request whose body stops after 12 bytes; `closed_by`: what the REST guard marked in its scope."""
 
