@@ -206,10 +206,7 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
         if not replicas:  # every replica exited (killed, crashed): started again as it was deployed
             console.print(f"{name}: none of its replicas runs any more; starting it again as deployed "
                           f"({running[0]})")
-        # A model file trusted when it was deployed stays trusted for its new replicas (they
-        # refused it and exited when a scale-up did not pass --trust-model-file again).
-        settings = dataclasses.replace(settings, model=running[0], version=running[1], co_host=running[2],
-                                       trust_model_file=settings.trust_model_file or state.get("trusted") is True)
+        settings = as_deployed(settings, state)
     if name != RENDEZVOUS and not replicas:
         _check_models(name, settings)
     if replicas and len(replicas) == settings.replicas:
@@ -237,7 +234,8 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
     identities = {index: identity for index, pid in kept.items() if (identity := _identity(pid)) is not None}
     _write_state(name, {"name": name, "model": settings.model, "version": settings.version,
                         "co_host": list(settings.co_host), "replicas": kept, "identities": identities,
-                        "trusted": settings.trust_model_file, "topic_prefix": settings.topic_prefix})
+                        "trusted": settings.trust_model_file, "start_from": settings.start_from,
+                        "topic_prefix": settings.topic_prefix})
     waited_until = time.monotonic() + settings.wait_s
     try:
         wait_for_groups(settings.librdkafka(), [_group(name, settings)], timeout=settings.wait_s,
@@ -255,6 +253,20 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
         console.print(f"it scores every request; its answers are only logged until you `rendezvous promote {name}`.")
         console.print("In docker-compose, add instead:\n" + compose_block(name, settings))
     return 0
+
+
+def as_deployed(settings: DeploySettings, state: dict[str, Any]) -> DeploySettings:
+    """The settings a deployment's new replicas start with (a scale-up, or a restart after every
+    replica exited): its model, version and co-hosted models, as deployed. A model file trusted
+    then stays trusted (they refused it and exited when a scale-up did not pass --trust-model-file
+    again); and it starts where it was deployed to start (a replica of an `earliest` deployment
+    started as `latest`, and partitions it took before any commit skipped the backlog)."""
+    return dataclasses.replace(
+        settings, model=state.get("model", ""), version=state.get("version", ""),
+        co_host=tuple(state.get("co_host", ())),
+        trust_model_file=settings.trust_model_file or state.get("trusted") is True,
+        start_from=state.get("start_from", settings.start_from),
+    )
 
 
 def _note_idle_replicas(settings: DeploySettings, console: Console) -> None:

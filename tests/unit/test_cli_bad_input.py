@@ -212,6 +212,20 @@ def test_a_new_deployment_scores_the_requests_from_now_on_unless_told_otherwise(
     assert '"--start-from", "latest"' in compose_block("challenger3", DeploySettings(model="demo:challenger"))
 
 
+def test_new_replicas_of_a_deployment_start_as_it_was_deployed() -> None:
+    """A scale-up of an `earliest` deployment started its replicas at the default, latest: a
+    partition one took before any commit of it skipped the backlog (a review)."""
+    from services.cli.deploy import _replica_args, as_deployed
+
+    state = {"model": "demo:challenger", "version": "2", "co_host": [], "trusted": True, "start_from": "earliest"}
+    scaled = as_deployed(DeploySettings(replicas=3), state)
+    args = _replica_args("challenger3", scaled, 2)
+    assert args[args.index("--start-from") + 1] == "earliest" and args[args.index("--model") + 1] == "demo:challenger"
+    assert (scaled.version, scaled.trust_model_file) == ("2", True)
+    older = as_deployed(DeploySettings(replicas=3, start_from="earliest"), {"model": "demo:challenger"})
+    assert older.start_from == "earliest" and not older.trust_model_file  # a state from before: the flag given
+
+
 def test_a_replica_that_exits_while_its_group_forms_is_said_with_its_last_log_line(tmp_path: Path) -> None:
     """deploy waited out --wait-s, then said the group never formed; the reason was in the log."""
     from services.cli.deploy import _none_exited
