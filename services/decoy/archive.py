@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -48,6 +49,7 @@ from services.core.errors import ConfigError, RendezvousError
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+LOCK = "decoy.lock"  # held by the one decoy writing the directory (its pid inside, for the message)
 PART = ".part"
 DAMAGED = ".damaged"  # a recovered file's original, kept when it held a damaged block
 RECOVERING = ".recovering"  # a recovered file's new copy, until it replaces the original
@@ -114,6 +116,7 @@ class ArchiveWriter:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create archive directory {directory}: {exc.strerror}") from None
+        self._lock = _hold(directory)
         self.manifest = read_manifest(directory)
         self._recover_parts()
         self._adopt_sealed()
@@ -203,12 +206,15 @@ class ArchiveWriter:
     def close(self) -> None:
         """Seal the open file; after a failure, only let go of it: its `.part` is recovered at
         the next start (sealing it would count records that never reached the disk)."""
-        if self._failed is None:
-            self.roll()
-        elif self._file is not None:
-            with contextlib.suppress(OSError):  # its buffer may not fit either
-                self._file.close()
-            self._file, self._writer, self._stats = None, None, None
+        try:
+            if self._failed is None:
+                self.roll()
+            elif self._file is not None:
+                with contextlib.suppress(OSError):  # its buffer may not fit either
+                    self._file.close()
+                self._file, self._writer, self._stats = None, None, None
+        finally:
+            self._lock.close()  # lets the lock go (a process that ends lets it go too)
 
     def _open(self) -> None:
         self._seq += 1
@@ -396,6 +402,30 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 _STRAY_NAMES_SAID: set[str] = set()
+
+
+def _hold(directory: Path) -> BinaryIO:
+    """The directory's lock, taken: a second decoy writing it would seal, recover and list the other's
+    files as its own (both rewrite the manifest). A POSIX record lock: the process' own, so a writer
+    opened again in one process (after a failure) takes it again; the system lets it go when the
+    process ends, however it ends."""
+    path = directory / LOCK
+    try:
+        handle = path.open("a+b")
+    except OSError as exc:
+        raise ConfigError(f"cannot create {path}: {exc.strerror}") from None
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read(32).decode(errors="replace").strip() or "?"
+        handle.close()
+        raise ConfigError(f"archive directory {directory} is written by another decoy (pid {holder}): one decoy "
+                          "a directory (give this one another --archive-dir)") from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()).encode())
+    handle.flush()
+    return handle
 
 
 def _archive_name(name: str) -> bool:

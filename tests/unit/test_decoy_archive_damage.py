@@ -205,3 +205,28 @@ def test_a_recovery_cut_short_leaves_the_original_whole(tmp_path: Path, monkeypa
     ArchiveWriter(tmp_path, **ROLL).close()  # the next start: the whole file, the stale copy gone
     assert [r["offset"] for r in iter_archive(tmp_path)] == list(range(100))
     assert not list(tmp_path.glob("*.recovering"))
+
+
+def test_a_second_decoy_on_the_same_directory_is_refused_while_the_first_writes(tmp_path: Path) -> None:
+    """Two decoys on one directory each rewrote the manifest and took the other's files for their
+    own (a review); the second now stops with one line naming the first's pid."""
+    import subprocess
+    import sys
+
+    from services.core.errors import ConfigError
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from services.decoy.archive import ArchiveWriter;"
+         f"w = ArchiveWriter(Path({str(tmp_path)!r}), **{ROLL!r}); print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(ConfigError, match=f"written by another decoy \\(pid {holder.pid}\\)"):
+            ArchiveWriter(tmp_path, **ROLL)
+    finally:
+        holder.kill()
+        holder.wait(30)
+    writer = ArchiveWriter(tmp_path, **ROLL)  # the first ended (killed): its lock went with it
+    again = ArchiveWriter(tmp_path, **ROLL)  # one process may open it again (after a failure)
+    again.close()
+    writer.close()
