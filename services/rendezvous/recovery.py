@@ -93,9 +93,11 @@ class Mark:
             return None
         try:
             fields = dict(item.split("=", 1) for item in text.split(";"))
-            return cls(int(fields["a"]), int(fields["l"]), fields.get("t", ""))
+            answers, log = int(fields["a"]), int(fields["l"])
         except (ValueError, KeyError):
             return None
+        # Offsets of the outputs' partitions: a negative one is no mark this service wrote.
+        return cls(answers, log, fields.get("t", "")) if answers >= 0 and log >= 0 else None
 
 
 def fence(config: Mapping[str, Any], transactional_id: str, timeout_s: float = 10.0) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from services.client.client import make_request
@@ -106,7 +106,11 @@ def test_a_secret_never_appears_in_an_error_or_a_log_line(key: str, value: str, 
 @given(text=st.one_of(st.none(), st.text(max_size=60)))
 def test_a_commit_mark_decodes_or_is_ignored(text: str | None) -> None:
     mark = Mark.decode(text)
-    assert mark is None or isinstance(mark, Mark)
+    if mark is not None:  # only what names both outputs' offsets, each a whole number from 0
+        assert text is not None and mark.answers >= 0 and mark.log >= 0
+        fields = dict(item.split("=", 1) for item in text.split(";"))
+        assert (int(fields["a"]), int(fields["l"]), fields.get("t", "")) == (mark.answers, mark.log, mark.txn)
+        assert Mark.decode(mark.encode()) == mark
 
 
 @FAST
@@ -116,22 +120,32 @@ def test_a_commit_mark_round_trips(answers: int, log: int, txn: str) -> None:
     assert Mark.decode(Mark(answers, log, txn).encode()) == Mark(answers, log, txn)
 
 
-@pytest.mark.parametrize("text", ["a=1;l=2", "a=x;l=2;t=", "garbage", "a=1;l=2;t=x;extra"])
-def test_malformed_marks_examples(text: str) -> None:
-    assert Mark.decode(text) is None or isinstance(Mark.decode(text), Mark)
+@pytest.mark.parametrize(("text", "mark"), [
+    ("a=1;l=2", Mark(1, 2, "")),  # written before marks named their transaction
+    ("a=7;l=9;t=rdv-1", Mark(7, 9, "rdv-1")),
+    ("a=x;l=2;t=", None), ("garbage", None), ("a=1;l=2;t=x;extra", None), ("a=-1;l=2;t=", None), ("l=2;t=", None),
+])  # fmt: skip
+def test_marks_examples(text: str, mark: Mark | None) -> None:
+    assert Mark.decode(text) == mark
 
 
 @FAST
 @given(data=st.binary(max_size=512))
+@example(data=codec("schedule").encode({"name": "default", "version": 3, "models": ["a", "b"], "waits_ms": {},
+                                        "default_deadline_ms": 200, "traffic": None, "effective_at": 0,
+                                        "created_at": 0, "comment": ""})[10:])  # a valid one's body
 def test_any_control_record_is_a_schedule_or_a_bad_input(data: bytes) -> None:
-    from services.control.topic import decode_schedule
+    from services.control.schedule import Schedule
+    from services.control.topic import decode_schedule, encode_schedule
     from services.core.codec import codec as get_codec
 
     for candidate in (data, get_codec("schedule").header + data):
         try:
-            decode_schedule(candidate)
+            schedule = decode_schedule(candidate)
         except BadInput:
             continue
+        assert isinstance(schedule, Schedule) and schedule.models  # a schedule names a model at least
+        assert decode_schedule(encode_schedule(schedule)) == schedule
 
 
 flag_text = st.one_of(
@@ -142,14 +156,23 @@ flag_text = st.one_of(
 
 @FAST
 @given(text=flag_text)
+@example(text="0s")
+@example(text="offset:12")
 def test_range_flags_parse_or_say_why(text: str) -> None:
-    from services.core.ranges import parse_bound, parse_duration_ms
+    from services.core.ranges import OffsetBound, TimeBound, parse_bound, parse_duration_ms
 
-    for parse in (lambda t: parse_duration_ms(t), lambda t: parse_bound(t, "--from")):
-        try:
-            parse(text)
-        except ConfigError as err:
-            assert "--" in str(err)
+    try:
+        duration = parse_duration_ms(text)
+    except ConfigError as err:
+        assert "--since" in str(err)
+    else:
+        assert isinstance(duration, int) and duration > 0
+    try:
+        bound = parse_bound(text, "--from")
+    except ConfigError as err:
+        assert "--from" in str(err)
+    else:
+        assert isinstance(bound, TimeBound | OffsetBound)
 
 
 @FAST
