@@ -22,6 +22,9 @@ from services.core.errors import ConfigError
 from services.core.redaction import never_print
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+# The status of a RegistryError for a schema the registry gives but nobody can read as an Avro
+# schema (another type, not JSON, not a record): the id's fault, as 404 is, not the registry's.
+UNUSABLE = 422
 MAX_REPLY_BYTES = 4 * 1024 * 1024  # a schema is a few kB; a reply larger than this is no registry's
 
 
@@ -60,13 +63,13 @@ class SchemaRegistry:
             raise RegistryError(f"schema registry {self.url} answered schema id {schema_id} with no JSON object")
         text = reply.get("schema")
         if reply.get("schemaType", "AVRO") != "AVRO" or not isinstance(text, str):
-            raise RegistryError(f"schema id {schema_id} in {self.url} is not an Avro schema")
+            raise RegistryError(f"schema id {schema_id} in {self.url} is not an Avro schema", UNUSABLE)
         try:
             schema = json.loads(text)
         except (ValueError, RecursionError):  # nested deeper than the parser's stack
-            raise RegistryError(f"schema id {schema_id} in {self.url} is not valid JSON") from None
+            raise RegistryError(f"schema id {schema_id} in {self.url} is not valid JSON", UNUSABLE) from None
         if not isinstance(schema, dict):
-            raise RegistryError(f"schema id {schema_id} in {self.url} is not an Avro record schema")
+            raise RegistryError(f"schema id {schema_id} in {self.url} is not an Avro record schema", UNUSABLE)
         return schema
 
     def _call(self, method: str, path: str, body: bytes | None) -> Any:

@@ -34,7 +34,7 @@ RETRY_S = 1.0  # a held partition is read again after this (the registry's outag
 WAITING = Counter(
     "rdv_schema_waits_total",
     "Records held back (their partition paused and rewound to them) because their schema-registry id could not "
-    "be looked up yet: the registry is down, or this process' lookups of the second are spent.",
+    "be looked up yet (the registry down, or refusing for now); each retry that holds it again counts again.",
     ["service", "topic"],
 )
 
@@ -95,6 +95,8 @@ class SchemaWait:
         """The records of `messages` the handler may have now; the partitions of the others are
         paused and rewound to their first record that waits."""
         held = first_waiting(messages, self._unresolved)
+        if self._held:
+            self._flowing(messages, held)
         if not held:
             return messages
         rewound = {key: offset for key, (offset, why) in held.items() if self._hold(consumer, key, offset, why)}
@@ -129,13 +131,28 @@ class SchemaWait:
             if not kept_paused(tp):
                 consumer.resume_at([TopicPartition(topic, partition)], [tp])
 
-    def forget(self, partitions: Iterable[TopicPartition]) -> None:
-        """Released partitions: their next owner reads them from their committed offsets."""
-        for tp in partitions:
-            self._held.pop((tp.topic, tp.partition), None)
+    def forget(self, partitions: Iterable[TopicPartition]) -> list[TopicPartition]:
+        """Released partitions: their next owner reads them from their committed offsets. Returns
+        those that were held: librdkafka keeps a partition paused across its release and a new
+        assignment (librdkafka#1849), so the caller resumes them, or one given back to this
+        member would never be read again."""
+        return [TopicPartition(tp.topic, tp.partition) for tp in partitions
+                if self._held.pop((tp.topic, tp.partition), None) is not None]
 
-    def clear(self) -> None:
+    def _flowing(self, messages: list[Message], held: Mapping[Key, tuple[int, str]]) -> None:
+        """Forget the holds of partitions whose records came through (the handler resumed one it had
+        paused too, and the schema was found by then): seeking back when the hold's time is up
+        would read them twice."""
+        for msg in messages:
+            key = (msg.topic() or "", msg.partition() or 0)
+            if key in self._held and key not in held:
+                del self._held[key]
+
+    def clear(self) -> list[TopicPartition]:
+        """Forget every hold (a rewind reads everything again); returns the partitions to resume."""
+        held = [TopicPartition(topic, partition) for topic, partition in self._held]
         self._held.clear()
+        return held
 
     def _unresolved(self, msg: Message) -> str | None:
         record = self._records.get(msg.topic() or "")

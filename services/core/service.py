@@ -351,9 +351,11 @@ class StreamService:
         return self.ctx.consumer.native.consumer_group_metadata()
 
     def _kept_paused(self, tp: TopicPartition) -> bool:
-        """Not resumed by the skeleton: paused by a drain, or by the handler for its own reasons."""
+        """Not resumed by the skeleton: paused by a drain (its intake only: what is in flight may
+        wait for the rest), or by the handler for its own reasons."""
         assert self.ctx is not None
-        return self.ctx.draining or self.handler.keeps_paused(tp)
+        intake = self.spec.intake
+        return (self.ctx.draining and (not intake or tp.topic in intake)) or self.handler.keeps_paused(tp)
 
     def _give_up(self) -> bool:
         """Stop retrying a commit only when a drain ran out of time (the next owner redoes it)."""
@@ -378,7 +380,7 @@ class StreamService:
                 log.warning("%s", err)          # which ended the transaction; re-read all the same
             self.handler.on_rewind()
             if self._schemas is not None:
-                self._schemas.clear()
+                self._resume_released(self._schemas.clear())
             self.ctx.consumer.native.unsubscribe()
             self._subscribe()
         finally:
@@ -451,9 +453,18 @@ class StreamService:
     def _disown(self, partitions: list[TopicPartition]) -> None:
         self._releases += 1
         if self._schemas is not None:
-            self._schemas.forget(partitions)
+            self._resume_released(self._schemas.forget(partitions))
         for tp in partitions:
             self._owned.pop((tp.topic, tp.partition), None)
+
+    def _resume_released(self, held: list[TopicPartition]) -> None:
+        """Partitions the skeleton held for their schema, let go: librdkafka keeps a pause across a
+        release and the next assignment (librdkafka#1849), and nothing would resume them then."""
+        if held and self.ctx is not None:
+            try:
+                self.ctx.consumer.resume(held)
+            except KafkaException as exc:
+                log.debug("resuming %s at their release: %s", held, exc)
 
     def _rejoin(self, err: ConsumerFenced) -> None:
         """Our static membership (group.instance.id) was given to another join. Seen after a

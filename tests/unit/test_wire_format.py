@@ -316,3 +316,18 @@ def test_a_registry_url_urllib_cannot_use_is_one_config_error(url: str) -> None:
     with pytest.raises(ConfigError) as masked:
         SchemaRegistry(url.replace("://", "://user:Pw0rd@"))
     assert "Pw0rd" not in str(masked.value)
+
+
+@pytest.mark.parametrize("answer", [{"schemaType": "PROTOBUF", "schema": "syntax = 'proto3';"},
+                                    {"schema": '"string"'}, {"schema": "{not json"}])
+def test_an_id_whose_schema_no_one_reads_as_avro_is_refused_for_good_not_waited_for(answer: dict[str, str]) -> None:
+    """Taken for the registry being down: the record waited, its partition with it, for ever, and
+    every other unseen id waited out the outage it recorded again each second (a review)."""
+    with RawReplies(http_reply(json.dumps(answer).encode())) as server:
+        reader = fresh()
+        reader.read_registry_ids(wire.IdLookup(SchemaRegistry(server.url, timeout_s=5)))
+        framed = b"\x00\x00\x00\x00\x07" + codec("request").encode(REQUEST)[10:]
+        assert reader.unresolved(framed) is None
+        with pytest.raises(DecodeFailed) as refused:
+            reader.decode(framed)
+        assert not refused.value.retriable and "schema id 7" in refused.value.message
