@@ -8,6 +8,7 @@ import sys
 import types
 import warnings
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -427,48 +428,40 @@ def test_onnx_without_onnxruntime_says_how_to_install(
     assert "pip install 'rendezvous-serving[onnx]'" in message
 
 
-class _FakeNode:
-    def __init__(self, name: str, shape: list[object] | None = None) -> None:
-        self.name = name
-        self.shape = shape
+def _onnx_of(model: Any, rows: np.ndarray, tmp_path: Path, name: str, options: dict[int, Any] | None = None) -> Path:
+    """A scikit-learn model exported by skl2onnx, as users export theirs (a classifier's
+    probabilities as ZipMap's {class: probability} maps unless told otherwise)."""
+    from skl2onnx import to_onnx
+
+    path = tmp_path / f"{name}.onnx"
+    path.write_bytes(to_onnx(model, rows[:1].astype(np.float32), options=options).SerializeToString())
+    return path
 
 
-class _FakeSession:
-    """Stands in for onnxruntime.InferenceSession of a skl2onnx binary classifier with ZipMap."""
-
-    def __init__(self, path: str, providers: list[str]) -> None:
-        assert providers == ["CPUExecutionProvider"]
-
-    def get_inputs(self) -> list[_FakeNode]:
-        return [_FakeNode("float_input", [None, 2])]
-
-    def get_outputs(self) -> list[_FakeNode]:
-        return [_FakeNode("output_label"), _FakeNode("output_probability")]
-
-    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[object]:
-        x = feeds["float_input"]
-        assert x.dtype == np.float32 and x.shape[1] == 2
-        p1 = 1.0 / (1.0 + np.exp(-(x[:, 0] - x[:, 1])))
-        out = {
-            "output_label": (p1 > 0.5).astype(np.int64),
-            "output_probability": [{0: float(1 - p), 1: float(p)} for p in p1],
-        }
-        return [out[n] for n in names]
-
-
-def test_onnx_adapter_with_a_stand_in_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.ModuleType("onnxruntime")
-    fake.InferenceSession = _FakeSession  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "onnxruntime", fake)
-    path = tmp_path / "clf.onnx"
-    path.write_bytes(b"graph bytes")
+@pytest.mark.parametrize("zipmap", [True, False])
+def test_an_onnx_classifier_scores_as_the_model_it_was_exported_from(tmp_path: Path, zipmap: bool) -> None:
+    """Run by the real onnxruntime (a stand-in session replayed what the adapter expected of it)."""
+    rows = np.array([[3.0, 0.0], [0.0, 3.0], [2.0, 1.0], [1.0, 2.0], [2.5, 0.5], [0.5, 2.5]])
+    clf = LogisticRegression().fit(rows, [1, 0, 1, 0, 1, 0])
+    path = _onnx_of(clf, rows, tmp_path, "clf", None if zipmap else {id(clf): {"zipmap": False}})
     with pytest.raises(ModelSpecError, match=r"clf\.onnx\.features\.json"):
         load_model(str(path))
     (tmp_path / "clf.onnx.features.json").write_text(json.dumps(["u", "v"]))
     model = load_model(str(path))
-    assert model.feature_names == ("u", "v")
-    assert model.version.startswith("clf-")
-    preds = model.predict(np.array([[3.0, 0.0], [0.0, 3.0]]))
-    assert [p.label for p in preds] == ["1", "0"]
-    assert preds[0].score is not None and preds[0].score > 0.9
-    assert preds[1].score is not None and preds[1].score < 0.1
+    assert model.feature_names == ("u", "v") and model.version.startswith("clf-")
+    asked = np.array([[3.0, 0.0], [0.0, 3.0], [1.2, 1.1]])
+    preds = model.predict(asked)
+    assert [p.label for p in preds] == [str(c) for c in clf.predict(asked)]
+    assert [p.score for p in preds] == pytest.approx(clf.predict_proba(asked)[:, 1].tolist(), abs=1e-6)
+
+
+def test_an_onnx_regressor_scores_its_value_and_a_graph_of_other_inputs_is_refused(tmp_path: Path) -> None:
+    rows = np.array([[1.0, 2.0, 0.5], [2.0, 0.0, 1.0], [0.0, 1.0, 3.0], [4.0, 1.0, 0.0]])
+    reg = LinearRegression().fit(rows, rows @ np.array([0.5, -1.0, 2.0]) + 0.25)
+    path = _onnx_of(reg, rows, tmp_path, "reg")
+    (tmp_path / "reg.onnx.features.json").write_text(json.dumps(["a", "b", "c"]))
+    preds = load_model(str(path)).predict(np.array([[1.0, 1.0, 1.0]]))
+    assert preds[0].label is None and preds[0].score == pytest.approx(1.75, abs=1e-5)
+    (tmp_path / "reg.onnx.features.json").write_text(json.dumps(["a", "b"]))  # one short of the graph's 3
+    with pytest.raises(ModelSpecError, match=r"has shape \[None, 3\], but the sidecar lists 2 features"):
+        load_model(str(path))
