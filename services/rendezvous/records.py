@@ -111,7 +111,7 @@ def score_decoded(codec: Codec, value: bytes | None, partition: int, offset: int
     """`score_in` through fastavro's decode of the whole record."""
     score = codec.decode(value)
     _joinable(score["request_id"], score["model"])
-    _small(score["label"], score["version"])
+    _small(score["label"], score["version"], score["model"])
     error = score["error"]
     return ScoreIn(
         score["request_id"], partition, offset, log_time, score["model"], score["version"], score["score"],
@@ -149,10 +149,11 @@ def _joinable(request_id: str, model: str) -> None:
         raise DecodeFailed(too_long)
 
 
-def _small(label: str | None, version: str) -> None:
-    """`DecodeFailed` for a label or version longer than a worker writes (score_limits.py): kept in
-    its mailbox, and by an orphan's, a forged one near the record size held a megabyte a score."""
-    if too_long := oversized(label, version):
+def _small(label: str | None, version: str, model: str) -> None:
+    """`DecodeFailed` for a label, version or model name longer than a worker writes
+    (score_limits.py): kept in its mailbox, and by an orphan's, a forged one near the record size
+    held a megabyte a score."""
+    if too_long := oversized(label, version, model):
         raise DecodeFailed(f"a score with {too_long}")
 
 
@@ -178,7 +179,7 @@ def _score_walked(value: bytes, fields: tuple[int, ...], partition: int, offset:
     request_id, model_name = _text(value, rid, rid_end), _text(value, model, model_end)
     _joinable(request_id, model_name)
     version_text, label_text = _text(value, version, version_end), _text(value, label, label_end) if labelled else None
-    _small(label_text, version_text)
+    _small(label_text, version_text, model_name)
     return ScoreIn(
         request_id, partition, offset, log_time, model_name, version_text,
         double_at(value, score_at) if scored else None, label_text,

@@ -95,7 +95,9 @@ def test_records_whose_outputs_could_not_be_written_as_they_are_never_stall_the_
     """Each of these once stopped the rendezvous for good: a return address with a NUL (the
     service died, and again on the re-read); an id too long for its answer to be written, and
     scores whose comparison record is over Kafka's record size (the mailbox never closed, so the
-    partition's offsets never moved). Requests after them on the same partition are answered."""
+    partition's offsets never moved; such labels are refused as they are read now, and a record
+    over a topic's own limit is cut: the next test). Requests after them on the same partition
+    are answered."""
     rendezvous = services.rendezvous(bootstrap, prefix, models=("champion", "challenger"))
     requests, scores = codec("request"), codec("score")
     producer = Producer(config)
@@ -109,20 +111,21 @@ def test_records_whose_outputs_could_not_be_written_as_they_are_never_stall_the_
     # An id over the limit: the client refuses to send one; another producer may.
     send({**make_request(row, budget_ms=20_000, reply_topic=None, reply_partition=None),
           "request_id": "r" * (MAX_REQUEST_ID + 1)})
-    big = send(make_request(row, budget_ms=20_000, reply_topic=None, reply_partition=None))
-    for model in ("champion", "challenger"):  # 600 KB labels: each Score fits, their comparison record does not
+    big = send(make_request(row, budget_ms=1_000, reply_topic=None, reply_partition=None))
+    for model in ("champion", "challenger"):  # 600 KB labels: each Score fits, their comparison record would not
         producer.produce(topics.scores, scores.encode(_score(big, model, "x" * 600_000)), partition=0)
     after = send(make_request(row, budget_ms=1_000, reply_topic=None, reply_partition=None))
     assert producer.flush(30) == 0
 
     answers = {a["request_id"]: a for a in read_topic(config, topics.answers, expect=3, decode="answer")}
     assert set(answers) == {nul, big, after}
-    assert answers[big]["status"] == "OK" and answers[big]["label"] == "x" * 600_000
-    assert answers[after]["status"] == "TIMEOUT"  # no worker runs: it was decided, past the records before it
+    assert answers[big]["status"] == answers[after]["status"] == "TIMEOUT"  # no worker runs: decided in turn
     logged = {r["request_id"]: r for r in read_topic(config, topics.log, expect=3, decode="comparison")}
-    assert [o["label"] for o in logged[big]["outputs"]] == ["x" * MAX_REQUEST_ID] * 2
-    dead = read_topic(config, topics.deadletter, expect=1, decode="deadletter")
-    assert len(dead) == 1 and f"request_id of {MAX_REQUEST_ID + 1} characters" in dead[0]["reason"]
+    assert logged[big]["outputs"] == []  # its scores were refused as they were read
+    dead = read_topic(config, topics.deadletter, expect=3, decode="deadletter")
+    reasons = [d["reason"] for d in dead]
+    assert sum(f"request_id of {MAX_REQUEST_ID + 1} characters" in r for r in reasons) == 1, reasons
+    assert sum("a score with a label of 600000 characters (at most 1024)" in r for r in reasons) == 2, reasons
     assert rendezvous.answered == 3
 
 
@@ -155,7 +158,7 @@ def test_an_output_over_its_topics_own_limit_is_cut_to_fit_not_a_stop(
 
     from services.core.kafka import admin
 
-    entry = ConfigEntry("max.message.bytes", "20000", incremental_operation=AlterConfigOpType.SET)
+    entry = ConfigEntry("max.message.bytes", "3800", incremental_operation=AlterConfigOpType.SET)
     resource = ConfigResource(ConfigResource.Type.TOPIC, topics.log, incremental_configs=[entry])
     client = admin(config)  # referenced until the answer is in: a collected client cancels it
     for future in client.incremental_alter_configs([resource]).values():
@@ -170,16 +173,20 @@ def test_an_output_over_its_topics_own_limit_is_cut_to_fit_not_a_stop(
         producer.produce(topics.requests, requests.encode(record), partition=1)
         ids.append(record["request_id"])
     big, after = ids
-    # 30 KB labels that compress to half at best: the answer fits, the comparison record does not.
-    label = os.urandom(15_000).hex()
+    # Errors of 1,000 characters (as long as a score's may be) from both models: the answer's reason
+    # quotes both (≈ 2,060 characters); the comparison record (≈ 4.3 kB) is over the log's 3,800
+    # bytes, and fits with its strings cut to 1,024 characters (≈ 3.3 kB).
+    error = os.urandom(500).hex()
     for model in ("champion", "challenger"):
-        producer.produce(topics.scores, scores.encode(_score(big, model, label)), partition=1)
+        producer.produce(topics.scores, scores.encode({**_score(big, model, ""), "score": None, "label": None,
+                                                       "error": error}), partition=1)
         producer.produce(topics.scores, scores.encode(_score(after, model, "fine")), partition=1)
     assert producer.flush(30) == 0
 
     answers = {a["request_id"]: a for a in read_topic(config, topics.answers, expect=2, decode="answer")}
-    assert answers[big]["label"] == label and answers[after]["label"] == "fine"
+    assert answers[big]["status"] == "ERROR" and answers[big]["reason"].count(error) == 2
+    assert answers[after]["label"] == "fine"
     logged = {r["request_id"]: r for r in read_topic(config, topics.log, expect=2, decode="comparison")}
-    assert [o["label"] for o in logged[big]["outputs"]] == [label[:MAX_REQUEST_ID]] * 2
+    assert len(logged[big]["reason"]) == MAX_REQUEST_ID and [o["error"] for o in logged[big]["outputs"]] == [error] * 2
     assert [o["label"] for o in logged[after]["outputs"]] == ["fine"] * 2
     assert rendezvous.logged == 2

@@ -190,3 +190,5 @@ def test_a_score_keeps_no_more_text_than_a_worker_writes(read: Any) -> None:
         read(SCORES, SCORES.encode({**score, "label": "l" * 900_000}), 0, 0, 9)
     with pytest.raises(DecodeFailed, match="a version of 1025 characters"):
         read(SCORES, SCORES.encode({**score, "version": "v" * (MAX_VERSION_CHARS + 1)}), 0, 0, 9)
+    with pytest.raises(DecodeFailed, match="a model name of 900000 characters"):  # a metric label value too
+        read(SCORES, SCORES.encode({**score, "model": "m" * 900_000}), 0, 0, 9)
