@@ -61,6 +61,27 @@ def request_rows(count: int, seed: int) -> list[dict[str, Any]]:
             for row in demo_rows(count, seed=seed)]
 
 
+def champion_and_rendezvous(bootstrap: str, prefix: str, tmp_path: Path, env: dict[str, str],
+                            *serve_flags: str) -> list[Proc]:
+    common = ["--bootstrap", bootstrap, "--topic-prefix", prefix]
+    return [Proc(["model", "serve", *common, "--model", "demo:champion"], tmp_path / "champion.log", env),
+            Proc(["serve", *common, "--models", "champion", *serve_flags], tmp_path / "rendezvous.log", env)]
+
+
+def send_registry_framed(registry_url: str, config: dict[str, Any], topic: str, count: int,
+                         seed: int) -> list[dict[str, Any]]:
+    """`count` requests framed by the confluent serializer (which registers their schema)."""
+    client = SchemaRegistryClient({"url": registry_url, "timeout": REQUEST_TIMEOUT_S})
+    serialize = AvroSerializer(client, json.dumps(codec("request").schema))
+    producer = Producer(config)
+    sent = request_rows(count, seed=seed)
+    for record in sent:
+        producer.produce(topic, serialize(record, SerializationContext(topic, MessageField.VALUE)),
+                         key=record["request_id"])
+    assert producer.flush(30) == 0
+    return sent
+
+
 def test_records_written_here_are_read_by_the_confluent_client_and_back(registry_url: str) -> None:
     schema_text = json.dumps(codec("request").schema)
     client = SchemaRegistryClient({"url": registry_url, "timeout": REQUEST_TIMEOUT_S})
@@ -95,21 +116,12 @@ def test_services_speak_registry_framing_end_to_end_with_cloudevents(
     registry_url: str, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any], tmp_path: Path
 ) -> None:
     env = {"RDV_WIRE_FORMAT": "registry", "RDV_SCHEMA_REGISTRY": registry_url}
-    common = ["--bootstrap", bootstrap, "--topic-prefix", prefix]
-    procs = [Proc(["model", "serve", *common, "--model", "demo:champion"], tmp_path / "champion.log", env),
-             Proc(["serve", *common, "--models", "champion", "--cloudevents"], tmp_path / "rendezvous.log", env)]
+    procs = champion_and_rendezvous(bootstrap, prefix, tmp_path, env, "--cloudevents")
     try:
         for proc in procs:
             proc.start()
+        sent = send_registry_framed(registry_url, config, topics.requests, 40, seed=11)
         client = SchemaRegistryClient({"url": registry_url, "timeout": REQUEST_TIMEOUT_S})
-        serialize = AvroSerializer(client, json.dumps(codec("request").schema))
-        producer = Producer(config)
-        sent = request_rows(40, seed=11)
-        for record in sent:
-            value = serialize(record, SerializationContext(topics.requests, MessageField.VALUE))
-            producer.produce(topics.requests, value, key=record["request_id"])
-        assert producer.flush(30) == 0
-
         deserialize = AvroDeserializer(client)
         answers = read_topic(config, topics.answers, expect=len(sent), timeout=90)
         decoded = [deserialize(m.value(), SerializationContext(topics.answers, MessageField.VALUE)) for m in answers]
@@ -187,20 +199,11 @@ def test_records_wait_out_a_registry_outage_and_are_answered_not_dead_lettered(
     threading.Thread(target=outage.serve_forever, daemon=True).start()
     outage.down.set()
     env = {"RDV_SCHEMA_REGISTRY": outage.url}  # written single-object; registry framing read
-    common = ["--bootstrap", bootstrap, "--topic-prefix", prefix]
-    procs = [Proc(["model", "serve", *common, "--model", "demo:champion"], tmp_path / "champion.log", env),
-             Proc(["serve", *common, "--models", "champion"], tmp_path / "rendezvous.log", env)]
+    procs = champion_and_rendezvous(bootstrap, prefix, tmp_path, env)
     try:
         for proc in procs:
             proc.start()
-        client = SchemaRegistryClient({"url": registry_url, "timeout": REQUEST_TIMEOUT_S})
-        serialize = AvroSerializer(client, json.dumps(codec("request").schema))
-        producer = Producer(config)
-        sent = request_rows(20, seed=12)
-        for record in sent:
-            value = serialize(record, SerializationContext(topics.requests, MessageField.VALUE))
-            producer.produce(topics.requests, value, key=record["request_id"])
-        assert producer.flush(30) == 0
+        sent = send_registry_framed(registry_url, config, topics.requests, 20, seed=12)
 
         wait_until(lambda: all(proc.metric("rdv_schema_waits_total") > 0 for proc in procs), 60,
                    "the worker and the rendezvous to hold the requests back")
