@@ -1,11 +1,12 @@
 """Records whose writer schema cannot be looked up yet wait for it; they are not dead-lettered.
 
 A record framed with a schema-registry id this process has not met needs the registry to be
-read. When the registry is down, or this process has spent its lookups of the second (a flood of
-made-up ids must not become a stream of HTTP calls, wire.py), that is no fault of the record.
-Decoded by the handler, it failed like bad input and was dead-lettered: a valid request went
-unscored and unanswered for a registry's passing outage, and an instance re-reading the same
-records later would decide differently from the one that dead-lettered them.
+read. When the registry is down, or refuses for now (wire.py: 5xx, 401/403/408/429), that is no
+fault of the record. Decoded by the handler, it failed like bad input and was dead-lettered: a
+valid request went unscored and unanswered for a registry's passing outage, and an instance
+re-reading the same records later would decide differently from the one that dead-lettered them.
+(A record over this process' lookups of the second, `LookupsSpent`, is not held: a flood of
+made-up ids would hold its partition to that many records a second; errors.py.)
 
 So the skeleton looks every unseen id of a batch up before its handler gets the batch. A record
 whose lookup must be retried is held back with every later record of its partition: the
