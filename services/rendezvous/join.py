@@ -48,6 +48,7 @@ from services.rendezvous import metrics as m
 from services.rendezvous.clock import LogClocks
 from services.rendezvous.mailbox import Arrival, Mailbox, Receipt
 from services.rendezvous.records import RequestIn, ScoreIn
+from services.rendezvous.remembered import RememberedIds
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,6 @@ OTHER = "_other"
 LIVE_CACHE_MS = 100  # how stale the set of live models may be (it decides only what a log record waits for)
 
 Reply = tuple[str, int | None]
-# A closed request id: (partition, forget at (log time), its answer, its inputs' digest)
-Remembered = tuple[int, int, dict[str, Any] | bytes | None, bytes | None]
 Owner = Mailbox | Receipt  # what a record's offset waits for (see offsets.py)
 # A status as the records write it: `Status.X.value` is a Python-level property (enum.py), read
 # three times per request.
@@ -140,13 +139,7 @@ class Join:
         # Orphans per scores partition, in the order read (their append times grow).
         self._orphans: dict[int, OrderedDict[str, Mailbox]] = {}
         self._orphan_count = 0
-        # request id -> (partition, forget at (log time), its answer: decoded, or as a recovery
-        # scan read it; the digest of its inputs, None when a recovery scan found it)
-        self._remembered: OrderedDict[str, Remembered] = OrderedDict()
-        # What _forget_remembered last looked at: the clocks' move count, and whether the
-        # remembered ids changed since (the oldest may be another one now).
-        self._moves_seen = -1
-        self._remembered_changed = False
+        self._remembered = RememberedIds(limits.max_remembered)
         self._finished = Finished({}, set())
         self._models_seen: dict[str, int] = {}  # model -> wall ms of its last score
         self._labelled_models: set[str] = set()  # models named in metrics (never forgotten: series stay)
@@ -235,9 +228,7 @@ class Join:
         for partition in partitions:
             self._orphan_count -= len(self._orphans.pop(partition, {}))
             self._requests_read.pop(partition, None)
-        for rid in [rid for rid, (partition, *_rest) in self._remembered.items() if partition in partitions]:
-            del self._remembered[rid]
-        self._remembered_changed = True
+        self._remembered.drop_partitions(partitions)
         self.clocks.forget(partitions)
         # A later owner scans again; an entry kept past this would take a new request with the
         # same id for an old one (and, finding no answer, send it none).
@@ -275,6 +266,8 @@ class Join:
                 return self._elsewhere(request, reply, mailbox.partition)
             self._drop_stray_orphan(mailbox, request.partition)
             mailbox = None
+        if mailbox is None:
+            self._forget_if_past(rid, request.log_time)
         if (mailbox is not None and mailbox.has_request) or (mailbox is None and rid in self._remembered):
             return self._repeated(request, mailbox, reply)
         if mailbox is None:
@@ -344,7 +337,7 @@ class Join:
             if not mailbox.closed and mailbox.wake_at < now:
                 mailbox.wake_at = -1
                 self._advance(mailbox, now)
-        self._forget_remembered()
+        self._remembered.expire(partition, now)
         return now  # nothing above moves a clock: the caller may decide on this reading
 
     def _attach(self, mailbox: Mailbox, request: RequestIn, reply: Reply | None) -> None:
@@ -587,6 +580,14 @@ class Join:
         mailbox.closed = True
         del self.mailboxes[mailbox.request_id]
 
+    def _forget_if_past(self, rid: str, log_time: int) -> None:
+        """A request under a closed id whose time is up by the request's own append time is a new
+        request, even while the id's scores partition is quiet (its clock alone would keep the id):
+        decided on the records alone, as a new owner's scan, which reads only recent answers, decides."""
+        kept = self._remembered.get(rid)
+        if kept is not None and kept[1] < log_time:
+            self._remembered.forget(rid)
+
     def _retire(self, mailbox: Mailbox, answer: dict[str, Any] | None) -> None:
         mailbox.closed = True
         del self.mailboxes[mailbox.request_id]
@@ -597,26 +598,8 @@ class Join:
     ) -> None:
         """Keep a closed id (its answer, its inputs' digest) so late scores are known as late and
         a repeated request gets the same answer; bounded in time and number."""
-        remembered = self._remembered
-        self._remembered_changed = True
         since = max(log_time, self.clocks.now(partition))
-        remembered[rid] = (partition, since + self.limits.remember_ms, answer, inputs)
-        remembered.move_to_end(rid)
-        while len(remembered) > self.limits.max_remembered:
-            remembered.popitem(last=False)
-
-    def _forget_remembered(self) -> None:
-        """Forget the oldest closed ids whose time is up. Only a clock's move or a change to the
-        ids can make one due, so on most records (a clock moves once per ms) it need not look."""
-        remembered, clocks = self._remembered, self.clocks
-        if clocks.moves == self._moves_seen and not self._remembered_changed:
-            return
-        self._moves_seen, self._remembered_changed = clocks.moves, False
-        while remembered:
-            oldest = next(iter(remembered.values()))  # (partition, forget at, ...): indexed, not unpacked (per score)
-            if oldest[1] >= clocks.now(oldest[0]):
-                break
-            remembered.popitem(last=False)
+        self._remembered.add(rid, (partition, since + self.limits.remember_ms, answer, inputs))
 
 
 def _answer_record(

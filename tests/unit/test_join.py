@@ -26,6 +26,7 @@ from services.rendezvous.mailbox import Mailbox, Receipt
 from services.rendezvous.metrics import CONFLICTING_REQUESTS
 from services.rendezvous.offsets import OffsetBook
 from services.rendezvous.records import RequestIn, ScoreIn
+from services.rendezvous.remembered import RememberedIds
 
 T0 = 1_000_000
 CONFLICTING = CONFLICTING_REQUESTS._value
@@ -291,21 +292,52 @@ def test_a_repeated_request_gets_the_same_answer_while_open_and_after_it_closed(
     assert len(out.answers) == 1  # answered once on the answers topic
 
 
-def test_a_closed_id_is_forgotten_once_the_oldest_ids_before_it_are() -> None:
-    """Closed ids are forgotten oldest first, each once its partition's clock is remember_ms past
-    it: found by the next record after a clock moves or the oldest ids change, whichever it is."""
+def test_a_closed_id_is_forgotten_once_its_own_partitions_clock_is_past_it() -> None:
+    """Each closed id goes once its partition's clock is remember_ms past it, whatever another
+    partition holds: an id of a partition gone quiet held every later one of every partition."""
     join, _out = make_join(remember_ms=100)
     for rid, partition in (("r0", 0), ("r1", 1)):
         join.on_request(request(rid, partition=partition))
         for model in MODELS:
             join.on_score(score(rid, model, T0 + 5, partition=partition))
     assert join.mailboxes == {}
-    join.on_clock(1, T0 + 200)  # r1's time is up, but r0 (partition 0, its clock at T0 + 5) is older
-    join.on_score(score("r1", "champion", T0 + 200, partition=1))
-    assert join.orphans == 0  # a late score of r1, still remembered
-    join.drop_partitions({0})  # r0 goes: r1 is the oldest now, and due
-    join.on_score(score("r1", "challenger", T0 + 200, partition=1))  # no clock moves
+    join.on_score(score("r1", "champion", T0 + 50, partition=1))
+    assert join.orphans == 0  # a late score of r1: its time is not up
+    join.on_clock(1, T0 + 200)  # r1's time is up; r0's (partition 0, its clock at T0 + 5) is not
+    join.on_score(score("r1", "challenger", T0 + 200, partition=1))
     assert join.orphans == 1  # r1 forgotten: its score waits for a request like any other
+    join.on_score(score("r0", "challenger", T0 + 6, partition=0))
+    assert join.orphans == 1  # r0 still remembered: a late score
+
+
+def test_an_id_reused_after_its_time_is_a_new_request_while_its_partition_is_quiet() -> None:
+    """A request under a closed id, appended after the id's time is up, is a new request even
+    when no score moved its partition's clock since: a new owner's scan (recent answers only)
+    would take it for new, so the owner that remembers it must too."""
+    join, out = make_join(remember_ms=1_000)
+    join.on_request(request("x", at=T0, inputs=b"first"))
+    for model in MODELS:
+        join.on_score(score("x", model, T0 + 1))
+    join.on_request(request("x", at=T0 + 500, inputs=b"second"))  # within its time: refused
+    join.on_request(request("x", at=T0 + 60_000, inputs=b"third"))  # partition 0's clock still at T0 + 1
+    for model in MODELS:
+        join.on_score(score("x", model, T0 + 60_001))
+    refused = refusals(out)
+    assert len(refused) == 1 and "already used" in refused[0][1]  # the second only
+    assert [a["request_id"] for a in out.answers] == ["x", "x"]
+
+
+def test_remembered_ids_of_many_partitions_stay_bounded_in_number() -> None:
+    """The count bound holds, and the per-partition queues behind it do not grow past it for ids it
+    pushed out: a flood of closed ids on a partition whose clock then stops."""
+    ids = RememberedIds(max_ids=10)
+    for i in range(1_000):
+        ids.add(f"r{i}", (i % 3, T0 + i, None, None))
+    assert len(ids) == 10 and "r999" in ids and "r989" not in ids
+    assert sum(len(queue) for queue in ids._due.values()) <= 2 * 10
+    ids.expire(0, T0 + 2_000)
+    assert sorted(rid for rid in (f"r{i}" for i in range(990, 1_000)) if rid in ids) == ["r991", "r992", "r994",
+                                                                                         "r995", "r997", "r998"]
 
 
 def refusals(out: Collected) -> list[tuple[str, str]]:
