@@ -65,6 +65,10 @@ MAX_LONG = 2**63 - 1  # what an Avro long (the records' times) holds
 MAX_MODELS = 256
 MAX_LABELLED_VERSIONS = 1024
 OTHER = "_other"
+# Return addresses a request still open keeps for its retries: each is a few hundred bytes kept
+# until the mailbox closes (up to two minutes of log time), and repeats are not mailboxes, so
+# --max-mailboxes does not bound them (100,000 repeats of one id held 32 MB).
+MAX_WAITING_REPLIES = 16
 LIVE_CACHE_MS = 100  # how stale the set of live models may be (it decides only what a log record waits for)
 
 Reply = tuple[str, int | None]
@@ -377,8 +381,12 @@ class Join:
             if reply is not None:
                 if mailbox.answer is not None:
                     self.outputs.repeat(reply, mailbox.answer, mailbox)
-                else:
+                elif len(mailbox.replies) < MAX_WAITING_REPLIES:
                     mailbox.replies.append(reply)
+                else:
+                    return self._refused(request, reply, f"request_id {rid!r} has {MAX_WAITING_REPLIES} return "
+                                         "addresses waiting for its answer already: this retry is not kept "
+                                         "(retry after the answer, which is then sent again)")
             return mailbox
         return self._send_again(reply, _decoded(self._remembered[rid][2]))
 
@@ -424,8 +432,10 @@ class Join:
         rid = request.request_id
         self._finished.logged.discard(rid)
         orphan = self.mailboxes.get(rid)
-        if orphan is not None:  # its scores, re-read first: done with too (else they would wait, holding
-            # their partition's offsets, and a retry of the id would be attached to them as a new request)
+        # Its scores, re-read first: done with too (else they would wait, holding their partition's
+        # offsets, and a retry of the id would be attached to them as a new request). A mailbox of
+        # the id on another partition is another request's.
+        if orphan is not None and orphan.partition == request.partition:
             self._unorphan(orphan)
             orphan.closed = True
             del self.mailboxes[rid]

@@ -15,6 +15,7 @@ from services.core.codec import codec
 from services.rendezvous.join import (
     MAX_LABELLED_VERSIONS,
     MAX_MODELS,
+    MAX_WAITING_REPLIES,
     OTHER,
     Finished,
     Join,
@@ -412,6 +413,35 @@ def test_after_a_takeover_a_request_under_a_found_id_on_another_partition_does_n
         ("other", "ERROR"), ("caller", "OK"), ("again", "ERROR")]
     assert out.replies[1][1] == answer and out.answers == []
     assert all("partition 0" in reason for _address, reason in refusals(out))
+
+
+def test_a_re_read_logged_request_leaves_an_open_request_of_its_id_on_another_partition_alone() -> None:
+    """A request the scan found logged on its partition is done with; the mailbox of a live request
+    under its id on another partition is not its (it raised KeyError, and the re-read request was
+    dead-lettered instead of getting its reply again: a review)."""
+    answer = {"request_id": "x", "status": "OK", "model": "champion", "reason": "preferred model answered",
+              "answered_at": T0 + 5}
+    join, out = make_join()
+    join.on_request(request("x", partition=1, reply="live"))
+    join.restore(Finished({"x": answer}, {"x"}, {"x": 0}))
+    join.on_request(request("x", partition=0, reply="caller"))
+    assert join.mailboxes["x"].partition == 1 and join.mailboxes["x"].has_request
+    assert [(reply[0], record) for reply, record in out.replies] == [("caller", answer)]
+
+
+def test_retries_of_an_open_request_keep_a_bounded_number_of_return_addresses() -> None:
+    """Repeats are not mailboxes, so --max-mailboxes does not bound them: past MAX_WAITING_REPLIES
+    a retry is answered ERROR at its address at once, and the open request is answered as before."""
+    join, out = make_join()
+    for i in range(1_000):
+        join.on_request(request("x", reply=f"replies.{i}"))
+    assert len(join.mailboxes["x"].replies) == MAX_WAITING_REPLIES
+    refused = refusals(out)
+    assert len(refused) == 1_000 - MAX_WAITING_REPLIES and all("waiting" in reason for _a, reason in refused)
+    for model in MODELS:
+        join.on_score(score("x", model, T0 + 5))
+    answered = [reply[0] for reply, record in out.replies if record["status"] == "OK"]
+    assert answered == [f"replies.{i}" for i in range(MAX_WAITING_REPLIES)] and len(out.answers) == 1
 
 
 def test_an_invalid_request_answered_before_a_restart_keeps_that_answer_and_gets_no_second() -> None:
