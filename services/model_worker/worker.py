@@ -152,8 +152,11 @@ def _rows(model: Model, matrix: Any) -> list[_Output]:
 
 def _checked(prediction: Any) -> _Output:
     """A prediction whose score is not a finite number (inputs near the float range overflow a
-    model's arithmetic) is that request's error: NaN is no answer to give with confidence."""
+    model's arithmetic) is that request's error: NaN is no answer to give with confidence. So is
+    one with neither a score nor a label (None, an ONNX classifier's empty map)."""
     score = getattr(prediction, "score", prediction)  # as the Score writer reads it (a plain float too)
+    if score is None and getattr(prediction, "label", None) is None:  # a Score saying nothing, and "ok"
+        return None, "the model gave neither a score nor a label"
     try:
         finite = score is None or math.isfinite(score)
     except TypeError:
