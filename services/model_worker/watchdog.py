@@ -91,9 +91,13 @@ class Watched(Generic[M]):
         started = self.turn_started = time.monotonic()
         self._on_turn(started, self.models - len(self.pending))
 
-    def abandon(self) -> list[M]:
-        """The models whose Scores the watchdog writes instead (the stuck one first)."""
+    def abandon(self, started: float | None = None) -> list[M] | None:
+        """The models whose Scores the watchdog writes instead (the stuck one first). None if the
+        turn it found overdue (begun at `started`) has ended since: its model answered just in
+        time, and the next model's turn has barely begun (it would be blamed and the worker exit)."""
         with self._lock:
+            if started is not None and self.turn_started != started:
+                return None
             self.abandoned = True
             pending, self.pending = self.pending, []
             return pending
@@ -177,23 +181,32 @@ class ScoringWatchdog(Generic[M]):
         passed: Watched[M] | None = None  # a batch the watchdog stood down on: it watches the next one
         while not self._stopped.wait(every):
             batch = self._batch
-            if batch is not None and batch is not passed and self._overdue(batch):
-                if self._give_up(batch):
+            started = None if batch is None or batch is passed else self._overdue(batch)
+            if batch is not None and started is not None:
+                gave_up = self._give_up(batch, started)
+                if gave_up is None:
+                    continue  # the turn ended just in time: the batch is watched on
+                if gave_up:
                     return
                 passed = batch
 
-    def _overdue(self, batch: Watched[M]) -> bool:
+    def _overdue(self, batch: Watched[M]) -> float | None:
+        """When the overdue turn began (its identity for `abandon`), or None."""
         started = batch.turn_started
-        return started is not None and bool(batch.pending) and time.monotonic() - started >= self.timeout_s
+        overdue = started is not None and bool(batch.pending) and time.monotonic() - started >= self.timeout_s
+        return started if overdue else None
 
-    def _give_up(self, batch: Watched[M]) -> bool:
+    def _give_up(self, batch: Watched[M], started: float | None = None) -> bool | None:
         """Write the batch's error Scores, commit it and exit; False if someone else did or will
         (every model wrote its Scores just now, or the rescue process took the batch: if the model
-        returns, the rescue stands down and the worker goes on, so the next batch is watched)."""
+        returns, the rescue stands down and the worker goes on, so the next batch is watched);
+        None if the overdue turn ended before it acted."""
         if self._board is not None and self._board.rescuing():
             log.error("the rescue process took the batch (the model held the interpreter lock): it kills the worker")
             return False
-        pending = batch.abandon()
+        pending = batch.abandon(started)
+        if pending is None:
+            return None
         if not pending:
             return False
         if self._board is not None:

@@ -118,3 +118,23 @@ def test_after_standing_down_for_the_rescue_the_watchdog_watches_the_next_batch(
         native.close()
         rescue.close()
         board.close()
+
+
+def test_the_watchdog_stands_down_when_the_overdue_turn_ended_before_it_acted() -> None:
+    """A model answering just as the watchdog found its turn overdue: the watchdog abandoned the
+    next model's turn, begun a moment before, blamed that model for the batch and exited (a review)."""
+    from services.model_worker.watchdog import ScoringWatchdog
+
+    exits: list[bool] = []
+    written: list[str] = []
+    watchdog = ScoringWatchdog(2.0, str, None, None, exit_process=lambda: exits.append(True))  # type: ignore[arg-type]
+    watched = watchdog.watch(["a", "b"], [Message(topic="rq", partition=0, offset=5, value=b"")],
+                             lambda model, _reason: written.append(model))
+    watched.turn_started = time.monotonic() - 2.5  # a's turn, overdue
+    started = watchdog._overdue(watched)
+    assert started is not None
+    assert watched.claim("a")  # a answered after all, and b's turn begins
+    watched.next_turn()
+    assert watchdog._give_up(watched, started) is None
+    assert watched.pending == ["b"] and not watched.abandoned and written == [] and exits == []
+    assert watchdog._overdue(watched) is None  # b's own turn is watched from its start
