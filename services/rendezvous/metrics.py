@@ -87,6 +87,11 @@ DEADLINE_SLACK = Histogram(
 CLOCK_RECORDS = Counter(
     "rdv_clock_records_total", "Clock records written to quiet scores partitions so their log clock moves (clock.py)."
 )
+CLOCK_RECORD_FAILURES = Counter(
+    "rdv_clock_record_failures_total",
+    "Clock records the broker did not take (asked again while their partition's timer is due; the client's own "
+    "log line says why).",
+)
 MAILBOXES = Gauge("rdv_mailboxes_open", "Requests in flight (answered-but-not-logged included).")
 SCHEDULE = Gauge(
     "rdv_schedule_info", "The schedule in force (value 1), by name, version and preferred model.",

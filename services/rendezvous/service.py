@@ -417,6 +417,10 @@ class Rendezvous(Probed):
 
     def _on_reply_failure(self, msg: Message, err: KafkaError) -> None:
         topic = msg.topic() or "?"
+        if topic == self.topics.scores:  # a clock record (the same producer): no reply, no return address
+            m.CLOCK_RECORD_FAILURES.inc()
+            log.debug("clock record to %s [%s] failed: %s", topic, msg.partition(), err.str())
+            return
         m.REPLY_ERRORS.labels("delivery").inc()
         if self._replies is not None:
             self._replies.forget(topic)

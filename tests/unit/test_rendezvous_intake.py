@@ -48,3 +48,22 @@ def test_intake_is_bounded_while_one_partition_waits_for_its_recovery() -> None:
     service._throttle()
     # Resumed, but not the partition still being recovered: the takeover resumes it when done.
     assert not service._paused and consumer.paused == {(requests, 1), (scores, 1)}
+
+
+def test_a_failed_clock_record_is_counted_as_one_not_as_a_reply() -> None:
+    """Clock records go through the replies' producer: a failed one was counted as a reply that
+    failed, and the scores topic was 'forgotten' as if it were a return address (a review)."""
+    from confluent_kafka import KafkaError, Message
+
+    from services.rendezvous import metrics as m
+
+    service = Rendezvous(RendezvousSettings(models=("champion",)))
+    forgotten: list[str] = []
+    service._replies = SimpleNamespace(forget=forgotten.append)  # type: ignore[assignment]
+    clock_failures = m.CLOCK_RECORD_FAILURES._value.get()
+    reply_failures = m.REPLY_ERRORS.labels("delivery")._value.get()
+    service._on_reply_failure(Message(topic=service.topics.scores, partition=2), KafkaError(KafkaError._MSG_TIMED_OUT))
+    assert m.CLOCK_RECORD_FAILURES._value.get() == clock_failures + 1
+    assert m.REPLY_ERRORS.labels("delivery")._value.get() == reply_failures and forgotten == []
+    service._on_reply_failure(Message(topic="rdv.replies.a", partition=0), KafkaError(KafkaError._MSG_TIMED_OUT))
+    assert m.REPLY_ERRORS.labels("delivery")._value.get() == reply_failures + 1 and forgotten == ["rdv.replies.a"]
