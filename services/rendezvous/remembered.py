@@ -51,10 +51,7 @@ class RememberedIds:
         ids.move_to_end(rid)
         while len(ids) > self.max_ids:
             ids.popitem(last=False)
-        queue = self._due.get(entry[0])
-        if queue is None:
-            queue = self._due[entry[0]] = deque()
-        queue.append((entry[1], rid))
+        self._queue_of(entry[0]).append((entry[1], rid))
         self._queued += 1
         if self._queued > 2 * self.max_ids:
             self._rebuild()
@@ -84,8 +81,11 @@ class RememberedIds:
     def _rebuild(self) -> None:
         self._due = {}
         for rid, entry in self._ids.items():
-            queue = self._due.get(entry[0])
-            if queue is None:
-                queue = self._due[entry[0]] = deque()
-            queue.append((entry[1], rid))
+            self._queue_of(entry[0]).append((entry[1], rid))
         self._queued = len(self._ids)
+
+    def _queue_of(self, partition: int) -> deque[tuple[int, str]]:
+        queue = self._due.get(partition)  # not setdefault: that would make a deque per call
+        if queue is None:
+            queue = self._due[partition] = deque()
+        return queue
