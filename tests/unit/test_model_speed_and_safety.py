@@ -584,23 +584,14 @@ def test_scores_the_float_range_cannot_hold_are_errors_whatever_their_type() -> 
     assert "not a finite number" in (results[1].error or "") and results[2].prediction == 0.25
 
 
-class _Blank:
-    """A model whose outputs say nothing: neither a score nor a label."""
-
-    name, version, feature_names = "blank", "1", ("x",)
-
-    def __init__(self, output: Any):
-        self.output = output
-
-    def load(self) -> None:
-        return None
-
-    def predict(self, matrix: Any) -> list[Any]:
-        return [self.output for _ in range(len(matrix))]
-
 
 @pytest.mark.parametrize("output", [None, Prediction(None, None)])
 def test_an_output_with_neither_score_nor_label_is_that_requests_error(output: Any) -> None:
     """It was written as a Score with no score, no label and no error, counted ok (a review)."""
-    (result,) = score_batch(_Blank(output), [{"x": 1.0}])  # type: ignore[arg-type]
+
+    class Blank(_Overflowing):
+        def predict(self, matrix: Any) -> list[Any]:
+            return [output for _ in range(len(matrix))]
+
+    (result,) = score_batch(Blank(), [{"x": 1.0}])  # type: ignore[arg-type]
     assert result.prediction is None and result.error == "the model gave neither a score nor a label"
