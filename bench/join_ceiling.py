@@ -39,6 +39,7 @@ from typing import Any
 from bench.common import new_parser, positive, print_table, write_json
 from bench.rendezvous_throughput import MODELS, TARGET_REQ_S, Record, records
 from services.control.schedule import Schedule
+from services.control.topic import ScheduleBook
 from services.core.codec import codec
 from services.core.runtime import GC_YOUNG_THRESHOLD, now_ms, tune_gc
 from services.rendezvous.join import Join, JoinLimits
@@ -77,7 +78,7 @@ def run_stage(stage: str, feed: Sequence[Record], log_time: int) -> tuple[float,
     stage = STAGES[-1] if stage == DEFAULT_GC else stage
     requests, scores = codec("request"), codec("score")
     schedule = Schedule(models=tuple(m for m, _ in MODELS), default_deadline_ms=600_000)
-    join = Join(JoinLimits(), lambda _created: schedule, Outputs(stage == "encode"))
+    join = Join(JoinLimits(), ScheduleBook.holding(schedule), Outputs(stage == "encode"))
     upto = STAGES.index(stage)
     started = time.thread_time()
     for offset, record in enumerate(feed):

@@ -59,6 +59,14 @@ class ScheduleBook:
         self._versions: list[Schedule] = []
         self._starts: list[int] = []  # effective_at of each version, ascending
 
+    @classmethod
+    def holding(cls, *schedules: Schedule) -> ScheduleBook:
+        """A book of these versions, already accepted in this order (tests and benches)."""
+        book = cls(schedules[0].name)
+        for schedule in schedules:
+            book.add(schedule)
+        return book
+
     @property
     def latest(self) -> Schedule | None:
         return self._versions[-1] if self._versions else None
@@ -99,6 +107,15 @@ class ScheduleBook:
 
     def in_force(self, now: int) -> Schedule:
         return self.for_request(now)
+
+    def named_between(self, start: int, end: int) -> frozenset[str]:
+        """Every model named by a version in force at some time in [start, end] (none before the
+        first version is added)."""
+        if not self._versions:
+            return frozenset()
+        first = max(0, bisect.bisect_right(self._starts, start) - 1)
+        last = max(0, bisect.bisect_right(self._starts, end) - 1)
+        return frozenset().union(*(version.model_set for version in self._versions[first:last + 1]))
 
 
 @dataclass(frozen=True)

@@ -126,13 +126,26 @@ class Finished:
             self.logged.discard(rid)
 
 
+class Schedules(Protocol):
+    """The schedule versions the join decides by (the control topic's, in the service)."""
+
+    def for_request(self, created_at: int) -> Schedule:
+        """The version governing a request created at `created_at`."""
+        ...
+
+    def named_between(self, start: int, end: int) -> frozenset[str]:
+        """Every model named by a version in force at some time in [start, end]."""
+        ...
+
+
 class Join:
     def __init__(
-        self, limits: JoinLimits, schedule_for: Callable[[int], Schedule], outputs: Outputs,
+        self, limits: JoinLimits, schedules: Schedules, outputs: Outputs,
         wall_ms: Callable[[], int] = now_ms,
     ):
         self.limits = limits
-        self.schedule_for = schedule_for  # created_at -> the schedule version governing it
+        self.schedules = schedules
+        self.schedule_for = schedules.for_request  # created_at -> the schedule version governing it
         self.outputs = outputs
         self.wall_ms = wall_ms
         self.mailboxes: dict[str, Mailbox] = {}
@@ -187,6 +200,18 @@ class Join:
         horizon = self.wall_ms() - self.limits.model_ttl_ms
         self._models_seen = {model: at for model, at in self._models_seen.items() if at >= horizon}
         return len(self._models_seen) < MAX_MODELS
+
+    def _scheduled(self, score: ScoreIn, mailbox: Mailbox | None) -> bool:
+        """Whether the schedule of the score's request names its model: such a score is never
+        refused. Before its request is read, that schedule is not known yet, so any version that
+        could govern it counts: one in force between the oldest creation time a request still
+        open could have (`max_budget_ms` before the score) and the newest one accepted
+        (`max_future_ms` after). The version in force at the score's own time alone would make
+        the answer depend on which of the two was read first, across a schedule change."""
+        if mailbox is not None and mailbox.schedule is not None:
+            return score.model in mailbox.schedule.models
+        start, end = score.log_time - self.limits.max_budget_ms, score.log_time + self.limits.max_future_ms
+        return score.model in self.schedules.named_between(start, end)
 
     def _labels(self, model: str, version: str) -> tuple[str, str]:
         """The metric labels of a model's version: at most MAX_MODELS models and
@@ -305,7 +330,7 @@ class Join:
         if score.model not in self._models_seen:
             # Only under a flood of more than MAX_MODELS names (forged): which get through then
             # depends on when each was last seen, a bound on memory that no instance can avoid.
-            if not self._room_for_a_model() and not _scheduled(score, mailbox, self.schedule_for):
+            if not self._room_for_a_model() and not self._scheduled(score, mailbox):
                 self.metrics.inc(m.SCORES_REFUSED)
                 return None
             self._live = None
@@ -642,10 +667,3 @@ def _decoded(answer: dict[str, Any] | bytes | None) -> dict[str, Any] | None:
     except BadInput as err:
         log.warning("a remembered answer cannot be read (%s): no reply sent again", err)
         return None
-
-
-def _scheduled(score: ScoreIn, mailbox: Mailbox | None, schedule_for: Callable[[int], Schedule]) -> bool:
-    """Whether the schedule of the score's request (or, before the request is read, the one in
-    force at the score's time) names its model: such a score is never refused."""
-    schedule = mailbox.schedule if mailbox is not None else None
-    return score.model in (schedule or schedule_for(score.log_time)).models

@@ -41,6 +41,9 @@ class ScheduleFeed:
     def for_request(self, created_at: int) -> Schedule:
         return self.book.for_request(created_at) if self.book.latest else self.bootstrap
 
+    def named_between(self, start: int, end: int) -> frozenset[str]:
+        return self.book.named_between(start, end) if self.book.latest else self.bootstrap.model_set
+
     def start(self, ctx: Context) -> None:
         """Replay the control topic's history; seed it with the bootstrap schedule if empty."""
         self._feed = ControlFeed(ctx.config, self.topics.control)

@@ -88,7 +88,7 @@ class Rendezvous(Probed):
         self.schedules = ScheduleFeed(settings.schedule_name, schedule or settings.schedule(), self.topics,
                                       self._dead_letter)
         self.book = self.schedules.book
-        self.join = Join(settings.limits(), self.schedules.for_request, self)
+        self.join = Join(settings.limits(), self.schedules, self)
         self.offsets = OffsetBook()
         self.service = StreamService(self._spec(), self)
         self.ready = self.service.ready

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from services.control.schedule import Schedule
+from services.control.topic import ScheduleBook
 from services.core.codec import codec
 from services.rendezvous.join import (
     MAX_LABELLED_VERSIONS,
@@ -66,10 +67,11 @@ class Collected:
         self.in_flight.clear()
 
 
-def make_join(schedule: Schedule | None = None, **limits: Any) -> tuple[Join, Collected]:
+def make_join(schedule: Schedule | ScheduleBook | None = None, **limits: Any) -> tuple[Join, Collected]:
     out = Collected()
     chosen = schedule or Schedule(models=MODELS)
-    join = Join(JoinLimits(**limits), lambda _created: chosen, out, wall_ms=lambda: T0)
+    book = chosen if isinstance(chosen, ScheduleBook) else ScheduleBook.holding(chosen)
+    join = Join(JoinLimits(**limits), book, out, wall_ms=lambda: T0)
     return join, out
 
 
@@ -251,6 +253,23 @@ def test_scores_of_ever_new_model_names_are_bounded_and_the_schedules_models_sti
     join.on_request(request("real", at=T0 + 2))
     join.on_score(score("real", "champion", T0 + 3))  # named by the schedule: never refused
     assert decided(out) == {"real": ("OK", "champion", T0 + 3)}
+
+
+def test_under_a_flood_of_model_names_an_early_score_counts_as_if_its_request_came_first() -> None:
+    """A request created under v1, its scores appended after v2 (which drops the champion) took
+    effect: read before the request, the champion's score is judged by every version that could
+    govern it, not by v2 alone, so the answer does not depend on which was read first."""
+    changed_at = T0 + 100
+    book = ScheduleBook.holding(Schedule(models=("champion", "challenger"), version=1),
+                                Schedule(models=("challenger", "newbie"), version=2, effective_at=changed_at))
+    join, out = make_join(book)
+    for i in range(MAX_MODELS):  # the table of model names full of names seen just now
+        join.on_score(score(f"f{i}", f"forged-{i}", T0 + 1, partition=1))
+    for model, at in (("champion", changed_at + 50), ("challenger", changed_at + 51)):
+        join.on_score(score("r", model, at))
+    join.on_request(request("r", at=T0 + 60, created=T0 + 50))
+    join.on_clock(0, T0 + 5_000)
+    assert decided(out) == {"r": ("OK", "champion", changed_at + 50)}
 
 
 def test_metrics_name_a_bounded_number_of_versions() -> None:

@@ -167,3 +167,14 @@ def test_rollback_restores_the_version_before_or_the_one_asked_for() -> None:
     with pytest.raises(ConfigError, match=r"v3's policy is the one in force already \(v4\): nothing to roll back"):
         changes.rollback(book)  # it published a v5 that changed nothing (a review)
     assert changes.rollback(book, to=2).models == ("b", "a")
+
+
+def test_the_models_named_in_a_time_range_are_those_of_every_version_in_force_in_it() -> None:
+    book = ScheduleBook.holding(Schedule(models=("a",), version=1, effective_at=100),
+                                Schedule(models=("b",), version=2, effective_at=200),
+                                Schedule(models=("c",), version=3, effective_at=300))
+    assert book.named_between(0, 50) == {"a"}  # before the first: the first governs, as for a request
+    assert book.named_between(150, 250) == {"a", "b"}
+    assert book.named_between(200, 200) == {"b"}
+    assert book.named_between(250, 10**6) == {"b", "c"}
+    assert ScheduleBook("empty").named_between(0, 10**6) == frozenset()
