@@ -61,7 +61,7 @@ class ModelSummary:
     late: int
     deadline_met: float  # share of n: a usable score that arrived by the request's deadline
     latency_ms: dict[str, float]  # LATENCY_QUANTILES of created_at -> score arrived, error outputs not counted
-    agreement: float
+    agreement: float  # of the requests the champion labelled and this model answered: the same label
     ks: float
     psi: float
     mad: float
@@ -69,12 +69,9 @@ class ModelSummary:
     paired: int  # records where both this model and the champion have a score
     plots: ModelPlots
     # For promotion gates (services/control/evidence.py), which must not pass on a sliver of the
-    # traffic: of the `paired` records, those where both labels are there and equal, and those where
-    # both are there at all; the requests the champion answered from this model's first output on
-    # (the ones it was expected to score too), how many of them it gave an output for at all, and
-    # how many it scored by the deadline.
-    paired_agreeing: int = 0
-    paired_labelled: int = 0
+    # traffic: the requests the champion answered from this model's first output on (the ones it
+    # was expected to score too), how many of them it gave an output for at all, and how many it
+    # scored by the deadline.
     expected: int = 0
     expected_output: int = 0
     expected_met: int = 0
@@ -258,8 +255,7 @@ class _Outputs:
 class _Paired:
     scores: PairedScores
     labels: PairedLabels | None  # None for the champion itself / without a champion
-    agreeing: int = 0  # of the records paired by score: both labels there and equal
-    labelled: int = 0  # of the records paired by score: both labels there
+    agreement: float = float("nan")  # see `_agreement`
 
 
 def _model(frame: Frame, code: int, ref: _Reference, starts: np.ndarray, bucket_ms: int) -> ModelSummary:
@@ -279,7 +275,7 @@ def _model(frame: Frame, code: int, ref: _Reference, starts: np.ndarray, bucket_
         errors=int(out.error.sum()), late=int(out.late.sum()),
         deadline_met=float(on_time.mean()) if len(on_time) else float("nan"),
         latency_ms={name: float(v) for (name, _), v in zip(LATENCY_QUANTILES, latency, strict=True)},
-        agreement=paired.labels.agreement() if paired.labels is not None else float("nan"),
+        agreement=paired.agreement,
         ks=ks_exact(ref.scores, scores) if compared else float("nan"),
         psi=psi_exact(ref.scores, scores) if compared else float("nan"),
         mad=paired.scores.mad(), correlation=paired.scores.correlation(), paired=paired.scores.n,
@@ -289,7 +285,6 @@ def _model(frame: Frame, code: int, ref: _Reference, starts: np.ndarray, bucket_
             agreement_over_time=_agreement_series(frame, ref, out, starts, bucket_ms) if compared else None,
             confusion=paired.labels.matrix() if paired.labels is not None and paired.labels.n else None,
         ),
-        paired_agreeing=paired.agreeing, paired_labelled=paired.labelled,
         expected=int(expected.sum()), expected_output=int(expected[out.rows].sum()),
         expected_met=int(expected[out.rows[on_time]].sum()),
     )  # fmt: skip
@@ -311,10 +306,17 @@ def _paired(ref: _Reference, out: _Outputs, names: tuple[str, ...]) -> _Paired:
     both = ~np.isnan(champion_score) & ~np.isnan(out.score)
     scores = PairedScores()
     scores.add_many(champion_score[both], out.score[both])
-    champion_label, label = ref.label[out.rows][both], out.label[both]
-    labelled = (champion_label >= 0) & (label >= 0)
-    return _Paired(scores, _paired_labels(ref.label[out.rows], out.label, names),
-                   agreeing=int((labelled & (champion_label == label)).sum()), labelled=int(labelled.sum()))
+    return _Paired(scores, _paired_labels(ref.label[out.rows], out.label, names), _agreement(ref, out))
+
+
+def _agreement(ref: _Reference, out: _Outputs) -> float:
+    """Of the requests the champion labelled and this model answered without error, the share it
+    gave the same label (NaN if none): a model leaving a label out disagrees, so one that labels
+    2 requests of 200 does not show 100% (the live gauge and the promote gate count the same)."""
+    champion = ref.label[out.rows]
+    compared = (champion >= 0) & ~out.error
+    total = int(compared.sum())
+    return int((compared & (out.label == champion)).sum()) / total if total else float("nan")
 
 
 DENSE_LABELS = 1024  # distinct labels up to which the confusion counts are one dense array (8 MB)
@@ -337,14 +339,15 @@ def _paired_labels(champion: np.ndarray, model: np.ndarray, names: tuple[str, ..
 
 
 def _agreement_series(frame: Frame, ref: _Reference, out: _Outputs, starts: np.ndarray, bucket_ms: int) -> np.ndarray:
-    """Share of paired labels equal to the champion's, per created_at bucket (NaN = no pair)."""
+    """`_agreement` per created_at bucket (NaN = nothing to compare)."""
     if not len(starts):
         return np.zeros(0)
     champion = ref.label[out.rows]
-    both = (champion >= 0) & (out.label >= 0)
-    bucket = (frame.created_at[out.rows[both]] - starts[0]) // bucket_ms
+    compared = (champion >= 0) & ~out.error
+    bucket = (frame.created_at[out.rows[compared]] - starts[0]) // bucket_ms
     total = np.bincount(bucket, minlength=len(starts))[: len(starts)]
-    agree = np.bincount(bucket, weights=champion[both] == out.label[both], minlength=len(starts))[: len(starts)]
+    same = champion[compared] == out.label[compared]
+    agree = np.bincount(bucket, weights=same, minlength=len(starts))[: len(starts)]
     return np.where(total > 0, agree / np.maximum(total, 1), np.nan)
 
 

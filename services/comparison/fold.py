@@ -236,7 +236,9 @@ def _fill_pairs(
         scored = at[both_scored[at]]
         if len(scored):
             pair.scores.add_many(out.score[scored], out.score[lead_of[scored]])
-        labelled = at[(out.label[at] >= 0) & (out.label[lead_of[at]] >= 0)]
+        lead_labelled = out.label[lead_of[at]] >= 0
+        pair.lead_labelled += int(lead_labelled.sum())
+        labelled = at[(out.label[at] >= 0) & lead_labelled]
         width = len(batch.label.values)
         values, codes = dense(out.label[lead_of[labelled]] * width + out.label[labelled])
         counts = np.bincount(codes)  # few labels: counted, not sorted

@@ -317,10 +317,12 @@ def _pair_samples(out: Samples, view: WindowView, name: str, champion: str) -> N
         return
     _finite(out, "rdv_cmp_score_mad", labels, pair.scores.mad())
     _finite(out, "rdv_cmp_score_correlation", labels, pair.scores.correlation())
+    if pair.lead_labelled:
+        # Over the paired requests the champion labelled, one the model left unlabelled disagreeing
+        # (as the report and the promote gate count): a challenger that stopped labelling kept 1.0
+        # on the 2 in 200 it labelled, and one that labelled none had no gauge for its alert.
+        _finite(out, "rdv_cmp_agreement_ratio", labels, pair.labels.agreeing / pair.lead_labelled)
     if pair.labels.n:
-        # Over every paired request, one either model left unlabelled disagreeing (as the promote
-        # gate counts): a challenger that stopped labelling kept 1.0 on the 2 in 200 it labelled.
-        _finite(out, "rdv_cmp_agreement_ratio", labels, pair.labels.agreeing / max(pair.n, pair.labels.n))
         names, counts = pair.labels.matrix(MAX_CONFUSION_LABELS)
         for i, lead_label in enumerate(names):
             for j, model_label in enumerate(names):

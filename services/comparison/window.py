@@ -80,6 +80,7 @@ class PairStats:
     """A model against the champion on the same requests (both answered without error)."""
 
     n: int = 0
+    lead_labelled: int = 0  # of the n, those the champion labelled: agreement's denominator
     scores: PairedScores = field(default_factory=PairedScores)
     labels: PairedLabels = field(default_factory=PairedLabels)
     new_model_scores: list[float] = field(default_factory=list)
@@ -94,6 +95,7 @@ class PairStats:
         self.compact()
         other.compact()
         self.n += other.n
+        self.lead_labelled += other.lead_labelled
         self.scores.merge(other.scores)
         self.labels.merge(other.labels)
 
@@ -208,9 +210,11 @@ class SlidingWindow:
             if lead_score is not None and score is not None and isfinite(score):
                 pair.new_model_scores.append(score)
                 pair.new_champion_scores.append(lead_score)
-            label = out["label"]
-            if label is not None and lead_label is not None:
-                pair.labels.add(lead_label, label)
+            if lead_label is not None:
+                pair.lead_labelled += 1
+                label = out["label"]
+                if label is not None:
+                    pair.labels.add(lead_label, label)
         return True
 
     def admit(self, created: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

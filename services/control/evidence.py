@@ -36,14 +36,13 @@ def figures_of(report: Report, candidate: str, champion: str) -> dict[str, float
     champion_error_rate = reference.errors / reference.n if reference is not None and reference.n else NAN
     if row is None:
         return {"n": 0.0, "champion_error_rate": champion_error_rate}
-    # Agreement over all n paired requests, a missing label counting against it, and the deadlines
-    # met over every request the candidate was expected to score: the report's own figures count
-    # only the labels given and the candidate's own outputs, so a candidate that labels or scores a
-    # sliver of the traffic would pass on that sliver.
+    # Agreement counts a missing label against the candidate (the report's figure), and the
+    # deadlines met are over every request it was expected to score: the report's deadline_met
+    # counts only the candidate's own outputs, so one that scores a sliver would pass on that sliver.
     return {
         "champion_error_rate": champion_error_rate,  # for the gate's default error_rate clause
         "n": float(row.paired),
-        "agreement": row.paired_agreeing / row.paired if row.paired and row.paired_labelled else NAN,
+        "agreement": row.agreement,
         "p50": row.latency_ms.get("p50", NAN),
         "p90": row.latency_ms.get("p90", NAN),
         "p99": row.latency_ms.get("p99", NAN),

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from services.compare_report.summary import summarize_records
 from services.comparison import metrics as m
 from services.comparison.service import ComparisonService, validate
 from services.comparison.settings import ComparisonSettings
@@ -516,18 +517,35 @@ def test_the_deadline_rule_is_one_rule_for_one_record_and_for_columns() -> None:
     assert 0 < sum(scalar) < 500
 
 
-def test_the_agreement_gauge_counts_a_request_without_a_label_as_a_disagreement_as_the_gate_does() -> None:
+@pytest.mark.parametrize("labelled", [0, 2])
+def test_the_agreement_gauge_counts_a_request_without_a_label_as_a_disagreement_as_the_report_does(
+    labelled: int,
+) -> None:
     """A challenger that labelled 2 of 200 paired requests showed an agreement of 1.0 beside
-    200 pairs: the alert on it (< 0.95 with >= 100 pairs) could not fire."""
+    200 pairs, and one that labelled none had no gauge: the alert on it (< 0.95 with >= 100 pairs)
+    could not fire. The report's column said 1.0 as well (a review)."""
     svc = service()
     records = []
     for i in range(200):
-        challenger = output("challenger", 0.9) if i < 2 else {**output("challenger", 0.9), "label": None}
+        challenger = output("challenger", 0.9) if i < labelled else {**output("challenger", 0.9), "label": None}
         records.append(record(BASE_MS + i * 10, [output("champion", 0.9), challenger]))
     feed(svc, records)
     svc.export()
     assert m.WINDOW.value("rdv_cmp_window_pairs", model="challenger", champion="champion") == 200
-    assert m.WINDOW.value("rdv_cmp_agreement_ratio", model="challenger", champion="champion") == pytest.approx(0.01)
+    expected = labelled / 200
+    assert m.WINDOW.value("rdv_cmp_agreement_ratio", model="challenger", champion="champion") == pytest.approx(expected)
+    row = next(r for r in summarize_records(records, champion="champion").models if r.name == "challenger")
+    assert row.agreement == pytest.approx(expected)
+
+
+def test_no_agreement_gauge_when_the_champion_gives_no_labels() -> None:
+    """Regressors: nothing to agree on, so no gauge (0 would fire the alert)."""
+    svc = service()
+    unlabelled = [{**output(name, 0.9), "label": None} for name in ("champion", "challenger")]
+    feed(svc, [record(BASE_MS + i * 10, unlabelled) for i in range(200)])
+    svc.export()
+    assert m.WINDOW.value("rdv_cmp_window_pairs", model="challenger", champion="champion") == 200
+    assert m.WINDOW.value("rdv_cmp_agreement_ratio", model="challenger", champion="champion") is None
 
 
 def test_label_pairs_beyond_the_bound_are_counted_together_and_agreement_stays_exact() -> None:
