@@ -479,15 +479,22 @@ class CommitLane:
     def commit_now(self, offsets: list[TopicPartition], give_up: Callable[[], bool], group: Any = None) -> bool:
         """Commit on the caller's thread, the consumer's (after any background commit ended);
         raises its error. Outcomes not yet settled are superseded by this commit: settling them
-        later could commit older positions of partitions given up meanwhile. An aborted
-        transaction among them is raised instead: `offsets` may cover work whose outputs it took
-        with it, and committing them would lose those outputs for good."""
+        later could commit older positions of partitions given up meanwhile. A failed one among
+        them commits nothing: `offsets` may cover work whose outputs it took with it, and
+        committing them would lose those outputs for good. An aborted transaction is raised; any
+        other failure (outputs refused for good) is kept for the loop to settle, which stops the
+        service with it, and raised as the transaction it voided."""
         self._wait_idle()
         with self._lock:
             unsettled, self._outcomes = self._outcomes, []
         aborted = next((o.error for o in unsettled if isinstance(o.error, TransactionAborted)), None)
         if aborted is not None:
             raise aborted
+        failed = next((o for o in unsettled if o.error is not None), None)
+        if failed is not None:
+            with self._lock:
+                self._outcomes.insert(0, failed)
+            raise TransactionAborted(f"outputs were refused ({failed.error})")
         outcome = self._commit(offsets, give_up, group)
         if outcome.error is not None:
             raise outcome.error

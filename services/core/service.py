@@ -179,6 +179,9 @@ class StreamService:
         self._last_commit = 0.0
         self._fenced_at: float | None = None  # when the consumer was last fenced (_rejoin)
         self._failure: Exception | None = None  # what ended the loop, while the clients close after it
+        # A commit's outputs were refused: the positions finished since the last commit have no
+        # outputs behind them, so nothing may be committed any more (a restart redoes that work).
+        self._outputs_void = False
         # What we own, as the callbacks said: a fenced consumer forgets its assignment at once.
         self._owned: dict[tuple[str, int], TopicPartition] = {}
         self._releases = 0  # partitions released so far (revoked or lost): tells a rebalance happened
@@ -325,11 +328,16 @@ class StreamService:
                 log.warning("%s: re-reading from the committed offsets", outcome.error)
                 self._rewind()
             else:
+                self._outputs_void = True  # the consumer's close revokes next: it must not commit
                 raise outcome.error
 
     def commit_now(self) -> None:
-        """Commit finished work on this thread (revoke, drain)."""
+        """Commit finished work on this thread (revoke, drain), unless outputs were refused."""
         assert self.ctx is not None
+        if self._outputs_void:
+            log.warning("%s: nothing committed: outputs since the last commit were refused (%s); a restart "
+                        "re-reads that work", self.spec.name, self._failure)
+            return
         offsets = self.handler.finished_offsets()
         try:
             if self.ctx.outputs.commit_now(offsets, self._give_up, self._group_metadata()):
@@ -498,6 +506,7 @@ class StreamService:
                      self.spec.drain_timeout_s)
             self._loop(lambda: not self.handler.in_flight() or self._give_up())
         self.commit_now()
+        self._settle_commits()  # a refusal the drain's commit found unsettled: the run fails with it
 
 
 class Probed:

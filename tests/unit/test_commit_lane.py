@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from services.core.commits import CommitLane, CommitOutcome, TransactionAborted
-from services.core.errors import KafkaOperationError
+from services.core.errors import KafkaOperationError, RefusedForGood
 
 
 class RecordingCommitter:
@@ -113,6 +113,25 @@ def test_commit_now_raises_an_abort_not_yet_settled_and_commits_nothing() -> Non
         with pytest.raises(TransactionAborted):
             lane.commit_now([TopicPartition("t", 0, 120)], lambda: False)
         assert committer.commits == [("aborted", [100])]
+    finally:
+        lane.close()
+
+
+def test_commit_now_after_outputs_refused_for_good_commits_nothing_and_keeps_the_refusal_for_the_loop() -> None:
+    """A drain or a revoke before the loop settled a refusal (a missing WRITE permission): the
+    positions finished since cover inputs whose outputs were never written (a review)."""
+    committer = RecordingCommitter(fail_with=RefusedForGood("not authorized to write topic out"))
+    lane = CommitLane(committer, None)
+    try:
+        lane.request([TopicPartition("t", 0, 100)])
+        with lane._lock:  # the outcome is in, not yet settled by the loop
+            assert lane._lock.wait_for(lambda: bool(lane._outcomes), 5)
+        committer.fail_with = None
+        with pytest.raises(TransactionAborted, match="outputs were refused"):
+            lane.commit_now([TopicPartition("t", 0, 120)], lambda: False)
+        assert len(committer.commits) == 1  # the failed one only
+        [outcome] = lane.outcomes()
+        assert isinstance(outcome.error, RefusedForGood)
     finally:
         lane.close()
 

@@ -1,16 +1,20 @@
 """The skeleton's rewind after an aborted transaction (services/core/service.py), with stand-ins
-for the Kafka clients: an abort that itself fails in a broker outage must still re-read."""
+for the Kafka clients: an abort that itself fails in a broker outage must still re-read; and
+after outputs refused for good, nothing is committed on the way out."""
 
 from __future__ import annotations
 
 from contextlib import ExitStack
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from services.core.commits import CommitLane, CommitOutcome, ExactlyOnce, TransactionAborted
+from services.core.errors import RefusedForGood
 from services.core.health import BrokerHealth
 from services.core.service import Context, StreamHandler, StreamService, StreamSpec
+from tests.unit.test_commit_lane import RecordingCommitter
 
 
 class UnreachableTransactions:
@@ -48,6 +52,9 @@ class Consumer:
         self.calls: list[str] = []
         self.native = self
 
+    def assignment(self) -> list[TopicPartition]:
+        return []
+
     def unsubscribe(self) -> None:
         self.calls.append("unsubscribe")
 
@@ -59,6 +66,9 @@ class Handler(StreamHandler):
     def __init__(self) -> None:
         super().__init__()
         self.rewound = 0
+
+    def finished_offsets(self) -> list[TopicPartition]:
+        return [TopicPartition("in", 0, 10)]  # ten inputs handled, their outputs refused
 
     def on_rewind(self) -> None:
         self.rewound += 1
@@ -80,3 +90,26 @@ def test_an_abort_that_fails_during_a_rewind_replaces_the_producer_and_still_re_
     assert "renew" in producer.calls and producer.calls[-2:] == ["init", "begin"]
     assert handler.rewound == 1
     assert consumer.calls[0] == "unsubscribe" and "subscribe" in consumer.calls
+
+
+@pytest.mark.parametrize("way_out", ["revoked as the consumer closes", "drained"])
+def test_after_outputs_refused_for_good_nothing_is_committed_on_the_way_out(way_out: str) -> None:
+    """A missing WRITE permission stops the service; the consumer's close revoked its partitions
+    and committed the positions finished since, or a drain did (the refusal not yet settled, and
+    the process exited 0): the restart after the fix read on past requests never scored (a review)."""
+    committer = RecordingCommitter()
+    lane = CommitLane(committer, None, background=False)  # type: ignore[arg-type]
+    spec = StreamSpec(name="svc", config={}, subscription=["in"], group_id="g", processing="at-least-once")
+    service = StreamService(spec, Handler())
+    service.ctx = Context(spec, {}, BrokerHealth(), Consumer(), None, lane, ExitStack())  # type: ignore[arg-type]
+    refused = RefusedForGood("not authorized to write topic out")
+    lane._outcomes.append(CommitOutcome([TopicPartition("in", 0, 10)], False, refused))
+
+    with pytest.raises(RefusedForGood):
+        if way_out == "drained":
+            service._drain()
+        else:
+            service._settle_commits()
+    service._on_revoke(None, [TopicPartition("in", 0)])
+
+    assert committer.commits == []
