@@ -88,6 +88,15 @@ def new_client(kind: Callable[[dict[str, Any]], T], config: dict[str, Any]) -> T
                           f"{kafka_config.describe_refusal(text, config)}") from None
 
 
+def _whole_bytes(config: Mapping[str, Any], key: str) -> int:
+    """A size the producer reads before librdkafka checks the configuration: one it would refuse
+    is a one-line `ConfigError`, not a traceback."""
+    try:
+        return int(config.get(key, LIBRDKAFKA_MESSAGE_MAX_BYTES))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{kafka_config.FLAG}: {key} must be a whole number of bytes") from None
+
+
 # How long to wait for a broker when the caller names no timeout: --connect-timeout-s of the
 # command (`set_connect_timeout`), so every wait of a command honours the one flag.
 _connect_timeout_s = 15.0
@@ -174,14 +183,13 @@ class Producer:
         topic_limits: Mapping[str, int] | None = None,
     ):
         merged = kafka_logs.wired({**PRODUCER_DEFAULTS, **config, "delivery.report.only.error": not delivered})
-        self._max_record = int(merged.get("message.max.bytes", LIBRDKAFKA_MESSAGE_MAX_BYTES))
+        self._max_record = _whole_bytes(merged, "message.max.bytes")
         # topic -> the largest record it takes: the producer's limit, or the topic's own if lower.
         self._limits = {t: min(self._max_record, limit - BATCH_OVERHEAD) for t, limit in (topic_limits or {}).items()}
         if self._limits:
             # librdkafka fills a batch up to batch.size: several records that each fit a topic
             # could still make a batch the broker refuses (for good, as they would be resent alike).
-            merged["batch.size"] = max(1, min(int(merged.get("batch.size", LIBRDKAFKA_MESSAGE_MAX_BYTES)),
-                                              *self._limits.values()))
+            merged["batch.size"] = max(1, min(_whole_bytes(merged, "batch.size"), *self._limits.values()))
         self._delivered = delivered
         self._config = merged
         self._producer = new_client(_Producer, merged)

@@ -204,6 +204,16 @@ def test_a_refused_key_that_is_not_shown_says_why() -> None:
     assert "is not shown" not in str(typo.value)
 
 
+@pytest.mark.parametrize("key", ["message.max.bytes", "batch.size"])
+def test_a_size_the_producer_reads_itself_is_refused_in_one_line_when_not_a_number(key: str) -> None:
+    """Read before librdkafka checks the configuration, `1MB` was a ValueError's traceback (a review)."""
+    from services.core.kafka import Producer
+
+    config = from_namespace(KafkaSettings, kafka_config=(f"{key}=1MB",), bootstrap="127.0.0.1:1").librdkafka()
+    with pytest.raises(ConfigError, match=f"^--kafka-config: {key} must be a whole number of bytes$"):
+        Producer(config, topic_limits={"rdv.scores": 1_048_588})
+
+
 def test_every_example_in_the_help_parses_and_every_subcommand_has_a_description(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
