@@ -12,7 +12,9 @@ nothing but dead letters. The shared skeleton (services/core/service.py) commits
 `commit_interval_ms`, off the poll loop (and when partitions are revoked, and at shutdown): it
 flushes the dead letters, then commits the positions after the last records handled.
 After a restart the window starts empty from the committed position (the gauges fill again
-within one window); counters are process-lifetime, as Prometheus expects of counters.
+within one window); so it does when this instance re-reads from there (a rewind, partitions lost
+uncommitted), or it would count the records since twice. Counters are process-lifetime, as
+Prometheus expects of counters.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from math import isfinite
 from typing import Any, cast
 
-from confluent_kafka import Message
+from confluent_kafka import Message, TopicPartition
 
 from services.comparison import fold, kernels
 from services.comparison import metrics as m
@@ -75,9 +77,7 @@ class ComparisonService(SimpleHandler, Probed):
         self.settings = settings
         self.topics = settings.topics()
         self.processed = 0
-        self.window = SlidingWindow(settings.bucket_ms(), settings.buckets)
-        self.champion = ChampionTracker(settings.champion)
-        self.references = References(settings.reference_size)
+        self._start_empty()
         self._labels = m.LabelBudget(settings.max_models)
         self._touched: set[tuple[str, str]] = set()
         self._series: dict[tuple[str, str], tuple[str, str]] = {}  # raw (model, version) -> labels
@@ -117,7 +117,27 @@ class ComparisonService(SimpleHandler, Probed):
         self._dead = DeadLetters.for_topic(ctx.outputs, ctx.config, self.topics.deadletter, SERVICE,
                                            known=ctx.producer.topic_limit(self.topics.deadletter))
 
+    def _start_empty(self) -> None:
+        """The window and what it learnt, as at start (then filled from the committed offsets)."""
+        settings = self.settings
+        self.window = SlidingWindow(settings.bucket_ms(), settings.buckets)
+        self.champion = ChampionTracker(settings.champion)
+        self.references = References(settings.reference_size)
+
     # -- the poll loop's handler -----------------------------------------------------------
+
+    def on_rewind(self) -> None:
+        """Re-read from the committed offsets (a lost output voided the work since): folded
+        again, the records since would count twice, so the window starts empty, as at start."""
+        super().on_rewind()
+        self._start_empty()
+        log.warning("comparison window emptied: re-reading %s from the committed offsets", self.topics.log)
+
+    def on_released(self, partitions: list[TopicPartition], lost: bool) -> None:
+        super().on_released(partitions, lost)
+        if lost:  # nothing committed: given back to this instance, they are read again from there
+            self._start_empty()
+            log.warning("comparison window emptied: partitions lost uncommitted are read again by their next owner")
 
     def next_wakeup(self) -> float:
         return max(0.0, self._next_export - time.monotonic())

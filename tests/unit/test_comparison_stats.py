@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from confluent_kafka import TopicPartition
 from prometheus_client import REGISTRY
 
 from services.compare_report.summary import summarize_records
@@ -599,3 +600,20 @@ def test_one_forged_record_of_many_names_does_not_count_every_model_as_other_for
     assert not any(name.startswith("forged") for name in svc._labels.admitted)
     assert m.WINDOW.value("rdv_cmp_champion_info", model="champion") == 1.0
     assert m.WINDOW.value("rdv_cmp_agreement_ratio", model="challenger", champion="champion") == 0.0
+
+
+@pytest.mark.parametrize("how", ["rewound", "lost"])
+def test_records_read_again_from_the_committed_offsets_are_not_counted_twice(how: str) -> None:
+    """After a rewind (a lost dead letter voids the work since the last commit) or partitions lost
+    uncommitted, the same records come again: the window counted them twice (a review)."""
+    svc = service()
+    records = [record(BASE_MS + i * 10, [output("champion", 0.9), output("challenger", 0.9)]) for i in range(100)]
+    feed(svc, records)
+    if how == "rewound":
+        svc.on_rewind()
+    else:
+        svc.on_released([TopicPartition("rdv.log", 0)], lost=True)
+    feed(svc, records)
+    svc.export()
+    assert m.WINDOW.value("rdv_cmp_window_records") == 100
+    assert m.WINDOW.value("rdv_cmp_window_pairs", model="challenger", champion="champion") == 100
