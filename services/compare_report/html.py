@@ -136,20 +136,38 @@ def _latency_cdf(ax: Axes, models: tuple[ModelSummary, ...], colors: dict[str, s
     ax.legend(loc="lower right")
 
 
+PLOTTABLE_SPAN = 1e300  # an axis wider than this overflows matplotlib's tick placement (near 1.8e308)
+
+
 def _qq(ax: Axes, challengers: list[ModelSummary], colors: dict[str, str]) -> None:
-    low, high = math.inf, -math.inf
-    for model in challengers:
-        if model.plots.qq is None:
-            continue
-        reference, values = model.plots.qq
+    drawn = [(model, reference, values) for model, (reference, values) in _qq_points(challengers)]
+    low = min((min(reference.min(), values.min()) for _, reference, values in drawn), default=math.inf)
+    high = max((max(reference.max(), values.max()) for _, reference, values in drawn), default=-math.inf)
+    if drawn and not high - low <= PLOTTABLE_SPAN:
+        # Scores near the float limits (finite, but their span overflows or nearly): matplotlib
+        # cannot place ticks on such an axis, and the report must not fail on one odd score.
+        ax.text(0.5, 0.5, "scores too far apart to plot", transform=ax.transAxes, ha="center")
+        return
+    for model, reference, values in drawn:
         ax.plot(reference, values, ".", color=colors[model.name], label=_legend(model.name), markersize=4)
-        low, high = min(low, np.nanmin(reference), np.nanmin(values)), max(high, np.nanmax(reference),
-                                                                          np.nanmax(values))  # fmt: skip
-    if math.isfinite(low) and math.isfinite(high):
+    if drawn:
         ax.plot([low, high], [low, high], "--", color="grey", linewidth=0.8, label="y = x")
     ax.set_xlabel("champion score quantile")
     ax.set_ylabel("model score quantile")
     ax.legend(loc="upper left")
+
+
+def _qq_points(challengers: list[ModelSummary]) -> list[tuple[ModelSummary, tuple[np.ndarray, np.ndarray]]]:
+    """Each challenger's q-q points where both quantiles are finite numbers (quantiles of scores
+    near the float limits can overflow to infinity), if it has any."""
+    points = []
+    for model in challengers:
+        if model.plots.qq is not None:
+            reference, values = model.plots.qq
+            finite = np.isfinite(reference) & np.isfinite(values)
+            if finite.any():
+                points.append((model, (reference[finite], values[finite])))
+    return points
 
 
 def _agreement(ax: Axes, report: Report, challengers: list[ModelSummary], colors: dict[str, str]) -> None:

@@ -657,6 +657,21 @@ def test_html_has_one_plot_per_kind(report: Report) -> None:
     assert "<title>rendezvous compare: synthetic</title>" in page and page.count('<tr class="') == 3
 
 
+@pytest.mark.parametrize("huge", [1e308, 1e306])
+def test_html_of_scores_near_the_float_limits_is_a_page_that_says_they_cannot_be_plotted(huge: float) -> None:
+    """One score of 1e308 among -1e308s: matplotlib raised placing its ticks, and --html failed
+    (a review)."""
+    records = synthetic(400)
+    for i, record in enumerate(records):
+        for output in record["outputs"]:
+            if output["model"] == "challenger" and output["score"] is not None:
+                output["score"] = huge if i == 0 else -huge
+    parser = _Figures()
+    page = render_html(summarize_records(records, source="huge"))
+    parser.feed(page)
+    assert "fig-score-qq" in parser.figures and "scores too far apart to plot" in page
+
+
 def test_html_without_a_champion_says_so() -> None:
     alone = [{**r, "status": "TIMEOUT", "chosen_model": None} for r in synthetic(50)]
     report = summarize_records(alone)
