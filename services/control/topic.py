@@ -2,8 +2,9 @@
 
 Records are keyed `<name>/<version>` (see Schedule.key), so compaction keeps one record per
 version and the topic is the history. A schedule governs the requests *created* at or after
-its `effective_at`: every rendezvous instance, whatever its lag, picks the same schedule for
-the same request, and the answer carries that schedule's version.
+its `effective_at` (or after the broker appended it, if later: `ScheduleBook.add`): every
+rendezvous instance, whatever its lag, picks the same schedule for the same request, and the
+answer carries that schedule's version.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class ScheduleBook:
     def __init__(self, name: str):
         self.name = name
         self._versions: list[Schedule] = []
-        self._starts: list[int] = []  # effective_at of each version, ascending
+        self._starts: list[int] = []  # when each version starts to govern (see `add`), ascending
 
     @classmethod
     def holding(cls, *schedules: Schedule) -> ScheduleBook:
@@ -95,10 +96,19 @@ class ScheduleBook:
             return f"effective_at {schedule.effective_at} precedes v{latest.version}'s ({latest.effective_at})"
         return None
 
-    def add(self, schedule: Schedule) -> None:
-        """Append a version that passed `refusal`."""
+    def add(self, schedule: Schedule, written_at: int | None = None) -> None:
+        """Append a version that passed `refusal`, written to the log at `written_at` (if known).
+
+        A version after the first starts at its effective_at or, if later, when it was written:
+        the writer's clock behind the broker's would otherwise make it govern requests created
+        before it existed, answered under the version before by a live rendezvous and under
+        this one by an instance re-reading them. The write time is the record's (LogAppendTime),
+        so every reader agrees on it."""
+        start = schedule.effective_at
+        if written_at is not None and self._versions:
+            start = max(start, written_at)
         self._versions.append(schedule)
-        self._starts.append(schedule.effective_at)
+        self._starts.append(start)
 
     def for_request(self, created_at: int) -> Schedule:
         """The version in force when the request was created (the oldest one for older requests)."""
@@ -166,7 +176,7 @@ def load_book(config: Mapping[str, Any], topic: str, name: str) -> ScheduleBook:
         for record in feed.read_history():
             schedule = record.schedule
             if schedule is not None and schedule.name == name and book.refusal(schedule, record.written_at) is None:
-                book.add(schedule)
+                book.add(schedule, record.written_at)
         return book
     finally:
         feed.close()

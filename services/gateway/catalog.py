@@ -51,7 +51,7 @@ class ScheduleFollower:
             if schedule is None or schedule.name != self.book.name:
                 continue
             if self.book.refusal(schedule, record.written_at) is None:
-                self.book.add(schedule)
+                self.book.add(schedule, record.written_at)
                 log.info("schedule %s v%d: %s", schedule.name, schedule.version, list(schedule.models))
 
     def _follow(self, poll_s: float) -> None:

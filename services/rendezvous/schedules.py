@@ -96,9 +96,9 @@ class ScheduleFeed:
         if reason:
             self._reject(record.msg, f"schedule {schedule.name} v{schedule.version} rejected: {reason}", live)
             return
-        self.book.add(schedule)
+        self.book.add(schedule, record.written_at)
         m.SCHEDULE_UPDATES.inc()
-        late_ms = now_ms() - schedule.effective_at
+        late_ms = now_ms() - max(schedule.effective_at, record.written_at)
         if live and late_ms > 0:
             # Requests created since its effective time may have been answered under the old
             # version here, while an instance re-reading them would use the new one.

@@ -178,3 +178,19 @@ def test_the_models_named_in_a_time_range_are_those_of_every_version_in_force_in
     assert book.named_between(200, 200) == {"b"}
     assert book.named_between(250, 10**6) == {"b", "c"}
     assert ScheduleBook("empty").named_between(0, 10**6) == frozenset()
+
+
+def test_a_version_written_after_its_effective_at_governs_from_its_write_on() -> None:
+    """A CLI host 5 s behind the broker wrote v2 effective 3 s before the broker appended it: a
+    request created in between was answered under v1 live, and under v2 by an instance
+    re-reading it after a failover (a review)."""
+    v1, v2 = Schedule(models=("champion",), version=1), Schedule(models=("challenger",), version=2, effective_at=7_000)
+    book = ScheduleBook("default")
+    book.add(v1, written_at=1_000)
+    book.add(v2, written_at=10_000)
+    assert book.for_request(9_000).version == 1  # created before v2 existed
+    assert book.for_request(10_000).version == 2
+    assert book.named_between(7_000, 9_999) == {"champion"}
+    first = ScheduleBook("default")
+    first.add(v2, written_at=10_000)  # the first version governs every older request all the same
+    assert first.for_request(9_000).version == 2
