@@ -68,7 +68,8 @@ class ModelsSettings(ScheduleViewSettings):
 class ChangeSettings(ScheduleSettings):
     """What every schedule change takes."""
 
-    effective_in: str = setting("2s", "How long from now the new version takes effect (e.g. 2s, 1m).")
+    effective_in: str = setting("2s", "How long from now the new version takes effect (e.g. 2s, 1m; at most "
+                                      "7 days less an hour).")
     comment: str = setting("", "Why this change (kept in the schedule's history).")
     live_window_s: float = setting(60.0, "A model counts as live if it scored within this many seconds.",
                                    minimum=1)
@@ -80,19 +81,30 @@ class ChangeSettings(ScheduleSettings):
 
     def validate(self) -> None:
         super().validate()
-        from services.control.topic import MAX_EFFECTIVE_AHEAD_MS
+        _within_reach(self.effective_in_ms(), f"--effective-in {self.effective_in}")
 
-        if self.effective_in_ms() > MAX_EFFECTIVE_AHEAD_MS:
-            # Every reader refuses such a version (services/control/topic.py): it would be published for nothing.
-            raise ConfigError(f"--effective-in {self.effective_in}: at most {MAX_EFFECTIVE_AHEAD_MS // 86_400_000} "
-                              "days ahead (readers refuse a version effective later)")
+
+# Readers refuse a version effective more than MAX_EFFECTIVE_AHEAD_MS after the broker appended it;
+# this much less is asked of a change, so a CLI host's clock ahead of the broker's does not get
+# it refused by every reader.
+CLOCK_MARGIN_MS = 3_600_000
+
+
+def _within_reach(ahead_ms: int, what: str) -> None:
+    """ConfigError if a version effective `ahead_ms` from now would be refused by its readers."""
+    from services.control.topic import MAX_EFFECTIVE_AHEAD_MS
+
+    if ahead_ms > MAX_EFFECTIVE_AHEAD_MS - CLOCK_MARGIN_MS:
+        raise ConfigError(f"{what}: at most {MAX_EFFECTIVE_AHEAD_MS // 86_400_000} days less an hour ahead "
+                          "(readers refuse a version effective more than 7 days after it was written)")
 
 
 @dataclass(frozen=True)
 class ScheduleSetSettings(ChangeSettings):
     """A new schedule version from flags or a file."""
 
-    file: str = setting("", "A JSON schedule file (see README).")
+    file: str = setting("", "A JSON schedule file (see README); an effective_at in it that is still to come is "
+                              "when the version takes effect, instead of --effective-in.")
     models: tuple[str, ...] = setting((), "Preference order, e.g. champion,challenger,canary.")
     wait: tuple[str, ...] = setting((), "Per-model wait, e.g. champion=50 (ms).")
     deadline_ms: int = setting(0, "Default deadline budget (0 = keep the current one).")
@@ -191,13 +203,15 @@ def _check_live(settings: ChangeSettings, schedule: Schedule) -> list[str]:
             "published all the same"]
 
 
-def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule, console: Console) -> Schedule:
+def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule, console: Console,
+                  effective_in_ms: int | None = None) -> Schedule:
     now = now_ms()
-    schedule = changes.next_version(book, draft, now, settings.effective_in_ms())
+    asked_ms = settings.effective_in_ms() if effective_in_ms is None else effective_in_ms
+    schedule = changes.next_version(book, draft, now, asked_ms)
     publish(settings.librdkafka(), settings.topics().control, schedule)
     console.print(f"published {schedule.name} v{schedule.version}: {list(schedule.models)} "
                   f"(effective in {format_duration_ms(schedule.effective_at - now)}; {schedule.comment})")
-    if schedule.effective_at > now + settings.effective_in_ms():
+    if schedule.effective_at > now + asked_ms:
         # A version never takes effect before the one it follows: one scheduled later holds this back.
         console.print(f"[yellow]note[/]: not in {settings.effective_in}: v{schedule.version - 1} takes effect only "
                       "then, and a version never takes effect before the one it follows")
@@ -250,11 +264,25 @@ def cmd_schedule_history(settings: ScheduleViewSettings, console: Console) -> in
 def cmd_schedule_set(settings: ScheduleSetSettings, console: Console) -> int:
     book = _book(settings)
     draft = _draft_from_flags(settings, book.latest)  # none yet: this is the first version
-    notes = _check_live(settings, draft) + _risky(draft)
-    _publish_next(settings, book, draft, console)
+    effective_in_ms, notes = _effective_in_of(settings, draft, now_ms())
+    notes += _check_live(settings, draft) + _risky(draft)
+    _publish_next(settings, book, draft, console, effective_in_ms)
     for note in notes:  # after: a publish refused (another change first) would have followed "published"
         console.print(f"[yellow]note[/]: {escape(note)}")
     return 0
+
+
+def _effective_in_of(settings: ScheduleSetSettings, draft: Schedule, now: int) -> tuple[int | None, list[str]]:
+    """A file's effective_at in the future is when its version takes effect (a change meant for
+    tomorrow 09:00); one already past (copied from `schedule show`) gives way to --effective-in."""
+    if not settings.file or not draft.effective_at:
+        return None, []
+    if draft.effective_at <= now:
+        return None, [f"the file's effective_at ({format_ms(draft.effective_at)}) is past: the version takes "
+                      f"effect --effective-in ({settings.effective_in}) from now"]
+    ahead_ms = draft.effective_at - now
+    _within_reach(ahead_ms, f"--file {settings.file}: effective_at {format_ms(draft.effective_at)}")
+    return ahead_ms, []
 
 
 def _risky(schedule: Schedule) -> list[str]:

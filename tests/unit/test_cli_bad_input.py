@@ -50,7 +50,10 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (DeploySettings, {"model": "demo:champion", "replicas": "1000"}, "--replicas must be at most 256, got 1000"),
     (DemoSettings, {"models": "=demo:champion"}, "--models expects name=spec"),
     (DemoSettings, {"models": "a=demo:champion,a=demo:canary"}, "--models names a more than once"),
-    (ScheduleSetSettings, {"models": "a", "effective_in": "8d"}, "at most 7 days ahead"),
+    (ScheduleSetSettings, {"models": "a", "effective_in": "8d"}, "at most 7 days less an hour ahead"),
+    # Taken, then refused by every reader when the CLI's clock ran a second ahead of the broker's,
+    # the command blaming "another change" (a review).
+    (ScheduleSetSettings, {"models": "a", "effective_in": "7d"}, "at most 7 days less an hour ahead"),
     # Each of these was said only after the broker had been reached (or, --html, after the whole read).
     (ScheduleSetSettings, {}, "schedule set needs --models a,b,c or --file"),
     (ScheduleSetSettings, {"models": "a", "traffic": "a=lots"}, "--traffic: expected model=fraction"),
@@ -83,6 +86,23 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
 def test_a_bad_value_is_refused_with_its_reason(cls: type, values: dict[str, str], says: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(says)):
         from_namespace(cls, None, **values)
+
+
+def test_a_schedule_files_effective_at_in_the_future_is_when_it_takes_effect(tmp_path: Path) -> None:
+    """It was replaced by now + --effective-in: a change meant for tomorrow 09:00 went live in 2 s (a review)."""
+    from services.cli.lifecycle import _effective_in_of
+    from services.control.schedule import Schedule
+
+    now, hour = 1_700_000_000_000, 3_600_000
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"models": ["a"]}))
+    settings = from_namespace(ScheduleSetSettings, None, file=str(path))
+    assert _effective_in_of(settings, Schedule(models=("a",), effective_at=now + 20 * hour), now) == (20 * hour, [])
+    assert _effective_in_of(settings, Schedule(models=("a",)), now) == (None, [])
+    past, notes = _effective_in_of(settings, Schedule(models=("a",), effective_at=now - hour), now)
+    assert past is None and "is past: the version takes effect --effective-in (2s) from now" in notes[0]
+    with pytest.raises(ConfigError, match=r"effective_at .* at most 7 days less an hour ahead"):
+        _effective_in_of(settings, Schedule(models=("a",), effective_at=now + 8 * 24 * hour), now)
 
 
 def test_gateway_files_that_would_let_everyone_in_or_fail_after_kafka_are_refused(tmp_path: Path) -> None:
