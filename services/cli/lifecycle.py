@@ -340,7 +340,7 @@ def cmd_promote(settings: PromoteSettings, candidate: str, console: Console, fig
         verdicts = _gate(settings, candidate, current.models[0], console, figures_fn)
         if not all(v.passed for v in verdicts):
             raise ConfigError(f"promotion of {candidate} refused: " + "; ".join(
-                f"{v.requirement.text} (measured {v.actual:.4g})" for v in verdicts if not v.passed))
+                f"{v.requirement.text} (measured {v.measured})" for v in verdicts if not v.passed))
     _check_live(settings, draft)
     _publish_next(settings, book, draft, console)
     return 0

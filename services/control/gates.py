@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Callable, Mapping
@@ -53,7 +54,23 @@ class Verdict:
 
     def line(self) -> str:
         mark = "ok  " if self.passed else "FAIL"
-        return f"{mark} {self.requirement.text:<22} measured {self.actual:.4g}"
+        return f"{mark} {self.requirement.text:<22} measured {self.measured}"
+
+    @property
+    def measured(self) -> str:
+        """The figure with as many digits as it takes to tell its verdict: 0.94996 rounded to
+        0.95 was shown failing agreement>=0.95, and a count of 99,999 read 1e+05."""
+        actual = self.actual
+        if actual != actual or actual in (math.inf, -math.inf):
+            return str(actual)
+        if actual == int(actual) and abs(actual) < 1e15:
+            return str(int(actual))
+        text = f"{actual:.4g}"
+        for digits in (6, 9, 12, 17):
+            if self.requirement.holds(float(text)) == self.passed:
+                break
+            text = f"{actual:.{digits}g}"
+        return text
 
 
 def parse_requirements(text: str) -> list[Requirement]:

@@ -308,9 +308,13 @@ MAX_LONG = 2**63 - 1  # an Avro long
 
 
 def _fraction(value: Any) -> float:
+    refusal = ConfigError(f"invalid schedule: traffic fraction must be a number in [0, 1], got {_short(value)}")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ConfigError(f"invalid schedule: traffic fraction must be a number in [0, 1], got {_short(value)}")
-    return float(value)
+        raise refusal
+    try:
+        return float(value)
+    except OverflowError:  # an int past any float (10**400): a traceback, not this line
+        raise refusal from None
 
 
 def _text(value: Any, field_name: str) -> str:

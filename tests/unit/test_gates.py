@@ -151,3 +151,12 @@ def test_a_candidate_redeployed_within_the_window_is_not_judged_on_its_earlier_v
                         _output("cand", 0.5, "pos", latency_ms=500.0 if i % 2 else 5.0)]) for i in range(10)]
     assert _gate_figures(late)["deadline_met"] == pytest.approx(0.5)
     assert _gate_figures(late)["coverage"] == 1.0  # late, but an output for every request
+
+
+def test_a_refused_figure_is_shown_with_the_digits_that_tell_its_verdict() -> None:
+    """0.94996 was shown as 0.95 failing agreement>=0.95, 50.004 as 50 failing p99<=50ms, and a
+    count of 99,999 as 1e+05 (a review)."""
+    requirements = parse_requirements("agreement>=0.95,p99<=50ms,n>=100000,mad<=0.5")
+    verdicts = evaluate(requirements, {"agreement": 0.94996, "p99": 50.004, "n": 99_999, "mad": 0.123456789})
+    assert [v.measured for v in verdicts] == ["0.94996", "50.004", "99999", "0.1235"]
+    assert [v.passed for v in verdicts] == [False, False, False, True]

@@ -117,6 +117,7 @@ def test_default_deadline_applies_when_the_request_has_none() -> None:
         ({"models": ["a"], "effective_at": 2**64}, "effective_at must be epoch milliseconds"),
         ({"models": ["a"], "version": 2**63}, "version must be"),
         ({"models": ["a"], "traffic": {"fraction": 0.5}}, "'traffic' names no model"),  # was dropped unsaid
+        ({"models": ["a", "b"], "traffic": {"model": "b", "fraction": 10**400}}, "traffic fraction must be a number"),
         ({"models": "a"}, "must be a list"),
         ({"models": ["a"], "colour": "red"}, "unknown field"),
     ],
