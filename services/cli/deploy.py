@@ -439,11 +439,12 @@ def _check_not_preferred(name: str, settings: UndeploySettings, console: Console
                              lambda config: load_book(config, settings.topics().control, settings.schedule_name))
     if book is None:
         return
-    schedule = book.latest
-    if schedule is None:
-        return
-    held = [m for m in models if m in schedule.answering()]
-    if held:
-        raise ConfigError(f"{', '.join(held)} is what schedule {schedule.name} v{schedule.version} answers with: "
-                          "once stopped every such answer waits for a fallback or times out; promote another "
-                          f"model first, or undeploy {name} --force")
+    # The version in force answers until the next takes effect (a change published with a
+    # longer --effective-in is pending): the latest alone let the champion of now be stopped.
+    for schedule in book.in_force_and_after(now_ms()):
+        held = [m for m in models if m in schedule.answering()]
+        if held:
+            raise ConfigError(f"{', '.join(held)} is what schedule {schedule.name} v{schedule.version} answers with"
+                              f"{'' if schedule is book.latest else ' until the next version takes effect'}: "
+                              "once stopped every such answer waits for a fallback or times out; promote another "
+                              f"model first, or undeploy {name} --force")

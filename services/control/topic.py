@@ -118,6 +118,11 @@ class ScheduleBook:
     def in_force(self, now: int) -> Schedule:
         return self.for_request(now)
 
+    def in_force_and_after(self, now: int) -> list[Schedule]:
+        """The version in force at `now` and every version still to take effect after it."""
+        index = bisect.bisect_right(self._starts, now) - 1
+        return self._versions[max(0, index):]
+
     def named_between(self, start: int, end: int) -> frozenset[str]:
         """Every model named by a version in force at some time in [start, end] (none before the
         first version is added)."""

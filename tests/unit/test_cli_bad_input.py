@@ -319,3 +319,25 @@ def test_a_recorded_pid_now_naming_another_process_is_no_replica(
     finally:
         other.kill()
         other.wait()
+
+
+def test_undeploy_refuses_the_model_the_version_in_force_answers_with_while_a_change_is_pending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the latest version was checked: with a promotion pending for an hour, the champion
+    the version in force answers with was stopped (a review). The broker's read is what is
+    replaced here: the check itself is the book's."""
+    from services.cli import deploy
+    from services.control.schedule import Schedule
+    from services.control.topic import ScheduleBook
+    from services.core.runtime import now_ms
+
+    monkeypatch.setenv("RDV_CACHE_DIR", str(tmp_path))
+    state = tmp_path / "deployments" / "champion" / "state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"name": "champion", "model": "demo:champion", "replicas": {}}))
+    book = ScheduleBook.holding(Schedule(models=("champion", "canary"), version=1),
+                                Schedule(models=("challenger", "canary"), version=2, effective_at=now_ms() + 3_600_000))
+    monkeypatch.setattr(deploy, "_read_from_broker", lambda _settings, _console, _read: book)
+    with pytest.raises(ConfigError, match=r"champion is what schedule default v1 answers with until the next version"):
+        deploy._check_not_preferred("champion", deploy.UndeploySettings(), Console())
