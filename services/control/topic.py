@@ -79,15 +79,19 @@ class ScheduleBook:
     def refusal(self, schedule: Schedule, written_at: int) -> str | None:
         """Why `schedule`, written to the log at `written_at`, cannot be the next version (None: it can)."""
         # Room is kept above every version: one near the top would leave none for the next, and the
-        # compacted topic keeps it, so no schedule could ever change again.
-        if not 1 <= schedule.version < MAX_VERSION - VERSION_HEADROOM:
-            return f"version {schedule.version} is outside 1..{MAX_VERSION - VERSION_HEADROOM - 1}"
+        # compacted topic keeps it, so no schedule could ever change again. Only steps of one go
+        # into that room (the CLI's next version), so a million more changes stay possible.
+        latest = self.latest
+        step = latest is not None and schedule.version == latest.version + 1
+        highest = (MAX_VERSION if step else MAX_VERSION - VERSION_HEADROOM) - 1
+        if not 1 <= schedule.version <= highest:
+            beyond = f" (beyond it, only the next version, v{latest.version + 1})" if latest is not None else ""
+            return f"version {schedule.version} is outside 1..{highest}{beyond}"
         if schedule.effective_at < 0:
             return f"effective_at {schedule.effective_at} is before 1970 (epoch milliseconds)"
         if schedule.effective_at > written_at + MAX_EFFECTIVE_AHEAD_MS:
             return (f"effective_at {schedule.effective_at} is more than "
                     f"{MAX_EFFECTIVE_AHEAD_MS // 86_400_000} days after the record was written ({written_at})")
-        latest = self.latest
         if latest is None:
             return None
         if schedule.version <= latest.version:

@@ -17,7 +17,7 @@ from confluent_kafka import Message
 
 from services.control.schedule import Schedule
 from services.control.topic import ControlFeed, ControlRecord, ScheduleBook, encode_schedule
-from services.core.errors import BadInput, DecodeFailed
+from services.core.errors import BadInput, ConfigError, DecodeFailed
 from services.core.runtime import now_ms
 from services.core.service import Context
 from services.core.settings import Topics
@@ -53,6 +53,9 @@ class ScheduleFeed:
         if self.book.latest is None:
             first = max(1, self.bootstrap.version)
             seed = dataclasses.replace(self.bootstrap, version=first, effective_at=0, created_at=now_ms())
+            refused = self.book.refusal(seed, now_ms())
+            if refused:  # every reader would refuse it: this instance alone would answer by it
+                raise ConfigError(f"the bootstrap schedule {seed.name} cannot be published: {refused}")
             ctx.outputs.produce(self.topics.control, encode_schedule(seed), key=seed.new_key())
             ctx.outputs.commit_now([], give_up=lambda: False)  # the seed is public before we answer
             # Read back: another instance starting now may have seeded first, and every reader

@@ -140,7 +140,12 @@ def test_a_version_leaves_room_for_the_versions_after_it() -> None:
         f"version {2**53 - 1} is outside 1..{top}")
     assert book.refusal(Schedule(models=("a",), version=20251201), written_at=0) is None  # date-like: fine
     book.add(Schedule(models=("a",), version=top))
-    assert book.refusal(Schedule(models=("a",), version=top + 1), written_at=0) is not None
+    # The next version steps into the room kept (it froze the schedule for good: a review); a jump does not.
+    assert book.refusal(Schedule(models=("a",), version=top + 1), written_at=0) is None
+    assert book.refusal(Schedule(models=("a",), version=top + 2), written_at=0) == (
+        f"version {top + 2} is outside 1..{top} (beyond it, only the next version, v{top + 1})")
+    book.add(Schedule(models=("a",), version=MAX_VERSION - 1))
+    assert book.refusal(Schedule(models=("a",), version=MAX_VERSION), written_at=0) is not None
 
 
 def test_an_effective_at_before_1970_is_refused_as_such() -> None:
