@@ -8,7 +8,9 @@
                    503 with the reason otherwise (e.g. while the broker is down)
 
 `BrokerHealth` follows librdkafka's own signals: "all brokers down" marks the broker
-unreachable; any successful fetch or delivery marks it back. The shared skeleton adds the
+unreachable; any successful fetch or delivery marks it back, and so does a metadata request
+the skeleton sends every few seconds while it is marked so (a quiet topic brings no fetch that
+would). The shared skeleton adds the
 group's: losing the partitions (a session that timed out, mostly because the coordinator went
 away) marks it unreachable and the next assignment reachable, because librdkafka reports "all
 brokers down" once per outage and a batch fetched before it would otherwise mark it back.
@@ -95,6 +97,11 @@ class BrokerHealth:
     def _blocked_for(self) -> float:
         since = min(self._blocked_since.values(), default=None)  # one C call: no other thread runs meanwhile
         return 0.0 if since is None else time.monotonic() - since
+
+    @property
+    def marked_down(self) -> bool:
+        """Marked unreachable (by "all brokers down" or a lost group), whatever is blocked."""
+        return self._down_since is not None
 
     @property
     def up(self) -> bool:

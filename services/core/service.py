@@ -167,6 +167,9 @@ class StreamHandler(Protocol):
 class StreamService:
     """Runs one handler: `run(stop)` until the flag is set, then drain and commit."""
 
+    PROBE_EVERY_S = 5.0  # while the broker is marked unreachable: how often its metadata is asked for
+    PROBE_TIMEOUT_S = 0.5
+
     def __init__(self, spec: StreamSpec, handler: StreamHandler):
         self.spec = spec
         self.handler = handler
@@ -182,6 +185,7 @@ class StreamService:
         # A commit's outputs were refused: the positions finished since the last commit have no
         # outputs behind them, so nothing may be committed any more (a restart redoes that work).
         self._outputs_void = False
+        self._probed_at = 0.0  # when the broker was last asked for metadata while marked down
         # What we own, as the callbacks said: a fenced consumer forgets its assignment at once.
         self._owned: dict[tuple[str, int], TopicPartition] = {}
         self._releases = 0  # partitions released so far (revoked or lost): tells a rebalance happened
@@ -295,10 +299,27 @@ class StreamService:
             handler.on_batch(messages)
             handler.on_tick()
             self._settle_commits()
+            self._probe_if_marked_down()
             if ctx.commit_wanted or time.monotonic() - self._last_commit >= spec.commit_interval_ms / 1000.0:
                 self._request_commit()
             if ctx.producer is not None:
                 ctx.producer.poll(0)
+
+    def _probe_if_marked_down(self) -> None:
+        """Marked unreachable, a service whose topics are quiet would stay so after the broker
+        came back (a restart shorter than the session: no new assignment either), and page for
+        it: nothing it reads or commits marks it back. So it asks the broker for one topic's
+        metadata now and then, on the loop: while the broker is away there is no work to hold up."""
+        now = time.monotonic()
+        if not self.health.marked_down or now - self._probed_at < self.PROBE_EVERY_S:
+            return
+        self._probed_at = now
+        assert self.ctx is not None
+        try:
+            self.ctx.consumer.native.list_topics(self.spec.subscription[0], timeout=self.PROBE_TIMEOUT_S)
+        except KafkaException:
+            return
+        self.health.mark_up()
 
     # -- commits ---------------------------------------------------------------------------
 
@@ -446,8 +467,9 @@ class StreamService:
                     sorted((p.topic, p.partition) for p in partitions))
         # Lost, mostly, because the group coordinator stopped answering: not ready until the
         # group assigns partitions again (librdkafka's "all brokers down" may have come and gone
-        # before, cleared by records it had already fetched).
+        # before, cleared by records it had already fetched; the metadata probe may clear it too).
         self.health.mark_down()
+        self._assigned = False
         assert self.ctx is not None
         self.ctx.outputs.discard_outcomes()  # their partitions may be someone else's already
         if self.ctx.outputs.transactional:

@@ -13,7 +13,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from services.core.commits import CommitLane, CommitOutcome, ExactlyOnce, TransactionAborted
 from services.core.errors import RefusedForGood
 from services.core.health import BrokerHealth
-from services.core.service import Context, StreamHandler, StreamService, StreamSpec
+from services.core.service import Context, SimpleHandler, StreamHandler, StreamService, StreamSpec
 from tests.unit.test_commit_lane import RecordingCommitter
 
 
@@ -113,3 +113,58 @@ def test_after_outputs_refused_for_good_nothing_is_committed_on_the_way_out(way_
     service._on_revoke(None, [TopicPartition("in", 0)])
 
     assert committer.commits == []
+
+
+class QuietConsumer(Consumer):
+    """The broker is back and answers every fetch, but the topic is quiet; metadata as asked."""
+
+    def __init__(self, answers: bool) -> None:
+        super().__init__()
+        self.answers = answers
+
+    def consume(self, *_args: Any) -> list[Any]:
+        return []
+
+    def list_topics(self, topic: str, timeout: float) -> object:
+        self.calls.append(f"metadata {topic}")
+        if not self.answers:
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "broker away"))
+        return object()
+
+
+class QuietHandler(SimpleHandler):
+    def on_batch(self, messages: list[Any]) -> None:
+        self.positions.advance(messages)
+
+
+@pytest.mark.parametrize("broker_back", [True, False])
+def test_after_all_brokers_down_a_quiet_service_is_ready_again_once_the_broker_answers(broker_back: bool) -> None:
+    """Only records read, an assignment or a finished commit marked the broker back: a quiet
+    service stayed 'broker unreachable' (readiness 503, RdvBrokerUnreachable paging) after a
+    short broker restart (a review)."""
+    consumer = QuietConsumer(answers=broker_back)
+    lane = CommitLane(RecordingCommitter(), None, background=False)  # type: ignore[arg-type]
+    spec = StreamSpec(name="svc", config={}, subscription=["in"], group_id="g", processing="at-least-once",
+                      max_wait_s=0.0)
+    service = StreamService(spec, QuietHandler())
+    service.PROBE_EVERY_S = 0.0
+    service.ctx = Context(spec, {}, service.health, consumer, None, lane, ExitStack())  # type: ignore[arg-type]
+    service._assigned = True
+    service.health.error_cb(KafkaError(KafkaError._ALL_BROKERS_DOWN))
+    passes = iter(range(3))
+
+    service._loop(lambda: next(passes, None) is None)
+
+    assert "metadata in" in consumer.calls
+    assert service.readiness() == ((True, "ready") if broker_back else (False, "broker unreachable for 0s"))
+
+
+def test_partitions_lost_leave_the_service_unready_until_assigned_again_whatever_the_broker_says() -> None:
+    lane = CommitLane(RecordingCommitter(), None, background=False)  # type: ignore[arg-type]
+    spec = StreamSpec(name="svc", config={}, subscription=["in"], group_id="g", processing="at-least-once")
+    service = StreamService(spec, Handler())
+    service.ctx = Context(spec, {}, service.health, QuietConsumer(True), None, lane, ExitStack())  # type: ignore[arg-type]
+    service._assigned = True
+    service._on_lost(None, [TopicPartition("in", 0)])
+    service.health.mark_up()  # the metadata probe answered
+    assert service.readiness() == (False, "waiting for a partition assignment")
