@@ -241,10 +241,13 @@ def _fill_pairs(
         labelled = at[(out.label[at] >= 0) & lead_labelled]
         width = len(batch.label.values)
         values, codes = dense(out.label[lead_of[labelled]] * width + out.label[labelled])
-        counts = np.bincount(codes)  # few labels: counted, not sorted
-        for code in np.flatnonzero(counts).tolist():
+        # In order of first appearance, as the record path adds them: past MAX_LABEL_PAIRS the
+        # same pairs keep an entry of their own whatever the batch size.
+        distinct, ids = first_seen(codes)
+        counts = np.bincount(ids, minlength=len(distinct))  # few labels: counted, not sorted
+        for code, count in zip(distinct.tolist(), counts.tolist(), strict=True):
             lead_label, label = divmod(int(values[code]), width)
-            pair.labels.add(batch.label.values[lead_label], batch.label.values[label], int(counts[code]))
+            pair.labels.add(batch.label.values[lead_label], batch.label.values[label], count)
 
 
 def _groups(*columns: np.ndarray, where: np.ndarray) -> list[tuple[tuple[int, ...], np.ndarray]]:

@@ -120,6 +120,23 @@ def test_a_batch_of_many_names_folds_as_record_by_record() -> None:
         assert_same_state([renamed], override, max_models=500)
 
 
+def test_past_the_bound_of_label_pairs_the_same_pairs_keep_an_entry_of_their_own_batch_or_record() -> None:
+    """The batch fold added a bucket's label pairs in code order, the record path in record order:
+    past MAX_LABEL_PAIRS each kept different ones (a review)."""
+    from services.stats.distributions import MAX_LABEL_PAIRS
+
+    records = []
+    for i in range(MAX_LABEL_PAIRS + 900):
+        outputs = [{"model": model, "version": "v1", "score": 0.5, "label": label, "error": None,
+                    "latency_ms": 5.0, "compute_ms": 1.0, "late": False}
+                   for model, label in (("champion", "A" if i % 2 else "B"), ("challenger", f"m{i}"))]
+        records.append({"request_id": f"r{i}", "created_at": BASE_MS, "deadline": BASE_MS + 100,
+                        "answered_at": BASE_MS + 5, "status": "OK", "chosen_model": "champion", "reason": "",
+                        "schedule": "s", "schedule_version": 1, "outputs": outputs})
+    half = len(records) // 2
+    assert_same_state([records[:half], records[half:]], "", 10)
+
+
 def assert_same_state(batches: list[list[dict[str, Any]]], override: str, max_models: int) -> dict[str, Any]:
     """Folds `batches` record by record and batch by batch; asserts the same state; returns it."""
     comparisons = codec("comparison")
