@@ -17,7 +17,7 @@ from confluent_kafka import Message
 
 from services.control.schedule import Schedule
 from services.control.topic import ControlFeed, ControlRecord, ScheduleBook, encode_schedule
-from services.core.errors import BadInput, ConfigError, DecodeFailed
+from services.core.errors import BadInput, BrokerError, ConfigError, DecodeFailed
 from services.core.runtime import now_ms
 from services.core.service import Context
 from services.core.settings import Topics
@@ -62,9 +62,12 @@ class ScheduleFeed:
             # takes the first v1 in log order; this one must too.
             for record in self._feed.read_history():
                 self._apply(record, live=False)
-            if self.book.latest is None:  # not readable back (read_uncommitted lag): ours, as before
-                self.book.add(seed)
-            in_force = self.book.latest or seed
+            in_force = self.book.latest
+            if in_force is None:
+                # Answering by our seed unread would diverge from every reader if another instance
+                # seeded first; restarted, this one reads whichever came first.
+                raise BrokerError(f"the bootstrap schedule {seed.name} was published to {self.topics.control} "
+                                  "but could not be read back: restart to read the schedule in force")
             log.info("control topic had no schedule %r: published the bootstrap one; v%d in force: %s",
                      seed.name, in_force.version, list(in_force.models))
         self.show(now_ms())
