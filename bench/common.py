@@ -361,22 +361,26 @@ class Load:
 
 
 def drive(
-    submit: Callable[[], Future[Any]],
+    submit: Callable[[float], Future[Any]],
     rate: float,
     seconds: float,
     check: Callable[[], None] = lambda: None,
     into: Load | None = None,
 ) -> Load:
-    """Call `submit()` on a fixed schedule (the i-th call i / rate seconds after the start).
+    """Call `submit(due)` on a fixed schedule (the i-th call i / rate seconds after the start);
+    `due` is when it was due, on the wall clock (time.time()).
 
     Open loop: a send never waits for an answer, so a slow pipeline shows up as latency, not as a
     lower rate. When the sender itself falls behind, it catches up at once (the worst lag is kept
-    in `behind_max_ms`). `check` runs about once a second (e.g. "are the children alive").
+    in `behind_max_ms`), and each late request's latency counts from when it was due, not from
+    when it went: timed from its send, a stall of this process (which shares the machine with
+    everything it measures) would vanish from the latencies and the deadlines met ("coordinated
+    omission"). `check` runs about once a second (e.g. "are the children alive").
     Futures, sending time and lag are added to `into` when given.
     """
     load = into if into is not None else Load()
     count = max(1, round(seconds * rate))
-    start = time.monotonic()
+    start, wall_start = time.monotonic(), time.time()
     next_check = start + 1.0
     behind = 0.0
     for i in range(count):
@@ -386,7 +390,7 @@ def drive(
             time.sleep(due - now)  # pacing the open-loop sender, not waiting for readiness
         else:
             behind = max(behind, now - due)
-        load.futures.append(submit())
+        load.futures.append(submit(wall_start + i / rate))
         if now >= next_check:
             check()
             next_check = now + 1.0
@@ -566,16 +570,31 @@ def print_profile(path: str, what: str, top: int = 25) -> None:
 
 
 # ----- figures -------------------------------------------------------------------------------------
-def summarize(values: Sequence[float]) -> dict[str, float]:
-    """n, p50, p99, p99.9 and max of `values` (NaN when empty)."""
+def summarize(values: Sequence[float], missing: int = 0) -> dict[str, float]:
+    """n, p50, p99, p99.9 and max of `values` and `missing` more that never came (NaN when there
+    is nothing at all). A missing value is slower than any: a percentile that reaches one is
+    infinite, so requests never answered cannot make a p99 look better by being left out."""
     if not values:
-        return {"n": 0, **{name: math.nan for name, _ in PERCENTILES}, "max": math.nan}
-    data = np.asarray(values, dtype=np.float64)
-    points = np.percentile(data, [q for _, q in PERCENTILES])
+        worst = math.inf if missing else math.nan
+        return {"n": 0, **{name: worst for name, _ in PERCENTILES}, "max": worst}
+    data = np.sort(np.asarray(values, dtype=np.float64))
     out: dict[str, float] = {"n": len(data)}
-    out.update({name: float(v) for (name, _), v in zip(PERCENTILES, points, strict=True)})
-    out["max"] = float(data.max())
+    out.update({name: _percentile(data, q, missing) for name, q in PERCENTILES})
+    out["max"] = math.inf if missing else float(data[-1])
     return out
+
+
+def _percentile(ordered: np.ndarray, q: float, missing: int) -> float:
+    """numpy's linear percentile of `ordered` followed by `missing` infinite values."""
+    if not missing:
+        return float(np.percentile(ordered, q))
+    position = q / 100.0 * (len(ordered) + missing - 1)
+    below = math.floor(position)
+    fraction = position - below
+    if below >= len(ordered) or (fraction > 0 and below + 1 >= len(ordered)):
+        return math.inf
+    upper = ordered[below + 1] if fraction > 0 else ordered[below]
+    return float(ordered[below] + fraction * (upper - ordered[below]))
 
 
 def ratio(a: float, b: float) -> float:

@@ -126,9 +126,9 @@ class Http:
         for _ in range(n):
             self.free.put_nowait(await asyncio.open_connection("127.0.0.1", self.port))
 
-    def submit(self) -> Future[float]:
-        """Send one call; the future resolves to its latency in ms (send -> whole response read)."""
-        return asyncio.run_coroutine_threadsafe(self._call(time.perf_counter()), self.loop)
+    def submit(self, due: float) -> Future[float]:
+        """Send one call; the future resolves to its latency in ms (due -> whole response read)."""
+        return asyncio.run_coroutine_threadsafe(self._call(_started(due)), self.loop)
 
     async def _call(self, started: float) -> float:
         assert self.free is not None
@@ -163,10 +163,17 @@ def http_request(port: int, body: bytes) -> bytes:
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
 
 
-def timed(submit: Callable[[], Future[Any]]) -> Callable[[], Future[float]]:
-    """Kafka client futures -> futures of the latency in ms, taken when the answer is handed over."""
-    def send() -> Future[float]:
-        started = time.perf_counter()
+def _started(due: float) -> float:
+    """When a call due at `due` (time.time()) started, on perf_counter's clock: its latency
+    counts from when it was due (`common.drive` says why)."""
+    return time.perf_counter() - max(0.0, time.time() - due)
+
+
+def timed(submit: Callable[[], Future[Any]]) -> Callable[[float], Future[float]]:
+    """Kafka client futures -> futures of the latency in ms (from when the call was due), taken
+    when the answer is handed over."""
+    def send(due: float) -> Future[float]:
+        started = _started(due)
         out: Future[float] = Future()
         inner = submit()
         inner.add_done_callback(lambda f: out.set_exception(f.exception()) if f.exception()  # type: ignore[arg-type]

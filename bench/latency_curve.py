@@ -103,14 +103,15 @@ def curve(stack: Stack, args: argparse.Namespace, started: float) -> tuple[list[
             return points, f"time: {rate:g} req/s would end after --max-minutes {args.max_minutes:g}"
         note(f"rate {rate:g} req/s: {args.step:g} s per pipeline in {args.slices} slices")
         point = round_figures(measure_round(stack, rate, args.warmup, args.step, args.slices))
+        kept = min(point["floor"]["sent_rate"], point["rendezvous"]["sent_rate"])
+        point["sender_kept"] = kept >= SENDER_KEEPS * rate
         points.append(point)
         note(_one_line(point))
         failures += point["rendezvous"]["by_deadline_pct"] < MEETS_PCT
-        kept = min(point["floor"]["sent_rate"], point["rendezvous"]["sent_rate"])
         reasons = []
         if failures >= FAILURES_TO_STOP:
             reasons.append(f"deadlines: < {MEETS_PCT:g}% answered by the deadline at {failures} rates")
-        if kept < SENDER_KEEPS * rate:
+        if not point["sender_kept"]:
             reasons.append(f"sender: {kept:,.0f} req/s sent at {rate:g} req/s asked (< {SENDER_KEEPS:.0%}; "
                            f"this process shares the machine with everything it measures)")
         if reasons:
@@ -125,8 +126,9 @@ def _one_line(point: dict[str, Any]) -> str:
 
 
 def highest_rate(points: list[dict[str, Any]], key: str) -> float | None:
-    """The highest measured rate at which >= 99% of the rendezvous' requests met `key`."""
-    meeting = [p["rate"] for p in points if p["rendezvous"][key] >= MEETS_PCT]
+    """The highest measured rate at which >= 99% of the rendezvous' requests met `key`, among the
+    rates the sender kept (one it fell short of was not the rate measured)."""
+    meeting = [p["rate"] for p in points if p["rendezvous"][key] >= MEETS_PCT and p.get("sender_kept", True)]
     return max(meeting) if meeting else None
 
 

@@ -10,9 +10,11 @@ CLI (`rendezvous model serve`, `rendezvous serve`), so the benches measure whate
 The rendezvous path crosses three topics, so the baseline ("floor") is a bare 3-hop pipeline at
 the same rate and message size, each pass-through a plain confluent-kafka consume -> produce loop
 (`bench/hop.py`). Latency is created_at -> received_at of each request (the client's clock on both
-ends). A round warms each pipeline up, then sends the measured time in slices, F R R F F R R F ...,
-each slice drained before the next starts, so noise from other work falls on both alike; the CPU
-every process uses during a pipeline's slices is charged to that pipeline's requests.
+ends), created_at being when the request was due on the sender's schedule (`common.drive`: a
+stall of the sender counts against the pipeline it was sending into). A round warms each
+pipeline up, then sends the measured time in slices, F R R F F R R F ..., each slice drained
+before the next starts, so noise from other work falls on both alike; the CPU every process
+uses during a pipeline's slices is charged to that pipeline's requests.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ class HopSender:
     """The floor's client: sends request records into the first hop, times them off the last.
 
     Mirrors `Client` on purpose (same producer/consumer wrappers, a Future per request, the same
-    record built and encoded per send, created_at taken before encoding) minus the Avro decode of
+    record built and encoded per send, created_at the time it was due) minus the Avro decode of
     the answer, so the difference to the rendezvous is the pipeline, not the client.
     """
 
@@ -129,9 +131,10 @@ class HopSender:
         self._reader = threading.Thread(target=self._read, name="hop-sender-reader", daemon=True)
         self._reader.start()
 
-    def submit(self, features: Mapping[str, float]) -> Future[int]:
-        """Send one request; the Future resolves to its latency in ms."""
-        record = make_request(features, budget_ms=self.budget_ms, reply_topic=self.last, reply_partition=None)
+    def submit(self, features: Mapping[str, float], created_at: int | None = None) -> Future[int]:
+        """Send one request; the Future resolves to its latency in ms (from `created_at`, now if None)."""
+        record = make_request(features, budget_ms=self.budget_ms, reply_topic=self.last, reply_partition=None,
+                              created_at=created_at)
         key = record["request_id"].encode()
         future: Future[int] = Future()
         with self._lock:
@@ -164,7 +167,7 @@ class HopSender:
 
 @dataclass(frozen=True)
 class Pipeline:
-    submit: Callable[[], Future[Any]]
+    submit: Callable[[float], Future[Any]]  # given when the request was due (time.time())
     flush: Callable[[], None]
     drain_s: float  # wait this long for a slice's answers before the next slice
 
@@ -236,8 +239,8 @@ def running_stack(broker: BrokerInfo, bench: str, options: StackOptions) -> Iter
         clients.callback(sender.close)
         client = clients.enter_context(Client(config, topics, budget_ms=options.budget_ms))
         pipelines = {
-            "floor": Pipeline(lambda: sender.submit(next(picks)), sender.flush, 5.0),
-            "rendezvous": Pipeline(lambda: client.submit(next(picks)), client.flush,
+            "floor": Pipeline(lambda due: sender.submit(next(picks), created_at=int(due * 1000)), sender.flush, 5.0),
+            "rendezvous": Pipeline(lambda due: client.submit(next(picks), created_at=int(due * 1000)), client.flush,
                                    options.budget_ms / 1000 + 5.0),
         }  # fmt: skip
         yield Stack(broker, options, topics, kids, pipelines)
@@ -289,7 +292,7 @@ def answer_figures(answers: list[Answer], load: Load) -> dict[str, Any]:
     on_time = sum(a.received_at <= a.deadline for a in answers)
     ok_on_time = sum(a.received_at <= a.deadline and a.status == "OK" for a in answers)
     return {
-        **summarize([a.latency_ms for a in answers]),
+        **summarize([a.latency_ms for a in answers], missing=sent - len(answers)),
         **load_figures(load),
         "answered": len(answers),
         "by_deadline": on_time,
@@ -305,7 +308,7 @@ def floor_figures(latencies: list[int], load: Load, budget_ms: int) -> dict[str,
     """The floor's latency summary; "by deadline" = within the rendezvous' budget."""
     sent = len(load.futures)
     on_time = sum(latency <= budget_ms for latency in latencies)
-    return {**summarize(latencies), **load_figures(load), "answered": len(latencies),
+    return {**summarize(latencies, missing=sent - len(latencies)), **load_figures(load), "answered": len(latencies),
             "by_deadline": on_time, "by_deadline_pct": 100.0 * on_time / max(1, sent)}
 
 
