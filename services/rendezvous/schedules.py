@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 
 from confluent_kafka import Message
 
 from services.control.schedule import Schedule
 from services.control.topic import ControlFeed, ControlRecord, ScheduleBook, encode_schedule
-from services.core.errors import BadInput, BrokerError, ConfigError, DecodeFailed
+from services.core.errors import BadInput, ConfigError, DecodeFailed
 from services.core.runtime import now_ms
 from services.core.service import Context
 from services.core.settings import Topics
 from services.rendezvous import metrics as m
 
 log = logging.getLogger(__name__)
+
+READ_BACK_S = 5.0  # how long the bootstrap seed is read for before it is taken as read
 
 
 class ScheduleFeed:
@@ -58,19 +61,30 @@ class ScheduleFeed:
                 raise ConfigError(f"the bootstrap schedule {seed.name} cannot be published: {refused}")
             ctx.outputs.produce(self.topics.control, encode_schedule(seed), key=seed.new_key())
             ctx.outputs.commit_now([], give_up=lambda: False)  # the seed is public before we answer
-            # Read back: another instance starting now may have seeded first, and every reader
-            # takes the first v1 in log order; this one must too.
-            for record in self._feed.read_history():
-                self._apply(record, live=False)
-            in_force = self.book.latest
-            if in_force is None:
-                # Answering by our seed unread would diverge from every reader if another instance
-                # seeded first; restarted, this one reads whichever came first.
-                raise BrokerError(f"the bootstrap schedule {seed.name} was published to {self.topics.control} "
-                                  "but could not be read back: restart to read the schedule in force")
+            in_force = self._read_back(seed)
             log.info("control topic had no schedule %r: published the bootstrap one; v%d in force: %s",
                      seed.name, in_force.version, list(in_force.models))
         self.show(now_ms())
+
+    def _read_back(self, seed: Schedule) -> Schedule:
+        """The version in force once our seed is published: another instance starting now may have
+        seeded first, and every reader takes the first v1 in log order; this one must too. The
+        end offsets a read goes to can lag the commit just made (seen in tests on a fresh topic),
+        so it reads again for a few seconds before it answers by its own seed, saying so."""
+        assert self._feed is not None
+        until = time.monotonic() + READ_BACK_S
+        while True:
+            for record in self._feed.read_history():
+                self._apply(record, live=False)
+            if self.book.latest is not None or time.monotonic() >= until:
+                break
+            time.sleep(0.05)  # pacing the reads of the end offsets, not waiting instead of a condition
+        if self.book.latest is None:
+            log.warning("the bootstrap schedule %s could not be read back from %s within %.0fs: answering by it; "
+                        "another instance seeding at the same moment may answer by its own", seed.name,
+                        self.topics.control, READ_BACK_S)
+            self.book.add(seed)
+        return self.book.latest or seed
 
     def poll(self) -> None:
         """Apply what arrived on the control topic since the last call."""
