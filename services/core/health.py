@@ -8,9 +8,10 @@
                    503 with the reason otherwise (e.g. while the broker is down)
 
 `BrokerHealth` follows librdkafka's own signals: "all brokers down" marks the broker
-unreachable; any successful fetch or delivery marks it back, and so does a metadata request
-the skeleton sends every few seconds while it is marked so (a quiet topic brings no fetch that
-would). The shared skeleton adds the
+unreachable; a transaction committed, an assignment, or a metadata request the skeleton sends
+every few seconds while it is marked so marks it back (records read do not: a batch fetched
+just before an outage can be read after the mark, and a quiet topic brings none after it).
+The shared skeleton adds the
 group's: losing the partitions (a session that timed out, mostly because the coordinator went
 away) marks it unreachable and the next assignment reachable, because librdkafka reports "all
 brokers down" once per outage and a batch fetched before it would otherwise mark it back.
