@@ -179,8 +179,12 @@ def _score_into(replayed: dict[str, Replayed], model: Model, pending: dict[str, 
 def _log_records(settings: ReplaySettings, start_ms: int, progress: Progress = _quiet) -> Iterator[dict[str, Any]]:
     """The comparison records the rendezvous wrote from `start_ms` on."""
     log_codec = codec("comparison")
-    def read(count: int) -> None:
-        progress(f"log: {count:,} records read")
+    total = 0
+
+    def read(count: int) -> None:  # told per fetch: the line says the running total
+        nonlocal total
+        total += count
+        progress(f"log: {total:,} records read")
 
     for msg in read_spans(settings.librdkafka(), settings.topics().log, start_ms=start_ms, timeout_s=600,
                           progress=read):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from services.core.errors import BrokerError, TopicMissing
 from services.core.kafka import reader, wait_for_broker
@@ -93,6 +93,9 @@ def read_spans(
         wait_for_broker(config)  # the command's --connect-timeout-s, and one clear line if none answers
     consumer = reader(config, "range", extra={
         "fetch.max.bytes": 64 * 1024 * 1024, "max.partition.fetch.bytes": 16 * 1024 * 1024,
+        # Records deleted under a slow read (retention) are an error said, not a silent jump to
+        # the partition's end (librdkafka's default) that cuts the read short.
+        "auto.offset.reset": "error",
     })
     try:
         todo = spans if spans is not None else plan_spans(
@@ -115,7 +118,11 @@ def read_together(
 ) -> Iterator[Message]:
     """Every record of the spans (keyed by topic and partition, of one topic or several), read
     together by `consumer` (a groupless one: this assigns it), each span to its end. `wait_s`:
-    how long one fetch waits for a full batch once little is left."""
+    how long one fetch waits for a full batch once little is left. `timeout_s` bounds how long
+    nothing at all comes while records are still due, not the whole read: the caller's own
+    work on what it was given (a replay scoring them) does not count against the broker. An
+    error Kafka reports on a partition (no permission, records deleted under the read) is
+    raised: skipped, it left the read to end short or to wait out its timeout."""
     remaining = {key: span for key, span in spans.items() if span.size > 0}
     if not remaining:
         return
@@ -124,10 +131,11 @@ def read_together(
     while remaining:
         if time.monotonic() > deadline:
             left = ", ".join(f"{t}-{p}" for t, p in sorted(remaining))
-            raise BrokerError(f"{what} did not reach the end of {left} in {timeout_s:.0f}s")
+            raise BrokerError(f"{what}: nothing came from {left} for {timeout_s:.0f}s before its end")
         yielded = 0
         for msg in consumer.consume(10_000, wait_s):
             if msg.error() is not None:
+                _raise_unless_eof(msg, what)
                 continue
             span = remaining.get((msg.topic() or "", msg.partition() or 0))
             if span is None or (msg.offset() or 0) >= span.end:
@@ -136,7 +144,21 @@ def read_together(
             yield msg
         if progress is not None and yielded:
             progress(yielded)
+        if yielded:
+            deadline = time.monotonic() + timeout_s  # once the caller is done with them
         _drop_finished(consumer, remaining)
+
+
+def _raise_unless_eof(msg: Message, what: str) -> None:
+    err = msg.error()
+    if err is None or err.code() == KafkaError._PARTITION_EOF:
+        return
+    where = f"{msg.topic()}-{msg.partition()}"
+    if err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
+        raise TopicMissing(f"{what}: {where} does not exist: {err.str()}")
+    if err.code() == KafkaError._AUTO_OFFSET_RESET:
+        raise BrokerError(f"{what}: records of {where} were deleted while being read (retention?): {err.str()}")
+    raise BrokerError(f"{what}: {where}: {err.str()}")
 
 
 def _drop_finished(consumer: Consumer, remaining: dict[tuple[str, int], PartitionSpan]) -> None:
