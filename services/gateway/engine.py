@@ -248,11 +248,12 @@ async def _records_unless_refused(
 
 
 def call_budget(given: Sequence[int | None], default_ms: int, max_ms: int) -> int:
-    """A call's deadline in ms: the smallest given, else the schedule's default. A deadline says how
-    long the caller is willing to wait: one longer than this gateway allows is served within the
-    limit (gRPC clients often set generous deadlines), never refused."""
+    """A call's deadline in ms: the smallest given, else the schedule's default, within `max_ms`
+    either way (a schedule may default to 2^31 - 1 ms: a call naming none waited that long). A
+    deadline says how long the caller is willing to wait: one longer than this gateway allows is
+    served within the limit (gRPC clients often set generous deadlines), never refused."""
     limits = [g for g in given if g is not None]
-    return max(1, min(*limits, max_ms)) if limits else default_ms
+    return max(1, min(*limits, max_ms)) if limits else max(1, min(default_ms, max_ms))
 
 
 def _kafka_id(call_id: str, caller: str, rows: list[dict[str, float]]) -> str:

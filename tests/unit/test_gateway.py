@@ -289,6 +289,7 @@ def test_a_calls_budget_is_its_shortest_deadline_within_the_gateways_limit() -> 
     assert call_budget([500, None, 250], 200, 60_000) == 250
     assert call_budget([120_000], 200, 60_000) == 60_000  # a generous gRPC deadline: served within the limit
     assert call_budget([0], 200, 60_000) == 1
+    assert call_budget([None], 300_000, 60_000) == 60_000  # a long schedule default too (a review)
 
 
 def test_the_kafka_id_of_a_named_call_is_the_same_for_a_retry_and_differs_for_other_callers_or_rows() -> None:
@@ -689,6 +690,32 @@ def test_a_call_to_a_full_gateway_is_refused_before_its_body_is_read() -> None:
     with pytest.raises(Unavailable, match=r"overloaded: 4 rows waiting for answers \(at most 4\)"):
         asyncio.run(RestApi(gateway, "test").infer(Unread()))  # type: ignore[arg-type]
     assert not Unread.read
+
+
+def test_a_call_refused_for_its_origin_or_its_type_spends_no_rate_limit() -> None:
+    """Without API keys every caller shares one bucket: a page's cross-origin POSTs, refused,
+    took a token each first and kept every other caller at 429 (a review)."""
+    from types import SimpleNamespace
+
+    from services.core.health import BrokerHealth
+    from services.gateway.auth import ApiKeys
+    from services.gateway.comparisons import ComparisonTap
+    from services.gateway.engine import Gateway
+    from services.gateway.errors import CrossOrigin
+    from services.gateway.rest import RestApi
+    from services.gateway.settings import GatewaySettings
+
+    page = SimpleNamespace(headers={"origin": "https://evil.example", "host": "10.0.0.5:8080",
+                                    "content-type": "text/plain"}, path_params={"name": "default"})
+    client = SimpleNamespace(stopped=None, owned_partitions=(0,), topics=SimpleNamespace(replies="rdv.replies"))
+    catalog = SimpleNamespace(schedules=Versions(Schedule(models=("champion",))), schedule_name="default")
+    tap = ComparisonTap({"bootstrap.servers": "127.0.0.1:1"}, "rdv.log")
+    gateway = Gateway(GatewaySettings(rate_limit=0.001, rate_burst=2), client, catalog, tap,  # type: ignore[arg-type]
+                      ApiKeys([]), BrokerHealth())
+    for _ in range(5):
+        with pytest.raises(CrossOrigin):
+            asyncio.run(RestApi(gateway, "test").infer(page))  # type: ignore[arg-type]
+    assert [gateway.admit(None) for _ in range(2)] == ["anonymous", "anonymous"]  # the whole burst left
 
 
 class EndsMidBody:
