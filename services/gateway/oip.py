@@ -184,6 +184,11 @@ def from_numbers(name: str, datatype: str, shape: tuple[int, ...], numbers: list
         raise InvalidInput(f"input '{name}': {len(numbers)} values {where}for shape {list(shape)} "
                            f"({elements(shape)} expected)")
     check_values(name, datatype, numbers)
+    if datatype in ("FP32", "FP16"):
+        # As the type holds them, as the raw bytes and gRPC's contents do: the same call sent as
+        # JSON gave the models other features, and another Kafka id (not an idempotent retry).
+        rounded: list[float] = np.asarray(numbers, dtype=NUMERIC[datatype]).astype(np.float64).tolist()
+        return rounded
     return [float(v) for v in numbers]
 
 
@@ -307,6 +312,9 @@ def _column_rows(tensors: Sequence[Tensor]) -> list[dict[str, float]]:
     _check_unique([t.name for t in tensors], "input names")
     n = None
     for tensor in tensors:
+        if FEATURE_NAMES in tensor.parameters:  # it was dropped: the column named by the tensor's name
+            raise InvalidInput(f"input '{tensor.name}' has feature_names, which names the columns of a lone "
+                               "[n, k] input: send it alone, or drop the parameter (the tensor's name is the feature)")
         if len(tensor.shape) > 2 or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
             raise InvalidInput(
                 f"input '{tensor.name}': a feature tensor is [n] or [n, 1], got {list(tensor.shape)}"

@@ -45,6 +45,7 @@ from services.gateway.oip import (
     InferResult,
     RowAnswer,
     Tensor,
+    from_list,
     from_raw,
     raw_bytes,
     requested_outputs,
@@ -105,6 +106,23 @@ def test_raw_little_endian_data_of_any_number_type() -> None:
     assert from_raw("a", "INT64", (1,), np.array([7], "<i8").tobytes()) == [7.0]
     with pytest.raises(InvalidInput, match="12 bytes of data for shape"):
         from_raw("a", "FP64", (2,), b"\0" * 12)
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP16"])
+def test_a_json_value_of_a_narrow_float_type_is_the_value_that_type_holds_as_in_raw_bytes(datatype: str) -> None:
+    """REST JSON kept 0.1 as the double 0.1 where raw bytes and gRPC gave float32's 0.100000001...:
+    the same call, two feature values and two Kafka ids (a review)."""
+    sent = [0.1, 1e-3]
+    raw = np.array(sent, "<f4" if datatype == "FP32" else "<f2").tobytes()
+    assert from_list("a", datatype, (2,), sent) == from_raw("a", datatype, (2,), raw) != sent
+
+
+def test_feature_names_on_one_of_several_inputs_is_refused_not_ignored() -> None:
+    """Sent with another input, `feature_names` was dropped and the column taken as the tensor's
+    name: a confident answer on a feature the caller did not mean (a review)."""
+    named = Tensor("x", "FP64", (1, 1), [1.0], {"feature_names": "b"})
+    with pytest.raises(InvalidInput, match="input 'x' has feature_names, which names the columns of a lone"):
+        rows_of([named, column("a", [2.0])], None, 10)
 
 
 def test_timeout_parameter_is_microseconds_rounded_up_to_ms() -> None:
