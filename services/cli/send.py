@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from services.client.client import AnswerTimeout, Client
-from services.core.errors import ConfigError
+from services.core.errors import ConfigError, RendezvousError
 from services.core.settings import KafkaSettings, not_a_readable_file, setting
 
 # Rows are read (and checked) before anything is sent: a bound on what one command holds in memory.
@@ -156,23 +157,30 @@ def send(settings: SendSettings) -> int:
         sys.stderr.write(warning + "\n")
     statuses: dict[str, int] = {}
     missing = 0
+    failed: list[RendezvousError] = []
     with Client(settings.librdkafka(), settings.topics(), budget_ms=settings.budget_ms,
                 answer_wait_s=settings.wait_s) as client:
+        until = time.monotonic() + settings.wait_s  # --wait-s bounds the delivery too
         futures = [client.submit(row) for row in rows]
-        client.flush()
-        # One wait for them all: each answer printed as it is in (input order), a missing one
-        # counted; score_many printed nothing at all when one answer of many was missing.
-        until = time.monotonic() + settings.wait_s
+        with contextlib.suppress(RendezvousError):  # each request not delivered fails its own answer, said below
+            client.flush(settings.wait_s)
+        # One wait for them all: each answer printed as it is in (input order), a missing or
+        # refused one counted; one refused request stopped every answer after it.
         for future in futures:
             try:
                 answer = future.result(timeout=max(0.0, until - time.monotonic()))
             except FutureTimeout:
                 missing += 1
                 continue
+            except RendezvousError as err:
+                failed.append(err)
+                continue
             sys.stdout.write(json.dumps({**asdict(answer), "latency_ms": answer.latency_ms}) + "\n")
             statuses[answer.status] = statuses.get(answer.status, 0) + 1
     summary = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
-    sys.stderr.write(f"{len(rows) - missing} answers: {summary or 'none'}\n")
+    sys.stderr.write(f"{len(rows) - missing - len(failed)} answers: {summary or 'none'}\n")
+    if failed:
+        raise type(failed[0])(f"{len(failed)} of {len(rows)} requests were not sent: {failed[0]}")
     if missing:
         raise AnswerTimeout(f"{missing} of {len(rows)} requests got no answer within {settings.wait_s:g}s: is the "
                             f"rendezvous running on {settings.topics().requests}?")

@@ -391,8 +391,9 @@ class Client:
             self._give_up(future)
             raise
 
-    def flush(self) -> None:
-        self._producer.flush()
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait up to `timeout` s for the requests sent to be acknowledged; raises if any was not."""
+        self._producer.flush(timeout)
 
     def _wait(self, future: Future[Answer]) -> Answer:
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import threading
 from concurrent.futures import Future
+from typing import Any
 
 import pytest
 
@@ -172,3 +173,52 @@ def test_an_answer_carries_when_its_reply_was_written() -> None:
     got = waiting.result(0)
     assert (got.replied_at, got.received_at) == (20, 25)
     assert Answer.from_record(codec("answer").decode(answer("s")), 9).replied_at is None
+
+
+def test_send_prints_every_answer_and_its_summary_when_one_request_is_refused(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One request over the topic's limit stopped the output of every answer after it, and the
+    summary line never came (a review). The client's tables are real; its producer a stand-in
+    that the broker's verdicts come through."""
+    from confluent_kafka import KafkaError
+
+    from services.cli import send as send_module
+    from services.core.errors import RecordTooLarge
+
+    client = bare_client((0,))
+
+    class Producer:
+        sent: list[str] = []
+
+        def produce(self, _topic: str, _value: bytes, key: bytes, **_kwargs: Any) -> None:
+            self.sent.append(key.decode())
+
+        def poll(self, _timeout: float = 0) -> None:
+            return None
+
+        def close(self, _timeout: float = 0) -> None:
+            return None
+
+        def flush(self, _timeout: float = 30.0) -> None:  # the broker refuses the second, answers the others
+            second = self.sent[1]
+            refused = type("Refused", (), {"key": lambda _self: second.encode(), "topic": lambda _self: "rdv.requests"})
+            client._undelivered(refused(), KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+            for rid in (self.sent[0], *self.sent[2:]):
+                client._resolve(answer(rid), 100, partition=0)
+
+    client._producer = Producer()  # type: ignore[assignment]
+    client._requests, client._turn, client.answer_wait_s = codec("request"), itertools.count(), 1.0
+    client._wait_when_full = True
+    client._reader = threading.Thread(target=lambda: None)
+    client._reader.start()
+    client._consumer = type("Closed", (), {"close": lambda _self: None})()  # type: ignore[assignment]
+    monkeypatch.setattr(send_module, "Client", lambda *_args, **_kwargs: client)
+    monkeypatch.setattr(send_module, "warn_unknown_features", lambda *_args: None)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(f'{{"mean_radius": {i}}}\n' for i in range(4)))
+
+    with pytest.raises(RecordTooLarge, match="1 of 4 requests were not sent"):
+        send_module.send(send_module.SendSettings(bootstrap="localhost:9092", file=str(rows)))
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 3 and "3 answers: 3 OK" in err
