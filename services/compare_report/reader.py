@@ -97,8 +97,11 @@ def read_partitions(
             if drained:
                 consumer.pause([TopicPartition(topic, p) for p in drained])
             if max_records and len(columns) + len(values) >= max_records:
+                # Truncated only if something is left: records of this batch past the cap, or
+                # partitions still to read (a range of exactly --max-records is read whole).
+                left = len(columns) + len(values) > max_records or bool(pending)
                 decoder.decode_into(values[: max_records - len(columns)], columns)
-                return columns, decoder.skipped, True
+                return columns, decoder.skipped, left
             decoder.decode_into(values, columns)
             if progress is not None:
                 progress(len(values))

@@ -746,3 +746,30 @@ def test_a_time_no_calendar_can_show_is_shown_as_its_number() -> None:
 
     assert format_ms(2**63 - 1) == f"{2**63 - 1} ms since 1970"
     assert format_ms(1_700_000_000_000) == "2023-11-14 22:13:20Z"
+
+
+@pytest.mark.parametrize(("holds", "truncated"), [(100, False), (101, True)])
+def test_max_records_says_the_range_holds_more_only_when_it_does(
+    holds: int, truncated: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A range of exactly --max-records records was reported 'stopped at --max-records: the range
+    holds more' (a review). The consumer is a stand-in handing out the partition's records."""
+    from types import SimpleNamespace
+
+    from services.compare_report import reader
+    from services.core.topic_range import PartitionSpan
+
+    values = [codec("comparison").encode(r) for r in synthetic(holds)]
+    at = [0]
+
+    def consume(most: int, _timeout: float) -> list[Any]:
+        taken = [SimpleNamespace(partition=lambda: 0, offset=lambda i=i: i, value=lambda v=v: v, error=lambda: None)
+                 for i, v in enumerate(values[at[0]:at[0] + most], start=at[0])]
+        at[0] += len(taken)
+        return taken
+
+    stand_in = SimpleNamespace(native=SimpleNamespace(consume=consume, poll=lambda _t: None),
+                               assign=lambda _tps: None, pause=lambda _tps: None, close=lambda: None)
+    monkeypatch.setattr(reader, "reader_consumer", lambda _config: stand_in)
+    columns, _skipped, stopped = reader.read_partitions({}, "rdv.log", [PartitionSpan(0, 0, holds)], max_records=100)
+    assert len(columns) == 100 and stopped is truncated
