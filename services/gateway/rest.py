@@ -58,6 +58,7 @@ BINARY_HEADER = "inference-header-content-length"
 SERVER_NAME = "rendezvous-serving"
 WHOLE = re.compile(r"[0-9]{1,15}")  # str.isdigit() takes '²' too, which int() refuses
 LONG_WHOLE = re.compile(r"[0-9]{16,}")
+MAX_HEADER_MS = 10**15 - 1  # the longest X-Timeout-Ms _whole reads; longer ones are taken as it
 # The types a page on another site may send without the CORS consent this gateway never gives
 # ("CORS-safelisted"): refused, so no page a user visits can call a gateway that runs without
 # API keys on their machine or network. A body is read by what it holds otherwise (as Triton does).
@@ -291,6 +292,10 @@ def _whole(value: str | None) -> int | None:
 def _header_ms(value: str | None) -> int | None:
     if value is None:
         return None
+    if LONG_WHOLE.fullmatch(value.strip()):
+        # Longer than any deadline the gateway serves, as a `timeout` of 2^63 - 1 us is: shortened
+        # to --max-budget-ms like it (call_budget), not refused as if it were no number.
+        return MAX_HEADER_MS
     ms = _whole(value)
     if ms is None or ms <= 0:
         raise InvalidInput(f"header X-Timeout-Ms must be a positive whole number of milliseconds, got {value[:40]!r}")
