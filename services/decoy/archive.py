@@ -461,8 +461,17 @@ def iter_archive(
     directory: Path, *, from_ms: int | None = None, to_ms: int | None = None
 ) -> Iterator[dict[str, Any]]:
     """Archived records with from_ms <= timestamp < to_ms, once each (duplicates dropped)."""
+    open_files = sorted(path.name for path in directory.glob("requests-*.avro.part"))
     if not (directory / MANIFEST).exists():
+        if open_files:
+            raise ConfigError(f"{directory}: the decoy has sealed no file yet (it seals one every --roll-seconds "
+                              f"or --roll-mb; {open_files[0]} is being written): nothing to read before that")
         raise ConfigError(f"{directory} is not a decoy archive (no {MANIFEST})")
+    if open_files:
+        # Fsynced and committed, but still being written: read once sealed (a replay of the last
+        # minutes of a running decoy misses them, and says so).
+        log.warning("%d archive file(s) still being written, not read: %s (the newest requests, up to the decoy's "
+                    "--roll-seconds)", len(open_files), ", ".join(open_files[:5]))
     seen: dict[tuple[str, int], _Recent] = {}
     files = read_manifest(directory)
     unlisted = _unlisted(directory, {stats.name for stats in files})

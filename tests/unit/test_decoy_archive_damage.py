@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from services.core.errors import ConfigError
 from services.decoy.archive import ArchiveFailed, ArchiveWriter, iter_archive
 
 ROLL = {"roll_bytes": 1 << 30, "roll_seconds": 3600}
@@ -229,4 +230,21 @@ def test_a_second_decoy_on_the_same_directory_is_refused_while_the_first_writes(
     writer = ArchiveWriter(tmp_path, **ROLL)  # the first ended (killed): its lock went with it
     again = ArchiveWriter(tmp_path, **ROLL)  # one process may open it again (after a failure)
     again.close()
+    writer.close()
+
+
+def test_files_still_being_written_are_said_not_read_or_missed_silently(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replay of a running decoy's last minutes missed the open file's requests without a word,
+    and before the first seal called the folder 'not a decoy archive' (a review)."""
+    writer = ArchiveWriter(tmp_path, **ROLL)
+    writer.append(rows(0, 10))  # written and fsynced, the file still open
+    with pytest.raises(ConfigError, match="the decoy has sealed no file yet"):
+        list(iter_archive(tmp_path))
+    writer.close()  # sealed, in the manifest
+    writer = ArchiveWriter(tmp_path, **ROLL)
+    writer.append(rows(10, 5))
+    assert [r["offset"] for r in iter_archive(tmp_path)] == list(range(10))
+    assert "1 archive file(s) still being written, not read" in caplog.text
     writer.close()
