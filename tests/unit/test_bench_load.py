@@ -4,37 +4,53 @@ was due, so a stall of the sending process is not left out of the figures."""
 from __future__ import annotations
 
 import math
-import time
 from concurrent.futures import Future
-from itertools import pairwise
 from typing import Any
 
 import numpy as np
 import pytest
 
+from bench import common
 from bench.common import drive
 
 
-def test_each_request_is_handed_the_time_it_was_due_whatever_the_sender_was_doing() -> None:
+class Clock:
+    """time.monotonic / time.time / time.sleep of the sender, on one clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return 1_700_000_000.0 + self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_each_request_is_handed_the_time_it_was_due_whatever_the_sender_was_doing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A stall of 50 ms at 1,000 req/s: the 50 requests sent late in a burst after it were
     stamped when sent, so their latency and deadlines left the stall out (a review)."""
+    clock = Clock()
+    monkeypatch.setattr(common, "time", clock)
     dues: list[float] = []
 
     def submit(due: float) -> Future[None]:
         dues.append(due)
         if len(dues) == 1:
-            time.sleep(0.05)  # the sender's stall itself, not a wait for anything
+            clock.now += 0.05  # the sender's stall
         done: Future[None] = Future()
         done.set_result(None)
         return done
 
-    before = time.time()
     load = drive(submit, rate=1000.0, seconds=0.1)
     assert len(load.futures) == len(dues) == 100
-    assert before <= dues[0] <= time.time()
-    # On the schedule (time.time()'s float resolves ~0.2 us today), the 50 ms stall nowhere in it.
-    assert [b - a for a, b in pairwise(dues)] == pytest.approx([0.001] * 99, abs=1e-6)
-    assert load.behind_max_ms > 0  # the requests after the stall went late, and that is said
+    assert dues == pytest.approx([1_700_000_000.0 + i / 1000 for i in range(100)], abs=1e-6)
+    assert load.behind_max_ms == pytest.approx(49.0)  # the second was due at 1 ms, sent at 50
 
 
 def test_percentiles_count_requests_never_answered_as_slower_than_any() -> None:
