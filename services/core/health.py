@@ -9,8 +9,8 @@
 
 `BrokerHealth` follows librdkafka's own signals: "all brokers down" marks the broker
 unreachable; a transaction committed, an assignment, or a metadata request the skeleton sends
-every few seconds while it is marked so marks it back (records read do not: a batch fetched
-just before an outage can be read after the mark, and a quiet topic brings none after it).
+every few seconds while it is marked so marks it back. Records read do not: a batch fetched
+before an outage may be read after the mark, and a quiet topic brings none after it.
 The shared skeleton adds the
 group's: losing the partitions (a session that timed out, mostly because the coordinator went
 away) marks it unreachable and the next assignment reachable, because librdkafka reports "all

@@ -75,8 +75,12 @@ class Gateway:
     def admit(self, authorization: str | None) -> str:
         """The caller's key name, after authentication and its rate limit."""
         name = self.keys.identify(authorization)
-        self.limit.take(name)
+        self.spend(name)
         return name
+
+    def spend(self, caller: str) -> None:
+        """One call of `caller` (authenticated) against its rate limit."""
+        self.limit.take(caller)
 
     def authenticate(self, authorization: str | None) -> str:
         """Authentication alone (metadata calls do not spend the rate limit)."""

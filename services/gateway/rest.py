@@ -173,12 +173,12 @@ class RestApi:
     async def infer(self, request: Request) -> Response:
         # Calls refused anyway spend no token: without API keys every caller shares one bucket,
         # and a page's refused cross-origin POSTs would have run it dry for everyone else.
-        self.gateway.authenticate(request.headers.get("authorization"))
+        caller = self.gateway.authenticate(request.headers.get("authorization"))
         name, version = _name_version(request)
         check_origin(request.headers.get("origin"), request.headers.get("host"), self.gateway.settings.allowed_hosts)
         check_media_type(request.headers.get("content-type"))
         check_encoding(request.headers.get("content-encoding"))
-        caller = self.gateway.admit(request.headers.get("authorization"))
+        self.gateway.spend(caller)
         self.gateway.open_for_calls()  # before the body takes its memory
         body = await _body(request, self.gateway.settings.max_body_bytes)
         s = self.gateway.settings
