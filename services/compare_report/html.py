@@ -140,7 +140,7 @@ PLOTTABLE_SPAN = 1e300  # an axis wider than this overflows matplotlib's tick pl
 
 
 def _qq(ax: Axes, challengers: list[ModelSummary], colors: dict[str, str]) -> None:
-    drawn = [(model, reference, values) for model, (reference, values) in _qq_points(challengers)]
+    drawn = _qq_points(challengers)
     low = min((min(reference.min(), values.min()) for _, reference, values in drawn), default=math.inf)
     high = max((max(reference.max(), values.max()) for _, reference, values in drawn), default=-math.inf)
     if drawn and not high - low <= PLOTTABLE_SPAN:
@@ -157,7 +157,7 @@ def _qq(ax: Axes, challengers: list[ModelSummary], colors: dict[str, str]) -> No
     ax.legend(loc="upper left")
 
 
-def _qq_points(challengers: list[ModelSummary]) -> list[tuple[ModelSummary, tuple[np.ndarray, np.ndarray]]]:
+def _qq_points(challengers: list[ModelSummary]) -> list[tuple[ModelSummary, np.ndarray, np.ndarray]]:
     """Each challenger's q-q points where both quantiles are finite numbers (quantiles of scores
     near the float limits can overflow to infinity), if it has any."""
     points = []
@@ -166,7 +166,7 @@ def _qq_points(challengers: list[ModelSummary]) -> list[tuple[ModelSummary, tupl
             reference, values = model.plots.qq
             finite = np.isfinite(reference) & np.isfinite(values)
             if finite.any():
-                points.append((model, (reference[finite], values[finite])))
+                points.append((model, reference[finite], values[finite]))
     return points
 
 

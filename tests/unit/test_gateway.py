@@ -684,15 +684,24 @@ def test_a_reader_that_stops_for_good_makes_the_gateway_not_live_and_fails_calls
     assert gateway.broken() == tap.stopped
 
 
-def test_a_call_to_a_full_gateway_is_refused_before_its_body_is_read() -> None:
-    """The overload check came after the body was read and parsed: a large call took its memory
-    (~60 MB for 2 MB of JSON) only to be refused (a review)."""
+def _gateway_without_kafka(settings: Any) -> Any:
+    """A Gateway whose client, catalog and tap are stand-ins: for what it decides before Kafka."""
     from types import SimpleNamespace
 
     from services.core.health import BrokerHealth
     from services.gateway.auth import ApiKeys
     from services.gateway.comparisons import ComparisonTap
     from services.gateway.engine import Gateway
+
+    client = SimpleNamespace(stopped=None, owned_partitions=(0,), topics=SimpleNamespace(replies="rdv.replies"))
+    catalog = SimpleNamespace(schedules=Versions(Schedule(models=("champion",))), schedule_name="default")
+    tap = ComparisonTap({"bootstrap.servers": "127.0.0.1:1"}, "rdv.log")
+    return Gateway(settings, client, catalog, tap, ApiKeys([]), BrokerHealth())  # type: ignore[arg-type]
+
+
+def test_a_call_to_a_full_gateway_is_refused_before_its_body_is_read() -> None:
+    """The overload check came after the body was read and parsed: a large call took its memory
+    (~60 MB for 2 MB of JSON) only to be refused (a review)."""
     from services.gateway.errors import Unavailable
     from services.gateway.rest import RestApi
     from services.gateway.settings import GatewaySettings
@@ -706,11 +715,7 @@ def test_a_call_to_a_full_gateway_is_refused_before_its_body_is_read() -> None:
             Unread.read = True
             yield b"{}"
 
-    client = SimpleNamespace(stopped=None, owned_partitions=(0,), topics=SimpleNamespace(replies="rdv.replies"))
-    catalog = SimpleNamespace(schedules=Versions(Schedule(models=("champion",))), schedule_name="default")
-    tap = ComparisonTap({"bootstrap.servers": "127.0.0.1:1"}, "rdv.log")
-    gateway = Gateway(GatewaySettings(max_in_flight=4), client, catalog, tap, ApiKeys([]),  # type: ignore[arg-type]
-                      BrokerHealth())
+    gateway = _gateway_without_kafka(GatewaySettings(max_in_flight=4))
     gateway.rows_in_flight = 4
     with pytest.raises(Unavailable, match=r"overloaded: 4 rows waiting for answers \(at most 4\)"):
         asyncio.run(RestApi(gateway, "test").infer(Unread()))  # type: ignore[arg-type]
@@ -722,21 +727,13 @@ def test_a_call_refused_for_its_origin_or_its_type_spends_no_rate_limit() -> Non
     took a token each first and kept every other caller at 429 (a review)."""
     from types import SimpleNamespace
 
-    from services.core.health import BrokerHealth
-    from services.gateway.auth import ApiKeys
-    from services.gateway.comparisons import ComparisonTap
-    from services.gateway.engine import Gateway
     from services.gateway.errors import CrossOrigin
     from services.gateway.rest import RestApi
     from services.gateway.settings import GatewaySettings
 
     page = SimpleNamespace(headers={"origin": "https://evil.example", "host": "10.0.0.5:8080",
                                     "content-type": "text/plain"}, path_params={"name": "default"})
-    client = SimpleNamespace(stopped=None, owned_partitions=(0,), topics=SimpleNamespace(replies="rdv.replies"))
-    catalog = SimpleNamespace(schedules=Versions(Schedule(models=("champion",))), schedule_name="default")
-    tap = ComparisonTap({"bootstrap.servers": "127.0.0.1:1"}, "rdv.log")
-    gateway = Gateway(GatewaySettings(rate_limit=0.001, rate_burst=2), client, catalog, tap,  # type: ignore[arg-type]
-                      ApiKeys([]), BrokerHealth())
+    gateway = _gateway_without_kafka(GatewaySettings(rate_limit=0.001, rate_burst=2))
     for _ in range(5):
         with pytest.raises(CrossOrigin):
             asyncio.run(RestApi(gateway, "test").infer(page))  # type: ignore[arg-type]
