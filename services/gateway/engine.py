@@ -5,8 +5,9 @@
             gateway owns) ─► await the answers by request_id ─► response, or the status of the failure
 
 The deadline of a call is the smallest of the gRPC deadline, the `timeout` parameter and the
-`X-Timeout-Ms` header; without any, the schedule's default. The rendezvous answers by then
-(TIMEOUT at the latest); the gateway waits `answer_grace_ms` longer before it gives up with 503.
+`X-Timeout-Ms` header, counted from when the call came; without any, the schedule's default.
+The rendezvous answers by then (TIMEOUT at the latest); the gateway waits `answer_grace_ms`
+longer before it gives up with 503.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import secrets
+import time
 import uuid
 from array import array
 from collections.abc import Callable, Sequence
@@ -128,14 +131,20 @@ class Gateway:
                               f"{self.settings.max_in_flight}); retry later")
 
     async def infer(self, name: str, version: str, call: InferCall, caller: str,
-                    deadline_ms: Sequence[int | None] = ()) -> InferResult:
+                    deadline_ms: Sequence[int | None] = (), started: float | None = None) -> InferResult:
+        """`deadline_ms`: the caller's deadlines (gRPC's, the header's), counted from `started`
+        (time.monotonic() when the call came; now if None), as the `timeout` parameter is."""
+        started = time.monotonic() if started is None else started
         self.open_for_calls()
         target = self.catalog.resolve(name, version)
+        given = [timeout_ms(call.parameters), *deadline_ms]
         values = sum(len(tensor.values) for tensor in call.tensors)
         rows = await off_the_loop(values >= LARGE_VALUES, rows_of, call.tensors, target.feature_names,
                                   self.settings.max_rows)
         self.catalog.check_features(target, rows[0])
-        budget = self._budget(target, [timeout_ms(call.parameters), *deadline_ms])
+        if target.kind != SCHEDULE:
+            await self._start_tap()
+        budget = self._budget(target, given, started)  # last: what the caller has left when its rows go
         if self.rows_in_flight + len(rows) > self.settings.max_in_flight:
             raise Unavailable(f"overloaded: {self.rows_in_flight} rows waiting for answers (at most "
                               f"{self.settings.max_in_flight}); retry later")
@@ -167,8 +176,16 @@ class Gateway:
             version = versions.pop() if len(versions) == 1 else target.version
         return InferResult(target.name, version, base, tuple(answers), call.outputs)
 
-    def _budget(self, target: Target, given: Sequence[int | None]) -> int:
-        return call_budget(given, target.schedule.default_deadline_ms, self.settings.max_budget_ms)
+    def _budget(self, target: Target, given: Sequence[int | None], started: float) -> int:
+        elapsed_ms = math.ceil((time.monotonic() - started) * 1000)
+        return call_budget(given, target.schedule.default_deadline_ms, self.settings.max_budget_ms, elapsed_ms)
+
+    async def _start_tap(self) -> None:
+        """The comparison log's reader, started by the first call to one model."""
+        if not self.tap.started:
+            await asyncio.to_thread(self.tap.start)
+            if self.draining:  # the stop came while the log reader started: send nothing now
+                raise Unavailable("this gateway is shutting down; retry (another replica will answer)")
 
     def _send(self, ids: list[str], rows: list[dict[str, float]], budget: int,
               metadata: dict[str, str]) -> list[Future[Answer]]:
@@ -208,10 +225,6 @@ class Gateway:
 
     async def _via_model(self, target: Target, ids: list[str], rows: list[dict[str, float]], budget: int,
                          metadata: dict[str, str]) -> list[RowAnswer]:
-        if not self.tap.started:
-            await asyncio.to_thread(self.tap.start)
-            if self.draining:  # the stop came while the log reader started: send nothing now
-                raise Unavailable("this gateway is shutting down; retry (another replica will answer)")
         expected = [self.tap.expect(rid) for rid in ids]
         sent: list[Future[Answer]] = []
         try:
@@ -251,12 +264,16 @@ async def _records_unless_refused(
             waiting.cancel()
 
 
-def call_budget(given: Sequence[int | None], default_ms: int, max_ms: int) -> int:
+def call_budget(given: Sequence[int | None], default_ms: int, max_ms: int, elapsed_ms: int = 0) -> int:
     """A call's deadline in ms: the smallest given, else the schedule's default, within `max_ms`
     either way (a schedule may default to 2^31 - 1 ms: a call naming none waited that long). A
     deadline says how long the caller is willing to wait: one longer than this gateway allows is
-    served within the limit (gRPC clients often set generous deadlines), never refused."""
-    limits = [g for g in given if g is not None]
+    served within the limit (gRPC clients often set generous deadlines), never refused.
+
+    A deadline given counts from when the call came: `elapsed_ms` since (the body read, turned
+    into rows) is taken off it, or the rendezvous' deadline would end after the caller's (a
+    review: 8-100 ms after a gRPC deadline for a large call). The default counts from the send."""
+    limits = [g - elapsed_ms for g in given if g is not None]
     return max(1, min(*limits, max_ms)) if limits else max(1, min(default_ms, max_ms))
 
 

@@ -171,6 +171,7 @@ class RestApi:
     # -- inference --------------------------------------------------------------------------------
 
     async def infer(self, request: Request) -> Response:
+        started = time.monotonic()  # the caller's X-Timeout-Ms counts from here, not from the body parsed
         # Calls refused anyway spend no token: without API keys every caller shares one bucket,
         # and a page's refused cross-origin POSTs would have run it dry for everyone else.
         caller = self.gateway.authenticate(request.headers.get("authorization"))
@@ -185,7 +186,7 @@ class RestApi:
         call = await off_the_loop(len(body) >= LARGE_BODY, parse_call, body, request.headers.get(BINARY_HEADER),
                                   s.max_rows, s.max_features)
         deadline = _header_ms(request.headers.get(TIMEOUT_HEADER))
-        result = await self.gateway.infer(name, version, call, caller, (deadline,))
+        result = await self.gateway.infer(name, version, call, caller, (deadline,), started)
         return json_response(oip.rest_response(result))
 
 

@@ -1017,3 +1017,56 @@ def test_a_large_call_is_parsed_off_the_event_loop_and_a_small_one_on_it() -> No
     assert threads[0] != threading.main_thread().name and threads[1] == threading.main_thread().name
     assert parsed_large.tensors[0].shape == (1000, 1024) and len(parsed_large.tensors[0].values) == 1_024_000
     assert parsed_small == parse_call(small, None, 1000, 1024)
+
+
+def _budgets_given(deadline_ms: int | None, called_ms_ago: float, timeout_parameter: int | None = None) -> list[int]:
+    """The budgets a call's Kafka requests carry, its deadline counted from `called_ms_ago` ago."""
+    import time
+    from concurrent.futures import Future
+
+    from services.client.client import Answer
+    from services.gateway.catalog import Target
+    from services.gateway.oip import InferCall, Tensor
+
+    budgets: list[int] = []
+
+    def submit(_row: object, budget_ms: int, request_id: str, **_: object) -> Future[Answer]:
+        budgets.append(budget_ms)
+        answered: Future[Answer] = Future()
+        answered.set_result(Answer(request_id, "OK", "champion", "1", 0.5, None, "", 0, 0, 0, "default", 1, 0))
+        return answered
+
+    gateway = _gateway_without_kafka(GatewaySettings())
+    gateway.client.submit, gateway.client.abandon = submit, lambda *_: None
+    target = Target("default", SCHEDULE, "1", ("1",), None, Schedule(models=("champion",), default_deadline_ms=300))
+    gateway.catalog.resolve, gateway.catalog.check_features = (lambda *_: target), (lambda *_: None)
+    parameters = {} if timeout_parameter is None else {"timeout": timeout_parameter}
+    call = InferCall("", (Tensor("x", "FP64", (1,), [1.0]),), (), parameters)
+    called_at = time.monotonic() - called_ms_ago / 1000
+    asyncio.run(gateway.infer("default", "", call, "anonymous", (deadline_ms,), called_at))
+    return budgets
+
+
+def test_a_callers_deadline_counts_from_when_its_call_came_not_from_when_its_rows_are_sent() -> None:
+    """The budget was the deadline read before the body was turned into rows, and the request's
+    created_at stamped after: the rendezvous' deadline ended 8-100 ms after a gRPC caller's own
+    for a large call (a review). The time since the call came is taken off now."""
+    [budget] = _budgets_given(200, called_ms_ago=80)
+    assert 1 <= budget <= 120
+    [budget] = _budgets_given(None, called_ms_ago=80, timeout_parameter=150)
+    assert budget <= 70  # the `timeout` parameter counts from the call too
+    [budget] = _budgets_given(None, called_ms_ago=80)
+    assert budget == 300  # the schedule's default counts from the send: the caller named no deadline
+    [budget] = _budgets_given(50, called_ms_ago=80)
+    assert budget == 1  # already past: the rendezvous answers TIMEOUT at once, the caller hears why
+
+
+def test_a_grpc_deadline_keeps_time_for_the_answers_way_back() -> None:
+    """The caller's library rounds its deadline up when it sends it (98 ms at 30 s through grpcio),
+    and the answer still has its way back to go: the rendezvous is given less than the header says."""
+    from services.gateway.grpc_api import _deadline_ms
+
+    assert _deadline_ms(None) is None
+    assert 180 <= _deadline_ms(0.2) < 200  # type: ignore[operator]
+    assert 29_800 <= _deadline_ms(30.098) < 30_000  # type: ignore[operator]
+    assert _deadline_ms(0.001) == 1
