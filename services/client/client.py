@@ -140,6 +140,11 @@ def _checked_id(request_id: Any) -> str:
     return request_id
 
 
+def _sent_as(value: bytes | None) -> int | None:
+    """What tells a waiter's record from another send of its request_id (the record's bytes)."""
+    return None if value is None else hash(value)
+
+
 def make_request(
     features: Mapping[str, float],
     *,
@@ -220,8 +225,9 @@ class Client:
         # The producer's settings given for the requests (a gateway's message.timeout.ms) are not the
         # reader's: librdkafka warned of each at every start ("a producer property and will be ignored").
         reader_config = {k: v for k, v in config.items() if k not in PRODUCER_ONLY}
-        # request_id -> waiters (future, reply partition): the same id may be in flight twice.
-        self._pending: dict[str, list[tuple[Future[Answer], int]]] = {}
+        # request_id -> waiters (future, reply partition, hash of the record sent): the same id may
+        # be in flight twice, and a delivery failure fails the one whose record it was.
+        self._pending: dict[str, list[tuple[Future[Answer], int, int | None]]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._turn = itertools.count()
@@ -319,6 +325,7 @@ class Client:
         )
         future = Waiting(record["request_id"])
         rid = record["request_id"]
+        value = self._requests.encode(record)
         with self._lock:
             # Under the lock `close` takes: a waiter added after it failed the others would wait
             # out its timeout, its request sent by a closed producer.
@@ -331,9 +338,9 @@ class Client:
             if partition not in self._owned:
                 raise ReplyPartitionLost(f"reply partition {partition} of {self.topics.replies} moved to another "
                                          "reader just now; the request was not sent")
-            self._pending.setdefault(rid, []).append((future, partition))
+            self._pending.setdefault(rid, []).append((future, partition, _sent_as(value)))
         try:
-            self._producer.produce(self.topics.requests, self._requests.encode(record), key=rid.encode(),
+            self._producer.produce(self.topics.requests, value, key=rid.encode(),
                                    wait_when_full=self._wait_when_full)
         except BaseException:
             self.abandon(rid, future)
@@ -454,8 +461,8 @@ class Client:
                 return
             # A repeated request id is answered once per request, with the same answer: to the
             # waiter whose return address it came to (another's partition may move meanwhile).
-            index = next((i for i, (_f, p) in enumerate(waiters) if p == partition), 0)
-            future, _partition = waiters.pop(index)
+            index = next((i for i, (_f, p, _sent) in enumerate(waiters) if p == partition), 0)
+            future = waiters.pop(index)[0]
             if not waiters:
                 del self._pending[rid]
         if not future.done():
@@ -464,15 +471,23 @@ class Client:
     def _undelivered(self, msg: Message, err: KafkaError) -> None:
         key = msg.key()
         rid = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+        failed = _sent_as(msg.value())
         with self._lock:
-            waiters = self._pending.pop(rid, [])
+            waiters = self._pending.get(rid, [])
+            # Only the waiter of this record: another send of the id (a retry, or a request refused
+            # for reusing it) is delivered, or fails, on its own.
+            mine = next((w for w in waiters if w[2] == failed), None)
+            if mine is not None:
+                waiters.remove(mine)
+                if not waiters:
+                    del self._pending[rid]
         log.warning("request %s not delivered to %s: %s", rid, msg.topic(), err.str())
         failure: Exception = BrokerError(f"the request was not delivered to {msg.topic()}: {err.str()}")
         if err.code() in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE):
             # Refused for its size (the topic's limit): sending it again would be refused again.
             failure = RecordTooLarge(f"the request is too large for {msg.topic()}: {err.str()}")
-        for future, _partition in waiters:
-            fail(future, failure)
+        if mine is not None:
+            fail(mine[0], failure)
 
     def _reader_ended(self, reason: str, err: Exception) -> None:
         """No answer will be read again: set under the lock `submit` registers its waiter under, so
@@ -493,11 +508,11 @@ class Client:
         with self._lock:
             for rid in list(self._pending):
                 keep = []
-                for future, partition in self._pending[rid]:
-                    if which(partition):
-                        failed.append(future)
+                for waiter in self._pending[rid]:
+                    if which(waiter[1]):
+                        failed.append(waiter[0])
                     else:
-                        keep.append((future, partition))
+                        keep.append(waiter)
                 if keep:
                     self._pending[rid] = keep
                 else:

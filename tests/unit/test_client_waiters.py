@@ -20,7 +20,7 @@ def bare_client(owned: tuple[int, ...]) -> Client:
     client._lock = threading.Lock()
     client._stop = threading.Event()
     client._pending = {}
-    client._answers = codec("answer")
+    client._answers, client._requests = codec("answer"), codec("request")
     client._owned = owned
     client.topics = Topics.from_prefix("rdv.")
     client.stopped = None
@@ -40,10 +40,10 @@ def test_an_answer_goes_to_the_waiter_whose_return_address_it_came_to() -> None:
     the waiter on 0, whose partition then moved, failing the caller whose answer had come."""
     client = bare_client((0, 1))
     on_0, on_1 = Future[Answer](), Future[Answer]()
-    client._pending["r"] = [(on_0, 0), (on_1, 1)]
+    client._pending["r"] = [(on_0, 0, 1), (on_1, 1, 2)]
     client._resolve(answer("r"), 10, partition=1)
     assert on_1.done() and not on_0.done()
-    assert client._pending["r"] == [(on_0, 0)]
+    assert client._pending["r"] == [(on_0, 0, 1)]
 
 
 def test_a_request_whose_reply_partition_moved_after_it_was_picked_is_not_sent() -> None:
@@ -70,7 +70,7 @@ def test_a_waiter_cancelled_while_its_answer_is_handed_over_does_not_end_the_rea
     thread that reads every caller's answers: it died, submit() went on, nothing was answered."""
     client = bare_client((0,))
     cancelled, waiting = _CancelledRightAfterTheCheck(), Future[Answer]()
-    client._pending = {"r": [(cancelled, 0)], "s": [(waiting, 0)]}
+    client._pending = {"r": [(cancelled, 0, 1)], "s": [(waiting, 0, 2)]}
     client._resolve(answer("r"), 10, partition=0)
     client._resolve(answer("s"), 10, partition=0)
     assert cancelled.cancelled() and waiting.result(0).request_id == "s"
@@ -85,7 +85,7 @@ def test_closing_from_an_answers_callback_fails_the_other_waiters_instead_of_rai
     client._reader = threading.current_thread()  # as in a done-callback run by the reading thread
     client._closed_from_reader = False
     first, second = Future[Answer](), Future[Answer]()
-    client._pending = {"first": [(first, 0)], "second": [(second, 0)]}
+    client._pending = {"first": [(first, 0, 1)], "second": [(second, 0, 2)]}
     first.add_done_callback(lambda _done: client.close())
     client._resolve(answer("first"), 10, partition=0)
     assert first.result(0).request_id == "first"
@@ -118,7 +118,6 @@ def sending_client(answer_wait_s: float) -> Client:
 
     client = bare_client((0,))
     client._producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0})
-    client._requests = codec("request")
     client._wait_when_full = True
     client._turn = itertools.count()
     client.answer_wait_s = answer_wait_s
@@ -168,7 +167,7 @@ def test_an_answer_carries_when_its_reply_was_written() -> None:
     splits the time after the decision into the rendezvous' and the way back with it."""
     client = bare_client((0,))
     waiting = Future[Answer]()
-    client._pending["r"] = [(waiting, 0)]
+    client._pending["r"] = [(waiting, 0, 1)]
     client._resolve(answer("r"), 25, partition=0, replied_at=20)
     got = waiting.result(0)
     assert (got.replied_at, got.received_at) == (20, 25)
@@ -191,8 +190,11 @@ def test_send_prints_every_answer_and_its_summary_when_one_request_is_refused(
     class Producer:
         sent: list[str] = []
 
-        def produce(self, _topic: str, _value: bytes, key: bytes, **_kwargs: Any) -> None:
+        values: list[bytes] = []
+
+        def produce(self, _topic: str, value: bytes, key: bytes, **_kwargs: Any) -> None:
             self.sent.append(key.decode())
+            self.values.append(value)
 
         def poll(self, _timeout: float = 0) -> None:
             return None
@@ -201,18 +203,19 @@ def test_send_prints_every_answer_and_its_summary_when_one_request_is_refused(
             return None
 
         def flush(self, _timeout: float = 30.0) -> None:  # the broker refuses the second, answers the others
-            second = self.sent[1]
-            refused = type("Refused", (), {"key": lambda _self: second.encode(), "topic": lambda _self: "rdv.requests"})
+            second, value = self.sent[1], self.values[1]
+            refused = type("Refused", (), {"key": lambda _self: second.encode(), "value": lambda _self: value,
+                                           "topic": lambda _self: "rdv.requests"})
             client._undelivered(refused(), KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
             for rid in (self.sent[0], *self.sent[2:]):
                 client._resolve(answer(rid), 100, partition=0)
 
     client._producer = Producer()  # type: ignore[assignment]
-    client._requests, client._turn, client.answer_wait_s = codec("request"), itertools.count(), 1.0
+    client._turn, client.answer_wait_s = itertools.count(), 1.0
     client._wait_when_full = True
     client._reader = threading.Thread(target=lambda: None)
     client._reader.start()
-    client._consumer = type("Closed", (), {"close": lambda _self: None})()  # type: ignore[assignment]
+    client._consumer = type("Closed", (), {"close": lambda _self: None})()
     monkeypatch.setattr(send_module, "Client", lambda *_args, **_kwargs: client)
     monkeypatch.setattr(send_module, "warn_unknown_features", lambda *_args: None)
     rows = tmp_path / "rows.jsonl"
@@ -222,3 +225,48 @@ def test_send_prints_every_answer_and_its_summary_when_one_request_is_refused(
         send_module.send(send_module.SendSettings(bootstrap="localhost:9092", file=str(rows)))
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 3 and "3 answers: 3 OK" in err
+
+
+class _Refused:
+    """A record the broker refused for good, as a delivery report hands it over."""
+
+    def __init__(self, key: str, value: bytes):
+        self._key, self._value = key, value
+
+    def key(self) -> bytes:
+        return self._key.encode()
+
+    def value(self) -> bytes:
+        return self._value
+
+    def topic(self) -> str:
+        return "rdv.requests"
+
+
+def test_a_send_refused_by_the_broker_fails_its_own_waiter_not_every_waiter_of_its_request_id() -> None:
+    """A delivery failure failed every waiter of the id: a second request under it, refused for
+    its size, failed the first, delivered, whose answer was on its way (a review)."""
+    from confluent_kafka import KafkaError
+
+    from services.core.errors import RecordTooLarge
+
+    client = bare_client((0,))
+    sent: list[bytes] = []
+
+    class Producer:
+        def produce(self, _topic: str, value: bytes, **_kwargs: Any) -> None:
+            sent.append(value)
+
+        def poll(self, _timeout: float = 0) -> None:
+            return None
+
+    client._producer, client._turn = Producer(), itertools.count()  # type: ignore[assignment]
+    client._wait_when_full = True
+    first = client.submit({"f": 1.0}, request_id="r")
+    too_large = client.submit({"f": 1.0, **{f"g{i}": 0.0 for i in range(1000)}}, request_id="r")
+    client._undelivered(_Refused("r", sent[1]), KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))  # type: ignore[arg-type]
+    with pytest.raises(RecordTooLarge):
+        too_large.result(0)
+    assert not first.done()
+    client._resolve(answer("r"), 10, partition=0)
+    assert first.result(0).status == "OK" and client._pending == {}
