@@ -92,7 +92,9 @@ class Mark:
         if not text:
             return None
         try:
-            fields = dict(item.split("=", 1) for item in text.split(";"))
+            # The transactional id last, and whole: it is the group's name, in which Kafka allows
+            # a ';' (split on every one, such a mark was unreadable and no takeover fenced).
+            fields = dict(item.split("=", 1) for item in text.split(";", 2))
             answers, log = int(fields["a"]), int(fields["l"])
         except (ValueError, KeyError):
             return None

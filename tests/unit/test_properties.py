@@ -108,22 +108,24 @@ def test_a_commit_mark_decodes_or_is_ignored(text: str | None) -> None:
     mark = Mark.decode(text)
     if mark is not None:  # only what names both outputs' offsets, each a whole number from 0
         assert text is not None and mark.answers >= 0 and mark.log >= 0
-        fields = dict(item.split("=", 1) for item in text.split(";"))
+        fields = dict(item.split("=", 1) for item in text.split(";", 2))  # the id last, whole
         assert (int(fields["a"]), int(fields["l"]), fields.get("t", "")) == (mark.answers, mark.log, mark.txn)
         assert Mark.decode(mark.encode()) == mark
 
 
 @FAST
-@given(answers=st.integers(0, 2**62), log=st.integers(0, 2**62),
-       txn=st.text(alphabet=st.characters(blacklist_characters=";="), max_size=40))
+@given(answers=st.integers(0, 2**62), log=st.integers(0, 2**62), txn=st.text(max_size=40))
 def test_a_commit_mark_round_trips(answers: int, log: int, txn: str) -> None:
+    """Any transactional id, ';' and '=' in it too: Kafka allows them in a group's name (a review:
+    a ';' made every mark unreadable)."""
     assert Mark.decode(Mark(answers, log, txn).encode()) == Mark(answers, log, txn)
 
 
 @pytest.mark.parametrize(("text", "mark"), [
     ("a=1;l=2", Mark(1, 2, "")),  # written before marks named their transaction
     ("a=7;l=9;t=rdv-1", Mark(7, 9, "rdv-1")),
-    ("a=x;l=2;t=", None), ("garbage", None), ("a=1;l=2;t=x;extra", None), ("a=-1;l=2;t=", None), ("l=2;t=", None),
+    ("a=1;l=2;t=team;prod-pod-0", Mark(1, 2, "team;prod-pod-0")),  # the group's name may hold a ';'
+    ("a=x;l=2;t=", None), ("garbage", None), ("a=-1;l=2;t=", None), ("l=2;t=", None),
 ])  # fmt: skip
 def test_marks_examples(text: str, mark: Mark | None) -> None:
     assert Mark.decode(text) == mark
