@@ -158,6 +158,7 @@ class Join:
         self._orphan_count = 0
         self._remembered = RememberedIds(limits.max_remembered)
         self._finished = Finished({}, set())
+        self._rereading: set[int] = set()  # requests partitions with entries in _finished
         self._models_seen: dict[str, int] = {}  # model -> wall ms of its last score
         self._labelled_models: set[str] = set()  # models named in metrics (never forgotten: series stay)
         self._labelled: set[tuple[str, str]] = set()  # (model, version) pairs named in metrics
@@ -262,14 +263,33 @@ class Join:
         # A later owner scans again; an entry kept past this would take a new request with the
         # same id for an old one (and, finding no answer, send it none).
         self._finished.forget(partitions)
+        self._rereading -= partitions
 
     def restore(self, finished: Finished) -> None:
         self._finished.answered.update(finished.answered)
         self._finished.logged.update(finished.logged)
         self._finished.partition_of.update(finished.partition_of)
+        self._rereading.update(finished.partition_of.values())
         for rid, (partition, log_time, answer) in sorted(finished.remembered.items(), key=lambda kv: kv[1][1]):
             if rid not in self._remembered and rid not in self.mailboxes and rid not in finished.partition_of:
                 self._remember(rid, partition, answer, log_time, None)
+
+    def end_reread(self, partition: int) -> None:
+        """Every request of `partition` that a takeover's scan could find answered has been read
+        again. What the scan found for the others (requests before the committed offset, decided
+        after the oldest open one was read) is kept as any closed id is, for remember_ms: kept for
+        the whole ownership, a new request reusing such an id an hour later got the old answer,
+        unscored and unlogged (a review)."""
+        if partition not in self._rereading:
+            return
+        self._rereading.discard(partition)
+        finished = self._finished
+        for rid in [rid for rid, on in finished.partition_of.items() if on == partition]:
+            del finished.partition_of[rid]
+            finished.logged.discard(rid)
+            answer = finished.answered.pop(rid, None)
+            if answer is not None and rid not in self.mailboxes and rid not in self._remembered:
+                self._remember(rid, partition, answer, answer["answered_at"], None)
 
     # -- records ---------------------------------------------------------------------------
 

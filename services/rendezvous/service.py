@@ -236,7 +236,12 @@ class Rendezvous(Probed):
             return
         if request.problem is not None:
             self._dead_letter(msg, DecodeFailed(request.problem))
+        reread_end = self.takeover.reread_ends.get(partition, -1)
+        if offset >= reread_end >= 0:  # appended after the takeover's scan: no entry of it is this one's
+            self.join.end_reread(partition)
         owner = self.join.on_request(request)
+        if offset == reread_end - 1:  # the last request the scan could have found answered
+            self.join.end_reread(partition)
         mark = self._mark(partition, offset) if owner is not None else None
         self.offsets.track(self.topics.requests, partition, offset, owner, mark)
 

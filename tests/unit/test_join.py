@@ -724,3 +724,31 @@ def test_a_request_id_open_on_another_partition_is_answered_error_not_joined() -
     assert "in use by a request on partition 1" in refusal["reason"]
     join.drop_partitions({1})  # the first one's partition given up: the second holds nothing of it
     assert not join.mailboxes
+
+
+def test_what_a_takeovers_scan_found_for_requests_not_re_read_is_kept_for_remember_ms_only() -> None:
+    """The scan finds answers of requests before the committed offset too (decided after the oldest
+    open one was read): kept for the whole ownership, a new request reusing such an id an hour
+    later got the old answer at its address, unscored, and nothing on the answers topic or the
+    log (a review). Once the re-read is over they are remembered ids like any other."""
+    hour = 3_600_000
+    old = {"request_id": "p", "status": "OK", "model": "champion", "version": "v1", "score": 0.9,
+           "reason": "preferred model answered", "answered_at": T0 + 5}
+    for reused_after in (hour, 30):
+        join, out = make_join()
+        join.restore(Finished({"p": old}, {"p"}, {"p": 0}))
+        join.on_request(request("a", at=T0 + 1, reply=None))  # the one request re-read
+        for model in MODELS:
+            join.on_score(score("a", model, T0 + 20))
+        join.end_reread(0)
+        join.on_clock(0, T0 + reused_after)
+        join.on_request(request("p", at=T0 + reused_after + 10, reply="caller", inputs=b"other"))
+        for model in MODELS:
+            join.on_score(score("p", model, T0 + reused_after + 15, value=0.2))
+        got = [(reply[0], record["score"]) for reply, record in out.replies]
+        if reused_after < JoinLimits().remember_ms:  # a retry: the answer it got before
+            assert got == [("caller", 0.9)] and [a["request_id"] for a in out.answers] == ["a"]
+        else:  # a new request: scored, answered and logged
+            assert got == [("caller", 0.2)]
+            assert [a["request_id"] for a in out.answers] == ["a", "p"] == [r["request_id"] for r in out.logs]
+        assert join._finished.partition_of == {} and not join._finished.answered
