@@ -70,8 +70,14 @@ KNOWN = SHOWN | SECRET
 _COMMA_PAIRS = frozenset({"sasl.oauthbearer.extensions"})
 _PROPERTY_LIKE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+")
 _LEADING_KEY = re.compile(r"\s*([A-Za-z0-9_.\-]+)")
-_JOINED = re.compile(r",\s*([A-Za-z0-9_.\-]+)\s*=")
+_JOINED = re.compile(r"([,;]|\s)\s*([A-Za-z0-9_.\-]+)\s*=")
 _QUOTED = re.compile(r'"([^"]*)"')
+
+
+def _shown(key: str, value: Any) -> bool:
+    """Whether a value may be printed: an allow-listed setting's, unless it holds a `key=` of its
+    own (`client.id=me password=x`: another setting glued on, its secret in the shown value)."""
+    return key in SHOWN and "=" not in str(value)
 
 
 def safe_key(key: str) -> bool:
@@ -101,14 +107,15 @@ def parse(items: Iterable[str]) -> dict[str, str]:
             _remember_value(item)
             errors.append(_malformed(position, item))
             continue
-        if key not in SHOWN:
+        if not _shown(key, value):
             _remember_value(value)
         joined = _joined_key(key, value)
         if joined is not None:
+            glue, name = joined
             errors.append(
                 f"{_item(position, key)}: its value continues with "
-                f"{'a ' + joined if safe_key(joined) else 'another'} key=value after ','; "
-                f"settings are separated by ';' (RDV_KAFKA_CONFIG='a=1;b=2') or given as repeated {FLAG}"
+                f"{'a ' + name if safe_key(name) else 'another'} key=value after {glue}; "
+                f"give each setting its own {FLAG}, or separate them by ';' in RDV_KAFKA_CONFIG ('a=1;b=2')"
             )
             continue
         config[key] = value
@@ -130,21 +137,22 @@ def _malformed(position: int, item: str) -> str:
     return f"{FLAG} item {position} ({key}): expected key=value, found no '='"
 
 
-def _joined_key(key: str, value: str) -> str | None:
-    """The key of a second setting glued on with `,` (`SASL_SSL,sasl.password=x`), if any."""
+def _joined_key(key: str, value: str) -> tuple[str, str] | None:
+    """(what glued it, its key) of a second setting glued on with `,`, `;` or a space
+    (`SASL_SSL;sasl.password=x`), if any."""
     if key in _COMMA_PAIRS:
         return None
     for match in _JOINED.finditer(value):
-        candidate = match.group(1)
+        glue, candidate = match.group(1), match.group(2)
         if candidate in KNOWN or _PROPERTY_LIKE.fullmatch(candidate):
-            return candidate
+            return ("a space" if glue.isspace() else repr(glue)), candidate
     return None
 
 
 def masked(config: Mapping[str, Any]) -> dict[str, Any]:
     """A copy safe to log: values shown only for the allow-list (`SHOWN`), and a key only if it
     looks like a property name (`sasl.password:x,security.protocol` holds a secret in its key)."""
-    return {(k if safe_key(k) else f"<key {i} not shown>"): (v if k in SHOWN else MASK)
+    return {(k if safe_key(k) else f"<key {i} not shown>"): (v if _shown(k, v) else MASK)
             for i, (k, v) in enumerate(config.items(), start=1)}
 
 
@@ -152,8 +160,8 @@ def describe_refusal(text: str, config: Mapping[str, Any]) -> str:
     """librdkafka's message for a configuration it refused, without any value it quotes
     (`Invalid value "..." for configuration property "..."`), plus a spelling hint."""
 
-    hidden = {str(v) for k, v in config.items() if k not in SHOWN}
-    shown = {str(v) for k, v in config.items() if k in SHOWN}
+    hidden = {str(v) for k, v in config.items() if not _shown(k, v)}
+    shown = {str(v) for k, v in config.items() if _shown(k, v)}
 
     def keep_or_mask(match: re.Match[str]) -> str:
         quoted = match.group(1)
