@@ -213,10 +213,7 @@ class Parser(argparse.ArgumentParser):
     given: tuple[str, ...] = ()
 
     def error(self, message: str) -> NoReturn:
-        head, sep, items = message.partition("unrecognized arguments: ")
-        if sep:
-            shown = [item if _FLAG_ONLY.fullmatch(item) else "<a value, not shown>" for item in items.split(" ")]
-            message = head + sep + " ".join(shown)
+        message = _unechoed(message)
         # One line, not argparse's usage dump (20 lines for most commands) above it. The top-level
         # parser reports a subcommand's unknown flags: its help is the one that lists the flags.
         command = _command_prog(self, Selection(self.given).words or [])
@@ -225,6 +222,28 @@ class Parser(argparse.ArgumentParser):
 
 
 _FLAG_ONLY = re.compile(r"--?[A-Za-z][A-Za-z0-9-]*")
+_WORD_ONLY = re.compile(r"[a-z][a-z0-9-]{0,39}")
+_NOT_SHOWN = "<a value, not shown>"
+_INVALID_CHOICE = re.compile(r"invalid choice: '(.*)' \(choose from")
+_AMBIGUOUS = re.compile(r"ambiguous option: (\S+) could match")
+
+
+def _unechoed(message: str) -> str:
+    """argparse's message without what was typed, unless it is a flag or a command word: a stray
+    argument may be a secret typed without its flag (`rendezvous --kafka-config sasl.password=x
+    send`: the value is taken for the command), `--s=http://u:pw@host` for an abbreviation."""
+    head, sep, items = message.partition("unrecognized arguments: ")
+    if sep:
+        return head + sep + " ".join(item if _FLAG_ONLY.fullmatch(item) else _NOT_SHOWN for item in items.split(" "))
+    choice = _INVALID_CHOICE.search(message)
+    if choice is not None and not _WORD_ONLY.fullmatch(choice.group(1)):
+        return message[:choice.start(1) - 1] + _NOT_SHOWN + message[choice.end(1) + 1:]
+    ambiguous = _AMBIGUOUS.search(message)
+    if ambiguous is not None:
+        flag, equals, _value = ambiguous.group(1).partition("=")
+        typed = flag + (f"={_NOT_SHOWN}" if equals else "")
+        return message[:ambiguous.start(1)] + typed + message[ambiguous.end(1):]
+    return message
 _EXPECTED_VALUE = re.compile(r"argument (--[a-z0-9-]+)(?:/-\w)?: expected one argument")
 
 

@@ -104,7 +104,13 @@ def test_every_command_explains_itself(command: str, capsys: pytest.CaptureFixtu
       "see `rendezvous replay --help`"),
      (["model", "serve", "--bogus"], "rendezvous: error: unrecognized arguments: --bogus; "
       "see `rendezvous model serve --help`"),
-     (["nosuch"], "rendezvous: error: argument COMMAND: invalid choice: 'nosuch'")],
+     (["nosuch"], "rendezvous: error: argument COMMAND: invalid choice: 'nosuch'"),
+     # A secret typed where argparse quotes what it read (a review): a flag before its command,
+     # an abbreviated flag with its value.
+     (["--kafka-config", "sasl.password=hunter2xyz", "send"],
+      "rendezvous: error: argument COMMAND: invalid choice: <a value, not shown> (choose from"),
+     (["replay", "--s=http://bob:hunter2pw@reg:8081"],
+      "rendezvous replay: error: ambiguous option: --s=<a value, not shown> could match")],
 )
 def test_a_mistake_on_the_command_line_is_one_line(
     argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
