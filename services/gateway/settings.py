@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import ssl
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from services.core.errors import ConfigError
 from services.core.settings import MAX_PORT, KafkaSettings, not_a_readable_file, setting
@@ -103,6 +104,8 @@ class GatewaySettings(KafkaSettings):
         if self.tls_cert:
             _check_tls_pair(self.tls_cert, self.tls_key)
         ApiKeys.load(self.api_keys_file, self.api_key_hashes)  # its one-line error now, not after Kafka
+        if self.comparison_url:
+            _check_comparison_url(self.comparison_url)
         if self.http_port <= 0 and self.grpc_port <= 0:
             raise ConfigError("nothing to serve: both --http-port and --grpc-port are 0")
         _check_ports_apart({"--http-port": (self.http_addr, self.http_port),
@@ -131,6 +134,23 @@ class GatewaySettings(KafkaSettings):
 
 
 _ANY_ADDRESS = ("0.0.0.0", "::", "")
+
+
+def _check_comparison_url(url: str) -> None:
+    """An http(s) URL with a host and no credentials: the public /ui page shows where its figures
+    come from, and a Prometheus endpoint needs none (a review found user:password@ on the page,
+    and a bare `comparison:9104/metrics` failing only there)."""
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or 0 < parts.port <= MAX_PORT
+    except ValueError as exc:
+        raise ConfigError(f"--comparison-url is not a valid URL: {exc}") from None
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError("--comparison-url must not carry user:password@ (the public /ui page names its source); "
+                          "the comparison service's /metrics needs none")
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ConfigError(f"--comparison-url {url!r}: expected http://HOST:PORT/metrics (http or https, a host, "
+                          f"a port from 1 to {MAX_PORT})")
 
 
 def _check_ports_apart(ports: dict[str, tuple[str, int]]) -> None:

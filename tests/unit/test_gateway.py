@@ -421,6 +421,22 @@ def test_settings_refuse_half_a_tls_pair_and_nothing_to_serve(tmp_path: Any) -> 
     GatewaySettings().validate()
 
 
+@pytest.mark.parametrize(("url", "said"), [
+    ("http://admin:hunter2pw@comp:9104/metrics", "must not carry user:password@"),
+    ("comparison:9104/metrics", "expected http://HOST:PORT/metrics"),
+    ("ftp://comp:9104/metrics", "expected http://HOST:PORT/metrics"),
+    ("http://comp:99999/metrics", "not a valid URL: Port out of range"),
+    ("http://comp:0/metrics", "a port from 1 to"),
+])
+def test_a_comparison_url_is_an_http_address_without_credentials(url: str, said: str) -> None:
+    """The public /ui page shows its source: a password in it was shown to anyone, and logged; a
+    URL without its scheme failed only on the page (a review)."""
+    with pytest.raises(ConfigError, match=said) as refused:
+        GatewaySettings(comparison_url=url).validate()
+    assert "hunter2pw" not in str(refused.value)
+    GatewaySettings(comparison_url="http://comparison:9104/metrics").validate()
+
+
 # -- the catalog --------------------------------------------------------------------------------------
 
 
