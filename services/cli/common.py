@@ -58,12 +58,28 @@ def topic_specs(topics: Topics, partitions: int) -> dict[str, tuple[int, Mapping
     }
 
 
+def console(**options: Any) -> Any:
+    """A rich Console whose print never fails on what a user typed: a comment, a model name or a
+    path holding `[/]` is rich markup that does not close, and the command died with a traceback
+    after it had done its work (`schedule set` after publishing: a retry published twice; a
+    review). Such a line is printed as it is, markup and all."""
+    from rich.console import Console
+    from rich.errors import MarkupError
+
+    class Forgiving(Console):
+        def print(self, *objects: Any, **kwargs: Any) -> None:
+            try:
+                super().print(*objects, **kwargs)
+            except MarkupError:
+                super().print(*objects, **{**kwargs, "markup": False})
+
+    return Forgiving(**options)
+
+
 def messages() -> Any:
     """A rich Console for a command's messages, on stderr. Piped, its lines are not wrapped at 80
     columns (rich's guess without a terminal): a wrapped line split a command to copy in two."""
-    from rich.console import Console
-
-    return Console(stderr=True, soft_wrap=not sys.stderr.isatty())
+    return console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
 
 def ensure_topics(config: Mapping[str, Any], topics: Topics, partitions: int) -> list[str]:

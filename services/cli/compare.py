@@ -22,7 +22,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from services.cli.common import messages
+from services.cli.common import console, messages
 from services.compare_report.report import report_from_topic
 from services.compare_report.settings import CompareSettings
 from services.compare_report.table import print_report, print_report_json
@@ -68,7 +68,7 @@ class _Bar:
 
 def run_compare(settings: CompareSettings, out: Console | None = None, err: Console | None = None) -> int:
     """The report of the range on `out`, progress on `err`; the HTML file when asked."""
-    out = out or Console(width=None if sys.stdout.isatty() else PIPE_WIDTH, no_color=not sys.stdout.isatty())
+    out = out or console(width=None if sys.stdout.isatty() else PIPE_WIDTH, no_color=not sys.stdout.isatty())
     err = err or messages()
     bar = _Bar(err, settings.topics().log)
     try:

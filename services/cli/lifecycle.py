@@ -209,8 +209,8 @@ def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule,
     asked_ms = settings.effective_in_ms() if effective_in_ms is None else effective_in_ms
     schedule = changes.next_version(book, draft, now, asked_ms)
     publish(settings.librdkafka(), settings.topics().control, schedule)
-    console.print(f"published {schedule.name} v{schedule.version}: {list(schedule.models)} "
-                  f"(effective in {format_duration_ms(schedule.effective_at - now)}; {schedule.comment})")
+    console.print(f"published {escape(schedule.name)} v{schedule.version}: {escape(str(list(schedule.models)))} "
+                  f"(effective in {format_duration_ms(schedule.effective_at - now)}; {escape(schedule.comment)})")
     if schedule.effective_at > now + asked_ms:
         # A version never takes effect before the one it follows: one scheduled later holds this back.
         console.print(f"[yellow]note[/]: not in {settings.effective_in}: v{schedule.version - 1} takes effect only "

@@ -18,13 +18,13 @@ def _console() -> Console:
 
 
 def _stdout() -> Console:
-    from rich.console import Console
-
     """Tables on stdout. When piped, as wide as they need (rich would assume 80 columns and
     shorten figures to "…"), with no colour codes."""
+    from services.cli.common import console
+
     if sys.stdout.isatty():
-        return Console()
-    return Console(width=1000, no_color=True, highlight=False)
+        return console()
+    return console(width=1000, no_color=True, highlight=False)
 
 
 def cmd_models(args: argparse.Namespace) -> int:

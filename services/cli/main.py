@@ -131,11 +131,10 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
+    from services.cli.common import console
     from services.cli.demo import DemoSettings, run_demo
 
-    return run_demo(from_namespace(DemoSettings, args), Console())
+    return run_demo(from_namespace(DemoSettings, args), console())
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

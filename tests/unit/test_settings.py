@@ -254,3 +254,19 @@ def test_schedule_set_refuses_a_bad_schedule_before_the_broker_is_asked(flags: d
 
     with pytest.raises(ConfigError, match=refusal):  # the settings' own validation, before any command runs
         from_namespace(ScheduleSetSettings, None, bootstrap="127.0.0.1:1", **flags)
+
+
+def test_a_message_holding_what_a_user_typed_is_printed_whatever_it_holds() -> None:
+    """A comment `revert [/] bad wait` is rich markup that closes nothing: `schedule set` died with
+    a traceback after publishing (a retry published a second version), `demo --bootstrap '[/x]:9092'`
+    before starting (a review)."""
+    import io
+
+    from services.cli.common import console
+
+    out = io.StringIO()
+    shown = console(file=out, width=200)
+    shown.print("published default v3: ['champion'] (effective in 0s; revert [/] bad wait)")
+    shown.print("[bold]broker[/]: [/x]:9092")
+    assert out.getvalue().splitlines() == ["published default v3: ['champion'] (effective in 0s; revert [/] bad wait)",
+                                           "[bold]broker[/]: [/x]:9092"]
