@@ -157,6 +157,8 @@ def serve_http(
         server = ThreadingHTTPServer((addr, port), _handler(readiness, liveness))
     except OSError as exc:
         raise ConfigError(f"cannot serve metrics/health on {addr}:{port}: {exc.strerror}") from None
+    except (TypeError, UnicodeError) as exc:  # a host name that cannot be encoded (`a..ü`)
+        raise ConfigError(f"cannot serve metrics/health on {addr!r}:{port}: {exc}") from None
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="rdv-http", daemon=True).start()
     log.info("metrics and health on http://%s:%d/ (/metrics /healthz /readyz)", addr, port)

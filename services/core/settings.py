@@ -308,6 +308,7 @@ def _excerpt(raw: Any, limit: int = 40) -> str:
 def _convert(name: str, kind: Any, raw: Any, separator: str | None = ",", secret: bool = False) -> Any:
     """`separator` None: a tuple's items are taken whole (repeated flags)."""
     shown = "a value (not shown)" if secret else _excerpt(raw)
+    _check_utf8(name, raw)
     if kind is tuple:
         items = [raw] if isinstance(raw, str) else list(raw)
         parts = (part for item in items for part in ([item] if separator is None else item.split(separator)))
@@ -320,6 +321,18 @@ def _convert(name: str, kind: Any, raw: Any, separator: str | None = ",", secret
     if kind in (int, float):
         return _number(name, kind, raw, shown)
     return raw
+
+
+def _check_utf8(name: str, raw: Any) -> None:
+    """Bytes that are not UTF-8 on the command line or in a variable reach Python as lone
+    surrogates: librdkafka, a socket's host name or a log line then failed with a traceback (a
+    review: SystemError from the Kafka client's constructor). Refused here, by name."""
+    for item in [raw] if isinstance(raw, str) else (raw if isinstance(raw, (list, tuple)) else []):
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ConfigError(f"{name}: holds bytes that are not UTF-8 text") from None
 
 
 def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overrides: Any) -> T:

@@ -270,3 +270,23 @@ def test_a_message_holding_what_a_user_typed_is_printed_whatever_it_holds() -> N
     shown.print("[bold]broker[/]: [/x]:9092")
     assert out.getvalue().splitlines() == ["published default v3: ['champion'] (effective in 0s; revert [/] bad wait)",
                                            "[bold]broker[/]: [/x]:9092"]
+
+
+def test_a_setting_holding_bytes_that_are_not_utf8_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Such bytes reach Python as lone surrogates; the Kafka client's constructor failed on them
+    with a SystemError traceback (a review)."""
+    not_utf8 = b"h\xe9st:1".decode("utf-8", "surrogateescape")
+    with pytest.raises(ConfigError, match=r"^--bootstrap: holds bytes that are not UTF-8 text$"):
+        from_namespace(KafkaSettings, bootstrap=not_utf8)
+    with pytest.raises(ConfigError, match=r"^--kafka-config: holds bytes that are not UTF-8 text$"):
+        from_namespace(KafkaSettings, bootstrap="127.0.0.1:1", kafka_config=(f"client.id={not_utf8}",))
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", not_utf8)
+    with pytest.raises(ConfigError, match=r"^KAFKA_BOOTSTRAP_SERVERS \(the environment's --bootstrap\): holds bytes"):
+        from_namespace(KafkaSettings)
+
+
+def test_a_metrics_host_that_cannot_be_encoded_is_a_one_line_error() -> None:
+    from services.core.health import serve_http
+
+    with pytest.raises(ConfigError, match=r"cannot serve metrics/health on 'a\.\.ü':19999"):
+        serve_http(19999, lambda: (True, ""), "a..ü")
