@@ -73,13 +73,18 @@ def redact(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def parse_pairs(items: tuple[str, ...] | list[str], what: str) -> tuple[tuple[str, str], ...]:
-    pairs = []
+    """`key=value` items, each key once: every caller reads them as a mapping, where a key given
+    again silently replaced the first (`--principal client=alice --principal client=bob` granted
+    alice nothing; a review)."""
+    pairs: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"{what} expects key=value, got {item!r}")
-        pairs.append((key.strip(), value.strip()))
-    return tuple(pairs)
+        if key.strip() in pairs:
+            raise ConfigError(f"{what} {key.strip()} is given twice: one value each")
+        pairs[key.strip()] = value.strip()
+    return tuple(pairs.items())
 
 
 # What Kafka accepts as a topic name (its Topic.validate); anything else is refused before the

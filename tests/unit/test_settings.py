@@ -290,3 +290,13 @@ def test_a_metrics_host_that_cannot_be_encoded_is_a_one_line_error() -> None:
 
     with pytest.raises(ConfigError, match=r"cannot serve metrics/health on 'a\.\.ü':19999"):
         serve_http(19999, lambda: (True, ""), "a..ü")
+
+
+@pytest.mark.parametrize("flag", ["--principal", "--wait", "--topic"])
+def test_a_key_given_twice_in_key_value_flags_is_refused_not_replaced(flag: str) -> None:
+    """`acl show --principal client=alice --principal client=bob` granted alice nothing (a review)."""
+    from services.core.settings import parse_pairs
+
+    with pytest.raises(ConfigError, match=rf"^{flag} client is given twice: one value each$"):
+        parse_pairs(("client=alice", "gateway=g", "client=bob"), flag)
+    assert parse_pairs(("client=alice", "gateway=g"), flag) == (("client", "alice"), ("gateway", "g"))
