@@ -59,6 +59,12 @@ class ArchiveFailed(RendezvousError):
     """The archive's storage refused a write (a full disk, a read-only or deleted directory)."""
 
 
+# The latest timestamp an archive's readers can read: fastavro turns timestamp-millis into a
+# datetime, and one past the year 9999 (a producer may set any long) raised OverflowError, so the
+# rest of its file was lost to replay and to a crash's recovery (a review).
+LATEST_READABLE_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+
 def archive_schema() -> Any:
     """The schema written into every archive file (timestamp-millis logical types intact)."""
     return fastavro.parse_schema(load_schema(schemas_dir() / "archived_request.avsc"))

@@ -23,7 +23,7 @@ from prometheus_client import Counter
 from services.core.kafka import partition_counts
 from services.core.runtime import now_ms
 from services.core.service import Context, Probed, SimpleHandler, StreamService, StreamSpec
-from services.decoy.archive import ArchiveWriter
+from services.decoy.archive import LATEST_READABLE_MS, ArchiveWriter
 from services.decoy.settings import DecoySettings
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,8 @@ def _record(msg: Message, archived_at: int) -> dict[str, Any]:
         "topic": msg.topic(),
         "partition": msg.partition(),
         "offset": msg.offset(),
-        "timestamp": timestamp if timestamp and timestamp > 0 else archived_at,
+        # None, or none an archive's reader can read: the time it was archived instead.
+        "timestamp": timestamp if 0 < timestamp <= LATEST_READABLE_MS else archived_at,
         "key": key.encode() if isinstance(key, str) else key,
         "value": msg.value(),
         "archived_at": archived_at,

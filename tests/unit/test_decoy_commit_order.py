@@ -86,3 +86,22 @@ def test_records_of_a_partition_lost_before_they_were_synced_are_not_finished_la
     decoy.on_batch(requests(0, range(0, 2)) + requests(1, range(0, 3)))
     decoy.on_released([TopicPartition("rq", 1)], lost=True)
     assert decoy.finished_offsets() == [TopicPartition("rq", 0, 2)]
+
+
+def test_a_request_stamped_past_the_year_9999_is_archived_without_losing_the_records_after_it(
+    tmp_path: Path,
+) -> None:
+    """A producer may set any long as a record's time: archived as it was, every reader of the
+    file (replay, a crash's recovery) stopped at its block with OverflowError, and the records
+    around it were lost (a review). It keeps the time it was archived instead."""
+    from services.decoy.archive import iter_archive
+
+    decoy = Decoy(DecoySettings(archive_dir=str(tmp_path)))
+    decoy._archive = ArchiveWriter(tmp_path, roll_bytes=1 << 30, roll_seconds=3600)
+    far = Message(topic="rq", partition=0, offset=3, value=b"r3", key=b"k", timestamp=(0, 300_000_000_000_000))
+    decoy.on_batch([*requests(0, range(0, 3)), far, *requests(0, range(4, 6))])
+    decoy.finished_offsets()
+    decoy._archive.close()
+    read = list(iter_archive(tmp_path))
+    assert [r["offset"] for r in read] == [0, 1, 2, 3, 4, 5]
+    assert read[3]["timestamp"] == read[3]["archived_at"] and read[0]["timestamp"] == 5
