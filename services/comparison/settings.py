@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.core.errors import ConfigError
-from services.core.settings import ServiceSettings, setting
+from services.core.settings import MAX_BATCH, ServiceSettings, setting
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class ComparisonSettings(ServiceSettings):
         return int(min(self.future_tolerance_s, self.window_s / 2) * 1000)
     max_batch: int = setting(
         5000, "Most records handled per poll (a backlog is folded in batches this large: each batch has a fixed cost).",
-        minimum=1,
+        minimum=1, maximum=MAX_BATCH,
     )
     commit_interval_ms: int = setting(
         1000, "How often the positions after the handled records are committed (ms).",

@@ -96,6 +96,10 @@ def legal_topic(name: str) -> bool:
     return name not in (".", "..") and LEGAL_TOPIC.fullmatch(name) is not None
 
 
+# The most records one poll may ask for: confluent-kafka's consume() refuses more (ValueError), on
+# the first record, with a traceback (a review: --max-batch 2000000 was accepted).
+MAX_BATCH = 1_000_000
+
 TOPIC_ROLES = ("requests", "scores", "answers", "log", "control", "deadletter", "replies", "models")
 
 

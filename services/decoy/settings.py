@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.core.errors import ConfigError
-from services.core.settings import ServiceSettings, check_writable_directory, setting
+from services.core.settings import MAX_BATCH, ServiceSettings, check_writable_directory, setting
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class DecoySettings(ServiceSettings):
     group: str = setting("", "Consumer group (default: <prefix>decoy).")
     start_from: str = setting("earliest", "Where a new consumer group starts: earliest or latest.")
     max_batch: int = setting(1000, "Most records read per poll (the archive is fsynced before each commit).",
-                             minimum=1)
+                             minimum=1, maximum=MAX_BATCH)
 
     def validate(self) -> None:
         if not self.archive_dir:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from services.core import runtime
 from services.core.errors import ConfigError
-from services.core.settings import ServiceSettings, setting
+from services.core.settings import MAX_BATCH, ServiceSettings, setting
 
 TRUST_MODEL_FILE_HELP = (
     "Allow a pickle/joblib model file (loading one runs any code it contains) and a skops file holding "
@@ -77,7 +77,7 @@ class WorkerSettings(ServiceSettings):
     version: str = setting("", "Model version written on every score (default: the model's own).")
     group: str = setting("", "Consumer group (default: <prefix>model.<name>); replicas of a model share it.")
     instance: str = setting("", "Replica id written on every score (default: host-pid).")
-    max_batch: int = setting(256, "Largest micro-batch handed to the model.", minimum=1)
+    max_batch: int = setting(256, "Largest micro-batch handed to the model.", minimum=1, maximum=MAX_BATCH)
     start_from: str = setting(
         "earliest", "Where a new consumer group starts: earliest (nothing missed) or latest."
     )

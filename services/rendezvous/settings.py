@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from services.control.schedule import DEFAULT_NAME, Schedule
 from services.core.errors import ConfigError
-from services.core.settings import ServiceSettings, parse_pairs, setting
+from services.core.settings import MAX_BATCH, ServiceSettings, parse_pairs, setting
 from services.rendezvous.join import JoinLimits
 
 DEFAULT_SCHEDULE_NAME = DEFAULT_NAME
@@ -47,7 +47,7 @@ class RendezvousSettings(ServiceSettings):
         100, "How often finished work is committed (ms); commits run beside the poll loop.",
         minimum=1,
     )
-    max_batch: int = setting(1000, "Most records handled per poll.", minimum=1)
+    max_batch: int = setting(1000, "Most records handled per poll.", minimum=1, maximum=MAX_BATCH)
     cloudevents: bool = setting(
         False, "Add CloudEvents binary-mode headers (ce_id = request id, ce_type, ce_source, ce_specversion) to "
         "answers and comparison records, so CloudEvents tools read those topics as events."

@@ -300,3 +300,16 @@ def test_a_key_given_twice_in_key_value_flags_is_refused_not_replaced(flag: str)
     with pytest.raises(ConfigError, match=rf"^{flag} client is given twice: one value each$"):
         parse_pairs(("client=alice", "gateway=g", "client=bob"), flag)
     assert parse_pairs(("client=alice", "gateway=g"), flag) == (("client", "alice"), ("gateway", "g"))
+
+
+@pytest.mark.parametrize("module", ["rendezvous", "model_worker", "comparison", "decoy"])
+def test_a_batch_larger_than_one_poll_may_ask_for_is_refused_at_start(module: str) -> None:
+    """confluent-kafka's consume() refuses more than 1,000,000 records: --max-batch 2000000 was
+    accepted, and the service died with a traceback on its first record (a review)."""
+    import importlib
+
+    settings_module = importlib.import_module(f"services.{module}.settings")
+    cls = next(v for k, v in vars(settings_module).items() if k.endswith("Settings") and k != "ServiceSettings"
+               and isinstance(v, type) and v.__module__ == settings_module.__name__)
+    with pytest.raises(ConfigError, match=r"--max-batch must be at most 1000000"):
+        from_namespace(cls, bootstrap="127.0.0.1:1", max_batch="2000000")
