@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from services.core import runtime
 from services.core.errors import ConfigError
+from services.core.score_limits import MAX_VERSION_CHARS
 from services.core.settings import MAX_BATCH, ServiceSettings, setting
 
 TRUST_MODEL_FILE_HELP = (
@@ -118,6 +119,8 @@ class WorkerSettings(ServiceSettings):
             raise ConfigError(f"--start-from must be earliest or latest, got {self.start_from!r}")
         if self.name:
             check_model_name(self.name, "--name")
+        if len(self.version) > MAX_VERSION_CHARS:  # the rendezvous would refuse every score
+            raise ConfigError(f"--version is {len(self.version)} characters long: at most {MAX_VERSION_CHARS}")
         self.start_at_ms(runtime.now_ms())
         self.co_hosted()
 

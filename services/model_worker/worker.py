@@ -42,6 +42,7 @@ from services.core.metrics import DECODE_ERRORS, LATENCY_BUCKETS, child
 from services.core.model_info import ModelInfo, publish_model_info
 from services.core.requests import check_request
 from services.core.runtime import now_ms
+from services.core.score_limits import MAX_VERSION_CHARS
 from services.core.service import STALLED_AFTER_S, Context, Probed, SimpleHandler, StreamService, StreamSpec
 from services.core.signatures import Prepared, Signature
 from services.model_worker.models import Model, Prediction, load_model
@@ -49,7 +50,7 @@ from services.model_worker.models.base import model_signature
 from services.model_worker.rescue import Model as RescuedModel
 from services.model_worker.rescue import Rescue
 from services.model_worker.score_writer import Result, ScoreWriter, unscored
-from services.model_worker.settings import WorkerSettings, check_co_hosted_names, worker_name
+from services.model_worker.settings import WorkerSettings, check_co_hosted_names, check_model_name, worker_name
 from services.model_worker.walked import RequestWalker
 from services.model_worker.watchdog import ScoringWatchdog
 
@@ -205,9 +206,23 @@ class Hosted:
         self.model = model
         self.name = name or model.name
         self.version = version or model.version
+        _check_written_as(self.name, self.version)
         self.signature = model_signature(model, extra_features)
         self.writer = ScoreWriter(self.name, self.version, instance)
         self.labels = (self.name, self.version)
+
+
+def _check_written_as(name: Any, version: Any) -> None:
+    """The name and version on every score must be ones the rendezvous joins: a worker whose
+    model (or --version) gave an empty name or a version over MAX_VERSION_CHARS ran, and every
+    score it wrote was refused (a review). A one-line error at start instead."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"the model has no name to write on its scores ({name!r}): give it one, or --name")
+    check_model_name(name, "the model's name")
+    if not isinstance(version, str) or len(version) > MAX_VERSION_CHARS:
+        shown = f"{len(version)} characters" if isinstance(version, str) else repr(version)[:40]
+        raise ConfigError(f"model {name}: its version must be text of at most {MAX_VERSION_CHARS} characters, "
+                          f"got {shown} (--version sets it)")
 
 
 def shared_names(hosted: Sequence[Hosted]) -> tuple[str, ...] | None:

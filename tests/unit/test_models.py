@@ -465,3 +465,24 @@ def test_an_onnx_regressor_scores_its_value_and_a_graph_of_other_inputs_is_refus
     (tmp_path / "reg.onnx.features.json").write_text(json.dumps(["a", "b"]))  # one short of the graph's 3
     with pytest.raises(ModelSpecError, match=r"has shape \[None, 3\], but the sidecar lists 2 features"):
         load_model(str(path))
+
+
+def test_a_worker_whose_scores_the_rendezvous_would_refuse_does_not_start() -> None:
+    """A model without a name, or a version over what the rendezvous joins: the worker ran, and
+    every score it wrote was dead-lettered by the rendezvous (a review). One line at start now."""
+    from services.core.settings import from_namespace
+    from services.model_worker.models import load_model
+    from services.model_worker.settings import WorkerSettings
+    from services.model_worker.worker import Hosted
+
+    with pytest.raises(ConfigError, match=r"^--version is 1100 characters long: at most 1024$"):
+        from_namespace(WorkerSettings, bootstrap="127.0.0.1:1", model="demo:champion", version="v" * 1100)
+    unnamed = load_model("demo:champion")
+    unnamed.name = ""
+    with pytest.raises(ConfigError, match="the model has no name to write on its scores"):
+        Hosted(unnamed, "", "", "instance", "reject")
+    long_version = load_model("demo:champion")
+    long_version.version = "v" * 1100
+    with pytest.raises(ConfigError, match="its version must be text of at most 1024 characters, got 1100"):
+        Hosted(long_version, "", "", "instance", "reject")
+    assert Hosted(load_model("demo:champion"), "", "", "instance", "reject").labels == ("champion", "logreg-1")
