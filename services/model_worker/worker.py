@@ -218,7 +218,7 @@ def _check_written_as(name: Any, version: Any) -> None:
     score it wrote was refused (a review). A one-line error at start instead."""
     if not isinstance(name, str) or not name:
         raise ConfigError(f"the model has no name to write on its scores ({name!r}): give it one, or --name")
-    check_model_name(name, "the model's name")
+    check_model_name(name, "the model's name (--name sets another)")
     if not isinstance(version, str) or len(version) > MAX_VERSION_CHARS:
         shown = f"{len(version)} characters" if isinstance(version, str) else repr(version)[:40]
         raise ConfigError(f"model {name}: its version must be text of at most {MAX_VERSION_CHARS} characters, "
