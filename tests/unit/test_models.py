@@ -467,6 +467,20 @@ def test_an_onnx_regressor_scores_its_value_and_a_graph_of_other_inputs_is_refus
         load_model(str(path))
 
 
+def test_an_onnx_model_of_a_double_input_is_fed_doubles(tmp_path: Path) -> None:
+    """It loaded, then every request got an error score ("Unexpected input data type"): the
+    features were always fed as float32 (a review)."""
+    from skl2onnx import to_onnx
+
+    rows = np.array([[1.0, 2.0], [2.0, 0.0], [0.0, 1.0], [4.0, 1.0]])
+    reg = LinearRegression().fit(rows, rows @ np.array([0.5, -1.0]) + 0.25)
+    path = tmp_path / "double.onnx"
+    path.write_bytes(to_onnx(reg, rows[:1].astype(np.float64)).SerializeToString())
+    (tmp_path / "double.onnx.features.json").write_text(json.dumps(["a", "b"]))
+    preds = load_model(str(path)).predict(np.array([[1.0, 1.0], [1e300, 0.0]]))  # past float32's range too
+    assert preds[0].score == pytest.approx(-0.25, abs=1e-9) and preds[1].score == pytest.approx(5e299)
+
+
 def test_a_worker_whose_scores_the_rendezvous_would_refuse_does_not_start() -> None:
     """A model without a name, or a version over what the rendezvous joins: the worker ran, and
     every score it wrote was dead-lettered by the rendezvous (a review). One line at start now."""

@@ -31,6 +31,8 @@ from .base import FLOAT32_MAX, Prediction, check_batch, check_finite, fits_float
 __all__ = ["ONNX_INSTALL_HINT", "OnnxModel"]
 
 ONNX_INSTALL_HINT = "install the onnx extra: pip install 'rendezvous-serving[onnx]'"
+# The input types a model's features are fed as, by the name onnxruntime gives them.
+_INPUT_TYPES: dict[str, type[np.floating[Any]]] = {"tensor(float)": np.float32, "tensor(double)": np.float64}
 
 
 class OnnxModel:
@@ -44,6 +46,7 @@ class OnnxModel:
         self.signature: Signature | None = None
         self._session: Any = None
         self._input = ""
+        self._input_dtype: type[np.floating[Any]] = np.float32
         self._prob_output: str | None = None
         self._label_output: str | None = None
         self._value_output: str | None = None
@@ -77,6 +80,12 @@ class OnnxModel:
                 f"{where}: input {inputs[0].name!r} has shape {shape}, but the sidecar lists "
                 f"{len(names)} features; the input must be (n, {len(names)})"
             )
+        # Fed in the input's own type: a graph exported with a double input failed every request
+        # when fed float32 ("Unexpected input data type"), after loading without a word (a review).
+        dtype = _INPUT_TYPES.get(inputs[0].type)
+        if dtype is None:
+            raise ModelSpecError(f"{where}: input {inputs[0].name!r} is a {inputs[0].type}; the features are fed "
+                                 f"as {' or '.join(_INPUT_TYPES)}")
         outputs = [o.name for o in session.get_outputs()]
         if not outputs:
             raise ModelSpecError(f"{where}: the graph has no outputs")
@@ -85,7 +94,7 @@ class OnnxModel:
         self._value_output = None
         if self._prob_output is None and self._label_output is None:
             self._value_output = outputs[0]
-        self._input = inputs[0].name
+        self._input, self._input_dtype = inputs[0].name, dtype
         self.feature_names = names
         self.signature = signature
         self.version = file_version(self.path)
@@ -100,12 +109,12 @@ class OnnxModel:
             return []
         if self.signature is not None and not np.isfinite(x).all():
             check_finite(x, self.signature, self.name)
-        if not fits_float32(x):
+        if self._input_dtype is np.float32 and not fits_float32(x):
             raise ValueError(f"model {self.name!r}: a feature value is beyond float32's range (±{FLOAT32_MAX:.4g}), "
                              "the type this model computes in")
         wanted = [o for o in (self._prob_output, self._label_output, self._value_output) if o is not None]
         results = dict(
-            zip(wanted, self._session.run(wanted, {self._input: x.astype(np.float32)}), strict=True)
+            zip(wanted, self._session.run(wanted, {self._input: x.astype(self._input_dtype)}), strict=True)
         )
 
         scores: list[float | None] = [None] * n
