@@ -30,7 +30,7 @@ from typing import Any
 
 from services.core.errors import ConfigError
 from services.core.kafka import SCRATCH_GROUP_PREFIX
-from services.core.settings import Topics
+from services.core.settings import TOPIC_ROLES, Topics
 
 # The deployment's own consumer groups, after its topic prefix.
 GROUPS = ("rendezvous", "model.", "comparison", "decoy", "client", "gateway")
@@ -98,6 +98,11 @@ def _groups(principal: str, *prefixes: str) -> list[Grant]:
     return [Grant(principal, "group", prefix, "READ", prefixed=True) for prefix in (*prefixes, SCRATCH_GROUP_PREFIX)]
 
 
+def _under(prefix: str, topics: Topics) -> set[str]:
+    """The deployment's topic names the admin's prefixed grant covers."""
+    return {getattr(topics, role) for role in TOPIC_ROLES if getattr(topics, role).startswith(prefix)}
+
+
 def layout(topics: Topics, prefix: str, principals: Principals = Principals()) -> list[Grant]:
     """Every grant of a deployment whose topics are `topics` and whose names start with `prefix`."""
     overlapping = [f"{prefix}{group}" for group in GROUPS if f"{prefix}{group}".startswith(SCRATCH_GROUP_PREFIX)]
@@ -109,6 +114,9 @@ def layout(topics: Topics, prefix: str, principals: Principals = Principals()) -
         Grant(p.admin, "topic", prefix, "ALL", prefixed=True),
         Grant(p.admin, "group", prefix, "ALL", prefixed=True),
         Grant(p.admin, "group", SCRATCH_GROUP_PREFIX, "ALL", prefixed=True),
+        # Topics renamed outside the prefix (--topic role=name): admin creates them and writes the
+        # control topic too (a review: every role had its grants on them but admin).
+        *_topic(p.admin, "ALL", *sorted({getattr(t, role) for role in TOPIC_ROLES} - _under(prefix, t))),
         *_topic(p.rendezvous, "READ", t.requests, t.scores, t.control, t.answers, t.log),
         *_topic(p.rendezvous, "WRITE", t.answers, t.log, t.deadletter, t.replies, t.scores, t.control),
         # It checks at start-up that requests, scores and control keep LogAppendTime; every service

@@ -83,3 +83,14 @@ def test_a_principal_without_a_name_is_refused(nameless: str) -> None:
     """`--principal client=` was granted as the principal 'User:' and shown as any other."""
     with pytest.raises(ValueError, match="no principal given for client"):
         Principals.from_pairs({"client": nameless})
+
+
+def test_the_admin_may_create_and_write_topics_renamed_outside_the_prefix() -> None:
+    """`--topic control=ops.control`: every service had its grants on it, the admin none, so
+    `topics create` could not make it and `schedule set` could not write it (a review)."""
+    topics = Topics.from_prefix("prod.", {"requests": "inbound-requests", "control": "ops.control"})
+    grants = layout(topics, "prod.", P)
+    for name in ("inbound-requests", "ops.control", "prod.scores"):
+        assert allows(grants, P.admin, "topic", name, "CREATE") and allows(grants, P.admin, "topic", name, "WRITE")
+    assert not allows(grants, P.admin, "topic", "someone-elses-topic", "WRITE")
+    assert len([g for g in grants if g.principal == P.admin and g.resource == "topic"]) == 3  # the prefix and the two
