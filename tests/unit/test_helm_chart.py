@@ -568,6 +568,50 @@ def test_a_secret_given_inline_is_refused_and_never_rendered(helm: Path) -> None
     assert sentinel not in done.stdout
 
 
+# The settings the chart takes inline though the services mask their values: a user name, and paths
+# of files mounted from Secrets (the files are the secret).
+INLINE_DESPITE_MASKED = {"sasl.username", "ssl.key.location", "ssl.engine.location", "sasl.kerberos.keytab",
+                         "sasl.oauthbearer.assertion.private.key.file"}
+
+
+def test_every_setting_the_services_keep_secret_is_refused_inline(helm: Path) -> None:
+    """The chart spotted secrets by words (password, token, ...): an OAuth client's
+    `sasl.oauthbearer.config=clientSecret=...` was rendered into every manifest (a review)."""
+    from services.core.kafka_config import SECRET
+
+    sentinel = "hunter2-never-render-me"
+    for key in sorted(SECRET - INLINE_DESPITE_MASKED):
+        escaped = key.replace(".", "\\.")
+        done = run_helm(helm, "template", RELEASE, str(CHART), "--set-string", f"kafka.config.{escaped}={sentinel}")
+        assert done.returncode != 0 and "kafka.secretConfig" in done.stderr, key
+        assert sentinel not in done.stdout, key
+
+
+def test_the_notes_print_a_topics_create_command_for_these_values(helm: Path, tmp_path: Path) -> None:
+    """They said --partitions 4 whatever topics.partitions was, and left out renamed topics: pods
+    stayed unready on the topics that command made (a review). Rendered here through a template of
+    a copy of the chart (helm prints NOTES.txt only when it installs)."""
+    import shutil
+
+    from services.cli.main import build_parser
+
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    notes = (chart / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "notes-check.yaml").write_text(
+        '{{- define "notes.text" -}}\n' + notes + '\n{{- end -}}\nnotes: {{ include "notes.text" . | toJson }}\n')
+    done = run_helm(helm, "template", RELEASE, str(chart), "--show-only", "templates/notes-check.yaml",
+                    "--set", "topics.create=false", "--set", "topics.partitions=12",
+                    "--set", "kafka.topics.models=prod.signatures", "--set", "kafka.topics.requests=prod.inbound")
+    assert done.returncode == 0, done.stderr
+    [line] = [line for line in yaml.safe_load(done.stdout)["notes"].splitlines() if "topics create" in line]
+    argv = line.split()[1:]
+    assert argv[:2] == ["topics", "create"] and argv[argv.index("--partitions") + 1] == "12"
+    renamed = {argv[i + 1] for i, flag in enumerate(argv) if flag == "--topic"}
+    assert renamed == {"models=prod.signatures", "requests=prod.inbound"}
+    build_parser(argv).parse_args(argv)  # the CLI takes it as printed
+
+
 # --- values that must be refused -----------------------------------------------------------------
 
 
@@ -643,3 +687,13 @@ def test_more_gateways_than_reply_partitions_is_refused(helm: Path) -> None:
     done = run_helm(helm, "template", RELEASE, str(CHART), "--set", "gateway.enabled=true",
                     "--set", "gateway.replicas=5", "--set", "topics.partitions=4")
     assert done.returncode != 0 and "would never be ready" in done.stderr
+
+
+def test_compose_publishes_its_ports_on_the_loopback_interface_only() -> None:
+    """"9094:9094" binds every interface: anyone on the network could write the control topic of
+    a broker without authentication, call a gateway without API keys, or stop Prometheus (a review)."""
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    published = {name: service.get("ports", []) for name, service in services.items() if service.get("ports")}
+    assert published  # the broker, the gateway, Prometheus and Grafana
+    for name, ports in published.items():
+        assert all(str(port).startswith("127.0.0.1:") for port in ports), (name, ports)

@@ -49,10 +49,16 @@ imagePullPolicy: {{ $img.pullPolicy }}
 
 {{/* Kafka -------------------------------------------------------------------------------- */}}
 
-{{/* A librdkafka key whose value must come from a Secret (same markers as the services'
-redaction in services/core/settings.py). */}}
+{{/* A librdkafka key whose value must come from a Secret: those the services know to hold a
+secret or an identity (SECRET in services/core/kafka_config.py, but for the user name and the
+paths of files), and any key holding a secret-like word. */}}
 {{- define "rdv.isSecretKey" -}}
 {{- $key := lower . -}}
+{{- if has $key (list "sasl.jaas.config" "sasl.kerberos.kinit.cmd" "sasl.kerberos.principal"
+    "sasl.oauthbearer.assertion.private.key.passphrase" "sasl.oauthbearer.client.id"
+    "sasl.oauthbearer.client.secret" "sasl.oauthbearer.config" "sasl.oauthbearer.extensions"
+    "sasl.oauthbearer.scope" "sasl.oauthbearer.token.endpoint.url" "sasl.password" "ssl.ca.pem"
+    "ssl.certificate.pem" "ssl.key.password" "ssl.key.pem" "ssl.keystore.password") }}yes{{ end -}}
 {{- range list "password" "secret" "token" "key.pem" "private" "sasl.jaas" -}}
 {{- if contains . $key }}yes{{ end -}}
 {{- end -}}
@@ -117,7 +123,7 @@ ever part of a rendered manifest. */}}
 {{- define "rdv.topicOverrides" -}}
 {{- $pairs := list -}}
 {{- range $role, $name := .Values.kafka.topics -}}
-{{- if not (has $role (list "requests" "scores" "answers" "log" "control" "deadletter" "replies")) -}}
+{{- if not (has $role (list "requests" "scores" "answers" "log" "control" "deadletter" "replies" "models")) -}}
 {{- fail (printf "kafka.topics: unknown role %q" $role) -}}
 {{- end -}}
 {{- $pairs = append $pairs (printf "%s=%s" $role $name) -}}
