@@ -530,12 +530,44 @@ def test_every_object_carries_the_release_labels_and_a_valid_name(each_render: R
 SECRET_VALUE = re.compile(r"(?P<key>[A-Za-z0-9_.-]+)=(?P<value>[^;]*)")
 
 
+def principal_of(workload: Manifest) -> str:
+    """The kafka.principals entry of a workload's pods."""
+    component = pod_labels(workload)["app.kubernetes.io/component"]
+    return "models" if component == "model" else component
+
+
+def kafka_config_of(values: dict[str, Any], workload: Manifest) -> dict[str, Any]:
+    own = values["kafka"].get("principals", {}).get(principal_of(workload), {})
+    return {**values["kafka"]["config"], **own.get("config", {})}
+
+
+def secret_config_of(values: dict[str, Any], workload: Manifest) -> dict[str, dict[str, str]]:
+    """Each secret setting of a workload's pods -> its entry: the component's over the shared ones."""
+    own = values["kafka"].get("principals", {}).get(principal_of(workload), {})
+    return {e["key"]: e for e in [*values["kafka"]["secretConfig"], *own.get("secretConfig", [])]}
+
+
+def test_each_component_runs_as_its_own_principal_when_given_one(full_render: Render) -> None:
+    """One kafka.config for every pod made the least-privilege layout impossible to deploy: with
+    topics.create the shared principal had to be the admin, internet-facing gateway included (a
+    review). The gateway and the topics Job of the all-options values have principals of their own."""
+    users: dict[str, set[str]] = {}
+    for workload, container in full_render.containers():
+        config = dict(pair.split("=", 1) for pair in env_value(container, "RDV_KAFKA_CONFIG").split(";"))
+        values = full_render.values
+        assert set(config) == {*kafka_config_of(values, workload), *secret_config_of(values, workload)}
+        assert config["sasl.username"] == kafka_config_of(values, workload)["sasl.username"]
+        users.setdefault(config["sasl.username"], set()).add(principal_of(workload))
+    assert users == {"rdv-gateway": {"gateway"}, "rdv-admin": {"topics"},
+                     "rendezvous": {"rendezvous", "models", "comparison", "decoy"}}
+
+
 def test_no_secret_value_is_rendered_and_secrets_come_from_existing_secrets(each_render: Render) -> None:
     r = each_render
     assert r.of_kind("Secret") == []
-    wanted = {entry["key"]: entry for entry in r.values["kafka"]["secretConfig"]}
     for workload, container in r.containers():
         where = workload["metadata"]["name"]
+        wanted = secret_config_of(r.values, workload)
         env = container.get("env", [])
         defined_from_secrets: dict[str, dict[str, str]] = {}
         for entry in env:

@@ -71,50 +71,70 @@ paths of files), and any key holding a secret-like word. */}}
 
 {{/* RDV_KAFKA_CONFIG: plain settings as written, secret ones as $(VAR) references that the
 kubelet expands from the secretKeyRef variables defined before it, so no secret value is
-ever part of a rendered manifest. */}}
+ever part of a rendered manifest. Takes (dict "config" ... "secrets" ... "where" ...). */}}
 {{- define "rdv.kafkaConfigValue" -}}
 {{- $pairs := list -}}
-{{- range $key, $value := .Values.kafka.config -}}
-{{- if include "rdv.isSecretKey" $key -}}
-{{- fail (printf "kafka.config.%s looks secret: give it in kafka.secretConfig (from an existing Secret), never inline" $key) -}}
-{{- end -}}
-{{- if contains ";" (toString $value) -}}
-{{- fail (printf "kafka.config.%s contains ';', the separator of RDV_KAFKA_CONFIG" $key) -}}
-{{- end -}}
+{{- $where := .where -}}
+{{- range $key, $value := .config -}}
 {{- $pairs = append $pairs (printf "%s=%s" $key (include "rdv.scalar" $value)) -}}
 {{- end -}}
-{{- range .Values.kafka.secretConfig -}}
-{{- if hasKey $.Values.kafka.config .key -}}
-{{- fail (printf "%s is in both kafka.config and kafka.secretConfig" .key) -}}
+{{- range .secrets -}}
+{{- if hasKey $.config .key -}}
+{{- fail (printf "%s is in both the config and the secretConfig of %s" .key $where) -}}
 {{- end -}}
 {{- $pairs = append $pairs (printf "%s=$(%s)" .key (include "rdv.secretEnvName" .key)) -}}
 {{- end -}}
 {{- join ";" $pairs -}}
 {{- end -}}
 
-{{/* Environment of every Kafka client: bootstrap, topics, librdkafka settings, metrics port. */}}
+{{/* Environment of every Kafka client: bootstrap, topics, librdkafka settings, metrics port.
+Takes (dict "root" $ "component" NAME): kafka.principals.NAME's config and secretConfig are
+merged over kafka.config and kafka.secretConfig for that component's pods only, so that each
+runs as its own principal (docs/security.md: one SASL principal per role). */}}
+{{- define "rdv.checkKafkaConfig" -}}
+{{- $where := .where -}}
+{{- range $key, $value := .config -}}
+{{- if include "rdv.isSecretKey" $key -}}
+{{- fail (printf "%s.config.%s looks secret: give it in %s.secretConfig (from an existing Secret), never inline" $where $key $where) -}}
+{{- end -}}
+{{- if contains ";" (toString $value) -}}
+{{- fail (printf "%s.config.%s contains ';', the separator of RDV_KAFKA_CONFIG" $where $key) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "rdv.kafkaEnv" -}}
+{{- $root := .root -}}
+{{- $own := get ($root.Values.kafka.principals | default dict) .component | default dict -}}
+{{- include "rdv.checkKafkaConfig" (dict "config" $root.Values.kafka.config "where" "kafka") -}}
+{{- include "rdv.checkKafkaConfig" (dict "config" ($own.config | default dict) "where" (printf "kafka.principals.%s" .component)) -}}
+{{- $config := mergeOverwrite (deepCopy ($root.Values.kafka.config | default dict)) (deepCopy ($own.config | default dict)) -}}
+{{- $ownKeys := list -}}
+{{- range ($own.secretConfig | default list) }}{{ $ownKeys = append $ownKeys .key }}{{ end -}}
+{{- $secrets := list -}}
+{{- range ($root.Values.kafka.secretConfig | default list) }}{{ if not (has .key $ownKeys) }}{{ $secrets = append $secrets . }}{{ end }}{{ end -}}
+{{- $secrets = concat $secrets ($own.secretConfig | default list) -}}
 - name: KAFKA_BOOTSTRAP_SERVERS
-  value: {{ required "kafka.bootstrap is required" .Values.kafka.bootstrap | quote }}
+  value: {{ required "kafka.bootstrap is required" $root.Values.kafka.bootstrap | quote }}
 - name: RDV_TOPIC_PREFIX
-  value: {{ .Values.kafka.topicPrefix | quote }}
-{{- with .Values.kafka.topics }}
+  value: {{ $root.Values.kafka.topicPrefix | quote }}
+{{- with $root.Values.kafka.topics }}
 - name: RDV_TOPIC
-  value: {{ include "rdv.topicOverrides" $ | quote }}
+  value: {{ include "rdv.topicOverrides" $root | quote }}
 {{- end }}
 - name: RDV_CONNECT_TIMEOUT_S
-  value: {{ .Values.kafka.connectTimeoutS | quote }}
-{{- range .Values.kafka.secretConfig }}
+  value: {{ $root.Values.kafka.connectTimeoutS | quote }}
+{{- range $secrets }}
 - name: {{ include "rdv.secretEnvName" .key }}
   valueFrom:
     secretKeyRef:
       name: {{ required "kafka.secretConfig[].secretName is required" .secretName }}
       key: {{ required "kafka.secretConfig[].secretKey is required" .secretKey }}
 {{- end }}
-{{- $config := include "rdv.kafkaConfigValue" . }}
-{{- if $config }}
+{{- $value := include "rdv.kafkaConfigValue" (dict "config" $config "secrets" $secrets "where" (printf "kafka.principals.%s merged over kafka" .component)) }}
+{{- if $value }}
 - name: RDV_KAFKA_CONFIG
-  value: {{ $config | quote }}
+  value: {{ $value | quote }}
 {{- end }}
 - name: MPLCONFIGDIR
   value: /tmp/matplotlib
