@@ -160,10 +160,11 @@ class LabelBudget:
     """The first `max_models` model names keep their name as a label value; later ones are 'other'.
 
     Model/version pairs get 4x that budget; a pair beyond it keeps its model and gets version
-    'other'. Only admitted values are remembered, so a flood of names costs no memory. Names
-    `forget` gives back their places: the service gives back, when the budget is full, those no
-    longer in its window (so one forged record of 50 names does not count every model as
-    'other' for good).
+    'other' (as every version of a name counted as 'other' does, taking no place). Only admitted
+    values are remembered, so a flood of names costs no memory. Names `forget` gives back their
+    places: the service gives back, when the budget is full, those no longer in its window (so
+    one forged record of 50 names does not count every model as 'other' for good); and versions
+    `forget_versions`, when the version budget is full, those without an output for a window.
     """
 
     def __init__(self, max_models: int):
@@ -198,7 +199,16 @@ class LabelBudget:
         self._versions = {pair for pair in self._versions if pair[0] not in names}
         self._warned = False  # the next name past the budget is said again
 
+    @property
+    def versions_full(self) -> bool:
+        return len(self._versions) >= 4 * self.max_models
+
+    def forget_versions(self, pairs: set[tuple[str, str]]) -> None:
+        self._versions -= pairs
+
     def version(self, model: str, version: str) -> str:
+        if model == OTHER:  # its versions would take places no name of the budget could give back
+            return OTHER
         key = (model, version)
         if key in self._versions:
             return version
@@ -236,11 +246,16 @@ class Tally:
             DEADLINE.labels(*labels).inc(n)
 
 
-def forget_series(model: str, version: str) -> None:
-    """Drop a model version's counter series (its name gave its label back: `LabelBudget.forget`)."""
+def forget_version_series(model: str, version: str) -> None:
+    """Drop one version's output counters (it gave its label back: `LabelBudget.forget_versions`)."""
     for outcome in ("ok", "error", "late"):
         with contextlib.suppress(KeyError):
             OUTPUTS.remove(model, version, outcome)
+
+
+def forget_series(model: str, version: str) -> None:
+    """Drop a model version's counter series (its name gave its label back: `LabelBudget.forget`)."""
+    forget_version_series(model, version)
     for outcome in ("met", "missed"):
         with contextlib.suppress(KeyError):
             DEADLINE.remove(model, outcome)

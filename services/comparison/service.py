@@ -80,6 +80,7 @@ class ComparisonService(SimpleHandler, Probed):
         self._start_empty()
         self._labels = m.LabelBudget(settings.max_models)
         self._touched: set[tuple[str, str]] = set()
+        self._last_output: dict[tuple[str, str], float] = {}  # series labels -> when last counted (monotonic)
         self._series: dict[tuple[str, str], tuple[str, str]] = {}  # raw (model, version) -> labels
         self._codec = codec("comparison")
         self._batches = CurrentBatches(self._codec)
@@ -156,6 +157,9 @@ class ComparisonService(SimpleHandler, Probed):
             tally = m.Tally()
             rejected = self._fold_each(records, latest_ok, tally)
         tally.apply()
+        now = time.monotonic()
+        for pair, _outcome, _met in tally.outputs:
+            self._last_output[pair] = now
         self._compact_now_and_then(len(records))
         self.processed += len(records) - rejected
         self.positions.advance(messages)
@@ -293,6 +297,7 @@ class ComparisonService(SimpleHandler, Probed):
         """With the label budget full, the names no longer in the window give their places back:
         their series and references go, and names counted as 'other' meanwhile are labelled
         afresh. Done at an export, where the record path and the batch fold hold the same state."""
+        self._give_back_idle_versions()
         if not self._labels.full:
             return
         idle = set(self._labels.admitted - self.window.models())
@@ -304,12 +309,36 @@ class ComparisonService(SimpleHandler, Probed):
                 del self._series[raw]
         gone = {pair for pair in self._touched if pair[0] in idle}
         self._touched -= gone
+        for pair in gone:
+            self._last_output.pop(pair, None)
         for model, version in gone:
             m.forget_series(model, version)
         for model in idle:
             self.references.forget(model)
         log.info("the label budget (--max-models %d) was full: %d model name(s) no longer in the window gave "
                  "their places back", self.settings.max_models, len(idle))
+
+    def _give_back_idle_versions(self) -> None:
+        """With the version budget full, versions without an output for a whole window give their
+        places back, those of models still running too: a model deployed version after version
+        took a place per version for good, and its later ones were counted as 'other' (a review)."""
+        if not self._labels.versions_full:
+            return
+        idle_since = time.monotonic() - self.settings.window_s
+        idle = {pair for pair, at in self._last_output.items() if at < idle_since and pair[1] != m.OTHER}
+        if not idle:
+            return
+        self._labels.forget_versions(idle)
+        models = {model for model, _version in idle}
+        for raw, labels in list(self._series.items()):
+            if labels in idle or (labels[0] in models and labels[1] == m.OTHER):
+                del self._series[raw]  # labelled afresh: a version counted as 'other' may now have a place
+        for pair in idle:
+            del self._last_output[pair]
+            self._touched.discard(pair)
+            m.forget_version_series(*pair)
+        log.info("the version budget (4 x --max-models %d) was full: %d version(s) without an output for %s s "
+                 "gave their places back", self.settings.max_models, len(idle), self.settings.window_s)
 
     def _labels_seen(self) -> set[str]:
         return {model for model, _version in self._touched}

@@ -639,3 +639,39 @@ def test_a_model_with_a_few_distinct_scores_reads_no_drift_against_its_own_distr
     moved = np.where(after == 0.953, 0.276, after)  # a real drift still reads as one
     drifted = QuantileSketch.of(moved.tolist())
     assert abs(ks_statistic(reference, drifted) - ks_exact(before, moved)) < 0.01
+
+
+def test_versions_idle_for_a_window_give_their_places_back_when_the_version_budget_is_full(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two models deploying version after version: from the ninth on (max_models 2, 8 places) every
+    version was counted as 'other' for good, the models being still in the window; and names past
+    the model budget took places as ('other', version) that nothing gave back (a review)."""
+    from confluent_kafka import Message
+
+    from services.comparison import service as service_module
+    from services.core.codec import codec
+
+    clock = [1_000.0]
+    monkeypatch.setattr(service_module.time, "monotonic", lambda: clock[0])
+    svc = service(max_models=2)
+    encode = codec("comparison").encode
+    offset = 0
+
+    def batch(version: str, *extra: str) -> None:
+        nonlocal offset
+        records = [record(BASE_MS + offset + i, [output("champ", version=version), output("chal", version=version),
+                                                 *(output(name, version=version) for name in extra)])
+                   for i in range(3)]
+        svc.on_batch([Message(topic="rdv.log", partition=0, offset=offset + i, value=encode(r))
+                      for i, r in enumerate(records)])
+        offset += len(records)
+        svc.export()
+
+    batch("v1", "junk1", "junk2")  # two names past the budget: counted as 'other', taking no version place
+    for v in range(2, 12):
+        clock[0] += svc.settings.window_s + 1  # the last version's outputs a window ago
+        batch(f"v{v}")
+        assert sample("rdv_cmp_outputs_total", model="champ", version=f"v{v}", outcome="ok") == 3, v
+    assert sample("rdv_cmp_outputs_total", model="champ", version="other", outcome="ok") in (None, 0.0)
+    assert ("other", "v1") not in svc._labels._versions
