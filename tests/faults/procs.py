@@ -17,7 +17,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.core.runtime import stop_processes
+from services.core.runtime import PARENT_PID_ENV, stop_processes
 from services.localkafka.config import free_port
 from tests.integration.harness import wait_until
 
@@ -34,13 +34,22 @@ class Proc:
     starts: int = 0
 
     def start(self, ready_timeout: float = 90.0) -> Proc:
+        """Started, and ready; stopped again if it does not become ready (a test failing there
+        left it running, its parent gone: a review traced a `model serve` found after a failed
+        run to this). It is sent SIGTERM if pytest dies too (PARENT_PID_ENV: start from the thread
+        that lives as long as the test, as every test here does)."""
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "services.cli.main", *self.args, "--metrics-port", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
+                stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, PARENT_PID_ENV: str(os.getpid()), **self.env},
             )
         self.starts += 1
-        self.wait_ready(ready_timeout)
+        try:
+            self.wait_ready(ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def wait_ready(self, timeout: float) -> None:
