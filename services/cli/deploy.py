@@ -17,7 +17,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +32,7 @@ from services.core.kafka import group_member_count, partition_counts, wait_for_b
 from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, setting
 from services.localkafka.config import cache_dir
+from services.localkafka.jars import locked
 from services.model_worker.models import load_model
 from services.model_worker.settings import (
     check_co_hosted_names,
@@ -151,6 +152,15 @@ def _replicas(name: str) -> dict[int, int]:
             if _alive(pid) and (index not in identities or identities[index] == _identity(pid))}
 
 
+def _record(name: str, settings: DeploySettings, replicas: dict[int, int]) -> None:
+    """The deployment's state file, naming `replicas` (index -> pid) and how they were started."""
+    identities = {index: identity for index, pid in replicas.items() if (identity := _identity(pid)) is not None}
+    _write_state(name, {"name": name, "model": settings.model, "version": settings.version,
+                        "co_host": list(settings.co_host), "replicas": replicas, "identities": identities,
+                        "trusted": settings.trust_model_file, "start_from": settings.start_from,
+                        "topic_prefix": settings.topic_prefix})
+
+
 def _write_state(name: str, state: dict[str, Any]) -> None:
     """Written whole or not at all (a crash mid-write left a file every later command failed on)."""
     path = _state_file(name)
@@ -190,10 +200,25 @@ def _check_models(name: str, settings: DeploySettings) -> None:
         load_model(spec, trust_model_file=settings.trust_model_file)
 
 
+@contextlib.contextmanager
+def _one_at_a_time(name: str, console: Console) -> Iterator[None]:
+    """One deploy or undeploy of a deployment at a time: two at once each read its state, each
+    started a replica, and the last to write its state won, the other's replica running where
+    no undeploy finds it (a review). An flock: released when its holder dies, never stale."""
+    with locked(_state_file(name).with_name("deploy.lock"),
+                lambda: console.print(f"another deploy or undeploy of {escape(name)} is running: waiting for it")):
+        yield
+
+
 def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
     """Start a deployment, or change its number of replicas (the group rebalances; a replica
     leaving commits its finished work first, so nothing is lost or scored twice)."""
     check_model_name(name, "deployment name")
+    with _one_at_a_time(name, console):
+        return _deploy(settings, name, console)
+
+
+def _deploy(settings: DeploySettings, name: str, console: Console) -> int:
     replicas = _replicas(name)
     state = _state(name)
     if replicas or (state.get("model") and not settings.model):
@@ -223,19 +248,27 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
         console.print(f"[yellow]note[/]: group {_group(name, settings)} holds the positions of an earlier deployment "
                       f"of {escape(name)}: it resumes there, scoring what came since, whatever --start-from or "
                       "--start-at say (deploy under another name to start afresh)")
-    for index in range(settings.replicas):
-        if index not in replicas:
-            started[index] = spawn(_replica_args(name, settings, index), folder / f"replica-{index}.log", env,
-                                   detached=True)
-            replicas[index] = started[index].pid
+    try:
+        for index in range(settings.replicas):
+            if index not in replicas:
+                started[index] = spawn(_replica_args(name, settings, index), folder / f"replica-{index}.log", env,
+                                       detached=True)
+                replicas[index] = started[index].pid
+                # Recorded at once: a replica runs in a session of its own, and one this command
+                # started but no state names would outlive it where `undeploy` cannot find it.
+                _record(name, settings, replicas)
+    except BaseException:  # a spawn refused, Ctrl-C, SIGTERM: nothing half-deployed is left running
+        _stop([process.pid for process in started.values()])
+        before = {index: pid for index, pid in replicas.items() if index not in started}
+        if before or not new_deployment:
+            _record(name, settings, before)
+        else:
+            _state_file(name).unlink(missing_ok=True)
+        raise
     surplus = {index: pid for index, pid in replicas.items() if index >= settings.replicas}
     _stop(list(surplus.values()))
     kept = {index: pid for index, pid in replicas.items() if index < settings.replicas}
-    identities = {index: identity for index, pid in kept.items() if (identity := _identity(pid)) is not None}
-    _write_state(name, {"name": name, "model": settings.model, "version": settings.version,
-                        "co_host": list(settings.co_host), "replicas": kept, "identities": identities,
-                        "trusted": settings.trust_model_file, "start_from": settings.start_from,
-                        "topic_prefix": settings.topic_prefix})
+    _record(name, settings, kept)
     waited_until = time.monotonic() + settings.wait_s
     try:
         wait_for_groups(settings.librdkafka(), [_group(name, settings)], timeout=settings.wait_s,
@@ -381,6 +414,11 @@ class UndeploySettings(KafkaSettings):
 def cmd_undeploy(name: str, console: Console, timeout_s: float = 20.0,
                  settings: UndeploySettings | None = None) -> int:
     check_model_name(name, "deployment name")
+    with _one_at_a_time(name, console):
+        return _undeploy(name, console, timeout_s, settings)
+
+
+def _undeploy(name: str, console: Console, timeout_s: float, settings: UndeploySettings | None) -> int:
     pids = running_pids(name)
     if not pids:
         if _state_file(name).exists():  # deployed, but every replica has exited: only its record is left

@@ -341,3 +341,77 @@ def test_undeploy_refuses_the_model_the_version_in_force_answers_with_while_a_ch
     monkeypatch.setattr(deploy, "_read_from_broker", lambda _settings, _console, _read: book)
     with pytest.raises(ConfigError, match=r"champion is what schedule default v1 answers with until the next version"):
         deploy._check_not_preferred("champion", deploy.UndeploySettings(), Console())
+
+
+def test_a_deploy_that_fails_half_way_leaves_no_replica_running_and_none_unrecorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replicas run in sessions of their own, and the state naming them was written only after
+    every one was started: a later replica that could not start (or Ctrl-C) left the first ones
+    running where `undeploy` could not find them (a review)."""
+    import os
+    import signal
+    import subprocess
+
+    from services.cli import deploy
+
+    monkeypatch.setenv("RDV_CACHE_DIR", str(tmp_path))
+    for quiet in ("wait_for_broker", "_check_models", "_note_idle_replicas"):
+        monkeypatch.setattr(deploy, quiet, lambda *_args: None)
+    monkeypatch.setattr(deploy, "_committed_before", lambda *_args: False)
+    started: list[subprocess.Popen[bytes]] = []
+
+    def spawn(args: list[str], log_file: Path, env: dict[str, str], *, detached: bool = False) -> object:
+        if len(started) == 2:
+            raise OSError(f"cannot write {log_file.name}")
+        started.append(subprocess.Popen(["sleep", "60"], start_new_session=detached))
+        assert deploy._replicas("champion") == {i: p.pid for i, p in enumerate(started[:-1])}  # recorded as it goes
+        return started[-1]
+
+    monkeypatch.setattr(deploy, "spawn", spawn)
+    try:
+        with pytest.raises(OSError, match=r"cannot write replica-2\.log"):
+            deploy.cmd_deploy(DeploySettings(model="demo:champion", replicas=3), "champion", Console())
+        assert [process.wait(timeout=30) for process in started] == [-signal.SIGTERM] * 2
+        assert not deploy._state_file("champion").exists()  # a new deployment that did not start: no record
+    finally:
+        for process in started:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_deploys_and_undeploys_of_one_deployment_wait_for_each_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two at once each read the state, each started a replica, and the last state written won:
+    the other replica ran where no undeploy found it (a review)."""
+    import fcntl
+    import io
+    import threading
+    import time
+
+    from services.cli import deploy
+
+    monkeypatch.setenv("RDV_CACHE_DIR", str(tmp_path))
+    lock = deploy._state_file("champion").with_name("deploy.lock")
+    lock.parent.mkdir(parents=True)
+    said = io.StringIO()
+    outcome: list[BaseException] = []
+
+    def undeploy() -> None:
+        try:
+            deploy.cmd_undeploy("champion", Console(file=said))
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            outcome.append(err)
+
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another deploy of it, running
+        waiting = threading.Thread(target=undeploy)
+        waiting.start()
+        deadline, note = time.monotonic() + 30, "another deploy or undeploy of champion is running"
+        while note not in said.getvalue() and time.monotonic() < deadline:
+            waiting.join(timeout=0.01)  # until it says it waits for the lock
+        assert waiting.is_alive() and note in said.getvalue()
+        fcntl.flock(held, fcntl.LOCK_UN)
+    waiting.join(timeout=30)
+    assert not waiting.is_alive() and isinstance(outcome[0], ConfigError)  # then it ran: nothing deployed
