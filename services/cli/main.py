@@ -355,10 +355,33 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the command is, as Ctrl-C is."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_here(signum: int, _frame: object) -> None:
+    raise Stopped(signum)
+
+
+def _stop_commands_cleanly() -> None:
+    """SIGTERM and SIGHUP end a command as Ctrl-C does, running its clean-up: by default they end
+    the process at once, and the demo's broker, a registry still starting, a deploy's half-started
+    replicas were left running (a review). A service installs its own handler (drain, commit) when
+    it runs (services/core/runtime.py), replacing this one."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(ValueError, OSError):  # not the main thread (tests calling main)
+            signal.signal(signum, _stop_here)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # `kill -USR1 <pid>` prints every thread's stack: the first question about a stuck service.
     with contextlib.suppress(AttributeError, OSError, ValueError):  # stderr without a file descriptor
         faulthandler.register(signal.SIGUSR1, all_threads=True)
+    _stop_commands_cleanly()
     args = build_parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
     setup_logging(args.log_level)
     stop_with_parent()  # a demo's service dies with the demo, even one killed with -9
@@ -374,8 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("rendezvous").debug("failed", exc_info=True)
         sys.stderr.write(mask(f"error: Kafka client: {exc}\n"))
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as stopped:
+        return 128 + (stopped.signum if isinstance(stopped, Stopped) else signal.SIGINT)
     except BrokenPipeError:
         # The reader of our output went away (`rendezvous ... | head`): nothing more to say. Later
         # writes (the interpreter's own flush at exit) go nowhere instead of failing again.

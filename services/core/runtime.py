@@ -66,7 +66,7 @@ def stop_requested() -> bool:
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
-    """SIGINT/SIGTERM set `stop`; a second one ends the process immediately."""
+    """SIGINT/SIGTERM/SIGHUP set `stop`; a second one ends the process immediately."""
 
     def handle(signum: int, _frame: FrameType | None) -> None:
         if stop.is_set():
@@ -76,6 +76,7 @@ def install_signal_handlers(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGHUP, handle)  # its terminal closed: drain and commit, as for SIGTERM
 
 
 # Set by services/cli/spawn.py in the children of a command (the demo's services): the pid they

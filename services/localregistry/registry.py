@@ -163,9 +163,12 @@ def start(port: int = 0, progress: Progress | None = None, timeout_s: float = 12
         )
     registry = LocalRegistry(port, process, log_file)
     deadline = time.monotonic() + timeout_s
-    while not registry.answers():
-        if process.poll() is not None or time.monotonic() > deadline:
-            registry.stop()
-            raise ConfigError(f"the schema registry did not start (log {log_file}):\n{tail(log_file)}")
-        time.sleep(0.2)  # polling the registry's own HTTP API: the condition is "it answers"
+    try:
+        while not registry.answers():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise ConfigError(f"the schema registry did not start (log {log_file}):\n{tail(log_file)}")
+            time.sleep(0.2)  # polling the registry's own HTTP API: the condition is "it answers"
+    except BaseException:  # it did not start, or Ctrl-C / SIGTERM meanwhile: no JVM left behind
+        registry.stop()
+        raise
     return registry

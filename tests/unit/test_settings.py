@@ -313,3 +313,32 @@ def test_a_batch_larger_than_one_poll_may_ask_for_is_refused_at_start(module: st
                and isinstance(v, type) and v.__module__ == settings_module.__name__)
     with pytest.raises(ConfigError, match=r"--max-batch must be at most 1000000"):
         from_namespace(cls, bootstrap="127.0.0.1:1", max_batch="2000000")
+
+
+@pytest.mark.parametrize("signum", [15, 1])  # SIGTERM, SIGHUP
+def test_a_command_stopped_by_a_signal_runs_its_clean_up(signum: int, tmp_path: Path) -> None:
+    """SIGTERM ended a command at once, its clean-up skipped: the demo's broker, a registry still
+    starting and a deploy's half-started replicas were left running (a review). It ends now as
+    Ctrl-C does, with 128 + the signal's number."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "command.py"
+    script.write_text(
+        "import argparse, os, sys\n"
+        "import services.cli.main as cli\n"
+        "def command(_args):\n"
+        "    try:\n"
+        f"        os.kill(os.getpid(), {signum})\n"
+        "        return 0\n"
+        "    finally:\n"
+        "        print('cleaned up', flush=True)\n"
+        "class Parser:\n"
+        "    def parse_args(self, _argv):\n"
+        "        return argparse.Namespace(handler=command, log_level='warning')\n"
+        "cli.build_parser = lambda *_args: Parser()\n"
+        "sys.exit(cli.main([]))\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert (done.returncode, done.stdout) == (128 + signum, "cleaned up\n"), done.stderr
