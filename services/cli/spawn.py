@@ -44,14 +44,19 @@ def service_env(settings: KafkaSettings) -> dict[str, str]:
 
 def spawn(args: list[str], log_file: Path, env: dict[str, str], *, detached: bool = False) -> subprocess.Popen[bytes]:
     """Run `rendezvous <args>` with its output appended to `log_file`; `detached` outlives us, any
-    other is sent SIGTERM when we die, even killed with -9 (`stop_with_parent`)."""
+    other is sent SIGTERM when we die, even killed with -9 (`stop_with_parent`), and not the
+    terminal's Ctrl-C (its own process group: we stop it)."""
     env = {key: value for key, value in env.items() if key != PARENT_PID_ENV}
     if not detached:
         env[PARENT_PID_ENV] = str(os.getpid())
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as handle:
+        # A process group of its own either way: in ours, a Ctrl-C at the terminal reached it too,
+        # and our SIGTERM after it was its second signal, which ends a service at once, undrained
+        # (a review). We stop it; our death stops it (PARENT_PID_ENV) if we are killed.
         return subprocess.Popen([sys.executable, "-m", "services.cli.main", *args], stdout=handle,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=detached)
+                                stderr=subprocess.STDOUT, env=env, start_new_session=detached,
+                                process_group=None if detached else 0)
 
 
 def model_workers(models: Sequence[tuple[str, str]], co_host: bool) -> dict[str, list[str]]:
