@@ -304,6 +304,9 @@ def main() -> None:
 
     setup_logging(os.environ.get("RDV_LOG_LEVEL", "INFO"))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # A Ctrl-C at the worker's terminal reaches its whole group: the worker stops its rescue
+    # itself (a KeyboardInterrupt here left a traceback and the board in /dev/shm; a review).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(run(RescueConfig.from_json(sys.stdin.read())))
 
 
