@@ -18,9 +18,9 @@ import re
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from confluent_kafka import KafkaException
 
@@ -367,21 +367,34 @@ def _stop_here(signum: int, _frame: object) -> None:
     raise Stopped(signum)
 
 
-def _stop_commands_cleanly() -> None:
+@contextlib.contextmanager
+def _stopped_cleanly() -> Iterator[None]:
     """SIGTERM and SIGHUP end a command as Ctrl-C does, running its clean-up: by default they end
     the process at once, and the demo's broker, a registry still starting, a deploy's half-started
     replicas were left running (a review). A service installs its own handler (drain, commit) when
-    it runs (services/core/runtime.py), replacing this one."""
+    it runs (services/core/runtime.py), replacing this one. The handlers before are put back after
+    (a test calling `main` keeps its own)."""
+    before: dict[signal.Signals, Any] = {}
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        with contextlib.suppress(ValueError, OSError):  # not the main thread (tests calling main)
-            signal.signal(signum, _stop_here)
+        with contextlib.suppress(ValueError, OSError):  # not the main thread
+            before[signum] = signal.signal(signum, _stop_here)
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            if handler is not None:  # None: set outside Python, and not one signal() takes back
+                signal.signal(signum, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     # `kill -USR1 <pid>` prints every thread's stack: the first question about a stuck service.
     with contextlib.suppress(AttributeError, OSError, ValueError):  # stderr without a file descriptor
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-    _stop_commands_cleanly()
+    with _stopped_cleanly():
+        return _run(argv)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
     setup_logging(args.log_level)
     stop_with_parent()  # a demo's service dies with the demo, even one killed with -9
