@@ -243,6 +243,8 @@ def _unechoed(message: str) -> str:
         typed = flag + (f"={_NOT_SHOWN}" if equals else "")
         return message[:ambiguous.start(1)] + typed + message[ambiguous.end(1):]
     return message
+
+
 _EXPECTED_VALUE = re.compile(r"argument (--[a-z0-9-]+)(?:/-\w)?: expected one argument")
 
 
