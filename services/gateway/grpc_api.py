@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,14 +32,6 @@ log = logging.getLogger(__name__)
 
 PROTOCOL = "grpc"
 pb, pb_grpc = stubs()
-# Of a call's gRPC deadline, what is kept for the answer's way back to the caller: a reply's hop
-# through Kafka to this gateway takes about 2 ms on one host (the 3-hop floor's p50 is 6 ms,
-# docs/benchmarks.md), the response less.
-REPLY_MARGIN_MS = 5
-# And what the caller's library may have added: a gRPC deadline travels as a `grpc-timeout` header
-# whose encoding "may round up" (grpc core). Measured through grpcio: 7 ms over at 1 s, 9 at 5 s,
-# 98 at 30 s; a share of 0.5% covers them.
-ROUNDED_UP_SHARE = 0.005
 
 R = TypeVar("R")
 
@@ -132,7 +123,7 @@ class InferenceService:
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
-            started, deadline = time.monotonic(), _deadline_ms(context.time_remaining())
+            started, deadline = time.monotonic(), oip.grpc_deadline_ms(context.time_remaining())
             caller = self.gateway.admit(_authorization(context))
             self.gateway.open_for_calls()  # before the message is turned into rows
             s = self.gateway.settings
@@ -141,16 +132,6 @@ class InferenceService:
                                               started)
             return response_from(result)
         return await self._measured("infer", request, context, work)
-
-
-def _deadline_ms(remaining_s: float | None) -> int | None:
-    """The rendezvous' share of a gRPC deadline (`remaining_s` from now, as the header said): the
-    answer must still travel back (reply topic, this gateway, the response) before the caller
-    gives up, or an explicit TIMEOUT answer would reach it as DEADLINE_EXCEEDED."""
-    if remaining_s is None:
-        return None
-    remaining_ms = remaining_s * 1000
-    return max(1, math.floor(remaining_ms * (1 - ROUNDED_UP_SHARE)) - REPLY_MARGIN_MS)
 
 
 def _parameter(value: Any) -> Any:

@@ -1080,9 +1080,9 @@ def test_a_callers_deadline_counts_from_when_its_call_came_not_from_when_its_row
 def test_a_grpc_deadline_keeps_time_for_the_answers_way_back() -> None:
     """The caller's library rounds its deadline up when it sends it (98 ms at 30 s through grpcio),
     and the answer still has its way back to go: the rendezvous is given less than the header says."""
-    from services.gateway.grpc_api import _deadline_ms
+    from services.gateway.oip import grpc_deadline_ms
 
-    assert _deadline_ms(None) is None
-    assert 180 <= _deadline_ms(0.2) < 200  # type: ignore[operator]
-    assert 29_800 <= _deadline_ms(30.098) < 30_000  # type: ignore[operator]
-    assert _deadline_ms(0.001) == 1
+    assert grpc_deadline_ms(None) is None
+    assert 180 <= grpc_deadline_ms(0.2) < 200  # type: ignore[operator]
+    assert 29_800 <= grpc_deadline_ms(30.098) < 30_000  # type: ignore[operator]
+    assert grpc_deadline_ms(0.001) == 1

@@ -21,6 +21,7 @@ PARENT = """
 import os, signal, sys
 from pathlib import Path
 from services.cli.spawn import spawn
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a test runner's worker may ignore it: we inherit that
 child = spawn(["serve"], Path(sys.argv[1]), dict(os.environ))
 print(child.pid, flush=True)
 signal.pause()  # the parent stays until the test kills it
