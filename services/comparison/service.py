@@ -81,6 +81,7 @@ class ComparisonService(SimpleHandler, Probed):
         self._labels = m.LabelBudget(settings.max_models)
         self._touched: set[tuple[str, str]] = set()
         self._last_output: dict[tuple[str, str], float] = {}  # series labels -> when last counted (monotonic)
+        self._counted_to: dict[int, int] = {}  # partition -> the offset its counters counted up to, when re-read
         self._series: dict[tuple[str, str], tuple[str, str]] = {}  # raw (model, version) -> labels
         self._codec = codec("comparison")
         self._batches = CurrentBatches(self._codec)
@@ -129,16 +130,38 @@ class ComparisonService(SimpleHandler, Probed):
 
     def on_rewind(self) -> None:
         """Re-read from the committed offsets (a lost output voided the work since): folded
-        again, the records since would count twice, so the window starts empty, as at start."""
+        again, the records since would count twice, so the window starts empty, as at start,
+        and the counters skip what they counted already (`_counted_to`)."""
+        self._remember_counted()
         super().on_rewind()
         self._start_empty()
         log.warning("comparison window emptied: re-reading %s from the committed offsets", self.topics.log)
 
     def on_released(self, partitions: list[TopicPartition], lost: bool) -> None:
+        if lost:
+            self._remember_counted()
         super().on_released(partitions, lost)
         if lost:  # nothing committed: given back to this instance, they are read again from there
             self._start_empty()
             log.warning("comparison window emptied: partitions lost uncommitted are read again by their next owner")
+
+    def _remember_counted(self) -> None:
+        for (_topic, partition), next_offset in self.positions.read_to().items():
+            self._counted_to[partition] = max(next_offset, self._counted_to.get(partition, 0))
+
+    def _read_again(self, records: list[Message]) -> tuple[list[Message], list[Message]]:
+        """(records whose counters were incremented before a rewind or a loss, the others); a
+        partition read past where it was is forgotten. Only after one of those: the lifetime
+        counters counted the re-read records twice (a review), the window does not."""
+        counted_to = self._counted_to
+        again: list[Message] = []
+        fresh: list[Message] = []
+        for msg in records:
+            (again if (msg.offset() or 0) < counted_to.get(msg.partition() or 0, -1) else fresh).append(msg)
+        for msg in records:
+            if (msg.offset() or 0) >= counted_to.get(msg.partition() or 0, 1 << 62) - 1:
+                del counted_to[msg.partition() or 0]  # read up to where it was: counted from here on
+        return again, fresh
 
     def next_wakeup(self) -> float:
         return max(0.0, self._next_export - time.monotonic())
@@ -147,22 +170,33 @@ class ComparisonService(SimpleHandler, Probed):
         if not messages:
             return
         latest_ok = now_ms() + self.settings.future_tolerance_ms()
-        rejected = 0
         records, values = messages, list(map(Message.value, messages))
         if None in values:  # seals carry no comparison; only a null value can be one
             records = [msg for msg in messages if msg.value() is not None or not is_control_record(msg)]
             values = [msg.value() for msg in records]
-        tally = self._fold_at_once(values, latest_ok)
-        if tally is None:
-            tally = m.Tally()
-            rejected = self._fold_each(records, latest_ok, tally)
+        folded, rejected = len(records), 0
+        if self._counted_to:
+            again, records = self._read_again(records)
+            if again:  # into the window only: the counters counted them when they were first read
+                rejected += self._fold(again, [msg.value() for msg in again], latest_ok)[1]
+                values = [msg.value() for msg in records]
+        tally, rejected_now = self._fold(records, values, latest_ok)
         tally.apply()
         now = time.monotonic()
         for pair, _outcome, _met in tally.outputs:
             self._last_output[pair] = now
-        self._compact_now_and_then(len(records))
-        self.processed += len(records) - rejected
+        self._compact_now_and_then(folded)
+        self.processed += folded - rejected - rejected_now
         self.positions.advance(messages)
+
+    def _fold(self, records: list[Message], values: list[bytes | None], latest_ok: int) -> tuple[m.Tally, int]:
+        """`records` (their `values`) folded in at once, or else one by one: their counter
+        increments, and how many were rejected."""
+        tally = self._fold_at_once(values, latest_ok)
+        if tally is not None:
+            return tally, 0
+        tally = m.Tally()
+        return tally, self._fold_each(records, latest_ok, tally)
 
     def _compact_now_and_then(self, records: int) -> None:
         """Fold the window's raw values into its sketches every COMPACT_EVERY records: the sketch

@@ -596,6 +596,10 @@ class Positions:
     def finished(self) -> list[TopicPartition]:
         return [TopicPartition(t, p, o) for (t, p), o in self._next.items() if self._committed.get((t, p)) != o]
 
+    def read_to(self) -> dict[tuple[str, int], int]:
+        """One past the last record read, per partition (a copy)."""
+        return dict(self._next)
+
     def start_at(self, tp: TopicPartition) -> None:
         """A partition's position before anything is read from it (committed like any other)."""
         self._next.setdefault((tp.topic, tp.partition), tp.offset)

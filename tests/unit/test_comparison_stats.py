@@ -675,3 +675,35 @@ def test_versions_idle_for_a_window_give_their_places_back_when_the_version_budg
         assert sample("rdv_cmp_outputs_total", model="champ", version=f"v{v}", outcome="ok") == 3, v
     assert sample("rdv_cmp_outputs_total", model="champ", version="other", outcome="ok") in (None, 0.0)
     assert ("other", "v1") not in svc._labels._versions
+
+
+@pytest.mark.parametrize("how", ["rewind", "lost"])
+def test_records_read_again_after_a_rewind_or_a_loss_are_counted_once(how: str) -> None:
+    """The window was emptied so that re-read records were not counted twice there; the lifetime
+    counters counted them twice (a review: 150 records read, rewound, read again: +300)."""
+    from confluent_kafka import Message, TopicPartition
+
+    from services.core.codec import codec
+
+    svc = service()
+    encode = codec("comparison").encode
+    version = f"counted-once-{how}"
+    records = [record(BASE_MS + i, [output("champ", version=version), output("chal")]) for i in range(150)]
+
+    def read(first: int, last: int) -> None:
+        svc.on_batch([Message(topic="rdv.log", partition=0, offset=i, value=encode(records[i]))
+                      for i in range(first, last)])
+
+    before = sample("rdv_cmp_records_total") or 0.0
+    read(0, 100)  # read, not committed
+    if how == "rewind":
+        svc.on_rewind()
+    else:
+        svc.on_released([TopicPartition("rdv.log", 0)], lost=True)
+    read(0, 60)  # again, in two batches, then on past where it was
+    read(60, 150)
+    svc.export()
+    assert sample("rdv_cmp_records_total") - before == 150
+    assert sample("rdv_cmp_outputs_total", model="champ", version=version, outcome="ok") == 150
+    assert m.WINDOW.value("rdv_cmp_window_records") == 150  # every one in the window, once
+    assert svc._counted_to == {}
