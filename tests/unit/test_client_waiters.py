@@ -180,7 +180,7 @@ def test_send_prints_every_answer_and_its_summary_when_one_request_is_refused(
     """One request over the topic's limit stopped the output of every answer after it, and the
     summary line never came (a review). The client's tables are real; its producer a stand-in
     that the broker's verdicts come through."""
-    from confluent_kafka import KafkaError
+    from confluent_kafka import KafkaError, Message
 
     from services.cli import send as send_module
     from services.core.errors import RecordTooLarge
@@ -203,10 +203,8 @@ def test_send_prints_every_answer_and_its_summary_when_one_request_is_refused(
             return None
 
         def flush(self, _timeout: float = 30.0) -> None:  # the broker refuses the second, answers the others
-            second, value = self.sent[1], self.values[1]
-            refused = type("Refused", (), {"key": lambda _self: second.encode(), "value": lambda _self: value,
-                                           "topic": lambda _self: "rdv.requests"})
-            client._undelivered(refused(), KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+            refused = Message(topic="rdv.requests", key=self.sent[1].encode(), value=self.values[1])
+            client._undelivered(refused, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
             for rid in (self.sent[0], *self.sent[2:]):
                 client._resolve(answer(rid), 100, partition=0)
 
@@ -227,26 +225,10 @@ def test_send_prints_every_answer_and_its_summary_when_one_request_is_refused(
     assert len(out.splitlines()) == 3 and "3 answers: 3 OK" in err
 
 
-class _Refused:
-    """A record the broker refused for good, as a delivery report hands it over."""
-
-    def __init__(self, key: str, value: bytes):
-        self._key, self._value = key, value
-
-    def key(self) -> bytes:
-        return self._key.encode()
-
-    def value(self) -> bytes:
-        return self._value
-
-    def topic(self) -> str:
-        return "rdv.requests"
-
-
 def test_a_send_refused_by_the_broker_fails_its_own_waiter_not_every_waiter_of_its_request_id() -> None:
     """A delivery failure failed every waiter of the id: a second request under it, refused for
     its size, failed the first, delivered, whose answer was on its way (a review)."""
-    from confluent_kafka import KafkaError
+    from confluent_kafka import KafkaError, Message
 
     from services.core.errors import RecordTooLarge
 
@@ -264,7 +246,8 @@ def test_a_send_refused_by_the_broker_fails_its_own_waiter_not_every_waiter_of_i
     client._wait_when_full = True
     first = client.submit({"f": 1.0}, request_id="r")
     too_large = client.submit({"f": 1.0, **{f"g{i}": 0.0 for i in range(1000)}}, request_id="r")
-    client._undelivered(_Refused("r", sent[1]), KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))  # type: ignore[arg-type]
+    refused = Message(topic="rdv.requests", key=b"r", value=sent[1])  # as a delivery report hands it over
+    client._undelivered(refused, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
     with pytest.raises(RecordTooLarge):
         too_large.result(0)
     assert not first.done()

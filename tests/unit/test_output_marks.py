@@ -12,7 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import Message, TopicPartition
 
 from services.core.kafka import Producer
 from services.localkafka.config import free_port
@@ -78,31 +78,6 @@ def test_a_re_read_request_keeps_the_floors_as_its_mark_after_this_instance_deli
     assert 0 not in service.takeover.reread_ends  # taken back later, its recovery says anew
 
 
-class _Request:
-    """A request record as the consumer hands it over."""
-
-    def __init__(self, topic: str, offset: int, value: bytes, created_at: int):
-        self._topic, self._offset, self._value, self._created_at = topic, offset, value, created_at
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def value(self) -> bytes:
-        return self._value
-
-    def timestamp(self) -> tuple[int, int]:
-        return 1, self._created_at
-
-    def headers(self) -> None:
-        return None
-
-
 def test_the_re_read_ends_after_the_last_request_the_scan_could_have_found_answered(service: Rendezvous) -> None:
     """What the scan found for requests not re-read is handed to the join's bounded memory once
     the requests before the scan's end are read again (after the last, or before any later one)."""
@@ -122,6 +97,6 @@ def test_the_re_read_ends_after_the_last_request_the_scan_could_have_found_answe
     encode = codec("request").encode
     for offset in (100, 119, 130):
         record = make_request({"f": 1.0}, budget_ms=200, reply_topic=None, reply_partition=None)
-        message = _Request(service.topics.requests, offset, encode(record), record["created_at"])
-        service._on_request(message)  # type: ignore[arg-type]
+        service._on_request(Message(topic=service.topics.requests, partition=0, offset=offset, value=encode(record),
+                                    timestamp=(1, record["created_at"])))
     assert ended == [(100, "read"), (119, "read"), (0, "end"), (0, "end"), (130, "read")]
