@@ -55,6 +55,7 @@ _SPELLING_CANDIDATES = 64
 _SPELLINGS_PER_SECOND = 10
 _REMEMBERED_HINTS = 1024
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.:/-]+")
+_NUMBER_TYPES = frozenset((float, int))  # exactly: bool is an int, and not a number here
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +76,9 @@ class FeatureSpec:
             return
         if self.required:
             raise ModelSpecError(f"feature {self.name!r} is required, so it cannot have a default")
-        if isinstance(self.default, bool) or not isinstance(self.default, int | float) or not math.isfinite(
-            self.default
-        ):
-            raise ModelSpecError(f"feature {self.name!r}: default {self.default!r} is not a finite number")
+        if not _is_finite_number(self.default):
+            shown = repr(self.default)[:_NAME_CHARS]
+            raise ModelSpecError(f"feature {self.name!r}: default {shown} is not a finite number")
 
 
 @dataclass(frozen=True)
@@ -198,9 +198,12 @@ class Signature:
                     pass
             gathered.append(placeholder)
             slow.append(i)
+        # numpy would read True as 1.0 and "1.5" as 1.5: only plain numbers take the shortcut.
+        if not _NUMBER_TYPES.issuperset(map(type, chain.from_iterable(gathered))):
+            return self._prepare_slowly(rows)
         try:
             out = np.fromiter(chain.from_iterable(gathered), dtype=np.float64, count=n * k).reshape(n, k)
-        except (TypeError, ValueError):  # a None or non-numeric value somewhere: row by row
+        except (TypeError, ValueError, OverflowError):  # an int too large for a double: row by row
             return self._prepare_slowly(rows)
         if not slow and np.isfinite(out).all():
             # The common case in two numpy calls: at low rates each batch runs on a cold CPU,
@@ -285,7 +288,10 @@ def _listed_values(pairs: Sequence[tuple[str, Any]]) -> str:
 def _is_finite_number(value: Any) -> bool:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
-    return math.isfinite(value)
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond a double's range
+        return False
 
 
 def _shown(name: str) -> str:

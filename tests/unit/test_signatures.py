@@ -86,6 +86,8 @@ def test_feature_and_signature_rules() -> None:
         FeatureSpec("a", required=True, default=1.0)
     with pytest.raises(ModelSpecError, match="not a finite number"):
         FeatureSpec("a", required=False, default=math.inf)
+    with pytest.raises(ModelSpecError, match=r"default 1000000000\d* is not a finite number"):  # overflows a double
+        FeatureSpec("a", required=False, default=10**400)
     with pytest.raises(ModelSpecError, match="only double"):
         FeatureSpec("a", type="string")
     with pytest.raises(ModelSpecError, match="more than once: a"):
@@ -123,6 +125,19 @@ def test_prepare_scores_valid_rows_and_explains_the_others() -> None:
     assert prepared.errors == {1: "unknown features: foo", 2: "not a finite number: mean_area=nan"}
     expected = [[rows[i][n] for n in DEMO_FEATURES] for i in (0, 3)]
     np.testing.assert_array_equal(prepared.matrix, expected)
+
+
+@pytest.mark.parametrize("value", [True, False, "1.5", b"2", 2**2000], ids=["True", "False", "str", "bytes", "2**2000"])
+def test_prepare_takes_no_shortcut_for_what_only_looks_like_a_number(value: Any) -> None:
+    """numpy reads True as 1.0 and "1.5" as 1.5; an int beyond a double's range overflows: each is
+    refused with its reason, as row-by-row checking refuses it, and the valid row beside it scored."""
+    good, odd = demo_rows(2, seed=4)
+    odd = {**odd, "mean_area": value}
+    prepared = DEMO.prepare([good, odd])
+    assert prepared.valid == [0]
+    assert prepared.errors == {1: DEMO.problem(odd)}
+    assert prepared.errors[1].startswith("not a finite number: mean_area=")
+    np.testing.assert_array_equal(prepared.matrix, [[good[n] for n in DEMO_FEATURES]])
 
 
 def _mutated(row: dict[str, float], rnd: random.Random) -> dict[str, float]:
