@@ -95,7 +95,7 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "rdv_cmp_score_psi": (
         "Population stability index of the model's window scores against a reference "
-        "(champion or self, as for rdv_cmp_score_ks).",
+        "(champion, self or canary, as for rdv_cmp_score_ks).",
         ("model", "reference"),
     ),
     "rdv_cmp_window_outputs": ("Outputs of each model in the window.", ("model",)),
