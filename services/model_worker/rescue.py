@@ -123,11 +123,22 @@ class Rescue:
             raise
         stdin: IO[bytes] | None = process.stdin
         assert stdin is not None
-        stdin.write(config.to_json().encode())
-        stdin.close()
+        try:
+            stdin.write(config.to_json().encode())
+            stdin.close()
+        except BaseException:  # it died before reading its config (a broken pipe): nothing is left behind
+            rescue = cls(board, process)
+            rescue.stop()
+            raise
         return cls(board, process)
 
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
     def stop(self) -> None:
+        if self.process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -225,8 +236,7 @@ def rescue(config: RescueConfig, snap: Snapshot, board: Reader) -> bool | None:
     try:
         requests = requests_of(read_batch(config, snap.ranges))
         scores = error_scores(config, snap, requests, now_ms())
-        again = board.read()
-        if again.seq != snap.seq or again.watchdog_took:
+        if moved_on(snap, board.read()):
             log.warning("model %s returned (or the watchdog acted) while the rescue read the batch: it stands down",
                         stuck)
             return None
@@ -244,17 +254,49 @@ def rescue(config: RescueConfig, snap: Snapshot, board: Reader) -> bool | None:
     return True
 
 
-def kill(pid: int) -> None:
+def moved_on(snap: Snapshot, again: Snapshot) -> bool:
+    """Whether the worker went on since `snap` (read before the rescue took the batch): a model's
+    turn ended (its Scores written, or being written), another began, a new batch, or the
+    watchdog took it. The flag was set before `again` was read, and the worker ends a turn before
+    it reads the flag (watchdog.py): a turn that ends after this read is refused its Scores."""
+    turn = (snap.seq, snap.turn_started, snap.model)
+    return (again.seq, again.turn_started, again.model) != turn or again.watchdog_took
+
+
+class Parent:
+    """The worker, as the rescue may kill it: through a pidfd opened while the worker was surely
+    its parent, so the signal never reaches a process that got the pid after the worker died (its
+    supervisor may kill it while a rescue waits on Kafka); without pidfds, only while the worker
+    is still its parent."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._fd: int | None = None
+        if os.getppid() == pid:
+            with contextlib.suppress(AttributeError, OSError):  # not Linux 5.3+: the check in `kill`
+                self._fd = os.pidfd_open(pid)
+
+    def alive(self) -> bool:
+        return os.getppid() == self.pid
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if self._fd is not None:
+                signal.pidfd_send_signal(self._fd, signal.SIGKILL)
+            elif self.alive():
+                os.kill(self.pid, signal.SIGKILL)
+
+
+def kill(parent: Parent) -> None:
     for handler in logging.getLogger().handlers:
         handler.flush()
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+    parent.kill()
 
 
-def _give_up(config: RescueConfig) -> None:
+def _give_up(config: RescueConfig, parent: Parent) -> None:
     """Whatever librdkafka does (a call that never returns), the worker is killed in the end."""
     log.error("rescue still running after %.0f s: killing the worker (pid %d)", GIVE_UP_AFTER_S, config.parent)
-    kill(config.parent)
+    kill(parent)
     unlink(config.board)
     os._exit(1)
 
@@ -273,14 +315,15 @@ def configure_wire(config: RescueConfig) -> None:
 
 def run(config: RescueConfig) -> int:
     configure_wire(config)
+    parent = Parent(config.parent)
     board = Reader(config.board)
     try:
         while True:
-            snap = watch(config, board, lambda: os.getppid() == config.parent)
+            snap = watch(config, board, parent.alive)
             if snap is None:
                 return 0
             board.take()
-            deadline = threading.Timer(GIVE_UP_AFTER_S, _give_up, (config,))
+            deadline = threading.Timer(GIVE_UP_AFTER_S, _give_up, (config, parent))
             deadline.daemon = True
             deadline.start()
             ok = rescue(config, snap, board)
@@ -290,7 +333,7 @@ def run(config: RescueConfig) -> int:
             # Stood down: the worker goes on, and so does the watch (with the flag left set, the
             # in-process watchdog would stand down for good, and with no rescue left either).
             board.release()
-        kill(config.parent)
+        kill(parent)
         unlink(config.board)  # the worker cannot any more
         return 0 if ok else 1
     finally:

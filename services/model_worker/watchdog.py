@@ -55,15 +55,23 @@ WriteErrors = Callable[[M, str], None]  # the model, the reason: an error Score 
 OnTurn = Callable[[float, int], None]  # a model's turn began (its index among the models), 0.0: none runs
 
 
+RESCUE_POLL_S = 0.05  # how often a worker waiting on the rescue process looks at its flag
+
+
 def _no_board(_started: float, _model: int) -> None:
     return None
+
+
+def _no_rescue() -> bool:
+    return False
 
 
 class Watched(Generic[M]):
     """One batch being scored: the models that have not claimed it for their Scores yet."""
 
     def __init__(
-        self, models: Sequence[M], sources: Sequence[Message], write_errors: WriteErrors[M], on_turn: OnTurn = _no_board
+        self, models: Sequence[M], sources: Sequence[Message], write_errors: WriteErrors[M],
+        on_turn: OnTurn = _no_board, rescue_took: Callable[[], bool] = _no_rescue,
     ):
         self.models = len(models)
         self.pending = list(models)
@@ -74,17 +82,24 @@ class Watched(Generic[M]):
         self.turn_started: float | None = time.monotonic()
         self.abandoned = False
         self._on_turn = on_turn
+        self._rescue_took = rescue_took
         self._lock = threading.Lock()
 
     def claim(self, model: M) -> bool:
         """Whether `model` may write its Scores for this batch (False once the watchdog wrote
-        them); its turn ends. The next model's starts with `next_turn`, once they are written."""
+        them, or while the rescue process holds the batch); its turn ends. The next model's
+        starts with `next_turn`, once they are written."""
         with self._lock:
             if self.abandoned:
                 return False
-            self.pending.remove(model)
             self.turn_started = None
+            # The turn's end is published before the rescue's flag is read, and the rescue sets
+            # its flag before it reads the turn again (rescue.py): at least one of the two sees
+            # the other, so a model's Scores for a request are never written by both.
             self._on_turn(0.0, 0)
+            if self._rescue_took():
+                return False
+            self.pending.remove(model)
             return True
 
     def next_turn(self) -> None:
@@ -124,11 +139,12 @@ class ScoringWatchdog(Generic[M]):
     def __init__(
         self, timeout_s: float, name: Callable[[M], str], producer: Producer, consumer: Consumer,
         exit_process: Callable[[], None] = _exit_process, board: Board | None = None,
+        rescue_alive: Callable[[], bool] = lambda: True,
     ):
         self.timeout_s = timeout_s
         self._name = name
         self._producer, self._consumer, self._exit = producer, consumer, exit_process
-        self._board = board
+        self._board, self._rescue_alive = board, rescue_alive
         self._metadata, self._metadata_at = b"", -math.inf
         self._batch: Watched[M] | None = None
         self._stopped = threading.Event()
@@ -148,7 +164,7 @@ class ScoringWatchdog(Generic[M]):
         if board is None:
             batch = self._batch = Watched(models, sources, write_errors)
             return batch
-        batch = Watched(models, sources, write_errors, board.turn)
+        batch = Watched(models, sources, write_errors, board.turn, board.rescuing)
         assert batch.turn_started is not None
         board.batch(sources, self._group_metadata(batch.turn_started), batch.turn_started)
         self._batch = batch
@@ -169,12 +185,31 @@ class ScoringWatchdog(Generic[M]):
         if self._board is not None:
             self._board.turn(0.0)
 
-    def hold(self) -> None:
-        """For the poll loop when the watchdog took its batch (the model returned too late): wait
-        for the exit. Going on, it would commit later offsets that the watchdog's commit, landing
-        after them, would move back."""
+    def hold(self, batch: Watched[M]) -> bool:
+        """For the poll loop when a model may not write its Scores (`claim` said no): True once it
+        may claim them again (the rescue process took the batch, then stood down, as the model
+        had returned); else it waits for the process to end. Going on, it would commit later
+        offsets that the watchdog's or the rescue's commit, landing after them, would move back,
+        and write Scores the rescue writes too."""
+        if not batch.abandoned and self._board is not None and self._rescue_stood_down(self._board):
+            return True
         self._gave_up.wait()
         self._stopped.wait()
+        return False
+
+    def _rescue_stood_down(self, board: Board) -> bool:
+        """Wait while the rescue process holds the batch: it kills this process, or it releases the
+        batch (True). Should it end holding it, whether it committed is unknown: the process exits
+        for a fresh one to read on from the group's offsets."""
+        while board.rescuing() and not self._gave_up.is_set():
+            if not self._rescue_alive():
+                log.error("the rescue process ended while it held the batch: the worker exits (%d) for a fresh "
+                          "one to read on", EXIT_MODEL_HUNG)
+                self._gave_up.set()
+                self._exit()
+                return False
+            time.sleep(RESCUE_POLL_S)
+        return not self._gave_up.is_set()
 
     def _run(self) -> None:
         every = min(1.0, self.timeout_s / 4)

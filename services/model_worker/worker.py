@@ -52,7 +52,7 @@ from services.model_worker.rescue import Rescue
 from services.model_worker.score_writer import Result, ScoreWriter, unscored
 from services.model_worker.settings import WorkerSettings, check_co_hosted_names, check_model_name, worker_name
 from services.model_worker.walked import RequestWalker
-from services.model_worker.watchdog import ScoringWatchdog
+from services.model_worker.watchdog import ScoringWatchdog, Watched
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +342,8 @@ class ModelWorker(SimpleHandler, Probed):
         if self.settings.predict_timeout_s > 0 and self._rescue is None:
             self._rescue = self._start_rescue()
         self._watchdog = ScoringWatchdog(self.settings.predict_timeout_s, lambda h: h.name, ctx.producer,
-                                         ctx.consumer, board=self._rescue.board if self._rescue else None)
+                                         ctx.consumer, board=self._rescue.board if self._rescue else None,
+                                         rescue_alive=self._rescue.alive if self._rescue else lambda: True)
         self._watchdog.start()  # only watches with a timeout (--predict-timeout-s > 0)
         self._scorer = _BatchScorer(self, ctx.producer, dead_letters, self._watchdog)
 
@@ -455,14 +456,19 @@ class _BatchScorer:
         try:
             # One model's scores go out before the next model scores: the preferred one is not held up.
             for hosted, results in score_co_hosted(self.w.hosted, rows, walked):
-                if not watched.claim(hosted):
-                    self.watchdog.hold()  # it wrote this batch's Scores and ends the process
-                    break
+                if not self._claimed(watched, hosted):
+                    break  # the watchdog or the rescue wrote this batch's Scores and ends the process
                 self._write(hosted, results, requests, sources, received_at)
                 watched.next_turn()
         finally:
             self.watchdog.done()
         self.w.scored += len(requests)
+
+    def _claimed(self, watched: Watched[Hosted], hosted: Hosted) -> bool:
+        while not watched.claim(hosted):
+            if not self.watchdog.hold(watched):
+                return False
+        return True
 
     def _write(
         self, hosted: Hosted, results: Sequence[Result], requests: list[dict[str, Any]], sources: list[Message],

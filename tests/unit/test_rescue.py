@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Message
 
 from services.core.codec import codec
-from services.model_worker.rescue import Model, RescueConfig, error_scores, grace_s, should_rescue
+from services.model_worker.rescue import Model, Parent, RescueConfig, error_scores, grace_s, moved_on, should_rescue
 from services.model_worker.rescue_board import MAX_META, MAX_RANGES, Board, Reader, Snapshot, batch_ranges, read
 from services.model_worker.score_writer import hung_reasons
 from services.model_worker.watchdog import ScoringWatchdog
 
+ROOT = Path(__file__).resolve().parents[2]
 META = b"CGMDv2:\x00\x00\x00\x07rdv.model.a+b\x00\x00\x01"
 
 
@@ -196,7 +203,8 @@ def test_a_rescue_that_stood_down_releases_the_batch_and_watches_on(
         timer.join(5)  # a cancelled one ends at once
     assert not [t for t in timers if t.is_alive()]
     assert watching == [False, False]  # released when it stood down
-    assert flags_seen == [True, True] and killed == [4242]  # the second batch taken, then the worker killed
+    # The second batch taken, then the worker killed:
+    assert flags_seen == [True, True] and [p.pid for p in killed] == [4242]
 
 
 def test_the_rescue_reads_registry_framed_requests_and_frames_its_scores_as_the_worker_does() -> None:
@@ -244,3 +252,91 @@ print(len(found), found[0][1]["request_id"] if found else None, codec("score").h
     from tests.unit.test_codec import REQUEST
 
     assert done.stdout.split() == ["1", REQUEST["request_id"], "0000000009"]
+
+
+def test_a_model_that_returns_while_the_rescue_holds_the_batch_waits_for_it(board: Board) -> None:
+    """The rescue only stood down when the batch's sequence number changed: a model returning
+    while the rescue read the batch wrote its Scores, the rescue wrote error Scores for the same
+    requests (two per request and model) and killed a worker that had recovered (a review)."""
+    alive = [True]
+    exits: list[bool] = []
+    watchdog: ScoringWatchdog[str] = ScoringWatchdog(
+        2.0, str, None, FakeConsumer(), lambda: exits.append(True), board=board,  # type: ignore[arg-type]
+        rescue_alive=lambda: alive[0])
+    watched = watchdog.watch(["a", "b"], messages([(0, range(3))]), lambda _m, _r: None)
+    reader = Reader(board.path)
+    taken = reader.read()
+    reader.take()  # the rescue took the batch; the model returns
+    assert not watched.claim("a") and watched.pending == ["a", "b"]
+    # The turn's end is on the board before the worker waits: the rescue, reading it again, stands down.
+    assert moved_on(taken, reader.read())
+    released = threading.Timer(0.2, reader.release)
+    released.start()
+    assert watchdog.hold(watched)  # once released: a claims its Scores after all
+    assert watched.claim("a") and not exits
+    watched.next_turn()
+    reader.take()
+    assert not watched.claim("b")
+    alive[0] = False  # the rescue ended holding the batch: whether it committed is unknown
+    watchdog.stop()  # hold() waits for the process to end: its stand-in exit returns, so stopped
+    assert not watchdog.hold(watched) and exits == [True]
+    reader.close()
+
+
+def test_the_rescue_sees_any_turn_that_ended_since_it_looked() -> None:
+    taken = snapshot()
+    assert not moved_on(taken, dataclasses.replace(taken, rescuing=True))
+    assert moved_on(taken, dataclasses.replace(taken, turn_started=0.0))  # the model's Scores being written
+    assert moved_on(taken, dataclasses.replace(taken, turn_started=101.0, model=1))  # the next co-hosted model
+    assert moved_on(taken, dataclasses.replace(taken, seq=5))
+    assert moved_on(taken, dataclasses.replace(taken, watchdog_took=True))
+
+
+def test_the_rescue_never_signals_a_process_that_is_not_its_worker() -> None:
+    """It killed the pid it was given when it gave up or finished, even after the worker had died
+    and the pid gone to another process (a review)."""
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        stranger = Parent(other.pid)  # not this process's parent, as a reused pid would not be
+        assert not stranger.alive()
+        stranger.kill()
+        with pytest.raises(subprocess.TimeoutExpired):
+            other.wait(0.2)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_the_rescue_kills_its_worker_through_a_handle_on_that_process() -> None:
+    code = ("import os, sys; from services.model_worker.rescue import Parent; p = Parent(os.getppid()); "
+            "print(p.alive(), flush=True); sys.stdin.read(); p.kill()")
+    worker = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys; c = subprocess.Popen([sys.executable, '-c', {code!r}], "
+         "stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True); print(c.stdout.readline().strip(), flush=True); "
+         "c.stdin.close(); c.wait(); import time; time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True, cwd=str(ROOT))
+    try:
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "True"
+        assert worker.wait(30) == -signal.SIGKILL
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def test_a_rescue_that_dies_before_reading_its_config_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write to its stdin failed (a broken pipe: a config larger than the pipe holds, e.g. an
+    inline CA certificate): the board's file stayed in /dev/shm and the child unwaited (a review)."""
+    from services.model_worker import rescue as module
+
+    boards: list[Board] = []
+
+    class Recorded(Board):
+        def __init__(self) -> None:
+            super().__init__()
+            boards.append(self)
+
+    monkeypatch.setattr(module, "Board", Recorded)
+    monkeypatch.setattr(module.sys, "executable", shutil.which("true"))  # exits without reading stdin
+    with pytest.raises(BrokenPipeError):
+        module.Rescue.start({"ssl.ca.pem": "x" * 1_000_000}, "rq", "sc", "g", [Model("a", "1", "h")], 2.0, 256)
+    assert len(boards) == 1 and not os.path.exists(boards[0].path)

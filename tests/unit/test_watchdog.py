@@ -107,9 +107,10 @@ def test_after_standing_down_for_the_rescue_the_watchdog_watches_the_next_batch(
         while "the rescue process took the batch" not in caplog.text and time.monotonic() < deadline:
             time.sleep(0.01)  # until the watchdog found the batch overdue and stood down
         assert "the rescue process took the batch" in caplog.text
-        assert watched.claim("m")  # the model returned after all: the rescue stands down
+        assert not watched.claim("m")  # the model returned after all: not while the rescue holds the batch
+        rescue.release()  # the rescue saw the turn end and stood down
+        assert watched.claim("m")
         watchdog.done()
-        rescue.release()
         second: list[str] = []
         watchdog.watch(["m"], sources, _failing_writes(second))  # stuck too, with the interpreter lock free
         assert exited.wait(30) and (first, second) == ([], ["m"])
