@@ -115,7 +115,10 @@ def comparison(i: int, created: int) -> dict[str, Any]:
 
 @pytest.fixture
 def timed_log(config: dict[str, Any], topics: Topics) -> str:
-    """400 records, 100 per partition, with record timestamps T0 + i seconds (i = 0..399)."""
+    """400 records, 100 per partition, with record timestamps T0 + i seconds (i = 0..399). Kept
+    for good: two years old, they are past the broker's default retention, and its next check
+    (every 5 minutes) deleted them under a test (CI: read 0 of 400)."""
+    _alter_topic(config, topics.log, "retention.ms", "-1")
     producer = Producer(config)
     comparisons = codec("comparison")
     for i in range(400):
@@ -144,6 +147,39 @@ def test_ranges_by_offset_and_by_time_are_exact(config: dict[str, Any], timed_lo
     empty = rendezvous("compare", "--bootstrap", bootstrap, "--topic-prefix", prefix, "--from", "offset:1000")
     assert empty.returncode == 0, empty.stderr
     assert empty.stdout.startswith(f"no records in range ({timed_log} from offset 1000 to the end)")
+
+
+def _alter_topic(config: dict[str, Any], topic: str, name: str, value: str) -> None:
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    from services.core.kafka import admin
+
+    entry = ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
+    client = admin(config)  # referenced until the answer is in: a collected client cancels it
+    for future in client.incremental_alter_configs([ConfigResource(ConfigResource.Type.TOPIC, topic,
+                                                                   incremental_configs=[entry])]).values():
+        future.result(30)
+
+
+def test_records_deleted_after_the_range_was_planned_are_an_error_not_a_shorter_report(
+    config: dict[str, Any], timed_log: str
+) -> None:
+    """Reset to the partition's new start, the reader found it at its end: a report of fewer
+    records than the range, said nowhere."""
+    from confluent_kafka import TopicPartition
+
+    from services.compare_report.reader import read_partitions
+    from services.core.errors import BrokerError
+    from services.core.kafka import admin
+
+    spans = plan(config, timed_log, Bounds(), timeout=15)
+    client = admin(config)
+    for future in client.delete_records([TopicPartition(timed_log, 2, 60)]).values():
+        future.result(30)
+    with pytest.raises(BrokerError, match=rf"records of {re.escape(timed_log)}-2 in the range were deleted"):
+        read_partitions(config, timed_log, spans)
+    kept = [s for s in spans if s.partition != 2]
+    assert len(read_partitions(config, timed_log, kept)[0]) == 300  # the other partitions read whole
 
 
 def test_two_reader_processes_read_what_one_does(config: dict[str, Any], timed_log: str) -> None:
