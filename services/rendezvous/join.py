@@ -63,6 +63,10 @@ MAX_LONG = 2**63 - 1  # what an Avro long (the records' times) holds
 # of further models are refused and further versions are labelled OTHER_VERSION. Forged scores
 # naming a new model or version each would otherwise grow memory and metric series without end.
 MAX_MODELS = 256
+# Scores one request keeps from models its schedule does not name. MAX_MODELS bounds the names
+# tracked at once, not over time: an orphan on a quiet requests partition (never expired) took
+# 256 more forged names every model_ttl_ms, up to 4 KB each, without end (a review).
+MAX_UNSCHEDULED_PER_REQUEST = 64
 MAX_LABELLED_VERSIONS = 1024
 OTHER = "_other"
 # Return addresses a request still open keeps for its retries: each is a few hundred bytes kept
@@ -211,8 +215,22 @@ class Join:
         the answer depend on which of the two was read first, across a schedule change."""
         if mailbox is not None and mailbox.schedule is not None:
             return score.model in mailbox.schedule.models
+        return score.model in self._named_around(score)
+
+    def _full(self, mailbox: Mailbox, score: ScoreIn) -> bool:
+        """Whether `score` is one score too many for its request: of a new model the schedule does
+        not name, with MAX_UNSCHEDULED_PER_REQUEST scores of such models kept. The mailbox's scores
+        come from one partition in log order, so a re-read refuses the same ones."""
+        if score.model in mailbox.arrivals or len(mailbox.arrivals) < MAX_UNSCHEDULED_PER_REQUEST:
+            return False
+        if self._scheduled(score, mailbox):
+            return False
+        scheduled = mailbox.schedule.models if mailbox.schedule is not None else self._named_around(score)
+        return sum(model not in scheduled for model in mailbox.arrivals) >= MAX_UNSCHEDULED_PER_REQUEST
+
+    def _named_around(self, score: ScoreIn) -> frozenset[str]:
         start, end = score.log_time - self.limits.max_budget_ms, score.log_time + self.limits.max_future_ms
-        return score.model in self.schedules.named_between(start, end)
+        return self.schedules.named_between(start, end)
 
     def _labels(self, model: str, version: str) -> tuple[str, str]:
         """The metric labels of a model's version: at most MAX_MODELS models and
@@ -362,6 +380,9 @@ class Join:
                 self.metrics.inc(child(m.LATE_SCORES, model_label, "true"))
                 return None
             mailbox = self._open_orphan(rid, score)
+        elif self._full(mailbox, score):
+            self.metrics.inc(m.SCORES_REFUSED)
+            return None
         value, error = score.score, score.error
         if value is not None and not isfinite(value):  # NaN is no answer to give with confidence
             value, error = None, error or f"its score is not a finite number ({value})"

@@ -24,7 +24,8 @@ ELSEWHERE = Counter(
 )
 SCORES_REFUSED = Counter(
     "rdv_scores_refused_total",
-    "Scores of a model beyond the 256 the rendezvous tracks at once (models silent for model_ttl are forgotten).",
+    "Scores of a model beyond the 256 the rendezvous tracks at once (models silent for model_ttl are forgotten), "
+    "or beyond the 64 a request keeps from models its schedule does not name.",
 )
 DUPLICATE_SCORES = Counter(
     "rdv_duplicate_scores_total", "Scores of a model for a request it had already scored.", ["model"]

@@ -16,6 +16,7 @@ from services.core.codec import codec
 from services.rendezvous.join import (
     MAX_LABELLED_VERSIONS,
     MAX_MODELS,
+    MAX_UNSCHEDULED_PER_REQUEST,
     MAX_WAITING_REPLIES,
     OTHER,
     Finished,
@@ -253,6 +254,34 @@ def test_scores_of_ever_new_model_names_are_bounded_and_the_schedules_models_sti
     join.on_request(request("real", at=T0 + 2))
     join.on_score(score("real", "champion", T0 + 3))  # named by the schedule: never refused
     assert decided(out) == {"real": ("OK", "champion", T0 + 3)}
+
+
+@pytest.mark.parametrize("request_first", [True, False])
+def test_one_request_keeps_a_bounded_number_of_scores_of_models_its_schedule_does_not_name(
+    request_first: bool,
+) -> None:
+    """MAX_MODELS bounds the names tracked at once: an orphan on a quiet requests partition took
+    256 new names every model_ttl_ms, without end (a review). The schedule's models still count,
+    and a request read first or last keeps the same scores."""
+    wall = [T0]
+    out = Collected()
+    join = Join(JoinLimits(), ScheduleBook.holding(Schedule(models=MODELS)), out, wall_ms=lambda: wall[0])
+    if request_first:
+        join.on_request(request("r", at=T0, budget=60_000))
+    at = T0
+    for rnd in range(3):  # each round new names, past the table's time to live
+        for i in range(MAX_MODELS):
+            at += 1
+            join.on_score(score("r", f"shadow-{rnd}-{i}", at))
+        wall[0] += JoinLimits().model_ttl_ms + 1
+    join.on_score(score("r", "champion", at + 1))
+    if not request_first:
+        join.on_request(request("r", at=at + 2, created=T0, budget=60_000))
+    kept = join.mailboxes["r"].arrivals
+    assert len(kept) == MAX_UNSCHEDULED_PER_REQUEST + 1 and "champion" in kept
+    assert sorted(kept)[:2] == ["champion", "shadow-0-0"] and "shadow-0-64" not in kept  # the first ones, in log order
+    join.on_clock(0, at + 61_000)
+    assert decided(out) == {"r": ("OK", "champion", at + 1)}
 
 
 def test_under_a_flood_of_model_names_an_early_score_counts_as_if_its_request_came_first() -> None:
