@@ -142,6 +142,8 @@ class LocalBroker:
         warmup.wanted(os.environ.get(warmup.WARMUP_ENV))
         cds.wanted(os.environ.get(JVM_OPTS_ENV))
         config.request_log_path(os.environ.get(config.REQUEST_LOG_ENV))
+        # An earlier resume's settings are not this start's (a fresh start wrote them over its own).
+        self._kept_properties = self._resumed_properties = None
         kept = None if fresh else self._resume_config()  # before anything else: no data, no start
         java = java_executable()
         libs = provision(self.progress)
@@ -160,7 +162,7 @@ class LocalBroker:
             log4j.write_text(self._log4j2())
             say(f"Resuming local broker {self.name!r} (cluster {cluster_id}) from {self.root} ...")
         jvm_options = with_overrides(self.jvm_options, os.environ.get(JVM_OPTS_ENV))
-        archive, cds_options, cds_pending = self._cds(java)
+        archive, cds_options, cds_pending = self._cds(java, libs)
         if self._resumed_properties is not None:
             self._write_properties(self._resumed_properties)
         jvm_options = (*jvm_options, *cds_options)
@@ -171,6 +173,26 @@ class LocalBroker:
                 cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 cwd=self.root, start_new_session=True,
             )  # fmt: skip
+        try:  # from the launch on, whatever fails (a Ctrl-C too): a broker half started is not left behind
+            self._started(listeners, cluster_id, fresh, jvm_options, archive, cds_pending, say, wait_timeout)
+        except BaseException:
+            if self._state is None:  # not yet recorded: killed by its own handle
+                self._state = {"pid": self._proc.pid}
+            self._kill_now()
+            self._restore_kept_properties()
+            raise
+        elapsed = time.monotonic() - started
+        how = "resumed" if not fresh else "ready"
+        log.info("local broker %r %s at %s in %.1f s", self.name, how, self.bootstrap, elapsed)
+        say(f"Kafka broker {how} at {self.bootstrap} in {elapsed:.1f} s (log: {self.log_file})")
+        return self.bootstrap
+
+    def _started(
+        self, listeners: dict[str, str], cluster_id: str, fresh: bool, jvm_options: tuple[str, ...],
+        archive: Path | None, cds_pending: Path | None, say: Progress, wait_timeout: float,
+    ) -> None:
+        """Record the launched JVM, wait until it serves, warm it up."""
+        assert self._proc is not None
         controller = listeners.pop(config.CONTROLLER_LISTENER, "")
         self._state = {
             "name": self.name, "pid": self._proc.pid, "bootstrap": listeners[config.BROKER_LISTENER],
@@ -182,20 +204,10 @@ class LocalBroker:
         }  # fmt: skip
         self._write_state()
         say(f"Starting Apache Kafka {config.KAFKA_VERSION} (pid {self._proc.pid}) ...")
-        try:
-            self._wait_ready(wait_timeout)
-            self._warm_up(say)  # a Ctrl-C here too: a broker half started is not left behind
-        except BaseException:
-            self._kill_now()
-            self._restore_kept_properties()
-            raise
+        self._wait_ready(wait_timeout)
+        self._warm_up(say)
         self._state["ready"] = True
         self._write_state()
-        elapsed = time.monotonic() - started
-        how = "resumed" if not fresh else "ready"
-        log.info("local broker %r %s at %s in %.1f s", self.name, how, self.bootstrap, elapsed)
-        say(f"Kafka broker {how} at {self.bootstrap} in {elapsed:.1f} s (log: {self.log_file})")
-        return self.bootstrap
 
     def stop(self, timeout: float = 20.0, *, keep_data: bool = False) -> bool:
         """SIGTERM the broker's process group, SIGKILL after `timeout`; False if it was not running.
@@ -422,13 +434,13 @@ class LocalBroker:
         say(f"Warming up the broker's JIT with serving-like traffic ({warmup.WARMUP_ENV}=off skips it) ...")
         self._state["warm_up"] = warmup.warm_up(self.bootstrap).as_dict()
 
-    def _cds(self, java: str) -> tuple[Path | None, tuple[str, ...], Path | None]:
+    def _cds(self, java: str, libs: Path) -> tuple[Path | None, tuple[str, ...], Path | None]:
         """The class-data-sharing archive for this JVM (cds.py): its path, the JVM options, and
         the file this broker writes at a clean exit (None when it maps an existing archive)."""
         if not cds.wanted(os.environ.get(JVM_OPTS_ENV)):
             return None, (), None
         directory = self.cds_dir or config.cache_dir() / "broker-cds"
-        archive = cds.archive_path(directory, java, config.KAFKA_VERSION)
+        archive = cds.archive_path(directory, java, config.KAFKA_VERSION, libs)
         options, pending = cds.options(archive)
         return archive, options, pending
 

@@ -37,15 +37,24 @@ CDS_ENV = "RDV_BROKER_CDS"
 _OWN_CDS_OPTIONS = ("-Xshare", "-XX:SharedArchiveFile", "-XX:ArchiveClassesAtExit", "-XX:+AutoCreateSharedArchive")
 
 
-def archive_path(directory: Path, java: str, kafka_version: str) -> Path:
-    """Where the archive of this Java runtime and Kafka version lives in `directory`."""
+def archive_path(directory: Path, java: str, kafka_version: str, libs: Path | None = None) -> Path:
+    """Where the archive of this Java runtime, Kafka version and set of jars (`libs`) lives in
+    `directory`. The JVM refuses an archive whose jars changed (a new download has new times):
+    named after the Java binary and version alone, one was passed to every later start, refused
+    each time, and none was ever written again."""
     real = Path(java).resolve()
-    try:
-        stamp = real.stat().st_mtime_ns
-    except OSError:
-        stamp = 0
-    key = hashlib.sha256(f"{real}:{stamp}:{kafka_version}".encode()).hexdigest()[:16]
+    parts = [f"{real}:{_stamp(real)}:{kafka_version}"]
+    if libs is not None:
+        parts += [f"{jar.name}:{jar.stat().st_size}:{_stamp(jar)}" for jar in sorted(libs.glob("*.jar"))]
+    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
     return directory / f"kafka-{kafka_version}-{key}.jsa"
+
+
+def _stamp(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
 
 
 def wanted(extra_jvm_options: str | None) -> bool:

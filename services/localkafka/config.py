@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import os
 import random
+import re
 import shlex
 import socket
 import uuid
@@ -322,8 +323,14 @@ def parse_properties(text: str) -> dict[str, str]:
         if not line or line.startswith(("#", "!")):
             continue
         key, _, value = line.partition("=")
-        out[key.strip()] = value.strip().replace("\\n", "\n").replace("\\\\", "\\")
+        out[key.strip()] = _unescape(value.strip())
     return out
+
+
+def _unescape(value: str) -> str:
+    """`_escape` undone in one pass, left to right: two replaces in a row read C:\\new (escaped
+    C:\\\\new) back as C:\\ and a newline, or the other way round, as C:\\\\new."""
+    return re.sub(r"\\(.)", lambda m: "\n" if m[1] == "n" else m[1], value)
 
 
 def log4j2_properties(log_file: Path, request_log: Path | None = None) -> str:

@@ -9,6 +9,7 @@ local broker listens on.
 from __future__ import annotations
 
 import datetime
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,10 +87,11 @@ def generate(directory: Path, name: str = "rendezvous local broker") -> TlsFiles
     files = TlsFiles(directory / "ca.pem", directory / "broker.pem", directory / "broker-key.pem")
     files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     files.certificate.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.key.touch(mode=0o600)
-    files.key.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    fd = os.open(files.key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a key file kept from an earlier run keeps its mode through O_TRUNC (0644 stayed so)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
     return files
 
 

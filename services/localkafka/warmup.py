@@ -78,8 +78,8 @@ def warm_up(bootstrap: str, seconds: float = 1.5) -> WarmUp:
     try:
         _create_topic(admin)
         _traffic(base, group, seconds, done)
-    except KafkaException as exc:
-        done.error = str(exc.args[0] if exc.args else exc)
+    except (KafkaException, TimeoutError) as exc:  # an admin call unanswered in 15 s: not the broker's end
+        done.error = str(exc.args[0] if exc.args else exc) or "an admin request had no answer within 15 s"
         log.warning("broker warm-up stopped early (the broker is ready anyway): %s", done.error)
     finally:
         _clean_up(admin, group)
@@ -141,5 +141,5 @@ def _clean_up(admin: AdminClient, group: str) -> None:
     try:
         admin.delete_topics([TOPIC], operation_timeout=10)[TOPIC].result(timeout=15)
         admin.delete_consumer_groups([group], request_timeout=10)[group].result(timeout=15)
-    except KafkaException as exc:
-        log.debug("broker warm-up: clean-up incomplete: %s", exc)
+    except (KafkaException, TimeoutError) as exc:
+        log.debug("broker warm-up: clean-up incomplete: %s", exc or "no answer within 15 s")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.core.errors import ConfigError
-from services.localkafka.config import cache_dir, free_port
+from services.localkafka.config import cache_dir, free_ports, port_free
 from services.localkafka.jars import Progress, locked, run_maven
 from services.localkafka.process import tail
 
@@ -69,19 +69,31 @@ def _run_jar(home: Path) -> Path:
     return home / "target" / "quarkus-app" / "quarkus-run.jar"
 
 
+# Written once Maven has unpacked the whole application: the run jar alone is there from the
+# first seconds of the unpack, so a fetch cut short (a timeout, Ctrl-C) was taken for a complete
+# one by every later run.
+MARKER = ".provisioned"
+
+
+def _provisioned(home: Path) -> bool:
+    return (home / MARKER).is_file() and _run_jar(home).is_file()
+
+
 def provision(progress: Progress | None = None) -> Path:
     """The registry's `quarkus-run.jar`, fetched with Maven first if it is not cached yet."""
     home = registry_home()
-    if _run_jar(home).is_file():
+    if _provisioned(home):
         return _run_jar(home)
     with locked(home / ".lock"):
-        if _run_jar(home).is_file():
+        if _provisioned(home):  # another process finished while we waited
             return _run_jar(home)
         (progress or (lambda _m: None))(f"Fetching Apicurio Registry {APICURIO_VERSION} from Maven Central ...")
+        shutil.rmtree(home / "target", ignore_errors=True)  # what a fetch cut short left
         (home / "pom.xml").write_text(_POM)
         run_maven(home / "pom.xml", ["package"], f"Apicurio Registry {APICURIO_VERSION}")
         if not _run_jar(home).is_file():
             raise ConfigError(f"Maven finished but left no {_run_jar(home)}")
+        (home / MARKER).write_text(APICURIO_VERSION + "\n")
     return _run_jar(home)
 
 
@@ -152,19 +164,27 @@ class LocalRegistry:
 
 def start(port: int = 0, progress: Progress | None = None, timeout_s: float = 120.0) -> LocalRegistry:
     """Start a registry (schemas in memory) and wait until its API answers."""
+    if port and not port_free(port):  # else another registry there answered for this one, which died
+        raise ConfigError(f"port {port} is in use (another schema registry?): choose another with --port or "
+                          "RDV_REGISTRY_PORT")
     jar, java = provision(progress), find_java()
-    port = port or free_port()
+    # Both from one call: two calls may hand out the same port (each releases its own before the next).
+    if port:
+        management = next(p for p in free_ports(2) if p != port)
+    else:
+        port, management = free_ports(2)
     log_file = registry_home() / f"registry-{port}.log"
     with log_file.open("wb") as log:
         process = subprocess.Popen(
-            [str(java), "-Xmx256m", f"-Dquarkus.http.port={port}", f"-Dquarkus.management.port={free_port()}",
+            [str(java), "-Xmx256m", f"-Dquarkus.http.port={port}", f"-Dquarkus.management.port={management}",
              "-Dquarkus.http.host=127.0.0.1", "-jar", str(jar)],
             stdout=log, stderr=subprocess.STDOUT, cwd=registry_home(),
         )
     registry = LocalRegistry(port, process, log_file)
     deadline = time.monotonic() + timeout_s
     try:
-        while not registry.answers():
+        # Its own process must still run when the port answers: another registry may answer there.
+        while not registry.answers() or process.poll() is not None:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise ConfigError(f"the schema registry did not start (log {log_file}):\n{tail(log_file)}")
             time.sleep(0.2)  # polling the registry's own HTTP API: the condition is "it answers"
