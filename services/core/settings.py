@@ -416,6 +416,8 @@ def check_writable_directory(path: str, flag: str) -> None:
 
 def not_a_readable_file(path: str | os.PathLike[str]) -> str | None:
     """Why `path` cannot be read as a file ("no such file", "is a directory", ...), or None."""
+    if "\0" in os.fspath(path):  # the OS takes no such name (os.path would say "no such file", resolve() raise)
+        return "a path cannot hold a NUL character"
     if os.path.isdir(path):
         return "is a directory, not a file"
     if not os.path.exists(path):

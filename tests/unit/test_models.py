@@ -500,3 +500,124 @@ def test_a_worker_whose_scores_the_rendezvous_would_refuse_does_not_start() -> N
     with pytest.raises(ConfigError, match="its version must be text of at most 1024 characters, got 1100"):
         Hosted(long_version, "", "", "instance", "reject")
     assert Hosted(load_model("demo:champion"), "", "", "instance", "reject").labels == ("champion", "logreg-1")
+
+
+# --- outputs that are not one value a row, and files compiled code reads unchecked (a review) ---
+
+
+def _graph(tmp_path: Path, name: str, nodes: list[Any], input_shape: list[Any], outputs: list[tuple[str, list[Any]]],
+           features: int = 4) -> Path:
+    """A hand-made ONNX graph over X (float), with W a fixed (4, 2) weight, and its sidecar."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    weights = helper.make_tensor("W", TensorProto.FLOAT, [4, 2], [0.1, -0.1, 0.2, -0.2, 0.3, -0.3, 0.4, -0.4])
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("X", TensorProto.FLOAT, input_shape)],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, s) for o, s in outputs], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(model, str(path))
+    (tmp_path / f"{name}.onnx.features.json").write_text(json.dumps([f"f{i}" for i in range(features)]))
+    return path
+
+
+def _matmul(out: str = "Z") -> Any:
+    from onnx import helper
+
+    return helper.make_node("MatMul", ["X", "W"], [out])
+
+
+def test_onnx_outputs_not_one_value_a_row_are_refused_at_load(tmp_path: Path) -> None:
+    """Read as (n, -1): a class-major [2, n] output gave each request another request's score,
+    and a two-column softmax named "output" gave P(class 0) as the score."""
+    from onnx import helper
+
+    transposed = _graph(tmp_path, "transposed", [_matmul(), helper.make_node("Transpose", ["Z"], ["probabilities"])],
+                        ["N", 4], [("probabilities", [2, "N"])])
+    with pytest.raises(ModelSpecError, match=r"output 'probabilities' has shape \[2, 'N'\]: an output must hold "
+                                             r"the rows first"):
+        load_model(str(transposed))
+    softmax = _graph(tmp_path, "softmax", [_matmul(), helper.make_node("Softmax", ["Z"], ["output"], axis=1)],
+                     ["N", 4], [("output", ["N", 2])])
+    with pytest.raises(ModelSpecError, match=r"output 'output' has 2 columns per row; a score is one value"):
+        load_model(str(softmax))
+
+
+def test_onnx_probabilities_outside_0_and_1_fail_their_row(tmp_path: Path) -> None:
+    logits = _graph(tmp_path, "logits", [_matmul("probabilities")], ["N", 4], [("probabilities", ["N", 2])])
+    model = load_model(str(logits))
+    row = {"f0": 1.0, "f1": 2.0, "f2": 3.0, "f3": 4.0}
+    [scored] = score_batch(model, [row])
+    assert scored.prediction is None and scored.error is not None
+    assert "onnx output 'probabilities' gave -3 as a probability, outside [0, 1]" in scored.error
+
+
+def test_a_sidecar_that_does_not_fit_a_symbolic_input_is_said_at_load(tmp_path: Path) -> None:
+    """It loaded, then every request failed with onnxruntime's own text."""
+    symbolic = _graph(tmp_path, "symbolic", [_matmul("probabilities")], ["N", "K"], [("probabilities", ["N", 2])],
+                      features=3)
+    with pytest.raises(ModelSpecError, match=r"one row of 3 features, as the sidecar lists them, does not run "
+                                             r"through the graph"):
+        load_model(str(symbolic))
+
+
+def test_a_graph_of_one_row_is_run_row_by_row_and_one_of_another_fixed_batch_is_refused(tmp_path: Path) -> None:
+    """A batch of 64 failed whole, then went through the worker's halving retry: 127 runs."""
+    from onnx import helper
+
+    one = _graph(tmp_path, "one", [_matmul(), helper.make_node("ReduceMax", ["Z"], ["Y"], axes=[1], keepdims=1)],
+                 [1, 4], [("Y", [1, 1])])
+    model = load_model(str(one))
+    runs: list[int] = []
+    run = model._session.run  # type: ignore[attr-defined]
+    model._session.run = lambda *a, **k: (runs.append(1), run(*a, **k))[1]  # type: ignore[attr-defined]
+    rows = np.arange(64 * 4, dtype=np.float64).reshape(64, 4)
+    scores = [p.score for p in model.predict(rows)]
+    assert len(runs) == 64
+    assert scores == pytest.approx(np.abs(rows @ np.array([0.1, 0.2, 0.3, 0.4])).tolist(), rel=1e-5)  # max(s, -s)
+    fixed = _graph(tmp_path, "fixed", [_matmul("Y")], [8, 4], [("Y", [8, 2])])
+    with pytest.raises(ModelSpecError, match=r"takes exactly 8 rows \(shape \[8, 4\]\); export it with a dynamic "
+                                             r"batch axis"):
+        load_model(str(fixed))
+
+
+def test_a_skops_neighbours_classifier_needs_trust(tmp_path: Path) -> None:
+    """skops trusts it, but its predict_proba adds each neighbour's weight at the class index the
+    file gives, in compiled code without bounds checks: a crafted index killed the worker."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    x, y = demo_data()
+    path = tmp_path / "knn.skops"
+    skops_io.dump(KNeighborsClassifier(metric="manhattan").fit(x, y), path)
+    (tmp_path / "knn.features.json").write_text(json.dumps(list(DEMO_FEATURES)))
+    assert skops_io.get_untrusted_types(file=path) == []  # skops alone would load it
+    with pytest.raises(ModelSpecError, match=r"estimator \(sklearn\.neighbors\._classification\.KNeighborsClassifier\)"
+                                             r" whose fitted arrays compiled code follows"):
+        load_model(str(path))
+    assert len(load_model(str(path), trust_model_file=True).predict(x[:3])) == 3
+
+
+def test_a_model_of_several_outputs_a_row_is_refused_or_fails_its_rows() -> None:
+    """A multi-output classifier loaded, then failed every request with 'list indices must be
+    integers or slices, not list'; a two-target regressor wrote its first target alone."""
+    from sklearn.multioutput import MultiOutputClassifier
+
+    rows = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 1.0], [1.0, 2.0]])
+    two_labels = np.array([[0, 1], [1, 0], [1, 1], [0, 0]])
+    classifier = SklearnModel.from_estimator(MultiOutputClassifier(LogisticRegression()).fit(rows, two_labels),
+                                             feature_names=["a", "b"])
+    with pytest.raises(ModelSpecError, match="MultiOutputClassifier predicts several outputs per row"):
+        classifier.load()
+    regressor = SklearnModel.from_estimator(LinearRegression().fit(rows, rows * 2.0), feature_names=["a", "b"])
+    regressor.load()
+    results = score_batch(regressor, [{"a": 1.0, "b": 2.0}, {"a": 0.0, "b": 0.0}])
+    assert all(r.prediction is None for r in results)
+    assert all("predict() returned shape (1, 2) for 1 rows; a model gives one value per row" in (r.error or "")
+               for r in results)
+
+
+def test_a_spec_holding_a_nul_character_is_a_one_line_error() -> None:
+    """Only the Python API or a config file can carry one: resolve() raised a bare ValueError."""
+    with pytest.raises(ModelSpecError, match=r"a path cannot hold a NUL character"):
+        load_model("a\x00b.skops")

@@ -16,6 +16,7 @@ Every failure is a ModelSpecError whose message names the spec and what to do ab
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ def _resolve(spec: str, trust_model_file: bool) -> Model:
         path = Path(spec).expanduser()
         problem = not_a_readable_file(path)
         if problem:
-            raise ModelSpecError(f"model spec {spec!r}: {problem} ({str(path.resolve())!r}); check the path")
+            raise ModelSpecError(f"model spec {spec!r}: {problem} ({os.path.abspath(path)!r}); check the path")
         if lower.endswith(_ONNX_SUFFIX):
             from .onnx_model import OnnxModel
 

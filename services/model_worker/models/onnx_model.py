@@ -12,10 +12,20 @@ file runs no Python code from it: onnxruntime executes the graph's operators onl
                                     (there the largest class key counts as last)
     an output named like "*label*"  label = str(that value)
     neither                         score = the first output (a regressor), label = None
+
+Every output read must hold one value (or one row of probabilities) per input row, rows first:
+an output whose first dimension is fixed, or a value output with several columns, is refused at
+load (read as (n, -1), a class-major [2, n] output gave each request another request's score,
+and a two-column softmax named "output" gave P(class 0)). A probability outside [0, 1] (logits
+under a "prob" name) fails its row. A graph exported with a batch of exactly one row is run row
+by row; one with another fixed batch size is refused. At load one row of zeros is run through the
+graph, so a sidecar listing another number of features than a symbolic input width is said then,
+not by every request.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +43,7 @@ __all__ = ["ONNX_INSTALL_HINT", "OnnxModel"]
 ONNX_INSTALL_HINT = "install the onnx extra: pip install 'rendezvous-serving[onnx]'"
 # The input types a model's features are fed as, by the name onnxruntime gives them.
 _INPUT_TYPES: dict[str, type[np.floating[Any]]] = {"tensor(float)": np.float32, "tensor(double)": np.float64}
+_PROBABILITY_SLACK = 1e-6  # float32 rounding of a softmax may step this far outside [0, 1]
 
 
 class OnnxModel:
@@ -50,6 +61,7 @@ class OnnxModel:
         self._prob_output: str | None = None
         self._label_output: str | None = None
         self._value_output: str | None = None
+        self._one_row = False  # the graph takes exactly one row per run
 
     def load(self) -> None:
         where = f"model {str(self.path)!r}"
@@ -86,7 +98,13 @@ class OnnxModel:
         if dtype is None:
             raise ModelSpecError(f"{where}: input {inputs[0].name!r} is a {inputs[0].type}; the features are fed "
                                  f"as {' or '.join(_INPUT_TYPES)}")
-        outputs = [o.name for o in session.get_outputs()]
+        rows = shape[0]
+        if isinstance(rows, int) and rows != 1:
+            raise ModelSpecError(f"{where}: input {inputs[0].name!r} takes exactly {rows} rows (shape {shape}); "
+                                 "export it with a dynamic batch axis")
+        self._one_row = rows == 1
+        declared = {o.name: o for o in session.get_outputs()}
+        outputs = list(declared)
         if not outputs:
             raise ModelSpecError(f"{where}: the graph has no outputs")
         self._prob_output = next((o for o in outputs if "prob" in o.lower()), None)
@@ -94,11 +112,21 @@ class OnnxModel:
         self._value_output = None
         if self._prob_output is None and self._label_output is None:
             self._value_output = outputs[0]
+        for output in (self._prob_output, self._label_output, self._value_output):
+            if output is not None:
+                _check_per_row(declared[output], output == self._prob_output, self._one_row, where)
         self._input, self._input_dtype = inputs[0].name, dtype
         self.feature_names = names
         self.signature = signature
         self.version = file_version(self.path)
         self._session = session
+        try:
+            self._run(np.zeros((1, len(names)), dtype=dtype))
+        except Exception as err:
+            self._session = None
+            raise ModelSpecError(f"{where}: one row of {len(names)} features, as the sidecar lists them, does not "
+                                 f"run through the graph ({type(err).__name__}: {str(err)[:300]}); does the sidecar "
+                                 "list the graph's input columns?") from err
 
     def predict(self, batch: np.ndarray) -> list[Prediction]:
         if self._session is None:
@@ -112,28 +140,74 @@ class OnnxModel:
         if self._input_dtype is np.float32 and not fits_float32(x):
             raise ValueError(f"model {self.name!r}: a feature value is beyond float32's range (±{FLOAT32_MAX:.4g}), "
                              "the type this model computes in")
-        wanted = [o for o in (self._prob_output, self._label_output, self._value_output) if o is not None]
-        results = dict(
-            zip(wanted, self._session.run(wanted, {self._input: x.astype(self._input_dtype)}), strict=True)
-        )
+        results = self._run(x.astype(self._input_dtype))
 
         scores: list[float | None] = [None] * n
         labels: list[str | None] = [None] * n
         if self._prob_output is not None:
-            scores = _positive_probability(results[self._prob_output], n)
+            scores = _positive_probability(results[self._prob_output], n, self._prob_output)
         if self._label_output is not None:
-            labels = [str(v) for v in np.asarray(results[self._label_output]).reshape(n, -1)[:, 0].tolist()]
+            labels = [str(v) for v in _one_per_row(results[self._label_output], n, self._label_output).tolist()]
         if self._value_output is not None:
-            values = np.asarray(results[self._value_output], dtype=np.float64).reshape(n, -1)[:, 0]
+            values = _one_per_row(np.asarray(results[self._value_output], dtype=np.float64), n, self._value_output)
             scores = [float(v) for v in values.tolist()]
         return [Prediction(s, lab) for s, lab in zip(scores, labels, strict=True)]
 
+    def _run(self, x: np.ndarray) -> dict[str, Any]:
+        """The outputs read, for every row of `x`: in one run, or row by row for a one-row graph."""
+        wanted = [o for o in (self._prob_output, self._label_output, self._value_output) if o is not None]
+        if not self._one_row or len(x) == 1:
+            return dict(zip(wanted, self._session.run(wanted, {self._input: x}), strict=True))
+        runs = [self._session.run(wanted, {self._input: x[i : i + 1]}) for i in range(len(x))]
+        return {name: _joined([run[j] for run in runs]) for j, name in enumerate(wanted)}
 
-def _positive_probability(raw: Any, n: int) -> list[float | None]:
+
+def _joined(parts: list[Any]) -> Any:
+    if isinstance(parts[0], list):  # ZipMap's maps
+        return [item for part in parts for item in part]
+    return np.concatenate([np.asarray(p) for p in parts], axis=0)
+
+
+def _check_per_row(output: Any, probabilities: bool, one_row: bool, where: str) -> None:
+    """An output read must be rows first (n, ...) and, for a value or label, one column at most."""
+    if not str(output.type).startswith("tensor"):
+        return  # ZipMap's sequence of maps: one map per row
+    shape = list(output.shape or [])
+    rows_fixed = bool(shape) and isinstance(shape[0], int) and not (one_row and shape[0] == 1)
+    columns = shape[1] if len(shape) == 2 else None
+    if not shape:
+        return  # not declared: each run's shapes are checked as it is read
+    if rows_fixed or len(shape) > 2:
+        raise ModelSpecError(f"{where}: output {output.name!r} has shape {shape}: an output must hold the rows "
+                             "first, (n,) or (n, k); export it with a dynamic batch axis first")
+    if not probabilities and isinstance(columns, int) and columns > 1:
+        raise ModelSpecError(f"{where}: output {output.name!r} has {columns} columns per row; a score is one "
+                             "value: name a class-probability output with 'prob' in it (the last column is the "
+                             "score) or export one value per row")
+
+
+def _one_per_row(raw: Any, n: int, name: str) -> np.ndarray:
+    values = np.asarray(raw)
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.shape != (n,):
+        raise ValueError(f"onnx output {name!r} has shape {values.shape} for {n} rows; one value per row expected")
+    return values
+
+
+def _positive_probability(raw: Any, n: int, name: str) -> list[float | None]:
     """Probability of the last class from an (n, k) tensor or a list of {class: p} maps (ZipMap)."""
     if isinstance(raw, list) and (not raw or isinstance(raw[0], Mapping)):
         if len(raw) != n:
             raise ValueError(f"onnx model returned {len(raw)} probability maps for {n} rows")
-        return [float(m[max(m)]) if m else None for m in raw]  # classes sort like sklearn's classes_
-    proba = np.asarray(raw, dtype=np.float64).reshape(n, -1)
-    return [float(v) for v in proba[:, -1].tolist()]
+        scores = [float(m[max(m)]) if m else None for m in raw]  # classes sort like sklearn's classes_
+    else:
+        proba = np.asarray(raw, dtype=np.float64)
+        if proba.ndim not in (1, 2) or proba.shape[0] != n:
+            raise ValueError(f"onnx output {name!r} has shape {proba.shape} for {n} rows; (n, classes) expected")
+        scores = (proba[:, -1] if proba.ndim == 2 else proba).tolist()
+    for score in scores:
+        if score is not None and not -_PROBABILITY_SLACK <= score <= 1 + _PROBABILITY_SLACK and math.isfinite(score):
+            raise ValueError(f"onnx output {name!r} gave {score:.6g} as a probability, outside [0, 1] "
+                             "(logits under a 'prob' name?)")
+    return scores

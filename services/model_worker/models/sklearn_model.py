@@ -18,9 +18,16 @@ trusts (scikit-learn estimators, numpy, scipy, ...) and never unpickles; a skops
 other types is refused, naming them, unless `trust_model_file` is set. Note that skops does not
 trust scikit-learn's internal `Tree` (a file could set node indices that predict() follows
 without bounds checks), so tree-based models in skops need the flag too: export those to ONNX.
-The same holds for the libsvm estimators (SVC, NuSVC, SVR, NuSVR, OneClassSVM), which skops does
-trust: libsvm follows their fitted arrays unchecked (a file with two support vectors fewer than
-its counts say crashed the worker on its first predict), so this adapter asks the flag for them.
+The same holds for estimators skops does trust whose predict() runs compiled code over the
+file's arrays unchecked, so this adapter asks the flag for them: the libsvm estimators (SVC,
+NuSVC, SVR, NuSVR, OneClassSVM; a file with two support vectors fewer than its counts say crashed
+the worker on its first predict), the neighbours estimators (a k-neighbours classifier adds each
+neighbour's weight at the class index its file gives, unchecked: an index out of range wrote
+past the array, and the worker died) and the clustering ones (k-means reads as many centre
+columns as the input has).
+
+A model must give one number per row: a multi-output classifier (a list of `classes_`) is
+refused at load, and a regressor predicting several values per row fails its rows, naming it.
 
 Speed: inputs the worker has checked (all finite) skip scikit-learn's finiteness check
 (`assume_finite`), and a random forest or extra-trees classifier running on one job is evaluated
@@ -51,8 +58,13 @@ PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 SKOPS_SUFFIX = ".skops"
 TRUST_HINT = "--trust-model-file (env RDV_TRUST_MODEL_FILE=1)"
 _SHOWN_TYPES = 5
-# Trusted by skops, but their predict() runs libsvm's C code over the file's arrays unchecked.
-_LIBSVM_CLASSES = frozenset({"SVC", "NuSVC", "SVR", "NuSVR", "OneClassSVM"})
+# Trusted by skops, but their predict() runs compiled code over the file's arrays unchecked:
+# module -> the classes concerned (None: every class of the module).
+_UNCHECKED: dict[str, frozenset[str] | None] = {
+    "sklearn.svm": frozenset({"SVC", "NuSVC", "SVR", "NuSVR", "OneClassSVM"}),  # libsvm
+    "sklearn.neighbors": None,
+    "sklearn.cluster": None,
+}
 _SCHEMA = "schema.json"  # a skops file's description of every object in it
 
 
@@ -128,6 +140,7 @@ class SklearnModel:
         sidecar = read_sidecar(self.path) if self.path is not None else None
         self.feature_names = self._resolve_feature_names(est, sidecar.names if sidecar else None)
         self.signature = sidecar or self.signature or Signature.all_required(self.feature_names)
+        _check_one_output(est, self._label)
         self._proba = callable(getattr(est, "predict_proba", None)) and hasattr(est, "classes_")
         self._is_classifier = hasattr(est, "classes_")
         self._classes = [str(c) for c in getattr(est, "classes_", [])]
@@ -200,7 +213,7 @@ class SklearnModel:
                 proba = np.asarray(est.predict_proba(x), dtype=np.float64)
                 return _from_proba(proba, self._classes)
             values = np.asarray(est.predict(x))
-        return _from_values(values.reshape(len(x), -1)[:, 0], self._is_classifier)
+        return _from_values(_one_per_row(values, len(x)), self._is_classifier)
 
 def _load_skops(path: Path, trust: bool) -> Any:
     """Load a skops file; types outside skops' trusted defaults, and libsvm estimators, only with `trust`."""
@@ -208,7 +221,7 @@ def _load_skops(path: Path, trust: bool) -> Any:
 
     where = f"model {str(path)!r}"
     try:
-        untrusted, libsvm = sio.get_untrusted_types(file=path), _libsvm_types(path)
+        untrusted, unchecked = sio.get_untrusted_types(file=path), _unchecked_types(path)
     except Exception as err:
         raise ModelSpecError(f"{where}: skops cannot read it ({type(err).__name__}: {err}); "
                              "is it a skops.io.dump file?") from err
@@ -217,10 +230,10 @@ def _load_skops(path: Path, trust: bool) -> Any:
             f"{where}: the file holds types skops does not trust by default ({_shown(untrusted)}): loading them "
             f"is not known to be safe; review them and, only if you trust this file, pass {TRUST_HINT}"
         )
-    if libsvm and not trust:
+    if unchecked and not trust:
         raise ModelSpecError(
-            f"{where}: the file holds a libsvm estimator ({_shown(libsvm)}), whose fitted arrays libsvm follows "
-            "without checking them: a crafted file can crash the worker or read past its memory; export it to "
+            f"{where}: the file holds an estimator ({_shown(unchecked)}) whose fitted arrays compiled code follows "
+            "without checking them: a crafted file can crash the worker or write past its memory; export it to "
             f"ONNX, or, only if you trust this file, pass {TRUST_HINT}"
         )
     try:
@@ -235,8 +248,20 @@ def _shown(types: list[str]) -> str:
     return ", ".join(types[:_SHOWN_TYPES]) + more
 
 
-def _libsvm_types(path: Path) -> list[str]:
-    """The libsvm estimator types a skops file holds (`_LIBSVM_CLASSES`), as module.Class names."""
+def _check_one_output(est: Any, label: str) -> None:
+    """A multi-output classifier (a list of `classes_`, one per output) cannot give one score a row:
+    loaded, every request failed with 'list indices must be integers or slices, not list'."""
+    classes = getattr(est, "classes_", None)
+    outputs = getattr(est, "n_outputs_", 1)
+    if (isinstance(outputs, int | np.integer) and outputs > 1) or (
+        classes is not None and any(np.ndim(c) > 0 for c in classes)
+    ):
+        raise ModelSpecError(f"model {label}: {type(est).__name__} predicts several outputs per row; a model "
+                             "serves one score (or label) per request: serve one estimator per output")
+
+
+def _unchecked_types(path: Path) -> list[str]:
+    """The types a skops file holds that `_UNCHECKED` names, as module.Class names."""
     with zipfile.ZipFile(path) as archive:
         schema = json.loads(archive.read(_SCHEMA))
     found: set[str] = set()
@@ -245,12 +270,19 @@ def _libsvm_types(path: Path) -> list[str]:
         node = pending.pop()
         if isinstance(node, dict):
             module, name = node.get("__module__"), node.get("__class__")
-            if isinstance(module, str) and module.startswith("sklearn.svm") and name in _LIBSVM_CLASSES:
+            if isinstance(module, str) and isinstance(name, str) and _is_unchecked(module, name):
                 found.add(f"{module}.{name}")
             pending.extend(node.values())
         elif isinstance(node, list):
             pending.extend(node)
     return sorted(found)
+
+
+def _is_unchecked(module: str, name: str) -> bool:
+    for prefix, classes in _UNCHECKED.items():
+        if module == prefix or module.startswith(prefix + "."):
+            return classes is None or name in classes
+    return False
 
 
 def _single_job_forest(est: Any) -> list[Any] | None:
@@ -277,6 +309,17 @@ def _from_proba(proba: np.ndarray, classes: list[str]) -> list[Prediction]:
     scores = proba[:, -1].tolist()
     labels = [classes[i] for i in proba.argmax(axis=1).tolist()] if classes else [None] * len(scores)
     return [Prediction(s, lab) for s, lab in zip(scores, labels, strict=True)]
+
+
+def _one_per_row(values: np.ndarray, n: int) -> np.ndarray:
+    """predict()'s values as one per row: a multi-target regressor's first target alone was
+    written as the score, the others dropped without a word."""
+    if values.ndim == 2 and values.shape == (n, 1):
+        return values[:, 0]
+    if values.shape != (n,):
+        raise ValueError(f"predict() returned shape {values.shape} for {n} rows; a model gives one value per row "
+                         "(a multi-target regressor: serve one estimator per target)")
+    return values
 
 
 def _from_values(values: np.ndarray, is_classifier: bool) -> list[Prediction]:
