@@ -142,7 +142,14 @@ def _in_range(messages: list[Message], pending: dict[int, PartitionSpan]) -> tup
             _raise(msg, err)
         wanted = pending.get(partition)
         offset = msg.offset() or 0
-        if wanted is None or offset >= wanted.end:
+        if wanted is None:
+            continue
+        if offset >= wanted.end:
+            # Past the range: its last offsets were a transaction's marker (a read_committed
+            # consumer never sees one, the end of a --to time usually follows one), so nothing
+            # more of it will come; read on, it fetched the partition to its current end.
+            del pending[partition]
+            drained.append(partition)
             continue
         if not is_control_record(msg):  # a seal (core/control_records.py) is no comparison record
             values.append(msg.value())
@@ -187,6 +194,7 @@ def _span_bounds(bounds: Bounds) -> dict[str, int | None]:
 def read_range(
     config: dict[str, Any], topic: str, bounds: Bounds, *, timeout: float = 15.0, max_records: int = 0,
     workers: int = 1, on_plan: Callable[[int], None] | None = None, progress: Progress | None = None,
+    schema_registry: str = "",
 ) -> ReadResult:  # fmt: skip
     """Resolve the range, then read it; `on_plan` hears the number of offsets in range first.
 
@@ -204,7 +212,7 @@ def read_range(
     if workers > 1 and result.offsets >= MIN_PARALLEL and not max_records:
         from services.compare_report.workers import read_parallel
 
-        result.columns, result.skipped = read_parallel(config, topic, spans, workers, progress)
+        result.columns, result.skipped = read_parallel(config, topic, spans, workers, progress, schema_registry)
     else:
         result.columns, result.skipped, result.truncated = read_partitions(
             config, topic, spans, max_records=max_records, progress=progress)

@@ -18,6 +18,7 @@ def report_from_topic(
     result = read_range(
         settings.librdkafka(), topic, bounds, timeout=settings.connect_timeout_s,
         max_records=settings.max_records, workers=settings.workers, on_plan=on_plan, progress=progress,
+        schema_registry=settings.schema_registry,
     )  # fmt: skip
     source = f"{topic} {bounds.describe()}"
     report = summarize(result.columns.frame(), settings.champion or None, settings.bucket_ms(),

@@ -143,7 +143,9 @@ def plausible(frame: Frame, now: int) -> tuple[Frame, int]:
     if broken_latency.any():
         keep &= np.bincount(frame.row[broken_latency], minlength=frame.records) == 0
     score = np.where(np.isinf(frame.score), np.nan, frame.score) if np.isinf(frame.score).any() else frame.score
-    if keep.all():
+    # A model named only as chosen, with no output, is no model of the range either way: kept when
+    # nothing was left out, it became a row of n=0 that could win the champion vote.
+    if keep.all() and np.bincount(frame.model, minlength=len(frame.models)).all():
         return (frame if score is frame.score else replace(frame, score=score)), 0
     row_keep = keep[frame.row]
     renumbered = np.cumsum(keep) - 1

@@ -83,7 +83,9 @@ def print_report(report: Report, console: Console) -> None:
 def report_dict(report: Report) -> dict[str, Any]:
     """The report's figures for scripts (`--format json`): the table's content, no plots."""
     def number(value: float) -> float | None:
-        return None if value != value else float(value)  # NaN -> null: JSON has no NaN
+        # NaN and the infinities -> null: JSON has none (a mean difference of far-apart finite
+        # scores overflows to inf, and json.dumps wrote Infinity, which no JSON parser reads).
+        return float(value) if math.isfinite(value) else None
 
     models = [{
         "model": m.name, "versions": list(m.versions), "champion": m.champion, "n": m.n, "errors": m.errors,
@@ -98,4 +100,4 @@ def report_dict(report: Report) -> dict[str, Any]:
 
 
 def print_report_json(report: Report) -> None:
-    sys.stdout.write(json.dumps(report_dict(report), indent=2) + "\n")
+    sys.stdout.write(json.dumps(report_dict(report), indent=2, allow_nan=False) + "\n")

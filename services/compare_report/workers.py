@@ -15,6 +15,7 @@ from typing import Any
 
 from services.compare_report.columns import Columns
 from services.compare_report.reader import Progress, read_partitions
+from services.core.codec import codec
 from services.core.topic_range import PartitionSpan
 
 POLL_S = 0.2
@@ -32,8 +33,15 @@ def split(spans: list[PartitionSpan], workers: int) -> list[list[PartitionSpan]]
     return [g for g in groups if g]
 
 
-def _init(counters: list[Any]) -> None:
+def _init(counters: list[Any], schema_registry: str) -> None:
     _counters[:] = counters
+    if schema_registry:
+        # Registry-framed records are looked up in each process: the parent's lookups are not
+        # inherited by a spawned process, so every record of a registry-framed log was skipped.
+        from services.core.registry import SchemaRegistry
+        from services.core.wire import IdLookup
+
+        codec("comparison").read_registry_ids(IdLookup(SchemaRegistry(schema_registry)))
 
 
 def _read(index: int, config: dict[str, Any], topic: str, spans: list[PartitionSpan]) -> tuple[Columns, int]:
@@ -47,13 +55,16 @@ def _read(index: int, config: dict[str, Any], topic: str, spans: list[PartitionS
 
 
 def read_parallel(
-    config: dict[str, Any], topic: str, spans: list[PartitionSpan], workers: int, progress: Progress | None = None
+    config: dict[str, Any], topic: str, spans: list[PartitionSpan], workers: int, progress: Progress | None = None,
+    schema_registry: str = "",
 ) -> tuple[Columns, int]:
-    """Columns of every span, read by up to `workers` processes; returns (columns, skipped)."""
+    """Columns of every span, read by up to `workers` processes; returns (columns, skipped).
+    `schema_registry`: where registry-framed records' schemas are looked up (--schema-registry)."""
     groups = split(spans, workers)
     context = multiprocessing.get_context("spawn")
     counters = [context.Value("q", 0, lock=False) for _ in groups]
-    with ProcessPoolExecutor(len(groups), mp_context=context, initializer=_init, initargs=(counters,)) as pool:
+    with ProcessPoolExecutor(len(groups), mp_context=context, initializer=_init,
+                             initargs=(counters, schema_registry)) as pool:
         futures = [pool.submit(_read, i, config, topic, group) for i, group in enumerate(groups)]
         _follow(futures, counters, progress)
         parts = [f.result() for f in futures]  # raises the first worker's error, as one line in the CLI

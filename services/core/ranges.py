@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from services.core.errors import ConfigError
 
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 # Epoch milliseconds below this (1973-03-03) are almost surely epoch *seconds* typed by mistake.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MIN_EPOCH_MS = 100_000_000_000
 # The end of year 9999 (what an ISO time can name) and Kafka's largest offset.
 _MAX_EPOCH_MS = 253_402_300_799_999
@@ -128,7 +129,9 @@ def _parse_iso_ms(value: str, flag: str) -> int:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    ms = int(moment.timestamp() * 1000)
+    # In whole milliseconds, exactly: the float product timestamp() * 1000 fell 1 ms short for
+    # some times (2038-06-21T11:24:11.299Z read as ...298).
+    ms = (moment - _EPOCH) // timedelta(milliseconds=1)
     if ms < 0:  # Kafka's offset lookup reads -1, -2 and -3 as latest, earliest and max timestamp
         raise ConfigError(f"{flag}: {value[:40]!r} is before 1970; no Kafka record is")
     return ms

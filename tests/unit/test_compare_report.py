@@ -773,3 +773,86 @@ def test_max_records_says_the_range_holds_more_only_when_it_does(
     monkeypatch.setattr(reader, "reader_consumer", lambda _config: stand_in)
     columns, _skipped, stopped = reader.read_partitions({}, "rdv.log", [PartitionSpan(0, 0, holds)], max_records=100)
     assert len(columns) == 100 and stopped is truncated
+
+
+# --- from a review: figures and pages that odd logs broke ----------------------------------------
+
+
+def _record(i: int, outputs: list[dict[str, Any]], chosen: str = "a", created: int = NOW) -> dict[str, Any]:
+    return {"request_id": f"r{i}", "created_at": created + i, "deadline": created + i + 1000,
+            "answered_at": created + i + 500, "status": "OK", "chosen_model": chosen, "reason": "",
+            "schedule": "", "schedule_version": 0, "outputs": outputs}  # fmt: skip
+
+
+def _output(model: str, score: float = 0.5, latency: float = 5.0) -> dict[str, Any]:
+    return {"model": model, "version": "1", "score": score, "label": "x", "error": None, "latency_ms": latency,
+            "compute_ms": 1.0, "late": False}
+
+
+def test_the_json_report_is_json_when_a_figure_overflows(capsys: pytest.CaptureFixture[str]) -> None:
+    """Scores far apart (finite) overflow the mean difference to inf: json.dumps wrote Infinity."""
+    import json
+
+    from services.compare_report.table import print_report_json
+
+    far = [_record(i, [_output("a", 1e308), _output("b", -1e308)]) for i in range(5)]
+    print_report_json(summarize_records(far))
+    parsed = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    assert next(m for m in parsed["models"] if m["model"] == "b")["mad"] is None
+
+
+def test_the_page_is_written_when_latencies_are_too_far_apart_to_plot() -> None:
+    """One forged latency of 1.7e308 (finite, so kept) beside a 0 ms one: matplotlib raised, no page."""
+    logged = [_record(i, [_output("a", latency=0.0), _output("b", latency=3.0)]) for i in range(50)]
+    logged.append(_record(99, [_output("a", latency=2.0), _output("forged", latency=1.7e308)]))
+    assert "latencies too far apart to plot" in render_html(summarize_records(logged))
+
+
+def test_a_model_named_only_as_chosen_is_no_model_of_the_range() -> None:
+    """Kept when nothing was left out (a row of n=0 that won the champion vote), dropped when any
+    other record was: the champion depended on an unrelated record."""
+    logged = [_record(i, [_output("a"), _output("b")], chosen="ghost" if i < 5 else "a") for i in range(7)]
+    as_is = summarize_records(logged)
+    with_left_out = summarize_records([*logged, _record(0, [_output("a")], created=0)])  # from 1970: left out
+    for report in (as_is, with_left_out):
+        assert report.champion == "a" and [m.name for m in report.models] == ["a", "b"]
+
+
+def test_an_iso_time_with_milliseconds_parses_to_that_millisecond() -> None:
+    """timestamp() * 1000 as a float fell 1 ms short for some times."""
+    assert parse_bound("2038-06-21T11:24:11.299Z", "--from") == TimeBound(2160732251299)  # was ...298
+
+
+def _message(partition: int, offset: int) -> Any:
+    from confluent_kafka import Message
+
+    return Message(topic="log", partition=partition, offset=offset, value=b"v")
+
+
+def test_a_range_ending_in_a_transaction_marker_is_read_to_its_end_not_the_partitions() -> None:
+    """A read_committed consumer never sees the marker at end - 1: the next record, past the
+    range, now ends the partition's read, which went on to the partition's current end."""
+    from services.compare_report.reader import _in_range
+
+    pending = {0: PartitionSpan(0, 0, 11), 1: PartitionSpan(1, 0, 5)}
+    values, drained = _in_range([_message(0, o) for o in range(10)] + [_message(0, 11), _message(1, 0)], pending)
+    assert len(values) == 11 and drained == [0] and list(pending) == [1]
+
+
+def _looks_up_ids() -> bool:
+    return codec("comparison").looks_up_ids
+
+
+def test_each_reader_process_looks_up_registry_framed_records() -> None:
+    """The parent's registry lookups are not inherited by a spawned reader: with --workers 2 every
+    record of a registry-framed log was skipped."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from services.compare_report.workers import _init
+
+    context = multiprocessing.get_context("spawn")
+    for registry, expected in (("http://127.0.0.1:9", True), ("", False)):
+        counters = [context.Value("q", 0, lock=False)]
+        with ProcessPoolExecutor(1, mp_context=context, initializer=_init, initargs=(counters, registry)) as pool:
+            assert pool.submit(_looks_up_ids).result(60) is expected
