@@ -152,12 +152,15 @@ class Join:
         self.schedule_for = schedules.for_request  # created_at -> the schedule version governing it
         self.outputs = outputs
         self.wall_ms = wall_ms
-        self.mailboxes: dict[str, Mailbox] = {}
+        self.mailboxes: dict[str, Mailbox] = {}  # request id -> its open request (orphans: below)
         self.clocks: LogClocks[Mailbox] = LogClocks(_timer_matters)  # scores partitions: they decide
         self._requests_read: dict[int, int] = {}  # requests partition -> newest append time read
         self.answered = 0
         self.logged = 0
-        # Orphans per scores partition, in the order read (their append times grow).
+        # Orphans (scores whose request has not been read) per scores partition, in the order read
+        # (their append times grow). Kept by partition and id: a stray score of an id on another
+        # partition number (a worker breaking the rule, or forged) has its own, so it neither
+        # refuses the real scores nor takes their place when the request comes.
         self._orphans: dict[int, OrderedDict[str, Mailbox]] = {}
         self._orphan_count = 0
         self._remembered = RememberedIds(limits.max_remembered)
@@ -187,7 +190,7 @@ class Join:
     @property
     def waiting(self) -> int:
         """Mailboxes that hold a request (what request intake is throttled on)."""
-        return len(self.mailboxes) - self._orphan_count
+        return len(self.mailboxes)
 
     def live_models(self, wall_ms: int) -> set[str]:
         if self._live is not None and 0 <= wall_ms - self._live[0] < LIVE_CACHE_MS:
@@ -274,7 +277,10 @@ class Join:
         for rid in [rid for rid, mb in self.mailboxes.items() if mb.partition in partitions]:
             self.mailboxes.pop(rid).closed = True
         for partition in partitions:
-            self._orphan_count -= len(self._orphans.pop(partition, {}))
+            dropped: dict[str, Mailbox] = self._orphans.pop(partition, {})
+            for orphan in dropped.values():
+                orphan.closed = True
+            self._orphan_count -= len(dropped)
             self._requests_read.pop(partition, None)
         self._remembered.drop_partitions(partitions)
         self.clocks.forget(partitions)
@@ -289,7 +295,7 @@ class Join:
         self._finished.partition_of.update(finished.partition_of)
         self._rereading.update(finished.partition_of.values())
         for rid, (partition, log_time, answer) in sorted(finished.remembered.items(), key=lambda kv: kv[1][1]):
-            if rid not in self._remembered and rid not in self.mailboxes and rid not in finished.partition_of:
+            if rid not in self._remembered and not self._open(rid) and rid not in finished.partition_of:
                 self._remember(rid, partition, answer, log_time, None)
 
     def end_reread(self, partition: int) -> None:
@@ -306,7 +312,7 @@ class Join:
             del finished.partition_of[rid]
             finished.logged.discard(rid)
             answer = finished.answered.pop(rid, None)
-            if answer is not None and rid not in self.mailboxes and rid not in self._remembered:
+            if answer is not None and not self._open(rid) and rid not in self._remembered:
                 self._remember(rid, partition, answer, answer["answered_at"], None)
 
     # -- records ---------------------------------------------------------------------------
@@ -328,19 +334,19 @@ class Join:
             if rid in finished.logged:
                 return self._relogged(request, reply)
         mailbox = self.mailboxes.get(rid)
-        if mailbox is not None and mailbox.partition != request.partition:
-            if mailbox.has_request:
+        if mailbox is not None:
+            if mailbox.partition != request.partition:
                 return self._elsewhere(request, reply, mailbox.partition)
-            self._drop_stray_orphan(mailbox, request.partition)
-            mailbox = None
+            return self._repeated(request, mailbox, reply)
+        mailbox = self._orphan(request.partition, rid)
         if mailbox is None:
             self._forget_if_past(rid, request.log_time)
-        if (mailbox is not None and mailbox.has_request) or (mailbox is None and rid in self._remembered):
-            return self._repeated(request, mailbox, reply)
-        if mailbox is None:
-            mailbox = self.mailboxes[rid] = Mailbox(rid, request.partition, request.log_time)
+            if rid in self._remembered:
+                return self._repeated(request, None, reply)
+            mailbox = Mailbox(rid, request.partition, request.log_time)
         else:
             self._unorphan(mailbox)  # its scores came first; now it has its request
+        self.mailboxes[rid] = mailbox
         self._attach(mailbox, request, reply)
         # Restored first: an invalid request answered before a restart keeps that answer (its
         # comparison record may not have been committed with it) instead of getting a second one.
@@ -365,6 +371,8 @@ class Join:
             # committed unanswered when that other partition is given up.
             self.metrics.inc(child(m.ELSEWHERE, "score"))
             return None
+        if mailbox is None:
+            mailbox = self._orphan(score.partition, rid)
         if score.model not in self._models_seen:
             # Only under a flood of more than MAX_MODELS names (forged): which get through then
             # depends on when each was last seen, a bound on memory that no instance can avoid.
@@ -483,28 +491,18 @@ class Join:
                                  request.created_at, self._deadline(schedule, request), None, None)
         return self._send_again(reply, refusal)
 
-    def _drop_stray_orphan(self, orphan: Mailbox, partition: int) -> None:
-        """Scores that came on another partition number than their request: not joined to it."""
-        self._unorphan(orphan)
-        self.metrics.inc(child(m.ELSEWHERE, "score"), len(orphan.arrivals))
-        log.debug("dropping %d score(s) of %s: they came on partition %d, their request on %d",
-                  len(orphan.arrivals), orphan.request_id, orphan.partition, partition)
-        orphan.closed = True
-        del self.mailboxes[orphan.request_id]
-
     def _relogged(self, request: RequestIn, reply: Reply | None) -> Receipt | None:
         """A re-read request answered and logged before a restart: nothing is redone, but its
         reply is sent again (it may not have been acknowledged before the crash)."""
         rid = request.request_id
         self._finished.logged.discard(rid)
-        orphan = self.mailboxes.get(rid)
+        orphan = self._orphan(request.partition, rid)
         # Its scores, re-read first: done with too (else they would wait, holding their partition's
-        # offsets, and a retry of the id would be attached to them as a new request). A mailbox of
-        # the id on another partition is another request's.
-        if orphan is not None and orphan.partition == request.partition:
+        # offsets, and a retry of the id would be attached to them as a new request). Scores of
+        # the id on another partition are another request's.
+        if orphan is not None:
             self._unorphan(orphan)
             orphan.closed = True
-            del self.mailboxes[rid]
         answer = self._finished.answered.pop(rid, None)
         # Not this request's inputs: the one answered may be before the re-read (its answer logged
         # past the mark of a request after it), and this a later one under its id, with other
@@ -533,6 +531,14 @@ class Join:
         for reply in mailbox.replies:
             self.outputs.repeat(reply, answer, mailbox)
 
+    def _orphan(self, partition: int, rid: str) -> Mailbox | None:
+        orphans = self._orphans.get(partition)
+        return orphans.get(rid) if orphans else None
+
+    def _open(self, rid: str) -> bool:
+        """Whether `rid` has a mailbox: its request's, or its scores' on any partition."""
+        return rid in self.mailboxes or any(rid in orphans for orphans in self._orphans.values())
+
     def _unorphan(self, mailbox: Mailbox) -> None:
         """Take an orphan off its partition's list (its request came, or its scores are dropped)."""
         del self._orphans[mailbox.partition][mailbox.request_id]
@@ -540,7 +546,7 @@ class Join:
 
     def _open_orphan(self, rid: str, score: ScoreIn) -> Mailbox:
         orphans = self._orphans.setdefault(score.partition, OrderedDict())
-        mailbox = self.mailboxes[rid] = orphans[rid] = Mailbox(rid, score.partition, score.log_time)
+        mailbox = orphans[rid] = Mailbox(rid, score.partition, score.log_time)
         self._orphan_count += 1
         if self._orphan_count > self.limits.max_orphans:
             # From the partition holding the most: forged scores flooding one partition must not
@@ -654,7 +660,6 @@ class Join:
         log.debug("dropping %d score(s) of %s: %s", len(mailbox.arrivals), mailbox.request_id, why)
         self.metrics.inc(m.ORPHAN_SCORES, len(mailbox.arrivals))
         mailbox.closed = True
-        del self.mailboxes[mailbox.request_id]
 
     def _forget_if_past(self, rid: str, log_time: int) -> None:
         """A request under a closed id whose time is up by the request's own append time is a new

@@ -94,6 +94,8 @@ CLOCK_RECORD_FAILURES = Counter(
     "log line says why).",
 )
 MAILBOXES = Gauge("rdv_mailboxes_open", "Requests in flight (answered-but-not-logged included).")
+ORPHANS = Gauge("rdv_orphans_waiting", "Request ids whose scores came first and wait for their request "
+                "(at most --max-orphans).")
 SCHEDULE = Gauge(
     "rdv_schedule_info", "The schedule in force (value 1), by name, version and preferred model.",
     ["name", "version", "preferred"],

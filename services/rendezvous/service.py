@@ -273,6 +273,7 @@ class Rendezvous(Probed):
         self._brake_scores()
         self.schedules.show(now_ms())
         m.MAILBOXES.set(len(self.join.mailboxes))
+        m.ORPHANS.set(self.join.orphans)
         self._send_replies()  # those decided outside a batch (a takeover's repeats, verdicts that came in)
         self._fast.poll(0)
 

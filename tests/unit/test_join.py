@@ -4,6 +4,7 @@ records decides the same."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -735,12 +736,30 @@ def test_scores_on_another_partition_do_not_hold_a_request_that_is_committed_una
     book = OffsetBook()
     join.on_score(score("y", "champion", T0 + 1, partition=1))
     owner = join.on_request(request("y", partition=0))
-    assert owner is not None and owner.partition == 0 and join.orphans == 0
+    # Not joined: the stray waits on its own partition, to be dropped as any orphan.
+    assert owner is not None and owner.partition == 0 and join.orphans_by_partition() == {1: 1}
     book.track("requests", 0, 41, owner)
     join.drop_partitions({1})
     assert [(tp.partition, tp.offset) for tp in book.to_commit()] == [(0, 41)]  # not past it: unanswered
     join.on_score(score("y", "champion", T0 + 5, partition=0))
     assert decided(out) == {"y": ("OK", "champion", T0 + 5)}
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(["request", "real", "stray"])))
+def test_a_stray_score_on_another_partition_changes_no_answer_whatever_the_order(order: tuple[str, ...]) -> None:
+    """Read before the real scores, a stray score of the id on scores partition 1 made them
+    'elsewhere' (refused), and the request, coming last, dropped the stray and waited for scores
+    already thrown away: TIMEOUT, where every other order answered OK (a review)."""
+    join, out = make_join()
+    records = {
+        "request": lambda: join.on_request(request("x", at=T0, partition=0)),
+        "real": lambda: join.on_score(score("x", "champion", T0 + 10, partition=0)),
+        "stray": lambda: join.on_score(score("x", "champion", T0 + 20, partition=1)),
+    }
+    for name in order:
+        records[name]()
+    join.on_clock(0, T0 + 5_000)
+    assert decided(out) == {"x": ("OK", "champion", T0 + 10)}
 
 
 def test_a_request_id_open_on_another_partition_is_answered_error_not_joined() -> None:
