@@ -55,7 +55,9 @@ _SPELLING_CANDIDATES = 64
 _SPELLINGS_PER_SECOND = 10
 _REMEMBERED_HINTS = 1024
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.:/-]+")
-_NUMBER_TYPES = frozenset((float, int))  # exactly: bool is an int, and not a number here
+# Exactly these (bool is an int, and not a number here; numpy's scalars are, its bool_ not).
+_NUMBER_TYPES = frozenset((float, int, np.float64, np.float32, np.float16, np.int64, np.int32, np.int16, np.int8,
+                           np.uint64, np.uint32, np.uint16, np.uint8))
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +288,7 @@ def _listed_values(pairs: Sequence[tuple[str, Any]]) -> str:
 
 
 def _is_finite_number(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         return False
     try:
         return math.isfinite(value)

@@ -17,6 +17,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,14 +88,37 @@ def provision(progress: Progress | None = None) -> Path:
     with locked(home / ".lock"):
         if _provisioned(home):  # another process finished while we waited
             return _run_jar(home)
-        (progress or (lambda _m: None))(f"Fetching Apicurio Registry {APICURIO_VERSION} from Maven Central ...")
-        shutil.rmtree(home / "target", ignore_errors=True)  # what a fetch cut short left
+        if not _whole_from_before_the_marker(home):
+            _fetch(home, progress)
+        (home / MARKER).write_text(APICURIO_VERSION + "\n")
+    return _run_jar(home)
+
+
+def _whole_from_before_the_marker(home: Path) -> bool:
+    """A cache written before the marker existed, taken as it is when its run jar is a whole zip
+    and its libraries are there: fetched again, an offline machine lost a registry that ran."""
+    jar = _run_jar(home)
+    return zipfile.is_zipfile(jar) and any((jar.parent / "lib").rglob("*.jar"))
+
+
+def _fetch(home: Path, progress: Progress | None) -> None:
+    """Maven's unpack into target/, what was there kept aside until it has succeeded."""
+    (progress or (lambda _m: None))(f"Fetching Apicurio Registry {APICURIO_VERSION} from Maven Central ...")
+    target, kept = home / "target", home / f"target.kept-{os.getpid()}"
+    shutil.rmtree(kept, ignore_errors=True)
+    if target.exists():
+        target.rename(kept)
+    try:
         (home / "pom.xml").write_text(_POM)
         run_maven(home / "pom.xml", ["package"], f"Apicurio Registry {APICURIO_VERSION}")
         if not _run_jar(home).is_file():
             raise ConfigError(f"Maven finished but left no {_run_jar(home)}")
-        (home / MARKER).write_text(APICURIO_VERSION + "\n")
-    return _run_jar(home)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        if kept.exists():
+            kept.rename(target)
+        raise
+    shutil.rmtree(kept, ignore_errors=True)
 
 
 def _java_version(java: Path) -> int:

@@ -242,6 +242,10 @@ def rescue(config: RescueConfig, snap: Snapshot, board: Reader) -> bool | None:
             return None
         commit(config, snap, scores)
     except (KafkaException, RendezvousError, RuntimeError, ValueError) as exc:
+        if moved_on(snap, board.read()):  # nothing committed, and the worker went on: it is not killed
+            log.warning("the rescue of model %s failed (%s), but the model returned meanwhile: it stands down",
+                        stuck, exc)
+            return None
         log.error("rescue of the worker stuck in model %s failed, the batch (%s %s) is read again by the next "
                   "worker: %s; killing the worker (pid %d)", stuck, config.requests_topic, span, exc, config.parent)
         return False
@@ -323,6 +327,11 @@ def run(config: RescueConfig) -> int:
             if snap is None:
                 return 0
             board.take()
+            if moved_on(snap, board.read()):
+                # The worker went on between the look and the take: its next batch must not wait
+                # for this one to be read from Kafka.
+                board.release()
+                continue
             deadline = threading.Timer(GIVE_UP_AFTER_S, _give_up, (config, parent))
             deadline.daemon = True
             deadline.start()

@@ -373,6 +373,10 @@ class Join:
             return None
         if mailbox is None:
             mailbox = self._orphan(score.partition, rid)
+        if mailbox is not None and self._full(mailbox, score):
+            # Before it is counted or its name tracked: refused, it takes no series nor slot.
+            self.metrics.inc(m.SCORES_REFUSED)
+            return None
         if score.model not in self._models_seen:
             # Only under a flood of more than MAX_MODELS names (forged): which get through then
             # depends on when each was last seen, a bound on memory that no instance can avoid.
@@ -388,9 +392,6 @@ class Join:
                 self.metrics.inc(child(m.LATE_SCORES, model_label, "true"))
                 return None
             mailbox = self._open_orphan(rid, score)
-        elif self._full(mailbox, score):
-            self.metrics.inc(m.SCORES_REFUSED)
-            return None
         value, error = score.score, score.error
         if value is not None and not isfinite(value):  # NaN is no answer to give with confidence
             value, error = None, error or f"its score is not a finite number ({value})"

@@ -280,6 +280,8 @@ def test_one_request_keeps_a_bounded_number_of_scores_of_models_its_schedule_doe
         join.on_request(request("r", at=at + 2, created=T0, budget=60_000))
     kept = join.mailboxes["r"].arrivals
     assert len(kept) == MAX_UNSCHEDULED_PER_REQUEST + 1 and "champion" in kept
+    # Refused, a name takes no metric series (nor a slot in the table of names):
+    assert ("shadow-0-100", "v1") not in join._labelled and ("shadow-0-63", "v1") in join._labelled
     assert sorted(kept)[:2] == ["champion", "shadow-0-0"] and "shadow-0-64" not in kept  # the first ones, in log order
     join.on_clock(0, at + 61_000)
     assert decided(out) == {"r": ("OK", "champion", at + 1)}

@@ -191,3 +191,33 @@ def test_a_registry_port_in_use_is_a_one_line_error_before_anything_starts(monke
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match=rf"port {port} is in use \(another schema registry\?\)"):
             registry.start(port)
+
+
+def test_a_registry_cache_from_before_the_marker_is_kept_and_a_failed_fetch_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fetched again for want of the marker, an offline machine lost a registry that ran."""
+    import zipfile
+
+    monkeypatch.setenv("RDV_CACHE_DIR", str(tmp_path / "cache"))
+    fetches: list[str] = []
+    monkeypatch.setattr(registry, "run_maven", lambda *_a: (fetches.append("maven"), pytest.fail("fetched"))[1])
+    jar = registry._run_jar(registry.registry_home())
+    (jar.parent / "lib" / "main").mkdir(parents=True)
+    (jar.parent / "lib" / "main" / "a.jar").write_bytes(b"jar")
+    with zipfile.ZipFile(jar, "w") as whole:
+        whole.writestr("META-INF/MANIFEST.MF", "Main-Class: x\n")
+    assert registry.provision() == jar and fetches == []
+
+    (registry.registry_home() / registry.MARKER).unlink()
+    jar.write_bytes(b"PK")  # cut short now: fetched again, and the fetch fails (offline)
+
+    def offline(*_args: Any) -> None:
+        (jar.parent).mkdir(parents=True, exist_ok=True)
+        jar.write_bytes(b"P")  # what Maven left before it failed
+        raise ConfigError("Maven: could not resolve (offline)")
+
+    monkeypatch.setattr(registry, "run_maven", offline)
+    with pytest.raises(ConfigError, match="offline"):
+        registry.provision()
+    assert jar.read_bytes() == b"PK" and (jar.parent / "lib" / "main" / "a.jar").is_file()  # as it was

@@ -506,14 +506,17 @@ def test_a_worker_whose_scores_the_rendezvous_would_refuse_does_not_start() -> N
 
 
 def _graph(tmp_path: Path, name: str, nodes: list[Any], input_shape: list[Any], outputs: list[tuple[str, list[Any]]],
-           features: int = 4) -> Path:
-    """A hand-made ONNX graph over X (float), with W a fixed (4, 2) weight, and its sidecar."""
+           features: int = 4, extra: dict[str, list[int]] | None = None) -> Path:
+    """A hand-made ONNX graph over X (float), with W a fixed (4, 2) weight (and `extra` int64
+    constants), and its sidecar."""
     import onnx
     from onnx import TensorProto, helper
 
     weights = helper.make_tensor("W", TensorProto.FLOAT, [4, 2], [0.1, -0.1, 0.2, -0.2, 0.3, -0.3, 0.4, -0.4])
+    constants = [helper.make_tensor(k, TensorProto.INT64, [len(v)], v) for k, v in (extra or {}).items()]
     graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("X", TensorProto.FLOAT, input_shape)],
-                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, s) for o, s in outputs], [weights])
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, s) for o, s in outputs],
+                              [weights, *constants])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     path = tmp_path / f"{name}.onnx"
@@ -535,13 +538,22 @@ def test_onnx_outputs_not_one_value_a_row_are_refused_at_load(tmp_path: Path) ->
 
     transposed = _graph(tmp_path, "transposed", [_matmul(), helper.make_node("Transpose", ["Z"], ["probabilities"])],
                         ["N", 4], [("probabilities", [2, "N"])])
-    with pytest.raises(ModelSpecError, match=r"output 'probabilities' has shape \[2, 'N'\]: an output must hold "
-                                             r"the rows first"):
+    with pytest.raises(ModelSpecError, match=r"output 'probabilities' gives shape \(2, 3\) for 3 rows, not "
+                                             r"\(rows, classes\)"):
         load_model(str(transposed))
     softmax = _graph(tmp_path, "softmax", [_matmul(), helper.make_node("Softmax", ["Z"], ["output"], axis=1)],
                      ["N", 4], [("output", ["N", 2])])
-    with pytest.raises(ModelSpecError, match=r"output 'output' has 2 columns per row; a score is one value"):
+    with pytest.raises(ModelSpecError, match=r"output 'output' gives shape \(3, 2\) for 3 rows, not one value a row"):
         load_model(str(softmax))
+    # Declared shapes are not trusted either way: exporters leave a fixed [1, 1] after a dynamic batch.
+    for name, shape in (("declared_one", [1, 1]), ("rank_three", ["N", 1, 1])):
+        nodes = [_matmul(), helper.make_node("ReduceMax", ["Z"], ["Y"], axes=[1], keepdims=1)]
+        if len(shape) == 3:
+            nodes[-1] = helper.make_node("ReduceMax", ["Z"], ["R"], axes=[1], keepdims=1)
+            nodes.append(helper.make_node("Unsqueeze", ["R", "axis"], ["Y"]))
+        path = _graph(tmp_path, name, nodes, ["N", 4], [("Y", shape)], extra={"axis": [2]})
+        scores = [p.score for p in load_model(str(path)).predict(np.array([[1.0, 0, 0, 0], [0, 0, 0, 2.0]]))]
+        assert scores == pytest.approx([0.1, 0.8], rel=1e-5), name
 
 
 def test_onnx_probabilities_outside_0_and_1_fail_their_row(tmp_path: Path) -> None:
@@ -557,7 +569,7 @@ def test_a_sidecar_that_does_not_fit_a_symbolic_input_is_said_at_load(tmp_path: 
     """It loaded, then every request failed with onnxruntime's own text."""
     symbolic = _graph(tmp_path, "symbolic", [_matmul("probabilities")], ["N", "K"], [("probabilities", ["N", 2])],
                       features=3)
-    with pytest.raises(ModelSpecError, match=r"one row of 3 features, as the sidecar lists them, does not run "
+    with pytest.raises(ModelSpecError, match=r"rows of 3 features, as the sidecar lists them, do not run "
                                              r"through the graph"):
         load_model(str(symbolic))
 
@@ -596,6 +608,26 @@ def test_a_skops_neighbours_classifier_needs_trust(tmp_path: Path) -> None:
                                              r" whose fitted arrays compiled code follows"):
         load_model(str(path))
     assert len(load_model(str(path), trust_model_file=True).predict(x[:3])) == 3
+
+
+def test_safe_neighbours_and_multi_class_models_load_without_the_flag(tmp_path: Path) -> None:
+    """NearestCentroid checks its dimensions (numpy alone), and a multi-class MLPClassifier's
+    n_outputs_ is its class count: neither was to be refused (a review of the rules above)."""
+    from sklearn.neighbors import NearestCentroid
+    from sklearn.neural_network import MLPClassifier
+
+    x, y = demo_data()
+    path = tmp_path / "centroid.skops"
+    skops_io.dump(NearestCentroid().fit(x, y), path)
+    (tmp_path / "centroid.features.json").write_text(json.dumps(list(DEMO_FEATURES)))
+    assert len(load_model(str(path)).predict(x[:3])) == 3
+    three = np.arange(len(y)) % 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # it does not converge in 20 iterations: irrelevant here
+        mlp = MLPClassifier(max_iter=20, random_state=0).fit(x, three)
+    model = SklearnModel.from_estimator(mlp, feature_names=list(DEMO_FEATURES))
+    model.load()
+    assert [p.label for p in model.predict(x[:4])] == [str(c) for c in mlp.predict(x[:4])]
 
 
 def test_a_model_of_several_outputs_a_row_is_refused_or_fails_its_rows() -> None:

@@ -181,10 +181,11 @@ def test_a_rescue_that_stood_down_releases_the_batch_and_watches_on(
 
     config = RescueConfig({}, "rq", "sc", "g", [Model("a", "1", "h")], 2.0, 256, board.path, 4242)
     outcomes, flags_seen, watching, killed = [None, True], [], [], []
+    board.batch(messages([(0, range(1, 2))]), META, 100.0)  # a turn running: what the rescue takes
 
     def watch(_config: RescueConfig, _reader: Reader, _alive: object) -> Snapshot:
         watching.append(board.rescuing())
-        return snapshot()
+        return read(board._buf)
 
     monkeypatch.setattr(module, "watch", watch)
     monkeypatch.setattr(module, "kill", killed.append)
@@ -340,3 +341,55 @@ def test_a_rescue_that_dies_before_reading_its_config_leaves_nothing_behind(monk
     with pytest.raises(BrokenPipeError):
         module.Rescue.start({"ssl.ca.pem": "x" * 1_000_000}, "rq", "sc", "g", [Model("a", "1", "h")], 2.0, 256)
     assert len(boards) == 1 and not os.path.exists(boards[0].path)
+
+
+def test_a_rescue_that_fails_after_the_model_returned_stands_down(
+    board: Board, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its read of the batch failed (a Kafka timeout) while the model returned: nothing was
+    committed and the worker had gone on, yet it was killed (a review of the handshake)."""
+    from services.model_worker import rescue as module
+
+    config = RescueConfig({}, "rq", "sc", "g", [Model("a", "1", "h")], 2.0, 256, board.path, 4242)
+    board.batch(messages([(0, range(3))]), META, 100.0)
+    reader = Reader(board.path)
+    taken = reader.read()
+
+    def read_batch(_config: RescueConfig, _ranges: object) -> list[Message]:
+        board.turn(0.0)  # the model returned meanwhile
+        raise RuntimeError("reading rq timed out")
+
+    monkeypatch.setattr(module, "read_batch", read_batch)
+    assert module.rescue(config, taken, reader) is None
+
+    def failing(_config: RescueConfig, _ranges: object) -> list[Message]:
+        raise RuntimeError("reading rq timed out")
+
+    monkeypatch.setattr(module, "read_batch", failing)
+    board.turn(101.0)  # its next turn, stuck for good: a failure now leaves the worker to be killed
+    assert module.rescue(config, reader.read(), reader) is False
+    reader.close()
+
+
+def test_a_take_after_the_worker_went_on_is_given_back_at_once(board: Board, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Taken after the worker began its next batch, the flag held that healthy batch's models
+    until the stale one had been read from Kafka."""
+    from services.model_worker import rescue as module
+
+    config = RescueConfig({}, "rq", "sc", "g", [Model("a", "1", "h")], 2.0, 256, board.path, 4242)
+    board.batch(messages([(0, range(3))]), META, 100.0)
+    looks = [Reader(board.path).read()]
+    flags_after: list[bool] = []
+
+    def watch(_config: RescueConfig, reader: Reader, _alive: object) -> Snapshot | None:
+        if not looks:
+            flags_after.append(board.rescuing())
+            return None
+        snap = looks.pop()
+        board.batch(messages([(0, range(3, 6))]), META, 105.0)  # the worker goes on before the take
+        return snap
+
+    monkeypatch.setattr(module, "watch", watch)
+    monkeypatch.setattr(module, "rescue", lambda *_a: pytest.fail("the stale batch was rescued"))
+    assert module.run(config) == 0
+    assert flags_after == [False]

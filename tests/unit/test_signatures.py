@@ -140,6 +140,18 @@ def test_prepare_takes_no_shortcut_for_what_only_looks_like_a_number(value: Any)
     np.testing.assert_array_equal(prepared.matrix, [[good[n] for n in DEMO_FEATURES]])
 
 
+@pytest.mark.parametrize("kind", [np.float64, np.float32, np.int64, np.uint16])
+def test_numpy_numbers_are_numbers(kind: type) -> None:
+    """Rows built from a numpy array (dict(zip(names, x[i]))) were refused once the shortcut
+    only took plain floats and ints (a review of the fix above)."""
+    rows = [dict(zip(DEMO_FEATURES, (kind(v) for v in row.values()), strict=True)) for row in demo_rows(3, seed=8)]
+    prepared = DEMO.prepare(rows)
+    assert prepared.errors == {} and prepared.valid == [0, 1, 2]
+    np.testing.assert_array_equal(prepared.matrix, [[float(r[n]) for n in DEMO_FEATURES] for r in rows])
+    assert DEMO.problem({**rows[0], "mean_area": np.float64("nan")}) == "not a finite number: mean_area=np.float64(nan)"
+    assert DEMO.problem({**rows[0], "mean_area": np.bool_(True)}) is not None
+
+
 def _mutated(row: dict[str, float], rnd: random.Random) -> dict[str, float]:
     row = dict(row)
     kind = rnd.randrange(7)

@@ -13,14 +13,14 @@ file runs no Python code from it: onnxruntime executes the graph's operators onl
     an output named like "*label*"  label = str(that value)
     neither                         score = the first output (a regressor), label = None
 
-Every output read must hold one value (or one row of probabilities) per input row, rows first:
-an output whose first dimension is fixed, or a value output with several columns, is refused at
-load (read as (n, -1), a class-major [2, n] output gave each request another request's score,
-and a two-column softmax named "output" gave P(class 0)). A probability outside [0, 1] (logits
-under a "prob" name) fails its row. A graph exported with a batch of exactly one row is run row
-by row; one with another fixed batch size is refused. At load one row of zeros is run through the
-graph, so a sidecar listing another number of features than a symbolic input width is said then,
-not by every request.
+Every output read must hold one value (or one row of probabilities) per input row, rows first.
+At load three rows of zeros run through the graph and the outputs' real shapes are checked (the
+declared ones are not trusted: exporters leave a fixed [1, 1] on outputs that follow a dynamic
+batch): read as (n, -1), a class-major [2, n] output gave each request another request's score,
+and a two-column softmax named "output" gave P(class 0). The same run says at load, not at every
+request, when a sidecar lists another number of features than a symbolic input width. A
+probability outside [0, 1] (logits under a "prob" name) fails its row. A graph exported with a
+batch of exactly one row is run row by row; one with another fixed batch size is refused.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ ONNX_INSTALL_HINT = "install the onnx extra: pip install 'rendezvous-serving[onn
 # The input types a model's features are fed as, by the name onnxruntime gives them.
 _INPUT_TYPES: dict[str, type[np.floating[Any]]] = {"tensor(float)": np.float32, "tensor(double)": np.float64}
 _PROBABILITY_SLACK = 1e-6  # float32 rounding of a softmax may step this far outside [0, 1]
+_PROBE_ROWS = 3  # rows run at load: 3 tells an (n, 2) output from a class-major (2, n) one
 
 
 class OnnxModel:
@@ -103,8 +104,7 @@ class OnnxModel:
             raise ModelSpecError(f"{where}: input {inputs[0].name!r} takes exactly {rows} rows (shape {shape}); "
                                  "export it with a dynamic batch axis")
         self._one_row = rows == 1
-        declared = {o.name: o for o in session.get_outputs()}
-        outputs = list(declared)
+        outputs = [o.name for o in session.get_outputs()]
         if not outputs:
             raise ModelSpecError(f"{where}: the graph has no outputs")
         self._prob_output = next((o for o in outputs if "prob" in o.lower()), None)
@@ -112,21 +112,33 @@ class OnnxModel:
         self._value_output = None
         if self._prob_output is None and self._label_output is None:
             self._value_output = outputs[0]
-        for output in (self._prob_output, self._label_output, self._value_output):
-            if output is not None:
-                _check_per_row(declared[output], output == self._prob_output, self._one_row, where)
         self._input, self._input_dtype = inputs[0].name, dtype
         self.feature_names = names
         self.signature = signature
         self.version = file_version(self.path)
         self._session = session
+        self._probe(where, len(names), dtype)
+
+    def _probe(self, where: str, features: int, dtype: type[np.floating[Any]]) -> None:
+        """Run _PROBE_ROWS rows of zeros; a one-line error if the graph cannot take them or its
+        outputs are not one value (or one row of class probabilities) per row."""
         try:
-            self._run(np.zeros((1, len(names)), dtype=dtype))
+            results = self._run(np.zeros((_PROBE_ROWS, features), dtype=dtype))
         except Exception as err:
             self._session = None
-            raise ModelSpecError(f"{where}: one row of {len(names)} features, as the sidecar lists them, does not "
-                                 f"run through the graph ({type(err).__name__}: {str(err)[:300]}); does the sidecar "
+            raise ModelSpecError(f"{where}: rows of {features} features, as the sidecar lists them, do not run "
+                                 f"through the graph ({type(err).__name__}: {str(err)[:300]}); does the sidecar "
                                  "list the graph's input columns?") from err
+        try:
+            if self._prob_output is not None:
+                _probability_rows(results[self._prob_output], _PROBE_ROWS, self._prob_output)
+            for output in (self._label_output, self._value_output):
+                if output is not None:
+                    _one_per_row(results[output], _PROBE_ROWS, output)
+        except ValueError as err:
+            self._session = None
+            raise ModelSpecError(f"{where}: {err}: a score is one value a row (a class-probability output, named "
+                                 "with 'prob' in it, may have a column per class: the last is the score)") from None
 
     def predict(self, batch: np.ndarray) -> list[Prediction]:
         if self._session is None:
@@ -168,44 +180,31 @@ def _joined(parts: list[Any]) -> Any:
     return np.concatenate([np.asarray(p) for p in parts], axis=0)
 
 
-def _check_per_row(output: Any, probabilities: bool, one_row: bool, where: str) -> None:
-    """An output read must be rows first (n, ...) and, for a value or label, one column at most."""
-    if not str(output.type).startswith("tensor"):
-        return  # ZipMap's sequence of maps: one map per row
-    shape = list(output.shape or [])
-    rows_fixed = bool(shape) and isinstance(shape[0], int) and not (one_row and shape[0] == 1)
-    columns = shape[1] if len(shape) == 2 else None
-    if not shape:
-        return  # not declared: each run's shapes are checked as it is read
-    if rows_fixed or len(shape) > 2:
-        raise ModelSpecError(f"{where}: output {output.name!r} has shape {shape}: an output must hold the rows "
-                             "first, (n,) or (n, k); export it with a dynamic batch axis first")
-    if not probabilities and isinstance(columns, int) and columns > 1:
-        raise ModelSpecError(f"{where}: output {output.name!r} has {columns} columns per row; a score is one "
-                             "value: name a class-probability output with 'prob' in it (the last column is the "
-                             "score) or export one value per row")
-
-
 def _one_per_row(raw: Any, n: int, name: str) -> np.ndarray:
     values = np.asarray(raw)
-    if values.ndim == 2 and values.shape[1] == 1:
-        values = values[:, 0]
+    if values.ndim > 1 and values.shape[0] == n and values.size == n:  # (n, 1), (n, 1, 1), ...
+        values = values.reshape(n)
     if values.shape != (n,):
-        raise ValueError(f"onnx output {name!r} has shape {values.shape} for {n} rows; one value per row expected")
+        raise ValueError(f"onnx output {name!r} gives shape {values.shape} for {n} rows, not one value a row")
     return values
 
 
-def _positive_probability(raw: Any, n: int, name: str) -> list[float | None]:
+def _probability_rows(raw: Any, n: int, name: str) -> list[float | None]:
     """Probability of the last class from an (n, k) tensor or a list of {class: p} maps (ZipMap)."""
     if isinstance(raw, list) and (not raw or isinstance(raw[0], Mapping)):
         if len(raw) != n:
-            raise ValueError(f"onnx model returned {len(raw)} probability maps for {n} rows")
-        scores = [float(m[max(m)]) if m else None for m in raw]  # classes sort like sklearn's classes_
-    else:
-        proba = np.asarray(raw, dtype=np.float64)
-        if proba.ndim not in (1, 2) or proba.shape[0] != n:
-            raise ValueError(f"onnx output {name!r} has shape {proba.shape} for {n} rows; (n, classes) expected")
-        scores = (proba[:, -1] if proba.ndim == 2 else proba).tolist()
+            raise ValueError(f"onnx output {name!r} gives {len(raw)} probability maps for {n} rows")
+        return [float(m[max(m)]) if m else None for m in raw]  # classes sort like sklearn's classes_
+    proba = np.asarray(raw, dtype=np.float64)
+    if proba.ndim not in (1, 2) or proba.shape[0] != n:
+        raise ValueError(f"onnx output {name!r} gives shape {proba.shape} for {n} rows, not (rows, classes)")
+    scores: list[float | None] = (proba[:, -1] if proba.ndim == 2 else proba).tolist()
+    return scores
+
+
+def _positive_probability(raw: Any, n: int, name: str) -> list[float | None]:
+    """`_probability_rows`, each a probability: logits under a 'prob' name fail their rows."""
+    scores = _probability_rows(raw, n, name)
     for score in scores:
         if score is not None and not -_PROBABILITY_SLACK <= score <= 1 + _PROBABILITY_SLACK and math.isfinite(score):
             raise ValueError(f"onnx output {name!r} gave {score:.6g} as a probability, outside [0, 1] "

@@ -21,10 +21,11 @@ without bounds checks), so tree-based models in skops need the flag too: export 
 The same holds for estimators skops does trust whose predict() runs compiled code over the
 file's arrays unchecked, so this adapter asks the flag for them: the libsvm estimators (SVC,
 NuSVC, SVR, NuSVR, OneClassSVM; a file with two support vectors fewer than its counts say crashed
-the worker on its first predict), the neighbours estimators (a k-neighbours classifier adds each
-neighbour's weight at the class index its file gives, unchecked: an index out of range wrote
-past the array, and the worker died) and the clustering ones (k-means reads as many centre
-columns as the input has).
+the worker on its first predict), the neighbours estimators that search the fitted samples
+(k-neighbours and radius-neighbours ones, NearestNeighbors, LocalOutlierFactor: a k-neighbours
+classifier adds each neighbour's weight at the class index its file gives, unchecked, and an
+index out of range wrote past the array, so the worker died) and k-means (KMeans,
+MiniBatchKMeans, BisectingKMeans: it reads as many centre columns as the input has).
 
 A model must give one number per row: a multi-output classifier (a list of `classes_`) is
 refused at load, and a regressor predicting several values per row fails its rows, naming it.
@@ -60,10 +61,16 @@ TRUST_HINT = "--trust-model-file (env RDV_TRUST_MODEL_FILE=1)"
 _SHOWN_TYPES = 5
 # Trusted by skops, but their predict() runs compiled code over the file's arrays unchecked:
 # module -> the classes concerned (None: every class of the module).
-_UNCHECKED: dict[str, frozenset[str] | None] = {
+_UNCHECKED: dict[str, frozenset[str]] = {
     "sklearn.svm": frozenset({"SVC", "NuSVC", "SVR", "NuSVR", "OneClassSVM"}),  # libsvm
-    "sklearn.neighbors": None,
-    "sklearn.cluster": None,
+    # Cython over the fitted samples and their class indices (ArgKminClassMode and kin).
+    "sklearn.neighbors": frozenset({
+        "KNeighborsClassifier", "KNeighborsRegressor", "KNeighborsTransformer", "RadiusNeighborsClassifier",
+        "RadiusNeighborsRegressor", "RadiusNeighborsTransformer", "NearestNeighbors", "LocalOutlierFactor",
+        "KDTree", "BallTree",
+    }),
+    # Cython over the centres, as many columns as the input has.
+    "sklearn.cluster": frozenset({"KMeans", "MiniBatchKMeans", "BisectingKMeans"}),
 }
 _SCHEMA = "schema.json"  # a skops file's description of every object in it
 
@@ -251,11 +258,8 @@ def _shown(types: list[str]) -> str:
 def _check_one_output(est: Any, label: str) -> None:
     """A multi-output classifier (a list of `classes_`, one per output) cannot give one score a row:
     loaded, every request failed with 'list indices must be integers or slices, not list'."""
-    classes = getattr(est, "classes_", None)
-    outputs = getattr(est, "n_outputs_", 1)
-    if (isinstance(outputs, int | np.integer) and outputs > 1) or (
-        classes is not None and any(np.ndim(c) > 0 for c in classes)
-    ):
+    classes = getattr(est, "classes_", None)  # not n_outputs_: a multi-class MLPClassifier's is its class count
+    if classes is not None and any(np.ndim(c) > 0 for c in classes):
         raise ModelSpecError(f"model {label}: {type(est).__name__} predicts several outputs per row; a model "
                              "serves one score (or label) per request: serve one estimator per output")
 
@@ -281,7 +285,7 @@ def _unchecked_types(path: Path) -> list[str]:
 def _is_unchecked(module: str, name: str) -> bool:
     for prefix, classes in _UNCHECKED.items():
         if module == prefix or module.startswith(prefix + "."):
-            return classes is None or name in classes
+            return name in classes
     return False
 
 
