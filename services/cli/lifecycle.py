@@ -24,7 +24,7 @@ from services.cli.model_contracts import print_contracts
 from services.control import changes
 from services.control.gates import Verdict, evaluate, parse_requirements, with_defaults
 from services.control.liveness import live_models, not_live
-from services.control.schedule import DEFAULT_DEADLINE_MS, MAX_INT, Schedule
+from services.control.schedule import DEFAULT_DEADLINE_MS, MAX_INT, Schedule, authored
 from services.control.topic import ScheduleBook, load_book, publish
 from services.core.errors import ConfigError
 from services.core.kafka import consumer_groups, group_lag
@@ -204,16 +204,17 @@ def _check_live(settings: ChangeSettings, schedule: Schedule) -> list[str]:
 
 
 def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule, console: Console,
-                  effective_in_ms: int | None = None) -> Schedule:
+                  effective_at: int | None = None) -> Schedule:
     now = now_ms()
-    asked_ms = settings.effective_in_ms() if effective_in_ms is None else effective_in_ms
-    schedule = changes.next_version(book, draft, now, asked_ms)
+    asked_ms = settings.effective_in_ms() if effective_at is None else effective_at - now
+    schedule = changes.next_version(book, draft, now, asked_ms, effective_at)
     publish(settings.librdkafka(), settings.topics().control, schedule)
     console.print(f"published {escape(schedule.name)} v{schedule.version}: {escape(str(list(schedule.models)))} "
                   f"(effective in {format_duration_ms(schedule.effective_at - now)}; {escape(schedule.comment)})")
     if schedule.effective_at > now + asked_ms:
         # A version never takes effect before the one it follows: one scheduled later holds this back.
-        console.print(f"[yellow]note[/]: not in {settings.effective_in}: v{schedule.version - 1} takes effect only "
+        wanted = f"at {format_ms(effective_at)}" if effective_at is not None else f"in {settings.effective_in}"
+        console.print(f"[yellow]note[/]: not {wanted}: v{schedule.version - 1} takes effect only "
                       "then, and a version never takes effect before the one it follows")
     return schedule
 
@@ -264,15 +265,15 @@ def cmd_schedule_history(settings: ScheduleViewSettings, console: Console) -> in
 def cmd_schedule_set(settings: ScheduleSetSettings, console: Console) -> int:
     book = _book(settings)
     draft = _draft_from_flags(settings, book.latest)  # none yet: this is the first version
-    effective_in_ms, notes = _effective_in_of(settings, draft, now_ms())
+    effective_at, notes = _effective_at_of(settings, draft, now_ms())
     notes += _check_live(settings, draft) + _risky(draft)
-    _publish_next(settings, book, draft, console, effective_in_ms)
+    _publish_next(settings, book, draft, console, effective_at)
     for note in notes:  # after: a publish refused (another change first) would have followed "published"
         console.print(f"[yellow]note[/]: {escape(note)}")
     return 0
 
 
-def _effective_in_of(settings: ScheduleSetSettings, draft: Schedule, now: int) -> tuple[int | None, list[str]]:
+def _effective_at_of(settings: ScheduleSetSettings, draft: Schedule, now: int) -> tuple[int | None, list[str]]:
     """A file's effective_at in the future is when its version takes effect (a change meant for
     tomorrow 09:00); one already past (copied from `schedule show`) gives way to --effective-in."""
     if not settings.file or not draft.effective_at:
@@ -280,9 +281,8 @@ def _effective_in_of(settings: ScheduleSetSettings, draft: Schedule, now: int) -
     if draft.effective_at <= now:
         return None, [f"the file's effective_at ({format_ms(draft.effective_at)}) is past: the version takes "
                       f"effect --effective-in ({settings.effective_in}) from now"]
-    ahead_ms = draft.effective_at - now
-    _within_reach(ahead_ms, f"--file {settings.file}: effective_at {format_ms(draft.effective_at)}")
-    return ahead_ms, []
+    _within_reach(draft.effective_at - now, f"--file {settings.file}: effective_at {format_ms(draft.effective_at)}")
+    return draft.effective_at, []
 
 
 def _risky(schedule: Schedule) -> list[str]:
@@ -306,10 +306,7 @@ def _draft_from_flags(settings: ScheduleSetSettings, current: Schedule | None) -
         deadline_ms = settings.deadline_ms or (current.default_deadline_ms if current else DEFAULT_DEADLINE_MS)
         draft = Schedule(models=settings.models, waits_ms=waits, default_deadline_ms=deadline_ms,
                          traffic_model=traffic_model, traffic_fraction=fraction)
-    if draft.traffic_model is not None and draft.traffic_model == draft.preferred:
-        raise ConfigError(f"traffic split: {draft.traffic_model} is the preferred model (the first), which "
-                          "answers every request first already; name a challenger")
-    return dataclasses.replace(draft, comment=settings.comment or draft.comment or "schedule set")
+    return dataclasses.replace(authored(draft), comment=settings.comment or draft.comment or "schedule set")
 
 
 def _whole_ms(text: str, flag: str) -> int:

@@ -23,13 +23,16 @@ def current(book: ScheduleBook) -> Schedule:
     return book.latest
 
 
-def next_version(book: ScheduleBook, draft: Schedule, now_ms: int, effective_in_ms: int) -> Schedule:
+def next_version(book: ScheduleBook, draft: Schedule, now_ms: int, effective_in_ms: int,
+                 effective_at: int | None = None) -> Schedule:
     """`draft` as the version after the current one (v1 when there is none yet), taking effect
-    `effective_in_ms` from now (never before the current one does)."""
+    `effective_in_ms` from now, or at `effective_at` when given (a file's time, kept exact: made
+    a duration and back, it moved by the seconds spent between), never before the current one does."""
     latest = book.latest
     version, not_before = (latest.version + 1, latest.effective_at) if latest is not None else (1, 0)
+    asked = effective_at if effective_at is not None else now_ms + effective_in_ms
     return dataclasses.replace(draft, name=book.name, version=version, created_at=now_ms,
-                               effective_at=max(now_ms + effective_in_ms, not_before))
+                               effective_at=max(asked, not_before))
 
 
 def promotion(current_schedule: Schedule, candidate: str, canary: str, comment: str = "") -> Schedule:
@@ -44,7 +47,9 @@ def promotion(current_schedule: Schedule, candidate: str, canary: str, comment: 
     waits = {m: w for m, w in current_schedule.waits_ms.items() if m in order}
     promoted = dataclasses.replace(current_schedule, models=order, waits_ms=waits,
                                    comment=comment or f"promote {candidate} (was {champion})")
-    if current_schedule.traffic_model == candidate:  # it answers every request first now: its split ends
+    # The candidate answers every request first now: its split ends. A split on the old champion
+    # (which did nothing while it was preferred) would make it answer its share first: it ends too.
+    if current_schedule.traffic_model in (candidate, champion):
         promoted = dataclasses.replace(promoted, traffic_model=None, traffic_fraction=0.0)
     return promoted
 

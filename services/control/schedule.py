@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from services.core.errors import ConfigError
+from services.core.model_names import check_model_name
 
 DEFAULT_NAME = "default"  # a schedule file without a name gets it, and takes the name it is used under
 DEFAULT_DEADLINE_MS = 200
@@ -261,11 +262,7 @@ class Schedule:
         waits = data.get("waits_ms", {})
         if not isinstance(waits, dict):
             raise ConfigError("invalid schedule: 'waits_ms' must map model names to milliseconds")
-        traffic = data.get("traffic") or {}
-        if not isinstance(traffic, dict) or not isinstance(traffic.get("model", ""), str):
-            raise ConfigError("invalid schedule: 'traffic' must be {\"model\": name, \"fraction\": 0..1}")
-        if traffic and not traffic.get("model"):  # it was dropped without a word: a split that never happened
-            raise ConfigError("invalid schedule: 'traffic' names no model: {\"model\": name, \"fraction\": 0..1}")
+        traffic = _traffic_of(data.get("traffic"))
         return cls(
             models=tuple(models),
             waits_ms={str(m): _whole(w, f"waits_ms[{m!r}]") for m, w in waits.items()},
@@ -291,7 +288,36 @@ class Schedule:
             raise ConfigError(f"schedule file {path} is not valid JSON: {str(exc)[:80]}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"schedule file {path} must hold a JSON object")
-        return cls.from_dict(data)
+        return authored(cls.from_dict(data))
+
+
+def authored(schedule: Schedule) -> Schedule:
+    """`schedule` as an operator may write it (a file, flags): stricter than what a reader of the
+    control topic accepts, which must go on reading what older versions wrote. Every model name is
+    one a worker could have, and a traffic split names a challenger: on the preferred model it does
+    nothing, until a promotion makes that model a fallback answering its share first."""
+    for model in schedule.models:
+        check_model_name(model, "schedule: model")
+    if schedule.traffic_model is not None and schedule.traffic_model == schedule.preferred:
+        raise ConfigError(f"traffic split: {schedule.traffic_model} is the preferred model (the first), which "
+                          "answers every request first already; name a challenger")
+    return schedule
+
+
+_TRAFFIC_KEYS = frozenset({"model", "fraction"})
+
+
+def _traffic_of(value: Any) -> dict[str, Any]:
+    """The traffic split of a schedule's JSON: null (none) or exactly {"model": name, "fraction": f}.
+    A mistyped key ("share") or a false-like value (0, [], "") was taken for no split, silently."""
+    if value is None:
+        return {}
+    form = 'null or {"model": name, "fraction": 0..1}'
+    if not isinstance(value, dict):
+        raise ConfigError(f"invalid schedule: 'traffic' must be {form}, got {json.dumps(value)[:60]}")
+    if set(value) != _TRAFFIC_KEYS or not isinstance(value["model"], str) or not value["model"]:
+        raise ConfigError(f"invalid schedule: 'traffic' must be {form}, got the keys {sorted(map(str, value))}")
+    return value
 
 
 def _whole(value: Any, field_name: str) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,11 @@ def decode_schedule(value: bytes | None) -> Schedule:
 
 
 def encode_schedule(schedule: Schedule) -> bytes:
-    return codec("schedule").encode(schedule.to_dict())
+    try:
+        return codec("schedule").encode(schedule.to_dict())
+    except UnicodeEncodeError:  # a lone surrogate: valid JSON (a file's "\ud800"), not UTF-8
+        raise ConfigError(f"schedule {schedule.name[:60]!r}: its text holds a character that is not valid Unicode "
+                          "(a lone surrogate, e.g. \\ud800 in a JSON file)") from None
 
 
 # Versions stay below 2**53, so the next version always fits an Avro long (and a JSON number).
@@ -198,9 +203,28 @@ def publish(config: Mapping[str, Any], topic: str, schedule: Schedule) -> None:
     producer = Producer(config)
     producer.produce(topic, encode_schedule(schedule), key=schedule.new_key())
     producer.flush()
-    accepted = next((v for v in load_book(config, topic, schedule.name).versions if v.version == schedule.version),
-                    None)
-    if accepted is None or accepted.to_dict() != schedule.to_dict():
-        shown = f"{list(accepted.models)} ({accepted.comment})" if accepted is not None else "none readable"
-        raise ConfigError(f"v{schedule.version} was published by another change first: {shown}; yours was "
-                          "refused by every reader. See `rendezvous schedule history`, then run yours again")
+    accepted = _read_back(config, topic, schedule)
+    if accepted is None:
+        raise ConfigError(f"v{schedule.version} was written, but no reader's v{schedule.version} could be read back "
+                          f"within {READ_BACK_S:.0f} s: whether it is in force is unknown. See `rendezvous schedule "
+                          "history` before you run it again")
+    if accepted.to_dict() != schedule.to_dict():
+        raise ConfigError(f"v{schedule.version} was published by another change first: {list(accepted.models)} "
+                          f"({accepted.comment}); yours was refused by every reader. See `rendezvous schedule "
+                          "history`, then run yours again")
+
+
+READ_BACK_S = 5.0  # the end offsets a read goes to can lag a write just acknowledged (rendezvous/schedules.py)
+
+
+def _read_back(config: Mapping[str, Any], topic: str, schedule: Schedule) -> Schedule | None:
+    """The version every reader takes as `schedule.version`, read again until one is there: read
+    once, a lagging end offset missed our own record, and the operator was told another change
+    had won (re-running a rollback then undid it)."""
+    until = time.monotonic() + READ_BACK_S
+    while True:
+        book = load_book(config, topic, schedule.name)
+        accepted = next((v for v in book.versions if v.version == schedule.version), None)
+        if accepted is not None or time.monotonic() >= until:
+            return accepted
+        time.sleep(0.1)  # pacing the reads of the end offsets, not waiting instead of a condition

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
 import socket
 from dataclasses import dataclass
 
 from services.core import runtime
 from services.core.errors import ConfigError
+from services.core.model_names import check_model_name
 from services.core.score_limits import MAX_VERSION_CHARS
 from services.core.settings import MAX_BATCH, ServiceSettings, setting
 
@@ -22,17 +22,6 @@ def trust_model_file_setting() -> bool:
     """The --trust-model-file field, shared by every command that loads a model spec."""
     value: bool = setting(False, TRUST_MODEL_FILE_HELP)
     return value
-
-
-# A model's name is part of its consumer group's and of a deployment's folder name: 'a b' made the
-# group "rdv.model.a b", 'a/b' nested folders, and 'a+b' the group of model a co-hosting b.
-MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-
-def check_model_name(name: str, what: str) -> None:
-    if not MODEL_NAME.fullmatch(name):
-        raise ConfigError(f"{what} {name[:120]!r}: use letters, digits, '.', '_' and '-' (at most 100, starting "
-                          "with a letter or digit)")
 
 
 def parse_co_host(items: tuple[str, ...]) -> list[tuple[str, str]]:

@@ -7,7 +7,7 @@ import re
 import socket
 from dataclasses import dataclass
 
-from services.control.schedule import DEFAULT_NAME, Schedule
+from services.control.schedule import DEFAULT_NAME, Schedule, authored
 from services.core.errors import ConfigError
 from services.core.settings import MAX_BATCH, ServiceSettings, parse_pairs, setting
 from services.rendezvous.join import JoinLimits
@@ -137,8 +137,8 @@ class RendezvousSettings(ServiceSettings):
                 waits[model] = int(ms)
             except ValueError:
                 raise ConfigError(f"--wait {model}={ms}: expected whole milliseconds") from None
-        return Schedule(models=self.models, waits_ms=waits, default_deadline_ms=self.deadline_ms,
-                        name=self.schedule_name, comment="bootstrap from the rendezvous' flags")
+        return authored(Schedule(models=self.models, waits_ms=waits, default_deadline_ms=self.deadline_ms,
+                                 name=self.schedule_name, comment="bootstrap from the rendezvous' flags"))
 
     def limits(self) -> JoinLimits:
         return JoinLimits(

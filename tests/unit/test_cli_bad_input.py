@@ -90,19 +90,20 @@ def test_a_bad_value_is_refused_with_its_reason(cls: type, values: dict[str, str
 
 def test_a_schedule_files_effective_at_in_the_future_is_when_it_takes_effect(tmp_path: Path) -> None:
     """It was replaced by now + --effective-in: a change meant for tomorrow 09:00 went live in 2 s (a review)."""
-    from services.cli.lifecycle import _effective_in_of
+    from services.cli.lifecycle import _effective_at_of
     from services.control.schedule import Schedule
 
     now, hour = 1_700_000_000_000, 3_600_000
     path = tmp_path / "s.json"
     path.write_text(json.dumps({"models": ["a"]}))
     settings = from_namespace(ScheduleSetSettings, None, file=str(path))
-    assert _effective_in_of(settings, Schedule(models=("a",), effective_at=now + 20 * hour), now) == (20 * hour, [])
-    assert _effective_in_of(settings, Schedule(models=("a",)), now) == (None, [])
-    past, notes = _effective_in_of(settings, Schedule(models=("a",), effective_at=now - hour), now)
+    tomorrow = now + 20 * hour
+    assert _effective_at_of(settings, Schedule(models=("a",), effective_at=tomorrow), now) == (tomorrow, [])
+    assert _effective_at_of(settings, Schedule(models=("a",)), now) == (None, [])
+    past, notes = _effective_at_of(settings, Schedule(models=("a",), effective_at=now - hour), now)
     assert past is None and "is past: the version takes effect --effective-in (2s) from now" in notes[0]
     with pytest.raises(ConfigError, match=r"effective_at .* at most 7 days less an hour ahead"):
-        _effective_in_of(settings, Schedule(models=("a",), effective_at=now + 8 * 24 * hour), now)
+        _effective_at_of(settings, Schedule(models=("a",), effective_at=now + 8 * 24 * hour), now)
 
 
 def test_gateway_files_that_would_let_everyone_in_or_fail_after_kafka_are_refused(tmp_path: Path) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from services.control.schedule import Outcome, Schedule, Status
@@ -116,7 +119,11 @@ def test_default_deadline_applies_when_the_request_has_none() -> None:
         ({"models": ["a"], "default_deadline_ms": 1e300}, "from 1 to 2147483647"),
         ({"models": ["a"], "effective_at": 2**64}, "effective_at must be epoch milliseconds"),
         ({"models": ["a"], "version": 2**63}, "version must be"),
-        ({"models": ["a"], "traffic": {"fraction": 0.5}}, "'traffic' names no model"),  # was dropped unsaid
+        ({"models": ["a"], "traffic": {"fraction": 0.5}}, r"'traffic' must be null or .* got the keys \['fraction'\]"),
+        # A mistyped key or a false-like value was taken for "no split", silently (a review).
+        ({"models": ["a", "b"], "traffic": {"model": "b", "share": 0.1}}, r"got the keys \['model', 'share'\]"),
+        ({"models": ["a", "b"], "traffic": 0}, r"'traffic' must be null or .*, got 0"),
+        ({"models": ["a", "b"], "traffic": []}, r"'traffic' must be null or .*, got \[\]"),
         ({"models": ["a", "b"], "traffic": {"model": "b", "fraction": 10**400}}, "traffic fraction must be a number"),
         ({"models": "a"}, "must be a list"),
         ({"models": ["a"], "colour": "red"}, "unknown field"),
@@ -125,6 +132,30 @@ def test_default_deadline_applies_when_the_request_has_none() -> None:
 def test_malformed_schedules_are_refused_with_a_reason(data: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Schedule.from_dict(data)
+
+
+def test_what_an_operator_writes_names_models_a_worker_could_be_and_splits_on_a_challenger(tmp_path: Path) -> None:
+    """A file could name 'a b', a NUL or a lone surrogate (which then failed the record's encoding
+    with a traceback), and a split on the preferred model, which did nothing until a promotion
+    made that model a fallback answering its share first (a review). Readers of the control
+    topic stay as lenient as before: what older versions wrote is still read."""
+    from services.control.changes import promotion
+    from services.control.topic import encode_schedule
+
+    for models, message in ((["champion", "a b"], r"schedule: model 'a b': use letters"),
+                            (["champion", "\\ud800"], r"schedule: model '\\ud800': use letters")):
+        path = tmp_path / "s.json"
+        path.write_text('{"models": [' + ", ".join(f'"{m}"' for m in models) + "]}")  # JSON escapes kept as written
+        with pytest.raises(ConfigError, match=message):
+            Schedule.from_file(path)
+    split_on_preferred = {"models": ["champion", "challenger"], "traffic": {"model": "champion", "fraction": 0.3}}
+    (tmp_path / "t.json").write_text(json.dumps(split_on_preferred))
+    with pytest.raises(ConfigError, match="champion is the preferred model"):
+        Schedule.from_file(tmp_path / "t.json")
+    written_before = Schedule.from_dict(split_on_preferred)  # as a reader takes it from the topic
+    assert promotion(written_before, "challenger", "").traffic_model is None  # not the old champion's share
+    with pytest.raises(ConfigError, match="not valid Unicode"):
+        encode_schedule(Schedule(models=("a",), comment="\ud800"))
 
 
 def test_round_trip_through_dict() -> None:
@@ -200,3 +231,47 @@ def test_a_version_written_after_its_effective_at_governs_from_its_write_on() ->
     first = ScheduleBook("default")
     first.add(v2, written_at=10_000)  # the first version governs every older request all the same
     assert first.for_request(9_000).version == 2
+
+
+def test_a_file_time_is_published_exactly_and_a_late_read_back_is_not_a_lost_race(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The file's effective_at went through 'ms from now' and back, moved by the seconds the live
+    check took; and publish read its record back once, so an end offset lagging the write told
+    the operator another change had won (a review)."""
+    from services.control import topic
+    from services.control.changes import next_version
+
+    book = ScheduleBook("default")
+    book.add(Schedule(models=("a", "b"), version=1, effective_at=1_000), 1_000)
+    published = next_version(book, Schedule(models=("b", "a")), 5_000, 2_000, effective_at=1_700_003_600_000)
+    assert (published.version, published.effective_at) == (2, 1_700_003_600_000)
+
+    class Written:
+        def __init__(self, _config: object) -> None:
+            pass
+
+        def produce(self, *_args: object, **_kwargs: object) -> None:
+            pass
+
+        def flush(self, *_args: object) -> int:
+            return 0
+
+    reads: list[int] = []
+
+    def lagging(_config: object, _topic: str, name: str) -> ScheduleBook:
+        read = ScheduleBook(name)
+        read.add(Schedule(models=("a", "b"), version=1, effective_at=1_000), 1_000)
+        if len(reads) >= 2:  # the end offsets catch up with our write on the third read
+            read.add(published, 2_000)
+        reads.append(1)
+        return read
+
+    monkeypatch.setattr(topic, "Producer", Written)
+    monkeypatch.setattr(topic, "load_book", lagging)
+    topic.publish({}, "rdv.control", published)
+    assert len(reads) == 3
+    reads.clear()
+    monkeypatch.setattr(topic, "READ_BACK_S", 0.0)
+    with pytest.raises(ConfigError, match=r"was written, but no reader's v2 could be read back .* is unknown"):
+        topic.publish({}, "rdv.control", published)
