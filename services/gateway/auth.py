@@ -125,5 +125,6 @@ class RateLimit:
             if tokens < 1.0:
                 self._buckets[name] = (tokens, now)
                 wait = (1.0 - tokens) / self.rate
-                raise RateLimited(f"over the rate limit of {self.rate:g} calls/s for this key; retry in {wait:.2f}s")
+                raise RateLimited(f"over the rate limit of {self.rate:g} calls/s for this key; retry in {wait:.2f}s",
+                                  retry_after_s=wait)
             self._buckets[name] = (tokens - 1.0, now)

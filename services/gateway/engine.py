@@ -13,6 +13,7 @@ longer before it gives up with 503.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import math
@@ -161,6 +162,8 @@ class Gateway:
         finally:
             self.rows_in_flight -= len(rows)
             m.ROWS_IN_FLIGHT.set(self.rows_in_flight)
+        if version:
+            answers = [_as_pinned(a, target.kind, version) for a in answers]
         for answer in answers:
             child(m.ANSWERS, answer.status, target.kind).inc()
         _raise_failures(ids, answers)
@@ -328,6 +331,19 @@ def _model_row(target: Target, record: dict[str, Any]) -> RowAnswer:
     return RowAnswer("OK", target.name, version, output["score"], output["label"] or "",
                      f"model {target.name!r} itself, in {latency:.0f} ms (the schedule answered "
                      f"{record['status']} with {chosen})", schedule_version)
+
+
+def _as_pinned(answer: RowAnswer, kind: str, pinned: str) -> RowAnswer:
+    """A row of a call pinned to a version (/versions/{v}/infer) answered by another version (a
+    roll-out under way, a schedule switch between the check and the decision) is an ERROR: a 200
+    carried another version's score."""
+    answered = str(answer.schedule_version) if kind == SCHEDULE else answer.version
+    if answer.status in ("TIMEOUT", "ERROR") or answered == pinned:
+        return answer
+    what = "schedule version" if kind == SCHEDULE else "model version"
+    return dataclasses.replace(answer, status="ERROR", score=None, label="",
+                               reason=f"the call asked for {what} {pinned!r}, and {answered!r} answered it; "
+                                      "retry (or call without a version)")
 
 
 def _raise_failures(ids: list[str], answers: list[RowAnswer]) -> None:

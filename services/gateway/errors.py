@@ -44,7 +44,12 @@ class Unauthenticated(CallError):
 
 
 class RateLimited(CallError):
-    """The key is over its rate limit (429 / RESOURCE_EXHAUSTED)."""
+    """The key is over its rate limit (429 / RESOURCE_EXHAUSTED); `retry_after_s`: when a call
+    would be let through again (REST's Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class AnswerTimedOut(CallError):
@@ -108,6 +113,7 @@ _TABLE: tuple[tuple[type[BaseException], int, grpc.StatusCode, str], ...] = (
     (KafkaOperationError, 503, grpc.StatusCode.UNAVAILABLE, "broker"),
     (RendezvousError, 503, grpc.StatusCode.UNAVAILABLE, "unavailable"),
 )
+_SERVERS_TEXT = frozenset({RecordTooLarge, Unavailable, BrokerError, KafkaOperationError, RendezvousError})
 
 
 # A status message echoes what the caller sent (names, values): a longer one did not fit gRPC's
@@ -120,7 +126,9 @@ def status_of(exc: BaseException) -> Status:
     for kind, http, code, reason in _TABLE:
         if isinstance(exc, kind):
             # Masked: a Kafka error's text may quote a setting's value (the body goes to any caller).
-            message = mask(str(exc))
+            # Not the caller's own text (its input names and values, a model's refusal of them):
+            # masked, a guess equal to a secret came back as *** and confirmed it.
+            message = mask(str(exc)) if kind in _SERVERS_TEXT else str(exc)
             if len(message) > MAX_MESSAGE_CHARS:
                 message = message[:MAX_MESSAGE_CHARS - 3] + "..."
             return Status(http, code, message, reason)

@@ -218,7 +218,18 @@ _INTEGERS = {t: (int(np.iinfo(d).min), int(np.iinfo(d).max)) for t, d in NUMERIC
 # A float is in range below max + 1 (a power of two, exact as a double): INT64's max, 2^63 - 1, is
 # no double, and `<= float(max)` let 2^63 itself through.
 _FLOAT_END = {t: float(high + 1) for t, (_low, high) in _INTEGERS.items()}
-_FLOAT_MAX = {"FP32": float(np.finfo(np.float32).max), "FP16": float(np.finfo(np.float16).max)}
+# A JSON integer below INT64's range reaches us as the double -2^63 (orjson): as a float, that
+# bound is excluded (it let -2^63 - 1 through as a value "checked exactly").
+_FLOAT_LOW_EXCLUDED = {"INT64"}
+# Values that round to a finite number of the type: below its max plus half a unit in the last
+# place. `<= max` refused 3.4028235e+38, the way numpy, Go and serde print FP32's max.
+def _rounding_limit(dtype: type[np.floating[Any]]) -> float:
+    top = np.finfo(dtype).max
+    ulp = float(top) - float(np.nextafter(top, dtype(0)))  # the spacing just below max (past it: inf)
+    return float(top) + ulp / 2
+
+
+_FLOAT_LIMIT = {"FP32": _rounding_limit(np.float32), "FP16": _rounding_limit(np.float16)}
 
 
 def check_values(name: str, datatype: str, values: Sequence[int | float]) -> None:
@@ -228,13 +239,15 @@ def check_values(name: str, datatype: str, values: Sequence[int | float]) -> Non
     if datatype in _INTEGERS:
         low, high = _INTEGERS[datatype]
         end = _FLOAT_END[datatype]
+        low_excluded = datatype in _FLOAT_LOW_EXCLUDED
         bad = next((v for v in values if not (low <= v <= high if type(v) is int else
-                                             low <= v < end and float(v).is_integer())), None)
+                                             (low < v if low_excluded else low <= v) and v < end
+                                             and float(v).is_integer())), None)
         if bad is not None:
             raise InvalidInput(f"input '{name}': {bad} is not a {datatype} value (whole numbers {low}..{high})")
-    elif datatype in _FLOAT_MAX:
-        limit = _FLOAT_MAX[datatype]
-        bad = next((v for v in values if not -limit <= v <= limit), None)
+    elif datatype in _FLOAT_LIMIT:
+        limit = _FLOAT_LIMIT[datatype]
+        bad = next((v for v in values if not -limit < v < limit), None)
         if bad is not None:
             raise InvalidInput(f"input '{name}': {bad} is out of {datatype}'s range")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -43,6 +44,7 @@ from services.gateway.errors import (
     ClientClosed,
     CrossOrigin,
     InvalidInput,
+    RateLimited,
     UnreadableFraming,
     UnsupportedMediaType,
     status_of,
@@ -67,6 +69,9 @@ CROSS_SITE_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded",
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+NOT_SO = 400  # a v2 health or readiness answer of false
+
+
 def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(content), status, headers, media_type="application/json")
 
@@ -77,7 +82,10 @@ def error_response(exc: BaseException) -> Response:
         log.error("unexpected failure serving a call", exc_info=exc)
     headers = {"WWW-Authenticate": "Bearer"} if status.http == 401 else {}
     if status.retry:
-        headers["Retry-After"] = "1"
+        # Whole seconds (RFC 9110), rounded up: a client honouring "1" while the bucket needed
+        # 100 s only met more 429s.
+        wait = exc.retry_after_s if isinstance(exc, RateLimited) else 1.0
+        headers["Retry-After"] = str(max(1, math.ceil(wait)))
     return json_response({"error": status.message}, status.http, headers)
 
 
@@ -131,13 +139,15 @@ class RestApi:
 
     # -- health and metadata ------------------------------------------------------------------
 
+    # The protocol's health and readiness answers are their status codes: 200 true, 4xx false
+    # (KServe's v2 spec; Triton answers 400). /healthz and /readyz keep 503, as every service here.
     async def live(self, _request: Request) -> Response:
         broken = self.gateway.broken()
-        return json_response({"live": False, "reason": broken}, 503) if broken else json_response({"live": True})
+        return json_response({"live": False, "reason": broken}, NOT_SO) if broken else json_response({"live": True})
 
     async def ready(self, _request: Request) -> Response:
         ready, reason = self.gateway.readiness()
-        return json_response({"ready": ready, "reason": reason}, 200 if ready else 503)
+        return json_response({"ready": ready, "reason": reason}, 200 if ready else NOT_SO)
 
     async def healthz(self, _request: Request) -> Response:
         broken = self.gateway.broken()
@@ -166,7 +176,7 @@ class RestApi:
         self.gateway.authenticate(request.headers.get("authorization"))
         name, version = _name_version(request)
         ready = self.gateway.model_ready(name, version)
-        return json_response({"name": name, "ready": ready}, 200 if ready else 503)
+        return json_response({"name": name, "ready": ready}, 200 if ready else NOT_SO)
 
     # -- inference --------------------------------------------------------------------------------
 

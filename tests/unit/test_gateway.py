@@ -45,6 +45,7 @@ from services.gateway.oip import (
     InferResult,
     RowAnswer,
     Tensor,
+    check_values,
     from_list,
     from_raw,
     raw_bytes,
@@ -261,8 +262,13 @@ def test_a_number_beyond_its_integer_type_is_refused_even_where_a_double_cannot_
 
 def test_the_largest_doubles_below_an_integer_types_end_are_its_values() -> None:
     below = float(np.nextafter(2.0**63, 0))
-    body = orjson.dumps({"inputs": [{"name": "a", "datatype": "INT64", "shape": [2], "data": [below, -(2.0**63)]}]})
-    assert parse_call(body, None, 1000, 1024).tensors[0].values == [below, -(2.0**63)]
+    lowest = float(np.nextafter(-(2.0**63), 0))
+    body = orjson.dumps({"inputs": [{"name": "a", "datatype": "INT64", "shape": [2], "data": [below, lowest]}]})
+    assert parse_call(body, None, 1000, 1024).tensors[0].values == [below, lowest]
+    # -2^63 as a double is what orjson makes of any integer below INT64's range: refused as one.
+    with pytest.raises(InvalidInput, match="is not a INT64 value"):
+        parse_call(orjson.dumps({"inputs": [{"name": "a", "datatype": "INT64", "shape": [1], "data": [-(2.0**63)]}]}),
+                   None, 1000, 1024)
 
 
 @pytest.mark.parametrize(("shape", "data"), [
@@ -1086,3 +1092,67 @@ def test_a_grpc_deadline_keeps_time_for_the_answers_way_back() -> None:
     assert 180 <= grpc_deadline_ms(0.2) < 200  # type: ignore[operator]
     assert 29_800 <= grpc_deadline_ms(30.098) < 30_000  # type: ignore[operator]
     assert grpc_deadline_ms(0.001) == 1
+
+
+# --- from a review of the protocol's edges -----------------------------------------------------------
+
+
+def test_a_call_pinned_to_a_version_never_gets_another_versions_answer() -> None:
+    """/versions/7/infer was checked against the version published when the call came: a row
+    scored by version 6 (a roll-out under way) came back 200, its model_version "6"."""
+    from services.gateway.engine import _as_pinned
+
+    by_six = RowAnswer("OK", "challenger", "6", 0.9, "b", "model itself", 3)
+    refused = _as_pinned(by_six, MODEL, "7")
+    assert (refused.status, refused.score, refused.label) == ("ERROR", None, "")
+    assert "asked for model version '7', and '6' answered it" in refused.reason
+    assert _as_pinned(by_six, MODEL, "6") is by_six
+    decided_by_v2 = RowAnswer("OK", "champion", "1", 0.9, "b", "preferred", 2)
+    assert _as_pinned(decided_by_v2, SCHEDULE, "3").status == "ERROR"
+    assert _as_pinned(decided_by_v2, SCHEDULE, "2") is decided_by_v2
+    timed_out = RowAnswer("TIMEOUT", "champion", "", None, "", "no score by the deadline", 2)
+    assert _as_pinned(timed_out, SCHEDULE, "3") is timed_out  # its own failure says more
+
+
+def test_a_refusal_echoing_the_callers_text_is_no_oracle_for_a_secret() -> None:
+    """Every message went through the secrets' mask: an input named like a Kafka password came
+    back as ***, which confirmed the guess."""
+    from services.core import redaction
+    from services.core.errors import KafkaOperationError
+
+    redaction.never_print("Tr0ub4dor&3")
+    try:
+        guessed = status_of(InvalidInput("input 'Tr0ub4dor&3': datatype BOOL is not a number type"))
+        assert "Tr0ub4dor&3" in guessed.message
+        kafka = status_of(KafkaOperationError("SASL authentication failed for password Tr0ub4dor&3"))
+        assert "Tr0ub4dor&3" not in kafka.message and "***" in kafka.message
+    finally:
+        redaction.forget_all()
+
+
+def test_float_types_take_their_largest_value_as_encoders_print_it_and_int64_its_range_exactly() -> None:
+    """3.4028235e+38 (numpy's, Go's and serde's FP32 max) is above max as a double but rounds to
+    it: it was refused over REST and taken over gRPC. orjson reads an integer below INT64's range
+    as the double -2^63, which passed."""
+    check_values("a", "FP32", [3.4028235e38, -3.4028235e38])
+    check_values("a", "FP16", [65519.0])
+    for datatype, value in (("FP32", 3.4028236e38), ("FP16", 65520.0)):  # these round to inf
+        with pytest.raises(InvalidInput, match=f"out of {datatype}'s range"):
+            check_values("a", datatype, [value])
+    check_values("a", "INT64", [-(2**63)])  # the exact integer
+    with pytest.raises(InvalidInput, match="is not a INT64 value"):
+        check_values("a", "INT64", [orjson.loads(b"-9223372036854775809")])
+
+
+def test_retry_after_says_when_the_key_may_call_again_and_v2_health_answers_false_with_400() -> None:
+    from services.gateway.rest import RestApi, error_response
+    from services.gateway.settings import GatewaySettings
+
+    assert error_response(RateLimited("over the rate limit", retry_after_s=99.2)).headers["Retry-After"] == "100"
+    assert error_response(Unavailable("draining")).headers["Retry-After"] == "1"
+    gateway = _gateway_without_kafka(GatewaySettings())
+    gateway.draining = True
+    api = RestApi(gateway, "test")
+    not_ready = asyncio.run(api.ready(None))  # type: ignore[arg-type]
+    assert not_ready.status_code == 400 and orjson.loads(not_ready.body)["ready"] is False
+    assert asyncio.run(api.readyz(None)).status_code == 503  # type: ignore[arg-type]
