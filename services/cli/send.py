@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-from services.client.client import AnswerTimeout, Client
+from services.client.client import AnswerTimeout, Client, InvalidRequest, checked_features
 from services.core.errors import ConfigError, RendezvousError
 from services.core.settings import KafkaSettings, not_a_readable_file, setting
 
@@ -70,7 +70,18 @@ def _from_json(text: str, where: str) -> dict[str, float]:
         raise ConfigError(f"{where}: not valid JSON ({str(exc)[:80]})") from None
     if not isinstance(data, dict) or not data:
         raise ConfigError(f"{where}: expected a non-empty JSON object of feature name -> number")
-    return {str(k): _number(v, f"{where} key {_excerpt(k)}") for k, v in data.items()}
+    row = {str(k): _number(v, f"{where} key {_excerpt(k)}") for k, v in data.items()}
+    return _sendable(row, where)
+
+
+def _sendable(row: dict[str, float], where: str) -> dict[str, float]:
+    """The client's own check, here with the row's place: refused by `submit` in the send loop,
+    a row stopped the command after the rows before it had gone, their answers unprinted."""
+    try:
+        checked_features(row)
+    except InvalidRequest as err:
+        raise ConfigError(f"{where}: {err}") from None
+    return row
 
 
 def read_rows(settings: SendSettings) -> list[dict[str, float]]:
@@ -121,7 +132,8 @@ def _csv_rows(handle: TextIO, where: str) -> Iterator[dict[str, float]]:
         if len(values) != len(header):
             raise ConfigError(f"{where}:{line}: {len(values)} values for {len(header)} columns")
         cells = zip(header, values, strict=True)
-        yield {name: _number(v, f"{where}:{line} column {_excerpt(name)}") for name, v in cells}
+        row = {name: _number(v, f"{where}:{line} column {_excerpt(name)}") for name, v in cells}
+        yield _sendable(row, f"{where}:{line}")
 
 
 def _jsonl_rows(handle: TextIO, where: str) -> Iterator[dict[str, float]]:
@@ -150,6 +162,13 @@ def warn_unknown_features(settings: KafkaSettings, rows: list[dict[str, float]])
             "requests carrying them will get an error from every model that rejects unknown features")
 
 
+def _json_line(answer: dict[str, Any]) -> str:
+    """One answer as JSON: a score that is not finite (the replies topic is a shared address
+    anyone may write to) is null, where json.dumps wrote NaN or Infinity, which no parser reads."""
+    finite = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in answer.items()}
+    return json.dumps(finite, allow_nan=False)
+
+
 def send(settings: SendSettings) -> int:
     rows = read_rows(settings)
     warning = warn_unknown_features(settings, rows)
@@ -175,7 +194,7 @@ def send(settings: SendSettings) -> int:
             except RendezvousError as err:
                 failed.append(err)
                 continue
-            sys.stdout.write(json.dumps({**asdict(answer), "latency_ms": answer.latency_ms}) + "\n")
+            sys.stdout.write(_json_line({**asdict(answer), "latency_ms": answer.latency_ms}) + "\n")
             statuses[answer.status] = statuses.get(answer.status, 0) + 1
     summary = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
     sys.stderr.write(f"{len(rows) - missing - len(failed)} answers: {summary or 'none'}\n")

@@ -416,3 +416,16 @@ def test_deploys_and_undeploys_of_one_deployment_wait_for_each_other(
         fcntl.flock(held, fcntl.LOCK_UN)
     waiting.join(timeout=30)
     assert not waiting.is_alive() and isinstance(outcome[0], ConfigError)  # then it ran: nothing deployed
+
+
+def test_send_refuses_a_row_the_client_would_refuse_before_anything_is_sent(tmp_path: Path) -> None:
+    """The file's check let a feature named with a lone surrogate through; the client refused it
+    in the send loop, after the rows before it had gone, their answers unprinted (a review)."""
+    from services.cli.send import SendSettings, _json_line, read_rows
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}\n{"\\ud800": 3}\n')
+    with pytest.raises(ConfigError, match=r"rows\.jsonl:3: feature name .* must be a non-empty string of text"):
+        read_rows(SendSettings(file=str(path)))
+    line = _json_line({"request_id": "r", "score": float("nan"), "latency_ms": float("inf"), "label": "x"})
+    assert json.loads(line) == {"request_id": "r", "score": None, "latency_ms": None, "label": "x"}

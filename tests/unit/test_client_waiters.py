@@ -253,3 +253,41 @@ def test_a_send_refused_by_the_broker_fails_its_own_waiter_not_every_waiter_of_i
     assert not first.done()
     client._resolve(answer("r"), 10, partition=0)
     assert first.result(0).status == "OK" and client._pending == {}
+
+
+class _Recording:
+    """A producer that keeps what it is given, refusing the second record as too large."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def produce(self, _topic: str, value: bytes, **_kwargs: Any) -> None:
+        from services.core.errors import RecordTooLarge
+
+        if len(self.sent) == 1:
+            raise RecordTooLarge("a record of 1808998 bytes is over the producer's message.max.bytes")
+        self.sent.append(value)
+
+    def poll(self, _timeout: float) -> int:
+        return 0
+
+    def flush(self, _timeout: float) -> int:
+        return 0
+
+
+def test_score_many_sends_nothing_of_a_batch_with_a_bad_row_and_leaves_no_waiter_whatever_fails() -> None:
+    """A bad third row was refused after rows 1 and 2 had gone, their waiters kept for good; and a
+    row refused by the producer left the waiters of the rows before it (a review)."""
+    from services.client.client import InvalidRequest
+    from services.core.errors import RecordTooLarge
+
+    client = bare_client((0,))
+    client._producer = _Recording()  # type: ignore[assignment]
+    client._turn = itertools.count()
+    client._wait_when_full, client.answer_wait_s = False, 1.0
+    with pytest.raises(InvalidRequest, match="must be a non-empty string of text"):
+        client.score_many([{"f": 1.0}, {"f": 2.0}, {"\ud800": 3.0}])
+    assert client._producer.sent == [] and client._pending == {}  # type: ignore[attr-defined]
+    with pytest.raises(RecordTooLarge):
+        client.score_many([{"f": 1.0}, {"f": 2.0}, {"f": 3.0}])
+    assert len(client._producer.sent) == 1 and client._pending == {}  # type: ignore[attr-defined]
