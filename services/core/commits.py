@@ -323,6 +323,7 @@ class CommitLane:
         self._held: list[tuple[str, bytes | None, bytes | str | None, int | None, Any]] = []
         self._committing = False
         self._wanted: list[TopicPartition] | None = None
+        self._epoch = 0  # discard_outcomes' count: a commit that ran across one keeps no success
         self._group: Any = None
         self._give_up: Callable[[], bool] = lambda: False
         self._outcomes: list[CommitOutcome] = []
@@ -443,6 +444,7 @@ class CommitLane:
         would stall every later commit."""
         with self._lock:
             self._committing = True
+            epoch = self._epoch
         started = time.perf_counter()
         outcome: CommitOutcome | None = None
         try:
@@ -458,7 +460,7 @@ class CommitLane:
                 time.perf_counter() - started)
             with self._lock:
                 self._committing = False
-                if record and outcome is not None:
+                if record and outcome is not None and (outcome.error is not None or epoch == self._epoch):
                     self._outcomes.append(outcome)
                 if self.committer.transactional:
                     self._release_held()  # into the next transaction: after this one's outcome
@@ -503,7 +505,14 @@ class CommitLane:
         return outcome.done
 
     def discard_outcomes(self) -> None:
+        """Partitions were lost: a commit asked for and not started is dropped, every outcome goes,
+        and so does the success of one running now (`_epoch`): finished after, its outcome, settled
+        by the loop, committed the lost partitions' offsets (a review). Not waited for: this runs
+        in the consumer's rebalance callback, and a flush may wait long on a broker away. A failure
+        is kept: its refused outputs may be of partitions still owned."""
         with self._lock:
+            self._wanted = None
+            self._epoch += 1
             self._outcomes = []
 
     def abort_now(self) -> None:

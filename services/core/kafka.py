@@ -59,6 +59,14 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 # emptied its queue within that second and sat idle for the rest of it: 0.5 s of a 1.5 s read
 # of 200,000 records (bench/comparison_throughput.py). Looking again after 20 ms keeps it fed.
 FETCH_AHEAD: dict[str, Any] = {"fetch.queue.backoff.ms": 20}
+# Errors a consumed message may carry that librdkafka gets past itself. Told by their codes: the
+# binding builds a message's KafkaError with retriable() and fatal() always False, so every one
+# stopped the service, _MAX_POLL_EXCEEDED too (one model call longer than max.poll.interval.ms,
+# after which librdkafka rejoins the group; a review).
+_CONSUME_TRANSIENT = frozenset({
+    KafkaError._MAX_POLL_EXCEEDED, KafkaError.REQUEST_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._TRANSPORT,
+    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+})
 CONSUMER_DEFAULTS: dict[str, Any] = {
     **FETCH_AHEAD,
     # We commit explicitly, only what is finished (docs/architecture.md, "Commit orders").
@@ -436,8 +444,12 @@ class Consumer:
                                   f"session.timeout.ms {timeout} (--session-timeout-ms) must be within the broker's "
                                   "group.min.session.timeout.ms and group.max.session.timeout.ms (Kafka's defaults: "
                                   "6000 and 1800000; the project's local broker allows 1000)")
+            elif err.code() in _CONSUME_TRANSIENT:
+                log.warning("consume: transient error, librdkafka retries (or rejoins the group): %s", err.str())
             elif err.fatal() or not err.retriable():
-                source = Source(msg.topic() or "?", msg.partition() or -1, msg.offset() or -1)
+                partition, offset = msg.partition(), msg.offset()
+                source = Source(msg.topic() or "?", -1 if partition is None else partition,
+                                -1 if offset is None else offset)
                 refused = refusal(err, "READ", msg.topic() or "?")
                 raise KafkaOperationError(refused or f"consume failed: {err.str()}", source=source)
             else:

@@ -34,7 +34,7 @@ import numpy as np
 from confluent_kafka import KafkaException, Message, TopicPartition
 
 from services.core.commits import AtLeastOnce, CommitLane, Committer, ExactlyOnce, TransactionAborted
-from services.core.errors import ConfigError, ConsumerFenced, KafkaOperationError
+from services.core.errors import ConfigError, ConsumerFenced, DeliveryFailed, KafkaOperationError
 from services.core.health import BrokerHealth
 from services.core.kafka import Consumer, Producer, partition_end, topic_limits, wait_for_broker
 from services.core.runtime import tune_gc
@@ -372,6 +372,13 @@ class StreamService:
                 self.ctx.outputs.abort_now()
             except TransactionAborted as again:
                 log.warning("%s", again)
+        except DeliveryFailed:
+            # Outputs refused (or not delivered) at this commit: no later commit may carry the work
+            # they came from, the consumer's close's revoke included. It did, after a drain's
+            # refusal: at least once the failures were already cleared, exactly once a fresh,
+            # empty transaction took the offsets alone (a review: the records were lost).
+            self._outputs_void = True
+            raise
 
     def _group_metadata(self) -> Any:
         """Taken here, on the consumer's thread: the commit thread never calls the consumer."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -200,5 +201,41 @@ def test_an_output_held_during_a_commit_that_cannot_be_produced_voids_the_transa
         lane.request([TopicPartition("t", 0, 1)])  # settled: the lane commits again
         [outcome] = _outcomes(lane)
         assert outcome.done
+    finally:
+        lane.close()
+
+
+class _Slow(RecordingCommitter):
+    """A commit that runs until released (a flush on a sluggish broker)."""
+
+    def __init__(self, fail_with: BaseException | None = None) -> None:
+        super().__init__(fail_with)
+        self.running, self.release = threading.Event(), threading.Event()
+
+    def commit(self, offsets: list[TopicPartition], give_up: Callable[[], bool], group: Any) -> bool:
+        self.running.set()
+        assert self.release.wait(10), "never released"
+        return super().commit(offsets, give_up, group)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_commit_running_when_partitions_are_lost_keeps_no_success(fails: bool) -> None:
+    """Its outcome landed after the loss was handled, and the loop's next settle committed the
+    lost partitions' offsets (a review). A failure is kept: its refused outputs may be of
+    partitions still owned, and the service must stop on it."""
+    committer = _Slow(RefusedForGood("delivery to out failed: Message size too large") if fails else None)
+    lane = CommitLane(committer, None)
+    try:
+        lane.request([TopicPartition("in", 0, 6), TopicPartition("in", 1, 8)])
+        assert committer.running.wait(10)
+        lane.discard_outcomes()  # on the consumer's thread, in the lost-partitions callback: not waiting
+        committer.release.set()
+        if fails:
+            [outcome] = _outcomes(lane)
+            assert isinstance(outcome.error, RefusedForGood)
+        else:
+            while lane.busy():
+                time.sleep(0.01)  # pacing the look at the lane's own flag
+            assert lane.outcomes() == [] and committer.finishes == []
     finally:
         lane.close()

@@ -168,3 +168,52 @@ def test_partitions_lost_leave_the_service_unready_until_assigned_again_whatever
     service._on_lost(None, [TopicPartition("in", 0)])
     service.health.mark_up()  # the metadata probe answered
     assert service.readiness() == (False, "waiting for a partition assignment")
+
+
+class _RefusingLane:
+    """The commit lane as the drain meets it: its commit finds the last outputs refused."""
+
+    transactional = False
+
+    def __init__(self) -> None:
+        self.commits = 0
+
+    def commit_now(self, _offsets: Any, _give_up: Any, _group: Any = None) -> bool:
+        self.commits += 1
+        raise RefusedForGood("delivery to out failed: Broker: Message size too large")
+
+
+def test_a_refusal_met_by_the_drains_commit_is_followed_by_no_commit_of_that_work() -> None:
+    """The close's revoke committed the positions after it: at least once the failures were
+    cleared by the first flush, exactly once a fresh, empty transaction took the offsets alone:
+    the records were lost (a review)."""
+    lane = _RefusingLane()
+    spec = StreamSpec(name="svc", config={}, subscription=["in"], group_id="g", processing="at-least-once")
+    service = StreamService(spec, Handler())
+    service.ctx = Context(spec, {}, service.health, Consumer(), None, lane, ExitStack())  # type: ignore[arg-type]
+    with pytest.raises(RefusedForGood):
+        service.commit_now()  # the drain's
+    service._on_revoke(None, [TopicPartition("in", 0)])  # the consumer's close
+    assert lane.commits == 1
+
+
+@pytest.mark.parametrize("code", [KafkaError._MAX_POLL_EXCEEDED, KafkaError.REQUEST_TIMED_OUT,
+                                  KafkaError.NOT_LEADER_FOR_PARTITION])
+def test_errors_librdkafka_gets_past_do_not_stop_a_consumer_and_partition_0_is_named_so(code: int) -> None:
+    """A message's KafkaError never says retriable (the binding builds it so): each of these
+    stopped the service, a model call longer than max.poll.interval.ms too; and a fatal one named
+    partition 0 at offset 0 as -1 / -1 (a review)."""
+    from confluent_kafka import Message
+
+    from services.core.errors import KafkaOperationError
+    from services.core.kafka import Consumer as Wrapped
+
+    consumer = Wrapped.__new__(Wrapped)
+    consumer._config = {}
+    ok = Message(topic="rdv.requests", partition=0, offset=1, value=b"x")
+    assert consumer._without_errors([Message(topic="rdv.requests", partition=0, offset=0,
+                                             error=KafkaError(code, "from librdkafka")), ok]) == [ok]
+    with pytest.raises(KafkaOperationError) as refused:
+        consumer._without_errors([Message(topic="rdv.requests", partition=0, offset=0,
+                                          error=KafkaError(KafkaError.OFFSET_OUT_OF_RANGE, "gone"))])
+    assert refused.value.source is not None and (refused.value.source.partition, refused.value.source.offset) == (0, 0)
