@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -234,8 +233,8 @@ def test_a_commit_running_when_partitions_are_lost_keeps_no_success(fails: bool)
             [outcome] = _outcomes(lane)
             assert isinstance(outcome.error, RefusedForGood)
         else:
-            while lane.busy():
-                time.sleep(0.01)  # pacing the look at the lane's own flag
+            with lane._lock:  # until the commit has ended and its outcome was (or was not) kept
+                assert lane._lock.wait_for(lambda: not lane.busy(), 10)
             assert lane.outcomes() == [] and committer.finishes == []
     finally:
         lane.close()
