@@ -67,6 +67,7 @@ def wanted(extra_jvm_options: str | None) -> bool:
 def options(archive: Path) -> tuple[tuple[str, ...], Path | None]:
     """The JVM options for this start, and the file it will write (None: it maps an archive)."""
     if archive.is_file():
+        _mark_used(archive)
         return (f"-XX:SharedArchiveFile={archive}",), None
     archive.parent.mkdir(parents=True, exist_ok=True)
     _forget_stale(archive.parent)
@@ -97,7 +98,31 @@ def adopt(pending: Path, archive: Path) -> bool:
         return False
     os.replace(pending, archive)
     log.info("class-data-sharing archive for the local broker written: %s", archive)
+    _forget_unused(archive)
     return True
+
+
+# An archive is written once and then only mapped, so its modification time says when a broker
+# last started on it (options() sets it). Another JVM or Kafka version may still be in use beside
+# this one (an archive per pair), so only those no start mapped for this long are deleted.
+UNUSED_ARCHIVE_S = 14 * 86400.0
+
+
+def _mark_used(archive: Path) -> None:
+    with contextlib.suppress(OSError):  # a read-only cache still maps
+        os.utime(archive)
+
+
+def _forget_unused(kept: Path) -> None:
+    """Delete the archives no broker started on for UNUSED_ARCHIVE_S (tens of MB each): every
+    JDK update or new set of jars names a new one, and the old ones were never used again."""
+    now = time.time()
+    for archive in kept.parent.glob("kafka-*.jsa"):
+        with contextlib.suppress(OSError):  # another start may delete it first
+            if archive != kept and now - archive.stat().st_mtime > UNUSED_ARCHIVE_S:
+                archive.unlink()
+                log.info("deleted %s: a class-data archive no broker started on for %d days",
+                         archive, UNUSED_ARCHIVE_S // 86400)
 
 
 def discard(pending: Path) -> None:

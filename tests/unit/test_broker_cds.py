@@ -78,3 +78,21 @@ def test_it_is_on_unless_turned_off_or_the_user_brings_cds_options(
     else:
         monkeypatch.setenv(cds.CDS_ENV, setting)
     assert cds.wanted(extra) is expected
+
+
+def test_archives_no_broker_started_on_for_weeks_are_deleted_when_a_new_one_is_adopted(tmp_path: Path) -> None:
+    directory = tmp_path / "cds"
+    directory.mkdir()
+    forgotten, in_use = directory / "kafka-4.0.0-0000000000000000.jsa", directory / "kafka-4.0.0-1111111111111111.jsa"
+    weeks_ago = time.time() - 60 * 86400
+    for old in (forgotten, in_use):
+        old.write_bytes(b"an old archive")
+        os.utime(old, (weeks_ago, weeks_ago))
+    assert cds.options(in_use) == ((f"-XX:SharedArchiveFile={in_use}",), None)  # a start maps it: used now
+    archive = cds.archive_path(directory, _java(tmp_path), "4.4.0")
+    _options, pending = cds.options(archive)
+    assert pending is not None
+    pending.write_bytes(b"archive")
+    assert cds.adopt(pending, archive)
+    assert archive.exists() and in_use.exists()
+    assert not forgotten.exists()
