@@ -2,9 +2,9 @@
 
 Records are keyed `<name>/<version>` (see Schedule.key), so compaction keeps one record per
 version and the topic is the history. A schedule governs the requests *created* at or after
-its `effective_at` (or after the broker appended it, if later: `ScheduleBook.add`): every
-rendezvous instance, whatever its lag, picks the same schedule for the same request, and the
-answer carries that schedule's version.
+its `effective_at` (or after the broker appended it, or after its predecessor starts, if later:
+`ScheduleBook.add`): every rendezvous instance, whatever its lag, picks the same schedule for
+the same request, and the answer carries that schedule's version.
 """
 
 from __future__ import annotations
@@ -112,12 +112,22 @@ class ScheduleBook:
         the writer's clock behind the broker's would otherwise make it govern requests created
         before it existed, answered under the version before by a live rendezvous and under
         this one by an instance re-reading them. The write time is the record's (LogAppendTime),
-        so every reader agrees on it."""
+        so every reader agrees on it.
+
+        Nor does it start before the version it follows: the broker's append time can step back
+        (its clock set back, a new leader's clock behind), and a start earlier than its
+        predecessor's left the starts out of order, so the bisection picked a version by chance."""
         start = schedule.effective_at
-        if written_at is not None and self._versions:
-            start = max(start, written_at)
+        if self._versions:
+            written = start if written_at is None else written_at
+            start = max(start, written, self._starts[-1])
         self._versions.append(schedule)
         self._starts.append(start)
+
+    @property
+    def latest_start(self) -> int | None:
+        """When the latest version starts to govern (see `add`), None before the first."""
+        return self._starts[-1] if self._starts else None
 
     def for_request(self, created_at: int) -> Schedule:
         """The version in force when the request was created (the oldest one for older requests)."""

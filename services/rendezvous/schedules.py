@@ -118,7 +118,7 @@ class ScheduleFeed:
             return
         self.book.add(schedule, record.written_at)
         m.SCHEDULE_UPDATES.inc()
-        late_ms = now_ms() - max(schedule.effective_at, record.written_at)
+        late_ms = now_ms() - (self.book.latest_start or 0)
         if live and late_ms > 0:
             # Requests created since its effective time may have been answered under the old
             # version here, while an instance re-reading them would use the new one.

@@ -275,3 +275,21 @@ def test_a_file_time_is_published_exactly_and_a_late_read_back_is_not_a_lost_rac
     monkeypatch.setattr(topic, "READ_BACK_S", 0.0)
     with pytest.raises(ConfigError, match=r"was written, but no reader's v2 could be read back .* is unknown"):
         topic.publish({}, "rdv.control", published)
+
+
+
+def test_a_version_never_starts_before_the_one_it_follows_when_the_broker_clock_steps_back() -> None:
+    """v2 (effective 1,000) appended at 5,000, then v3 (effective 2,000) appended at 3,000 by a broker
+    whose clock stepped back: the starts were [0, 5000, 3000], out of order, and which version
+    governed a request depended on how many came after: one created at 4,000 was governed by v1,
+    then by v3 once a v4 (appended at 6,000) was read (a review)."""
+    book = ScheduleBook("default")
+    book.add(Schedule(models=("a",), version=1), written_at=0)
+    book.add(Schedule(models=("b",), version=2, effective_at=1_000), written_at=5_000)
+    book.add(Schedule(models=("c",), version=3, effective_at=2_000), written_at=3_000)
+    before = [book.for_request(t).version for t in (4_000, 4_999, 5_000)]
+    book.add(Schedule(models=("d",), version=4, effective_at=2_000), written_at=6_000)
+    assert [book.for_request(t).version for t in (4_000, 4_999, 5_000)] == before == [1, 1, 3]
+    assert book.named_between(3_000, 4_999) == {"a"}
+    assert [v.version for v in book.in_force_and_after(4_000)] == [1, 2, 3, 4]
+    assert book.latest_start == 6_000
