@@ -68,8 +68,8 @@ class ModelsSettings(ScheduleViewSettings):
 class ChangeSettings(ScheduleSettings):
     """What every schedule change takes."""
 
-    effective_in: str = setting("2s", "How long from now the new version takes effect (e.g. 2s, 1m; at most "
-                                      "7 days less an hour).")
+    effective_in: str = setting("2s", "How long from now the new version takes effect (e.g. 2s, 1m; at least "
+                                      "1s, at most 7 days less an hour).")
     comment: str = setting("", "Why this change (kept in the schedule's history).")
     live_window_s: float = setting(60.0, "A model counts as live if it scored within this many seconds.",
                                    minimum=1)
@@ -91,9 +91,13 @@ CLOCK_MARGIN_MS = 3_600_000
 
 
 def _within_reach(ahead_ms: int, what: str) -> None:
-    """ConfigError if a version effective `ahead_ms` from now would be refused by its readers."""
-    from services.control.topic import MAX_EFFECTIVE_AHEAD_MS
+    """ConfigError if a version effective `ahead_ms` from now would take effect before every reader
+    has it, or be refused by its readers."""
+    from services.control.topic import MAX_EFFECTIVE_AHEAD_MS, MIN_EFFECTIVE_IN_MS, READER_POLL_S
 
+    if ahead_ms < MIN_EFFECTIVE_IN_MS:
+        raise ConfigError(f"{what}: at least {format_duration_ms(MIN_EFFECTIVE_IN_MS)} ahead (readers poll the control "
+                          f"topic every {READER_POLL_S:g} s: sooner, they would read it after it took effect)")
     if ahead_ms > MAX_EFFECTIVE_AHEAD_MS - CLOCK_MARGIN_MS:
         raise ConfigError(f"{what}: at most {MAX_EFFECTIVE_AHEAD_MS // 86_400_000} days less an hour ahead "
                           "(readers refuse a version effective more than 7 days after it was written)")

@@ -50,6 +50,14 @@ MAX_VERSION = 2**53
 # A version may take effect at most this long after it was written (by the log's clock): an
 # effective_at in the year 2100 would otherwise be "accepted" and never govern anything.
 MAX_EFFECTIVE_AHEAD_MS = 7 * 24 * 3600 * 1000
+# How often the slowest reader polls the control topic: the gateway's ScheduleFollower (a
+# rendezvous polls it on every turn of its loop, at most 0.1 s apart when idle).
+READER_POLL_S = 0.5
+# A change takes effect at least this long after it is published: one reader's poll, and as long
+# again for the fetch and a loop turn busy with a batch. Sooner, the instances read it after it
+# took effect: a request created in between was answered under the version before by a live
+# instance, and under the new one by an instance re-reading it (the change was retroactive).
+MIN_EFFECTIVE_IN_MS = int(2 * READER_POLL_S * 1000)
 
 
 class ScheduleBook:

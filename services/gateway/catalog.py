@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from services.control.schedule import Schedule
-from services.control.topic import ControlFeed, ControlRecord, ScheduleBook
+from services.control.topic import READER_POLL_S, ControlFeed, ControlRecord, ScheduleBook
 from services.core.runtime import now_ms
 from services.gateway.errors import InvalidInput, NotFound
 from services.gateway.oip import OUTPUTS
@@ -35,7 +35,7 @@ MODEL = "model"
 class ScheduleFollower:
     """The accepted versions of one schedule, read from the control topic and kept up to date."""
 
-    def __init__(self, config: Mapping[str, Any], topic: str, name: str, poll_s: float = 0.5):
+    def __init__(self, config: Mapping[str, Any], topic: str, name: str, poll_s: float = READER_POLL_S):
         self.book = ScheduleBook(name)
         self.stopped: str | None = None  # why following stopped for good, if it did
         self._feed = ControlFeed(config, topic)

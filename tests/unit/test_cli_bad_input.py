@@ -54,6 +54,9 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     # Taken, then refused by every reader when the CLI's clock ran a second ahead of the broker's,
     # the command blaming "another change" (a review).
     (ScheduleSetSettings, {"models": "a", "effective_in": "7d"}, "at most 7 days less an hour ahead"),
+    # Taken: the instances read the version after it had taken effect (a retroactive change).
+    (ScheduleSetSettings, {"models": "a", "effective_in": "5ms"}, "--effective-in 5ms: at least 1s ahead"),
+    (PromoteSettings, {"effective_in": "999ms"}, "--effective-in 999ms: at least 1s ahead"),
     # Each of these was said only after the broker had been reached (or, --html, after the whole read).
     (ScheduleSetSettings, {}, "schedule set needs --models a,b,c or --file"),
     (ScheduleSetSettings, {"models": "a", "traffic": "a=lots"}, "--traffic: expected model=fraction"),
@@ -104,6 +107,8 @@ def test_a_schedule_files_effective_at_in_the_future_is_when_it_takes_effect(tmp
     assert past is None and "is past: the version takes effect --effective-in (2s) from now" in notes[0]
     with pytest.raises(ConfigError, match=r"effective_at .* at most 7 days less an hour ahead"):
         _effective_at_of(settings, Schedule(models=("a",), effective_at=now + 8 * 24 * hour), now)
+    with pytest.raises(ConfigError, match=r"effective_at .* at least 1s ahead \(readers poll the control topic"):
+        _effective_at_of(settings, Schedule(models=("a",), effective_at=now + 5), now)
 
 
 def test_gateway_files_that_would_let_everyone_in_or_fail_after_kafka_are_refused(tmp_path: Path) -> None:
