@@ -119,7 +119,8 @@ def layout(topics: Topics, prefix: str, principals: Principals = Principals()) -
         *_topic(p.admin, "ALL", *sorted({getattr(t, role) for role in TOPIC_ROLES} - _under(prefix, t))),
         *_topic(p.rendezvous, "READ", t.requests, t.scores, t.control, t.answers, t.log),
         *_topic(p.rendezvous, "WRITE", t.answers, t.log, t.deadletter, t.replies, t.scores, t.control),
-        # It checks at start-up that requests, scores and control keep LogAppendTime; every service
+        # It checks at start-up that requests, scores and control keep LogAppendTime (and control its
+        # versions: no delete policy); every service
         # reads the max.message.bytes of the topics it writes (StreamSpec.outputs).
         *_topic(p.rendezvous, "DESCRIBE_CONFIGS", t.requests, t.scores, t.control, t.answers, t.log, t.deadletter),
         *_groups(p.rendezvous, f"{prefix}rendezvous"),

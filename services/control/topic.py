@@ -21,7 +21,7 @@ from confluent_kafka import Message
 from services.control.schedule import Schedule
 from services.core.codec import codec
 from services.core.errors import BadInput, ConfigError, DecodeFailed
-from services.core.kafka import Producer
+from services.core.kafka import Producer, topic_configs
 from services.core.topic_tail import TopicTail
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,39 @@ READER_POLL_S = 0.5
 # took effect: a request created in between was answered under the version before by a live
 # instance, and under the new one by an instance re-reading it (the change was retroactive).
 MIN_EFFECTIVE_IN_MS = int(2 * READER_POLL_S * 1000)
+
+
+def history_loss(topic: str, configs: Mapping[str, str]) -> str | None:
+    """Why the control topic, configured so (its describe_configs), would lose schedule versions
+    (None: it keeps every one). Its records have a key per write, so compaction keeps them all;
+    a delete policy with a finite retention drops the old ones, and an instance started after
+    that reads no schedule, or an older version than the instances running."""
+    policy = configs.get("cleanup.policy")
+    if policy is None or "delete" not in {part.strip() for part in policy.split(",")}:
+        return None  # compacted only (a policy the broker does not tell is no finding)
+    limits = [f"{key}={configs[key]}" for key in ("retention.ms", "retention.bytes") if _deletes(configs.get(key))]
+    if not limits:
+        return None
+    return (f"{topic} has cleanup.policy={policy} with {' and '.join(limits)}: the broker deletes old schedule "
+            "versions, and an instance started after that reads none, or an older one; the control topic must "
+            "be compacted (`rendezvous topics create` sets cleanup.policy=compact on an existing topic)")
+
+
+def _deletes(retention: str | None) -> bool:
+    """Whether a retention.ms / retention.bytes value the broker told deletes records (-1: no limit)."""
+    if retention is None:
+        return False  # the broker tells every value, defaults included: one it does not is no finding
+    try:
+        return int(retention) >= 0
+    except ValueError:
+        return True  # not a number the broker would take: not read as "no limit"
+
+
+def check_keeps_history(config: Mapping[str, Any], topic: str) -> None:
+    """ConfigError if the control topic would lose schedule versions (`history_loss`)."""
+    problem = history_loss(topic, topic_configs(config, topic))
+    if problem:
+        raise ConfigError(problem)
 
 
 class ScheduleBook:
@@ -218,6 +251,7 @@ def publish(config: Mapping[str, Any], topic: str, schedule: Schedule) -> None:
     """Write one schedule version, wait until the broker has it, and read it back: `ConfigError`
     when another change published this version first (two operators at once, two demos), since
     every reader takes the first record of a version in log order and refuses the later ones."""
+    check_keeps_history(config, topic)  # a version the broker will delete would be no history
     producer = Producer(config)
     producer.produce(topic, encode_schedule(schedule), key=schedule.new_key())
     producer.flush()

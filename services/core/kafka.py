@@ -653,6 +653,11 @@ def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> 
 
 def topic_config(config: Mapping[str, Any], topic: str, key: str, timeout: float = 15.0) -> str | None:
     """One configuration value of a topic as the broker has it (None if it does not say)."""
+    return topic_configs(config, topic, timeout).get(key)
+
+
+def topic_configs(config: Mapping[str, Any], topic: str, timeout: float = 15.0) -> dict[str, str]:
+    """Every configuration value of a topic the broker tells, by name."""
     from confluent_kafka.admin import ConfigResource
 
     client = admin(config)  # kept referenced until the answer is in: a collected client cancels it
@@ -661,8 +666,7 @@ def topic_config(config: Mapping[str, Any], topic: str, key: str, timeout: float
         entries = next(iter(futures.values())).result()
     except KafkaException as exc:
         raise BrokerError(f"cannot read the configuration of {topic}: {exc}") from None
-    entry = entries.get(key)
-    return None if entry is None else str(entry.value)
+    return {key: str(entry.value) for key, entry in entries.items()}
 
 
 def topic_limits(config: Mapping[str, Any], topics: Iterable[str], timeout: float = 15.0) -> dict[str, int]:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from confluent_kafka import Message
 
 from services.control.schedule import Schedule
-from services.control.topic import ControlFeed, ControlRecord, ScheduleBook, encode_schedule
+from services.control.topic import ControlFeed, ControlRecord, ScheduleBook, check_keeps_history, encode_schedule
 from services.core.errors import BadInput, ConfigError, DecodeFailed
 from services.core.runtime import now_ms
 from services.core.service import Context
@@ -49,6 +49,7 @@ class ScheduleFeed:
 
     def start(self, ctx: Context) -> None:
         """Replay the control topic's history; seed it with the bootstrap schedule if empty."""
+        check_keeps_history(ctx.config, self.topics.control)  # else a later start reads another history
         self._feed = ControlFeed(ctx.config, self.topics.control)
         ctx.stack.callback(self._feed.close)
         for record in self._feed.read_history():

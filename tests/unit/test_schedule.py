@@ -269,6 +269,7 @@ def test_a_file_time_is_published_exactly_and_a_late_read_back_is_not_a_lost_rac
 
     monkeypatch.setattr(topic, "Producer", Written)
     monkeypatch.setattr(topic, "load_book", lagging)
+    monkeypatch.setattr(topic, "topic_configs", lambda *_args: {"cleanup.policy": "compact"})
     topic.publish({}, "rdv.control", published)
     assert len(reads) == 3
     reads.clear()
@@ -293,3 +294,78 @@ def test_a_version_never_starts_before_the_one_it_follows_when_the_broker_clock_
     assert book.named_between(3_000, 4_999) == {"a"}
     assert [v.version for v in book.in_force_and_after(4_000)] == [1, 2, 3, 4]
     assert book.latest_start == 6_000
+
+
+@pytest.mark.parametrize(("configs", "says"), [
+    ({"cleanup.policy": "compact", "retention.ms": "1000", "retention.bytes": "-1"}, None),
+    ({"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}, None),  # deletes nothing
+    ({"cleanup.policy": "delete", "retention.ms": "604800000", "retention.bytes": "-1"},
+     "rdv.control has cleanup.policy=delete with retention.ms=604800000: the broker deletes old schedule versions"),
+    ({"cleanup.policy": "compact,delete", "retention.ms": "-1", "retention.bytes": "1048576"},
+     "cleanup.policy=compact,delete with retention.bytes=1048576"),
+    ({"cleanup.policy": "delete", "retention.ms": "0", "retention.bytes": "10"},
+     "retention.ms=0 and retention.bytes=10"),
+    ({}, None),  # the broker told nothing: no finding
+])
+def test_a_control_topic_that_deletes_old_versions_is_said(configs: dict[str, str], says: str | None) -> None:
+    from services.control.topic import history_loss
+
+    problem = history_loss("rdv.control", configs)
+    if says is None:
+        assert problem is None
+    else:
+        assert problem is not None and says in problem and "\n" not in problem  # one line
+
+
+def _deleting(_config: object, _topic: str, timeout: float = 15.0) -> dict[str, str]:
+    return {"cleanup.policy": "delete", "retention.ms": "3600000", "retention.bytes": "-1"}
+
+
+def test_publish_refuses_a_control_topic_that_deletes_old_versions_before_writing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Created with cleanup.policy=delete and retention.ms=1h, the topic lost v1 an hour on: an
+    instance restarted then read no schedule, or an older one than those running (a review)."""
+    from services.control import topic
+
+    written: list[object] = []
+
+    class Written:
+        def __init__(self, _config: object) -> None:
+            pass
+
+        def produce(self, *args: object, **_kwargs: object) -> None:
+            written.append(args)
+
+        def flush(self, *_args: object) -> int:
+            return 0
+
+    schedule = Schedule(models=("a",), version=1)
+    monkeypatch.setattr(topic, "topic_configs", _deleting)
+    monkeypatch.setattr(topic, "Producer", Written)
+    monkeypatch.setattr(topic, "load_book", lambda _c, _t, name: ScheduleBook.holding(schedule))
+    with pytest.raises(ConfigError, match=r"rdv.control has cleanup.policy=delete with retention.ms=3600000"):
+        topic.publish({}, "rdv.control", schedule)
+    assert written == []
+
+
+def test_a_rendezvous_refuses_a_control_topic_that_deletes_old_versions_before_reading_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from contextlib import ExitStack
+    from types import SimpleNamespace
+
+    from services.control import topic
+    from services.core.settings import Topics
+    from services.rendezvous import schedules
+
+    class Unread:
+        def __init__(self, *_args: object) -> None:
+            raise AssertionError("the control topic was read before its clean-up policy was checked")
+
+    monkeypatch.setattr(topic, "topic_configs", _deleting)
+    monkeypatch.setattr(schedules, "ControlFeed", Unread)
+    feed = schedules.ScheduleFeed("default", Schedule(models=("a",)), Topics.from_prefix("rdv."),
+                                  dead_letter=lambda _msg, _err: None)
+    with ExitStack() as stack, pytest.raises(ConfigError, match=r"rdv.control has cleanup.policy=delete"):
+        feed.start(SimpleNamespace(config={}, stack=stack))  # type: ignore[arg-type]
