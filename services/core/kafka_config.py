@@ -118,10 +118,25 @@ def parse(items: Iterable[str]) -> dict[str, str]:
                 f"give each setting its own {FLAG}, or separate them by ';' in RDV_KAFKA_CONFIG ('a=1;b=2')"
             )
             continue
+        unsupported = _unsupported(key, value)
+        if unsupported is not None:
+            errors.append(f"{_item(position, key)}: {unsupported}")
+            continue
         config[key] = value
     if errors:
         raise ConfigError("; ".join(errors) + " (values not shown)")
     return config
+
+
+def _unsupported(key: str, value: str) -> str | None:
+    """Why a setting librdkafka would take is refused here, if it is."""
+    if key == "group.protocol" and value.lower() != "classic":
+        # KIP-848's assignment is incremental: the co-partitioned recovery (partition p of requests
+        # and scores taken over as a unit) and the skeleton's assign/revoke handling assume eager.
+        return ("only the classic group protocol is supported (KIP-848's incremental assignment is not "
+                "handled by the co-partitioned recovery): leave group.protocol unset or classic "
+                "(docs/failover.md, \"Why the classic protocol, not KIP-848\")")
+    return None
 
 
 def _malformed(position: int, item: str) -> str:

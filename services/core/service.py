@@ -114,13 +114,8 @@ class Context:
 # Under the user's --kafka-config (which may change it) and the service's own consumer_config.
 # A member killed with -9 keeps its partitions until its session times out: librdkafka's default
 # of 45 s left a restarted decoy or comparison service without partitions for most of a minute.
+# (The classic group protocol only: settings refuse group.protocol=consumer, kafka_config.py.)
 GROUP_DEFAULTS: dict[str, Any] = {"session.timeout.ms": 6_000}
-
-
-def group_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
-    """GROUP_DEFAULTS, but none under the new group protocol (KIP-848): its session timeout is the
-    broker's, and librdkafka refuses the setting there."""
-    return {} if str(config.get("group.protocol", "classic")).lower() == "consumer" else GROUP_DEFAULTS
 
 
 class StreamHandler(Protocol):
@@ -223,7 +218,7 @@ class StreamService:
         wait_for_broker(config, spec.connect_timeout_s)
         with ExitStack() as stack:
             producer = self._producer(config, stack)
-            consumer = Consumer({**group_defaults(config), **config, "group.id": spec.group_id, **spec.consumer_config})
+            consumer = Consumer({**GROUP_DEFAULTS, **config, "group.id": spec.group_id, **spec.consumer_config})
             stack.callback(consumer.close)
             committer = self._committer(producer, consumer, stop)
             lane = CommitLane(committer, producer, background=spec.processing != "durable")
