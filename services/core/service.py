@@ -192,10 +192,13 @@ class StreamService:
     def readiness(self) -> tuple[bool, str]:
         if not self.health.up:
             return False, self.health.describe()
-        if not self._assigned:
-            return False, "waiting for a partition assignment"
-        if self._draining_until is not None:
+        if self._draining_until is not None:  # said first: the consumer's close revokes every partition
             return False, "draining before shutdown"
+        if not self._assigned:
+            # After a release (revoked or lost) the group is rebalancing: nothing is owned until the
+            # next assignment, and a load balancer must not count on this instance meanwhile.
+            waiting = "rebalancing: no partitions assigned" if self._releases else "waiting for a partition assignment"
+            return False, waiting
         reason = self.handler.not_ready()
         return (False, reason) if reason else (True, "ready")
 
@@ -461,6 +464,7 @@ class StreamService:
             except KafkaOperationError as err:
                 log.warning("commit on revoke failed (%s): the next owner repeats that work", err)
         self._disown(partitions)
+        self._assigned = bool(self._owned)  # the classic protocol revokes everything: not ready until assigned
         self.handler.on_released(partitions, lost=False)
 
     def _on_lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:

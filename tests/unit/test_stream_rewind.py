@@ -167,7 +167,42 @@ def test_partitions_lost_leave_the_service_unready_until_assigned_again_whatever
     service._assigned = True
     service._on_lost(None, [TopicPartition("in", 0)])
     service.health.mark_up()  # the metadata probe answered
+    assert service.readiness() == (False, "rebalancing: no partitions assigned")
+
+
+class AssigningConsumer(QuietConsumer):
+    """Takes the assignments the skeleton makes in its rebalance callbacks."""
+
+    def __init__(self) -> None:
+        super().__init__(answers=True)
+        self.assigned: list[TopicPartition] = []
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigned = list(partitions)
+
+    def assignment(self) -> list[TopicPartition]:
+        return self.assigned
+
+
+def test_a_revoke_leaves_the_service_unready_until_the_next_assignment() -> None:
+    """Between a rebalance's revoke (the classic protocol takes every partition) and the next
+    assignment, readiness said ready: a load balancer kept counting on an instance owning nothing."""
+    committer = RecordingCommitter()
+    lane = CommitLane(committer, None, background=False)  # type: ignore[arg-type]
+    spec = StreamSpec(name="svc", config={}, subscription=["in"], group_id="g", processing="at-least-once")
+    service = StreamService(spec, Handler())
+    consumer = AssigningConsumer()
+    service.ctx = Context(spec, {}, service.health, consumer, None, lane, ExitStack())  # type: ignore[arg-type]
+    partitions = [TopicPartition("in", 0), TopicPartition("in", 1)]
     assert service.readiness() == (False, "waiting for a partition assignment")
+
+    service._on_assign(None, partitions)
+    assert service.readiness() == (True, "ready")
+    service._on_revoke(None, partitions)
+    assert service.readiness() == (False, "rebalancing: no partitions assigned")
+    assert len(committer.commits) == 1  # the revoke still committed the finished work first
+    service._on_assign(None, partitions[:1])
+    assert service.readiness() == (True, "ready")
 
 
 class _RefusingLane:
