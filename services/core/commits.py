@@ -67,7 +67,9 @@ class Committer(Protocol):
 
     def commit(self, offsets: list[TopicPartition], give_up: Callable[[], bool], group: Any) -> bool: ...
 
-    def finish(self, offsets: list[TopicPartition], wait: bool) -> None: ...
+    def finish(self, offsets: list[TopicPartition], wait: bool) -> bool:
+        """True: an asynchronous commit was sent, committed only once the consumer's on_commit
+        callback says so (StreamService._on_commit); False: nothing more to wait for."""
 
     def abort(self) -> None: ...
 
@@ -108,25 +110,28 @@ class AtLeastOnce(_Base):
             self.on_wait(f"waiting for the broker to take our outputs: {err}")
             return False
 
-    def finish(self, offsets: list[TopicPartition], wait: bool) -> None:
+    def finish(self, offsets: list[TopicPartition], wait: bool) -> bool:
         """Commit the input offsets whose outputs `commit` flushed (on the consumer's thread).
 
-        From the poll loop asynchronously (the loop never waits; a failed commit is covered by
-        the next one); on revoke and drain synchronously."""
+        From the poll loop asynchronously (the loop never waits; True once sent: the broker's
+        answer comes through the consumer's on_commit, and a position it refuses is sent again);
+        on revoke and drain synchronously."""
         if not offsets:
-            return
+            return False
         if not wait:
             try:
                 self.consumer.native.commit(offsets=offsets, asynchronous=True)
             except KafkaException as exc:
                 log.warning("offset commit not sent (%s); the next one covers it", exc)
-            return
+                return False
+            return True
         try:
             with self.health.blocking():
                 self.consumer.commit(offsets)
         except CommitRejected as err:
             # At-least-once: whoever owns these partitions now re-reads from the last commit.
             log.warning("%s; the new owner repeats that work", err)
+        return False
 
     def abort(self) -> None:
         return None
@@ -264,8 +269,8 @@ class ExactlyOnce(_Base):
         # the rest is aborted, and re-reading + recovery sorts out which was which.
         self._replace_producer(f"transaction still failing after {MAX_ATTEMPTS} tries")
 
-    def finish(self, offsets: list[TopicPartition], wait: bool) -> None:
-        return None  # the offsets were committed inside the transaction
+    def finish(self, offsets: list[TopicPartition], wait: bool) -> bool:
+        return False  # the offsets were committed inside the transaction
 
     def abort(self) -> None:
         """Abort the open transaction and open the next (a wedged client is replaced)."""
@@ -474,9 +479,10 @@ class CommitLane:
                     raise KafkaOperationError("the commit thread ended unexpectedly")
                 self._lock.wait(0.1)
 
-    def finish(self, outcome: CommitOutcome) -> None:
-        """On the consumer's thread, after a background commit ended well (see `Committer`)."""
-        self.committer.finish(outcome.offsets, wait=False)
+    def finish(self, outcome: CommitOutcome) -> bool:
+        """On the consumer's thread, after a background commit ended well (see `Committer`): True
+        when its offsets were sent asynchronously, committed once acknowledged."""
+        return self.committer.finish(outcome.offsets, wait=False)
 
     def commit_now(self, offsets: list[TopicPartition], give_up: Callable[[], bool], group: Any = None) -> bool:
         """Commit on the caller's thread, the consumer's (after any background commit ended);

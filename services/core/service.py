@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from confluent_kafka import KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from services.core.commits import AtLeastOnce, CommitLane, Committer, ExactlyOnce, TransactionAborted
 from services.core.errors import ConfigError, ConsumerFenced, DeliveryFailed, KafkaOperationError
@@ -184,6 +184,8 @@ class StreamService:
         # What we own, as the callbacks said: a fenced consumer forgets its assignment at once.
         self._owned: dict[tuple[str, int], TopicPartition] = {}
         self._releases = 0  # partitions released so far (revoked or lost): tells a rebalance happened
+        # Positions sent by an asynchronous offset commit, not yet answered (_on_commit): not sent again meanwhile.
+        self._unanswered: dict[tuple[str, int], int] = {}
         self._turned_at: float | None = None  # the poll loop's last pass (None: not looping)
         self._schemas: SchemaWait | None = None  # records waiting for their schema (run: after wire.configure)
 
@@ -221,7 +223,8 @@ class StreamService:
         wait_for_broker(config, spec.connect_timeout_s)
         with ExitStack() as stack:
             producer = self._producer(config, stack)
-            consumer = Consumer({**GROUP_DEFAULTS, **config, "group.id": spec.group_id, **spec.consumer_config})
+            consumer = Consumer({**GROUP_DEFAULTS, **config, "group.id": spec.group_id, **spec.consumer_config,
+                                 "on_commit": self._on_commit})
             stack.callback(consumer.close)
             committer = self._committer(producer, consumer, stop)
             lane = CommitLane(committer, producer, background=spec.processing != "durable")
@@ -326,7 +329,7 @@ class StreamService:
             return  # asked again on the next pass: commits run back to back when they take longer
         self._last_commit = time.monotonic()
         self.ctx.commit_wanted = False
-        offsets = self.handler.finished_offsets()
+        offsets = [tp for tp in self.handler.finished_offsets() if not self._sent_unanswered(tp)]
         # A transaction must also commit when only outputs were produced (e.g. answers to
         # requests whose offsets wait behind an older one): readers see them only then.
         if offsets or (lane.produced and lane.transactional):
@@ -336,8 +339,10 @@ class StreamService:
         assert self.ctx is not None
         for outcome in self.ctx.outputs.outcomes():
             if outcome.error is None:
-                if outcome.done:
-                    self.ctx.outputs.finish(outcome)
+                if outcome.done and self.ctx.outputs.finish(outcome):
+                    # Sent, not yet committed: marked so once the broker says so (_on_commit).
+                    self._unanswered.update({(tp.topic, tp.partition): tp.offset for tp in outcome.offsets})
+                elif outcome.done:
                     self.handler.on_committed(outcome.offsets)
                     if self.ctx.outputs.transactional:
                         # The coordinator took the transaction. At least once, a flush with nothing
@@ -350,6 +355,24 @@ class StreamService:
             else:
                 self._outputs_void = True  # the consumer's close revokes next: it must not commit
                 raise outcome.error
+
+    def _sent_unanswered(self, tp: TopicPartition) -> bool:
+        return self._unanswered.get((tp.topic, tp.partition)) == tp.offset
+
+    def _on_commit(self, err: KafkaError | None, offsets: list[TopicPartition]) -> None:
+        """librdkafka's answer to an asynchronous offset commit (served by consume, on the loop's
+        thread). Only what the broker took is marked committed: a position marked when its commit
+        was sent, then refused (a timeout, a coordinator moving), was never sent again while its
+        partition stayed quiet, and the next owner redid that work. One refused stays unmarked,
+        and the next commit sends it again."""
+        for tp in offsets:
+            if self._sent_unanswered(tp):
+                del self._unanswered[(tp.topic, tp.partition)]
+        taken = [tp for tp in offsets if err is None and tp.error is None and (tp.topic, tp.partition) in self._owned]
+        if taken:
+            self.handler.on_committed(taken)
+        if err is not None and err.code() != KafkaError._NO_OFFSET:
+            log.warning("%s: offset commit failed (%s): sent again with the next commit", self.spec.name, err.str())
 
     def commit_now(self) -> None:
         """Commit finished work on this thread (revoke, drain), unless outputs were refused."""
@@ -493,6 +516,7 @@ class StreamService:
             self._resume_released(self._schemas.forget(partitions))
         for tp in partitions:
             self._owned.pop((tp.topic, tp.partition), None)
+            self._unanswered.pop((tp.topic, tp.partition), None)
 
     def _resume_released(self, held: list[TopicPartition]) -> None:
         """Partitions the skeleton held for their schema, let go: librdkafka keeps a pause across a
