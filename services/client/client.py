@@ -97,6 +97,11 @@ class InvalidRequest(BadInput):
     budget that is not a positive number of ms): the message names what."""
 
 
+class UnreadableAnswer(RendezvousError):
+    """A record came back for this request that is not an Answer this client can read (someone
+    else wrote to the return address, or a writer schema this client does not know)."""
+
+
 class ClosedClient(RendezvousError):
     """The client was closed: a request still waiting gets no answer, and none is sent."""
 
@@ -131,6 +136,16 @@ def _utf8(text: str) -> bool:
     except UnicodeEncodeError:  # a lone surrogate
         return False
     return True
+
+
+def _request_id_of(key: bytes | str | None) -> str | None:
+    """The request id a reply's key names (the rendezvous keys every reply by it), if it is text."""
+    if isinstance(key, str) or not key:
+        return key or None
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _checked_id(request_id: Any) -> str:
@@ -252,6 +267,8 @@ class Client:
         # no request is sent after that, it could never be answered.
         self.stopped: str | None = None
         self._closed_from_reader = False  # close() was called on the reading thread (an answer's callback)
+        # Records on the reply partitions that are no readable Answer (counted on the reading thread).
+        self.undecodable_answers = 0
         self._reader = threading.Thread(target=self._read_answers, name="rdv-client-answers", daemon=True)
         self._reader.start()
 
@@ -438,32 +455,49 @@ class Client:
             if messages:
                 received = now_ms()
                 for msg in messages:
-                    self._resolve(msg.value(), received, msg.partition(), msg.timestamp()[1])
+                    self._resolve(msg.value(), received, msg.partition(), msg.timestamp()[1], msg.key())
             # The producer's reports too (a refused request fails its caller): callers that only
             # wait would otherwise never serve them.
             self._producer.poll(0)
 
     def _resolve(
-        self, value: bytes | None, received_at: int, partition: int | None = None, replied_at: int | None = None
+        self, value: bytes | None, received_at: int, partition: int | None = None, replied_at: int | None = None,
+        key: bytes | str | None = None,
     ) -> None:
         try:
             record = self._answers.decode(value)
         except BadInput as err:
-            log.warning("ignoring an undecodable answer on %s: %s", self.topics.replies, err)
+            self._unreadable(err, partition, key)
             return
-        rid = record["request_id"]
+        future = self._take_waiter(record["request_id"], partition)
+        if future is not None and not future.done():
+            settle(future, Answer.from_record(record, received_at, replied_at))
+
+    def _take_waiter(self, rid: str, partition: int | None) -> Future[Answer] | None:
+        """The waiter an answer to `rid` read on `partition` is for, taken out of the table."""
         with self._lock:
             waiters = self._pending.get(rid)
             if not waiters:
-                return
+                return None
             # A repeated request id is answered once per request, with the same answer: to the
             # waiter whose return address it came to (another's partition may move meanwhile).
             index = next((i for i, (_f, p, _sent) in enumerate(waiters) if p == partition), 0)
             future = waiters.pop(index)[0]
             if not waiters:
                 del self._pending[rid]
-        if not future.done():
-            settle(future, Answer.from_record(record, received_at, replied_at))
+        return future
+
+    def _unreadable(self, err: BadInput, partition: int | None, key: bytes | str | None) -> None:
+        """A record on the reply partition that is no Answer this client reads: counted, and the
+        request its key names (the rendezvous keys its replies by request id) fails now instead
+        of waiting out its timeout for an answer that came."""
+        self.undecodable_answers += 1
+        where = f"{self.topics.replies}[{partition}]"
+        rid = _request_id_of(key)
+        future = self._take_waiter(rid, partition) if rid else None
+        log.warning("undecodable answer on %s%s: %s", where, f" for request {rid!r:.80}" if future else "", err)
+        if future is not None:
+            fail(future, UnreadableAnswer(f"the answer to request {rid!r:.80} on {where} could not be read: {err}"))
 
     def _undelivered(self, msg: Message, err: KafkaError) -> None:
         key = msg.key()

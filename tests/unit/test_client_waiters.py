@@ -25,6 +25,7 @@ def bare_client(owned: tuple[int, ...]) -> Client:
     client.topics = Topics.from_prefix("rdv.")
     client.stopped = None
     client.budget_ms = 200
+    client.undecodable_answers = 0
     return client
 
 
@@ -291,3 +292,49 @@ def test_score_many_sends_nothing_of_a_batch_with_a_bad_row_and_leaves_no_waiter
     with pytest.raises(RecordTooLarge):
         client.score_many([{"f": 1.0}, {"f": 2.0}, {"f": 3.0}])
     assert len(client._producer.sent) == 1 and client._pending == {}  # type: ignore[attr-defined]
+
+
+class _Unsent:
+    """A producer that takes every request and reports nothing."""
+
+    def produce(self, _topic: str, _value: bytes, **_kwargs: Any) -> None:
+        return None
+
+    def poll(self, _timeout: float = 0) -> None:
+        return None
+
+
+def read_once(client: Client, messages: list[Any]) -> None:
+    """The client's real reading loop over one batch of reply records (a stand-in consumer)."""
+
+    class OneBatch:
+        def consume(self, _n: int, _timeout: float) -> list[Any]:
+            client._stop.set()  # the loop ends after this batch
+            return messages
+
+    client._consumer = OneBatch()  # type: ignore[assignment]
+    client._read_until_stopped()
+
+
+def test_an_undecodable_answer_fails_the_request_its_key_names_at_once_and_is_counted() -> None:
+    """A record on the return address that is no readable Answer (someone else's write, a schema
+    the client does not know) was logged and dropped: its request waited out its whole timeout
+    for an answer that had come (a review's repro: the waiter of 'r' still pending after it)."""
+    from confluent_kafka import Message
+
+    from services.core.errors import RendezvousError
+
+    client = bare_client((0,))
+    client._producer, client._turn, client._wait_when_full = _Unsent(), itertools.count(), True  # type: ignore[assignment]
+    broken, fine = client.submit({"f": 1.0}, request_id="r"), client.submit({"f": 1.0}, request_id="s")
+    read_once(client, [
+        Message(topic="rdv.replies", partition=0, key=b"r", value=b"not an answer", timestamp=(1, 5)),
+        Message(topic="rdv.replies", partition=0, key=None, value=b"\xc3\x01" + bytes(8), timestamp=(1, 5)),
+        Message(topic="rdv.replies", partition=0, key=b"s", value=answer("s"), timestamp=(1, 6)),
+    ])
+    with pytest.raises(RendezvousError, match=r"answer to request 'r' on rdv\.replies\[0\] could not be read: "
+                       "not an Avro Answer") as failed:
+        broken.result(0)
+    assert type(failed.value).__name__ == "UnreadableAnswer"
+    assert fine.result(0).status == "OK" and client._pending == {}
+    assert client.undecodable_answers == 2 and client.stopped is None
