@@ -35,7 +35,8 @@ class SendSettings(KafkaSettings):
         200, "Deadline budget of each request (ms after it is created).", minimum=1, maximum=3_600_000
     )
     wait_s: float = setting(
-        10.0, "How long to wait for all the answers (s); those missing then are counted and the command exits 2.",
+        10.0, "How long to wait for all the answers, delivery and close included (s); those missing then are "
+        "counted (and which were not even delivered) and the command exits 2.",
         minimum=0.1, maximum=3600
     )
 
@@ -177,17 +178,22 @@ def send(settings: SendSettings) -> int:
     statuses: dict[str, int] = {}
     missing = 0
     failed: list[RendezvousError] = []
-    with Client(settings.librdkafka(), settings.topics(), budget_ms=settings.budget_ms,
-                answer_wait_s=settings.wait_s) as client:
-        until = time.monotonic() + settings.wait_s  # --wait-s bounds the delivery too
+    client = Client(settings.librdkafka(), settings.topics(), budget_ms=settings.budget_ms,
+                    answer_wait_s=settings.wait_s)
+    until = time.monotonic() + settings.wait_s  # --wait-s bounds the delivery and the close too
+
+    def left() -> float:
+        return max(0.0, until - time.monotonic())
+
+    try:
         futures = [client.submit(row) for row in rows]
         with contextlib.suppress(RendezvousError):  # each request not delivered fails its own answer, said below
-            client.flush(settings.wait_s)
+            client.flush(left())
         # One wait for them all: each answer printed as it is in (input order), a missing or
         # refused one counted; one refused request stopped every answer after it.
         for future in futures:
             try:
-                answer = future.result(timeout=max(0.0, until - time.monotonic()))
+                answer = future.result(timeout=left())
             except FutureTimeout:
                 missing += 1
                 continue
@@ -196,10 +202,16 @@ def send(settings: SendSettings) -> int:
                 continue
             sys.stdout.write(_json_line({**asdict(answer), "latency_ms": answer.latency_ms}) + "\n")
             statuses[answer.status] = statuses.get(answer.status, 0) + 1
+    finally:
+        undelivered = client.close(left())
     summary = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
     sys.stderr.write(f"{len(rows) - missing - len(failed)} answers: {summary or 'none'}\n")
     if failed:
         raise type(failed[0])(f"{len(failed)} of {len(rows)} requests were not sent: {failed[0]}")
+    if missing and undelivered:
+        raise AnswerTimeout(f"{missing} of {len(rows)} requests got no answer within {settings.wait_s:g}s, "
+                            f"{min(undelivered, missing)} of them not even delivered to {settings.topics().requests}: "
+                            "is the broker reachable?")
     if missing:
         raise AnswerTimeout(f"{missing} of {len(rows)} requests got no answer within {settings.wait_s:g}s: is the "
                             f"rendezvous running on {settings.topics().requests}?")

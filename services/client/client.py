@@ -556,12 +556,14 @@ class Client:
         with self._lock:
             return sum(len(waiters) for waiters in self._pending.values())
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 10.0) -> int:
         """Stop: requests still waiting fail with `ClosedClient` (their callers would wait out
-        their timeout for an answer no one reads), and no request is sent after this. Once."""
+        their timeout for an answer no one reads), and no request is sent after this. Once.
+        Requests not yet acknowledged get up to `timeout_s` more; the number of those that still
+        were not (dropped with the client: never delivered) is returned."""
         with self._lock:
             if self._stop.is_set():
-                return
+                return 0
             self.stopped = "is closed"
             self._stop.set()
         if threading.current_thread() is self._reader:
@@ -569,14 +571,19 @@ class Client:
             # Kafka clients until its loop ends, where it closes them (`_read_answers`).
             self._closed_from_reader = True
             self._fail_all(ClosedClient("the client was closed before this request was answered"))
-            return
-        self._reader.join(timeout=5)
+            return 0
+        self._reader.join(timeout=5)  # its loop looks at the stop every 0.1 s
         self._fail_all(ClosedClient("the client was closed before this request was answered"))
-        self._close_clients()
+        return self._close_clients(timeout_s)
 
-    def _close_clients(self) -> None:
-        self._producer.close()
+    def _close_clients(self, timeout_s: float = 10.0) -> int:
+        """Close the Kafka clients; the number of requests still not delivered. The producer's
+        close took its own 10 s, whatever the caller's wait (a broker gone: send --wait-s 0.5
+        took 10.5 s)."""
+        self._producer.close(max(0.0, timeout_s))
+        undelivered = len(self._producer.native)  # still queued (or in flight) after the flush
         self._consumer.close()
+        return undelivered
 
     def __enter__(self) -> Client:
         return self

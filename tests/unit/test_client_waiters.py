@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from services.client.client import Answer, Client, ReplyPartitionLost
+from services.client.client import Answer, AnswerTimeout, Client, ReplyPartitionLost
 from services.core.codec import codec
 from services.core.settings import Topics
 
@@ -203,6 +203,8 @@ def test_send_prints_every_answer_and_its_summary_when_one_request_is_refused(
         def close(self, _timeout: float = 0) -> None:
             return None
 
+        native: list[bytes] = []  # nothing left queued
+
         def flush(self, _timeout: float = 30.0) -> None:  # the broker refuses the second, answers the others
             refused = Message(topic="rdv.requests", key=self.sent[1].encode(), value=self.values[1])
             client._undelivered(refused, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
@@ -338,3 +340,49 @@ def test_an_undecodable_answer_fails_the_request_its_key_names_at_once_and_is_co
     assert type(failed.value).__name__ == "UnreadableAnswer"
     assert fine.result(0).status == "OK" and client._pending == {}
     assert client.undecodable_answers == 2 and client.stopped is None
+
+
+def test_send_with_the_broker_gone_closes_within_its_wait_and_says_what_was_not_delivered(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's close flushed its producer for its own 10 s whatever --wait-s said (a broker
+    gone: send --wait-s 0.5 took 10.5 s), then blamed the rendezvous for requests never delivered.
+    The producer is a stand-in that never delivers and records each wait it is given."""
+    from services.cli import send as send_module
+
+    client = bare_client((0,))
+    waits: list[float] = []
+
+    class NeverDelivers:
+        native: list[bytes] = []  # what librdkafka still holds: len() is its queue
+
+        def produce(self, _topic: str, value: bytes, **_kwargs: Any) -> None:
+            self.native.append(value)
+
+        def poll(self, _timeout: float = 0) -> None:
+            return None
+
+        def flush(self, timeout: float = 30.0) -> None:
+            from services.core.errors import DeliveryFailed
+
+            waits.append(timeout)
+            raise DeliveryFailed(f"{len(self.native)} records not acknowledged within {timeout:.2g}s")
+
+        def close(self, timeout: float = 10.0) -> None:
+            waits.append(timeout)
+
+    client._producer = NeverDelivers()  # type: ignore[assignment]
+    client._turn, client.answer_wait_s = itertools.count(), 0.5
+    client._wait_when_full = True
+    client._reader = threading.Thread(target=lambda: None)
+    client._reader.start()
+    client._consumer = type("Closed", (), {"close": lambda _self: None})()
+    monkeypatch.setattr(send_module, "Client", lambda *_args, **_kwargs: client)
+    monkeypatch.setattr(send_module, "warn_unknown_features", lambda *_args: None)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"mean_radius": 1}\n{"mean_radius": 2}\n')
+
+    with pytest.raises(AnswerTimeout, match=r"2 of 2 requests got no answer within 0\.5s, 2 of them not even "
+                       r"delivered to rdv\.requests: is the broker reachable"):
+        send_module.send(send_module.SendSettings(bootstrap="localhost:9092", file=str(rows), wait_s=0.5))
+    assert len(waits) == 2 and all(0 <= wait <= 0.5 for wait in waits)  # the flush's, then the close's
