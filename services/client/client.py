@@ -15,13 +15,16 @@ naming it, so no answer can slip past it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 import numbers
 import random
+import struct
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -194,11 +197,41 @@ def make_request(
 
 
 class Waiting(Future[Answer]):
-    """A request's Future, knowing the request it waits for (a wait that times out drops it)."""
+    """A request's Future, knowing the request it waits for (a wait that times out drops it)
+    and its inputs (another request under its id must carry the same: `Client._check_reuse`)."""
 
-    def __init__(self, request_id: str) -> None:
+    def __init__(self, request_id: str, features: Mapping[str, float] | None = None,
+                 payload: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.request_id = request_id
+        self._inputs = (features or {}, payload)
+        self._digest: bytes | None = None
+
+    @property
+    def inputs_digest(self) -> bytes:
+        """Computed once, when its id is reused (not for every request)."""
+        if self._digest is None:
+            self._digest = inputs_digest(*self._inputs)
+        return self._digest
+
+
+def inputs_digest(features: Mapping[str, float], payload: Mapping[str, Any] | None) -> bytes:
+    """What the rendezvous compares two requests under one id by: the features in their order,
+    each value bit for bit, and the payload (services/rendezvous/records.py digests their Avro
+    encoding, which is exactly these)."""
+    digest = hashlib.sha256()
+    for name, value in features.items():
+        encoded = name.encode()
+        digest.update(struct.pack("<I", len(encoded)) + encoded + struct.pack("<d", value))
+    if payload is not None:
+        kind = payload["content_type"].encode()
+        digest.update(b"\x01" + struct.pack("<I", len(kind)) + kind + payload["data"])
+    return digest.digest()
+
+
+# Requests given up on before their answer came, remembered until it comes (their ids are not
+# reused with other inputs meanwhile): a bound on memory, the oldest forgotten first.
+MAX_GIVEN_UP = 10_000
 
 
 PRODUCER_ONLY = frozenset({"message.timeout.ms", "delivery.timeout.ms", "linger.ms", "queue.buffering.max.ms",
@@ -244,6 +277,8 @@ class Client:
         # request_id -> waiters (future, reply partition, hash of the record sent): the same id may
         # be in flight twice, and a delivery failure fails the one whose record it was.
         self._pending: dict[str, list[tuple[Future[Answer], int, int | None]]] = {}
+        # request_id -> the inputs' digest of a request given up on whose answer has not come yet
+        self._given_up: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._turn = itertools.count()
@@ -341,8 +376,8 @@ class Client:
             reply_partition=partition, request_id=request_id, payload=payload, metadata=metadata,
             created_at=created_at,
         )
-        future = Waiting(record["request_id"])
         rid = record["request_id"]
+        future = Waiting(rid, record["features"], record["payload"])
         value = self._requests.encode(record)
         with self._lock:
             # Under the lock `close` takes: a waiter added after it failed the others would wait
@@ -356,25 +391,56 @@ class Client:
             if partition not in self._owned:
                 raise ReplyPartitionLost(f"reply partition {partition} of {self.topics.replies} moved to another "
                                          "reader just now; the request was not sent")
+            if rid in self._pending or rid in self._given_up:  # rare: a dict lookup on the common path
+                self._check_reuse(rid, future)
             self._pending.setdefault(rid, []).append((future, partition, _sent_as(value)))
         try:
             self._producer.produce(self.topics.requests, value, key=rid.encode(),
                                    wait_when_full=self._wait_when_full)
         except BaseException:
-            self.abandon(rid, future)
+            with self._lock:
+                self._dropped(rid, future)  # not sent: no answer to remember it for
             raise
         self._producer.poll(0)
         return future
 
+    def _check_reuse(self, rid: str, future: Waiting) -> None:
+        """A request under an id whose answer may still come for another request of this client
+        must carry the same inputs: that answer, read first, goes to it (nothing in an answer
+        tells them apart: the rendezvous answers a retry with the first answer, its created_at
+        included). With the same inputs it is that request's answer too. Under the lock."""
+        mine = future.inputs_digest
+        if any(w[0].inputs_digest != mine for w in self._pending.get(rid, ()) if isinstance(w[0], Waiting)):
+            whose = "is waiting for its answer"
+        elif self._given_up.get(rid, mine) != mine:
+            whose = "was given up on before its answer came (it may still come)"
+        else:
+            return
+        raise InvalidRequest(f"request_id {rid!r:.80} is in use by a request with other features or payload that "
+                             f"{whose}: its answer would be taken for this one's (a request_id must be unique; a "
+                             "retry must repeat its inputs)")
+
     def abandon(self, request_id: str, future: Future[Answer]) -> None:
-        """Stop waiting for one answer (the caller gave up on it): its entry is dropped."""
+        """Stop waiting for one answer (the caller gave up on it): its entry is dropped, and its
+        id remembered until its answer comes (`_check_reuse`)."""
         with self._lock:
-            waiters = self._pending.get(request_id)
-            if waiters is None:
-                return
-            waiters[:] = [w for w in waiters if w[0] is not future]
-            if not waiters:
-                del self._pending[request_id]
+            if self._dropped(request_id, future) and isinstance(future, Waiting):
+                self._given_up[request_id] = future.inputs_digest
+                self._given_up.move_to_end(request_id)
+                if len(self._given_up) > MAX_GIVEN_UP:
+                    self._given_up.popitem(last=False)
+
+    def _dropped(self, request_id: str, future: Future[Answer]) -> bool:
+        """Take `future` out of the waiters, under the lock; whether it was there (unanswered)."""
+        waiters = self._pending.get(request_id, [])
+        kept = [w for w in waiters if w[0] is not future]
+        if len(kept) == len(waiters):
+            return False
+        if kept:
+            self._pending[request_id] = kept
+        else:
+            del self._pending[request_id]
+        return True
 
     def score(self, features: Mapping[str, float], **kwargs: Any) -> Answer:
         """Send one request and wait for its answer (at most answer_wait_s in all)."""
@@ -478,6 +544,7 @@ class Client:
         with self._lock:
             waiters = self._pending.get(rid)
             if not waiters:
+                self._given_up.pop(rid, None)  # its answer came: it cannot be taken for another's now
                 return None
             # A repeated request id is answered once per request, with the same answer: to the
             # waiter whose return address it came to (another's partition may move meanwhile).

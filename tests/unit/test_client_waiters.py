@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections import OrderedDict
 from concurrent.futures import Future
 from typing import Any
 
@@ -26,6 +27,7 @@ def bare_client(owned: tuple[int, ...]) -> Client:
     client.stopped = None
     client.budget_ms = 200
     client.undecodable_answers = 0
+    client._given_up = OrderedDict()
     return client
 
 
@@ -248,7 +250,7 @@ def test_a_send_refused_by_the_broker_fails_its_own_waiter_not_every_waiter_of_i
     client._producer, client._turn = Producer(), itertools.count()  # type: ignore[assignment]
     client._wait_when_full = True
     first = client.submit({"f": 1.0}, request_id="r")
-    too_large = client.submit({"f": 1.0, **{f"g{i}": 0.0 for i in range(1000)}}, request_id="r")
+    too_large = client.submit({"f": 1.0}, request_id="r", metadata={"note": "x" * 100_000})  # a retry, larger
     refused = Message(topic="rdv.requests", key=b"r", value=sent[1])  # as a delivery report hands it over
     client._undelivered(refused, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
     with pytest.raises(RecordTooLarge):
@@ -386,3 +388,36 @@ def test_send_with_the_broker_gone_closes_within_its_wait_and_says_what_was_not_
                        r"delivered to rdv\.requests: is the broker reachable"):
         send_module.send(send_module.SendSettings(bootstrap="localhost:9092", file=str(rows), wait_s=0.5))
     assert len(waits) == 2 and all(0 <= wait <= 0.5 for wait in waits)  # the flush's, then the close's
+
+
+def late_answer(rid: str, created_at: int, score: float) -> bytes:
+    return codec("answer").encode({
+        "request_id": rid, "status": "OK", "model": "champion", "version": "v1", "score": score, "label": "x",
+        "reason": "preferred model answered", "created_at": created_at, "deadline": created_at + 200,
+        "answered_at": created_at + 100, "schedule": "s", "schedule_version": 1})
+
+
+def test_an_id_whose_answer_may_still_come_is_not_reused_with_other_inputs() -> None:
+    """A request given up on (timed out), then a new one under its id with other features: the
+    late answer of the first was delivered to the second, a confident score of features it did
+    not send (a review's repro: f=999 got the score of f=1, created_at and all). An answer cannot
+    tell them apart (a retry is answered with the first answer, its created_at included), so the
+    second is refused, as the rendezvous refuses it; a retry (same inputs) is not."""
+    from services.client.client import InvalidRequest
+
+    client = bare_client((0,))
+    client._producer, client._turn, client._wait_when_full = _Unsent(), itertools.count(), True  # type: ignore[assignment]
+    given_up = client.submit({"f": 1.0}, request_id="r", created_at=1_700_000_000_000)
+    client.abandon("r", given_up)  # as a wait that timed out does
+    with pytest.raises(InvalidRequest, match=r"^request_id 'r' is in use by a request with other features or "
+                       r"payload that was given up on before its answer came \(it may still come\)"):
+        client.submit({"f": 999.0}, request_id="r")
+    retry = client.submit({"f": 1.0}, request_id="r", created_at=1_700_000_005_000)
+    with pytest.raises(InvalidRequest, match="that is waiting for its answer"):
+        client.submit({"f": 2.0}, request_id="r")
+    client._resolve(late_answer("r", 1_700_000_000_000, 0.9), 10, partition=0)
+    assert retry.result(0).score == 0.9  # the first's answer is the retry's answer too
+    assert client._pending == {} and list(client._given_up) == ["r"]
+    client._resolve(late_answer("r", 1_700_000_000_000, 0.9), 11, partition=0)  # the retry's own, read by no one
+    assert client._given_up == {}  # every answer came: the id may carry other inputs now
+    assert not client.submit({"f": 3.0}, request_id="r").done()
