@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from services.control.schedule import Schedule
 from services.control.topic import READER_POLL_S, ControlFeed, ControlRecord, ScheduleBook
 from services.core.runtime import now_ms
+from services.core.score_limits import MAX_MODEL_CHARS, MAX_VERSION_CHARS
 from services.gateway.errors import InvalidInput, NotFound
 from services.gateway.oip import OUTPUTS
 from services.gateway.signatures import FeatureSpec, Signatures
@@ -96,6 +97,15 @@ class Target:
         return None if self.features is None else tuple(f.name for f in self.features)
 
 
+def check_target_lengths(name: str, version: str) -> None:
+    """A model name or version longer than any model's (the rendezvous refuses a score naming a
+    longer one, score_limits.py) names nothing here: refused as malformed, naming the field, rather
+    than looked up and echoed back in a 404."""
+    for what, value, limit in (("model name", name, MAX_MODEL_CHARS), ("model version", version, MAX_VERSION_CHARS)):
+        if len(value) > limit:
+            raise InvalidInput(f"{what} of {len(value)} characters is over the limit of {limit}")
+
+
 class Catalog:
     def __init__(self, schedules: Schedules, signatures: Signatures, *, enforce: bool):
         self.schedules = schedules
@@ -126,6 +136,7 @@ class Catalog:
         return known
 
     def resolve(self, name: str, version: str = "") -> Target:
+        check_target_lengths(name, version)
         if name == self.schedule_name:
             return self._schedule_target(version)
         models = self.models()

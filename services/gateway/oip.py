@@ -37,6 +37,10 @@ OUTPUTS = ("score", "label", "status", "model", "version", "reason")
 FEATURE_NAMES = "feature_names"
 # A call's `id`, at most: it becomes part of a Kafka request id, and of every record about it.
 MAX_ID_CHARS = 256
+# A feature's name (an input's, or one of `feature_names`), at most: every row's Kafka request
+# carries it, so a name of 2 MB made each row's record too large (413 from the producer). At this
+# bound, --max-features names still fit a record well under Kafka's 1 MB.
+MAX_NAME_CHARS = 256
 
 
 @dataclass(slots=True)
@@ -72,6 +76,12 @@ def check_id(call_id: Any) -> str:
     return call_id
 
 
+def check_name_length(name: str, what: str) -> None:
+    """A feature's name within MAX_NAME_CHARS (`what` names the field; the name itself is not echoed)."""
+    if len(name) > MAX_NAME_CHARS:
+        raise InvalidInput(f"{what} of {len(name)} characters is over the limit of {MAX_NAME_CHARS}")
+
+
 def check_header(
     name: Any, datatype: Any, shape: Any, where: str, max_rows: int, max_features: int
 ) -> tuple[str, str, tuple[int, ...]]:
@@ -83,6 +93,7 @@ def check_header(
     # bool (a subclass of int) must not pass as a size.
     if type(name) is not str or not name:
         raise InvalidInput(f"{where}: 'name' must be a non-empty string")
+    check_name_length(name, f"{where}: 'name'")
     if type(datatype) is not str or datatype not in NUMERIC:
         shown = datatype if isinstance(datatype, str) else type(datatype).__name__
         raise InvalidInput(
@@ -334,6 +345,8 @@ def _column_names(tensor: Tensor, features: Sequence[str] | None, k: int) -> lis
     names = [part.strip() for part in given.split(",")]
     if len(names) != k:
         raise InvalidInput(f"input '{tensor.name}': feature_names has {len(names)} names for {k} columns")
+    for index, name in enumerate(names):
+        check_name_length(name, f"input '{tensor.name}': feature_names' name {index}")
     if not all(names):
         raise InvalidInput(f"input '{tensor.name}': feature_names has an empty name (column {names.index('')}; "
                            "two commas in a row, or one at an end)")

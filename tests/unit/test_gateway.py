@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -1156,3 +1157,57 @@ def test_retry_after_says_when_the_key_may_call_again_and_v2_health_answers_fals
     not_ready = asyncio.run(api.ready(None))  # type: ignore[arg-type]
     assert not_ready.status_code == 400 and orjson.loads(not_ready.body)["ready"] is False
     assert asyncio.run(api.readyz(None)).status_code == 503  # type: ignore[arg-type]
+
+
+# --- from a review of caller-given strings, retries, gRPC's own refusals and the rate limit ------------
+
+
+class Posted:
+    """A POST to /v2/models/{name}/infer of `body`, as RestApi.infer reads it."""
+
+    def __init__(self, body: bytes, name: str = "default"):
+        self.body = body
+        self.headers = {"content-type": "application/json", "content-length": str(len(body))}
+        self.path_params = {"name": name}
+        self.scope: dict[str, object] = {}
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        yield self.body
+
+
+def test_names_longer_than_a_feature_or_model_may_have_are_refused_naming_the_field_and_counted() -> None:
+    """An input named with 2 MB of text was taken: every row's Kafka request carried it, and the
+    producer refused the record (413, too_large) where the caller's mistake is a 400 naming it."""
+    from services.core.metrics import child
+    from services.gateway import metrics as m
+    from services.gateway.rest import RestApi, measured
+
+    limit = 256  # MAX_NAME_CHARS, as the call's id
+
+    def one_input(name: str, parameters: dict[str, str] | None = None, shape: list[int] | None = None) -> bytes:
+        shape = shape or [1]
+        tensor: dict[str, Any] = {"name": name, "datatype": "FP64", "shape": shape, "data": [1.0] * math.prod(shape)}
+        if parameters:
+            tensor["parameters"] = parameters
+        return orjson.dumps({"inputs": [tensor]})
+
+    refused = child(m.REJECTED, "rest", "invalid")
+    before = refused._value.get()
+    infer = measured("infer", RestApi(_gateway_without_kafka(GatewaySettings()), "test").infer)
+    response = asyncio.run(infer(Posted(one_input("a" * 2_000_000))))  # type: ignore[arg-type]
+    assert response.status_code == 400 and refused._value.get() == before + 1
+    assert orjson.loads(response.body) == {
+        "error": f"inputs[0]: 'name' of 2000000 characters is over the limit of {limit}"}
+
+    assert parse_call(one_input("a" * limit), None, 10, 10).tensors[0].name == "a" * limit
+    matrix = parse_call(one_input("x", {"feature_names": "b," + "c" * (limit + 1)}, [1, 2]), None, 10, 10)
+    with pytest.raises(InvalidInput, match=f"input 'x': feature_names' name 1 of {limit + 1} characters"):
+        rows_of(matrix.tensors, None, 10)
+
+    # A model name or version longer than any model's (score_limits) is malformed, not an unknown model.
+    catalog = Catalog(Versions(V1), Published({"m" * 1024: ("v" * 1024, [FeatureSpec("a")])}), enforce=False)
+    assert catalog.resolve("m" * 1024, "v" * 1024).name == "m" * 1024
+    for name, version, field in (("m" * 1025, "", "model name"), ("m" * 1024, "v" * 1025, "model version")):
+        with pytest.raises(InvalidInput, match=f"^{field} of 1025 characters is over the limit of 1024$") as long:
+            catalog.resolve(name, version)
+        assert status_of(long.value).grpc == grpc.StatusCode.INVALID_ARGUMENT
