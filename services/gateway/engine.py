@@ -166,7 +166,7 @@ class Gateway:
             answers = [_as_pinned(a, target.kind, version) for a in answers]
         for answer in answers:
             child(m.ANSWERS, answer.status, target.kind).inc()
-        _raise_failures(ids, answers)
+        _raise_failures(ids, answers, repeated=bool(call.id) and target.kind == SCHEDULE)
         if target.kind == SCHEDULE:
             # The version that decided (the rendezvous picks it by the request's created_at), not
             # the one this gateway's clock saw in force: they differ at a switch.
@@ -346,13 +346,22 @@ def _as_pinned(answer: RowAnswer, kind: str, pinned: str) -> RowAnswer:
                                       "retry (or call without a version)")
 
 
-def _raise_failures(ids: list[str], answers: list[RowAnswer]) -> None:
+# What a failed call under its own `id` must be told: its Kafka ids are the same for a retry
+# (`_kafka_id`), and the rendezvous answers a request id it has seen with its first answer (for
+# as long as it remembers it: its mailbox, then a minute, join.py): a retry gets this failure again.
+SAME_ID_AGAIN = ("; a retry under the same id gets this answer again for about a minute (a request is answered "
+                 "once): retry under a new id")
+
+
+def _raise_failures(ids: list[str], answers: list[RowAnswer], repeated: bool = False) -> None:
     """A call with a TIMEOUT row fails with 504, else with an ERROR row with 502: no confident
-    answer for a row that has none. The message names the rows and their reasons."""
+    answer for a row that has none. The message names the rows and their reasons, and, when a
+    retry of the call would be `repeated` the same answer, says so."""
+    hint = SAME_ID_AGAIN if repeated else ""
     for status, error in (("TIMEOUT", AnswerTimedOut), ("ERROR", AnswerFailed)):
         failed = [(rid, a) for rid, a in zip(ids, answers, strict=True) if a.status == status]
         if failed:
             if len(answers) == 1:
-                raise error(f"{status}: {failed[0][1].reason}")
+                raise error(f"{status}: {failed[0][1].reason}{hint}")
             shown = "; ".join(f"{rid}: {a.reason}" for rid, a in failed[:5])
-            raise error(f"{status} for {len(failed)} of {len(answers)} rows: {shown}")
+            raise error(f"{status} for {len(failed)} of {len(answers)} rows: {shown}{hint}")

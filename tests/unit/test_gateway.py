@@ -1211,3 +1211,48 @@ def test_names_longer_than_a_feature_or_model_may_have_are_refused_naming_the_fi
         with pytest.raises(InvalidInput, match=f"^{field} of 1025 characters is over the limit of 1024$") as long:
             catalog.resolve(name, version)
         assert status_of(long.value).grpc == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_504_of_a_call_under_its_own_id_says_a_retry_needs_a_new_id() -> None:
+    """A retry under the same id and rows has the same Kafka request id, which the rendezvous
+    answers with its first answer (join.py, remembered ids): the retry of a 504 got the cached
+    TIMEOUT, again and again, while the 504 said nothing of it. The stand-in client answers as the
+    rendezvous does: the first answer of a request id, whatever comes after."""
+    from concurrent.futures import Future
+
+    from services.client.client import Answer
+    from services.gateway.catalog import Target
+    from services.gateway.oip import InferCall, Tensor
+
+    first_answers: dict[str, Answer] = {}
+    statuses = iter(["TIMEOUT", "OK", "OK"])  # the rendezvous' verdict on each new request id
+
+    def submit(_row: object, budget_ms: int, request_id: str, **_: object) -> Future[Answer]:
+        status = next(statuses) if request_id not in first_answers else ""
+        timed_out = status == "TIMEOUT"
+        first_answers.setdefault(request_id, Answer(
+            request_id, status, model="champion", version="1", score=None if timed_out else 0.5, label=None,
+            reason="no usable score by the deadline" if timed_out else "preferred model answered", created_at=0,
+            deadline=100, answered_at=100, schedule="default", schedule_version=1, received_at=100))
+        answered: Future[Answer] = Future()
+        answered.set_result(first_answers[request_id])
+        return answered
+
+    gateway = _gateway_without_kafka(GatewaySettings())
+    gateway.client.submit, gateway.client.abandon = submit, lambda *_: None
+    target = Target("default", SCHEDULE, "1", ("1",), None, Schedule(models=("champion",)))
+    gateway.catalog.resolve, gateway.catalog.check_features = (lambda *_: target), (lambda *_: None)
+
+    def call(call_id: str) -> InferResult:
+        named = InferCall(call_id, (Tensor("x", "FP64", (1,), [1.0]),), (), {})
+        return asyncio.run(gateway.infer("default", "", named, "anonymous", (100,)))  # type: ignore[no-any-return]
+
+    for _attempt in range(2):  # the first call, then its retry under the same id: the same answer
+        with pytest.raises(AnswerTimedOut, match=r"^TIMEOUT: no usable score by the deadline; a retry under the "
+                                                 r"same id gets this answer again .*: retry under a new id$"):
+            call("req-1")
+    assert call("req-1b").rows[0].status == "OK"  # under a new id: a request of its own
+    with pytest.raises(AnswerTimedOut) as unnamed:  # the gateway names a call without an id anew each time
+        statuses = iter(["TIMEOUT"])
+        call("")
+    assert "new id" not in str(unnamed.value)
