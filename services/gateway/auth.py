@@ -107,24 +107,27 @@ class ApiKeys:
 
 
 class RateLimit:
-    """Token buckets by key name (the names are few: they come from the key file)."""
+    """Token buckets by key name (the names are few: they come from the key file), of `unit`s
+    (calls, or rows: a call takes as many tokens as it has)."""
 
-    def __init__(self, rate: float, burst: int):
+    def __init__(self, rate: float, burst: int, unit: str = "calls"):
         self.rate = rate
         self.burst = float(burst)
+        self.unit = unit
         self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, at)
         self._lock = threading.Lock()
 
-    def take(self, name: str) -> None:
+    def take(self, name: str, cost: int = 1) -> None:
         if self.rate <= 0:
             return
         now = time.monotonic()
         with self._lock:
             tokens, at = self._buckets.get(name, (self.burst, now))
             tokens = min(self.burst, tokens + (now - at) * self.rate)
-            if tokens < 1.0:
+            if tokens < cost:
                 self._buckets[name] = (tokens, now)
-                wait = (1.0 - tokens) / self.rate
-                raise RateLimited(f"over the rate limit of {self.rate:g} calls/s for this key; retry in {wait:.2f}s",
-                                  retry_after_s=wait)
-            self._buckets[name] = (tokens - 1.0, now)
+                wait = (cost - tokens) / self.rate
+                asked = f"{cost} {self.unit} are " if cost > 1 else ""
+                raise RateLimited(f"{asked}over the rate limit of {self.rate:g} {self.unit}/s for this key; retry in "
+                                  f"{wait:.2f}s", retry_after_s=wait)
+            self._buckets[name] = (tokens - cost, now)

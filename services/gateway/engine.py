@@ -63,6 +63,7 @@ class Gateway:
         self.tap = tap
         self.keys = keys
         self.limit = RateLimit(settings.rate_limit, settings.rate_burst)
+        self.row_limit = RateLimit(settings.rate_limit_rows, settings.rate_burst_rows, unit="rows")
         self.health = health
         self.draining = False
         self.rows_in_flight = 0
@@ -143,6 +144,9 @@ class Gateway:
         rows = await off_the_loop(values >= LARGE_VALUES, rows_of, call.tensors, target.feature_names,
                                   self.settings.max_rows)
         self.catalog.check_features(target, rows[0])
+        # By rows too: the models' work is a row each, and the call limit let one call of --max-rows
+        # rows cost what one row did. Taken once the call is known valid (a refused one spends none).
+        self.row_limit.take(caller, len(rows))
         if target.kind != SCHEDULE:
             await self._start_tap()
         budget = self._budget(target, given, started)  # last: what the caller has left when its rows go

@@ -39,9 +39,17 @@ class GatewaySettings(KafkaSettings):
         "own at this machine (DNS rebinding). Clients that are not browsers are not affected.",
     )
     rate_limit: float = setting(
-        0.0, "Inference calls per second each API key may make, sustained (0 = unlimited); over it: 429.",
+        0.0, "Inference calls per second each API key may make, sustained, whatever their rows (see "
+        "--rate-limit-rows) (0 = unlimited); over it: 429.",
     )
     rate_burst: int = setting(50, "Inference calls a key may make at once above --rate-limit (the bucket size).")
+    rate_limit_rows: float = setting(
+        0.0, "Rows (Kafka requests, what the models score) per second each API key may send, sustained, besides "
+        "--rate-limit's calls: a call of 1,000 rows spends 1,000 (0 = unlimited); over it: 429.",
+    )
+    rate_burst_rows: int = setting(
+        10_000, "Rows a key may send at once above --rate-limit-rows (the bucket size); at least --max-rows.",
+    )
     schedule: str = setting("default", "Name of the schedule the rendezvous answers with: the OIP model name of it.")
     answer_grace_ms: int = setting(
         2000,
@@ -113,6 +121,11 @@ class GatewaySettings(KafkaSettings):
                             "--metrics-port": (self.http_addr, self.metrics_port)})
         if self.rate_limit < 0 or self.rate_burst < 1:
             raise ConfigError("--rate-limit must be >= 0 and --rate-burst >= 1")
+        if self.rate_limit_rows < 0:
+            raise ConfigError(f"--rate-limit-rows must be >= 0, got {self.rate_limit_rows:g}")
+        if self.rate_limit_rows > 0 and self.rate_burst_rows < self.max_rows:  # a call of --max-rows never passed
+            raise ConfigError(f"--rate-burst-rows ({self.rate_burst_rows}) must be at least --max-rows "
+                              f"({self.max_rows}): a call of that many rows could never pass")
         for name in ("answer_grace_ms", "comparison_grace_ms", "max_budget_ms", "max_rows",
                      "max_in_flight", "max_body_bytes"):
             if getattr(self, name) < 1:

@@ -1256,3 +1256,47 @@ def test_a_504_of_a_call_under_its_own_id_says_a_retry_needs_a_new_id() -> None:
         statuses = iter(["TIMEOUT"])
         call("")
     assert "new id" not in str(unnamed.value)
+
+
+def test_a_rows_rate_limit_charges_a_call_its_rows_besides_the_calls_limit() -> None:
+    """--rate-limit counts calls: one call of 1,000 rows (1,000 Kafka requests, 1,000 scores per
+    model) cost a key what one row did. --rate-limit-rows charges each call its rows."""
+    from concurrent.futures import Future
+
+    from services.client.client import Answer
+    from services.gateway.catalog import Target
+    from services.gateway.oip import InferCall, Tensor
+    from services.gateway.rest import error_response
+
+    rows = RateLimit(rate=0.001, burst=10, unit="rows")
+    rows.take("a", 6)
+    with pytest.raises(RateLimited, match=r"^8 rows are over the rate limit of 0.001 rows/s for this key") as over:
+        rows.take("a", 8)
+    assert error_response(over.value).status_code == 429 and over.value.retry_after_s > 1000
+    rows.take("a", 4)  # what is left of the burst
+    rows.take("b", 10)  # each key its own bucket
+
+    settings = GatewaySettings(max_rows=8, rate_limit_rows=0.001, rate_burst_rows=10)
+    settings.validate()
+    with pytest.raises(ConfigError, match=r"--rate-burst-rows \(7\) must be at least --max-rows \(8\)"):
+        GatewaySettings(max_rows=8, rate_limit_rows=1.0, rate_burst_rows=7).validate()
+    GatewaySettings(max_rows=8, rate_burst_rows=7).validate()  # no rows limit: the burst is unused
+
+    sent: list[str] = []
+
+    def submit(_row: object, budget_ms: int, request_id: str, **_: object) -> Future[Answer]:
+        sent.append(request_id)
+        answered: Future[Answer] = Future()
+        answered.set_result(Answer(request_id, "OK", "champion", "1", 0.5, None, "", 0, 0, 0, "default", 1, 0))
+        return answered
+
+    gateway = _gateway_without_kafka(settings)
+    gateway.client.submit, gateway.client.abandon = submit, lambda *_: None
+    target = Target("default", SCHEDULE, "1", ("1",), None, Schedule(models=("champion",)))
+    gateway.catalog.resolve, gateway.catalog.check_features = (lambda *_: target), (lambda *_: None)
+    call = InferCall("", (Tensor("x", "FP64", (6,), [1.0] * 6),), (), {})
+    assert len(asyncio.run(gateway.infer("default", "", call, "alice")).rows) == 6
+    with pytest.raises(RateLimited, match="6 rows are over the rate limit"):
+        asyncio.run(gateway.infer("default", "", call, "alice"))
+    assert len(sent) == 6  # the refused call sent nothing
+    gateway.admit(None)  # the calls limit (unlimited here) is its own
