@@ -172,9 +172,11 @@ class GatewayService:
 
     async def _grpc_server(self, gateway: Gateway) -> grpc.aio.Server:
         from services.gateway.grpc_api import InferenceService, add_to
+        from services.gateway.grpc_guard import CountingInterceptor
 
         s = self.settings
-        server = grpc.aio.server(options=[("grpc.max_receive_message_length", s.max_body_bytes),
+        server = grpc.aio.server(interceptors=[CountingInterceptor()],
+                                 options=[("grpc.max_receive_message_length", s.max_body_bytes),
                                           ("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=s.max_connections)
         add_to(server, InferenceService(gateway, server_version()))
         address = f"[{s.grpc_addr}]:{s.grpc_port}" if ":" in s.grpc_addr else f"{s.grpc_addr}:{s.grpc_port}"

@@ -1300,3 +1300,45 @@ def test_a_rows_rate_limit_charges_a_call_its_rows_besides_the_calls_limit() -> 
         asyncio.run(gateway.infer("default", "", call, "alice"))
     assert len(sent) == 6  # the refused call sent nothing
     gateway.admit(None)  # the calls limit (unlimited here) is its own
+
+
+def test_calls_grpc_refuses_before_the_handler_are_counted_as_they_begin() -> None:
+    """A message over the receive limit got RESOURCE_EXHAUSTED from grpc core and an unknown method
+    UNIMPLEMENTED, neither counted anywhere (docs said grpc.aio had no hook: its server interceptor
+    runs for both). A live grpc.aio server on loopback, with a raw-bytes method as a stand-in."""
+    from services.core.metrics import child
+    from services.gateway import metrics as m
+    from services.gateway.grpc_guard import STARTED, CountingInterceptor
+
+    reached: list[bytes] = []
+
+    async def echo(request: bytes, _context: object) -> bytes:
+        reached.append(request)
+        return request
+
+    async def calls() -> tuple[grpc.StatusCode, grpc.StatusCode, bytes]:
+        server = grpc.aio.server(interceptors=[CountingInterceptor()],
+                                 options=[("grpc.max_receive_message_length", 1000)])
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(echo)}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+                codes = []
+                for method, message in ((infer, b"x" * 5000), (channel.unary_unary("/inference.Nope/Nope"), b"x")):
+                    with pytest.raises(grpc.aio.AioRpcError) as refused:
+                        await method(message)
+                    codes.append(refused.value.code())
+                return codes[0], codes[1], await infer(b"ok")
+        finally:
+            await server.stop(None)
+
+    started, no_route = STARTED._value.get(), child(m.REJECTED, "grpc", "no_route")._value.get()
+    too_large, unimplemented, answered = asyncio.run(calls())
+    assert (too_large, unimplemented, answered) == (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                                    grpc.StatusCode.UNIMPLEMENTED, b"ok")
+    assert reached == [b"ok"]  # the large message never reached the handler, which counts the calls
+    assert STARTED._value.get() == started + 3
+    assert child(m.REJECTED, "grpc", "no_route")._value.get() == no_route + 1
