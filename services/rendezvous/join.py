@@ -18,7 +18,8 @@ the answer before its reply was acknowledged (mailbox.py says why that offset wa
 Lifecycle of a mailbox: opened by its request or its first score -> answered (preferred model
 in, fallback, TIMEOUT, ERROR; a request that cannot be scored is answered ERROR at once) ->
 logged and closed once every expected model reported or the clock passes deadline + linger.
-Scores whose request does not come (orphans) are kept for a bounded number, and dropped once
+Scores whose request does not come (orphans) are kept for a bounded number and bytes (with the
+scores of models a request's schedule does not name: `max_held_bytes`), and dropped once
 the requests partition has been read past their append time by `orphan_grace_ms` (a request is
 always appended before its scores, so by then it is not coming): forged scores can neither
 exhaust memory nor starve real requests. A backlog read faster on the scores side than on the
@@ -37,6 +38,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import isfinite
+from sys import getsizeof
 from typing import Any, Protocol
 
 from services.control.schedule import Decision, Schedule, Status
@@ -68,6 +70,14 @@ MAX_MODELS = 256
 # 256 more forged names every model_ttl_ms, up to 4 KB each, without end (a review).
 MAX_UNSCHEDULED_PER_REQUEST = 64
 MAX_LABELLED_VERSIONS = 1024
+# What the join keeps, beyond its strings (sys.getsizeof, exact for a str whatever its characters), for
+# a score held apart (an orphan's, or of a model its request's schedule does not name: an Arrival and
+# its dict slot) and for an orphan (its Mailbox, dict and list, OrderedDict slot), with a margin: with
+# tracemalloc on CPython 3.11, forged orphans with every string at its limit held 38,217 bytes each
+# with 3 scores (estimated 38,690), 805,349 with 67 (812,040). A few getsizeof() calls, taken
+# only for the scores held apart: the scores of requests read, their schedule's models, pay one set lookup.
+ARRIVAL_BYTES = 200
+ORPHAN_BYTES = 600
 OTHER = "_other"
 # Return addresses a request still open keeps for its retries: each is a few hundred bytes kept
 # until the mailbox closes (up to two minutes of log time), and repeats are not mailboxes, so
@@ -105,6 +115,9 @@ class JoinLimits:
     linger_ms: int = 1_000  # after the deadline, keep collecting scores for the comparison record
     orphan_grace_ms: int = 10_000  # how long a score waits for its request (log time)
     max_orphans: int = 50_000  # requests whose scores wait for them (orphans), at most
+    # Bytes held for scores not joined to their request's schedule (orphans', and unscheduled models'
+    # of requests read), estimated: the counts alone allowed max_orphans x 64 forged scores of 4 KB strings.
+    max_held_bytes: int = 256 * 1024 * 1024
     remember_ms: int = 60_000  # closed request ids are remembered this long (log time)
     max_remembered: int = 200_000
     model_ttl_ms: int = 30_000  # a model silent this long is no longer expected in comparison records
@@ -163,6 +176,10 @@ class Join:
         # refuses the real scores nor takes their place when the request comes.
         self._orphans: dict[int, OrderedDict[str, Mailbox]] = {}
         self._orphan_count = 0
+        # Estimated bytes held for scores kept apart (`_hold`), in all and by orphans of a partition.
+        self._held_bytes = 0
+        self._orphan_bytes: dict[int, int] = {}
+        self._max_held_bytes = limits.max_held_bytes
         self._remembered = RememberedIds(limits.max_remembered)
         self._finished = Finished({}, set())
         self._rereading: set[int] = set()  # requests partitions with entries in _finished
@@ -183,6 +200,11 @@ class Join:
     @property
     def orphans(self) -> int:
         return self._orphan_count
+
+    @property
+    def held_bytes(self) -> int:
+        """Estimated bytes held for scores kept apart: orphans, and unscheduled models' (at most max_held_bytes)."""
+        return self._held_bytes
 
     def orphans_by_partition(self) -> dict[int, int]:
         return {partition: len(orphans) for partition, orphans in self._orphans.items() if orphans}
@@ -275,12 +297,13 @@ class Join:
         mailboxes, clocks, orphans, and the ids they closed (whose answers may not be committed:
         a re-read must decide them again, not take them for repeats)."""
         for rid in [rid for rid, mb in self.mailboxes.items() if mb.partition in partitions]:
-            self.mailboxes.pop(rid).closed = True
+            self._release(self.mailboxes.pop(rid))
         for partition in partitions:
             dropped: dict[str, Mailbox] = self._orphans.pop(partition, {})
             for orphan in dropped.values():
-                orphan.closed = True
+                self._release(orphan)
             self._orphan_count -= len(dropped)
+            self._orphan_bytes.pop(partition, None)
             self._requests_read.pop(partition, None)
         self._remembered.drop_partitions(partitions)
         self.clocks.forget(partitions)
@@ -348,6 +371,8 @@ class Join:
             self._unorphan(mailbox)  # its scores came first; now it has its request
         self.mailboxes[rid] = mailbox
         self._attach(mailbox, request, reply)
+        if mailbox.held:  # an orphan's: what its schedule names is joined now
+            self._hold_unscheduled_only(mailbox)
         # Restored first: an invalid request answered before a restart keeps that answer (its
         # comparison record may not have been committed with it) instead of getting a second one.
         if self._finished.answered:  # empty but after a takeover's scan
@@ -373,7 +398,9 @@ class Join:
             return None
         if mailbox is None:
             mailbox = self._orphan(score.partition, rid)
-        if mailbox is not None and self._full(mailbox, score):
+        if mailbox is not None and (
+            self._full(mailbox, score) or (self._held_bytes >= self._max_held_bytes and self._no_room(mailbox, score))
+        ):
             # Before it is counted or its name tracked: refused, it takes no series nor slot.
             self.metrics.inc(m.SCORES_REFUSED)
             return None
@@ -399,8 +426,14 @@ class Join:
                           error is None and value is not None)
         if not mailbox.add(arrival):
             self.metrics.inc(child(m.DUPLICATE_SCORES, model_label))
-        elif mailbox.decision is not None and arrival.at > mailbox.decision.at:
-            self.metrics.inc(child(m.LATE_SCORES, model_label, "false"))
+        else:
+            schedule = mailbox.schedule
+            if schedule is None or arrival.model not in schedule.model_set:  # an orphan's, or unscheduled
+                self._hold(mailbox, _arrival_size(arrival))
+                if self._held_bytes > self._max_held_bytes:
+                    self._shed(score.partition)
+            if mailbox.decision is not None and arrival.at > mailbox.decision.at:
+                self.metrics.inc(child(m.LATE_SCORES, model_label, "false"))
         self._advance(mailbox, clock)
         return None if mailbox.closed else mailbox
 
@@ -503,7 +536,7 @@ class Join:
         # the id on another partition are another request's.
         if orphan is not None:
             self._unorphan(orphan)
-            orphan.closed = True
+            self._release(orphan)
         answer = self._finished.answered.pop(rid, None)
         # Not this request's inputs: the one answered may be before the re-read (its answer logged
         # past the mark of a request after it), and this a later one under its id, with other
@@ -544,20 +577,65 @@ class Join:
         """Take an orphan off its partition's list (its request came, or its scores are dropped)."""
         del self._orphans[mailbox.partition][mailbox.request_id]
         self._orphan_count -= 1
+        if mailbox.held:
+            self._orphan_bytes[mailbox.partition] -= mailbox.held
+
+    def _oldest(self, partition: int) -> Mailbox:
+        """The oldest orphan of `partition`, taken off its list."""
+        oldest = next(iter(self._orphans[partition].values()))
+        self._unorphan(oldest)
+        return oldest
 
     def _open_orphan(self, rid: str, score: ScoreIn) -> Mailbox:
         orphans = self._orphans.setdefault(score.partition, OrderedDict())
         mailbox = orphans[rid] = Mailbox(rid, score.partition, score.log_time)
         self._orphan_count += 1
+        self._hold(mailbox, ORPHAN_BYTES + getsizeof(rid))  # not shed here: its score is not in yet
         if self._orphan_count > self.limits.max_orphans:
             # From the partition holding the most: forged scores flooding one partition must not
             # push out the early scores of real requests on another.
             # On a tie, another partition's: never the score just read when others wait too.
-            _partition, fullest = max(self._orphans.items(), key=lambda kv: (len(kv[1]), kv[0] != score.partition))
-            _oldest, dropped = fullest.popitem(last=False)
-            self._orphan_count -= 1
-            self._drop_orphan(dropped, "too many scores wait for their requests")
+            fullest, _ = max(self._orphans.items(), key=lambda kv: (len(kv[1]), kv[0] != score.partition))
+            self._drop_orphan(self._oldest(fullest), "too many scores wait for their requests")
         return mailbox
+
+    # -- held bytes (--max-held-bytes) ----------------------------------------------------
+
+    def _hold(self, mailbox: Mailbox, size: int) -> None:
+        """Count `size` bytes held for `mailbox` (an orphan's, or a score of a model its schedule does not name)."""
+        mailbox.held += size
+        self._held_bytes += size
+        if not mailbox.has_request:
+            self._orphan_bytes[mailbox.partition] = self._orphan_bytes.get(mailbox.partition, 0) + size
+
+    def _release(self, mailbox: Mailbox) -> None:
+        """`mailbox` is closed or dropped (taken off the orphans' lists first): nothing of it is held any more."""
+        mailbox.closed = True
+        self._held_bytes -= mailbox.held
+        mailbox.held = 0
+
+    def _hold_unscheduled_only(self, mailbox: Mailbox) -> None:
+        """An orphan's request came: of what it held, only its schedule's unnamed models' scores stay held."""
+        assert mailbox.schedule is not None
+        named = mailbox.schedule.model_set
+        kept = sum(_arrival_size(a) for a in mailbox.arrivals.values() if a.model not in named)
+        self._held_bytes += kept - mailbox.held
+        mailbox.held = kept
+
+    def _no_room(self, mailbox: Mailbox, score: ScoreIn) -> bool:
+        """Whether `score`, held bytes being at the budget, is refused: a new model's score for a request
+        whose schedule does not name it. It changes no answer; an orphan's score instead makes room (the
+        oldest orphans go, `_shed`): it may be the early score of a request not read yet."""
+        return mailbox.has_request and score.model not in mailbox.arrivals and not self._scheduled(score, mailbox)
+
+    def _shed(self, partition: int) -> None:
+        """Over the byte budget: drop the oldest orphans of the partition holding the most bytes of them
+        (forged scores flooding one partition must not push out real early scores on another; on a tie,
+        another than `partition`, the score's just read) until within it, or no orphan is left."""
+        while self._held_bytes > self._max_held_bytes and self._orphan_count:
+            by_partition = self._orphan_bytes
+            fullest = max(by_partition, key=lambda p: (by_partition[p], p != partition))
+            self._drop_orphan(self._oldest(fullest), "the scores kept apart hold --max-held-bytes")
 
     # -- the mailbox state machine ---------------------------------------------------------
 
@@ -568,9 +646,7 @@ class Join:
             return
         horizon = self._requests_read[partition] - self.limits.orphan_grace_ms
         while orphans and next(iter(orphans.values())).opened_at < horizon:
-            _rid, mailbox = orphans.popitem(last=False)
-            self._orphan_count -= 1
-            self._drop_orphan(mailbox, "its request did not arrive")
+            self._drop_orphan(self._oldest(partition), "its request did not arrive")
 
     def _advance(self, mailbox: Mailbox, clock: int) -> None:
         """Answer when the schedule says so; log and close when every score is in or linger ends."""
@@ -660,7 +736,7 @@ class Join:
         a request like any other)."""
         log.debug("dropping %d score(s) of %s: %s", len(mailbox.arrivals), mailbox.request_id, why)
         self.metrics.inc(m.ORPHAN_SCORES, len(mailbox.arrivals))
-        mailbox.closed = True
+        self._release(mailbox)
 
     def _forget_if_past(self, rid: str, log_time: int) -> None:
         """A request under a closed id whose time is up by the request's own append time is a new
@@ -672,6 +748,8 @@ class Join:
 
     def _retire(self, mailbox: Mailbox, answer: dict[str, Any] | None) -> None:
         mailbox.closed = True
+        if mailbox.held:
+            self._release(mailbox)
         del self.mailboxes[mailbox.request_id]
         self._remember(mailbox.request_id, mailbox.partition, answer, mailbox.opened_at, mailbox.inputs)
 
@@ -682,6 +760,12 @@ class Join:
         a repeated request gets the same answer; bounded in time and number."""
         since = max(log_time, self.clocks.now(partition))
         self._remembered.add(rid, (partition, since + self.limits.remember_ms, answer, inputs))
+
+
+def _arrival_size(arrival: Arrival) -> int:
+    """The bytes a score held apart takes, estimated (its strings may be forged: up to 4 KB each)."""
+    return (ARRIVAL_BYTES + getsizeof(arrival.model) + getsizeof(arrival.version) + getsizeof(arrival.label)
+            + getsizeof(arrival.error))
 
 
 def _answer_record(

@@ -52,6 +52,7 @@ class Mailbox:
     closed: bool = False
     wake_at: int = -1  # log time of this mailbox's pending timer (-1: none)
     unacked: int = 0  # replies sent and not yet acknowledged by the broker
+    held: int = 0  # estimated bytes the join counts for it against --max-held-bytes (join.py `_hold`)
 
     @property
     def settled(self) -> bool:

@@ -25,7 +25,8 @@ ELSEWHERE = Counter(
 SCORES_REFUSED = Counter(
     "rdv_scores_refused_total",
     "Scores of a model beyond the 256 the rendezvous tracks at once (models silent for model_ttl are forgotten), "
-    "or beyond the 64 a request keeps from models its schedule does not name.",
+    "or beyond the 64 a request keeps from models its schedule does not name, or of such a model once held scores "
+    "reach --max-held-bytes.",
 )
 DUPLICATE_SCORES = Counter(
     "rdv_duplicate_scores_total", "Scores of a model for a request it had already scored.", ["model"]
@@ -53,7 +54,9 @@ OUTPUTS_CUT = Counter(
     ["output", "outcome"],
 )
 ORPHAN_SCORES = Counter(
-    "rdv_orphan_scores_total", "Scores dropped because their request never arrived within the grace period."
+    "rdv_orphan_scores_total",
+    "Scores dropped because their request never arrived within the grace period, or beyond --max-orphans or "
+    "--max-held-bytes (the oldest).",
 )
 HANGING_SEALS = Counter(
     "rdv_hanging_transaction_seals_total",
@@ -96,6 +99,8 @@ CLOCK_RECORD_FAILURES = Counter(
 MAILBOXES = Gauge("rdv_mailboxes_open", "Requests in flight (answered-but-not-logged included).")
 ORPHANS = Gauge("rdv_orphans_waiting", "Request ids whose scores came first and wait for their request "
                 "(at most --max-orphans).")
+HELD_BYTES = Gauge("rdv_held_score_bytes", "Bytes held for scores not joined yet (orphans', unscheduled models'), "
+                   "estimated (at most --max-held-bytes).")
 SCHEDULE = Gauge(
     "rdv_schedule_info", "The schedule in force (value 1), by name, version and preferred model.",
     ["name", "version", "preferred"],
@@ -118,6 +123,6 @@ PAUSED = Gauge("rdv_requests_paused", "1 while request intake is paused (mailbox
 SCORES_HELD = Gauge(
     "rdv_scores_held_partitions",
     "Score partitions paused while their requests lag (reading a backlog): from half of --max-orphans "
-    "waiting for their requests, until below a quarter.",
+    "waiting for their requests (or of --max-held-bytes held for them), until below a quarter.",
 )
 TRANSACTIONS = Counter("rdv_transactions_total", "Transactions ended, by outcome (committed | aborted).", ["outcome"])

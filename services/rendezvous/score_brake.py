@@ -11,7 +11,8 @@ pre-loaded requests in one `bench/rendezvous_throughput.py --requests 100000` ru
 clock the answer after a backlog must be the one the request would have had live.
 
 So while a partition's requests lag (at least as many records not read yet as one poll takes: a
-backlog, not a fetch in flight) and orphans fill `HOLD_AT` of the budget, the scores of that partition, if
+backlog, not a fetch in flight) and orphans fill `HOLD_AT` of the budget (in number, or in bytes
+held, `max_held_bytes`: scores with long labels or errors reach that one first), the scores of that partition, if
 it has orphans, wait: the consumer pauses them, which also frees its fetch queue for the
 requests. They flow again once the partition has no orphans left or its requests are caught up,
 once orphans in all are below `RELEASE_AT` of the budget, or when the rendezvous needs every
@@ -25,40 +26,42 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-HOLD_AT = 0.5  # share of max_orphans from which scores of partitions whose requests lag wait
+HOLD_AT = 0.5  # share of max_orphans (or max_held_bytes) from which scores of partitions whose requests lag wait
 RELEASE_AT = 0.25  # below this share, held scores flow again (hysteresis: no pause/resume flapping)
 
 
 class ScoreBrake:
-    def __init__(self, max_orphans: int, lag_from: int):
-        self._hold_from = max_orphans * HOLD_AT
-        self._release_below = max_orphans * RELEASE_AT
+    def __init__(self, max_orphans: int, lag_from: int, max_held_bytes: int):
+        self._max_orphans, self._max_held_bytes = max_orphans, max_held_bytes
         self._lag_from = lag_from  # records not read yet from which a requests partition lags
         self.held: set[int] = set()  # partitions whose scores wait now
 
     def decide(
         self,
         orphans: int,
+        held_bytes: int,
         orphans_by_partition: Callable[[], Mapping[int, int]],
         requests_lag: Callable[[int], int],
         free: bool,
     ) -> tuple[set[int], set[int]]:
         """Partitions whose scores to pause now, and to resume now.
 
-        `orphans`: scores waiting for their requests, in all; `orphans_by_partition()` the same by
-        partition (asked only when it matters); `requests_lag(p)`: records of partition p's
-        requests not read yet; `free`: hold nothing (every open request needs its scores now)."""
-        if not self.held and (free or orphans < self._hold_from):
+        `orphans`: scores waiting for their requests, in all; `held_bytes`: what the join holds for
+        scores kept apart (join.py `held_bytes`); `orphans_by_partition()` the orphans by partition
+        (asked only when it matters); `requests_lag(p)`: records of partition p's requests not read
+        yet; `free`: hold nothing (every open request needs its scores now)."""
+        fill = max(orphans / self._max_orphans, held_bytes / self._max_held_bytes)  # of the fuller budget
+        if not self.held and (free or fill < HOLD_AT):
             return set(), set()  # the usual case, every turn of the loop: nothing to look at
         keep: set[int] = set()
-        if not free and orphans >= self._release_below:
+        if not free and fill >= RELEASE_AT:
             waiting = orphans_by_partition()
 
             def ahead(partition: int) -> bool:
                 return waiting.get(partition, 0) > 0 and requests_lag(partition) >= self._lag_from
 
             keep = {p for p in self.held if ahead(p)}
-            if orphans >= self._hold_from:
+            if fill >= HOLD_AT:
                 keep |= {p for p in waiting if ahead(p)}
         pause, resume = keep - self.held, self.held - keep
         self.held = keep

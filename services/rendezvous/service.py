@@ -98,7 +98,8 @@ class Rendezvous(Probed):
         self._answer_events = EventHeaders("Answer", self.topics.answers) if settings.cloudevents else None
         self._log_events = EventHeaders("Comparison", self.topics.log) if settings.cloudevents else None
         self._paused = False
-        self._brake = ScoreBrake(settings.max_orphans, lag_from=settings.max_batch)
+        self._brake = ScoreBrake(settings.max_orphans, lag_from=settings.max_batch,
+                                 max_held_bytes=settings.max_held_bytes)
         self.takeover = Takeover(settings, self.join, self._start_at)
         self._ctx: Context | None = None
         self._fast: Producer | None = None
@@ -274,6 +275,7 @@ class Rendezvous(Probed):
         self.schedules.show(now_ms())
         m.MAILBOXES.set(len(self.join.mailboxes))
         m.ORPHANS.set(self.join.orphans)
+        m.HELD_BYTES.set(self.join.held_bytes)
         self._send_replies()  # those decided outside a batch (a takeover's repeats, verdicts that came in)
         self._fast.poll(0)
 
@@ -500,7 +502,7 @@ class Rendezvous(Probed):
         assert self._ctx is not None
         free = self._paused or self._ctx.draining
         was_held = bool(self._brake.held)
-        pause, resume = self._brake.decide(self.join.orphans, self.join.orphans_by_partition,
+        pause, resume = self._brake.decide(self.join.orphans, self.join.held_bytes, self.join.orphans_by_partition,
                                            self._requests_lag, free)
         if not (pause or resume):
             return
@@ -517,7 +519,7 @@ class Rendezvous(Probed):
         held = sorted(self._brake.held)
         if held and not was_held:
             log.info("%d scores wait for requests not read yet: the scores of partition(s) %s wait for their "
-                     "requests (from half of --max-orphans)", self.join.orphans, held)
+                     "requests (from half of --max-orphans or --max-held-bytes)", self.join.orphans, held)
         elif was_held and not held:
             log.info("scores flow again (%d wait for their requests)", self.join.orphans)
         else:

@@ -13,6 +13,7 @@ from services.core.settings import MAX_BATCH, ServiceSettings, parse_pairs, sett
 from services.rendezvous.join import JoinLimits
 
 DEFAULT_SCHEDULE_NAME = DEFAULT_NAME
+MIN_HELD_BYTES = 1024 * 1024  # one orphan with its 64 unscheduled scores may hold that much
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,12 @@ class RendezvousSettings(ServiceSettings):
         "dropped beyond; from half of it, the scores of partitions whose requests are not read yet wait).",
         minimum=10,
     )
+    max_held_bytes: int = setting(
+        256 * 1024 * 1024, "Bytes the scores not joined yet may hold, estimated: those waiting for their requests "
+        "(the oldest are dropped beyond; from half of it, scores wait as for --max-orphans) and those of models a "
+        "request's schedule does not name (refused beyond).",
+        minimum=MIN_HELD_BYTES,
+    )
     max_budget_ms: int = setting(
         60_000, "Longest deadline a request may ask for, from its created_at (ms); longer ones are clamped.",
         minimum=1,
@@ -118,6 +125,8 @@ class RendezvousSettings(ServiceSettings):
             raise ConfigError(f"--processing must be exactly-once or at-least-once, got {self.processing!r}")
         if self.max_mailboxes < 10 or self.max_orphans < 10:
             raise ConfigError("--max-mailboxes and --max-orphans must be >= 10")
+        if self.max_held_bytes < MIN_HELD_BYTES:
+            raise ConfigError(f"--max-held-bytes must be at least {MIN_HELD_BYTES}, got {self.max_held_bytes}")
         if self.start_from not in ("earliest", "latest"):
             raise ConfigError(f"--start-from must be earliest or latest, got {self.start_from!r}")
         try:
@@ -143,7 +152,8 @@ class RendezvousSettings(ServiceSettings):
     def limits(self) -> JoinLimits:
         return JoinLimits(
             max_budget_ms=self.max_budget_ms, linger_ms=self.linger_ms, orphan_grace_ms=self.orphan_grace_ms,
-            max_orphans=self.max_orphans, model_ttl_ms=int(self.model_ttl_s * 1000),
+            max_orphans=self.max_orphans, max_held_bytes=self.max_held_bytes,
+            model_ttl_ms=int(self.model_ttl_s * 1000),
         )
 
     def static_member(self) -> bool:

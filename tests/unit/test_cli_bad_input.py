@@ -47,6 +47,7 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (RendezvousSettings, {"deadline_ms": "-5"}, "--deadline-ms must be at least 1, got -5"),
     (RendezvousSettings, {"deadline_ms": "0"}, "--deadline-ms must be at least 1, got 0"),
     (RendezvousSettings, {"max_orphans": "-1"}, "--max-orphans must be at least 10, got -1"),
+    (RendezvousSettings, {"max_held_bytes": "1000"}, "--max-held-bytes must be at least 1048576, got 1000"),
     (DeploySettings, {"model": "demo:champion", "replicas": "1000"}, "--replicas must be at most 256, got 1000"),
     (DemoSettings, {"models": "=demo:champion"}, "--models expects name=spec"),
     (DemoSettings, {"models": "a=demo:champion,a=demo:canary"}, "--models names a more than once"),

@@ -14,13 +14,15 @@ from tests.unit.test_join import T0, request, score
 from tests.unit.test_rendezvous_intake import Consumer
 
 LAG_FROM = 50  # as --max-batch: a lag one poll takes is a fetch in flight, not a backlog
+MAX_HELD_BYTES = 1_000_000
 
 
 def _brake(orphans: dict[int, int], behind: set[int], free: bool = False, brake: ScoreBrake | None = None,
-           lag: int = 1_000) -> tuple[ScoreBrake, set[int], set[int]]:
+           lag: int = 1_000, held_bytes: int = 0) -> tuple[ScoreBrake, set[int], set[int]]:
     """`behind`: the partitions whose requests lag by `lag` records (the others by none)."""
-    brake = brake or ScoreBrake(max_orphans=100, lag_from=LAG_FROM)
-    pause, resume = brake.decide(sum(orphans.values()), lambda: orphans, lambda p: lag if p in behind else 0, free)
+    brake = brake or ScoreBrake(max_orphans=100, lag_from=LAG_FROM, max_held_bytes=MAX_HELD_BYTES)
+    pause, resume = brake.decide(sum(orphans.values()), held_bytes, lambda: orphans,
+                                 lambda p: lag if p in behind else 0, free)
     return brake, pause, resume
 
 
@@ -34,6 +36,18 @@ def test_from_half_the_budget_the_partitions_whose_requests_lag_wait() -> None:
     # 2: requests lag but no orphans there (its scores are not ahead).
     brake, pause, resume = _brake({0: 30, 1: 20, 3: 5}, behind={0, 2, 3})
     assert pause == {0, 3} and resume == set() and brake.held == {0, 3}
+
+
+def test_from_half_the_byte_budget_the_partitions_whose_requests_lag_wait_too() -> None:
+    """A few orphans with long labels or errors fill the bytes first; they flow again below a quarter."""
+    brake, pause, _ = _brake({0: 5, 1: 5}, behind={0}, held_bytes=MAX_HELD_BYTES // 2 - 1)
+    assert pause == set() and brake.held == set()
+    brake, pause, _ = _brake({0: 5, 1: 5}, behind={0}, held_bytes=MAX_HELD_BYTES // 2, brake=brake)
+    assert pause == {0} and brake.held == {0}
+    brake, _, resume = _brake({0: 5, 1: 5}, behind={0}, held_bytes=MAX_HELD_BYTES // 4, brake=brake)
+    assert resume == set() and brake.held == {0}
+    brake, _, resume = _brake({0: 5, 1: 5}, behind={0}, held_bytes=MAX_HELD_BYTES // 4 - 1, brake=brake)
+    assert resume == {0} and brake.held == set()
 
 
 def test_a_lag_one_poll_takes_is_not_a_backlog() -> None:
