@@ -665,8 +665,14 @@ def topic_configs(config: Mapping[str, Any], topic: str, timeout: float = 15.0) 
     try:
         entries = next(iter(futures.values())).result()
     except KafkaException as exc:
+        if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() in _AUTHORIZATION:
+            raise ConfigsNotAuthorized(f"cannot read the configuration of {topic}: {exc}") from None
         raise BrokerError(f"cannot read the configuration of {topic}: {exc}") from None
     return {key: str(entry.value) for key, entry in entries.items()}
+
+
+class ConfigsNotAuthorized(BrokerError):
+    """The principal may not describe the topic's configuration (no DESCRIBE_CONFIGS on it)."""
 
 
 def topic_limits(config: Mapping[str, Any], topics: Iterable[str], timeout: float = 15.0) -> dict[str, int]:

@@ -369,3 +369,35 @@ def test_a_rendezvous_refuses_a_control_topic_that_deletes_old_versions_before_r
                                   dead_letter=lambda _msg, _err: None)
     with ExitStack() as stack, pytest.raises(ConfigError, match=r"rdv.control has cleanup.policy=delete"):
         feed.start(SimpleNamespace(config={}, stack=stack))  # type: ignore[arg-type]
+
+
+def test_publish_by_a_principal_that_may_not_read_the_topics_configuration_is_left_to_the_broker(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client principal (READ on control, no DESCRIBE_CONFIGS) running `schedule set` must get the
+    broker's refusal of its WRITE, not a refusal of the check's describe_configs."""
+    from services.control import topic
+    from services.core.kafka import ConfigsNotAuthorized
+
+    def refused(*_args: object) -> dict[str, str]:
+        raise ConfigsNotAuthorized("cannot read the configuration of rdv.control: TOPIC_AUTHORIZATION_FAILED")
+
+    written: list[object] = []
+
+    class Written:
+        def __init__(self, _config: object) -> None:
+            pass
+
+        def produce(self, *args: object, **_kwargs: object) -> None:
+            written.append(args)
+
+        def flush(self, *_args: object) -> int:
+            return 0
+
+    schedule = Schedule(models=("a",), version=1)
+    monkeypatch.setattr(topic, "topic_configs", refused)
+    monkeypatch.setattr(topic, "Producer", Written)
+    monkeypatch.setattr(topic, "_read_back", lambda _c, _t, s: s)
+    topic.publish({}, "rdv.control", schedule)
+    assert len(written) == 1
+    assert "clean-up policy of rdv.control is not checked" in caplog.text
