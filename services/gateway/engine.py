@@ -144,15 +144,16 @@ class Gateway:
         rows = await off_the_loop(values >= LARGE_VALUES, rows_of, call.tensors, target.feature_names,
                                   self.settings.max_rows)
         self.catalog.check_features(target, rows[0])
-        # By rows too: the models' work is a row each, and the call limit let one call of --max-rows
-        # rows cost what one row did. Taken once the call is known valid (a refused one spends none).
-        self.row_limit.take(caller, len(rows))
         if target.kind != SCHEDULE:
             await self._start_tap()
         budget = self._budget(target, given, started)  # last: what the caller has left when its rows go
         if self.rows_in_flight + len(rows) > self.settings.max_in_flight:
             raise Unavailable(f"overloaded: {self.rows_in_flight} rows waiting for answers (at most "
                               f"{self.settings.max_in_flight}); retry later")
+        # By rows too: the models' work is a row each, and the call limit let one call of --max-rows
+        # rows cost what one row did. Taken last, once the call goes: one refused (invalid, draining,
+        # overloaded) spends none, else a key retrying through an overload earned 429s.
+        self.row_limit.take(caller, len(rows))
         base = call.id or self._new_id()  # the id the response carries
         ids = _request_ids(_kafka_id(call.id, caller, rows) if call.id else base, len(rows), target.kind)
         metadata = {"gateway": self.settings.instance_name(), "caller": caller}

@@ -1295,6 +1295,10 @@ def test_a_rows_rate_limit_charges_a_call_its_rows_besides_the_calls_limit() -> 
     target = Target("default", SCHEDULE, "1", ("1",), None, Schedule(models=("champion",)))
     gateway.catalog.resolve, gateway.catalog.check_features = (lambda *_: target), (lambda *_: None)
     call = InferCall("", (Tensor("x", "FP64", (6,), [1.0] * 6),), (), {})
+    gateway.rows_in_flight = settings.max_in_flight - 1  # no room for 6 rows: refused with 503, spending none
+    with pytest.raises(Unavailable, match="overloaded"):
+        asyncio.run(gateway.infer("default", "", call, "alice"))
+    gateway.rows_in_flight = 0
     assert len(asyncio.run(gateway.infer("default", "", call, "alice")).rows) == 6
     with pytest.raises(RateLimited, match="6 rows are over the rate limit"):
         asyncio.run(gateway.infer("default", "", call, "alice"))
