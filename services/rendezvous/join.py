@@ -180,6 +180,10 @@ class Join:
         self._held_bytes = 0
         self._orphan_bytes: dict[int, int] = {}
         self._max_held_bytes = limits.max_held_bytes
+        # What unscheduled models' scores of requests read may hold at most: the rest is the orphans'.
+        # They wait up to a request's budget (a minute), and alone at the budget they had every early
+        # score of a real request dropped the moment it was read (a review's repro: OK -> TIMEOUT).
+        self._unscheduled_share = limits.max_held_bytes // 2
         self._remembered = RememberedIds(limits.max_remembered)
         self._finished = Finished({}, set())
         self._rereading: set[int] = set()  # requests partitions with entries in _finished
@@ -205,6 +209,11 @@ class Join:
     def held_bytes(self) -> int:
         """Estimated bytes held for scores kept apart: orphans, and unscheduled models' (at most max_held_bytes)."""
         return self._held_bytes
+
+    @property
+    def orphan_bytes(self) -> int:
+        """Estimated bytes held for orphans alone: what pausing their partitions' scores can bound."""
+        return sum(self._orphan_bytes.values())
 
     def orphans_by_partition(self) -> dict[int, int]:
         return {partition: len(orphans) for partition, orphans in self._orphans.items() if orphans}
@@ -399,7 +408,8 @@ class Join:
         if mailbox is None:
             mailbox = self._orphan(score.partition, rid)
         if mailbox is not None and (
-            self._full(mailbox, score) or (self._held_bytes >= self._max_held_bytes and self._no_room(mailbox, score))
+            self._full(mailbox, score)
+            or (self._held_bytes >= self._unscheduled_share and self._no_room(mailbox, score))
         ):
             # Before it is counted or its name tracked: refused, it takes no series nor slot.
             self.metrics.inc(m.SCORES_REFUSED)
@@ -623,19 +633,30 @@ class Join:
         mailbox.held = kept
 
     def _no_room(self, mailbox: Mailbox, score: ScoreIn) -> bool:
-        """Whether `score`, held bytes being at the budget, is refused: a new model's score for a request
-        whose schedule does not name it. It changes no answer; an orphan's score instead makes room (the
-        oldest orphans go, `_shed`): it may be the early score of a request not read yet."""
-        return mailbox.has_request and score.model not in mailbox.arrivals and not self._scheduled(score, mailbox)
+        """Whether `score` is refused: a new model's score for a request whose schedule does not name
+        it, once such scores hold their share of the budget (or all is held). It changes no answer; an
+        orphan's score instead makes room (the oldest orphans go, `_shed`): it may be the early score
+        of a request not read yet."""
+        if not mailbox.has_request or score.model in mailbox.arrivals or self._scheduled(score, mailbox):
+            return False
+        unscheduled = self._held_bytes - self.orphan_bytes
+        return unscheduled >= self._unscheduled_share or self._held_bytes >= self._max_held_bytes
 
     def _shed(self, partition: int) -> None:
         """Over the byte budget: drop the oldest orphans of the partition holding the most bytes of them
         (forged scores flooding one partition must not push out real early scores on another; on a tie,
         another than `partition`, the score's just read) until within it, or no orphan is left."""
-        while self._held_bytes > self._max_held_bytes and self._orphan_count:
+        while self._orphan_count and self._orphans_over_budget():
             by_partition = self._orphan_bytes
             fullest = max(by_partition, key=lambda p: (by_partition[p], p != partition))
             self._drop_orphan(self._oldest(fullest), "the scores kept apart hold --max-held-bytes")
+
+    def _orphans_over_budget(self) -> bool:
+        """Whether the orphans hold more than the budget leaves them: all of it less what unscheduled
+        scores hold, but at least the half those may not take (`_no_room`)."""
+        orphaned = self.orphan_bytes
+        unscheduled = self._held_bytes - orphaned
+        return orphaned > self._max_held_bytes - min(unscheduled, self._unscheduled_share)
 
     # -- the mailbox state machine ---------------------------------------------------------
 

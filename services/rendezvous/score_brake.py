@@ -47,7 +47,8 @@ class ScoreBrake:
         """Partitions whose scores to pause now, and to resume now.
 
         `orphans`: scores waiting for their requests, in all; `held_bytes`: what the join holds for
-        scores kept apart (join.py `held_bytes`); `orphans_by_partition()` the orphans by partition
+        orphans (join.py `orphan_bytes`: not the scores of unnamed models of requests read, which
+        pausing cannot free); `orphans_by_partition()` the orphans by partition
         (asked only when it matters); `requests_lag(p)`: records of partition p's requests not read
         yet; `free`: hold nothing (every open request needs its scores now)."""
         fill = max(orphans / self._max_orphans, held_bytes / self._max_held_bytes)  # of the fuller budget

@@ -502,7 +502,7 @@ class Rendezvous(Probed):
         assert self._ctx is not None
         free = self._paused or self._ctx.draining
         was_held = bool(self._brake.held)
-        pause, resume = self._brake.decide(self.join.orphans, self.join.held_bytes, self.join.orphans_by_partition,
+        pause, resume = self._brake.decide(self.join.orphans, self.join.orphan_bytes, self.join.orphans_by_partition,
                                            self._requests_lag, free)
         if not (pause or resume):
             return

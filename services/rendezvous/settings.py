@@ -89,7 +89,7 @@ class RendezvousSettings(ServiceSettings):
     max_held_bytes: int = setting(
         256 * 1024 * 1024, "Bytes the scores not joined yet may hold, estimated: those waiting for their requests "
         "(the oldest are dropped beyond; from half of it, scores wait as for --max-orphans) and those of models a "
-        "request's schedule does not name (refused beyond).",
+        "request's schedule does not name (refused beyond half of it, or when all is held).",
         minimum=MIN_HELD_BYTES,
     )
     max_budget_ms: int = setting(
