@@ -136,6 +136,12 @@ def _unsupported(key: str, value: str) -> str | None:
         return ("only the classic group protocol is supported (KIP-848's incremental assignment is not "
                 "handled by the co-partitioned recovery): leave group.protocol unset or classic "
                 "(docs/failover.md, \"Why the classic protocol, not KIP-848\")")
+    if key == "partition.assignment.strategy" and "cooperative" in value.lower():
+        # The services take and give back partitions eagerly (assign, not incremental_assign): under a
+        # cooperative assignor librdkafka refuses that at the first rebalance, and the service stops.
+        return ("the cooperative-sticky assignor is not supported (the services' consumers take their "
+                "partitions eagerly, and the rendezvous recovers partition p of requests and scores as a unit): "
+                "leave partition.assignment.strategy unset, or range / roundrobin")
     return None
 
 

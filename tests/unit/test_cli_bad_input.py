@@ -283,6 +283,23 @@ def test_a_deployment_name_that_is_no_plain_folder_and_group_name_is_refused(nam
         check_model_name(fine, "deployment name")
 
 
+@pytest.mark.parametrize("cls", [WorkerSettings, DecoySettings])
+@pytest.mark.parametrize("strategy", ["cooperative-sticky", "range,COOPERATIVE-STICKY"])
+def test_a_cooperative_assignor_is_refused_at_start_in_one_line(cls: type, strategy: str, tmp_path: Path) -> None:
+    """The model worker, decoy and comparison consumers take the user's assignor, and assign
+    eagerly: under cooperative-sticky librdkafka refused the first assignment (_STATE, "must be made
+    using incremental_assign()", checked on the local broker) and the service stopped."""
+    required = {WorkerSettings: {"model": "demo:champion"}, DecoySettings: {"archive_dir": str(tmp_path)}}
+    values: dict[str, object] = {"bootstrap": NO_BROKER, **required[cls],
+                                 "kafka_config": (f"partition.assignment.strategy={strategy}",)}
+    with pytest.raises(ConfigError) as refused:
+        from_namespace(cls, **values)
+    text = str(refused.value)
+    assert "\n" not in text and "item 1 (partition.assignment.strategy): the cooperative-sticky assignor is not" in text
+    values["kafka_config"] = ("partition.assignment.strategy=roundrobin",)
+    assert from_namespace(cls, **values).librdkafka()["partition.assignment.strategy"] == "roundrobin"
+
+
 @pytest.mark.parametrize("cls", [RendezvousSettings, WorkerSettings, DecoySettings, GatewaySettings])
 @pytest.mark.parametrize("source", ["flag", "environment"])
 def test_the_new_group_protocol_is_refused_at_start_in_one_line_saying_why(
