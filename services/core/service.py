@@ -116,6 +116,7 @@ class Context:
 # of 45 s left a restarted decoy or comparison service without partitions for most of a minute.
 # (The classic group protocol only: settings refuse group.protocol=consumer, kafka_config.py.)
 GROUP_DEFAULTS: dict[str, Any] = {"session.timeout.ms": 6_000}
+COMMIT_WARN_EVERY_S = 10.0  # at most one warning this often for refused asynchronous offset commits
 
 
 class StreamHandler(Protocol):
@@ -186,6 +187,8 @@ class StreamService:
         self._releases = 0  # partitions released so far (revoked or lost): tells a rebalance happened
         # Positions sent by an asynchronous offset commit, not yet answered (_on_commit): not sent again meanwhile.
         self._unanswered: dict[tuple[str, int], int] = {}
+        self._commit_failures = 0  # asynchronous commits refused since the last warning
+        self._commit_warned_at: float | None = None
         self._turned_at: float | None = None  # the poll loop's last pass (None: not looping)
         self._schemas: SchemaWait | None = None  # records waiting for their schema (run: after wire.configure)
 
@@ -372,7 +375,18 @@ class StreamService:
         if taken:
             self.handler.on_committed(taken)
         if err is not None and err.code() != KafkaError._NO_OFFSET:
-            log.warning("%s: offset commit failed (%s): sent again with the next commit", self.spec.name, err.str())
+            self._warn_commit_failed(err)
+
+    def _warn_commit_failed(self, err: KafkaError) -> None:
+        """One warning per COMMIT_WARN_EVERY_S: a commit is sent every commit interval (100 ms), and a
+        coordinator away for a minute made 600 lines of the same failure."""
+        self._commit_failures += 1
+        now = time.monotonic()
+        if self._commit_warned_at is not None and now - self._commit_warned_at < COMMIT_WARN_EVERY_S:
+            return
+        log.warning("%s: offset commit failed (%s; %d failed since the last warning): sent again with the next "
+                    "commit", self.spec.name, err.str(), self._commit_failures)
+        self._commit_warned_at, self._commit_failures = now, 0
 
     def commit_now(self) -> None:
         """Commit finished work on this thread (revoke, drain), unless outputs were refused."""

@@ -133,3 +133,17 @@ def test_a_position_is_sent_once_while_its_acknowledgement_is_awaited_and_not_ag
     broker = Broker(failures=0)
     _run(broker, monkeypatch)
     assert broker.async_commits == [[5]] and broker.committed == {("in", 0): 5}
+
+
+def test_refused_commits_in_a_row_are_one_warning_that_counts_them(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every refused asynchronous commit was a warning: one per commit interval (100 ms) for as long
+    as the coordinator was away."""
+    broker = Broker(failures=5)
+    with caplog.at_level("WARNING", logger=service_module.log.name):
+        _run(broker, monkeypatch)
+    warnings = [r.getMessage() for r in caplog.records if "offset commit failed" in r.getMessage()]
+    assert len(broker.async_commits) == 6 and broker.committed == {("in", 0): 5}
+    assert warnings == ["svc: offset commit failed (OffsetCommit timed out; 1 failed since the last warning): "
+                        "sent again with the next commit"]
