@@ -11,8 +11,9 @@ pre-loaded requests in one `bench/rendezvous_throughput.py --requests 100000` ru
 clock the answer after a backlog must be the one the request would have had live.
 
 So while a partition's requests lag (at least as many records not read yet as one poll takes: a
-backlog, not a fetch in flight) and orphans fill `HOLD_AT` of the budget (in number, or in bytes
-held, `max_held_bytes`: scores with long labels or errors reach that one first), the scores of that partition, if
+backlog, not a fetch in flight) and orphans fill `HOLD_AT` of the budget (in number, or in bytes of
+what `max_held_bytes` leaves them: scores with long labels or errors reach that one first), the scores of that
+partition, if
 it has orphans, wait: the consumer pauses them, which also frees its fetch queue for the
 requests. They flow again once the partition has no orphans left or its requests are caught up,
 once orphans in all are below `RELEASE_AT` of the budget, or when the rendezvous needs every
@@ -26,32 +27,33 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-HOLD_AT = 0.5  # share of max_orphans (or max_held_bytes) from which scores of partitions whose requests lag wait
+# Share of max_orphans (or of the orphans' bytes budget) from which scores of partitions whose requests lag wait.
+HOLD_AT = 0.5
 RELEASE_AT = 0.25  # below this share, held scores flow again (hysteresis: no pause/resume flapping)
 
 
 class ScoreBrake:
-    def __init__(self, max_orphans: int, lag_from: int, max_held_bytes: int):
-        self._max_orphans, self._max_held_bytes = max_orphans, max_held_bytes
+    def __init__(self, max_orphans: int, lag_from: int):
+        self._max_orphans = max_orphans
         self._lag_from = lag_from  # records not read yet from which a requests partition lags
         self.held: set[int] = set()  # partitions whose scores wait now
 
     def decide(
         self,
         orphans: int,
-        held_bytes: int,
+        byte_fill: float,
         orphans_by_partition: Callable[[], Mapping[int, int]],
         requests_lag: Callable[[int], int],
         free: bool,
     ) -> tuple[set[int], set[int]]:
         """Partitions whose scores to pause now, and to resume now.
 
-        `orphans`: scores waiting for their requests, in all; `held_bytes`: what the join holds for
-        orphans (join.py `orphan_bytes`: not the scores of unnamed models of requests read, which
-        pausing cannot free); `orphans_by_partition()` the orphans by partition
+        `orphans`: scores waiting for their requests, in all; `byte_fill`: the orphans' bytes as a share
+        of what the byte budget leaves them (join.py `orphan_byte_fill`: not the scores of unnamed
+        models of requests read, which pausing cannot free); `orphans_by_partition()` the orphans by partition
         (asked only when it matters); `requests_lag(p)`: records of partition p's requests not read
         yet; `free`: hold nothing (every open request needs its scores now)."""
-        fill = max(orphans / self._max_orphans, held_bytes / self._max_held_bytes)  # of the fuller budget
+        fill = max(orphans / self._max_orphans, byte_fill)  # of the fuller budget
         if not self.held and (free or fill < HOLD_AT):
             return set(), set()  # the usual case, every turn of the loop: nothing to look at
         keep: set[int] = set()

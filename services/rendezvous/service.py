@@ -98,8 +98,7 @@ class Rendezvous(Probed):
         self._answer_events = EventHeaders("Answer", self.topics.answers) if settings.cloudevents else None
         self._log_events = EventHeaders("Comparison", self.topics.log) if settings.cloudevents else None
         self._paused = False
-        self._brake = ScoreBrake(settings.max_orphans, lag_from=settings.max_batch,
-                                 max_held_bytes=settings.max_held_bytes)
+        self._brake = ScoreBrake(settings.max_orphans, lag_from=settings.max_batch)
         self.takeover = Takeover(settings, self.join, self._start_at)
         self._ctx: Context | None = None
         self._fast: Producer | None = None
@@ -502,7 +501,8 @@ class Rendezvous(Probed):
         assert self._ctx is not None
         free = self._paused or self._ctx.draining
         was_held = bool(self._brake.held)
-        pause, resume = self._brake.decide(self.join.orphans, self.join.orphan_bytes, self.join.orphans_by_partition,
+        join = self.join
+        pause, resume = self._brake.decide(join.orphans, join.orphan_byte_fill, join.orphans_by_partition,
                                            self._requests_lag, free)
         if not (pause or resume):
             return

@@ -160,3 +160,38 @@ def test_unscheduled_scores_of_open_requests_take_at_most_half_the_budget_and_pu
     join.on_request(request("early", at=T0 + 3, partition=1))
     join.on_clock(1, T0 + 5_000)
     assert decided(out)["early"][:2] == ("OK", "champion")
+
+
+def test_orphans_whose_requests_come_keep_unscheduled_scores_within_their_half_only() -> None:
+    """An orphan's scores of models its schedule does not name became unscheduled when its request
+    came, unchecked: rounds of such orphans, then their requests (a backlog with shadow models),
+    held 2.85x the budget (a review's repro)."""
+    join, _out = make_join(max_held_bytes=200_000, max_orphans=10_000)
+    peak = 0
+    for round_ in range(6):
+        ids = [f"r{round_}-{i}" for i in range(40)]
+        for rid in ids:
+            for k in range(3):
+                join.on_score(forged(rid, f"shadow-{k}", T0 + round_))
+        for rid in ids:
+            join.on_request(request(rid, at=T0 + round_, budget=60_000))
+        peak = max(peak, join.held_bytes)
+        assert join.held_bytes - join.orphan_bytes <= 100_000
+    assert peak <= 200_000 + 20_000 and _counted(join, SCORES_REFUSED) > 0
+
+
+def test_the_brake_measures_orphans_against_what_the_budget_leaves_them() -> None:
+    """With unscheduled scores at their half, orphans were shed at a fill of 0.5 of the whole budget:
+    the brake, which holds from 0.5, never paused a partition before real early scores went."""
+    from services.rendezvous.score_brake import HOLD_AT
+
+    join, _out = make_join(max_held_bytes=200_000, max_orphans=100_000, orphan_grace_ms=10**9)
+    for i in range(20):
+        join.on_request(request(f"f{i}", at=T0, budget=60_000))
+        for k in range(64):
+            join.on_score(forged(f"f{i}", f"unscheduled-{k}", T0 + 1))
+    early = 0
+    while join.orphan_byte_fill < HOLD_AT:
+        join.on_score(score(f"early{early}", "champion", T0 + 2, partition=1))
+        early += 1
+    assert early > 1 and not _counted(join, ORPHAN_SCORES)  # the brake would hold before any is shed

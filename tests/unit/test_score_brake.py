@@ -20,8 +20,8 @@ MAX_HELD_BYTES = 1_000_000
 def _brake(orphans: dict[int, int], behind: set[int], free: bool = False, brake: ScoreBrake | None = None,
            lag: int = 1_000, held_bytes: int = 0) -> tuple[ScoreBrake, set[int], set[int]]:
     """`behind`: the partitions whose requests lag by `lag` records (the others by none)."""
-    brake = brake or ScoreBrake(max_orphans=100, lag_from=LAG_FROM, max_held_bytes=MAX_HELD_BYTES)
-    pause, resume = brake.decide(sum(orphans.values()), held_bytes, lambda: orphans,
+    brake = brake or ScoreBrake(max_orphans=100, lag_from=LAG_FROM)
+    pause, resume = brake.decide(sum(orphans.values()), held_bytes / MAX_HELD_BYTES, lambda: orphans,
                                  lambda p: lag if p in behind else 0, free)
     return brake, pause, resume
 
