@@ -7,6 +7,7 @@ import itertools
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -214,15 +215,7 @@ def test_send_prints_every_answer_and_its_summary_when_one_request_is_refused(
                 client._resolve(answer(rid), 100, partition=0)
 
     client._producer = Producer()  # type: ignore[assignment]
-    client._turn, client.answer_wait_s = itertools.count(), 1.0
-    client._wait_when_full = True
-    client._reader = threading.Thread(target=lambda: None)
-    client._reader.start()
-    client._consumer = type("Closed", (), {"close": lambda _self: None})()
-    monkeypatch.setattr(send_module, "Client", lambda *_args, **_kwargs: client)
-    monkeypatch.setattr(send_module, "warn_unknown_features", lambda *_args: None)
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(f'{{"mean_radius": {i}}}\n' for i in range(4)))
+    rows = _send_through(client, 1.0, 4, tmp_path, monkeypatch)
 
     with pytest.raises(RecordTooLarge, match="1 of 4 requests were not sent"):
         send_module.send(send_module.SendSettings(bootstrap="localhost:9092", file=str(rows)))
@@ -374,7 +367,20 @@ def test_send_with_the_broker_gone_closes_within_its_wait_and_says_what_was_not_
             waits.append(timeout)
 
     client._producer = NeverDelivers()  # type: ignore[assignment]
-    client._turn, client.answer_wait_s = itertools.count(), 0.5
+    rows = _send_through(client, 0.5, 2, tmp_path, monkeypatch)
+
+    with pytest.raises(AnswerTimeout, match=r"2 of 2 requests got no answer within 0\.5s, 2 of them not even "
+                       r"delivered to rdv\.requests: is the broker reachable"):
+        send_module.send(send_module.SendSettings(bootstrap="localhost:9092", file=str(rows), wait_s=0.5))
+    assert len(waits) == 2 and all(0 <= wait <= 0.5 for wait in waits)  # the flush's, then the close's
+
+
+def _send_through(client: Client, wait_s: float, count: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make `rendezvous send` use `client` (its producer stood in already, no reader thread nor
+    consumer of its own), with answer wait `wait_s`; a file of `count` rows to send."""
+    from services.cli import send as send_module
+
+    client._turn, client.answer_wait_s = itertools.count(), wait_s
     client._wait_when_full = True
     client._reader = threading.Thread(target=lambda: None)
     client._reader.start()
@@ -382,12 +388,8 @@ def test_send_with_the_broker_gone_closes_within_its_wait_and_says_what_was_not_
     monkeypatch.setattr(send_module, "Client", lambda *_args, **_kwargs: client)
     monkeypatch.setattr(send_module, "warn_unknown_features", lambda *_args: None)
     rows = tmp_path / "rows.jsonl"
-    rows.write_text('{"mean_radius": 1}\n{"mean_radius": 2}\n')
-
-    with pytest.raises(AnswerTimeout, match=r"2 of 2 requests got no answer within 0\.5s, 2 of them not even "
-                       r"delivered to rdv\.requests: is the broker reachable"):
-        send_module.send(send_module.SendSettings(bootstrap="localhost:9092", file=str(rows), wait_s=0.5))
-    assert len(waits) == 2 and all(0 <= wait <= 0.5 for wait in waits)  # the flush's, then the close's
+    rows.write_text("".join(f'{{"mean_radius": {i + 1}}}\n' for i in range(count)))
+    return rows
 
 
 def late_answer(rid: str, created_at: int, score: float) -> bytes:

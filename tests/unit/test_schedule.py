@@ -317,6 +317,22 @@ def test_a_control_topic_that_deletes_old_versions_is_said(configs: dict[str, st
         assert problem is not None and says in problem and "\n" not in problem  # one line
 
 
+def _writing_to(written: list[object]) -> type:
+    """A stand-in Producer class whose records land in `written` (each produce's arguments)."""
+
+    class Written:
+        def __init__(self, _config: object) -> None:
+            pass
+
+        def produce(self, *args: object, **_kwargs: object) -> None:
+            written.append(args)
+
+        def flush(self, *_args: object) -> int:
+            return 0
+
+    return Written
+
+
 def _deleting(_config: object, _topic: str, timeout: float = 15.0) -> dict[str, str]:
     return {"cleanup.policy": "delete", "retention.ms": "3600000", "retention.bytes": "-1"}
 
@@ -329,17 +345,7 @@ def test_publish_refuses_a_control_topic_that_deletes_old_versions_before_writin
     from services.control import topic
 
     written: list[object] = []
-
-    class Written:
-        def __init__(self, _config: object) -> None:
-            pass
-
-        def produce(self, *args: object, **_kwargs: object) -> None:
-            written.append(args)
-
-        def flush(self, *_args: object) -> int:
-            return 0
-
+    Written = _writing_to(written)
     schedule = Schedule(models=("a",), version=1)
     monkeypatch.setattr(topic, "topic_configs", _deleting)
     monkeypatch.setattr(topic, "Producer", Written)
@@ -383,17 +389,7 @@ def test_publish_by_a_principal_that_may_not_read_the_topics_configuration_is_le
         raise ConfigsNotAuthorized("cannot read the configuration of rdv.control: TOPIC_AUTHORIZATION_FAILED")
 
     written: list[object] = []
-
-    class Written:
-        def __init__(self, _config: object) -> None:
-            pass
-
-        def produce(self, *args: object, **_kwargs: object) -> None:
-            written.append(args)
-
-        def flush(self, *_args: object) -> int:
-            return 0
-
+    Written = _writing_to(written)
     schedule = Schedule(models=("a",), version=1)
     monkeypatch.setattr(topic, "topic_configs", refused)
     monkeypatch.setattr(topic, "Producer", Written)
