@@ -112,6 +112,35 @@ def test_a_schedule_files_effective_at_in_the_future_is_when_it_takes_effect(tmp
         _effective_at_of(settings, Schedule(models=("a",), effective_at=now + 5), now)
 
 
+def test_a_file_time_that_the_live_check_ran_past_is_refused_not_published_retroactive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The file's effective_at was checked (at least 1 s ahead) before the live check, which reads
+    the scores topic for seconds, and published as is after it: 2 s ahead at the check, it took
+    effect 1.25 s before it was written (readers start it at its write, within the 1 s they need to
+    read it; a review of e7486dc)."""
+    from services.cli import lifecycle
+    from services.control.topic import ScheduleBook
+
+    clock = [1_700_000_000_000]
+    published: list[object] = []
+
+    def slow_live_check(_settings: object, _schedule: object) -> list[str]:
+        clock[0] += 3_250
+        return []
+
+    monkeypatch.setattr(lifecycle, "now_ms", lambda: clock[0])
+    monkeypatch.setattr(lifecycle, "_check_live", slow_live_check)
+    monkeypatch.setattr(lifecycle, "_book", lambda _settings: ScheduleBook("default"))
+    monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, schedule: published.append(schedule))
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"models": ["a"], "effective_at": clock[0] + 2_000}))
+    settings = from_namespace(ScheduleSetSettings, None, file=str(path))
+    with pytest.raises(ConfigError, match=r"effective_at .* at least 1s ahead"):
+        lifecycle.cmd_schedule_set(settings, Console(quiet=True))
+    assert published == []
+
+
 def test_gateway_files_that_would_let_everyone_in_or_fail_after_kafka_are_refused(tmp_path: Path) -> None:
     empty, binary, pem = tmp_path / "empty.keys", tmp_path / "binary.keys", tmp_path / "bad.pem"
     empty.write_text("# no key yet\n")
