@@ -335,7 +335,7 @@ class Producer:
         remaining = self._producer.flush(timeout)
         self.raise_failures()
         if remaining:
-            raise DeliveryFailed(f"{remaining} records not acknowledged within {timeout:.2g}s", retriable=True)
+            raise DeliveryFailed(f"{remaining} records not acknowledged within {round(timeout, 2):g}s", retriable=True)
 
     def close(self, timeout: float = 10.0) -> None:
         """Deliver what is queued (best effort: closing never raises)."""

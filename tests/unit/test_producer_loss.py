@@ -5,6 +5,8 @@ or stopping the service. No broker is needed: the producer points at a closed po
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from services.core.commits import AtLeastOnce, TransactionAborted
@@ -94,3 +96,20 @@ def test_a_request_too_large_for_kafka_is_a_413_not_a_retry() -> None:
 
     status = status_of(RecordTooLarge("a record of 1200119 bytes for rdv.requests is over ..."))
     assert (status.http, status.reason, status.retry) == (413, "too_large", False)
+
+
+@pytest.mark.parametrize(("timeout", "said"), [(0.2984363649993611, "0.3s"), (10.5, "10.5s"), (120.0, "120s")])
+def test_a_flush_that_runs_out_says_its_timeout_as_written(timeout: float, said: str) -> None:
+    """`{timeout:.2g}` (two significant digits) said 120 s as "1.2e+02s" and 10.5 s as "10s"
+    (a review of 5815629)."""
+    from services.core.errors import DeliveryFailed
+
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0})
+
+    class Stuck:
+        def flush(self, _timeout: float) -> int:
+            return 3  # records still queued
+
+    producer._producer = Stuck()  # type: ignore[assignment]
+    with pytest.raises(DeliveryFailed, match=rf"3 records not acknowledged within {re.escape(said)}$"):
+        producer.flush(timeout)
