@@ -451,6 +451,9 @@ class Client:
         the delivery and each answer had a wait of their own (a batch of 5 took 4.5 s of a 1 s
         wait). Every row is checked before any is sent, and whatever fails, no waiter is left."""
         rows = list(rows)
+        if kwargs.get("request_id") is not None and len(rows) > 1:  # else row 2 was refused as a reuse, row 1 sent
+            raise InvalidRequest(f"request_id names one request, not a batch of {len(rows)} rows: leave it out "
+                                 "(each row gets its own id), or submit each row with its own")
         for row in rows:  # refused before sending: a bad row 3 had rows 1 and 2 sent, their waiters kept
             checked_features(row)
         deadline = time.monotonic() + self.answer_wait_s

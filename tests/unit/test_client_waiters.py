@@ -423,3 +423,18 @@ def test_an_id_whose_answer_may_still_come_is_not_reused_with_other_inputs() -> 
     client._resolve(late_answer("r", 1_700_000_000_000, 0.9), 11, partition=0)  # the retry's own, read by no one
     assert client._given_up == {}  # every answer came: the id may carry other inputs now
     assert not client.submit({"f": 3.0}, request_id="r").done()
+
+
+def test_score_many_refuses_one_request_id_for_several_rows_before_sending_any() -> None:
+    """Every row got the request_id given: the second, with other features, was refused as a reuse
+    after the first had gone (a review of 5815629: 'checks every row before it sends any')."""
+    from services.client.client import InvalidRequest
+
+    client = bare_client((0,))
+    client._producer = _Recording()  # type: ignore[assignment]
+    client._turn = itertools.count()
+    client._wait_when_full, client.answer_wait_s = False, 1.0
+    with pytest.raises(InvalidRequest, match="request_id names one request, not a batch of 2 rows"):
+        client.score_many([{"f": 1.0}, {"f": 2.0}], request_id="same")
+    assert client._producer.sent == [] and client._pending == {}  # type: ignore[attr-defined]
+    assert not client._given_up
