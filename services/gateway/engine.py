@@ -67,6 +67,7 @@ class Gateway:
         self.health = health
         self.draining = False
         self.rows_in_flight = 0
+        m.CLIENT_COUNTS.follow(client)  # its undecodable answers, read at each scrape
 
     @staticmethod
     def _new_id() -> str:

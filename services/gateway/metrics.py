@@ -3,7 +3,12 @@ name a caller typed (an unknown model is a 404, not a new series)."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterator
+from typing import Protocol
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from services.core.metrics import LATENCY_BUCKETS
 
@@ -37,5 +42,39 @@ ANSWERS = Counter(
 REPLY_PARTITIONS = Gauge(
     "rdv_gateway_reply_partitions", "Partitions of the replies topic this gateway owns (its return addresses)."
 )
+
+
+class _CountingClient(Protocol):
+    undecodable_answers: int
+
+
+class ClientCounts(Collector):
+    """Counts the Kafka client keeps itself (services/client/client.py), read at each scrape: its
+    reading thread counts them without a lock or a metric of its own."""
+
+    UNDECODABLE = "rdv_gateway_undecodable_answers"
+    UNDECODABLE_HELP = ("Records on this gateway's reply partitions that are no Answer it can read (another writer "
+                        "on the replies topic, or a writer schema it does not know); the call waiting for the "
+                        "request such a record's key names fails at once (503) instead of waiting out its deadline.")
+
+    def __init__(self) -> None:
+        self._client: _CountingClient | None = None
+
+    def follow(self, client: _CountingClient) -> None:
+        """Export `client`'s counts from now on (the gateway's one client)."""
+        self._client = client
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        client = self._client
+        yield CounterMetricFamily(self.UNDECODABLE, self.UNDECODABLE_HELP,
+                                  value=client.undecodable_answers if client is not None else 0)
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.UNDECODABLE, self.UNDECODABLE_HELP)
+
+
+CLIENT_COUNTS = ClientCounts()
+REGISTRY.register(CLIENT_COUNTS)
+
 for _protocol in ("rest", "grpc"):
     IN_FLIGHT.labels(_protocol)

@@ -693,7 +693,8 @@ def test_a_reader_that_stops_for_good_makes_the_gateway_not_live_and_fails_calls
     with pytest.raises(BrokerError, match="stopped reading comparison records"):
         tap.expect("r2")
 
-    client = SimpleNamespace(stopped=None, owned_partitions=(0,), topics=SimpleNamespace(replies="rdv.replies"))
+    client = SimpleNamespace(stopped=None, owned_partitions=(0,), topics=SimpleNamespace(replies="rdv.replies"),
+                             undecodable_answers=0)
     catalog = SimpleNamespace(schedules=Versions(Schedule(models=("champion",))), schedule_name="default")
     fresh = ComparisonTap({"bootstrap.servers": "127.0.0.1:1"}, "rdv.log")
     gateway = Gateway(GatewaySettings(), client, catalog, fresh, ApiKeys([]), BrokerHealth())  # type: ignore[arg-type]
@@ -716,10 +717,26 @@ def _gateway_without_kafka(settings: Any) -> Any:
     from services.gateway.comparisons import ComparisonTap
     from services.gateway.engine import Gateway
 
-    client = SimpleNamespace(stopped=None, owned_partitions=(0,), topics=SimpleNamespace(replies="rdv.replies"))
+    client = SimpleNamespace(stopped=None, owned_partitions=(0,), topics=SimpleNamespace(replies="rdv.replies"),
+                             undecodable_answers=0)
     catalog = SimpleNamespace(schedules=Versions(Schedule(models=("champion",))), schedule_name="default")
     tap = ComparisonTap({"bootstrap.servers": "127.0.0.1:1"}, "rdv.log")
     return Gateway(settings, client, catalog, tap, ApiKeys([]), BrokerHealth())  # type: ignore[arg-type]
+
+
+def test_the_clients_undecodable_answers_are_exported_as_a_counter_read_at_each_scrape() -> None:
+    """The client counts the records on its reply partitions it cannot read (services/client,
+    `undecodable_answers`), which the gateway's /metrics did not show: another writer on the
+    replies topic, or a writer schema the gateway does not know, was seen only in its log."""
+    from prometheus_client import REGISTRY, generate_latest
+
+    gateway = _gateway_without_kafka(GatewaySettings())
+    assert REGISTRY.get_sample_value("rdv_gateway_undecodable_answers_total") == 0
+    gateway.client.undecodable_answers = 3  # as the client's reading thread counts them
+    assert REGISTRY.get_sample_value("rdv_gateway_undecodable_answers_total") == 3
+    scraped = generate_latest().decode()
+    assert "# TYPE rdv_gateway_undecodable_answers_total counter" in scraped
+    assert "\nrdv_gateway_undecodable_answers_total 3.0\n" in scraped
 
 
 def test_a_call_to_a_full_gateway_is_refused_before_its_body_is_read() -> None:
