@@ -227,6 +227,19 @@ def test_every_gateway_variable_is_a_setting_of_the_gateway_command(full_render:
     assert env_value(container, "RDV_GRPC_PORT") == str(gateway["grpcPort"])
     assert env_value(container, "RDV_COMPARISON_URL") == (
         f"http://{fullname()}-comparison:{r.values['metricsPort']}/metrics")
+    # Both rate limits, calls and rows (--rate-limit-rows was not in the chart: a key's 1,000-row
+    # calls cost what 1-row calls did, whatever the values said).
+    limits = {"RDV_RATE_LIMIT": "rateLimit", "RDV_RATE_BURST": "rateBurst",
+              "RDV_RATE_LIMIT_ROWS": "rateLimitRows", "RDV_RATE_BURST_ROWS": "rateBurstRows"}
+    assert {name: env_value(container, name) for name in limits} == {
+        name: str(gateway[key]) for name, key in limits.items()}
+    assert float(gateway["rateLimitRows"]) > 0  # the all-options values set it, so the check below means something
+    from services.gateway.settings import GatewaySettings
+
+    GatewaySettings(rate_limit=float(env_value(container, "RDV_RATE_LIMIT")),
+                    rate_burst=int(env_value(container, "RDV_RATE_BURST")),
+                    rate_limit_rows=float(env_value(container, "RDV_RATE_LIMIT_ROWS")),
+                    rate_burst_rows=int(env_value(container, "RDV_RATE_BURST_ROWS"))).validate()
     # Keys and certificate come from Secrets mounted read-only where the variables point.
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert env_value(container, "RDV_API_KEYS_FILE") == f"{mounts['api-keys']['mountPath']}/{gateway['apiKeys']['key']}"
@@ -713,6 +726,29 @@ def test_values_render_as_given_whatever_their_size_or_zero(helm: Path, tmp_path
     (gateway,) = pod_spec(r.named("Deployment", f"{fullname()}-gateway"))["containers"]
     assert env_value(gateway, "RDV_SCHEDULE") == "fraud"
     assert env_value(worker, "RDV_METRICS_HOST") == "0.0.0.0"  # probed whatever image it runs
+
+
+def test_the_gateways_rate_limits_render_as_numbers_it_reads_whatever_their_size(helm: Path, tmp_path: Path) -> None:
+    """A burst of a million rows rendered as 1e+06, which the gateway refuses as a whole number
+    (it stopped at start); a rate stays as given, fractions included."""
+    from services.core.settings import from_namespace
+    from services.gateway.settings import GatewaySettings
+
+    limits = {"rateLimit": 1500000, "rateBurst": 2000000, "rateLimitRows": 0.5, "rateBurstRows": 1000000}
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump({"gateway": {"enabled": True, **limits}}))
+    (gateway,) = pod_spec(Render("rates", merged_values(path), render(helm, "-f", str(path))).named(
+        "Deployment", f"{fullname()}-gateway"))["containers"]
+    env = {name: env_value(gateway, name) for name in
+           ("RDV_RATE_LIMIT", "RDV_RATE_BURST", "RDV_RATE_LIMIT_ROWS", "RDV_RATE_BURST_ROWS")}
+    assert env == {"RDV_RATE_LIMIT": "1500000", "RDV_RATE_BURST": "2000000", "RDV_RATE_LIMIT_ROWS": "0.5",
+                   "RDV_RATE_BURST_ROWS": "1000000"}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        read = from_namespace(GatewaySettings)
+    assert (read.rate_limit, read.rate_burst, read.rate_limit_rows, read.rate_burst_rows) == (
+        1500000.0, 2000000, 0.5, 1000000)
 
 
 def test_more_gateways_than_reply_partitions_is_refused(helm: Path) -> None:
