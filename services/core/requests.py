@@ -16,12 +16,19 @@ from typing import Any
 
 from services.core.errors import DecodeFailed
 
-__all__ = ["MAX_REQUEST_ID", "check_request", "id_too_long", "request_problem"]
+__all__ = ["MAX_REQUEST_ID", "RETRY_NOT_KEPT", "check_request", "id_too_long", "request_problem"]
 
 # Characters in a request id, at most. Every output about a request carries its id (a Score, the
 # Answer, the comparison record, the reply's key): an id near Kafka's record size would make them
 # too large to write, and such a request could never be answered. UUIDs take 36.
 MAX_REQUEST_ID = 1024
+
+# In the reason of the one ERROR the rendezvous does not remember: its refusal of a retry of an open
+# request that has as many return addresses waiting as it keeps (services/rendezvous/join.py). A retry
+# under the id after the answer gets the answer, not this; every other answer to an id (its refusals
+# of other inputs or another partition under a known id included) is given again while the id is
+# known. The gateway tells its callers which (services/gateway/engine.py `_raise_failures`).
+RETRY_NOT_KEPT = "this retry is not kept"
 
 
 def id_too_long(request_id: str) -> str | None:

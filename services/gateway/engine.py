@@ -29,6 +29,7 @@ from services.client.client import Answer, Client
 from services.core.health import BrokerHealth
 from services.core.metrics import child
 from services.core.redaction import mask
+from services.core.requests import RETRY_NOT_KEPT
 from services.core.runtime import now_ms
 from services.gateway import metrics as m
 from services.gateway.auth import ApiKeys, RateLimit
@@ -359,14 +360,24 @@ SAME_ID_AGAIN = ("; a retry under the same id gets this answer again for about a
                  "once): retry under a new id")
 
 
+def _given_again(answer: RowAnswer) -> bool:
+    """Whether a retry under the same request id gets `answer` again. Every answer the rendezvous
+    gives an id is, while it knows the id (its answers; its refusal of other inputs, or of another
+    partition, under a known id, since the retry meets the same), but one: its refusal of a retry
+    beyond the return addresses an open request keeps, which it does not remember (a refusal carries
+    no schedule version). The retry after the answer gets the answer."""
+    return not (answer.status == "ERROR" and answer.schedule_version == 0 and RETRY_NOT_KEPT in answer.reason)
+
+
 def _raise_failures(ids: list[str], answers: list[RowAnswer], repeated: bool = False) -> None:
     """A call with a TIMEOUT row fails with 504, else with an ERROR row with 502: no confident
     answer for a row that has none. The message names the rows and their reasons, and, when a
-    retry of the call would be `repeated` the same answer, says so."""
-    hint = SAME_ID_AGAIN if repeated else ""
+    retry of the call would be `repeated` the same answer (a row of those it fails for is given
+    again), says so."""
     for status, error in (("TIMEOUT", AnswerTimedOut), ("ERROR", AnswerFailed)):
         failed = [(rid, a) for rid, a in zip(ids, answers, strict=True) if a.status == status]
         if failed:
+            hint = SAME_ID_AGAIN if repeated and any(_given_again(a) for _rid, a in failed) else ""
             if len(answers) == 1:
                 raise error(f"{status}: {failed[0][1].reason}{hint}")
             shown = "; ".join(f"{rid}: {a.reason}" for rid, a in failed[:5])

@@ -45,6 +45,7 @@ from services.control.schedule import Decision, Schedule, Status
 from services.core.codec import codec
 from services.core.errors import BadInput
 from services.core.metrics import BatchedMetrics, child
+from services.core.requests import RETRY_NOT_KEPT
 from services.core.runtime import now_ms
 from services.rendezvous import metrics as m
 from services.rendezvous.clock import LogClocks
@@ -510,7 +511,7 @@ class Join:
                     mailbox.replies.append(reply)
                 else:
                     return self._refused(request, reply, f"request_id {rid!r} has {MAX_WAITING_REPLIES} return "
-                                         "addresses waiting for its answer already: this retry is not kept "
+                                         f"addresses waiting for its answer already: {RETRY_NOT_KEPT} "
                                          "(retry after the answer, which is then sent again)")
             return mailbox
         return self._send_again(reply, _decoded(self._remembered[rid][2]))

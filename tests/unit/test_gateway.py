@@ -1275,6 +1275,79 @@ def test_a_504_of_a_call_under_its_own_id_says_a_retry_needs_a_new_id() -> None:
     assert "new id" not in str(unnamed.value)
 
 
+def test_a_failure_says_a_retry_under_its_id_gets_it_again_only_where_the_rendezvous_gives_it_again() -> None:
+    """The hint went on every 504 and 502 of a call under its own id, but the rendezvous does not
+    remember one of its answers: its refusal of a retry beyond the return addresses an open request
+    keeps (MAX_WAITING_REPLIES). The retry after the answer gets the answer, not the refusal again,
+    while a refusal of other inputs under a known id is given again. The stand-in client's requests
+    are decided by a real Join, as the rendezvous decides them."""
+    from concurrent.futures import Future
+
+    from services.client.client import Answer, inputs_digest
+    from services.gateway.catalog import Target
+    from services.gateway.oip import InferCall, Tensor
+    from services.rendezvous.join import MAX_WAITING_REPLIES, Join, JoinLimits
+    from services.rendezvous.records import RequestIn, ScoreIn
+
+    at = 1_000_000
+    replies: dict[str, dict[str, Any]] = {}
+
+    class Outputs:  # where the join's answers go: the return address of each request
+        def answer(self, mailbox: Any, record: dict[str, Any]) -> None:
+            for reply in mailbox.replies:
+                replies[reply[0]] = record
+
+        def log(self, _mailbox: Any, _record: dict[str, Any]) -> None:
+            pass
+
+        def repeat(self, reply: tuple[str, int | None], record: dict[str, Any], _receipt: Any) -> None:
+            replies[reply[0]] = record
+
+    join = Join(JoinLimits(), ScheduleBook.holding(Schedule(models=("champion",))), Outputs(), wall_ms=lambda: at)
+    sent = iter(range(1_000_000))
+    row = {"x": 1.0}
+
+    def send(rid: str, inputs: bytes) -> str:
+        n = next(sent)
+        join.on_request(RequestIn(rid, 0, n, at, at, at + 200, f"address-{n}", None, None, inputs))
+        return f"address-{n}"
+
+    def submit(features: dict[str, float], budget_ms: int, request_id: str, **_: object) -> Future[Answer]:
+        answered: Future[Answer] = Future()
+        answered.set_result(Answer.from_record(replies[send(request_id, inputs_digest(features, None))], at))
+        return answered  # every request here is answered at once (as refused, or from memory)
+
+    gateway = _gateway_without_kafka(GatewaySettings())
+    gateway.client.submit, gateway.client.abandon = submit, lambda *_: None
+    target = Target("default", SCHEDULE, "1", ("1",), None, Schedule(models=("champion",)))
+    gateway.catalog.resolve, gateway.catalog.check_features = (lambda *_: target), (lambda *_: None)
+
+    def call(call_id: str) -> InferResult:
+        named = InferCall(call_id, (Tensor("x", "FP64", (1,), [1.0]),), (), {})
+        return asyncio.run(gateway.infer("default", "", named, "anonymous", (200,)))  # type: ignore[no-any-return]
+
+    # Open, with as many callers waiting as the rendezvous keeps: the call is refused, not remembered.
+    kafka_id = _kafka_id("req-1", "anonymous", [row])
+    for _ in range(MAX_WAITING_REPLIES):
+        send(kafka_id, inputs_digest(row, None))
+    with pytest.raises(AnswerFailed, match=r"this retry is not kept \(retry after the answer, which is then sent "
+                                           r"again\)$") as refused:
+        call("req-1")
+    assert "new id" not in str(refused.value)
+    join.on_score(ScoreIn(kafka_id, 0, 0, at + 5, "champion", "v1", 0.9, "benign", None))
+    assert call("req-1").rows[0].status == "OK"  # the retry under the same id got the answer: the hint was wrong
+
+    # Another's inputs under the call's id: refused, and so is every retry while the id is known.
+    send(_kafka_id("req-2", "anonymous", [row]), b"someone else's inputs")
+    messages = []
+    for _attempt in range(2):
+        with pytest.raises(AnswerFailed, match=r"already used by a request with other features.*retry under a "
+                                               r"new id$") as conflicting:
+            call("req-2")
+        messages.append(str(conflicting.value))
+    assert messages[0] == messages[1]
+
+
 def test_a_rows_rate_limit_charges_a_call_its_rows_besides_the_calls_limit() -> None:
     """--rate-limit counts calls: one call of 1,000 rows (1,000 Kafka requests, 1,000 scores per
     model) cost a key what one row did. --rate-limit-rows charges each call its rows."""
