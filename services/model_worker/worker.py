@@ -40,6 +40,7 @@ from services.core.errors import BadInput, ConfigError, DecodeFailed, RecordTooL
 from services.core.kafka import Producer, partition_counts, partition_end
 from services.core.metrics import DECODE_ERRORS, LATENCY_BUCKETS, child
 from services.core.model_info import ModelInfo, publish_model_info
+from services.core.redaction import mask
 from services.core.requests import check_request
 from services.core.runtime import now_ms
 from services.core.score_limits import MAX_VERSION_CHARS
@@ -169,12 +170,13 @@ def _checked(prediction: Any) -> _Output:
 
 def _described(exc: BaseException) -> str:
     """An exception as one line of text, whatever its message holds (a lone surrogate, a __str__
-    that raises): the text goes into a Score, never into the worker's end."""
+    that raises): the text goes into a Score, never into the worker's end. Masked: the Score goes
+    on to the answer and a gateway's caller, and a model's text may quote this process' secrets."""
     try:
         text = f"{type(exc).__name__}: {exc}"
     except Exception:  # noqa: BLE001
         text = f"{type(exc).__name__} (its message cannot be shown)"
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return mask(text.encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 def _ms_since(started: float) -> float:

@@ -21,6 +21,7 @@ from sklearn.linear_model import LogisticRegression
 
 from services.core.codec import codec
 from services.core.errors import ConfigError, ModelSpecError
+from services.core.redaction import forget_all, never_print
 from services.core.score_limits import MAX_LABEL_CHARS
 from services.core.signatures import FeatureSpec, Signature
 from services.model_worker.models import DEMO_FEATURES, Prediction, demo_rows, load_model
@@ -317,6 +318,21 @@ def test_an_exception_whose_text_cannot_be_shown_is_still_that_requests_error() 
 
     (result,) = score_batch(Raising(), [{"x": 0.5}])  # type: ignore[arg-type]
     assert result.prediction is None and result.error == "Unprintable (its message cannot be shown)"
+
+
+def test_an_exception_quoting_a_secret_of_the_worker_is_masked_in_its_score() -> None:
+    """A model's exception text went into the Score as it was, and from there into the answer a
+    gateway's caller reads: a model quoting the worker's credentials (a connection string) showed them."""
+    class Leaking(_Overflowing):
+        def predict(self, matrix: Any) -> list[Prediction]:
+            raise RuntimeError("cannot reach sasl://svc:hunter2-secret@broker")
+
+    never_print("hunter2-secret")
+    try:
+        (result,) = score_batch(Leaking(), [{"x": 0.5}])  # type: ignore[arg-type]
+    finally:
+        forget_all()
+    assert result.prediction is None and result.error == "RuntimeError: cannot reach sasl://svc:***@broker"
 
 
 # --- model files: pickles only when trusted; skops checks its types ---------------------------------
