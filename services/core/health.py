@@ -4,8 +4,9 @@
     GET /healthz   200 while the process runs its loop; 503 with the reason once a service's poll
                    loop has stopped turning (a deadlock, a call that never returns) while the
                    broker answers: restarting it is the cure (waiting for the broker is not)
-    GET /readyz    200 when it can do its job (broker reachable, partitions assigned),
-                   503 with the reason otherwise (e.g. while the broker is down)
+    GET /readyz    200 when it can do its job (broker reachable, partitions assigned; a stream
+                   service the group gave none is a standby, 200 with "standby: no partitions
+                   assigned"), 503 with the reason otherwise (e.g. while the broker is down)
 
 `BrokerHealth` follows librdkafka's own signals: "all brokers down" marks the broker
 unreachable; a transaction committed, an assignment, or a metadata request the skeleton sends
@@ -36,7 +37,7 @@ from services.core.redaction import mask
 
 log = logging.getLogger(__name__)
 
-READY = Gauge("rdv_ready", "1 when the service can do its job (broker reachable, partitions assigned).")
+READY = Gauge("rdv_ready", "1 when the service can do its job (broker reachable, partitions assigned or a standby).")
 BROKER_UP = Gauge("rdv_broker_reachable", "1 when the Kafka cluster answers this process.")
 
 Readiness = Callable[[], tuple[bool, str]]  # also liveness: (ok, the reason when not)

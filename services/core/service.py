@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from prometheus_client import Gauge
 
 from services.core.commits import AtLeastOnce, CommitLane, Committer, ExactlyOnce, TransactionAborted
 from services.core.errors import ConfigError, ConsumerFenced, DeliveryFailed, KafkaOperationError
@@ -117,6 +118,11 @@ class Context:
 # (The classic group protocol only: settings refuse group.protocol=consumer, kafka_config.py.)
 GROUP_DEFAULTS: dict[str, Any] = {"session.timeout.ms": 6_000}
 COMMIT_WARN_EVERY_S = 10.0  # at most one warning this often for refused asynchronous offset commits
+
+# Registered here, not in health.py: only processes running this skeleton export it (a gateway,
+# which imports health.py, would report 0 for ever, a standby to RdvServiceNotReady's rule).
+ASSIGNED = Gauge("rdv_assigned_partitions", "Partitions of its input topics this service's consumer owns now "
+                 "(0: a standby, or between a rebalance's revoke and the next assignment).")
 
 
 class StreamHandler(Protocol):
@@ -205,7 +211,14 @@ class StreamService:
             waiting = "rebalancing: no partitions assigned" if self._releases else "waiting for a partition assignment"
             return False, waiting
         reason = self.handler.not_ready()
-        return (False, reason) if reason else (True, "ready")
+        if reason:
+            return False, reason
+        if not self._owned:
+            # More members than partitions: the group gave this one nothing. It is a member and
+            # takes partitions over when another leaves, so it is ready (failing the probe would
+            # stall a rollout and page RdvServiceNotReady for a correct standby); said plainly.
+            return True, "standby: no partitions assigned"
+        return True, "ready"
 
     def liveness(self) -> tuple[bool, str]:
         """False once the poll loop has stopped turning for `stalled_after_s` while the broker
@@ -461,7 +474,11 @@ class StreamService:
     # -- rebalances ------------------------------------------------------------------------
 
     def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        log.info("%s assigned %s", self.spec.name, sorted((p.topic, p.partition) for p in partitions))
+        if partitions:
+            log.info("%s assigned %s", self.spec.name, sorted((p.topic, p.partition) for p in partitions))
+        else:
+            log.info("%s assigned no partitions: a standby (more members in group %s than partitions), ready to "
+                     "take partitions over when a member leaves", self.spec.name, self.spec.group_id)
         self._assigned = True
         self.health.mark_up()  # the group coordinator answered
         assert self.ctx is not None
@@ -472,6 +489,7 @@ class StreamService:
         # them before a single record of theirs is fetched.
         self.ctx.consumer.assign(partitions)
         self._owned.update({(tp.topic, tp.partition): tp for tp in partitions})
+        ASSIGNED.set(len(self._owned))
         self.handler.on_assigned(partitions)
         if simple and self.spec.processing != "exactly-once":
             # Starts chosen here or by the handler (a worker's --start-at), as they are now.
@@ -536,6 +554,7 @@ class StreamService:
         for tp in partitions:
             self._owned.pop((tp.topic, tp.partition), None)
             self._unanswered.pop((tp.topic, tp.partition), None)
+        ASSIGNED.set(len(self._owned))
 
     def _resume_released(self, held: list[TopicPartition]) -> None:
         """Partitions the skeleton held for their schema, let go: librdkafka keeps a pause across a

@@ -149,7 +149,7 @@ def test_after_all_brokers_down_a_quiet_service_is_ready_again_once_the_broker_a
     service = StreamService(spec, QuietHandler())
     service.PROBE_EVERY_S = 0.0
     service.ctx = Context(spec, {}, service.health, consumer, None, lane, ExitStack())  # type: ignore[arg-type]
-    service._assigned = True
+    service._assigned, service._owned = True, {("in", 0): TopicPartition("in", 0)}
     service.health.error_cb(KafkaError(KafkaError._ALL_BROKERS_DOWN))
     passes = iter(range(3))
 
@@ -278,3 +278,27 @@ def test_a_refusal_met_by_a_rebalances_commit_does_not_void_every_later_commit()
     service._draining_until = 0.0
     service.commit_now()  # the drain's
     assert lane.commits == 3
+
+
+def test_a_member_assigned_no_partition_is_a_ready_standby_and_says_so() -> None:
+    """More members than partitions: the group assigns one nothing. It is in the group and takes
+    partitions over when a member leaves, so it is ready (a failing probe would stall a rollout and
+    page RdvServiceNotReady for a correct standby), but /readyz and rdv_assigned_partitions say it
+    owns nothing; between a revoke and the next assignment it stays not ready."""
+    from prometheus_client import REGISTRY
+
+    lane = CommitLane(RecordingCommitter(), None, background=False)  # type: ignore[arg-type]
+    spec = StreamSpec(name="svc", config={}, subscription=["in"], group_id="g", processing="at-least-once")
+    service = StreamService(spec, Handler())
+    service.ctx = Context(spec, {}, service.health, AssigningConsumer(), None, lane, ExitStack())  # type: ignore[arg-type]
+
+    service._on_assign(None, [])
+    assert service.readiness() == (True, "standby: no partitions assigned")
+    assert REGISTRY.get_sample_value("rdv_assigned_partitions") == 0
+    service._on_revoke(None, [])  # the next rebalance
+    assert service.readiness() == (False, "rebalancing: no partitions assigned")
+    service._on_assign(None, [TopicPartition("in", 0), TopicPartition("in", 1)])
+    assert service.readiness() == (True, "ready")
+    assert REGISTRY.get_sample_value("rdv_assigned_partitions") == 2
+    service._on_revoke(None, [TopicPartition("in", 0), TopicPartition("in", 1)])
+    assert REGISTRY.get_sample_value("rdv_assigned_partitions") == 0
