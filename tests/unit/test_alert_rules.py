@@ -28,6 +28,7 @@ PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"  # Debian's prometheu
 # Every module that registers metrics at import (grep Counter( / Gauge( / Histogram( under services/).
 METRIC_MODULES = (
     "services.core.metrics", "services.core.health", "services.core.deadletter", "services.core.commits",
+    "services.core.service",
     "services.rendezvous.metrics", "services.model_worker.worker", "services.comparison.metrics",
     "services.decoy.service", "services.gateway.metrics", "services.gateway.http_guard", "services.gateway.oip",
 )
