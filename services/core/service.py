@@ -15,7 +15,8 @@ readiness, and the drain on SIGTERM.
 Commit order (all disciplines): outputs first, then the input offsets they finish
 (`handler.finished_offsets()`); a revoked partition's finished work is committed before it is
 given up; a lost partition is never committed (another member may own it already) and, with
-transactions, the open transaction is aborted. A static member fenced out of its
+transactions, the open transaction is aborted. Outputs refused at any commit (a revoke's too)
+stop the service, and nothing is committed after them. A static member fenced out of its
 group.instance.id loses its partitions that way and rejoins with a new consumer (`_rejoin`).
 Signals only set `stop`; everything closes through an ExitStack.
 """
@@ -186,7 +187,11 @@ class StreamService:
         self._failure: Exception | None = None  # what ended the loop, while the clients close after it
         # A commit's outputs were refused: the positions finished since the last commit have no
         # outputs behind them, so nothing may be committed any more (a restart redoes that work).
-        self._outputs_void = False
+        # The refusal, for the log lines of the commits it prevents.
+        self._outputs_void: BaseException | None = None
+        # Outputs refused at a revoke's commit: raised by the loop once the call that ran the
+        # rebalance returns (not through librdkafka's callback), to stop the service as elsewhere.
+        self._refused_at_revoke: DeliveryFailed | None = None
         self._probed_at = 0.0  # when the broker was last asked for metadata while marked down
         # What we own, as the callbacks said: a fenced consumer forgets its assignment at once.
         self._owned: dict[tuple[str, int], TopicPartition] = {}
@@ -302,6 +307,8 @@ class StreamService:
             except ConsumerFenced as err:
                 self._rejoin(err)
                 continue
+            if self._refused_at_revoke is not None:
+                raise self._refused_at_revoke
             if self._releases != releases:
                 # A rebalance ran inside the call (its callbacks do) after some of these records
                 # were taken: those of released partitions belong to the next owner, which reads
@@ -369,7 +376,7 @@ class StreamService:
                 log.warning("%s: re-reading from the committed offsets", outcome.error)
                 self._rewind()
             else:
-                self._outputs_void = True  # the consumer's close revokes next: it must not commit
+                self._outputs_void = outcome.error  # the consumer's close revokes next: it must not commit
                 raise outcome.error
 
     def _sent_unanswered(self, tp: TopicPartition) -> bool:
@@ -404,9 +411,9 @@ class StreamService:
     def commit_now(self) -> None:
         """Commit finished work on this thread (revoke, drain), unless outputs were refused."""
         assert self.ctx is not None
-        if self._outputs_void:
+        if self._outputs_void is not None:
             log.warning("%s: nothing committed: outputs since the last commit were refused (%s); a restart "
-                        "re-reads that work", self.spec.name, self._failure)
+                        "re-reads that work", self.spec.name, self._outputs_void)
             return
         offsets = self.handler.finished_offsets()
         try:
@@ -420,12 +427,12 @@ class StreamService:
                 self.ctx.outputs.abort_now()
             except TransactionAborted as again:
                 log.warning("%s", again)
-        except DeliveryFailed:
+        except DeliveryFailed as err:
             # Outputs refused (or not delivered) at this commit: no later commit may carry the work
             # they came from, the consumer's close's revoke included. It did, after a drain's
             # refusal: at least once the failures were already cleared, exactly once a fresh,
             # empty transaction took the offsets alone (a review: the records were lost).
-            self._outputs_void = True
+            self._outputs_void = err
             raise
 
     def _group_metadata(self) -> Any:
@@ -516,6 +523,15 @@ class StreamService:
         if not self._rewinding:
             try:
                 self.commit_now()
+            except DeliveryFailed as err:
+                # Outputs refused: every later commit would carry the work they came from, so none
+                # is made (commit_now), and the service stops, as at any other commit; going on, it
+                # read on and never committed at a revoke or a drain again, and nobody was told.
+                where = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "no partition"
+                self._refused_at_revoke = type(err)(
+                    f"{err.message} (outputs refused at a rebalance's revoke of {where}: nothing is committed after "
+                    "them; a restart re-reads that work)", source=err.source, retriable=err.retriable)
+                log.error("%s: stopping: %s", self.spec.name, self._refused_at_revoke)
             except KafkaOperationError as err:
                 log.warning("commit on revoke failed (%s): the next owner repeats that work", err)
         self._disown(partitions)
