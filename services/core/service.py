@@ -524,9 +524,9 @@ class StreamService:
             try:
                 self.commit_now()
             except DeliveryFailed as err:
-                # Outputs refused: every later commit would carry the work they came from, so none
-                # is made (commit_now), and the service stops, as at any other commit; going on, it
-                # read on and never committed at a revoke or a drain again, and nobody was told.
+                # Outputs refused: no later commit may carry the work they came from (commit_now
+                # makes none), and the service stops, as at any other commit; going on, it read on,
+                # never committed at a revoke or a drain again, and nobody was told.
                 where = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "no partition"
                 self._refused_at_revoke = type(err)(
                     f"{err.message} (outputs refused at a rebalance's revoke of {where}: nothing is committed after "
