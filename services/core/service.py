@@ -537,11 +537,6 @@ class StreamService:
         self._disown(partitions)
         self._assigned = bool(self._owned)  # the classic protocol revokes everything: not ready until assigned
         self.handler.on_released(partitions, lost=False)
-        if not self._owned and self._failure is None and self._draining_until is None:
-            # A refusal this revoke's commit met voided the work of partitions now all released:
-            # the service runs on from the committed offsets. Kept, it made every later revoke and
-            # the drain commit nothing (the next owner redid their work).
-            self._outputs_void = False
 
     def _on_lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         # Another member may own these already: committing now could overwrite its progress,

@@ -254,32 +254,6 @@ def test_errors_librdkafka_gets_past_do_not_stop_a_consumer_and_partition_0_is_n
     assert refused.value.source is not None and (refused.value.source.partition, refused.value.source.offset) == (0, 0)
 
 
-class _RefusingOnceLane(_RefusingLane):
-    """A rebalance's commit meets one refused output; every commit after it goes well."""
-
-    def commit_now(self, offsets: Any, give_up: Any, group: Any = None) -> bool:
-        if self.commits == 0:
-            return super().commit_now(offsets, give_up, group)
-        self.commits += 1
-        return True
-
-
-def test_a_refusal_met_by_a_rebalances_commit_does_not_void_every_later_commit() -> None:
-    """The void set by a revoke's refused commit was never cleared: the service ran on (the revoke
-    logs it), and every later revoke and the drain committed nothing, their work redone by the
-    next owner (a review of 7012ad9). A drain's refusal still voids the close's revoke (above)."""
-    lane = _RefusingOnceLane()
-    spec = StreamSpec(name="svc", config={}, subscription=["in"], group_id="g", processing="at-least-once")
-    service = StreamService(spec, Handler())
-    service.ctx = Context(spec, {}, service.health, Consumer(), None, lane, ExitStack())  # type: ignore[arg-type]
-    for _rebalance in range(2):
-        service._owned = {("in", 0): TopicPartition("in", 0)}  # assigned (again)
-        service._on_revoke(None, [TopicPartition("in", 0)])  # the first one's commit is refused
-    service._draining_until = 0.0
-    service.commit_now()  # the drain's
-    assert lane.commits == 3
-
-
 def test_a_member_assigned_no_partition_is_a_ready_standby_and_says_so() -> None:
     """More members than partitions: the group assigns one nothing. It is in the group and takes
     partitions over when a member leaves, so it is ready (a failing probe would stall a rollout and
