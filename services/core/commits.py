@@ -472,6 +472,21 @@ class CommitLane:
                 self._lock.notify_all()
         return outcome
 
+    def failed_unsettled(self, timeout: float) -> bool:
+        """For a caller off the loop that commits by itself while the loop cannot run (a model
+        worker's watchdog): whether a commit failed and the loop has not settled it, or one still
+        runs after `timeout` s. Its flush may have taken the delivery failures of outputs whose
+        inputs are not committed yet (the producer hands each to one flush only): committing any
+        later position of their partitions would lose those outputs."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._committing or self._wanted is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return True
+                self._lock.wait(min(left, 0.1))
+            return any(o.error is not None for o in self._outcomes)
+
     def _wait_idle(self) -> None:
         with self._lock:
             while self._committing or self._wanted is not None:

@@ -8,7 +8,9 @@ stuck loop cannot, once a model has spent `timeout_s` on one batch:
 
   1. an error Score for every request of the batch from each model that has not written its
      Scores yet ("did not answer within ..."): the rendezvous falls back to the other models,
-  2. a flush: those Scores, and every earlier one, acknowledged by the broker,
+  2. a flush: those Scores, and every earlier one, acknowledged by the broker (and none lost to
+     the service's own commit thread, whose flush may have taken a failure the stuck loop never
+     settled: then nothing is committed),
   3. a synchronous commit of the batch's offsets, so the next process reads on after it. No other
      commit can land after it and move the position back: the worker commits its offsets from
      the poll loop (asynchronously, queued before this one), and the loop is stuck,
@@ -140,8 +142,11 @@ class ScoringWatchdog(Generic[M]):
         self, timeout_s: float, name: Callable[[M], str], producer: Producer, consumer: Consumer,
         exit_process: Callable[[], None] = _exit_process, board: Board | None = None,
         rescue_alive: Callable[[], bool] = lambda: True,
+        outputs_lost: Callable[[float], bool] = lambda _timeout: False,
     ):
         self.timeout_s = timeout_s
+        # Whether the service's own commits found outputs lost (`CommitLane.failed_unsettled`).
+        self._outputs_lost = outputs_lost
         self._name = name
         self._producer, self._consumer, self._exit = producer, consumer, exit_process
         self._board, self._rescue_alive = board, rescue_alive
@@ -257,7 +262,14 @@ class ScoringWatchdog(Generic[M]):
             for model, reason in zip(pending, hung_reasons(stuck, self.timeout_s, len(pending)), strict=True):
                 batch.write_errors(model, reason)
             self._producer.flush(FLUSH_TIMEOUT_S)
-            self._consumer.commit(batch.end_offsets())
+            # The service's commit thread may have flushed too, and taken a failure of an earlier
+            # batch's Scores with it (the loop, stuck here, never settled it): the batch's end
+            # offsets would commit past those requests, their Scores lost for good.
+            if self._outputs_lost(FLUSH_TIMEOUT_S):
+                log.error("Scores of earlier batches were not delivered (or their commit still runs): nothing is "
+                          "committed, the next process reads from the group's committed offsets again")
+            else:
+                self._consumer.commit(batch.end_offsets())
         except RendezvousError as err:  # the next process scores the batch again, and hangs again
             log.error("the batch's error Scores or offsets could not be written (%s): the next process reads it "
                       "again", err)

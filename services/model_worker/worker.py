@@ -345,7 +345,8 @@ class ModelWorker(SimpleHandler, Probed):
             self._rescue = self._start_rescue()
         self._watchdog = ScoringWatchdog(self.settings.predict_timeout_s, lambda h: h.name, ctx.producer,
                                          ctx.consumer, board=self._rescue.board if self._rescue else None,
-                                         rescue_alive=self._rescue.alive if self._rescue else lambda: True)
+                                         rescue_alive=self._rescue.alive if self._rescue else lambda: True,
+                                         outputs_lost=ctx.outputs.failed_unsettled)
         self._watchdog.start()  # only watches with a timeout (--predict-timeout-s > 0)
         self._scorer = _BatchScorer(self, ctx.producer, dead_letters, self._watchdog)
 

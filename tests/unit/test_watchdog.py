@@ -6,6 +6,7 @@ import threading
 import time
 from typing import Any
 
+import pytest
 from confluent_kafka import Message
 
 from services.core.errors import KafkaOperationError
@@ -139,3 +140,60 @@ def test_the_watchdog_stands_down_when_the_overdue_turn_ended_before_it_acted() 
     assert watchdog._give_up(watched, started) is None
     assert watched.pending == ["b"] and not watched.abandoned and written == [] and exits == []
     assert watchdog._overdue(watched) is None  # b's own turn is watched from its start
+
+
+class _Committed:
+    """A consumer that records the watchdog's commits, and a producer whose flush finds nothing
+    left (the commit thread's flush already took the failure)."""
+
+    def __init__(self) -> None:
+        self.commits: list[list[tuple[int, int]]] = []
+
+    def commit(self, offsets: list[Any]) -> None:
+        self.commits.append([(tp.partition, tp.offset) for tp in offsets])
+
+    def flush(self, _timeout: float) -> None:
+        return None
+
+
+class _Flushed:
+    """At least once, the commit thread's flush: the earlier batch's Scores delivered, or not."""
+
+    transactional = False
+
+    def __init__(self, lost: bool) -> None:
+        self.lost = lost
+
+    def commit(self, offsets: list[Any], give_up: Any, group: Any = None) -> bool:
+        from services.core.commits import TransactionAborted
+
+        if self.lost:
+            raise TransactionAborted("outputs not delivered (delivery to rdv.scores failed: Local: Message timed out)")
+        return True
+
+
+@pytest.mark.parametrize("lost", [True, False])
+def test_the_watchdog_commits_past_no_batch_whose_scores_the_commit_thread_found_lost(lost: bool) -> None:
+    """The loop asked for a commit of the batch before (0:0-4), then its model hung on 0:5-7. The
+    commit thread's flush took the failure of that earlier batch's Scores (the producer hands a
+    failure to one flush only), and the loop, stuck, never settled it. The watchdog's own flush
+    found nothing amiss and committed 0:8: the earlier batch committed past, its Scores lost."""
+    from confluent_kafka import TopicPartition
+
+    from services.core.commits import CommitLane
+    from services.model_worker.watchdog import ScoringWatchdog
+
+    clients = _Committed()
+    lane = CommitLane(_Flushed(lost), None)  # type: ignore[arg-type]
+    try:
+        lane.request([TopicPartition("rq", 0, 5)])
+        exits: list[bool] = []
+        watchdog: ScoringWatchdog[str] = ScoringWatchdog(
+            2.0, str, clients, clients, exit_process=lambda: exits.append(True),  # type: ignore[arg-type]
+            outputs_lost=lane.failed_unsettled)
+        sources = [Message(topic="rq", partition=0, offset=o, value=b"") for o in range(5, 8)]
+        watched = watchdog.watch(["a"], sources, lambda _m, _r: None)
+        assert watchdog._give_up(watched) is True and exits == [True]
+        assert clients.commits == ([] if lost else [[(0, 8)]])
+    finally:
+        lane.close()
