@@ -7,8 +7,8 @@ those arrays. Strings (model names, labels) become small integer codes.
 Two tables in one object:
 - per record (index `row`): created_at, deadline, answered_at (-1 = not answered), status
   code, chosen model code (-1 = none);
-- per model output: the record's row, model code, score (NaN = none), label code (-1 = none),
-  error flag, latency (ms), late flag.
+- per model output: the record's row, model code, version code, score (NaN = none), label code
+  (-1 = none), error flag, latency (ms), late flag.
 
 `Columns.add` takes Comparison-shaped dicts (as built by a replay, or decoded by fastavro),
 `Columns.add_batch` the columns `compiled_decode` made straight from the bytes of `rdv.log`, and
@@ -50,6 +50,10 @@ class Frame:
     models: tuple[str, ...]
     labels: tuple[str, ...]
     versions: tuple[tuple[str, ...], ...]  # per model code, in order of first appearance
+    # Per output, a code of `version_names`: which versions to name once records are left out
+    # (summary.plausible), so a version seen only in those is not named in the table.
+    version: np.ndarray
+    version_names: tuple[str, ...]
 
     @property
     def records(self) -> int:
@@ -67,6 +71,7 @@ class Columns:
         self.chosen = array("i")
         self.row = array("i")
         self.model = array("i")  # "h" overflowed past 32,767 model names (OverflowError, or wrapped codes)
+        self.version = array("i")
         self.score = array("d")
         self.label = array("i")
         self.error = array("b")
@@ -74,6 +79,7 @@ class Columns:
         self.late = array("b")
         self.model_codes: dict[str, int] = {}
         self.label_codes: dict[str, int] = {}
+        self.version_codes: dict[str, int] = {}
         self.versions: list[dict[str, None]] = []  # per model code: versions as an ordered set
 
     def __len__(self) -> int:
@@ -92,14 +98,22 @@ class Columns:
             code = self.label_codes[name] = len(self.label_codes)
         return code
 
+    def _version_code(self, name: str) -> int:
+        code = self.version_codes.get(name)
+        if code is None:
+            code = self.version_codes[name] = len(self.version_codes)
+        return code
+
     def add(self, records: Iterable[Mapping[str, Any]]) -> int:
         """Append every record; returns how many. The path of dicts (a replay, the fastavro fallback):
         one tight loop over local names."""
         created_at, deadline, answered_at = self.created_at.append, self.deadline.append, self.answered_at.append
         status, chosen = self.status.append, self.chosen.append
         rows, models, scores, labels = self.row.append, self.model.append, self.score.append, self.label.append
-        errors, latencies, lates = self.error.append, self.latency_ms.append, self.late.append
+        errors, latencies, lates, output_versions = (self.error.append, self.latency_ms.append, self.late.append,
+                                                     self.version.append)  # fmt: skip
         model_codes, label_codes, versions = self.model_codes, self.label_codes, self.versions
+        version_codes = self.version_codes
         status_code = _STATUS_CODE
         row = start = len(self.created_at)
         for record in records:
@@ -115,7 +129,9 @@ class Columns:
                 name = out["model"]
                 code = model_codes[name] if name in model_codes else self._model_code(name)
                 models(code)
-                versions[code][out["version"]] = None
+                version = out["version"]
+                versions[code][version] = None
+                output_versions(version_codes[version] if version in version_codes else self._version_code(version))
                 score = out.get("score")
                 scores(NAN if score is None else score)
                 label = out.get("label")
@@ -132,6 +148,7 @@ class Columns:
         offset = len(self.created_at)
         models = [self._model_code(name) for name in batch.model.values]
         labels = [self._label_code(name) for name in batch.label.values]
+        versions = [self._version_code(name) for name in batch.version.values]
         pairs, first = np.unique(batch.model.ids * max(1, len(batch.version.values)) + batch.version.ids,
                                  return_index=True)  # fmt: skip
         for pair in pairs[np.argsort(first)].tolist():  # versions in order of first appearance
@@ -142,6 +159,7 @@ class Columns:
         _extend(self.chosen, _translate(batch.chosen.ids, models))
         _extend(self.model, _translate(batch.model.ids, models))
         _extend(self.label, _translate(batch.label.ids, labels))
+        _extend(self.version, _translate(batch.version.ids, versions))
         _extend(self.row, batch.row + offset)
         return batch.records
 
@@ -150,6 +168,7 @@ class Columns:
         offset = len(self.created_at)
         models = [self._model_code(m) for m in other.model_codes]
         labels = [self._label_code(lb) for lb in other.label_codes]
+        versions = [self._version_code(v) for v in other.version_codes]
         for name, code in other.model_codes.items():
             self.versions[self.model_codes[name]].update(other.versions[code])
         for name in ("created_at", "deadline", "answered_at", "status", "score", "error", "latency_ms", "late"):
@@ -157,6 +176,7 @@ class Columns:
         _extend(self.chosen, _translate(_numpy(other.chosen), models))
         _extend(self.model, _translate(_numpy(other.model), models))
         _extend(self.label, _translate(_numpy(other.label), labels))
+        _extend(self.version, _translate(_numpy(other.version), versions))
         _extend(self.row, _numpy(other.row) + offset)
 
     def frame(self) -> Frame:
@@ -168,7 +188,8 @@ class Columns:
             label=_numpy(self.label), error=_numpy(self.error).astype(bool),
             latency_ms=_numpy(self.latency_ms), late=_numpy(self.late).astype(bool),
             models=tuple(self.model_codes), labels=tuple(self.label_codes),
-            versions=tuple(tuple(v) for v in self.versions),
+            versions=tuple(tuple(v) for v in self.versions), version=_numpy(self.version),
+            version_names=tuple(self.version_codes),
         )  # fmt: skip
 
     @classmethod

@@ -153,14 +153,30 @@ def plausible(frame: Frame, now: int) -> tuple[Frame, int]:
     present = np.unique(frame.model[row_keep])
     recode = np.full(len(frame.models) + 1, -1, dtype=np.int64)  # the last slot: -1 (no model) stays -1
     recode[present] = np.arange(len(present))
+    model, version = recode[frame.model[row_keep]], frame.version[row_keep]
     return replace(
         frame, created_at=frame.created_at[keep], deadline=frame.deadline[keep],
         answered_at=frame.answered_at[keep], status=frame.status[keep], chosen=recode[frame.chosen[keep]],
-        row=renumbered[frame.row[row_keep]], model=recode[frame.model[row_keep]], score=score[row_keep],
+        row=renumbered[frame.row[row_keep]], model=model, version=version, score=score[row_keep],
         label=frame.label[row_keep], error=frame.error[row_keep], latency_ms=frame.latency_ms[row_keep],
         late=frame.late[row_keep], models=tuple(frame.models[i] for i in present.tolist()),
-        versions=tuple(frame.versions[i] for i in present.tolist()),
+        versions=_versions(model, version, len(present), frame.version_names),
     ), int((~keep).sum())  # fmt: skip
+
+
+def _versions(
+    model: np.ndarray, version: np.ndarray, models: int, names: tuple[str, ...]
+) -> tuple[tuple[str, ...], ...]:
+    """Per model code, the versions its outputs carry, in order of first appearance: those of the
+    records kept only, so a version seen only in what was left out is named in no row (nor counted
+    by a gate's `versions`)."""
+    per_model: list[list[str]] = [[] for _ in range(models)]
+    width = max(1, len(names))
+    pairs, first = np.unique(model.astype(np.int64) * width + version, return_index=True)
+    for pair in pairs[np.argsort(first, kind="stable")].tolist():
+        code, name = divmod(pair, width)
+        per_model[code].append(names[name])
+    return tuple(tuple(v) for v in per_model)
 
 
 def _champion(frame: Frame, given: str | None) -> tuple[int | None, str]:

@@ -270,6 +270,52 @@ def test_a_record_the_live_comparison_refuses_is_left_out_and_said(fault: str) -
         np.testing.assert_equal(figures(model), figures(expected))  # NaN equal to NaN
 
 
+@pytest.mark.parametrize("fault", ["negative deadline", "NaN latency", "created before 2000", "a model twice"])
+def test_a_version_seen_only_in_left_out_records_is_no_version_of_the_table(
+    fault: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The figures left a refused record out, but the version its outputs carried stayed in the
+    row ("challenger-v1,challenger-v9"): a reader deciding a promotion took the row for the
+    figures of two versions, and the promote gate's `versions<=1` refused a candidate whose every
+    counted output came from one version."""
+    import json
+
+    from services.compare_report.html import render_html
+    from services.compare_report.table import print_report_json
+    from services.control.evidence import figures_of
+
+    records = synthetic(200)
+    forged = records[7]
+    for output in forged["outputs"]:
+        output["version"] = f"{output['model']}-v9"  # every model: the champion too
+    if fault == "negative deadline":
+        forged["deadline"] = -5
+    elif fault == "NaN latency":
+        forged["outputs"][1]["latency_ms"] = math.nan
+    elif fault == "created before 2000":
+        forged["created_at"] = 5
+    else:
+        forged["outputs"].append(dict(forged["outputs"][0]))
+    report = summarize_records(records, source="forged")
+    kept = records[:7] + records[8:]
+    expected = {m: tuple(dict.fromkeys(o["version"] for _, o in outputs_of(kept, m))) for m in MODELS}
+    assert {m.name: m.versions for m in report.models} == expected
+    assert not any(v.endswith("-v9") for m in report.models for v in m.versions)
+    assert any(note.startswith("1 records left out") for note in report.notes)  # and why, under the table
+    out = Console(width=1000, record=True)
+    print_report(report, out)
+    shown = out.export_text()
+    assert "-v9" not in shown and "1 records left out" in shown
+    assert "-v9" not in render_html(report)
+    capsys.readouterr()  # the table printed above
+    print_report_json(report)
+    parsed = json.loads(capsys.readouterr().out)
+    assert not any(v.endswith("-v9") for m in parsed["models"] for v in m["versions"])
+    # The same versions as a report of the records that were kept.
+    assert [m.versions for m in report.models] == [m.versions for m in summarize_records(kept).models]
+    assert figures_of(report, "canary", "champion")["versions"] == 1  # the gate's default versions<=1 passes
+
+
 def test_an_error_output_carrying_a_score_and_a_label_is_not_paired_with_the_champion() -> None:
     """A Score may carry a label and a score with its error, and the log keeps them; the live
     service pairs no error output, the report paired them (agreement 0.5 against 1.0 live)."""
@@ -344,8 +390,8 @@ def test_merged_columns_equal_one_pass(records: list[dict[str, Any]]) -> None:
 
     def named(frame: Any) -> list[tuple[Any, ...]]:
         label = [frame.labels[c] if c >= 0 else None for c in frame.label]
-        rows = zip(frame.row, frame.model, label, strict=True)
-        return sorted((int(frame.created_at[r]), frame.models[m], lb) for r, m, lb in rows)
+        rows = zip(frame.row, frame.model, frame.version, label, strict=True)
+        return sorted((int(frame.created_at[r]), frame.models[m], frame.version_names[v], lb) for r, m, v, lb in rows)
 
     assert named(merged) == named(whole)
     chosen = sorted(merged.models[c] if c >= 0 else "" for c in merged.chosen)
@@ -424,13 +470,13 @@ def edge_records() -> list[dict[str, Any]]:
 def as_rows(frame: Any) -> list[tuple[Any, ...]]:
     """Every output with its record fields and names, order-free (codes differ between paths)."""
     rows = []
-    for r, m, s, lb, e, lat, late in zip(frame.row, frame.model, frame.score, frame.label, frame.error,
-                                          frame.latency_ms, frame.late, strict=True):  # fmt: skip
+    for r, m, v, s, lb, e, lat, late in zip(frame.row, frame.model, frame.version, frame.score, frame.label,
+                                             frame.error, frame.latency_ms, frame.late, strict=True):  # fmt: skip
         chosen = frame.chosen[r]
         rows.append((int(frame.created_at[r]), int(frame.deadline[r]), int(frame.answered_at[r]),
                      int(frame.status[r]), frame.models[chosen] if chosen >= 0 else None, frame.models[m],
-                     None if np.isnan(s) else float(s), frame.labels[lb] if lb >= 0 else None, bool(e),
-                     float(lat), bool(late)))  # fmt: skip
+                     frame.version_names[v], None if np.isnan(s) else float(s),
+                     frame.labels[lb] if lb >= 0 else None, bool(e), float(lat), bool(late)))  # fmt: skip
     return sorted(rows, key=repr)
 
 
