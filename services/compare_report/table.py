@@ -96,7 +96,8 @@ def report_dict(report: Report) -> dict[str, Any]:
     } for m in report.models]
     return {"records": report.records, "champion": report.champion, "champion_source": report.champion_source,
             "statuses": dict(report.statuses), "answered_by_deadline": number(report.answered_by_deadline),
-            "first_ms": report.first_ms, "last_ms": report.last_ms, "models": models}
+            "first_ms": report.first_ms, "last_ms": report.last_ms, "models": models,
+            "notes": list(report.notes)}  # records left out or skipped, and why, as under the table
 
 
 def print_report_json(report: Report) -> None:

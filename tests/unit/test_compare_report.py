@@ -311,6 +311,7 @@ def test_a_version_seen_only_in_left_out_records_is_no_version_of_the_table(
     print_report_json(report)
     parsed = json.loads(capsys.readouterr().out)
     assert not any(v.endswith("-v9") for m in parsed["models"] for v in m["versions"])
+    assert any(note.startswith("1 records left out") for note in parsed["notes"])  # scripts are told too
     # The same versions as a report of the records that were kept.
     assert [m.versions for m in report.models] == [m.versions for m in summarize_records(kept).models]
     assert figures_of(report, "canary", "champion")["versions"] == 1  # the gate's default versions<=1 passes
