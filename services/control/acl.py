@@ -146,6 +146,8 @@ def layout(topics: Topics, prefix: str, principals: Principals = Principals()) -
         grants += [*_topic(role, "WRITE", t.requests), *_topic(role, "READ", t.replies, t.models, t.control),
                    *_groups(role, f"{prefix}{group}")]
     grants += _topic(p.gateway, "READ", t.log)
+    # It checks at start that the control topic keeps its versions (no delete policy), as the rendezvous does.
+    grants += _topic(p.gateway, "DESCRIBE_CONFIGS", t.control)
     return sorted(set(grants))
 
 

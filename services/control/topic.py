@@ -87,9 +87,10 @@ def _deletes(retention: str | None) -> bool:
 
 
 def check_keeps_history(config: Mapping[str, Any], topic: str) -> None:
-    """ConfigError if the control topic would lose schedule versions (`history_loss`). A principal
-    without DESCRIBE_CONFIGS on it (the project's grant only the admin and the rendezvous that) is
-    not refused for that: what it may do to the topic is the broker's to say, in its own words."""
+    """ConfigError if the control topic would lose schedule versions (`history_loss`): `publish`, a
+    rendezvous and a gateway at start. A principal without DESCRIBE_CONFIGS on it (the project's
+    grants give it to the admin, the rendezvous and the gateway) is not refused for that: what it
+    may do to the topic is the broker's to say, in its own words."""
     try:
         configs = topic_configs(config, topic)
     except ConfigsNotAuthorized as exc:

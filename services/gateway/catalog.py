@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from services.control.schedule import Schedule
-from services.control.topic import READER_POLL_S, ControlFeed, ControlRecord, ScheduleBook
+from services.control.topic import READER_POLL_S, ControlFeed, ControlRecord, ScheduleBook, check_keeps_history
 from services.core.runtime import now_ms
 from services.core.score_limits import MAX_MODEL_CHARS, MAX_VERSION_CHARS
 from services.gateway.errors import InvalidInput, NotFound
@@ -39,6 +39,9 @@ class ScheduleFollower:
     def __init__(self, config: Mapping[str, Any], topic: str, name: str, poll_s: float = READER_POLL_S):
         self.book = ScheduleBook(name)
         self.stopped: str | None = None  # why following stopped for good, if it did
+        # Refused as the rendezvous refuses it: a gateway started after the broker deleted old
+        # versions reads none (every call a 404) or an older one than the rendezvous answers by.
+        check_keeps_history(config, topic)
         self._feed = ControlFeed(config, topic)
         self._apply(self._feed.read_history())
         self._stop = threading.Event()

@@ -28,6 +28,8 @@ GRANTS = layout(TOPICS, PREFIX, P)
     # Each service reads the max.message.bytes of what it writes; the comparison dead-letters.
     (P.rendezvous, TOPICS.log, "DESCRIBE_CONFIGS", True),
     (P.rendezvous, TOPICS.control, "DESCRIBE_CONFIGS", True),  # it checks the control topic's LogAppendTime
+    (P.gateway, TOPICS.control, "DESCRIBE_CONFIGS", True),  # it checks that the control topic keeps its versions
+    (P.client, TOPICS.control, "DESCRIBE_CONFIGS", False),  # `schedule show` skips the check (a courtesy there)
     (P.model, TOPICS.scores, "DESCRIBE_CONFIGS", True),
     (P.comparison, TOPICS.deadletter, "WRITE", True),
     (P.comparison, TOPICS.deadletter, "DESCRIBE_CONFIGS", True),

@@ -377,6 +377,73 @@ def test_a_rendezvous_refuses_a_control_topic_that_deletes_old_versions_before_r
         feed.start(SimpleNamespace(config={}, stack=stack))  # type: ignore[arg-type]
 
 
+def test_a_gateway_refuses_a_control_topic_that_deletes_old_versions_before_reading_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The gateway decides calls by the schedule it reads (which names exist, the default deadline):
+    started after the broker deleted old versions it read none (every call a 404 "is the rendezvous
+    running?") or an older one than the rendezvous answer by, where the rendezvous refuses to start."""
+    from services.control import topic
+    from services.gateway import catalog
+
+    class Unread:
+        def __init__(self, *_args: object) -> None:
+            raise AssertionError("the control topic was read before its clean-up policy was checked")
+
+    monkeypatch.setattr(topic, "topic_configs", _deleting)
+    monkeypatch.setattr(catalog, "ControlFeed", Unread)
+    with pytest.raises(ConfigError, match=r"rdv.control has cleanup.policy=delete with retention.ms=3600000"):
+        catalog.ScheduleFollower({}, "rdv.control", "default")
+
+
+class _QuietFeed:
+    """A stand-in ControlFeed holding one version of `default`, with nothing new to poll."""
+
+    def __init__(self, *_args: object) -> None:
+        self.closed = False
+
+    def read_history(self) -> list[object]:
+        from types import SimpleNamespace
+
+        from services.control.topic import ControlRecord
+
+        msg = SimpleNamespace(timestamp=lambda: (2, 1_000))  # LogAppendTime, 1 s after the epoch
+        return [ControlRecord(msg, Schedule(models=("a", "b"), version=1), None)]  # type: ignore[arg-type]
+
+    def poll(self) -> list[object]:
+        return []
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("configs", [
+    {"cleanup.policy": "compact", "retention.ms": "3600000", "retention.bytes": "-1"},
+    None,  # a principal without DESCRIBE_CONFIGS on the topic: left to the broker, as for the rendezvous
+])
+def test_a_gateway_follows_a_control_topic_that_keeps_its_history_or_whose_policy_it_may_not_read(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, configs: dict[str, str] | None
+) -> None:
+    from services.control import topic
+    from services.core.kafka import ConfigsNotAuthorized
+    from services.gateway import catalog
+
+    def told(*_args: object) -> dict[str, str]:
+        if configs is None:
+            raise ConfigsNotAuthorized("cannot read the configuration of rdv.control: TOPIC_AUTHORIZATION_FAILED")
+        return configs
+
+    monkeypatch.setattr(topic, "topic_configs", told)
+    monkeypatch.setattr(catalog, "ControlFeed", _QuietFeed)
+    follower = catalog.ScheduleFollower({}, "rdv.control", "default", poll_s=0.01)
+    try:
+        in_force = follower.in_force()
+        assert in_force is not None and in_force.models == ("a", "b")
+    finally:
+        follower.close()
+    assert ("clean-up policy of rdv.control is not checked" in caplog.text) is (configs is None)
+
+
 def test_publish_by_a_principal_that_may_not_read_the_topics_configuration_is_left_to_the_broker(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
