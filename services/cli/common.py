@@ -7,7 +7,7 @@ import logging
 import sys
 import threading
 from collections.abc import Mapping
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from services.core import wire
 from services.core.errors import ConfigError, StoppedWaiting
@@ -17,6 +17,9 @@ from services.core.redaction import MaskingFormatter
 from services.core.runtime import install_signal_handlers
 from services.core.settings import KafkaSettings, ServiceSettings, Topics, redact
 from services.localkafka.broker import read_bootstrap
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 S = TypeVar("S", bound=KafkaSettings)
 
@@ -74,6 +77,18 @@ def console(**options: Any) -> Any:
                 super().print(*objects, **{**kwargs, "markup": False})
 
     return Forgiving(**options)
+
+
+def warn_of_history_loss(config: Mapping[str, Any], topic: str, notes: Console) -> None:
+    """One line on `notes` (stderr) when the control topic will lose old schedule versions, for a
+    command that reads it and changes nothing (publish and every service refuse such a topic)."""
+    from rich.markup import escape
+
+    from services.control.topic import history_note
+
+    problem = history_note(config, topic)
+    if problem:
+        notes.print(f"[yellow]warning[/]: {escape(problem)}")
 
 
 def messages() -> Any:

@@ -469,12 +469,20 @@ def _check_not_preferred(name: str, settings: UndeploySettings, console: Console
     """Refuse to stop the model the live schedule answers with (promote, rollback and schedule set
     refuse to prefer a model that is not scoring; this was the one way to get there unasked):
     every answer would then wait for the fallback, or time out."""
-    from services.control.topic import load_book
+    from services.cli.common import warn_of_history_loss
+    from services.control.topic import ScheduleBook, load_book
 
     state = _state(name)
     models = [name, *(entry.split("=", 1)[0] for entry in state.get("co_host", []))]
-    book = _read_from_broker(settings, console,
-                             lambda config: load_book(config, settings.topics().control, settings.schedule_name))
+    control = settings.topics().control
+
+    def read(config: dict[str, Any]) -> ScheduleBook:
+        book = load_book(config, control, settings.schedule_name)
+        # A topic that lost its old versions may hold none of those the running rendezvous answer by.
+        warn_of_history_loss(config, control, console)
+        return book
+
+    book = _read_from_broker(settings, console, read)
     if book is None:
         return
     # The version in force answers until the next takes effect (a change published with a

@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from services.cli.common import warn_of_history_loss
 from services.cli.model_contracts import print_contracts
 from services.control import changes
 from services.control.gates import Verdict, evaluate, parse_requirements, with_defaults
@@ -145,14 +146,23 @@ def _book(settings: ScheduleSettings) -> ScheduleBook:
     return load_book(settings.librdkafka(), settings.topics().control, settings.schedule_name)
 
 
+def _shown_book(settings: ScheduleSettings, notes: Console) -> ScheduleBook:
+    """The book for a command that only shows it, with a line on `notes` if the topic will lose
+    versions (a change refuses such a topic when it publishes: `publish`)."""
+    book = _book(settings)
+    warn_of_history_loss(settings.librdkafka(), settings.topics().control, notes)
+    return book
+
+
 def _print_json(data: object) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def cmd_models(settings: ModelsSettings, console: Console) -> int:
+def cmd_models(settings: ModelsSettings, console: Console, notes: Console) -> int:
+    """The models scoring: a table (or JSON) on `console` (stdout), a warning on `notes` (stderr)."""
     config = settings.librdkafka()
     figures = live_models(config, settings.topics().scores, settings.live_window_s)
-    book = _book(settings)
+    book = _shown_book(settings, notes)
     champion = book.latest.models[0] if book.latest else None
     table = Table(title=f"models scoring on {settings.topics().scores} (last {settings.live_window_s:.0f}s)")
     columns = ("model", "version", "role", "replicas", "scores/s", "lag", "errors", "p50 ms", "p99 ms", "last seen")
@@ -230,7 +240,7 @@ TIMES = ("effective_at", "created_at")  # epoch ms in the Schedule record: shown
 
 def cmd_schedule_show(settings: ScheduleViewSettings, console: Console, tables: Console) -> int:
     """The schedule in force: JSON or a table on stdout (`tables`), notes on `console` (stderr)."""
-    book = _book(settings)
+    book = _shown_book(settings, console)
     current = changes.current(book)
     in_force = book.in_force(now_ms())
     if settings.format == "json":
@@ -250,8 +260,9 @@ def cmd_schedule_show(settings: ScheduleViewSettings, console: Console, tables: 
     return 0
 
 
-def cmd_schedule_history(settings: ScheduleViewSettings, console: Console) -> int:
-    book = _book(settings)
+def cmd_schedule_history(settings: ScheduleViewSettings, console: Console, tables: Console) -> int:
+    """Every accepted version: JSON or a table on stdout (`tables`), notes on `console` (stderr)."""
+    book = _shown_book(settings, console)
     changes.current(book)
     if settings.format == "json":
         _print_json([s.to_dict() for s in book.versions])
@@ -264,7 +275,7 @@ def cmd_schedule_history(settings: ScheduleViewSettings, console: Console) -> in
         effective = format_ms(s.effective_at) if s.effective_at else "always"
         table.add_row(str(s.version), effective, Text(", ".join(s.models)),
                       Text(json.dumps(dict(s.waits_ms)) if s.waits_ms else ""), Text(traffic), Text(s.comment))
-    console.print(table)
+    tables.print(table)
     return 0
 
 

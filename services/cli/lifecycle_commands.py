@@ -30,7 +30,7 @@ def _stdout() -> Console:
 def cmd_models(args: argparse.Namespace) -> int:
     from services.cli import lifecycle
 
-    return lifecycle.cmd_models(with_bootstrap(from_namespace(lifecycle.ModelsSettings, args)), _stdout())
+    return lifecycle.cmd_models(with_bootstrap(from_namespace(lifecycle.ModelsSettings, args)), _stdout(), _console())
 
 
 def cmd_schedule_show(args: argparse.Namespace) -> int:
@@ -44,7 +44,7 @@ def cmd_schedule_history(args: argparse.Namespace) -> int:
     from services.cli import lifecycle
 
     settings = with_bootstrap(from_namespace(lifecycle.ScheduleViewSettings, args))
-    return lifecycle.cmd_schedule_history(settings, _stdout())
+    return lifecycle.cmd_schedule_history(settings, _console(), _stdout())
 
 
 def cmd_schedule_set(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from confluent_kafka import Message
 
 from services.control.schedule import Schedule
 from services.core.codec import codec
-from services.core.errors import BadInput, ConfigError, DecodeFailed
+from services.core.errors import BadInput, BrokerError, ConfigError, DecodeFailed
 from services.core.kafka import ConfigsNotAuthorized, Producer, topic_configs
 from services.core.topic_tail import TopicTail
 
@@ -99,6 +99,20 @@ def check_keeps_history(config: Mapping[str, Any], topic: str) -> None:
     problem = history_loss(topic, configs)
     if problem:
         raise ConfigError(problem)
+
+
+def history_note(config: Mapping[str, Any], topic: str) -> str | None:
+    """`history_loss` of the control topic for a command that only shows what it holds (`schedule
+    show`, `history`, `models`, undeploy's check): said, not refused, since what is there is all
+    there is to show, and the versions already lost are lost. None when the topic keeps its
+    versions or its configuration cannot be read: a courtesy there (the client role has no
+    DESCRIBE_CONFIGS on the topic, and whether the broker answers is the read's to say)."""
+    try:
+        configs = topic_configs(config, topic)
+    except BrokerError as exc:
+        log.debug("the clean-up policy of %s is not checked: %s", topic, exc)
+        return None
+    return history_loss(topic, configs)
 
 
 class ScheduleBook:

@@ -186,6 +186,6 @@ def test_co_hosted_models_score_every_request_from_one_worker(
     group = f"{prefix}model.champion+challenger+canary"
     wait_until(lambda: group_lag(config, group, topics.requests) == 0, 30, "the co-hosted group to commit")
     # `rendezvous models` finds that group for each of them (its lag column).
-    cmd_models(ModelsSettings(bootstrap=bootstrap, topic_prefix=prefix, format="json"), Console())
+    cmd_models(ModelsSettings(bootstrap=bootstrap, topic_prefix=prefix, format="json"), Console(), Console(stderr=True))
     listed = json.loads(capsys.readouterr().out)
     assert {row["model"]: row["lag"] for row in listed} == {name: 0 for name in THREE}

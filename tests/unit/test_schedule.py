@@ -464,3 +464,97 @@ def test_publish_by_a_principal_that_may_not_read_the_topics_configuration_is_le
     topic.publish({}, "rdv.control", schedule)
     assert len(written) == 1
     assert "clean-up policy of rdv.control is not checked" in caplog.text
+
+
+def _not_authorized(*_args: object) -> dict[str, str]:
+    from services.core.kafka import ConfigsNotAuthorized
+
+    raise ConfigsNotAuthorized("cannot read the configuration of rdv.control: TOPIC_AUTHORIZATION_FAILED")
+
+
+def _compacted(*_args: object) -> dict[str, str]:
+    return {"cleanup.policy": "compact", "retention.ms": "3600000", "retention.bytes": "-1"}
+
+
+def _shown(command: str, monkeypatch: pytest.MonkeyPatch, output: str = "table") -> tuple[int, str, str]:
+    """What `command` (show, history, models) prints on its notes (stderr) and its output (stdout),
+    the control topic holding v1 and v2 and the broker stood in (its configuration stood in by each test)."""
+    import io
+
+    from rich.console import Console
+
+    from services.cli import lifecycle
+
+    book = ScheduleBook.holding(Schedule(models=("a", "b"), version=1), Schedule(models=("b", "a"), version=2))
+    monkeypatch.setattr(lifecycle, "load_book", lambda _config, _topic, _name: book)
+    monkeypatch.setattr(lifecycle, "live_models", lambda *_args: {})
+    monkeypatch.setattr(lifecycle, "print_contracts", lambda *_args, **_kwargs: None)
+    notes, tables = (Console(record=True, width=1000, file=io.StringIO()) for _ in range(2))
+    if command == "show":
+        code = lifecycle.cmd_schedule_show(lifecycle.ScheduleViewSettings(format=output), notes, tables)
+    elif command == "history":
+        code = lifecycle.cmd_schedule_history(lifecycle.ScheduleViewSettings(format=output), notes, tables)
+    else:
+        code = lifecycle.cmd_models(lifecycle.ModelsSettings(format=output), tables, notes)
+    return code, notes.export_text(), tables.export_text()
+
+
+@pytest.mark.parametrize("command", ["show", "history", "models"])
+def test_a_command_that_shows_the_control_topic_warns_in_one_line_when_it_deletes_old_versions(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`schedule show`, `history` and `models` read the control topic and said nothing of a delete
+    policy that publish and the rendezvous refuse: a history missing its old versions (or all of
+    them) was shown as the whole. They show what is there, and say it in one line on stderr."""
+    from services.control import topic
+
+    monkeypatch.setattr(topic, "topic_configs", _deleting)
+    code, notes, shown = _shown(command, monkeypatch)
+    assert code == 0
+    lines = [line for line in notes.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("warning: rdv.control has cleanup.policy=delete with "
+                                                    "retention.ms=3600000: the broker deletes old schedule versions")
+    assert command == "models" or "v2" in shown or "b, a" in shown  # what is there is shown all the same
+    capsys.readouterr()
+    _code, notes, _shown_json = _shown(command, monkeypatch, output="json")
+    json.loads(capsys.readouterr().out)  # stdout stays the JSON alone: the warning is on stderr
+    assert notes.startswith("warning: rdv.control has cleanup.policy=delete")
+
+
+@pytest.mark.parametrize("configs", [_compacted, _not_authorized])
+@pytest.mark.parametrize("command", ["show", "history", "models"])
+def test_a_command_that_shows_the_control_topic_says_nothing_of_one_that_keeps_its_versions_or_may_not_be_described(
+    command: str, configs: object, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client role may read the control topic but not describe it: `schedule show` by it is not
+    refused, nor told every time that a check it cannot run was not run."""
+    import logging
+
+    from services.control import topic
+
+    monkeypatch.setattr(topic, "topic_configs", configs)
+    with caplog.at_level(logging.INFO):
+        code, notes, _shown_text = _shown(command, monkeypatch)
+    assert code == 0 and notes.strip() == ""
+    assert "not checked" not in caplog.text
+
+
+def test_undeploy_warns_when_the_control_topic_it_checks_deletes_old_versions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check that the model is not the one the schedule answers with reads the control topic: one
+    that lost its versions (all of them, after a quiet week) let the champion be stopped unsaid."""
+    from rich.console import Console
+
+    from services.cli import deploy
+    from services.control import topic
+
+    monkeypatch.setenv("RDV_CACHE_DIR", str(tmp_path))
+    state = tmp_path / "deployments" / "challenger" / "state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"name": "challenger", "model": "demo:challenger", "replicas": {}}))
+    monkeypatch.setattr(topic, "load_book", lambda _c, _t, _name: ScheduleBook("default"))
+    monkeypatch.setattr(topic, "topic_configs", _deleting)
+    console = Console(record=True, width=1000)
+    deploy._check_not_preferred("challenger", deploy.UndeploySettings(bootstrap="127.0.0.1:1"), console)
+    assert "warning: rdv.control has cleanup.policy=delete" in console.export_text()
