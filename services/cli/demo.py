@@ -29,7 +29,7 @@ from services.cli.spawn import model_workers, service_env, spawn
 from services.client.client import Answer, Client
 from services.control import changes
 from services.control.schedule import Schedule
-from services.control.topic import load_book, publish
+from services.control.topic import MIN_EFFECTIVE_IN_MS, load_book, publish
 from services.core import hostcpu, wire
 from services.core.errors import ConfigError
 from services.core.kafka import groups_with_members, set_connect_timeout, wait_for_groups
@@ -170,7 +170,7 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
         config, topics = settings.librdkafka(), settings.topics()
         _refuse_serving_topics(config, settings.topic_prefix, settings.bootstrap)
         ensure_topics(config, topics, settings.partitions)
-        _schedule_naming(settings.model_specs(), settings.budget_ms, config, topics, console)
+        governs_at = _schedule_naming(settings.model_specs(), settings.budget_ms, config, topics, console)
 
         logs = cache_dir() / "demo"
         env = service_env(settings)
@@ -202,6 +202,7 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
         wait_for_groups(config, groups[:1], timeout=120, members=settings.rendezvous, check=alive)
         if port:
             console.print(f"metrics: http://127.0.0.1:{port}/metrics (rendezvous), models on the next ports")
+        _wait_until_governing(governs_at, console)  # requests created before would name the kept models
         client = stack.enter_context(Client(config, topics, budget_ms=settings.budget_ms))
         _first_answers(client, processes, console, logs)
         _generate_load(settings, client, processes, console, logs)
@@ -223,16 +224,17 @@ def _refuse_serving_topics(config: dict[str, Any], prefix: str, bootstrap: str) 
 
 def _schedule_naming(
     specs: list[tuple[str, str]], budget_ms: int, config: dict[str, Any], topics: Topics, console: Console
-) -> None:
+) -> int | None:
     """A kept control topic's schedule governs the demo's rendezvous (`serve --models` only seeds an
     empty topic): one naming other models (a run with other --models) would leave the demo's models
-    unasked and every answer a TIMEOUT. Then the demo publishes one naming its own, effective at
-    once; one naming the same models in another order (a promotion) stays."""
+    unasked and every answer a TIMEOUT. Then the demo publishes one naming its own, and returns when
+    it starts to govern (epoch ms, by the log: `ScheduleBook.add`); one naming the same models in
+    another order (a promotion) stays (None: nothing to wait for)."""
     names = tuple(name for name, _ in specs)
     book = load_book(config, topics.control, DEFAULT_SCHEDULE_NAME)
     kept = book.latest
     if kept is None:
-        return
+        return None
     if set(kept.models) == set(names):
         if kept.models != names or kept.traffic_model is not None:
             traffic = (f", {kept.traffic_fraction:.0%} of requests answered by {kept.traffic_model} first"
@@ -240,12 +242,41 @@ def _schedule_naming(
             console.print(f"the kept schedule v{kept.version} is in force: {', '.join(kept.models)} in that "
                           f"order{traffic} "
                           "(`rendezvous schedule history`; `rendezvous broker reset` starts afresh)")
-        return
+        return None
     draft = Schedule(models=names, default_deadline_ms=budget_ms, comment="demo: its own models")
-    schedule = changes.next_version(book, draft, now_ms(), effective_in_ms=0)
+    # With the lead time every change takes (`--effective-in`, MIN_EFFECTIVE_IN_MS), not at once. The
+    # demo's own rendezvous start after this and read it in the history, but the demo only checks
+    # the groups `<prefix>rendezvous` and `<prefix>model.*` for members: a gateway on these topics, a
+    # rendezvous under another --group, or one started since that check reads it up to a poll
+    # later, and effective at once it decided the requests created in between under the kept
+    # version, where an instance re-reading them after a failover decides them under this one.
+    schedule = changes.next_version(book, draft, now_ms(), effective_in_ms=MIN_EFFECTIVE_IN_MS)
     publish(config, topics.control, schedule)
     console.print(f"the kept schedule named {', '.join(kept.models)}: published v{schedule.version} naming the "
                   f"demo's models {', '.join(names)}")
+    # When it starts to govern: its effective_at, or later if the broker appended it later (its clock
+    # ahead of this host's) or the version before starts later (ScheduleBook.add).
+    start = load_book(config, topics.control, DEFAULT_SCHEDULE_NAME).latest_start
+    return schedule.effective_at if start is None else start
+
+
+# A wait for the demo's version longer than this is said (the broker's clock ahead of this host's).
+GOVERNING_NOTE_S = 5.0
+
+
+def _wait_until_governing(start_ms: int | None, console: Console) -> None:
+    """Until the schedule version the demo published governs the requests it creates (their
+    created_at is this host's clock): one created before it named the kept version's models, which
+    are not running, and would be answered TIMEOUT in the demo's table. Started processes take
+    longer than the lead time, so this is seldom a wait at all."""
+    if start_ms is None:
+        return
+    left_s = (start_ms - now_ms()) / 1000
+    if left_s > GOVERNING_NOTE_S:
+        console.print(f"waiting {left_s:.0f} s for the demo's schedule version to take effect (the broker "
+                      "appended it that far ahead of this host's clock)...")
+    while (left_ms := start_ms - now_ms()) > 0:
+        time.sleep(min(left_ms, 1_000) / 1000)  # waiting for a time, not for a condition another thread sets
 
 
 def _why_co_hosted(settings: DemoSettings) -> str:

@@ -1,0 +1,80 @@
+"""The schedule version the demo publishes on a kept control topic: its lead time, and the wait for it
+(the broker stood in: what is read and written goes through a ScheduleBook)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+
+from services.cli import demo
+from services.control.schedule import Schedule
+from services.control.topic import MIN_EFFECTIVE_IN_MS, ScheduleBook
+from services.core.settings import Topics
+
+NOW = 1_700_000_000_000
+SPECS = [("slow", "demo:slow"), ("flaky", "demo:flaky")]
+
+
+def _kept_topic(monkeypatch: pytest.MonkeyPatch, appended_at: int) -> list[Schedule]:
+    """A control topic holding v1 naming other models; what the demo publishes is appended at
+    `appended_at` by the broker's clock, and listed in the returned list."""
+    book = ScheduleBook.holding(Schedule(models=("champion", "challenger"), version=1))
+    published: list[Schedule] = []
+
+    def publish(_config: object, _topic: str, schedule: Schedule) -> None:
+        published.append(schedule)
+        book.add(schedule, appended_at)
+
+    monkeypatch.setattr(demo, "load_book", lambda _config, _topic, _name: book)
+    monkeypatch.setattr(demo, "publish", publish)
+    monkeypatch.setattr(demo, "now_ms", lambda: NOW)
+    return published
+
+
+def test_the_demos_own_version_takes_the_lead_time_of_every_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was effective at once: a reader live as it was published (a gateway on the demo's topics, a
+    rendezvous under another --group) read it up to a poll later, having decided the requests created
+    in between under the kept version, which an instance re-reading them decides under this one."""
+    published = _kept_topic(monkeypatch, appended_at=NOW + 20)
+    governs_at = demo._schedule_naming(SPECS, 300, {}, Topics.from_prefix("rdv."), Console(file=io.StringIO()))
+    (schedule,) = published
+    assert schedule.models == ("slow", "flaky") and schedule.version == 2
+    assert schedule.effective_at - schedule.created_at >= MIN_EFFECTIVE_IN_MS
+    assert governs_at == schedule.effective_at == NOW + MIN_EFFECTIVE_IN_MS
+
+
+def test_the_demo_waits_for_when_the_log_says_its_version_governs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Appended by a broker whose clock is 8 s ahead, the version governs from then (ScheduleBook.add):
+    requests the demo created before would be decided under the kept version, naming models not running."""
+    _kept_topic(monkeypatch, appended_at=NOW + 8_000)
+    out = io.StringIO()
+    governs_at = demo._schedule_naming(SPECS, 300, {}, Topics.from_prefix("rdv."), Console(file=out))
+    assert governs_at == NOW + 8_000
+    clock = [NOW]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += int(seconds * 1000)
+
+    monkeypatch.setattr(demo, "now_ms", lambda: clock[0])
+    monkeypatch.setattr(demo.time, "sleep", sleep)
+    console = Console(file=out, width=300)
+    demo._wait_until_governing(governs_at, console)
+    assert clock[0] >= governs_at and max(slept) <= 1.0
+    assert "waiting 8 s for the demo's schedule version to take effect" in out.getvalue()
+    slept.clear()
+    demo._wait_until_governing(governs_at, console)  # already in force: no wait
+    demo._wait_until_governing(None, console)  # nothing published: none either
+    assert slept == []
+
+
+def test_a_kept_schedule_naming_the_demos_models_is_left_and_nothing_is_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    published = _kept_topic(monkeypatch, appended_at=NOW)
+    same = [("challenger", "demo:challenger"), ("champion", "demo:champion")]
+    assert demo._schedule_naming(same, 300, {}, Topics.from_prefix("rdv."), Console(file=io.StringIO())) is None
+    assert published == []
