@@ -176,6 +176,35 @@ def test_a_control_topic_that_would_let_readers_disagree_or_be_frozen_is_refused
     assert_one_line_error(result, own, said)
 
 
+def test_a_control_topic_that_deletes_old_versions_is_shown_with_a_warning_and_refused_by_the_gateway(
+    bootstrap: str, prefix: str, config: dict[str, Any]
+) -> None:
+    """`schedule history` shows what such a topic holds, with one warning line on stderr (its JSON
+    alone on stdout); a gateway refuses to start on it in one line, as a rendezvous does."""
+    from services.control.schedule import Schedule
+    from services.control.topic import encode_schedule
+    from services.core.kafka import Producer, create_topics
+    from services.core.runtime import now_ms
+    from services.localkafka.config import free_port
+
+    own = f"{prefix}control-deleting"
+    create_topics(config, {own: (1, {"cleanup.policy": "delete", "retention.ms": "3600000",
+                                     "message.timestamp.type": "LogAppendTime"})})
+    schedule = Schedule(models=("champion", "challenger"), version=1, created_at=now_ms())
+    producer = Producer(config)
+    producer.produce(own, encode_schedule(schedule), key=schedule.new_key())  # publish would refuse the topic
+    producer.flush()
+    where = ("--bootstrap", bootstrap, "--topic-prefix", prefix, "--topic", f"control={own}")
+    shown = rendezvous("schedule", "history", *where, "--format", "json")
+    assert shown.returncode == 0, shown.stderr
+    assert [v["version"] for v in json.loads(shown.stdout)] == [1]
+    warnings = [line for line in shown.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and f"{own} has cleanup.policy=delete with retention.ms=3600000" in warnings[0]
+    refused = rendezvous("gateway", *where, "--http-addr", "127.0.0.1", "--http-port", str(free_port()),
+                         "--grpc-port", "0", "--metrics-port", "0")
+    assert_one_line_error(refused, f"{own} has cleanup.policy=delete")
+
+
 def test_a_demo_process_that_exits_is_named_with_its_own_error(bootstrap: str, tmp_path: Path) -> None:
     """The demo waited two minutes for a rendezvous that had exited at once (its metrics port taken,
     e.g. by one left from a demo killed with -9), then said "a demo process exited; see its log"."""
