@@ -221,9 +221,10 @@ def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule,
                   effective_at: int | None = None) -> Schedule:
     now = now_ms()
     asked_ms = settings.effective_in_ms() if effective_at is None else effective_at - now
-    if effective_at is not None:  # checked again: the live check took time since, and sooner is retroactive
-        _within_reach(asked_ms, f"effective_at {format_ms(effective_at)}")
     schedule = changes.next_version(book, draft, now, asked_ms, effective_at)
+    if effective_at is not None:  # checked again: the live check took time since, and sooner is retroactive
+        # When it will start (a pending version before it may hold it back past the file's time).
+        _within_reach(schedule.effective_at - now, f"effective_at {format_ms(effective_at)}")
     publish(settings.librdkafka(), settings.topics().control, schedule)
     console.print(f"published {escape(schedule.name)} v{schedule.version}: {escape(str(list(schedule.models)))} "
                   f"(effective in {format_duration_ms(schedule.effective_at - now)}; {escape(schedule.comment)})")

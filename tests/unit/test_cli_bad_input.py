@@ -141,6 +141,36 @@ def test_a_file_time_that_the_live_check_ran_past_is_refused_not_published_retro
     assert published == []
 
 
+def test_a_file_time_the_live_check_ran_past_is_published_when_a_pending_version_holds_it_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The re-check just before publishing looked at the file's time, not at when the version
+    starts: behind a version pending for an hour it starts then, yet it was refused (a review)."""
+    from services.cli import lifecycle
+    from services.control.schedule import Schedule
+    from services.control.topic import ScheduleBook
+
+    clock = [1_700_000_000_000]
+    book = ScheduleBook("default")
+    book.add(Schedule(models=("a",), version=1, created_at=clock[0] - 10_000, effective_at=clock[0] - 10_000))
+    book.add(Schedule(models=("b",), version=2, created_at=clock[0], effective_at=clock[0] + 3_600_000))
+    published: list[Schedule] = []
+
+    def slow_live_check(_settings: object, _schedule: object) -> list[str]:
+        clock[0] += 3_250
+        return []
+
+    monkeypatch.setattr(lifecycle, "now_ms", lambda: clock[0])
+    monkeypatch.setattr(lifecycle, "_check_live", slow_live_check)
+    monkeypatch.setattr(lifecycle, "_book", lambda _settings: book)
+    monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, schedule: published.append(schedule))
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"models": ["c"], "effective_at": clock[0] + 2_000}))
+    settings = from_namespace(ScheduleSetSettings, None, file=str(path))
+    lifecycle.cmd_schedule_set(settings, Console(quiet=True))
+    assert [(p.version, p.effective_at) for p in published] == [(3, book.latest.effective_at)]
+
+
 def test_gateway_files_that_would_let_everyone_in_or_fail_after_kafka_are_refused(tmp_path: Path) -> None:
     empty, binary, pem = tmp_path / "empty.keys", tmp_path / "binary.keys", tmp_path / "bad.pem"
     empty.write_text("# no key yet\n")
