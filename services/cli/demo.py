@@ -33,6 +33,7 @@ from services.control.topic import MIN_EFFECTIVE_IN_MS, load_book, publish
 from services.core import hostcpu, wire
 from services.core.errors import ConfigError
 from services.core.kafka import groups_with_members, set_connect_timeout, wait_for_groups
+from services.core.ranges import format_ms
 from services.core.runtime import now_ms, stop_processes
 from services.core.settings import MAX_PORT, KafkaSettings, Topics, setting
 from services.localkafka.broker import LocalBroker, read_bootstrap, start_background
@@ -202,7 +203,8 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
         wait_for_groups(config, groups[:1], timeout=120, members=settings.rendezvous, check=alive)
         if port:
             console.print(f"metrics: http://127.0.0.1:{port}/metrics (rendezvous), models on the next ports")
-        _wait_until_governing(governs_at, console)  # requests created before would name the kept models
+        # Requests created before would name the kept models.
+        _wait_until_governing(governs_at, console, lambda: _check_alive(processes, logs))
         client = stack.enter_context(Client(config, topics, budget_ms=settings.budget_ms))
         _first_answers(client, processes, console, logs)
         _generate_load(settings, client, processes, console, logs)
@@ -243,6 +245,14 @@ def _schedule_naming(
                           f"order{traffic} "
                           "(`rendezvous schedule history`; `rendezvous broker reset` starts afresh)")
         return None
+    pending_until = book.latest_start
+    if pending_until is not None and pending_until > now_ms() + MIN_EFFECTIVE_IN_MS:
+        # Its version could start only after that one (a version never starts before the one it
+        # follows): the demo would wait hours, or answer TIMEOUT until then.
+        raise ConfigError(f"the kept schedule v{kept.version} ({', '.join(kept.models)}) takes effect only at "
+                          f"{format_ms(pending_until)}, and the demo's own version could not start before it: "
+                          "`rendezvous broker reset` starts afresh, or run the demo on topics of its own "
+                          "(--topic-prefix demo.)")
     draft = Schedule(models=names, default_deadline_ms=budget_ms, comment="demo: its own models")
     # With the lead time every change takes (`--effective-in`, MIN_EFFECTIVE_IN_MS), not at once. The
     # demo's own rendezvous start after this and read it in the history, but the demo only checks
@@ -264,7 +274,7 @@ def _schedule_naming(
 GOVERNING_NOTE_S = 5.0
 
 
-def _wait_until_governing(start_ms: int | None, console: Console) -> None:
+def _wait_until_governing(start_ms: int | None, console: Console, check: Callable[[], None] = lambda: None) -> None:
     """Until the schedule version the demo published governs the requests it creates (their
     created_at is this host's clock): one created before it named the kept version's models, which
     are not running, and would be answered TIMEOUT in the demo's table. Started processes take
@@ -276,6 +286,7 @@ def _wait_until_governing(start_ms: int | None, console: Console) -> None:
         console.print(f"waiting {left_s:.0f} s for the demo's schedule version to take effect (the broker "
                       "appended it that far ahead of this host's clock)...")
     while (left_ms := start_ms - now_ms()) > 0:
+        check()  # a demo process that exits meanwhile is said at once
         time.sleep(min(left_ms, 1_000) / 1000)  # waiting for a time, not for a condition another thread sets
 
 

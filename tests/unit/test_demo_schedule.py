@@ -11,6 +11,7 @@ from rich.console import Console
 from services.cli import demo
 from services.control.schedule import Schedule
 from services.control.topic import MIN_EFFECTIVE_IN_MS, ScheduleBook
+from services.core.errors import ConfigError
 from services.core.settings import Topics
 
 NOW = 1_700_000_000_000
@@ -78,3 +79,28 @@ def test_a_kept_schedule_naming_the_demos_models_is_left_and_nothing_is_waited_f
     same = [("challenger", "demo:challenger"), ("champion", "demo:champion")]
     assert demo._schedule_naming(same, 300, {}, Topics.from_prefix("rdv."), Console(file=io.StringIO())) is None
     assert published == []
+
+
+def test_a_kept_version_pending_for_hours_is_a_one_line_refusal_not_a_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kept topic with a version set to take effect in 2 h (`schedule set --effective-in 2h`): the
+    demo's version could start only after it, and the demo slept 7,200 s, saying the broker's clock
+    was ahead (a review)."""
+    published = _kept_topic(monkeypatch, appended_at=NOW)
+    book = demo.load_book({}, "rdv.control", "default")
+    book.add(Schedule(models=("champion",), version=2, created_at=NOW, effective_at=NOW + 7_200_000), NOW)
+    with pytest.raises(ConfigError, match=r"kept schedule v2 \(champion\) takes effect only at .*--topic-prefix demo"):
+        demo._schedule_naming(SPECS, 300, {}, Topics.from_prefix("rdv."), Console(file=io.StringIO()))
+    assert published == []
+
+
+def test_a_demo_process_exiting_during_the_wait_is_said_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [NOW]
+    monkeypatch.setattr(demo, "now_ms", lambda: clock[0])
+    monkeypatch.setattr(demo.time, "sleep", lambda seconds: clock.__setitem__(0, clock[0] + int(seconds * 1000)))
+
+    def exited() -> None:
+        raise ConfigError("a demo process exited")
+
+    with pytest.raises(ConfigError, match="exited"):
+        demo._wait_until_governing(NOW + 3_000, Console(file=io.StringIO()), exited)
+    assert clock[0] == NOW  # before any sleep
