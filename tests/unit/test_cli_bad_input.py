@@ -18,6 +18,8 @@ from services.cli.demo import DemoSettings
 from services.cli.deploy import DeploySettings
 from services.cli.lifecycle import PromoteSettings, ScheduleSetSettings
 from services.compare_report.settings import CompareSettings
+from services.control.schedule import Schedule
+from services.control.topic import ScheduleBook
 from services.core.errors import BrokerUnavailable, ConfigError
 from services.core.settings import Topics, from_namespace
 from services.decoy.settings import DecoySettings
@@ -112,49 +114,18 @@ def test_a_schedule_files_effective_at_in_the_future_is_when_it_takes_effect(tmp
         _effective_at_of(settings, Schedule(models=("a",), effective_at=now + 5), now)
 
 
-def test_a_file_time_that_the_live_check_ran_past_is_refused_not_published_retroactive(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+START_MS = 1_700_000_000_000
+
+
+def _set_from_file_after_a_slow_live_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, book: ScheduleBook, models: list[str], published: list[Schedule],
 ) -> None:
-    """The file's effective_at was checked (at least 1 s ahead) before the live check, which reads
-    the scores topic for seconds, and published as is after it: 2 s ahead at the check, it took
-    effect 1.25 s before it was written (readers start it at its write, within the 1 s they need to
-    read it; a review of e7486dc)."""
+    """`schedule set --file` of `models` effective 2 s from START_MS, on a topic holding `book`,
+    its live check taking 3.25 s (the scores topic read for seconds); what it publishes goes into
+    `published`."""
     from services.cli import lifecycle
-    from services.control.topic import ScheduleBook
 
-    clock = [1_700_000_000_000]
-    published: list[object] = []
-
-    def slow_live_check(_settings: object, _schedule: object) -> list[str]:
-        clock[0] += 3_250
-        return []
-
-    monkeypatch.setattr(lifecycle, "now_ms", lambda: clock[0])
-    monkeypatch.setattr(lifecycle, "_check_live", slow_live_check)
-    monkeypatch.setattr(lifecycle, "_book", lambda _settings: ScheduleBook("default"))
-    monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, schedule: published.append(schedule))
-    path = tmp_path / "s.json"
-    path.write_text(json.dumps({"models": ["a"], "effective_at": clock[0] + 2_000}))
-    settings = from_namespace(ScheduleSetSettings, None, file=str(path))
-    with pytest.raises(ConfigError, match=r"effective_at .* at least 1s ahead"):
-        lifecycle.cmd_schedule_set(settings, Console(quiet=True))
-    assert published == []
-
-
-def test_a_file_time_the_live_check_ran_past_is_published_when_a_pending_version_holds_it_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The re-check just before publishing looked at the file's time, not at when the version
-    starts: behind a version pending for an hour it starts then, yet it was refused (a review)."""
-    from services.cli import lifecycle
-    from services.control.schedule import Schedule
-    from services.control.topic import ScheduleBook
-
-    clock = [1_700_000_000_000]
-    book = ScheduleBook("default")
-    book.add(Schedule(models=("a",), version=1, created_at=clock[0] - 10_000, effective_at=clock[0] - 10_000))
-    book.add(Schedule(models=("b",), version=2, created_at=clock[0], effective_at=clock[0] + 3_600_000))
-    published: list[Schedule] = []
+    clock = [START_MS]
 
     def slow_live_check(_settings: object, _schedule: object) -> list[str]:
         clock[0] += 3_250
@@ -165,10 +136,34 @@ def test_a_file_time_the_live_check_ran_past_is_published_when_a_pending_version
     monkeypatch.setattr(lifecycle, "_book", lambda _settings: book)
     monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, schedule: published.append(schedule))
     path = tmp_path / "s.json"
-    path.write_text(json.dumps({"models": ["c"], "effective_at": clock[0] + 2_000}))
-    settings = from_namespace(ScheduleSetSettings, None, file=str(path))
-    lifecycle.cmd_schedule_set(settings, Console(quiet=True))
-    assert [(p.version, p.effective_at) for p in published] == [(3, book.latest.effective_at)]
+    path.write_text(json.dumps({"models": models, "effective_at": START_MS + 2_000}))
+    lifecycle.cmd_schedule_set(from_namespace(ScheduleSetSettings, None, file=str(path)), Console(quiet=True))
+
+
+def test_a_file_time_that_the_live_check_ran_past_is_refused_not_published_retroactive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The file's effective_at was checked (at least 1 s ahead) before the live check, which reads
+    the scores topic for seconds, and published as is after it: 2 s ahead at the check, it took
+    effect 1.25 s before it was written (readers start it at its write, within the 1 s they need to
+    read it; a review of e7486dc)."""
+    published: list[Schedule] = []
+    with pytest.raises(ConfigError, match=r"effective_at .* at least 1s ahead"):
+        _set_from_file_after_a_slow_live_check(tmp_path, monkeypatch, ScheduleBook("default"), ["a"], published)
+    assert published == []
+
+
+def test_a_file_time_the_live_check_ran_past_is_published_when_a_pending_version_holds_it_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The re-check just before publishing looked at the file's time, not at when the version
+    starts: behind a version pending for an hour it starts then, yet it was refused (a review)."""
+    book = ScheduleBook("default")
+    book.add(Schedule(models=("a",), version=1, created_at=START_MS - 10_000, effective_at=START_MS - 10_000))
+    book.add(Schedule(models=("b",), version=2, created_at=START_MS, effective_at=START_MS + 3_600_000))
+    published: list[Schedule] = []
+    _set_from_file_after_a_slow_live_check(tmp_path, monkeypatch, book, ["c"], published)
+    assert [(p.version, p.effective_at) for p in published] == [(3, START_MS + 3_600_000)]
 
 
 def test_gateway_files_that_would_let_everyone_in_or_fail_after_kafka_are_refused(tmp_path: Path) -> None:

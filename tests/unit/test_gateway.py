@@ -1230,6 +1230,24 @@ def test_names_longer_than_a_feature_or_model_may_have_are_refused_naming_the_fi
         assert status_of(long.value).grpc == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def _one_row_calls(submit: Any, deadline_ms: int) -> Any:
+    """A call of one FP64 row under a given id, to a gateway without Kafka whose client answers
+    through `submit` (the default schedule, its champion)."""
+    from services.gateway.catalog import Target
+    from services.gateway.oip import InferCall, Tensor
+
+    gateway = _gateway_without_kafka(GatewaySettings())
+    gateway.client.submit, gateway.client.abandon = submit, lambda *_: None
+    target = Target("default", SCHEDULE, "1", ("1",), None, Schedule(models=("champion",)))
+    gateway.catalog.resolve, gateway.catalog.check_features = (lambda *_: target), (lambda *_: None)
+
+    def call(call_id: str) -> InferResult:
+        named = InferCall(call_id, (Tensor("x", "FP64", (1,), [1.0]),), (), {})
+        return asyncio.run(gateway.infer("default", "", named, "anonymous", (deadline_ms,)))  # type: ignore[no-any-return]
+
+    return call
+
+
 def test_a_504_of_a_call_under_its_own_id_says_a_retry_needs_a_new_id() -> None:
     """A retry under the same id and rows has the same Kafka request id, which the rendezvous
     answers with its first answer (join.py, remembered ids): the retry of a 504 got the cached
@@ -1238,8 +1256,6 @@ def test_a_504_of_a_call_under_its_own_id_says_a_retry_needs_a_new_id() -> None:
     from concurrent.futures import Future
 
     from services.client.client import Answer
-    from services.gateway.catalog import Target
-    from services.gateway.oip import InferCall, Tensor
 
     first_answers: dict[str, Answer] = {}
     statuses = iter(["TIMEOUT", "OK", "OK"])  # the rendezvous' verdict on each new request id
@@ -1255,14 +1271,7 @@ def test_a_504_of_a_call_under_its_own_id_says_a_retry_needs_a_new_id() -> None:
         answered.set_result(first_answers[request_id])
         return answered
 
-    gateway = _gateway_without_kafka(GatewaySettings())
-    gateway.client.submit, gateway.client.abandon = submit, lambda *_: None
-    target = Target("default", SCHEDULE, "1", ("1",), None, Schedule(models=("champion",)))
-    gateway.catalog.resolve, gateway.catalog.check_features = (lambda *_: target), (lambda *_: None)
-
-    def call(call_id: str) -> InferResult:
-        named = InferCall(call_id, (Tensor("x", "FP64", (1,), [1.0]),), (), {})
-        return asyncio.run(gateway.infer("default", "", named, "anonymous", (100,)))  # type: ignore[no-any-return]
+    call = _one_row_calls(submit, deadline_ms=100)
 
     for _attempt in range(2):  # the first call, then its retry under the same id: the same answer
         with pytest.raises(AnswerTimedOut, match=r"^TIMEOUT: no usable score by the deadline; a retry under the "
@@ -1284,8 +1293,6 @@ def test_a_failure_says_a_retry_under_its_id_gets_it_again_only_where_the_rendez
     from concurrent.futures import Future
 
     from services.client.client import Answer, inputs_digest
-    from services.gateway.catalog import Target
-    from services.gateway.oip import InferCall, Tensor
     from services.rendezvous.join import MAX_WAITING_REPLIES, Join, JoinLimits
     from services.rendezvous.records import RequestIn, ScoreIn
 
@@ -1317,14 +1324,7 @@ def test_a_failure_says_a_retry_under_its_id_gets_it_again_only_where_the_rendez
         answered.set_result(Answer.from_record(replies[send(request_id, inputs_digest(features, None))], at))
         return answered  # every request here is answered at once (as refused, or from memory)
 
-    gateway = _gateway_without_kafka(GatewaySettings())
-    gateway.client.submit, gateway.client.abandon = submit, lambda *_: None
-    target = Target("default", SCHEDULE, "1", ("1",), None, Schedule(models=("champion",)))
-    gateway.catalog.resolve, gateway.catalog.check_features = (lambda *_: target), (lambda *_: None)
-
-    def call(call_id: str) -> InferResult:
-        named = InferCall(call_id, (Tensor("x", "FP64", (1,), [1.0]),), (), {})
-        return asyncio.run(gateway.infer("default", "", named, "anonymous", (200,)))  # type: ignore[no-any-return]
+    call = _one_row_calls(submit, deadline_ms=200)
 
     # Open, with as many callers waiting as the rendezvous keeps: the call is refused, not remembered.
     kafka_id = _kafka_id("req-1", "anonymous", [row])
