@@ -57,14 +57,15 @@ def test_the_liveness_and_group_limits_leave_every_co_hosted_model_its_turn() ->
     assert max_poll_interval_ms(240, 2) == (2 * 240 + 60) * 1000
 
 
-def _watchdog(board: Any = None, consumer: Any = None) -> tuple[Any, threading.Event]:
+def _watchdog(board: Any = None, consumer: Any = None, start: bool = True) -> tuple[Any, threading.Event]:
     """A watchdog with a 0.2 s timeout whose exit only sets an event. It has no producer: in these
     tests writing the error Scores fails first, so it never reaches it (nor commits)."""
     from services.model_worker.watchdog import ScoringWatchdog
 
     exited = threading.Event()
     watchdog = ScoringWatchdog(0.2, str, None, consumer, exit_process=exited.set, board=board)  # type: ignore[arg-type]
-    watchdog.start()
+    if start:
+        watchdog.start()
     return watchdog, exited
 
 
@@ -99,11 +100,15 @@ def test_after_standing_down_for_the_rescue_the_watchdog_watches_the_next_batch(
     # The rescue's board takes the group's metadata: a real consumer gives it without a broker.
     native = Consumer({"group.id": "watchdog-test", "bootstrap.servers": "127.0.0.1:9", "log_level": 0})
     try:
-        watchdog, exited = _watchdog(board, SimpleNamespace(native=native))
+        # Its thread starts once the rescue holds the batch: started before, a test thread held up
+        # for the watchdog's 0.2 s between the two steps saw it give up instead (forced with a
+        # 0.4 s sleep before the take: no stand-down line, 30 s wait, failure).
+        watchdog, exited = _watchdog(board, SimpleNamespace(native=native), start=False)
         sources = [Message(topic="rq", partition=0, offset=5, value=b"")]
         first: list[str] = []
         watched = watchdog.watch(["m"], sources, _failing_writes(first))
         rescue.take()  # the rescue process took the batch (as if the model held the interpreter lock)
+        watchdog.start()
         deadline = time.monotonic() + 30
         while "the rescue process took the batch" not in caplog.text and time.monotonic() < deadline:
             time.sleep(0.01)  # until the watchdog found the batch overdue and stood down
