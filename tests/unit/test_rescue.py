@@ -117,7 +117,15 @@ class FakeConsumer:
         return META
 
 
-def test_the_watchdog_writes_each_turn_as_watched_sees_it(board: Board) -> None:
+def test_the_watchdog_writes_each_turn_as_watched_sees_it(board: Board, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from services.model_worker import watchdog as watchdog_module
+
+    # The watchdog's clock, which the test moves: on the real one, a test thread held up for the
+    # metadata's second (METADATA_REFRESH_S) between the first and second batch saw it asked again.
+    clock = [1_000.0]
+    monkeypatch.setattr(watchdog_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     consumer = FakeConsumer()
     watchdog: ScoringWatchdog[str] = ScoringWatchdog(2.0, str, None, consumer, board=board)  # type: ignore[arg-type]
     watched = watchdog.watch(["a", "b"], messages([(0, range(3))]), lambda _m, _r: None)
@@ -129,6 +137,7 @@ def test_the_watchdog_writes_each_turn_as_watched_sees_it(board: Board) -> None:
     assert (snap.turn_started, snap.model) == (watched.turn_started, 1)
     watchdog.done()
     assert read(board._buf).turn_started == 0.0
+    clock[0] += 0.5
     watchdog.watch(["a", "b"], messages([(0, range(3, 4))]), lambda _m, _r: None)
     assert consumer.asked == 1  # not again within the second, unless the group rebalanced
     watchdog.rebalanced()
