@@ -12,7 +12,8 @@ from services.core.runtime import GC_YOUNG_THRESHOLD, tune_gc
 def test_tune_gc_raises_the_young_threshold_and_freezes_start_up_once(monkeypatch: pytest.MonkeyPatch) -> None:
     # The freeze count is no measure of the calls: a frozen object freed later leaves the frozen
     # generation, and in an xdist worker other threads (execnet's, servers earlier tests left) free
-    # some between two reads (CI: 447409 == 447411). The calls to gc.freeze are counted instead.
+    # some between two reads (two of three local -n 2 runs: 447409 == 447411). The calls to
+    # gc.freeze are counted instead.
     freezes: list[None] = []
     real_freeze = gc.freeze
     monkeypatch.setattr(gc, "freeze", lambda: freezes.append(real_freeze()))
