@@ -1059,32 +1059,40 @@ def test_a_large_call_is_parsed_off_the_event_loop_and_a_small_one_on_it() -> No
     assert parsed_small == parse_call(small, None, 1000, 1024)
 
 
-def _budgets_given(deadline_ms: int | None, called_ms_ago: float, timeout_parameter: int | None = None) -> list[int]:
-    """The budgets a call's Kafka requests carry, its deadline counted from `called_ms_ago` ago."""
-    import time
+def _gateway_answering_ok(settings: GatewaySettings, schedule: Schedule, sent: list[tuple[int, str]]) -> Any:
+    """A gateway without Kafka serving `schedule` as the default one, its client answering every
+    request OK from the champion at once; each request's (budget_ms, request_id) goes into `sent`."""
     from concurrent.futures import Future
 
     from services.client.client import Answer
     from services.gateway.catalog import Target
-    from services.gateway.oip import InferCall, Tensor
-
-    budgets: list[int] = []
 
     def submit(_row: object, budget_ms: int, request_id: str, **_: object) -> Future[Answer]:
-        budgets.append(budget_ms)
+        sent.append((budget_ms, request_id))
         answered: Future[Answer] = Future()
         answered.set_result(Answer(request_id, "OK", "champion", "1", 0.5, None, "", 0, 0, 0, "default", 1, 0))
         return answered
 
-    gateway = _gateway_without_kafka(GatewaySettings())
+    gateway = _gateway_without_kafka(settings)
     gateway.client.submit, gateway.client.abandon = submit, lambda *_: None
-    target = Target("default", SCHEDULE, "1", ("1",), None, Schedule(models=("champion",), default_deadline_ms=300))
+    target = Target("default", SCHEDULE, "1", ("1",), None, schedule)
     gateway.catalog.resolve, gateway.catalog.check_features = (lambda *_: target), (lambda *_: None)
+    return gateway
+
+
+def _budgets_given(deadline_ms: int | None, called_ms_ago: float, timeout_parameter: int | None = None) -> list[int]:
+    """The budgets a call's Kafka requests carry, its deadline counted from `called_ms_ago` ago."""
+    import time
+
+    from services.gateway.oip import InferCall, Tensor
+
+    sent: list[tuple[int, str]] = []
+    gateway = _gateway_answering_ok(GatewaySettings(), Schedule(models=("champion",), default_deadline_ms=300), sent)
     parameters = {} if timeout_parameter is None else {"timeout": timeout_parameter}
     call = InferCall("", (Tensor("x", "FP64", (1,), [1.0]),), (), parameters)
     called_at = time.monotonic() - called_ms_ago / 1000
     asyncio.run(gateway.infer("default", "", call, "anonymous", (deadline_ms,), called_at))
-    return budgets
+    return [budget for budget, _request_id in sent]
 
 
 def test_a_callers_deadline_counts_from_when_its_call_came_not_from_when_its_rows_are_sent() -> None:
@@ -1351,10 +1359,7 @@ def test_a_failure_says_a_retry_under_its_id_gets_it_again_only_where_the_rendez
 def test_a_rows_rate_limit_charges_a_call_its_rows_besides_the_calls_limit() -> None:
     """--rate-limit counts calls: one call of 1,000 rows (1,000 Kafka requests, 1,000 scores per
     model) cost a key what one row did. --rate-limit-rows charges each call its rows."""
-    from concurrent.futures import Future
 
-    from services.client.client import Answer
-    from services.gateway.catalog import Target
     from services.gateway.oip import InferCall, Tensor
     from services.gateway.rest import error_response
 
@@ -1372,18 +1377,8 @@ def test_a_rows_rate_limit_charges_a_call_its_rows_besides_the_calls_limit() -> 
         GatewaySettings(max_rows=8, rate_limit_rows=1.0, rate_burst_rows=7).validate()
     GatewaySettings(max_rows=8, rate_burst_rows=7).validate()  # no rows limit: the burst is unused
 
-    sent: list[str] = []
-
-    def submit(_row: object, budget_ms: int, request_id: str, **_: object) -> Future[Answer]:
-        sent.append(request_id)
-        answered: Future[Answer] = Future()
-        answered.set_result(Answer(request_id, "OK", "champion", "1", 0.5, None, "", 0, 0, 0, "default", 1, 0))
-        return answered
-
-    gateway = _gateway_without_kafka(settings)
-    gateway.client.submit, gateway.client.abandon = submit, lambda *_: None
-    target = Target("default", SCHEDULE, "1", ("1",), None, Schedule(models=("champion",)))
-    gateway.catalog.resolve, gateway.catalog.check_features = (lambda *_: target), (lambda *_: None)
+    sent: list[tuple[int, str]] = []
+    gateway = _gateway_answering_ok(settings, Schedule(models=("champion",)), sent)
     call = InferCall("", (Tensor("x", "FP64", (6,), [1.0] * 6),), (), {})
     gateway.rows_in_flight = settings.max_in_flight - 1  # no room for 6 rows: refused with 503, spending none
     with pytest.raises(Unavailable, match="overloaded"):
