@@ -34,6 +34,7 @@ from prometheus_client import Histogram
 from services.core.errors import ConfigError, DeliveryFailed, KafkaOperationError, OutputsLost
 from services.core.health import BrokerHealth
 from services.core.kafka import CommitRejected, Consumer, Producer, kafka_error, refused_for_good
+from services.core.metrics import PRODUCERS_REPLACED
 
 log = logging.getLogger(__name__)
 
@@ -231,20 +232,26 @@ class ExactlyOnce(_Base):
         # yet (commit_transaction failed at once): served now, before the abort discards it.
         self.txn.poll(0)
         lasting = self.txn.lasting_failure()
+        if lasting is None and self.txn.timed_out:
+            # Aborting and re-reading alone would meet the same timeout every transaction, for
+            # ever, if the client itself is stuck (Producer.timed_out): a new one costs little.
+            self._replace_producer("an output timed out undelivered", why="timed_out")
         self.abort()
         lasting = lasting or refused_for_good(err, "an output of the transaction")
         if lasting is not None:
             return lasting
         return TransactionAborted(f"transaction aborted: {err.str()}")
 
-    def _replace_producer(self, why: str) -> NoReturn:
+    def _replace_producer(self, reason: str, why: str = "transaction") -> NoReturn:
         """A fatal transactional error (e.g. the coordinator expired our transaction while the
         broker was down) leaves the producer unusable: librdkafka's remedy is a new instance.
-        The new one, with the same transactional id, fences the old; its outputs are aborted."""
-        self.on_wait(f"{why}: replacing the producer and re-reading from the committed offsets")
+        The new one, with the same transactional id, fences the old; its outputs are aborted.
+        `why`: the label of rdv_kafka_producers_replaced_total."""
+        self.on_wait(f"{reason}: replacing the producer and re-reading from the committed offsets")
+        PRODUCERS_REPLACED.labels(why).inc()
         self.txn.renew()
         self.init()
-        raise TransactionAborted(f"transaction abandoned ({why})")
+        raise TransactionAborted(f"transaction abandoned ({reason})")
 
     def _retry(self, action: Callable[[], None], give_up: Callable[[], bool]) -> bool:
         for _attempt in range(MAX_ATTEMPTS):

@@ -17,8 +17,8 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka import Consumer as _Consumer
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka import Producer as _Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -37,6 +37,8 @@ from services.core.errors import (
     StoppedWaiting,
     TopicMissing,
 )
+from services.core.metrics import PRODUCERS_REPLACED
+from services.core.rate_limit import OncePerPeriod
 from services.core.runtime import stop_requested
 
 log = logging.getLogger(__name__)
@@ -134,8 +136,10 @@ HEADER_OVERHEAD = 16
 # format) comes on top of the records.
 BATCH_OVERHEAD = 64
 # Delivery errors after which re-reading and producing again can succeed (the broker away or slow).
+# _PURGE_QUEUE: never sent, taken back from a client replaced for being stuck (`Producer._replace_stuck`).
 _PASSING = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError.REQUEST_TIMED_OUT,
-            KafkaError.NOT_ENOUGH_REPLICAS, KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND, KafkaError._ALL_BROKERS_DOWN}
+            KafkaError.NOT_ENOUGH_REPLICAS, KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND, KafkaError._ALL_BROKERS_DOWN,
+            KafkaError._PURGE_QUEUE}
 
 
 # Delivery errors the broker would give the same record again.
@@ -201,6 +205,11 @@ class Producer:
         self._delivered = delivered
         self._config = merged
         self._producer = new_client(_Producer, merged)
+        self._transactional = "transactional.id" in merged
+        # A record of the current client timed out undelivered (`timed_out`), and when that client
+        # was made (wall-clock ms, the clock of a record's create timestamp, which tells whose it was).
+        self._stuck = False
+        self._born_ms = _wall_ms()
         # Appended by delivery reports on whichever thread polls, taken by flush on another.
         self._failures_lock = threading.Lock()
         self._failures: list[DeliveryFailed] = []
@@ -217,6 +226,8 @@ class Producer:
             if end > self.delivered_ends.get(key, 0):
                 self.delivered_ends[key] = end
             return
+        if err.code() == KafkaError._MSG_TIMED_OUT and self._made_by_current_client(msg):
+            self._stuck = True
         topic = msg.topic() or "?"
         if self._is_soft(topic) and self._on_soft_failure is not None:
             self._on_soft_failure(msg, err)
@@ -277,6 +288,7 @@ class Producer:
         """Replace the client with a new one of the same configuration (the old one is
         abandoned as it is: e.g. wedged inside a call that never returns)."""
         self._producer = new_client(_Producer, self._config)
+        self._stuck, self._born_ms = False, _wall_ms()
         with self._failures_lock:
             self._failures = []
 
@@ -284,6 +296,39 @@ class Producer:
         """Forget delivery failures of outputs that were aborted with their transaction."""
         with self._failures_lock:
             self._failures = []
+        self._stuck = False
+
+    @property
+    def timed_out(self) -> bool:
+        """A record of this client found nobody to take it for its whole message.timeout.ms.
+
+        While the broker is away, that is the outage. After a broker restart it can also be the
+        client itself: librdkafka (2.16, issue #5430) may take a partition's "leader -1" of a
+        Produce answer as news it cannot place ("new leader-1 not found in cache") and keep that
+        partition without a leader for good, its records timing out while the broker answers
+        everyone else. A new client does not inherit that. A transactional producer is replaced
+        by its committer (a new one must fence the old); any other replaces itself at its next
+        `produce` or `poll` (`_replace_stuck`)."""
+        return self._stuck
+
+    def _made_by_current_client(self, msg: Message) -> bool:
+        kind, created_ms = msg.timestamp()
+        return kind != TIMESTAMP_CREATE_TIME or created_ms >= self._born_ms
+
+    def _replace_stuck(self) -> None:
+        """A new client for the records to come; what the old one still queues fails at once
+        (`_PURGE_QUEUE`: never sent) rather than at its timeout, and what it has in flight is
+        left to end, on a thread of its own (it may take up to the broker's answer)."""
+        old = self._producer
+        self.renew()
+        PRODUCERS_REPLACED.labels("timed_out").inc()
+        held = _REPLACEMENTS_SAID.passes("timed_out")  # while the broker is away: once a minute
+        if held is not None:
+            more = f" ({held.lines} more in the last {held.seconds:.0f} s)" if held.lines else ""
+            log.warning("a record timed out undelivered while this client was in use: replaced it by a new one (after "
+                        "a broker restart librdkafka can leave a client without a partition's leader for good, issue "
+                        "#5430); records still queued in the old client fail now%s", more)
+        threading.Thread(target=_retire, args=(old, self._config), name="rdv-retire-producer", daemon=True).start()
 
     def produce(
         self,
@@ -310,6 +355,8 @@ class Producer:
             kwargs["partition"] = partition
         if headers:
             kwargs["headers"] = list(headers)
+        if self._stuck and not self._transactional:
+            self._replace_stuck()
         while True:
             try:
                 self._producer.produce(topic, value, key, **kwargs)
@@ -328,6 +375,8 @@ class Producer:
                 raise KafkaOperationError(f"produce to {topic} failed: {exc}") from None
 
     def poll(self, timeout: float = 0.0) -> None:
+        if self._stuck and not self._transactional:
+            self._replace_stuck()
         self._producer.poll(timeout)
 
     def flush(self, timeout: float = 30.0) -> None:
@@ -347,6 +396,23 @@ class Producer:
     @property
     def native(self) -> _Producer:
         return self._producer
+
+
+_REPLACEMENTS_SAID: OncePerPeriod[str] = OncePerPeriod(60.0)
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _retire(old: _Producer, config: Mapping[str, Any]) -> None:
+    """Take back what a replaced client still queues (its delivery reports say so), let what it
+    has in flight end, then let it go."""
+    try:
+        old.purge(in_queue=True, in_flight=False, blocking=True)
+        old.flush(int(config.get("message.timeout.ms", 300_000)) / 1000)
+    except KafkaException as exc:
+        log.info("closing a replaced producer: %s", exc)
 
 
 # Commit errors that only mean "the coordinator is away for now": retry.

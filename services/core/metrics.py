@@ -32,6 +32,14 @@ DEAD_LETTERS = Counter(
     ["service", "topic", "error"],
 )
 
+PRODUCERS_REPLACED = Counter(
+    "rdv_kafka_producers_replaced_total",
+    "Kafka producers replaced by a new client, by why: timed_out (a record found no partition leader for its "
+    "whole timeout: the outage, or a client stuck after a broker restart), or transaction (a transactional call "
+    "failed for good or never returned).",
+    ["why"],
+)
+
 
 @lru_cache(maxsize=8192)
 def child(metric: Any, *labels: str) -> Any:

@@ -121,3 +121,73 @@ def test_a_refusal_for_good_met_when_offsets_join_the_transaction_stops_exactly_
         committer.commit([TopicPartition(topic, 0, 1)], lambda: False, group)
     assert not isinstance(failed.value, TransactionAborted)
     consumer.close()
+
+
+# A record for a topic that does not exist waits for a leader until its message.timeout.ms, the
+# broker answering all along: as a record does for a partition librdkafka lost the leader of for
+# good after a broker restart (issue #5430), which no test can bring about at will.
+QUICK_TIMEOUT = {"message.timeout.ms": 1500}
+
+
+def _nowhere() -> str:
+    return f"t{uuid.uuid4().hex[:10]}.missing"
+
+
+def test_a_producer_whose_record_timed_out_while_the_broker_answers_replaces_its_client(
+    config: dict[str, Any], topics: Topics
+) -> None:
+    from services.core.metrics import PRODUCERS_REPLACED
+    from tests.integration.harness import wait_until
+
+    replaced = PRODUCERS_REPLACED.labels("timed_out")
+    before = replaced._value.get()
+    producer = Producer({**config, **QUICK_TIMEOUT})
+    stuck = producer.native
+    producer.produce(_nowhere(), b"lost", partition=0)
+    wait_until(lambda: (stuck.poll(0.1), producer.timed_out)[1], 30, "the record's timeout reported")
+    with pytest.raises(DeliveryFailed, match="Message timed out"):
+        producer.flush(1)
+    producer.produce(topics.requests, b"after", partition=0)  # on a new client
+    producer.flush(30)
+    assert producer.native is not stuck and not producer.timed_out
+    assert replaced._value.get() == before + 1
+
+
+def test_a_record_still_queued_in_a_replaced_client_fails_at_once_not_at_its_timeout(
+    config: dict[str, Any], topics: Topics
+) -> None:
+    """It was never sent: the caller hears so now (a client's request fails, an at-least-once
+    service re-reads) instead of after message.timeout.ms, or never if that client is stuck."""
+    from tests.integration.harness import wait_until
+
+    failed: list[str] = []
+    producer = Producer({**config, "message.timeout.ms": 60_000}, soft_topics=lambda _t: True,
+                        on_soft_failure=lambda msg, err: failed.append(f"{msg.value()!r} {err.name()}"))
+    producer.produce(_nowhere(), b"queued", partition=0)  # waits for a leader for up to 60 s
+    producer._stuck = True  # as a record of it that timed out would have set
+    producer.produce(topics.requests, b"after", partition=0)
+    producer.flush(30)
+    wait_until(lambda: failed == ["b'queued' _PURGE_QUEUE"], 30, "the queued record failed as purged")
+
+
+def test_an_exactly_once_output_that_timed_out_replaces_the_transactional_producer(
+    config: dict[str, Any], topics: Topics
+) -> None:
+    """Aborting and re-reading alone would time out again every transaction if the client
+    itself is stuck; the new one (same transactional id) commits."""
+    from tests.integration.harness import read_topic
+
+    producer = Producer({**config, "transactional.id": f"stuck-{uuid.uuid4().hex[:8]}",
+                         "transaction.timeout.ms": 1500})
+    committer = ExactlyOnce(producer, None, lambda _what: None, BrokerHealth())  # type: ignore[arg-type]
+    committer.init()
+    stuck = producer.native
+    producer.produce(_nowhere(), b"lost", partition=0)
+    with pytest.raises(TransactionAborted, match="an output timed out undelivered"):
+        committer.commit([], lambda: False)
+    assert producer.native is not stuck
+    topic = f"t{uuid.uuid4().hex[:10]}.after"
+    create_topics(config, {topic: (1, {})})
+    producer.produce(topic, b"after", partition=0)
+    assert committer.commit([], lambda: False)
+    assert [m.value() for m in read_topic(config, topic, expect=1)] == [b"after"]
