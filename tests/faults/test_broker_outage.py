@@ -87,7 +87,8 @@ def test_broker_down_for_30s_every_request_answered_or_timed_out(own_broker: Loc
 
     ids = Counter(a["request_id"] for a in answers)
     statuses = Counter(a["status"] for a in answers)
-    print(f"FIGURES broker down {OUTAGE_S:.0f}s: sent={len(sender.ids)} answered={len(ids)} "
+    print(f"FIGURES broker down {OUTAGE_S:.0f}s: sent={len(sender.ids)} (sent again by a new client: "
+          f"{sender.resent}) answered={len(ids)} "
           f"duplicated={sum(n - 1 for n in ids.values())} statuses={dict(statuses)} "
           f"cpu_during_outage={ {k: round(v, 2) for k, v in cpu_used.items()} }s not_ready='{not_ready}' "
           f"open_transactions={hanging}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -15,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Message
 
 from services.client.client import make_request
 from services.core.codec import codec
+from services.core.kafka import Producer
 from services.core.settings import Topics
 from services.decoy.archive import iter_archive
 from services.model_worker.models import demo_rows
@@ -32,16 +34,27 @@ class Sender:
     """Produces `total` valid requests (no return address) at `rate`/s from a thread; with
     `garbage_every`, one undecodable record after every that many valid ones."""
 
+    # Longer than any outage a test makes: a record queued while the broker is away is sent
+    # once it is back, not timed out.
+    MESSAGE_TIMEOUT_MS = 60_000
+
     def __init__(self, config: dict[str, Any], topic: str, total: int, rate: float, budget_ms: int = 60_000,
                  garbage_every: int = 0):
         self.topic, self.budget_ms, self.garbage_every = topic, budget_ms, garbage_every
         self.ids: list[str] = []
         self.garbage = 0
-        # After a broker restart librdkafka once left this producer's partitions without a leader
-        # (log: "new leader-1 not found in cache"); only its periodic metadata refresh, every 5
-        # minutes by default, would have found them again. This client stands in for an outside
-        # one; what the tests judge is the services, so it looks again every 5 s.
-        self._producer = Producer({**config, "topic.metadata.refresh.interval.ms": 5000})
+        self.resent = 0
+        self.failures: list[str] = []
+        self._unacknowledged = 0
+        self._lock = threading.Lock()
+        # After a broker restart librdkafka (2.16, issue #5430) once left this client without a
+        # leader for every partition for good ("new leader-1 not found in cache": 11,000 requests
+        # never sent). The project's producer replaces a client whose record times out while in
+        # use; the records that timed out, and those the old client still queued (purged), were
+        # never sent to a partition without a leader, and are sent again, as an outside client
+        # would (the broker is up then: a record is not in flight for a whole minute).
+        self._producer = Producer({**config, "message.timeout.ms": self.MESSAGE_TIMEOUT_MS}, delivered=True,
+                                  soft_topics=lambda _topic: True, on_soft_failure=self._undelivered)
         self._requests = codec("request")
         self._rows = demo_rows(500, seed=21)
         self._pace = PacedSender(self._send, total, rate, self._flush)
@@ -50,18 +63,37 @@ class Sender:
     def sent(self) -> int:
         return self._pace.sent
 
+    def _produce(self, value: bytes, key: bytes) -> None:
+        with self._lock:
+            self._unacknowledged += 1
+        self._producer.produce(self.topic, value, key=key, on_done=self._acknowledged)
+
+    def _acknowledged(self) -> None:
+        with self._lock:
+            self._unacknowledged -= 1
+
+    def _undelivered(self, msg: Message, err: KafkaError) -> None:
+        if err.code() not in (KafkaError._PURGE_QUEUE, KafkaError._MSG_TIMED_OUT):
+            self.failures.append(err.str())
+            return
+        self.resent += 1
+        self._produce(msg.value() or b"", msg.key() or b"")
+
     def _send(self, i: int) -> None:
         record = make_request(self._rows[i % len(self._rows)], budget_ms=self.budget_ms, reply_topic=None,
                               reply_partition=None)
         self.ids.append(record["request_id"])
-        self._producer.produce(self.topic, self._requests.encode(record), key=record["request_id"])
+        self._produce(self._requests.encode(record), record["request_id"].encode())
         if self.garbage_every and (i + 1) % self.garbage_every == 0:
-            self._producer.produce(self.topic, b"\x00garbage " + str(i).encode(), key=b"bad")
+            self._produce(b"\x00garbage " + str(i).encode(), b"bad")
             self.garbage += 1
         self._producer.poll(0)
 
     def _flush(self) -> None:
-        assert self._producer.flush(60) == 0
+        # Polled, not flushed: a poll replaces a stuck client, whose records are sent again.
+        until(lambda: (self._producer.poll(0.2), self._unacknowledged == 0)[1], 3 * self.MESSAGE_TIMEOUT_MS / 1000,
+              "every request acknowledged by the broker")
+        assert not self.failures, f"requests refused: {self.failures[:3]}"
         # Closed here, not when collected: the pacing thread's bound method keeps this object in a
         # reference cycle, which would keep the client reconnecting until the interpreter exits.
         self._producer.close()
