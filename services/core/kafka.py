@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -17,8 +18,8 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka import Consumer as _Consumer
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka import Producer as _Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -206,10 +207,11 @@ class Producer:
         self._config = merged
         self._producer = new_client(_Producer, merged)
         self._transactional = "transactional.id" in merged
-        # A record of the current client timed out undelivered (`timed_out`), and when that client
-        # was made (wall-clock ms, the clock of a record's create timestamp, which tells whose it was).
+        # A record of the current client timed out undelivered (`timed_out`). Which client a report
+        # is of, its delivery callback says: an undelivered record carries no timestamp to tell.
         self._stuck = False
-        self._born_ms = _wall_ms()
+        self._generation = 0
+        self._report = functools.partial(self._on_delivery, 0)
         # Appended by delivery reports on whichever thread polls, taken by flush on another.
         self._failures_lock = threading.Lock()
         self._failures: list[DeliveryFailed] = []
@@ -219,14 +221,14 @@ class Producer:
         # (kept with `delivered` only).
         self.delivered_ends: dict[tuple[str, int], int] = {}
 
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+    def _on_delivery(self, generation: int, err: KafkaError | None, msg: Message) -> None:
         if err is None:
             key = (msg.topic() or "", msg.partition() or 0)
             end = (msg.offset() or 0) + 1
             if end > self.delivered_ends.get(key, 0):
                 self.delivered_ends[key] = end
             return
-        if err.code() == KafkaError._MSG_TIMED_OUT and self._made_by_current_client(msg):
+        if err.code() == KafkaError._MSG_TIMED_OUT and generation == self._generation:
             self._stuck = True
         topic = msg.topic() or "?"
         if self._is_soft(topic) and self._on_soft_failure is not None:
@@ -241,8 +243,10 @@ class Producer:
             self.delivered_ends.pop(key, None)
 
     def _then(self, on_done: Callable[[], None]) -> Callable[[KafkaError | None, Message], None]:
+        report = self._report
+
         def delivered(err: KafkaError | None, msg: Message) -> None:
-            self._on_delivery(err, msg)
+            report(err, msg)
             on_done()
 
         return delivered
@@ -288,7 +292,9 @@ class Producer:
         """Replace the client with a new one of the same configuration (the old one is
         abandoned as it is: e.g. wedged inside a call that never returns)."""
         self._producer = new_client(_Producer, self._config)
-        self._stuck, self._born_ms = False, _wall_ms()
+        self._generation += 1
+        self._report = functools.partial(self._on_delivery, self._generation)
+        self._stuck = False
         with self._failures_lock:
             self._failures = []
 
@@ -310,10 +316,6 @@ class Producer:
         by its committer (a new one must fence the old); any other replaces itself at its next
         `produce` or `poll` (`_replace_stuck`)."""
         return self._stuck
-
-    def _made_by_current_client(self, msg: Message) -> bool:
-        kind, created_ms = msg.timestamp()
-        return kind != TIMESTAMP_CREATE_TIME or created_ms >= self._born_ms
 
     def _replace_stuck(self) -> None:
         """A new client for the records to come; what the old one still queues fails at once
@@ -350,7 +352,7 @@ class Producer:
         if not checked and topic in self._limits:  # `checked`: the caller just ran check_size
             # librdkafka knows only its own limit: the topic's would refuse the record later, for good.
             self.check_size(value, key, headers, topic)
-        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery if on_done is None else self._then(on_done)}
+        kwargs: dict[str, Any] = {"on_delivery": self._report if on_done is None else self._then(on_done)}
         if partition is not None:
             kwargs["partition"] = partition
         if headers:
@@ -399,10 +401,6 @@ class Producer:
 
 
 _REPLACEMENTS_SAID: OncePerPeriod[str] = OncePerPeriod(60.0)
-
-
-def _wall_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _retire(old: _Producer, config: Mapping[str, Any]) -> None:

@@ -115,3 +115,20 @@ def test_a_flush_that_runs_out_says_its_timeout_as_written(timeout: float, said:
     producer._producer = Stuck()  # type: ignore[assignment]
     with pytest.raises(DeliveryFailed, match=rf"3 records not acknowledged within {re.escape(said)}$"):
         producer.flush(timeout)
+
+
+def test_only_a_timeout_of_the_current_clients_record_marks_the_producer_stuck() -> None:
+    """Records of a replaced client that time out later (in flight when it was replaced) must
+    not replace the new client too: one replacement per client, not one per record (a missing
+    topic's records, timing out one by one, replaced the client 50 times in 5 s when an
+    undelivered record's timestamp, which it does not have, was asked which client it was of)."""
+    from confluent_kafka import KafkaError, Message
+
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0})
+    timed_out = KafkaError(KafkaError._MSG_TIMED_OUT)
+    of_the_first_client = producer._report
+    producer.renew()
+    of_the_first_client(timed_out, Message(topic="t", value=b"old"))
+    assert not producer.timed_out
+    producer._report(timed_out, Message(topic="t", value=b"new"))
+    assert producer.timed_out
