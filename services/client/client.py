@@ -651,7 +651,7 @@ class Client:
         close took its own 10 s, whatever the caller's wait (a broker gone: send --wait-s 0.5
         took 10.5 s)."""
         self._producer.close(max(0.0, timeout_s))
-        undelivered = len(self._producer.native)  # still queued (or in flight) after the flush
+        undelivered = self._producer.pending()  # still queued (or in flight) after the flush
         self._consumer.close()
         return undelivered
 

@@ -231,13 +231,12 @@ class ExactlyOnce(_Base):
         # the transaction was open and nothing polled since, the report is queued but not served
         # yet (commit_transaction failed at once): served now, before the abort discards it.
         self.txn.poll(0)
-        lasting = self.txn.lasting_failure()
+        lasting = self.txn.lasting_failure() or refused_for_good(err, "an output of the transaction")
         if lasting is None and self.txn.timed_out:
             # Aborting and re-reading alone would meet the same timeout every transaction, for
             # ever, if the client itself is stuck (Producer.timed_out): a new one costs little.
             self._replace_producer("an output timed out undelivered", why="timed_out")
         self.abort()
-        lasting = lasting or refused_for_good(err, "an output of the transaction")
         if lasting is not None:
             return lasting
         return TransactionAborted(f"transaction aborted: {err.str()}")

@@ -211,7 +211,10 @@ class Producer:
         # is of, its delivery callback says: an undelivered record carries no timestamp to tell.
         self._stuck = False
         self._generation = 0
-        self._report = functools.partial(self._on_delivery, 0)
+        self._report = functools.partial(self._on_delivery, 0, None)
+        # Clients replaced for being stuck, served by poll and flush until they hold nothing.
+        self._retiring: list[_Producer] = []
+        self._replace_lock = threading.Lock()
         # Appended by delivery reports on whichever thread polls, taken by flush on another.
         self._failures_lock = threading.Lock()
         self._failures: list[DeliveryFailed] = []
@@ -221,7 +224,36 @@ class Producer:
         # (kept with `delivered` only).
         self.delivered_ends: dict[tuple[str, int], int] = {}
 
-    def _on_delivery(self, generation: int, err: KafkaError | None, msg: Message) -> None:
+    def _callback(self, on_done: Callable[[], None] | None) -> Callable[[KafkaError | None, Message], None]:
+        """The delivery callback of a record produced now: it knows its client's generation."""
+        return self._report if on_done is None else functools.partial(self._on_delivery, self._generation, on_done)
+
+    def _on_delivery(self, generation: int, on_done: Callable[[], None] | None, err: KafkaError | None,
+                     msg: Message) -> None:
+        # Taken back unsent from a client replaced for being stuck (only `_replace_if_stuck`
+        # purges): sent on the current one; its report, and `on_done`, come from there.
+        taken_back = err is not None and err.code() == KafkaError._PURGE_QUEUE and generation != self._generation
+        if taken_back and self._send_again(msg, on_done):
+            return
+        self._settle(generation, err, msg)
+        if on_done is not None:
+            on_done()
+
+    def _send_again(self, msg: Message, on_done: Callable[[], None] | None) -> bool:
+        kwargs: dict[str, Any] = {"on_delivery": self._callback(on_done)}
+        partition, headers = msg.partition(), msg.headers()
+        if partition is not None and partition >= 0:
+            kwargs["partition"] = partition
+        if headers:
+            kwargs["headers"] = headers
+        try:
+            self._producer.produce(msg.topic() or "", msg.value(), msg.key(), **kwargs)
+        except (BufferError, KafkaException) as exc:
+            log.warning("a record taken back from a replaced client could not be queued again: %s", exc)
+            return False
+        return True
+
+    def _settle(self, generation: int, err: KafkaError | None, msg: Message) -> None:
         if err is None:
             key = (msg.topic() or "", msg.partition() or 0)
             end = (msg.offset() or 0) + 1
@@ -241,15 +273,6 @@ class Producer:
         """Forget where these (topic, partition)s' outputs ended (partitions given up)."""
         for key in keys:
             self.delivered_ends.pop(key, None)
-
-    def _then(self, on_done: Callable[[], None]) -> Callable[[KafkaError | None, Message], None]:
-        report = self._report
-
-        def delivered(err: KafkaError | None, msg: Message) -> None:
-            report(err, msg)
-            on_done()
-
-        return delivered
 
     def raise_failures(self) -> None:
         with self._failures_lock:
@@ -291,12 +314,17 @@ class Producer:
     def renew(self) -> None:
         """Replace the client with a new one of the same configuration (the old one is
         abandoned as it is: e.g. wedged inside a call that never returns)."""
-        self._producer = new_client(_Producer, self._config)
-        self._generation += 1
-        self._report = functools.partial(self._on_delivery, self._generation)
-        self._stuck = False
+        self._new_client()
         with self._failures_lock:
             self._failures = []
+
+    def _new_client(self) -> _Producer:
+        """The old client, replaced by a new one of the same configuration."""
+        old, self._producer = self._producer, new_client(_Producer, self._config)
+        self._generation += 1
+        self._report = functools.partial(self._on_delivery, self._generation, None)
+        self._stuck = False
+        return old
 
     def discard_failures(self) -> None:
         """Forget delivery failures of outputs that were aborted with their transaction."""
@@ -314,23 +342,48 @@ class Producer:
         partition without a leader for good, its records timing out while the broker answers
         everyone else. A new client does not inherit that. A transactional producer is replaced
         by its committer (a new one must fence the old); any other replaces itself at its next
-        `produce` or `poll` (`_replace_stuck`)."""
+        `produce` or `poll` (`_replace_if_stuck`)."""
         return self._stuck
 
-    def _replace_stuck(self) -> None:
-        """A new client for the records to come; what the old one still queues fails at once
-        (`_PURGE_QUEUE`: never sent) rather than at its timeout, and what it has in flight is
-        left to end, on a thread of its own (it may take up to the broker's answer)."""
-        old = self._producer
-        self.renew()
+    def _replace_if_stuck(self) -> None:
+        """A new client for the records to come. What the old one still queues is taken back
+        (purged: never sent) and sent again on the new one as its reports come; what it has in
+        flight ends there. `poll` and `flush` serve it until it holds nothing: a failure of its
+        records is raised by `flush` as any other (the timed-out one's too: kept)."""
+        with self._replace_lock:
+            if not self._stuck:
+                return  # another thread replaced it just now
+            old = self._new_client()
+            old.purge(in_queue=True, in_flight=False, blocking=True)
+            self._retiring.append(old)
         PRODUCERS_REPLACED.labels("timed_out").inc()
         held = _REPLACEMENTS_SAID.passes("timed_out")  # while the broker is away: once a minute
         if held is not None:
             more = f" ({held.lines} more in the last {held.seconds:.0f} s)" if held.lines else ""
             log.warning("a record timed out undelivered while this client was in use: replaced it by a new one (after "
                         "a broker restart librdkafka can leave a client without a partition's leader for good, issue "
-                        "#5430); records still queued in the old client fail now%s", more)
-        threading.Thread(target=_retire, args=(old, self._config), name="rdv-retire-producer", daemon=True).start()
+                        "#5430); records still queued in the old client are sent again on the new one%s", more)
+
+    def _serve_retiring(self, timeout: float = 0.0) -> int:
+        """Serve replaced clients' delivery reports (within `timeout` in all); those holding
+        nothing more are let go. Returns how many records they still hold."""
+        with self._replace_lock:
+            retiring = list(self._retiring)
+        deadline, left = time.monotonic() + timeout, 0
+        for old in retiring:
+            held = old.flush(max(0.0, deadline - time.monotonic())) if timeout else (old.poll(0), len(old))[1]
+            if held:
+                left += held
+                continue
+            with self._replace_lock:
+                self._retiring.remove(old)
+        return left
+
+    def pending(self) -> int:
+        """Records queued or in flight, in the current client and in clients being replaced."""
+        with self._replace_lock:
+            retiring = list(self._retiring)
+        return len(self._producer) + sum(len(old) for old in retiring)
 
     def produce(
         self,
@@ -352,13 +405,13 @@ class Producer:
         if not checked and topic in self._limits:  # `checked`: the caller just ran check_size
             # librdkafka knows only its own limit: the topic's would refuse the record later, for good.
             self.check_size(value, key, headers, topic)
-        kwargs: dict[str, Any] = {"on_delivery": self._report if on_done is None else self._then(on_done)}
+        kwargs: dict[str, Any] = {"on_delivery": self._callback(on_done)}
         if partition is not None:
             kwargs["partition"] = partition
         if headers:
             kwargs["headers"] = list(headers)
         if self._stuck and not self._transactional:
-            self._replace_stuck()
+            self._replace_if_stuck()
         while True:
             try:
                 self._producer.produce(topic, value, key, **kwargs)
@@ -378,12 +431,17 @@ class Producer:
 
     def poll(self, timeout: float = 0.0) -> None:
         if self._stuck and not self._transactional:
-            self._replace_stuck()
+            self._replace_if_stuck()
+        if self._retiring:
+            self._serve_retiring()
         self._producer.poll(timeout)
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Block until every record is acknowledged; raise if any was refused or still pending."""
-        remaining = self._producer.flush(timeout)
+        """Block until every record is acknowledged; raise if any was refused or still pending.
+        Replaced clients first: what they took back is sent again on the current one."""
+        deadline = time.monotonic() + timeout
+        remaining = self._serve_retiring(timeout) if self._retiring else 0
+        remaining += self._producer.flush(max(0.0, deadline - time.monotonic()))
         self.raise_failures()
         if remaining:
             raise DeliveryFailed(f"{remaining} records not acknowledged within {round(timeout, 2):g}s", retriable=True)
@@ -391,7 +449,10 @@ class Producer:
     def close(self, timeout: float = 10.0) -> None:
         """Deliver what is queued (best effort: closing never raises)."""
         try:
-            self._producer.flush(timeout)
+            deadline = time.monotonic() + timeout
+            if self._retiring:
+                self._serve_retiring(timeout)
+            self._producer.flush(max(0.0, deadline - time.monotonic()))
         except KafkaException as exc:
             log.warning("producer closed with undelivered records: %s", exc)
 
@@ -401,16 +462,6 @@ class Producer:
 
 
 _REPLACEMENTS_SAID: OncePerPeriod[str] = OncePerPeriod(60.0)
-
-
-def _retire(old: _Producer, config: Mapping[str, Any]) -> None:
-    """Take back what a replaced client still queues (its delivery reports say so), let what it
-    has in flight end, then let it go."""
-    try:
-        old.purge(in_queue=True, in_flight=False, blocking=True)
-        old.flush(int(config.get("message.timeout.ms", 300_000)) / 1000)
-    except KafkaException as exc:
-        log.info("closing a replaced producer: %s", exc)
 
 
 # Commit errors that only mean "the coordinator is away for now": retry.

@@ -50,9 +50,9 @@ class Sender:
         # After a broker restart librdkafka (2.16, issue #5430) once left this client without a
         # leader for every partition for good ("new leader-1 not found in cache": 11,000 requests
         # never sent). The project's producer replaces a client whose record times out while in
-        # use; the records that timed out, and those the old client still queued (purged), were
-        # never sent to a partition without a leader, and are sent again, as an outside client
-        # would (the broker is up then: a record is not in flight for a whole minute).
+        # use and sends what the old one still queued again itself; the records that timed out
+        # were never sent to a partition without a leader, and are sent again here, as an outside
+        # client would (the broker is up then: a record is not in flight for a whole minute).
         self._producer = Producer({**config, "message.timeout.ms": self.MESSAGE_TIMEOUT_MS}, delivered=True,
                                   soft_topics=lambda _topic: True, on_soft_failure=self._undelivered)
         self._requests = codec("request")
@@ -73,10 +73,11 @@ class Sender:
             self._unacknowledged -= 1
 
     def _undelivered(self, msg: Message, err: KafkaError) -> None:
-        if err.code() not in (KafkaError._PURGE_QUEUE, KafkaError._MSG_TIMED_OUT):
+        if err.code() != KafkaError._MSG_TIMED_OUT:
             self.failures.append(err.str())
             return
-        self.resent += 1
+        with self._lock:
+            self.resent += 1
         self._produce(msg.value() or b"", msg.key() or b"")
 
     def _send(self, i: int) -> None:

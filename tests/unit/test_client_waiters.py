@@ -208,6 +208,9 @@ def test_send_prints_every_answer_and_its_summary_when_one_request_is_refused(
 
         native: list[bytes] = []  # nothing left queued
 
+        def pending(self) -> int:
+            return 0
+
         def flush(self, _timeout: float = 30.0) -> None:  # the broker refuses the second, answers the others
             refused = Message(topic="rdv.requests", key=self.sent[1].encode(), value=self.values[1])
             client._undelivered(refused, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
@@ -350,6 +353,9 @@ def test_send_with_the_broker_gone_closes_within_its_wait_and_says_what_was_not_
 
     class NeverDelivers:
         native: list[bytes] = []  # what librdkafka still holds: len() is its queue
+
+        def pending(self) -> int:
+            return len(self.native)
 
         def produce(self, _topic: str, value: bytes, **_kwargs: Any) -> None:
             self.native.append(value)
