@@ -211,7 +211,7 @@ class Producer:
         # is of, its delivery callback says: an undelivered record carries no timestamp to tell.
         self._stuck = False
         self._generation = 0
-        self._report = functools.partial(self._on_delivery, 0, None)
+        self._report = functools.partial(self._on_delivery, 0, None, False)
         # Clients replaced for being stuck, served by poll and flush until they hold nothing.
         self._retiring: list[_Producer] = []
         self._replace_lock = threading.Lock()
@@ -224,23 +224,29 @@ class Producer:
         # (kept with `delivered` only).
         self.delivered_ends: dict[tuple[str, int], int] = {}
 
-    def _callback(self, on_done: Callable[[], None] | None) -> Callable[[KafkaError | None, Message], None]:
-        """The delivery callback of a record produced now: it knows its client's generation."""
-        return self._report if on_done is None else functools.partial(self._on_delivery, self._generation, on_done)
+    def _callback(self, on_done: Callable[[], None] | None,
+                  sent_again: bool = False) -> Callable[[KafkaError | None, Message], None]:
+        """The delivery callback of a record produced now: it knows its client's generation, and
+        whether the record was taken back from a replaced client once already."""
+        if on_done is None and not sent_again:
+            return self._report
+        return functools.partial(self._on_delivery, self._generation, on_done, sent_again)
 
-    def _on_delivery(self, generation: int, on_done: Callable[[], None] | None, err: KafkaError | None,
-                     msg: Message) -> None:
-        # Taken back unsent from a client replaced for being stuck (only `_replace_if_stuck`
-        # purges): sent on the current one; its report, and `on_done`, come from there.
+    def _on_delivery(self, generation: int, on_done: Callable[[], None] | None, sent_again: bool,
+                     err: KafkaError | None, msg: Message) -> None:
+        # Taken back from a client replaced for being stuck (only `_replace_if_stuck` purges):
+        # sent on the current one; its report, and `on_done`, come from there. Once: each send
+        # starts a new message.timeout.ms, and a broker away for long would replace client after
+        # client, its records never failing (a gateway's caller waits for that failure).
         taken_back = err is not None and err.code() == KafkaError._PURGE_QUEUE and generation != self._generation
-        if taken_back and self._send_again(msg, on_done):
+        if taken_back and not sent_again and self._send_again(msg, on_done):
             return
         self._settle(generation, err, msg)
         if on_done is not None:
             on_done()
 
     def _send_again(self, msg: Message, on_done: Callable[[], None] | None) -> bool:
-        kwargs: dict[str, Any] = {"on_delivery": self._callback(on_done)}
+        kwargs: dict[str, Any] = {"on_delivery": self._callback(on_done, sent_again=True)}
         partition, headers = msg.partition(), msg.headers()
         if partition is not None and partition >= 0:
             kwargs["partition"] = partition
@@ -249,7 +255,10 @@ class Producer:
         try:
             self._producer.produce(msg.topic() or "", msg.value(), msg.key(), **kwargs)
         except (BufferError, KafkaException) as exc:
-            log.warning("a record taken back from a replaced client could not be queued again: %s", exc)
+            more = _once_a_minute("not queued again")  # a full queue refuses thousands at once
+            if more is not None:
+                log.warning("a record taken back from a replaced client could not be queued again (%s): failed%s",
+                            exc, more)
             return False
         return True
 
@@ -322,7 +331,7 @@ class Producer:
         """The old client, replaced by a new one of the same configuration."""
         old, self._producer = self._producer, new_client(_Producer, self._config)
         self._generation += 1
-        self._report = functools.partial(self._on_delivery, self._generation, None)
+        self._report = functools.partial(self._on_delivery, self._generation, None, False)
         self._stuck = False
         return old
 
@@ -357,9 +366,8 @@ class Producer:
             old.purge(in_queue=True, in_flight=False, blocking=True)
             self._retiring.append(old)
         PRODUCERS_REPLACED.labels("timed_out").inc()
-        held = _REPLACEMENTS_SAID.passes("timed_out")  # while the broker is away: once a minute
-        if held is not None:
-            more = f" ({held.lines} more in the last {held.seconds:.0f} s)" if held.lines else ""
+        more = _once_a_minute("replaced")  # while the broker is away, client after client
+        if more is not None:
             log.warning("a record timed out undelivered while this client was in use: replaced it by a new one (after "
                         "a broker restart librdkafka can leave a client without a partition's leader for good, issue "
                         "#5430); records still queued in the old client are sent again on the new one%s", more)
@@ -376,7 +384,8 @@ class Producer:
                 left += held
                 continue
             with self._replace_lock:
-                self._retiring.remove(old)
+                if old in self._retiring:  # another thread serving it may have let it go just now
+                    self._retiring.remove(old)
         return left
 
     def pending(self) -> int:
@@ -405,13 +414,13 @@ class Producer:
         if not checked and topic in self._limits:  # `checked`: the caller just ran check_size
             # librdkafka knows only its own limit: the topic's would refuse the record later, for good.
             self.check_size(value, key, headers, topic)
+        if self._stuck and not self._transactional:  # first: the record's callback names the new client
+            self._replace_if_stuck()
         kwargs: dict[str, Any] = {"on_delivery": self._callback(on_done)}
         if partition is not None:
             kwargs["partition"] = partition
         if headers:
             kwargs["headers"] = list(headers)
-        if self._stuck and not self._transactional:
-            self._replace_if_stuck()
         while True:
             try:
                 self._producer.produce(topic, value, key, **kwargs)
@@ -438,7 +447,10 @@ class Producer:
 
     def flush(self, timeout: float = 30.0) -> None:
         """Block until every record is acknowledged; raise if any was refused or still pending.
-        Replaced clients first: what they took back is sent again on the current one."""
+        Replaced clients first: what they took back is sent again on the current one. (A client
+        replaced by another thread during this flush may have its records sent again after the
+        current client's flush began; the flush still raises, because the timed-out record that
+        made the replacement is a failure kept for it: at-least-once re-reads.)"""
         deadline = time.monotonic() + timeout
         remaining = self._serve_retiring(timeout) if self._retiring else 0
         remaining += self._producer.flush(max(0.0, deadline - time.monotonic()))
@@ -462,6 +474,17 @@ class Producer:
 
 
 _REPLACEMENTS_SAID: OncePerPeriod[str] = OncePerPeriod(60.0)
+_REPLACEMENTS_SAID_LOCK = threading.Lock()
+
+
+def _once_a_minute(kind: str) -> str | None:
+    """None: a line of this kind was said less than a minute ago (counted). Else what to add to
+    the line: how many were held back since the last."""
+    with _REPLACEMENTS_SAID_LOCK:
+        held = _REPLACEMENTS_SAID.passes(kind)
+    if held is None:
+        return None
+    return f" ({held.lines} more in the last {held.seconds:.0f} s)" if held.lines else ""
 
 
 # Commit errors that only mean "the coordinator is away for now": retry.

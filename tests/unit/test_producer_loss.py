@@ -132,3 +132,22 @@ def test_only_a_timeout_of_the_current_clients_record_marks_the_producer_stuck()
     assert not producer.timed_out
     producer._report(timed_out, Message(topic="t", value=b"new"))
     assert producer.timed_out
+
+
+def test_a_record_taken_back_from_a_replaced_client_is_sent_again_once_then_fails() -> None:
+    """Each send starts a new message.timeout.ms: with the broker away for long, client after
+    client would be replaced and a record sent again for ever, never failing (a gateway's caller
+    waits for that failure). Sent again once; taken back a second time, it fails, reported once."""
+    from services.core.errors import DeliveryFailed
+
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "message.timeout.ms": 600_000,
+                         "log_level": 0}, delivered=True)
+    done: list[str] = []
+    producer.produce("t", b"r", partition=0, on_done=lambda: done.append("r"))
+    for _replacement in range(2):
+        producer._stuck = True  # as a timeout of the current client's record would have set
+        producer.poll(0)  # replaced: the old client's queue is taken back
+        producer.poll(0)  # and served: the record is sent again on the new client, or (2nd time) fails
+    assert done == ["r"] and producer.pending() == 0
+    with pytest.raises(DeliveryFailed, match="Purged in queue"):
+        producer.flush(1)
