@@ -234,14 +234,20 @@ class Producer:
 
     def _on_delivery(self, generation: int, on_done: Callable[[], None] | None, sent_again: bool,
                      err: KafkaError | None, msg: Message) -> None:
-        # Taken back from a client replaced for being stuck (only `_replace_if_stuck` purges):
-        # sent on the current one; its report, and `on_done`, come from there. Once: each send
-        # starts a new message.timeout.ms, and a broker away for long would replace client after
-        # client, its records never failing (a gateway's caller waits for that failure).
-        taken_back = err is not None and err.code() == KafkaError._PURGE_QUEUE and generation != self._generation
-        if taken_back and not sent_again and self._send_again(msg, on_done):
-            return
-        self._settle(generation, err, msg)
+        if err is None:  # inline: every record of a producer made with `delivered` comes here
+            key = (msg.topic() or "", msg.partition() or 0)
+            end = (msg.offset() or 0) + 1
+            if end > self.delivered_ends.get(key, 0):
+                self.delivered_ends[key] = end
+        else:
+            # Taken back from a client replaced for being stuck (only `_replace_if_stuck` purges):
+            # sent on the current one; its report, and `on_done`, come from there. Once: each send
+            # starts a new message.timeout.ms, and a broker away for long would replace client
+            # after client, its records never failing (a gateway's caller waits for that failure).
+            taken_back = err.code() == KafkaError._PURGE_QUEUE and generation != self._generation
+            if taken_back and not sent_again and self._send_again(msg, on_done):
+                return
+            self._failed(generation, err, msg)
         if on_done is not None:
             on_done()
 
@@ -262,13 +268,7 @@ class Producer:
             return False
         return True
 
-    def _settle(self, generation: int, err: KafkaError | None, msg: Message) -> None:
-        if err is None:
-            key = (msg.topic() or "", msg.partition() or 0)
-            end = (msg.offset() or 0) + 1
-            if end > self.delivered_ends.get(key, 0):
-                self.delivered_ends[key] = end
-            return
+    def _failed(self, generation: int, err: KafkaError, msg: Message) -> None:
         if err.code() == KafkaError._MSG_TIMED_OUT and generation == self._generation:
             self._stuck = True
         topic = msg.topic() or "?"
@@ -416,7 +416,10 @@ class Producer:
             self.check_size(value, key, headers, topic)
         if self._stuck and not self._transactional:  # first: the record's callback names the new client
             self._replace_if_stuck()
-        kwargs: dict[str, Any] = {"on_delivery": self._callback(on_done)}
+        # The callback knows its client's generation (`_callback`, inline: once a record).
+        callback = self._report if on_done is None else functools.partial(self._on_delivery, self._generation, on_done,
+                                                                          False)
+        kwargs: dict[str, Any] = {"on_delivery": callback}
         if partition is not None:
             kwargs["partition"] = partition
         if headers:
