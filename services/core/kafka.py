@@ -137,7 +137,8 @@ HEADER_OVERHEAD = 16
 # format) comes on top of the records.
 BATCH_OVERHEAD = 64
 # Delivery errors after which re-reading and producing again can succeed (the broker away or slow).
-# _PURGE_QUEUE: never sent, taken back from a client replaced for being stuck (`Producer._replace_stuck`).
+# _PURGE_QUEUE: taken back from a client replaced for being stuck (`Producer._replace_if_stuck`) and not
+# queued again (a second time, or no room): as a timeout, redo the work.
 _PASSING = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError.REQUEST_TIMED_OUT,
             KafkaError.NOT_ENOUGH_REPLICAS, KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND, KafkaError._ALL_BROKERS_DOWN,
             KafkaError._PURGE_QUEUE}
@@ -356,7 +357,7 @@ class Producer:
 
     def _replace_if_stuck(self) -> None:
         """A new client for the records to come. What the old one still queues is taken back
-        (purged: never sent) and sent again on the new one as its reports come; what it has in
+        (purged) and sent again on the new one as its reports come; what it has in
         flight ends there. `poll` and `flush` serve it until it holds nothing: a failure of its
         records is raised by `flush` as any other (the timed-out one's too: kept)."""
         with self._replace_lock:
