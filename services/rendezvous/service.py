@@ -75,6 +75,7 @@ RESUME_AT = 0.8  # request intake resumes once the mailbox table is below this s
 # size) is written again with every string cut to this many characters (request ids are never longer).
 CUT_TO = MAX_REQUEST_ID
 OUTBOX_MAX = 64  # replies held back for the end of a batch, at most (~100 µs of the join each)
+REPLY_TIMEOUT_GRACE_MS = 10_000  # a reply's (or clock record's) delivery timeout: the largest budget and this
 
 
 class Rendezvous(Probed):
@@ -196,9 +197,15 @@ class Rendezvous(Probed):
     def start(self, ctx: Context) -> None:
         self._ctx = ctx
         # A return address is a client's word: it must never create a topic (on a broker that
-        # creates topics on demand, a metadata question or a produce would).
-        fast = Producer({**ctx.config, "linger.ms": 0, "allow.auto.create.topics": False}, soft_topics=lambda _t: True,
-                        on_soft_failure=self._on_reply_failure, delivered=True)  # a reply's receipt: on_done
+        # creates topics on demand, a metadata question or a produce would). A reply or a clock
+        # record later than the largest budget serves no one, and librdkafka's default timeout
+        # (300 s) would leave a client stuck after a broker restart (librdkafka #5430: no clock
+        # records, so no deadline fires, on a quiet partition) unnoticed as long: its first
+        # timeout replaces it (Producer.timed_out). A --kafka-config message.timeout.ms wins.
+        timeout = {"message.timeout.ms": self.settings.max_budget_ms + REPLY_TIMEOUT_GRACE_MS}
+        fast = Producer({**timeout, **ctx.config, "linger.ms": 0, "allow.auto.create.topics": False},
+                        soft_topics=lambda _t: True, on_soft_failure=self._on_reply_failure,
+                        delivered=True)  # a reply's receipt: on_done
         ctx.stack.callback(fast.close)
         self._fast = fast
         assert ctx.producer is not None
