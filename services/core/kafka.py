@@ -380,7 +380,11 @@ class Producer:
             retiring = list(self._retiring)
         deadline, left = time.monotonic() + timeout, 0
         for old in retiring:
-            held = old.flush(max(0.0, deadline - time.monotonic())) if timeout else (old.poll(0), len(old))[1]
+            if timeout:
+                held = old.flush(max(0.0, deadline - time.monotonic()))
+            else:
+                old.poll(0)
+                held = len(old)
             if held:
                 left += held
                 continue
@@ -417,10 +421,7 @@ class Producer:
             self.check_size(value, key, headers, topic)
         if self._stuck and not self._transactional:  # first: the record's callback names the new client
             self._replace_if_stuck()
-        # The callback knows its client's generation (`_callback`, inline: once a record).
-        callback = self._report if on_done is None else functools.partial(self._on_delivery, self._generation, on_done,
-                                                                          False)
-        kwargs: dict[str, Any] = {"on_delivery": callback}
+        kwargs: dict[str, Any] = {"on_delivery": self._callback(on_done)}
         if partition is not None:
             kwargs["partition"] = partition
         if headers:
@@ -455,9 +456,7 @@ class Producer:
         replaced by another thread during this flush may have its records sent again after the
         current client's flush began; the flush still raises, because the timed-out record that
         made the replacement is a failure kept for it: at-least-once re-reads.)"""
-        deadline = time.monotonic() + timeout
-        remaining = self._serve_retiring(timeout) if self._retiring else 0
-        remaining += self._producer.flush(max(0.0, deadline - time.monotonic()))
+        remaining = self._flush_all(timeout)
         self.raise_failures()
         if remaining:
             raise DeliveryFailed(f"{remaining} records not acknowledged within {round(timeout, 2):g}s", retriable=True)
@@ -465,12 +464,16 @@ class Producer:
     def close(self, timeout: float = 10.0) -> None:
         """Deliver what is queued (best effort: closing never raises)."""
         try:
-            deadline = time.monotonic() + timeout
-            if self._retiring:
-                self._serve_retiring(timeout)
-            self._producer.flush(max(0.0, deadline - time.monotonic()))
+            self._flush_all(timeout)
         except KafkaException as exc:
             log.warning("producer closed with undelivered records: %s", exc)
+
+    def _flush_all(self, timeout: float) -> int:
+        """Replaced clients first (what they took back is sent again on the current one), then
+        the current client, within `timeout` in all; how many records are still held."""
+        deadline = time.monotonic() + timeout
+        left = self._serve_retiring(timeout) if self._retiring else 0
+        return left + self._producer.flush(max(0.0, deadline - time.monotonic()))
 
     @property
     def native(self) -> _Producer:
@@ -486,9 +489,7 @@ def _once_a_minute(kind: str) -> str | None:
     the line: how many were held back since the last."""
     with _REPLACEMENTS_SAID_LOCK:
         held = _REPLACEMENTS_SAID.passes(kind)
-    if held is None:
-        return None
-    return f" ({held.lines} more in the last {held.seconds:.0f} s)" if held.lines else ""
+    return None if held is None else held.repeated()
 
 
 # Commit errors that only mean "the coordinator is away for now": retry.

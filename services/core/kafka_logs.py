@@ -68,10 +68,6 @@ def normalise(message: str) -> str:
 Line = tuple[logging.Logger, int, str, tuple[Any, ...]]  # logger, level, format, args
 
 
-def _repeated(held: Held) -> str:
-    return f" (repeated {held.lines} times in the last {held.seconds:.0f} s)" if held.lines else ""
-
-
 @dataclass
 class _Kind:
     """What a client remembers of one kind of message besides its count (kept by the limiter)."""
@@ -142,7 +138,7 @@ class ClientLog:
                 if held is None:
                     kind.held_line = (logger, level, msg, args)
                 else:
-                    said.append((logger, level, msg + "%s", (*args, _repeated(held))))
+                    said.append((logger, level, msg + "%s", (*args, held.repeated())))
                     kind.said = (source, now)
         for target, lvl, fmt, fmt_args in said:
             target.log(lvl, fmt, *fmt_args)
@@ -151,7 +147,7 @@ class ClientLog:
         line = self._kinds[key].held_line
         assert line is not None  # the limiter held a line of this kind back
         logger, level, msg, args = line
-        return logger, level, msg + "%s", (*args, _repeated(held))
+        return logger, level, msg + "%s", (*args, held.repeated())
 
     def _make_room(self, said: list[Line], now: float) -> None:
         while len(self._limit) >= MAX_KINDS:

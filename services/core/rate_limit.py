@@ -27,6 +27,10 @@ class Held(NamedTuple):
     lines: int
     seconds: float
 
+    def repeated(self) -> str:
+        """What to add to the line that passes: how often it was held back since the last."""
+        return f" (repeated {self.lines} times in the last {self.seconds:.0f} s)" if self.lines else ""
+
 
 @dataclass
 class _Key:
