@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import itertools
 import logging
+import math
 import numbers
 import random
 import struct
@@ -36,7 +37,7 @@ from confluent_kafka import OFFSET_END, KafkaError, KafkaException, Message, Top
 from services.core.codec import codec
 from services.core.errors import BadInput, BrokerError, ConfigError, RecordTooLarge, RendezvousError
 from services.core.futures import fail, settle
-from services.core.kafka import Consumer, Producer, groupless, partition_counts
+from services.core.kafka import Consumer, Producer, delivery_timeout, groupless, partition_counts
 from services.core.requests import id_too_long, request_problem
 from services.core.runtime import now_ms
 from services.core.settings import Topics
@@ -234,6 +235,25 @@ def inputs_digest(features: Mapping[str, float], payload: Mapping[str, Any] | No
 MAX_GIVEN_UP = 10_000
 
 
+# A request's delivery timeout, unless the config names one (a gateway's does): a minute, or its
+# client's budget plus answer wait if longer. librdkafka's 300 s would leave a client stuck after
+# a broker restart (librdkafka #5430) failing one partition's requests that long before its first
+# timeout replaces it (Producer.timed_out); a request a minute late is answered by no one waiting.
+REQUEST_DELIVERY_TIMEOUT_MS = 60_000
+
+
+LIBRDKAFKA_MAX_TIMEOUT_MS = 2**31 - 1
+
+
+def request_delivery_timeout_ms(budget_ms: Any, answer_wait_s: Any) -> int:
+    """A budget or wait that is no number leaves the minute (`submit` refuses such a budget)."""
+    try:
+        longest = int(budget_ms + math.ceil(answer_wait_s * 1000))
+    except (TypeError, ValueError, OverflowError):
+        return REQUEST_DELIVERY_TIMEOUT_MS
+    return min(max(REQUEST_DELIVERY_TIMEOUT_MS, longest), LIBRDKAFKA_MAX_TIMEOUT_MS)
+
+
 PRODUCER_ONLY = frozenset({"message.timeout.ms", "delivery.timeout.ms", "linger.ms", "queue.buffering.max.ms",
                            "acks", "request.required.acks", "compression.type", "enable.idempotence"})
 
@@ -270,7 +290,9 @@ class Client:
         self._wait_when_full = wait_when_full
         # A request the broker refused fails its own caller, not the next one to send (every topic
         # soft: its failure goes to `_undelivered`, never raised by a later produce).
-        self._producer = Producer(config, soft_topics=lambda _topic: True, on_soft_failure=self._undelivered)
+        timeout = delivery_timeout(config, request_delivery_timeout_ms(budget_ms, answer_wait_s))
+        self._producer = Producer({**config, **timeout}, soft_topics=lambda _topic: True,
+                                  on_soft_failure=self._undelivered)
         # The producer's settings given for the requests (a gateway's message.timeout.ms) are not the
         # reader's: librdkafka warned of each at every start ("a producer property and will be ignored").
         reader_config = {k: v for k, v in config.items() if k not in PRODUCER_ONLY}

@@ -56,6 +56,21 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     # As the consumers (and Java's clients): a lone small record is never held back by Nagle.
     "socket.nagle.disable": True,
 }
+# One setting under two names in librdkafka: a record's whole time to be delivered.
+DELIVERY_TIMEOUT_KEYS = ("message.timeout.ms", "delivery.timeout.ms")
+
+
+def delivery_timeout(config: Mapping[str, Any], ms: int) -> dict[str, Any]:
+    """The producer setting for a delivery timeout of `ms`, or none if `config` (a --kafka-config)
+    names one itself: it wins. Why services shorten librdkafka's 300 s: a record later than its
+    use (a reply, a score, a request past its deadline) serves no one, and a client left without a
+    partition's leader by a broker restart (librdkafka #5430) is found, and replaced, only at its
+    first timeout (Producer.timed_out)."""
+    if any(key in config for key in DELIVERY_TIMEOUT_KEYS):
+        return {}
+    return {"message.timeout.ms": ms}
+
+
 # librdkafka stops fetching for a consumer whose queue holds queued.min.messages (100,000) and
 # looks again only after fetch.queue.backoff.ms, 1 s by default. A consumer reading a backlog
 # faster than 100,000 records a second (the comparison service, `rendezvous compare`, recovery)

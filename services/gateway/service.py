@@ -30,7 +30,7 @@ import uvloop
 from services.client.client import Client
 from services.core.errors import ConfigError
 from services.core.health import BrokerHealth, serve_http
-from services.core.kafka import admin
+from services.core.kafka import admin, delivery_timeout
 from services.core.runtime import tune_gc
 from services.gateway import metrics as m
 from services.gateway.auth import ApiKeys
@@ -112,7 +112,7 @@ class GatewayService:
         with contextlib.ExitStack() as closing:
             # A request older than any call may wait is useless: librdkafka gives it up then, not after
             # its 5-minute default (such requests filled its queue while the broker took none).
-            client_config = {**config, "message.timeout.ms": s.max_budget_ms + s.answer_grace_ms}
+            client_config = {**config, **delivery_timeout(config, s.max_budget_ms + s.answer_grace_ms)}
             client = await asyncio.to_thread(Client, client_config, topics, reply_group=s.reply_group_id(),
                                              wait_when_full=False)
             closing.callback(client.close)

@@ -49,7 +49,7 @@ from services.core.errors import (
     RecordTooLarge,
     UnexpectedFailure,
 )
-from services.core.kafka import Producer, partition_counts, topic_config
+from services.core.kafka import Producer, delivery_timeout, partition_counts, topic_config
 from services.core.metrics import DECODE_ERRORS
 from services.core.requests import MAX_REQUEST_ID
 from services.core.runtime import now_ms
@@ -202,8 +202,8 @@ class Rendezvous(Probed):
         # (300 s) would leave a client stuck after a broker restart (librdkafka #5430: no clock
         # records, so no deadline fires, on a quiet partition) unnoticed as long: its first
         # timeout replaces it (Producer.timed_out). A --kafka-config message.timeout.ms wins.
-        timeout = {"message.timeout.ms": self.settings.max_budget_ms + REPLY_TIMEOUT_GRACE_MS}
-        fast = Producer({**timeout, **ctx.config, "linger.ms": 0, "allow.auto.create.topics": False},
+        timeout = delivery_timeout(ctx.config, self.settings.max_budget_ms + REPLY_TIMEOUT_GRACE_MS)
+        fast = Producer({**ctx.config, **timeout, "linger.ms": 0, "allow.auto.create.topics": False},
                         soft_topics=lambda _t: True, on_soft_failure=self._on_reply_failure,
                         delivered=True)  # a reply's receipt: on_done
         ctx.stack.callback(fast.close)

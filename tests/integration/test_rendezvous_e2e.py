@@ -67,7 +67,7 @@ def test_slow_champion_falls_back_at_the_deadline(
 ) -> None:
     slow_ms, budget_ms = 3000, 1000
     monkeypatch.setenv("RDV_DEMO_SLOW_MS", str(slow_ms))
-    services.worker(bootstrap, prefix, "demo:slow", name="champion")
+    champion = services.worker(bootstrap, prefix, "demo:slow", name="champion")
     services.worker(bootstrap, prefix, "demo:challenger")
     # Lingering long enough for the champion's two slow batches: its scores are logged as late.
     services.rendezvous(bootstrap, prefix, models=("champion", "challenger"), linger_ms=15_000)
@@ -75,6 +75,13 @@ def test_slow_champion_falls_back_at_the_deadline(
         # Warm-up with a generous budget: a fresh producer's first send waits for its producer id.
         client.score_many(demo_rows(4, seed=3), budget_ms=10_000)
         answers = client.score_many(demo_rows(40, seed=4))
+        requests_timeout = client._producer._config["message.timeout.ms"]
+
+    # A client stuck after a broker restart (librdkafka #5430) is found at its first timeout: a
+    # minute for scores and for requests, not librdkafka's 300 s (the rule: test_delivery_timeout).
+    assert champion.service.ctx.producer is not None
+    assert champion.service.ctx.producer._config["message.timeout.ms"] == 60_000
+    assert requests_timeout == 60_000
 
     assert {(a.model, a.status) for a in answers} == {("challenger", "FALLBACK")}
     assert all("champion late" in a.reason for a in answers)
