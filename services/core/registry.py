@@ -72,6 +72,10 @@ class SchemaRegistry:
             raise RegistryError(f"schema id {schema_id} in {self.url} is not an Avro record schema", UNUSABLE)
         return schema
 
+    def subjects(self) -> Any:
+        """The subjects it holds: the cheapest call every registry answers (a start-up check)."""
+        return self._call("GET", "/subjects", None)
+
     def _call(self, method: str, path: str, body: bytes | None) -> Any:
         headers = {"Content-Type": CONTENT_TYPE, "Accept": CONTENT_TYPE}
         if self._auth:

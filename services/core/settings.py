@@ -193,7 +193,8 @@ class KafkaSettings:
     )
     schema_registry: str = setting(
         "", "URL of a Confluent-compatible schema registry (Confluent, Apicurio's /apis/ccompat/v7, Karapace), "
-        "used to read registry-framed records and, with --wire-format registry, to register the schemas.",
+        "used to read registry-framed records and, with --wire-format registry, to register the schemas; "
+        "asked once at start (credentials it refuses, given as user:password@ in the URL, end the command).",
     )
 
     def librdkafka(self) -> dict[str, str]:

@@ -11,6 +11,7 @@ such as ksqlDB find a topic's schema by its name.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +20,8 @@ from services.core.errors import ConfigError, DecodeFailed, LookupsSpent
 from services.core.rate_limit import PerSecond
 from services.core.registry import Outage, RegistryError, SchemaRegistry
 from services.core.settings import KafkaSettings, Topics
+
+log = logging.getLogger(__name__)
 
 WIRE_FORMATS = ("single-object", "registry")
 
@@ -78,7 +81,23 @@ def configure(settings: KafkaSettings) -> None:
     for name in CODEC_NAMES:
         codec(name).read_registry_ids(lookup)
     if settings.wire_format == "registry":
-        register_all(registry, settings.topics())
+        register_all(registry, settings.topics())  # refused credentials fail it, in one line
+    else:
+        check_credentials(registry)
+
+
+def check_credentials(registry: SchemaRegistry) -> None:
+    """Credentials the registry refuses (401) are a misconfiguration, said at start in one line:
+    found at the first registry-framed record, they held it, and its partition, for good. A
+    registry away or refusing this one call otherwise is only warned of: records framed by it
+    wait until it answers (schema_wait.py), as when it fails later."""
+    try:
+        registry.subjects()
+    except RegistryError as exc:
+        if exc.status == 401:
+            raise ConfigError(f"--schema-registry refused our credentials (the user:password in its URL): {exc}") \
+                from None
+        log.warning("schema registry not usable at start (%s): records framed by it wait until it answers", exc)
 
 
 def register_all(registry: SchemaRegistry, topics: Topics) -> None:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from services.core import wire
 from services.core.cloudevents import EventHeaders
-from services.core.codec import MAGIC, Codec, codec
+from services.core.codec import CODEC_NAMES, MAGIC, Codec, codec
 from services.core.errors import BadInput, ConfigError, DecodeFailed, UnknownFingerprint
 from services.core.registry import RegistryError, SchemaRegistry
 from services.core.settings import KafkaSettings
@@ -331,3 +331,31 @@ def test_an_id_whose_schema_no_one_reads_as_avro_is_refused_for_good_not_waited_
         with pytest.raises(DecodeFailed) as refused:
             reader.decode(framed)
         assert not refused.value.retriable and "schema id 7" in refused.value.message
+
+
+@pytest.fixture
+def shared_codecs_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`wire.configure` sets the process' shared codecs to look ids up: put back after the test."""
+    for name in CODEC_NAMES:
+        monkeypatch.setattr(codec(name), "_lookup", codec(name)._lookup)
+
+
+@pytest.mark.usefixtures("shared_codecs_restored")
+def test_credentials_the_registry_refuses_are_one_config_error_at_start() -> None:
+    """Found at the first registry-framed record they held it, and its partition, for good."""
+    refused = http_reply(b'{"error_code": 401, "message": "Unauthorized"}', status="401 Unauthorized")
+    with RawReplies(refused) as server, pytest.raises(ConfigError, match="refused our credentials") as caught:
+        wire.configure(KafkaSettings(schema_registry=server.url.replace("http://", "http://reader:s3cret@")))
+    assert "s3cret" not in str(caught.value) and "HTTP 401" in str(caught.value)
+
+
+@pytest.mark.usefixtures("shared_codecs_restored")
+@pytest.mark.parametrize("status", ["503 Service Unavailable", "403 Forbidden"])
+def test_a_registry_not_answering_at_start_is_warned_of_and_the_command_goes_on(
+    status: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 403: these credentials may not list subjects, yet may read schemas by id.
+    with RawReplies(http_reply(b'{"message": "no"}', status=status)) as server, caplog.at_level("WARNING"):
+        wire.configure(KafkaSettings(schema_registry=server.url))
+    assert any("not usable at start" in r.getMessage() and status[:3] in r.getMessage() for r in caplog.records)
+    assert codec("request").looks_up_ids  # registry framing still read, once it answers
