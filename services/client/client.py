@@ -37,7 +37,15 @@ from confluent_kafka import OFFSET_END, KafkaError, KafkaException, Message, Top
 from services.core.codec import codec
 from services.core.errors import BadInput, BrokerError, ConfigError, RecordTooLarge, RendezvousError
 from services.core.futures import fail, settle
-from services.core.kafka import Consumer, Producer, delivery_timeout, groupless, partition_counts
+from services.core.kafka import (
+    MAX_TIMEOUT_MS,
+    SERVING_DELIVERY_TIMEOUT_MS,
+    Consumer,
+    Producer,
+    delivery_timeout,
+    groupless,
+    partition_counts,
+)
 from services.core.requests import id_too_long, request_problem
 from services.core.runtime import now_ms
 from services.core.settings import Topics
@@ -239,19 +247,18 @@ MAX_GIVEN_UP = 10_000
 # client's budget plus answer wait if longer. librdkafka's 300 s would leave a client stuck after
 # a broker restart (librdkafka #5430) failing one partition's requests that long before its first
 # timeout replaces it (Producer.timed_out); a request a minute late is answered by no one waiting.
-REQUEST_DELIVERY_TIMEOUT_MS = 60_000
-
-
-LIBRDKAFKA_MAX_TIMEOUT_MS = 2**31 - 1
-
-
+# A `submit(budget_ms=...)` longer than the client's is not covered: give such a client its budget.
 def request_delivery_timeout_ms(budget_ms: Any, answer_wait_s: Any) -> int:
-    """A budget or wait that is no number leaves the minute (`submit` refuses such a budget)."""
+    """At most librdkafka's largest (an endless wait too); a budget or wait that is no number
+    leaves the minute (`submit` refuses such a budget)."""
     try:
-        longest = int(budget_ms + math.ceil(answer_wait_s * 1000))
+        wait_ms = answer_wait_s * 1000
+        if wait_ms == math.inf:
+            return MAX_TIMEOUT_MS
+        longest = int(budget_ms + math.ceil(wait_ms))
     except (TypeError, ValueError, OverflowError):
-        return REQUEST_DELIVERY_TIMEOUT_MS
-    return min(max(REQUEST_DELIVERY_TIMEOUT_MS, longest), LIBRDKAFKA_MAX_TIMEOUT_MS)
+        return SERVING_DELIVERY_TIMEOUT_MS
+    return min(max(SERVING_DELIVERY_TIMEOUT_MS, longest), MAX_TIMEOUT_MS)
 
 
 PRODUCER_ONLY = frozenset({"message.timeout.ms", "delivery.timeout.ms", "linger.ms", "queue.buffering.max.ms",

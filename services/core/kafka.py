@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -58,6 +59,10 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 }
 # One setting under two names in librdkafka: a record's whole time to be delivered.
 DELIVERY_TIMEOUT_KEYS = ("message.timeout.ms", "delivery.timeout.ms")
+# What services give records on the serving path (scores, requests, at-least-once outputs): a
+# minute, past any deadline such a record can still meet, yet longer than a broker restart takes
+# (records queued during a 30 s outage are delivered, not failed and done again).
+SERVING_DELIVERY_TIMEOUT_MS = 60_000
 
 
 def delivery_timeout(config: Mapping[str, Any], ms: int) -> dict[str, Any]:
@@ -68,7 +73,23 @@ def delivery_timeout(config: Mapping[str, Any], ms: int) -> dict[str, Any]:
     first timeout (Producer.timed_out)."""
     if any(key in config for key in DELIVERY_TIMEOUT_KEYS):
         return {}
-    return {"message.timeout.ms": ms}
+    return {"message.timeout.ms": min(ms, MAX_TIMEOUT_MS)}
+
+
+MAX_TIMEOUT_MS = 2**31 - 1  # the most librdkafka takes for a timeout
+LIBRDKAFKA_TRANSACTION_TIMEOUT_MS = 60_000  # transaction.timeout.ms when none is given
+
+
+def within_transaction(config: Mapping[str, Any], transaction_timeout_ms: int) -> dict[str, Any]:
+    """`config` for a transactional producer: librdkafka refuses one whose delivery timeout is
+    longer than its transaction's (a --kafka-config message.timeout.ms given to every service,
+    meant for the others), so such a timeout is cut to the transaction's."""
+    within = dict(config)
+    for key in DELIVERY_TIMEOUT_KEYS:
+        # Not set; or no number, which librdkafka refuses in one line of its own.
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            within[key] = min(int(within[key]), transaction_timeout_ms)
+    return within
 
 
 # librdkafka stops fetching for a consumer whose queue holds queued.min.messages (100,000) and

@@ -38,7 +38,7 @@ from prometheus_client import Gauge
 from services.core.commits import AtLeastOnce, CommitLane, Committer, ExactlyOnce, TransactionAborted
 from services.core.errors import ConfigError, ConsumerFenced, DeliveryFailed, KafkaOperationError
 from services.core.health import BrokerHealth
-from services.core.kafka import Consumer, Producer, partition_end, topic_limits, wait_for_broker
+from services.core.kafka import Consumer, Producer, partition_end, topic_limits, wait_for_broker, within_transaction
 from services.core.runtime import tune_gc
 from services.core.schema_wait import SchemaWait
 
@@ -271,6 +271,7 @@ class StreamService:
             return None
         producer_config = {**config, **spec.producer_config}
         if spec.processing == "exactly-once":
+            producer_config = within_transaction(producer_config, spec.transaction_timeout_ms)
             producer_config["transactional.id"] = spec.transactional_id
             producer_config["transaction.timeout.ms"] = spec.transaction_timeout_ms
         limits = topic_limits(config, spec.outputs, spec.connect_timeout_s)

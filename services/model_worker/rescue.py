@@ -41,7 +41,7 @@ from confluent_kafka import Producer as NativeProducer
 
 from services.core.codec import codec
 from services.core.errors import BadInput, RendezvousError
-from services.core.kafka import new_client
+from services.core.kafka import LIBRDKAFKA_TRANSACTION_TIMEOUT_MS, new_client, within_transaction
 from services.core.requests import check_request
 from services.core.runtime import now_ms
 from services.core.topic_range import PartitionSpan, read_spans
@@ -208,7 +208,8 @@ def commit(config: RescueConfig, snap: Snapshot, scores: Sequence[tuple[int, byt
     if not snap.meta:
         raise RuntimeError("the worker's group metadata was not in the shared memory")
     producer: NativeProducer = new_client(NativeProducer, {
-        **config.kafka, "transactional.id": f"{config.group_id}.rescue", "enable.idempotence": True, "acks": "all",
+        **within_transaction(config.kafka, LIBRDKAFKA_TRANSACTION_TIMEOUT_MS),
+        "transactional.id": f"{config.group_id}.rescue", "enable.idempotence": True, "acks": "all",
     })
     failed: list[str] = []
 

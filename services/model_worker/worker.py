@@ -37,7 +37,7 @@ from prometheus_client import Counter, Histogram
 from services.core.codec import codec
 from services.core.deadletter import DeadLetters
 from services.core.errors import BadInput, ConfigError, DecodeFailed, RecordTooLarge
-from services.core.kafka import Producer, delivery_timeout, partition_counts, partition_end
+from services.core.kafka import SERVING_DELIVERY_TIMEOUT_MS, Producer, delivery_timeout, partition_counts, partition_end
 from services.core.metrics import DECODE_ERRORS, LATENCY_BUCKETS, child
 from services.core.model_info import ModelInfo, publish_model_info
 from services.core.redaction import mask
@@ -60,10 +60,6 @@ log = logging.getLogger(__name__)
 CATCH_UP_TRIES = 3  # of finding where --start-at begins (each waits up to 15 s for the broker)
 
 SERVICE = "model_worker"
-# A score's delivery timeout (--kafka-config message.timeout.ms wins): a minute, far past any
-# deadline a score can still meet, yet longer than a broker restart takes (an outage of 30 s
-# must not fail the records queued meanwhile and have them scored again).
-SCORE_DELIVERY_TIMEOUT_MS = 60_000
 REQUESTS = Counter("rdv_model_requests_total", "Requests read by a model worker.", ["model", "version"])
 SCORES = Counter(
     "rdv_model_scores_total", "Scores written, by outcome (ok | error).", ["model", "version", "outcome"]
@@ -310,7 +306,7 @@ class ModelWorker(SimpleHandler, Probed):
             # A score is of use until its request's deadline (and the rendezvous' linger after it);
             # librdkafka's 300 s would also leave a client stuck after a broker restart (#5430)
             # holding a partition's scores, and every commit, that long before it is replaced.
-            producer_config=delivery_timeout(settings.librdkafka(), SCORE_DELIVERY_TIMEOUT_MS),
+            producer_config=delivery_timeout(settings.librdkafka(), SERVING_DELIVERY_TIMEOUT_MS),
             outputs=(self.topics.scores, self.topics.deadletter),
             records={self.topics.requests: "request"},
             stalled_after_s=stalled_after_s(settings.predict_timeout_s, len(self.hosted)),

@@ -46,7 +46,7 @@ from services.core import kafka_logs
 from services.core.codec import codec
 from services.core.control_records import is_control_record
 from services.core.errors import BadInput, RendezvousError
-from services.core.kafka import admin, end_offsets, reader
+from services.core.kafka import LIBRDKAFKA_TRANSACTION_TIMEOUT_MS, admin, end_offsets, reader, within_transaction
 from services.core.runtime import now_ms
 from services.core.settings import Topics
 from services.core.topic_range import PartitionSpan, read_together
@@ -105,6 +105,7 @@ class Mark:
 def fence(config: Mapping[str, Any], transactional_id: str, timeout_s: float = 10.0) -> bool:
     """End whatever transaction `transactional_id` left open (its owner is gone): a producer
     registering the same id makes the coordinator abort it now instead of at its timeout."""
+    config = within_transaction(config, LIBRDKAFKA_TRANSACTION_TIMEOUT_MS)
     producer = _NativeProducer(kafka_logs.wired({**config, "transactional.id": transactional_id}))
     try:
         producer.init_transactions(timeout_s)

@@ -49,7 +49,7 @@ from services.core.errors import (
     RecordTooLarge,
     UnexpectedFailure,
 )
-from services.core.kafka import Producer, delivery_timeout, partition_counts, topic_config
+from services.core.kafka import SERVING_DELIVERY_TIMEOUT_MS, Producer, delivery_timeout, partition_counts, topic_config
 from services.core.metrics import DECODE_ERRORS
 from services.core.requests import MAX_REQUEST_ID
 from services.core.runtime import now_ms
@@ -136,11 +136,20 @@ class Rendezvous(Probed):
             max_batch=s.max_batch, drain_timeout_s=s.drain_timeout_s, connect_timeout_s=s.connect_timeout_s,
             consumer_config=consumer, intake=(t.requests,),
             # Answers, comparison records and dead letters wait for the commit anyway: batch them.
-            producer_config={"linger.ms": s.output_linger_ms},
+            producer_config={"linger.ms": s.output_linger_ms, **self._outputs_timeout(s)},
             delivered=True,  # where its outputs end (`_output_end`) comes from their deliveries
             outputs=(t.answers, t.log, t.deadletter),
             records={t.requests: "request", t.scores: "score"},
         )
+
+    @staticmethod
+    def _outputs_timeout(s: RendezvousSettings) -> dict[str, Any]:
+        """At least once, the outputs' producer is no transaction's: librdkafka's 300 s would let a
+        client stuck after a broker restart (#5430) hold every commit that long (its flush waits).
+        In transactions their timeout is the transaction's (within_transaction)."""
+        if s.processing != "at-least-once":
+            return {}
+        return delivery_timeout(s.librdkafka(), SERVING_DELIVERY_TIMEOUT_MS)
 
     # -- what tests and the CLI look at --------------------------------------------------
 

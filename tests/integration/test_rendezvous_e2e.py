@@ -199,3 +199,21 @@ def test_co_hosted_models_score_every_request_from_one_worker(
     cmd_models(ModelsSettings(bootstrap=bootstrap, topic_prefix=prefix, format="json"), Console(), Console(stderr=True))
     listed = json.loads(capsys.readouterr().out)
     assert {row["model"]: row["lag"] for row in listed} == {name: 0 for name in THREE}
+
+
+def test_a_delivery_timeout_given_to_every_service_does_not_stop_the_exactly_once_ones(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    """One --kafka-config for every service (RDV_KAFKA_CONFIG) with a message.timeout.ms longer
+    than the rendezvous' transactions (10 s): librdkafka refused its transactional producer and the
+    rendezvous did not start. Now cut to the transaction's there; the user's wins elsewhere."""
+    longer = ("message.timeout.ms=90000",)
+    services.worker(bootstrap, prefix, "demo:champion", kafka_config=longer)
+    service = services.rendezvous(bootstrap, prefix, models=("champion",), kafka_config=longer)
+    with Client(config, topics, budget_ms=5_000, answer_wait_s=30) as client:
+        answers = client.score_many(demo_rows(3, seed=6))
+
+    assert {a.status for a in answers} == {"OK"}
+    assert service._ctx is not None and service._ctx.producer is not None
+    assert service._ctx.producer._config["message.timeout.ms"] == 10_000
+    assert service._fast is not None and int(service._fast._config["message.timeout.ms"]) == 90_000

@@ -4,11 +4,23 @@ client/client.py): shorter than librdkafka's 300 s, and a --kafka-config setting
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
-from services.client.client import REQUEST_DELIVERY_TIMEOUT_MS, request_delivery_timeout_ms
-from services.core.kafka import delivery_timeout
+from services.client.client import request_delivery_timeout_ms
+from services.core.kafka import (
+    DELIVERY_TIMEOUT_KEYS,
+    MAX_TIMEOUT_MS,
+    SERVING_DELIVERY_TIMEOUT_MS,
+    delivery_timeout,
+    within_transaction,
+)
+from services.core.service import StreamSpec
+from services.model_worker.settings import WorkerSettings
+from services.model_worker.worker import ModelWorker
+from services.rendezvous.service import Rendezvous
+from services.rendezvous.settings import RendezvousSettings
 
 
 def test_the_services_timeout_applies_when_the_config_names_none() -> None:
@@ -22,16 +34,59 @@ def test_a_timeout_in_the_config_wins_under_either_name(key: str) -> None:
 
 
 def test_a_clients_requests_wait_a_minute_or_its_budget_and_answer_wait_if_longer() -> None:
-    assert request_delivery_timeout_ms(200, 10.0) == REQUEST_DELIVERY_TIMEOUT_MS == 60_000
+    assert request_delivery_timeout_ms(200, 10.0) == SERVING_DELIVERY_TIMEOUT_MS == 60_000
     assert request_delivery_timeout_ms(90_000, 30.0) == 120_000
     assert request_delivery_timeout_ms(1, 59.9991) == 60_001  # rounded up: never shorter than the wait
 
 
-@pytest.mark.parametrize("budget, wait", [("200", 10.0), (None, 10.0), (200, math.nan), (200, math.inf)])
+@pytest.mark.parametrize("budget, wait", [("200", 10.0), (None, 10.0), (200, math.nan), (200, "10")])
 def test_a_budget_or_wait_that_is_no_number_keeps_the_minute(budget: object, wait: object) -> None:
     # The client is still built; `submit` refuses such a budget with its own message.
     assert request_delivery_timeout_ms(budget, wait) == 60_000
 
 
 def test_the_timeout_never_exceeds_what_librdkafka_accepts() -> None:
-    assert request_delivery_timeout_ms(2**40, 10.0) == 2**31 - 1
+    assert request_delivery_timeout_ms(2**40, 10.0) == MAX_TIMEOUT_MS == 2**31 - 1
+
+
+def test_the_services_timeout_is_at_most_what_librdkafka_takes() -> None:
+    assert delivery_timeout({}, 2**40) == {"message.timeout.ms": MAX_TIMEOUT_MS}
+
+
+def test_an_endless_or_overflowing_answer_wait_gets_the_largest_timeout_not_the_minute() -> None:
+    assert request_delivery_timeout_ms(200, math.inf) == MAX_TIMEOUT_MS
+    assert request_delivery_timeout_ms(200, 1e306) == MAX_TIMEOUT_MS  # * 1000 overflows to inf
+
+
+@pytest.mark.parametrize("key", DELIVERY_TIMEOUT_KEYS)
+def test_a_transactional_producer_cuts_a_longer_timeout_to_its_transactions(key: str) -> None:
+    # librdkafka refuses a transactional producer whose records may outlive its transaction: a
+    # --kafka-config message.timeout.ms given to every service must not stop the exactly-once ones.
+    assert within_transaction({key: "90000", "linger.ms": 5}, 10_000) == {key: 10_000, "linger.ms": 5}
+    assert within_transaction({key: "4000"}, 10_000) == {key: 4_000}
+
+
+@pytest.mark.parametrize("config", [{}, {"message.timeout.ms": "soon"}])
+def test_a_transactional_producer_leaves_an_absent_or_unreadable_timeout_to_librdkafka(config: dict[str, str]) -> None:
+    assert within_transaction(config, 10_000) == config
+
+
+def rendezvous_spec(processing: str, *kafka_config: str) -> StreamSpec:
+    settings = RendezvousSettings(models=("champion",), processing=processing, kafka_config=kafka_config)
+    return Rendezvous(settings)._spec()
+
+
+def test_an_at_least_once_rendezvous_gives_its_outputs_the_minute_and_a_users_timeout_wins() -> None:
+    assert rendezvous_spec("at-least-once").producer_config["message.timeout.ms"] == SERVING_DELIVERY_TIMEOUT_MS
+    assert "message.timeout.ms" not in rendezvous_spec("at-least-once", "delivery.timeout.ms=90000").producer_config
+    # In transactions, the transaction's timeout bounds them (librdkafka's default for them).
+    assert "message.timeout.ms" not in rendezvous_spec("exactly-once").producer_config
+
+
+def test_a_model_worker_gives_its_scores_the_minute_and_a_users_timeout_wins() -> None:
+    def producer_config(*kafka_config: str) -> dict[str, Any]:
+        worker = ModelWorker(WorkerSettings(model="demo:champion", kafka_config=kafka_config))
+        return worker.service.spec.producer_config
+
+    assert producer_config() == {"message.timeout.ms": SERVING_DELIVERY_TIMEOUT_MS}
+    assert producer_config("message.timeout.ms=120000") == {}
