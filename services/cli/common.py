@@ -26,11 +26,13 @@ S = TypeVar("S", bound=KafkaSettings)
 log = logging.getLogger("rendezvous")
 
 
-def with_bootstrap(settings: S) -> S:
+def with_bootstrap(settings: S, *, check_registry: bool = True) -> S:
     """Settings whose bootstrap is --bootstrap, KAFKA_BOOTSTRAP_SERVERS, or the local broker;
-    every later wait for the broker in this command honours its --connect-timeout-s."""
+    every later wait for the broker in this command honours its --connect-timeout-s. The wire
+    format is set up too, the schema registry's credentials checked unless `check_registry` is
+    False (wire.configure)."""
     set_connect_timeout(settings.connect_timeout_s)
-    wire.configure(settings)
+    wire.configure(settings, check_credentials=check_registry)
     if settings.bootstrap:
         return settings
     local = read_bootstrap()

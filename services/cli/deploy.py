@@ -459,7 +459,9 @@ def _read_from_broker(settings: UndeploySettings, console: Console, read: Callab
     from services.cli.common import with_bootstrap
 
     try:
-        return read(with_bootstrap(settings).librdkafka())
+        # A courtesy check that registry trouble must not skip: a schedule framed by the registry
+        # is still looked up when met, as in any command before the start-up check.
+        return read(with_bootstrap(settings, check_registry=False).librdkafka())
     except (RendezvousError, KafkaException) as exc:  # no broker, or it does not answer
         console.print(f"[yellow]note[/]: the broker could not be asked ({escape(str(exc))}): not checked")
         return None

@@ -72,6 +72,11 @@ class SchemaRegistry:
             raise RegistryError(f"schema id {schema_id} in {self.url} is not an Avro record schema", UNUSABLE)
         return schema
 
+    @property
+    def has_credentials(self) -> bool:
+        """Whether the URL gave a user:password (sent as Basic authorization)."""
+        return bool(self._auth)
+
     def subjects(self) -> Any:
         """The subjects it holds: the cheapest call every registry answers (a start-up check)."""
         return self._call("GET", "/subjects", None)

@@ -68,8 +68,9 @@ class IdLookup:
             raise LookupsSpent(f"more than {self.per_second} unseen schema ids in one second; not looked up")
 
 
-def configure(settings: KafkaSettings) -> None:
-    """Apply `--wire-format` and `--schema-registry` to every codec of this process."""
+def configure(settings: KafkaSettings, *, check_credentials: bool = True) -> None:
+    """Apply `--wire-format` and `--schema-registry` to every codec of this process; the
+    registry's credentials checked at once unless `check_credentials` is False."""
     if settings.wire_format not in WIRE_FORMATS:
         raise ConfigError(f"--wire-format must be one of {', '.join(WIRE_FORMATS)}, got {settings.wire_format!r}")
     if settings.wire_format == "registry" and not settings.schema_registry:
@@ -82,11 +83,11 @@ def configure(settings: KafkaSettings) -> None:
         codec(name).read_registry_ids(lookup)
     if settings.wire_format == "registry":
         register_all(registry, settings.topics())  # refused credentials fail it, in one line
-    else:
-        check_credentials(registry)
+    elif check_credentials:
+        check_registry_credentials(registry)
 
 
-def check_credentials(registry: SchemaRegistry) -> None:
+def check_registry_credentials(registry: SchemaRegistry) -> None:
     """Credentials the registry refuses (401) are a misconfiguration, said at start in one line:
     found at the first registry-framed record, they held it, and its partition, for good. A
     registry away or refusing this one call otherwise is only warned of: records framed by it
@@ -95,8 +96,9 @@ def check_credentials(registry: SchemaRegistry) -> None:
         registry.subjects()
     except RegistryError as exc:
         if exc.status == 401:
-            raise ConfigError(f"--schema-registry refused our credentials (the user:password in its URL): {exc}") \
-                from None
+            given = "refused the credentials in its URL" if registry.has_credentials else \
+                "needs credentials: give them as user:password@ in its URL"
+            raise ConfigError(f"--schema-registry {given}: {exc}") from None
         log.warning("schema registry not usable at start (%s): records framed by it wait until it answers", exc)
 
 

@@ -340,13 +340,32 @@ def shared_codecs_restored(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(codec(name), "_lookup", codec(name)._lookup)
 
 
+UNAUTHORIZED = http_reply(b'{"error_code": 401, "message": "Unauthorized"}', status="401 Unauthorized")
+
+
 @pytest.mark.usefixtures("shared_codecs_restored")
-def test_credentials_the_registry_refuses_are_one_config_error_at_start() -> None:
+@pytest.mark.parametrize(("user", "says"), [
+    ("reader:s3cret@", "refused the credentials in its URL"),
+    ("", "needs credentials: give them as user:password@"),
+])  # fmt: skip
+def test_credentials_the_registry_refuses_are_one_config_error_at_start(user: str, says: str) -> None:
     """Found at the first registry-framed record they held it, and its partition, for good."""
-    refused = http_reply(b'{"error_code": 401, "message": "Unauthorized"}', status="401 Unauthorized")
-    with RawReplies(refused) as server, pytest.raises(ConfigError, match="refused our credentials") as caught:
-        wire.configure(KafkaSettings(schema_registry=server.url.replace("http://", "http://reader:s3cret@")))
+    with RawReplies(UNAUTHORIZED) as server, pytest.raises(ConfigError, match=says) as caught:
+        wire.configure(KafkaSettings(schema_registry=server.url.replace("http://", f"http://{user}")))
     assert "s3cret" not in str(caught.value) and "HTTP 401" in str(caught.value)
+
+
+@pytest.mark.usefixtures("shared_codecs_restored")
+def test_undeploys_courtesy_check_is_not_skipped_for_a_registry_that_refuses_us() -> None:
+    """`undeploy` checks the model it stops is not the one answers come from: a stale registry
+    setting made the check a note ("could not be asked") and the model was stopped (a review)."""
+    from rich.console import Console
+
+    from services.cli.deploy import UndeploySettings, _read_from_broker
+
+    with RawReplies(UNAUTHORIZED) as server:
+        settings = UndeploySettings(bootstrap="127.0.0.1:9", schema_registry=server.url)
+        assert _read_from_broker(settings, Console(file=io.StringIO()), lambda _config: "checked") == "checked"
 
 
 @pytest.mark.usefixtures("shared_codecs_restored")
