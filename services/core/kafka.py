@@ -65,6 +65,12 @@ DELIVERY_TIMEOUT_KEYS = ("message.timeout.ms", "delivery.timeout.ms")
 SERVING_DELIVERY_TIMEOUT_MS = 60_000
 
 
+MAX_TIMEOUT_MS = 2**31 - 1  # the most librdkafka takes for a timeout
+LIBRDKAFKA_TRANSACTION_TIMEOUT_MS = 60_000  # transaction.timeout.ms when none is given
+# Timeouts librdkafka refuses in a transactional producer beyond its transaction's (+ this, ms).
+_BOUND_BY_TRANSACTION = {"message.timeout.ms": 0, "delivery.timeout.ms": 0, "socket.timeout.ms": 100}
+
+
 def delivery_timeout(config: Mapping[str, Any], ms: int) -> dict[str, Any]:
     """The producer setting for a delivery timeout of `ms`, or none if `config` (a --kafka-config)
     names one itself: it wins. Why services shorten librdkafka's 300 s: a record later than its
@@ -76,19 +82,15 @@ def delivery_timeout(config: Mapping[str, Any], ms: int) -> dict[str, Any]:
     return {"message.timeout.ms": min(ms, MAX_TIMEOUT_MS)}
 
 
-MAX_TIMEOUT_MS = 2**31 - 1  # the most librdkafka takes for a timeout
-LIBRDKAFKA_TRANSACTION_TIMEOUT_MS = 60_000  # transaction.timeout.ms when none is given
-
-
 def within_transaction(config: Mapping[str, Any], transaction_timeout_ms: int) -> dict[str, Any]:
     """`config` for a transactional producer: librdkafka refuses one whose delivery timeout is
-    longer than its transaction's (a --kafka-config message.timeout.ms given to every service,
-    meant for the others), so such a timeout is cut to the transaction's."""
+    longer than its transaction's, or whose socket timeout is more than 100 ms longer (a
+    --kafka-config given to every service, meant for the others), so such a timeout is cut."""
     within = dict(config)
-    for key in DELIVERY_TIMEOUT_KEYS:
+    for key, allowance in _BOUND_BY_TRANSACTION.items():
         # Not set; or no number, which librdkafka refuses in one line of its own.
         with contextlib.suppress(KeyError, TypeError, ValueError):
-            within[key] = min(int(within[key]), transaction_timeout_ms)
+            within[key] = min(int(within[key]), transaction_timeout_ms + allowance)
     return within
 
 

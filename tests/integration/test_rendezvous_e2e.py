@@ -207,7 +207,7 @@ def test_a_delivery_timeout_given_to_every_service_does_not_stop_the_exactly_onc
     """One --kafka-config for every service (RDV_KAFKA_CONFIG) with a message.timeout.ms longer
     than the rendezvous' transactions (10 s): librdkafka refused its transactional producer and the
     rendezvous did not start. Now cut to the transaction's there; the user's wins elsewhere."""
-    longer = ("message.timeout.ms=90000",)
+    longer = ("message.timeout.ms=90000", "socket.timeout.ms=30000")
     services.worker(bootstrap, prefix, "demo:champion", kafka_config=longer)
     service = services.rendezvous(bootstrap, prefix, models=("champion",), kafka_config=longer)
     with Client(config, topics, budget_ms=5_000, answer_wait_s=30) as client:
@@ -216,4 +216,5 @@ def test_a_delivery_timeout_given_to_every_service_does_not_stop_the_exactly_onc
     assert {a.status for a in answers} == {"OK"}
     assert service._ctx is not None and service._ctx.producer is not None
     assert service._ctx.producer._config["message.timeout.ms"] == 10_000
+    assert service._ctx.producer._config["socket.timeout.ms"] == 10_100
     assert service._fast is not None and int(service._fast._config["message.timeout.ms"]) == 90_000

@@ -66,6 +66,12 @@ def test_a_transactional_producer_cuts_a_longer_timeout_to_its_transactions(key:
     assert within_transaction({key: "4000"}, 10_000) == {key: 4_000}
 
 
+def test_a_transactional_producer_cuts_a_longer_socket_timeout_to_what_librdkafka_takes() -> None:
+    # librdkafka: "`socket.timeout.ms` must be set <= `transaction.timeout.ms` + 100".
+    assert within_transaction({"socket.timeout.ms": "30000"}, 10_000) == {"socket.timeout.ms": 10_100}
+    assert within_transaction({"socket.timeout.ms": "5000"}, 10_000) == {"socket.timeout.ms": 5_000}
+
+
 @pytest.mark.parametrize("config", [{}, {"message.timeout.ms": "soon"}])
 def test_a_transactional_producer_leaves_an_absent_or_unreadable_timeout_to_librdkafka(config: dict[str, str]) -> None:
     assert within_transaction(config, 10_000) == config
