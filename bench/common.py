@@ -214,6 +214,31 @@ def cpu_seconds(pid: int | None = None) -> float:
         return math.nan
 
 
+LIBRDKAFKA_THREADS = "rdk:"  # librdkafka names its threads rdk:main, rdk:broker<id>, rdk:bg, ...
+
+
+def librdkafka_seconds(pid: int | None = None, proc: Path = Path("/proc")) -> float:
+    """User + system CPU seconds of a process' librdkafka threads (this one's if None), from each
+    thread's /proc stat; NaN if the process is unknown or gone. A thread that ends meanwhile is
+    left out (its time with it: a client closed inside a measured span)."""
+    tasks = proc / str(os.getpid() if pid is None else pid) / "task"
+    try:
+        stats = [task / "stat" for task in tasks.iterdir()]
+    except OSError:
+        return math.nan
+    ticks = 0
+    for stat in stats:
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, _, rest = text.partition("(")[2].rpartition(")")
+        if name.startswith(LIBRDKAFKA_THREADS):
+            fields = rest.split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Children:
     """Child processes of a run, logging to files; `stop_all` ends them (TERM, then KILL)."""
@@ -404,6 +429,11 @@ def drive(
 def pid_cpu(pid: int | None) -> Callable[[], float]:
     """A reader of a process's CPU seconds; NaN when there is no pid (e.g. a broker this run did not start)."""
     return (lambda: math.nan) if pid is None else functools.partial(cpu_seconds, pid)
+
+
+def pid_librdkafka(pid: int | None) -> Callable[[], float]:
+    """A reader of a process' librdkafka threads' CPU seconds (this process' if None)."""
+    return functools.partial(librdkafka_seconds, pid)
 
 
 def bench_and_broker(broker: BrokerInfo) -> dict[str, Callable[[], float]]:

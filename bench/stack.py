@@ -45,6 +45,7 @@ from bench.common import (
     fresh_topics,
     host_cpu,
     pid_cpu,
+    pid_librdkafka,
     plain_topics,
     ratio,
     read_topic,
@@ -187,6 +188,11 @@ class Stack:
         kids = {name: pid_cpu(proc.pid) for name, proc in self.kids.procs.items()}
         return {**kids, **bench_and_broker(self.broker)}
 
+    def librdkafka_sources(self) -> dict[str, Callable[[], float]]:
+        """CPU readers of the librdkafka threads of every Python process (the children, this one)."""
+        kids = {name: pid_librdkafka(proc.pid) for name, proc in self.kids.procs.items()}
+        return {**kids, "bench process": pid_librdkafka(None)}
+
     def run(self, name: str, rate: float, seconds: float, into: Load) -> None:
         """Send into pipeline `name` at `rate` for `seconds`, then wait for its answers (drained)."""
         pipeline = self.pipelines[name]
@@ -255,6 +261,7 @@ class Round:
     budget_ms: int
     loads: dict[str, Load]
     meters: dict[str, CpuMeter]
+    librdkafka: dict[str, CpuMeter]  # of the same spans: the Python processes' librdkafka threads
 
     def floor_latencies(self) -> list[int]:
         return [f.result() for f in self.loads["floor"].futures if f.done()]
@@ -270,10 +277,11 @@ def measure_round(stack: Stack, rate: float, warmup: float, duration: float, sli
             stack.run(name, rate, warmup, Load())
     loads = {name: Load() for name in ORDER}
     meters = {name: CpuMeter(stack.cpu_sources()) for name in ORDER}
+    librdkafka = {name: CpuMeter(stack.librdkafka_sources()) for name in ORDER}
     for name in slice_order(slices):
-        with meters[name].span():
+        with meters[name].span(), librdkafka[name].span():
             stack.run(name, rate, duration / slices, loads[name])
-    return Round(rate, stack.options.budget_ms, loads, meters)
+    return Round(rate, stack.options.budget_ms, loads, meters, librdkafka)
 
 
 def slice_order(slices: int) -> list[str]:
@@ -323,6 +331,7 @@ def round_figures(measured: Round) -> dict[str, Any]:
         "rendezvous": rendezvous,
         "ratios": {p: ratio(rendezvous[p], floor[p]) for p in ("p50", "p99", "p99.9")},
         "cpu_ms_per_request": cpu_per_request(measured.meters, requests),
+        "librdkafka_ms_per_request": cpu_per_request(measured.librdkafka, requests),
         "cpu_s": {name: meter.used for name, meter in measured.meters.items()},
         "host_cpu_pct": host_cpu(measured.meters),
     }
