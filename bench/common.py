@@ -217,26 +217,34 @@ def cpu_seconds(pid: int | None = None) -> float:
 LIBRDKAFKA_THREADS = "rdk:"  # librdkafka names its threads rdk:main, rdk:broker<id>, rdk:bg, ...
 
 
-def librdkafka_seconds(pid: int | None = None, proc: Path = Path("/proc")) -> float:
-    """User + system CPU seconds of a process' librdkafka threads (this one's if None), from each
-    thread's /proc stat; NaN if the process is unknown or gone. A thread that ends meanwhile is
-    left out (its time with it: a client closed inside a measured span)."""
-    tasks = proc / str(os.getpid() if pid is None else pid) / "task"
-    try:
-        stats = [task / "stat" for task in tasks.iterdir()]
-    except OSError:
-        return math.nan
-    ticks = 0
-    for stat in stats:
+class LibrdkafkaCpu:
+    """A reader of the CPU seconds a process' librdkafka threads have used (this process' if
+    `pid` is None), from each thread's /proc stat; NaN once the process is unknown or gone.
+
+    A thread that ends keeps the time it had when last read (a process' own stat keeps its ended
+    threads' time; a thread's is gone with it): read at a span's start and end, a client closed
+    inside the span loses only what it used since the start, never its whole life. Threads are
+    told apart by id and start time (an id the kernel hands out again is another thread)."""
+
+    def __init__(self, pid: int | None = None, proc: Path = Path("/proc")):
+        self.tasks = proc / str(os.getpid() if pid is None else pid) / "task"
+        self._seen: dict[tuple[str, str], int] = {}  # (thread id, start time) -> ticks
+
+    def __call__(self) -> float:
         try:
-            text = stat.read_text()
+            stats = [task / "stat" for task in self.tasks.iterdir()]
         except OSError:
-            continue
-        name, _, rest = text.partition("(")[2].rpartition(")")
-        if name.startswith(LIBRDKAFKA_THREADS):
-            fields = rest.split()
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+            return math.nan
+        for stat in stats:
+            try:
+                text = stat.read_text()
+            except OSError:
+                continue  # ended between the listing and the read: its last reading stands
+            name, _, rest = text.partition("(")[2].rpartition(")")
+            if name.startswith(LIBRDKAFKA_THREADS):
+                fields = rest.split()  # after the state: utime, stime at 11, 12; starttime at 19
+                self._seen[(stat.parent.name, fields[19])] = int(fields[11]) + int(fields[12])
+        return sum(self._seen.values()) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -433,7 +441,7 @@ def pid_cpu(pid: int | None) -> Callable[[], float]:
 
 def pid_librdkafka(pid: int | None) -> Callable[[], float]:
     """A reader of a process' librdkafka threads' CPU seconds (this process' if None)."""
-    return functools.partial(librdkafka_seconds, pid)
+    return LibrdkafkaCpu(pid)
 
 
 def bench_and_broker(broker: BrokerInfo) -> dict[str, Callable[[], float]]:

@@ -19,9 +19,10 @@ each, the measured time is cut into `--slices` slices per pipeline, sent in the 
 F R R F F R R F ..., each slice drained before the next starts. So noise from other work on the
 machine falls on both alike. The ratio rendezvous / floor is the figure to watch
 (targets: p50 <= 1.5x, p99 <= 2x). CPU per request is given by process (the broker's too) and,
-of each Python process, what its librdkafka threads (rdk:*, from /proc) spent: the client's own
-work beside the service's. The machinery is `bench/stack.py`; `bench/latency_curve.py` runs it
-at a series of rates (its JSON holds the librdkafka split too).
+of each Python process, what its librdkafka threads (rdk:*, from /proc) spent: a lower bound on
+librdkafka's share, as its work in calls from Python threads counts in the rest. The machinery
+is `bench/stack.py`; `bench/latency_curve.py` runs it at a series of rates (its JSON holds the
+librdkafka split too).
 """
 
 from __future__ import annotations
@@ -151,8 +152,9 @@ def report(args: argparse.Namespace, measured: Round, comparisons: list[dict[str
           f"rendezvous {rdv['behind_max_ms']:.1f} ms")
     print_cpu_per_request("every process during each pipeline's measured slices (the other pipeline's "
                           "processes idle meanwhile)", figures["cpu_ms_per_request"], host=figures["host_cpu_pct"])
-    print_cpu_per_request("of it, the Python processes' librdkafka threads (rdk:*; the rest of each is "
-                          "Python and the interpreter)", figures["librdkafka_ms_per_request"])
+    print_cpu_per_request("of it, the Python processes' librdkafka threads (rdk:*; librdkafka's work in "
+                          "calls from Python, produce, poll, consume, counts in the rest)",
+                          figures["librdkafka_ms_per_request"])
     stage_rows = stages(comparisons, measured.answers())
     print_table("Rendezvous path by stage, ms after created_at (from the comparison log)",
                 ["stage", *COLUMNS], stage_rows)
