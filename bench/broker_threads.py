@@ -38,23 +38,24 @@ class ThreadTimes:
     comm: str
     user_s: float
     system_s: float
+    start: int = 0  # when the thread started (clock ticks after boot): an id the kernel reuses is another thread
 
 
-def thread_times(pid: int) -> dict[int, ThreadTimes]:
+def thread_times(pid: int, proc: Path = Path("/proc")) -> dict[int, ThreadTimes]:
     """CPU seconds (user, system) of each live thread of `pid` since it started; {} if the process is gone."""
     tick = os.sysconf("SC_CLK_TCK")
     threads: dict[int, ThreadTimes] = {}
     try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        tasks = list((proc / str(pid) / "task").iterdir())
     except OSError:
         return threads
     for task in tasks:
-        try:  # utime and stime are fields 14 and 15 of stat, counted after "(comm)"
+        try:  # utime, stime and starttime are fields 14, 15 and 22 of stat, counted after "(comm)"
             fields = (task / "stat").read_text().rpartition(")")[2].split()
             comm = (task / "comm").read_text().strip()
         except OSError:
             continue  # the thread ended meanwhile
-        threads[int(task.name)] = ThreadTimes(comm, int(fields[11]) / tick, int(fields[12]) / tick)
+        threads[int(task.name)] = ThreadTimes(comm, int(fields[11]) / tick, int(fields[12]) / tick, int(fields[19]))
     return threads
 
 

@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
+from bench.broker_threads import thread_times
 from services.core import hostcpu
 from services.core.errors import BrokerError
 from services.core.kafka import (
@@ -219,7 +220,8 @@ LIBRDKAFKA_THREADS = "rdk:"  # librdkafka names its threads rdk:main, rdk:broker
 
 class LibrdkafkaCpu:
     """A reader of the CPU seconds a process' librdkafka threads have used (this process' if
-    `pid` is None), from each thread's /proc stat; NaN once the process is unknown or gone.
+    `pid` is None), from each thread's /proc stat (broker_threads.thread_times); NaN once the
+    process is unknown or gone.
 
     A thread that ends keeps the time it had when last read (a process' own stat keeps its ended
     threads' time; a thread's is gone with it): read at a span's start and end, a client closed
@@ -227,24 +229,17 @@ class LibrdkafkaCpu:
     told apart by id and start time (an id the kernel hands out again is another thread)."""
 
     def __init__(self, pid: int | None = None, proc: Path = Path("/proc")):
-        self.tasks = proc / str(os.getpid() if pid is None else pid) / "task"
-        self._seen: dict[tuple[str, str], int] = {}  # (thread id, start time) -> ticks
+        self.pid, self.proc = os.getpid() if pid is None else pid, proc
+        self._seen: dict[tuple[int, int], float] = {}  # (thread id, start time) -> CPU seconds
 
     def __call__(self) -> float:
-        try:
-            stats = [task / "stat" for task in self.tasks.iterdir()]
-        except OSError:
+        threads = thread_times(self.pid, self.proc)
+        if not threads:  # a live process has a thread at least
             return math.nan
-        for stat in stats:
-            try:
-                text = stat.read_text()
-            except OSError:
-                continue  # ended between the listing and the read: its last reading stands
-            name, _, rest = text.partition("(")[2].rpartition(")")
-            if name.startswith(LIBRDKAFKA_THREADS):
-                fields = rest.split()  # after the state: utime, stime at 11, 12; starttime at 19
-                self._seen[(stat.parent.name, fields[19])] = int(fields[11]) + int(fields[12])
-        return sum(self._seen.values()) / os.sysconf("SC_CLK_TCK")
+        for tid, times in threads.items():
+            if times.comm.startswith(LIBRDKAFKA_THREADS):
+                self._seen[(tid, times.start)] = times.user_s + times.system_s
+        return math.fsum(self._seen.values())
 
 
 @dataclass

@@ -26,6 +26,7 @@ def write_threads(root: Path, pid: int, threads: dict[int, tuple[str, int, int]]
         task = root / str(pid) / "task" / str(tid)
         task.mkdir(parents=True, exist_ok=True)
         (task / "stat").write_text(stat_line(tid, name, utime, stime, start))
+        (task / "comm").write_text(name + "\n")
     return root
 
 
