@@ -8,6 +8,8 @@ Scenario (every service is a child process with its own --metrics-port):
   serve     --models champion,challenger,slow,canary --deadline-ms 300 (the client's budget),
             --linger-ms 15000 so every comparison record waits for the slow model;
   compare   comparison serve --export-interval-s 1 --reference-size 150;
+  gateway   the Open Inference Protocol gateway, called over HTTP with NVIDIA's tritonclient at the
+            end (answered calls and calls refused for an unknown model) so its panels have data;
   load      a warm-up (rows the contrarian never flips, with a 10 s budget, so the champion is
             known and every counter series exists before the measured load; counters that
             appear already incremented would hide their first increments from rate()),
@@ -33,7 +35,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.http as thttp
 from confluent_kafka import Consumer, TopicPartition
+from tritonclient.utils import InferenceServerException
 
 from services.client.client import Client
 from services.core.control_records import SEAL_HEADER
@@ -80,9 +84,10 @@ def children(tmp_path: Path) -> Iterator[ChildProcesses]:
 
 def start_services(children: ChildProcesses, bootstrap: str, prefix: str,
                    config: dict[str, Any]) -> dict[str, int]:
-    """Models, rendezvous and comparison as `rendezvous ...` child processes; returns metrics ports."""
+    """Models, rendezvous, comparison and gateway as `rendezvous ...` child processes; returns their
+    metrics ports (the gateway's is its REST port, where its /metrics is)."""
     common = ("--bootstrap", bootstrap, "--topic-prefix", prefix)
-    ports = {name: free_port() for name in (*MODELS, "rendezvous", "comparison")}
+    ports = {name: free_port() for name in (*MODELS, "rendezvous", "comparison", "gateway")}
     for name, spec in MODELS.items():
         children.cli(name, "model", "serve", *common, "--model", spec, "--name", name,
                      "--metrics-port", str(ports[name]), env={"RDV_DEMO_SLOW_MS": str(SLOW_MS)})
@@ -92,6 +97,8 @@ def start_services(children: ChildProcesses, bootstrap: str, prefix: str,
     children.cli("comparison", "comparison", "serve", *common, "--start-from", "earliest",
                  "--export-interval-s", "1", "--reference-size", str(REFERENCE_SIZE),
                  "--metrics-port", str(ports["comparison"]))
+    children.cli("gateway", "gateway", *common, "--http-addr", "127.0.0.1", "--http-port", str(ports["gateway"]),
+                 "--grpc-port", "0", "--instance", "gateway")
     groups = [f"{prefix}model.{name}" for name in MODELS] + [f"{prefix}rendezvous", f"{prefix}comparison"]
 
     def stable() -> bool:
@@ -122,6 +129,28 @@ def malignant_rows(n: int, seed: int) -> list[dict[str, float]]:
     x, y = demo_data()
     picked = x[np.random.default_rng(seed).choice(np.flatnonzero(y == 0), size=n)]
     return [dict(zip(DEMO_FEATURES, values, strict=True)) for values in picked.tolist()]
+
+
+def oip_inputs(rows: list[dict[str, float]]) -> list[thttp.InferInput]:
+    inputs = []
+    for name in DEMO_FEATURES:
+        tensor = thttp.InferInput(name, [len(rows)], "FP64")
+        tensor.set_data_from_numpy(np.array([r[name] for r in rows], dtype=np.float64))
+        inputs.append(tensor)
+    return inputs
+
+
+def call_gateway(gateway: thttp.InferenceServerClient, rows: list[dict[str, float]]) -> None:
+    """One answered inference call through the gateway and one it refuses (no such model: 404)."""
+    statuses = gateway.infer("default", oip_inputs(rows)).as_numpy("status")
+    assert statuses is not None and len(statuses) == len(rows)
+    with pytest.raises(InferenceServerException) as refused:
+        gateway.infer("no-such-model", oip_inputs(rows))
+    assert refused.value.status() == "404"
+
+
+def finite(prom: Prometheus, promql: str) -> bool:
+    return any(np.isfinite([float(s["value"][1]) for s in prom.query(promql)]))
 
 
 def committed_after_last_record(config: dict[str, Any], group: str, topic: str) -> bool:
@@ -211,8 +240,21 @@ def test_dashboards_and_alerts_show_the_live_comparison(
     assert [a["model"] for a in prom.firing("ChallengerAgreementLow")] == ["challenger"]
     assert [a["model"] for a in prom.firing("CanaryDrift")] == ["canary"]
 
-    # Every dashboard panel's query returns data.
+    # The gateway's panels draw rates: calls go through it until Prometheus has seen them rise.
     panels = dashboard_exprs()
+    gateway_panels = [p.promql for p in panels if "rdv_gateway_" in p.promql]
+    assert len(gateway_panels) >= 5
+    gateway = thttp.InferenceServerClient(f"127.0.0.1:{ports['gateway']}")
+    children.wait(lambda: gateway.is_server_ready() and gateway.is_model_ready("default"), 60, "the gateway ready")
+
+    def gateway_drawn() -> bool:
+        call_gateway(gateway, demo_rows(2, seed=33))
+        return all(finite(prom, promql) for promql in gateway_panels)
+
+    children.wait(gateway_drawn, 60, "every gateway panel to have data")
+    assert (prom.value('sum(rdv_gateway_rejected_total{reason="not_found"})') or 0) >= 1
+
+    # Every dashboard panel's query returns data.
     assert len({p.dashboard for p in panels}) == 2 and len(panels) >= 25
     empty = []
     for panel in panels:
