@@ -47,6 +47,7 @@ from services.core.settings import Topics
 from services.model_worker.models import DEMO_FEATURES, demo_rows
 from services.model_worker.models.demo import contrarian_flips, demo_data
 from tests.integration.harness import read_topic
+from tests.integration.oip import oip_inputs
 from tests.integration.prometheus_harness import (
     ALERT_RULES,
     ChildProcesses,
@@ -131,22 +132,15 @@ def malignant_rows(n: int, seed: int) -> list[dict[str, float]]:
     return [dict(zip(DEMO_FEATURES, values, strict=True)) for values in picked.tolist()]
 
 
-def oip_inputs(rows: list[dict[str, float]]) -> list[thttp.InferInput]:
-    inputs = []
-    for name in DEMO_FEATURES:
-        tensor = thttp.InferInput(name, [len(rows)], "FP64")
-        tensor.set_data_from_numpy(np.array([r[name] for r in rows], dtype=np.float64))
-        inputs.append(tensor)
-    return inputs
-
-
-def call_gateway(gateway: thttp.InferenceServerClient, rows: list[dict[str, float]]) -> None:
-    """One answered inference call through the gateway and one it refuses (no such model: 404)."""
-    statuses = gateway.infer("default", oip_inputs(rows)).as_numpy("status")
+def call_gateway(gateway: thttp.InferenceServerClient, rows: list[dict[str, float]]) -> list[dict[str, float]]:
+    """One answered inference call through the gateway and one it refuses (no such model: 404);
+    the rows answered (requests the rendezvous logs, as the client's)."""
+    statuses = gateway.infer("default", oip_inputs(thttp, rows)).as_numpy("status")
     assert statuses is not None and len(statuses) == len(rows)
     with pytest.raises(InferenceServerException) as refused:
-        gateway.infer("no-such-model", oip_inputs(rows))
+        gateway.infer("no-such-model", oip_inputs(thttp, rows))
     assert refused.value.status() == "404"
+    return rows
 
 
 def finite(prom: Prometheus, promql: str) -> bool:
@@ -241,6 +235,7 @@ def test_dashboards_and_alerts_show_the_live_comparison(
     assert [a["model"] for a in prom.firing("CanaryDrift")] == ["canary"]
 
     # The gateway's panels draw rates: calls go through it until Prometheus has seen them rise.
+    # Its answered rows are requests like the client's: they join `sent` and the window's pairs.
     panels = dashboard_exprs()
     gateway_panels = [p.promql for p in panels if "rdv_gateway_" in p.promql]
     assert len(gateway_panels) >= 5
@@ -248,10 +243,11 @@ def test_dashboards_and_alerts_show_the_live_comparison(
     children.wait(lambda: gateway.is_server_ready() and gateway.is_model_ready("default"), 60, "the gateway ready")
 
     def gateway_drawn() -> bool:
-        call_gateway(gateway, demo_rows(2, seed=33))
+        sent.extend(call_gateway(gateway, demo_rows(2, seed=33)))
         return all(finite(prom, promql) for promql in gateway_panels)
 
     children.wait(gateway_drawn, 60, "every gateway panel to have data")
+    children.wait(lambda: all_logged(prom, len(sent)), 90, "the gateway's requests in the comparison window")
     assert (prom.value('sum(rdv_gateway_rejected_total{reason="not_found"})') or 0) >= 1
 
     # Every dashboard panel's query returns data.

@@ -49,6 +49,7 @@ from services.model_worker.models import DEMO_FEATURES, demo_rows
 from services.model_worker.models.base import features_to_matrix
 from services.model_worker.models.demo import challenger, champion, flaky_rejects
 from tests.integration.harness import read_topic, wait_until
+from tests.integration.oip import oip_inputs
 from tests.integration.prometheus_harness import ChildProcesses, free_port
 
 pytestmark = pytest.mark.kafka
@@ -177,15 +178,6 @@ def _groups_ready(config: dict[str, Any], groups: list[str]) -> bool:
         return True
     except Exception:  # noqa: BLE001 - "not yet"
         return False
-
-
-def oip_inputs(module: Any, rows: list[dict[str, float]]) -> list[Any]:
-    inputs = []
-    for name in DEMO_FEATURES:
-        tensor = module.InferInput(name, [len(rows)], "FP64")
-        tensor.set_data_from_numpy(np.array([r[name] for r in rows], dtype=np.float64))
-        inputs.append(tensor)
-    return inputs
 
 
 def expected(model: Any, rows: list[dict[str, float]]) -> tuple[list[float], list[str]]:
