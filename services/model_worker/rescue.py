@@ -94,6 +94,7 @@ class RescueConfig:
     # its Scores are framed with (None: single-object), so the rescue reads and writes as it does.
     schema_registry: str = ""
     score_registry_id: int | None = None
+    log_level: str = "INFO"  # the worker's (`rendezvous --log-level`): the rescue logs as it does
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -115,7 +116,8 @@ class Rescue:
               models: Sequence[Model], timeout_s: float, max_batch: int, schema_registry: str = "") -> Rescue:
         board = Board()
         config = RescueConfig(dict(kafka), requests_topic, scores_topic, group_id, list(models), timeout_s,
-                              max_batch, board.path, os.getpid(), schema_registry, codec("score").registry_id)
+                              max_batch, board.path, os.getpid(), schema_registry, codec("score").registry_id,
+                              worker_log_level())
         try:
             process = subprocess.Popen([sys.executable, "-m", "services.model_worker.rescue"], stdin=subprocess.PIPE)
         except OSError:
@@ -352,15 +354,21 @@ def run(config: RescueConfig) -> int:
             unlink(config.board)
 
 
+def worker_log_level() -> str:
+    """The level the worker logs at (its root logger's), for its rescue process to log at too."""
+    return logging.getLevelName(logging.getLogger().getEffectiveLevel())
+
+
 def main() -> None:
     from services.cli.common import setup_logging
 
-    setup_logging(os.environ.get("RDV_LOG_LEVEL", "INFO"))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # A Ctrl-C at the worker's terminal reaches its whole group: the worker stops its rescue
     # itself (a KeyboardInterrupt here left a traceback and the board in /dev/shm; a review).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sys.exit(run(RescueConfig.from_json(sys.stdin.read())))
+    config = RescueConfig.from_json(sys.stdin.read())
+    setup_logging(config.log_level)
+    sys.exit(run(config))
 
 
 if __name__ == "__main__":

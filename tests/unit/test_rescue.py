@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import signal
@@ -18,7 +19,16 @@ import pytest
 from confluent_kafka import Message
 
 from services.core.codec import codec
-from services.model_worker.rescue import Model, Parent, RescueConfig, error_scores, grace_s, moved_on, should_rescue
+from services.model_worker.rescue import (
+    Model,
+    Parent,
+    RescueConfig,
+    error_scores,
+    grace_s,
+    moved_on,
+    should_rescue,
+    worker_log_level,
+)
 from services.model_worker.rescue_board import MAX_META, MAX_RANGES, Board, Reader, Snapshot, batch_ranges, read
 from services.model_worker.score_writer import hung_reasons
 from services.model_worker.watchdog import ScoringWatchdog
@@ -402,3 +412,18 @@ def test_a_take_after_the_worker_went_on_is_given_back_at_once(board: Board, mon
     monkeypatch.setattr(module, "rescue", lambda *_a: pytest.fail("the stale batch was rescued"))
     assert module.run(config) == 0
     assert flags_after == [False]
+
+
+def test_the_rescue_logs_at_the_workers_level() -> None:
+    """`rendezvous --log-level` reaches the rescue process through its config (it read an
+    environment variable nothing set, and logged at INFO whatever the worker was told)."""
+    root = logging.getLogger()
+    before = root.level
+    try:
+        root.setLevel(logging.DEBUG)
+        assert worker_log_level() == "DEBUG"
+        root.setLevel(logging.WARNING)
+        config = RescueConfig({}, "rq", "sc", "g", [], 1.0, 10, "", 0, log_level=worker_log_level())
+        assert RescueConfig.from_json(config.to_json()).log_level == "WARNING"
+    finally:
+        root.setLevel(before)
