@@ -125,7 +125,7 @@ def register(commands: Any, selection: Any) -> None:
     selection.arguments(rollback, ("rollback",), lifecycle + "RollbackSettings")
     rollback.set_defaults(handler=cmd_rollback)
 
-    schedule = commands.add_parser("schedule", help="show, set or list the versions of the live schedule")
+    schedule = commands.add_parser("schedule", help="show the live schedule, set a new version, or list its history")
     schedule_sub = schedule.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, help_text, settings_class, handler in (
         ("show", "the latest version (a table, or --format json)", "ScheduleViewSettings", cmd_schedule_show),
