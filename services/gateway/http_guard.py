@@ -13,6 +13,17 @@ front would (nginx: 8 KiB a header line, 60 s):
     a body not complete in `body_timeout_s`  408 (or, once an answer has begun, the connection
                                              closed), from the end of its head
 
+    more than `max_pipelined` requests     the connection closed (`pipelined`)
+    queued behind the one being answered
+    a protocol upgrade (Upgrade: h2c, ...)  400, connection closed (`upgrade`)
+
+uvicorn queues a connection's pipelined requests without a bound, and reads on after each answer:
+one connection writing `GET /v2/health/live` over and over without waiting grew the gateway to
+2.4 GB while 141 answers went out (a review). A client that pipelines keeps a few requests ahead;
+more is a flood. An upgrade uvicorn cannot serve (no WebSocket library is installed; h2c is not
+HTTP/1.1) handed the app an empty body, and the parser then read the body's bytes as a request of
+their own: a request smuggled past any proxy that forwards the header (a review).
+
 and counts what uvicorn refuses by itself, before the app sees a request, in the same metric: a
 request the HTTP parser cannot read (uvicorn's 400, `bad_request`) and one over
 `limit_concurrency` (its 503, `max_connections`). Each refusal logged a WARNING line, so any
@@ -38,13 +49,15 @@ from services.core.rate_limit import OncePerPeriod
 MAX_HEAD_BYTES = 64 * 1024
 HEAD_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 30.0  # the whole body: 33 KB/s for a 1 MiB one
+MAX_PIPELINED = 8  # requests of one connection waiting behind the one being answered
 CLOSED_BY = "rdv.closed_by"  # scope key: why the guard closed the connection under a call's app
 QUIET_S = 60.0
 
 REFUSED = Counter("rdv_gateway_connections_refused_total",
                   "REST requests refused before they were read, by reason (head_too_large | head_too_slow | "
                   "body_too_slow | bad_request: the HTTP parser could not read it | max_connections: "
-                  "--max-connections were open).",
+                  "--max-connections were open | pipelined: too many requests queued on one connection | "
+                  "upgrade: a protocol upgrade, which is not served).",
                   ["reason"])
 
 
@@ -74,7 +87,10 @@ _QUIETER = _OncePerMinute()
 
 
 def guarded_protocol(
-    max_head_bytes: int = MAX_HEAD_BYTES, head_timeout_s: float = HEAD_TIMEOUT_S, body_timeout_s: float = BODY_TIMEOUT_S
+    max_head_bytes: int = MAX_HEAD_BYTES,
+    head_timeout_s: float = HEAD_TIMEOUT_S,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+    max_pipelined: int = MAX_PIPELINED,
 ) -> type:
     """uvicorn's httptools protocol with these bounds (the `http` of its Config)."""
 
@@ -83,6 +99,7 @@ def guarded_protocol(
         logger.addFilter(_QUIETER)
 
     class Guarded(_Guarded):
+        MAX_PIPELINED = max_pipelined
         MAX_HEAD_BYTES = max_head_bytes
         HEAD_TIMEOUT_S = head_timeout_s
         BODY_TIMEOUT_S = body_timeout_s
@@ -95,6 +112,7 @@ class HeadTooLarge(Exception):
 
 
 class _Guarded(HttpToolsProtocol):
+    MAX_PIPELINED = MAX_PIPELINED
     MAX_HEAD_BYTES = MAX_HEAD_BYTES
     HEAD_TIMEOUT_S = HEAD_TIMEOUT_S
     BODY_TIMEOUT_S = BODY_TIMEOUT_S
@@ -141,16 +159,39 @@ class _Guarded(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._disarm_head_timer()
+        if self.parser.should_upgrade():
+            # Before the app starts: it would get an empty body, the body's bytes read as a request.
+            REFUSED.labels("upgrade").inc()
+            self._close_with(b"400 Bad Request", "protocol upgrades (an Upgrade header with Connection: upgrade) "
+                                                 "are not served: send the request without them")
+            return  # the parser stops at the upgrade (uvicorn's warning about it is dropped below)
+        if self.transport.is_closing():
+            return  # refused, the rest of what was read with it is dropped: no app starts for it
+        if len(self.pipeline) >= self.MAX_PIPELINED:
+            # A response may be under way on this connection: no status can be written into it.
+            REFUSED.labels("pipelined").inc()
+            self.transport.close()
+            return
         self._body_timer = self.loop.call_later(self.BODY_TIMEOUT_S, self._body_too_slow)
         limit = self.limit_concurrency
         if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
             REFUSED.labels("max_connections").inc()  # uvicorn's own test, just below: it answers 503
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self.transport.is_closing():  # else a request refused above: it has no cycle of its own
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
         self._disarm_body_timer()
+        if self.transport.is_closing():
+            return
         super().on_message_complete()
         self._in_head, self._head_bytes = True, 0  # what comes next is the next request's head
+
+    def _unsupported_upgrade_warning(self) -> None:
+        """uvicorn's two WARNING lines for an upgrade it cannot serve, which any caller could
+        repeat at will: the guard refused and counted it already (on_headers_complete)."""
 
     def send_400_response(self, msg: str) -> None:
         if not self._too_large:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
@@ -25,21 +26,30 @@ async def hello(scope: dict, receive: Any, send: Any) -> None:  # type: ignore[t
     await send({"type": "http.response.body", "body": b"hello"})
 
 
-@pytest.fixture
-def port(request: pytest.FixtureRequest) -> Iterator[int]:
-    """A guarded server's port: a 1 s head timeout, unless the test gives another (indirect)."""
+@contextlib.contextmanager
+def guarded_server(head_timeout_s: float = 1.0, max_pipelined: int = 8) -> Iterator[int]:
+    """A guarded server (2 s body timeout, 3 connections) in a thread, on the port given."""
     chosen = free_port()
-    head_timeout_s = getattr(request, "param", 1.0)
-    config = uvicorn.Config(hello, host="127.0.0.1", port=chosen, http=guarded_protocol(4096, head_timeout_s, 2.0),
+    protocol = guarded_protocol(4096, head_timeout_s, 2.0, max_pipelined)
+    config = uvicorn.Config(hello, host="127.0.0.1", port=chosen, http=protocol,
                             lifespan="off", log_config=None, access_log=False, limit_concurrency=3)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()
     while not server.started:
         thread.join(0.05)
-    yield chosen
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield chosen
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def port(request: pytest.FixtureRequest) -> Iterator[int]:
+    """A guarded server's port: a 1 s head timeout, unless the test gives another (indirect)."""
+    with guarded_server(getattr(request, "param", 1.0)) as chosen:
+        yield chosen
 
 
 def exchange(port: int, data: bytes) -> bytes:
@@ -146,3 +156,45 @@ def test_the_refusal_lines_pass_once_a_minute_with_the_count_of_those_held_back(
     record = line("Invalid HTTP request received.")
     assert quieter.filter(record)
     assert "; 1 more since the last such line;" in record.getMessage(), record.getMessage()
+
+
+def test_a_flood_of_pipelined_requests_closes_its_connection() -> None:
+    """uvicorn queued every pipelined request it read and read on after each answer: one
+    connection grew the gateway to 2.4 GB. Here a few wait; more close the connection."""
+    with guarded_server(max_pipelined=2) as chosen:
+        refused = REFUSED.labels("pipelined")
+        before = refused._value.get()
+        flood = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 500
+        answer = exchange(chosen, flood)  # a timeout here (the connection kept open) fails the test
+        assert refused._value.get() == before + 1
+        # At most the one being answered and the two queued (none, when all came in one read: the
+        # connection closes before the first answer is written).
+        assert answer.count(b"HTTP/1.1 200 ") <= 3
+
+
+def test_a_few_pipelined_requests_are_all_answered() -> None:
+    with guarded_server(max_pipelined=2) as chosen:
+        three = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 2 + b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        assert exchange(chosen, three).count(b"HTTP/1.1 200 ") == 3
+
+
+def test_a_protocol_upgrade_is_refused_before_its_body_can_pass_for_a_request(port: int) -> None:
+    """uvicorn, with no WebSocket library, handed the app an empty body and then parsed the body's
+    bytes as a request of their own: smuggled past a proxy that forwards the Upgrade header."""
+    refused = REFUSED.labels("upgrade")
+    before = refused._value.get()
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    head = (b"POST /v2/models/default/infer HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(smuggled))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(head)
+        first = conn.recv(65536)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # already closed: nothing of it is read
+            conn.sendall(smuggled)  # in a later packet, as a proxy may forward it
+        answer = first
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := conn.recv(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"upgrade" in answer
+    assert answer.count(b"HTTP/1.1 ") == 1
+    assert refused._value.get() == before + 1
