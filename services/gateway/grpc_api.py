@@ -23,7 +23,8 @@ from services.core.metrics import child
 from services.gateway import metrics as m
 from services.gateway import oip
 from services.gateway.engine import LARGE_BODY, Gateway, off_the_loop
-from services.gateway.errors import InvalidInput, status_of
+from services.gateway.errors import BodyTooSlow, InvalidInput, status_of
+from services.gateway.http_guard import BODY_TIMEOUT_S as MESSAGE_TIMEOUT_S
 from services.gateway.oip import InferCall, InferResult, Tensor
 from services.gateway.proto import stubs
 from services.gateway.rest import SERVER_NAME
@@ -67,6 +68,8 @@ class InferenceService:
         try:
             if isinstance(request, Undecodable):
                 raise InvalidInput(f"the message is not a valid {request.message}: {request.reason}")
+            if isinstance(request, NoMessage):
+                raise request.error
             return await work()
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
@@ -201,6 +204,37 @@ class Undecodable:
     reason: str
 
 
+@dataclass(frozen=True)
+class NoMessage:
+    """A call whose message did not come in time, or not at all: handed to the method, which
+    refuses it (counted) with this error."""
+
+    error: Exception
+
+
+def _one_message(method: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+                 timeout_s: float) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    """A unary method served as a stream of requests, its one message read here within `timeout_s`.
+
+    Why: grpc.aio runs a unary method only once its message is read, and takes its place among
+    `maximum_concurrent_rpcs` (--max-connections) as the call begins: callers that opened calls and
+    never sent their message held every place for good, health checks locked out with the rest
+    (a review). On the wire a unary call is a stream of one message, so its callers see no change.
+    As the REST guard bounds a body's time (http_guard.py), a message not read in `timeout_s` is
+    refused with DEADLINE_EXCEEDED, counted as `body_too_slow`."""
+
+    async def behavior(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            request = await asyncio.wait_for(anext(aiter(requests)), timeout_s)
+        except TimeoutError:
+            request = NoMessage(BodyTooSlow(f"the call's message did not arrive within {timeout_s:g} s"))
+        except StopAsyncIteration:
+            request = NoMessage(InvalidInput("the call ended without its message"))
+        return await method(request, context)
+
+    return behavior
+
+
 def _lenient(message: Any) -> Callable[[bytes], Any]:
     def parse(data: bytes) -> Any:
         try:
@@ -212,12 +246,13 @@ def _lenient(message: Any) -> Callable[[bytes], Any]:
 
 
 def add_to(server: grpc.aio.Server, service: InferenceService) -> None:
-    """The protocol's methods (as the generated `add_..._to_server` registers them), with requests
-    parsed by `_lenient`."""
+    """The protocol's methods (as the generated `add_..._to_server` registers them), each message
+    read by `_one_message` within MESSAGE_TIMEOUT_S and parsed by `_lenient`."""
     descriptor = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     handlers = {
-        method.name: grpc.unary_unary_rpc_method_handler(
-            getattr(service, method.name), request_deserializer=_lenient(getattr(pb, method.input_type.name)),
+        method.name: grpc.stream_unary_rpc_method_handler(
+            _one_message(getattr(service, method.name), MESSAGE_TIMEOUT_S),
+            request_deserializer=_lenient(getattr(pb, method.input_type.name)),
             response_serializer=getattr(pb, method.output_type.name).SerializeToString,
         )
         for method in descriptor.methods

@@ -89,3 +89,85 @@ def test_the_services_grpc_server_counts_every_call_as_it_begins_refused_by_grpc
     assert result["outcomes"] == [True, "RESOURCE_EXHAUSTED", "UNIMPLEMENTED"]
     # The one served, the one too large, the one to no method: all three counted as they began.
     assert result["moved"] == {"started": 3, "live_ok": 1, "no_route": 1, "unimplemented": 1}
+
+
+def _stalled_calls() -> dict[str, Any]:
+    """In the child: --max-connections 3 and a 1 s message timeout; three calls that never send
+    their message and one that ends without one, then ServerLive asked until it is answered."""
+    import time
+    from types import SimpleNamespace
+
+    import grpc
+
+    from services.core.metrics import child
+    from services.gateway import grpc_api
+    from services.gateway import metrics as m
+    from services.gateway.grpc_api import pb
+    from services.gateway.grpc_guard import STARTED
+    from services.gateway.service import GatewayService
+    from services.gateway.settings import GatewaySettings
+
+    grpc_api.MESSAGE_TIMEOUT_S = 1.0
+    settings = GatewaySettings(grpc_addr="127.0.0.1", grpc_port=_free_port(), max_connections=3)
+    gateway = SimpleNamespace(broken=lambda: None)
+
+    async def never() -> Any:
+        await asyncio.Event().wait()
+        yield b""  # never reached: an async generator that sends nothing
+
+    async def nothing() -> Any:
+        return
+        yield b""  # an async generator that ends at once: the call half-closes with no message
+
+    async def calls() -> dict[str, Any]:
+        server = await GatewayService(settings)._grpc_server(gateway)  # type: ignore[arg-type]
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{settings.grpc_port}") as channel:
+                infer = channel.stream_unary(f"{SERVICE}/ModelInfer")
+                begun = STARTED._value.get()
+                stalled = [asyncio.ensure_future(infer(never())) for _ in range(3)]
+                while STARTED._value.get() < begun + 3:  # each has its place before ServerLive asks
+                    await asyncio.sleep(0.01)
+                live = channel.unary_unary(f"{SERVICE}/ServerLive",
+                                           request_serializer=pb.ServerLiveRequest.SerializeToString,
+                                           response_deserializer=pb.ServerLiveResponse.FromString)
+                started, answered = time.monotonic(), False
+                while not answered and time.monotonic() - started < 20:
+                    try:
+                        answered = (await live(pb.ServerLiveRequest(), timeout=5)).live
+                    except grpc.aio.AioRpcError:
+                        await asyncio.sleep(0.1)  # every place held: asked again
+                if not answered:  # locked out: the stalled calls would wait forever too
+                    for call in stalled:
+                        call.cancel()
+                    return {"live": False, "ended": []}
+                ended = []
+                for call in (*stalled, None):
+                    try:
+                        await (call if call is not None else infer(nothing()))  # that one once all ended
+                        ended.append("answered")
+                    except grpc.aio.AioRpcError as refused:
+                        ended.append(f"{refused.code().name}: {refused.details()}")
+                return {"live": answered, "ended": ended}
+        finally:
+            await server.stop(None)
+
+    before = child(m.REJECTED, "grpc", "body_too_slow")._value.get()
+    result = asyncio.run(calls())
+    result["body_too_slow"] = child(m.REJECTED, "grpc", "body_too_slow")._value.get() - before
+    return result
+
+
+def test_calls_that_never_send_their_message_give_their_places_back() -> None:
+    """grpc.aio gives a unary call its place among --max-connections as it begins and runs the
+    method only once the message is read: three calls that never sent one locked every other
+    caller out (ServerLive included) for good. Now their message is awaited 1 s (30 in service)."""
+    script = "import json; from tests.unit.test_gateway_grpc import _stalled_calls; print(json.dumps(_stalled_calls()))"
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["live"] is True
+    assert result["ended"] == ["DEADLINE_EXCEEDED: the call's message did not arrive within 1 s"] * 3 + [
+        "INVALID_ARGUMENT: the call ended without its message"]
+    assert result["body_too_slow"] == 3
