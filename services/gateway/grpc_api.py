@@ -142,8 +142,11 @@ def _parameter(value: Any) -> Any:
     return None if kind is None else getattr(value, kind)
 
 
-def _parameters(mapping: Any) -> dict[str, Any]:
-    return {key: _parameter(value) for key, value in mapping.items()}
+def _parameters(mapping: Any, where: str, read: frozenset[str]) -> dict[str, Any]:
+    """The parameters in `read` (values are typed here: a count is all there is to check)."""
+    if len(mapping) > oip.MAX_PARAMETERS:
+        raise InvalidInput(f"{where}: {len(mapping)} parameters; at most {oip.MAX_PARAMETERS}")
+    return {key: _parameter(mapping[key]) for key in read if key in mapping}
 
 
 def call_from(request: Any, max_rows: int, max_features: int) -> InferCall:
@@ -162,9 +165,11 @@ def call_from(request: Any, max_rows: int, max_features: int) -> InferCall:
             values = oip.from_raw(name, datatype, shape, raw[index])
         else:
             values = _contents(name, datatype, shape, item.contents)
-        tensors.append(Tensor(name, datatype, shape, values, _parameters(item.parameters)))
+        tensors.append(Tensor(name, datatype, shape, values,
+                              _parameters(item.parameters, f"input '{name}'", oip.TENSOR_PARAMETERS)))
     outputs = oip.requested_outputs(o.name for o in request.outputs)
-    return InferCall(oip.check_id(request.id), tuple(tensors), outputs, _parameters(request.parameters))
+    return InferCall(oip.check_id(request.id), tuple(tensors), outputs,
+                     _parameters(request.parameters, "the call", oip.CALL_PARAMETERS))
 
 
 def _contents(name: str, datatype: str, shape: tuple[int, ...], contents: Any) -> list[float]:

@@ -35,12 +35,19 @@ NUMERIC: dict[str, str] = {
 }  # fmt: skip
 OUTPUTS = ("score", "label", "status", "model", "version", "reason")
 FEATURE_NAMES = "feature_names"
+TENSOR_PARAMETERS = frozenset({FEATURE_NAMES, "binary_data_size"})
 # A call's `id`, at most: it becomes part of a Kafka request id, and of every record about it.
 MAX_ID_CHARS = 256
 # A feature's name (an input's, or one of `feature_names`), at most: every row's Kafka request
 # carries it, so a name of 2 MB made each row's record too large (413 from the producer). At this
 # bound, --max-features names still fit a record well under Kafka's 1 MB.
 MAX_NAME_CHARS = 256
+# Parameters of a call or of one input, at most. The protocol's values are booleans, numbers and
+# strings; a call is held whole until its answers come, and one valid row with 8 MiB of nested
+# "parameters" (or ~600,000 gRPC map entries) held 150-180 MB that long (a review).
+MAX_PARAMETERS = 32
+# The parameters the gateway reads: only these are kept with a call while it waits.
+CALL_PARAMETERS = frozenset({"timeout"})
 
 
 @dataclass(slots=True)
@@ -112,6 +119,28 @@ def check_header(
     if len(shape) == 2 and shape[1] > max_features:
         raise InvalidInput(f"input '{name}': {shape[1]} features in one call; at most {max_features}")
     return name, datatype, tuple(shape)
+
+
+def kept_parameters(params: Mapping[str, Any], where: str, read: frozenset[str]) -> dict[str, Any]:
+    """The parameters in `read` of a call's or an input's (`where`); `InvalidInput` for more than
+    MAX_PARAMETERS, or a value that is no boolean, number or string (`feature_names` excepted: a
+    list of names, checked where it is read)."""
+    if len(params) > MAX_PARAMETERS:
+        raise InvalidInput(f"{where}: {len(params)} parameters; at most {MAX_PARAMETERS}")
+    for key, value in params.items():
+        if key != FEATURE_NAMES and not isinstance(value, bool | int | float | str):
+            raise InvalidInput(f"{where}: parameter {str(key)[:100]!r} must be a boolean, a number or a string "
+                               f"(the protocol's parameter types), not {type(value).__name__}")
+    return {key: value for key, value in params.items() if key in read}
+
+
+def max_json_structures(max_rows: int, max_features: int) -> int:
+    """Most arrays and objects (`[` and `{`, counted in strings too) a REST call within the limits
+    can hold: each value in an array of its own, and per input its object, shape, data, parameters
+    and a name or `feature_names` entry of brackets. orjson parses in one C call holding the GIL,
+    off the event loop or not: 8 MiB of `[[]],` froze the loop 0.5-0.8 s, a health check with it."""
+    per_input = 8 + MAX_NAME_CHARS + MAX_PARAMETERS
+    return max_rows * max_features + max_features * per_input + 16 * MAX_PARAMETERS + MAX_ID_CHARS + 64
 
 
 def check_input_count(count: int, max_features: int) -> None:
@@ -294,11 +323,16 @@ def timeout_ms(parameters: Mapping[str, Any]) -> int | None:
 
 
 def requested_outputs(names: Iterable[str]) -> tuple[str, ...]:
-    chosen = tuple(names)
-    unknown = [n for n in chosen if n not in OUTPUTS]
-    if unknown:
-        raise InvalidInput(f"unknown output(s) {', '.join(repr(n) for n in unknown)}; outputs are {', '.join(OUTPUTS)}")
-    return chosen
+    """The outputs a call asks for: each one of OUTPUTS, once (read no further than that many:
+    4 million names took 1.9 s to list in an error text cut to 1,000 characters)."""
+    chosen: list[str] = []
+    for name in names:
+        if name not in OUTPUTS:
+            raise InvalidInput(f"unknown output {name[:100]!r}; outputs are {', '.join(OUTPUTS)}")
+        if name in chosen:
+            raise InvalidInput(f"output {name!r} is asked for twice")
+        chosen.append(name)
+    return tuple(chosen)
 
 
 # -- tensors -> rows ----------------------------------------------------------------------------

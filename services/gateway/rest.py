@@ -195,6 +195,7 @@ class RestApi:
         s = self.gateway.settings
         call = await off_the_loop(len(body) >= LARGE_BODY, parse_call, body, request.headers.get(BINARY_HEADER),
                                   s.max_rows, s.max_features)
+        del body  # read into the call: not held (up to --max-body-bytes) while it waits for its answers
         deadline = _header_ms(request.headers.get(TIMEOUT_HEADER))
         result = await self.gateway.infer(name, version, call, caller, (deadline,), started)
         return json_response(oip.rest_response(result))
@@ -322,6 +323,10 @@ def parse_call(body: bytes, binary_header: str | None, max_rows: int, max_featur
             raise InvalidInput(f"Inference-Header-Content-Length {binary_header[:40]!r} does not fit the body")
         # A view: each input's data is sliced from it without copying the rest of the body.
         header, rest = body[:size], memoryview(body)[size:]
+    structures, most = header.count(b"[") + header.count(b"{"), oip.max_json_structures(max_rows, max_features)
+    if structures > most:
+        raise InvalidInput(f"the body holds {structures:,} JSON arrays and objects, more than a call within "
+                           f"--max-rows and --max-features can ({most:,})")
     try:
         document = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
@@ -351,12 +356,14 @@ def _parameters(document: dict[str, Any]) -> dict[str, Any]:
         return {}
     if not isinstance(params, dict):
         raise InvalidInput("'parameters' must be an object")
-    return params
+    return oip.kept_parameters(params, "the call", oip.CALL_PARAMETERS)
 
 
 def _outputs(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
+    if isinstance(value, list) and len(value) > len(oip.OUTPUTS):
+        raise InvalidInput(f"{len(value)} outputs asked for; there are {len(oip.OUTPUTS)}: {', '.join(oip.OUTPUTS)}")
     if not isinstance(value, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in value):
         raise InvalidInput("'outputs' must be a list of objects with a 'name'")
     return oip.requested_outputs(o["name"] for o in value)
@@ -376,6 +383,7 @@ def _tensor(item: dict[str, Any], header: tuple[str, str, tuple[int, ...]], bina
     params = {} if params is None else params
     if not isinstance(params, dict):
         raise InvalidInput(f"input '{name}': 'parameters' must be an object")
+    params = oip.kept_parameters(params, f"input '{name}'", oip.TENSOR_PARAMETERS)
     size = params.get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary):
