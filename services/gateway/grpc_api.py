@@ -127,8 +127,9 @@ class InferenceService:
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
             started, deadline = time.monotonic(), oip.grpc_deadline_ms(context.time_remaining())
-            caller = self.gateway.admit(_authorization(context))
-            self.gateway.open_for_calls()  # before the message is turned into rows
+            caller = self.gateway.authenticate(_authorization(context))
+            self.gateway.open_for_calls()  # before the message is turned into rows, and before the token (rest.py)
+            self.gateway.spend(caller)
             s = self.gateway.settings
             call = await off_the_loop(request.ByteSize() >= LARGE_BODY, call_from, request, s.max_rows, s.max_features)
             result = await self.gateway.infer(request.model_name, request.model_version, call, caller, (deadline,),

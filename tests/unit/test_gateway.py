@@ -376,6 +376,15 @@ def test_a_calls_budget_is_its_shortest_deadline_within_the_gateways_limit() -> 
     assert call_budget([None], 300_000, 60_000) == 60_000  # a long schedule default too (a review)
 
 
+def test_the_kafka_id_tells_rows_apart_whatever_their_names_hold() -> None:
+    """Names joined by NUL, then the values' bytes: a name holding a NUL and 8 bytes of another row's
+    value made the same id, and the second call was refused as a reuse (503) while the first waited."""
+    two = {"a": 2261634.5098039214, "b": 2.0}
+    one = {"a\0bAAAAAAAA": 2.0}
+    assert _kafka_id("x", "anonymous", [two]) != _kafka_id("x", "anonymous", [one])
+    assert _kafka_id("x", "anonymous", [{"a": 1.0}, {"b": 2.0}]) != _kafka_id("x", "anonymous", [{"a": 1.0, "b": 2.0}])
+
+
 def test_the_kafka_id_of_a_named_call_is_the_same_for_a_retry_and_differs_for_other_callers_or_rows() -> None:
     rows = [{"a": 1.0, "b": 2.5}]
     first = _kafka_id("42", "team-a", rows)
@@ -829,6 +838,24 @@ def test_a_call_refused_for_its_origin_or_its_type_spends_no_rate_limit() -> Non
     for _ in range(5):
         with pytest.raises(CrossOrigin):
             asyncio.run(RestApi(gateway, "test").infer(page))  # type: ignore[arg-type]
+    assert [gateway.admit(None) for _ in range(2)] == ["anonymous", "anonymous"]  # the whole burst left
+
+
+def test_a_call_refused_while_draining_spends_no_rate_limit() -> None:
+    """Callers retry a 503: each retry spent a token, and once the burst was gone they got 429
+    "over the rate limit" for what was the gateway's state (a review)."""
+    from types import SimpleNamespace
+
+    from services.gateway.errors import Unavailable
+    from services.gateway.rest import RestApi
+    from services.gateway.settings import GatewaySettings
+
+    call = SimpleNamespace(headers={"content-type": "application/json"}, path_params={"name": "default"})
+    gateway = _gateway_without_kafka(GatewaySettings(rate_limit=0.001, rate_burst=2))
+    gateway.draining = True
+    for _ in range(5):
+        with pytest.raises(Unavailable, match="shutting down"):
+            asyncio.run(RestApi(gateway, "test").infer(call))  # type: ignore[arg-type]
     assert [gateway.admit(None) for _ in range(2)] == ["anonymous", "anonymous"]  # the whole burst left
 
 
