@@ -25,6 +25,7 @@ from services.compare_report.summary import summarize
 from services.compare_report.table import print_report, print_report_json
 from services.core.codec import codec
 from services.core.errors import BadInput, ConfigError
+from services.core.kafka import partition_counts
 from services.core.ranges import OffsetBound, TimeBound, parse_bounds
 from services.core.requests import check_request
 from services.core.runtime import now_ms
@@ -194,33 +195,53 @@ def _log_records(settings: ReplaySettings, start_ms: int, progress: Progress = _
             continue
 
 
+def check_log_readable(settings: ReplaySettings) -> None:
+    """The broker answers and the log topic is there: said in one line within --connect-timeout-s,
+    before the model loads. An archive replay met the broker first after scoring every request
+    (hours of a real model's work, for a `--since 7d`), and lost it all to a wrong --bootstrap."""
+    partition_counts(settings.librdkafka(), [settings.topics().log], settings.connect_timeout_s)
+
+
 def replay(
     settings: ReplaySettings, requests: Iterable[bytes | None] | None = None, progress: Progress = _quiet
 ) -> ReplayResult:
     """Score the recorded requests and build the report (the CLI prints it)."""
     started = time.perf_counter()
+    check_log_readable(settings)
     model = load_model(settings.model, trust_model_file=settings.trust_model_file)
     name = settings.name or f"{model.name}-replay"
     values = requests if requests is not None else recorded_requests(settings)
     replayed, undecodable = _scored_requests(model, values, settings.batch, progress)
     if not replayed:
+        if undecodable:
+            raise ConfigError(f"none of the {undecodable:,} records in that range is a request this command can "
+                              "read (registry-framed ones need --schema-registry): nothing to replay")
         raise ConfigError("no requests in that range: nothing to replay")
     total = len(replayed)
     # The log's records are stamped by the rendezvous' clock, a request's created_at by its client's,
     # which may run up to a minute ahead (the rendezvous accepts that much): read from before it.
     first_created = min(r.created_at for r in replayed.values()) - LOG_MARGIN_MS
-    columns = Columns()
     version = model.version
-    logged = (_comparison(past["request_id"], past, replayed.pop(past["request_id"]), name, version)
+    logged = [_comparison(past["request_id"], past, replayed.pop(past["request_id"]), name, version)
               for past in _log_records(settings, max(0, first_created), progress)
-              if past["request_id"] in replayed)  # the first record of an id; a later one finds it gone
-    columns.add(logged)
+              if past["request_id"] in replayed]  # the first record of an id; a later one finds it gone
     without_log = len(replayed)
+    source = f"replay of {total:,} requests ({settings.source}) through {name}"
+    # The answers line and the champion come from the logged requests alone: a request without a
+    # record has no known answer, and counted as TIMEOUT it made the line read "answered by the
+    # deadline: 0%" for a replay past the log's retention (a review).
+    answers = summarize(Columns.of(logged).frame(), champion=settings.champion or None)
+    columns = Columns.of(logged)
     columns.add(_comparison(request_id, None, r, name, version) for request_id, r in replayed.items())
-    notes = (f"{without_log:,} of these requests have no comparison record in the log: shown as TIMEOUT "
-             "'not in the log', their real answers unknown",) if without_log else ()
-    report = summarize(columns.frame(), champion=settings.champion or None, notes=notes,
-                       source=f"replay of {total:,} requests ({settings.source}) through {name}")
+    notes = [f"{name}'s latency and deadline figures are its model's compute time per request in batches of "
+             f"--batch {settings.batch} in this process (no Kafka, no queue): not comparable with the live "
+             "models' end-to-end latency"]
+    if without_log:
+        notes.append(f"{without_log:,} of these requests have no comparison record in the log: their real answers "
+                     "unknown, they count in the models' figures only, not in the answers line")
+    report = summarize(columns.frame(), champion=answers.champion, notes=tuple(notes), source=source)
+    report = dataclasses.replace(report, statuses=answers.statuses, answered_by_deadline=answers.answered_by_deadline,
+                                 champion_source=answers.champion_source)
     return ReplayResult(report, total, undecodable, without_log, time.perf_counter() - started)
 
 

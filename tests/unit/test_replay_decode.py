@@ -3,6 +3,7 @@ created_at <= 0 once became the start of the log range replay reads its answers 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import pytest
@@ -40,11 +41,43 @@ def test_a_replay_counts_each_request_once_reads_the_log_from_before_it_and_says
         return iter(())
 
     monkeypatch.setattr(replay_module, "_log_records", no_log)
+    monkeypatch.setattr(replay_module, "check_log_readable", lambda _settings: None)
     values = [requests.encode(first), requests.encode(first), requests.encode(other)]
     result = replay_module.replay(ReplaySettings(model="demo:champion"), values)
     assert result.requests == 2 and result.report.records == 2
     assert asked == [min(first["created_at"], other["created_at"]) - LOG_MARGIN_MS]
     assert any("2 of these requests have no comparison record" in note for note in result.report.notes)
+    # Their answers are unknown: not counted as TIMEOUT in the answers line (it read 0% by the deadline).
+    assert sum(result.report.statuses.values()) == 0 and math.isnan(result.report.answered_by_deadline)
+    assert any("not comparable with the live models' end-to-end latency" in note for note in result.report.notes)
+
+
+def test_a_replay_meets_the_broker_before_it_loads_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An archive replay met the broker first after scoring every request, and a wrong --bootstrap
+    threw that work away."""
+    from services.cli import replay as replay_module
+    from services.cli.replay import ReplaySettings
+    from services.core.errors import BrokerError
+    from services.localkafka.config import free_port
+
+    loaded: list[str] = []
+    monkeypatch.setattr(replay_module, "load_model", lambda spec, **_: loaded.append(spec))
+    settings = ReplaySettings(model="demo:champion", bootstrap=f"127.0.0.1:{free_port()}", connect_timeout_s=0.5)
+    with pytest.raises(BrokerError):
+        replay_module.replay(settings, [])
+    assert loaded == []
+
+
+def test_a_range_of_records_none_of_which_is_a_request_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.cli import replay as replay_module
+    from services.cli.replay import ReplaySettings
+    from services.core.errors import ConfigError
+
+    monkeypatch.setattr(replay_module, "check_log_readable", lambda _settings: None)
+    with pytest.raises(ConfigError, match="none of the 3 records in that range is a request"):
+        replay_module.replay(ReplaySettings(model="demo:champion"), [b"x", b"y", None])
+    with pytest.raises(ConfigError, match="no requests in that range"):
+        replay_module.replay(ReplaySettings(model="demo:champion"), [])
 
 
 def test_a_replayed_model_named_as_a_logged_one_is_refused_not_put_in_its_place() -> None:
