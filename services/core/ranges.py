@@ -127,14 +127,19 @@ def _parse_iso_ms(value: str, flag: str) -> int:
         raise ConfigError(
             f"{flag}: expected an ISO time (2024-05-01T12:00:00Z), epoch ms or offset:N, got {value!r}"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    # In whole milliseconds, exactly: the float product timestamp() * 1000 fell 1 ms short for
-    # some times (2038-06-21T11:24:11.299Z read as ...298).
-    ms = (moment - _EPOCH) // timedelta(milliseconds=1)
+    ms = epoch_ms(moment)
     if ms < 0:  # Kafka's offset lookup reads -1, -2 and -3 as latest, earliest and max timestamp
         raise ConfigError(f"{flag}: {value[:40]!r} is before 1970; no Kafka record is")
     return ms
+
+
+def epoch_ms(moment: datetime) -> int:
+    """`moment` in whole milliseconds since the epoch (UTC when it names no zone), exactly: the
+    float product timestamp() * 1000 fell 1 ms short for some times (2038-06-21T11:24:11.299Z read
+    as ...298)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
 def parse_bounds(since: str, start: str, end: str, now_ms: int) -> Bounds:

@@ -45,6 +45,7 @@ from fastavro.write import Writer
 from services.core.avro_walk import varint
 from services.core.codec import load_schema, schemas_dir
 from services.core.errors import ConfigError, RendezvousError
+from services.core.ranges import epoch_ms
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def _plain(record: dict[str, Any]) -> dict[str, Any]:
     for name in ("timestamp", "archived_at"):
         value = record[name]
         if isinstance(value, datetime):
-            record[name] = int(value.timestamp() * 1000)
+            record[name] = epoch_ms(value)
     return record
 
 
@@ -522,6 +523,7 @@ class _Recent:
     def __init__(self) -> None:
         self.timestamps: dict[int, int] = {}
         self.high = -1
+        self.newest = -1  # the newest timestamp read
         # [first offset, last offset, newest timestamp] of the offsets gone from `timestamps`, in
         # order. A re-read from further back than the window (a commit that failed for a while, a
         # group's offsets reset) was taken for a topic created again: every record came twice.
@@ -536,11 +538,16 @@ class _Recent:
             span = self._span_of(offset)
             if span is not None and timestamp <= span[2]:
                 return False
-            # Far behind, and not a record read before: the topic started over (created again,
-            # its new records appended after all the old ones).
-            self.timestamps, self.high, self.spans = {}, offset, []
+            if timestamp > self.newest:
+                # Far behind, not read before, and newer than all that was: the topic started over
+                # (created again, its new records appended after all the old ones).
+                self.timestamps, self.high, self.spans = {}, offset, []
+            # Else an offset never read, older than those read: a backfill (a decoy started at the
+            # latest offsets, its group later reset to the earliest). Kept with the rest: taken for
+            # a topic started over, it made every record read after it come out twice (a review).
         self.timestamps[offset] = timestamp
         self.high = max(self.high, offset)
+        self.newest = max(self.newest, timestamp)
         if len(self.timestamps) > 2 * DUPLICATE_WINDOW:
             self._trim(self.high - DUPLICATE_WINDOW)
         return True
