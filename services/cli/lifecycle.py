@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from services.cli.common import warn_of_history_loss
+from services.cli.common import messages, warn_of_history_loss
 from services.cli.model_contracts import print_contracts
 from services.control import changes
 from services.control.gates import Verdict, evaluate, parse_requirements, with_defaults
@@ -364,7 +364,8 @@ def cmd_promote(settings: PromoteSettings, candidate: str, console: Console, fig
 def _gate(
     settings: PromoteSettings, candidate: str, champion: str, console: Console, figures_fn: FiguresFn
 ) -> list[Verdict]:
-    figures = figures_fn(settings, settings.window, candidate, champion)
+    with messages().status(f"reading the last {settings.window} of the log: {candidate} against {champion} ..."):
+        figures = figures_fn(settings, settings.window, candidate, champion)
     requirements = with_defaults(parse_requirements(settings.require), figures.get("champion_error_rate", math.nan))
     verdicts = evaluate(requirements, figures)
     for verdict in verdicts:

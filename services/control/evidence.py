@@ -6,6 +6,8 @@ the evidence; the gate only renames its columns to the figure names `--require` 
 
 from __future__ import annotations
 
+import dataclasses
+
 from services.compare_report.report import report_from_topic
 from services.compare_report.settings import CompareSettings
 from services.compare_report.summary import ChampionNotInRange, Report
@@ -17,9 +19,11 @@ NAN = float("nan")
 
 def gate_figures(settings: KafkaSettings, window: str, candidate: str, champion: str) -> dict[str, float]:
     """The candidate's figures over the last `window` of the log (ending at its end, as
-    `compare --since` does), measured against `champion` on the same requests."""
-    compare = CompareSettings(bootstrap=settings.bootstrap, topic_prefix=settings.topic_prefix, topic=settings.topic,
-                              kafka_config=settings.kafka_config, since=window, champion=champion, workers=1)
+    `compare --since` does), measured against `champion` on the same requests. Read with every
+    connection setting of the command: its registry (the log's records may be registry-framed: read
+    without it they were skipped, and the gate saw no evidence) and its connect timeout too."""
+    connection = {f.name: getattr(settings, f.name) for f in dataclasses.fields(KafkaSettings)}
+    compare = CompareSettings(**connection, since=window, champion=champion, workers=1)
     try:
         report, _read = report_from_topic(compare)
     except ChampionNotInRange:

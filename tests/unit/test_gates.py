@@ -160,3 +160,26 @@ def test_a_refused_figure_is_shown_with_the_digits_that_tell_its_verdict() -> No
     verdicts = evaluate(requirements, {"agreement": 0.94996, "p99": 50.004, "n": 99_999, "mad": 0.123456789})
     assert [v.measured for v in verdicts] == ["0.94996", "50.004", "99999", "0.1235"]
     assert [v.passed for v in verdicts] == [False, False, False, True]
+
+
+def test_the_gate_reads_the_log_with_every_connection_setting_of_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Built from four of them, the gate's read had no registry (registry-framed records were
+    skipped: no evidence) and the default connect timeout."""
+    from services.cli.lifecycle import PromoteSettings
+    from services.control import evidence
+
+    read: list[Any] = []
+
+    def report_from_topic(compare: Any) -> Any:
+        read.append(compare)
+        raise evidence.ChampionNotInRange("none")
+
+    monkeypatch.setattr(evidence, "report_from_topic", report_from_topic)
+    settings = PromoteSettings(bootstrap="b:9092", topic_prefix="p.", schema_registry="http://registry:8081",
+                               wire_format="registry", connect_timeout_s=3.0, kafka_config=("client.id=x",))
+    with pytest.raises(ConfigError, match="has no output in the log"):
+        evidence.gate_figures(settings, "5m", "challenger", "champion")
+    compare = read[0]
+    assert (compare.schema_registry, compare.wire_format, compare.connect_timeout_s, compare.bootstrap,
+            compare.kafka_config, compare.since, compare.champion) == (
+        "http://registry:8081", "registry", 3.0, "b:9092", ("client.id=x",), "5m", "champion")
