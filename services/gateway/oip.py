@@ -42,6 +42,9 @@ MAX_ID_CHARS = 256
 # carries it, so a name of 2 MB made each row's record too large (413 from the producer). At this
 # bound, --max-features names still fit a record well under Kafka's 1 MB.
 MAX_NAME_CHARS = 256
+# ... and in bytes (UTF-8): 1,024 names of 256 four-byte characters made a 1,046,917-byte record,
+# refused by the producer (413) for a cause its message did not name (a review).
+MAX_NAME_BYTES = 512
 # Parameters of a call or of one input, at most. The protocol's values are booleans, numbers and
 # strings; a call is held whole until its answers come, and one valid row with 8 MiB of nested
 # "parameters" (or ~600,000 gRPC map entries) held 150-180 MB that long (a review).
@@ -84,9 +87,12 @@ def check_id(call_id: Any) -> str:
 
 
 def check_name_length(name: str, what: str) -> None:
-    """A feature's name within MAX_NAME_CHARS (`what` names the field; the name itself is not echoed)."""
+    """A feature's name within MAX_NAME_CHARS and MAX_NAME_BYTES (`what` names the field; the
+    name itself is not echoed)."""
     if len(name) > MAX_NAME_CHARS:
         raise InvalidInput(f"{what} of {len(name)} characters is over the limit of {MAX_NAME_CHARS}")
+    if len(name) * 4 > MAX_NAME_BYTES and len(size := name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise InvalidInput(f"{what} of {len(size)} bytes in UTF-8 is over the limit of {MAX_NAME_BYTES}")
 
 
 def check_header(

@@ -1279,6 +1279,16 @@ class Posted:
         yield self.body
 
 
+def test_names_of_more_bytes_than_a_request_record_holds_for_them_are_refused() -> None:
+    """1,024 names of 256 four-byte characters made a record over Kafka's 1 MB: a 413 naming the
+    producer's limit, not the names."""
+    from services.gateway.oip import check_name_length
+
+    check_name_length("é" * 256, "inputs[0]: 'name'")  # 512 bytes: at the limit
+    with pytest.raises(InvalidInput, match=r"^inputs\[0\]: 'name' of 1024 bytes in UTF-8 is over the limit of 512$"):
+        check_name_length("\U0001F600" * 256, "inputs[0]: 'name'")
+
+
 def test_names_longer_than_a_feature_or_model_may_have_are_refused_naming_the_field_and_counted() -> None:
     """An input named with 2 MB of text was taken: every row's Kafka request carried it, and the
     producer refused the record (413, too_large) where the caller's mistake is a 400 naming it."""
