@@ -222,16 +222,17 @@ def replay(
     # which may run up to a minute ahead (the rendezvous accepts that much): read from before it.
     first_created = min(r.created_at for r in replayed.values()) - LOG_MARGIN_MS
     version = model.version
-    logged = [_comparison(past["request_id"], past, replayed.pop(past["request_id"]), name, version)
+    logged = (_comparison(past["request_id"], past, replayed.pop(past["request_id"]), name, version)
               for past in _log_records(settings, max(0, first_created), progress)
-              if past["request_id"] in replayed]  # the first record of an id; a later one finds it gone
+              if past["request_id"] in replayed)  # the first record of an id; a later one finds it gone
+    columns = Columns()
+    columns.add(logged)  # streamed into columns: a record dict each would double the peak memory
     without_log = len(replayed)
     source = f"replay of {total:,} requests ({settings.source}) through {name}"
     # The answers line and the champion come from the logged requests alone: a request without a
     # record has no known answer, and counted as TIMEOUT it made the line read "answered by the
-    # deadline: 0%" for a replay past the log's retention (a review).
-    answers = summarize(Columns.of(logged).frame(), champion=settings.champion or None)
-    columns = Columns.of(logged)
+    # deadline: 0%" for a replay past the log's retention (a review). (frame() copies the columns.)
+    answers = summarize(columns.frame(), champion=settings.champion or None)
     columns.add(_comparison(request_id, None, r, name, version) for request_id, r in replayed.items())
     notes = [f"{name}'s latency and deadline figures are its model's compute time per request in batches of "
              f"--batch {settings.batch} in this process (no Kafka, no queue): not comparable with the live "

@@ -131,3 +131,12 @@ class RateLimit:
                 raise RateLimited(f"{asked}over the rate limit of {self.rate:g} {self.unit}/s for this key; retry in "
                                   f"{wait:.2f}s", retry_after_s=wait)
             self._buckets[name] = (tokens - cost, now)
+
+    def give_back(self, name: str, cost: int = 1) -> None:
+        """Return what `take` took for a call the gateway then refused for its own state."""
+        if self.rate <= 0:
+            return
+        with self._lock:
+            kept = self._buckets.get(name)
+            if kept is not None:
+                self._buckets[name] = (min(self.burst, kept[0] + cost), kept[1])

@@ -13,6 +13,7 @@ longer before it gives up with 503.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -21,7 +22,7 @@ import secrets
 import time
 import uuid
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -35,7 +36,7 @@ from services.gateway import metrics as m
 from services.gateway.auth import ApiKeys, RateLimit
 from services.gateway.catalog import SCHEDULE, Catalog, Target
 from services.gateway.comparisons import ComparisonTap
-from services.gateway.errors import AnswerFailed, AnswerTimedOut, Unavailable
+from services.gateway.errors import AnswerFailed, AnswerTimedOut, Unavailable, status_of
 from services.gateway.oip import InferCall, InferResult, RowAnswer, rows_of, timeout_ms
 from services.gateway.settings import GatewaySettings
 
@@ -88,6 +89,20 @@ class Gateway:
     def spend(self, caller: str) -> None:
         """One call of `caller` (authenticated) against its rate limit."""
         self.limit.take(caller)
+
+    @contextlib.contextmanager
+    def spending(self, caller: str) -> Iterator[None]:
+        """One call of `caller` against its rate limit, given back if the call is refused for the
+        gateway's state (a 503: draining, overloaded, Kafka away), which callers retry: each retry
+        spent a token, and once the burst was gone they got 429 for what was no fault of theirs.
+        Spent before the body is read (a caller over its limit costs no body)."""
+        self.spend(caller)
+        try:
+            yield
+        except Exception as exc:
+            if status_of(exc).http == 503:
+                self.limit.give_back(caller)
+            raise
 
     def authenticate(self, authorization: str | None) -> str:
         """Authentication alone (metadata calls do not spend the rate limit)."""

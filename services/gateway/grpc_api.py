@@ -128,12 +128,13 @@ class InferenceService:
         async def work() -> Any:
             started, deadline = time.monotonic(), oip.grpc_deadline_ms(context.time_remaining())
             caller = self.gateway.authenticate(_authorization(context))
-            self.gateway.open_for_calls()  # before the message is turned into rows, and before the token (rest.py)
-            self.gateway.spend(caller)
-            s = self.gateway.settings
-            call = await off_the_loop(request.ByteSize() >= LARGE_BODY, call_from, request, s.max_rows, s.max_features)
-            result = await self.gateway.infer(request.model_name, request.model_version, call, caller, (deadline,),
-                                              started)
+            with self.gateway.spending(caller):
+                self.gateway.open_for_calls()  # before the message is turned into rows
+                s = self.gateway.settings
+                call = await off_the_loop(request.ByteSize() >= LARGE_BODY, call_from, request, s.max_rows,
+                                          s.max_features)
+                result = await self.gateway.infer(request.model_name, request.model_version, call, caller,
+                                                  (deadline,), started)
             return response_from(result)
         return await self._measured("infer", request, context, work)
 
@@ -235,7 +236,11 @@ def _one_message(method: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any
         except TimeoutError:
             request = NoMessage(BodyTooSlow(f"the call's message did not arrive within {timeout_s:g} s"))
         except StopAsyncIteration:
-            request = NoMessage(InvalidInput("the call ended without its message"))
+            # No message will come: grpc refused it itself (over --max-body-bytes: its RESOURCE_EXHAUSTED
+            # is sent, and this status goes nowhere), or the caller cancelled or half-closed without
+            # one. Ended here, not counted by the method: as before, such a call counts only as one
+            # begun (grpc_guard.py), never as the caller's invalid input (a review).
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call ended without its message")
         return await method(request, context)
 
     return behavior

@@ -15,14 +15,17 @@ front would (nginx: 8 KiB a header line, 60 s):
 
     more than `max_pipelined` requests     the connection closed (`pipelined`)
     queued behind the one being answered
-    a protocol upgrade (Upgrade: h2c, ...)  400, connection closed (`upgrade`)
+    a protocol upgrade (Upgrade: h2c, ...)  400, connection closed (`upgrade`); without a body,
+    with a body                              served as HTTP/1.1, the connection closed after
 
 uvicorn queues a connection's pipelined requests without a bound, and reads on after each answer:
 one connection writing `GET /v2/health/live` over and over without waiting grew the gateway to
 2.4 GB while 141 answers went out (a review). A client that pipelines keeps a few requests ahead;
 more is a flood. An upgrade uvicorn cannot serve (no WebSocket library is installed; h2c is not
 HTTP/1.1) handed the app an empty body, and the parser then read the body's bytes as a request of
-their own: a request smuggled past any proxy that forwards the header (a review).
+their own: a request smuggled past any proxy that forwards the header (a review). The server
+runs with `ws="none"`: a WebSocket library installed beside uvicorn would otherwise take upgrades
+this guard has already answered.
 
 and counts what uvicorn refuses by itself, before the app sees a request, in the same metric: a
 request the HTTP parser cannot read (uvicorn's 400, `bad_request`) and one over
@@ -159,14 +162,18 @@ class _Guarded(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._disarm_head_timer()
-        if self.parser.should_upgrade():
-            # Before the app starts: it would get an empty body, the body's bytes read as a request.
-            REFUSED.labels("upgrade").inc()
-            self._close_with(b"400 Bad Request", "protocol upgrades (an Upgrade header with Connection: upgrade) "
-                                                 "are not served: send the request without them")
-            return  # the parser stops at the upgrade (uvicorn's warning about it is dropped below)
         if self.transport.is_closing():
             return  # refused, the rest of what was read with it is dropped: no app starts for it
+        upgrade = self.parser.should_upgrade()
+        if upgrade and self._has_body():
+            # Before the app starts: it would get an empty body, the body's bytes read as a request.
+            REFUSED.labels("upgrade").inc()
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.transport.close()  # an answer is under way: a 400 written now would pass for it
+            else:
+                self._close_with(b"400 Bad Request", "a request with a body and a protocol upgrade (Upgrade with "
+                                                     "Connection: upgrade) is not served: send it without the upgrade")
+            return  # the parser stops at the upgrade (uvicorn's warning about it is dropped below)
         if len(self.pipeline) >= self.MAX_PIPELINED:
             # A response may be under way on this connection: no status can be written into it.
             REFUSED.labels("pipelined").inc()
@@ -177,6 +184,18 @@ class _Guarded(HttpToolsProtocol):
         if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
             REFUSED.labels("max_connections").inc()  # uvicorn's own test, just below: it answers 503
         super().on_headers_complete()
+        if upgrade:
+            # Without a body (Java's HttpClient and `curl --http2` ask for h2c on every request):
+            # answered as HTTP/1.1, the upgrade ignored as RFC 9110 allows; then the connection is
+            # closed, since the parser reads nothing past an upgrade in what came with it.
+            self.cycle.keep_alive = False
+
+    def _has_body(self) -> bool:
+        """Whether the request whose head is complete says a body follows."""
+        for name, value in self.headers:
+            if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"", b"0")):
+                return True
+        return False
 
     def on_body(self, body: bytes) -> None:
         if not self.transport.is_closing():  # else a request refused above: it has no cycle of its own

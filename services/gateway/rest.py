@@ -189,17 +189,15 @@ class RestApi:
         check_origin(request.headers.get("origin"), request.headers.get("host"), self.gateway.settings.allowed_hosts)
         check_media_type(request.headers.get("content-type"))
         check_encoding(request.headers.get("content-encoding"))
-        # Before the token is spent: a call refused for the gateway's state (draining, Kafka away,
-        # overloaded) is retried, and each retry ran the caller's bucket dry, turning a 503 into a 429.
-        self.gateway.open_for_calls()  # before the body takes its memory
-        self.gateway.spend(caller)
-        body = await _body(request, self.gateway.settings.max_body_bytes)
-        s = self.gateway.settings
-        call = await off_the_loop(len(body) >= LARGE_BODY, parse_call, body, request.headers.get(BINARY_HEADER),
-                                  s.max_rows, s.max_features)
-        del body  # read into the call: not held (up to --max-body-bytes) while it waits for its answers
-        deadline = _header_ms(request.headers.get(TIMEOUT_HEADER))
-        result = await self.gateway.infer(name, version, call, caller, (deadline,), started)
+        with self.gateway.spending(caller):
+            self.gateway.open_for_calls()  # before the body takes its memory
+            body = await _body(request, self.gateway.settings.max_body_bytes)
+            s = self.gateway.settings
+            call = await off_the_loop(len(body) >= LARGE_BODY, parse_call, body, request.headers.get(BINARY_HEADER),
+                                      s.max_rows, s.max_features)
+            del body  # read into the call: not held (up to --max-body-bytes) while it waits for its answers
+            deadline = _header_ms(request.headers.get(TIMEOUT_HEADER))
+            result = await self.gateway.infer(name, version, call, caller, (deadline,), started)
         return json_response(oip.rest_response(result))
 
 

@@ -164,8 +164,8 @@ class GatewayService:
         extra = ComparisonPage(self._feed, lambda: self._stopping, s.ui_max_viewers).routes() if s.ui else []
         app = build_app(RestApi(gateway, server_version()), extra)
         config = uvicorn.Config(
-            app, http=guarded_protocol(), lifespan="off", access_log=False, log_config=None, server_header=False,
-            ssl_certfile=s.tls_cert or None, ssl_keyfile=s.tls_key or None, backlog=2048,
+            app, http=guarded_protocol(), ws="none", lifespan="off", access_log=False, log_config=None,
+            server_header=False, ssl_certfile=s.tls_cert or None, ssl_keyfile=s.tls_key or None, backlog=2048,
             timeout_graceful_shutdown=5, timeout_keep_alive=30, limit_concurrency=s.max_connections,
         )
         return _Server(config), _listen(s.http_addr, s.http_port)

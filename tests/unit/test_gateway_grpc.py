@@ -68,6 +68,7 @@ def _counted_calls() -> dict[str, Any]:
         return {"started": STARTED._value.get(),
                 "live_ok": child(m.CALLS, "grpc", "server_live", "OK")._value.get(),
                 "no_route": child(m.REJECTED, "grpc", "no_route")._value.get(),
+                "invalid": child(m.REJECTED, "grpc", "invalid")._value.get(),
                 "unimplemented": child(m.CALLS, "grpc", "none", "UNIMPLEMENTED")._value.get()}
 
     before = counts()
@@ -88,7 +89,7 @@ def test_the_services_grpc_server_counts_every_call_as_it_begins_refused_by_grpc
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["outcomes"] == [True, "RESOURCE_EXHAUSTED", "UNIMPLEMENTED"]
     # The one served, the one too large, the one to no method: all three counted as they began.
-    assert result["moved"] == {"started": 3, "live_ok": 1, "no_route": 1, "unimplemented": 1}
+    assert result["moved"] == {"started": 3, "live_ok": 1, "no_route": 1, "unimplemented": 1, "invalid": 0}
 
 
 def _stalled_calls() -> dict[str, Any]:
@@ -152,9 +153,10 @@ def _stalled_calls() -> dict[str, Any]:
         finally:
             await server.stop(None)
 
-    before = child(m.REJECTED, "grpc", "body_too_slow")._value.get()
+    before = {reason: child(m.REJECTED, "grpc", reason)._value.get() for reason in ("body_too_slow", "invalid")}
     result = asyncio.run(calls())
-    result["body_too_slow"] = child(m.REJECTED, "grpc", "body_too_slow")._value.get() - before
+    for reason, count in before.items():
+        result[reason] = child(m.REJECTED, "grpc", reason)._value.get() - count
     return result
 
 
@@ -170,4 +172,4 @@ def test_calls_that_never_send_their_message_give_their_places_back() -> None:
     assert result["live"] is True
     assert result["ended"] == ["DEADLINE_EXCEEDED: the call's message did not arrive within 1 s"] * 3 + [
         "INVALID_ARGUMENT: the call ended without its message"]
-    assert result["body_too_slow"] == 3
+    assert result["body_too_slow"] == 3 and result["invalid"] == 0

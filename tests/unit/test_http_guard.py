@@ -31,7 +31,7 @@ def guarded_server(head_timeout_s: float = 1.0, max_pipelined: int = 8) -> Itera
     """A guarded server (2 s body timeout, 3 connections) in a thread, on the port given."""
     chosen = free_port()
     protocol = guarded_protocol(4096, head_timeout_s, 2.0, max_pipelined)
-    config = uvicorn.Config(hello, host="127.0.0.1", port=chosen, http=protocol,
+    config = uvicorn.Config(hello, host="127.0.0.1", port=chosen, http=protocol, ws="none",
                             lifespan="off", log_config=None, access_log=False, limit_concurrency=3)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
@@ -172,10 +172,32 @@ def test_a_flood_of_pipelined_requests_closes_its_connection() -> None:
         assert answer.count(b"HTTP/1.1 200 ") <= 3
 
 
+def test_a_flood_and_an_upgrade_in_one_read_are_one_refusal() -> None:
+    with guarded_server(max_pipelined=2) as chosen:
+        pipelined, upgrade = REFUSED.labels("pipelined"), REFUSED.labels("upgrade")
+        before = pipelined._value.get(), upgrade._value.get()
+        flood = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 20
+        upgraded = b"POST / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 2\r\n\r\nhi"
+        exchange(chosen, flood + upgraded)
+        assert (pipelined._value.get(), upgrade._value.get()) == (before[0] + 1, before[1])
+
+
 def test_a_few_pipelined_requests_are_all_answered() -> None:
     with guarded_server(max_pipelined=2) as chosen:
         three = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 2 + b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         assert exchange(chosen, three).count(b"HTTP/1.1 200 ") == 3
+
+
+def test_an_upgrade_without_a_body_is_answered_as_http_1_1_and_its_connection_closed(port: int) -> None:
+    """Java's HttpClient and `curl --http2` ask for h2c on every plain-HTTP request: refused, every
+    such client lost the gateway (a review). Ignored instead, as RFC 9110 allows."""
+    upgrade = REFUSED.labels("upgrade")
+    before = upgrade._value.get()
+    asks = (b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+            b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n")
+    answer = exchange(port, asks)  # a timeout here (the connection kept open) fails the test
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"hello")
+    assert b"connection: close" in answer.lower() and upgrade._value.get() == before
 
 
 def test_a_protocol_upgrade_is_refused_before_its_body_can_pass_for_a_request(port: int) -> None:
