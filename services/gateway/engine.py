@@ -36,7 +36,7 @@ from services.gateway import metrics as m
 from services.gateway.auth import ApiKeys, RateLimit
 from services.gateway.catalog import SCHEDULE, Catalog, Target
 from services.gateway.comparisons import ComparisonTap
-from services.gateway.errors import AnswerFailed, AnswerTimedOut, Unavailable, status_of
+from services.gateway.errors import AnswerFailed, AnswerTimedOut, TurnedAway, Unavailable
 from services.gateway.oip import InferCall, InferResult, RowAnswer, rows_of, timeout_ms
 from services.gateway.settings import GatewaySettings
 
@@ -92,16 +92,18 @@ class Gateway:
 
     @contextlib.contextmanager
     def spending(self, caller: str) -> Iterator[None]:
-        """One call of `caller` against its rate limit, given back if the call is refused for the
-        gateway's state (a 503: draining, overloaded, Kafka away), which callers retry: each retry
-        spent a token, and once the burst was gone they got 429 for what was no fault of theirs.
+        """One call of `caller` against its rate limit, given back if the call is turned away for
+        the gateway's state before anything of it is sent (`TurnedAway`: draining, overloaded, Kafka
+        away), which callers retry: each retry spent a token, and once the burst was gone they got
+        429 for what was no fault of theirs. Not for a 503 after its rows went out (no answer in
+        time, a delivery failed): that call cost Kafka records and the models' work, and given
+        back, a key's flood could make the rendezvous late and call on for free (a review).
         Spent before the body is read (a caller over its limit costs no body)."""
         self.spend(caller)
         try:
             yield
-        except Exception as exc:
-            if status_of(exc).http == 503:
-                self.limit.give_back(caller)
+        except TurnedAway:
+            self.limit.give_back(caller)
             raise
 
     def authenticate(self, authorization: str | None) -> str:
@@ -139,14 +141,14 @@ class Gateway:
         rows in flight as allowed): asked before a call's body is read and parsed too, which took
         a large call's memory (≈ 60 MB for 2 MB of JSON) only for it to be refused after."""
         if self.draining:
-            raise Unavailable("this gateway is shutting down; retry (another replica will answer)")
+            raise TurnedAway("this gateway is shutting down; retry (another replica will answer)")
         broken = self.broken()
         if broken:
-            raise Unavailable(f"this gateway {broken}; retry (another replica will answer)")
+            raise TurnedAway(f"this gateway {broken}; retry (another replica will answer)")
         if not self.health.up:  # else requests would queue in the producer, and calls wait out their deadline
-            raise Unavailable(f"Kafka is unreachable ({self.health.describe()}); retry later")
+            raise TurnedAway(f"Kafka is unreachable ({self.health.describe()}); retry later")
         if self.rows_in_flight >= self.settings.max_in_flight:  # a call has a row at least
-            raise Unavailable(f"overloaded: {self.rows_in_flight} rows waiting for answers (at most "
+            raise TurnedAway(f"overloaded: {self.rows_in_flight} rows waiting for answers (at most "
                               f"{self.settings.max_in_flight}); retry later")
 
     async def infer(self, name: str, version: str, call: InferCall, caller: str,
@@ -165,7 +167,7 @@ class Gateway:
             await self._start_tap()
         budget = self._budget(target, given, started)  # last: what the caller has left when its rows go
         if self.rows_in_flight + len(rows) > self.settings.max_in_flight:
-            raise Unavailable(f"overloaded: {self.rows_in_flight} rows waiting for answers (at most "
+            raise TurnedAway(f"overloaded: {self.rows_in_flight} rows waiting for answers (at most "
                               f"{self.settings.max_in_flight}); retry later")
         # By rows too: the models' work is a row each, and the call limit let one call of --max-rows
         # rows cost what one row did. Taken last, once the call goes: one refused (invalid, draining,
@@ -210,7 +212,7 @@ class Gateway:
         if not self.tap.started:
             await asyncio.to_thread(self.tap.start)
             if self.draining:  # the stop came while the log reader started: send nothing now
-                raise Unavailable("this gateway is shutting down; retry (another replica will answer)")
+                raise TurnedAway("this gateway is shutting down; retry (another replica will answer)")
 
     def _send(self, ids: list[str], rows: list[dict[str, float]], budget: int,
               metadata: dict[str, str]) -> list[Future[Answer]]:

@@ -66,6 +66,11 @@ class Unavailable(CallError):
     retriable = True
 
 
+class TurnedAway(Unavailable):
+    """Unavailable, said before anything of the call was sent (draining, broken, Kafka away,
+    overloaded): the caller's rate-limit token is given back (`Gateway.spending`)."""
+
+
 class ClientClosed(CallError):
     """The caller went away before its request was read whole: no one to answer (nginx's 499)."""
 

@@ -172,7 +172,8 @@ class _Guarded(HttpToolsProtocol):
                 self.transport.close()  # an answer is under way: a 400 written now would pass for it
             else:
                 self._close_with(b"400 Bad Request", "a request with a body and a protocol upgrade (Upgrade with "
-                                                     "Connection: upgrade) is not served: send it without the upgrade")
+                                                     "Connection: upgrade) is not served: send it without the upgrade "
+                                                     "(Java's HttpClient: .version(HTTP_1_1); curl: --http1.1)")
             return  # the parser stops at the upgrade (uvicorn's warning about it is dropped below)
         if len(self.pipeline) >= self.MAX_PIPELINED:
             # A response may be under way on this connection: no status can be written into it.
@@ -185,9 +186,11 @@ class _Guarded(HttpToolsProtocol):
             REFUSED.labels("max_connections").inc()  # uvicorn's own test, just below: it answers 503
         super().on_headers_complete()
         if upgrade:
-            # Without a body (Java's HttpClient and `curl --http2` ask for h2c on every request):
+            # Without a body (Java's HttpClient and `curl --http2` ask for h2c on plain-HTTP requests):
             # answered as HTTP/1.1, the upgrade ignored as RFC 9110 allows; then the connection is
-            # closed, since the parser reads nothing past an upgrade in what came with it.
+            # closed, since the parser reads nothing past an upgrade in what came with it. With a
+            # body they are refused above: llhttp ends such a message at its head and never hands
+            # the body over (serving it would mean reading the body past the parser).
             self.cycle.keep_alive = False
 
     def _has_body(self) -> bool:

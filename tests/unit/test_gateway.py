@@ -859,6 +859,22 @@ def test_a_call_refused_while_draining_spends_no_rate_limit() -> None:
     assert [gateway.admit(None) for _ in range(2)] == ["anonymous", "anonymous"]  # the whole burst left
 
 
+def test_a_503_after_the_rows_went_out_keeps_its_token() -> None:
+    """Given back for any 503, a key whose flood made the rendezvous answer late (or whose
+    records failed delivery) called on for free: 50 of 50 calls of 100 rows past a burst of 2."""
+    from services.gateway.errors import RateLimited, TurnedAway, Unavailable
+    from services.gateway.settings import GatewaySettings
+
+    gateway = _gateway_without_kafka(GatewaySettings(rate_limit=0.001, rate_burst=2))
+    with pytest.raises(TurnedAway), gateway.spending("anonymous"):
+        raise TurnedAway("overloaded")  # before anything was sent: given back
+    with pytest.raises(Unavailable), gateway.spending("anonymous"):
+        raise Unavailable("no answer from the rendezvous within 1200 ms")  # after: kept
+    gateway.admit(None)  # the burst's second token
+    with pytest.raises(RateLimited):
+        gateway.admit(None)
+
+
 class EndsMidBody:
     """A request whose body stops after 12 bytes; `closed_by`: what the REST guard marked in its scope."""
 

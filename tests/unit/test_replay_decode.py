@@ -111,3 +111,20 @@ def test_a_replays_range_is_checked_with_its_settings_before_any_model_loads(
 
     with pytest.raises(ConfigError, match=said):
         ReplaySettings(bootstrap="localhost:9092", model="demo:champion", **changes).validate()
+
+
+def test_a_champion_named_for_a_replay_without_log_records_is_checked_not_dropped(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.cli import replay as replay_module
+    from services.cli.replay import ReplaySettings
+    from services.compare_report.summary import ChampionNotInRange
+
+    monkeypatch.setattr(replay_module, "_log_records", lambda *_args: iter(()))
+    monkeypatch.setattr(replay_module, "check_log_readable", lambda _settings: None)
+    values = [codec("request").encode(make_request({"mean_radius": 14.0}, budget_ms=100, reply_topic=None,
+                                                   reply_partition=None))]
+    named = replay_module.replay(ReplaySettings(model="demo:champion", champion="champion-replay"), values)
+    assert named.report.champion == "champion-replay"
+    with pytest.raises(ChampionNotInRange, match="--champion champoin"):
+        replay_module.replay(ReplaySettings(model="demo:champion", champion="champoin"), values)
