@@ -233,9 +233,6 @@ def replay(
     # record has no known answer, and counted as TIMEOUT it made the line read "answered by the
     # deadline: 0%" for a replay past the log's retention (a review). (frame() copies the columns.)
     answers = summarize(columns.frame(), champion=settings.champion or None)
-    # With no logged request there is nothing to infer the champion from: a --champion given is
-    # checked against the replayed rows instead (dropped, a misspelled one went unsaid).
-    champion = answers.champion if answers.records else settings.champion or None
     columns.add(_comparison(request_id, None, r, name, version) for request_id, r in replayed.items())
     notes = [f"{name}'s latency and deadline figures are its model's compute time per request in batches of "
              f"--batch {settings.batch} in this process (no Kafka, no queue): not comparable with the live "
@@ -243,6 +240,14 @@ def replay(
     if without_log:
         notes.append(f"{without_log:,} of these requests have no comparison record in the log: their real answers "
                      "unknown, they count in the models' figures only, not in the answers line")
+    champion = answers.champion
+    if not answers.records and settings.champion:
+        # Nothing logged to measure against: said, after the scoring, not raised (it threw the
+        # scoring away, blaming the name), and the replayed model itself may be named.
+        champion = settings.champion if settings.champion == name else None
+        if champion is None:
+            notes.append(f"--champion {settings.champion}: none of the replayed requests has a record in the log "
+                         f"(past its retention?), so only {name} is in the range: nothing to compare with")
     report = summarize(columns.frame(), champion=champion, notes=tuple(notes), source=source)
     report = dataclasses.replace(report, statuses=answers.statuses, answered_by_deadline=answers.answered_by_deadline,
                                  champion_source=answers.champion_source if answers.records else report.champion_source)

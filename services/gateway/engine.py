@@ -36,7 +36,7 @@ from services.gateway import metrics as m
 from services.gateway.auth import ApiKeys, RateLimit
 from services.gateway.catalog import SCHEDULE, Catalog, Target
 from services.gateway.comparisons import ComparisonTap
-from services.gateway.errors import AnswerFailed, AnswerTimedOut, TurnedAway, Unavailable
+from services.gateway.errors import AnswerFailed, AnswerTimedOut, TurnedAway, Unavailable, status_of
 from services.gateway.oip import InferCall, InferResult, RowAnswer, rows_of, timeout_ms
 from services.gateway.settings import GatewaySettings
 
@@ -102,8 +102,9 @@ class Gateway:
         self.spend(caller)
         try:
             yield
-        except TurnedAway:
-            self.limit.give_back(caller)
+        except Exception as exc:
+            if isinstance(exc, TurnedAway) or getattr(exc, NOTHING_SENT, False):
+                self.limit.give_back(caller)
             raise
 
     def authenticate(self, authorization: str | None) -> str:
@@ -222,8 +223,12 @@ class Gateway:
             for rid, row in zip(ids, rows, strict=True):
                 futures.append(self.client.submit(row, budget_ms=budget, request_id=rid, metadata=metadata,
                                                   created_at=created))
-        except BaseException:
+        except BaseException as exc:
             self._abandon(ids, futures)
+            if not futures and isinstance(exc, Exception) and status_of(exc).http == 503:
+                # The first row refused (the client's queue full, no reply partition): nothing of the
+                # call was sent, so its token comes back (`spending`), its reason kept (broker, ...).
+                setattr(exc, NOTHING_SENT, True)
             raise
         return futures
 
@@ -302,6 +307,9 @@ def call_budget(given: Sequence[int | None], default_ms: int, max_ms: int, elaps
     review: 8-100 ms after a gRPC deadline for a large call). The default counts from the send."""
     limits = [g - elapsed_ms for g in given if g is not None]
     return max(1, min(*limits, max_ms)) if limits else max(1, min(default_ms, max_ms))
+
+
+NOTHING_SENT = "rdv_nothing_sent"  # set on a 503 raised before any row of the call was sent
 
 
 def _kafka_id(call_id: str, caller: str, rows: list[dict[str, float]]) -> str:

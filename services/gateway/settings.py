@@ -130,6 +130,9 @@ class GatewaySettings(KafkaSettings):
                      "max_in_flight", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.max_in_flight < self.max_rows:  # a call of more rows than that was "overloaded" forever
+            raise ConfigError(f"--max-in-flight ({self.max_in_flight}) must be at least --max-rows "
+                              f"({self.max_rows}): a call of that many rows could never be sent")
         if self.drain_timeout_s < 0:
             raise ConfigError(f"--drain-timeout-s must be >= 0, got {self.drain_timeout_s}")
         if self.ui and self.ui_max_viewers >= self.max_connections:

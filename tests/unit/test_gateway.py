@@ -875,6 +875,38 @@ def test_a_503_after_the_rows_went_out_keeps_its_token() -> None:
         gateway.admit(None)
 
 
+def test_a_call_whose_first_row_the_kafka_client_refuses_keeps_its_reason_and_gets_its_token_back() -> None:
+    """The client's local queue full, or no reply partition: nothing of the call was sent, a 503 that
+    callers retry; the token was kept, and their retries earned 429s."""
+    from concurrent.futures import Future
+
+    from services.core.errors import KafkaOperationError
+    from services.gateway.errors import RateLimited, status_of
+    from services.gateway.settings import GatewaySettings
+
+    gateway = _gateway_without_kafka(GatewaySettings(rate_limit=0.001, rate_burst=1))
+    submitted: list[str] = []
+    refuse_from = [0]  # the row of a call from which the client refuses
+
+    def submit(_row: dict[str, float], **kwargs: Any) -> Future[Any]:
+        if len(submitted) >= refuse_from[0]:
+            raise KafkaOperationError("produce to rdv.requests refused: the client's local queue is full")
+        submitted.append(kwargs["request_id"])
+        return Future()
+
+    gateway.client.submit, gateway.client.abandon = submit, lambda *_args: None
+    for _ in range(3):  # the first row refused each time: the burst of one comes back each time
+        with pytest.raises(KafkaOperationError) as refused, gateway.spending("anonymous"):
+            gateway._send(["r1"], [{"a": 1.0}], 100, {})
+        assert status_of(refused.value).reason == "broker"
+    refuse_from[0] = 1  # a row goes out, the next is refused: the token is kept
+    with pytest.raises(KafkaOperationError), gateway.spending("anonymous"):
+        gateway._send(["r1", "r2"], [{"a": 1.0}, {"a": 2.0}], 100, {})
+    assert submitted == ["r1"]
+    with pytest.raises(RateLimited):
+        gateway.admit(None)
+
+
 class EndsMidBody:
     """A request whose body stops after 12 bytes; `closed_by`: what the REST guard marked in its scope."""
 
@@ -1536,3 +1568,12 @@ def test_calls_grpc_refuses_before_the_handler_are_counted_as_they_begin() -> No
     assert reached == [b"ok"]  # the large message never reached the handler, which counts the calls
     assert STARTED._value.get() == started + 3
     assert child(m.REJECTED, "grpc", "no_route")._value.get() == no_route + 1
+
+
+def test_max_in_flight_below_max_rows_is_refused_at_start() -> None:
+    """A call of more rows than --max-in-flight was 'overloaded' forever, retried for free."""
+    from services.core.errors import ConfigError
+    from services.gateway.settings import GatewaySettings
+
+    with pytest.raises(ConfigError, match=r"--max-in-flight \(4\) must be at least --max-rows \(1000\)"):
+        GatewaySettings(max_in_flight=4).validate()
