@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from services.core.errors import ConfigError
 from services.core.model_names import check_model_name
+from services.core.settings import not_a_readable_file
 
 DEFAULT_NAME = "default"  # a schedule file without a name gets it, and takes the name it is used under
 DEFAULT_DEADLINE_MS = 200
@@ -278,6 +279,9 @@ class Schedule:
 
     @classmethod
     def from_file(cls, path: str | Path) -> Schedule:
+        unreadable = not_a_readable_file(path)  # a pipe was read and waited on for good
+        if unreadable:
+            raise ConfigError(f"cannot read schedule file {path}: {unreadable}")
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:

@@ -122,15 +122,19 @@ def _check_address(url: str) -> None:
     try:
         parts = urlsplit(url)
         port_ok = parts.port is None or 0 < parts.port < 65536
-    except ValueError as exc:
-        raise ConfigError(f"--schema-registry {shown_url_safely(url)!r} is not a valid URL: {exc}") from None
+    except ValueError:
+        # Not the parser's words: they quote the URL's pieces, a password's included ("Port could
+        # not be cast to integer value as 'S3C'" for a password holding a '/').
+        raise ConfigError(f"--schema-registry {shown_url_safely(url)!r} is not a valid URL (a user name or password "
+                          "holding '/', '?', '#' or '@' must be percent-encoded)") from None
     if not parts.hostname or not port_ok:
         raise ConfigError(f"--schema-registry {shown_url_safely(url)!r} needs a host and a port from 1 to 65535")
 
 
 def shown_url_safely(url: str) -> str:
-    """A URL that may not even parse, as it may be shown: everything before an '@' left out."""
-    return re.sub(r"^([a-z]+://)?.*@", r"\1***@", url)
+    """A URL that may not even parse, as it may be shown: everything before an '@' left out, and
+    a query or fragment (a token may ride there)."""
+    return re.sub(r"[?#].*$", "?***", re.sub(r"^([a-z]+://)?.*@", r"\1***@", url))
 
 
 class _Unredirected(urllib.request.HTTPRedirectHandler):

@@ -382,6 +382,10 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
             check_bootstrap(settings.bootstrap)
             settings.librdkafka()
             settings.topics()
+        if isinstance(settings, ServiceSettings) and not settings.metrics_host.strip():
+            # An empty host binds every interface: a blanked variable opened the endpoint to all.
+            raise ConfigError("--metrics-host is empty: give an address (127.0.0.1, the default: this machine "
+                              "only; 0.0.0.0: every interface)")
         validate = getattr(settings, "validate", None)
         if callable(validate):
             validate()

@@ -64,7 +64,11 @@ class ApiKeys:
 
     @classmethod
     def load(cls, file: str, inline: Iterable[str]) -> ApiKeys:
+        inline = tuple(inline)
         entries = parse_entries(inline, "--api-key-hashes")
+        if not entries and inline:
+            # Given, but blank (' , '): read as "no keys", it let every caller in.
+            raise ConfigError("--api-key-hashes holds no key (leave it out to let every caller in)")
         if file:
             try:
                 text = Path(file).read_text(encoding="utf-8")

@@ -159,8 +159,9 @@ def _check_comparison_url(url: str) -> None:
     try:
         parts = urlsplit(url)
         port_ok = parts.port is None or 0 < parts.port <= MAX_PORT
-    except ValueError as exc:
-        raise ConfigError(f"--comparison-url is not a valid URL: {exc}") from None
+    except ValueError as exc:  # the parser's words quote the URL's pieces: not where a password may be
+        said = "it must not carry user:password@ either" if "@" in url else str(exc)
+        raise ConfigError(f"--comparison-url is not a valid URL: {said}") from None
     if parts.username is not None or parts.password is not None:
         raise ConfigError("--comparison-url must not carry user:password@ (the public /ui page names its source); "
                           "the comparison service's /metrics needs none")

@@ -1,0 +1,49 @@
+"""Misconfigurations a probe of every command found passing, hanging or saying too much: each is
+one line now (services/core/settings.py, registry.py, control/schedule.py, gateway/auth.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from services.core.errors import ConfigError
+from services.core.settings import from_namespace
+
+
+def test_a_registry_url_that_does_not_parse_is_refused_without_quoting_its_password() -> None:
+    """A password holding '/' made urllib read part of it as the port, and its words quoted it."""
+    from services.core.registry import SchemaRegistry, shown_url_safely
+
+    with pytest.raises(ConfigError) as refused:
+        SchemaRegistry("http://alice:S3C/RETpw@127.0.0.1:1")
+    assert "S3C" not in str(refused.value) and "RETpw" not in str(refused.value)
+    assert "percent-encoded" in str(refused.value)
+    assert shown_url_safely("http://127.0.0.1:1/?token=S3CRETtok") == "http://127.0.0.1:1/?***"
+
+
+def test_a_schedule_file_that_is_a_pipe_is_refused_not_waited_on(tmp_path: Path) -> None:
+    from services.control.schedule import Schedule
+
+    pipe = tmp_path / "schedule.json"
+    os.mkfifo(pipe)
+    with pytest.raises(ConfigError, match=r"cannot read schedule file .*: is not a regular file"):
+        Schedule.from_file(pipe)
+
+
+def test_an_empty_metrics_host_is_refused_not_bound_on_every_interface(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.decoy.settings import DecoySettings
+
+    monkeypatch.setenv("RDV_METRICS_HOST", "")
+    with pytest.raises(ConfigError, match=r"RDV_METRICS_HOST \(the environment.s --metrics-host\) is empty"):
+        from_namespace(DecoySettings)
+
+
+def test_a_blank_list_of_api_key_hashes_is_refused_not_read_as_no_keys() -> None:
+    """' , ' started a gateway that let every caller in; an empty key file was already refused."""
+    from services.gateway.auth import ApiKeys
+
+    with pytest.raises(ConfigError, match="--api-key-hashes holds no key"):
+        ApiKeys.load("", (" ", ""))
+    assert not ApiKeys.load("", ()).enabled  # not given at all: no authentication, as documented
