@@ -73,6 +73,11 @@ class Principals:
         nameless = sorted(role for role, name in pairs.items() if not _named(name))
         if nameless:
             raise ValueError(f"no principal given for {', '.join(nameless)} (e.g. client=alice or client=User:alice)")
+        # 'client=*' granted User:* (everyone) a role's rights; a space names no SASL user either.
+        loose = sorted(role for role, name in pairs.items() if "*" in name or any(c.isspace() for c in name))
+        if loose:
+            raise ValueError(f"the principal of {', '.join(loose)} must name one user: no '*' (that would grant "
+                             "everyone) and no spaces")
         return cls(**{role: name if ":" in name else f"User:{name}" for role, name in pairs.items()})
 
     def of(self, role: str) -> str:
@@ -105,6 +110,10 @@ def _under(prefix: str, topics: Topics) -> set[str]:
 
 def layout(topics: Topics, prefix: str, principals: Principals = Principals()) -> list[Grant]:
     """Every grant of a deployment whose topics are `topics` and whose names start with `prefix`."""
+    if not prefix:
+        # A prefixed grant of '' is every topic and group of the cluster: the admin's ALL on them.
+        raise ConfigError("the ACL layout needs a --topic-prefix (an empty one would grant the admin role every "
+                          "topic and group of the cluster)")
     overlapping = [f"{prefix}{group}" for group in GROUPS if f"{prefix}{group}".startswith(SCRATCH_GROUP_PREFIX)]
     if overlapping:
         raise ConfigError(f"topic prefix {prefix!r} names groups ({', '.join(overlapping)}) under "

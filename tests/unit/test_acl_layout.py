@@ -96,3 +96,14 @@ def test_the_admin_may_create_and_write_topics_renamed_outside_the_prefix() -> N
         assert allows(grants, P.admin, "topic", name, "CREATE") and allows(grants, P.admin, "topic", name, "WRITE")
     assert not allows(grants, P.admin, "topic", "someone-elses-topic", "WRITE")
     assert len([g for g in grants if g.principal == P.admin and g.resource == "topic"]) == 3  # the prefix and the two
+
+
+def test_a_layout_that_would_grant_everyone_or_everything_is_refused() -> None:
+    """`--topic-prefix ''` gave the admin ALL on every topic and group of the cluster, and
+    `--principal client=*` gave User:* (everyone) the client's writes: both printed and applied."""
+    with pytest.raises(ConfigError, match="needs a --topic-prefix"):
+        layout(Topics.from_prefix(""), "")
+    for loose in ("*", "User:*", "a b"):
+        with pytest.raises(ValueError, match="must name one user"):
+            Principals.from_pairs({"client": loose})
+    assert Principals.from_pairs({"client": "alice"}).client == "User:alice"
