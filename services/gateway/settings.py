@@ -54,24 +54,26 @@ class GatewaySettings(KafkaSettings):
     answer_grace_ms: int = setting(
         2000,
         "How long after a request's deadline to wait for the rendezvous' answer before replying 503 "
-        "(the rendezvous answers TIMEOUT by the deadline; missing that, it is not running) (ms).",
+        "(the rendezvous answers TIMEOUT by the deadline; missing that, it is not running) (ms).", minimum=1,
     )
     comparison_grace_ms: int = setting(
         10_000,
         "Calls to a single model wait for the comparison record, written once every model reported or "
-        "the rendezvous' --linger-ms after the deadline passed: how long past the deadline to wait (ms).",
+        "the rendezvous' --linger-ms after the deadline passed: how long past the deadline to wait (ms).", minimum=1,
     )
-    max_budget_ms: int = setting(60_000, "Longest deadline a call gets (ms); a longer one is shortened to this.")
-    max_rows: int = setting(1000, "Most rows (Kafka requests) one inference call may carry; more is refused (400).")
+    max_budget_ms: int = setting(60_000, "Longest deadline a call gets (ms); a longer one is shortened to this.",
+                                 minimum=1)
+    max_rows: int = setting(1000, "Most rows (Kafka requests) one inference call may carry; more is refused (400).",
+                            minimum=1)
     max_features: int = setting(
         1024, "Most features (columns of an [n, k] input, or feature inputs) one call may carry; more is refused "
         "(400) before its data is read: a call costs at most --max-rows x this many values.", minimum=1,
         maximum=1_000_000,
     )
     max_in_flight: int = setting(
-        20_000, "Most rows waiting for answers at once; calls beyond it are refused with 503 (overloaded).",
+        20_000, "Most rows waiting for answers at once; calls beyond it are refused with 503 (overloaded).", minimum=1,
     )
-    max_body_bytes: int = setting(8 * 1024 * 1024, "Largest request body (REST and gRPC), in bytes.")
+    max_body_bytes: int = setting(8 * 1024 * 1024, "Largest request body (REST and gRPC), in bytes.", minimum=1)
     max_connections: int = setting(
         1000, "Most HTTP connections open (idle keep-alive ones count: at the limit every request gets 503) and "
         "most gRPC calls at once (RESOURCE_EXHAUSTED beyond). Bodies being read take at most this times "
