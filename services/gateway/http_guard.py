@@ -15,8 +15,8 @@ front would (nginx: 8 KiB a header line, 60 s):
 
     more than `max_pipelined` requests     the connection closed (`pipelined`)
     queued behind the one being answered
-    a protocol upgrade (Upgrade: h2c, ...)  400, connection closed (`upgrade`); without a body,
-    with a body                              served as HTTP/1.1, the connection closed after
+    a request with a body asking for a       400, connection closed (`upgrade`); one without a
+    protocol upgrade (Upgrade: h2c, ...)     body is answered as HTTP/1.1, then its connection closed
 
 uvicorn queues a connection's pipelined requests without a bound, and reads on after each answer:
 one connection writing `GET /v2/health/live` over and over without waiting grew the gateway to
@@ -60,7 +60,7 @@ REFUSED = Counter("rdv_gateway_connections_refused_total",
                   "REST requests refused before they were read, by reason (head_too_large | head_too_slow | "
                   "body_too_slow | bad_request: the HTTP parser could not read it | max_connections: "
                   "--max-connections were open | pipelined: too many requests queued on one connection | "
-                  "upgrade: a protocol upgrade, which is not served).",
+                  "upgrade: a request with a body asking for a protocol upgrade, which is not served).",
                   ["reason"])
 
 
