@@ -434,11 +434,6 @@ def pid_cpu(pid: int | None) -> Callable[[], float]:
     return (lambda: math.nan) if pid is None else functools.partial(cpu_seconds, pid)
 
 
-def pid_librdkafka(pid: int | None) -> Callable[[], float]:
-    """A reader of a process' librdkafka threads' CPU seconds (this process' if None)."""
-    return LibrdkafkaCpu(pid)
-
-
 def bench_and_broker(broker: BrokerInfo) -> dict[str, Callable[[], float]]:
     """CPU readers of this process (all its threads, librdkafka's too) and of the broker."""
     return {"bench process": cpu_seconds, "broker": pid_cpu(broker.pid)}

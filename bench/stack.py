@@ -37,6 +37,7 @@ from bench.common import (
     BrokerInfo,
     Children,
     CpuMeter,
+    LibrdkafkaCpu,
     Load,
     bench_and_broker,
     children,
@@ -45,7 +46,6 @@ from bench.common import (
     fresh_topics,
     host_cpu,
     pid_cpu,
-    pid_librdkafka,
     plain_topics,
     ratio,
     read_topic,
@@ -190,8 +190,8 @@ class Stack:
 
     def librdkafka_sources(self) -> dict[str, Callable[[], float]]:
         """CPU readers of the librdkafka threads of every Python process (the children, this one)."""
-        kids = {name: pid_librdkafka(proc.pid) for name, proc in self.kids.procs.items()}
-        return {**kids, "bench process": pid_librdkafka(None)}
+        kids: dict[str, Callable[[], float]] = {name: LibrdkafkaCpu(proc.pid) for name, proc in self.kids.procs.items()}
+        return {**kids, "bench process": LibrdkafkaCpu(None)}
 
     def run(self, name: str, rate: float, seconds: float, into: Load) -> None:
         """Send into pipeline `name` at `rate` for `seconds`, then wait for its answers (drained)."""

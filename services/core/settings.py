@@ -45,6 +45,7 @@ def setting(
     minimum: float | None = None,
     maximum: float | None = None,
     above: float | None = None,
+    if_empty: str | None = None,
 ) -> Any:
     """A dataclass field with its --help text and optional env/flag name overrides.
 
@@ -53,10 +54,11 @@ def setting(
     `split_flags=False` only the env variable's (each flag is one item: it may hold the separator).
     `minimum`/`maximum` bound a number (default: `INT_RANGE` / `FLOAT_RANGE`); `above` is an
     exclusive lower bound (a duration or a rate that must be more than 0); `from_namespace`
-    refuses anything outside with one clear line, for every command.
+    refuses anything outside with one clear line, for every command. `if_empty`: a text that may
+    not be given empty (blank), and what to say when it is.
     """
     meta = {"help": help, "env": env, "flag": flag, "separator": separator, "split_flags": split_flags,
-            "secret": secret, "minimum": minimum, "maximum": maximum, "above": above}
+            "secret": secret, "minimum": minimum, "maximum": maximum, "above": above, "if_empty": if_empty}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use tuples for sequence defaults: settings are frozen")
     return field(default=default, metadata=meta, repr=not secret)
@@ -224,6 +226,8 @@ class ServiceSettings(KafkaSettings):
     metrics_host: str = setting(
         "127.0.0.1", "Address the metrics/health endpoint binds (0.0.0.0: every interface, e.g. in a container).",
         env="RDV_METRICS_HOST",
+        # An empty host binds every interface: a blanked variable opened the endpoint to all.
+        if_empty="give an address (127.0.0.1, the default: this machine only; 0.0.0.0: every interface)",
     )
 
 
@@ -373,6 +377,8 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
         if raw is None:
             continue
         value = _convert(name, kind, raw, separator, bool(f.metadata.get("secret")))
+        if f.metadata.get("if_empty") and isinstance(value, str) and not value.strip():
+            raise ConfigError(f"{name} is empty: {f.metadata['if_empty']}")
         if kind in (int, float):
             _check_range(name, value, f, kind)
         values[f.name] = value
@@ -382,10 +388,6 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
             check_bootstrap(settings.bootstrap)
             settings.librdkafka()
             settings.topics()
-        if isinstance(settings, ServiceSettings) and not settings.metrics_host.strip():
-            # An empty host binds every interface: a blanked variable opened the endpoint to all.
-            raise ConfigError("--metrics-host is empty: give an address (127.0.0.1, the default: this machine "
-                              "only; 0.0.0.0: every interface)")
         validate = getattr(settings, "validate", None)
         if callable(validate):
             validate()

@@ -103,7 +103,7 @@ class Gateway:
         try:
             yield
         except Exception as exc:
-            if isinstance(exc, TurnedAway) or getattr(exc, NOTHING_SENT, False):
+            if getattr(exc, "nothing_sent", False):  # TurnedAway, or marked by `_send`
                 self.limit.give_back(caller)
             raise
 
@@ -228,7 +228,7 @@ class Gateway:
             if not futures and isinstance(exc, Exception) and status_of(exc).http == 503:
                 # The first row refused (the client's queue full, no reply partition): nothing of the
                 # call was sent, so its token comes back (`spending`), its reason kept (broker, ...).
-                setattr(exc, NOTHING_SENT, True)
+                exc.nothing_sent = True  # type: ignore[attr-defined]
             raise
         return futures
 
@@ -309,17 +309,19 @@ def call_budget(given: Sequence[int | None], default_ms: int, max_ms: int, elaps
     return max(1, min(*limits, max_ms)) if limits else max(1, min(default_ms, max_ms))
 
 
-NOTHING_SENT = "rdv_nothing_sent"  # set on a 503 raised before any row of the call was sent
-
-
 def _kafka_id(call_id: str, caller: str, rows: list[dict[str, float]]) -> str:
     """The Kafka request id of a call that names itself: its `id` and a digest of the caller and
     the rows. The rendezvous answers a request id it has seen with its first answer: the same call
     sent again (a retry, to any replica) gets that answer, while another caller's call, or other
     rows under the same `id` (OIP ids need not be unique), are requests of their own."""
     digest = hashlib.blake2b(_with_lengths([caller.encode()]), digest_size=8)
+    names: tuple[str, ...] = ()
+    encoded = b""
     for row in rows:  # names with their lengths, then values as doubles: 7x faster than hashing repr(rows)
-        digest.update(_with_lengths([name.encode("utf-8", "surrogatepass") for name in row]))
+        if tuple(row) != names:  # a call's rows share their names: encoded once
+            names = tuple(row)
+            encoded = _with_lengths([name.encode("utf-8", "surrogatepass") for name in names])
+        digest.update(encoded)
         digest.update(array("d", row.values()).tobytes())
     return f"{call_id}.{digest.hexdigest()}"
 

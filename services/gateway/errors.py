@@ -70,6 +70,8 @@ class TurnedAway(Unavailable):
     """Unavailable, said before anything of the call was sent (draining, broken, Kafka away,
     overloaded): the caller's rate-limit token is given back (`Gateway.spending`)."""
 
+    nothing_sent = True  # the mark `spending` reads (set on other errors too, by `Gateway._send`)
+
 
 class ClientClosed(CallError):
     """The caller went away before its request was read whole: no one to answer (nginx's 499)."""

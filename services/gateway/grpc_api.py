@@ -146,8 +146,7 @@ def _parameter(value: Any) -> Any:
 
 def _parameters(mapping: Any, where: str, read: frozenset[str]) -> dict[str, Any]:
     """The parameters in `read` (values are typed here: a count is all there is to check)."""
-    if len(mapping) > oip.MAX_PARAMETERS:
-        raise InvalidInput(f"{where}: {len(mapping)} parameters; at most {oip.MAX_PARAMETERS}")
+    oip.check_parameter_count(len(mapping), where)
     return {key: _parameter(mapping[key]) for key in read if key in mapping}
 
 

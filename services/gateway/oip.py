@@ -16,6 +16,7 @@ after that is shared.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections import Counter
@@ -131,8 +132,7 @@ def kept_parameters(params: Mapping[str, Any], where: str, read: frozenset[str])
     """The parameters in `read` of a call's or an input's (`where`); `InvalidInput` for more than
     MAX_PARAMETERS, or a value that is no boolean, number or string (`feature_names` excepted: a
     list of names, checked where it is read)."""
-    if len(params) > MAX_PARAMETERS:
-        raise InvalidInput(f"{where}: {len(params)} parameters; at most {MAX_PARAMETERS}")
+    check_parameter_count(len(params), where)
     for key, value in params.items():
         if key != FEATURE_NAMES and not isinstance(value, bool | int | float | str):
             raise InvalidInput(f"{where}: parameter {str(key)[:100]!r} must be a boolean, a number or a string "
@@ -140,6 +140,13 @@ def kept_parameters(params: Mapping[str, Any], where: str, read: frozenset[str])
     return {key: value for key, value in params.items() if key in read}
 
 
+def check_parameter_count(count: int, where: str) -> None:
+    """At most MAX_PARAMETERS on a call or an input (REST and gRPC)."""
+    if count > MAX_PARAMETERS:
+        raise InvalidInput(f"{where}: {count} parameters; at most {MAX_PARAMETERS}")
+
+
+@functools.cache
 def max_json_structures(max_rows: int, max_features: int) -> int:
     """Most arrays and objects (`[` and `{`, counted in strings too) a REST call within the limits
     can hold: each value in an array of its own, and per input its object, shape, data, parameters

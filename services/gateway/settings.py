@@ -128,10 +128,6 @@ class GatewaySettings(KafkaSettings):
         if self.rate_limit_rows > 0 and self.rate_burst_rows < self.max_rows:  # a call of --max-rows never passed
             raise ConfigError(f"--rate-burst-rows ({self.rate_burst_rows}) must be at least --max-rows "
                               f"({self.max_rows}): a call of that many rows could never pass")
-        for name in ("answer_grace_ms", "comparison_grace_ms", "max_budget_ms", "max_rows",
-                     "max_in_flight", "max_body_bytes"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.max_in_flight < self.max_rows:  # a call of more rows than that was "overloaded" forever
             raise ConfigError(f"--max-in-flight ({self.max_in_flight}) must be at least --max-rows "
                               f"({self.max_rows}): a call of that many rows could never be sent")
