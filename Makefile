@@ -56,3 +56,4 @@ broker-stop: setup
 clean:
 	-$(BIN)/rendezvous broker stop
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	find services -name '*.nbi' -delete -o -name '*.nbc' -delete  # numba's cache (services/core/compiled.py)

@@ -13,7 +13,7 @@ import numpy as np
 from services.core.compiled import compiled
 
 
-@compiled()
+@compiled(allocates=True)
 def first_seen(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct values of `codes` (non-negative, in a narrow range: `dense`) in order of first
     appearance, and each code's index among them."""
@@ -32,7 +32,7 @@ def first_seen(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return distinct[:found], ids
 
 
-@compiled()
+@compiled(allocates=True)
 def grouped(codes: np.ndarray, where: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Positions where `where` holds, grouped by their code (non-negative, in a narrow range:
     `dense`): (positions, group starts with the end appended, each group's code); groups in order
@@ -61,7 +61,7 @@ def grouped(codes: np.ndarray, where: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return positions, starts, keys[:groups]
 
 
-@compiled()
+@compiled(allocates=True)
 def last_per_row(rows: np.ndarray, chosen: np.ndarray, records: int) -> np.ndarray:
     """Per record, the position of its last output where `chosen` holds (-1: none)."""
     last = np.full(records, -1, dtype=np.int64)

@@ -214,7 +214,7 @@ def _request(buf: Any, skip: int, names: Any, ends: Any, rows: Any, row: int) ->
 
 
 # A walk takes a microsecond: it keeps the GIL (releasing it per record would only invite a switch).
-@compiled(nogil=False)
+@compiled(allocates=True, nogil=False)
 def walk_request(buf: Any, skip: int) -> tuple[int, ...]:
     """(valid 1/0, request_id start, end, created_at, deadline, has reply_to 1/0, its topic start,
     end, has a partition 1/0, partition, features, has a payload 1/0, start and end of the
