@@ -56,6 +56,7 @@ class TopicSettings(KafkaSettings):
 def cmd_broker(args: argparse.Namespace) -> int:
     from services.localkafka.broker import reset_background, start_background, status_background, stop_background
 
+    _check_broker_flags(args)
     console = messages()
     if args.action == "start":
         broker = start_background(progress=console.print, fresh=True if args.fresh else None, tls=args.tls)
@@ -77,6 +78,17 @@ def cmd_broker(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2, default=str))  # noqa: T201
         return 0 if status["running"] else 1
     return 0
+
+
+# Which action each of `broker`'s flags is for: given to another, it was ignored without a word
+# (`broker reset --fresh`, `broker status --tls`; the misconfiguration probe).
+_BROKER_FLAGS = {"fresh": "start", "tls": "start", "yes": "reset"}
+
+
+def _check_broker_flags(args: argparse.Namespace) -> None:
+    for name, action in _BROKER_FLAGS.items():
+        if getattr(args, name) and args.action != action:
+            raise ConfigError(f"broker {args.action}: --{name} is for `broker {action}` only")
 
 
 def _confirmed(question: str) -> bool:

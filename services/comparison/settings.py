@@ -22,7 +22,10 @@ class ComparisonSettings(ServiceSettings):
         10, "Time buckets the window is made of; the window slides by one bucket (window_s / buckets).",
         minimum=1,
     )
-    export_interval_s: float = setting(5.0, "How often the window's gauges are recomputed (s).", above=0)
+    # At least 0.1 s: each export merges the whole window; 1e-9 (taken before) exported after
+    # every batch, whatever the batch (the misconfiguration probe).
+    export_interval_s: float = setting(5.0, "How often the window's gauges are recomputed (s, at least 0.1).",
+                                       minimum=0.1)
     reference_size: int = setting(
         5000,
         "Scores of each model that form its frozen 'self' reference for drift (its first N scores "

@@ -88,10 +88,25 @@ def parse_requirements(text: str) -> list[Requirement]:
             raise ConfigError(f"--require: {number!r} is not a number ({clause!r})") from None
         if unit and not figure.startswith("p"):
             raise ConfigError(f"--require: {figure} takes no unit ({clause!r})")
+        _check_range(figure, value, clause)
         requirements.append(Requirement(figure, op, value, clause))
     if not requirements:
         raise ConfigError("--require is empty")
     return requirements
+
+
+# The values a figure can take: a bound outside them is a typo (`agreement>=95` for 95%) that
+# would make the gate fail for good, or pass whatever is measured.
+_SHARES = frozenset({"agreement", "error_rate", "coverage", "deadline_met", "ks"})
+
+
+def _check_range(figure: str, value: float, clause: str) -> None:
+    low = -1.0 if figure == "correlation" else 0.0
+    high = 1.0 if figure in _SHARES or figure == "correlation" else math.inf
+    if not low <= value <= high or value == math.inf:
+        within = f"between {low:g} and {high:g}" if high < math.inf else "a finite number of at least 0"
+        hint = " (95% is 0.95)" if figure in _SHARES else ""
+        raise ConfigError(f"--require: {figure} is {within}, not {value:g}{hint} ({clause!r})")
 
 
 # What every gate checks unless the operator says otherwise with a clause on the same figure: a

@@ -49,6 +49,8 @@ def _cache_dir() -> str | None:
     configured = numba_config.CACHE_DIR  # type: ignore[attr-defined]
     if configured and _writable(Path(configured)):
         return str(configured)
+    if configured:  # said, not silent: the operator set it for a reason (a read-only image, a shared cache)
+        log.warning("NUMBA_CACHE_DIR=%s is not a writable directory: compiled loops are cached elsewhere", configured)
     if _writable(Path(__file__).resolve().parents[1]):
         return ""
     ours = Path(tempfile.gettempdir()) / f"rendezvous-numba-{os.getuid()}"

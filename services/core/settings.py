@@ -325,8 +325,12 @@ def _convert(name: str, kind: Any, raw: Any, separator: str | None = ",", secret
     _check_utf8(name, raw)
     if kind is tuple:
         items = [raw] if isinstance(raw, str) else list(raw)
-        parts = (part for item in items for part in ([item] if separator is None else item.split(separator)))
-        return tuple(part.strip() for part in parts if part.strip())
+        parts = [part.strip() for item in items for part in ([item] if separator is None else item.split(separator))]
+        kept = tuple(part for part in parts if part)
+        if kept and len(kept) != len(parts):  # `--models a,,b` dropped a name the operator meant to give
+            given = shown if secret or len(items) != 1 else _excerpt(items[0])
+            raise ConfigError(f"{name}: an empty item in {given} (two commas in a row, or one at an end?)")
+        return kept
     if kind is bool and isinstance(raw, str):
         lowered = raw.strip().lower()
         if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):

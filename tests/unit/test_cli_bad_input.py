@@ -18,6 +18,7 @@ from services.cli.demo import DemoSettings
 from services.cli.deploy import DeploySettings
 from services.cli.lifecycle import PromoteSettings, ScheduleSetSettings
 from services.compare_report.settings import CompareSettings
+from services.comparison.settings import ComparisonSettings
 from services.control.schedule import Schedule
 from services.control.topic import ScheduleBook
 from services.core.errors import BrokerUnavailable, ConfigError
@@ -50,6 +51,8 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (RendezvousSettings, {"deadline_ms": "0"}, "--deadline-ms must be at least 1, got 0"),
     (RendezvousSettings, {"max_orphans": "-1"}, "--max-orphans must be at least 10, got -1"),
     (RendezvousSettings, {"max_held_bytes": "1000"}, "--max-held-bytes must be at least 1048576, got 1000"),
+    # Taken: the window was merged and every gauge rebuilt after each batch.
+    (ComparisonSettings, {"export_interval_s": "1e-9"}, "--export-interval-s must be at least 0.1, got 1e-09"),
     (DeploySettings, {"model": "demo:champion", "replicas": "1000"}, "--replicas must be at most 256, got 1000"),
     (DemoSettings, {"models": "=demo:champion"}, "--models expects name=spec"),
     (DemoSettings, {"models": "a=demo:champion,a=demo:canary"}, "--models names a more than once"),
@@ -352,6 +355,30 @@ def test_a_cooperative_assignor_is_refused_at_start_in_one_line(cls: type, strat
     assert "\n" not in text and "item 1 (partition.assignment.strategy): the cooperative-sticky assignor is not" in text
     values["kafka_config"] = ("partition.assignment.strategy=roundrobin",)
     assert from_namespace(cls, **values).librdkafka()["partition.assignment.strategy"] == "roundrobin"
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["status", "--fresh"], "broker status: --fresh is for `broker start` only"),
+    (["reset", "--tls"], "broker reset: --tls is for `broker start` only"),
+    (["stop", "--yes"], "broker stop: --yes is for `broker reset` only"),
+])  # fmt: skip
+def test_a_broker_flag_given_to_another_action_is_refused_before_it_acts(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each was ignored without a word: `broker reset --fresh` asked, `broker stop --yes` stopped it."""
+    from services.cli.main import main
+
+    assert main(["broker", *argv]) == 2
+    assert capsys.readouterr().err == f"error: {said}\n"
+
+
+@pytest.mark.parametrize("key", ["bootstrap.servers", "metadata.broker.list"])
+@pytest.mark.parametrize("value", ["", "elsewhere:9092"])
+def test_brokers_given_in_kafka_config_are_refused_for_bootstrap(key: str, value: str) -> None:
+    """`--kafka-config bootstrap.servers=` replaced --bootstrap silently: the start-up line showed
+    --bootstrap's broker, the service connected to '' (the misconfiguration probe)."""
+    with pytest.raises(ConfigError, match=f"item 1 \\({re.escape(key)}\\): the brokers are given with --bootstrap"):
+        from_namespace(RendezvousSettings, bootstrap=NO_BROKER, kafka_config=(f"{key}={value}",))
 
 
 @pytest.mark.parametrize("cls", [RendezvousSettings, WorkerSettings, DecoySettings, GatewaySettings])

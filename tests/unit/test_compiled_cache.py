@@ -28,6 +28,17 @@ def test_numba_cache_dir_when_writable_else_the_package_directory_else_ours_else
     assert compiled._cache_dir() is None
 
 
+def test_a_numba_cache_dir_that_cannot_be_written_is_said(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """It was passed over silently (the misconfiguration probe): whoever set it learnt nothing."""
+    monkeypatch.setattr(compiled.numba_config, "CACHE_DIR", str(tmp_path / "file" / "below"))
+    (tmp_path / "file").write_text("")
+    with caplog.at_level("WARNING", logger=compiled.__name__):
+        compiled._cache_dir()
+    assert f"NUMBA_CACHE_DIR={tmp_path / 'file' / 'below'} is not a writable directory" in caplog.text
+
+
 def test_a_seed_fills_in_the_cache_files_missing_and_keeps_the_others(tmp_path: Path) -> None:
     seed, cache = tmp_path / "seed", tmp_path / "cache"
     (seed / "core_ab").mkdir(parents=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import pytest
@@ -50,6 +51,23 @@ def test_a_clause_on_a_figure_replaces_its_default() -> None:
     figures = {"n": 500, "error_rate": 0.2, "champion_error_rate": 0.0, "coverage": 0.97, "versions": 2}
     assert verdicts("error_rate<=0.25,versions<=2", figures) == {
         "error_rate<=0.25": True, "versions<=2": True, "n>=100 (default)": True, "coverage>=0.95 (default)": True}
+
+
+@pytest.mark.parametrize(("clause", "said"), [
+    ("agreement>=95", "agreement is between 0 and 1, not 95 (95% is 0.95)"),
+    ("error_rate<=-0.1", "error_rate is between 0 and 1, not -0.1"),
+    ("correlation>=1.5", "correlation is between -1 and 1, not 1.5"),
+    ("p99<=1e999ms", "p99 is a finite number of at least 0, not inf"),
+    ("n>=-5", "n is a finite number of at least 0, not -5"),
+])  # fmt: skip
+def test_a_bound_no_figure_can_reach_is_refused(clause: str, said: str) -> None:
+    """`agreement>=95` (meaning 95%) was a gate that failed for good (the misconfiguration probe)."""
+    with pytest.raises(ConfigError, match=f"^--require: {re.escape(said)}"):
+        parse_requirements(f"p50<=10ms,{clause}")
+
+
+def test_the_edges_of_a_figure_are_bounds() -> None:
+    assert [r.value for r in parse_requirements("agreement>=1,correlation>=-1,error_rate<=0,n>=0")] == [1, -1, 0, 0]
 
 
 @pytest.mark.parametrize("typo", ["agreement>=0.9.5", "n>=1e", "n>=1-2"])

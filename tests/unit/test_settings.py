@@ -61,6 +61,20 @@ def test_list_flags_split_on_commas_but_kafka_config_keeps_them() -> None:
     assert settings.librdkafka()["ssl.cipher.suites"] == "x,y"
 
 
+@pytest.mark.parametrize("given", ["a,,b", "a,b,", " ,a"])
+def test_an_empty_item_in_a_list_is_refused(given: str) -> None:
+    """`--models a,,b` served a and b: the name meant between them was dropped (the misconfiguration probe)."""
+    import argparse
+
+    from services.core.settings import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, RendezvousSettings)
+    with pytest.raises(ConfigError, match=f"^--models: an empty item in '{re.escape(given)}'"):
+        from_namespace(RendezvousSettings, parser.parse_args(["--models", given]))
+    assert from_namespace(RendezvousSettings, parser.parse_args(["--models", " a , b "])).models == ("a", "b")
+
+
 def test_a_kafka_config_flag_is_one_setting_whatever_it_holds(monkeypatch: pytest.MonkeyPatch) -> None:
     """A password holding ';' was cut in two at it (and refused) when given with the flag."""
     import argparse
