@@ -91,15 +91,21 @@ class SchemaRegistry:
         deadline = time.monotonic() + self.timeout_s
         try:
             with _NO_REDIRECTS.open(request, timeout=self.timeout_s) as response:
-                return json.loads(_read_within(response, deadline))
+                kind, raw = response.headers.get_content_type(), _read_within(response, deadline)
         except urllib.error.HTTPError as exc:
             message = f"schema registry {self.url}{path}: HTTP {exc.code} {_message(exc)}"
             raise RegistryError(message, exc.code) from None
-        # HTTPException: a reply cut short, or from something that does not speak HTTP;
-        # RecursionError: JSON nested deeper than the parser's stack. Neither is a registry's answer.
-        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException, RecursionError) as exc:
+        # HTTPException: a reply cut short, or from something that does not speak HTTP.
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
             raise RegistryError(f"schema registry {self.url} unreachable: {reason}") from None
+        try:
+            return json.loads(raw)
+        # RecursionError: JSON nested deeper than the parser's stack. Said apart from "unreachable":
+        # a proxy's or a web server's HTML page at that address answers, but is no registry.
+        except (ValueError, RecursionError):
+            raise RegistryError(f"schema registry {self.url}{path}: the answer ({kind}) is not a schema "
+                                "registry's JSON; is the URL the registry's?") from None
 
 
 def _read_within(response: Any, deadline: float) -> bytes:
@@ -113,6 +119,8 @@ def _read_within(response: Any, deadline: float) -> bytes:
         if time.monotonic() > deadline:
             raise TimeoutError("the reply took longer than the timeout to come")
         chunks.append(chunk)
+    if response.length:  # bytes its Content-Length promised that never came: a reply cut short
+        raise ValueError(f"the reply was cut short ({response.length:,} bytes missing)")
     return b"".join(chunks)
 
 

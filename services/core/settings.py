@@ -408,7 +408,11 @@ def _from_env(err: ConfigError, from_env: dict[str, str]) -> ConfigError:
         # Only the flag the message is about (it opens it): in "--a, --b and --c must be ..." none is.
         if re.match(rf"{re.escape(flag)}(?![\w-])(?!,| and )", text):
             return type(err)(f"{variable} (the environment's {flag}){text[len(flag):]}")
-    return err
+    # A message about several flags ("give exactly one of --features, --file or --demo-rows"): the
+    # ones set by a variable are said after it, or the user looks for a flag they never typed.
+    named = [f"{flag} by {variable}" for flag, variable in from_env.items()
+             if re.search(rf"{re.escape(flag)}(?![\w-])", text)]
+    return type(err)(f"{text} (set in the environment: {', '.join(named)})") if named else err
 
 
 def check_writable_directory(path: str, flag: str) -> None:

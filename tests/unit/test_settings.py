@@ -180,6 +180,20 @@ def test_a_schedule_files_name_must_be_the_schedule_the_rendezvous_follows(tmp_p
     assert unnamed.name == "prod"
 
 
+def test_a_conflict_of_several_flags_names_the_variables_that_set_some(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RDV_FEATURES left set and `send --file x.csv` said "give exactly one of --features, --file
+    or --demo-rows", a flag nobody typed (the misconfiguration probe)."""
+    from services.cli.send import SendSettings
+
+    monkeypatch.setenv("RDV_FEATURES", '{"a": 1}')
+    with pytest.raises(ConfigError, match=re.escape("or --demo-rows N (set in the environment: --features by "
+                                                    "RDV_FEATURES)")):
+        from_namespace(SendSettings, None, file="x.csv")
+    monkeypatch.delenv("RDV_FEATURES")
+    with pytest.raises(ConfigError, match=r"or --demo-rows N$"):
+        from_namespace(SendSettings, None, file="x.csv", demo_rows=2)
+
+
 def test_a_value_refused_by_a_command_names_the_variable_it_came_from(monkeypatch: pytest.MonkeyPatch) -> None:
     """RDV_CO_HOST is the demo's true/false and a worker's list: left set, a worker said
     '--co-host expects NAME=SPEC', a flag nobody typed."""
