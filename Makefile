@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test unit integration lint bench bench-curve broker-start broker-stop clean
+.PHONY: setup system-deps demo test unit integration lint bench bench-curve broker-start broker-stop clean clean-numba
 
 setup: $(STAMP)
 
@@ -56,4 +56,11 @@ broker-stop: setup
 clean:
 	-$(BIN)/rendezvous broker stop
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache *.egg-info
-	find services -name '*.nbi' -delete -o -name '*.nbc' -delete  # numba's cache (services/core/compiled.py)
+	$(MAKE) clean-numba
+
+# numba's compiled loops, wherever services/core/compiled.py cached them: next to the sources,
+# NUMBA_CACHE_DIR, or the temp directory's fallback.
+clean-numba:
+	find services -name '*.nbi' -delete -o -name '*.nbc' -delete
+	$(if $(NUMBA_CACHE_DIR),find '$(NUMBA_CACHE_DIR)' -name '*.nbi' -delete -o -name '*.nbc' -delete)
+	rm -rf "$${TMPDIR:-/tmp}/rendezvous-numba-$$(id -u)"

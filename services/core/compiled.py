@@ -28,6 +28,7 @@ from typing import Any
 
 from numba import njit
 from numba.core import config as numba_config
+from numba.core.cpu import CPUTargetOptions
 
 log = logging.getLogger(__name__)
 
@@ -102,23 +103,34 @@ elif _CACHE is None:
 _seed(_CACHE)
 
 LOOPS: list[Any] = []  # every loop made by `compiled`, for `cache_counts`
+# A numba without the option (it is underscore-named) runs every loop with reference counting:
+# slower, never wrong, and said once.
+_NRT_OPTION = hasattr(CPUTargetOptions, "_nrt")
+if not _NRT_OPTION:
+    log.warning("this numba has no _nrt option: compiled loops run with reference counting (slower)")
 
 
-def compiled(allocates: bool = False, **options: Any) -> Callable[[Callable[..., Any]], Any]:
+def compiled(*, allocates: bool = False, **options: Any) -> Callable[[Callable[..., Any]], Any]:
     """A loop compiled at its first call (or loaded from the cache), which runs without the GIL.
 
     A loop that makes no array (`allocates` False: it only reads and writes those it is given)
     runs without numba's reference counting (its `jit` target option `_nrt`, underscore-named;
     numba's own tests turn it off so): with it, every array a step takes (`avro_walk.varint(buf,
     ...)`, inlined dozens of times per record) is counted in and out with atomic operations that
-    the optimiser cannot remove across the walks' many exits. They were two thirds of the
-    comparison walk's time (1.05 against 0.30 µs a record) and half of the request walk's (2.2
-    against 1.1 µs). Without it, making an array fails at compile time, never silently: a loop
-    that makes one says `allocates=True`. numba's cache keys a loop by its source file's stamp and
-    bytecode, not by these flags: after changing them, clear the cache (`make clean`)."""
+    the optimiser cannot remove across the walks' many exits. They were nearly three quarters of
+    the comparison walk's time (1.05 against 0.30 µs a record) and half of the request walk's (2.2
+    against 1.1 µs). Without it, making an array fails at compile time. Two things compile and
+    then fail at run time, so such a loop must do neither: return an array (called from a loop
+    that counts, it is freed twice) or call a loop that makes one (it is never freed);
+    tests/unit/test_compiled_cache.py checks the second.
+
+    numba's cache keys a loop by its own file's contents and bytecode: not by these flags, nor
+    by the files of the steps it inlines or calls. After changing either, `make clean-numba`."""
 
     def compile_later(function: Callable[..., Any]) -> Any:
-        flags = {"cache": _CACHE is not None, "nogil": True, "_nrt": allocates}
+        flags = {"cache": _CACHE is not None, "nogil": True}
+        if _NRT_OPTION:
+            flags["_nrt"] = allocates
         loop = njit(**{**flags, **options})(function)
         LOOPS.append(loop)
         return loop

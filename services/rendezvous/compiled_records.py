@@ -2,9 +2,9 @@
 
 fastavro built a dict of every Score (5 µs) for the join to keep six fields; the walk takes ~0.5 µs
 (a call from Python, 103-byte scores; 0.75 while the loops ran with numba's reference counting:
-services/core/compiled.py). The walk checks the
-record as fastavro would and hands back where the fields are, as the request walk does
-(services/core/compiled_requests.py, which says how, and when fastavro decodes instead).
+services/core/compiled.py). It checks the record as fastavro would and hands back where the
+fields are, as the request walk does (services/core/compiled_requests.py, which says how, and
+when fastavro decodes instead).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,3 +62,30 @@ def test_a_directory_that_cannot_be_made_is_not_writable(tmp_path: Path) -> None
     blocker.write_text("")
     assert not compiled._writable(blocker / "cache")
     assert compiled._writable(tmp_path / "cache")
+
+
+def _calls_an_allocating_loop(loop: Any) -> list[str]:
+    """The loops that make arrays which `loop`, compiled without reference counting, names."""
+    if loop.targetoptions.get("_nrt", True):
+        return []
+    function = loop.py_func
+    cells = [cell.cell_contents for cell in function.__closure__ or ()]
+    named = [*(function.__globals__.get(name) for name in function.__code__.co_names), *cells]
+    return [other.py_func.__name__ for other in named
+            if any(other is made for made in compiled.LOOPS) and other.targetoptions.get("_nrt", True)]
+
+
+def test_no_loop_without_reference_counting_calls_one_that_makes_arrays() -> None:
+    """Such a call compiles, and leaks every array the callee makes (services/core/compiled.py)."""
+    import services.comparison.kernels
+    import services.core.compiled_decode
+    import services.rendezvous.compiled_records  # noqa: F401 - with compiled_requests: every loop
+    from services.core.compiled_requests import walk_request
+
+    @compiled.compiled()
+    def leaking(buf: Any) -> int:  # never called: compiled only at a first call
+        return int(walk_request(buf, 0)[0])
+
+    assert _calls_an_allocating_loop(leaking) == ["walk_request"]  # the check sees such a call
+    loops = [loop for loop in compiled.LOOPS if loop is not leaking]
+    assert len(loops) >= 20 and not any(_calls_an_allocating_loop(loop) for loop in loops)
