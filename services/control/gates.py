@@ -88,7 +88,7 @@ def parse_requirements(text: str) -> list[Requirement]:
             raise ConfigError(f"--require: {number!r} is not a number ({clause!r})") from None
         if unit and not figure.startswith("p"):
             raise ConfigError(f"--require: {figure} takes no unit ({clause!r})")
-        _check_range(figure, value, clause)
+        _check_range(figure, op, value, clause)
         requirements.append(Requirement(figure, op, value, clause))
     if not requirements:
         raise ConfigError("--require is empty")
@@ -100,13 +100,15 @@ def parse_requirements(text: str) -> list[Requirement]:
 _SHARES = frozenset({"agreement", "error_rate", "coverage", "deadline_met", "ks"})
 
 
-def _check_range(figure: str, value: float, clause: str) -> None:
+def _check_range(figure: str, op: str, value: float, clause: str) -> None:
     low = -1.0 if figure == "correlation" else 0.0
     high = 1.0 if figure in _SHARES or figure == "correlation" else math.inf
+    within = f"between {low:g} and {high:g}" if high < math.inf else "a finite number of at least 0"
+    hint = " (95% is 0.95)" if figure in _SHARES - {"ks"} and 1 < value <= 100 else ""
     if not low <= value <= high or value == math.inf:
-        within = f"between {low:g} and {high:g}" if high < math.inf else "a finite number of at least 0"
-        hint = " (95% is 0.95)" if figure in _SHARES else ""
         raise ConfigError(f"--require: {figure} is {within}, not {value:g}{hint} ({clause!r})")
+    if (op == ">" and value >= high) or (op == "<" and value <= low):  # agreement>1, n<0: never passes
+        raise ConfigError(f"--require: {figure} is {within}: {clause!r} can never pass")
 
 
 # What every gate checks unless the operator says otherwise with a clause on the same figure: a

@@ -132,7 +132,7 @@ def _unsupported(key: str, value: str) -> str | None:
     """Why a setting librdkafka would take is refused here, if it is."""
     if key in ("bootstrap.servers", "metadata.broker.list"):
         # Given here it replaced --bootstrap silently, while the start-up line showed --bootstrap's value.
-        return "the brokers are given with --bootstrap (RDV_BOOTSTRAP), not here"
+        return "the brokers are given with --bootstrap (KAFKA_BOOTSTRAP_SERVERS), not here"
     if key == "group.protocol" and value.lower() != "classic":
         # KIP-848's assignment is incremental: the co-partitioned recovery (partition p of requests
         # and scores taken over as a unit) and the skeleton's assign/revoke handling assume eager.

@@ -91,7 +91,9 @@ class SchemaRegistry:
         deadline = time.monotonic() + self.timeout_s
         try:
             with _NO_REDIRECTS.open(request, timeout=self.timeout_s) as response:
-                kind, raw = response.headers.get_content_type(), _read_within(response, deadline)
+                kind = response.headers.get("Content-Type") or "no content type"
+                raw, missing = _read_within(response, deadline)
+                status = response.status
         except urllib.error.HTTPError as exc:
             message = f"schema registry {self.url}{path}: HTTP {exc.code} {_message(exc)}"
             raise RegistryError(message, exc.code) from None
@@ -99,17 +101,22 @@ class SchemaRegistry:
         except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
             raise RegistryError(f"schema registry {self.url} unreachable: {reason}") from None
+        if missing:  # it answered, and stopped: a registry's or a proxy's fault, asked again later
+            raise RegistryError(f"schema registry {self.url}{path}: the answer was cut short ({missing:,} bytes "
+                                "missing)")
         try:
             return json.loads(raw)
         # RecursionError: JSON nested deeper than the parser's stack. Said apart from "unreachable":
         # a proxy's or a web server's HTML page at that address answers, but is no registry.
         except (ValueError, RecursionError):
-            raise RegistryError(f"schema registry {self.url}{path}: the answer ({kind}) is not a schema "
-                                "registry's JSON; is the URL the registry's?") from None
+            shown = f"an empty answer (HTTP {status})" if not raw else f"the answer ({kind})"
+            raise RegistryError(f"schema registry {self.url}{path}: {shown} is not JSON; is the URL the "
+                                "registry's?") from None
 
 
-def _read_within(response: Any, deadline: float) -> bytes:
-    """The reply's body, read by the deadline and at most MAX_REPLY_BYTES of it."""
+def _read_within(response: Any, deadline: float) -> tuple[bytes, int]:
+    """The reply's body, read by the deadline and at most MAX_REPLY_BYTES of it, and how many bytes
+    its Content-Length promised that never came (a reply cut short)."""
     chunks: list[bytes] = []
     size = 0
     while chunk := response.read1(65_536):
@@ -119,9 +126,7 @@ def _read_within(response: Any, deadline: float) -> bytes:
         if time.monotonic() > deadline:
             raise TimeoutError("the reply took longer than the timeout to come")
         chunks.append(chunk)
-    if response.length:  # bytes its Content-Length promised that never came: a reply cut short
-        raise ValueError(f"the reply was cut short ({response.length:,} bytes missing)")
-    return b"".join(chunks)
+    return b"".join(chunks), response.length or 0
 
 
 def _check_address(url: str) -> None:

@@ -54,8 +54,8 @@ def setting(
     `split_flags=False` only the env variable's (each flag is one item: it may hold the separator).
     `minimum`/`maximum` bound a number (default: `INT_RANGE` / `FLOAT_RANGE`); `above` is an
     exclusive lower bound (a duration or a rate that must be more than 0); `from_namespace`
-    refuses anything outside with one clear line, for every command. `if_empty`: a text that may
-    not be given empty (blank), and what to say when it is.
+    refuses anything outside with one clear line, for every command. `if_empty`: a text (or a list) that may
+    not be given empty (blank, or only separators), and what to say when it is.
     """
     meta = {"help": help, "env": env, "flag": flag, "separator": separator, "split_flags": split_flags,
             "secret": secret, "minimum": minimum, "maximum": maximum, "above": above, "if_empty": if_empty}
@@ -326,11 +326,8 @@ def _convert(name: str, kind: Any, raw: Any, separator: str | None = ",", secret
     if kind is tuple:
         items = [raw] if isinstance(raw, str) else list(raw)
         parts = [part.strip() for item in items for part in ([item] if separator is None else item.split(separator))]
-        kept = tuple(part for part in parts if part)
-        if kept and len(kept) != len(parts):  # `--models a,,b` dropped a name the operator meant to give
-            given = shown if secret or len(items) != 1 else _excerpt(items[0])
-            raise ConfigError(f"{name}: an empty item in {given} (two commas in a row, or one at an end?)")
-        return kept
+        _check_no_gap(name, parts, separator)
+        return tuple(part for part in parts if part)
     if kind is bool and isinstance(raw, str):
         lowered = raw.strip().lower()
         if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
@@ -339,6 +336,17 @@ def _convert(name: str, kind: Any, raw: Any, separator: str | None = ",", secret
     if kind in (int, float):
         return _number(name, kind, raw, shown)
     return raw
+
+
+def _check_no_gap(name: str, parts: list[str], separator: str | None) -> None:
+    """An empty item between two others (`--models a,,b`) dropped what the operator meant to give
+    there. Empty ones at either end are dropped as before (`export RDV_KAFKA_CONFIG="$X;a=b"` with
+    X unset). Named by position: the value may be a secret pasted by mistake."""
+    filled = [k for k, part in enumerate(parts) if part]
+    gap = next((k for k in range(filled[0], filled[-1]) if not parts[k]), None) if filled else None
+    if gap is not None:
+        what = f"a doubled '{separator}'" if separator else "an empty flag among others"
+        raise ConfigError(f"{name}: item {gap + 1} of {len(parts)} is empty ({what}?)")
 
 
 def _check_utf8(name: str, raw: Any) -> None:
@@ -381,7 +389,7 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
         if raw is None:
             continue
         value = _convert(name, kind, raw, separator, bool(f.metadata.get("secret")))
-        if f.metadata.get("if_empty") and isinstance(value, str) and not value.strip():
+        if f.metadata.get("if_empty") and not (value.strip() if isinstance(value, str) else value):
             raise ConfigError(f"{name} is empty: {f.metadata['if_empty']}")
         if kind in (int, float):
             _check_range(name, value, f, kind)
@@ -404,15 +412,21 @@ def _from_env(err: ConfigError, from_env: dict[str, str]) -> ConfigError:
     """`err` with the flag it is about, when that flag was not typed (its value came from a
     variable), named as that variable, as the type checks above name it."""
     text = str(err)
+    opener = None
     for flag, variable in from_env.items():
-        # Only the flag the message is about (it opens it): in "--a, --b and --c must be ..." none is.
+        # The flag the message is about (it opens it): in "--a, --b and --c must be ..." none is.
         if re.match(rf"{re.escape(flag)}(?![\w-])(?!,| and )", text):
-            return type(err)(f"{variable} (the environment's {flag}){text[len(flag):]}")
-    # A message about several flags ("give exactly one of --features, --file or --demo-rows"): the
-    # ones set by a variable are said after it, or the user looks for a flag they never typed.
+            opener, text = flag, f"{variable} (the environment's {flag}){text[len(flag):]}"
+            break
+    # The other flags it names ("give exactly one of --features, --file or --demo-rows"), those set
+    # by a variable said after it, or the user looks for a flag they never typed. Quoted values
+    # are left out of the search: a value that spells a flag names none.
+    unquoted = re.sub(r"'[^']*'", "", text)
     named = [f"{flag} by {variable}" for flag, variable in from_env.items()
-             if re.search(rf"{re.escape(flag)}(?![\w-])", text)]
-    return type(err)(f"{text} (set in the environment: {', '.join(named)})") if named else err
+             if flag != opener and re.search(rf"{re.escape(flag)}(?![\w-])", unquoted)]
+    if named:
+        text = f"{text} (set in the environment: {', '.join(named)})"
+    return err if text == str(err) else type(err)(text)
 
 
 def check_writable_directory(path: str, flag: str) -> None:

@@ -32,6 +32,8 @@ class GatewaySettings(KafkaSettings):
     )
     api_key_hashes: tuple[str, ...] = setting(
         (), "Accepted API keys as `name:sha256-hex` entries (comma-separated), besides --api-keys-file.",
+        # Given blank (' , '), read as no keys, it let every caller in.
+        if_empty="it holds no key (leave it out to let every caller in)",
     )
     allowed_hosts: tuple[str, ...] = setting(
         (), "Host names (comma-separated) under which a web page may call the gateway, besides localhost and "

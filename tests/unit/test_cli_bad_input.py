@@ -51,6 +51,8 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (RendezvousSettings, {"deadline_ms": "0"}, "--deadline-ms must be at least 1, got 0"),
     (RendezvousSettings, {"max_orphans": "-1"}, "--max-orphans must be at least 10, got -1"),
     (RendezvousSettings, {"max_held_bytes": "1000"}, "--max-held-bytes must be at least 1048576, got 1000"),
+    # Read as no keys, it let every caller in (the review of the empty-item rule).
+    (GatewaySettings, {"api_key_hashes": " , "}, "--api-key-hashes is empty: it holds no key"),
     # Taken: the window was merged and every gauge rebuilt after each batch.
     (ComparisonSettings, {"export_interval_s": "1e-9"}, "--export-interval-s must be at least 0.1, got 1e-09"),
     (DeploySettings, {"model": "demo:champion", "replicas": "1000"}, "--replicas must be at most 256, got 1000"),
@@ -377,7 +379,8 @@ def test_a_broker_flag_given_to_another_action_is_refused_before_it_acts(
 def test_brokers_given_in_kafka_config_are_refused_for_bootstrap(key: str, value: str) -> None:
     """`--kafka-config bootstrap.servers=` replaced --bootstrap silently: the start-up line showed
     --bootstrap's broker, the service connected to '' (the misconfiguration probe)."""
-    with pytest.raises(ConfigError, match=f"item 1 \\({re.escape(key)}\\): the brokers are given with --bootstrap"):
+    said = f"item 1 ({key}): the brokers are given with --bootstrap (KAFKA_BOOTSTRAP_SERVERS)"
+    with pytest.raises(ConfigError, match=re.escape(said)):
         from_namespace(RendezvousSettings, bootstrap=NO_BROKER, kafka_config=(f"{key}={value}",))
 
 

@@ -66,8 +66,18 @@ def test_a_bound_no_figure_can_reach_is_refused(clause: str, said: str) -> None:
         parse_requirements(f"p50<=10ms,{clause}")
 
 
+@pytest.mark.parametrize("clause", ["agreement>1", "error_rate<0", "n<0", "p99<0ms", "correlation<-1"])
+def test_a_strict_bound_at_a_figures_edge_is_refused(clause: str) -> None:
+    with pytest.raises(ConfigError, match=f"{re.escape(repr(clause))} can never pass"):
+        parse_requirements(clause)
+
+
 def test_the_edges_of_a_figure_are_bounds() -> None:
-    assert [r.value for r in parse_requirements("agreement>=1,correlation>=-1,error_rate<=0,n>=0")] == [1, -1, 0, 0]
+    assert [r.value for r in parse_requirements("agreement>=1,correlation>=-1,error_rate<=0,n>=0,p50<=0ms,"
+                                                "agreement<1")] == [1, -1, 0, 0, 0, 1]
+    with pytest.raises(ConfigError) as refused:
+        parse_requirements("ks<=1.5")
+    assert "95%" not in str(refused.value)  # the hint is for a share written as a percentage
 
 
 @pytest.mark.parametrize("typo", ["agreement>=0.9.5", "n>=1e", "n>=1-2"])

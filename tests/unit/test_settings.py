@@ -61,18 +61,23 @@ def test_list_flags_split_on_commas_but_kafka_config_keeps_them() -> None:
     assert settings.librdkafka()["ssl.cipher.suites"] == "x,y"
 
 
-@pytest.mark.parametrize("given", ["a,,b", "a,b,", " ,a"])
-def test_an_empty_item_in_a_list_is_refused(given: str) -> None:
-    """`--models a,,b` served a and b: the name meant between them was dropped (the misconfiguration probe)."""
+@pytest.mark.parametrize(("given", "said"), [
+    ("a,,b", "item 2 of 3"), ("a, ,b,", "item 2 of 4"), ("a,b,,,c", "item 3 of 5"),
+])  # fmt: skip
+def test_an_empty_item_between_others_is_refused_by_position(given: str, said: str) -> None:
+    """`--models a,,b` served a and b: the name meant between them was dropped (the misconfiguration
+    probe). The value is not quoted: it may be a key pasted by mistake (its review)."""
     import argparse
 
     from services.core.settings import add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser, RendezvousSettings)
-    with pytest.raises(ConfigError, match=f"^--models: an empty item in '{re.escape(given)}'"):
+    with pytest.raises(ConfigError, match=f"^--models: {said} is empty \\(a doubled ','\\?\\)$"):
         from_namespace(RendezvousSettings, parser.parse_args(["--models", given]))
-    assert from_namespace(RendezvousSettings, parser.parse_args(["--models", " a , b "])).models == ("a", "b")
+    # At either end, an empty item is dropped: `export RDV_KAFKA_CONFIG="$X;a=b"` with X unset.
+    for ends in (" a , b ", "a,b,", ",a,b"):
+        assert from_namespace(RendezvousSettings, parser.parse_args(["--models", ends])).models == ("a", "b")
 
 
 def test_a_kafka_config_flag_is_one_setting_whatever_it_holds(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -192,6 +197,25 @@ def test_a_conflict_of_several_flags_names_the_variables_that_set_some(monkeypat
     monkeypatch.delenv("RDV_FEATURES")
     with pytest.raises(ConfigError, match=r"or --demo-rows N$"):
         from_namespace(SendSettings, None, file="x.csv", demo_rows=2)
+
+
+def test_the_environment_note_names_every_other_flag_a_variable_set_and_no_quoted_value(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With both set, only the opening flag's variable was named; and a value spelling a flag
+    (`--start-from=--group`) was said to be set in the environment (the review)."""
+    from services.gateway.settings import GatewaySettings
+    from services.model_worker.settings import WorkerSettings
+
+    monkeypatch.setenv("RDV_RATE_BURST_ROWS", "5")
+    monkeypatch.setenv("RDV_MAX_ROWS", "10")
+    monkeypatch.setenv("RDV_RATE_LIMIT_ROWS", "100")
+    with pytest.raises(ConfigError, match=r"^RDV_RATE_BURST_ROWS \(the environment's --rate-burst-rows\) .*"
+                                          r"\(set in the environment: --max-rows by RDV_MAX_ROWS\)$"):
+        from_namespace(GatewaySettings, None, bootstrap="127.0.0.1:1")
+    monkeypatch.setenv("RDV_GROUP", "g")
+    with pytest.raises(ConfigError, match=r"^--start-from must be earliest or latest, got '--group'$"):
+        from_namespace(WorkerSettings, None, model="demo:champion", start_from="--group", bootstrap="127.0.0.1:1")
 
 
 def test_a_value_refused_by_a_command_names_the_variable_it_came_from(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -269,12 +269,13 @@ def http_reply(body: bytes, status: str = "200 OK", length: int | None = None) -
 
 
 @pytest.mark.parametrize(("reply", "why"), [
-    (http_reply(b'{"schema": "', length=1000), "unreachable"),  # cut short
+    (http_reply(b'{"schema": "', length=1000), r"/schemas/ids/7: the answer was cut short \(988 bytes missing\)"),
     ([b"SSH-2.0-OpenSSH_9.6\r\n"], "unreachable"),  # not HTTP at all
-    (http_reply(b"[" * 100_000), "is not a schema registry's JSON"),  # nested past the parser's stack
+    (http_reply(b"[" * 100_000), r"the answer \(application/json\) is not JSON"),  # nested past the parser's stack
     # A web server's page at that address: it was said "unreachable" (the misconfiguration probe).
     ([b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 15\r\nConnection: close\r\n\r\n"
-      b"<html>hi</html>"], r"/schemas/ids/7: the answer \(text/html\) is not a schema registry's JSON; is the URL"),
+      b"<html>hi</html>"], r"/schemas/ids/7: the answer \(text/html\) is not JSON; is the URL the registry's\?"),
+    (http_reply(b"", status="204 No Content"), r"an empty answer \(HTTP 204\) is not JSON"),
     (http_reply(json.dumps({"schema": "[" * 100_000}).encode()), "is not valid JSON"),
 ])  # fmt: skip
 def test_a_registry_reply_no_registry_would_give_is_a_registry_error_not_a_crash(reply: list[bytes], why: str) -> None:

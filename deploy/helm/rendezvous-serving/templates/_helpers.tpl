@@ -100,6 +100,9 @@ runs as its own principal (docs/security.md: one SASL principal per role). */}}
 {{- if contains ";" (toString $value) -}}
 {{- fail (printf "%s.config.%s contains ';', the separator of RDV_KAFKA_CONFIG" $where $key) -}}
 {{- end -}}
+{{- if has $key (list "bootstrap.servers" "metadata.broker.list") -}}
+{{- fail (printf "%s.config.%s: the brokers are kafka.bootstrap, not a config entry (the services refuse it)" $where $key) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
