@@ -91,12 +91,16 @@ class SchemaRegistry:
         deadline = time.monotonic() + self.timeout_s
         try:
             with _NO_REDIRECTS.open(request, timeout=self.timeout_s) as response:
-                kind = response.headers.get("Content-Type") or "no content type"
+                # The parsed type only: the header as sent may hold line breaks or run to 64 KiB.
+                sent = response.headers.get("Content-Type")
+                kind = response.headers.get_content_type() if sent else "no content type"
                 raw, missing = _read_within(response, deadline)
                 status = response.status
         except urllib.error.HTTPError as exc:
             message = f"schema registry {self.url}{path}: HTTP {exc.code} {_message(exc)}"
             raise RegistryError(message, exc.code) from None
+        except (http.client.IncompleteRead, _TooLarge) as exc:  # it answered: said as its answer, not "unreachable"
+            raise RegistryError(f"schema registry {self.url}{path}: the answer {_answer_problem(exc)}") from None
         # HTTPException: a reply cut short, or from something that does not speak HTTP.
         except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
@@ -114,6 +118,14 @@ class SchemaRegistry:
                                 "registry's?") from None
 
 
+class _TooLarge(ValueError):
+    pass
+
+
+def _answer_problem(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, _TooLarge) else "was cut short"
+
+
 def _read_within(response: Any, deadline: float) -> tuple[bytes, int]:
     """The reply's body, read by the deadline and at most MAX_REPLY_BYTES of it, and how many bytes
     its Content-Length promised that never came (a reply cut short)."""
@@ -122,7 +134,7 @@ def _read_within(response: Any, deadline: float) -> tuple[bytes, int]:
     while chunk := response.read1(65_536):
         size += len(chunk)
         if size > MAX_REPLY_BYTES:
-            raise ValueError(f"a reply larger than {MAX_REPLY_BYTES // (1024 * 1024)} MiB")
+            raise _TooLarge(f"is larger than {MAX_REPLY_BYTES // (1024 * 1024)} MiB")
         if time.monotonic() > deadline:
             raise TimeoutError("the reply took longer than the timeout to come")
         chunks.append(chunk)

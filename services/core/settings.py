@@ -54,8 +54,8 @@ def setting(
     `split_flags=False` only the env variable's (each flag is one item: it may hold the separator).
     `minimum`/`maximum` bound a number (default: `INT_RANGE` / `FLOAT_RANGE`); `above` is an
     exclusive lower bound (a duration or a rate that must be more than 0); `from_namespace`
-    refuses anything outside with one clear line, for every command. `if_empty`: a text (or a list) that may
-    not be given empty (blank, or only separators), and what to say when it is.
+    refuses anything outside with one clear line, for every command. `if_empty`: a text or a list
+    that may not be given empty (blank, or only separators), and what to say when it is.
     """
     meta = {"help": help, "env": env, "flag": flag, "separator": separator, "split_flags": split_flags,
             "secret": secret, "minimum": minimum, "maximum": maximum, "above": above, "if_empty": if_empty}
@@ -326,7 +326,7 @@ def _convert(name: str, kind: Any, raw: Any, separator: str | None = ",", secret
     if kind is tuple:
         items = [raw] if isinstance(raw, str) else list(raw)
         parts = [part.strip() for item in items for part in ([item] if separator is None else item.split(separator))]
-        _check_no_gap(name, parts, separator)
+        _check_no_gap(name, items, parts, separator)
         return tuple(part for part in parts if part)
     if kind is bool and isinstance(raw, str):
         lowered = raw.strip().lower()
@@ -338,7 +338,7 @@ def _convert(name: str, kind: Any, raw: Any, separator: str | None = ",", secret
     return raw
 
 
-def _check_no_gap(name: str, parts: list[str], separator: str | None) -> None:
+def _check_no_gap(name: str, items: list[str], parts: list[str], separator: str | None) -> None:
     """An empty item between two others (`--models a,,b`) dropped what the operator meant to give
     there. Empty ones at either end are dropped as before (`export RDV_KAFKA_CONFIG="$X;a=b"` with
     X unset). Named by position: the value may be a secret pasted by mistake."""
@@ -346,6 +346,8 @@ def _check_no_gap(name: str, parts: list[str], separator: str | None) -> None:
     gap = next((k for k in range(filled[0], filled[-1]) if not parts[k]), None) if filled else None
     if gap is not None:
         what = f"a doubled '{separator}'" if separator else "an empty flag among others"
+        if separator and len(items) > 1:  # several flags: the gap may be a flag given empty
+            what += f" or an empty {name}"
         raise ConfigError(f"{name}: item {gap + 1} of {len(parts)} is empty ({what}?)")
 
 
@@ -408,6 +410,9 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
     return settings
 
 
+_QUOTED = re.compile(r"""(?<!\w)('[^']*'|"[^"]*")(?!\w)""")
+
+
 def _from_env(err: ConfigError, from_env: dict[str, str]) -> ConfigError:
     """`err` with the flag it is about, when that flag was not typed (its value came from a
     variable), named as that variable, as the type checks above name it."""
@@ -419,9 +424,10 @@ def _from_env(err: ConfigError, from_env: dict[str, str]) -> ConfigError:
             opener, text = flag, f"{variable} (the environment's {flag}){text[len(flag):]}"
             break
     # The other flags it names ("give exactly one of --features, --file or --demo-rows"), those set
-    # by a variable said after it, or the user looks for a flag they never typed. Quoted values
-    # are left out of the search: a value that spells a flag names none.
-    unquoted = re.sub(r"'[^']*'", "", text)
+    # by a variable said after it, or the user looks for a flag they never typed. Searched in the
+    # message as raised, after its opener, without its quoted values (a value that spells a flag
+    # names none; a quote counts only at a word's edge: "the file's name" quotes nothing).
+    unquoted = _QUOTED.sub("", str(err)[len(opener or ""):])
     named = [f"{flag} by {variable}" for flag, variable in from_env.items()
              if flag != opener and re.search(rf"{re.escape(flag)}(?![\w-])", unquoted)]
     if named:

@@ -75,6 +75,8 @@ def test_an_empty_item_between_others_is_refused_by_position(given: str, said: s
     add_arguments(parser, RendezvousSettings)
     with pytest.raises(ConfigError, match=f"^--models: {said} is empty \\(a doubled ','\\?\\)$"):
         from_namespace(RendezvousSettings, parser.parse_args(["--models", given]))
+    with pytest.raises(ConfigError, match=r"^--models: item 2 of 3 is empty \(a doubled ',' or an empty --models\?\)"):
+        from_namespace(RendezvousSettings, parser.parse_args(["--models", "a", "--models", "", "--models", "b"]))
     # At either end, an empty item is dropped: `export RDV_KAFKA_CONFIG="$X;a=b"` with X unset.
     for ends in (" a , b ", "a,b,", ",a,b"):
         assert from_namespace(RendezvousSettings, parser.parse_args(["--models", ends])).models == ("a", "b")
@@ -216,6 +218,12 @@ def test_the_environment_note_names_every_other_flag_a_variable_set_and_no_quote
     monkeypatch.setenv("RDV_GROUP", "g")
     with pytest.raises(ConfigError, match=r"^--start-from must be earliest or latest, got '--group'$"):
         from_namespace(WorkerSettings, None, model="demo:champion", start_from="--group", bootstrap="127.0.0.1:1")
+    # The opener from the environment too: the apostrophe of "the environment's" paired with the
+    # value's quote, and --group was said set (the review of the mend).
+    monkeypatch.setenv("RDV_START_FROM", "--group")
+    with pytest.raises(ConfigError, match=r"^RDV_START_FROM \(the environment's --start-from\) must be earliest or "
+                                          r"latest, got '--group'$"):
+        from_namespace(WorkerSettings, None, model="demo:champion", bootstrap="127.0.0.1:1")
 
 
 def test_a_value_refused_by_a_command_names_the_variable_it_came_from(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,7 +19,7 @@ from services.core import wire
 from services.core.cloudevents import EventHeaders
 from services.core.codec import CODEC_NAMES, MAGIC, Codec, codec
 from services.core.errors import BadInput, ConfigError, DecodeFailed, UnknownFingerprint
-from services.core.registry import RegistryError, SchemaRegistry
+from services.core.registry import MAX_REPLY_BYTES, RegistryError, SchemaRegistry
 from services.core.settings import KafkaSettings
 from tests.unit.test_codec import REQUEST
 
@@ -276,6 +276,13 @@ def http_reply(body: bytes, status: str = "200 OK", length: int | None = None) -
     ([b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 15\r\nConnection: close\r\n\r\n"
       b"<html>hi</html>"], r"/schemas/ids/7: the answer \(text/html\) is not JSON; is the URL the registry's\?"),
     (http_reply(b"", status="204 No Content"), r"an empty answer \(HTTP 204\) is not JSON"),
+    # Chunked, and cut short in a chunk: it said "unreachable: IncompleteRead(0 bytes read)".
+    ([b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close"
+      b"\r\n\r\n100\r\n{\"schema\""], r"/schemas/ids/7: the answer was cut short$"),
+    (http_reply(b" " * (MAX_REPLY_BYTES + 1)), r"/schemas/ids/7: the answer is larger than 4 MiB$"),
+    # A folded header: its line break was put into the one-line error as sent.
+    ([b"HTTP/1.1 200 OK\r\nContent-Type: text/html;\r\n charset=utf-8\r\nContent-Length: 3\r\nConnection: close"
+      b"\r\n\r\n<p>"], r"the answer \(text/html\) is not JSON"),
     (http_reply(json.dumps({"schema": "[" * 100_000}).encode()), "is not valid JSON"),
 ])  # fmt: skip
 def test_a_registry_reply_no_registry_would_give_is_a_registry_error_not_a_crash(reply: list[bytes], why: str) -> None:

@@ -82,6 +82,9 @@ ever part of a rendered manifest. Takes (dict "config" ... "secrets" ... "where"
 {{- if hasKey $.config .key -}}
 {{- fail (printf "%s is in both the config and the secretConfig of %s" .key $where) -}}
 {{- end -}}
+{{- if has .key (list "bootstrap.servers" "metadata.broker.list") -}}
+{{- fail (printf "%s in the secretConfig of %s: the brokers are kafka.bootstrap (the services refuse it)" .key $where) -}}
+{{- end -}}
 {{- $pairs = append $pairs (printf "%s=$(%s)" .key (include "rdv.secretEnvName" .key)) -}}
 {{- end -}}
 {{- join ";" $pairs -}}
