@@ -69,6 +69,7 @@ class Gateway:
         self.health = health
         self.draining = False
         self.rows_in_flight = 0
+        self.instance = settings.instance_name()  # once: the host name is a system call
         m.CLIENT_COUNTS.follow(client)  # its undecodable answers, read at each scrape
 
     @staticmethod
@@ -176,7 +177,7 @@ class Gateway:
         self.row_limit.take(caller, len(rows))
         base = call.id or self._new_id()  # the id the response carries
         ids = _request_ids(_kafka_id(call.id, caller, rows) if call.id else base, len(rows), target.kind)
-        metadata = {"gateway": self.settings.instance_name(), "caller": caller}
+        metadata = {"gateway": self.instance, "caller": caller}
         self.rows_in_flight += len(rows)
         m.ROWS_IN_FLIGHT.set(self.rows_in_flight)
         try:

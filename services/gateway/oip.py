@@ -97,7 +97,7 @@ def check_name_length(name: str, what: str) -> None:
 
 
 def check_header(
-    name: Any, datatype: Any, shape: Any, where: str, max_rows: int, max_features: int
+    name: Any, datatype: Any, shape: Any, index: int, max_rows: int, max_features: int
 ) -> tuple[str, str, tuple[int, ...]]:
     """The name, datatype and shape of an input tensor, checked before any of its data is read:
     at most 2 dimensions, `max_rows` rows and `max_features` columns, so no shape costs more than
@@ -106,8 +106,9 @@ def check_header(
     # `type(x) is` rather than isinstance: this runs once per input tensor of every call, and
     # bool (a subclass of int) must not pass as a size.
     if type(name) is not str or not name:
-        raise InvalidInput(f"{where}: 'name' must be a non-empty string")
-    check_name_length(name, f"{where}: 'name'")
+        raise InvalidInput(f"inputs[{index}]: 'name' must be a non-empty string")
+    if len(name) > MAX_NAME_CHARS or len(name) * 4 > MAX_NAME_BYTES:  # the message made only when it may be said
+        check_name_length(name, f"inputs[{index}]: 'name'")
     if type(datatype) is not str or datatype not in NUMERIC:
         shown = datatype if isinstance(datatype, str) else type(datatype).__name__
         raise InvalidInput(
@@ -171,7 +172,7 @@ def checked_headers(
     budget = ValueBudget(max_rows, max_features)
     checked = []
     for index, (name, datatype, shape) in enumerate(headers):
-        header = check_header(name, datatype, shape, f"inputs[{index}]", max_rows, max_features)
+        header = check_header(name, datatype, shape, index, max_rows, max_features)
         budget.take(header[0], header[2])
         checked.append(header)
     return checked
@@ -218,6 +219,8 @@ def from_list(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> li
     of `datatype`."""
     if not isinstance(data, list):
         raise InvalidInput(f"input '{name}': 'data' must be a list of numbers")
+    if datatype == "FP64" and len(data) == elements(shape) and all(type(v) is float for v in data):
+        return data  # the common case, as `from_numbers` would give it: JSON's doubles, as many as the shape says
     if data and type(data[0]) is list:
         if len(shape) != 2 or len(data) != shape[0] or any(type(row) is not list or len(row) != shape[1]
                                                            for row in data):

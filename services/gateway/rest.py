@@ -381,10 +381,12 @@ def _tensor(item: dict[str, Any], header: tuple[str, str, tuple[int, ...]], bina
     """One input tensor, and how many bytes of binary data it took."""
     name, datatype, shape = header
     params = item.get("parameters")
-    params = {} if params is None else params
-    if not isinstance(params, dict):
+    if params is None:  # the common case: no message made for a check that cannot fail
+        params = {}
+    elif not isinstance(params, dict):
         raise InvalidInput(f"input '{name}': 'parameters' must be an object")
-    params = oip.kept_parameters(params, f"input '{name}'", oip.TENSOR_PARAMETERS)
+    else:
+        params = oip.kept_parameters(params, f"input '{name}'", oip.TENSOR_PARAMETERS)
     size = params.get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary):
