@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from services.core.errors import ConfigError
+from services.core.settings import gap_in
 
 # figure name -> what it means (all about the candidate, over the gate's window)
 FIGURES = {
@@ -75,7 +76,10 @@ class Verdict:
 
 def parse_requirements(text: str) -> list[Requirement]:
     requirements = []
-    for clause in filter(None, (c.strip() for c in text.split(","))):
+    clauses = [c.strip() for c in text.split(",")]
+    if (gap := gap_in(clauses)) is not None:  # `a>=1,,n>=10`: a clause meant there was lost
+        raise ConfigError(f"--require: clause {gap + 1} of {len(clauses)} is empty (a doubled ','?)")
+    for clause in filter(None, clauses):
         match = _CLAUSE.match(clause)
         if match is None:
             raise ConfigError(f"--require: cannot read {clause!r}; expected e.g. agreement>=0.95,p99<=50ms")

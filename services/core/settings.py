@@ -338,12 +338,18 @@ def _convert(name: str, kind: Any, raw: Any, separator: str | None = ",", secret
     return raw
 
 
+def gap_in(parts: list[str]) -> int | None:
+    """The index of the first empty part between two others (`a,,b`), if any; empty parts at
+    either end are no gap."""
+    filled = [k for k, part in enumerate(parts) if part]
+    return next((k for k in range(filled[0], filled[-1]) if not parts[k]), None) if filled else None
+
+
 def _check_no_gap(name: str, items: list[str], parts: list[str], separator: str | None) -> None:
     """An empty item between two others (`--models a,,b`) dropped what the operator meant to give
     there. Empty ones at either end are dropped as before (`export RDV_KAFKA_CONFIG="$X;a=b"` with
     X unset). Named by position: the value may be a secret pasted by mistake."""
-    filled = [k for k, part in enumerate(parts) if part]
-    gap = next((k for k in range(filled[0], filled[-1]) if not parts[k]), None) if filled else None
+    gap = gap_in(parts)
     if gap is not None:
         what = f"a doubled '{separator}'" if separator else "an empty flag among others"
         if separator and len(items) > 1:  # several flags: the gap may be a flag given empty

@@ -72,6 +72,13 @@ def test_a_strict_bound_at_a_figures_edge_is_refused(clause: str) -> None:
         parse_requirements(clause)
 
 
+def test_an_empty_clause_between_two_others_is_refused() -> None:
+    """`agreement>=0.95,,n>=10` was read as the two, a clause meant between them dropped (the review)."""
+    with pytest.raises(ConfigError, match=r"^--require: clause 2 of 3 is empty \(a doubled ','\?\)$"):
+        parse_requirements("agreement>=0.95,,n>=10")
+    assert [r.figure for r in parse_requirements("agreement>=0.95,n>=10,")] == ["agreement", "n"]
+
+
 def test_the_edges_of_a_figure_are_bounds() -> None:
     assert [r.value for r in parse_requirements("agreement>=1,correlation>=-1,error_rate<=0,n>=0,p50<=0ms,"
                                                 "agreement<1")] == [1, -1, 0, 0, 0, 1]
