@@ -21,7 +21,7 @@ from rich.console import Console
 from services.cli.common import messages
 from services.compare_report import Report
 from services.compare_report.columns import Columns
-from services.compare_report.summary import summarize
+from services.compare_report.summary import answers, summarize
 from services.compare_report.table import print_report, print_report_json
 from services.core.codec import codec
 from services.core.errors import BadInput, ConfigError
@@ -232,7 +232,7 @@ def replay(
     # The answers line and the champion come from the logged requests alone: a request without a
     # record has no known answer, and counted as TIMEOUT it made the line read "answered by the
     # deadline: 0%" for a replay past the log's retention (a review). (frame() copies the columns.)
-    answers = summarize(columns.frame(), champion=settings.champion or None)
+    answered = answers(columns.frame(), champion=settings.champion or None)
     columns.add(_comparison(request_id, None, r, name, version) for request_id, r in replayed.items())
     notes = [f"{name}'s latency and deadline figures are its model's compute time per request in batches of "
              f"--batch {settings.batch} in this process (no Kafka, no queue): not comparable with the live "
@@ -240,8 +240,8 @@ def replay(
     if without_log:
         notes.append(f"{without_log:,} of these requests have no comparison record in the log: their real answers "
                      "unknown, they count in the models' figures only, not in the answers line")
-    champion = answers.champion
-    if not answers.records and settings.champion:
+    champion = answered.champion
+    if not answered.records and settings.champion:
         # Nothing logged to measure against: said, after the scoring, not raised (it threw the
         # scoring away, blaming the name), and the replayed model itself may be named.
         champion = settings.champion if settings.champion == name else None
@@ -249,8 +249,9 @@ def replay(
             notes.append(f"--champion {settings.champion}: none of the replayed requests has a record in the log "
                          f"(past its retention?), so only {name} is in the range: nothing to compare with")
     report = summarize(columns.frame(), champion=champion, notes=tuple(notes), source=source)
-    report = dataclasses.replace(report, statuses=answers.statuses, answered_by_deadline=answers.answered_by_deadline,
-                                 champion_source=answers.champion_source if answers.records else report.champion_source)
+    source_of_champion = answered.champion_source if answered.records else report.champion_source
+    report = dataclasses.replace(report, statuses=answered.statuses, answered_by_deadline=answered.answered_by_deadline,
+                                 champion_source=source_of_champion)
     return ReplayResult(report, total, undecodable, without_log, time.perf_counter() - started)
 
 

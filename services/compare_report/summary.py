@@ -126,6 +126,27 @@ def summarize(frame: Frame, champion: str | None = None, bucket_ms: int | None =
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Answers:
+    """What a report says of the answers alone (its answers line and its champion): `summarize`'s
+    fields of these names, without the per-model figures."""
+
+    records: int
+    champion: str | None
+    champion_source: str
+    statuses: dict[str, int]
+    answered_by_deadline: float
+
+
+def answers(frame: Frame, champion: str | None = None) -> Answers:
+    """`summarize(frame, champion)`'s answers and champion, computed alone (replay.py's answers
+    line, from the logged requests only)."""
+    frame, _left_out = plausible(frame, now_ms())
+    code, source = _champion(frame, champion)
+    return Answers(frame.records, None if code is None else frame.models[code], source, _statuses(frame),
+                   _answered_by_deadline(frame))
+
+
 # What a request's created_at may be: the rendezvous logs even a request it refused, with the
 # created_at it was given (2^63 - 1 from a careless or hostile client), and no figure, bucket or
 # date can be made of such a time.

@@ -94,20 +94,21 @@ class SchemaRegistry:
                 # The parsed type only: the header as sent may hold line breaks or run to 64 KiB.
                 sent = response.headers.get("Content-Type")
                 kind = response.headers.get_content_type() if sent else "no content type"
-                raw, missing = _read_within(response, deadline)
-                status = response.status
+                raw, status = _read_within(response, deadline), response.status
         except urllib.error.HTTPError as exc:
             message = f"schema registry {self.url}{path}: HTTP {exc.code} {_message(exc)}"
             raise RegistryError(message, exc.code) from None
-        except (http.client.IncompleteRead, _TooLarge) as exc:  # it answered: said as its answer, not "unreachable"
-            raise RegistryError(f"schema registry {self.url}{path}: the answer {_answer_problem(exc)}") from None
-        # HTTPException: a reply cut short, or from something that does not speak HTTP.
+        # It answered, and stopped (in a chunk, or short of its Content-Length), or answered too
+        # much: said as its answer with the path, not "unreachable"; asked again later (no status).
+        except http.client.IncompleteRead as exc:
+            missing = f" ({exc.expected:,} bytes missing)" if exc.expected else ""
+            raise RegistryError(f"schema registry {self.url}{path}: the answer was cut short{missing}") from None
+        except _TooLarge as exc:
+            raise RegistryError(f"schema registry {self.url}{path}: the answer {exc}") from None
+        # HTTPException: from something that does not speak HTTP.
         except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
             raise RegistryError(f"schema registry {self.url} unreachable: {reason}") from None
-        if missing:  # it answered, and stopped: a registry's or a proxy's fault, asked again later
-            raise RegistryError(f"schema registry {self.url}{path}: the answer was cut short ({missing:,} bytes "
-                                "missing)")
         try:
             return json.loads(raw)
         # RecursionError: JSON nested deeper than the parser's stack. Said apart from "unreachable":
@@ -119,16 +120,13 @@ class SchemaRegistry:
 
 
 class _TooLarge(ValueError):
-    pass
+    """A reply over MAX_REPLY_BYTES."""
 
 
-def _answer_problem(exc: Exception) -> str:
-    return str(exc) if isinstance(exc, _TooLarge) else "was cut short"
-
-
-def _read_within(response: Any, deadline: float) -> tuple[bytes, int]:
-    """The reply's body, read by the deadline and at most MAX_REPLY_BYTES of it, and how many bytes
-    its Content-Length promised that never came (a reply cut short)."""
+def _read_within(response: Any, deadline: float) -> bytes:
+    """The reply's body, read by the deadline and at most MAX_REPLY_BYTES of it; `IncompleteRead`
+    (as http.client raises for a chunked reply cut short) when bytes its Content-Length promised
+    never came."""
     chunks: list[bytes] = []
     size = 0
     while chunk := response.read1(65_536):
@@ -138,7 +136,10 @@ def _read_within(response: Any, deadline: float) -> tuple[bytes, int]:
         if time.monotonic() > deadline:
             raise TimeoutError("the reply took longer than the timeout to come")
         chunks.append(chunk)
-    return b"".join(chunks), response.length or 0
+    body = b"".join(chunks)
+    if response.length:
+        raise http.client.IncompleteRead(body, response.length)
+    return body
 
 
 def _check_address(url: str) -> None:

@@ -81,16 +81,6 @@ class Gateway:
 
     # -- admission ------------------------------------------------------------------------------
 
-    def admit(self, authorization: str | None) -> str:
-        """The caller's key name, after authentication and its rate limit."""
-        name = self.keys.identify(authorization)
-        self.spend(name)
-        return name
-
-    def spend(self, caller: str) -> None:
-        """One call of `caller` (authenticated) against its rate limit."""
-        self.limit.take(caller)
-
     @contextlib.contextmanager
     def spending(self, caller: str) -> Iterator[None]:
         """One call of `caller` against its rate limit, given back if the call is turned away for
@@ -100,7 +90,7 @@ class Gateway:
         time, a delivery failed): that call cost Kafka records and the models' work, and given
         back, a key's flood could make the rendezvous late and call on for free (a review).
         Spent before the body is read (a caller over its limit costs no body)."""
-        self.spend(caller)
+        self.limit.take(caller)
         try:
             yield
         except Exception as exc:

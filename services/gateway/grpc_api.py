@@ -66,8 +66,6 @@ class InferenceService:
         in_flight.inc()
         code = grpc.StatusCode.OK
         try:
-            if isinstance(request, Undecodable):
-                raise InvalidInput(f"the message is not a valid {request.message}: {request.reason}")
             if isinstance(request, NoMessage):
                 raise request.error
             return await work()
@@ -166,8 +164,9 @@ def call_from(request: Any, max_rows: int, max_features: int) -> InferCall:
             values = oip.from_raw(name, datatype, shape, raw[index])
         else:
             values = _contents(name, datatype, shape, item.contents)
-        tensors.append(Tensor(name, datatype, shape, values,
-                              _parameters(item.parameters, f"input '{name}'", oip.TENSOR_PARAMETERS)))
+        # No parameters, the common case: no message made for a check that cannot fail (as REST's `_tensor`).
+        params = _parameters(item.parameters, f"input '{name}'", oip.TENSOR_PARAMETERS) if item.parameters else {}
+        tensors.append(Tensor(name, datatype, shape, values, params))
     outputs = oip.requested_outputs(o.name for o in request.outputs)
     return InferCall(oip.check_id(request.id), tuple(tensors), outputs,
                      _parameters(request.parameters, "the call", oip.CALL_PARAMETERS))
@@ -201,19 +200,11 @@ def response_from(result: InferResult) -> Any:
 
 
 @dataclass(frozen=True)
-class Undecodable:
-    """A call's message that protobuf could not parse (garbage, text that is not UTF-8): handed
-    to the method, which refuses it as INVALID_ARGUMENT, counted. Left to grpc, the parse error
-    was an UNKNOWN status, counted nowhere, with a 7-line traceback logged per call."""
-
-    message: str
-    reason: str
-
-
-@dataclass(frozen=True)
 class NoMessage:
-    """A call whose message did not come in time, or not at all: handed to the method, which
-    refuses it (counted) with this error."""
+    """A call without a message the method can take: one that did not come in time, or that
+    protobuf could not parse (garbage, text that is not UTF-8). Handed to the method, which
+    refuses it (counted) with this error; left to grpc, a parse error was an UNKNOWN status,
+    counted nowhere, with a 7-line traceback logged per call."""
 
     error: Exception
 
@@ -250,7 +241,7 @@ def _lenient(message: Any) -> Callable[[bytes], Any]:
         try:
             return message.FromString(data)
         except DecodeError as exc:
-            return Undecodable(message.__name__, str(exc)[:200])
+            return NoMessage(InvalidInput(f"the message is not a valid {message.__name__}: {str(exc)[:200]}"))
 
     return parse
 

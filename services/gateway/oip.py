@@ -87,13 +87,16 @@ def check_id(call_id: Any) -> str:
     return call_id
 
 
-def check_name_length(name: str, what: str) -> None:
-    """A feature's name within MAX_NAME_CHARS and MAX_NAME_BYTES (`what` names the field; the
-    name itself is not echoed)."""
+def check_name_length(name: str, what: str, *args: Any) -> None:
+    """A feature's name within MAX_NAME_CHARS and MAX_NAME_BYTES (`what`, formatted with `args`,
+    names the field; the name itself is not echoed). The label is made only when the name may be
+    over: this runs for every input and every column name of every call."""
+    if len(name) * 4 <= MAX_NAME_BYTES and len(name) <= MAX_NAME_CHARS:
+        return
     if len(name) > MAX_NAME_CHARS:
-        raise InvalidInput(f"{what} of {len(name)} characters is over the limit of {MAX_NAME_CHARS}")
-    if len(name) * 4 > MAX_NAME_BYTES and len(size := name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-        raise InvalidInput(f"{what} of {len(size)} bytes in UTF-8 is over the limit of {MAX_NAME_BYTES}")
+        raise InvalidInput(f"{what.format(*args)} of {len(name)} characters is over the limit of {MAX_NAME_CHARS}")
+    if len(size := name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise InvalidInput(f"{what.format(*args)} of {len(size)} bytes in UTF-8 is over the limit of {MAX_NAME_BYTES}")
 
 
 def check_header(
@@ -107,8 +110,7 @@ def check_header(
     # bool (a subclass of int) must not pass as a size.
     if type(name) is not str or not name:
         raise InvalidInput(f"inputs[{index}]: 'name' must be a non-empty string")
-    if len(name) > MAX_NAME_CHARS or len(name) * 4 > MAX_NAME_BYTES:  # the message made only when it may be said
-        check_name_length(name, f"inputs[{index}]: 'name'")
+    check_name_length(name, "inputs[{}]: 'name'", index)
     if type(datatype) is not str or datatype not in NUMERIC:
         shown = datatype if isinstance(datatype, str) else type(datatype).__name__
         raise InvalidInput(
@@ -396,7 +398,7 @@ def _column_names(tensor: Tensor, features: Sequence[str] | None, k: int) -> lis
     if len(names) != k:
         raise InvalidInput(f"input '{tensor.name}': feature_names has {len(names)} names for {k} columns")
     for index, name in enumerate(names):
-        check_name_length(name, f"input '{tensor.name}': feature_names' name {index}")
+        check_name_length(name, "input '{}': feature_names' name {}", tensor.name, index)
     if not all(names):
         raise InvalidInput(f"input '{tensor.name}': feature_names has an empty name (column {names.index('')}; "
                            "two commas in a row, or one at an end)")

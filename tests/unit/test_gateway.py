@@ -769,6 +769,13 @@ def test_a_reader_that_stops_for_good_makes_the_gateway_not_live_and_fails_calls
     assert gateway.broken() == tap.stopped
 
 
+def _admit(gateway: Any) -> str:
+    """A call's admission as REST and gRPC make it: the caller's name, one token of its rate limit."""
+    name: str = gateway.authenticate(None)
+    gateway.limit.take(name)
+    return name
+
+
 def _gateway_without_kafka(settings: Any) -> Any:
     """A Gateway whose client, catalog and tap are stand-ins: for what it decides before Kafka."""
     from types import SimpleNamespace
@@ -838,7 +845,7 @@ def test_a_call_refused_for_its_origin_or_its_type_spends_no_rate_limit() -> Non
     for _ in range(5):
         with pytest.raises(CrossOrigin):
             asyncio.run(RestApi(gateway, "test").infer(page))  # type: ignore[arg-type]
-    assert [gateway.admit(None) for _ in range(2)] == ["anonymous", "anonymous"]  # the whole burst left
+    assert [_admit(gateway) for _ in range(2)] == ["anonymous", "anonymous"]  # the whole burst left
 
 
 def test_a_call_refused_while_draining_spends_no_rate_limit() -> None:
@@ -856,7 +863,7 @@ def test_a_call_refused_while_draining_spends_no_rate_limit() -> None:
     for _ in range(5):
         with pytest.raises(Unavailable, match="shutting down"):
             asyncio.run(RestApi(gateway, "test").infer(call))  # type: ignore[arg-type]
-    assert [gateway.admit(None) for _ in range(2)] == ["anonymous", "anonymous"]  # the whole burst left
+    assert [_admit(gateway) for _ in range(2)] == ["anonymous", "anonymous"]  # the whole burst left
 
 
 def test_a_503_after_the_rows_went_out_keeps_its_token() -> None:
@@ -870,9 +877,9 @@ def test_a_503_after_the_rows_went_out_keeps_its_token() -> None:
         raise TurnedAway("overloaded")  # before anything was sent: given back
     with pytest.raises(Unavailable), gateway.spending("anonymous"):
         raise Unavailable("no answer from the rendezvous within 1200 ms")  # after: kept
-    gateway.admit(None)  # the burst's second token
+    _admit(gateway)  # the burst's second token
     with pytest.raises(RateLimited):
-        gateway.admit(None)
+        _admit(gateway)
 
 
 def test_a_call_whose_first_row_the_kafka_client_refuses_keeps_its_reason_and_gets_its_token_back() -> None:
@@ -904,7 +911,7 @@ def test_a_call_whose_first_row_the_kafka_client_refuses_keeps_its_reason_and_ge
         gateway._send(["r1", "r2"], [{"a": 1.0}, {"a": 2.0}], 100, {})
     assert submitted == ["r1"]
     with pytest.raises(RateLimited):
-        gateway.admit(None)
+        _admit(gateway)
 
 
 class EndsMidBody:
@@ -1525,7 +1532,7 @@ def test_a_rows_rate_limit_charges_a_call_its_rows_besides_the_calls_limit() -> 
     with pytest.raises(RateLimited, match="6 rows are over the rate limit"):
         asyncio.run(gateway.infer("default", "", call, "alice"))
     assert len(sent) == 6  # the refused call sent nothing
-    gateway.admit(None)  # the calls limit (unlimited here) is its own
+    _admit(gateway)  # the calls limit (unlimited here) is its own
 
 
 def test_calls_grpc_refuses_before_the_handler_are_counted_as_they_begin() -> None:
