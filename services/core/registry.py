@@ -42,7 +42,7 @@ class SchemaRegistry:
     def __init__(self, url: str, timeout_s: float = 5.0):
         if not url.startswith(("http://", "https://")):
             # No scheme, so no parse of user:password@: everything before an '@' is left out.
-            raise ConfigError(f"--schema-registry must be an http(s):// URL, got {re.sub(r'^.*@', '***@', url)!r}")
+            raise ConfigError(f"--schema-registry must be an http(s):// URL, got {shown_url_safely(url)!r}")
         _check_address(url)
         self.url, self._auth = _without_credentials(url.rstrip("/"))
         self.timeout_s = timeout_s
@@ -155,6 +155,11 @@ def _check_address(url: str) -> None:
                           "holding '/', '?', '#' or '@' must be percent-encoded)") from None
     if not parts.hostname or not port_ok:
         raise ConfigError(f"--schema-registry {shown_url_safely(url)!r} needs a host and a port from 1 to 65535")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        # The call's path is appended to the URL: a query never reached the registry as one. Refused
+        # here, no URL kept or shown later (the start-up line, every error) carries a token in it.
+        raise ConfigError(f"--schema-registry {shown_url_safely(url)!r} takes no query or fragment (credentials go "
+                          "in user:password@)")
 
 
 def shown_url_safely(url: str) -> str:

@@ -23,6 +23,19 @@ def test_a_registry_url_that_does_not_parse_is_refused_without_quoting_its_passw
     assert shown_url_safely("http://127.0.0.1:1/?token=S3CRETtok") == "http://127.0.0.1:1/?***"
 
 
+@pytest.mark.parametrize("url", ["http://reg:8081/?token=S3CRETtok", "http://reg:8081#S3CRETtok",
+                                 "reg:8081?token=S3CRETtok"])
+def test_a_registry_url_with_a_query_is_refused_and_its_token_never_shown(url: str) -> None:
+    """The query was masked in the parse error only: the start-up line and every registry error
+    showed it (the re-read of the change); and the call's path appended after it, it never reached
+    the registry as a query."""
+    from services.core.registry import SchemaRegistry
+
+    with pytest.raises(ConfigError) as refused:  # as every command sets up its wire format, before its first log line
+        SchemaRegistry(url)
+    assert "S3CRETtok" not in str(refused.value) and "?***" in str(refused.value)
+
+
 def test_a_schedule_file_that_is_a_pipe_is_refused_not_waited_on(tmp_path: Path) -> None:
     from services.control.schedule import Schedule
 
