@@ -58,9 +58,9 @@ clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache *.egg-info
 	$(MAKE) clean-numba
 
-# numba's compiled loops, wherever services/core/compiled.py cached them: next to the sources,
-# NUMBA_CACHE_DIR, or the temp directory's fallback.
+# numba's compiled loops, wherever services/core/compiled.py cached them: the package's __pycache__,
+# NUMBA_CACHE_DIR, or the temp directory's fallback (and next to the sources, where it cached before).
 clean-numba:
+	rm -rf services/__pycache__/numba $(if $(NUMBA_CACHE_DIR),'$(NUMBA_CACHE_DIR)'/loops-*) \
+		"$${TMPDIR:-/tmp}/rendezvous-numba-$$(id -u)"
 	find services -name '*.nbi' -delete -o -name '*.nbc' -delete
-	$(if $(NUMBA_CACHE_DIR),find '$(NUMBA_CACHE_DIR)' -name '*.nbi' -delete -o -name '*.nbc' -delete)
-	rm -rf "$${TMPDIR:-/tmp}/rendezvous-numba-$$(id -u)"

@@ -20,8 +20,9 @@ from services.core.errors import ConfigError
 
 DESCRIPTION = (
     "Compiles the loops the rendezvous, the model workers and the comparison service compile when they start "
-    "(5-15 s each on two cores), into numba's cache: NUMBA_CACHE_DIR if set, else next to the package's "
-    "sources if writable, else under the temp directory. Run at an image's build with NUMBA_CPU_NAME=generic "
+    "(5-15 s each on two cores), into numba's cache: NUMBA_CACHE_DIR if set, else the package's __pycache__ "
+    "if writable, else under the temp directory (in a directory named by the loops' digest). Run at an "
+    "image's build with NUMBA_CPU_NAME=generic "
     "and RDV_NUMBA_SEED naming that cache at run time, containers start without compiling (deploy/Dockerfile). "
     "Prints how many were loaded from the cache and how many compiled."
 )
@@ -48,9 +49,8 @@ def cmd_precompile(_args: argparse.Namespace) -> int:
     started = time.monotonic()
     warm_every_loop()
     loaded, made = compiled.cache_counts()
-    where = directory or "__pycache__ next to the package's sources"
     cpu = numba_config.CPU_NAME or "this host's"  # type: ignore[attr-defined]
-    sys.stdout.write(f"numba cache {where} (code for {cpu} CPU): {loaded} loops loaded from it, {made} compiled "
+    sys.stdout.write(f"numba cache {directory} (code for {cpu} CPU): {loaded} loops loaded from it, {made} compiled "
                      f"now, in {time.monotonic() - started:.1f} s\n")
     return 0
 

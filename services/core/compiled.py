@@ -1,13 +1,17 @@
 """numba, set up once for every compiled loop of the project (`compiled`).
 
 Compiled code is cached on disk, so that a process loads it in a fraction of a second instead of
-compiling it for seconds. numba keeps it in __pycache__ next to the source, or in NUMBA_CACHE_DIR,
-and where it can write to neither (a package installed by root and run as another user, as in
-deploy/Dockerfile; a read-only root file system, as in the Helm chart's pods) it refuses to import
-the module at all. So: NUMBA_CACHE_DIR when it is set and writable, else the package's own
-directory when that is, else a directory of ours under the temp directory (/tmp, an emptyDir in
-the chart's pods), else no cache: every process then compiles at start (seconds; the services do
-it before they subscribe, see their `warm_up` calls).
+compiling it for seconds. numba refuses to import a module whose loops it cannot cache where it
+was told to (a package installed by root and run as another user, as in deploy/Dockerfile; a
+read-only root file system, as in the Helm chart's pods). So: NUMBA_CACHE_DIR when it is set and
+writable, else the package's own __pycache__ when that is, else a directory of ours under the
+temp directory (/tmp, an emptyDir in the chart's pods), else no cache: every process then
+compiles at start (seconds; the services do it before they subscribe, see their `warm_up` calls).
+
+Within that directory the cache lives in `loops-<digest>`, the digest of the loops' source files
+(LOOP_FILES): numba keys a loop by its own file alone, so a change to a step it inlines from
+another file, or to the flags `compiled` sets, would otherwise load the code compiled before the
+change. A new digest starts an empty directory and removes the other `loops-*` beside it.
 
 A cache made ahead of time (`rendezvous precompile`, which the image runs at build) seeds the
 cache directory of a process that starts without one: RDV_NUMBA_SEED names it, and its files are
@@ -18,6 +22,7 @@ any x86-64.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -34,6 +39,11 @@ log = logging.getLogger(__name__)
 
 SEED_ENV = "RDV_NUMBA_SEED"
 CACHE_FILES = (".nbi", ".nbc")  # numba's index of a function's compiled versions, and each version
+PACKAGE = Path(__file__).resolve().parents[1]
+# Every file holding a compiled loop or a step one inlines, under PACKAGE, this one for its flags
+# (tests/unit/test_compiled_cache.py checks that every loop's file is here).
+LOOP_FILES = ("core/compiled.py", "core/avro_walk.py", "core/compiled_requests.py", "core/compiled_decode.py",
+              "rendezvous/compiled_records.py", "comparison/kernels.py")
 
 
 def _writable(directory: Path) -> bool:
@@ -45,17 +55,40 @@ def _writable(directory: Path) -> bool:
         return False
 
 
-def _cache_dir() -> str | None:
-    """Where numba is to cache ("" for its default, next to the sources), or None for nowhere."""
+def loops_digest(package: Path = PACKAGE) -> str:
+    """The name of the cache's directory for the loops as their files are now."""
+    digest = hashlib.blake2b(digest_size=8)
+    for name in LOOP_FILES:
+        digest.update(name.encode() + b"\0" + (package / name).read_bytes() + b"\0")
+    return f"loops-{digest.hexdigest()}"
+
+
+def _cache_base() -> Path | None:
+    """The directory under which numba is to cache, or None for nowhere."""
     configured = numba_config.CACHE_DIR  # type: ignore[attr-defined]
     if configured and _writable(Path(configured)):
-        return str(configured)
+        return Path(configured)
     if configured:  # said, not silent: the operator set it for a reason (a read-only image, a shared cache)
         log.warning("NUMBA_CACHE_DIR=%s is not a writable directory: compiled loops are cached elsewhere", configured)
-    if _writable(Path(__file__).resolve().parents[1]):
-        return ""
+    ours = PACKAGE / "__pycache__" / "numba"
+    if _writable(ours):
+        return ours
     ours = Path(tempfile.gettempdir()) / f"rendezvous-numba-{os.getuid()}"
-    return str(ours) if _writable(ours) else None
+    return ours if _writable(ours) else None
+
+
+def _cache_dir(loops: str) -> str | None:
+    """Where numba is to cache the loops named `loops` (loops_digest), or None for nowhere; the
+    caches of other versions of the loops beside it are removed when it is new."""
+    base = _cache_base()
+    if base is None:
+        return None
+    cache = base / loops
+    if not cache.is_dir() and _writable(cache):
+        for other in base.glob("loops-*"):
+            if other != cache:
+                shutil.rmtree(other, ignore_errors=True)  # a process still loading from it compiles instead
+    return str(cache) if _writable(cache) else None
 
 
 def seed_cache(seed: Path, cache: Path) -> int:
@@ -78,15 +111,16 @@ def seed_cache(seed: Path, cache: Path) -> int:
     return copied
 
 
-def _seed(cache: str | None) -> None:
+def _seed(cache: str | None, loops: str) -> None:
     seed = os.environ.get(SEED_ENV, "")
-    if not seed or not cache:  # nothing to seed from, or numba's own in-tree cache (its own layout)
+    if not seed or not cache:  # nothing to seed from, or nowhere to copy it
         return
-    if not Path(seed).is_dir():
-        log.warning("%s=%s is no directory: compiled loops are compiled where the cache lacks them", SEED_ENV, seed)
+    if not (Path(seed) / loops).is_dir():
+        log.warning("%s=%s holds no %s (made by other code, or no directory): compiled loops are compiled "
+                    "where the cache lacks them", SEED_ENV, seed, loops)
         return
     try:
-        copied = seed_cache(Path(seed), Path(cache))
+        copied = seed_cache(Path(seed) / loops, Path(cache))
     except OSError as err:
         log.warning("numba's cache not seeded from %s (%s): compiled loops are compiled where it lacks them",
                     seed, err)
@@ -95,12 +129,13 @@ def _seed(cache: str | None) -> None:
         log.info("numba's cache %s seeded with %d files from %s", cache, copied, seed)
 
 
-_CACHE = _cache_dir()
+_LOOPS_NAME = loops_digest()
+_CACHE = _cache_dir(_LOOPS_NAME)
 if _CACHE:
     numba_config.CACHE_DIR = _CACHE  # type: ignore[attr-defined]
-elif _CACHE is None:
+else:
     log.warning("no writable directory for numba's cache: compiled loops are compiled in every process")
-_seed(_CACHE)
+_seed(_CACHE, _LOOPS_NAME)
 
 LOOPS: list[Any] = []  # every loop made by `compiled`, for `cache_counts`
 # A numba without the option (it is underscore-named) runs every loop with reference counting:
@@ -124,8 +159,9 @@ def compiled(*, allocates: bool = False, **options: Any) -> Callable[[Callable[.
     that counts, it is freed twice) or call a loop that makes one (it is never freed);
     tests/unit/test_compiled_cache.py checks the second.
 
-    numba's cache keys a loop by its own file's contents and bytecode: not by these flags, nor
-    by the files of the steps it inlines or calls. After changing either, `make clean-numba`."""
+    numba's cache keys a loop by its own file: a loop in a new file must be added to LOOP_FILES,
+    whose digest names the cache (a change to a step inlined from another file, or to these flags,
+    then starts a new cache)."""
 
     def compile_later(function: Callable[..., Any]) -> Any:
         flags = {"cache": _CACHE is not None, "nogil": True}
@@ -139,7 +175,7 @@ def compiled(*, allocates: bool = False, **options: Any) -> Callable[[Callable[.
 
 
 def cache_directory() -> str | None:
-    """The directory numba caches in ("" for next to the sources), None when it cannot cache."""
+    """The directory numba caches in, None when it cannot cache."""
     return _CACHE
 
 

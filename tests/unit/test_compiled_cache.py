@@ -14,19 +14,76 @@ from services.core import compiled
 def test_numba_cache_dir_when_writable_else_the_package_directory_else_ours_else_none(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    package = Path(compiled.__file__).resolve().parents[1]
-    writable: set[Path] = {package, tmp_path / "configured"}
-    monkeypatch.setattr(compiled, "_writable", lambda directory: directory in writable)
+    monkeypatch.setattr(compiled, "PACKAGE", tmp_path / "package")  # its real cache is not touched
+    in_package = tmp_path / "package" / "__pycache__" / "numba"
+    writable: set[Path] = {in_package, tmp_path / "configured"}
+    monkeypatch.setattr(compiled, "_writable", lambda directory: directory in writable or directory.parent in writable)
     monkeypatch.setattr(compiled.tempfile, "gettempdir", lambda: str(tmp_path))
     monkeypatch.setattr(compiled.numba_config, "CACHE_DIR", str(tmp_path / "configured"))
-    assert compiled._cache_dir() == str(tmp_path / "configured")  # set by the user: it wins
-    writable = {package}
-    assert compiled._cache_dir() == ""  # numba's default: __pycache__ next to the sources
+    assert compiled._cache_dir("loops-1") == str(tmp_path / "configured" / "loops-1")  # set by the user: it wins
+    writable = {in_package}
+    assert compiled._cache_dir("loops-1") == str(in_package / "loops-1")
     ours = tmp_path / f"rendezvous-numba-{os.getuid()}"
     writable = {ours}
-    assert compiled._cache_dir() == str(ours)
+    assert compiled._cache_dir("loops-1") == str(ours / "loops-1")
     writable = set()
-    assert compiled._cache_dir() is None
+    assert compiled._cache_dir("loops-1") is None
+
+
+def test_an_edit_of_a_step_a_loop_inlines_from_another_file_starts_a_new_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """numba keys a loop by its own file: an edit of avro_walk.py alone loaded the loops compiled
+    before it (the walks inline its steps), until `make clean-numba`."""
+    package = tmp_path / "package"
+    for name in compiled.LOOP_FILES:
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_bytes((compiled.PACKAGE / name).read_bytes())
+    before = compiled.loops_digest(package)
+    assert compiled.loops_digest(package) == before and before == compiled.loops_digest()
+    walk = package / "core" / "avro_walk.py"
+    walk.write_text(walk.read_text() + "\n# an edit\n")
+    after = compiled.loops_digest(package)
+    assert after != before and after.startswith("loops-")
+
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(compiled.numba_config, "CACHE_DIR", str(cache))
+    (cache / before).mkdir(parents=True)
+    (cache / before / "walks.nbi").write_bytes(b"old")
+    (cache / "someone-elses").mkdir()
+    assert compiled._cache_dir(after) == str(cache / after)
+    assert sorted(p.name for p in cache.iterdir()) == sorted([after, "someone-elses"])  # the old loops removed
+    (cache / after / "walks.nbi").write_bytes(b"new")
+    assert compiled._cache_dir(after) == str(cache / after)  # in use: kept as it is
+    assert (cache / after / "walks.nbi").read_bytes() == b"new"
+
+
+def test_every_loop_is_in_a_file_whose_edits_start_a_new_cache() -> None:
+    import services.comparison.kernels
+    import services.core.compiled_decode
+    import services.rendezvous.compiled_records  # noqa: F401 - with compiled_requests: every loop
+
+    files = {Path(loop.py_func.__code__.co_filename).resolve() for loop in compiled.LOOPS}
+    listed = {compiled.PACKAGE / name for name in compiled.LOOP_FILES}
+    assert len(files) >= 5 and files <= listed, sorted(str(f) for f in files - listed)
+
+
+def test_a_seed_is_taken_from_its_directory_for_these_loops(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    seed, cache = tmp_path / "image", tmp_path / "container" / "loops-1"
+    (seed / "loops-1" / "core_ab").mkdir(parents=True)
+    (seed / "loops-1" / "core_ab" / "walks.walk-1.py311.nbi").write_bytes(b"index")
+    (seed / "loops-0").mkdir()  # made by other code
+    (seed / "loops-0" / "walks.walk-1.py311.nbi").write_bytes(b"stale")
+    cache.mkdir(parents=True)
+    monkeypatch.setenv(compiled.SEED_ENV, str(seed))
+    compiled._seed(str(cache), "loops-1")
+    assert [p.relative_to(cache).as_posix() for p in cache.rglob("*.nbi")] == ["core_ab/walks.walk-1.py311.nbi"]
+    with caplog.at_level("WARNING", logger=compiled.__name__):
+        compiled._seed(str(tmp_path / "other"), "loops-2")
+    assert f"{compiled.SEED_ENV}={seed} holds no loops-2" in caplog.text
+    assert not (tmp_path / "other").exists()
 
 
 def test_a_numba_cache_dir_that_cannot_be_written_is_said(
@@ -36,7 +93,7 @@ def test_a_numba_cache_dir_that_cannot_be_written_is_said(
     monkeypatch.setattr(compiled.numba_config, "CACHE_DIR", str(tmp_path / "file" / "below"))
     (tmp_path / "file").write_text("")
     with caplog.at_level("WARNING", logger=compiled.__name__):
-        compiled._cache_dir()
+        compiled._cache_dir("loops-1")
     assert f"NUMBA_CACHE_DIR={tmp_path / 'file' / 'below'} is not a writable directory" in caplog.text
 
 
