@@ -61,6 +61,6 @@ clean:
 # numba's compiled loops, wherever services/core/compiled.py cached them: the package's __pycache__,
 # NUMBA_CACHE_DIR, or the temp directory's fallback (and next to the sources, where it cached before).
 clean-numba:
-	rm -rf services/__pycache__/numba $(if $(NUMBA_CACHE_DIR),'$(NUMBA_CACHE_DIR)'/loops-*) \
+	rm -rf services/__pycache__/numba $(if $(NUMBA_CACHE_DIR),'$(NUMBA_CACHE_DIR)'/rendezvous-loops-*) \
 		"$${TMPDIR:-/tmp}/rendezvous-numba-$$(id -u)"
 	find services -name '*.nbi' -delete -o -name '*.nbc' -delete

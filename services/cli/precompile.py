@@ -20,10 +20,10 @@ from services.core.errors import ConfigError
 
 DESCRIPTION = (
     "Compiles the loops the rendezvous, the model workers and the comparison service compile when they start "
-    "(5-15 s each on two cores), into numba's cache: NUMBA_CACHE_DIR if set, else the package's __pycache__ "
-    "if writable, else under the temp directory (in a directory named by the loops' digest). Run at an "
-    "image's build with NUMBA_CPU_NAME=generic "
-    "and RDV_NUMBA_SEED naming that cache at run time, containers start without compiling (deploy/Dockerfile). "
+    "(5-15 s each on two cores), into numba's cache: NUMBA_CACHE_DIR if set and writable, else the "
+    "package's __pycache__ if writable, else under the temp directory (in a directory named by the loops' "
+    "digest). Run at an image's build with NUMBA_CPU_NAME=generic and RDV_NUMBA_SEED naming that cache at "
+    "run time, containers start without compiling (deploy/Dockerfile). "
     "Prints how many were loaded from the cache and how many compiled."
 )
 

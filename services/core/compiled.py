@@ -8,10 +8,11 @@ writable, else the package's own __pycache__ when that is, else a directory of o
 temp directory (/tmp, an emptyDir in the chart's pods), else no cache: every process then
 compiles at start (seconds; the services do it before they subscribe, see their `warm_up` calls).
 
-Within that directory the cache lives in `loops-<digest>`, the digest of the loops' source files
-(LOOP_FILES): numba keys a loop by its own file alone, so a change to a step it inlines from
-another file, or to the flags `compiled` sets, would otherwise load the code compiled before the
-change. A new digest starts an empty directory and removes the other `loops-*` beside it.
+Within that directory the cache lives in `rendezvous-loops-<digest>`, the digest of the loops'
+source files (LOOP_FILES): numba keys a loop by its own file alone, so a change to a step it
+inlines from another file, to a constant it reads from one, or to the flags `compiled` sets would
+otherwise load the code compiled before the change. A new digest starts an empty directory, and
+removes those of other digests beside it that nothing was written to for a day (STALE_AFTER_S).
 
 A cache made ahead of time (`rendezvous precompile`, which the image runs at build) seeds the
 cache directory of a process that starts without one: RDV_NUMBA_SEED names it, and its files are
@@ -27,6 +28,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,10 +42,17 @@ log = logging.getLogger(__name__)
 SEED_ENV = "RDV_NUMBA_SEED"
 CACHE_FILES = (".nbi", ".nbc")  # numba's index of a function's compiled versions, and each version
 PACKAGE = Path(__file__).resolve().parents[1]
-# Every file holding a compiled loop or a step one inlines, under PACKAGE, this one for its flags
-# (tests/unit/test_compiled_cache.py checks that every loop's file is here).
+# Every file holding a compiled loop, a step one inlines or a constant one reads (numba freezes
+# it into the code), under PACKAGE; this one for its flags. tests/unit/test_compiled_cache.py
+# checks that every such file is here.
 LOOP_FILES = ("core/compiled.py", "core/avro_walk.py", "core/compiled_requests.py", "core/compiled_decode.py",
-              "rendezvous/compiled_records.py", "comparison/kernels.py")
+              "core/comparison_columns.py", "rendezvous/compiled_records.py", "comparison/kernels.py")
+LOOPS_PREFIX = "rendezvous-loops-"
+# Caches of other loops (another version, another checkout) are removed once nothing was written
+# to them for this long. Not sooner: a process using one may still save to it (numba fails the
+# call if the directory goes meanwhile), and two versions taking turns on one host would each
+# compile at every start.
+STALE_AFTER_S = 86_400.0
 
 
 def _writable(directory: Path) -> bool:
@@ -55,40 +64,51 @@ def _writable(directory: Path) -> bool:
         return False
 
 
-def loops_digest(package: Path = PACKAGE) -> str:
-    """The name of the cache's directory for the loops as their files are now."""
+def loops_digest(package: Path = PACKAGE) -> str | None:
+    """The name of the cache's directory for the loops as their files are now; None if a file
+    cannot be read (an install without sources, where numba could not cache either)."""
     digest = hashlib.blake2b(digest_size=8)
-    for name in LOOP_FILES:
-        digest.update(name.encode() + b"\0" + (package / name).read_bytes() + b"\0")
-    return f"loops-{digest.hexdigest()}"
-
-
-def _cache_base() -> Path | None:
-    """The directory under which numba is to cache, or None for nowhere."""
-    configured = numba_config.CACHE_DIR  # type: ignore[attr-defined]
-    if configured and _writable(Path(configured)):
-        return Path(configured)
-    if configured:  # said, not silent: the operator set it for a reason (a read-only image, a shared cache)
-        log.warning("NUMBA_CACHE_DIR=%s is not a writable directory: compiled loops are cached elsewhere", configured)
-    ours = PACKAGE / "__pycache__" / "numba"
-    if _writable(ours):
-        return ours
-    ours = Path(tempfile.gettempdir()) / f"rendezvous-numba-{os.getuid()}"
-    return ours if _writable(ours) else None
+    try:
+        for name in LOOP_FILES:
+            digest.update(name.encode() + b"\0" + (package / name).read_bytes() + b"\0")
+    except OSError as err:
+        log.warning("the compiled loops' sources cannot be read (%s): they are compiled in every process", err)
+        return None
+    return LOOPS_PREFIX + digest.hexdigest()
 
 
 def _cache_dir(loops: str) -> str | None:
-    """Where numba is to cache the loops named `loops` (loops_digest), or None for nowhere; the
-    caches of other versions of the loops beside it are removed when it is new."""
-    base = _cache_base()
-    if base is None:
-        return None
-    cache = base / loops
-    if not cache.is_dir() and _writable(cache):
-        for other in base.glob("loops-*"):
-            if other != cache:
-                shutil.rmtree(other, ignore_errors=True)  # a process still loading from it compiles instead
-    return str(cache) if _writable(cache) else None
+    """Where numba is to cache the loops named `loops` (loops_digest): under NUMBA_CACHE_DIR when
+    it is writable, else under the package's __pycache__, else under a directory of ours in the
+    temp directory; None for nowhere."""
+    configured = numba_config.CACHE_DIR  # type: ignore[attr-defined]
+    ours = [PACKAGE / "__pycache__" / "numba", Path(tempfile.gettempdir()) / f"rendezvous-numba-{os.getuid()}"]
+    for base in [Path(configured), *ours] if configured else ours:
+        cache = base / loops
+        new = not cache.is_dir()
+        if _writable(cache):
+            if new:
+                _remove_stale(base, cache)
+            return str(cache)
+        if configured and base == Path(configured):  # said: the operator set it for a reason
+            log.warning("NUMBA_CACHE_DIR=%s is not a writable directory: compiled loops are cached elsewhere",
+                        configured)
+    return None
+
+
+def _remove_stale(base: Path, keep: Path) -> None:
+    horizon = time.time() - STALE_AFTER_S
+    for other in base.glob(LOOPS_PREFIX + "*"):
+        if other != keep and _last_written(other) < horizon:
+            shutil.rmtree(other, ignore_errors=True)
+
+
+def _last_written(directory: Path) -> float:
+    """When anything under `directory` was last written (now, if another process moves it meanwhile)."""
+    try:
+        return max((path.stat().st_mtime for path in directory.rglob("*")), default=directory.stat().st_mtime)
+    except OSError:
+        return time.time()
 
 
 def seed_cache(seed: Path, cache: Path) -> int:
@@ -111,9 +131,9 @@ def seed_cache(seed: Path, cache: Path) -> int:
     return copied
 
 
-def _seed(cache: str | None, loops: str) -> None:
+def _seed(cache: str, loops: str) -> None:
     seed = os.environ.get(SEED_ENV, "")
-    if not seed or not cache:  # nothing to seed from, or nowhere to copy it
+    if not seed:
         return
     if not (Path(seed) / loops).is_dir():
         log.warning("%s=%s holds no %s (made by other code, or no directory): compiled loops are compiled "
@@ -130,12 +150,12 @@ def _seed(cache: str | None, loops: str) -> None:
 
 
 _LOOPS_NAME = loops_digest()
-_CACHE = _cache_dir(_LOOPS_NAME)
-if _CACHE:
+_CACHE = _cache_dir(_LOOPS_NAME) if _LOOPS_NAME else None
+if _CACHE and _LOOPS_NAME:
     numba_config.CACHE_DIR = _CACHE  # type: ignore[attr-defined]
-else:
+    _seed(_CACHE, _LOOPS_NAME)
+elif _LOOPS_NAME:
     log.warning("no writable directory for numba's cache: compiled loops are compiled in every process")
-_seed(_CACHE, _LOOPS_NAME)
 
 LOOPS: list[Any] = []  # every loop made by `compiled`, for `cache_counts`
 # A numba without the option (it is underscore-named) runs every loop with reference counting:

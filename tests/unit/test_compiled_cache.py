@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import os
+import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -17,7 +21,7 @@ def test_numba_cache_dir_when_writable_else_the_package_directory_else_ours_else
     monkeypatch.setattr(compiled, "PACKAGE", tmp_path / "package")  # its real cache is not touched
     in_package = tmp_path / "package" / "__pycache__" / "numba"
     writable: set[Path] = {in_package, tmp_path / "configured"}
-    monkeypatch.setattr(compiled, "_writable", lambda directory: directory in writable or directory.parent in writable)
+    monkeypatch.setattr(compiled, "_writable", lambda directory: directory.parent in writable)
     monkeypatch.setattr(compiled.tempfile, "gettempdir", lambda: str(tmp_path))
     monkeypatch.setattr(compiled.numba_config, "CACHE_DIR", str(tmp_path / "configured"))
     assert compiled._cache_dir("loops-1") == str(tmp_path / "configured" / "loops-1")  # set by the user: it wins
@@ -30,9 +34,19 @@ def test_numba_cache_dir_when_writable_else_the_package_directory_else_ours_else
     assert compiled._cache_dir("loops-1") is None
 
 
-def test_an_edit_of_a_step_a_loop_inlines_from_another_file_starts_a_new_cache(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+def test_a_numba_cache_dir_that_cannot_be_written_is_said(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
+    """It was passed over silently (the misconfiguration probe): whoever set it learnt nothing."""
+    monkeypatch.setattr(compiled, "PACKAGE", tmp_path / "package")  # where it falls back to: not the real one
+    monkeypatch.setattr(compiled.numba_config, "CACHE_DIR", str(tmp_path / "file" / "below"))
+    (tmp_path / "file").write_text("")
+    with caplog.at_level("WARNING", logger=compiled.__name__):
+        assert compiled._cache_dir("loops-1") == str(tmp_path / "package" / "__pycache__" / "numba" / "loops-1")
+    assert f"NUMBA_CACHE_DIR={tmp_path / 'file' / 'below'} is not a writable directory" in caplog.text
+
+
+def test_an_edit_of_a_step_a_loop_inlines_from_another_file_starts_a_new_cache(tmp_path: Path) -> None:
     """numba keys a loop by its own file: an edit of avro_walk.py alone loaded the loops compiled
     before it (the walks inline its steps), until `make clean-numba`."""
     package = tmp_path / "package"
@@ -40,32 +54,64 @@ def test_an_edit_of_a_step_a_loop_inlines_from_another_file_starts_a_new_cache(
         (package / name).parent.mkdir(parents=True, exist_ok=True)
         (package / name).write_bytes((compiled.PACKAGE / name).read_bytes())
     before = compiled.loops_digest(package)
-    assert compiled.loops_digest(package) == before and before == compiled.loops_digest()
+    assert before is not None and before == compiled.loops_digest()
     walk = package / "core" / "avro_walk.py"
     walk.write_text(walk.read_text() + "\n# an edit\n")
     after = compiled.loops_digest(package)
-    assert after != before and after.startswith("loops-")
+    assert after is not None and after != before and after.startswith(compiled.LOOPS_PREFIX)
+    walk.unlink()
+    assert compiled.loops_digest(package) is None  # no sources: no cache, as numba's own
 
+
+def test_a_new_cache_removes_those_of_other_loops_nothing_wrote_to_for_a_day(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Not those in use: a process saving to a cache whose directory went fails (a review)."""
     cache = tmp_path / "cache"
     monkeypatch.setattr(compiled.numba_config, "CACHE_DIR", str(cache))
-    (cache / before).mkdir(parents=True)
-    (cache / before / "walks.nbi").write_bytes(b"old")
-    (cache / "someone-elses").mkdir()
-    assert compiled._cache_dir(after) == str(cache / after)
-    assert sorted(p.name for p in cache.iterdir()) == sorted([after, "someone-elses"])  # the old loops removed
-    (cache / after / "walks.nbi").write_bytes(b"new")
-    assert compiled._cache_dir(after) == str(cache / after)  # in use: kept as it is
-    assert (cache / after / "walks.nbi").read_bytes() == b"new"
+    day_old = time.time() - compiled.STALE_AFTER_S - 60
+    for name, written in (("rendezvous-loops-old", day_old), ("rendezvous-loops-recent", time.time()),
+                          ("someone-elses", day_old)):
+        (cache / name / "core_ab").mkdir(parents=True)
+        (cache / name / "core_ab" / "walks.nbi").write_bytes(b"index")
+        for path in (cache / name / "core_ab" / "walks.nbi", cache / name / "core_ab", cache / name):
+            os.utime(path, (written, written))
+    assert compiled._cache_dir("rendezvous-loops-new") == str(cache / "rendezvous-loops-new")
+    assert sorted(p.name for p in cache.iterdir()) == [
+        "rendezvous-loops-new", "rendezvous-loops-recent", "someone-elses"]
+    (cache / "rendezvous-loops-new" / "walks.nbi").write_bytes(b"new")
+    assert compiled._cache_dir("rendezvous-loops-new") == str(cache / "rendezvous-loops-new")
+    assert (cache / "rendezvous-loops-new" / "walks.nbi").read_bytes() == b"new"  # in use: kept as it is
 
 
-def test_every_loop_is_in_a_file_whose_edits_start_a_new_cache() -> None:
+def _files_a_loop_reads(loop: Any) -> set[Path]:
+    """The loop's own file and that of every module of the project it takes a name from (a step
+    it inlines, a constant numba freezes into its code)."""
+    function = loop.py_func
+    tree = ast.parse(Path(function.__code__.co_filename).read_text())
+    imported = {alias.asname or alias.name: node.module for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("services.")
+                for alias in node.names}
+    files = {Path(function.__code__.co_filename).resolve()}
+    for name in function.__code__.co_names:
+        value = function.__globals__.get(name)
+        if isinstance(value, ModuleType) and value.__name__.startswith("services."):
+            files.add(Path(str(value.__file__)).resolve())
+        elif name in imported:
+            files.add(Path(str(importlib.import_module(imported[name]).__file__)).resolve())
+    return files
+
+
+def test_every_file_a_loop_reads_starts_a_new_cache_when_edited() -> None:
     import services.comparison.kernels
     import services.core.compiled_decode
     import services.rendezvous.compiled_records  # noqa: F401 - with compiled_requests: every loop
 
-    files = {Path(loop.py_func.__code__.co_filename).resolve() for loop in compiled.LOOPS}
+    ours = [loop for loop in compiled.LOOPS if loop.py_func.__module__.startswith("services.")]
+    read = set().union(*(_files_a_loop_reads(loop) for loop in ours))
     listed = {compiled.PACKAGE / name for name in compiled.LOOP_FILES}
-    assert len(files) >= 5 and files <= listed, sorted(str(f) for f in files - listed)
+    assert len(ours) >= 20 and compiled.PACKAGE / "core" / "comparison_columns.py" in read
+    assert read <= listed, sorted(str(f) for f in read - listed)
 
 
 def test_a_seed_is_taken_from_its_directory_for_these_loops(
@@ -84,17 +130,6 @@ def test_a_seed_is_taken_from_its_directory_for_these_loops(
         compiled._seed(str(tmp_path / "other"), "loops-2")
     assert f"{compiled.SEED_ENV}={seed} holds no loops-2" in caplog.text
     assert not (tmp_path / "other").exists()
-
-
-def test_a_numba_cache_dir_that_cannot_be_written_is_said(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
-) -> None:
-    """It was passed over silently (the misconfiguration probe): whoever set it learnt nothing."""
-    monkeypatch.setattr(compiled.numba_config, "CACHE_DIR", str(tmp_path / "file" / "below"))
-    (tmp_path / "file").write_text("")
-    with caplog.at_level("WARNING", logger=compiled.__name__):
-        compiled._cache_dir("loops-1")
-    assert f"NUMBA_CACHE_DIR={tmp_path / 'file' / 'below'} is not a writable directory" in caplog.text
 
 
 def test_a_seed_fills_in_the_cache_files_missing_and_keeps_the_others(tmp_path: Path) -> None:
