@@ -15,11 +15,12 @@ import uuid
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Producer, TopicPartition
 
 from services.client.client import make_request
 from services.core.codec import codec
-from services.core.kafka import group_lag
+from services.core.control_records import is_control_record
+from services.core.kafka import group_lag, reader
 from services.core.runtime import now_ms
 from services.core.settings import Topics
 from tests.integration.harness import Services, read_topic, send_offsets_as_member, wait_until
@@ -105,3 +106,59 @@ def test_a_new_owner_waits_for_a_transaction_open_on_the_answers_and_answers_not
     reasons = {a["reason"] for a in answers if a["request_id"] in first}
     assert reasons == {"answered by the previous owner"}
     assert any("transaction is still open" in m for m in caplog.messages), "recovery said what it waited for"
+
+
+def test_a_transaction_open_on_one_partitions_answers_holds_back_that_partition_alone(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every rebalance makes all of an instance's partitions pending (the range assignor is eager):
+    a transaction open on one partition's answers kept every other partition paused too. The
+    previous owner committed the first round everywhere and has the second round's answer of
+    partition 1 alone in a transaction still open: the new owner answers the second round of the
+    other partitions meanwhile, and partition 1's once the transaction ends, nothing twice."""
+    caplog.set_level(logging.DEBUG, logger="services.rendezvous")
+    first, second = _produce_requests(config, topics.requests, "held", budget_ms=300)
+    owner = _previous_owner(config, topics, f"{prefix}rendezvous", [first, {}])
+    held = {rid: p for rid, p in second.items() if p == 1}
+    _produce_answers(owner, topics.answers, held)
+    owner.flush(10)
+    elsewhere = {rid for rid, p in second.items() if p != 1}
+
+    rendezvous = services.rendezvous(bootstrap, prefix, models=("absent",), instance="new-owner", linger_ms=100)
+    wait_until(lambda: any("transaction is still open" in m for m in caplog.messages), 60,
+               "the new owner's recovery to find the transaction open")
+    seen = _answered_on(config, topics.answers, [p for p in PARTITIONS if p != 1], elsewhere)
+    assert seen >= elsewhere, "the other partitions answered while the transaction was open"
+    assert rendezvous.takeover.is_pending(TopicPartition(topics.requests, 1)), "partition 1 still held"
+    assert not any(rendezvous.takeover.is_pending(TopicPartition(topics.requests, p)) for p in (0, 2, 3))
+
+    owner.commit_transaction(30)
+    wait_until(lambda: group_lag(config, f"{prefix}rendezvous", topics.requests) == 0, 60, "all requests committed")
+    expected = len(first) + len(second)
+    answers = read_topic(config, topics.answers, expect=expected, timeout=90, decode="answer")
+    counts: dict[str, int] = {}
+    for answer in answers:
+        counts[answer["request_id"]] = counts.get(answer["request_id"], 0) + 1
+    assert counts == dict.fromkeys([*first, *second], 1), "every request answered once"
+    by_previous = {a["request_id"] for a in answers if a["reason"] == "answered by the previous owner"}
+    assert by_previous == {*first, *held}
+
+
+def _answered_on(config: dict[str, Any], topic: str, partitions: list[int], ids: set[str]) -> set[str]:
+    """The request ids answered on `partitions` (read committed) once `ids` are among them."""
+    answers, seen = codec("answer"), set()
+    consumer = reader(config, "test-reader")
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+
+    def all_seen() -> bool:
+        for msg in consumer.consume(100, 0.2):
+            if msg.error() is None and msg.value() is not None and not is_control_record(msg):
+                seen.add(answers.decode(msg.value())["request_id"])
+        return ids <= seen
+
+    try:
+        wait_until(all_seen, 60, f"answers to {sorted(ids)}")
+    finally:
+        consumer.close()
+    return seen

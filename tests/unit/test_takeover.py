@@ -52,33 +52,15 @@ def test_an_uncommitted_partition_starts_at_the_beginning_for_earliest_and_at_it
     assert [tp.offset for tp in book.to_commit()] == [43]
 
 
-class _Ends:
-    """What the broker says a partition's end is (the consumer's watermark question)."""
-
-    def __init__(self, unreadable: tuple[str, int] | None = None) -> None:
-        self.unreadable, self.asked = unreadable, 0
-
-    def get_watermark_offsets(self, tp: TopicPartition, timeout: float, cached: bool) -> tuple[int, int]:
-        from confluent_kafka import KafkaError, KafkaException
-        self.asked += 1
-        if (tp.topic, tp.partition) == self.unreadable:
-            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
-        return 0, 100 + tp.partition
-
-
 def test_the_ends_read_at_assignment_are_the_latest_starts_until_their_partition_is_given_up() -> None:
-    """Takeover.add reads each new partition's end under `latest` (the start of one never
-    committed); a partition released before its recovery forgets it, and one whose end the broker
-    did not tell is left to the consumer."""
+    """Under `latest`, Takeover.add reads each new partition's end (the start of one never
+    committed; reading them against a broker: tests/integration/test_takeover_latest.py); a
+    partition released before its recovery forgets it, and a start is taken once."""
     never = [TopicPartition(t, p, OFFSET_INVALID) for t in ("rdv.requests", "rdv.scores") for p in (0, 1)]
-
-    class Ctx:
-        consumer = _Consumer()
-        consumer.native = _Ends(unreadable=("rdv.scores", 1))  # type: ignore[attr-defined]
-
     book = OffsetBook()
     latest = Takeover(RendezvousSettings(start_from="latest"), cast(Join, None), book.start_at)
-    latest.add(Ctx(), [TopicPartition(tp.topic, tp.partition) for tp in never])  # type: ignore[arg-type]
+    latest._ends_when_assigned.update({(tp.topic, tp.partition): 100 + tp.partition for tp in never})
+    del latest._ends_when_assigned[("rdv.scores", 1)]  # the broker did not tell it: left to the consumer
     latest.release([TopicPartition("rdv.requests", 1)])
     assert [(tp.topic, tp.partition, tp.offset) for tp in latest._starts(never)] == [
         ("rdv.requests", 0, 100), ("rdv.scores", 0, 100)]
@@ -86,14 +68,6 @@ def test_the_ends_read_at_assignment_are_the_latest_starts_until_their_partition
         ("rdv.requests", 0, 100), ("rdv.scores", 0, 100)]
     # Taken: a second recovery of the same partitions (another rebalance) reads their ends again.
     assert latest._starts(never) == []
-
-    class EarliestCtx:
-        consumer = _Consumer()
-        consumer.native = _Ends()  # type: ignore[attr-defined]
-
-    earliest = Takeover(RendezvousSettings(start_from="earliest"), cast(Join, None))
-    earliest.add(EarliestCtx(), never)  # type: ignore[arg-type]
-    assert EarliestCtx.consumer.native.asked == 0  # type: ignore[attr-defined]
 
 
 def test_recovery_refuses_to_scan_a_partition_whose_stable_end_is_short_of_what_was_written() -> None:
@@ -181,59 +155,3 @@ def test_offsets_handed_to_the_next_commit_are_taken_once_and_never_for_a_partit
     at_least_once = takeover("earliest", "at-least-once")
     at_least_once._recommit(last_completed)
     assert at_least_once.take_offsets_to_recommit(set()) == []
-
-
-class _Consumer:
-    def __init__(self) -> None:
-        self.resumed: list[tuple[str, int]] = []
-
-    def pause(self, _partitions: list[TopicPartition]) -> None:
-        return None
-
-    def resume_at(self, partitions: list[TopicPartition], _starts: list[TopicPartition]) -> list[object]:
-        self.resumed += [(tp.topic, tp.partition) for tp in partitions]
-        return []
-
-
-def test_a_transaction_open_on_one_partitions_outputs_keeps_only_that_partition_paused(
-    monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Every rebalance (the range assignor is eager) makes all of an instance's partitions
-    pending: one partition's open, or hanging, transaction kept every other one paused too."""
-    from services.core.health import BrokerHealth
-    from services.rendezvous.join import Finished
-    from services.rendezvous.recovery import Recovered
-
-    settings = RendezvousSettings()
-    topics = settings.topics()
-    open_on = [1]  # partition 1's answers are in a transaction that has not ended yet
-    scanned: list[list[int]] = []
-
-    def scan(_config: object, _topics: object, marks: dict[int, object], _margin: int, _remember: int) -> Recovered:
-        scanned.append(sorted(marks))
-        if any(p in marks for p in open_on):
-            raise OpenTransaction("open on rdv.answers[1]", [(topics.answers, p) for p in open_on if p in marks])
-        return Recovered(Finished({}, set()), {})
-
-    monkeypatch.setattr(takeover_module, "scan_finished", scan)
-    monkeypatch.setattr(takeover_module, "committed_offsets", lambda _c, _g, partitions, **_k: [
-        TopicPartition(tp.topic, tp.partition, 10, metadata="a=0;l=0;t=other") for tp in partitions])
-    monkeypatch.setattr(takeover_module, "stable_marks", lambda *_a, **_k: {})
-
-    class Ctx:
-        consumer, health, config = _Consumer(), BrokerHealth(), {}
-
-    ctx = Ctx()
-    restored: list[Finished] = []
-    join = type("J", (), {"restore": lambda _self, f: restored.append(f), "limits": settings.limits()})()
-    waiting = Takeover(settings, cast(Join, join))
-    waiting.add(ctx, [TopicPartition(t, p) for p in range(4) for t in (topics.requests, topics.scores)])  # type: ignore[arg-type]
-    waiting.run_due(ctx)  # type: ignore[arg-type]
-    assert scanned == [[0, 1, 2, 3], [0, 2, 3]]
-    assert sorted(ctx.consumer.resumed) == sorted((t, p) for p in (0, 2, 3) for t in (topics.requests, topics.scores))
-    assert waiting.pending == 2
-    open_on.clear()  # the transaction ended
-    waiting._next_try = 0.0
-    waiting.run_due(ctx)  # type: ignore[arg-type]
-    assert scanned[-1] == [1] and waiting.pending == 0 and len(ctx.consumer.resumed) == 8
-    assert len(restored) == 2  # what each recovery found, the held partition's once it could be read
