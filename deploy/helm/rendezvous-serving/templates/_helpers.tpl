@@ -49,6 +49,12 @@ imagePullPolicy: {{ $img.pullPolicy }}
 
 {{/* Kafka -------------------------------------------------------------------------------- */}}
 
+{{/* "yes" for a librdkafka key naming the brokers: they are kafka.bootstrap, and the services refuse
+them in RDV_KAFKA_CONFIG (services/core/kafka_config.py). */}}
+{{- define "rdv.isBrokersKey" -}}
+{{- if has . (list "bootstrap.servers" "metadata.broker.list") }}yes{{ end -}}
+{{- end -}}
+
 {{/* A librdkafka key whose value must come from a Secret: those the services know to hold a
 secret or an identity (SECRET in services/core/kafka_config.py, but for the user name and the
 paths of files), and any key holding a secret-like word. */}}
@@ -82,7 +88,7 @@ ever part of a rendered manifest. Takes (dict "config" ... "secrets" ... "where"
 {{- if hasKey $.config .key -}}
 {{- fail (printf "%s is in both the config and the secretConfig of %s" .key $where) -}}
 {{- end -}}
-{{- if has .key (list "bootstrap.servers" "metadata.broker.list") -}}
+{{- if include "rdv.isBrokersKey" .key -}}
 {{- fail (printf "%s in the secretConfig of %s: the brokers are kafka.bootstrap (the services refuse it)" .key $where) -}}
 {{- end -}}
 {{- $pairs = append $pairs (printf "%s=$(%s)" .key (include "rdv.secretEnvName" .key)) -}}
@@ -103,7 +109,7 @@ runs as its own principal (docs/security.md: one SASL principal per role). */}}
 {{- if contains ";" (toString $value) -}}
 {{- fail (printf "%s.config.%s contains ';', the separator of RDV_KAFKA_CONFIG" $where $key) -}}
 {{- end -}}
-{{- if has $key (list "bootstrap.servers" "metadata.broker.list") -}}
+{{- if include "rdv.isBrokersKey" $key -}}
 {{- fail (printf "%s.config.%s: the brokers are kafka.bootstrap, not a config entry (the services refuse it)" $where $key) -}}
 {{- end -}}
 {{- end -}}
