@@ -76,6 +76,13 @@ class OpenTransaction(RendezvousError):
         self.fallen_back_to: list[TopicPartition] = []  # the offsets the try fell back to, if it did
 
 
+class ScanUnreadable(RendezvousError):
+    """An output recovery must read cannot be decoded yet (the schema registry it names is away):
+    try again shortly."""
+
+    retriable = True
+
+
 @dataclass(frozen=True)
 class Mark:
     """Committed with a requests partition's offset: where its outputs may start, who committed."""
@@ -228,7 +235,8 @@ def scan_finished(
             continue
         try:
             record = readers[topic].decode(msg.value())
-        except BadInput:
+        except BadInput as err:
+            _unreadable(finished, topic, msg, err)
             continue
         if topic == topics.answers:
             finished.answered[record["request_id"]] = record
@@ -270,15 +278,40 @@ def _keep_recent(finished: Finished, remember_ms: int) -> None:
             del finished.remembered[rid]
 
 
+def _unreadable(finished: Finished, topic: str, msg: Message, err: BadInput) -> None:
+    """An output in a re-read window that cannot be decoded still says its request was done:
+    skipped, the request got a second decision. One that may be read later (its schema's registry
+    away) makes recovery wait; one that never can (another version's schema, say, in a rolling
+    upgrade) counts its key, the request id, as logged: nothing is decided again, and its reply
+    is not sent again (what it said is unknown)."""
+    where = f"{topic}[{msg.partition()}]@{msg.offset()}"
+    if err.retriable:
+        raise ScanUnreadable(f"the output at {where} cannot be read yet ({err})")
+    rid = _key_text(msg)
+    if rid is None:
+        log.warning("recovery: the output at %s cannot be read (%s) and has no request id as its key", where, err)
+        return
+    log.warning("recovery: the output at %s cannot be read (%s): request %r counts as done, not decided again",
+                where, err, rid)
+    finished.logged.add(rid)
+    finished.partition_of.setdefault(rid, msg.partition() or 0)
+
+
+def _key_text(msg: Message) -> str | None:
+    key = msg.key()
+    if not isinstance(key, bytes):
+        return None
+    try:
+        return key.decode()
+    except UnicodeDecodeError:
+        return None
+
+
 def _remembered(finished: Finished, msg: Message) -> None:
     """An answer written before the re-read window: kept as it is (decoded only if a retry of
     its request comes), under its key, the request id."""
-    key, value = msg.key(), msg.value()
-    if not isinstance(key, bytes) or not isinstance(value, bytes):
-        return
-    try:
-        rid = key.decode()
-    except UnicodeDecodeError:
+    rid, value = _key_text(msg), msg.value()
+    if rid is None or not isinstance(value, bytes):
         return
     finished.remembered[rid] = (msg.partition() or 0, int(msg.timestamp()[1]), value)
 

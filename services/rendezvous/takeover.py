@@ -26,6 +26,7 @@ from services.rendezvous.join import Join
 from services.rendezvous.recovery import (
     Mark,
     OpenTransaction,
+    ScanUnreadable,
     committed_offsets,
     fence,
     live_members,
@@ -78,7 +79,7 @@ class Takeover:
         self._pending: list[TopicPartition] = []
         self._next_try = 0.0
         self._open_warned = 0.0  # when the open-transaction wait was last logged at WARNING
-        self._missing_warned = 0.0  # when a missing output partition was last logged at WARNING
+        self._waiting_warned = 0.0  # when a reason recovery waits (_loudness) was last logged at WARNING
         self._to_recommit: list[TopicPartition] = []  # offsets for our next commit (_recommit)
         self._start_over()
         # (answers or log topic, partition) -> offset below which no output of a re-read or later
@@ -159,14 +160,13 @@ class Takeover:
             return partitions
         except OpenTransaction:
             raise  # a RendezvousError too, but the broker is fine: the caller waits for it
+        except ScanUnreadable as exc:  # the broker is fine; retried every RETRY_S
+            log.log(self._loudness(), "recovery of %s waits: %s", sorted({tp.partition for tp in partitions}), exc)
+            return []
         except KafkaException as exc:
             if _code_of(exc) == KafkaError._UNKNOWN_PARTITION:
-                # The broker is fine: requests grew and an output topic did not (yet). Retried every
-                # RETRY_S, said at WARNING every OPEN_TXN_WARN_S.
-                now = time.monotonic()
-                loud = now - self._missing_warned >= OPEN_TXN_WARN_S
-                self._missing_warned = now if loud else self._missing_warned
-                log.log(logging.WARNING if loud else logging.DEBUG,
+                # The broker is fine: requests grew and an output topic did not (yet). Retried every RETRY_S.
+                log.log(self._loudness(),
                         "recovery of %s waits: an output partition it reads does not exist (%s); answers and log "
                         "must have as many partitions as requests: grow them together (docs/helm.md)",
                         sorted({tp.partition for tp in partitions}), exc)
@@ -178,6 +178,13 @@ class Takeover:
             ctx.health.mark_down()
             log.warning("recovery waiting for the broker: %s", exc)
             return []
+
+    def _loudness(self) -> int:
+        """WARNING for a wait's reason once every OPEN_TXN_WARN_S, DEBUG for the tries between."""
+        now = time.monotonic()
+        loud = now - self._waiting_warned >= OPEN_TXN_WARN_S
+        self._waiting_warned = now if loud else self._waiting_warned
+        return logging.WARNING if loud else logging.DEBUG
 
     def _recover(self, ctx: Context, partitions: list[TopicPartition]) -> None:
         """Learn what was done for these partitions' re-read requests, then resume them;

@@ -94,3 +94,25 @@ def test_answers_written_shortly_before_the_re_read_window_are_remembered_and_th
     monkeypatch.setattr(recovery, "REMEMBERED_AT_MOST", 1)  # only x's answer, just before the mark: the window's
     capped = scan_finished(config, topics, {0: (2, Mark(answers=2, log=0))}, margin_ms=0, remember_ms=60_000)
     assert capped.finished.remembered == {}
+
+
+def test_an_output_in_the_window_that_cannot_be_read_still_counts_its_request_as_done(
+    topics: Topics, config: dict[str, Any]
+) -> None:
+    """An answer written under another version's schema (an older instance taking over from a
+    newer one) was skipped: its request, re-read, got a second decision. Its key, the request
+    id, says it was done; a log record without a usable key can only be passed over."""
+    requests = codec("request")
+    producer = Producer(config)
+    for rid in ("q", "r"):
+        request = make_request({"f": 1.0}, budget_ms=200, reply_topic=None, reply_partition=None, request_id=rid)
+        producer.produce(topics.requests, requests.encode(request), partition=0)
+    newer_schema = b"\xc3\x01" + bytes(8) + b"a record of a schema this version does not know"
+    producer.produce(topics.answers, newer_schema, key="q", partition=0)
+    producer.produce(topics.log, newer_schema, partition=0)  # no key: not counted
+    assert producer.flush(30) == 0
+
+    found = scan_finished(config, topics, {0: (0, Mark(answers=0, log=0))}, margin_ms=0)
+
+    assert found.finished.logged == {"q"} and found.finished.answered == {}
+    assert found.finished.partition_of == {"q": 0}
