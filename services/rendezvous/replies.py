@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 
 from services.core.kafka import admin
 from services.core.settings import Topics, legal_topic
@@ -212,4 +212,24 @@ class ReplyRouter:
         except KafkaException as exc:
             log.warning("cannot check return address %s (asking again in %.0f s): %s", topic, RECHECK_S, exc)
             return UNKNOWN
-        return len(meta.partitions) if meta is not None and meta.error is None else 0
+        count = partition_count(meta)
+        if count == UNKNOWN and meta is not None:
+            log.warning("cannot check return address %s (asking again in %.0f s): %s", topic, RECHECK_S, meta.error)
+        return count
+
+
+# What the broker says of a topic that is there for no client of ours to write: every other
+# error of its metadata (a leader being elected, a coordinator moving) is passing.
+_NO_TOPIC = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.TOPIC_EXCEPTION)
+
+
+def partition_count(meta: Any) -> int:
+    """A topic's partition count from its metadata (None: not in the answer): 0 if it does not
+    exist for us, UNKNOWN while the broker cannot tell. A passing error read as "missing" dropped
+    every reply to the topic, the deployment's own replies topic included, until the verdict
+    expired (30 s), their requests committed as answered (a review)."""
+    if meta is None:
+        return 0
+    if meta.error is None:
+        return len(meta.partitions)
+    return 0 if meta.error.code() in _NO_TOPIC else UNKNOWN

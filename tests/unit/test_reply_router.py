@@ -171,3 +171,23 @@ def test_by_default_a_return_address_is_the_replies_topic_or_one_named_after_it(
     rules = r.ReplyRules(Topics.from_prefix("rdv."), RendezvousSettings().reply_topic_pattern())
     assert [rules.refusal(t) for t in ("rdv.replies", "rdv.replies.alice", "rdv.staging.control", "rdv.repliesx",
                                        "staging.control")] == [None, None, "not_allowed", "not_allowed", "not_allowed"]
+
+
+def test_a_topic_is_missing_only_when_the_broker_says_so_and_a_passing_error_is_asked_again() -> None:
+    """A leader being elected read as "missing" dropped every reply to the topic for 30 s, the
+    deployment's own replies topic included, their requests committed as answered (a review)."""
+    from confluent_kafka import KafkaError
+    from confluent_kafka.admin import PartitionMetadata, TopicMetadata
+
+    def metadata(partitions: int, error: int | None = None) -> TopicMetadata:
+        meta = TopicMetadata()
+        meta.partitions = {p: PartitionMetadata() for p in range(partitions)}
+        meta.error = KafkaError(error) if error is not None else None
+        return meta
+
+    assert r.partition_count(metadata(4)) == 4
+    assert r.partition_count(None) == 0
+    assert r.partition_count(metadata(0, KafkaError.UNKNOWN_TOPIC_OR_PART)) == 0
+    assert r.partition_count(metadata(0, KafkaError.TOPIC_AUTHORIZATION_FAILED)) == 0
+    assert r.partition_count(metadata(0, KafkaError.LEADER_NOT_AVAILABLE)) == r.UNKNOWN
+    assert r.partition_count(metadata(0, KafkaError._TIMED_OUT)) == r.UNKNOWN
