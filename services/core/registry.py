@@ -11,15 +11,14 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import re
 import time
 import urllib.error
 import urllib.request
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from services.core.errors import ConfigError
 from services.core.redaction import never_print
+from services.core.urls import checked_http_url
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 # The status of a RegistryError for a schema the registry gives but nobody can read as an Avro
@@ -40,10 +39,7 @@ class SchemaRegistry:
     """A Confluent-compatible schema registry at `url` (e.g. http://localhost:8081)."""
 
     def __init__(self, url: str, timeout_s: float = 5.0):
-        if not url.startswith(("http://", "https://")):
-            # No scheme, so no parse of user:password@: everything before an '@' is left out.
-            raise ConfigError(f"--schema-registry must be an http(s):// URL, got {shown_url_safely(url)!r}")
-        _check_address(url)
+        checked_http_url(url, "--schema-registry")
         self.url, self._auth = _without_credentials(url.rstrip("/"))
         self.timeout_s = timeout_s
 
@@ -142,32 +138,6 @@ def _read_within(response: Any, deadline: float) -> bytes:
     return body
 
 
-def _check_address(url: str) -> None:
-    """A one-line ConfigError for a URL urllib would refuse only at its first call (or with a
-    traceback): a bad IPv6 address, a port that is no number, no host."""
-    try:
-        parts = urlsplit(url)
-        port_ok = parts.port is None or 0 < parts.port < 65536
-    except ValueError:
-        # Not the parser's words: they quote the URL's pieces, a password's included ("Port could
-        # not be cast to integer value as 'S3C'" for a password holding a '/').
-        raise ConfigError(f"--schema-registry {shown_url_safely(url)!r} is not a valid URL (a user name or password "
-                          "holding '/', '?', '#' or '@' must be percent-encoded)") from None
-    if not parts.hostname or not port_ok:
-        raise ConfigError(f"--schema-registry {shown_url_safely(url)!r} needs a host and a port from 1 to 65535")
-    if parts.query or parts.fragment or "?" in url or "#" in url:
-        # The call's path is appended to the URL: a query never reached the registry as one. Refused
-        # here, no URL kept or shown later (the start-up line, every error) carries a token in it.
-        raise ConfigError(f"--schema-registry {shown_url_safely(url)!r} takes no query or fragment (credentials go "
-                          "in user:password@)")
-
-
-def shown_url_safely(url: str) -> str:
-    """A URL that may not even parse, as it may be shown: everything before an '@' left out, and
-    a query or fragment (a token may ride there)."""
-    return re.sub(r"[?#].*$", "?***", re.sub(r"^([a-z]+://)?.*@", r"\1***@", url))
-
-
 class _Unredirected(urllib.request.HTTPRedirectHandler):
     """No redirect is followed: urllib copies the Authorization header onto any, another host's
     too. A registry answers its two calls itself; a redirect is an HTTP error like any other."""
@@ -190,15 +160,7 @@ def _without_credentials(url: str) -> tuple[str, str]:
     never_print(password)
     never_print(quote(password, safe=""))
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return shown_url(url), f"Basic {token}"
-
-
-def shown_url(url: str) -> str:
-    """A registry URL as it may be shown: without its credentials."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])), f"Basic {token}"
 
 
 def _message(exc: urllib.error.HTTPError) -> str:

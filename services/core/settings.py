@@ -21,13 +21,12 @@ from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 from services.core import kafka_config
 from services.core.errors import ConfigError
-from services.core.registry import shown_url
+from services.core.urls import MAX_PORT, shown_url_safely
 
 ENV_PREFIX = "RDV_"
 # Numbers a setting accepts unless it declares its own bounds: never negative, and small enough
 # for every use (Kafka's int32 fields, epoch-ms arithmetic, `threading` timeouts).
 INT_RANGE = (0, 2**31 - 1)
-MAX_PORT = 65_535
 FLOAT_RANGE = (0.0, 1e9)
 
 T = TypeVar("T")
@@ -148,6 +147,11 @@ def check_bootstrap(bootstrap: str) -> None:
     empty entry or a trailing ':' was waited on for --connect-timeout-s, then blamed on no broker)."""
     if not bootstrap:
         return  # the local broker
+    if "@" in bootstrap:
+        # user:password@host was taken for a host name, then shown in the start-up line and in
+        # "no broker answered at ...": credentials go in --kafka-config's sasl.* settings.
+        raise ConfigError("--bootstrap (value not shown) has a user or password before an '@': give host:port "
+                          "entries only, credentials as --kafka-config sasl.username/sasl.password (docs/security.md)")
     for entry in bootstrap.split(","):
         address = entry.strip().split("://", 1)[-1]  # PLAINTEXT://host:port is accepted too
         if ":" not in address or address.endswith("]"):  # a host alone ([::1] too), on the default port
@@ -209,7 +213,7 @@ class KafkaSettings:
         """One log line of the settings, with librdkafka secrets redacted."""
         shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}
         shown["kafka_config"] = kafka_config.masked(kafka_config.parse(self.kafka_config))
-        shown["schema_registry"] = shown_url(self.schema_registry)  # user:password@ left out
+        shown["schema_registry"] = shown_url_safely(self.schema_registry)  # user:password@ left out
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def topics(self) -> Topics:

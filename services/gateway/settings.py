@@ -5,10 +5,10 @@ from __future__ import annotations
 import socket
 import ssl
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from services.core.errors import ConfigError
 from services.core.settings import MAX_PORT, KafkaSettings, not_a_readable_file, setting
+from services.core.urls import checked_http_url
 from services.gateway.auth import ApiKeys
 
 
@@ -153,21 +153,11 @@ _ANY_ADDRESS = ("0.0.0.0", "::", "")
 
 
 def _check_comparison_url(url: str) -> None:
-    """An http(s) URL with a host and no credentials: the public /ui page shows where its figures
-    come from, and a Prometheus endpoint needs none (a review found user:password@ on the page,
-    and a bare `comparison:9104/metrics` failing only there)."""
-    try:
-        parts = urlsplit(url)
-        port_ok = parts.port is None or 0 < parts.port <= MAX_PORT
-    except ValueError as exc:  # the parser's words quote the URL's pieces: not where a password may be
-        said = "it must not carry user:password@ either" if "@" in url else str(exc)
-        raise ConfigError(f"--comparison-url is not a valid URL: {said}") from None
-    if parts.username is not None or parts.password is not None:
-        raise ConfigError("--comparison-url must not carry user:password@ (the public /ui page names its source); "
-                          "the comparison service's /metrics needs none")
-    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-        raise ConfigError(f"--comparison-url {url!r}: expected http://HOST:PORT/metrics (http or https, a host, "
-                          f"a port from 1 to {MAX_PORT})")
+    """An http(s) URL with a host, no credentials and no query: the public /ui page shows where its
+    figures come from, and a Prometheus endpoint needs none (a review found user:password@ on the
+    page, a bare `comparison:9104/metrics` failing only there, and ?token=... shown)."""
+    checked_http_url(url, "--comparison-url", refuse_credentials="the public /ui page names its source; the "
+                     "comparison service's /metrics needs none")
 
 
 def _check_ports_apart(ports: dict[str, tuple[str, int]]) -> None:

@@ -47,6 +47,9 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (RendezvousSettings, {"bootstrap": "127.0.0.1:29743:"}, "got '127.0.0.1:29743:'"),
     (RendezvousSettings, {"bootstrap": "a:9092,b:port"}, "got 'b:port'"),
     (RendezvousSettings, {"bootstrap": "a:99999"}, "got 'a:99999'"),
+    # Taken for a host name, the password shown in the start-up line and "no broker answered at" (a probe).
+    (RendezvousSettings, {"bootstrap": "user:S3CRET@127.0.0.1:1"}, "--bootstrap (value not shown) has a user"),
+    (RendezvousSettings, {"bootstrap": "SASL_SSL://user:S3CRET@b:9093"}, "credentials as --kafka-config sasl."),
     (RendezvousSettings, {"deadline_ms": "-5"}, "--deadline-ms must be at least 1, got -5"),
     (RendezvousSettings, {"deadline_ms": "0"}, "--deadline-ms must be at least 1, got 0"),
     (RendezvousSettings, {"max_orphans": "-1"}, "--max-orphans must be at least 10, got -1"),
@@ -95,8 +98,9 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (RendezvousSettings, {"topic_prefix": "my prefix/"}, "not a topic name Kafka accepts"),
 ])
 def test_a_bad_value_is_refused_with_its_reason(cls: type, values: dict[str, str], says: str) -> None:
-    with pytest.raises(ConfigError, match=re.escape(says)):
+    with pytest.raises(ConfigError, match=re.escape(says)) as refused:
         from_namespace(cls, None, **values)
+    assert "S3CRET" not in str(refused.value)
 
 
 def test_a_schedule_files_effective_at_in_the_future_is_when_it_takes_effect(tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ from services.core.settings import from_namespace
 
 def test_a_registry_url_that_does_not_parse_is_refused_without_quoting_its_password() -> None:
     """A password holding '/' made urllib read part of it as the port, and its words quoted it."""
-    from services.core.registry import SchemaRegistry, shown_url_safely
+    from services.core.registry import SchemaRegistry
+    from services.core.urls import shown_url_safely
 
     with pytest.raises(ConfigError) as refused:
         SchemaRegistry("http://alice:S3C/RETpw@127.0.0.1:1")

@@ -1,0 +1,44 @@
+"""HTTP URLs given as flags: checked at start, each failure one line, and shown without secrets.
+
+They are shown wherever they go (start-up lines, errors, the gateway's public /ui page), so no
+check quotes the parser's words (they quote the URL's pieces, a password's included) and none
+takes a query or fragment, where a token may ride.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import SplitResult, urlsplit
+
+from services.core.errors import ConfigError
+
+MAX_PORT = 65_535
+
+
+def shown_url_safely(url: str) -> str:
+    """A URL that may not even parse, as it may be shown: everything before an '@' left out, and
+    a query or fragment (a token may ride there)."""
+    return re.sub(r"[?#].*$", "?***", re.sub(r"^([a-z]+://)?.*@", r"\1***@", url))
+
+
+def checked_http_url(url: str, flag: str, *, refuse_credentials: str | None = None) -> SplitResult:
+    """`url`'s parts, or a ConfigError naming `flag`: an http(s) URL with a host, a port from 1 to
+    MAX_PORT if it names one, no query and no fragment. `refuse_credentials`: why user:password@
+    is refused there (None: taken, the schema registry's own credentials)."""
+    shown = shown_url_safely(url)
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{flag} must be an http(s):// URL, got {shown!r}")
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or 0 < parts.port <= MAX_PORT
+    except ValueError:
+        raise ConfigError(f"{flag} {shown!r} is not a valid URL (a user name or password holding '/', '?', '#' "
+                          "or '@' must be percent-encoded)") from None
+    if refuse_credentials is not None and "@" in parts.netloc:
+        raise ConfigError(f"{flag} must not carry user:password@ ({refuse_credentials})")
+    if not parts.hostname or not port_ok:
+        raise ConfigError(f"{flag} {shown!r} needs a host and a port from 1 to {MAX_PORT}")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        where = "credentials go in user:password@" if refuse_credentials is None else "the URL is shown"
+        raise ConfigError(f"{flag} {shown!r} takes no query or fragment ({where})")
+    return parts
