@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from services.cli.spawn import service_env, spawn
-from services.control.schedule import DEFAULT_NAME
+from services.control.schedule import DEFAULT_NAME, check_schedule_name
 from services.core.errors import BrokerError, ConfigError, RendezvousError
 from services.core.kafka import group_member_count, partition_counts, wait_for_broker, wait_for_groups
 from services.core.runtime import now_ms
@@ -408,7 +408,7 @@ class UndeploySettings(KafkaSettings):
     schedule_name: str = setting(DEFAULT_NAME, "undeploy: the schedule checked for its models.")
 
     def validate(self) -> None:
-        return None
+        check_schedule_name(self.schedule_name, "--schedule-name")
 
 
 def cmd_undeploy(name: str, console: Console, timeout_s: float = 20.0,

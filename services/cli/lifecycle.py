@@ -25,7 +25,7 @@ from services.cli.model_contracts import print_contracts
 from services.control import changes
 from services.control.gates import Verdict, evaluate, parse_requirements, with_defaults
 from services.control.liveness import live_models, not_live
-from services.control.schedule import DEFAULT_DEADLINE_MS, MAX_INT, Schedule, authored
+from services.control.schedule import DEFAULT_DEADLINE_MS, MAX_INT, Schedule, authored, check_schedule_name
 from services.control.topic import ScheduleBook, load_book, publish
 from services.core.errors import ConfigError
 from services.core.kafka import consumer_groups, group_lag
@@ -44,7 +44,7 @@ class ScheduleSettings(KafkaSettings):
     schedule_name: str = setting("default", "Which schedule on the control topic to read or change.")
 
     def validate(self) -> None:
-        return None
+        check_schedule_name(self.schedule_name, "--schedule-name")
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class ScheduleViewSettings(ScheduleSettings):
     format: str = setting("table", "Output: table (for people) or json (for scripts).")
 
     def validate(self) -> None:
+        super().validate()
         check_format(self.format)
 
 

@@ -228,7 +228,7 @@ class Parser(argparse.ArgumentParser):
         # One line, not argparse's usage dump (20 lines for most commands) above it. The top-level
         # parser reports a subcommand's unknown flags: its help is the one that lists the flags.
         command = _command_prog(self, Selection(self.given).words or [])
-        self.exit(2, f"{self.prog}: error: {message}{_dash_value_hint(message, self.given)}; "
+        self.exit(2, f"{self.prog}: error: {_cut(message)}{_dash_value_hint(message, self.given)}; "
                      f"see `{command} --help`\n")
 
 
@@ -291,6 +291,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         prog="rendezvous",
         description="Streaming model serving on Apache Kafka: several models score every request, "
         "the rendezvous answers by schedule under a deadline, and logs every output for comparison.",
+        # `--log debug` was taken for --log-level, but Selection reads the words as written and built
+        # no command's flags: every flag after it was "unrecognized" (a probe).
+        allow_abbrev=False,
     )
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
                         help="DEBUG, INFO, WARNING or ERROR [default: INFO]")
@@ -408,6 +411,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(argv)
 
 
+ERROR_CHARS = 1_000
+
+
+def _cut(message: str) -> str:
+    """An error line of a sane length: a 100 KB value was quoted whole (a probe)."""
+    if len(message) <= ERROR_CHARS:
+        return message
+    return f"{message[:ERROR_CHARS]}... ({len(message) - ERROR_CHARS:,} characters more)"
+
+
 def _run(argv: Sequence[str] | None) -> int:
     args = build_parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
     setup_logging(args.log_level)
@@ -417,12 +430,12 @@ def _run(argv: Sequence[str] | None) -> int:
         return handler(args)
     except RendezvousError as err:
         logging.getLogger("rendezvous").debug("failed", exc_info=True)
-        sys.stderr.write(mask(f"error: {err}\n"))
+        sys.stderr.write(mask(f"error: {_cut(str(err))}\n"))
         return EXIT_ERROR
     except KafkaException as exc:
         # The Kafka client refused something our wrappers did not foresee: still one line.
         logging.getLogger("rendezvous").debug("failed", exc_info=True)
-        sys.stderr.write(mask(f"error: Kafka client: {exc}\n"))
+        sys.stderr.write(mask(f"error: Kafka client: {_cut(str(exc))}\n"))
         return EXIT_ERROR
     except KeyboardInterrupt as stopped:
         return 128 + (stopped.signum if isinstance(stopped, Stopped) else signal.SIGINT)
@@ -437,7 +450,7 @@ def _run(argv: Sequence[str] | None) -> int:
         # directory): its words and the path, on one line.
         logging.getLogger("rendezvous").debug("failed", exc_info=True)
         where = f": {exc.filename}" if exc.filename else ""
-        sys.stderr.write(mask(f"error: {exc.strerror or exc}{where}\n"))
+        sys.stderr.write(mask(f"error: {_cut(f'{exc.strerror or exc}{where}')}\n"))
         return EXIT_ERROR
     except Exception:  # noqa: BLE001 - printed (masked), not swallowed
         # A bug: the traceback is wanted, but masked like every other line of output.

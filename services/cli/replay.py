@@ -65,6 +65,8 @@ class ReplaySettings(KafkaSettings):
             raise ConfigError(f"--source must be topic or archive, got {self.source!r}")
         if self.source == "archive" and not self.archive_dir:
             raise ConfigError("--source archive needs --archive-dir DIR")
+        if self.archive_dir and self.source != "archive":  # the topic was replayed, the directory ignored (a probe)
+            raise ConfigError("--archive-dir is read with --source archive only (the default source is the topic)")
         if self.batch < 1:
             raise ConfigError(f"--batch must be >= 1, got {self.batch}")
         if self.html:
@@ -73,6 +75,13 @@ class ReplaySettings(KafkaSettings):
         bounds = parse_bounds(self.since, self.from_, self.to, now_ms())
         if self.source == "archive" and OffsetBound in (type(bounds.start), type(bounds.end)):
             raise ConfigError("--source archive takes time bounds only (offsets belong to the topic)")
+        if self.source == "archive":
+            from services.decoy.archive import check_archive
+
+            try:  # said once the broker was reached and the model loaded, before
+                check_archive(Path(self.archive_dir))
+            except ConfigError as err:
+                raise ConfigError(f"--archive-dir {err}") from None
 
 
 @dataclass

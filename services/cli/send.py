@@ -64,9 +64,25 @@ def _excerpt(value: object, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _refuse_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object as a dict, a key given twice refused: json keeps the last without a word."""
+    seen: set[str] = set()
+    for key, _value in pairs:
+        if key in seen:
+            raise _DuplicateKey(f"feature {_excerpt(key)} is given twice")
+        seen.add(key)
+    return dict(pairs)
+
+
 def _from_json(text: str, where: str) -> dict[str, float]:
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_refuse_duplicates)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{where}: {exc}: one value each") from None
     except (ValueError, RecursionError) as exc:
         raise ConfigError(f"{where}: not valid JSON ({str(exc)[:80]})") from None
     if not isinstance(data, dict) or not data:

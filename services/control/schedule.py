@@ -33,6 +33,15 @@ from services.core.model_names import check_model_name
 from services.core.settings import not_a_readable_file
 
 DEFAULT_NAME = "default"  # a schedule file without a name gets it, and takes the name it is used under
+
+
+def check_schedule_name(name: str, flag: str) -> None:
+    """A name a schedule can be found by: an empty one, or one with spaces around it, was followed
+    or published as given, a schedule no other command used (a probe)."""
+    if not name.strip():
+        raise ConfigError(f"{flag} is empty: name a schedule (the default is {DEFAULT_NAME!r})")
+    if name != name.strip():
+        raise ConfigError(f"{flag} {name!r} has spaces around it: schedules are named without")
 DEFAULT_DEADLINE_MS = 200
 
 

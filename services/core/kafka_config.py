@@ -122,6 +122,9 @@ def parse(items: Iterable[str]) -> dict[str, str]:
         if unsupported is not None:
             errors.append(f"{_item(position, key)}: {unsupported}")
             continue
+        if key in config:  # the last one won silently: a password given twice, say (a probe)
+            errors.append(f"{_item(position, key)}: {key} is given twice: one value each")
+            continue
         config[key] = value
     if errors:
         raise ConfigError("; ".join(errors) + " (values not shown)")

@@ -464,16 +464,25 @@ def write_manifest(directory: Path, files: list[FileStats]) -> None:
     os.replace(tmp, directory / MANIFEST)
 
 
-def iter_archive(
-    directory: Path, *, from_ms: int | None = None, to_ms: int | None = None
-) -> Iterator[dict[str, Any]]:
-    """Archived records with from_ms <= timestamp < to_ms, once each (duplicates dropped)."""
+def check_archive(directory: Path) -> list[str]:
+    """ConfigError unless `directory` is a decoy archive with a sealed file; the names of the files
+    still being written."""
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: " + ("is not a directory" if directory.exists() else "no such directory"))
     open_files = sorted(path.name for path in directory.glob("requests-*.avro.part"))
     if not (directory / MANIFEST).exists():
         if open_files:
             raise ConfigError(f"{directory}: the decoy has sealed no file yet (it seals one every --roll-seconds "
                               f"or --roll-mb; {open_files[0]} is being written): nothing to read before that")
         raise ConfigError(f"{directory} is not a decoy archive (no {MANIFEST})")
+    return open_files
+
+
+def iter_archive(
+    directory: Path, *, from_ms: int | None = None, to_ms: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """Archived records with from_ms <= timestamp < to_ms, once each (duplicates dropped)."""
+    open_files = check_archive(directory)
     if open_files:
         # Fsynced and committed, but still being written: read once sealed (a replay of the last
         # minutes of a running decoy misses them, and says so).

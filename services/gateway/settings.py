@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 from dataclasses import dataclass
 
+from services.control.schedule import check_schedule_name
 from services.core.errors import ConfigError
 from services.core.settings import MAX_PORT, KafkaSettings, not_a_readable_file, setting
 from services.core.urls import checked_http_url
@@ -106,6 +108,11 @@ class GatewaySettings(KafkaSettings):
     )
 
     def validate(self) -> None:
+        check_schedule_name(self.schedule, "--schedule")
+        for host in self.allowed_hosts:
+            if not _HOST_NAME.fullmatch(host):  # compared with a page's host name: it would never match
+                raise ConfigError(f"--allowed-hosts: {host[:80]!r} is not a host name (no scheme, port, path or "
+                                  "wildcard; e.g. serving.example.com)")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together")
         for flag, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key),
@@ -150,6 +157,8 @@ class GatewaySettings(KafkaSettings):
 
 
 _ANY_ADDRESS = ("0.0.0.0", "::", "")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 
 
 def _check_comparison_url(url: str) -> None:

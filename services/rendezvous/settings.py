@@ -7,13 +7,17 @@ import re
 import socket
 from dataclasses import dataclass
 
-from services.control.schedule import DEFAULT_NAME, Schedule, authored
+from services.control.schedule import DEFAULT_NAME, Schedule, authored, check_schedule_name
 from services.core.errors import ConfigError
 from services.core.settings import MAX_BATCH, ServiceSettings, parse_pairs, setting
 from services.rendezvous.join import JoinLimits
 
 DEFAULT_SCHEDULE_NAME = DEFAULT_NAME
 MIN_HELD_BYTES = 1024 * 1024  # one orphan with its 64 unscheduled scores may hold that much
+
+
+_DEFAULT_MODELS = ("champion",)
+_DEFAULT_DEADLINE_MS = 200
 
 
 @dataclass(frozen=True)
@@ -28,11 +32,13 @@ class RendezvousSettings(ServiceSettings):
         "'name', if it has one, must be this)."
     )
     models: tuple[str, ...] = setting(
-        ("champion",),
+        _DEFAULT_MODELS,
         "Model preference order when no schedule file is given, e.g. champion,challenger,canary.",
     )
     wait: tuple[str, ...] = setting((), "Per-model wait before falling back, e.g. --wait champion=50 (ms).")
-    deadline_ms: int = setting(200, "Default answer budget for requests that carry no deadline (ms).", minimum=1)
+    deadline_ms: int = setting(
+        _DEFAULT_DEADLINE_MS, "Default answer budget for requests that carry no deadline (ms).", minimum=1
+    )
     linger_ms: int = setting(
         1000, "How long after the deadline to keep collecting scores for the comparison log (ms).",
         minimum=1,
@@ -71,11 +77,11 @@ class RendezvousSettings(ServiceSettings):
     session_timeout_ms: int = setting(
         6_000, "How long a silent instance keeps its partitions before the group moves them (ms); the broker's "
         "group.min.session.timeout.ms (default 6000) is the lowest it accepts.",
-        minimum=1,
+        minimum=1, maximum=3_600_000,  # librdkafka's bounds: above, refused only once the broker answered
     )
     transaction_timeout_ms: int = setting(
         10_000, "How long the broker keeps a dead instance's transaction open before aborting it (ms).",
-        minimum=1,
+        minimum=1_000,  # librdkafka's least, refused only once the broker answered (blaming --kafka-config)
     )
     max_mailboxes: int = setting(
         100_000, "Requests in flight before request intake pauses (resumes below 80%); bounds memory under a flood.",
@@ -110,7 +116,7 @@ class RendezvousSettings(ServiceSettings):
     )
     output_linger_ms: int = setting(
         20, "How long answers/log records may wait to be batched into one produce request (ms); they are "
-        "made final by the commit anyway, and replies to return addresses never wait."
+        "made final by the commit anyway, and replies to return addresses never wait.", maximum=900_000,
     )
     clock_record_delay_ms: int = setting(
         3, "A timer due this long by the wall clock on a quiet scores partition asks for a clock record (ms)."
@@ -129,6 +135,7 @@ class RendezvousSettings(ServiceSettings):
             raise ConfigError(f"--max-held-bytes must be at least {MIN_HELD_BYTES}, got {self.max_held_bytes}")
         if self.start_from not in ("earliest", "latest"):
             raise ConfigError(f"--start-from must be earliest or latest, got {self.start_from!r}")
+        check_schedule_name(self.schedule_name, "--schedule-name")
         try:
             re.compile(self.reply_topic_pattern())
         except re.error as exc:
@@ -136,6 +143,11 @@ class RendezvousSettings(ServiceSettings):
         self.schedule()
 
     def schedule(self) -> Schedule:
+        flags_given = self.wait or self.models != _DEFAULT_MODELS or self.deadline_ms != _DEFAULT_DEADLINE_MS
+        if self.schedule_file and flags_given:
+            # Dropped silently: the file's schedule was followed (a probe); `schedule set` refuses the same.
+            raise ConfigError("--schedule-file gives the models, waits and default deadline: --models, --wait and "
+                              "--deadline-ms go in the file ('models', 'waits_ms', 'default_deadline_ms')")
         if self.schedule_file:
             # The rendezvous follows --schedule-name on the control topic; a file naming another
             # schedule would silently become that one's version.

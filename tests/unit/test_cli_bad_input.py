@@ -17,6 +17,7 @@ from rich.console import Console
 from services.cli.demo import DemoSettings
 from services.cli.deploy import DeploySettings
 from services.cli.lifecycle import PromoteSettings, ScheduleSetSettings
+from services.cli.replay import ReplaySettings
 from services.compare_report.settings import CompareSettings
 from services.comparison.settings import ComparisonSettings
 from services.control.schedule import Schedule
@@ -96,6 +97,32 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (DeploySettings, {"model": "demo:champion", "start_from": "now"}, "--start-from must be earliest or latest"),
     (RendezvousSettings, {"topic": "requests=rdv.scores"}, "requests and scores would both be 'rdv.scores'"),
     (RendezvousSettings, {"topic_prefix": "my prefix/"}, "not a topic name Kafka accepts"),
+    # The topic was replayed, the directory ignored; a directory not there was said only after the
+    # broker was reached and the model loaded (a probe).
+    (ReplaySettings, {"model": "demo:challenger", "archive_dir": "/tmp"}, "--archive-dir is read with --source"),
+    (ReplaySettings, {"model": "demo:challenger", "source": "archive", "archive_dir": "/nonexistent/a"},
+     "--archive-dir /nonexistent/a: no such directory"),
+    (ReplaySettings, {"model": "demo:challenger", "source": "archive", "archive_dir": "/etc/hostname"},
+     "--archive-dir /etc/hostname: is not a directory"),
+    (ReplaySettings, {"model": "demo:challenger", "source": "archive", "archive_dir": "/tmp"},
+     "--archive-dir /tmp is not a decoy archive (no manifest"),
+    # Compared with a page's host name, each would never match: pages under it were refused (a probe).
+    (GatewaySettings, {"allowed_hosts": "http://evil.com/"}, "--allowed-hosts: 'http://evil.com/' is not a host"),
+    (GatewaySettings, {"allowed_hosts": "ok.example.com,*"}, "'*' is not a host name (no scheme, port, path or"),
+    (GatewaySettings, {"allowed_hosts": "serving:8080"}, "'serving:8080' is not a host name"),
+    # librdkafka refused them once the broker had answered, blaming --kafka-config (a probe).
+    (RendezvousSettings, {"transaction_timeout_ms": "999"}, "--transaction-timeout-ms must be at least 1000"),
+    (RendezvousSettings, {"session_timeout_ms": "3600001"}, "--session-timeout-ms must be at most 3600000"),
+    (RendezvousSettings, {"output_linger_ms": "900001"}, "--output-linger-ms must be at most 900000"),
+    # Followed or published as given: a schedule no other command used (a probe).
+    (RendezvousSettings, {"schedule_name": ""}, "--schedule-name is empty: name a schedule"),
+    (ScheduleSetSettings, {"models": "a", "schedule_name": " default"}, "' default' has spaces around it"),
+    (PromoteSettings, {"schedule_name": "   "}, "--schedule-name is empty"),
+    (GatewaySettings, {"schedule": "default "}, "--schedule 'default ' has spaces around it"),
+    # Each dropped without a word, the file's schedule followed (a probe).
+    (RendezvousSettings, {"schedule_file": "s.json", "models": "b,c"}, "--models, --wait and --deadline-ms go in"),
+    (RendezvousSettings, {"schedule_file": "s.json", "wait": "champion=5"}, "--schedule-file gives the models"),
+    (RendezvousSettings, {"schedule_file": "s.json", "deadline_ms": "999"}, "('models', 'waits_ms', 'default_dead"),
 ])
 def test_a_bad_value_is_refused_with_its_reason(cls: type, values: dict[str, str], says: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(says)) as refused:
@@ -555,3 +582,45 @@ def test_send_refuses_a_row_the_client_would_refuse_before_anything_is_sent(tmp_
         read_rows(SendSettings(file=str(path)))
     line = _json_line({"request_id": "r", "score": float("nan"), "latency_ms": float("inf"), "label": "x"})
     assert json.loads(line) == {"request_id": "r", "score": None, "latency_ms": None, "label": "x"}
+
+
+def test_a_librdkafka_setting_given_twice_is_refused_without_either_value() -> None:
+    """The last one won without a word (a probe): a password given twice, say, one of them stale."""
+    with pytest.raises(ConfigError, match=re.escape("--kafka-config item 2 (sasl.password): sasl.password is given "
+                                                    "twice: one value each")) as refused:
+        from_namespace(RendezvousSettings, bootstrap=NO_BROKER,
+                       kafka_config=("sasl.password=S3CRET-a", "sasl.password=S3CRET-b"))
+    assert "S3CRET" not in str(refused.value)
+
+
+def test_a_top_level_flag_is_not_taken_by_an_abbreviation(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--log debug` was taken for --log-level, and every flag of the command after it was
+    "unrecognized": the command's flags were never built (a probe)."""
+    from services.cli.main import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--log", "debug", "send", "--bootstrap", NO_BROKER, "--demo-rows", "1"])
+    said = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert "invalid choice: 'debug'" in said and "--bootstrap" not in said
+
+
+def test_send_refuses_a_feature_given_twice_in_one_row(tmp_path: Path) -> None:
+    """JSON keeps the last of a key given twice without a word: the row sent was not the one written (a probe)."""
+    from services.cli.send import SendSettings, read_rows
+
+    with pytest.raises(ConfigError, match=re.escape("--features: feature 'a' is given twice: one value each")):
+        read_rows(SendSettings(features='{"a": 1, "b": 2, "a": 3}'))
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"a": 1}\n{"b": 1, "b": 2}\n')
+    with pytest.raises(ConfigError, match=r"rows\.jsonl:2: feature 'b' is given twice"):
+        read_rows(SendSettings(file=str(path)))
+
+
+def test_an_error_line_quoting_a_huge_value_is_cut(capsys: pytest.CaptureFixture[str]) -> None:
+    """A 100 KB value was quoted whole in the "one line" (a probe)."""
+    from services.cli.main import ERROR_CHARS, main
+
+    assert main(["compare", "--bootstrap", NO_BROKER, "--since", "x" * 100_000]) == 2
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1 and len(said) < ERROR_CHARS + 100 and "characters more)" in said
