@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -23,6 +24,7 @@ from services.core import kafka_config
 from services.core.errors import ConfigError
 from services.core.urls import MAX_PORT, shown_url_safely
 
+log = logging.getLogger(__name__)
 ENV_PREFIX = "RDV_"
 # Numbers a setting accepts unless it declares its own bounds: never negative, and small enough
 # for every use (Kafka's int32 fields, epoch-ms arithmetic, `threading` timeouts).
@@ -385,9 +387,13 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         kind = _base_type(hints[f.name])
         raw = overrides.get(f.name)
+        name = _flag_name(f)
         if raw is None and args is not None:
             raw = getattr(args, f.name, None)
-        name = _flag_name(f)
+            if raw is not None and os.environ.get(_env_name(f)) is not None:
+                # The flag wins, as it should; said, since the variable may carry what the flag
+                # lacks (RDV_KAFKA_CONFIG's SASL settings replaced by --kafka-config acks=all: a probe).
+                log.warning("%s is given: %s, set too, is not used (values not shown)", name, _env_name(f))
         separator = f.metadata.get("separator", ",")
         if raw is not None and not f.metadata.get("split_flags", True):
             separator = None

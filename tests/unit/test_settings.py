@@ -402,3 +402,22 @@ def test_a_command_stopped_by_a_signal_runs_its_clean_up(signum: int, tmp_path: 
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[2])
     assert (done.returncode, done.stdout) == (128 + signum, "cleaned up\n"), done.stderr
+
+
+def test_a_flag_given_over_its_variable_is_said(monkeypatch: pytest.MonkeyPatch,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """The flag wins; RDV_KAFKA_CONFIG's SASL settings went without a word when --kafka-config
+    acks=all was added to a command (a probe)."""
+    import argparse
+
+    monkeypatch.setenv("RDV_KAFKA_CONFIG", "sasl.password=S3CRET;security.protocol=SASL_SSL")
+    args = argparse.Namespace(kafka_config=["acks=all"])
+    with caplog.at_level("WARNING", logger="services.core.settings"):
+        settings = from_namespace(KafkaSettings, args)
+    assert settings.kafka_config == ("acks=all",)
+    assert "--kafka-config is given: RDV_KAFKA_CONFIG, set too, is not used" in caplog.text
+    assert "S3CRET" not in caplog.text
+    caplog.clear()
+    monkeypatch.delenv("RDV_KAFKA_CONFIG")
+    from_namespace(KafkaSettings, args)
+    assert caplog.text == ""
