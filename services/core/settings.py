@@ -22,7 +22,7 @@ from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 from services.core import kafka_config
 from services.core.errors import ConfigError
-from services.core.urls import MAX_PORT, shown_url_safely
+from services.core.urls import MAX_PORT, checked_http_url, shown_url_safely
 
 log = logging.getLogger(__name__)
 ENV_PREFIX = "RDV_"
@@ -163,6 +163,21 @@ def check_bootstrap(bootstrap: str) -> None:
         if not host.strip("[]") or not _PORT.fullmatch(port) or not 0 < int(port) <= MAX_PORT:
             raise ConfigError(f"--bootstrap {bootstrap!r}: expected host:port entries separated by commas, "
                               f"got {entry.strip()!r}")
+
+
+WIRE_FORMATS = ("single-object", "registry")
+
+
+def check_wire_format(wire_format: str, schema_registry: str) -> None:
+    """--wire-format and --schema-registry, for every command (those that write nothing took any
+    value without a word: a probe); the registry's credentials are checked where it is used
+    (services/core/wire.py `configure`)."""
+    if wire_format not in WIRE_FORMATS:
+        raise ConfigError(f"--wire-format must be one of {', '.join(WIRE_FORMATS)}, got {wire_format[:80]!r}")
+    if wire_format == "registry" and not schema_registry:
+        raise ConfigError("--wire-format registry needs --schema-registry URL (env RDV_SCHEMA_REGISTRY)")
+    if schema_registry:
+        checked_http_url(schema_registry, "--schema-registry")
 
 
 @dataclass(frozen=True)
@@ -416,6 +431,7 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
     try:
         if isinstance(settings, KafkaSettings):
             check_bootstrap(settings.bootstrap)
+            check_wire_format(settings.wire_format, settings.schema_registry)
             settings.librdkafka()
             settings.topics()
         validate = getattr(settings, "validate", None)

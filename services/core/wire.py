@@ -19,11 +19,10 @@ from services.core.codec import CODEC_NAMES, codec
 from services.core.errors import ConfigError, DecodeFailed, LookupsSpent
 from services.core.rate_limit import PerSecond
 from services.core.registry import Outage, RegistryError, SchemaRegistry
-from services.core.settings import KafkaSettings, Topics
+from services.core.settings import KafkaSettings, Topics, check_wire_format
 
 log = logging.getLogger(__name__)
 
-WIRE_FORMATS = ("single-object", "registry")
 
 # The record type each topic role carries (the contracts in docs/architecture.md).
 ROLE_RECORDS = {
@@ -71,10 +70,7 @@ class IdLookup:
 def configure(settings: KafkaSettings, *, check_credentials: bool = True) -> None:
     """Apply `--wire-format` and `--schema-registry` to every codec of this process; the
     registry's credentials checked at once unless `check_credentials` is False."""
-    if settings.wire_format not in WIRE_FORMATS:
-        raise ConfigError(f"--wire-format must be one of {', '.join(WIRE_FORMATS)}, got {settings.wire_format!r}")
-    if settings.wire_format == "registry" and not settings.schema_registry:
-        raise ConfigError("--wire-format registry needs --schema-registry URL (env RDV_SCHEMA_REGISTRY)")
+    check_wire_format(settings.wire_format, settings.schema_registry)  # as every command's settings do
     if not settings.schema_registry:
         return
     registry = SchemaRegistry(settings.schema_registry)

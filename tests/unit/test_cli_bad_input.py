@@ -23,7 +23,7 @@ from services.comparison.settings import ComparisonSettings
 from services.control.schedule import Schedule
 from services.control.topic import ScheduleBook
 from services.core.errors import BrokerUnavailable, ConfigError
-from services.core.settings import Topics, from_namespace
+from services.core.settings import KafkaSettings, Topics, from_namespace
 from services.decoy.settings import DecoySettings
 from services.gateway.settings import GatewaySettings
 from services.model_worker.settings import WorkerSettings
@@ -106,6 +106,10 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
      "--archive-dir /etc/hostname: is not a directory"),
     (ReplaySettings, {"model": "demo:challenger", "source": "archive", "archive_dir": "/tmp"},
      "--archive-dir /tmp is not a decoy archive (no manifest"),
+    # Taken without a word by the commands that write nothing (acl show, models; a probe).
+    (KafkaSettings, {"wire_format": "bogus"}, "--wire-format must be one of single-object, registry, got 'bogus'"),
+    (KafkaSettings, {"wire_format": "registry"}, "--wire-format registry needs --schema-registry URL"),
+    (KafkaSettings, {"schema_registry": "registry:8081"}, "--schema-registry must be an http(s):// URL"),
     # Compared with a page's host name, each would never match: pages under it were refused (a probe).
     (GatewaySettings, {"allowed_hosts": "http://evil.com/"}, "--allowed-hosts: 'http://evil.com/' is not a host"),
     (GatewaySettings, {"allowed_hosts": "ok.example.com,*"}, "'*' is not a host name (no scheme, port, path or"),
@@ -624,3 +628,11 @@ def test_an_error_line_quoting_a_huge_value_is_cut(capsys: pytest.CaptureFixture
     assert main(["compare", "--bootstrap", NO_BROKER, "--since", "x" * 100_000]) == 2
     said = capsys.readouterr().err
     assert said.count("\n") == 1 and len(said) < ERROR_CHARS + 100 and "characters more)" in said
+
+
+def test_a_bad_value_from_a_variable_is_named_as_that_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RDV_SCHEMA_REGISTRY=' ' was said as '--schema-registry must be ...', a flag never typed (a probe)."""
+    monkeypatch.setenv("RDV_SCHEMA_REGISTRY", " ")
+    with pytest.raises(ConfigError, match=re.escape("RDV_SCHEMA_REGISTRY (the environment's --schema-registry) must "
+                                                    "be an http(s):// URL")):
+        from_namespace(KafkaSettings, None)
