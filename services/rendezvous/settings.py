@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from services.control.schedule import DEFAULT_NAME, Schedule, authored, check_schedule_name
 from services.core.errors import ConfigError
-from services.core.settings import MAX_BATCH, ServiceSettings, parse_pairs, setting
+from services.core.settings import MAX_BATCH, ServiceSettings, legal_topic, parse_pairs, setting
 from services.rendezvous.join import JoinLimits
 
 DEFAULT_SCHEDULE_NAME = DEFAULT_NAME
@@ -136,6 +136,9 @@ class RendezvousSettings(ServiceSettings):
         if self.start_from not in ("earliest", "latest"):
             raise ConfigError(f"--start-from must be earliest or latest, got {self.start_from!r}")
         check_schedule_name(self.schedule_name, "--schedule-name")
+        if self.instance and not legal_topic(self.instance):  # refused by the broker only at the group's join
+            raise ConfigError(f"--instance {self.instance[:80]!r}: use letters, digits, '.', '_' and '-' (at most "
+                              "249): it is the Kafka group.instance.id of this replica")
         try:
             re.compile(self.reply_topic_pattern())
         except re.error as exc:

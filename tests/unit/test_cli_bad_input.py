@@ -106,6 +106,8 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
      "--archive-dir /etc/hostname: is not a directory"),
     (ReplaySettings, {"model": "demo:challenger", "source": "archive", "archive_dir": "/tmp"},
      "--archive-dir /tmp is not a decoy archive (no manifest"),
+    # Kafka's rules for a group.instance.id: refused by the broker at the group's join only.
+    (RendezvousSettings, {"instance": "a b"}, "--instance 'a b': use letters, digits, '.', '_' and '-'"),
     # Taken without a word by the commands that write nothing (acl show, models; a probe).
     (KafkaSettings, {"wire_format": "bogus"}, "--wire-format must be one of single-object, registry, got 'bogus'"),
     (KafkaSettings, {"wire_format": "registry"}, "--wire-format registry needs --schema-registry URL"),
