@@ -415,7 +415,8 @@ ERROR_CHARS = 1_000
 
 
 def _cut(message: str) -> str:
-    """An error line of a sane length: a 100 KB value was quoted whole (a probe)."""
+    """An error line of a sane length: a 100 KB value was quoted whole (a probe). Cut after the
+    secrets are masked: a secret cut in two would not be found, and its first part shown."""
     if len(message) <= ERROR_CHARS:
         return message
     return f"{message[:ERROR_CHARS]}... ({len(message) - ERROR_CHARS:,} characters more)"
@@ -430,12 +431,12 @@ def _run(argv: Sequence[str] | None) -> int:
         return handler(args)
     except RendezvousError as err:
         logging.getLogger("rendezvous").debug("failed", exc_info=True)
-        sys.stderr.write(mask(f"error: {_cut(str(err))}\n"))
+        sys.stderr.write(_cut(mask(f"error: {err}")) + "\n")
         return EXIT_ERROR
     except KafkaException as exc:
         # The Kafka client refused something our wrappers did not foresee: still one line.
         logging.getLogger("rendezvous").debug("failed", exc_info=True)
-        sys.stderr.write(mask(f"error: Kafka client: {_cut(str(exc))}\n"))
+        sys.stderr.write(_cut(mask(f"error: Kafka client: {exc}")) + "\n")
         return EXIT_ERROR
     except KeyboardInterrupt as stopped:
         return 128 + (stopped.signum if isinstance(stopped, Stopped) else signal.SIGINT)
@@ -450,7 +451,7 @@ def _run(argv: Sequence[str] | None) -> int:
         # directory): its words and the path, on one line.
         logging.getLogger("rendezvous").debug("failed", exc_info=True)
         where = f": {exc.filename}" if exc.filename else ""
-        sys.stderr.write(mask(f"error: {_cut(f'{exc.strerror or exc}{where}')}\n"))
+        sys.stderr.write(_cut(mask(f"error: {exc.strerror or exc}{where}")) + "\n")
         return EXIT_ERROR
     except Exception:  # noqa: BLE001 - printed (masked), not swallowed
         # A bug: the traceback is wanted, but masked like every other line of output.

@@ -123,7 +123,7 @@ def parse(items: Iterable[str]) -> dict[str, str]:
             errors.append(f"{_item(position, key)}: {unsupported}")
             continue
         if key in config:  # the last one won silently: a password given twice, say (a probe)
-            errors.append(f"{_item(position, key)}: {key} is given twice: one value each")
+            errors.append(f"{_item(position, key)}: its key is given twice: one value each")  # a key may be a secret
             continue
         config[key] = value
     if errors:

@@ -226,6 +226,15 @@ class KafkaSettings:
         config.update(kafka_config.parse(self.kafka_config))
         return config
 
+    def given(self, *names: str) -> list[str]:
+        """Those of `names` that were given (by a flag, a variable or the caller of from_namespace);
+        for settings made directly, those that differ from their defaults."""
+        explicit = self.__dict__.get("_given")
+        if explicit is not None:
+            return [name for name in names if name in explicit]
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return [name for name in names if getattr(self, name) != defaults[name]]
+
     def describe(self) -> str:
         """One log line of the settings, with librdkafka secrets redacted."""
         shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}
@@ -428,6 +437,9 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
             _check_range(name, value, f, kind)
         values[f.name] = value
     settings = cls(**values)
+    # Which settings were given (a flag, a variable, the caller), for checks a default cannot tell
+    # apart from a value equal to it (KafkaSettings.given).
+    object.__setattr__(settings, "_given", frozenset(values))
     try:
         if isinstance(settings, KafkaSettings):
             check_bootstrap(settings.bootstrap)

@@ -26,7 +26,7 @@ def checked_http_url(url: str, flag: str, *, refuse_credentials: str | None = No
     MAX_PORT if it names one, no query and no fragment. `refuse_credentials`: why user:password@
     is refused there (None: taken, the schema registry's own credentials)."""
     shown = shown_url_safely(url)
-    if not url.startswith(("http://", "https://")):
+    if not url.lower().startswith(("http://", "https://")):  # HTTP:// too, as urllib reads it
         raise ConfigError(f"{flag} must be an http(s):// URL, got {shown!r}")
     try:
         parts = urlsplit(url)

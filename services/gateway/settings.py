@@ -157,7 +157,7 @@ class GatewaySettings(KafkaSettings):
 
 
 _ANY_ADDRESS = ("0.0.0.0", "::", "")
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"  # '_' too: browsers take it (my_gateway)
 _HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 
 

@@ -78,9 +78,13 @@ class OpenTransaction(RendezvousError):
 
 class ScanUnreadable(RendezvousError):
     """An output recovery must read cannot be decoded yet (the schema registry it names is away):
-    try again shortly."""
+    try again shortly. `partition`: the output's, its requests' too (they are co-partitioned)."""
 
     retriable = True
+
+    def __init__(self, message: str, partition: int):
+        super().__init__(message)
+        self.partition = partition
 
 
 @dataclass(frozen=True)
@@ -286,7 +290,7 @@ def _unreadable(finished: Finished, topic: str, msg: Message, err: BadInput) -> 
     is not sent again (what it said is unknown)."""
     where = f"{topic}[{msg.partition()}]@{msg.offset()}"
     if err.retriable:
-        raise ScanUnreadable(f"the output at {where} cannot be read yet ({err})")
+        raise ScanUnreadable(f"the output at {where} cannot be read yet ({err})", msg.partition() or 0)
     rid = _key_text(msg)
     if rid is None:
         log.warning("recovery: the output at %s cannot be read (%s) and has no request id as its key", where, err)

@@ -16,10 +16,6 @@ DEFAULT_SCHEDULE_NAME = DEFAULT_NAME
 MIN_HELD_BYTES = 1024 * 1024  # one orphan with its 64 unscheduled scores may hold that much
 
 
-_DEFAULT_MODELS = ("champion",)
-_DEFAULT_DEADLINE_MS = 200
-
-
 @dataclass(frozen=True)
 class RendezvousSettings(ServiceSettings):
     """How the rendezvous joins scores to requests and when it answers."""
@@ -32,13 +28,11 @@ class RendezvousSettings(ServiceSettings):
         "'name', if it has one, must be this)."
     )
     models: tuple[str, ...] = setting(
-        _DEFAULT_MODELS,
+        ("champion",),
         "Model preference order when no schedule file is given, e.g. champion,challenger,canary.",
     )
     wait: tuple[str, ...] = setting((), "Per-model wait before falling back, e.g. --wait champion=50 (ms).")
-    deadline_ms: int = setting(
-        _DEFAULT_DEADLINE_MS, "Default answer budget for requests that carry no deadline (ms).", minimum=1
-    )
+    deadline_ms: int = setting(200, "Default answer budget for requests that carry no deadline (ms).", minimum=1)
     linger_ms: int = setting(
         1000, "How long after the deadline to keep collecting scores for the comparison log (ms).",
         minimum=1,
@@ -146,11 +140,12 @@ class RendezvousSettings(ServiceSettings):
         self.schedule()
 
     def schedule(self) -> Schedule:
-        flags_given = self.wait or self.models != _DEFAULT_MODELS or self.deadline_ms != _DEFAULT_DEADLINE_MS
-        if self.schedule_file and flags_given:
+        beside = self.given("models", "wait", "deadline_ms") if self.schedule_file else []
+        if beside:
             # Dropped silently: the file's schedule was followed (a probe); `schedule set` refuses the same.
-            raise ConfigError("--schedule-file gives the models, waits and default deadline: --models, --wait and "
-                              "--deadline-ms go in the file ('models', 'waits_ms', 'default_deadline_ms')")
+            flags = " and ".join("--" + name.replace("_", "-") for name in beside)
+            raise ConfigError(f"--schedule-file gives the models, waits and default deadline: {flags} go in the file "
+                              "('models', 'waits_ms', 'default_deadline_ms')")
         if self.schedule_file:
             # The rendezvous follows --schedule-name on the control topic; a file naming another
             # schedule would silently become that one's version.

@@ -142,15 +142,18 @@ class Takeover:
             due = self._wait_for_transaction(exc)
             if due:
                 self._seal(ctx, due, exc.fallen_back_to)
-            # Another try without the partitions the open (or hanging) transaction holds: it must
-            # not keep every other one paused.
             held = {partition for _topic, partition in exc.partitions}
-            rest = [tp for tp in partitions if tp.partition not in held]
-            if rest and len(rest) < len(partitions):
-                try:
-                    return self._attempt(ctx, rest)
-                except OpenTransaction as again:
-                    log.debug("recovery of the rest waits too: %s", again)
+        except ScanUnreadable as exc:  # the broker is fine; retried every RETRY_S
+            log.log(self._loudness(), "recovery of partition %d waits: %s", exc.partition, exc)
+            held = {exc.partition}
+        # Another try without the partitions held (a transaction open or hanging on their outputs,
+        # an output not readable yet): they must not keep every other one paused.
+        rest = [tp for tp in partitions if tp.partition not in held]
+        if rest and len(rest) < len(partitions):
+            try:
+                return self._attempt(ctx, rest)
+            except (OpenTransaction, ScanUnreadable) as again:
+                log.debug("recovery of the rest waits too: %s", again)
         return []
 
     def _attempt(self, ctx: Context, partitions: list[TopicPartition]) -> list[TopicPartition]:
@@ -158,11 +161,8 @@ class Takeover:
         try:
             self._recover(ctx, partitions)
             return partitions
-        except OpenTransaction:
-            raise  # a RendezvousError too, but the broker is fine: the caller waits for it
-        except ScanUnreadable as exc:  # the broker is fine; retried every RETRY_S
-            log.log(self._loudness(), "recovery of %s waits: %s", sorted({tp.partition for tp in partitions}), exc)
-            return []
+        except (OpenTransaction, ScanUnreadable):
+            raise  # RendezvousErrors too, but the broker is fine: the caller waits for them
         except KafkaException as exc:
             if _code_of(exc) == KafkaError._UNKNOWN_PARTITION:
                 # The broker is fine: requests grew and an output topic did not (yet). Retried every RETRY_S.

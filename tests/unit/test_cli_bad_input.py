@@ -99,13 +99,12 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (RendezvousSettings, {"topic_prefix": "my prefix/"}, "not a topic name Kafka accepts"),
     # The topic was replayed, the directory ignored; a directory not there was said only after the
     # broker was reached and the model loaded (a probe).
-    (ReplaySettings, {"model": "demo:challenger", "archive_dir": "/tmp"}, "--archive-dir is read with --source"),
+    (ReplaySettings, {"model": "demo:challenger", "archive_dir": "/nonexistent/a"},
+     "--archive-dir is read with --source"),
     (ReplaySettings, {"model": "demo:challenger", "source": "archive", "archive_dir": "/nonexistent/a"},
      "--archive-dir /nonexistent/a: no such directory"),
     (ReplaySettings, {"model": "demo:challenger", "source": "archive", "archive_dir": "/etc/hostname"},
      "--archive-dir /etc/hostname: is not a directory"),
-    (ReplaySettings, {"model": "demo:challenger", "source": "archive", "archive_dir": "/tmp"},
-     "--archive-dir /tmp is not a decoy archive (no manifest"),
     # Kafka's rules for a group.instance.id: refused by the broker at the group's join only.
     (RendezvousSettings, {"instance": "a b"}, "--instance 'a b': use letters, digits, '.', '_' and '-'"),
     # Taken without a word by the commands that write nothing (acl show, models; a probe).
@@ -126,9 +125,10 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (PromoteSettings, {"schedule_name": "   "}, "--schedule-name is empty"),
     (GatewaySettings, {"schedule": "default "}, "--schedule 'default ' has spaces around it"),
     # Each dropped without a word, the file's schedule followed (a probe).
-    (RendezvousSettings, {"schedule_file": "s.json", "models": "b,c"}, "--models, --wait and --deadline-ms go in"),
-    (RendezvousSettings, {"schedule_file": "s.json", "wait": "champion=5"}, "--schedule-file gives the models"),
-    (RendezvousSettings, {"schedule_file": "s.json", "deadline_ms": "999"}, "('models', 'waits_ms', 'default_dead"),
+    (RendezvousSettings, {"schedule_file": "s.json", "models": "b,c"}, "default deadline: --models go in the file"),
+    (RendezvousSettings, {"schedule_file": "s.json", "wait": "champion=5", "models": "champion"},
+     "--schedule-file gives the models, waits and default deadline: --models and --wait go in"),  # the default's
+    (RendezvousSettings, {"schedule_file": "s.json", "deadline_ms": "200"}, "('models', 'waits_ms', 'default_dead"),
 ])
 def test_a_bad_value_is_refused_with_its_reason(cls: type, values: dict[str, str], says: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(says)) as refused:
@@ -592,11 +592,14 @@ def test_send_refuses_a_row_the_client_would_refuse_before_anything_is_sent(tmp_
 
 def test_a_librdkafka_setting_given_twice_is_refused_without_either_value() -> None:
     """The last one won without a word (a probe): a password given twice, say, one of them stale."""
-    with pytest.raises(ConfigError, match=re.escape("--kafka-config item 2 (sasl.password): sasl.password is given "
+    with pytest.raises(ConfigError, match=re.escape("--kafka-config item 2 (sasl.password): its key is given "
                                                     "twice: one value each")) as refused:
         from_namespace(RendezvousSettings, bootstrap=NO_BROKER,
                        kafka_config=("sasl.password=S3CRET-a", "sasl.password=S3CRET-b"))
     assert "S3CRET" not in str(refused.value)
+    with pytest.raises(ConfigError, match=re.escape("--kafka-config item 2: its key is given twice")) as refused:
+        from_namespace(RendezvousSettings, bootstrap=NO_BROKER, kafka_config=("S3CRET!key=1", "S3CRET!key=2"))
+    assert "S3CRET" not in str(refused.value)  # a key that is no librdkafka name may be a value pasted
 
 
 def test_a_top_level_flag_is_not_taken_by_an_abbreviation(capsys: pytest.CaptureFixture[str]) -> None:
@@ -638,3 +641,22 @@ def test_a_bad_value_from_a_variable_is_named_as_that_variable(monkeypatch: pyte
     with pytest.raises(ConfigError, match=re.escape("RDV_SCHEMA_REGISTRY (the environment's --schema-registry) must "
                                                     "be an http(s):// URL")):
         from_namespace(KafkaSettings, None)
+
+
+def test_a_secret_in_an_error_line_is_masked_before_the_line_is_cut(capsys: pytest.CaptureFixture[str]) -> None:
+    """Cut first, a secret straddling the cut was no longer found whole, and its first part shown (a review)."""
+    from services.cli.main import ERROR_CHARS, main
+    from services.core.redaction import never_print
+
+    secret = "Hunter2SuperSecretPassword"
+    never_print(secret)
+    for offset in range(ERROR_CHARS - 100, ERROR_CHARS):  # the secret across the cut at some offset
+        assert main(["compare", "--bootstrap", NO_BROKER, "--since", "x" * offset + f" {secret} " + "y" * 1_000]) == 2
+        said = capsys.readouterr().err
+        assert "Hunter2" not in said and "characters more)" in said, offset
+
+
+def test_replay_says_at_start_that_a_directory_holds_no_archive(tmp_path: Path) -> None:
+    """Said once the broker was reached and the model loaded, before (a probe)."""
+    with pytest.raises(ConfigError, match=re.escape(f"--archive-dir {tmp_path} is not a decoy archive (no manifest")):
+        from_namespace(ReplaySettings, None, model="demo:challenger", source="archive", archive_dir=str(tmp_path))

@@ -509,6 +509,7 @@ def test_a_comparison_url_is_an_http_address_without_credentials(url: str, said:
         GatewaySettings(comparison_url=url).validate()
     assert "hunter2pw" not in str(refused.value)
     GatewaySettings(comparison_url="http://comparison:9104/metrics").validate()
+    GatewaySettings(comparison_url="HTTP://comparison:9104/metrics").validate()  # as urllib reads it
 
 
 # -- the catalog --------------------------------------------------------------------------------------

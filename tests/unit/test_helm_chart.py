@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -770,3 +771,35 @@ def test_compose_publishes_its_ports_on_the_loopback_interface_only() -> None:
     assert published  # the broker, the gateway, Prometheus and Grafana
     for name, ports in published.items():
         assert all(str(port).startswith("127.0.0.1:") for port in ports), (name, ports)
+
+
+def test_the_rendezvous_takes_the_settings_its_pods_are_given(
+    each_render: Render, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With a schedule the chart still set --wait and --deadline-ms, which the rendezvous refuses
+    (they went without a word before): with every option on, its pods would not have started (a
+    review). The pod's variables, its schedule file where the ConfigMap puts it, make settings
+    that pass every check the command makes at start."""
+    from services.core.settings import from_namespace
+    from services.rendezvous.settings import RendezvousSettings
+
+    r = each_render
+    workload = r.named("StatefulSet", f"{fullname()}-rendezvous")
+    (container,) = pod_spec(workload)["containers"]
+    for name in [n for n in os.environ if n.startswith("RDV_")]:
+        monkeypatch.delenv(name)
+    given = {name: entry["value"] for name, entry in env_of(container).items() if "value" in entry}
+    if "RDV_SCHEDULE_FILE" in given:
+        config_map = r.named("ConfigMap", f"{fullname()}-rendezvous-schedule")
+        (tmp_path / "schedule.json").write_text(config_map["data"]["schedule.json"])
+        given["RDV_SCHEDULE_FILE"] = str(tmp_path / "schedule.json")
+    for name, value in given.items():
+        monkeypatch.setenv(name, value)
+    assert (r.name == "all-options") == ("RDV_SCHEDULE_FILE" in given)  # both ways are tried
+    from_namespace(RendezvousSettings, None)
+
+
+@pytest.mark.parametrize("extra", [["--set", "rendezvous.waitMs.champion=50"], ["--set", "rendezvous.deadlineMs=300"]])
+def test_waits_and_a_deadline_beside_a_schedule_are_refused_at_render(helm: Path, extra: list[str]) -> None:
+    done = run_helm(helm, "template", RELEASE, str(CHART), "-f", str(ALL_OPTIONS), *extra)
+    assert done.returncode != 0 and "with rendezvous.schedule they go in it" in done.stderr, done.stderr[-500:]
