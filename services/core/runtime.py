@@ -85,6 +85,16 @@ PARENT_PID_ENV = "RDV_STOP_WITH_PID"
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
+def die_with_parent() -> bool:
+    """Have the kernel send this process SIGTERM when the thread that forked it ends; whether it
+    could (Linux only). Async-signal-safe enough for a `preexec_fn`: one libc call."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0)
+    except (OSError, AttributeError):  # no libc prctl: not Linux
+        return False
+
+
 def stop_with_parent() -> None:
     """In a child of a command that started it (the demo's services): be sent SIGTERM (drain,
     commit, exit) when that command dies, even by SIGKILL, which runs no clean-up of its own.
@@ -93,13 +103,7 @@ def stop_with_parent() -> None:
     the signal when the *thread* that forked us ends: the commands spawn from their main thread.
     The parent may have died before this call: then there is no one to wait for, and we stop."""
     parent = os.environ.pop(PARENT_PID_ENV, "")  # not handed on to our own children
-    if not parent.isdigit():
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-            return
-    except (OSError, AttributeError):  # no libc prctl: not Linux
+    if not parent.isdigit() or not die_with_parent():
         return
     if os.getppid() != int(parent):
         log.warning("the command that started this process (pid %s) has already exited: stopping", parent)

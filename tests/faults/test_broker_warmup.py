@@ -93,3 +93,46 @@ def test_fresh_or_tls_asked_of_a_running_broker_is_refused_not_ignored(tmp_path:
         assert cli("start").returncode == 0  # plain: the running one, as before
     finally:
         assert cli("stop").returncode == 0
+
+
+CHILD = """
+import sys, time
+from services.localkafka.broker import ephemeral_broker
+with ephemeral_broker(sys.argv[1]) as broker:
+    print(broker.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_tests_broker_stops_when_the_process_that_started_it_is_killed(tmp_path: Path) -> None:
+    """Killed by SIGKILL (or a SIGTERM that runs no clean-up), the process left its broker, half
+    a GiB of JVM, running for good (a test run stopped by `timeout` left one on this host)."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.integration.harness import wait_until
+
+    _needs_own_broker()
+    parent = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        pid = int(parent.stdout.readline())
+        os.kill(pid, 0)  # the broker runs
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        with open(f"/proc/{pid}/stat") as stat:  # exited, not yet reaped by init: gone too
+            return stat.read().split(") ", 1)[1].startswith("Z")
+
+    try:
+        wait_until(gone, 60, "the broker to stop with its parent")
+    finally:
+        if not gone():
+            os.kill(pid, signal.SIGKILL)  # not left behind by this test either
