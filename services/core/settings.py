@@ -168,6 +168,12 @@ def check_bootstrap(bootstrap: str) -> None:
 WIRE_FORMATS = ("single-object", "registry")
 
 
+def _default_of(f: dataclasses.Field[Any]) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
 def check_wire_format(wire_format: str, schema_registry: str) -> None:
     """--wire-format and --schema-registry, for every command (those that write nothing took any
     value without a word: a probe); the registry's credentials are checked where it is used
@@ -232,7 +238,7 @@ class KafkaSettings:
         explicit = self.__dict__.get("_given")
         if explicit is not None:
             return [name for name in names if name in explicit]
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        defaults = {f.name: _default_of(f) for f in dataclasses.fields(self) if f.name in names}
         return [name for name in names if getattr(self, name) != defaults[name]]
 
     def describe(self) -> str:

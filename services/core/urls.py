@@ -8,7 +8,7 @@ takes a query or fragment, where a token may ride.
 from __future__ import annotations
 
 import re
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import urlsplit
 
 from services.core.errors import ConfigError
 
@@ -21,8 +21,8 @@ def shown_url_safely(url: str) -> str:
     return re.sub(r"[?#].*$", "?***", re.sub(r"^([a-z]+://)?.*@", r"\1***@", url))
 
 
-def checked_http_url(url: str, flag: str, *, refuse_credentials: str | None = None) -> SplitResult:
-    """`url`'s parts, or a ConfigError naming `flag`: an http(s) URL with a host, a port from 1 to
+def checked_http_url(url: str, flag: str, *, refuse_credentials: str | None = None) -> None:
+    """A ConfigError naming `flag` unless `url` is an http(s) URL with a host, a port from 1 to
     MAX_PORT if it names one, no query and no fragment. `refuse_credentials`: why user:password@
     is refused there (None: taken, the schema registry's own credentials)."""
     shown = shown_url_safely(url)
@@ -41,4 +41,3 @@ def checked_http_url(url: str, flag: str, *, refuse_credentials: str | None = No
     if parts.query or parts.fragment or "?" in url or "#" in url:
         where = "credentials go in user:password@" if refuse_credentials is None else "the URL is shown"
         raise ConfigError(f"{flag} {shown!r} takes no query or fragment ({where})")
-    return parts
