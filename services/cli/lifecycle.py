@@ -29,6 +29,7 @@ from services.control.schedule import DEFAULT_DEADLINE_MS, MAX_INT, Schedule, au
 from services.control.topic import ScheduleBook, load_book, publish
 from services.core.errors import ConfigError
 from services.core.kafka import consumer_groups, group_lag
+from services.core.numbers import ascii_float, ascii_int
 from services.core.ranges import format_duration_ms, format_ms, parse_duration_ms
 from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, check_format, parse_pairs, setting
@@ -330,7 +331,7 @@ def _draft_from_flags(settings: ScheduleSetSettings, current: Schedule | None) -
 
 def _whole_ms(text: str, flag: str) -> int:
     try:
-        value = int(text)
+        value = ascii_int(text)
     except ValueError:
         raise ConfigError(f"{flag}: expected whole milliseconds, got {text!r}") from None
     if not 0 <= value <= MAX_INT:  # said here, before the broker is asked anything
@@ -343,7 +344,7 @@ def _traffic(text: str) -> tuple[str | None, float]:
         return None, 0.0
     ((model, share),) = parse_pairs((text,), "--traffic")
     try:
-        return model, float(share)
+        return model, ascii_float(share)
     except ValueError:
         raise ConfigError(f"--traffic: expected model=fraction, got {text!r}") from None
 

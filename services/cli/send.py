@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from services.client.client import AnswerTimeout, Client, InvalidRequest, checked_features
 from services.core.errors import ConfigError, RendezvousError
+from services.core.numbers import ascii_float
 from services.core.settings import KafkaSettings, not_a_readable_file, setting
 
 # Rows are read (and checked) before anything is sent: a bound on what one command holds in memory.
@@ -51,7 +52,7 @@ def _number(value: object, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ConfigError(f"{where}: feature value {_excerpt(value)} is not a number")
     try:
-        number = float(value)
+        number = ascii_float(value) if isinstance(value, str) else float(value)
     except (ValueError, OverflowError):
         raise ConfigError(f"{where}: feature value {_excerpt(value)} is not a number") from None
     if not math.isfinite(number):

@@ -22,6 +22,7 @@ from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 from services.core import kafka_config
 from services.core.errors import ConfigError
+from services.core.numbers import ascii_float, ascii_int
 from services.core.urls import MAX_PORT, checked_http_url, shown_url_safely
 
 log = logging.getLogger(__name__)
@@ -314,7 +315,7 @@ def _number(name: str, kind: Any, raw: Any, shown: str) -> int | float:
     else:
         text = str(raw).strip()
         try:
-            value = kind(text)
+            value = (ascii_int if kind is int else ascii_float)(text)
         except ValueError:
             what = "a whole number" if kind is int else "a number"
             raise ConfigError(f"{name}: expected {what}, got {shown}") from None

@@ -660,3 +660,18 @@ def test_replay_says_at_start_that_a_directory_holds_no_archive(tmp_path: Path) 
     """Said once the broker was reached and the model loaded, before (a probe)."""
     with pytest.raises(ConfigError, match=re.escape(f"--archive-dir {tmp_path} is not a decoy archive (no manifest")):
         from_namespace(ReplaySettings, None, model="demo:challenger", source="archive", archive_dir=str(tmp_path))
+
+
+def test_numbers_written_in_digits_other_than_ascii_are_refused_where_people_type_them() -> None:
+    """float() reads Arabic-Indic and full-width digits: a CSV cell or a --wait of them was taken
+    for a number nobody typed (a probe)."""
+    from services.cli.lifecycle import _draft_from_flags
+    from services.cli.send import SendSettings, read_rows
+
+    with pytest.raises(ConfigError, match="--features key 'a': feature value '\u0663' is not a number"):
+        read_rows(SendSettings(features='{"a": "\\u0663"}'))
+    assert read_rows(SendSettings(features='{"a": "3"}')) == [{"a": 3.0}]  # ASCII text still reads
+    with pytest.raises(ConfigError, match=r"^--wait a: expected whole milliseconds"):
+        _draft_from_flags(ScheduleSetSettings(models=("a",), wait=("a=\uff15\uff10",)), None)
+    with pytest.raises(ConfigError, match=r"^--traffic: expected model=fraction"):
+        _draft_from_flags(ScheduleSetSettings(models=("a", "b"), traffic="b=\u0660.5"), None)

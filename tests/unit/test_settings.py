@@ -10,6 +10,7 @@ import pytest
 from services.core.errors import ConfigError
 from services.core.settings import KafkaSettings, Topics, from_namespace, redact
 from services.localkafka.config import free_port
+from services.model_worker.settings import WorkerSettings
 from services.rendezvous.settings import RendezvousSettings
 
 
@@ -31,6 +32,15 @@ def test_bad_setting_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     # float() of a 400-digit number raised OverflowError while the message was made: a traceback.
     with pytest.raises(ConfigError, match=r"^--linger-ms must be at most .*, got 999999999999\.\.\. \(400 digits\)"):
         from_namespace(RendezvousSettings, None, linger_ms="9" * 400)
+
+
+@pytest.mark.parametrize("typed", ["\u0663", "\uff11\uff10", "1\u0660"])
+def test_a_number_in_digits_other_than_ascii_is_refused(typed: str) -> None:
+    # int() reads Arabic-Indic or full-width digits as numbers: a paste gone wrong was taken (a probe).
+    with pytest.raises(ConfigError, match=r"^--linger-ms: expected a whole number, got "):
+        from_namespace(RendezvousSettings, None, linger_ms=typed)
+    with pytest.raises(ConfigError, match=r"^--predict-timeout-s: expected a number, got "):
+        from_namespace(WorkerSettings, None, predict_timeout_s=typed + ".5", model="demo:champion")
 
 
 def test_secrets_never_in_repr_or_describe() -> None:
