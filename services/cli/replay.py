@@ -10,6 +10,7 @@ one more row. Nothing is written to Kafka: a replay can never touch production a
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from services.model_worker.worker import score_batch
 
 # How far before the earliest request's created_at the log is read (see `replay`): a client's
 # clock up to a minute ahead of the rendezvous', and a minute more for what is logged late.
+log = logging.getLogger(__name__)
 LOG_MARGIN_MS = 120_000
 
 
@@ -65,8 +67,13 @@ class ReplaySettings(KafkaSettings):
             raise ConfigError(f"--source must be topic or archive, got {self.source!r}")
         if self.source == "archive" and not self.archive_dir:
             raise ConfigError("--source archive needs --archive-dir DIR")
-        if self.archive_dir and self.source != "archive":  # the topic was replayed, the directory ignored (a probe)
-            raise ConfigError("--archive-dir is read with --source archive only (the default source is the topic)")
+        if self.archive_dir and self.source != "archive":
+            if not self.from_environment("archive_dir"):  # typed: the topic was replayed, it ignored (a probe)
+                raise ConfigError("--archive-dir is read with --source archive only (the default source is the topic)")
+            # The decoy's pod sets RDV_ARCHIVE_DIR for the decoy (deploy/helm): a replay of the topic
+            # run there was refused for a flag nobody typed.
+            log.info("RDV_ARCHIVE_DIR is set (%s) but read with --source archive only: replaying the requests "
+                     "topic", self.archive_dir)
         if self.batch < 1:
             raise ConfigError(f"--batch must be >= 1, got {self.batch}")
         if self.html:

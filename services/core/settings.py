@@ -242,6 +242,11 @@ class KafkaSettings:
         defaults = {f.name: _default_of(f) for f in dataclasses.fields(self) if f.name in names}
         return [name for name in names if getattr(self, name) != defaults[name]]
 
+    def from_environment(self, name: str) -> bool:
+        """Whether setting `name` came from its variable, not a flag or the caller (a variable
+        may be set for another command of the same container)."""
+        return name in self.__dict__.get("_from_environment", ())
+
     def describe(self) -> str:
         """One log line of the settings, with librdkafka secrets redacted."""
         shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}
@@ -415,6 +420,7 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
     hints = get_type_hints(cls)
     values: dict[str, Any] = {}
     from_env: dict[str, str] = {}  # flag -> the variable its value came from
+    env_fields: set[str] = set()  # the fields whose value came from a variable
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         kind = _base_type(hints[f.name])
         raw = overrides.get(f.name)
@@ -434,6 +440,7 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
             # variable left over from another command is otherwise hard to find).
             if raw is not None:
                 from_env[name] = _env_name(f)
+                env_fields.add(f.name)
             name = f"{_env_name(f)} (the environment's {name})"
         if raw is None:
             continue
@@ -447,6 +454,7 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
     # Which settings were given (a flag, a variable, the caller), for checks a default cannot tell
     # apart from a value equal to it (KafkaSettings.given).
     object.__setattr__(settings, "_given", frozenset(values))
+    object.__setattr__(settings, "_from_environment", frozenset(env_fields))
     try:
         if isinstance(settings, KafkaSettings):
             check_bootstrap(settings.bootstrap)

@@ -675,3 +675,15 @@ def test_numbers_written_in_digits_other_than_ascii_are_refused_where_people_typ
         _draft_from_flags(ScheduleSetSettings(models=("a",), wait=("a=\uff15\uff10",)), None)
     with pytest.raises(ConfigError, match=r"^--traffic: expected model=fraction"):
         _draft_from_flags(ScheduleSetSettings(models=("a", "b"), traffic="b=\u0660.5"), None)
+
+
+def test_a_replay_of_the_topic_in_the_decoys_pod_is_not_refused_for_its_archive_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """The decoy's pod sets RDV_ARCHIVE_DIR for the decoy: `replay --model M` there was refused as
+    if --archive-dir had been typed beside the topic (a probe). Typed, it still is."""
+    monkeypatch.setenv("RDV_ARCHIVE_DIR", str(tmp_path))
+    settings = from_namespace(ReplaySettings, None, model="demo:challenger")
+    assert settings.source == "topic" and settings.from_environment("archive_dir")
+    with pytest.raises(ConfigError, match=r"^--archive-dir is read with --source archive only"):
+        from_namespace(ReplaySettings, None, model="demo:challenger", archive_dir=str(tmp_path))
