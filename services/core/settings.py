@@ -299,7 +299,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
         bounds = ""
         if f.metadata.get("above") is not None:
             bounds = f"; above {_shown(f.metadata['above'])}"
-        elif f.metadata.get("minimum") is not None or f.metadata.get("maximum") is not None:
+        elif kind in (int, float):  # every number is bounded, by its own range or INT_RANGE / FLOAT_RANGE
             low, high = _bounds(f, kind)
             bounds = f"; {_shown(low)}..{_shown(high)}"
         text = f"{f.metadata.get('help', '')} [env {_env_name(f)}; default: {shown!r}{bounds}]".replace("%", "%%")

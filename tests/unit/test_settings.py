@@ -431,3 +431,19 @@ def test_a_flag_given_over_its_variable_is_said(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.delenv("RDV_KAFKA_CONFIG")
     from_namespace(KafkaSettings, args)
     assert caplog.text == ""
+
+
+def test_help_gives_every_number_its_range() -> None:
+    """Only numbers with bounds of their own showed them; the others are bounded too (INT_RANGE,
+    FLOAT_RANGE), and a value past one was refused with a range --help never gave (a probe)."""
+    import argparse
+
+    from services.core.settings import INT_RANGE, add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, RendezvousSettings)
+    helps = {action.dest: action.help or "" for action in parser._actions}
+    assert helps["linger_ms"].endswith(f"default: 1000; 1..{INT_RANGE[1]}]")  # its own lower bound
+    assert helps["model_ttl_s"].endswith("default: 30.0; 0..1000000000]")  # the float default range
+    assert all(".." in helps[f] for f in ("orphan_grace_ms", "commit_interval_ms", "max_batch"))
+    assert ".." not in helps["models"]
