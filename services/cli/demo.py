@@ -63,7 +63,8 @@ class DemoSettings(KafkaSettings):
     )
     partitions: int = setting(4, "Partitions of the demo topics when it creates them (kept topics keep theirs; "
                               "`broker reset` deletes them).", minimum=1)
-    rendezvous: int = setting(1, "Rendezvous instances sharing the work (each takes some of the partitions).")
+    rendezvous: int = setting(1, "Rendezvous instances sharing the work (each takes some of the partitions).",
+                                 minimum=1)
     metrics_base_port: int = setting(
         9100, "Rendezvous metrics on this port, models on the next ones (0 = no metrics endpoints).",
         maximum=MAX_PORT - 100,

@@ -36,9 +36,9 @@ from services.model_worker.models import Model, load_model
 from services.model_worker.settings import trust_model_file_setting
 from services.model_worker.worker import score_batch
 
+log = logging.getLogger(__name__)
 # How far before the earliest request's created_at the log is read (see `replay`): a client's
 # clock up to a minute ahead of the rendezvous', and a minute more for what is logged late.
-log = logging.getLogger(__name__)
 LOG_MARGIN_MS = 120_000
 
 
@@ -55,7 +55,7 @@ class ReplaySettings(KafkaSettings):
     to: str = setting("", "End (exclusive): ISO time, epoch ms, or offset:N (topic only).")
     champion: str = setting("", "Champion to compare against (default: inferred from the log).")
     html: str = setting("", "Also write an HTML report with plots to this file.")
-    batch: int = setting(1000, "Requests per model batch.")
+    batch: int = setting(1000, "Requests per model batch.", minimum=1)
     format: str = setting("table", "Output: table (for people) or json (for scripts).")
     trust_model_file: bool = trust_model_file_setting()
 
@@ -74,8 +74,6 @@ class ReplaySettings(KafkaSettings):
             # run there was refused for a flag nobody typed.
             log.info("RDV_ARCHIVE_DIR is set (%s) but read with --source archive only: replaying the requests "
                      "topic", self.archive_dir)
-        if self.batch < 1:
-            raise ConfigError(f"--batch must be >= 1, got {self.batch}")
         if self.html:
             check_writable_file(self.html, "--html")
         # Said now, before the model loads (seconds, for some), not when the range is first read.

@@ -39,7 +39,7 @@ class CompareSettings(KafkaSettings):
     )
     workers: int = setting(
         2, "Processes that read and decode a large range (200,000+ records; the partitions are split "
-        "between them, at most one per CPU). Decoding is CPU-bound: one process uses one core."
+        "between them, at most one per CPU). Decoding is CPU-bound: one process uses one core.", minimum=1,
     )
 
     def validate(self) -> None:
@@ -50,8 +50,6 @@ class CompareSettings(KafkaSettings):
         self.bucket_ms()
         if self.max_records < 0:
             raise ConfigError(f"--max-records must be >= 0, got {self.max_records}")
-        if self.workers < 1:
-            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
 
     def bounds(self, now: int | None = None) -> Bounds:
         """The range, with `--since` measured back from `now` (epoch ms; default: the clock)."""

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 
 def ascii_int(text: str) -> int:
-    """`int(text)`, refusing digits outside ASCII with ValueError (as for any other non-number)."""
-    if not text.isascii():
+    """`int(text)`, refusing digits outside ASCII with ValueError (as for any other non-number);
+    whitespace around it, of any kind as for int() (a spreadsheet's no-break space), is not a digit."""
+    number = text.strip()
+    if not number.isascii():
         raise ValueError(f"not an ASCII number: {text!r}")
-    return int(text)
+    return int(number)
 
 
 def ascii_float(text: str) -> float:
-    """`float(text)`, refusing digits outside ASCII with ValueError (as for any other non-number)."""
-    if not text.isascii():
+    """`float(text)`, refusing digits outside ASCII with ValueError (as for any other non-number);
+    whitespace around it is taken as by `ascii_int`."""
+    number = text.strip()
+    if not number.isascii():
         raise ValueError(f"not an ASCII number: {text!r}")
-    return float(text)
+    return float(number)

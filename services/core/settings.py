@@ -244,7 +244,8 @@ class KafkaSettings:
 
     def from_environment(self, name: str) -> bool:
         """Whether setting `name` came from its variable, not a flag or the caller (a variable
-        may be set for another command of the same container)."""
+        may be set for another command of the same container). False for settings made directly
+        or copied (`dataclasses.replace`): only from_namespace knows; validate() runs there."""
         return name in self.__dict__.get("_from_environment", ())
 
     def describe(self) -> str:
@@ -297,11 +298,12 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
         default = f.default
         shown = ",".join(default) if isinstance(default, tuple) else default
         bounds = ""
-        if f.metadata.get("above") is not None:
-            bounds = f"; above {_shown(f.metadata['above'])}"
-        elif kind in (int, float):  # every number is bounded, by its own range or INT_RANGE / FLOAT_RANGE
+        if kind in (int, float):  # every number is bounded, by its own range or INT_RANGE / FLOAT_RANGE
             low, high = _bounds(f, kind)
+            above = f.metadata.get("above")
             bounds = f"; {_shown(low)}..{_shown(high)}"
+            if above is not None:
+                bounds = f"; above {_shown(above)}, at most {_shown(high)}"
         text = f"{f.metadata.get('help', '')} [env {_env_name(f)}; default: {shown!r}{bounds}]".replace("%", "%%")
         flag = _flag_name(f)
         if kind is bool:

@@ -46,7 +46,8 @@ class GatewaySettings(KafkaSettings):
         0.0, "Inference calls per second each API key may make, sustained, whatever their rows (see "
         "--rate-limit-rows) (0 = unlimited); over it: 429.",
     )
-    rate_burst: int = setting(50, "Inference calls a key may make at once above --rate-limit (the bucket size).")
+    rate_burst: int = setting(50, "Inference calls a key may make at once above --rate-limit (the bucket size).",
+                                 minimum=1)
     rate_limit_rows: float = setting(
         0.0, "Rows (Kafka requests, what the models score) per second each API key may send, sustained, besides "
         "--rate-limit's calls: a call of 1,000 rows spends 1,000 (0 = unlimited); over it: 429.",
@@ -130,8 +131,6 @@ class GatewaySettings(KafkaSettings):
         _check_ports_apart({"--http-port": (self.http_addr, self.http_port),
                             "--grpc-port": (self.grpc_addr, self.grpc_port),
                             "--metrics-port": (self.http_addr, self.metrics_port)})
-        if self.rate_limit < 0 or self.rate_burst < 1:
-            raise ConfigError("--rate-limit must be >= 0 and --rate-burst >= 1")
         if self.rate_limit_rows < 0:
             raise ConfigError(f"--rate-limit-rows must be >= 0, got {self.rate_limit_rows:g}")
         if self.rate_limit_rows > 0 and self.rate_burst_rows < self.max_rows:  # a call of --max-rows never passed

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from services.control.schedule import DEFAULT_NAME, Schedule, authored, check_schedule_name
 from services.core.errors import ConfigError
+from services.core.numbers import ascii_int
 from services.core.settings import MAX_BATCH, ServiceSettings, legal_topic, parse_pairs, setting
 from services.rendezvous.join import JoinLimits
 
@@ -153,7 +154,7 @@ class RendezvousSettings(ServiceSettings):
         waits = {}
         for model, ms in parse_pairs(self.wait, "--wait"):
             try:
-                waits[model] = int(ms)
+                waits[model] = ascii_int(ms)
             except ValueError:
                 raise ConfigError(f"--wait {model}={ms}: expected whole milliseconds") from None
         return authored(Schedule(models=self.models, waits_ms=waits, default_deadline_ms=self.deadline_ms,

@@ -670,7 +670,7 @@ def test_numbers_written_in_digits_other_than_ascii_are_refused_where_people_typ
 
     with pytest.raises(ConfigError, match="--features key 'a': feature value '\u0663' is not a number"):
         read_rows(SendSettings(features='{"a": "\\u0663"}'))
-    assert read_rows(SendSettings(features='{"a": "3"}')) == [{"a": 3.0}]  # ASCII text still reads
+    assert read_rows(SendSettings(features='{"a": "3\u00a0"}')) == [{"a": 3.0}]  # ASCII, no-break space around
     with pytest.raises(ConfigError, match=r"^--wait a: expected whole milliseconds"):
         _draft_from_flags(ScheduleSetSettings(models=("a",), wait=("a=\uff15\uff10",)), None)
     with pytest.raises(ConfigError, match=r"^--traffic: expected model=fraction"):

@@ -41,6 +41,16 @@ def test_a_number_in_digits_other_than_ascii_is_refused(typed: str) -> None:
         from_namespace(RendezvousSettings, None, linger_ms=typed)
     with pytest.raises(ConfigError, match=r"^--predict-timeout-s: expected a number, got "):
         from_namespace(WorkerSettings, None, predict_timeout_s=typed + ".5", model="demo:champion")
+    with pytest.raises(ConfigError, match=r"^--wait a="):  # the rendezvous' own, parsed from its pairs
+        from_namespace(RendezvousSettings, None, models=("a",), wait=(f"a={typed}",)).schedule()
+
+
+def test_a_number_with_whitespace_around_it_still_reads() -> None:
+    from services.core.numbers import ascii_float, ascii_int
+
+    assert ascii_int(" 30\u00a0") == 30 and ascii_float("\t2.5 ") == 2.5  # a spreadsheet's no-break space
+    with pytest.raises(ValueError, match="not an ASCII number"):
+        ascii_float(" \u0663 ")
 
 
 def test_secrets_never_in_repr_or_describe() -> None:
@@ -447,3 +457,12 @@ def test_help_gives_every_number_its_range() -> None:
     assert helps["model_ttl_s"].endswith("default: 30.0; 0..1000000000]")  # the float default range
     assert all(".." in helps[f] for f in ("orphan_grace_ms", "commit_interval_ms", "max_batch"))
     assert ".." not in helps["models"]
+    from services.cli.demo import DemoSettings
+    from services.cli.replay import ReplaySettings
+
+    for cls, name, said in ((DemoSettings, "rate", "above 0, at most 1000000000]"),
+                            (DemoSettings, "rendezvous", "default: 1; 1..2147483647]"),
+                            (ReplaySettings, "batch", "default: 1000; 1..2147483647]")):  # refused below 1
+        parser = argparse.ArgumentParser()
+        add_arguments(parser, cls)
+        assert next(a.help or "" for a in parser._actions if a.dest == name).endswith(said)

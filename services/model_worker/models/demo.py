@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from services.core.errors import ModelSpecError
+from services.core.numbers import ascii_float
 from services.core.signatures import FeatureSpec, Signature
 
 from .base import Prediction, check_batch
@@ -284,7 +285,7 @@ class SlowModel(DemoModel):
         raw = os.environ.get(SLOW_MS_ENV, "").strip()
         if raw:
             try:
-                ms = float(raw)
+                ms = ascii_float(raw)
             except ValueError:
                 ms = -1.0
             if not (ms >= 0.0 and np.isfinite(ms)):
