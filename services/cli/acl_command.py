@@ -17,9 +17,13 @@ from services.core.settings import KafkaSettings, check_format, from_namespace, 
 class AclSettings(KafkaSettings):
     """The ACLs of one deployment: which principal may read and write which topic and group."""
 
+    # Each flag is one item, and the variable's items are split on ';': a TLS principal is a
+    # distinguished name, which holds ',' (User:CN=alice,O=acme was cut in two at it).
     principal: tuple[str, ...] = setting(
-        (), "A role's SASL user, role=name (repeatable), e.g. --principal client=alice. Roles: admin, "
-        "rendezvous, model, comparison, decoy, client, gateway; default names rdv-<role>.",
+        (), "A role's principal, role=name (repeatable; in the variable, ';' between them), e.g. --principal "
+        "client=alice or client=User:CN=alice,O=acme (a TLS certificate's name, as the broker writes it). "
+        "Roles: admin, rendezvous, model, comparison, decoy, client, gateway; default names rdv-<role>.",
+        separator=";", split_flags=False,
     )
     format: str = setting("table", "Output of `show`: table (for people) or json (for scripts).")
 

@@ -24,6 +24,7 @@ would fall under that grant is refused.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -74,15 +75,27 @@ class Principals:
         if nameless:
             raise ValueError(f"no principal given for {', '.join(nameless)} (e.g. client=alice or client=User:alice)")
         # 'client=*' granted User:* (everyone) a role's rights; a space names no SASL user either.
-        loose = sorted(role for role, name in pairs.items() if "*" in name or any(c.isspace() for c in name))
+        loose = sorted(role for role, name in pairs.items() if "*" in name or _spaced(name))
         if loose:
             raise ValueError(f"the principal of {', '.join(loose)} must name one user: no '*' (that would grant "
-                             "everyone) and no spaces")
+                             "everyone) and no spaces (in a certificate's name, only inside a value: O=Acme Corp)")
         return cls(**{role: name if ":" in name else f"User:{name}" for role, name in pairs.items()})
 
     def of(self, role: str) -> str:
         return str(getattr(self, role))
 
+
+
+def _spaced(principal: str) -> bool:
+    """Whether spaces make `principal` name no one the broker authenticates: any in a user name;
+    in a distinguished name (a TLS principal: CN=alice,O=Acme Corp) any but inside a value, since
+    the broker writes it without them around ',' and '=' (RFC 2253) and the grant would not match."""
+    if "=" not in principal:
+        return any(c.isspace() for c in principal)
+    return principal != principal.strip() or _SPACE_AROUND_DN_SYNTAX.search(principal) is not None
+
+
+_SPACE_AROUND_DN_SYNTAX = re.compile(r"\s[,=+]|[,=+]\s")
 
 
 def _named(principal: str) -> bool:

@@ -107,3 +107,29 @@ def test_a_layout_that_would_grant_everyone_or_everything_is_refused() -> None:
         with pytest.raises(ValueError, match="must name one user"):
             Principals.from_pairs({"client": loose})
     assert Principals.from_pairs({"client": "alice"}).client == "User:alice"
+
+
+def test_a_tls_principal_is_taken_whole_from_a_flag_and_from_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A certificate's name holds ',': `--principal client=User:CN=alice,O=acme` was cut in two at
+    it and refused as an unknown role 'O' (a probe)."""
+    import argparse
+
+    from services.cli.acl_command import AclSettings
+    from services.core.settings import add_arguments, from_namespace
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, AclSettings)
+    args = parser.parse_args(["--principal", "client=User:CN=alice,O=Acme Corp", "--principal", "model=bob"])
+    principals = from_namespace(AclSettings, args).principals()
+    assert principals.client == "User:CN=alice,O=Acme Corp" and principals.model == "User:bob"
+    monkeypatch.setenv("RDV_PRINCIPAL", "client=User:CN=carol,O=acme;gateway=gw")
+    principals = from_namespace(AclSettings).principals()
+    assert principals.client == "User:CN=carol,O=acme" and principals.gateway == "User:gw"
+
+
+@pytest.mark.parametrize("name", ["User:CN=alice, O=acme", "CN = alice", " CN=alice", "User:CN=alice,O=acme "])
+def test_a_tls_principal_with_spaces_the_broker_would_not_write_is_refused(name: str) -> None:
+    """The broker writes a certificate's name without spaces around ',' and '=' (RFC 2253): a grant
+    to 'CN=alice, O=acme' would never match anyone."""
+    with pytest.raises(ValueError, match="must name one user"):
+        Principals.from_pairs({"client": name})
