@@ -71,6 +71,12 @@ class Principals:
         if unknown:
             raise ValueError(f"unknown role(s) {', '.join(unknown)}; roles: {', '.join(ROLES)}")
         # 'client=' or 'client=User:' named no one: it was granted as the principal 'User:'.
+        # 'client=alice,model=bob' in one item (the variable's old separator) would grant a user
+        # named 'alice,model=bob': a certificate's name holds ',', but no attribute named as a role.
+        joined = sorted(role for role, name in pairs.items() if _ANOTHER_ROLE.search(name))
+        if joined:
+            raise ValueError(f"the principal of {', '.join(joined)} holds another role's ('role=' after a ','): "
+                             "give each in its own --principal (in RDV_PRINCIPAL, ';' between them)")
         nameless = sorted(role for role, name in pairs.items() if not _named(name))
         if nameless:
             raise ValueError(f"no principal given for {', '.join(nameless)} (e.g. client=alice or client=User:alice)")
@@ -106,6 +112,7 @@ def _named(principal: str) -> bool:
 
 # The roles, as named by the fields of `Principals` (one list to keep).
 ROLES = tuple(f.name for f in fields(Principals))
+_ANOTHER_ROLE = re.compile(rf",\s*(?:{'|'.join(ROLES)})\s*=", re.IGNORECASE)
 
 
 def _topic(principal: str, operation: str, *names: str) -> list[Grant]:

@@ -125,6 +125,9 @@ def test_a_tls_principal_is_taken_whole_from_a_flag_and_from_the_variable(monkey
     monkeypatch.setenv("RDV_PRINCIPAL", "client=User:CN=carol,O=acme;gateway=gw")
     principals = from_namespace(AclSettings).principals()
     assert principals.client == "User:CN=carol,O=acme" and principals.gateway == "User:gw"
+    monkeypatch.setenv("RDV_PRINCIPAL", "client=alice,model=bob")  # ',' between them: not one user
+    with pytest.raises(ConfigError, match=r"principal of client holds another role's .* ';' between them"):
+        from_namespace(AclSettings).principals()
 
 
 @pytest.mark.parametrize("name", ["User:CN=alice, O=acme", "CN = alice", " CN=alice", "User:CN=alice,O=acme "])
