@@ -131,11 +131,28 @@ def parse(items: Iterable[str]) -> dict[str, str]:
     return config
 
 
+# Identities each service sets for its own clients (which it would take over silently): the flag
+# that names them, if any.
+_OWNED = {
+    "group.id": "each service names its consumer group (--group where it has one), not here",
+    "group.instance.id": "a replica's static membership id is --instance, not here",
+    "transactional.id": "each service derives its transactional ids from its group and instance, not here",
+}
+
+
 def _unsupported(key: str, value: str) -> str | None:
     """Why a setting librdkafka would take is refused here, if it is."""
     if key in ("bootstrap.servers", "metadata.broker.list"):
         # Given here it replaced --bootstrap silently, while the start-up line showed --bootstrap's value.
         return "the brokers are given with --bootstrap (KAFKA_BOOTSTRAP_SERVERS), not here"
+    owned = _OWNED.get(key)
+    if owned is not None:
+        # Given here it was overwritten by the service's own without a word, or (auto commit) won
+        # over the service's: offsets committed before the work behind them was done (a probe).
+        return owned
+    if key == "enable.auto.commit" and value.lower() not in ("false", "0"):
+        return ("the services commit only finished work themselves (docs/architecture.md, \"Commit orders\"): "
+                "an automatic commit would skip records not yet processed after a crash; leave it unset")
     if key == "group.protocol" and value.lower() != "classic":
         # KIP-848's assignment is incremental: the co-partitioned recovery (partition p of requests
         # and scores taken over as a unit) and the skeleton's assign/revoke handling assume eager.

@@ -421,6 +421,22 @@ def test_brokers_given_in_kafka_config_are_refused_for_bootstrap(key: str, value
         from_namespace(RendezvousSettings, bootstrap=NO_BROKER, kafka_config=(f"{key}={value}",))
 
 
+@pytest.mark.parametrize(("item", "said"), [
+    ("enable.auto.commit=true", "the services commit only finished work themselves"),
+    ("enable.auto.commit=1", "the services commit only finished work themselves"),
+    ("group.id=mine", "each service names its consumer group"),
+    ("group.instance.id=a", "a replica's static membership id is --instance"),
+    ("transactional.id=t", "each service derives its transactional ids"),
+])  # fmt: skip
+def test_what_a_service_sets_for_its_own_clients_is_refused_in_kafka_config(item: str, said: str) -> None:
+    """Accepted, auto commit won over the services' (offsets committed before the work behind them
+    was done); the ids were overwritten by the service's own without a word (a probe)."""
+    key = item.partition("=")[0]
+    with pytest.raises(ConfigError, match=re.escape(f"item 1 ({key}): {said}")):
+        from_namespace(RendezvousSettings, bootstrap=NO_BROKER, kafka_config=(item,))
+    assert from_namespace(RendezvousSettings, bootstrap=NO_BROKER, kafka_config=("enable.auto.commit=false",))
+
+
 @pytest.mark.parametrize("cls", [RendezvousSettings, WorkerSettings, DecoySettings, GatewaySettings])
 @pytest.mark.parametrize("source", ["flag", "environment"])
 def test_the_new_group_protocol_is_refused_at_start_in_one_line_saying_why(
