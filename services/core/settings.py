@@ -132,6 +132,10 @@ class Topics:
                 how = "--topic" if role in overrides else "--topic-prefix"
                 raise ConfigError(f"{how}: {name!r} ({role}) is not a topic name Kafka accepts: 1 to 249 of "
                                   "letters, digits, '.', '_' and '-'")
+            if name.startswith("__"):  # __consumer_offsets was taken, and the admin granted ALL on it (a probe)
+                how = "--topic" if role in overrides else "--topic-prefix"
+                raise ConfigError(f"{how}: {name!r} ({role}) starts with '__', which Kafka keeps for its internal "
+                                  "topics (__consumer_offsets, __transaction_state)")
         roles_of: dict[str, list[str]] = {}
         for role, name in names.items():
             roles_of.setdefault(name, []).append(role)

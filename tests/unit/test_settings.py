@@ -466,3 +466,14 @@ def test_help_gives_every_number_its_range() -> None:
         parser = argparse.ArgumentParser()
         add_arguments(parser, cls)
         assert next(a.help or "" for a in parser._actions if a.dest == name).endswith(said)
+
+
+@pytest.mark.parametrize(("overrides", "prefix", "said"), [
+    ({"requests": "__consumer_offsets"}, "rdv.", "--topic: '__consumer_offsets' (requests) starts with '__'"),
+    ({}, "__rdv.", "--topic-prefix: '__rdv.requests' (requests) starts with '__'"),
+])  # fmt: skip
+def test_a_topic_named_as_kafkas_internal_ones_is_refused(overrides: dict[str, str], prefix: str, said: str) -> None:
+    """`--topic requests=__consumer_offsets` was taken: `acl show` granted the admin ALL on it (a probe)."""
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        Topics.from_prefix(prefix, overrides)
+    assert Topics.from_prefix("rdv_", {}).requests == "rdv_requests"  # one '_' is a name like any other
