@@ -350,6 +350,7 @@ def _traffic(text: str) -> tuple[str | None, float]:
 
 
 def cmd_promote(settings: PromoteSettings, candidate: str, console: Console, figures_fn: FiguresFn) -> int:
+    changes.check_promotable(candidate, settings.canary)  # before the control topic is read (a probe)
     book = _book(settings)
     current = changes.current(book)
     draft = changes.promotion(current, candidate, settings.canary, settings.comment)

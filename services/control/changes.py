@@ -11,6 +11,7 @@ import dataclasses
 from services.control.schedule import Schedule
 from services.control.topic import ScheduleBook
 from services.core.errors import ConfigError
+from services.core.model_names import check_model_name
 
 
 def current(book: ScheduleBook) -> Schedule:
@@ -35,11 +36,17 @@ def next_version(book: ScheduleBook, draft: Schedule, now_ms: int, effective_in_
                                effective_at=max(asked, not_before))
 
 
+def check_promotable(candidate: str, canary: str) -> None:
+    """What can be said of a candidate before the schedule is read: a model's name, not the canary."""
+    check_model_name(candidate, "promote: model")
+    if canary and candidate == canary:
+        raise ConfigError(f"{candidate} is the canary, a fixed reference model: it is never promoted")
+
+
 def promotion(current_schedule: Schedule, candidate: str, canary: str, comment: str = "") -> Schedule:
     """The schedule with `candidate` first and the old champion as the first fallback."""
     champion = current_schedule.models[0]
-    if canary and candidate == canary:
-        raise ConfigError(f"{candidate} is the canary, a fixed reference model: it is never promoted")
+    check_promotable(candidate, canary)
     if champion == candidate:
         raise ConfigError(f"{candidate} is already the champion of {current_schedule.name} "
                           f"(v{current_schedule.version})")

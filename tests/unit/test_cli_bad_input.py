@@ -703,3 +703,20 @@ def test_a_replay_of_the_topic_in_the_decoys_pod_is_not_refused_for_its_archive_
     assert settings.source == "topic" and settings.from_environment("archive_dir")
     with pytest.raises(ConfigError, match=r"^--archive-dir is read with --source archive only"):
         from_namespace(ReplaySettings, None, model="demo:challenger", archive_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize(("candidate", "said"), [
+    ("canary", "canary is the canary, a fixed reference model"),
+    ("", "promote: model ''"),
+    ("bad name", "promote: model 'bad name': use letters"),
+])  # fmt: skip
+def test_promote_says_what_is_wrong_with_its_candidate_before_reading_kafka(candidate: str, said: str) -> None:
+    """Each ended with 'no Kafka broker answered' (a probe): the candidate was looked at only after
+    the schedule was read. NO_BROKER would be the error if anything were read first."""
+    from services.cli.lifecycle import cmd_promote
+
+    def no_figures(*_args: object) -> dict[str, float]:
+        raise AssertionError("no figures are read for a candidate refused at once")
+
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        cmd_promote(PromoteSettings(bootstrap=NO_BROKER), candidate, Console(), no_figures)
