@@ -33,6 +33,7 @@ from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, check_format, check_writable_file, setting
 from services.core.topic_range import read_spans
 from services.model_worker.models import Model, load_model
+from services.model_worker.models.loader import check_spec
 from services.model_worker.settings import trust_model_file_setting
 from services.model_worker.worker import score_batch
 
@@ -63,6 +64,8 @@ class ReplaySettings(KafkaSettings):
         check_format(self.format)
         if not self.model:
             raise ConfigError("replay needs --model SPEC")
+        # Said before the broker is asked for the range (a probe: 'demo:nope' ended with 'no Kafka broker answered').
+        check_spec(self.model, trust_model_file=self.trust_model_file)
         if self.source not in ("topic", "archive"):
             raise ConfigError(f"--source must be topic or archive, got {self.source!r}")
         if self.source == "archive" and not self.archive_dir:

@@ -101,6 +101,9 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     # broker was reached and the model loaded (a probe).
     (ReplaySettings, {"model": "demo:challenger", "archive_dir": "/nonexistent/a"},
      "--archive-dir is read with --source"),
+    # Said after the broker was asked for the range (a probe).
+    (ReplaySettings, {"model": "demo:nope"}, "demo:nope"),
+    (ReplaySettings, {"model": "/nonexistent/m.skops"}, "/nonexistent/m.skops"),
     (ReplaySettings, {"model": "demo:challenger", "source": "archive", "archive_dir": "/nonexistent/a"},
      "--archive-dir /nonexistent/a: no such directory"),
     (ReplaySettings, {"model": "demo:challenger", "source": "archive", "archive_dir": "/etc/hostname"},
