@@ -18,6 +18,7 @@ from services.client.client import AnswerTimeout, Client, InvalidRequest, checke
 from services.core.errors import ConfigError, RendezvousError
 from services.core.numbers import ascii_float
 from services.core.settings import KafkaSettings, not_a_readable_file, setting
+from services.core.unique_json import DuplicateKey, loads_unique
 
 # Rows are read (and checked) before anything is sent: a bound on what one command holds in memory.
 MAX_ROWS = 100_000
@@ -65,25 +66,11 @@ def _excerpt(value: object, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _refuse_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    """A JSON object as a dict, a key given twice refused: json keeps the last without a word."""
-    seen: set[str] = set()
-    for key, _value in pairs:
-        if key in seen:
-            raise _DuplicateKey(f"feature {_excerpt(key)} is given twice")
-        seen.add(key)
-    return dict(pairs)
-
-
 def _from_json(text: str, where: str) -> dict[str, float]:
     try:
-        data = json.loads(text, object_pairs_hook=_refuse_duplicates)
-    except _DuplicateKey as exc:
-        raise ConfigError(f"{where}: {exc}: one value each") from None
+        data = loads_unique(text)
+    except DuplicateKey as exc:
+        raise ConfigError(f"{where}: feature {_excerpt(exc.key)} is given twice: one value each") from None
     except (ValueError, RecursionError) as exc:
         raise ConfigError(f"{where}: not valid JSON ({str(exc)[:80]})") from None
     if not isinstance(data, dict) or not data:

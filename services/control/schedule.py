@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from services.core.errors import ConfigError
 from services.core.model_names import check_model_name
 from services.core.settings import not_a_readable_file
+from services.core.unique_json import DuplicateKey, loads_unique
 
 DEFAULT_NAME = "default"  # a schedule file without a name gets it, and takes the name it is used under
 
@@ -292,7 +293,9 @@ class Schedule:
         if unreadable:
             raise ConfigError(f"cannot read schedule file {path}: {unreadable}")
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            data = loads_unique(Path(path).read_text(encoding="utf-8"))
+        except DuplicateKey as exc:  # json kept the last without a word (a probe: "models" twice)
+            raise ConfigError(f"schedule file {path}: {exc}: one value each") from None
         except OSError as exc:
             raise ConfigError(f"cannot read schedule file {path}: {exc.strerror}") from None
         except UnicodeDecodeError:

@@ -384,8 +384,8 @@ def read_manifest(directory: Path) -> list[FileStats]:
     try:
         data = json.loads(path.read_text())
         return [_checked(FileStats(**entry)) for entry in data["files"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"archive manifest {path} is unreadable: {exc}") from None
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:  # [[[...]]] nested past the stack
+        raise ConfigError(f"archive manifest {path} is unreadable: {str(exc)[:200]}") from None
 
 
 def _checked(stats: FileStats) -> FileStats:

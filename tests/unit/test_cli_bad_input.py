@@ -723,3 +723,24 @@ def test_promote_says_what_is_wrong_with_its_candidate_before_reading_kafka(cand
 
     with pytest.raises(ConfigError, match=re.escape(said)):
         cmd_promote(PromoteSettings(bootstrap=NO_BROKER), candidate, Console(), no_figures)
+
+
+def test_a_schedule_file_giving_a_key_twice_is_refused(tmp_path: Path) -> None:
+    """json kept the last of "models" given twice without a word (a probe): the file was taken for
+    another schedule than the one written."""
+    path = tmp_path / "s.json"
+    path.write_text('{"models": ["a"], "models": ["b"]}')
+    with pytest.raises(ConfigError, match=re.escape("s.json: key 'models' is given twice: one value each")):
+        Schedule.from_file(path)
+    path.write_text('{"models": ["a", "b"], "waits_ms": {"a": 5, "a": 6}}')
+    with pytest.raises(ConfigError, match="key 'a' is given twice"):
+        Schedule.from_file(path)
+
+
+def test_a_decoy_manifest_nested_past_the_stack_is_one_error_line(tmp_path: Path) -> None:
+    """A manifest of [[[...]]] ended in a RecursionError traceback (a probe)."""
+    from services.decoy.archive import MANIFEST, read_manifest
+
+    (tmp_path / MANIFEST).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match=r"archive manifest .* is unreadable"):
+        read_manifest(tmp_path)
