@@ -23,7 +23,7 @@ from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 from services.core import kafka_config
 from services.core.errors import ConfigError
 from services.core.numbers import ascii_float, ascii_int
-from services.core.urls import MAX_PORT, checked_http_url, shown_url_safely
+from services.core.urls import HOST, MAX_PORT, checked_http_url, shown_url_safely
 
 log = logging.getLogger(__name__)
 ENV_PREFIX = "RDV_"
@@ -165,7 +165,8 @@ def check_bootstrap(bootstrap: str) -> None:
             host, port = address, "9092"
         else:
             host, _, port = address.rpartition(":")
-        if not host.strip("[]") or not _PORT.fullmatch(port) or not 0 < int(port) <= MAX_PORT:
+        bare = host.removeprefix("[").removesuffix("]")
+        if not bare or not HOST.fullmatch(bare) or not _PORT.fullmatch(port) or not 0 < int(port) <= MAX_PORT:
             raise ConfigError(f"--bootstrap {bootstrap!r}: expected host:port entries separated by commas, "
                               f"got {entry.strip()!r}")
 

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 from services.core.errors import ConfigError
 
 MAX_PORT = 65_535
+# A host name or an IPv4 address, or an IPv6 one (urlsplit's hostname drops its brackets).
+HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.%A-Za-z]*")
 
 
 def shown_url_safely(url: str) -> str:
@@ -30,14 +32,19 @@ def checked_http_url(url: str, flag: str, *, refuse_credentials: str | None = No
         raise ConfigError(f"{flag} must be an http(s):// URL, got {shown!r}")
     try:
         parts = urlsplit(url)
-        port_ok = parts.port is None or 0 < parts.port <= MAX_PORT
     except ValueError:
         raise ConfigError(f"{flag} {shown!r} is not a valid URL (a user name or password holding '/', '?', '#' "
                           "or '@' must be percent-encoded)") from None
     if refuse_credentials is not None and "@" in parts.netloc:
         raise ConfigError(f"{flag} must not carry user:password@ ({refuse_credentials})")
+    try:  # apart from the split: a port past 65535 was said as a password to percent-encode (a probe)
+        port_ok = parts.port is None or 0 < parts.port <= MAX_PORT
+    except ValueError:
+        port_ok = False
     if not parts.hostname or not port_ok:
         raise ConfigError(f"{flag} {shown!r} needs a host and a port from 1 to {MAX_PORT}")
+    if not HOST.fullmatch(parts.hostname):  # 'exa mple.com' was taken, and failed at the first request
+        raise ConfigError(f"{flag} {shown!r}: its host is no host name or address (letters, digits, '.', '-')")
     if parts.query or parts.fragment or "?" in url or "#" in url:
         where = "credentials go in user:password@" if refuse_credentials is None else "the URL is shown"
         raise ConfigError(f"{flag} {shown!r} takes no query or fragment ({where})")

@@ -114,6 +114,11 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (KafkaSettings, {"wire_format": "bogus"}, "--wire-format must be one of single-object, registry, got 'bogus'"),
     (KafkaSettings, {"wire_format": "registry"}, "--wire-format registry needs --schema-registry URL"),
     (KafkaSettings, {"schema_registry": "registry:8081"}, "--schema-registry must be an http(s):// URL"),
+    # Waited on for --connect-timeout-s, then blamed on no broker; a port past 65535 was said as a
+    # password to percent-encode; a space in a host failed at the first request (a probe).
+    (KafkaSettings, {"bootstrap": "127.0.0.1:1;127.0.0.1:2"}, "expected host:port entries separated by commas"),
+    (KafkaSettings, {"schema_registry": "http://127.0.0.1:99999"}, "needs a host and a port from 1 to 65535"),
+    (KafkaSettings, {"schema_registry": "http://exa mple.com"}, "its host is no host name or address"),
     # Compared with a page's host name, each would never match: pages under it were refused (a probe).
     (GatewaySettings, {"allowed_hosts": "http://evil.com/"}, "--allowed-hosts: 'http://evil.com/' is not a host"),
     (GatewaySettings, {"allowed_hosts": "ok.example.com,*"}, "'*' is not a host name (no scheme, port, path or"),

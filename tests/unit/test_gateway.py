@@ -494,7 +494,7 @@ def test_settings_refuse_half_a_tls_pair_and_nothing_to_serve(tmp_path: Any) -> 
     ("http://admin:hunter2pw@comp:9104/metrics", "must not carry user:password@"),
     ("comparison:9104/metrics", "must be an http(s):// URL"),
     ("ftp://comp:9104/metrics", "must be an http(s):// URL"),
-    ("http://comp:99999/metrics", "is not a valid URL"),
+    ("http://comp:99999/metrics", "needs a host and a port from 1 to 65535"),
     ("http://comp:0/metrics", "a port from 1 to"),
     # Taken, and shown on the public /ui page and in the start-up line, token and all (a probe).
     ("http://comp:9104/metrics?token=hunter2pw", "takes no query or fragment (the URL is shown)"),
