@@ -58,7 +58,7 @@ class DeploySettings(KafkaSettings):
                              "not needed to scale a running deployment, nor for `deploy rendezvous`.")
     replicas: int = setting(1, "deploy: processes sharing the group; deploying again with another number scales it.",
                             minimum=1, maximum=MAX_REPLICAS)
-    version: str = setting("", "deploy: version written on its scores (default: the model's own).")
+    version: str = setting("", "deploy: version written on its scores (default: the model's own).", trimmed=True)
     start_at: str = setting("", "deploy: catch up from this time (ISO, epoch ms, or e.g. 1h ago as '1h') first.")
     start_from: str = setting(
         "latest", "deploy: where a new deployment starts without --start-at: latest (the requests from now on) or "

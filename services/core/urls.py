@@ -30,16 +30,21 @@ def checked_http_url(url: str, flag: str, *, refuse_credentials: str | None = No
     shown = shown_url_safely(url)
     if not url.lower().startswith(("http://", "https://")):  # HTTP:// too, as urllib reads it
         raise ConfigError(f"{flag} must be an http(s):// URL, got {shown!r}")
+    unparsed = ConfigError(f"{flag} {shown!r} is not a valid URL (a user name or password holding '/', '?', '#' "
+                           "or '@' must be percent-encoded)")
     try:
         parts = urlsplit(url)
     except ValueError:
-        raise ConfigError(f"{flag} {shown!r} is not a valid URL (a user name or password holding '/', '?', '#' "
-                          "or '@' must be percent-encoded)") from None
+        raise unparsed from None
     if refuse_credentials is not None and "@" in parts.netloc:
         raise ConfigError(f"{flag} must not carry user:password@ ({refuse_credentials})")
-    try:  # apart from the split: a port past 65535 was said as a password to percent-encode (a probe)
+    try:
         port_ok = parts.port is None or 0 < parts.port <= MAX_PORT
     except ValueError:
+        # No number where the port goes: a password's '/' ended the host early (user:pa/ss@host).
+        # A number past 65535 is a port all the same, and said as one (it was said as the above: a probe).
+        if not parts.netloc.rpartition(":")[2].isdigit():
+            raise unparsed from None
         port_ok = False
     if not parts.hostname or not port_ok:
         raise ConfigError(f"{flag} {shown!r} needs a host and a port from 1 to {MAX_PORT}")

@@ -117,6 +117,12 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     # Waited on for --connect-timeout-s, then blamed on no broker; a port past 65535 was said as a
     # password to percent-encode; a space in a host failed at the first request (a probe).
     (KafkaSettings, {"bootstrap": "127.0.0.1:1;127.0.0.1:2"}, "expected host:port entries separated by commas"),
+    # Taken, and written on every score and in metric labels, or a group named ' ' (a probe).
+    (WorkerSettings, {"model": "demo:champion", "version": "v1\n2"}, "--version 'v1\\n2' holds a control character"),
+    (WorkerSettings, {"model": "demo:champion", "instance": "x\ty"}, "--instance 'x\\ty' holds a control character"),
+    (RendezvousSettings, {"group": " "}, "--group ' ' has spaces around it"),
+    (GatewaySettings, {"reply_group": "g "}, "--reply-group 'g ' has spaces around it"),
+    (RendezvousSettings, {"models": ("a\nb",)}, "--models 'a\\nb' holds a control character"),
     (KafkaSettings, {"schema_registry": "http://127.0.0.1:99999"}, "needs a host and a port from 1 to 65535"),
     (KafkaSettings, {"schema_registry": "http://exa mple.com"}, "its host is no host name or address"),
     # Compared with a page's host name, each would never match: pages under it were refused (a probe).
