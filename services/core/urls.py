@@ -7,6 +7,7 @@ takes a query or fragment, where a token may ride.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from urllib.parse import urlsplit
 
@@ -53,3 +54,20 @@ def checked_http_url(url: str, flag: str, *, refuse_credentials: str | None = No
     if parts.query or parts.fragment or "?" in url or "#" in url:
         where = "credentials go in user:password@" if refuse_credentials is None else "the URL is shown"
         raise ConfigError(f"{flag} {shown!r} takes no query or fragment ({where})")
+
+
+def check_listen_address(address: str, flag: str) -> None:
+    """A ConfigError naming `flag` unless `address` is an IP address or a host name to bind: 'not an
+    addr', 999.1.1.1 or http://0.0.0.0 failed only once Kafka had been reached, and '' bound every
+    interface without a word (a probe)."""
+    if not address.strip():
+        raise ConfigError(f"{flag} is empty: give an address (0.0.0.0: every interface; 127.0.0.1: this machine)")
+    looks_numeric = all(c.isdigit() or c == "." for c in address) or ":" in address
+    try:
+        if looks_numeric:
+            ipaddress.ip_address(address)
+        elif not HOST.fullmatch(address):
+            raise ValueError(address)
+    except ValueError:
+        raise ConfigError(f"{flag} {address[:80]!r} is no address to listen on: an IP address (0.0.0.0, ::) or a "
+                          "host name, without scheme or port") from None

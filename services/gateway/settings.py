@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from services.control.schedule import check_schedule_name
 from services.core.errors import ConfigError
 from services.core.settings import MAX_PORT, KafkaSettings, not_a_readable_file, setting
-from services.core.urls import checked_http_url
+from services.core.urls import check_listen_address, checked_http_url
 from services.gateway.auth import ApiKeys
 
 
@@ -128,6 +128,8 @@ class GatewaySettings(KafkaSettings):
             _check_comparison_url(self.comparison_url)
         if self.http_port <= 0 and self.grpc_port <= 0:
             raise ConfigError("nothing to serve: both --http-port and --grpc-port are 0")
+        check_listen_address(self.http_addr, "--http-addr")
+        check_listen_address(self.grpc_addr, "--grpc-addr")
         _check_ports_apart({"--http-port": (self.http_addr, self.http_port),
                             "--grpc-port": (self.grpc_addr, self.grpc_port),
                             "--metrics-port": (self.http_addr, self.metrics_port)})

@@ -122,6 +122,10 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (WorkerSettings, {"model": "demo:champion", "instance": "x\ty"}, "--instance 'x\\ty' holds a control character"),
     (RendezvousSettings, {"group": " "}, "--group ' ' has spaces around it"),
     (GatewaySettings, {"reply_group": "g "}, "--reply-group 'g ' has spaces around it"),
+    # Each failed only once Kafka had been reached; '' bound every interface (a probe).
+    (GatewaySettings, {"http_addr": "999.1.1.1"}, "--http-addr '999.1.1.1' is no address to listen on"),
+    (GatewaySettings, {"grpc_addr": "http://0.0.0.0"}, "--grpc-addr 'http://0.0.0.0' is no address to listen on"),
+    (GatewaySettings, {"http_addr": ""}, "--http-addr is empty"),
     (RendezvousSettings, {"models": ("a\nb",)}, "--models 'a\\nb' holds a control character"),
     (KafkaSettings, {"schema_registry": "http://127.0.0.1:99999"}, "needs a host and a port from 1 to 65535"),
     (KafkaSettings, {"schema_registry": "http://exa mple.com"}, "its host is no host name or address"),
