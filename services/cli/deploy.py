@@ -214,6 +214,13 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
     """Start a deployment, or change its number of replicas (the group rebalances; a replica
     leaving commits its finished work first, so nothing is lost or scored twice)."""
     check_model_name(name, "deployment name")
+    if name == RENDEZVOUS:  # its replicas run `serve`: a model's options were dropped without a word (a probe)
+        model_options = (("--model", settings.model), ("--version", settings.version),
+                         ("--co-host", settings.co_host), ("--start-at", settings.start_at))
+        options = [flag for flag, given in model_options if given]
+        if options:
+            raise ConfigError(f"deploy {RENDEZVOUS} starts instances of the rendezvous, which score no model: "
+                              f"{', '.join(options)} belong to a model's deployment")
     with _one_at_a_time(name, console):
         return _deploy(settings, name, console)
 

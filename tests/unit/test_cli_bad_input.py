@@ -759,3 +759,16 @@ def test_a_decoy_manifest_nested_past_the_stack_is_one_error_line(tmp_path: Path
     (tmp_path / MANIFEST).write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ConfigError, match=r"archive manifest .* is unreadable"):
         read_manifest(tmp_path)
+
+
+def test_deploying_the_rendezvous_with_a_models_options_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`deploy rendezvous --model demo:challenger` started rendezvous instances, the model dropped
+    without a word (a probe)."""
+    from services.cli.deploy import cmd_deploy
+
+    monkeypatch.setenv("RDV_CACHE_DIR", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^deploy rendezvous starts instances .*: --model, --co-host belong"):
+        cmd_deploy(DeploySettings(model="demo:challenger", co_host=("c=demo:canary",)), "rendezvous", Console())
+    assert not any(tmp_path.iterdir())  # refused before anything was written
