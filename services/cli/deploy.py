@@ -421,6 +421,8 @@ class UndeploySettings(KafkaSettings):
 def cmd_undeploy(name: str, console: Console, timeout_s: float = 20.0,
                  settings: UndeploySettings | None = None) -> int:
     check_model_name(name, "deployment name")
+    if not _state_file(name).parent.is_dir():  # before the lock, which would leave its folder behind (a probe)
+        raise ConfigError(f"{name} is not deployed on this machine: nothing to undeploy")
     with _one_at_a_time(name, console):
         return _undeploy(name, console, timeout_s, settings)
 

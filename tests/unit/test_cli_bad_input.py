@@ -772,3 +772,15 @@ def test_deploying_the_rendezvous_with_a_models_options_is_refused(
     with pytest.raises(ConfigError, match=r"^deploy rendezvous starts instances .*: --model, --co-host belong"):
         cmd_deploy(DeploySettings(model="demo:challenger", co_host=("c=demo:canary",)), "rendezvous", Console())
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_undeploying_what_was_never_deployed_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`undeploy nothere` said so, and left deployments/nothere/deploy.lock behind (a probe)."""
+    from services.cli.deploy import cmd_undeploy
+
+    monkeypatch.setenv("RDV_CACHE_DIR", str(tmp_path))
+    with pytest.raises(ConfigError, match="^nothere is not deployed on this machine: nothing to undeploy"):
+        cmd_undeploy("nothere", Console())
+    assert not (tmp_path / "deployments" / "nothere").exists()
