@@ -781,6 +781,6 @@ def test_undeploying_what_was_never_deployed_leaves_nothing_behind(
     from services.cli.deploy import cmd_undeploy
 
     monkeypatch.setenv("RDV_CACHE_DIR", str(tmp_path))
-    with pytest.raises(ConfigError, match="^nothere is not deployed on this machine: nothing to undeploy"):
+    with pytest.raises(ConfigError, match=r"^nothere is not deployed on this machine: nothing to undeploy"):
         cmd_undeploy("nothere", Console())
     assert not (tmp_path / "deployments" / "nothere").exists()
