@@ -58,7 +58,7 @@ class DeploySettings(KafkaSettings):
                              "not needed to scale a running deployment, nor for `deploy rendezvous`.")
     replicas: int = setting(1, "deploy: processes sharing the group; deploying again with another number scales it.",
                             minimum=1, maximum=MAX_REPLICAS)
-    version: str = setting("", "deploy: version written on its scores (default: the model's own).", trimmed=True)
+    version: str = setting("", "deploy: version written on its scores (default: the model's own).", identifier=True)
     start_at: str = setting("", "deploy: catch up from this time (ISO, epoch ms, or e.g. 1h ago as '1h') first.")
     start_from: str = setting(
         "latest", "deploy: where a new deployment starts without --start-at: latest (the requests from now on) or "
@@ -214,15 +214,22 @@ def cmd_deploy(settings: DeploySettings, name: str, console: Console) -> int:
     """Start a deployment, or change its number of replicas (the group rebalances; a replica
     leaving commits its finished work first, so nothing is lost or scored twice)."""
     check_model_name(name, "deployment name")
-    if name == RENDEZVOUS:  # its replicas run `serve`: a model's options were dropped without a word (a probe)
-        model_options = (("--model", settings.model), ("--version", settings.version),
-                         ("--co-host", settings.co_host), ("--start-at", settings.start_at))
-        options = [flag for flag, given in model_options if given]
-        if options:
-            raise ConfigError(f"deploy {RENDEZVOUS} starts instances of the rendezvous, which score no model: "
-                              f"{', '.join(options)} belong to a model's deployment")
+    if name == RENDEZVOUS:
+        check_no_model_options(settings)
     with _one_at_a_time(name, console):
         return _deploy(settings, name, console)
+
+
+def check_no_model_options(settings: DeploySettings) -> None:
+    """`deploy rendezvous` runs instances of the rendezvous: a model's options given to it were
+    dropped without a word (a probe). Typed ones only: a variable (RDV_MODEL) may be set for the
+    models' deployments of the same shell."""
+    model_options = (("--model", "model"), ("--version", "version"), ("--co-host", "co_host"),
+                     ("--start-at", "start_at"))
+    typed = [flag for flag, field in model_options if getattr(settings, field) and not settings.from_environment(field)]
+    if typed:
+        raise ConfigError(f"deploy {RENDEZVOUS} starts instances of the rendezvous, which score no model: "
+                          f"{', '.join(typed)} belong to a model's deployment")
 
 
 def _deploy(settings: DeploySettings, name: str, console: Console) -> int:

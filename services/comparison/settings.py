@@ -70,7 +70,7 @@ class ComparisonSettings(ServiceSettings):
         1000, "How often the positions after the handled records are committed (ms).",
         minimum=1,
     )
-    group: str = setting("", "Consumer group (default: <prefix>comparison).", trimmed=True)
+    group: str = setting("", "Consumer group (default: <prefix>comparison).", identifier=True)
     start_from: str = setting(
         "latest",
         "Where a new consumer group starts: latest (a live view from now on) or earliest (replay "

@@ -101,7 +101,8 @@ def _spaced(principal: str) -> bool:
     return principal != principal.strip() or _SPACE_AROUND_DN_SYNTAX.search(principal) is not None
 
 
-_SPACE_AROUND_DN_SYNTAX = re.compile(r"\s[,=+]|[,=+]\s")
+# A ',', '=' or '+' escaped by '\\' is part of a value (Kafka writes CN=Smith\\, John): spaces may follow it.
+_SPACE_AROUND_DN_SYNTAX = re.compile(r"\s[,=+]|(?<!\\)[,=+]\s")
 
 
 def _named(principal: str) -> bool:
@@ -112,7 +113,7 @@ def _named(principal: str) -> bool:
 
 # The roles, as named by the fields of `Principals` (one list to keep).
 ROLES = tuple(f.name for f in fields(Principals))
-_ANOTHER_ROLE = re.compile(rf",\s*(?:{'|'.join(ROLES)})\s*=", re.IGNORECASE)
+_ANOTHER_ROLE = re.compile(rf"(?<!\\),\s*(?:{'|'.join(ROLES)})\s*=", re.IGNORECASE)
 
 
 def _topic(principal: str, operation: str, *names: str) -> list[Grant]:

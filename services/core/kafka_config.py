@@ -150,7 +150,7 @@ def _unsupported(key: str, value: str) -> str | None:
         # Given here it was overwritten by the service's own without a word, or (auto commit) won
         # over the service's: offsets committed before the work behind them was done (a probe).
         return owned
-    if key == "enable.auto.commit" and value.lower() not in ("false", "0"):
+    if key == "enable.auto.commit" and value.lower() not in ("false", "f", "0", "no", "off"):
         return ("the services commit only finished work themselves (docs/architecture.md, \"Commit orders\"): "
                 "an automatic commit would skip records not yet processed after a crash; leave it unset")
     if key == "group.protocol" and value.lower() != "classic":

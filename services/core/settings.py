@@ -48,7 +48,7 @@ def setting(
     maximum: float | None = None,
     above: float | None = None,
     if_empty: str | None = None,
-    trimmed: bool = False,
+    identifier: bool = False,
 ) -> Any:
     """A dataclass field with its --help text and optional env/flag name overrides.
 
@@ -58,12 +58,13 @@ def setting(
     `minimum`/`maximum` bound a number (default: `INT_RANGE` / `FLOAT_RANGE`); `above` is an
     exclusive lower bound (a duration or a rate that must be more than 0); `from_namespace`
     refuses anything outside with one clear line, for every command. `if_empty`: a text or a list
-    that may not be given empty (blank, or only separators), and what to say when it is. `trimmed`:
-    a text refused with spaces around it (a group or an id: ' ' named a group of one space).
+    that may not be given empty (blank, or only separators), and what to say when it is.
+    `identifier`: a name or an id (a group, an instance, a version), refused with spaces around it
+    or a control character in it.
     """
     meta = {"help": help, "env": env, "flag": flag, "separator": separator, "split_flags": split_flags,
             "secret": secret, "minimum": minimum, "maximum": maximum, "above": above, "if_empty": if_empty,
-            "trimmed": trimmed}
+            "identifier": identifier}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use tuples for sequence defaults: settings are frozen")
     return field(default=default, metadata=meta, repr=not secret)
@@ -409,13 +410,16 @@ def _check_no_gap(name: str, items: list[str], parts: list[str], separator: str 
         raise ConfigError(f"{name}: item {gap + 1} of {len(parts)} is empty ({what}?)")
 
 
-def _check_no_control_characters(name: str, value: Any) -> None:
-    """A newline or another control character in a name, an id or a path is a paste gone wrong:
-    `--group $'a\\nb'` was taken, and a worker's --version of two lines was written on every score
-    and in its metric labels (a probe)."""
-    for item in value if isinstance(value, tuple) else [value]:
-        if isinstance(item, str) and _CONTROL.search(item):
-            raise ConfigError(f"{name} {_excerpt(item)} holds a control character (a newline, a tab?)")
+def _check_identifier(name: str, value: Any) -> None:
+    """A group, an instance or a version as given: `--group ' '` named a group of one space, and a
+    worker's --version of two lines was written on every score and in its metric labels (a probe).
+    Only names: free text (a comment, a JSON row pretty-printed) and paths may hold what they like."""
+    if not isinstance(value, str):
+        return
+    if _CONTROL.search(value):
+        raise ConfigError(f"{name} {_excerpt(value)} holds a control character (a newline, a tab?)")
+    if value != value.strip():
+        raise ConfigError(f"{name} {_excerpt(value)} has spaces around it: give it without (or leave it unset)")
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -467,10 +471,8 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
         if raw is None:
             continue
         value = _convert(name, kind, raw, separator, bool(f.metadata.get("secret")))
-        if not f.metadata.get("secret") and f.name != "kafka_config":  # those never shown nor quoted
-            _check_no_control_characters(name, value)
-        if f.metadata.get("trimmed") and isinstance(value, str) and value != value.strip():
-            raise ConfigError(f"{name} {_excerpt(value)} has spaces around it: give it without (or leave it unset)")
+        if f.metadata.get("identifier"):
+            _check_identifier(name, value)
         if f.metadata.get("if_empty") and not (value.strip() if isinstance(value, str) else value):
             raise ConfigError(f"{name} is empty: {f.metadata['if_empty']}")
         if kind in (int, float):

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from urllib.parse import urlsplit
 
 from services.core.errors import ConfigError
 
 MAX_PORT = 65_535
 # A host name or an IPv4 address, or an IPv6 one (urlsplit's hostname drops its brackets).
-HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.%A-Za-z]*")
+# (Letters of any script: Python turns an international name into its DNS form; an IPv6 address
+# may end in a zone, %eth0 or %br-lan.)
+HOST = re.compile(r"[\w.-]+|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(?:%[\w.-]+)?")
 
 
 def shown_url_safely(url: str) -> str:
@@ -62,12 +65,13 @@ def check_listen_address(address: str, flag: str) -> None:
     interface without a word (a probe)."""
     if not address.strip():
         raise ConfigError(f"{flag} is empty: give an address (0.0.0.0: every interface; 127.0.0.1: this machine)")
-    looks_numeric = all(c.isdigit() or c == "." for c in address) or ":" in address
     try:
-        if looks_numeric:
+        if ":" in address:
             ipaddress.ip_address(address)
+        elif all(c.isdigit() or c == "." for c in address):
+            socket.inet_aton(address)  # as bind() reads it: 127.1 and 0 are addresses too
         elif not HOST.fullmatch(address):
             raise ValueError(address)
-    except ValueError:
+    except (ValueError, OSError):
         raise ConfigError(f"{flag} {address[:80]!r} is no address to listen on: an IP address (0.0.0.0, ::) or a "
                           "host name, without scheme or port") from None

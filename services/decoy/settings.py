@@ -17,7 +17,7 @@ class DecoySettings(ServiceSettings):
     roll_seconds: float = setting(300.0, "Seal the current file once it is this old (s), even if nothing follows.",
                                   above=0)
     codec: str = setting("deflate", "Avro block codec of the archive files: null or deflate.")
-    group: str = setting("", "Consumer group (default: <prefix>decoy).", trimmed=True)
+    group: str = setting("", "Consumer group (default: <prefix>decoy).", identifier=True)
     start_from: str = setting("earliest", "Where a new consumer group starts: earliest or latest.")
     max_batch: int = setting(1000, "Most records read per poll (the archive is fsynced before each commit).",
                              minimum=1, maximum=MAX_BATCH)

@@ -91,7 +91,7 @@ class GatewaySettings(KafkaSettings):
     )
     reply_group: str = setting(
         "", "Consumer group of the gateways on the replies topic (default: <prefix>gateway): each "
-        "partition has one reader, so every gateway has return addresses of its own.", trimmed=True,
+        "partition has one reader, so every gateway has return addresses of its own.", identifier=True,
     )
     comparison_url: str = setting(
         "",
@@ -105,7 +105,7 @@ class GatewaySettings(KafkaSettings):
         minimum=1,
     )
     instance: str = setting(
-        "", "Name of this gateway in logs and Kafka client ids (default: the host name).", trimmed=True,
+        "", "Name of this gateway in logs and Kafka client ids (default: the host name).", identifier=True,
     )
 
     def validate(self) -> None:

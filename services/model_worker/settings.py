@@ -64,10 +64,10 @@ class WorkerSettings(ServiceSettings):
         "a scikit-learn .skops file (safe), an .onnx file, or a .joblib/.pkl file (with --trust-model-file)."
     )
     name: str = setting("", "Model name written on every score (default: the model's own name).")
-    version: str = setting("", "Model version written on every score (default: the model's own).", trimmed=True)
+    version: str = setting("", "Model version written on every score (default: the model's own).", identifier=True)
     group: str = setting("", "Consumer group (default: <prefix>model.<name>); replicas of a model share it.",
-                         trimmed=True)
-    instance: str = setting("", "Replica id written on every score (default: host-pid).", trimmed=True)
+                         identifier=True)
+    instance: str = setting("", "Replica id written on every score (default: host-pid).", identifier=True)
     max_batch: int = setting(256, "Largest micro-batch handed to the model.", minimum=1, maximum=MAX_BATCH)
     start_from: str = setting(
         "earliest", "Where a new consumer group starts: earliest (nothing missed) or latest."

@@ -54,7 +54,7 @@ class RendezvousSettings(ServiceSettings):
         False, "Add CloudEvents binary-mode headers (ce_id = request id, ce_type, ce_source, ce_specversion) to "
         "answers and comparison records, so CloudEvents tools read those topics as events."
     )
-    group: str = setting("", "Consumer group (default: <prefix>rendezvous); instances share it.", trimmed=True)
+    group: str = setting("", "Consumer group (default: <prefix>rendezvous); instances share it.", identifier=True)
     start_from: str = setting(
         "earliest", "Where a new consumer group starts: earliest or latest (a partition's end when first assigned, "
         "committed at once, so what arrives while its owner is away is read by the next).",

@@ -126,7 +126,6 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (GatewaySettings, {"http_addr": "999.1.1.1"}, "--http-addr '999.1.1.1' is no address to listen on"),
     (GatewaySettings, {"grpc_addr": "http://0.0.0.0"}, "--grpc-addr 'http://0.0.0.0' is no address to listen on"),
     (GatewaySettings, {"http_addr": ""}, "--http-addr is empty"),
-    (RendezvousSettings, {"models": ("a\nb",)}, "--models 'a\\nb' holds a control character"),
     (KafkaSettings, {"schema_registry": "http://127.0.0.1:99999"}, "needs a host and a port from 1 to 65535"),
     (KafkaSettings, {"schema_registry": "http://exa mple.com"}, "its host is no host name or address"),
     # Compared with a page's host name, each would never match: pages under it were refused (a probe).
@@ -784,3 +783,34 @@ def test_undeploying_what_was_never_deployed_leaves_nothing_behind(
     with pytest.raises(ConfigError, match=r"^nothere is not deployed on this machine: nothing to undeploy"):
         cmd_undeploy("nothere", Console())
     assert not (tmp_path / "deployments" / "nothere").exists()
+
+
+def test_free_text_paths_and_addresses_keep_what_the_checks_on_names_refuse(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a review of the start-up checks found refused that was fine: a pretty-printed JSON row,
+    a comment of two lines, a variable ending in a newline (a ConfigMap from a file), a zone in an
+    IPv6 address, an international host name, 127.1 to bind, a certificate's name with an escaped
+    comma, RDV_MODEL beside `deploy rendezvous`, enable.auto.commit=f."""
+    from services.cli.deploy import check_no_model_options
+    from services.cli.send import SendSettings, read_rows
+    from services.control.acl import Principals
+    from services.core.urls import check_listen_address, checked_http_url
+
+    assert read_rows(from_namespace(SendSettings, None, features='{\n\t"a": 1.5\n}')) == [{"a": 1.5}]
+    assert from_namespace(PromoteSettings, None, comment="line one\nline two").comment == "line one\nline two"
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "k0:9092,\nk1:9092\n")
+    assert from_namespace(KafkaSettings).bootstrap.startswith("k0:9092")
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS")
+    zoned = from_namespace(KafkaSettings, None, bootstrap="[fe80::1%br-lan]:9092",
+                           kafka_config=("enable.auto.commit=f",))
+    assert zoned.librdkafka()["enable.auto.commit"] == "f"
+    checked_http_url("http://m\u00fcnchen.de:8081", "--schema-registry")
+    checked_http_url("http://[fe80::1%25vlan_10]:8081", "--schema-registry")
+    for address in ("127.1", "0", "fe80::1%eth0", "::", "Gateway-0.svc"):
+        check_listen_address(address, "--http-addr")
+    assert Principals.from_pairs({"client": r"User:CN=Smith\, John,O=Acme\, Inc.,C=US"}).client.endswith("C=US")
+    monkeypatch.setenv("RDV_MODEL", "demo:champion")  # set for the models' deployments: not typed
+    check_no_model_options(from_namespace(DeploySettings, None))
+    with pytest.raises(ConfigError, match="--version belong to a model's deployment"):
+        check_no_model_options(from_namespace(DeploySettings, None, version="v2"))
