@@ -96,11 +96,11 @@ def test_fresh_or_tls_asked_of_a_running_broker_is_refused_not_ignored(tmp_path:
 
 
 CHILD = """
-import sys, time
+import signal, sys
 from services.localkafka.broker import ephemeral_broker
 with ephemeral_broker(sys.argv[1]) as broker:
     print(broker.pid, flush=True)
-    time.sleep(600)
+    signal.pause()  # held until the test kills this process
 """
 
 

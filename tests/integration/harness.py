@@ -118,8 +118,8 @@ class PacedSender:
             while self.sent < due:
                 self.send(self.sent)
                 self.sent += 1
-            # A fixed request rate: wait for the moment the next request is due.
-            time.sleep(max(0.0, started + self.sent / self.rate - time.monotonic()))
+            # A fixed request rate: wait for the moment the next request is due (or for stop()).
+            self._stop.wait(max(0.0, started + self.sent / self.rate - time.monotonic()))
         self.finish()
 
     def start(self) -> PacedSender:

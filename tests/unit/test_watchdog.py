@@ -11,6 +11,7 @@ from confluent_kafka import Message
 
 from services.core.errors import KafkaOperationError
 from services.model_worker.watchdog import Watched
+from tests.integration.harness import wait_until
 
 
 def batch(models: list[str]) -> Watched[str]:
@@ -109,10 +110,8 @@ def test_after_standing_down_for_the_rescue_the_watchdog_watches_the_next_batch(
         watched = watchdog.watch(["m"], sources, _failing_writes(first))
         rescue.take()  # the rescue process took the batch (as if the model held the interpreter lock)
         watchdog.start()
-        deadline = time.monotonic() + 30
-        while "the rescue process took the batch" not in caplog.text and time.monotonic() < deadline:
-            time.sleep(0.01)  # until the watchdog found the batch overdue and stood down
-        assert "the rescue process took the batch" in caplog.text
+        # Until the watchdog found the batch overdue and stood down.
+        wait_until(lambda: "the rescue process took the batch" in caplog.text, 30, "the watchdog to stand down")
         assert not watched.claim("m")  # the model returned after all: not while the rescue holds the batch
         rescue.release()  # the rescue saw the turn end and stood down
         assert watched.claim("m")
