@@ -34,6 +34,7 @@ from services.core.settings import not_a_readable_file
 from services.core.unique_json import DuplicateKey, loads_unique
 
 DEFAULT_NAME = "default"  # a schedule file without a name gets it, and takes the name it is used under
+DEFAULT_DEADLINE_MS = 200
 
 
 def check_schedule_name(name: str, flag: str) -> None:
@@ -43,7 +44,6 @@ def check_schedule_name(name: str, flag: str) -> None:
         raise ConfigError(f"{flag} is empty: name a schedule (the default is {DEFAULT_NAME!r})")
     if name != name.strip():
         raise ConfigError(f"{flag} {name!r} has spaces around it: schedules are named without")
-DEFAULT_DEADLINE_MS = 200
 
 
 class Status(StrEnum):

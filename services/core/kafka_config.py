@@ -131,9 +131,12 @@ def parse(items: Iterable[str]) -> dict[str, str]:
     return config
 
 
-# Identities each service sets for its own clients (which it would take over silently): the flag
-# that names them, if any.
+# What is given elsewhere, or set by each service for its own clients, and so refused here: the
+# brokers replaced --bootstrap without a word while the start-up line showed its value; the ids were
+# overwritten by the service's own without a word (a probe).
 _OWNED = {
+    "bootstrap.servers": "the brokers are given with --bootstrap (KAFKA_BOOTSTRAP_SERVERS), not here",
+    "metadata.broker.list": "the brokers are given with --bootstrap (KAFKA_BOOTSTRAP_SERVERS), not here",
     "group.id": "each service names its consumer group (--group where it has one), not here",
     "group.instance.id": "a replica's static membership id is --instance, not here",
     "transactional.id": "each service derives its transactional ids from its group and instance, not here",
@@ -142,14 +145,10 @@ _OWNED = {
 
 def _unsupported(key: str, value: str) -> str | None:
     """Why a setting librdkafka would take is refused here, if it is."""
-    if key in ("bootstrap.servers", "metadata.broker.list"):
-        # Given here it replaced --bootstrap silently, while the start-up line showed --bootstrap's value.
-        return "the brokers are given with --bootstrap (KAFKA_BOOTSTRAP_SERVERS), not here"
     owned = _OWNED.get(key)
     if owned is not None:
-        # Given here it was overwritten by the service's own without a word, or (auto commit) won
-        # over the service's: offsets committed before the work behind them was done (a probe).
         return owned
+    # Given true it won over the services' own commits: offsets committed before the work behind them was done.
     if key == "enable.auto.commit" and value.lower() not in ("false", "f", "0", "no", "off"):
         return ("the services commit only finished work themselves (docs/architecture.md, \"Commit orders\"): "
                 "an automatic commit would skip records not yet processed after a crash; leave it unset")

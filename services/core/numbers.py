@@ -11,18 +11,19 @@ from __future__ import annotations
 
 
 def ascii_int(text: str) -> int:
-    """`int(text)`, refusing digits outside ASCII with ValueError (as for any other non-number);
-    whitespace around it, of any kind as for int() (a spreadsheet's no-break space), is not a digit."""
-    number = text.strip()
-    if not number.isascii():
-        raise ValueError(f"not an ASCII number: {text!r}")
-    return int(number)
+    """`int(text)`, refusing digits outside ASCII with ValueError (as for any other non-number)."""
+    return int(_ascii(text))
 
 
 def ascii_float(text: str) -> float:
-    """`float(text)`, refusing digits outside ASCII with ValueError (as for any other non-number);
-    whitespace around it is taken as by `ascii_int`."""
+    """`float(text)`, refusing digits outside ASCII with ValueError (as for any other non-number)."""
+    return float(_ascii(text))
+
+
+def _ascii(text: str) -> str:
+    """`text` without the whitespace around it (of any kind, as int() takes it: a spreadsheet's
+    no-break space), if the rest is ASCII."""
     number = text.strip()
     if not number.isascii():
         raise ValueError(f"not an ASCII number: {text!r}")
-    return float(number)
+    return number

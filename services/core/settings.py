@@ -445,7 +445,6 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
     """
     hints = get_type_hints(cls)
     values: dict[str, Any] = {}
-    from_env: dict[str, str] = {}  # flag -> the variable its value came from
     env_fields: set[str] = set()  # the fields whose value came from a variable
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         kind = _base_type(hints[f.name])
@@ -465,7 +464,6 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
             # A value from the environment is named as such: the flag was never typed (and a
             # variable left over from another command is otherwise hard to find).
             if raw is not None:
-                from_env[name] = _env_name(f)
                 env_fields.add(f.name)
             name = f"{_env_name(f)} (the environment's {name})"
         if raw is None:
@@ -493,6 +491,7 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
         if callable(validate):
             validate()
     except ConfigError as err:
+        from_env = {_flag_name(f): _env_name(f) for f in dataclasses.fields(cls) if f.name in env_fields}  # type: ignore[arg-type]
         raise _from_env(err, from_env) from None
     return settings
 

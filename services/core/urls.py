@@ -61,10 +61,8 @@ def checked_http_url(url: str, flag: str, *, refuse_credentials: str | None = No
 
 def check_listen_address(address: str, flag: str) -> None:
     """A ConfigError naming `flag` unless `address` is an IP address or a host name to bind: 'not an
-    addr', 999.1.1.1 or http://0.0.0.0 failed only once Kafka had been reached, and '' bound every
-    interface without a word (a probe)."""
-    if not address.strip():
-        raise ConfigError(f"{flag} is empty: give an address (0.0.0.0: every interface; 127.0.0.1: this machine)")
+    addr', 999.1.1.1 or http://0.0.0.0 failed only once Kafka had been reached (a probe); an empty
+    one is the setting's `if_empty`."""
     try:
         if ":" in address:
             ipaddress.ip_address(address)

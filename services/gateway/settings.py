@@ -13,14 +13,18 @@ from services.core.settings import MAX_PORT, KafkaSettings, not_a_readable_file,
 from services.core.urls import check_listen_address, checked_http_url
 from services.gateway.auth import ApiKeys
 
+_WHICH_ADDRESS = "give an address (0.0.0.0: every interface; 127.0.0.1: this machine)"
+
 
 @dataclass(frozen=True)
 class GatewaySettings(KafkaSettings):
     """The Open Inference Protocol (REST and gRPC) in front of the rendezvous."""
 
-    http_addr: str = setting("0.0.0.0", "Address the REST API (and /ui, /metrics, /healthz, /readyz) binds.")
+    # An empty address bound every interface without a word (a probe): said, as for --metrics-host.
+    http_addr: str = setting("0.0.0.0", "Address the REST API (and /ui, /metrics, /healthz, /readyz) binds.",
+                             if_empty=_WHICH_ADDRESS)
     http_port: int = setting(8080, "Port of the REST API (0 = off).", maximum=MAX_PORT)
-    grpc_addr: str = setting("0.0.0.0", "Address the gRPC API binds.")
+    grpc_addr: str = setting("0.0.0.0", "Address the gRPC API binds.", if_empty=_WHICH_ADDRESS)
     grpc_port: int = setting(8081, "Port of the gRPC API (0 = off).", maximum=MAX_PORT)
     metrics_port: int = setting(
         0, "Extra plain-HTTP port for /metrics, /healthz and /readyz (0 = only on the REST port).", maximum=MAX_PORT,
