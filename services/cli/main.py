@@ -37,6 +37,7 @@ from services.core.errors import ConfigError, RendezvousError
 from services.core.redaction import mask
 from services.core.runtime import stop_with_parent
 from services.core.settings import KafkaSettings, add_arguments, from_namespace, setting
+from services.core.variables import unknown_variables
 
 EXIT_ERROR = 2
 
@@ -425,6 +426,8 @@ def _cut(message: str) -> str:
 def _run(argv: Sequence[str] | None) -> int:
     args = build_parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
     setup_logging(args.log_level)
+    for line in unknown_variables(os.environ):
+        logging.getLogger("rendezvous").warning("%s", line)
     stop_with_parent()  # a demo's service dies with the demo, even one killed with -9
     handler: Handler = args.handler
     try:
