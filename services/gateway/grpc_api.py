@@ -59,7 +59,8 @@ class InferenceService:
         self.server_version = server_version
 
     async def _measured(
-        self, route: str, request: Any, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[R]]
+        self, route: str, request: Any, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[R]],
+        keyed: bool = True,
     ) -> R:
         started = time.perf_counter()
         in_flight = child(m.IN_FLIGHT, PROTOCOL)
@@ -67,6 +68,8 @@ class InferenceService:
         code = grpc.StatusCode.OK
         try:
             if isinstance(request, NoMessage):
+                if keyed:  # the key first, as REST checks it before the body: garbage without one is a 401
+                    self.gateway.authenticate(_authorization(context))
                 raise request.error
             return await work()
         except asyncio.CancelledError:
@@ -91,12 +94,12 @@ class InferenceService:
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
             return pb.ServerLiveResponse(live=self.gateway.broken() is None)
-        return await self._measured("server_live", request, context, work)
+        return await self._measured("server_live", request, context, work, keyed=False)
 
     async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
             return pb.ServerReadyResponse(ready=self.gateway.readiness()[0])
-        return await self._measured("server_ready", request, context, work)
+        return await self._measured("server_ready", request, context, work, keyed=False)
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
@@ -176,6 +179,10 @@ def _contents(name: str, datatype: str, shape: tuple[int, ...], contents: Any) -
     field = CONTENTS.get(datatype)
     if field is None:
         raise InvalidInput(f"input '{name}': {datatype} data must come as raw_input_contents")
+    # Values in another field than the datatype's were dropped unread, the call answered without them.
+    other = next((f.name for f, _values in contents.ListFields() if f.name != field), None)
+    if other is not None:
+        raise InvalidInput(f"input '{name}': data in {other}; {datatype} data comes in {field}")
     return oip.from_numbers(name, datatype, shape, list(getattr(contents, field)), f"in {field} ")
 
 

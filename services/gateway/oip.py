@@ -306,6 +306,8 @@ def check_values(name: str, datatype: str, values: Sequence[int | float]) -> Non
     elif datatype in _FLOAT_LIMIT:
         limit = _FLOAT_LIMIT[datatype]
         bad = next((v for v in values if not -limit < v < limit), None)
+        if bad is not None and not math.isfinite(bad):  # said as for every other form of data
+            raise InvalidInput(f"input '{name}' holds {bad}: features must be finite numbers")
         if bad is not None:
             raise InvalidInput(f"input '{name}': {bad} is out of {datatype}'s range")
 

@@ -44,6 +44,7 @@ from services.gateway.errors import (
     ClientClosed,
     CrossOrigin,
     InvalidInput,
+    NotFound,
     RateLimited,
     UnreadableFraming,
     UnsupportedMediaType,
@@ -260,6 +261,10 @@ def check_media_type(content_type: str | None) -> None:
 
 def _name_version(request: Request) -> tuple[str, str]:
     params = request.path_params
+    # Routes match the decoded path: `default%2Fversions%2F1` was the model `default`, version 1.
+    # An encoded '/' belongs to the name, and no model name holds one.
+    if b"%2f" in request.scope.get("raw_path", b"").lower():
+        raise NotFound("no model here: a model name holds no '/' (%2F in the path)")
     return params["name"], params.get("version", "")
 
 
@@ -389,6 +394,8 @@ def _tensor(item: dict[str, Any], header: tuple[str, str, tuple[int, ...]], bina
         params = oip.kept_parameters(params, f"input '{name}'", oip.TENSOR_PARAMETERS)
     size = params.get("binary_data_size")
     if size is not None:
+        if "data" in item:  # which of the two would be the call's? Neither is read quietly (as gRPC's)
+            raise InvalidInput(f"input '{name}': both binary_data_size and 'data'; send one")
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary):
             raise InvalidInput(f"input '{name}': binary_data_size {size!r} does not fit the binary data")
         return Tensor(name, datatype, shape, oip.from_raw(name, datatype, shape, binary[:size]), params), size
@@ -408,4 +415,8 @@ async def _no_route(request: Request, exc: Exception) -> Response:
 
 
 def build_app(api: RestApi, extra: list[BaseRoute]) -> Starlette:
-    return Starlette(routes=[*api.routes(), *extra], exception_handlers={404: _no_route, 405: _no_route})
+    app = Starlette(routes=[*api.routes(), *extra], exception_handlers={404: _no_route, 405: _no_route})
+    # Starlette answers `/v2/` with a bare 307 to `/v2`, built from the caller's Host header (a
+    # redirect to any site named there), before the key check, counted nowhere: no such path.
+    app.router.redirect_slashes = False
+    return app

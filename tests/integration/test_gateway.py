@@ -378,6 +378,42 @@ def test_an_unparseable_or_outsized_grpc_call_is_invalid_argument_with_its_reaso
     assert stack.a.metrics().get(invalid, 0) == before + 2
 
 
+def test_grpc_data_the_gateway_would_not_read_is_refused_and_garbage_without_a_key_is_401(stack: Stack) -> None:
+    """Values in a contents field other than the datatype's were dropped unread and the call
+    answered OK without them; on a keyed gateway, a message that did not parse was refused for its
+    bytes (INVALID_ARGUMENT, the parser's words) to a caller without a key (REST says 401 first)."""
+    from tritonclient.grpc import service_pb2
+
+    contents = service_pb2.InferTensorContents(fp64_contents=[15.0], fp32_contents=[1.0])
+    tensor = service_pb2.ModelInferRequest.InferInputTensor(name="mean_radius", datatype="FP64", shape=[1],
+                                                            contents=contents)
+    mixed = service_pb2.ModelInferRequest(model_name="default", inputs=[tensor]).SerializeToString()
+    infer = "/inference.GRPCInferenceService/ModelInfer"
+    with grpc.insecure_channel(f"127.0.0.1:{stack.a.grpc}") as channel, pytest.raises(grpc.RpcError) as refused:
+        channel.unary_unary(infer)(mixed, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == "input 'mean_radius': data in fp32_contents; FP64 data comes in fp64_contents"
+    assert stack.b.tls is not None
+    credentials = grpc.ssl_channel_credentials(stack.b.tls.read_bytes())
+    with grpc.secure_channel(f"localhost:{stack.b.grpc}", credentials) as channel, \
+            pytest.raises(grpc.RpcError) as garbage:
+        channel.unary_unary(infer)(b"\xff\xff\xff", timeout=30)
+    assert garbage.value.code() == grpc.StatusCode.UNAUTHENTICATED, garbage.value.details()
+
+
+def test_a_trailing_or_encoded_slash_is_no_path_of_its_own(stack: Stack) -> None:
+    """`/v2/health/ready/` got Starlette's bare 307 to the host the caller's Host header named,
+    counted nowhere; `default%2Fversions%2F1` was routed as the model `default`, version 1."""
+    no_route = ("rdv_gateway_rejected_total", (("protocol", "rest"), ("reason", "no_route")))
+    before = stack.a.metrics().get(no_route, 0)
+    status, text = curl(stack.a, "GET", "/v2/health/ready/", headers={"Host": "evil.example"})
+    assert (status, json.loads(text)) == (404, {"error": "no such path: /v2/health/ready/"})
+    assert stack.a.metrics().get(no_route, 0) == before + 1
+    body = json.dumps(rows_body(demo_rows(1, seed=19))).encode()
+    status, text = curl(stack.a, "POST", "/v2/models/default%2Fversions%2F1/infer", body)
+    assert status == 404 and "a model name holds no '/'" in json.loads(text)["error"], text
+
+
 def test_timeout_is_504_deadline_exceeded_with_the_reason(stack: Stack) -> None:
     rows = demo_rows(1, seed=16)
     status, text = curl(stack.a, "POST", "/v2/models/default/infer", json.dumps(rows_body(rows)).encode(),

@@ -228,6 +228,17 @@ def test_rest_binary_tensor_extension() -> None:
     assert [t.values for t in call.tensors] == [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
     with pytest.raises(InvalidInput, match="4 bytes of binary data belong to no input"):
         parse_call(body + b"\0" * 4, str(len(header)), 1000, 1024)
+    both = orjson.dumps({"inputs": [{"name": "a", "datatype": "FP64", "shape": [1], "data": [9.0],
+                                     "parameters": {"binary_data_size": 8}}]})
+    with pytest.raises(InvalidInput, match=r"^input 'a': both binary_data_size and 'data'; send one$"):
+        parse_call(both + np.array([1.0], "<f8").tobytes(), str(len(both)), 1000, 1024)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_a_narrow_float_that_is_no_finite_number_is_said_as_such_not_out_of_range(value: float) -> None:
+    for datatype in ("FP32", "FP16"):
+        with pytest.raises(InvalidInput, match=rf"^input 'a' holds {value}: features must be finite numbers$"):
+            check_values("a", datatype, [1.0, value])
 
 
 @pytest.mark.parametrize(
@@ -824,6 +835,7 @@ def test_a_call_to_a_full_gateway_is_refused_before_its_body_is_read() -> None:
     class Unread:
         headers = {"content-type": "application/json", "content-length": "2000000"}
         path_params = {"name": "default"}
+        scope: dict[str, Any] = {"raw_path": b"/v2/models/default/infer"}
         read = False
 
         async def stream(self) -> AsyncIterator[bytes]:
@@ -846,7 +858,7 @@ def test_a_call_refused_for_its_origin_or_its_type_spends_no_rate_limit() -> Non
     from services.gateway.rest import RestApi
     from services.gateway.settings import GatewaySettings
 
-    page = SimpleNamespace(headers={"origin": "https://evil.example", "host": "10.0.0.5:8080",
+    page = SimpleNamespace(scope={}, headers={"origin": "https://evil.example", "host": "10.0.0.5:8080",
                                     "content-type": "text/plain"}, path_params={"name": "default"})
     gateway = _gateway_without_kafka(GatewaySettings(rate_limit=0.001, rate_burst=2))
     for _ in range(5):
@@ -864,7 +876,7 @@ def test_a_call_refused_while_draining_spends_no_rate_limit() -> None:
     from services.gateway.rest import RestApi
     from services.gateway.settings import GatewaySettings
 
-    call = SimpleNamespace(headers={"content-type": "application/json"}, path_params={"name": "default"})
+    call = SimpleNamespace(scope={}, headers={"content-type": "application/json"}, path_params={"name": "default"})
     gateway = _gateway_without_kafka(GatewaySettings(rate_limit=0.001, rate_burst=2))
     gateway.draining = True
     for _ in range(5):

@@ -110,7 +110,7 @@ def _stalled_calls() -> dict[str, Any]:
 
     grpc_api.MESSAGE_TIMEOUT_S = 1.0
     settings = GatewaySettings(grpc_addr="127.0.0.1", grpc_port=_free_port(), max_connections=3)
-    gateway = SimpleNamespace(broken=lambda: None)
+    gateway = SimpleNamespace(broken=lambda: None, authenticate=lambda _key: None)  # no API keys
 
     async def never() -> Any:
         await asyncio.Event().wait()
