@@ -53,6 +53,8 @@ def _number(value: object, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ConfigError(f"{where}: feature value {_excerpt(value)} is not a number")
     try:
+        if isinstance(value, str) and "_" in value:  # float() reads 1_000 as Python source does; no data format does
+            raise ValueError(value)
         number = ascii_float(value) if isinstance(value, str) else float(value)
     except (ValueError, OverflowError):
         raise ConfigError(f"{where}: feature value {_excerpt(value)} is not a number") from None
@@ -112,8 +114,8 @@ def read_rows(settings: SendSettings) -> list[dict[str, float]]:
                 rows.append(row)
                 if len(rows) > MAX_ROWS:
                     raise ConfigError(f"--file {path}: more than {MAX_ROWS} rows; split the file")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"--file {path}: not UTF-8 text (byte {exc.start} of a line); binary file?") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--file {path}: not UTF-8 text ({_first_bad_byte(path)}); binary file?") from None
     except OSError as exc:
         raise ConfigError(f"--file {path}: cannot read it ({exc.strerror})") from None
     except csv.Error as exc:
@@ -123,10 +125,26 @@ def read_rows(settings: SendSettings) -> list[dict[str, float]]:
     return rows
 
 
+def _first_bad_byte(path: Path) -> str:
+    """Where a file's UTF-8 first breaks, as line and byte of the file (the decoder's error counts
+    from the start of the chunk it was given, not of the file or the line)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        line = data.count(b"\n", 0, exc.start) + 1
+        return f"line {line}, byte {exc.start - line_start + 1} of the line"
+    return "a byte that is no UTF-8"  # changed since it was read
+
+
 def _csv_rows(handle: TextIO, where: str) -> Iterator[dict[str, float]]:
     reader = csv.reader(handle)
     header = next(reader, None)
-    if not header or not all(name.strip() for name in header):
+    # `a, b` (a space after each comma, as people write) names `a` and `b`: ` b` was sent as a
+    # feature no model reads, and `a, a` was two features.
+    header = [name.strip() for name in header] if header else header
+    if not header or not all(header):
         raise ConfigError(f"{where}:1: expected a header of feature names (none empty)")
     if len(set(header)) != len(header):
         raise ConfigError(f"{where}:1: a feature name appears twice in the header")
@@ -180,7 +198,7 @@ def send(settings: SendSettings) -> int:
     if warning:
         sys.stderr.write(warning + "\n")
     statuses: dict[str, int] = {}
-    missing = 0
+    missing = unsent = 0
     failed: list[RendezvousError] = []
     client = Client(settings.librdkafka(), settings.topics(), budget_ms=settings.budget_ms,
                     answer_wait_s=settings.wait_s)
@@ -190,7 +208,15 @@ def send(settings: SendSettings) -> int:
         return max(0.0, until - time.monotonic())
 
     try:
-        futures = [client.submit(row) for row in rows]
+        futures = []
+        for row in rows:
+            try:
+                futures.append(client.submit(row))
+            except RendezvousError as err:
+                failed.append(err)  # this row refused (too large for the producer, ...): the others go on
+                if client.stopped is not None:  # the client can send no more (its reader stopped)
+                    unsent = len(rows) - len(futures) - len(failed)
+                    break
         with contextlib.suppress(RendezvousError):  # each request not delivered fails its own answer, said below
             client.flush(left())
         # One wait for them all: each answer printed as it is in (input order), a missing or
@@ -209,14 +235,31 @@ def send(settings: SendSettings) -> int:
     finally:
         undelivered = client.close(left())
     summary = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
-    sys.stderr.write(f"{len(rows) - missing - len(failed)} answers: {summary or 'none'}\n")
-    if failed:
-        raise type(failed[0])(f"{len(failed)} of {len(rows)} requests were not sent: {failed[0]}")
-    if missing and undelivered:
-        raise AnswerTimeout(f"{missing} of {len(rows)} requests got no answer within {settings.wait_s:g}s, "
-                            f"{min(undelivered, missing)} of them not even delivered to {settings.topics().requests}: "
-                            "is the broker reachable?")
-    if missing:
-        raise AnswerTimeout(f"{missing} of {len(rows)} requests got no answer within {settings.wait_s:g}s: is the "
-                            f"rendezvous running on {settings.topics().requests}?")
+    sys.stderr.write(f"{sum(statuses.values())} answers: {summary or 'none'}\n")
+    problem = _what_went_wrong(len(rows), failed, unsent, (missing, undelivered), settings)
+    if problem is not None:
+        raise problem
     return 0
+
+
+def _what_went_wrong(
+    total: int, failed: list[RendezvousError], unsent: int, missing: tuple[int, int], settings: SendSettings,
+) -> RendezvousError | None:
+    """One error saying every kind of request that got no answer (refused or failed, never sent,
+    unanswered), of the first kind's type. Failures were all said to be "not sent", though an
+    unreadable answer's request was sent."""
+    parts = []
+    if failed:
+        parts.append(f"{len(failed)} of {total} requests failed: {failed[0]}")
+    if unsent:
+        parts.append(f"{unsent} of {total} requests were not sent: the client could send no more")
+    unanswered, undelivered = missing
+    if unanswered:
+        topic = settings.topics().requests
+        why = (f", {min(undelivered, unanswered)} of them not even delivered to {topic}: is the broker reachable?"
+               if undelivered else f": is the rendezvous running on {topic}?")
+        parts.append(f"{unanswered} of {total} requests got no answer within {settings.wait_s:g}s{why}")
+    if not parts:
+        return None
+    kind = type(failed[0]) if failed else AnswerTimeout
+    return kind("; ".join(parts))

@@ -15,6 +15,7 @@ naming it, so no answer can slip past it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -35,7 +36,14 @@ from typing import Any
 from confluent_kafka import OFFSET_END, KafkaError, KafkaException, Message, TopicPartition
 
 from services.core.codec import codec
-from services.core.errors import BadInput, BrokerError, ConfigError, RecordTooLarge, RendezvousError
+from services.core.errors import (
+    BadInput,
+    BrokerError,
+    ConfigError,
+    DeliveryFailed,
+    RecordTooLarge,
+    RendezvousError,
+)
 from services.core.futures import fail, settle
 from services.core.kafka import (
     MAX_TIMEOUT_MS,
@@ -168,6 +176,34 @@ def _checked_id(request_id: Any) -> str:
     return request_id
 
 
+def _checked_payload(payload: Any) -> dict[str, Any] | None:
+    """A request's payload, given as (content type, bytes): anything else was a TypeError,
+    ValueError or IndexError from deep inside the encoder."""
+    if payload is None:
+        return None
+    if (type(payload) is not tuple or len(payload) != 2 or type(payload[0]) is not str
+            or not isinstance(payload[1], (bytes, bytearray))):
+        raise InvalidRequest(f"payload must be a (content type: str, data: bytes) pair, got {type(payload).__name__} "
+                             f"{_short_repr(payload)}")
+    return {"content_type": payload[0], "data": bytes(payload[1])}
+
+
+def _checked_metadata(metadata: Any) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise InvalidRequest(f"metadata must map strings to strings, got {type(metadata).__name__}")
+    bad = next(((k, v) for k, v in metadata.items() if type(k) is not str or type(v) is not str), None)
+    if bad is not None:
+        raise InvalidRequest(f"metadata must map strings to strings: {_short_repr(bad[0])} -> {_short_repr(bad[1])}")
+    return dict(metadata)
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _sent_as(value: bytes | None) -> int | None:
     """What tells a waiter's record from another send of its request_id (the record's bytes)."""
     return None if value is None else hash(value)
@@ -196,8 +232,8 @@ def make_request(
         "deadline": created + budget_ms,
         "reply_to": {"topic": reply_topic, "partition": reply_partition} if reply_topic else None,
         "features": checked_features(features),
-        "payload": {"content_type": payload[0], "data": payload[1]} if payload else None,
-        "metadata": dict(metadata or {}),
+        "payload": _checked_payload(payload),
+        "metadata": _checked_metadata(metadata),
     }
     problem = request_problem(record)  # what every service refuses (core/requests.py), refused here first
     if problem is not None:
@@ -237,6 +273,8 @@ def inputs_digest(features: Mapping[str, float], payload: Mapping[str, Any] | No
         digest.update(b"\x01" + struct.pack("<I", len(kind)) + kind + payload["data"])
     return digest.digest()
 
+
+READER_JOIN_S = 5.0  # how long close() waits for the reader's loop to see the stop
 
 # Requests given up on before their answer came, remembered until it comes (their ids are not
 # reused with other inputs meanwhile): a bound on memory, the oldest forgotten first.
@@ -306,31 +344,45 @@ class Client:
         # request_id -> waiters (future, reply partition, hash of the record sent): the same id may
         # be in flight twice, and a delivery failure fails the one whose record it was.
         self._pending: dict[str, list[tuple[Future[Answer], int, int | None]]] = {}
-        # request_id -> the inputs' digest of a request given up on whose answer has not come yet
-        self._given_up: OrderedDict[str, bytes] = OrderedDict()
+        # request_id -> the inputs' digest of requests given up on, and how many of them: each is
+        # answered (a retry of the same id too), and the id may be reused once every answer came.
+        self._given_up: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._turn = itertools.count()
-        if reply_group is None:
-            self.reply_partition: int | None = (
-                random.randrange(partitions) if reply_partition is None else reply_partition
-            )
-            self._consumer = Consumer(groupless(reader_config, "client"))
-            self._start_reading(self.reply_partition)
-            self._owned: tuple[int, ...] = (self.reply_partition,)
-        else:
-            self.reply_partition = None
-            self._owned = ()
-            # Cooperative rebalancing: a member joining or leaving moves only the partitions it
-            # must, so the other members' requests in flight are not failed by every rebalance.
-            self._consumer = Consumer({**reader_config, "group.id": reply_group,
-                                       "partition.assignment.strategy": "cooperative-sticky"})
-            self._consumer.subscribe([topics.replies], on_assign=self._on_assign,
-                                     on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        try:
+            if reply_group is None:
+                self.reply_partition: int | None = (
+                    random.randrange(partitions) if reply_partition is None else reply_partition
+                )
+                self._consumer = Consumer(groupless(reader_config, "client"))
+                self._start_reading(self.reply_partition)
+                self._owned: tuple[int, ...] = (self.reply_partition,)
+            else:
+                self.reply_partition = None
+                self._owned = ()
+                # Cooperative rebalancing: a member joining or leaving moves only the partitions it
+                # must, so the other members' requests in flight are not failed by every rebalance.
+                self._consumer = Consumer({**reader_config, "group.id": reply_group,
+                                           "partition.assignment.strategy": "cooperative-sticky"})
+                self._consumer.subscribe([topics.replies], on_assign=self._on_assign,
+                                         on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        except BaseException:
+            # A client that never was leaves no Kafka client behind (a producer's and a consumer's
+            # threads and sockets, for as long as the process lives).
+            consumer = getattr(self, "_consumer", None)
+            if consumer is not None:
+                with contextlib.suppress(Exception):
+                    consumer.close()
+            self._producer.close(0)
+            raise
         # Why the reader of answers stopped for good (a consumer error it cannot get past), if it did:
         # no request is sent after that, it could never be answered.
         self.stopped: str | None = None
-        self._closed_from_reader = False  # close() was called on the reading thread (an answer's callback)
+        # The reader closes the consumer as its loop ends: close() was called on it (an answer's
+        # callback), or while it was still busy (see close). Both flags under the lock.
+        self._closed_from_reader = False
+        self._reader_done = False
         # Records on the reply partitions that are no readable Answer (counted on the reading thread).
         self.undecodable_answers = 0
         self._reader = threading.Thread(target=self._read_answers, name="rdv-client-answers", daemon=True)
@@ -407,6 +459,7 @@ class Client:
         )
         rid = record["request_id"]
         future = Waiting(rid, record["features"], record["payload"])
+        future.add_done_callback(self._dropped_if_cancelled)
         value = self._requests.encode(record)
         with self._lock:
             # Under the lock `close` takes: a waiter added after it failed the others would wait
@@ -441,7 +494,7 @@ class Client:
         mine = future.inputs_digest
         if any(w[0].inputs_digest != mine for w in self._pending.get(rid, ()) if isinstance(w[0], Waiting)):
             whose = "is waiting for its answer"
-        elif self._given_up.get(rid, mine) != mine:
+        elif self._given_up.get(rid, (mine, 0))[0] != mine:
             whose = "was given up on before its answer came (it may still come)"
         else:
             return
@@ -454,10 +507,19 @@ class Client:
         id remembered until its answer comes (`_check_reuse`)."""
         with self._lock:
             if self._dropped(request_id, future) and isinstance(future, Waiting):
-                self._given_up[request_id] = future.inputs_digest
+                # Counted: with one entry per id, the first of two late answers freed the id, and a
+                # request with other inputs sent under it then took the second as its own.
+                digest, count = self._given_up.get(request_id, (future.inputs_digest, 0))
+                self._given_up[request_id] = (digest, count + 1)
                 self._given_up.move_to_end(request_id)
                 if len(self._given_up) > MAX_GIVEN_UP:
                     self._given_up.popitem(last=False)
+
+    def _dropped_if_cancelled(self, future: Future[Answer]) -> None:
+        """A future its caller cancelled without `abandon` (a gateway's call gone): its waiter
+        stayed until an answer came, which may be never."""
+        if future.cancelled() and isinstance(future, Waiting):
+            self.abandon(future.request_id, future)
 
     def _dropped(self, request_id: str, future: Future[Answer]) -> bool:
         """Take `future` out of the waiters, under the lock; whether it was there (unanswered)."""
@@ -490,7 +552,8 @@ class Client:
         try:
             for row in rows:
                 futures.append(self.submit(row, **kwargs))
-            self._producer.flush(max(0.0, deadline - time.monotonic()))
+            # No flush: it waits for every thread's records, and a call whose answer had come
+            # failed for another's unacknowledged one. A refused request fails its own waiter.
             return [self._wait(f, deadline) for f in futures]
         except BaseException:
             for future in futures:
@@ -526,9 +589,16 @@ class Client:
         if isinstance(future, Waiting):
             self.abandon(future.request_id, future)
 
-    def _no_answer(self) -> AnswerTimeout:
-        return AnswerTimeout(f"no answer within {self.answer_wait_s:g}s: is the rendezvous running on "
-                             f"{self.topics.requests}?")
+    def _no_answer(self) -> AnswerTimeout | DeliveryFailed:
+        """What a wait that timed out says: with requests of this client still unacknowledged,
+        the broker is the likelier cause than the rendezvous (said, not waited for: a flush
+        waits for every thread's records)."""
+        wait = f"{self.answer_wait_s:g}s"
+        unacknowledged = self._producer.pending()
+        if unacknowledged:
+            return DeliveryFailed(f"no answer within {wait}, and {unacknowledged} request(s) of this client were not "
+                                  f"acknowledged within {wait}: is the broker reachable?", retriable=True)
+        return AnswerTimeout(f"no answer within {wait}: is the rendezvous running on {self.topics.requests}?")
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -539,7 +609,10 @@ class Client:
             log.exception("client stopped reading answers")
             reason = f"stopped reading answers: {type(err).__name__}: {err}"
             self._reader_ended(reason, BrokerError(f"the client {reason}"))
-        if self._closed_from_reader:
+        with self._lock:
+            self._reader_done = True
+            close_here = self._closed_from_reader
+        if close_here:
             self._close_clients()
 
     def _read_until_stopped(self) -> None:
@@ -576,7 +649,7 @@ class Client:
         with self._lock:
             waiters = self._pending.get(rid)
             if not waiters:
-                self._given_up.pop(rid, None)  # its answer came: it cannot be taken for another's now
+                self._answer_came(rid)
                 return None
             # A repeated request id is answered once per request, with the same answer: to the
             # waiter whose return address it came to (another's partition may move meanwhile).
@@ -585,6 +658,16 @@ class Client:
             if not waiters:
                 del self._pending[rid]
         return future
+
+    def _answer_came(self, rid: str) -> None:
+        """An answer to `rid` came with no one waiting: one request given up on fewer. Under the lock."""
+        given_up = self._given_up.get(rid)
+        if given_up is None:
+            return
+        if given_up[1] > 1:
+            self._given_up[rid] = (given_up[0], given_up[1] - 1)
+        else:
+            del self._given_up[rid]  # every answer came: none can be taken for another request's now
 
     def _unreadable(self, err: BadInput, partition: int | None, key: bytes | str | None) -> None:
         """A record on the reply partition that is no Answer this client reads: counted, and the
@@ -671,9 +754,20 @@ class Client:
             self._closed_from_reader = True
             self._fail_all(ClosedClient("the client was closed before this request was answered"))
             return 0
-        self._reader.join(timeout=5)  # its loop looks at the stop every 0.1 s
+        self._reader.join(timeout=READER_JOIN_S)  # its loop looks at the stop every 0.1 s
         self._fail_all(ClosedClient("the client was closed before this request was answered"))
-        return self._close_clients(timeout_s)
+        self._producer.close(max(0.0, timeout_s))  # a producer is safe to flush from any thread
+        undelivered = self._producer.pending()
+        with self._lock:
+            # Still inside consume() (an answer's callback of the caller's, a rebalance reading
+            # offsets): a consumer closed under it crashes (confluent-kafka-python #1797).
+            busy = self._closed_from_reader = not self._reader_done
+        if busy:
+            log.warning("client closed while its reader was busy (an answer's callback, or a rebalance): "
+                        "the reader closes its consumer when done")
+        else:
+            self._consumer.close()
+        return undelivered
 
     def _close_clients(self, timeout_s: float = 10.0) -> int:
         """Close the Kafka clients; the number of requests still not delivered. The producer's

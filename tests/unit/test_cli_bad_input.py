@@ -814,3 +814,29 @@ def test_free_text_paths_and_addresses_keep_what_the_checks_on_names_refuse(
     check_no_model_options(from_namespace(DeploySettings, None))
     with pytest.raises(ConfigError, match="--version belong to a model's deployment"):
         check_no_model_options(from_namespace(DeploySettings, None, version="v2"))
+
+
+def test_a_csv_header_with_spaces_after_its_commas_names_the_features_without_them(tmp_path: Path) -> None:
+    """`a, b` sent the feature ' b', which no model reads; `a, a` was two features (a review)."""
+    from services.cli.send import SendSettings, read_rows
+
+    path = tmp_path / "rows.csv"
+    path.write_text("mean_radius, mean_texture\n14.2, 19.1\n")
+    assert read_rows(SendSettings(file=str(path))) == [{"mean_radius": 14.2, "mean_texture": 19.1}]
+    path.write_text("a, a\n1,2\n")
+    with pytest.raises(ConfigError, match="a feature name appears twice in the header"):
+        read_rows(SendSettings(file=str(path)))
+
+
+def test_a_feature_value_written_as_python_source_is_no_number_and_a_bad_byte_is_placed(tmp_path: Path) -> None:
+    """float() read `1_000` as 1000.0, which no data format writes; a byte that is no UTF-8 on line 3
+    was said to be 'byte 4 of a line' (its offset in the decoder's chunk)."""
+    from services.cli.send import SendSettings, read_rows
+
+    path = tmp_path / "rows.csv"
+    path.write_text("a\n1_000\n")
+    with pytest.raises(ConfigError, match=r"rows\.csv:2 column 'a': feature value '1_000' is not a number"):
+        read_rows(SendSettings(file=str(path)))
+    path.write_bytes(b"a\n1\n2\xff\n")
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(line 3, byte 2 of the line\); binary file\?$"):
+        read_rows(SendSettings(file=str(path)))

@@ -69,3 +69,21 @@ def test_numbers_of_any_real_kind_are_sent_as_floats() -> None:
     assert record["features"] == pytest.approx({"a": 1.0, "b": 0.5, "c": 3.0, "d": float("nan")}, nan_ok=True)
     assert all(type(v) is float for v in record["features"].values())
     assert codec("request").decode(codec("request").encode(record))["request_id"] == "r1"
+
+
+@pytest.mark.parametrize(("kwargs", "refusal"), [
+    ({"payload": ("text/plain",)},
+     "payload must be a (content type: str, data: bytes) pair, got tuple ('text/plain',)"),
+    ({"payload": ("text/plain", "x")}, "payload must be a (content type: str, data: bytes) pair, got tuple "
+                                       "('text/plain', 'x')"),
+    ({"payload": b"x"}, "payload must be a (content type: str, data: bytes) pair, got bytes b'x'"),
+    ({"metadata": {"k": 1}}, "metadata must map strings to strings: 'k' -> 1"),
+    ({"metadata": [("k", "v")]}, "metadata must map strings to strings, got list"),
+])
+def test_a_payload_or_metadata_of_the_wrong_kind_is_refused_naming_it(kwargs: dict[str, Any], refusal: str) -> None:
+    """An IndexError, a ValueError quoting the whole value, a TypeError from fastavro (a review)."""
+    with pytest.raises(InvalidRequest) as refused:
+        request(**kwargs)
+    assert str(refused.value) == refusal
+    record = request(payload=("text/plain", bytearray(b"x")), metadata={"k": "v"})
+    assert record["payload"] == {"content_type": "text/plain", "data": b"x"} and record["metadata"] == {"k": "v"}

@@ -29,6 +29,7 @@ def bare_client(owned: tuple[int, ...]) -> Client:
     client.budget_ms = 200
     client.undecodable_answers = 0
     client._given_up = OrderedDict()
+    client._closed_from_reader, client._reader_done = False, True  # no reader thread
     return client
 
 
@@ -220,7 +221,7 @@ def test_send_prints_every_answer_and_its_summary_when_one_request_is_refused(
     client._producer = Producer()  # type: ignore[assignment]
     rows = _send_through(client, 1.0, 4, tmp_path, monkeypatch)
 
-    with pytest.raises(RecordTooLarge, match="1 of 4 requests were not sent"):
+    with pytest.raises(RecordTooLarge, match=r"^1 of 4 requests failed: the request is too large for rdv\.requests"):
         send_module.send(send_module.SendSettings(bootstrap="localhost:9092", file=str(rows)))
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 3 and "3 answers: 3 OK" in err
@@ -444,3 +445,146 @@ def test_score_many_refuses_one_request_id_for_several_rows_before_sending_any()
         client.score_many([{"f": 1.0}, {"f": 2.0}], request_id="same")
     assert client._producer.sent == [] and client._pending == {}  # type: ignore[attr-defined]
     assert not client._given_up
+
+
+def test_an_id_given_up_on_twice_is_kept_until_both_answers_came() -> None:
+    """One entry per id: the first of two late answers freed it, and a request with other inputs
+    sent under it then took the second answer, a score of the features it did not send (a review)."""
+    from services.client.client import InvalidRequest
+
+    client = bare_client((0,))
+    client._producer, client._turn, client._wait_when_full = _Unsent(), itertools.count(), True  # type: ignore[assignment]
+    for at in (1_700_000_000_000, 1_700_000_001_000):
+        client.abandon("r", client.submit({"f": 1.0}, request_id="r", created_at=at))
+    client._resolve(late_answer("r", 1_700_000_000_000, 0.9), 10, partition=0)
+    with pytest.raises(InvalidRequest, match="was given up on before its answer came"):
+        client.submit({"f": 999.0}, request_id="r")
+    client._resolve(late_answer("r", 1_700_000_000_000, 0.9), 11, partition=0)
+    assert client._given_up == {}
+    assert not client.submit({"f": 999.0}, request_id="r").done()
+
+
+class _FlushFails(_Unsent):
+    """A producer whose flush reports another thread's record unacknowledged, as librdkafka's
+    flush (it waits for the whole queue) does when one partition has no leader."""
+
+    def flush(self, _timeout: float) -> int:
+        from services.core.errors import DeliveryFailed
+
+        raise DeliveryFailed("1 records not acknowledged", retriable=True)
+
+
+def test_score_returns_its_answer_whatever_other_threads_records_wait_for() -> None:
+    """score() flushed the shared producer: with another thread's record unacknowledged it waited
+    out its whole answer wait and raised DeliveryFailed, though its own answer had come (a review)."""
+    client = bare_client((0,))
+    client._producer, client._turn, client._wait_when_full = _FlushFails(), itertools.count(), True  # type: ignore[assignment]
+    client.answer_wait_s = 30.0
+    client._pick_partition = lambda: 0  # type: ignore[method-assign]
+    sent = threading.Event()
+    original = client.submit
+
+    def submit(*args: Any, **kwargs: Any) -> Future[Answer]:
+        future = original(*args, **kwargs)
+        sent.set()
+        return future
+
+    client.submit = submit  # type: ignore[method-assign]
+
+    def answer_it() -> None:
+        sent.wait(30)
+        client._resolve(answer(next(iter(client._pending))), 10, partition=0)
+
+    threading.Thread(target=answer_it, daemon=True).start()
+    assert client.score({"f": 1.0}).score == 0.5
+
+
+def test_a_future_cancelled_by_its_caller_leaves_no_waiter() -> None:
+    """Cancelled without `abandon`, its waiter stayed until an answer came, which may be never."""
+    client = bare_client((0,))
+    client._producer, client._turn, client._wait_when_full = _Unsent(), itertools.count(), True  # type: ignore[assignment]
+    future = client.submit({"f": 1.0}, request_id="r")
+    assert future.cancel()
+    assert client._pending == {} and list(client._given_up) == ["r"]
+
+
+class _BusyConsumer:
+    """A consumer whose consume() is held (an answer's callback of the caller's, a rebalance)
+    until `release` is set; it records whether it was closed and whether that was under a consume."""
+
+    def __init__(self) -> None:
+        self.inside, self.release = threading.Event(), threading.Event()
+        self.consuming = False
+        self.closed_while_consuming: bool | None = None
+
+    def consume(self, _n: int, _timeout: float) -> list[Any]:
+        self.consuming = True
+        self.inside.set()
+        self.release.wait(30)
+        self.consuming = False
+        return []
+
+    def close(self) -> None:
+        self.closed_while_consuming = self.consuming
+
+
+class _Closable(_Unsent):
+    def close(self, _timeout: float) -> None:
+        return None
+
+    def pending(self) -> int:
+        return 0
+
+
+def test_close_leaves_the_consumer_to_a_reader_still_inside_consume(monkeypatch: pytest.MonkeyPatch) -> None:
+    """close() waited 5 s for the reader, then closed the consumer under the consume() it was still
+    in (a crash in confluent-kafka's binding); the reader now closes it as its loop ends."""
+    import services.client.client as module
+
+    monkeypatch.setattr(module, "READER_JOIN_S", 0.1)
+    client = bare_client((0,))
+    consumer = _BusyConsumer()
+    client._producer, client._consumer = _Closable(), consumer  # type: ignore[assignment]
+    client._closed_from_reader, client._reader_done = False, False
+    client._reader = threading.Thread(target=client._read_answers, daemon=True)
+    client._reader.start()
+    assert consumer.inside.wait(30)
+    assert client.close() == 0
+    assert consumer.closed_while_consuming is None  # not closed by close()
+    consumer.release.set()
+    client._reader.join(30)
+    assert consumer.closed_while_consuming is False  # closed by the reader, after its consume
+
+
+def test_send_prints_the_answers_that_came_when_the_client_stops_midway(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reader stopping during a send: submit raised, and the answers already in were never
+    printed, nor the summary; every failure was said to be 'not sent' (a review)."""
+    from services.cli import send as send_module
+    from services.core.errors import BrokerError
+
+    client = bare_client((0,))
+
+    class AnswersAtOnce(_Closable):
+        def produce(self, _topic: str, _value: bytes, key: bytes, **_kwargs: Any) -> None:
+            client._resolve(answer(key.decode()), 100, partition=0)  # a fast rendezvous
+
+        def flush(self, _timeout: float = 30.0) -> None:
+            return None
+
+    picks = itertools.count()
+
+    def pick() -> int:
+        if next(picks) == 2:  # the third request: the reader has just stopped
+            client._reader_ended("stopped reading answers: boom", BrokerError("the client stopped reading answers"))
+        return 0
+
+    client._producer = AnswersAtOnce()  # type: ignore[assignment]
+    client._pick_partition = pick  # type: ignore[method-assign]
+    rows = _send_through(client, 1.0, 4, tmp_path, monkeypatch)
+    with pytest.raises(BrokerError, match=r"^1 of 4 requests failed: this client stopped reading answers: boom; "
+                       r"1 of 4 requests were not sent: the client could send no more$"):
+        send_module.send(send_module.SendSettings(bootstrap="localhost:9092", file=str(rows)))
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 2 and "2 answers: 2 OK" in err
