@@ -219,12 +219,32 @@ def check_log_readable(settings: ReplaySettings) -> None:
     partition_counts(settings.librdkafka(), [settings.topics().log], settings.connect_timeout_s)
 
 
+def check_name_free(settings: ReplaySettings) -> None:
+    """A --name of a live model (one that publishes its contract) is refused before the scoring:
+    found in the log only after it, it threw hours of a real model's work away. A name that is in
+    the log but no longer published is still found there."""
+    from services.core.errors import RendezvousError
+    from services.core.model_info import read_model_infos
+
+    if not settings.name:
+        return
+    try:
+        live = read_model_infos(settings.librdkafka(), settings.topics().models, timeout_s=settings.connect_timeout_s)
+    except RendezvousError as err:  # a check ahead of the one on the log: never a reason to stop
+        log.debug("models topic not read: %s", err)
+        return
+    if settings.name in live:
+        raise ConfigError(f"--name {settings.name}: a live model has that name, and the log holds its outputs; give "
+                          "the replayed model a name of its own")
+
+
 def replay(
     settings: ReplaySettings, requests: Iterable[bytes | None] | None = None, progress: Progress = _quiet
 ) -> ReplayResult:
     """Score the recorded requests and build the report (the CLI prints it)."""
     started = time.perf_counter()
     check_log_readable(settings)
+    check_name_free(settings)
     model = load_model(settings.model, trust_model_file=settings.trust_model_file)
     name = settings.name or f"{model.name}-replay"
     values = requests if requests is not None else recorded_requests(settings)

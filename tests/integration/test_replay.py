@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from services.cli.replay import ReplaySettings, replay
 from services.client.client import Client, make_request
 from services.compare_report.summary import ModelSummary, Report
 from services.core.codec import codec
+from services.core.errors import ConfigError
 from services.core.settings import Topics
 from services.decoy.service import Decoy
 from services.decoy.settings import DecoySettings
@@ -67,6 +69,14 @@ def test_replay_from_the_archive_gives_the_same_report_as_from_the_topic(
     by_id = {a.request_id: a.label for a in answers}
     expected = np.mean([p.label == by_id[a.request_id] for p, a in zip(challenger, answers, strict=True)])
     assert row_of(from_topic.report, "challenger-replay").agreement == pytest.approx(expected, abs=1e-12)
+    # A live model's name is refused before a request is read or scored (it was found in the log
+    # only after the scoring, hours of a real model's work thrown away).
+    def never() -> Iterator[bytes | None]:
+        raise AssertionError("a request was read before --name was checked")
+        yield b""
+
+    with pytest.raises(ConfigError, match=r"^--name champion: a live model has that name"):
+        replay(ReplaySettings(**common, name="champion"), requests=never())
 
 
 def test_replay_of_100k_recorded_requests_matches_direct_scoring(
