@@ -224,10 +224,18 @@ class ArchiveWriter:
             self._lock.close()  # lets the lock go (a process that ends lets it go too)
 
     def _open(self) -> None:
-        self._seq += 1
-        name = f"requests-{int(time.time() * 1000)}-{self._seq:04d}.avro"
-        path = self.directory / (name + PART)
-        self._file = path.open("wb")
+        # The sequence restarts with each process: after a clock step back onto the same
+        # millisecond, the seal's rename would have replaced a sealed file, its records lost.
+        while True:
+            self._seq += 1
+            name = f"requests-{int(time.time() * 1000)}-{self._seq:04d}.avro"
+            path = self.directory / (name + PART)
+            if not (self.directory / name).exists():
+                break
+        self._file = path.open("xb")
+        # The new name must survive a crash before its records' offsets are committed (the file's
+        # own fsync does not make its directory entry durable).
+        _sync_directory(self.directory)
         self._writer = Writer(self._file, self._schema, codec=self.codec)
         self._stats = FileStats(name)
         self._opened_at = time.monotonic()
@@ -471,6 +479,9 @@ def check_archive(directory: Path) -> list[str]:
         raise ConfigError(f"{directory}: " + ("is not a directory" if directory.exists() else "no such directory"))
     open_files = sorted(path.name for path in directory.glob("requests-*.avro.part"))
     if not (directory / MANIFEST).exists():
+        if _unlisted(directory, set()):
+            raise ConfigError(f"{directory}: no {MANIFEST} yet (its first write failed: a full disk?); the decoy "
+                              "writes it, with the sealed files in it, at its next start")
         if open_files:
             raise ConfigError(f"{directory}: the decoy has sealed no file yet (it seals one every --roll-seconds "
                               f"or --roll-mb; {open_files[0]} is being written): nothing to read before that")

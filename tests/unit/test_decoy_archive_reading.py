@@ -6,6 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from services.core.errors import ConfigError
 from services.decoy import archive
 from services.decoy.archive import ArchiveWriter, iter_archive
 
@@ -111,3 +114,23 @@ def test_a_manifest_naming_a_file_outside_the_archive_or_without_its_sha256_is_r
         manifest.write_text(json.dumps({**good, "files": [{**good["files"][0], **change}]}))
         with pytest.raises(ConfigError, match=said):
             list(iter_archive(tmp_path))
+
+
+def test_a_file_name_taken_again_after_a_clock_step_back_does_not_replace_the_sealed_one(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Names are the wall clock's millisecond and a sequence that restarts with each process: two
+    runs on the same millisecond (a clock stepped back) sealed the second file over the first."""
+    monkeypatch.setattr(archive.time, "time", lambda: 1_700_000_000.0)
+    archive_of(tmp_path, rows(range(0, 10), 1_000, b"a"), rows(range(10, 20), 1_000, b"b"))
+    assert [r["offset"] for r in iter_archive(tmp_path)] == list(range(20))
+    assert len(list(tmp_path.glob("requests-1700000000000-*.avro"))) == 2
+
+
+def test_sealed_files_without_a_manifest_are_said_as_such_not_as_no_archive(tmp_path: Path) -> None:
+    """The first manifest write failed (a full disk): 'not a decoy archive' sent people looking for
+    another directory."""
+    archive_of(tmp_path, rows(range(0, 10), 1_000, b"a"))
+    (tmp_path / archive.MANIFEST).unlink()
+    with pytest.raises(ConfigError, match=r"no manifest\.json yet \(its first write failed: a full disk\?\)"):
+        archive.check_archive(tmp_path)
