@@ -588,3 +588,34 @@ def test_send_prints_the_answers_that_came_when_the_client_stops_midway(
         send_module.send(send_module.SendSettings(bootstrap="localhost:9092", file=str(rows)))
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 2 and "2 answers: 2 OK" in err
+
+
+def test_a_client_that_fails_to_start_closes_the_kafka_clients_it_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The end of the reply partition not read (a broker gone at start): the producer and the
+    consumer made before it were left open, their threads and sockets for the process's life."""
+    import services.client.client as module
+    from services.core.errors import BrokerError
+
+    closed: list[str] = []
+
+    class Made:
+        def __init__(self, *_args: Any, **_kwargs: Any) -> None:
+            self.kind = type(self).__name__
+
+        def close(self, *_args: Any) -> None:
+            closed.append(self.kind)
+
+    class Producer(Made): ...
+
+    class Consumer(Made): ...
+
+    def no_end(_self: Client, _partition: int) -> None:
+        raise BrokerError("cannot read the end of rdv.replies[0]")
+
+    monkeypatch.setattr(module, "partition_counts", lambda *_args: {"rdv.requests": 1, "rdv.replies": 1})
+    monkeypatch.setattr(module, "Producer", Producer)
+    monkeypatch.setattr(module, "Consumer", Consumer)
+    monkeypatch.setattr(Client, "_start_reading", no_end)
+    with pytest.raises(BrokerError, match="cannot read the end"):
+        Client({"bootstrap.servers": "localhost:9092"}, Topics.from_prefix("rdv."))
+    assert sorted(closed) == ["Consumer", "Producer"]
