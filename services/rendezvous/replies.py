@@ -35,14 +35,20 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaError, KafkaException
 
 from services.core.kafka import admin
+from services.core.rate_limit import OncePerPeriod
 from services.core.settings import Topics, legal_topic
 from services.rendezvous import metrics as m
 
 log = logging.getLogger(__name__)
 
 VERDICT_TTL_S = 30.0
-MAX_TOPICS = 1_000  # verdicts remembered
-MAX_WAITING = 10_000  # replies waiting for a verdict, all topics together
+# Verdicts remembered, the least recently used forgotten first; the deployment's replies topic's
+# is never forgotten, nor are its replies counted in MAX_WAITING: a client naming a thousand
+# missing topics pushed it out, and with ten thousand replies waiting for their verdicts, replies
+# to the deployment's own topic were dropped, their requests committed as answered (a review).
+MAX_TOPICS = 1_000
+MAX_WAITING = 10_000  # replies waiting for a verdict, all other topics together
+MISSING_SAID_EVERY_S = 30.0  # one line for a missing return address, with how many were held back
 UNKNOWN = -1  # a partition count the broker could not give (it is away): ask again
 RECHECK_S = 1.0
 
@@ -93,7 +99,8 @@ class ReplyRouter:
         self._checking: dict[str, Future[int]] = {}
         self._recheck_at: dict[str, float] = {}  # topics whose question went unanswered -> when to ask again
         self._waiting: dict[str, deque[tuple[int | None, bytes, bytes, Pending]]] = {}
-        self._waiting_count = 0
+        self._waiting_count = 0  # of topics other than the deployment's replies topic
+        self._missing_said = OncePerPeriod[str](MISSING_SAID_EVERY_S)
         self.unacked = 0  # replies accepted and not yet acknowledged (a drain waits for them)
 
     def send(self, topic: str, partition: int | None, key: bytes, value: bytes, receipt: Pending) -> None:
@@ -128,8 +135,10 @@ class ReplyRouter:
                 self._recheck_at[topic] = time.monotonic() + RECHECK_S
                 continue
             self._remember(topic, count)
-            for partition, key, value, receipt in self._waiting.pop(topic, deque()):
-                self._waiting_count -= 1
+            waited = self._waiting.pop(topic, deque())
+            if topic != self._rules.replies:
+                self._waiting_count -= len(waited)
+            for partition, key, value, receipt in waited:
                 self._deliver(topic, count, partition, key, value, receipt)
         if self._recheck_at:
             now = time.monotonic()
@@ -174,6 +183,7 @@ class ReplyRouter:
         cached = self._verdicts.get(topic)
         if cached is None:
             return None
+        self._verdicts.move_to_end(topic)  # in use: the last to be forgotten
         if time.monotonic() - cached[1] < VERDICT_TTL_S:
             return cached[0]
         if cached[0] == 0:
@@ -182,11 +192,14 @@ class ReplyRouter:
         return cached[0]
 
     def _wait_for_verdict(self, topic: str, partition: int | None, key: bytes, value: bytes, receipt: Pending) -> None:
-        if self._waiting_count >= MAX_WAITING:
-            self._drop(receipt, "too_many_unchecked")
-            return
+        # The deployment's own replies wait whatever else does: they are bounded by the open
+        # requests (each reply is its request's), and waiting is rare (at start, after a failure).
+        if topic != self._rules.replies:
+            if self._waiting_count >= MAX_WAITING:
+                self._drop(receipt, "too_many_unchecked")
+                return
+            self._waiting_count += 1
         self._waiting.setdefault(topic, deque()).append((partition, key, value, receipt))
-        self._waiting_count += 1
         if topic not in self._recheck_at:  # else poll() asks again when it is time
             self.check_now(topic)
 
@@ -195,9 +208,16 @@ class ReplyRouter:
         verdicts[topic] = (count, time.monotonic())
         verdicts.move_to_end(topic)
         while len(verdicts) > MAX_TOPICS:
-            verdicts.popitem(last=False)
+            oldest = next(iter(verdicts))
+            if oldest == self._rules.replies:
+                verdicts.move_to_end(oldest)
+            else:
+                del verdicts[oldest]
         if count == 0:
-            log.warning("return address %s does not exist; its answers go to the answers topic only", topic)
+            held = self._missing_said.passes("missing")  # a client may name a new one every request
+            if held is not None:
+                more = f" ({held.lines} more missing in the last {held.seconds:.0f} s)" if held.lines else ""
+                log.warning("return address %s does not exist; its answers go to the answers topic only%s", topic, more)
 
     @property
     def checking(self) -> int:

@@ -191,3 +191,31 @@ def test_a_topic_is_missing_only_when_the_broker_says_so_and_a_passing_error_is_
     assert r.partition_count(metadata(0, KafkaError.TOPIC_AUTHORIZATION_FAILED)) == 0
     assert r.partition_count(metadata(0, KafkaError.LEADER_NOT_AVAILABLE)) == r.UNKNOWN
     assert r.partition_count(metadata(0, KafkaError._TIMED_OUT)) == r.UNKNOWN
+
+
+def test_a_flood_of_missing_return_addresses_neither_forgets_nor_drops_the_deployments_replies(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client naming more missing topics than verdicts are kept pushed the replies topic's out;
+    with the waiting replies at their cap, replies to the deployment's own topic were dropped as
+    too_many_unchecked, their requests committed as answered (a review). One warning line said each
+    missing topic."""
+    monkeypatch.setattr(r, "MAX_TOPICS", 20)
+    monkeypatch.setattr(r, "MAX_WAITING", 50)
+    broker = Broker({TOPICS.replies: 4})
+    out = router(broker)
+    out.check_now(TOPICS.replies)
+    settle(out)
+    for i in range(30):  # more missing topics than verdicts are kept
+        out.send(f"t.replies.gone{i}", None, b"x", b"v", Receipt())
+    settle(out)
+    assert out._known(TOPICS.replies) == 4
+    warnings = [rec for rec in caplog.records if "does not exist" in rec.getMessage()]
+    assert len(warnings) == 1  # and the next one, 30 s on, says how many were held back
+    out.forget(TOPICS.replies)  # a failed delivery: its next replies wait for a fresh verdict
+    for i in range(50):  # the waiting replies of other topics at their cap
+        out.send(f"t.replies.new{i}", None, b"x", b"v", Receipt())
+    mine = Receipt()
+    out.send(TOPICS.replies, 0, b"r1", b"answer", mine)
+    settle(out)
+    assert (TOPICS.replies, 0, b"r1") in broker.sent and mine.unacked == 1
