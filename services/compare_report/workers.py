@@ -5,17 +5,24 @@ process reads its own partitions into its own `Columns`, which are pickled back 
 `array.array` pickles as raw bytes) and merged. Processes are *spawned*, not forked: the parent
 may hold librdkafka and progress-bar threads, which a fork would copy in an unknown state.
 Progress comes back through one shared counter per worker, polled by the parent.
+
+The workers stop with the read: a worker's failure, or the command stopped (Ctrl-C, SIGTERM),
+terminates the others at once, and a parent killed outright takes them with it. With a
+ProcessPoolExecutor a stopped `compare` waited for every worker to read its partitions to the
+end, and the first worker's error waited for the others (a review).
 """
 
 from __future__ import annotations
 
 import multiprocessing
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from collections.abc import Callable
+from multiprocessing.pool import AsyncResult
 from typing import Any
 
 from services.compare_report.columns import Columns
 from services.compare_report.reader import Progress, read_partitions
 from services.core.codec import codec
+from services.core.runtime import die_with_parent
 from services.core.topic_range import PartitionSpan
 
 POLL_S = 0.2
@@ -33,7 +40,12 @@ def split(spans: list[PartitionSpan], workers: int) -> list[list[PartitionSpan]]
     return [g for g in groups if g]
 
 
+Part = tuple[Columns, int]
+Reader = Callable[[int, dict[str, Any], str, list[PartitionSpan]], Part]
+
+
 def _init(counters: list[Any], schema_registry: str) -> None:
+    die_with_parent()  # a parent killed outright (SIGKILL) runs no clean-up: its workers read on
     _counters[:] = counters
     if schema_registry:
         # Registry-framed records are looked up in each process: the parent's lookups are not
@@ -44,7 +56,7 @@ def _init(counters: list[Any], schema_registry: str) -> None:
         codec("comparison").read_registry_ids(IdLookup(SchemaRegistry(schema_registry)))
 
 
-def _read(index: int, config: dict[str, Any], topic: str, spans: list[PartitionSpan]) -> tuple[Columns, int]:
+def _read(index: int, config: dict[str, Any], topic: str, spans: list[PartitionSpan]) -> Part:
     counter = _counters[index]
 
     def progress(n: int) -> None:
@@ -56,18 +68,19 @@ def _read(index: int, config: dict[str, Any], topic: str, spans: list[PartitionS
 
 def read_parallel(
     config: dict[str, Any], topic: str, spans: list[PartitionSpan], workers: int, progress: Progress | None = None,
-    schema_registry: str = "",
-) -> tuple[Columns, int]:
+    schema_registry: str = "", read: Reader = _read,
+) -> Part:
     """Columns of every span, read by up to `workers` processes; returns (columns, skipped).
-    `schema_registry`: where registry-framed records' schemas are looked up (--schema-registry)."""
+    `schema_registry`: where registry-framed records' schemas are looked up (--schema-registry);
+    `read`: what each worker runs (a module-level function: it is found by name in the worker)."""
     groups = split(spans, workers)
     context = multiprocessing.get_context("spawn")
     counters = [context.Value("q", 0, lock=False) for _ in groups]
-    with ProcessPoolExecutor(len(groups), mp_context=context, initializer=_init,
-                             initargs=(counters, schema_registry)) as pool:
-        futures = [pool.submit(_read, i, config, topic, group) for i, group in enumerate(groups)]
-        _follow(futures, counters, progress)
-        parts = [f.result() for f in futures]  # raises the first worker's error, as one line in the CLI
+    # Leaving the block, however, terminates the workers still reading.
+    with context.Pool(len(groups), initializer=_init, initargs=(counters, schema_registry)) as pool:
+        results = [pool.apply_async(read, (i, config, topic, group)) for i, group in enumerate(groups)]
+        _follow(results, counters, progress)  # raises the first worker's error, as one line in the CLI
+        parts = [result.get() for result in results]
     merged, skipped = parts[0][0], parts[0][1]
     for columns, part_skipped in parts[1:]:
         merged.merge(columns)
@@ -75,15 +88,19 @@ def read_parallel(
     return merged, skipped
 
 
-def _follow(futures: list[Future[tuple[Columns, int]]], counters: list[Any], progress: Progress | None) -> None:
-    """Until every worker is done (or one failed): report the records read since the last look."""
+def _follow(results: list[AsyncResult[Part]], counters: list[Any], progress: Progress | None) -> None:
+    """Until every worker is done: report the records read since the last look; the first
+    failure is raised as soon as it is known, whichever worker's it is."""
     reported = 0
-    pending = set(futures)
-    while pending:
-        done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_EXCEPTION)
-        if any(f.exception() is not None for f in done):
-            return
+    while True:
+        failed = next((r for r in results if r.ready() and not r.successful()), None)
+        if failed is not None:
+            failed.get()  # raises the worker's error
         total = sum(c.value for c in counters)
         if progress is not None and total > reported:
             progress(total - reported)
             reported = total
+        unready = [r for r in results if not r.ready()]
+        if not unready:
+            return
+        unready[0].wait(POLL_S)
