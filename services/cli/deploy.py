@@ -291,6 +291,10 @@ def _deploy(settings: DeploySettings, name: str, console: Console) -> int:
         raise BrokerError(f"{err}: {name}'s {settings.replicas} replica(s) are started (pids {sorted(kept.values())}) "
                           f"and go on starting; logs in {folder}; `rendezvous models` shows when they score, "
                           f"`rendezvous undeploy {name}` stops them") from None
+    except ConfigError as err:  # one replica exited: the others run on, recorded, and that is said too
+        still = sorted(pid for index, pid in kept.items() if index not in started or started[index].poll() is None)
+        raise ConfigError(f"{err}; {name}'s other replicas run on (pids {still}): "
+                          f"`rendezvous undeploy {name}` stops them") from None
     if new_deployment and name != RENDEZVOUS and (settings.start_from == "latest" or settings.start_at):
         # Under earliest nothing is committed at assignment: there is no start to wait for.
         _wait_for_starts(settings, _group(name, settings), waited_until, console,
@@ -491,7 +495,8 @@ def _check_not_preferred(name: str, settings: UndeploySettings, console: Console
     from services.control.topic import ScheduleBook, load_book
 
     state = _state(name)
-    models = [name, *(entry.split("=", 1)[0] for entry in state.get("co_host", []))]
+    # Stripped as `--co-host` reads them: 'challenger =demo:challenger' hosts `challenger`.
+    models = [name, *(entry.split("=", 1)[0].strip() for entry in state.get("co_host", []))]
     control = settings.topics().control
 
     def read(config: dict[str, Any]) -> ScheduleBook:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import html
 import io
 import math
+import os
 import re
 from collections.abc import Callable
 from functools import partial
@@ -50,8 +51,18 @@ pre { color: #555; } .empty { color: #888; }
 def write_html(report: Report, path: str | Path) -> Path:
     """Write the page; `ConfigError` (one line) when the file cannot be written."""
     target = Path(path)
+    page = render_html(report)
     try:
-        target.write_text(render_html(report), encoding="utf-8")
+        if target.exists() and not target.is_file():  # a pipe to a reader, /dev/stdout: written as it is
+            target.write_text(page, encoding="utf-8")
+        else:
+            # Whole or not at all: a write that failed halfway (a full disk) left the last report cut short.
+            part = target.with_name(target.name + ".part")
+            try:
+                part.write_text(page, encoding="utf-8")
+                os.replace(part, target)
+            finally:
+                part.unlink(missing_ok=True)
     except OSError as exc:
         raise ConfigError(f"--html {path}: cannot write the report: {exc.strerror or exc}") from None
     return target

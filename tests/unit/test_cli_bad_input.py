@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -514,26 +516,82 @@ def test_a_recorded_pid_now_naming_another_process_is_no_replica(
         other.wait()
 
 
+def _undeploy_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: dict[str, Any], *versions: Any) -> None:
+    """`undeploy champion`'s check against the schedule, for a deployment of `state`; the broker's
+    read is what is replaced: the check itself is the book's."""
+    from services.cli import deploy
+    from services.control.topic import ScheduleBook
+
+    monkeypatch.setenv("RDV_CACHE_DIR", str(tmp_path))
+    path = tmp_path / "deployments" / "champion" / "state.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"name": "champion", "model": "demo:champion", "replicas": {}, **state}))
+    book = ScheduleBook.holding(*versions)
+    monkeypatch.setattr(deploy, "_read_from_broker", lambda _settings, _console, _read: book)
+    deploy._check_not_preferred("champion", deploy.UndeploySettings(), Console())
+
+
 def test_undeploy_refuses_the_model_the_version_in_force_answers_with_while_a_change_is_pending(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Only the latest version was checked: with a promotion pending for an hour, the champion
-    the version in force answers with was stopped (a review). The broker's read is what is
-    replaced here: the check itself is the book's."""
-    from services.cli import deploy
+    the version in force answers with was stopped (a review)."""
     from services.control.schedule import Schedule
-    from services.control.topic import ScheduleBook
     from services.core.runtime import now_ms
 
-    monkeypatch.setenv("RDV_CACHE_DIR", str(tmp_path))
-    state = tmp_path / "deployments" / "champion" / "state.json"
-    state.parent.mkdir(parents=True)
-    state.write_text(json.dumps({"name": "champion", "model": "demo:champion", "replicas": {}}))
-    book = ScheduleBook.holding(Schedule(models=("champion", "canary"), version=1),
-                                Schedule(models=("challenger", "canary"), version=2, effective_at=now_ms() + 3_600_000))
-    monkeypatch.setattr(deploy, "_read_from_broker", lambda _settings, _console, _read: book)
+    pending = Schedule(models=("challenger", "canary"), version=2, effective_at=now_ms() + 3_600_000)
     with pytest.raises(ConfigError, match=r"champion is what schedule default v1 answers with until the next version"):
-        deploy._check_not_preferred("champion", deploy.UndeploySettings(), Console())
+        _undeploy_check(tmp_path, monkeypatch, {}, Schedule(models=("champion", "canary"), version=1), pending)
+
+
+def test_undeploy_refuses_a_deployment_co_hosting_the_preferred_model_under_a_spaced_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--co-host 'challenger =demo:challenger'` hosts `challenger` (the name is stripped), but the
+    check read 'challenger ' and stopped the model the schedule answers with (a review)."""
+    from services.control.schedule import Schedule
+
+    with pytest.raises(ConfigError, match=r"challenger is what schedule default v1 answers with"):
+        _undeploy_check(tmp_path, monkeypatch, {"co_host": ["challenger =demo:challenger"]},
+                        Schedule(models=("challenger", "champion"), version=1))
+
+
+def test_a_report_page_that_cannot_be_written_whole_leaves_the_last_one_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk halfway through the write left the previous report cut short (a review)."""
+    from services.compare_report import html
+
+    page = tmp_path / "report.html"
+    page.write_text("<html>the last report</html>")
+    real_write = Path.write_text
+
+    def half_then_full(self: Path, text: str, *args: Any, **kwargs: Any) -> int:
+        real_write(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(html, "render_html", lambda _report: "<html>" + "x" * 1000 + "</html>")
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    with pytest.raises(ConfigError, match="cannot write the report: No space left on device"):
+        html.write_html(None, page)  # type: ignore[arg-type]
+    monkeypatch.undo()
+    assert page.read_text() == "<html>the last report</html>" and list(tmp_path.iterdir()) == [page]
+
+
+def _deploy_without_kafka(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`deploy` with its state under `tmp_path` and its questions to the broker answered here."""
+    from services.cli import deploy
+
+    monkeypatch.setenv("RDV_CACHE_DIR", str(tmp_path))
+    for quiet in ("wait_for_broker", "_check_models", "_note_idle_replicas"):
+        monkeypatch.setattr(deploy, quiet, lambda *_args: None)
+    monkeypatch.setattr(deploy, "_committed_before", lambda *_args: False)
+
+
+def _kill_sessions(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def test_a_deploy_that_fails_half_way_leaves_no_replica_running_and_none_unrecorded(
@@ -542,16 +600,12 @@ def test_a_deploy_that_fails_half_way_leaves_no_replica_running_and_none_unrecor
     """Replicas run in sessions of their own, and the state naming them was written only after
     every one was started: a later replica that could not start (or Ctrl-C) left the first ones
     running where `undeploy` could not find them (a review)."""
-    import os
     import signal
     import subprocess
 
     from services.cli import deploy
 
-    monkeypatch.setenv("RDV_CACHE_DIR", str(tmp_path))
-    for quiet in ("wait_for_broker", "_check_models", "_note_idle_replicas"):
-        monkeypatch.setattr(deploy, quiet, lambda *_args: None)
-    monkeypatch.setattr(deploy, "_committed_before", lambda *_args: False)
+    _deploy_without_kafka(tmp_path, monkeypatch)
     started: list[subprocess.Popen[bytes]] = []
 
     def spawn(args: list[str], log_file: Path, env: dict[str, str], *, detached: bool = False) -> object:
@@ -568,9 +622,39 @@ def test_a_deploy_that_fails_half_way_leaves_no_replica_running_and_none_unrecor
         assert [process.wait(timeout=30) for process in started] == [-signal.SIGTERM] * 2
         assert not deploy._state_file("champion").exists()  # a new deployment that did not start: no record
     finally:
-        for process in started:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
+        _kill_sessions(started)
+
+
+def test_a_replica_that_exits_while_the_group_forms_says_the_others_run_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failing replica was said, not that the others ran on, recorded, nor how to stop them
+    (the broker's error path said both; a review)."""
+    import subprocess
+
+    from services.cli import deploy
+
+    _deploy_without_kafka(tmp_path, monkeypatch)
+    started: list[subprocess.Popen[bytes]] = []
+
+    def spawn(args: list[str], log_file: Path, env: dict[str, str], *, detached: bool = False) -> object:
+        command = ["false"] if started else ["sleep", "60"]  # the second replica fails at once
+        started.append(subprocess.Popen(command, start_new_session=detached))
+        return started[-1]
+
+    def forming(*_args: Any, check: Any, **_kwargs: Any) -> None:
+        started[1].wait(30)
+        check()  # as wait_for_groups calls it while the group forms
+
+    monkeypatch.setattr(deploy, "spawn", spawn)
+    monkeypatch.setattr(deploy, "wait_for_groups", forming)
+    try:
+        with pytest.raises(ConfigError) as refused:
+            deploy.cmd_deploy(DeploySettings(model="demo:champion", replicas=2), "champion", Console())
+        assert re.fullmatch(rf"replica 1 exited \(1\): no output .*; champion's other replicas run on \(pids "
+                            rf"\[{started[0].pid}\]\): `rendezvous undeploy champion` stops them", str(refused.value))
+    finally:
+        _kill_sessions(started)
 
 
 def test_deploys_and_undeploys_of_one_deployment_wait_for_each_other(
