@@ -298,7 +298,9 @@ class ComparisonService(SimpleHandler, Probed):
         if labels not in self._touched:
             self._touched.add(labels)
             m.touch_model(*labels)
-        if len(self._series) < 64 * self.settings.max_models:  # a flood of names takes the slow path
+        # A flood of names takes the slow path, and so does a name too long to be a label: kept as
+        # a key, 3,200 names of 200 kB (anyone may write the log) held 640 MB for good (a review).
+        if len(self._series) < 64 * self.settings.max_models and max(map(len, raw)) <= m.MAX_LABEL_CHARS:
             self._series[raw] = labels
         return labels
 

@@ -241,3 +241,14 @@ def test_a_batch_with_a_record_that_repeats_a_model_is_left_to_the_record_path_w
     with pytest.raises(DecodeFailed, match="'challenger' has more than one output"):
         validate(repeated, BASE_MS * 2)
     validate(records[6], BASE_MS * 2)  # its neighbours are valid
+
+
+def test_names_too_long_to_be_labels_are_not_kept_as_keys() -> None:
+    """The cache of (model, version) -> labels kept every raw name, 200 kB ones too, until the label
+    budget was full, which a few real models never fill: 300 records held 60 MB for good (a review)."""
+    svc = service("", 50)
+    long_name = "x" * 200_000
+    svc._series_labels("champion", "v1")
+    assert svc._series_labels(long_name, "v1") == (m.OTHER, m.OTHER)
+    assert svc._series_labels("challenger", "y" * 200_000) == ("challenger", m.OTHER)
+    assert list(svc._series) == [("champion", "v1")]
