@@ -121,8 +121,10 @@ def _predict(model: Model, matrix: Any, probe: bool = True) -> list[_Output]:
             raise ValueError(f"model returned {len(predictions)} outputs for {len(matrix)} inputs")
     # A model may raise anything; it is that request's error, never the worker's end. Several rows
     # are tried again in halves down to single rows, so only the guilty ones fail and a request's
-    # score never depends on its batch: one hostile row in 256 costs ~16 calls, not 257.
-    except Exception as exc:  # noqa: BLE001
+    # score never depends on its batch: one hostile row in 256 costs ~16 calls, not 257. SystemExit
+    # too (a model's sys.exit() or argparse ended the worker, and its restart read the batch again);
+    # a KeyboardInterrupt is this process being stopped, and goes on.
+    except (Exception, SystemExit) as exc:  # noqa: BLE001
         if len(matrix) == 1:
             return [(None, _described(exc))]
         if probe:

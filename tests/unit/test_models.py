@@ -178,6 +178,25 @@ def test_missing_features_are_an_error_never_imputed() -> None:
         model.predict(features_to_matrix(rows, model.feature_names))
 
 
+def test_a_model_that_calls_sys_exit_fails_its_rows_not_the_worker() -> None:
+    """SystemExit is no Exception: a model's sys.exit() (or an argparse inside it) ended the worker,
+    and its restart read the batch, and ended, again (a review)."""
+    champion = load_model("demo:champion")
+
+    class Exits:
+        name, version, feature_names, signature = "exits", "1", champion.feature_names, None
+
+        def predict(self, matrix: Any) -> list[Any]:
+            if (matrix[:, 0] > 15).any():
+                raise SystemExit(2)
+            return champion.predict(matrix)
+
+    rows = demo_rows(20, seed=8)
+    results = score_batch(Exits(), rows)  # type: ignore[arg-type]
+    assert [r.error for r in results] == ["SystemExit: 2" if r["mean_radius"] > 15 else None for r in rows]
+    assert any(r.error for r in results) and any(r.error is None for r in results)
+
+
 def test_wrong_batch_shape_is_a_value_error() -> None:
     model = load_model("demo:champion")
     with pytest.raises(ValueError, match=r"shape \(n, 30\)"):
@@ -542,6 +561,14 @@ def test_onnx_outputs_not_one_value_a_row_are_refused_at_load(tmp_path: Path) ->
     with pytest.raises(ModelSpecError, match=r"output 'probabilities' gives shape \(2, 3\) for 3 rows, not "
                                              r"\(rows, classes\)"):
         load_model(str(transposed))
+    # Three classes, class-major: (3, n) has 3 rows for a probe of 3 rows; the probe of 5 tells.
+    three = [_matmul(), helper.make_node("Slice", ["Z", "starts", "ends", "axes"], ["S"]),
+             helper.make_node("Concat", ["Z", "S"], ["C"], axis=1),
+             helper.make_node("Transpose", ["C"], ["probabilities"])]
+    three_classes = _graph(tmp_path, "three", three, ["N", 4], [("probabilities", [3, "N"])],
+                           extra={"starts": [0], "ends": [1], "axes": [1]})
+    with pytest.raises(ModelSpecError, match=r"output 'probabilities' gives shape \(3, 5\) for 5 rows"):
+        load_model(str(three_classes))
     softmax = _graph(tmp_path, "softmax", [_matmul(), helper.make_node("Softmax", ["Z"], ["output"], axis=1)],
                      ["N", 4], [("output", ["N", 2])])
     with pytest.raises(ModelSpecError, match=r"output 'output' gives shape \(3, 2\) for 3 rows, not one value a row"):

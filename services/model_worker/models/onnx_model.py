@@ -44,7 +44,10 @@ ONNX_INSTALL_HINT = "install the onnx extra: pip install 'rendezvous-serving[onn
 # The input types a model's features are fed as, by the name onnxruntime gives them.
 _INPUT_TYPES: dict[str, type[np.floating[Any]]] = {"tensor(float)": np.float32, "tensor(double)": np.float64}
 _PROBABILITY_SLACK = 1e-6  # float32 rounding of a softmax may step this far outside [0, 1]
-_PROBE_ROWS = 3  # rows run at load: 3 tells an (n, 2) output from a class-major (2, n) one
+# Rows run at load, twice: an output must follow the row count. One run of 3 told an (n, 2) output
+# from a class-major (2, n) one, but took a 3-class (3, n) one for (n, 3): loaded, it scored every
+# batch of 3 with other rows' probabilities and failed every other batch (a review).
+_PROBE_ROWS = (3, 5)
 
 
 class OnnxModel:
@@ -120,10 +123,14 @@ class OnnxModel:
         self._probe(where, len(names), dtype)
 
     def _probe(self, where: str, features: int, dtype: type[np.floating[Any]]) -> None:
-        """Run _PROBE_ROWS rows of zeros; a one-line error if the graph cannot take them or its
-        outputs are not one value (or one row of class probabilities) per row."""
+        """Run rows of zeros (each count of _PROBE_ROWS); a one-line error if the graph cannot take
+        them or its outputs are not one value (or one row of class probabilities) per row."""
+        for rows in _PROBE_ROWS:
+            self._probe_rows(where, features, dtype, rows)
+
+    def _probe_rows(self, where: str, features: int, dtype: type[np.floating[Any]], rows: int) -> None:
         try:
-            results = self._run(np.zeros((_PROBE_ROWS, features), dtype=dtype))
+            results = self._run(np.zeros((rows, features), dtype=dtype))
         except Exception as err:
             self._session = None
             raise ModelSpecError(f"{where}: rows of {features} features, as the sidecar lists them, do not run "
@@ -131,10 +138,10 @@ class OnnxModel:
                                  "list the graph's input columns?") from err
         try:
             if self._prob_output is not None:
-                _probability_rows(results[self._prob_output], _PROBE_ROWS, self._prob_output)
+                _probability_rows(results[self._prob_output], rows, self._prob_output)
             for output in (self._label_output, self._value_output):
                 if output is not None:
-                    _one_per_row(results[output], _PROBE_ROWS, output)
+                    _one_per_row(results[output], rows, output)
         except ValueError as err:
             self._session = None
             raise ModelSpecError(f"{where}: {err}: a score is one value a row (a class-probability output, named "
