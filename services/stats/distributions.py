@@ -258,8 +258,10 @@ def _constant(m2: float, mean: float, n: int) -> bool:
 
 # Distinct (champion label, model label) pairs counted one by one, at most; later new pairs are
 # counted together as OTHER_LABELS (agreeing) or (OTHER_LABELS, DIFFERENT_LABELS): agreement stays
-# exact, and a model that puts an id in its label cannot grow memory with every request.
-MAX_LABEL_PAIRS = 4096
+# exact, and a model that puts an id in its label cannot grow memory with every request. 512: a
+# 22-class model's whole confusion; kept per model and time bucket, 4,096 made ten challengers
+# labelling with ids hold 95 MB and took 3.3 s of the poll loop per export (every 5 s; a review).
+MAX_LABEL_PAIRS = 512
 OTHER_LABELS = "(other labels)"
 DIFFERENT_LABELS = "(other, different labels)"
 # A label longer than this is counted among the other labels too: 4,096 pairs of 20 kB labels kept
