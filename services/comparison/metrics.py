@@ -165,10 +165,13 @@ class LabelBudget:
     places: the service gives back, when the budget is full, those no longer in its window (so
     one forged record of 50 names does not count every model as 'other' for good); and versions
     `forget_versions`, when the version budget is full, those without an output for a window.
+    The names the service was told (--champion, --canary) always keep theirs: a flood of forged
+    names right after a start counted them as 'other' until their places were given back.
     """
 
-    def __init__(self, max_models: int):
+    def __init__(self, max_models: int, reserved: tuple[str, ...] = ()):
         self.max_models = max_models
+        self._reserved = frozenset(name for name in reserved if name and name != OTHER and len(name) <= MAX_LABEL_CHARS)
         self._models: set[str] = set()
         self._versions: set[tuple[str, str]] = set()
         self._warned = False
@@ -176,7 +179,8 @@ class LabelBudget:
     def model(self, name: str) -> str:
         if name in self._models:
             return name
-        if len(self._models) < self.max_models and name != OTHER and len(name) <= MAX_LABEL_CHARS:
+        if name in self._reserved or (len(self._models) < self.max_models and name != OTHER
+                                      and len(name) <= MAX_LABEL_CHARS):
             self._models.add(name)
             return name
         if not self._warned:

@@ -78,7 +78,7 @@ class ComparisonService(SimpleHandler, Probed):
         self.topics = settings.topics()
         self.processed = 0
         self._start_empty()
-        self._labels = m.LabelBudget(settings.max_models)
+        self._labels = m.LabelBudget(settings.max_models, (settings.champion, settings.canary))
         self._touched: set[tuple[str, str]] = set()
         self._last_output: dict[tuple[str, str], float] = {}  # series labels -> when last counted (monotonic)
         self._counted_to: dict[int, int] = {}  # partition -> the offset its counters counted up to, when re-read

@@ -252,3 +252,12 @@ def test_names_too_long_to_be_labels_are_not_kept_as_keys() -> None:
     assert svc._series_labels(long_name, "v1") == (m.OTHER, m.OTHER)
     assert svc._series_labels("challenger", "y" * 200_000) == ("challenger", m.OTHER)
     assert list(svc._series) == [("champion", "v1")]
+
+
+def test_the_champion_and_canary_named_at_start_keep_their_labels_past_a_flood_of_names() -> None:
+    """First come, first labelled: forged names right after a start took every place, and the
+    --champion the service was told of was counted as 'other' until places were given back."""
+    budget = m.LabelBudget(2, ("champion", "canary"))
+    assert [budget.model(name) for name in ("forged-1", "forged-2", "forged-3")] == ["forged-1", "forged-2", m.OTHER]
+    assert budget.model("champion") == "champion" and budget.model("canary") == "canary"
+    assert budget.model("forged-4") == m.OTHER and budget.full
