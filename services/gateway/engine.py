@@ -175,6 +175,10 @@ class Gateway:
                 answers = await self._via_schedule(ids, rows, budget, metadata)
             else:
                 answers = await self._via_model(target, ids, rows, budget, metadata)
+        except Exception as exc:
+            if getattr(exc, "nothing_sent", False):  # the rows' tokens too, as `spending` gives the call's
+                self.row_limit.give_back(caller, len(rows))
+            raise
         finally:
             self.rows_in_flight -= len(rows)
             m.ROWS_IN_FLIGHT.set(self.rows_in_flight)

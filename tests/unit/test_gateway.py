@@ -933,6 +933,36 @@ def test_a_call_whose_first_row_the_kafka_client_refuses_keeps_its_reason_and_ge
         _admit(gateway)
 
 
+def test_a_call_the_kafka_client_refuses_whole_gives_its_rows_tokens_back_too() -> None:
+    """The call's token came back, its rows' did not: two calls of 400 rows refused for the client's
+    full queue, a burst of 1,000 rows, and the third call got 429 'retry in 200 s' (a review)."""
+    from services.control.schedule import Schedule
+    from services.core.errors import KafkaOperationError
+    from services.gateway.catalog import SCHEDULE, Target
+    from services.gateway.oip import InferCall
+    from services.gateway.settings import GatewaySettings
+
+    gateway = _gateway_without_kafka(GatewaySettings(rate_limit=1.0, rate_burst=50, rate_limit_rows=0.001,
+                                                     rate_burst_rows=1000))
+    target = Target("default", SCHEDULE, "1", ("1",), None, Schedule(models=("champion",)))
+    gateway.catalog.resolve, gateway.catalog.check_features = (lambda *_args: target), (lambda *_args: None)
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise KafkaOperationError("produce to rdv.requests refused: the client's local queue is full")
+
+    gateway.client.submit, gateway.client.abandon = refuse, lambda *_args: None
+    call = InferCall("", (Tensor("x", "FP64", (400,), [1.0] * 400),), (), {})
+
+    async def one() -> None:
+        with gateway.spending("anonymous"):
+            await gateway.infer("default", "", call, "anonymous")
+
+    for _ in range(4):
+        with pytest.raises(KafkaOperationError, match="local queue is full"):
+            asyncio.run(one())
+    assert gateway.row_limit._buckets["anonymous"][0] == pytest.approx(1000, abs=1)
+
+
 class EndsMidBody:
     """A request whose body stops after 12 bytes; `closed_by`: what the REST guard marked in its scope."""
 
