@@ -204,8 +204,11 @@ class GatewayService:
         if gateway.rows_in_flight:
             log.warning("draining: %d rows still waiting after %.0fs; failing them with 503",
                         gateway.rows_in_flight, self.settings.drain_timeout_s)
-            gateway.client.fail_all(Unavailable("this gateway is shutting down; the request was sent and "
-                                                "will be answered on the Kafka side, retry to get the answer"))
+            # A retry gets the same answer only as a call to the schedule under the same `id`: without
+            # one, or to one model, it is a new request (engine.py `_request_ids`).
+            gateway.client.fail_all(Unavailable("this gateway is shutting down; the request was sent and will be "
+                                                "answered on the Kafka side: a retry under the same id, to the "
+                                                "schedule, gets that answer; any other retry is scored anew"))
             gateway.tap.fail_all(Unavailable("this gateway is shutting down"))
             await asyncio.sleep(0.2)  # let the handlers write their 503s before the servers close
 

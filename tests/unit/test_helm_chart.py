@@ -214,8 +214,12 @@ def test_gateway_service_has_http_and_grpc_ports(full_render: Render) -> None:
     gateway = r.values["gateway"]
     service = r.named("Service", f"{fullname()}-gateway")
     ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
-    assert ports == {"http": gateway["httpPort"], "grpc": gateway["grpcPort"], "metrics": r.values["metricsPort"]}
-    assert service["spec"]["type"] == gateway["service"]["type"]
+    # The API ports alone: a LoadBalancer published the plain-HTTP metrics port beside them (a review).
+    assert ports == {"http": gateway["httpPort"], "grpc": gateway["grpcPort"]}
+    assert service["spec"]["type"] == gateway["service"]["type"] == "LoadBalancer"
+    metrics = r.named("Service", f"{fullname()}-gateway-metrics")
+    assert [(p["name"], p["port"]) for p in metrics["spec"]["ports"]] == [("metrics", r.values["metricsPort"])]
+    assert metrics["spec"]["type"] == "ClusterIP"
     (container,) = pod_spec(r.named("Deployment", f"{fullname()}-gateway"))["containers"]
     assert container["args"][0] == "gateway"
 
@@ -759,8 +763,26 @@ def test_the_gateways_rate_limits_render_as_numbers_it_reads_whatever_their_size
 
 def test_more_gateways_than_reply_partitions_is_refused(helm: Path) -> None:
     done = run_helm(helm, "template", RELEASE, str(CHART), "--set", "gateway.enabled=true",
-                    "--set", "gateway.replicas=5", "--set", "topics.partitions=4")
+                    "--set", "topics.create=true", "--set", "gateway.replicas=5", "--set", "topics.partitions=4")
     assert done.returncode != 0 and "would never be ready" in done.stderr
+    # Topics made elsewhere: topics.partitions is the Job's, not their count (it was compared all the same).
+    done = run_helm(helm, "template", RELEASE, str(CHART), "--set", "gateway.enabled=true",
+                    "--set", "gateway.replicas=5", "--set", "topics.partitions=4")
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(("flags", "reason"), [
+    (["gateway.grpcPort=8080"], "gateway.httpPort (8080), gateway.grpcPort (8080) and metricsPort (9100) must differ"),
+    (["gateway.httpPort=9100"], "must differ"),
+    (["gateway.maxConnections=20"], "must be above the 32 /ui viewers"),
+])
+def test_gateway_values_the_gateway_would_refuse_at_start_are_refused_at_render(
+    helm: Path, flags: list[str], reason: str
+) -> None:
+    """Ports given twice rendered a Service the API server refuses, or a pod that exits at start."""
+    done = run_helm(helm, "template", RELEASE, str(CHART), "--set", "gateway.enabled=true",
+                    *(arg for flag in flags for arg in ("--set", flag)))
+    assert done.returncode != 0 and reason in done.stderr, done.stderr
 
 
 def test_compose_publishes_its_ports_on_the_loopback_interface_only() -> None:
