@@ -496,6 +496,10 @@ class StreamService:
         # Assigned here, not after the callback returns, so the handler can pause or reposition
         # them before a single record of theirs is fetched.
         self.ctx.consumer.assign(partitions)
+        if self.ctx.draining:
+            # A rebalance during the drain (another replica rolling): the partitions it brings were
+            # read unpaused, the drain never emptied and always ran out its timeout (a review).
+            self._pause_intake(partitions)
         self._owned.update({(tp.topic, tp.partition): tp for tp in partitions})
         ASSIGNED.set(len(self._owned))
         self.handler.on_assigned(partitions)
@@ -595,15 +599,20 @@ class StreamService:
 
     # -- shutdown --------------------------------------------------------------------------
 
+    def _pause_intake(self, partitions: list[TopicPartition]) -> None:
+        """Pause the intake topics' partitions among `partitions` (a drain takes no new work)."""
+        assert self.ctx is not None
+        intake = [tp for tp in partitions if not self.spec.intake or tp.topic in self.spec.intake]
+        if intake:
+            self.ctx.consumer.pause(intake)
+
     def _drain(self) -> None:
         """After SIGTERM: stop intake, finish what is in flight (bounded), commit, return."""
         assert self.ctx is not None
         ctx = self.ctx
         self._draining_until = time.monotonic() + self.spec.drain_timeout_s
         ctx.draining = True
-        intake = [tp for tp in ctx.consumer.assignment() if not self.spec.intake or tp.topic in self.spec.intake]
-        if intake:
-            ctx.consumer.pause(intake)
+        self._pause_intake(ctx.consumer.assignment())
         if self.handler.in_flight():
             log.info("%s draining %d records in flight (at most %.0fs)", self.spec.name, self.handler.in_flight(),
                      self.spec.drain_timeout_s)
@@ -634,8 +643,14 @@ def _latest_starts(consumer: Consumer, partitions: list[TopicPartition]) -> list
         committed = consumer.committed(partitions, timeout=10)
         starts = []
         for tp in committed:
-            if tp.offset >= 0:
-                starts.append(TopicPartition(tp.topic, tp.partition))  # the consumer resumes there itself
+            if tp.offset >= 0 or tp.error is not None:
+                # The consumer resumes at the committed offset itself. One whose lookup failed is no
+                # "never committed": started at the end, that end was committed over the group's
+                # offset, and everything between was skipped (a review).
+                if tp.error is not None:
+                    log.warning("cannot read where %s[%d] starts (%s): it resumes where its group left off",
+                                tp.topic, tp.partition, tp.error)
+                starts.append(TopicPartition(tp.topic, tp.partition))
             else:
                 starts.append(TopicPartition(tp.topic, tp.partition, partition_end(consumer.native, tp)))
         return starts

@@ -400,7 +400,10 @@ class ModelWorker(SimpleHandler, Probed):
 
     def _start_new_partitions_at(self, consumer: Any, partitions: list[TopicPartition], start_ms: int) -> None:
         """Catch-up: partitions this group never committed start at `start_ms`, not at the end."""
-        committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=15)}
+        # A lookup that failed for a partition (its error set) is no "never committed": it resumes
+        # where its group left off, not at --start-at, committed over the group's offset.
+        committed = {tp.partition: tp.offset if tp.error is None else 0
+                     for tp in consumer.committed(partitions, timeout=15)}
         fresh = [TopicPartition(tp.topic, tp.partition, start_ms) for tp in partitions
                  if committed.get(tp.partition, -1) < 0]
         if not fresh:
