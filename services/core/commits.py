@@ -540,7 +540,7 @@ class CommitLane:
         with self._lock:
             self._wanted = None
             self._epoch += 1
-            self._outcomes = []
+            self._outcomes = [outcome for outcome in self._outcomes if outcome.error is not None]
 
     def abort_now(self) -> None:
         """Abort the open transaction: what it holds, and what is held for it, is discarded."""

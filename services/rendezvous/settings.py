@@ -72,7 +72,9 @@ class RendezvousSettings(ServiceSettings):
     session_timeout_ms: int = setting(
         6_000, "How long a silent instance keeps its partitions before the group moves them (ms); the broker's "
         "group.min.session.timeout.ms (default 6000) is the lowest it accepts.",
-        minimum=1, maximum=3_600_000,  # librdkafka's bounds: above, refused only once the broker answered
+        # librdkafka's least; its most is max.poll.interval.ms (300000): above it, refused only once the
+        # broker had answered, blaming --kafka-config (librdkafka's own bound, 3600000, was allowed here).
+        minimum=1, maximum=300_000,
     )
     transaction_timeout_ms: int = setting(
         10_000, "How long the broker keeps a dead instance's transaction open before aborting it (ms).",

@@ -136,7 +136,7 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (GatewaySettings, {"allowed_hosts": "serving:8080"}, "'serving:8080' is not a host name"),
     # librdkafka refused them once the broker had answered, blaming --kafka-config (a probe).
     (RendezvousSettings, {"transaction_timeout_ms": "999"}, "--transaction-timeout-ms must be at least 1000"),
-    (RendezvousSettings, {"session_timeout_ms": "3600001"}, "--session-timeout-ms must be at most 3600000"),
+    (RendezvousSettings, {"session_timeout_ms": "300001"}, "--session-timeout-ms must be at most 300000"),
     (RendezvousSettings, {"output_linger_ms": "900001"}, "--output-linger-ms must be at most 900000"),
     # Followed or published as given: a schedule no other command used (a probe).
     (RendezvousSettings, {"schedule_name": ""}, "--schedule-name is empty: name a schedule"),

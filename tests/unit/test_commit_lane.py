@@ -238,3 +238,18 @@ def test_a_commit_running_when_partitions_are_lost_keeps_no_success(fails: bool)
             assert lane.outcomes() == [] and committer.finishes == []
     finally:
         lane.close()
+
+
+def test_a_failure_recorded_before_partitions_are_lost_is_kept() -> None:
+    """The loss dropped every outcome, a refusal already recorded too, and the service did not stop
+    on it (a review): its refused outputs may be of partitions still owned."""
+    lane = CommitLane(RecordingCommitter(RefusedForGood("delivery to out failed: Message size too large")), None)
+    try:
+        lane.request([TopicPartition("in", 0, 6)])
+        with lane._lock:
+            assert lane._lock.wait_for(lambda: not lane.busy() and lane._outcomes, 10)
+        lane.discard_outcomes()
+        [outcome] = _outcomes(lane)
+        assert isinstance(outcome.error, RefusedForGood)
+    finally:
+        lane.close()
