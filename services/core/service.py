@@ -126,6 +126,28 @@ ASSIGNED = Gauge("rdv_assigned_partitions", "Partitions of its input topics this
                  "(0: a standby, or between a rebalance's revoke and the next assignment).")
 
 
+# Why a service sets a client key itself, for the error refusing a --kafka-config of it.
+_SET_BY = {
+    "session.timeout.ms": "--session-timeout-ms", "heartbeat.interval.ms": "--session-timeout-ms (a third of it)",
+    "auto.offset.reset": "--start-from", "isolation.level": "its processing (outputs read once committed)",
+    "partition.assignment.strategy": "its co-partitioning of requests and scores (range)",
+    "client.id": "its instance (--instance)", "linger.ms": "--output-linger-ms",
+    "max.poll.interval.ms": "--predict-timeout-s",
+}
+
+
+def check_not_overridden(spec: StreamSpec) -> None:
+    """A --kafka-config key the service sets itself to another value is refused (ConfigError): the
+    service's value won without a word (session.timeout.ms=30000 ran at 6000, isolation.level=
+    read_uncommitted at read_committed, a review), as librdkafka's own refusals are said at start."""
+    own = {**spec.consumer_config, **spec.producer_config}
+    for key, value in spec.config.items():
+        if key in own and str(own[key]) != str(value):
+            why = _SET_BY.get(key, "its own settings")
+            raise ConfigError(f"--kafka-config {key}: {spec.name} sets it itself, from {why}; leave it out of "
+                              "--kafka-config")
+
+
 class StreamHandler(Protocol):
     """The service-specific part. Every method runs on the poll loop's thread."""
 
@@ -174,6 +196,7 @@ class StreamService:
     PROBE_TIMEOUT_S = 0.5
 
     def __init__(self, spec: StreamSpec, handler: StreamHandler):
+        check_not_overridden(spec)
         self.spec = spec
         self.handler = handler
         self.health = BrokerHealth()

@@ -71,3 +71,22 @@ def test_a_partition_whose_committed_offset_could_not_be_read_is_not_started_at_
     assert consumer.assigned == [("in", 0, -1001), ("in", 1, -1001), ("in", 2, 5000)]
     assert consumer.commits == [("in", 2, 5000)]  # only the start of the one never committed
     assert skeleton._latest_starts(consumer, [TopicPartition("in", 0)])[0].offset == -1001  # type: ignore[arg-type]
+
+
+def test_a_kafka_config_key_the_service_sets_itself_is_refused_unless_it_agrees() -> None:
+    """The service's value won without a word: session.timeout.ms=30000 ran at 6000,
+    isolation.level=read_uncommitted at read_committed (a review)."""
+    import pytest
+
+    from services.core.errors import ConfigError
+
+    def spec(**config: str) -> StreamSpec:
+        own = {"session.timeout.ms": 6000, "isolation.level": "read_committed"}
+        return StreamSpec(name="rendezvous", config={"bootstrap.servers": "b:9092", **config}, subscription=["in"],
+                          group_id="g", consumer_config=own, producer_config={"linger.ms": 20})
+    for key, value, flag in (("session.timeout.ms", "30000", "--session-timeout-ms"),
+                             ("isolation.level", "read_uncommitted", "its processing"),
+                             ("linger.ms", "5", "--output-linger-ms")):
+        with pytest.raises(ConfigError, match=rf"^--kafka-config {key}: rendezvous sets it itself, from {flag}"):
+            StreamService(spec(**{key: value}), SimpleHandler())
+    StreamService(spec(**{"session.timeout.ms": "6000", "fetch.wait.max.ms": "10"}), SimpleHandler())  # agrees
