@@ -212,6 +212,7 @@ class StreamService:
         # outputs behind them, so nothing may be committed any more (a restart redoes that work).
         # The refusal, for the log lines of the commits it prevents.
         self._outputs_void: BaseException | None = None
+        self._abort_failed: KafkaOperationError | None = None  # in a rebalance callback (`_abort_open`)
         # Outputs refused at a revoke's commit: raised by the loop once the call that ran the
         # rebalance returns (not through librdkafka's callback), to stop the service as elsewhere.
         self._refused_at_revoke: DeliveryFailed | None = None
@@ -333,6 +334,8 @@ class StreamService:
                 continue
             if self._refused_at_revoke is not None:
                 raise self._refused_at_revoke
+            if self._abort_failed is not None:
+                raise self._abort_failed
             if self._releases != releases:
                 # A rebalance ran inside the call (its callbacks do) after some of these records
                 # were taken: those of released partitions belong to the next owner, which reads
@@ -458,6 +461,28 @@ class StreamService:
             # empty transaction took the offsets alone (a review: the records were lost).
             self._outputs_void = err
             raise
+        except KafkaOperationError:
+            # Neither committed nor aborted (an error librdkafka does not call abortable): what the
+            # open transaction holds, of partitions going to another owner at a revoke, was
+            # committed with a later transaction, beside the new owner's (a review).
+            if self.ctx.outputs.transactional:
+                self._abort_open()
+            raise
+
+    def _abort_open(self) -> None:
+        """Abort the open transaction (in a rebalance callback). If that fails, it may still hold
+        outputs of partitions another owner has now: nothing is committed after it, and the service
+        stops once the callback returns; a restart's producer fences the transaction. (Raised from
+        the callback, the failure left librdkafka's call with an exception in it.)"""
+        assert self.ctx is not None
+        try:
+            self.ctx.outputs.abort_now()
+        except TransactionAborted as err:  # the producer was replaced, which fenced it: nothing committed
+            log.warning("%s", err)
+        except KafkaOperationError as err:
+            self._outputs_void = self._abort_failed = err
+            log.error("%s: stopping: the open transaction could not be aborted (%s); nothing is committed after "
+                      "it, and a restart fences it", self.spec.name, err)
 
     def _group_metadata(self) -> Any:
         """Taken here, on the consumer's thread: the commit thread never calls the consumer."""
@@ -579,10 +604,7 @@ class StreamService:
         assert self.ctx is not None
         self.ctx.outputs.discard_outcomes()  # their partitions may be someone else's already
         if self.ctx.outputs.transactional:
-            try:
-                self.ctx.outputs.abort_now()
-            except TransactionAborted as err:
-                log.warning("%s", err)  # the producer was replaced; nothing of it was committed
+            self._abort_open()  # an abort that failed escaped the callback and stopped the service (a review)
         self._disown(partitions)
         self.handler.on_released(partitions, lost=True)
 

@@ -90,3 +90,55 @@ def test_a_kafka_config_key_the_service_sets_itself_is_refused_unless_it_agrees(
         with pytest.raises(ConfigError, match=rf"^--kafka-config {key}: rendezvous sets it itself, from {flag}"):
             StreamService(spec(**{key: value}), SimpleHandler())
     StreamService(spec(**{"session.timeout.ms": "6000", "fetch.wait.max.ms": "10"}), SimpleHandler())  # agrees
+
+
+class _Outputs:
+    """A commit lane whose commit fails as `fails` and whose abort fails as `abort_fails`."""
+
+    transactional = True
+
+    def __init__(self, fails: Exception | None = None, abort_fails: Exception | None = None) -> None:
+        self.fails, self.abort_fails, self.aborts = fails, abort_fails, 0
+
+    def commit_now(self, *_args: Any) -> bool:
+        if self.fails is not None:
+            raise self.fails
+        return True
+
+    def abort_now(self) -> None:
+        self.aborts += 1
+        if self.abort_fails is not None:
+            raise self.abort_fails
+
+    def discard_outcomes(self) -> None:
+        return None
+
+
+def test_a_revoke_whose_commit_fails_unabortably_aborts_what_the_transaction_holds() -> None:
+    """Logged only, the revoked partitions' outputs stayed in the open transaction and were
+    committed later by this instance, beside the new owner's (a review)."""
+    from services.core.errors import KafkaOperationError
+
+    made = service(Recording(), processing="exactly-once", transactional_id="t")
+    outputs = _Outputs(fails=KafkaOperationError("transaction failed: _STATE"))
+    made.ctx.outputs = outputs  # type: ignore[union-attr]
+    made._group_metadata = lambda: None  # type: ignore[method-assign]
+    made._on_revoke(None, [TopicPartition("in", 0)])
+    assert outputs.aborts == 1
+
+
+def test_an_abort_that_fails_when_partitions_are_lost_stops_the_service_and_commits_nothing_after() -> None:
+    """Only TransactionAborted was caught: any other failure of the abort escaped librdkafka's
+    callback. Now the transaction, which may hold the lost partitions' outputs, is never committed:
+    every later commit is refused and the loop stops with the failure (a restart fences it)."""
+    from services.core.errors import KafkaOperationError
+
+    made = service(Recording(), processing="exactly-once", transactional_id="t")
+    failure = KafkaOperationError("abort_transaction failed: _STATE")
+    outputs = _Outputs(abort_fails=failure)
+    made.ctx.outputs = outputs  # type: ignore[union-attr]
+    made._on_lost(None, [TopicPartition("in", 0)])
+    assert outputs.aborts == 1 and not made._assigned
+    assert made._abort_failed is failure and made._outputs_void is failure
+    outputs.fails = AssertionError("committed after a failed abort")  # commit_now must not reach the lane
+    made.commit_now()
