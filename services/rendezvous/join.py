@@ -471,11 +471,20 @@ class Join:
         return now  # nothing above moves a clock: the caller may decide on this reading
 
     def _attach(self, mailbox: Mailbox, request: RequestIn, reply: Reply | None) -> None:
-        schedule = self.schedule_for(request.created_at)
+        schedule = self._version_of(request)
         mailbox.has_request, mailbox.schedule, mailbox.created_at = True, schedule, request.created_at
         mailbox.deadline, mailbox.inputs = self._deadline(schedule, request), request.inputs
         if reply is not None:
             mailbox.replies.append(reply)
+
+    def _version_of(self, request: RequestIn) -> Schedule:
+        """The schedule version governing `request`: the one in force when it was created, or when
+        it was appended if its client's clock is ahead (up to max_future_ms is accepted). By a
+        future created_at alone, a version written after the request was read, but in force by
+        then, governed it for an instance re-reading it after a takeover and not for the one that
+        read it live: two answers (a review). Versions in force by the append time were written
+        before it (a version starts no earlier than its control record), so every reader knows them."""
+        return self.schedule_for(min(request.created_at, request.log_time))
 
     def _deadline(self, schedule: Schedule, request: RequestIn) -> int:
         """The request's effective deadline: its own or the schedule's default, clamped."""
@@ -538,7 +547,7 @@ class Join:
     def _refused(self, request: RequestIn, reply: Reply | None, reason: str) -> Receipt | None:
         """An ERROR answer for `reason`, sent to the request's return address only (not on the
         answers topic, which keeps the one answer of its id)."""
-        schedule = self.schedule_for(request.created_at)
+        schedule = self._version_of(request)
         refusal = _answer_record(request.request_id, Decision(Status.ERROR, None, reason, request.log_time),
                                  request.created_at, self._deadline(schedule, request), None, None)
         return self._send_again(reply, refusal)

@@ -802,3 +802,24 @@ def test_what_a_takeovers_scan_found_for_requests_not_re_read_is_kept_for_rememb
             assert got == [("caller", 0.2)]
             assert [a["request_id"] for a in out.answers] == ["a", "p"] == [r["request_id"] for r in out.logs]
         assert join._finished.partition_of == {} and not join._finished.answered
+
+
+def test_a_request_created_ahead_of_the_log_is_governed_by_the_version_in_force_at_its_append_time() -> None:
+    """Chosen by created_at alone (accepted up to max_future_ms ahead), a version written after the
+    request was read, in force by its created_at, governed it for an instance re-reading it after
+    a takeover and not for the one that read it live: two answers to one request (a review)."""
+    first = Schedule(models=("champion", "challenger"), version=1)
+    later = Schedule(models=("challenger", "champion"), version=2, effective_at=T0 + 10_000)
+
+    def answers(book: ScheduleBook) -> list[tuple[str, str | None, int]]:
+        join, out = make_join(book)
+        join.on_request(request("r", at=T0, created=T0 + 30_000))  # its client's clock 30 s ahead
+        join.on_score(score("r", "champion", T0 + 5))
+        join.on_score(score("r", "challenger", T0 + 6))
+        return [(a["model"], a["status"], a["schedule_version"]) for a in out.answers]
+
+    live = ScheduleBook.holding(first)  # the version after it not written yet
+    reread = ScheduleBook("default")
+    reread.add(first)
+    reread.add(later, written_at=T0 + 10_000)  # written 10 s after the request, before a takeover re-reads it
+    assert answers(live) == answers(reread) == [("champion", "OK", 1)]
