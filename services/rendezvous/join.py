@@ -85,6 +85,9 @@ OTHER = "_other"
 # --max-mailboxes does not bound them (100,000 repeats of one id held 32 MB).
 MAX_WAITING_REPLIES = 16
 LIVE_CACHE_MS = 100  # how stale the set of live models may be (it decides only what a log record waits for)
+# How far before its request's append time a score may be appended and still be its: the requests
+# and scores partitions' leaders may be brokers whose clocks differ (LogAppendTime on both).
+STALE_SCORE_MS = 1_000
 
 Reply = tuple[str, int | None]
 Owner = Mailbox | Receipt  # what a record's offset waits for (see offsets.py)
@@ -386,6 +389,7 @@ class Join:
             mailbox = Mailbox(rid, request.partition, request.log_time)
         else:
             self._unorphan(mailbox)  # its scores came first; now it has its request
+            self._drop_stale(mailbox, request.log_time)
         self.mailboxes[rid] = mailbox
         self._attach(mailbox, request, reply)
         if mailbox.held:  # an orphan's: what its schedule names is joined now
@@ -599,6 +603,16 @@ class Join:
     def _open(self, rid: str) -> bool:
         """Whether `rid` has a mailbox: its request's, or its scores' on any partition."""
         return rid in self.mailboxes or any(rid in orphans for orphans in self._orphans.values())
+
+    def _drop_stale(self, mailbox: Mailbox, request_at: int) -> None:
+        """Scores appended well before their request are not its scores: a request is appended
+        before its scores, so they are an earlier request's under its id (forgotten since), or
+        written for a guessed id. Joined, a score of a request a minute older answered a new one
+        with other inputs (a review). The margin allows for brokers' clocks apart."""
+        stale = [model for model, arrival in mailbox.arrivals.items() if arrival.at < request_at - STALE_SCORE_MS]
+        for model in stale:
+            arrival = mailbox.arrivals.pop(model)
+            self.metrics.inc(child(m.LATE_SCORES, self._labels(model, arrival.version)[0], "true"))
 
     def _unorphan(self, mailbox: Mailbox) -> None:
         """Take an orphan off its partition's list (its request came, or its scores are dropped)."""

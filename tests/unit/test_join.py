@@ -823,3 +823,19 @@ def test_a_request_created_ahead_of_the_log_is_governed_by_the_version_in_force_
     reread.add(first)
     reread.add(later, written_at=T0 + 10_000)  # written 10 s after the request, before a takeover re-reads it
     assert answers(live) == answers(reread) == [("champion", "OK", 1)]
+
+
+def test_a_score_appended_well_before_its_request_is_not_joined_to_it() -> None:
+    """A request is appended before its scores. A minute-late score of a forgotten request waited
+    as an orphan and answered a new request reusing the id, with other inputs, OK (a review)."""
+    join, out = make_join(Schedule(models=("champion", "canary")), remember_ms=60_000)
+    join.on_request(request("x", at=T0, reply="first", inputs=b"features-1"))
+    join.on_score(score("x", "canary", T0 + 5, value=0.9))
+    join.on_clock(0, T0 + 1_300)  # the champion given up: the canary's FALLBACK, closed
+    join.on_clock(0, T0 + 62_000)  # x forgotten
+    join.on_score(score("x", "champion", T0 + 62_100, value=0.01))  # the first request's champion, a minute late
+    join.on_request(request("x", at=T0 + 63_200, reply="second", inputs=b"features-2"))  # a new request, same id
+    join.on_score(score("x", "canary", T0 + 63_205, value=0.5))
+    join.on_clock(0, T0 + 70_000)
+    assert [(a["status"], a["model"], a["score"]) for a in out.answers] == [
+        ("FALLBACK", "canary", 0.9), ("FALLBACK", "canary", 0.5)]
