@@ -365,6 +365,11 @@ class Join:
         if request.log_time > self._requests_read.get(request.partition, request.log_time - 1):
             self._requests_read[request.partition] = request.log_time
             self._expire_orphans(request.partition)
+            # Closed ids are forgotten as the requests partition is read past their time, not its
+            # scores partition: whether a retry is a repeat then depends on the requests' order
+            # alone. By the scores clock, a retry appended in time but read after a later score
+            # was a new request, decided and answered a second time (a review).
+            self._remembered.expire(request.partition, request.log_time)
         rid = request.request_id
         reply = (request.reply_topic, request.reply_partition) if request.reply_topic else None
         finished = self._finished
@@ -471,7 +476,6 @@ class Join:
             if not mailbox.closed and mailbox.wake_at < now:
                 mailbox.wake_at = -1
                 self._advance(mailbox, now)
-        self._remembered.expire(partition, now)
         return now  # nothing above moves a clock: the caller may decide on this reading
 
     def _attach(self, mailbox: Mailbox, request: RequestIn, reply: Reply | None) -> None:

@@ -1,7 +1,8 @@
 """The ids the join closed, kept for a while: a late score is known as late, a repeated request
 gets the same answer.
 
-Each id is forgotten once *its own* scores partition's clock is past its time. One queue of all
+Each id is forgotten once *its own* requests partition is read past its time (so whether a retry
+is a repeat depends on the requests' order alone, whatever was read of the scores). One queue of all
 partitions, forgotten from its front, let an id of a partition that went quiet hold every later
 id of every partition: they stayed until the count bound (200,000 by default, ≈ 160 MB at
 200 req/s) pushed it out, and an id reused after its time on a busy partition was still taken

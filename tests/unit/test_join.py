@@ -344,8 +344,8 @@ def test_a_repeated_request_gets_the_same_answer_while_open_and_after_it_closed(
     assert len(out.answers) == 1  # answered once on the answers topic
 
 
-def test_a_closed_id_is_forgotten_once_its_own_partitions_clock_is_past_it() -> None:
-    """Each closed id goes once its partition's clock is remember_ms past it, whatever another
+def test_a_closed_id_is_forgotten_once_its_own_requests_partition_is_read_past_it() -> None:
+    """Each closed id goes once its requests partition is read remember_ms past it, whatever another
     partition holds: an id of a partition gone quiet held every later one of every partition."""
     join, _out = make_join(remember_ms=100)
     for rid, partition in (("r0", 0), ("r1", 1)):
@@ -355,7 +355,10 @@ def test_a_closed_id_is_forgotten_once_its_own_partitions_clock_is_past_it() -> 
     assert join.mailboxes == {}
     join.on_score(score("r1", "champion", T0 + 50, partition=1))
     assert join.orphans == 0  # a late score of r1: its time is not up
-    join.on_clock(1, T0 + 200)  # r1's time is up; r0's (partition 0, its clock at T0 + 5) is not
+    join.on_clock(1, T0 + 200)  # its scores partition's clock alone forgets nothing (the requests' order decides)
+    join.on_score(score("r1", "canary", T0 + 200, partition=1))
+    assert join.orphans == 0
+    join.on_request(request("next", at=T0 + 200, partition=1))  # r1's time is up; r0's (partition 0) is not
     join.on_score(score("r1", "challenger", T0 + 200, partition=1))
     assert join.orphans == 1  # r1 forgotten: its score waits for a request like any other
     join.on_score(score("r0", "challenger", T0 + 6, partition=0))
@@ -839,3 +842,20 @@ def test_a_score_appended_well_before_its_request_is_not_joined_to_it() -> None:
     join.on_clock(0, T0 + 70_000)
     assert [(a["status"], a["model"], a["score"]) for a in out.answers] == [
         ("FALLBACK", "canary", 0.9), ("FALLBACK", "canary", 0.5)]
+
+
+@pytest.mark.parametrize("scores_first", [False, True])
+def test_whether_a_retry_is_a_repeat_does_not_depend_on_what_was_read_of_the_scores(scores_first: bool) -> None:
+    """Closed ids were forgotten by the scores partition's clock: a retry appended within the id's
+    time but read after a later score was a new request, decided and answered a second time (a
+    review's repro: 0.9 read requests first, 0.9 then 0.1 read scores first)."""
+    join, out = make_join(Schedule(models=("champion",)), remember_ms=60_000)
+    join.on_request(request("x", at=T0, reply="first"))
+    join.on_score(score("x", "champion", T0 + 5, value=0.9))
+    retry, later = request("x", at=T0 + 59_990, reply="retry"), score("y", "champion", T0 + 60_010)
+    for record in ((later, retry) if scores_first else (retry, later)):
+        (join.on_request if isinstance(record, RequestIn) else join.on_score)(record)  # type: ignore[operator]
+    join.on_score(score("x", "champion", T0 + 60_015, value=0.1))  # the worker's score of the retry
+    join.on_clock(0, T0 + 10**6)
+    assert [a["score"] for a in out.answers] == [0.9]
+    assert [answer["score"] for reply, answer in out.replies if reply[0] == "retry"] == [0.9]
