@@ -25,14 +25,21 @@ CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 # schema (another type, not JSON, not a record): the id's fault, as 404 is, not the registry's.
 UNUSABLE = 422
 MAX_REPLY_BYTES = 4 * 1024 * 1024  # a schema is a few kB; a reply larger than this is no registry's
+MAX_ERROR_BYTES = 64 * 1024  # of an error reply, read for its message: the rest is not read
+# A registry's own "not found" (Confluent's error codes, which Apicurio's ccompat API, Karapace and
+# Redpanda give too: 40401 subject, 40402 version, 40403 schema).
+NOT_FOUND_CODES = range(40400, 40500)
 
 
 class RegistryError(Exception):
-    """The registry did not answer (`status` None), or answered with an HTTP error `status`."""
+    """The registry did not answer (`status` None), or answered with an HTTP error `status`;
+    `permanent`: the registry itself said the thing asked for is not there (or unusable), so asking
+    again cannot help. A redirect, a proxy's 404 page, a 407 are not: the registry may be fine."""
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, permanent: bool = False):
         super().__init__(message)
         self.status = status
+        self.permanent = permanent or status == UNUSABLE
 
 
 class SchemaRegistry:
@@ -92,8 +99,9 @@ class SchemaRegistry:
                 kind = response.headers.get_content_type() if sent else "no content type"
                 raw, status = _read_within(response, deadline), response.status
         except urllib.error.HTTPError as exc:
-            message = f"schema registry {self.url}{path}: HTTP {exc.code} {_message(exc)}"
-            raise RegistryError(message, exc.code) from None
+            text, code = _error_detail(exc, deadline)
+            message = f"schema registry {self.url}{path}: HTTP {exc.code} {text}"
+            raise RegistryError(message, exc.code, permanent=exc.code == 404 and code in NOT_FOUND_CODES) from None
         # It answered, and stopped (in a chunk, or short of its Content-Length), or answered too
         # much: said as its answer with the path, not "unreachable"; asked again later (no status).
         except http.client.IncompleteRead as exc:
@@ -163,12 +171,34 @@ def _without_credentials(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])), f"Basic {token}"
 
 
-def _message(exc: urllib.error.HTTPError) -> str:
+def _error_detail(exc: urllib.error.HTTPError, deadline: float) -> tuple[str, int | None]:
+    """An error reply's message (one line, cut) and its registry error code, if it is a registry's
+    JSON error. Read within the call's deadline and MAX_ERROR_BYTES: read whole, an error page
+    without end grew a process to 18 GB, one trickled in held the poll loop, and one nested deep
+    (RecursionError) or cut short (IncompleteRead) escaped as no RegistryError and ended the
+    service, again at each restart (a review)."""
     try:
-        detail = json.loads(exc.read())
-    except (OSError, ValueError):
-        return exc.reason or ""
-    return str(detail.get("message", "")) if isinstance(detail, dict) else ""
+        body = _read_some(exc, deadline, MAX_ERROR_BYTES)
+        detail = json.loads(body)
+    except (OSError, ValueError, RecursionError, http.client.HTTPException):
+        return exc.reason or "", None
+    if not isinstance(detail, dict):
+        return "", None
+    code = detail.get("error_code")
+    text = " ".join(str(detail.get("message", "")).split())[:300]
+    return text, code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
+def _read_some(response: Any, deadline: float, limit: int) -> bytes:
+    """Up to `limit` bytes of a reply, by the deadline (TimeoutError past it)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit and (chunk := response.read1(min(65_536, limit - size))):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the reply took longer than the timeout to come")
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 class Outage:

@@ -31,17 +31,13 @@ ROLE_RECORDS = {
 }
 
 
-# Answers that are the registry's trouble or ours, not the id's: it is asked again later (408
-# timeout, 429 too many requests; 401 and 403, credentials refused, perhaps rotated meanwhile).
-PASSING_STATUSES = frozenset({401, 403, 408, 429})
-
-
 class IdLookup:
     """Schema ids to schemas, fetched from the registry. A failure that is the registry's (down,
-    5xx, PASSING_STATUSES) or this process' (more than `per_second` fetches, so a flood of records
-    with made-up ids cannot turn the poll loop into a stream of HTTP calls: `LookupsSpent`) is
-    `retriable`: the codec asks again later. Any other refusal (404: no such id) is the id's; the
-    codec remembers it and never asks again."""
+    5xx, credentials refused, a redirect or a proxy's page: any answer but its own "not found") or
+    this process' (more than `per_second` fetches, so a flood of records with made-up ids cannot
+    turn the poll loop into a stream of HTTP calls: `LookupsSpent`) is `retriable`: the codec asks
+    again later. The registry's own "no such schema" (404 with a 404xx error code), or a schema
+    nobody can read, is the id's; the codec remembers it and never asks again."""
 
     def __init__(self, registry: SchemaRegistry, per_second: int = 20):
         self.registry = registry
@@ -57,7 +53,10 @@ class IdLookup:
         try:
             return self.registry.schema(schema_id)
         except RegistryError as exc:
-            if exc.status is None or exc.status >= 500 or exc.status in PASSING_STATUSES:  # not the id's
+            # Only the registry's own "no such schema" (or one nobody can read) is the id's fault.
+            # Any other refusal (a redirect, a proxy's 404 page, 407, 5xx) was remembered for the id,
+            # and every valid record of it dead-lettered until a restart (a review).
+            if not exc.permanent:
                 self._outage.record(exc)
                 raise DecodeFailed(str(exc), retriable=True) from None
             raise DecodeFailed(f"schema id {schema_id}: {exc}") from None
@@ -95,6 +94,12 @@ def check_registry_credentials(registry: SchemaRegistry) -> None:
             given = "refused the credentials in its URL" if registry.has_credentials else \
                 "needs credentials: give them as user:password@ in its URL"
             raise ConfigError(f"--schema-registry {given}: {exc}") from None
+        if exc.status == 404 or (exc.status is not None and 300 <= exc.status < 400):
+            # Every registry answers /subjects: a 404 or a redirect there is another server, or a
+            # wrong base path (Apicurio's is /apis/ccompat/v7), and every record framed by it would
+            # wait for good.
+            raise ConfigError(f"--schema-registry answers no registry API there ({exc}): is the URL the "
+                              "registry's, with its API path?") from None
         log.warning("schema registry not usable at start (%s): records framed by it wait until it answers", exc)
 
 

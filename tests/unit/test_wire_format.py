@@ -389,3 +389,41 @@ def test_a_registry_not_answering_at_start_is_warned_of_and_the_command_goes_on(
         wire.configure(KafkaSettings(schema_registry=server.url))
     assert any("not usable at start" in r.getMessage() and status[:3] in r.getMessage() for r in caplog.records)
     assert codec("request").looks_up_ids  # registry framing still read, once it answers
+
+
+@pytest.mark.parametrize(("reply", "says"), [
+    (http_reply(b"[" * 100_000, status="404 Not Found"), r"HTTP 404"),  # nested past the parser's stack
+    (http_reply(b"[" * 100_000, status="503 Service Unavailable"), r"HTTP 503"),
+    (http_reply(b'{"message": "down', status="503 Service Unavailable", length=5000), r"HTTP 503"),  # cut short
+    (http_reply(b"x" * (2 * 1024 * 1024), status="404 Not Found"), r"HTTP 404"),  # read no further than 64 KiB
+])  # fmt: skip
+def test_an_error_reply_no_registry_would_give_is_a_registry_error_not_a_crash(reply: list[bytes], says: str) -> None:
+    """An error reply's body was read whole and parsed unguarded: one nested deep (RecursionError) or
+    cut short (IncompleteRead) escaped as no RegistryError and ended the service, at each restart
+    again; one without end grew the process to 18 GB (a review)."""
+    with RawReplies(reply) as server, pytest.raises(RegistryError, match=says) as refused:
+        SchemaRegistry(server.url, timeout_s=5).schema(7)
+    assert not refused.value.permanent
+
+
+@pytest.mark.parametrize(("status", "body", "permanent"), [
+    ("404 Not Found", b'{"error_code": 40403, "message": "Schema 7 not found"}', True),
+    ("404 Not Found", b"<html>Not Found</html>", False),  # a proxy's page, or a wrong base path
+    ("302 Found", b"", False),  # a single sign-on proxy, http -> https
+    ("407 Proxy Authentication Required", b"", False),
+    ("400 Bad Request", b'{"error_code": 400, "message": "?"}', False),
+])
+def test_only_the_registrys_own_not_found_refuses_an_id_for_good(status: str, body: bytes, permanent: bool) -> None:
+    """Every status but 5xx, 401, 403, 408 and 429 was the id's fault: a redirect, a proxy's 404 page
+    or a 407 marked a valid id refused, and every record of it was dead-lettered until a restart."""
+    with RawReplies(http_reply(body, status=status)) as server, pytest.raises(RegistryError) as refused:
+        SchemaRegistry(server.url, timeout_s=5).schema(7)
+    assert refused.value.permanent is permanent
+
+
+def test_a_registry_url_that_is_no_registry_api_is_one_config_error_at_start() -> None:
+    """A 404 or a redirect from /subjects, which every registry answers, was a warning: every record
+    framed by it then waited for good."""
+    with RawReplies(http_reply(b"<html>Not Found</html>", status="404 Not Found")) as server, \
+            pytest.raises(ConfigError, match=r"--schema-registry answers no registry API there .* is the URL the"):
+        wire.configure(KafkaSettings(schema_registry=server.url))
