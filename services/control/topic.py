@@ -230,19 +230,47 @@ class ControlRecord:
 
 
 class ControlFeed:
-    """Reads the control topic from the beginning (assigned, no group): history, then live."""
+    """Reads the control topic from the beginning (assigned, no group): history, then live.
+
+    A record that cannot be read *yet* (its schema id's registry is away) is not a refused one:
+    taken for refused, it was skipped for good, and the instance stayed on an older version than
+    its peers (a review). It and every record after it wait, in log order (a version's first write
+    must stay first), and are read again at the next poll. The history read at start cannot wait
+    so: it raises, rather than let the service seed or answer by a schedule the history overrides."""
 
     def __init__(self, config: Mapping[str, Any], topic: str):
         self.topic = topic
         self._tail = TopicTail(config, topic, "control")
+        self._held: list[Message] = []
+        self._held_for = ""
 
     def read_history(self, timeout: float = 30.0) -> list[ControlRecord]:
         """Every record up to the end offsets as of now."""
-        return [_parse(msg) for msg in self._tail.read_to_end(timeout)]
+        records = self._readable(list(self._tail.read_to_end(timeout)))
+        if self._held:
+            raise BrokerError(f"the schedule history on {self.topic} cannot be read yet ({self._held_for}); start "
+                              "again once it can (a service may not answer by a schedule its history overrides)")
+        return records
 
     def poll(self) -> list[ControlRecord]:
-        """Whatever arrived since the last call (non-blocking)."""
-        return [_parse(msg) for msg in self._tail.poll()]
+        """Whatever arrived since the last call (non-blocking), and what waited before it."""
+        return self._readable(list(self._tail.poll()))
+
+    def _readable(self, messages: list[Message]) -> list[ControlRecord]:
+        """The records of the held messages and `messages`, up to the first that cannot be read yet."""
+        queue, self._held = self._held + messages, []
+        records: list[ControlRecord] = []
+        for index, msg in enumerate(queue):
+            record = _parse(msg)
+            if record.error is not None and record.error.retriable:
+                if not self._held_for:
+                    log.warning("control record at %s[%d]@%d cannot be read yet (%s): it and those after it wait",
+                                msg.topic(), msg.partition(), msg.offset(), record.error)
+                self._held, self._held_for = queue[index:], str(record.error)
+                return records
+            records.append(record)
+        self._held_for = ""
+        return records
 
     def close(self) -> None:
         self._tail.close()
