@@ -49,6 +49,7 @@ REGISTRY_HEADER_SIZE = 5
 # failure is passing (the registry is down), else the id is refused for good.
 SchemaForId = Callable[[int], Mapping[str, Any]]
 _MAX_REFUSED_IDS = 10_000
+_MAX_KNOWN_IDS = 10_000  # ids resolved to a version we read (see _schemas_for_id)
 
 _CRC64_EMPTY = 0xC15D213AA4D7A795
 
@@ -208,6 +209,11 @@ class Codec:
         if schemas is None:
             unknown = UnknownFingerprint(f"schema id {schema_id} is not a known version of {self.name}")
             raise self._refuse(schema_id, unknown)
+        if len(self._by_id) >= _MAX_KNOWN_IDS:
+            # A registry answering every made-up id with one of our schemas grew this for good (a
+            # review); real deployments have a few ids per record type. Our own id is set again.
+            own = self.registry_id
+            self._by_id = {own: self._by_id[own]} if own is not None and own in self._by_id else {}
         self._by_id[schema_id] = schemas
         return schemas
 

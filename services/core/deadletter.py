@@ -24,6 +24,7 @@ from services.core.codec import codec
 from services.core.errors import BadInput, BrokerError, KafkaOperationError
 from services.core.kafka import topic_config
 from services.core.metrics import DEAD_LETTERS
+from services.core.redaction import mask
 from services.core.runtime import now_ms
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,9 @@ DEAD_LETTER_FAILURES = Counter(
 
 
 def clean_reason(text: str) -> str:
-    """A reason fit for a person: no object addresses, at most REASON_CHARS characters."""
-    text = _OBJECT_ADDRESS.sub("", text).strip()
+    """A reason fit for a person: no object addresses, no remembered secret (a registry's error
+    text is quoted in it, and a dead letter outlives any log), at most REASON_CHARS characters."""
+    text = mask(_OBJECT_ADDRESS.sub("", text)).strip()
     return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"
 
 

@@ -168,6 +168,7 @@ def _without_credentials(url: str) -> tuple[str, str]:
     never_print(password)
     never_print(quote(password, safe=""))
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    never_print(token)  # a registry or proxy may echo the Authorization header in its error text
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])), f"Basic {token}"
 
 

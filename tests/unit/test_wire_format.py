@@ -427,3 +427,31 @@ def test_a_registry_url_that_is_no_registry_api_is_one_config_error_at_start() -
     with RawReplies(http_reply(b"<html>Not Found</html>", status="404 Not Found")) as server, \
             pytest.raises(ConfigError, match=r"--schema-registry answers no registry API there .* is the URL the"):
         wire.configure(KafkaSettings(schema_registry=server.url))
+
+
+def test_ids_resolved_to_a_version_we_read_are_bounded_and_our_own_stays(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry answering every made-up id with one of our schemas grew the id cache for good."""
+    from services.core import codec as codec_module
+
+    monkeypatch.setattr(codec_module, "_MAX_KNOWN_IDS", 50)
+    reader = fresh()
+    reader.write_registry_id(7)
+    reader.read_registry_ids(lambda _schema_id: codec("request").schema)
+    body = codec("request").encode(REQUEST)[10:]
+    for schema_id in range(100, 300):
+        assert reader.decode(b"\x00" + schema_id.to_bytes(4, "big") + body)["request_id"] == REQUEST["request_id"]
+    assert len(reader._by_id) <= 50 and 7 in reader._by_id
+
+
+def test_a_registrys_error_text_echoing_the_credentials_is_masked_in_a_dead_letter_reason() -> None:
+    """The registry's message goes into the dead letter's reason, which was not masked, and the
+    Basic token (base64 of user:password) was no remembered secret (a review)."""
+    import base64
+
+    from services.core.deadletter import clean_reason
+    from services.core.registry import SchemaRegistry
+
+    SchemaRegistry("http://dluser:DeadL3tterPw@127.0.0.1:9/", timeout_s=1)
+    token = base64.b64encode(b"dluser:DeadL3tterPw").decode()
+    reason = clean_reason(f"schema id 7: HTTP 403 bad header Authorization: Basic {token} (DeadL3tterPw)")
+    assert token not in reason and "DeadL3tterPw" not in reason and "HTTP 403" in reason
