@@ -12,7 +12,10 @@ such as ksqlDB find a topic's schema by its name.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from services.core.codec import CODEC_NAMES, codec
@@ -44,14 +47,30 @@ class IdLookup:
         self.per_second = per_second
         self._budget = PerSecond(per_second)
         self._outage = Outage()
+        # The call runs on a thread of its own, waited for at most the registry's timeout: the
+        # timeout bounds each wait on the socket, and a reply's status line, headers or chunk
+        # sizes trickled a byte at a time held the poll loop (every partition) as long as they
+        # went on (a review measured 45 s for a 2 s timeout). One call at a time: one still
+        # running when the next is asked for fails that one as "for now" (no thread piles up).
+        # A daemon thread: one stuck in a trickled reply must not hold the process at its exit.
+        self._running: Future[dict[str, Any]] | None = None
 
     def __call__(self, schema_id: int) -> Mapping[str, Any]:
         outage = self._outage.reason()
         if outage is not None:
             raise DecodeFailed(outage, retriable=True)
+        if self._running is not None and not self._running.done():
+            raise DecodeFailed(f"schema id {schema_id}: the registry is still answering an earlier lookup; asked "
+                               "again later", retriable=True)
         self._spend()
         try:
-            return self.registry.schema(schema_id)
+            self._running = self._in_thread(schema_id)
+            return self._running.result(timeout=self.registry.timeout_s + 1.0)
+        except FutureTimeout:
+            slow = RegistryError(f"schema registry {self.registry.url}: no whole answer within "
+                                 f"{self.registry.timeout_s:g} s")
+            self._outage.record(slow)
+            raise DecodeFailed(str(slow), retriable=True) from None
         except RegistryError as exc:
             # Only the registry's own "no such schema" (or one nobody can read) is the id's fault.
             # Any other refusal (a redirect, a proxy's 404 page, 407, 5xx) was remembered for the id,
@@ -60,6 +79,18 @@ class IdLookup:
                 self._outage.record(exc)
                 raise DecodeFailed(str(exc), retriable=True) from None
             raise DecodeFailed(f"schema id {schema_id}: {exc}") from None
+
+    def _in_thread(self, schema_id: int) -> Future[dict[str, Any]]:
+        future: Future[dict[str, Any]] = Future()
+
+        def call() -> None:
+            try:
+                future.set_result(self.registry.schema(schema_id))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                future.set_exception(exc)
+
+        threading.Thread(target=call, name="rdv-registry", daemon=True).start()
+        return future
 
     def _spend(self) -> None:
         if not self._budget.spend():

@@ -231,6 +231,7 @@ class RawReplies(socketserver.ThreadingTCPServer):
 
     def __init__(self, *replies: list[bytes], pause_s: float = 0.0):
         self.replies, self.pause_s, self.stopping = list(replies), pause_s, threading.Event()
+        self.sent = 0  # chunks written
         super().__init__(("127.0.0.1", 0), _Raw)
 
     @property
@@ -260,6 +261,7 @@ class _Raw(socketserver.StreamRequestHandler):
                 self.wfile.flush()
             except OSError:
                 return
+            self.server.sent += 1
 
 
 def http_reply(body: bytes, status: str = "200 OK", length: int | None = None) -> list[bytes]:
@@ -455,3 +457,19 @@ def test_a_registrys_error_text_echoing_the_credentials_is_masked_in_a_dead_lett
     token = base64.b64encode(b"dluser:DeadL3tterPw").decode()
     reason = clean_reason(f"schema id 7: HTTP 403 bad header Authorization: Basic {token} (DeadL3tterPw)")
     assert token not in reason and "DeadL3tterPw" not in reason and "HTTP 403" in reason
+
+
+def test_a_status_line_trickled_byte_by_byte_does_not_hold_the_lookup_past_its_timeout() -> None:
+    """The deadline was checked only while the body was read: a status line, headers or chunk
+    sizes sent a byte at a time held the poll loop as long as they went on (a review: 45 s for a
+    2 s timeout). The lookup gives up while the reply is still coming, as one the registry would
+    answer later."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    chunks = [head[i:i + 1] for i in range(len(head))]
+    with RawReplies(chunks, pause_s=0.2) as server:
+        lookup = wire.IdLookup(SchemaRegistry(server.url, timeout_s=1))
+        with pytest.raises(DecodeFailed, match="no whole answer within 1 s") as slow:
+            lookup(7)
+        assert slow.value.retriable and server.sent < len(chunks)  # given up while the reply still came
+        with pytest.raises(DecodeFailed, match="not retried for 5 s"):  # the outage: not asked again at once
+            lookup(8)
