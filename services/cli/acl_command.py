@@ -68,8 +68,9 @@ def cmd_acl_apply(args: argparse.Namespace) -> int:
     try:
         count = apply(admin(settings.librdkafka()), grants)
     except KafkaException as exc:
-        raise BrokerError(f"the broker refused the ACLs (run as the admin principal, on a broker with an "
-                          f"authorizer): {exc.args[0].str() if exc.args else exc}") from None
+        raise BrokerError(f"the broker refused the ACLs (run as a principal allowed to manage ACLs, such as the "
+                          "cluster's super user, not the deployment's admin role, on a broker with an authorizer): "
+                          f"{exc.args[0].str() if exc.args else exc}") from None
     sys.stderr.write(f"{count} ACL(s) in place for {len(ROLES)} roles\n")
     return 0
 
@@ -79,7 +80,8 @@ def register(commands: Any, selection: Any) -> None:
     acl_sub = acl.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, help_text, handler in (
         ("show", "print every grant (principal, operation, resource)", cmd_acl_show),
-        ("apply", "create the grants on the broker (as its admin principal)", cmd_acl_apply),
+        ("apply", "create the grants on the broker (as a principal allowed to manage ACLs, e.g. the cluster's super "
+                  "user; it only adds: grants of an earlier layout stay until removed)", cmd_acl_apply),
     ):
         parser = acl_sub.add_parser(action, help=help_text)
         selection.arguments(parser, ("acl", action), AclSettings)

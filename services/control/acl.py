@@ -24,6 +24,7 @@ would fall under that grant is refused.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -32,6 +33,8 @@ from typing import Any
 from services.core.errors import ConfigError
 from services.core.kafka import SCRATCH_GROUP_PREFIX
 from services.core.settings import TOPIC_ROLES, Topics
+
+log = logging.getLogger(__name__)
 
 # The deployment's own consumer groups, after its topic prefix.
 GROUPS = ("rendezvous", "model.", "comparison", "decoy", "client", "gateway")
@@ -85,7 +88,13 @@ class Principals:
         if loose:
             raise ValueError(f"the principal of {', '.join(loose)} must name one user: no '*' (that would grant "
                              "everyone) and no spaces (in a certificate's name, only inside a value: O=Acme Corp)")
-        return cls(**{role: name if ":" in name else f"User:{name}" for role, name in pairs.items()})
+        made = cls(**{role: name if ":" in name else f"User:{name}" for role, name in pairs.items()})
+        shared = _shared(made)
+        if shared:
+            # Each gets both roles' grants: the client and gateway reply groups apart, or a model's
+            # rights apart from the rendezvous', are undone (a review).
+            log.warning("one principal holds several roles, and so all their grants: %s", shared)
+        return made
 
     def of(self, role: str) -> str:
         return str(getattr(self, role))
@@ -120,6 +129,14 @@ def _topic(principal: str, operation: str, *names: str) -> list[Grant]:
     return [Grant(principal, "topic", name, operation) for name in names]
 
 
+def _shared(principals: Principals) -> str:
+    """Principals given to more than one role, said as 'User:a (client, gateway)'; '' when none."""
+    roles: dict[str, list[str]] = {}
+    for role in ROLES:
+        roles.setdefault(getattr(principals, role), []).append(role)
+    return "; ".join(f"{name} ({', '.join(held)})" for name, held in roles.items() if len(held) > 1)
+
+
 def _groups(principal: str, *prefixes: str) -> list[Grant]:
     return [Grant(principal, "group", prefix, "READ", prefixed=True) for prefix in (*prefixes, SCRATCH_GROUP_PREFIX)]
 
@@ -135,6 +152,12 @@ def layout(topics: Topics, prefix: str, principals: Principals = Principals()) -
         # A prefixed grant of '' is every topic and group of the cluster: the admin's ALL on them.
         raise ConfigError("the ACL layout needs a --topic-prefix (an empty one would grant the admin role every "
                           "topic and group of the cluster)")
+    if prefix[-1] not in ".-_":
+        # The admin's grants are prefixed by it: 'prod' gave it ALL on production-billing's
+        # topics and groups too (a review).
+        raise ConfigError(f"the ACL layout needs a --topic-prefix ending in '.', '-' or '_' (got {prefix!r}): "
+                          "the admin role's prefixed grants would cover every topic and group whose name begins "
+                          f"{prefix!r}, other applications' too")
     overlapping = [f"{prefix}{group}" for group in GROUPS if f"{prefix}{group}".startswith(SCRATCH_GROUP_PREFIX)]
     if overlapping:
         raise ConfigError(f"topic prefix {prefix!r} names groups ({', '.join(overlapping)}) under "

@@ -65,6 +65,10 @@ SECRET = _names("""
 """)
 
 KNOWN = SHOWN | SECRET
+# Identities, not secrets: not shown in the start-up line, but not masked in every other line
+# either. A user name is often a plain word ('rendezvous'): masked wherever it appeared, it
+# garbled the very errors that name a missing grant ('not authorized to join group rdv.***').
+IDENTITY = frozenset({"sasl.username", "sasl.kerberos.principal", "sasl.oauthbearer.client.id"})
 
 # Properties whose values legitimately hold `,`-separated key=value pairs.
 _COMMA_PAIRS = frozenset({"sasl.oauthbearer.extensions"})
@@ -107,7 +111,7 @@ def parse(items: Iterable[str]) -> dict[str, str]:
             _remember_value(item)
             errors.append(_malformed(position, item))
             continue
-        if not _shown(key, value):
+        if not _shown(key, value) and key not in IDENTITY:
             _remember_value(value)
         joined = _joined_key(key, value)
         if joined is not None:

@@ -136,3 +136,16 @@ def test_a_tls_principal_with_spaces_the_broker_would_not_write_is_refused(name:
     to 'CN=alice, O=acme' would never match anyone."""
     with pytest.raises(ValueError, match="must name one user"):
         Principals.from_pairs({"client": name})
+
+
+def test_a_prefix_without_a_separator_is_refused_its_admin_grants_would_reach_other_applications() -> None:
+    """'prod' gave the admin ALL on production-billing's topics and groups (a review)."""
+    with pytest.raises(ConfigError, match=r"--topic-prefix ending in '\.', '-' or '_' \(got 'prod'\)"):
+        layout(Topics.from_prefix("prod"), "prod", P)
+    assert layout(Topics.from_prefix("prod-"), "prod-", P)
+
+
+def test_one_principal_given_several_roles_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    """Each role's grants went to it silently: the client and gateway reply groups' separation undone."""
+    Principals.from_pairs({"client": "apps", "gateway": "apps"})
+    assert "one principal holds several roles, and so all their grants: User:apps (client, gateway)" in caplog.text

@@ -61,3 +61,15 @@ def test_a_blank_list_of_api_key_hashes_is_refused_not_read_as_no_keys() -> None
     with pytest.raises(ConfigError, match="--api-key-hashes holds no key"):
         ApiKeys.load("", (" ", ""))
     assert not ApiKeys.load("", ()).enabled  # not given at all: no authentication, as documented
+
+
+def test_a_sasl_user_name_is_not_masked_in_every_line_but_its_password_is() -> None:
+    """Masked as a secret, a plain-word user name garbled the very errors that name a missing grant:
+    'not authorized to join group rdv.***' for the user 'rendezvous' (a review)."""
+    from services.core.kafka_config import masked, parse
+    from services.core.redaction import mask
+
+    config = parse(["sasl.username=rendezvous", "sasl.password=Pa55wordOfOurs"])
+    line = mask("not authorized to join group rdv.rendezvous as rendezvous with Pa55wordOfOurs")
+    assert line == "not authorized to join group rdv.rendezvous as rendezvous with ***"
+    assert masked(config) == {"sasl.username": "***", "sasl.password": "***"}  # the start-up line shows neither
