@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from services.core.errors import ConfigError
+from services.core.kafka_config import safe_key
 from services.core.runtime import PARENT_PID_ENV
 from services.core.settings import KafkaSettings
 from services.model_worker.settings import worker_name
@@ -29,8 +30,10 @@ def service_env(settings: KafkaSettings) -> dict[str, str]:
     env["RDV_WIRE_FORMAT"] = settings.wire_format
     env["RDV_SCHEMA_REGISTRY"] = settings.schema_registry
     if any(";" in item for item in settings.kafka_config):
-        # The key is shown, never the value: it may be a password.
-        keys = [item.partition("=")[0].strip() for item in settings.kafka_config if ";" in item]
+        # The key is shown if it looks like one, never the value: it may be a password (and an item
+        # without '=' is all value: it was shown whole, a review).
+        keys = [key if safe_key(key) else f"item {position}" for position, item in enumerate(settings.kafka_config, 1)
+                if ";" in item for key in [item.partition("=")[0].strip()]]
         raise ConfigError(f"--kafka-config {', '.join(keys)}: a value holding ';' cannot be handed to the processes "
                           "this command starts (RDV_KAFKA_CONFIG separates settings by ';'); start them yourself "
                           "with the flag")

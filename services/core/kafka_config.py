@@ -100,6 +100,14 @@ def _remember_value(value: str) -> None:
         never_print(part.partition("=")[2] or part)
 
 
+def remember_secrets(config: Mapping[str, Any]) -> None:
+    """Mask, from here on, every value of `config` not known to be harmless (as `parse` does for
+    the items it reads): for a process handed a parsed config (the rescue, by its stdin)."""
+    for key, value in config.items():
+        if not _shown(key, value) and key not in IDENTITY:
+            _remember_value(str(value))
+
+
 def parse(items: Iterable[str]) -> dict[str, str]:
     """`key=value` items -> a librdkafka config. Every value not known to be harmless is
     remembered as never to be printed, before anything can fail."""

@@ -361,12 +361,16 @@ def worker_log_level() -> str:
 
 def main() -> None:
     from services.cli.common import setup_logging
+    from services.core.kafka_config import remember_secrets
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # A Ctrl-C at the worker's terminal reaches its whole group: the worker stops its rescue
     # itself (a KeyboardInterrupt here left a traceback and the board in /dev/shm; a review).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     config = RescueConfig.from_json(sys.stdin.read())
+    # Handed parsed on stdin, its Kafka settings were never registered as secrets here: a line of
+    # this process could show a password every other process masks (a review).
+    remember_secrets(config.kafka)
     setup_logging(config.log_level)
     sys.exit(run(config))
 

@@ -73,3 +73,25 @@ def test_a_sasl_user_name_is_not_masked_in_every_line_but_its_password_is() -> N
     line = mask("not authorized to join group rdv.rendezvous as rendezvous with Pa55wordOfOurs")
     assert line == "not authorized to join group rdv.rendezvous as rendezvous with ***"
     assert masked(config) == {"sasl.username": "***", "sasl.password": "***"}  # the start-up line shows neither
+
+
+def test_a_kafka_config_item_with_a_semicolon_names_no_secret_when_the_demo_cannot_hand_it_on() -> None:
+    """Its key was shown, and an item without '=' is all value: a password typed as
+    'hunter2Secret;sasl.mechanism=PLAIN' was printed whole (a review)."""
+    from services.cli.spawn import service_env
+    from services.core.settings import KafkaSettings
+
+    settings = KafkaSettings(kafka_config=("security.protocol=SASL_SSL", "hunter2Secret;sasl.mechanism=PLAIN",
+                                           "sasl.password=a;b"))
+    with pytest.raises(ConfigError) as refused:
+        service_env(settings)
+    assert "hunter2Secret" not in str(refused.value)
+    assert str(refused.value).startswith("--kafka-config item 2, sasl.password: a value holding ';'")
+
+
+def test_the_rescue_process_masks_the_kafka_secrets_it_is_handed() -> None:
+    from services.core.kafka_config import remember_secrets
+    from services.core.redaction import mask
+
+    remember_secrets({"bootstrap.servers": "b:9092", "sasl.password": "RescuePassw0rd", "sasl.username": "worker"})
+    assert mask("auth as worker with RescuePassw0rd failed") == "auth as worker with *** failed"
