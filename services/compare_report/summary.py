@@ -75,6 +75,7 @@ class ModelSummary:
     expected: int = 0
     expected_output: int = 0
     expected_met: int = 0
+    labelled: int = 0  # requests the agreement is measured on (the champion labelled, this model answered)
 
 
 @dataclass(frozen=True)
@@ -295,13 +296,17 @@ class _Paired:
     scores: PairedScores
     labels: PairedLabels | None  # None for the champion itself / without a champion
     agreement: float = float("nan")  # see `_agreement`
+    labelled: int = 0  # what it is measured on
 
 
 def _model(frame: Frame, code: int, ref: _Reference, starts: np.ndarray, bucket_ms: int) -> ModelSummary:
     out = _Outputs.of(frame, code)
     compared = ref.code is not None and code != ref.code
     paired = _paired(ref, out, frame.labels) if compared else _Paired(PairedScores(), None)
-    scores = out.score[out.usable]
+    # The distributions are compared on the same requests, as the table says: against every score
+    # of the champion's in the range, a candidate deployed halfway through a drifting traffic read
+    # KS 0.44 though it scored each of its requests as the champion did (a review).
+    champion_same, model_same = _same_requests(ref, out)
     budget = frame.deadline[out.rows] - frame.created_at[out.rows]  # both plausible times (`plausible`)
     on_time = met_deadline_array(out.usable, out.latency, budget)
     # Latency is that of answers: an error output's time (a fast refusal, a model given up on after
@@ -315,18 +320,27 @@ def _model(frame: Frame, code: int, ref: _Reference, starts: np.ndarray, bucket_
         deadline_met=float(on_time.mean()) if len(on_time) else float("nan"),
         latency_ms={name: float(v) for (name, _), v in zip(LATENCY_QUANTILES, latency, strict=True)},
         agreement=paired.agreement,
-        ks=ks_exact(ref.scores, scores) if compared else float("nan"),
-        psi=psi_exact(ref.scores, scores) if compared else float("nan"),
+        ks=ks_exact(champion_same, model_same) if compared else float("nan"),
+        psi=psi_exact(champion_same, model_same) if compared else float("nan"),
         mad=paired.scores.mad(), correlation=paired.scores.correlation(), paired=paired.scores.n,
         plots=ModelPlots(
             latency_cdf=(_quantiles(answered, CDF_PROBES), CDF_PROBES),
-            qq=(_quantiles(ref.scores, QQ_PROBES), _quantiles(scores, QQ_PROBES)) if compared else None,
+            qq=(_quantiles(champion_same, QQ_PROBES), _quantiles(model_same, QQ_PROBES)) if compared else None,
             agreement_over_time=_agreement_series(frame, ref, out, starts, bucket_ms) if compared else None,
             confusion=paired.labels.matrix() if paired.labels is not None and paired.labels.n else None,
         ),
-        expected=int(expected.sum()), expected_output=int(expected[out.rows].sum()),
-        expected_met=int(expected[out.rows[on_time]].sum()),
+        # An output with neither a usable score nor an error (a label alone) answers nothing: counted
+        # as output, a candidate that gave no score on half the requests passed coverage (a review).
+        expected=int(expected.sum()), expected_output=int(expected[out.rows[out.usable | out.error]].sum()),
+        expected_met=int(expected[out.rows[on_time]].sum()), labelled=paired.labelled,
     )  # fmt: skip
+
+
+def _same_requests(ref: _Reference, out: _Outputs) -> tuple[np.ndarray, np.ndarray]:
+    """The champion's and this model's scores on the requests where both have a usable one."""
+    champion = ref.score[out.rows]
+    both = out.usable & np.isfinite(champion)
+    return champion[both], out.score[both]
 
 
 def _expected(frame: Frame, ref: _Reference, out: _Outputs) -> np.ndarray:
@@ -345,17 +359,18 @@ def _paired(ref: _Reference, out: _Outputs, names: tuple[str, ...]) -> _Paired:
     both = ~np.isnan(champion_score) & ~np.isnan(out.score)
     scores = PairedScores()
     scores.add_many(champion_score[both], out.score[both])
-    return _Paired(scores, _paired_labels(ref.label[out.rows], out.label, names), _agreement(ref, out))
+    agreement, labelled = _agreement(ref, out)
+    return _Paired(scores, _paired_labels(ref.label[out.rows], out.label, names), agreement, labelled)
 
 
-def _agreement(ref: _Reference, out: _Outputs) -> float:
+def _agreement(ref: _Reference, out: _Outputs) -> tuple[float, int]:
     """Of the requests the champion labelled and this model answered without error, the share it
     gave the same label (NaN if none): a model leaving a label out disagrees, so one that labels
     2 requests of 200 does not show 100% (the live gauge and the promote gate count the same)."""
     champion = ref.label[out.rows]
     compared = (champion >= 0) & ~out.error
     total = int(compared.sum())
-    return int((compared & (out.label == champion)).sum()) / total if total else float("nan")
+    return (int((compared & (out.label == champion)).sum()) / total if total else float("nan")), total
 
 
 DENSE_LABELS = 1024  # distinct labels up to which the confusion counts are one dense array (8 MB)

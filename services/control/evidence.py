@@ -47,6 +47,7 @@ def figures_of(report: Report, candidate: str, champion: str) -> dict[str, float
         "champion_error_rate": champion_error_rate,  # for the gate's default error_rate clause
         "n": float(row.paired),
         "agreement": row.agreement,
+        "labelled": float(row.labelled),
         "p50": row.latency_ms.get("p50", NAN),
         "p90": row.latency_ms.get("p90", NAN),
         "p99": row.latency_ms.get("p99", NAN),

@@ -28,19 +28,28 @@ def test_a_candidate_failing_fast_does_not_pass_on_agreement_and_latency() -> No
 
 
 def test_a_handful_of_requests_is_no_evidence_unless_the_operator_says_so() -> None:
-    figures = {"n": 1, "agreement": 1.0, "error_rate": 0.0, "champion_error_rate": 0.0, "coverage": 1.0,
-               "versions": 1}
+    figures = {"n": 1, "agreement": 1.0, "labelled": 1, "error_rate": 0.0, "champion_error_rate": 0.0,
+               "coverage": 1.0, "versions": 1}
     assert verdicts("agreement>=0.95", figures)["n>=100 (default)"] is False
-    assert verdicts("agreement>=0.95,n>=1", figures) == {"agreement>=0.95": True, "n>=1": True,
-                                                          "error_rate<=0.01 (default: champion's + 0.01)": True,
-                                                          "coverage>=0.95 (default)": True,
-                                                          VERSIONS_DEFAULT: True}
+    assert verdicts("agreement>=0.95,n>=1,labelled>=1", figures) == {
+        "agreement>=0.95": True, "n>=1": True, "labelled>=1": True,
+        "error_rate<=0.01 (default: champion's + 0.01)": True, "coverage>=0.95 (default)": True,
+        VERSIONS_DEFAULT: True}
+
+
+def test_agreement_on_a_handful_of_labelled_requests_is_no_evidence() -> None:
+    """n counts score pairs: the champion labelling 3 of 10,000 requests, agreement was measured on
+    those 3 and passed (a review)."""
+    figures = {"n": 10_000, "agreement": 1.0, "labelled": 3, "error_rate": 0.0, "champion_error_rate": 0.0,
+               "coverage": 1.0, "versions": 1}
+    assert verdicts("agreement>=0.95", figures)["labelled>=100 (default with agreement)"] is False
+    assert "labelled>=100 (default with agreement)" not in verdicts("p99<=50ms", {**figures, "p99": 5.0})
 
 
 def test_a_candidate_answering_a_sliver_of_the_traffic_does_not_pass_on_that_sliver() -> None:
     """2% of 10,000 requests passed agreement>=0.95,p99<=50ms with the defaults n and error_rate (a review)."""
-    figures = {"n": 200, "agreement": 1.0, "p99": 10.0, "error_rate": 0.0, "champion_error_rate": 0.0,
-               "coverage": 0.02, "deadline_met": 0.02, "versions": 1}
+    figures = {"n": 200, "agreement": 1.0, "labelled": 200, "p99": 10.0, "error_rate": 0.0,
+               "champion_error_rate": 0.0, "coverage": 0.02, "deadline_met": 0.02, "versions": 1}
     result = verdicts("agreement>=0.95,p99<=50ms", figures)
     assert result["coverage>=0.95 (default)"] is False
     assert all(passed for text, passed in result.items() if not text.startswith("coverage"))
@@ -218,3 +227,34 @@ def test_the_gate_reads_the_log_with_every_connection_setting_of_the_command(mon
     assert (compare.schema_registry, compare.wire_format, compare.connect_timeout_s, compare.bootstrap,
             compare.kafka_config, compare.since, compare.champion) == (
         "http://registry:8081", "registry", 3.0, "b:9092", ("client.id=x",), "5m", "champion")
+
+
+def test_the_reports_p99_9_column_name_is_the_gates_p999() -> None:
+    """`p99.9<=100ms`, as the table names it, was 'cannot read' (a review)."""
+    [requirement] = parse_requirements("p99.9<=100ms")
+    assert requirement.figure == "p999" and requirement.value == 100.0
+
+
+def test_the_default_error_rate_limit_is_shown_with_the_digits_it_is_compared_with() -> None:
+    """0.13346 was shown as 0.1335: 'FAIL error_rate<=0.1335 ... measured 0.1335' (a review)."""
+    figures = {"n": 500, "error_rate": 0.13347, "champion_error_rate": 0.12346, "coverage": 1.0, "versions": 1}
+    assert "error_rate<=0.13346 (default: champion's + 0.01)" in verdicts("n>=1", figures)
+
+
+def test_an_output_without_a_score_or_an_error_is_no_coverage_and_labelled_is_counted() -> None:
+    """A candidate giving only a label on every other request (no score: the schedule cannot answer
+    with it) passed coverage 1.0 and error_rate 0: promoted on agreement and p99 (a review)."""
+    records = [_record(i, [_output("champion", 0.9, "pos"),
+                           {**_output("cand", 0.8, "pos"), "score": None} if i % 2 else _output("cand", 0.8, "pos")])
+               for i in range(1000)]
+    figures = _gate_figures(records)
+    assert figures["coverage"] == pytest.approx(0.5) and figures["labelled"] == 1000
+    assert verdicts("agreement>=0.95", figures)["coverage>=0.95 (default)"] is False
+
+
+def test_ks_compares_the_distributions_on_the_requests_both_scored() -> None:
+    """Against every champion score of the range, a candidate deployed halfway through a drifting
+    traffic, scoring each of its requests as the champion did, read KS 0.44 (a review)."""
+    records = [_record(i, [_output("champion", i / 1000, "pos"), *([_output("cand", i / 1000, "pos")] if i >= 500
+                                                                   else [])]) for i in range(1000)]
+    assert _gate_figures(records)["ks"] == 0.0
