@@ -87,11 +87,15 @@ class LocalBroker:
 
     def _write_properties(self, text: str) -> None:
         """server.properties, readable by its owner only: it holds the TLS key (inline PEM) and the
-        SASL users' passwords of a secured broker."""
-        fd = os.open(self.properties_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)  # a file kept from an earlier start keeps its mode through O_TRUNC
+        SASL users' passwords of a secured broker. Whole or not at all (written aside, then renamed):
+        emptied first, a write that failed (a full disk) left no properties, and the next start took
+        the kept topics for none and deleted them (a review)."""
+        part = self.properties_file.with_name(self.properties_file.name + ".part")
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a file left by an earlier attempt keeps its mode through O_TRUNC
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+        part.replace(self.properties_file)
 
     @property
     def log_file(self) -> Path:
@@ -282,6 +286,10 @@ class LocalBroker:
             return False
         data = config.log_dir(props)
         return data is not None and config.read_cluster_id(data) is not None
+
+    def holds_data(self) -> bool:
+        """A formatted log directory is on disk, whatever server.properties says."""
+        return (self.root / "logs" / "meta.properties").exists()
 
     def kept_listeners(self) -> set[str]:
         """Listener names of the kept configuration (empty if none)."""
@@ -536,6 +544,11 @@ def _start_background(broker: LocalBroker, wait_timeout: float, fresh: bool | No
             progress(f"Local broker {name!r} already runs at {broker.bootstrap} (pid {broker.pid})")
         return broker
     resume = not fresh and broker.has_kept_data()
+    if not fresh and not resume and broker.holds_data():
+        # Topics on disk, but no readable configuration that names them: starting anew deleted them.
+        raise BrokerError(f"local broker {name!r} holds data in {broker.root / 'logs'} but its server.properties "
+                          "is missing or unreadable: `rendezvous broker start --fresh` (or `broker reset`) starts it "
+                          "empty, deleting its topics")
     if tls and resume and TLS_LISTENER not in broker.kept_listeners():
         raise BrokerError(f"local broker {name!r} kept data from a start without TLS: "
                           "`rendezvous broker start --tls --fresh` starts anew with TLS (its topics are deleted)")

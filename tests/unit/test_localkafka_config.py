@@ -449,3 +449,25 @@ def test_data_bytes_counts_the_disk_a_sparse_index_takes_not_its_apparent_size(t
     with (segment / "00000000000000000000.index").open("wb") as index:
         index.truncate(10 * 2**20)  # preallocated as Kafka does: 10 MB apparent, nothing written
     assert 100_000 <= broker.data_bytes() < 2**20
+
+
+def test_a_broker_whose_properties_are_gone_but_whose_topics_are_kept_is_not_started_anew(cache: Path) -> None:
+    """server.properties emptied by a failed rewrite (a full disk), and the next start took the kept
+    topics for none and deleted them (a review). Now it is said, and nothing is touched."""
+    broker = LocalBroker("keeps")
+    (broker.root / "logs").mkdir(parents=True)
+    (broker.root / "logs" / "meta.properties").write_text("cluster.id=abc\nnode.id=1\n")
+    broker.properties_file.write_text("")
+    with pytest.raises(BrokerError, match=r"holds data in .* but its server.properties is missing or unreadable"):
+        broker_module.start_background("keeps")
+    assert (broker.root / "logs" / "meta.properties").exists()
+
+
+def test_server_properties_are_replaced_whole_and_kept_private(cache: Path) -> None:
+    broker = LocalBroker("private")
+    broker.root.mkdir(parents=True)
+    broker._write_properties("a=1\n")
+    broker._write_properties("b=2\n")
+    assert broker.properties_file.read_text() == "b=2\n"
+    assert broker.properties_file.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in broker.root.iterdir()) == ["server.properties"]
