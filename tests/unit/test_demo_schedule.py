@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -104,3 +105,31 @@ def test_a_demo_process_exiting_during_the_wait_is_said_at_once(monkeypatch: pyt
     with pytest.raises(ConfigError, match="exited"):
         demo._wait_until_governing(NOW + 3_000, Console(file=io.StringIO()), exited)
     assert clock[0] == NOW  # before any sleep
+
+
+def test_the_demos_deadlines_met_counts_usable_answers_of_every_settled_request() -> None:
+    """Counted over answers received only, 11 answers of 1,000 requests showed 100% met; and a
+    TIMEOUT or ERROR answer in time counted as met (a review)."""
+    from concurrent.futures import Future
+
+    from services.cli.demo import Tally
+    from services.client.client import Answer
+
+    def answered(status: str, score: float | None, late_ms: int) -> Future[Answer]:
+        future: Future[Answer] = Future()
+        future.set_result(Answer("r", status, "champion", "v1", score, "x", "", 1_000, 1_200, 1_100, "s", 1,
+                                 1_200 + late_ms))
+        return future
+
+    tally = Tally()
+    for future in (answered("OK", 0.9, 0), answered("TIMEOUT", None, 0), answered("OK", 0.9, 50)):
+        tally.add(future)
+    tally.gave_up(2)
+    assert _rows(tally)["deadlines met"][2:] == ("1", "20.0%")
+    empty = _rows(Tally())
+    assert empty["latency p50 / p99 (last 20,000)"][2] == "-" and empty["deadlines met"][3] == "-"  # not 0 ms, 0%
+
+
+def _rows(tally: Any) -> dict[str, tuple[str, ...]]:
+    table = tally.table(1.0)
+    return {row[0]: row for row in zip(*(column._cells for column in table.columns), strict=True)}
