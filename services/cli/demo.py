@@ -36,7 +36,7 @@ from services.core.kafka import groups_with_members, set_connect_timeout, wait_f
 from services.core.ranges import format_ms
 from services.core.runtime import now_ms, stop_processes
 from services.core.settings import MAX_PORT, KafkaSettings, Topics, setting
-from services.localkafka.broker import LocalBroker, read_bootstrap, start_background
+from services.localkafka.broker import LocalBroker, read_bootstrap, start_background, stop_background
 from services.localkafka.config import cache_dir
 from services.model_worker.models import demo_rows
 from services.model_worker.models.loader import check_spec
@@ -180,7 +180,10 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
             console.print("starting a local Kafka broker (first run downloads it with Maven)...")
             broker: LocalBroker = start_background(progress=console.print)
             # Stopped like a database: the demo's topics stay for `compare`, `replay`, the next run.
-            stack.callback(broker.stop, keep_data=True)
+            # Only one this demo launched: another command may have started it in the meantime
+            # (two demos at once), and the first demo to end stopped it under the other (a review).
+            if broker.launched_here:
+                stack.callback(stop_background, keep_data=True)
             settings = replace(settings, bootstrap=broker.bootstrap)
         elif not settings.bootstrap:
             settings = replace(settings, bootstrap=read_bootstrap() or "")

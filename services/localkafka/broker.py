@@ -287,6 +287,11 @@ class LocalBroker:
         data = config.log_dir(props)
         return data is not None and config.read_cluster_id(data) is not None
 
+    @property
+    def launched_here(self) -> bool:
+        """Whether this process started the broker's JVM (not one found running)."""
+        return self._proc is not None
+
     def holds_data(self) -> bool:
         """A formatted log directory is on disk, whatever server.properties says."""
         return (self.root / "logs" / "meta.properties").exists()
