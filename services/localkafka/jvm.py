@@ -33,19 +33,32 @@ TOOL_JVM_OPTIONS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+# The collectors a -XX:+Use...GC option chooses (others of that shape, e.g.
+# -XX:+UseAdaptiveSizePolicyWithSystemGC, are tuning: they dropped G1 without a word, a review).
+_COLLECTORS = frozenset({"-XX:+UseG1GC", "-XX:+UseSerialGC", "-XX:+UseParallelGC", "-XX:+UseZGC",
+                         "-XX:+UseShenandoahGC", "-XX:+UseEpsilonGC"})
+
+
 def _is_gc_choice(option: str) -> bool:
-    return option.startswith("-XX:+Use") and option.endswith("GC")
+    return option in _COLLECTORS
+
+
+def _is_heap_size(option: str) -> bool:
+    return option.startswith(("-Xms", "-Xmx"))
 
 
 def with_overrides(defaults: Sequence[str], extra: str | None) -> tuple[str, ...]:
     """`defaults` followed by the shell-split `extra` (e.g. `$RDV_BROKER_JVM_OPTS`).
 
-    The JVM takes the last of repeated options (`-Xmx`, `-XX:...`), so appending overrides. The one
-    option that cannot be repeated is the collector: a `-XX:+Use*GC` in `extra` drops the default one.
+    The JVM takes the last of repeated options (`-Xmx`, `-XX:...`), so appending overrides. The
+    collector cannot be repeated: one chosen in `extra` drops the default one. Nor can the heap be
+    set in part: a `-Xmx256m` after the default `-Xms512m` was refused by the JVM (an initial heap
+    above the maximum), so a heap size in `extra` drops both default ones.
     """
     try:
         added = shlex.split(extra or "")
     except ValueError as exc:  # e.g. an unclosed quote
         raise ConfigError(f"{JVM_OPTS_ENV}: {exc}") from None
-    base = [o for o in defaults if not (_is_gc_choice(o) and any(map(_is_gc_choice, added)))]
+    base = [o for o in defaults if not (_is_gc_choice(o) and any(map(_is_gc_choice, added)))
+            and not (_is_heap_size(o) and any(map(_is_heap_size, added)))]
     return (*base, *added)

@@ -363,8 +363,11 @@ def test_jvm_overrides_append_and_replace_only_the_collector() -> None:
     options = with_overrides(DEFAULT_JVM_OPTIONS, "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Xmx1g")
     assert options[-3:] == ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xmx1g")
     assert "-XX:+UseG1GC" not in options
-    assert "-Xmx512m" in options  # the JVM takes the last -Xmx: appending overrides it
+    # A heap size drops both defaults: -Xmx256m after -Xms512m was refused by the JVM (a review).
+    assert "-Xmx512m" not in options and "-Xms512m" not in options
     assert with_overrides(DEFAULT_JVM_OPTIONS, None) == DEFAULT_JVM_OPTIONS
+    tuning = with_overrides(DEFAULT_JVM_OPTIONS, "-XX:+UseAdaptiveSizePolicyWithSystemGC")  # no collector choice
+    assert "-XX:+UseG1GC" in tuning and "-Xms512m" in tuning
 
 
 def test_broker_properties_from_text_are_key_value_pairs() -> None:
