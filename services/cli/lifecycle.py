@@ -165,12 +165,11 @@ def cmd_models(settings: ModelsSettings, console: Console, notes: Console) -> in
     config = settings.librdkafka()
     figures = live_models(config, settings.topics().scores, settings.live_window_s)
     book = _shown_book(settings, notes)
-    champion = book.latest.models[0] if book.latest else None
+    role = roles_now(book, now_ms())
     table = Table(title=f"models scoring on {settings.topics().scores} (last {settings.live_window_s:.0f}s)")
     columns = ("model", "version", "role", "replicas", "scores/s", "lag", "errors", "p50 ms", "p99 ms", "last seen")
     for column in columns:
         table.add_column(column, justify="left" if column in ("model", "version", "role") else "right")
-    in_schedule = set(book.latest.models) if book.latest else set()
     requests, prefix = settings.topics().requests, settings.topic_prefix
     groups = model_groups(prefix, consumer_groups(config)) if figures else {}
 
@@ -178,14 +177,13 @@ def cmd_models(settings: ModelsSettings, console: Console, notes: Console) -> in
         return group_lag(config, groups.get(model, model_group(prefix, [model])), requests)
 
     if settings.format == "json":
-        _print_json([{"model": model, "version": version, "role": _role(model, champion, in_schedule),
+        _print_json([{"model": model, "version": version, "role": role(model),
                       "lag": lag(model), **f} for (model, version), f in sorted(figures.items())])
         return 0
     for (model, version), f in sorted(figures.items()):
-        role = _role(model, champion, in_schedule)
         behind = lag(model)
         # Text, not markup: model names and versions come from the scores topic (any model's word).
-        table.add_row(Text(model), Text(version), role, f"{f['replicas']:.0f}", f"{f['rate']:.1f}",
+        table.add_row(Text(model), Text(version), role(model), f"{f['replicas']:.0f}", f"{f['rate']:.1f}",
                       "-" if behind is None else str(behind), f"{f['errors']:.0f}",
                       f"{f['p50_ms']:.1f}", f"{f['p99_ms']:.1f}", f"{f['last_seen_s']:.1f}s ago")
     console.print(table)
@@ -196,8 +194,23 @@ def cmd_models(settings: ModelsSettings, console: Console, notes: Console) -> in
     return 0
 
 
-def _role(model: str, champion: str | None, in_schedule: set[str]) -> str:
-    return "champion" if model == champion else ("fallback" if model in in_schedule else "challenger")
+def roles_now(book: ScheduleBook, now: int) -> Callable[[str], str]:
+    """Each model's role in the version in force at `now`: by the latest version, one set for
+    tomorrow (up to a week ahead) relabelled the models today (a review). The traffic split's
+    model is 'traffic'."""
+    in_force = book.in_force(now) if book.latest else None
+    champion = in_force.models[0] if in_force else None
+    traffic = in_force.traffic_model if in_force else None
+    in_schedule = set(in_force.models) if in_force else set()
+
+    def role(model: str) -> str:
+        if model == champion:
+            return "champion"
+        if model == traffic:
+            return "traffic"
+        return "fallback" if model in in_schedule else "challenger"
+
+    return role
 
 
 def _check_live(settings: ChangeSettings, schedule: Schedule) -> list[str]:

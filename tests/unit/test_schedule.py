@@ -558,3 +558,19 @@ def test_undeploy_warns_when_the_control_topic_it_checks_deletes_old_versions(
     console = Console(record=True, width=1000)
     deploy._check_not_preferred("challenger", deploy.UndeploySettings(bootstrap="127.0.0.1:1"), console)
     assert "warning: rdv.control has cleanup.policy=delete" in console.export_text()
+
+
+def test_models_shows_the_roles_of_the_version_in_force_not_of_one_set_for_later() -> None:
+    """A version set for tomorrow relabelled the models today: the champion in force shown as a
+    fallback (a review)."""
+    from services.cli.lifecycle import roles_now
+
+    now = 1_700_000_000_000
+    book = ScheduleBook("default")
+    book.add(Schedule(models=("champion", "challenger", "canary"), version=1, traffic_model="canary",
+                      traffic_fraction=0.1), written_at=now - 60_000)
+    book.add(Schedule(models=("challenger", "champion"), version=2, effective_at=now + 86_400_000), written_at=now)
+    role = roles_now(book, now)
+    assert [role(m) for m in ("champion", "challenger", "canary", "decoy")] == [
+        "champion", "fallback", "traffic", "challenger"]
+    assert roles_now(book, now + 86_400_001)("challenger") == "champion"
