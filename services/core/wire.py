@@ -104,13 +104,15 @@ def configure(settings: KafkaSettings, *, check_credentials: bool = True) -> Non
     if not settings.schema_registry:
         return
     registry = SchemaRegistry(settings.schema_registry)
-    lookup = IdLookup(registry)
-    for name in CODEC_NAMES:
-        codec(name).read_registry_ids(lookup)
     if settings.wire_format == "registry":
         register_all(registry, settings.topics())  # refused credentials fail it, in one line
     elif check_credentials:
         check_registry_credentials(registry)
+    # Last: a check that failed leaves the process' codecs as they were (a test's, say, pointing
+    # every later one of its process at a registry gone: their records waited for it).
+    lookup = IdLookup(registry)
+    for name in CODEC_NAMES:
+        codec(name).read_registry_ids(lookup)
 
 
 def check_registry_credentials(registry: SchemaRegistry) -> None:

@@ -423,6 +423,7 @@ def test_only_the_registrys_own_not_found_refuses_an_id_for_good(status: str, bo
     assert refused.value.permanent is permanent
 
 
+@pytest.mark.usefixtures("shared_codecs_restored")
 def test_a_registry_url_that_is_no_registry_api_is_one_config_error_at_start() -> None:
     """A 404 or a redirect from /subjects, which every registry answers, was a warning: every record
     framed by it then waited for good."""
