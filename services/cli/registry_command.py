@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from services.core.errors import ConfigError
 from services.core.runtime import install_signal_handlers
 from services.core.settings import from_namespace, setting
 
@@ -40,7 +41,13 @@ def cmd_registry_run(args: argparse.Namespace) -> int:
             pass
     finally:
         running.stop()
-    return 0 if stop.is_set() else 1
+    if stop.is_set():
+        return 0
+    # It ended by itself (out of memory, killed): said, with where to look (it exited 1 silently).
+    from services.localkafka.process import tail
+
+    raise ConfigError(f"the schema registry exited (code {running.process.returncode}); its log: "
+                      f"{running.log_file}\n{tail(running.log_file)}")
 
 
 def register(commands: Any, selection: Any) -> None:

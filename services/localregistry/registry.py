@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.core.errors import ConfigError
+from services.core.runtime import die_with_parent
 from services.localkafka.config import cache_dir, free_ports, port_free
 from services.localkafka.jars import Progress, locked, run_maven
 from services.localkafka.process import tail
@@ -203,6 +204,7 @@ def start(port: int = 0, progress: Progress | None = None, timeout_s: float = 12
             [str(java), "-Xmx256m", f"-Dquarkus.http.port={port}", f"-Dquarkus.management.port={management}",
              "-Dquarkus.http.host=127.0.0.1", "-jar", str(jar)],
             stdout=log, stderr=subprocess.STDOUT, cwd=registry_home(),
+            preexec_fn=die_with_parent,  # a `registry run` killed outright left its JVM running (a review)
         )
     registry = LocalRegistry(port, process, log_file)
     deadline = time.monotonic() + timeout_s

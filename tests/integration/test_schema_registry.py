@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -240,3 +241,15 @@ def test_registry_run_serves_until_signalled_and_stops_its_jvm(registry_url: str
             process.kill()
     with pytest.raises(OSError):  # the registry's JVM went with it
         urllib.request.urlopen(f"http://127.0.0.1:{port}/apis/ccompat/v7/subjects", timeout=2)
+    # Its JVM dying by itself (out of memory, killed) ended the command with status 1 and no word.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        assert f"http://127.0.0.1:{port}/apis/ccompat/v7" in process.stdout.readline()
+        jvm = subprocess.run(["pgrep", "-P", str(process.pid), "java"], capture_output=True, text=True, check=True)
+        os.kill(int(jvm.stdout.split()[0]), signal.SIGKILL)
+        output, _ = process.communicate(timeout=60)
+        assert process.returncode == 2 and "error: the schema registry exited (code -9); its log: " in output, output
+    finally:
+        if process.poll() is None:
+            process.kill()
