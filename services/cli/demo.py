@@ -25,7 +25,7 @@ from rich.live import Live
 from rich.table import Table
 
 from services.cli.common import ensure_topics
-from services.cli.spawn import model_workers, service_env, spawn
+from services.cli.spawn import model_workers, output_of, service_env, spawn
 from services.client.client import Answer, Client
 from services.control import changes
 from services.control.schedule import Schedule
@@ -344,17 +344,16 @@ def _check_alive(processes: list[subprocess.Popen[bytes]], logs: Path) -> None:
     if dead:
         args = dead[0].args
         command = " ".join(map(str, args[3:5])) if isinstance(args, list) else str(args)  # after python -m ...
-        raise ConfigError(f"a demo process ({command}) exited (code {dead[0].returncode}){_last_error(logs)}; "
+        raise ConfigError(f"a demo process ({command}) exited (code {dead[0].returncode}){_last_error(dead[0])}; "
                           f"its log is in {logs}")
 
 
-def _last_error(logs: Path) -> str:
-    """The newest `error:` line of the demo's logs (a port another process holds, say), as ': ...'."""
-    for log_file in sorted(logs.glob("*.log"), key=lambda f: f.stat().st_mtime, reverse=True):
-        lines = [line for line in log_file.read_text(errors="replace").splitlines() if line.startswith("error:")]
-        if lines:
-            return f": {lines[-1].removeprefix('error: ')[:300]}"
-    return ""
+def _last_error(process: subprocess.Popen[bytes]) -> str:
+    """The last `error:` line the dead process wrote (a port another process holds, say), as ': ...'.
+    Its own, of this run: the newest of any log named an earlier run's error, or another
+    process's (a review)."""
+    lines = [line for line in output_of(process).splitlines() if line.startswith("error:")]
+    return f": {lines[-1].removeprefix('error: ')[:300]}" if lines else ""
 
 
 def _first_answers(client: Client, processes: list[subprocess.Popen[bytes]], console: Console, logs: Path) -> None:

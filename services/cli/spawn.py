@@ -45,6 +45,25 @@ def service_env(settings: KafkaSettings) -> dict[str, str]:
     return env
 
 
+# Where each process spawned here began writing: its log file and that file's size then (logs are
+# appended across runs, so the end of the file may be another run's).
+_LOG_STARTS: dict[int, tuple[Path, int]] = {}
+
+
+def output_of(process: subprocess.Popen[bytes]) -> str:
+    """What `process` (spawned here) wrote to its log, as text ('' if unknown)."""
+    start = _LOG_STARTS.get(process.pid)
+    if start is None:
+        return ""
+    log_file, offset = start
+    try:
+        with log_file.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def spawn(args: list[str], log_file: Path, env: dict[str, str], *, detached: bool = False) -> subprocess.Popen[bytes]:
     """Run `rendezvous <args>` with its output appended to `log_file`; `detached` outlives us, any
     other is sent SIGTERM when we die, even killed with -9 (`stop_with_parent`), and not the
@@ -54,12 +73,15 @@ def spawn(args: list[str], log_file: Path, env: dict[str, str], *, detached: boo
         env[PARENT_PID_ENV] = str(os.getpid())
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as handle:
+        offset = handle.tell()
         # A process group of its own either way: in ours, a Ctrl-C at the terminal reached it too,
         # and our SIGTERM after it was its second signal, which ends a service at once, undrained
         # (a review). We stop it; our death stops it (PARENT_PID_ENV) if we are killed.
-        return subprocess.Popen([sys.executable, "-m", "services.cli.main", *args], stdout=handle,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=detached,
-                                process_group=None if detached else 0)
+        process = subprocess.Popen([sys.executable, "-m", "services.cli.main", *args], stdout=handle,
+                                   stderr=subprocess.STDOUT, env=env, start_new_session=detached,
+                                   process_group=None if detached else 0)
+    _LOG_STARTS[process.pid] = (log_file, offset)
+    return process
 
 
 def model_workers(models: Sequence[tuple[str, str]], co_host: bool) -> dict[str, list[str]]:

@@ -101,3 +101,21 @@ def test_a_service_the_demo_started_is_not_sent_the_terminals_ctrl_c(tmp_path: P
         parent.kill()
         if child and not _gone(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_a_dead_demo_process_is_said_with_its_own_error_not_an_earlier_runs(tmp_path: Path) -> None:
+    """The newest `error:` line of any demo log was quoted: an earlier run's (logs are appended
+    across runs), or another process's, blamed on the one that died (a review)."""
+    from services.cli import demo
+    from services.cli.spawn import spawn
+    from services.core.errors import ConfigError
+
+    log = tmp_path / "rendezvous-0.log"
+    log.write_text("error: --metrics-port 9100: address already in use (an earlier run)\n")
+    (tmp_path / "worker.log").write_text("error: another process's line\n")
+    process = spawn(["acl", "show", "--topic-prefix", "prod"], log, dict(os.environ))
+    assert process.wait(60) == 2
+    with pytest.raises(ConfigError) as dead:
+        demo._check_alive([process], tmp_path)
+    assert "needs a --topic-prefix ending in" in str(dead.value)
+    assert "earlier run" not in str(dead.value) and "another process" not in str(dead.value)
