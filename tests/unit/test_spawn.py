@@ -112,9 +112,9 @@ def test_a_dead_demo_process_is_said_with_its_own_error_not_an_earlier_runs(tmp_
 
     log = tmp_path / "rendezvous-0.log"
     log.write_text("error: --metrics-port 9100: address already in use (an earlier run)\n")
-    (tmp_path / "worker.log").write_text("error: another process's line\n")
     process = spawn(["acl", "show", "--topic-prefix", "prod"], log, dict(os.environ))
     assert process.wait(60) == 2
+    (tmp_path / "worker.log").write_text("error: another process's line\n")  # the newest log now
     with pytest.raises(ConfigError) as dead:
         demo._check_alive([process], tmp_path)
     assert "needs a --topic-prefix ending in" in str(dead.value)
