@@ -131,16 +131,9 @@ def _read_within(response: Any, deadline: float) -> bytes:
     """The reply's body, read by the deadline and at most MAX_REPLY_BYTES of it; `IncompleteRead`
     (as http.client raises for a chunked reply cut short) when bytes its Content-Length promised
     never came."""
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := response.read1(65_536):
-        size += len(chunk)
-        if size > MAX_REPLY_BYTES:
-            raise _TooLarge(f"is larger than {MAX_REPLY_BYTES // (1024 * 1024)} MiB")
-        if time.monotonic() > deadline:
-            raise TimeoutError("the reply took longer than the timeout to come")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    body = _read_some(response, deadline, MAX_REPLY_BYTES + 1)
+    if len(body) > MAX_REPLY_BYTES:
+        raise _TooLarge(f"is larger than {MAX_REPLY_BYTES // (1024 * 1024)} MiB")
     if response.length:
         raise http.client.IncompleteRead(body, response.length)
     return body
