@@ -28,6 +28,7 @@ from rich.markup import escape
 from services.cli.spawn import service_env, spawn
 from services.control.schedule import DEFAULT_NAME, check_schedule_name
 from services.core.errors import BrokerError, ConfigError, RendezvousError
+from services.core.files import write_whole
 from services.core.kafka import group_member_count, partition_counts, wait_for_broker, wait_for_groups
 from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, setting
@@ -163,10 +164,7 @@ def _record(name: str, settings: DeploySettings, replicas: dict[int, int]) -> No
 
 def _write_state(name: str, state: dict[str, Any]) -> None:
     """Written whole or not at all (a crash mid-write left a file every later command failed on)."""
-    path = _state_file(name)
-    partial = path.with_suffix(".json.part")
-    partial.write_text(json.dumps(state), encoding="utf-8")
-    os.replace(partial, path)
+    write_whole(_state_file(name), json.dumps(state))
 
 
 def running_pids(name: str) -> list[int]:

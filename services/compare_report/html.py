@@ -17,7 +17,6 @@ from __future__ import annotations
 import html
 import io
 import math
-import os
 import re
 from collections.abc import Callable
 from functools import partial
@@ -32,6 +31,7 @@ from matplotlib.figure import Figure
 from services.compare_report.summary import ModelSummary, Report
 from services.compare_report.table import COLUMNS, caption
 from services.core.errors import ConfigError
+from services.core.files import write_whole
 from services.core.ranges import format_duration_ms, format_ms
 
 LOG_SCALE_SPREAD = 10.0  # latency x axis is logarithmic when max p99 / min p50 exceeds this
@@ -57,12 +57,7 @@ def write_html(report: Report, path: str | Path) -> Path:
             target.write_text(page, encoding="utf-8")
         else:
             # Whole or not at all: a write that failed halfway (a full disk) left the last report cut short.
-            part = target.with_name(target.name + ".part")
-            try:
-                part.write_text(page, encoding="utf-8")
-                os.replace(part, target)
-            finally:
-                part.unlink(missing_ok=True)
+            write_whole(target, page)
     except OSError as exc:
         raise ConfigError(f"--html {path}: cannot write the report: {exc.strerror or exc}") from None
     return target

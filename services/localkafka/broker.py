@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from services.core.errors import BrokerError, BrokerUnavailable
+from services.core.files import write_whole
 from services.core.runtime import die_with_parent
 from services.localkafka import cds, config, warmup
 from services.localkafka.jars import Progress, java_executable, locked, provision
@@ -90,12 +91,7 @@ class LocalBroker:
         SASL users' passwords of a secured broker. Whole or not at all (written aside, then renamed):
         emptied first, a write that failed (a full disk) left no properties, and the next start took
         the kept topics for none and deleted them (a review)."""
-        part = self.properties_file.with_name(self.properties_file.name + ".part")
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)  # a file left by an earlier attempt keeps its mode through O_TRUNC
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        part.replace(self.properties_file)
+        write_whole(self.properties_file, text, mode=0o600)
 
     @property
     def log_file(self) -> Path:
@@ -339,9 +335,7 @@ class LocalBroker:
                 say(f"{self.properties_file} is kept as it was: the start with ${config.PROPERTIES_ENV} failed")
 
     def _write_state(self) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._state, indent=1))
-        tmp.replace(self.state_file)
+        write_whole(self.state_file, json.dumps(self._state, indent=1))
 
     def _prepare_dir(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -561,17 +561,28 @@ def test_a_report_page_that_cannot_be_written_whole_leaves_the_last_one_as_it_wa
 ) -> None:
     """A full disk halfway through the write left the previous report cut short (a review)."""
     from services.compare_report import html
+    from services.core import files
 
     page = tmp_path / "report.html"
     page.write_text("<html>the last report</html>")
-    real_write = Path.write_text
+    real_fdopen = files.os.fdopen
 
-    def half_then_full(self: Path, text: str, *args: Any, **kwargs: Any) -> int:
-        real_write(self, text[: len(text) // 2], *args, **kwargs)
-        raise OSError(28, "No space left on device")
+    class HalfThenFull:
+        def __init__(self, fd: int, *args: Any, **kwargs: Any) -> None:
+            self.handle = real_fdopen(fd, *args, **kwargs)
+
+        def __enter__(self) -> HalfThenFull:
+            return self
+
+        def __exit__(self, *_exc: object) -> None:
+            self.handle.close()
+
+        def write(self, text: str) -> int:
+            self.handle.write(text[: len(text) // 2])
+            raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(html, "render_html", lambda _report: "<html>" + "x" * 1000 + "</html>")
-    monkeypatch.setattr(Path, "write_text", half_then_full)
+    monkeypatch.setattr(files.os, "fdopen", HalfThenFull)
     with pytest.raises(ConfigError, match="cannot write the report: No space left on device"):
         html.write_html(None, page)  # type: ignore[arg-type]
     monkeypatch.undo()
