@@ -18,14 +18,15 @@ messages are exactly fastavro's (services/rendezvous/records.py, services/model_
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from services.core.avro_walk import branch, string, varint
-from services.core.codec import MAGIC, Codec
+from services.core.codec import HEADER_SIZE, MAGIC, Codec
 from services.core.comparison_columns import signature
 from services.core.compiled import compiled
+from services.core.errors import DecodeFailed
 from services.core.requests import request_problem
 
 # The layout walked here (comparison_columns.signature of schemas/request.avsc).
@@ -242,6 +243,17 @@ class Walker:
         return self.usable and value is not None and value.startswith(self.header)
 
 
+def refuse_unwalked(codec: Codec, value: bytes | None) -> NoReturn:
+    """Raise the error of a record in `codec`'s current framing that its walk found invalid:
+    fastavro's when fastavro refuses it too, else ours. fastavro reads some bytes no Avro writer
+    makes: a union's branch -1 as its last branch (a return address, or a score's 8 bytes, that
+    no client wrote), a varint past 10 bytes. The walks check every byte by the specification,
+    so what they refuse is refused, never read leniently and answered with confidence."""
+    codec.decode(value)  # fastavro's reason first, when it has one
+    raise DecodeFailed(f"invalid {codec.name} encoding: a union's branch out of range or a varint longer than "
+                       "10 bytes (no Avro writer makes it; a lenient reader would make up a value)")
+
+
 def walked_problem(fields: tuple[int, ...], request_id: str) -> str | None:
     """`request_problem` of a walked Request (whose id is `request_id`): it reads only these fields,
     and the features' count stands for the map (empty or not)."""
@@ -256,6 +268,15 @@ def feature_names(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     ends = np.zeros(len(encoded) + 1, dtype=np.int64)
     ends[1:] = np.cumsum([len(e) for e in encoded])
     return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), ends
+
+
+def request_walks(value: bytes) -> bool:
+    """Whether the walk finds the Request body after the single-object header valid (on
+    `walk_features`, a worker's one compiled walk: no other is compiled for this)."""
+    return bool(walk_features(value, HEADER_SIZE, _NO_NAMES, _NO_ENDS, _NO_ROWS, 0)[VALID])
+
+
+_NO_ROWS = np.empty((0, 0), dtype=np.float64)
 
 
 def warm_up_features() -> None:

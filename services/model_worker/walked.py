@@ -8,7 +8,8 @@ dict are work for nothing: the walk (services/core/compiled_requests.py) checks 
 writes its features straight into the model's matrix; the id and the deadline are all the Score
 writer still reads. A batch with any other record — damaged, of another writer schema or framing,
 with features in another order, missing or extra, a NaN, not a request at all — is read the usual
-way, whole (worker.py), so its errors, skips and dead letters are exactly what they were.
+way, whole (worker.py), so its errors, skips and dead letters are fastavro's; a record of the
+current schema the walk finds invalid is refused there too (`decode`), even where fastavro reads it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from services.core.compiled_requests import (
     VALID,
     Walker,
     feature_names,
+    refuse_unwalked,
+    request_walks,
     walk_features,
     walked_problem,
     warm_up_features,
@@ -47,11 +50,19 @@ class RequestWalker:
     """Reads whole batches for the feature names every model of the worker reads (None: they differ)."""
 
     def __init__(self, codec: Codec, names: tuple[str, ...] | None) -> None:
+        self._codec = codec
         self._walker = Walker(codec, REQUEST_LAYOUT)
         self.usable = self._walker.usable and bool(names)
         self._names, self._ends = feature_names(names or ())
-        if self.usable:
+        if self._walker.usable:  # `decode` walks too, whatever the models read
             warm_up_features()
+
+    def decode(self, value: bytes | None) -> dict[str, Any]:
+        """fastavro's dict of one request, refused where the walk refuses it (fastavro would read
+        some invalid bytes: core/compiled_requests.refuse_unwalked)."""
+        if value is not None and self._walker.takes(value) and not request_walks(value):
+            refuse_unwalked(self._codec, value)
+        return self._codec.decode(value)
 
     def read(self, values: Sequence[bytes | None]) -> WalkedBatch | None:
         """The batch, or None when any of its records needs the usual path."""

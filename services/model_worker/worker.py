@@ -445,7 +445,7 @@ class _BatchScorer:
         requests, sources = [], []
         for msg in messages:
             try:
-                request = self.w._requests.decode(msg.value())
+                request = self.w._walker.decode(msg.value())
                 check_request(request)  # not a request at all: nobody waits for its score
                 requests.append(request)
                 sources.append(msg)

@@ -17,7 +17,15 @@ from typing import Any
 from fastavro import parse_schema, schemaless_writer
 
 from services.core.codec import HEADER_SIZE, Codec
-from services.core.compiled_requests import INPUTS, INPUTS_END, REQUEST_LAYOUT, Walker, walk_request, walked_problem
+from services.core.compiled_requests import (
+    INPUTS,
+    INPUTS_END,
+    REQUEST_LAYOUT,
+    Walker,
+    refuse_unwalked,
+    walk_request,
+    walked_problem,
+)
 from services.core.errors import DecodeFailed
 from services.core.requests import id_too_long, request_problem
 from services.core.score_limits import MAX_ERROR_CHARS, oversized
@@ -59,7 +67,8 @@ def request_in(codec: Codec, value: bytes | None, partition: int, offset: int, l
         fields = walk_request(value, HEADER_SIZE)
         if fields[0]:
             return _request_walked(value, fields, partition, offset, log_time)
-    return request_decoded(codec, value, partition, offset, log_time)  # anything else: fastavro, its errors
+        refuse_unwalked(codec, value)
+    return request_decoded(codec, value, partition, offset, log_time)  # another framing or schema: fastavro
 
 
 def request_decoded(codec: Codec, value: bytes | None, partition: int, offset: int, log_time: int) -> RequestIn:
@@ -104,7 +113,8 @@ def score_in(codec: Codec, value: bytes | None, partition: int, offset: int, log
         fields = walk_score(value, HEADER_SIZE)
         if fields[0]:
             return _score_walked(value, fields, partition, offset, log_time)
-    return score_decoded(codec, value, partition, offset, log_time)  # anything else: fastavro, its errors
+        refuse_unwalked(codec, value)
+    return score_decoded(codec, value, partition, offset, log_time)  # another framing or schema: fastavro
 
 
 def score_decoded(codec: Codec, value: bytes | None, partition: int, offset: int, log_time: int) -> ScoreIn:

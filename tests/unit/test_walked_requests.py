@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from services.client.client import make_request
 from services.core.codec import HEADER_SIZE, codec
+from services.core.errors import DecodeFailed
 from services.core.signatures import FeatureSpec, Signature
 from services.model_worker.models import Prediction, demo_rows, load_model
 from services.model_worker.walked import RequestWalker
@@ -128,3 +129,22 @@ def test_co_hosted_models_each_get_their_own_copy_of_a_walked_batch() -> None:
     scores = {name: [s.prediction.score for s in r if s.prediction] for name, r in results.items()}
     assert scores == {name: [s.prediction.score for s in r if s.prediction] for name, r in usual.items()}
     assert scores == {"m0": [12.0], "m1": [12.0], "m2": [12.0]}
+
+
+@pytest.mark.parametrize("names", [NAMES, None])
+def test_a_record_the_walk_refuses_is_refused_on_the_usual_way_too(names: tuple[str, ...] | None) -> None:
+    """The usual way is fastavro's, which reads a union's branch -1 as its last: a forged request
+    scored with confidence. The worker's decode refuses it, whatever names its models read."""
+    good = encoded(GOOD)
+    at = good.index(b"\x02\x0ereplies")  # reply_to's branch 1, then its topic
+    forged = good[:at] + b"\x01" + good[at + 1 :]
+    assert REQUESTS.decode(forged)["reply_to"]["topic"] == "replies"  # fastavro's reading
+    walker = RequestWalker(REQUESTS, names)
+    assert walker.decode(good) == REQUESTS.decode(good)
+    with pytest.raises(DecodeFailed, match="union's branch out of range"):
+        walker.decode(forged)
+    with pytest.raises(DecodeFailed, match="trailing bytes"):  # fastavro's reason when it has one
+        walker.decode(good + b"\x00")
+    other_framing = b"\x00\x00\x00\x00\x07" + forged[HEADER_SIZE:]
+    with pytest.raises(DecodeFailed, match="schema-registry"):  # not walked: fastavro's error as before
+        walker.decode(other_framing)
