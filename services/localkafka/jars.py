@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 MARKER = ".provisioned.json"
 MAVEN_TIMEOUT_S = 900.0
+CHECKSUM_HINT = ("a download does not match its published checksum (altered or cut short on the way: a proxy, "
+                 "a mirror?); nothing of it was kept here. Try again, or fetch through another network")
 
 # Used only when the package runs outside a checkout (no deploy/kafka/pom.xml); keep in step with it.
 _FALLBACK_POM = f"""<?xml version="1.0" encoding="UTF-8"?>
@@ -144,7 +146,9 @@ def run_maven(pom: Path, goals: list[str], what: str) -> None:
             f"mvn not found: {what} are fetched from Maven Central with Apache Maven "
             "(e.g. `apt-get install maven`), or point RDV_CACHE_DIR at a cache that already holds them"
         )
-    cmd = [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(pom), *goals]
+    # --strict-checksums: a download whose checksum does not match (or has none) fails the fetch.
+    # By default Maven only warns and keeps it: a jar cut short or altered on the way would be run.
+    cmd = [mvn, "-q", "-B", "--strict-checksums", "-Dstyle.color=never", "-f", str(pom), *goals]
     log.debug("running %s", " ".join(cmd))
     try:
         done = subprocess.run(
@@ -155,10 +159,9 @@ def run_maven(pom: Path, goals: list[str], what: str) -> None:
         raise BrokerError(f"Maven did not fetch {what} within {MAVEN_TIMEOUT_S:.0f} s") from err
     if done.returncode != 0:
         tail = "\n".join(_maven_output(done.stdout)[-15:])
-        raise BrokerError(
-            f"Maven could not fetch {what} (exit {done.returncode}):\n{tail}\n"
-            "hint: check access to https://repo.maven.apache.org (or a mirror/proxy in ~/.m2/settings.xml)"
-        )
+        hint = (CHECKSUM_HINT if "Checksum validation failed" in done.stdout else
+                "check access to https://repo.maven.apache.org (or a mirror/proxy in ~/.m2/settings.xml)")
+        raise BrokerError(f"Maven could not fetch {what} (exit {done.returncode}):\n{tail}\nhint: {hint}")
 
 
 def provision(progress: Progress | None = None) -> Path:
