@@ -120,9 +120,10 @@ class DecodeFailed(BadInput):
 
 class LookupsSpent(DecodeFailed):
     """A record's schema-registry id was not looked up: this process has spent its lookups of the
-    second (wire.py). Not the id's fault, so it is not refused for good; nor does the record wait
-    for the next second, as it does while the registry is down (schema_wait.py): a flood of
-    made-up ids would hold its partition to that many records a second."""
+    second for records of its type (wire.py: a flood on one topic spends no other type's). Not
+    the id's fault, so it is not refused for good; nor does the record wait for the next second,
+    as it does while the registry is down (schema_wait.py): a flood of made-up ids would hold its
+    partition to that many records a second."""
 
     retriable = True
 

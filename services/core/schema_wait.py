@@ -5,7 +5,7 @@ read. When the registry is down, or refuses for now (wire.py: 5xx, 401/403/408/4
 fault of the record. Decoded by the handler, it failed like bad input and was dead-lettered: a
 valid request went unscored and unanswered for a registry's passing outage, and an instance
 re-reading the same records later would decide differently from the one that dead-lettered them.
-(A record over this process' lookups of the second, `LookupsSpent`, is not held: a flood of
+(A record over its record type's lookups of the second, `LookupsSpent`, is not held: a flood of
 made-up ids would hold its partition to that many records a second; errors.py.)
 
 So the skeleton looks every unseen id of a batch up before its handler gets the batch. A record

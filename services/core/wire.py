@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from services.core.codec import CODEC_NAMES, codec
+from services.core.codec import CODEC_NAMES, Codec, codec
 from services.core.errors import ConfigError, DecodeFailed, LookupsSpent
 from services.core.rate_limit import PerSecond
 from services.core.registry import Outage, RegistryError, SchemaRegistry
@@ -42,11 +43,12 @@ class IdLookup:
     again later. The registry's own "no such schema" (404 with a 404xx error code), or a schema
     nobody can read, is the id's; the codec remembers it and never asks again."""
 
-    def __init__(self, registry: SchemaRegistry, per_second: int = 20):
+    def __init__(self, registry: SchemaRegistry, per_second: int = 20, outage: Outage | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.registry = registry
         self.per_second = per_second
-        self._budget = PerSecond(per_second)
-        self._outage = Outage()
+        self._budget = PerSecond(per_second, clock)
+        self._outage = outage or Outage()
         # The call runs on a thread of its own, waited for at most the registry's timeout: the
         # timeout bounds each wait on the socket, and a reply's status line, headers or chunk
         # sizes trickled a byte at a time held the poll loop (every partition) as long as they
@@ -110,9 +112,19 @@ def configure(settings: KafkaSettings, *, check_credentials: bool = True) -> Non
         check_registry_credentials(registry)
     # Last: a check that failed leaves the process' codecs as they were (a test's, say, pointing
     # every later one of its process at a registry gone: their records waited for it).
-    lookup = IdLookup(registry)
-    for name in CODEC_NAMES:
-        codec(name).read_registry_ids(lookup)
+    read_ids(registry, [codec(name) for name in CODEC_NAMES])
+
+
+def read_ids(
+    registry: SchemaRegistry, codecs: Iterable[Codec], per_second: int = 20, clock: Callable[[], float] = time.monotonic
+) -> None:
+    """Let `codecs` look unseen schema ids up in `registry`: each record type with lookups of its
+    own (shared, a flood of made-up ids on the requests topic, which any client may write, spent
+    the lookups of every topic: a worker's new Score schema id was dead-lettered with it), and one
+    memory of the registry's outage (one record type that found it down spares the others a wait)."""
+    outage = Outage()
+    for reader in codecs:
+        reader.read_registry_ids(IdLookup(registry, per_second, outage, clock))
 
 
 def check_registry_credentials(registry: SchemaRegistry) -> None:

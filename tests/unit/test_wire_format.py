@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from services.core import wire
 from services.core.cloudevents import EventHeaders
 from services.core.codec import CODEC_NAMES, MAGIC, Codec, codec
-from services.core.errors import BadInput, ConfigError, DecodeFailed, UnknownFingerprint
+from services.core.errors import BadInput, ConfigError, DecodeFailed, LookupsSpent, UnknownFingerprint
 from services.core.registry import MAX_REPLY_BYTES, RegistryError, SchemaRegistry
 from services.core.settings import KafkaSettings
 from tests.unit.test_codec import REQUEST
@@ -474,3 +474,26 @@ def test_a_status_line_trickled_byte_by_byte_does_not_hold_the_lookup_past_its_t
         assert slow.value.retriable and server.sent < len(chunks)  # given up while the reply still came
         with pytest.raises(DecodeFailed, match="not retried for 5 s"):  # the outage: not asked again at once
             lookup(8)
+
+
+def test_a_flood_of_made_up_ids_on_one_record_type_spends_no_other_types_lookups() -> None:
+    """Any client may write the requests topic: its made-up ids spent the lookups of every topic,
+    and a model worker's new Score schema id was dead-lettered in that second (a review)."""
+    score_schema = json.dumps({"schema": json.dumps(codec("score").schema)}).encode()
+    not_found = http_reply(b'{"error_code": 40403, "message": "Schema not found"}', status="404 Not Found")
+    per_second = 3
+    with RawReplies(*([not_found] * per_second), http_reply(score_schema)) as server:
+        requests, scores = fresh(), Codec(codec("score").schema, [])
+        wire.read_ids(SchemaRegistry(server.url, timeout_s=5), [requests, scores], clock=lambda: 0.0,
+                      per_second=per_second)  # one second: the flood and the score's lookup in it
+        body = codec("request").encode(REQUEST)[10:]
+        for made_up in range(1, per_second + 1):
+            with pytest.raises(DecodeFailed, match=f"schema id {made_up}: .*not found") as refused:
+                requests.decode(b"\x00" + made_up.to_bytes(4, "big") + body)
+            assert not isinstance(refused.value, LookupsSpent)
+        with pytest.raises(LookupsSpent):  # the flood's own record type has spent its lookups
+            requests.decode(b"\x00\x00\x00\x00\x63" + body)
+        score = codec("score").encode({"request_id": "r-1", "model": "m", "version": "2", "instance": "", "score": 0.5,
+                                       "label": None, "error": None, "deadline": 1, "received_at": 1, "scored_at": 1,
+                                       "compute_ms": 1.0})
+        assert scores.decode(b"\x00\x00\x00\x00\x07" + score[10:]) == codec("score").decode(score)
