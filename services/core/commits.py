@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 from services.core.errors import ConfigError, DeliveryFailed, KafkaOperationError, OutputsLost
 from services.core.health import BrokerHealth
@@ -43,10 +43,20 @@ COMMIT_SECONDS = Histogram(
     ["kind"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 
+HELD_WAITS = Counter(
+    "rdv_commit_held_waits_total",
+    "Times the poll loop waited for a transaction commit because the outputs held during it reached their bound "
+    "(64 MiB): the commit runs long (a transaction coordinator away).",
+)
+
 # A call still running this many times its own timeout is taken as never returning.
 WEDGED_AFTER = 3
 # Timed-out transactional calls tried this often before the producer is replaced.
 MAX_ATTEMPTS = 3
+# Outputs held while a transaction commits, at most (their bytes): past it the loop waits for the
+# commit. A commit can run long (a transaction coordinator away: init_transactions waits for it)
+# while records keep coming; unbounded, the outputs held meanwhile grew the process without limit.
+MAX_HELD_BYTES = 64 * 1024 * 1024
 
 
 class TransactionAborted(KafkaOperationError):
@@ -332,6 +342,8 @@ class CommitLane:
         self._background = background
         self._lock = threading.Condition()
         self._held: list[tuple[str, bytes | None, bytes | str | None, int | None, Any]] = []
+        self._held_bytes = 0
+        self.max_held_bytes = MAX_HELD_BYTES
         self._committing = False
         self._wanted: list[TopicPartition] | None = None
         self._epoch = 0  # discard_outcomes' count: a commit that ran across one keeps no success
@@ -367,10 +379,22 @@ class CommitLane:
         self._producer.check_size(value, key, headers, topic)
         # Under the lock, so a commit cannot begin between the check and the produce call.
         with self._lock:
+            if self._committing and self._held_bytes >= self.max_held_bytes:
+                self._wait_for_commit()
             if self._committing:
                 self._held.append((topic, value, key, partition, headers))
+                self._held_bytes += _size(value) + _size(key)
             else:
                 self._producer.produce(topic, value, key=key, partition=partition, headers=headers, checked=True)
+
+    def _wait_for_commit(self) -> None:
+        """Under the lock, on the loop: the outputs held hold `max_held_bytes`; wait until the
+        running commit has ended (and released them)."""
+        log.warning("%d MB of outputs wait for a transaction commit still running: the loop waits for it",
+                    self._held_bytes // (1024 * 1024))
+        HELD_WAITS.inc()
+        while self._committing and not self._closed:
+            self._lock.wait(0.5)
 
     def _release_held(self) -> None:
         """Produce the outputs held during a commit (under the lock). One that cannot be produced
@@ -378,7 +402,7 @@ class CommitLane:
         if not self._held:
             return
         assert self._producer is not None
-        held, self._held = self._held, []
+        held, self._held, self._held_bytes = self._held, [], 0
         for topic, value, key, partition, headers in held:
             try:
                 self._producer.produce(topic, value, key=key, partition=partition, headers=headers, checked=True)
@@ -547,6 +571,7 @@ class CommitLane:
         self._wait_idle()
         with self._lock:
             self._held.clear()
+            self._held_bytes = 0
         self.committer.abort()
 
     def close(self) -> None:
@@ -555,3 +580,7 @@ class CommitLane:
             self._lock.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=30)
+
+
+def _size(data: bytes | str | None) -> int:
+    return len(data) if data is not None else 0

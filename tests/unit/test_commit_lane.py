@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from confluent_kafka import TopicPartition
+from prometheus_client import REGISTRY
 
 from services.core.commits import CommitLane, CommitOutcome, TransactionAborted
 from services.core.errors import KafkaOperationError, RefusedForGood
@@ -252,4 +254,45 @@ def test_a_failure_recorded_before_partitions_are_lost_is_kept() -> None:
         [outcome] = _outcomes(lane)
         assert isinstance(outcome.error, RefusedForGood)
     finally:
+        lane.close()
+
+
+def test_outputs_held_during_a_long_commit_are_bounded_the_loop_waits_for_the_commit() -> None:
+    """A transaction commit can run long (its coordinator away) while records keep coming: the
+    outputs held meanwhile grew the process without limit. Past the bound the producing thread
+    waits for the commit, and what was held goes out, in order, before what waited."""
+    committer, producer = GatedCommitter(), HeldProducer()
+    lane = CommitLane(committer, producer)  # type: ignore[arg-type]
+    lane.max_held_bytes = 3_000
+
+    def waits() -> float:
+        return REGISTRY.get_sample_value("rdv_commit_held_waits_total") or 0.0
+
+    waits_before = waits()
+    try:
+        lane.request([TopicPartition("t", 0, 1)])
+        assert committer.entered.wait(5)
+        for i in range(3):
+            lane.produce("t", bytes([i]) * 1_000)  # held: 3,000 bytes, the bound
+        assert producer.sent == []
+        produced = threading.Event()
+
+        def one_more() -> None:
+            lane.produce("t", b"waited")
+            produced.set()
+
+        loop = threading.Thread(target=one_more)
+        loop.start()
+        with lane._lock:  # the loop waits, its record not held
+            deadline = time.monotonic() + 5
+            while waits() == waits_before and time.monotonic() < deadline:
+                lane._lock.wait(0.05)
+            assert waits() == waits_before + 1
+            assert len(lane._held) == 3 and not produced.is_set()
+        committer.gate.set()
+        assert produced.wait(5)
+        loop.join(5)
+        assert producer.sent == [bytes([0]) * 1_000, bytes([1]) * 1_000, bytes([2]) * 1_000, b"waited"]
+    finally:
+        committer.gate.set()
         lane.close()
