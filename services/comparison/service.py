@@ -138,12 +138,21 @@ class ComparisonService(SimpleHandler, Probed):
         log.warning("comparison window emptied: re-reading %s from the committed offsets", self.topics.log)
 
     def on_released(self, partitions: list[TopicPartition], lost: bool) -> None:
-        if lost:
+        # Read past what was committed (lost, or revoked when the revoke's commit failed: the
+        # skeleton goes on): given back to this instance, they are read again from the committed
+        # offset, and were counted twice (a coordinator failover with one instance, a review).
+        uncommitted = lost or self._read_past_committed(partitions)
+        if uncommitted:
             self._remember_counted()
         super().on_released(partitions, lost)
-        if lost:  # nothing committed: given back to this instance, they are read again from there
+        if uncommitted:
             self._start_empty()
-            log.warning("comparison window emptied: partitions lost uncommitted are read again by their next owner")
+            log.warning("comparison window emptied: partitions given up uncommitted are read again by their next "
+                        "owner")
+
+    def _read_past_committed(self, partitions: list[TopicPartition]) -> bool:
+        released = {(tp.topic, tp.partition) for tp in partitions}
+        return any((tp.topic, tp.partition) in released for tp in self.positions.finished())
 
     def _remember_counted(self) -> None:
         for (_topic, partition), next_offset in self.positions.read_to().items():

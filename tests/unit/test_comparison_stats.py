@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import Message, TopicPartition
 from prometheus_client import REGISTRY
 
 from services.compare_report.summary import summarize_records
@@ -16,6 +16,7 @@ from services.comparison import metrics as m
 from services.comparison.service import ComparisonService, validate
 from services.comparison.settings import ComparisonSettings
 from services.comparison.window import ChampionTracker, References, SlidingWindow
+from services.core.codec import codec
 from services.core.errors import ConfigError, DecodeFailed
 from services.stats.deadline import met_deadline, met_deadline_array
 from services.stats.distributions import (
@@ -336,6 +337,12 @@ def service(**overrides: Any) -> ComparisonService:
     return ComparisonService(settings)
 
 
+def read(svc: ComparisonService, records: list[dict[str, Any]]) -> None:
+    """`records` as the service reads them: one batch of partition 0 of the log, from offset 0."""
+    svc.on_batch([Message(topic="rdv.log", partition=0, offset=i, value=codec("comparison").encode(rec))
+                  for i, rec in enumerate(records)])
+
+
 def feed(svc: ComparisonService, records: Iterable[dict[str, Any]]) -> None:
     tally = m.Tally()
     for rec in records:
@@ -602,21 +609,32 @@ def test_one_forged_record_of_many_names_does_not_count_every_model_as_other_for
     assert m.WINDOW.value("rdv_cmp_agreement_ratio", model="challenger", champion="champion") == 0.0
 
 
-@pytest.mark.parametrize("how", ["rewound", "lost"])
+@pytest.mark.parametrize("how", ["rewound", "lost", "revoked, its commit failed"])
 def test_records_read_again_from_the_committed_offsets_are_not_counted_twice(how: str) -> None:
-    """After a rewind (a lost dead letter voids the work since the last commit) or partitions lost
-    uncommitted, the same records come again: the window counted them twice (a review)."""
+    """After a rewind (a lost dead letter voids the work since the last commit), partitions lost
+    uncommitted, or revoked when their commit failed (the skeleton logs it and goes on; a single
+    instance gets them back), the same records come again: the window counted them twice (reviews)."""
     svc = service()
     records = [record(BASE_MS + i * 10, [output("champion", 0.9), output("challenger", 0.9)]) for i in range(100)]
-    feed(svc, records)
+    read(svc, records)
     if how == "rewound":
         svc.on_rewind()
     else:
-        svc.on_released([TopicPartition("rdv.log", 0)], lost=True)
-    feed(svc, records)
+        svc.on_released([TopicPartition("rdv.log", 0)], lost=how == "lost")
+    read(svc, records)
     svc.export()
     assert m.WINDOW.value("rdv_cmp_window_records") == 100
     assert m.WINDOW.value("rdv_cmp_window_pairs", model="challenger", champion="champion") == 100
+
+
+def test_a_partition_revoked_after_its_work_was_committed_keeps_the_window() -> None:
+    """Committed, its records are not read again by this instance: what the window holds stays."""
+    svc = service()
+    read(svc, [record(BASE_MS + i * 10, [output("champion", 0.9), output("challenger", 0.9)]) for i in range(100)])
+    svc.on_committed(svc.finished_offsets())
+    svc.on_released([TopicPartition("rdv.log", 0)], lost=False)
+    svc.export()
+    assert m.WINDOW.value("rdv_cmp_window_records") == 100
 
 
 @pytest.mark.parametrize("seed", range(5))
