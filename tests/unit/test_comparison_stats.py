@@ -725,3 +725,24 @@ def test_records_read_again_after_a_rewind_or_a_loss_are_counted_once(how: str) 
     assert sample("rdv_cmp_outputs_total", model="champ", version=version, outcome="ok") == 150
     assert m.WINDOW.value("rdv_cmp_window_records") == 150  # every one in the window, once
     assert svc._counted_to == {}
+
+
+def test_raw_values_between_compactions_are_bounded_by_outputs_not_records() -> None:
+    """Compacted every so many records, a log of 300 models a record held 3 million raw values
+    (~280 MB) before the first compaction (a review)."""
+    from services.comparison.service import COMPACT_EVERY
+
+    def raw_values(svc: ComparisonService) -> int:
+        return sum(len(stats.new_latencies) + len(stats.new_scores) for bucket in svc.window._live.values()
+                   for stats in bucket.models.values()) + sum(
+            2 * len(pair.new_model_scores) for bucket in svc.window._live.values() for pair in bucket.pairs.values())
+
+    svc, models, batch = service(), [f"m{k}" for k in range(100)], 10
+    codec_ = codec("comparison")
+    most = 0
+    for start in range(0, 500, batch):  # 50,000 outputs: compacted at least once
+        svc.on_batch([Message(topic="rdv.log", partition=0, offset=i, value=codec_.encode(
+            record(BASE_MS + i, [output(name, 0.5) for name in models]))) for i in range(start, start + batch)])
+        most = max(most, raw_values(svc))
+    per_output = 4  # a latency and a score, and a pair's two scores
+    assert 0 < most <= per_output * (COMPACT_EVERY + batch * len(models))
