@@ -112,8 +112,9 @@ def ks_statistic(a: QuantileSketch, b: QuantileSketch, grid: int = 256) -> float
     return float(np.max(np.abs(a.cdf(xs) - b.cdf(xs))))
 
 
-# How far from a value a sketch's CDF is read, relative to the value (1 at most from 0).
-NUDGE = 1e-9
+# How far from a value a sketch's CDF is read, relative to the value: well past the rounding of a
+# centroid's mean (sums of up to ~1e5 equal values), well short of the next distinct score.
+NUDGE = 1e-10
 
 
 def _nudged(xs: np.ndarray, side: int) -> np.ndarray:
@@ -124,8 +125,13 @@ def _nudged(xs: np.ndarray, side: int) -> np.ndarray:
     pile spreads over several centroids whose means differ from x by a few floating-point steps
     (sums of many equal values), so the next float was not far enough: a canary with four
     distinct scores read KS 0.40-0.46 and PSI 1.3-2.1 against its own unchanged distribution
-    (exact: 0.006-0.025 and 0.003), and its drift alert fired (a review)."""
-    result: np.ndarray = xs + side * NUDGE * np.maximum(1.0, np.abs(xs))
+    (exact: 0.006-0.025 and 0.003), and its drift alert fired (a review). Relative to each value
+    (0: to the smallest other magnitude): 1e-9 at least, scores below that read KS and PSI 0
+    whatever their drift, and scores near 1e9 a unit apart were read at the next one (a review)."""
+    magnitude = np.abs(xs)
+    nonzero = magnitude[magnitude > 0]
+    at_zero = float(nonzero.min()) if nonzero.size else 1.0
+    result: np.ndarray = xs + side * NUDGE * np.where(magnitude > 0, magnitude, at_zero)
     return result
 
 

@@ -746,3 +746,27 @@ def test_raw_values_between_compactions_are_bounded_by_outputs_not_records() -> 
         most = max(most, raw_values(svc))
     per_output = 4  # a latency and a score, and a pair's two scores
     assert 0 < most <= per_output * (COMPACT_EVERY + batch * len(models))
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-9, 1e-12])
+def test_drift_reads_the_same_whatever_the_scores_scale(scale: float) -> None:
+    """The sketches' CDF was read 1e-9 away from each probe at least: scores below that read KS
+    and PSI 0 whatever their drift, and a drift alert could never fire for them (a review)."""
+    from services.stats.distributions import QuantileSketch, ks_exact, ks_statistic, psi, psi_exact
+
+    rng = np.random.default_rng(3)
+    before, after = rng.beta(2, 5, 5000) * scale, rng.beta(2.6, 5, 5000) * scale
+    reference, current = QuantileSketch.of(before.tolist()), QuantileSketch.of(after.tolist())
+    assert ks_exact(before, after) > 0.1
+    assert abs(ks_statistic(reference, current) - ks_exact(before, after)) < 0.01
+    assert abs(psi(reference, current) - psi_exact(before, after)) < 0.01
+
+
+def test_large_scores_a_unit_apart_are_read_at_their_own_value() -> None:
+    """Scores near 1e9, a unit apart: 1e-9 of the value is the next score (PSI read half the exact)."""
+    rng = np.random.default_rng(5)
+    before = 1e9 + rng.integers(0, 20, 4000).astype(float)
+    after = 1e9 + rng.integers(3, 23, 4000).astype(float)
+    exact = psi_exact(before, after)
+    assert exact > 0.5
+    assert abs(psi(QuantileSketch.of(before.tolist()), QuantileSketch.of(after.tolist())) - exact) < 0.05 * exact
