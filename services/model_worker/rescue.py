@@ -55,9 +55,16 @@ KAFKA_TIMEOUT_S = 30.0  # each step of the rescue (read, init, offsets, commit)
 GIVE_UP_AFTER_S = 150.0  # the whole rescue: librdkafka may never return (e.g. librdkafka #5456)
 
 
+GRACE_MAX_S = 10.0
+
+
 def grace_s(timeout_s: float) -> float:
-    """How much longer than the in-process watchdog the rescue waits before it takes a batch."""
-    return max(2.0, timeout_s / 2)
+    """How much longer than the in-process watchdog the rescue waits before it takes a batch: the
+    watchdog, when it can run, marks the batch taken at once. At most GRACE_MAX_S: half the timeout
+    acted at 90 s for the default 60, after the chart's liveness probe (which a worker whose model
+    holds the interpreter lock cannot answer) had restarted the pod, and the batch hung again; past
+    a 200 s timeout, after max.poll.interval.ms, when its commit is refused (a review)."""
+    return min(max(2.0, timeout_s / 2), GRACE_MAX_S)
 
 
 def should_rescue(before: Snapshot, after: Snapshot, now: float, timeout_s: float) -> bool:

@@ -87,7 +87,7 @@ class WorkerSettings(ServiceSettings):
         "is taken to be stuck for good: the batch's requests get an error Score, its offsets are committed and "
         "the worker exits (code 70) for its supervisor to start a fresh one, which reads on after that batch. "
         "A model stuck holding the interpreter lock is handled by a rescue process the worker starts, which "
-        "does the same a little later (timeout + max(2 s, timeout/2)) and kills the worker.",
+        "does the same a little later (timeout + max(2 s, timeout/2), at most 10 s later) and kills the worker.",
         minimum=0, maximum=240,
     )
     dead_letter: bool = setting(

@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
+from services.model_worker.worker import stalled_after_s
+
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|JAAS", re.IGNORECASE)  # names of values, not of files
 
 REPO = Path(__file__).resolve().parents[2]
@@ -825,3 +827,28 @@ def test_the_rendezvous_takes_the_settings_its_pods_are_given(
 def test_waits_and_a_deadline_beside_a_schedule_are_refused_at_render(helm: Path, extra: list[str]) -> None:
     done = run_helm(helm, "template", RELEASE, str(CHART), "-f", str(ALL_OPTIONS), *extra)
     assert done.returncode != 0 and "with rendezvous.schedule they go in it" in done.stderr, done.stderr[-500:]
+
+
+def test_a_model_worker_s_liveness_outlasts_its_batch_so_the_rescue_acts_first(helm: Path, tmp_path: Path) -> None:
+    """A model holding the interpreter lock leaves /healthz unanswered: the default probe (60 s)
+    restarted the pod before the rescue process acted (at 90 s for the default 60 s timeout), and
+    the worker re-read the batch and hung again (a review). The probe now allows what the worker
+    allows a batch: its models x the timeout + 60 s."""
+    values = {"models": [{"name": "champion", "spec": "demo:champion", "predictTimeoutS": 120,
+                          "coHost": [{"name": "challenger", "spec": "demo:challenger"}]},
+                         {"name": "canary", "spec": "demo:canary", "predictTimeoutS": 0},
+                         {"name": "slow", "spec": "demo:slow"}]}
+    path = tmp_path / "timeouts.yaml"
+    path.write_text(yaml.safe_dump(values))
+    r = Render("timeouts", merged_values(path), render(helm, "-f", str(path)))
+    period = r.values["probes"]["liveness"]["periodSeconds"]
+    given = r.values["probes"]["liveness"]["failureThreshold"]
+    for name, timeout, models in (("champion", 120, 2), ("canary", 0, 1), ("slow", 60, 1)):
+        (worker,) = pod_spec(r.named("Deployment", f"{fullname()}-model-{name}"))["containers"]
+        assert float(env_value(worker, "RDV_PREDICT_TIMEOUT_S")) == timeout
+        # A restart comes after failureThreshold failed probes, the first up to a period into the stall.
+        allowed = (worker["livenessProbe"]["failureThreshold"] - 1) * period
+        if timeout:
+            assert allowed > stalled_after_s(timeout, models)
+        else:
+            assert worker["livenessProbe"]["failureThreshold"] == given  # no limit: the probe as given

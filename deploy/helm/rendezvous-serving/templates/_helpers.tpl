@@ -197,16 +197,36 @@ which %v prints as 1e+06: librdkafka would read message.max.bytes=1). */}}
 {{/* Pod pieces ---------------------------------------------------------------------------- */}}
 
 {{- define "rdv.probes" -}}
+{{- include "rdv.probesWith" (dict "root" . "liveness" .Values.probes.liveness) }}
+{{- end -}}
+
+{{- define "rdv.probesWith" -}}
 livenessProbe:
   httpGet:
     path: /healthz
     port: metrics
-  {{- toYaml .Values.probes.liveness | nindent 2 }}
+  {{- toYaml .liveness | nindent 2 }}
 readinessProbe:
   httpGet:
     path: /readyz
     port: metrics
-  {{- toYaml .Values.probes.readiness | nindent 2 }}
+  {{- toYaml .root.Values.probes.readiness | nindent 2 }}
+{{- end -}}
+
+{{/* A model worker's probes. A model holding the interpreter lock leaves /healthz unanswered; the
+worker's own bound for a batch (models x predictTimeoutS + 60 s, its /healthz "stalled" after
+that) is let run, and two periods more, before a restart, so the rescue process (timeout + at most 10 s) acts first:
+restarted sooner, the worker re-read the batch and hung again. predictTimeoutS 0 (no limit): the
+probes as given. */}}
+{{- define "rdv.modelProbes" -}}
+{{- $liveness := deepCopy .root.Values.probes.liveness -}}
+{{- $timeout := float64 .timeout -}}
+{{- if gt $timeout 0.0 -}}
+{{- $period := float64 $liveness.periodSeconds -}}
+{{- $needed := add (int (ceil (divf (addf (mulf $timeout .models) 60) $period))) 2 -}}
+{{- $_ := set $liveness "failureThreshold" (max (int $liveness.failureThreshold) $needed) -}}
+{{- end -}}
+{{- include "rdv.probesWith" (dict "root" .root "liveness" $liveness) }}
 {{- end -}}
 
 {{- define "rdv.metricsPort" -}}
