@@ -317,13 +317,16 @@ class _Hints:
         self._spellings = PerSecond(_SPELLINGS_PER_SECOND)
 
     def hint(self, name: str, candidates: tuple[str, ...]) -> str:
+        if len(name) > 2 * _NAME_CHARS:
+            # No name is near it; and kept, each key held its whole name: 1,000 requests with an
+            # unknown name of 0.5 MB kept 477 MiB until the cache filled (a review).
+            return ""
         key = (name, candidates)
         found = self._known.get(key)
         if found is not None:
             return found
-        plausible = len(name) <= 2 * _NAME_CHARS
-        same = self._normalised_index(candidates).get(_normalised(name)) if plausible else None
-        may_spell = same is None and plausible and len(candidates) <= _SPELLING_CANDIDATES
+        same = self._normalised_index(candidates).get(_normalised(name))
+        may_spell = same is None and len(candidates) <= _SPELLING_CANDIDATES
         spell = may_spell and self._spellings.spend()
         close = [same] if same else difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.8) if spell else []
         found = f" (did you mean {close[0]}?)" if close else ""
