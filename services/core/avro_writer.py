@@ -31,6 +31,7 @@ _EMPTY_BLOCK = b"\x00"  # an array or map with no (more) items
 _SMALL = tuple(bytes((n,)) for n in range(0x80))
 _DOUBLE = struct.Struct("<d").pack
 STRINGS_KEPT = 1024  # per place in a schema (see _repeated_strings)
+KEPT_CHARS = 256  # longer strings are not kept: a name's, a label's bytes repeat; a megabyte's need not
 _LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
 _INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -291,7 +292,9 @@ class _RecordSource:
 def _new_string(known: dict[str, bytes], value: Any) -> bytes:
     """A string not met before at its place in a schema: encoded, and kept while there is room."""
     encoded = _string(value)
-    if len(known) < STRINGS_KEPT:
+    # Short ones only: kept whatever their size, 1,024 strings of a megabyte (feature names a
+    # gateway client sent, say) held 2 GB at one place of a schema for good (a review).
+    if len(known) < STRINGS_KEPT and len(value) <= KEPT_CHARS:
         known[value] = encoded
     return encoded
 

@@ -81,6 +81,27 @@ def test_strings_repeated_past_the_cache_still_encode_right() -> None:
         assert encoder(record) == _fastavro_bytes("answer", record)
 
 
+def test_long_strings_are_encoded_but_not_kept() -> None:
+    """Kept whatever their size, 1,024 strings of a megabyte at one place of a schema (feature
+    names a gateway client sent) were held for good (a review): only short ones are kept."""
+    import gc
+    import tracemalloc
+
+    encoder = compile_encoder(codec("answer").schema)
+    assert encoder is not None
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(40):
+            record = {**ANSWER, "reason": f"{i} " + "x" * 100_000}
+            assert encoder(record) == _fastavro_bytes("answer", record)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 1_000_000  # 40 reasons of 100 kB each, kept: 8 MB (the string and its bytes)
+
+
 UNFIT: list[tuple[str, dict[str, Any], str | None]] = [
     ("an int where a double is due", {"score": 1}, None),
     ("a numpy float", {"score": np.float64(0.25)}, None),
