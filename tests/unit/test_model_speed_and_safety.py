@@ -164,6 +164,22 @@ def test_a_value_beyond_float32_is_refused_by_a_demo_tree_not_scored(name: str) 
             r.prediction.score for r in score_batch(model, rows[:20] + rows[21:]) if r.prediction]
 
 
+@pytest.mark.parametrize("name", ["champion", "contrarian"])
+def test_a_value_the_scaling_overflows_is_refused_by_a_demo_logistic_model_not_scored(name: str) -> None:
+    """Finite, 1e307 overflowed the scaler to infinity, and expit made it a confident 0 or 1 where
+    scikit-learn's predict_proba refuses the input (a review)."""
+    model = load_model(f"demo:{name}")
+    model.load()
+    x, _ = demo_data()
+    rows = [dict(zip(model.feature_names, map(float, row), strict=True)) for row in x[:30]]
+    hostile = [*rows[:10], {**rows[10], "mean_fractal_dimension": 1e307}, *rows[11:]]
+    results = score_batch(model, hostile)
+    assert [r.error is not None for r in results] == [i == 10 for i in range(30)]
+    assert "overflows float64" in (results[10].error or "")
+    assert [r.prediction.score for r in results if r.prediction] == pytest.approx([  # a matrix product's rounding
+        r.prediction.score for r in score_batch(model, rows[:10] + rows[11:]) if r.prediction], rel=1e-9)
+
+
 # --- module:factory signatures ------------------------------------------------------------------
 
 

@@ -44,7 +44,14 @@ class LogisticScorer:
         self._intercept = np.asarray(logreg.intercept_, dtype=np.float64)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        decision = ((x - self._mean) / self._scale) @ self._coef_t + self._intercept
+        with np.errstate(over="ignore", invalid="ignore"):
+            scaled = (x - self._mean) / self._scale
+            decision = scaled @ self._coef_t + self._intercept
+        if not (np.isfinite(scaled).all() and np.isfinite(decision).all()):
+            # A finite value the scaler takes past float64's range (1e307): scikit-learn's
+            # predict_proba refuses it ("Input X contains infinity"); read on, expit made it a
+            # confident 0 or 1 (a review). The worker scores the rest of the batch without it.
+            raise ValueError("a feature value is beyond the range the model's scaling can hold (it overflows float64)")
         return np.asarray(expit(decision.reshape(-1)))
 
 
