@@ -25,6 +25,9 @@ MARKER = ".provisioned.json"
 MAVEN_TIMEOUT_S = 900.0
 CHECKSUM_HINT = ("a download does not match its published checksum (altered or cut short on the way: a proxy, "
                  "a mirror?); nothing of it was kept here. Try again, or fetch through another network")
+NO_CHECKSUM_HINT = ("the repository publishes no checksum for a download (a mirror in ~/.m2/settings.xml?), and "
+                    "fetches are checked against theirs: use a repository that publishes them, such as Maven Central")
+ACCESS_HINT = "check access to https://repo.maven.apache.org (or a mirror/proxy in ~/.m2/settings.xml)"
 
 # Used only when the package runs outside a checkout (no deploy/kafka/pom.xml); keep in step with it.
 _FALLBACK_POM = f"""<?xml version="1.0" encoding="UTF-8"?>
@@ -159,9 +162,14 @@ def run_maven(pom: Path, goals: list[str], what: str) -> None:
         raise BrokerError(f"Maven did not fetch {what} within {MAVEN_TIMEOUT_S:.0f} s") from err
     if done.returncode != 0:
         tail = "\n".join(_maven_output(done.stdout)[-15:])
-        hint = (CHECKSUM_HINT if "Checksum validation failed" in done.stdout else
-                "check access to https://repo.maven.apache.org (or a mirror/proxy in ~/.m2/settings.xml)")
+        hint = _hint(done.stdout)
         raise BrokerError(f"Maven could not fetch {what} (exit {done.returncode}):\n{tail}\nhint: {hint}")
+
+
+def _hint(output: str) -> str:
+    if "no checksums available" in output:
+        return NO_CHECKSUM_HINT
+    return CHECKSUM_HINT if "Checksum validation failed" in output else ACCESS_HINT
 
 
 def provision(progress: Progress | None = None) -> Path:

@@ -23,8 +23,9 @@ GROUP = "io.rendezvous.checksumtest"
 LOCAL_REPOSITORY = Path.home() / ".m2" / "repository"  # Maven's default, which the project's fetches use
 
 
-def _publish(repo: Path, version: str, right_checksum: bool) -> None:
-    """A jar and its POM under `repo`, as Maven lays them out, each with a .sha1 file."""
+def _publish(repo: Path, version: str, checksum: str) -> None:
+    """A jar and its POM under `repo`, as Maven lays them out, each with a .sha1 file: the jar's
+    `checksum` is "right", "wrong" or "none" (no file)."""
     folder = repo / Path(*GROUP.split(".")) / "fetched" / version
     folder.mkdir(parents=True)
     jar, pom = folder / f"fetched-{version}.jar", folder / f"fetched-{version}.pom"
@@ -34,8 +35,9 @@ def _publish(repo: Path, version: str, right_checksum: bool) -> None:
                    f"<groupId>{GROUP}</groupId><artifactId>fetched</artifactId><version>{version}</version></project>")
     for path in (jar, pom):
         digest = hashlib.sha1(path.read_bytes()).hexdigest()
-        wrong = path == jar and not right_checksum
-        path.with_name(path.name + ".sha1").write_text("0" * 40 if wrong else digest)
+        if path == jar and checksum == "none":
+            continue
+        path.with_name(path.name + ".sha1").write_text("0" * 40 if path == jar and checksum == "wrong" else digest)
 
 
 def _project(tmp_path: Path, repo: Path, version: str) -> Path:
@@ -55,12 +57,15 @@ def local_repository_cleaned() -> object:
     shutil.rmtree(LOCAL_REPOSITORY / Path(*GROUP.split(".")), ignore_errors=True)
 
 
-def test_a_download_whose_checksum_does_not_match_is_refused(tmp_path: Path, local_repository_cleaned: object) -> None:
+def test_a_download_whose_checksum_does_not_match_or_is_missing_is_refused(
+    tmp_path: Path, local_repository_cleaned: object
+) -> None:
     repo = tmp_path / "repo"
     # Versions never fetched before: Maven downloads them now instead of reading its local copy.
-    altered, intact = (f"t{uuid.uuid4().hex[:12]}" for _ in range(2))
-    _publish(repo, altered, right_checksum=False)
-    _publish(repo, intact, right_checksum=True)
+    altered, unchecked, intact = (f"t{uuid.uuid4().hex[:12]}" for _ in range(3))
+    _publish(repo, altered, "wrong")
+    _publish(repo, unchecked, "none")
+    _publish(repo, intact, "right")
 
     def fetch(version: str) -> Path:
         out = tmp_path / f"out-{version}"
@@ -74,4 +79,7 @@ def test_a_download_whose_checksum_does_not_match_is_refused(tmp_path: Path, loc
     assert not (tmp_path / f"out-{altered}").exists()
     local = LOCAL_REPOSITORY / Path(*GROUP.split(".")) / "fetched"
     assert not (local / altered / f"fetched-{altered}.jar").exists()  # not kept for a later fetch either
+    with pytest.raises(BrokerError, match=f"(?s)fetched:jar:{unchecked}.*no checksums available.*hint: the "
+                       "repository publishes no checksum"):
+        fetch(unchecked)
     assert [p.name for p in fetch(intact).iterdir()] == [f"fetched-{intact}.jar"]  # the refusal was the checksum's
