@@ -44,6 +44,7 @@ MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
 REGISTRY_MAGIC = 0
 REGISTRY_HEADER_SIZE = 5
+MAX_SCHEMA_ID = 2**31 - 1  # registries number schemas with Java ints
 
 # Given a registry schema id, the writer schema it names, or `BadInput`: `retriable` when the
 # failure is passing (the registry is down), else the id is refused for good.
@@ -196,6 +197,12 @@ class Codec:
         refused = self._refused_ids.get(schema_id)
         if refused is not None:
             raise refused[0](refused[1])
+        if schema_id > MAX_SCHEMA_ID:
+            # No registry gives such an id (Confluent's and Apicurio's are Java ints): not asked.
+            # Asked, a registry answering it with a 404 of its own web framework (not its "not found")
+            # marked the registry away for 5 s, and every record type's new ids waited (a review).
+            raise self._refuse(schema_id, UnknownFingerprint(
+                f"schema id {schema_id} is beyond any registry's ids (at most {MAX_SCHEMA_ID}): not looked up"))
         try:
             writer = self._lookup(schema_id)
         except BadInput as failure:

@@ -497,3 +497,23 @@ def test_a_flood_of_made_up_ids_on_one_record_type_spends_no_other_types_lookups
                                        "label": None, "error": None, "deadline": 1, "received_at": 1, "scored_at": 1,
                                        "compute_ms": 1.0})
         assert scores.decode(b"\x00\x00\x00\x00\x07" + score[10:]) == codec("score").decode(score)
+
+
+def test_an_id_no_registry_gives_is_refused_without_asking() -> None:
+    """Registries number schemas with Java ints: an id past 2**31-1 asked for could get a 404 of
+    the registry's web framework, which marked the registry away for 5 s for every record type."""
+    asked: list[int] = []
+
+    def lookup(schema_id: int) -> dict[str, Any]:
+        asked.append(schema_id)
+        return codec("request").schema
+
+    reader = fresh()
+    reader.read_registry_ids(lookup)
+    body = codec("request").encode(REQUEST)[10:]
+    for _ in range(2):
+        with pytest.raises(UnknownFingerprint, match=r"schema id 4294967295 is beyond any registry's ids"):
+            reader.decode(b"\x00\xff\xff\xff\xff" + body)
+    assert reader.unresolved(b"\x00\xff\xff\xff\xff" + body) is None  # refused for good: not waited for
+    assert reader.decode(b"\x00\x7f\xff\xff\xff" + body)["request_id"] == REQUEST["request_id"]
+    assert asked == [2**31 - 1]
