@@ -25,6 +25,7 @@ from services.compare_report.columns import Columns
 from services.compare_report.summary import answers, summarize
 from services.compare_report.table import print_report, print_report_json
 from services.core.codec import codec
+from services.core.compiled_requests import decode_request
 from services.core.errors import BadInput, ConfigError
 from services.core.kafka import partition_counts
 from services.core.ranges import OffsetBound, TimeBound, parse_bounds
@@ -176,7 +177,7 @@ def _scored_requests(
 
 def _request(request_codec: Any, value: bytes | None) -> dict[str, Any] | None:
     try:
-        request: dict[str, Any] = request_codec.decode(value)
+        request: dict[str, Any] = decode_request(request_codec, value)  # refused where live workers refuse it
         check_request(request)  # the rule every worker applies: a created_at <= 0 is no request
         return request
     except BadInput:

@@ -107,7 +107,7 @@ class Codec:
         self.schema = dict(schema)
         self.fingerprint = fingerprint(schema)
         # What `encode` writes before the body: the single-object header until `write_registry_id`.
-        self.header = MAGIC + self.fingerprint
+        self.header = self._single_header = MAGIC + self.fingerprint
         self._parsed = parse_plain(schema)
         self._compiled = compile_encoder(schema)
         # fingerprint -> (writer schema, reader schema or None when no resolution is needed)
@@ -119,6 +119,20 @@ class Codec:
         # would grow its traceback each time it is raised again)
         self._refused_ids: dict[int, tuple[type[BadInput], str]] = {}
         self._lookup: SchemaForId | None = None
+
+    def current_body(self, data: bytes | None) -> int:
+        """Where the body of `data` starts when it is framed with the current schema: its
+        single-object header, or a registry id found to name it (`unresolved` looks ids up before
+        a service's handler reads them); 0 for anything else."""
+        if data is None:
+            return 0
+        if data.startswith(self._single_header):
+            return HEADER_SIZE
+        if len(data) >= REGISTRY_HEADER_SIZE and data[0] == REGISTRY_MAGIC:
+            known = self._by_id.get(int.from_bytes(data[1:REGISTRY_HEADER_SIZE], "big"))
+            if known is not None and known[0] is self._parsed and known[1] is None:
+                return REGISTRY_HEADER_SIZE
+        return 0
 
     def read_registry_ids(self, lookup: SchemaForId) -> None:
         """Resolve schema ids of registry-framed records with `lookup` (once per id)."""

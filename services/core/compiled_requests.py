@@ -18,12 +18,13 @@ messages are exactly fastavro's (services/rendezvous/records.py, services/model_
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any, NoReturn
 
 import numpy as np
 
 from services.core.avro_walk import branch, string, varint
-from services.core.codec import HEADER_SIZE, MAGIC, Codec
+from services.core.codec import Codec
 from services.core.comparison_columns import signature
 from services.core.compiled import compiled
 from services.core.errors import DecodeFailed
@@ -233,14 +234,16 @@ def walk_features(buf: Any, skip: int, names: Any, ends: Any, rows: Any, row: in
 
 
 class Walker:
-    """Whether a codec's current records can be walked here, and its header."""
+    """Whether a codec's current records can be walked here, and where a record's body starts."""
 
     def __init__(self, codec: Codec, layout: Any) -> None:
-        self.header = MAGIC + codec.fingerprint
         self.usable = signature(codec.schema) == layout
+        self._codec = codec
 
-    def takes(self, value: bytes | None) -> bool:
-        return self.usable and value is not None and value.startswith(self.header)
+    def body_at(self, value: bytes | None) -> int:
+        """Where the walk starts in `value`, framed with the current schema either way (a forged
+        body registry-framed was read by fastavro alone: a review); 0 when it is not walked."""
+        return self._codec.current_body(value) if self.usable else 0
 
 
 def refuse_unwalked(codec: Codec, value: bytes | None) -> NoReturn:
@@ -270,10 +273,28 @@ def feature_names(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), ends
 
 
-def request_walks(value: bytes) -> bool:
-    """Whether the walk finds the Request body after the single-object header valid (on
-    `walk_features`, a worker's one compiled walk: no other is compiled for this)."""
-    return bool(walk_features(value, HEADER_SIZE, _NO_NAMES, _NO_ENDS, _NO_ROWS, 0)[VALID])
+@cache
+def request_walker(codec: Codec) -> Walker:
+    """The Request walk's `Walker` for `codec` (one per codec: a call hashes its key)."""
+    return Walker(codec, REQUEST_LAYOUT)
+
+
+def decode_request(codec: Codec, value: bytes | None) -> dict[str, Any]:
+    """fastavro's dict of one Request, refused where the walk refuses it (`refuse_unwalked`): what
+    every reader of requests that decodes them whole uses (a worker's usual path, replay, rescue),
+    so none reads what the others refuse. Decoded first: that looks a new registry id up, which
+    then says whether the record is framed with the current schema."""
+    request = codec.decode(value)
+    skip = request_walker(codec).body_at(value)
+    if skip and value is not None and not request_walks(value, skip):
+        refuse_unwalked(codec, value)
+    return request
+
+
+def request_walks(value: bytes, skip: int) -> bool:
+    """Whether the walk finds the Request body at `skip` valid (on `walk_features`, a worker's
+    one compiled walk: no other is compiled for this)."""
+    return bool(walk_features(value, skip, _NO_NAMES, _NO_ENDS, _NO_ROWS, 0)[VALID])
 
 
 _NO_ROWS = np.empty((0, 0), dtype=np.float64)

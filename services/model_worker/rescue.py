@@ -40,6 +40,7 @@ from confluent_kafka import KafkaException, Message, TopicPartition
 from confluent_kafka import Producer as NativeProducer
 
 from services.core.codec import codec
+from services.core.compiled_requests import decode_request, warm_up_features
 from services.core.errors import BadInput, RendezvousError
 from services.core.kafka import LIBRDKAFKA_TRANSACTION_TIMEOUT_MS, new_client, within_transaction
 from services.core.requests import check_request
@@ -185,7 +186,7 @@ def requests_of(records: Sequence[Message]) -> list[tuple[Message, dict[str, Any
     found = []
     for msg in records:
         try:
-            request = requests.decode(msg.value())
+            request = decode_request(requests, msg.value())  # as the worker read it
             check_request(request)
         except BadInput:
             continue
@@ -329,6 +330,7 @@ def configure_wire(config: RescueConfig) -> None:
 
 def run(config: RescueConfig) -> int:
     configure_wire(config)
+    warm_up_features()  # the request walk `requests_of` checks with: loaded now, not when a batch is stuck
     parent = Parent(config.parent)
     board = Reader(config.board)
     try:

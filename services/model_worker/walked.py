@@ -21,18 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from services.core.codec import HEADER_SIZE, Codec
+from services.core.codec import Codec
 from services.core.compiled_requests import (
     DEADLINE,
     EXACT,
     ID,
     ID_END,
-    REQUEST_LAYOUT,
     VALID,
-    Walker,
+    decode_request,
     feature_names,
-    refuse_unwalked,
-    request_walks,
+    request_walker,
     walk_features,
     walked_problem,
     warm_up_features,
@@ -51,7 +49,7 @@ class RequestWalker:
 
     def __init__(self, codec: Codec, names: tuple[str, ...] | None) -> None:
         self._codec = codec
-        self._walker = Walker(codec, REQUEST_LAYOUT)
+        self._walker = request_walker(codec)
         self.usable = self._walker.usable and bool(names)
         self._names, self._ends = feature_names(names or ())
         if self._walker.usable:  # `decode` walks too, whatever the models read
@@ -59,10 +57,8 @@ class RequestWalker:
 
     def decode(self, value: bytes | None) -> dict[str, Any]:
         """fastavro's dict of one request, refused where the walk refuses it (fastavro would read
-        some invalid bytes: core/compiled_requests.refuse_unwalked)."""
-        if value is not None and self._walker.takes(value) and not request_walks(value):
-            refuse_unwalked(self._codec, value)
-        return self._codec.decode(value)
+        some invalid bytes: core/compiled_requests.decode_request)."""
+        return decode_request(self._codec, value)
 
     def read(self, values: Sequence[bytes | None]) -> WalkedBatch | None:
         """The batch, or None when any of its records needs the usual path."""
@@ -71,12 +67,13 @@ class RequestWalker:
         started = time.perf_counter()
         rows = np.empty((len(values), len(self._ends) - 1), dtype=np.float64)
         requests = []
-        takes, names, ends = self._walker.takes, self._names, self._ends
+        body_at, names, ends = self._walker.body_at, self._names, self._ends
         for i, value in enumerate(values):
-            if not takes(value):
+            skip = body_at(value)
+            if not skip:
                 return None
-            assert value is not None  # `takes` saw to that
-            fields = walk_features(value, HEADER_SIZE, names, ends, rows, i)
+            assert value is not None  # `body_at` saw to that
+            fields = walk_features(value, skip, names, ends, rows, i)
             if not fields[VALID] or not fields[EXACT]:
                 return None
             request_id = value[fields[ID] : fields[ID_END]].decode()

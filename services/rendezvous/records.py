@@ -16,13 +16,13 @@ from typing import Any
 
 from fastavro import parse_schema, schemaless_writer
 
-from services.core.codec import HEADER_SIZE, Codec
+from services.core.codec import Codec
 from services.core.compiled_requests import (
     INPUTS,
     INPUTS_END,
-    REQUEST_LAYOUT,
     Walker,
     refuse_unwalked,
+    request_walker,
     walk_request,
     walked_problem,
 )
@@ -62,9 +62,10 @@ class ScoreIn:
 
 def request_in(codec: Codec, value: bytes | None, partition: int, offset: int, log_time: int) -> RequestIn:
     """A RequestIn; `BadInput` if the bytes are no Request or carry no request_id to answer."""
-    if _request_walker(codec).takes(value):
+    skip = request_walker(codec).body_at(value)
+    if skip:
         assert value is not None
-        fields = walk_request(value, HEADER_SIZE)
+        fields = walk_request(value, skip)
         if fields[0]:
             return _request_walked(value, fields, partition, offset, log_time)
         refuse_unwalked(codec, value)
@@ -108,9 +109,10 @@ def _inputs_schema(codec: Codec) -> Any:
 
 
 def score_in(codec: Codec, value: bytes | None, partition: int, offset: int, log_time: int) -> ScoreIn:
-    if _score_walker(codec).takes(value):
+    skip = _score_walker(codec).body_at(value)
+    if skip:
         assert value is not None
-        fields = walk_score(value, HEADER_SIZE)
+        fields = walk_score(value, skip)
         if fields[0]:
             return _score_walked(value, fields, partition, offset, log_time)
         refuse_unwalked(codec, value)
@@ -130,11 +132,6 @@ def score_decoded(codec: Codec, value: bytes | None, partition: int, offset: int
 
 
 # Per codec, not per (codec, layout): a call hashes its key, and a layout is a nested tuple.
-@cache
-def _request_walker(codec: Codec) -> Walker:
-    return Walker(codec, REQUEST_LAYOUT)
-
-
 @cache
 def _score_walker(codec: Codec) -> Walker:
     return Walker(codec, SCORE_LAYOUT)

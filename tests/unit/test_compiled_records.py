@@ -221,3 +221,27 @@ def test_a_score_keeps_no_more_text_than_a_worker_writes(read: Any) -> None:
         read(SCORES, SCORES.encode({**score, "version": "v" * (MAX_VERSION_CHARS + 1)}), 0, 0, 9)
     with pytest.raises(DecodeFailed, match="a model name of 900000 characters"):  # a metric label value too
         read(SCORES, SCORES.encode({**score, "model": "m" * 900_000}), 0, 0, 9)
+
+
+def test_a_record_registry_framed_with_the_current_schema_is_walked_and_refused_alike() -> None:
+    """Registry framing skipped the walk: the same forged body framed 00 + the current schema's
+    id was read by fastavro as valid (a review). Known to name the current schema, the id's
+    records are walked as single-object ones are."""
+    requests, scores = Codec(REQUESTS.schema, []), Codec(SCORES.schema, [])
+    for reader in (requests, scores):
+        reader.write_registry_id(7)  # as the registry answered: id 7 is the current schema
+    request = {"request_id": "r-1", "created_at": 1, "deadline": 2, "reply_to": {"topic": "t", "partition": None},
+               "features": {"a": 1.0}, "payload": None, "metadata": {}}
+    score = {"request_id": "r", "model": "m", "version": "v", "instance": "i", "score": 0.5, "label": None,
+             "error": None, "deadline": 1, "received_at": 1, "scored_at": 1, "compute_ms": 1.0}
+    framed_request, framed_score = requests.encode(request), scores.encode(score)
+    assert framed_request[:5] == framed_score[:5] == b"\x00\x00\x00\x00\x07"
+    assert requests.current_body(framed_request) == 5 and requests.current_body(b"\x00\x00\x00\x00\x08") == 0
+    assert outcome(request_in, requests, framed_request) == outcome(request_decoded, requests, framed_request)
+    assert outcome(score_in, scores, framed_score) == outcome(score_decoded, scores, framed_score)
+    forged = branch_minus_one(framed_request, string_bytes("r-1") + long_bytes(1) + long_bytes(2), 1)
+    forged_score = branch_minus_one(framed_score, string_bytes("i"), 1)
+    with pytest.raises(DecodeFailed, match="union's branch out of range"):
+        request_in(requests, forged, 0, 0, 0)
+    with pytest.raises(DecodeFailed, match="union's branch out of range"):
+        score_in(scores, forged_score, 0, 0, 0)

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.client.client import make_request
-from services.core.codec import HEADER_SIZE, codec
+from services.core.codec import HEADER_SIZE, Codec, codec
 from services.core.errors import DecodeFailed
 from services.core.signatures import FeatureSpec, Signature
 from services.model_worker.models import Prediction, demo_rows, load_model
@@ -148,3 +148,41 @@ def test_a_record_the_walk_refuses_is_refused_on_the_usual_way_too(names: tuple[
     other_framing = b"\x00\x00\x00\x00\x07" + forged[HEADER_SIZE:]
     with pytest.raises(DecodeFailed, match="schema-registry"):  # not walked: fastavro's error as before
         walker.decode(other_framing)
+
+
+def test_a_request_registry_framed_with_the_current_schema_is_walked_and_refused_alike() -> None:
+    requests = Codec(REQUESTS.schema, [])
+    requests.write_registry_id(7)  # as the registry answered: id 7 is the current schema
+    record = make_request(GOOD, budget_ms=200, reply_topic="replies", reply_partition=None, request_id="r-1")
+    good = requests.encode(record)
+    walker = RequestWalker(requests, NAMES)
+    walked = walker.read([good])
+    assert walked is not None and walked.requests == [{"request_id": "r-1", "deadline": record["deadline"]}]
+    at = good.index(b"\x02\x0ereplies")
+    with pytest.raises(DecodeFailed, match="union's branch out of range"):
+        walker.decode(good[:at] + b"\x01" + good[at + 1 :])
+
+
+def test_every_reader_that_decodes_requests_whole_refuses_what_the_walk_refuses() -> None:
+    """Replay and the rescue process read with fastavro alone: replay scored a forged record the
+    live workers refused, and the rescue wrote error Scores for it (a review)."""
+    from confluent_kafka import Message
+
+    from services.cli.replay import _request
+    from services.core.compiled_requests import decode_request
+    from services.model_worker.rescue import requests_of
+
+    good = encoded(GOOD)
+    at = good.index(b"\x02\x0ereplies")
+    forged = good[:at] + b"\x01" + good[at + 1 :]
+    assert _request(REQUESTS, good) is not None and _request(REQUESTS, forged) is None
+    found = requests_of([Message(topic="rdv.requests", partition=0, offset=i, value=v)
+                         for i, v in enumerate([good, forged])])
+    assert [msg.offset() for msg, _request in found] == [0]
+    # Registry-framed with an id met for the first time in this decode: looked up, then walked.
+    registry = Codec(REQUESTS.schema, [])
+    registry.read_registry_ids(lambda _id: REQUESTS.schema)
+    framed = b"\x00\x00\x00\x00\x09" + forged[HEADER_SIZE:]
+    with pytest.raises(DecodeFailed, match="union's branch out of range"):
+        decode_request(registry, framed)
+    assert decode_request(registry, b"\x00\x00\x00\x00\x09" + good[HEADER_SIZE:])["request_id"] == "r-1"
