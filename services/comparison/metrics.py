@@ -71,8 +71,9 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
         ("model", "quantile"),
     ),
     "rdv_cmp_agreement_ratio": (
-        "Share of the paired requests in the window on which the model's label equals the champion's (one "
-        "without a label of either counts as a disagreement).",
+        "Share of the paired requests in the window the champion labelled on which the model's label equals the "
+        "champion's (one the model left unlabelled counts as a disagreement; those the champion left unlabelled "
+        "are not counted: rdv_cmp_window_labelled_pairs).",
         ("model", "champion"),
     ),
     "rdv_cmp_confusion": (
@@ -101,6 +102,10 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "rdv_cmp_window_outputs": ("Outputs of each model in the window.", ("model",)),
     "rdv_cmp_window_pairs": (
         "Requests in the window where both the model and the champion answered without error.",
+        ("model", "champion"),
+    ),
+    "rdv_cmp_window_labelled_pairs": (
+        "Of rdv_cmp_window_pairs, those the champion labelled: what rdv_cmp_agreement_ratio is a share of.",
         ("model", "champion"),
     ),
     "rdv_cmp_champion_info": ("The champion the pairs are computed against (value 1).", ("model",)),
@@ -332,6 +337,7 @@ def _pair_samples(out: Samples, view: WindowView, name: str, champion: str) -> N
     pair = view.totals.pairs.get((name, champion))
     labels = (name, champion)
     out["rdv_cmp_window_pairs"].append((labels, float(pair.n if pair else 0)))
+    out["rdv_cmp_window_labelled_pairs"].append((labels, float(pair.lead_labelled if pair else 0)))
     if pair is None:
         return
     _finite(out, "rdv_cmp_score_mad", labels, pair.scores.mad())

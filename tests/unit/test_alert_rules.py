@@ -60,6 +60,11 @@ def test_each_operations_rule_fires_on_its_failure_and_not_on_a_healthy_deployme
     assert fired == names, "every rule must be shown firing"
 
 
+def test_agreement_pages_on_enough_pairs_the_champion_labelled_not_on_all_pairs() -> None:
+    """Guarded by all pairs, 2 agreeing of 3 labelled among 200 paged (a review)."""
+    _promtool("test", "rules", "alerts_test.yml")
+
+
 # The series a family of each type exposes (a labelled one's samples appear only once a child exists).
 SERIES_OF_TYPE = {
     "counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_count", "_sum"),
