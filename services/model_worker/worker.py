@@ -197,26 +197,34 @@ def stalled_after_s(predict_timeout_s: float, models: int) -> float | None:
     return None if predict_timeout_s <= 0 else max(STALLED_AFTER_S, _batch_bound_s(predict_timeout_s, models))
 
 
+MAX_POLL_INTERVAL_MS = 86_400_000  # librdkafka's largest max.poll.interval.ms
+
+
 def max_poll_interval_ms(predict_timeout_s: float, models: int) -> int:
     """The consumer's max.poll.interval.ms: past it librdkafka leaves the group, and the watchdog's
-    commit would be refused. At least librdkafka's default; more when one batch may take longer."""
+    commit would be refused. At least librdkafka's default; more when one batch may take longer;
+    its largest with no limit (0): at 300 s, a model slower than that lost its partitions and its
+    commit was refused, and the key cannot be set by hand (a review)."""
+    if predict_timeout_s <= 0:
+        return MAX_POLL_INTERVAL_MS
     return max(300_000, int(_batch_bound_s(predict_timeout_s, models) * 1000))
 
 
 class Hosted:
     """One model a worker scores with, under the name and version written on its scores."""
 
-    def __init__(self, model: Model, name: str, version: str, instance: str, extra_features: str):
+    def __init__(self, model: Model, name: str, version: str, instance: str, extra_features: str,
+                 version_set_by: str = "--version sets it"):
         self.model = model
         self.name = name or model.name
         self.version = version or model.version
-        _check_written_as(self.name, self.version)
+        _check_written_as(self.name, self.version, version_set_by)
         self.signature = model_signature(model, extra_features)
         self.writer = ScoreWriter(self.name, self.version, instance)
         self.labels = (self.name, self.version)
 
 
-def _check_written_as(name: Any, version: Any) -> None:
+def _check_written_as(name: Any, version: Any, version_set_by: str) -> None:
     """The name and version on every score must be ones the rendezvous joins: a worker whose
     model (or --version) gave an empty name or a version over MAX_VERSION_CHARS ran, and every
     score it wrote was refused (a review). A one-line error at start instead."""
@@ -226,7 +234,7 @@ def _check_written_as(name: Any, version: Any) -> None:
     if not isinstance(version, str) or len(version) > MAX_VERSION_CHARS:
         shown = f"{len(version)} characters" if isinstance(version, str) else repr(version)[:40]
         raise ConfigError(f"model {name}: its version must be text of at most {MAX_VERSION_CHARS} characters, "
-                          f"got {shown} (--version sets it)")
+                          f"got {shown} ({version_set_by})")
 
 
 def shared_names(hosted: Sequence[Hosted]) -> tuple[str, ...] | None:
@@ -244,7 +252,10 @@ def hosted_models(settings: WorkerSettings, instance: str, model: Model | None =
 
     extra = settings.extra_features()
     hosted = [Hosted(model or load(settings.model), settings.name, settings.version, instance, extra)]
-    hosted += [Hosted(load(spec), name, "", instance, extra) for name, spec in settings.co_hosted()]
+    # --version is the --model's: a co-hosted model writes its own (a review: told to use --version).
+    hosted += [Hosted(load(spec), name, "", instance, extra, "a co-hosted model writes the version it gives itself: "
+                      "mend it in the model, or serve it with --model and --version")
+               for name, spec in settings.co_hosted()]
     check_co_hosted_names([h.name for h in hosted])
     # Equal signatures become one object, so a batch is checked once per distinct signature
     # (`score_co_hosted` keys its checks by identity: hashing 30 feature specs per batch costs too).

@@ -522,6 +522,28 @@ def test_a_worker_whose_scores_the_rendezvous_would_refuse_does_not_start() -> N
     assert Hosted(load_model("demo:champion"), "", "", "instance", "reject").labels == ("champion", "logreg-1")
 
 
+def long_version_model() -> Any:
+    """A model (module:factory) whose own version is longer than a score may carry."""
+    from services.model_worker.models import load_model
+
+    model = load_model("demo:champion")
+    model.version = "v" * 1100
+    return model
+
+
+def test_a_co_hosted_model_s_bad_version_is_not_said_to_be_mended_with_version() -> None:
+    """--version is the --model's: the refusal of a co-hosted model's own version pointed at it (a review)."""
+    from services.model_worker.settings import WorkerSettings
+    from services.model_worker.worker import hosted_models
+
+    spec = f"{__name__}:long_version_model"
+    with pytest.raises(ConfigError, match=r"\(--version sets it\)$"):
+        hosted_models(WorkerSettings(model=spec), "instance")
+    with pytest.raises(ConfigError, match="got 1100 characters \\(a co-hosted model writes the version it gives "
+                       "itself: mend it in the model, or serve it with --model and --version\\)"):
+        hosted_models(WorkerSettings(model="demo:champion", co_host=(f"other={spec}",)), "instance")
+
+
 # --- outputs that are not one value a row, and files compiled code reads unchecked (a review) ---
 
 

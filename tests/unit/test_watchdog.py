@@ -56,6 +56,8 @@ def test_the_liveness_and_group_limits_leave_every_co_hosted_model_its_turn() ->
     assert stalled_after_s(55, 3) == 3 * 55 + 60  # three healthy 55 s turns stalled it at 120 s
     assert max_poll_interval_ms(60, 1) == 300_000
     assert max_poll_interval_ms(240, 2) == (2 * 240 + 60) * 1000
+    # No limit: librdkafka's largest (at its default 300 s, a model slower than that lost its group).
+    assert max_poll_interval_ms(0, 1) == 86_400_000
 
 
 def _watchdog(board: Any = None, consumer: Any = None, start: bool = True) -> tuple[Any, threading.Event]:
