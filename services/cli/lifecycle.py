@@ -131,8 +131,12 @@ class ScheduleSetSettings(ChangeSettings):
 class PromoteSettings(ChangeSettings):
     """Make a model the champion, if the evidence allows."""
 
-    require: str = setting("", "Gate, e.g. agreement>=0.95,p99<=50ms,n>=10000 (see README).")
-    window: str = setting("10m", "How far back the gate's figures are measured on the log topic.")
+    require: str = setting(
+        "", "Gate, e.g. agreement>=0.95,p99<=50ms,n>=10000 (see README).",
+        # Given empty (a variable unset in --require "$GATE"), it read as no gate: published unchecked (a review).
+        if_empty="give the gate, e.g. agreement>=0.95,n>=10000, or leave --require out to promote without one",
+    )
+    window: str = setting("10m", "How far back the gate's figures are measured on the log topic (with --require).")
     canary: str = setting("canary", "The canary model: a fixed reference that is never made champion.")
 
     def validate(self) -> None:
@@ -142,6 +146,8 @@ class PromoteSettings(ChangeSettings):
         parse_duration_ms(self.window, "--window")  # before the log is read, and under its own name
         if self.require:
             parse_requirements(self.require)
+        elif self.given("window"):
+            raise ConfigError("--window is how far back --require's figures are measured: give --require too")
 
 
 def _book(settings: ScheduleSettings) -> ScheduleBook:

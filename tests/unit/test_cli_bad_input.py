@@ -88,6 +88,9 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
      "--archive-dir /etc/hostname/archive: /etc/hostname is not a directory"),
     (PromoteSettings, {"window": "forever"}, "--window: expected a duration"),
     (PromoteSettings, {"require": "agreement~0.9"}, "--require: cannot read"),
+    # Given empty (--require "$GATE" with GATE unset), it read as no gate: published unchecked (a review).
+    (PromoteSettings, {"require": ""}, "--require is empty: give the gate"),
+    (PromoteSettings, {"window": "5m"}, "--window is how far back --require's figures are measured"),
     # Found by the replica it started, whose log alone said so; deploy waited out --wait-s.
     (DeploySettings, {"model": "demo:champion", "start_at": "abc"}, "--start-at: expected a time"),
     # It ran, "catching up from 4070908800000": a new group would have scored nothing till 2099.
