@@ -247,7 +247,8 @@ def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule,
         # When it will start (a pending version before it may hold it back past the file's time).
         _within_reach(schedule.effective_at - now, f"effective_at {format_ms(effective_at)}")
     publish(settings.librdkafka(), settings.topics().control, schedule)
-    console.print(f"published {escape(schedule.name)} v{schedule.version}: {escape(str(list(schedule.models)))} "
+    waits = f", waits {escape(json.dumps(dict(schedule.waits_ms)))}" if schedule.waits_ms else ""
+    console.print(f"published {escape(schedule.name)} v{schedule.version}: {escape(str(list(schedule.models)))}{waits} "
                   f"(effective in {format_duration_ms(schedule.effective_at - now)}; {escape(schedule.comment)})")
     if schedule.effective_at > now + asked_ms:
         # A version never takes effect before the one it follows: one scheduled later holds this back.

@@ -51,7 +51,12 @@ def promotion(current_schedule: Schedule, candidate: str, canary: str, comment: 
         raise ConfigError(f"{candidate} is already the champion of {current_schedule.name} "
                           f"(v{current_schedule.version})")
     order = (candidate, champion, *(m for m in current_schedule.models[1:] if m != candidate))
-    waits = {m: w for m, w in current_schedule.waits_ms.items() if m in order}
+    # Waits stay with their place in the order: the first place's is how long an answer waits for
+    # the preferred model. Kept by model, `--wait champion=50` left the new champion none (answers
+    # at the deadline, not a fallback at 50 ms) and gave the old one's 50 ms to nobody first; a
+    # short fallback wait moved to first place gave the new champion up (a review).
+    by_place = [current_schedule.waits_ms.get(m) for m in current_schedule.models]
+    waits = {m: w for m, w in zip(order, by_place, strict=False) if w is not None}
     promoted = dataclasses.replace(current_schedule, models=order, waits_ms=waits,
                                    comment=comment or f"promote {candidate} (was {champion})")
     # The candidate answers every request first now: its split ends. A split on the old champion

@@ -142,6 +142,20 @@ def test_promoting_the_traffic_model_ends_its_split() -> None:
     assert promotion(other, "challenger", canary="canary").traffic_model == "next"  # another model's split stays
 
 
+def test_a_promotion_keeps_each_place_s_wait() -> None:
+    """Kept by model, `--wait champion=50` left the new champion no wait: answered at the deadline,
+    not a fallback at 50 ms; and a fallback's short wait put first gave the new champion up (a review)."""
+    from services.control.changes import promotion
+    from services.control.schedule import Schedule
+
+    current = Schedule(models=("champion", "challenger", "next", "canary"), waits_ms={"champion": 50, "next": 120})
+    promoted = promotion(current, "next", canary="canary")
+    assert promoted.models == ("next", "champion", "challenger", "canary")
+    assert promoted.waits_ms == {"next": 50, "challenger": 120}
+    short = Schedule(models=("champion", "challenger"), waits_ms={"challenger": 10})
+    assert promotion(short, "challenger", canary="canary").waits_ms == {"champion": 10}
+
+
 def _gate_figures(records: list[dict[str, Any]]) -> dict[str, float]:
     """The gate's figures for 'cand' against 'champion' in the report of `records`."""
     from services.compare_report.summary import summarize_records
