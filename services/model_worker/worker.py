@@ -380,9 +380,19 @@ class ModelWorker(SimpleHandler, Probed):
             return None
 
     def on_batch(self, messages: list[Message]) -> None:
-        assert self._scorer is not None
-        self._scorer.on_batch(messages)
-        self.positions.advance(messages)
+        assert self._scorer is not None and self.ctx is not None
+        part, rest = first_part(messages, PART_BYTES)
+        # The rest is read again by the next poll: one part per pass of the loop, so every time
+        # bound (the watchdog's, /healthz's, max.poll.interval.ms, the chart's probe) holds as for
+        # one batch. A partition that cannot be rewound has its rest scored now, part by part.
+        pieces = [part]
+        if rest:
+            stuck = {(tp.topic, tp.partition) for tp in restarts(rest) if not self.ctx.consumer.rewind(tp)}
+            part += [msg for msg in rest if (msg.topic() or "", msg.partition() or 0) in stuck]
+            pieces = parts_by_bytes(part, PART_BYTES)
+        for piece in pieces:
+            self._scorer.on_batch(piece)
+        self.positions.advance(part)
 
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
         if self._watchdog is not None:
@@ -429,10 +439,11 @@ class ModelWorker(SimpleHandler, Probed):
         log.info("model %s catching up from %d on partitions %s", self.name, start_ms, sorted(starts))
 
 
-# A poll's requests are scored in parts of at most this many request bytes (one request at least):
-# decoded whole, a request's dict takes ~8x its bytes, and a poll of 256 wide requests (1.1 MB of
-# unknown feature names each) peaked at 2.9 GB, past a model pod's memory limit (a review). Far
-# above a normal poll (256 requests of the demo's 700 bytes): those are scored in one part, as before.
+# A poll's requests are scored at most this many request bytes at once (one request at least), the
+# rest read again by the next poll (ModelWorker.on_batch): decoded whole, a request's dict takes ~8x
+# its bytes, and a poll of 256 wide requests (1.1 MB of unknown feature names each) peaked at 2.9 GB,
+# past a model pod's memory limit (a review). Far above a normal poll (256 requests of the demo's
+# 700 bytes): those are scored whole, as before.
 PART_BYTES = 8 * 1024 * 1024
 
 
@@ -454,6 +465,23 @@ def parts_by_bytes(messages: list[Message], most: int) -> list[list[Message]]:
     return parts
 
 
+def first_part(messages: list[Message], most: int) -> tuple[list[Message], list[Message]]:
+    """`messages` cut after their first part of at most `most` value bytes (one record at least)."""
+    parts = parts_by_bytes(messages, most)
+    if len(parts) <= 1:
+        return list(messages), []
+    return parts[0], messages[len(parts[0]):]
+
+
+def restarts(rest: list[Message]) -> list[TopicPartition]:
+    """Where each partition of `rest` is read again from: its first record there (a poll's records
+    of one partition are in offset order)."""
+    starts: dict[tuple[str, int], int] = {}
+    for msg in rest:
+        starts.setdefault((msg.topic() or "", msg.partition() or 0), msg.offset() or 0)
+    return [TopicPartition(topic, partition, offset) for (topic, partition), offset in starts.items()]
+
+
 class _BatchScorer:
     """Decode -> score -> produce per polled batch. Scores go out at once (the rendezvous waits
     for them); the skeleton flushes and commits the positions behind them off the poll loop."""
@@ -465,10 +493,6 @@ class _BatchScorer:
         self.watchdog = watchdog
 
     def on_batch(self, messages: list[Message]) -> None:
-        for part in parts_by_bytes(messages, PART_BYTES):
-            self._score_part(part)
-
-    def _score_part(self, messages: list[Message]) -> None:
         if not messages:
             return
         received_at = now_ms()

@@ -61,7 +61,38 @@ def test_parts_keep_the_order_and_the_bound_and_a_large_record_goes_alone() -> N
     assert worker.parts_by_bytes([], 6) == []
 
 
-def test_a_poll_of_wide_requests_is_decoded_in_parts_and_every_request_scored(monkeypatch: pytest.MonkeyPatch) -> None:
+class Rewinds:
+    """The consumer's `rewind` as the worker calls it: noted, refused for the partitions given."""
+
+    def __init__(self, refused: frozenset[int] = frozenset()) -> None:
+        self.refused, self.starts = refused, []  # type: ignore[var-annotated]
+
+    def rewind(self, start: Any) -> bool:
+        self.starts.append((start.partition, start.offset))
+        return start.partition not in self.refused
+
+
+def wide_poll(count: int, partitions: int) -> list[Record]:
+    now = int(time.time() * 1000)
+    wide = {**demo_rows(1, seed=4)[0], **{f"unknown-{i}": 1.0 for i in range(2_000)}}  # not walked: decoded
+    records = []
+    for i in range(count):
+        value = REQUESTS.encode({"request_id": f"r-{i}", "created_at": now, "deadline": now + 1_000,
+                                 "reply_to": None, "features": wide, "payload": None, "metadata": {}})
+        record = Record(value, i // partitions)
+        record.partition = lambda p=i % partitions: p  # type: ignore[method-assign]
+        records.append(record)
+    return records
+
+
+@pytest.mark.parametrize("refused", [frozenset(), frozenset({1})])
+def test_a_poll_of_wide_requests_scores_one_part_and_reads_the_rest_again(
+    monkeypatch: pytest.MonkeyPatch, refused: frozenset[int]
+) -> None:
+    """One part per pass of the loop: scored in several parts, one poll held the loop parts x
+    models x the timeout, past every bound sized for one batch (a review)."""
+    from services.core.service import Positions
+
     settings = WorkerSettings(model="demo:champion", predict_timeout_s=0.0)
     hosted = worker.hosted_models(settings, "host-1")
     outputs = Outputs()
@@ -69,21 +100,25 @@ def test_a_poll_of_wide_requests_is_decoded_in_parts_and_every_request_scored(mo
         types.SimpleNamespace(settings=settings, hosted=hosted, topics=settings.topics(), scored=0,
                               _walker=RequestWalker(REQUESTS, worker.shared_names(hosted))),  # type: ignore[arg-type]
         outputs, None, ScoringWatchdog(0.0, lambda h: h.name, outputs, None))  # type: ignore[arg-type]
-    now = int(time.time() * 1000)
-    wide = {**demo_rows(1, seed=4)[0], **{f"unknown-{i}": 1.0 for i in range(2_000)}}  # not walked: decoded
-    records = [Record(REQUESTS.encode({"request_id": f"r-{i}", "created_at": now, "deadline": now + 1_000,
-                                       "reply_to": None, "features": wide, "payload": None, "metadata": {}}), i)
-               for i in range(10)]
+    records = wide_poll(10, partitions=2)  # partition 0: r-0, r-2, ...; partition 1: r-1, r-3, ...
     size = len(records[0].value())
     monkeypatch.setattr(worker, "PART_BYTES", 3 * size)
     decoded: list[int] = []
     decode = scorer._decode
+    monkeypatch.setattr(scorer, "_decode", lambda msgs: decoded.append(len(msgs)) or decode(msgs))
+    consumer, positions = Rewinds(refused), Positions()
+    loop = types.SimpleNamespace(_scorer=scorer, ctx=types.SimpleNamespace(consumer=consumer), positions=positions)
+    worker.ModelWorker.on_batch(loop, records)  # type: ignore[arg-type]
+    assert consumer.starts == [(1, 1), (0, 2)]  # r-3 and r-4: the first of each partition's rest
+    if not refused:
+        assert decoded == [3] and [s["request_id"] for s in outputs.scores] == ["r-0", "r-1", "r-2"]
+        assert {tp.partition: tp.offset for tp in positions.finished()} == {0: 2, 1: 1}
+    else:  # partition 1 could not be rewound: its rest is scored now, a part at a time
+        assert decoded == [3, 3, 1] and len(outputs.scores) == 7
+        assert {tp.partition: tp.offset for tp in positions.finished()} == {0: 2, 1: 5}
 
-    def noted(messages: list[Any]) -> Any:
-        decoded.append(sum(len(m.value()) for m in messages))
-        return decode(messages)
 
-    monkeypatch.setattr(scorer, "_decode", noted)
-    scorer.on_batch(records)  # type: ignore[arg-type]
-    assert decoded == [3 * size, 3 * size, 3 * size, size]
-    assert [s["request_id"] for s in outputs.scores] == [f"r-{i}" for i in range(10)]
+def test_a_normal_poll_is_one_part() -> None:
+    records = [Record(b"x" * 700, i) for i in range(256)]
+    part, rest = worker.first_part(records, worker.PART_BYTES)  # type: ignore[arg-type]
+    assert part == records and rest == []
