@@ -126,7 +126,7 @@ class AtLeastOnce(_Base):
 
         From the poll loop asynchronously (the loop never waits; True once sent: the broker's
         answer comes through the consumer's on_commit, and a position it refuses is sent again);
-        on revoke and drain synchronously."""
+        on revoke and drain synchronously (True once the broker took them)."""
         if not offsets:
             return False
         if not wait:
@@ -142,7 +142,8 @@ class AtLeastOnce(_Base):
         except CommitRejected as err:
             # At-least-once: whoever owns these partitions now re-reads from the last commit.
             log.warning("%s; the new owner repeats that work", err)
-        return False
+            return False
+        return True
 
     def abort(self) -> None:
         return None
@@ -551,8 +552,10 @@ class CommitLane:
         outcome = self._commit(offsets, give_up, group)
         if outcome.error is not None:
             raise outcome.error
-        if outcome.done:
-            self.committer.finish(offsets, wait=True)
+        if outcome.done and not self.committer.transactional:
+            # Committed only if the broker took the offsets: a rejected commit (the group moved on)
+            # was reported committed, and a handler kept what its re-read then counted twice (a review).
+            return self.committer.finish(offsets, wait=True)
         return outcome.done
 
     def discard_outcomes(self) -> None:

@@ -34,8 +34,11 @@ class RecordingCommitter:
             raise self.fail_with
         return True
 
-    def finish(self, offsets: list[TopicPartition], wait: bool) -> None:
+    def finish(self, offsets: list[TopicPartition], wait: bool) -> bool:
         self.finishes.append((threading.current_thread().name, wait))
+        return self.takes_offsets
+
+    takes_offsets = True  # what the broker says to the offsets' commit
 
     def abort(self) -> None:
         return None
@@ -296,3 +299,14 @@ def test_outputs_held_during_a_long_commit_are_bounded_the_loop_waits_for_the_co
     finally:
         committer.gate.set()
         lane.close()
+
+
+def test_commit_now_says_nothing_was_committed_when_the_broker_rejected_the_offsets() -> None:
+    """At least once, a revoke's commit the group rejected (it moved on) was reported committed:
+    the handler marked positions committed that were not, and kept what its re-read counted twice."""
+    committer = RecordingCommitter()
+    committer.takes_offsets = False
+    lane = CommitLane(committer, None, background=False)  # type: ignore[arg-type]
+    assert lane.commit_now([TopicPartition("t", 0, 9)], lambda: False) is False
+    committer.takes_offsets = True
+    assert lane.commit_now([TopicPartition("t", 0, 9)], lambda: False) is True
