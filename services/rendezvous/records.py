@@ -62,14 +62,18 @@ class ScoreIn:
 
 def request_in(codec: Codec, value: bytes | None, partition: int, offset: int, log_time: int) -> RequestIn:
     """A RequestIn; `BadInput` if the bytes are no Request or carry no request_id to answer."""
-    skip = request_walker(codec).body_at(value)
-    if skip:
-        assert value is not None
-        fields = walk_request(value, skip)
-        if fields[0]:
-            return _request_walked(value, fields, partition, offset, log_time)
-        refuse_unwalked(codec, value)
-    return request_decoded(codec, value, partition, offset, log_time)  # another framing or schema: fastavro
+    walker = request_walker(codec)
+    skip = walker.body_at(value)
+    if not skip:
+        decoded = request_decoded(codec, value, partition, offset, log_time)  # another framing or schema
+        skip = walker.body_at(value)  # a registry id met in that decode may name the current schema
+        if not skip:
+            return decoded
+    assert value is not None
+    fields = walk_request(value, skip)
+    if fields[0]:
+        return _request_walked(value, fields, partition, offset, log_time)
+    refuse_unwalked(codec, value)
 
 
 def request_decoded(codec: Codec, value: bytes | None, partition: int, offset: int, log_time: int) -> RequestIn:
@@ -109,14 +113,18 @@ def _inputs_schema(codec: Codec) -> Any:
 
 
 def score_in(codec: Codec, value: bytes | None, partition: int, offset: int, log_time: int) -> ScoreIn:
-    skip = _score_walker(codec).body_at(value)
-    if skip:
-        assert value is not None
-        fields = walk_score(value, skip)
-        if fields[0]:
-            return _score_walked(value, fields, partition, offset, log_time)
-        refuse_unwalked(codec, value)
-    return score_decoded(codec, value, partition, offset, log_time)  # another framing or schema: fastavro
+    walker = _score_walker(codec)
+    skip = walker.body_at(value)
+    if not skip:
+        decoded = score_decoded(codec, value, partition, offset, log_time)  # another framing or schema
+        skip = walker.body_at(value)  # a registry id met in that decode may name the current schema
+        if not skip:
+            return decoded
+    assert value is not None
+    fields = walk_score(value, skip)
+    if fields[0]:
+        return _score_walked(value, fields, partition, offset, log_time)
+    refuse_unwalked(codec, value)
 
 
 def score_decoded(codec: Codec, value: bytes | None, partition: int, offset: int, log_time: int) -> ScoreIn:

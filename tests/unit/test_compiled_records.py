@@ -245,3 +245,26 @@ def test_a_record_registry_framed_with_the_current_schema_is_walked_and_refused_
         request_in(requests, forged, 0, 0, 0)
     with pytest.raises(DecodeFailed, match="union's branch out of range"):
         score_in(scores, forged_score, 0, 0, 0)
+
+
+def test_a_registry_id_met_in_the_record_s_own_decode_is_walked_too() -> None:
+    """An id not looked up before the handler (its lookups of the second spent, or evicted) went
+    to fastavro alone: a forged body was read as valid, and the same bytes' inputs digest differed
+    from the walked one's, so a retry straddling the lookup was a conflicting request (a review)."""
+    request = {"request_id": "r-1", "created_at": 1, "deadline": 2, "reply_to": {"topic": "t", "partition": None},
+               "features": {"a": 1.0, "b": 2.0}, "payload": None, "metadata": {}}
+    body = REQUESTS.encode(request)[HEADER_SIZE:]
+    # The features map written in two blocks (as a Java writer may): re-encoded, it is one.
+    two_blocks = body.replace(b"\x04\x02a", b"\x02\x02a").replace(b"\x02b", b"\x02\x02b", 1)
+    assert REQUESTS.decode(REQUESTS.header + two_blocks)["features"] == request["features"]
+    digests = []
+    for _ in range(2):  # a fresh reader, then the same reader once the id is known
+        requests = Codec(REQUESTS.schema, [])
+        requests.read_registry_ids(lambda _id: REQUESTS.schema)
+        framed = b"\x00\x00\x00\x00\x09" + two_blocks
+        digests += [request_in(requests, framed, 0, 0, 0).inputs, request_in(requests, framed, 0, 0, 0).inputs]
+        before_reply_to = string_bytes("r-1") + long_bytes(1) + long_bytes(2)
+        forged = branch_minus_one(b"\x00\x00\x00\x00\x0a" + body, before_reply_to, 1)
+        with pytest.raises(DecodeFailed, match="union's branch out of range"):
+            request_in(requests, forged, 0, 0, 0)
+    assert len(set(digests)) == 1
