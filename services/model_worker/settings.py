@@ -83,7 +83,8 @@ class WorkerSettings(ServiceSettings):
     )
     commit_interval_ms: int = setting(100, "How often the offsets of scored requests are committed (ms).", minimum=1)
     predict_timeout_s: float = setting(
-        60.0, "Longest a model may take to score one micro-batch (s; 0 = no limit). A model still busy after it "
+        60.0, "Longest a model may take to score one micro-batch (s; 0 = no limit here: a batch must still end "
+        "within max.poll.interval.ms, librdkafka's 300 s unless --kafka-config sets it). A model still busy after it "
         "is taken to be stuck for good: the batch's requests get an error Score, its offsets are committed and "
         "the worker exits (code 70) for its supervisor to start a fresh one, which reads on after that batch. "
         "A model stuck holding the interpreter lock is handled by a rescue process the worker starts, which "

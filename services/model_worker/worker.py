@@ -197,17 +197,20 @@ def stalled_after_s(predict_timeout_s: float, models: int) -> float | None:
     return None if predict_timeout_s <= 0 else max(STALLED_AFTER_S, _batch_bound_s(predict_timeout_s, models))
 
 
-MAX_POLL_INTERVAL_MS = 86_400_000  # librdkafka's largest max.poll.interval.ms
-
-
 def max_poll_interval_ms(predict_timeout_s: float, models: int) -> int:
     """The consumer's max.poll.interval.ms: past it librdkafka leaves the group, and the watchdog's
-    commit would be refused. At least librdkafka's default; more when one batch may take longer;
-    its largest with no limit (0): at 300 s, a model slower than that lost its partitions and its
-    commit was refused, and the key cannot be set by hand (a review)."""
-    if predict_timeout_s <= 0:
-        return MAX_POLL_INTERVAL_MS
+    commit would be refused. At least librdkafka's default; more when one batch may take longer."""
     return max(300_000, int(_batch_bound_s(predict_timeout_s, models) * 1000))
+
+
+def max_poll_interval(predict_timeout_s: float, models: int) -> dict[str, int]:
+    """The worker's max.poll.interval.ms, or none with no limit (0): librdkafka's 300 s then, or what
+    --kafka-config gives (refused before, as a key the worker sets). Not its largest: in the classic
+    protocol it is also how long a rebalance waits for a member, and a hung model held every replica
+    of its group that long (a review)."""
+    if predict_timeout_s <= 0:
+        return {}
+    return {"max.poll.interval.ms": max_poll_interval_ms(predict_timeout_s, models)}
 
 
 class Hosted:
@@ -314,7 +317,7 @@ class ModelWorker(SimpleHandler, Probed):
             consumer_config={
                 "client.id": f"{self.name}-{self.instance}",
                 "auto.offset.reset": settings.start_from,  # a dead replica's partitions move on: GROUP_DEFAULTS
-                "max.poll.interval.ms": max_poll_interval_ms(settings.predict_timeout_s, len(self.hosted)),
+                **max_poll_interval(settings.predict_timeout_s, len(self.hosted)),
             },
             # A score is of use until its request's deadline (and the rendezvous' linger after it);
             # librdkafka's 300 s would also leave a client stuck after a broker restart (#5430)

@@ -56,8 +56,10 @@ def test_the_liveness_and_group_limits_leave_every_co_hosted_model_its_turn() ->
     assert stalled_after_s(55, 3) == 3 * 55 + 60  # three healthy 55 s turns stalled it at 120 s
     assert max_poll_interval_ms(60, 1) == 300_000
     assert max_poll_interval_ms(240, 2) == (2 * 240 + 60) * 1000
-    # No limit: librdkafka's largest (at its default 300 s, a model slower than that lost its group).
-    assert max_poll_interval_ms(0, 1) == 86_400_000
+    # No limit: the worker sets none (librdkafka's, or --kafka-config's; refused before as the worker's own key).
+    from services.model_worker.worker import max_poll_interval
+
+    assert max_poll_interval(0, 1) == {} and max_poll_interval(60, 1) == {"max.poll.interval.ms": 300_000}
 
 
 def _watchdog(board: Any = None, consumer: Any = None, start: bool = True) -> tuple[Any, threading.Event]:
@@ -203,3 +205,22 @@ def test_the_watchdog_commits_past_no_batch_whose_scores_the_commit_thread_found
         assert clients.commits == ([] if lost else [[(0, 8)]])
     finally:
         lane.close()
+
+
+def test_with_no_limit_the_user_may_set_how_long_a_batch_may_take() -> None:
+    """--predict-timeout-s 0 promised no limit, but a batch past 300 s lost its partitions, and
+    --kafka-config max.poll.interval.ms was refused as the worker's own key (a review)."""
+    import pytest
+
+    from services.core.errors import ConfigError
+    from services.core.settings import from_namespace
+    from services.model_worker.settings import WorkerSettings
+    from services.model_worker.worker import ModelWorker
+
+    def worker(timeout: str) -> ModelWorker:
+        return ModelWorker(from_namespace(WorkerSettings, None, model="demo:champion", predict_timeout_s=timeout,
+                                          kafka_config="max.poll.interval.ms=900000", bootstrap="127.0.0.1:1"))
+
+    assert worker("0").service.spec.config["max.poll.interval.ms"] == "900000"
+    with pytest.raises(ConfigError, match=r"max\.poll\.interval\.ms: model champion sets it itself"):
+        worker("60")
