@@ -689,6 +689,11 @@ def two_models_named(first: str, second: str) -> dict[str, Any]:
         ({"kafka": {"bootstrap": ""}}, "/kafka/bootstrap"),
         ({"kafka": {"secretConfig": [{"key": "sasl.password", "secretName": "kafka"}]}}, "secretKey"),
         ({"topics": {"create": True, "partitions": 2}, "rendezvous": {"replicas": 3}}, "never be ready"),
+        # The probe is sized from predictTimeoutS: the flag or the variable would win over it (a review).
+        ({"models": [{"name": "m", "spec": "demo:champion", "args": ["--predict-timeout-s", "200"]}]},
+         "set predictTimeoutS, not --predict-timeout-s in args"),
+        ({"models": [{"name": "m", "spec": "demo:champion", "env": [{"name": "RDV_PREDICT_TIMEOUT_S", "value": "9"}]}]},
+         "set predictTimeoutS, not RDV_PREDICT_TIMEOUT_S in env"),
     ],
     ids=[
         "duplicate-model",
@@ -703,6 +708,8 @@ def two_models_named(first: str, second: str) -> dict[str, Any]:
         "no-bootstrap",
         "secret-without-key",
         "more-rendezvous-than-partitions",
+        "predict-timeout-flag",
+        "predict-timeout-variable",
     ],
 )
 def test_bad_values_are_refused_with_a_reason(

@@ -222,7 +222,7 @@ probes as given. */}}
 {{- $liveness := deepCopy .root.Values.probes.liveness -}}
 {{- $timeout := float64 .timeout -}}
 {{- if gt $timeout 0.0 -}}
-{{- $period := float64 $liveness.periodSeconds -}}
+{{- $period := float64 ($liveness.periodSeconds | default 10) -}}
 {{- $needed := add (int (ceil (divf (addf (mulf $timeout .models) 60) $period))) 2 -}}
 {{- $_ := set $liveness "failureThreshold" (max (int $liveness.failureThreshold) $needed) -}}
 {{- end -}}
