@@ -308,9 +308,13 @@ def cmd_schedule_set(settings: ScheduleSetSettings, console: Console) -> int:
     effective_at, notes = _effective_at_of(settings, draft, now_ms())
     notes += _check_live(settings, draft) + _risky(draft)
     _publish_next(settings, book, draft, console, effective_at)
+    _print_notes(console, notes)
+    return 0
+
+
+def _print_notes(console: Console, notes: list[str]) -> None:
     for note in notes:  # after: a publish refused (another change first) would have followed "published"
         console.print(f"[yellow]note[/]: {escape(note)}")
-    return 0
 
 
 def _effective_at_of(settings: ScheduleSetSettings, draft: Schedule, now: int) -> tuple[int | None, list[str]]:
@@ -379,8 +383,9 @@ def cmd_promote(settings: PromoteSettings, candidate: str, console: Console, fig
         if not all(v.passed for v in verdicts):
             raise ConfigError(f"promotion of {candidate} refused: " + "; ".join(
                 f"{v.requirement.text} (measured {v.measured})" for v in verdicts if not v.passed))
-    _check_live(settings, draft)
+    notes = _check_live(settings, draft)
     _publish_next(settings, book, draft, console)
+    _print_notes(console, notes)  # dropped: a fallback not scoring was published without a word (a review)
     return 0
 
 
@@ -407,6 +412,7 @@ class RollbackSettings(ChangeSettings):
 def cmd_rollback(settings: RollbackSettings, console: Console) -> int:
     book = _book(settings)
     draft = changes.rollback(book, settings.comment, settings.to)
-    _check_live(settings, draft)  # the version before may name a model undeployed since
+    notes = _check_live(settings, draft)  # the version before may name a model undeployed since
     _publish_next(settings, book, draft, console)
+    _print_notes(console, notes)
     return 0

@@ -938,3 +938,28 @@ def test_a_feature_value_written_as_python_source_is_no_number_and_a_bad_byte_is
     path.write_bytes(b"a\n1\n2\xff\n")
     with pytest.raises(ConfigError, match=r"not UTF-8 text \(line 3, byte 2 of the line\); binary file\?$"):
         read_rows(SendSettings(file=str(path)))
+
+
+@pytest.mark.parametrize("command", ["promote", "rollback"])
+def test_promote_and_rollback_say_a_fallback_is_not_scoring(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`schedule set` said it; promote and rollback dropped the note and published in silence (a review)."""
+    import io
+
+    from services.cli import lifecycle
+
+    book = ScheduleBook("default")
+    book.add(Schedule(models=("champion", "ghost"), version=1), START_MS - 20_000)
+    book.add(Schedule(models=("challenger", "ghost"), version=2, effective_at=START_MS - 9_000), START_MS - 10_000)
+    monkeypatch.setattr(lifecycle, "now_ms", lambda: START_MS)
+    monkeypatch.setattr(lifecycle, "_book", lambda _settings: book)
+    monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, _schedule: None)
+    monkeypatch.setattr(lifecycle, "live_models", lambda _config, _topic, _window: {
+        (m, "1"): {"scores": 10.0, "errors": 0.0} for m in ("champion", "challenger")})
+    out = io.StringIO()
+    console = Console(file=out, width=200, no_color=True)
+    if command == "promote":
+        lifecycle.cmd_promote(from_namespace(PromoteSettings, None), "champion", console, lambda *_a: {})
+    else:
+        lifecycle.cmd_rollback(from_namespace(lifecycle.RollbackSettings, None), console)
+    said = "note: fallback model(s) ghost sent no usable score in the last 60 s: published all the same"
+    assert said in out.getvalue()
