@@ -490,7 +490,7 @@ def _check_not_preferred(name: str, settings: UndeploySettings, console: Console
     refuse to prefer a model that is not scoring; this was the one way to get there unasked):
     every answer would then wait for the fallback, or time out."""
     from services.cli.common import warn_of_history_loss
-    from services.control.topic import ScheduleBook, load_book
+    from services.control.topic import ScheduleBook, load_books
 
     state = _state(name)
     # Stripped as `--co-host` reads them: 'challenger =demo:challenger' hosts `challenger`.
@@ -498,7 +498,12 @@ def _check_not_preferred(name: str, settings: UndeploySettings, console: Console
     control = settings.topics().control
 
     def read(config: dict[str, Any]) -> ScheduleBook:
-        book = load_book(config, control, settings.schedule_name)
+        book, names = load_books(config, control, settings.schedule_name)
+        if book.latest is None and names:
+            # The default name checked on a deployment serving another: nothing was checked (a review).
+            raise ConfigError(f"{control} holds no schedule named {settings.schedule_name!r} (it holds "
+                              f"{', '.join(sorted(repr(n) for n in names)[:10])}): name the one your rendezvous "
+                              f"answers by with --schedule-name, or undeploy {name} --force")
         # A topic that lost its old versions may hold none of those the running rendezvous answer by.
         warn_of_history_loss(config, control, console)
         return book

@@ -285,14 +285,23 @@ def _parse(msg: Message) -> ControlRecord:
 
 def load_book(config: Mapping[str, Any], topic: str, name: str) -> ScheduleBook:
     """The accepted history of schedule `name`, exactly as a rendezvous replaying the topic sees it."""
+    return load_books(config, topic, name)[0]
+
+
+def load_books(config: Mapping[str, Any], topic: str, name: str) -> tuple[ScheduleBook, set[str]]:
+    """`load_book`, and the names of every schedule the topic holds (to say which exist when
+    `name` is none of them: a command checking the wrong book checked nothing)."""
     feed = ControlFeed(config, topic)
     try:
-        book = ScheduleBook(name)
+        book, names = ScheduleBook(name), set()
         for record in feed.read_history():
             schedule = record.schedule
-            if schedule is not None and schedule.name == name and book.refusal(schedule, record.written_at) is None:
+            if schedule is None:
+                continue
+            names.add(schedule.name)
+            if schedule.name == name and book.refusal(schedule, record.written_at) is None:
                 book.add(schedule, record.written_at)
-        return book
+        return book, names
     finally:
         feed.close()
 

@@ -559,6 +559,33 @@ def test_undeploy_refuses_a_deployment_co_hosting_the_preferred_model_under_a_sp
                         Schedule(models=("challenger", "champion"), version=1))
 
 
+def test_undeploy_checking_a_schedule_name_the_topic_does_not_hold_says_which_it_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a deployment serving `prod`, `undeploy champion` checked the empty `default` book: nothing
+    held it back, and the champion could be stopped without a word (a review)."""
+    from services.cli import common, deploy
+    from services.control import topic
+    from services.control.schedule import Schedule
+
+    monkeypatch.setenv("RDV_CACHE_DIR", str(tmp_path))
+    path = tmp_path / "deployments" / "champion" / "state.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"name": "champion", "model": "demo:champion", "replicas": {}}))
+    prod = ScheduleBook.holding(Schedule(models=("champion", "canary"), version=1, name="prod"))
+    books = {"prod": prod, "default": ScheduleBook("default")}
+    monkeypatch.setattr(topic, "load_books", lambda _config, _topic, name: (books[name], {"prod"}))
+    monkeypatch.setattr(deploy, "_read_from_broker", lambda _settings, _console, read: read({}))
+    monkeypatch.setattr(common, "warn_of_history_loss", lambda *_a: None)  # a broker's check
+    with pytest.raises(ConfigError, match=r"holds no schedule named 'default' \(it holds 'prod'\): name the one"):
+        deploy._check_not_preferred("champion", deploy.UndeploySettings(), Console())
+    with pytest.raises(ConfigError, match="champion is what schedule prod v1 answers with"):
+        deploy._check_not_preferred("champion", deploy.UndeploySettings(schedule_name="prod"), Console())
+    books["prod"] = ScheduleBook("prod")  # a topic holding no schedule at all: nothing answers, nothing refused
+    monkeypatch.setattr(topic, "load_books", lambda _config, _topic, name: (books[name], set()))
+    deploy._check_not_preferred("champion", deploy.UndeploySettings(), Console())
+
+
 def test_a_report_page_that_cannot_be_written_whole_leaves_the_last_one_as_it_was(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
