@@ -125,7 +125,9 @@ def register(commands: Any, selection: Any) -> None:
     selection.arguments(rollback, ("rollback",), lifecycle + "RollbackSettings")
     rollback.set_defaults(handler=cmd_rollback)
 
-    schedule = commands.add_parser("schedule", help="show the live schedule, set a new version, or list its history")
+    schedule = commands.add_parser(
+        "schedule", help="show the latest version (and which governs now when a change is pending), set a new "
+        "version, or list its history")
     schedule_sub = schedule.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, help_text, settings_class, handler in (
         ("show", "the latest version (a table, or --format json)", "ScheduleViewSettings", cmd_schedule_show),
