@@ -306,7 +306,7 @@ def cmd_schedule_set(settings: ScheduleSetSettings, console: Console) -> int:
     book = _book(settings)
     draft = _draft_from_flags(settings, book.latest)  # none yet: this is the first version
     effective_at, notes = _effective_at_of(settings, draft, now_ms())
-    notes += _check_live(settings, draft) + _risky(draft)
+    notes += _check_live(settings, draft) + _risky(draft) + _not_carried_over(settings, book.latest)
     _publish_next(settings, book, draft, console, effective_at)
     _print_notes(console, notes)
     return 0
@@ -351,6 +351,21 @@ def _draft_from_flags(settings: ScheduleSetSettings, current: Schedule | None) -
         draft = Schedule(models=settings.models, waits_ms=waits, default_deadline_ms=deadline_ms,
                          traffic_model=traffic_model, traffic_fraction=fraction)
     return dataclasses.replace(authored(draft), comment=settings.comment or draft.comment or "schedule set")
+
+
+def _not_carried_over(settings: ScheduleSetSettings, current: Schedule | None) -> list[str]:
+    """What the latest version had that a `--models` draft without the flag for it drops: the
+    deadline is kept, waits and a traffic split are not, and went without a word (a review)."""
+    if settings.file or current is None:
+        return []
+    dropped = []
+    if current.waits_ms and not settings.wait:
+        dropped.append(f"waits {json.dumps(dict(current.waits_ms))}")
+    if current.traffic_model and not settings.traffic:
+        dropped.append(f"traffic split {current.traffic_model}={current.traffic_fraction:g}")
+    if not dropped:
+        return []
+    return [f"v{current.version}'s {' and '.join(dropped)} are not carried over (--wait / --traffic give them)"]
 
 
 def _whole_ms(text: str, flag: str) -> int:

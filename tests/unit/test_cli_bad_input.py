@@ -990,3 +990,19 @@ def test_promote_and_rollback_say_a_fallback_is_not_scoring(command: str, monkey
         lifecycle.cmd_rollback(from_namespace(lifecycle.RollbackSettings, None), console)
     said = "note: fallback model(s) ghost sent no usable score in the last 60 s: published all the same"
     assert said in out.getvalue()
+
+
+def test_schedule_set_says_which_waits_and_split_of_the_latest_version_it_drops() -> None:
+    """The deadline is kept when not given, waits and a traffic split are not: dropped without a
+    word (a review), which a promotion's waits then no longer had."""
+    from services.cli.lifecycle import _not_carried_over
+
+    current = Schedule(models=("champion", "challenger"), version=4, waits_ms={"champion": 50},
+                       traffic_model="challenger", traffic_fraction=0.05)
+    bare = from_namespace(ScheduleSetSettings, None, models="champion,challenger")
+    (note,) = _not_carried_over(bare, current)
+    assert note == ('v4\'s waits {"champion": 50} and traffic split challenger=0.05 are not carried over '
+                    "(--wait / --traffic give them)")
+    given = from_namespace(ScheduleSetSettings, None, models="champion,challenger", wait="champion=60",
+                           traffic="challenger=0.1")
+    assert _not_carried_over(given, current) == [] and _not_carried_over(bare, None) == []
