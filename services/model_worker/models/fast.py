@@ -17,6 +17,7 @@ Both return P(class 1) per row of a NaN-free float64 batch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,15 +45,23 @@ class LogisticScorer:
         self._intercept = np.asarray(logreg.intercept_, dtype=np.float64)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        with np.errstate(over="ignore", invalid="ignore"):
-            scaled = (x - self._mean) / self._scale
-            decision = scaled @ self._coef_t + self._intercept
-        if not (np.isfinite(scaled).all() and np.isfinite(decision).all()):
-            # A finite value the scaler takes past float64's range (1e307): scikit-learn's
-            # predict_proba refuses it ("Input X contains infinity"); read on, expit made it a
-            # confident 0 or 1 (a review). The worker scores the rest of the batch without it.
+        decision = ((x - self._mean) / self._scale) @ self._coef_t + self._intercept
+        if not _all_finite(decision):
+            # A finite value the scaler takes past float64's range (1e307; an infinity there makes
+            # the decision infinite or NaN): scikit-learn's predict_proba refuses it ("Input X
+            # contains infinity"); read on, expit made it a confident 0 or 1 (a review). The worker
+            # scores the rest of the batch without it. (No np.errstate: it cost 10 µs a call, a
+            # third of a one-row batch; numpy's overflow warning is said once.)
             raise ValueError("a feature value is beyond the range the model's scaling can hold (it overflows float64)")
         return np.asarray(expit(decision.reshape(-1)))
+
+
+def _all_finite(values: np.ndarray) -> bool:
+    """Whether every value is finite: in Python for the few rows of a live batch (0.5 µs for one,
+    where numpy's isfinite and reduction take 2.5), numpy's for many."""
+    if values.size <= 32:
+        return all(map(math.isfinite, values.ravel().tolist()))
+    return bool(np.isfinite(values).all())
 
 
 class TreeScorer:
