@@ -112,12 +112,14 @@ def ks_statistic(a: QuantileSketch, b: QuantileSketch, grid: int = 256) -> float
     return float(np.max(np.abs(a.cdf(xs) - b.cdf(xs))))
 
 
+PSI_SCALE_PROBES = 64  # quantiles of each sketch whose magnitudes scale the nudge of an edge at 0
+
 # How far from a value a sketch's CDF is read, relative to the value: well past the rounding of a
 # centroid's mean (sums of up to ~1e5 equal values), well short of the next distinct score.
 NUDGE = 1e-10
 
 
-def _nudged(xs: np.ndarray, side: int) -> np.ndarray:
+def _nudged(xs: np.ndarray, side: int, scale_from: np.ndarray | None = None) -> np.ndarray:
     """Each x moved a hair below (side -1) or above (+1): above, a sketch's CDF counts the values
     equal to x (P(X <= x), as `ks_exact` and `psi_exact` count them); below, none of them. At x
     itself a t-digest interpolates between centroids, counting part of a pile of equal values:
@@ -127,9 +129,11 @@ def _nudged(xs: np.ndarray, side: int) -> np.ndarray:
     distinct scores read KS 0.40-0.46 and PSI 1.3-2.1 against its own unchanged distribution
     (exact: 0.006-0.025 and 0.003), and its drift alert fired (a review). Relative to each value
     (0: to the smallest other magnitude): 1e-9 at least, scores below that read KS and PSI 0
-    whatever their drift, and scores near 1e9 a unit apart were read at the next one (a review)."""
+    whatever their drift, and scores near 1e9 a unit apart were read at the next one (a review).
+    `scale_from`: more values whose magnitudes count for 0's (PSI's edges may all be 0)."""
     magnitude = np.abs(xs)
-    nonzero = magnitude[magnitude > 0]
+    pool = magnitude if scale_from is None else np.concatenate([magnitude, np.abs(scale_from)])
+    nonzero = pool[pool > 0]
     at_zero = float(nonzero.min()) if nonzero.size else 1.0
     result: np.ndarray = xs + side * NUDGE * np.where(magnitude > 0, magnitude, at_zero)
     return result
@@ -155,8 +159,12 @@ def psi(reference: QuantileSketch, current: QuantileSketch, bins: int = 10) -> f
     if reference.count == 0 or current.count == 0:
         return float("nan")
     edges = np.unique(reference.quantiles(np.linspace(0.0, 1.0, bins + 1)[1:-1]))
-    ref_share = _bin_shares(reference.cdf(_nudged(edges, 1)))
-    cur_share = _bin_shares(current.cdf(_nudged(edges, 1)))
+    # An edge at 0 is nudged by the data's smallest magnitudes, the current's too: with every
+    # reference decile on 0, 1e-10 counted scores of 1e-11 as 0 (PSI 0 against an exact 1.3).
+    probes = np.linspace(0.0, 1.0, PSI_SCALE_PROBES)
+    edges = _nudged(edges, 1, np.concatenate([reference.quantiles(probes), current.quantiles(probes)]))
+    ref_share = _bin_shares(reference.cdf(edges))
+    cur_share = _bin_shares(current.cdf(edges))
     return _psi_from_shares(ref_share, cur_share)
 
 

@@ -770,3 +770,13 @@ def test_large_scores_a_unit_apart_are_read_at_their_own_value() -> None:
     exact = psi_exact(before, after)
     assert exact > 0.5
     assert abs(psi(QuantileSketch.of(before.tolist()), QuantileSketch.of(after.tolist())) - exact) < 0.05 * exact
+
+
+def test_psi_reads_drift_when_every_reference_edge_is_zero() -> None:
+    """Edges at 0 were nudged by 1e-10: scores of 1e-11 counted as 0, PSI 0 against an exact 1.3 (a review)."""
+    rng = np.random.default_rng(11)
+    before = np.concatenate([np.zeros(9500), rng.uniform(0, 1e-11, 500)])
+    after = np.concatenate([np.zeros(5000), rng.uniform(0, 1e-11, 5000)])
+    exact = psi_exact(before, after)
+    assert exact > 1.0
+    assert abs(psi(QuantileSketch.of(before.tolist()), QuantileSketch.of(after.tolist())) - exact) < 0.05 * exact
