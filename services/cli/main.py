@@ -37,6 +37,7 @@ from services.core.errors import ConfigError, RendezvousError
 from services.core.redaction import mask
 from services.core.runtime import stop_with_parent
 from services.core.settings import KafkaSettings, add_arguments, from_namespace, setting
+from services.core.terminal import printable
 from services.core.variables import unknown_variables
 
 EXIT_ERROR = 2
@@ -417,7 +418,10 @@ ERROR_CHARS = 1_000
 
 def _cut(message: str) -> str:
     """An error line of a sane length: a 100 KB value was quoted whole (a probe). Cut after the
-    secrets are masked: a secret cut in two would not be found, and its first part shown."""
+    secrets are masked: a secret cut in two would not be found, and its first part shown. What a
+    terminal would act on is escaped: an error can quote a log's model names, and one holding
+    ESC sequences set the window title and cleared the screen (a review)."""
+    message = printable(message, keep="\n\t")
     if len(message) <= ERROR_CHARS:
         return message
     return f"{message[:ERROR_CHARS]}... ({len(message) - ERROR_CHARS:,} characters more)"
@@ -458,7 +462,7 @@ def _run(argv: Sequence[str] | None) -> int:
         return EXIT_ERROR
     except Exception:  # noqa: BLE001 - printed (masked), not swallowed
         # A bug: the traceback is wanted, but masked like every other line of output.
-        sys.stderr.write(mask(traceback.format_exc()))
+        sys.stderr.write(printable(mask(traceback.format_exc()), keep="\n\t"))
         return 1
 
 

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from services.compare_report.summary import LATENCY_QUANTILES, ModelSummary, Report
 from services.core.ranges import format_ms
+from services.core.terminal import printable
 
 DASH = "-"
 
@@ -44,15 +45,24 @@ COLUMNS: tuple[tuple[str, Callable[[ModelSummary], str]], ...] = (
 
 def build_table(report: Report) -> Table:
     # Every text from the log as Text, never as a string rich reads markup in: a model named
-    # "[/bold]" raised (no table), one named "[link=...]x[/link]" showed as another name.
+    # "[/bold]" raised (no table), one named "[link=...]x[/link]" showed as another name. And
+    # printable: one holding ESC sequences set the terminal's title and cleared it (a review).
     title = f"rendezvous compare: {report.source}" if report.source else "rendezvous compare"
-    table = Table(title=Text(title), caption=Text(caption(report)), caption_justify="left")
-    table.add_column("model", no_wrap=True)
-    for header, _ in COLUMNS:
-        table.add_column(header, justify="left" if header == "version" else "right", no_wrap=True)
-    for model in report.models:
-        name = Text.assemble((model.name, "bold"), " ★") if model.champion else Text(model.name)
-        table.add_row(name, *(Text(cell(model)) for _, cell in COLUMNS))
+    table = Table(title=Text(printable(title)), caption=Text(printable(caption(report), keep="\n")),
+                  caption_justify="left")
+    rows = [[printable(cell(model)) for _, cell in COLUMNS] for model in report.models]
+    # Names and versions fold onto more lines; the figures never give way: squeezed by a long
+    # name or a few versions, they read "1,…" and "100.…", or nothing at all (a review).
+    table.add_column("model", overflow="fold")
+    for i, (header, _) in enumerate(COLUMNS):
+        if header == "version":
+            table.add_column(header, justify="left", overflow="fold")
+        else:
+            widest = max([len(header), *(len(row[i]) for row in rows)])
+            table.add_column(header, justify="right", no_wrap=True, min_width=widest)
+    for model, cells in zip(report.models, rows, strict=True):
+        name = printable(model.name)
+        table.add_row(Text.assemble((name, "bold"), " ★") if model.champion else Text(name), *map(Text, cells))
     return table
 
 
@@ -73,9 +83,9 @@ def print_report(report: Report, console: Console) -> None:
     """The table, or one clear line when the range holds no records."""
     if not report.records:
         where = f" ({report.source})" if report.source else ""
-        console.print(Text(f"no records in range{where}"))
+        console.print(Text(printable(f"no records in range{where}")))
         for note in report.notes:
-            console.print(Text(note))
+            console.print(Text(printable(note)))
         return
     console.print(build_table(report))
 

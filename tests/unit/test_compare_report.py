@@ -902,3 +902,37 @@ def test_each_reader_process_looks_up_registry_framed_records() -> None:
         counters = [context.Value("q", 0, lock=False)]
         with ProcessPoolExecutor(1, mp_context=context, initializer=_init, initargs=(counters, registry)) as pool:
             assert pool.submit(_looks_up_ids).result(60) is expected
+
+
+def test_a_name_holding_terminal_sequences_is_shown_escaped_in_the_table() -> None:
+    """rich.Text stops markup, not ESC: a model name set the terminal's title and cleared the screen,
+    in the table and in `--champion`'s error line (a review)."""
+    from services.cli.main import _cut
+    from services.compare_report.summary import ChampionNotInRange
+
+    name = "m\x1b]0;PWNED\x07\x1b[2J\u202e"
+    report = summarize_records(renamed(synthetic(400), {"challenger": name}))
+    console = Console(width=300, record=True, force_terminal=True)
+    print_report(report, console)
+    shown = console.export_text()
+    assert "\x1b]0" not in shown and "\x07" not in shown and "\u202e" not in shown
+    assert "m\\x1b]0;PWNED\\x07\\x1b[2J\\u202e" in shown
+    with pytest.raises(ChampionNotInRange) as refused:
+        summarize_records(renamed(synthetic(50), {"challenger": name}), champion="typo")
+    line = _cut(f"error: {refused.value}")
+    assert "\x1b" not in line and "\\x1b]0;PWNED" in line
+
+
+def test_the_figures_keep_their_digits_beside_long_names_and_many_versions() -> None:
+    """Every column no_wrap: a few versions squeezed the figures to '1,…' and '100.…', or to nothing (a review)."""
+    records = synthetic(400)
+    for i, r in enumerate(records):
+        for o in r["outputs"]:
+            o["version"] = f"{o['model']}-2024.05.{i % 8:02d}-9f3c2ab"
+    report = summarize_records(records)
+    console = Console(width=120, record=True)
+    print_report(report, console)
+    text = console.export_text()
+    assert "…" not in text
+    for model in report.models:
+        assert f" {model.n:,} " in text
