@@ -19,9 +19,12 @@ from collections.abc import Callable
 from multiprocessing.pool import AsyncResult
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from services.compare_report.columns import Columns
 from services.compare_report.reader import Progress, read_partitions
 from services.core.codec import codec
+from services.core.errors import KafkaOperationError
 from services.core.runtime import die_with_parent
 from services.core.topic_range import PartitionSpan
 
@@ -66,6 +69,15 @@ def _read(index: int, config: dict[str, Any], topic: str, spans: list[PartitionS
     return columns, skipped
 
 
+def _said(read: Reader, index: int, config: dict[str, Any], topic: str, spans: list[PartitionSpan]) -> Part:
+    """`read` in a worker, its Kafka client's refusal as one of ours: a KafkaException cannot be
+    pickled back to the parent, which got a MaybeEncodingError and printed a traceback (a review)."""
+    try:
+        return read(index, config, topic, spans)
+    except KafkaException as exc:
+        raise KafkaOperationError(f"Kafka client: {exc}") from None
+
+
 def read_parallel(
     config: dict[str, Any], topic: str, spans: list[PartitionSpan], workers: int, progress: Progress | None = None,
     schema_registry: str = "", read: Reader = _read,
@@ -78,7 +90,7 @@ def read_parallel(
     counters = [context.Value("q", 0, lock=False) for _ in groups]
     # Leaving the block, however, terminates the workers still reading.
     with context.Pool(len(groups), initializer=_init, initargs=(counters, schema_registry)) as pool:
-        results = [pool.apply_async(read, (i, config, topic, group)) for i, group in enumerate(groups)]
+        results = [pool.apply_async(_said, (read, i, config, topic, group)) for i, group in enumerate(groups)]
         _follow(results, counters, progress)  # raises the first worker's error, as one line in the CLI
         parts = [result.get() for result in results]
     merged, skipped = parts[0][0], parts[0][1]

@@ -37,3 +37,18 @@ def test_a_failing_worker_stops_the_others_and_its_error_is_said_at_once(
     with pytest.raises(ValueError, match="partition 1 could not be read"):
         read_parallel({}, "t.log", spans, 2, read=_one_fails_while_the_other_reads)
     assert not marker.exists()  # the other worker was ended, not waited for
+
+
+def _kafka_refuses(_index: int, _config: dict[str, Any], _topic: str, _spans: list[PartitionSpan]) -> Any:
+    from confluent_kafka import KafkaError, KafkaException
+
+    raise KafkaException(KafkaError(KafkaError._FATAL, "fatal error: the consumer was fenced"))
+
+
+def test_a_worker_s_kafka_error_reaches_the_command_as_its_own_one_line_error() -> None:
+    """A KafkaException cannot be pickled back from a worker: the parent got a MaybeEncodingError,
+    and the command printed a traceback where one process printed one line (a review)."""
+    from services.core.errors import KafkaOperationError
+
+    with pytest.raises(KafkaOperationError, match=r"Kafka client: .*the consumer was fenced"):
+        read_parallel({}, "t.log", [PartitionSpan(0, 0, 10), PartitionSpan(1, 0, 10)], 2, read=_kafka_refuses)
