@@ -129,8 +129,11 @@ def _figure(
 
 
 def _latency_cdf(ax: Axes, models: tuple[ModelSummary, ...], colors: dict[str, str]) -> None:
-    spans = [model.plots.latency_cdf[0] for model in models if model.n and len(model.plots.latency_cdf[0])]
-    if spans and not max(float(np.max(x)) for x in spans) - min(float(np.min(x)) for x in spans) <= PLOTTABLE_SPAN:
+    # A model whose every output is an error has a CDF of NaN: left out (Python's max and min of a
+    # NaN made the whole plot read "too far apart", a review).
+    spans = [x for x in (model.plots.latency_cdf[0] for model in models if model.n) if np.isfinite(x).any()]
+    high, low = (max(float(np.nanmax(x)) for x in spans), min(float(np.nanmin(x)) for x in spans)) if spans else (0, 0)
+    if not high - low <= PLOTTABLE_SPAN:
         # A forged latency near the float limits (finite, so kept) beside a 0 ms one: on a linear
         # axis matplotlib cannot place ticks, and the page was not written (as for the q-q plot).
         ax.text(0.5, 0.5, "latencies too far apart to plot", transform=ax.transAxes, ha="center")

@@ -936,3 +936,15 @@ def test_the_figures_keep_their_digits_beside_long_names_and_many_versions() -> 
     assert "…" not in text
     for model in report.models:
         assert f" {model.n:,} " in text
+
+
+def test_a_model_with_only_errors_leaves_the_others_latency_plot_drawn() -> None:
+    """Its latency CDF is NaN, and Python's max and min of it made the plot read 'too far apart' (a review)."""
+    records = synthetic(300)
+    for r in records:
+        for o in r["outputs"]:
+            if o["model"] == "champion":
+                o.update(score=None, label=None, error="down")
+    page = render_html(summarize_records(records, champion="champion"))
+    start = page.index('id="fig-latency-cdf"')
+    assert "too far apart" not in page[start:page.index("</figure>", start)]
