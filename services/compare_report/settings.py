@@ -32,7 +32,8 @@ class CompareSettings(KafkaSettings):
         "", "The model the others are compared with. Default: the model most often chosen with status OK."
     )
     max_records: int = setting(
-        0, "Stop reading after this many records (0 = no limit); memory is ~34 bytes per model output."
+        0, "Stop reading after this many records (0 = no limit); memory is ~150 bytes per model output at its "
+        "peak (the columns and the summary)."
     )
     bucket: str = setting(
         "", "Time bucket of the agreement-over-time plot, e.g. 1m. Default: about 50 buckets over the range."
