@@ -4,16 +4,19 @@ Why: fastavro builds a dict of the whole record — the request's thirty feature
 where the rendezvous keeps five fields (17 µs a request, a third of its own work per request:
 bench/join_ceiling.py) and a model worker wants the id, the deadline and the features as one row
 of its model's matrix, which `Signature.prepare` then built from the dict again. One compiled walk
-of the Avro encoding checks the record as fastavro would (varints of at most 10 bytes, lengths
-inside the record, union indexes, strings that are UTF-8, nothing left over) and hands back where
-the fields are; `walk_features` also writes the feature values straight into a matrix row when
-the request names exactly the signature's features, in its order, all finite.
+of the Avro encoding checks the record by the specification (varints of at most 10 bytes,
+lengths inside the record, union indexes in range, strings that are UTF-8, nothing left over) and
+hands back where the fields are; `walk_features` also writes the feature values straight into a
+matrix row when the request names exactly the signature's features, in its order, all finite.
 
-Only records framed with the codec's current single-object header, while the schema still has the
-layout walked here (`Walker`), take this path, and only when the walk finds them valid (for
-`walk_features`, also exact): anything else (an older writer schema, registry framing, a damaged
-record; features in another order for a worker) goes to `Codec.decode`, so errors and their
-messages are exactly fastavro's (services/rendezvous/records.py, services/model_worker/walked.py).
+Only records framed with the codec's current schema (its single-object header, or a registry id
+found to name it: `Codec.current_body`), while the schema still has the layout walked here
+(`Walker`), take this path, and only when the walk finds them valid (for `walk_features`, also
+exact). One the walk finds invalid is refused (`refuse_unwalked`), with fastavro's error when
+fastavro refuses it too: fastavro reads some invalid bytes (a union's branch -1). Anything else (an
+older writer schema, another framing; features in another order for a worker) goes to
+`Codec.decode`, so its errors are fastavro's (services/rendezvous/records.py,
+services/model_worker/walked.py, `decode_request`).
 """
 
 from __future__ import annotations
