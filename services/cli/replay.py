@@ -28,7 +28,7 @@ from services.core.codec import codec
 from services.core.compiled_requests import decode_request
 from services.core.errors import BadInput, ConfigError
 from services.core.kafka import partition_counts
-from services.core.ranges import OffsetBound, TimeBound, parse_bounds
+from services.core.ranges import Bounds, OffsetBound, TimeBound, parse_bounds
 from services.core.requests import check_request
 from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, check_format, check_writable_file, setting
@@ -106,8 +106,7 @@ class ReplayResult:
         return self.requests / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _requests_from_topic(settings: ReplaySettings) -> Iterator[bytes | None]:
-    bounds = parse_bounds(settings.since, settings.from_, settings.to, now_ms())
+def _requests_from_topic(settings: ReplaySettings, bounds: Bounds) -> Iterator[bytes | None]:
     start, end = bounds.start, bounds.end
     for msg in read_spans(
         settings.librdkafka(), settings.topics().requests, timeout_s=600,
@@ -119,10 +118,9 @@ def _requests_from_topic(settings: ReplaySettings) -> Iterator[bytes | None]:
         yield msg.value()
 
 
-def _requests_from_archive(settings: ReplaySettings) -> Iterator[bytes | None]:
+def _requests_from_archive(settings: ReplaySettings, bounds: Bounds) -> Iterator[bytes | None]:
     from services.decoy.archive import iter_archive
 
-    bounds = parse_bounds(settings.since, settings.from_, settings.to, now_ms())
     if isinstance(bounds.start, OffsetBound) or isinstance(bounds.end, OffsetBound):
         raise ConfigError("--source archive takes time bounds only (offsets belong to the topic)")
     start = bounds.start.ms if isinstance(bounds.start, TimeBound) else None
@@ -131,10 +129,10 @@ def _requests_from_archive(settings: ReplaySettings) -> Iterator[bytes | None]:
         yield record["value"]
 
 
-def recorded_requests(settings: ReplaySettings) -> Iterator[bytes | None]:
+def recorded_requests(settings: ReplaySettings, bounds: Bounds) -> Iterator[bytes | None]:
     """The raw request values of the range, as every model saw them."""
     source = _requests_from_archive if settings.source == "archive" else _requests_from_topic
-    return source(settings)
+    return source(settings, bounds)
 
 
 class Replayed(NamedTuple):
@@ -248,7 +246,8 @@ def replay(
     check_name_free(settings)
     model = load_model(settings.model, trust_model_file=settings.trust_model_file)
     name = settings.name or f"{model.name}-replay"
-    values = requests if requests is not None else recorded_requests(settings)
+    bounds = parse_bounds(settings.since, settings.from_, settings.to, now_ms())  # once: --since is relative
+    values = requests if requests is not None else recorded_requests(settings, bounds)
     replayed, undecodable = _scored_requests(model, values, settings.batch, progress)
     if not replayed:
         if undecodable:
@@ -258,7 +257,12 @@ def replay(
     total = len(replayed)
     # The log's records are stamped by the rendezvous' clock, a request's created_at by its client's,
     # which may run up to a minute ahead (the rendezvous accepts that much): read from before it.
-    first_created = min(r.created_at for r in replayed.values()) - LOG_MARGIN_MS
+    # Not from before the range's own start: a request's created_at is the client's to set, and one
+    # stamped 1 had the whole retained log read and decoded (a review).
+    first_created = min(r.created_at for r in replayed.values())
+    if isinstance(bounds.start, TimeBound):
+        first_created = max(first_created, bounds.start.ms)
+    first_created -= LOG_MARGIN_MS
     version = model.version
     logged = (_comparison(past["request_id"], past, replayed.pop(past["request_id"]), name, version)
               for past in _log_records(settings, max(0, first_created), progress)

@@ -130,3 +130,26 @@ def test_a_champion_named_for_a_replay_without_log_records_is_checked_not_droppe
     live = replay_module.replay(ReplaySettings(model="demo:champion", champion="champion"), values)
     assert live.report.champion is None
     assert any("--champion champion: none of the replayed requests has a record" in n for n in live.report.notes)
+
+
+def test_a_request_stamped_long_before_the_range_does_not_have_the_whole_log_read(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """created_at is the client's: one stamped 1 had the log read and decoded from its beginning (a
+    review). The log is read from the range's own start at the earliest (less the margin)."""
+    from services.cli import replay as replay_module
+    from services.cli.replay import LOG_MARGIN_MS, ReplaySettings
+    from services.core.runtime import now_ms
+
+    requests = codec("request")
+    real = make_request({"mean_radius": 14.0}, budget_ms=100, reply_topic=None, reply_partition=None)
+    forged = {**make_request({"mean_radius": 12.0}, budget_ms=100, reply_topic=None, reply_partition=None),
+              "created_at": 1, "deadline": 101}
+    asked: list[int] = []
+    monkeypatch.setattr(replay_module, "_log_records", lambda _s, start_ms, _p: asked.append(start_ms) or iter(()))
+    monkeypatch.setattr(replay_module, "check_log_readable", lambda _settings: None)
+    before = now_ms()
+    replay_module.replay(ReplaySettings(model="demo:champion", since="10m"), [requests.encode(forged),
+                                                                             requests.encode(real)])
+    (start,) = asked
+    assert before - 600_000 - LOG_MARGIN_MS <= start <= now_ms() - 600_000 - LOG_MARGIN_MS
