@@ -88,12 +88,22 @@ def _table(report: Report) -> str:
     return f'<table id="summary"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
+# Challengers drawn in the plots, those with the most outputs: the table lists every model. Each
+# drawn model costs ~70 ms of matplotlib (a confusion figure, legend entries): a log naming
+# thousands of models (any writer of it can) took minutes to render (a review).
+PLOTTED = 12
+PLOTTED_CHARS = 64  # a name or label in a plot is cut to this (a label of 200,000 characters: 9 s)
+
+
 def _figures(report: Report) -> list[str]:
     colors = {m.name: f"C{i % 10}" for i, m in enumerate(report.models)}
-    challengers = [m for m in report.models if not m.champion and report.champion is not None]
+    every = [m for m in report.models if not m.champion and report.champion is not None]
+    drawn = {id(m) for m in sorted(every, key=lambda m: -m.n)[:PLOTTED]}
+    challengers = [m for m in every if id(m) in drawn]
+    shown = tuple(m for m in report.models if m.champion or id(m) in drawn or report.champion is None)[:PLOTTED + 1]
     parts = [
         _figure("latency-cdf", "Latency CDF (request created → score arrived)",
-                lambda ax: _latency_cdf(ax, report.models, colors)),
+                lambda ax: _latency_cdf(ax, shown, colors)),
         _figure("score-qq", f"Score quantiles vs the champion ({report.champion})",
                 lambda ax: _qq(ax, challengers, colors), empty=_none_with(challengers, "qq")),
         _figure("agreement-over-time", f"Agreement with the champion per {format_duration_ms(report.bucket_ms)}",
@@ -104,6 +114,10 @@ def _figures(report: Report) -> list[str]:
         parts.append(_figure("confusion", f"Confusion: {model.name} vs {report.champion}",
                              partial(_confusion, model=model), key=_slug(model.name), size=(4.2, 3.6),
                              empty=_none_with([model], "confusion")))  # fmt: skip
+    left_out = len(report.models) - len(shown)
+    if left_out > 0:
+        parts.append(f'<p class="empty">{left_out:,} more models are in the table, not drawn (the plots show the '
+                     f"champion and the {PLOTTED} with the most outputs)</p>")
     return parts
 
 
@@ -209,9 +223,10 @@ def _confusion(ax: Axes, model: ModelSummary) -> None:
     ax.imshow(counts, cmap="Blues", vmin=0)  # absolute shading: a near-empty cell stays pale
     ax.grid(False)
     ticks = range(len(labels))
-    ax.set_xticks(ticks, labels, rotation=30, ha="right")
-    ax.set_yticks(ticks, labels)
-    ax.set_xlabel(f"{model.name} label")
+    shortened = [_short(label) for label in labels]
+    ax.set_xticks(ticks, shortened, rotation=30, ha="right")
+    ax.set_yticks(ticks, shortened)
+    ax.set_xlabel(f"{_short(model.name)} label")
     ax.set_ylabel("champion label")
     peak = counts.max() if counts.size else 0
     for (i, j), count in np.ndenumerate(counts):
@@ -221,7 +236,12 @@ def _confusion(ax: Axes, model: ModelSummary) -> None:
 def _legend(name: str) -> str:
     """A model's name as a legend entry: matplotlib leaves out entries whose label starts with
     '_', so such a name gets a zero-width space in front."""
+    name = _short(name)
     return "\u200b" + name if name.startswith("_") else name
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= PLOTTED_CHARS else text[: PLOTTED_CHARS - 1] + "…"
 
 
 def _slug(name: str) -> str:

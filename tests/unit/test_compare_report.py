@@ -948,3 +948,22 @@ def test_a_model_with_only_errors_leaves_the_others_latency_plot_drawn() -> None
     page = render_html(summarize_records(records, champion="champion"))
     start = page.index('id="fig-latency-cdf"')
     assert "too far apart" not in page[start:page.index("</figure>", start)]
+
+
+def test_the_page_draws_the_models_with_the_most_outputs_and_cuts_long_labels() -> None:
+    """Every model a confusion figure and legend entries: a log naming 300 models took 21 s to
+    render, a label of 200,000 characters 9 s (a review). The table still lists every model."""
+    from services.compare_report.html import PLOTTED, PLOTTED_CHARS
+
+    records = synthetic(200)
+    long_label = "L" * 5_000
+    for i, r in enumerate(records):
+        r["outputs"] = r["outputs"] + [{**r["outputs"][0], "model": f"extra-{k:02d}", "label": long_label}
+                                       for k in range(20) if i % (k + 1) == 0]
+    report = summarize_records(records, champion="champion")
+    page = render_html(report)
+    assert page.count('data-kind="confusion"') == PLOTTED
+    assert f"{len(report.models) - PLOTTED - 1:,} more models are in the table, not drawn" in page
+    assert all(html_escape(m.name) in page.split('<table id="summary">')[1].split("</table>")[0]
+               for m in report.models)
+    assert "L" * PLOTTED_CHARS not in page.split("</table>", 1)[1] and "L" * (PLOTTED_CHARS - 1) + "…" in page
