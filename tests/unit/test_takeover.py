@@ -155,3 +155,33 @@ def test_offsets_handed_to_the_next_commit_are_taken_once_and_never_for_a_partit
     at_least_once = takeover("earliest", "at-least-once")
     at_least_once._recommit(last_completed)
     assert at_least_once.take_offsets_to_recommit(set()) == []
+
+
+class _Consumer:
+    """What the rendezvous' intake hold calls of its consumer: pause, noted."""
+
+    def __init__(self) -> None:
+        self.paused: set[tuple[str, int]] = set()
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.paused |= {(tp.topic, tp.partition) for tp in partitions}
+
+
+@pytest.mark.parametrize(("draining", "throttled", "held"), [(True, False, True), (False, True, True),
+                                                             (False, False, False)])
+def test_recovered_requests_partitions_stay_paused_while_the_drain_runs(
+    draining: bool, throttled: bool, held: bool
+) -> None:
+    """After a rebalance during a drain the takeover resumed its partitions, requests included: new
+    mailboxes kept the drain running to its timeout (a review). Held as by --max-mailboxes."""
+    from types import SimpleNamespace
+
+    from services.rendezvous.service import Rendezvous
+
+    service = Rendezvous(RendezvousSettings(models=("champion",)))
+    consumer = _Consumer()
+    service._ctx = SimpleNamespace(consumer=consumer, draining=draining)  # type: ignore[assignment]
+    service._paused = throttled
+    topics = service.topics
+    service._hold_intake([TopicPartition(topics.requests, 0), TopicPartition(topics.scores, 0)])
+    assert consumer.paused == ({(topics.requests, 0)} if held else set())
