@@ -138,6 +138,10 @@ class Finished:
     # log time, its Answer's encoded value), so a retry of one gets that answer again, as it
     # would have from the previous owner's memory (decoded only then).
     remembered: dict[str, tuple[int, int, bytes]] = field(default_factory=dict)
+    # request id -> the digest of the inputs its answer was given to (the Answer record's header,
+    # records.INPUTS_HEADER): a re-read request under the id with other inputs is a conflicting one,
+    # refused as the owner before refused it, not given the first one's answer (a review).
+    inputs: dict[str, bytes] = field(default_factory=dict)
 
     def forget(self, partitions: set[int]) -> None:
         """Drop the entries of `partitions` (given up, or to be re-read and scanned again)."""
@@ -145,6 +149,7 @@ class Finished:
             del self.partition_of[rid]
             self.answered.pop(rid, None)
             self.logged.discard(rid)
+            self.inputs.pop(rid, None)
 
 
 class Schedules(Protocol):
@@ -336,10 +341,11 @@ class Join:
         self._finished.answered.update(finished.answered)
         self._finished.logged.update(finished.logged)
         self._finished.partition_of.update(finished.partition_of)
+        self._finished.inputs.update({rid: d for rid, d in finished.inputs.items() if rid in finished.partition_of})
         self._rereading.update(finished.partition_of.values())
         for rid, (partition, log_time, answer) in sorted(finished.remembered.items(), key=lambda kv: kv[1][1]):
             if rid not in self._remembered and not self._open(rid) and rid not in finished.partition_of:
-                self._remember(rid, partition, answer, log_time, None)
+                self._remember(rid, partition, answer, log_time, finished.inputs.get(rid))
 
     def end_reread(self, partition: int) -> None:
         """Every request of `partition` that a takeover's scan could find answered has been read
@@ -354,9 +360,9 @@ class Join:
         for rid in [rid for rid, on in finished.partition_of.items() if on == partition]:
             del finished.partition_of[rid]
             finished.logged.discard(rid)
-            answer = finished.answered.pop(rid, None)
+            answer, inputs = finished.answered.pop(rid, None), finished.inputs.pop(rid, None)
             if answer is not None and not self._open(rid) and rid not in self._remembered:
-                self._remember(rid, partition, answer, answer["answered_at"], None)
+                self._remember(rid, partition, answer, answer["answered_at"], inputs)
 
     # -- records ---------------------------------------------------------------------------
 
@@ -379,6 +385,11 @@ class Join:
             on = finished.partition_of.get(rid, request.partition)
             if on != request.partition:
                 return self._elsewhere(request, reply, on)
+            answered_inputs = finished.inputs.get(rid)
+            if answered_inputs is not None and answered_inputs != request.inputs:
+                # Not the request answered: one under its id with other inputs, which the owner
+                # before refused (`_repeated`); given the first one's answer, its address had two.
+                return self._conflicting(request, reply)
             if rid in finished.logged:
                 return self._relogged(request, reply)
         mailbox = self.mailboxes.get(rid)
@@ -577,10 +588,9 @@ class Join:
             self._unorphan(orphan)
             self._release(orphan)
         answer = self._finished.answered.pop(rid, None)
-        # Not this request's inputs: the one answered may be before the re-read (its answer logged
-        # past the mark of a request after it), and this a later one under its id, with other
-        # inputs. Unknown, so not compared (a true retry must still get its answer).
-        self._remember(rid, request.partition, answer, request.log_time, None)
+        # The inputs its answer was given to, when its Answer record says (one with other inputs
+        # was refused above); else unknown, so not compared (a true retry must still get its answer).
+        self._remember(rid, request.partition, answer, request.log_time, self._finished.inputs.pop(rid, None))
         self.metrics.inc(child(m.RECOVERED, "logged"))
         return self._send_again(reply, answer)
 
@@ -599,7 +609,9 @@ class Join:
             return
         mailbox.decision = Decision(Status(answer["status"]), answer["model"], answer["reason"], answer["answered_at"])
         mailbox.answer, mailbox.restored = answer, True
-        mailbox.inputs = None  # as in _relogged: the request re-read may not be the one answered
+        # As in _relogged: the inputs answered when the Answer record says (this request's: one
+        # with others was refused in on_request), else unknown and not compared.
+        mailbox.inputs = self._finished.inputs.pop(mailbox.request_id, None)
         self.metrics.inc(child(m.RECOVERED, "answered"))
         for reply in mailbox.replies:
             self.outputs.repeat(reply, answer, mailbox)

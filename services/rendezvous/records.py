@@ -88,6 +88,11 @@ def request_decoded(codec: Codec, value: bytes | None, partition: int, offset: i
     )
 
 
+# The Kafka header of an Answer record holding the digest of the inputs it answered (`inputs_digest`):
+# a new owner's scan learns from it which inputs were answered (join.Finished.inputs).
+INPUTS_HEADER = "rdv-inputs"
+
+
 def inputs_digest(encoded: bytes) -> bytes:
     """The digest a request's inputs are compared by: the Avro encoding of its features and
     payload (as the walk finds it, or as `_inputs_encoded` writes it again), hashed so that no

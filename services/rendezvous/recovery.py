@@ -51,6 +51,7 @@ from services.core.runtime import now_ms
 from services.core.settings import Topics
 from services.core.topic_range import PartitionSpan, read_together
 from services.rendezvous.join import Finished
+from services.rendezvous.records import INPUTS_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -244,9 +245,12 @@ def scan_finished(
             continue
         if topic == topics.answers:
             finished.answered[record["request_id"]] = record
+            _note_inputs(finished, record["request_id"], msg)
         else:
             finished.logged.add(record["request_id"])
             logged[record["request_id"]] = record
+            if record["request_id"] not in finished.inputs:  # its answer's, when read, says the same
+                _note_inputs(finished, record["request_id"], msg)
         finished.partition_of[record["request_id"]] = msg.partition() or 0  # the request's partition too
     # A request answered at once and logged later can have its answer before the mark, its
     # comparison record after: a retry of it (same id) must still get that answer, not none.
@@ -318,6 +322,18 @@ def _remembered(finished: Finished, msg: Message) -> None:
     if rid is None or not isinstance(value, bytes):
         return
     finished.remembered[rid] = (msg.partition() or 0, int(msg.timestamp()[1]), value)
+    _note_inputs(finished, rid, msg)
+
+
+def _note_inputs(finished: Finished, rid: str, msg: Message) -> None:
+    """The digest of the inputs an Answer (or Comparison) record answered, from its header (none:
+    not known)."""
+    headers = msg.headers() or []
+    for name, value in headers.items() if isinstance(headers, dict) else headers:
+        if name == INPUTS_HEADER and isinstance(value, bytes):
+            finished.inputs[rid] = value
+            return
+    finished.inputs.pop(rid, None)  # a later answer under the id without one: not known
 
 
 def answer_of(logged: Mapping[str, Any]) -> dict[str, Any]:

@@ -59,7 +59,7 @@ from services.rendezvous import metrics as m
 from services.rendezvous.join import Join, Owner, Reply
 from services.rendezvous.mailbox import Mailbox
 from services.rendezvous.offsets import OffsetBook
-from services.rendezvous.records import request_in, score_in
+from services.rendezvous.records import INPUTS_HEADER, request_in, score_in
 from services.rendezvous.recovery import Mark
 from services.rendezvous.replies import ReplyRouter, ReplyRules
 from services.rendezvous.schedules import ScheduleFeed
@@ -396,6 +396,8 @@ class Rendezvous(Probed):
         value = self._answers.encode(record)
         key = mailbox.request_id.encode()
         headers = self._answer_events.for_id(mailbox.request_id) if self._answer_events else None
+        if mailbox.inputs:  # which inputs this answers: a new owner refuses another request under the id
+            headers = [*(headers or ()), (INPUTS_HEADER, mailbox.inputs)]
         self._ctx.producer.check_size(value, key, headers, self.topics.answers)  # before a reply is queued with it
         mailbox.answer = record  # a repeat of the request gets what was written (cut or not)
         # Replies first: once the answer is in a transaction, its replies are already counted on
@@ -407,6 +409,8 @@ class Rendezvous(Probed):
     def _write_log(self, mailbox: Mailbox, record: dict[str, Any]) -> None:
         assert self._ctx is not None
         headers = self._log_events.for_id(mailbox.request_id) if self._log_events else None
+        if mailbox.inputs:  # as on the answer: a scan that finds this record and not the answer learns it here
+            headers = [*(headers or ()), (INPUTS_HEADER, mailbox.inputs)]
         self._ctx.outputs.produce(self.topics.log, self._comparisons.encode(record),
                                   key=mailbox.request_id.encode(), partition=mailbox.partition, headers=headers)
 

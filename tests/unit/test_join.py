@@ -871,3 +871,34 @@ def test_retries_from_one_return_address_wait_there_once() -> None:
     for model in MODELS:
         join.on_score(score("x", model, T0 + 5))
     assert [(reply, record["status"]) for reply, record in out.replies] == [(("caller", None), "OK")]
+
+
+@pytest.mark.parametrize("logged", [False, True])
+def test_after_a_takeover_a_re_read_request_with_other_inputs_than_the_answered_is_refused_again(
+    logged: bool,
+) -> None:
+    """The owner before refused it ERROR (its id was answered for other inputs); the new owner knew
+    no inputs of the answer and sent it the first one's confident answer: two answers at one
+    address (a review's fuzzing: 198 of 200 seeds). The Answer record's digest says which inputs."""
+    answer = {"request_id": "x", "status": "OK", "model": "champion", "reason": "preferred model answered",
+              "answered_at": T0 + 5}
+    join, out = make_join()
+    join.restore(Finished({"x": answer}, {"x"} if logged else set(), {"x": 0}, inputs={"x": b"first"}))
+    join.on_request(request("x", reply="other", inputs=b"second"))
+    join.on_request(request("x", at=T0 + 9, reply="retry", inputs=b"first"))
+    assert [(reply[0], record["status"]) for reply, record in out.replies] == [("other", "ERROR"), ("retry", "OK")]
+
+
+def test_an_id_remembered_from_before_a_takeover_refuses_other_inputs() -> None:
+    """An answer found before the re-read window, remembered with the inputs its record names."""
+    from services.core.codec import codec
+
+    answer = {"request_id": "x", "status": "OK", "model": "champion", "version": "1", "score": 0.9, "label": None,
+              "reason": "preferred model answered", "created_at": T0, "deadline": T0 + 200, "answered_at": T0 + 5,
+              "schedule": "default", "schedule_version": 1}
+    join, out = make_join()
+    join.restore(Finished({}, set(), remembered={"x": (0, T0 + 5, codec("answer").encode(answer))},
+                          inputs={"x": b"first"}))
+    join.on_request(request("x", at=T0 + 9, reply="other", inputs=b"second"))
+    join.on_request(request("x", at=T0 + 10, reply="retry", inputs=b"first"))
+    assert [(reply[0], record["status"]) for reply, record in out.replies] == [("other", "ERROR"), ("retry", "OK")]

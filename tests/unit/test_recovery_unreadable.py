@@ -26,3 +26,18 @@ def test_one_that_never_can_counts_its_key_as_a_request_done() -> None:
     _unreadable(finished, "rdv.log", Message(topic="rdv.log", partition=2, offset=9, key=b"\xff"), unknown)
     _unreadable(finished, "rdv.log", Message(topic="rdv.log", partition=2, offset=10), unknown)
     assert finished.logged == {"q"} and finished.partition_of == {"q": 2} and finished.answered == {}
+
+
+def test_an_answer_s_inputs_digest_is_read_from_its_header_and_a_later_one_without_forgets_it() -> None:
+    """Which inputs an answer answered (records.INPUTS_HEADER): a new owner refuses another request
+    under the id with other inputs instead of giving it this answer (join.Finished.inputs)."""
+    from services.rendezvous.records import INPUTS_HEADER
+    from services.rendezvous.recovery import _note_inputs, _remembered
+
+    finished = Finished({}, set())
+    with_digest = Message(topic="rdv.answers", partition=1, offset=3, key=b"x", value=b"answer", timestamp=(1, 5),
+                          headers=[("ce_id", b"1"), (INPUTS_HEADER, b"digest")])
+    _remembered(finished, with_digest)
+    assert finished.inputs == {"x": b"digest"} and finished.remembered["x"][0] == 1
+    _note_inputs(finished, "x", Message(topic="rdv.answers", partition=1, offset=4, key=b"x", value=b"again"))
+    assert finished.inputs == {}  # the id's latest answer names no inputs: not known

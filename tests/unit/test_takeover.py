@@ -185,3 +185,27 @@ def test_recovered_requests_partitions_stay_paused_while_the_drain_runs(
     topics = service.topics
     service._hold_intake([TopicPartition(topics.requests, 0), TopicPartition(topics.scores, 0)])
     assert consumer.paused == ({(topics.requests, 0)} if held else set())
+
+
+def test_an_answer_record_says_which_inputs_it_answers() -> None:
+    """The digest a new owner's scan reads back (recovery._note_inputs): without it, a re-read
+    request under the id with other inputs was given this answer (a review)."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from services.rendezvous.mailbox import Mailbox
+    from services.rendezvous.records import INPUTS_HEADER
+    from services.rendezvous.service import Rendezvous
+
+    written: list[tuple[str, Any]] = []
+    service = Rendezvous(RendezvousSettings(models=("champion",)))
+    service._ctx = SimpleNamespace(  # type: ignore[assignment]
+        producer=SimpleNamespace(check_size=lambda *_a: None),
+        outputs=SimpleNamespace(produce=lambda topic, value, key, partition, headers: written.append((topic, headers))))
+    mailbox = Mailbox("x", 0, 1)
+    mailbox.inputs = b"digest"
+    record = {"request_id": "x", "status": "OK", "model": "champion", "version": "1", "score": 0.9, "label": None,
+              "reason": "", "created_at": 1, "deadline": 2, "answered_at": 1, "schedule": "default",
+              "schedule_version": 1}
+    service._write_answer(mailbox, record)
+    assert written == [(service.topics.answers, [(INPUTS_HEADER, b"digest")])]
