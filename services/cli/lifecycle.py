@@ -146,8 +146,6 @@ class PromoteSettings(ChangeSettings):
         parse_duration_ms(self.window, "--window")  # before the log is read, and under its own name
         if self.require:
             parse_requirements(self.require)
-        elif self.given("window"):
-            raise ConfigError("--window is how far back --require's figures are measured: give --require too")
 
 
 def _book(settings: ScheduleSettings) -> ScheduleBook:
@@ -390,6 +388,9 @@ def _traffic(text: str) -> tuple[str | None, float]:
 
 def cmd_promote(settings: PromoteSettings, candidate: str, console: Console, figures_fn: FiguresFn) -> int:
     changes.check_promotable(candidate, settings.canary)  # before the control topic is read (a probe)
+    if not settings.require and settings.given("window"):  # accepted and ignored without a word (a review)
+        console.print("[yellow]note[/]: --window is how far back --require's figures are measured: with no "
+                      "--require, nothing is measured")
     book = _book(settings)
     current = changes.current(book)
     draft = changes.promotion(current, candidate, settings.canary, settings.comment)

@@ -90,7 +90,6 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (PromoteSettings, {"require": "agreement~0.9"}, "--require: cannot read"),
     # Given empty (--require "$GATE" with GATE unset), it read as no gate: published unchecked (a review).
     (PromoteSettings, {"require": ""}, "--require is empty: give the gate"),
-    (PromoteSettings, {"window": "5m"}, "--window is how far back --require's figures are measured"),
     # Found by the replica it started, whose log alone said so; deploy waited out --wait-s.
     (DeploySettings, {"model": "demo:champion", "start_at": "abc"}, "--start-at: expected a time"),
     # It ran, "catching up from 4070908800000": a new group would have scored nothing till 2099.
@@ -862,6 +861,28 @@ def test_promote_says_what_is_wrong_with_its_candidate_before_reading_kafka(cand
 
     with pytest.raises(ConfigError, match=re.escape(said)):
         cmd_promote(PromoteSettings(bootstrap=NO_BROKER), candidate, Console(), no_figures)
+
+
+def test_promote_says_a_window_without_a_gate_measures_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--window without --require was accepted and ignored without a word (a review). Said, not
+    refused: a candidate's own refusal (the canary, say) comes first."""
+    import io
+
+    from services.cli import lifecycle
+    from services.cli.lifecycle import cmd_promote
+
+    def no_topic(_settings: object) -> None:
+        raise BrokerUnavailable("the control topic is not read here")
+
+    monkeypatch.setattr(lifecycle, "_book", no_topic)
+    out = io.StringIO()
+    with pytest.raises(BrokerUnavailable, match="not read here"):
+        cmd_promote(from_namespace(PromoteSettings, None, bootstrap=NO_BROKER, window="5m"), "challenger",
+                    Console(file=out, width=200), lambda *_a: {})
+    assert "note: --window is how far back --require's figures are measured: with no --require" in out.getvalue()
+    with pytest.raises(ConfigError, match="canary"):
+        cmd_promote(from_namespace(PromoteSettings, None, bootstrap=NO_BROKER, window="5m"), "canary", Console(),
+                    lambda *_a: {})
 
 
 def test_a_schedule_file_giving_a_key_twice_is_refused(tmp_path: Path) -> None:

@@ -553,7 +553,7 @@ def test_undeploy_warns_when_the_control_topic_it_checks_deletes_old_versions(
     state = tmp_path / "deployments" / "challenger" / "state.json"
     state.parent.mkdir(parents=True)
     state.write_text(json.dumps({"name": "challenger", "model": "demo:challenger", "replicas": {}}))
-    monkeypatch.setattr(topic, "load_book", lambda _c, _t, _name: ScheduleBook("default"))
+    monkeypatch.setattr(topic, "load_books", lambda _c, _t, _name: (ScheduleBook("default"), set()))
     monkeypatch.setattr(topic, "topic_configs", _deleting)
     console = Console(record=True, width=1000)
     deploy._check_not_preferred("challenger", deploy.UndeploySettings(bootstrap="127.0.0.1:1"), console)
