@@ -33,6 +33,7 @@ from services.core.numbers import ascii_float, ascii_int
 from services.core.ranges import format_duration_ms, format_ms, parse_duration_ms
 from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, check_format, parse_pairs, setting
+from services.core.terminal import printable
 from services.model_worker.settings import model_group, model_groups
 
 FiguresFn = Callable[[KafkaSettings, str, str, str], dict[str, float]]
@@ -187,7 +188,7 @@ def cmd_models(settings: ModelsSettings, console: Console, notes: Console) -> in
     for (model, version), f in sorted(figures.items()):
         behind = lag(model)
         # Text, not markup: model names and versions come from the scores topic (any model's word).
-        table.add_row(Text(model), Text(version), role(model), f"{f['replicas']:.0f}", f"{f['rate']:.1f}",
+        table.add_row(_shown(model), _shown(version), role(model), f"{f['replicas']:.0f}", f"{f['rate']:.1f}",
                       "-" if behind is None else str(behind), f"{f['errors']:.0f}",
                       f"{f['p50_ms']:.1f}", f"{f['p99_ms']:.1f}", f"{f['last_seen_s']:.1f}s ago")
     console.print(table)
@@ -273,7 +274,7 @@ def cmd_schedule_show(settings: ScheduleViewSettings, console: Console, tables: 
         for field, value in current.to_dict().items():
             shown = (", ".join(value) if isinstance(value, list) else json.dumps(value) if isinstance(value, dict)
                      else f"{value} ({format_ms(value)})" if field in TIMES and value else str(value))
-            table.add_row(field, Text(shown))
+            table.add_row(field, _shown(shown))
         tables.print(table)
     if in_force.version != current.version:
         console.print(f"v{current.version} takes effect at {format_ms(current.effective_at)}; v{in_force.version} "
@@ -294,8 +295,8 @@ def cmd_schedule_history(settings: ScheduleViewSettings, console: Console, table
     for s in book.versions:
         traffic = f"{s.traffic_model}={s.traffic_fraction}" if s.traffic_model else ""
         effective = format_ms(s.effective_at) if s.effective_at else "always"
-        table.add_row(str(s.version), effective, Text(", ".join(s.models)),
-                      Text(json.dumps(dict(s.waits_ms)) if s.waits_ms else ""), Text(traffic), Text(s.comment))
+        table.add_row(str(s.version), effective, _shown(", ".join(s.models)),
+                      Text(json.dumps(dict(s.waits_ms)) if s.waits_ms else ""), _shown(traffic), _shown(s.comment))
     tables.print(table)
     return 0
 
@@ -312,7 +313,13 @@ def cmd_schedule_set(settings: ScheduleSetSettings, console: Console) -> int:
 
 def _print_notes(console: Console, notes: list[str]) -> None:
     for note in notes:  # after: a publish refused (another change first) would have followed "published"
-        console.print(f"[yellow]note[/]: {escape(note)}")
+        console.print(f"[yellow]note[/]: {escape(printable(note))}")
+
+
+def _shown(text: str) -> Text:
+    """Text from a topic (a model name from the scores topic, a version's comment: anyone's word)
+    as a cell: no markup read in it, and what a terminal would act on escaped (core/terminal.py)."""
+    return Text(printable(text))
 
 
 def _effective_at_of(settings: ScheduleSetSettings, draft: Schedule, now: int) -> tuple[int | None, list[str]]:

@@ -574,3 +574,20 @@ def test_models_shows_the_roles_of_the_version_in_force_not_of_one_set_for_later
     assert [role(m) for m in ("champion", "challenger", "canary", "decoy")] == [
         "champion", "fallback", "traffic", "challenger"]
     assert roles_now(book, now + 86_400_001)("challenger") == "champion"
+
+
+def test_schedule_history_shows_a_comment_s_terminal_sequences_escaped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anyone who may write the control topic writes the comment: ESC sequences in it set the
+    operator's terminal title and cleared the screen (a review of the compare table found the kind)."""
+    import io
+
+    from rich.console import Console
+
+    from services.cli import lifecycle
+
+    book = ScheduleBook("default")
+    book.add(Schedule(models=("champion",), version=1, comment="ok\x1b]0;PWNED\x07\x1b[2J"), written_at=1)
+    monkeypatch.setattr(lifecycle, "_shown_book", lambda _settings, _console: book)
+    out = io.StringIO()
+    lifecycle.cmd_schedule_history(lifecycle.ScheduleViewSettings(), Console(), Console(file=out, width=200))
+    assert "\x1b]0" not in out.getvalue() and "ok\\x1b]0;PWNED\\x07\\x1b[2J" in out.getvalue()
