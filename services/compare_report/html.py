@@ -110,10 +110,11 @@ def _figures(report: Report) -> list[str]:
                 lambda ax: _agreement(ax, report, challengers, colors),
                 empty=_none_with(challengers, "agreement_over_time")),
     ]  # fmt: skip
+    keys: set[str] = set()
     for model in challengers:
         parts.append(_figure("confusion", f"Confusion: {model.name} vs {report.champion}",
-                             partial(_confusion, model=model), key=_slug(model.name), size=(4.2, 3.6),
-                             empty=_none_with([model], "confusion")))  # fmt: skip
+                             partial(_confusion, model=model), key=_unique(_slug(model.name), keys),
+                             size=(4.2, 3.6), empty=_none_with([model], "confusion")))  # fmt: skip
     left_out = len(report.models) - len(shown)
     if left_out > 0:
         parts.append(f'<p class="empty">{left_out:,} more models are in the table, not drawn (the plots show the '
@@ -242,6 +243,16 @@ def _legend(name: str) -> str:
 
 def _short(text: str) -> str:
     return text if len(text) <= PLOTTED_CHARS else text[: PLOTTED_CHARS - 1] + "…"
+
+
+def _unique(key: str, taken: set[str]) -> str:
+    """`key`, or `key-2`, `key-3`... when taken: "fraud v2" and "fraud/v2" made one element id twice (a review)."""
+    found, n = key, 1
+    while found in taken:
+        n += 1
+        found = f"{key}-{n}"
+    taken.add(found)
+    return found
 
 
 def _slug(name: str) -> str:

@@ -967,3 +967,13 @@ def test_the_page_draws_the_models_with_the_most_outputs_and_cuts_long_labels() 
     assert all(html_escape(m.name) in page.split('<table id="summary">')[1].split("</table>")[0]
                for m in report.models)
     assert "L" * PLOTTED_CHARS not in page.split("</table>", 1)[1] and "L" * (PLOTTED_CHARS - 1) + "…" in page
+
+
+def test_each_figure_of_the_page_has_an_id_of_its_own() -> None:
+    """'fraud v2' and 'fraud/v2' both made fig-confusion-fraud-v2 (a review)."""
+    import re
+
+    page = render_html(summarize_records(renamed(synthetic(300), {"challenger": "fraud v2", "canary": "fraud/v2"}),
+                                         champion="champion"))
+    ids = re.findall(r'<figure id="([^"]+)"', page)
+    assert len(ids) == len(set(ids)) and {"fig-confusion-fraud-v2", "fig-confusion-fraud-v2-2"} <= set(ids)
