@@ -66,10 +66,23 @@ class _Bar:
             self._progress = None
 
 
+def ignored_flags(settings: CompareSettings) -> list[str]:
+    """Flags given that this run makes no use of, each said."""
+    notes = []
+    if settings.bucket and not settings.html:
+        notes.append("--bucket sets the agreement-over-time plot's buckets: with no --html, it draws nothing")
+    if settings.max_records and settings.given("workers"):
+        notes.append("--workers is not used with --max-records: the range is read in one process, to stop at the "
+                     "count in log order")
+    return notes
+
+
 def run_compare(settings: CompareSettings, out: Console | None = None, err: Console | None = None) -> int:
     """The report of the range on `out`, progress on `err`; the HTML file when asked."""
     out = out or console(width=None if sys.stdout.isatty() else PIPE_WIDTH, no_color=not sys.stdout.isatty())
     err = err or messages()
+    for note in ignored_flags(settings):  # accepted and ignored without a word (a review)
+        err.print(f"[yellow]note[/]: {note}")
     bar = _Bar(err, settings.topics().log)
     try:
         report, result = report_from_topic(settings, on_plan=bar.start, progress=bar.advance)

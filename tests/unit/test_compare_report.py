@@ -977,3 +977,16 @@ def test_each_figure_of_the_page_has_an_id_of_its_own() -> None:
                                          champion="champion"))
     ids = re.findall(r'<figure id="([^"]+)"', page)
     assert len(ids) == len(set(ids)) and {"fig-confusion-fraud-v2", "fig-confusion-fraud-v2-2"} <= set(ids)
+
+
+def test_compare_says_which_given_flags_it_makes_no_use_of() -> None:
+    """--bucket without --html and --workers with --max-records were ignored without a word (a review)."""
+    from services.cli.compare import ignored_flags
+    from services.compare_report.settings import CompareSettings
+    from services.core.settings import from_namespace
+
+    assert ignored_flags(from_namespace(CompareSettings, None, bucket="1m")) == [
+        "--bucket sets the agreement-over-time plot's buckets: with no --html, it draws nothing"]
+    assert "--workers is not used with --max-records" in ignored_flags(
+        from_namespace(CompareSettings, None, max_records="100", workers="3"))[0]
+    assert ignored_flags(from_namespace(CompareSettings, None, max_records="100")) == []
