@@ -30,6 +30,7 @@ from services.control.schedule import DEFAULT_NAME, check_schedule_name
 from services.core.errors import BrokerError, ConfigError, RendezvousError
 from services.core.files import write_whole
 from services.core.kafka import group_member_count, partition_counts, wait_for_broker, wait_for_groups
+from services.core.ranges import format_ms
 from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, setting
 from services.localkafka.config import cache_dir
@@ -513,10 +514,12 @@ def _check_not_preferred(name: str, settings: UndeploySettings, console: Console
         return
     # The version in force answers until the next takes effect (a change published with a
     # longer --effective-in is pending): the latest alone let the champion of now be stopped.
-    for schedule in book.in_force_and_after(now_ms()):
+    now = now_ms()
+    for schedule, start in book.in_force_and_after(now):
         held = [m for m in models if m in schedule.answering()]
         if held:
+            when = ("" if schedule is book.latest else " until the next version takes effect") if start <= now \
+                else f" from {format_ms(start)}"
             raise ConfigError(f"{', '.join(held)} is what schedule {schedule.name} v{schedule.version} answers with"
-                              f"{'' if schedule is book.latest else ' until the next version takes effect'}: "
-                              "once stopped every such answer waits for a fallback or times out; promote another "
-                              f"model first, or undeploy {name} --force")
+                              f"{when}: once stopped every such answer waits for a fallback or times out; promote "
+                              f"another model first, or undeploy {name} --force")

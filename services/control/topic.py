@@ -200,10 +200,14 @@ class ScheduleBook:
     def in_force(self, now: int) -> Schedule:
         return self.for_request(now)
 
-    def in_force_and_after(self, now: int) -> list[Schedule]:
-        """The version in force at `now` and every version still to take effect after it."""
-        index = bisect.bisect_right(self._starts, now) - 1
-        return self._versions[max(0, index):]
+    def in_force_and_after(self, now: int) -> list[tuple[Schedule, int]]:
+        """The version in force at `now` and every version still to take effect after it, each
+        with when it starts; not one whose start a later version shares: it never governs (a
+        rollback published beside a pending promotion made undeploy refuse for it; a review)."""
+        first = max(0, bisect.bisect_right(self._starts, now) - 1)
+        ahead = list(zip(self._versions[first:], self._starts[first:], strict=True))
+        return [(version, start) for i, (version, start) in enumerate(ahead)
+                if i + 1 == len(ahead) or start < ahead[i + 1][1]]
 
     def named_between(self, start: int, end: int) -> frozenset[str]:
         """Every model named by a version in force at some time in [start, end] (none before the

@@ -1027,3 +1027,29 @@ def test_schedule_set_says_which_waits_and_split_of_the_latest_version_it_drops(
     given = from_namespace(ScheduleSetSettings, None, models="champion,challenger", wait="champion=60",
                            traffic="challenger=0.1")
     assert _not_carried_over(given, current) == [] and _not_carried_over(bare, None) == []
+
+
+def test_undeploy_is_not_refused_for_a_version_that_never_governs_and_names_a_pending_one_s_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A promotion of challenger2 an hour ahead, then a rollback starting with it: v2 never governs,
+    and undeploy challenger2 was refused for it, 'until the next version takes effect' (a review)."""
+    from services.control.schedule import Schedule
+    from services.core.runtime import now_ms
+
+    now = now_ms()
+    later = now + 3_600_000
+    v1 = Schedule(models=("champion", "canary"), version=1)
+    v2 = Schedule(models=("challenger2", "champion"), version=2, effective_at=later)
+    v3 = Schedule(models=("champion", "canary"), version=3, effective_at=later)
+    monkeypatch.setenv("RDV_CACHE_DIR", str(tmp_path))
+    path = tmp_path / "deployments" / "challenger2" / "state.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"name": "challenger2", "model": "demo:challenger", "replicas": {}}))
+    from services.cli import deploy
+
+    monkeypatch.setattr(deploy, "_read_from_broker", lambda _s, _c, _r: ScheduleBook.holding(v1, v2, v3))
+    deploy._check_not_preferred("challenger2", deploy.UndeploySettings(), Console())  # not refused
+    monkeypatch.setattr(deploy, "_read_from_broker", lambda _s, _c, _r: ScheduleBook.holding(v1, v2))
+    with pytest.raises(ConfigError, match=r"challenger2 is what schedule default v2 answers with from 20"):
+        deploy._check_not_preferred("challenger2", deploy.UndeploySettings(), Console())
