@@ -535,10 +535,6 @@ class Join:
             if reply is not None:
                 if mailbox.answer is not None:
                     self.outputs.repeat(reply, mailbox.answer, mailbox)
-                elif reply in mailbox.replies:
-                    # Waiting there already: kept once. Each retry from one address took a place, the
-                    # 17th was refused ERROR while 16 OKs were coming to that address (a review).
-                    pass
                 elif len(mailbox.replies) < MAX_WAITING_REPLIES:
                     mailbox.replies.append(reply)
                 else:

@@ -861,18 +861,6 @@ def test_whether_a_retry_is_a_repeat_does_not_depend_on_what_was_read_of_the_sco
     assert [answer["score"] for reply, answer in out.replies if reply[0] == "retry"] == [0.9]
 
 
-def test_retries_from_one_return_address_wait_there_once() -> None:
-    """Each took a place: the 17th retry from an address was refused ERROR while 16 OKs were coming
-    to that same address (a review). The address waits once and gets the one answer once."""
-    join, out = make_join()
-    for _ in range(40):
-        join.on_request(request("x", reply="caller"))
-    assert join.mailboxes["x"].replies == [("caller", None)] and not refusals(out)
-    for model in MODELS:
-        join.on_score(score("x", model, T0 + 5))
-    assert [(reply, record["status"]) for reply, record in out.replies] == [(("caller", None), "OK")]
-
-
 @pytest.mark.parametrize("logged", [False, True])
 def test_after_a_takeover_a_re_read_request_with_other_inputs_than_the_answered_is_refused_again(
     logged: bool,
