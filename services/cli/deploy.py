@@ -518,8 +518,10 @@ def _check_not_preferred(name: str, settings: UndeploySettings, console: Console
     for schedule, start in book.in_force_and_after(now):
         held = [m for m in models if m in schedule.answering()]
         if held:
-            when = ("" if schedule is book.latest else " until the next version takes effect") if start <= now \
-                else f" from {format_ms(start)}"
+            if start > now:
+                when = f" from {format_ms(start)}"
+            else:
+                when = "" if schedule is book.latest else " until the next version takes effect"
             raise ConfigError(f"{', '.join(held)} is what schedule {schedule.name} v{schedule.version} answers with"
                               f"{when}: once stopped every such answer waits for a fallback or times out; promote "
                               f"another model first, or undeploy {name} --force")

@@ -98,9 +98,10 @@ PLOTTED_CHARS = 64  # a name or label in a plot is cut to this (a label of 200,0
 def _figures(report: Report) -> list[str]:
     colors = {m.name: f"C{i % 10}" for i, m in enumerate(report.models)}
     every = [m for m in report.models if not m.champion and report.champion is not None]
-    drawn = {id(m) for m in sorted(every, key=lambda m: -m.n)[:PLOTTED]}
-    challengers = [m for m in every if id(m) in drawn]
-    shown = tuple(m for m in report.models if m.champion or id(m) in drawn or report.champion is None)[:PLOTTED + 1]
+    busiest = {id(m) for m in sorted(every, key=lambda m: -m.n)[:PLOTTED]}  # by id: a summary holds arrays
+    challengers = [m for m in every if id(m) in busiest]  # in the table's order
+    shown = tuple(m for m in report.models if m.champion or id(m) in busiest) if report.champion \
+        else report.models[:PLOTTED + 1]
     parts = [
         _figure("latency-cdf", "Latency CDF (request created → score arrived)",
                 lambda ax: _latency_cdf(ax, shown, colors)),

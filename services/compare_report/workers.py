@@ -54,9 +54,9 @@ def _init(counters: list[Any], schema_registry: str) -> None:
         # Registry-framed records are looked up in each process: the parent's lookups are not
         # inherited by a spawned process, so every record of a registry-framed log was skipped.
         from services.core.registry import SchemaRegistry
-        from services.core.wire import IdLookup
+        from services.core.wire import read_ids
 
-        codec("comparison").read_registry_ids(IdLookup(SchemaRegistry(schema_registry)))
+        read_ids(SchemaRegistry(schema_registry), [codec("comparison")])
 
 
 def _read(index: int, config: dict[str, Any], topic: str, spans: list[PartitionSpan]) -> Part:

@@ -321,9 +321,9 @@ def configure_wire(config: RescueConfig) -> None:
     error Score, while their offsets were committed) and Scores went out single-object."""
     if config.schema_registry:
         from services.core.registry import SchemaRegistry
-        from services.core.wire import IdLookup
+        from services.core.wire import read_ids
 
-        codec("request").read_registry_ids(IdLookup(SchemaRegistry(config.schema_registry)))
+        read_ids(SchemaRegistry(config.schema_registry), [codec("request")])
     if config.score_registry_id is not None:
         codec("score").write_registry_id(config.score_registry_id)
 

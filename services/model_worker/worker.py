@@ -391,7 +391,7 @@ class ModelWorker(SimpleHandler, Probed):
         pieces = [part]
         if rest:
             stuck = {(tp.topic, tp.partition) for tp in restarts(rest) if not self.ctx.consumer.rewind(tp)}
-            part += [msg for msg in rest if (msg.topic() or "", msg.partition() or 0) in stuck]
+            part = part + [msg for msg in rest if (msg.topic() or "", msg.partition() or 0) in stuck]
             pieces = parts_by_bytes(part, PART_BYTES)
         for piece in pieces:
             self._scorer.on_batch(piece)
@@ -450,30 +450,25 @@ class ModelWorker(SimpleHandler, Probed):
 PART_BYTES = 8 * 1024 * 1024
 
 
+def first_part(messages: list[Message], most: int) -> tuple[list[Message], list[Message]]:
+    """`messages` cut after their first part of at most `most` value bytes (one record at least);
+    one pass, stopping at the cut, and `messages` itself when it is all one part (every poll)."""
+    size = 0
+    for index, msg in enumerate(messages):
+        size += len(msg.value() or b"")
+        if size > most and index:
+            return messages[:index], messages[index:]
+    return messages, []
+
+
 def parts_by_bytes(messages: list[Message], most: int) -> list[list[Message]]:
     """`messages` in order, cut into consecutive parts of at most `most` value bytes each (a record
     larger than that alone)."""
-    parts: list[list[Message]] = []
-    part: list[Message] = []
-    size = 0
-    for msg in messages:
-        value = len(msg.value() or b"")
-        if part and size + value > most:
-            parts.append(part)
-            part, size = [], 0
-        part.append(msg)
-        size += value
-    if part:
+    parts = []
+    while messages:
+        part, messages = first_part(messages, most)
         parts.append(part)
     return parts
-
-
-def first_part(messages: list[Message], most: int) -> tuple[list[Message], list[Message]]:
-    """`messages` cut after their first part of at most `most` value bytes (one record at least)."""
-    parts = parts_by_bytes(messages, most)
-    if len(parts) <= 1:
-        return list(messages), []
-    return parts[0], messages[len(parts[0]):]
 
 
 def restarts(rest: list[Message]) -> list[TopicPartition]:

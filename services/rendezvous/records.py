@@ -8,11 +8,12 @@ clock every decision is measured against.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from hashlib import sha256
 from io import BytesIO
-from typing import Any
+from typing import Any, TypeVar
 
 from fastavro import parse_schema, schemaless_writer
 
@@ -30,6 +31,8 @@ from services.core.errors import DecodeFailed
 from services.core.requests import id_too_long, request_problem
 from services.core.score_limits import MAX_ERROR_CHARS, oversized
 from services.rendezvous.compiled_records import SCORE_LAYOUT, double_at, walk_score
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -62,18 +65,8 @@ class ScoreIn:
 
 def request_in(codec: Codec, value: bytes | None, partition: int, offset: int, log_time: int) -> RequestIn:
     """A RequestIn; `BadInput` if the bytes are no Request or carry no request_id to answer."""
-    walker = request_walker(codec)
-    skip = walker.body_at(value)
-    if not skip:
-        decoded = request_decoded(codec, value, partition, offset, log_time)  # another framing or schema
-        skip = walker.body_at(value)  # a registry id met in that decode may name the current schema
-        if not skip:
-            return decoded
-    assert value is not None
-    fields = walk_request(value, skip)
-    if fields[0]:
-        return _request_walked(value, fields, partition, offset, log_time)
-    refuse_unwalked(codec, value)
+    return _read(codec, request_walker(codec), walk_request, _request_walked, request_decoded,
+                 value, partition, offset, log_time)
 
 
 def request_decoded(codec: Codec, value: bytes | None, partition: int, offset: int, log_time: int) -> RequestIn:
@@ -118,17 +111,30 @@ def _inputs_schema(codec: Codec) -> Any:
 
 
 def score_in(codec: Codec, value: bytes | None, partition: int, offset: int, log_time: int) -> ScoreIn:
-    walker = _score_walker(codec)
+    return _read(codec, _score_walker(codec), walk_score, _score_walked, score_decoded,
+                 value, partition, offset, log_time)
+
+
+def _read(
+    codec: Codec, walker: Walker, walk: Callable[[bytes, int], tuple[int, ...]],
+    walked: Callable[[bytes, tuple[int, ...], int, int, int], T],
+    decoded: Callable[[Codec, bytes | None, int, int, int], T],
+    value: bytes | None, partition: int, offset: int, log_time: int,
+) -> T:
+    """A record of the current schema read by its compiled walk (`walked`), and refused where the
+    walk refuses it (`refuse_unwalked`); any other by fastavro (`decoded`). A registry id met in
+    that decode may name the current schema: the record is then walked too, as every later one
+    of its id will be (an id the skeleton left unresolved, or evicted; a review)."""
     skip = walker.body_at(value)
     if not skip:
-        decoded = score_decoded(codec, value, partition, offset, log_time)  # another framing or schema
-        skip = walker.body_at(value)  # a registry id met in that decode may name the current schema
+        result = decoded(codec, value, partition, offset, log_time)  # another framing or schema
+        skip = walker.body_at(value)
         if not skip:
-            return decoded
+            return result
     assert value is not None
-    fields = walk_score(value, skip)
+    fields = walk(value, skip)
     if fields[0]:
-        return _score_walked(value, fields, partition, offset, log_time)
+        return walked(value, fields, partition, offset, log_time)
     refuse_unwalked(codec, value)
 
 

@@ -395,9 +395,7 @@ class Rendezvous(Probed):
         assert self._ctx is not None and self._ctx.producer is not None
         value = self._answers.encode(record)
         key = mailbox.request_id.encode()
-        headers = self._answer_events.for_id(mailbox.request_id) if self._answer_events else None
-        if mailbox.inputs:  # which inputs this answers: a new owner refuses another request under the id
-            headers = [*(headers or ()), (INPUTS_HEADER, mailbox.inputs)]
+        headers = _output_headers(self._answer_events, mailbox)
         self._ctx.producer.check_size(value, key, headers, self.topics.answers)  # before a reply is queued with it
         mailbox.answer = record  # a repeat of the request gets what was written (cut or not)
         # Replies first: once the answer is in a transaction, its replies are already counted on
@@ -408,9 +406,7 @@ class Rendezvous(Probed):
 
     def _write_log(self, mailbox: Mailbox, record: dict[str, Any]) -> None:
         assert self._ctx is not None
-        headers = self._log_events.for_id(mailbox.request_id) if self._log_events else None
-        if mailbox.inputs:  # as on the answer: a scan that finds this record and not the answer learns it here
-            headers = [*(headers or ()), (INPUTS_HEADER, mailbox.inputs)]
+        headers = _output_headers(self._log_events, mailbox)
         self._ctx.outputs.produce(self.topics.log, self._comparisons.encode(record),
                                   key=mailbox.request_id.encode(), partition=mailbox.partition, headers=headers)
 
@@ -579,6 +575,16 @@ class Rendezvous(Probed):
             (consumer.pause if pause else consumer.resume)(flowing)
         self._paused = pause
         m.PAUSED.set(1 if pause else 0)
+
+
+def _output_headers(events: EventHeaders | None, mailbox: Mailbox) -> list[tuple[str, bytes]] | None:
+    """An Answer's or Comparison record's headers: its CloudEvents attributes when asked for, and
+    the digest of the inputs it answers, by which a new owner's scan refuses another request
+    under the id (recovery._note_inputs) rather than give it this answer."""
+    headers = events.for_id(mailbox.request_id) if events else []  # a new list each call
+    if mailbox.inputs:
+        headers.append((INPUTS_HEADER, mailbox.inputs))
+    return headers or None
 
 
 def cut_strings(value: Any, limit: int) -> Any:
