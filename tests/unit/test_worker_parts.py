@@ -8,6 +8,7 @@ import types
 from typing import Any
 
 import pytest
+from confluent_kafka import Message
 
 from services.core.codec import codec
 from services.model_worker import worker
@@ -19,29 +20,8 @@ from services.model_worker.watchdog import ScoringWatchdog
 REQUESTS, SCORES = codec("request"), codec("score")
 
 
-class Record:
-    """What the worker reads of a Kafka record."""
-
-    def __init__(self, value: bytes, offset: int) -> None:
-        self._value, self._offset = value, offset
-
-    def value(self) -> bytes:
-        return self._value
-
-    def offset(self) -> int:
-        return self._offset
-
-    def partition(self) -> int:
-        return 0
-
-    def topic(self) -> str:
-        return "rdv.requests"
-
-    def key(self) -> None:
-        return None
-
-    def headers(self) -> None:
-        return None
+def record(value: bytes, offset: int, partition: int = 0) -> Message:
+    return Message(topic="rdv.requests", partition=partition, offset=offset, value=value)
 
 
 class Outputs:
@@ -55,8 +35,8 @@ class Outputs:
 
 
 def test_parts_keep_the_order_and_the_bound_and_a_large_record_goes_alone() -> None:
-    records = [Record(b"x" * size, i) for i, size in enumerate([3, 3, 3, 9, 1, 2, 4])]
-    parts = worker.parts_by_bytes(records, 6)  # type: ignore[arg-type]
+    records = [record(b"x" * size, i) for i, size in enumerate([3, 3, 3, 9, 1, 2, 4])]
+    parts = worker.parts_by_bytes(records, 6)
     assert [[r.offset() for r in part] for part in parts] == [[0, 1], [2], [3], [4, 5], [6]]
     assert worker.parts_by_bytes([], 6) == []
 
@@ -72,16 +52,14 @@ class Rewinds:
         return start.partition not in self.refused
 
 
-def wide_poll(count: int, partitions: int) -> list[Record]:
+def wide_poll(count: int, partitions: int) -> list[Message]:
     now = int(time.time() * 1000)
     wide = {**demo_rows(1, seed=4)[0], **{f"unknown-{i}": 1.0 for i in range(2_000)}}  # not walked: decoded
     records = []
     for i in range(count):
         value = REQUESTS.encode({"request_id": f"r-{i}", "created_at": now, "deadline": now + 1_000,
                                  "reply_to": None, "features": wide, "payload": None, "metadata": {}})
-        record = Record(value, i // partitions)
-        record.partition = lambda p=i % partitions: p  # type: ignore[method-assign]
-        records.append(record)
+        records.append(record(value, i // partitions, i % partitions))
     return records
 
 
@@ -119,6 +97,6 @@ def test_a_poll_of_wide_requests_scores_one_part_and_reads_the_rest_again(
 
 
 def test_a_normal_poll_is_one_part() -> None:
-    records = [Record(b"x" * 700, i) for i in range(256)]
-    part, rest = worker.first_part(records, worker.PART_BYTES)  # type: ignore[arg-type]
+    records = [record(b"x" * 700, i) for i in range(256)]
+    part, rest = worker.first_part(records, worker.PART_BYTES)
     assert part == records and rest == []
