@@ -23,6 +23,7 @@ from rich.progress import (
 from rich.text import Text
 
 from services.cli.common import console, messages
+from services.cli.shown import print_note
 from services.compare_report.report import report_from_topic
 from services.compare_report.settings import CompareSettings
 from services.compare_report.table import print_report, print_report_json
@@ -82,7 +83,7 @@ def run_compare(settings: CompareSettings, out: Console | None = None, err: Cons
     out = out or console(width=None if sys.stdout.isatty() else PIPE_WIDTH, no_color=not sys.stdout.isatty())
     err = err or messages()
     for note in ignored_flags(settings):  # accepted and ignored without a word (a review)
-        err.print(f"[yellow]note[/]: {note}")
+        print_note(err, note)
     bar = _Bar(err, settings.topics().log)
     try:
         report, result = report_from_topic(settings, on_plan=bar.start, progress=bar.advance)

@@ -25,6 +25,7 @@ from rich.live import Live
 from rich.table import Table
 
 from services.cli.common import ensure_topics
+from services.cli.shown import shown
 from services.cli.spawn import model_workers, output_of, service_env, spawn
 from services.client.client import Answer, Client
 from services.control import changes
@@ -155,7 +156,8 @@ class Tally:
             table.add_column("answers", justify="right")
             table.add_column("share", justify="right")
             for (model, status), n in sorted(self.by_outcome.items()):
-                table.add_row(model, status, str(n), f"{100.0 * n / max(1, self.answered):.1f}%")
+                # The model's name as the answers topic gave it: anyone's word (cli/shown.py).
+                table.add_row(shown(model), shown(status), str(n), f"{100.0 * n / max(1, self.answered):.1f}%")
             table.add_section()
             # Of the requests settled (answered, failed or given up on): one never answered is a
             # deadline missed, not left out (11 answers of 1,000 sent showed 100% met: a review).

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.markup import escape
 
+from services.cli.shown import print_note
 from services.cli.spawn import service_env, spawn
 from services.control.schedule import DEFAULT_NAME, check_schedule_name
 from services.core.errors import BrokerError, ConfigError, RendezvousError
@@ -258,9 +259,9 @@ def _deploy(settings: DeploySettings, name: str, console: Console) -> int:
     started: dict[int, subprocess.Popen[bytes]] = {}
     new_deployment = not replicas
     if new_deployment and name != RENDEZVOUS and _committed_before(settings, _group(name, settings)):
-        console.print(f"[yellow]note[/]: group {_group(name, settings)} holds the positions of an earlier deployment "
-                      f"of {escape(name)}: it resumes there, scoring what came since, whatever --start-from or "
-                      "--start-at say (deploy under another name to start afresh)")
+        print_note(console, f"group {_group(name, settings)} holds the positions of an earlier deployment of {name}: "
+                   "it resumes there, scoring what came since, whatever --start-from or --start-at say (deploy "
+                   "under another name to start afresh)")
     try:
         for index in range(settings.replicas):
             if index not in replicas:
@@ -327,9 +328,9 @@ def _note_idle_replicas(settings: DeploySettings, console: Console) -> None:
     except RendezvousError:
         return  # a missing topic is said where the replicas start
     if settings.replicas > partitions:
-        console.print(f"[yellow]note[/]: {settings.replicas} replicas for {partitions} partitions of {requests}: "
-                      f"{settings.replicas - partitions} of them stand by with nothing to read (they take over "
-                      "when another stops)")
+        print_note(console, f"{settings.replicas} replicas for {partitions} partitions of {requests}: "
+                   f"{settings.replicas - partitions} of them stand by with nothing to read (they take over when "
+                   "another stops)")
 
 
 def _none_exited(started: dict[int, subprocess.Popen[bytes]], folder: Path) -> None:
@@ -482,7 +483,7 @@ def _read_from_broker(settings: UndeploySettings, console: Console, read: Callab
         # is still looked up when met, as in any command before the start-up check.
         return read(with_bootstrap(settings, check_registry=False).librdkafka())
     except (RendezvousError, KafkaException) as exc:  # no broker, or it does not answer
-        console.print(f"[yellow]note[/]: the broker could not be asked ({escape(str(exc))}): not checked")
+        print_note(console, f"the broker could not be asked ({exc}): not checked")
         return None
 
 

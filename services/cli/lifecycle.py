@@ -22,6 +22,7 @@ from rich.text import Text
 
 from services.cli.common import messages, warn_of_history_loss
 from services.cli.model_contracts import print_contracts
+from services.cli.shown import print_note, print_notes, shown
 from services.control import changes
 from services.control.gates import Verdict, evaluate, parse_requirements, with_defaults
 from services.control.liveness import live_models, not_live
@@ -33,7 +34,6 @@ from services.core.numbers import ascii_float, ascii_int
 from services.core.ranges import format_duration_ms, format_ms, parse_duration_ms
 from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, check_format, parse_pairs, setting
-from services.core.terminal import printable
 from services.model_worker.settings import model_group, model_groups
 
 FiguresFn = Callable[[KafkaSettings, str, str, str], dict[str, float]]
@@ -188,7 +188,7 @@ def cmd_models(settings: ModelsSettings, console: Console, notes: Console) -> in
     for (model, version), f in sorted(figures.items()):
         behind = lag(model)
         # Text, not markup: model names and versions come from the scores topic (any model's word).
-        table.add_row(_shown(model), _shown(version), role(model), f"{f['replicas']:.0f}", f"{f['rate']:.1f}",
+        table.add_row(shown(model), shown(version), role(model), f"{f['replicas']:.0f}", f"{f['rate']:.1f}",
                       "-" if behind is None else str(behind), f"{f['errors']:.0f}",
                       f"{f['p50_ms']:.1f}", f"{f['p99_ms']:.1f}", f"{f['last_seen_s']:.1f}s ago")
     console.print(table)
@@ -252,8 +252,8 @@ def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule,
     if schedule.effective_at > now + asked_ms:
         # A version never takes effect before the one it follows: one scheduled later holds this back.
         wanted = f"at {format_ms(effective_at)}" if effective_at is not None else f"in {settings.effective_in}"
-        console.print(f"[yellow]note[/]: not {wanted}: v{schedule.version - 1} takes effect only "
-                      "then, and a version never takes effect before the one it follows")
+        print_note(console, f"not {wanted}: v{schedule.version - 1} takes effect only then, and a version "
+                   "never takes effect before the one it follows")
     return schedule
 
 
@@ -272,9 +272,9 @@ def cmd_schedule_show(settings: ScheduleViewSettings, console: Console, tables: 
         table.add_column("field")
         table.add_column("value")
         for field, value in current.to_dict().items():
-            shown = (", ".join(value) if isinstance(value, list) else json.dumps(value) if isinstance(value, dict)
-                     else f"{value} ({format_ms(value)})" if field in TIMES and value else str(value))
-            table.add_row(field, _shown(shown))
+            text = (", ".join(value) if isinstance(value, list) else json.dumps(value) if isinstance(value, dict)
+                    else f"{value} ({format_ms(value)})" if field in TIMES and value else str(value))
+            table.add_row(field, shown(text))
         tables.print(table)
     if in_force.version != current.version:
         console.print(f"v{current.version} takes effect at {format_ms(current.effective_at)}; v{in_force.version} "
@@ -295,8 +295,8 @@ def cmd_schedule_history(settings: ScheduleViewSettings, console: Console, table
     for s in book.versions:
         traffic = f"{s.traffic_model}={s.traffic_fraction}" if s.traffic_model else ""
         effective = format_ms(s.effective_at) if s.effective_at else "always"
-        table.add_row(str(s.version), effective, _shown(", ".join(s.models)),
-                      Text(json.dumps(dict(s.waits_ms)) if s.waits_ms else ""), _shown(traffic), _shown(s.comment))
+        table.add_row(str(s.version), effective, shown(", ".join(s.models)),
+                      Text(json.dumps(dict(s.waits_ms)) if s.waits_ms else ""), shown(traffic), shown(s.comment))
     tables.print(table)
     return 0
 
@@ -307,19 +307,8 @@ def cmd_schedule_set(settings: ScheduleSetSettings, console: Console) -> int:
     effective_at, notes = _effective_at_of(settings, draft, now_ms())
     notes += _check_live(settings, draft) + _risky(draft) + _not_carried_over(settings, book.latest)
     _publish_next(settings, book, draft, console, effective_at)
-    _print_notes(console, notes)
+    print_notes(console, notes)
     return 0
-
-
-def _print_notes(console: Console, notes: list[str]) -> None:
-    for note in notes:  # after: a publish refused (another change first) would have followed "published"
-        console.print(f"[yellow]note[/]: {escape(printable(note))}")
-
-
-def _shown(text: str) -> Text:
-    """Text from a topic (a model name from the scores topic, a version's comment: anyone's word)
-    as a cell: no markup read in it, and what a terminal would act on escaped (core/terminal.py)."""
-    return Text(printable(text))
 
 
 def _effective_at_of(settings: ScheduleSetSettings, draft: Schedule, now: int) -> tuple[int | None, list[str]]:
@@ -396,8 +385,8 @@ def _traffic(text: str) -> tuple[str | None, float]:
 def cmd_promote(settings: PromoteSettings, candidate: str, console: Console, figures_fn: FiguresFn) -> int:
     changes.check_promotable(candidate, settings.canary)  # before the control topic is read (a probe)
     if not settings.require and settings.given("window"):  # accepted and ignored without a word (a review)
-        console.print("[yellow]note[/]: --window is how far back --require's figures are measured: with no "
-                      "--require, nothing is measured")
+        print_note(console, "--window is how far back --require's figures are measured: with no --require, "
+                   "nothing is measured")
     book = _book(settings)
     current = changes.current(book)
     draft = changes.promotion(current, candidate, settings.canary, settings.comment)
@@ -408,7 +397,7 @@ def cmd_promote(settings: PromoteSettings, candidate: str, console: Console, fig
                 f"{v.requirement.text} (measured {v.measured})" for v in verdicts if not v.passed))
     notes = _check_live(settings, draft)
     _publish_next(settings, book, draft, console)
-    _print_notes(console, notes)  # dropped: a fallback not scoring was published without a word (a review)
+    print_notes(console, notes)  # dropped: a fallback not scoring was published without a word (a review)
     return 0
 
 
@@ -437,5 +426,5 @@ def cmd_rollback(settings: RollbackSettings, console: Console) -> int:
     draft = changes.rollback(book, settings.comment, settings.to)
     notes = _check_live(settings, draft)  # the version before may name a model undeployed since
     _publish_next(settings, book, draft, console)
-    _print_notes(console, notes)
+    print_notes(console, notes)
     return 0

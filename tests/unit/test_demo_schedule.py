@@ -132,4 +132,26 @@ def test_the_demos_deadlines_met_counts_usable_answers_of_every_settled_request(
 
 def _rows(tally: Any) -> dict[str, tuple[str, ...]]:
     table = tally.table(1.0)
-    return {row[0]: row for row in zip(*(column._cells for column in table.columns), strict=True)}
+    cells = ([str(cell) for cell in column._cells] for column in table.columns)
+    return {row[0]: row for row in zip(*cells, strict=True)}
+
+
+def test_the_demos_table_shows_a_model_name_from_the_answers_topic_escaped_and_unstyled() -> None:
+    """The answers topic is anyone's word: a model name with ESC sequences set the terminal's
+    title and cleared the screen, and one with rich markup restyled the table (a review)."""
+    from concurrent.futures import Future
+
+    from rich.console import Console
+
+    from services.cli.demo import Tally
+    from services.client.client import Answer
+
+    future: Future[Answer] = Future()
+    name = "[bold red]x[/] \x1b]0;PWNED\x07\x1b[2J"
+    future.set_result(Answer("r", "OK", name, "v1", 0.5, "x", "", 1_000, 1_200, 1_100, "s", 1, 1_150))
+    tally = Tally()
+    tally.add(future)
+    out = io.StringIO()
+    Console(file=out, width=200, color_system=None).print(tally.table(1.0))
+    assert "\x1b" not in out.getvalue()
+    assert "[bold red]x[/] \\x1b]0;PWNED\\x07\\x1b[2J" in out.getvalue()
