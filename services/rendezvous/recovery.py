@@ -200,13 +200,18 @@ def scan_finished(
         answers: dict[int, int | str] = {}
         logs: dict[int, int | str] = {}
         reread_ends: dict[int, int] = {}
+        reread_from: dict[int, int] = {}  # the log time of each partition's first re-read request, if read
         for partition, (offset, mark) in committed.items():
             requests_end = _requests_end(probe, topics, partition)
-            starts = _starts(probe, topics, partition, offset, requests_end, mark, margin_ms)
-            # Nothing to redo: outputs of what comes next are written after the partitions' ends now.
-            answers[partition], logs[partition] = starts if starts is not None else (END, END)
-            if starts is not None:
-                reread_ends[partition] = requests_end
+            if not 0 <= offset < requests_end:
+                # Nothing to redo: outputs of what comes next are written after the partitions' ends now.
+                answers[partition], logs[partition] = END, END
+                continue
+            reread_ends[partition] = requests_end
+            at = _timestamp_at(probe, topics.requests, partition, offset) if mark is None or remember_ms > 0 else None
+            if at is not None:
+                reread_from[partition] = at
+            answers[partition], logs[partition] = _starts(mark, reread_from.get(partition), margin_ms)
         # Written ends first, stable ends second: whatever was written before the scan must be
         # stable (committed or aborted) by the time the stable ends are read. Only where requests
         # are re-read: elsewhere nothing could be answered twice.
@@ -216,10 +221,15 @@ def scan_finished(
         spans = {topics.answers: _spans(probe, topics.answers, answers), topics.log: _spans(probe, topics.log, logs)}
         earlier = {}
         if remember_ms > 0:
-            # From the first answer of the last remember_ms (and a margin for clocks), by time.
-            since = now_ms() - 2 * remember_ms
+            # From the first answer of the last remember_ms before the first re-read request (and a
+            # margin for clocks), by time. Anchored on that request's log time, as the previous
+            # owner forgot ids by its requests' log times: by this instance's clock, a takeover
+            # more than a minute after the crash remembered nothing, and decided a retry again (a review).
+            now = now_ms()
             earlier = {span.partition: max(_low(probe, topics.answers, span.partition), span.start - REMEMBERED_AT_MOST,
-                                           _offset_at(probe, topics.answers, span.partition, since, span.start))
+                                           _offset_at(probe, topics.answers, span.partition,
+                                                      min(now, reread_from.get(span.partition, now)) - 2 * remember_ms,
+                                                      span.start))
                        for span in spans[topics.answers] if committed[span.partition][0] >= 0}
     finally:
         probe.close()
@@ -362,18 +372,13 @@ def _requests_end(probe: _NativeConsumer, topics: Topics, partition: int) -> int
     return int(high)
 
 
-def _starts(
-    probe: _NativeConsumer, topics: Topics, partition: int, committed: int, requests_end: int, mark: Mark | None,
-    margin_ms: int,
-) -> tuple[int | str, int | str] | None:
-    """Where outputs of requests at or after `committed` may start on the answers and log
-    partitions (offsets, or "ms:<time>" to find by time); None when nothing is to be redone."""
-    if committed < 0 or committed >= requests_end:
-        return None
+def _starts(mark: Mark | None, reread_from: int | None, margin_ms: int) -> tuple[int | str, int | str]:
+    """Where outputs of requests re-read from a committed offset may start on the answers and log
+    partitions (offsets, or "ms:<time>" to find by time): the previous owner's mark, else by the
+    first re-read request's log time (`reread_from`; None: unknown, from the start)."""
     if mark is not None:
         return mark.answers, mark.log
-    since = _timestamp_at(probe, topics.requests, partition, committed)
-    start = f"ms:{max(0, since - margin_ms)}" if since is not None else "ms:0"
+    start = f"ms:{max(0, reread_from - margin_ms)}" if reread_from is not None else "ms:0"
     return start, start
 
 

@@ -96,6 +96,29 @@ def test_answers_written_shortly_before_the_re_read_window_are_remembered_and_th
     assert capped.finished.remembered == {}
 
 
+def test_a_takeover_long_after_the_crash_remembers_the_answers_before_the_re_read_requests(
+    topics: Topics, config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The previous owner remembered a closed id until its requests partition was read a minute
+    past it; a retry of `old` appended right after the crash would have got its answer again. A
+    new owner taking over five minutes later looked for those answers from its own clock, found
+    none, and decided the retry a second time (a review): the window is the re-read requests'."""
+    answers, requests = codec("answer"), codec("request")
+    producer = Producer(config)
+    for rid in ("old", "q"):  # q at offset 1 is the committed one, re-read
+        request = make_request({"f": 1.0}, budget_ms=200, reply_topic=None, reply_partition=None, request_id=rid)
+        producer.produce(topics.requests, requests.encode(request), partition=0)
+    old = _answer("old")
+    producer.produce(topics.answers, answers.encode(old), key="old", partition=0)  # offset 0: before the mark
+    assert producer.flush(30) == 0
+    taken_over_at = recovery.now_ms() + 300_000
+    monkeypatch.setattr(recovery, "now_ms", lambda: taken_over_at)
+
+    found = scan_finished(config, topics, {0: (1, Mark(answers=1, log=0))}, margin_ms=0, remember_ms=60_000)
+
+    assert sorted(found.finished.remembered) == ["old"]
+
+
 def test_an_output_in_the_window_that_cannot_be_read_still_counts_its_request_as_done(
     topics: Topics, config: dict[str, Any]
 ) -> None:
