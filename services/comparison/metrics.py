@@ -11,7 +11,7 @@ never exported as NaN.
 
 Label cardinality: model names come from the data, so `LabelBudget` gives at most
 `max_models` names (and 4x as many model/version pairs) their own label values and counts
-the rest as "other"; confusion matrices keep at most 10 labels a side (the rest is "(other labels)");
+the rest as "_other"; confusion matrices keep at most 10 labels a side (the rest is "(other labels)");
 request ids never become labels.
 """
 
@@ -33,14 +33,17 @@ from services.stats.distributions import QuantileSketch, ks_statistic, psi
 
 log = logging.getLogger(__name__)
 
-OTHER = "other"
+# The label of the names past the budget: one no model can have (names start with a letter or
+# digit, core/model_names.py), so that a model named "other" keeps series of its own, as in the
+# rendezvous' metrics (rendezvous/join.py OTHER).
+OTHER = "_other"
 QUANTILES = (("0.5", 0.5), ("0.9", 0.9), ("0.99", 0.99), ("0.999", 0.999))
 MAX_CONFUSION_LABELS = 10
 
 RECORDS = Counter("rdv_cmp_records_total", "Comparison records read from the log (one per request).")
 EXPORT_FAILURES = Counter("rdv_cmp_export_failures_total",
                           "Times the window's figures could not be computed (the last published ones stayed).")
-# Longer model or version names are counted as 'other': label values go into every /metrics scrape.
+# Longer model or version names are counted as '_other': label values go into every /metrics scrape.
 MAX_LABEL_CHARS = 128
 STALE = Counter(
     "rdv_cmp_stale_records_total", "Records older than the window's start: counted, not windowed."
@@ -162,16 +165,16 @@ REGISTRY.register(WINDOW)
 
 
 class LabelBudget:
-    """The first `max_models` model names keep their name as a label value; later ones are 'other'.
+    """The first `max_models` model names keep their name as a label value; later ones are '_other'.
 
     Model/version pairs get 4x that budget; a pair beyond it keeps its model and gets version
-    'other' (as every version of a name counted as 'other' does, taking no place). Only admitted
+    '_other' (as every version of a name counted as '_other' does, taking no place). Only admitted
     values are remembered, so a flood of names costs no memory. Names `forget` gives back their
     places: the service gives back, when the budget is full, those no longer in its window (so
-    one forged record of 50 names does not count every model as 'other' for good); and versions
+    one forged record of 50 names does not count every model as '_other' for good); and versions
     `forget_versions`, when the version budget is full, those without an output for a window.
     The names the service was told (--champion, --canary) always keep theirs: a flood of forged
-    names right after a start counted them as 'other' until their places were given back.
+    names right after a start counted them as '_other' until their places were given back.
     """
 
     def __init__(self, max_models: int, reserved: tuple[str, ...] = ()):

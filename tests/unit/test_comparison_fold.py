@@ -261,3 +261,12 @@ def test_the_champion_and_canary_named_at_start_keep_their_labels_past_a_flood_o
     assert [budget.model(name) for name in ("forged-1", "forged-2", "forged-3")] == ["forged-1", "forged-2", m.OTHER]
     assert budget.model("champion") == "champion" and budget.model("canary") == "canary"
     assert budget.model("forged-4") == m.OTHER and budget.full
+
+
+def test_a_model_named_other_keeps_its_own_label_apart_from_the_names_past_the_budget() -> None:
+    """'other' is a name a model may have: it was also the label of every name past the budget,
+    so a model named so was counted as them, and they as it (a review)."""
+    budget = m.LabelBudget(1)
+    assert budget.model("other") == "other"
+    assert budget.model("one-too-many") == m.OTHER != "other"
+    assert budget.version("other", "v1") == "v1"

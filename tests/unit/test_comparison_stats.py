@@ -413,8 +413,8 @@ def test_label_budget_folds_excess_model_names_into_other() -> None:
     feed(svc, [record(BASE_MS + i, [output("champion"), output(f"m{i}")]) for i in range(5)])
     svc.export()
     names = {labels[0] for labels, _v in m.WINDOW._samples["rdv_cmp_window_outputs"]}
-    assert names == {"champion", "m0", "m1", "other"}
-    assert m.WINDOW.value("rdv_cmp_window_outputs", model="other") == 3
+    assert names == {"champion", "m0", "m1", m.OTHER}
+    assert m.WINDOW.value("rdv_cmp_window_outputs", model=m.OTHER) == 3
 
 
 def test_scores_near_the_float_range_give_no_figure_instead_of_killing_the_service() -> None:
@@ -454,7 +454,7 @@ def test_model_names_too_long_for_a_metric_label_are_counted_as_other() -> None:
     feed(svc, [record(BASE_MS, [output("champion"), output("n" * 100_000)])])
     svc.export()
     names = {labels[0] for labels, _v in m.WINDOW._samples["rdv_cmp_window_outputs"]}
-    assert names == {"champion", "other"}
+    assert names == {"champion", m.OTHER}
 
 
 def test_a_record_far_ahead_never_moves_the_window_past_half_its_length() -> None:
@@ -686,13 +686,13 @@ def test_versions_idle_for_a_window_give_their_places_back_when_the_version_budg
         offset += len(records)
         svc.export()
 
-    batch("v1", "junk1", "junk2")  # two names past the budget: counted as 'other', taking no version place
+    batch("v1", "junk1", "junk2")  # two names past the budget: counted as m.OTHER, taking no version place
     for v in range(2, 12):
         clock[0] += svc.settings.window_s + 1  # the last version's outputs a window ago
         batch(f"v{v}")
         assert sample("rdv_cmp_outputs_total", model="champ", version=f"v{v}", outcome="ok") == 3, v
-    assert sample("rdv_cmp_outputs_total", model="champ", version="other", outcome="ok") in (None, 0.0)
-    assert ("other", "v1") not in svc._labels._versions
+    assert sample("rdv_cmp_outputs_total", model="champ", version=m.OTHER, outcome="ok") in (None, 0.0)
+    assert (m.OTHER, "v1") not in svc._labels._versions
 
 
 @pytest.mark.parametrize("how", ["rewind", "lost"])
