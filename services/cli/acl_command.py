@@ -11,6 +11,7 @@ from typing import Any
 from services.cli.common import with_bootstrap
 from services.core.errors import BrokerError, ConfigError
 from services.core.settings import KafkaSettings, check_format, from_namespace, parse_pairs, setting
+from services.core.terminal import printable
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,10 @@ class AclSettings(KafkaSettings):
         separator=";", split_flags=False,
     )
     format: str = setting("table", "Output of `show`: table (for people) or json (for scripts).")
+    prune: bool = setting(
+        False, "apply: also remove every other ALLOW grant on the deployment's topics, groups and transactional "
+        "ids (an earlier principal's, or anyone else's): the broker then holds exactly the layout there. DENY "
+        "grants, other resources and the shared scratch groups' grant stay.")
 
     def validate(self) -> None:
         check_format(self.format)
@@ -47,6 +52,8 @@ def _grants(settings: AclSettings) -> list[Any]:
 
 def cmd_acl_show(args: argparse.Namespace) -> int:
     settings = from_namespace(AclSettings, args)
+    if settings.prune:
+        raise ConfigError("--prune removes grants: it is a flag of `acl apply`, not of `acl show`")
     grants = _grants(settings)
     if settings.format == "json":
         print(json.dumps([asdict(g) for g in grants], indent=1))  # noqa: T201 - the command's output
@@ -59,19 +66,24 @@ def cmd_acl_show(args: argparse.Namespace) -> int:
 def cmd_acl_apply(args: argparse.Namespace) -> int:
     from confluent_kafka import KafkaException
 
-    from services.control.acl import ROLES, apply
+    from services.control.acl import ROLES, apply, prune
     from services.core.kafka import admin, wait_for_broker
 
     settings = with_bootstrap(from_namespace(AclSettings, args))
     grants = _grants(settings)
     wait_for_broker(settings.librdkafka(), settings.connect_timeout_s)  # no broker is not a refusal
     try:
-        count = apply(admin(settings.librdkafka()), grants)
+        client = admin(settings.librdkafka())
+        count = apply(client, grants)
+        removed = prune(client, grants) if settings.prune else []
     except KafkaException as exc:
         raise BrokerError(f"the broker refused the ACLs (run as a principal allowed to manage ACLs, such as the "
                           "cluster's super user, not the deployment's admin role, on a broker with an authorizer): "
                           f"{exc.args[0].str() if exc.args else exc}") from None
-    sys.stderr.write(f"{count} ACL(s) in place for {len(ROLES)} roles\n")
+    for grant in removed:
+        sys.stderr.write(f"removed: {printable(grant.describe())}\n")
+    pruned = f"; {len(removed)} other grant(s) on its resources removed" if settings.prune else ""
+    sys.stderr.write(f"{count} ACL(s) in place for {len(ROLES)} roles{pruned}\n")
     return 0
 
 
@@ -81,7 +93,7 @@ def register(commands: Any, selection: Any) -> None:
     for action, help_text, handler in (
         ("show", "print every grant (principal, operation, resource)", cmd_acl_show),
         ("apply", "create the grants on the broker (as a principal allowed to manage ACLs, e.g. the cluster's super "
-                  "user; it only adds: grants of an earlier layout stay until removed)", cmd_acl_apply),
+                  "user; it only adds, unless --prune: other grants on its resources go)", cmd_acl_apply),
     ):
         parser = acl_sub.add_parser(action, help=help_text)
         selection.arguments(parser, ("acl", action), AclSettings)

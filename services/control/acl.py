@@ -235,3 +235,51 @@ def apply(admin: Any, grants: list[Grant], timeout_s: float = 30.0) -> int:
     for future in futures.values():
         future.result()
     return len(grants)
+
+
+def stale(found: Iterable[Grant], grants: Iterable[Grant]) -> list[Grant]:
+    """The ALLOW grants `found` on the broker that `prune` removes: those on a resource the layout
+    `grants` names (the same name and pattern) that the layout does not hold, such as an earlier
+    principal's. Not the shared scratch groups' (every deployment's readers hold that grant), and
+    nothing on another resource (another deployment's, or the operator's own)."""
+    wanted = set(grants)
+    scope = {(g.resource, g.name, g.prefixed) for g in wanted if not _shared_scratch(g)}
+    return sorted(g for g in set(found) if (g.resource, g.name, g.prefixed) in scope and g not in wanted)
+
+
+def _shared_scratch(grant: Grant) -> bool:
+    return grant.resource == "group" and grant.prefixed and grant.name == SCRATCH_GROUP_PREFIX
+
+
+def prune(admin: Any, grants: list[Grant], timeout_s: float = 30.0) -> list[Grant]:
+    """Delete the broker's `stale` ALLOW grants for the layout `grants` (DENY ones stay: removing
+    one would widen access); returns them. Raises on refusal."""
+    from confluent_kafka.admin import (
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    anyone: Any = None  # in a filter, None matches every name, principal and host (the stubs say str)
+    everything = AclBindingFilter(ResourceType.ANY, anyone, ResourcePatternType.ANY, anyone, anyone,
+                                  AclOperation.ANY, AclPermissionType.ALLOW)
+    found = [g for g in map(_grant_of, admin.describe_acls(everything, request_timeout=timeout_s).result()) if g]
+    removed = stale(found, grants)
+    if removed:
+        filters = [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal, b.host, b.operation,
+                                    b.permission_type) for b in to_bindings(removed)]
+        for future in admin.delete_acls(filters, request_timeout=timeout_s).values():
+            future.result()
+    return removed
+
+
+def _grant_of(binding: Any) -> Grant | None:
+    """A broker's ALLOW binding as a Grant; None for one from a given host only, or on another kind
+    of resource or pattern (the layout has none such, so none is stale)."""
+    resource = {"TOPIC": "topic", "GROUP": "group", "TRANSACTIONAL_ID": "transactional_id"}.get(binding.restype.name)
+    pattern = binding.resource_pattern_type.name
+    if resource is None or pattern not in ("LITERAL", "PREFIXED") or binding.host != "*":
+        return None
+    return Grant(binding.principal, resource, binding.name, binding.operation.name, pattern == "PREFIXED")

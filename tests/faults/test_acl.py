@@ -26,7 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 from services.cli.common import ensure_topics
 from services.client.client import Client
 from services.control.acl import ROLES, Principals, allows, layout
-from services.core.kafka import reader
+from services.core.kafka import admin, reader
 from services.core.settings import Topics
 from services.localkafka import LocalBroker, ephemeral_broker
 from services.localkafka.config import SASL_LISTENER, sasl_client_config, scram_format_arg
@@ -168,6 +168,42 @@ def test_every_role_can_do_exactly_what_the_layout_grants(broker: LocalBroker, d
     print("ACL matrix (principal x topic, as measured on the broker):\n" + "\n".join(rows))
     assert not mismatches, mismatches
     assert not allows(grants, PRINCIPALS.client, "topic", topics.control, "WRITE")
+
+
+def test_apply_with_prune_takes_an_earlier_principals_grants_away_and_leaves_the_rest(broker: LocalBroker) -> None:
+    """The client role moves to another principal: `acl apply --prune` removes the earlier one's
+    grants on this deployment (it can no longer write requests), not on another deployment, and
+    leaves a DENY grant the operator added."""
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    prefix, topics = new_deployment(broker)
+    _other_prefix, other = new_deployment(broker)
+    client = config(broker, "client")
+    assert _can_write(client, topics.requests) and _can_write(client, other.requests)
+    operator = admin({"bootstrap.servers": broker.bootstrap})  # the cluster's super user
+    deny = AclBinding(ResourceType.TOPIC, topics.log, ResourcePatternType.LITERAL, PRINCIPALS.model, "*",
+                      AclOperation.READ, AclPermissionType.DENY)
+    for future in operator.create_acls([deny]).values():
+        future.result()
+
+    done = cli("acl", "apply", "--bootstrap", broker.bootstrap, "--topic-prefix", prefix,
+               "--principal", "client=rdv-newclient", "--prune")
+
+    assert done.returncode == 0, done.stderr
+    assert f"removed: {PRINCIPALS.client} WRITE topic {topics.requests}" in done.stderr
+    assert not _can_write(client, topics.requests)
+    assert _can_write(client, other.requests)  # another deployment's grants stay
+    anyone: Any = None
+    denied = AclBindingFilter(ResourceType.TOPIC, topics.log, ResourcePatternType.LITERAL, anyone, anyone,
+                              AclOperation.ANY, AclPermissionType.DENY)
+    assert operator.describe_acls(denied).result() == [deny]
 
 
 def test_services_run_with_only_their_own_grants(broker: LocalBroker, deployment: tuple[str, Topics]) -> None:

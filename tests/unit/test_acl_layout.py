@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.control.acl import Principals, allows, layout, to_bindings
+from services.control.acl import Grant, Principals, allows, layout, stale, to_bindings
+from services.core.kafka import SCRATCH_GROUP_PREFIX
 from services.core.errors import ConfigError
 from services.core.settings import Topics
 
@@ -149,3 +150,20 @@ def test_one_principal_given_several_roles_is_said(caplog: pytest.LogCaptureFixt
     """Each role's grants went to it silently: the client and gateway reply groups' separation undone."""
     Principals.from_pairs({"client": "apps", "gateway": "apps"})
     assert "one principal holds several roles, and so all their grants: User:apps (client, gateway)" in caplog.text
+
+
+def test_pruning_removes_other_allow_grants_on_the_layouts_resources_only() -> None:
+    """`acl apply --prune`: an earlier client principal's grants on the deployment's resources go;
+    the layout's own, grants on another deployment's resources and the shared scratch groups'
+    (every deployment's readers hold it) stay."""
+    topics = Topics.from_prefix("rdv.")
+    grants = layout(topics, "rdv.", Principals.from_pairs({"client": "bob"}))
+    earlier = layout(topics, "rdv.", Principals())  # the client was User:rdv-client
+    elsewhere = layout(Topics.from_prefix("other."), "other.", Principals())
+    removed = stale([*grants, *earlier, *elsewhere], grants)
+    assert removed and {g.principal for g in removed} == {"User:rdv-client"}
+    assert not any(g.name.startswith("other.") or g.name == SCRATCH_GROUP_PREFIX for g in removed)
+    assert Grant("User:rdv-client", "topic", topics.requests, "WRITE") in removed
+    monitor = Grant("User:monitor", "topic", topics.log, "READ")
+    assert stale([monitor], grants) == [monitor]  # anyone's, on the deployment's topic: --prune says so
+    assert stale([Grant("User:monitor", "topic", "rdv.mine", "READ")], grants) == []  # not the layout's resource
