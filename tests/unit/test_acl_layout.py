@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from services.control.acl import Grant, Principals, allows, layout, stale, to_bindings
-from services.core.kafka import SCRATCH_GROUP_PREFIX
 from services.core.errors import ConfigError
+from services.core.kafka import SCRATCH_GROUP_PREFIX
 from services.core.settings import Topics
 
 PREFIX = "rdv."
