@@ -78,6 +78,11 @@ class ChangeSettings(ScheduleSettings):
     live_window_s: float = setting(60.0, "A model counts as live if it scored within this many seconds.",
                                    minimum=1)
     force: bool = setting(False, "Skip the check that the schedule's preferred model is scoring now.")
+    supersede_pending: bool = setting(
+        False, "Take effect when asked even if a version published before is still to take effect (a "
+        "promotion scheduled for tomorrow): each such version starting no earlier then never does. Without "
+        "it, a change never takes effect before the version it follows. Every rendezvous and gateway "
+        "reading the control topic must run a release that knows the flag (docs/architecture.md).")
 
     def effective_in_ms(self) -> int:
 
@@ -241,7 +246,8 @@ def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule,
                   effective_at: int | None = None) -> Schedule:
     now = now_ms()
     asked_ms = settings.effective_in_ms() if effective_at is None else effective_at - now
-    schedule = changes.next_version(book, draft, now, asked_ms, effective_at)
+    schedule = changes.next_version(book, draft, now, asked_ms, effective_at, settings.supersede_pending)
+    superseded = changes.superseded(book, schedule, now)
     if effective_at is not None:  # checked again: the live check took time since, and sooner is retroactive
         # When it will start (a pending version before it may hold it back past the file's time).
         _within_reach(schedule.effective_at - now, f"effective_at {format_ms(effective_at)}")
@@ -253,7 +259,11 @@ def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule,
         # A version never takes effect before the one it follows: one scheduled later holds this back.
         wanted = f"at {format_ms(effective_at)}" if effective_at is not None else f"in {settings.effective_in}"
         print_note(console, f"not {wanted}: v{schedule.version - 1} takes effect only then, and a version "
-                   "never takes effect before the one it follows")
+                   "never takes effect before the one it follows (--supersede-pending: this one as asked, "
+                   f"and v{schedule.version - 1} never)")
+    for version in superseded:
+        print_note(console, f"v{version.version} ({', '.join(version.models)}; {version.comment}) was to take "
+                   f"effect at {format_ms(version.effective_at)}: superseded, it never does")
     return schedule
 
 
@@ -277,7 +287,7 @@ def cmd_schedule_show(settings: ScheduleViewSettings, console: Console, tables: 
             table.add_row(field, shown(text))
         tables.print(table)
     if in_force.version != current.version:
-        console.print(f"v{current.version} takes effect at {format_ms(current.effective_at)}; v{in_force.version} "
+        console.print(f"v{current.version} takes effect at {format_ms(book.latest_start or 0)}; v{in_force.version} "
                       "governs now")
     return 0
 
@@ -295,6 +305,8 @@ def cmd_schedule_history(settings: ScheduleViewSettings, console: Console, table
     for s in book.versions:
         traffic = f"{s.traffic_model}={s.traffic_fraction}" if s.traffic_model else ""
         effective = format_ms(s.effective_at) if s.effective_at else "always"
+        if (by := book.superseded_by(s.version)) is not None:
+            effective = f"never (superseded by v{by}; was {effective})"
         table.add_row(str(s.version), effective, shown(", ".join(s.models)),
                       Text(json.dumps(dict(s.waits_ms)) if s.waits_ms else ""), shown(traffic), shown(s.comment))
     tables.print(table)

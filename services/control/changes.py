@@ -25,15 +25,25 @@ def current(book: ScheduleBook) -> Schedule:
 
 
 def next_version(book: ScheduleBook, draft: Schedule, now_ms: int, effective_in_ms: int,
-                 effective_at: int | None = None) -> Schedule:
+                 effective_at: int | None = None, supersede: bool = False) -> Schedule:
     """`draft` as the version after the current one (v1 when there is none yet), taking effect
     `effective_in_ms` from now, or at `effective_at` when given (a file's time, kept exact: made
-    a duration and back, it moved by the seconds spent between), never before the current one does."""
+    a duration and back, it moved by the seconds spent between), never before the current one
+    does; unless `supersede`, when versions still pending that start no earlier never govern."""
     latest = book.latest
     version, not_before = (latest.version + 1, latest.effective_at) if latest is not None else (1, 0)
     asked = effective_at if effective_at is not None else now_ms + effective_in_ms
     return dataclasses.replace(draft, name=book.name, version=version, created_at=now_ms,
-                               effective_at=max(asked, not_before))
+                               effective_at=asked if supersede else max(asked, not_before),
+                               supersedes_pending=supersede)
+
+
+def superseded(book: ScheduleBook, schedule: Schedule, now_ms: int) -> list[Schedule]:
+    """The versions pending at `now_ms` that `schedule`, published now, supersedes: none unless it
+    `supersedes_pending`, else those starting at or after it (ScheduleBook.add)."""
+    if not schedule.supersedes_pending:
+        return []
+    return [version for version, start in book.in_force_and_after(now_ms)[1:] if start >= schedule.effective_at]
 
 
 def check_promotable(candidate: str, canary: str) -> None:

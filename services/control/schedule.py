@@ -109,6 +109,10 @@ class Schedule:
     effective_at: int = 0
     created_at: int = 0
     comment: str = ""
+    # Whether it takes effect at its effective_at even where a version written before it is still
+    # pending (services/control/topic.py ScheduleBook.add): an urgent rollback beside a promotion
+    # scheduled for tomorrow. Not part of the policy (`same_policy`).
+    supersedes_pending: bool = False
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -246,6 +250,7 @@ class Schedule:
             "effective_at": self.effective_at,
             "created_at": self.created_at,
             "comment": self.comment,
+            "supersedes_pending": self.supersedes_pending,
         }
 
     def new_key(self) -> str:
@@ -263,7 +268,7 @@ class Schedule:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Schedule:
         known = {"name", "version", "models", "waits_ms", "default_deadline_ms", "traffic", "effective_at",
-                 "created_at", "comment"}
+                 "created_at", "comment", "supersedes_pending"}
         extra = set(data) - known
         if extra:
             raise ConfigError(f"invalid schedule: unknown field(s) {sorted(extra)}; known: {sorted(known)}")
@@ -285,6 +290,7 @@ class Schedule:
             effective_at=_whole(data.get("effective_at", 0), "effective_at"),
             created_at=_whole(data.get("created_at", 0), "created_at"),
             comment=_text(data.get("comment", ""), "comment"),
+            supersedes_pending=_flag(data.get("supersedes_pending", False), "supersedes_pending"),
         )
 
     @classmethod
@@ -357,6 +363,13 @@ def _fraction(value: Any) -> float:
         return float(value)
     except OverflowError:  # an int past any float (10**400): a traceback, not this line
         raise refusal from None
+
+
+def _flag(value: Any, field_name: str) -> bool:
+    """true or false, never 1, "yes" or null (a file's typo read as a wish)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"invalid schedule: {field_name} must be true or false, got {_short(value)}")
+    return value
 
 
 def _text(value: Any, field_name: str) -> str:

@@ -125,8 +125,12 @@ class ScheduleBook:
 
     def __init__(self, name: str):
         self.name = name
-        self._versions: list[Schedule] = []
-        self._starts: list[int] = []  # when each version starts to govern (see `add`), ascending
+        self._versions: list[Schedule] = []  # every accepted version, in log order: the history
+        # The versions that govern (all but those superseded while pending) and when each starts
+        # (see `add`), ascending: what a request is looked up in.
+        self._governing: list[Schedule] = []
+        self._starts: list[int] = []
+        self._superseded: dict[int, int] = {}  # version -> the one that superseded it while pending
 
     @classmethod
     def holding(cls, *schedules: Schedule) -> ScheduleBook:
@@ -164,7 +168,7 @@ class ScheduleBook:
             return None
         if schedule.version <= latest.version:
             return f"version {schedule.version} is not newer than v{latest.version}"
-        if schedule.effective_at < latest.effective_at:
+        if schedule.effective_at < latest.effective_at and not schedule.supersedes_pending:
             return f"effective_at {schedule.effective_at} precedes v{latest.version}'s ({latest.effective_at})"
         return None
 
@@ -179,12 +183,23 @@ class ScheduleBook:
 
         Nor does it start before the version it follows: the broker's append time can step back
         (its clock set back, a new leader's clock behind), and a start earlier than its
-        predecessor's left the starts out of order, so the bisection picked a version by chance."""
+        predecessor's left the starts out of order, so the bisection picked a version by chance.
+
+        Unless it `supersedes_pending`: then every version starting at or after its own start (all
+        still pending when it was written, as it starts no earlier than that) never governs, and
+        it starts as asked. (If the broker's clock stepped back past such a version's start, that
+        version did govern for a while, and requests of that while are looked up anew.)"""
         start = schedule.effective_at
         if self._versions:
             written = start if written_at is None else written_at
-            start = max(start, written, self._starts[-1])
+            start = max(start, written)
+            while schedule.supersedes_pending and self._starts and self._starts[-1] >= start:
+                self._superseded[self._governing.pop().version] = schedule.version
+                self._starts.pop()
+            if self._starts:
+                start = max(start, self._starts[-1])
         self._versions.append(schedule)
+        self._governing.append(schedule)
         self._starts.append(start)
 
     @property
@@ -192,10 +207,14 @@ class ScheduleBook:
         """When the latest version starts to govern (see `add`), None before the first."""
         return self._starts[-1] if self._starts else None
 
+    def superseded_by(self, version: int) -> int | None:
+        """The version that superseded `version` while it was pending (it never governs), if one did."""
+        return self._superseded.get(version)
+
     def for_request(self, created_at: int) -> Schedule:
         """The version in force when the request was created (the oldest one for older requests)."""
         index = bisect.bisect_right(self._starts, created_at) - 1
-        return self._versions[max(0, index)]
+        return self._governing[max(0, index)]
 
     def in_force(self, now: int) -> Schedule:
         return self.for_request(now)
@@ -205,7 +224,7 @@ class ScheduleBook:
         with when it starts; not one whose start a later version shares: it never governs (a
         rollback published beside a pending promotion made undeploy refuse for it; a review)."""
         first = max(0, bisect.bisect_right(self._starts, now) - 1)
-        ahead = list(zip(self._versions[first:], self._starts[first:], strict=True))
+        ahead = list(zip(self._governing[first:], self._starts[first:], strict=True))
         return [(version, start) for i, (version, start) in enumerate(ahead)
                 if i + 1 == len(ahead) or start < ahead[i + 1][1]]
 
@@ -216,7 +235,7 @@ class ScheduleBook:
             return frozenset()
         first = max(0, bisect.bisect_right(self._starts, start) - 1)
         last = max(0, bisect.bisect_right(self._starts, end) - 1)
-        return frozenset().union(*(version.model_set for version in self._versions[first:last + 1]))
+        return frozenset().union(*(version.model_set for version in self._governing[first:last + 1]))
 
 
 @dataclass(frozen=True)

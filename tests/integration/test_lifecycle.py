@@ -384,6 +384,35 @@ def test_a_model_whose_every_score_is_an_error_is_not_live_for_a_change(
     assert_one_line_error(refused, "champion sent no usable score")
 
 
+def test_a_change_that_supersedes_a_pending_promotion_governs_the_live_rendezvous_at_once(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    """A promotion scheduled an hour ahead held back every later change until it started, an
+    urgent one included (a review). With --supersede-pending the change governs in seconds, the
+    promotion never; the running rendezvous, the CLI and a reader started afterwards agree."""
+    services.worker(bootstrap, prefix, "demo:champion")
+    services.worker(bootstrap, prefix, "demo:challenger")
+    services.rendezvous(bootstrap, prefix, models=("champion", "challenger"))
+    where = ("--bootstrap", bootstrap, "--topic-prefix", prefix, "--force")
+    promoted = rendezvous("promote", "challenger", "--effective-in", "1h", *where)
+    assert promoted.returncode == 0, promoted.stderr
+    urgent = rendezvous("schedule", "set", "--models", "challenger,champion", "--effective-in", "5s",
+                        "--supersede-pending", "--comment", "urgent", *where)
+    assert urgent.returncode == 0, urgent.stderr
+    assert "v2 (challenger, champion; promote challenger (was champion)) was to take effect at" in urgent.stderr
+    book = load_book(config, topics.control, "default")
+    started = book.latest_start
+    assert started is not None and book.latest is not None and book.latest.version == 3
+    assert book.for_request(started + 3_600_000).version == 3 and book.superseded_by(2) == 3
+    wait_until(lambda: now_ms() > started + 500, 30, "the urgent version's start")
+    with Client(config, topics, budget_ms=5_000, answer_wait_s=30) as client:
+        answer = client.score(demo_rows(1, seed=4)[0])
+    assert (answer.schedule_version, answer.model, answer.status) == (3, "challenger", "OK")
+    history = rendezvous("schedule", "history", "--bootstrap", bootstrap, "--topic-prefix", prefix,
+                         env={"COLUMNS": "300"})  # one line a version
+    assert "never (superseded by v3" in history.stdout, history.stdout
+
+
 def test_the_first_schedule_can_be_set_before_any_rendezvous_ran(bootstrap: str, prefix: str) -> None:
     """On an empty control topic `schedule set` refused, saying to run `schedule set`."""
     where = ("--bootstrap", bootstrap, "--topic-prefix", prefix)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -295,6 +296,67 @@ def test_a_version_never_starts_before_the_one_it_follows_when_the_broker_clock_
     # v2 never governs (v3 starts with it): no version to hold a model back for (a review).
     assert [(v.version, start) for v, start in book.in_force_and_after(4_000)] == [(1, 0), (3, 5_000), (4, 6_000)]
     assert book.latest_start == 6_000
+
+
+def test_a_version_that_supersedes_pending_ones_takes_effect_as_asked_and_they_never_do() -> None:
+    """A promotion (v2) scheduled for tomorrow held back every later change, an urgent rollback
+    (v3) included, until it started (a review). v3 written at 10,000 with `supersedes_pending`
+    starts at its own 11,000: v2 never governs, v1 stays in force until 11,000, and the history
+    keeps all three."""
+    day = 86_400_000
+    book = ScheduleBook("default")
+    book.add(Schedule(models=("a", "b"), version=1), written_at=0)
+    book.add(Schedule(models=("b", "a"), version=2, effective_at=day), written_at=5_000)
+    urgent = Schedule(models=("c", "a"), version=3, effective_at=11_000, supersedes_pending=True)
+    plain = dataclasses.replace(urgent, supersedes_pending=False)
+    assert "precedes v2's" in (book.refusal(plain, 10_000) or "")
+    assert book.refusal(urgent, 10_000) is None
+    book.add(urgent, written_at=10_000)
+    assert [book.for_request(t).version for t in (10_999, 11_000, day, 2 * day)] == [1, 3, 3, 3]
+    assert [v.version for v in book.versions] == [1, 2, 3] and book.latest == urgent
+    assert book.superseded_by(2) == 3 and book.superseded_by(1) is None
+    assert [(v.version, start) for v, start in book.in_force_and_after(10_000)] == [(1, 0), (3, 11_000)]
+    assert book.named_between(0, 10_999) == {"a", "b"}  # v1's
+    assert book.named_between(day, 2 * day) == {"c", "a"}  # v2, superseded, names nothing in force
+    assert book.named_between(11_000, 2 * day) == {"c", "a"}
+    # The next plain version follows v3, not v2's time: it is no longer anything's start.
+    v4 = Schedule(models=("a",), version=4, effective_at=20_000)
+    assert book.refusal(v4, 12_000) is None
+    book.add(v4, written_at=12_000)
+    assert book.for_request(20_000).version == 4
+
+
+def test_a_superseding_version_never_reaches_back_past_what_governs_when_it_is_written() -> None:
+    """Written with an effective_at before its write, or with a pending version that starts before
+    it: it starts at its write, and a pending version starting earlier than it still governs until
+    then (only those starting no earlier are superseded)."""
+    book = ScheduleBook("default")
+    book.add(Schedule(models=("a",), version=1), written_at=0)
+    book.add(Schedule(models=("b",), version=2, effective_at=3_000), written_at=1_000)
+    book.add(Schedule(models=("c",), version=3, effective_at=9_000), written_at=1_500)
+    book.add(Schedule(models=("d",), version=4, effective_at=500, supersedes_pending=True), written_at=5_000)
+    assert [book.for_request(t).version for t in (2_999, 3_000, 4_999, 5_000, 9_000)] == [1, 2, 2, 4, 4]
+    assert (book.superseded_by(2), book.superseded_by(3)) == (None, 4)
+    assert book.latest_start == 5_000
+
+
+def test_supersedes_pending_is_read_from_a_file_as_true_or_false_only() -> None:
+    assert Schedule.from_dict({"models": ["a"], "supersedes_pending": True}).supersedes_pending
+    assert not Schedule.from_dict({"models": ["a"]}).supersedes_pending
+    with pytest.raises(ConfigError, match="supersedes_pending must be true or false, got 1"):
+        Schedule.from_dict({"models": ["a"], "supersedes_pending": 1})
+
+
+def test_a_schedule_record_of_the_schema_before_supersedes_pending_reads_as_false() -> None:
+    """The control topic holds records written before the field existed (schemas/history/schedule)."""
+    from services.control.topic import decode_schedule
+    from services.core.codec import Codec, load_schema, schemas_dir
+
+    older = Codec(load_schema(schemas_dir() / "history" / "schedule" / "v1.avsc"))
+    record = {k: v for k, v in Schedule(models=("a",), version=2, effective_at=7).to_dict().items()
+              if k != "supersedes_pending"}
+    read = decode_schedule(older.encode(record))
+    assert (read.version, read.effective_at, read.supersedes_pending) == (2, 7, False)
 
 
 @pytest.mark.parametrize(("configs", "says"), [
