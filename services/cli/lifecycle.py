@@ -246,7 +246,10 @@ def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule,
                   effective_at: int | None = None) -> Schedule:
     now = now_ms()
     asked_ms = settings.effective_in_ms() if effective_at is None else effective_at - now
-    schedule = changes.next_version(book, draft, now, asked_ms, effective_at, settings.supersede_pending)
+    # A file's "supersedes_pending": true asks what the flag asks (a promotion's or rollback's draft, made
+    # from an earlier version, never carries it).
+    supersede = settings.supersede_pending or draft.supersedes_pending
+    schedule = changes.next_version(book, draft, now, asked_ms, effective_at, supersede)
     superseded = changes.superseded(book, schedule, now)
     if effective_at is not None:  # checked again: the live check took time since, and sooner is retroactive
         # When it will start (a pending version before it may hold it back past the file's time).

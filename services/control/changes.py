@@ -67,7 +67,7 @@ def promotion(current_schedule: Schedule, candidate: str, canary: str, comment: 
     # short fallback wait moved to first place gave the new champion up (a review).
     by_place = [current_schedule.waits_ms.get(m) for m in current_schedule.models]
     waits = {m: w for m, w in zip(order, by_place, strict=False) if w is not None}
-    promoted = dataclasses.replace(current_schedule, models=order, waits_ms=waits,
+    promoted = dataclasses.replace(current_schedule, models=order, waits_ms=waits, supersedes_pending=False,
                                    comment=comment or f"promote {candidate} (was {champion})")
     # The candidate answers every request first now: its split ends. A split on the old champion
     # (which did nothing while it was preferred) would make it answer its share first: it ends too.
@@ -92,4 +92,6 @@ def rollback(book: ScheduleBook, comment: str = "", to: int = 0) -> Schedule:
     if previous.same_policy(latest):  # published, it would be a version that changes nothing
         raise ConfigError(f"v{previous.version}'s policy is the one in force already (v{latest.version}): "
                           "nothing to roll back (--to N for an earlier version)")
-    return dataclasses.replace(previous, comment=comment or f"rollback to v{previous.version}")
+    # Its policy only: whether it superseded versions pending then is no wish of this change's.
+    return dataclasses.replace(previous, comment=comment or f"rollback to v{previous.version}",
+                               supersedes_pending=False)

@@ -326,6 +326,19 @@ def test_a_version_that_supersedes_pending_ones_takes_effect_as_asked_and_they_n
     assert book.for_request(20_000).version == 4
 
 
+def test_a_rollback_or_promotion_of_a_superseding_version_does_not_supersede_by_itself() -> None:
+    """Drafts made from an earlier version took its supersedes_pending along: rolling back to (or
+    promoting over) a version published with the flag superseded pending versions unasked."""
+    from services.control import changes
+
+    book = ScheduleBook("default")
+    book.add(Schedule(models=("a", "b"), version=1), written_at=0)
+    book.add(Schedule(models=("b", "a"), version=2, effective_at=9_000, supersedes_pending=True), written_at=1_000)
+    assert not changes.promotion(book.latest or Schedule(models=("x",)), "a", "").supersedes_pending
+    book.add(Schedule(models=("c", "a"), version=3, effective_at=10_000), written_at=2_000)
+    assert not changes.rollback(book, to=2).supersedes_pending
+
+
 def test_a_superseding_version_never_reaches_back_past_what_governs_when_it_is_written() -> None:
     """Written with an effective_at before its write, or with a pending version that starts before
     it: it starts at its write, and a pending version starting earlier than it still governs until
