@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,16 +24,19 @@ from rich.console import Console
 from services.cli.common import messages
 from services.compare_report import Report
 from services.compare_report.columns import Columns
-from services.compare_report.summary import answers, summarize
+from services.compare_report.summary import Answers, ChampionNotInRange, answers, summarize
 from services.compare_report.table import print_report, print_report_json
+from services.control.schedule import DEFAULT_DEADLINE_MS, check_schedule_name
+from services.control.topic import ScheduleBook, load_book
 from services.core.codec import codec
 from services.core.compiled_requests import decode_request
-from services.core.errors import BadInput, ConfigError
+from services.core.errors import BadInput, ConfigError, RendezvousError
 from services.core.kafka import partition_counts
-from services.core.ranges import Bounds, OffsetBound, TimeBound, parse_bounds
+from services.core.ranges import Bounds, OffsetBound, TimeBound, format_ms, parse_bounds
 from services.core.requests import check_request
 from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, check_format, check_writable_file, setting
+from services.core.terminal import printable
 from services.core.topic_range import read_spans
 from services.model_worker.models import Model, load_model
 from services.model_worker.models.loader import check_spec
@@ -42,6 +47,10 @@ log = logging.getLogger(__name__)
 # How far before the earliest request's created_at the log is read (see `replay`): a client's
 # clock up to a minute ahead of the rendezvous', and a minute more for what is logged late.
 LOG_MARGIN_MS = 120_000
+# How long after the last request's append time the log is read for its records: a request is
+# logged once its deadline (at most a minute, by default) and linger are past, or later if no
+# rendezvous ran meanwhile; the read stops sooner once every request found its record.
+LOG_TAIL_MS = 3_600_000
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,8 @@ class ReplaySettings(KafkaSettings):
     from_: str = setting("", "Start: ISO time, epoch ms, or offset:N (topic only).", flag="--from", env="RDV_FROM")
     to: str = setting("", "End (exclusive): ISO time, epoch ms, or offset:N (topic only).")
     champion: str = setting("", "Champion to compare against (default: inferred from the log).")
+    schedule_name: str = setting("default", "The schedule whose default budget a request without a deadline of "
+                                            "its own had, for the requests the log has no record of.")
     html: str = setting("", "Also write an HTML report with plots to this file.")
     batch: int = setting(1000, "Requests per model batch.", minimum=1)
     format: str = setting("table", "Output: table (for people) or json (for scripts).")
@@ -63,6 +74,7 @@ class ReplaySettings(KafkaSettings):
 
     def validate(self) -> None:
         check_format(self.format)
+        check_schedule_name(self.schedule_name, "--schedule-name")
         if not self.model:
             raise ConfigError("replay needs --model SPEC")
         # Said before the broker is asked for the range (a probe: 'demo:nope' ended with 'no Kafka broker answered').
@@ -106,7 +118,22 @@ class ReplayResult:
         return self.requests / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _requests_from_topic(settings: ReplaySettings, bounds: Bounds) -> Iterator[bytes | None]:
+class Recorded(NamedTuple):
+    """A record of the range as every model saw it: its bytes, and where and when the log took it."""
+
+    value: bytes | None
+    log_time: int  # its timestamp on the requests topic: the broker's append time (LogAppendTime)
+    partition: int
+
+
+@dataclass
+class Skipped:
+    """Archived records of the range left out: those of another topic than this deployment's requests."""
+
+    topics: Counter[str] = dataclasses.field(default_factory=Counter)
+
+
+def _requests_from_topic(settings: ReplaySettings, bounds: Bounds, _skipped: Skipped) -> Iterator[Recorded]:
     start, end = bounds.start, bounds.end
     for msg in read_spans(
         settings.librdkafka(), settings.topics().requests, timeout_s=600,
@@ -115,24 +142,31 @@ def _requests_from_topic(settings: ReplaySettings, bounds: Bounds) -> Iterator[b
         start_offset=start.offset if isinstance(start, OffsetBound) else None,
         end_offset=end.offset if isinstance(end, OffsetBound) else None,
     ):
-        yield msg.value()
+        yield Recorded(msg.value(), msg.timestamp()[1], msg.partition() or 0)
 
 
-def _requests_from_archive(settings: ReplaySettings, bounds: Bounds) -> Iterator[bytes | None]:
+def _requests_from_archive(settings: ReplaySettings, bounds: Bounds, skipped: Skipped) -> Iterator[Recorded]:
+    """The archive's records of the range that came from this deployment's requests topic: a decoy
+    pointed at another prefix's topic may have archived into the same directory (they were
+    replayed as this one's, and counted as having no comparison record; a review)."""
     from services.decoy.archive import iter_archive
 
     if isinstance(bounds.start, OffsetBound) or isinstance(bounds.end, OffsetBound):
         raise ConfigError("--source archive takes time bounds only (offsets belong to the topic)")
     start = bounds.start.ms if isinstance(bounds.start, TimeBound) else None
     end = bounds.end.ms if isinstance(bounds.end, TimeBound) else None
+    topic = settings.topics().requests
     for record in iter_archive(Path(settings.archive_dir), from_ms=start, to_ms=end):
-        yield record["value"]
+        if record["topic"] != topic:
+            skipped.topics[record["topic"]] += 1
+            continue
+        yield Recorded(record["value"], record["timestamp"], record["partition"])
 
 
-def recorded_requests(settings: ReplaySettings, bounds: Bounds) -> Iterator[bytes | None]:
-    """The raw request values of the range, as every model saw them."""
+def recorded_requests(settings: ReplaySettings, bounds: Bounds, skipped: Skipped) -> Iterator[Recorded]:
+    """The request records of the range, as every model saw them."""
     source = _requests_from_archive if settings.source == "archive" else _requests_from_topic
-    return source(settings, bounds)
+    return source(settings, bounds, skipped)
 
 
 class Replayed(NamedTuple):
@@ -151,26 +185,43 @@ def _quiet(_what: str) -> None:
     return None
 
 
+@dataclass
+class Scored:
+    """The requests of a range scored, and what the range held."""
+
+    replayed: dict[str, Replayed] = dataclasses.field(default_factory=dict)
+    undecodable: int = 0  # records that were no request
+    first_at: int | None = None  # the earliest and latest append time of a request scored
+    last_at: int | None = None
+    partitions: set[int] = dataclasses.field(default_factory=set)  # of the requests topic, with a request
+
+    def took(self, record: Recorded) -> None:
+        at = record.log_time
+        self.first_at = at if self.first_at is None else min(self.first_at, at)
+        self.last_at = at if self.last_at is None else max(self.last_at, at)
+        self.partitions.add(record.partition)
+
+
 def _scored_requests(
-    model: Model, values: Iterable[bytes | None], batch: int, progress: Progress = _quiet
-) -> tuple[dict[str, Replayed], int]:
-    """Every request of `values` scored, in batches as they are read, each id once (a retry of an
-    id is one request of the log: the first is kept); and how many values were no request."""
+    model: Model, records: Iterable[Recorded], batch: int, progress: Progress = _quiet
+) -> Scored:
+    """Every request of `records` scored, in batches as they are read, each id once (a retry of an
+    id is one request of the log: the first is kept), with how many records were no request."""
     request_codec = codec("request")
-    replayed: dict[str, Replayed] = {}
+    scored = Scored()
     pending: dict[str, dict[str, Any]] = {}
-    bad = 0
-    for value in values:
-        request = _request(request_codec, value)
+    for record in records:
+        request = _request(request_codec, record.value)
         if request is None:
-            bad += 1
-        elif request["request_id"] not in replayed and request["request_id"] not in pending:
+            scored.undecodable += 1
+        elif request["request_id"] not in scored.replayed and request["request_id"] not in pending:
+            scored.took(record)
             pending[request["request_id"]] = request
             if len(pending) >= batch:
-                _score_into(replayed, model, pending)
-                progress(f"{len(replayed):,} requests scored")
-    _score_into(replayed, model, pending)
-    return replayed, bad
+                _score_into(scored.replayed, model, pending)
+                progress(f"{len(scored.replayed):,} requests scored")
+    _score_into(scored.replayed, model, pending)
+    return scored
 
 
 def _request(request_codec: Any, value: bytes | None) -> dict[str, Any] | None:
@@ -193,8 +244,10 @@ def _score_into(replayed: dict[str, Replayed], model: Model, pending: dict[str, 
         replayed[request["request_id"]] = Replayed(request["created_at"], request["deadline"], output)
 
 
-def _log_records(settings: ReplaySettings, start_ms: int, progress: Progress = _quiet) -> Iterator[dict[str, Any]]:
-    """The comparison records the rendezvous wrote from `start_ms` on."""
+def _log_records(
+    settings: ReplaySettings, start_ms: int, end_ms: int, progress: Progress = _quiet
+) -> Generator[dict[str, Any], None, None]:
+    """The comparison records the rendezvous wrote from `start_ms` to `end_ms`."""
     log_codec = codec("comparison")
     total = 0
 
@@ -203,8 +256,8 @@ def _log_records(settings: ReplaySettings, start_ms: int, progress: Progress = _
         total += count
         progress(f"log: {total:,} records read")
 
-    for msg in read_spans(settings.librdkafka(), settings.topics().log, start_ms=start_ms, timeout_s=600,
-                          progress=read):
+    for msg in read_spans(settings.librdkafka(), settings.topics().log, start_ms=start_ms, end_ms=end_ms,
+                          timeout_s=600, progress=read):
         try:
             yield log_codec.decode(msg.value())
         except BadInput:
@@ -238,50 +291,52 @@ def check_name_free(settings: ReplaySettings) -> None:
 
 
 def replay(
-    settings: ReplaySettings, requests: Iterable[bytes | None] | None = None, progress: Progress = _quiet
+    settings: ReplaySettings, requests: Iterable[Recorded] | None = None, progress: Progress = _quiet
 ) -> ReplayResult:
     """Score the recorded requests and build the report (the CLI prints it)."""
     started = time.perf_counter()
     check_log_readable(settings)
     check_name_free(settings)
+    note_champion_not_live(settings)
     model = load_model(settings.model, trust_model_file=settings.trust_model_file)
     name = settings.name or f"{model.name}-replay"
     bounds = parse_bounds(settings.since, settings.from_, settings.to, now_ms())  # once: --since is relative
-    values = requests if requests is not None else recorded_requests(settings, bounds)
-    replayed, undecodable = _scored_requests(model, values, settings.batch, progress)
-    if not replayed:
-        if undecodable:
-            raise ConfigError(f"none of the {undecodable:,} records in that range is a request this command can "
-                              "read (registry-framed ones need --schema-registry): nothing to replay")
+    skipped = Skipped()
+    records = requests if requests is not None else recorded_requests(settings, bounds, skipped)
+    scored = _scored_requests(model, records, settings.batch, progress)
+    replayed = scored.replayed
+    if not replayed or scored.first_at is None or scored.last_at is None:
+        if scored.undecodable:
+            raise ConfigError(f"none of the {scored.undecodable:,} records in that range is a request this command "
+                              "can read (registry-framed ones need --schema-registry): nothing to replay")
         raise ConfigError("no requests in that range: nothing to replay")
     total = len(replayed)
-    # The log's records are stamped by the rendezvous' clock, a request's created_at by its client's,
-    # which may run up to a minute ahead (the rendezvous accepts that much): read from before it.
-    # Not from before the range's own start: a request's created_at is the client's to set, and one
-    # stamped 1 had the whole retained log read and decoded (a review).
-    first_created = min(r.created_at for r in replayed.values())
-    if isinstance(bounds.start, TimeBound):
-        first_created = max(first_created, bounds.start.ms)
-    first_created -= LOG_MARGIN_MS
+    # The log's records are stamped by the rendezvous' clock when it closed each request: read from
+    # a margin before the first request's append time (the broker's: a request's created_at is its
+    # client's to set, and one stamped 1 had the whole retained log read; a review) to an hour after
+    # the last one's, and no further once every request found its record (it was read to its end).
+    log_from, log_to = scored.first_at - LOG_MARGIN_MS, scored.last_at + LOG_TAIL_MS
     version = model.version
-    logged = (_comparison(past["request_id"], past, replayed.pop(past["request_id"]), name, version)
-              for past in _log_records(settings, max(0, first_created), progress)
-              if past["request_id"] in replayed)  # the first record of an id; a later one finds it gone
-    columns = Columns()
-    columns.add(logged)  # streamed into columns: a record dict each would double the peak memory
+    with closing(_log_records(settings, max(0, log_from), log_to, progress)) as past_records:
+        columns = Columns()
+        columns.add(_paired(past_records, replayed, name, version))  # streamed: a dict each would double the peak
     without_log = len(replayed)
     source = f"replay of {total:,} requests ({settings.source}) through {name}"
     # The answers line and the champion come from the logged requests alone: a request without a
     # record has no known answer, and counted as TIMEOUT it made the line read "answered by the
     # deadline: 0%" for a replay past the log's retention (a review). (frame() copies the columns.)
-    answered = answers(columns.frame(), champion=settings.champion or None)
-    columns.add(_comparison(request_id, None, r, name, version) for request_id, r in replayed.items())
     notes = [f"{name}'s latency and deadline figures are its model's compute time per request in batches of "
              f"--batch {settings.batch} in this process (no Kafka, no queue): not comparable with the live "
              "models' end-to-end latency"]
+    answered, champion_missing = _answers(columns, settings.champion)
+    notes += champion_missing
+    budgets = _default_budgets(settings, replayed)
+    columns.add(_comparison(request_id, None, r, name, version, budgets) for request_id, r in replayed.items())
     if without_log:
-        notes.append(f"{without_log:,} of these requests have no comparison record in the log: their real answers "
-                     "unknown, they count in the models' figures only, not in the answers line")
+        notes.append(f"{without_log:,} of these requests have no comparison record in the log up to "
+                     f"{format_ms(log_to)} (an hour after the last one): their real answers unknown, they count in "
+                     "the models' figures only, not in the answers line")
+    notes += budgets.notes + _skipped_notes(settings, skipped, scored)
     champion = answered.champion
     if not answered.records and settings.champion:
         # Nothing logged to measure against: said, after the scoring, not raised (it threw the
@@ -294,11 +349,123 @@ def replay(
     source_of_champion = answered.champion_source if answered.records else report.champion_source
     report = dataclasses.replace(report, statuses=answered.statuses, answered_by_deadline=answered.answered_by_deadline,
                                  champion_source=source_of_champion)
-    return ReplayResult(report, total, undecodable, without_log, time.perf_counter() - started)
+    return ReplayResult(report, total, scored.undecodable, without_log, time.perf_counter() - started)
+
+
+def _paired(
+    past_records: Iterable[dict[str, Any]], replayed: dict[str, Replayed], name: str, version: str
+) -> Iterator[dict[str, Any]]:
+    """Each logged record of a replayed request with the replayed output added, taking the request
+    out of `replayed` (the first record of an id; a later one finds it gone); the read stops once
+    none is left."""
+    for past in past_records:
+        found = replayed.pop(past["request_id"], None)
+        if found is not None:
+            yield _comparison(past["request_id"], past, found, name, version)
+            if not replayed:
+                return
+
+
+def _answers(columns: Columns, champion: str) -> tuple[Answers, list[str]]:
+    """The answers line and the champion of the logged requests; a --champion that names no model
+    of them is said in a note, not raised: it threw away all the scoring (hours of a real model's)."""
+    try:
+        return answers(columns.frame(), champion=champion or None), []
+    except ChampionNotInRange as err:
+        return answers(columns.frame(), champion=None), [f"{err.message}: compared with the champion inferred instead"]
+
+
+PROGRESS_EVERY_S = 10.0
+
+
+def _now_and_then(err: Console, clock: Callable[[], float] = time.monotonic) -> Progress:
+    """Progress as a plain line at most every PROGRESS_EVERY_S, for a stderr that is no terminal."""
+    said = [clock()]
+
+    def say(what: str) -> None:
+        if clock() - said[0] >= PROGRESS_EVERY_S:
+            said[0] = clock()
+            err.print(f"replaying: {what}", soft_wrap=True)
+
+    return say
+
+
+@dataclass
+class Budgets:
+    """The deadline a request without one of its own had: its created_at plus the default budget of
+    the schedule version in force then (as the rendezvous gives it), for the requests the log has
+    no record of (a deadline of 0, kept as sent, counted every one as a miss for the replayed model;
+    a review)."""
+
+    book: ScheduleBook | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def deadline(self, created_at: int, deadline: int) -> int:
+        if deadline > 0:
+            return deadline
+        budget = self.book.for_request(created_at).default_deadline_ms if self.book else DEFAULT_DEADLINE_MS
+        return created_at + budget
+
+
+def _default_budgets(settings: ReplaySettings, unlogged: dict[str, Replayed]) -> Budgets:
+    """The schedule's budgets, read only when a request without a record has no deadline of its own."""
+    without = sum(r.deadline <= 0 for r in unlogged.values())
+    if not without:
+        return Budgets()
+    try:
+        book = load_book(settings.librdkafka(), settings.topics().control, settings.schedule_name)
+    except RendezvousError as err:
+        log.debug("control topic not read: %s", err)
+        book = None
+    if book is None or book.latest is None:
+        return Budgets(None, [f"{without:,} requests without a comparison record ask for no deadline of their own, "
+                              f"and no schedule {settings.schedule_name!r} could be read to give them its budget: "
+                              f"their deadline figures take {DEFAULT_DEADLINE_MS} ms"])
+    return Budgets(book)
+
+
+def _skipped_notes(settings: ReplaySettings, skipped: Skipped, scored: Scored) -> list[str]:
+    """What an archive replay left out or could not cover, said."""
+    if settings.source != "archive":
+        return []
+    topic = settings.topics().requests
+    notes = []
+    if skipped.topics:
+        others = ", ".join(f"{t} ({n:,})" for t, n in skipped.topics.most_common(5))
+        notes.append(f"{sum(skipped.topics.values()):,} archived records of other topics left out: {others}; this "
+                     f"deployment's requests are {topic}")
+    try:
+        count = partition_counts(settings.librdkafka(), [topic], settings.connect_timeout_s).get(topic)
+    except RendezvousError:  # the topic may be gone: the archive outlives it
+        count = None
+    if count is not None and len(scored.partitions) < count:
+        held = ", ".join(map(str, sorted(scored.partitions)))
+        notes.append(f"the archive holds requests of partition(s) {held} only, of the {count} of {topic}: a "
+                     "decoy archives the partitions its group gives it, so if the others had requests then, "
+                     "another decoy archived them in its own directory, and this replay covers these only")
+    return notes
+
+
+def note_champion_not_live(settings: ReplaySettings) -> None:
+    """Said before the scoring: a mistyped --champion was found only once every request was scored.
+    Not refused: a champion undeployed since answered the range all the same."""
+    from services.core.model_info import read_model_infos
+
+    if not settings.champion:
+        return
+    try:
+        live = read_model_infos(settings.librdkafka(), settings.topics().models, timeout_s=settings.connect_timeout_s)
+    except RendezvousError as err:
+        log.debug("models topic not read: %s", err)
+        return
+    if live and settings.champion not in live:
+        log.warning("--champion %s is no live model (live: %s); if it answered none of the range, the report "
+                    "compares with the champion it infers", printable(settings.champion), ", ".join(sorted(live)))
 
 
 def _comparison(
-    request_id: str, past: dict[str, Any] | None, replayed: Replayed, name: str, version: str
+    request_id: str, past: dict[str, Any] | None, replayed: Replayed, name: str, version: str,
+    budgets: Budgets | None = None,
 ) -> dict[str, Any]:
     """The logged record with the replayed output added (or a record with only that output)."""
     score, label, error, latency_ms, compute_ms = replayed.output
@@ -311,8 +478,9 @@ def _comparison(
             raise ConfigError(f"--name {name}: the log already holds outputs of a model of that name; give the "
                               "replayed model a name of its own")
         return {**past, "outputs": [*past["outputs"], output]}
+    deadline = (budgets or Budgets()).deadline(replayed.created_at, replayed.deadline)
     return {
-        "request_id": request_id, "created_at": replayed.created_at, "deadline": replayed.deadline,
+        "request_id": request_id, "created_at": replayed.created_at, "deadline": deadline,
         "answered_at": None, "status": "TIMEOUT", "chosen_model": None, "reason": "not in the log",
         "schedule": "", "schedule_version": 0, "outputs": [output],
     }
@@ -321,7 +489,10 @@ def _comparison(
 def run_replay(settings: ReplaySettings, console: Console) -> int:
     err = messages()
     with err.status("replaying ...") as status:
-        result = replay(settings, progress=lambda what: status.update(f"replaying: {what}"))
+        # The status line is drawn on a terminal only: in a job, under nohup or with 2>file, a replay
+        # of hours said nothing until its end (a review). There, a plain line now and then.
+        say = (lambda what: status.update(f"replaying: {what}")) if err.is_terminal else _now_and_then(err)
+        result = replay(settings, progress=say)
     if settings.format == "json":
         print_report_json(result.report)
     else:

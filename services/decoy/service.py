@@ -45,6 +45,8 @@ class Decoy(SimpleHandler, Probed):
         self.archived = 0
         self._archive: ArchiveWriter | None = None
         self._written: list[Message] = []  # in the archive file, not yet fsynced
+        self._partitions = 0  # of the requests topic
+        self._owned: set[int] = set()  # the partitions this decoy archives now
         self.service = StreamService(StreamSpec(
             name="decoy", config=settings.librdkafka(), subscription=[self.topics.requests],
             group_id=settings.group_id(), processing="durable", producer=False,
@@ -55,7 +57,9 @@ class Decoy(SimpleHandler, Probed):
         self.ready = self.service.ready
 
     def run(self, stop: threading.Event) -> None:
-        partition_counts(self.settings.librdkafka(), [self.topics.requests], timeout=self.settings.connect_timeout_s)
+        counts = partition_counts(self.settings.librdkafka(), [self.topics.requests],
+                                  timeout=self.settings.connect_timeout_s)
+        self._partitions = counts.get(self.topics.requests, 0)
         log.info("decoy archiving %s into %s", self.topics.requests, self.settings.archive_dir)
         self.service.run(stop)
         log.info("decoy stopping after %d records", self.archived)
@@ -79,11 +83,23 @@ class Decoy(SimpleHandler, Probed):
         self._archive.write([_record(msg, archived_at) for msg in messages])
         self._written.extend(messages)
 
+    def on_assigned(self, partitions: list[TopicPartition]) -> None:
+        super().on_assigned(partitions)
+        self._owned |= {tp.partition for tp in partitions}
+        if 0 < len(self._owned) < self._partitions:
+            # Two decoys with their own directories split the requests between them, and a replay
+            # of either covered half the traffic as if it were all of it, without a word (a review).
+            log.warning("decoy archives partition(s) %s of the %d of %s into %s: another member of group %s "
+                        "archives the others into its own directory, and a replay of this one covers these only",
+                        ", ".join(map(str, sorted(self._owned))), self._partitions, self.topics.requests,
+                        self.settings.archive_dir, self.settings.group_id())
+
     def on_released(self, partitions: list[TopicPartition], lost: bool) -> None:
         """Records of partitions lost without a commit are the next owner's to archive (a
         revoke's commit finished them first): they must not be finished here later, which would
         commit positions of partitions this decoy no longer owns."""
         gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._owned -= {tp.partition for tp in partitions}
         self._written = [msg for msg in self._written if (msg.topic(), msg.partition()) not in gone]
         super().on_released(partitions, lost)
 

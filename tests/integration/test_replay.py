@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
-from services.cli.replay import ReplaySettings, replay
+from services.cli.replay import Recorded, ReplaySettings, replay
 from services.client.client import Client, make_request
 from services.compare_report.summary import ModelSummary, Report
 from services.core.codec import codec
@@ -71,7 +71,7 @@ def test_replay_from_the_archive_gives_the_same_report_as_from_the_topic(
     assert row_of(from_topic.report, "challenger-replay").agreement == pytest.approx(expected, abs=1e-12)
     # A live model's name is refused before a request is read or scored (it was found in the log
     # only after the scoring, hours of a real model's work thrown away).
-    def never() -> Iterator[bytes | None]:
+    def never() -> Iterator[Recorded]:
         raise AssertionError("a request was read before --name was checked")
         yield b""
 

@@ -105,3 +105,19 @@ def test_a_request_stamped_past_the_year_9999_is_archived_without_losing_the_rec
     read = list(iter_archive(tmp_path))
     assert [r["offset"] for r in read] == [0, 1, 2, 3, 4, 5]
     assert read[3]["timestamp"] == read[3]["archived_at"] and read[0]["timestamp"] == 5
+
+
+def test_a_decoy_given_some_partitions_only_says_that_its_archive_covers_those_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two decoys with their own directories in one group split the requests between them, and a
+    replay of either covered half the traffic as if it were all of it, without a word (a review)."""
+    decoy = Decoy(DecoySettings(archive_dir=str(tmp_path)))
+    decoy._partitions = 4
+    with caplog.at_level("WARNING", logger="services.decoy.service"):
+        decoy.on_assigned([TopicPartition("rdv.requests", p, -1001) for p in range(4)])
+        assert caplog.records == []  # all of them: nothing to say
+        decoy.on_released([TopicPartition("rdv.requests", p) for p in (0, 1)], lost=False)
+        decoy.on_assigned([TopicPartition("rdv.requests", 3, -1001)])
+    (said,) = caplog.records
+    assert said.getMessage().startswith("decoy archives partition(s) 2, 3 of the 4 of rdv.requests into")

@@ -8,18 +8,35 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.cli.replay import _scored_requests
+from services.cli.replay import Recorded, _scored_requests
 from services.client.client import make_request
 from services.core.codec import codec
+from services.core.runtime import now_ms
 from services.model_worker.models import load_model
+
+
+def recorded(*values: bytes | None, at: int | None = None, partition: int = 0) -> list[Recorded]:
+    """Records of the requests topic, appended at `at` (now by default)."""
+    when = now_ms() if at is None else at
+    return [Recorded(value, when, partition) for value in values]
+
+
+def no_log(asked: list[tuple[int, int]] | None = None) -> object:
+    """A `_log_records` with nothing logged, noting the range it was asked for."""
+    def read(_settings: object, start_ms: int, end_ms: int, _progress: object = None) -> Iterator[dict[str, object]]:
+        if asked is not None:
+            asked.append((start_ms, end_ms))
+        yield from ()
+
+    return read
 
 
 def test_records_that_are_no_requests_are_counted_as_undecodable_not_replayed() -> None:
     requests = codec("request")
     good = make_request({"a": 1.0}, budget_ms=100, reply_topic=None, reply_partition=None)
-    values = [requests.encode(good), requests.encode({**good, "created_at": 0}), b"garbage", None]
-    replayed, bad = _scored_requests(load_model("demo:canary"), values, batch=10)
-    assert list(replayed) == [good["request_id"]] and bad == 3
+    values = recorded(requests.encode(good), requests.encode({**good, "created_at": 0}), b"garbage", None)
+    scored = _scored_requests(load_model("demo:canary"), values, batch=10)
+    assert list(scored.replayed) == [good["request_id"]] and scored.undecodable == 3
 
 
 def test_a_replay_counts_each_request_once_reads_the_log_from_before_it_and_says_what_the_log_lacks(
@@ -29,23 +46,19 @@ def test_a_replay_counts_each_request_once_reads_the_log_from_before_it_and_says
     created_at (the client's clock, up to a minute ahead of the rendezvous' that stamps the log),
     missing the first records; requests with no record were a confident row of TIMEOUTs."""
     from services.cli import replay as replay_module
-    from services.cli.replay import LOG_MARGIN_MS, ReplaySettings
+    from services.cli.replay import LOG_MARGIN_MS, LOG_TAIL_MS, ReplaySettings
 
     requests = codec("request")
     first = make_request({"mean_radius": 14.0}, budget_ms=100, reply_topic=None, reply_partition=None)
     other = make_request({"mean_radius": 12.0}, budget_ms=100, reply_topic=None, reply_partition=None)
-    asked: list[int] = []
-
-    def no_log(_settings: ReplaySettings, start_ms: int, _progress: object) -> Iterator[dict[str, object]]:
-        asked.append(start_ms)
-        return iter(())
-
-    monkeypatch.setattr(replay_module, "_log_records", no_log)
+    asked: list[tuple[int, int]] = []
+    monkeypatch.setattr(replay_module, "_log_records", no_log(asked))
     monkeypatch.setattr(replay_module, "check_log_readable", lambda _settings: None)
-    values = [requests.encode(first), requests.encode(first), requests.encode(other)]
+    values = [*recorded(requests.encode(first), requests.encode(first), at=5_000_000),
+              *recorded(requests.encode(other), at=5_000_100)]
     result = replay_module.replay(ReplaySettings(model="demo:champion"), values)
     assert result.requests == 2 and result.report.records == 2
-    assert asked == [min(first["created_at"], other["created_at"]) - LOG_MARGIN_MS]
+    assert asked == [(5_000_000 - LOG_MARGIN_MS, 5_000_100 + LOG_TAIL_MS)]
     assert any("2 of these requests have no comparison record" in note for note in result.report.notes)
     # Their answers are unknown: not counted as TIMEOUT in the answers line (it read 0% by the deadline).
     assert sum(result.report.statuses.values()) == 0 and math.isnan(result.report.answered_by_deadline)
@@ -75,7 +88,7 @@ def test_a_range_of_records_none_of_which_is_a_request_says_so(monkeypatch: pyte
 
     monkeypatch.setattr(replay_module, "check_log_readable", lambda _settings: None)
     with pytest.raises(ConfigError, match="none of the 3 records in that range is a request"):
-        replay_module.replay(ReplaySettings(model="demo:champion"), [b"x", b"y", None])
+        replay_module.replay(ReplaySettings(model="demo:champion"), recorded(b"x", b"y", None))
     with pytest.raises(ConfigError, match="no requests in that range"):
         replay_module.replay(ReplaySettings(model="demo:champion"), [])
 
@@ -119,10 +132,11 @@ def test_a_champion_named_for_a_replay_without_log_records_is_checked_not_droppe
     from services.cli import replay as replay_module
     from services.cli.replay import ReplaySettings
 
-    monkeypatch.setattr(replay_module, "_log_records", lambda *_args: iter(()))
+    monkeypatch.setattr(replay_module, "_log_records", no_log())
     monkeypatch.setattr(replay_module, "check_log_readable", lambda _settings: None)
-    values = [codec("request").encode(make_request({"mean_radius": 14.0}, budget_ms=100, reply_topic=None,
-                                                   reply_partition=None))]
+    monkeypatch.setattr(replay_module, "note_champion_not_live", lambda _settings: None)
+    values = recorded(codec("request").encode(make_request({"mean_radius": 14.0}, budget_ms=100, reply_topic=None,
+                                                           reply_partition=None)))
     named = replay_module.replay(ReplaySettings(model="demo:champion", champion="champion-replay"), values)
     assert named.report.champion == "champion-replay"
     # The live champion, past the log's retention: the report, with why it has no champion (it was
@@ -136,20 +150,141 @@ def test_a_request_stamped_long_before_the_range_does_not_have_the_whole_log_rea
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """created_at is the client's: one stamped 1 had the log read and decoded from its beginning (a
-    review). The log is read from the range's own start at the earliest (less the margin)."""
+    review); an offset range was read so even after that fix (another). The log is read from the
+    requests' append times, the broker's, less the margin."""
     from services.cli import replay as replay_module
-    from services.cli.replay import LOG_MARGIN_MS, ReplaySettings
-    from services.core.runtime import now_ms
+    from services.cli.replay import LOG_MARGIN_MS, LOG_TAIL_MS, ReplaySettings
 
     requests = codec("request")
     real = make_request({"mean_radius": 14.0}, budget_ms=100, reply_topic=None, reply_partition=None)
     forged = {**make_request({"mean_radius": 12.0}, budget_ms=100, reply_topic=None, reply_partition=None),
               "created_at": 1, "deadline": 101}
-    asked: list[int] = []
-    monkeypatch.setattr(replay_module, "_log_records", lambda _s, start_ms, _p: asked.append(start_ms) or iter(()))
+    asked: list[tuple[int, int]] = []
+    monkeypatch.setattr(replay_module, "_log_records", no_log(asked))
     monkeypatch.setattr(replay_module, "check_log_readable", lambda _settings: None)
-    before = now_ms()
-    replay_module.replay(ReplaySettings(model="demo:champion", since="10m"), [requests.encode(forged),
-                                                                             requests.encode(real)])
-    (start,) = asked
-    assert before - 600_000 - LOG_MARGIN_MS <= start <= now_ms() - 600_000 - LOG_MARGIN_MS
+    appended = now_ms()
+    replay_module.replay(ReplaySettings(model="demo:champion", from_="offset:100"),
+                         recorded(requests.encode(forged), requests.encode(real), at=appended))
+    assert asked == [(appended - LOG_MARGIN_MS, appended + LOG_TAIL_MS)]
+
+
+def test_the_log_is_read_no_further_once_every_replayed_request_found_its_record() -> None:
+    """The log was read and decoded to its end after the range (a week of it: about half an hour; a review)."""
+    from services.cli.replay import Replayed, _paired
+
+    def log() -> Iterator[dict[str, object]]:
+        for i in range(10):
+            yield {"request_id": f"r{i}", "outputs": []}
+        raise AssertionError("read past the last record needed")
+
+    replayed = {f"r{i}": Replayed(1, 201, (0.5, None, None, 1.0, 1.0)) for i in (2, 5)}
+    paired = list(_paired(log(), replayed, "m", "v1"))
+    assert [p["request_id"] for p in paired] == ["r2", "r5"] and replayed == {}
+
+
+def test_a_request_without_a_deadline_and_without_a_record_gets_the_schedule_budget(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """deadline=0 means the schedule's default budget; kept as sent, every such request past the
+    log's retention (an archive replay's usual case) counted as a miss for the replayed model."""
+    from services.cli import replay as replay_module
+    from services.cli.replay import ReplaySettings
+    from services.control.schedule import Schedule
+    from services.control.topic import ScheduleBook
+
+    requests = codec("request")
+    from services.model_worker.models import demo_rows
+
+    request = {**make_request(demo_rows(1, seed=3)[0], budget_ms=100, reply_topic=None, reply_partition=None),
+               "deadline": 0}
+    monkeypatch.setattr(replay_module, "_log_records", no_log())
+    monkeypatch.setattr(replay_module, "check_log_readable", lambda _settings: None)
+    monkeypatch.setattr(replay_module, "load_book", lambda *_args: ScheduleBook.holding(
+        Schedule(models=("champion",), default_deadline_ms=150)))
+    result = replay_module.replay(ReplaySettings(model="demo:champion"), recorded(requests.encode(request)))
+    (model,) = result.report.models
+    assert model.deadline_met == 1.0  # a model's compute time, well within 150 ms
+    monkeypatch.setattr(replay_module, "load_book", lambda *_args: ScheduleBook("default"))
+    unknown = replay_module.replay(ReplaySettings(model="demo:champion"), recorded(requests.encode(request)))
+    assert any("no schedule 'default' could be read" in note for note in unknown.report.notes)
+
+
+def test_a_champion_not_in_the_range_is_a_note_after_the_scoring_not_an_error_that_drops_it(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mistyped --champion was refused once every request was scored: hours of a real model's work."""
+    from services.cli import replay as replay_module
+    from services.cli.replay import ReplaySettings
+
+    request = make_request({"mean_radius": 14.0}, budget_ms=100, reply_topic=None, reply_partition=None)
+    logged = {"request_id": request["request_id"], "created_at": request["created_at"],
+              "deadline": request["deadline"], "answered_at": request["created_at"] + 5, "status": "OK",
+              "chosen_model": "champion", "reason": "", "schedule": "default", "schedule_version": 1,
+              "outputs": [{"model": "champion", "version": "v1", "score": 0.9, "label": "x", "error": None,
+                           "latency_ms": 5.0, "compute_ms": 1.0, "late": False}]}
+    monkeypatch.setattr(replay_module, "_log_records", lambda *_args: (record for record in [logged]))
+    monkeypatch.setattr(replay_module, "check_log_readable", lambda _settings: None)
+    monkeypatch.setattr(replay_module, "note_champion_not_live", lambda _settings: None)
+    result = replay_module.replay(ReplaySettings(model="demo:challenger", champion="champoin"),
+                                  recorded(codec("request").encode(request)))
+    assert result.report.champion == "champion"
+    assert any("--champion champoin: no such model in the range" in note for note in result.report.notes)
+
+
+def test_progress_without_a_terminal_is_a_plain_line_now_and_then() -> None:
+    """A replay in a job or with 2>file said nothing for hours: rich draws its status line on a terminal only."""
+    import io
+
+    from rich.console import Console
+
+    from services.cli.replay import PROGRESS_EVERY_S, _now_and_then
+
+    out, now = io.StringIO(), [0.0]
+    say = _now_and_then(Console(file=out, width=200), clock=lambda: now[0])
+    for step in range(25):
+        now[0] = step * 1.0
+        say(f"{step} requests scored")
+    assert out.getvalue().splitlines() == [f"replaying: {n} requests scored"
+                                           for n in range(int(PROGRESS_EVERY_S), 25, int(PROGRESS_EVERY_S))]
+
+
+def test_an_archive_replay_reads_this_deployments_topic_only_and_says_what_it_left_out(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decoy on another prefix's topic may archive into the same directory: its requests were
+    replayed as this deployment's and counted as having no comparison record (a review)."""
+    from services.cli import replay as replay_module
+    from services.cli.replay import ReplaySettings, Scored, Skipped, _requests_from_archive, _skipped_notes
+    from services.core.ranges import parse_bounds
+    from services.decoy import archive
+
+    def archived(_directory: object, **_bounds: object) -> Iterator[dict[str, object]]:
+        for i, topic in enumerate(["rdv.requests", "demo.requests", "rdv.requests", "demo.requests"]):
+            yield {"topic": topic, "partition": i % 2, "offset": i, "timestamp": 1_000 + i, "value": b"v%d" % i}
+
+    monkeypatch.setattr(archive, "iter_archive", archived)
+    monkeypatch.setattr(replay_module, "partition_counts", lambda *_args: {"rdv.requests": 4})
+    settings = ReplaySettings(model="demo:champion", source="archive", archive_dir="/nowhere")
+    skipped = Skipped()
+    read = list(_requests_from_archive(settings, parse_bounds("", "", "", 0), skipped))
+    assert [(r.value, r.log_time, r.partition) for r in read] == [(b"v0", 1_000, 0), (b"v2", 1_002, 0)]
+    scored = Scored()
+    for record in read:
+        scored.took(record)
+    notes = _skipped_notes(settings, skipped, scored)
+    assert notes[0].startswith("2 archived records of other topics left out: demo.requests (2)")
+    assert "partition(s) 0 only, of the 4 of rdv.requests" in notes[1]
+
+
+def test_a_champion_that_is_no_live_model_is_warned_of_before_the_scoring(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from services.cli.replay import ReplaySettings, note_champion_not_live
+    from services.core import model_info
+
+    monkeypatch.setattr(model_info, "read_model_infos", lambda *_args, **_kwargs: {"champion": None, "canary": None})
+    with caplog.at_level("WARNING", logger="services.cli.replay"):
+        note_champion_not_live(ReplaySettings(model="demo:challenger", champion="champoin"))
+        note_champion_not_live(ReplaySettings(model="demo:challenger", champion="champion"))
+    (said,) = caplog.records
+    assert said.getMessage().startswith("--champion champoin is no live model (live: canary, champion)")
