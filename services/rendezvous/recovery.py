@@ -208,7 +208,8 @@ def scan_finished(
                 answers[partition], logs[partition] = END, END
                 continue
             reread_ends[partition] = requests_end
-            at = _timestamp_at(probe, topics.requests, partition, offset) if mark is None or remember_ms > 0 else None
+            wanted = mark is None or remember_ms > 0
+            at = _timestamp_at(probe, topics.requests, partition, offset, requests_end) if wanted else None
             if at is not None:
                 reread_from[partition] = at
             answers[partition], logs[partition] = _starts(mark, reread_from.get(partition), margin_ms)
@@ -382,14 +383,21 @@ def _starts(mark: Mark | None, reread_from: int | None, margin_ms: int) -> tuple
     return start, start
 
 
-def _timestamp_at(probe: _NativeConsumer, topic: str, partition: int, offset: int) -> int | None:
-    probe.assign([TopicPartition(topic, partition, offset)])
+def _timestamp_at(probe: _NativeConsumer, topic: str, partition: int, offset: int, end: int) -> int | None:
+    """The timestamp of the first record at or after `offset`; None if there is none before `end`
+    (only transaction markers there: an upstream producer's transactions) or it is not read in 15 s."""
+    tp = TopicPartition(topic, partition, offset)
+    probe.assign([tp])
     deadline = time.monotonic() + 15
     try:
         while time.monotonic() < deadline:
             msg = probe.poll(0.5)
             if msg is not None and msg.error() is None:
                 return int(msg.timestamp()[1])
+            # Markers are read past without a record: waiting out the 15 s at a marker ending the
+            # partition delayed every takeover of such a partition by as much.
+            if msg is None and probe.position([tp])[0].offset >= end:
+                return None
         return None
     finally:
         probe.unassign()

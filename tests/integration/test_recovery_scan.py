@@ -119,6 +119,45 @@ def test_a_takeover_long_after_the_crash_remembers_the_answers_before_the_re_rea
     assert sorted(found.finished.remembered) == ["old"]
 
 
+def test_the_time_of_a_committed_offset_at_a_closing_transaction_marker_is_none_without_waiting_it_out(
+    topics: Topics, config: dict[str, Any]
+) -> None:
+    """An upstream producer's transactions end the requests partition with a marker: the offset a
+    rendezvous commits after the last request is the marker's, below the partition's end. Reading
+    the time there polled for 15 s without a record, and every takeover of such a partition waited
+    as long (a check of the scan's change to read that time at every takeover)."""
+    from confluent_kafka import TopicPartition
+
+    from services.core.kafka import reader
+
+    producer = Producer({**config, "transactional.id": f"upstream-{topics.requests}"})
+    producer.init_transactions()
+    producer.begin_transaction()
+    request = make_request({"f": 1.0}, budget_ms=200, reply_topic=None, reply_partition=None, request_id="x")
+    producer.produce(topics.requests, codec("request").encode(request), partition=0)
+    producer.commit_transaction()
+    probe = reader(config, "recovery")
+    polls = []
+
+    class Counted:  # the real consumer, its polls counted
+        def __getattr__(self, name: str) -> Any:
+            return getattr(probe, name)
+
+        def poll(self, timeout: float) -> Any:
+            polls.append(timeout)
+            return probe.poll(timeout)
+
+    try:
+        _low, end = probe.get_watermark_offsets(TopicPartition(topics.requests, 0), timeout=10)
+        assert end == 2  # the request at 0, the marker at 1
+        assert recovery._timestamp_at(Counted(), topics.requests, 0, 1, end) is None  # type: ignore[arg-type]
+        assert len(polls) < 10, f"{len(polls)} polls: the 15 s were waited out"
+        at = recovery._timestamp_at(Counted(), topics.requests, 0, 0, end)  # type: ignore[arg-type]
+        assert at is not None and at > 0
+    finally:
+        probe.close()
+
+
 def test_an_output_in_the_window_that_cannot_be_read_still_counts_its_request_as_done(
     topics: Topics, config: dict[str, Any]
 ) -> None:
