@@ -54,6 +54,7 @@ from services.core.kafka import (
     groupless,
     partition_counts,
 )
+from services.core.rate_limit import OncePerPeriod
 from services.core.requests import id_too_long, request_problem
 from services.core.runtime import now_ms
 from services.core.settings import Topics
@@ -279,6 +280,7 @@ READER_JOIN_S = 5.0  # how long close() waits for the reader's loop to see the s
 # Requests given up on before their answer came, remembered until it comes (their ids are not
 # reused with other inputs meanwhile): a bound on memory, the oldest forgotten first.
 MAX_GIVEN_UP = 10_000
+UNREADABLE_SAID_EVERY_S = 60.0  # a line for a record on the reply partitions that is no answer, at most
 
 
 # A request's delivery timeout, unless the config names one (a gateway's does): a minute, or its
@@ -385,6 +387,7 @@ class Client:
         self._reader_done = False
         # Records on the reply partitions that are no readable Answer (counted on the reading thread).
         self.undecodable_answers = 0
+        self._unreadable_said = OncePerPeriod[str](UNREADABLE_SAID_EVERY_S)
         self._reader = threading.Thread(target=self._read_answers, name="rdv-client-answers", daemon=True)
         self._reader.start()
 
@@ -448,7 +451,26 @@ class Client:
         metadata: Mapping[str, str] | None = None,
         created_at: int | None = None,
     ) -> Future[Answer]:
-        """Send one request; the Future resolves to its Answer."""
+        """Send one request; the Future resolves to its Answer. With librdkafka's local queue full
+        (the broker away), it waits for room up to answer_wait_s (unless made with wait_when_full=False),
+        then raises KafkaOperationError."""
+        return self._submit(features, time.monotonic() + self.answer_wait_s, budget_ms=budget_ms,
+                            request_id=request_id, payload=payload, metadata=metadata, created_at=created_at)
+
+    def _submit(
+        self,
+        features: Mapping[str, float],
+        give_up_at: float,
+        *,
+        budget_ms: int | None = None,
+        request_id: str | None = None,
+        payload: tuple[str, bytes] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        created_at: int | None = None,
+        wait_when_full: bool | None = None,
+    ) -> Future[Answer]:
+        """`submit`, waiting for room in librdkafka's queue until `give_up_at` (time.monotonic): a
+        call waited without end there (the broker away: 57 s for a 1 s wait; a review)."""
         if self.stopped is not None:
             raise (ClosedClient if self._stop.is_set() else BrokerError)(f"this client {self.stopped}")
         partition = self._pick_partition()
@@ -477,9 +499,9 @@ class Client:
                 self._check_reuse(rid, future)
             self._pending.setdefault(rid, []).append((future, partition, _sent_as(value)))
         try:
-            self._producer.produce(self.topics.requests, value, key=rid.encode(),
-                                   wait_when_full=self._wait_when_full)
-        except BaseException:
+            self._producer.produce(self.topics.requests, value, key=rid.encode(), give_up_at=give_up_at,
+                                   wait_when_full=self._wait_when_full if wait_when_full is None else wait_when_full)
+        except BaseException:  # KafkaOperationError too: the local queue still full at give_up_at
             with self._lock:
                 self._dropped(rid, future)  # not sent: no answer to remember it for
             raise
@@ -551,7 +573,7 @@ class Client:
         futures: list[Future[Answer]] = []
         try:
             for row in rows:
-                futures.append(self.submit(row, **kwargs))
+                futures.append(self._submit(row, deadline, **kwargs))
             # No flush: it waits for every thread's records, and a call whose answer had come
             # failed for another's unacknowledged one. A refused request fails its own waiter.
             return [self._wait(f, deadline) for f in futures]
@@ -561,8 +583,9 @@ class Client:
             raise
 
     async def ascore(self, features: Mapping[str, float], **kwargs: Any) -> Answer:
-        """asyncio form of `score`."""
-        future = self.submit(features, **kwargs)
+        """asyncio form of `score`. A request meeting librdkafka's local queue full fails at once
+        (KafkaOperationError): waiting for room here would stop the event loop (9 s of a 1 s wait; a review)."""
+        future = self._submit(features, time.monotonic(), wait_when_full=False, **kwargs)
         self._producer.poll(0)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.answer_wait_s)
@@ -644,12 +667,14 @@ class Client:
         if future is not None and not future.done():
             settle(future, Answer.from_record(record, received_at, replied_at))
 
-    def _take_waiter(self, rid: str, partition: int | None) -> Future[Answer] | None:
-        """The waiter an answer to `rid` read on `partition` is for, taken out of the table."""
+    def _take_waiter(self, rid: str, partition: int | None, answered: bool = True) -> Future[Answer] | None:
+        """The waiter an answer to `rid` read on `partition` is for, taken out of the table (with
+        none, an answer that came counts for a request given up on: `answered`)."""
         with self._lock:
             waiters = self._pending.get(rid)
             if not waiters:
-                self._answer_came(rid)
+                if answered:
+                    self._answer_came(rid)
                 return None
             # A repeated request id is answered once per request, with the same answer: to the
             # waiter whose return address it came to (another's partition may move meanwhile).
@@ -676,8 +701,14 @@ class Client:
         self.undecodable_answers += 1
         where = f"{self.topics.replies}[{partition}]"
         rid = _request_id_of(key)
-        future = self._take_waiter(rid, partition) if rid else None
-        log.warning("undecodable answer on %s%s: %s", where, f" for request {rid!r:.80}" if future else "", err)
+        # Not an answer to its id: counted as one, a junk record keyed by an id given up on freed
+        # that id, and its real late answer then went to another request under it (a review).
+        future = self._take_waiter(rid, partition, answered=False) if rid else None
+        # Anyone may write the replies topic: a line per record made 10,000 lines of 10,000 (a review).
+        held = self._unreadable_said.passes("unreadable")
+        if held is not None or future is not None:
+            log.warning("undecodable answer on %s%s: %s%s", where, f" for request {rid!r:.80}" if future else "", err,
+                        held.repeated() if held is not None else "")
         if future is not None:
             fail(future, UnreadableAnswer(f"the answer to request {rid!r:.80} on {where} could not be read: {err}"))
 

@@ -447,11 +447,13 @@ class Producer:
         on_done: Callable[[], None] | None = None,
         checked: bool = False,
         wait_when_full: bool = True,
+        give_up_at: float | None = None,
     ) -> None:
         """`on_done` is called once the broker acknowledged or refused the record (from `poll`;
         only for a producer made with `delivered`). Failures of earlier records are raised by
         `flush` (and a transaction's commit), where they are handled, never by a later produce:
-        that one would fail a caller, or a batch, they do not belong to."""
+        that one would fail a caller, or a batch, they do not belong to. With librdkafka's local
+        queue full it waits for room (`wait_when_full`), until `give_up_at` (time.monotonic) if given."""
         if on_done is not None and not self._delivered:
             raise ValueError("on_done needs a producer made with delivered=True")
         if not checked and topic in self._limits:  # `checked`: the caller just ran check_size
@@ -469,7 +471,7 @@ class Producer:
                 self._producer.produce(topic, value, key, **kwargs)
                 return
             except BufferError:
-                if not wait_when_full:
+                if not wait_when_full or (give_up_at is not None and time.monotonic() >= give_up_at):
                     raise KafkaOperationError(f"produce to {topic} refused: the client's local queue is full "
                                               "(the broker is not taking records as fast as they come)") from None
                 # Local queue full: serve delivery reports until there is room again.

@@ -14,6 +14,7 @@ import pytest
 
 from services.client.client import Answer, AnswerTimeout, Client, ReplyPartitionLost
 from services.core.codec import codec
+from services.core.rate_limit import OncePerPeriod
 from services.core.settings import Topics
 
 
@@ -28,6 +29,8 @@ def bare_client(owned: tuple[int, ...]) -> Client:
     client.stopped = None
     client.budget_ms = 200
     client.undecodable_answers = 0
+    client._unreadable_said = OncePerPeriod[str](60.0)
+    client.answer_wait_s = 10.0
     client._given_up = OrderedDict()
     client._closed_from_reader, client._reader_done = False, True  # no reader thread
     return client
@@ -619,3 +622,87 @@ def test_a_client_that_fails_to_start_closes_the_kafka_clients_it_made(monkeypat
     with pytest.raises(BrokerError, match="cannot read the end"):
         Client({"bootstrap.servers": "localhost:9092"}, Topics.from_prefix("rdv."))
     assert sorted(closed) == ["Consumer", "Producer"]
+
+
+def queue_full_client(answer_wait_s: float) -> Client:
+    """A sending client whose broker is not there and whose local queue holds one request, taken."""
+    from services.core.kafka import Producer
+    from services.localkafka.config import free_port
+
+    client = sending_client(answer_wait_s)
+    client._producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0,
+                                 "queue.buffering.max.messages": 1})
+    client.submit({"f": 0.0})  # the one place in the queue
+    return client
+
+
+def test_a_call_meeting_the_local_queue_full_gives_up_when_its_wait_is_out_and_leaves_no_waiter() -> None:
+    """With the broker away, a submit waited for room in librdkafka's queue without end: a call
+    with a 1 s wait took 57 s (a review)."""
+    from services.core.errors import KafkaOperationError
+
+    client = queue_full_client(0.2)
+    try:
+        with pytest.raises(KafkaOperationError, match="local queue is full"):
+            client.score({"f": 1.0})
+        assert len(client._pending) == 1  # the queued one's only
+    finally:
+        client._producer.native.purge()
+        client._producer.close(timeout=0)
+
+
+def test_ascore_meeting_the_local_queue_full_fails_at_once_instead_of_stopping_the_event_loop() -> None:
+    """ascore waited for room on the event loop: 10 ticks of a loop in 9.4 s, not 94 (a review)."""
+    import asyncio
+
+    from services.core.errors import KafkaOperationError
+
+    client = queue_full_client(30)  # a long wait: only a refusal at once ends the call before it
+
+    async def call() -> None:
+        with pytest.raises(KafkaOperationError, match="local queue is full"):
+            await client.ascore({"f": 1.0})
+
+    try:
+        asyncio.run(call())
+        assert len(client._pending) == 1
+    finally:
+        client._producer.native.purge()
+        client._producer.close(timeout=0)
+
+
+def test_a_junk_record_keyed_by_an_id_given_up_on_does_not_free_that_id() -> None:
+    """Counted as its answer, one junk record freed the id: a request with other inputs was then
+    sent under it, and the real late answer of the first went to it (a review)."""
+    from confluent_kafka import Message
+
+    from services.client.client import InvalidRequest
+
+    client = bare_client((0,))
+    client._producer, client._turn, client._wait_when_full = _Unsent(), itertools.count(), True  # type: ignore[assignment]
+    client.abandon("x", client.submit({"f": 1.0}, request_id="x"))
+    read_once(client, [Message(topic="rdv.replies", partition=0, key=b"x", value=b"junk", timestamp=(1, 5))])
+    client._stop.clear()  # read_once ends the reading loop so
+    with pytest.raises(InvalidRequest, match="was given up on before its answer came"):
+        client.submit({"f": 2.0}, request_id="x")
+
+
+def test_unreadable_records_on_the_reply_partition_are_logged_once_a_period_with_the_count(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone may write the replies topic: 10,000 junk records made 10,000 warning lines (a review)."""
+    from confluent_kafka import Message
+
+    client = bare_client((0,))
+    client._producer = _Unsent()  # type: ignore[assignment]
+    now = [0.0]
+    client._unreadable_said = OncePerPeriod[str](60.0, clock=lambda: now[0])
+    junk = [Message(topic="rdv.replies", partition=0, key=None, value=b"junk", timestamp=(1, 5))] * 500
+    with caplog.at_level("WARNING", logger="services.client.client"):
+        read_once(client, junk)
+        now[0] = 61.0
+        client._stop.clear()
+        read_once(client, junk[:1])
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and lines[1].endswith("(repeated 499 times in the last 61 s)")
+    assert client.undecodable_answers == 501
