@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
 import itertools
 import logging
 import math
@@ -318,9 +319,12 @@ class Client:
         answer_wait_s: float = 10.0,
         reply_group: str | None = None,
         wait_when_full: bool = True,
+        expire_waiters: bool = True,
     ):
         """`wait_when_full=False`: a submit meeting librdkafka's local queue full raises (a server on
-        an event loop must not wait for room: everything else it serves would wait too)."""
+        an event loop must not wait for room: everything else it serves would wait too).
+        `expire_waiters=False`: a request with no answer is not given up on once its budget and
+        answer_wait_s are out (a caller that gives up on every wait itself, with waits of its own)."""
         if reply_group is not None and reply_partition is not None:
             raise ConfigError("a client either reads one reply partition or joins a reply group, not both")
         self.topics = topics
@@ -349,6 +353,11 @@ class Client:
         # request_id -> the inputs' digest of requests given up on, and how many of them: each is
         # answered (a retry of the same id too), and the id may be reused once every answer came.
         self._given_up: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
+        # (when it is given up on, time.monotonic; a tie-break; the waiter): a future of `submit`
+        # nobody waits on with a timeout fails then, instead of waiting, and being kept, for good.
+        self._expiries: list[tuple[float, int, Waiting]] = []
+        self._expiry_order = itertools.count()
+        self._expire_waiters = expire_waiters
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._turn = itertools.count()
@@ -498,6 +507,9 @@ class Client:
             if rid in self._pending or rid in self._given_up:  # rare: a dict lookup on the common path
                 self._check_reuse(rid, future)
             self._pending.setdefault(rid, []).append((future, partition, _sent_as(value)))
+            if self._expire_waiters:
+                expires_at = time.monotonic() + (record["deadline"] - record["created_at"]) / 1000 + self.answer_wait_s
+                heapq.heappush(self._expiries, (expires_at, next(self._expiry_order), future))
         try:
             self._producer.produce(self.topics.requests, value, key=rid.encode(), give_up_at=give_up_at,
                                    wait_when_full=self._wait_when_full if wait_when_full is None else wait_when_full)
@@ -650,6 +662,7 @@ class Client:
                 received = now_ms()
                 for msg in messages:
                     self._resolve(msg.value(), received, msg.partition(), msg.timestamp()[1], msg.key())
+            self._expire(time.monotonic())
             # The producer's reports too (a refused request fails its caller): callers that only
             # wait would otherwise never serve them.
             self._producer.poll(0)
@@ -666,6 +679,20 @@ class Client:
         future = self._take_waiter(record["request_id"], partition)
         if future is not None and not future.done():
             settle(future, Answer.from_record(record, received_at, replied_at))
+
+    def _expire(self, now: float) -> None:
+        """Give up on the requests whose budget and answer wait are out with no answer: a future of
+        `submit` waited on without a timeout (or not at all) was kept, and waited, for good (2,000
+        timed-out `result(timeout=...)` calls left 2,000 entries; a review)."""
+        expired = []
+        with self._lock:
+            while self._expiries and (self._expiries[0][0] <= now or self._expiries[0][2].done()):
+                future = heapq.heappop(self._expiries)[2]
+                if not future.done():
+                    expired.append(future)
+        for future in expired:
+            self.abandon(future.request_id, future)
+            fail(future, self._no_answer())
 
     def _take_waiter(self, rid: str, partition: int | None, answered: bool = True) -> Future[Answer] | None:
         """The waiter an answer to `rid` read on `partition` is for, taken out of the table (with

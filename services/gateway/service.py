@@ -113,8 +113,10 @@ class GatewayService:
             # A request older than any call may wait is useless: librdkafka gives it up then, not after
             # its 5-minute default (such requests filled its queue while the broker took none).
             client_config = {**config, **delivery_timeout(config, s.max_budget_ms + s.answer_grace_ms)}
+            # Every call gives up on its requests' waiters itself, after waits of its own (the
+            # answer or comparison grace): the client's expiry is not for them.
             client = await asyncio.to_thread(Client, client_config, topics, reply_group=s.reply_group_id(),
-                                             wait_when_full=False)
+                                             wait_when_full=False, expire_waiters=False)
             closing.callback(client.close)
             schedules = await asyncio.to_thread(ScheduleFollower, config, topics.control, s.schedule)
             closing.callback(schedules.close)

@@ -31,6 +31,7 @@ def bare_client(owned: tuple[int, ...]) -> Client:
     client.undecodable_answers = 0
     client._unreadable_said = OncePerPeriod[str](60.0)
     client.answer_wait_s = 10.0
+    client._expiries, client._expiry_order, client._expire_waiters = [], itertools.count(), True
     client._given_up = OrderedDict()
     client._closed_from_reader, client._reader_done = False, True  # no reader thread
     return client
@@ -307,6 +308,9 @@ class _Unsent:
     def poll(self, _timeout: float = 0) -> None:
         return None
 
+    def pending(self) -> int:
+        return 0
+
 
 def read_once(client: Client, messages: list[Any]) -> None:
     """The client's real reading loop over one batch of reply records (a stand-in consumer)."""
@@ -485,14 +489,14 @@ def test_score_returns_its_answer_whatever_other_threads_records_wait_for() -> N
     client.answer_wait_s = 30.0
     client._pick_partition = lambda: 0  # type: ignore[method-assign]
     sent = threading.Event()
-    original = client.submit
+    original = client._submit
 
     def submit(*args: Any, **kwargs: Any) -> Future[Answer]:
         future = original(*args, **kwargs)
         sent.set()
         return future
 
-    client.submit = submit  # type: ignore[method-assign]
+    client._submit = submit  # type: ignore[method-assign]
 
     def answer_it() -> None:
         sent.wait(30)
@@ -706,3 +710,23 @@ def test_unreadable_records_on_the_reply_partition_are_logged_once_a_period_with
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2 and lines[1].endswith("(repeated 499 times in the last 61 s)")
     assert client.undecodable_answers == 501
+
+
+def test_a_submitted_request_with_no_answer_fails_once_its_budget_and_answer_wait_are_out() -> None:
+    """A future of submit waited on with result(timeout=...) (or not at all) was kept, and waited,
+    for good: 2,000 such calls left 2,000 entries (a review)."""
+    import time
+
+    client = bare_client((0,))
+    client._producer, client._turn, client._wait_when_full = _Unsent(), itertools.count(), True  # type: ignore[assignment]
+    client.answer_wait_s = 1.0
+    waiting = client.submit({"f": 1.0}, request_id="x", budget_ms=200)
+    answered = client.submit({"f": 1.0}, request_id="y", budget_ms=200)
+    client._resolve(answer("y"), 10, partition=0)
+    client._expire(time.monotonic() + 1.1)  # within 0.2 s + 1 s
+    assert not waiting.done() and "x" in client._pending
+    client._expire(time.monotonic() + 1.3)
+    with pytest.raises(AnswerTimeout, match="no answer within 1s"):
+        waiting.result(0)
+    assert client._pending == {} and client._expiries == [] and list(client._given_up) == ["x"]
+    assert answered.result(0).status == "OK"
