@@ -137,10 +137,52 @@ def parse(items: Iterable[str]) -> dict[str, str]:
         if key in config:  # the last one won silently: a password given twice, say (a probe)
             errors.append(f"{_item(position, key)}: its key is given twice: one value each")  # a key may be a secret
             continue
+        same = next((given for given in config if _one_setting(given) == _one_setting(key)), None)
+        if same is not None:  # librdkafka takes the last of two aliases: sasl.mechanisms=PLAIN won silently
+            errors.append(f"{_item(position, key)}: it names the setting {_item_key(same)} names (librdkafka's alias): "
+                          "give it once")
+            continue
         config[key] = value
+    if not errors:
+        errors = _unused_security(config)
     if errors:
         raise ConfigError("; ".join(errors) + " (values not shown)")
     return config
+
+
+# librdkafka's aliases: two names of one setting (CONFIGURATION.md), the later one winning.
+_ALIASES = {
+    "sasl.mechanisms": "sasl.mechanism", "request.required.acks": "acks", "compression.codec": "compression.type",
+    "queue.buffering.max.ms": "linger.ms", "message.send.max.retries": "retries",
+    "max.in.flight": "max.in.flight.requests.per.connection", "metadata.broker.list": "bootstrap.servers",
+}
+
+
+def _one_setting(key: str) -> str:
+    return _ALIASES.get(key, key)
+
+
+def _item_key(key: str) -> str:
+    return key if safe_key(key) else "another item"
+
+
+def _unused_security(config: Mapping[str, str]) -> list[str]:
+    """SASL or TLS settings the security protocol makes librdkafka ignore: given credentials or a CA,
+    a command ran in plaintext, or as no user, without a word (a review)."""
+    protocol = config.get("security.protocol", "plaintext").strip().lower()
+    found = []
+    sasl = sorted(k for k in config if k.startswith("sasl."))
+    if sasl and not protocol.startswith("sasl_"):
+        found.append(f"{', '.join(map(_item_key, sasl))} given with security.protocol={protocol}, which uses no "
+                     "SASL: set security.protocol=SASL_SSL (or SASL_PLAINTEXT)")
+    tls = sorted(k for k in config if k.startswith("ssl."))
+    if tls and protocol not in ("ssl", "sasl_ssl"):
+        found.append(f"{', '.join(map(_item_key, tls))} given with security.protocol={protocol}, which uses no "
+                     "TLS: set security.protocol=SSL (or SASL_SSL)")
+    if "ssl.certificate.location" in config and not {"ssl.key.location", "ssl.key.pem"} & set(config):
+        found.append("ssl.certificate.location given without ssl.key.location: a client certificate needs its key")
+    return found
+
 
 
 # What is given elsewhere, or set by each service for its own clients, and so refused here: the

@@ -63,16 +63,32 @@ def test_a_blank_list_of_api_key_hashes_is_refused_not_read_as_no_keys() -> None
     assert not ApiKeys.load("", ()).enabled  # not given at all: no authentication, as documented
 
 
+@pytest.mark.parametrize(("variable", "flag"), [
+    ("RDV_TLS_CERT", "--tls-cert"), ("RDV_TLS_KEY", "--tls-key"), ("RDV_API_KEYS_FILE", "--api-keys-file"),
+])
+def test_a_blank_tls_or_key_file_for_the_gateway_is_refused_not_read_as_none(
+    monkeypatch: pytest.MonkeyPatch, variable: str, flag: str
+) -> None:
+    """RDV_TLS_CERT=$CERT with $CERT unset served plain HTTP and gRPC, and a blank key file let
+    every caller in, without a word (a review)."""
+    from services.gateway.settings import GatewaySettings
+
+    monkeypatch.setenv(variable, " ")
+    with pytest.raises(ConfigError, match=rf"{variable} \(the environment's {flag}\) is empty: name the"):
+        from_namespace(GatewaySettings)
+
+
 def test_a_sasl_user_name_is_not_masked_in_every_line_but_its_password_is() -> None:
     """Masked as a secret, a plain-word user name garbled the very errors that name a missing grant:
     'not authorized to join group rdv.***' for the user 'rendezvous' (a review)."""
     from services.core.kafka_config import masked, parse
     from services.core.redaction import mask
 
-    config = parse(["sasl.username=rendezvous", "sasl.password=Pa55wordOfOurs"])
+    config = parse(["sasl.username=rendezvous", "sasl.password=Pa55wordOfOurs", "security.protocol=SASL_SSL"])
     line = mask("not authorized to join group rdv.rendezvous as rendezvous with Pa55wordOfOurs")
     assert line == "not authorized to join group rdv.rendezvous as rendezvous with ***"
-    assert masked(config) == {"sasl.username": "***", "sasl.password": "***"}  # the start-up line shows neither
+    # The start-up line shows neither.
+    assert masked(config) == {"sasl.username": "***", "sasl.password": "***", "security.protocol": "SASL_SSL"}
 
 
 def test_a_kafka_config_item_with_a_semicolon_names_no_secret_when_the_demo_cannot_hand_it_on() -> None:
@@ -95,3 +111,37 @@ def test_the_rescue_process_masks_the_kafka_secrets_it_is_handed() -> None:
 
     remember_secrets({"bootstrap.servers": "b:9092", "sasl.password": "RescuePassw0rd", "sasl.username": "worker"})
     assert mask("auth as worker with RescuePassw0rd failed") == "auth as worker with *** failed"
+
+
+@pytest.mark.parametrize(("items", "said"), [
+    (["sasl.username=u", "sasl.password=Secret1"], "sasl.password, sasl.username given with "
+     "security.protocol=plaintext, which uses no SASL"),
+    (["ssl.ca.location=/ca.pem"], "ssl.ca.location given with security.protocol=plaintext, which uses no TLS"),
+    (["security.protocol=SSL", "sasl.password=Secret1"], "security.protocol=ssl, which uses no SASL"),
+    (["security.protocol=SASL_PLAINTEXT", "sasl.mechanism=PLAIN", "ssl.ca.location=/ca.pem"],
+     "ssl.ca.location given with security.protocol=sasl_plaintext, which uses no TLS"),
+    (["security.protocol=SSL", "ssl.certificate.location=/c.pem"], "a client certificate needs its key"),
+    (["security.protocol=SASL_SSL", "sasl.mechanism=SCRAM-SHA-512", "sasl.mechanisms=PLAIN"],
+     r"item 3 \(sasl.mechanisms\): it names the setting sasl.mechanism names"),
+])
+def test_kafka_security_settings_that_librdkafka_would_ignore_or_override_are_refused(
+    items: list[str], said: str
+) -> None:
+    """Credentials or a CA given without the protocol that uses them ran a command in plaintext,
+    or as no user, without a word; of two aliases (sasl.mechanisms after sasl.mechanism) the last
+    won, a password then sent in clear by PLAIN (a review)."""
+    from services.core.kafka_config import parse
+
+    with pytest.raises(ConfigError, match=said) as refused:
+        parse(items)
+    assert "Secret1" not in str(refused.value)
+
+
+def test_consistent_kafka_security_settings_are_taken() -> None:
+    from services.core.kafka_config import parse
+
+    for items in (["security.protocol=SASL_SSL", "sasl.mechanism=SCRAM-SHA-512", "sasl.username=u",
+                   "sasl.password=p", "ssl.ca.location=/ca.pem"],
+                  ["security.protocol=ssl", "ssl.certificate.location=/c.pem", "ssl.key.location=/k.pem"],
+                  ["acks=all", "linger.ms=5"]):
+        assert len(parse(items)) == len(items)
