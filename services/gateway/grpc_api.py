@@ -24,6 +24,7 @@ from services.gateway import metrics as m
 from services.gateway import oip
 from services.gateway.engine import LARGE_BODY, Gateway, off_the_loop
 from services.gateway.errors import BodyTooSlow, InvalidInput, status_of
+from services.gateway.grpc_guard import authorization
 from services.gateway.http_guard import BODY_TIMEOUT_S as MESSAGE_TIMEOUT_S
 from services.gateway.oip import InferCall, InferResult, Tensor
 from services.gateway.proto import stubs
@@ -45,10 +46,7 @@ CONTENTS = {
 
 
 def _authorization(context: grpc.aio.ServicerContext) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            return str(value)
-    return None
+    return authorization(context.invocation_metadata())
 
 
 class InferenceService:

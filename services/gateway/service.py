@@ -141,8 +141,10 @@ class GatewayService:
         watch = asyncio.create_task(self._watch_broker(gateway, config))
         feed_task = asyncio.create_task(self._feed.run(lambda: self._stopping)) if http else None
         self.ready.set()
-        log.info("gateway %s: REST %s, gRPC %s", s.instance_name(), f"{s.http_addr}:{s.http_port}" if http else "off",
-                 f"{s.grpc_addr}:{s.grpc_port}" if grpc_server else "off")
+        rest = f"{s.http_addr}:{s.http_port}" if http else "off"
+        grpc = f"{s.grpc_addr}:{s.grpc_port}" if grpc_server else "off"
+        log.info("gateway %s: REST %s, gRPC %s, %s", s.instance_name(), rest, grpc,
+                 "over TLS" if s.tls_cert else "without TLS (plain HTTP and gRPC)")
         try:
             while not stop.is_set():
                 if http_task is not None and http_task.done():
@@ -177,7 +179,7 @@ class GatewayService:
         from services.gateway.grpc_guard import CountingInterceptor
 
         s = self.settings
-        server = grpc.aio.server(interceptors=[CountingInterceptor()],
+        server = grpc.aio.server(interceptors=[CountingInterceptor(gateway.keys)],
                                  options=[("grpc.max_receive_message_length", s.max_body_bytes),
                                           ("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=s.max_connections)
         add_to(server, InferenceService(gateway, server_version()))

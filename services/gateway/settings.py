@@ -29,12 +29,17 @@ class GatewaySettings(KafkaSettings):
     metrics_port: int = setting(
         0, "Extra plain-HTTP port for /metrics, /healthz and /readyz (0 = only on the REST port).", maximum=MAX_PORT,
     )
-    tls_cert: str = setting("", "PEM certificate file: serve REST and gRPC over TLS (with --tls-key).")
-    tls_key: str = setting("", "PEM private key file of --tls-cert.")
+    # Given blank (RDV_TLS_CERT=$CERT with $CERT unset), each was read as not given: the gateway
+    # served plain HTTP and gRPC, or let every caller in, without a word (a review).
+    tls_cert: str = setting("", "PEM certificate file: serve REST and gRPC over TLS (with --tls-key).",
+                            if_empty="name the certificate file (leave it out to serve without TLS)")
+    tls_key: str = setting("", "PEM private key file of --tls-cert.",
+                           if_empty="name the key file (leave it out to serve without TLS)")
     api_keys_file: str = setting(
         "",
         "File of accepted API keys, one `name:sha256-hex-of-the-key` (or just the hex) a line; callers "
-        "send `Authorization: Bearer <key>`. Empty (and no --api-key-hashes) = no authentication.",
+        "send `Authorization: Bearer <key>`. Not given (and no --api-key-hashes) = no authentication.",
+        if_empty="name the file of keys (leave it out to let every caller in)",
     )
     api_key_hashes: tuple[str, ...] = setting(
         (), "Accepted API keys as `name:sha256-hex` entries (comma-separated), besides --api-keys-file.",

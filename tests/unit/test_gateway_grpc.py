@@ -43,7 +43,7 @@ def _counted_calls() -> dict[str, Any]:
     from services.gateway.settings import GatewaySettings
 
     settings = GatewaySettings(grpc_addr="127.0.0.1", grpc_port=_free_port(), max_body_bytes=1000)
-    gateway = SimpleNamespace(broken=lambda: None)  # all ServerLive asks of the engine
+    gateway = SimpleNamespace(broken=lambda: None, keys=None)  # all ServerLive asks of the engine
 
     async def calls() -> list[Any]:
         server = await GatewayService(settings)._grpc_server(gateway)  # type: ignore[arg-type]
@@ -110,7 +110,7 @@ def _stalled_calls() -> dict[str, Any]:
 
     grpc_api.MESSAGE_TIMEOUT_S = 1.0
     settings = GatewaySettings(grpc_addr="127.0.0.1", grpc_port=_free_port(), max_connections=3)
-    gateway = SimpleNamespace(broken=lambda: None, authenticate=lambda _key: None)  # no API keys
+    gateway = SimpleNamespace(broken=lambda: None, authenticate=lambda _key: None, keys=None)  # no API keys
 
     async def never() -> Any:
         await asyncio.Event().wait()
@@ -173,3 +173,71 @@ def test_calls_that_never_send_their_message_give_their_places_back() -> None:
     assert result["ended"] == ["DEADLINE_EXCEEDED: the call's message did not arrive within 1 s"] * 3 + [
         "INVALID_ARGUMENT: the call ended without its message"]
     assert result["body_too_slow"] == 3 and result["invalid"] == 0
+
+
+def _keyed_calls() -> dict[str, Any]:
+    """In the child: a keyed gateway's server whose engine can do little but say it is live; calls
+    to ModelInfer without a key, with a wrong one, and with the right one, each a message that
+    does not parse, and ServerLive without a key."""
+    import hashlib
+    from types import SimpleNamespace
+
+    import grpc
+
+    from services.core.metrics import child
+    from services.gateway import metrics as m
+    from services.gateway.auth import ApiKeys
+    from services.gateway.grpc_api import pb
+    from services.gateway.service import GatewayService
+    from services.gateway.settings import GatewaySettings
+
+    settings = GatewaySettings(grpc_addr="127.0.0.1", grpc_port=_free_port())
+    keys = ApiKeys.load("", (f"alice:{hashlib.sha256(b'right-key').hexdigest()}",))
+    handled: list[str | None] = []  # the keys a handler was given: those that got past the interceptor
+
+    def authenticate(key: str | None) -> str:
+        handled.append(key)
+        return keys.identify(key)
+
+    gateway = SimpleNamespace(broken=lambda: None, keys=keys, authenticate=authenticate)
+
+    async def calls() -> list[str]:
+        server = await GatewayService(settings)._grpc_server(gateway)  # type: ignore[arg-type]
+        outcomes = []
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{settings.grpc_port}") as channel:
+                infer = channel.unary_unary(f"{SERVICE}/ModelInfer")
+                for key in ("", "Bearer wrong-key", "Bearer right-key"):
+                    metadata = (("authorization", key),) if key else ()
+                    try:
+                        await infer(b"\xff\xff not a message", metadata=metadata)
+                        outcomes.append("answered")
+                    except grpc.aio.AioRpcError as refused:
+                        outcomes.append(refused.code().name)
+                live = channel.unary_unary(f"{SERVICE}/ServerLive",
+                                           request_serializer=pb.ServerLiveRequest.SerializeToString,
+                                           response_deserializer=pb.ServerLiveResponse.FromString)
+                outcomes.append(str((await live(pb.ServerLiveRequest())).live))
+                return outcomes
+        finally:
+            await server.stop(None)
+
+    before = child(m.REJECTED, "grpc", "unauthenticated")._value.get()
+    outcomes = asyncio.run(calls())
+    return {"outcomes": outcomes, "unauthenticated": child(m.REJECTED, "grpc", "unauthenticated")._value.get() - before,
+            "counted": child(m.CALLS, "grpc", "infer", "UNAUTHENTICATED")._value.get(), "handled": handled}
+
+
+def test_a_keyed_grpc_call_without_a_valid_key_is_refused_before_its_message_is_read() -> None:
+    """The handlers checked the key after gRPC had parsed the message on the event loop: callers
+    without a key sending 8 MiB messages of 590,000 tiny inputs took the keyed callers' p50 from
+    1.4 ms to 737 ms (a review). Refused before any handler: the stand-in engine here has none."""
+    script = "import json; from tests.unit.test_gateway_grpc import _keyed_calls; print(json.dumps(_keyed_calls()))"
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    # The right key passes to the handler, which finds the message unreadable (the engine is not asked).
+    assert result["outcomes"] == ["UNAUTHENTICATED", "UNAUTHENTICATED", "INVALID_ARGUMENT", "True"]
+    assert result["unauthenticated"] == 2 and result["counted"] == 2
+    assert result["handled"] == ["Bearer right-key"]  # the others never reached a handler, nor its parse
