@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,50 @@ def test_archive_holds_exactly_the_requests_sent(
         reader = fastavro.reader(handle)
         assert reader.writer_schema is not None and reader.writer_schema["name"] == "io.rendezvous.ArchivedRequest"
         assert sum(1 for _ in reader) == manifest[0].records
+
+
+def test_records_deleted_before_the_decoy_archived_them_are_said_and_counted_as_a_gap(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The decoy stopped, the topic's retention deleted records it had not archived, and it resumed
+    at the partition's start: only librdkafka's own warning told of the gap (a review)."""
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    from services.decoy.service import MISSED
+
+    archive = tmp_path / "archive"
+    producer = Producer(config)
+    first = start_decoy(services, bootstrap, prefix, archive)
+    send_to_partition(producer, topics.requests, 10)
+    wait_until(lambda: first.archived >= 10, 60, "the decoy to archive the first records")
+    services.stop_all()
+    send_to_partition(producer, topics.requests, 10)  # offsets 10..19, while no decoy reads
+    admin = AdminClient(config)  # kept: the futures of a client collected meanwhile never resolve
+    deleted = admin.delete_records([TopicPartition(topics.requests, 0, 15)])
+    for future in deleted.values():
+        future.result(30)
+    missed_before = MISSED._value.get()
+    restarted = Services(threading.Event())  # `services` stays stopped
+    try:
+        with caplog.at_level("WARNING", logger="services.decoy.service"):
+            second = start_decoy(restarted, bootstrap, prefix, archive)
+            wait_until(lambda: second.archived >= 5, 60, "the decoy to archive what is left")
+    finally:
+        restarted.stop_all()
+    assert MISSED._value.get() - missed_before == 5
+    assert any(f"{topics.requests}[0]: records at offsets 10 to 14 were deleted from the topic before" in r.getMessage()
+               for r in caplog.records)
+    assert sorted(r["offset"] for r in iter_archive(archive) if r["partition"] == 0) == [*range(10), *range(15, 20)]
+
+
+def send_to_partition(producer: Producer, topic: str, n: int) -> None:
+    requests = codec("request")
+    for row in demo_rows(n, seed=32):
+        record = make_request(row, budget_ms=1000, reply_topic=None, reply_partition=None)
+        producer.produce(topic, requests.encode(record), key=record["request_id"], partition=0)
+    assert producer.flush(30) == 0
 
 
 def test_a_quiet_topics_last_records_are_sealed_once_the_file_is_old_enough(
