@@ -44,8 +44,8 @@ from services.model_worker.settings import trust_model_file_setting
 from services.model_worker.worker import score_batch
 
 log = logging.getLogger(__name__)
-# How far before the earliest request's created_at the log is read (see `replay`): a client's
-# clock up to a minute ahead of the rendezvous', and a minute more for what is logged late.
+# How far before the earliest request's append time the log is read (see `replay`): the broker's
+# clock that stamped the request and the rendezvous' that stamped its record may differ that much.
 LOG_MARGIN_MS = 120_000
 # How long after the last request's append time the log is read for its records: a request is
 # logged once its deadline (at most a minute, by default) and linger are past, or later if no
@@ -275,19 +275,33 @@ def check_name_free(settings: ReplaySettings) -> None:
     """A --name of a live model (one that publishes its contract) is refused before the scoring:
     found in the log only after it, it threw hours of a real model's work away. A name that is in
     the log but no longer published is still found there."""
-    from services.core.errors import RendezvousError
-    from services.core.model_info import read_model_infos
-
-    if not settings.name:
-        return
-    try:
-        live = read_model_infos(settings.librdkafka(), settings.topics().models, timeout_s=settings.connect_timeout_s)
-    except RendezvousError as err:  # a check ahead of the one on the log: never a reason to stop
-        log.debug("models topic not read: %s", err)
-        return
-    if settings.name in live:
+    if settings.name and settings.name in _live_models(settings):
         raise ConfigError(f"--name {settings.name}: a live model has that name, and the log holds its outputs; give "
                           "the replayed model a name of its own")
+
+
+def note_champion_not_live(settings: ReplaySettings) -> None:
+    """Said before the scoring: a mistyped --champion was found only once every request was scored.
+    Not refused: a champion undeployed since answered the range all the same."""
+    if not settings.champion:
+        return
+    live = _live_models(settings)
+    if live and settings.champion not in live:
+        log.warning("--champion %s is no live model (live: %s); if it answered none of the range, the report "
+                    "compares with the champion it infers", printable(settings.champion), ", ".join(sorted(live)))
+
+
+def _live_models(settings: ReplaySettings) -> frozenset[str]:
+    """The models that publish their contract now; none if the topic cannot be read (these checks
+    come ahead of the one on the log: never a reason to stop)."""
+    from services.core.model_info import read_model_infos
+
+    try:
+        return frozenset(read_model_infos(settings.librdkafka(), settings.topics().models,
+                                          timeout_s=settings.connect_timeout_s))
+    except RendezvousError as err:
+        log.debug("models topic not read: %s", err)
+        return frozenset()
 
 
 def replay(
@@ -444,23 +458,6 @@ def _skipped_notes(settings: ReplaySettings, skipped: Skipped, scored: Scored) -
                      "decoy archives the partitions its group gives it, so if the others had requests then, "
                      "another decoy archived them in its own directory, and this replay covers these only")
     return notes
-
-
-def note_champion_not_live(settings: ReplaySettings) -> None:
-    """Said before the scoring: a mistyped --champion was found only once every request was scored.
-    Not refused: a champion undeployed since answered the range all the same."""
-    from services.core.model_info import read_model_infos
-
-    if not settings.champion:
-        return
-    try:
-        live = read_model_infos(settings.librdkafka(), settings.topics().models, timeout_s=settings.connect_timeout_s)
-    except RendezvousError as err:
-        log.debug("models topic not read: %s", err)
-        return
-    if live and settings.champion not in live:
-        log.warning("--champion %s is no live model (live: %s); if it answered none of the range, the report "
-                    "compares with the champion it infers", printable(settings.champion), ", ".join(sorted(live)))
 
 
 def _comparison(
