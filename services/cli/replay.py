@@ -33,6 +33,7 @@ from services.core.compiled_requests import decode_request
 from services.core.errors import BadInput, ConfigError, RendezvousError
 from services.core.kafka import partition_counts
 from services.core.ranges import Bounds, OffsetBound, TimeBound, format_ms, parse_bounds
+from services.core.rate_limit import OncePerPeriod
 from services.core.requests import check_request
 from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, check_format, check_writable_file, setting
@@ -271,21 +272,21 @@ def check_log_readable(settings: ReplaySettings) -> None:
     partition_counts(settings.librdkafka(), [settings.topics().log], settings.connect_timeout_s)
 
 
-def check_name_free(settings: ReplaySettings) -> None:
-    """A --name of a live model (one that publishes its contract) is refused before the scoring:
-    found in the log only after it, it threw hours of a real model's work away. A name that is in
-    the log but no longer published is still found there."""
-    if settings.name and settings.name in _live_models(settings):
+def check_name_free(settings: ReplaySettings, live: frozenset[str] | None = None) -> None:
+    """A --name of a live model (one that publishes its contract; `live`, read if not given) is
+    refused before the scoring: found in the log only after it, it threw hours of a real model's
+    work away. A name that is in the log but no longer published is still found there."""
+    if settings.name and settings.name in (_live_models(settings) if live is None else live):
         raise ConfigError(f"--name {settings.name}: a live model has that name, and the log holds its outputs; give "
                           "the replayed model a name of its own")
 
 
-def note_champion_not_live(settings: ReplaySettings) -> None:
+def note_champion_not_live(settings: ReplaySettings, live: frozenset[str] | None = None) -> None:
     """Said before the scoring: a mistyped --champion was found only once every request was scored.
     Not refused: a champion undeployed since answered the range all the same."""
     if not settings.champion:
         return
-    live = _live_models(settings)
+    live = _live_models(settings) if live is None else live
     if live and settings.champion not in live:
         log.warning("--champion %s is no live model (live: %s); if it answered none of the range, the report "
                     "compares with the champion it infers", printable(settings.champion), ", ".join(sorted(live)))
@@ -310,8 +311,9 @@ def replay(
     """Score the recorded requests and build the report (the CLI prints it)."""
     started = time.perf_counter()
     check_log_readable(settings)
-    check_name_free(settings)
-    note_champion_not_live(settings)
+    live = _live_models(settings) if settings.name or settings.champion else frozenset()  # one read for both
+    check_name_free(settings, live)
+    note_champion_not_live(settings, live)
     model = load_model(settings.model, trust_model_file=settings.trust_model_file)
     name = settings.name or f"{model.name}-replay"
     bounds = parse_bounds(settings.since, settings.from_, settings.to, now_ms())  # once: --since is relative
@@ -394,11 +396,11 @@ PROGRESS_EVERY_S = 10.0
 
 def _now_and_then(err: Console, clock: Callable[[], float] = time.monotonic) -> Progress:
     """Progress as a plain line at most every PROGRESS_EVERY_S, for a stderr that is no terminal."""
-    said = [clock()]
+    lines = OncePerPeriod[str](PROGRESS_EVERY_S, clock)
+    lines.passes("progress")  # the start: the first line comes a period after it
 
     def say(what: str) -> None:
-        if clock() - said[0] >= PROGRESS_EVERY_S:
-            said[0] = clock()
+        if lines.passes("progress") is not None:
             err.print(f"replaying: {what}", soft_wrap=True)
 
     return say

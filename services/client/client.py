@@ -464,7 +464,8 @@ class Client:
         (the broker away), it waits for room up to answer_wait_s (unless made with wait_when_full=False),
         then raises KafkaOperationError."""
         return self._submit(features, time.monotonic() + self.answer_wait_s, budget_ms=budget_ms,
-                            request_id=request_id, payload=payload, metadata=metadata, created_at=created_at)
+                            request_id=request_id, payload=payload, metadata=metadata, created_at=created_at,
+                            expires=self._expire_waiters)
 
     def _submit(
         self,
@@ -477,9 +478,12 @@ class Client:
         metadata: Mapping[str, str] | None = None,
         created_at: int | None = None,
         wait_when_full: bool | None = None,
+        expires: bool = False,
     ) -> Future[Answer]:
         """`submit`, waiting for room in librdkafka's queue until `give_up_at` (time.monotonic): a
-        call waited without end there (the broker away: 57 s for a 1 s wait; a review)."""
+        call waited without end there (the broker away: 57 s for a 1 s wait; a review). `expires`:
+        given up on by the reader once its budget and answer wait are out (`_expire`), for a future
+        handed to a caller; score, score_many and ascore give up on theirs themselves."""
         if self.stopped is not None:
             raise (ClosedClient if self._stop.is_set() else BrokerError)(f"this client {self.stopped}")
         partition = self._pick_partition()
@@ -507,7 +511,7 @@ class Client:
             if rid in self._pending or rid in self._given_up:  # rare: a dict lookup on the common path
                 self._check_reuse(rid, future)
             self._pending.setdefault(rid, []).append((future, partition, _sent_as(value)))
-            if self._expire_waiters:
+            if expires:
                 expires_at = time.monotonic() + (record["deadline"] - record["created_at"]) / 1000 + self.answer_wait_s
                 heapq.heappush(self._expiries, (expires_at, next(self._expiry_order), future))
         try:

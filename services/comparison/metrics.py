@@ -29,14 +29,12 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from services.comparison.window import STATUSES, ModelStats, WindowView
+from services.core.model_names import FOLDED_NAMES
 from services.stats.distributions import QuantileSketch, ks_statistic, psi
 
 log = logging.getLogger(__name__)
 
-# The label of the names past the budget: one no model can have (names start with a letter or
-# digit, core/model_names.py), so that a model named "other" keeps series of its own, as in the
-# rendezvous' metrics (rendezvous/join.py OTHER).
-OTHER = "_other"
+OTHER = FOLDED_NAMES  # the label of the names past the budget (core/model_names.py)
 QUANTILES = (("0.5", 0.5), ("0.9", 0.9), ("0.99", 0.99), ("0.999", 0.999))
 MAX_CONFUSION_LABELS = 10
 

@@ -204,16 +204,18 @@ def layout(topics: Topics, prefix: str, principals: Principals = Principals()) -
     return sorted(set(grants))
 
 
+# A Grant's resource kind -> confluent-kafka's ResourceType member.
+_RESOURCE_TYPES = {"topic": "TOPIC", "group": "GROUP", "transactional_id": "TRANSACTIONAL_ID"}
+
+
 def to_bindings(grants: Iterable[Grant]) -> list[Any]:
     """confluent-kafka `AclBinding`s (ALLOW, any host) of the grants."""
     from confluent_kafka.admin import AclBinding, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
 
-    kinds = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP,
-             "transactional_id": ResourceType.TRANSACTIONAL_ID}
     patterns = {True: ResourcePatternType.PREFIXED, False: ResourcePatternType.LITERAL}
     return [
-        AclBinding(kinds[g.resource], g.name, patterns[g.prefixed], g.principal, "*", AclOperation[g.operation],
-                   AclPermissionType.ALLOW)
+        AclBinding(ResourceType[_RESOURCE_TYPES[g.resource]], g.name, patterns[g.prefixed], g.principal, "*",
+                   AclOperation[g.operation], AclPermissionType.ALLOW)
         for g in grants
     ]
 
@@ -278,7 +280,7 @@ def prune(admin: Any, grants: list[Grant], timeout_s: float = 30.0) -> list[Gran
 def _grant_of(binding: Any) -> Grant | None:
     """A broker's ALLOW binding as a Grant; None for one from a given host only, or on another kind
     of resource or pattern (the layout has none such, so none is stale)."""
-    resource = {"TOPIC": "topic", "GROUP": "group", "TRANSACTIONAL_ID": "transactional_id"}.get(binding.restype.name)
+    resource = next((ours for ours, theirs in _RESOURCE_TYPES.items() if theirs == binding.restype.name), None)
     pattern = binding.resource_pattern_type.name
     if resource is None or pattern not in ("LITERAL", "PREFIXED") or binding.host != "*":
         return None

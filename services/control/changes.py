@@ -41,9 +41,9 @@ def next_version(book: ScheduleBook, draft: Schedule, now_ms: int, effective_in_
 def superseded(book: ScheduleBook, schedule: Schedule, now_ms: int) -> list[Schedule]:
     """The versions pending at `now_ms` that `schedule`, published now, supersedes: none unless it
     `supersedes_pending`, else those starting at or after it (ScheduleBook.add)."""
-    if not schedule.supersedes_pending:
+    if not schedule.supersedes_pending or not book.latest:
         return []
-    return [version for version, start in book.in_force_and_after(now_ms)[1:] if start >= schedule.effective_at]
+    return book.starting_from(max(schedule.effective_at, now_ms))
 
 
 def check_promotable(candidate: str, canary: str) -> None:

@@ -193,9 +193,11 @@ class ScheduleBook:
         if self._versions:
             written = start if written_at is None else written_at
             start = max(start, written)
-            while schedule.supersedes_pending and self._starts and self._starts[-1] >= start:
-                self._superseded[self._governing.pop().version] = schedule.version
-                self._starts.pop()
+            if schedule.supersedes_pending:
+                for superseded in self.starting_from(start):
+                    self._superseded[superseded.version] = schedule.version
+                cut = bisect.bisect_left(self._starts, start)
+                del self._governing[cut:], self._starts[cut:]
             if self._starts:
                 start = max(start, self._starts[-1])
         self._versions.append(schedule)
@@ -206,6 +208,11 @@ class ScheduleBook:
     def latest_start(self) -> int | None:
         """When the latest version starts to govern (see `add`), None before the first."""
         return self._starts[-1] if self._starts else None
+
+    def starting_from(self, start: int) -> list[Schedule]:
+        """The governing versions that start at or after `start`: those a version that
+        `supersedes_pending` and starts then supersedes (`add`)."""
+        return self._governing[bisect.bisect_left(self._starts, start):]
 
     def superseded_by(self, version: int) -> int | None:
         """The version that superseded `version` while it was pending (it never governs), if one did."""

@@ -128,8 +128,9 @@ class Codec:
             return 0
         if data.startswith(self._single_header):
             return HEADER_SIZE
-        if len(data) >= REGISTRY_HEADER_SIZE and data[0] == REGISTRY_MAGIC:
-            known = self._by_id.get(int.from_bytes(data[1:REGISTRY_HEADER_SIZE], "big"))
+        schema_id = registry_id(data)
+        if schema_id is not None:
+            known = self._by_id.get(schema_id)
             if known is not None and known[0] is self._parsed and known[1] is None:
                 return REGISTRY_HEADER_SIZE
         return 0
@@ -148,10 +149,8 @@ class Codec:
         when that must be tried again later (the registry is down or refuses for now: schema_wait.py).
         None when its schema is known, found, refused for good, or not looked up for the lookups
         of the second are spent (`decode` says why), and for every other record."""
-        if self._lookup is None or not data or data[0] != REGISTRY_MAGIC or len(data) < REGISTRY_HEADER_SIZE:
-            return None
-        schema_id = int.from_bytes(data[1:REGISTRY_HEADER_SIZE], "big")
-        if schema_id in self._by_id:
+        schema_id = registry_id(data) if self._lookup is not None else None
+        if schema_id is None or schema_id in self._by_id:
             return None
         try:
             self._schemas_for_id(schema_id)
@@ -193,8 +192,8 @@ class Codec:
                     f"unknown writer schema fingerprint {data[2:HEADER_SIZE].hex()} for {self.name}"
                 )
             return self._body(data, HEADER_SIZE, schemas)
-        if data is not None and len(data) >= REGISTRY_HEADER_SIZE and data[0] == REGISTRY_MAGIC:
-            schema_id = int.from_bytes(data[1:REGISTRY_HEADER_SIZE], "big")
+        schema_id = registry_id(data)
+        if schema_id is not None and data is not None:
             return self._body(data, REGISTRY_HEADER_SIZE, self._schemas_for_id(schema_id))
         raise DecodeFailed(
             f"not an Avro {self.name}: neither single-object (C3 01) nor schema-registry (00 + id) framed"
@@ -259,6 +258,13 @@ class Codec:
         if not isinstance(record, dict):
             raise DecodeFailed(f"{self.name} body is not a record")
         return record
+
+
+def registry_id(data: bytes | None) -> int | None:
+    """The schema id of a record in the schema registry's framing (None: another framing)."""
+    if data is None or len(data) < REGISTRY_HEADER_SIZE or data[0] != REGISTRY_MAGIC:
+        return None
+    return int.from_bytes(data[1:REGISTRY_HEADER_SIZE], "big")
 
 
 def schemas_dir() -> Path:

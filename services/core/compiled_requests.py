@@ -256,8 +256,14 @@ def refuse_unwalked(codec: Codec, value: bytes | None) -> NoReturn:
     no client wrote), a varint past 10 bytes. The walks check every byte by the specification,
     so what they refuse is refused, never read leniently and answered with confidence."""
     codec.decode(value)  # fastavro's reason first, when it has one
-    raise DecodeFailed(f"invalid {codec.name} encoding: a union's branch out of range or a varint longer than "
-                       "10 bytes (no Avro writer makes it; a lenient reader would make up a value)")
+    raise unwalked(codec)
+
+
+def unwalked(codec: Codec) -> DecodeFailed:
+    """The error of a record fastavro reads but its walk refuses (`refuse_unwalked`): raised as is
+    where fastavro's decode of it already succeeded, so it is not decoded again."""
+    return DecodeFailed(f"invalid {codec.name} encoding: a union's branch out of range or a varint longer than "
+                        "10 bytes (no Avro writer makes it; a lenient reader would make up a value)")
 
 
 def walked_problem(fields: tuple[int, ...], request_id: str) -> str | None:
@@ -290,7 +296,7 @@ def decode_request(codec: Codec, value: bytes | None) -> dict[str, Any]:
     request = codec.decode(value)
     skip = request_walker(codec).body_at(value)
     if skip and value is not None and not request_walks(value, skip):
-        refuse_unwalked(codec, value)
+        raise unwalked(codec)  # fastavro read it: its decode has no reason to give
     return request
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import threading
 import time
 import uuid
@@ -471,7 +472,9 @@ class Producer:
                 self._producer.produce(topic, value, key, **kwargs)
                 return
             except BufferError:
-                if not wait_when_full or (give_up_at is not None and time.monotonic() >= give_up_at):
+                # Room is waited for until give_up_at (never, without one), unless not at all.
+                give_up = (give_up_at if give_up_at is not None else math.inf) if wait_when_full else -math.inf
+                if time.monotonic() >= give_up:
                     raise KafkaOperationError(f"produce to {topic} refused: the client's local queue is full "
                                               "(the broker is not taking records as fast as they come)") from None
                 # Local queue full: serve delivery reports until there is room again.

@@ -112,6 +112,7 @@ def parse(items: Iterable[str]) -> dict[str, str]:
     """`key=value` items -> a librdkafka config. Every value not known to be harmless is
     remembered as never to be printed, before anything can fail."""
     config: dict[str, str] = {}
+    settings: dict[str, str] = {}  # the setting each key names (librdkafka's aliases as one) -> the key
     errors: list[str] = []
     for position, item in enumerate(items, start=1):
         key, sep, value = (part.strip() for part in item.partition("="))
@@ -137,12 +138,13 @@ def parse(items: Iterable[str]) -> dict[str, str]:
         if key in config:  # the last one won silently: a password given twice, say (a probe)
             errors.append(f"{_item(position, key)}: its key is given twice: one value each")  # a key may be a secret
             continue
-        same = next((given for given in config if _one_setting(given) == _one_setting(key)), None)
+        same = settings.get(_ALIASES.get(key, key))
         if same is not None:  # librdkafka takes the last of two aliases: sasl.mechanisms=PLAIN won silently
             errors.append(f"{_item(position, key)}: it names the setting {_item_key(same)} names (librdkafka's alias): "
                           "give it once")
             continue
         config[key] = value
+        settings[_ALIASES.get(key, key)] = key
     if not errors:
         errors = _unused_security(config)
     if errors:
@@ -154,12 +156,8 @@ def parse(items: Iterable[str]) -> dict[str, str]:
 _ALIASES = {
     "sasl.mechanisms": "sasl.mechanism", "request.required.acks": "acks", "compression.codec": "compression.type",
     "queue.buffering.max.ms": "linger.ms", "message.send.max.retries": "retries",
-    "max.in.flight": "max.in.flight.requests.per.connection", "metadata.broker.list": "bootstrap.servers",
+    "max.in.flight": "max.in.flight.requests.per.connection",
 }
-
-
-def _one_setting(key: str) -> str:
-    return _ALIASES.get(key, key)
 
 
 def _item_key(key: str) -> str:

@@ -45,6 +45,7 @@ from services.control.schedule import Decision, Schedule, Status
 from services.core.codec import codec
 from services.core.errors import BadInput
 from services.core.metrics import BatchedMetrics, child
+from services.core.model_names import FOLDED_NAMES
 from services.core.requests import RETRY_NOT_KEPT
 from services.core.runtime import now_ms
 from services.rendezvous import metrics as m
@@ -79,7 +80,7 @@ MAX_LABELLED_VERSIONS = 1024
 # only for the scores held apart: the scores of requests read, their schedule's models, pay one set lookup.
 ARRIVAL_BYTES = 200
 ORPHAN_BYTES = 600
-OTHER = "_other"
+OTHER = FOLDED_NAMES
 # Return addresses a request still open keeps for its retries: each is a few hundred bytes kept
 # until the mailbox closes (up to two minutes of log time), and repeats are not mailboxes, so
 # --max-mailboxes does not bound them (100,000 repeats of one id held 32 MB).

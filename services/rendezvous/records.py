@@ -24,6 +24,7 @@ from services.core.compiled_requests import (
     Walker,
     refuse_unwalked,
     request_walker,
+    unwalked,
     walk_request,
     walked_problem,
 )
@@ -126,7 +127,8 @@ def _read(
     that decode may name the current schema: the record is then walked too, as every later one
     of its id will be (an id the skeleton left unresolved, or evicted; a review)."""
     skip = walker.body_at(value)
-    if not skip:
+    decoded_already = not skip
+    if decoded_already:
         result = decoded(codec, value, partition, offset, log_time)  # another framing or schema
         skip = walker.body_at(value)
         if not skip:
@@ -135,6 +137,8 @@ def _read(
     fields = walk(value, skip)
     if fields[0]:
         return walked(value, fields, partition, offset, log_time)
+    if decoded_already:
+        raise unwalked(codec)  # fastavro read it: its decode has no reason to give
     refuse_unwalked(codec, value)
 
 

@@ -212,7 +212,7 @@ def scan_finished(
             at = _timestamp_at(probe, topics.requests, partition, offset, requests_end) if wanted else None
             if at is not None:
                 reread_from[partition] = at
-            answers[partition], logs[partition] = _starts(mark, reread_from.get(partition), margin_ms)
+            answers[partition], logs[partition] = _starts(mark, at, margin_ms)
         # Written ends first, stable ends second: whatever was written before the scan must be
         # stable (committed or aborted) by the time the stable ends are read. Only where requests
         # are re-read: elsewhere nothing could be answered twice.
@@ -340,6 +340,7 @@ def _note_inputs(finished: Finished, rid: str, msg: Message) -> None:
     """The digest of the inputs an Answer (or Comparison) record answered, from its header (none:
     not known)."""
     headers = msg.headers() or []
+    # A list, as confluent-kafka gives it; its type stubs allow a dict too.
     for name, value in headers.items() if isinstance(headers, dict) else headers:
         if name == INPUTS_HEADER and isinstance(value, bytes):
             finished.inputs[rid] = value

@@ -134,7 +134,7 @@ def test_a_champion_named_for_a_replay_without_log_records_is_checked_not_droppe
 
     monkeypatch.setattr(replay_module, "_log_records", no_log())
     monkeypatch.setattr(replay_module, "check_log_readable", lambda _settings: None)
-    monkeypatch.setattr(replay_module, "note_champion_not_live", lambda _settings: None)
+    monkeypatch.setattr(replay_module, "_live_models", lambda _settings: frozenset())
     values = recorded(codec("request").encode(make_request({"mean_radius": 14.0}, budget_ms=100, reply_topic=None,
                                                            reply_partition=None)))
     named = replay_module.replay(ReplaySettings(model="demo:champion", champion="champion-replay"), values)
@@ -224,7 +224,7 @@ def test_a_champion_not_in_the_range_is_a_note_after_the_scoring_not_an_error_th
                            "latency_ms": 5.0, "compute_ms": 1.0, "late": False}]}
     monkeypatch.setattr(replay_module, "_log_records", lambda *_args: (record for record in [logged]))
     monkeypatch.setattr(replay_module, "check_log_readable", lambda _settings: None)
-    monkeypatch.setattr(replay_module, "note_champion_not_live", lambda _settings: None)
+    monkeypatch.setattr(replay_module, "_live_models", lambda _settings: frozenset())
     result = replay_module.replay(ReplaySettings(model="demo:challenger", champion="champoin"),
                                   recorded(codec("request").encode(request)))
     assert result.report.champion == "champion"
