@@ -7,8 +7,9 @@ The return address is a reply topic and a partition of it that this client reads
   every request names one of the partitions its client owns at that moment. A partition that
   moves to another member fails only the requests waiting on it (`ReplyPartitionLost`).
 
-Answers are correlated by request_id; answers for other clients that share the partition are
-ignored. The client starts reading a partition at its end offset *before* it sends anything
+Answers are correlated by request_id and the digest of the inputs they answer (the reply's
+`rdv-inputs` header, core/request_inputs.py); answers for other clients that share the partition
+are ignored, under the same id too. The client starts reading a partition at its end offset *before* it sends anything
 naming it, so no answer can slip past it.
 """
 
@@ -16,14 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import heapq
 import itertools
 import logging
 import math
 import numbers
 import random
-import struct
 import threading
 import time
 import uuid
@@ -36,7 +35,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_END, KafkaError, KafkaException, Message, TopicPartition
 
-from services.core.codec import codec
+from services.core.codec import Codec, codec
 from services.core.errors import (
     BadInput,
     BrokerError,
@@ -56,6 +55,7 @@ from services.core.kafka import (
     partition_counts,
 )
 from services.core.rate_limit import OncePerPeriod
+from services.core.request_inputs import digest_of, inputs_in
 from services.core.requests import id_too_long, request_problem
 from services.core.runtime import now_ms
 from services.core.settings import Topics
@@ -245,35 +245,24 @@ def make_request(
 
 class Waiting(Future[Answer]):
     """A request's Future, knowing the request it waits for (a wait that times out drops it)
-    and its inputs (another request under its id must carry the same: `Client._check_reuse`)."""
+    and its inputs' digest (core/request_inputs.py): a reply naming other inputs is another
+    request's under the id, and another request of this client under it must carry the same
+    (`Client._check_reuse`)."""
 
-    def __init__(self, request_id: str, features: Mapping[str, float] | None = None,
-                 payload: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, request: Mapping[str, Any], requests: Codec) -> None:
         super().__init__()
-        self.request_id = request_id
-        self._inputs = (features or {}, payload)
+        self.request_id: str = request["request_id"]
+        self._request = request
+        self._requests = requests
         self._digest: bytes | None = None
 
     @property
     def inputs_digest(self) -> bytes:
-        """Computed once, when its id is reused (not for every request)."""
+        """Computed once, when first asked: as its answer comes (it names the inputs it answers)
+        or its id is reused."""
         if self._digest is None:
-            self._digest = inputs_digest(*self._inputs)
+            self._digest = digest_of(self._requests, self._request)
         return self._digest
-
-
-def inputs_digest(features: Mapping[str, float], payload: Mapping[str, Any] | None) -> bytes:
-    """What the rendezvous compares two requests under one id by: the features in their order,
-    each value bit for bit, and the payload (services/rendezvous/records.py digests their Avro
-    encoding, which is exactly these)."""
-    digest = hashlib.sha256()
-    for name, value in features.items():
-        encoded = name.encode()
-        digest.update(struct.pack("<I", len(encoded)) + encoded + struct.pack("<d", value))
-    if payload is not None:
-        kind = payload["content_type"].encode()
-        digest.update(b"\x01" + struct.pack("<I", len(kind)) + kind + payload["data"])
-    return digest.digest()
 
 
 READER_JOIN_S = 5.0  # how long close() waits for the reader's loop to see the stop
@@ -349,7 +338,7 @@ class Client:
         reader_config = {k: v for k, v in config.items() if k not in PRODUCER_ONLY}
         # request_id -> waiters (future, reply partition, hash of the record sent): the same id may
         # be in flight twice, and a delivery failure fails the one whose record it was.
-        self._pending: dict[str, list[tuple[Future[Answer], int, int | None]]] = {}
+        self._pending: dict[str, list[tuple[Waiting, int, int | None]]] = {}
         # request_id -> the inputs' digest of requests given up on, and how many of them: each is
         # answered (a retry of the same id too), and the id may be reused once every answer came.
         self._given_up: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
@@ -396,6 +385,9 @@ class Client:
         self._reader_done = False
         # Records on the reply partitions that are no readable Answer (counted on the reading thread).
         self.undecodable_answers = 0
+        # Answers under an id this client waits on that name other inputs (another client's): not taken.
+        self.foreign_answers = 0
+        self._foreign_said = OncePerPeriod[str](UNREADABLE_SAID_EVERY_S)
         self._unreadable_said = OncePerPeriod[str](UNREADABLE_SAID_EVERY_S)
         self._reader = threading.Thread(target=self._read_answers, name="rdv-client-answers", daemon=True)
         self._reader.start()
@@ -493,7 +485,7 @@ class Client:
             created_at=created_at,
         )
         rid = record["request_id"]
-        future = Waiting(rid, record["features"], record["payload"])
+        future = Waiting(record, self._requests)
         future.add_done_callback(self._dropped_if_cancelled)
         value = self._requests.encode(record)
         with self._lock:
@@ -530,7 +522,7 @@ class Client:
         tells them apart: the rendezvous answers a retry with the first answer, its created_at
         included). With the same inputs it is that request's answer too. Under the lock."""
         mine = future.inputs_digest
-        if any(w[0].inputs_digest != mine for w in self._pending.get(rid, ()) if isinstance(w[0], Waiting)):
+        if any(w[0].inputs_digest != mine for w in self._pending.get(rid, ())):
             whose = "is waiting for its answer"
         elif self._given_up.get(rid, (mine, 0))[0] != mine:
             whose = "was given up on before its answer came (it may still come)"
@@ -665,7 +657,8 @@ class Client:
             if messages:
                 received = now_ms()
                 for msg in messages:
-                    self._resolve(msg.value(), received, msg.partition(), msg.timestamp()[1], msg.key())
+                    self._resolve(msg.value(), received, msg.partition(), msg.timestamp()[1], msg.key(),
+                                  inputs_in(msg.headers()))
             self._expire(time.monotonic())
             # The producer's reports too (a refused request fails its caller): callers that only
             # wait would otherwise never serve them.
@@ -673,14 +666,16 @@ class Client:
 
     def _resolve(
         self, value: bytes | None, received_at: int, partition: int | None = None, replied_at: int | None = None,
-        key: bytes | str | None = None,
+        key: bytes | str | None = None, inputs: bytes | None = None,
     ) -> None:
+        """An answer read from a reply partition; `inputs`, the digest of the inputs it answers
+        (its header; None: not said, an older rendezvous)."""
         try:
             record = self._answers.decode(value)
         except BadInput as err:
-            self._unreadable(err, partition, key)
+            self._unreadable(err, partition, key, inputs)
             return
-        future = self._take_waiter(record["request_id"], partition)
+        future = self._take_waiter(record["request_id"], partition, inputs)
         if future is not None and not future.done():
             settle(future, Answer.from_record(record, received_at, replied_at))
 
@@ -698,14 +693,23 @@ class Client:
             self.abandon(future.request_id, future)
             fail(future, self._no_answer())
 
-    def _take_waiter(self, rid: str, partition: int | None, answered: bool = True) -> Future[Answer] | None:
-        """The waiter an answer to `rid` read on `partition` is for, taken out of the table (with
-        none, an answer that came counts for a request given up on: `answered`)."""
+    def _take_waiter(
+        self, rid: str, partition: int | None, inputs: bytes | None, answered: bool = True
+    ) -> Future[Answer] | None:
+        """The waiter an answer to `rid` for `inputs` (None: not said) read on `partition` is for,
+        taken out of the table (with none, an answer that came counts for a request given up on:
+        `answered`). An answer naming other inputs is none of this client's: another client's
+        reading this partition, under the same id."""
         with self._lock:
             waiters = self._pending.get(rid)
             if not waiters:
                 if answered:
-                    self._answer_came(rid)
+                    self._answer_came(rid, inputs)
+                return None
+            # Every waiter of an id has the same inputs (`_check_reuse`): the first one tells.
+            if inputs is not None and waiters[0][0].inputs_digest != inputs:
+                if answered:
+                    self._foreign(rid, partition)
                 return None
             # A repeated request id is answered once per request, with the same answer: to the
             # waiter whose return address it came to (another's partition may move meanwhile).
@@ -715,17 +719,31 @@ class Client:
                 del self._pending[rid]
         return future
 
-    def _answer_came(self, rid: str) -> None:
-        """An answer to `rid` came with no one waiting: one request given up on fewer. Under the lock."""
+    def _foreign(self, rid: str, partition: int | None) -> None:
+        """An answer under an id this client waits on, for another request's inputs: left to the
+        waiter's own answer (taken, it was a confident score of features nobody here sent).
+        Counted, and said at most once a minute (anyone may write under any id). Under the lock."""
+        self.foreign_answers += 1
+        held = self._foreign_said.passes("foreign")
+        if held is not None:
+            log.warning("an answer to request %.80r on %s[%s] answers other inputs than this client sent under "
+                        "the id (another client reading the partition, reusing the id): not taken%s",
+                        rid, self.topics.replies, partition, held.repeated())
+
+    def _answer_came(self, rid: str, inputs: bytes | None) -> None:
+        """An answer to `rid` came with no one waiting: one request given up on fewer, unless it
+        names other inputs (another client's). Under the lock."""
         given_up = self._given_up.get(rid)
-        if given_up is None:
+        if given_up is None or (inputs is not None and inputs != given_up[0]):
             return
         if given_up[1] > 1:
             self._given_up[rid] = (given_up[0], given_up[1] - 1)
         else:
             del self._given_up[rid]  # every answer came: none can be taken for another request's now
 
-    def _unreadable(self, err: BadInput, partition: int | None, key: bytes | str | None) -> None:
+    def _unreadable(
+        self, err: BadInput, partition: int | None, key: bytes | str | None, inputs: bytes | None = None
+    ) -> None:
         """A record on the reply partition that is no Answer this client reads: counted, and the
         request its key names (the rendezvous keys its replies by request id) fails now instead
         of waiting out its timeout for an answer that came."""
@@ -734,7 +752,7 @@ class Client:
         rid = _request_id_of(key)
         # Not an answer to its id: counted as one, a junk record keyed by an id given up on freed
         # that id, and its real late answer then went to another request under it (a review).
-        future = self._take_waiter(rid, partition, answered=False) if rid else None
+        future = self._take_waiter(rid, partition, inputs, answered=False) if rid else None
         # Anyone may write the replies topic: a line per record made 10,000 lines of 10,000 (a review).
         held = self._unreadable_said.passes("unreadable")
         if held is not None or future is not None:

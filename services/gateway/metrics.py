@@ -46,6 +46,7 @@ REPLY_PARTITIONS = Gauge(
 
 class _CountingClient(Protocol):
     undecodable_answers: int
+    foreign_answers: int
 
 
 class ClientCounts(Collector):
@@ -56,6 +57,10 @@ class ClientCounts(Collector):
     UNDECODABLE_HELP = ("Records on this gateway's reply partitions that are no Answer it can read (another writer "
                         "on the replies topic, or a writer schema it does not know); the call waiting for the "
                         "request such a record's key names fails at once (503) instead of waiting out its deadline.")
+
+    FOREIGN = "rdv_gateway_foreign_answers"
+    FOREIGN_HELP = ("Answers on this gateway's reply partitions under a request id it waits on that answer other "
+                    "inputs than it sent (another client reading its partitions and reusing the id): not taken.")
 
     def __init__(self) -> None:
         self._client: _CountingClient | None = None
@@ -68,9 +73,12 @@ class ClientCounts(Collector):
         client = self._client
         yield CounterMetricFamily(self.UNDECODABLE, self.UNDECODABLE_HELP,
                                   value=client.undecodable_answers if client is not None else 0)
+        yield CounterMetricFamily(self.FOREIGN, self.FOREIGN_HELP,
+                                  value=client.foreign_answers if client is not None else 0)
 
     def describe(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily(self.UNDECODABLE, self.UNDECODABLE_HELP)
+        yield CounterMetricFamily(self.FOREIGN, self.FOREIGN_HELP)
 
 
 CLIENT_COUNTS = ClientCounts()

@@ -106,9 +106,11 @@ class Outputs(Protocol):
     def log(self, mailbox: Mailbox, record: dict[str, Any]) -> None:
         """Write the comparison record."""
 
-    def repeat(self, reply: Reply, record: dict[str, Any], receipt: Owner) -> None:
+    def repeat(self, reply: Reply, record: dict[str, Any], receipt: Owner, inputs: bytes | None) -> None:
         """Send an answer already given to a return address again (a repeated or re-read
-        request); `receipt` counts the reply until the broker acknowledges it."""
+        request); `receipt` counts the reply until the broker acknowledges it. `inputs`: the
+        digest of the inputs of the request at that address (None: not known), which the reply
+        carries for its client to tell its answer from another request's under the id."""
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ class Finished:
     # would have from the previous owner's memory (decoded only then).
     remembered: dict[str, tuple[int, int, bytes]] = field(default_factory=dict)
     # request id -> the digest of the inputs its answer was given to (the Answer record's header,
-    # records.INPUTS_HEADER): a re-read request under the id with other inputs is a conflicting one,
+    # request_inputs.INPUTS_HEADER): a re-read request under the id with other inputs is a conflicting one,
     # refused as the owner before refused it, not given the first one's answer (a review).
     inputs: dict[str, bytes] = field(default_factory=dict)
 
@@ -535,7 +537,7 @@ class Join:
         if mailbox is not None:
             if reply is not None:
                 if mailbox.answer is not None:
-                    self.outputs.repeat(reply, mailbox.answer, mailbox)
+                    self.outputs.repeat(reply, mailbox.answer, mailbox, request.inputs)
                 elif len(mailbox.replies) < MAX_WAITING_REPLIES:
                     mailbox.replies.append(reply)
                 else:
@@ -543,7 +545,7 @@ class Join:
                                          f"addresses waiting for its answer already: {RETRY_NOT_KEPT} "
                                          "(retry after the answer, which is then sent again)")
             return mailbox
-        return self._send_again(reply, _decoded(self._remembered[rid][2]))
+        return self._send_again(reply, _decoded(self._remembered[rid][2]), request.inputs)
 
     def _conflicting(self, request: RequestIn, reply: Reply | None) -> Receipt | None:
         """A known request_id with other inputs: the first request's answer would be a confident
@@ -570,7 +572,7 @@ class Join:
         schedule = self._version_of(request)
         refusal = _answer_record(request.request_id, Decision(Status.ERROR, None, reason, request.log_time),
                                  request.created_at, self._deadline(schedule, request), None, None)
-        return self._send_again(reply, refusal)
+        return self._send_again(reply, refusal, request.inputs)
 
     def _relogged(self, request: RequestIn, reply: Reply | None) -> Receipt | None:
         """A re-read request answered and logged before a restart: nothing is redone, but its
@@ -589,13 +591,14 @@ class Join:
         # was refused above); else unknown, so not compared (a true retry must still get its answer).
         self._remember(rid, request.partition, answer, request.log_time, self._finished.inputs.pop(rid, None))
         self.metrics.inc(child(m.RECOVERED, "logged"))
-        return self._send_again(reply, answer)
+        return self._send_again(reply, answer, request.inputs)
 
-    def _send_again(self, reply: Reply | None, answer: dict[str, Any] | None) -> Receipt | None:
+    def _send_again(self, reply: Reply | None, answer: dict[str, Any] | None, inputs: bytes) -> Receipt | None:
+        """`answer` sent to the return address of a request with `inputs` (its digest)."""
         if reply is None or answer is None:
             return None
         receipt = Receipt()
-        self.outputs.repeat(reply, answer, receipt)
+        self.outputs.repeat(reply, answer, receipt, inputs)
         return None if receipt.settled else receipt
 
     def _restore_answer(self, mailbox: Mailbox) -> None:
@@ -608,10 +611,10 @@ class Join:
         mailbox.answer, mailbox.restored = answer, True
         # As in _relogged: the inputs answered when the Answer record says (this request's: one
         # with others was refused in on_request), else unknown and not compared.
-        mailbox.inputs = self._finished.inputs.pop(mailbox.request_id, None)
+        asked, mailbox.inputs = mailbox.inputs, self._finished.inputs.pop(mailbox.request_id, None)
         self.metrics.inc(child(m.RECOVERED, "answered"))
-        for reply in mailbox.replies:
-            self.outputs.repeat(reply, answer, mailbox)
+        for reply in mailbox.replies:  # the re-read request's (its inputs those answered, or not known)
+            self.outputs.repeat(reply, answer, mailbox, asked)
 
     def _orphan(self, partition: int, rid: str) -> Mailbox | None:
         orphans = self._orphans.get(partition)

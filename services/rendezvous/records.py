@@ -11,11 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from hashlib import sha256
-from io import BytesIO
-from typing import Any, TypeVar
-
-from fastavro import parse_schema, schemaless_writer
+from typing import TypeVar
 
 from services.core.codec import Codec
 from services.core.compiled_requests import (
@@ -29,6 +25,7 @@ from services.core.compiled_requests import (
     walked_problem,
 )
 from services.core.errors import DecodeFailed
+from services.core.request_inputs import digest_of, inputs_digest
 from services.core.requests import id_too_long, request_problem
 from services.core.score_limits import MAX_ERROR_CHARS, oversized
 from services.rendezvous.compiled_records import SCORE_LAYOUT, double_at, walk_score
@@ -78,37 +75,8 @@ def request_decoded(codec: Codec, value: bytes | None, partition: int, offset: i
     return RequestIn(
         rid, partition, offset, log_time, request["created_at"], request["deadline"],
         reply["topic"] if reply else None, reply["partition"] if reply else None, request_problem(request),
-        inputs_digest(_inputs_encoded(codec, request)),
+        digest_of(codec, request),
     )
-
-
-# The Kafka header of an Answer record holding the digest of the inputs it answered (`inputs_digest`):
-# a new owner's scan learns from it which inputs were answered (join.Finished.inputs).
-INPUTS_HEADER = "rdv-inputs"
-
-
-def inputs_digest(encoded: bytes) -> bytes:
-    """The digest a request's inputs are compared by: the Avro encoding of its features and
-    payload (as the walk finds it, or as `_inputs_encoded` writes it again), hashed so that no
-    one can choose other inputs with the same digest (SHA-256: its CPU instructions make it the
-    cheapest such hash here, 0.65 µs for the demo's 700 bytes), and short (kept for every closed id)."""
-    return sha256(encoded).digest()
-
-
-def _inputs_encoded(codec: Codec, request: dict[str, Any]) -> bytes:
-    """A decoded request's features and payload encoded as a writer puts them in one record
-    (each map one block: what fastavro and Avro's Java writer do), so that a record fastavro
-    decoded (registry framing, an older writer schema) gets the digest a walked one would. (A
-    writer that splits its maps into blocks gets the same digest only for the same framing.)"""
-    out = BytesIO()
-    schemaless_writer(out, _inputs_schema(codec), request)
-    return out.getvalue()
-
-
-@cache
-def _inputs_schema(codec: Codec) -> Any:
-    fields = [f for f in codec.schema["fields"] if f["name"] in ("features", "payload")]
-    return parse_schema({"type": "record", "name": "Inputs", "namespace": "io.rendezvous", "fields": fields})
 
 
 def score_in(codec: Codec, value: bytes | None, partition: int, offset: int, log_time: int) -> ScoreIn:

@@ -47,11 +47,11 @@ from services.core.codec import codec
 from services.core.control_records import is_control_record
 from services.core.errors import BadInput, RendezvousError
 from services.core.kafka import LIBRDKAFKA_TRANSACTION_TIMEOUT_MS, admin, end_offsets, reader, within_transaction
+from services.core.request_inputs import inputs_in
 from services.core.runtime import now_ms
 from services.core.settings import Topics
 from services.core.topic_range import PartitionSpan, read_together
 from services.rendezvous.join import Finished
-from services.rendezvous.records import INPUTS_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -339,12 +339,10 @@ def _remembered(finished: Finished, msg: Message) -> None:
 def _note_inputs(finished: Finished, rid: str, msg: Message) -> None:
     """The digest of the inputs an Answer (or Comparison) record answered, from its header (none:
     not known)."""
-    headers = msg.headers() or []
-    # A list, as confluent-kafka gives it; its type stubs allow a dict too.
-    for name, value in headers.items() if isinstance(headers, dict) else headers:
-        if name == INPUTS_HEADER and isinstance(value, bytes):
-            finished.inputs[rid] = value
-            return
+    inputs = inputs_in(msg.headers())
+    if inputs is not None:
+        finished.inputs[rid] = inputs
+        return
     finished.inputs.pop(rid, None)  # a later answer under the id without one: not known
 
 

@@ -57,8 +57,9 @@ class Pending(Protocol):
     unacked: int
 
 
-# topic, partition, key, value, and what to call once the broker has acknowledged (or refused) it
-Send = Callable[[str, int | None, bytes, bytes, Callable[[], None]], None]
+Headers = list[tuple[str, bytes]] | None
+# topic, partition, key, value, headers, and what to call once the broker has acknowledged (or refused) it
+Send = Callable[[str, int | None, bytes, bytes, Headers, Callable[[], None]], None]
 
 
 class ReplyRules:
@@ -98,12 +99,14 @@ class ReplyRouter:
         self._verdicts: OrderedDict[str, tuple[int, float]] = OrderedDict()  # topic -> (partitions, at)
         self._checking: dict[str, Future[int]] = {}
         self._recheck_at: dict[str, float] = {}  # topics whose question went unanswered -> when to ask again
-        self._waiting: dict[str, deque[tuple[int | None, bytes, bytes, Pending]]] = {}
+        self._waiting: dict[str, deque[tuple[int | None, bytes, bytes, Headers, Pending]]] = {}
         self._waiting_count = 0  # of topics other than the deployment's replies topic
         self._missing_said = OncePerPeriod[str](MISSING_SAID_EVERY_S)
         self.unacked = 0  # replies accepted and not yet acknowledged (a drain waits for them)
 
-    def send(self, topic: str, partition: int | None, key: bytes, value: bytes, receipt: Pending) -> None:
+    def send(
+        self, topic: str, partition: int | None, key: bytes, value: bytes, headers: Headers, receipt: Pending
+    ) -> None:
         refusal = self._rules.refusal(topic)
         if refusal is not None:
             m.REPLY_ERRORS.labels(refusal).inc()
@@ -112,9 +115,9 @@ class ReplyRouter:
         self.unacked += 1
         count = self._known(topic)
         if count is None:
-            self._wait_for_verdict(topic, partition, key, value, receipt)
+            self._wait_for_verdict(topic, partition, key, value, headers, receipt)
         else:
-            self._deliver(topic, count, partition, key, value, receipt)
+            self._deliver(topic, count, partition, key, value, headers, receipt)
 
     def check_now(self, topic: str) -> None:
         """Ask the broker about `topic` on the helper thread, unless a question is out already.
@@ -138,8 +141,8 @@ class ReplyRouter:
             waited = self._waiting.pop(topic, deque())
             if topic != self._rules.replies:
                 self._waiting_count -= len(waited)
-            for partition, key, value, receipt in waited:
-                self._deliver(topic, count, partition, key, value, receipt)
+            for partition, key, value, headers, receipt in waited:
+                self._deliver(topic, count, partition, key, value, headers, receipt)
         if self._recheck_at:
             now = time.monotonic()
             for topic in [t for t, at in self._recheck_at.items() if at <= now]:
@@ -160,14 +163,15 @@ class ReplyRouter:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _deliver(
-        self, topic: str, count: int, partition: int | None, key: bytes, value: bytes, receipt: Pending
+        self, topic: str, count: int, partition: int | None, key: bytes, value: bytes, headers: Headers,
+        receipt: Pending,
     ) -> None:
         if count == 0:
             self._drop(receipt, "unknown_topic")
         elif partition is not None and not 0 <= partition < count:
             self._drop(receipt, "bad_partition")
         else:
-            self._send(topic, partition, key, value, lambda: self._acknowledged(receipt))
+            self._send(topic, partition, key, value, headers, lambda: self._acknowledged(receipt))
 
     def _drop(self, receipt: Pending, reason: str) -> None:
         m.REPLY_ERRORS.labels(reason).inc()
@@ -191,7 +195,9 @@ class ReplyRouter:
         self.check_now(topic)
         return cached[0]
 
-    def _wait_for_verdict(self, topic: str, partition: int | None, key: bytes, value: bytes, receipt: Pending) -> None:
+    def _wait_for_verdict(
+        self, topic: str, partition: int | None, key: bytes, value: bytes, headers: Headers, receipt: Pending
+    ) -> None:
         # The deployment's own replies wait whatever else does: they are bounded by the open
         # requests (each reply is its request's), and waiting is rare (at start, after a failure).
         if topic != self._rules.replies:
@@ -199,7 +205,7 @@ class ReplyRouter:
                 self._drop(receipt, "too_many_unchecked")
                 return
             self._waiting_count += 1
-        self._waiting.setdefault(topic, deque()).append((partition, key, value, receipt))
+        self._waiting.setdefault(topic, deque()).append((partition, key, value, headers, receipt))
         if topic not in self._recheck_at:  # else poll() asks again when it is time
             self.check_now(topic)
 

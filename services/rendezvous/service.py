@@ -51,6 +51,7 @@ from services.core.errors import (
 )
 from services.core.kafka import SERVING_DELIVERY_TIMEOUT_MS, Producer, delivery_timeout, partition_counts, topic_config
 from services.core.metrics import DECODE_ERRORS
+from services.core.request_inputs import INPUTS_HEADER
 from services.core.requests import MAX_REQUEST_ID
 from services.core.runtime import now_ms
 from services.core.service import Context, Probed, StreamService, StreamSpec
@@ -59,9 +60,9 @@ from services.rendezvous import metrics as m
 from services.rendezvous.join import Join, Owner, Reply
 from services.rendezvous.mailbox import Mailbox
 from services.rendezvous.offsets import OffsetBook
-from services.rendezvous.records import INPUTS_HEADER, request_in, score_in
+from services.rendezvous.records import request_in, score_in
 from services.rendezvous.recovery import Mark
-from services.rendezvous.replies import ReplyRouter, ReplyRules
+from services.rendezvous.replies import Headers, ReplyRouter, ReplyRules
 from services.rendezvous.schedules import ScheduleFeed
 from services.rendezvous.score_brake import ScoreBrake
 from services.rendezvous.settings import RendezvousSettings
@@ -106,7 +107,7 @@ class Rendezvous(Probed):
         self._dead: DeadLetters | None = None
         self._replies: ReplyRouter | None = None
         # Replies decided during a batch, produced together at its end (`_send_replies`).
-        self._outbox: list[tuple[str, int | None, bytes, bytes, Callable[[], None]]] = []
+        self._outbox: list[tuple[str, int | None, bytes, bytes, Headers, Callable[[], None]]] = []
 
     def _start_at(self, topic: str, partition: int, offset: int) -> None:
         """A partition never committed starts at `offset` (latest's end when it was assigned),
@@ -400,8 +401,10 @@ class Rendezvous(Probed):
         mailbox.answer = record  # a repeat of the request gets what was written (cut or not)
         # Replies first: once the answer is in a transaction, its replies are already counted on
         # the mailbox, so the request's offset cannot be committed before they are acknowledged.
-        for topic, partition in mailbox.replies:
-            self._replies_out.send(topic, partition, key, value, mailbox)
+        if mailbox.replies:
+            reply_headers = _inputs_header(mailbox.inputs)
+            for topic, partition in mailbox.replies:
+                self._replies_out.send(topic, partition, key, value, reply_headers, mailbox)
         self._ctx.outputs.produce(self.topics.answers, value, key=key, partition=mailbox.partition, headers=headers)
 
     def _write_log(self, mailbox: Mailbox, record: dict[str, Any]) -> None:
@@ -410,9 +413,10 @@ class Rendezvous(Probed):
         self._ctx.outputs.produce(self.topics.log, self._comparisons.encode(record),
                                   key=mailbox.request_id.encode(), partition=mailbox.partition, headers=headers)
 
-    def repeat(self, reply: Reply, record: dict[str, Any], receipt: Owner) -> None:
+    def repeat(self, reply: Reply, record: dict[str, Any], receipt: Owner, inputs: bytes | None) -> None:
         m.REPLIES_REPEATED.inc()
-        self._replies_out.send(reply[0], reply[1], record["request_id"].encode(), self._answers.encode(record), receipt)
+        self._replies_out.send(reply[0], reply[1], record["request_id"].encode(), self._answers.encode(record),
+                               _inputs_header(inputs), receipt)
 
     @property
     def _replies_out(self) -> ReplyRouter:
@@ -420,9 +424,9 @@ class Rendezvous(Probed):
         return self._replies
 
     def _queue_reply(
-        self, topic: str, partition: int | None, key: bytes, value: bytes, done: Callable[[], None]
+        self, topic: str, partition: int | None, key: bytes, value: bytes, headers: Headers, done: Callable[[], None]
     ) -> None:
-        self._outbox.append((topic, partition, key, value, done))
+        self._outbox.append((topic, partition, key, value, headers, done))
         if len(self._outbox) >= OUTBOX_MAX:
             self._send_replies()
 
@@ -436,9 +440,9 @@ class Rendezvous(Probed):
             return  # the usual case on a turn without answers: nothing to swap
         assert self._fast is not None
         outbox, self._outbox = self._outbox, []
-        for topic, partition, key, value, done in outbox:
+        for topic, partition, key, value, headers, done in outbox:
             try:
-                self._fast.produce(topic, value, key=key, partition=partition, on_done=done)
+                self._fast.produce(topic, value, key=key, partition=partition, headers=headers, on_done=done)
             except KafkaOperationError as err:
                 done()  # refused by the client itself: nothing is in flight
                 m.REPLY_ERRORS.labels("delivery").inc()
@@ -585,6 +589,13 @@ def _output_headers(events: EventHeaders | None, mailbox: Mailbox) -> list[tuple
     if mailbox.inputs:
         headers.append((INPUTS_HEADER, mailbox.inputs))
     return headers or None
+
+
+def _inputs_header(inputs: bytes | None) -> Headers:
+    """A reply's headers: the digest of the inputs of the request it answers, by which a client
+    reading its reply partition tells its request's answer from another request's under the id
+    (core/request_inputs.py); none when not known (an answer restored from before the header)."""
+    return [(INPUTS_HEADER, inputs)] if inputs else None
 
 
 def cut_strings(value: Any, limit: int) -> Any:

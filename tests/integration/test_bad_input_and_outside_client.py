@@ -132,3 +132,31 @@ def test_outside_client_using_only_the_schema_files_is_answered(
     assert answer["request_id"] == request_id
     assert answer["status"] == "OK" and answer["model"] == "champion"
     assert 0.0 <= answer["score"] <= 1.0
+
+
+def test_two_clients_reading_one_reply_partition_each_take_their_own_answer_under_one_id(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    """Two clients read one reply partition and each send a request under one id, with other
+    features: the rendezvous answers the first and refuses the second at its return address, and
+    each client took whichever reply came first, one a confident score of features it did not
+    send. A reply names the inputs it answers (its `rdv-inputs` header): each takes its own."""
+    from services.client.client import Client
+
+    services.worker(bootstrap, prefix, "demo:champion")
+    services.rendezvous(bootstrap, prefix, models=("champion",))
+    first, second = (Client(config, topics, reply_partition=0, budget_ms=20_000) for _ in range(2))
+    try:
+        request_id = f"shared-{uuid.uuid4().hex}"
+        rows = demo_rows(2, seed=11)
+        mine = first.submit(rows[0], request_id=request_id)
+        first.flush()  # in the log before the second: the first under the id
+        theirs = second.submit(rows[1], request_id=request_id)
+        answered, refused = mine.result(60), theirs.result(60)
+    finally:
+        first.close()
+        second.close()
+    assert answered.status == "OK" and answered.model == "champion" and answered.score is not None
+    assert refused.status == "ERROR" and "already used by a request with other features" in (refused.reason or "")
+    # The one of the two replies read while both still waited was left by the client it was not for.
+    assert first.foreign_answers + second.foreign_answers == 1

@@ -30,6 +30,7 @@ def bare_client(owned: tuple[int, ...]) -> Client:
     client.budget_ms = 200
     client.undecodable_answers = 0
     client._unreadable_said = OncePerPeriod[str](60.0)
+    client.foreign_answers, client._foreign_said = 0, OncePerPeriod[str](60.0)
     client.answer_wait_s = 10.0
     client._expiries, client._expiry_order, client._expire_waiters = [], itertools.count(), True
     client._given_up = OrderedDict()
@@ -469,6 +470,56 @@ def test_an_id_given_up_on_twice_is_kept_until_both_answers_came() -> None:
     client._resolve(late_answer("r", 1_700_000_000_000, 0.9), 11, partition=0)
     assert client._given_up == {}
     assert not client.submit({"f": 999.0}, request_id="r").done()
+
+
+def inputs_of(features: dict[str, float]) -> bytes:
+    """The digest the rendezvous writes in a reply's header for a request of `features`."""
+    from services.core.request_inputs import digest_of
+
+    return digest_of(codec("request"), {"features": features, "payload": None})
+
+
+def test_an_answer_that_names_other_inputs_than_the_waiter_s_is_not_taken_for_its_answer() -> None:
+    """Two clients read one reply partition and each send a request under one id: each took the
+    answer that came first, one of them a confident score of features it did not send (a review).
+    The reply names the inputs it answers (its header): another's is left, counted, for its client."""
+    client = bare_client((0,))
+    client._producer, client._turn, client._wait_when_full = _Unsent(), itertools.count(), True  # type: ignore[assignment]
+    mine = client.submit({"f": 1.0}, request_id="r")
+    client._resolve(late_answer("r", 1_700_000_000_000, 0.1), 10, partition=0, inputs=inputs_of({"f": 999.0}))
+    assert not mine.done() and client.foreign_answers == 1 and len(client._pending["r"]) == 1
+    client._resolve(late_answer("r", 1_700_000_000_000, 0.9), 11, partition=0, inputs=inputs_of({"f": 1.0}))
+    assert mine.result(0).score == 0.9 and client._pending == {} and client.foreign_answers == 1
+    unsaid = client.submit({"f": 2.0}, request_id="s")  # an answer from a rendezvous without the header
+    client._resolve(late_answer("s", 1_700_000_000_000, 0.4), 12, partition=0)
+    assert unsaid.result(0).score == 0.4
+
+
+def test_another_client_s_answer_does_not_free_an_id_given_up_on() -> None:
+    """A request given up on keeps its id from other inputs until its answer came: another
+    client's answer under the id is not that answer."""
+    from services.client.client import InvalidRequest
+
+    client = bare_client((0,))
+    client._producer, client._turn, client._wait_when_full = _Unsent(), itertools.count(), True  # type: ignore[assignment]
+    client.abandon("r", client.submit({"f": 1.0}, request_id="r"))
+    client._resolve(late_answer("r", 1_700_000_000_000, 0.1), 10, partition=0, inputs=inputs_of({"f": 999.0}))
+    with pytest.raises(InvalidRequest, match="was given up on before its answer came"):
+        client.submit({"f": 999.0}, request_id="r")
+    client._resolve(late_answer("r", 1_700_000_000_000, 0.9), 11, partition=0, inputs=inputs_of({"f": 1.0}))
+    assert client._given_up == {}
+
+
+def test_an_unreadable_record_naming_other_inputs_does_not_fail_the_waiter() -> None:
+    """A record under the id that is no answer fails its waiter at once; not when it names other
+    inputs than the waiter's (another client's request)."""
+    client = bare_client((0,))
+    client._producer, client._turn, client._wait_when_full = _Unsent(), itertools.count(), True  # type: ignore[assignment]
+    mine = client.submit({"f": 1.0}, request_id="r")
+    client._resolve(b"junk", 10, partition=0, key=b"r", inputs=inputs_of({"f": 999.0}))
+    assert not mine.done() and client.undecodable_answers == 1
+    client._resolve(b"junk", 11, partition=0, key=b"r", inputs=inputs_of({"f": 1.0}))
+    assert mine.done() and mine.exception() is not None
 
 
 class _FlushFails(_Unsent):

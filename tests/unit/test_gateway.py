@@ -773,7 +773,7 @@ def test_a_reader_that_stops_for_good_makes_the_gateway_not_live_and_fails_calls
         tap.expect("r2")
 
     client = SimpleNamespace(stopped=None, owned_partitions=(0,), topics=SimpleNamespace(replies="rdv.replies"),
-                             undecodable_answers=0)
+                             undecodable_answers=0, foreign_answers=0)
     catalog = SimpleNamespace(schedules=Versions(Schedule(models=("champion",))), schedule_name="default")
     fresh = ComparisonTap({"bootstrap.servers": "127.0.0.1:1"}, "rdv.log")
     gateway = Gateway(GatewaySettings(), client, catalog, fresh, ApiKeys([]), BrokerHealth())  # type: ignore[arg-type]
@@ -804,7 +804,7 @@ def _gateway_without_kafka(settings: Any) -> Any:
     from services.gateway.engine import Gateway
 
     client = SimpleNamespace(stopped=None, owned_partitions=(0,), topics=SimpleNamespace(replies="rdv.replies"),
-                             undecodable_answers=0)
+                             undecodable_answers=0, foreign_answers=0)
     catalog = SimpleNamespace(schedules=Versions(Schedule(models=("champion",))), schedule_name="default")
     tap = ComparisonTap({"bootstrap.servers": "127.0.0.1:1"}, "rdv.log")
     return Gateway(settings, client, catalog, tap, ApiKeys([]), BrokerHealth())  # type: ignore[arg-type]
@@ -823,6 +823,8 @@ def test_the_clients_undecodable_answers_are_exported_as_a_counter_read_at_each_
     scraped = generate_latest().decode()
     assert "# TYPE rdv_gateway_undecodable_answers_total counter" in scraped
     assert "\nrdv_gateway_undecodable_answers_total 3.0\n" in scraped
+    gateway.client.foreign_answers = 2  # answers under its ids to other clients' inputs (client.py `_foreign`)
+    assert REGISTRY.get_sample_value("rdv_gateway_foreign_answers_total") == 2
 
 
 def test_a_call_to_a_full_gateway_is_refused_before_its_body_is_read() -> None:
@@ -1493,7 +1495,9 @@ def test_a_failure_says_a_retry_under_its_id_gets_it_again_only_where_the_rendez
     are decided by a real Join, as the rendezvous decides them."""
     from concurrent.futures import Future
 
-    from services.client.client import Answer, inputs_digest
+    from services.client.client import Answer
+    from services.core.codec import codec
+    from services.core.request_inputs import digest_of
     from services.rendezvous.join import MAX_WAITING_REPLIES, Join, JoinLimits
     from services.rendezvous.records import RequestIn, ScoreIn
 
@@ -1508,12 +1512,15 @@ def test_a_failure_says_a_retry_under_its_id_gets_it_again_only_where_the_rendez
         def log(self, _mailbox: Any, _record: dict[str, Any]) -> None:
             pass
 
-        def repeat(self, reply: tuple[str, int | None], record: dict[str, Any], _receipt: Any) -> None:
+        def repeat(self, reply: tuple[str, int | None], record: dict[str, Any], _receipt: Any, _inputs: Any) -> None:
             replies[reply[0]] = record
 
     join = Join(JoinLimits(), ScheduleBook.holding(Schedule(models=("champion",))), Outputs(), wall_ms=lambda: at)
     sent = iter(range(1_000_000))
     row = {"x": 1.0}
+
+    def inputs_of(features: dict[str, float]) -> bytes:
+        return digest_of(codec("request"), {"features": features, "payload": None})
 
     def send(rid: str, inputs: bytes) -> str:
         n = next(sent)
@@ -1522,7 +1529,7 @@ def test_a_failure_says_a_retry_under_its_id_gets_it_again_only_where_the_rendez
 
     def submit(features: dict[str, float], budget_ms: int, request_id: str, **_: object) -> Future[Answer]:
         answered: Future[Answer] = Future()
-        answered.set_result(Answer.from_record(replies[send(request_id, inputs_digest(features, None))], at))
+        answered.set_result(Answer.from_record(replies[send(request_id, inputs_of(features))], at))
         return answered  # every request here is answered at once (as refused, or from memory)
 
     call = _one_row_calls(submit, deadline_ms=200)
@@ -1530,7 +1537,7 @@ def test_a_failure_says_a_retry_under_its_id_gets_it_again_only_where_the_rendez
     # Open, with as many callers waiting as the rendezvous keeps: the call is refused, not remembered.
     kafka_id = _kafka_id("req-1", "anonymous", [row])
     for _ in range(MAX_WAITING_REPLIES):
-        send(kafka_id, inputs_digest(row, None))
+        send(kafka_id, inputs_of(row))
     with pytest.raises(AnswerFailed, match=r"this retry is not kept \(retry after the answer, which is then sent "
                                            r"again\)$") as refused:
         call("req-1")

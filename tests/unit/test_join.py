@@ -46,20 +46,22 @@ class Collected:
     logs: list[dict[str, Any]] = field(default_factory=list)
     replies: list[tuple[Reply, dict[str, Any]]] = field(default_factory=list)
     in_flight: list[Owner] = field(default_factory=list)
+    reply_inputs: list[bytes | None] = field(default_factory=list)  # the digest each reply carries
 
     def answer(self, mailbox: Mailbox, record: dict[str, Any]) -> None:
         self.answers.append(record)
         for reply in mailbox.replies:
-            self._send(reply, record, mailbox)
+            self._send(reply, record, mailbox, mailbox.inputs)
 
     def log(self, mailbox: Mailbox, record: dict[str, Any]) -> None:
         self.logs.append(record)
 
-    def repeat(self, reply: Reply, record: dict[str, Any], receipt: Owner) -> None:
-        self._send(reply, record, receipt)
+    def repeat(self, reply: Reply, record: dict[str, Any], receipt: Owner, inputs: bytes | None) -> None:
+        self._send(reply, record, receipt, inputs)
 
-    def _send(self, reply: Reply, record: dict[str, Any], receipt: Owner) -> None:
+    def _send(self, reply: Reply, record: dict[str, Any], receipt: Owner, inputs: bytes | None) -> None:
         self.replies.append((reply, record))
+        self.reply_inputs.append(inputs)
         receipt.unacked += 1
         self.in_flight.append(receipt)
 
@@ -418,6 +420,9 @@ def test_a_known_request_id_with_other_inputs_is_answered_error_at_its_address_o
         ("first", "OK"), ("retry", "OK")]
     assert [address for address, _reason in refusals(out)] == ["other", "later"]
     assert all("already used by a request with other features" in reason for _address, reason in refusals(out))
+    # Each reply carries its own request's inputs: the client at "other" tells the refusal from the answer.
+    assert {reply[0]: inputs for (reply, _record), inputs in zip(out.replies, out.reply_inputs, strict=True)} == {
+        "first": b"mine", "other": b"theirs", "later": b"theirs", "retry": b"mine"}
     assert len(out.answers) == 1 and [record["request_id"] for record in out.logs] == ["r"]
     assert [o["model"] for o in out.logs[0]["outputs"]] == list(MODELS)
     out.acknowledge()
@@ -875,6 +880,7 @@ def test_after_a_takeover_a_re_read_request_with_other_inputs_than_the_answered_
     join.on_request(request("x", reply="other", inputs=b"second"))
     join.on_request(request("x", at=T0 + 9, reply="retry", inputs=b"first"))
     assert [(reply[0], record["status"]) for reply, record in out.replies] == [("other", "ERROR"), ("retry", "OK")]
+    assert out.reply_inputs == [b"second", b"first"]  # each its request's: its client takes it
 
 
 def test_an_id_remembered_from_before_a_takeover_refuses_other_inputs() -> None:
@@ -890,3 +896,4 @@ def test_an_id_remembered_from_before_a_takeover_refuses_other_inputs() -> None:
     join.on_request(request("x", at=T0 + 9, reply="other", inputs=b"second"))
     join.on_request(request("x", at=T0 + 10, reply="retry", inputs=b"first"))
     assert [(reply[0], record["status"]) for reply, record in out.replies] == [("other", "ERROR"), ("retry", "OK")]
+    assert out.reply_inputs == [b"second", b"first"]  # each its request's: its client takes it

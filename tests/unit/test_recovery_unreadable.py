@@ -29,9 +29,9 @@ def test_one_that_never_can_counts_its_key_as_a_request_done() -> None:
 
 
 def test_an_answer_s_inputs_digest_is_read_from_its_header_and_a_later_one_without_forgets_it() -> None:
-    """Which inputs an answer answered (records.INPUTS_HEADER): a new owner refuses another request
+    """Which inputs an answer answered (request_inputs.INPUTS_HEADER): a new owner refuses another request
     under the id with other inputs instead of giving it this answer (join.Finished.inputs)."""
-    from services.rendezvous.records import INPUTS_HEADER
+    from services.core.request_inputs import INPUTS_HEADER
     from services.rendezvous.recovery import _note_inputs, _remembered
 
     finished = Finished({}, set())

@@ -26,13 +26,17 @@ class Broker:
     asked: list[str] = field(default_factory=list)
     sent: list[tuple[str, int | None, bytes]] = field(default_factory=list)
     acks: list[Callable[[], None]] = field(default_factory=list)
+    headers: list[r.Headers] = field(default_factory=list)
 
     def count(self, topic: str) -> int:
         self.asked.append(topic)
         return self.partitions.get(topic, 0)
 
-    def send(self, topic: str, partition: int | None, key: bytes, _value: bytes, done: Callable[[], None]) -> None:
+    def send(
+        self, topic: str, partition: int | None, key: bytes, _value: bytes, headers: r.Headers, done: Callable[[], None]
+    ) -> None:
         self.sent.append((topic, partition, key))
+        self.headers.append(headers)
         self.acks.append(done)
 
     def acknowledge(self) -> None:
@@ -61,7 +65,7 @@ def test_the_replies_topic_checked_at_start_takes_the_first_answer_at_once() -> 
     out.check_now(TOPICS.replies)
     settle(out)
     receipt = Receipt()
-    out.send(TOPICS.replies, None, b"r1", b"answer", receipt)
+    out.send(TOPICS.replies, None, b"r1", b"answer", None, receipt)
     assert broker.sent == [(TOPICS.replies, None, b"r1")]
     assert receipt.unacked == 1 and out.unacked == 1
     broker.acknowledge()
@@ -72,12 +76,12 @@ def test_an_unchecked_topic_holds_its_replies_until_the_verdict_then_delivers_or
     broker = Broker({"client-a": 2})
     out = router(broker)
     kept, lost, bad = Receipt(), Receipt(), Receipt()
-    out.send("client-a", 1, b"r1", b"v", kept)
-    out.send("missing", None, b"r2", b"v", lost)
-    out.send("client-a", 7, b"r3", b"v", bad)
+    out.send("client-a", 1, b"r1", b"v", [("rdv-inputs", b"digest")], kept)
+    out.send("missing", None, b"r2", b"v", None, lost)
+    out.send("client-a", 7, b"r3", b"v", None, bad)
     assert broker.sent == [] and out.unacked == 3
     settle(out)
-    assert broker.sent == [("client-a", 1, b"r1")]
+    assert broker.sent == [("client-a", 1, b"r1")] and broker.headers == [[("rdv-inputs", b"digest")]]
     assert lost.settled and bad.settled and not kept.settled  # dropped ones are released at once
     broker.acknowledge()
     assert kept.settled and out.unacked == 0
@@ -87,7 +91,7 @@ def test_an_internal_topic_gets_no_reply_and_nothing_to_wait_for() -> None:
     broker = Broker({TOPICS.control: 4})
     out = router(broker)
     receipt = Receipt()
-    out.send(TOPICS.control, None, b"r", b"v", receipt)
+    out.send(TOPICS.control, None, b"r", b"v", None, receipt)
     assert broker.sent == [] and broker.asked == [] and receipt.settled and out.unacked == 0
 
 
@@ -96,7 +100,7 @@ def test_a_topic_name_kafka_would_refuse_gets_no_reply_and_no_question(topic: st
     broker = Broker({topic: 4})
     out = router(broker)
     receipt = Receipt()
-    out.send(topic, None, b"r", b"v", receipt)
+    out.send(topic, None, b"r", b"v", None, receipt)
     assert broker.sent == [] and broker.asked == [] and receipt.settled and out.unacked == 0
 
 
@@ -107,7 +111,7 @@ def test_a_question_that_fails_unexpectedly_counts_the_topic_as_missing_and_the_
     broker = Broker({})
     out = r.ReplyRouter(broker.send, {}, r.ReplyRules(TOPICS), partition_count=refusing)
     receipt = Receipt()
-    out.send("client-a", 0, b"r", b"v", receipt)
+    out.send("client-a", 0, b"r", b"v", None, receipt)
     settle(out)  # poll() does not raise
     assert broker.sent == [] and receipt.settled and out.unacked == 0
 
@@ -118,7 +122,7 @@ def test_an_expired_verdict_is_checked_again_without_holding_answers(monkeypatch
     out.check_now(TOPICS.replies)
     settle(out)
     monkeypatch.setattr(r, "VERDICT_TTL_S", 0.0)
-    out.send(TOPICS.replies, None, b"r1", b"v", Receipt())
+    out.send(TOPICS.replies, None, b"r1", b"v", None, Receipt())
     assert broker.sent == [(TOPICS.replies, None, b"r1")]  # delivered at once, on the old verdict
     settle(out)
     assert broker.asked == [TOPICS.replies, TOPICS.replies]  # and asked again in the background
@@ -131,7 +135,7 @@ def test_after_a_failed_delivery_the_next_replies_wait_for_a_fresh_verdict_inste
     settle(out)
     out.forget(TOPICS.replies)  # e.g. every reply in flight timed out during a long outage
     receipt = Receipt()
-    out.send(TOPICS.replies, 2, b"r1", b"v", receipt)
+    out.send(TOPICS.replies, 2, b"r1", b"v", None, receipt)
     assert broker.sent == [] and not receipt.settled  # held, not dropped
     settle(out)
     assert broker.sent == [(TOPICS.replies, 2, b"r1")] and broker.asked == [TOPICS.replies, TOPICS.replies]
@@ -151,8 +155,8 @@ def test_a_question_the_broker_could_not_answer_keeps_the_replies_and_is_asked_a
     monkeypatch.setattr(r, "RECHECK_S", 0.0)
     out = r.ReplyRouter(broker.send, {}, r.ReplyRules(TOPICS), partition_count=flaky)
     receipt = Receipt()
-    out.send("client-a", 1, b"r1", b"v", receipt)
-    out.send("client-a", 2, b"r2", b"v", Receipt())  # asked once for both, not once per reply
+    out.send("client-a", 1, b"r1", b"v", None, receipt)
+    out.send("client-a", 2, b"r2", b"v", None, Receipt())  # asked once for both, not once per reply
     def delivered() -> bool:
         out.poll()
         return bool(broker.sent)
@@ -207,15 +211,15 @@ def test_a_flood_of_missing_return_addresses_neither_forgets_nor_drops_the_deplo
     out.check_now(TOPICS.replies)
     settle(out)
     for i in range(30):  # more missing topics than verdicts are kept
-        out.send(f"t.replies.gone{i}", None, b"x", b"v", Receipt())
+        out.send(f"t.replies.gone{i}", None, b"x", b"v", None, Receipt())
     settle(out)
     assert out._known(TOPICS.replies) == 4
     warnings = [rec for rec in caplog.records if "does not exist" in rec.getMessage()]
     assert len(warnings) == 1  # and the next one, 30 s on, says how many were held back
     out.forget(TOPICS.replies)  # a failed delivery: its next replies wait for a fresh verdict
     for i in range(50):  # the waiting replies of other topics at their cap
-        out.send(f"t.replies.new{i}", None, b"x", b"v", Receipt())
+        out.send(f"t.replies.new{i}", None, b"x", b"v", None, Receipt())
     mine = Receipt()
-    out.send(TOPICS.replies, 0, b"r1", b"answer", mine)
+    out.send(TOPICS.replies, 0, b"r1", b"answer", None, mine)
     settle(out)
     assert (TOPICS.replies, 0, b"r1") in broker.sent and mine.unacked == 1

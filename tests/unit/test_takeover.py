@@ -193,8 +193,8 @@ def test_an_answer_record_says_which_inputs_it_answers() -> None:
     from types import SimpleNamespace
     from typing import Any
 
+    from services.core.request_inputs import INPUTS_HEADER
     from services.rendezvous.mailbox import Mailbox
-    from services.rendezvous.records import INPUTS_HEADER
     from services.rendezvous.service import Rendezvous
 
     written: list[tuple[str, Any]] = []

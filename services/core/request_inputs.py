@@ -1,0 +1,78 @@
+"""What tells two requests under one request id apart: the digest of their inputs.
+
+A request id names one request, and a retry repeats its inputs (the features and the payload,
+what the models score); its created_at, deadline, return address and metadata may change. The
+rendezvous digests every request's inputs: a request under a known id with other inputs is
+refused, not given the first one's answer. Every answer and reply it writes carries the digest of
+the inputs it answers in a Kafka header (`INPUTS_HEADER`): a new owner's scan learns from the
+answers which inputs were answered, and a client takes a reply for its request only when the
+digest is its request's (two clients reading one reply partition, each sending a request under
+one id, took each other's answers: a confident score for features nobody scored).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cache
+from hashlib import sha256
+from io import BytesIO
+from typing import Any
+
+from fastavro import parse_schema, schemaless_writer
+
+from services.core.avro_writer import Encoder, Unfit, compile_encoder
+from services.core.codec import Codec
+
+__all__ = ["INPUTS_HEADER", "digest_of", "inputs_digest", "inputs_in"]
+
+INPUTS_HEADER = "rdv-inputs"
+
+
+def inputs_digest(encoded: bytes) -> bytes:
+    """The digest of a request's inputs from their Avro encoding (the features map, then the
+    payload union, as a record holds them: the rendezvous' walk slices them from the record),
+    hashed so that no one can choose other inputs with the same digest (SHA-256: its CPU
+    instructions make it the cheapest such hash here, 0.65 µs for the demo's 700 bytes), and
+    short (the rendezvous keeps one for every closed id)."""
+    return sha256(encoded).digest()
+
+
+def digest_of(codec: Codec, request: Mapping[str, Any]) -> bytes:
+    """`inputs_digest` of a request as a dict (its "features" and "payload"), encoded as a writer
+    puts them in one record: each map one block, what fastavro and Avro's Java writer do. So a
+    record fastavro decoded (registry framing, an older writer schema), and a client's request
+    before it is sent, get the digest a walked record gets. (A writer that splits its maps into
+    blocks gets the same digest only for the same framing.)"""
+    compiled, parsed = _inputs_writers(codec)
+    if compiled is not None:
+        try:
+            return inputs_digest(compiled(request))
+        except Unfit:
+            pass  # not only plain values: fastavro writes them, or says why not (as Codec.encode)
+    out = BytesIO()
+    schemaless_writer(out, parsed, request)
+    return inputs_digest(out.getvalue())
+
+
+@cache
+def _inputs_writers(codec: Codec) -> tuple[Encoder | None, Any]:
+    """The inputs' compiled encoder (a client digests every request answered: 11.6 µs a demo
+    request where fastavro's writer took 17.8), and fastavro's parsed schema for what that one
+    does not write."""
+    fields = [f for f in codec.schema["fields"] if f["name"] in ("features", "payload")]
+    schema = {"type": "record", "name": "Inputs", "namespace": "io.rendezvous", "fields": fields}
+    return compile_encoder(schema), parse_schema(schema)
+
+
+HeaderValue = str | bytes | None
+
+
+def inputs_in(headers: Sequence[tuple[str, HeaderValue]] | Mapping[str, HeaderValue] | None) -> bytes | None:
+    """The digest a record's headers carry (a Kafka message's `headers()`), or None."""
+    if not headers:
+        return None
+    # A list, as confluent-kafka gives it; its type stubs allow a dict too.
+    for name, value in headers.items() if isinstance(headers, Mapping) else headers:
+        if name == INPUTS_HEADER and isinstance(value, bytes):
+            return value
+    return None
