@@ -17,7 +17,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rich.console import Console
 
@@ -43,6 +43,9 @@ from services.model_worker.models import Model, load_model
 from services.model_worker.models.loader import check_spec
 from services.model_worker.settings import trust_model_file_setting
 from services.model_worker.worker import score_batch
+
+if TYPE_CHECKING:
+    from services.decoy.archive import Gap
 
 log = logging.getLogger(__name__)
 # How far before the earliest request's append time the log is read (see `replay`): the broker's
@@ -129,9 +132,11 @@ class Recorded(NamedTuple):
 
 @dataclass
 class Skipped:
-    """Archived records of the range left out: those of another topic than this deployment's requests."""
+    """Archived records of the range left out: those of another topic than this deployment's
+    requests; and the gaps the archive names that may hold some of the range's requests."""
 
     topics: Counter[str] = dataclasses.field(default_factory=Counter)
+    gaps: list[Gap] = dataclasses.field(default_factory=list)
 
 
 def _requests_from_topic(settings: ReplaySettings, bounds: Bounds, _skipped: Skipped) -> Iterator[Recorded]:
@@ -150,13 +155,16 @@ def _requests_from_archive(settings: ReplaySettings, bounds: Bounds, skipped: Sk
     """The archive's records of the range that came from this deployment's requests topic: a decoy
     pointed at another prefix's topic may have archived into the same directory (they were
     replayed as this one's, and counted as having no comparison record; a review)."""
-    from services.decoy.archive import iter_archive
+    from services.decoy.archive import iter_archive, read_gaps
 
     if isinstance(bounds.start, OffsetBound) or isinstance(bounds.end, OffsetBound):
         raise ConfigError("--source archive takes time bounds only (offsets belong to the topic)")
     start = bounds.start.ms if isinstance(bounds.start, TimeBound) else None
     end = bounds.end.ms if isinstance(bounds.end, TimeBound) else None
     topic = settings.topics().requests
+    # A gap's records were appended before it was noticed: one noticed before the range holds none of it.
+    skipped.gaps = [gap for gap in read_gaps(Path(settings.archive_dir))
+                    if gap.topic == topic and (start is None or gap.noticed_at >= start)]
     for record in iter_archive(Path(settings.archive_dir), from_ms=start, to_ms=end):
         if record["topic"] != topic:
             skipped.topics[record["topic"]] += 1
@@ -450,6 +458,12 @@ def _skipped_notes(settings: ReplaySettings, skipped: Skipped, scored: Scored) -
         others = ", ".join(f"{t} ({n:,})" for t, n in skipped.topics.most_common(5))
         notes.append(f"{sum(skipped.topics.values()):,} archived records of other topics left out: {others}; this "
                      f"deployment's requests are {topic}")
+    if skipped.gaps:
+        where = "; ".join(f"partition {g.partition}, offsets {g.first:,} to {g.last:,} (found gone at "
+                          f"{format_ms(g.noticed_at)})" for g in skipped.gaps[:5])
+        more = f"; and {len(skipped.gaps) - 5} more" if len(skipped.gaps) > 5 else ""
+        notes.append(f"this range may lack requests the archive never held: {topic} deleted them (its retention) "
+                     f"before the decoy archived them: {where}{more}")
     try:
         count = partition_counts(settings.librdkafka(), [topic], settings.connect_timeout_s).get(topic)
     except RendezvousError:  # the topic may be gone: the archive outlives it

@@ -3,7 +3,9 @@
 Layout of an archive directory:
 
     manifest.json                      every finished file: records, bytes, sha256,
-                                       per-partition offset range, timestamp range
+                                       per-partition offset range, timestamp range; and
+                                       the gaps: records the topic deleted (its retention)
+                                       before the decoy archived them
     requests-<start ms>-<seq>.avro     finished files (Avro container, schema inside)
     requests-<start ms>-<seq>.avro.part   the file being written
 
@@ -37,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import fastavro
 from fastavro.write import Writer
@@ -48,6 +50,7 @@ from services.core.errors import ConfigError, RendezvousError
 from services.core.ranges import epoch_ms
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MANIFEST = "manifest.json"
 LOCK = "decoy.lock"  # held by the one decoy writing the directory (its pid inside, for the message)
@@ -103,6 +106,17 @@ class FileStats:
         self.last_timestamp = ts if self.last_timestamp is None else max(self.last_timestamp, ts)
 
 
+@dataclass(frozen=True)
+class Gap:
+    """Records of a partition the topic deleted (its retention) before the decoy archived them."""
+
+    topic: str
+    partition: int
+    first: int  # the first and last offset missing
+    last: int
+    noticed_at: int  # epoch ms the decoy found them gone: each was appended before
+
+
 class ArchiveWriter:
     """Appends records to the open file; rolls by size or age; keeps the manifest."""
 
@@ -125,6 +139,7 @@ class ArchiveWriter:
             raise ConfigError(f"cannot create archive directory {directory}: {exc.strerror}") from None
         self._lock = _hold(directory)
         self.manifest = read_manifest(directory)
+        self.gaps = read_gaps(directory)
         self._recover_parts()
         self._adopt_sealed()
 
@@ -191,6 +206,16 @@ class ArchiveWriter:
             log.error("%s", self._failed)
             raise self._failed from None
 
+    def note_gap(self, gap: Gap) -> None:
+        """Name `gap` in the manifest (once: a decoy that crashed before it committed past the gap
+        finds it again), for replay to say that its range may lack those records."""
+        if any((g.topic, g.partition, g.first, g.last) == (gap.topic, gap.partition, gap.first, gap.last)
+               for g in self.gaps):
+            return
+        with self._storage("write the manifest of", MANIFEST):
+            write_manifest(self.directory, self.manifest, [*self.gaps, gap])
+        self.gaps.append(gap)
+
     def roll_if_old(self) -> None:
         """Seal the open file once it is `roll_seconds` old, whether or not records still come
         (the service asks on every pass of its loop): a quiet topic's last records reach a
@@ -250,7 +275,7 @@ class ArchiveWriter:
         stats.bytes = final.stat().st_size
         stats.sha256 = _sha256(final)
         self.manifest.append(stats)
-        write_manifest(self.directory, self.manifest)
+        write_manifest(self.directory, self.manifest, self.gaps)
         log.info("archived %s: %d records, %d bytes", final.name, stats.records, stats.bytes)
 
     def _recover_parts(self) -> None:
@@ -386,14 +411,30 @@ def _sha256(path: Path) -> str:
 
 
 def read_manifest(directory: Path) -> list[FileStats]:
+    return _from_manifest(directory, lambda data: [_checked(FileStats(**entry)) for entry in data["files"]])
+
+
+def read_gaps(directory: Path) -> list[Gap]:
+    """The gaps the manifest names (none in a manifest written before it named them)."""
+    return _from_manifest(directory, lambda data: [_checked_gap(Gap(**entry)) for entry in data.get("gaps", [])])
+
+
+def _from_manifest(directory: Path, read: Callable[[dict[str, Any]], list[T]]) -> list[T]:
     path = directory / MANIFEST
     if not path.exists():
         return []
     try:
-        data = json.loads(path.read_text())
-        return [_checked(FileStats(**entry)) for entry in data["files"]]
-    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:  # [[[...]]] nested past the stack
+        return read(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:  # [[[...]]] nests
         raise ConfigError(f"archive manifest {path} is unreadable: {str(exc)[:200]}") from None
+
+
+def _checked_gap(gap: Gap) -> Gap:
+    """TypeError unless each field has its type."""
+    numbers = (gap.partition, gap.first, gap.last, gap.noticed_at)
+    if not isinstance(gap.topic, str) or not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+        raise TypeError(f"the gap entry {vars(gap)!r:.200} has a field of the wrong type")
+    return gap
 
 
 def _checked(stats: FileStats) -> FileStats:
@@ -460,10 +501,11 @@ def _unlisted(directory: Path, named: set[str]) -> list[Path]:
             if path.name not in named and _archive_name(path.name)]
 
 
-def write_manifest(directory: Path, files: list[FileStats]) -> None:
-    """Atomically replace the manifest (write a temp file, fsync, rename)."""
+def write_manifest(directory: Path, files: list[FileStats], gaps: list[Gap]) -> None:
+    """Atomically replace the manifest (write a temp file, fsync, rename). The gaps are a key a
+    reader of the files alone need not know."""
     data = {"format": "rendezvous-serving decoy archive v1", "schema": "schemas/archived_request.avsc",
-            "files": [vars(f) for f in files]}
+            "files": [vars(f) for f in files], "gaps": [vars(g) for g in gaps]}
     tmp = directory / (MANIFEST + ".tmp")
     with tmp.open("w") as handle:
         json.dump(data, handle, indent=1)

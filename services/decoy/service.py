@@ -12,6 +12,7 @@ model saw, bad records included.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from pathlib import Path
@@ -23,7 +24,7 @@ from prometheus_client import Counter
 from services.core.kafka import partition_counts
 from services.core.runtime import now_ms
 from services.core.service import Context, Probed, SimpleHandler, StreamService, StreamSpec
-from services.decoy.archive import LATEST_READABLE_MS, ArchiveWriter
+from services.decoy.archive import LATEST_READABLE_MS, ArchiveFailed, ArchiveWriter, Gap
 from services.decoy.settings import DecoySettings
 
 log = logging.getLogger(__name__)
@@ -113,10 +114,18 @@ class Decoy(SimpleHandler, Probed):
                 if tp.offset < low:
                     MISSED.inc(low - tp.offset)
                     log.warning("%s[%d]: records at offsets %d to %d were deleted from the topic before this group "
-                                "archived them (its retention): the archive has a gap there", tp.topic, tp.partition,
-                                tp.offset, low - 1)
+                                "archived them (its retention): the archive has a gap there, named in its manifest",
+                                tp.topic, tp.partition, tp.offset, low - 1)
+                    self._note_gap(Gap(tp.topic, tp.partition, tp.offset, low - 1, now_ms()))
         except KafkaException as exc:  # a question, not the archiving: never a reason to stop
             log.debug("could not check %s for records deleted unarchived: %s", self.topics.requests, exc)
+
+    def _note_gap(self, gap: Gap) -> None:
+        """The gap in the manifest, for replay to name. A storage that refuses it is said by the
+        archive, and stops the decoy at its next write (not here: a rebalance callback)."""
+        assert self._archive is not None
+        with contextlib.suppress(ArchiveFailed):
+            self._archive.note_gap(gap)
 
     def on_released(self, partitions: list[TopicPartition], lost: bool) -> None:
         """Records of partitions lost without a commit are the next owner's to archive (a

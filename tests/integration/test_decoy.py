@@ -11,10 +11,12 @@ import fastavro
 import pytest
 from confluent_kafka import Producer
 
+from services.cli.replay import ReplaySettings, Scored, Skipped, _requests_from_archive, _skipped_notes
 from services.client.client import make_request
 from services.core.codec import codec
+from services.core.ranges import parse_bounds
 from services.core.settings import Topics
-from services.decoy.archive import iter_archive, read_manifest
+from services.decoy.archive import iter_archive, read_gaps, read_manifest
 from services.decoy.service import Decoy
 from services.decoy.settings import DecoySettings
 from services.model_worker.models import demo_rows
@@ -102,6 +104,16 @@ def test_records_deleted_before_the_decoy_archived_them_are_said_and_counted_as_
     assert any(f"{topics.requests}[0]: records at offsets 10 to 14 were deleted from the topic before" in r.getMessage()
                for r in caplog.records)
     assert sorted(r["offset"] for r in iter_archive(archive) if r["partition"] == 0) == [*range(10), *range(15, 20)]
+    # The manifest names the gap, and a replay of the archive says its range may lack those requests.
+    (gap,) = read_gaps(archive)
+    assert (gap.topic, gap.partition, gap.first, gap.last) == (topics.requests, 0, 10, 14)
+    settings = ReplaySettings(model="demo:champion", source="archive", archive_dir=str(archive), bootstrap=bootstrap,
+                              topic_prefix=prefix)
+    skipped, scored = Skipped(), Scored()
+    for record in _requests_from_archive(settings, parse_bounds("", "", "", 0), skipped):
+        scored.took(record)
+    assert any(f"{topics.requests} deleted them (its retention) before the decoy archived them: partition 0, "
+               "offsets 10 to 14 (found gone at" in note for note in _skipped_notes(settings, skipped, scored))
 
 
 def send_to_partition(producer: Producer, topic: str, n: int) -> None:

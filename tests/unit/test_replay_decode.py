@@ -276,6 +276,29 @@ def test_an_archive_replay_reads_this_deployments_topic_only_and_says_what_it_le
     assert "partition(s) 0 only, of the 4 of rdv.requests" in notes[1]
 
 
+def test_an_archive_replay_names_the_gaps_that_may_hold_requests_of_its_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gap noticed before the range holds none of it (its records were appended before); another
+    topic's is another deployment's."""
+    from services.cli import replay as replay_module
+    from services.cli.replay import ReplaySettings, Scored, Skipped, _requests_from_archive, _skipped_notes
+    from services.core.ranges import parse_bounds
+    from services.decoy import archive
+    from services.decoy.archive import Gap
+
+    gaps = [Gap("rdv.requests", 0, 10, 14, 5_000), Gap("rdv.requests", 1, 3, 3, 60_000),
+            Gap("demo.requests", 0, 0, 9, 60_000)]
+    monkeypatch.setattr(archive, "iter_archive", lambda *_args, **_bounds: iter(()))
+    monkeypatch.setattr(archive, "read_gaps", lambda _directory: gaps)
+    monkeypatch.setattr(replay_module, "partition_counts", lambda *_args: {})
+    settings = ReplaySettings(model="demo:champion", source="archive", archive_dir="/nowhere")
+    skipped = Skipped()
+    assert list(_requests_from_archive(settings, parse_bounds("50s", "", "", 100_000), skipped)) == []
+    assert skipped.gaps == [gaps[1]]
+    (note,) = _skipped_notes(settings, skipped, Scored())
+    assert note.startswith("this range may lack requests the archive never held: rdv.requests deleted them (its "
+                           "retention) before the decoy archived them: partition 1, offsets 3 to 3 (found gone at ")
+
+
 def test_a_champion_that_is_no_live_model_is_warned_of_before_the_scoring(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
