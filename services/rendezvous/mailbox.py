@@ -41,7 +41,7 @@ class Mailbox:
     created_at: int = 0
     deadline: int = 0  # effective: the request's own or the schedule's default, clamped
     schedule: Schedule | None = None  # the version governing this request
-    # Digest of the request's features and payload (records.inputs_digest); None: not known to be
+    # Digest of the request's features and payload (core/request_inputs.py); None: not known to be
     # the first request's (one re-read after a restart may be a later one under its id).
     inputs: bytes | None = b""
     replies: list[tuple[str, int | None]] = field(default_factory=list)  # return addresses

@@ -75,7 +75,7 @@ def request_decoded(codec: Codec, value: bytes | None, partition: int, offset: i
     return RequestIn(
         rid, partition, offset, log_time, request["created_at"], request["deadline"],
         reply["topic"] if reply else None, reply["partition"] if reply else None, request_problem(request),
-        digest_of(codec, request),
+        digest_of(request),
     )
 
 

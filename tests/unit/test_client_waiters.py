@@ -476,7 +476,7 @@ def inputs_of(features: dict[str, float]) -> bytes:
     """The digest the rendezvous writes in a reply's header for a request of `features`."""
     from services.core.request_inputs import digest_of
 
-    return digest_of(codec("request"), {"features": features, "payload": None})
+    return digest_of({"features": features, "payload": None})
 
 
 def test_an_answer_that_names_other_inputs_than_the_waiter_s_is_not_taken_for_its_answer() -> None:

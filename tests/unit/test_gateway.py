@@ -1496,7 +1496,6 @@ def test_a_failure_says_a_retry_under_its_id_gets_it_again_only_where_the_rendez
     from concurrent.futures import Future
 
     from services.client.client import Answer
-    from services.core.codec import codec
     from services.core.request_inputs import digest_of
     from services.rendezvous.join import MAX_WAITING_REPLIES, Join, JoinLimits
     from services.rendezvous.records import RequestIn, ScoreIn
@@ -1520,7 +1519,7 @@ def test_a_failure_says_a_retry_under_its_id_gets_it_again_only_where_the_rendez
     row = {"x": 1.0}
 
     def inputs_of(features: dict[str, float]) -> bytes:
-        return digest_of(codec("request"), {"features": features, "payload": None})
+        return digest_of({"features": features, "payload": None})
 
     def send(rid: str, inputs: bytes) -> str:
         n = next(sent)

@@ -209,3 +209,39 @@ def test_an_answer_record_says_which_inputs_it_answers() -> None:
               "schedule_version": 1}
     service._write_answer(mailbox, record)
     assert written == [(service.topics.answers, [(INPUTS_HEADER, b"digest")])]
+
+
+def test_every_reply_names_the_inputs_of_the_request_at_its_address() -> None:
+    """A client reading a reply partition takes a reply for its request only when it names that
+    request's inputs (two clients under one id took each other's answers; a review): the replies
+    of a decided answer, and an answer sent again to another request's address, carry its digest
+    through the reply router to the producer."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from services.core.request_inputs import INPUTS_HEADER
+    from services.rendezvous.mailbox import Mailbox, Receipt
+    from services.rendezvous.replies import ReplyRouter, ReplyRules
+    from services.rendezvous.service import Rendezvous
+
+    produced: list[tuple[str, int | None, Any]] = []
+    service = Rendezvous(RendezvousSettings(models=("champion",)))
+    service._ctx = SimpleNamespace(  # type: ignore[assignment]
+        producer=SimpleNamespace(check_size=lambda *_a: None),
+        outputs=SimpleNamespace(produce=lambda *_a, **_kw: None))
+    service._fast = SimpleNamespace(  # type: ignore[assignment]
+        produce=lambda topic, _value, key, partition, headers, on_done: produced.append((topic, partition, headers)))
+    service._replies = ReplyRouter(service._queue_reply, {}, ReplyRules(service.topics),
+                                   partition_count=lambda _topic: 4)
+    service._replies._remember(service.topics.replies, 4)  # known to exist: sent at once
+    mailbox = Mailbox("x", 0, 1)
+    mailbox.inputs, mailbox.replies = b"first", [(service.topics.replies, 1), (service.topics.replies, 2)]
+    record = {"request_id": "x", "status": "OK", "model": "champion", "version": "1", "score": 0.9, "label": None,
+              "reason": "", "created_at": 1, "deadline": 2, "answered_at": 1, "schedule": "default",
+              "schedule_version": 1}
+    service._write_answer(mailbox, record)
+    service.repeat((service.topics.replies, 3), record, Receipt(), b"retry")
+    service._send_replies()
+    assert produced == [(service.topics.replies, 1, [(INPUTS_HEADER, b"first")]),
+                        (service.topics.replies, 2, [(INPUTS_HEADER, b"first")]),
+                        (service.topics.replies, 3, [(INPUTS_HEADER, b"retry")])]
