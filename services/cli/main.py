@@ -320,7 +320,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     topics = commands.add_parser("topics", help="create the topics of a deployment")
     topics_sub = topics.add_subparsers(dest="action", required=True, metavar="ACTION")
-    create = topics_sub.add_parser("create", help="create every topic (existing ones are left alone)")
+    create = topics_sub.add_parser("create", help="create every topic; an existing one keeps its partitions and "
+                                   "retention, and gets the timestamp type and cleanup policy the deployment relies on")
     selection.arguments(create, ("topics", "create"), TopicSettings)
     create.set_defaults(handler=cmd_topics)
 

@@ -904,8 +904,9 @@ def create_topics(
     specs: Mapping[str, tuple[int, Mapping[str, str]]],
     timeout: float = 30.0,
 ) -> list[str]:
-    """Create topics {name: (partitions, configs)}; existing ones are left alone. Returns created.
-    The broker is awaited for the command's connect timeout; `timeout` bounds each operation."""
+    """Create topics {name: (partitions, configs)}; existing ones get only the configs the
+    deployment relies on (`CREATION_DEFAULTS` are left as their operator set them). Returns
+    created. The broker is awaited for the command's connect timeout; `timeout` bounds each operation."""
     wait_for_broker(config)
     client = admin(config)
     new = [NewTopic(name, num_partitions=n, replication_factor=-1, config=dict(cfg))
@@ -921,9 +922,16 @@ def create_topics(
                 existing.append(name)
                 continue
             raise BrokerError(f"cannot create topic {name}: {exc}") from None
-    _apply_configs(client, {name: specs[name][1] for name in existing if specs[name][1]}, timeout)
+    relied_on = {name: {k: v for k, v in specs[name][1].items() if k not in CREATION_DEFAULTS} for name in existing}
+    _apply_configs(client, {name: configs for name, configs in relied_on.items() if configs}, timeout)
     _wait_for_leaders(client, list(specs), timeout)
     return created
+
+
+# Configs a topic is created with as defaults, not imposed on one that exists: an operator's own
+# retention of the replies or dead letters was set back at every `topics create` (every
+# `helm upgrade` runs it; a review of the docs). The timestamp type and cleanup policy are relied on.
+CREATION_DEFAULTS = frozenset({"retention.ms"})
 
 
 def _apply_configs(client: AdminClient, configs: Mapping[str, Mapping[str, str]], timeout: float) -> None:

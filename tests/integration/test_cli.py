@@ -93,6 +93,24 @@ def test_topics_create_then_send_prints_answers(
     assert unanswered.stdout == "" and "0 answers: none" in unanswered.stderr
 
 
+def test_topics_create_keeps_an_operators_retention_and_restores_what_the_deployment_relies_on(
+    bootstrap: str, config: dict[str, Any]
+) -> None:
+    """`topics create` runs at every `helm upgrade`: it set the replies' retention back to an hour
+    over an operator's own (a review of the docs, which said it left existing topics alone)."""
+    from services.core.kafka import _apply_configs, admin, topic_config
+
+    prefix = f"keep{uuid.uuid4().hex[:8]}."
+    assert rendezvous("topics", "create", "--bootstrap", bootstrap, "--topic-prefix", prefix).returncode == 0
+    client = admin(config)
+    _apply_configs(client, {f"{prefix}replies": {"retention.ms": "7200000"},
+                            f"{prefix}requests": {"message.timestamp.type": "CreateTime"}}, 30)
+    again = rendezvous("topics", "create", "--bootstrap", bootstrap, "--topic-prefix", prefix)
+    assert again.returncode == 0, again.stderr
+    assert topic_config(config, f"{prefix}replies", "retention.ms") == "7200000"
+    assert topic_config(config, f"{prefix}requests", "message.timestamp.type") == "LogAppendTime"
+
+
 def test_demo_runs_and_prints_the_live_table(bootstrap: str, topics: Topics) -> None:
     prefix = f"demo{uuid.uuid4().hex[:8]}."
     result = rendezvous("demo", "--bootstrap", bootstrap, "--topic-prefix", prefix, "--duration", "8",
