@@ -27,10 +27,6 @@ class AclSettings(KafkaSettings):
         separator=";", split_flags=False,
     )
     format: str = setting("table", "Output of `show`: table (for people) or json (for scripts).")
-    prune: bool = setting(
-        False, "apply: also remove every other ALLOW grant on the deployment's topics, groups and transactional "
-        "ids (an earlier principal's, or anyone else's): the broker then holds exactly the layout there. DENY "
-        "grants, other resources and the shared scratch groups' grant stay.")
 
     def validate(self) -> None:
         check_format(self.format)
@@ -44,6 +40,16 @@ class AclSettings(KafkaSettings):
             raise ConfigError(f"--principal: {err}") from None
 
 
+@dataclass(frozen=True)
+class AclApplySettings(AclSettings):
+    """`acl apply`'s: the layout's, and whether other grants on its resources go."""
+
+    prune: bool = setting(
+        False, "Also remove every other ALLOW grant on the deployment's topics, groups and transactional ids (an "
+        "earlier principal's, or anyone else's): the broker then holds exactly the layout there. DENY grants, "
+        "other resources and the shared scratch groups' grant stay.")
+
+
 def _grants(settings: AclSettings) -> list[Any]:
     from services.control.acl import layout
 
@@ -52,8 +58,6 @@ def _grants(settings: AclSettings) -> list[Any]:
 
 def cmd_acl_show(args: argparse.Namespace) -> int:
     settings = from_namespace(AclSettings, args)
-    if settings.prune:
-        raise ConfigError("--prune removes grants: it is a flag of `acl apply`, not of `acl show`")
     grants = _grants(settings)
     if settings.format == "json":
         print(json.dumps([asdict(g) for g in grants], indent=1))  # noqa: T201 - the command's output
@@ -69,7 +73,7 @@ def cmd_acl_apply(args: argparse.Namespace) -> int:
     from services.control.acl import ROLES, apply, prune
     from services.core.kafka import admin, wait_for_broker
 
-    settings = with_bootstrap(from_namespace(AclSettings, args))
+    settings = with_bootstrap(from_namespace(AclApplySettings, args))
     grants = _grants(settings)
     wait_for_broker(settings.librdkafka(), settings.connect_timeout_s)  # no broker is not a refusal
     try:
@@ -90,11 +94,12 @@ def cmd_acl_apply(args: argparse.Namespace) -> int:
 def register(commands: Any, selection: Any) -> None:
     acl = commands.add_parser("acl", help="least-privilege Kafka ACLs of the deployment: show or apply them")
     acl_sub = acl.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for action, help_text, handler in (
-        ("show", "print every grant (principal, operation, resource)", cmd_acl_show),
+    for action, help_text, handler, settings in (
+        ("show", "print every grant (principal, operation, resource)", cmd_acl_show, AclSettings),
         ("apply", "create the grants on the broker (as a principal allowed to manage ACLs, e.g. the cluster's super "
-                  "user; it only adds, unless --prune: other grants on its resources go)", cmd_acl_apply),
+                  "user; it only adds, unless --prune: other grants on its resources go)", cmd_acl_apply,
+         AclApplySettings),
     ):
         parser = acl_sub.add_parser(action, help=help_text)
-        selection.arguments(parser, ("acl", action), AclSettings)
+        selection.arguments(parser, ("acl", action), settings)
         parser.set_defaults(handler=handler)

@@ -45,7 +45,7 @@ class ComparisonSettings(ServiceSettings):
     max_models: int = setting(
         50,
         "Most distinct model names (and 4x as many model/version pairs) given their own label "
-        "values; later ones are counted as 'other', so a bad producer cannot explode cardinality. When "
+        "values; later ones are counted as '_other', so a bad producer cannot explode cardinality. When "
         "all are taken, names no longer in the window give their places (and series) back.",
         minimum=1,
     )

@@ -112,7 +112,7 @@ SCHEDULE_LATE = Counter(
 )
 SCHEDULE_REJECTED = Counter(
     "rdv_schedule_rejected_total",
-    "Control records refused (malformed, stale, or naming a model that is not live).",
+    "Control records refused (malformed, a version number out of order, or a start the log does not allow).",
 )
 RECOVERED = Counter(
     "rdv_recovered_total",
