@@ -13,15 +13,18 @@ one id, took each other's answers: a confident score for features nobody scored)
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import cache
 from hashlib import sha256
 from io import BytesIO
 from typing import Any
 
 from fastavro import parse_schema, schemaless_writer
+from fastavro.schema import to_parsing_canonical_form
 
-from services.core.avro_writer import Unfit, compile_encoder
+from services.core.avro_writer import Encoder, Unfit, compile_encoder
+from services.core.codec import Codec
 
-__all__ = ["INPUTS_HEADER", "digest_of", "inputs_digest", "inputs_in"]
+__all__ = ["INPUTS_HEADER", "digest_of", "encoded_with_digest", "inputs_digest", "inputs_in"]
 
 INPUTS_HEADER = "rdv-inputs"
 
@@ -65,6 +68,38 @@ INPUTS_SCHEMA: dict[str, Any] = {
 _PARSED = parse_schema(INPUTS_SCHEMA)
 # Compiled: a client digests every request it sends, 11.6 µs a demo request where fastavro's writer took 17.8.
 _COMPILED = compile_encoder(INPUTS_SCHEMA)
+
+
+def encoded_with_digest(codec: Codec, request: Mapping[str, Any]) -> tuple[bytes, bytes]:
+    """`codec.encode(request)` and `digest_of(request)` at once: the inputs written once, for both
+    (a client sends and digests every request: 15 µs a demo request where the two apart took 26)."""
+    around = _around_inputs(codec)
+    if around is not None and _COMPILED is not None:
+        head, tail = around
+        try:
+            inputs = _COMPILED(request)
+            return codec.header + head(request) + inputs + tail(request), inputs_digest(inputs)
+        except Unfit:
+            pass  # fastavro writes it, as Codec.encode does
+    return codec.encode(request), digest_of(request)
+
+
+@cache
+def _around_inputs(codec: Codec) -> tuple[Encoder, Encoder] | None:
+    """The compiled encoders of the codec's fields before its inputs and after them; None unless
+    its inputs are the fixed form, consecutive (a later schema's Payload may differ: its records
+    are then written whole, and digested apart)."""
+    fields = codec.schema["fields"]
+    names = [f["name"] for f in fields]
+    if "features" not in names:
+        return None
+    at = names.index("features")
+    inputs = {**INPUTS_SCHEMA, "fields": fields[at : at + 2]}
+    if to_parsing_canonical_form(parse_schema(inputs)) != to_parsing_canonical_form(_PARSED):
+        return None
+    head = compile_encoder({"type": "record", "name": "Head", "namespace": "io.rendezvous", "fields": fields[:at]})
+    tail = compile_encoder({"type": "record", "name": "Tail", "namespace": "io.rendezvous", "fields": fields[at + 2 :]})
+    return None if head is None or tail is None else (head, tail)
 
 
 HeaderValue = str | bytes | None

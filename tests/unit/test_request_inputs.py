@@ -43,3 +43,30 @@ def test_values_the_compiled_encoder_leaves_to_fastavro_get_the_same_digest() ->
     plain = {"features": {"a": 1.0, "b": -0.0}, "payload": None}
     numpy_like = {"features": {"a": 1, "b": -0.0}, "payload": None}  # an int where a double is due: fastavro's
     assert digest_of(numpy_like) == digest_of(plain)
+
+
+def test_a_request_encoded_with_its_digest_is_the_codecs_encoding_and_the_digest() -> None:
+    """The client writes the inputs once for both: the bytes must be the codec's, in either framing,
+    with or without a payload, metadata or a return address; a codec whose inputs are not the fixed
+    form (a later schema) writes its records whole."""
+    from services.core.request_inputs import _around_inputs, encoded_with_digest
+
+    requests = [
+        make_request({"a": 1.0, "é": -0.0}, budget_ms=200, reply_topic="rdv.replies", reply_partition=3),
+        make_request({}, budget_ms=200, reply_topic=None, reply_partition=None, payload=("image/png", b"\x89PNG" * 99),
+                     metadata={"tenant": "t", "trace": "x" * 300}),
+        make_request({f"f{i}": float(i) for i in range(200)}, budget_ms=200, reply_topic="other", reply_partition=None),
+        {**make_request({"a": 1.0}, budget_ms=200, reply_topic=None, reply_partition=None), "features": {"a": 1}},
+    ]
+    registry = Codec(codec("request").schema)
+    registry.write_registry_id(7)
+    newer_schema = copy.deepcopy(codec("request").schema)
+    payload = next(f for f in newer_schema["fields"] if f["name"] == "payload")
+    payload["type"][1]["fields"].append({"name": "encoding", "type": ["null", "string"], "default": None})
+    newer = Codec(newer_schema)
+    assert _around_inputs(codec("request")) is not None and _around_inputs(newer) is None
+    for writer in (codec("request"), registry, newer):
+        for request in requests:
+            written = request if writer is not newer else {**request, "payload": request["payload"] and {
+                **request["payload"], "encoding": None}}
+            assert encoded_with_digest(writer, written) == (writer.encode(written), digest_of(request))
