@@ -31,7 +31,7 @@ from services.core.codec import Codec
 from services.core.comparison_columns import signature
 from services.core.compiled import compiled
 from services.core.errors import DecodeFailed
-from services.core.requests import request_problem
+from services.core.requests import RepeatedFeatures, request_problem
 
 # The layout walked here (comparison_columns.signature of schemas/request.avsc).
 REQUEST_LAYOUT: Any = (
@@ -292,18 +292,18 @@ def decode_request(codec: Codec, value: bytes | None) -> dict[str, Any]:
     """fastavro's dict of one Request, refused where the walk refuses it (`refuse_unwalked`): what
     every reader of requests that decodes them whole uses (a worker's usual path, replay, rescue),
     so none reads what the others refuse. Decoded first: that looks a new registry id up, which
-    then says whether the record is framed with the current schema."""
+    then says whether the record is framed with the current schema. Features whose map repeats a
+    name come as `RepeatedFeatures`, which no model scores (the walk counts the map's entries)."""
     request = codec.decode(value)
     skip = request_walker(codec).body_at(value)
-    if skip and value is not None and not request_walks(value, skip):
-        raise unwalked(codec)  # fastavro read it: its decode has no reason to give
+    if skip and value is not None:
+        # On `walk_features`, a worker's one compiled walk: no other is compiled for this.
+        fields = walk_features(value, skip, _NO_NAMES, _NO_ENDS, _NO_ROWS, 0)
+        if not fields[VALID]:
+            raise unwalked(codec)  # fastavro read it: its decode has no reason to give
+        if fields[FEATURES] != len(request["features"]):
+            request["features"] = RepeatedFeatures(request["features"], fields[FEATURES])
     return request
-
-
-def request_walks(value: bytes, skip: int) -> bool:
-    """Whether the walk finds the Request body at `skip` valid (on `walk_features`, a worker's
-    one compiled walk: no other is compiled for this)."""
-    return bool(walk_features(value, skip, _NO_NAMES, _NO_ENDS, _NO_ROWS, 0)[VALID])
 
 
 _NO_ROWS = np.empty((0, 0), dtype=np.float64)

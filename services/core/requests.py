@@ -16,7 +16,7 @@ from typing import Any
 
 from services.core.errors import DecodeFailed
 
-__all__ = ["MAX_REQUEST_ID", "RETRY_NOT_KEPT", "check_request", "id_too_long", "request_problem"]
+__all__ = ["MAX_REQUEST_ID", "RETRY_NOT_KEPT", "RepeatedFeatures", "check_request", "id_too_long", "request_problem"]
 
 # Characters in a request id, at most. Every output about a request carries its id (a Score, the
 # Answer, the comparison record, the reply's key): an id near Kafka's record size would make them
@@ -55,6 +55,22 @@ def request_problem(request: Mapping[str, Any]) -> str | None:
     if not request.get("features") and request.get("payload") is None:
         return "request carries neither features nor a payload"
     return None
+
+
+class RepeatedFeatures(dict[str, Any]):
+    """A decoded request's features whose Avro map names a feature more than once: a reader keeps
+    a repeated name's last value (fastavro does, as Java's readers do), and scored, the request got
+    a confident answer for one of two values (a review). No model scores it: each gives an error
+    Score with `reason` (core/signatures.py), and the rendezvous answers ERROR with it."""
+
+    def __init__(self, features: Mapping[str, Any], entries: int) -> None:
+        super().__init__(features)
+        self.entries = entries
+
+    @property
+    def reason(self) -> str:
+        return (f"the features name a feature more than once ({self.entries} entries for {len(self)} names): which "
+                "of its values is meant is not known")
 
 
 def check_request(request: Mapping[str, Any]) -> None:

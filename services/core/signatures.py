@@ -34,6 +34,7 @@ import numpy as np
 
 from services.core.errors import ModelSpecError
 from services.core.rate_limit import PerSecond
+from services.core.requests import RepeatedFeatures
 
 __all__ = [
     "EXTRA_POLICIES",
@@ -148,6 +149,8 @@ class Signature:
 
     def problem(self, row: Mapping[str, Any]) -> str | None:
         """Why `row` breaks the contract (every reason, in one line), or None when it is valid."""
+        if isinstance(row, RepeatedFeatures):
+            return row.reason
         if not row:
             wanted = "missing: " + listed(self.required) if self.required else "this model reads: " + listed(self.names)
             return "no features given; " + wanted
@@ -192,7 +195,7 @@ class Signature:
         gathered: list[tuple[Any, ...]] = []
         slow: list[int] = []
         for i, row in enumerate(rows):
-            if len(row) == k or (not exact_len and len(row) > k):
+            if (len(row) == k or (not exact_len and len(row) > k)) and type(row) is not RepeatedFeatures:
                 try:
                     gathered.append(get_all(row))
                     continue

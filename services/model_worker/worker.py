@@ -116,22 +116,27 @@ def _predict(model: Model, matrix: Any, probe: bool = True) -> list[_Output]:
     # the rows it was given.
     given = matrix.copy() if len(matrix) > 1 else matrix
     try:
-        predictions = model.predict(matrix)
-        if len(predictions) != len(matrix):
-            raise ValueError(f"model returned {len(predictions)} outputs for {len(matrix)} inputs")
+        # What the outputs iterate as, counted: a pandas DataFrame's len() counts its rows and it
+        # iterates its columns (fewer outputs than rows ended the worker at every restart; a review).
+        outputs = [_checked(p) for p in model.predict(matrix)]
+        if len(outputs) != len(matrix):
+            raise ValueError(f"model returned {len(outputs)} outputs for {len(matrix)} inputs")
     # A model may raise anything; it is that request's error, never the worker's end. Several rows
-    # are tried again in halves down to single rows, so only the guilty ones fail and a request's
-    # score never depends on its batch: one hostile row in 256 costs ~16 calls, not 257. SystemExit
-    # too (a model's sys.exit() or argparse ended the worker, and its restart read the batch again);
-    # a KeyboardInterrupt is this process being stopped, and goes on.
-    except (Exception, SystemExit) as exc:  # noqa: BLE001
+    # are tried again in halves down to single rows, so only the guilty ones fail: one hostile row
+    # in 256 costs ~16 calls, not 257. Any BaseException too: SystemExit (a model's sys.exit() or
+    # argparse), asyncio's CancelledError or GeneratorExit from a model's own machinery ended the
+    # worker, and its restart read the batch again, for good (a review). A KeyboardInterrupt is
+    # this process being stopped, and goes on.
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001
         if len(matrix) == 1:
             return [(None, _described(exc))]
         if probe:
             return _probed(model, given)
         half = len(given) // 2
         return [*_predict(model, given[:half], probe=False), *_predict(model, given[half:], probe=False)]
-    return [_checked(p) for p in predictions]
+    return outputs
 
 
 def _probed(model: Model, given: Any) -> list[_Output]:

@@ -197,6 +197,56 @@ def test_a_model_that_calls_sys_exit_fails_its_rows_not_the_worker() -> None:
     assert any(r.error for r in results) and any(r.error is None for r in results)
 
 
+@pytest.mark.parametrize("escaping", [GeneratorExit, "cancelled"])
+def test_a_model_raising_any_base_exception_fails_its_rows_not_the_worker(escaping: Any) -> None:
+    """asyncio's CancelledError (a model using asyncio inside) or GeneratorExit is no Exception: it
+    left the batch, ended the worker, and its restart read the batch and ended again (a review)."""
+    import asyncio
+
+    raised = asyncio.CancelledError if escaping == "cancelled" else escaping
+    champion = load_model("demo:champion")
+
+    class Escapes:
+        name, version, feature_names, signature = "escapes", "1", champion.feature_names, None
+
+        def predict(self, matrix: Any) -> list[Any]:
+            if (matrix[:, 0] > 15).any():
+                raise raised()
+            return champion.predict(matrix)
+
+    rows = demo_rows(20, seed=8)
+    results = score_batch(Escapes(), rows)  # type: ignore[arg-type]
+    assert [r.error is not None for r in results] == [r["mean_radius"] > 15 for r in rows]
+    assert all(r.error.startswith(raised.__name__) for r in results if r.error)
+    assert any(r.error is None for r in results)
+
+
+def test_outputs_that_count_rows_but_iterate_otherwise_fail_the_batch_not_the_worker() -> None:
+    """A DataFrame's len() counts its rows and it iterates its columns: fewer outputs than rows
+    reached the Score writer's zip, and the worker ended at every restart (a review)."""
+    champion = load_model("demo:champion")
+
+    class Frame:
+        def __init__(self, rows: int) -> None:
+            self.rows = rows
+
+        def __len__(self) -> int:
+            return self.rows
+
+        def __iter__(self) -> Any:
+            return iter(["score", "label"])  # its columns
+
+    class FrameModel:
+        name, version, feature_names, signature = "frame", "1", champion.feature_names, None
+
+        def predict(self, matrix: Any) -> Any:
+            return Frame(len(matrix))
+
+    results = score_batch(FrameModel(), demo_rows(5, seed=3))  # type: ignore[arg-type]
+    assert len(results) == 5 and all(r.prediction is None for r in results)
+    assert [r.error for r in results[:1]] == ["ValueError: model returned 2 outputs for 1 inputs"]
+
+
 def test_wrong_batch_shape_is_a_value_error() -> None:
     model = load_model("demo:champion")
     with pytest.raises(ValueError, match=r"shape \(n, 30\)"):

@@ -100,3 +100,38 @@ def test_a_normal_poll_is_one_part() -> None:
     records = [record(b"x" * 700, i) for i in range(256)]
     part, rest = worker.first_part(records, worker.PART_BYTES)
     assert part == records and rest == []
+
+
+def test_a_request_whose_features_name_one_feature_twice_gets_an_error_score_from_each_model() -> None:
+    """An Avro map may repeat a key; a reader keeps the last value, and the worker scored the
+    request with confidence on one of the two (a review: a full row plus mean_radius=1000 again
+    scored 'malignant'). Each model's Score says why it was not scored instead; a batch mixing it
+    with valid requests scores those as they are scored alone."""
+    now = int(time.time() * 1000)
+    settings = WorkerSettings(model="demo:champion", co_host=("challenger=demo:challenger",), predict_timeout_s=0.0)
+    hosted = worker.hosted_models(settings, "host-1")
+    outputs = Outputs()
+    scorer = worker._BatchScorer(
+        types.SimpleNamespace(settings=settings, hosted=hosted, topics=settings.topics(), scored=0,
+                              _walker=RequestWalker(REQUESTS, worker.shared_names(hosted))),  # type: ignore[arg-type]
+        outputs, None, ScoringWatchdog(0.0, lambda h: h.name, outputs, None))  # type: ignore[arg-type]
+    rows = demo_rows(3, seed=6)
+
+    def encoded(rid: str, features: dict[str, float]) -> bytes:
+        return REQUESTS.encode({"request_id": rid, "created_at": now, "deadline": now + 1_000, "reply_to": None,
+                                "features": features, "payload": None, "metadata": {}})
+
+    # The same length as mean_radius: its bytes turned into a second mean_radius entry.
+    twice = encoded("twice", {**rows[1], "mean_radiuX": 1000.0}).replace(b"mean_radiuX", b"mean_radius")
+    assert REQUESTS.decode(twice)["features"]["mean_radius"] == 1000.0 and len(REQUESTS.decode(twice)["features"]) == 30
+    scorer.on_batch([record(encoded("first", rows[0]), 0), record(twice, 1), record(encoded("last", rows[2]), 2)])
+    alone = Outputs()
+    scorer.producer = alone
+    scorer.on_batch([record(encoded("first", rows[0]), 0), record(encoded("last", rows[2]), 2)])
+    by_id = {(s["model"], s["request_id"]): s for s in outputs.scores}
+    for model in ("champion", "challenger"):
+        refused = by_id[(model, "twice")]
+        assert refused["score"] is None and refused["error"].startswith(
+            "the features name a feature more than once (31 entries for 30 names)")
+    assert [(s["model"], s["request_id"], s["score"]) for s in alone.scores] == [
+        (s["model"], s["request_id"], s["score"]) for s in outputs.scores if s["request_id"] != "twice"]
