@@ -235,7 +235,8 @@ def _fill_pairs(
         pair.n += len(at)
         scored = at[both_scored[at]]
         if len(scored):
-            pair.scores.add_many(out.score[scored], out.score[lead_of[scored]])
+            pair.new_model_scores.extend(out.score[scored].tolist())  # compacted as the record path's
+            pair.new_champion_scores.extend(out.score[lead_of[scored]].tolist())
         lead_labelled = out.label[lead_of[at]] >= 0
         pair.lead_labelled += int(lead_labelled.sum())
         labelled = at[(out.label[at] >= 0) & lead_labelled]

@@ -294,7 +294,6 @@ def window_samples(
         out["rdv_cmp_window_end_timestamp_seconds"].append(((), view.newest_ms / 1000.0))
         fallbacks = totals.statuses.get("FALLBACK", 0)
         out["rdv_cmp_fallback_ratio"].append(((), fallbacks / totals.records))
-    lead = totals.models.get(champion) if champion else None
     fixed = totals.models.get(canary) if canary else None
     if champion:
         out["rdv_cmp_champion_info"].append(((champion,), 1.0))
@@ -309,8 +308,6 @@ def window_samples(
             # steady against its own past is a model change, not an input change.
             _distance(out, name, "canary", stats.scores, fixed.scores)
         if champion and name != champion:
-            if lead is not None:
-                _distance(out, name, "champion", stats.scores, lead.scores)
             _pair_samples(out, view, name, champion)
     return out
 
@@ -341,6 +338,8 @@ def _pair_samples(out: Samples, view: WindowView, name: str, champion: str) -> N
     out["rdv_cmp_window_labelled_pairs"].append((labels, float(pair.lead_labelled if pair else 0)))
     if pair is None:
         return
+    # On the requests both scored, as the report and the gates compare them (window.PairStats).
+    _distance(out, name, "champion", pair.model_scores, pair.champion_scores)
     _finite(out, "rdv_cmp_score_mad", labels, pair.scores.mad())
     _finite(out, "rdv_cmp_score_correlation", labels, pair.scores.correlation())
     if pair.lead_labelled:

@@ -83,12 +83,22 @@ class PairStats:
     lead_labelled: int = 0  # of the n, those the champion labelled: agreement's denominator
     scores: PairedScores = field(default_factory=PairedScores)
     labels: PairedLabels = field(default_factory=PairedLabels)
+    # Both sides' scores on these requests alone: the distributions KS and PSI against the champion
+    # compare, as the report and the gates do. Against every score of the champion's in the window,
+    # a model deployed halfway through drifting traffic read KS 0.44 though it scored each of its
+    # requests as the champion did (a review).
+    model_scores: QuantileSketch = field(default_factory=QuantileSketch)
+    champion_scores: QuantileSketch = field(default_factory=QuantileSketch)
     new_model_scores: list[float] = field(default_factory=list)
     new_champion_scores: list[float] = field(default_factory=list)
 
     def compact(self) -> None:
+        """Fold the scores of the model and the champion appended since the last compaction, pair
+        by pair (all finite), into the figures."""
         if self.new_model_scores:
             self.scores.add_many(self.new_model_scores, self.new_champion_scores)
+            self.model_scores.add_many(self.new_model_scores)
+            self.champion_scores.add_many(self.new_champion_scores)
             self.new_model_scores, self.new_champion_scores = [], []
 
     def merge(self, other: PairStats) -> None:
@@ -98,6 +108,8 @@ class PairStats:
         self.lead_labelled += other.lead_labelled
         self.scores.merge(other.scores)
         self.labels.merge(other.labels)
+        self.model_scores = self.model_scores.merged(other.model_scores)
+        self.champion_scores = self.champion_scores.merged(other.champion_scores)
 
 
 @dataclass(slots=True)
