@@ -117,7 +117,12 @@ def summarize(frame: Frame, champion: str | None = None, bucket_ms: int | None =
     starts = np.arange(first, last + 1, bucket, dtype=np.int64) if first is not None and last is not None else (
         np.zeros(0, dtype=np.int64))
     reference = _Reference.of(frame, champion_code)
-    models = [_model(frame, code, reference, starts, bucket) for code in range(len(frame.models))]
+    # Each model's outputs by one sort, not one pass over every output per model: 16,000 forged
+    # names took a report of 200,000 records 15 s, and `promote --require` with it (a review).
+    order = np.argsort(frame.model, kind="stable")  # stable: each model's outputs in their order
+    bounds = np.searchsorted(frame.model[order], np.arange(len(frame.models) + 1)).tolist()
+    models = [_model(frame, order[bounds[code] : bounds[code + 1]], code, reference, starts, bucket)
+              for code in range(len(frame.models))]
     models.sort(key=lambda m: (not m.champion, m.name))
     return Report(
         records=frame.records, champion=None if champion_code is None else frame.models[champion_code],
@@ -251,18 +256,22 @@ class _Reference:
     label: np.ndarray
     scores: np.ndarray  # every score of the champion (for KS, PSI, q-q)
 
+    # The created_at of the records the champion answered, sorted: how many a model was expected
+    # to score is one search in it (`_expected`), not a pass over every record per model.
+    answered_at: np.ndarray
+
     @classmethod
     def of(cls, frame: Frame, code: int | None) -> _Reference:
         score = np.full(frame.records, np.nan)
         label = np.full(frame.records, -1, dtype=np.int64)
         if code is None:
-            return cls(None, score, label, np.zeros(0))
+            return cls(None, score, label, np.zeros(0), np.zeros(0, dtype=np.int64))
         mask = (frame.model == code) & ~frame.error  # an error output is no answer to compare with
         rows = frame.row[mask]
         score[rows] = frame.score[mask]
         label[rows] = frame.label[mask]
         valid = frame.score[mask]
-        return cls(code, score, label, valid[~np.isnan(valid)])
+        return cls(code, score, label, valid[~np.isnan(valid)], np.sort(frame.created_at[~np.isnan(score)]))
 
 
 @dataclass(frozen=True)
@@ -277,14 +286,14 @@ class _Outputs:
     late: np.ndarray
 
     @classmethod
-    def of(cls, frame: Frame, code: int) -> _Outputs:
-        """An error output's score and label are left out (NaN, -1): a Score may carry both with
-        its error, and it is no answer to pair with the champion's (nor is it live)."""
-        mask = frame.model == code
-        error = frame.error[mask]
-        score = np.where(error, np.nan, frame.score[mask]) if error.any() else frame.score[mask]
-        label = np.where(error, -1, frame.label[mask]) if error.any() else frame.label[mask]
-        return cls(frame.row[mask], score, label, error, frame.latency_ms[mask], frame.late[mask])
+    def of(cls, frame: Frame, at: np.ndarray) -> _Outputs:
+        """The outputs at the indices `at` (one model's, in order). An error output's score and
+        label are left out (NaN, -1): a Score may carry both with its error, and it is no answer
+        to pair with the champion's (nor is it live)."""
+        error = frame.error[at]
+        score = np.where(error, np.nan, frame.score[at]) if error.any() else frame.score[at]
+        label = np.where(error, -1, frame.label[at]) if error.any() else frame.label[at]
+        return cls(frame.row[at], score, label, error, frame.latency_ms[at], frame.late[at])
 
     @property
     def usable(self) -> np.ndarray:
@@ -299,8 +308,11 @@ class _Paired:
     labelled: int = 0  # what it is measured on
 
 
-def _model(frame: Frame, code: int, ref: _Reference, starts: np.ndarray, bucket_ms: int) -> ModelSummary:
-    out = _Outputs.of(frame, code)
+def _model(
+    frame: Frame, at: np.ndarray, code: int, ref: _Reference, starts: np.ndarray, bucket_ms: int
+) -> ModelSummary:
+    """The summary of model `code`, whose outputs are at the indices `at`."""
+    out = _Outputs.of(frame, at)
     compared = ref.code is not None and code != ref.code
     paired = _paired(ref, out, frame.labels) if compared else _Paired(PairedScores(), None)
     # The distributions are compared on the same requests, as the table says: against every score
@@ -313,7 +325,7 @@ def _model(frame: Frame, code: int, ref: _Reference, starts: np.ndarray, bucket_
     # a minute) is no figure of how fast the model answers; errors are counted on their own.
     answered = out.latency[~out.error]
     latency = _quantiles(answered, [q for _, q in LATENCY_QUANTILES])
-    expected = _expected(frame, ref, out) if compared else np.zeros(frame.records, dtype=bool)
+    expected, own_expected = _expected(frame, ref, out) if compared else (0, np.zeros(len(out.rows), dtype=bool))
     return ModelSummary(
         name=frame.models[code], versions=frame.versions[code], champion=code == ref.code, n=len(out.rows),
         errors=int(out.error.sum()), late=int(out.late.sum()),
@@ -331,8 +343,8 @@ def _model(frame: Frame, code: int, ref: _Reference, starts: np.ndarray, bucket_
         ),
         # An output with neither a usable score nor an error (a label alone) answers nothing: counted
         # as output, a candidate that gave no score on half the requests passed coverage (a review).
-        expected=int(expected.sum()), expected_output=int(expected[out.rows[out.usable | out.error]].sum()),
-        expected_met=int(expected[out.rows[on_time]].sum()), labelled=paired.labelled,
+        expected=expected, expected_output=int(own_expected[out.usable | out.error].sum()),
+        expected_met=int(own_expected[on_time].sum()), labelled=paired.labelled,
     )  # fmt: skip
 
 
@@ -343,14 +355,16 @@ def _same_requests(ref: _Reference, out: _Outputs) -> tuple[np.ndarray, np.ndarr
     return champion[both], out.score[both]
 
 
-def _expected(frame: Frame, ref: _Reference, out: _Outputs) -> np.ndarray:
-    """Per record row: the champion answered it, and it was created at or after this model's first
-    output (before that the model may not have been deployed)."""
+def _expected(frame: Frame, ref: _Reference, out: _Outputs) -> tuple[int, np.ndarray]:
+    """How many records the model was expected to score: those the champion answered, created at
+    or after this model's first output (before that the model may not have been deployed); and
+    which of the model's own outputs are on such records."""
     if not len(out.rows):
-        return np.zeros(frame.records, dtype=bool)
+        return 0, np.zeros(0, dtype=bool)
     first = frame.created_at[out.rows].min()
-    result: np.ndarray = ~np.isnan(ref.score) & (frame.created_at >= first)
-    return result
+    expected = len(ref.answered_at) - int(np.searchsorted(ref.answered_at, first, side="left"))
+    own: np.ndarray = ~np.isnan(ref.score[out.rows])  # created at `first` or after, as every one of its own
+    return expected, own
 
 
 def _paired(ref: _Reference, out: _Outputs, names: tuple[str, ...]) -> _Paired:
@@ -382,7 +396,7 @@ def _paired_labels(champion: np.ndarray, model: np.ndarray, names: tuple[str, ..
     size = len(names)
     pairs = champion[both].astype(np.int64) * size + model[both]
     labels = PairedLabels()
-    if size <= DENSE_LABELS:  # a dense count is O(n), no sort
+    if size <= DENSE_LABELS and size * size <= 64 * len(pairs):  # a dense count is O(n), no sort
         counts = np.bincount(pairs, minlength=size * size)
         found, counts = np.flatnonzero(counts), counts[counts > 0]
     else:  # labels x labels would not fit in memory (a model that puts an id in its label)
