@@ -24,7 +24,7 @@ import numpy as np
 
 from services.comparison.kernels import dense, first_seen, grouped, last_per_row
 from services.comparison.metrics import Tally
-from services.comparison.window import STATUSES, ChampionTracker, ModelStats, PairStats, References, SlidingWindow
+from services.comparison.window import STATUSES, ChampionTracker, ModelStats, References, SlidingWindow
 from services.core.comparison_columns import DecodedBatch, repeating_a_model
 from services.core.runtime import EARLIEST_PLAUSIBLE_MS
 from services.stats.deadline import met_deadline_array
@@ -227,11 +227,7 @@ def _fill_pairs(
     usable = out.usable_score
     both_scored = usable & usable[lead_of]
     for (key, name, lead_name), at in _groups(keys[out.row], out.name, out.name[lead_of], where=pairable):
-        pairs = window.bucket(key).pairs
-        pair_key = (names.values[name], names.values[lead_name])
-        pair = pairs.get(pair_key)
-        if pair is None:
-            pair = pairs[pair_key] = PairStats()
+        pair = window.bucket(key).pair(names.values[name], names.values[lead_name])
         pair.n += len(at)
         scored = at[both_scored[at]]
         if len(scored):

@@ -419,6 +419,28 @@ def test_ks_and_psi_against_the_champion_compare_the_requests_both_scored(path: 
     assert m.WINDOW.value("rdv_cmp_score_psi", model="challenger", reference="champion") == pytest.approx(0, abs=0.01)
 
 
+@pytest.mark.parametrize("path", ["record", "batch"])
+def test_forged_records_changing_the_chosen_model_keep_a_bounded_number_of_pair_tables(path: str) -> None:
+    """OK records naming another chosen model each made a pair table for every model against each
+    of them (a review: 2,450 tables, 439 MiB for one bucket); a bucket keeps tables against four
+    champions, and the real champion's, which pairs every request, stays."""
+    from services.comparison.window import MAX_CHAMPIONS
+
+    svc = service()
+    names = [f"forged-{k}" for k in range(50)]
+    real = [record(BASE_MS + 2 * i, [output("champion", 0.9), output("challenger", 0.8)]) for i in range(300)]
+    forged = [record(BASE_MS + 2 * i + 1, [output(name, 0.5) for name in names], chosen=names[i % 50])
+              for i in range(300)]
+    (read if path == "batch" else feed)(svc, [r for pair in zip(real, forged, strict=True) for r in pair])
+    buckets = list(svc.window._live.values())
+    assert buckets and all(len(b.champions) <= MAX_CHAMPIONS for b in buckets)
+    assert all(len(b.pairs) <= MAX_CHAMPIONS * len(names) for b in buckets)
+    (read if path == "batch" else feed)(svc, [record(BASE_MS + 700 + i, [output("champion", 0.9),
+                                                                         output("challenger", 0.8)])
+                                              for i in range(100)])
+    assert svc.window.view().totals.pairs[("challenger", "champion")].n >= 100
+
+
 def test_models_that_left_the_window_vanish_from_the_gauges() -> None:
     svc = service()
     feed(svc, [record(BASE_MS, [output("champion"), output("old")])])
