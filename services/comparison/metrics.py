@@ -181,6 +181,7 @@ class LabelBudget:
         self._models: set[str] = set()
         self._versions: set[tuple[str, str]] = set()
         self._warned = False
+        self.wanted = False  # a name was refused a place since the last `forget`
 
     def model(self, name: str) -> str:
         if name in self._models:
@@ -189,6 +190,7 @@ class LabelBudget:
                                       and len(name) <= MAX_LABEL_CHARS):
             self._models.add(name)
             return name
+        self.wanted = self.wanted or (name != OTHER and len(name) <= MAX_LABEL_CHARS)
         if not self._warned:
             self._warned = True
             log.warning("model %r and any later new model, or any named with more than %d characters, are "
@@ -204,8 +206,13 @@ class LabelBudget:
     def admitted(self) -> frozenset[str]:
         return frozenset(self._models)
 
+    @property
+    def reserved(self) -> frozenset[str]:
+        return self._reserved
+
     def forget(self, names: set[str]) -> None:
         self._models -= names
+        self.wanted = False
         self._versions = {pair for pair in self._versions if pair[0] not in names}
         self._warned = False  # the next name past the budget is said again
 

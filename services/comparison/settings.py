@@ -46,7 +46,8 @@ class ComparisonSettings(ServiceSettings):
         50,
         "Most distinct model names (and 4x as many model/version pairs) given their own label "
         "values; later ones are counted as '_other', so a bad producer cannot explode cardinality. When "
-        "all are taken, names no longer in the window give their places (and series) back.",
+        "all are taken, names no longer in the window give their places (and series) back, and, while a name "
+        "waits for one, names with under 1% of the window's records.",
         minimum=1,
     )
     future_tolerance_s: float = setting(

@@ -299,6 +299,14 @@ class SlidingWindow:
         """The model names in the live buckets."""
         return set().union(*(bucket.models.keys() for bucket in self._live.values()))
 
+    def outputs_by_model(self) -> tuple[int, dict[str, int]]:
+        """The records in the live buckets, and each model's outputs in them."""
+        outputs: dict[str, int] = {}
+        for bucket in self._live.values():
+            for name, stats in bucket.models.items():
+                outputs[name] = outputs.get(name, 0) + stats.outputs
+        return sum(bucket.records for bucket in self._live.values()), outputs
+
     def view(self) -> WindowView:
         """The live buckets merged (a new object; the window keeps sliding independently)."""
         totals = Bucket()

@@ -441,6 +441,25 @@ def test_forged_records_changing_the_chosen_model_keep_a_bounded_number_of_pair_
     assert svc.window.view().totals.pairs[("challenger", "champion")].n >= 100
 
 
+def test_names_of_a_sliver_of_the_window_give_their_places_to_a_model_waiting_for_one() -> None:
+    """Forged records naming as many models as --max-models, one now and then, kept every name in
+    the window: a challenger deployed later was counted as '_other' for good, its series never
+    shown (a review). Every model scores every request: a name with under 1% of the window's
+    records gives its place while another waits."""
+    svc = service(max_models=4)
+    forged = [record(BASE_MS + i, [output(f"forged-{k}", 0.5) for k in range(4)], chosen="forged-0")
+              for i in range(0, 2)]
+    feed(svc, forged)
+    real = [record(BASE_MS + 10 + i, [output("champion", 0.9), output("newcomer", 0.8)]) for i in range(400)]
+    feed(svc, real[:200])
+    svc.export()  # "champion" and "newcomer" waited: the forged names, 2 records of 202, give their places
+    assert m.WINDOW.value("rdv_cmp_window_outputs", model="newcomer") is None  # counted as '_other' so far
+    feed(svc, real[200:])
+    svc.export()
+    assert m.WINDOW.value("rdv_cmp_window_outputs", model="newcomer") == 200
+    assert m.WINDOW.value("rdv_cmp_window_outputs", model="champion") == 200
+
+
 def test_models_that_left_the_window_vanish_from_the_gauges() -> None:
     svc = service()
     feed(svc, [record(BASE_MS, [output("champion"), output("old")])])
