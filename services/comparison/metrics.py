@@ -102,7 +102,8 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "rdv_cmp_window_outputs": ("Outputs of each model in the window.", ("model",)),
     "rdv_cmp_window_pairs": (
-        "Requests in the window where both the model and the champion answered without error.",
+        "Requests in the window where both the model and the champion answered without error (under model "
+        "'_other', one per folded name's output: it may exceed the requests).",
         ("model", "champion"),
     ),
     "rdv_cmp_window_labelled_pairs": (
