@@ -212,6 +212,17 @@ def _fill_models(
         stats.new_scores.extend(out.score[at[~error & usable[at]]].tolist())
 
 
+def _count_led(
+    paired: np.ndarray, keys: np.ndarray, lead: np.ndarray, name: np.ndarray, names: Names, window: SlidingWindow
+) -> None:
+    """`Bucket.led`: each record with pairs (`paired`, by record; its champion's output at `lead`)
+    once, for its bucket and champion."""
+    if not paired.any():
+        return
+    for (key, champion), at in _groups(keys, name[np.maximum(lead, 0)], where=paired):
+        window.bucket(key).led[names.values[champion]] += len(at)
+
+
 def _fill_pairs(
     batch: DecodedBatch, out: Outputs, keys: np.ndarray, live: np.ndarray, champions: np.ndarray,
     names: Names, window: SlidingWindow,
@@ -224,6 +235,7 @@ def _fill_pairs(
     paired = (lead >= 0) & (np.bincount(out.row, minlength=batch.records) >= 2)
     lead_of = np.maximum(lead[out.row], 0)
     pairable = paired[out.row] & ~out.error & (position != lead[out.row])
+    _count_led(paired, keys, lead, out.name, names, window)
     usable = out.usable_score
     both_scored = usable & usable[lead_of]
     for (key, name, lead_name), at in _groups(keys[out.row], out.name, out.name[lead_of], where=pairable):

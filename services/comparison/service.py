@@ -48,8 +48,8 @@ SERVICE = "comparison"
 # Outputs (a model's part of a record): the raw values kept between compactions, a few MB. Counted
 # by records, a log of 300 models a record held 3 million values (~280 MB) before one (a review).
 COMPACT_EVERY = 30_000
-# A model name with fewer outputs than this share of the window's records scores almost none of the
-# requests (every model scores every request): while another name waits for a place, it gives its own.
+# A model name with fewer outputs than this share of the champion's scores almost none of the requests
+# (every model scores every request): while another name waits for a place, it gives its own.
 SPARSE_SHARE = 0.01
 
 
@@ -348,18 +348,18 @@ class ComparisonService(SimpleHandler, Probed):
     def _give_back_idle_labels(self) -> None:
         """With the label budget full, the names no longer in the window give their places back:
         their series and references go, and names counted as 'other' meanwhile are labelled
-        afresh. So do, while a name waits for a place, names with under SPARSE_SHARE of the
-        window's records: every model scores every request, and forged records naming 50 models
-        every two minutes kept them in the window, a new challenger counted as '_other' for good
-        (a review). Done at an export, where the record path and the batch fold hold the same state."""
+        afresh. So do, while a name waits for a place, names with fewer outputs in the window than
+        SPARSE_SHARE of the champion's: every model scores every request the champion does, and
+        forged records naming 50 models every two minutes kept them in the window, a new
+        challenger counted as '_other' for good (a review). Measured against the champion's
+        outputs, not the records anyone may write, and the champion never gives its own. Done at
+        an export, where the record path and the batch fold hold the same state."""
         self._give_back_idle_versions()
         if not self._labels.full:
             return
         idle = set(self._labels.admitted - self.window.models())
         if not idle and self._labels.wanted:
-            records, outputs = self.window.outputs_by_model()
-            idle = {name for name in self._labels.admitted - self._labels.reserved
-                    if outputs.get(name, 0) < SPARSE_SHARE * records}
+            idle = self._sparse_names()
         if not idle:
             return
         self._labels.forget(idle)
@@ -377,6 +377,15 @@ class ComparisonService(SimpleHandler, Probed):
         log.info("the label budget (--max-models %d) was full: %d model name(s) no longer in the window, or with "
                  "under %.0f%% of its records while another waited, gave their places back", self.settings.max_models,
                  len(idle), SPARSE_SHARE * 100)
+
+    def _sparse_names(self) -> set[str]:
+        """Admitted names with fewer outputs in the window than SPARSE_SHARE of the champion's
+        (none while no champion is known)."""
+        champion = self.champion.current
+        outputs = self.window.outputs_by_model()
+        least = SPARSE_SHARE * outputs.get(champion, 0) if champion else 0
+        return {name for name in self._labels.admitted - self._labels.reserved - {champion}
+                if outputs.get(name, 0) < least}
 
     def _give_back_idle_versions(self) -> None:
         """With the version budget full, versions without an output for a whole window give their

@@ -47,7 +47,7 @@ class ComparisonSettings(ServiceSettings):
         "Most distinct model names (and 4x as many model/version pairs) given their own label "
         "values; later ones are counted as '_other', so a bad producer cannot explode cardinality. When "
         "all are taken, names no longer in the window give their places (and series) back, and, while a name "
-        "waits for one, names with under 1% of the window's records.",
+        "waits for one, names with under 1% of the champion's outputs in the window.",
         minimum=1,
     )
     future_tolerance_s: float = setting(

@@ -113,8 +113,9 @@ class PairStats:
 
 
 # Champions a bucket keeps pair tables against: the one of its time, one before a promotion or
-# two, and a rollback's (`Bucket.pair`).
+# two, and a rollback's (`Bucket.keep_champions`); and how many it may hold a compaction apart.
 MAX_CHAMPIONS = 4
+HELD_CHAMPIONS = 16
 
 
 @dataclass(slots=True)
@@ -125,31 +126,37 @@ class Bucket:
     statuses: Counter[str] = field(default_factory=Counter)
     models: dict[str, ModelStats] = field(default_factory=dict)
     pairs: dict[tuple[str, str], PairStats] = field(default_factory=dict)  # (model, champion)
-    champions: set[str] = field(default_factory=set)  # the champions of `pairs`
+    # Records each champion led (its output paired with others'), once a record: at most one per
+    # label value, as chosen models are labelled (the service's LabelBudget).
+    led: Counter[str] = field(default_factory=Counter)
+    paired: set[str] = field(default_factory=set)  # the champions of `pairs`
 
     def pair(self, model: str, champion: str) -> PairStats:
-        """The pair table of `model` against `champion`, new if need be. A champion changes at a
-        promotion; forged OK records naming another chosen model each made a table for every model
-        against each of them: about --max-models times the memory and the export's time (a review:
-        439 MiB and 1.7 s for one bucket of 25,600 records, against 46 MiB and 0.1 s). A bucket
-        keeps tables against MAX_CHAMPIONS champions: a new one first drops those of the champion
-        with the fewest pairs, never the real one's (it pairs every request)."""
+        """The pair table of `model` against `champion`, new if need be. Between two compactions
+        a bucket holds tables against HELD_CHAMPIONS champions at most: one more keeps those of the
+        MAX_CHAMPIONS that led the most records so far (thousands of tables a compaction apart
+        took hundreds of MB)."""
         table = self.pairs.get((model, champion))
         if table is None:
-            if champion not in self.champions:
-                if len(self.champions) >= MAX_CHAMPIONS:
-                    self._drop_least_paired_champion()
-                self.champions.add(champion)
+            if champion not in self.paired:
+                if len(self.paired) >= HELD_CHAMPIONS:
+                    self.keep_champions()
+                self.paired.add(champion)
             table = self.pairs[(model, champion)] = PairStats()
         return table
 
-    def _drop_least_paired_champion(self) -> None:
-        paired = dict.fromkeys(self.champions, 0)
-        for (_model, champion), table in self.pairs.items():
-            paired[champion] += table.n
-        least = min(paired, key=paired.__getitem__)
-        self.champions.discard(least)
-        self.pairs = {key: table for key, table in self.pairs.items() if key[1] != least}
+    def keep_champions(self) -> None:
+        """Keep the pair tables of the MAX_CHAMPIONS champions that led the most records. A
+        champion changes at a promotion; forged OK records naming another chosen model each made a
+        table for every model against each of them: about --max-models times the memory and the
+        export's time (a review: 439 MiB and 1.7 s for one bucket of 25,600 records, against
+        46 MiB and 0.1 s). The real champion leads every real request. Done where the window
+        compacts, at the same records whether they were folded one by one or in a batch."""
+        if len(self.paired) <= MAX_CHAMPIONS:
+            return
+        kept = set(sorted(self.paired, key=lambda name: (-self.led[name], name))[:MAX_CHAMPIONS])
+        self.pairs = {key: table for key, table in self.pairs.items() if key[1] in kept}
+        self.paired = kept
 
     def compact(self) -> None:
         for stats in self.models.values():
@@ -164,7 +171,8 @@ class Bucket:
             self.models.setdefault(name, ModelStats()).merge(stats)
         for key, pair in other.pairs.items():
             self.pairs.setdefault(key, PairStats()).merge(pair)
-        self.champions |= other.champions
+        self.led.update(other.led)
+        self.paired |= other.paired
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +248,7 @@ class SlidingWindow:
             return True
         # Pairs: every other output without error against the champion's, on this request.
         lead_name, lead_score, lead_label = lead["model"], usable_score(lead["score"]), lead["label"]
+        bucket.led[lead_name] += 1
         for out in outputs:
             if out is lead or out["error"] is not None:
                 continue
@@ -294,23 +303,25 @@ class SlidingWindow:
         for bucket in self._live.values():
             if any(stats.new_latencies for stats in bucket.models.values()):
                 bucket.compact()
+            bucket.keep_champions()
 
     def models(self) -> set[str]:
         """The model names in the live buckets."""
         return set().union(*(bucket.models.keys() for bucket in self._live.values()))
 
-    def outputs_by_model(self) -> tuple[int, dict[str, int]]:
-        """The records in the live buckets, and each model's outputs in them."""
+    def outputs_by_model(self) -> dict[str, int]:
+        """Each model's outputs in the live buckets."""
         outputs: dict[str, int] = {}
         for bucket in self._live.values():
             for name, stats in bucket.models.items():
                 outputs[name] = outputs.get(name, 0) + stats.outputs
-        return sum(bucket.records for bucket in self._live.values()), outputs
+        return outputs
 
     def view(self) -> WindowView:
         """The live buckets merged (a new object; the window keeps sliding independently)."""
         totals = Bucket()
         for key in sorted(self._live):
+            self._live[key].keep_champions()
             totals.merge(self._live[key])
         return WindowView(totals, self.newest_ms, len(self._live))
 
