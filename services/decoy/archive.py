@@ -207,14 +207,17 @@ class ArchiveWriter:
             raise self._failed from None
 
     def note_gap(self, gap: Gap) -> None:
-        """Name `gap` in the manifest (once: a decoy that crashed before it committed past the gap
-        finds it again), for replay to say that its range may lack those records."""
-        if any((g.topic, g.partition, g.first, g.last) == (gap.topic, gap.partition, gap.first, gap.last)
-               for g in self.gaps):
+        """Name `gap` in the manifest, for replay to say that its range may lack those records. A
+        decoy that crashed before it committed past a gap finds it again from the same offset,
+        longer if retention deleted more meanwhile: one entry, the longest (two overlapping ranges
+        were named; a review)."""
+        same = [g for g in self.gaps if (g.topic, g.partition, g.first) == (gap.topic, gap.partition, gap.first)]
+        if same and same[0].last >= gap.last:
             return
+        gaps = [g for g in self.gaps if g not in same] + [gap]
         with self._storage("write the manifest of", MANIFEST):
-            write_manifest(self.directory, self.manifest, [*self.gaps, gap])
-        self.gaps.append(gap)
+            write_manifest(self.directory, self.manifest, gaps)
+        self.gaps = gaps
 
     def roll_if_old(self) -> None:
         """Seal the open file once it is `roll_seconds` old, whether or not records still come

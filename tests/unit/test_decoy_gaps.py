@@ -18,6 +18,7 @@ def test_a_gap_is_named_once_and_kept_as_files_are_sealed_and_the_writer_starts_
     gap = Gap("rdv.requests", 0, 10, 14, 1_700_000_000_000)
     writer.note_gap(gap)
     writer.note_gap(Gap("rdv.requests", 0, 10, 14, 1_700_000_009_000))  # found again (no commit past it yet)
+    writer.note_gap(Gap("rdv.requests", 0, 10, 12, 1_700_000_009_500))  # shorter: what was named holds it
     writer.append(rows(15, 3))
     writer.roll()  # the manifest is written again, with the new file
     writer.close()
@@ -25,8 +26,10 @@ def test_a_gap_is_named_once_and_kept_as_files_are_sealed_and_the_writer_starts_
     again = ArchiveWriter(tmp_path, **ROLL)
     later = Gap("rdv.requests", 1, 0, 4, 1_700_000_100_000)
     again.note_gap(later)
+    longer = Gap("rdv.requests", 0, 10, 40, 1_700_000_200_000)  # retention deleted more before a commit
+    again.note_gap(longer)
     again.close()
-    assert read_gaps(tmp_path) == [gap, later] and [f.records for f in read_manifest(tmp_path)] == [3]
+    assert read_gaps(tmp_path) == [later, longer] and [f.records for f in read_manifest(tmp_path)] == [3]
 
 
 def test_a_manifest_written_before_gaps_were_named_has_none(tmp_path: Path) -> None:
