@@ -93,6 +93,7 @@ def fold(
     out, pairs = _outputs(batch, series_labels, names)
     chosen = _chosen(batch, model_label, names)
     champions = _champions(batch.status, chosen, champion, names)
+    window.champion = champion.current  # as the record path leaves it
     met = _met(batch, out)
     _count(batch, out, pairs, met, tally)
     _fill_references(out, names, references)

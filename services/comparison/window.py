@@ -140,21 +140,27 @@ class Bucket:
         if table is None:
             if champion not in self.paired:
                 if len(self.paired) >= HELD_CHAMPIONS:
-                    self.keep_champions()
+                    self.keep_champions(champion)
                 self.paired.add(champion)
             table = self.pairs[(model, champion)] = PairStats()
         return table
 
-    def keep_champions(self) -> None:
-        """Keep the pair tables of the MAX_CHAMPIONS champions that led the most records. A
-        champion changes at a promotion; forged OK records naming another chosen model each made a
-        table for every model against each of them: about --max-models times the memory and the
-        export's time (a review: 439 MiB and 1.7 s for one bucket of 25,600 records, against
-        46 MiB and 0.1 s). The real champion leads every real request. Done where the window
-        compacts, at the same records whether they were folded one by one or in a batch."""
+    def keep_champions(self, current: str | None) -> None:
+        """Keep the pair tables of the `current` champion (the one records are paired against now:
+        its figures are the ones exported) and of those that led the most records, MAX_CHAMPIONS
+        in all. A champion changes at a promotion; forged OK records naming another chosen model
+        each made a table for every model against each of them: about --max-models times the
+        memory and the export's time (a review: 439 MiB and 1.7 s for one bucket of 25,600
+        records, against 46 MiB and 0.1 s). Done where the window compacts, at the same records
+        whether they were folded one by one or in a batch (past HELD_CHAMPIONS a compaction apart,
+        only forged records make, the two paths may keep different ones)."""
         if len(self.paired) <= MAX_CHAMPIONS:
             return
-        kept = set(sorted(self.paired, key=lambda name: (-self.led[name], name))[:MAX_CHAMPIONS])
+        kept: set[str] = {current} & self.paired if current is not None else set()
+        others = sorted(self.paired - kept, key=lambda name: (-self.led[name], name))
+        kept.update(others[: MAX_CHAMPIONS - len(kept)])
+        for dropped in self.paired - kept:
+            del self.led[dropped]  # its tables are gone: back, it starts again, as they do
         self.pairs = {key: table for key, table in self.pairs.items() if key[1] in kept}
         self.paired = kept
 
@@ -194,6 +200,7 @@ class SlidingWindow:
         self.buckets = buckets
         self.newest_ms = 0
         self.stale = 0
+        self.champion: str | None = None  # the one records were last paired against
         self._newest_key: int | None = None
         self._live: dict[int, Bucket] = {}
 
@@ -203,6 +210,7 @@ class SlidingWindow:
         Pairs are formed against `champion`'s output in the same record when it has one
         without error: every other output without error is paired with it.
         """
+        self.champion = champion
         created = record["created_at"]
         key = created // self.bucket_ms
         newest = self._newest_key
@@ -303,7 +311,7 @@ class SlidingWindow:
         for bucket in self._live.values():
             if any(stats.new_latencies for stats in bucket.models.values()):
                 bucket.compact()
-            bucket.keep_champions()
+            bucket.keep_champions(self.champion)
 
     def models(self) -> set[str]:
         """The model names in the live buckets."""
@@ -321,7 +329,7 @@ class SlidingWindow:
         """The live buckets merged (a new object; the window keeps sliding independently)."""
         totals = Bucket()
         for key in sorted(self._live):
-            self._live[key].keep_champions()
+            self._live[key].keep_champions(self.champion)
             totals.merge(self._live[key])
         return WindowView(totals, self.newest_ms, len(self._live))
 

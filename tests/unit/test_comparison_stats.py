@@ -442,6 +442,28 @@ def test_forged_records_changing_the_chosen_model_keep_a_bounded_number_of_pair_
         assert len({champion for _model, champion in bucket.pairs}) <= MAX_CHAMPIONS
 
 
+def test_the_champion_records_are_paired_against_keeps_its_tables_wherever_the_compactions_fall() -> None:
+    """Five champions in one bucket (promotions and rollbacks): the one records are paired against
+    now keeps its tables, and one dropped starts again, its count of records led with them. A
+    dropped champion that came back was kept on the records its dropped tables had led, and the
+    current one read 200 of its 250 pairs or 250 by where the compactions fell (a review)."""
+
+    def led_by(champion: str, n: int, start: int) -> list[dict[str, Any]]:
+        return [record(BASE_MS + start + i, [output(champion, 0.9), output("challenger", 0.8)], chosen=champion)
+                for i in range(n)]
+
+    first = [r for at, name in enumerate("ABCD") for r in led_by(name, 100, 100 * at)] + led_by("E", 50, 400)
+    second = led_by("E", 200, 450)
+    pairs = []
+    for parts in ([first, second], [first + second]):
+        svc = service()
+        for part in parts:
+            feed(svc, part)  # compacts the window at its end, as a batch of COMPACT_EVERY outputs does
+        pairs.append({champion: table.n for (model, champion), table in svc.window.view().totals.pairs.items()
+                      if model == "challenger"})
+    assert pairs[0] == pairs[1] and pairs[0]["E"] == 250 and len(pairs[0]) == 4
+
+
 def test_names_of_a_sliver_of_the_window_give_their_places_to_a_model_waiting_for_one() -> None:
     """Forged records naming as many models as --max-models, one now and then, kept every name in
     the window: a challenger deployed later was counted as '_other' for good, its series never
