@@ -41,6 +41,15 @@ def test_parts_keep_the_order_and_the_bound_and_a_large_record_goes_alone() -> N
     assert worker.parts_by_bytes([], 6) == []
 
 
+def batch_scorer(settings: WorkerSettings, outputs: Outputs) -> Any:
+    """The worker's batch path with its models, writing Scores to `outputs` (no Kafka, no watchdog)."""
+    hosted = worker.hosted_models(settings, "host-1")
+    return worker._BatchScorer(
+        types.SimpleNamespace(settings=settings, hosted=hosted, topics=settings.topics(), scored=0,
+                              _walker=RequestWalker(REQUESTS, worker.shared_names(hosted))),  # type: ignore[arg-type]
+        outputs, None, ScoringWatchdog(0.0, lambda h: h.name, outputs, None))  # type: ignore[arg-type]
+
+
 class Rewinds:
     """The consumer's `rewind` as the worker calls it: noted, refused for the partitions given."""
 
@@ -71,13 +80,8 @@ def test_a_poll_of_wide_requests_scores_one_part_and_reads_the_rest_again(
     models x the timeout, past every bound sized for one batch (a review)."""
     from services.core.service import Positions
 
-    settings = WorkerSettings(model="demo:champion", predict_timeout_s=0.0)
-    hosted = worker.hosted_models(settings, "host-1")
     outputs = Outputs()
-    scorer = worker._BatchScorer(
-        types.SimpleNamespace(settings=settings, hosted=hosted, topics=settings.topics(), scored=0,
-                              _walker=RequestWalker(REQUESTS, worker.shared_names(hosted))),  # type: ignore[arg-type]
-        outputs, None, ScoringWatchdog(0.0, lambda h: h.name, outputs, None))  # type: ignore[arg-type]
+    scorer = batch_scorer(WorkerSettings(model="demo:champion", predict_timeout_s=0.0), outputs)
     records = wide_poll(10, partitions=2)  # partition 0: r-0, r-2, ...; partition 1: r-1, r-3, ...
     size = len(records[0].value())
     monkeypatch.setattr(worker, "PART_BYTES", 3 * size)
@@ -109,12 +113,8 @@ def test_a_request_whose_features_name_one_feature_twice_gets_an_error_score_fro
     with valid requests scores those as they are scored alone."""
     now = int(time.time() * 1000)
     settings = WorkerSettings(model="demo:champion", co_host=("challenger=demo:challenger",), predict_timeout_s=0.0)
-    hosted = worker.hosted_models(settings, "host-1")
     outputs = Outputs()
-    scorer = worker._BatchScorer(
-        types.SimpleNamespace(settings=settings, hosted=hosted, topics=settings.topics(), scored=0,
-                              _walker=RequestWalker(REQUESTS, worker.shared_names(hosted))),  # type: ignore[arg-type]
-        outputs, None, ScoringWatchdog(0.0, lambda h: h.name, outputs, None))  # type: ignore[arg-type]
+    scorer = batch_scorer(settings, outputs)
     rows = demo_rows(3, seed=6)
 
     def encoded(rid: str, features: dict[str, float]) -> bytes:
