@@ -142,13 +142,14 @@ def _chosen(batch: DecodedBatch, model_label: Callable[[str], str], names: Names
 
 def _champions(status: np.ndarray, chosen: np.ndarray, tracker: ChampionTracker, names: Names) -> np.ndarray:
     """The champion each record's pairs compare against, as a label index (-1: none in this batch)."""
-    if tracker.override:
-        return np.full(len(status), names.find(tracker.override), dtype=np.int64)
+    fixed = tracker.fixed
+    if fixed:
+        return np.full(len(status), names.find(fixed), dtype=np.int64)
     sets = (status == STATUSES.index("OK")) & (chosen >= 0)
     latest = np.maximum.accumulate(np.where(sets, np.arange(len(status)), -1))
     champions: np.ndarray = np.where(latest >= 0, chosen[np.maximum(latest, 0)], names.find(tracker.current))
     if sets.any():
-        tracker.current = names.values[int(champions[-1])]
+        tracker.track(names.values[int(champions[-1])])
     return champions
 
 

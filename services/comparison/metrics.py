@@ -178,7 +178,7 @@ class LabelBudget:
 
     def __init__(self, max_models: int, reserved: tuple[str, ...] = ()):
         self.max_models = max_models
-        self._reserved = frozenset(name for name in reserved if name and name != OTHER and len(name) <= MAX_LABEL_CHARS)
+        self._reserved = {name for name in reserved if self._reservable(name)}
         self._models: set[str] = set()
         self._versions: set[tuple[str, str]] = set()
         self._warned = False
@@ -209,7 +209,17 @@ class LabelBudget:
 
     @property
     def reserved(self) -> frozenset[str]:
-        return self._reserved
+        return frozenset(self._reserved)
+
+    def reserve(self, name: str) -> None:
+        """Keep `name` a place of its own from now on (the champion of the schedule in force)."""
+        if name not in self._reserved and self._reservable(name):
+            self._reserved.add(name)
+            self._models.add(name)
+
+    @staticmethod
+    def _reservable(name: str) -> bool:
+        return bool(name) and name != OTHER and len(name) <= MAX_LABEL_CHARS
 
     def forget(self, names: set[str]) -> None:
         self._models -= names

@@ -19,23 +19,25 @@ Prometheus expects of counters.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from math import isfinite
 from typing import Any, cast
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import KafkaException, Message, TopicPartition
 
 from services.comparison import fold, kernels
 from services.comparison import metrics as m
 from services.comparison.settings import ComparisonSettings
 from services.comparison.window import ChampionTracker, References, SlidingWindow
+from services.control.follower import ScheduleFollower
 from services.core.codec import codec
 from services.core.compiled_decode import CurrentBatches, warm_up
 from services.core.control_records import is_control_record
 from services.core.deadletter import DeadLetters
-from services.core.errors import BadInput, DecodeFailed, UnexpectedFailure
+from services.core.errors import BadInput, DecodeFailed, RendezvousError, UnexpectedFailure
 from services.core.kafka import partition_counts
 from services.core.metrics import DECODE_ERRORS
 from services.core.runtime import EARLIEST_PLAUSIBLE_MS, EARLIEST_PLAUSIBLE_YEAR, now_ms
@@ -82,6 +84,7 @@ class ComparisonService(SimpleHandler, Probed):
         self.settings = settings
         self.topics = settings.topics()
         self.processed = 0
+        self._schedules: ScheduleFollower | None = None  # followed from `run`, unless --champion
         self._start_empty()
         self._labels = m.LabelBudget(settings.max_models, (settings.champion, settings.canary))
         self._touched: set[tuple[str, str]] = set()
@@ -114,9 +117,35 @@ class ComparisonService(SimpleHandler, Probed):
                          timeout=self.settings.connect_timeout_s)
         log.info("comparison reading %s (window %gs in %d buckets)", self.topics.log,
                  self.settings.window_s, self.settings.buckets)
-        self.service.run(stop)
-        self.export()
+        with contextlib.ExitStack() as closing:
+            if not self.settings.champion:
+                self._schedules = self._follow_schedule()
+                if self._schedules is not None:
+                    closing.callback(self._schedules.close)
+            self.service.run(stop)
+            self.export()
         log.info("comparison stopping after %d records", self.processed)
+
+    def _follow_schedule(self) -> ScheduleFollower | None:
+        """The schedule whose preferred model is the champion; None (the champion then inferred
+        from OK answers, and said) when the control topic cannot be read."""
+        name = self.settings.schedule_name
+        try:
+            return ScheduleFollower(self.settings.librdkafka(), self.topics.control, name)
+        except (RendezvousError, KafkaException) as err:
+            log.warning("cannot follow schedule %s on %s (%s): the champion is the chosen model of the latest OK "
+                        "answer instead", name, self.topics.control, err)
+            return None
+
+    def _preferred(self) -> str | None:
+        """The preferred model of the schedule in force, kept a label place of its own (None: no
+        schedule followed, or none in force yet)."""
+        schedule = self._schedules.in_force() if self._schedules is not None else None
+        if schedule is None:
+            return None
+        champion = schedule.models[0]
+        self._labels.reserve(champion)
+        return champion
 
     def start(self, ctx: Context) -> None:
         super().start(ctx)
@@ -128,7 +157,7 @@ class ComparisonService(SimpleHandler, Probed):
         """The window and what it learnt, as at start (then filled from the committed offsets)."""
         settings = self.settings
         self.window = SlidingWindow(settings.bucket_ms(), settings.buckets)
-        self.champion = ChampionTracker(settings.champion)
+        self.champion = ChampionTracker(settings.champion, self._preferred)
         self.references = References(settings.reference_size)
 
     # -- the poll loop's handler -----------------------------------------------------------

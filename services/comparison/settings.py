@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.control.schedule import DEFAULT_NAME as DEFAULT_SCHEDULE_NAME
+from services.control.schedule import check_schedule_name
 from services.core.errors import ConfigError
 from services.core.settings import MAX_BATCH, ServiceSettings, setting
 
@@ -34,8 +36,12 @@ class ComparisonSettings(ServiceSettings):
     )
     champion: str = setting(
         "",
-        "The champion the pairs compare against. Default: inferred, the chosen model of the latest "
-        "record answered with status OK (the schedule's preferred model).",
+        "The champion the pairs compare against. Default: the preferred model of the schedule in force "
+        "(--schedule-name, followed on the control topic); with no schedule there, the chosen model of "
+        "the latest record answered with status OK.",
+    )
+    schedule_name: str = setting(
+        DEFAULT_SCHEDULE_NAME, "The schedule whose preferred model is the champion, unless --champion names one.",
     )
     canary: str = setting(
         "canary",
@@ -87,6 +93,7 @@ class ComparisonSettings(ServiceSettings):
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.bucket_ms() < 1:
             raise ConfigError(f"--window-s {self.window_s} split in {self.buckets} buckets is under 1 ms")
+        check_schedule_name(self.schedule_name, "--schedule-name")
         if self.start_from not in ("earliest", "latest"):
             raise ConfigError(f"--start-from must be earliest or latest, got {self.start_from!r}")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -335,23 +335,43 @@ class SlidingWindow:
 
 
 class ChampionTracker:
-    """Who the pairs compare against: a fixed name, or the chosen model of the latest OK answer.
+    """Who the pairs compare against: a name given (`override`), else the preferred model of the
+    schedule in force (`preferred`, followed on the control topic), else the chosen model of the
+    latest OK answer.
 
     An answer with status OK came from the schedule's preferred model (a fallback would say
-    FALLBACK), so its chosen model *is* the champion; following the latest one tracks a
-    schedule change without configuration.
+    FALLBACK), so its chosen model is the champion; but anyone who may write the log may write an
+    OK answer, and after a restart in a champion's outage there is none (a review: no champion,
+    so no ChampionDeadlineMisses page). The schedule says it from the first record.
     """
 
-    def __init__(self, override: str = ""):
+    def __init__(self, override: str = "", preferred: Callable[[], str | None] | None = None):
         self.override = override
-        self.current: str | None = override or None
+        self._preferred = preferred
+        self._tracked: str | None = None
+
+    @property
+    def fixed(self) -> str | None:
+        """The champion named outright: the override, or the schedule's preferred model."""
+        if self.override:
+            return self.override
+        return self._preferred() if self._preferred is not None else None
+
+    @property
+    def current(self) -> str | None:
+        return self.fixed or self._tracked
+
+    def track(self, chosen: str) -> None:
+        """The chosen model of an OK answer: the champion, when none is named outright."""
+        self._tracked = chosen
 
     def observe(self, record: Mapping[str, Any]) -> str | None:
-        if not self.override and record["status"] == "OK":
-            chosen = record["chosen_model"]
-            if chosen:
-                self.current = chosen
-        return self.current
+        fixed = self.fixed
+        if fixed:
+            return fixed
+        if record["status"] == "OK" and record["chosen_model"]:
+            self._tracked = record["chosen_model"]
+        return self._tracked
 
 
 class References:

@@ -11,7 +11,8 @@ Principals (SASL user names, `User:<name>`), one per role:
   its group and its transactional ids.
 - model: read requests; write scores, dead letters and its published signature; its groups and
   its rescue process's transactional ids (`<prefix>model.*`: the worker's group + ".rescue").
-- comparison: read the log. decoy: read requests.
+- comparison: read the log, and the control topic (its champion is the schedule's preferred model).
+  decoy: read requests.
 - client: write requests; read replies, published signatures and the control topic (to check
   features and show schedules); groups `<prefix>client*` (an application's reply group); nothing else.
 - gateway: a client that also reads the log (the live page); groups `<prefix>gateway*`, its own
@@ -187,7 +188,9 @@ def layout(topics: Topics, prefix: str, principals: Principals = Principals()) -
         # (services/model_worker/rescue.py).
         Grant(p.model, "transactional_id", f"{prefix}model.", "WRITE", prefixed=True),
         Grant(p.model, "transactional_id", f"{prefix}model.", "DESCRIBE", prefixed=True),
-        *_topic(p.comparison, "READ", t.log),
+        *_topic(p.comparison, "READ", t.log, t.control),
+        # It checks at start that the control topic keeps its versions, as the rendezvous does.
+        *_topic(p.comparison, "DESCRIBE_CONFIGS", t.control),
         # A record it cannot read is dead-lettered (without WRITE the refusal would stop it).
         *_topic(p.comparison, "WRITE", t.deadletter),
         *_topic(p.comparison, "DESCRIBE_CONFIGS", t.deadletter),

@@ -13,15 +13,13 @@ Schedules are followed live from the control topic with the rendezvous' own acce
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from services.control.schedule import Schedule
-from services.control.topic import READER_POLL_S, ControlFeed, ControlRecord, ScheduleBook, check_keeps_history
-from services.core.runtime import now_ms
+from services.control.topic import ScheduleBook
 from services.core.score_limits import MAX_MODEL_CHARS, MAX_VERSION_CHARS
 from services.gateway.errors import InvalidInput, NotFound
 from services.gateway.oip import OUTPUTS
@@ -31,48 +29,6 @@ log = logging.getLogger(__name__)
 
 SCHEDULE = "schedule"
 MODEL = "model"
-
-
-class ScheduleFollower:
-    """The accepted versions of one schedule, read from the control topic and kept up to date."""
-
-    def __init__(self, config: Mapping[str, Any], topic: str, name: str, poll_s: float = READER_POLL_S):
-        self.book = ScheduleBook(name)
-        self.stopped: str | None = None  # why following stopped for good, if it did
-        # Refused as the rendezvous refuses it: a gateway started after the broker deleted old
-        # versions reads none (every call a 404) or an older one than the rendezvous answers by.
-        check_keeps_history(config, topic)
-        self._feed = ControlFeed(config, topic)
-        self._apply(self._feed.read_history())
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._follow, args=(poll_s,), name="rdv-gateway-control",
-                                        daemon=True)
-        self._thread.start()
-
-    def _apply(self, records: Iterable[ControlRecord]) -> None:
-        for record in records:
-            schedule = record.schedule
-            if schedule is None or schedule.name != self.book.name:
-                continue
-            if self.book.refusal(schedule, record.written_at) is None:
-                self.book.add(schedule, record.written_at)
-                log.info("schedule %s v%d: %s", schedule.name, schedule.version, list(schedule.models))
-
-    def _follow(self, poll_s: float) -> None:
-        try:
-            while not self._stop.wait(poll_s):
-                self._apply(self._feed.poll())
-        except Exception as err:  # noqa: BLE001 - said (readiness, liveness), never a silent stop
-            log.error("stopped following schedule %s on the control topic: %s", self.book.name, err)
-            self.stopped = f"stopped following schedule {self.book.name!r}: {err}"
-
-    def in_force(self) -> Schedule | None:
-        return self.book.in_force(now_ms()) if self.book.latest else None
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._feed.close()
 
 
 class Schedules(Protocol):

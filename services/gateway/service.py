@@ -28,13 +28,14 @@ import uvicorn
 import uvloop
 
 from services.client.client import Client
+from services.control.follower import ScheduleFollower
 from services.core.errors import ConfigError
 from services.core.health import BrokerHealth, serve_http
 from services.core.kafka import admin, delivery_timeout
 from services.core.runtime import tune_gc
 from services.gateway import metrics as m
 from services.gateway.auth import ApiKeys
-from services.gateway.catalog import Catalog, ScheduleFollower
+from services.gateway.catalog import Catalog
 from services.gateway.comparisons import ComparisonTap
 from services.gateway.engine import Gateway
 from services.gateway.errors import Unavailable

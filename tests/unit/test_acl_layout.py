@@ -35,6 +35,9 @@ GRANTS = layout(TOPICS, PREFIX, P)
     (P.comparison, TOPICS.deadletter, "WRITE", True),
     (P.comparison, TOPICS.deadletter, "DESCRIBE_CONFIGS", True),
     (P.comparison, TOPICS.log, "WRITE", False),
+    (P.comparison, TOPICS.control, "READ", True),  # its champion is the schedule's preferred model
+    (P.comparison, TOPICS.control, "DESCRIBE_CONFIGS", True),  # it checks that the topic keeps its versions
+    (P.comparison, TOPICS.control, "WRITE", False),
 ])
 def test_who_may_do_what(role: str, topic: str, operation: str, allowed: bool) -> None:
     assert allows(GRANTS, role, "topic", topic, operation) is allowed

@@ -312,6 +312,43 @@ def test_champion_is_the_chosen_model_of_the_latest_ok_answer_unless_overridden(
     assert fixed.observe(record(BASE_MS, [], status="OK", chosen="v2")) == "champion"
 
 
+def test_the_schedules_preferred_model_is_the_champion_whatever_the_answers_say() -> None:
+    """Inferred from OK answers, the champion was anyone's who wrote an OK record to the log, and
+    none after a restart in the champion's outage (a review). The schedule in force names it; an
+    override beats it; without a schedule in force, the answers still tell."""
+    schedule: list[str | None] = [None]
+    tracker = ChampionTracker(preferred=lambda: schedule[0])
+    assert tracker.observe(record(BASE_MS, [], status="OK", chosen="champion")) == "champion"  # none in force yet
+    schedule[0] = "champion-v2"
+    assert tracker.observe(record(BASE_MS, [], status="FALLBACK", chosen="challenger")) == "champion-v2"
+    assert tracker.observe(record(BASE_MS, [], status="OK", chosen="forged")) == "champion-v2"
+    assert tracker.current == "champion-v2"
+    assert ChampionTracker("mine", preferred=lambda: "champion-v2").observe(
+        record(BASE_MS, [], status="OK", chosen="forged")) == "mine"
+
+
+@pytest.mark.parametrize("path", ["record", "batch"])
+def test_in_a_champion_outage_the_schedule_names_the_champion_from_the_first_record(path: str) -> None:
+    """Every answer FALLBACK (the champion down) after a restart: no champion was known, so
+    rdv_cmp_champion_info was empty and ChampionDeadlineMisses could not fire (a review)."""
+    from types import SimpleNamespace
+
+    from services.control.schedule import Schedule
+
+    svc = service()
+    svc._schedules = SimpleNamespace(in_force=lambda: Schedule(models=("champion", "challenger")))  # type: ignore[assignment]
+    records = [record(BASE_MS + i, [output("champion", error="TimeoutError: late"), output("challenger", 0.8)],
+                      status="FALLBACK", chosen="challenger") for i in range(200)]
+    records += [record(BASE_MS + 200 + i, [output("forged", 0.1), output("challenger", 0.8)], chosen="forged")
+                for i in range(150)]  # forged OK answers: not the champion for that
+    (read if path == "batch" else feed)(svc, records)
+    svc.export()
+    assert svc.champion.current == "champion"
+    assert m.WINDOW.value("rdv_cmp_champion_info", model="champion") == 1.0
+    assert m.WINDOW.value("rdv_cmp_champion_info", model="forged") is None
+    assert m.WINDOW.value("rdv_cmp_error_ratio", model="champion") == 1.0
+
+
 def test_self_reference_freezes_after_its_size() -> None:
     refs = References(size=3)
     for score in (0.1, float("nan"), None, 0.2):

@@ -459,8 +459,8 @@ def test_a_gateway_refuses_a_control_topic_that_deletes_old_versions_before_read
     """The gateway decides calls by the schedule it reads (which names exist, the default deadline):
     started after the broker deleted old versions it read none (every call a 404 "is the rendezvous
     running?") or an older one than the rendezvous answer by, where the rendezvous refuses to start."""
+    from services.control import follower as catalog
     from services.control import topic
-    from services.gateway import catalog
 
     class Unread:
         def __init__(self, *_args: object) -> None:
@@ -500,9 +500,9 @@ class _QuietFeed:
 def test_a_gateway_follows_a_control_topic_that_keeps_its_history_or_whose_policy_it_may_not_read(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, configs: dict[str, str] | None
 ) -> None:
+    from services.control import follower as catalog
     from services.control import topic
     from services.core.kafka import ConfigsNotAuthorized
-    from services.gateway import catalog
 
     def told(*_args: object) -> dict[str, str]:
         if configs is None:
