@@ -250,7 +250,7 @@ def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule,
     # from an earlier version, never carries it).
     supersede = settings.supersede_pending or draft.supersedes_pending
     schedule = changes.next_version(book, draft, now, asked_ms, effective_at, supersede)
-    superseded = changes.superseded(book, schedule, now)
+    superseded = book.supersedes(schedule, now)
     if effective_at is not None:  # checked again: the live check took time since, and sooner is retroactive
         # When it will start (a pending version before it may hold it back past the file's time).
         _within_reach(schedule.effective_at - now, f"effective_at {format_ms(effective_at)}")

@@ -393,10 +393,11 @@ def _paired(
 def _answers(columns: Columns, champion: str) -> tuple[Answers, list[str]]:
     """The answers line and the champion of the logged requests; a --champion that names no model
     of them is said in a note, not raised: it threw away all the scoring (hours of a real model's)."""
+    frame = columns.frame()  # a copy of the columns: made once
     try:
-        return answers(columns.frame(), champion=champion or None), []
+        return answers(frame, champion=champion or None), []
     except ChampionNotInRange as err:
-        return answers(columns.frame(), champion=None), [f"{err.message}: compared with the champion inferred instead"]
+        return answers(frame, champion=None), [f"{err.message}: compared with the champion inferred instead"]
 
 
 PROGRESS_EVERY_S = 10.0

@@ -459,7 +459,6 @@ class Client:
         payload: tuple[str, bytes] | None = None,
         metadata: Mapping[str, str] | None = None,
         created_at: int | None = None,
-        wait_when_full: bool | None = None,
         expires: bool = False,
     ) -> Future[Answer]:
         """`submit`, waiting for room in librdkafka's queue until `give_up_at` (time.monotonic): a
@@ -500,7 +499,7 @@ class Client:
                 heapq.heappush(self._expiries, (expires_at, next(self._expiry_order), future))
         try:
             self._producer.produce(self.topics.requests, value, key=rid.encode(), give_up_at=give_up_at,
-                                   wait_when_full=self._wait_when_full if wait_when_full is None else wait_when_full)
+                                   wait_when_full=self._wait_when_full)
         except BaseException:  # KafkaOperationError too: the local queue still full at give_up_at
             with self._lock:
                 self._dropped(rid, future)  # not sent: no answer to remember it for
@@ -585,7 +584,7 @@ class Client:
     async def ascore(self, features: Mapping[str, float], **kwargs: Any) -> Answer:
         """asyncio form of `score`. A request meeting librdkafka's local queue full fails at once
         (KafkaOperationError): waiting for room here would stop the event loop (9 s of a 1 s wait; a review)."""
-        future = self._submit(features, time.monotonic(), wait_when_full=False, **kwargs)
+        future = self._submit(features, time.monotonic(), **kwargs)  # given up on now: no waiting for room
         self._producer.poll(0)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.answer_wait_s)

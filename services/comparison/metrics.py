@@ -187,11 +187,10 @@ class LabelBudget:
     def model(self, name: str) -> str:
         if name in self._models:
             return name
-        if name in self._reserved or (len(self._models) < self.max_models and name != OTHER
-                                      and len(name) <= MAX_LABEL_CHARS):
+        if name in self._reserved or (len(self._models) < self.max_models and self._fits(name)):
             self._models.add(name)
             return name
-        self.wanted = self.wanted or (name != OTHER and len(name) <= MAX_LABEL_CHARS)
+        self.wanted = self.wanted or self._fits(name)
         if not self._warned:
             self._warned = True
             log.warning("model %r and any later new model, or any named with more than %d characters, are "
@@ -218,8 +217,13 @@ class LabelBudget:
             self._models.add(name)
 
     @staticmethod
-    def _reservable(name: str) -> bool:
-        return bool(name) and name != OTHER and len(name) <= MAX_LABEL_CHARS
+    def _fits(name: str) -> bool:
+        """Whether `name` may be a label value of its own."""
+        return name != OTHER and len(name) <= MAX_LABEL_CHARS
+
+    @classmethod
+    def _reservable(cls, name: str) -> bool:
+        return bool(name) and cls._fits(name)
 
     def forget(self, names: set[str]) -> None:
         self._models -= names

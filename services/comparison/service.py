@@ -213,6 +213,7 @@ class ComparisonService(SimpleHandler, Probed):
         if not messages:
             return
         latest_ok = now_ms() + self.settings.future_tolerance_ms()
+        self.champion.refresh()
         records, values = messages, list(map(Message.value, messages))
         if None in values:  # seals carry no comparison; only a null value can be one
             records = [msg for msg in messages if msg.value() is not None or not is_control_record(msg)]
@@ -386,9 +387,10 @@ class ComparisonService(SimpleHandler, Probed):
         self._give_back_idle_versions()
         if not self._labels.full:
             return
-        idle = set(self._labels.admitted - self.window.models())
+        outputs = self.window.outputs_by_model()
+        idle = set(self._labels.admitted - outputs.keys())
         if not idle and self._labels.wanted:
-            idle = self._sparse_names()
+            idle = self._sparse_names(outputs)
         if not idle:
             return
         self._labels.forget(idle)
@@ -407,11 +409,10 @@ class ComparisonService(SimpleHandler, Probed):
                  "under %.0f%% of its records while another waited, gave their places back", self.settings.max_models,
                  len(idle), SPARSE_SHARE * 100)
 
-    def _sparse_names(self) -> set[str]:
-        """Admitted names with fewer outputs in the window than SPARSE_SHARE of the champion's
+    def _sparse_names(self, outputs: dict[str, int]) -> set[str]:
+        """Admitted names with fewer `outputs` in the window than SPARSE_SHARE of the champion's
         (none while no champion is known)."""
         champion = self.champion.current
-        outputs = self.window.outputs_by_model()
         least = SPARSE_SHARE * outputs.get(champion, 0) if champion else 0
         return {name for name in self._labels.admitted - self._labels.reserved - {champion}
                 if outputs.get(name, 0) < least}

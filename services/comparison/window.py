@@ -129,7 +129,6 @@ class Bucket:
     # Records each champion led (its output paired with others'), once a record: at most one per
     # label value, as chosen models are labelled (the service's LabelBudget).
     led: Counter[str] = field(default_factory=Counter)
-    paired: set[str] = field(default_factory=set)  # the champions of `pairs`
 
     def pair(self, model: str, champion: str) -> PairStats:
         """The pair table of `model` against `champion`, new if need be. Between two compactions
@@ -137,13 +136,16 @@ class Bucket:
         MAX_CHAMPIONS that led the most records so far (thousands of tables a compaction apart
         took hundreds of MB)."""
         table = self.pairs.get((model, champion))
-        if table is None:
-            if champion not in self.paired:
-                if len(self.paired) >= HELD_CHAMPIONS:
-                    self.keep_champions(champion)
-                self.paired.add(champion)
+        if table is None:  # rare: a model and a champion not paired in this bucket before
+            paired = self._paired()
+            if champion not in paired and len(paired) >= HELD_CHAMPIONS:
+                self.keep_champions(champion)
             table = self.pairs[(model, champion)] = PairStats()
         return table
+
+    def _paired(self) -> set[str]:
+        """The champions of `pairs`."""
+        return {champion for _model, champion in self.pairs}
 
     def keep_champions(self, current: str | None) -> None:
         """Keep the pair tables of the `current` champion (the one records are paired against now:
@@ -154,15 +156,15 @@ class Bucket:
         records, against 46 MiB and 0.1 s). Done where the window compacts, at the same records
         whether they were folded one by one or in a batch (past HELD_CHAMPIONS a compaction apart,
         only forged records make, the two paths may keep different ones)."""
-        if len(self.paired) <= MAX_CHAMPIONS:
+        paired = self._paired()
+        if len(paired) <= MAX_CHAMPIONS:
             return
-        kept: set[str] = {current} & self.paired if current is not None else set()
-        others = sorted(self.paired - kept, key=lambda name: (-self.led[name], name))
+        kept: set[str] = {current} & paired if current is not None else set()
+        others = sorted(paired - kept, key=lambda name: (-self.led[name], name))
         kept.update(others[: MAX_CHAMPIONS - len(kept)])
-        for dropped in self.paired - kept:
+        for dropped in paired - kept:
             del self.led[dropped]  # its tables are gone: back, it starts again, as they do
         self.pairs = {key: table for key, table in self.pairs.items() if key[1] in kept}
-        self.paired = kept
 
     def compact(self) -> None:
         for stats in self.models.values():
@@ -178,7 +180,6 @@ class Bucket:
         for key, pair in other.pairs.items():
             self.pairs.setdefault(key, PairStats()).merge(pair)
         self.led.update(other.led)
-        self.paired |= other.paired
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,14 +349,14 @@ class ChampionTracker:
     def __init__(self, override: str = "", preferred: Callable[[], str | None] | None = None):
         self.override = override
         self._preferred = preferred
+        self.fixed: str | None = override or None  # the champion named outright (`refresh`)
         self._tracked: str | None = None
 
-    @property
-    def fixed(self) -> str | None:
-        """The champion named outright: the override, or the schedule's preferred model."""
-        if self.override:
-            return self.override
-        return self._preferred() if self._preferred is not None else None
+    def refresh(self) -> None:
+        """Ask the schedule's preferred model again: once a batch, for the record path as for the
+        batch fold (not a schedule lookup a record)."""
+        if not self.override and self._preferred is not None:
+            self.fixed = self._preferred()
 
     @property
     def current(self) -> str | None:

@@ -209,6 +209,7 @@ def layout(topics: Topics, prefix: str, principals: Principals = Principals()) -
 
 # A Grant's resource kind -> confluent-kafka's ResourceType member.
 _RESOURCE_TYPES = {"topic": "TOPIC", "group": "GROUP", "transactional_id": "TRANSACTIONAL_ID"}
+_RESOURCE_KINDS = {theirs: ours for ours, theirs in _RESOURCE_TYPES.items()}  # the other way round
 
 
 def to_bindings(grants: Iterable[Grant]) -> list[Any]:
@@ -283,7 +284,7 @@ def prune(admin: Any, grants: list[Grant], timeout_s: float = 30.0) -> list[Gran
 def _grant_of(binding: Any) -> Grant | None:
     """A broker's ALLOW binding as a Grant; None for one from a given host only, or on another kind
     of resource or pattern (the layout has none such, so none is stale)."""
-    resource = next((ours for ours, theirs in _RESOURCE_TYPES.items() if theirs == binding.restype.name), None)
+    resource = _RESOURCE_KINDS.get(binding.restype.name)
     pattern = binding.resource_pattern_type.name
     if resource is None or pattern not in ("LITERAL", "PREFIXED") or binding.host != "*":
         return None

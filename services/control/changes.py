@@ -38,14 +38,6 @@ def next_version(book: ScheduleBook, draft: Schedule, now_ms: int, effective_in_
                                supersedes_pending=supersede)
 
 
-def superseded(book: ScheduleBook, schedule: Schedule, now_ms: int) -> list[Schedule]:
-    """The versions pending at `now_ms` that `schedule`, published now, supersedes: none unless it
-    `supersedes_pending`, else those starting at or after it (ScheduleBook.add)."""
-    if not schedule.supersedes_pending or not book.latest:
-        return []
-    return book.starting_from(max(schedule.effective_at, now_ms))
-
-
 def check_promotable(candidate: str, canary: str) -> None:
     """What can be said of a candidate before the schedule is read: a model's name, not the canary."""
     check_model_name(candidate, "promote: model")

@@ -191,10 +191,9 @@ class ScheduleBook:
         version did govern for a while, and requests of that while are looked up anew.)"""
         start = schedule.effective_at
         if self._versions:
-            written = start if written_at is None else written_at
-            start = max(start, written)
+            start = self._start_of(schedule, written_at)
             if schedule.supersedes_pending:
-                for superseded in self.starting_from(start):
+                for superseded in self.supersedes(schedule, written_at):
                     self._superseded[superseded.version] = schedule.version
                 cut = bisect.bisect_left(self._starts, start)
                 del self._governing[cut:], self._starts[cut:]
@@ -209,10 +208,18 @@ class ScheduleBook:
         """When the latest version starts to govern (see `add`), None before the first."""
         return self._starts[-1] if self._starts else None
 
-    def starting_from(self, start: int) -> list[Schedule]:
-        """The governing versions that start at or after `start`: those a version that
-        `supersedes_pending` and starts then supersedes (`add`)."""
-        return self._governing[bisect.bisect_left(self._starts, start):]
+    def supersedes(self, schedule: Schedule, written_at: int | None = None) -> list[Schedule]:
+        """The versions `schedule`, written to the log at `written_at`, supersedes as `add` takes
+        it: none unless it `supersedes_pending`, else the governing ones starting at or after it
+        (the one rule for the book and the CLI's note)."""
+        if not schedule.supersedes_pending or not self._versions:
+            return []
+        return self._governing[bisect.bisect_left(self._starts, self._start_of(schedule, written_at)):]
+
+    @staticmethod
+    def _start_of(schedule: Schedule, written_at: int | None) -> int:
+        """When a version after the first starts, before the versions before it hold it back."""
+        return schedule.effective_at if written_at is None else max(schedule.effective_at, written_at)
 
     def superseded_by(self, version: int) -> int | None:
         """The version that superseded `version` while it was pending (it never governs), if one did."""

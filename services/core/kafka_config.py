@@ -138,13 +138,14 @@ def parse(items: Iterable[str]) -> dict[str, str]:
         if key in config:  # the last one won silently: a password given twice, say (a probe)
             errors.append(f"{_item(position, key)}: its key is given twice: one value each")  # a key may be a secret
             continue
-        same = settings.get(_ALIASES.get(key, key))
+        setting = _ALIASES.get(key, key)
+        same = settings.get(setting)
         if same is not None:  # librdkafka takes the last of two aliases: sasl.mechanisms=PLAIN won silently
             errors.append(f"{_item(position, key)}: it names the setting {_item_key(same)} names (librdkafka's alias): "
                           "give it once")
             continue
         config[key] = value
-        settings[_ALIASES.get(key, key)] = key
+        settings[setting] = key
     if not errors:
         errors = _unused_security(config)
     if errors:

@@ -585,10 +585,8 @@ def _output_headers(events: EventHeaders | None, mailbox: Mailbox) -> list[tuple
     """An Answer's or Comparison record's headers: its CloudEvents attributes when asked for, and
     the digest of the inputs it answers, by which a new owner's scan refuses another request
     under the id (recovery._note_inputs) rather than give it this answer."""
-    headers = events.for_id(mailbox.request_id) if events else []  # a new list each call
-    if mailbox.inputs:
-        headers.append((INPUTS_HEADER, mailbox.inputs))
-    return headers or None
+    events_headers = events.for_id(mailbox.request_id) if events else []
+    return [*events_headers, *(_inputs_header(mailbox.inputs) or ())] or None
 
 
 def _inputs_header(inputs: bytes | None) -> Headers:

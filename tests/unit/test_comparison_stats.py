@@ -318,8 +318,10 @@ def test_the_schedules_preferred_model_is_the_champion_whatever_the_answers_say(
     override beats it; without a schedule in force, the answers still tell."""
     schedule: list[str | None] = [None]
     tracker = ChampionTracker(preferred=lambda: schedule[0])
+    tracker.refresh()  # once a batch, as the service does
     assert tracker.observe(record(BASE_MS, [], status="OK", chosen="champion")) == "champion"  # none in force yet
     schedule[0] = "champion-v2"
+    tracker.refresh()
     assert tracker.observe(record(BASE_MS, [], status="FALLBACK", chosen="challenger")) == "champion-v2"
     assert tracker.observe(record(BASE_MS, [], status="OK", chosen="forged")) == "champion-v2"
     assert tracker.current == "champion-v2"
@@ -381,6 +383,8 @@ def read(svc: ComparisonService, records: list[dict[str, Any]]) -> None:
 
 
 def feed(svc: ComparisonService, records: Iterable[dict[str, Any]]) -> None:
+    """`records` one by one, as a batch of the record path (on_batch refreshes the champion first)."""
+    svc.champion.refresh()
     tally = m.Tally()
     for rec in records:
         svc.observe(rec, tally)
