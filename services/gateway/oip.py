@@ -17,6 +17,7 @@ after that is shared.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import struct
 from collections import Counter
@@ -409,22 +410,23 @@ def _column_names(tensor: Tensor, features: Sequence[str] | None, k: int) -> lis
 
 
 def _column_rows(tensors: Sequence[Tensor]) -> list[dict[str, float]]:
-    _check_unique([t.name for t in tensors], "input names")
-    n = None
+    names = [t.name for t in tensors]
+    _check_unique(names, "input names")
+    n = tensors[0].shape[0]
     for tensor in tensors:
         if FEATURE_NAMES in tensor.parameters:  # it was dropped: the column named by the tensor's name
             raise InvalidInput(f"input '{tensor.name}' has feature_names, which names the columns of a lone "
                                "[n, k] input: send it alone, or drop the parameter (the tensor's name is the feature)")
-        if len(tensor.shape) > 2 or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
-            raise InvalidInput(
-                f"input '{tensor.name}': a feature tensor is [n] or [n, 1], got {list(tensor.shape)}"
-            )
-        if n is None:
-            n = tensor.shape[0]
-        elif tensor.shape[0] != n:
-            raise InvalidInput(f"input '{tensor.name}' has {tensor.shape[0]} rows, the others {n}")
-        _check_finite(tensor.values, lambda i, t=tensor: f"input '{t.name}' row {i}")
-    return [{t.name: t.values[r] for t in tensors} for r in range(n or 0)]
+        shape = tensor.shape
+        if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
+            raise InvalidInput(f"input '{tensor.name}': a feature tensor is [n] or [n, 1], got {list(shape)}")
+        if shape[0] != n:
+            raise InvalidInput(f"input '{tensor.name}' has {shape[0]} rows, the others {n}")
+    columns = [t.values for t in tensors]  # each n values long: its shape's, as it was read
+    if not all(map(math.isfinite, itertools.chain.from_iterable(columns))):  # all at once: per tensor cost more
+        for tensor in tensors:
+            _check_finite(tensor.values, lambda i, t=tensor: f"input '{t.name}' row {i}")
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
 
 
 def _check_unique(names: Sequence[str], what: str) -> None:

@@ -344,6 +344,14 @@ def parse_call(body: bytes, binary_header: str | None, max_rows: int, max_featur
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInput("'inputs' must be a non-empty list of tensors")
     oip.check_input_count(len(inputs), max_features)
+    tensors = None if rest else _plain_tensors(inputs)
+    if tensors is None:
+        tensors = _tensors(inputs, rest, max_rows, max_features)
+    return InferCall(call_id, tuple(tensors), _outputs(document.get("outputs")), _parameters(document))
+
+
+def _tensors(inputs: list[Any], rest: memoryview, max_rows: int, max_features: int) -> list[Tensor]:
+    """Every input tensor of a call, each checked, its data read from JSON or the binary part."""
     # Every input's header first: the shapes say what the data would cost before any is read.
     shapes = oip.checked_headers((_fields(item, index) for index, item in enumerate(inputs)), max_rows, max_features)
     tensors, used = [], 0
@@ -353,7 +361,33 @@ def parse_call(body: bytes, binary_header: str | None, max_rows: int, max_featur
         used += size
     if used != len(rest):
         raise InvalidInput(f"{len(rest) - used} bytes of binary data belong to no input")
-    return InferCall(call_id, tuple(tensors), _outputs(document.get("outputs")), _parameters(document))
+    return tensors
+
+
+def _plain_tensors(inputs: list[Any]) -> list[Tensor] | None:
+    """The inputs if every one is plain (`_plain_tensor`), else None."""
+    tensors = []
+    for item in inputs:
+        tensor = _plain_tensor(item)
+        if tensor is None:
+            return None
+        tensors.append(tensor)
+    return tensors
+
+
+def _plain_tensor(item: Any) -> Tensor | None:
+    """The common input, one feature's one FP64 value and nothing else, as `_tensor` would read it
+    after `oip.check_header`; None for any other, which those check. A third of a call's CPU went to
+    checking 30 of these a field at a time (py-spy under wrk): this reads one in a few steps."""
+    if type(item) is not dict or len(item) != 4:
+        return None
+    name, shape, data = item.get("name"), item.get("shape"), item.get("data")
+    if (type(name) is str and name and len(name) * 4 <= oip.MAX_NAME_BYTES
+            and item.get("datatype") == "FP64"
+            and type(shape) is list and len(shape) == 1 and type(shape[0]) is int and shape[0] == 1
+            and type(data) is list and len(data) == 1 and type(data[0]) is float):
+        return Tensor(name, "FP64", (1,), data, {})
+    return None
 
 
 def _parameters(document: dict[str, Any]) -> dict[str, Any]:

@@ -20,11 +20,14 @@ import grpc
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.requests import ClientDisconnect
 
 from services.control.schedule import Schedule
 from services.control.topic import ScheduleBook
 from services.core.errors import BrokerUnavailable, ConfigError
+from services.gateway import rest as rest_module
 from services.gateway.auth import ANONYMOUS, ApiKeys, RateLimit, parse_entries
 from services.gateway.catalog import MODEL, SCHEDULE, Catalog
 from services.gateway.engine import _kafka_id, _model_row, _raise_failures, _request_ids, call_budget
@@ -185,6 +188,40 @@ def test_rest_json_body() -> None:
     call = parse_call(body, None, 1000, 1024)
     assert (call.id, call.outputs, call.parameters) == ("r1", ("score",), {"timeout": 5000})
     assert call.tensors[0].values == [1.0, 2.5]
+
+
+_NEAR_PLAIN_INPUT = st.fixed_dictionaries(
+    {"name": st.sampled_from(["a", "", "é" * 128, "é" * 129, "x" * 300, 7, None]),
+     "datatype": st.sampled_from(["FP64", "FP32", "INT64", "fp64", 1]),
+     "shape": st.sampled_from([[1], [True], [1, 1], [2], [0], [-1], [1.0], "1", []]),
+     "data": st.sampled_from([[1.5], [1], [True], [math.nan], [math.inf], [1.5, 2.5], [[1.5]], ["1"], [], "x"])},
+    optional={"parameters": st.sampled_from([{}, {"binary_data_size": 8}, {"note": "x"}]), "extra": st.just(1)})
+
+
+@settings(max_examples=400, deadline=None)
+@given(items=st.lists(_NEAR_PLAIN_INPUT, min_size=1, max_size=3))
+def test_a_plain_input_read_in_one_step_is_what_the_checks_field_by_field_make_of_it(items: list[Any]) -> None:
+    """The REST parse reads the common input (one FP64 value of a feature, nothing else) in one
+    step: it must read each such input as the field-by-field checks do, and leave every other
+    form to them (their message, their refusal)."""
+    for item in items:
+        plain = rest_module._plain_tensor(item)
+        try:
+            [checked] = rest_module._tensors([item], memoryview(b""), 1000, 1024)
+        except InvalidInput:
+            assert plain is None
+            continue
+        assert plain is None or plain == checked
+    body = orjson.dumps({"inputs": items})
+    try:  # as JSON reads them back (a NaN is written null)
+        expected: Any = rest_module._tensors(orjson.loads(body)["inputs"], memoryview(b""), 1000, 1024)
+    except InvalidInput as exc:
+        expected = str(exc)
+    try:
+        got: Any = list(parse_call(body, None, 1000, 1024).tensors)
+    except InvalidInput as exc:
+        got = str(exc)
+    assert got == expected
 
 
 def test_parameters_are_the_protocols_scalars_and_only_those_read_are_kept() -> None:
