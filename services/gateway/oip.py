@@ -88,11 +88,17 @@ def check_id(call_id: Any) -> str:
     return call_id
 
 
+def short_name(name: str) -> bool:
+    """Whether a name is within both limits whatever its characters (at most 4 bytes each in
+    UTF-8): the common case, told without encoding it."""
+    return len(name) * 4 <= MAX_NAME_BYTES and len(name) <= MAX_NAME_CHARS
+
+
 def check_name_length(name: str, what: str, *args: Any) -> None:
     """A feature's name within MAX_NAME_CHARS and MAX_NAME_BYTES (`what`, formatted with `args`,
     names the field; the name itself is not echoed). The label is made only when the name may be
     over: this runs for every input and every column name of every call."""
-    if len(name) * 4 <= MAX_NAME_BYTES and len(name) <= MAX_NAME_CHARS:
+    if short_name(name):
         return
     if len(name) > MAX_NAME_CHARS:
         raise InvalidInput(f"{what.format(*args)} of {len(name)} characters is over the limit of {MAX_NAME_CHARS}")

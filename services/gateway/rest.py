@@ -376,13 +376,14 @@ def _plain_tensors(inputs: list[Any]) -> list[Tensor] | None:
 
 
 def _plain_tensor(item: Any) -> Tensor | None:
-    """The common input, one feature's one FP64 value and nothing else, as `_tensor` would read it
-    after `oip.check_header`; None for any other, which those check. A third of a call's CPU went to
-    checking 30 of these a field at a time (py-spy under wrk): this reads one in a few steps."""
+    """The common input, one feature's one FP64 value and nothing else, read as `_tensor` reads it
+    after `oip.check_header`; None for any other, which those check. The checks it leaves out hold
+    for it: one row is within --max-rows (at least 1), and a value each within the budget of rows x
+    features, the call having no more inputs than --max-features (`oip.check_input_count`, first)."""
     if type(item) is not dict or len(item) != 4:
         return None
     name, shape, data = item.get("name"), item.get("shape"), item.get("data")
-    if (type(name) is str and name and len(name) * 4 <= oip.MAX_NAME_BYTES
+    if (type(name) is str and name and oip.short_name(name)
             and item.get("datatype") == "FP64"
             and type(shape) is list and len(shape) == 1 and type(shape[0]) is int and shape[0] == 1
             and type(data) is list and len(data) == 1 and type(data[0]) is float):
