@@ -450,10 +450,7 @@ class StreamService:
             log.warning("%s: nothing committed; the next owner re-reads that work", err)
             # What this instance produced since is in the transaction now open: aborted too, or
             # it would be committed with a later transaction for partitions gone to another owner.
-            try:
-                self.ctx.outputs.abort_now()
-            except TransactionAborted as again:
-                log.warning("%s", again)
+            self._abort_open()
         except DeliveryFailed as err:
             # Outputs refused (or not delivered) at this commit: no later commit may carry the work
             # they came from, the consumer's close's revoke included. It did, after a drain's
@@ -470,7 +467,8 @@ class StreamService:
             raise
 
     def _abort_open(self) -> None:
-        """Abort the open transaction (in a rebalance callback). If that fails, it may still hold
+        """Abort the open transaction (in a rebalance callback, or after a commit that was aborted,
+        which leaves what was produced since in a new one). If that fails, it may still hold
         outputs of partitions another owner has now: nothing is committed after it, and the service
         stops once the callback returns; a restart's producer fences the transaction. (Raised from
         the callback, the failure left librdkafka's call with an exception in it.)"""
@@ -663,6 +661,8 @@ class StreamService:
                      self.spec.drain_timeout_s)
             self._loop(lambda: not self.handler.in_flight() or self._give_up())
         self.commit_now()
+        if self._abort_failed is not None:  # the open transaction may hold what the commit did not: said, not exit 0
+            raise self._abort_failed
         self._settle_commits()  # a refusal the drain's commit found unsettled: the run fails with it
 
 

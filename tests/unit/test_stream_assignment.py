@@ -29,6 +29,9 @@ class Recording:
     def pause(self, partitions: list[TopicPartition]) -> None:
         self.paused |= {(tp.topic, tp.partition) for tp in partitions}
 
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(topic, partition) for topic, partition, _ in self.assigned]
+
     def commit(self, offsets: list[TopicPartition]) -> None:
         self.commits += [(tp.topic, tp.partition, tp.offset) for tp in offsets]
 
@@ -125,6 +128,44 @@ def test_a_revoke_whose_commit_fails_unabortably_aborts_what_the_transaction_hol
     made._group_metadata = lambda: None  # type: ignore[method-assign]
     made._on_revoke(None, [TopicPartition("in", 0)])
     assert outputs.aborts == 1
+
+
+def test_an_abort_that_fails_after_a_revoke_s_aborted_commit_stops_the_service_and_commits_nothing_after() -> None:
+    """A commit the lane aborted (TransactionAborted) is followed by an abort of what this instance
+    produced since; that abort's failure was logged as a failed commit and the service went on,
+    the open transaction holding outputs of the revoked partitions, to be committed by a later
+    commit beside the new owner's. Now as at a loss: nothing is committed after it, and it stops."""
+    from services.core.commits import TransactionAborted
+    from services.core.errors import KafkaOperationError
+
+    made = service(Recording(), processing="exactly-once", transactional_id="t")
+    failure = KafkaOperationError("abort_transaction failed: _STATE")
+    outputs = _Outputs(fails=TransactionAborted("transaction aborted: fenced"), abort_fails=failure)
+    made.ctx.outputs = outputs  # type: ignore[union-attr]
+    made._group_metadata = lambda: None  # type: ignore[method-assign]
+    made._on_revoke(None, [TopicPartition("in", 0)])
+    assert outputs.aborts == 1
+    assert made._abort_failed is failure and made._outputs_void is failure
+    outputs.fails = AssertionError("committed after a failed abort")  # commit_now must not reach the lane
+    made.commit_now()
+
+
+def test_a_drain_whose_commit_is_aborted_and_whose_abort_fails_ends_the_run_with_that_failure() -> None:
+    """It escaped the drain before the abort's failures were handled in one place: the run must
+    still end with it, not as a clean stop."""
+    import pytest
+
+    from services.core.commits import TransactionAborted
+    from services.core.errors import KafkaOperationError
+
+    made = service(Recording(), processing="exactly-once", transactional_id="t")
+    failure = KafkaOperationError("abort_transaction failed: _STATE")
+    made.ctx.outputs = _Outputs(fails=TransactionAborted("transaction aborted: fenced"),  # type: ignore[union-attr]
+                                abort_fails=failure)
+    made._group_metadata = lambda: None  # type: ignore[method-assign]
+    with pytest.raises(KafkaOperationError) as raised:
+        made._drain()
+    assert raised.value is failure
 
 
 def test_an_abort_that_fails_when_partitions_are_lost_stops_the_service_and_commits_nothing_after() -> None:
