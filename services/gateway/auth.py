@@ -59,30 +59,43 @@ def _distinct_names(entries: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]
 
 
 class ApiKeys:
-    def __init__(self, entries: list[tuple[str, bytes]]):
+    """The keys in force: --api-key-hashes and --api-keys-file's, the file read again when it
+    changes (`reload_if_changed`), so that a key is added or revoked without a restart."""
+
+    def __init__(self, entries: list[tuple[str, bytes]], file: str = "", inline: Iterable[str] = (),
+                 text: str | None = None):
         self._entries = entries
+        self._file, self._inline = file, tuple(inline)
+        self._applied = text  # the file's text the keys in force came from
+        self._refused: str | None = None  # the text or failure last refused, said once
 
     @classmethod
     def load(cls, file: str, inline: Iterable[str]) -> ApiKeys:
         inline = tuple(inline)
-        entries = parse_entries(inline, "--api-key-hashes")
-        if not entries and inline:
-            # Given, but blank (' , '): read as "no keys", it let every caller in.
-            raise ConfigError("--api-key-hashes holds no key (leave it out to let every caller in)")
-        if file:
-            try:
-                text = Path(file).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ConfigError(f"cannot read --api-keys-file {file}: {exc.strerror}") from None
-            except UnicodeDecodeError:
-                raise ConfigError(f"--api-keys-file {file} is not text: expected lines of "
-                                  "name:<64 hex digits of sha256(key)>") from None
-            from_file = parse_entries(text.splitlines(), file, before=len(entries))
-            if not from_file and not entries:
-                # An empty file would let every caller in: most likely not what its operator meant.
-                raise ConfigError(f"--api-keys-file {file} holds no key (leave the flag out to let every caller in)")
-            entries += from_file
-        return cls(_distinct_names(entries))
+        text = _read_keys_file(file) if file else None
+        return cls(_entries(file, text, inline), file, inline, text)
+
+    def reload_if_changed(self) -> tuple[bool, str] | None:
+        """Read the keys file again; if it changed, its keys replace those in force: (True, what
+        changed). A file that no longer reads as keys (emptied, half-written, a line that is no
+        digest, unreadable) is refused and the keys in force stay: (False, why), once per
+        refused content. None: no file, or unchanged."""
+        if not self._file:
+            return None
+        try:
+            text = _read_keys_file(self._file)
+            if text == self._applied:
+                self._refused = None
+                return None
+            entries = _entries(self._file, text, self._inline)
+        except ConfigError as exc:
+            if self._refused == str(exc):
+                return None
+            self._refused = str(exc)
+            return False, str(exc)
+        before = self._entries
+        self._entries, self._applied, self._refused = entries, text, None  # calls see the old keys or the new
+        return True, _change(before, entries)
 
     @property
     def enabled(self) -> bool:
@@ -93,7 +106,8 @@ class ApiKeys:
 
     def identify(self, authorization: str | None) -> str:
         """The name of the key in an `Authorization: Bearer <key>` value; `Unauthenticated` if none."""
-        if not self._entries:
+        entries = self._entries  # once: a reload (another thread) may replace them meanwhile
+        if not entries:
             return ANONYMOUS
         if not authorization:
             raise Unauthenticated("an API key is required: send Authorization: Bearer <key>")
@@ -102,12 +116,50 @@ class ApiKeys:
             raise Unauthenticated("the Authorization header must be: Bearer <key>")
         presented = digest(token.strip())
         found = ""
-        for name, stored in self._entries:
+        for name, stored in entries:
             if hmac.compare_digest(presented, stored) and not found:
                 found = name
         if not found:
             raise Unauthenticated("the API key is not valid")
         return found
+
+
+def _read_keys_file(file: str) -> str:
+    try:
+        return Path(file).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read --api-keys-file {file}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--api-keys-file {file} is not text: expected lines of "
+                          "name:<64 hex digits of sha256(key)>") from None
+
+
+def _entries(file: str, text: str | None, inline: tuple[str, ...]) -> list[tuple[str, bytes]]:
+    """The keys of --api-key-hashes (`inline`) and of the keys file's `text` (None: no file)."""
+    entries = parse_entries(inline, "--api-key-hashes")
+    if not entries and inline:
+        # Given, but blank (' , '): read as "no keys", it let every caller in.
+        raise ConfigError("--api-key-hashes holds no key (leave it out to let every caller in)")
+    if text is not None:
+        from_file = parse_entries(text.splitlines(), file, before=len(entries))
+        if not from_file and not entries:
+            # An empty file would let every caller in: most likely not what its operator meant.
+            raise ConfigError(f"--api-keys-file {file} holds no key (leave the flag out to let every caller in)")
+        entries += from_file
+    return _distinct_names(entries)
+
+
+def _change(before: list[tuple[str, bytes]], after: list[tuple[str, bytes]]) -> str:
+    """What a reload changed, by key name (names may be logged; keys never are)."""
+    old, new = dict(before), dict(after)
+    changes = [f"{len(new)} keys in force"]
+    for what, names in (("added", new.keys() - old.keys()), ("revoked", old.keys() - new.keys()),
+                        ("replaced", {n for n in old.keys() & new.keys() if old[n] != new[n]})):
+        if names:
+            changes.append(f"{what} {', '.join(sorted(names))}")
+    if len(changes) == 1:
+        changes.append("the keys unchanged (comments or spacing)")
+    return "; ".join(changes)
 
 
 class RateLimit:

@@ -39,6 +39,14 @@ ANSWERS = Counter(
     "(schedule, model).",
     ["status", "target"],
 )
+API_KEYS = Gauge("rdv_gateway_api_keys", "API keys in force (0: none, every caller is let in); follows "
+                 "--api-keys-file as it changes.")
+API_KEY_RELOADS = Counter(
+    "rdv_gateway_api_key_reloads_total",
+    "Changes of --api-keys-file read, by result: applied (its keys now in force) or refused (the keys before stay "
+    "in force: the file held no key, a line that is no digest, or could not be read).",
+    ["result"],
+)
 REPLY_PARTITIONS = Gauge(
     "rdv_gateway_reply_partitions", "Partitions of the replies topic this gateway owns (its return addresses)."
 )

@@ -48,6 +48,7 @@ from services.gateway.ui import ComparisonFeed, ComparisonPage
 log = logging.getLogger(__name__)
 
 HEALTH_EVERY_S = 2.0
+KEYS_EVERY_S = 5.0  # how often --api-keys-file is read for changes
 
 
 def server_version() -> str:
@@ -106,6 +107,7 @@ class GatewayService:
         keys = ApiKeys.load(s.api_keys_file, s.api_key_hashes)
         if not keys.enabled:
             log.warning("no API keys configured: every caller is let in (see --api-keys-file)")
+        m.API_KEYS.set(len(keys))
         health = BrokerHealth()
         config: dict[str, Any] = {**s.librdkafka(), "client.id": f"rdv-gateway-{s.instance_name()}",
                                   "error_cb": health.error_cb}
@@ -140,6 +142,7 @@ class GatewayService:
         http_task = asyncio.create_task(http[0].serve(sockets=[http[1]])) if http else None
         grpc_server = await self._grpc_server(gateway) if s.grpc_port > 0 else None
         watch = asyncio.create_task(self._watch_broker(gateway, config))
+        keys_task = asyncio.create_task(self._watch_keys(gateway.keys)) if s.api_keys_file else None
         feed_task = asyncio.create_task(self._feed.run(lambda: self._stopping)) if http else None
         self.ready.set()
         rest = f"{s.http_addr}:{s.http_port}" if http else "off"
@@ -160,7 +163,7 @@ class GatewayService:
             if http is not None and http_task is not None:
                 http[0].should_exit = True
                 await http_task
-            for task in (watch, feed_task):
+            for task in (watch, feed_task, keys_task):
                 if task is not None:
                     task.cancel()
 
@@ -216,6 +219,23 @@ class GatewayService:
                                                 "schedule, gets that answer; any other retry is scored anew"))
             gateway.tap.fail_all(Unavailable("this gateway is shutting down"))
             await asyncio.sleep(0.2)  # let the handlers write their 503s before the servers close
+
+    async def _watch_keys(self, keys: ApiKeys) -> None:
+        """--api-keys-file read again every KEYS_EVERY_S: a key added there is let in, and one
+        revoked refused, from then on, without a restart (a Kubernetes Secret mounted as a file
+        changes in place)."""
+        while True:
+            await asyncio.sleep(KEYS_EVERY_S)
+            outcome = await asyncio.to_thread(keys.reload_if_changed)  # a file read: not on the loop
+            if outcome is None:
+                continue
+            applied, what = outcome
+            m.API_KEY_RELOADS.labels("applied" if applied else "refused").inc()
+            m.API_KEYS.set(len(keys))
+            if applied:
+                log.info("--api-keys-file %s changed: %s", self.settings.api_keys_file, what)
+            else:
+                log.error("--api-keys-file changed and is refused, the keys before stay in force: %s", what)
 
     async def _watch_broker(self, gateway: Gateway, config: dict[str, Any]) -> None:
         """Broker reachability for readiness, and the reply-partition gauge."""

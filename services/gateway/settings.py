@@ -38,7 +38,9 @@ class GatewaySettings(KafkaSettings):
     api_keys_file: str = setting(
         "",
         "File of accepted API keys, one `name:sha256-hex-of-the-key` (or just the hex) a line; callers "
-        "send `Authorization: Bearer <key>`. Not given (and no --api-key-hashes) = no authentication.",
+        "send `Authorization: Bearer <key>`. Read again every 5 s: keys added or removed count without a restart "
+        "(a file that no longer reads as keys is refused, the keys before stay). Not given (and no "
+        "--api-key-hashes) = no authentication.",
         if_empty="name the file of keys (leave it out to let every caller in)",
     )
     api_key_hashes: tuple[str, ...] = setting(

@@ -480,6 +480,33 @@ def test_api_keys_401_unauthenticated_and_rate_limit_429_resource_exhausted(stac
     assert rejected[("rdv_gateway_rejected_total", (("protocol", "rest"), ("reason", "unauthenticated")))] == 4
 
 
+def _replace_keys(file: Path, text: str) -> None:
+    """As a Kubernetes Secret mounted as a file changes: the new content whole, at once."""
+    staged = file.with_suffix(".staged")
+    staged.write_text(text)
+    staged.replace(file)
+
+
+def test_a_key_added_to_or_revoked_from_the_keys_file_counts_without_a_restart(stack: Stack) -> None:
+    """Read at start only, a leaked key stayed valid until every gateway was restarted."""
+    b, rows, keys = stack.b, demo_rows(1, seed=19), stack.tmp / "keys.txt"
+    carol = "carol-" + "k" * 40
+    _replace_keys(keys, f"bob:{hashlib.sha256(BOB.encode()).hexdigest()}\n"
+                        f"carol:{hashlib.sha256(carol.encode()).hexdigest()}\n")
+    stack.children.wait(lambda: rest_call(b, "default", rows_body(rows), carol)[0] == "200", 60,
+                        "carol's key let in")
+    assert rest_call(b, "default", rows_body(rows), ALICE) == ("401", "the API key is not valid")
+    samples = b.metrics()
+    assert samples[("rdv_gateway_api_key_reloads_total", (("result", "applied"),))] == 1
+    assert samples[("rdv_gateway_api_keys", ())] == 2
+    _replace_keys(keys, "")  # emptied by mistake: refused, the keys in force stay
+    stack.children.wait(lambda: b.metrics().get(("rdv_gateway_api_key_reloads_total", (("result", "refused"),))) == 1,
+                        60, "the emptied file refused")
+    assert rest_call(b, "default", rows_body(rows), carol) == ("200", "")
+    log = (stack.tmp / "gateway-b.log").read_text()
+    assert "added carol; revoked alice" in log and "holds no key" in log and carol not in log
+
+
 # -- several gateways, and a restart ------------------------------------------------------------------
 
 

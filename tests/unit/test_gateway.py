@@ -508,6 +508,34 @@ def test_api_keys_are_checked_against_their_hashes() -> None:
     assert ApiKeys([]).identify(None) == ANONYMOUS
 
 
+def test_a_changed_keys_file_adds_and_revokes_keys_and_a_broken_one_leaves_the_keys_in_force(
+    tmp_path: Path,
+) -> None:
+    """Read at start only, a leaked key stayed valid until every gateway was restarted."""
+    file = tmp_path / "keys"
+    file.write_text(f"alice:{sha('k-alice')}\nbob:{sha('k-bob')}\n")
+    keys = ApiKeys.load(str(file), ())
+    assert keys.reload_if_changed() is None  # unchanged
+    file.write_text(f"alice:{sha('k-alice')}\ncarol:{sha('k-carol')}\n")
+    assert keys.reload_if_changed() == (True, "2 keys in force; added carol; revoked bob")
+    assert keys.identify("Bearer k-carol") == "carol"
+    with pytest.raises(Unauthenticated, match="not valid"):
+        keys.identify("Bearer k-bob")
+    for broken in ("", "alice:not-a-digest\n", "\udcff"):  # emptied, a pasted key, not UTF-8
+        file.write_bytes(broken.encode("utf-8", "surrogateescape"))
+        applied, why = keys.reload_if_changed() or (None, "")
+        assert applied is False and str(file) in why and "k-alice" not in why
+        assert keys.reload_if_changed() is None  # said once
+        assert keys.identify("Bearer k-alice") == "alice" and len(keys) == 2
+    file.unlink()
+    assert (keys.reload_if_changed() or (None,))[0] is False and keys.identify("Bearer k-carol") == "carol"
+    file.write_text(f"# rotated\nalice:{sha('k-alice2')}\ncarol:{sha('k-carol')}\n")
+    assert keys.reload_if_changed() == (True, "2 keys in force; replaced alice")
+    file.write_text(f"alice:{sha('k-alice2')}\ncarol:{sha('k-carol')}\n")
+    assert keys.reload_if_changed() == (True, "2 keys in force; the keys unchanged (comments or spacing)")
+    assert ApiKeys.load("", (f"x:{sha('k')}",)).reload_if_changed() is None  # no file: nothing to follow
+
+
 def test_two_different_keys_never_share_a_name(tmp_path: Path) -> None:
     """An unnamed key of the file and one given inline were both key1: one rate limit, and each
     could be answered the other's request ids."""
