@@ -45,9 +45,11 @@ class AclApplySettings(AclSettings):
     """`acl apply`'s: the layout's, and whether other grants on its resources go."""
 
     prune: bool = setting(
-        False, "Also remove every other ALLOW grant on the deployment's topics, groups and transactional ids (an "
-        "earlier principal's, or anyone else's): the broker then holds exactly the layout there. DENY grants, "
-        "other resources and the shared scratch groups' grant stay.")
+        False, "Also remove every other ALLOW grant on the resources the layout names, the deployment's topics, "
+        "groups and transactional ids (an earlier principal's, or anyone else's, from any host or one): those "
+        "resources then hold the layout's grants only. DENY grants stay, as do grants on other resources, "
+        "including wildcards and shorter prefixes that cover the deployment's names, and the shared scratch "
+        "groups' grant.")
 
 
 def _grants(settings: AclSettings) -> list[Any]:

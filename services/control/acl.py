@@ -50,10 +50,12 @@ class Grant:
     name: str
     operation: str  # READ | WRITE | DESCRIBE | DESCRIBE_CONFIGS | ALL
     prefixed: bool = False
+    host: str = "*"  # the layout's are from any host; one found on the broker may name one
 
     def describe(self) -> str:
         pattern = f"{self.name}*" if self.prefixed else self.name
-        return f"{self.principal} {self.operation} {self.resource} {pattern}"
+        return f"{self.principal} {self.operation} {self.resource} {pattern}" + (
+            f" from host {self.host}" if self.host != "*" else "")
 
 
 @dataclass(frozen=True)
@@ -213,12 +215,12 @@ _RESOURCE_KINDS = {theirs: ours for ours, theirs in _RESOURCE_TYPES.items()}  # 
 
 
 def to_bindings(grants: Iterable[Grant]) -> list[Any]:
-    """confluent-kafka `AclBinding`s (ALLOW, any host) of the grants."""
+    """confluent-kafka `AclBinding`s (ALLOW) of the grants."""
     from confluent_kafka.admin import AclBinding, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
 
     patterns = {True: ResourcePatternType.PREFIXED, False: ResourcePatternType.LITERAL}
     return [
-        AclBinding(ResourceType[_RESOURCE_TYPES[g.resource]], g.name, patterns[g.prefixed], g.principal, "*",
+        AclBinding(ResourceType[_RESOURCE_TYPES[g.resource]], g.name, patterns[g.prefixed], g.principal, g.host,
                    AclOperation[g.operation], AclPermissionType.ALLOW)
         for g in grants
     ]
@@ -282,10 +284,12 @@ def prune(admin: Any, grants: list[Grant], timeout_s: float = 30.0) -> list[Gran
 
 
 def _grant_of(binding: Any) -> Grant | None:
-    """A broker's ALLOW binding as a Grant; None for one from a given host only, or on another kind
-    of resource or pattern (the layout has none such, so none is stale)."""
+    """A broker's ALLOW binding as a Grant, its host kept (one from a given host only was left out,
+    so --prune kept a host-limited grant of a principal it was run to lock out; a review); None on
+    another kind of resource or pattern (the layout has none such, so none is stale)."""
     resource = _RESOURCE_KINDS.get(binding.restype.name)
     pattern = binding.resource_pattern_type.name
-    if resource is None or pattern not in ("LITERAL", "PREFIXED") or binding.host != "*":
+    if resource is None or pattern not in ("LITERAL", "PREFIXED"):
         return None
-    return Grant(binding.principal, resource, binding.name, binding.operation.name, pattern == "PREFIXED")
+    return Grant(binding.principal, resource, binding.name, binding.operation.name, pattern == "PREFIXED",
+                 binding.host)

@@ -170,3 +170,20 @@ def test_pruning_removes_other_allow_grants_on_the_layouts_resources_only() -> N
     monitor = Grant("User:monitor", "topic", topics.log, "READ")
     assert stale([monitor], grants) == [monitor]  # anyone's, on the deployment's topic: --prune says so
     assert stale([Grant("User:monitor", "topic", "rdv.mine", "READ")], grants) == []  # not the layout's resource
+
+
+def test_a_grant_from_one_host_on_the_layouts_resource_is_stale_and_removed_from_that_host() -> None:
+    """--prune said 'exactly the layout' and kept an earlier principal's grant from one host."""
+    from confluent_kafka.admin import AclOperation, AclPermissionType, ResourcePatternType, ResourceType
+
+    from services.control.acl import _grant_of
+
+    on_the_broker = to_bindings([Grant("User:rdv-oldclient", "topic", TOPICS.requests, "WRITE", host="10.0.0.5")])[0]
+    assert (on_the_broker.restype, on_the_broker.resource_pattern_type, on_the_broker.host,
+            on_the_broker.operation, on_the_broker.permission_type) == (
+        ResourceType.TOPIC, ResourcePatternType.LITERAL, "10.0.0.5", AclOperation.WRITE, AclPermissionType.ALLOW)
+    found = _grant_of(on_the_broker)
+    assert found == Grant("User:rdv-oldclient", "topic", TOPICS.requests, "WRITE", host="10.0.0.5")
+    assert stale([found], GRANTS) == [found]
+    assert found.describe() == f"User:rdv-oldclient WRITE topic {TOPICS.requests} from host 10.0.0.5"
+    assert Grant(P.client, "topic", TOPICS.requests, "WRITE", host="10.0.0.5") not in GRANTS  # the layout's: any host
