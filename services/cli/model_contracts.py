@@ -30,8 +30,8 @@ def print_contracts(settings: KafkaSettings, console: Console, scoring: Collecti
     topic = settings.topics().models
     try:
         infos = read_model_infos(settings.librdkafka(), topic)
-    except TopicMissing:
-        console.print(f"no input contracts: topic {topic} is missing (create it with `rendezvous topics create`)")
+    except TopicMissing as exc:  # or the principal's to see: TopicRefused names the permission
+        console.print(f"no input contracts: {exc}")
         return
     if not infos:
         console.print(f"no model has published its input contract on {topic}")

@@ -79,6 +79,11 @@ class TopicMissing(BrokerError):
     """A topic the service needs does not exist (create it with `rendezvous topics create`)."""
 
 
+class TopicRefused(TopicMissing):
+    """A topic the principal may not describe: missing to it, whether it exists or not (a broker
+    says no more to a principal it refuses); the error names the permission, not `topics create`."""
+
+
 class KafkaOperationError(RendezvousError):
     """A produce, consume or commit call failed; `retriable` mirrors librdkafka's verdict."""
 

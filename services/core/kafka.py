@@ -39,6 +39,7 @@ from services.core.errors import (
     Source,
     StoppedWaiting,
     TopicMissing,
+    TopicRefused,
 )
 from services.core.metrics import PRODUCERS_REPLACED
 from services.core.rate_limit import OncePerPeriod
@@ -892,11 +893,43 @@ def partition_counts(
     wanted = list(topics)
     missing = [t for t in wanted if t not in metadata.topics or metadata.topics[t].error is not None]
     if missing:
-        raise TopicMissing(
-            f"missing topic(s) {', '.join(missing)} at {config.get('bootstrap.servers')}; "
-            "create them with `rendezvous topics create`"
-        )
+        raise _absent(config, missing)
     return {t: len(metadata.topics[t].partitions) for t in wanted}
+
+
+def _absent(config: Mapping[str, Any], missing: list[str]) -> TopicMissing:
+    """Why the metadata lacks topics: not there, or not the principal's to see. A broker with an
+    authorizer leaves a topic the principal may not describe out of the cluster's list, as if it did
+    not exist: 'create them with topics create' sent its operator to create a topic that was there."""
+    where = config.get("bootstrap.servers")
+    refused = [t for t in missing if not_authorized(_described(config, t))]
+    if refused:
+        return topics_refused(refused, f" at {where}")
+    return TopicMissing(f"missing topic(s) {', '.join(missing)} at {where}; create them with "
+                        "`rendezvous topics create`")
+
+
+def topics_refused(topics: Sequence[str], where: str = "") -> TopicRefused:
+    return TopicRefused(f"not authorized to describe topic(s) {', '.join(topics)}{where}: the principal needs a "
+                        "grant on them (see `rendezvous acl show`; the broker does not say whether they exist)")
+
+
+def _described(config: Mapping[str, Any], topic: str) -> KafkaError | None:
+    """The broker's answer to describing `topic` by name: None, or its error (UNKNOWN_TOPIC_OR_PART,
+    TOPIC_AUTHORIZATION_FAILED, ...). Asked by an admin client, which never has a topic created."""
+    from confluent_kafka import TopicCollection
+
+    client = admin(config)  # held until the result is in: a client collected meanwhile fails it
+    try:
+        client.describe_topics(TopicCollection([topic]), request_timeout=10)[topic].result()
+    except KafkaException as exc:
+        return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+    return None
+
+
+def not_authorized(error: KafkaError | None) -> bool:
+    """Whether a topic's metadata error is the broker refusing the principal (TOPIC_AUTHORIZATION_FAILED)."""
+    return error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
 
 
 def create_topics(

@@ -87,9 +87,8 @@ def publish_model_info(config: Mapping[str, Any], topic: str, info: ModelInfo, t
     """
     try:
         partition_counts(config, [topic], timeout=timeout_s)
-    except TopicMissing:
-        log.warning("model %s: its input contract is not published: topic %s is missing "
-                    "(create it with `rendezvous topics create`)", info.name, topic)
+    except TopicMissing as exc:  # or the principal's to see: TopicRefused names the permission
+        log.warning("model %s: its input contract is not published: %s", info.name, exc)
         return False
     producer = Producer(config)
     try:

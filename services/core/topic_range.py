@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from services.core.errors import BrokerError, TopicMissing
-from services.core.kafka import reader, wait_for_broker
+from services.core.kafka import not_authorized, reader, topics_refused, wait_for_broker
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,8 @@ def plan_spans(
     except KafkaException as exc:
         raise BrokerError(f"cannot read the metadata of {topic}: {exc}") from None
     info = metadata.topics.get(topic)
+    if info is not None and not_authorized(info.error):
+        raise topics_refused([topic])
     if info is None or info.error is not None:
         raise TopicMissing(f"topic {topic} does not exist")
     partitions = sorted(info.partitions)

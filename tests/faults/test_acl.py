@@ -26,7 +26,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 from services.cli.common import ensure_topics
 from services.client.client import Client
 from services.control.acl import ROLES, Principals, allows, layout
-from services.core.kafka import admin, reader
+from services.core.errors import TopicMissing, TopicRefused
+from services.core.kafka import admin, partition_counts, reader
 from services.core.settings import Topics
 from services.localkafka import LocalBroker, ephemeral_broker
 from services.localkafka.config import SASL_LISTENER, sasl_client_config, scram_format_arg
@@ -234,6 +235,24 @@ def test_a_client_writing_the_schedule_is_refused_in_one_line(
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, done.stderr
     assert "not authorized" in lines[0] and "WRITE" in lines[0] and f"{prefix}control" in lines[0], lines[0]
+
+
+def test_a_topic_the_principal_may_not_see_is_said_so_not_called_missing(
+    broker: LocalBroker, deployment: tuple[str, Topics]
+) -> None:
+    """The broker leaves such a topic out of the cluster's list: 'missing topic(s) ...; create them
+    with rendezvous topics create' sent the operator to create a topic that was there (a review)."""
+    prefix, topics = deployment
+    with pytest.raises(TopicRefused, match=rf"not authorized to describe topic\(s\) {topics.log} at "):
+        partition_counts(config(broker, "client"), [topics.log], timeout=15)
+    with pytest.raises(TopicMissing) as missing:  # the admin may see any name under the prefix: truly missing
+        partition_counts(config(broker, "admin"), [f"{prefix}nope"], timeout=15)
+    assert not isinstance(missing.value, TopicRefused) and "create them with" in str(missing.value)
+    done = cli("compare", "--bootstrap", broker.listener(SASL_LISTENER), "--topic-prefix", prefix,
+               *kafka_flags("client", broker))
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode != 0 and len(lines) == 1, done.stderr
+    assert f"not authorized to describe topic(s) {topics.log}" in lines[0] and "topics create" not in lines[0]
 
 
 def _can_join(conf: dict[str, Any], group: str, topic: str) -> bool:
