@@ -261,9 +261,11 @@ def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule,
     if schedule.effective_at > now + asked_ms:
         # A version never takes effect before the one it follows: one scheduled later holds this back.
         wanted = f"at {format_ms(effective_at)}" if effective_at is not None else f"in {settings.effective_in}"
-        print_note(console, f"not {wanted}: v{schedule.version - 1} takes effect only then, and a version "
-                   "never takes effect before the one it follows (--supersede-pending: this one as asked, "
-                   f"and v{schedule.version - 1} never)")
+        starts = max(schedule.effective_at, book.latest_start or 0)
+        print_note(console, f"not {wanted}: at {format_ms(starts)}, when v{schedule.version - 1} "
+                   f"was to take effect (a version never takes effect before the one it follows); starting with it, "
+                   f"this one governs in its place and v{schedule.version - 1} never does (--supersede-pending: "
+                   "this one as asked)")
     for version in superseded:
         print_note(console, f"v{version.version} ({', '.join(version.models)}; {version.comment}) was to take "
                    f"effect at {format_ms(version.effective_at)}: superseded, it never does")
@@ -310,6 +312,8 @@ def cmd_schedule_history(settings: ScheduleViewSettings, console: Console, table
         effective = format_ms(s.effective_at) if s.effective_at else "always"
         if (by := book.superseded_by(s.version)) is not None:
             effective = f"never (superseded by v{by}; was {effective})"
+        elif (by := book.displaced_by(s.version)) is not None:
+            effective = f"never (v{by} starts at the same time; was {effective})"
         table.add_row(str(s.version), effective, shown(", ".join(s.models)),
                       Text(json.dumps(dict(s.waits_ms)) if s.waits_ms else ""), shown(traffic), shown(s.comment))
     tables.print(table)

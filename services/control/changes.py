@@ -69,15 +69,24 @@ def promotion(current_schedule: Schedule, candidate: str, canary: str, comment: 
 
 
 def rollback(book: ScheduleBook, comment: str = "", to: int = 0) -> Schedule:
-    """Version `to`'s policy (default: the one before the latest), as a draft of the next
-    version. Run twice without `to`, it restores what the first rolled back from."""
+    """Version `to`'s policy (default: the latest before the latest one that governs, did or
+    will), as a draft of the next version. Run twice without `to`, it restores what the first
+    rolled back from. A version that never governs is no default: the promotion a `schedule set
+    --supersede-pending` cancelled came back live in 2 s, ungated, when that change was rolled back
+    (a review)."""
     latest = current(book)
     versions = book.versions
     if len(versions) < 2:
         raise ConfigError(f"nothing to roll back to: {book.name} has only v{latest.version}")
     if to == latest.version:
         raise ConfigError(f"--to {to}: v{to} is the latest version already")
-    previous = next((v for v in versions if v.version == to), None) if to else versions[-2]
+    if to:
+        previous = next((v for v in versions if v.version == to), None)
+    else:
+        previous = next((v for v in reversed(versions[:-1]) if book.displaced_by(v.version) is None), None)
+        if previous is None:
+            raise ConfigError(f"nothing to roll back to: no version of {book.name} before v{latest.version} "
+                              "governs (--to N for one that never did)")
     if previous is None:
         raise ConfigError(f"--to {to}: {book.name} has no v{to} (versions: "
                           f"{', '.join(f'v{v.version}' for v in versions[-20:])})")

@@ -225,6 +225,18 @@ class ScheduleBook:
         """The version that superseded `version` while it was pending (it never governs), if one did."""
         return self._superseded.get(version)
 
+    def displaced_by(self, version: int) -> int | None:
+        """The version that governs in `version`'s place, which never governs: the one that
+        superseded it, or a later one starting at the same time (held back to its start, as the
+        next version after a pending one is). None: `version` governs, or did, or will."""
+        if (by := self._superseded.get(version)) is not None:
+            return by
+        at = next((i for i, s in enumerate(self._governing) if s.version == version), None)
+        if at is None:
+            return None
+        last = bisect.bisect_right(self._starts, self._starts[at]) - 1  # the one for_request picks at that start
+        return self._governing[last].version if last != at else None
+
     def for_request(self, created_at: int) -> Schedule:
         """The version in force when the request was created (the oldest one for older requests)."""
         index = bisect.bisect_right(self._starts, created_at) - 1

@@ -1013,6 +1013,34 @@ def test_promote_and_rollback_say_a_fallback_is_not_scoring(command: str, monkey
     assert said in out.getvalue()
 
 
+def test_a_rollback_held_back_to_a_pending_version_s_start_says_that_one_never_takes_effect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It said 'v2 takes effect only then': v3, starting with it, governs in its place (a review)."""
+    import io
+
+    from services.cli import lifecycle
+
+    book = ScheduleBook("default")
+    book.add(Schedule(models=("champion", "challenger"), version=1), START_MS - 20_000)
+    book.add(Schedule(models=("challenger", "champion"), version=2, effective_at=START_MS + 3_600_000),
+             START_MS - 10_000)
+    published: list[Schedule] = []
+    monkeypatch.setattr(lifecycle, "now_ms", lambda: START_MS)
+    monkeypatch.setattr(lifecycle, "_book", lambda _settings: book)
+    monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, schedule: published.append(schedule))
+    monkeypatch.setattr(lifecycle, "live_models", lambda _config, _topic, _window: {
+        (m, "1"): {"scores": 10.0, "errors": 0.0} for m in ("champion", "challenger")})
+    out = io.StringIO()
+    lifecycle.cmd_rollback(from_namespace(lifecycle.RollbackSettings, None), Console(file=out, width=300,
+                                                                                      no_color=True))
+    said = " ".join(out.getvalue().split())
+    assert published[0].models == ("champion", "challenger") and published[0].effective_at == START_MS + 3_600_000
+    assert "this one governs in its place and v2 never does" in said, said
+    book.add(published[0], START_MS)
+    assert book.displaced_by(2) == 3
+
+
 def test_schedule_set_says_which_waits_and_split_of_the_latest_version_it_drops() -> None:
     """The deadline is kept when not given, waits and a traffic split are not: dropped without a
     word (a review), which a promotion's waits then no longer had."""

@@ -667,3 +667,55 @@ def test_schedule_history_shows_a_comment_s_terminal_sequences_escaped(monkeypat
     out = io.StringIO()
     lifecycle.cmd_schedule_history(lifecycle.ScheduleViewSettings(), Console(), Console(file=out, width=200))
     assert "\x1b]0" not in out.getvalue() and "ok\\x1b]0;PWNED\\x07\\x1b[2J" in out.getvalue()
+
+
+def _cancelled_promotion() -> ScheduleBook:
+    """v1 in force; v2, a promotion for tomorrow; v3, an urgent change that supersedes it."""
+    day = 86_400_000
+    book = ScheduleBook("default")
+    book.add(Schedule(models=("a", "b"), version=1), written_at=0)
+    book.add(Schedule(models=("b", "a"), version=2, effective_at=day), written_at=5_000)
+    book.add(Schedule(models=("c", "a"), version=3, effective_at=11_000, supersedes_pending=True), written_at=10_000)
+    return book
+
+
+def test_a_rollback_restores_what_governed_before_never_a_version_that_never_did() -> None:
+    """Rolling back the urgent change that cancelled a promotion for tomorrow published that
+    promotion, ungated, to take effect in 2 s (a review): v2 never governs, v1 did."""
+    from services.control import changes
+
+    book = _cancelled_promotion()
+    assert book.displaced_by(2) == 3 and book.displaced_by(1) is None and book.displaced_by(3) is None
+    assert changes.rollback(book).models == ("a", "b") and changes.rollback(book).comment == "rollback to v1"
+    assert changes.rollback(book, to=2).models == ("b", "a")  # asked for by number: as asked
+    # A version held back to a pending one's start governs in its place: the pending one never does.
+    held = ScheduleBook("default")
+    held.add(Schedule(models=("a",), version=1), written_at=0)
+    held.add(Schedule(models=("b", "a"), version=2, effective_at=50_000), written_at=1_000)
+    held.add(Schedule(models=("c", "a"), version=3, effective_at=50_000), written_at=2_000)
+    assert held.displaced_by(2) == 3 and [held.for_request(t).version for t in (49_999, 50_000)] == [1, 3]
+    assert changes.rollback(held).models == ("a",)
+    only_never = ScheduleBook.holding(Schedule(models=("a",), version=1, effective_at=9),
+                                      Schedule(models=("b",), version=2, effective_at=9))
+    with pytest.raises(ConfigError, match=r"no version of default before v2 governs \(--to N"):
+        changes.rollback(only_never)
+
+
+def test_schedule_history_says_which_versions_never_govern_and_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version a later one starts with was listed as taking effect then, as if it would (a review)."""
+    import io
+
+    from rich.console import Console
+
+    from services.cli import lifecycle
+
+    book = _cancelled_promotion()
+    book.add(Schedule(models=("d", "a"), version=4, effective_at=2 * 86_400_000), written_at=12_000)
+    book.add(Schedule(models=("e", "a"), version=5, effective_at=2 * 86_400_000), written_at=13_000)
+    monkeypatch.setattr(lifecycle, "_shown_book", lambda _settings, _console: book)
+    out = io.StringIO()
+    lifecycle.cmd_schedule_history(lifecycle.ScheduleViewSettings(), Console(), Console(file=out, width=250))
+    rows = {line.split("│")[1].strip(): line for line in out.getvalue().splitlines() if line.count("│") > 3
+            and line.split("│")[1].strip().isdigit()}
+    assert "never (superseded by v3" in rows["2"] and "never (v5 starts at the same time" in rows["4"]
+    assert "never" not in rows["1"] + rows["3"] + rows["5"]
