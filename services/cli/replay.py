@@ -133,10 +133,12 @@ class Recorded(NamedTuple):
 @dataclass
 class Skipped:
     """Archived records of the range left out: those of another topic than this deployment's
-    requests; and the gaps the archive names that may hold some of the range's requests."""
+    requests; the gaps the archive names that may hold some of the range's requests; and its
+    files left unread ("name: why": damaged, missing, still being written, not in the manifest)."""
 
     topics: Counter[str] = dataclasses.field(default_factory=Counter)
     gaps: list[Gap] = dataclasses.field(default_factory=list)
+    files: list[str] = dataclasses.field(default_factory=list)
 
 
 def _requests_from_topic(settings: ReplaySettings, bounds: Bounds, _skipped: Skipped) -> Iterator[Recorded]:
@@ -165,7 +167,7 @@ def _requests_from_archive(settings: ReplaySettings, bounds: Bounds, skipped: Sk
     # A gap's records were appended before it was noticed: one noticed before the range holds none of it.
     skipped.gaps = [gap for gap in read_gaps(Path(settings.archive_dir))
                     if gap.topic == topic and (start is None or gap.noticed_at >= start)]
-    for record in iter_archive(Path(settings.archive_dir), from_ms=start, to_ms=end):
+    for record in iter_archive(Path(settings.archive_dir), from_ms=start, to_ms=end, unread=skipped.files):
         if record["topic"] != topic:
             skipped.topics[record["topic"]] += 1
             continue
@@ -465,6 +467,10 @@ def _skipped_notes(settings: ReplaySettings, skipped: Skipped, scored: Scored) -
         more = f"; and {len(skipped.gaps) - 5} more" if len(skipped.gaps) > 5 else ""
         notes.append(f"this range may lack requests the archive never held: {topic} deleted them (its retention) "
                      f"before the decoy archived them: {where}{more}")
+    if skipped.files:
+        more = f"; and {len(skipped.files) - 5} more" if len(skipped.files) > 5 else ""
+        notes.append(f"this range may lack the requests of {len(skipped.files)} archive file(s) not read: "
+                     f"{'; '.join(skipped.files[:5])}{more}")
     try:
         count = partition_counts(settings.librdkafka(), [topic], settings.connect_timeout_s).get(topic)
     except RendezvousError:  # the topic may be gone: the archive outlives it

@@ -535,15 +535,20 @@ def check_archive(directory: Path) -> list[str]:
 
 
 def iter_archive(
-    directory: Path, *, from_ms: int | None = None, to_ms: int | None = None
+    directory: Path, *, from_ms: int | None = None, to_ms: int | None = None, unread: list[str] | None = None
 ) -> Iterator[dict[str, Any]]:
-    """Archived records with from_ms <= timestamp < to_ms, once each (duplicates dropped)."""
+    """Archived records with from_ms <= timestamp < to_ms, once each (duplicates dropped). The files
+    that may hold some and are not read are logged, and each is added to `unread` ("name: why"):
+    a replay's report says its range may lack their requests (a damaged file only logged made a
+    report on two thirds of a range read as the whole; a review)."""
+    unread = [] if unread is None else unread
     open_files = check_archive(directory)
     if open_files:
         # Fsynced and committed, but still being written: read once sealed (a replay of the last
         # minutes of a running decoy misses them, and says so).
         log.warning("%d archive file(s) still being written, not read: %s (the newest requests, up to the decoy's "
                     "--roll-seconds)", len(open_files), ", ".join(open_files[:5]))
+        unread += [f"{name}: still being written (the newest requests)" for name in open_files]
     seen: dict[tuple[str, int], _Recent] = {}
     files = read_manifest(directory)
     unlisted = _unlisted(directory, {stats.name for stats in files})
@@ -552,6 +557,7 @@ def iter_archive(
         # decoy's next start adds them; until then they are not read, and that is said.
         log.warning("%d archive file(s) sealed but not in the manifest yet, not read: %s (the decoy adds them at "
                     "its next start)", len(unlisted), ", ".join(path.name for path in unlisted[:5]))
+        unread += [f"{path.name}: not in the manifest yet (the decoy adds it at its next start)" for path in unlisted]
     for stats in files:
         if not _overlaps(stats, from_ms, to_ms):
             continue
@@ -559,6 +565,7 @@ def iter_archive(
         damage = _damage(path, stats)
         if damage is not None:
             log.warning("archive file %s skipped: %s", stats.name, damage)
+            unread.append(f"{stats.name}: {damage}")
             continue
         for record in _readable_records(path):
             ts = record["timestamp"]

@@ -117,9 +117,15 @@ def test_a_sealed_file_damaged_or_missing_is_skipped_and_the_others_are_read(
     damaged[len(damaged) // 2] ^= 0xFF
     second.write_bytes(bytes(damaged))
     first.unlink()
-    offsets = [r["offset"] for r in iter_archive(tmp_path)]
+    unread: list[str] = []
+    offsets = [r["offset"] for r in iter_archive(tmp_path, unread=unread)]
     assert offsets == list(range(200, 250))
     assert "missing" in caplog.text and "sha256 is not the manifest's" in caplog.text
+    # Said to the caller too: a replay's report says its range may lack them (it said nothing).
+    assert [entry.split(": ", 1)[0] for entry in unread] == [first.name, second.name]
+    assert "missing" in unread[0] and "sha256 is not the manifest's" in unread[1]
+    outside: list[str] = []
+    assert list(iter_archive(tmp_path, from_ms=1_700_000_000_200, unread=outside)) and outside == []  # not the range's
 
 
 def test_a_file_sealed_but_not_yet_in_the_manifest_at_a_crash_is_added_at_the_next_start(
@@ -142,9 +148,11 @@ def test_a_file_sealed_but_not_yet_in_the_manifest_at_a_crash_is_added_at_the_ne
         patched.setattr(archive, "write_manifest", full)
         with pytest.raises(ArchiveFailed, match=r"cannot seal requests-.*\.avro\.part: No space left on device"):
             writer.roll()
+    unread: list[str] = []
     with caplog.at_level("WARNING", logger="services.decoy.archive"):
-        assert [r["offset"] for r in iter_archive(tmp_path)] == [0, 1]  # the sealed file is not named
+        assert [r["offset"] for r in iter_archive(tmp_path, unread=unread)] == [0, 1]  # the sealed file is not named
     assert "1 archive file(s) sealed but not in the manifest yet, not read: requests-" in caplog.text  # was silent
+    assert len(unread) == 1 and unread[0].endswith(": not in the manifest yet (the decoy adds it at its next start)")
 
     ArchiveWriter(tmp_path, **ROLL).close()
     assert [r["offset"] for r in iter_archive(tmp_path)] == [0, 1, 2, 3]

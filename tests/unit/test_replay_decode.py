@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -311,3 +312,31 @@ def test_a_champion_that_is_no_live_model_is_warned_of_before_the_scoring(
         note_champion_not_live(ReplaySettings(model="demo:challenger", champion="champion"))
     (said,) = caplog.records
     assert said.getMessage().startswith("--champion champoin is no live model (live: canary, champion)")
+
+
+def test_an_archive_replay_says_its_range_may_lack_the_requests_of_files_it_could_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file whose sha256 is not the manifest's was skipped with a log line only: the report, its
+    JSON and its HTML read as the whole range (a review)."""
+    from services.cli import replay as replay_module
+    from services.cli.replay import ReplaySettings, Scored, Skipped, _requests_from_archive, _skipped_notes
+    from services.core.ranges import parse_bounds
+    from services.decoy.archive import ArchiveWriter
+
+    for first in (0, 100):  # two sealed files
+        writer = ArchiveWriter(tmp_path, roll_bytes=1 << 30, roll_seconds=3600)
+        writer.append([{"topic": "rdv.requests", "partition": 0, "offset": i, "timestamp": 1_000 + i, "key": None,
+                        "value": b"v%d" % i, "archived_at": 1} for i in range(first, first + 50)])
+        writer.close()
+    damaged = sorted(tmp_path.glob("*.avro"))[1]
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    monkeypatch.setattr(replay_module, "partition_counts", lambda *_args: {})
+    settings = ReplaySettings(model="demo:champion", source="archive", archive_dir=str(tmp_path))
+    skipped = Skipped()
+    assert len(list(_requests_from_archive(settings, parse_bounds("", "", "", 0), skipped))) == 50
+    (note,) = _skipped_notes(settings, skipped, Scored())
+    assert note == (f"this range may lack the requests of 1 archive file(s) not read: {damaged.name}: its sha256 "
+                    "is not the manifest's (damaged since it was sealed)")
