@@ -55,7 +55,7 @@ class GatewaySettings(KafkaSettings):
     )
     rate_limit: float = setting(
         0.0, "Inference calls per second each API key may make, sustained, whatever their rows (see "
-        "--rate-limit-rows) (0 = unlimited); over it: 429.",
+        "--rate-limit-rows) (0 = unlimited); over it: 429. Each gateway's own: N replicas let a key make N times it.",
     )
     rate_burst: int = setting(50, "Inference calls a key may make at once above --rate-limit (the bucket size).",
                                  minimum=1)
