@@ -134,7 +134,7 @@ class ArchiveWriter:
         self._unsynced = False  # records written since the last fsync
         self._failed: ArchiveFailed | None = None
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # made here: its owner's only (`_private`)
         except OSError as exc:
             raise ConfigError(f"cannot create archive directory {directory}: {exc.strerror}") from None
         self._lock = _hold(directory)
@@ -260,7 +260,7 @@ class ArchiveWriter:
             path = self.directory / (name + PART)
             if not (self.directory / name).exists():
                 break
-        self._file = path.open("xb")
+        self._file = _private(path)
         # The new name must survive a crash before its records' offsets are committed (the file's
         # own fsync does not make its directory entry durable).
         _sync_directory(self.directory)
@@ -295,7 +295,7 @@ class ArchiveWriter:
             stats = FileStats(part.name[: -len(PART)])
             tears: list[Exception] = []
             copy = part.with_name(part.name + RECOVERING)
-            with copy.open("wb") as handle:
+            with _private(copy) as handle:
                 writer = Writer(handle, self._schema, codec=self.codec)
                 for record in _readable_records(part, tears.append):
                     writer.write(record)
@@ -310,6 +310,7 @@ class ArchiveWriter:
                 # damage inside the file would lose the blocks after it: the original is kept.
                 damaged = part.with_name(part.name + DAMAGED)
                 shutil.copyfile(part, damaged)
+                damaged.chmod(0o600)  # its records too are the requests' (`_private`)
                 log.warning("%s: the original is kept as %s (delete it once checked)", part.name, damaged.name)
             if not stats.records:
                 copy.unlink()
@@ -461,6 +462,12 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 _STRAY_NAMES_SAID: set[str] = set()
+
+
+def _private(path: Path) -> BinaryIO:
+    """A new file for writing that only its owner may read: the archive holds every request's
+    features and payload (files were made by the process' umask, 0644: any user of the host read them)."""
+    return open(path, "xb", opener=lambda name, flags: os.open(name, flags, 0o600))
 
 
 def _hold(directory: Path) -> BinaryIO:
