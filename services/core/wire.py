@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
+from urllib.parse import urlsplit
 
 from services.core.codec import CODEC_NAMES, Codec, codec
 from services.core.errors import ConfigError, DecodeFailed, LookupsSpent
@@ -105,6 +106,9 @@ def configure(settings: KafkaSettings, *, check_credentials: bool = True) -> Non
     check_wire_format(settings.wire_format, settings.schema_registry)  # as every command's settings do
     if not settings.schema_registry:
         return
+    if credentials_in_clear(settings.schema_registry):
+        log.warning("--schema-registry (value not shown) has a user and password and plain http: every request to "
+                    "the registry sends them in clear; use https")
     registry = SchemaRegistry(settings.schema_registry)
     if settings.wire_format == "registry":
         register_all(registry, settings.topics())  # refused credentials fail it, in one line
@@ -113,6 +117,12 @@ def configure(settings: KafkaSettings, *, check_credentials: bool = True) -> Non
     # Last: a check that failed leaves the process' codecs as they were (a test's, say, pointing
     # every later one of its process at a registry gone: their records waited for it).
     read_ids(registry, [codec(name) for name in CODEC_NAMES])
+
+
+def credentials_in_clear(url: str) -> bool:
+    """Whether a registry URL has a user or password and plain http (Basic auth, readable on the wire)."""
+    parts = urlsplit(url)
+    return parts.scheme.lower() == "http" and (parts.username is not None or parts.password is not None)
 
 
 def read_ids(

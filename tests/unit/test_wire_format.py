@@ -517,3 +517,14 @@ def test_an_id_no_registry_gives_is_refused_without_asking() -> None:
     assert reader.unresolved(b"\x00\xff\xff\xff\xff" + body) is None  # refused for good: not waited for
     assert reader.decode(b"\x00\x7f\xff\xff\xff" + body)["request_id"] == REQUEST["request_id"]
     assert asked == [2**31 - 1]
+
+
+@pytest.mark.parametrize(("url", "clear"), [
+    ("http://alice:secret@registry:8081", True), ("HTTP://alice@registry:8081", True),
+    ("https://alice:secret@registry:8081", False), ("http://registry:8081", False),
+])
+def test_a_registry_password_over_plain_http_is_warned_of(url: str, clear: bool) -> None:
+    """Accepted without a word: Basic auth over http sends the password in clear (a review)."""
+    from services.core.wire import credentials_in_clear
+
+    assert credentials_in_clear(url) is clear
