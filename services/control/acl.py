@@ -169,7 +169,8 @@ def layout(topics: Topics, prefix: str, principals: Principals = Principals()) -
     grants: list[Grant] = [
         Grant(p.admin, "topic", prefix, "ALL", prefixed=True),
         Grant(p.admin, "group", prefix, "ALL", prefixed=True),
-        Grant(p.admin, "group", SCRATCH_GROUP_PREFIX, "ALL", prefixed=True),
+        # READ, as every reader: ALL let one deployment's admin delete the scratch groups of any other.
+        Grant(p.admin, "group", SCRATCH_GROUP_PREFIX, "READ", prefixed=True),
         # Topics renamed outside the prefix (--topic role=name): admin creates them and writes the
         # control topic too (a review: every role had its grants on them but admin).
         *_topic(p.admin, "ALL", *sorted({getattr(t, role) for role in TOPIC_ROLES} - _under(prefix, t))),
@@ -182,7 +183,7 @@ def layout(topics: Topics, prefix: str, principals: Principals = Principals()) -
         *_groups(p.rendezvous, f"{prefix}rendezvous"),
         Grant(p.rendezvous, "transactional_id", f"{prefix}rendezvous", "WRITE", prefixed=True),
         Grant(p.rendezvous, "transactional_id", f"{prefix}rendezvous", "DESCRIBE", prefixed=True),
-        *_topic(p.model, "READ", t.requests, t.models),
+        *_topic(p.model, "READ", t.requests),  # the models topic: it publishes its contract, never reads it
         *_topic(p.model, "WRITE", t.scores, t.deadletter, t.models),
         *_topic(p.model, "DESCRIBE_CONFIGS", t.scores, t.deadletter),
         *_groups(p.model, f"{prefix}model."),

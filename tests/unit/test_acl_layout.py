@@ -21,6 +21,9 @@ GRANTS = layout(TOPICS, PREFIX, P)
     (P.client, TOPICS.answers, "READ", False),
     (P.model, TOPICS.scores, "WRITE", True),
     (P.model, TOPICS.control, "WRITE", False),
+    (P.model, TOPICS.models, "WRITE", True),  # its input contract
+    (P.model, TOPICS.models, "READ", False),  # never read by a worker (a review)
+    (P.model, TOPICS.models, "DESCRIBE", True),  # implied by WRITE: the worker's metadata check
     (P.comparison, TOPICS.log, "READ", True),
     (P.comparison, TOPICS.requests, "READ", False),
     (P.rendezvous, TOPICS.requests, "WRITE", False),
@@ -68,6 +71,10 @@ def test_the_one_off_readers_groups_never_cover_a_deployments_own() -> None:
     for role in (P.client, P.decoy, P.model, P.comparison):
         assert not allows(grants, role, "group", f"{prefix}rendezvous", "READ"), role
     assert allows(grants, P.decoy, "group", "rdv-scratch-range-0f1e", "READ")
+    # Every deployment's admin is a reader of the shared scratch groups, no more: ALL let it delete
+    # another deployment's (a review).
+    assert allows(grants, P.admin, "group", "rdv-scratch-range-0f1e", "READ")
+    assert not allows(grants, P.admin, "group", "rdv-scratch-range-0f1e", "DELETE")
     with pytest.raises(ConfigError, match="under rdv-scratch-"):
         layout(Topics.from_prefix("rdv-scratch-x."), "rdv-scratch-x.", P)
 
