@@ -7,6 +7,7 @@ The table goes to stdout (the command's output); the progress bar and notes go t
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.progress import (
@@ -23,7 +24,7 @@ from rich.progress import (
 from rich.text import Text
 
 from services.cli.common import console, messages
-from services.cli.shown import print_note
+from services.cli.shown import now_and_then, print_note
 from services.compare_report.report import report_from_topic
 from services.compare_report.settings import CompareSettings
 from services.compare_report.table import print_report, print_report_json
@@ -46,16 +47,24 @@ class _Bar:
         self._console, self._topic = console, topic
         self._progress: Progress | None = None
         self._task: TaskID | None = None
+        self._say: Callable[[str], None] | None = None  # no terminal: a plain line now and then
+        self._read = self._total = 0
 
     def start(self, total: int) -> None:
+        if not self._console.is_terminal:  # rich draws a bar on a terminal only: silent until the end
+            self._say, self._total = now_and_then(self._console, f"reading {self._topic}"), total
+            return
         columns = (TextColumn("reading {task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
                    TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
-        self._progress = Progress(*columns, console=self._console, transient=self._console.is_terminal)
+        self._progress = Progress(*columns, console=self._console, transient=True)
         self._progress.start()
         self._task = self._progress.add_task(self._topic, total=total)
 
     def advance(self, n: int) -> None:
-        if self._progress is not None and self._task is not None:
+        if self._say is not None:
+            self._read += n
+            self._say(f"{self._read:,} of at most {self._total:,} records")
+        elif self._progress is not None and self._task is not None:
             self._progress.advance(self._task, n)
 
     def stop(self, completed: int | None = None) -> None:

@@ -22,7 +22,7 @@ from rich.text import Text
 
 from services.cli.common import messages, warn_of_history_loss
 from services.cli.model_contracts import print_contracts
-from services.cli.shown import print_note, print_notes, shown
+from services.cli.shown import now_and_then, print_note, print_notes, shown
 from services.control import changes
 from services.control.gates import Verdict, evaluate, parse_requirements, with_defaults
 from services.control.liveness import live_models, not_live
@@ -36,7 +36,8 @@ from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, check_format, parse_pairs, setting
 from services.model_worker.settings import model_group, model_groups
 
-FiguresFn = Callable[[KafkaSettings, str, str, str], dict[str, float]]
+# settings, window, candidate, champion, progress (records just read): the gate's figures
+FiguresFn = Callable[[KafkaSettings, str, str, str, Callable[[int], None]], dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -423,8 +424,19 @@ def cmd_promote(settings: PromoteSettings, candidate: str, console: Console, fig
 def _gate(
     settings: PromoteSettings, candidate: str, champion: str, console: Console, figures_fn: FiguresFn
 ) -> list[Verdict]:
-    with messages().status(f"reading the last {settings.window} of the log: {candidate} against {champion} ..."):
-        figures = figures_fn(settings, settings.window, candidate, champion)
+    err = messages()
+    what = f"reading the last {settings.window} of the log: {candidate} against {champion}"
+    say = None if err.is_terminal else now_and_then(err, what)  # a status line is drawn on a terminal only
+    read = 0
+
+    def progress(records: int) -> None:
+        nonlocal read
+        read += records
+        if say is not None:
+            say(f"{read:,} records")
+
+    with err.status(what + " ..."):
+        figures = figures_fn(settings, settings.window, candidate, champion, progress)
     requirements = with_defaults(parse_requirements(settings.require), figures.get("champion_error_rate", math.nan))
     verdicts = evaluate(requirements, figures)
     for verdict in verdicts:
@@ -436,8 +448,10 @@ def _gate(
 class RollbackSettings(ChangeSettings):
     """Which version a rollback restores."""
 
-    to: int = setting(0, "The version to restore (default: the one before the latest; run twice, a rollback "
-                         "restores what the first rolled back from: give --to to step further back).", minimum=0)
+    to: int = setting(0, "The version to restore (default: the latest before the latest one that governs, did "
+                         "or will: a version that never took effect, such as a promotion cancelled by "
+                         "--supersede-pending, is never restored unasked; run twice, a rollback restores what the "
+                         "first rolled back from: give --to to step further back).", minimum=0)
 
 
 def cmd_rollback(settings: RollbackSettings, console: Console) -> int:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from rich.console import Console
 
 from services.cli.common import messages
+from services.cli.shown import now_and_then
 from services.compare_report import Report
 from services.compare_report.columns import Columns
 from services.compare_report.summary import Answers, ChampionNotInRange, answers, summarize
@@ -33,7 +34,6 @@ from services.core.compiled_requests import decode_request
 from services.core.errors import BadInput, ConfigError, RendezvousError
 from services.core.kafka import partition_counts
 from services.core.ranges import Bounds, OffsetBound, TimeBound, format_ms, parse_bounds
-from services.core.rate_limit import OncePerPeriod
 from services.core.requests import check_request
 from services.core.runtime import now_ms
 from services.core.settings import KafkaSettings, check_format, check_writable_file, setting
@@ -402,21 +402,6 @@ def _answers(columns: Columns, champion: str) -> tuple[Answers, list[str]]:
         return answers(frame, champion=None), [f"{err.message}: compared with the champion inferred instead"]
 
 
-PROGRESS_EVERY_S = 10.0
-
-
-def _now_and_then(err: Console, clock: Callable[[], float] = time.monotonic) -> Progress:
-    """Progress as a plain line at most every PROGRESS_EVERY_S, for a stderr that is no terminal."""
-    lines = OncePerPeriod[str](PROGRESS_EVERY_S, clock)
-    lines.passes("progress")  # the start: the first line comes a period after it
-
-    def say(what: str) -> None:
-        if lines.passes("progress") is not None:
-            err.print(f"replaying: {what}", soft_wrap=True)
-
-    return say
-
-
 @dataclass
 class Budgets:
     """The deadline a request without one of its own had: its created_at plus the default budget of
@@ -511,7 +496,7 @@ def run_replay(settings: ReplaySettings, console: Console) -> int:
     with err.status("replaying ...") as status:
         # The status line is drawn on a terminal only: in a job, under nohup or with 2>file, a replay
         # of hours said nothing until its end (a review). There, a plain line now and then.
-        say = (lambda what: status.update(f"replaying: {what}")) if err.is_terminal else _now_and_then(err)
+        say = (lambda what: status.update(f"replaying: {what}")) if err.is_terminal else now_and_then(err, "replaying")
         result = replay(settings, progress=say)
     if settings.format == "json":
         print_report_json(result.report)

@@ -7,10 +7,16 @@ it could change the table's styling, printed raw its terminal escapes could clea
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from rich.console import Console
 from rich.text import Text
 
+from services.core.rate_limit import OncePerPeriod
 from services.core.terminal import printable
+
+PROGRESS_EVERY_S = 10.0
 
 
 def shown(text: str) -> Text:
@@ -26,3 +32,17 @@ def print_note(console: Console, note: str) -> None:
 def print_notes(console: Console, notes: list[str]) -> None:
     for note in notes:
         print_note(console, note)
+
+
+def now_and_then(err: Console, label: str, clock: Callable[[], float] = time.monotonic) -> Callable[[str], None]:
+    """Progress as a plain `label: what` line at most every PROGRESS_EVERY_S, for a stderr that is no
+    terminal: rich draws its status lines and bars on a terminal only, and a long read in a job,
+    under nohup or with 2>file said nothing until its end (a review)."""
+    lines = OncePerPeriod[str](PROGRESS_EVERY_S, clock)
+    lines.passes("progress")  # the start: the first line comes a period after it
+
+    def say(what: str) -> None:
+        if lines.passes("progress") is not None:
+            err.print(f"{label}: {what}", soft_wrap=True)
+
+    return say

@@ -7,6 +7,7 @@ the evidence; the gate only renames its columns to the figure names `--require` 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 from services.compare_report.report import report_from_topic
 from services.compare_report.settings import CompareSettings
@@ -17,7 +18,8 @@ from services.core.settings import KafkaSettings
 NAN = float("nan")
 
 
-def gate_figures(settings: KafkaSettings, window: str, candidate: str, champion: str) -> dict[str, float]:
+def gate_figures(settings: KafkaSettings, window: str, candidate: str, champion: str,
+                 progress: Callable[[int], None] | None = None) -> dict[str, float]:
     """The candidate's figures over the last `window` of the log (ending at its end, as
     `compare --since` does), measured against `champion` on the same requests. Read with every
     connection setting of the command: its registry (the log's records may be registry-framed: read
@@ -25,7 +27,7 @@ def gate_figures(settings: KafkaSettings, window: str, candidate: str, champion:
     connection = {f.name: getattr(settings, f.name) for f in dataclasses.fields(KafkaSettings)}
     compare = CompareSettings(**connection, since=window, champion=champion, workers=1)
     try:
-        report, _read = report_from_topic(compare)
+        report, _read = report_from_topic(compare, progress=progress)
     except ChampionNotInRange:
         # The report's words name its own flag, which promote has not: say it for the gate.
         raise ConfigError(f"the champion {champion} has no output in the log over the last {window}: nothing to "

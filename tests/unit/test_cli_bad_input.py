@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -1039,6 +1040,46 @@ def test_a_rollback_held_back_to_a_pending_version_s_start_says_that_one_never_t
     assert "this one governs in its place and v2 never does" in said, said
     book.add(published[0], START_MS)
     assert book.displaced_by(2) == 3
+
+
+def test_a_promotion_gate_and_compare_say_their_progress_now_and_then_without_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A gate over --window 1d, or compare --since 1d, in CI said nothing until its end: rich draws
+    its status line and bar on a terminal only (a review)."""
+    import io
+
+    from services.cli import compare, lifecycle, shown
+
+    now = [0.0]
+    monkeypatch.setattr(lifecycle, "now_and_then", lambda err, label: shown.now_and_then(err, label, lambda: now[0]))
+    monkeypatch.setattr(compare, "now_and_then", lambda err, label: shown.now_and_then(err, label, lambda: now[0]))
+
+    def figures(_settings: object, _window: str, _candidate: str, _champion: str,
+                progress: Callable[[int], None]) -> dict[str, float]:
+        for _ in range(25):
+            now[0] += 1.0
+            progress(1_000)
+        raise ConfigError("measured enough")
+
+    book = ScheduleBook("default")
+    book.add(Schedule(models=("champion", "challenger"), version=1), START_MS - 20_000)
+    monkeypatch.setattr(lifecycle, "_book", lambda _settings: book)
+    with pytest.raises(ConfigError, match="measured enough"):
+        lifecycle.cmd_promote(from_namespace(PromoteSettings, None, require="agreement>=0.9"), "challenger",
+                              Console(file=io.StringIO()), figures)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("reading")]
+    assert lines == ["reading the last 10m of the log: challenger against champion: 10,000 records",
+                     "reading the last 10m of the log: challenger against champion: 20,000 records"]
+    out = io.StringIO()
+    bar, now[0] = compare._Bar(Console(file=out, width=200), "rdv.log"), 0.0
+    bar.start(30_000)
+    for _ in range(25):
+        now[0] += 1.0
+        bar.advance(1_000)
+    bar.stop(completed=30_000)
+    assert out.getvalue().splitlines() == ["reading rdv.log: 10,000 of at most 30,000 records",
+                                           "reading rdv.log: 20,000 of at most 30,000 records"]
 
 
 def test_schedule_set_says_which_waits_and_split_of_the_latest_version_it_drops() -> None:

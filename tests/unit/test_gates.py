@@ -228,7 +228,7 @@ def test_the_gate_reads_the_log_with_every_connection_setting_of_the_command(mon
 
     read: list[Any] = []
 
-    def report_from_topic(compare: Any) -> Any:
+    def report_from_topic(compare: Any, progress: Any = None) -> Any:
         read.append(compare)
         raise evidence.ChampionNotInRange("none")
 

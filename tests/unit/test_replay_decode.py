@@ -238,10 +238,10 @@ def test_progress_without_a_terminal_is_a_plain_line_now_and_then() -> None:
 
     from rich.console import Console
 
-    from services.cli.replay import PROGRESS_EVERY_S, _now_and_then
+    from services.cli.shown import PROGRESS_EVERY_S, now_and_then
 
     out, now = io.StringIO(), [0.0]
-    say = _now_and_then(Console(file=out, width=200), clock=lambda: now[0])
+    say = now_and_then(Console(file=out, width=200), "replaying", clock=lambda: now[0])
     for step in range(25):
         now[0] = step * 1.0
         say(f"{step} requests scored")
