@@ -859,3 +859,48 @@ def test_a_model_worker_s_liveness_outlasts_its_batch_so_the_rescue_acts_first(h
             assert allowed > stalled_after_s(timeout, models)
         else:
             assert worker["livenessProbe"]["failureThreshold"] == given  # no limit: the probe as given
+
+
+def test_whole_numbers_of_a_million_or_more_render_as_written(helm: Path, tmp_path: Path) -> None:
+    """YAML reads 1200000 as a float, and `quote` wrote "1.2e+06": the rendezvous refused it at start
+    (a review). Every number the services read whole goes through rdv.scalar."""
+    values = tmp_path / "big.yaml"
+    values.write_text(yaml.safe_dump({"rendezvous": {"transactionTimeoutMs": 1_200_000, "deadlineMs": 1_000_000},
+                                      "topics": {"partitions": 1_000_000},
+                                      "decoy": {"enabled": True, "rollSeconds": 1_000_000}}))
+    rendered = render(helm, "-f", str(values))
+    env = {name: spec.get("value") for doc in rendered if doc["kind"] in ("Deployment", "StatefulSet", "Job")
+           for container in pod_spec(doc)["containers"] for name, spec in env_of(container).items()}
+    assert (env["RDV_TRANSACTION_TIMEOUT_MS"], env["RDV_DEADLINE_MS"], env["RDV_ROLL_SECONDS"]) == (
+        "1200000", "1000000", "1000000")
+    assert [v for v in env.values() if isinstance(v, str) and "e+" in v] == []
+
+
+def test_the_topics_job_gets_the_pod_settings_every_pod_gets(full_render: Render, helm: Path, tmp_path: Path) -> None:
+    """values.yaml applies podLabels, podAnnotations and affinity to every pod: the hook's had none, and
+    a mesh sidecar, a NetworkPolicy or a cloud identity keyed on them held the install (a review)."""
+    (job,) = [m for m in full_render.manifests if m["kind"] == "Job"]
+    template = job["spec"]["template"]
+    values = full_render.values
+    assert values["podLabels"].items() <= template["metadata"]["labels"].items()
+    assert values["podAnnotations"].items() <= template["metadata"].get("annotations", {}).items()
+    assert template["spec"]["affinity"] == values["affinity"]
+    assert "serviceAccountName" not in template["spec"]  # the release's own does not exist yet at a pre-install hook
+    named = tmp_path / "named.yaml"
+    named.write_text(yaml.safe_dump({"serviceAccount": {"create": False, "name": "kafka-iam"},
+                                     "topics": {"create": True}}))
+    (job,) = [m for m in render(helm, "-f", str(named)) if m["kind"] == "Job"]
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "kafka-iam"
+
+
+def test_two_models_whose_object_names_the_63_character_cut_makes_equal_are_refused(helm: Path,
+                                                                                    tmp_path: Path) -> None:
+    """They got one Deployment and Service between them: one model was never deployed (a review)."""
+    values = tmp_path / "long.yaml"
+    values.write_text(yaml.safe_dump({"models": [{"name": "fraud-model-xgboost-v12", "spec": "demo:champion"},
+                                                 {"name": "fraud-model-xgboost-v13", "spec": "demo:challenger"}]}))
+    done = run_helm(helm, "template", "fraud-scoring-prod", str(CHART), "-f", str(values))
+    assert done.returncode != 0
+    assert ('models "fraud-model-xgboost-v12" and "fraud-model-xgboost-v13" both name their objects '
+            "fraud-scoring-prod-rendezvous-serving-model-fraud-model-xgboost") in done.stderr
+    assert run_helm(helm, "template", "fraud", str(CHART), "-f", str(values)).returncode == 0  # a shorter release
