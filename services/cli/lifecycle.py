@@ -451,7 +451,7 @@ class RollbackSettings(ChangeSettings):
     to: int = setting(0, "The version to restore (default: the latest before the latest one that governs, did "
                          "or will: a version that never took effect, such as a promotion cancelled by "
                          "--supersede-pending, is never restored unasked; run twice, a rollback restores what the "
-                         "first rolled back from: give --to to step further back).", minimum=0)
+                         "first rolled back from if that took effect: give --to to step further back).", minimum=0)
 
 
 def cmd_rollback(settings: RollbackSettings, console: Console) -> int:

@@ -71,9 +71,10 @@ def promotion(current_schedule: Schedule, candidate: str, canary: str, comment: 
 def rollback(book: ScheduleBook, comment: str = "", to: int = 0) -> Schedule:
     """Version `to`'s policy (default: the latest before the latest one that governs, did or
     will), as a draft of the next version. Run twice without `to`, it restores what the first
-    rolled back from. A version that never governs is no default: the promotion a `schedule set
-    --supersede-pending` cancelled came back live in 2 s, ungated, when that change was rolled back
-    (a review)."""
+    rolled back from, if that governs (a pending version the first one was held back to never
+    does: the second finds nothing to restore, and says so). A version that never governs is no
+    default: the promotion a `schedule set --supersede-pending` cancelled came back live in 2 s,
+    ungated, when that change was rolled back (a review)."""
     latest = current(book)
     versions = book.versions
     if len(versions) < 2:

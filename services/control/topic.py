@@ -131,6 +131,7 @@ class ScheduleBook:
         self._governing: list[Schedule] = []
         self._starts: list[int] = []
         self._superseded: dict[int, int] = {}  # version -> the one that superseded it while pending
+        self._places: dict[int, int] | None = None  # version -> its index in _governing (displaced_by's)
 
     @classmethod
     def holding(cls, *schedules: Schedule) -> ScheduleBook:
@@ -202,6 +203,7 @@ class ScheduleBook:
         self._versions.append(schedule)
         self._governing.append(schedule)
         self._starts.append(start)
+        self._places = None
 
     @property
     def latest_start(self) -> int | None:
@@ -231,8 +233,10 @@ class ScheduleBook:
         next version after a pending one is). None: `version` governs, or did, or will."""
         if (by := self._superseded.get(version)) is not None:
             return by
-        at = next((i for i, s in enumerate(self._governing) if s.version == version), None)
-        if at is None:
+        if self._places is None:  # made once a change, not once a call (schedule history asks for each)
+            self._places = {s.version: i for i, s in enumerate(self._governing)}
+        at = self._places.get(version)
+        if not at:  # not governing, or the first: that one governs every request before its start too
             return None
         last = bisect.bisect_right(self._starts, self._starts[at]) - 1  # the one for_request picks at that start
         return self._governing[last].version if last != at else None

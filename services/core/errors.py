@@ -6,6 +6,7 @@
     ├── BrokerError                  the broker cannot be reached or refused us
     │   ├── BrokerUnavailable        no answer to a metadata request (retriable)
     │   └── TopicMissing             a topic the service needs does not exist
+    │       └── TopicRefused         ... to the principal: it may not describe it (its grant is missing)
     ├── KafkaOperationError          a produce / consume / commit failed (wraps KafkaError)
     │   ├── DeliveryFailed           the broker did not take a produced record
     │   └── ConsumerFenced           another member took our group.instance.id: the client is done

@@ -893,16 +893,17 @@ def partition_counts(
     wanted = list(topics)
     missing = [t for t in wanted if t not in metadata.topics or metadata.topics[t].error is not None]
     if missing:
-        raise _absent(config, missing)
+        raise _absent(config, missing, min(10.0, _connect_timeout_s if timeout is None else timeout))
     return {t: len(metadata.topics[t].partitions) for t in wanted}
 
 
-def _absent(config: Mapping[str, Any], missing: list[str]) -> TopicMissing:
+def _absent(config: Mapping[str, Any], missing: list[str], timeout: float) -> TopicMissing:
     """Why the metadata lacks topics: not there, or not the principal's to see. A broker with an
     authorizer leaves a topic the principal may not describe out of the cluster's list, as if it did
-    not exist: 'create them with topics create' sent its operator to create a topic that was there."""
+    not exist: 'create them with topics create' sent its operator to create a topic that was there.
+    Asked once for all of them, within `timeout` (a broker gone meanwhile: said missing, as before)."""
     where = config.get("bootstrap.servers")
-    refused = [t for t in missing if not_authorized(_described(config, t))]
+    refused = [t for t, error in _described(config, missing, timeout).items() if not_authorized(error)]
     if refused:
         return topics_refused(refused, f" at {where}")
     return TopicMissing(f"missing topic(s) {', '.join(missing)} at {where}; create them with "
@@ -914,17 +915,28 @@ def topics_refused(topics: Sequence[str], where: str = "") -> TopicRefused:
                         "grant on them (see `rendezvous acl show`; the broker does not say whether they exist)")
 
 
-def _described(config: Mapping[str, Any], topic: str) -> KafkaError | None:
-    """The broker's answer to describing `topic` by name: None, or its error (UNKNOWN_TOPIC_OR_PART,
-    TOPIC_AUTHORIZATION_FAILED, ...). Asked by an admin client, which never has a topic created."""
+def _described(config: Mapping[str, Any], topics: list[str], timeout: float) -> dict[str, KafkaError | None]:
+    """The broker's answer to describing each topic by name: None, or its error (UNKNOWN_TOPIC_OR_PART,
+    TOPIC_AUTHORIZATION_FAILED, ...); a topic not answered within `timeout` is left out. One request,
+    by an admin client, which never has a topic created."""
     from confluent_kafka import TopicCollection
 
-    client = admin(config)  # held until the result is in: a client collected meanwhile fails it
+    client = admin(config)  # held until the results are in: a client collected meanwhile fails them
     try:
-        client.describe_topics(TopicCollection([topic]), request_timeout=10)[topic].result()
-    except KafkaException as exc:
-        return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-    return None
+        futures = client.describe_topics(TopicCollection(topics), request_timeout=max(0.5, timeout))
+    except KafkaException:
+        return {}
+    answers: dict[str, KafkaError | None] = {}
+    for topic, future in futures.items():
+        try:
+            future.result(timeout=max(0.5, timeout))
+            answers[topic] = None
+        except KafkaException as exc:
+            if exc.args and isinstance(exc.args[0], KafkaError):
+                answers[topic] = exc.args[0]
+        except Exception:  # noqa: BLE001 - no answer in time: nothing known of it
+            continue
+    return answers
 
 
 def not_authorized(error: KafkaError | None) -> bool:

@@ -60,7 +60,7 @@ def plan_spans(
     if info is not None and not_authorized(info.error):
         raise topics_refused([topic])
     if info is None or info.error is not None:
-        raise TopicMissing(f"topic {topic} does not exist")
+        raise TopicMissing(f"topic {topic} does not exist (create it with `rendezvous topics create`)")
     partitions = sorted(info.partitions)
     low, high = {}, {}
     for p in partitions:

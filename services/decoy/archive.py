@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -138,6 +139,7 @@ class ArchiveWriter:
         except OSError as exc:
             raise ConfigError(f"cannot create archive directory {directory}: {exc.strerror}") from None
         self._lock = _hold(directory)
+        _make_private(directory)
         self.manifest = read_manifest(directory)
         self.gaps = read_gaps(directory)
         self._recover_parts()
@@ -309,8 +311,8 @@ class ArchiveWriter:
                 # Reading stops at the first damaged block. A crash tears only the last one, but
                 # damage inside the file would lose the blocks after it: the original is kept.
                 damaged = part.with_name(part.name + DAMAGED)
-                shutil.copyfile(part, damaged)
-                damaged.chmod(0o600)  # its records too are the requests' (`_private`)
+                with part.open("rb") as original, _private(damaged) as kept:  # the requests' too
+                    shutil.copyfileobj(original, kept)
                 log.warning("%s: the original is kept as %s (delete it once checked)", part.name, damaged.name)
             if not stats.records:
                 copy.unlink()
@@ -468,6 +470,17 @@ def _private(path: Path) -> BinaryIO:
     """A new file for writing that only its owner may read: the archive holds every request's
     features and payload (files were made by the process' umask, 0644: any user of the host read them)."""
     return open(path, "xb", opener=lambda name, flags: os.open(name, flags, 0o600))
+
+
+def _make_private(directory: Path) -> None:
+    """The archive's files an earlier release left readable by others (its umask's 0644) made
+    their owner's only, as `_private` makes new ones; said once."""
+    opened = [p for p in directory.glob("requests-*") if stat.S_IMODE(p.stat().st_mode) & 0o077]
+    for path in opened:
+        path.chmod(0o600)
+    if opened:
+        log.warning("%d archive file(s) in %s were readable by other users: now their owner's only (every "
+                    "request's features and payload are in them)", len(opened), directory)
 
 
 def _hold(directory: Path) -> BinaryIO:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import stat
 import threading
 import time
 from collections.abc import Iterable
@@ -126,6 +127,8 @@ class ApiKeys:
 
 def _read_keys_file(file: str) -> str:
     try:
+        if not stat.S_ISREG(Path(file).stat().st_mode):  # a FIFO would hold the reading thread for good
+            raise ConfigError(f"--api-keys-file {file} is not a regular file")
         return Path(file).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read --api-keys-file {file}: {exc.strerror}") from None

@@ -277,3 +277,20 @@ def test_the_archive_s_files_are_readable_by_their_owner_only(tmp_path: Path) ->
     assert any(p.name.endswith(".avro") for p in written) and any(p.name.endswith(".damaged") for p in written)
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in written} == {p.name: 0o600 for p in written}
+
+
+def test_archive_files_an_earlier_release_left_readable_are_made_the_owners_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """New files were private, the archive's older ones stayed 0644 (a review)."""
+    import stat
+
+    writer = ArchiveWriter(tmp_path, **ROLL)
+    writer.append(rows(0, 5))
+    writer.close()
+    (sealed,) = tmp_path.glob("requests-*.avro")
+    sealed.chmod(0o644)  # as the release before wrote it
+    with caplog.at_level("WARNING", logger="services.decoy.archive"):
+        ArchiveWriter(tmp_path, **ROLL).close()
+    assert stat.S_IMODE(sealed.stat().st_mode) == 0o600
+    assert "1 archive file(s) in" in caplog.text and "now their owner's only" in caplog.text

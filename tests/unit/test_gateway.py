@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -529,6 +530,9 @@ def test_a_changed_keys_file_adds_and_revokes_keys_and_a_broken_one_leaves_the_k
         assert keys.identify("Bearer k-alice") == "alice" and len(keys) == 2
     file.unlink()
     assert (keys.reload_if_changed() or (None,))[0] is False and keys.identify("Bearer k-carol") == "carol"
+    os.mkfifo(file)  # read, it would hold the reading thread until a writer came
+    assert keys.reload_if_changed() == (False, f"--api-keys-file {file} is not a regular file")
+    file.unlink()
     file.write_text(f"# rotated\nalice:{sha('k-alice2')}\ncarol:{sha('k-carol')}\n")
     assert keys.reload_if_changed() == (True, "2 keys in force; replaced alice")
     file.write_text(f"alice:{sha('k-alice2')}\ncarol:{sha('k-carol')}\n")

@@ -695,8 +695,10 @@ def test_a_rollback_restores_what_governed_before_never_a_version_that_never_did
     held.add(Schedule(models=("c", "a"), version=3, effective_at=50_000), written_at=2_000)
     assert held.displaced_by(2) == 3 and [held.for_request(t).version for t in (49_999, 50_000)] == [1, 3]
     assert changes.rollback(held).models == ("a",)
-    only_never = ScheduleBook.holding(Schedule(models=("a",), version=1, effective_at=9),
-                                      Schedule(models=("b",), version=2, effective_at=9))
+    only_never = ScheduleBook("default")  # v1 for later, superseded before it started
+    only_never.add(Schedule(models=("a",), version=1, effective_at=50_000), written_at=1_000)
+    only_never.add(Schedule(models=("b",), version=2, effective_at=10_000, supersedes_pending=True), written_at=2_000)
+    assert only_never.displaced_by(1) == 2
     with pytest.raises(ConfigError, match=r"no version of default before v2 governs \(--to N"):
         changes.rollback(only_never)
 
@@ -719,3 +721,15 @@ def test_schedule_history_says_which_versions_never_govern_and_why(monkeypatch: 
             and line.split("│")[1].strip().isdigit()}
     assert "never (superseded by v3" in rows["2"] and "never (v5 starts at the same time" in rows["4"]
     assert "never" not in rows["1"] + rows["3"] + rows["5"]
+
+
+def test_the_first_version_held_alongside_the_next_still_governs_what_came_before_its_start() -> None:
+    """v1 published for later, v2 held back to v1's start: every request before that start is v1's
+    (the oldest one governs older requests), so v1 did govern and a rollback may restore it (a review)."""
+    from services.control import changes
+
+    book = ScheduleBook("default")
+    book.add(Schedule(models=("a",), version=1, effective_at=50_000), written_at=1_000)
+    book.add(Schedule(models=("b", "a"), version=2, effective_at=50_000), written_at=2_000)
+    assert book.in_force(3_000).version == 1 and book.displaced_by(1) is None
+    assert changes.rollback(book).models == ("a",)

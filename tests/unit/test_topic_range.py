@@ -79,3 +79,39 @@ def test_the_timeout_bounds_a_stall_of_the_broker_not_the_time_the_caller_spends
         read.append(record)
         clock[0] += 0.2  # the caller scoring it
     assert len(read) == 5000 and clock[0] == pytest.approx(1000.0)
+
+
+def test_a_topic_the_metadata_lacks_is_asked_about_once_for_all_within_the_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whether it is missing or refused to the principal: one describe per missing topic, each
+    waiting 10 s, made a start with six topics and a broker gone wait a minute (a review)."""
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from confluent_kafka import KafkaException
+
+    from services.core import kafka
+    from services.core.errors import TopicMissing, TopicRefused
+
+    asked: list[tuple[list[str], float]] = []
+
+    def refused_or_unknown(topic: str) -> Future[None]:
+        future: Future[None] = Future()
+        code = KafkaError.TOPIC_AUTHORIZATION_FAILED if topic == "p.log" else KafkaError.UNKNOWN_TOPIC_OR_PART
+        future.set_exception(KafkaException(KafkaError(code)))
+        return future
+
+    class Admin:
+        def describe_topics(self, topics: Any, request_timeout: float) -> dict[str, Future[None]]:
+            asked.append((list(topics.topic_names), request_timeout))
+            return {t: refused_or_unknown(t) for t in topics.topic_names}
+
+    monkeypatch.setattr(kafka, "wait_for_broker", lambda _config, _timeout=None: SimpleNamespace(topics={}))
+    monkeypatch.setattr(kafka, "admin", lambda _config: Admin())
+    with pytest.raises(TopicRefused, match=r"not authorized to describe topic\(s\) p\.log at b:9092"):
+        kafka.partition_counts({"bootstrap.servers": "b:9092"}, ["p.log", "p.nope", "p.other"], timeout=3.0)
+    assert asked == [(["p.log", "p.nope", "p.other"], 3.0)]
+    with pytest.raises(TopicMissing, match=r"missing topic\(s\) p\.nope at b:9092; create them"):
+        kafka.partition_counts({"bootstrap.servers": "b:9092"}, ["p.nope"], timeout=30.0)
+    assert asked[-1] == (["p.nope"], 10.0)  # at most 10 s for the question

@@ -528,3 +528,19 @@ def test_a_registry_password_over_plain_http_is_warned_of(url: str, clear: bool)
     from services.core.wire import credentials_in_clear
 
     assert credentials_in_clear(url) is clear
+
+
+def test_configure_warns_of_a_registry_password_over_plain_http(monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """Said once at start, without the URL (it holds the password)."""
+    from services.core.settings import KafkaSettings
+
+    monkeypatch.setattr(wire, "check_registry_credentials", lambda _registry: None)
+    monkeypatch.setattr(wire, "read_ids", lambda _registry, _codecs: None)
+    with caplog.at_level("WARNING", logger="services.core.wire"):
+        wire.configure(KafkaSettings(schema_registry="http://alice:s3cret@registry:8081"))
+    assert "has a user and password and plain http" in caplog.text and "s3cret" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="services.core.wire"):
+        wire.configure(KafkaSettings(schema_registry="https://alice:s3cret@registry:8081"))
+    assert "plain http" not in caplog.text
