@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
+import re
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -161,7 +164,33 @@ def _record(name: str, settings: DeploySettings, replicas: dict[int, int]) -> No
     _write_state(name, {"name": name, "model": settings.model, "version": settings.version,
                         "co_host": list(settings.co_host), "replicas": replicas, "identities": identities,
                         "trusted": settings.trust_model_file, "start_from": settings.start_from,
-                        "topic_prefix": settings.topic_prefix})
+                        "topic_prefix": settings.topic_prefix, "connection": _connection(settings)})
+
+
+def _connection(settings: KafkaSettings) -> dict[str, Any]:
+    """Where a deployment's replicas read and write: its broker, topic names and client settings,
+    these by digest (they may hold secrets, and the state file is plain JSON)."""
+    secret = hashlib.sha256("\n".join(sorted(settings.kafka_config)).encode()).hexdigest()
+    return {"bootstrap": settings.bootstrap, "topic_prefix": settings.topic_prefix,
+            "topics": sorted(settings.topic), "kafka_config_sha256": secret}
+
+
+def _check_same_connection(name: str, settings: DeploySettings, state: dict[str, Any]) -> None:
+    """A rescale or restart reads the shell's settings: another topic prefix, topic name, broker or
+    client setting there started a replica scoring another deployment's requests, beside the
+    others and recorded with them (a review). Refused, naming what differs."""
+    recorded, given = state.get("connection"), _connection(settings)
+    if not isinstance(recorded, dict):
+        return  # a state file of a release before: nothing recorded to compare
+    differ = [key for key in given if key in recorded and recorded[key] != given[key]]
+    if differ:
+        named = ["--kafka-config (values not shown)" if key == "kafka_config_sha256" else
+                 f"{_FLAGS[key]} {recorded[key]!r}" for key in differ]
+        raise ConfigError(f"{name} was deployed with {'; '.join(named)}, not this command's: give the same (as flags "
+                          f"or RDV_ variables), or `rendezvous undeploy {name}` first")
+
+
+_FLAGS = {"bootstrap": "--bootstrap", "topic_prefix": "--topic-prefix", "topics": "--topic"}
 
 
 def _write_state(name: str, state: dict[str, Any]) -> None:
@@ -175,14 +204,22 @@ def running_pids(name: str) -> list[int]:
 
 def _replica_args(name: str, settings: DeploySettings, index: int) -> list[str]:
     if name == RENDEZVOUS:
-        return ["serve", "--instance", f"{RENDEZVOUS}-{index}"]
-    args = ["model", "serve", "--model", settings.model, "--name", name, "--instance", f"{name}-{index}"]
+        return ["serve", "--instance", _instance(RENDEZVOUS, index)]
+    args = ["model", "serve", "--model", settings.model, "--name", name, "--instance", _instance(name, index)]
     args += ["--version", settings.version] if settings.version else []
     args += ["--start-at", settings.start_at] if settings.start_at else []
     args += ["--start-from", settings.start_from]
     args += ["--trust-model-file"] if settings.trust_model_file else []
     args += ["--co-host", ",".join(settings.co_host)] if settings.co_host else []
     return args
+
+
+def _instance(name: str, index: int) -> str:
+    """A replica's --instance: its static group membership and transactional id, stable across its
+    restarts, and this machine's (`rendezvous-0` on two machines fenced one another: the first
+    stopped within seconds, its state naming a dead pid; a review)."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:100] or "host"
+    return f"{name}-{host}-{index}"
 
 
 def _group(name: str, settings: DeploySettings) -> str:
@@ -238,10 +275,13 @@ def _deploy(settings: DeploySettings, name: str, console: Console) -> int:
     if replicas or (state.get("model") and not settings.model):
         running = (state.get("model", ""), state.get("version", ""), tuple(state.get("co_host", ())))
         given = (settings.model, settings.version, tuple(settings.co_host))
-        if replicas and any(value and value != now for value, now in zip(given, running, strict=True)):
+        if any(value and value != now for value, now in zip(given, running, strict=True)):
             # Replicas of one group must score alike: a new model is a new deployment (or undeploy first).
-            raise ConfigError(f"{name} runs {running[0]!r} (version {running[1] or 'default'}): deploy another "
+            # A restart too: it started the model as deployed, the --version given dropped without a word.
+            how = "runs" if replicas else "was deployed with"
+            raise ConfigError(f"{name} {how} {running[0]!r} (version {running[1] or 'default'}): deploy another "
                               f"model under another name, or `rendezvous undeploy {name}` first")
+        _check_same_connection(name, settings, state)
         if not replicas:  # every replica exited (killed, crashed): started again as it was deployed
             console.print(f"{name}: none of its replicas runs any more; starting it again as deployed "
                           f"({running[0]})")
@@ -387,6 +427,8 @@ def _wait_for_starts(
 
 def compose_block(name: str, settings: DeploySettings) -> str:
     command = ["model", "serve", "--model", settings.model, "--name", name]
+    if settings.version:
+        command += ["--version", settings.version]
     if settings.start_at:
         command += ["--start-at", settings.start_at]
     command += ["--start-from", settings.start_from]

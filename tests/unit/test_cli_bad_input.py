@@ -3,6 +3,7 @@ review of the CLI found these accepted, or failing late, or failing with a trace
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -1122,3 +1123,52 @@ def test_undeploy_is_not_refused_for_a_version_that_never_governs_and_names_a_pe
     monkeypatch.setattr(deploy, "_read_from_broker", lambda _s, _c, _r: ScheduleBook.holding(v1, v2))
     with pytest.raises(ConfigError, match=r"challenger2 is what schedule default v2 answers with from 20"):
         deploy._check_not_preferred("challenger2", deploy.UndeploySettings(), Console())
+
+
+def test_a_rescale_or_restart_in_a_shell_pointed_elsewhere_is_refused_and_names_are_this_machines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scale-up from a shell without the deployment's RDV_TOPIC_PREFIX started a replica scoring
+    another deployment's requests, recorded with the others; a restart dropped a --version given;
+    `deploy rendezvous` on two machines named both instances rendezvous-0, which fenced one
+    another (a review)."""
+    import socket
+
+    from services.cli import deploy
+
+    _deploy_without_kafka(tmp_path, monkeypatch)
+    started: list[subprocess.Popen[bytes]] = []
+    commands: list[list[str]] = []
+
+    def spawn(args: list[str], log_file: Path, env: dict[str, str], *, detached: bool = False) -> object:
+        commands.append(args)
+        started.append(subprocess.Popen(["sleep", "60"], start_new_session=detached))
+        return started[-1]
+
+    monkeypatch.setattr(deploy, "spawn", spawn)
+    monkeypatch.setattr(deploy, "wait_for_groups", lambda *_args, **_kwargs: None)
+    monkeypatch.setattr(deploy, "_wait_for_starts", lambda *_args, **_kwargs: None)
+    deployed = DeploySettings(model="demo:champion", version="v5", topic_prefix="p1.", bootstrap="b:9092")
+    try:
+        deploy.cmd_deploy(deployed, "ch", Console(file=io.StringIO()))
+        host = socket.gethostname()
+        assert commands[0][commands[0].index("--instance") + 1] == f"ch-{host}-0"
+        for shell, said in ((DeploySettings(replicas=2, bootstrap="b:9092"), "--topic-prefix 'p1.'"),
+                            (DeploySettings(replicas=2, topic_prefix="p1.", bootstrap="other:9092"),
+                             "--bootstrap 'b:9092'"),
+                            (DeploySettings(replicas=2, topic_prefix="p1.", bootstrap="b:9092",
+                                            kafka_config=("acks=1",)), "--kafka-config (values not shown)")):
+            with pytest.raises(ConfigError, match=re.escape(f"ch was deployed with {said}, not this command's")):
+                deploy.cmd_deploy(shell, "ch", Console(file=io.StringIO()))
+        deploy.cmd_deploy(DeploySettings(replicas=2, topic_prefix="p1.", bootstrap="b:9092"), "ch",
+                          Console(file=io.StringIO()))
+        assert len(started) == 2 and commands[1][commands[1].index("--version") + 1] == "v5"
+        _kill_sessions(started)
+        for process in started:
+            process.wait(30)
+        with pytest.raises(ConfigError, match=r"ch was deployed with 'demo:champion' \(version v5\)"):
+            deploy.cmd_deploy(DeploySettings(version="v6", topic_prefix="p1.", bootstrap="b:9092"), "ch",
+                              Console(file=io.StringIO()))
+    finally:
+        _kill_sessions(started)
+    assert '"--version", "v5"' in deploy.compose_block("ch", deployed)
