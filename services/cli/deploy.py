@@ -568,3 +568,17 @@ def _check_not_preferred(name: str, settings: UndeploySettings, console: Console
             raise ConfigError(f"{', '.join(held)} is what schedule {schedule.name} v{schedule.version} answers with"
                               f"{when}: once stopped every such answer waits for a fallback or times out; promote "
                               f"another model first, or undeploy {name} --force")
+    _note_fallbacks(models, book, now, console)
+
+
+def _note_fallbacks(models: list[str], book: Any, now: int, console: Console) -> None:
+    """A fallback stopped while the schedule names it: an answer whose preferred model fails then
+    waits for it (to the deadline, unless the schedule gives it a wait) before the fallbacks after
+    it; said, not refused (a review found it stopped without a word)."""
+    for schedule, _start in book.in_force_and_after(now):
+        named = [m for m in models if m in schedule.model_set and m not in schedule.answering()]
+        if named:
+            print_note(console, f"{', '.join(named)} is a fallback of schedule {schedule.name} v{schedule.version}: "
+                       "while it is named, an answer whose preferred model fails waits for it (to the deadline "
+                       "unless the schedule gives it a wait); `rendezvous schedule set` without it")
+            return

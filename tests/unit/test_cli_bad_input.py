@@ -1172,3 +1172,24 @@ def test_a_rescale_or_restart_in_a_shell_pointed_elsewhere_is_refused_and_names_
     finally:
         _kill_sessions(started)
     assert '"--version", "v5"' in deploy.compose_block("ch", deployed)
+
+
+def test_undeploying_a_fallback_the_schedule_names_is_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped without a word: an answer whose preferred model fails then waits for it, to the
+    deadline without a wait, before the fallbacks after it (a review)."""
+    from services.cli import deploy
+
+    monkeypatch.setenv("RDV_CACHE_DIR", str(tmp_path))
+    path = tmp_path / "deployments" / "challenger" / "state.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"name": "challenger", "model": "demo:challenger", "replicas": {}}))
+    book = ScheduleBook.holding(Schedule(models=("champion", "challenger", "canary"), version=1))
+    monkeypatch.setattr(deploy, "_read_from_broker", lambda _s, _c, _r: book)
+    out = io.StringIO()
+    deploy._check_not_preferred("challenger", deploy.UndeploySettings(), Console(file=out, width=300))
+    said = " ".join(out.getvalue().split())
+    assert "note: challenger is a fallback of schedule default v1: while it is named, an answer whose preferred " \
+           "model fails waits for it" in said
+    quiet = io.StringIO()
+    deploy._check_not_preferred("ghost", deploy.UndeploySettings(), Console(file=quiet, width=300))
+    assert "fallback" not in quiet.getvalue()
