@@ -904,3 +904,13 @@ def test_two_models_whose_object_names_the_63_character_cut_makes_equal_are_refu
     assert ('models "fraud-model-xgboost-v12" and "fraud-model-xgboost-v13" both name their objects '
             "fraud-scoring-prod-rendezvous-serving-model-fraud-model-xgboost") in done.stderr
     assert run_helm(helm, "template", "fraud", str(CHART), "-f", str(values)).returncode == 0  # a shorter release
+
+
+def test_the_gateway_waits_for_its_endpoints_to_go_before_it_drains(full_render: Render) -> None:
+    """Its SIGTERM came while the Service still routed calls to it: they met the drain's 503s."""
+    (gateway,) = [m for m in full_render.of_kind("Deployment") if m["metadata"]["name"].endswith("-gateway")]
+    spec = pod_spec(gateway)
+    (container,) = spec["containers"]
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+    drain = int(full_render.values["gateway"]["drainTimeoutS"])
+    assert spec["terminationGracePeriodSeconds"] >= drain + 5 + 10  # the wait, the drain, and room to leave
