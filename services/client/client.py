@@ -183,7 +183,7 @@ def _checked_payload(payload: Any) -> dict[str, Any] | None:
     ValueError or IndexError from deep inside the encoder."""
     if payload is None:
         return None
-    if (type(payload) is not tuple or len(payload) != 2 or type(payload[0]) is not str
+    if (type(payload) is not tuple or len(payload) != 2 or type(payload[0]) is not str or not _utf8(payload[0])
             or not isinstance(payload[1], (bytes, bytearray))):
         raise InvalidRequest(f"payload must be a (content type: str, data: bytes) pair, got {type(payload).__name__} "
                              f"{_short_repr(payload)}")
@@ -195,9 +195,12 @@ def _checked_metadata(metadata: Any) -> dict[str, str]:
         return {}
     if not isinstance(metadata, Mapping):
         raise InvalidRequest(f"metadata must map strings to strings, got {type(metadata).__name__}")
-    bad = next(((k, v) for k, v in metadata.items() if type(k) is not str or type(v) is not str), None)
+    # Text each: a lone surrogate ('\ud800') was a UnicodeEncodeError from the encoder (a review).
+    bad = next(((k, v) for k, v in metadata.items()
+                if type(k) is not str or type(v) is not str or not _utf8(k) or not _utf8(v)), None)
     if bad is not None:
-        raise InvalidRequest(f"metadata must map strings to strings: {_short_repr(bad[0])} -> {_short_repr(bad[1])}")
+        raise InvalidRequest(f"metadata must map strings of text to strings of text: {_short_repr(bad[0])} -> "
+                             f"{_short_repr(bad[1])}")
     return dict(metadata)
 
 
@@ -567,7 +570,7 @@ class Client:
             raise InvalidRequest(f"request_id names one request, not a batch of {len(rows)} rows: leave it out "
                                  "(each row gets its own id), or submit each row with its own")
         for row in rows:  # refused before sending: a bad row 3 had rows 1 and 2 sent, their waiters kept
-            checked_features(row)
+            self._dry_run(row, **kwargs)  # every check a request meets, not the features' alone (a review)
         deadline = time.monotonic() + self.answer_wait_s
         futures: list[Future[Answer]] = []
         try:
@@ -580,6 +583,14 @@ class Client:
             for future in futures:
                 self._give_up(future)
             raise
+
+    def _dry_run(self, features: Mapping[str, float], budget_ms: int | None = None,
+                 payload: tuple[str, bytes] | None = None, metadata: Mapping[str, str] | None = None,
+                 created_at: int | None = None, **_others: Any) -> None:
+        """`InvalidRequest` if `_submit` would refuse this row's request (`make_request`'s checks)."""
+        make_request(features, budget_ms=self.budget_ms if budget_ms is None else budget_ms,
+                     reply_topic=self.topics.replies, reply_partition=0, payload=payload, metadata=metadata,
+                     created_at=created_at)
 
     async def ascore(self, features: Mapping[str, float], **kwargs: Any) -> Answer:
         """asyncio form of `score`. A request meeting librdkafka's local queue full fails at once

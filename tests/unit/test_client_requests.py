@@ -77,7 +77,10 @@ def test_numbers_of_any_real_kind_are_sent_as_floats() -> None:
     ({"payload": ("text/plain", "x")}, "payload must be a (content type: str, data: bytes) pair, got tuple "
                                        "('text/plain', 'x')"),
     ({"payload": b"x"}, "payload must be a (content type: str, data: bytes) pair, got bytes b'x'"),
-    ({"metadata": {"k": 1}}, "metadata must map strings to strings: 'k' -> 1"),
+    ({"metadata": {"k": 1}}, "metadata must map strings of text to strings of text: 'k' -> 1"),
+    ({"metadata": {"k": "\ud800"}}, "metadata must map strings of text to strings of text: 'k' -> '\\ud800'"),
+    ({"payload": ("text/\ud800", b"x")}, "payload must be a (content type: str, data: bytes) pair, got tuple "
+                                         "('text/\\ud800', b'x')"),
     ({"metadata": [("k", "v")]}, "metadata must map strings to strings, got list"),
 ])
 def test_a_payload_or_metadata_of_the_wrong_kind_is_refused_naming_it(kwargs: dict[str, Any], refusal: str) -> None:

@@ -295,6 +295,12 @@ def test_score_many_sends_nothing_of_a_batch_with_a_bad_row_and_leaves_no_waiter
     with pytest.raises(InvalidRequest, match="must be a non-empty string of text"):
         client.score_many([{"f": 1.0}, {"f": 2.0}, {"\ud800": 3.0}])
     assert client._producer.sent == [] and client._pending == {}  # type: ignore[attr-defined]
+    # Refused for what the features alone do not say: a row of none (row 1 had gone; a review).
+    with pytest.raises(InvalidRequest, match=r"^request carries neither features nor a payload$"):
+        client.score_many([{"f": 1.0}, {}])
+    with pytest.raises(InvalidRequest, match="metadata must map strings of text to strings of text"):
+        client.score_many([{"f": 1.0}], metadata={"k": "\ud800"})
+    assert client._producer.sent == [] and client._pending == {}  # type: ignore[attr-defined]
     with pytest.raises(RecordTooLarge):
         client.score_many([{"f": 1.0}, {"f": 2.0}, {"f": 3.0}])
     assert len(client._producer.sent) == 1 and client._pending == {}  # type: ignore[attr-defined]
