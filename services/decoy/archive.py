@@ -311,6 +311,7 @@ class ArchiveWriter:
                 # Reading stops at the first damaged block. A crash tears only the last one, but
                 # damage inside the file would lose the blocks after it: the original is kept.
                 damaged = part.with_name(part.name + DAMAGED)
+                damaged.unlink(missing_ok=True)  # one a recovery cut short kept: this one is the same file
                 with part.open("rb") as original, _private(damaged) as kept:  # the requests' too
                     shutil.copyfileobj(original, kept)
                 log.warning("%s: the original is kept as %s (delete it once checked)", part.name, damaged.name)

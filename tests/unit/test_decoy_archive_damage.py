@@ -71,6 +71,8 @@ def test_a_part_file_damaged_before_its_last_block_is_kept_beside_what_was_recov
     damaged = bytearray(part.read_bytes())
     damaged[first_block_end - 40] ^= 0xFF  # inside the first block's records
     part.write_bytes(bytes(damaged))
+    # A recovery cut short after keeping its copy (the .part still there): the next start keeps it again.
+    part.with_name(part.name + ".damaged").write_bytes(b"an earlier copy")
 
     ArchiveWriter(tmp_path, **ROLL).close()
     (kept,) = tmp_path.glob("*.damaged")
