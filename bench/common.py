@@ -279,20 +279,13 @@ class Children:
         return "\n".join(text.splitlines()[-lines:])
 
     def wait_for_groups(
-        self, config: Mapping[str, Any], groups: Sequence[str], timeout: float = 90.0
+        self, config: Mapping[str, Any], groups: Sequence[str], timeout: float = 90.0, members: int = 1
     ) -> None:
-        """Block until every group is Stable with a member, failing fast if a child dies."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.check_alive()
-            try:
-                wait_for_groups(config, groups, timeout=1.0)
-                return
-            except BrokerError:
-                if time.monotonic() > deadline:
-                    raise BenchError(
-                        f"consumer groups {list(groups)} not ready within {timeout:.0f} s"
-                    ) from None
+        """Block until every group is Stable with `members` members, failing fast if a child dies."""
+        try:
+            wait_for_groups(config, groups, timeout=timeout, members=members, check=self.check_alive)
+        except BrokerError:
+            raise BenchError(f"consumer groups {list(groups)} not ready within {timeout:.0f} s") from None
 
     def stop_all(self, timeout: float = 10.0) -> None:
         stop_processes(self.procs.values(), timeout)

@@ -32,6 +32,7 @@ if __package__ in (None, ""):  # run as `python bench/<name>.py`: make the `benc
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,13 +42,10 @@ from bench.common import (
     POLL_S,
     BenchError,
     BrokerInfo,
-    Children,
     CpuMeter,
     RecordCounter,
-    bare_producer,
     bench_and_broker,
     children,
-    cpu_seconds,
     fresh_topics,
     new_parser,
     note,
@@ -57,9 +55,8 @@ from bench.common import (
     run_bench,
     run_prefix,
 )
-from bench.rendezvous_throughput import Record, records
+from bench.rendezvous_throughput import records, write_feed
 from services.cli.common import topic_specs
-from services.core.kafka import wait_for_groups
 from services.core.runtime import now_ms
 from services.core.settings import Topics
 
@@ -92,22 +89,6 @@ def serve_args(bootstrap: str, prefix: str, index: int) -> list[str]:
             "--deadline-ms", str(BUDGET_MS), "--instance", f"bench-{index}"]
 
 
-def produce_all(bootstrap: str, topics: Topics, feed: Sequence[Record]) -> None:
-    producer = bare_producer(bootstrap)
-    for i, record in enumerate(feed):
-        topic = topics.requests if record.is_request else topics.scores
-        while True:
-            try:
-                producer.produce(topic, record.value, key=record.key, partition=record.partition)
-                break
-            except BufferError:  # librdkafka's queue is full (100,000 records): wait for deliveries
-                producer.poll(0.05)
-        if i % 4000 == 0:
-            producer.poll(0)
-    if producer.flush(30):
-        raise BenchError("the records were not all acknowledged within 30 s")
-
-
 def wait_for_log(counter: RecordCounter, expect: int, timeout: float, check: Callable[[], None]) -> None:
     deadline = time.monotonic() + timeout
     while counter.update(POLL_S) < expect:
@@ -125,13 +106,13 @@ def one_run(broker: BrokerInfo, args: argparse.Namespace, k: int) -> dict[str, A
     with fresh_topics(broker, topic_specs(topics, args.partitions)), children({}) as kids:
         for i in range(k):
             kids.spawn(f"rendezvous-{i}", serve_args(broker.bootstrap, prefix, i))
-        wait_for_groups(config, [f"{prefix}rendezvous"], timeout=90.0, members=k, check=kids.check_alive)
+        kids.wait_for_groups(config, [f"{prefix}rendezvous"], members=k)
         counter = RecordCounter(broker.bootstrap, topics.log, args.partitions)
-        meter = CpuMeter({**bench_and_broker(broker), "instances": instances_cpu(kids)})
+        meter = CpuMeter({**bench_and_broker(broker), "instances": lambda: math.fsum(kids.cpu().values())})
         try:
             with meter.span():
                 started = time.monotonic()
-                produce_all(broker.bootstrap, topics, feed)
+                write_feed(broker.bootstrap, topics, feed)
                 wait_for_log(counter, args.requests, args.timeout, kids.check_alive)
                 elapsed = time.monotonic() - started
             logged = counter.update(0.5)  # anything past N: a request logged twice
@@ -139,11 +120,6 @@ def one_run(broker: BrokerInfo, args: argparse.Namespace, k: int) -> dict[str, A
             counter.close()
     return {"instances": k, "seconds": elapsed, "req_s": args.requests / elapsed, "logged": logged,
             "cpu_s": meter.used, "host_cpu_pct": meter.host_share()}
-
-
-def instances_cpu(kids: Children) -> Callable[[], float]:
-    procs = list(kids.procs.values())
-    return lambda: sum(cpu_seconds(p.pid) for p in procs)
 
 
 def measure(broker: BrokerInfo, args: argparse.Namespace) -> dict[str, Any]:

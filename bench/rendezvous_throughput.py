@@ -40,7 +40,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -140,10 +140,17 @@ def records(count: int, partitions: int, reply_topic: str | None, budget_ms: int
 def preload(bootstrap: str, topics: Topics, args: argparse.Namespace) -> float:
     """Write N requests and 3N scores; returns the seconds it took."""
     started = time.monotonic()
-    producer = Producer({"bootstrap.servers": bootstrap})
     reply = None if args.no_reply_to else topics.replies
+    write_feed(bootstrap, topics, records(args.requests, args.partitions, reply, args.budget_ms, now_ms()))
+    return time.monotonic() - started
+
+
+def write_feed(bootstrap: str, topics: Topics, feed: Iterable[Record]) -> None:
+    """Every record of `feed` on the requests or scores topic, acknowledged (the client waits for
+    room when its queue is full: services/core/kafka.py)."""
+    producer = Producer({"bootstrap.servers": bootstrap})
     try:
-        for i, record in enumerate(records(args.requests, args.partitions, reply, args.budget_ms, now_ms())):
+        for i, record in enumerate(feed):
             topic = topics.requests if record.is_request else topics.scores
             producer.produce(topic, record.value, key=record.key, partition=record.partition)
             if i % 4000 == 0:
@@ -151,7 +158,6 @@ def preload(bootstrap: str, topics: Topics, args: argparse.Namespace) -> float:
         producer.flush()
     finally:
         producer.close()
-    return time.monotonic() - started
 
 
 @dataclass(frozen=True)

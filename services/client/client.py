@@ -138,7 +138,7 @@ def checked_features(features: Mapping[str, float]) -> dict[str, float]:
         raise InvalidRequest(f"features must map names to numbers, got {type(features).__name__}")
     checked: dict[str, float] = {}
     for name, value in features.items():
-        if type(name) is not str or not name or (not name.isascii() and not _utf8(name)):
+        if type(name) is not str or not name or not _utf8(name):
             raise InvalidRequest(f"feature name {name!r:.80}: must be a non-empty string of text")
         if type(value) is float:  # the common case, first: this runs for every feature of every request
             checked[name] = value
@@ -153,6 +153,8 @@ def checked_features(features: Mapping[str, float]) -> dict[str, float]:
 
 
 def _utf8(text: str) -> bool:
+    if text.isascii():  # the usual case, without an encode
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate
@@ -471,11 +473,8 @@ class Client:
         if self.stopped is not None:
             raise (ClosedClient if self._stop.is_set() else BrokerError)(f"this client {self.stopped}")
         partition = self._pick_partition()
-        record = make_request(
-            features, budget_ms=self.budget_ms if budget_ms is None else budget_ms, reply_topic=self.topics.replies,
-            reply_partition=partition, request_id=request_id, payload=payload, metadata=metadata,
-            created_at=created_at,
-        )
+        record = self._request(features, partition, budget_ms=budget_ms, request_id=request_id, payload=payload,
+                               metadata=metadata, created_at=created_at)
         rid = record["request_id"]
         # Digested here, not under the lock the reader takes to match its answer: a megabyte's
         # payload takes 0.7 ms, every other caller and answer waiting.
@@ -569,8 +568,9 @@ class Client:
         if kwargs.get("request_id") is not None and len(rows) > 1:  # else row 2 was refused as a reuse, row 1 sent
             raise InvalidRequest(f"request_id names one request, not a batch of {len(rows)} rows: leave it out "
                                  "(each row gets its own id), or submit each row with its own")
-        for row in rows:  # refused before sending: a bad row 3 had rows 1 and 2 sent, their waiters kept
-            self._dry_run(row, **kwargs)  # every check a request meets, not the features' alone (a review)
+        if len(rows) > 1:  # one row (every `score`): `_submit` refuses it before anything is sent
+            for row in rows:  # refused before sending: a bad row 3 had rows 1 and 2 sent, their waiters kept
+                self._request(row, 0, **kwargs)  # every check a request meets, not the features' alone (a review)
         deadline = time.monotonic() + self.answer_wait_s
         futures: list[Future[Answer]] = []
         try:
@@ -584,13 +584,13 @@ class Client:
                 self._give_up(future)
             raise
 
-    def _dry_run(self, features: Mapping[str, float], budget_ms: int | None = None,
-                 payload: tuple[str, bytes] | None = None, metadata: Mapping[str, str] | None = None,
-                 created_at: int | None = None, **_others: Any) -> None:
-        """`InvalidRequest` if `_submit` would refuse this row's request (`make_request`'s checks)."""
-        make_request(features, budget_ms=self.budget_ms if budget_ms is None else budget_ms,
-                     reply_topic=self.topics.replies, reply_partition=0, payload=payload, metadata=metadata,
-                     created_at=created_at)
+    def _request(self, features: Mapping[str, float], partition: int, *, budget_ms: int | None = None,
+                 request_id: str | None = None, payload: tuple[str, bytes] | None = None,
+                 metadata: Mapping[str, str] | None = None, created_at: int | None = None) -> dict[str, Any]:
+        """The Request record `_submit` sends for a row (`make_request`: `InvalidRequest` names a fault)."""
+        return make_request(features, budget_ms=self.budget_ms if budget_ms is None else budget_ms,
+                            reply_topic=self.topics.replies, reply_partition=partition, request_id=request_id,
+                            payload=payload, metadata=metadata, created_at=created_at)
 
     async def ascore(self, features: Mapping[str, float], **kwargs: Any) -> Answer:
         """asyncio form of `score`. A request meeting librdkafka's local queue full fails at once

@@ -83,14 +83,14 @@ def rollback(book: ScheduleBook, comment: str = "", to: int = 0) -> Schedule:
         raise ConfigError(f"--to {to}: v{to} is the latest version already")
     if to:
         previous = next((v for v in versions if v.version == to), None)
+        if previous is None:
+            raise ConfigError(f"--to {to}: {book.name} has no v{to} (versions: "
+                              f"{', '.join(f'v{v.version}' for v in versions[-20:])})")
     else:
         previous = next((v for v in reversed(versions[:-1]) if book.displaced_by(v.version) is None), None)
         if previous is None:
             raise ConfigError(f"nothing to roll back to: no version of {book.name} before v{latest.version} "
                               "governs (--to N for one that never did)")
-    if previous is None:
-        raise ConfigError(f"--to {to}: {book.name} has no v{to} (versions: "
-                          f"{', '.join(f'v{v.version}' for v in versions[-20:])})")
     if previous.same_policy(latest):  # published, it would be a version that changes nothing
         raise ConfigError(f"v{previous.version}'s policy is the one in force already (v{latest.version}): "
                           "nothing to roll back (--to N for an earlier version)")

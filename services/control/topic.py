@@ -131,7 +131,6 @@ class ScheduleBook:
         self._governing: list[Schedule] = []
         self._starts: list[int] = []
         self._superseded: dict[int, int] = {}  # version -> the one that superseded it while pending
-        self._places: dict[int, int] | None = None  # version -> its index in _governing (displaced_by's)
 
     @classmethod
     def holding(cls, *schedules: Schedule) -> ScheduleBook:
@@ -203,7 +202,6 @@ class ScheduleBook:
         self._versions.append(schedule)
         self._governing.append(schedule)
         self._starts.append(start)
-        self._places = None
 
     @property
     def latest_start(self) -> int | None:
@@ -233,11 +231,10 @@ class ScheduleBook:
         next version after a pending one is). None: `version` governs, or did, or will."""
         if (by := self._superseded.get(version)) is not None:
             return by
-        if self._places is None:  # made once a change, not once a call (schedule history asks for each)
-            self._places = {s.version: i for i, s in enumerate(self._governing)}
-        at = self._places.get(version)
-        if not at:  # not governing, or the first: that one governs every request before its start too
-            return None
+        # Versions only grow, in the log as in `_governing`: found by bisection.
+        at = bisect.bisect_left(self._governing, version, key=lambda s: s.version)
+        if not 0 < at < len(self._governing) or self._governing[at].version != version:
+            return None  # not governing, or the first: that one governs every request before its start too
         last = bisect.bisect_right(self._starts, self._starts[at]) - 1  # the one for_request picks at that start
         return self._governing[last].version if last != at else None
 

@@ -585,8 +585,10 @@ def _output_headers(events: EventHeaders | None, mailbox: Mailbox) -> list[tuple
     """An Answer's or Comparison record's headers: its CloudEvents attributes when asked for, and
     the digest of the inputs it answers, by which a new owner's scan refuses another request
     under the id (recovery._note_inputs) rather than give it this answer."""
-    events_headers = events.for_id(mailbox.request_id) if events else []
-    return [*events_headers, *(_inputs_header(mailbox.inputs) or ())] or None
+    headers = events.for_id(mailbox.request_id) if events else []  # a new list: appended to
+    if mailbox.inputs:
+        headers.append((INPUTS_HEADER, mailbox.inputs))  # as `_inputs_header` gives a reply's, without a list of it
+    return headers or None
 
 
 def _inputs_header(inputs: bytes | None) -> Headers:

@@ -257,12 +257,21 @@ probes as given. */}}
 {{- end }}
 {{- end -}}
 
-{{/* Pod-level settings shared by every workload: a dict {root, pod} where pod may set
-podAnnotations, nodeSelector, tolerations, affinity. */}}
+{{/* Pod-level settings shared by every workload: a dict {root, pod, hook} where pod may set
+podAnnotations, nodeSelector, tolerations, affinity; hook: a Helm hook's pod (the topics Job). */}}
 {{- define "rdv.podSpecCommon" -}}
 {{- $v := .root.Values -}}
+{{- if not .hook -}}
 serviceAccountName: {{ include "rdv.serviceAccountName" .root }}
 automountServiceAccountToken: {{ $v.serviceAccount.automountToken }}
+{{- else -}}
+{{- /* A hook runs before the release's objects exist: the chart's service account is not there
+yet, an existing one the values name is (or the namespace's default); it never needs a token. */ -}}
+{{- if and (not $v.serviceAccount.create) $v.serviceAccount.name -}}
+serviceAccountName: {{ $v.serviceAccount.name }}
+{{ end -}}
+automountServiceAccountToken: false
+{{- end }}
 securityContext:
   {{- toYaml $v.podSecurityContext | nindent 2 }}
 {{- with $v.imagePullSecrets }}
