@@ -505,6 +505,8 @@ class Client:
         except BaseException:  # KafkaOperationError too: the local queue still full at give_up_at
             with self._lock:
                 self._dropped(rid, future)  # not sent: no answer to remember it for
+            if self._stop.is_set():  # closed since the check above: its producer let go
+                raise ClosedClient(f"this client {self.stopped}") from None
             raise
         self._producer.poll(0)
         return future
@@ -764,6 +766,8 @@ class Client:
             fail(future, UnreadableAnswer(f"the answer to request {rid!r:.80} on {where} could not be read: {err}"))
 
     def _undelivered(self, msg: Message, err: KafkaError) -> None:
+        if self._stop.is_set():
+            return  # dropped by close, which failed every waiter and counts what it dropped
         key = msg.key()
         rid = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
         failed = _sent_as(msg.value())
@@ -838,25 +842,22 @@ class Client:
             return 0
         self._reader.join(timeout=READER_JOIN_S)  # its loop looks at the stop every 0.1 s
         self._fail_all(ClosedClient("the client was closed before this request was answered"))
-        self._producer.close(max(0.0, timeout_s))  # a producer is safe to flush from any thread
-        undelivered = self._producer.pending()
         with self._lock:
             # Still inside consume() (an answer's callback of the caller's, a rebalance reading
-            # offsets): a consumer closed under it crashes (confluent-kafka-python #1797).
+            # offsets): a consumer closed under it crashes (confluent-kafka-python #1797), and it
+            # polls the producer.
             busy = self._closed_from_reader = not self._reader_done
         if busy:
             log.warning("client closed while its reader was busy (an answer's callback, or a rebalance): "
-                        "the reader closes its consumer when done")
-        else:
-            self._consumer.close()
-        return undelivered
+                        "the reader closes its Kafka clients when done")
+            return self._producer.flush_quietly(max(0.0, timeout_s))  # safe to flush from any thread
+        return self._close_clients(timeout_s)
 
     def _close_clients(self, timeout_s: float = 10.0) -> int:
         """Close the Kafka clients; the number of requests still not delivered. The producer's
         close took its own 10 s, whatever the caller's wait (a broker gone: send --wait-s 0.5
         took 10.5 s)."""
-        self._producer.close(max(0.0, timeout_s))
-        undelivered = self._producer.pending()  # still queued (or in flight) after the flush
+        undelivered = self._producer.close(max(0.0, timeout_s))  # still held after the flush: dropped
         self._consumer.close()
         return undelivered
 

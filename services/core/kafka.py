@@ -256,6 +256,7 @@ class Producer:
         # Clients replaced for being stuck, served by poll and flush until they hold nothing.
         self._retiring: list[_Producer] = []
         self._replace_lock = threading.Lock()
+        self._closed = False  # `close` let the clients go
         # Appended by delivery reports on whichever thread polls, taken by flush on another.
         self._failures_lock = threading.Lock()
         self._failures: list[DeliveryFailed] = []
@@ -480,6 +481,8 @@ class Producer:
                                               "(the broker is not taking records as fast as they come)") from None
                 # Local queue full: serve delivery reports until there is room again.
                 self._producer.poll(0.05)
+            except RuntimeError:  # confluent-kafka's "Producer has been closed"
+                raise KafkaOperationError(f"produce to {topic} refused: the producer is closed") from None
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
                 if isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
@@ -488,6 +491,8 @@ class Producer:
                 raise KafkaOperationError(f"produce to {topic} failed: {exc}") from None
 
     def poll(self, timeout: float = 0.0) -> None:
+        if self._closed:
+            return
         if self._stuck and not self._transactional:
             self._replace_if_stuck()
         if self._retiring:
@@ -505,12 +510,28 @@ class Producer:
         if remaining:
             raise DeliveryFailed(f"{remaining} records not acknowledged within {round(timeout, 2):g}s", retriable=True)
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Deliver what is queued (best effort: closing never raises)."""
+    def close(self, timeout: float = 10.0) -> int:
+        """Deliver what is queued within `timeout`, then let the client go: its threads and
+        sockets end now, not when the garbage collector finds this object (a Client and its
+        producer refer to each other: a closed client's threads stayed for as long as it was
+        kept). Best effort, never raises; returns how many records were still held (dropped).
+        A produce after it raises KafkaOperationError; a poll does nothing."""
+        held = self.flush_quietly(timeout)
+        with self._replace_lock:
+            clients, self._retiring = [*self._retiring, self._producer], []
+        for client in clients:
+            _let_go(client)
+        self._closed = True
+        return held
+
+    def flush_quietly(self, timeout: float) -> int:
+        """Deliver what is queued within `timeout`; how many records are still held. Never raises
+        (failures stay for `flush` or `raise_failures`)."""
         try:
-            self._flush_all(timeout)
+            return self._flush_all(timeout)
         except KafkaException as exc:
-            log.warning("producer closed with undelivered records: %s", exc)
+            log.warning("records still undelivered: %s", exc)
+            return self.pending()
 
     def _flush_all(self, timeout: float) -> int:
         """Replaced clients first (what they took back is sent again on the current one), then
@@ -522,6 +543,20 @@ class Producer:
     @property
     def native(self) -> _Producer:
         return self._producer
+
+
+def _let_go(client: _Producer) -> None:
+    """Destroy a producer client now. What it still holds is dropped first: confluent-kafka's
+    close flushes without a time limit (a broker away would hold the caller for good), and a
+    client still holding records is left to the garbage collector, as before, rather than risked."""
+    try:
+        if len(client):
+            client.purge(in_queue=True, in_flight=True, blocking=True)
+            client.poll(0)  # the purged records' reports: their callbacks hear they failed
+        if not len(client):
+            client.close()
+    except (KafkaException, RuntimeError) as exc:  # already closed, or a client in a fatal state
+        log.debug("producer client not closed: %s", exc)
 
 
 _REPLACEMENTS_SAID: OncePerPeriod[str] = OncePerPeriod(60.0)

@@ -384,8 +384,9 @@ def test_send_with_the_broker_gone_closes_within_its_wait_and_says_what_was_not_
             waits.append(timeout)
             raise DeliveryFailed(f"{len(self.native)} records not acknowledged within {timeout:.2g}s")
 
-        def close(self, timeout: float = 10.0) -> None:
+        def close(self, timeout: float = 10.0) -> int:
             waits.append(timeout)
+            return len(self.native)  # what it still held, dropped
 
     client._producer = NeverDelivers()  # type: ignore[assignment]
     rows = _send_through(client, 0.5, 2, tmp_path, monkeypatch)
@@ -593,10 +594,10 @@ class _BusyConsumer:
 
 
 class _Closable(_Unsent):
-    def close(self, _timeout: float) -> None:
-        return None
+    def close(self, _timeout: float) -> int:
+        return 0
 
-    def pending(self) -> int:
+    def flush_quietly(self, _timeout: float) -> int:
         return 0
 
 
@@ -787,3 +788,25 @@ def test_a_submitted_request_with_no_answer_fails_once_its_budget_and_answer_wai
         waiting.result(0)
     assert client._pending == {} and client._expiries == [] and list(client._given_up) == ["x"]
     assert answered.result(0).status == "OK"
+
+
+def test_a_submit_that_a_close_overtakes_is_refused_as_closed() -> None:
+    """close() ran between the submit's check under the lock and its produce: the caller was handed
+    a future close had already failed, its request sent by a producer being closed (now let go:
+    the produce is refused, and said as the close it is)."""
+    from services.client.client import ClosedClient
+
+    client = sending_client(30)
+    client._consumer = _BusyConsumer()  # type: ignore[assignment]
+    client._reader = threading.Thread(target=lambda: None)
+    client._reader.start()
+    produce = client._producer.produce
+
+    def closed_first(*args: Any, **kwargs: Any) -> None:
+        client.close(timeout_s=0)
+        produce(*args, **kwargs)
+
+    client._producer.produce = closed_first  # type: ignore[method-assign]
+    with pytest.raises(ClosedClient, match="is closed"):
+        client.submit({"f": 1.0})
+    assert client._pending == {}
