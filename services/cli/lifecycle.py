@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,7 +138,10 @@ class PromoteSettings(ChangeSettings):
     """Make a model the champion, if the evidence allows."""
 
     require: str = setting(
-        "", "Gate, e.g. agreement>=0.95,p99<=50ms,n>=10000 (see README).",
+        "", "Gate, e.g. agreement>=0.95,p99<=50ms,n>=10000 (see README). Defaults unless a clause names the "
+        "figure: n>=100, error_rate <= the champion's + 0.01, deadline_met >= the champion's - 0.01, "
+        "coverage>=0.95, versions<=1, and labelled>=100 with an agreement clause. Each share is shown with its "
+        "95% interval.",
         # Given empty (a variable unset in --require "$GATE"), it read as no gate: published unchecked (a review).
         if_empty="give the gate, e.g. agreement>=0.95,n>=10000, or leave --require out to promote without one",
     )
@@ -437,7 +439,7 @@ def _gate(
 
     with err.status(what + " ..."):
         figures = figures_fn(settings, settings.window, candidate, champion, progress)
-    requirements = with_defaults(parse_requirements(settings.require), figures.get("champion_error_rate", math.nan))
+    requirements = with_defaults(parse_requirements(settings.require), figures)
     verdicts = evaluate(requirements, figures)
     for verdict in verdicts:
         console.print(verdict.line())

@@ -32,8 +32,9 @@ class CompareSettings(KafkaSettings):
         "", "The model the others are compared with. Default: the model most often chosen with status OK."
     )
     max_records: int = setting(
-        0, "Stop reading after this many records (0 = no limit); memory is ~150 bytes per model output at its "
-        "peak (the columns and the summary)."
+        0, "Stop reading after this many records (0 = no limit); memory at its peak (the columns and the "
+        "summary) is ~450 bytes per record of two outputs, ~520 of three. A range surely over the free memory "
+        "is refused before it is read."
     )
     bucket: str = setting(
         "", "Time bucket of the agreement-over-time plot, e.g. 1m. Default: about 50 buckets over the range."

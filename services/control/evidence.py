@@ -27,7 +27,7 @@ def gate_figures(settings: KafkaSettings, window: str, candidate: str, champion:
     connection = {f.name: getattr(settings, f.name) for f in dataclasses.fields(KafkaSettings)}
     compare = CompareSettings(**connection, since=window, champion=champion, workers=1)
     try:
-        report, _read = report_from_topic(compare, progress=progress)
+        report, _read = report_from_topic(compare, progress=progress, only=(candidate, champion))
     except ChampionNotInRange:
         # The report's words name its own flag, which promote has not: say it for the gate.
         raise ConfigError(f"the champion {champion} has no output in the log over the last {window}: nothing to "
@@ -39,14 +39,23 @@ def figures_of(report: Report, candidate: str, champion: str) -> dict[str, float
     """The gate's figures of `candidate` in `report` (one measured against `champion`)."""
     row = next((m for m in report.models if m.name == candidate), None)
     reference = next((m for m in report.models if m.name == champion), None)
-    champion_error_rate = reference.errors / reference.n if reference is not None and reference.n else NAN
+    # The champion's own figures, for the gate's default clauses (services/control/gates.py).
+    champion_figures = {
+        "champion_error_rate": reference.errors / reference.n if reference is not None and reference.n else NAN,
+        "champion_deadline_met": reference.deadline_met if reference is not None else NAN,
+    }
     if row is None:
-        return {"n": 0.0, "champion_error_rate": champion_error_rate}
+        return {"n": 0.0, **champion_figures}
     # Agreement counts a missing label against the candidate (the report's figure), and the
     # deadlines met are over every request it was expected to score: the report's deadline_met
     # counts only the candidate's own outputs, so one that scores a sliver would pass on that sliver.
     return {
-        "champion_error_rate": champion_error_rate,  # for the gate's default error_rate clause
+        **champion_figures,
+        # What each share is a share of: the gate shows its 95% interval (`gates.share_interval`).
+        "agreement_of": float(row.labelled),
+        "error_rate_of": float(row.n),
+        "coverage_of": float(row.expected),
+        "deadline_met_of": float(row.expected),
         "n": float(row.paired),
         "agreement": row.agreement,
         "labelled": float(row.labelled),

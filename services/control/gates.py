@@ -55,10 +55,23 @@ class Verdict:
     requirement: Requirement
     actual: float
     passed: bool
+    # A share's 95% interval and what it is a share of (None: not a share, or of nothing).
+    interval: tuple[float, float, int] | None = None
 
     def line(self) -> str:
         mark = "ok  " if self.passed else "FAIL"
-        return f"{mark} {self.requirement.text:<22} measured {self.measured}"
+        return f"{mark} {self.requirement.text:<22} measured {self.measured}{self._uncertainty()}"
+
+    def _uncertainty(self) -> str:
+        """How far the share may be from the candidate's true rate, and whether that reaches across
+        the bound: at the default n>=100, a candidate with 2% errors passed error_rate<=0.01 40% of
+        the time, each time 'ok ... measured 0.00' (a review). The verdict stays the measured
+        figure's, as the operator wrote it; this says how much evidence is behind it."""
+        if self.interval is None:
+            return ""
+        low, high, of = self.interval
+        crosses = self.requirement.holds(low) != self.requirement.holds(high)
+        return f" (95% interval {low:.3g}-{high:.3g} of {of:,}{'; either side of the bound' if crosses else ''})"
 
     @property
     def measured(self) -> str:
@@ -127,21 +140,32 @@ def _check_range(figure: str, op: str, value: float, clause: str) -> None:
 # figures of the one before it.
 DEFAULT_MIN_N = 100
 DEFAULT_ERROR_MARGIN = 0.01
+DEFAULT_DEADLINE_MARGIN = 0.01
 DEFAULT_MIN_COVERAGE = 0.95
 
 
-def with_defaults(requirements: list[Requirement], champion_error_rate: float) -> list[Requirement]:
-    """`requirements` plus `n>=100`, `error_rate<=` the champion's + 0.01, `coverage>=0.95`,
-    `versions<=1` and, with an agreement clause, `labelled>=100`, for figures they do not name."""
+def with_defaults(requirements: list[Requirement], figures: Mapping[str, float]) -> list[Requirement]:
+    """`requirements` plus `n>=100`, `error_rate<=` the champion's + 0.01, `deadline_met>=` the
+    champion's - 0.01, `coverage>=0.95`, `versions<=1` and, with an agreement clause,
+    `labelled>=100`, for figures they do not name (`figures`: the champion's own, for the two
+    relative to it: `champion_error_rate`, `champion_deadline_met`)."""
     named = {r.figure for r in requirements}
     extra = []
     if "n" not in named:
         extra.append(Requirement("n", ">=", DEFAULT_MIN_N, f"n>={DEFAULT_MIN_N} (default)"))
     if "error_rate" not in named:
+        champion_error_rate = figures.get("champion_error_rate", math.nan)
         base = champion_error_rate if champion_error_rate == champion_error_rate else 0.0
         limit = min(1.0, base + DEFAULT_ERROR_MARGIN)
         # Shown with the digits the comparison uses: 0.13346 printed as 0.1335 read 'FAIL ... measured 0.1335'.
         extra.append(Requirement("error_rate", "<=", limit, f"error_rate<={limit:.6g} (default: champion's + 0.01)"))
+    champion_met = figures.get("champion_deadline_met", math.nan)
+    if "deadline_met" not in named and champion_met == champion_met:
+        # A candidate scoring every request at 5x its budget passed every default: a late score is
+        # still coverage. Promoted, every request would wait for it to its deadline (a review).
+        limit = max(0.0, champion_met - DEFAULT_DEADLINE_MARGIN)
+        extra.append(Requirement("deadline_met", ">=", limit,
+                                 f"deadline_met>={limit:.6g} (default: champion's - 0.01)"))
     if "agreement" in named and "labelled" not in named:
         # n counts score pairs: with the champion labelling 3 requests of 10,000, agreement was
         # measured on those 3, and passed (a review).
@@ -156,5 +180,24 @@ def with_defaults(requirements: list[Requirement], champion_error_rate: float) -
 
 
 def evaluate(requirements: list[Requirement], figures: Mapping[str, float]) -> list[Verdict]:
-    return [Verdict(r, figures.get(r.figure, float("nan")), r.holds(figures.get(r.figure, float("nan"))))
-            for r in requirements]
+    """Each requirement's verdict on `figures`; a share (`<figure>_of` says of how many) carries its interval."""
+    verdicts = []
+    for r in requirements:
+        actual = figures.get(r.figure, math.nan)
+        of = figures.get(f"{r.figure}_of", 0.0)
+        interval = (*share_interval(actual, int(of)), int(of)) if of >= 1 and 0 <= actual <= 1 else None
+        verdicts.append(Verdict(r, actual, r.holds(actual), interval))
+    return verdicts
+
+
+_Z95 = 1.959963984540054  # the standard normal's 97.5th percentile
+
+
+def share_interval(share: float, of: int) -> tuple[float, float]:
+    """Wilson's 95% score interval of a share measured on `of` trials: unlike share +- 1.96 sd it
+    stays inside 0..1 and is not zero wide at 0 or 1 (0 errors in 100 outputs: up to 3.7%)."""
+    z2 = _Z95 * _Z95
+    centre = (share + z2 / (2 * of)) / (1 + z2 / of)
+    half = _Z95 * math.sqrt(share * (1 - share) / of + z2 / (4 * of * of)) / (1 + z2 / of)
+    # At 0 or 1 the bound on that side is the share itself (the arithmetic leaves 3e-18 there).
+    return (0.0 if share <= 0 else max(0.0, centre - half)), (1.0 if share >= 1 else min(1.0, centre + half))

@@ -199,13 +199,16 @@ def test_forged_model_names_leave_the_real_models_figures_as_they_were(
     """Each model's outputs are found by one sort of them all (a pass over every output per model
     took 15 s with 16,000 forged names): interleaved records of many other names change nothing
     of the real models' rows, expected counts for the gates included."""
+    from services.compare_report.summary import MAX_ROWS
+
     forged = [{**records[i], "request_id": f"forged-{i}", "chosen_model": "champion",
                "outputs": [{**records[0]["outputs"][0], "model": f"forged-{i}-{k}"} for k in range(5)]}
               for i in range(0, len(records), 10)]
     mixed = summarize_records([r for pair in zip(records, [*forged, *([None] * len(records))], strict=False)
                                for r in pair if r is not None])
     real = {m.name: m for m in mixed.models if not m.name.startswith("forged-")}
-    assert len(mixed.models) == len(report.models) + 5 * len(forged)
+    assert len(mixed.models) == MAX_ROWS  # the real ones, the forged with the most outputs after them
+    assert f"{len(report.models) + 5 * len(forged) - MAX_ROWS:,} models with the fewest outputs" in mixed.notes[-1]
     for model in report.models:
         again = real[model.name]
         assert (again.n, again.errors, again.paired, again.labelled, again.expected_output, again.expected_met) == (

@@ -15,7 +15,7 @@ VERSIONS_DEFAULT = "versions<=1 (default: one version's figures; a --window from
 
 
 def verdicts(require: str, figures: dict[str, float]) -> dict[str, bool]:
-    requirements = with_defaults(parse_requirements(require), figures.get("champion_error_rate", float("nan")))
+    requirements = with_defaults(parse_requirements(require), figures)
     return {v.requirement.text: v.passed for v in evaluate(requirements, figures)}
 
 
@@ -228,7 +228,7 @@ def test_the_gate_reads_the_log_with_every_connection_setting_of_the_command(mon
 
     read: list[Any] = []
 
-    def report_from_topic(compare: Any, progress: Any = None) -> Any:
+    def report_from_topic(compare: Any, **_kwargs: Any) -> Any:
         read.append(compare)
         raise evidence.ChampionNotInRange("none")
 
@@ -272,3 +272,76 @@ def test_ks_compares_the_distributions_on_the_requests_both_scored() -> None:
     records = [_record(i, [_output("champion", i / 1000, "pos"), *([_output("cand", i / 1000, "pos")] if i >= 500
                                                                    else [])]) for i in range(1000)]
     assert _gate_figures(records)["ks"] == 0.0
+
+
+def test_a_candidate_missing_every_deadline_does_not_pass_the_defaults() -> None:
+    """Every score at 5x its budget passed agreement>=0.95 and every default (a late score is still
+    coverage); promoted, each request would wait for it to its deadline (a review)."""
+    records = [_record(i, [_output("champion", 0.9, "pos"), _output("cand", 0.9, "pos", latency_ms=1000.0)])
+               for i in range(1000)]
+    figures = _gate_figures(records)
+    result = verdicts("agreement>=0.95", figures)
+    assert result["deadline_met>=0.99 (default: champion's - 0.01)"] is False
+    assert all(passed for text, passed in result.items() if not text.startswith("deadline_met"))
+    assert "deadline_met>=0.5" in verdicts("deadline_met>=0.5", figures)  # the operator's clause replaces it
+    on_time = [_record(i, [_output("champion", 0.9, "pos"), _output("cand", 0.9, "pos")]) for i in range(1000)]
+    assert all(verdicts("agreement>=0.95", _gate_figures(on_time)).values())
+
+
+def test_a_share_is_shown_with_its_interval_and_whether_that_crosses_the_bound() -> None:
+    """0 errors in 100 outputs passed error_rate<=0.01 with nothing to say it is as likely as not
+    that the candidate errs more often (a candidate with 2% errors passes it 40% of the time)."""
+    records = [_record(i, [_output("champion", 0.9, "pos"), _output("cand", 0.9, "pos")]) for i in range(100)]
+    figures = _gate_figures(records)
+    lines = {v.requirement.figure: v.line() for v in evaluate(with_defaults(parse_requirements("n>=1"), figures),
+                                                                figures)}
+    assert "measured 0 (95% interval 0-0.037 of 100; either side of the bound)" in lines["error_rate"]
+    assert lines["coverage"].endswith("measured 1 (95% interval 0.963-1 of 100)")  # all of it above 0.95
+    assert lines["n"].endswith("measured 100")  # a count: no interval
+
+
+@pytest.mark.parametrize(("share", "of"), [(0.0, 100), (0.5, 10), (0.96, 100), (1.0, 1), (0.3, 7)])
+def test_the_share_interval_holds_the_share_and_stays_within_0_and_1(share: float, of: int) -> None:
+    from services.control.gates import share_interval
+
+    low, high = share_interval(share, of)
+    assert 0.0 <= low <= share <= high <= 1.0 and high - low > 0
+
+
+def test_the_gate_summarizes_only_the_candidate_and_the_champion() -> None:
+    """Every model named in the log got a full row: one forged record naming 40,000 made a gate
+    take 21 s (a review)."""
+    from services.compare_report.summary import summarize_records
+
+    forged = _record(10, [_output(f"forged-{k}", 0.5, None) for k in range(50)])
+    records = [*(_record(i, [_output("champion", 0.9, "pos"), _output("cand", 0.9, "pos")]) for i in range(10)),
+               forged]
+    report = summarize_records(records, champion="champion", only=("cand", "champion"))
+    assert [m.name for m in report.models] == ["champion", "cand"]
+    assert len(summarize_records(records, champion="champion").models) == 52
+
+
+def test_a_range_surely_over_the_free_memory_is_refused_before_it_is_read() -> None:
+    """The whole range is held while it is read: one too large for a pod ended in an OOM kill,
+    exit 137 without a word (a review)."""
+    from services.compare_report.report import PEAK_BYTES_PER_RECORD, check_fits
+
+    with pytest.raises(ConfigError, match=r"the log holds 3,000,000 records in range: reading them takes at least "
+                                          r"1\.1 GiB of memory, and 0\.5 GiB is free here; give a shorter range"):
+        check_fits(3_000_000, "in range", available=2**29)
+    check_fits(2**29 // PEAK_BYTES_PER_RECORD, "in range", available=2**29)  # fits: nothing said
+
+
+def test_a_report_gives_at_most_max_rows_models_a_row_the_champion_always() -> None:
+    """`compare` gave every name in the log a row, at 0.5 ms and more each (a review)."""
+    from services.compare_report.summary import MAX_ROWS, summarize_records
+
+    forged = [_record(1000 + k, [_output(f"forged-{k:03}", 0.5, None)]) for k in range(MAX_ROWS + 20)]
+    busy = [_record(i, [_output("champion", 0.9, "pos"), _output("cand", 0.9, "pos"), _output("zz", 0.1, None)])
+            for i in range(3)]
+    one_output_champion = [_record(2000, [_output("aa-champion", 0.9, "pos")])]
+    report = summarize_records([*forged, *busy, *one_output_champion], champion="aa-champion")
+    names = [m.name for m in report.models]
+    assert len(names) == MAX_ROWS and names[0] == "aa-champion" and {"cand", "zz", "champion"} <= set(names)
+    assert f"24 models with the fewest outputs (24 in all) left out of the table: a report gives at most {MAX_ROWS}" \
+        in " ".join(report.notes)
