@@ -10,7 +10,7 @@ Principals (SASL user names, `User:<name>`), one per role:
   clock records (into scores) and the bootstrap schedule (into control, only when it has none);
   its group and its transactional ids.
 - model: read requests; write scores, dead letters and its published signature; its groups and
-  its rescue process's transactional ids (`<prefix>model.*`: the worker's group + ".rescue").
+  its rescue process's transactional ids (`<prefix>model.*`: the worker's group + ".rescue." + its instance).
 - comparison: read the log, and the control topic (its champion is the schedule's preferred model).
   decoy: read requests.
 - client: write requests; read replies, published signatures and the control topic (to check

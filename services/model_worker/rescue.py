@@ -10,7 +10,7 @@ turn has run past the timeout and a grace with the same batch, while the in-proc
 not taken it (it would have by then, were the interpreter lock free):
 
   1. reads the batch's records from the requests topic (a groupless consumer of its own),
-  2. in one transaction (transactional id: the worker's group + ".rescue"): an error Score for
+  2. in one transaction (transactional id: the worker's group + ".rescue." + the stuck instance): an error Score for
      each request of the batch from each model that has not written its Scores, and the batch's
      end offsets, committed for the worker's group as the stuck member (its group metadata:
      KIP-447 checks the member id and generation; the stuck worker is still a member, as
@@ -219,7 +219,10 @@ def commit(config: RescueConfig, snap: Snapshot, scores: Sequence[tuple[int, byt
         raise RuntimeError("the worker's group metadata was not in the shared memory")
     producer: NativeProducer = new_client(NativeProducer, {
         **within_transaction(config.kafka, LIBRDKAFKA_TRANSACTION_TIMEOUT_MS),
-        "transactional.id": f"{config.group_id}.rescue", "enable.idempotence": True, "acks": "all",
+        # The stuck instance's own: replicas of one model rescued at once fenced each other's
+        # transaction under one id, and the fenced one's batch hung again (a review).
+        "transactional.id": f"{config.group_id}.rescue.{config.models[snap.model].instance}",
+        "enable.idempotence": True, "acks": "all",
     })
     failed: list[str] = []
 

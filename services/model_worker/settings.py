@@ -70,7 +70,8 @@ class WorkerSettings(ServiceSettings):
     instance: str = setting("", "Replica id written on every score (default: host-pid).", identifier=True)
     max_batch: int = setting(256, "Largest micro-batch handed to the model.", minimum=1, maximum=MAX_BATCH)
     start_from: str = setting(
-        "earliest", "Where a new consumer group starts: earliest (nothing missed) or latest."
+        "earliest", "Where a new consumer group starts: earliest (nothing missed: every request the topic still "
+        "keeps is scored first, said at start when that is more than 1,000) or latest (new requests only)."
     )
     trust_model_file: bool = trust_model_file_setting()
     ignore_extra_features: bool = setting(
@@ -88,7 +89,9 @@ class WorkerSettings(ServiceSettings):
         "is taken to be stuck for good: the batch's requests get an error Score, its offsets are committed and "
         "the worker exits (code 70) for its supervisor to start a fresh one, which reads on after that batch. "
         "A model stuck holding the interpreter lock is handled by a rescue process the worker starts, which "
-        "does the same a little later (timeout + max(2 s, timeout/2), at most 10 s later) and kills the worker.",
+        "does the same a little later (timeout + max(2 s, timeout/2), at most 10 s later) and kills the worker. "
+        "A batch the model failed is tried again in parts (row by row at worst) for a quarter of it (15 s if 0); "
+        "the rows left get the batch's error.",
         minimum=0, maximum=240,
     )
     dead_letter: bool = setting(
@@ -98,7 +101,9 @@ class WorkerSettings(ServiceSettings):
         (), "More models this worker scores with, NAME=SPEC,... (each under its own version). They share the "
         "worker's consumer group, micro-batches and commits: one fetch and one produce request serve them all, "
         "so the broker does less work per request; but a slow or failing model holds up the others' scores. "
-        "Default group then: <prefix>model.<name>+<name>..."
+        "Default group then: <prefix>model.<name>+<name>...: a new group, which starts at --start-from (by "
+        "default every request still kept, scored again: give --start-from latest or --start-at when a model "
+        "moves in or out of a worker)."
     )
 
     def validate(self) -> None:

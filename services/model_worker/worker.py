@@ -24,11 +24,14 @@ A crash between 2 and 3 re-scores that batch after restart; no request is ever s
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+import signal
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaException, Message, TopicPartition
@@ -58,6 +61,10 @@ from services.model_worker.watchdog import ScoringWatchdog, Watched
 log = logging.getLogger(__name__)
 
 CATCH_UP_TRIES = 3  # of finding where --start-at begins (each waits up to 15 s for the broker)
+EARLIEST_BACKLOG_SAID = 1000  # requests a new group scores first from the earliest, above which that is said
+# How long a failed batch is tried again in parts before its other rows get its error: a quarter of
+# the default --predict-timeout-s (the worker passes a quarter of its own: `retry_budget_s`).
+RETRY_S = 15.0
 
 SERVICE = "model_worker"
 REQUESTS = Counter("rdv_model_requests_total", "Requests read by a model worker.", ["model", "version"])
@@ -97,11 +104,14 @@ def score_batch(
     return score_prepared(model, prepared, len(rows), _ms_since(started))
 
 
-def score_prepared(model: Model, prepared: Prepared, rows: int, prepare_ms: float) -> list[Scored]:
+def score_prepared(
+    model: Model, prepared: Prepared, rows: int, prepare_ms: float, retry_s: float = RETRY_S
+) -> list[Scored]:
     """`score_batch` for a batch of `rows` already checked (in `prepare_ms`, counted in each
-    result's compute time): co-hosted models that read the same features share one check."""
+    result's compute time): co-hosted models that read the same features share one check.
+    `retry_s`: how long a failed batch may be tried again in parts (`_Retries`)."""
     started = time.perf_counter()
-    outputs = _predict(model, prepared.matrix) if prepared.valid else []
+    outputs = _predict(model, prepared.matrix, _Retries(started + retry_s, retry_s)) if prepared.valid else []
     elapsed = prepare_ms + _ms_since(started)
     if not prepared.errors:
         return [Scored(p, e, elapsed) for p, e in outputs]
@@ -111,60 +121,93 @@ def score_prepared(model: Model, prepared: Prepared, rows: int, prepare_ms: floa
     return results
 
 
-def _predict(model: Model, matrix: Any, probe: bool = True) -> list[_Output]:
+@dataclass(frozen=True)
+class _Retries:
+    """Until when (time.perf_counter) a failed batch may be tried again in parts. A model failing
+    every call after a while (a remote feature store timing out) was called once a row: 257 calls
+    of 0.23 s made a batch of 256 outlast the 60 s timeout, and the watchdog ended the worker at
+    every batch, co-hosted models with it, for a model that answered every call (a review)."""
+
+    until: float
+    seconds: float
+
+    def out(self) -> bool:
+        return time.perf_counter() >= self.until
+
+
+def _predict(model: Model, matrix: Any, retries: _Retries, probe: bool = True) -> list[_Output]:
     # A model may scale its input in place before it raises: the rows retried one by one must be
     # the rows it was given.
     given = matrix.copy() if len(matrix) > 1 else matrix
     try:
         # What the outputs iterate as, counted: a pandas DataFrame's len() counts its rows and it
         # iterates its columns (fewer outputs than rows ended the worker at every restart; a review).
-        outputs = [_checked(p) for p in model.predict(matrix)]
+        # One more than the rows at most: an endless iterable filled memory before the count (4 GB in 30 s).
+        outputs = [_checked(p) for p in itertools.islice(model.predict(matrix), len(matrix) + 1)]
         if len(outputs) != len(matrix):
-            raise ValueError(f"model returned {len(outputs)} outputs for {len(matrix)} inputs")
+            count = f"over {len(matrix)}" if len(outputs) > len(matrix) else len(outputs)  # not counted further
+            raise ValueError(f"model returned {count} outputs for {len(matrix)} inputs")
     # A model may raise anything; it is that request's error, never the worker's end. Several rows
     # are tried again in halves down to single rows, so only the guilty ones fail: one hostile row
     # in 256 costs ~16 calls, not 257. Any BaseException too: SystemExit (a model's sys.exit() or
     # argparse), asyncio's CancelledError or GeneratorExit from a model's own machinery ended the
-    # worker, and its restart read the batch again, for good (a review). A KeyboardInterrupt is
-    # this process being stopped, and goes on.
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:  # noqa: BLE001
+    # worker, and its restart read the batch again, for good (a review).
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt) and _interrupts_are_stops():
+            raise  # Ctrl-C of a command scoring in this process (replay)
         if len(matrix) == 1:
             return [(None, _described(exc))]
+        if retries.out():
+            reason = (f"{_described(exc)} (the batch's error: its rows were not tried alone, the model's failures "
+                      f"took over {retries.seconds:g} s)")
+            return [(None, reason)] * len(matrix)
         if probe:
-            return _probed(model, given)
+            return _probed(model, given, retries)
         half = len(given) // 2
-        return [*_predict(model, given[:half], probe=False), *_predict(model, given[half:], probe=False)]
+        return [*_predict(model, given[:half], retries, probe=False),
+                *_predict(model, given[half:], retries, probe=False)]
     return outputs
 
 
-def _probed(model: Model, given: Any) -> list[_Output]:
+def _interrupts_are_stops() -> bool:
+    """A KeyboardInterrupt can only be this process being stopped while SIGINT raises it. A service
+    turns SIGINT into a stop flag (`run_service`): there it came from the model itself, and ended
+    the worker at every restart, its batch read again (a review)."""
+    return signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _probed(model: Model, given: Any, retries: _Retries) -> list[_Output]:
     """A failed batch of several rows: its first row alone, and if that fails its middle row. Both
     failing, most likely every row does (a broken model): one call a row, not the 2n - 1 of halving.
     The middle row too, not the first only: a hostile request at the head of a batch sent every
     row of it through the model alone (257 calls for a batch of 256)."""
-    first = _predict(model, given[:1], probe=False)
+    first = _predict(model, given[:1], retries, probe=False)
     if first[0][1] is None:
-        return [*first, *_predict(model, given[1:], probe=False)]
+        return [*first, *_predict(model, given[1:], retries, probe=False)]
     mid = len(given) // 2
-    middle = _predict(model, given[mid : mid + 1], probe=False)
+    middle = _predict(model, given[mid : mid + 1], retries, probe=False)
     if middle[0][1] is not None:
         return [*first, *(out for i in range(1, len(given))
-                          for out in (middle if i == mid else _predict(model, given[i : i + 1])))]
-    return [*first, *_rows(model, given[1:mid]), *middle, *_rows(model, given[mid + 1 :])]
+                          for out in (middle if i == mid else _predict(model, given[i : i + 1], retries)))]
+    return [*first, *_rows(model, given[1:mid], retries), *middle, *_rows(model, given[mid + 1 :], retries)]
 
 
-def _rows(model: Model, matrix: Any) -> list[_Output]:
-    return _predict(model, matrix, probe=False) if len(matrix) else []
+def _rows(model: Model, matrix: Any, retries: _Retries) -> list[_Output]:
+    return _predict(model, matrix, retries, probe=False) if len(matrix) else []
 
 
 def _checked(prediction: Any) -> _Output:
     """A prediction whose score is not a finite number (inputs near the float range overflow a
     model's arithmetic) is that request's error: NaN is no answer to give with confidence. So is
-    one with neither a score nor a label (None, an ONNX classifier's empty map)."""
-    score = getattr(prediction, "score", prediction)  # as the Score writer reads it (a plain float too)
-    if score is None and getattr(prediction, "label", None) is None:  # a Score saying nothing, and "ok"
+    one with neither a score nor a label (None, an ONNX classifier's empty map). Read here, once,
+    inside the guard of the model's call: the Score writer reads a plain Prediction only (a
+    result whose `label` property raised ended the worker there, at every restart; a review)."""
+    if type(prediction) is Prediction:
+        score, label = prediction
+    else:
+        score = getattr(prediction, "score", prediction)  # a plain float too
+        label = getattr(prediction, "label", None)
+    if score is None and label is None:  # a Score saying nothing, and "ok"
         return None, "the model gave neither a score nor a label"
     try:
         finite = score is None or math.isfinite(score)
@@ -172,7 +215,9 @@ def _checked(prediction: Any) -> _Output:
         finite = True  # not a number at all: the Score writer says so
     except (ValueError, OverflowError):  # e.g. an int past the float range
         finite = False
-    return (prediction, None) if finite else (None, f"the model's score is not a finite number ({score})")
+    if not finite:
+        return None, f"the model's score is not a finite number ({score})"
+    return (prediction if type(prediction) is Prediction else Prediction(score, label)), None
 
 
 def _described(exc: BaseException) -> str:
@@ -273,8 +318,15 @@ def hosted_models(settings: WorkerSettings, instance: str, model: Model | None =
     return hosted
 
 
+def retry_budget_s(predict_timeout_s: float) -> float:
+    """How long a failed batch is tried again in parts: a quarter of each model's turn of the
+    timeout, so that a model failing slowly leaves its rows an error before the watchdog's end."""
+    return predict_timeout_s / 4 if predict_timeout_s > 0 else RETRY_S
+
+
 def score_co_hosted(
-    hosted: Sequence[Hosted], rows: Sequence[Mapping[str, Any]], walked: tuple[Prepared, float] | None = None
+    hosted: Sequence[Hosted], rows: Sequence[Mapping[str, Any]], walked: tuple[Prepared, float] | None = None,
+    retry_s: float = RETRY_S,
 ) -> Iterator[tuple[Hosted, list[Scored]]]:
     """Each model's results for one batch, model after model. Models with the same signature share
     one check of the batch (`Signature.prepare`: one row ≈ 15 µs back to back, ≈ 190 µs on a cold
@@ -293,7 +345,7 @@ def score_co_hosted(
         prepared = check[0]
         if key in shared:
             prepared = Prepared(prepared.matrix.copy(), prepared.valid, prepared.errors)
-        yield h, score_prepared(h.model, prepared, len(rows), check[1])
+        yield h, score_prepared(h.model, prepared, len(rows), check[1], retry_s)
 
 
 class ModelWorker(SimpleHandler, Probed):
@@ -314,6 +366,7 @@ class ModelWorker(SimpleHandler, Probed):
         self._watchdog: ScoringWatchdog[Hosted] | None = None
         self._rescue: Rescue | None = None
         self._group_id = settings.group_id(names)
+        self._start_said = False  # `_say_earliest_start`, once
         self.service = StreamService(StreamSpec(
             name=f"model {self.name}", config=settings.librdkafka(), subscription=[self.topics.requests],
             group_id=self._group_id, processing="at-least-once",
@@ -408,7 +461,28 @@ class ModelWorker(SimpleHandler, Probed):
         start_ms = self.settings.start_at_ms(now_ms())
         if start_ms is not None and partitions and self.ctx is not None:
             self._catch_up(partitions, start_ms)
+        elif not self._start_said and partitions and self.ctx is not None and self.settings.start_from == "earliest":
+            self._start_said = True
+            self._say_earliest_start(self.ctx.consumer.native, partitions)
         super().on_assigned(partitions)  # where each partition starts now, to be committed
+
+    def _say_earliest_start(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        """Warn when a group with no committed offsets is about to score a long history first: a
+        model moved in or out of a worker gets a new group (its name lists the co-hosted models),
+        which scored all 7 days a topic keeps again, its fresh requests waiting behind them (a
+        review). Once per process, at the first assignment; a broker that does not answer is let be."""
+        try:
+            fresh = [tp for tp in consumer.committed(partitions, timeout=15) if tp.error is None and tp.offset < 0]
+            backlog = sum(high - low for low, high in (consumer.get_watermark_offsets(tp, timeout=5) for tp in fresh))
+        except KafkaException as exc:
+            log.debug("model %s: the new group's backlog not read: %s", self.name, exc)
+            return
+        if backlog > EARLIEST_BACKLOG_SAID:
+            log.warning("model %s: group %s has no committed offsets on %d partition(s): it scores the %d requests "
+                        "kept there, from the earliest, before any new one (--start-from earliest). If these models "
+                        "were scored under another group until now (--co-host or --group changed), they score them "
+                        "again; to score new requests only, start with --start-from latest or --start-at TIME",
+                        self.name, self._group_id, len(fresh), backlog)
 
     def on_released(self, partitions: list[TopicPartition], lost: bool) -> None:
         if self._watchdog is not None:
@@ -437,7 +511,15 @@ class ModelWorker(SimpleHandler, Probed):
                  if committed.get(tp.partition, -1) < 0]
         if not fresh:
             return
-        starts = {tp.partition: tp.offset for tp in consumer.offsets_for_times(fresh, timeout=15)}
+        found = consumer.offsets_for_times(fresh, timeout=15)
+        # A lookup that failed for a partition is no "nothing after start_ms": started at its end and
+        # that end committed, it skipped the partition's history for good (a review). It starts as
+        # the group would (--start-from), and that is said.
+        failed = sorted(tp.partition for tp in found if tp.error is not None)
+        if failed:
+            log.warning("model %s: where --start-at begins was not found on partitions %s (%s): they start at "
+                        "--start-from instead", self.name, failed, next(tp.error for tp in found if tp.error))
+        starts = {tp.partition: tp.offset for tp in found if tp.error is None}
         for tp in partitions:
             if tp.partition in starts:
                 # No record at or after start_ms: begin at the end now, as an offset the worker
@@ -534,7 +616,8 @@ class _BatchScorer:
         watched = self.watchdog.watch(self.w.hosted, sources, write_errors)
         try:
             # One model's scores go out before the next model scores: the preferred one is not held up.
-            for hosted, results in score_co_hosted(self.w.hosted, rows, walked):
+            retry_s = retry_budget_s(self.w.settings.predict_timeout_s)
+            for hosted, results in score_co_hosted(self.w.hosted, rows, walked, retry_s):
                 if not self._claimed(watched, hosted):
                     break  # the watchdog or the rescue wrote this batch's Scores and ends the process
                 self._write(hosted, results, requests, sources, received_at)

@@ -615,7 +615,7 @@ def test_scores_the_float_range_cannot_hold_are_errors_whatever_their_type() -> 
 
     results = score_batch(Odd(), [{"x": 0.0}, {"x": 1.0}, {"x": 2.0}])  # type: ignore[arg-type]
     assert [r.error is not None for r in results] == [True, True, False]
-    assert "not a finite number" in (results[1].error or "") and results[2].prediction == 0.25
+    assert "not a finite number" in (results[1].error or "") and results[2].prediction == Prediction(0.25, None)
 
 
 
@@ -629,3 +629,93 @@ def test_an_output_with_neither_score_nor_label_is_that_requests_error(output: A
 
     (result,) = score_batch(Blank(), [{"x": 1.0}])  # type: ignore[arg-type]
     assert result.prediction is None and result.error == "the model gave neither a score nor a label"
+
+
+class _Failing(_Overflowing):
+    """A model whose every call raises (a remote dependency gone), counting its calls."""
+
+    calls = 0
+
+    def predict(self, matrix: Any) -> list[Prediction]:
+        self.calls += 1
+        raise TimeoutError("feature store did not answer")
+
+
+def test_a_failed_batch_is_tried_in_parts_only_within_its_retry_time() -> None:
+    """A model failing every call was called once a row: at 0.23 s a call a batch of 256 outlasted
+    the 60 s timeout, and the watchdog ended the worker at every batch (a review). Out of retry
+    time, the other rows get the batch's error."""
+    from services.core.signatures import Prepared
+    from services.model_worker.worker import retry_budget_s, score_prepared
+
+    matrix = np.zeros((64, 1))
+    patient, hurried = _Failing(), _Failing()
+    tried = score_prepared(patient, Prepared(matrix.copy(), list(range(64)), {}), 64, 0.0)  # type: ignore[arg-type]
+    assert patient.calls == 65 and all(r.error == "TimeoutError: feature store did not answer" for r in tried)
+    cut = score_prepared(hurried, Prepared(matrix.copy(), list(range(64)), {}), 64, 0.0, retry_s=0.0)  # type: ignore[arg-type]
+    assert hurried.calls == 1
+    assert all(r.prediction is None and "TimeoutError: feature store did not answer (the batch's error: its rows were "
+               "not tried alone" in (r.error or "") for r in cut)
+    assert retry_budget_s(60.0) == 15.0 and retry_budget_s(0.0) > 0
+
+
+def test_an_output_whose_fields_raise_is_its_requests_error_not_the_writers_end() -> None:
+    """A result whose `label` property raised passed the check (it read the label only without a
+    score) and then ended the worker inside the Score writer, at every restart (a review)."""
+
+    class Output:
+        def __init__(self, score: float) -> None:
+            self.score = score
+
+        @property
+        def label(self) -> str:
+            return ["no", "yes"][int(self.score * 2)]  # IndexError at a score of 1.0
+
+    class Labelling(_Overflowing):
+        def predict(self, matrix: Any) -> list[Any]:
+            return [Output(float(row[0])) for row in matrix]
+
+    results = score_batch(Labelling(), [{"x": 0.25}, {"x": 1.0}, {"x": 0.75}])  # type: ignore[arg-type]
+    assert [r.prediction for r in results] == [Prediction(0.25, "no"), None, Prediction(0.75, "yes")]
+    assert (results[1].error or "").startswith("IndexError")
+    requests = [{"request_id": f"r{i}", "deadline": 10, "features": {}} for i in range(3)]
+    values, unencodable = ScoreWriter("m", "1", "i").encode_batch(requests, results, 1, 2)
+    assert len(values) == 3 and unencodable == 0
+
+
+def test_a_models_own_keyboard_interrupt_is_its_error_where_sigint_is_a_stop() -> None:
+    """A service turns SIGINT into a stop flag, so a KeyboardInterrupt there is the model's own: it
+    ended the worker at every restart, its batch read again (a review). Where SIGINT raises it
+    (replay), it is Ctrl-C and goes on."""
+    import signal
+
+    class Interrupting(_Overflowing):
+        def predict(self, matrix: Any) -> list[Any]:
+            raise KeyboardInterrupt("the model's own")
+
+    before = signal.signal(signal.SIGINT, lambda *_: None)  # as run_service sets it
+    try:
+        [result] = score_batch(Interrupting(), [{"x": 0.5}])  # type: ignore[arg-type]
+        assert result.error == "KeyboardInterrupt: the model's own"
+    except KeyboardInterrupt:  # not let on to pytest, which would take it for Ctrl-C and stop the run
+        pytest.fail("the model's KeyboardInterrupt ended the scoring")
+    finally:
+        signal.signal(signal.SIGINT, before)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            score_batch(Interrupting(), [{"x": 0.5}])  # type: ignore[arg-type]
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_an_endless_output_iterable_is_the_batchs_error_not_all_the_memory() -> None:
+    """Listed whole before its count: itertools.repeat filled 4 GB in 30 s (a review)."""
+    import itertools
+
+    class Endless(_Overflowing):
+        def predict(self, matrix: Any) -> Any:
+            return itertools.repeat(Prediction(0.5, "l"))
+
+    results = score_batch(Endless(), [{"x": 0.5}, {"x": 0.25}])  # type: ignore[arg-type]
+    assert {r.error for r in results} == {"ValueError: model returned over 1 outputs for 1 inputs"}

@@ -244,7 +244,7 @@ def test_outputs_that_count_rows_but_iterate_otherwise_fail_the_batch_not_the_wo
 
     results = score_batch(FrameModel(), demo_rows(5, seed=3))  # type: ignore[arg-type]
     assert len(results) == 5 and all(r.prediction is None for r in results)
-    assert [r.error for r in results[:1]] == ["ValueError: model returned 2 outputs for 1 inputs"]
+    assert [r.error for r in results[:1]] == ["ValueError: model returned over 1 outputs for 1 inputs"]
 
 
 def test_wrong_batch_shape_is_a_value_error() -> None:

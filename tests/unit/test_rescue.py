@@ -428,3 +428,24 @@ def test_the_rescue_logs_at_the_workers_level() -> None:
         assert RescueConfig.from_json(config.to_json()).log_level == "WARNING"
     finally:
         root.setLevel(before)
+
+
+def test_each_instance_rescues_under_a_transactional_id_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One id for every replica of a model: two rescued at once fenced each other's transaction,
+    and the fenced one's batch was read again and hung again (a review)."""
+    from services.model_worker import rescue
+
+    ids: list[str] = []
+
+    def made(_kind: Any, config: dict[str, Any]) -> Any:
+        ids.append(config["transactional.id"])
+        raise RuntimeError("no broker here")
+
+    monkeypatch.setattr(rescue, "new_client", made)
+    for instance in ("host-a-1", "host-b-1"):
+        config = RescueConfig(kafka={}, requests_topic="rdv.requests", scores_topic="rdv.scores",
+                              group_id="rdv.model.a", models=[Model("a", "1", instance)], timeout_s=1.0,
+                              max_batch=10, board="", parent=0)
+        with pytest.raises(RuntimeError, match="no broker here"):
+            rescue.commit(config, snapshot(), [])
+    assert ids == ["rdv.model.a.rescue.host-a-1", "rdv.model.a.rescue.host-b-1"]

@@ -135,3 +135,59 @@ def test_a_request_whose_features_name_one_feature_twice_gets_an_error_score_fro
             "the features name a feature more than once (31 entries for 30 names)")
     assert [(s["model"], s["request_id"], s["score"]) for s in alone.scores] == [
         (s["model"], s["request_id"], s["score"]) for s in outputs.scores if s["request_id"] != "twice"]
+
+
+class _CatchUpConsumer:
+    """A consumer whose group never committed, and whose time lookup failed for partition 1."""
+
+    def __init__(self) -> None:
+        self.assigned: list[Any] = []
+
+    def committed(self, partitions: list[Any], timeout: float) -> list[Any]:
+        from confluent_kafka import TopicPartition
+
+        return [TopicPartition(tp.topic, tp.partition, -1001) for tp in partitions]
+
+    def offsets_for_times(self, partitions: list[Any], timeout: float) -> list[Any]:
+        from confluent_kafka import KafkaError
+
+        # As confluent-kafka's TopicPartitions read (their error cannot be set from Python).
+        return [types.SimpleNamespace(topic=tp.topic, partition=tp.partition, offset=-1 if tp.partition == 1 else 40,
+                                      error=KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION) if tp.partition == 1
+                                      else None) for tp in partitions]
+
+    def get_watermark_offsets(self, tp: Any, timeout: float = 0, cached: bool = False) -> tuple[int, int]:
+        return 0, 900
+
+    def assign(self, partitions: list[Any]) -> None:
+        self.assigned = [(tp.partition, tp.offset) for tp in partitions]
+
+
+def test_a_partition_whose_catch_up_lookup_failed_starts_as_the_group_would_not_at_its_end() -> None:
+    """A lookup error was taken for "no record after --start-at": the partition began at its end and
+    that end was committed, its history skipped for good (a review)."""
+    from confluent_kafka import OFFSET_INVALID, TopicPartition
+
+    from services.model_worker.worker import ModelWorker
+
+    worker = ModelWorker.__new__(ModelWorker)
+    worker.name = "champion"
+    consumer = _CatchUpConsumer()
+    partitions = [TopicPartition("rdv.requests", p) for p in range(3)]
+    worker._start_new_partitions_at(consumer, partitions, 1_700_000_000_000)
+    assert consumer.assigned == [(0, 40), (1, OFFSET_INVALID), (2, 40)]
+
+
+def test_a_new_group_about_to_score_a_long_history_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """A model moved into a co-hosting worker got a new group, which scored every request the topic
+    kept again, its fresh requests waiting behind them, without a word (a review)."""
+    from confluent_kafka import TopicPartition
+
+    from services.model_worker.worker import ModelWorker
+
+    worker = ModelWorker.__new__(ModelWorker)
+    worker.name, worker._group_id = "champion+challenger", "rdv.model.champion+challenger"
+    with caplog.at_level("WARNING"):
+        worker._say_earliest_start(_CatchUpConsumer(), [TopicPartition("rdv.requests", p) for p in range(3)])
+    assert ("group rdv.model.champion+challenger has no committed offsets on 3 partition(s): it scores the 2700 "
+            "requests kept there") in caplog.text and "--start-from latest" in caplog.text
