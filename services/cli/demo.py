@@ -33,7 +33,7 @@ from services.control.schedule import Schedule
 from services.control.topic import MIN_EFFECTIVE_IN_MS, load_book, publish
 from services.core import hostcpu, wire
 from services.core.errors import ConfigError
-from services.core.kafka import groups_with_members, set_connect_timeout, wait_for_groups
+from services.core.kafka import groups_with_members, set_connect_timeout, wait_for_broker, wait_for_groups
 from services.core.ranges import format_ms
 from services.core.runtime import now_ms, stop_processes
 from services.core.settings import MAX_PORT, KafkaSettings, Topics, setting
@@ -191,6 +191,7 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
             settings = replace(settings, bootstrap=read_bootstrap() or "")
         console.print(f"broker: {settings.bootstrap}")
         config, topics = settings.librdkafka(), settings.topics()
+        wait_for_broker(config)  # said as such within --connect-timeout-s, before the checks that need it
         _refuse_serving_topics(config, settings.topic_prefix, settings.bootstrap)
         ensure_topics(config, topics, settings.partitions)
         governs_at = _schedule_naming(settings.model_specs(), settings.budget_ms, config, topics, console)

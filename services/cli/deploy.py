@@ -262,7 +262,7 @@ def check_no_model_options(settings: DeploySettings) -> None:
     dropped without a word (a probe). Typed ones only: a variable (RDV_MODEL) may be set for the
     models' deployments of the same shell."""
     model_options = (("--model", "model"), ("--version", "version"), ("--co-host", "co_host"),
-                     ("--start-at", "start_at"))
+                     ("--start-at", "start_at"), ("--trust-model-file", "trust_model_file"))
     typed = [flag for flag, field in model_options if getattr(settings, field) and not settings.from_environment(field)]
     if typed:
         raise ConfigError(f"deploy {RENDEZVOUS} starts instances of the rendezvous, which score no model: "

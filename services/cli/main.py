@@ -225,13 +225,35 @@ class Parser(argparse.ArgumentParser):
     # parsers in one process never read each other's command line.
     given: tuple[str, ...] = ()
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Every parser, the subcommands' too (argparse makes them with add_parser's arguments):
+        # abbreviations were taken after the command word, `demo --budget 2` for --budget-ms 2 (a
+        # TIMEOUT for every answer), `compare --max 10` for --max-records (a review).
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
+
     def error(self, message: str) -> NoReturn:
         message = _unechoed(message)
         # One line, not argparse's usage dump (20 lines for most commands) above it. The top-level
         # parser reports a subcommand's unknown flags: its help is the one that lists the flags.
         command = _command_prog(self, Selection(self.given).words or [])
-        self.exit(2, f"{self.prog}: error: {_cut(message)}{_dash_value_hint(message, self.given)}; "
-                     f"see `{command} --help`\n")
+        self.exit(2, f"{self.prog}: error: {_cut(message)}{_dash_value_hint(message, self.given)}"
+                     f"{self._placement_hint(message)}; see `{command} --help`\n")
+
+    def _placement_hint(self, message: str) -> str:
+        """A flag of the top-level parser given after the command: its --help does not list it, and
+        the error led nowhere (`rendezvous serve --log-level DEBUG`; a review). A flag given before
+        the action word: taken for the action (`rendezvous schedule --format json show` said
+        "invalid choice: 'json'")."""
+        if message.startswith("argument ACTION: invalid choice"):
+            words = Selection(self.given).words or []
+            rest = list(self.given[self.given.index(words[-1]) + 1:]) if words and words[-1] in self.given else []
+            return f" (the action comes before its flags: `{self.prog} ACTION --flag ...`)" if (
+                rest and rest[0].startswith("-")) else ""
+        _head, sep, items = message.partition("unrecognized arguments: ")
+        own = [flag for flag in items.split(" ") if sep and flag in self._option_string_actions]
+        if not own or self.prog != "rendezvous":
+            return ""
+        return f" ({own[0]} goes before the command: `rendezvous {own[0]} VALUE COMMAND ...`)"
 
 
 _FLAG_ONLY = re.compile(r"--?[A-Za-z][A-Za-z0-9-]*")

@@ -18,7 +18,8 @@ class RegistrySettings:
     """Where the local registry listens."""
 
     port: int = setting(8090, "Port of the registry's HTTP API (the Confluent API is under /apis/ccompat/v7); "
-                        "not 8081, the gateway's gRPC port.",
+                        "the default is not the usual 8081, which the gateway's gRPC port takes (give 8081 "
+                        "where no gateway runs).",
                         env="RDV_REGISTRY_PORT", minimum=1, maximum=65535)
 
 

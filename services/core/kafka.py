@@ -1106,22 +1106,29 @@ def wait_for_groups(
             time.sleep(0.2)  # polling an external condition, not a readiness guess
 
 
-def _listed_groups(config: Mapping[str, Any], timeout: float) -> list[Any]:
-    """Every consumer group the cluster knows (id and state)."""
+def _listed_groups(config: Mapping[str, Any], timeout: float | None) -> list[Any]:
+    """Every consumer group the cluster knows (id and state), within `timeout` (default: the
+    command's --connect-timeout-s). A listing any broker failed is a BrokerError: taken as it came
+    (the groups of the brokers that answered, none when the broker was away), the demo's check for
+    something already serving its topics passed on a broker it could not reach (a review)."""
     client = admin(config)  # held until the result is in: a client collected meanwhile fails it
     try:
-        listed = client.list_consumer_groups(request_timeout=timeout).result()
+        listed = client.list_consumer_groups(request_timeout=connect_timeout() if timeout is None else timeout).result()
     except KafkaException as exc:
         raise BrokerError(f"cannot list the consumer groups: {exc}") from None
+    if listed.errors:
+        raise BrokerError(f"cannot list the consumer groups: {listed.errors[0]}")
     return list(listed.valid)
 
 
-def consumer_groups(config: Mapping[str, Any], timeout: float = 10.0) -> list[str]:
+def consumer_groups(config: Mapping[str, Any], timeout: float | None = None) -> list[str]:
     """The ids of every consumer group the cluster knows."""
     return [group.group_id for group in _listed_groups(config, timeout)]
 
 
-def groups_with_members(config: Mapping[str, Any], prefixes: Sequence[str], timeout: float = 10.0) -> list[str]:
+def groups_with_members(
+    config: Mapping[str, Any], prefixes: Sequence[str], timeout: float | None = None
+) -> list[str]:
     """The consumer groups whose ids start with one of `prefixes` and that have members now."""
     from confluent_kafka import ConsumerGroupState
 

@@ -159,8 +159,13 @@ class RendezvousSettings(ServiceSettings):
                 waits[model] = ascii_int(ms)
             except ValueError:
                 raise ConfigError(f"--wait {model}={ms}: expected whole milliseconds") from None
-        return authored(Schedule(models=self.models, waits_ms=waits, default_deadline_ms=self.deadline_ms,
-                                 name=self.schedule_name, comment="bootstrap from the rendezvous' flags"))
+        try:
+            return authored(Schedule(models=self.models, waits_ms=waits, default_deadline_ms=self.deadline_ms,
+                                     name=self.schedule_name, comment="bootstrap from the rendezvous' flags"))
+        except ConfigError as err:
+            # Named as the flags it comes from (and their variables, RDV_MODELS being the demo's too,
+            # in another form): "schedule: model 'champion=demo:champion': ..." named neither (a review).
+            raise ConfigError(f"--models, --wait and --deadline-ms make no valid schedule: {err}") from None
 
     def limits(self) -> JoinLimits:
         return JoinLimits(

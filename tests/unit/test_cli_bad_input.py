@@ -1193,3 +1193,66 @@ def test_undeploying_a_fallback_the_schedule_names_is_said(tmp_path: Path, monke
     quiet = io.StringIO()
     deploy._check_not_preferred("ghost", deploy.UndeploySettings(), Console(file=quiet, width=300))
     assert "fallback" not in quiet.getvalue()
+
+
+@pytest.mark.parametrize("argv", [
+    ["demo", "--budget", "2"], ["compare", "--max", "10"], ["send", "--wait", "3"], ["serve", "--deadline", "5"],
+])  # fmt: skip
+def test_a_commands_flag_is_not_taken_by_an_abbreviation(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Only the top-level parser refused them: `demo --budget 2` ran the demo on a 2 ms budget, every
+    answer a TIMEOUT (a review)."""
+    from services.cli.main import main
+
+    with pytest.raises(SystemExit) as exited:  # taken, the command would fail on the broker instead, soon
+        main([*argv, "--bootstrap", NO_BROKER, "--connect-timeout-s", "1"])
+    assert exited.value.code == 2 and f"unrecognized arguments: {argv[1]}" in capsys.readouterr().err
+
+
+def test_a_top_level_flag_after_the_command_is_said_to_go_before_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """`rendezvous serve --log-level DEBUG` pointed at `serve --help`, which does not list it (a review)."""
+    from services.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--log-level", "DEBUG"])
+    assert "(--log-level goes before the command: `rendezvous --log-level VALUE COMMAND ...`)" in \
+        capsys.readouterr().err
+
+
+def test_a_schedule_from_the_environment_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RDV_MODELS is the demo's too, in another form: `schedule: model 'champion=demo:champion'`
+    named neither --models nor the variable (a review)."""
+    monkeypatch.setenv("RDV_MODELS", "champion=demo:champion")
+    with pytest.raises(ConfigError, match=r"--models, --wait and --deadline-ms make no valid schedule: .* \(set in "
+                                          r"the environment: --models by RDV_MODELS\)"):
+        from_namespace(RendezvousSettings, bootstrap=NO_BROKER)
+
+
+def test_deploy_rendezvous_refuses_trust_model_file() -> None:
+    """A model's option, dropped without a word by `deploy rendezvous` (a review)."""
+    from services.cli.deploy import check_no_model_options
+
+    with pytest.raises(ConfigError, match="--trust-model-file belong to a model's deployment"):
+        check_no_model_options(from_namespace(DeploySettings, None, trust_model_file=True))
+
+
+def test_a_group_listing_the_broker_did_not_answer_is_an_error_not_an_empty_list() -> None:
+    """Its errors were dropped: with the broker away the demo's check for something already serving
+    its topics found nothing, and passed (a review)."""
+    from services.core.errors import BrokerError
+    from services.core.kafka import groups_with_members
+    from services.localkafka.config import free_port
+
+    with pytest.raises(BrokerError, match="cannot list the consumer groups"):
+        groups_with_members({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0}, ["rdv."], timeout=1)
+
+
+@pytest.mark.parametrize("argv", [["model", "--model", "demo:champion"], ["schedule", "--format", "json", "show"]])
+def test_a_flag_before_the_action_word_is_said_to_go_after_it(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`rendezvous schedule --format json show` said "invalid choice: 'json'" and no more (a review)."""
+    from services.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert f"(the action comes before its flags: `rendezvous {argv[0]} ACTION --flag ...`)" in capsys.readouterr().err

@@ -181,3 +181,16 @@ def test_no_loop_without_reference_counting_calls_one_that_makes_arrays() -> Non
     assert _calls_an_allocating_loop(leaking) == ["walk_request"]  # the check sees such a call
     loops = [loop for loop in compiled.LOOPS if loop is not leaking]
     assert len(loops) >= 20 and not any(_calls_an_allocating_loop(loop) for loop in loops)
+
+
+def test_cache_counts_tell_loops_loaded_compiled_and_inside_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    """numba counts a loop loaded only where it is called directly, and compiled wherever:
+    `precompile` said 19 compiled on an empty cache, then "7 loaded", which read as 12 missing."""
+    import types
+
+    def loop(hits: int, misses: int) -> Any:
+        stats = types.SimpleNamespace(cache_hits={"sig": hits}, cache_misses={"sig": misses})
+        return types.SimpleNamespace(stats=stats)
+
+    monkeypatch.setattr(compiled, "LOOPS", [loop(1, 0), loop(0, 0), loop(0, 0), loop(0, 2)])
+    assert compiled.cache_counts() == (1, 1, 2)

@@ -153,21 +153,14 @@ def test_a_record_taken_back_from_a_replaced_client_is_sent_again_once_then_fail
         producer.flush(1)
 
 
-def _threads() -> int:
-    import os
-
-    return len(os.listdir("/proc/self/task"))
-
-
 def test_close_lets_the_client_go_and_says_what_it_dropped() -> None:
     """close() only flushed: the client's threads and sockets stayed until the garbage collector
     found the producer (a Client and its producer refer to each other), for as long as it was kept."""
-    before = _threads()
     producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0})
     producer.produce("t", b"never delivered", partition=0)
-    assert _threads() > before
     assert producer.close(timeout=0.1) == 1
-    assert _threads() == before  # kept referenced here: only the close can have ended them
+    with pytest.raises(RuntimeError, match="closed"):  # kept referenced here: destroyed by the close
+        producer.native.poll(0)
     producer.poll(0)  # nothing to serve: no error
     with pytest.raises(KafkaOperationError, match="the producer is closed"):
         producer.produce("t", b"after", partition=0)

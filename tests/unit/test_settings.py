@@ -150,11 +150,11 @@ def test_every_command_explains_itself(command: str, capsys: pytest.CaptureFixtu
       "see `rendezvous model serve --help`"),
      (["nosuch"], "rendezvous: error: argument COMMAND: invalid choice: 'nosuch'"),
      # A secret typed where argparse quotes what it read (a review): a flag before its command,
-     # an abbreviated flag with its value.
+     # an abbreviated flag with its value (no abbreviation is taken: it is an unknown argument).
      (["--kafka-config", "sasl.password=hunter2xyz", "send"],
       "rendezvous: error: argument COMMAND: invalid choice: <a value, not shown> (choose from"),
      (["replay", "--s=http://bob:hunter2pw@reg:8081"],
-      "rendezvous replay: error: ambiguous option: --s=<a value, not shown> could match")],
+      "rendezvous: error: unrecognized arguments: <a value, not shown>; see `rendezvous replay --help`")],
 )
 def test_a_mistake_on_the_command_line_is_one_line(
     argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
