@@ -134,8 +134,9 @@ class Topics:
         for role, name in names.items():
             if not legal_topic(name):
                 how = "--topic" if role in overrides else "--topic-prefix"
+                several = " (several overrides are separated by ',')" if how == "--topic" and ";" in name else ""
                 raise ConfigError(f"{how}: {name!r} ({role}) is not a topic name Kafka accepts: 1 to 249 of "
-                                  "letters, digits, '.', '_' and '-'")
+                                  f"letters, digits, '.', '_' and '-'{several}")
             if name.startswith("__"):  # __consumer_offsets was taken, and the admin granted ALL on it (a probe)
                 how = "--topic" if role in overrides else "--topic-prefix"
                 raise ConfigError(f"{how}: {name!r} ({role}) starts with '__', which Kafka keeps for its internal "
@@ -208,7 +209,8 @@ class KafkaSettings:
     )
     topic_prefix: str = setting("rdv.", "Prefix of every topic name (rdv.requests, rdv.scores, ...).")
     topic: tuple[str, ...] = setting(
-        (), "Override one topic name, e.g. --topic requests=prod.requests (repeatable)."
+        (), "Override one topic name, e.g. --topic requests=prod.requests (repeatable; several in one flag or "
+        "in RDV_TOPIC are separated by ',', not the ';' of RDV_KAFKA_CONFIG)."
     )
     kafka_config: tuple[str, ...] = setting(
         (),

@@ -1256,3 +1256,12 @@ def test_a_flag_before_the_action_word_is_said_to_go_after_it(
     with pytest.raises(SystemExit):
         main(argv)
     assert f"(the action comes before its flags: `rendezvous {argv[0]} ACTION --flag ...`)" in capsys.readouterr().err
+
+
+def test_topic_overrides_separated_as_kafka_configs_are_told_the_separator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RDV_KAFKA_CONFIG and RDV_PRINCIPAL split on ';', RDV_TOPIC on ',': `requests=x;scores=y` said
+    only that 'x;scores=y' is no topic name (a review)."""
+    monkeypatch.setenv("RDV_TOPIC", "requests=x;scores=y")
+    with pytest.raises(ConfigError, match=r"is not a topic name Kafka accepts: .* \(several overrides are separated "
+                                          r"by ','\)"):
+        from_namespace(RendezvousSettings, bootstrap=NO_BROKER)
