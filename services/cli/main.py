@@ -33,7 +33,7 @@ from services.cli.common import (
     with_bootstrap,
 )
 from services.cli.examples import describe
-from services.core.errors import ConfigError, RendezvousError
+from services.core.errors import ConfigError, RendezvousError, Stopped
 from services.core.redaction import mask
 from services.core.runtime import stop_with_parent
 from services.core.settings import KafkaSettings, add_arguments, from_namespace, setting
@@ -245,8 +245,8 @@ class Parser(argparse.ArgumentParser):
         the action word: taken for the action (`rendezvous schedule --format json show` said
         "invalid choice: 'json'")."""
         if message.startswith("argument ACTION: invalid choice"):
-            words = Selection(self.given).words or []
-            rest = list(self.given[self.given.index(words[-1]) + 1:]) if words and words[-1] in self.given else []
+            command = self.prog.split()[-1]  # this parser's own word: what follows it is the action
+            rest = list(self.given[self.given.index(command) + 1:]) if command in self.given else []
             return f" (the action comes before its flags: `{self.prog} ACTION --flag ...`)" if (
                 rest and rest[0].startswith("-")) else ""
         _head, sep, items = message.partition("unrecognized arguments: ")
@@ -395,14 +395,6 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     precompile.register(commands, selection)
     describe(parser)
     return parser
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised where the command is, as Ctrl-C is."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
 
 
 def _stop_here(signum: int, _frame: object) -> None:

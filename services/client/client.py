@@ -766,8 +766,6 @@ class Client:
             fail(future, UnreadableAnswer(f"the answer to request {rid!r:.80} on {where} could not be read: {err}"))
 
     def _undelivered(self, msg: Message, err: KafkaError) -> None:
-        if self._stop.is_set():
-            return  # dropped by close, which failed every waiter and counts what it dropped
         key = msg.key()
         rid = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
         failed = _sent_as(msg.value())

@@ -75,6 +75,7 @@ class ModelSummary:
     expected: int = 0
     expected_output: int = 0
     expected_met: int = 0
+    expected_champion_met: int = 0  # of `expected`, those the champion answered by the deadline
     labelled: int = 0  # requests the agreement is measured on (the champion labelled, this model answered)
 
 
@@ -290,19 +291,25 @@ class _Reference:
     # The created_at of the records the champion answered, sorted: how many a model was expected
     # to score is one search in it (`_expected`), not a pass over every record per model.
     answered_at: np.ndarray
+    # Of those, the ones it answered by the deadline: its own share over the same requests as a
+    # model's deadline_met, for the gate's default clause (services/control/gates.py).
+    met_at: np.ndarray
 
     @classmethod
     def of(cls, frame: Frame, code: int | None) -> _Reference:
         score = np.full(frame.records, np.nan)
         label = np.full(frame.records, -1, dtype=np.int64)
         if code is None:
-            return cls(None, score, label, np.zeros(0), np.zeros(0, dtype=np.int64))
+            return cls(None, score, label, np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
         mask = (frame.model == code) & ~frame.error  # an error output is no answer to compare with
         rows = frame.row[mask]
         score[rows] = frame.score[mask]
         label[rows] = frame.label[mask]
         valid = frame.score[mask]
-        return cls(code, score, label, valid[~np.isnan(valid)], np.sort(frame.created_at[~np.isnan(score)]))
+        budget = frame.deadline[rows] - frame.created_at[rows]
+        on_time = met_deadline_array(~np.isnan(valid), frame.latency_ms[mask], budget)
+        return cls(code, score, label, valid[~np.isnan(valid)], np.sort(frame.created_at[~np.isnan(score)]),
+                   np.sort(frame.created_at[rows[on_time]]))
 
 
 @dataclass(frozen=True)
@@ -356,7 +363,8 @@ def _model(
     # a minute) is no figure of how fast the model answers; errors are counted on their own.
     answered = out.latency[~out.error]
     latency = _quantiles(answered, [q for _, q in LATENCY_QUANTILES])
-    expected, own_expected = _expected(frame, ref, out) if compared else (0, np.zeros(len(out.rows), dtype=bool))
+    expected, own_expected, champion_met = (
+        _expected(frame, ref, out) if compared else (0, np.zeros(len(out.rows), dtype=bool), 0))
     return ModelSummary(
         name=frame.models[code], versions=frame.versions[code], champion=code == ref.code, n=len(out.rows),
         errors=int(out.error.sum()), late=int(out.late.sum()),
@@ -375,7 +383,7 @@ def _model(
         # An output with neither a usable score nor an error (a label alone) answers nothing: counted
         # as output, a candidate that gave no score on half the requests passed coverage (a review).
         expected=expected, expected_output=int(own_expected[out.usable | out.error].sum()),
-        expected_met=int(own_expected[on_time].sum()), labelled=paired.labelled,
+        expected_met=int(own_expected[on_time].sum()), expected_champion_met=champion_met, labelled=paired.labelled,
     )  # fmt: skip
 
 
@@ -386,16 +394,19 @@ def _same_requests(ref: _Reference, out: _Outputs) -> tuple[np.ndarray, np.ndarr
     return champion[both], out.score[both]
 
 
-def _expected(frame: Frame, ref: _Reference, out: _Outputs) -> tuple[int, np.ndarray]:
+def _expected(frame: Frame, ref: _Reference, out: _Outputs) -> tuple[int, np.ndarray, int]:
     """How many records the model was expected to score: those the champion answered, created at
-    or after this model's first output (before that the model may not have been deployed); and
-    which of the model's own outputs are on such records."""
+    or after this model's first output (before that the model may not have been deployed); which
+    of the model's own outputs are on such records; and how many of them the champion answered by
+    the deadline (its share over the same requests: over all of its outputs, a champion faster
+    before the candidate came failed an identical candidate, its errors loosened the bound; a review)."""
     if not len(out.rows):
-        return 0, np.zeros(0, dtype=bool)
+        return 0, np.zeros(0, dtype=bool), 0
     first = frame.created_at[out.rows].min()
     expected = len(ref.answered_at) - int(np.searchsorted(ref.answered_at, first, side="left"))
+    champion_met = len(ref.met_at) - int(np.searchsorted(ref.met_at, first, side="left"))
     own: np.ndarray = ~np.isnan(ref.score[out.rows])  # created at `first` or after, as every one of its own
-    return expected, own
+    return expected, own, champion_met
 
 
 def _paired(ref: _Reference, out: _Outputs, names: tuple[str, ...]) -> _Paired:

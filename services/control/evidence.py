@@ -39,10 +39,11 @@ def figures_of(report: Report, candidate: str, champion: str) -> dict[str, float
     """The gate's figures of `candidate` in `report` (one measured against `champion`)."""
     row = next((m for m in report.models if m.name == candidate), None)
     reference = next((m for m in report.models if m.name == champion), None)
-    # The champion's own figures, for the gate's default clauses (services/control/gates.py).
+    # The champion's own figures, for the gate's default clauses (services/control/gates.py): its
+    # deadlines met over the same requests as the candidate's deadline_met.
     champion_figures = {
         "champion_error_rate": reference.errors / reference.n if reference is not None and reference.n else NAN,
-        "champion_deadline_met": reference.deadline_met if reference is not None else NAN,
+        "champion_deadline_met": row.expected_champion_met / row.expected if row is not None and row.expected else NAN,
     }
     if row is None:
         return {"n": 0.0, **champion_figures}

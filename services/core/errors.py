@@ -19,6 +19,9 @@
 
 Services catch `BadInput` per record (dead-letter + count) and let everything else end
 the service with one clear line (the CLI prints `str(err)`, not a traceback).
+
+Apart from the tree, `Stopped` (a KeyboardInterrupt) is a command's SIGTERM or SIGHUP raised
+where it is, as Ctrl-C is (services/cli/main.py): whatever catches a model's errors lets it go.
 """
 
 from __future__ import annotations
@@ -136,3 +139,11 @@ class LookupsSpent(DecodeFailed):
 
 class UnexpectedFailure(BadInput):
     """Handling one record raised something no check foresaw; the record is dead-lettered."""
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the command is, as Ctrl-C is."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

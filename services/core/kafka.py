@@ -257,6 +257,7 @@ class Producer:
         self._retiring: list[_Producer] = []
         self._replace_lock = threading.Lock()
         self._closed = False  # `close` let the clients go
+        self._dropping = False  # `close` drops what they still hold: their reports are ignored
         # Appended by delivery reports on whichever thread polls, taken by flush on another.
         self._failures_lock = threading.Lock()
         self._failures: list[DeliveryFailed] = []
@@ -276,6 +277,8 @@ class Producer:
 
     def _on_delivery(self, generation: int, on_done: Callable[[], None] | None, sent_again: bool,
                      err: KafkaError | None, msg: Message) -> None:
+        if self._dropping:
+            return  # dropped by `close`: not reported, as before (a receipt would mark a reply sent)
         if err is None:  # inline: every record of a producer made with `delivered` comes here
             key = (msg.topic() or "", msg.partition() or 0)
             end = (msg.offset() or 0) + 1
@@ -459,6 +462,8 @@ class Producer:
         queue full it waits for room (`wait_when_full`), until `give_up_at` (time.monotonic) if given."""
         if on_done is not None and not self._delivered:
             raise ValueError("on_done needs a producer made with delivered=True")
+        if self._closed:
+            raise KafkaOperationError(f"produce to {topic} refused: the producer is closed")
         if not checked and topic in self._limits:  # `checked`: the caller just ran check_size
             # librdkafka knows only its own limit: the topic's would refuse the record later, for good.
             self.check_size(value, key, headers, topic)
@@ -505,6 +510,8 @@ class Producer:
         replaced by another thread during this flush may have its records sent again after the
         current client's flush began; the flush still raises, because the timed-out record that
         made the replacement is a failure kept for it: at-least-once re-reads.)"""
+        if self._closed:
+            return
         remaining = self._flush_all(timeout)
         self.raise_failures()
         if remaining:
@@ -515,18 +522,25 @@ class Producer:
         sockets end now, not when the garbage collector finds this object (a Client and its
         producer refer to each other: a closed client's threads stayed for as long as it was
         kept). Best effort, never raises; returns how many records were still held (dropped).
-        A produce after it raises KafkaOperationError; a poll does nothing."""
+        What is dropped is not reported, as with a client the collector destroyed: a rendezvous'
+        reply purged here would have its receipt (`on_done`) mark it sent, and the request be
+        committed at the revoke without its reply (a review). A produce after it raises
+        KafkaOperationError; a poll, a flush and a second close do nothing."""
+        if self._closed:
+            return 0
         held = self.flush_quietly(timeout)
+        self._closed = self._dropping = True  # before the clients go: a produce meanwhile is refused
         with self._replace_lock:
             clients, self._retiring = [*self._retiring, self._producer], []
         for client in clients:
             _let_go(client)
-        self._closed = True
         return held
 
     def flush_quietly(self, timeout: float) -> int:
         """Deliver what is queued within `timeout`; how many records are still held. Never raises
         (failures stay for `flush` or `raise_failures`)."""
+        if self._closed:
+            return 0
         try:
             return self._flush_all(timeout)
         except KafkaException as exc:
@@ -552,7 +566,7 @@ def _let_go(client: _Producer) -> None:
     try:
         if len(client):
             client.purge(in_queue=True, in_flight=True, blocking=True)
-            client.poll(0)  # the purged records' reports: their callbacks hear they failed
+            client.poll(0)  # the purged records' reports, ignored (`Producer._dropping`)
         if not len(client):
             client.close()
     except (KafkaException, RuntimeError) as exc:  # already closed, or a client in a fatal state
@@ -1106,34 +1120,38 @@ def wait_for_groups(
             time.sleep(0.2)  # polling an external condition, not a readiness guess
 
 
-def _listed_groups(config: Mapping[str, Any], timeout: float | None) -> list[Any]:
+def _listed_groups(config: Mapping[str, Any], timeout: float | None, whole: bool) -> list[Any]:
     """Every consumer group the cluster knows (id and state), within `timeout` (default: the
-    command's --connect-timeout-s). A listing any broker failed is a BrokerError: taken as it came
-    (the groups of the brokers that answered, none when the broker was away), the demo's check for
-    something already serving its topics passed on a broker it could not reach (a review)."""
+    command's --connect-timeout-s). A broker that failed to answer: a BrokerError with `whole`
+    (a check that something is not there cannot pass on a part: the demo's check for something
+    already serving its topics passed on a broker it could not reach; a review), else a warning
+    and the groups of the brokers that answered (`models` names each model's group for its lag)."""
     client = admin(config)  # held until the result is in: a client collected meanwhile fails it
     try:
         listed = client.list_consumer_groups(request_timeout=connect_timeout() if timeout is None else timeout).result()
     except KafkaException as exc:
         raise BrokerError(f"cannot list the consumer groups: {exc}") from None
-    if listed.errors:
+    if listed.errors and whole:
         raise BrokerError(f"cannot list the consumer groups: {listed.errors[0]}")
+    if listed.errors:
+        log.warning("the consumer groups listed are those of the brokers that answered: %s", listed.errors[0])
     return list(listed.valid)
 
 
 def consumer_groups(config: Mapping[str, Any], timeout: float | None = None) -> list[str]:
-    """The ids of every consumer group the cluster knows."""
-    return [group.group_id for group in _listed_groups(config, timeout)]
+    """The ids of the consumer groups the cluster knows (those of the brokers that answered)."""
+    return [group.group_id for group in _listed_groups(config, timeout, whole=False)]
 
 
 def groups_with_members(
     config: Mapping[str, Any], prefixes: Sequence[str], timeout: float | None = None
 ) -> list[str]:
-    """The consumer groups whose ids start with one of `prefixes` and that have members now."""
+    """The consumer groups whose ids start with one of `prefixes` and that have members now;
+    BrokerError unless every broker answered."""
     from confluent_kafka import ConsumerGroupState
 
     idle = (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD)
-    return sorted(g.group_id for g in _listed_groups(config, timeout)
+    return sorted(g.group_id for g in _listed_groups(config, timeout, whole=True)
                   if g.group_id.startswith(tuple(prefixes)) and g.state not in idle)
 
 

@@ -6,13 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 _MEMINFO = Path("/proc/meminfo")
-_CGROUP = Path("/sys/fs/cgroup")  # cgroup v2, as a container sees its own
+# cgroup v2 (memory.max, memory.current) or v1 (memory.limit_in_bytes, memory.usage_in_bytes), as
+# a container sees its own.
+_CGROUP_V2 = Path("/sys/fs/cgroup")
+_CGROUP_V1 = Path("/sys/fs/cgroup/memory")
+_NO_LIMIT_V1 = 1 << 62  # v1 writes "no limit" as a number near 2^63
 
 
-def available_bytes() -> int | None:
-    """The lower of the host's MemAvailable and the cgroup's limit less its use (a pod's free
-    memory: /proc/meminfo shows the node's); None if neither can be read."""
-    figures = [f for f in (_host_available(), _cgroup_available()) if f is not None]
+def available_bytes(v2: Path = _CGROUP_V2, v1: Path = _CGROUP_V1) -> int | None:
+    """The lower of the host's MemAvailable and the cgroup's limit less its working set (a pod's
+    free memory: /proc/meminfo shows the node's); None if neither can be read."""
+    figures = [f for f in (_host_available(), _cgroup_available(v2, v1)) if f is not None]
     return min(figures) if figures else None
 
 
@@ -26,11 +30,31 @@ def _host_available() -> int | None:
     return None
 
 
-def _cgroup_available() -> int | None:
+def _cgroup_available(v2: Path, v1: Path) -> int | None:
+    """The limit less the working set: the use less the page cache the kernel can reclaim (its
+    inactive files, as Kubernetes counts it). Counted with the cache, a pod whose cache had filled
+    its limit read as having nothing free, and a range that fits was refused (a review)."""
+    for limit_file, usage_file, inactive in ((v2 / "memory.max", v2 / "memory.current", "inactive_file"),
+                                             (v1 / "memory.limit_in_bytes", v1 / "memory.usage_in_bytes",
+                                              "total_inactive_file")):
+        try:
+            limit_text = limit_file.read_text().strip()
+            if limit_text == "max" or int(limit_text) >= _NO_LIMIT_V1:
+                return None
+            used = int(usage_file.read_text().strip()) - _stat(limit_file.parent / "memory.stat", inactive)
+            return max(0, int(limit_text) - max(0, used))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _stat(path: Path, key: str) -> int:
+    """One figure of a cgroup's memory.stat (0 if it is not there)."""
     try:
-        limit = (_CGROUP / "memory.max").read_text().strip()
-        if limit == "max":
-            return None
-        return max(0, int(limit) - int((_CGROUP / "memory.current").read_text().strip()))
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
     except (OSError, ValueError):
-        return None
+        pass
+    return 0

@@ -38,7 +38,7 @@ from prometheus_client import Counter, Histogram
 
 from services.core.codec import codec
 from services.core.deadletter import DeadLetters
-from services.core.errors import BadInput, ConfigError, DecodeFailed, RecordTooLarge
+from services.core.errors import BadInput, ConfigError, DecodeFailed, RecordTooLarge, Stopped
 from services.core.kafka import SERVING_DELIVERY_TIMEOUT_MS, Producer, delivery_timeout, partition_counts, partition_end
 from services.core.metrics import DECODE_ERRORS, LATENCY_BUCKETS, child
 from services.core.model_info import ModelInfo, publish_model_info
@@ -110,7 +110,7 @@ def score_prepared(
     result's compute time): co-hosted models that read the same features share one check.
     `retry_s`: how long a failed batch may be tried again in parts (`_Retries`)."""
     started = time.perf_counter()
-    outputs = _predict(model, prepared.matrix, (started + retry_s, retry_s)) if prepared.valid else []
+    outputs = _predict(model, prepared.matrix, retry_s) if prepared.valid else []
     elapsed = prepare_ms + _ms_since(started)
     if not prepared.errors:
         return [Scored(p, e, elapsed) for p, e in outputs]
@@ -120,15 +120,29 @@ def score_prepared(
     return results
 
 
-# Until when (time.perf_counter) a failed batch may be tried again in parts, and that time's length.
-# A model failing every call after a while (a remote feature store timing out) was called once a
-# row: 257 calls of 0.23 s made a batch of 256 outlast the 60 s timeout, and the watchdog ended the
-# worker at every batch, co-hosted models with it, for a model that answered every call (a review).
-# A plain tuple: made for every batch, a NamedTuple cost 0.5 µs of it.
-_Retries = tuple[float, float]
+class _Retries:
+    """The time a failed batch has to be tried again in parts, from its first failure on, and that
+    failure's text: a row not tried alone when it is out gets it. A model failing every call after
+    a while (a remote feature store timing out) was called once a row: 257 calls of 0.23 s made a
+    batch of 256 outlast the 60 s timeout, and the watchdog ended the worker at every batch, co-hosted
+    models with it, for a model that answered every call (a review). Made on a failure only."""
+
+    clock = staticmethod(time.perf_counter)
+
+    def __init__(self, seconds: float, failure: BaseException) -> None:
+        self.until = self.clock() + seconds
+        self.reason = (f"{_described(failure)} (the batch's error: this row was not tried alone, the model's "
+                       f"failures took over {seconds:g} s)")
+
+    def out(self) -> bool:
+        return self.clock() >= self.until
 
 
-def _predict(model: Model, matrix: Any, retries: _Retries, probe: bool = True) -> list[_Output]:
+def _predict(model: Model, matrix: Any, retries: float | _Retries, probe: bool = True) -> list[_Output]:
+    """The outputs of `matrix`'s rows; `retries`: how long to try the batch again in parts once it
+    failed (its first call), or the time left for that (a retry: checked before the model is called)."""
+    if type(retries) is _Retries and retries.out():
+        return [(None, retries.reason)] * len(matrix)
     # A model may scale its input in place before it raises: the rows retried one by one must be
     # the rows it was given.
     given = matrix.copy() if len(matrix) > 1 else matrix
@@ -149,15 +163,13 @@ def _predict(model: Model, matrix: Any, retries: _Retries, probe: bool = True) -
     # argparse), asyncio's CancelledError or GeneratorExit from a model's own machinery ended the
     # worker, and its restart read the batch again, for good (a review).
     except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt) and _interrupts_are_stops():
-            raise  # Ctrl-C of a command scoring in this process (replay)
+        if isinstance(exc, Stopped) or (isinstance(exc, KeyboardInterrupt) and _interrupts_are_stops()):
+            raise  # Ctrl-C, SIGTERM or SIGHUP of a command scoring in this process (replay)
         if len(matrix) == 1:
             return [(None, _described(exc))]
-        until, seconds = retries
-        if time.perf_counter() >= until:
-            reason = (f"{_described(exc)} (the batch's error: its rows were not tried alone, the model's failures "
-                      f"took over {seconds:g} s)")
-            return [(None, reason)] * len(matrix)
+        # Timed from the first failure: a healthy model's long batch call is none of the retries' time.
+        if not isinstance(retries, _Retries):
+            retries = _Retries(retries, exc)
         if probe:
             return _probed(model, given, retries)
         half = len(given) // 2
@@ -519,13 +531,12 @@ class ModelWorker(SimpleHandler, Probed):
             return
         found = consumer.offsets_for_times(fresh, timeout=15)
         # A lookup that failed for a partition is no "nothing after start_ms": started at its end and
-        # that end committed, it skipped the partition's history for good (a review). It starts as
-        # the group would (--start-from), and that is said.
-        failed = sorted(tp.partition for tp in found if tp.error is not None)
-        if failed:
-            log.warning("model %s: where --start-at begins was not found on partitions %s (%s): they start at "
-                        "--start-from instead", self.name, failed, next(tp.error for tp in found if tp.error))
-        starts = {tp.partition: tp.offset for tp in found if tp.error is None}
+        # that end committed, it skipped the partition's history for good (a review). Tried again as
+        # a failed call is (`_catch_up`), whose last word is the group's own start.
+        failed = next((tp for tp in found if tp.error is not None), None)
+        if failed is not None:
+            raise KafkaException(failed.error)
+        starts = {tp.partition: tp.offset for tp in found}
         for tp in partitions:
             if tp.partition in starts:
                 # No record at or after start_ms: begin at the end now, as an offset the worker

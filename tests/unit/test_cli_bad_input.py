@@ -1265,3 +1265,24 @@ def test_topic_overrides_separated_as_kafka_configs_are_told_the_separator(monke
     with pytest.raises(ConfigError, match=r"is not a topic name Kafka accepts: .* \(several overrides are separated "
                                           r"by ','\)"):
         from_namespace(RendezvousSettings, bootstrap=NO_BROKER)
+
+
+def test_a_misspelt_action_before_flags_gets_no_hint_about_the_order(capsys: pytest.CaptureFixture[str]) -> None:
+    """`schedule sho --format json` was told the action comes before its flags, as it did (a review)."""
+    from services.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["schedule", "sho", "--format", "json"])
+    said = capsys.readouterr().err
+    assert "invalid choice: 'sho'" in said and "the action comes before" not in said
+
+
+def test_a_listing_for_a_lag_column_keeps_what_answered(caplog: pytest.LogCaptureFixture) -> None:
+    """Only a check that something is not there needs every broker's answer: `models`, which names
+    each model's group for its lag, failed whenever one broker did not answer (a review)."""
+    from services.core.kafka import consumer_groups
+    from services.localkafka.config import free_port
+
+    with caplog.at_level("WARNING"):
+        assert consumer_groups({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0}, timeout=1) == []
+    assert "the consumer groups listed are those of the brokers that answered" in caplog.text

@@ -345,3 +345,16 @@ def test_a_report_gives_at_most_max_rows_models_a_row_the_champion_always() -> N
     assert len(names) == MAX_ROWS and names[0] == "aa-champion" and {"cand", "zz", "champion"} <= set(names)
     assert f"24 models with the fewest outputs (24 in all) left out of the table: a report gives at most {MAX_ROWS}" \
         in " ".join(report.notes)
+
+
+def test_the_default_deadline_clause_compares_the_champion_on_the_candidates_requests() -> None:
+    """Over all its outputs, a champion on time before the candidate came failed an identical
+    candidate: 'FAIL deadline_met>=0.965 ... measured 0.95' (a review)."""
+    before = [_record(i, [_output("champion", 0.9, "pos")]) for i in range(500)]
+    late = 1000.0
+    shared = [_record(i, [_output("champion", 0.9, "pos", latency_ms=late if i % 2 else 10.0),
+                          _output("cand", 0.9, "pos", latency_ms=late if i % 2 else 10.0)])
+              for i in range(500, 1000)]
+    figures = _gate_figures([*before, *shared])
+    assert figures["deadline_met"] == figures["champion_deadline_met"] == pytest.approx(0.5)
+    assert verdicts("agreement>=0.95", figures)["deadline_met>=0.49 (default: champion's - 0.01)"] is True

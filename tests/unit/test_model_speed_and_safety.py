@@ -654,9 +654,47 @@ def test_a_failed_batch_is_tried_in_parts_only_within_its_retry_time() -> None:
     assert patient.calls == 65 and all(r.error == "TimeoutError: feature store did not answer" for r in tried)
     cut = score_prepared(hurried, Prepared(matrix.copy(), list(range(64)), {}), 64, 0.0, retry_s=0.0)  # type: ignore[arg-type]
     assert hurried.calls == 1
-    assert all(r.prediction is None and "TimeoutError: feature store did not answer (the batch's error: its rows were "
+    assert all(r.prediction is None and "TimeoutError: feature store did not answer (the batch's error: this row was "
                "not tried alone" in (r.error or "") for r in cut)
     assert retry_budget_s(60.0) == 15.0 and retry_budget_s(0.0) > 0
+
+
+def test_the_retry_time_bounds_the_calls_row_by_row_and_starts_at_the_first_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The time was checked only after a call of several rows failed: once the first and middle rows
+    failed alone, every row was called (257 calls in a 0.1 s budget); and it was timed from before
+    the batch's own call, so a healthy model's long batch with one bad row failed all 256 (a review).
+    The model's calls move a clock of their own: each takes 1 s."""
+    from services.core.signatures import Prepared
+    from services.model_worker import worker
+
+    clock = [0.0]
+    monkeypatch.setattr(worker._Retries, "clock", staticmethod(lambda: clock[0]))
+
+    class SlowlyFailing(_Failing):
+        def predict(self, matrix: Any) -> list[Prediction]:
+            clock[0] += 1.0
+            return super().predict(matrix)
+
+    failing = SlowlyFailing()
+    results = worker.score_prepared(failing, Prepared(np.zeros((64, 1)), list(range(64)), {}), 64, 0.0,  # type: ignore[arg-type]
+                                    retry_s=10.0)
+    assert failing.calls == 11  # the batch, then 10 s of retries: not 65
+    assert sum("this row was not tried alone" in (r.error or "") for r in results) == 64 - 10  # 10 were
+
+    class LongBatchOneBadRow(_Overflowing):
+        def predict(self, matrix: Any) -> list[Prediction]:
+            clock[0] += 30.0 if len(matrix) == 64 else 0.0  # a long batch call, quick retries
+            if any(row[0] < 0 for row in matrix):
+                raise ValueError("negative")
+            return [Prediction(float(row[0]), "l") for row in matrix]
+
+    matrix = np.ones((64, 1))
+    matrix[5] = -1.0
+    scored = worker.score_prepared(LongBatchOneBadRow(), Prepared(matrix, list(range(64)), {}), 64, 0.0,  # type: ignore[arg-type]
+                                   retry_s=10.0)
+    assert [i for i, r in enumerate(scored) if r.error] == [5]
 
 
 def test_an_output_whose_fields_raise_is_its_requests_error_not_the_writers_end() -> None:
@@ -719,3 +757,22 @@ def test_an_endless_output_iterable_is_the_batchs_error_not_all_the_memory() -> 
 
     results = score_batch(Endless(), [{"x": 0.5}, {"x": 0.25}])  # type: ignore[arg-type]
     assert {r.error for r in results} == {"ValueError: model returned over 1 outputs for 1 inputs"}
+
+
+def test_a_commands_sigterm_is_never_a_rows_error() -> None:
+    """With SIGINT ignored (a replay run in the background, nohup) the KeyboardInterrupt check took
+    the command's SIGTERM (Stopped) for the model's own: a row error, and the replay went on (a review)."""
+    import signal
+
+    from services.core.errors import Stopped
+
+    class Terminated(_Overflowing):
+        def predict(self, matrix: Any) -> list[Any]:
+            raise Stopped(signal.SIGTERM)
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(Stopped):
+            score_batch(Terminated(), [{"x": 0.5}])  # type: ignore[arg-type]
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -164,3 +164,21 @@ def test_close_lets_the_client_go_and_says_what_it_dropped() -> None:
     producer.poll(0)  # nothing to serve: no error
     with pytest.raises(KafkaOperationError, match="the producer is closed"):
         producer.produce("t", b"after", partition=0)
+
+
+def test_what_close_drops_is_not_reported_and_a_closed_producer_stays_closed() -> None:
+    """A purged record's report ran its receipt: a rendezvous' reply dropped at close was marked
+    sent, and its request committed at the revoke without it. After close, a stuck producer's
+    produce made a new client nothing closed, and flush and a second close raised (a review)."""
+    receipts: list[str] = []
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0}, delivered=True)
+    producer.produce("t", b"a reply", partition=0, on_done=lambda: receipts.append("done"))
+    assert producer.close(timeout=0.1) == 1
+    assert receipts == []
+    producer._stuck = True  # a record of it timed out before the close: a produce replaced the client
+    with pytest.raises(KafkaOperationError, match="the producer is closed"):
+        producer.produce("t", b"after", partition=0)
+    with pytest.raises(RuntimeError, match="closed"):
+        producer.native.poll(0)  # still the client the close destroyed: no new one was made
+    producer.flush(1.0)
+    assert producer.flush_quietly(1.0) == 0 and producer.close() == 0

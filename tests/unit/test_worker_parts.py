@@ -163,10 +163,11 @@ class _CatchUpConsumer:
         self.assigned = [(tp.partition, tp.offset) for tp in partitions]
 
 
-def test_a_partition_whose_catch_up_lookup_failed_starts_as_the_group_would_not_at_its_end() -> None:
+def test_a_partition_whose_catch_up_lookup_failed_is_tried_again_not_started_at_its_end() -> None:
     """A lookup error was taken for "no record after --start-at": the partition began at its end and
-    that end was committed, its history skipped for good (a review)."""
-    from confluent_kafka import OFFSET_INVALID, TopicPartition
+    that end was committed, its history skipped for good (a review). It fails the lookup, which
+    `_catch_up` tries again (and, out of tries, leaves every partition to the group's own start)."""
+    from confluent_kafka import KafkaException, TopicPartition
 
     from services.model_worker.worker import ModelWorker
 
@@ -174,8 +175,9 @@ def test_a_partition_whose_catch_up_lookup_failed_starts_as_the_group_would_not_
     worker.name = "champion"
     consumer = _CatchUpConsumer()
     partitions = [TopicPartition("rdv.requests", p) for p in range(3)]
-    worker._start_new_partitions_at(consumer, partitions, 1_700_000_000_000)
-    assert consumer.assigned == [(0, 40), (1, OFFSET_INVALID), (2, 40)]
+    with pytest.raises(KafkaException):
+        worker._start_new_partitions_at(consumer, partitions, 1_700_000_000_000)
+    assert consumer.assigned == []  # nothing started, at its end or anywhere
 
 
 def test_a_new_group_about_to_score_a_long_history_says_so(caplog: pytest.LogCaptureFixture) -> None:
