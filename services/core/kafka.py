@@ -258,6 +258,7 @@ class Producer:
         self._replace_lock = threading.Lock()
         self._closed = False  # `close` let the clients go
         self._dropping = False  # `close` drops what they still hold: their reports are ignored
+        self._dropped = 0  # how many records that was (a flush after the close says so)
         # Appended by delivery reports on whichever thread polls, taken by flush on another.
         self._failures_lock = threading.Lock()
         self._failures: list[DeliveryFailed] = []
@@ -405,8 +406,8 @@ class Producer:
         flight ends there. `poll` and `flush` serve it until it holds nothing: a failure of its
         records is raised by `flush` as any other (the timed-out one's too: kept)."""
         with self._replace_lock:
-            if not self._stuck:
-                return  # another thread replaced it just now
+            if not self._stuck or self._closed:
+                return  # another thread replaced it just now, or closed the producer (no client after that)
             old = self._new_client()
             old.purge(in_queue=True, in_flight=False, blocking=True)
             self._retiring.append(old)
@@ -462,8 +463,6 @@ class Producer:
         queue full it waits for room (`wait_when_full`), until `give_up_at` (time.monotonic) if given."""
         if on_done is not None and not self._delivered:
             raise ValueError("on_done needs a producer made with delivered=True")
-        if self._closed:
-            raise KafkaOperationError(f"produce to {topic} refused: the producer is closed")
         if not checked and topic in self._limits:  # `checked`: the caller just ran check_size
             # librdkafka knows only its own limit: the topic's would refuse the record later, for good.
             self.check_size(value, key, headers, topic)
@@ -475,6 +474,8 @@ class Producer:
         if headers:
             kwargs["headers"] = list(headers)
         while True:
+            if self._closed:  # closed on another thread (while this waited for room): its client is gone, or going
+                raise KafkaOperationError(f"produce to {topic} refused: the producer is closed")
             try:
                 self._producer.produce(topic, value, key, **kwargs)
                 return
@@ -484,8 +485,10 @@ class Producer:
                 if time.monotonic() >= give_up:
                     raise KafkaOperationError(f"produce to {topic} refused: the client's local queue is full "
                                               "(the broker is not taking records as fast as they come)") from None
-                # Local queue full: serve delivery reports until there is room again.
-                self._producer.poll(0.05)
+                # Local queue full: serve delivery reports until there is room again (a close on
+                # another thread meanwhile ends the wait: the next produce is refused).
+                with contextlib.suppress(RuntimeError):
+                    self._producer.poll(0.05)
             except RuntimeError:  # confluent-kafka's "Producer has been closed"
                 raise KafkaOperationError(f"produce to {topic} refused: the producer is closed") from None
             except KafkaException as exc:
@@ -511,6 +514,8 @@ class Producer:
         current client's flush began; the flush still raises, because the timed-out record that
         made the replacement is a failure kept for it: at-least-once re-reads.)"""
         if self._closed:
+            if self._dropped:
+                raise DeliveryFailed(f"{self._dropped} records were dropped undelivered when the producer was closed")
             return
         remaining = self._flush_all(timeout)
         self.raise_failures()
@@ -528,9 +533,9 @@ class Producer:
         KafkaOperationError; a poll, a flush and a second close do nothing."""
         if self._closed:
             return 0
-        held = self.flush_quietly(timeout)
-        self._closed = self._dropping = True  # before the clients go: a produce meanwhile is refused
-        with self._replace_lock:
+        held = self._dropped = self.flush_quietly(timeout)
+        with self._replace_lock:  # under the lock a replacement takes: no client is made after this
+            self._closed = self._dropping = True
             clients, self._retiring = [*self._retiring, self._producer], []
         for client in clients:
             _let_go(client)

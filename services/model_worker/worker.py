@@ -60,6 +60,7 @@ from services.model_worker.watchdog import ScoringWatchdog, Watched
 log = logging.getLogger(__name__)
 
 CATCH_UP_TRIES = 3  # of finding where --start-at begins (each waits up to 15 s for the broker)
+CATCH_UP_PAUSE_S = 0.5  # before the next try of a partition's lookup that failed, times the tries so far
 EARLIEST_BACKLOG_SAID = 1000  # requests a new group scores first from the earliest, above which that is said
 # How long a failed batch is tried again in parts before its other rows get its error: a quarter of
 # the default --predict-timeout-s (the worker passes a quarter of its own: `retry_budget_s`).
@@ -129,8 +130,11 @@ class _Retries:
 
     clock = staticmethod(time.perf_counter)
 
-    def __init__(self, seconds: float, failure: BaseException) -> None:
-        self.until = self.clock() + seconds
+    def __init__(self, seconds: float, failure: BaseException, called_at: float) -> None:
+        # None when the failed call alone took the time (begun at `called_at`): one more call of
+        # as long would carry the turn past the watchdog's timeout (a review of the mend).
+        now = self.clock()
+        self.until = now + seconds if now - called_at < seconds else now
         self.reason = (f"{_described(failure)} (the batch's error: this row was not tried alone, the model's "
                        f"failures took over {seconds:g} s)")
 
@@ -141,8 +145,12 @@ class _Retries:
 def _predict(model: Model, matrix: Any, retries: float | _Retries, probe: bool = True) -> list[_Output]:
     """The outputs of `matrix`'s rows; `retries`: how long to try the batch again in parts once it
     failed (its first call), or the time left for that (a retry: checked before the model is called)."""
-    if type(retries) is _Retries and retries.out():
-        return [(None, retries.reason)] * len(matrix)
+    if type(retries) is _Retries:
+        if retries.out():
+            return [(None, retries.reason)] * len(matrix)
+        called_at = 0.0
+    else:
+        called_at = _Retries.clock()  # the batch's call: how long it took decides whether to retry
     # A model may scale its input in place before it raises: the rows retried one by one must be
     # the rows it was given.
     given = matrix.copy() if len(matrix) > 1 else matrix
@@ -167,9 +175,10 @@ def _predict(model: Model, matrix: Any, retries: float | _Retries, probe: bool =
             raise  # Ctrl-C, SIGTERM or SIGHUP of a command scoring in this process (replay)
         if len(matrix) == 1:
             return [(None, _described(exc))]
-        # Timed from the first failure: a healthy model's long batch call is none of the retries' time.
+        # Timed from the first failure: a healthy model's long batch call is none of the retries' time,
+        # unless it took the whole of it.
         if not isinstance(retries, _Retries):
-            retries = _Retries(retries, exc)
+            retries = _Retries(retries, exc, called_at)
         if probe:
             return _probed(model, given, retries)
         half = len(given) // 2
@@ -529,14 +538,22 @@ class ModelWorker(SimpleHandler, Probed):
                  if committed.get(tp.partition, -1) < 0]
         if not fresh:
             return
-        found = consumer.offsets_for_times(fresh, timeout=15)
+        found = {tp.partition: tp for tp in consumer.offsets_for_times(fresh, timeout=15)}
         # A lookup that failed for a partition is no "nothing after start_ms": started at its end and
-        # that end committed, it skipped the partition's history for good (a review). Tried again as
-        # a failed call is (`_catch_up`), whose last word is the group's own start.
-        failed = next((tp for tp in found if tp.error is not None), None)
-        if failed is not None:
-            raise KafkaException(failed.error)
-        starts = {tp.partition: tp.offset for tp in found}
+        # that end committed, it skipped the partition's history for good (a review). Its lookup is
+        # tried again, after a pause (a leader being elected), and out of tries it alone starts as
+        # the group would (--start-from), said.
+        for attempt in range(1, CATCH_UP_TRIES):
+            failed = [TopicPartition(tp.topic, p, start_ms) for p, tp in found.items() if tp.error is not None]
+            if not failed:
+                break
+            time.sleep(CATCH_UP_PAUSE_S * attempt)
+            found.update({tp.partition: tp for tp in consumer.offsets_for_times(failed, timeout=15)})
+        left = {p: tp.error for p, tp in found.items() if tp.error is not None}
+        if left:
+            log.warning("model %s: where --start-at begins was not found on partitions %s (%s): they start where "
+                        "the group would (--start-from)", self.name, sorted(left), next(iter(left.values())))
+        starts = {p: tp.offset for p, tp in found.items() if tp.error is None}
         for tp in partitions:
             if tp.partition in starts:
                 # No record at or after start_ms: begin at the end now, as an offset the worker

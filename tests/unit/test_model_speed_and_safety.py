@@ -692,9 +692,14 @@ def test_the_retry_time_bounds_the_calls_row_by_row_and_starts_at_the_first_fail
 
     matrix = np.ones((64, 1))
     matrix[5] = -1.0
-    scored = worker.score_prepared(LongBatchOneBadRow(), Prepared(matrix, list(range(64)), {}), 64, 0.0,  # type: ignore[arg-type]
-                                   retry_s=10.0)
+    scored = worker.score_prepared(LongBatchOneBadRow(), Prepared(matrix.copy(), list(range(64)), {}), 64, 0.0,  # type: ignore[arg-type]
+                                   retry_s=40.0)
     assert [i for i, r in enumerate(scored) if r.error] == [5]
+    # A failed call that took the whole retry time alone is not followed by more: one more call of
+    # as long carried the turn past the watchdog's timeout (a review of the mend).
+    slow = worker.score_prepared(LongBatchOneBadRow(), Prepared(matrix.copy(), list(range(64)), {}), 64, 0.0,  # type: ignore[arg-type]
+                                 retry_s=10.0)
+    assert all("this row was not tried alone" in (r.error or "") for r in slow)
 
 
 def test_an_output_whose_fields_raise_is_its_requests_error_not_the_writers_end() -> None:

@@ -6,11 +6,13 @@ or stopping the service. No broker is needed: the producer points at a closed po
 from __future__ import annotations
 
 import re
+import time
+from typing import Any
 
 import pytest
 
 from services.core.commits import AtLeastOnce, TransactionAborted
-from services.core.errors import KafkaOperationError, OutputsLost, RecordTooLarge, RefusedForGood
+from services.core.errors import DeliveryFailed, KafkaOperationError, OutputsLost, RecordTooLarge, RefusedForGood
 from services.core.health import BrokerHealth
 from services.core.kafka import Producer
 from services.localkafka.config import free_port
@@ -180,5 +182,48 @@ def test_what_close_drops_is_not_reported_and_a_closed_producer_stays_closed() -
         producer.produce("t", b"after", partition=0)
     with pytest.raises(RuntimeError, match="closed"):
         producer.native.poll(0)  # still the client the close destroyed: no new one was made
-    producer.flush(1.0)
+    with pytest.raises(DeliveryFailed, match="1 records were dropped undelivered when the producer was closed"):
+        producer.flush(1.0)  # nothing pending, but it did not deliver everything
     assert producer.flush_quietly(1.0) == 0 and producer.close() == 0
+
+
+def test_a_produce_waiting_for_room_when_the_producer_closes_is_refused() -> None:
+    """Its wait served the closed client (a RuntimeError out of the handler) or, in one run of five,
+    queued the record in a client nothing closed (a review of the mend)."""
+    import threading
+
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0,
+                         "queue.buffering.max.messages": 1})
+    producer.produce("t", b"fills the queue", partition=0)
+    waiting = threading.Event()
+
+    class Watched:  # the client as the producer uses it, saying when the wait for room began
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        def __len__(self) -> int:
+            return len(self.inner)
+
+        def poll(self, timeout: float) -> int:
+            waiting.set()
+            return int(self.inner.poll(timeout))
+
+    producer._producer = Watched(producer._producer)  # type: ignore[assignment]
+    outcome: list[BaseException | None] = []
+
+    def second() -> None:
+        try:
+            producer.produce("t", b"waits for room", partition=0, give_up_at=time.monotonic() + 60)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - what it raised is the finding
+            outcome.append(exc)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    assert waiting.wait(30)
+    producer.close(timeout=0.1)
+    thread.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], KafkaOperationError), outcome

@@ -142,6 +142,7 @@ class _CatchUpConsumer:
 
     def __init__(self) -> None:
         self.assigned: list[Any] = []
+        self.lookups: list[list[int]] = []
 
     def committed(self, partitions: list[Any], timeout: float) -> list[Any]:
         from confluent_kafka import TopicPartition
@@ -151,6 +152,7 @@ class _CatchUpConsumer:
     def offsets_for_times(self, partitions: list[Any], timeout: float) -> list[Any]:
         from confluent_kafka import KafkaError
 
+        self.lookups.append([tp.partition for tp in partitions])
         # As confluent-kafka's TopicPartitions read (their error cannot be set from Python).
         return [types.SimpleNamespace(topic=tp.topic, partition=tp.partition, offset=-1 if tp.partition == 1 else 40,
                                       error=KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION) if tp.partition == 1
@@ -163,21 +165,27 @@ class _CatchUpConsumer:
         self.assigned = [(tp.partition, tp.offset) for tp in partitions]
 
 
-def test_a_partition_whose_catch_up_lookup_failed_is_tried_again_not_started_at_its_end() -> None:
+def test_a_partition_whose_catch_up_lookup_failed_is_tried_again_then_left_to_the_groups_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """A lookup error was taken for "no record after --start-at": the partition began at its end and
-    that end was committed, its history skipped for good (a review). It fails the lookup, which
-    `_catch_up` tries again (and, out of tries, leaves every partition to the group's own start)."""
-    from confluent_kafka import KafkaException, TopicPartition
+    that end was committed, its history skipped for good (a review). Its lookup is tried again;
+    out of tries it alone starts as the group would, the others at --start-at (a review of the mend:
+    a failed partition sent them all to the group's start)."""
+    from confluent_kafka import OFFSET_INVALID, TopicPartition
 
-    from services.model_worker.worker import ModelWorker
+    from services.model_worker.worker import CATCH_UP_TRIES, ModelWorker
 
-    worker = ModelWorker.__new__(ModelWorker)
-    worker.name = "champion"
+    monkeypatch.setattr(worker, "CATCH_UP_PAUSE_S", 0.0)
+    scorer = ModelWorker.__new__(ModelWorker)
+    scorer.name = "champion"
     consumer = _CatchUpConsumer()
     partitions = [TopicPartition("rdv.requests", p) for p in range(3)]
-    with pytest.raises(KafkaException):
-        worker._start_new_partitions_at(consumer, partitions, 1_700_000_000_000)
-    assert consumer.assigned == []  # nothing started, at its end or anywhere
+    with caplog.at_level("WARNING"):
+        scorer._start_new_partitions_at(consumer, partitions, 1_700_000_000_000)
+    assert consumer.assigned == [(0, 40), (1, OFFSET_INVALID), (2, 40)]
+    assert consumer.lookups == [[0, 1, 2], *[[1]] * (CATCH_UP_TRIES - 1)]
+    assert "where --start-at begins was not found on partitions [1]" in caplog.text
 
 
 def test_a_new_group_about_to_score_a_long_history_says_so(caplog: pytest.LogCaptureFixture) -> None:
