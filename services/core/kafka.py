@@ -513,12 +513,16 @@ class Producer:
         replaced by another thread during this flush may have its records sent again after the
         current client's flush began; the flush still raises, because the timed-out record that
         made the replacement is a failure kept for it: at-least-once re-reads.)"""
-        if self._closed:
-            if self._dropped:
-                raise DeliveryFailed(f"{self._dropped} records were dropped undelivered when the producer was closed")
+        remaining = 0
+        if not self._closed:
+            with contextlib.suppress(RuntimeError):  # its client destroyed by a close on another thread meanwhile
+                remaining = self._flush_all(timeout)
+            self.raise_failures()
+        if self._dropping:  # closed before or during this flush: what the close dropped was not delivered
+            if self._dropped or remaining:
+                raise DeliveryFailed(f"{self._dropped or remaining} records were dropped undelivered when the "
+                                     "producer was closed")
             return
-        remaining = self._flush_all(timeout)
-        self.raise_failures()
         if remaining:
             raise DeliveryFailed(f"{remaining} records not acknowledged within {round(timeout, 2):g}s", retriable=True)
 
@@ -533,13 +537,14 @@ class Producer:
         KafkaOperationError; a poll, a flush and a second close do nothing."""
         if self._closed:
             return 0
-        held = self._dropped = self.flush_quietly(timeout)
+        held = self.flush_quietly(timeout)
         with self._replace_lock:  # under the lock a replacement takes: no client is made after this
+            # Set together: a flush on another thread that sees the close sees what it drops.
             self._closed = self._dropping = True
+            self._dropped = held
             clients, self._retiring = [*self._retiring, self._producer], []
-        for client in clients:
-            _let_go(client)
-        return held
+        self._dropped = max(held, sum(_let_go(client) for client in clients))
+        return self._dropped
 
     def flush_quietly(self, timeout: float) -> int:
         """Deliver what is queued within `timeout`; how many records are still held. Never raises
@@ -564,18 +569,23 @@ class Producer:
         return self._producer
 
 
-def _let_go(client: _Producer) -> None:
-    """Destroy a producer client now. What it still holds is dropped first: confluent-kafka's
-    close flushes without a time limit (a broker away would hold the caller for good), and a
-    client still holding records is left to the garbage collector, as before, rather than risked."""
+def _let_go(client: _Producer) -> int:
+    """Destroy a producer client now; how many records it still held (dropped). They are dropped
+    first: confluent-kafka's close flushes without a time limit (a broker away would hold the
+    caller for good), and a client still holding records is left to the garbage collector, as
+    before, rather than risked. Purged again while a produce on another thread that passed its
+    check before the close adds one (a review)."""
+    dropped = len(client)  # a record a racing produce adds in the next microseconds is not counted
     try:
-        if len(client):
+        for _ in range(3):
+            if not len(client):
+                client.close()
+                break
             client.purge(in_queue=True, in_flight=True, blocking=True)
             client.poll(0)  # the purged records' reports, ignored (`Producer._dropping`)
-        if not len(client):
-            client.close()
     except (KafkaException, RuntimeError) as exc:  # already closed, or a client in a fatal state
         log.debug("producer client not closed: %s", exc)
+    return dropped
 
 
 _REPLACEMENTS_SAID: OncePerPeriod[str] = OncePerPeriod(60.0)

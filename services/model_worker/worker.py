@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from confluent_kafka import KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_INVALID, KafkaException, Message, TopicPartition
 from prometheus_client import Counter, Histogram
 
 from services.core.codec import codec
@@ -548,17 +548,24 @@ class ModelWorker(SimpleHandler, Probed):
             if not failed:
                 break
             time.sleep(CATCH_UP_PAUSE_S * attempt)
-            found.update({tp.partition: tp for tp in consumer.offsets_for_times(failed, timeout=15)})
+            try:
+                found.update({tp.partition: tp for tp in consumer.offsets_for_times(failed, timeout=15)})
+            except KafkaException as exc:  # asked alone, a partition without a leader fails the whole call
+                log.debug("model %s: --start-at lookup of partitions %s failed again: %s", self.name,
+                          [tp.partition for tp in failed], exc)
         left = {p: tp.error for p, tp in found.items() if tp.error is not None}
         if left:
             log.warning("model %s: where --start-at begins was not found on partitions %s (%s): they start where "
                         "the group would (--start-from)", self.name, sorted(left), next(iter(left.values())))
-        starts = {p: tp.offset for p, tp in found.items() if tp.error is None}
+        # No record at or after start_ms: begin at the end now, as an offset the worker commits
+        # (OFFSET_END would leave the partition uncommitted: see _latest_starts). Every start found
+        # before any is set: an attempt that raised left no offset of its own for the next (a review).
+        starts = {tp.partition: found[tp.partition].offset if found[tp.partition].offset >= 0
+                  else partition_end(consumer, tp)
+                  for tp in partitions if tp.partition in found and found[tp.partition].error is None}
         for tp in partitions:
-            if tp.partition in starts:
-                # No record at or after start_ms: begin at the end now, as an offset the worker
-                # commits (OFFSET_END would leave the partition uncommitted: see _latest_starts).
-                tp.offset = starts[tp.partition] if starts[tp.partition] >= 0 else partition_end(consumer, tp)
+            if tp.partition in found:  # a fresh one: where it was found, else where the group would start it
+                tp.offset = starts.get(tp.partition, OFFSET_INVALID)
         consumer.assign(partitions)
         log.info("model %s catching up from %d on partitions %s", self.name, start_ms, sorted(starts))
 

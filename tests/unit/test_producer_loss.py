@@ -6,7 +6,9 @@ or stopping the service. No broker is needed: the producer points at a closed po
 from __future__ import annotations
 
 import re
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -187,43 +189,67 @@ def test_what_close_drops_is_not_reported_and_a_closed_producer_stays_closed() -
     assert producer.flush_quietly(1.0) == 0 and producer.close() == 0
 
 
-def test_a_produce_waiting_for_room_when_the_producer_closes_is_refused() -> None:
-    """Its wait served the closed client (a RuntimeError out of the handler) or, in one run of five,
-    queued the record in a client nothing closed (a review of the mend)."""
-    import threading
 
-    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0,
-                         "queue.buffering.max.messages": 1})
-    producer.produce("t", b"fills the queue", partition=0)
-    waiting = threading.Event()
+class _Watched:
+    """A producer's client as it uses it, saying when `method` is first called."""
 
-    class Watched:  # the client as the producer uses it, saying when the wait for room began
-        def __init__(self, inner: Any) -> None:
-            self.inner = inner
+    def __init__(self, inner: Any, method: str) -> None:
+        self.inner, self.method = inner, method
+        self.called = threading.Event()
 
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.inner, name)
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self.inner, name)
+        if name != self.method:
+            return value
 
-        def __len__(self) -> int:
-            return len(self.inner)
+        def watched(*args: Any, **kwargs: Any) -> Any:
+            self.called.set()
+            return value(*args, **kwargs)
 
-        def poll(self, timeout: float) -> int:
-            waiting.set()
-            return int(self.inner.poll(timeout))
+        return watched
 
-    producer._producer = Watched(producer._producer)  # type: ignore[assignment]
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+def _closed_while(call: Callable[[Producer], None], method: str, producer: Producer) -> BaseException | None:
+    """What `call(producer)` on another thread ends with when the producer is closed once that call
+    reached the client's `method`."""
+    watched = producer._producer = _Watched(producer._producer, method)  # type: ignore[assignment]
     outcome: list[BaseException | None] = []
 
-    def second() -> None:
+    def run() -> None:
         try:
-            producer.produce("t", b"waits for room", partition=0, give_up_at=time.monotonic() + 60)
+            call(producer)
             outcome.append(None)
         except BaseException as exc:  # noqa: BLE001 - what it raised is the finding
             outcome.append(exc)
 
-    thread = threading.Thread(target=second)
+    thread = threading.Thread(target=run)
     thread.start()
-    assert waiting.wait(30)
+    assert watched.called.wait(30)
     producer.close(timeout=0.1)
-    thread.join(30)
-    assert len(outcome) == 1 and isinstance(outcome[0], KafkaOperationError), outcome
+    thread.join(60)
+    assert len(outcome) == 1
+    return outcome[0]
+
+
+def test_a_produce_waiting_for_room_when_the_producer_closes_is_refused() -> None:
+    """Its wait served the closed client (a RuntimeError out of the handler) or, in one run of five,
+    queued the record in a client nothing closed (a review of the mend)."""
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0,
+                         "queue.buffering.max.messages": 1})
+    producer.produce("t", b"fills the queue", partition=0)
+    ended = _closed_while(lambda p: p.produce("t", b"waits for room", partition=0, give_up_at=time.monotonic() + 60),
+                          "poll", producer)
+    assert isinstance(ended, KafkaOperationError), ended
+
+
+def test_a_flush_running_when_another_thread_closes_says_what_was_dropped() -> None:
+    """Past its check before the close, it saw nothing left once the close purged, no failure (the
+    purged reports are not reported), and returned as if all were delivered (a review of the mend)."""
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0})
+    producer.produce("t", b"never delivered", partition=0)
+    ended = _closed_while(lambda p: p.flush(30.0), "flush", producer)
+    assert isinstance(ended, DeliveryFailed), ended
+    assert "1 records were dropped undelivered when the producer was closed" in str(ended)

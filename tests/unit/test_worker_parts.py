@@ -201,3 +201,54 @@ def test_a_new_group_about_to_score_a_long_history_says_so(caplog: pytest.LogCap
         worker._say_earliest_start(_CatchUpConsumer(), [TopicPartition("rdv.requests", p) for p in range(3)])
     assert ("group rdv.model.champion+challenger has no committed offsets on 3 partition(s): it scores the 2700 "
             "requests kept there") in caplog.text and "--start-from latest" in caplog.text
+
+
+class _AloneFailsConsumer(_CatchUpConsumer):
+    """Asked alone, partition 1 (no leader) fails the whole lookup, as librdkafka does; partition 2
+    has no record after the time, and the first ask of its end fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ends_asked = 0
+
+    def offsets_for_times(self, partitions: list[Any], timeout: float) -> list[Any]:
+        from confluent_kafka import KafkaError, KafkaException
+
+        if [tp.partition for tp in partitions] == [1]:
+            self.lookups.append([1])
+            raise KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION))
+        found = super().offsets_for_times(partitions, timeout)
+        for tp in found:
+            if tp.partition == 2:
+                tp.offset = -1
+        return found
+
+    def get_watermark_offsets(self, tp: Any, timeout: float = 0, cached: bool = False) -> tuple[int, int]:
+        from confluent_kafka import KafkaError, KafkaException
+
+        self.ends_asked += 1
+        if self.ends_asked == 1:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+        return super().get_watermark_offsets(tp, timeout, cached)
+
+
+def test_a_lookup_failing_whole_when_asked_alone_keeps_what_was_found_and_a_raise_sets_no_offset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Asked alone, a partition without a leader fails the whole call: that threw away the lookups
+    found and sent every partition to --start-from; and an attempt that raised left the offsets it
+    had set for the next (a review of the mend)."""
+    from confluent_kafka import OFFSET_INVALID, KafkaException, TopicPartition
+
+    from services.model_worker.worker import ModelWorker
+
+    monkeypatch.setattr(worker, "CATCH_UP_PAUSE_S", 0.0)
+    scorer = ModelWorker.__new__(ModelWorker)
+    scorer.name = "champion"
+    consumer = _AloneFailsConsumer()
+    partitions = [TopicPartition("rdv.requests", p) for p in range(3)]
+    with pytest.raises(KafkaException):  # the end of partition 2 not read: `_catch_up` tries again
+        scorer._start_new_partitions_at(consumer, partitions, 1_700_000_000_000)
+    assert [tp.offset for tp in partitions] == [OFFSET_INVALID] * 3 and consumer.assigned == []
+    scorer._start_new_partitions_at(consumer, partitions, 1_700_000_000_000)
+    assert consumer.assigned == [(0, 40), (1, OFFSET_INVALID), (2, 900)]
