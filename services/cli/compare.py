@@ -24,7 +24,7 @@ from rich.progress import (
 from rich.text import Text
 
 from services.cli.common import console, messages
-from services.cli.shown import now_and_then, print_note
+from services.cli.shown import counted, now_and_then, print_note
 from services.compare_report.report import report_from_topic
 from services.compare_report.settings import CompareSettings
 from services.compare_report.table import print_report, print_report_json
@@ -47,12 +47,12 @@ class _Bar:
         self._console, self._topic = console, topic
         self._progress: Progress | None = None
         self._task: TaskID | None = None
-        self._say: Callable[[str], None] | None = None  # no terminal: a plain line now and then
-        self._read = self._total = 0
+        self._counted: Callable[[int], None] | None = None  # no terminal: a plain line now and then
 
     def start(self, total: int) -> None:
         if not self._console.is_terminal:  # rich draws a bar on a terminal only: silent until the end
-            self._say, self._total = now_and_then(self._console, f"reading {self._topic}"), total
+            self._counted = counted(now_and_then(self._console, f"reading {self._topic}"),
+                                    lambda read: f"{read:,} of at most {total:,} records")
             return
         columns = (TextColumn("reading {task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
                    TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
@@ -61,9 +61,8 @@ class _Bar:
         self._task = self._progress.add_task(self._topic, total=total)
 
     def advance(self, n: int) -> None:
-        if self._say is not None:
-            self._read += n
-            self._say(f"{self._read:,} of at most {self._total:,} records")
+        if self._counted is not None:
+            self._counted(n)
         elif self._progress is not None and self._task is not None:
             self._progress.advance(self._task, n)
 

@@ -205,7 +205,14 @@ def running_pids(name: str) -> list[int]:
 def _replica_args(name: str, settings: DeploySettings, index: int) -> list[str]:
     if name == RENDEZVOUS:
         return ["serve", "--instance", _instance(RENDEZVOUS, index)]
-    args = ["model", "serve", "--model", settings.model, "--name", name, "--instance", _instance(name, index)]
+    return _model_serve_args(name, settings, _instance(name, index))
+
+
+def _model_serve_args(name: str, settings: DeploySettings, instance: str | None = None) -> list[str]:
+    """The `model serve` command line of a model's deployment: a replica's (with its `instance`) and
+    the Compose block's alike (the block's had drifted: it lacked --version)."""
+    args = ["model", "serve", "--model", settings.model, "--name", name]
+    args += ["--instance", instance] if instance else []
     args += ["--version", settings.version] if settings.version else []
     args += ["--start-at", settings.start_at] if settings.start_at else []
     args += ["--start-from", settings.start_from]
@@ -426,18 +433,8 @@ def _wait_for_starts(
 
 
 def compose_block(name: str, settings: DeploySettings) -> str:
-    command = ["model", "serve", "--model", settings.model, "--name", name]
-    if settings.version:
-        command += ["--version", settings.version]
-    if settings.start_at:
-        command += ["--start-at", settings.start_at]
-    command += ["--start-from", settings.start_from]
-    if settings.trust_model_file:
-        command += ["--trust-model-file"]
-    if settings.co_host:
-        command += ["--co-host", ",".join(settings.co_host)]
     return (
-        f"  {name}:\n    <<: *rdv\n    command: {json.dumps(command)}\n"
+        f"  {name}:\n    <<: *rdv\n    command: {json.dumps(_model_serve_args(name, settings))}\n"
         + (f"    deploy:\n      replicas: {settings.replicas}\n" if settings.replicas > 1 else "")
     )
 
@@ -558,6 +555,7 @@ def _check_not_preferred(name: str, settings: UndeploySettings, console: Console
     # The version in force answers until the next takes effect (a change published with a
     # longer --effective-in is pending): the latest alone let the champion of now be stopped.
     now = now_ms()
+    fallback = None  # the first version naming one as a fallback: said if none is refused
     for schedule, start in book.in_force_and_after(now):
         held = [m for m in models if m in schedule.answering()]
         if held:
@@ -568,17 +566,14 @@ def _check_not_preferred(name: str, settings: UndeploySettings, console: Console
             raise ConfigError(f"{', '.join(held)} is what schedule {schedule.name} v{schedule.version} answers with"
                               f"{when}: once stopped every such answer waits for a fallback or times out; promote "
                               f"another model first, or undeploy {name} --force")
-    _note_fallbacks(models, book, now, console)
-
-
-def _note_fallbacks(models: list[str], book: Any, now: int, console: Console) -> None:
-    """A fallback stopped while the schedule names it: an answer whose preferred model fails then
-    waits for it (to the deadline, unless the schedule gives it a wait) before the fallbacks after
-    it; said, not refused (a review found it stopped without a word)."""
-    for schedule, _start in book.in_force_and_after(now):
-        named = [m for m in models if m in schedule.model_set and m not in schedule.answering()]
-        if named:
-            print_note(console, f"{', '.join(named)} is a fallback of schedule {schedule.name} v{schedule.version}: "
-                       "while it is named, an answer whose preferred model fails waits for it (to the deadline "
-                       "unless the schedule gives it a wait); `rendezvous schedule set` without it")
-            return
+        named = [m for m in models if m in schedule.model_set]
+        if named and fallback is None:
+            fallback = (schedule, named)
+    if fallback is not None:
+        # Said, not refused: an answer whose preferred model fails then waits for it (to the
+        # deadline, unless the schedule gives it a wait) before the fallbacks after it (a review
+        # found it stopped without a word).
+        schedule, named = fallback
+        print_note(console, f"{', '.join(named)} is a fallback of schedule {schedule.name} v{schedule.version}: "
+                   "while it is named, an answer whose preferred model fails waits for it (to the deadline "
+                   "unless the schedule gives it a wait); `rendezvous schedule set` without it")

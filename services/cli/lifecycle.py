@@ -21,9 +21,9 @@ from rich.text import Text
 
 from services.cli.common import messages, warn_of_history_loss
 from services.cli.model_contracts import print_contracts
-from services.cli.shown import now_and_then, print_note, print_notes, shown
+from services.cli.shown import counted, now_and_then, print_note, print_notes, shown
 from services.control import changes
-from services.control.gates import Verdict, evaluate, parse_requirements, with_defaults
+from services.control.gates import DEFAULTS_SAID, Verdict, evaluate, parse_requirements, with_defaults
 from services.control.liveness import live_models, not_live
 from services.control.schedule import DEFAULT_DEADLINE_MS, MAX_INT, Schedule, authored, check_schedule_name
 from services.control.topic import ScheduleBook, load_book, publish
@@ -139,9 +139,7 @@ class PromoteSettings(ChangeSettings):
 
     require: str = setting(
         "", "Gate, e.g. agreement>=0.95,p99<=50ms,n>=10000 (see README). Defaults unless a clause names the "
-        "figure: n>=100, error_rate <= the champion's + 0.01, deadline_met >= the champion's - 0.01, "
-        "coverage>=0.95, versions<=1, and labelled>=100 with an agreement clause. Each share is shown with its "
-        "95% interval.",
+        f"figure: {DEFAULTS_SAID}. Each share is shown with its 95% interval.",
         # Given empty (a variable unset in --require "$GATE"), it read as no gate: published unchecked (a review).
         if_empty="give the gate, e.g. agreement>=0.95,n>=10000, or leave --require out to promote without one",
     )
@@ -428,15 +426,8 @@ def _gate(
 ) -> list[Verdict]:
     err = messages()
     what = f"reading the last {settings.window} of the log: {candidate} against {champion}"
-    say = None if err.is_terminal else now_and_then(err, what)  # a status line is drawn on a terminal only
-    read = 0
-
-    def progress(records: int) -> None:
-        nonlocal read
-        read += records
-        if say is not None:
-            say(f"{read:,} records")
-
+    # A status line is drawn on a terminal only; elsewhere a plain line now and then.
+    progress = (lambda _more: None) if err.is_terminal else counted(now_and_then(err, what), lambda n: f"{n:,} records")
     with err.status(what + " ..."):
         figures = figures_fn(settings, settings.window, candidate, champion, progress)
     requirements = with_defaults(parse_requirements(settings.require), figures)

@@ -226,9 +226,10 @@ class Parser(argparse.ArgumentParser):
     given: tuple[str, ...] = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # Every parser, the subcommands' too (argparse makes them with add_parser's arguments):
-        # abbreviations were taken after the command word, `demo --budget 2` for --budget-ms 2 (a
-        # TIMEOUT for every answer), `compare --max 10` for --max-records (a review).
+        # Every parser, the subcommands' too (argparse makes them with add_parser's arguments).
+        # `--log debug` was taken for --log-level, but Selection reads the words as written and built
+        # no command's flags: every flag after it was "unrecognized" (a probe); after the command
+        # word, `demo --budget 2` was --budget-ms 2 (a TIMEOUT for every answer; a review).
         super().__init__(*args, **{**kwargs, "allow_abbrev": False})
 
     def error(self, message: str) -> NoReturn:
@@ -315,9 +316,6 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         prog="rendezvous",
         description="Streaming model serving on Apache Kafka: several models score every request, "
         "the rendezvous answers by schedule under a deadline, and logs every output for comparison.",
-        # `--log debug` was taken for --log-level, but Selection reads the words as written and built
-        # no command's flags: every flag after it was "unrecognized" (a probe).
-        allow_abbrev=False,
     )
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
                         help="DEBUG, INFO, WARNING or ERROR [default: INFO]")

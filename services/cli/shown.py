@@ -46,3 +46,15 @@ def now_and_then(err: Console, label: str, clock: Callable[[], float] = time.mon
             err.print(f"{label}: {what}", soft_wrap=True)
 
     return say
+
+
+def counted(say: Callable[[str], None], line: Callable[[int], str]) -> Callable[[int], None]:
+    """A progress callback hearing how many more records were read: it says `line(read so far)`."""
+    read = 0
+
+    def heard(more: int) -> None:
+        nonlocal read
+        read += more
+        say(line(read))
+
+    return heard

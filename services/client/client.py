@@ -138,7 +138,8 @@ def checked_features(features: Mapping[str, float]) -> dict[str, float]:
         raise InvalidRequest(f"features must map names to numbers, got {type(features).__name__}")
     checked: dict[str, float] = {}
     for name, value in features.items():
-        if type(name) is not str or not name or not _utf8(name):
+        # isascii() inline: a call of _utf8 for every feature of every request cost 1.6 µs in 30.
+        if type(name) is not str or not name or (not name.isascii() and not _utf8(name)):
             raise InvalidRequest(f"feature name {name!r:.80}: must be a non-empty string of text")
         if type(value) is float:  # the common case, first: this runs for every feature of every request
             checked[name] = value

@@ -157,11 +157,10 @@ def _rows(models: tuple[str, ...], bounds: list[int], champion: int | None,
     rank = counts.copy()
     if champion is not None:
         rank[champion] = np.iinfo(rank.dtype).max  # always a row
-    kept = sorted(np.argsort(-rank, kind="stable")[:MAX_ROWS].tolist())
-    left = np.ones(len(models), dtype=bool)
-    left[kept] = False
-    return kept, [f"{int(left.sum()):,} models with the fewest outputs ({int(counts[left].sum()):,} in all) left "
-                  f"out of the table: a report gives at most {MAX_ROWS} models a row"]
+    kept = np.argsort(-rank, kind="stable")[:MAX_ROWS]  # in any order: `summarize` sorts the rows
+    return kept.tolist(), [f"{len(models) - len(kept):,} models with the fewest outputs "
+                           f"({int(counts.sum() - counts[kept].sum()):,} in all) left out of the table: a report "
+                           f"gives at most {MAX_ROWS} models a row"]
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,10 @@ DEFAULT_MIN_N = 100
 DEFAULT_ERROR_MARGIN = 0.01
 DEFAULT_DEADLINE_MARGIN = 0.01
 DEFAULT_MIN_COVERAGE = 0.95
+# Said in `promote --help`.
+DEFAULTS_SAID = (f"n>={DEFAULT_MIN_N}, error_rate <= the champion's + {DEFAULT_ERROR_MARGIN:g}, deadline_met >= "
+                 f"the champion's - {DEFAULT_DEADLINE_MARGIN:g}, coverage>={DEFAULT_MIN_COVERAGE:g}, versions<=1, "
+                 f"and labelled>={DEFAULT_MIN_N} with an agreement clause")
 
 
 def with_defaults(requirements: list[Requirement], figures: Mapping[str, float]) -> list[Requirement]:

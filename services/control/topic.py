@@ -235,8 +235,13 @@ class ScheduleBook:
         at = bisect.bisect_left(self._governing, version, key=lambda s: s.version)
         if not 0 < at < len(self._governing) or self._governing[at].version != version:
             return None  # not governing, or the first: that one governs every request before its start too
-        last = bisect.bisect_right(self._starts, self._starts[at]) - 1  # the one for_request picks at that start
+        last = self._picked_at_start(at)
         return self._governing[last].version if last != at else None
+
+    def _picked_at_start(self, at: int) -> int:
+        """The governing version `for_request` picks at the start of `_governing[at]`: the last one
+        starting then. Another than `at`: that version never governs."""
+        return bisect.bisect_right(self._starts, self._starts[at]) - 1
 
     def for_request(self, created_at: int) -> Schedule:
         """The version in force when the request was created (the oldest one for older requests)."""
@@ -251,9 +256,8 @@ class ScheduleBook:
         with when it starts; not one whose start a later version shares: it never governs (a
         rollback published beside a pending promotion made undeploy refuse for it; a review)."""
         first = max(0, bisect.bisect_right(self._starts, now) - 1)
-        ahead = list(zip(self._governing[first:], self._starts[first:], strict=True))
-        return [(version, start) for i, (version, start) in enumerate(ahead)
-                if i + 1 == len(ahead) or start < ahead[i + 1][1]]
+        return [(self._governing[at], self._starts[at]) for at in range(first, len(self._governing))
+                if self._picked_at_start(at) == at]
 
     def named_between(self, start: int, end: int) -> frozenset[str]:
         """Every model named by a version in force at some time in [start, end] (none before the

@@ -256,8 +256,8 @@ class Producer:
         # Clients replaced for being stuck, served by poll and flush until they hold nothing.
         self._retiring: list[_Producer] = []
         self._replace_lock = threading.Lock()
-        self._closed = False  # `close` let the clients go
-        self._dropping = False  # `close` drops what they still hold: their reports are ignored
+        # `close` let the clients go; what they still held is dropped, its reports ignored.
+        self._closed = False
         self._dropped = 0  # how many records that was (a flush after the close says so)
         # Appended by delivery reports on whichever thread polls, taken by flush on another.
         self._failures_lock = threading.Lock()
@@ -278,7 +278,7 @@ class Producer:
 
     def _on_delivery(self, generation: int, on_done: Callable[[], None] | None, sent_again: bool,
                      err: KafkaError | None, msg: Message) -> None:
-        if self._dropping:
+        if self._closed:
             return  # dropped by `close`: not reported, as before (a receipt would mark a reply sent)
         if err is None:  # inline: every record of a producer made with `delivered` comes here
             key = (msg.topic() or "", msg.partition() or 0)
@@ -518,7 +518,7 @@ class Producer:
             with contextlib.suppress(RuntimeError):  # its client destroyed by a close on another thread meanwhile
                 remaining = self._flush_all(timeout)
             self.raise_failures()
-        if self._dropping:  # closed before or during this flush: what the close dropped was not delivered
+        if self._closed:  # closed before or during this flush: what the close dropped was not delivered
             if self._dropped or remaining:
                 raise DeliveryFailed(f"{self._dropped or remaining} records were dropped undelivered when the "
                                      "producer was closed")
@@ -540,8 +540,7 @@ class Producer:
         held = self.flush_quietly(timeout)
         with self._replace_lock:  # under the lock a replacement takes: no client is made after this
             # Set together: a flush on another thread that sees the close sees what it drops.
-            self._closed = self._dropping = True
-            self._dropped = held
+            self._closed, self._dropped = True, held
             clients, self._retiring = [*self._retiring, self._producer], []
         self._dropped = max(held, sum(_let_go(client) for client in clients))
         return self._dropped
@@ -582,7 +581,7 @@ def _let_go(client: _Producer) -> int:
                 client.close()
                 break
             client.purge(in_queue=True, in_flight=True, blocking=True)
-            client.poll(0)  # the purged records' reports, ignored (`Producer._dropping`)
+            client.poll(0)  # the purged records' reports, ignored (`Producer._closed`)
     except (KafkaException, RuntimeError) as exc:  # already closed, or a client in a fatal state
         log.debug("producer client not closed: %s", exc)
     return dropped

@@ -21,13 +21,8 @@ def available_bytes(v2: Path = _CGROUP_V2, v1: Path = _CGROUP_V1) -> int | None:
 
 
 def _host_available() -> int | None:
-    try:
-        for line in _MEMINFO.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024  # kB
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    kilobytes = _figure(_MEMINFO, "MemAvailable:")
+    return None if kilobytes is None else kilobytes * 1024
 
 
 def _cgroup_available(v2: Path, v1: Path) -> int | None:
@@ -39,22 +34,24 @@ def _cgroup_available(v2: Path, v1: Path) -> int | None:
                                               "total_inactive_file")):
         try:
             limit_text = limit_file.read_text().strip()
-            if limit_text == "max" or int(limit_text) >= _NO_LIMIT_V1:
+            limit = None if limit_text == "max" else int(limit_text)
+            if limit is None or limit >= _NO_LIMIT_V1:
                 return None
-            used = int(usage_file.read_text().strip()) - _stat(limit_file.parent / "memory.stat", inactive)
-            return max(0, int(limit_text) - max(0, used))
+            used = int(usage_file.read_text().strip()) - (_figure(limit_file.parent / "memory.stat", inactive) or 0)
+            return max(0, limit - max(0, used))
         except (OSError, ValueError):
             continue
     return None
 
 
-def _stat(path: Path, key: str) -> int:
-    """One figure of a cgroup's memory.stat (0 if it is not there)."""
+def _figure(path: Path, key: str) -> int | None:
+    """The number after `key` on its line of a `key value` file (/proc/meminfo, memory.stat); None
+    if the file or the line is not there, or does not read as a number."""
     try:
         for line in path.read_text().splitlines():
-            name, _, value = line.partition(" ")
-            if name == key:
-                return int(value)
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == key:
+                return int(parts[1])
     except (OSError, ValueError):
         pass
-    return 0
+    return None

@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from services.core.errors import BrokerError, TopicMissing
-from services.core.kafka import not_authorized, reader, topics_refused, wait_for_broker
+from services.core.kafka import partition_counts, reader
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,6 @@ def plan_spans(
     except KafkaException as exc:
         raise BrokerError(f"cannot read the metadata of {topic}: {exc}") from None
     info = metadata.topics.get(topic)
-    if info is not None and not_authorized(info.error):
-        raise topics_refused([topic])
     if info is None or info.error is not None:
         raise TopicMissing(f"topic {topic} does not exist (create it with `rendezvous topics create`)")
     partitions = sorted(info.partitions)
@@ -92,7 +90,9 @@ def read_spans(
 ) -> Iterator[Message]:
     """Every record of the slice, partition spans read concurrently, each to its end."""
     if spans is None:
-        wait_for_broker(config)  # the command's --connect-timeout-s, and one clear line if none answers
+        # Waits for the broker within the command's --connect-timeout-s (one clear line if none
+        # answers), and tells a topic missing from one the principal may not see.
+        partition_counts(config, [topic])
     consumer = reader(config, "range", extra={
         "fetch.max.bytes": 64 * 1024 * 1024, "max.partition.fetch.bytes": 16 * 1024 * 1024,
         # Records deleted under a slow read (retention) are an error said, not a silent jump to

@@ -131,8 +131,8 @@ class _Retries:
     clock = staticmethod(time.perf_counter)
 
     def __init__(self, seconds: float, failure: BaseException, called_at: float) -> None:
-        # None when the failed call alone took the time (begun at `called_at`): one more call of
-        # as long would carry the turn past the watchdog's timeout (a review of the mend).
+        # Out at once when the failed call alone took the time (begun at `called_at`): one more
+        # call of as long would carry the turn past the watchdog's timeout (a review of the mend).
         now = self.clock()
         self.until = now + seconds if now - called_at < seconds else now
         self.reason = (f"{_described(failure)} (the batch's error: this row was not tried alone, the model's "
@@ -560,9 +560,8 @@ class ModelWorker(SimpleHandler, Probed):
         # No record at or after start_ms: begin at the end now, as an offset the worker commits
         # (OFFSET_END would leave the partition uncommitted: see _latest_starts). Every start found
         # before any is set: an attempt that raised left no offset of its own for the next (a review).
-        starts = {tp.partition: found[tp.partition].offset if found[tp.partition].offset >= 0
-                  else partition_end(consumer, tp)
-                  for tp in partitions if tp.partition in found and found[tp.partition].error is None}
+        starts = {p: tp.offset if tp.offset >= 0 else partition_end(consumer, tp)
+                  for p, tp in found.items() if tp.error is None}
         for tp in partitions:
             if tp.partition in found:  # a fresh one: where it was found, else where the group would start it
                 tp.offset = starts.get(tp.partition, OFFSET_INVALID)
@@ -617,6 +616,7 @@ class _BatchScorer:
         self.producer = producer
         self.dead = dead
         self.watchdog = watchdog
+        self.retry_s = retry_budget_s(worker.settings.predict_timeout_s)  # a failed batch's retries, per batch
 
     def on_batch(self, messages: list[Message]) -> None:
         if not messages:
@@ -657,8 +657,7 @@ class _BatchScorer:
         watched = self.watchdog.watch(self.w.hosted, sources, write_errors)
         try:
             # One model's scores go out before the next model scores: the preferred one is not held up.
-            retry_s = retry_budget_s(self.w.settings.predict_timeout_s)
-            for hosted, results in score_co_hosted(self.w.hosted, rows, walked, retry_s):
+            for hosted, results in score_co_hosted(self.w.hosted, rows, walked, self.retry_s):
                 if not self._claimed(watched, hosted):
                     break  # the watchdog or the rescue wrote this batch's Scores and ends the process
                 self._write(hosted, results, requests, sources, received_at)

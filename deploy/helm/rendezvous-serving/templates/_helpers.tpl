@@ -135,7 +135,7 @@ runs as its own principal (docs/security.md: one SASL principal per role). */}}
   value: {{ include "rdv.topicOverrides" $root | quote }}
 {{- end }}
 - name: RDV_CONNECT_TIMEOUT_S
-  value: {{ $root.Values.kafka.connectTimeoutS | quote }}
+  value: {{ include "rdv.scalar" $root.Values.kafka.connectTimeoutS | quote }}
 {{- range $secrets }}
 - name: {{ include "rdv.secretEnvName" .key }}
   valueFrom:
@@ -172,7 +172,7 @@ runs as its own principal (docs/security.md: one SASL principal per role). */}}
 
 {{- define "rdv.metricsEnv" -}}
 - name: RDV_METRICS_PORT
-  value: {{ .Values.metricsPort | quote }}
+  value: {{ include "rdv.scalar" .Values.metricsPort | quote }}
 {{- /* Not only the project's image sets it: a model's own image must be probed too. */}}
 - name: RDV_METRICS_HOST
   value: "0.0.0.0"
