@@ -397,8 +397,7 @@ def _positions(settings: DeploySettings, group: str) -> list[int] | None:
     did not say."""
     from confluent_kafka import KafkaException, TopicPartition
 
-    from services.core.kafka import partition_counts
-    from services.rendezvous.recovery import committed_offsets
+    from services.core.kafka import committed_offsets, partition_counts
 
     config, requests = settings.librdkafka(), settings.topics().requests
     try:

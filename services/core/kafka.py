@@ -1236,3 +1236,23 @@ def end_offsets(
                 for topic, p in wanted}
     finally:
         probe.close()
+
+
+def committed_offsets(
+    config: Mapping[str, Any], group: str, partitions: list[TopicPartition], *, stable: bool, timeout_s: float = 5.0
+) -> list[TopicPartition]:
+    """The group's committed offsets (with their metadata), read by a short-lived client.
+
+    Not by the service's own consumer: after a broker restart a long-lived client can stay wedged
+    on its old coordinator connection (its offset fetches time out while a new client's answer at
+    once). `stable=True` reads as read_committed, which makes the broker answer "unstable" (and
+    librdkafka retry until its timeout) while a transaction holding offsets for those partitions
+    is open; `stable=False` gets the last *completed* commit at once."""
+    isolation = "read_committed" if stable else "read_uncommitted"
+    probe = new_client(_Consumer, kafka_logs.wired({**config, "group.id": group, "enable.auto.commit": False,
+                                                      "isolation.level": isolation}))
+    try:
+        result: list[TopicPartition] = probe.committed(partitions, timeout=timeout_s)
+        return result
+    finally:
+        probe.close()

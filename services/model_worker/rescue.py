@@ -9,12 +9,15 @@ being scored from shared memory (rescue_board.py) every CHECK_EVERY_S and acts o
 turn has run past the timeout and a grace with the same batch, while the in-process watchdog has
 not taken it (it would have by then, were the interpreter lock free):
 
-  1. reads the batch's records from the requests topic (a groupless consumer of its own),
+  1. reads the batch's records from the requests topic (a groupless consumer of its own), from
+     the offsets the worker's group committed last (`unsettled_ranges`: the Scores of records
+     after those may still be in the stuck worker's queue, which the kill drops),
   2. in one transaction (transactional id: the worker's group + ".rescue." + the stuck instance): an error Score for
-     each request of the batch from each model that has not written its Scores, and the batch's
-     end offsets, committed for the worker's group as the stuck member (its group metadata:
-     KIP-447 checks the member id and generation; the stuck worker is still a member, as
-     librdkafka's own threads go on heartbeating),
+     each of those requests from each model, and the batch's end offsets, committed for the
+     worker's group as the stuck member (its group metadata: KIP-447 checks the member id and
+     generation; the stuck worker is still a member, as librdkafka's own threads go on heartbeating).
+     A Score of the worker's that did reach the log stands: the rendezvous keeps a model's first
+     Score for a request, and takes an error Score after it for the late repeat it is,
   3. kills the worker (SIGKILL), whether that worked or not: a process that cannot run Python
      is no use, and its supervisor starts a fresh one, which reads on after the batch.
 
@@ -42,7 +45,7 @@ from confluent_kafka import Producer as NativeProducer
 from services.core.codec import codec
 from services.core.compiled_requests import decode_request, warm_up_features
 from services.core.errors import BadInput, RendezvousError
-from services.core.kafka import LIBRDKAFKA_TRANSACTION_TIMEOUT_MS, new_client, within_transaction
+from services.core.kafka import LIBRDKAFKA_TRANSACTION_TIMEOUT_MS, committed_offsets, new_client, within_transaction
 from services.core.requests import check_request
 from services.core.runtime import now_ms
 from services.core.topic_range import PartitionSpan, read_spans
@@ -174,8 +177,22 @@ def watch(config: RescueConfig, board: Reader, parent_alive: Callable[[], bool])
     return None
 
 
+def unsettled_ranges(config: RescueConfig, ranges: Sequence[Range]) -> list[Range]:
+    """The batch's ranges, each reaching back to the offset the worker's group committed last.
+    The worker commits at least once, after a flush (commits.py): every Score before that offset
+    was acknowledged, but those after it may still wait in the stuck worker's queue, and the kill
+    drops them. That is the batch's Scores of the models whose turn came before the stuck one's,
+    and those of the batches before it not yet flushed (one commit every 100 ms; a partition
+    leader away holds them for up to the delivery timeout): the offsets the rescue commits pass
+    them all, so each gets an error Score, or they had no Score of those models for good (a review)."""
+    asked = [TopicPartition(config.requests_topic, p) for p, _, _ in ranges]
+    found = committed_offsets(config.kafka, config.group_id, asked, stable=False, timeout_s=KAFKA_TIMEOUT_S)
+    committed = {tp.partition: tp.offset for tp in found if tp.error is None and tp.offset >= 0}
+    return [(p, min(first, committed.get(p, first)), end) for p, first, end in ranges]
+
+
 def read_batch(config: RescueConfig, ranges: Sequence[Range]) -> list[Message]:
-    """The batch's records, each partition's from its first offset to one before its end."""
+    """The records of `ranges`, each partition's from its first offset to one before its end."""
     spans = [PartitionSpan(p, first, end) for p, first, end in ranges]
     return list(read_spans(config.kafka, config.requests_topic, spans, timeout_s=KAFKA_TIMEOUT_S))
 
@@ -196,19 +213,34 @@ def requests_of(records: Sequence[Message]) -> list[tuple[Message, dict[str, Any
 
 def error_scores(config: RescueConfig, snap: Snapshot, requests: Sequence[tuple[Message, dict[str, Any]]],
                  now: int) -> list[tuple[int, bytes, bytes]]:
-    """(partition, key, value) of an error Score per request for each model whose turn has not
-    come or not ended: the stuck one first, as the watchdog writes them."""
+    """(partition, key, value) of the error Scores of `requests`: on the batch's, one for each model
+    whose turn had not ended, the stuck one first, as the watchdog writes them; on every request
+    read, one for each model whose Scores the worker wrote but may not have delivered
+    (`unsettled_ranges`): before the stuck one on the batch's, every model on those before it."""
     stuck = config.models[snap.model].name
     elapsed = max(0.0, (time.monotonic() - snap.turn_started) * 1000.0)
-    batch = [request for _, request in requests]
+    firsts = {p: first for p, first, _ in snap.ranges}
+
+    def before_batch(msg: Message) -> bool:
+        return (msg.offset() or 0) < firsts.get(msg.partition() or 0, 0)
+
+    earlier = [(msg, request) for msg, request in requests if before_batch(msg)]
+    batch = [(msg, request) for msg, request in requests if not before_batch(msg)]
+    pending, written = config.models[snap.model:], config.models[: snap.model]
+    undelivered = unscored(f"not known delivered: the worker was killed while model {stuck} hung", 0.0)
+    turns = [(model, [unscored(reason, elapsed)] * len(batch), batch)
+             for model, reason in zip(pending, hung_reasons(stuck, config.timeout_s, len(pending), holding_gil=True),
+                                      strict=True)]
+    turns += [(model, [undelivered] * len(batch), batch) for model in written]
+    turns += [(model, [undelivered] * len(earlier), earlier) for model in config.models]
     out = []
-    pending = config.models[snap.model:]
-    for model, reason in zip(pending, hung_reasons(stuck, config.timeout_s, len(pending), holding_gil=True),
-                             strict=True):
+    for model, results, rows in turns:
+        if not rows:
+            continue
         writer = ScoreWriter(model.name, model.version, model.instance)
-        values, _ = writer.encode_batch(batch, [unscored(reason, elapsed)] * len(batch), now, now)
+        values, _ = writer.encode_batch([request for _, request in rows], results, now, now)
         out += [(msg.partition() or 0, request["request_id"].encode(), value)
-                for (msg, request), value in zip(requests, values, strict=True)]
+                for (msg, request), value in zip(rows, values, strict=True)]
     return out
 
 
@@ -248,7 +280,8 @@ def rescue(config: RescueConfig, snap: Snapshot, board: Reader) -> bool | None:
     stuck = config.models[snap.model].name
     span = ", ".join(f"{p}:{first}-{end - 1}" for p, first, end in snap.ranges)
     try:
-        requests = requests_of(read_batch(config, snap.ranges))
+        ranges = unsettled_ranges(config, snap.ranges)
+        requests = requests_of(read_batch(config, ranges))
         scores = error_scores(config, snap, requests, now_ms())
         if moved_on(snap, board.read()):
             log.warning("model %s returned (or the watchdog acted) while the rescue read the batch: it stands down",
@@ -264,11 +297,12 @@ def rescue(config: RescueConfig, snap: Snapshot, board: Reader) -> bool | None:
                   "worker: %s; killing the worker (pid %d)", stuck, config.requests_topic, span, exc, config.parent)
         return False
     left = " (more partitions than the shared memory holds: the others are read again)" if snap.overflow else ""
+    before = sum(first - start for (_, start, _), (_, first, _) in zip(ranges, snap.ranges, strict=True))
     log.error("model %s held the interpreter lock for over %.0f s (the worker's own watchdog could not run): "
-              "%d requests of the batch (%s %s) got error Scores from %d model(s), their offsets are committed%s; "
-              "killing the worker (pid %d) for a fresh one to read on", stuck,
-              config.timeout_s + grace_s(config.timeout_s), len(requests), config.requests_topic, span,
-              len(config.models) - snap.model, left, config.parent)
+              "%d requests (the batch, %s %s, and %d offsets before it not committed yet) got error Scores from "
+              "%d model(s), their offsets are committed%s; killing the worker (pid %d) for a fresh one to read on",
+              stuck, config.timeout_s + grace_s(config.timeout_s), len(requests), config.requests_topic, span, before,
+              len(config.models), left, config.parent)
     return True
 
 

@@ -46,7 +46,14 @@ from services.core import kafka_logs
 from services.core.codec import codec
 from services.core.control_records import is_control_record
 from services.core.errors import BadInput, RendezvousError
-from services.core.kafka import LIBRDKAFKA_TRANSACTION_TIMEOUT_MS, admin, end_offsets, reader, within_transaction
+from services.core.kafka import (
+    LIBRDKAFKA_TRANSACTION_TIMEOUT_MS,
+    admin,
+    committed_offsets,
+    end_offsets,
+    reader,
+    within_transaction,
+)
 from services.core.request_inputs import inputs_in
 from services.core.runtime import now_ms
 from services.core.settings import Topics
@@ -125,26 +132,6 @@ def fence(config: Mapping[str, Any], transactional_id: str, timeout_s: float = 1
     except KafkaException as exc:
         log.warning("could not fence %s: %s", transactional_id, exc)
         return False
-
-
-def committed_offsets(
-    config: Mapping[str, Any], group: str, partitions: list[TopicPartition], *, stable: bool, timeout_s: float = 5.0
-) -> list[TopicPartition]:
-    """The group's committed offsets (with their metadata), read by a short-lived client.
-
-    Not by the service's own consumer: after a broker restart a long-lived client can stay wedged
-    on its old coordinator connection (its offset fetches time out while a new client's answer at
-    once). `stable=True` reads as read_committed, which makes the broker answer "unstable" (and
-    librdkafka retry until its timeout) while a transaction holding offsets for those partitions
-    is open; `stable=False` gets the last *completed* commit at once."""
-    isolation = "read_committed" if stable else "read_uncommitted"
-    probe = _NativeConsumer(kafka_logs.wired({**config, "group.id": group, "enable.auto.commit": False,
-                                               "isolation.level": isolation}))
-    try:
-        result: list[TopicPartition] = probe.committed(partitions, timeout=timeout_s)
-        return result
-    finally:
-        probe.close()
 
 
 def stable_marks(config: Mapping[str, Any], group: str, partitions: list[TopicPartition]) -> dict[int, Mark | None]:

@@ -19,7 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 
 from services.core.control_records import SEAL_HEADER
 from services.core.errors import RendezvousError
-from services.core.kafka import kafka_error, partition_end
+from services.core.kafka import committed_offsets, kafka_error, partition_end
 from services.core.service import Context
 from services.rendezvous import metrics as m
 from services.rendezvous.join import Join
@@ -27,7 +27,6 @@ from services.rendezvous.recovery import (
     Mark,
     OpenTransaction,
     ScanUnreadable,
-    committed_offsets,
     fence,
     live_members,
     scan_finished,

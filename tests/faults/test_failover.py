@@ -30,11 +30,10 @@ from confluent_kafka.admin import AdminClient, NewPartitions
 from services.cli.common import ensure_topics
 from services.client.client import make_request
 from services.core.codec import codec
-from services.core.kafka import reader
+from services.core.kafka import committed_offsets, reader
 from services.core.settings import Topics
 from services.model_worker.models import demo_rows
 from services.model_worker.settings import model_group
-from services.rendezvous.recovery import committed_offsets
 from tests.faults.procs import Proc, until
 from tests.integration.harness import PacedSender, read_topic
 

@@ -13,9 +13,8 @@ from confluent_kafka import Producer, TopicPartition
 
 from services.client.client import make_request
 from services.core.codec import codec
-from services.core.kafka import group_lag, reader
+from services.core.kafka import committed_offsets, group_lag, reader
 from services.core.settings import Topics
-from services.rendezvous.recovery import committed_offsets
 from services.rendezvous.takeover import _ends
 from tests.integration.harness import Services, read_topic, wait_until
 

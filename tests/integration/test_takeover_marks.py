@@ -10,10 +10,10 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from services.client.client import Client
-from services.core.kafka import group_lag
+from services.core.kafka import committed_offsets, group_lag
 from services.core.settings import Topics
 from services.model_worker.models import demo_rows
-from services.rendezvous.recovery import Mark, committed_offsets
+from services.rendezvous.recovery import Mark
 from services.rendezvous.service import Rendezvous
 from services.rendezvous.settings import RendezvousSettings
 from tests.integration.harness import Services, wait_until

@@ -174,7 +174,7 @@ def test_the_error_scores_mirror_the_watchdogs() -> None:
     msg = Message(topic="rq", partition=3, offset=5, value=b"")
     stuck_b = dataclasses.replace(snapshot(started=time.monotonic() - 5), model=1)
     scores = error_scores(config, stuck_b, [(msg, request)], now=1000)
-    assert [(p, key) for p, key, _ in scores] == [(3, b"r-1")]  # a had written its Scores
+    assert [(p, key) for p, key, _ in scores] == [(3, b"r-1")] * 2  # b's, then a's (written, not known delivered)
     decoded = codec("score").decode(scores[0][2])
     assert decoded["model"] == "b" and decoded["instance"] == "h-1" and decoded["deadline"] == 99
     assert decoded["error"] == "model b did not answer within 2 s (stuck holding the interpreter lock)"
@@ -182,6 +182,48 @@ def test_the_error_scores_mirror_the_watchdogs() -> None:
     assert [decoded[f] for f in ("score", "label", "received_at", "scored_at")] == [None, None, 1000, 1000]
     both = [codec("score").decode(v)["error"] for _, _, v in error_scores(config, snapshot(), [(msg, request)], 1)]
     assert both[1] == "not scored: co-hosted model a hung on this batch"
+    undelivered = "not known delivered: the worker was killed while model b hung"
+    assert codec("score").decode(scores[1][2])["error"] == undelivered
+
+
+def test_the_rescue_gives_error_scores_for_what_the_stuck_worker_may_not_have_delivered() -> None:
+    """The worker commits after a flush: a Score of a model whose turn came before the stuck
+    one's, or of a batch before it not yet committed, may still have been in its queue when it
+    was killed, and the rescue committed past it, that request without the model's Score for good
+    (a review: only the stuck model and those after it got error Scores, of the batch alone)."""
+    config = RescueConfig({}, "rq", "sc", "g", [Model("a", "1", "h-1"), Model("b", "2", "h-1")], 2.0, 256, "", 1)
+    stuck_b = dataclasses.replace(snapshot(), model=1, ranges=((3, 5, 6),))
+    requests = [(Message(topic="rq", partition=3, offset=o, value=b""), {"request_id": f"r-{o}", "deadline": 9})
+                for o in (2, 5)]  # r-2: a batch before, not committed yet; r-5: the stuck batch
+    scores = error_scores(config, stuck_b, requests, 1)
+    errors = [(key.decode(), codec("score").decode(value)) for _, key, value in scores]
+    assert sorted((rid, s["model"]) for rid, s in errors) == [("r-2", "a"), ("r-2", "b"), ("r-5", "a"), ("r-5", "b")]
+    reasons = {(rid, s["model"]): s["error"] for rid, s in errors}
+    assert reasons[("r-5", "b")] == "model b did not answer within 2 s (stuck holding the interpreter lock)"
+    undelivered = "not known delivered: the worker was killed while model b hung"
+    assert reasons[("r-5", "a")] == reasons[("r-2", "a")] == reasons[("r-2", "b")] == undelivered
+
+
+def test_the_rescue_reads_back_to_what_the_workers_group_committed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from confluent_kafka import KafkaError, TopicPartition
+
+    from services.model_worker import rescue as module
+
+    asked: list[tuple[str, list[tuple[str, int]]]] = []
+
+    def committed(_config: object, group: str, partitions: list[TopicPartition], **_kw: object) -> list[Any]:
+        asked.append((group, [(tp.topic, tp.partition) for tp in partitions]))
+        failed = SimpleNamespace(topic="rq", partition=2, offset=1, error=KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
+        return [TopicPartition("rq", 0, 10), TopicPartition("rq", 1, -1001), failed]
+
+    monkeypatch.setattr(module, "committed_offsets", committed)
+    config = RescueConfig({}, "rq", "sc", "g", [Model("a", "1", "h")], 2.0, 256, "", 1)
+    ranges = [(0, 14, 20), (1, 7, 9), (2, 3, 4)]
+    # p0 reaches back to its commit; p1 has none and p2's was not read: each from the batch
+    assert module.unsettled_ranges(config, ranges) == [(0, 10, 20), (1, 7, 9), (2, 3, 4)]
+    assert asked == [("g", [("rq", 0), ("rq", 1), ("rq", 2)])]
 
 
 def test_the_watchdog_and_the_rescue_give_the_same_reasons_but_one_note() -> None:
@@ -379,6 +421,7 @@ def test_a_rescue_that_fails_after_the_model_returned_stands_down(
         board.turn(0.0)  # the model returned meanwhile
         raise RuntimeError("reading rq timed out")
 
+    monkeypatch.setattr(module, "unsettled_ranges", lambda _config, ranges: list(ranges))  # no broker here
     monkeypatch.setattr(module, "read_batch", read_batch)
     assert module.rescue(config, taken, reader) is None
 
