@@ -44,7 +44,8 @@ EXPORT_FAILURES = Counter("rdv_cmp_export_failures_total",
 # Longer model or version names are counted as '_other': label values go into every /metrics scrape.
 MAX_LABEL_CHARS = 128
 STALE = Counter(
-    "rdv_cmp_stale_records_total", "Records older than the window's start: counted, not windowed."
+    "rdv_cmp_stale_records_total", "Records older than the window's start when read: counted, not windowed "
+    "(late records, and those of a partition read behind another while catching up on a backlog)."
 )
 OUTPUTS = Counter(
     "rdv_cmp_outputs_total",

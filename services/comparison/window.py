@@ -6,8 +6,13 @@ so sliding is "drop the oldest bucket" and the window's view is "merge the live 
 
 Why event time: a record lands in the bucket of its request's `created_at`, and the window
 ends at the newest `created_at` seen (not at the wall clock), so replaying an old log shows
-that log's own past, and a slow consumer shows a consistent (if older) window. Records older
-than the window's start are counted as stale and left out of the window. The window covers
+that log's own past. One end for all partitions: a consumer catching up on several reads each
+partition in chunks (up to a fetch, up to a batch, of one partition), so one may be read
+minutes of log time ahead of another, the window slides to it, and records of the one behind
+come older than the window's start. Those are counted as stale and left out of the window, as
+late ones are; the window holds all of the last `window_s` again once every partition is caught
+up (a review measured 687 records of a 1,200 s backlog of 3,436 stale, 3,436 of 3,436 in the
+window at the end). The window covers
 between (buckets - 1) and `buckets` bucket widths: the newest bucket is still filling up.
 
 Hot path: `add` touches each output once and only appends raw values to plain lists; the
