@@ -93,9 +93,6 @@ class ComparisonService(SimpleHandler, Probed):
         self._series: dict[tuple[str, str], tuple[str, str]] = {}  # raw (model, version) -> labels
         self._codec = codec("comparison")
         self._batches = CurrentBatches(self._codec)
-        if self._batches.usable:  # the compiled loops, loaded (or compiled) before the first batch
-            warm_up()
-            kernels.warm_up()
         self._export_every = settings.export_interval_s
         self._next_export = time.monotonic() + self._export_every
         self._dead: DeadLetters | None = None
@@ -115,6 +112,11 @@ class ComparisonService(SimpleHandler, Probed):
     def run(self, stop: threading.Event) -> None:
         partition_counts(self.settings.librdkafka(), [self.topics.log, self.topics.deadletter],
                          timeout=self.settings.connect_timeout_s)
+        if self._batches.usable:
+            # The compiled loops, loaded (or compiled) before the first batch; after the check,
+            # which says at once when no broker answers (compiled first, with a cold cache, 10 s later).
+            warm_up()
+            kernels.warm_up()
         log.info("comparison reading %s (window %gs in %d buckets)", self.topics.log,
                  self.settings.window_s, self.settings.buckets)
         with contextlib.ExitStack() as closing:

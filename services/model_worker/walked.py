@@ -52,6 +52,9 @@ class RequestWalker:
         self._walker = request_walker(codec)
         self.usable = self._walker.usable and bool(names)
         self._names, self._ends = feature_names(names or ())
+
+    def warm_up(self) -> None:
+        """Compile (or load from the cache) the walk now, so that no batch waits for it."""
         if self._walker.usable:  # `decode` walks too, whatever the models read
             warm_up_features()
 

@@ -426,6 +426,9 @@ class ModelWorker(SimpleHandler, Probed):
         for info in self.infos():
             publish_model_info(self.settings.librdkafka(), self.topics.models, info,
                                timeout_s=self.settings.connect_timeout_s)
+        # After the checks, which say at once when no broker answers (compiled first, with a
+        # cold cache, 5 s later).
+        self._walker.warm_up()
         scoring = ", ".join(f"{h.name} {h.version}" for h in self.hosted)
         log.info("model %s (%s) scoring %s", scoring, self.instance, self.topics.requests)
         try:
