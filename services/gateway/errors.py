@@ -126,6 +126,10 @@ _SERVERS_TEXT = frozenset({RecordTooLarge, Unavailable, BrokerError, KafkaOperat
 # A status message echoes what the caller sent (names, values): a longer one did not fit gRPC's
 # 16 KiB trailer once percent-encoded, and the caller got RESOURCE_EXHAUSTED without the reason.
 MAX_MESSAGE_CHARS = 1000
+# ... nor does one of 1,000 characters outside ASCII: gRPC percent-encodes each of their UTF-8
+# bytes (%F0%9F%98%80, 12 characters for one emoji), and grpc's clients refuse trailers over
+# 8 KiB (RESOURCE_EXHAUSTED instead of the reason, a review). Cut to this once encoded.
+MAX_MESSAGE_ENCODED = 6000
 
 
 def status_of(exc: BaseException) -> Status:
@@ -136,7 +140,20 @@ def status_of(exc: BaseException) -> Status:
             # Not the caller's own text (its input names and values, a model's refusal of them):
             # masked, a guess equal to a secret came back as *** and confirmed it.
             message = mask(str(exc)) if kind in _SERVERS_TEXT else str(exc)
-            if len(message) > MAX_MESSAGE_CHARS:
-                message = message[:MAX_MESSAGE_CHARS - 3] + "..."
-            return Status(http, code, message, reason)
+            return Status(http, code, cut_message(message), reason)
     return Status(500, grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}", "internal")
+
+
+def cut_message(message: str) -> str:
+    """`message` within MAX_MESSAGE_CHARS characters and, percent-encoded as gRPC sends it, within
+    MAX_MESSAGE_ENCODED bytes ("..." at the end of one cut)."""
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS - 3] + "..."
+    if message.isascii():  # at most 3 bytes each, 3,000 in all
+        return message
+    size = 0
+    for index, char in enumerate(message):
+        size += 1 if " " <= char <= "~" and char != "%" else 3 * len(char.encode("utf-8", "replace"))
+        if size > MAX_MESSAGE_ENCODED - 3:
+            return message[:index] + "..."
+    return message

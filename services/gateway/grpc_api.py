@@ -24,6 +24,7 @@ from services.gateway import metrics as m
 from services.gateway import oip
 from services.gateway.engine import LARGE_BODY, Gateway, off_the_loop
 from services.gateway.errors import BodyTooSlow, InvalidInput, status_of
+from services.gateway.grpc_bounds import check_infer_request
 from services.gateway.grpc_guard import authorization
 from services.gateway.http_guard import BODY_TIMEOUT_S as MESSAGE_TIMEOUT_S
 from services.gateway.oip import InferCall, InferResult, Tensor
@@ -132,8 +133,11 @@ class InferenceService:
                 s = self.gateway.settings
                 call = await off_the_loop(request.ByteSize() >= LARGE_BODY, call_from, request, s.max_rows,
                                           s.max_features)
-                result = await self.gateway.infer(request.model_name, request.model_version, call, caller,
-                                                  (deadline,), started)
+                name, version = request.model_name, request.model_version
+                # Read into the call: emptied, not held while the call waits for its answers (grpc
+                # holds the message until the method returns: with its unread fields, 86 MB a call).
+                request.Clear()
+                result = await self.gateway.infer(name, version, call, caller, (deadline,), started)
             return response_from(result)
         return await self._measured("infer", request, context, work)
 
@@ -168,6 +172,8 @@ def call_from(request: Any, max_rows: int, max_features: int) -> InferCall:
         # No parameters, the common case: no message made for a check that cannot fail (as REST's `_tensor`).
         params = _parameters(item.parameters, f"input '{name}'", oip.TENSOR_PARAMETERS) if item.parameters else {}
         tensors.append(Tensor(name, datatype, shape, values, params))
+    for output in request.outputs:
+        oip.check_parameter_count(len(output.parameters), f"output {output.name[:100]!r}")
     outputs = oip.requested_outputs(o.name for o in request.outputs)
     return InferCall(oip.check_id(request.id), tuple(tensors), outputs,
                      _parameters(request.parameters, "the call", oip.CALL_PARAMETERS))
@@ -241,24 +247,35 @@ def _one_message(method: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any
     return behavior
 
 
-def _lenient(message: Any) -> Callable[[bytes], Any]:
+# From this size on, a ModelInferRequest's repeated fields are counted before it is parsed
+# (grpc_bounds.py): a smaller one holds at most ~2,000 entries, parsed in under 2 ms.
+COUNTED_FROM_BYTES = 16 * 1024
+
+
+def _lenient(message: Any, check: Callable[[bytes], None] | None = None) -> Callable[[bytes], Any]:
     def parse(data: bytes) -> Any:
         try:
+            if check is not None and len(data) >= COUNTED_FROM_BYTES:
+                check(data)
             return message.FromString(data)
+        except InvalidInput as exc:
+            return NoMessage(exc)
         except DecodeError as exc:
             return NoMessage(InvalidInput(f"the message is not a valid {message.__name__}: {str(exc)[:200]}"))
 
     return parse
 
 
-def add_to(server: grpc.aio.Server, service: InferenceService) -> None:
+def add_to(server: grpc.aio.Server, service: InferenceService, max_features: int) -> None:
     """The protocol's methods (as the generated `add_..._to_server` registers them), each message
-    read by `_one_message` within MESSAGE_TIMEOUT_S and parsed by `_lenient`."""
+    read by `_one_message` within MESSAGE_TIMEOUT_S and parsed by `_lenient` (a ModelInferRequest
+    counted first against `max_features`: grpc_bounds.py)."""
     descriptor = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    checks = {"ModelInferRequest": lambda data: check_infer_request(data, max_features)}
     handlers = {
         method.name: grpc.stream_unary_rpc_method_handler(
             _one_message(getattr(service, method.name), MESSAGE_TIMEOUT_S),
-            request_deserializer=_lenient(getattr(pb, method.input_type.name)),
+            request_deserializer=_lenient(getattr(pb, method.input_type.name), checks.get(method.input_type.name)),
             response_serializer=getattr(pb, method.output_type.name).SerializeToString,
         )
         for method in descriptor.methods

@@ -158,12 +158,13 @@ def check_parameter_count(count: int, where: str) -> None:
 
 @functools.cache
 def max_json_structures(max_rows: int, max_features: int) -> int:
-    """Most arrays and objects (`[` and `{`, counted in strings too) a REST call within the limits
-    can hold: each value in an array of its own, and per input its object, shape, data, parameters
-    and a name or `feature_names` entry of brackets. orjson parses in one C call holding the GIL,
-    off the event loop or not: 8 MiB of `[[]],` froze the loop 0.5-0.8 s, a health check with it."""
-    per_input = 8 + MAX_NAME_CHARS + MAX_PARAMETERS
-    return max_rows * max_features + max_features * per_input + 16 * MAX_PARAMETERS + MAX_ID_CHARS + 64
+    """Most arrays, objects and members (`[`, `{` and `:`, counted in strings too) a REST call
+    within the limits can hold: each value in an array of its own, and per input its object, its
+    members, shape, data, parameters and a name or `feature_names` entry of brackets or colons.
+    orjson parses in one C call holding the GIL, off the event loop or not: 8 MiB of `[[]],` froze
+    the loop 0.5-0.8 s, a health check with it, and 8 MiB of one object's members 0.3 s."""
+    per_input = 16 + MAX_NAME_CHARS + 2 * MAX_PARAMETERS
+    return max_rows * max_features + max_features * per_input + 32 * MAX_PARAMETERS + MAX_ID_CHARS + 64
 
 
 def check_input_count(count: int, max_features: int) -> None:

@@ -260,9 +260,36 @@ def test_a_body_of_more_arrays_than_a_call_can_hold_is_refused_before_it_is_pars
     fits = orjson.dumps({"inputs": [one], "id": "[" * 200})
     assert parse_call(fits, None, 2, 2).tensors[0].values == [1.0, 2.0]
     flood = orjson.dumps({"inputs": [one], "junk": [[]] * most})
-    held = flood.count(b"[") + flood.count(b"{")
-    with pytest.raises(InvalidInput, match=rf"holds {held:,} JSON arrays and objects, more than .* \({most:,}\)"):
+    held = flood.count(b"[") + flood.count(b"{") + flood.count(b":")
+    with pytest.raises(InvalidInput, match=rf"holds {held:,} JSON arrays, objects and members, more .* \({most:,}\)"):
         parse_call(flood, None, 2, 2)
+    # One object's members: 8 MiB of them held the event loop 0.3 s, then the call was answered (a review).
+    members = orjson.dumps({"inputs": [one], "junk": {f"k{i}": 0 for i in range(most)}})
+    with pytest.raises(InvalidInput, match=r"JSON arrays, objects and members, more than"):
+        parse_call(members, None, 2, 2)
+
+
+def test_a_key_given_twice_in_one_object_is_refused_not_read_as_its_last_value() -> None:
+    """orjson keeps a repeated key's last value, other readers its first: `"data": [1.0], "data":
+    [999.0]` was answered 200 on 999.0 (a review)."""
+    twice = b'{"inputs":[{"name":"a","datatype":"FP64","shape":[1],"data":[1.0],"data":[999.0]}]}'
+    with pytest.raises(InvalidInput, match=r"^the body gives the key 'data' twice in one object: send each once$"):
+        parse_call(twice, None, 1000, 1024)
+    one = b'{"name":"a","datatype":"FP64","shape":[1],"data":[1.0]}'
+    with pytest.raises(InvalidInput, match="the key 'inputs' twice"):
+        parse_call(b'{"inputs":[' + one + b'],"inputs":[' + one + b"]}", None, 1000, 1024)
+    # Colons in strings are no keys: read as before.
+    named = b'{"id":"a:b:c","inputs":[{"name":"x:y","datatype":"FP64","shape":[1],"data":[2.0]}]}'
+    call = parse_call(named, None, 1000, 1024)
+    assert (call.id, call.tensors[0].name, call.tensors[0].values) == ("a:b:c", "x:y", [2.0])
+
+
+def test_more_parameters_on_an_output_than_on_a_call_are_refused() -> None:
+    one = {"name": "a", "datatype": "FP64", "shape": [1], "data": [1.0]}
+    output = {"name": "score", "parameters": {f"p{i}": i for i in range(33)}}
+    crowded = orjson.dumps({"inputs": [one], "outputs": [output]})
+    with pytest.raises(InvalidInput, match=r"^output 'score': 33 parameters; at most 32$"):
+        parse_call(crowded, None, 1000, 1024)
 
 
 def test_rest_binary_tensor_extension() -> None:

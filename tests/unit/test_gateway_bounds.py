@@ -1,0 +1,81 @@
+"""A ModelInferRequest's repeated fields counted on the wire before protobuf parses it (grpc_bounds.py),
+and status messages cut to fit gRPC's trailer. The messages are written here byte by byte, from the
+wire format: importing the gateway's stubs in this process would clash with tritonclient's
+(tests/unit/test_gateway_grpc.py says why); tests/integration/test_gateway.py sends real ones."""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+
+import pytest
+
+from services.gateway.errors import MAX_MESSAGE_ENCODED, InvalidInput, cut_message
+from services.gateway.grpc_bounds import MOST_OTHER_FIELDS, check_infer_request
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def field(number: int, payload: bytes) -> bytes:
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def parameters(number: int, count: int) -> bytes:
+    """`count` map entries (key, and an InferParameter with int64_param) as field `number`."""
+    return b"".join(field(number, field(1, f"p{i}".encode()) + field(2, varint(2 << 3) + varint(i)))
+                    for i in range(count))
+
+
+def tensor(name: str, params: int = 0) -> bytes:
+    packed_shape = field(3, varint(1))
+    contents = field(5, field(7, b"\x00" * 8))  # fp64_contents, packed
+    return field(5, field(1, name.encode()) + field(2, b"FP64") + packed_shape + parameters(4, params) + contents)
+
+
+def output(name: str, params: int) -> bytes:
+    return field(6, field(1, name.encode()) + parameters(2, params))
+
+
+CALL = field(1, b"default") + tensor("a") + tensor("b")
+
+
+def test_a_call_within_the_bounds_passes() -> None:
+    check_infer_request(CALL + parameters(4, 32) + tensor("c", 32) + output("score", 32), max_features=3)
+
+
+@pytest.mark.parametrize(("extra", "reason"), [
+    (parameters(4, 33), "the call: more than 32 parameters"),
+    (parameters(4, 560_000), "the call: more than 32 parameters"),
+    (tensor("c", 33), "inputs[2]: more than 32 parameters"),
+    (output("score", 33), "outputs[0]: more than 32 parameters"),
+    (tensor("c") + tensor("d"), "more than 3 inputs in one call (one per feature)"),
+    (b"".join(output("score", 0) for _ in range(7)), "more than 6 outputs asked for"),
+    (field(3, b"id") * (MOST_OTHER_FIELDS + 1), f"field 3 more than {MOST_OTHER_FIELDS} times"),
+], ids=["call", "flood", "input", "output", "inputs", "outputs", "other"])
+def test_a_call_over_a_bound_is_refused_before_it_is_parsed(extra: bytes, reason: str) -> None:
+    with pytest.raises(InvalidInput, match=f"^{re.escape(reason)}$"):
+        check_infer_request(CALL + extra, max_features=3)
+
+
+@pytest.mark.parametrize("garbage", [b"\xff\xff\xff\xff not a message", b"\x0b\x0c", CALL + b"\x2a\xff"],
+                         ids=["varint", "group", "truncated"])
+def test_what_the_scan_cannot_read_is_left_to_the_parser(garbage: bytes) -> None:
+    check_infer_request(garbage, max_features=3)  # protobuf refuses it with its own reason
+
+
+def test_a_reason_is_cut_to_fit_grpcs_trailer_once_percent_encoded() -> None:
+    """1,000 emoji within the 1,000 characters made 12 KB encoded, over grpc's 8 KiB (a review)."""
+    cut = cut_message("no model named " + "\U0001f600" * 1_000)
+    encoded = urllib.parse.quote(cut, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")
+    assert cut.endswith("...") and cut.startswith("no model named \U0001f600")
+    assert MAX_MESSAGE_ENCODED - 12 < len(encoded) <= MAX_MESSAGE_ENCODED
+    assert cut_message("é" * 10) == "é" * 10
+    ascii_text = "x" * 5_000
+    assert cut_message(ascii_text) == "x" * 997 + "..."
