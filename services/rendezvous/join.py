@@ -25,10 +25,12 @@ always appended before its scores, so by then it is not coming): forged scores c
 exhaust memory nor starve real requests. A backlog read faster on the scores side than on the
 requests side loses nothing either: from half the bound, the service holds back the scores of
 partitions whose requests lag (score_brake.py). Closed request ids are remembered
-for a while, bounded likewise, to recognise late scores and to answer a repeated request with
-the answer it already got — if it carries the same inputs (features and payload) as the first:
-one with other inputs under a known id is answered ERROR at its return address and not scored, so
-whoever sends an id first cannot decide the answer of a different request sent under it later.
+for a while, bounded likewise, to recognise late scores (appended within the id's time: one
+appended after it is a new request's under the id, read before its request, and waits for it)
+and to answer a repeated request with the answer it already got — if it carries the same inputs
+(features and payload) as the first: one with other inputs under a known id is answered ERROR at
+its return address and not scored, so whoever sends an id first cannot decide the answer of a
+different request sent under it later.
 """
 
 from __future__ import annotations
@@ -401,6 +403,9 @@ class Join:
                 return self._elsewhere(request, reply, mailbox.partition)
             return self._repeated(request, mailbox, reply)
         mailbox = self._orphan(request.partition, rid)
+        if mailbox is not None and self._within_time(rid, request.log_time):
+            self._drop_as_late(mailbox)  # a repeat's scores, appended after the id's time (`on_score`)
+            mailbox = None
         if mailbox is None:
             self._forget_if_past(rid, request.log_time)
             if rid in self._remembered:
@@ -456,9 +461,13 @@ class Join:
         model_label = self._labels(score.model, score.version)[0]
         self._models_seen[score.model] = self.wall_ms()
         if mailbox is None:
-            if rid in self._remembered:
+            if self._within_time(rid, score.log_time):
                 self.metrics.inc(child(m.LATE_SCORES, model_label, "true"))
                 return None
+            # Appended after a closed id's time: the score of a new request under the id, whose
+            # request is not read yet (a backlog's scores read ahead). Taken for late, it was lost,
+            # and the request answered TIMEOUT, where read in the other order it had its score (a
+            # review). Its request decides: within the id's time after all, a repeat (`on_request`).
             mailbox = self._open_orphan(rid, score)
         value, error = score.score, score.error
         if value is not None and not isfinite(value):  # NaN is no answer to give with confidence
@@ -825,6 +834,19 @@ class Join:
         log.debug("dropping %d score(s) of %s: %s", len(mailbox.arrivals), mailbox.request_id, why)
         self.metrics.inc(m.ORPHAN_SCORES, len(mailbox.arrivals))
         self._release(mailbox)
+
+    def _within_time(self, rid: str, log_time: int) -> bool:
+        """Whether `rid` is a closed id whose time is not up at `log_time` (a record's append time):
+        a request then is a repeat, a score a late one (`_forget_if_past` is the other side)."""
+        kept = self._remembered.get(rid)
+        return kept is not None and log_time <= kept[1]
+
+    def _drop_as_late(self, orphan: Mailbox) -> None:
+        """Take an orphan's scores for late ones: its request is a repeat of a closed id."""
+        self._unorphan(orphan)
+        for model, arrival in orphan.arrivals.items():
+            self.metrics.inc(child(m.LATE_SCORES, self._labels(model, arrival.version)[0], "true"))
+        self._release(orphan)
 
     def _forget_if_past(self, rid: str, log_time: int) -> None:
         """A request under a closed id whose time is up by the request's own append time is a new

@@ -27,7 +27,7 @@ from services.rendezvous.join import (
     Reply,
 )
 from services.rendezvous.mailbox import Mailbox, Receipt
-from services.rendezvous.metrics import CONFLICTING_REQUESTS
+from services.rendezvous.metrics import CONFLICTING_REQUESTS, LATE_SCORES
 from services.rendezvous.offsets import OffsetBook
 from services.rendezvous.records import RequestIn, ScoreIn
 from services.rendezvous.remembered import RememberedIds
@@ -359,10 +359,10 @@ def test_a_closed_id_is_forgotten_once_its_own_requests_partition_is_read_past_i
     assert join.orphans == 0  # a late score of r1: its time is not up
     join.on_clock(1, T0 + 200)  # its scores partition's clock alone forgets nothing (the requests' order decides)
     join.on_score(score("r1", "canary", T0 + 200, partition=1))
-    assert join.orphans == 0
+    assert join.orphans == 1  # appended after r1's time: a new request's under the id, which it waits for
     join.on_request(request("next", at=T0 + 200, partition=1))  # r1's time is up; r0's (partition 0) is not
     join.on_score(score("r1", "challenger", T0 + 200, partition=1))
-    assert join.orphans == 1  # r1 forgotten: its score waits for a request like any other
+    assert join.orphans == 1  # r1 forgotten: its scores wait for a request like any other
     join.on_score(score("r0", "challenger", T0 + 6, partition=0))
     assert join.orphans == 1  # r0 still remembered: a late score
 
@@ -382,6 +382,41 @@ def test_an_id_reused_after_its_time_is_a_new_request_while_its_partition_is_qui
     refused = refusals(out)
     assert len(refused) == 1 and "already used" in refused[0][1]  # the second only
     assert [a["request_id"] for a in out.answers] == ["x", "x"]
+
+
+@pytest.mark.parametrize("requests_first", [True, False], ids=["requests-first", "scores-first"])
+def test_an_id_reused_after_its_time_gets_its_scores_whichever_partition_is_read_first(requests_first: bool) -> None:
+    """After a backlog (a restart, a takeover) the scores of a request under an id closed a minute
+    before may be read before the request: they were dropped as late while the id was remembered,
+    and the request answered TIMEOUT; read in the other order, it was answered with them (a review)."""
+    join, out = make_join(remember_ms=1_000)
+    join.on_request(request("x", at=T0, inputs=b"first"))
+    for model in MODELS:
+        join.on_score(score("x", model, T0 + 1, value=0.9))
+    again = request("x", at=T0 + 60_000, inputs=b"second")
+    scores = [score("x", model, T0 + 60_005, value=0.3) for model in MODELS]
+    for record in [again, *scores] if requests_first else [*scores, again]:
+        (join.on_request if isinstance(record, RequestIn) else join.on_score)(record)  # type: ignore[operator]
+    join.on_clock(0, T0 + 61_000)
+    assert [(a["status"], a["score"]) for a in out.answers] == [("OK", 0.9), ("OK", 0.3)]
+    assert join.orphans == 0
+
+
+def test_a_retry_within_the_ids_time_stays_a_repeat_when_its_later_scores_are_read_first() -> None:
+    """A retry's scores (models score every request) may be appended after the id's time: read
+    before the retry, they wait for it, and it is a repeat all the same, answered as the first was."""
+    join, out = make_join(remember_ms=1_000)
+    join.on_request(request("x", at=T0))
+    for model in MODELS:
+        join.on_score(score("x", model, T0 + 1, value=0.9))
+    late = LATE_SCORES.labels("champion", "true")._value.get()
+    join.on_score(score("x", "champion", T0 + 1_500, value=0.3))  # after the id's time, read first
+    assert join.orphans == 1
+    join.on_request(request("x", at=T0 + 900))  # the retry, within the id's time
+    join.metrics.flush()
+    assert join.orphans == 0 and LATE_SCORES.labels("champion", "true")._value.get() == late + 1
+    assert [(a["status"], a["score"]) for a in out.answers] == [("OK", 0.9)]
+    assert [(r["status"], r["score"]) for _reply, r in out.replies] == [("OK", 0.9), ("OK", 0.9)]
 
 
 def test_remembered_ids_of_many_partitions_stay_bounded_in_number() -> None:
