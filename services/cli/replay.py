@@ -27,7 +27,7 @@ from services.compare_report import Report
 from services.compare_report.columns import Columns
 from services.compare_report.summary import Answers, ChampionNotInRange, answers, summarize
 from services.compare_report.table import print_report, print_report_json
-from services.control.schedule import DEFAULT_DEADLINE_MS, check_schedule_name
+from services.control.schedule import DEFAULT_DEADLINE_MS, MAX_LONG, check_schedule_name
 from services.control.topic import ScheduleBook, load_book
 from services.core.codec import codec
 from services.core.compiled_requests import decode_request
@@ -416,7 +416,7 @@ class Budgets:
         if deadline > 0:
             return deadline
         budget = self.book.for_request(created_at).default_deadline_ms if self.book else DEFAULT_DEADLINE_MS
-        return created_at + budget
+        return min(created_at + budget, MAX_LONG)  # an Avro long, as the rendezvous caps it (2^63 - 1 was sent)
 
 
 def _default_budgets(settings: ReplaySettings, unlogged: dict[str, Replayed]) -> Budgets:

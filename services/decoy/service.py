@@ -87,8 +87,8 @@ class Decoy(SimpleHandler, Probed):
         self._written.extend(messages)
 
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
+        self._past_gaps(partitions)  # before the positions are taken: it may move them
         super().on_assigned(partitions)
-        self._say_gaps(partitions)
         self._owned |= {tp.partition for tp in partitions}
         if 0 < len(self._owned) < self._partitions:
             # Two decoys with their own directories split the requests between them, and a replay
@@ -98,13 +98,16 @@ class Decoy(SimpleHandler, Probed):
                         ", ".join(map(str, sorted(self._owned))), self._partitions, self.topics.requests,
                         self.settings.archive_dir, self.settings.group_id())
 
-    def _say_gaps(self, partitions: list[TopicPartition]) -> None:
-        """Records the topic deleted (its retention) while no decoy read them: the group resumes at
-        the partition's start (auto.offset.reset), and the archive has a gap there, which only
-        librdkafka's own warning told (a review). Said in one line each, and counted."""
+    def _past_gaps(self, partitions: list[TopicPartition]) -> None:
+        """Records the topic deleted (its retention) while no decoy read them: the archive has a gap
+        there, which only librdkafka's own warning told (a review). Said in one line each, counted,
+        named in the manifest, and the partition resumes at the first record the topic still holds:
+        left to auto.offset.reset, `--start-from latest` resumed at the partition's end, and the
+        records after the gap, still on the topic, were skipped without a word (a review)."""
         if self.ctx is None or not partitions:
             return
         consumer = self.ctx.consumer
+        resumed: dict[tuple[str, int], int] = {}
         try:
             for tp in consumer.committed(partitions, timeout=10):
                 if tp.offset < 0 or tp.error is not None:
@@ -114,11 +117,16 @@ class Decoy(SimpleHandler, Probed):
                 if tp.offset < low:
                     MISSED.inc(low - tp.offset)
                     log.warning("%s[%d]: records at offsets %d to %d were deleted from the topic before this group "
-                                "archived them (its retention): the archive has a gap there, named in its manifest",
-                                tp.topic, tp.partition, tp.offset, low - 1)
+                                "archived them (its retention): the archive has a gap there, named in its manifest; "
+                                "it resumes at %d", tp.topic, tp.partition, tp.offset, low - 1, low)
                     self._note_gap(Gap(tp.topic, tp.partition, tp.offset, low - 1, now_ms()))
+                    resumed[(tp.topic, tp.partition)] = low
         except KafkaException as exc:  # a question, not the archiving: never a reason to stop
             log.debug("could not check %s for records deleted unarchived: %s", self.topics.requests, exc)
+        if resumed:
+            for tp in partitions:
+                tp.offset = resumed.get((tp.topic, tp.partition), tp.offset)
+            consumer.native.assign(partitions)  # assigned already (core/service.py): started here instead
 
     def _note_gap(self, gap: Gap) -> None:
         """The gap in the manifest, for replay to name. A storage that refuses it is said by the

@@ -79,6 +79,91 @@ def test_a_part_file_damaged_before_its_last_block_is_kept_beside_what_was_recov
     assert kept.read_bytes() == bytes(damaged)
 
 
+def _damaged_in_the_middle(directory: Path) -> Path:
+    """A `.part` of three blocks (40 records each), its second damaged: recovered, the first block's
+    records are sealed and the original kept beside them."""
+    writer = ArchiveWriter(directory, **ROLL)
+    writer.append(rows(0, 40))
+    part = next(directory.glob("*.part"))
+    writer.append(rows(40, 40))
+    second_end = part.stat().st_size
+    writer.append(rows(80, 40))
+    damaged = bytearray(part.read_bytes())
+    damaged[second_end - 40] ^= 0xFF
+    part.write_bytes(bytes(damaged))
+    writer._lock.close()
+    return part
+
+
+def test_a_replay_says_the_records_after_a_damaged_block_are_not_read(tmp_path: Path) -> None:
+    """They are in the kept original only: a replay read 40 of 120 without a word (a review)."""
+    _damaged_in_the_middle(tmp_path)
+    ArchiveWriter(tmp_path, **ROLL).close()
+    (kept,) = tmp_path.glob("*.damaged")
+    unread: list[str] = []
+    assert len(list(iter_archive(tmp_path, unread=unread))) == 40
+    assert unread == [f"{kept.name}: the original of a recovered file, damaged inside: the records after its "
+                      "damaged block are not read"]
+
+
+def test_the_kept_original_of_a_damaged_file_is_durable_before_the_original_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never fsynced, the only copy of the records after the damage could come back empty after a
+    power loss, the original replaced by the recovered part (a review)."""
+    import os
+
+    from services.decoy import archive
+
+    part = _damaged_in_the_middle(tmp_path)
+    steps: list[str] = []
+    fsync, replace, sync_directory = os.fsync, os.replace, archive._sync_directory
+    monkeypatch.setattr(archive.os, "fsync", lambda fd: (steps.append("fsync " + os.readlink(f"/proc/self/fd/{fd}")),
+                                                          fsync(fd))[1])
+    monkeypatch.setattr(archive.os, "replace", lambda a, b: (steps.append(f"replace {Path(b).name}"), replace(a, b))[1])
+    monkeypatch.setattr(archive, "_sync_directory", lambda d: (steps.append("sync directory"), sync_directory(d))[1])
+    ArchiveWriter(tmp_path, **ROLL).close()
+    kept = steps.index(f"fsync {part}.damaged")
+    assert kept < steps.index("sync directory", kept) < steps.index(f"replace {part.name}")
+
+
+def test_a_sealed_file_that_stops_decoding_midway_is_said_read_in_part(tmp_path: Path) -> None:
+    """Its checksum matches, but a block cannot be decoded (a record an earlier release stamped
+    past the year 9999): a replay read 500 of its 1,000 records without a word (a review)."""
+    writer = ArchiveWriter(tmp_path, **ROLL)
+    writer.append(rows(0, 500))
+    writer.append([dict(rows(500, 1)[0], timestamp=300_000_000_000_000)])
+    writer.append(rows(501, 499))
+    writer.close()
+    unread: list[str] = []
+    assert len(list(iter_archive(tmp_path, unread=unread))) == 500
+    (name,) = [p.name for p in tmp_path.glob("requests-*.avro")]
+    assert unread == [f"{name}: read 500 of its 1,000 records: a block after them cannot be decoded"]
+
+
+def test_a_storage_that_refuses_the_recovery_at_start_is_said_naming_the_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash left a `.part`, then the disk filled: the start said `error: No space left on device`,
+    naming neither the archive nor what it was doing (a review)."""
+    import errno
+
+    from services.decoy import archive
+
+    writer = ArchiveWriter(tmp_path, **ROLL)
+    writer.append(rows(0, 10))
+    writer._lock.close()  # the crash: the lock let go, the .part left
+
+    def full(*_args: Any, **_kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(archive.shutil, "copyfileobj", full)
+    monkeypatch.setattr(archive, "Writer", full)
+    with pytest.raises(ArchiveFailed, match=rf"^archive {tmp_path}: cannot recover the files a crash left at start: "
+                                            "No space left on device; the decoy stops"):
+        ArchiveWriter(tmp_path, **ROLL)
+
+
 def test_a_part_file_cut_short_or_empty_is_recovered_without_a_copy(tmp_path: Path) -> None:
     writer = ArchiveWriter(tmp_path, **ROLL)
     writer.append(rows(0, 60))

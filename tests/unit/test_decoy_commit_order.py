@@ -59,6 +59,22 @@ def test_an_archive_directory_deleted_while_written_stops_the_decoy_before_any_o
     assert not archive.exists() and decoy.archived == 3
 
 
+def test_an_archive_directory_replaced_after_a_seal_stops_the_decoy_at_its_next_file(tmp_path: Path) -> None:
+    """With no file open (the last one sealed by age on a quiet topic) nothing noticed the directory
+    moved away and a new one made: the decoy wrote on into the new one, its manifest listing the
+    moved files (a replay named them missing), and a second decoy took the new one unlocked (a review)."""
+    archive = tmp_path / "archive"
+    writer = ArchiveWriter(archive, roll_bytes=1 << 30, roll_seconds=3600)
+    writer.append([_row(0)])
+    writer.roll()  # sealed: no file open
+    archive.rename(tmp_path / "moved")
+    archive.mkdir()
+    with pytest.raises(ArchiveFailed, match=r"cannot write to a new file: the directory was replaced or removed since"):
+        writer.write([_row(1)])
+    assert not writer.healthy and list(archive.iterdir()) == []
+    writer.close()
+
+
 def test_a_failed_archive_is_left_for_recovery_not_sealed(tmp_path: Path) -> None:
     """Sealing after a failure would put a file in the manifest counting records that never
     reached the disk; the `.part` is recovered at the next start instead."""

@@ -210,6 +210,24 @@ def test_a_request_without_a_deadline_and_without_a_record_gets_the_schedule_bud
     assert any("no schedule 'default' could be read" in note for note in unknown.report.notes)
 
 
+def test_a_request_created_at_the_end_of_time_without_a_deadline_is_replayed_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """created_at 2^63 - 1 passes the request's checks; its schedule budget added, the deadline
+    overflowed an Avro long and the replay ended in a traceback after all its scoring (a review)."""
+    from services.cli import replay as replay_module
+    from services.cli.replay import ReplaySettings
+    from services.model_worker.models import demo_rows
+
+    request = {**make_request(demo_rows(1, seed=3)[0], budget_ms=100, reply_topic=None, reply_partition=None),
+               "created_at": 2**63 - 1, "deadline": 0}
+    monkeypatch.setattr(replay_module, "_log_records", no_log())
+    monkeypatch.setattr(replay_module, "check_log_readable", lambda _settings: None)
+    monkeypatch.setattr(replay_module, "load_book", lambda *_args: None)
+    result = replay_module.replay(ReplaySettings(model="demo:champion"), recorded(codec("request").encode(request)))
+    assert result.requests == 1 and any("1 records left out" in note for note in result.report.notes)
+
+
 def test_a_champion_not_in_the_range_is_a_note_after_the_scoring_not_an_error_that_drops_it(
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
