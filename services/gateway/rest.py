@@ -16,6 +16,7 @@ The deadline header is `X-Timeout-Ms`.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -345,7 +346,7 @@ def parse_call(body: bytes, binary_header: str | None, max_rows: int, max_featur
         raise InvalidInput(f"the body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise InvalidInput("the body must be a JSON object with 'inputs'")
-    if (header.count(b":") if colons < 0 else colons) > _members(document):
+    if (header.count(b":") if colons < 0 else colons) > _members(document, header):
         _refuse_repeated_keys(header)  # more colons than members: in strings, or a key given twice
     call_id = oip.check_id(document.get("id", ""))
     inputs = document.get("inputs")
@@ -362,17 +363,24 @@ def _binary_header_refused(value: str) -> InvalidInput:
     return InvalidInput(f"Inference-Header-Content-Length {value[:40]!r} does not fit the body")
 
 
-def _members(document: dict[str, Any]) -> int:
+def _members(document: dict[str, Any], header: bytes) -> int:
     """The members of the call's objects where the protocol has them (the call, its parameters,
-    each input and output and their parameters): each has its colon. Objects anywhere else are
-    refused as the values they are not, duplicates or not."""
+    each input and output and their parameters): each has its colon. An item of `inputs` or
+    `outputs` that is no object is refused later as such (its len is no count of members then).
+    Counted in C where it can: this runs for every call (a loop over the inputs cost 6 us of 30)."""
     count = len(document)
     for key in ("inputs", "outputs"):
         items = document.get(key)
-        for item in items if isinstance(items, list) else ():
-            if isinstance(item, dict):
-                count += len(item) + _size(item.get("parameters"))
-    return count + _size(document.get("parameters"))
+        if type(items) is list:
+            with contextlib.suppress(TypeError):  # an item without a len: refused later
+                count += sum(map(len, items))
+    if b'"parameters"' in header:  # rare: the call's, each input's and output's
+        count += _size(document.get("parameters"))
+        for key in ("inputs", "outputs"):
+            items = document.get(key)
+            count += sum(_size(item.get("parameters")) for item in items if isinstance(item, dict)) if type(
+                items) is list else 0
+    return count
 
 
 def _size(value: Any) -> int:
