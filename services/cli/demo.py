@@ -260,16 +260,25 @@ def _schedule_naming(
     kept = book.latest
     if kept is None:
         return None
-    if set(kept.models) == set(names):
-        if kept.models != names or kept.traffic_model is not None:
-            traffic = (f", {kept.traffic_fraction:.0%} of requests answered by {kept.traffic_model} first"
-                       if kept.traffic_model else "")
-            console.print(f"the kept schedule v{kept.version} is in force: {', '.join(kept.models)} in that "
+    now = now_ms()
+    starts = book.latest_start or 0
+    pending = starts > now + MIN_EFFECTIVE_IN_MS
+    # Naming the demo's models, the kept version serves it once in force; until then the one in
+    # force does, which may not (kept for tomorrow, the demo answered TIMEOUT until then without a
+    # word; a review).
+    governing = book.in_force(now)
+    serves = set(governing.models) == set(names)
+    if set(kept.models) == set(names) and (serves or not pending):
+        shown = governing if serves else kept
+        if shown.models != names or shown.traffic_model is not None:
+            traffic = (f", {shown.traffic_fraction:.0%} of requests answered by {shown.traffic_model} first"
+                       if shown.traffic_model else "")
+            console.print(f"the kept schedule v{shown.version} is in force: {', '.join(shown.models)} in that "
                           f"order{traffic} "
                           "(`rendezvous schedule history`; `rendezvous broker reset` starts afresh)")
-        return None
-    pending_until = book.latest_start
-    if pending_until is not None and pending_until > now_ms() + MIN_EFFECTIVE_IN_MS:
+        return None if serves else starts  # starting within the lead time: waited for
+    pending_until = starts
+    if pending:
         # Its version could start only after that one (a version never starts before the one it
         # follows): the demo would wait hours, or answer TIMEOUT until then.
         raise ConfigError(f"the kept schedule v{kept.version} ({', '.join(kept.models)}) takes effect only at "

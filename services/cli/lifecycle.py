@@ -262,11 +262,15 @@ def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule,
     if schedule.effective_at > now + asked_ms:
         # A version never takes effect before the one it follows: one scheduled later holds this back.
         wanted = f"at {format_ms(effective_at)}" if effective_at is not None else f"in {settings.effective_in}"
-        starts = max(schedule.effective_at, book.latest_start or 0)
+        before = book.latest_start or 0
+        starts = max(schedule.effective_at, before)
+        # The version before governs until then if it started earlier (the first one governs from
+        # the start of time), else never: this one starts with it, in its place.
+        fate = (f"v{schedule.version - 1} governs until then" if before < starts else
+                f"starting with it, this one governs in its place and v{schedule.version - 1} never does")
         print_note(console, f"not {wanted}: at {format_ms(starts)}, when v{schedule.version - 1} "
-                   f"was to take effect (a version never takes effect before the one it follows); starting with it, "
-                   f"this one governs in its place and v{schedule.version - 1} never does (--supersede-pending: "
-                   "this one as asked)")
+                   f"was to take effect (a version never takes effect before the one it follows); {fate} "
+                   "(--supersede-pending: this one as asked)")
     for version in superseded:
         print_note(console, f"v{version.version} ({', '.join(version.models)}; {version.comment}) was to take "
                    f"effect at {format_ms(version.effective_at)}: superseded, it never does")
@@ -408,7 +412,7 @@ def cmd_promote(settings: PromoteSettings, candidate: str, console: Console, fig
         print_note(console, "--window is how far back --require's figures are measured: with no --require, "
                    "nothing is measured")
     book = _book(settings)
-    current = changes.current(book)
+    current = _replaced(settings, book)
     draft = changes.promotion(current, candidate, settings.canary, settings.comment)
     if settings.require:
         verdicts = _gate(settings, candidate, current.models[0], console, figures_fn)
@@ -447,9 +451,18 @@ class RollbackSettings(ChangeSettings):
                          "first rolled back from if that took effect: give --to to step further back).", minimum=0)
 
 
+def _replaced(settings: ChangeSettings, book: ScheduleBook) -> Schedule:
+    """The version a change takes the place of: the latest, which it follows; with
+    --supersede-pending the one in force now, the pending ones cancelled. Judged against the
+    latest, a promotion while a pending version named the candidate champion was refused, and
+    one that superseded it took its champion for the old one (a review)."""
+    latest = changes.current(book)
+    return book.in_force(now_ms()) if settings.supersede_pending else latest
+
+
 def cmd_rollback(settings: RollbackSettings, console: Console) -> int:
     book = _book(settings)
-    draft = changes.rollback(book, settings.comment, settings.to)
+    draft = changes.rollback(book, settings.comment, settings.to, _replaced(settings, book))
     notes = _check_live(settings, draft)  # the version before may name a model undeployed since
     _publish_next(settings, book, draft, console)
     print_notes(console, notes)

@@ -175,6 +175,13 @@ class ScheduleBook:
     def add(self, schedule: Schedule, written_at: int | None = None) -> None:
         """Append a version that passed `refusal`, written to the log at `written_at` (if known).
 
+        The first version starts at 0: it governs every request before the next one's start
+        (`for_request` takes the oldest version for older requests), its effective_at only orders
+        the versions after it. Started at its effective_at, a first version published for later
+        was taken for pending: `undeploy` let its models go while they answered every request, a
+        `--supersede-pending` change looked requests it had governed up anew, and history said it
+        never governed (a review).
+
         A version after the first starts at its effective_at or, if later, when it was written:
         the writer's clock behind the broker's would otherwise make it govern requests created
         before it existed, answered under the version before by a live rendezvous and under
@@ -189,7 +196,7 @@ class ScheduleBook:
         still pending when it was written, as it starts no earlier than that) never governs, and
         it starts as asked. (If the broker's clock stepped back past such a version's start, that
         version did govern for a while, and requests of that while are looked up anew.)"""
-        start = schedule.effective_at
+        start = 0
         if self._versions:
             start = self._start_of(schedule, written_at)
             if schedule.supersedes_pending:

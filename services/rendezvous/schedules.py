@@ -120,7 +120,7 @@ class ScheduleFeed:
         self.book.add(schedule, record.written_at)
         m.SCHEDULE_UPDATES.inc()
         late_ms = now_ms() - (self.book.latest_start or 0)
-        if live and late_ms > 0:
+        if live and late_ms > 0 and len(self.book.versions) > 1:  # the first: no other governed before it
             # Requests created since its effective time may have been answered under the old
             # version here, while an instance re-reading them would use the new one.
             m.SCHEDULE_LATE.inc()

@@ -155,3 +155,26 @@ def test_the_demos_table_shows_a_model_name_from_the_answers_topic_escaped_and_u
     Console(file=out, width=200, color_system=None).print(tally.table(1.0))
     assert "\x1b" not in out.getvalue()
     assert "[bold red]x[/] \\x1b]0;PWNED\\x07\\x1b[2J" in out.getvalue()
+
+
+def test_a_kept_version_naming_the_demos_models_but_pending_is_no_version_in_force(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """v1 naming other models in force, v2 naming the demo's for tomorrow: the demo published nothing,
+    said nothing, and answered TIMEOUT for the day (a review). Now it says so; a version in force that
+    names the demo's models, with another pending, serves it."""
+    book = ScheduleBook("default")
+    book.add(Schedule(models=("x", "y"), version=1), written_at=NOW - 60_000)
+    book.add(Schedule(models=("slow", "flaky"), version=2, effective_at=NOW + 72_000_000), written_at=NOW - 30_000)
+    monkeypatch.setattr(demo, "load_book", lambda _config, _topic, _name: book)
+    monkeypatch.setattr(demo, "publish", lambda *_args: pytest.fail("nothing to publish"))
+    monkeypatch.setattr(demo, "now_ms", lambda: NOW)
+    with pytest.raises(ConfigError, match=r"the kept schedule v2 \(slow, flaky\) takes effect only at"):
+        demo._schedule_naming(SPECS, 300, {}, Topics.from_prefix("rdv."), Console(file=io.StringIO()))
+    served = ScheduleBook("default")
+    served.add(Schedule(models=("flaky", "slow"), version=1), written_at=NOW - 60_000)
+    served.add(Schedule(models=("slow", "flaky"), version=2, effective_at=NOW + 72_000_000), written_at=NOW - 30_000)
+    monkeypatch.setattr(demo, "load_book", lambda _config, _topic, _name: served)
+    out = io.StringIO()
+    assert demo._schedule_naming(SPECS, 300, {}, Topics.from_prefix("rdv."), Console(file=out, width=200)) is None
+    assert "the kept schedule v1 is in force: flaky, slow in that order" in out.getvalue()

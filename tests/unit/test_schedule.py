@@ -695,12 +695,23 @@ def test_a_rollback_restores_what_governed_before_never_a_version_that_never_did
     held.add(Schedule(models=("c", "a"), version=3, effective_at=50_000), written_at=2_000)
     assert held.displaced_by(2) == 3 and [held.for_request(t).version for t in (49_999, 50_000)] == [1, 3]
     assert changes.rollback(held).models == ("a",)
-    only_never = ScheduleBook("default")  # v1 for later, superseded before it started
-    only_never.add(Schedule(models=("a",), version=1, effective_at=50_000), written_at=1_000)
-    only_never.add(Schedule(models=("b",), version=2, effective_at=10_000, supersedes_pending=True), written_at=2_000)
-    assert only_never.displaced_by(1) == 2
-    with pytest.raises(ConfigError, match=r"no version of default before v2 governs \(--to N"):
-        changes.rollback(only_never)
+    # The first version published for later governs until the next one starts all the same (the
+    # oldest version governs older requests): superseding it cancels nothing of it (a review).
+    first_for_later = ScheduleBook("default")
+    first_for_later.add(Schedule(models=("a",), version=1, effective_at=50_000), written_at=1_000)
+    first_for_later.add(Schedule(models=("b",), version=2, effective_at=10_000, supersedes_pending=True),
+                        written_at=2_000)
+    assert first_for_later.displaced_by(1) is None and first_for_later.superseded_by(1) is None
+    assert [first_for_later.for_request(t).version for t in (5_000, 10_000)] == [1, 2]
+    assert [s.version for s, _start in first_for_later.in_force_and_after(3_000)] == [1, 2]  # undeploy keeps a
+    assert changes.rollback(first_for_later).models == ("a",)
+    pending_only = ScheduleBook("default")  # v2 for later, superseded before it started
+    pending_only.add(Schedule(models=("a",), version=1), written_at=0)
+    pending_only.add(Schedule(models=("b",), version=2, effective_at=50_000), written_at=1_000)
+    pending_only.add(Schedule(models=("c",), version=3, effective_at=10_000, supersedes_pending=True),
+                     written_at=2_000)
+    assert pending_only.displaced_by(2) == 3
+    assert changes.rollback(pending_only).models == ("a",)
 
 
 def test_schedule_history_says_which_versions_never_govern_and_why(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -733,3 +744,53 @@ def test_the_first_version_held_alongside_the_next_still_governs_what_came_befor
     book.add(Schedule(models=("b", "a"), version=2, effective_at=50_000), written_at=2_000)
     assert book.in_force(3_000).version == 1 and book.displaced_by(1) is None
     assert changes.rollback(book).models == ("a",)
+
+
+def test_a_change_that_supersedes_a_pending_version_is_judged_against_the_one_in_force(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Judged against the pending latest: `rollback --to 1 --supersede-pending` was refused as
+    'the one in force already' while another governed, `promote B --supersede-pending` as 'already
+    the champion' while A was, and a promotion of C took the cancelled version's B for the old
+    champion: its gate measured C against B and made B the first fallback (a review)."""
+    import io
+
+    from rich.console import Console
+
+    from services.cli import lifecycle
+    from services.control import changes
+
+    now = 1_700_000_000_000
+    day = 86_000_000
+
+    def book_of(*policies: tuple[tuple[str, ...], int]) -> ScheduleBook:
+        book, at = ScheduleBook("default"), now - 600_000
+        for models, effective_in in policies:
+            version = changes.next_version(book, Schedule(models=models), at, effective_in)
+            book.add(version, at)
+            at += 60_000
+        return book
+
+    published: list[Schedule] = []
+    monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, schedule: published.append(schedule))
+    monkeypatch.setattr(lifecycle, "now_ms", lambda: now)
+    monkeypatch.setattr(lifecycle, "_check_live", lambda _settings, _draft: [])
+    quiet = Console(file=io.StringIO())
+    urgent = {"force": True, "supersede_pending": True}
+    # v2 (B) in force, v3 (A) pending for tomorrow: A now.
+    book = book_of((("a", "b"), 2_000), (("b", "a"), 2_000), (("a", "b"), day))
+    monkeypatch.setattr(lifecycle, "_book", lambda _settings: book)
+    lifecycle.cmd_rollback(lifecycle.RollbackSettings(to=1, **urgent), quiet)
+    assert published[-1].models == ("a", "b") and published[-1].supersedes_pending
+    # v1 (A) in force, v2 (B) pending: B now; then C now, gated against A.
+    book = book_of((("a", "b"), 2_000), (("b", "a"), day))
+    lifecycle.cmd_promote(lifecycle.PromoteSettings(**urgent), "b", quiet, None)  # type: ignore[arg-type]
+    assert published[-1].models == ("b", "a")
+    gated: list[str] = []
+
+    def figures(_settings: object, _window: str, _candidate: str, champion: str, _progress: object) -> dict[str, float]:
+        gated.append(champion)
+        return {"n": 500.0, "error_rate": 0.0, "coverage": 1.0, "versions": 1.0}
+
+    lifecycle.cmd_promote(lifecycle.PromoteSettings(require="n>=1", **urgent), "c", quiet, figures)
+    assert gated == ["a"] and published[-1].models == ("c", "a", "b")
