@@ -22,8 +22,9 @@ from services.gateway.errors import InvalidInput
 # Field numbers of the protocol's .proto (grpc_service.proto, package inference).
 _CALL_PARAMETERS, _INPUTS, _OUTPUTS, _RAW = 4, 5, 6, 7
 _INPUT_PARAMETERS, _OUTPUT_PARAMETERS = 4, 2
-# Any other field (a name, an id, a shape's dimension sent unpacked, a field of a later version
-# of the protocol) this many times at most on one message: none repeats in a valid call.
+# Every other field of one message together (a name, an id, a shape's dimensions sent unpacked,
+# fields of a later version of the protocol) this many at most: counted by number, 1.7 million
+# distinct unknown fields took the scan 5 s, where protobuf parses them in 38 ms (a review).
 MOST_OTHER_FIELDS = 64
 
 
@@ -33,33 +34,38 @@ class _Unreadable(Exception):
 
 def check_infer_request(data: bytes, max_features: int) -> None:
     """InvalidInput for a ModelInferRequest whose repeated fields are over the call's bounds."""
-    counts: dict[int, int] = {}
+    counts = dict.fromkeys((_CALL_PARAMETERS, _INPUTS, _OUTPUTS, _RAW), 0)
+    others = 0
     try:
         for number, start, end in _fields(data, 0, len(data)):
-            count = counts[number] = counts.get(number, 0) + 1
+            if number not in counts:
+                others += 1
+                _at_most(others, MOST_OTHER_FIELDS, "the call: more than {} fields besides its parameters, inputs "
+                         "and outputs")
+                continue
+            count = counts[number] = counts[number] + 1
             if number == _CALL_PARAMETERS:
                 _at_most(count, oip.MAX_PARAMETERS, "the call: more than {} parameters")
             elif number in (_INPUTS, _RAW):
                 _at_most(count, max_features, "more than {} inputs in one call (one per feature)")
                 if number == _INPUTS:
                     _check_nested(data, start, end, _INPUT_PARAMETERS, f"inputs[{count - 1}]")
-            elif number == _OUTPUTS:
+            else:
                 _at_most(count, len(oip.OUTPUTS), "more than {} outputs asked for")
                 _check_nested(data, start, end, _OUTPUT_PARAMETERS, f"outputs[{count - 1}]")
-            else:
-                _at_most(count, MOST_OTHER_FIELDS, f"field {number} more than {{}} times")
     except _Unreadable:
         return
 
 
 def _check_nested(data: bytes, start: int, end: int, parameters: int, where: str) -> None:
-    counts: dict[int, int] = {}
+    count = others = 0
     for number, _start, _end in _fields(data, start, end):
-        count = counts[number] = counts.get(number, 0) + 1
         if number == parameters:
+            count += 1
             _at_most(count, oip.MAX_PARAMETERS, where + ": more than {} parameters")
         else:
-            _at_most(count, MOST_OTHER_FIELDS, f"{where}: field {number} more than {{}} times")
+            others += 1
+            _at_most(others, MOST_OTHER_FIELDS, where + ": more than {} fields besides its parameters")
 
 
 def _at_most(count: int, most: int, what: str) -> None:

@@ -60,6 +60,12 @@ GIVE_UP_AFTER_S = 150.0  # the whole rescue: librdkafka may never return (e.g. l
 
 
 GRACE_MAX_S = 10.0
+# Offsets before the stuck batch, past the group's commit, the rescue writes error Scores for at
+# most: further behind (its commits failing for a while), it commits nothing and the next worker
+# reads them again from the commit, which it commits as it goes. Unbounded, 60,000 offsets of two
+# models filled librdkafka's queue: BufferError out of the rescue, and the stuck worker not killed
+# (a review).
+MAX_UNSETTLED = 20_000
 
 
 def grace_s(timeout_s: float) -> float:
@@ -188,7 +194,12 @@ def unsettled_ranges(config: RescueConfig, ranges: Sequence[Range]) -> list[Rang
     asked = [TopicPartition(config.requests_topic, p) for p, _, _ in ranges]
     found = committed_offsets(config.kafka, config.group_id, asked, stable=False, timeout_s=KAFKA_TIMEOUT_S)
     committed = {tp.partition: tp.offset for tp in found if tp.error is None and tp.offset >= 0}
-    return [(p, min(first, committed.get(p, first)), end) for p, first, end in ranges]
+    unsettled = [(p, min(first, committed.get(p, first)), end) for p, first, end in ranges]
+    behind = sum(first - start for (_, start, _), (_, first, _) in zip(unsettled, ranges, strict=True))
+    if behind > MAX_UNSETTLED:
+        raise RuntimeError(f"{behind:,} offsets before the batch are past the group's last commit (more than "
+                           f"{MAX_UNSETTLED:,}): left to the next worker, which reads them again from the commit")
+    return unsettled
 
 
 def read_batch(config: RescueConfig, ranges: Sequence[Range]) -> list[Message]:
@@ -264,8 +275,16 @@ def commit(config: RescueConfig, snap: Snapshot, scores: Sequence[tuple[int, byt
 
     producer.init_transactions(KAFKA_TIMEOUT_S)
     producer.begin_transaction()
+    give_up_at = time.monotonic() + KAFKA_TIMEOUT_S
     for partition, key, value in scores:
-        producer.produce(config.scores_topic, value, key=key, partition=partition, on_delivery=delivered)
+        while True:
+            try:
+                producer.produce(config.scores_topic, value, key=key, partition=partition, on_delivery=delivered)
+                break
+            except BufferError:  # librdkafka's queue full: room comes as the broker acknowledges
+                if time.monotonic() > give_up_at:
+                    raise RuntimeError("the Scores did not fit librdkafka's queue in time") from None
+                producer.poll(0.1)
     if producer.flush(KAFKA_TIMEOUT_S) or failed:
         producer.abort_transaction(KAFKA_TIMEOUT_S)
         raise RuntimeError(f"the Scores were not written: {failed[:1] or 'flush timed out'}")
@@ -384,7 +403,12 @@ def run(config: RescueConfig) -> int:
             deadline = threading.Timer(GIVE_UP_AFTER_S, _give_up, (config, parent))
             deadline.daemon = True
             deadline.start()
-            ok = rescue(config, snap, board)
+            try:
+                ok = rescue(config, snap, board)
+            except Exception:  # whatever failed, a worker that cannot run Python is killed
+                log.exception("the rescue of model %s failed unexpectedly; killing the worker (pid %d)",
+                              config.models[snap.model].name, config.parent)
+                ok = False
             deadline.cancel()  # it bounds the rescue's Kafka calls, which are over
             if ok is not None:
                 break

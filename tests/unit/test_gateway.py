@@ -282,6 +282,22 @@ def test_a_key_given_twice_in_one_object_is_refused_not_read_as_its_last_value()
     named = b'{"id":"a:b:c","inputs":[{"name":"x:y","datatype":"FP64","shape":[1],"data":[2.0]}]}'
     call = parse_call(named, None, 1000, 1024)
     assert (call.id, call.tensors[0].name, call.tensors[0].values) == ("a:b:c", "x:y", [2.0])
+    # Pretty-printed, or a space before each colon: a key given twice is told all the same.
+    pretty = b'{\n  "inputs": [{"name": "a", "datatype": "FP64", "shape": [1], "data": [1.0], "data": [9.0]}]\n}'
+    spaced_twice = b'{"inputs" : [{"name" : "a:b", "datatype" : "FP64", "shape" : [1], "data" : [1], "data" : [9]}]}'
+    for body in (pretty, spaced_twice):
+        with pytest.raises(InvalidInput, match="the key 'data' twice"):
+            parse_call(body, None, 1000, 1024)
+    spaced = b'{"id" : "u:1", "inputs" : [{"name" : "a:b", "datatype" : "FP64", "shape" : [1], "data" : [3.0]}]}'
+    assert parse_call(spaced, None, 1000, 1024).tensors[0].values == [3.0]
+
+
+def test_a_body_nested_deeper_than_the_second_parse_reads_is_refused_not_a_500() -> None:
+    """orjson reads 1,024 levels, Python's json fewer: the duplicate-key parse of such a body raised
+    RecursionError, a 500 and a logged traceback for each call (a review)."""
+    deep = b'{"inputs":[{"name":"x","datatype":"FP64","shape":[1],"data":' + b"[" * 1000 + b'"a:b"' + b"]" * 1000
+    with pytest.raises(InvalidInput, match=r"^the body nests its arrays and objects too deep$"):
+        parse_call(deep + b',"data":[1]}]}', None, 1000, 1024)
 
 
 def test_more_parameters_on_an_output_than_on_a_call_are_refused() -> None:

@@ -492,3 +492,72 @@ def test_each_instance_rescues_under_a_transactional_id_of_its_own(monkeypatch: 
         with pytest.raises(RuntimeError, match="no broker here"):
             rescue.commit(config, snapshot(), [])
     assert ids == ["rdv.model.a.rescue.host-a-1", "rdv.model.a.rescue.host-b-1"]
+
+
+def test_a_rescue_far_behind_the_groups_commit_leaves_the_offsets_to_the_next_worker(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """60,000 offsets of two models filled librdkafka's queue: BufferError out of the rescue (a review)."""
+    from confluent_kafka import TopicPartition
+
+    from services.model_worker import rescue as module
+
+    monkeypatch.setattr(module, "committed_offsets", lambda *_a, **_k: [TopicPartition("rq", 0, 10)])
+    config = RescueConfig({}, "rq", "sc", "g", [Model("a", "1", "h")], 2.0, 256, "", 1)
+    assert module.unsettled_ranges(config, [(0, 10 + module.MAX_UNSETTLED, 20 + module.MAX_UNSETTLED)])[0][1] == 10
+    with pytest.raises(RuntimeError, match=r"20,001 offsets before the batch are past the group's last commit"):
+        module.unsettled_ranges(config, [(0, 10 + module.MAX_UNSETTLED + 1, 30 + module.MAX_UNSETTLED)])
+
+
+class QueueOf:
+    """A transactional producer whose local queue holds `room` records until polled."""
+
+    def __init__(self, room: int) -> None:
+        self.room, self.queued, self.polls, self.produced = room, 0, 0, 0
+
+    def init_transactions(self, *_a: object) -> None: ...
+    def begin_transaction(self) -> None: ...
+    def send_offsets_to_transaction(self, *_a: object) -> None: ...
+    def commit_transaction(self, *_a: object) -> None: ...
+
+    def produce(self, *_a: object, **_k: object) -> None:
+        if self.queued >= self.room:
+            raise BufferError("Local: Queue full")
+        self.queued += 1
+        self.produced += 1
+
+    def poll(self, _timeout: float) -> int:
+        self.polls += 1
+        self.queued = 0  # acknowledged
+        return 0
+
+    def flush(self, _timeout: float) -> int:
+        return 0
+
+
+def test_the_rescues_scores_wait_for_room_in_librdkafkas_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.model_worker import rescue
+
+    queue = QueueOf(room=3)
+    monkeypatch.setattr(rescue, "new_client", lambda _kind, _config: queue)
+    config = RescueConfig({}, "rq", "sc", "g", [Model("a", "1", "h")], 2.0, 256, "", 1)
+    rescue.commit(config, snapshot(), [(0, b"k", b"v")] * 10)
+    assert queue.produced == 10 and queue.polls >= 3
+
+
+def test_a_rescue_that_fails_unexpectedly_still_kills_the_stuck_worker(
+    board: Board, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the give-up timer was left, a daemon thread that died with the process: the worker,
+    still holding the interpreter lock, was never killed (a review)."""
+    from services.model_worker import rescue as module
+
+    config = RescueConfig({}, "rq", "sc", "g", [Model("a", "1", "h")], 2.0, 256, board.path, 4242)
+    board.batch(messages([(0, range(3))]), META, 100.0)
+    snap = Reader(board.path).read()
+    killed: list[bool] = []
+    monkeypatch.setattr(module, "watch", lambda *_a: snap)
+    monkeypatch.setattr(module, "rescue", lambda *_a: (_ for _ in ()).throw(BufferError("Local: Queue full")))
+    monkeypatch.setattr(module, "kill", lambda _parent: killed.append(True))
+    assert module.run(config) == 1
+    assert killed == [True]
