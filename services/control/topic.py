@@ -203,12 +203,16 @@ class ScheduleBook:
                 for superseded in self.supersedes(schedule, written_at):
                     self._superseded[superseded.version] = schedule.version
                 cut = bisect.bisect_left(self._starts, start)
-                del self._governing[cut:], self._starts[cut:]
+                del self._starts[cut:], self._governing[cut:]
             if self._starts:
                 start = max(start, self._starts[-1])
-        self._versions.append(schedule)
+        # In this order: another thread (a gateway's calls, while its follower reads the topic) finds
+        # `latest` only once the version governs, and never more starts than governing versions
+        # (`for_request` bisects the one and indexes the other): appended the other way round, the
+        # first version made `in_force` raise IndexError for a moment (a review).
         self._governing.append(schedule)
         self._starts.append(start)
+        self._versions.append(schedule)
 
     @property
     def latest_start(self) -> int | None:

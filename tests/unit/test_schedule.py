@@ -794,3 +794,25 @@ def test_a_change_that_supersedes_a_pending_version_is_judged_against_the_one_in
 
     lifecycle.cmd_promote(lifecycle.PromoteSettings(require="n>=1", **urgent), "c", quiet, figures)
     assert gated == ["a"] and published[-1].models == ("c", "a", "b")
+
+
+def test_a_reader_on_another_thread_never_sees_a_version_half_added() -> None:
+    """`latest` set before the version governed: a gateway call asking `in_force` as its follower
+    added the first version raised IndexError (a review). Each step of `add` is looked at here."""
+    book = ScheduleBook("default")
+    seen: list[int | None] = []
+
+    class Watched(list):  # type: ignore[type-arg]
+        def append(self, item: object) -> None:
+            super().append(item)
+            seen.append(book.in_force(5_000).version if book.latest is not None else None)
+
+        def __delitem__(self, index: object) -> None:
+            super().__delitem__(index)  # type: ignore[arg-type]
+            seen.append(book.in_force(5_000).version if book.latest is not None else None)
+
+    book._versions, book._governing, book._starts = Watched(), Watched(), Watched()  # type: ignore[assignment]
+    book.add(Schedule(models=("a",), version=1), written_at=0)
+    book.add(Schedule(models=("b",), version=2, effective_at=50_000), written_at=1_000)
+    book.add(Schedule(models=("c",), version=3, effective_at=2_000, supersedes_pending=True), written_at=2_000)
+    assert seen[:3] == [None, None, 1] and seen[-1] == 3
