@@ -277,14 +277,6 @@ def _schedule_naming(
                           f"order{traffic} "
                           "(`rendezvous schedule history`; `rendezvous broker reset` starts afresh)")
         return None if serves else starts  # starting within the lead time: waited for
-    pending_until = starts
-    if pending:
-        # Its version could start only after that one (a version never starts before the one it
-        # follows): the demo would wait hours, or answer TIMEOUT until then.
-        raise ConfigError(f"the kept schedule v{kept.version} ({', '.join(kept.models)}) takes effect only at "
-                          f"{format_ms(pending_until)}, and the demo's own version could not start before it: "
-                          "`rendezvous broker reset` starts afresh, or run the demo on topics of its own "
-                          "(--topic-prefix demo.)")
     draft = Schedule(models=names, default_deadline_ms=budget_ms, comment="demo: its own models")
     # With the lead time every change takes (`--effective-in`, MIN_EFFECTIVE_IN_MS), not at once. The
     # demo's own rendezvous start after this and read it in the history, but the demo only checks
@@ -292,7 +284,15 @@ def _schedule_naming(
     # rendezvous under another --group, or one started since that check reads it up to a poll
     # later, and effective at once it decided the requests created in between under the kept
     # version, where an instance re-reading them after a failover decides them under this one.
-    schedule = changes.next_version(book, draft, now_ms(), effective_in_ms=MIN_EFFECTIVE_IN_MS)
+    schedule = changes.next_version(book, draft, now, effective_in_ms=MIN_EFFECTIVE_IN_MS)
+    if pending or schedule.effective_at > now + MIN_EFFECTIVE_IN_MS:
+        # Its version could start only after the kept one (a version never starts before the one it
+        # follows; a first one published for later governs until then all the same): the demo would
+        # wait hours, or answer TIMEOUT until then.
+        raise ConfigError(f"the kept schedule v{kept.version} ({', '.join(kept.models)}) takes effect only at "
+                          f"{format_ms(max(starts, schedule.effective_at))}, and the demo's own version could not "
+                          "start before it: `rendezvous broker reset` starts afresh, or run the demo on topics of "
+                          "its own (--topic-prefix demo.)")
     publish(config, topics.control, schedule)
     console.print(f"the kept schedule named {', '.join(kept.models)}: published v{schedule.version} naming the "
                   f"demo's models {', '.join(names)}")

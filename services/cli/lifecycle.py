@@ -413,6 +413,11 @@ def cmd_promote(settings: PromoteSettings, candidate: str, console: Console, fig
                    "nothing is measured")
     book = _book(settings)
     current = _replaced(settings, book)
+    if current.models[0] == candidate and _cancels_pending(settings, book):
+        latest = changes.current(book)
+        raise ConfigError(f"{candidate} is the champion in force already (v{current.version}); to cancel the pending "
+                          f"v{latest.version} ({', '.join(latest.models)}) instead: `rendezvous rollback "
+                          "--supersede-pending`")
     draft = changes.promotion(current, candidate, settings.canary, settings.comment)
     if settings.require:
         verdicts = _gate(settings, candidate, current.models[0], console, figures_fn)
@@ -460,9 +465,17 @@ def _replaced(settings: ChangeSettings, book: ScheduleBook) -> Schedule:
     return book.in_force(now_ms()) if settings.supersede_pending else latest
 
 
+def _cancels_pending(settings: ChangeSettings, book: ScheduleBook) -> bool:
+    """Whether the change, with --supersede-pending, cancels a version still to take effect: then
+    it changes something even where its policy is the one in force (a review: refused as 'nothing
+    to roll back', a rollback could no longer cancel a pending change)."""
+    return settings.supersede_pending and (book.latest_start or 0) > now_ms()
+
+
 def cmd_rollback(settings: RollbackSettings, console: Console) -> int:
     book = _book(settings)
-    draft = changes.rollback(book, settings.comment, settings.to, _replaced(settings, book))
+    draft = changes.rollback(book, settings.comment, settings.to, _replaced(settings, book),
+                             cancels=_cancels_pending(settings, book))
     notes = _check_live(settings, draft)  # the version before may name a model undeployed since
     _publish_next(settings, book, draft, console)
     print_notes(console, notes)

@@ -68,14 +68,16 @@ def promotion(current_schedule: Schedule, candidate: str, canary: str, comment: 
     return promoted
 
 
-def rollback(book: ScheduleBook, comment: str = "", to: int = 0, replacing: Schedule | None = None) -> Schedule:
+def rollback(book: ScheduleBook, comment: str = "", to: int = 0, replacing: Schedule | None = None,
+             cancels: bool = False) -> Schedule:
     """Version `to`'s policy (default: the latest before the latest one that governs, did or
     will), as a draft of the next version. Run twice without `to`, it restores what the first
     rolled back from, if that governs (a pending version the first one was held back to never
     does: the second finds nothing to restore, and says so). A version that never governs is no
     default: the promotion a `schedule set --supersede-pending` cancelled came back live in 2 s,
     ungated, when that change was rolled back (a review). `replacing`: the version the restored
-    policy takes the place of (default: the latest; with --supersede-pending, the one in force)."""
+    policy takes the place of (default: the latest; with --supersede-pending, the one in force);
+    `cancels`: it supersedes pending versions, so restoring the policy in force is no change-nothing."""
     latest = current(book)
     versions = book.versions
     if len(versions) < 2:
@@ -93,7 +95,7 @@ def rollback(book: ScheduleBook, comment: str = "", to: int = 0, replacing: Sche
             raise ConfigError(f"nothing to roll back to: no version of {book.name} before v{latest.version} "
                               "governs (--to N for one that never did)")
     replaced = replacing or latest
-    if previous.same_policy(replaced):  # published, it would be a version that changes nothing
+    if previous.same_policy(replaced) and not cancels:  # published, it would be a version that changes nothing
         raise ConfigError(f"v{previous.version}'s policy is the one in force already (v{replaced.version}): "
                           "nothing to roll back (--to N for an earlier version)")
     # Its policy only: whether it superseded versions pending then is no wish of this change's.

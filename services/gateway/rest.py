@@ -336,8 +336,7 @@ def parse_call(body: bytes, binary_header: str | None, max_rows: int, max_featur
     most = oip.max_json_structures(max_rows, max_features)
     # A bracket or a colon is a byte: a body no longer than the bound is not counted (three scans of
     # 8 MiB). The colons too: 8 MiB of one object's members held the event loop 0.3 s (a review).
-    colons = header.count(b":") if len(header) > most else -1
-    if colons >= 0 and (structures := header.count(b"[") + header.count(b"{") + colons) > most:
+    if len(header) > most and (structures := header.count(b"[") + header.count(b"{") + header.count(b":")) > most:
         raise InvalidInput(f"the body holds {structures:,} JSON arrays, objects and members, more than a call "
                            f"within --max-rows and --max-features can ({most:,})")
     try:
@@ -346,7 +345,7 @@ def parse_call(body: bytes, binary_header: str | None, max_rows: int, max_featur
         raise InvalidInput(f"the body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise InvalidInput("the body must be a JSON object with 'inputs'")
-    _check_repeated_keys(document, header, colons)
+    _check_repeated_keys(document, header)
     call_id = oip.check_id(document.get("id", ""))
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or not inputs:
@@ -382,43 +381,18 @@ def _members(document: dict[str, Any], header: bytes) -> int:
     return count
 
 
-def _check_repeated_keys(document: dict[str, Any], header: bytes, colons: int) -> None:
+def _check_repeated_keys(document: dict[str, Any], header: bytes) -> None:
     """InvalidInput if an object of the call gives a key twice (`_refuse_repeated_keys`), checked by
-    counts first: a member's colon follows its key's closing quote, compact or pretty-printed, so
-    as many `":` as members means none is repeated, at the cost of one search in C (counting every
-    colon and walking the strings for theirs doubled the parse of a call whose names hold colons;
-    a review). More: a key given twice, or a string holding `":`; fewer: a space before a colon,
-    when every colon is counted against the members and the strings' own. `colons`: the body's,
-    if counted already (else -1)."""
-    structural, members = header.count(b'":'), _members(document, header)
-    if structural == members:
-        return
-    if structural > members or (header.count(b":") if colons < 0 else colons) > members + _colons_in_strings(document):
+    counts first, in C: a member's colon follows its key's closing quote but for whitespace, so
+    with the whitespace taken out there are at least as many `":` as members and repeated keys
+    together, and as many only if none is repeated. More (a key twice, or a string holding `":`
+    or `" :`): the body is parsed again to tell. Counting `":` in the body as written, a space
+    before a colon hid a repeated key; counting every colon, a colon in a name (ns:f1) or a
+    space before each colon (Jackson's pretty printer) made a walk of every string that doubled
+    the parse (reviews)."""
+    spaced = b" " in header or b"\n" in header or b"\t" in header or b"\r" in header  # memchr: a compact one is not
+    if (header.translate(None, b" \t\r\n") if spaced else header).count(b'":') != _members(document, header):
         _refuse_repeated_keys(header)
-
-
-def _colons_in_strings(document: dict[str, Any]) -> int:
-    """The colons inside the call's keys and strings (an id like urn:uuid:..., names, parameters),
-    walked without recursion (orjson reads 1,024 levels of lists); a list whose first item is a
-    number (data) is not walked. Asked only of a body with more colons than members: without it,
-    every call with a colon in its id took the second parse (2.1 -> 4.6 ms for 1,024 features)."""
-    count, todo = 0, list[Any]([document])
-    while todo:
-        value = todo.pop()
-        if type(value) is dict:
-            count += "".join(value).count(":")  # its keys (JSON's are strings), in one call
-            items = value.values()
-        elif value and type(value[0]) in (int, float):
-            continue
-        else:
-            items = value
-        for item in items:
-            kind = type(item)
-            if kind is str:
-                count += item.count(":")
-            elif kind is dict or kind is list:
-                todo.append(item)
-    return count
 
 
 def _size(value: Any) -> int:
@@ -428,8 +402,8 @@ def _size(value: Any) -> int:
 def _refuse_repeated_keys(header: bytes) -> None:
     """InvalidInput if an object of the call gives a key twice. orjson keeps the last value, where
     other readers keep the first: a body `"data": [1.0], "data": [999.0]` was answered on 999.0
-    (a review). Parsed again, slower (json with a hook), only for a body with more colons than the
-    members orjson found."""
+    (a review). Parsed again, slower (json with a hook), only for a body whose count of member
+    colons is more than the members orjson found (`_check_repeated_keys`)."""
 
     def distinct(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         found = dict(pairs)

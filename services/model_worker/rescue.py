@@ -405,10 +405,12 @@ def run(config: RescueConfig) -> int:
             deadline.start()
             try:
                 ok = rescue(config, snap, board)
-            except Exception:  # whatever failed, a worker that cannot run Python is killed
-                log.exception("the rescue of model %s failed unexpectedly; killing the worker (pid %d)",
-                              config.models[snap.model].name, config.parent)
-                ok = False
+            except Exception:  # whatever failed, a worker that cannot run Python is killed (if still stuck)
+                went_on = moved_on(snap, board.read())
+                log.exception("the rescue of model %s failed unexpectedly; %s", config.models[snap.model].name,
+                              "the model returned meanwhile: it stands down" if went_on else
+                              f"killing the worker (pid {config.parent})")
+                ok = None if went_on else False
             deadline.cancel()  # it bounds the rescue's Kafka calls, which are over
             if ok is not None:
                 break

@@ -178,3 +178,17 @@ def test_a_kept_version_naming_the_demos_models_but_pending_is_no_version_in_for
     out = io.StringIO()
     assert demo._schedule_naming(SPECS, 300, {}, Topics.from_prefix("rdv."), Console(file=out, width=200)) is None
     assert "the kept schedule v1 is in force: flaky, slow in that order" in out.getvalue()
+
+
+def test_a_kept_first_version_for_later_naming_other_models_holds_the_demos_back_and_says_so(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first version governs from the start of time, but one after it starts no earlier than
+    its effective_at: the demo published its version for tomorrow and waited the day (a review)."""
+    book = ScheduleBook("default")
+    book.add(Schedule(models=("other",), version=1, effective_at=NOW + 86_400_000), written_at=NOW - 60_000)
+    monkeypatch.setattr(demo, "load_book", lambda _config, _topic, _name: book)
+    monkeypatch.setattr(demo, "publish", lambda *_args: pytest.fail("a version held back a day was published"))
+    monkeypatch.setattr(demo, "now_ms", lambda: NOW)
+    with pytest.raises(ConfigError, match=r"the kept schedule v1 \(other\) takes effect only at .*--topic-prefix demo"):
+        demo._schedule_naming(SPECS, 300, {}, Topics.from_prefix("rdv."), Console(file=io.StringIO()))

@@ -285,7 +285,9 @@ def test_a_key_given_twice_in_one_object_is_refused_not_read_as_its_last_value()
     # Pretty-printed, or a space before each colon: a key given twice is told all the same.
     pretty = b'{\n  "inputs": [{"name": "a", "datatype": "FP64", "shape": [1], "data": [1.0], "data": [9.0]}]\n}'
     spaced_twice = b'{"inputs" : [{"name" : "a:b", "datatype" : "FP64", "shape" : [1], "data" : [1], "data" : [9]}]}'
-    for body in (pretty, spaced_twice):
+    # One space before one colon hid one repeated key from a count of `":` as written (a later review).
+    one_spaced = b'{"id" : "a", "inputs":[{"name":"a","datatype":"FP64","shape":[1],"data":[1.0],"data":[9.0]}]}'
+    for body in (pretty, spaced_twice, one_spaced):
         with pytest.raises(InvalidInput, match="the key 'data' twice"):
             parse_call(body, None, 1000, 1024)
     spaced = b'{"id" : "u:1", "inputs" : [{"name" : "a:b", "datatype" : "FP64", "shape" : [1], "data" : [3.0]}]}'

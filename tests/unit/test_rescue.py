@@ -561,3 +561,24 @@ def test_a_rescue_that_fails_unexpectedly_still_kills_the_stuck_worker(
     monkeypatch.setattr(module, "kill", lambda _parent: killed.append(True))
     assert module.run(config) == 1
     assert killed == [True]
+
+
+def test_a_rescue_that_fails_unexpectedly_after_the_model_returned_stands_down(
+    board: Board, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a rescue whose Kafka calls failed does: the worker went on meanwhile, so it is not killed."""
+    from services.model_worker import rescue as module
+
+    config = RescueConfig({}, "rq", "sc", "g", [Model("a", "1", "h")], 2.0, 256, board.path, 4242)
+    board.batch(messages([(0, range(3))]), META, 100.0)
+    looks = [None, Reader(board.path).read()]
+    killed: list[bool] = []
+
+    def failing(*_a: object) -> bool:
+        board.turn(0.0)  # the model returned meanwhile
+        raise BufferError("Local: Queue full")
+
+    monkeypatch.setattr(module, "watch", lambda *_a: looks.pop())
+    monkeypatch.setattr(module, "rescue", failing)
+    monkeypatch.setattr(module, "kill", lambda _parent: killed.append(True))
+    assert module.run(config) == 0 and killed == []

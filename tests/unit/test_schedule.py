@@ -794,6 +794,16 @@ def test_a_change_that_supersedes_a_pending_version_is_judged_against_the_one_in
 
     lifecycle.cmd_promote(lifecycle.PromoteSettings(require="n>=1", **urgent), "c", quiet, figures)
     assert gated == ["a"] and published[-1].models == ("c", "a", "b")
+    # Cancelling a pending change is a change: a rollback to the policy in force supersedes it (it was
+    # refused as 'nothing to roll back', a later review), and promoting the champion in force says how.
+    book = book_of((("a", "b"), 2_000), (("b", "a"), day))
+    lifecycle.cmd_rollback(lifecycle.RollbackSettings(**urgent), quiet)
+    assert published[-1].models == ("a", "b") and [v.version for v in book.supersedes(published[-1], now)] == [2]
+    with pytest.raises(ConfigError, match=r"^a is the champion in force already \(v1\); to cancel the pending v2"):
+        lifecycle.cmd_promote(lifecycle.PromoteSettings(**urgent), "a", quiet, None)  # type: ignore[arg-type]
+    book = book_of((("a", "b"), 2_000), (("b", "a"), 2_000), (("a", "b"), 2_000))  # nothing pending, as before:
+    with pytest.raises(ConfigError, match=r"v1's policy is the one in force already \(v3\): nothing to roll back"):
+        lifecycle.cmd_rollback(lifecycle.RollbackSettings(to=1, **urgent), quiet)
 
 
 def test_a_reader_on_another_thread_never_sees_a_version_half_added() -> None:
