@@ -263,20 +263,23 @@ def _schedule_naming(
     now = now_ms()
     starts = book.latest_start or 0
     pending = starts > now + MIN_EFFECTIVE_IN_MS
-    # Naming the demo's models, the kept version serves it once in force; until then the one in
-    # force does, which may not (kept for tomorrow, the demo answered TIMEOUT until then without a
-    # word; a review).
-    governing = book.in_force(now)
-    serves = set(governing.models) == set(names)
-    if set(kept.models) == set(names) and (serves or not pending):
-        shown = governing if serves else kept
-        if shown.models != names or shown.traffic_model is not None:
-            traffic = (f", {shown.traffic_fraction:.0%} of requests answered by {shown.traffic_model} first"
-                       if shown.traffic_model else "")
-            console.print(f"the kept schedule v{shown.version} is in force: {', '.join(shown.models)} in that "
-                          f"order{traffic} "
+    # The demo runs until stopped: every version in force from now on must name its models. Judged
+    # by the latest and the one in force, a version naming others pending between them took over
+    # mid-run, every answer a TIMEOUT from then (reviews).
+    ahead = book.in_force_and_after(now)
+    names_set = set(names)
+    if all(set(version.models) == names_set for version, _start in ahead):
+        governing = ahead[0][0]
+        if governing.models != names or governing.traffic_model is not None:
+            traffic = (f", {governing.traffic_fraction:.0%} of requests answered by {governing.traffic_model} first"
+                       if governing.traffic_model else "")
+            console.print(f"the kept schedule v{governing.version} is in force: {', '.join(governing.models)} in "
+                          f"that order{traffic} "
                           "(`rendezvous schedule history`; `rendezvous broker reset` starts afresh)")
-        return None if serves else starts  # starting within the lead time: waited for
+        return None
+    later = ahead[1:]
+    if later and all(set(version.models) == names_set for version, _start in later) and not pending:
+        return later[0][1]  # naming the demo's models from within the lead time: waited for
     draft = Schedule(models=names, default_deadline_ms=budget_ms, comment="demo: its own models")
     # With the lead time every change takes (`--effective-in`, MIN_EFFECTIVE_IN_MS), not at once. The
     # demo's own rendezvous start after this and read it in the history, but the demo only checks
@@ -289,10 +292,10 @@ def _schedule_naming(
         # Its version could start only after the kept one (a version never starts before the one it
         # follows; a first one published for later governs until then all the same): the demo would
         # wait hours, or answer TIMEOUT until then.
-        raise ConfigError(f"the kept schedule v{kept.version} ({', '.join(kept.models)}) takes effect only at "
-                          f"{format_ms(max(starts, schedule.effective_at))}, and the demo's own version could not "
-                          "start before it: `rendezvous broker reset` starts afresh, or run the demo on topics of "
-                          "its own (--topic-prefix demo.)")
+        raise ConfigError(f"the kept schedule v{kept.version} ({', '.join(kept.models)}) holds every version after "
+                          f"it back to {format_ms(max(starts, schedule.effective_at))}, and the demo's own version "
+                          "could not start before then: `rendezvous broker reset` starts afresh, or run the demo on "
+                          "topics of its own (--topic-prefix demo.)")
     publish(config, topics.control, schedule)
     console.print(f"the kept schedule named {', '.join(kept.models)}: published v{schedule.version} naming the "
                   f"demo's models {', '.join(names)}")

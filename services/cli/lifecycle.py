@@ -417,7 +417,7 @@ def cmd_promote(settings: PromoteSettings, candidate: str, console: Console, fig
         latest = changes.current(book)
         raise ConfigError(f"{candidate} is the champion in force already (v{current.version}); to cancel the pending "
                           f"v{latest.version} ({', '.join(latest.models)}) instead: `rendezvous rollback "
-                          "--supersede-pending`")
+                          f"--supersede-pending --to {current.version}`")
     draft = changes.promotion(current, candidate, settings.canary, settings.comment)
     if settings.require:
         verdicts = _gate(settings, candidate, current.models[0], console, figures_fn)
@@ -453,7 +453,9 @@ class RollbackSettings(ChangeSettings):
     to: int = setting(0, "The version to restore (default: the latest before the latest one that governs, did "
                          "or will: a version that never took effect, such as a promotion cancelled by "
                          "--supersede-pending, is never restored unasked; run twice, a rollback restores what the "
-                         "first rolled back from if that took effect: give --to to step further back).", minimum=0)
+                         "first rolled back from if that took effect: give --to to step further back; with "
+                         "--supersede-pending while a version is pending, the one in force: the pending ones are "
+                         "cancelled).", minimum=0)
 
 
 def _replaced(settings: ChangeSettings, book: ScheduleBook) -> Schedule:
@@ -474,8 +476,12 @@ def _cancels_pending(settings: ChangeSettings, book: ScheduleBook) -> bool:
 
 def cmd_rollback(settings: RollbackSettings, console: Console) -> int:
     book = _book(settings)
-    draft = changes.rollback(book, settings.comment, settings.to, _replaced(settings, book),
-                             cancels=_cancels_pending(settings, book))
+    cancels = _cancels_pending(settings, book)
+    # Cancelling what is pending, by default the policy in force stays: the default of a rollback
+    # (the version before the latest one that governs) is then one still pending, which went live
+    # at once, ungated (a review).
+    to = settings.to or (_replaced(settings, book).version if cancels else 0)
+    draft = changes.rollback(book, settings.comment, to, _replaced(settings, book), cancels=cancels)
     notes = _check_live(settings, draft)  # the version before may name a model undeployed since
     _publish_next(settings, book, draft, console)
     print_notes(console, notes)

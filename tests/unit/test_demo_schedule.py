@@ -89,7 +89,7 @@ def test_a_kept_version_pending_for_hours_is_a_one_line_refusal_not_a_wait(monke
     published = _kept_topic(monkeypatch, appended_at=NOW)
     book = demo.load_book({}, "rdv.control", "default")
     book.add(Schedule(models=("champion",), version=2, created_at=NOW, effective_at=NOW + 7_200_000), NOW)
-    with pytest.raises(ConfigError, match=r"kept schedule v2 \(champion\) takes effect only at .*--topic-prefix demo"):
+    with pytest.raises(ConfigError, match=r"v2 \(champion\) holds every version after it back to .*prefix demo"):
         demo._schedule_naming(SPECS, 300, {}, Topics.from_prefix("rdv."), Console(file=io.StringIO()))
     assert published == []
 
@@ -169,7 +169,7 @@ def test_a_kept_version_naming_the_demos_models_but_pending_is_no_version_in_for
     monkeypatch.setattr(demo, "load_book", lambda _config, _topic, _name: book)
     monkeypatch.setattr(demo, "publish", lambda *_args: pytest.fail("nothing to publish"))
     monkeypatch.setattr(demo, "now_ms", lambda: NOW)
-    with pytest.raises(ConfigError, match=r"the kept schedule v2 \(slow, flaky\) takes effect only at"):
+    with pytest.raises(ConfigError, match=r"the kept schedule v2 \(slow, flaky\) holds every version after it back to"):
         demo._schedule_naming(SPECS, 300, {}, Topics.from_prefix("rdv."), Console(file=io.StringIO()))
     served = ScheduleBook("default")
     served.add(Schedule(models=("flaky", "slow"), version=1), written_at=NOW - 60_000)
@@ -190,5 +190,21 @@ def test_a_kept_first_version_for_later_naming_other_models_holds_the_demos_back
     monkeypatch.setattr(demo, "load_book", lambda _config, _topic, _name: book)
     monkeypatch.setattr(demo, "publish", lambda *_args: pytest.fail("a version held back a day was published"))
     monkeypatch.setattr(demo, "now_ms", lambda: NOW)
-    with pytest.raises(ConfigError, match=r"the kept schedule v1 \(other\) takes effect only at .*--topic-prefix demo"):
+    with pytest.raises(ConfigError, match=r"v1 \(other\) holds every version after it back to .*--topic-prefix demo"):
+        demo._schedule_naming(SPECS, 300, {}, Topics.from_prefix("rdv."), Console(file=io.StringIO()))
+
+
+def test_a_version_naming_other_models_pending_between_two_naming_the_demos_is_said(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Judged by the one in force and the latest, the demo kept a schedule that switched to other models
+    ten minutes into the run, every answer a TIMEOUT from then, without a word (a review)."""
+    book = ScheduleBook("default")
+    book.add(Schedule(models=("slow", "flaky"), version=1), written_at=NOW - 60_000)
+    book.add(Schedule(models=("other",), version=2, effective_at=NOW + 600_000), written_at=NOW - 30_000)
+    book.add(Schedule(models=("flaky", "slow"), version=3, effective_at=NOW + 86_400_000), written_at=NOW - 20_000)
+    monkeypatch.setattr(demo, "load_book", lambda _config, _topic, _name: book)
+    monkeypatch.setattr(demo, "publish", lambda *_args: pytest.fail("a version held back a day was published"))
+    monkeypatch.setattr(demo, "now_ms", lambda: NOW)
+    with pytest.raises(ConfigError, match=r"v3 \(flaky, slow\) holds every version after it back to"):
         demo._schedule_naming(SPECS, 300, {}, Topics.from_prefix("rdv."), Console(file=io.StringIO()))

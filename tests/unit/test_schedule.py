@@ -801,6 +801,10 @@ def test_a_change_that_supersedes_a_pending_version_is_judged_against_the_one_in
     assert published[-1].models == ("a", "b") and [v.version for v in book.supersedes(published[-1], now)] == [2]
     with pytest.raises(ConfigError, match=r"^a is the champion in force already \(v1\); to cancel the pending v2"):
         lifecycle.cmd_promote(lifecycle.PromoteSettings(**urgent), "a", quiet, None)  # type: ignore[arg-type]
+    # Two pending: the default is the policy in force, not the first pending one made live ungated.
+    book = book_of((("a", "b"), 2_000), (("b", "a"), day), (("c", "a", "b"), 2 * day))
+    lifecycle.cmd_rollback(lifecycle.RollbackSettings(**urgent), quiet)
+    assert published[-1].models == ("a", "b") and [v.version for v in book.supersedes(published[-1], now)] == [2, 3]
     book = book_of((("a", "b"), 2_000), (("b", "a"), 2_000), (("a", "b"), 2_000))  # nothing pending, as before:
     with pytest.raises(ConfigError, match=r"v1's policy is the one in force already \(v3\): nothing to roll back"):
         lifecycle.cmd_rollback(lifecycle.RollbackSettings(to=1, **urgent), quiet)
