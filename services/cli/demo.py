@@ -267,8 +267,8 @@ def _schedule_naming(
     # by the latest and the one in force, a version naming others pending between them took over
     # mid-run, every answer a TIMEOUT from then (reviews).
     ahead = book.in_force_and_after(now)
-    names_set = set(names)
-    if all(set(version.models) == names_set for version, _start in ahead):
+    naming = [set(version.models) == set(names) for version, _start in ahead]
+    if all(naming):
         governing = ahead[0][0]
         if governing.models != names or governing.traffic_model is not None:
             traffic = (f", {governing.traffic_fraction:.0%} of requests answered by {governing.traffic_model} first"
@@ -277,9 +277,8 @@ def _schedule_naming(
                           f"that order{traffic} "
                           "(`rendezvous schedule history`; `rendezvous broker reset` starts afresh)")
         return None
-    later = ahead[1:]
-    if later and all(set(version.models) == names_set for version, _start in later) and not pending:
-        return later[0][1]  # naming the demo's models from within the lead time: waited for
+    if not pending and len(ahead) > 1 and all(naming[1:]):
+        return ahead[1][1]  # naming the demo's models from within the lead time: waited for
     draft = Schedule(models=names, default_deadline_ms=budget_ms, comment="demo: its own models")
     # With the lead time every change takes (`--effective-in`, MIN_EFFECTIVE_IN_MS), not at once. The
     # demo's own rendezvous start after this and read it in the history, but the demo only checks

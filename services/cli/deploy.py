@@ -565,8 +565,7 @@ def _check_not_preferred(name: str, settings: UndeploySettings, console: Console
             raise ConfigError(f"{', '.join(held)} is what schedule {schedule.name} v{schedule.version} answers with"
                               f"{when}: once stopped every such answer waits for a fallback or times out; promote "
                               f"another model first, or undeploy {name} --force")
-        named = [m for m in models if m in schedule.model_set]
-        if named and fallback is None:
+        if fallback is None and (named := [m for m in models if m in schedule.model_set]):
             fallback = (schedule, named)
     if fallback is not None:
         # Said, not refused: an answer whose preferred model fails then waits for it (to the

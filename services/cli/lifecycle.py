@@ -412,9 +412,8 @@ def cmd_promote(settings: PromoteSettings, candidate: str, console: Console, fig
         print_note(console, "--window is how far back --require's figures are measured: with no --require, "
                    "nothing is measured")
     book = _book(settings)
-    current = _replaced(settings, book)
-    if current.models[0] == candidate and _cancels_pending(settings, book):
-        latest = changes.current(book)
+    current, latest = _replaced(settings, book)
+    if current.models[0] == candidate and current is not latest:
         raise ConfigError(f"{candidate} is the champion in force already (v{current.version}); to cancel the pending "
                           f"v{latest.version} ({', '.join(latest.models)}) instead: `rendezvous rollback "
                           f"--supersede-pending --to {current.version}`")
@@ -458,30 +457,26 @@ class RollbackSettings(ChangeSettings):
                          "cancelled).", minimum=0)
 
 
-def _replaced(settings: ChangeSettings, book: ScheduleBook) -> Schedule:
-    """The version a change takes the place of: the latest, which it follows; with
-    --supersede-pending the one in force now, the pending ones cancelled. Judged against the
-    latest, a promotion while a pending version named the candidate champion was refused, and
-    one that superseded it took its champion for the old one (a review)."""
+def _replaced(settings: ChangeSettings, book: ScheduleBook) -> tuple[Schedule, Schedule]:
+    """The version a change takes the place of, and the latest. The latest, which it follows; with
+    --supersede-pending the one in force now, the pending ones cancelled (another than the latest:
+    then it changes something even where its policy is the one in force). Judged against the latest,
+    a promotion while a pending version named the candidate champion was refused, and one that
+    superseded it took its champion for the old one; and judged without what it cancels, a rollback
+    could no longer cancel a pending change (reviews)."""
     latest = changes.current(book)
-    return book.in_force(now_ms()) if settings.supersede_pending else latest
-
-
-def _cancels_pending(settings: ChangeSettings, book: ScheduleBook) -> bool:
-    """Whether the change, with --supersede-pending, cancels a version still to take effect: then
-    it changes something even where its policy is the one in force (a review: refused as 'nothing
-    to roll back', a rollback could no longer cancel a pending change)."""
-    return settings.supersede_pending and (book.latest_start or 0) > now_ms()
+    return (book.in_force(now_ms()) if settings.supersede_pending else latest), latest
 
 
 def cmd_rollback(settings: RollbackSettings, console: Console) -> int:
     book = _book(settings)
-    cancels = _cancels_pending(settings, book)
+    replaced, latest = _replaced(settings, book)
+    cancels = replaced is not latest
     # Cancelling what is pending, by default the policy in force stays: the default of a rollback
     # (the version before the latest one that governs) is then one still pending, which went live
     # at once, ungated (a review).
-    to = settings.to or (_replaced(settings, book).version if cancels else 0)
-    draft = changes.rollback(book, settings.comment, to, _replaced(settings, book), cancels=cancels)
+    to = settings.to or (replaced.version if cancels else 0)
+    draft = changes.rollback(book, settings.comment, to, replaced, cancels=cancels)
     notes = _check_live(settings, draft)  # the version before may name a model undeployed since
     _publish_next(settings, book, draft, console)
     print_notes(console, notes)

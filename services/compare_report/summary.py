@@ -305,9 +305,10 @@ class _Reference:
         score[rows] = frame.score[mask]
         label[rows] = frame.label[mask]
         valid = frame.score[mask]
+        scored = ~np.isnan(valid)
         budget = frame.deadline[rows] - frame.created_at[rows]
-        on_time = met_deadline_array(~np.isnan(valid), frame.latency_ms[mask], budget)
-        return cls(code, score, label, valid[~np.isnan(valid)], np.sort(frame.created_at[~np.isnan(score)]),
+        on_time = met_deadline_array(scored, frame.latency_ms[mask], budget)
+        return cls(code, score, label, valid[scored], np.sort(frame.created_at[~np.isnan(score)]),
                    np.sort(frame.created_at[rows[on_time]]))
 
 

@@ -195,11 +195,15 @@ def unsettled_ranges(config: RescueConfig, ranges: Sequence[Range]) -> list[Rang
     found = committed_offsets(config.kafka, config.group_id, asked, stable=False, timeout_s=KAFKA_TIMEOUT_S)
     committed = {tp.partition: tp.offset for tp in found if tp.error is None and tp.offset >= 0}
     unsettled = [(p, min(first, committed.get(p, first)), end) for p, first, end in ranges]
-    behind = sum(first - start for (_, start, _), (_, first, _) in zip(unsettled, ranges, strict=True))
-    if behind > MAX_UNSETTLED:
+    if (behind := _behind(unsettled, ranges)) > MAX_UNSETTLED:
         raise RuntimeError(f"{behind:,} offsets before the batch are past the group's last commit (more than "
                            f"{MAX_UNSETTLED:,}): left to the next worker, which reads them again from the commit")
     return unsettled
+
+
+def _behind(unsettled: Sequence[Range], batch: Sequence[Range]) -> int:
+    """The offsets before the batch that `unsettled_ranges` reached back to."""
+    return sum(first - start for (_, start, _), (_, first, _) in zip(unsettled, batch, strict=True))
 
 
 def read_batch(config: RescueConfig, ranges: Sequence[Range]) -> list[Message]:
@@ -316,7 +320,7 @@ def rescue(config: RescueConfig, snap: Snapshot, board: Reader) -> bool | None:
                   "worker: %s; killing the worker (pid %d)", stuck, config.requests_topic, span, exc, config.parent)
         return False
     left = " (more partitions than the shared memory holds: the others are read again)" if snap.overflow else ""
-    before = sum(first - start for (_, start, _), (_, first, _) in zip(ranges, snap.ranges, strict=True))
+    before = _behind(ranges, snap.ranges)
     log.error("model %s held the interpreter lock for over %.0f s (the worker's own watchdog could not run): "
               "%d requests (the batch, %s %s, and %d offsets before it not committed yet) got error Scores from "
               "%d model(s), their offsets are committed%s; killing the worker (pid %d) for a fresh one to read on",

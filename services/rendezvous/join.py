@@ -405,7 +405,7 @@ class Join:
         mailbox = self._orphan(request.partition, rid)
         if mailbox is not None and self._within_time(rid, request.log_time):
             self._drop_as_late(mailbox)  # a repeat's scores, appended after the id's time (`on_score`)
-            mailbox = None
+            return self._repeated(request, None, reply)
         if mailbox is None:
             self._forget_if_past(rid, request.log_time)
             if rid in self._remembered:
@@ -640,8 +640,11 @@ class Join:
         with other inputs (a review). The margin allows for brokers' clocks apart."""
         stale = [model for model, arrival in mailbox.arrivals.items() if arrival.at < request_at - STALE_SCORE_MS]
         for model in stale:
-            arrival = mailbox.arrivals.pop(model)
-            self.metrics.inc(child(m.LATE_SCORES, self._labels(model, arrival.version)[0], "true"))
+            self._count_late(mailbox.arrivals.pop(model))
+
+    def _count_late(self, arrival: Arrival) -> None:
+        """A score taken for a late one, after the comparison record (dropped, not joined)."""
+        self.metrics.inc(child(m.LATE_SCORES, self._labels(arrival.model, arrival.version)[0], "true"))
 
     def _unorphan(self, mailbox: Mailbox) -> None:
         """Take an orphan off its partition's list (its request came, or its scores are dropped)."""
@@ -844,16 +847,15 @@ class Join:
     def _drop_as_late(self, orphan: Mailbox) -> None:
         """Take an orphan's scores for late ones: its request is a repeat of a closed id."""
         self._unorphan(orphan)
-        for model, arrival in orphan.arrivals.items():
-            self.metrics.inc(child(m.LATE_SCORES, self._labels(model, arrival.version)[0], "true"))
+        for arrival in orphan.arrivals.values():
+            self._count_late(arrival)
         self._release(orphan)
 
     def _forget_if_past(self, rid: str, log_time: int) -> None:
         """A request under a closed id whose time is up by the request's own append time is a new
         request, even while the id's scores partition is quiet (its clock alone would keep the id):
         decided on the records alone, as a new owner's scan, which reads only recent answers, decides."""
-        kept = self._remembered.get(rid)
-        if kept is not None and kept[1] < log_time:
+        if rid in self._remembered and not self._within_time(rid, log_time):
             self._remembered.forget(rid)
 
     def _retire(self, mailbox: Mailbox, answer: dict[str, Any] | None) -> None:

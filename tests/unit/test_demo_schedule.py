@@ -157,24 +157,28 @@ def test_the_demos_table_shows_a_model_name_from_the_answers_topic_escaped_and_u
     assert "[bold red]x[/] \\x1b]0;PWNED\\x07\\x1b[2J" in out.getvalue()
 
 
+def _kept(monkeypatch: pytest.MonkeyPatch, *versions: tuple[tuple[str, ...], int, int]) -> ScheduleBook:
+    """A kept control topic of these versions ((models, effective_at, written_at), in order) the demo
+    reads, and may not publish to."""
+    book = ScheduleBook("default")
+    for number, (models, effective_at, written_at) in enumerate(versions, start=1):
+        book.add(Schedule(models=models, version=number, effective_at=effective_at), written_at=written_at)
+    monkeypatch.setattr(demo, "load_book", lambda _config, _topic, _name: book)
+    monkeypatch.setattr(demo, "publish", lambda *_args: pytest.fail("nothing to publish"))
+    monkeypatch.setattr(demo, "now_ms", lambda: NOW)
+    return book
+
+
 def test_a_kept_version_naming_the_demos_models_but_pending_is_no_version_in_force(
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """v1 naming other models in force, v2 naming the demo's for tomorrow: the demo published nothing,
     said nothing, and answered TIMEOUT for the day (a review). Now it says so; a version in force that
     names the demo's models, with another pending, serves it."""
-    book = ScheduleBook("default")
-    book.add(Schedule(models=("x", "y"), version=1), written_at=NOW - 60_000)
-    book.add(Schedule(models=("slow", "flaky"), version=2, effective_at=NOW + 72_000_000), written_at=NOW - 30_000)
-    monkeypatch.setattr(demo, "load_book", lambda _config, _topic, _name: book)
-    monkeypatch.setattr(demo, "publish", lambda *_args: pytest.fail("nothing to publish"))
-    monkeypatch.setattr(demo, "now_ms", lambda: NOW)
+    _kept(monkeypatch, (("x", "y"), 0, NOW - 60_000), (("slow", "flaky"), NOW + 72_000_000, NOW - 30_000))
     with pytest.raises(ConfigError, match=r"the kept schedule v2 \(slow, flaky\) holds every version after it back to"):
         demo._schedule_naming(SPECS, 300, {}, Topics.from_prefix("rdv."), Console(file=io.StringIO()))
-    served = ScheduleBook("default")
-    served.add(Schedule(models=("flaky", "slow"), version=1), written_at=NOW - 60_000)
-    served.add(Schedule(models=("slow", "flaky"), version=2, effective_at=NOW + 72_000_000), written_at=NOW - 30_000)
-    monkeypatch.setattr(demo, "load_book", lambda _config, _topic, _name: served)
+    _kept(monkeypatch, (("flaky", "slow"), 0, NOW - 60_000), (("slow", "flaky"), NOW + 72_000_000, NOW - 30_000))
     out = io.StringIO()
     assert demo._schedule_naming(SPECS, 300, {}, Topics.from_prefix("rdv."), Console(file=out, width=200)) is None
     assert "the kept schedule v1 is in force: flaky, slow in that order" in out.getvalue()
@@ -185,11 +189,7 @@ def test_a_kept_first_version_for_later_naming_other_models_holds_the_demos_back
 ) -> None:
     """The first version governs from the start of time, but one after it starts no earlier than
     its effective_at: the demo published its version for tomorrow and waited the day (a review)."""
-    book = ScheduleBook("default")
-    book.add(Schedule(models=("other",), version=1, effective_at=NOW + 86_400_000), written_at=NOW - 60_000)
-    monkeypatch.setattr(demo, "load_book", lambda _config, _topic, _name: book)
-    monkeypatch.setattr(demo, "publish", lambda *_args: pytest.fail("a version held back a day was published"))
-    monkeypatch.setattr(demo, "now_ms", lambda: NOW)
+    _kept(monkeypatch, (("other",), NOW + 86_400_000, NOW - 60_000))
     with pytest.raises(ConfigError, match=r"v1 \(other\) holds every version after it back to .*--topic-prefix demo"):
         demo._schedule_naming(SPECS, 300, {}, Topics.from_prefix("rdv."), Console(file=io.StringIO()))
 
@@ -199,12 +199,7 @@ def test_a_version_naming_other_models_pending_between_two_naming_the_demos_is_s
 ) -> None:
     """Judged by the one in force and the latest, the demo kept a schedule that switched to other models
     ten minutes into the run, every answer a TIMEOUT from then, without a word (a review)."""
-    book = ScheduleBook("default")
-    book.add(Schedule(models=("slow", "flaky"), version=1), written_at=NOW - 60_000)
-    book.add(Schedule(models=("other",), version=2, effective_at=NOW + 600_000), written_at=NOW - 30_000)
-    book.add(Schedule(models=("flaky", "slow"), version=3, effective_at=NOW + 86_400_000), written_at=NOW - 20_000)
-    monkeypatch.setattr(demo, "load_book", lambda _config, _topic, _name: book)
-    monkeypatch.setattr(demo, "publish", lambda *_args: pytest.fail("a version held back a day was published"))
-    monkeypatch.setattr(demo, "now_ms", lambda: NOW)
+    _kept(monkeypatch, (("slow", "flaky"), 0, NOW - 60_000), (("other",), NOW + 600_000, NOW - 30_000),
+          (("flaky", "slow"), NOW + 86_400_000, NOW - 20_000))
     with pytest.raises(ConfigError, match=r"v3 \(flaky, slow\) holds every version after it back to"):
         demo._schedule_naming(SPECS, 300, {}, Topics.from_prefix("rdv."), Console(file=io.StringIO()))
