@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -76,6 +76,10 @@ class ModelSummary:
     expected_output: int = 0
     expected_met: int = 0
     expected_champion_met: int = 0  # of `expected`, those the champion answered by the deadline
+    # The champion's outputs and errors over the same requests (from this model's first output on),
+    # for the gate's default error clause.
+    expected_champion_outputs: int = 0
+    expected_champion_errors: int = 0
     labelled: int = 0  # requests the agreement is measured on (the champion labelled, this model answered)
 
 
@@ -293,14 +297,20 @@ class _Reference:
     # Of those, the ones it answered by the deadline: its own share over the same requests as a
     # model's deadline_met, for the gate's default clause (services/control/gates.py).
     met_at: np.ndarray
+    # The created_at of all its outputs and of its error outputs, sorted: its error rate over the
+    # same requests, for the default error clause.
+    output_at: np.ndarray
+    error_at: np.ndarray
 
     @classmethod
     def of(cls, frame: Frame, code: int | None) -> _Reference:
         score = np.full(frame.records, np.nan)
         label = np.full(frame.records, -1, dtype=np.int64)
         if code is None:
-            return cls(None, score, label, np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
-        mask = (frame.model == code) & ~frame.error  # an error output is no answer to compare with
+            none = np.zeros(0, dtype=np.int64)
+            return cls(None, score, label, np.zeros(0), none, none, none, none)
+        own = frame.model == code
+        mask = own & ~frame.error  # an error output is no answer to compare with
         rows = frame.row[mask]
         score[rows] = frame.score[mask]
         label[rows] = frame.label[mask]
@@ -309,7 +319,8 @@ class _Reference:
         budget = frame.deadline[rows] - frame.created_at[rows]
         on_time = met_deadline_array(scored, frame.latency_ms[mask], budget)
         return cls(code, score, label, valid[scored], np.sort(frame.created_at[~np.isnan(score)]),
-                   np.sort(frame.created_at[rows[on_time]]))
+                   np.sort(frame.created_at[rows[on_time]]), np.sort(frame.created_at[frame.row[own]]),
+                   np.sort(frame.created_at[frame.row[own & frame.error]]))
 
 
 @dataclass(frozen=True)
@@ -363,8 +374,8 @@ def _model(
     # a minute) is no figure of how fast the model answers; errors are counted on their own.
     answered = out.latency[~out.error]
     latency = _quantiles(answered, [q for _, q in LATENCY_QUANTILES])
-    expected, own_expected, champion_met = (
-        _expected(frame, ref, out) if compared else (0, np.zeros(len(out.rows), dtype=bool), 0))
+    expected = _expected(frame, ref, out) if compared else _Expected.none(len(out.rows))
+    own_expected = expected.own
     return ModelSummary(
         name=frame.models[code], versions=frame.versions[code], champion=code == ref.code, n=len(out.rows),
         errors=int(out.error.sum()), late=int(out.late.sum()),
@@ -382,8 +393,10 @@ def _model(
         ),
         # An output with neither a usable score nor an error (a label alone) answers nothing: counted
         # as output, a candidate that gave no score on half the requests passed coverage (a review).
-        expected=expected, expected_output=int(own_expected[out.usable | out.error].sum()),
-        expected_met=int(own_expected[on_time].sum()), expected_champion_met=champion_met, labelled=paired.labelled,
+        expected=expected.records, expected_output=int(own_expected[out.usable | out.error].sum()),
+        expected_met=int(own_expected[on_time].sum()), expected_champion_met=expected.champion_met,
+        expected_champion_outputs=expected.champion_outputs, expected_champion_errors=expected.champion_errors,
+        labelled=paired.labelled,
     )  # fmt: skip
 
 
@@ -394,19 +407,37 @@ def _same_requests(ref: _Reference, out: _Outputs) -> tuple[np.ndarray, np.ndarr
     return champion[both], out.score[both]
 
 
-def _expected(frame: Frame, ref: _Reference, out: _Outputs) -> tuple[int, np.ndarray, int]:
+class _Expected(NamedTuple):
+    """What a model was expected to score, and the champion's figures over the same requests."""
+
+    records: int  # the records the champion answered, created at or after the model's first output
+    own: np.ndarray  # which of the model's own outputs are on such records
+    champion_met: int  # of `records`, those the champion answered by the deadline
+    champion_outputs: int  # the champion's outputs (errors included) from the model's first output on
+    champion_errors: int  # of those, its errors
+
+    @classmethod
+    def none(cls, outputs: int) -> _Expected:
+        return cls(0, np.zeros(outputs, dtype=bool), 0, 0, 0)
+
+
+def _expected(frame: Frame, ref: _Reference, out: _Outputs) -> _Expected:
     """How many records the model was expected to score: those the champion answered, created at
-    or after this model's first output (before that the model may not have been deployed); which
-    of the model's own outputs are on such records; and how many of them the champion answered by
-    the deadline (its share over the same requests: over all of its outputs, a champion faster
-    before the candidate came failed an identical candidate, its errors loosened the bound; a review)."""
+    or after this model's first output (before that the model may not have been deployed); and the
+    champion's deadlines met and errors over the same requests (over all of its outputs, a champion
+    faster before the candidate came failed an identical candidate, and its outage before the
+    candidate came passed a candidate failing 8% against its 0%; reviews)."""
     if not len(out.rows):
-        return 0, np.zeros(0, dtype=bool), 0
+        return _Expected.none(0)
     first = frame.created_at[out.rows].min()
-    expected = len(ref.answered_at) - int(np.searchsorted(ref.answered_at, first, side="left"))
-    champion_met = len(ref.met_at) - int(np.searchsorted(ref.met_at, first, side="left"))
     own: np.ndarray = ~np.isnan(ref.score[out.rows])  # created at `first` or after, as every one of its own
-    return expected, own, champion_met
+    return _Expected(_from(ref.answered_at, first), own, _from(ref.met_at, first), _from(ref.output_at, first),
+                     _from(ref.error_at, first))
+
+
+def _from(created_at: np.ndarray, first: int) -> int:
+    """How many of the sorted `created_at` are at or after `first`."""
+    return len(created_at) - int(np.searchsorted(created_at, first, side="left"))
 
 
 def _paired(ref: _Reference, out: _Outputs, names: tuple[str, ...]) -> _Paired:

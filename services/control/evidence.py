@@ -38,11 +38,11 @@ def gate_figures(settings: KafkaSettings, window: str, candidate: str, champion:
 def figures_of(report: Report, candidate: str, champion: str) -> dict[str, float]:
     """The gate's figures of `candidate` in `report` (one measured against `champion`)."""
     row = next((m for m in report.models if m.name == candidate), None)
-    reference = next((m for m in report.models if m.name == champion), None)
     # The champion's own figures, for the gate's default clauses (services/control/gates.py): its
-    # deadlines met over the same requests as the candidate's deadline_met.
+    # errors and deadlines met over the requests the candidate was measured on.
     champion_figures = {
-        "champion_error_rate": reference.errors / reference.n if reference is not None and reference.n else NAN,
+        "champion_error_rate": row.expected_champion_errors / row.expected_champion_outputs
+        if row is not None and row.expected_champion_outputs else NAN,
         "champion_deadline_met": row.expected_champion_met / row.expected if row is not None and row.expected else NAN,
     }
     if row is None:

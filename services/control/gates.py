@@ -151,8 +151,8 @@ DEFAULTS_SAID = (f"n>={DEFAULT_MIN_N}, error_rate <= the champion's + {DEFAULT_E
 def with_defaults(requirements: list[Requirement], figures: Mapping[str, float]) -> list[Requirement]:
     """`requirements` plus `n>=100`, `error_rate<=` the champion's + 0.01, `deadline_met>=` the
     champion's - 0.01, `coverage>=0.95`, `versions<=1` and, with an agreement clause,
-    `labelled>=100`, for figures they do not name (`figures`: the champion's own, for the two
-    relative to it: `champion_error_rate`, `champion_deadline_met`)."""
+    `labelled>=100`, for figures they do not name (`figures`: the champion's own on the same
+    requests, for the two relative to it: `champion_error_rate`, `champion_deadline_met`)."""
     named = {r.figure for r in requirements}
     extra = []
     if "n" not in named:

@@ -358,3 +358,19 @@ def test_the_default_deadline_clause_compares_the_champion_on_the_candidates_req
     figures = _gate_figures([*before, *shared])
     assert figures["deadline_met"] == figures["champion_deadline_met"] == pytest.approx(0.5)
     assert verdicts("agreement>=0.95", figures)["deadline_met>=0.49 (default: champion's - 0.01)"] is True
+
+
+def test_the_default_error_clause_measures_the_champion_on_the_candidates_requests() -> None:
+    """Over the whole window, a champion's outage before the candidate came loosened the bound: a
+    candidate failing 8% of requests against a champion failing none passed 'error_rate<=0.21'
+    (a review); errors the champion made only before it came tightened it the same way."""
+    failed, failed_cand = ({**_output(model, 0.9, "pos"), "error": "boom"} for model in ("champion", "cand"))
+    outage = [_record(i, [failed if i % 5 < 2 else _output("champion", 0.9, "pos")]) for i in range(1000)]
+    shared = [_record(i, [_output("champion", 0.9, "pos"), failed_cand if i % 25 < 2 else _output("cand", 0.9, "pos")])
+              for i in range(1000, 2000)]
+    figures = _gate_figures([*outage, *shared])
+    assert figures["champion_error_rate"] == 0.0 and figures["error_rate"] == pytest.approx(0.08)
+    assert verdicts("n>=100", figures)["error_rate<=0.01 (default: champion's + 0.01)"] is False
+    errors_later = [_record(i, [failed if i % 2 else _output("champion", 0.9, "pos"), _output("cand", 0.9, "pos")])
+                    for i in range(2000, 2100)]
+    assert _gate_figures([*outage[:100], *errors_later])["champion_error_rate"] == pytest.approx(0.5)
