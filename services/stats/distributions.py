@@ -317,7 +317,9 @@ class PairedLabels:
         """The `max_labels` most frequent labels (sorted), then, if there are more, OTHER_LABELS
         for the rest (and for pairs counted as other labels already); counts[champion][model].
         The fold is named as no label a model gives is likely to be: named 'other', it took a
-        model's own class 'other' for itself, and the two came out as one name twice."""
+        model's own class 'other' for itself, and the two came out as one name twice. Two folded
+        labels that differ are counted in the column DIFFERENT_LABELS (last, its row empty): in
+        (other, other) a model swapping two rare classes read as agreeing (a review)."""
         totals: Counter[str] = Counter()
         for (c, m), v in self.confusion.items():
             totals[c] += v
@@ -326,9 +328,16 @@ class PairedLabels:
         keep = [label for label, _ in totals.most_common(max_labels + len(folded)) if label not in folded][:max_labels]
         labels = sorted(keep) + ([OTHER_LABELS] if len(totals) > len(keep) else [])
         index = {label: i for i, label in enumerate(labels)}
-        counts = np.zeros((len(labels), len(labels)), dtype=np.int64)
+        other = len(labels) - 1
+        cells: Counter[tuple[int, int]] = Counter()
         for (c, m), v in self.confusion.items():
-            counts[index.get(c, len(labels) - 1), index.get(m, len(labels) - 1)] += v
+            at = (index.get(c, other), index.get(m, other))
+            cells[(other, other + 1) if at == (other, other) and c != m else at] += v
+        if any(j > other for _, j in cells):
+            labels.append(DIFFERENT_LABELS)
+        counts = np.zeros((len(labels), len(labels)), dtype=np.int64)
+        for (i, j), v in cells.items():
+            counts[i, j] = v
         return labels, counts
 
 

@@ -20,6 +20,7 @@ from services.core.codec import codec
 from services.core.errors import ConfigError, DecodeFailed
 from services.stats.deadline import met_deadline, met_deadline_array
 from services.stats.distributions import (
+    DIFFERENT_LABELS,
     OTHER_LABELS,
     PairedLabels,
     PairedScores,
@@ -203,11 +204,11 @@ def test_a_class_named_other_keeps_its_own_row_beside_the_fold() -> None:
     labels = PairedLabels()
     for i, label in enumerate(["other", *(f"c{i}" for i in range(11))]):
         labels.add(label, label, 100 - i)
-    labels.add("x" * 200, "y" * 200)  # counted among the other labels already
+    labels.add("x" * 200, "y" * 200)  # counted among the other labels already, as different ones
     names, counts = labels.matrix(10)
-    assert len(set(names)) == len(names) == 11 and names[-1] == OTHER_LABELS
+    assert len(set(names)) == len(names) == 12 and names[-2:] == [OTHER_LABELS, DIFFERENT_LABELS]
     assert counts[names.index("other"), names.index("other")] == 100
-    assert counts[-1].sum() == 100 - 10 + 100 - 11 + 1 and counts.sum() == labels.n
+    assert counts[-2].sum() == 100 - 10 + 100 - 11 + 1 and counts.sum() == labels.n
 
 
 # --- the window ---------------------------------------------------------------------------------
@@ -921,3 +922,18 @@ def test_psi_reads_drift_when_every_reference_edge_is_zero() -> None:
     exact = psi_exact(before, after)
     assert exact > 1.0
     assert abs(psi(QuantileSketch.of(before.tolist()), QuantileSketch.of(after.tolist())) - exact) < 0.05 * exact
+
+
+def test_two_folded_labels_that_differ_are_no_agreement_in_the_matrix() -> None:
+    """Rare classes a model always swaps, and pairs counted as different labels already, were
+    drawn in (other, other): no disagreement off the diagonal (a review)."""
+    labels = PairedLabels()
+    for i in range(10):
+        labels.add(f"c{i}", f"c{i}", 100)
+    labels.add("rare-a", "rare-b", 30)
+    labels.add("rare-b", "rare-b", 5)
+    labels.add("x" * 200, "y" * 200, 7)  # (OTHER_LABELS, DIFFERENT_LABELS) already
+    names, counts = labels.matrix(10)
+    assert names[-2:] == [OTHER_LABELS, DIFFERENT_LABELS] and counts.sum() == labels.n
+    assert counts[-2, -2] == 5 and counts[-2, -1] == 37 and counts[-1].sum() == 0
+    assert np.trace(counts) == labels.agreeing
