@@ -694,11 +694,29 @@ class _BatchScorer:
                                       partition=msg.partition())
             except RecordTooLarge as err:  # a producer or topic limit set below a Score's size
                 unencodable += result.error is None  # an error Score already counts as one
-                log.warning("no Score for %s[%s]@%s: %s", msg.topic(), msg.partition(), msg.offset(), err)
-                if self.w.settings.dead_letter:
-                    self.dead.send(msg, DecodeFailed(f"its Score could not be written: {err}"))
+                self._write_smaller(hosted, msg, request, result, len(value), received_at, err)
         # At most one per request, whatever way each failed (a negative count would raise here).
         errors = min(len(requests), sum(r.error is not None for r in results) + unencodable)
         child(SCORES, *labels, "ok").inc(len(requests) - errors)
         if errors:
             child(SCORES, *labels, "error").inc(errors)
+
+    def _write_smaller(
+        self, hosted: Hosted, msg: Message, request: dict[str, Any], result: Result, size: int, received_at: int,
+        err: RecordTooLarge,
+    ) -> None:
+        """A Score over what the scores topic takes (a label near its bound, a topic limit set
+        low): an error Score without its label and score instead, so that the rendezvous need not
+        wait for this model to the deadline (no Score at all was written; a review); a dead letter
+        (with --dead-letter) only when that one does not fit either."""
+        reason = f"its Score of {size} bytes is over what the scores topic takes"
+        values, _ = hosted.writer.encode_batch([request], [unscored(reason, result.compute_ms)], received_at, now_ms())
+        try:
+            self.producer.produce(self.w.topics.scores, values[0], key=request["request_id"].encode(),
+                                  partition=msg.partition())
+            log.warning("%s[%s]@%s: %s; an error Score says so instead", msg.topic(), msg.partition(), msg.offset(),
+                        err)
+        except RecordTooLarge:
+            log.warning("no Score for %s[%s]@%s: %s", msg.topic(), msg.partition(), msg.offset(), err)
+            if self.w.settings.dead_letter:
+                self.dead.send(msg, DecodeFailed(f"its Score could not be written: {err}"))

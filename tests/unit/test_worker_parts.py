@@ -252,3 +252,37 @@ def test_a_lookup_failing_whole_when_asked_alone_keeps_what_was_found_and_a_rais
     assert [tp.offset for tp in partitions] == [OFFSET_INVALID] * 3 and consumer.assigned == []
     scorer._start_new_partitions_at(consumer, partitions, 1_700_000_000_000)
     assert consumer.assigned == [(0, 40), (1, OFFSET_INVALID), (2, 900)]
+
+
+class SizedOutputs(Outputs):
+    """A producer whose scores topic refuses a record over `limit` bytes, as the real one does."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def produce(self, topic: str, value: bytes, **kwargs: Any) -> None:
+        from services.core.errors import RecordTooLarge
+
+        if len(value) > self.limit:
+            raise RecordTooLarge(f"a record of {len(value)} bytes is over what {topic} takes")
+        super().produce(topic, value, **kwargs)
+
+
+def test_a_score_over_what_the_scores_topic_takes_is_written_as_an_error_score_without_its_label() -> None:
+    """No Score at all was written (a dead letter only with --dead-letter), though it was counted
+    as an error Score, and the rendezvous waited for the model to its deadline (a review)."""
+    from services.model_worker.models import Prediction
+
+    now = int(time.time() * 1000)
+    outputs = SizedOutputs(limit=600)
+    scorer = batch_scorer(WorkerSettings(model="demo:champion", predict_timeout_s=0.0), outputs)
+    hosted = scorer.w.hosted[0]
+    requests = [{"request_id": rid, "deadline": now + 1_000} for rid in ("long-label", "short")]
+    results = [worker.Scored(Prediction(0.5, "L" * 1_000), None, 1.0), worker.Scored(Prediction(0.5, "ok"), None, 1.0)]
+    scorer._write(hosted, results, requests, [record(b"", 0), record(b"", 1)], now)
+    by_id = {s["request_id"]: s for s in outputs.scores}
+    assert by_id["short"]["label"] == "ok" and by_id["short"]["error"] is None
+    refused = by_id["long-label"]
+    assert refused["score"] is None and refused["label"] is None
+    assert refused["error"].startswith("its Score of ") and "over what the scores topic takes" in refused["error"]
