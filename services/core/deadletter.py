@@ -6,8 +6,9 @@ service would stop on that record at every restart (a poison pill). So the origi
 kept whole only up to `excerpt_bytes` (at most a quarter of the dead-letter topic's
 `max.message.bytes`); a larger one is cut to an excerpt and marked `truncated`, and the source
 topic/partition/offset say where to read it whole. If the broker still refuses the dead letter,
-it is sent once more without key and value, and if that fails too the failure is counted and
-logged with the record's reference: one bad record never stops a service.
+it is sent once more as the record's reference: without key and value, its reason cut to
+REFERENCE_REASON_CHARS; if that fails too the failure is counted and logged with the reference:
+one bad record never stops a service.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 DEFAULT_EXCERPT_BYTES = 64 * 1024
 KEY_BYTES = 256
 REASON_CHARS = 1000
+REFERENCE_REASON_CHARS = 200  # a reference alone: at most ~800 bytes of UTF-8 with the source's names
 _OBJECT_ADDRESS = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-f]+>")
 
 DEAD_LETTER_FAILURES = Counter(
@@ -44,8 +46,11 @@ DEAD_LETTER_FAILURES = Counter(
 def clean_reason(text: str) -> str:
     """A reason fit for a person: no object addresses, no remembered secret (a registry's error
     text is quoted in it, and a dead letter outlives any log), at most REASON_CHARS characters."""
-    text = mask(_OBJECT_ADDRESS.sub("", text)).strip()
-    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"
+    return _cut(mask(_OBJECT_ADDRESS.sub("", text)).strip(), REASON_CHARS)
+
+
+def _cut(text: str, chars: int) -> str:
+    return text if len(text) <= chars else text[: chars - 1] + "…"
 
 
 def excerpt_limit(config: Mapping[str, Any], topic: str, timeout: float = 10.0, known: int | None = None) -> int:
@@ -95,10 +100,13 @@ class DeadLetters:
         try:
             self._producer.produce(self._topic, self._codec.encode(record), key=key)
         except KafkaOperationError as first:
-            # E.g. a producer message.max.bytes below the excerpt: send the reference alone.
-            record = self._record(msg, reason, error_type, 0)
+            # E.g. a producer message.max.bytes below the excerpt: send the reference alone. The
+            # key and a whole reason (3 kB of UTF-8 with the key's 256 bytes) had it refused again
+            # by a topic its reference fits (a review).
+            reference = self._record(msg, _cut(reason, REFERENCE_REASON_CHARS), error_type, 0)
+            record = {**reference, "key": None, "truncated": reference["truncated"] or reference["key"] is not None}
             try:
-                self._producer.produce(self._topic, self._codec.encode(record), key=key)
+                self._producer.produce(self._topic, self._codec.encode(record), key=None)
             except KafkaOperationError as second:
                 DEAD_LETTER_FAILURES.labels(self._service, source_topic).inc()
                 log.error("cannot dead-letter %s[%s]@%s (%s; then %s); skipped it: %s", source_topic,

@@ -1,0 +1,62 @@
+"""Dead letters always fit: cut to an excerpt, then sent as a reference alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import Message
+
+from services.core.codec import codec
+from services.core.deadletter import DEAD_LETTER_FAILURES, REFERENCE_REASON_CHARS, DeadLetters
+from services.core.errors import BadInput, RecordTooLarge
+
+LETTERS = codec("deadletter")
+
+
+class Refusing:
+    """A producer that refuses a record (value and key) over `limit` bytes, as the real one does."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.sent: list[tuple[dict[str, Any], bytes | None]] = []
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | str | None = None, partition: int | None = None,
+                headers: Any = None) -> None:
+        size = len(value or b"") + len(key or b"")
+        if size > self.limit:
+            raise RecordTooLarge(f"a record of {size} bytes is over what {topic} takes")
+        self.sent.append((LETTERS.decode(value), key if isinstance(key, bytes) else None))
+
+
+def bad(value: bytes, key: bytes) -> Message:
+    return Message(topic="rdv.requests", partition=2, offset=7, key=key, value=value)
+
+
+def test_a_large_record_is_cut_to_its_excerpt_and_said_truncated() -> None:
+    producer = Refusing(limit=1_000_000)
+    DeadLetters(producer, "rdv.deadletter", "rendezvous", excerpt_bytes=1_000).send(bad(b"v" * 5_000, b"k"),
+                                                                                  BadInput("no Request"))
+    [(letter, key)] = producer.sent
+    assert letter["value"] == b"v" * 1_000 and letter["truncated"] and letter["value_size"] == 5_000
+    assert (letter["source_topic"], letter["source_partition"], letter["source_offset"]) == ("rdv.requests", 2, 7)
+    assert key == b"k" and letter["reason"] == "no Request"
+
+
+def test_a_letter_refused_whole_goes_as_its_reference_without_key_value_or_the_whole_reason() -> None:
+    """The second try kept the key (up to 256 bytes) and a reason of 1,000 characters (3 kB of
+    UTF-8): refused again by a small topic, the letter was skipped where its reference fit (a review)."""
+    producer = Refusing(limit=700)
+    reason = "理" * 1_000
+    DeadLetters(producer, "rdv.deadletter", "rendezvous").send(bad(b"v" * 5_000, b"k" * 10_000), BadInput(reason))
+    [(letter, key)] = producer.sent
+    assert key is None and letter["key"] is None and letter["value"] == b"" and letter["truncated"]
+    assert letter["reason"] == reason[: REFERENCE_REASON_CHARS - 1] + "…"
+    assert (letter["source_topic"], letter["source_partition"], letter["source_offset"]) == ("rdv.requests", 2, 7)
+
+
+def test_a_letter_refused_even_as_its_reference_is_counted_and_the_service_goes_on() -> None:
+    before = DEAD_LETTER_FAILURES.labels("rendezvous", "rdv.requests")._value.get()
+    producer = Refusing(limit=10)
+    DeadLetters(producer, "rdv.deadletter", "rendezvous").send(bad(b"v", b"k"), BadInput("no Request"))
+    assert producer.sent == []
+    assert DEAD_LETTER_FAILURES.labels("rendezvous", "rdv.requests")._value.get() == before + 1
