@@ -112,6 +112,8 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
         ("model", "champion"),
     ),
     "rdv_cmp_champion_info": ("The champion the pairs are computed against (value 1).", ("model",)),
+    "rdv_cmp_canary_info": ("The canary named by --canary (value 1): the rules watch it for drift, not agreement.",
+                            ("model",)),
     "rdv_cmp_fallback_ratio": ("Share of the window's requests answered with status FALLBACK.", ()),
     "rdv_cmp_error_ratio": ("Share of each model's window outputs that are errors.", ("model",)),
     "rdv_cmp_late_ratio": (
@@ -320,6 +322,8 @@ def window_samples(
     fixed = totals.models.get(canary) if canary else None
     if champion:
         out["rdv_cmp_champion_info"].append(((champion,), 1.0))
+    if canary:  # whether or not it is in the window: the alert rules tell it by this, not by its name
+        out["rdv_cmp_canary_info"].append(((canary,), 1.0))
     for name in sorted(totals.models):
         stats = totals.models[name]
         _model_samples(out, name, stats, reference_counts.get(name, 0))

@@ -153,7 +153,8 @@ class ComparisonService(SimpleHandler, Probed):
         super().start(ctx)
         assert ctx.producer is not None
         self._dead = DeadLetters.for_topic(ctx.outputs, ctx.config, self.topics.deadletter, SERVICE,
-                                           known=ctx.producer.topic_limit(self.topics.deadletter))
+                                           known=ctx.producer.topic_limit(self.topics.deadletter),
+                                           sources=ctx.spec.subscription)
 
     def _start_empty(self) -> None:
         """The window and what it learnt, as at start (then filled from the committed offsets)."""

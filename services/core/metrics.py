@@ -28,7 +28,8 @@ DECODE_ERRORS = Counter(
 )
 DEAD_LETTERS = Counter(
     "rdv_deadletters_total",
-    "Records sent to the dead-letter topic, by service, source topic and error type.",
+    "Records dead-lettered (handed to the producer for the dead-letter topic), by service, source topic and "
+    "error type. A broker's refusal of a letter (the topic missing, an ACL) stops the service with its reason.",
     ["service", "topic", "error"],
 )
 
@@ -39,6 +40,10 @@ PRODUCERS_REPLACED = Counter(
     "failed for good or never returned).",
     ["why"],
 )
+# Each series from 0, so that its first replacement is an increase: a series born at 1 is none to
+# increase(), and RdvProducerReplaced missed the one replacement after a broker restart (a review).
+for _why in ("timed_out", "transaction"):
+    PRODUCERS_REPLACED.labels(_why)
 
 
 @lru_cache(maxsize=8192)

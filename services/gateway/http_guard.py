@@ -62,6 +62,10 @@ REFUSED = Counter("rdv_gateway_connections_refused_total",
                   "--max-connections were open | pipelined: too many requests queued on one connection | "
                   "upgrade: a request with a body asking for a protocol upgrade, which is not served).",
                   ["reason"])
+# Each series from 0: the first refusals are an increase to rate() (RdvGatewayFailing reads them).
+for _reason in ("head_too_large", "head_too_slow", "body_too_slow", "bad_request", "max_connections", "pipelined",
+                "upgrade"):
+    REFUSED.labels(_reason)
 
 
 class _OncePerMinute(logging.Filter):

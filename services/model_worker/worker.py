@@ -448,7 +448,8 @@ class ModelWorker(SimpleHandler, Probed):
         super().start(ctx)
         assert ctx.producer is not None
         dead_letters = DeadLetters.for_topic(ctx.producer, ctx.config, self.topics.deadletter, SERVICE,
-                                             known=ctx.producer.topic_limit(self.topics.deadletter))
+                                             known=ctx.producer.topic_limit(self.topics.deadletter),
+                                             sources=ctx.spec.subscription if self.settings.dead_letter else ())
         if self.settings.predict_timeout_s > 0 and self._rescue is None:
             self._rescue = self._start_rescue()
         self._watchdog = ScoringWatchdog(self.settings.predict_timeout_s, lambda h: h.name, ctx.producer,

@@ -222,7 +222,8 @@ class Rendezvous(Probed):
         self._fast = fast
         assert ctx.producer is not None
         self._dead = DeadLetters.for_topic(ctx.outputs, ctx.config, self.topics.deadletter, SERVICE,
-                                           known=ctx.producer.topic_limit(self.topics.deadletter))
+                                           known=ctx.producer.topic_limit(self.topics.deadletter),
+                                           sources=ctx.spec.subscription)
         rules = ReplyRules(self.topics, self.settings.reply_topic_pattern())
         self._replies = ReplyRouter(self._queue_reply, {**ctx.config, "allow.auto.create.topics": False}, rules)
         ctx.stack.callback(self._replies.close)

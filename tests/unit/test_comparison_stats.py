@@ -937,3 +937,17 @@ def test_two_folded_labels_that_differ_are_no_agreement_in_the_matrix() -> None:
     assert names[-2:] == [OTHER_LABELS, DIFFERENT_LABELS] and counts.sum() == labels.n
     assert counts[-2, -2] == 5 and counts[-2, -1] == 37 and counts[-1].sum() == 0
     assert np.trace(counts) == labels.agreeing
+
+
+def test_the_canary_is_exported_by_name_for_the_rules_whether_or_not_it_scored() -> None:
+    """The rules named the canary 'canary': one named otherwise never drifted and was paged on as
+    a challenger (a review). They read rdv_cmp_canary_info now; none without a canary."""
+    svc = service(canary="fixed-v1")
+    read(svc, [record(BASE_MS + i, [output("champion", 0.5), output("challenger", 0.5)]) for i in range(10)])
+    svc.export()
+    assert m.WINDOW.value("rdv_cmp_canary_info", model="fixed-v1") == 1.0
+    assert m.WINDOW.value("rdv_cmp_canary_info", model="canary") is None
+    none = service(canary="")
+    read(none, [record(BASE_MS, [output("champion", 0.5)])])
+    none.export()
+    assert m.WINDOW.value("rdv_cmp_canary_info", model="fixed-v1") is None

@@ -60,3 +60,22 @@ def test_a_letter_refused_even_as_its_reference_is_counted_and_the_service_goes_
     DeadLetters(producer, "rdv.deadletter", "rendezvous").send(bad(b"v", b"k"), BadInput("no Request"))
     assert producer.sent == []
     assert DEAD_LETTER_FAILURES.labels("rendezvous", "rdv.requests")._value.get() == before + 1
+
+
+def test_a_services_dead_letter_series_start_at_zero_so_the_first_letter_is_an_increase() -> None:
+    """A counter series is born holding its first count, which increase() cannot see: the alert
+    rules missed every first dead letter of a kind, and every first letter lost (a review)."""
+    from prometheus_client import REGISTRY
+
+    from services.core import errors
+    from services.core.deadletter import ERROR_TYPES
+
+    DeadLetters(Refusing(limit=10), "rdv.deadletter", "fresh-service", sources=["rdv.fresh"])
+    for error_type in ERROR_TYPES:
+        assert issubclass(getattr(errors, error_type), errors.BadInput)
+        assert REGISTRY.get_sample_value("rdv_deadletters_total", {"service": "fresh-service", "topic": "rdv.fresh",
+                                                                   "error": error_type}) == 0.0
+    assert REGISTRY.get_sample_value("rdv_deadletter_failures_total",
+                                     {"service": "fresh-service", "topic": "rdv.fresh"}) == 0.0
+    for why in ("timed_out", "transaction"):
+        assert REGISTRY.get_sample_value("rdv_kafka_producers_replaced_total", {"why": why}) is not None
