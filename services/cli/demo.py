@@ -8,6 +8,7 @@ generator sends demo rows at a fixed rate through the `Client` and tallies the a
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -32,7 +33,7 @@ from services.control import changes
 from services.control.schedule import Schedule
 from services.control.topic import MIN_EFFECTIVE_IN_MS, load_book, publish
 from services.core import hostcpu, wire
-from services.core.errors import ConfigError
+from services.core.errors import BrokerError, ConfigError
 from services.core.kafka import groups_with_members, set_connect_timeout, wait_for_broker, wait_for_groups
 from services.core.ranges import format_ms
 from services.core.runtime import now_ms, stop_processes
@@ -184,9 +185,9 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
             # Stopped like a database: the demo's topics stay for `compare`, `replay`, the next run.
             # Only one this demo launched: another command may have started it in the meantime
             # (two demos at once), and the first demo to end stopped it under the other (a review).
-            if broker.launched_here:
-                stack.callback(stop_background, keep_data=True)
             settings = replace(settings, bootstrap=broker.bootstrap)
+            if broker.launched_here:
+                stack.callback(stop_unless_in_use, settings.librdkafka(), settings.topic_prefix, console)
         elif not settings.bootstrap:
             settings = replace(settings, bootstrap=read_bootstrap() or "")
         console.print(f"broker: {settings.bootstrap}")
@@ -203,6 +204,7 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
         processes: list[subprocess.Popen[bytes]] = []
         stack.callback(stop_processes, processes)
         port = settings.metrics_base_port
+        _check_ports_free(port, settings.rendezvous + len(names) if port else 0)
         for index in range(settings.rendezvous):
             rendezvous_port = port + len(names) + index if port and index else port
             processes.append(spawn(["serve", "--models", ",".join(names), "--deadline-ms", str(settings.budget_ms),
@@ -232,6 +234,40 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
         _first_answers(client, processes, console, logs)
         _generate_load(settings, client, processes, console, logs)
     return 0
+
+
+def _check_ports_free(first: int, count: int) -> None:
+    """The metrics ports the demo's processes will serve on, tried first: a second demo's
+    rendezvous met the first one's port and exited, naming neither the demo's flag nor a fix
+    (a review)."""
+    for port in range(first, first + count):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the services' servers: not TIME_WAIT
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                raise ConfigError(f"the demo's metrics port {port} is taken ({exc.strerror}; another demo?): give it "
+                                  f"others with --metrics-base-port (e.g. {first + 200}), or 0 for none") from None
+
+
+def stop_unless_in_use(config: dict[str, Any], prefix: str, console: Console) -> None:
+    """Stop the local broker this demo started (its processes stopped first), unless consumer
+    groups other than its own have members: a second demo on topics of its own (as the README
+    says to run one) lost its broker when the first one ended, its table 70% by the deadline and
+    504 records undelivered (a review)."""
+    own = (f"{prefix}rendezvous", f"{prefix}model.")
+    try:
+        others = [group for group in groups_with_members(config, [""], timeout=5.0) if not group.startswith(own)]
+    except BrokerError as exc:
+        console.print(f"left the local broker running: could not tell whether anything else uses it ({exc}); "
+                      "`rendezvous broker stop` stops it")
+        return
+    if others:
+        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+        console.print(f"left the local broker running: {', '.join(others[:3])}{more} still use it "
+                      "(`rendezvous broker stop` stops it)")
+        return
+    stop_background(keep_data=True)
 
 
 def _refuse_serving_topics(config: dict[str, Any], prefix: str, bootstrap: str) -> None:

@@ -44,7 +44,8 @@ EXAMPLES: dict[tuple[str, ...], tuple[str, ...]] = {
                   "--html r.html",),
     ("gateway",): ("rendezvous gateway --http-port 8080 --grpc-port 8081 "
                    "--comparison-url http://localhost:9104/metrics",),
-    ("demo",): ("rendezvous demo --duration 30", "rendezvous demo --topic-prefix demo. --rate 500"),
+    ("demo",): ("rendezvous demo --duration 30",
+                "rendezvous demo --topic-prefix demo. --metrics-base-port 9300 --rate 500"),
 }
 
 

@@ -1,0 +1,58 @@
+"""The demo stops the local broker it started only when nothing else uses it (pure logic: the
+broker's consumer groups as the admin client lists them, the stop noted)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from services.cli import demo
+from services.core.errors import BrokerError
+
+
+def stopped_with(monkeypatch: pytest.MonkeyPatch, groups: list[str] | Exception) -> tuple[bool, str]:
+    stops: list[bool] = []
+
+    def listed(_config: Any, prefixes: list[str], timeout: float | None = None) -> list[str]:
+        if isinstance(groups, Exception):
+            raise groups
+        return [g for g in groups if g.startswith(tuple(prefixes))]
+
+    monkeypatch.setattr(demo, "groups_with_members", listed)
+    monkeypatch.setattr(demo, "stop_background", lambda keep_data: stops.append(keep_data))
+    out = io.StringIO()
+    demo.stop_unless_in_use({}, "rdv.", Console(file=out, width=300))
+    return bool(stops), out.getvalue()
+
+
+def test_a_second_demos_groups_keep_the_broker_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first demo to end stopped the broker under a second one on topics of its own (a review)."""
+    stopped, said = stopped_with(monkeypatch, ["rdv.rendezvous", "demo.rendezvous", "demo.model.champion"])
+    assert not stopped and "left the local broker running: demo.rendezvous, demo.model.champion still use it" in said
+
+
+def test_the_demos_own_groups_alone_let_it_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    stopped, said = stopped_with(monkeypatch, ["rdv.rendezvous", "rdv.model.champion+challenger"])
+    assert stopped and said == ""
+
+
+def test_a_broker_that_cannot_say_is_left_running_and_said_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    stopped, said = stopped_with(monkeypatch, BrokerError("listing the consumer groups failed"))
+    assert not stopped and "could not tell whether anything else uses it" in said
+
+
+def test_a_metrics_port_another_demo_holds_is_said_with_the_flag_that_moves_them() -> None:
+    """A second demo's rendezvous met the first one's port and exited (a review)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(demo.ConfigError, match=rf"metrics port {port} is taken .*--metrics-base-port"):
+            demo._check_ports_free(port, 2)
+    demo._check_ports_free(port, 1)  # free again
+    demo._check_ports_free(0, 0)  # no metrics: nothing to check
