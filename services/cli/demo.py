@@ -40,6 +40,7 @@ from services.core.runtime import now_ms, stop_processes
 from services.core.settings import MAX_PORT, KafkaSettings, Topics, setting
 from services.localkafka.broker import LocalBroker, read_bootstrap, start_background, stop_background
 from services.localkafka.config import cache_dir
+from services.localkafka.process import error_lines
 from services.model_worker.models import demo_rows
 from services.model_worker.models.loader import check_spec
 from services.model_worker.settings import model_group
@@ -178,6 +179,7 @@ class Tally:
 def run_demo(settings: DemoSettings, console: Console) -> int:
     wire.configure(settings)
     set_connect_timeout(settings.connect_timeout_s)
+    local = BrokerWatch(None if settings.bootstrap else LocalBroker())  # the machine's local broker, if it uses it
     with ExitStack() as stack:
         if not settings.bootstrap and read_bootstrap() is None:
             console.print("starting a local Kafka broker (first run downloads it with Maven)...")
@@ -221,7 +223,7 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
             f"cores; see the logs in {logs})..."), every_s=10.0)  # started from the cache, they take ~5 s
 
         def alive() -> None:
-            _check_alive(processes, logs)
+            _check_alive(processes, logs, local)
             patience.tick()
 
         wait_for_groups(config, groups, timeout=120, check=alive)
@@ -229,10 +231,10 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
         if port:
             console.print(f"metrics: http://127.0.0.1:{port}/metrics (rendezvous), models on the next ports")
         # Requests created before would name the kept models.
-        _wait_until_governing(governs_at, console, lambda: _check_alive(processes, logs))
+        _wait_until_governing(governs_at, console, lambda: _check_alive(processes, logs, local))
         client = stack.enter_context(Client(config, topics, budget_ms=settings.budget_ms))
         _first_answers(client, processes, console, logs)
-        _generate_load(settings, client, processes, console, logs)
+        _generate_load(settings, client, lambda: _check_alive(processes, logs, local), console)
     return 0
 
 
@@ -389,7 +391,30 @@ class Patience:
             self._last = now
 
 
-def _check_alive(processes: list[subprocess.Popen[bytes]], logs: Path) -> None:
+class BrokerWatch:
+    """The local broker the demo uses, looked at about once a second (its process' command line
+    is read from /proc): one that died mid-run, its disk full, left the demo sending into nothing
+    until its end, the table saying 100% met (a review)."""
+
+    def __init__(self, broker: LocalBroker | None, every_s: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        self.broker, self.every_s, self.clock = broker, every_s, clock
+        self._next = 0.0
+
+    def check(self) -> None:
+        """`ConfigError` with the broker's last errors if it is gone."""
+        if self.broker is None or self.clock() < self._next:
+            return
+        self._next = self.clock() + self.every_s
+        if not self.broker.is_running():
+            errors = error_lines(self.broker.log_file, lines=3)[-600:]
+            raise ConfigError(f"the local Kafka broker stopped while the demo ran{': ' + errors if errors else ''}; "
+                              f"its log is {self.broker.log_file}")
+
+
+def _check_alive(processes: list[subprocess.Popen[bytes]], logs: Path, broker: BrokerWatch | None = None) -> None:
+    """`ConfigError` naming the first of the demo's processes that exited, or the broker gone."""
+    if broker is not None:
+        broker.check()
     dead = [p for p in processes if p.poll() is not None]
     if dead:
         args = dead[0].args
@@ -424,9 +449,7 @@ def _first_answers(client: Client, processes: list[subprocess.Popen[bytes]], con
             patience.tick()
 
 
-def _generate_load(
-    settings: DemoSettings, client: Client, processes: list[subprocess.Popen[bytes]], console: Console, logs: Path
-) -> None:
+def _generate_load(settings: DemoSettings, client: Client, check_alive: Callable[[], None], console: Console) -> None:
     tally = Tally()
     rows = demo_rows(10_000, seed=1)
     started = time.monotonic()
@@ -445,12 +468,14 @@ def _generate_load(
                 if elapsed >= next_view:
                     live.update(tally.table(elapsed))
                     next_view = elapsed + 1.0 / VIEWS_PER_S
-                _check_alive(processes, logs)
+                check_alive()
                 time.sleep(0.01)  # pacing the load generator at its fixed rate
-            client.flush()
-            _drain(client, settings.budget_ms)
-            tally.gave_up(client.in_flight)
-            live.update(tally.table(time.monotonic() - started))
+            try:
+                client.flush()
+            finally:  # the requests never acknowledged count as unanswered in the last table, too
+                _drain(client, settings.budget_ms)
+                tally.gave_up(client.in_flight)
+                live.update(tally.table(time.monotonic() - started))
         if not console.is_terminal:
             console.print()  # piped, rich ends the last frame without one: the next line joined the table's
     except KeyboardInterrupt:

@@ -56,3 +56,31 @@ def test_a_metrics_port_another_demo_holds_is_said_with_the_flag_that_moves_them
             demo._check_ports_free(port, 2)
     demo._check_ports_free(port, 1)  # free again
     demo._check_ports_free(0, 0)  # no metrics: nothing to check
+
+
+class GoneBroker:
+    """A local broker whose process is gone, its log holding why."""
+
+    def __init__(self, log_file: Any) -> None:
+        self.log_file = log_file
+        self.looked = 0
+
+    def is_running(self) -> bool:
+        self.looked += 1
+        return False
+
+
+def test_a_broker_that_died_mid_run_stops_the_demo_with_its_last_error(tmp_path: Any) -> None:
+    """It kept sending into nothing until its end, the table saying 100% met (a review)."""
+    log = tmp_path / "server.log"
+    log.write_text("[2026-12-06 01:21:30,001] INFO fine\n"
+                   "[2026-12-06 01:21:30,002] ERROR Error while appending records: No space left on device\n")
+    now = [0.0]
+    broker = GoneBroker(log)
+    watch = demo.BrokerWatch(broker, every_s=1.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    with pytest.raises(demo.ConfigError, match=r"stopped while the demo ran: .*No space left on device; its log"):
+        watch.check()
+    now[0] = 0.5
+    watch.check()  # looked at again only after a second: the loop turns every 10 ms
+    assert broker.looked == 1
+    demo.BrokerWatch(None).check()  # a broker given with --bootstrap is not the demo's to watch
