@@ -96,10 +96,16 @@ def provision(progress: Progress | None = None) -> Path:
 
 
 def _whole_from_before_the_marker(home: Path) -> bool:
-    """A cache written before the marker existed, taken as it is when its run jar is a whole zip
-    and its libraries are there: fetched again, an offline machine lost a registry that ran."""
-    jar = _run_jar(home)
-    return zipfile.is_zipfile(jar) and any((jar.parent / "lib").rglob("*.jar"))
+    """A cache written before the marker existed, taken as it is when the unpack's last file is
+    there and its run jar, application jar and libraries are all whole zips: fetched again, an
+    offline machine lost a registry that ran. The run jar and the libraries alone were there when
+    an unpack killed outright (SIGKILL: no clean-up) had left the application jar empty, and the
+    marker written on them made every later start fail, 'zip file is empty' (a review)."""
+    app = _run_jar(home).parent
+    jars = list(app.rglob("*.jar"))
+    return ((app / "quarkus-app-dependencies.txt").is_file() and _run_jar(home).is_file()
+            and any((app / "app").glob("*.jar")) and any((app / "lib").rglob("*.jar"))
+            and all(zipfile.is_zipfile(jar) for jar in jars))
 
 
 def _fetch(home: Path, progress: Progress | None) -> None:

@@ -203,10 +203,12 @@ def test_a_registry_cache_from_before_the_marker_is_kept_and_a_failed_fetch_lose
     fetches: list[str] = []
     monkeypatch.setattr(registry, "run_maven", lambda *_a: (fetches.append("maven"), pytest.fail("fetched"))[1])
     jar = registry._run_jar(registry.registry_home())
-    (jar.parent / "lib" / "main").mkdir(parents=True)
-    (jar.parent / "lib" / "main" / "a.jar").write_bytes(b"jar")
-    with zipfile.ZipFile(jar, "w") as whole:
-        whole.writestr("META-INF/MANIFEST.MF", "Main-Class: x\n")
+    for part in ("lib/main", "app"):
+        (jar.parent / part).mkdir(parents=True)
+    (jar.parent / "quarkus-app-dependencies.txt").write_text("io.apicurio:apicurio-registry-app::jar:3.3.3\n")
+    for whole_jar in (jar, jar.parent / "lib" / "main" / "a.jar", jar.parent / "app" / "registry.jar"):
+        with zipfile.ZipFile(whole_jar, "w") as whole:
+            whole.writestr("META-INF/MANIFEST.MF", "Main-Class: x\n")
     assert registry.provision() == jar and fetches == []
 
     (registry.registry_home() / registry.MARKER).unlink()
@@ -221,3 +223,25 @@ def test_a_registry_cache_from_before_the_marker_is_kept_and_a_failed_fetch_lose
     with pytest.raises(ConfigError, match="offline"):
         registry.provision()
     assert jar.read_bytes() == b"PK" and (jar.parent / "lib" / "main" / "a.jar").is_file()  # as it was
+
+
+def test_a_registry_unpack_killed_outright_is_no_cache_from_before_the_marker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL mid-unpack (no clean-up) left the run jar and the libraries whole and the
+    application jar empty: taken for a cache from before the marker, marked, and every later start
+    failed, 'zip file is empty' (a review)."""
+    import zipfile
+
+    monkeypatch.setenv("RDV_CACHE_DIR", str(tmp_path / "cache"))
+    jar = registry._run_jar(registry.registry_home())
+    for part in ("lib/main", "app"):
+        (jar.parent / part).mkdir(parents=True)
+    for whole_jar in (jar, jar.parent / "lib" / "main" / "a.jar"):
+        with zipfile.ZipFile(whole_jar, "w") as whole:
+            whole.writestr("META-INF/MANIFEST.MF", "Main-Class: x\n")
+    (jar.parent / "app" / "registry.jar").write_bytes(b"")  # being written when the unpack was killed
+    assert not registry._whole_from_before_the_marker(registry.registry_home())
+    (jar.parent / "app" / "registry.jar").unlink()
+    (jar.parent / "quarkus-app-dependencies.txt").write_text("io.apicurio:apicurio-registry-app::jar:3.3.3\n")
+    assert not registry._whole_from_before_the_marker(registry.registry_home())  # the application jar missing
