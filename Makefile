@@ -8,11 +8,14 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
+# Under a lock, and checked again once it is held: two set-ups at once (`make demo` and `make test`
+# in two terminals of a fresh clone) ran pip into one virtualenv together, and one failed.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	flock $(VENV).lock sh -c '[ "$(STAMP)" -nt pyproject.toml ] || { \
+	  $(PYTHON) -m venv $(VENV) && \
+	  $(BIN)/python -m pip install --quiet --upgrade pip && \
+	  $(BIN)/python -m pip install --quiet -e ".[test]" && \
+	  touch $(STAMP); }'
 
 ## The demo stack on a local broker: models + rendezvous + load, live table. DEMO_ARGS="--duration 20"
 demo: setup
