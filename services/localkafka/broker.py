@@ -139,7 +139,16 @@ class LocalBroker:
         `fresh=True` formats a new cluster: new cluster id, new free ports, empty `logs/`.
         `fresh=False` resumes the data left by `stop(keep_data=True)` or `kill()`: the same
         server.properties (ports, listeners, settings), cluster id and topics; nothing is formatted.
+        A JVM that crashed mapping its class-data archive is started once more without it (cds.py).
         """
+        try:
+            return self._start_once(wait_timeout, fresh)
+        except cds.ArchiveCrashed as crashed:
+            (self.progress or (lambda _msg: None))(f"{crashed}; starting the broker without it")
+            log.warning("%s; starting the broker without it", crashed)
+            return self._start_once(wait_timeout, fresh)
+
+    def _start_once(self, wait_timeout: float, fresh: bool) -> str:
         if self.is_running():
             raise BrokerError(f"local broker {self.name!r} already runs (pid {self.pid}, {self.bootstrap})")
         say = self.progress or (lambda _msg: None)
@@ -180,11 +189,13 @@ class LocalBroker:
             )  # fmt: skip
         try:  # from the launch on, whatever fails (a Ctrl-C too): a broker half started is not left behind
             self._started(listeners, cluster_id, fresh, jvm_options, archive, cds_pending, say, wait_timeout)
-        except BaseException:
+        except BaseException as exc:
             if self._state is None:  # not yet recorded: killed by its own handle
                 self._state = {"pid": self._proc.pid}
             self._kill_now()
             self._restore_kept_properties()
+            if isinstance(exc, BrokerError) and cds_pending is None and archive is not None:
+                cds.set_aside_if_crashed(archive, self.stdout_file)  # ArchiveCrashed: start again without it
             raise
         elapsed = time.monotonic() - started
         how = "resumed" if not fresh else "ready"

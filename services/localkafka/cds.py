@@ -91,11 +91,39 @@ def _forget_stale(directory: Path) -> None:
                 log.info("deleted %s: a class-data archive a broker that did not stop cleanly left half-written", part)
 
 
+class ArchiveCrashed(Exception):
+    """The JVM crashed mapping an archive, now set aside: start again without it."""
+
+
+# What a JVM prints first when it dies of a fatal error (e.g. SIGBUS in FileMapInfo, mapping an
+# archive cut short: written by a broker whose machine lost power before the rename reached disk).
+_JVM_FATAL = b"A fatal error has been detected by the Java Runtime Environment"
+
+
+def set_aside_if_crashed(archive: Path, stdout: Path) -> None:
+    """`ArchiveCrashed` after deleting `archive` if the JVM that mapped it died of a fatal error
+    (the next clean stop writes another): a damaged archive crashed every later start, its error
+    naming neither the archive nor RDV_BROKER_CDS (a review)."""
+    try:
+        with stdout.open("rb") as out:
+            crashed = _JVM_FATAL in out.read(4096)
+        if not crashed:
+            return
+        archive.unlink()
+    except OSError:
+        return
+    raise ArchiveCrashed(f"the JVM crashed mapping its class-data archive {archive}, deleted now ({CDS_ENV}=off "
+                         "turns archives off)")
+
+
 def adopt(pending: Path, archive: Path) -> bool:
-    """After a clean stop: make the archive the broker wrote the one later brokers map."""
+    """After a clean stop: make the archive the broker wrote the one later brokers map, on disk
+    before its name (a rename that reached the disk before the data left an archive that crashes)."""
     if not pending.is_file() or pending.stat().st_size == 0:
         pending.unlink(missing_ok=True)
         return False
+    with pending.open("rb") as written:
+        os.fsync(written.fileno())
     os.replace(pending, archive)
     log.info("class-data-sharing archive for the local broker written: %s", archive)
     _forget_unused(archive)

@@ -96,3 +96,18 @@ def test_archives_no_broker_started_on_for_weeks_are_deleted_when_a_new_one_is_a
     assert cds.adopt(pending, archive)
     assert archive.exists() and in_use.exists()
     assert not forgotten.exists()
+
+
+def test_an_archive_the_jvm_crashed_on_is_deleted_and_said_any_other_exit_leaves_it(tmp_path: Path) -> None:
+    """A damaged archive crashed every start, the error naming neither it nor RDV_BROKER_CDS (a review)."""
+    archive, stdout = tmp_path / "kafka.jsa", tmp_path / "stdout.log"
+    archive.write_bytes(b"archive")
+    stdout.write_text("Error: Could not find or load main class kafka.Kafka\n")
+    cds.set_aside_if_crashed(archive, stdout)  # another failure: the archive stays
+    assert archive.is_file()
+    stdout.write_text("#\n# A fatal error has been detected by the Java Runtime Environment:\n#\n#  SIGBUS (0x7)\n"
+                      "# V  [libjvm.so+0x6bc53d]  FileMapInfo::relocate_pointers_in_core_regions(long)+0x24d\n")
+    with pytest.raises(cds.ArchiveCrashed, match=r"crashed mapping its class-data archive .*kafka.jsa, deleted now "
+                                                 r"\(RDV_BROKER_CDS=off turns archives off\)"):
+        cds.set_aside_if_crashed(archive, stdout)
+    assert not archive.exists()
