@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 MAIN_CLASS = "kafka.Kafka"
 # How long `start(fresh=False)` waits for the kept ports to be free (a client may hold one for a moment).
 RESUME_PORT_WAIT_S = 10.0
+LOG_LINE_CHARS = 200  # a line of the broker's output quoted in an error (Raft's run to 400 and more)
 _ADMIN_LOG = logging.getLogger(f"{__name__}.admin")  # librdkafka's connection-refused noise goes here
 
 
@@ -486,9 +487,14 @@ class LocalBroker:
         self._state = None
 
     def _log_tail(self) -> str:
+        """The JVM's own output first (a JVM that could not start says why there, last: the
+        error line, cut at 1,000 characters, lost it behind three Raft lines of the log; a
+        review), then the log's errors and last lines, each line cut to LOG_LINE_CHARS."""
         errors = error_lines(self.log_file)
-        parts = [f"errors:\n{errors}" if errors else "", tail(self.log_file, 6), tail(self.stdout_file, 10)]
-        return "\n".join(p for p in parts if p) or "(no log output)"
+        parts = [tail(self.stdout_file, 10), f"errors:\n{errors}" if errors else "", tail(self.log_file, 6)]
+        lines = "\n".join(p for p in parts if p).splitlines()
+        return "\n".join(line if len(line) <= LOG_LINE_CHARS else line[: LOG_LINE_CHARS - 1] + "…"
+                         for line in lines) or "(no log output)"
 
 
 def _bytes_under(directory: Path) -> int:

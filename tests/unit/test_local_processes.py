@@ -245,3 +245,18 @@ def test_a_registry_unpack_killed_outright_is_no_cache_from_before_the_marker(
     (jar.parent / "app" / "registry.jar").unlink()
     (jar.parent / "quarkus-app-dependencies.txt").write_text("io.apicurio:apicurio-registry-app::jar:3.3.3\n")
     assert not registry._whole_from_before_the_marker(registry.registry_home())  # the application jar missing
+
+
+def test_a_broker_that_could_not_start_is_said_with_the_jvms_own_words_first(tmp_path: Path) -> None:
+    """The JVM's last line (its heap too small) came after three Raft lines of 400 characters, and
+    the error, cut at 1,000 characters, lost it (a review)."""
+    from services.localkafka.broker import LOG_LINE_CHARS, LocalBroker
+
+    broker = LocalBroker("cut", data_dir=tmp_path)
+    broker.root.mkdir(parents=True, exist_ok=True)
+    raft = "".join(f"[2026-12-06 01:00:0{i},000] INFO [RaftManager] {'x' * 400}\n" for i in range(3))
+    broker.log_file.write_text(raft)
+    broker.stdout_file.write_text("Terminating due to java.lang.OutOfMemoryError: Java heap space\n")
+    said = broker._log_tail()
+    assert said.startswith("Terminating due to java.lang.OutOfMemoryError: Java heap space")
+    assert max(map(len, said.splitlines())) <= LOG_LINE_CHARS
