@@ -40,6 +40,7 @@ from services.core.settings import KafkaSettings, setting
 from services.localkafka.config import cache_dir
 from services.localkafka.jars import locked
 from services.model_worker.models import load_model
+from services.model_worker.models.loader import MODEL_FILE_SUFFIXES
 from services.model_worker.settings import (
     check_co_hosted_names,
     check_model_name,
@@ -159,12 +160,47 @@ def _replicas(name: str) -> dict[int, int]:
 
 
 def _record(name: str, settings: DeploySettings, replicas: dict[int, int]) -> None:
-    """The deployment's state file, naming `replicas` (index -> pid) and how they were started."""
+    """The deployment's state file, naming `replicas` (index -> pid) and how they were started:
+    model files by their absolute paths, and those trusted with --trust-model-file by digest."""
     identities = {index: identity for index, pid in replicas.items() if (identity := _identity(pid)) is not None}
-    _write_state(name, {"name": name, "model": settings.model, "version": settings.version,
-                        "co_host": list(settings.co_host), "replicas": replicas, "identities": identities,
-                        "trusted": settings.trust_model_file, "start_from": settings.start_from,
-                        "topic_prefix": settings.topic_prefix, "connection": _connection(settings)})
+    _write_state(name, {"name": name, "model": _anchored(settings.model), "version": settings.version,
+                        "co_host": [_anchored_co_host(item) for item in settings.co_host], "replicas": replicas,
+                        "identities": identities, "trusted": settings.trust_model_file,
+                        "trusted_files": _file_digests(settings) if settings.trust_model_file else {},
+                        "start_from": settings.start_from, "topic_prefix": settings.topic_prefix,
+                        "connection": _connection(settings)})
+
+
+def _anchored(spec: str) -> str:
+    """A model spec naming a model file by its absolute path: a rescale or restart from another
+    directory loaded the file of that name there (a review)."""
+    path = _model_file(spec)
+    return os.path.abspath(path) if path is not None else spec
+
+
+def _anchored_co_host(item: str) -> str:
+    """A co-hosted `name=spec`, its spec `_anchored`."""
+    name, _, spec = item.partition("=")
+    return f"{name}={_anchored(spec)}"
+
+
+def _model_file(spec: str) -> Path | None:
+    """The file a model spec names, if it names one (demo: and module:factory specs do not)."""
+    spec = spec.strip()
+    return Path(spec).expanduser() if spec.lower().endswith(MODEL_FILE_SUFFIXES) else None
+
+
+def _file_digests(settings: DeploySettings) -> dict[str, str]:
+    """sha256 of every model file the deployment's specs name, by absolute path."""
+    digests = {}
+    for spec in (settings.model, *(item.partition("=")[2] for item in settings.co_host)):
+        path = _model_file(spec)
+        if path is not None:
+            try:
+                digests[os.path.abspath(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError:
+                digests[os.path.abspath(path)] = ""  # unreadable now: no later file matches it
+    return digests
 
 
 def _connection(settings: KafkaSettings) -> dict[str, Any]:
@@ -356,15 +392,18 @@ def _deploy(settings: DeploySettings, name: str, console: Console) -> int:
 def as_deployed(settings: DeploySettings, state: dict[str, Any]) -> DeploySettings:
     """The settings a deployment's new replicas start with (a scale-up, or a restart after every
     replica exited): its model, version and co-hosted models, as deployed. A model file trusted
-    then stays trusted (they refused it and exited when a scale-up did not pass --trust-model-file
-    again); and it starts where it was deployed to start (a replica of an `earliest` deployment
-    started as `latest`, and partitions it took before any commit skipped the backlog)."""
-    return dataclasses.replace(
+    then stays trusted while its bytes are those trusted (they refused it and exited when a
+    scale-up did not pass --trust-model-file again; carried by name alone, a pickle put in its
+    place, or one of that name in the shell's directory, ran without a word: a review); and it
+    starts where it was deployed to start (a replica of an `earliest` deployment started as
+    `latest`, and partitions it took before any commit skipped the backlog)."""
+    deployed = dataclasses.replace(
         settings, model=state.get("model", ""), version=state.get("version", ""),
-        co_host=tuple(state.get("co_host", ())),
-        trust_model_file=settings.trust_model_file or state.get("trusted") is True,
-        start_from=state.get("start_from", settings.start_from),
+        co_host=tuple(state.get("co_host", ())), start_from=state.get("start_from", settings.start_from),
     )
+    trusted = state.get("trusted_files")
+    still = state.get("trusted") is True and isinstance(trusted, dict) and _file_digests(deployed) == trusted
+    return dataclasses.replace(deployed, trust_model_file=settings.trust_model_file or still)
 
 
 def _note_idle_replicas(settings: DeploySettings, console: Console) -> None:

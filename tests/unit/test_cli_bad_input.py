@@ -363,13 +363,39 @@ def test_new_replicas_of_a_deployment_start_as_it_was_deployed() -> None:
     partition one took before any commit of it skipped the backlog (a review)."""
     from services.cli.deploy import _replica_args, as_deployed
 
-    state = {"model": "demo:challenger", "version": "2", "co_host": [], "trusted": True, "start_from": "earliest"}
+    state = {"model": "demo:challenger", "version": "2", "co_host": [], "trusted": True, "trusted_files": {},
+             "start_from": "earliest"}
     scaled = as_deployed(DeploySettings(replicas=3), state)
     args = _replica_args("challenger3", scaled, 2)
     assert args[args.index("--start-from") + 1] == "earliest" and args[args.index("--model") + 1] == "demo:challenger"
     assert (scaled.version, scaled.trust_model_file) == ("2", True)
     older = as_deployed(DeploySettings(replicas=3, start_from="earliest"), {"model": "demo:challenger"})
     assert older.start_from == "earliest" and not older.trust_model_file  # a state from before: the flag given
+
+
+def test_a_trusted_model_file_stays_trusted_only_while_its_bytes_are_those_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rescale or restart loaded the recorded relative path from the shell's directory, trusted:
+    a pickle of that name there, or one put in the file's place, ran without --trust-model-file
+    (a review). The state names the file by its absolute path, and its digest."""
+    from services.cli import deploy
+
+    deployed_in, elsewhere = tmp_path / "a", tmp_path / "b"
+    for folder in (deployed_in, elsewhere):
+        folder.mkdir()
+        (folder / "model.joblib").write_bytes(f"pickle of {folder.name}".encode())
+    monkeypatch.setattr(deploy, "_state_file", lambda name: tmp_path / f"{name}.json")
+    monkeypatch.chdir(deployed_in)
+    deploy._record("chal", DeploySettings(model="model.joblib", co_host=("b=model.joblib",), trust_model_file=True), {})
+    state = deploy._state("chal")
+    assert state["model"] == str(deployed_in / "model.joblib") and state["co_host"] == [f"b={state['model']}"]
+    monkeypatch.chdir(elsewhere)
+    scaled = deploy.as_deployed(DeploySettings(replicas=2), state)
+    assert scaled.model == str(deployed_in / "model.joblib") and scaled.trust_model_file  # the same bytes
+    (deployed_in / "model.joblib").write_bytes(b"another pickle")
+    assert not deploy.as_deployed(DeploySettings(replicas=2), state).trust_model_file
+    assert deploy.as_deployed(DeploySettings(replicas=2, trust_model_file=True), state).trust_model_file  # asked
 
 
 def test_a_replica_that_exits_while_its_group_forms_is_said_with_its_last_log_line(tmp_path: Path) -> None:

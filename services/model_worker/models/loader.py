@@ -25,7 +25,7 @@ from services.core.settings import not_a_readable_file
 
 from .base import Model, model_signature
 
-__all__ = ["SPEC_FORMS", "load_model"]
+__all__ = ["MODEL_FILE_SUFFIXES", "SPEC_FORMS", "load_model"]
 
 SPEC_FORMS = (
     "demo:<name>, path/to/model.skops, path/to/model.onnx, path/to/model.joblib (or .pkl; needs "
@@ -33,6 +33,7 @@ SPEC_FORMS = (
 )
 _SKLEARN_SUFFIXES = (".skops", ".joblib", ".pkl", ".pickle")
 _ONNX_SUFFIX = ".onnx"
+MODEL_FILE_SUFFIXES = (*_SKLEARN_SUFFIXES, _ONNX_SUFFIX)  # a spec ending so names a file
 _REQUIRED = ("name", "version", "feature_names", "load", "predict")
 
 
@@ -71,7 +72,7 @@ def _resolve(spec: str, trust_model_file: bool) -> Model:
     if spec.startswith("demo:"):
         return _demo(spec, spec.removeprefix("demo:"))
     lower = spec.lower()
-    if lower.endswith(_SKLEARN_SUFFIXES) or lower.endswith(_ONNX_SUFFIX):
+    if lower.endswith(MODEL_FILE_SUFFIXES):
         path = Path(spec).expanduser()
         problem = not_a_readable_file(path)
         if problem:
