@@ -76,8 +76,11 @@ def spawn(args: list[str], log_file: Path, env: dict[str, str], *, detached: boo
         offset = handle.tell()
         # A process group of its own either way: in ours, a Ctrl-C at the terminal reached it too,
         # and our SIGTERM after it was its second signal, which ends a service at once, undrained
-        # (a review). We stop it; our death stops it (PARENT_PID_ENV) if we are killed.
-        process = subprocess.Popen([sys.executable, "-m", "services.cli.main", *args], stdout=handle,
+        # (a review). We stop it; our death stops it (PARENT_PID_ENV) if we are killed. `-P`: the
+        # shell's directory is not put first on its import path, as `python -m` does (the console
+        # script never does): a confluent_kafka.py in a model bundle's folder ran in every replica
+        # deployed from there (a review).
+        process = subprocess.Popen([sys.executable, "-P", "-m", "services.cli.main", *args], stdout=handle,
                                    stderr=subprocess.STDOUT, env=env, start_new_session=detached,
                                    process_group=None if detached else 0)
     _LOG_STARTS[process.pid] = (log_file, offset)

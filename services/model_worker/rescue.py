@@ -136,7 +136,9 @@ class Rescue:
                               max_batch, board.path, os.getpid(), schema_registry, codec("score").registry_id,
                               worker_log_level())
         try:
-            process = subprocess.Popen([sys.executable, "-m", "services.model_worker.rescue"], stdin=subprocess.PIPE)
+            # -P: the worker's directory is no import path of its (spawn.py).
+            process = subprocess.Popen([sys.executable, "-P", "-m", "services.model_worker.rescue"],
+                                       stdin=subprocess.PIPE)
         except OSError:
             board.close()  # its file in /dev/shm with it
             raise

@@ -119,3 +119,17 @@ def test_a_dead_demo_process_is_said_with_its_own_error_not_an_earlier_runs(tmp_
         demo._check_alive([process], tmp_path)
     assert "needs a --topic-prefix ending in" in str(dead.value)
     assert "earlier run" not in str(dead.value) and "another process" not in str(dead.value)
+
+
+def test_a_spawned_service_imports_nothing_from_the_shells_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m` puts the working directory first on the import path: a confluent_kafka.py in a
+    model bundle's folder ran in every replica deployed from there (a review)."""
+    from services.cli.spawn import spawn
+
+    marker = tmp_path / "imported"
+    (tmp_path / "confluent_kafka.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise SystemExit(3)\n")
+    monkeypatch.chdir(tmp_path)
+    process = spawn(["acl", "show", "--topic-prefix", "prod"], tmp_path / "log", dict(os.environ))
+    assert process.wait(60) == 2 and not marker.exists()
