@@ -11,6 +11,7 @@ from services.core.model_info import ModelInfo, read_model_infos
 from services.core.ranges import format_ms
 from services.core.settings import KafkaSettings
 from services.core.signatures import listed
+from services.core.terminal import printable
 
 
 def contract_line(info: ModelInfo) -> str:
@@ -48,5 +49,8 @@ def print_contracts(settings: KafkaSettings, console: Console, scoring: Collecti
 
 
 def _print_lines(console: Console, lines: list[str]) -> None:
+    """Lines of what models published (anyone who may write the topic may write anything there):
+    what a terminal would act on is escaped (a forged version set the window title, cleared the
+    screen and wrote the clipboard; a review)."""
     for line in lines:
-        console.print("  " + line, highlight=False, markup=False, soft_wrap=True)
+        console.print("  " + printable(line), highlight=False, markup=False, soft_wrap=True)

@@ -21,6 +21,8 @@ from confluent_kafka import Message
 from services.core.codec import codec
 from services.core.errors import BadInput, RendezvousError, TopicMissing
 from services.core.kafka import Producer, partition_counts
+from services.core.model_names import MODEL_NAME
+from services.core.rate_limit import OncePerPeriod
 from services.core.signatures import FeatureSpec, Signature
 from services.core.topic_range import read_spans
 from services.core.topic_tail import TopicTail
@@ -142,8 +144,16 @@ class ModelInfoFeed:
         self._tail.close()
 
 
+# Contracts kept at most: anyone who may write the topic may write any number of names (20,000
+# held 30 MB and made one 404 of the gateway list them all, 20 MB, 32 ms on its event loop; a review).
+MAX_CONTRACTS = 1_000
+_SKIPPED = OncePerPeriod[str](60.0)  # a line per reason a minute, with the count held back
+
+
 def _apply(infos: dict[str, ModelInfo], msg: Message) -> None:
-    """One record of the models topic: a model's newest info, or a tombstone removing it."""
+    """One record of the models topic: a model's newest info, or a tombstone removing it. A
+    record keyed otherwise than the model it names is skipped: kept by its name, a forged one
+    outlived every tombstone of that name, compaction keeping it for good (a review)."""
     key = (msg.key() or b"").decode("utf-8", errors="replace")
     value = msg.value()
     if value is None:
@@ -152,9 +162,24 @@ def _apply(infos: dict[str, ModelInfo], msg: Message) -> None:
     try:
         info = decode_model_info(value)
     except BadInput as err:
-        log.warning("skipping a record of %s at offset %s: %s", msg.topic(), msg.offset(), err)
+        _skip(msg, "undecodable", str(err))
         return
-    infos[info.name] = info
+    if info.name != key:
+        _skip(msg, "keyed", f"it is keyed {key[:120]!r} but names model {info.name[:120]!r}: a contract is keyed by "
+                            "its model's name")
+    elif not MODEL_NAME.fullmatch(info.name):
+        _skip(msg, "named", f"{info.name[:120]!r} is no model name (letters, digits, '.', '_' and '-', at most 100)")
+    elif info.name not in infos and len(infos) >= MAX_CONTRACTS:
+        _skip(msg, "full", f"{MAX_CONTRACTS} models have contracts already")
+    else:
+        infos[info.name] = info
+
+
+def _skip(msg: Message, kind: str, reason: str) -> None:
+    """A record left out, said at most once a minute per kind (a flood of them is one line)."""
+    held = _SKIPPED.passes(kind)
+    if held is not None:
+        log.warning("skipping a record of %s at offset %s: %s%s", msg.topic(), msg.offset(), reason, held.repeated())
 
 
 def features_no_model_knows(infos: Iterable[ModelInfo], row: Mapping[str, Any]) -> list[str]:

@@ -715,6 +715,17 @@ def test_models_of_the_schedule_and_published_ones_may_be_asked_directly() -> No
         catalog.check_features(champion, ["b"])
 
 
+def test_a_404_names_a_few_of_the_models_not_every_contract() -> None:
+    """Every published name was joined into each 404 (20 MB, 32 ms of the event loop at 20,000
+    forged contracts; a review)."""
+    from services.gateway.catalog import NAMES_IN_A_404
+
+    published = Published({f"m{i:04}": ("1", [FeatureSpec("a")]) for i in range(1_000)})
+    with pytest.raises(NotFound, match=r"serves: default, challenger, champion, m0000, .* and \d+ more$") as refused:
+        Catalog(Versions(V1), published, enforce=True).resolve("nope")
+    assert str(refused.value).count(", ") == NAMES_IN_A_404 - 1
+
+
 def test_a_schedule_requires_every_feature_its_preferred_model_requires() -> None:
     """Only the preferred model's first feature was required: a call without another went to the
     models, which failed on it, and was answered by a fallback, 200."""

@@ -287,3 +287,53 @@ def test_a_name_too_long_for_any_hint_is_not_remembered() -> None:
         assert len(narrow.prepare([{name: 1.0}]).errors) == 1
     assert "(did you mean amount?)" in narrow.prepare([{"Amount": 1.0}]).errors[0]
     assert [name for name, _candidates in narrow._hints._known] == ["Amount"]
+
+
+def _record_of(key: bytes | None, info: ModelInfo | None, offset: int = 0) -> Any:
+    from confluent_kafka import Message
+
+    return Message(topic="rdv.models", partition=0, offset=offset, key=key,
+                   value=None if info is None else encode_model_info(info))
+
+
+def test_a_contract_keyed_otherwise_than_its_model_is_skipped_and_a_tombstone_removes_the_name() -> None:
+    """Kept by the name it carried, a forged record under another key outlived every tombstone of
+    that name, compaction keeping it for good (a review)."""
+    from services.core.model_info import _apply
+
+    infos: dict[str, ModelInfo] = {}
+    forged = ModelInfo("champion", "1", Signature.all_required(["zzz"]))
+    _apply(infos, _record_of(b"x", forged))
+    assert infos == {}
+    _apply(infos, _record_of(b"champion", forged))
+    _apply(infos, _record_of(b"champion", None))
+    assert infos == {}
+
+
+def test_contracts_are_bounded_in_number_and_named_as_models_are() -> None:
+    """20,000 names held 30 MB in every gateway (a review)."""
+    from services.core.model_info import MAX_CONTRACTS, _apply
+
+    infos: dict[str, ModelInfo] = {}
+    odd = ModelInfo("\x1b]0;owned\x07", "1", Signature.all_required(["a"]))
+    _apply(infos, _record_of(odd.name.encode(), odd))
+    assert infos == {}
+    for i in range(MAX_CONTRACTS + 5):
+        _apply(infos, _record_of(f"m{i}".encode(), ModelInfo(f"m{i}", "1", Signature.all_required(["a"])), i))
+    assert len(infos) == MAX_CONTRACTS and f"m{MAX_CONTRACTS}" not in infos
+    _apply(infos, _record_of(b"m0", ModelInfo("m0", "2", Signature.all_required(["a"]))))
+    assert infos["m0"].version == "2"  # a model with a contract already publishes a new one
+
+
+def test_published_contracts_are_printed_with_what_a_terminal_acts_on_escaped() -> None:
+    """A forged version set the window title, cleared the screen and wrote the clipboard (a review)."""
+    import io
+
+    from rich.console import Console
+
+    from services.cli.model_contracts import _print_lines, contract_line
+
+    out = io.StringIO()
+    forged = ModelInfo("champ", "v\x1b]52;c;ZWNobyBoaQ==\x07\x1b[2J", Signature.all_required(["f"]), "\x1b[31mw-1")
+    _print_lines(Console(file=out, width=300), [contract_line(forged)])
+    assert "\x1b" not in out.getvalue() and "\x07" not in out.getvalue() and "champ v" in out.getvalue()
