@@ -13,8 +13,10 @@ from services.core.score_limits import MAX_VERSION_CHARS
 from services.core.settings import MAX_BATCH, ServiceSettings, setting
 
 TRUST_MODEL_FILE_HELP = (
-    "Allow a pickle/joblib model file (loading one runs any code it contains) and a skops file holding "
-    "types skops does not trust by default. Only for files you trust; prefer .skops or .onnx."
+    "Allow a pickle/joblib model file (loading one runs any code it contains), and a skops file holding "
+    "types skops does not trust by default or an estimator whose compiled code reads arrays from the file "
+    "unchecked (SVC and the other libsvm models, nearest neighbours, k-means; docs/model-files.md). Only for "
+    "files you trust; prefer .skops or .onnx."
 )
 
 

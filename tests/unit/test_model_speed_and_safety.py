@@ -34,6 +34,7 @@ from services.model_worker.models.demo import (
     demo_estimator,
 )
 from services.model_worker.models.fast import PYTHON_ROWS
+from services.model_worker.models.loader import check_spec
 from services.model_worker.models.sklearn_model import SklearnModel
 from services.model_worker.score_writer import ScoreWriter, layout_matches
 from services.model_worker.settings import WorkerSettings, model_groups
@@ -376,6 +377,9 @@ def test_a_pickle_is_refused_without_trust_and_its_code_never_runs(tmp_path: Pat
     assert "\n" not in message
     assert "runs any code it contains" in message and "skops" in message and "--trust-model-file" in message
     assert not marker.exists()
+    with pytest.raises(ModelSpecError, match="refusing to load a pickle/joblib file"):
+        check_spec(str(path))  # replay's check before the broker: said there too (a review)
+    check_spec(str(path), trust_model_file=True)
     with pytest.raises(ModelSpecError, match="not a scikit-learn estimator"):
         load_model(str(path), trust_model_file=True)  # trusted: it loads, and its code ran
     assert marker.exists()

@@ -34,6 +34,7 @@ SPEC_FORMS = (
 _SKLEARN_SUFFIXES = (".skops", ".joblib", ".pkl", ".pickle")
 _ONNX_SUFFIX = ".onnx"
 MODEL_FILE_SUFFIXES = (*_SKLEARN_SUFFIXES, _ONNX_SUFFIX)  # a spec ending so names a file
+_PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")  # run code when loaded: only with trust_model_file
 _REQUIRED = ("name", "version", "feature_names", "load", "predict")
 
 
@@ -66,6 +67,11 @@ def check_spec(spec: str, *, trust_model_file: bool = False) -> None:
     if not spec.strip():
         raise ModelSpecError(f"empty model spec; use one of {SPEC_FORMS}")
     _resolve(spec.strip(), trust_model_file)
+    if not trust_model_file and spec.strip().lower().endswith(_PICKLE_SUFFIXES):
+        # The refusal the load would give, said now: replay asked the broker first (a review).
+        from .sklearn_model import pickle_refusal
+
+        raise pickle_refusal(Path(spec.strip()).expanduser())
 
 
 def _resolve(spec: str, trust_model_file: bool) -> Model:
