@@ -656,6 +656,40 @@ def test_onnx_outputs_not_one_value_a_row_are_refused_at_load(tmp_path: Path) ->
         assert scores == pytest.approx([0.1, 0.8], rel=1e-5), name
 
 
+def test_an_onnx_graph_that_never_ends_is_refused_at_load_within_the_probes_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Loop of 2^62 turns held the load for good, the CLI that checks a spec too, SIGTERM unheard
+    inside onnxruntime (a review)."""
+    from onnx import TensorProto, helper
+
+    from services.model_worker.models import onnx_model
+
+    monkeypatch.setattr(onnx_model, "PROBE_TIMEOUT_S", 0.5)
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["acc_in", "one"], ["acc_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [])], [one])
+    nodes = [helper.make_node("Loop", ["trip", "cond", "zero"], ["acc"], body=body), _matmul(),
+             helper.make_node("ReduceMax", ["Z"], ["R"], axes=[1], keepdims=1),
+             helper.make_node("Add", ["R", "acc"], ["Y"])]
+    spin = _graph(tmp_path, "spin", nodes, ["N", 4], [("Y", ["N", 1])])
+    import onnx
+
+    model = onnx.load(str(spin))
+    model.graph.initializer.extend([helper.make_tensor("trip", TensorProto.INT64, [], [2**62]),
+                                    helper.make_tensor("cond", TensorProto.BOOL, [], [True]),
+                                    helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+    onnx.save(model, str(spin))
+    with pytest.raises(ModelSpecError, match=r"the graph did not run 3 rows of zeros within 0.5 s"):
+        load_model(str(spin))
+
+
 def test_onnx_probabilities_outside_0_and_1_fail_their_row(tmp_path: Path) -> None:
     logits = _graph(tmp_path, "logits", [_matmul("probabilities")], ["N", 4], [("probabilities", ["N", 2])])
     model = load_model(str(logits))

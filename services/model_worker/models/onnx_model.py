@@ -26,6 +26,7 @@ batch of exactly one row is run row by row; one with another fixed batch size is
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,9 @@ _PROBABILITY_SLACK = 1e-6  # float32 rounding of a softmax may step this far out
 # from a class-major (2, n) one, but took a 3-class (3, n) one for (n, 3): loaded, it scored every
 # batch of 3 with other rows' probabilities and failed every other batch (a review).
 _PROBE_ROWS = (3, 5)
+# How long a probe's rows of zeros may take: a graph looping 2^62 times held the load for good, the
+# CLI that checks it too, SIGTERM unheard inside onnxruntime (a review). A model runs them in ms.
+PROBE_TIMEOUT_S = 10.0
 
 
 class OnnxModel:
@@ -129,13 +133,23 @@ class OnnxModel:
             self._probe_rows(where, features, dtype, rows)
 
     def _probe_rows(self, where: str, features: int, dtype: type[np.floating[Any]], rows: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        timer = threading.Timer(PROBE_TIMEOUT_S, setattr, (options, "terminate", True))  # onnxruntime stops then
+        timer.start()
         try:
-            results = self._run(np.zeros((rows, features), dtype=dtype))
+            results = self._run(np.zeros((rows, features), dtype=dtype), options)
         except Exception as err:
             self._session = None
+            if options.terminate:
+                raise ModelSpecError(f"{where}: the graph did not run {rows} rows of zeros within "
+                                     f"{PROBE_TIMEOUT_S:g} s (a loop without end?); fix or re-export it") from None
             raise ModelSpecError(f"{where}: rows of {features} features, as the sidecar lists them, do not run "
                                  f"through the graph ({type(err).__name__}: {str(err)[:300]}); does the sidecar "
                                  "list the graph's input columns?") from err
+        finally:
+            timer.cancel()
         try:
             if self._prob_output is not None:
                 _probability_rows(results[self._prob_output], rows, self._prob_output)
@@ -172,12 +186,12 @@ class OnnxModel:
             scores = [float(v) for v in values.tolist()]
         return [Prediction(s, lab) for s, lab in zip(scores, labels, strict=True)]
 
-    def _run(self, x: np.ndarray) -> dict[str, Any]:
+    def _run(self, x: np.ndarray, options: Any = None) -> dict[str, Any]:
         """The outputs read, for every row of `x`: in one run, or row by row for a one-row graph."""
         wanted = [o for o in (self._prob_output, self._label_output, self._value_output) if o is not None]
         if not self._one_row or len(x) == 1:
-            return dict(zip(wanted, self._session.run(wanted, {self._input: x}), strict=True))
-        runs = [self._session.run(wanted, {self._input: x[i : i + 1]}) for i in range(len(x))]
+            return dict(zip(wanted, self._session.run(wanted, {self._input: x}, options), strict=True))
+        runs = [self._session.run(wanted, {self._input: x[i : i + 1]}, options) for i in range(len(x))]
         return {name: _joined([run[j] for run in runs]) for j, name in enumerate(wanted)}
 
 
