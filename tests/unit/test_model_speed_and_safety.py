@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import pickle
@@ -425,6 +426,52 @@ def test_skops_svm_needs_trust_even_inside_a_pipeline(tmp_path: Path) -> None:
     with pytest.raises(ModelSpecError, match=refused):
         load_model(str(path))
     assert len(load_model(str(path), trust_model_file=True).predict(x[:3])) == 3
+
+
+def test_a_skops_file_is_checked_and_loaded_from_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each check, the load and the version opened the file again: one replaced meanwhile had an
+    SVC loaded past the check of a linear model's file, and a version naming other bytes (a review)."""
+    from sklearn.svm import SVC
+
+    from services.model_worker.models import sklearn_model
+
+    x, y = demo_data()
+    path, other = tmp_path / "model.skops", tmp_path / "svm.skops"
+    skops_io.dump(LogisticRegression(max_iter=3000).fit(x, y), path)
+    skops_io.dump(SVC(random_state=0).fit(x[:50], y[:50]), other)
+    (tmp_path / "model.features.json").write_text(json.dumps(list(DEMO_FEATURES)))
+    read = sklearn_model._read
+    first = path.read_bytes()
+
+    def swapped_after_reading(where: Path) -> bytes:
+        data = read(where)
+        other.replace(where)  # the file replaced as soon as it was read
+        return data
+
+    monkeypatch.setattr(sklearn_model, "_read", swapped_after_reading)
+    model = load_model(str(path))
+    assert type(model._estimator).__name__ == "LogisticRegression"
+    assert model.version == f"model-{hashlib.sha256(first).hexdigest()[:8]}"
+
+
+def test_a_skops_schema_that_inflates_past_its_bound_is_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 1 MB file whose schema.json inflated to 1 GiB took 2.3 GB of memory (a review)."""
+    import zipfile
+
+    from services.model_worker.models import sklearn_model
+
+    monkeypatch.setattr(sklearn_model, "MAX_SCHEMA_BYTES", 10_000)
+    path = tmp_path / "bomb.skops"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("schema.json", '{"__class__": "x", "pad": "' + " " * 20_000 + '"}')
+    (tmp_path / "bomb.features.json").write_text(json.dumps(["a"]))
+    with pytest.raises(ModelSpecError, match=r"its schema.json inflates to 20,0\d\d bytes \(at most 10,000"):
+        load_model(str(path))
+    assert path.stat().st_size < 1_000
 
 
 def test_skops_linear_model_loads_without_trust_a_forest_needs_it(tmp_path: Path) -> None:

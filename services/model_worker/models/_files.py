@@ -21,6 +21,11 @@ def file_version(path: Path) -> str:
     return f"{path.stem}-{digest.hexdigest()[:8]}"
 
 
+def bytes_version(path: Path, data: bytes) -> str:
+    """`file_version` of the bytes read from `path` (those loaded, whatever the file holds now)."""
+    return f"{path.stem}-{hashlib.sha256(data).hexdigest()[:8]}"
+
+
 def sidecar_paths(path: Path) -> tuple[Path, Path]:
     """Where a feature-name sidecar may live: `model.joblib.features.json`, then `model.features.json`."""
     return path.with_name(path.name + SIDECAR_SUFFIX), path.with_name(path.stem + SIDECAR_SUFFIX)

@@ -37,6 +37,7 @@ tree by tree without joblib's per-tree task machinery (same sums in the same ord
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 import zipfile
@@ -49,7 +50,7 @@ import numpy as np
 from services.core.errors import ModelSpecError
 from services.core.signatures import Signature
 
-from ._files import file_version, read_sidecar, sidecar_hint
+from ._files import bytes_version, read_sidecar, sidecar_hint
 from .base import Prediction, check_batch, check_finite, fits_float32
 
 __all__ = ["PICKLE_SUFFIXES", "SKOPS_SUFFIX", "TRUST_HINT", "SklearnModel", "pickle_refusal"]
@@ -135,9 +136,13 @@ class SklearnModel:
 
     def load(self) -> None:
         if self.path is not None:
-            self._estimator = self._load_file(self.path)
+            # Read once: the checks, the load and the version are of the same bytes. Opened by each,
+            # a file replaced meanwhile had an SVC loaded past the check of another file, and a
+            # version naming other bytes than those served (a review).
+            data = _read(self.path)
+            self._estimator = self._load_data(self.path, data)
             if not self.version:
-                self.version = file_version(self.path)
+                self.version = bytes_version(self.path, data)
         est = self._estimator
         if not callable(getattr(est, "predict", None)):
             raise ModelSpecError(
@@ -154,15 +159,15 @@ class SklearnModel:
         self._forest = _single_job_forest(est) if self._proba else None
         self._loaded = True
 
-    def _load_file(self, path: Path) -> Any:
+    def _load_data(self, path: Path, data: bytes) -> Any:
         if path.suffix.lower() == SKOPS_SUFFIX:
-            return _load_skops(path, self.trust_model_file)
+            return _load_skops(path, data, self.trust_model_file)
         if not self.trust_model_file:
             raise pickle_refusal(path)
         import joblib
 
         try:
-            return joblib.load(path)
+            return joblib.load(io.BytesIO(data))
         except Exception as err:
             raise ModelSpecError(
                 f"model {str(path)!r}: joblib cannot load it ({type(err).__name__}: {err}); "
@@ -222,13 +227,24 @@ class SklearnModel:
             values = np.asarray(est.predict(x))
         return _from_values(_one_per_row(values, len(x)), self._is_classifier)
 
-def _load_skops(path: Path, trust: bool) -> Any:
-    """Load a skops file; types outside skops' trusted defaults, and libsvm estimators, only with `trust`."""
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise ModelSpecError(f"model {str(path)!r}: cannot read it ({err.strerror or err})") from None
+
+
+def _load_skops(path: Path, data: bytes, trust: bool) -> Any:
+    """Load a skops file's `data`; types outside skops' trusted defaults, and libsvm estimators,
+    only with `trust`."""
     import skops.io as sio
 
     where = f"model {str(path)!r}"
     try:
-        untrusted, unchecked = sio.get_untrusted_types(file=path), _unchecked_types(path)
+        _check_schema_size(data, where)
+        untrusted, unchecked = sio.get_untrusted_types(data=data), _unchecked_types(data)
+    except ModelSpecError:
+        raise
     except Exception as err:
         raise ModelSpecError(f"{where}: skops cannot read it ({type(err).__name__}: {err}); "
                              "is it a skops.io.dump file?") from err
@@ -244,7 +260,7 @@ def _load_skops(path: Path, trust: bool) -> Any:
             f"ONNX, or, only if you trust this file, pass {TRUST_HINT}"
         )
     try:
-        return sio.load(path, trusted=untrusted or None)
+        return sio.loads(data, trusted=untrusted or None)
     except Exception as err:
         raise ModelSpecError(f"{where}: skops cannot load it ({type(err).__name__}: {err}); "
                              "was it saved with compatible scikit-learn and skops versions?") from err
@@ -264,9 +280,22 @@ def _check_one_output(est: Any, label: str) -> None:
                              "serves one score (or label) per request: serve one estimator per output")
 
 
-def _unchecked_types(path: Path) -> list[str]:
+# A skops file's schema.json at most, inflated: parsed whole (by skops too), a 1 MB file that
+# inflated to 1 GiB took 2.3 GB of memory, and 10 MB would take ~23 GB and the OOM killer (a review).
+MAX_SCHEMA_BYTES = 64 * 2**20
+
+
+def _check_schema_size(data: bytes, where: str) -> None:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        size = archive.getinfo(_SCHEMA).file_size
+    if size > MAX_SCHEMA_BYTES:
+        raise ModelSpecError(f"{where}: its {_SCHEMA} inflates to {size:,} bytes (at most {MAX_SCHEMA_BYTES:,} are "
+                             "read): not a model skops.io.dump wrote")
+
+
+def _unchecked_types(data: bytes) -> list[str]:
     """The types a skops file holds that `_UNCHECKED` names, as module.Class names."""
-    with zipfile.ZipFile(path) as archive:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
         schema = json.loads(archive.read(_SCHEMA))
     found: set[str] = set()
     pending: list[Any] = [schema]
