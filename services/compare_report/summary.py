@@ -297,18 +297,18 @@ class _Reference:
     # Of those, the ones it answered by the deadline: its own share over the same requests as a
     # model's deadline_met, for the gate's default clause (services/control/gates.py).
     met_at: np.ndarray
-    # The created_at of all its outputs and of its error outputs, sorted: its error rate over the
-    # same requests, for the default error clause.
-    output_at: np.ndarray
-    error_at: np.ndarray
+    # Per record: whether it has an output of the champion, and whether that is an error. Its
+    # error rate on the records a model has an output for, for the default error clause.
+    has_output: np.ndarray
+    has_error: np.ndarray
 
     @classmethod
     def of(cls, frame: Frame, code: int | None) -> _Reference:
         score = np.full(frame.records, np.nan)
         label = np.full(frame.records, -1, dtype=np.int64)
         if code is None:
-            none = np.zeros(0, dtype=np.int64)
-            return cls(None, score, label, np.zeros(0), none, none, none, none)
+            none, nothing = np.zeros(0, dtype=np.int64), np.zeros(frame.records, dtype=bool)
+            return cls(None, score, label, np.zeros(0), none, none, nothing, nothing)
         own = frame.model == code
         mask = own & ~frame.error  # an error output is no answer to compare with
         rows = frame.row[mask]
@@ -318,9 +318,11 @@ class _Reference:
         scored = ~np.isnan(valid)
         budget = frame.deadline[rows] - frame.created_at[rows]
         on_time = met_deadline_array(scored, frame.latency_ms[mask], budget)
+        has_output, has_error = np.zeros(frame.records, dtype=bool), np.zeros(frame.records, dtype=bool)
+        has_output[frame.row[own]] = True
+        has_error[frame.row[own & frame.error]] = True
         return cls(code, score, label, valid[scored], np.sort(frame.created_at[~np.isnan(score)]),
-                   np.sort(frame.created_at[rows[on_time]]), np.sort(frame.created_at[frame.row[own]]),
-                   np.sort(frame.created_at[frame.row[own & frame.error]]))
+                   np.sort(frame.created_at[rows[on_time]]), has_output, has_error)
 
 
 @dataclass(frozen=True)
@@ -413,7 +415,7 @@ class _Expected(NamedTuple):
     records: int  # the records the champion answered, created at or after the model's first output
     own: np.ndarray  # which of the model's own outputs are on such records
     champion_met: int  # of `records`, those the champion answered by the deadline
-    champion_outputs: int  # the champion's outputs (errors included) from the model's first output on
+    champion_outputs: int  # the champion's outputs (errors included) on the records the model has one for
     champion_errors: int  # of those, its errors
 
     @classmethod
@@ -423,16 +425,18 @@ class _Expected(NamedTuple):
 
 def _expected(frame: Frame, ref: _Reference, out: _Outputs) -> _Expected:
     """How many records the model was expected to score: those the champion answered, created at
-    or after this model's first output (before that the model may not have been deployed); and the
-    champion's deadlines met and errors over the same requests (over all of its outputs, a champion
-    faster before the candidate came failed an identical candidate, and its outage before the
-    candidate came passed a candidate failing 8% against its 0%; reviews)."""
+    or after this model's first output (before that the model may not have been deployed); the
+    champion's deadlines met over the same records; and its outputs and errors on the records the
+    model has an output for, as the model's error rate is measured (over all of its outputs, a
+    champion faster before the candidate came failed an identical candidate, and its outage before
+    the candidate came, or while the candidate was away, passed a candidate failing 8% against
+    its 0%; reviews)."""
     if not len(out.rows):
         return _Expected.none(0)
     first = frame.created_at[out.rows].min()
     own: np.ndarray = ~np.isnan(ref.score[out.rows])  # created at `first` or after, as every one of its own
-    return _Expected(_from(ref.answered_at, first), own, _from(ref.met_at, first), _from(ref.output_at, first),
-                     _from(ref.error_at, first))
+    return _Expected(_from(ref.answered_at, first), own, _from(ref.met_at, first),
+                     int(ref.has_output[out.rows].sum()), int(ref.has_error[out.rows].sum()))
 
 
 def _from(created_at: np.ndarray, first: int) -> int:

@@ -374,3 +374,8 @@ def test_the_default_error_clause_measures_the_champion_on_the_candidates_reques
     errors_later = [_record(i, [failed if i % 2 else _output("champion", 0.9, "pos"), _output("cand", 0.9, "pos")])
                     for i in range(2000, 2100)]
     assert _gate_figures([*outage[:100], *errors_later])["champion_error_rate"] == pytest.approx(0.5)
+    # An outage while the candidate was away (no output of its on those requests) loosened it too.
+    away = [_record(i, [failed]) for i in range(2000, 2100)]
+    figures = _gate_figures([*shared, *away, *[_record(i, r["outputs"]) for i, r in enumerate(shared, 2100)]])
+    assert figures["champion_error_rate"] == 0.0
+    assert verdicts("deadline_met>=0.9", figures)["error_rate<=0.01 (default: champion's + 0.01)"] is False
