@@ -221,9 +221,10 @@ class Rendezvous(Probed):
         ctx.stack.callback(fast.close)
         self._fast = fast
         assert ctx.producer is not None
+        # Its sources: what it reads, and the control topic, whose refused schedules it dead-letters too.
         self._dead = DeadLetters.for_topic(ctx.outputs, ctx.config, self.topics.deadletter, SERVICE,
                                            known=ctx.producer.topic_limit(self.topics.deadletter),
-                                           sources=ctx.spec.subscription)
+                                           sources=[*ctx.spec.subscription, self.topics.control])
         rules = ReplyRules(self.topics, self.settings.reply_topic_pattern())
         self._replies = ReplyRouter(self._queue_reply, {**ctx.config, "allow.auto.create.topics": False}, rules)
         ctx.stack.callback(self._replies.close)
