@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -197,10 +198,19 @@ def _file_digests(settings: DeploySettings) -> dict[str, str]:
         path = _model_file(spec)
         if path is not None:
             try:
-                digests[os.path.abspath(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+                stat = path.stat()
+                digests[os.path.abspath(path)] = _digest(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
             except OSError:
                 digests[os.path.abspath(path)] = ""  # unreadable now: no later file matches it
     return digests
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, _mtime_ns: int, _size: int) -> str:
+    """sha256 of a file read in chunks, once per command while it is unchanged (each replica's
+    record asked it again: a 512 MiB model read whole five times for four replicas; a review)."""
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _connection(settings: KafkaSettings) -> dict[str, Any]:
@@ -317,7 +327,10 @@ def _deploy(settings: DeploySettings, name: str, console: Console) -> int:
     state = _state(name)
     if replicas or (state.get("model") and not settings.model):
         running = (state.get("model", ""), state.get("version", ""), tuple(state.get("co_host", ())))
-        given = (settings.model, settings.version, tuple(settings.co_host))
+        # As recorded: model files by their absolute paths (the same relative --model, repeated from
+        # the same directory with another --replicas, was refused as another model; a review).
+        given = (_anchored(settings.model) if settings.model else "", settings.version,
+                 tuple(_anchored_co_host(item) for item in settings.co_host))
         if any(value and value != now for value, now in zip(given, running, strict=True)):
             # Replicas of one group must score alike: a new model is a new deployment (or undeploy first).
             # A restart too: it started the model as deployed, the --version given dropped without a word.

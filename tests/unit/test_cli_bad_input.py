@@ -398,6 +398,37 @@ def test_a_trusted_model_file_stays_trusted_only_while_its_bytes_are_those_trust
     assert deploy.as_deployed(DeploySettings(replicas=2, trust_model_file=True), state).trust_model_file  # asked
 
 
+def test_a_rescale_repeating_the_relative_model_path_it_was_deployed_with_is_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state names the file by its absolute path: the same command with another --replicas,
+    from the same directory, was refused as another model (a review); from another directory it is one."""
+    from rich.console import Console
+
+    from services.cli import deploy
+
+    (tmp_path / "model.joblib").write_bytes(b"pickle")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(deploy, "_state_file", lambda name: tmp_path / f"{name}.json")
+    deploy._record("chal", DeploySettings(model="model.joblib", trust_model_file=True), {0: os.getpid()})
+    monkeypatch.setattr(deploy, "_replicas", lambda name: {0: os.getpid()})
+
+    class Accepted(Exception):
+        pass
+
+    def accepted(*_args: Any, **_kwargs: Any) -> None:
+        raise Accepted
+
+    monkeypatch.setattr(deploy, "wait_for_broker", accepted)
+    with pytest.raises(Accepted):
+        deploy._deploy(DeploySettings(model="model.joblib", trust_model_file=True, replicas=2), "chal", Console())
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "model.joblib").write_bytes(b"pickle")
+    monkeypatch.chdir(tmp_path / "other")
+    with pytest.raises(ConfigError, match=r"chal runs .*model\.joblib"):
+        deploy._deploy(DeploySettings(model="model.joblib", trust_model_file=True, replicas=2), "chal", Console())
+
+
 def test_a_replica_that_exits_while_its_group_forms_is_said_with_its_last_log_line(tmp_path: Path) -> None:
     """deploy waited out --wait-s, then said the group never formed; the reason was in the log."""
     from services.cli.deploy import _none_exited
