@@ -7,6 +7,7 @@ generator sends demo rows at a fixed rate through the `Client` and tallies the a
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import subprocess
@@ -183,7 +184,8 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
     set_connect_timeout(settings.connect_timeout_s)
     local = BrokerWatch(None if settings.bootstrap else LocalBroker())  # the machine's local broker, if it uses it
     with ExitStack() as stack:
-        if not settings.bootstrap and read_bootstrap() is None:
+        lease = None if local.broker is None else stack.enter_context(DemoLease(local.broker.root / DemoLease.NAME))
+        if lease is not None and read_bootstrap() is None:
             console.print("starting a local Kafka broker (first run downloads it with Maven)...")
             broker: LocalBroker = start_background(progress=console.print)
             # Stopped like a database: the demo's topics stay for `compare`, `replay`, the next run.
@@ -191,7 +193,7 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
             # (two demos at once), and the first demo to end stopped it under the other (a review).
             settings = replace(settings, bootstrap=broker.bootstrap)
             if broker.launched_here:
-                stack.callback(stop_unless_in_use, settings.librdkafka(), settings.topic_prefix, console)
+                stack.callback(stop_unless_in_use, settings.librdkafka(), settings.topic_prefix, console, lease)
         elif not settings.bootstrap:
             settings = replace(settings, bootstrap=read_bootstrap() or "")
         console.print(f"broker: {settings.bootstrap}")
@@ -254,11 +256,46 @@ def _check_ports_free(first: int, count: int) -> None:
                                   f"others with --metrics-base-port (e.g. {first + 200}), or 0 for none") from None
 
 
-def stop_unless_in_use(config: dict[str, Any], prefix: str, console: Console) -> None:
-    """Stop the local broker this demo started (its processes stopped first), unless consumer
-    groups other than its own have members: a second demo on topics of its own (as the README
-    says to run one) lost its broker when the first one ended, its table 70% by the deadline and
-    504 records undelivered (a review)."""
+class DemoLease:
+    """A shared lock every demo on the local broker holds for its whole run, from before it looks
+    for the broker: the demo that started the broker stops it only if it can take the lock alone.
+    A second demo still starting has joined no consumer group yet, and the first one to end
+    stopped the broker under it (a review)."""
+
+    NAME = "demos.lease"
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("a")
+        fcntl.flock(self._file, fcntl.LOCK_SH)
+
+    def alone(self) -> bool:
+        """Whether no other demo holds the lease (then this one holds it alone, exclusively)."""
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def __enter__(self) -> DemoLease:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._file.close()
+
+
+def stop_unless_in_use(config: dict[str, Any], prefix: str, console: Console, lease: DemoLease | None = None) -> None:
+    """Stop the local broker this demo started (its processes stopped first), unless another demo
+    holds the lease or consumer groups other than its own have members: a second demo on topics
+    of its own (as the README says to run one) lost its broker when the first one ended, its table
+    70% by the deadline and 504 records undelivered (a review). A broker already gone is only
+    tidied: "left running" was said of one that had died."""
+    if not LocalBroker().is_running():
+        stop_background(keep_data=True)
+        return
+    if lease is not None and not lease.alone():
+        console.print("left the local broker running: another demo uses it (`rendezvous broker stop` stops it)")
+        return
     own = (f"{prefix}rendezvous", f"{prefix}model.")
     try:
         others = [group for group in groups_with_members(config, [""], timeout=5.0) if not group.startswith(own)]

@@ -4,6 +4,7 @@ broker's consumer groups as the admin client lists them, the stop noted)."""
 from __future__ import annotations
 
 import io
+import types
 from typing import Any
 
 import pytest
@@ -13,7 +14,8 @@ from services.cli import demo
 from services.core.errors import BrokerError
 
 
-def stopped_with(monkeypatch: pytest.MonkeyPatch, groups: list[str] | Exception) -> tuple[bool, str]:
+def stopped_with(monkeypatch: pytest.MonkeyPatch, groups: list[str] | Exception, lease: Any = None,
+                 running: bool = True) -> tuple[bool, str]:
     stops: list[bool] = []
 
     def listed(_config: Any, prefixes: list[str], timeout: float | None = None) -> list[str]:
@@ -23,8 +25,9 @@ def stopped_with(monkeypatch: pytest.MonkeyPatch, groups: list[str] | Exception)
 
     monkeypatch.setattr(demo, "groups_with_members", listed)
     monkeypatch.setattr(demo, "stop_background", lambda keep_data: stops.append(keep_data))
+    monkeypatch.setattr(demo, "LocalBroker", lambda: types.SimpleNamespace(is_running=lambda: running))
     out = io.StringIO()
-    demo.stop_unless_in_use({}, "rdv.", Console(file=out, width=300))
+    demo.stop_unless_in_use({}, "rdv.", Console(file=out, width=300), lease)
     return bool(stops), out.getvalue()
 
 
@@ -84,3 +87,21 @@ def test_a_broker_that_died_mid_run_stops_the_demo_with_its_last_error(tmp_path:
     watch.check()  # looked at again only after a second: the loop turns every 10 ms
     assert broker.looked == 1
     demo.BrokerWatch(None).check()  # a broker given with --bootstrap is not the demo's to watch
+
+
+def test_a_second_demo_still_starting_keeps_the_broker_by_its_lease(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It had joined no consumer group yet: the first demo to end stopped the broker under it (a review)."""
+    path = tmp_path / demo.DemoLease.NAME
+    with demo.DemoLease(path) as first, demo.DemoLease(path):  # the second demo, starting
+        stopped, said = stopped_with(monkeypatch, ["rdv.rendezvous"], lease=first)
+        assert not stopped and "another demo uses it" in said
+    with demo.DemoLease(tmp_path / demo.DemoLease.NAME) as alone:
+        assert stopped_with(monkeypatch, ["rdv.rendezvous"], lease=alone)[0]
+
+
+def test_a_broker_already_gone_is_tidied_without_a_word(monkeypatch: pytest.MonkeyPatch) -> None:
+    """'left the local broker running' was said of a broker that had died (a review)."""
+    stopped, said = stopped_with(monkeypatch, BrokerError("timed out"), running=False)
+    assert stopped and said == ""
