@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from io import BufferedReader
 from pathlib import Path
 
 from services.core.errors import ModelSpecError
@@ -14,16 +15,14 @@ SIDECAR_SUFFIX = ".features.json"
 
 def file_version(path: Path) -> str:
     """`<stem>-<first 8 hex of sha256>`: changes whenever the file's bytes change."""
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"{path.stem}-{digest.hexdigest()[:8]}"
+        return stream_version(path, f)
 
 
-def bytes_version(path: Path, data: bytes) -> str:
-    """`file_version` of the bytes read from `path` (those loaded, whatever the file holds now)."""
-    return f"{path.stem}-{hashlib.sha256(data).hexdigest()[:8]}"
+def stream_version(path: Path, opened: BufferedReader) -> str:
+    """`file_version` of the file open as `opened` (the one loaded, whatever is at `path` now)."""
+    opened.seek(0)
+    return f"{path.stem}-{hashlib.file_digest(opened, 'sha256').hexdigest()[:8]}"
 
 
 def sidecar_paths(path: Path) -> tuple[Path, Path]:

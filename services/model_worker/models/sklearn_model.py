@@ -37,20 +37,20 @@ tree by tree without joblib's per-tree task machinery (same sums in the same ord
 
 from __future__ import annotations
 
-import io
 import json
 import warnings
 import zipfile
 from collections.abc import Sequence
+from io import BufferedReader
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from services.core.errors import ModelSpecError
 from services.core.signatures import Signature
 
-from ._files import bytes_version, read_sidecar, sidecar_hint
+from ._files import read_sidecar, sidecar_hint, stream_version
 from .base import Prediction, check_batch, check_finite, fits_float32
 
 __all__ = ["PICKLE_SUFFIXES", "SKOPS_SUFFIX", "TRUST_HINT", "SklearnModel", "pickle_refusal"]
@@ -136,13 +136,16 @@ class SklearnModel:
 
     def load(self) -> None:
         if self.path is not None:
-            # Read once: the checks, the load and the version are of the same bytes. Opened by each,
-            # a file replaced meanwhile had an SVC loaded past the check of another file, and a
-            # version naming other bytes than those served (a review).
-            data = _read(self.path)
-            self._estimator = self._load_data(self.path, data)
+            # Opened once: the checks, the load and the version read the same file, whatever is
+            # renamed into its place meanwhile. Opened by each, a file replaced meanwhile had an
+            # SVC loaded past the check of another file, and a version naming other bytes than
+            # those served; read whole into memory instead, a 400 MiB model took 400 MiB more to
+            # load (reviews). A file written over in place stays a writer's to time.
+            with _opened(self.path) as model_file:
+                version = stream_version(self.path, model_file)
+                self._estimator = self._load_file(self.path, model_file)
             if not self.version:
-                self.version = bytes_version(self.path, data)
+                self.version = version
         est = self._estimator
         if not callable(getattr(est, "predict", None)):
             raise ModelSpecError(
@@ -159,15 +162,16 @@ class SklearnModel:
         self._forest = _single_job_forest(est) if self._proba else None
         self._loaded = True
 
-    def _load_data(self, path: Path, data: bytes) -> Any:
+    def _load_file(self, path: Path, model_file: BinaryIO) -> Any:
         if path.suffix.lower() == SKOPS_SUFFIX:
-            return _load_skops(path, data, self.trust_model_file)
+            return _load_skops(path, model_file, self.trust_model_file)
         if not self.trust_model_file:
             raise pickle_refusal(path)
         import joblib
 
         try:
-            return joblib.load(io.BytesIO(data))
+            model_file.seek(0)
+            return joblib.load(model_file)
         except Exception as err:
             raise ModelSpecError(
                 f"model {str(path)!r}: joblib cannot load it ({type(err).__name__}: {err}); "
@@ -227,22 +231,23 @@ class SklearnModel:
             values = np.asarray(est.predict(x))
         return _from_values(_one_per_row(values, len(x)), self._is_classifier)
 
-def _read(path: Path) -> bytes:
+def _opened(path: Path) -> BufferedReader:
     try:
-        return path.read_bytes()
+        return path.open("rb")
     except OSError as err:
         raise ModelSpecError(f"model {str(path)!r}: cannot read it ({err.strerror or err})") from None
 
 
-def _load_skops(path: Path, data: bytes, trust: bool) -> Any:
-    """Load a skops file's `data`; types outside skops' trusted defaults, and libsvm estimators,
-    only with `trust`."""
+def _load_skops(path: Path, model_file: BinaryIO, trust: bool) -> Any:
+    """Load a skops file (open as `model_file`); types outside skops' trusted defaults, and libsvm
+    estimators, only with `trust`."""
     import skops.io as sio
 
     where = f"model {str(path)!r}"
     try:
-        _check_schema_size(data, where)
-        untrusted, unchecked = sio.get_untrusted_types(data=data), _unchecked_types(data)
+        _check_schema_size(model_file, where)
+        untrusted = sio.get_untrusted_types(file=_rewound(model_file))
+        unchecked = _unchecked_types(model_file)
     except ModelSpecError:
         raise
     except Exception as err:
@@ -260,7 +265,7 @@ def _load_skops(path: Path, data: bytes, trust: bool) -> Any:
             f"ONNX, or, only if you trust this file, pass {TRUST_HINT}"
         )
     try:
-        return sio.loads(data, trusted=untrusted or None)
+        return sio.load(_rewound(model_file), trusted=untrusted or None)
     except Exception as err:
         raise ModelSpecError(f"{where}: skops cannot load it ({type(err).__name__}: {err}); "
                              "was it saved with compatible scikit-learn and skops versions?") from err
@@ -285,17 +290,22 @@ def _check_one_output(est: Any, label: str) -> None:
 MAX_SCHEMA_BYTES = 64 * 2**20
 
 
-def _check_schema_size(data: bytes, where: str) -> None:
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+def _rewound(model_file: BinaryIO) -> BinaryIO:
+    model_file.seek(0)
+    return model_file
+
+
+def _check_schema_size(model_file: BinaryIO, where: str) -> None:
+    with zipfile.ZipFile(_rewound(model_file)) as archive:
         size = archive.getinfo(_SCHEMA).file_size
     if size > MAX_SCHEMA_BYTES:
         raise ModelSpecError(f"{where}: its {_SCHEMA} inflates to {size:,} bytes (at most {MAX_SCHEMA_BYTES:,} are "
                              "read): not a model skops.io.dump wrote")
 
 
-def _unchecked_types(data: bytes) -> list[str]:
+def _unchecked_types(model_file: BinaryIO) -> list[str]:
     """The types a skops file holds that `_UNCHECKED` names, as module.Class names."""
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+    with zipfile.ZipFile(_rewound(model_file)) as archive:
         schema = json.loads(archive.read(_SCHEMA))
     found: set[str] = set()
     pending: list[Any] = [schema]
