@@ -289,12 +289,14 @@ def stop_unless_in_use(config: dict[str, Any], prefix: str, console: Console, le
     holds the lease or consumer groups other than its own have members: a second demo on topics
     of its own (as the README says to run one) lost its broker when the first one ended, its table
     70% by the deadline and 504 records undelivered (a review). A broker already gone is only
-    tidied: "left running" was said of one that had died."""
+    tidied: "left running" was said of one that had died. The lease first: a broker gone and
+    started again by another demo meanwhile was stopped as the one gone (a review)."""
+    if lease is not None and not lease.alone():
+        if LocalBroker().is_running():
+            console.print("left the local broker running: another demo uses it (`rendezvous broker stop` stops it)")
+        return
     if not LocalBroker().is_running():
         stop_background(keep_data=True)
-        return
-    if lease is not None and not lease.alone():
-        console.print("left the local broker running: another demo uses it (`rendezvous broker stop` stops it)")
         return
     own = (f"{prefix}rendezvous", f"{prefix}model.")
     try:

@@ -76,8 +76,8 @@ class ModelSummary:
     expected_output: int = 0
     expected_met: int = 0
     expected_champion_met: int = 0  # of `expected`, those the champion answered by the deadline
-    # The champion's outputs and errors over the same requests (from this model's first output on),
-    # for the gate's default error clause.
+    # The champion's outputs and errors on the requests this model has an output for, for the
+    # gate's default error clause.
     expected_champion_outputs: int = 0
     expected_champion_errors: int = 0
     labelled: int = 0  # requests the agreement is measured on (the champion labelled, this model answered)

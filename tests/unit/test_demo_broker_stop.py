@@ -105,3 +105,14 @@ def test_a_broker_already_gone_is_tidied_without_a_word(monkeypatch: pytest.Monk
     """'left the local broker running' was said of a broker that had died (a review)."""
     stopped, said = stopped_with(monkeypatch, BrokerError("timed out"), running=False)
     assert stopped and said == ""
+
+
+def test_a_broker_gone_and_started_again_by_another_demo_is_not_stopped_as_the_one_gone(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A demo whose broker died tidied it by stopping it, while a new demo holding the lease had
+    started another: that one was stopped a second after it came up (a review)."""
+    path = tmp_path / demo.DemoLease.NAME
+    with demo.DemoLease(path) as first, demo.DemoLease(path):  # the new demo, its broker starting
+        stopped, said = stopped_with(monkeypatch, BrokerError("timed out"), lease=first, running=False)
+        assert not stopped and said == ""
