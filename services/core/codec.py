@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import struct
+import time
 from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from io import BytesIO
@@ -50,6 +52,11 @@ MAX_SCHEMA_ID = 2**31 - 1  # registries number schemas with Java ints
 # failure is passing (the registry is down), else the id is refused for good.
 SchemaForId = Callable[[int], Mapping[str, Any]]
 _MAX_REFUSED_IDS = 10_000
+# How long the registry's "no such schema" for an id is taken for its answer: a replica that has
+# not caught up with a schema registered a moment earlier says so too, and remembered for good it
+# dead-lettered every later record of that id until a restart (a review). Every other verdict (an
+# id no registry gives, a schema that is none of ours or no Avro) stays.
+NOT_FOUND_FOR_S = 60.0
 _MAX_KNOWN_IDS = 10_000  # ids resolved to a version we read (see _schemas_for_id)
 
 _CRC64_EMPTY = 0xC15D213AA4D7A795
@@ -117,7 +124,7 @@ class Codec:
         self._by_id: dict[int, tuple[Any, Any]] = {}
         # ids that name no version we know, and why (kept as kind + text: a raised exception object
         # would grow its traceback each time it is raised again)
-        self._refused_ids: dict[int, tuple[type[BadInput], str]] = {}
+        self._refused_ids: dict[int, tuple[type[BadInput], str, float]] = {}  # (kind, why, until: monotonic)
         self._lookup: SchemaForId | None = None
 
     def current_body(self, data: bytes | None) -> int:
@@ -208,7 +215,7 @@ class Codec:
                 f"{self.name} framed with schema-registry id {schema_id}, but no --schema-registry is configured"
             )
         refused = self._refused_ids.get(schema_id)
-        if refused is not None:
+        if refused is not None and time.monotonic() < refused[2]:
             raise refused[0](refused[1])
         if schema_id > MAX_SCHEMA_ID:
             # No registry gives such an id (Confluent's and Apicurio's are Java ints): not asked.
@@ -218,8 +225,8 @@ class Codec:
                 f"schema id {schema_id} is beyond any registry's ids (at most {MAX_SCHEMA_ID}): not looked up"))
         try:
             writer = self._lookup(schema_id)
-        except BadInput as failure:
-            raise failure if failure.retriable else self._refuse(schema_id, failure) from None
+        except BadInput as failure:  # the registry's own "not found": for a while (NOT_FOUND_FOR_S)
+            raise failure if failure.retriable else self._refuse(schema_id, failure, NOT_FOUND_FOR_S) from None
         try:
             writer_fingerprint = fingerprint(writer)
         except Exception as exc:  # noqa: BLE001 (fastavro's parse errors have many types)
@@ -237,11 +244,12 @@ class Codec:
         self._by_id[schema_id] = schemas
         return schemas
 
-    def _refuse(self, schema_id: int, why: BadInput) -> BadInput:
-        """Remember that `schema_id` names no schema we can read, so it is not looked up again."""
+    def _refuse(self, schema_id: int, why: BadInput, for_s: float = math.inf) -> BadInput:
+        """Remember that `schema_id` names no schema we can read, so it is not looked up again
+        (for `for_s`: then it is)."""
         if len(self._refused_ids) >= _MAX_REFUSED_IDS:
             self._refused_ids.clear()
-        self._refused_ids[schema_id] = (type(why), why.message)
+        self._refused_ids[schema_id] = (type(why), why.message, time.monotonic() + for_s)
         return why
 
     def _body(self, data: bytes, start: int, schemas: tuple[Any, Any]) -> dict[str, Any]:

@@ -173,6 +173,32 @@ def test_an_id_refused_once_is_not_looked_up_again() -> None:
     assert asked == [8]
 
 
+def test_the_registrys_not_found_for_an_id_is_asked_again_after_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry replica not caught up with a schema registered a moment earlier says "not found":
+    remembered for good, every later record of that id was dead-lettered until a restart (a review)."""
+    from services.core import codec as codec_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(codec_module.time, "monotonic", lambda: clock[0])
+    registered = [False]
+
+    def lookup(schema_id: int) -> dict[str, Any]:
+        if not registered[0]:
+            raise DecodeFailed(f"schema id {schema_id}: HTTP 404 Schema not found")
+        return codec("request").schema
+
+    reader = fresh()
+    reader.read_registry_ids(lookup)
+    framed = b"\x00\x00\x00\x00\x2a" + codec("request").encode(REQUEST)[10:]
+    with pytest.raises(DecodeFailed, match="404"):
+        reader.decode(framed)
+    registered[0] = True
+    with pytest.raises(DecodeFailed, match="404"):
+        reader.decode(framed)  # within the minute: the verdict stands, not asked again
+    clock[0] += codec_module.NOT_FOUND_FOR_S
+    assert reader.decode(framed)["request_id"] == REQUEST["request_id"]
+
+
 def test_registry_credentials_in_the_url_go_into_a_header_and_never_into_a_message() -> None:
     """urllib took user:password@ for part of the host (a registry that asks for them could not be
     used) and every message quoted the URL with the password (a security review)."""
