@@ -26,7 +26,7 @@ import random
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -267,6 +267,14 @@ READER_JOIN_S = 5.0  # how long close() waits for the reader's loop to see the s
 # reused with other inputs meanwhile): a bound on memory, the oldest forgotten first.
 MAX_GIVEN_UP = 10_000
 UNREADABLE_SAID_EVERY_S = 60.0  # a line for a record on the reply partitions that is no answer, at most
+# An answer whose schema the registry could not be asked about for now (away, refusing for now) is
+# read again every second, for this long: failed at once as unreadable, an answer that had come was
+# lost to a registry's passing failure (a review).
+READ_AGAIN_EVERY_S = 1.0
+READ_AGAIN_FOR_S = 30.0
+MAX_READ_AGAIN = 10_000  # answers held to be read again, at most (a registry away under a flood)
+# `_resolve`'s arguments of an answer held to be read again: value, received_at, partition, replied_at, key, inputs.
+HeldAnswer = tuple[bytes | None, int, int | None, int | None, bytes | str | None, bytes | None]
 
 
 # A request's delivery timeout, unless the config names one (a gateway's does): a minute, or its
@@ -385,6 +393,7 @@ class Client:
         self.foreign_answers = 0
         self._foreign_said = OncePerPeriod[str](UNREADABLE_SAID_EVERY_S)
         self._unreadable_said = OncePerPeriod[str](UNREADABLE_SAID_EVERY_S)
+        self._read_again: deque[tuple[float, float, HeldAnswer]] = deque()  # (due, first tried, the answer)
         self._reader = threading.Thread(target=self._read_answers, name="rdv-client-answers", daemon=True)
         self._reader.start()
 
@@ -664,6 +673,7 @@ class Client:
                 for msg in messages:
                     self._resolve(msg.value(), received, msg.partition(), msg.timestamp()[1], msg.key(),
                                   inputs_in(msg.headers()))
+            self._read_due_again(time.monotonic())
             self._expire(time.monotonic())
             # The producer's reports too (a refused request fails its caller): callers that only
             # wait would otherwise never serve them.
@@ -671,18 +681,31 @@ class Client:
 
     def _resolve(
         self, value: bytes | None, received_at: int, partition: int | None = None, replied_at: int | None = None,
-        key: bytes | str | None = None, inputs: bytes | None = None,
+        key: bytes | str | None = None, inputs: bytes | None = None, first_tried: float | None = None,
     ) -> None:
         """An answer read from a reply partition; `inputs`, the digest of the inputs it answers
-        (its header; None: not said, an older rendezvous)."""
+        (its header; None: not said, an older rendezvous); `first_tried`: when it was first read,
+        if it is read again (READ_AGAIN_FOR_S)."""
         try:
             record = self._answers.decode(value)
         except BadInput as err:
+            now = time.monotonic()
+            first_tried = now if first_tried is None else first_tried
+            if err.retriable and now - first_tried < READ_AGAIN_FOR_S and len(self._read_again) < MAX_READ_AGAIN:
+                args: HeldAnswer = (value, received_at, partition, replied_at, key, inputs)
+                self._read_again.append((now + READ_AGAIN_EVERY_S, first_tried, args))
+                return
             self._unreadable(err, partition, key, inputs)
             return
         future = self._take_waiter(record["request_id"], partition, inputs)
         if future is not None and not future.done():
             settle(future, Answer.from_record(record, received_at, replied_at))
+
+    def _read_due_again(self, now: float) -> None:
+        """The answers held for the registry (`_resolve`) whose second has come, read again."""
+        while self._read_again and self._read_again[0][0] <= now:
+            _due, first_tried, args = self._read_again.popleft()
+            self._resolve(*args, first_tried=first_tried)
 
     def _expire(self, now: float) -> None:
         """Give up on the requests whose budget and answer wait are out with no answer: a future of

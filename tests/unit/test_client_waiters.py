@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ def bare_client(owned: tuple[int, ...]) -> Client:
     client._expiries, client._expiry_order, client._expire_waiters = [], itertools.count(), True
     client._given_up = OrderedDict()
     client._closed_from_reader, client._reader_done = False, True  # no reader thread
+    client._read_again = deque()
     return client
 
 
@@ -810,3 +811,48 @@ def test_a_submit_that_a_close_overtakes_is_refused_as_closed() -> None:
     with pytest.raises(ClosedClient, match="is closed"):
         client.submit({"f": 1.0})
     assert client._pending == {}
+
+
+class RegistryAwayFor:
+    """The answers codec while the registry cannot be asked about the answer's schema `times` times."""
+
+    def __init__(self, times: int) -> None:
+        self.times = times
+
+    def decode(self, value: bytes | None) -> dict[str, Any]:
+        from services.core.errors import DecodeFailed
+
+        if self.times:
+            self.times -= 1
+            raise DecodeFailed("schema registry http://registry: HTTP 503", retriable=True)
+        return codec("answer").decode(value)
+
+
+def test_an_answer_the_registry_cannot_be_asked_about_for_now_is_read_again_not_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One 503 from the registry failed a request whose answer had come, as unreadable (a review)."""
+    from services.client import client as client_module
+    from services.client.client import UnreadableAnswer
+
+    clock = [100.0]
+    monkeypatch.setattr(client_module.time, "monotonic", lambda: clock[0])
+    client = bare_client((0,))
+    client._answers = RegistryAwayFor(times=2)  # type: ignore[assignment]
+    waiter = Future[Answer]()
+    client._pending["r"] = [(waiter, 0, 1)]
+    client._resolve(answer("r"), 10, partition=0)
+    for _ in range(2):
+        assert not waiter.done()
+        clock[0] += client_module.READ_AGAIN_EVERY_S
+        client._read_due_again(clock[0])
+    assert waiter.result(0).status == "OK" and client.undecodable_answers == 0
+    # Away for longer than READ_AGAIN_FOR_S: then it is unreadable, as before.
+    client._answers = RegistryAwayFor(times=10**6)  # type: ignore[assignment]
+    given_up = Future[Answer]()
+    client._pending["s"] = [(given_up, 0, 1)]
+    client._resolve(answer("s"), 10, partition=0, key=b"s")
+    while not given_up.done():
+        clock[0] += client_module.READ_AGAIN_EVERY_S
+        client._read_due_again(clock[0])
+    assert isinstance(given_up.exception(0), UnreadableAnswer) and client.undecodable_answers == 1
