@@ -41,6 +41,7 @@ from fastavro.schema import to_parsing_canonical_form
 
 from services.core.avro_writer import Unfit, compile_encoder
 from services.core.errors import BadInput, ConfigError, DecodeFailed, LookupsSpent, UnknownFingerprint
+from services.core.rate_limit import PerSecond
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
@@ -49,7 +50,7 @@ REGISTRY_HEADER_SIZE = 5
 MAX_SCHEMA_ID = 2**31 - 1  # registries number schemas with Java ints
 
 # Given a registry schema id, the writer schema it names, or `BadInput`: `retriable` when the
-# failure is passing (the registry is down), else the id is refused for good.
+# failure is passing (the registry is down), else the id is refused (for a while if `not_found`).
 SchemaForId = Callable[[int], Mapping[str, Any]]
 _MAX_REFUSED_IDS = 10_000
 # How long the registry's "no such schema" for an id is taken for its answer: a replica that has
@@ -57,6 +58,7 @@ _MAX_REFUSED_IDS = 10_000
 # dead-lettered every later record of that id until a restart (a review). Every other verdict (an
 # id no registry gives, a schema that is none of ours or no Avro) stays.
 NOT_FOUND_FOR_S = 60.0
+REASKS_PER_S = 2
 _MAX_KNOWN_IDS = 10_000  # ids resolved to a version we read (see _schemas_for_id)
 
 _CRC64_EMPTY = 0xC15D213AA4D7A795
@@ -125,6 +127,7 @@ class Codec:
         # ids that name no version we know, and why (kept as kind + text: a raised exception object
         # would grow its traceback each time it is raised again)
         self._refused_ids: dict[int, tuple[type[BadInput], str, float]] = {}  # (kind, why, until: monotonic)
+        self._reasks = PerSecond(REASKS_PER_S)
         self._lookup: SchemaForId | None = None
 
     def current_body(self, data: bytes | None) -> int:
@@ -215,7 +218,10 @@ class Codec:
                 f"{self.name} framed with schema-registry id {schema_id}, but no --schema-registry is configured"
             )
         refused = self._refused_ids.get(schema_id)
-        if refused is not None and time.monotonic() < refused[2]:
+        # Asked again once its "not found" is old, at most REASKS_PER_S a second: re-asked out of
+        # the lookups of the second, 20 ids refused a minute before spent them all, and a valid
+        # new id meeting them was dead-lettered, not looked up (a review).
+        if refused is not None and (time.monotonic() < refused[2] or not self._reasks.spend()):
             raise refused[0](refused[1])
         if schema_id > MAX_SCHEMA_ID:
             # No registry gives such an id (Confluent's and Apicurio's are Java ints): not asked.
@@ -225,8 +231,9 @@ class Codec:
                 f"schema id {schema_id} is beyond any registry's ids (at most {MAX_SCHEMA_ID}): not looked up"))
         try:
             writer = self._lookup(schema_id)
-        except BadInput as failure:  # the registry's own "not found": for a while (NOT_FOUND_FOR_S)
-            raise failure if failure.retriable else self._refuse(schema_id, failure, NOT_FOUND_FOR_S) from None
+        except BadInput as failure:  # the registry's own "not found" for a while (NOT_FOUND_FOR_S)
+            for_s = NOT_FOUND_FOR_S if getattr(failure, "not_found", False) else math.inf
+            raise failure if failure.retriable else self._refuse(schema_id, failure, for_s) from None
         try:
             writer_fingerprint = fingerprint(writer)
         except Exception as exc:  # noqa: BLE001 (fastavro's parse errors have many types)

@@ -124,7 +124,10 @@ class UnknownFingerprint(BadInput):
 
 
 class DecodeFailed(BadInput):
-    """The bytes are not a valid framed Avro record."""
+    """The bytes are not a valid framed Avro record. `not_found`: the registry said it has no
+    schema of the record's id (the codec asks again after a while: codec.py NOT_FOUND_FOR_S)."""
+
+    not_found: bool = False
 
 
 class LookupsSpent(DecodeFailed):

@@ -11,8 +11,8 @@ made-up ids would hold its partition to that many records a second; errors.py.)
 So the skeleton looks every unseen id of a batch up before its handler gets the batch. A record
 whose lookup must be retried is held back with every later record of its partition: the
 partition is paused and rewound to that record, and read again after `RETRY_S` (its records'
-order is the join's contract, so nothing behind it goes first). Ids refused for good (the
-registry does not know them, or they name no schema we read) are left to the handler's decode,
+order is the join's contract, so nothing behind it goes first). Ids refused (the registry does
+not know them, asked again after a minute; or they name no schema we read) are left to the handler's decode,
 which dead-letters the record with the reason, as before.
 """
 

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from services.core.codec import CODEC_NAMES, Codec, codec
 from services.core.errors import ConfigError, DecodeFailed, LookupsSpent
 from services.core.rate_limit import PerSecond
-from services.core.registry import Outage, RegistryError, SchemaRegistry
+from services.core.registry import UNUSABLE, Outage, RegistryError, SchemaRegistry
 from services.core.settings import KafkaSettings, Topics, check_wire_format
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,8 @@ class IdLookup:
     this process' (more than `per_second` fetches, so a flood of records with made-up ids cannot
     turn the poll loop into a stream of HTTP calls: `LookupsSpent`) is `retriable`: the codec asks
     again later. The registry's own "no such schema" (404 with a 404xx error code), or a schema
-    nobody can read, is the id's; the codec remembers it and never asks again."""
+    nobody can read, is the id's: the codec remembers it, the first for a while (`not_found`:
+    codec.py NOT_FOUND_FOR_S), the second for good."""
 
     def __init__(self, registry: SchemaRegistry, per_second: int = 20, outage: Outage | None = None,
                  clock: Callable[[], float] = time.monotonic):
@@ -81,7 +82,9 @@ class IdLookup:
             if not exc.permanent:
                 self._outage.record(exc)
                 raise DecodeFailed(str(exc), retriable=True) from None
-            raise DecodeFailed(f"schema id {schema_id}: {exc}") from None
+            refused = DecodeFailed(f"schema id {schema_id}: {exc}")
+            refused.not_found = exc.status != UNUSABLE  # a schema nobody can read stays unread
+            raise refused from None
 
     def _in_thread(self, schema_id: int) -> Future[dict[str, Any]]:
         future: Future[dict[str, Any]] = Future()

@@ -184,7 +184,9 @@ def test_the_registrys_not_found_for_an_id_is_asked_again_after_a_while(monkeypa
 
     def lookup(schema_id: int) -> dict[str, Any]:
         if not registered[0]:
-            raise DecodeFailed(f"schema id {schema_id}: HTTP 404 Schema not found")
+            refused = DecodeFailed(f"schema id {schema_id}: HTTP 404 Schema not found")
+            refused.not_found = True  # as IdLookup marks the registry's own "not found"
+            raise refused
         return codec("request").schema
 
     reader = fresh()
@@ -197,6 +199,38 @@ def test_the_registrys_not_found_for_an_id_is_asked_again_after_a_while(monkeypa
         reader.decode(framed)  # within the minute: the verdict stands, not asked again
     clock[0] += codec_module.NOT_FOUND_FOR_S
     assert reader.decode(framed)["request_id"] == REQUEST["request_id"]
+
+
+def test_a_schema_nobody_can_read_stays_refused_and_old_not_founds_are_asked_again_a_few_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The registry's 'unusable' (a Protobuf schema) was asked again every minute like a 'not
+    found'; and 20 ids refused a minute before, asked again out of the lookups of the second, had
+    a valid new id dead-lettered, not looked up (a review)."""
+    from services.core import codec as codec_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(codec_module.time, "monotonic", lambda: clock[0])
+    asked: list[int] = []
+
+    def lookup(schema_id: int) -> dict[str, Any]:
+        asked.append(schema_id)
+        refused = DecodeFailed(f"schema id {schema_id}: HTTP 404")
+        refused.not_found = schema_id != 7  # id 7: unusable, as the registry's 422
+        raise refused
+
+    reader = fresh()
+    reader.read_registry_ids(lookup)
+    body = codec("request").encode(REQUEST)[10:]
+    for schema_id in range(7, 30):
+        with pytest.raises(DecodeFailed):
+            reader.decode(b"\x00" + schema_id.to_bytes(4, "big") + body)
+    clock[0] += codec_module.NOT_FOUND_FOR_S
+    asked.clear()
+    for schema_id in range(7, 30):
+        with pytest.raises(DecodeFailed):
+            reader.decode(b"\x00" + schema_id.to_bytes(4, "big") + body)
+    assert 7 not in asked and len(asked) <= codec_module.REASKS_PER_S * 2  # a second or two of re-asks
 
 
 def test_registry_credentials_in_the_url_go_into_a_header_and_never_into_a_message() -> None:
@@ -570,3 +604,16 @@ def test_configure_warns_of_a_registry_password_over_plain_http(monkeypatch: pyt
     with caplog.at_level("WARNING", logger="services.core.wire"):
         wire.configure(KafkaSettings(schema_registry="https://alice:s3cret@registry:8081"))
     assert "plain http" not in caplog.text
+
+
+def test_the_lookup_tells_the_registrys_not_found_from_a_schema_nobody_can_read() -> None:
+    """Both were refused alike; the codec asks again after a while only for the first (a review)."""
+    not_found = http_reply(b'{"error_code": 40403, "message": "Schema not found"}', status="404 Not Found")
+    protobuf = http_reply(json.dumps({"schemaType": "PROTOBUF", "schema": "syntax = \"proto3\";"}).encode())
+    with RawReplies(not_found, protobuf) as server:
+        lookup = wire.IdLookup(SchemaRegistry(server.url, timeout_s=5))
+        with pytest.raises(DecodeFailed) as missing:
+            lookup(7)
+        with pytest.raises(DecodeFailed, match="not an Avro schema") as unusable:
+            lookup(8)
+    assert missing.value.not_found and not unusable.value.not_found
