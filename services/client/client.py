@@ -41,6 +41,7 @@ from services.core.errors import (
     BrokerError,
     ConfigError,
     DeliveryFailed,
+    LookupsSpent,
     RecordTooLarge,
     RendezvousError,
 )
@@ -273,6 +274,7 @@ UNREADABLE_SAID_EVERY_S = 60.0  # a line for a record on the reply partitions th
 READ_AGAIN_EVERY_S = 1.0
 READ_AGAIN_FOR_S = 30.0
 MAX_READ_AGAIN = 10_000  # answers held to be read again, at most (a registry away under a flood)
+MAX_READ_AGAIN_BYTES = 64 * 1024 * 1024  # and their bytes at most (anyone may write the replies topic)
 # `_resolve`'s arguments of an answer held to be read again: value, received_at, partition, replied_at, key, inputs.
 HeldAnswer = tuple[bytes | None, int, int | None, int | None, bytes | str | None, bytes | None]
 
@@ -394,6 +396,8 @@ class Client:
         self._foreign_said = OncePerPeriod[str](UNREADABLE_SAID_EVERY_S)
         self._unreadable_said = OncePerPeriod[str](UNREADABLE_SAID_EVERY_S)
         self._read_again: deque[tuple[float, float, HeldAnswer]] = deque()  # (due, first tried, the answer)
+        self._read_again_bytes = 0
+        self._held_why: dict[str, str] = {}  # request id -> why its answer is held (said by a wait that ends)
         self._reader = threading.Thread(target=self._read_answers, name="rdv-client-answers", daemon=True)
         self._reader.start()
 
@@ -613,7 +617,7 @@ class Client:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.answer_wait_s)
         except TimeoutError:
             self._give_up(future)
-            raise self._no_answer() from None
+            raise self._no_answer(future) from None
         except BaseException:  # cancelled (its caller went away): no waiter is left behind either
             self._give_up(future)
             raise
@@ -627,18 +631,24 @@ class Client:
             return future.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
             self._give_up(future)
-            raise self._no_answer() from None
+            raise self._no_answer(future) from None
 
     def _give_up(self, future: Future[Answer]) -> None:
         """A wait that timed out leaves no waiter behind (one per timed-out call piled up)."""
         if isinstance(future, Waiting):
             self.abandon(future.request_id, future)
 
-    def _no_answer(self) -> AnswerTimeout | DeliveryFailed:
+    def _no_answer(self, future: Future[Answer] | None = None) -> AnswerTimeout | DeliveryFailed | UnreadableAnswer:
         """What a wait that timed out says: with requests of this client still unacknowledged,
         the broker is the likelier cause than the rendezvous (said, not waited for: a flush
-        waits for every thread's records)."""
+        waits for every thread's records). An answer that came and is held for the registry
+        (`_resolve`) is said as such: not 'is the rendezvous running?' (a review)."""
         wait = f"{self.answer_wait_s:g}s"
+        rid = future.request_id if isinstance(future, Waiting) else None
+        held = self._held_why.get(rid) if rid is not None else None
+        if held is not None:
+            return UnreadableAnswer(f"the answer to request {rid!r:.80} came, but could not be read within {wait}: "
+                                    f"{held} (read again until {READ_AGAIN_FOR_S:g} s)")
         unacknowledged = self._producer.pending()
         if unacknowledged:
             return DeliveryFailed(f"no answer within {wait}, and {unacknowledged} request(s) of this client were not "
@@ -691,9 +701,16 @@ class Client:
         except BadInput as err:
             now = time.monotonic()
             first_tried = now if first_tried is None else first_tried
-            if err.retriable and now - first_tried < READ_AGAIN_FOR_S and len(self._read_again) < MAX_READ_AGAIN:
+            size = len(value or b"")
+            if (err.retriable and not isinstance(err, LookupsSpent) and now - first_tried < READ_AGAIN_FOR_S
+                    and len(self._read_again) < MAX_READ_AGAIN
+                    and self._read_again_bytes + size <= MAX_READ_AGAIN_BYTES):
                 args: HeldAnswer = (value, received_at, partition, replied_at, key, inputs)
                 self._read_again.append((now + READ_AGAIN_EVERY_S, first_tried, args))
+                self._read_again_bytes += size
+                rid = _request_id_of(key)
+                if rid:
+                    self._held_why[rid] = err.message
                 return
             self._unreadable(err, partition, key, inputs)
             return
@@ -705,6 +722,10 @@ class Client:
         """The answers held for the registry (`_resolve`) whose second has come, read again."""
         while self._read_again and self._read_again[0][0] <= now:
             _due, first_tried, args = self._read_again.popleft()
+            self._read_again_bytes -= len(args[0] or b"")
+            rid = _request_id_of(args[4])
+            if rid:
+                self._held_why.pop(rid, None)
             self._resolve(*args, first_tried=first_tried)
 
     def _expire(self, now: float) -> None:
@@ -719,7 +740,7 @@ class Client:
                     expired.append(future)
         for future in expired:
             self.abandon(future.request_id, future)
-            fail(future, self._no_answer())
+            fail(future, self._no_answer(future))
 
     def _take_waiter(
         self, rid: str, partition: int | None, inputs: bytes | None, answered: bool = True

@@ -233,7 +233,12 @@ class Codec:
             writer = self._lookup(schema_id)
         except BadInput as failure:  # the registry's own "not found" for a while (NOT_FOUND_FOR_S)
             for_s = NOT_FOUND_FOR_S if getattr(failure, "not_found", False) else math.inf
-            raise failure if failure.retriable else self._refuse(schema_id, failure, for_s) from None
+            if failure.retriable:
+                # A re-ask the registry could not answer now: the old verdict is out of date, the id
+                # is as unseen (its records wait for the registry), not refused on what it said then.
+                self._refused_ids.pop(schema_id, None)
+                raise failure from None
+            raise self._refuse(schema_id, failure, for_s) from None
         try:
             writer_fingerprint = fingerprint(writer)
         except Exception as exc:  # noqa: BLE001 (fastavro's parse errors have many types)

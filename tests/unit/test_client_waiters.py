@@ -35,7 +35,7 @@ def bare_client(owned: tuple[int, ...]) -> Client:
     client._expiries, client._expiry_order, client._expire_waiters = [], itertools.count(), True
     client._given_up = OrderedDict()
     client._closed_from_reader, client._reader_done = False, True  # no reader thread
-    client._read_again = deque()
+    client._read_again, client._read_again_bytes, client._held_why = deque(), 0, {}
     return client
 
 
@@ -856,3 +856,31 @@ def test_an_answer_the_registry_cannot_be_asked_about_for_now_is_read_again_not_
         clock[0] += client_module.READ_AGAIN_EVERY_S
         client._read_due_again(clock[0])
     assert isinstance(given_up.exception(0), UnreadableAnswer) and client.undecodable_answers == 1
+
+
+def test_a_wait_that_ends_while_its_answer_is_held_says_so_and_junk_past_the_lookups_is_not_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Held past the caller's wait, it said 'is the rendezvous running?'; and registry-framed junk
+    past the lookups of the second was held too, 10,000 records of any size (a review)."""
+    from services.client import client as client_module
+    from services.client.client import UnreadableAnswer, Waiting
+    from services.core.errors import LookupsSpent
+
+    clock = [100.0]
+    monkeypatch.setattr(client_module.time, "monotonic", lambda: clock[0])
+    client = bare_client((0,))
+    client._answers = RegistryAwayFor(times=10**6)  # type: ignore[assignment]
+    waiter = Waiting("r", b"")
+    client._pending["r"] = [(waiter, 0, 1)]
+    client._resolve(answer("r"), 10, partition=0, key=b"r")
+    said = client._no_answer(waiter)
+    assert isinstance(said, UnreadableAnswer) and "came, but could not be read" in str(said) and "503" in str(said)
+
+    class Spent:
+        def decode(self, value: bytes | None) -> dict[str, Any]:
+            raise LookupsSpent("more than 20 unseen schema ids in one second; not looked up")
+
+    client._answers = Spent()  # type: ignore[assignment]
+    client._resolve(b"\x00\x00\x00\x00\x09" + b"x" * 1000, 10, partition=0, key=b"junk")
+    assert len(client._read_again) == 1 and client.undecodable_answers == 1  # the junk: unreadable at once
