@@ -226,8 +226,11 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
             f"still waiting for them ({waited:.0f} s; a first start compiles their loops once, 5-15 s on 2 "
             f"cores; see the logs in {logs})..."), every_s=10.0)  # started from the cache, they take ~5 s
 
-        def alive() -> None:
+        def still_running() -> None:  # the demo's processes and the local broker it uses
             _check_alive(processes, logs, local)
+
+        def alive() -> None:
+            still_running()
             patience.tick()
 
         wait_for_groups(config, groups, timeout=120, check=alive)
@@ -235,10 +238,10 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
         if port:
             console.print(f"metrics: http://127.0.0.1:{port}/metrics (rendezvous), models on the next ports")
         # Requests created before would name the kept models.
-        _wait_until_governing(governs_at, console, lambda: _check_alive(processes, logs, local))
+        _wait_until_governing(governs_at, console, still_running)
         client = stack.enter_context(Client(config, topics, budget_ms=settings.budget_ms))
-        _first_answers(client, processes, console, logs)
-        _generate_load(settings, client, lambda: _check_alive(processes, logs, local), console)
+        _first_answers(client, still_running, console, logs)
+        _generate_load(settings, client, still_running, console)
     return 0
 
 
@@ -291,26 +294,26 @@ def stop_unless_in_use(config: dict[str, Any], prefix: str, console: Console, le
     70% by the deadline and 504 records undelivered (a review). A broker already gone is only
     tidied: "left running" was said of one that had died. The lease first: a broker gone and
     started again by another demo meanwhile was stopped as the one gone (a review)."""
-    if lease is not None and not lease.alone():
-        if LocalBroker().is_running():
-            console.print("left the local broker running: another demo uses it (`rendezvous broker stop` stops it)")
-        return
-    if not LocalBroker().is_running():
+    running = LocalBroker().is_running()
+    why_kept = _why_kept(config, prefix, lease) if running else None
+    if why_kept is not None:
+        console.print(f"left the local broker running: {why_kept} (`rendezvous broker stop` stops it)")
+    elif lease is None or running or lease.alone():  # gone: tidied, unless another demo holds the lease
         stop_background(keep_data=True)
-        return
+
+
+def _why_kept(config: dict[str, Any], prefix: str, lease: DemoLease | None) -> str | None:
+    """Why the running local broker must stay: another demo holds the lease, or consumer groups
+    other than this demo's have members (None: nothing else uses it)."""
+    if lease is not None and not lease.alone():
+        return "another demo uses it"
     own = (f"{prefix}rendezvous", f"{prefix}model.")
     try:
         others = [group for group in groups_with_members(config, [""], timeout=5.0) if not group.startswith(own)]
     except BrokerError as exc:
-        console.print(f"left the local broker running: could not tell whether anything else uses it ({exc}); "
-                      "`rendezvous broker stop` stops it")
-        return
-    if others:
-        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
-        console.print(f"left the local broker running: {', '.join(others[:3])}{more} still use it "
-                      "(`rendezvous broker stop` stops it)")
-        return
-    stop_background(keep_data=True)
+        return f"could not tell whether anything else uses it ({exc})"
+    more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+    return f"{', '.join(others[:3])}{more} still use it" if others else None
 
 
 def _refuse_serving_topics(config: dict[str, Any], prefix: str, bootstrap: str) -> None:
@@ -472,7 +475,7 @@ def _last_error(process: subprocess.Popen[bytes]) -> str:
     return f": {lines[-1].removeprefix('error: ')[:300]}" if lines else ""
 
 
-def _first_answers(client: Client, processes: list[subprocess.Popen[bytes]], console: Console, logs: Path) -> None:
+def _first_answers(client: Client, check_alive: Callable[[], None], console: Console, logs: Path) -> None:
     """Warm-up, not counted: every producer's first send waits for its producer id, and a
     rendezvous answers only once it has recovered its partitions (on a broker kept from earlier
     runs it reads back the answers and log of requests it re-reads: seconds, or more)."""
@@ -485,7 +488,7 @@ def _first_answers(client: Client, processes: list[subprocess.Popen[bytes]], con
         _answered, pending = wait(pending, timeout=0.5)  # returns as soon as the last one is answered
         if pending and patience.waited() > FIRST_ANSWERS_WAIT_S:
             raise ConfigError(f"no answer within {FIRST_ANSWERS_WAIT_S:.0f} s; see the logs in {logs}")
-        _check_alive(processes, logs)
+        check_alive()
         if pending:
             patience.tick()
 

@@ -197,11 +197,12 @@ def _file_digests(settings: DeploySettings) -> dict[str, str]:
     for spec in (settings.model, *(item.partition("=")[2] for item in settings.co_host)):
         path = _model_file(spec)
         if path is not None:
+            where = os.path.abspath(path)
             try:
                 stat = path.stat()
-                digests[os.path.abspath(path)] = _digest(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+                digests[where] = _digest(where, stat.st_mtime_ns, stat.st_size)
             except OSError:
-                digests[os.path.abspath(path)] = ""  # unreadable now: no later file matches it
+                digests[where] = ""  # unreadable now: no later file matches it
     return digests
 
 
@@ -329,7 +330,7 @@ def _deploy(settings: DeploySettings, name: str, console: Console) -> int:
         running = (state.get("model", ""), state.get("version", ""), tuple(state.get("co_host", ())))
         # As recorded: model files by their absolute paths (the same relative --model, repeated from
         # the same directory with another --replicas, was refused as another model; a review).
-        given = (_anchored(settings.model) if settings.model else "", settings.version,
+        given = (_anchored(settings.model), settings.version,
                  tuple(_anchored_co_host(item) for item in settings.co_host))
         if any(value and value != now for value, now in zip(given, running, strict=True)):
             # Replicas of one group must score alike: a new model is a new deployment (or undeploy first).

@@ -33,6 +33,7 @@ from services.compare_report.table import COLUMNS, caption
 from services.core.errors import ConfigError
 from services.core.files import write_whole
 from services.core.ranges import format_duration_ms, format_ms
+from services.core.terminal import shortened
 
 LOG_SCALE_SPREAD = 10.0  # latency x axis is logarithmic when max p99 / min p50 exceeds this
 _SVG_METADATA = {"Date": None, "Creator": None, "Format": None, "Type": None}
@@ -243,7 +244,7 @@ def _legend(name: str) -> str:
 
 
 def _short(text: str) -> str:
-    return text if len(text) <= PLOTTED_CHARS else text[: PLOTTED_CHARS - 1] + "…"
+    return shortened(text, PLOTTED_CHARS)
 
 
 def _unique(key: str, taken: set[str]) -> str:

@@ -231,13 +231,14 @@ class Codec:
                 f"schema id {schema_id} is beyond any registry's ids (at most {MAX_SCHEMA_ID}): not looked up"))
         try:
             writer = self._lookup(schema_id)
-        except BadInput as failure:  # the registry's own "not found" for a while (NOT_FOUND_FOR_S)
-            for_s = NOT_FOUND_FOR_S if getattr(failure, "not_found", False) else math.inf
+        except BadInput as failure:
             if failure.retriable:
                 # A re-ask the registry could not answer now: the old verdict is out of date, the id
                 # is as unseen (its records wait for the registry), not refused on what it said then.
                 self._refused_ids.pop(schema_id, None)
                 raise failure from None
+            # The registry's own "not found" for a while (NOT_FOUND_FOR_S); a schema nobody reads for good.
+            for_s = NOT_FOUND_FOR_S if getattr(failure, "not_found", False) else math.inf
             raise self._refuse(schema_id, failure, for_s) from None
         try:
             writer_fingerprint = fingerprint(writer)

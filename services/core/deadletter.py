@@ -27,6 +27,7 @@ from services.core.kafka import topic_config
 from services.core.metrics import DEAD_LETTERS
 from services.core.redaction import mask
 from services.core.runtime import now_ms
+from services.core.terminal import shortened
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,7 @@ ERROR_TYPES = ("DecodeFailed", "LookupsSpent", "UnknownFingerprint", "Unexpected
 def clean_reason(text: str) -> str:
     """A reason fit for a person: no object addresses, no remembered secret (a registry's error
     text is quoted in it, and a dead letter outlives any log), at most REASON_CHARS characters."""
-    return _cut(mask(_OBJECT_ADDRESS.sub("", text)).strip(), REASON_CHARS)
-
-
-def _cut(text: str, chars: int) -> str:
-    return text if len(text) <= chars else text[: chars - 1] + "…"
+    return shortened(mask(_OBJECT_ADDRESS.sub("", text)).strip(), REASON_CHARS)
 
 
 def excerpt_limit(config: Mapping[str, Any], topic: str, timeout: float = 10.0, known: int | None = None) -> int:
@@ -116,7 +113,7 @@ class DeadLetters:
             # E.g. a producer message.max.bytes below the excerpt: send the reference alone. The
             # key and a whole reason (3 kB of UTF-8 with the key's 256 bytes) had it refused again
             # by a topic its reference fits (a review).
-            reference = self._record(msg, _cut(reason, REFERENCE_REASON_CHARS), error_type, 0)
+            reference = self._record(msg, shortened(reason, REFERENCE_REASON_CHARS), error_type, 0)
             record = {**reference, "key": None, "truncated": reference["truncated"] or reference["key"] is not None}
             try:
                 self._producer.produce(self._topic, self._codec.encode(record), key=None)

@@ -22,3 +22,8 @@ def _escaped(c: str) -> str:
     if code <= 0xFF:
         return f"\\x{code:02x}"
     return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def shortened(text: str, chars: int) -> str:
+    """`text` cut to `chars` characters, the last one an ellipsis when it was longer."""
+    return text if len(text) <= chars else text[: chars - 1] + "…"

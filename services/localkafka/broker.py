@@ -36,6 +36,7 @@ from typing import Any
 from services.core.errors import BrokerError, BrokerUnavailable
 from services.core.files import write_whole
 from services.core.runtime import die_with_parent
+from services.core.terminal import shortened
 from services.localkafka import cds, config, warmup
 from services.localkafka.jars import Progress, java_executable, locked, provision
 from services.localkafka.jvm import DEFAULT_JVM_OPTIONS, JVM_OPTS_ENV, TOOL_JVM_OPTIONS, with_overrides
@@ -493,8 +494,7 @@ class LocalBroker:
         errors = error_lines(self.log_file)
         parts = [tail(self.stdout_file, 10), f"errors:\n{errors}" if errors else "", tail(self.log_file, 6)]
         lines = "\n".join(p for p in parts if p).splitlines()
-        return "\n".join(line if len(line) <= LOG_LINE_CHARS else line[: LOG_LINE_CHARS - 1] + "…"
-                         for line in lines) or "(no log output)"
+        return "\n".join(shortened(line, LOG_LINE_CHARS) for line in lines) or "(no log output)"
 
 
 def _bytes_under(directory: Path) -> int:

@@ -685,14 +685,9 @@ class _BatchScorer:
         child(BATCH, *labels).observe(len(requests))
         child(COMPUTE, *labels).observe(results[0].compute_ms / 1000.0)
         values, unencodable = hosted.writer.encode_batch(requests, results, received_at, now_ms())
-        scores_topic = self.w.topics.scores
         for msg, request, result, value in zip(sources, requests, results, values, strict=True):
-            # Keyed by the request id (at most 1,024 characters, so a Score always fits), not the
-            # request's own key, which may be of any size. Same partition number as the request:
-            # co-partitioning holds whatever partitioner the request's producer used.
             try:
-                self.producer.produce(scores_topic, value, key=request["request_id"].encode(),
-                                      partition=msg.partition())
+                self._produce_score(msg, request, value)
             except RecordTooLarge as err:  # a producer or topic limit set below a Score's size
                 unencodable += result.error is None  # an error Score already counts as one
                 self._write_smaller(hosted, msg, request, result, len(value), received_at, err)
@@ -701,6 +696,13 @@ class _BatchScorer:
         child(SCORES, *labels, "ok").inc(len(requests) - errors)
         if errors:
             child(SCORES, *labels, "error").inc(errors)
+
+    def _produce_score(self, msg: Message, request: dict[str, Any], value: bytes) -> None:
+        """Keyed by the request id (at most 1,024 characters, so a Score always fits), not the
+        request's own key, which may be of any size. Same partition number as the request:
+        co-partitioning holds whatever partitioner the request's producer used."""
+        self.producer.produce(self.w.topics.scores, value, key=request["request_id"].encode(),
+                              partition=msg.partition())
 
     def _write_smaller(
         self, hosted: Hosted, msg: Message, request: dict[str, Any], result: Result, size: int, received_at: int,
@@ -713,8 +715,7 @@ class _BatchScorer:
         reason = f"its Score of {size} bytes is over what the scores topic takes"
         values, _ = hosted.writer.encode_batch([request], [unscored(reason, result.compute_ms)], received_at, now_ms())
         try:
-            self.producer.produce(self.w.topics.scores, values[0], key=request["request_id"].encode(),
-                                  partition=msg.partition())
+            self._produce_score(msg, request, values[0])
             log.warning("%s[%s]@%s: %s; an error Score says so instead", msg.topic(), msg.partition(), msg.offset(),
                         err)
         except RecordTooLarge:

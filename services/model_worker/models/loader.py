@@ -31,10 +31,10 @@ SPEC_FORMS = (
     "demo:<name>, path/to/model.skops, path/to/model.onnx, path/to/model.joblib (or .pkl; needs "
     "--trust-model-file), or module.path:factory"
 )
-_SKLEARN_SUFFIXES = (".skops", ".joblib", ".pkl", ".pickle")
+_PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")  # run code when loaded: only with trust_model_file
+_SKLEARN_SUFFIXES = (".skops", *_PICKLE_SUFFIXES)
 _ONNX_SUFFIX = ".onnx"
 MODEL_FILE_SUFFIXES = (*_SKLEARN_SUFFIXES, _ONNX_SUFFIX)  # a spec ending so names a file
-_PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")  # run code when loaded: only with trust_model_file
 _REQUIRED = ("name", "version", "feature_names", "load", "predict")
 
 
@@ -64,14 +64,15 @@ def load_model(spec: str, *, trust_model_file: bool = False) -> Model:
 def check_spec(spec: str, *, trust_model_file: bool = False) -> None:
     """ModelSpecError if `spec` names no model this machine could load (the model is not loaded:
     a command that starts workers checks their specs first, in a moment, with the loader's words)."""
-    if not spec.strip():
+    spec = spec.strip()
+    if not spec:
         raise ModelSpecError(f"empty model spec; use one of {SPEC_FORMS}")
-    _resolve(spec.strip(), trust_model_file)
-    if not trust_model_file and spec.strip().lower().endswith(_PICKLE_SUFFIXES):
+    _resolve(spec, trust_model_file)
+    if not trust_model_file and spec.lower().endswith(_PICKLE_SUFFIXES):
         # The refusal the load would give, said now: replay asked the broker first (a review).
         from .sklearn_model import pickle_refusal
 
-        raise pickle_refusal(Path(spec.strip()).expanduser())
+        raise pickle_refusal(Path(spec).expanduser())
 
 
 def _resolve(spec: str, trust_model_file: bool) -> Model:

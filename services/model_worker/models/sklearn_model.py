@@ -245,9 +245,8 @@ def _load_skops(path: Path, model_file: BinaryIO, trust: bool) -> Any:
 
     where = f"model {str(path)!r}"
     try:
-        _check_schema_size(model_file, where)
+        unchecked = _unchecked_types(model_file, where)  # first: it bounds the schema skops parses too
         untrusted = sio.get_untrusted_types(file=_rewound(model_file))
-        unchecked = _unchecked_types(model_file)
     except ModelSpecError:
         raise
     except Exception as err:
@@ -295,17 +294,14 @@ def _rewound(model_file: BinaryIO) -> BinaryIO:
     return model_file
 
 
-def _check_schema_size(model_file: BinaryIO, where: str) -> None:
+def _unchecked_types(model_file: BinaryIO, where: str) -> list[str]:
+    """The types a skops file holds that `_UNCHECKED` names, as module.Class names; a schema that
+    inflates past MAX_SCHEMA_BYTES is refused before it is read."""
     with zipfile.ZipFile(_rewound(model_file)) as archive:
         size = archive.getinfo(_SCHEMA).file_size
-    if size > MAX_SCHEMA_BYTES:
-        raise ModelSpecError(f"{where}: its {_SCHEMA} inflates to {size:,} bytes (at most {MAX_SCHEMA_BYTES:,} are "
-                             "read): not a model skops.io.dump wrote")
-
-
-def _unchecked_types(model_file: BinaryIO) -> list[str]:
-    """The types a skops file holds that `_UNCHECKED` names, as module.Class names."""
-    with zipfile.ZipFile(_rewound(model_file)) as archive:
+        if size > MAX_SCHEMA_BYTES:
+            raise ModelSpecError(f"{where}: its {_SCHEMA} inflates to {size:,} bytes (at most {MAX_SCHEMA_BYTES:,} "
+                                 "are read): not a model skops.io.dump wrote")
         schema = json.loads(archive.read(_SCHEMA))
     found: set[str] = set()
     pending: list[Any] = [schema]
