@@ -397,7 +397,9 @@ class Client:
         self._unreadable_said = OncePerPeriod[str](UNREADABLE_SAID_EVERY_S)
         self._read_again: deque[tuple[float, float, HeldAnswer]] = deque()  # (due, first tried, the answer)
         self._read_again_bytes = 0
-        self._held_why: dict[str, str] = {}  # request id -> why its answer is held (said by a wait that ends)
+        # request id -> why its answers are held and how many are (said by a wait that ends): two
+        # answers held under one id (a retry's, another reply partition's) each keep the reason.
+        self._held_why: dict[str, tuple[str, int]] = {}
         self._reader = threading.Thread(target=self._read_answers, name="rdv-client-answers", daemon=True)
         self._reader.start()
 
@@ -648,7 +650,7 @@ class Client:
         held = self._held_why.get(rid) if rid is not None else None
         if held is not None:
             return UnreadableAnswer(f"the answer to request {rid!r:.80} came, but could not be read within {wait}: "
-                                    f"{held} (read again until {READ_AGAIN_FOR_S:g} s)")
+                                    f"{held[0]} (read again until {READ_AGAIN_FOR_S:g} s)")
         unacknowledged = self._producer.pending()
         if unacknowledged:
             return DeliveryFailed(f"no answer within {wait}, and {unacknowledged} request(s) of this client were not "
@@ -708,9 +710,7 @@ class Client:
                 args: HeldAnswer = (value, received_at, partition, replied_at, key, inputs)
                 self._read_again.append((now + READ_AGAIN_EVERY_S, first_tried, args))
                 self._read_again_bytes += size
-                rid = _request_id_of(key)
-                if rid:
-                    self._held_why[rid] = err.message
+                self._hold_reason(_request_id_of(key), err.message)
                 return
             self._unreadable(err, partition, key, inputs)
             return
@@ -723,10 +723,18 @@ class Client:
         while self._read_again and self._read_again[0][0] <= now:
             _due, first_tried, args = self._read_again.popleft()
             self._read_again_bytes -= len(args[0] or b"")
-            rid = _request_id_of(args[4])
-            if rid:
-                self._held_why.pop(rid, None)
+            self._release_reason(_request_id_of(args[4]))
             self._resolve(*args, first_tried=first_tried)
+
+    def _hold_reason(self, rid: str | None, why: str) -> None:
+        if rid:
+            self._held_why[rid] = (why, self._held_why.get(rid, ("", 0))[1] + 1)
+
+    def _release_reason(self, rid: str | None) -> None:
+        """One answer of `rid` no longer held: its reason stays while another of the id is."""
+        held = self._held_why.pop(rid, None) if rid else None
+        if rid and held is not None and held[1] > 1:
+            self._held_why[rid] = (held[0], held[1] - 1)
 
     def _expire(self, now: float) -> None:
         """Give up on the requests whose budget and answer wait are out with no answer: a future of

@@ -884,3 +884,27 @@ def test_a_wait_that_ends_while_its_answer_is_held_says_so_and_junk_past_the_loo
     client._answers = Spent()  # type: ignore[assignment]
     client._resolve(b"\x00\x00\x00\x00\x09" + b"x" * 1000, 10, partition=0, key=b"junk")
     assert len(client._read_again) == 1 and client.undecodable_answers == 1  # the junk: unreadable at once
+
+
+def test_two_answers_held_under_one_id_each_keep_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first of two answers held under one id, read again, cleared the reason of both: the
+    second caller's wait then asked 'is the rendezvous running?' though its answer was held."""
+    from services.client import client as client_module
+    from services.client.client import UnreadableAnswer, Waiting
+
+    clock = [100.0]
+    monkeypatch.setattr(client_module.time, "monotonic", lambda: clock[0])
+    client = bare_client((0,))
+    client._producer = type("Acked", (), {"pending": staticmethod(lambda: 0)})()  # type: ignore[assignment]
+    client._answers = RegistryAwayFor(times=1)  # type: ignore[assignment]
+    first, second = Waiting("r", b""), Waiting("r", b"")
+    client._pending["r"] = [(first, 0, 1), (second, 0, 1)]
+    client._resolve(answer("r"), 10, partition=0, key=b"r")  # held, read again in a second
+    clock[0] += client_module.READ_AGAIN_EVERY_S / 2
+    client._answers = RegistryAwayFor(times=10**6)  # type: ignore[assignment]
+    client._resolve(answer("r"), 10, partition=0, key=b"r")  # the second, held half a second later
+    client._answers = RegistryAwayFor(times=0)  # type: ignore[assignment]
+    clock[0] += client_module.READ_AGAIN_EVERY_S / 2
+    client._read_due_again(clock[0])  # the first only is due: read, given to a caller
+    assert first.done() and not second.done() and len(client._read_again) == 1
+    assert isinstance(client._no_answer(second), UnreadableAnswer)
