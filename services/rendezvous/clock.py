@@ -9,13 +9,15 @@ what lets a new owner of a partition re-decide exactly as a crashed one did.
 A quiet partition's clock does not move by itself. When a timer is due by the wall clock but
 the partition has not shown a later append time, the service writes a clock record (no value,
 header `rdv-clock`) to that partition; the broker stamps it, and reading it back moves the clock.
-`markers_due` says which partitions need one.
+`markers_due` says which partitions need one. "Due by the wall clock" is by this host's clock
+corrected by how far the broker's runs ahead of it (`BrokerLead`): timers are in the broker's time.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -23,6 +25,7 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 NEVER = -(2**62)
+LEAD_WINDOW = 64  # the batches read whose lead `BrokerLead` takes the largest of
 
 
 @dataclass
@@ -30,6 +33,23 @@ class _Partition(Generic[T]):
     now: int = NEVER
     timers: list[tuple[int, int, T]] = field(default_factory=list)
     marker_sent_at: float = -1.0  # wall time (s) of the last clock record asked for
+
+
+class BrokerLead:
+    """How far the broker's clock runs ahead of this host's (negative: behind), in ms, from what
+    was read: a record appended at `log_time` and read at `wall_ms` says the lead is at least
+    `log_time - wall_ms` (less its time in transit). The largest of the last LEAD_WINDOW, the
+    least delayed, is the estimate. Without it a host 1.5 s behind the broker asked for a quiet
+    partition's clock record 1.5 s after its timer, and every TIMEOUT came that late; one ahead
+    wrote a clock record per 0.5 s resend until the broker's time reached the timer (a review)."""
+
+    def __init__(self) -> None:
+        self._seen: deque[int] = deque(maxlen=LEAD_WINDOW)
+        self.ms = 0
+
+    def note(self, log_time: int, wall_ms: int) -> None:
+        self._seen.append(log_time - wall_ms)
+        self.ms = max(self._seen)
 
 
 def _always(_at: int, _item: object) -> bool:

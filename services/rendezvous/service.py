@@ -57,6 +57,7 @@ from services.core.runtime import now_ms
 from services.core.service import Context, Probed, StreamService, StreamSpec
 from services.rendezvous import compiled_records
 from services.rendezvous import metrics as m
+from services.rendezvous.clock import BrokerLead
 from services.rendezvous.join import Join, Owner, Reply
 from services.rendezvous.mailbox import Mailbox
 from services.rendezvous.offsets import OffsetBook
@@ -100,6 +101,7 @@ class Rendezvous(Probed):
         self._log_events = EventHeaders("Comparison", self.topics.log) if settings.cloudevents else None
         self._paused = False
         self._brake = ScoreBrake(settings.max_orphans, lag_from=settings.max_batch)
+        self._lead = BrokerLead()  # the log's timers are in the broker's time, the wall clock in this host's
         self.takeover = Takeover(settings, self.join, self._start_at)
         self._ctx: Context | None = None
         self._fast: Producer | None = None
@@ -233,6 +235,8 @@ class Rendezvous(Probed):
 
     def on_batch(self, messages: list[Message]) -> None:
         requests, scores = self.topics.requests, self.topics.scores
+        if messages:  # once a batch: its last record is about its newest
+            self._lead.note(messages[-1].timestamp()[1], now_ms())
         for msg in messages:
             topic = msg.topic()
             try:
@@ -309,7 +313,7 @@ class Rendezvous(Probed):
         earliest = self.join.clocks.earliest()
         if earliest is None:
             return 1.0
-        due_in = (earliest + self.settings.clock_record_delay_ms - now_ms()) / 1000.0
+        due_in = (earliest + self.settings.clock_record_delay_ms - self._broker_now_ms()) / 1000.0
         # Overdue: a clock record is on its way (or the broker is away); the poll returns as soon
         # as any record arrives, so waiting a little costs no latency and spins no CPU.
         return due_in if due_in > 0 else 0.05
@@ -478,12 +482,16 @@ class Rendezvous(Probed):
         """Quiet partitions with a timer due: write a clock record so the log's clock moves. Not
         on a partition whose scores the brake holds: its record would wait unread behind them."""
         assert self._fast is not None
-        wall, held = now_ms(), self._brake.held
+        wall, held = self._broker_now_ms(), self._brake.held
         for partition in self.join.markers_due(wall, self.settings.clock_record_delay_ms, 0.5, time.monotonic()):
             if partition in held:
                 continue
             self._fast.produce(self.topics.scores, None, partition=partition, headers=[(CLOCK_HEADER, b"")])
             m.CLOCK_RECORDS.inc()
+
+    def _broker_now_ms(self) -> int:
+        """Now by the broker's clock, as far as this host can tell: what the log's timers are in."""
+        return now_ms() + self._lead.ms
 
     # -- offsets metadata and recovery -----------------------------------------------------
 
