@@ -117,7 +117,8 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "rdv_cmp_fallback_ratio": ("Share of the window's requests answered with status FALLBACK.", ()),
     "rdv_cmp_error_ratio": ("Share of each model's window outputs that are errors.", ("model",)),
     "rdv_cmp_late_ratio": (
-        "Share of each model's window outputs that arrived after the answer was sent.", ("model",)
+        "Share of each model's window outputs that arrived after the answer was sent, or after the model's "
+        "wait in the schedule.", ("model",)
     ),
     "rdv_cmp_window_records": ("Comparison records (requests) in the window.", ()),
     "rdv_cmp_window_end_timestamp_seconds": (

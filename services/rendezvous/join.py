@@ -807,14 +807,20 @@ class Join:
         assert decision is not None
         created_at, decided_at = mailbox.created_at, decision.at
         observe, child_of, kept = self.metrics.observe, self._child_of, self._latency_children
+        schedule = mailbox.schedule
+        waits = schedule.waits_ms if schedule is not None else {}
         outputs = []
         for a in mailbox.arrivals.values():
             latency = a.at - created_at if a.at > created_at else 0
             observe(child_of(m.SCORE_LATENCY, kept, a.model, a.version), latency / 1000.0)
+            # Late: after the answer, or after its model's wait, which the decision did not count
+            # it past (`Schedule.decide`). By the answer alone, a champion's score past its wait but
+            # before a fallback's was logged on time under a reason saying 'champion late' (a review).
+            wait = waits.get(a.model) if waits else None
+            late = a.at > decided_at or (wait is not None and a.at > created_at + wait)
             outputs.append({"model": a.model, "version": a.version, "score": a.score, "label": a.label,
                             "error": a.error, "latency_ms": float(latency), "compute_ms": a.compute_ms,
-                            "late": a.at > decided_at})
-        schedule = mailbox.schedule
+                            "late": late})
         record = {
             "request_id": mailbox.request_id,
             "created_at": mailbox.created_at,

@@ -182,6 +182,18 @@ def test_per_model_wait_falls_back_by_the_log_clock() -> None:
     assert decided(out) == {"r": ("FALLBACK", "challenger", T0 + 50)}
 
 
+def test_a_score_past_its_models_wait_is_logged_late_though_before_the_answer() -> None:
+    """The champion at +60 with a 50 ms wait, the fallback at +70: the answer did not count the
+    champion, and its reason says so, but the log had it on time, as an 'ok' output (a review)."""
+    join, out = make_join(Schedule(models=("champion", "challenger"), waits_ms={"champion": 50}))
+    join.on_request(request("r"))
+    join.on_score(score("r", "champion", T0 + 60))
+    join.on_score(score("r", "challenger", T0 + 70))
+    assert decided(out) == {"r": ("FALLBACK", "challenger", T0 + 70)}
+    assert out.answers[0]["reason"].startswith("fallback: champion late")
+    assert {o["model"]: o["late"] for o in out.logs[0]["outputs"]} == {"champion": True, "challenger": False}
+
+
 def test_a_request_that_cannot_be_scored_is_answered_error_at_once_and_logged() -> None:
     join, out = make_join()
     owner = join.on_request(request("r", problem="the request carries neither features nor a payload"))
