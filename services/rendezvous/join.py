@@ -48,6 +48,7 @@ from services.core.codec import codec
 from services.core.errors import BadInput
 from services.core.metrics import BatchedMetrics, child
 from services.core.model_names import FOLDED_NAMES
+from services.core.rate_limit import OncePerPeriod
 from services.core.requests import RETRY_NOT_KEPT
 from services.core.runtime import now_ms
 from services.rendezvous import metrics as m
@@ -212,6 +213,7 @@ class Join:
         self._live: tuple[int, set[str]] | None = None
         # Metrics counted here reach Prometheus when the service flushes them (once a batch).
         self.metrics = BatchedMetrics()
+        self._past_due_said = OncePerPeriod[str](60.0)
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -505,8 +507,21 @@ class Join:
         schedule = self._version_of(request)
         mailbox.has_request, mailbox.schedule, mailbox.created_at = True, schedule, request.created_at
         mailbox.deadline, mailbox.inputs = self._deadline(schedule, request), request.inputs
+        if mailbox.deadline < request.log_time:  # past due before the broker had it
+            self._past_due(mailbox, request)
         if reply is not None:
             mailbox.replies.append(reply)
+
+    def _past_due(self, mailbox: Mailbox, request: RequestIn) -> None:
+        """A request whose deadline had passed when it was appended: its TIMEOUT says why, not
+        only 'champion late; ...' (a sender's clock behind the broker's timed out every request
+        so: a review), and the log says it once a minute."""
+        behind = request.log_time - request.created_at
+        mailbox.past_due = (f"the deadline had passed when the request was appended, {behind} ms after its "
+                            "created_at: is the sender's clock behind the broker's?")
+        said = self._past_due_said.passes("past due")
+        if said is not None:
+            log.warning("request %r: %s%s", request.request_id[:80], mailbox.past_due, said.repeated())
 
     def _version_of(self, request: RequestIn) -> Schedule:
         """The schedule version governing `request`: the one in force when it was created, or when
@@ -781,6 +796,9 @@ class Join:
         return arrived >= schedule.model_set and arrived >= self.live_models(self.wall_ms())
 
     def _answer(self, mailbox: Mailbox, decision: Decision) -> None:
+        if mailbox.past_due and decision.status is _TIMEOUT:
+            decision = Decision(decision.status, decision.model, f"{decision.reason} ({mailbox.past_due})",
+                                decision.at)
         mailbox.decision = decision
         chosen = mailbox.arrivals.get(decision.model) if decision.model else None
         record = _answer_record(mailbox.request_id, decision, mailbox.created_at, mailbox.deadline, chosen,

@@ -53,6 +53,7 @@ class Mailbox:
     wake_at: int = -1  # log time of this mailbox's pending timer (-1: none)
     unacked: int = 0  # replies sent and not yet acknowledged by the broker
     held: int = 0  # estimated bytes the join counts for it against --max-held-bytes (join.py `_hold`)
+    past_due: str = ""  # why: its deadline had passed when the request was appended (join.py `_past_due`)
 
     @property
     def settled(self) -> bool:

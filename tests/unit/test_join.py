@@ -194,6 +194,23 @@ def test_a_score_past_its_models_wait_is_logged_late_though_before_the_answer() 
     assert {o["model"]: o["late"] for o in out.logs[0]["outputs"]} == {"champion": True, "challenger": False}
 
 
+def test_a_request_appended_past_its_deadline_times_out_saying_why(caplog: pytest.LogCaptureFixture) -> None:
+    """A sender's clock 250 ms behind the broker's: every request timed out 'champion late;
+    challenger late; canary late', though each model scored 5 ms after it was appended (a review)."""
+    join, out = make_join()
+    for rid in ("r", "s"):
+        join.on_request(request(rid, at=T0, created=T0 - 250))
+        join.on_score(score(rid, "champion", T0 + 5))
+    join.on_clock(0, T0 + 10)
+    assert [a["status"] for a in out.answers] == ["TIMEOUT", "TIMEOUT"]
+    assert all("appended, 250 ms after its created_at: is the sender's clock behind" in a["reason"]
+               for a in out.answers)
+    assert sum("sender's clock" in r.getMessage() for r in caplog.records) == 1  # said once a minute
+    join.on_request(request("t", at=T0 + 20, created=T0 - 100))  # behind too, but in time: as ever
+    join.on_score(score("t", "champion", T0 + 25))
+    assert out.answers[-1]["status"] == "OK" and "clock" not in out.answers[-1]["reason"]
+
+
 def test_a_request_that_cannot_be_scored_is_answered_error_at_once_and_logged() -> None:
     join, out = make_join()
     owner = join.on_request(request("r", problem="the request carries neither features nor a payload"))
