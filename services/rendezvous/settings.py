@@ -39,7 +39,8 @@ class RendezvousSettings(ServiceSettings):
         minimum=1,
     )
     orphan_grace_ms: int = setting(
-        10_000, "How long after its deadline a score may wait for its request before it is dropped (ms).",
+        10_000, "How long a score may wait for its request before it is dropped (ms): once requests appended "
+        "this long after the score are read and its own is not among them.",
         minimum=1,
     )
     model_ttl_s: float = setting(
