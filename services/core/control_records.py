@@ -5,6 +5,7 @@ of those topics skips them before decoding (an outside reader sees a record with
 which Kafka readers already treat as "no record here"):
 
 - `rdv-clock` on rdv.scores: moves the log's clock on a quiet partition (rendezvous/clock.py).
+  Its header's value says when the writer asked for it (`clock.BrokerLead`); readers need not.
 - `rdv-seal` on rdv.answers / rdv.log: ends a transaction the broker left hanging across a
   restart (rendezvous/takeover.py, docs/failover.md). Written inside one of the rendezvous' own
   transactions: its commit marker ends every record its producer left open on that partition.
@@ -27,6 +28,14 @@ def control_kind(msg: Message) -> str | None:
     if not isinstance(headers, list):
         return None
     return next((name for name, _value in headers if name in CONTROL_HEADERS), None)
+
+
+def control_value(msg: Message, kind: str) -> bytes | None:
+    """The value of a control record's `kind` header (None: no such header, or not bytes)."""
+    headers = msg.headers()
+    if not isinstance(headers, list):
+        return None
+    return next((value for name, value in headers if name == kind and isinstance(value, bytes)), None)
 
 
 def is_control_record(msg: Message) -> bool:

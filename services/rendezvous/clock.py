@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -25,7 +24,6 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 NEVER = -(2**62)
-LEAD_WINDOW = 64  # the batches read whose lead `BrokerLead` takes the largest of
 
 
 @dataclass
@@ -36,20 +34,39 @@ class _Partition(Generic[T]):
 
 
 class BrokerLead:
-    """How far the broker's clock runs ahead of this host's (negative: behind), in ms, from what
-    was read: a record appended at `log_time` and read at `wall_ms` says the lead is at least
-    `log_time - wall_ms` (less its time in transit). The largest of the last LEAD_WINDOW, the
-    least delayed, is the estimate. Without it a host 1.5 s behind the broker asked for a quiet
-    partition's clock record 1.5 s after its timer, and every TIMEOUT came that late; one ahead
-    wrote a clock record per 0.5 s resend until the broker's time reached the timer (a review)."""
+    """How far each scores partition's broker runs ahead of this host's clock (negative: behind),
+    in ms, from the clock records this host asked for there. One asked at wall time `sent`
+    (carried in its header with this process' token), appended at `log_time` and read back at
+    wall time `read` proves the lead is between `log_time - read` and `log_time - sent`. The
+    estimate is 0 (in step) where that allows it, else the nearer bound: never more than the
+    record proves, so one read late behind a backlog leaves it at 0 instead of asking that much
+    later. Without it a host 1.5 s behind the broker asked for a quiet partition's clock record
+    1.5 s after its timer, and every TIMEOUT came that late; one 1 s ahead wrote one per 0.5 s
+    until the broker's time reached the timer (a review). The first timer of a partition goes by
+    this host's clock: nothing is proven yet. A lead learnt from batches read (any record) was
+    tried first: a backlog made every quiet partition's TIMEOUT late by its age (a review)."""
 
-    def __init__(self) -> None:
-        self._seen: deque[int] = deque(maxlen=LEAD_WINDOW)
-        self.ms = 0
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+        self._of: dict[int, int] = {}
 
-    def note(self, log_time: int, wall_ms: int) -> None:
-        self._seen.append(log_time - wall_ms)
-        self.ms = max(self._seen)
+    def header(self, sent_ms: int) -> bytes:
+        """The clock record's header value: when it was asked for, and by whom."""
+        return b"%d %s" % (sent_ms, self._token)
+
+    def note(self, partition: int, log_time: int, read_ms: int, header: bytes | None) -> None:
+        """A clock record of `partition` read back; any other's (another instance's, an older
+        version's empty header) proves nothing about this host's clock."""
+        sent, _, token = (header or b"").partition(b" ")
+        if token != self._token or not sent.isdigit():
+            return
+        low, high = log_time - read_ms, log_time - int(sent)
+        if low > high:  # this host's clock stepped between the ask and the read
+            return
+        self._of[partition] = min(max(0, low), high)
+
+    def of(self, partition: int) -> int:
+        return self._of.get(partition, 0)
 
 
 def _always(_at: int, _item: object) -> bool:
@@ -103,13 +120,15 @@ class LogClocks(Generic[T]):
         part = self._parts.get(partition) or self._part(partition)  # per request: `_part` only for a new one
         heapq.heappush(part.timers, (at, next(self._seq), item))
 
-    def markers_due(self, wall_ms: int, delay_ms: int, resend_s: float, wall_s: float) -> list[int]:
-        """Partitions whose earliest timer is `delay_ms` overdue by the wall clock while their log
-        clock has not passed it (and no clock record was asked for in the last `resend_s`)."""
+    def markers_due(self, wall_ms: int, delay_ms: int, resend_s: float, wall_s: float,
+                    lead: Callable[[int], int] = lambda _p: 0) -> list[int]:
+        """Partitions whose earliest timer is `delay_ms` overdue by the wall clock (plus how far
+        the partition's broker runs ahead of it, `lead`) while their log clock has not passed it
+        (and no clock record was asked for in the last `resend_s`)."""
         due = []
         for partition, part in self._parts.items():
             self._drop_dead_top(part)
-            if not part.timers or part.timers[0][0] + delay_ms > wall_ms:
+            if not part.timers or part.timers[0][0] + delay_ms > wall_ms + lead(partition):
                 continue
             if part.marker_sent_at >= 0 and wall_s - part.marker_sent_at < resend_s:
                 continue
@@ -117,13 +136,16 @@ class LogClocks(Generic[T]):
             due.append(partition)
         return due
 
-    def earliest(self) -> int | None:
-        """The earliest timer of any partition (log ms), for the poll loop's wake-up."""
+    def earliest(self, lead: Callable[[int], int] = lambda _p: 0) -> int | None:
+        """The earliest timer of any partition, for the poll loop's wake-up: in this host's wall
+        time given each partition's broker's `lead` (in log ms without one)."""
         earliest: int | None = None
-        for part in self._parts.values():
+        for partition, part in self._parts.items():
             self._drop_dead_top(part)
-            if part.timers and (earliest is None or part.timers[0][0] < earliest):
-                earliest = part.timers[0][0]
+            if part.timers:
+                at = part.timers[0][0] - lead(partition)
+                if earliest is None or at < earliest:
+                    earliest = at
         return earliest
 
     def _drop_dead_top(self, part: _Partition[T]) -> None:

@@ -319,8 +319,9 @@ class Join:
                 kept[key] = found
         return found
 
-    def markers_due(self, wall_ms: int, delay_ms: int, resend_s: float, wall_s: float) -> list[int]:
-        return self.clocks.markers_due(wall_ms, delay_ms, resend_s, wall_s)
+    def markers_due(self, wall_ms: int, delay_ms: int, resend_s: float, wall_s: float,
+                    lead: Callable[[int], int] = lambda _p: 0) -> list[int]:
+        return self.clocks.markers_due(wall_ms, delay_ms, resend_s, wall_s, lead)
 
     # -- state resets (rebalance, rewind, recovery) ---------------------------------------
 

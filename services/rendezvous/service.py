@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -39,7 +40,7 @@ from confluent_kafka import KafkaError, Message, TopicPartition
 from services.control.schedule import Schedule
 from services.core.cloudevents import EventHeaders
 from services.core.codec import codec
-from services.core.control_records import CLOCK_HEADER, control_kind
+from services.core.control_records import CLOCK_HEADER, control_kind, control_value
 from services.core.deadletter import DeadLetters
 from services.core.errors import (
     BadInput,
@@ -101,7 +102,8 @@ class Rendezvous(Probed):
         self._log_events = EventHeaders("Comparison", self.topics.log) if settings.cloudevents else None
         self._paused = False
         self._brake = ScoreBrake(settings.max_orphans, lag_from=settings.max_batch)
-        self._lead = BrokerLead()  # the log's timers are in the broker's time, the wall clock in this host's
+        # The log's timers are in the broker's time, the wall clock in this host's.
+        self._lead = BrokerLead(uuid.uuid4().hex[:12])
         self.takeover = Takeover(settings, self.join, self._start_at)
         self._ctx: Context | None = None
         self._fast: Producer | None = None
@@ -235,8 +237,6 @@ class Rendezvous(Probed):
 
     def on_batch(self, messages: list[Message]) -> None:
         requests, scores = self.topics.requests, self.topics.scores
-        if messages:  # once a batch: its last record is about its newest
-            self._lead.note(messages[-1].timestamp()[1], now_ms())
         for msg in messages:
             topic = msg.topic()
             try:
@@ -273,6 +273,7 @@ class Rendezvous(Probed):
     def _on_score(self, msg: Message) -> None:
         partition, offset, log_time = msg.partition() or 0, msg.offset() or 0, msg.timestamp()[1]
         if control_kind(msg) == CLOCK_HEADER:
+            self._lead.note(partition, log_time, now_ms(), control_value(msg, CLOCK_HEADER))
             self.join.on_clock(partition, log_time)
             self.offsets.track(self.topics.scores, partition, offset, None)
             return
@@ -310,10 +311,10 @@ class Rendezvous(Probed):
             self._ctx.consumer.pause([tp for tp in resumed if tp.topic == self.topics.requests])
 
     def next_wakeup(self) -> float:
-        earliest = self.join.clocks.earliest()
+        earliest = self.join.clocks.earliest(self._lead.of)  # in this host's time
         if earliest is None:
             return 1.0
-        due_in = (earliest + self.settings.clock_record_delay_ms - self._broker_now_ms()) / 1000.0
+        due_in = (earliest + self.settings.clock_record_delay_ms - now_ms()) / 1000.0
         # Overdue: a clock record is on its way (or the broker is away); the poll returns as soon
         # as any record arrives, so waiting a little costs no latency and spins no CPU.
         return due_in if due_in > 0 else 0.05
@@ -482,16 +483,14 @@ class Rendezvous(Probed):
         """Quiet partitions with a timer due: write a clock record so the log's clock moves. Not
         on a partition whose scores the brake holds: its record would wait unread behind them."""
         assert self._fast is not None
-        wall, held = self._broker_now_ms(), self._brake.held
-        for partition in self.join.markers_due(wall, self.settings.clock_record_delay_ms, 0.5, time.monotonic()):
+        wall, held = now_ms(), self._brake.held
+        for partition in self.join.markers_due(wall, self.settings.clock_record_delay_ms, 0.5, time.monotonic(),
+                                               self._lead.of):
             if partition in held:
                 continue
-            self._fast.produce(self.topics.scores, None, partition=partition, headers=[(CLOCK_HEADER, b"")])
+            self._fast.produce(self.topics.scores, None, partition=partition,
+                               headers=[(CLOCK_HEADER, self._lead.header(wall))])
             m.CLOCK_RECORDS.inc()
-
-    def _broker_now_ms(self) -> int:
-        """Now by the broker's clock, as far as this host can tell: what the log's timers are in."""
-        return now_ms() + self._lead.ms
 
     # -- offsets metadata and recovery -----------------------------------------------------
 
