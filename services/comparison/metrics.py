@@ -50,7 +50,7 @@ STALE = Counter(
 OUTPUTS = Counter(
     "rdv_cmp_outputs_total",
     "Model outputs in the log, by outcome: ok, error (the model failed), late (arrived after the "
-    "answer was sent, without error; an error wins over late).",
+    "answer was sent, or after the model's wait in the schedule, without error; an error wins over late).",
     ["model", "version", "outcome"],
 )
 DEADLINE = Counter(

@@ -44,7 +44,8 @@ TIMEOUTS = Counter(
 )
 LATE_SCORES = Counter(
     "rdv_late_scores_total",
-    "Scores that arrived after the answer was sent; after_log=true ones came after the comparison record.",
+    "Scores that arrived after the answer was sent (not those past their wait before it, which the "
+    "comparison log calls late too); after_log=true ones came after the comparison record.",
     ["model", "after_log"],
 )
 OUTPUTS_CUT = Counter(
