@@ -519,7 +519,8 @@ class Join:
         so: a review), and the log says it once a minute."""
         behind = request.log_time - request.created_at
         mailbox.past_due = (f"the deadline had passed when the request was appended, {behind} ms after its "
-                            "created_at: was it held on its way (a broker away), or is the sender's clock behind the broker's?")
+                            "created_at: was it held on its way (a broker away), or is the sender's clock "
+                            "behind the broker's?")
         said = self._past_due_said.passes("past due")
         if said is not None:
             log.warning("request %r: %s%s", request.request_id[:80], mailbox.past_due, said.repeated())
