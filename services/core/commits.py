@@ -64,6 +64,11 @@ class TransactionAborted(KafkaOperationError):
     outputs were lost): the inputs must be re-read from the committed offsets."""
 
 
+class AbortFailed(KafkaOperationError):
+    """The open transaction could not be aborted while the service stops (the broker away): it is
+    not tried again, and nothing is committed after it; a restart's producer fences it."""
+
+
 class Committer(Protocol):
     """`commit` may run on any thread and never touches the consumer; `finish` runs on the
     consumer's own thread.
@@ -256,7 +261,11 @@ class ExactlyOnce(_Base):
         """A fatal transactional error (e.g. the coordinator expired our transaction while the
         broker was down) leaves the producer unusable: librdkafka's remedy is a new instance.
         The new one, with the same transactional id, fences the old; its outputs are aborted.
-        `why`: the label of rdv_kafka_producers_replaced_total."""
+        `why`: the label of rdv_kafka_producers_replaced_total. Not while the service stops:
+        the new one's init would wait for the broker too, past a drain's time (a review measured a
+        SIGTERM in a broker outage ending a rendezvous after 44 s, a chart's grace being 30)."""
+        if self.stopping():
+            raise AbortFailed(f"stopped with the transaction open ({reason}); a restart's producer fences it")
         self.on_wait(f"{reason}: replacing the producer and re-reading from the committed offsets")
         PRODUCERS_REPLACED.labels(why).inc()
         self.txn.renew()
@@ -302,6 +311,9 @@ class ExactlyOnce(_Base):
                     self._replace_producer(f"fatal error while aborting: {err.str()}")
                 if err is None or not err.retriable():
                     raise KafkaOperationError(f"abort_transaction failed: {exc}") from None
+                if self.stopping():  # tried once: the drain's time is out
+                    raise AbortFailed(f"stopped while aborting the transaction ({err.str()}); a restart's "
+                                      "producer fences it", retriable=True) from None
                 self.on_wait(f"abort waiting for the broker: {err.str()}")
         else:
             self._replace_producer(f"abort still failing after {MAX_ATTEMPTS} tries")

@@ -35,7 +35,7 @@ import numpy as np
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import Gauge
 
-from services.core.commits import AtLeastOnce, CommitLane, Committer, ExactlyOnce, TransactionAborted
+from services.core.commits import AbortFailed, AtLeastOnce, CommitLane, Committer, ExactlyOnce, TransactionAborted
 from services.core.errors import ConfigError, ConsumerFenced, DeliveryFailed, KafkaOperationError
 from services.core.health import BrokerHealth
 from services.core.kafka import Consumer, Producer, partition_end, topic_limits, wait_for_broker, within_transaction
@@ -48,6 +48,7 @@ PROCESSING = ("exactly-once", "at-least-once", "durable")
 # A consumer fenced again this soon after rejoining shares its group.instance.id with another
 # process: rejoining again would only fence that one in turn.
 REFENCED_WINDOW_S = 60.0
+CLOSE_S = 10.0  # the producer's close delivers for at most this long
 STALLED_AFTER_S = 120.0  # default of StreamSpec.stalled_after_s
 
 
@@ -300,8 +301,15 @@ class StreamService:
             producer_config["transaction.timeout.ms"] = spec.transaction_timeout_ms
         limits = topic_limits(config, spec.outputs, spec.connect_timeout_s)
         producer = Producer(producer_config, delivered=spec.delivered, topic_limits=limits)
-        stack.callback(producer.close)
+        stack.callback(lambda: producer.close(self._close_within_s()))
         return producer
+
+    def _close_within_s(self) -> float:
+        """How long the producer's close may deliver for: what a drain has left, at least 1 s
+        (10 s after a drain that used its time waiting for a broker away kept a SIGTERM past a
+        chart's grace: a review); 10 s when no drain ran (an error stops the service)."""
+        until = self._draining_until
+        return CLOSE_S if until is None else max(1.0, min(CLOSE_S, until - time.monotonic()))
 
     def _committer(self, producer: Producer | None, consumer: Consumer, stop: threading.Event) -> Committer:
         kind = ExactlyOnce if self.spec.processing == "exactly-once" else AtLeastOnce
@@ -458,6 +466,9 @@ class StreamService:
             # empty transaction took the offsets alone (a review: the records were lost).
             self._outputs_void = err
             raise
+        except AbortFailed as err:  # tried already, while stopping: not again
+            self._abort_failed_with(err)
+            raise
         except KafkaOperationError:
             # Neither committed nor aborted (an error librdkafka does not call abortable): what the
             # open transaction holds, of partitions going to another owner at a revoke, was
@@ -478,9 +489,12 @@ class StreamService:
         except TransactionAborted as err:  # the producer was replaced, which fenced it: nothing committed
             log.warning("%s", err)
         except KafkaOperationError as err:
-            self._outputs_void = self._abort_failed = err
-            log.error("%s: stopping: the open transaction could not be aborted (%s); nothing is committed after "
-                      "it, and a restart fences it", self.spec.name, err)
+            self._abort_failed_with(err)
+
+    def _abort_failed_with(self, err: KafkaOperationError) -> None:
+        self._outputs_void = self._abort_failed = err
+        log.error("%s: stopping: the open transaction could not be aborted (%s); nothing is committed after "
+                  "it, and a restart fences it", self.spec.name, err)
 
     def _group_metadata(self) -> Any:
         """Taken here, on the consumer's thread: the commit thread never calls the consumer."""
@@ -601,8 +615,10 @@ class StreamService:
         self._assigned = False
         assert self.ctx is not None
         self.ctx.outputs.discard_outcomes()  # their partitions may be someone else's already
-        if self.ctx.outputs.transactional:
-            self._abort_open()  # an abort that failed escaped the callback and stopped the service (a review)
+        # An abort that failed escaped the callback and stopped the service (a review); one failed
+        # before is not tried again (at a drain's end, 5 s each, in a broker outage).
+        if self.ctx.outputs.transactional and self._abort_failed is None:
+            self._abort_open()
         self._disown(partitions)
         self.handler.on_released(partitions, lost=True)
 
