@@ -134,6 +134,7 @@ _SET_BY = {
     "partition.assignment.strategy": "its co-partitioning of requests and scores (range)",
     "client.id": "its instance (--instance)", "linger.ms": "--output-linger-ms",
     "max.poll.interval.ms": "--predict-timeout-s",
+    "transaction.timeout.ms": "--transaction-timeout-ms (the rendezvous'; 10 s in the others)",
 }
 
 
@@ -142,6 +143,8 @@ def check_not_overridden(spec: StreamSpec) -> None:
     service's value won without a word (session.timeout.ms=30000 ran at 6000, isolation.level=
     read_uncommitted at read_committed, a review), as librdkafka's own refusals are said at start."""
     own = {**spec.consumer_config, **spec.producer_config}
+    if spec.processing == "exactly-once":  # set by `_producer` (transaction.timeout.ms=1000 ran at 10000: a review)
+        own["transaction.timeout.ms"] = spec.transaction_timeout_ms
     for key, value in spec.config.items():
         if key in own and str(own[key]) != str(value):
             why = _SET_BY.get(key, "its own settings")

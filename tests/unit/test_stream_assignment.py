@@ -86,13 +86,16 @@ def test_a_kafka_config_key_the_service_sets_itself_is_refused_unless_it_agrees(
     def spec(**config: str) -> StreamSpec:
         own = {"session.timeout.ms": 6000, "isolation.level": "read_committed"}
         return StreamSpec(name="rendezvous", config={"bootstrap.servers": "b:9092", **config}, subscription=["in"],
-                          group_id="g", consumer_config=own, producer_config={"linger.ms": 20})
+                          group_id="g", consumer_config=own, producer_config={"linger.ms": 20},
+                          processing="exactly-once", transactional_id="t")
     for key, value, flag in (("session.timeout.ms", "30000", "--session-timeout-ms"),
                              ("isolation.level", "read_uncommitted", "its processing"),
-                             ("linger.ms", "5", "--output-linger-ms")):
+                             ("linger.ms", "5", "--output-linger-ms"),
+                             ("transaction.timeout.ms", "1000", "--transaction-timeout-ms")):
         with pytest.raises(ConfigError, match=rf"^--kafka-config {key}: rendezvous sets it itself, from {flag}"):
             StreamService(spec(**{key: value}), SimpleHandler())
-    StreamService(spec(**{"session.timeout.ms": "6000", "fetch.wait.max.ms": "10"}), SimpleHandler())  # agrees
+    StreamService(spec(**{"session.timeout.ms": "6000", "fetch.wait.max.ms": "10",  # agrees
+                           "transaction.timeout.ms": "10000"}), SimpleHandler())
 
 
 class _Outputs:
