@@ -44,11 +44,24 @@ KNOWN = frozenset({
 })
 
 
+BOOTSTRAP = "KAFKA_BOOTSTRAP_SERVERS"  # the one variable read without the prefix
+
+
 def unknown_variables(names: Iterable[str], known: frozenset[str] = KNOWN) -> list[str]:
-    """One line for each RDV_* name in `names` that nothing reads, with the nearest known name."""
+    """One line for each RDV_* name in `names` that nothing reads, with the nearest known name;
+    and for a name near KAFKA_BOOTSTRAP_SERVERS (KAFKA_BOOTSTRAP_SERVER=h:9092 had every command
+    use the local broker, `models` exiting 0 on it: a review). Other KAFKA_* names belong to
+    other tools (KAFKA_HEAP_OPTS)."""
     lines = []
-    for name in sorted(n for n in names if n.startswith(PREFIX) and n not in known):
-        near = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+    for name in sorted(names):
+        if name.startswith(PREFIX) and name not in known:
+            near = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        elif name.startswith("KAFKA_") and name != BOOTSTRAP:
+            near = difflib.get_close_matches(name, [BOOTSTRAP], n=1, cutoff=0.8)
+            if not near:
+                continue
+        else:
+            continue
         hint = f" (did you mean {near[0]}?)" if near else ""
         lines.append(f"{name} is set, but no rendezvous command reads it{hint}: it changes nothing")
     return lines

@@ -61,6 +61,14 @@ def test_known_and_other_variables_are_not_said() -> None:
     assert unknown_variables({name: "" for name in KNOWN} | {"KAFKA_BOOTSTRAP_SERVERS": "h:9092", "rdv_x": ""}) == []
 
 
+def test_a_name_near_the_bootstrap_variable_is_said_and_other_tools_kafka_names_are_not() -> None:
+    """KAFKA_BOOTSTRAP_SERVER=h:9092 had every command use the local broker (a review)."""
+    lines = unknown_variables({"KAFKA_BOOTSTRAP_SERVER": "h:9092", "KAFKA_BOOTSTRAPSERVERS": "h",
+                               "KAFKA_HEAP_OPTS": "-Xmx1g", "KAFKA_OPTS": ""})
+    assert lines == [f"{name} is set, but no rendezvous command reads it (did you mean KAFKA_BOOTSTRAP_SERVERS?): "
+                     "it changes nothing" for name in ("KAFKA_BOOTSTRAPSERVERS", "KAFKA_BOOTSTRAP_SERVER")]
+
+
 def test_a_command_says_it_at_start() -> None:
     env = dict(os.environ, RDV_PARTITONS="8")
     done = subprocess.run([sys.executable, "-m", "services.cli.main", "acl", "show"], env=env, cwd=ROOT,
