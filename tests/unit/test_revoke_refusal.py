@@ -37,7 +37,7 @@ class Producer:
     def poll(self, _timeout: float = 0.0) -> None:
         return None
 
-    def close(self) -> None:
+    def close(self, _timeout: float = 10.0) -> None:
         return None
 
 
