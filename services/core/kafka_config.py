@@ -174,6 +174,11 @@ def _unused_security(config: Mapping[str, str]) -> list[str]:
     if sasl and not protocol.startswith("sasl_"):
         found.append(f"{', '.join(map(_item_key, sasl))} given with security.protocol={protocol}, which uses no "
                      "SASL: set security.protocol=SASL_SSL (or SASL_PLAINTEXT)")
+    if protocol.startswith("sasl_") and not {"sasl.mechanism", "sasl.mechanisms"} & set(config):
+        # librdkafka's default is GSSAPI, which its wheels lack: 'No provider for SASL mechanism
+        # GSSAPI: recompile librdkafka', for a mechanism nobody asked for (a review).
+        found.append(f"security.protocol={protocol} given without sasl.mechanism: set sasl.mechanism=PLAIN, "
+                     "SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER (or GSSAPI, where librdkafka has Kerberos)")
     tls = sorted(k for k in config if k.startswith("ssl."))
     if tls and protocol not in ("ssl", "sasl_ssl"):
         found.append(f"{', '.join(map(_item_key, tls))} given with security.protocol={protocol}, which uses no "

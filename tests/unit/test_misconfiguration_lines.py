@@ -84,11 +84,13 @@ def test_a_sasl_user_name_is_not_masked_in_every_line_but_its_password_is() -> N
     from services.core.kafka_config import masked, parse
     from services.core.redaction import mask
 
-    config = parse(["sasl.username=rendezvous", "sasl.password=Pa55wordOfOurs", "security.protocol=SASL_SSL"])
+    config = parse(["sasl.username=rendezvous", "sasl.password=Pa55wordOfOurs", "security.protocol=SASL_SSL",
+                    "sasl.mechanism=SCRAM-SHA-512"])
     line = mask("not authorized to join group rdv.rendezvous as rendezvous with Pa55wordOfOurs")
     assert line == "not authorized to join group rdv.rendezvous as rendezvous with ***"
     # The start-up line shows neither.
-    assert masked(config) == {"sasl.username": "***", "sasl.password": "***", "security.protocol": "SASL_SSL"}
+    assert masked(config) == {"sasl.username": "***", "sasl.password": "***", "security.protocol": "SASL_SSL",
+                              "sasl.mechanism": "SCRAM-SHA-512"}
 
 
 def test_a_kafka_config_item_with_a_semicolon_names_no_secret_when_the_demo_cannot_hand_it_on() -> None:
@@ -123,6 +125,8 @@ def test_the_rescue_process_masks_the_kafka_secrets_it_is_handed() -> None:
     (["security.protocol=SSL", "ssl.certificate.location=/c.pem"], "a client certificate needs its key"),
     (["security.protocol=SASL_SSL", "sasl.mechanism=SCRAM-SHA-512", "sasl.mechanisms=PLAIN"],
      r"item 3 \(sasl.mechanisms\): it names the setting sasl.mechanism names"),
+    (["security.protocol=SASL_PLAINTEXT", "sasl.username=u", "sasl.password=Secret1"],
+     "security.protocol=sasl_plaintext given without sasl.mechanism: set sasl.mechanism=PLAIN"),
 ])
 def test_kafka_security_settings_that_librdkafka_would_ignore_or_override_are_refused(
     items: list[str], said: str

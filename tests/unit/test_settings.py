@@ -55,7 +55,7 @@ def test_a_number_with_whitespace_around_it_still_reads() -> None:
 
 def test_secrets_never_in_repr_or_describe() -> None:
     settings = KafkaSettings(bootstrap="b:1", kafka_config=("security.protocol=SASL_SSL", "sasl.password=hunter2",
-                                                            "acks=all"))
+                                                            "acks=all", "sasl.mechanism=PLAIN"))
     assert "hunter2" not in repr(settings)
     assert "hunter2" not in settings.describe() and "acks" in settings.describe()
     assert redact({"ssl.key.password": "x"}) == {"ssl.key.password": "***"}
@@ -115,7 +115,7 @@ def test_a_kafka_config_flag_is_one_setting_whatever_it_holds(monkeypatch: pytes
     add_arguments(parser, RendezvousSettings)
     args = parser.parse_args(["--kafka-config", "sasl.password=ab;cd", "--kafka-config", "acks=all",
                               "--kafka-config", "sasl.oauthbearer.config=principal=admin scope=read",
-                              "--kafka-config", "security.protocol=SASL_SSL"])
+                              "--kafka-config", "security.protocol=SASL_SSL", "--kafka-config", "sasl.mechanism=PLAIN"])
     settings = from_namespace(RendezvousSettings, args)
     assert settings.librdkafka()["sasl.password"] == "ab;cd" and settings.librdkafka()["acks"] == "all"
     assert settings.librdkafka()["sasl.oauthbearer.config"] == "principal=admin scope=read"  # not cut at the space
