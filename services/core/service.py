@@ -675,9 +675,10 @@ class StreamService:
         self._draining_until = time.monotonic() + self.spec.drain_timeout_s
         ctx.draining = True
         self._pause_intake(ctx.consumer.assignment())
+        # Said even with nothing in flight: the log shows the stop began (a review).
+        log.info("%s draining: intake paused, %d records in flight (at most %.0fs)", self.spec.name,
+                 self.handler.in_flight(), self.spec.drain_timeout_s)
         if self.handler.in_flight():
-            log.info("%s draining %d records in flight (at most %.0fs)", self.spec.name, self.handler.in_flight(),
-                     self.spec.drain_timeout_s)
             self._loop(lambda: not self.handler.in_flight() or self._give_up())
         self.commit_now()
         if self._abort_failed is not None:  # the open transaction may hold what the commit did not: said, not exit 0

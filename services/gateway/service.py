@@ -205,6 +205,8 @@ class GatewayService:
     async def _drain(self, gateway: Gateway) -> None:
         """Stop taking calls, give those in flight their time, fail the rest with 503."""
         gateway.draining = True
+        log.info("gateway stopping: %d rows in flight (at most %.0fs)", gateway.rows_in_flight,
+                 self.settings.drain_timeout_s)
         waited = 0.0
         while gateway.rows_in_flight and waited < self.settings.drain_timeout_s:
             await asyncio.sleep(0.05)

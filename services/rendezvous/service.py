@@ -179,7 +179,11 @@ class Rendezvous(Probed):
         # The record walks, loaded (or compiled) before the first batch; after the checks, which
         # say at once when no broker answers (compiled first, with a cold cache, 6 s later).
         compiled_records.warm_up()
-        self.service.run(stop)
+        try:
+            self.service.run(stop)
+        finally:  # said whatever ends it: the worker, decoy and comparison say theirs (a review)
+            log.info("rendezvous stopping after %d answers and %d comparison records", self.join.answered,
+                     self.join.logged)
 
 
     def _check_topics(self) -> None:
