@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from services.core import wire
@@ -119,22 +119,37 @@ class Runnable(Protocol):
     def run(self, stop: threading.Event) -> None: ...
 
 
-def run_service(service: Runnable, settings: KafkaSettings) -> None:
-    """Run a service in the foreground until SIGINT/SIGTERM (a second one exits at once).
+def run_service(make: Callable[[], Runnable], settings: KafkaSettings, starting: str = "starting") -> None:
+    """Run the service `make()` builds in the foreground until SIGINT/SIGTERM (a second one exits
+    at once).
 
-    Services with `ServiceSettings` get their metrics/health endpoint here; the gateway serves
-    its own beside its REST API."""
+    Services with `ServiceSettings` get their metrics/health endpoint here, up while the service
+    is built (a model loading: `starting` says so, not ready and alive; a worker loading a model
+    for minutes refused every probe, and was restarted by its liveness probe: a review); the
+    gateway serves its own beside its REST API."""
     log.info("starting with %s", settings.describe())
     log.debug("librdkafka config: %s", redact(settings.librdkafka()))
-    readiness = getattr(service, "readiness", None) or (lambda: (True, "running"))
-    liveness = getattr(service, "liveness", None) or always_alive
+    built: list[Runnable] = []
+
+    def readiness() -> tuple[bool, str]:
+        probe = getattr(built[0], "readiness", None) if built else None
+        return probe() if probe else (bool(built), "running" if built else starting)
+
+    def liveness() -> tuple[bool, str]:
+        probe = getattr(built[0], "liveness", None) if built else None
+        return probe() if probe else always_alive()
+
     server = None
     if isinstance(settings, ServiceSettings):
         server = serve_http(settings.metrics_port, readiness, settings.metrics_host, liveness)
     stop = threading.Event()
     install_signal_handlers(stop)
     try:
-        service.run(stop)
+        built.append(make())
+        if stop.is_set():  # asked to stop while it was built: nothing was read yet
+            log.info("stopping before the service started")
+            return
+        built[0].run(stop)
     except StoppedWaiting as stopped:
         log.info("%s", stopped)  # stopping before the broker answered is no error
     finally:

@@ -88,7 +88,7 @@ def cmd_decoy_serve(args: argparse.Namespace) -> int:
     from services.decoy.settings import DecoySettings
 
     settings = with_bootstrap(from_namespace(DecoySettings, args))
-    run_service(Decoy(settings), settings)
+    run_service(lambda: Decoy(settings), settings)
     return 0
 
 

@@ -116,7 +116,7 @@ def cmd_model_serve(args: argparse.Namespace) -> int:
     from services.model_worker.worker import ModelWorker
 
     settings = with_bootstrap(from_namespace(WorkerSettings, args))
-    run_service(ModelWorker(settings), settings)
+    run_service(lambda: ModelWorker(settings), settings, starting="loading the model(s)")
     return 0
 
 
@@ -125,7 +125,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from services.rendezvous.settings import RendezvousSettings
 
     settings = with_bootstrap(from_namespace(RendezvousSettings, args))
-    run_service(Rendezvous(settings), settings)
+    run_service(lambda: Rendezvous(settings), settings)
     return 0
 
 
@@ -134,7 +134,7 @@ def cmd_comparison_serve(args: argparse.Namespace) -> int:
     from services.comparison.settings import ComparisonSettings
 
     settings = with_bootstrap(from_namespace(ComparisonSettings, args))
-    run_service(ComparisonService(settings), settings)
+    run_service(lambda: ComparisonService(settings), settings)
     return 0
 
 
@@ -165,7 +165,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
     settings = with_bootstrap(from_namespace(GatewaySettings, args))
     # The demo models' features describe the models until they publish their own signatures.
-    run_service(GatewayService(settings, DEMO_FEATURES), settings)
+    run_service(lambda: GatewayService(settings, DEMO_FEATURES), settings)
     return 0
 
 

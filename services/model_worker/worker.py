@@ -328,7 +328,11 @@ def shared_names(hosted: Sequence[Hosted]) -> tuple[str, ...] | None:
 def hosted_models(settings: WorkerSettings, instance: str, model: Model | None = None) -> list[Hosted]:
     """The worker's own model (`--model`), then its co-hosted ones (`--co-host`); names unique."""
     def load(spec: str) -> Model:
-        return load_model(spec, trust_model_file=settings.trust_model_file)
+        log.info("loading model from %s", spec)  # before a load that may take minutes, said (a review)
+        started = time.monotonic()
+        loaded = load_model(spec, trust_model_file=settings.trust_model_file)
+        log.info("loaded model from %s in %.1fs", spec, time.monotonic() - started)
+        return loaded
 
     extra = settings.extra_features()
     hosted = [Hosted(model or load(settings.model), settings.name, settings.version, instance, extra)]
