@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 import math
+import re
 import threading
 import time
 import uuid
@@ -843,6 +844,29 @@ _FINAL_ERRORS = {
 }
 
 
+# A client speaking TLS to a plaintext listener, or SASL to a listener without it: said at once,
+# naming the mismatch, not after the whole connect timeout, or as refused credentials (a review).
+_NO_TLS_THERE = "PLAINTEXT broker listener?"
+_NO_SASL_THERE = re.compile(r"Request not valid in current SASL state|supported mechanisms:\s*(\(|$)")
+# A plaintext client's first request closed at once: what a TLS listener does (not final: said
+# with the timeout's error).
+_CLOSED_AT_FIRST_REQUEST = "in state APIVERSION_QUERY"
+WAIT_SAID_AFTER_S = 5.0  # a wait for the broker longer than this is logged once (at start-up, said)
+
+
+def _final_error(err: KafkaError, bootstrap: Any) -> str | None:
+    """What to say of a client error that ends the wait for a broker at once, or None."""
+    reason = err.str()
+    if err.code() == KafkaError._AUTHENTICATION and _NO_SASL_THERE.search(reason):
+        return (f"the listener at {bootstrap} does not use SASL ({reason}): check security.protocol "
+                "(PLAINTEXT or SSL there) and the port")
+    if err.code() == KafkaError._TRANSPORT and _NO_TLS_THERE in reason:
+        return (f"the listener at {bootstrap} takes plaintext, and this client speaks TLS ({reason}): give the "
+                "broker's TLS port, or security.protocol=PLAINTEXT")
+    template = _FINAL_ERRORS.get(err.code())
+    return template.format(bootstrap=bootstrap, reason=reason) if template else None
+
+
 def partition_end(consumer: Any, tp: TopicPartition) -> int:
     """The partition's end offset now, asked of the broker (a native consumer's; KafkaException
     if it does not answer)."""
@@ -860,25 +884,30 @@ def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> 
     broker starts: they are logged at DEBUG (fatal ones at ERROR) and summed up in the final error.
     """
     timeout = _connect_timeout_s if timeout is None else timeout
-    final: list[KafkaError] = []  # errors retrying cannot mend (_FINAL_ERRORS)
+    bootstrap = config.get("bootstrap.servers")
+    final: list[str] = []  # what to say of errors retrying cannot mend (`_final_error`)
+    closed_at_first_request: list[bool] = []
     caller_cb = config.get("error_cb")
 
     def on_error(err: KafkaError) -> None:
-        if err.code() in _FINAL_ERRORS:
-            final.append(err)
+        said = _final_error(err, bootstrap)
+        if said is not None:
+            final.append(_without_secrets(said, config))
         elif err.fatal():
             _log_client_error(err)
         else:
+            closed_at_first_request.append(_CLOSED_AT_FIRST_REQUEST in err.str())
             log.debug("kafka client, waiting for the broker: %s", err.str())
         if callable(caller_cb):
             caller_cb(err)
 
     merged: dict[str, Any] = {**config, "error_cb": on_error, "logger": _QuietLog()}
     client = new_client(AdminClient, merged)
-    bootstrap = config.get("bootstrap.servers")
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     last = "no answer"
     attempt = 0
+    said_waiting = False
     while True:
         step = _ATTEMPT_TIMEOUTS[attempt] if attempt < len(_ATTEMPT_TIMEOUTS) else _ATTEMPT_TIMEOUT_MAX
         attempt += 1
@@ -891,14 +920,20 @@ def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> 
         if stop_requested():
             raise StoppedWaiting(f"asked to stop while waiting for a Kafka broker at {bootstrap!r}")
         if final:
-            reason = _without_secrets(final[0].str(), config)
-            raise BrokerError(_FINAL_ERRORS[final[0].code()].format(bootstrap=bootstrap, reason=reason))
-        if time.monotonic() >= deadline:
+            raise BrokerError(final[0])
+        now = time.monotonic()
+        if now >= deadline:
+            tls_there = (" (it closed each connection at the client's first request, as a TLS listener does to a "
+                         "plaintext client: security.protocol=SSL?)") if any(closed_at_first_request) else ""
             raise BrokerUnavailable(
                 f"no Kafka broker answered at {bootstrap!r} within {timeout:g}s "
-                f"({last}); start one with `rendezvous broker start`, or check --bootstrap (and, for a "
+                f"({last}){tls_there}; start one with `rendezvous broker start`, or check --bootstrap (and, for a "
                 "cluster that wants TLS or SASL, --kafka-config security.protocol=...)"
             )
+        if not said_waiting and now - started >= WAIT_SAID_AFTER_S:
+            said_waiting = True  # once: the service's log was silent until the timeout's error (a review)
+            log.warning("no Kafka broker answered at %r for %.0fs yet (%s); waiting up to %gs", bootstrap,
+                        now - started, last, timeout)
 
 
 def topic_config(config: Mapping[str, Any], topic: str, key: str, timeout: float = 15.0) -> str | None:

@@ -119,6 +119,17 @@ def test_wait_for_broker_raises_on_refused_credentials_at_once(sasl: str) -> Non
         wait_for_broker(unknown_user, timeout=CONNECT_TIMEOUT_S)
 
 
+def test_a_sasl_client_at_the_listener_without_sasl_is_told_so_not_to_check_its_password(
+    broker: LocalBroker,
+) -> None:
+    """'Kafka refused the credentials ...; check sasl.username/sasl.password', for a listener that
+    takes no SASL at all (a review)."""
+    with pytest.raises(BrokerError) as refused:
+        wait_for_broker(sasl_client_config(broker.bootstrap, USER, PASSWORD), timeout=CONNECT_TIMEOUT_S)
+    assert str(refused.value).startswith(f"the listener at {broker.bootstrap} does not use SASL"), refused.value
+    assert PASSWORD not in str(refused.value)
+
+
 def test_right_password_at_debug_logs_no_secret(
     sasl: str, sasl_config: dict[str, Any], prefix: str, tmp_path: Path
 ) -> None:

@@ -39,3 +39,24 @@ def test_the_wait_for_a_broker_says_the_time_it_waited_as_given() -> None:
 
     with pytest.raises(BrokerUnavailable, match=r"no Kafka broker answered at '127.0.0.1:1' within 0.5s"):
         wait_for_broker({"bootstrap.servers": "127.0.0.1:1"}, timeout=0.5)  # nothing listens on port 1
+
+
+@pytest.mark.parametrize(("code", "reason", "said"), [
+    ("_AUTHENTICATION", "SASL PLAIN mechanism handshake failed: Broker: Request not valid in current SASL state: "
+     "broker's supported mechanisms:  (after 1ms in state AUTH_HANDSHAKE)", "the listener at b:9 does not use SASL"),
+    ("_AUTHENTICATION", "SASL authentication error: Authentication failed during authentication due to invalid "
+     "credentials with SASL mechanism SCRAM-SHA-512", "Kafka refused the credentials at b:9"),
+    ("_TRANSPORT", "ssl://b:9/bootstrap: SSL handshake failed: Disconnected: SSL connection closed by peer: "
+     "connecting to a PLAINTEXT broker listener? (after 2ms in state SSL_HANDSHAKE)",
+     "the listener at b:9 takes plaintext, and this client speaks TLS"),
+    ("_TRANSPORT", "b:9/bootstrap: Connect to ipv4#127.0.0.1:9 failed: Connection refused", None),
+])
+def test_a_security_mismatch_ends_the_wait_naming_it(code: str, reason: str, said: str | None) -> None:
+    """A TLS client at a plaintext listener waited the whole connect timeout out; a SASL client at
+    a listener without SASL was told to check its password (a review)."""
+    from confluent_kafka import KafkaError
+
+    from services.core.kafka import _final_error
+
+    found = _final_error(KafkaError(getattr(KafkaError, code), reason), "b:9")
+    assert (found is None) if said is None else (found is not None and found.startswith(said)), found
