@@ -53,12 +53,16 @@ class BrokerHealth:
     # A Kafka call blocked longer than this counts as "broker unreachable" for readiness.
     BLOCKED_AFTER_S = 2.0
 
-    def __init__(self) -> None:
-        self._down_since: float | None = None
+    def __init__(self, reached: bool = True) -> None:
+        """`reached=False`: no broker has answered yet (a service starting), which is said as
+        such, and counts as unreachable until `mark_up`: a service started in an outage was
+        'waiting for a partition assignment' with rdv_broker_reachable 1 (a review)."""
+        self._down_since: float | None = None if reached else time.monotonic()
+        self._connecting = not reached
         # Per thread: a commit ending on one thread must not clear another's mark (a takeover's scan).
         self._blocked_since: dict[int, float] = {}
         self._lock = threading.Lock()
-        BROKER_UP.set(1)
+        BROKER_UP.set(1 if reached else 0)
 
     @contextmanager
     def blocking(self) -> Iterator[None]:
@@ -83,8 +87,9 @@ class BrokerHealth:
         if self._down_since is not None:
             with self._lock:
                 down_since, self._down_since = self._down_since, None
+                connecting, self._connecting = self._connecting, False
                 BROKER_UP.set(1)
-            if down_since is not None:
+            if down_since is not None and not connecting:
                 # What the clients held back meanwhile, then the news; a later outage's first
                 # line is logged as it comes (kafka_logs).
                 kafka_logs.flush()
@@ -110,6 +115,8 @@ class BrokerHealth:
         return self._down_since is None and self._blocked_for() < self.BLOCKED_AFTER_S
 
     def describe(self) -> str:
+        if self._down_since is not None and self._connecting:
+            return f"connecting to the broker for {time.monotonic() - self._down_since:.0f}s"
         if self._down_since is not None:
             return f"broker unreachable for {time.monotonic() - self._down_since:.0f}s"
         if self._blocked_for() >= self.BLOCKED_AFTER_S:

@@ -203,7 +203,7 @@ class StreamService:
         check_not_overridden(spec)
         self.spec = spec
         self.handler = handler
-        self.health = BrokerHealth()
+        self.health = BrokerHealth(reached=False)
         self.ready = threading.Event()  # set once partitions are assigned (tests and readiness)
         self.ctx: Context | None = None
         self._assigned = False
@@ -270,6 +270,7 @@ class StreamService:
         spec = self.spec
         config: dict[str, Any] = {**spec.config, "error_cb": self.health.error_cb}
         wait_for_broker(config, spec.connect_timeout_s)
+        self.health.mark_up()  # reached (its handler's own checks may have waited for it before)
         with ExitStack() as stack:
             producer = self._producer(config, stack)
             consumer = Consumer({**GROUP_DEFAULTS, **config, "group.id": spec.group_id, **spec.consumer_config,

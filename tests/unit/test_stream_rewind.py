@@ -150,6 +150,7 @@ def test_after_all_brokers_down_a_quiet_service_is_ready_again_once_the_broker_a
     service.PROBE_EVERY_S = 0.0
     service.ctx = Context(spec, {}, service.health, consumer, None, lane, ExitStack())  # type: ignore[arg-type]
     service._assigned, service._owned = True, {("in", 0): TopicPartition("in", 0)}
+    service.health.mark_up()  # reached at start (`run`)
     service.health.error_cb(KafkaError(KafkaError._ALL_BROKERS_DOWN))
     passes = iter(range(3))
 
@@ -194,6 +195,8 @@ def test_a_revoke_leaves_the_service_unready_until_the_next_assignment() -> None
     consumer = AssigningConsumer()
     service.ctx = Context(spec, {}, service.health, consumer, None, lane, ExitStack())  # type: ignore[arg-type]
     partitions = [TopicPartition("in", 0), TopicPartition("in", 1)]
+    assert service.readiness() == (False, "connecting to the broker for 0s")  # a service starting
+    service.health.mark_up()  # reached (`run`)
     assert service.readiness() == (False, "waiting for a partition assignment")
 
     service._on_assign(None, partitions)
