@@ -456,7 +456,9 @@ def _run(argv: Sequence[str] | None) -> int:
     except KafkaException as exc:
         # The Kafka client refused something our wrappers did not foresee: still one line.
         logging.getLogger("rendezvous").debug("failed", exc_info=True)
-        sys.stderr.write(_cut(mask(f"error: Kafka client: {exc}")) + "\n")
+        from services.core.kafka import kafka_message
+
+        sys.stderr.write(_cut(mask(f"error: Kafka client: {kafka_message(exc)}")) + "\n")
         return EXIT_ERROR
     except KeyboardInterrupt as stopped:
         return 128 + (stopped.signum if isinstance(stopped, Stopped) else signal.SIGINT)

@@ -211,6 +211,13 @@ def kafka_error(exc: KafkaException) -> KafkaError | None:
     return err if isinstance(err, KafkaError) else None
 
 
+def kafka_message(exc: KafkaException) -> str:
+    """What a confluent-kafka exception says, for a person: its error's text, not the
+    `KafkaError{code=...,val=...,str="..."}` its str() gives (a review)."""
+    err = kafka_error(exc)
+    return err.str() if err is not None else str(exc)
+
+
 def refused_for_good(err: KafkaError, where: str) -> RefusedForGood | None:
     """The failure as `RefusedForGood` if the broker would refuse the same record again (e.g. a
     transaction failed by a record over its topic's limit), else None."""
@@ -1055,7 +1062,9 @@ def create_topics(
     new = [NewTopic(name, num_partitions=n, replication_factor=-1, config=dict(cfg))
            for name, (n, cfg) in specs.items()]
     created, existing = [], []
-    for name, future in client.create_topics(new, operation_timeout=timeout).items():
+    # request_timeout too: librdkafka's own (60 s) held a command on a broker that answers
+    # metadata but not the request (its advertised listener unreachable: a review).
+    for name, future in client.create_topics(new, operation_timeout=timeout, request_timeout=timeout).items():
         try:
             future.result()
             created.append(name)
@@ -1064,7 +1073,7 @@ def create_topics(
             if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 existing.append(name)
                 continue
-            raise BrokerError(f"cannot create topic {name}: {exc}") from None
+            raise BrokerError(f"cannot create topic {name}: {kafka_message(exc)}") from None
     relied_on = {name: {k: v for k, v in specs[name][1].items() if k not in CREATION_DEFAULTS} for name in existing}
     _apply_configs(client, {name: configs for name, configs in relied_on.items() if configs}, timeout)
     _wait_for_leaders(client, list(specs), timeout)

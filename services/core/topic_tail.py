@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message, TopicPartition
 
 from services.core.errors import BrokerError, ConfigError
-from services.core.kafka import Consumer, groupless, partition_counts
+from services.core.kafka import Consumer, groupless, kafka_message, partition_counts
 
 
 class TopicTail:
@@ -34,7 +34,7 @@ class TopicTail:
                     TopicPartition(self.topic, tp.partition), timeout=10
                 )
             except KafkaException as exc:
-                raise BrokerError(f"cannot read the end offsets of {self.topic}: {exc}") from None
+                raise BrokerError(f"cannot read the end offsets of {self.topic}: {kafka_message(exc)}") from None
             ends[tp.partition] = high
         return ends
 

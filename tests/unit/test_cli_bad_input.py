@@ -1343,3 +1343,22 @@ def test_a_listing_for_a_lag_column_keeps_what_answered(caplog: pytest.LogCaptur
     with caplog.at_level("WARNING"):
         assert consumer_groups({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0}, timeout=1) == []
     assert "the consumer groups listed are those of the brokers that answered" in caplog.text
+
+
+def test_a_kafka_error_no_wrapper_foresaw_is_one_line_of_its_text(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """'error: Kafka client: KafkaError{code=_DESTROY_BROKER,val=-137,str="..."}' (a review)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from services.cli import main as cli
+
+    def fails(_args: Any) -> int:
+        raise KafkaException(KafkaError(KafkaError._DESTROY_BROKER, "Failed to get watermark offsets: Local: "
+                                                                    "Broker handle destroyed without termination"))
+
+    monkeypatch.setattr(cli, "cmd_topics", fails)
+    assert cli._run(["topics", "create", "--bootstrap", "b:9"]) == 2
+    said = capsys.readouterr().err
+    assert ("error: Kafka client: Failed to get watermark offsets: Local: Broker handle destroyed without "
+            "termination\n") in said and "KafkaError{" not in said
