@@ -18,8 +18,8 @@ from collections.abc import Callable
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from services.core.control_records import SEAL_HEADER
-from services.core.errors import RendezvousError
-from services.core.kafka import committed_offsets, kafka_error, partition_end
+from services.core.errors import RendezvousError, TopicMissing
+from services.core.kafka import committed_offsets, kafka_error, partition_counts, partition_end
 from services.core.service import Context
 from services.rendezvous import metrics as m
 from services.rendezvous.join import Join
@@ -164,11 +164,12 @@ class Takeover:
             raise  # RendezvousErrors too, but the broker is fine: the caller waits for them
         except KafkaException as exc:
             if _code_of(exc) == KafkaError._UNKNOWN_PARTITION:
-                # The broker is fine: requests grew and an output topic did not (yet). Retried every RETRY_S.
-                log.log(self._loudness(),
-                        "recovery of %s waits: an output partition it reads does not exist (%s); answers and log "
-                        "must have as many partitions as requests: grow them together (docs/helm.md)",
-                        sorted({tp.partition for tp in partitions}), exc)
+                # The broker is fine: requests grew and an output topic did not (yet), or one was
+                # deleted (said as such: 'grow them together' sent a review looking at partition
+                # counts for a topic that was gone). Retried every RETRY_S.
+                loudness = self._loudness()
+                log.log(loudness, "recovery of %s waits: %s", sorted({tp.partition for tp in partitions}),
+                        self._missing_outputs(ctx) if loudness > logging.DEBUG else "an output partition is missing")
                 return []
             ctx.health.mark_down()
             log.warning("recovery waiting for the broker: %s", exc)
@@ -177,6 +178,18 @@ class Takeover:
             ctx.health.mark_down()
             log.warning("recovery waiting for the broker: %s", exc)
             return []
+
+    def _missing_outputs(self, ctx: Context) -> str:
+        """Why an output partition recovery reads does not exist: its topic is gone, or has fewer
+        partitions than the requests."""
+        try:
+            partition_counts(ctx.config, [self.topics.answers, self.topics.log], timeout=5.0)
+        except TopicMissing as err:
+            return f"{err} (deleted while serving?)"
+        except RendezvousError as err:
+            return f"an output partition it reads does not exist, and the topics could not be listed ({err})"
+        return ("an output partition it reads does not exist; answers and log must have as many partitions as "
+                "requests: grow them together (docs/helm.md)")
 
     def _loudness(self) -> int:
         """WARNING for a wait's reason once every OPEN_TXN_WARN_S, DEBUG for the tries between."""

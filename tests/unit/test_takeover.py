@@ -245,3 +245,20 @@ def test_every_reply_names_the_inputs_of_the_request_at_its_address() -> None:
     assert produced == [(service.topics.replies, 1, [(INPUTS_HEADER, b"first")]),
                         (service.topics.replies, 2, [(INPUTS_HEADER, b"first")]),
                         (service.topics.replies, 3, [(INPUTS_HEADER, b"retry")])]
+
+
+def test_recovery_waiting_on_a_deleted_output_topic_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It said 'answers and log must have as many partitions as requests: grow them together' for a
+    log topic deleted under a running rendezvous (a review)."""
+    from types import SimpleNamespace
+
+    from services.core.errors import TopicMissing
+
+    def counts(_config: object, topics: list[str], timeout: float | None = None) -> dict[str, int]:
+        raise TopicMissing(f"missing topic(s) {topics[1]} at b:9; create them with `rendezvous topics create`")
+
+    monkeypatch.setattr(takeover_module, "partition_counts", counts)
+    said = takeover("latest")._missing_outputs(SimpleNamespace(config={}))  # type: ignore[arg-type]
+    assert said.startswith("missing topic(s) rdv.log at b:9; create them with") and "deleted" in said
+    monkeypatch.setattr(takeover_module, "partition_counts", lambda *_a, **_k: {})
+    assert "grow them together" in takeover("latest")._missing_outputs(SimpleNamespace(config={}))  # type: ignore[arg-type]
