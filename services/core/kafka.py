@@ -851,13 +851,20 @@ _FINAL_ERRORS = {
 }
 
 
-# A client speaking TLS to a plaintext listener, or SASL to a listener without it: said at once,
-# naming the mismatch, not after the whole connect timeout, or as refused credentials (a review).
-_NO_TLS_THERE = "PLAINTEXT broker listener?"
+# A client speaking SASL to a listener without it (the broker's own answer): said at once, not as
+# refused credentials (a review).
 _NO_SASL_THERE = re.compile(r"Request not valid in current SASL state|supported mechanisms:\s*(\(|$)")
-# A plaintext client's first request closed at once: what a TLS listener does (not final: said
-# with the timeout's error).
-_CLOSED_AT_FIRST_REQUEST = "in state APIVERSION_QUERY"
+# What a protocol mismatch looks like from the client, said with the timeout's error: not final,
+# since a proxy or a broker restarting closes connections so too (a TLS wait ended at once on a
+# proxy's first closes, though the broker came 4 s later: the review of a first form). A TLS
+# handshake closed (librdkafka's own guess: a plaintext listener), or a plaintext client's first
+# request closed (what a TLS listener does).
+_MISMATCH_HINTS = {
+    "PLAINTEXT broker listener?": ("closed during each TLS handshake, as a plaintext listener does", {
+        "ssl": "PLAINTEXT", "sasl_ssl": "SASL_PLAINTEXT"}),
+    "in state APIVERSION_QUERY": ("closed each connection at the client's first request, as a TLS listener does "
+                                  "to a plaintext client", {"plaintext": "SSL", "sasl_plaintext": "SASL_SSL"}),
+}
 WAIT_SAID_AFTER_S = 5.0  # a wait for the broker longer than this is logged once (at start-up, said)
 
 
@@ -867,11 +874,16 @@ def _final_error(err: KafkaError, bootstrap: Any) -> str | None:
     if err.code() == KafkaError._AUTHENTICATION and _NO_SASL_THERE.search(reason):
         return (f"the listener at {bootstrap} does not use SASL ({reason}): check security.protocol "
                 "(PLAINTEXT or SSL there) and the port")
-    if err.code() == KafkaError._TRANSPORT and _NO_TLS_THERE in reason:
-        return (f"the listener at {bootstrap} takes plaintext, and this client speaks TLS ({reason}): give the "
-                "broker's TLS port, or security.protocol=PLAINTEXT")
     template = _FINAL_ERRORS.get(err.code())
     return template.format(bootstrap=bootstrap, reason=reason) if template else None
+
+
+def _mismatch_hint(reason: str, protocol: str) -> str | None:
+    """A hint for the timeout's error, if `reason` looks like a protocol mismatch for `protocol`."""
+    for sign, (what, instead) in _MISMATCH_HINTS.items():
+        if sign in reason and protocol.lower() in instead:
+            return f"it {what}: security.protocol={instead[protocol.lower()]}?"
+    return None
 
 
 def partition_end(consumer: Any, tp: TopicPartition) -> int:
@@ -893,7 +905,8 @@ def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> 
     timeout = _connect_timeout_s if timeout is None else timeout
     bootstrap = config.get("bootstrap.servers")
     final: list[str] = []  # what to say of errors retrying cannot mend (`_final_error`)
-    closed_at_first_request: list[bool] = []
+    hints: list[str] = []  # of a protocol mismatch, for the timeout's error
+    protocol = str(config.get("security.protocol", "plaintext"))
     caller_cb = config.get("error_cb")
 
     def on_error(err: KafkaError) -> None:
@@ -903,7 +916,9 @@ def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> 
         elif err.fatal():
             _log_client_error(err)
         else:
-            closed_at_first_request.append(_CLOSED_AT_FIRST_REQUEST in err.str())
+            hint = _mismatch_hint(err.str(), protocol)
+            if hint is not None and hint not in hints:
+                hints.append(hint)
             log.debug("kafka client, waiting for the broker: %s", err.str())
         if callable(caller_cb):
             caller_cb(err)
@@ -930,11 +945,10 @@ def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> 
             raise BrokerError(final[0])
         now = time.monotonic()
         if now >= deadline:
-            tls_there = (" (it closed each connection at the client's first request, as a TLS listener does to a "
-                         "plaintext client: security.protocol=SSL?)") if any(closed_at_first_request) else ""
+            mismatch = f" ({'; '.join(hints)})" if hints else ""
             raise BrokerUnavailable(
                 f"no Kafka broker answered at {bootstrap!r} within {timeout:g}s "
-                f"({last}){tls_there}; start one with `rendezvous broker start`, or check --bootstrap (and, for a "
+                f"({last}){mismatch}; start one with `rendezvous broker start`, or check --bootstrap (and, for a "
                 "cluster that wants TLS or SASL, --kafka-config security.protocol=...)"
             )
         if not said_waiting and now - started >= WAIT_SAID_AFTER_S:

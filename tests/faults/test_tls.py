@@ -89,16 +89,17 @@ def test_a_wrong_ca_fails_at_once_in_one_line(broker: LocalBroker, tmp_path: Pat
     print(f"FIGURES wrong CA refused in {took:.2f}s: {lines[0]}")
 
 
-def test_a_tls_client_at_the_plaintext_listener_is_told_so_at_once(broker: LocalBroker, tls: TlsFiles) -> None:
-    """It waited out the connect timeout, then said 'no Kafka broker answered' (a review): librdkafka
-    named the mismatch in its first millisecond."""
+def test_a_tls_client_at_the_plaintext_listener_is_told_what_it_looks_like(broker: LocalBroker, tls: TlsFiles) -> None:
+    """It said 'no Kafka broker answered' and nothing of the TLS handshakes the listener closed (a
+    review). Not at once: a proxy or a broker restarting closes connections so too."""
     done, took = cli("topics", "create", "--bootstrap", broker.bootstrap, "--topic-prefix", "tlsplain.",
-                     *tls_flags(tls.ca))
+                     "--kafka-config", "security.protocol=SSL", "--kafka-config", f"ssl.ca.location={tls.ca}",
+                     "--connect-timeout-s", "5")
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, done.stderr
-    assert f"the listener at {broker.bootstrap} takes plaintext, and this client speaks TLS" in lines[0], lines[0]
-    print(f"FIGURES TLS client at a plaintext listener refused in {took:.2f}s")
+    assert "closed during each TLS handshake, as a plaintext listener does: security.protocol=PLAINTEXT?" in lines[0]
+    print(f"FIGURES TLS client at a plaintext listener said in {took:.2f}s: {lines[0]}")
 
 
 def test_the_server_properties_holding_the_key_are_readable_by_their_owner_only(broker: LocalBroker) -> None:
