@@ -248,9 +248,10 @@ class ExactlyOnce(_Base):
         # yet (commit_transaction failed at once): served now, before the abort discards it.
         self.txn.poll(0)
         lasting = self.txn.lasting_failure() or refused_for_good(err, "an output of the transaction")
-        if lasting is None and self.txn.timed_out:
+        if lasting is None and self.txn.timed_out and not self.stopping():
             # Aborting and re-reading alone would meet the same timeout every transaction, for
             # ever, if the client itself is stuck (Producer.timed_out): a new one costs little.
+            # Not while stopping: nothing is re-read, and the abort below is tried (a review).
             self._replace_producer("an output timed out undelivered", why="timed_out")
         self.abort()
         if lasting is not None:
@@ -553,7 +554,9 @@ class CommitLane:
         self._wait_idle()
         with self._lock:
             unsettled, self._outcomes = self._outcomes, []
-        aborted = next((o.error for o in unsettled if isinstance(o.error, TransactionAborted)), None)
+        # An abort that failed while stopping is raised as it is: said as refused outputs, the
+        # service aborted once more, 5 s of a drain in a broker outage (a review).
+        aborted = next((o.error for o in unsettled if isinstance(o.error, (TransactionAborted, AbortFailed))), None)
         if aborted is not None:
             raise aborted
         failed = next((o for o in unsettled if o.error is not None), None)

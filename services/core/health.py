@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 READY = Gauge("rdv_ready", "1 when the service can do its job (broker reachable, partitions assigned or a standby).")
 BROKER_UP = Gauge("rdv_broker_reachable", "1 when the Kafka cluster answers this process.")
+# Unknown (NaN: no alert compares true) until a service asks: a model worker's endpoint answers
+# while it loads its model, and a 0 then paged RdvBrokerUnreachable for a load of a minute (a review).
+BROKER_UP.set(float("nan"))
 
 Readiness = Callable[[], tuple[bool, str]]  # also liveness: (ok, the reason when not)
 

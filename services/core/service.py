@@ -535,6 +535,9 @@ class StreamService:
                 self.ctx.outputs.abort_now()
             except TransactionAborted as err:  # the abort itself failed: the producer was replaced,
                 log.warning("%s", err)          # which ended the transaction; re-read all the same
+            except AbortFailed as err:  # while stopping: nothing may be committed after it
+                self._abort_failed_with(err)
+                raise
             self.handler.on_rewind()
             if self._schemas is not None:
                 self._resume_released(self._schemas.clear())

@@ -310,3 +310,33 @@ def test_commit_now_says_nothing_was_committed_when_the_broker_rejected_the_offs
     assert lane.commit_now([TopicPartition("t", 0, 9)], lambda: False) is False
     committer.takes_offsets = True
     assert lane.commit_now([TopicPartition("t", 0, 9)], lambda: False) is True
+
+
+class AbortFailingWhileStopping(RecordingCommitter):
+    """Its transaction failed, and so did the one abort tried while the service stops."""
+
+    transactional = True
+
+    def commit(self, offsets: list[TopicPartition], give_up: Callable[[], bool], group: Any) -> bool:
+        from services.core.commits import AbortFailed
+
+        self.commits.append(("abort failed", [tp.offset for tp in offsets]))
+        raise AbortFailed("stopped while aborting the transaction (Local: Timed out)")
+
+
+def test_commit_now_raises_an_abort_that_failed_while_stopping_as_it_is() -> None:
+    """Raised as 'outputs were refused' (a TransactionAborted), the drain's commit aborted once
+    more: 5 s of a drain in a broker outage (a review)."""
+    from services.core.commits import AbortFailed
+
+    committer = AbortFailingWhileStopping()
+    lane = CommitLane(committer, None)
+    try:
+        lane.request([TopicPartition("t", 0, 100)])
+        with lane._lock:
+            assert lane._lock.wait_for(lambda: bool(lane._outcomes), 5)
+        with pytest.raises(AbortFailed):
+            lane.commit_now([TopicPartition("t", 0, 120)], lambda: False)
+        assert committer.commits == [("abort failed", [100])]
+    finally:
+        lane.close()

@@ -84,3 +84,23 @@ def test_the_producers_close_after_a_drain_delivers_for_what_the_drain_has_left(
     assert service._close_within_s() == 3.0
     clock[0] = 200.0
     assert service._close_within_s() == 1.0
+
+
+def test_a_timed_out_output_while_stopping_is_aborted_not_left_open_for_a_new_producer() -> None:
+    """Stopping, an output timed out: the producer's replacement (refused while stopping) came
+    before the abort, so no abort was tried though the broker answered (a review)."""
+    from types import SimpleNamespace
+
+    from confluent_kafka import KafkaError
+
+    from services.core.commits import TransactionAborted
+
+    calls: list[str] = []
+    native = SimpleNamespace(abort_transaction=lambda _t: calls.append("abort"),
+                             begin_transaction=lambda: calls.append("begin"))
+    txn = SimpleNamespace(native=native, timed_out=True, poll=lambda _t: None, lasting_failure=lambda: None,
+                          discard_failures=lambda: None, renew=lambda: calls.append("renew"))
+    committer = ExactlyOnce(txn, None, lambda _w: None, BrokerHealth(), retry_s=0.01,  # type: ignore[arg-type]
+                            stopping=lambda: True)
+    failed = committer._aborted(KafkaError(KafkaError._TIMED_OUT, "commit timed out", txn_requires_abort=True))
+    assert isinstance(failed, TransactionAborted) and calls == ["abort", "begin"]
