@@ -1,7 +1,11 @@
 """The first seconds after a cold broker start, reported on their own (used by latency_curve.py).
 
 A broker just started still compiles its hot code (the JVM's JIT) and its caches are empty, so the
-first half-minute of load is slower than what follows. Right after the broker and the services
+first half-minute of load is slower than what follows. How cold it is depends on how it started:
+the project's local broker runs a start-up warm-up (RDV_BROKER_WARMUP) and maps the class-data
+archive of earlier starts (RDV_BROKER_CDS) before it says it is ready, so by default this is a
+"cold start after the local broker's warm-up"; latency_curve.py --truly-cold turns both off
+(bench.common.broker_start labels which). Right after the broker and the services
 are up, the rendezvous pipeline alone gets `rate` requests/s for `seconds`; the figures come per
 `window_s` window of sending time (the i-th request falls in window i // (rate * window_s)) and for
 the whole, with the broker's CPU by thread group (JIT compiler, GC, network threads, request

@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -88,20 +88,68 @@ class BrokerInfo:
     bootstrap: str
     external: bool  # given by KAFKA_BOOTSTRAP_SERVERS, not started by this run
     pid: int | None  # of the broker this run started (for its CPU time)
+    # Of a broker this run started: what it did before the bench's first request (its start-up
+    # warm-up, RDV_BROKER_WARMUP, and its class-data archive, RDV_BROKER_CDS; services/localkafka/).
+    start: Mapping[str, Any] = field(default_factory=dict)
+
+
+# A broker started with neither the local broker's warm-up traffic nor a class-data archive.
+TRULY_COLD_ENV = {"RDV_BROKER_WARMUP": "off", "RDV_BROKER_CDS": "off"}
 
 
 @contextmanager
-def kafka_broker() -> Iterator[BrokerInfo]:
-    """KAFKA_BOOTSTRAP_SERVERS if set, else a broker started for this run (stopped at the end)."""
+def _environment(overrides: Mapping[str, str]) -> Iterator[None]:
+    """os.environ with `overrides` inside the block (the local broker reads its switches from it at
+    start), as it was after it (so the services this run starts later do not inherit them)."""
+    saved = {name: os.environ.get(name) for name in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def broker_start(status: Mapping[str, Any]) -> dict[str, Any]:
+    """How a local broker started, from its status: its warm-up, its class-data archive, and a label
+    for the figures measured right after (a cold start)."""
+    warm_up, archive = status.get("warm_up"), status.get("cds_archive") or ""
+    # An archive is mapped only if it was there; else this start records one (cds_pending).
+    mapped = bool(archive) and not status.get("cds_pending")
+    warmed, cds = warm_up not in (None, "off"), mapped
+    if not warmed and not cds:
+        label = ("truly cold broker (no start-up warm-up, no class-data archive: "
+                 "RDV_BROKER_WARMUP=off RDV_BROKER_CDS=off)")
+    elif warmed:
+        label = ("cold start after the local broker's warm-up (its start-up warm-up traffic, "
+                 + ("and its class-data archive)" if cds else "no class-data archive yet)"))
+    else:
+        label = "cold start of a broker with no start-up warm-up (RDV_BROKER_WARMUP=off), on a class-data archive"
+    return {"label": label, "warm_up": warm_up, "cds_archive": archive if mapped else "",
+            "cds_recorded": str(status.get("cds_pending") or ""), "truly_cold": not warmed and not cds}
+
+
+@contextmanager
+def kafka_broker(env: Mapping[str, str] | None = None) -> Iterator[BrokerInfo]:
+    """KAFKA_BOOTSTRAP_SERVERS if set, else a broker started for this run (stopped at the end), with
+    `env` in the environment while it starts (e.g. TRULY_COLD_ENV)."""
     given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
     if given:
         note(f"using the broker at {given} (KAFKA_BOOTSTRAP_SERVERS)")
         yield BrokerInfo(given, True, None)
         return
-    note("starting a Kafka broker for this run ...")
-    with tempfile.TemporaryDirectory(prefix="rdv-bench-") as tmp, ephemeral_broker(tmp) as broker:
-        note(f"broker ready at {broker.bootstrap}")
-        yield BrokerInfo(broker.bootstrap, False, broker.pid)
+    extra = dict(env or {})
+    note("starting a Kafka broker for this run" + (f" ({' '.join(f'{k}={v}' for k, v in extra.items())})"
+                                                   if extra else "") + " ...")
+    with tempfile.TemporaryDirectory(prefix="rdv-bench-") as tmp, ExitStack() as stack:
+        with _environment(extra):
+            broker = stack.enter_context(ephemeral_broker(tmp))
+        start = broker_start(broker.status())
+        note(f"broker ready at {broker.bootstrap}; {start['label']}")
+        yield BrokerInfo(broker.bootstrap, False, broker.pid, start)
 
 
 def run_prefix(bench: str) -> str:
@@ -314,9 +362,10 @@ def children(env: Mapping[str, str]) -> Iterator[Children]:
 
 
 # ----- the bare pass-through hop (the baseline) ---------------------------------------------------
-def bare_producer(bootstrap: str) -> Producer:
-    """A plain confluent-kafka producer with the services' client settings (same batching/acks)."""
-    return Producer({**PRODUCER_DEFAULTS, "bootstrap.servers": bootstrap})
+def bare_producer(bootstrap: str, overrides: Mapping[str, Any] | None = None) -> Producer:
+    """A plain confluent-kafka producer with the services' client settings (same batching/acks),
+    and `overrides` (those of the one producer it stands for, e.g. a linger.ms of its own)."""
+    return Producer({**PRODUCER_DEFAULTS, **(overrides or {}), "bootstrap.servers": bootstrap})
 
 
 def bare_consumer(bootstrap: str, group: str) -> Consumer:
@@ -534,21 +583,73 @@ def profiling(path: str | None) -> Iterator[None]:
         profiler.dump_stats(path)
 
 
+THREAD_SAMPLE_S = 0.02  # how often MeasuredThread reads the CPU of the Python threads its service started
+
+
+def thread_cpu_s(native_id: int) -> tuple[int, float] | None:
+    """(start time in clock ticks, CPU seconds) of a thread of this process, from /proc; None once
+    it is gone. The CPU comes from schedstat (nanoseconds) where the kernel has it, else from stat's
+    utime + stime (clock ticks); the start time tells a thread id handed out again apart."""
+    task = Path(f"/proc/self/task/{native_id}")
+    try:
+        fields = (task / "stat").read_text().rpartition(")")[2].split()
+        start = int(fields[19])
+        try:
+            return start, int((task / "schedstat").read_text().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return start, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class MeasuredThread:
     """`target(stop)` of a service under test in a daemon thread of this process (cProfiled with
     `profile`). `ready` is set when it ends, so the main thread never waits on a dead thread; a
-    failure is raised on the main thread by `raise_failure` and `finish`; `cpu_s` is the thread's
-    CPU time over its whole life (librdkafka's own threads not included)."""
+    failure is raised on the main thread by `raise_failure` and `finish`.
+
+    `cpu_s` is the CPU time of every Python thread the service ran: the one that runs `target`
+    (time.thread_time, its whole life) and each Python thread started while it ran (e.g. the
+    exactly-once commit thread `rdv-commit` and its `rdv-send-offsets` helpers, services/core/
+    commits.py), read from /proc every THREAD_SAMPLE_S by a sampler thread (a thread that ends
+    loses what it used after its last reading). Not counted: librdkafka's own threads (rdk:*,
+    not Python threads), the bench's threads (those alive before, the sampler). `run_thread_cpu_s`
+    is the first thread's alone, `threads_cpu_s` the CPU by thread name."""
+
+    COUNTED = ("every Python thread the service ran (the one running it, and those it started, e.g. "
+               "the commit thread rdv-commit); librdkafka's own threads (rdk:*) excluded")
 
     def __init__(self, name: str, target: Callable[[threading.Event], object], ready: threading.Event,
                  profile: str | None = None) -> None:
         self.name = name
         self.stop = threading.Event()
         self.cpu_s = math.nan
+        self.run_thread_cpu_s = math.nan
+        self.threads_cpu_s: dict[str, float] = {}
         self._failures: list[BaseException] = []
         self._ready = ready
+        self._bench_threads = {t.ident for t in threading.enumerate()}  # the bench's own: not counted
+        self._others: dict[tuple[int, int], tuple[str, float]] = {}  # (thread id, start) -> (name, CPU s)
+        self._lock = threading.Lock()
+        self._ended = threading.Event()
         self._thread = threading.Thread(target=self._body, args=(target, profile), name=name, daemon=True)
+        self._sampler = threading.Thread(target=self._sample_until_ended, name=f"{name}-cpu-sampler", daemon=True)
         self._thread.start()
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        """Read the CPU of the Python threads started since, other than the bench's and the runner."""
+        skip = {*self._bench_threads, self._thread.ident, self._sampler.ident}
+        for thread in threading.enumerate():
+            if thread.ident in skip or thread.native_id is None:
+                continue
+            read = thread_cpu_s(thread.native_id)
+            if read is not None:
+                with self._lock:
+                    self._others[(thread.native_id, read[0])] = (thread.name, read[1])
+
+    def _sample_until_ended(self) -> None:
+        while not self._ended.wait(THREAD_SAMPLE_S):
+            self._sample()
 
     def _body(self, target: Callable[[threading.Event], object], profile: str | None) -> None:
         started = time.thread_time()
@@ -558,7 +659,17 @@ class MeasuredThread:
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread and raised there
             self._failures.append(exc)
         finally:
-            self.cpu_s = time.thread_time() - started
+            self.run_thread_cpu_s = time.thread_time() - started
+            self._sample()  # threads still running (not stopped by the service) count up to now
+            self._ended.set()
+            if self._sampler.is_alive():
+                self._sampler.join(5.0)
+            by_name: dict[str, float] = {self.name: self.run_thread_cpu_s}
+            with self._lock:
+                for thread_name, cpu in self._others.values():
+                    by_name[thread_name] = by_name.get(thread_name, 0.0) + cpu
+            self.threads_cpu_s = by_name
+            self.cpu_s = math.fsum(by_name.values())
             self._ready.set()
 
     def is_alive(self) -> bool:
@@ -573,6 +684,7 @@ class MeasuredThread:
         """Stop the thread and wait for it (in a `finally`: raises nothing of its own)."""
         self.stop.set()
         self._thread.join(timeout)
+        self._sampler.join(timeout)
 
     def check_finished(self) -> None:
         """After `finish`: raise the thread's failure, or that it did not stop."""
@@ -666,16 +778,18 @@ def positive(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: 
 
 
 def run_bench(
-    bench: str, args: argparse.Namespace, body: Callable[[BrokerInfo], Mapping[str, Any]]
+    bench: str, args: argparse.Namespace, body: Callable[[BrokerInfo], Mapping[str, Any]],
+    broker_env: Mapping[str, str] | None = None,
 ) -> int:
-    """Run `body` on the run's broker (see `kafka_broker`); write its results to `--json`.
+    """Run `body` on the run's broker (see `kafka_broker`, started with `broker_env`); write its
+    results to `--json`.
 
     Exit status 0, or 1 when the bench failed (BenchError) or its results list `problems`,
     130 when interrupted (Ctrl-C or SIGTERM; whatever was started is stopped either way).
     """
     interrupt_on_sigterm()
     try:
-        with kafka_broker() as broker:
+        with kafka_broker(broker_env) as broker:
             results = body(broker)
             release_clients()
     except BenchError as err:

@@ -12,12 +12,15 @@ into a fresh log topic, then measures in the same run, on the same broker:
   (b) the comparison service (in a thread, its own consumer group, the default 5 s export
       interval and per-batch commits) reading the topic to its end.
 
-Each timing runs from partition assignment to the last record. The figures of merit are
-records/s and the ratio (b) / (a). Both include the broker's first fetch after the assignment
-(~0.1 s, the same for both), so the steady rate is reported too: from the end of the first batch
-handled to the last record (the service's progress is looked at every 10 ms). Because these
-machines are shared, the CPU time of the consuming thread is reported too (librdkafka's own
-threads excluded, in both cases): records per CPU-second is what the code costs, whatever else
+Each run is timed from partition assignment to the last record (wall-clock) and, the figure of
+merit, from the end of the first batch handled to the last record (steady; the service's
+progress is looked at every 10 ms). The wall-clock time includes the broker's first fetch after
+the assignment, a fixed ~0.1 s for both that pulls their ratio toward 1 (0.40 wall-clock against
+0.29 steady in one run), so the verdict and the headline ratio (b) / (a) are the steady ones;
+the wall-clock ratio is printed beside it, labelled so. Because these machines are shared, the
+CPU time is reported too: of the consuming thread for (a), of every Python thread the service
+ran for (b) (the thread running it and those it started, e.g. its commit thread); librdkafka's
+own threads are excluded in both. Records per CPU-second is what the code costs, whatever else
 the machine was doing.
 """
 
@@ -34,7 +37,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -70,7 +73,7 @@ from services.core.settings import Topics
 
 MODELS = MODEL_VERSIONS
 TARGET_RECORDS_S = 30_000.0
-TARGET_RATIO = 0.5  # of a bare consume, wall-clock (issue 8)
+TARGET_RATIO = 0.5  # of a bare consume (issue 8), steady: from each one's first batch to its last record
 MAX_BATCH = ComparisonSettings().max_batch  # the bare consume takes batches as large as the service does
 
 
@@ -132,9 +135,15 @@ class Timing:
     startup_s: float  # start -> partitions assigned
     processing_s: float  # assigned -> every record handled
     records: int
-    cpu_s: float  # CPU time of the consuming thread over its whole run
+    cpu_s: float  # CPU time of the consuming thread(s) over the whole run (librdkafka's threads not)
     first_s: float  # assigned -> the first batch handled
     first_records: int  # records of that batch
+    threads_cpu_s: dict[str, float] = field(default_factory=dict)  # cpu_s by thread name (the service's)
+
+    @property
+    def wall_records_s(self) -> float:
+        """Records per second from partition assignment, the broker's first fetch included."""
+        return self.records / max(self.processing_s, 1e-9)
 
     @property
     def steady_records_s(self) -> float:
@@ -192,38 +201,46 @@ def run_service(bootstrap: str, prefix: str, args: argparse.Namespace) -> Timing
     window = WINDOW.value("rdv_cmp_window_records")
     note(f"comparison: window holds {window} records; agreement challenger/champion "
          f"{WINDOW.value('rdv_cmp_agreement_ratio', model='challenger', champion='champion')}")
-    return Timing(assigned - started, done - assigned, service.processed, thread.cpu_s, first_at - assigned, first)
+    return Timing(assigned - started, done - assigned, service.processed, thread.cpu_s, first_at - assigned, first,
+                  dict(thread.threads_cpu_s))
 
 
 def report(args: argparse.Namespace, preload_s: float, bases: list[Timing], service: Timing) -> dict[str, object]:
     n = args.records
-    base_rate = sum(n / b.processing_s for b in bases) / len(bases)
-    rate = n / service.processing_s
+    base_wall = sum(b.wall_records_s for b in bases) / len(bases)
+    base_steady = sum(b.steady_records_s for b in bases) / len(bases)
+    wall, rate = service.wall_records_s, service.steady_records_s
     names = ["bare consume, before", "comparison service", "bare consume, after"]
-    rows = [[name, t.startup_s, t.processing_s, t.records / t.processing_s, t.steady_records_s, t.cpu_s,
+    rows = [[name, t.startup_s, t.processing_s, t.steady_records_s, t.wall_records_s, t.cpu_s,
              t.records / t.cpu_s, t.records] for name, t in zip(names, [bases[0], service, *bases[1:]], strict=False)]
     print_table(
         f"Comparison throughput: {n:,} log records x {len(MODELS)} outputs pre-loaded ({preload_s:.1f} s), "
         f"{args.partitions} partitions",
-        ["consumer", "startup s", "processing s", "records/s", "steady records/s", "CPU s", "records/CPU-s",
-         "records"], rows,
+        ["consumer", "startup s", "processing s", "steady records/s", "wall-clock records/s", "CPU s",
+         "records/CPU-s", "records"], rows,
         digits=2,
     )
-    share = ratio(rate, base_rate)
-    steady = ratio(service.steady_records_s, sum(b.steady_records_s for b in bases) / len(bases))
+    steady = ratio(rate, base_steady)
+    share = ratio(wall, base_wall)
     cpu_rate = n / service.cpu_s
     cpu_share = ratio(cpu_rate, sum(n / b.cpu_s for b in bases) / len(bases))
     verdict = "met" if rate >= TARGET_RECORDS_S else "NOT met"
-    ratio_verdict = "met" if share >= TARGET_RATIO else "NOT met"
-    print(f"ratio comparison / bare consume (mean of before and after): {share:.3f} wall-clock, "
-          f"{cpu_share:.3f} per CPU-second; target >= {TARGET_RATIO}x: {ratio_verdict}; "
-          f"target >= {TARGET_RECORDS_S:,.0f} records/s: {verdict} "
-          f"({rate:,.0f}/s wall-clock, {cpu_rate:,.0f} per CPU-second; load average {os.getloadavg()[0]:.1f} "
-          f"on {os.cpu_count()} CPUs)")
-    print(f"steady ratio (after the first batch; the broker's first fetch left out): {steady:.3f}")
+    ratio_verdict = "met" if steady >= TARGET_RATIO else "NOT met"
+    print(f"ratio comparison / bare consume (mean of before and after): {steady:.3f} steady (from each one's "
+          f"first batch to its last record; the figure of merit); target >= {TARGET_RATIO}x: {ratio_verdict}")
+    print(f"  also: {share:.3f} wall-clock (from partition assignment: the broker's first fetch, ~0.1 s for each, "
+          f"included), {cpu_share:.3f} per CPU-second")
+    print(f"target >= {TARGET_RECORDS_S:,.0f} records/s (steady): {verdict} ({rate:,.0f}/s steady, {wall:,.0f}/s "
+          f"wall-clock, {cpu_rate:,.0f} per CPU-second; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
+          f"CPUs)")
+    by_thread = ", ".join(f"{name} {cpu:.3f} s" for name, cpu in service.threads_cpu_s.items())
+    print(f"CPU s counted: the bare consume's one thread; the comparison service's {MeasuredThread.COUNTED}: "
+          f"{by_thread}")
     return {"records": n, "preload_s": preload_s, "baselines": [vars(b) for b in bases],
-            "baseline_records_s": base_rate, "comparison": vars(service), "comparison_records_s": rate,
-            "comparison_records_cpu_s": cpu_rate, "ratio": share, "ratio_cpu": cpu_share, "ratio_steady": steady}
+            "baseline_records_s": base_steady, "baseline_records_s_wall": base_wall, "comparison": vars(service),
+            "comparison_records_s": rate, "comparison_records_s_wall": wall, "comparison_records_cpu_s": cpu_rate,
+            "ratio": steady, "ratio_basis": "steady: from each one's first batch to its last record",
+            "ratio_steady": steady, "ratio_wall": share, "ratio_cpu": cpu_share}
 
 
 def measure(broker: BrokerInfo, args: argparse.Namespace) -> dict[str, object]:

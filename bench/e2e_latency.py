@@ -12,7 +12,8 @@ Measured path (each box its own OS process, as in production):
 Latency is created_at -> received_at of each Answer (the client's clock on both ends). The path
 crosses three topics, so the baseline ("floor") is a bare 3-hop pipeline on the same broker at the
 same rate and message size: sender --hop0--> pass-through --hop1--> pass-through --hop2--> sender,
-each pass-through a separate process running a plain confluent-kafka consume -> produce loop.
+each pass-through a separate process running a plain confluent-kafka consume -> produce loop
+whose producer lingers as the one it stands for (the last one, for the rendezvous' replies, never).
 
 Both pipelines run side by side for the whole run but carry load in turns: after a warm-up of
 each, the measured time is cut into `--slices` slices per pipeline, sent in the order

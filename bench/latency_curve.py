@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/latency_curve.py [--rates 100,200,500,1000,...] [--step 8] [--slices 2]
                                             [--warmup 1] [--cold-rate 200] [--cold-seconds 30]
-                                            [--no-cold-start] [--max-minutes 5.5]
+                                            [--no-cold-start] [--truly-cold] [--max-minutes 5.5]
                                             [--json bench/results/latency_curve.json]
                                             [--svg bench/results/latency_curve.svg]
 
@@ -13,6 +13,11 @@ client, next to a bare 3-hop pipeline (the floor), every box its own process.
 1. Cold start: as soon as the fresh broker and the services are up, the rendezvous alone gets
    `--cold-rate` req/s for `--cold-seconds`; figures per 5 s window and for the whole, CPU per
    request by process, the broker's CPU by thread group (JIT compiler, GC, network, handlers).
+   By default the broker starts as the project's local broker does: with its start-up warm-up
+   traffic (RDV_BROKER_WARMUP) and the class-data archive of earlier starts (RDV_BROKER_CDS), so
+   the figures are a "cold start after the local broker's warm-up". `--truly-cold` starts it with
+   RDV_BROKER_WARMUP=off RDV_BROKER_CDS=off: no warm-up, no archive (the JIT and the class
+   loading happen under the load). The tables and the JSON (`cold_start.broker_start`) say which.
 2. The curve: at each rate of `--rates` in turn, a round as in e2e_latency (a warm-up of each
    pipeline, then `--step` s per pipeline in `--slices` interleaved slices): p50/p99, % of
    requests answered by their deadline (received <= deadline) and by status, CPU per request by
@@ -42,6 +47,7 @@ from typing import Any
 from bench.cold_start import cold_figures, measure_cold_start, print_cold
 from bench.common import (
     REPO_ROOT,
+    TRULY_COLD_ENV,
     BrokerInfo,
     new_parser,
     note,
@@ -75,6 +81,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     arg("--cold-seconds", type=float, default=30.0, help="length of the cold start (default 30)")
     arg("--cold-window", type=float, default=5.0, help="seconds per cold start window (default 5)")
     arg("--no-cold-start", action="store_true", help="skip the cold start")
+    arg("--truly-cold", action="store_true",
+        help="start the broker with RDV_BROKER_WARMUP=off RDV_BROKER_CDS=off, so the cold start is a broker's "
+        "first traffic, on no class-data archive (default: the local broker's start-up warm-up and archive, "
+        "as `rendezvous broker start` runs it)")
     arg("--max-minutes", type=float, default=5.5, help="start no rate that would end later (default 5.5)")
     add_stack_arguments(parser)
     args = parser.parse_args(argv)
@@ -88,6 +98,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
              "budget_ms", "partitions")
     if args.warmup < 0:
         parser.error("--warmup must be >= 0")
+    if args.truly_cold and args.no_cold_start:
+        parser.error("--truly-cold is about the cold start: not with --no-cold-start")
     if args.svg and not args.json:
         parser.error("--svg is drawn from the JSON: give --json too (or --svg '')")
     return args
@@ -179,11 +191,12 @@ def measure(broker: BrokerInfo, args: argparse.Namespace, launched: float) -> di
             note(f"cold start: the rendezvous alone at {args.cold_rate:g} req/s for {args.cold_seconds:g} s")
             cold = measure_cold_start(stack, args.cold_rate, args.cold_seconds)
             cold_start = {**cold_figures(cold, args.cold_window), "broker_ready_s": broker_ready_s,
-                          "services_ready_s": services_ready_s}
+                          "services_ready_s": services_ready_s, "broker_start": dict(broker.start)}
         points, stopped = curve(stack, args, launched)
     if cold_start:
-        print_cold(cold_start, f"Cold start (ms, created -> received): the rendezvous alone at {args.cold_rate:g} "
-                               f"req/s from {services_ready_s:.0f} s after a fresh broker was up "
+        label = cold_start["broker_start"].get("label", "cold start")
+        print_cold(cold_start, f"Cold start (ms, created -> received), {label}: the rendezvous alone at "
+                               f"{args.cold_rate:g} req/s from {services_ready_s:.0f} s after a fresh broker was up "
                                f"({broker_ready_s:.0f} s to start it), per {args.cold_window:g} s of sending")
     print_curve(points, args, stopped)
     results = {
@@ -209,7 +222,8 @@ def _rate(rate: float | None) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     launched = time.monotonic()
-    status = run_bench("latency_curve", args, lambda broker: measure(broker, args, launched))
+    status = run_bench("latency_curve", args, lambda broker: measure(broker, args, launched),
+                       broker_env=TRULY_COLD_ENV if args.truly_cold else None)
     if status == 0 and args.svg:
         error = redraw(args.json, args.svg)
         if error:

@@ -9,7 +9,9 @@ CLI (`rendezvous model serve`, `rendezvous serve`), so the benches measure whate
 
 The rendezvous path crosses three topics, so the baseline ("floor") is a bare 3-hop pipeline at
 the same rate and message size, each pass-through a plain confluent-kafka consume -> produce loop
-(`bench/hop.py`). Latency is created_at -> received_at of each request (the client's clock on both
+(`bench/hop.py`) whose producer lingers as the one it stands for does (HOP_LINGER_MS): the first
+pass-through stands for the model workers' score producer, the second for the rendezvous' reply
+producer. Latency is created_at -> received_at of each request (the client's clock on both
 ends), created_at being when the request was due on the sender's schedule (`common.drive`: a
 stall of the sender counts against the pipeline it was sending into). A round warms each
 pipeline up, then sends the measured time in slices, F R R F F R R F ..., each slice drained
@@ -64,6 +66,12 @@ from services.model_worker.settings import model_group
 
 MODELS = ("champion", "challenger", "canary")
 HOPS = 3  # topics crossed by the rendezvous path: requests, scores, replies
+# linger.ms of each pass-through of the floor: that of the producer it stands for (None: the
+# services' PRODUCER_DEFAULTS, services/core/kafka.py). Pass-through 0 (-> hop1) stands for the
+# model workers' score producer (the defaults, services/model_worker/worker.py); pass-through 1
+# (-> hop2) for the rendezvous' reply producer, which never lingers (services/rendezvous/service.py,
+# `start`: "linger.ms": 0). The sender's producer is the client's (both the defaults).
+HOP_LINGER_MS: tuple[int | None, ...] = (None, 0)
 ORDER = ("floor", "rendezvous")
 STATUSES = ("OK", "FALLBACK", "TIMEOUT", "ERROR")
 
@@ -215,6 +223,8 @@ def _spawn_all(kids: Children, bootstrap: str, prefix: str, options: StackOption
     for i in range(HOPS - 1):
         group = f"{prefix}hop{i}"
         hop = ["-m", "bench.hop", "--bootstrap", bootstrap, "--group", group]
+        if HOP_LINGER_MS[i] is not None:
+            hop += ["--linger-ms", str(HOP_LINGER_MS[i])]
         kids.spawn(f"hop{i}", [*hop, "--source", hop_topics[i], "--dest", hop_topics[i + 1]])
         groups.append(group)
     cli = ["-m", "services.cli.main"]
