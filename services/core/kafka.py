@@ -819,10 +819,15 @@ def admin(config: Mapping[str, Any]) -> AdminClient:
 
 
 class _QuietLog:
-    """librdkafka's log lines while waiting for the broker, at DEBUG: the wait reports its outcome once."""
+    """librdkafka's log lines while waiting for the broker, at DEBUG: the wait reports its outcome
+    once. Each line is handed to `seen` too (some failures reach its log alone, not error_cb)."""
+
+    def __init__(self, seen: Callable[[str], None] = lambda _line: None) -> None:
+        self._seen = seen
 
     def log(self, _level: int, msg: str, *args: Any, **kwargs: Any) -> None:
         LIBRDKAFKA_LOG.log(logging.DEBUG, msg, *args, **kwargs)
+        self._seen(msg % args if args else msg)
 
 
 # Short first metadata attempts, so a refused login (reported through error_cb, served between
@@ -860,7 +865,7 @@ _NO_SASL_THERE = re.compile(r"Request not valid in current SASL state|supported 
 # handshake closed (librdkafka's own guess: a plaintext listener), or a plaintext client's first
 # request closed (what a TLS listener does).
 _MISMATCH_HINTS = {
-    "PLAINTEXT broker listener?": ("closed during each TLS handshake, as a plaintext listener does", {
+    "PLAINTEXT broker listener?": ("closed the TLS handshake, as a plaintext listener does", {
         "ssl": "PLAINTEXT", "sasl_ssl": "SASL_PLAINTEXT"}),
     "in state APIVERSION_QUERY": ("closed each connection at the client's first request, as a TLS listener does "
                                   "to a plaintext client", {"plaintext": "SSL", "sasl_plaintext": "SASL_SSL"}),
@@ -886,6 +891,24 @@ def _mismatch_hint(reason: str, protocol: str) -> str | None:
     return None
 
 
+# How a connection's failure reads, in error_cb's text and in librdkafka's log lines.
+_CONNECTION_FAILED = ("Disconnected", "Connect to", "handshake failed")
+
+
+class _LatestFailure:
+    """The hint of the latest connection failure seen (None: it looked like no mismatch): kept for
+    the whole wait, a few handshakes a proxy closed told a TLS client whose broker was then down
+    to use PLAINTEXT (a review)."""
+
+    def __init__(self, protocol: str) -> None:
+        self.protocol = protocol
+        self.hint: str | None = None
+
+    def see(self, text: str) -> None:
+        if any(sign in text for sign in _CONNECTION_FAILED):
+            self.hint = _mismatch_hint(text, self.protocol)
+
+
 def partition_end(consumer: Any, tp: TopicPartition) -> int:
     """The partition's end offset now, asked of the broker (a native consumer's; KafkaException
     if it does not answer)."""
@@ -905,8 +928,7 @@ def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> 
     timeout = _connect_timeout_s if timeout is None else timeout
     bootstrap = config.get("bootstrap.servers")
     final: list[str] = []  # what to say of errors retrying cannot mend (`_final_error`)
-    hints: list[str] = []  # of a protocol mismatch, for the timeout's error
-    protocol = str(config.get("security.protocol", "plaintext"))
+    latest = _LatestFailure(str(config.get("security.protocol", "plaintext")))  # for the timeout's error
     caller_cb = config.get("error_cb")
 
     def on_error(err: KafkaError) -> None:
@@ -916,14 +938,12 @@ def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> 
         elif err.fatal():
             _log_client_error(err)
         else:
-            hint = _mismatch_hint(err.str(), protocol)
-            if hint is not None and hint not in hints:
-                hints.append(hint)
+            latest.see(err.str())
             log.debug("kafka client, waiting for the broker: %s", err.str())
         if callable(caller_cb):
             caller_cb(err)
 
-    merged: dict[str, Any] = {**config, "error_cb": on_error, "logger": _QuietLog()}
+    merged: dict[str, Any] = {**config, "error_cb": on_error, "logger": _QuietLog(latest.see)}
     client = new_client(AdminClient, merged)
     started = time.monotonic()
     deadline = started + timeout
@@ -945,7 +965,7 @@ def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> 
             raise BrokerError(final[0])
         now = time.monotonic()
         if now >= deadline:
-            mismatch = f" ({'; '.join(hints)})" if hints else ""
+            mismatch = f" ({latest.hint})" if latest.hint else ""
             raise BrokerUnavailable(
                 f"no Kafka broker answered at {bootstrap!r} within {timeout:g}s "
                 f"({last}){mismatch}; start one with `rendezvous broker start`, or check --bootstrap (and, for a "

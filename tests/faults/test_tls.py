@@ -98,8 +98,19 @@ def test_a_tls_client_at_the_plaintext_listener_is_told_what_it_looks_like(broke
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, done.stderr
-    assert "closed during each TLS handshake, as a plaintext listener does: security.protocol=PLAINTEXT?" in lines[0]
+    assert "closed the TLS handshake, as a plaintext listener does: security.protocol=PLAINTEXT?" in lines[0]
     print(f"FIGURES TLS client at a plaintext listener said in {took:.2f}s: {lines[0]}")
+
+
+def test_a_plaintext_client_at_the_tls_listener_is_told_what_it_looks_like(broker: LocalBroker) -> None:
+    """The hint of a first request closed: librdkafka says it in its log alone, where the wait did
+    not look (a review: the hint never fired)."""
+    done, _took = cli("topics", "create", "--bootstrap", broker.listener(TLS_LISTENER), "--topic-prefix",
+                      "plaintls.", "--connect-timeout-s", "5")
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, done.stderr
+    assert "as a TLS listener does to a plaintext client: security.protocol=SSL?" in lines[0], lines[0]
 
 
 def test_the_server_properties_holding_the_key_are_readable_by_their_owner_only(broker: LocalBroker) -> None:

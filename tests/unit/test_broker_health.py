@@ -80,3 +80,17 @@ def test_a_protocol_mismatch_is_hinted_for_the_clients_own_protocol(protocol: st
 
     found = _mismatch_hint(reason, protocol)
     assert (found is None) if hint is None else (found is not None and found.endswith(hint)), found
+
+
+def test_the_hint_is_the_latest_failures_not_one_seen_earlier_in_the_wait() -> None:
+    """A few handshakes closed by a proxy, then the TLS broker down: the timeout's error told the
+    TLS client to use PLAINTEXT (a review)."""
+    from services.core.kafka import _LatestFailure
+
+    latest = _LatestFailure("SSL")
+    latest.see("ssl://b:9/bootstrap: SSL handshake failed: Disconnected: connecting to a PLAINTEXT broker listener?")
+    assert latest.hint is not None and latest.hint.endswith("security.protocol=PLAINTEXT?")
+    latest.see("1/1 brokers are down")  # not a connection's failure: the hint stands
+    assert latest.hint is not None
+    latest.see("b:9/bootstrap: Connect to ipv4#127.0.0.1:9 failed: Connection refused (after 0ms in state CONNECT)")
+    assert latest.hint is None
