@@ -100,6 +100,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--warmup must be >= 0")
     if args.truly_cold and args.no_cold_start:
         parser.error("--truly-cold is about the cold start: not with --no-cold-start")
+    if args.truly_cold and os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip():
+        parser.error("--truly-cold starts a broker of its own: not with KAFKA_BOOTSTRAP_SERVERS set (a broker given "
+                     "is not restarted, and there is no cold start)")
     if args.svg and not args.json:
         parser.error("--svg is drawn from the JSON: give --json too (or --svg '')")
     return args

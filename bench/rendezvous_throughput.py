@@ -69,6 +69,7 @@ from bench.common import (
     bench_and_broker,
     cpu_figures,
     fresh_topics,
+    judged,
     metered,
     new_parser,
     note,
@@ -348,7 +349,7 @@ def report(args: argparse.Namespace, preload_s: float, before: list[Timing], rdv
          "thread CPU s", "req/CPU-s", "records out"], rows, digits=2,
     )
     share, wall_share = ratio(rdv_rate, base_rate), ratio(rdv_wall, base_wall)
-    verdict = "met" if rdv_rate >= TARGET_REQ_S else "NOT met"
+    verdict = judged(rdv_rate, TARGET_REQ_S)
     per_cpu = ratio(n / rdv.thread_cpu_s, base_per_cpu)
     print(f"ratio rendezvous / pass-through (median of {len(bases)} pass-through runs): {share:.2f} steady (from "
           f"each run's first output record seen to its last); target >= {TARGET_REQ_S:,.0f} req/s (steady): "
