@@ -15,6 +15,7 @@ import functools
 import logging
 import math
 import re
+import socket
 import threading
 import time
 import uuid
@@ -895,18 +896,27 @@ def _mismatch_hint(reason: str, protocol: str) -> str | None:
 _CONNECTION_FAILED = ("Disconnected", "Connect to", "handshake failed")
 
 
+# A connection to a broker the cluster advertised failing: librdkafka names such a broker
+# `host:port/<its id>` (a bootstrap address is `host:port/bootstrap`).
+_ADVERTISED_FAILED = re.compile(r"(?:^|\s)([^\s/]+:\d+)/\d+: (?:Connect to|Disconnected)")
+
+
 class _LatestFailure:
     """The hint of the latest connection failure seen (None: it looked like no mismatch): kept for
     the whole wait, a few handshakes a proxy closed told a TLS client whose broker was then down
-    to use PLAINTEXT (a review)."""
+    to use PLAINTEXT (a review). `advertised`: an address the cluster advertised that failed."""
 
     def __init__(self, protocol: str) -> None:
         self.protocol = protocol
         self.hint: str | None = None
+        self.advertised: str | None = None
 
     def see(self, text: str) -> None:
         if any(sign in text for sign in _CONNECTION_FAILED):
             self.hint = _mismatch_hint(text, self.protocol)
+            found = _ADVERTISED_FAILED.search(text)
+            if found:
+                self.advertised = found.group(1)
 
 
 def partition_end(consumer: Any, tp: TopicPartition) -> int:
@@ -954,7 +964,11 @@ def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> 
         step = _ATTEMPT_TIMEOUTS[attempt] if attempt < len(_ATTEMPT_TIMEOUTS) else _ATTEMPT_TIMEOUT_MAX
         attempt += 1
         try:
-            return client.list_topics(timeout=min(step, max(0.1, deadline - time.monotonic())))
+            metadata = client.list_topics(timeout=min(step, max(0.1, deadline - time.monotonic())))
+            unreachable = _advertised_unreachable(metadata, max(0.2, min(2.0, deadline - time.monotonic())))
+            if unreachable is None:
+                return metadata
+            last = ADVERTISED_UNREACHABLE.format(bootstrap=bootstrap, unreachable=unreachable)
         except KafkaException as exc:
             err = kafka_error(exc)
             last = err.str() if err is not None else str(exc)
@@ -965,6 +979,12 @@ def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> 
             raise BrokerError(final[0])
         now = time.monotonic()
         if now >= deadline:
+            if last.startswith(ADVERTISED_UNREACHABLE.partition("{")[0]):
+                raise BrokerUnavailable(last)
+            # The bootstrap answered, and the address it advertises (another one) did not.
+            if latest.advertised not in (None, *str(bootstrap).split(",")) and latest.hint is None:
+                said = ADVERTISED_UNREACHABLE.format(bootstrap=bootstrap, unreachable=latest.advertised)
+                raise BrokerUnavailable(f"{said} ({last})")
             mismatch = f" ({latest.hint})" if latest.hint else ""
             raise BrokerUnavailable(
                 f"no Kafka broker answered at {bootstrap!r} within {timeout:g}s "
@@ -975,6 +995,33 @@ def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> 
             said_waiting = True  # once: the service's log was silent until the timeout's error (a review)
             log.warning("no Kafka broker answered at %r for %.0fs yet (%s); waiting up to %gs", bootstrap,
                         now - started, last, timeout)
+
+
+ADVERTISED_UNREACHABLE = ("the broker at {bootstrap} answered, but advertises {unreachable}, which does not answer "
+                          "from here: check its advertised.listeners (a container's or a NAT's inside address?)")
+# Advertised broker addresses this process has reached once: asked again of none (a command's waits
+# for the broker are several, a service's one per client).
+_REACHED: set[tuple[str, int]] = set()
+
+
+def _advertised_unreachable(metadata: Any, timeout_s: float) -> str | None:
+    """The addresses the cluster advertises, if not one of them takes a connection from here; None
+    when one does (or it advertises none). A broker reached at its bootstrap address but advertising
+    one unreachable from here (advertised.listeners naming a container's address, or a NAT's
+    inside one) failed every later call slowly, in librdkafka's words: 'Failed to get watermark
+    offsets: Local: Broker handle destroyed', a topic's creation timed out after 60 s (a review)."""
+    addresses = sorted({(str(b.host), int(b.port)) for b in getattr(metadata, "brokers", {}).values()})
+    if not addresses or any(address in _REACHED for address in addresses):
+        return None
+    failed = []
+    for host, port in addresses:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                _REACHED.add((host, port))
+                return None
+        except OSError as err:
+            failed.append(f"{host}:{port} ({err.strerror or type(err).__name__})")
+    return ", ".join(failed)
 
 
 def topic_config(config: Mapping[str, Any], topic: str, key: str, timeout: float = 15.0) -> str | None:

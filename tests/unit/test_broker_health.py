@@ -94,3 +94,48 @@ def test_the_hint_is_the_latest_failures_not_one_seen_earlier_in_the_wait() -> N
     assert latest.hint is not None
     latest.see("b:9/bootstrap: Connect to ipv4#127.0.0.1:9 failed: Connection refused (after 0ms in state CONNECT)")
     assert latest.hint is None
+
+
+def test_a_broker_advertising_an_address_unreachable_from_here_is_said_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reached at its bootstrap address, a broker advertising 127.0.0.1:1 failed every later call
+    slowly in librdkafka's words ('Broker handle destroyed'; a topic's creation after 60 s: a review)."""
+    import socket
+    from types import SimpleNamespace
+
+    from services.core import kafka
+    from services.core.errors import BrokerUnavailable
+
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    reachable = SimpleNamespace(host="127.0.0.1", port=listening.getsockname()[1])
+    advertised = {"brokers": {1: SimpleNamespace(host="127.0.0.1", port=1)}}
+
+    class Answering:
+        def list_topics(self, timeout: float) -> SimpleNamespace:
+            return SimpleNamespace(**advertised)
+
+        def poll(self, _timeout: float) -> None:
+            return None
+
+    monkeypatch.setattr(kafka, "new_client", lambda _kind, _config: Answering())
+    with pytest.raises(BrokerUnavailable, match=r"^the broker at b:9 answered, but advertises 127.0.0.1:1 \(Conn"):
+        kafka.wait_for_broker({"bootstrap.servers": "b:9"}, timeout=0.5)
+    advertised["brokers"] = {1: SimpleNamespace(host="127.0.0.1", port=1), 2: reachable}  # one of them will do
+    try:
+        assert kafka.wait_for_broker({"bootstrap.servers": "b:9"}, timeout=0.5).brokers[2] is reachable
+    finally:
+        listening.close()
+
+
+def test_a_failing_connection_to_an_advertised_broker_is_told_from_the_bootstraps() -> None:
+    """librdkafka names a broker the cluster advertised by its id, a bootstrap address 'bootstrap':
+    a broker advertising 127.0.0.1:1 timed out every metadata request, said as 'no Kafka broker
+    answered' (a review)."""
+    from services.core.kafka import _LatestFailure
+
+    latest = _LatestFailure("plaintext")
+    latest.see("127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed: Connection refused")
+    assert latest.advertised is None
+    latest.see("127.0.0.1:1/1: Connect to ipv4#127.0.0.1:1 failed: Connection refused (after 0ms in state CONNECT)")
+    assert latest.advertised == "127.0.0.1:1"
