@@ -904,7 +904,8 @@ _ADVERTISED_FAILED = re.compile(r"(?:^|\s)([^\s/]+:\d+)/\d+: (?:Connect to|Disco
 class _LatestFailure:
     """The hint of the latest connection failure seen (None: it looked like no mismatch): kept for
     the whole wait, a few handshakes a proxy closed told a TLS client whose broker was then down
-    to use PLAINTEXT (a review). `advertised`: an address the cluster advertised that failed."""
+    to use PLAINTEXT (a review). `advertised`: an address the cluster advertised that failed (in
+    librdkafka's lines, or a connection of ours after its metadata came)."""
 
     def __init__(self, protocol: str) -> None:
         self.protocol = protocol
@@ -968,7 +969,7 @@ def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> 
             unreachable = _advertised_unreachable(metadata, max(0.2, min(2.0, deadline - time.monotonic())))
             if unreachable is None:
                 return metadata
-            last = ADVERTISED_UNREACHABLE.format(bootstrap=bootstrap, unreachable=unreachable)
+            latest.advertised, last = unreachable, "its metadata came"
         except KafkaException as exc:
             err = kafka_error(exc)
             last = err.str() if err is not None else str(exc)
@@ -979,8 +980,6 @@ def wait_for_broker(config: Mapping[str, Any], timeout: float | None = None) -> 
             raise BrokerError(final[0])
         now = time.monotonic()
         if now >= deadline:
-            if last.startswith(ADVERTISED_UNREACHABLE.partition("{")[0]):
-                raise BrokerUnavailable(last)
             # The bootstrap answered, and the address it advertises (another one) did not.
             if latest.advertised not in (None, *str(bootstrap).split(",")) and latest.hint is None:
                 said = ADVERTISED_UNREACHABLE.format(bootstrap=bootstrap, unreachable=latest.advertised)
