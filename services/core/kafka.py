@@ -914,7 +914,11 @@ class _LatestFailure:
 
     def see(self, text: str) -> None:
         if any(sign in text for sign in _CONNECTION_FAILED):
-            self.hint = _mismatch_hint(text, self.protocol)
+            # A connection not even made (the listener gone) clears the hint; another close,
+            # worded without the sign, does not (a CI run lost the hint to one, under load).
+            hint = _mismatch_hint(text, self.protocol)
+            if hint is not None or "Connect to" in text:
+                self.hint = hint
             found = _ADVERTISED_FAILED.search(text)
             if found:
                 self.advertised = found.group(1)
