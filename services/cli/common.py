@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from services.core import wire
-from services.core.errors import ConfigError, StoppedWaiting
+from services.core.errors import ConfigError, StoppedStarting
 from services.core.health import always_alive, serve_http
 from services.core.kafka import create_topics, partition_counts, set_connect_timeout
 from services.core.redaction import MaskingFormatter
@@ -150,8 +150,8 @@ def run_service(make: Callable[[], Runnable], settings: KafkaSettings, starting:
             log.info("stopping before the service started")
             return
         built[0].run(stop)
-    except StoppedWaiting as stopped:
-        log.info("%s", stopped)  # stopping before the broker answered is no error
+    except StoppedStarting as stopped:
+        log.info("%s", stopped)  # stopping before the broker answered, or a model loaded, is no error
     finally:
         if server is not None:
             server.shutdown()

@@ -75,8 +75,12 @@ class BrokerUnavailable(BrokerError):
     retriable = True
 
 
-class StoppedWaiting(BrokerError):
-    """Asked to stop (SIGTERM, Ctrl-C) while waiting for a broker: not a failure (see run_service)."""
+class StoppedStarting(RendezvousError):
+    """Asked to stop (SIGTERM, Ctrl-C) before the service started: not a failure (see run_service)."""
+
+
+class StoppedWaiting(StoppedStarting, BrokerError):
+    """Asked to stop while waiting for a broker."""
 
 
 class TopicMissing(BrokerError):

@@ -15,9 +15,12 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cache
 from types import FrameType
+from typing import TypeVar, cast
+
+from services.core.errors import StoppedStarting
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,39 @@ _stop_requested = threading.Event()
 def stop_requested() -> bool:
     """True once SIGINT/SIGTERM reached a process that installed `install_signal_handlers`."""
     return _stop_requested.is_set()
+
+
+T = TypeVar("T")
+_STOP_LOOK_S = 0.2  # how often `unless_stopped` looks at the stop flag: one Event cannot wait on two
+
+
+def unless_stopped(work: Callable[[], T], what: str) -> T:
+    """`work()`'s result, worked out in a daemon thread while this one waits for it, or raise
+    `StoppedStarting` once SIGTERM/SIGINT came (`what` says what was being done).
+
+    A model loading for minutes kept a SIGTERM waiting until it had loaded (Python runs a signal's
+    handler between bytecodes of the main thread, and a stop flag is looked at only after): past
+    Kubernetes' grace period, the worker was SIGKILLed with nothing in its log. Nothing was read
+    yet, so there is nothing to drain; the thread is left to the process' exit."""
+    outcome: list[tuple[bool, object]] = []
+    done = threading.Event()
+
+    def call() -> None:
+        try:
+            outcome.append((True, work()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which raises it
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=call, name="rdv-starting", daemon=True).start()
+    while not done.wait(_STOP_LOOK_S):
+        if stop_requested():
+            raise StoppedStarting(f"asked to stop while {what}: stopping without waiting for it")
+    ok, value = outcome[0]
+    if not ok:
+        raise cast(BaseException, value)
+    return cast(T, value)
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
