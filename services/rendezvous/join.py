@@ -214,6 +214,7 @@ class Join:
         # Metrics counted here reach Prometheus when the service flushes them (once a batch).
         self.metrics = BatchedMetrics()
         self._past_due_said = OncePerPeriod[str](60.0)
+        self._silent_said = OncePerPeriod[str](60.0)  # one key: a forger may choose names at will
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -780,7 +781,10 @@ class Join:
                 return
             self._answer(mailbox, decision)
         log_by = mailbox.deadline + self.limits.linger_ms
-        if clock > log_by or self._all_expected_in(schedule, mailbox):
+        if clock > log_by:
+            self._forget_the_silent(schedule, mailbox)
+            self._close(mailbox)
+        elif self._all_expected_in(schedule, mailbox):
             self._close(mailbox)
         else:
             self._wake(mailbox, log_by, clock)
@@ -796,6 +800,27 @@ class Join:
         recently) has reported; per event, so no set is built (a keys view compares with a set)."""
         arrived = mailbox.arrivals.keys()
         return arrived >= schedule.model_set and arrived >= self.live_models(self.wall_ms())
+
+    def _forget_the_silent(self, schedule: Schedule, mailbox: Mailbox) -> None:
+        """Models outside the schedule that were waited for and gave this request nothing by its
+        deadline and linger are no longer waited for, until they score again.
+
+        One score under a new name (anyone who may write the scores topic, or a model retired)
+        made every comparison record of the instance, on all its partitions, wait for that name
+        until deadline + linger, and its requests' offsets with them, for model_ttl_s after it; a
+        forged score every 25 s kept it so for good (a review). A model missing a request's
+        linger is the silent model model_ttl_s stands for."""
+        arrived, scheduled = mailbox.arrivals, schedule.model_set
+        silent = [m for m in self.live_models(self.wall_ms()) if m not in arrived and m not in scheduled]
+        for model in silent:
+            del self._models_seen[model]
+            said = self._silent_said.passes("silent")
+            if said is not None:
+                log.info("model %r, outside the schedule, sent no score for request %r by its deadline and "
+                         "linger: comparison records no longer wait for it until it scores again%s",
+                         model[:80], mailbox.request_id[:80], said.repeated())
+        if silent:
+            self._live = None
 
     def _answer(self, mailbox: Mailbox, decision: Decision) -> None:
         if mailbox.past_due and decision.status is _TIMEOUT:

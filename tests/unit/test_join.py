@@ -961,3 +961,38 @@ def test_an_id_remembered_from_before_a_takeover_refuses_other_inputs() -> None:
     join.on_request(request("x", at=T0 + 10, reply="retry", inputs=b"first"))
     assert [(reply[0], record["status"]) for reply, record in out.replies] == [("other", "ERROR"), ("retry", "OK")]
     assert out.reply_inputs == [b"second", b"first"]  # each its request's: its client takes it
+
+
+def _scored_by(join: Join, rid: str, at: int, models: tuple[str, ...]) -> None:
+    join.on_request(request(rid, at=at))
+    for i, model in enumerate(models):
+        join.on_score(score(rid, model, at + 1 + i))
+
+
+def test_one_score_under_a_new_name_holds_back_one_deadline_of_comparison_records_not_every_request() -> None:
+    """One score under a name no model serves made every comparison record of the instance, on
+    every partition, wait for that name until its deadline and linger, and the requests'
+    offsets with them, for model_ttl_s after it (a review: 299 of 300 records held 1.2 s)."""
+    wall, out = [T0], Collected()
+    join = Join(JoinLimits(), ScheduleBook.holding(Schedule(models=MODELS)), out, wall_ms=lambda: wall[0])
+    join.on_score(score("no-such-request", "forged", T0, partition=1))
+    _scored_by(join, "held", T0 + 10, MODELS)  # waits for 'forged', seen a moment ago
+    assert [r["request_id"] for r in out.logs] == []
+    linger_ends = T0 + 10 + 200 + JoinLimits().linger_ms
+    wall[0] = linger_ends + 1
+    join.on_clock(0, linger_ends + 1)  # 'forged' sent nothing: the record goes, and no longer waits for it
+    assert [r["request_id"] for r in out.logs] == ["held"]
+    _scored_by(join, "next", linger_ends + 10, MODELS)
+    assert [r["request_id"] for r in out.logs] == ["held", "next"]  # at its last score, not its linger's end
+
+
+def test_a_model_outside_the_schedule_that_scores_every_request_is_still_waited_for() -> None:
+    wall, out = [T0], Collected()
+    join = Join(JoinLimits(), ScheduleBook.holding(Schedule(models=MODELS)), out, wall_ms=lambda: wall[0])
+    _scored_by(join, "first", T0, (*MODELS, "shadow"))
+    join.on_request(request("second", at=T0 + 50))
+    for i, model in enumerate(MODELS):
+        join.on_score(score("second", model, T0 + 51 + i))
+    assert [r["request_id"] for r in out.logs] == ["first"]  # 'second' waits for the shadow model's score
+    join.on_score(score("second", "shadow", T0 + 300))  # after the answer, within the linger
+    assert [[o["model"] for o in r["outputs"]] for r in out.logs][-1] == [*MODELS, "shadow"]
