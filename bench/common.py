@@ -13,6 +13,7 @@ records (and on a given broker they are deleted at the end).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import functools
 import gc
@@ -254,15 +255,41 @@ class RecordCounter:
 
 # ----- child processes -----------------------------------------------------------------------------
 def cpu_seconds(pid: int | None = None) -> float:
-    """User + system CPU seconds of a process (this one if None); NaN if unknown or gone."""
+    """User + system CPU seconds of a process (this one if None, without its children: the
+    services a bench starts are measured apart), or of process `pid` and every process it
+    started, alive or ended (a model worker's rescue process, services/model_worker/rescue.py,
+    went uncounted); NaN if `pid` is unknown or gone."""
     if pid is None:
         times = os.times()
         return times.user + times.system
-    try:  # Linux: utime and stime are fields 14 and 15 of /proc/<pid>/stat (after "(comm)")
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    try:
+        own = _tree_ticks(pid)
     except (OSError, ValueError, IndexError):
         return math.nan
+    return own / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_ticks(pid: int) -> int:
+    """Clock ticks of `pid` and its descendants: each one's utime + stime, and cutime + cstime,
+    its children that ended and were waited for (fields 14-17 of /proc/<pid>/stat, after
+    "(comm)"): a child's ticks move from its own line to its parent's as it is reaped, so the sum
+    goes on across its end. A descendant gone between the two reads counts nothing."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    ticks = sum(int(field) for field in fields[11:15])
+    for child in _children(pid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            ticks += _tree_ticks(child)
+    return ticks
+
+
+def _children(pid: int) -> list[int]:
+    """The processes `pid`'s threads started that are alive (or not yet reaped)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                found += [int(child) for child in (task / "children").read_text().split()]
+    return found
 
 
 LIBRDKAFKA_THREADS = "rdk:"  # librdkafka names its threads rdk:main, rdk:broker<id>, rdk:bg, ...
