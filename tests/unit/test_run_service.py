@@ -71,7 +71,7 @@ def test_a_stop_during_a_load_is_not_kept_waiting_for_it(monkeypatch: pytest.Mon
         runtime._stop_requested.set()
 
     threading.Thread(target=stop_once_loading, daemon=True).start()
-    with pytest.raises(StoppedStarting, match="asked to stop while loading the model from x.joblib"):
+    with pytest.raises(StoppedStarting, match=r"asked to stop while loading the model from x\.joblib"):
         unless_stopped(load, "loading the model from x.joblib")
     never.set()
 
