@@ -20,23 +20,17 @@ SEAL_HEADER = "rdv-seal"
 CONTROL_HEADERS = (CLOCK_HEADER, SEAL_HEADER)
 
 
-def control_kind(msg: Message) -> str | None:
-    """The control header of a control record (`CLOCK_HEADER` or `SEAL_HEADER`); None for data."""
+def control_header(msg: Message) -> tuple[str, bytes | None] | None:
+    """The control header of a control record, `CLOCK_HEADER` or `SEAL_HEADER`, and its value
+    (None unless bytes), in one look at the headers; None for data."""
     if msg.value() is not None:
         return None
     headers = msg.headers()
     if not isinstance(headers, list):
         return None
-    return next((name for name, _value in headers if name in CONTROL_HEADERS), None)
-
-
-def control_value(msg: Message, kind: str) -> bytes | None:
-    """The value of a control record's `kind` header (None: no such header, or not bytes)."""
-    headers = msg.headers()
-    if not isinstance(headers, list):
-        return None
-    return next((value for name, value in headers if name == kind and isinstance(value, bytes)), None)
+    return next(((name, value if isinstance(value, bytes) else None) for name, value in headers
+                 if name in CONTROL_HEADERS), None)
 
 
 def is_control_record(msg: Message) -> bool:
-    return control_kind(msg) is not None
+    return control_header(msg) is not None

@@ -320,10 +320,6 @@ class Join:
                 kept[key] = found
         return found
 
-    def markers_due(self, wall_ms: int, delay_ms: int, resend_s: float, wall_s: float,
-                    lead: Callable[[int], int] = lambda _p: 0) -> list[int]:
-        return self.clocks.markers_due(wall_ms, delay_ms, resend_s, wall_s, lead)
-
     # -- state resets (rebalance, rewind, recovery) ---------------------------------------
 
     def drop_partitions(self, partitions: set[int]) -> None:

@@ -40,7 +40,7 @@ from confluent_kafka import KafkaError, Message, TopicPartition
 from services.control.schedule import Schedule
 from services.core.cloudevents import EventHeaders
 from services.core.codec import codec
-from services.core.control_records import CLOCK_HEADER, control_kind, control_value
+from services.core.control_records import CLOCK_HEADER, control_header
 from services.core.deadletter import DeadLetters
 from services.core.errors import (
     BadInput,
@@ -276,8 +276,9 @@ class Rendezvous(Probed):
 
     def _on_score(self, msg: Message) -> None:
         partition, offset, log_time = msg.partition() or 0, msg.offset() or 0, msg.timestamp()[1]
-        if control_kind(msg) == CLOCK_HEADER:
-            self._lead.note(partition, log_time, now_ms(), control_value(msg, CLOCK_HEADER))
+        control = control_header(msg)
+        if control is not None and control[0] == CLOCK_HEADER:
+            self._lead.note(partition, log_time, now_ms(), control[1])
             self.join.on_clock(partition, log_time)
             self.offsets.track(self.topics.scores, partition, offset, None)
             return
@@ -488,8 +489,9 @@ class Rendezvous(Probed):
         on a partition whose scores the brake holds: its record would wait unread behind them."""
         assert self._fast is not None
         wall, held = now_ms(), self._brake.held
-        for partition in self.join.markers_due(wall, self.settings.clock_record_delay_ms, 0.5, time.monotonic(),
-                                               self._lead.of):
+        due = self.join.clocks.markers_due(wall, self.settings.clock_record_delay_ms, 0.5, time.monotonic(),
+                                           self._lead.of)
+        for partition in due:
             if partition in held:
                 continue
             self._fast.produce(self.topics.scores, None, partition=partition,

@@ -119,9 +119,9 @@ def test_a_request_with_every_score_in_leaves_no_timer_behind_to_ask_for_clock_r
         join.on_score(score("done", model, T0 + 5 + i))
     assert join.mailboxes == {}
     assert join.clocks.earliest() is None
-    assert join.markers_due(T0 + 10_000, 3, 0.5, 100.0) == []
+    assert join.clocks.markers_due(T0 + 10_000, 3, 0.5, 100.0) == []
     join.on_request(request("waiting", at=T0 + 20))  # no score will come: its timer matters
-    assert join.markers_due(T0 + 10_000, 3, 0.5, 101.0) == [0]
+    assert join.clocks.markers_due(T0 + 10_000, 3, 0.5, 101.0) == [0]
 
 
 def test_scores_before_their_request_are_kept_and_answer_when_it_comes() -> None:
