@@ -22,7 +22,7 @@ from confluent_kafka import Message
 from prometheus_client import Counter
 
 from services.core.codec import codec
-from services.core.errors import BadInput, BrokerError, KafkaOperationError
+from services.core.errors import BadInput, BrokerError, KafkaOperationError, TopicGone
 from services.core.kafka import topic_config
 from services.core.metrics import DEAD_LETTERS
 from services.core.redaction import mask
@@ -109,6 +109,8 @@ class DeadLetters:
         key = record["key"]
         try:
             self._producer.produce(self._topic, self._codec.encode(record), key=key)
+        except TopicGone:
+            raise  # every dead letter after it would be lost too, uncounted by the topic: the service stops
         except KafkaOperationError as first:
             # E.g. a producer message.max.bytes below the excerpt: send the reference alone. The
             # key and a whole reason (3 kB of UTF-8 with the key's 256 bytes) had it refused again

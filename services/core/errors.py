@@ -109,6 +109,11 @@ class RefusedForGood(DeliveryFailed):
     permission): redoing the work that made it cannot help."""
 
 
+class TopicGone(RefusedForGood):
+    """An output topic (or its partition) that no longer exists, deleted while the service ran:
+    every record to it would be refused, so the service stops, as it refuses to start without it."""
+
+
 class OutputsLost(DeliveryFailed):
     """Records the producer gave up on (timed out, refused): the work that made them must be
     redone from the last committed offsets; nothing retries them."""

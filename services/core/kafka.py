@@ -40,6 +40,7 @@ from services.core.errors import (
     RefusedForGood,
     Source,
     StoppedWaiting,
+    TopicGone,
     TopicMissing,
     TopicRefused,
 )
@@ -73,6 +74,36 @@ MAX_TIMEOUT_MS = 2**31 - 1  # the most librdkafka takes for a timeout
 LIBRDKAFKA_TRANSACTION_TIMEOUT_MS = 60_000  # transaction.timeout.ms when none is given
 # Timeouts librdkafka refuses in a transactional producer beyond its transaction's (+ this, ms).
 _BOUND_BY_TRANSACTION = {"message.timeout.ms": 0, "delivery.timeout.ms": 0, "socket.timeout.ms": 100}
+
+
+# How long librdkafka lets a topic missing from the metadata exist before it fails the records
+# to it (topic.metadata.propagation.max.ms, 30 s by default, counted from when the client first
+# learnt of the topic): for outputs checked at start, a topic missing is one deleted meanwhile.
+OUTPUTS_CHECKED_PROPAGATION_MS = 1_000
+
+
+def outputs_checked_at_start(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The producer setting for outputs whose topics the service checked at start, unless
+    `config` (a --kafka-config) names it. A model worker whose scores topic was deleted went on
+    for up to 30 s, its readiness flapping ('broker unreachable') as every commit's flush waited
+    on records the broker refused, then stopped with librdkafka's 'Unknown topic' (a review)."""
+    if "topic.metadata.propagation.max.ms" in config:
+        return {}
+    return {"topic.metadata.propagation.max.ms": OUTPUTS_CHECKED_PROPAGATION_MS}
+
+
+# librdkafka's own verdict that a topic, or a partition of it, is not in the cluster's metadata.
+_GONE = {KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION}
+
+
+def topic_gone(topic: str, partition: int | None, err: KafkaError) -> TopicGone:
+    """The one line for records to a topic (or partition) the cluster does not have."""
+    if err.code() == KafkaError._UNKNOWN_PARTITION and partition is not None and partition >= 0:
+        return TopicGone(f"{topic} has no partition {partition} (deleted while serving?): see that it has as many "
+                         f"partitions as its input, and create it with `rendezvous topics create` if it is gone "
+                         f"({err.str()})")
+    return TopicGone(f"{topic} does not exist (deleted while serving?): create it with `rendezvous topics create` "
+                     f"({err.str()})")
 
 
 def delivery_timeout(config: Mapping[str, Any], ms: int) -> dict[str, Any]:
@@ -191,10 +222,12 @@ _LASTING = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaErr
             KafkaError.INVALID_RECORD, KafkaError.POLICY_VIOLATION, KafkaError.TOPIC_EXCEPTION}
 
 
-def _delivery_failure(err: KafkaError, topic: str) -> DeliveryFailed:
+def _delivery_failure(err: KafkaError, topic: str, partition: int | None = None) -> DeliveryFailed:
     """A transient failure voids the work that made the record (`OutputsLost`: redo it); one the
-    broker would repeat (`RefusedForGood`: a missing permission, a record the topic refuses) is
-    raised as it is, as is anything else: redoing the work would not help."""
+    broker would repeat (`RefusedForGood`: a missing permission, a record the topic refuses, the
+    topic gone) is raised as it is, as is anything else: redoing the work would not help."""
+    if err.code() in _GONE:
+        return topic_gone(topic, partition, err)
     refused = refusal(err, "WRITE", topic)
     if refused:
         return RefusedForGood(refused)
@@ -331,7 +364,7 @@ class Producer:
             self._on_soft_failure(msg, err)
             return
         with self._failures_lock:
-            self._failures.append(_delivery_failure(err, topic))
+            self._failures.append(_delivery_failure(err, topic, msg.partition()))
 
     def forget_ends(self, keys: Iterable[tuple[str, int]]) -> None:
         """Forget where these (topic, partition)s' outputs ended (partitions given up)."""
@@ -505,6 +538,8 @@ class Producer:
                 if isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
                     raise RecordTooLarge(f"a record of {len(value or b'') + len(key or b'')} bytes for {topic} "
                                          f"is over the producer's message.max.bytes") from None
+                if isinstance(err, KafkaError) and err.code() in _GONE:
+                    raise topic_gone(topic, partition, err) from None
                 raise KafkaOperationError(f"produce to {topic} failed: {exc}") from None
 
     def poll(self, timeout: float = 0.0) -> None:

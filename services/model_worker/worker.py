@@ -39,7 +39,14 @@ from prometheus_client import Counter, Histogram
 from services.core.codec import codec
 from services.core.deadletter import DeadLetters
 from services.core.errors import BadInput, ConfigError, DecodeFailed, RecordTooLarge, Stopped
-from services.core.kafka import SERVING_DELIVERY_TIMEOUT_MS, Producer, delivery_timeout, partition_counts, partition_end
+from services.core.kafka import (
+    SERVING_DELIVERY_TIMEOUT_MS,
+    Producer,
+    delivery_timeout,
+    outputs_checked_at_start,
+    partition_counts,
+    partition_end,
+)
 from services.core.metrics import DECODE_ERRORS, LATENCY_BUCKETS, child
 from services.core.model_info import ModelInfo, publish_model_info
 from services.core.redaction import mask
@@ -412,7 +419,8 @@ class ModelWorker(SimpleHandler, Probed):
             # A score is of use until its request's deadline (and the rendezvous' linger after it);
             # librdkafka's 300 s would also leave a client stuck after a broker restart (#5430)
             # holding a partition's scores, and every commit, that long before it is replaced.
-            producer_config=delivery_timeout(settings.librdkafka(), SERVING_DELIVERY_TIMEOUT_MS),
+            producer_config={**delivery_timeout(settings.librdkafka(), SERVING_DELIVERY_TIMEOUT_MS),
+                             **outputs_checked_at_start(settings.librdkafka())},  # in `run`
             outputs=(self.topics.scores, self.topics.deadletter),
             records={self.topics.requests: "request"},
             stalled_after_s=stalled_after_s(settings.predict_timeout_s, len(self.hosted)),
@@ -420,7 +428,8 @@ class ModelWorker(SimpleHandler, Probed):
         self.ready = self.service.ready
 
     def run(self, stop: threading.Event) -> None:
-        counts = partition_counts(self.settings.librdkafka(), [self.topics.requests, self.topics.scores],
+        dead_letters = [self.topics.deadletter] if self.settings.dead_letter else []
+        counts = partition_counts(self.settings.librdkafka(), [self.topics.requests, self.topics.scores, *dead_letters],
                                   timeout=self.settings.connect_timeout_s)
         if counts[self.topics.requests] != counts[self.topics.scores]:
             raise ConfigError(

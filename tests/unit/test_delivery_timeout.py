@@ -12,6 +12,7 @@ from services.client.client import request_delivery_timeout_ms
 from services.core.kafka import (
     DELIVERY_TIMEOUT_KEYS,
     MAX_TIMEOUT_MS,
+    OUTPUTS_CHECKED_PROPAGATION_MS,
     SERVING_DELIVERY_TIMEOUT_MS,
     delivery_timeout,
     within_transaction,
@@ -94,5 +95,8 @@ def test_a_model_worker_gives_its_scores_the_minute_and_a_users_timeout_wins() -
         worker = ModelWorker(WorkerSettings(model="demo:champion", kafka_config=kafka_config))
         return worker.service.spec.producer_config
 
-    assert producer_config() == {"message.timeout.ms": SERVING_DELIVERY_TIMEOUT_MS}
-    assert producer_config("message.timeout.ms=120000") == {}
+    gone_after = {"topic.metadata.propagation.max.ms": OUTPUTS_CHECKED_PROPAGATION_MS}  # checked at start
+    assert producer_config() == {"message.timeout.ms": SERVING_DELIVERY_TIMEOUT_MS, **gone_after}
+    assert producer_config("message.timeout.ms=120000") == gone_after
+    assert producer_config("topic.metadata.propagation.max.ms=30000") == {
+        "message.timeout.ms": SERVING_DELIVERY_TIMEOUT_MS}

@@ -14,9 +14,16 @@ from typing import Any
 import pytest
 
 from services.core.commits import AtLeastOnce, TransactionAborted
-from services.core.errors import DeliveryFailed, KafkaOperationError, OutputsLost, RecordTooLarge, RefusedForGood
+from services.core.errors import (
+    DeliveryFailed,
+    KafkaOperationError,
+    OutputsLost,
+    RecordTooLarge,
+    RefusedForGood,
+    TopicGone,
+)
 from services.core.health import BrokerHealth
-from services.core.kafka import Producer
+from services.core.kafka import OUTPUTS_CHECKED_PROPAGATION_MS, Producer, outputs_checked_at_start
 from services.localkafka.config import free_port
 
 
@@ -44,6 +51,26 @@ def test_a_transient_failure_is_outputs_lost_and_a_lasting_one_is_not() -> None:
     assert isinstance(_delivery_failure(KafkaError(KafkaError._PURGE_QUEUE), "t"), OutputsLost)
     other = _delivery_failure(KafkaError(KafkaError._INVALID_ARG), "t")  # neither: raised as it is
     assert not isinstance(other, (OutputsLost, RefusedForGood))
+
+
+def test_records_to_a_topic_deleted_while_serving_are_refused_for_good_in_one_line() -> None:
+    """librdkafka's verdict once the topic left the metadata: the worker's last line was its
+    'Local: Unknown partition' (and a retriable code would have re-read the work, in vain)."""
+    from confluent_kafka import KafkaError
+
+    from services.core.kafka import _delivery_failure
+
+    gone = _delivery_failure(KafkaError(KafkaError._UNKNOWN_PARTITION), "rdv.scores", 3)
+    assert isinstance(gone, TopicGone) and not gone.retriable
+    assert str(gone).startswith("rdv.scores has no partition 3 (deleted while serving?)")
+    gone = _delivery_failure(KafkaError(KafkaError._UNKNOWN_TOPIC), "rdv.scores", 3)
+    assert str(gone).startswith("rdv.scores does not exist (deleted while serving?): create it with `rendezvous "
+                                "topics create`")
+
+
+def test_outputs_checked_at_start_are_failed_a_second_after_they_go_unless_configured() -> None:
+    assert outputs_checked_at_start({}) == {"topic.metadata.propagation.max.ms": OUTPUTS_CHECKED_PROPAGATION_MS}
+    assert outputs_checked_at_start({"topic.metadata.propagation.max.ms": "30000"}) == {}
 
 
 @pytest.mark.parametrize("size", [900, 936, 960, 980, 1000])
