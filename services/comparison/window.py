@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,6 +176,19 @@ class Bucket:
             stats.compact()
         for pair in self.pairs.values():
             pair.compact()
+
+    def fold_into(self, other: str, keep: Container[str]) -> None:
+        """Count every model name not in `keep` as `other` (its outputs, pairs and records led,
+        merged into `other`'s): for a view, whose label values must stay within the budget."""
+        for name in [name for name in self.models if name not in keep]:
+            stats = self.models.pop(name)
+            self.models.setdefault(other, ModelStats()).merge(stats)
+        for key in [key for key in self.pairs if key[0] not in keep or key[1] not in keep]:
+            table = self.pairs.pop(key)
+            model, champion = (name if name in keep else other for name in key)
+            self.pairs.setdefault((model, champion), PairStats()).merge(table)
+        for name in [name for name in self.led if name not in keep]:
+            self.led[other] += self.led.pop(name)
 
     def merge(self, other: Bucket) -> None:
         self.records += other.records

@@ -539,6 +539,25 @@ def test_a_flood_of_forged_records_never_takes_the_places_of_the_models_scoring_
     assert m.WINDOW.value("rdv_cmp_window_outputs", model="challenger") == 200
 
 
+def test_names_that_gave_their_places_back_are_exported_as_other_not_under_their_own() -> None:
+    """Given back, a sparse name stayed in the window under its own name and was exported so: a
+    few forged names at each export made 93 label values with --max-models 5 (a review)."""
+    svc = service(max_models=4)
+    at, names = BASE_MS, set()
+    for period in range(8):
+        real = [record(at + i, [output("champion", 0.9), output("challenger", 0.8)]) for i in range(100)]
+        forged = [record(at + 100 + k, [output("champion", 0.9), output(f"forged-{period}-{k}", 0.5)])
+                  for k in range(3)]
+        feed(svc, real + forged)
+        at += 200
+        svc.export()
+        names |= {labels[0] for labels, _v in m.WINDOW._samples["rdv_cmp_window_outputs"]}
+    assert len(names - {m.OTHER}) <= 4, sorted(names)
+    assert {"champion", "challenger", m.OTHER} <= names
+    outputs = {labels[0]: value for labels, value in m.WINDOW._samples["rdv_cmp_window_outputs"]}
+    assert sum(outputs.values()) == 8 * (200 + 3 * 2)  # every output of the window, under some label
+
+
 def test_models_that_left_the_window_vanish_from_the_gauges() -> None:
     svc = service()
     feed(svc, [record(BASE_MS, [output("champion"), output("old")])])
