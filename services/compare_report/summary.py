@@ -255,8 +255,12 @@ def _champion(frame: Frame, given: str | None) -> tuple[int | None, str]:
         chosen = frame.chosen[mask]
         if len(chosen):
             counts = np.bincount(chosen)
-            code = int(counts.argmax())
-            return code, f"inferred: {how} in {counts[code] / frame.records:.1%} of records"
+            # A tie (a 50/50 traffic split) goes to the first name: codes follow the decoder's
+            # order, which differs between its tiers and between reader processes (a review).
+            tied = np.flatnonzero(counts == counts.max()).tolist()
+            code = min(tied, key=lambda c: frame.models[c])
+            tie = f", tied with {len(tied) - 1} other(s), the first by name" if len(tied) > 1 else ""
+            return code, f"inferred: {how} in {counts[code] / frame.records:.1%} of records{tie}"
     return None, "none: no model was ever chosen"
 
 

@@ -182,6 +182,23 @@ def report(records: list[dict[str, Any]]) -> Report:
     return summarize_records(records, source="synthetic")
 
 
+@pytest.mark.parametrize("first", ["zeta", "alpha"])
+def test_a_tie_for_champion_goes_to_the_first_name_whichever_came_first_in_the_log(first: str) -> None:
+    """A 50/50 split: the inferred champion followed the decoder's order of names, which differs
+    between its tiers (a range of 1,000 records or of 30,000) and between reader processes."""
+    second = "alpha" if first == "zeta" else "zeta"
+    records = []
+    for i, chosen in enumerate([first, second] * 10):
+        outputs = [{"model": name, "version": "v1", "score": 0.5, "label": "yes", "error": None, "latency_ms": 5.0,
+                    "compute_ms": 1.0, "late": False} for name in (first, second)]
+        records.append({"request_id": f"r{i}", "created_at": NOW + i, "deadline": NOW + i + 30,
+                        "answered_at": NOW + i + 5, "status": "OK", "chosen_model": chosen, "reason": "",
+                        "schedule": "s", "schedule_version": 1, "outputs": outputs})
+    report = summarize_records(records)
+    assert report.champion == "alpha"
+    assert report.champion_source.endswith("tied with 1 other(s), the first by name")
+
+
 def test_request_level_figures(records: list[dict[str, Any]], report: Report) -> None:
     assert report.records == len(records)
     assert report.champion == "champion" and report.champion_source.startswith("inferred: chosen with status OK")
