@@ -92,10 +92,12 @@ def fold(
     names = Names()
     out, pairs = _outputs(batch, series_labels, names)
     chosen = _chosen(batch, model_label, names)
+    before = champion.current  # the champion of records before the batch's first OK answer
     champions = _champions(batch.status, chosen, champion, names)
     window.champion = champion.current  # as the record path leaves it
     met = _met(batch, out)
     _count(batch, out, pairs, met, tally)
+    _count_absent(batch, out, champions, names, before, tally)
     _fill_references(out, names, references)
     stale_before = window.stale
     keys, live = window.admit(batch.created_at)
@@ -166,6 +168,26 @@ def _count(batch: DecodedBatch, out: Outputs, pairs: list[tuple[str, str]], met:
         series, rest = divmod(code, 2 * len(KINDS))
         key = (pairs[series], KINDS[rest // 2], bool(rest % 2))
         tally.outputs[key] = tally.outputs.get(key, 0) + n
+
+
+def _count_absent(
+    batch: DecodedBatch, out: Outputs, champions: np.ndarray, names: Names, before: str | None, tally: Tally
+) -> None:
+    """`Tally.absent`: records (but ERROR answers) without an output of their champion, by name.
+    A champion -1 is `before`, which no output of the batch names (`_champions`)."""
+    has = np.zeros(batch.records, dtype=bool)
+    has[out.row[out.name == champions[out.row]]] = True
+    absent = ~has & (batch.status != STATUSES.index("ERROR"))
+    if not absent.any():
+        return
+    codes = champions[absent]
+    unnamed = int((codes < 0).sum())
+    if unnamed and before:
+        tally.absent[before] += unnamed
+    named = codes[codes >= 0]
+    for code, n in enumerate(np.bincount(named).tolist() if len(named) else []):
+        if n:
+            tally.absent[names.values[code]] += n
 
 
 def _met(batch: DecodedBatch, out: Outputs) -> np.ndarray:

@@ -55,7 +55,8 @@ OUTPUTS = Counter(
 )
 DEADLINE = Counter(
     "rdv_cmp_deadline_total",
-    "Model outputs that met (no error, latency <= deadline - created_at) or missed the deadline.",
+    "Model outputs that met (no error, latency <= deadline - created_at) or missed the deadline; "
+    "for the champion, also each record without its output (but ERROR answers): a miss.",
     ["model", "outcome"],
 )
 ANSWERS = Counter(
@@ -266,6 +267,10 @@ class Tally:
     stale: int = 0
     answers: TypedCounter[str] = field(default_factory=TypedCounter)
     outputs: dict[tuple[tuple[str, str], str, bool], int] = field(default_factory=dict)
+    # Records (but ERROR answers) without an output of the champion they are compared against,
+    # by its name: a champion that sent nothing by the deadline and linger is in no output, and
+    # counted by outputs alone it missed nothing, its alert silent (a review).
+    absent: TypedCounter[str] = field(default_factory=TypedCounter)
 
     def apply(self) -> None:
         if self.records:
@@ -278,6 +283,8 @@ class Tally:
         for ((model, version), outcome, met), n in self.outputs.items():
             OUTPUTS.labels(model, version, outcome).inc(n)
             deadline[(model, "met" if met else "missed")] += n
+        for champion, n in self.absent.items():
+            deadline[(champion, "missed")] += n
         for labels, n in deadline.items():
             DEADLINE.labels(*labels).inc(n)
 

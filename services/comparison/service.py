@@ -23,6 +23,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import Counter
 from math import isfinite
 from typing import Any, cast
 
@@ -230,6 +231,8 @@ class ComparisonService(SimpleHandler, Probed):
                 outputs += sum(again_tally.outputs.values())
                 values = [msg.value() for msg in records]
         tally, rejected_now = self._fold(records, values, latest_ok)
+        admitted = self._labels.admitted  # a champion counted as '_other' has no series of its own to miss in
+        tally.absent = Counter({name: n for name, n in tally.absent.items() if name in admitted})
         tally.apply()
         now = time.monotonic()
         for pair, _outcome, _met in tally.outputs:
@@ -333,7 +336,10 @@ class ComparisonService(SimpleHandler, Probed):
             record["chosen_model"] = self._labels.model(chosen)
         tally.answers[record["status"]] += 1
         tally.records += 1
-        if not self.window.add(record, self.champion.observe(record)):
+        champion = self.champion.observe(record)
+        if champion and record["status"] != "ERROR" and all(out["model"] != champion for out in record["outputs"]):
+            tally.absent[champion] += 1
+        if not self.window.add(record, champion):
             tally.stale += 1
 
     def _series_labels(self, model: str, version: str) -> tuple[str, str]:

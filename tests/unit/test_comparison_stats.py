@@ -440,6 +440,30 @@ def test_counters_follow_the_deadline_rule_and_gauges_describe_the_window() -> N
 
 
 @pytest.mark.parametrize("path", ["record", "batch"])
+def test_a_record_without_its_champions_output_is_a_miss_of_the_champions(path: str) -> None:
+    """A champion stuck past the deadline and linger is in no output of the records it missed:
+    counted by outputs alone, it met 100% of its deadlines, its alert silent, where one less
+    stuck (its scores late but logged) missed 30% (a review). An ERROR answer (an invalid
+    request, answered at once) expects no score."""
+    svc = service()
+    records = []
+    for i in range(400):
+        if i % 10 in (3, 6):  # the champion sent nothing: answered by the fallback
+            records.append(record(BASE_MS + i, [output("challenger", 0.7, latency=30)], status="FALLBACK",
+                                  chosen="challenger"))
+        elif i % 10 == 9:
+            records.append(record(BASE_MS + i, [], status="ERROR", chosen=None))
+        else:
+            records.append(record(BASE_MS + i, [output("champion", 0.8, latency=20),
+                                                output("challenger", 0.7, latency=30)]))
+    before = {key: sample("rdv_cmp_deadline_total", model="champion", outcome=key) for key in ("met", "missed")}
+    (read if path == "batch" else feed)(svc, records)
+    met = sample("rdv_cmp_deadline_total", model="champion", outcome="met") - before["met"]
+    missed = sample("rdv_cmp_deadline_total", model="champion", outcome="missed") - before["missed"]
+    assert (met, missed) == (280, 80)
+
+
+@pytest.mark.parametrize("path", ["record", "batch"])
 def test_ks_and_psi_against_the_champion_compare_the_requests_both_scored(path: str) -> None:
     """A model deployed halfway through drifting traffic, scoring each request as the champion did:
     against every score of the champion's in the window, its KS read 0.44 and PSI 2.8 where the
