@@ -82,7 +82,7 @@ def valid(batch: DecodedBatch, latest_ok_ms: int) -> bool:
 def fold(
     batch: DecodedBatch,
     series_labels: Callable[[str, str], tuple[str, str]],
-    model_label: Callable[[str], str],
+    chosen_label: Callable[[str], str],
     champion: ChampionTracker,
     references: References,
     window: SlidingWindow,
@@ -91,7 +91,7 @@ def fold(
     """`ComparisonService.observe` of every record of a valid batch, in order."""
     names = Names()
     out, pairs = _outputs(batch, series_labels, names)
-    chosen = _chosen(batch, model_label, names)
+    chosen = _chosen(batch, chosen_label, names)
     before = champion.current  # the champion of records before the batch's first OK answer
     champions = _champions(batch.status, chosen, champion, names)
     window.champion = champion.current  # as the record path leaves it
@@ -133,10 +133,11 @@ def _outputs(
     return outputs, pairs
 
 
-def _chosen(batch: DecodedBatch, model_label: Callable[[str], str], names: Names) -> np.ndarray:
-    """Each record's chosen model as a label index, -1 for none. (Admitted after the outputs'
-    names: a chosen model is one of its record's outputs in every record the rendezvous writes.)"""
-    labels = np.array([names.index(model_label(value)) if value else -1 for value in batch.chosen.values] + [-1],
+def _chosen(batch: DecodedBatch, chosen_label: Callable[[str], str], names: Names) -> np.ndarray:
+    """Each record's chosen model as a label index, -1 for none. (Labelled after the outputs'
+    names were admitted, taking no place itself: a chosen model is one of its record's outputs in
+    every record the rendezvous writes, `LabelBudget.chosen`.)"""
+    labels = np.array([names.index(chosen_label(value)) if value else -1 for value in batch.chosen.values] + [-1],
                       dtype=np.int64)  # fmt: skip
     ids: np.ndarray = labels[batch.chosen.ids]  # id -1 (null) takes the -1 at the end
     return ids

@@ -203,6 +203,13 @@ class LabelBudget:
                         self.max_models)
         return OTHER
 
+    def chosen(self, name: str) -> str:
+        """The label of a record's chosen model, which takes no place: the chosen model of every
+        record the rendezvous writes is one of its outputs, admitted before it. One named by no
+        output (any writer of the log may write one) took a place on the record path before the
+        outputs of later records, and after them in the batch fold (a review)."""
+        return name if name in self._models or name in self._reserved else OTHER
+
     @property
     def full(self) -> bool:
         return len(self._models) >= self.max_models

@@ -270,7 +270,7 @@ class ComparisonService(SimpleHandler, Probed):
             return None
         tally = m.Tally()
         try:
-            fold.fold(batch, self._series_labels, self._labels.model, self.champion, self.references,
+            fold.fold(batch, self._series_labels, self._labels.chosen, self.champion, self.references,
                       self.window, tally)  # fmt: skip
         # A valid batch never fails here; if a bug makes one, the record path takes the batch and
         # nothing stops (the counters count it once; the window may hold what was folded before).
@@ -333,7 +333,7 @@ class ComparisonService(SimpleHandler, Probed):
             counts[key] = counts.get(key, 0) + 1
         chosen = record["chosen_model"]
         if chosen:
-            record["chosen_model"] = self._labels.model(chosen)
+            record["chosen_model"] = self._labels.chosen(chosen)
         tally.answers[record["status"]] += 1
         tally.records += 1
         champion = self.champion.observe(record)

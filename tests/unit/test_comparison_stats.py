@@ -440,6 +440,20 @@ def test_counters_follow_the_deadline_rule_and_gauges_describe_the_window() -> N
 
 
 @pytest.mark.parametrize("path", ["record", "batch"])
+def test_a_chosen_model_named_by_no_output_takes_no_place_from_a_model_that_scores(path: str) -> None:
+    """One forged record whose chosen model is none of its outputs took a place on the record path
+    (a newcomer then counted as '_other') and none in the batch fold: the two disagreed (a review)."""
+    svc = service(max_models=3)
+    records = [record(BASE_MS, [output("champion"), output("challenger")], chosen="ghost")]
+    records += [record(BASE_MS + i, [output("champion"), output("challenger"), output("newcomer")])
+                for i in range(1, 200)]
+    (read if path == "batch" else feed)(svc, records)
+    svc.export()
+    assert svc._labels.admitted == {"champion", "challenger", "newcomer"}
+    assert m.WINDOW.value("rdv_cmp_window_outputs", model="newcomer") == 199
+
+
+@pytest.mark.parametrize("path", ["record", "batch"])
 def test_a_record_without_its_champions_output_is_a_miss_of_the_champions(path: str) -> None:
     """A champion stuck past the deadline and linger is in no output of the records it missed:
     counted by outputs alone, it met 100% of its deadlines, its alert silent, where one less
