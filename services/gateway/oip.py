@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import reprlib
 import struct
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -126,11 +127,11 @@ def check_header(
     kind = type(shape)
     if (kind is not list and kind is not tuple) or not shape or len(shape) > 2:
         raise InvalidInput(f"input '{name}': 'shape' must be [n], [n, 1] or [n, k] with sizes >= 0, "
-                           f"got {_short_shape(shape)}")
+                           f"got {_short(shape, 60)}")
     for d in shape:
         if type(d) is not int or d < 0:
             raise InvalidInput(f"input '{name}': 'shape' must be [n], [n, 1] or [n, k] with sizes >= 0, "
-                               f"got {_short_shape(shape)}")
+                               f"got {_short(shape, 60)}")
     if shape[0] > max_rows:
         raise InvalidInput(f"{shape[0]} rows in one call; at most {max_rows}")
     if len(shape) == 2 and shape[1] > max_features:
@@ -203,9 +204,6 @@ class ValueBudget:
                                "(rows x features)")
 
 
-def _short_shape(shape: Any) -> str:
-    shown = repr(shape)
-    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 def elements(shape: Sequence[int]) -> int:
@@ -274,9 +272,17 @@ def _numbers(items: Iterable[Any], name: str) -> list[int | float]:
     return out
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+# A caller's value shown in a message: bounded in depth and length before it is written. A shape
+# nested 1,000 deep raised RecursionError in repr(): a 500 and a traceback a call (a review), and a
+# shape of a million entries was written whole before it was cut.
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxtuple, _SHOWN.maxdict = 3, 6, 6, 4
+_SHOWN.maxstring = _SHOWN.maxlong = _SHOWN.maxother = 40
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = _SHOWN.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # The values each element type holds (FP64 holds every finite number JSON can carry).

@@ -1774,3 +1774,18 @@ def test_max_in_flight_below_max_rows_is_refused_at_start() -> None:
 
     with pytest.raises(ConfigError, match=r"--max-in-flight \(4\) must be at least --max-rows \(1000\)"):
         GatewaySettings(max_in_flight=4).validate()
+
+
+def test_a_value_nested_deep_is_refused_with_its_reason_not_a_500() -> None:
+    """A shape nested 1,000 deep (a 2 KB body), or a data element so nested behind an 'outputs'
+    string padding the member count, raised RecursionError where the message showed it: 500,
+    and 27 log lines a call (a review). Shown bounded, they are 400s."""
+    shape = b"[" * 1000 + b"1" + b"]" * 1000
+    body = b'{"inputs":[{"name":"a","datatype":"FP64","shape":' + shape + b',"data":[1.0]}]}'
+    with pytest.raises(InvalidInput, match=r"'shape' must be .*, got \[\[\[\[\.\.\.\]\]\]\]$"):
+        parse_call(body, None, 1000, 1024)
+    deep = b'{"k":' * 1000 + b"1" + b"}" * 1000
+    padded = (b'{"inputs":[{"name":"a","datatype":"FP64","shape":[1],"data":[' + deep + b']}],'
+              b'"outputs":["' + b"x" * 1000 + b'"]}')
+    with pytest.raises(InvalidInput, match=r"input 'a': \{'k': \{'k': .*\} is not a number"):
+        parse_call(padded, None, 1000, 1024)
