@@ -266,12 +266,12 @@ def _lenient(message: Any, check: Callable[[bytes], None] | None = None) -> Call
     return parse
 
 
-def add_to(server: grpc.aio.Server, service: InferenceService, max_features: int) -> None:
+def add_to(server: grpc.aio.Server, service: InferenceService, max_features: int, max_rows: int) -> None:
     """The protocol's methods (as the generated `add_..._to_server` registers them), each message
     read by `_one_message` within MESSAGE_TIMEOUT_S and parsed by `_lenient` (a ModelInferRequest
-    counted first against `max_features`: grpc_bounds.py)."""
+    counted first against `max_features` and `max_rows`: grpc_bounds.py)."""
     descriptor = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-    checks = {"ModelInferRequest": lambda data: check_infer_request(data, max_features)}
+    checks = {"ModelInferRequest": lambda data: check_infer_request(data, max_features, max_rows * max_features)}
     handlers = {
         method.name: grpc.stream_unary_rpc_method_handler(
             _one_message(getattr(service, method.name), MESSAGE_TIMEOUT_S),

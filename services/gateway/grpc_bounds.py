@@ -8,8 +8,12 @@ the first one over its bound: a message within the bounds costs a scan of its ta
 of 1,024 inputs ~1 ms), and a flood of entries is refused after reading a few of them.
 
 Only what the protocol repeats is bounded: the call's parameters, inputs, outputs and raw
-contents, and each input's or output's parameters. Anything the scan cannot read (a malformed
-tag, a group) is left to protobuf's parser, which refuses it with its own reason.
+contents, each input's or output's parameters, and the values of the inputs' `contents` (at most
+rows x features in all, as their shapes are: 4.2 million values in an 8 MiB message held the
+loop 77-132 ms before being refused; a review). Values sent unpacked (which no protobuf encoder
+does by default) are read one tag at a time, so only a few of them are taken; BOOL and BYTES
+contents are never taken. Anything the scan cannot read (a malformed tag, a group) is left to
+protobuf's parser, which refuses it with its own reason.
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ from services.gateway.errors import InvalidInput
 
 # Field numbers of the protocol's .proto (grpc_service.proto, package inference).
 _CALL_PARAMETERS, _INPUTS, _OUTPUTS, _RAW = 4, 5, 6, 7
-_INPUT_PARAMETERS, _OUTPUT_PARAMETERS = 4, 2
+_INPUT_PARAMETERS, _INPUT_CONTENTS, _OUTPUT_PARAMETERS = 4, 5, 2
+# InferTensorContents: the types the gateway never takes, and the width of each packed number
+# (None: varints, one per byte below 0x80).
+_NOT_NUMBERS = {1: "BOOL", 8: "BYTES"}
+_WIDTHS = {2: None, 3: None, 4: None, 5: None, 6: 4, 7: 8}
+_CONTINUED = bytes(range(0x80, 0x100))  # a varint's bytes but its last: deleted, one byte a value is left
 # Every other field of one message together (a name, an id, a shape's dimensions sent unpacked,
 # fields of a later version of the protocol) this many at most: counted by number, 1.7 million
 # distinct unknown fields took the scan 5 s, where protobuf parses them in 38 ms (a review).
@@ -32,12 +41,13 @@ class _Unreadable(Exception):
     """The scan cannot read on: protobuf's parser decides."""
 
 
-def check_infer_request(data: bytes, max_features: int) -> None:
-    """InvalidInput for a ModelInferRequest whose repeated fields are over the call's bounds."""
+def check_infer_request(data: bytes, max_features: int, max_values: int = 1 << 62) -> None:
+    """InvalidInput for a ModelInferRequest whose repeated fields are over the call's bounds
+    (`max_values`: its inputs' contents together, rows x features)."""
     counts = dict.fromkeys((_CALL_PARAMETERS, _INPUTS, _OUTPUTS, _RAW), 0)
-    others = 0
+    others = values = 0
     try:
-        for number, start, end in _fields(data, 0, len(data)):
+        for number, start, end, _kind in _fields(data, 0, len(data)):
             if number not in counts:
                 others += 1
                 _at_most(others, MOST_OTHER_FIELDS, "the call: more than {} fields besides its parameters, inputs "
@@ -49,7 +59,9 @@ def check_infer_request(data: bytes, max_features: int) -> None:
             elif number in (_INPUTS, _RAW):
                 _at_most(count, max_features, "more than {} inputs in one call (one per feature)")
                 if number == _INPUTS:
-                    _check_nested(data, start, end, _INPUT_PARAMETERS, f"inputs[{count - 1}]")
+                    values += _check_input(data, start, end, f"inputs[{count - 1}]")
+                    _at_most(values, max_values, "the inputs' contents hold more than {:,} values in one call "
+                             "(rows x features)")
             else:
                 _at_most(count, len(oip.OUTPUTS), "more than {} outputs asked for")
                 _check_nested(data, start, end, _OUTPUT_PARAMETERS, f"outputs[{count - 1}]")
@@ -57,15 +69,51 @@ def check_infer_request(data: bytes, max_features: int) -> None:
         return
 
 
-def _check_nested(data: bytes, start: int, end: int, parameters: int, where: str) -> None:
+def _check_input(data: bytes, start: int, end: int, where: str) -> int:
+    """An input's parameters and other fields bounded, its contents' values counted: how many."""
+    values = 0
+    for contents_start, contents_end in _check_nested(data, start, end, _INPUT_PARAMETERS, where, _INPUT_CONTENTS):
+        values += _contents_values(data, contents_start, contents_end, where)
+    return values
+
+
+def _check_nested(data: bytes, start: int, end: int, parameters: int, where: str,
+                  kept: int | None = None) -> list[tuple[int, int]]:
+    """A tensor's parameters and other fields bounded; the bounds of each field `kept`."""
     count = others = 0
-    for number, _start, _end in _fields(data, start, end):
+    found: list[tuple[int, int]] = []
+    for number, field_start, field_end, _kind in _fields(data, start, end):
         if number == parameters:
             count += 1
             _at_most(count, oip.MAX_PARAMETERS, where + ": more than {} parameters")
         else:
             others += 1
             _at_most(others, MOST_OTHER_FIELDS, where + ": more than {} fields besides its parameters")
+            if number == kept:
+                found.append((field_start, field_end))
+    return found
+
+
+def _contents_values(data: bytes, start: int, end: int, where: str) -> int:
+    """The values an InferTensorContents holds; InvalidInput for those the gateway never takes,
+    and past a few sent unpacked."""
+    values = unpacked = 0
+    for number, field_start, field_end, kind in _fields(data, start, end):
+        if number in _NOT_NUMBERS:
+            raise InvalidInput(f"{where}: {_NOT_NUMBERS[number]} contents are no numbers; send features as FP64 "
+                               "or FP32")
+        if number not in _WIDTHS:
+            continue  # a later version's field: protobuf's parser keeps it aside, bounded by the message
+        if kind != 2:
+            unpacked += 1
+            _at_most(unpacked, MOST_OTHER_FIELDS, where + ": more than {} values sent unpacked in its contents: "
+                     "send them packed, as protobuf's encoders do")
+            values += 1
+            continue
+        width = _WIDTHS[number]
+        size = field_end - field_start
+        values += size // width if width else len(data[field_start:field_end].translate(None, _CONTINUED))
+    return values
 
 
 def _at_most(count: int, most: int, what: str) -> None:
@@ -73,26 +121,26 @@ def _at_most(count: int, most: int, what: str) -> None:
         raise InvalidInput(what.format(most))
 
 
-def _fields(data: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """(field number, start, end) of each field in data[pos:end]; for a length-delimited one, the
-    bounds of its bytes (else of nothing)."""
+def _fields(data: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """(field number, start, end, wire type) of each field in data[pos:end]; for a length-delimited
+    one (wire type 2), the bounds of its bytes (else of nothing)."""
     while pos < end:
         tag, pos = _varint(data, pos, end)
         number, kind = tag >> 3, tag & 7
         if kind == 0:
             _, pos = _varint(data, pos, end)
-            yield number, pos, pos
+            yield number, pos, pos, kind
         elif kind == 2:
             size, pos = _varint(data, pos, end)
             if pos + size > end:
                 raise _Unreadable
-            yield number, pos, pos + size
+            yield number, pos, pos + size, kind
             pos += size
         elif kind in (1, 5):
             pos += 8 if kind == 1 else 4
             if pos > end:
                 raise _Unreadable
-            yield number, pos, pos
+            yield number, pos, pos, kind
         else:  # groups (3, 4), or no wire type at all
             raise _Unreadable
 

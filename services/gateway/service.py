@@ -186,7 +186,7 @@ class GatewayService:
         server = grpc.aio.server(interceptors=[CountingInterceptor(gateway.keys)],
                                  options=[("grpc.max_receive_message_length", s.max_body_bytes),
                                           ("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=s.max_connections)
-        add_to(server, InferenceService(gateway, server_version()), s.max_features)
+        add_to(server, InferenceService(gateway, server_version()), s.max_features, s.max_rows)
         address = f"[{s.grpc_addr}]:{s.grpc_port}" if ":" in s.grpc_addr else f"{s.grpc_addr}:{s.grpc_port}"
         try:
             if s.tls_cert:

@@ -70,6 +70,39 @@ def test_a_call_over_a_bound_is_refused_before_it_is_parsed(extra: bytes, reason
         check_infer_request(CALL + extra, max_features=3)
 
 
+def holding(*contents: bytes) -> bytes:
+    """A call of one input for each InferTensorContents of `contents`."""
+    return field(1, b"default") + b"".join(
+        field(5, field(1, f"f{i}".encode()) + field(2, b"FP64") + field(3, varint(1)) + field(5, one))
+        for i, one in enumerate(contents))
+
+
+@pytest.mark.parametrize(("contents", "reason"), [
+    # 4.2 million values in an 8 MiB message held the event loop 77-132 ms before being refused (a review).
+    (field(7, b"\x00" * 8 * 101), "the inputs' contents hold more than 100 values in one call (rows x features)"),
+    (field(6, b"\x00" * 4 * 101), "the inputs' contents hold more than 100 values in one call (rows x features)"),
+    (field(3, b"\x81\x01" * 101), "the inputs' contents hold more than 100 values in one call (rows x features)"),
+    ((varint(2 << 3) + b"\x01") * (MOST_OTHER_FIELDS + 1),
+     f"inputs[0]: more than {MOST_OTHER_FIELDS} values sent unpacked in its contents: send them packed, as "
+     "protobuf's encoders do"),
+    (field(8, b"") * 3, "inputs[0]: BYTES contents are no numbers; send features as FP64 or FP32"),
+    (field(1, b"\x01"), "inputs[0]: BOOL contents are no numbers; send features as FP64 or FP32"),
+], ids=["fp64", "fp32", "int64", "unpacked", "bytes", "bool"])
+def test_contents_over_rows_times_features_are_refused_before_they_are_parsed(contents: bytes, reason: str) -> None:
+    with pytest.raises(InvalidInput, match=f"^{re.escape(reason)}$"):
+        check_infer_request(holding(contents), max_features=3, max_values=100)
+
+
+def test_contents_within_rows_times_features_pass() -> None:
+    for contents in (field(7, b"\x00" * 8 * 100), field(3, b"\x81\x01" * 100), (varint(2 << 3) + b"\x01") * 10):
+        check_infer_request(holding(contents), max_features=3, max_values=100)
+    check_infer_request(holding(field(7, b"\x00" * 8 * 60), field(7, b"\x00" * 8 * 40)), max_features=3,
+                        max_values=100)
+    with pytest.raises(InvalidInput, match="the inputs' contents hold more than 100 values"):  # the call's, together
+        check_infer_request(holding(field(7, b"\x00" * 8 * 60), field(7, b"\x00" * 8 * 41)), max_features=3,
+                            max_values=100)
+
+
 @pytest.mark.parametrize("garbage", [b"\xff\xff\xff\xff not a message", b"\x0b\x0c", CALL + b"\x2a\xff"],
                          ids=["varint", "group", "truncated"])
 def test_what_the_scan_cannot_read_is_left_to_the_parser(garbage: bytes) -> None:
