@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from services.control.schedule import Schedule
 from services.control.topic import ScheduleBook
 from services.core.score_limits import MAX_MODEL_CHARS, MAX_VERSION_CHARS
-from services.gateway.errors import InvalidInput, NotFound
+from services.gateway.errors import InvalidInput, NotFound, TurnedAway
 from services.gateway.oip import OUTPUTS
 from services.gateway.signatures import FeatureSpec, Signatures
 
@@ -82,10 +82,13 @@ class Catalog:
         return self.schedules.book.name
 
     def schedule(self) -> Schedule:
+        """The version in force; `TurnedAway` (503 / UNAVAILABLE: retry) before there is one. It
+        was a 404 / NOT_FOUND, which callers take for for good, and on which tritonclient's
+        `is_model_ready` raised instead of saying False (a review)."""
         schedule = self.schedules.in_force()
         if schedule is None:
-            raise NotFound(f"schedule {self.schedule_name!r} has no version on the control topic yet "
-                           "(is the rendezvous running?)")
+            raise TurnedAway(f"schedule {self.schedule_name!r} has no version on the control topic yet "
+                             "(is the rendezvous running?); retry")
         return schedule
 
     def models(self) -> dict[str, str]:

@@ -123,7 +123,10 @@ class Gateway:
         return True, f"ready: reply partitions {list(self.client.owned_partitions)}"
 
     def model_ready(self, name: str, version: str) -> bool:
-        self.catalog.resolve(name, version)  # NotFound for an unknown name
+        try:
+            self.catalog.resolve(name, version)  # NotFound for an unknown name
+        except TurnedAway:  # known, but no schedule in force yet: not ready
+            return False
         return self.readiness()[0]
 
     # -- inference ------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import grpc
 import numpy as np
@@ -31,7 +32,7 @@ from services.core.errors import BrokerUnavailable, ConfigError
 from services.gateway import rest as rest_module
 from services.gateway.auth import ANONYMOUS, ApiKeys, RateLimit, parse_entries
 from services.gateway.catalog import MODEL, SCHEDULE, Catalog
-from services.gateway.engine import _kafka_id, _model_row, _raise_failures, _request_ids, call_budget
+from services.gateway.engine import Gateway, _kafka_id, _model_row, _raise_failures, _request_ids, call_budget
 from services.gateway.errors import (
     AnswerFailed,
     AnswerTimedOut,
@@ -40,6 +41,7 @@ from services.gateway.errors import (
     InvalidInput,
     NotFound,
     RateLimited,
+    TurnedAway,
     Unauthenticated,
     Unavailable,
     UnsupportedMediaType,
@@ -745,9 +747,21 @@ def test_a_fallback_feature_list_describes_but_refuses_nothing() -> None:
     catalog.check_features(catalog.resolve("default"), ["anything"])
 
 
-def test_no_schedule_yet_is_a_404_saying_why() -> None:
-    with pytest.raises(NotFound, match="no version on the control topic yet"):
+def test_no_schedule_yet_is_a_503_saying_why() -> None:
+    """A 404 / NOT_FOUND reads 'for good' to a caller, and tritonclient's is_model_ready raised on
+    it instead of saying False (a review): a gateway whose schedule has no version yet is one to
+    retry (503 / UNAVAILABLE)."""
+    with pytest.raises(TurnedAway, match="no version on the control topic yet") as refused:
         Catalog(Versions(), FixedSignatures([]), enforce=False).resolve("default")
+    assert status_of(refused.value).http == 503 and status_of(refused.value).grpc == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_schedule_without_a_version_yet_is_a_model_not_ready_not_an_error() -> None:
+    catalog = Catalog(Versions(), FixedSignatures([]), enforce=False)
+    gateway = SimpleNamespace(catalog=catalog, readiness=lambda: (True, "ready"))  # the rest of it: ready
+    assert Gateway.model_ready(cast(Gateway, gateway), "default", "") is False
+    with pytest.raises(NotFound, match="unknown model 'nonesuch'"):
+        Gateway.model_ready(cast(Gateway, gateway), "nonesuch", "")
 
 
 # -- answers ------------------------------------------------------------------------------------------
