@@ -132,6 +132,8 @@ class Catalog:
         if version and version != published:
             raise NotFound(f"model {name!r} serves version {published!r}, not {version!r}")
         features = self.signatures.features(name)
+        if features is None:
+            self.signatures.want()
         return Target(name, MODEL, published, (published,) if published else (),
                       None if features is None else tuple(features), self.schedule())
 
@@ -141,6 +143,7 @@ class Catalog:
         for rank, model in enumerate(models):
             specs = self.signatures.features(model)
             if specs is None:
+                self.signatures.want()
                 return None
             for spec in specs:
                 # Required for the schedule only if the preferred model (rank 0) requires it.

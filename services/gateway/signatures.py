@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 # How often the models topic is read again from its beginning by a new consumer (between, one
 # consumer follows it): partitions added, or the topic made again, are seen within this.
 REREAD_S = 300.0
+# A contract asked for and not known (`want`) is looked for this soon, and no more often.
+WANTED_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,9 @@ class Signatures(Protocol):
     def models(self) -> dict[str, str]:
         """Published models and their versions (empty when nothing is published)."""
 
+    def want(self) -> None:
+        """A model's features were asked for and are not known: look for them again soon."""
+
 
 class FixedSignatures:
     """The same features for any model (names only: nothing is required)."""
@@ -56,6 +61,9 @@ class FixedSignatures:
     def models(self) -> dict[str, str]:
         return {}
 
+    def want(self) -> None:
+        """Nothing to look for: the list is all there is."""
+
 
 class PublishedSignatures:
     """Input contracts from the models topic, followed in the background by one consumer."""
@@ -66,6 +74,7 @@ class PublishedSignatures:
         self._feed = ModelInfoFeed(config, topic)
         self._specs = _specs(self._feed.infos)
         self._stop = threading.Event()
+        self._wanted = threading.Event()
         self._thread = threading.Thread(target=self._refresh, args=(refresh_s,), name="rdv-gateway-models",
                                         daemon=True)
         self._thread.start()
@@ -77,9 +86,21 @@ class PublishedSignatures:
     def models(self) -> dict[str, str]:
         return {name: version for name, (version, _specs) in self._specs.items()}
 
+    def want(self) -> None:
+        """Read on within WANTED_S, not at the next `refresh_s`: contracts the workers published
+        after the gateway's first read were unknown for up to 5 s, and calls missing a feature
+        went to every model and came back 502 'every model failed' (UNAVAILABLE over gRPC, which
+        callers retry) instead of 400 naming it (a review)."""
+        self._wanted.set()
+
     def _refresh(self, every_s: float) -> None:
         read_at = time.monotonic()
-        while not self._stop.wait(every_s):
+        while True:
+            wanted = self._wanted.wait(every_s)
+            # Wanted, at most every WANTED_S: calls ask on every target built without a contract.
+            if self._stop.wait(WANTED_S if wanted else 0):
+                return
+            self._wanted.clear()
             try:
                 if time.monotonic() - read_at >= REREAD_S:
                     self._reread()
@@ -97,6 +118,7 @@ class PublishedSignatures:
 
     def close(self) -> None:
         self._stop.set()
+        self._wanted.set()  # ends the thread's wait
         self._thread.join()  # it may be reading: the consumer is closed after it
         self._feed.close()
 

@@ -128,6 +128,27 @@ def test_the_gateway_follows_published_contracts_with_one_consumer(
         signatures.close()
 
 
+def test_a_contract_wanted_is_read_at_once_not_at_the_next_refresh(topics: Topics, config: dict[str, Any]) -> None:
+    """Published after the gateway's first read, a contract was unknown until the next refresh
+    (5 s): calls to the schedule went to every model meanwhile (a review). Wanted, it is read now."""
+    signatures = PublishedSignatures(config, topics.models, refresh_s=3600)  # no refresh but the wanted one
+    try:
+        assert signatures.features("late") is None
+        producer = Producer(config)
+        producer.produce(topics.models, encode_model_info(ModelInfo("late", "1", Signature.all_required(["z"]))),
+                         key=b"late")
+        assert producer.flush(15) == 0
+
+        def known() -> bool:
+            signatures.want()  # as each call to a target without the contract does
+            return signatures.features("late") is not None
+
+        wait_until(known, 60, "the wanted contract")
+        assert signatures.features("late") == [FeatureSpec("z", required=True)]
+    finally:
+        signatures.close()
+
+
 def test_the_gateway_sees_contracts_on_partitions_added_after_it_started(
     topics: Topics, config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -668,6 +668,7 @@ class Versions:
 class Published:
     def __init__(self, specs: dict[str, tuple[str, list[FeatureSpec]]]):
         self.specs = specs
+        self.wanted = 0
 
     def features(self, model: str) -> list[FeatureSpec] | None:
         entry = self.specs.get(model)
@@ -675,6 +676,21 @@ class Published:
 
     def models(self) -> dict[str, str]:
         return {name: version for name, (version, _) in self.specs.items()}
+
+    def want(self) -> None:
+        self.wanted += 1
+
+
+def test_a_target_built_without_a_models_contract_asks_for_it_to_be_read_soon() -> None:
+    """Contracts published after the gateway's first read were unknown up to 5 s: calls missing a
+    feature went to every model, 502 'every model failed', instead of 400 (a review)."""
+    published = Published({"champion": ("1", [FeatureSpec("a", True)])})
+    catalog = Catalog(Versions(V1), published, enforce=True)
+    assert catalog.resolve("default").features is None and published.wanted == 1  # the challenger's is unknown
+    assert catalog.resolve("champion").features is not None and published.wanted == 1
+    published.specs["challenger"] = ("1", [FeatureSpec("a")])
+    catalog.resolve("challenger")
+    assert published.wanted == 1
 
 
 V1 = Schedule(models=("champion", "challenger"), version=1)
