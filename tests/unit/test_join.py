@@ -996,3 +996,61 @@ def test_a_model_outside_the_schedule_that_scores_every_request_is_still_waited_
     assert [r["request_id"] for r in out.logs] == ["first"]  # 'second' waits for the shadow model's score
     join.on_score(score("second", "shadow", T0 + 300))  # after the answer, within the linger
     assert [[o["model"] for o in r["outputs"]] for r in out.logs][-1] == [*MODELS, "shadow"]
+
+
+def test_a_model_outside_the_schedule_late_on_one_partition_is_still_waited_for_on_the_others() -> None:
+    """Dropped at its first request missed by deadline and linger, a shadow lagging on one
+    partition lost 45% of the records of the other, where it scored every request on time (a
+    review of the change that made one forged score stop holding every record)."""
+    wall, out = [T0], Collected()
+    join = Join(JoinLimits(), ScheduleBook.holding(Schedule(models=MODELS)), out, wall_ms=lambda: wall[0])
+    join.on_score(score("first", "shadow", T0 - 10))  # known: its scores are waited for
+    join.on_request(request("p1", at=T0, partition=1))  # the shadow never scores this one
+    for i, model in enumerate(MODELS):
+        join.on_score(score("p1", model, T0 + 1 + i, partition=1))
+    late = T0 + 200 + JoinLimits().linger_ms + 1  # past its deadline and linger
+    for at in range(T0 + 50, late, 50):  # partition 0 meanwhile: the shadow scores each request on time
+        wall[0] = at
+        join.on_request(request(f"p0-{at}", at=at))
+        join.on_score(score(f"p0-{at}", "shadow", at + 1))
+        for i, model in enumerate(MODELS):
+            join.on_score(score(f"p0-{at}", model, at + 2 + i))
+    wall[0] = late
+    join.on_clock(1, late)
+    assert out.logs[-1]["request_id"] == "p1"  # logged without the shadow, at the end of its linger
+    join.on_request(request("next", at=late + 10))
+    for i, model in enumerate(MODELS):
+        join.on_score(score("next", model, late + 11 + i))
+    assert out.logs[-1]["request_id"] == "p1"  # 'next' waits for the shadow, which scored a moment ago
+    join.on_score(score("next", "shadow", late + 20))
+    assert [o["model"] for o in out.logs[-1]["outputs"]] == [*MODELS, "shadow"]
+
+
+def test_a_name_pruned_from_a_full_table_is_not_forgotten_twice() -> None:
+    """The live set is kept up to 100 ms; a full table pruned its old names without it, and a
+    name pruned so but still in it was deleted again when a request's linger ended: KeyError out
+    of the Join (a review: a flood of names, and a scheduled model admitted past the bound)."""
+    wall, out = [T0], Collected()
+    limits = JoinLimits()
+    join = Join(limits, ScheduleBook.holding(Schedule(models=("champion", "canary"))), out, wall_ms=lambda: wall[0])
+
+    def scored(rid: str, model: str, at: int, partition: int = 1) -> None:
+        wall[0] = at
+        join.on_score(score(rid, model, at, partition=partition))
+
+    scored("f-x", "forged-x", T0)  # the name that ages out first
+    scored("c0", "champion", T0 + 50)
+    for i in range(MAX_MODELS - 2):
+        scored(f"f{i}", f"forged-{i}", T0 + 50)
+    scored("k0", "canary", T0 + 60)  # scheduled: tracked past the bound
+    at = T0 + limits.model_ttl_ms - 1300
+    wall[0] = at
+    join.on_request(request("r", at=at, created=at))
+    scored("r", "champion", at + 1, partition=0)
+    scored("r", "canary", at + 2, partition=0)
+    wall[0] = T0 + limits.model_ttl_ms - 10
+    join.live_models(wall[0])  # kept: forged-x in it
+    scored("f-new", "forged-new", T0 + limits.model_ttl_ms + 5)  # prunes forged-x; still full
+    wall[0] = T0 + limits.model_ttl_ms + 20
+    join.on_clock(0, at + 200 + limits.linger_ms + 1)  # r's linger ends: its silent names forgotten
+    assert out.logs[-1]["request_id"] == "r"
