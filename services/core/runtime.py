@@ -15,10 +15,10 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from functools import cache
 from types import FrameType
-from typing import TypeVar, cast
 
 from services.core.errors import StoppedStarting
 
@@ -68,37 +68,35 @@ def stop_requested() -> bool:
     return _stop_requested.is_set()
 
 
-T = TypeVar("T")
-_STOP_LOOK_S = 0.2  # how often `unless_stopped` looks at the stop flag: one Event cannot wait on two
+_interruptible: str | None = None  # what the process is doing that a stop ends it in, if anything
 
 
-def unless_stopped(work: Callable[[], T], what: str) -> T:
-    """`work()`'s result, worked out in a daemon thread while this one waits for it, or raise
-    `StoppedStarting` once SIGTERM/SIGINT came (`what` says what was being done).
+@contextmanager
+def interruptible(what: str) -> Iterator[None]:
+    """Run the block so that SIGTERM/SIGINT during it ends the process at once, exit status 0,
+    its log saying 'asked to stop while `what`', instead of setting a stop flag looked at once
+    the block is done.
 
-    A model loading for minutes kept a SIGTERM waiting until it had loaded (Python runs a signal's
-    handler between bytecodes of the main thread, and a stop flag is looked at only after): past
-    Kubernetes' grace period, the worker was SIGKILLed with nothing in its log. Nothing was read
-    yet, so there is nothing to drain; the thread is left to the process' exit."""
-    outcome: list[tuple[bool, object]] = []
-    done = threading.Event()
+    A model loading for minutes kept a SIGTERM waiting until it had loaded: past Kubernetes' grace
+    period, the worker was SIGKILLed with nothing in its log. Nothing was read yet, so there is
+    nothing to drain or commit. Nor is the block interrupted by an exception: a load's own code
+    would run on (a `with ThreadPoolExecutor()` waits for its tasks; a review), and a load on
+    another thread could set no signal handler of its own. The handler runs when the main thread
+    next runs Python: a block in C code that never returns to Python still holds it off."""
+    global _interruptible
+    if stop_requested():
+        raise StoppedStarting(f"asked to stop before {what}")
+    _interruptible = what
+    try:
+        yield
+    finally:
+        _interruptible = None
 
-    def call() -> None:
-        try:
-            outcome.append((True, work()))
-        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which raises it
-            outcome.append((False, exc))
-        finally:
-            done.set()
 
-    threading.Thread(target=call, name="rdv-starting", daemon=True).start()
-    while not done.wait(_STOP_LOOK_S):
-        if stop_requested():
-            raise StoppedStarting(f"asked to stop while {what}: stopping without waiting for it")
-    ok, value = outcome[0]
-    if not ok:
-        raise cast(BaseException, value)
-    return cast(T, value)
+def _exit_stopped(what: str) -> None:
+    log.info("asked to stop while %s: stopping without waiting for it", what)
+    logging.shutdown()
+    os._exit(0)
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
@@ -109,6 +107,8 @@ def install_signal_handlers(stop: threading.Event) -> None:
             os._exit(128 + signum)
         stop.set()
         _stop_requested.set()
+        if _interruptible is not None:
+            _exit_stopped(_interruptible)
 
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)

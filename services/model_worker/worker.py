@@ -51,7 +51,7 @@ from services.core.metrics import DECODE_ERRORS, LATENCY_BUCKETS, child
 from services.core.model_info import ModelInfo, publish_model_info
 from services.core.redaction import mask
 from services.core.requests import check_request
-from services.core.runtime import now_ms, unless_stopped
+from services.core.runtime import interruptible, now_ms
 from services.core.score_limits import MAX_VERSION_CHARS
 from services.core.service import STALLED_AFTER_S, Context, Probed, SimpleHandler, StreamService, StreamSpec
 from services.core.signatures import Prepared, Signature
@@ -337,8 +337,8 @@ def hosted_models(settings: WorkerSettings, instance: str, model: Model | None =
     def load(spec: str) -> Model:
         log.info("loading model from %s", spec)  # before a load that may take minutes, said (a review)
         started = time.monotonic()
-        loaded = unless_stopped(lambda: load_model(spec, trust_model_file=settings.trust_model_file),
-                                f"loading the model from {spec}")
+        with interruptible(f"loading the model from {spec}"):
+            loaded = load_model(spec, trust_model_file=settings.trust_model_file)
         log.info("loaded model from %s in %.1fs", spec, time.monotonic() - started)
         return loaded
 
