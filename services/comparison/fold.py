@@ -16,14 +16,14 @@ first appearance.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
 
 from services.comparison.kernels import dense, first_seen, grouped, last_per_row
-from services.comparison.metrics import Tally
+from services.comparison.metrics import OTHER, Tally
 from services.comparison.window import STATUSES, ChampionTracker, ModelStats, References, SlidingWindow
 from services.core.comparison_columns import DecodedBatch, repeating_a_model
 from services.core.runtime import EARLIEST_PLAUSIBLE_MS
@@ -87,11 +87,13 @@ def fold(
     references: References,
     window: SlidingWindow,
     tally: Tally,
+    labelled: Container[str] = (),
 ) -> None:
-    """`ComparisonService.observe` of every record of a valid batch, in order."""
+    """`ComparisonService.observe` of every record of a valid batch, in order. `labelled`: the
+    names with a label of their own before the batch (`LabelBudget.labelled`)."""
     names = Names()
     out, pairs = _outputs(batch, series_labels, names)
-    chosen = _chosen(batch, chosen_label, names)
+    chosen = _chosen(batch, chosen_label, names, labelled)
     before = champion.current  # the champion of records before the batch's first OK answer
     champions = _champions(batch.status, chosen, champion, names)
     window.champion = champion.current  # as the record path leaves it
@@ -133,14 +135,33 @@ def _outputs(
     return outputs, pairs
 
 
-def _chosen(batch: DecodedBatch, chosen_label: Callable[[str], str], names: Names) -> np.ndarray:
+def _chosen(batch: DecodedBatch, chosen_label: Callable[[str], str], names: Names,
+            labelled: Container[str]) -> np.ndarray:
     """Each record's chosen model as a label index, -1 for none. (Labelled after the outputs'
     names were admitted, taking no place itself: a chosen model is one of its record's outputs in
-    every record the rendezvous writes, `LabelBudget.chosen`.)"""
-    labels = np.array([names.index(chosen_label(value)) if value else -1 for value in batch.chosen.values] + [-1],
+    every record the rendezvous writes, `LabelBudget.chosen`.) A name given its place in this
+    batch is its label from its first output on, as record by record; before, '_other': in a
+    record naming it without an output of it (forged), the two paths labelled it apart (a review)."""
+    values = batch.chosen.values
+    labels = np.array([names.index(chosen_label(value)) if value else -1 for value in values] + [-1],
                       dtype=np.int64)  # fmt: skip
     ids: np.ndarray = labels[batch.chosen.ids]  # id -1 (null) takes the -1 at the end
+    for index, value in enumerate(values):
+        if not value or value in labelled or labels[index] < 0 or names.values[labels[index]] == OTHER:
+            continue
+        first = _first_output_row(batch, value)
+        early = (batch.chosen.ids == index) & (np.arange(batch.records) < first)
+        if early.any():
+            ids[early] = names.index(OTHER)
     return ids
+
+
+def _first_output_row(batch: DecodedBatch, model: str) -> int:
+    """The first record of the batch with an output of `model` (its record count if none)."""
+    if model not in batch.model.values:
+        return batch.records
+    rows = batch.row[batch.model.ids == batch.model.values.index(model)]
+    return int(rows.min()) if len(rows) else batch.records
 
 
 def _champions(status: np.ndarray, chosen: np.ndarray, tracker: ChampionTracker, names: Names) -> np.ndarray:

@@ -211,6 +211,11 @@ class LabelBudget:
         return name if name in self._models or name in self._reserved else OTHER
 
     @property
+    def labelled(self) -> frozenset[str]:
+        """The names with a label of their own now (admitted, or reserved)."""
+        return frozenset(self._models | self._reserved)
+
+    @property
     def full(self) -> bool:
         return len(self._models) >= self.max_models
 

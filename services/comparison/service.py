@@ -271,7 +271,7 @@ class ComparisonService(SimpleHandler, Probed):
         tally = m.Tally()
         try:
             fold.fold(batch, self._series_labels, self._labels.chosen, self.champion, self.references,
-                      self.window, tally)  # fmt: skip
+                      self.window, tally, self._labels.labelled)  # fmt: skip
         # A valid batch never fails here; if a bug makes one, the record path takes the batch and
         # nothing stops (the counters count it once; the window may hold what was folded before).
         except Exception:
