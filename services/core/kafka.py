@@ -97,13 +97,13 @@ _GONE = {KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION}
 
 
 def topic_gone(topic: str, partition: int | None, err: KafkaError) -> TopicGone:
-    """The one line for records to a topic (or partition) the cluster does not have."""
+    """The one line for records to a topic (or partition) the cluster does not have. Said of any
+    topic a service writes, a client's reply topic too: what `topics create` makes is a hint."""
+    hint = "if it is one of the deployment's, `rendezvous topics create` makes it again"
     if err.code() == KafkaError._UNKNOWN_PARTITION and partition is not None and partition >= 0:
-        return TopicGone(f"{topic} has no partition {partition} (deleted while serving?): see that it has as many "
-                         f"partitions as its input, and create it with `rendezvous topics create` if it is gone "
-                         f"({err.str()})")
-    return TopicGone(f"{topic} does not exist (deleted while serving?): create it with `rendezvous topics create` "
-                     f"({err.str()})")
+        return TopicGone(f"{topic} has no partition {partition} (deleted, or made again with fewer partitions, "
+                         f"while serving?): {hint} ({err.str()})")
+    return TopicGone(f"{topic} does not exist (deleted while serving?): {hint} ({err.str()})")
 
 
 def delivery_timeout(config: Mapping[str, Any], ms: int) -> dict[str, Any]:

@@ -62,10 +62,11 @@ def test_records_to_a_topic_deleted_while_serving_are_refused_for_good_in_one_li
 
     gone = _delivery_failure(KafkaError(KafkaError._UNKNOWN_PARTITION), "rdv.scores", 3)
     assert isinstance(gone, TopicGone) and not gone.retriable
-    assert str(gone).startswith("rdv.scores has no partition 3 (deleted while serving?)")
+    assert str(gone).startswith("rdv.scores has no partition 3 (deleted, or made again with fewer partitions, "
+                                "while serving?)")
     gone = _delivery_failure(KafkaError(KafkaError._UNKNOWN_TOPIC), "rdv.scores", 3)
-    assert str(gone).startswith("rdv.scores does not exist (deleted while serving?): create it with `rendezvous "
-                                "topics create`")
+    assert str(gone).startswith("rdv.scores does not exist (deleted while serving?): if it is one of the "
+                                "deployment's, `rendezvous topics create` makes it again")
 
 
 def test_outputs_checked_at_start_are_failed_a_second_after_they_go_unless_configured() -> None:
