@@ -146,22 +146,26 @@ def _chosen(batch: DecodedBatch, chosen_label: Callable[[str], str], names: Name
     labels = np.array([names.index(chosen_label(value)) if value else -1 for value in values] + [-1],
                       dtype=np.int64)  # fmt: skip
     ids: np.ndarray = labels[batch.chosen.ids]  # id -1 (null) takes the -1 at the end
-    for index, value in enumerate(values):
-        if not value or value in labelled or labels[index] < 0 or names.values[labels[index]] == OTHER:
-            continue
-        first = _first_output_row(batch, value)
-        early = (batch.chosen.ids == index) & (np.arange(batch.records) < first)
+    other = names.find(OTHER)
+    given = [bool(value) and value not in labelled and label >= 0 and label != other
+             for value, label in zip(values, labels.tolist(), strict=False)]
+    if any(given):
+        chosen_ids = batch.chosen.ids  # -1 (null) takes the last of each: not given, the record count
+        first = _first_output_rows(batch, values)
+        early = np.array([*given, False])[chosen_ids] & (np.arange(batch.records) < first[chosen_ids])
         if early.any():
             ids[early] = names.index(OTHER)
     return ids
 
 
-def _first_output_row(batch: DecodedBatch, model: str) -> int:
-    """The first record of the batch with an output of `model` (its record count if none)."""
-    if model not in batch.model.values:
-        return batch.records
-    rows = batch.row[batch.model.ids == batch.model.values.index(model)]
-    return int(rows.min()) if len(rows) else batch.records
+def _first_output_rows(batch: DecodedBatch, values: list[str]) -> np.ndarray:
+    """For each of `values` (model names), the first record of the batch with an output of it (the
+    record count if none), and the record count at the end (for id -1)."""
+    by_model = np.full(len(batch.model.values), batch.records, dtype=np.int64)
+    np.minimum.at(by_model, batch.model.ids, batch.row)
+    model_id = {name: i for i, name in enumerate(batch.model.values)}
+    return np.array([by_model[model_id[value]] if value in model_id else batch.records for value in values]
+                    + [batch.records], dtype=np.int64)
 
 
 def _champions(status: np.ndarray, chosen: np.ndarray, tracker: ChampionTracker, names: Names) -> np.ndarray:
