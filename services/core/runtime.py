@@ -84,10 +84,10 @@ def interruptible(what: str) -> Iterator[None]:
     another thread could set no signal handler of its own. The handler runs when the main thread
     next runs Python: a block in C code that never returns to Python still holds it off."""
     global _interruptible
-    if stop_requested():
-        raise StoppedStarting(f"asked to stop before {what}")
-    _interruptible = what
+    _interruptible = what  # first: a signal after the check below ends the process from its handler
     try:
+        if stop_requested():
+            raise StoppedStarting(f"asked to stop before {what}")
         yield
     finally:
         _interruptible = None
