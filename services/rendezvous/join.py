@@ -203,6 +203,9 @@ class Join:
         self._finished = Finished({}, set())
         self._rereading: set[int] = set()  # requests partitions with entries in _finished
         self._models_seen: dict[str, int] = {}  # model -> wall ms of its last score
+        # model -> wall ms of its last score joined to a request read (`_forget_the_silent`); its
+        # names are some of `_models_seen`'s.
+        self._joined_at: dict[str, int] = {}
         self._labelled_models: set[str] = set()  # models named in metrics (never forgotten: series stay)
         self._labelled: set[tuple[str, str]] = set()  # (model, version) pairs named in metrics
         # Named (model, version) pairs -> their metric children (see _child_of).
@@ -262,6 +265,7 @@ class Join:
             return True
         horizon = self.wall_ms() - self.limits.model_ttl_ms
         self._models_seen = {model: at for model, at in self._models_seen.items() if at >= horizon}
+        self._joined_at = {model: at for model, at in self._joined_at.items() if model in self._models_seen}
         self._live = None  # it may name some of those
         return len(self._models_seen) < MAX_MODELS
 
@@ -415,6 +419,10 @@ class Join:
         else:
             self._unorphan(mailbox)  # its scores came first; now it has its request
             self._drop_stale(mailbox, request.log_time)
+            wall = self.wall_ms()
+            for model in mailbox.arrivals:
+                if model in self._models_seen:  # joined now
+                    self._joined_at[model] = wall
         self.mailboxes[rid] = mailbox
         self._attach(mailbox, request, reply)
         if mailbox.held:  # an orphan's: what its schedule names is joined now
@@ -460,7 +468,7 @@ class Join:
             self._live = None
         self.metrics.inc(self._child_of(m.SCORES, self._scores_children, score.model, score.version))
         model_label = self._labels(score.model, score.version)[0]
-        self._models_seen[score.model] = self.wall_ms()
+        wall = self._models_seen[score.model] = self.wall_ms()
         if mailbox is None:
             if self._within_time(rid, score.log_time):
                 self.metrics.inc(child(m.LATE_SCORES, model_label, "true"))
@@ -478,6 +486,8 @@ class Join:
         if not mailbox.add(arrival):
             self.metrics.inc(child(m.DUPLICATE_SCORES, model_label))
         else:
+            if mailbox.has_request:
+                self._joined_at[score.model] = wall
             schedule = mailbox.schedule
             if schedule is None or arrival.model not in schedule.model_set:  # an orphan's, or unscheduled
                 self._hold(mailbox, _arrival_size(arrival))
@@ -799,7 +809,7 @@ class Join:
         return arrived >= schedule.model_set and arrived >= self.live_models(self.wall_ms())
 
     def _forget_the_silent(self, schedule: Schedule, mailbox: Mailbox) -> None:
-        """Models outside the schedule that were waited for and sent no score at all (for any
+        """Models outside the schedule that were waited for and scored no request read (any
         request) in this request's time, to its deadline and linger, are no longer waited for,
         until they score again.
 
@@ -812,11 +822,14 @@ class Join:
         # Silent for the request's whole time: a model late for one request but scoring others
         # meanwhile (one partition lagging, a slow tail) was dropped from the records it answered
         # on time (a review: a shadow lagging on one partition lost 45% of the other's records).
+        # Its scores joined to a request read, not any: one a second under an id no request has
+        # (or past its record) kept a name waited for by every record for good (a review).
         since = wall - (mailbox.deadline - mailbox.created_at) - self.limits.linger_ms
         silent = [m for m in self.live_models(wall)
-                  if m not in arrived and m not in scheduled and self._models_seen.get(m, since) <= since]
+                  if m not in arrived and m not in scheduled and self._joined_at.get(m, since) <= since]
         for model in silent:
             self._models_seen.pop(model, None)  # the live set may be a moment older than the table
+            self._joined_at.pop(model, None)
             said = self._silent_said.passes("silent")
             if said is not None:
                 log.info("model %r, outside the schedule, sent no score at all in the time of request %r, to its "

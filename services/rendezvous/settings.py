@@ -45,8 +45,8 @@ class RendezvousSettings(ServiceSettings):
     )
     model_ttl_s: float = setting(
         30.0, "A model that sent no score for this long is no longer expected in comparison records (s); "
-        "one outside the schedule that sent none at all in a request's time, to its deadline and linger, "
-        "is not expected from then on, until it scores again.",
+        "one outside the schedule that scored no request read in a request's time, to its deadline and "
+        "linger, is not expected from then on, until it scores again.",
     )
     commit_interval_ms: int = setting(
         100, "How often finished work is committed (ms); commits run beside the poll loop.",

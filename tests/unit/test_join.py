@@ -1054,3 +1054,24 @@ def test_a_name_pruned_from_a_full_table_is_not_forgotten_twice() -> None:
     wall[0] = T0 + limits.model_ttl_ms + 20
     join.on_clock(0, at + 200 + limits.linger_ms + 1)  # r's linger ends: its silent names forgotten
     assert out.logs[-1]["request_id"] == "r"
+
+
+def test_a_trickle_of_forged_scores_does_not_hold_back_every_record() -> None:
+    """Any score kept a name waited for: one a second under an id no request has held 98% of the
+    records to their deadline and linger for good (a review). Only scores joined to a request read
+    keep it so: between forged scores, records go at their last score."""
+    wall, out = [T0], Collected()
+    join = Join(JoinLimits(), ScheduleBook.holding(Schedule(models=MODELS)), out, wall_ms=lambda: wall[0])
+    written_at: dict[str, int] = {}
+    for at in range(T0, T0 + 6_000, 50):
+        wall[0] = at
+        if (at - T0) % 1_000 == 0:
+            join.on_score(score(f"forged-{at}", "forged", at, partition=1))
+        join.on_request(request(f"r{at}", at=at))
+        for i, model in enumerate(MODELS):
+            join.on_score(score(f"r{at}", model, at + 1 + i))
+        join.on_clock(0, at + 4)
+        written_at.update({r["request_id"]: at for r in out.logs if r["request_id"] not in written_at})
+    late = [rid for rid in written_at if int(rid[1:]) >= T0 + 2_000]
+    at_once = [rid for rid in late if written_at[rid] == int(rid[1:])]
+    assert len(at_once) >= len(late) // 2, f"{len(at_once)} of {len(late)} written at their last score"
