@@ -41,6 +41,12 @@ class ThreadTimes:
     start: int = 0  # when the thread started (clock ticks after boot): an id the kernel reuses is another thread
 
 
+def stat_fields(stat: Path) -> list[str]:
+    """The fields of a /proc stat file after "(comm)" (a name may hold spaces and parentheses):
+    utime, stime, cutime, cstime and starttime are [11], [12], [13], [14] and [19]."""
+    return stat.read_text().rpartition(")")[2].split()
+
+
 def thread_times(pid: int, proc: Path = Path("/proc")) -> dict[int, ThreadTimes]:
     """CPU seconds (user, system) of each live thread of `pid` since it started; {} if the process is gone."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -51,7 +57,7 @@ def thread_times(pid: int, proc: Path = Path("/proc")) -> dict[int, ThreadTimes]
         return threads
     for task in tasks:
         try:  # utime, stime and starttime are fields 14, 15 and 22 of stat, counted after "(comm)"
-            fields = (task / "stat").read_text().rpartition(")")[2].split()
+            fields = stat_fields(task / "stat")
             comm = (task / "comm").read_text().strip()
         except OSError:
             continue  # the thread ended meanwhile

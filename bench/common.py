@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
-from bench.broker_threads import thread_times
+from bench.broker_threads import stat_fields, thread_times
 from services.core import hostcpu
 from services.core.errors import BrokerError
 from services.core.kafka import (
@@ -274,8 +274,7 @@ def _tree_ticks(pid: int) -> int:
     its children that ended and were waited for (fields 14-17 of /proc/<pid>/stat, after
     "(comm)"): a child's ticks move from its own line to its parent's as it is reaped, so the sum
     goes on across its end. A descendant gone between the two reads counts nothing."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    ticks = sum(int(field) for field in fields[11:15])
+    ticks = sum(int(field) for field in stat_fields(Path(f"/proc/{pid}/stat"))[11:15])
     for child in _children(pid):
         with contextlib.suppress(OSError, ValueError, IndexError):
             ticks += _tree_ticks(child)
@@ -612,6 +611,12 @@ def profiling(path: str | None) -> Iterator[None]:
         profiler.dump_stats(path)
 
 
+def steady_rate(left: float, took_s: float) -> float:
+    """What was left after the first output seen, per second it took: NaN when nothing was left
+    (every output came at the first look: nothing after it to time, not 0 a second)."""
+    return left / took_s if left > 0 and took_s > 0 else math.nan
+
+
 def judged(figure: float, target: float) -> str:
     """'met' / 'NOT met' of a figure at least `target`; a figure not measured (NaN: every output
     came at the first look, so there is nothing after it to time) is said so, not 'NOT met'."""
@@ -629,7 +634,7 @@ def thread_cpu_s(native_id: int) -> tuple[int, float] | None:
     utime + stime (clock ticks); the start time tells a thread id handed out again apart."""
     task = Path(f"/proc/self/task/{native_id}")
     try:
-        fields = (task / "stat").read_text().rpartition(")")[2].split()
+        fields = stat_fields(task / "stat")
         start = int(fields[19])
         try:
             return start, int((task / "schedstat").read_text().split()[0]) / 1e9

@@ -33,7 +33,6 @@ if __package__ in (None, ""):  # run as `python bench/<name>.py`: make the `benc
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
-import math
 import os
 import time
 import uuid
@@ -63,6 +62,7 @@ from bench.common import (
     ratio,
     run_bench,
     run_prefix,
+    steady_rate,
     take,
 )
 from services.comparison.metrics import WINDOW
@@ -151,8 +151,7 @@ class Timing:
     def steady_records_s(self) -> float:
         """Records per second after the first batch: what the consumer sustains (NaN when every
         record came in that batch: nothing after it to time, not 0 records/s)."""
-        left, took = self.records - self.first_records, self.processing_s - self.first_s
-        return left / took if left > 0 and took > 0 else math.nan
+        return steady_rate(self.records - self.first_records, self.processing_s - self.first_s)
 
 
 def bare_consume(bootstrap: str, topic: str, args: argparse.Namespace) -> Timing:

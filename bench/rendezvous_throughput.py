@@ -82,6 +82,7 @@ from bench.common import (
     read_topic,
     run_bench,
     run_prefix,
+    steady_rate,
     watermark_total,
 )
 from bench.kafka_skeleton import KafkaSkeleton, Outputs
@@ -186,8 +187,8 @@ class Timing:
     def steady_req_s(self, requests: int) -> float:
         """Requests per second from the first output seen to the last: the share of the work left
         then, over the time it took (the broker's first fetch left out)."""
-        left, took = 1.0 - self.first_outputs / max(self.outputs, 1), self.processing_s - self.first_s
-        return requests * left / took if left > 0 and took > 0 else math.nan
+        left = requests * (1.0 - self.first_outputs / max(self.outputs, 1))
+        return steady_rate(left, self.processing_s - self.first_s)
 
 
 def timed(

@@ -832,8 +832,8 @@ class Join:
             self._joined_at.pop(model, None)
             said = self._silent_said.passes("silent")
             if said is not None:
-                log.info("model %r, outside the schedule, sent no score at all in the time of request %r, to its "
-                         "deadline and linger: comparison records no longer wait for it until it scores again%s",
+                log.info("model %r, outside the schedule, scored no request read in the time of request %r, to "
+                         "its deadline and linger: comparison records no longer wait for it until it scores again%s",
                          model[:80], mailbox.request_id[:80], said.repeated())
         if silent:
             self._live = None

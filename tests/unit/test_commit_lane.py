@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka import TopicPartition
 from prometheus_client import REGISTRY
 
-from services.core.commits import CommitLane, CommitOutcome, TransactionAborted
+from services.core.commits import AbortFailed, CommitLane, CommitOutcome, TransactionAborted
 from services.core.errors import KafkaOperationError, RefusedForGood
 
 
@@ -42,6 +42,12 @@ class RecordingCommitter:
 
     def abort(self) -> None:
         return None
+
+
+def _until_an_outcome_is_held(lane: CommitLane) -> None:
+    """Until the lane holds a commit's outcome (not taken from it, as `_outcomes` does)."""
+    with lane._lock:
+        assert lane._lock.wait_for(lambda: bool(lane._outcomes), 5)
 
 
 def _outcomes(lane: CommitLane, timeout: float = 5.0) -> list[CommitOutcome]:
@@ -113,8 +119,7 @@ def test_commit_now_raises_an_abort_not_yet_settled_and_commits_nothing() -> Non
     lane = CommitLane(committer, None)
     try:
         lane.request([TopicPartition("t", 0, 100)])
-        with lane._lock:  # the outcome is in, not yet settled by the loop
-            assert lane._lock.wait_for(lambda: bool(lane._outcomes), 5)
+        _until_an_outcome_is_held(lane)  # the outcome is in, not yet settled by the loop
         with pytest.raises(TransactionAborted):
             lane.commit_now([TopicPartition("t", 0, 120)], lambda: False)
         assert committer.commits == [("aborted", [100])]
@@ -129,8 +134,7 @@ def test_commit_now_after_outputs_refused_for_good_commits_nothing_and_keeps_the
     lane = CommitLane(committer, None)
     try:
         lane.request([TopicPartition("t", 0, 100)])
-        with lane._lock:  # the outcome is in, not yet settled by the loop
-            assert lane._lock.wait_for(lambda: bool(lane._outcomes), 5)
+        _until_an_outcome_is_held(lane)  # the outcome is in, not yet settled by the loop
         committer.fail_with = None
         with pytest.raises(TransactionAborted, match="outputs were refused"):
             lane.commit_now([TopicPartition("t", 0, 120)], lambda: False)
@@ -146,8 +150,7 @@ def test_no_commit_starts_while_a_failed_one_waits_to_be_settled() -> None:
     lane = CommitLane(committer, None)
     try:
         lane.request([TopicPartition("t", 0, 100)])
-        with lane._lock:
-            assert lane._lock.wait_for(lambda: bool(lane._outcomes), 5)
+        _until_an_outcome_is_held(lane)
         lane.request([TopicPartition("t", 0, 120)])  # refused: the loop must rewind first
         assert not lane.busy() and committer.commits == [("aborted", [100])]
         [outcome] = lane.outcomes()
@@ -318,8 +321,6 @@ class AbortFailingWhileStopping(RecordingCommitter):
     transactional = True
 
     def commit(self, offsets: list[TopicPartition], give_up: Callable[[], bool], group: Any) -> bool:
-        from services.core.commits import AbortFailed
-
         self.commits.append(("abort failed", [tp.offset for tp in offsets]))
         raise AbortFailed("stopped while aborting the transaction (Local: Timed out)")
 
@@ -327,14 +328,11 @@ class AbortFailingWhileStopping(RecordingCommitter):
 def test_commit_now_raises_an_abort_that_failed_while_stopping_as_it_is() -> None:
     """Raised as 'outputs were refused' (a TransactionAborted), the drain's commit aborted once
     more: 5 s of a drain in a broker outage (a review)."""
-    from services.core.commits import AbortFailed
-
     committer = AbortFailingWhileStopping()
     lane = CommitLane(committer, None)
     try:
         lane.request([TopicPartition("t", 0, 100)])
-        with lane._lock:
-            assert lane._lock.wait_for(lambda: bool(lane._outcomes), 5)
+        _until_an_outcome_is_held(lane)
         with pytest.raises(AbortFailed):
             lane.commit_now([TopicPartition("t", 0, 120)], lambda: False)
         assert committer.commits == [("abort failed", [100])]
