@@ -119,6 +119,8 @@ class DeadLetters:
             record = {**reference, "key": None, "truncated": reference["truncated"] or reference["key"] is not None}
             try:
                 self._producer.produce(self._topic, self._codec.encode(record), key=None)
+            except TopicGone:
+                raise  # deleted since the first try (or found so only now): as above, not one letter skipped
             except KafkaOperationError as second:
                 DEAD_LETTER_FAILURES.labels(self._service, source_topic).inc()
                 log.error("cannot dead-letter %s[%s]@%s (%s; then %s); skipped it: %s", source_topic,

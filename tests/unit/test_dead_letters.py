@@ -98,3 +98,28 @@ def test_a_dead_letter_topic_deleted_stops_the_service_instead_of_skipping_every
     with pytest.raises(TopicGone, match=r"rdv\.deadletter does not exist \(deleted while serving\?\)"):
         DeadLetters(Gone(), "rdv.deadletter", "model").send(bad(b"v", b"k"), BadInput("no Request"))
     assert DEAD_LETTER_FAILURES.labels("model", "rdv.requests")._value.get() == before
+
+
+class TooLargeThenGone(Gone):
+    """A producer that refuses the whole letter as too large, then finds its topic deleted."""
+
+    def __init__(self) -> None:
+        self.tries = 0
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | str | None = None, partition: int | None = None,
+                headers: Any = None) -> None:
+        self.tries += 1
+        if self.tries == 1:
+            raise RecordTooLarge(f"a record of {len(value or b'')} bytes is over what {topic} takes")
+        super().produce(topic, value, key, partition, headers)
+
+
+def test_a_dead_letter_topic_found_deleted_at_the_second_try_stops_the_service_too() -> None:
+    """The reference's try counted the topic's deletion as one more refusal: the letter was
+    skipped and its record committed, where the first try's TopicGone stops the service."""
+    before = DEAD_LETTER_FAILURES.labels("model", "rdv.requests")._value.get()
+    producer = TooLargeThenGone()
+    with pytest.raises(TopicGone, match=r"rdv\.deadletter does not exist"):
+        DeadLetters(producer, "rdv.deadletter", "model").send(bad(b"v" * 5_000, b"k"), BadInput("no Request"))
+    assert producer.tries == 2
+    assert DEAD_LETTER_FAILURES.labels("model", "rdv.requests")._value.get() == before
