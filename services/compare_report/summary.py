@@ -33,6 +33,7 @@ TARGET_BUCKETS = 50
 MAX_BUCKETS = 10_000
 _NICE_BUCKETS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 _OK = STATUSES.index("OK")
+_FALLBACK, _TIMEOUT = STATUSES.index("FALLBACK"), STATUSES.index("TIMEOUT")
 
 
 class ChampionNotInRange(ConfigError):
@@ -59,7 +60,7 @@ class ModelSummary:
     n: int  # records with an output of this model
     errors: int
     late: int
-    deadline_met: float  # share of n: a usable score that arrived by the request's deadline
+    deadline_met: float  # share of n (+ absent): a usable score that arrived by the request's deadline
     latency_ms: dict[str, float]  # LATENCY_QUANTILES of created_at -> score arrived, error outputs not counted
     agreement: float  # of the requests the champion labelled and this model answered: the same label
     ks: float
@@ -81,6 +82,9 @@ class ModelSummary:
     expected_champion_outputs: int = 0
     expected_champion_errors: int = 0
     labelled: int = 0  # requests the agreement is measured on (the champion labelled, this model answered)
+    # The champion's row alone: records answered FALLBACK or TIMEOUT, created from its first output
+    # on, without an output of it; each a deadline it missed, as the live comparison counts them.
+    absent: int = 0
 
 
 @dataclass(frozen=True)
@@ -376,6 +380,8 @@ def _model(
     champion_same, model_same = _same_requests(ref, out)
     budget = frame.deadline[out.rows] - frame.created_at[out.rows]  # both plausible times (`plausible`)
     on_time = met_deadline_array(out.usable, out.latency, budget)
+    absent = _absent(frame, ref, out) if code == ref.code else 0
+    judged = len(on_time) + absent
     # Latency is that of answers: an error output's time (a fast refusal, a model given up on after
     # a minute) is no figure of how fast the model answers; errors are counted on their own.
     answered = out.latency[~out.error]
@@ -385,7 +391,7 @@ def _model(
     return ModelSummary(
         name=frame.models[code], versions=frame.versions[code], champion=code == ref.code, n=len(out.rows),
         errors=int(out.error.sum()), late=int(out.late.sum()),
-        deadline_met=float(on_time.mean()) if len(on_time) else float("nan"),
+        deadline_met=float(on_time.sum()) / judged if judged else float("nan"), absent=absent,
         latency_ms={name: float(v) for (name, _), v in zip(LATENCY_QUANTILES, latency, strict=True)},
         agreement=paired.agreement,
         ks=ks_exact(champion_same, model_same) if compared else float("nan"),
@@ -404,6 +410,19 @@ def _model(
         expected_champion_outputs=expected.champion_outputs, expected_champion_errors=expected.champion_errors,
         labelled=paired.labelled,
     )  # fmt: skip
+
+
+def _absent(frame: Frame, ref: _Reference, out: _Outputs) -> int:
+    """Records without an output of the champion that its absence made a fallback or a timeout,
+    from its first output on. Counted by outputs alone, a champion stuck past its deadline and
+    the linger (in no record then) read 100% met, where the live counter counts each such record
+    as a miss. A record answered OK without it was another champion's (before a promotion or
+    after one), and an ERROR answer was nobody's to score."""
+    if not len(out.rows):
+        return 0
+    first = frame.created_at[out.rows].min()
+    unanswered = (frame.status == _FALLBACK) | (frame.status == _TIMEOUT)
+    return int((unanswered & ~ref.has_output & (frame.created_at >= first)).sum())
 
 
 def _same_requests(ref: _Reference, out: _Outputs) -> tuple[np.ndarray, np.ndarray]:

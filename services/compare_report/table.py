@@ -73,6 +73,10 @@ def caption(report: Report) -> str:
         lines[0] += f", requests created {format_ms(report.first_ms)} to {format_ms(report.last_ms)}"
     lines.append(f"champion ★: {report.champion or DASH} ({report.champion_source}); agree/KS/PSI/MAD/corr "
                  "are against it, on the same requests")  # fmt: skip
+    absent = sum(model.absent for model in report.models)
+    if absent:
+        lines.append(f"the champion has no output on {absent:,} records answered FALLBACK or TIMEOUT: each counted "
+                     "as a deadline it missed")
     statuses = ", ".join(f"{name} {count:,}" for name, count in report.statuses.items() if count)
     lines.append(f"answers: {statuses or DASH}; answered by the deadline: {_percent(report.answered_by_deadline)}")
     lines.extend(report.notes)
@@ -102,7 +106,7 @@ def report_dict(report: Report) -> dict[str, Any]:
         "late": m.late, "deadline_met": number(m.deadline_met),
         "latency_ms": {k: number(v) for k, v in m.latency_ms.items()}, "agreement": number(m.agreement),
         "ks": number(m.ks), "psi": number(m.psi), "mad": number(m.mad), "correlation": number(m.correlation),
-        "paired": m.paired,
+        "paired": m.paired, "absent": m.absent,
     } for m in report.models]
     return {"records": report.records, "champion": report.champion, "champion_source": report.champion_source,
             "statuses": dict(report.statuses), "answered_by_deadline": number(report.answered_by_deadline),

@@ -218,7 +218,9 @@ def test_forged_model_names_leave_the_real_models_figures_as_they_were(
     of the real models' rows, expected counts for the gates included."""
     from services.compare_report.summary import MAX_ROWS
 
-    forged = [{**records[i], "request_id": f"forged-{i}", "chosen_model": "champion",
+    # Answered OK: one answered FALLBACK or TIMEOUT without the champion's output is a deadline it
+    # missed, forged or not, as the live counter counts it (`_absent`).
+    forged = [{**records[i], "request_id": f"forged-{i}", "chosen_model": "champion", "status": "OK",
                "outputs": [{**records[0]["outputs"][0], "model": f"forged-{i}-{k}"} for k in range(5)]}
               for i in range(0, len(records), 10)]
     mixed = summarize_records([r for pair in zip(records, [*forged, *([None] * len(records))], strict=False)
@@ -1031,3 +1033,31 @@ def test_compare_says_which_given_flags_it_makes_no_use_of() -> None:
     assert "--workers is not used with --max-records" in ignored_flags(
         from_namespace(CompareSettings, None, max_records="100", workers="3"))[0]
     assert ignored_flags(from_namespace(CompareSettings, None, max_records="100")) == []
+
+
+def test_a_champion_absent_from_the_records_it_failed_counts_them_as_deadlines_missed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A champion stuck past its deadline and the linger is in no record then: counted by outputs,
+    it read 100% met on 700 of 1,000 requests, where the live counter counts the 300 as misses.
+    Records answered OK by another model before its first output (a promotion) are not its."""
+    import json
+
+    from services.compare_report.table import caption, print_report_json
+
+    before = [_record(i, [_output("old")], chosen="old") for i in range(50)]
+    records = [_record(50 + i, [_output("a"), _output("b")] if i % 10 < 7 else [_output("b")],
+                       chosen="a" if i % 10 < 7 else "b") for i in range(1_000)]
+    for record in records:
+        if record["chosen_model"] == "b":
+            record["status"] = "FALLBACK"
+    errors = [{**_record(1_050 + i, [_output("b")], chosen=""), "status": "ERROR"} for i in range(20)]
+    report = summarize_records(before + records + errors)
+    champion = report.models[0]
+    assert (champion.name, champion.champion, champion.n, champion.absent) == ("a", True, 700, 300)
+    assert champion.deadline_met == pytest.approx(0.7)
+    assert next(m for m in report.models if m.name == "b").deadline_met == 1.0  # not the champion: by outputs
+    assert "the champion has no output on 300 records answered FALLBACK or TIMEOUT" in caption(report)
+    print_report_json(report)
+    row = json.loads(capsys.readouterr().out)["models"][0]
+    assert (row["model"], row["absent"], row["deadline_met"]) == ("a", 300, pytest.approx(0.7))
