@@ -109,10 +109,10 @@ def read_model_infos(config: Mapping[str, Any], topic: str, timeout_s: float = 3
 
     A tombstone (null value) removes a name; an undecodable record is skipped with a warning.
     """
-    infos: dict[str, ModelInfo] = {}
+    contracts = Contracts()
     for msg in read_spans(config, topic, timeout_s=timeout_s):
-        _apply(infos, msg)
-    return infos
+        contracts.apply(msg)
+    return contracts.held
 
 
 class ModelInfoFeed:
@@ -122,10 +122,11 @@ class ModelInfoFeed:
 
     def __init__(self, config: Mapping[str, Any], topic: str, timeout_s: float = 10.0):
         self._tail = TopicTail(config, topic, "models")
-        self.infos: dict[str, ModelInfo] = {}
+        self._contracts = Contracts()
+        self.infos = self._contracts.held
         try:
             for msg in self._tail.read_to_end(timeout_s):
-                _apply(self.infos, msg)
+                self._contracts.apply(msg)
         except BaseException:
             self._tail.close()
             raise
@@ -136,7 +137,7 @@ class ModelInfoFeed:
         read = 0
         while read < most and (batch := self._tail.poll()):
             for msg in batch:
-                _apply(self.infos, msg)
+                self._contracts.apply(msg)
             read += len(batch)
         return self.infos
 
@@ -150,29 +151,56 @@ MAX_CONTRACTS = 1_000
 _SKIPPED = OncePerPeriod[str](60.0)  # a line per reason a minute, with the count held back
 
 
-def _apply(infos: dict[str, ModelInfo], msg: Message) -> None:
-    """One record of the models topic: a model's newest info, or a tombstone removing it. A
-    record keyed otherwise than the model it names is skipped: kept by its name, a forged one
-    outlived every tombstone of that name, compaction keeping it for good (a review)."""
-    key = (msg.key() or b"").decode("utf-8", errors="replace")
-    value = msg.value()
-    if value is None:
-        infos.pop(key, None)
-        return
+class Contracts:
+    """The newest contract of each model name, read from the models topic in order: MAX_CONTRACTS
+    of them held at most. A name past that waits, in the topic's order (MAX_CONTRACTS more at
+    most), for a place a tombstone frees: skipped for good, it waited for its worker's restart,
+    a re-read applying the topic in the same order (a review)."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, ModelInfo] = {}
+        self._waiting: dict[str, ModelInfo] = {}
+
+    def apply(self, msg: Message) -> None:
+        """One record: a model's newest info, or a tombstone removing it."""
+        key = (msg.key() or b"").decode("utf-8", errors="replace")
+        if msg.value() is None:
+            self._waiting.pop(key, None)
+            if self.held.pop(key, None) is not None and self._waiting:
+                name = next(iter(self._waiting))  # the first to wait
+                self.held[name] = self._waiting.pop(name)
+                log.info("model %s has a contract now: a tombstone freed a place", name)
+            return
+        info = _contract(msg, key)
+        if info is None:
+            return
+        if info.name in self.held or len(self.held) < MAX_CONTRACTS:
+            self.held[info.name] = info
+        elif info.name in self._waiting or len(self._waiting) < MAX_CONTRACTS:
+            self._waiting[info.name] = info  # its newest contract, its place in line kept
+            _skip(msg, "full", f"{MAX_CONTRACTS} models have contracts already: {info.name!r} waits for a tombstone "
+                               "to free a place")
+        else:
+            _skip(msg, "full", f"{MAX_CONTRACTS} models have contracts already, and as many wait for a place")
+
+
+def _contract(msg: Message, key: str) -> ModelInfo | None:
+    """The info a record holds, None (said) if it holds none to apply. A record keyed otherwise
+    than the model it names is skipped: kept by its name, a forged one outlived every tombstone
+    of that name, compaction keeping it for good (a review)."""
     try:
-        info = decode_model_info(value)
+        info = decode_model_info(msg.value() or b"")
     except BadInput as err:
         _skip(msg, "undecodable", str(err))
-        return
+        return None
     if info.name != key:
         _skip(msg, "keyed", f"it is keyed {key[:120]!r} but names model {info.name[:120]!r}: a contract is keyed by "
                             "its model's name")
     elif not MODEL_NAME.fullmatch(info.name):
         _skip(msg, "named", f"{info.name[:120]!r} is no model name (letters, digits, '.', '_' and '-', at most 100)")
-    elif info.name not in infos and len(infos) >= MAX_CONTRACTS:
-        _skip(msg, "full", f"{MAX_CONTRACTS} models have contracts already")
     else:
-        infos[info.name] = info
+        return info
+    return None
 
 
 def _skip(msg: Message, kind: str, reason: str) -> None:
