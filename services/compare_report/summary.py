@@ -33,7 +33,7 @@ TARGET_BUCKETS = 50
 MAX_BUCKETS = 10_000
 _NICE_BUCKETS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 _OK = STATUSES.index("OK")
-_FALLBACK, _TIMEOUT = STATUSES.index("FALLBACK"), STATUSES.index("TIMEOUT")
+_ERROR = STATUSES.index("ERROR")
 
 
 class ChampionNotInRange(ConfigError):
@@ -82,8 +82,8 @@ class ModelSummary:
     expected_champion_outputs: int = 0
     expected_champion_errors: int = 0
     labelled: int = 0  # requests the agreement is measured on (the champion labelled, this model answered)
-    # The champion's row alone: records answered FALLBACK or TIMEOUT, created from its first output
-    # on, without an output of it; each a deadline it missed, as the live comparison counts them.
+    # Records answered (but ERROR) without an output of their champion, this model: each a deadline
+    # it missed, as the live comparison counts them (`_absent_by_model`).
     absent: int = 0
 
 
@@ -129,6 +129,7 @@ def summarize(frame: Frame, champion: str | None = None, bucket_ms: int | None =
     starts = np.arange(first, last + 1, bucket, dtype=np.int64) if first is not None and last is not None else (
         np.zeros(0, dtype=np.int64))
     reference = _Reference.of(frame, champion_code)
+    absent = _absent_by_model(frame, champion_code if source == "--champion" else None)
     # Each model's outputs by one sort, not one pass over every output per model: 16,000 forged
     # names took a report of 200,000 records 15 s, and `promote --require` with it (a review).
     order = np.argsort(frame.model, kind="stable")  # stable: each model's outputs in their order
@@ -136,7 +137,7 @@ def summarize(frame: Frame, champion: str | None = None, bucket_ms: int | None =
     codes, notes = _rows(frame.models, bounds, reference.code, only)
     if notes:
         extra["notes"] = (*extra.get("notes", ()), *notes)
-    models = [_model(frame, order[bounds[code] : bounds[code + 1]], code, reference, starts, bucket)
+    models = [_model(frame, order[bounds[code] : bounds[code + 1]], code, reference, starts, bucket, int(absent[code]))
               for code in codes]
     models.sort(key=lambda m: (not m.champion, m.name))
     return Report(
@@ -368,9 +369,10 @@ class _Paired:
 
 
 def _model(
-    frame: Frame, at: np.ndarray, code: int, ref: _Reference, starts: np.ndarray, bucket_ms: int
+    frame: Frame, at: np.ndarray, code: int, ref: _Reference, starts: np.ndarray, bucket_ms: int, absent: int
 ) -> ModelSummary:
-    """The summary of model `code`, whose outputs are at the indices `at`."""
+    """The summary of model `code`, whose outputs are at the indices `at` (`absent`: records of
+    which it was the champion without an output of it)."""
     out = _Outputs.of(frame, at)
     compared = ref.code is not None and code != ref.code
     paired = _paired(ref, out, frame.labels) if compared else _Paired(PairedScores(), None)
@@ -380,7 +382,6 @@ def _model(
     champion_same, model_same = _same_requests(ref, out)
     budget = frame.deadline[out.rows] - frame.created_at[out.rows]  # both plausible times (`plausible`)
     on_time = met_deadline_array(out.usable, out.latency, budget)
-    absent = _absent(frame, ref, out) if code == ref.code else 0
     judged = len(on_time) + absent
     # Latency is that of answers: an error output's time (a fast refusal, a model given up on after
     # a minute) is no figure of how fast the model answers; errors are counted on their own.
@@ -412,17 +413,36 @@ def _model(
     )  # fmt: skip
 
 
-def _absent(frame: Frame, ref: _Reference, out: _Outputs) -> int:
-    """Records without an output of the champion that its absence made a fallback or a timeout,
-    from its first output on. Counted by outputs alone, a champion stuck past its deadline and
-    the linger (in no record then) read 100% met, where the live counter counts each such record
-    as a miss. A record answered OK without it was another champion's (before a promotion or
-    after one), and an ERROR answer was nobody's to score."""
-    if not len(out.rows):
-        return 0
-    first = frame.created_at[out.rows].min()
-    unanswered = (frame.status == _FALLBACK) | (frame.status == _TIMEOUT)
-    return int((unanswered & ~ref.has_output & (frame.created_at >= first)).sum())
+def _champions_by_record(frame: Frame, named: int | None) -> np.ndarray:
+    """Each record's champion, as the live comparison follows it when it reads no schedule: the
+    model named (`--champion`), else the chosen model of the latest OK answer created at or
+    before the record (the first OK answer's for those before it: an outage the range starts in
+    is the champion's of then); -1 without any OK answer."""
+    if named is not None:
+        return np.full(frame.records, named, dtype=np.int64)
+    order = np.argsort(frame.created_at, kind="stable")
+    chosen = frame.chosen[order].astype(np.int64)
+    ok = (frame.status[order] == _OK) & (chosen >= 0)
+    if not ok.any():
+        return np.full(frame.records, -1, dtype=np.int64)
+    latest = np.maximum.accumulate(np.where(ok, np.arange(len(order)), -1))
+    latest[latest < 0] = int(np.flatnonzero(ok)[0])
+    champions = np.empty(frame.records, dtype=np.int64)
+    champions[order] = chosen[latest]
+    return champions
+
+
+def _absent_by_model(frame: Frame, named: int | None) -> np.ndarray:
+    """Per model code, the records answered (but ERROR) without an output of their champion, that
+    model (`_champions_by_record`). Counted by outputs alone, a champion stuck past its deadline
+    and the linger (in no record then) read 100% met, where the live counter counts each such
+    record as a miss. A record answered at no time is no rendezvous': one a replay made for a
+    request not in the log (its champion never saw it)."""
+    champions = _champions_by_record(frame, named)
+    has = np.zeros(frame.records, dtype=bool)
+    has[frame.row[frame.model == champions[frame.row]]] = True
+    absent = ~has & (champions >= 0) & (frame.status != _ERROR) & (frame.answered_at >= 0)
+    return np.bincount(champions[absent], minlength=len(frame.models))
 
 
 def _same_requests(ref: _Reference, out: _Outputs) -> tuple[np.ndarray, np.ndarray]:

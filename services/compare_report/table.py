@@ -75,8 +75,8 @@ def caption(report: Report) -> str:
                  "are against it, on the same requests")  # fmt: skip
     absent = sum(model.absent for model in report.models)
     if absent:
-        lines.append(f"the champion has no output on {absent:,} records answered FALLBACK or TIMEOUT: each counted "
-                     "as a deadline it missed")
+        lines.append(f"{absent:,} records answered without an output of their champion (the chosen model of the "
+                     "latest OK answer, or --champion): each a deadline it missed, in its row's deadline met")
     statuses = ", ".join(f"{name} {count:,}" for name, count in report.statuses.items() if count)
     lines.append(f"answers: {statuses or DASH}; answered by the deadline: {_percent(report.answered_by_deadline)}")
     lines.extend(report.notes)

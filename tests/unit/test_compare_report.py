@@ -218,9 +218,9 @@ def test_forged_model_names_leave_the_real_models_figures_as_they_were(
     of the real models' rows, expected counts for the gates included."""
     from services.compare_report.summary import MAX_ROWS
 
-    # Answered OK: one answered FALLBACK or TIMEOUT without the champion's output is a deadline it
-    # missed, forged or not, as the live counter counts it (`_absent`).
-    forged = [{**records[i], "request_id": f"forged-{i}", "chosen_model": "champion", "status": "OK",
+    # Answered ERROR: another answer without the champion's output is a deadline it missed, forged
+    # or not, as the live counter counts it (`_absent_by_model`).
+    forged = [{**records[i], "request_id": f"forged-{i}", "chosen_model": "champion", "status": "ERROR",
                "outputs": [{**records[0]["outputs"][0], "model": f"forged-{i}-{k}"} for k in range(5)]}
               for i in range(0, len(records), 10)]
     mixed = summarize_records([r for pair in zip(records, [*forged, *([None] * len(records))], strict=False)
@@ -1040,7 +1040,7 @@ def test_a_champion_absent_from_the_records_it_failed_counts_them_as_deadlines_m
 ) -> None:
     """A champion stuck past its deadline and the linger is in no record then: counted by outputs,
     it read 100% met on 700 of 1,000 requests, where the live counter counts the 300 as misses.
-    Records answered OK by another model before its first output (a promotion) are not its."""
+    Records of another champion (before a promotion) and ERROR answers are not its."""
     import json
 
     from services.compare_report.table import caption, print_report_json
@@ -1057,7 +1057,50 @@ def test_a_champion_absent_from_the_records_it_failed_counts_them_as_deadlines_m
     assert (champion.name, champion.champion, champion.n, champion.absent) == ("a", True, 700, 300)
     assert champion.deadline_met == pytest.approx(0.7)
     assert next(m for m in report.models if m.name == "b").deadline_met == 1.0  # not the champion: by outputs
-    assert "the champion has no output on 300 records answered FALLBACK or TIMEOUT" in caption(report)
+    assert "300 records answered without an output of their champion" in caption(report)
     print_report_json(report)
     row = json.loads(capsys.readouterr().out)["models"][0]
     assert (row["model"], row["absent"], row["deadline_met"]) == ("a", 300, pytest.approx(0.7))
+
+
+
+def _stuck(first: int, n: int, chosen: str, champion_answers: bool, champion: str = "a") -> list[dict[str, Any]]:
+    """`n` records from `first` on: answered OK by `chosen` with `champion`'s output, or FALLBACK by
+    `chosen` without it."""
+    outputs = [_output(champion), _output("b")] if champion_answers else [_output("b")]
+    return [{**_record(first + i, [dict(o) for o in outputs], chosen=chosen),
+             "status": "OK" if champion_answers else "FALLBACK"} for i in range(n)]
+
+
+def test_an_outage_of_the_champion_the_range_starts_in_is_its_own() -> None:
+    """From its first output on only, a champion stuck when the range began read 100% (a review)."""
+    report = summarize_records(_stuck(0, 300, "b", False) + _stuck(300, 700, "a", True))
+    row = next(m for m in report.models if m.name == "a")
+    assert (row.absent, row.deadline_met) == (300, pytest.approx(0.7))
+
+
+def test_after_a_promotion_the_new_champions_misses_are_its_own() -> None:
+    """One champion for the whole range gave the old one the new one's misses (a review)."""
+    records = _stuck(0, 400, "a", True) + _stuck(400, 400, "c", True, champion="c") + _stuck(800, 200, "b", False)
+    report = summarize_records(records)
+    rows = {m.name: m for m in report.models}
+    assert (rows["a"].absent, rows["a"].deadline_met) == (0, 1.0)
+    assert (rows["c"].absent, rows["c"].deadline_met) == (200, pytest.approx(400 / 600))
+
+
+def test_a_champion_named_misses_every_answered_record_without_its_output() -> None:
+    """As the live comparison with --champion: OK answers of another model count too (a review)."""
+    records = _stuck(0, 700, "a", True) + _stuck(700, 300, "b", False)
+    report = summarize_records([*records[:700], *(
+        {**r, "status": "OK"} for r in records[700:])], champion="a")
+    row = next(m for m in report.models if m.name == "a")
+    assert (row.absent, row.deadline_met) == (300, pytest.approx(0.7))
+
+
+def test_records_a_replay_made_for_requests_not_in_the_log_are_no_champions_misses() -> None:
+    """Answered at no time: the champion never saw those requests; it read 60% met (a review)."""
+    made = [{**_record(1_000 + i, [_output("replayed")]), "status": "TIMEOUT", "chosen_model": None,
+             "answered_at": None, "reason": "not in the log"} for i in range(400)]
+    report = summarize_records(_stuck(0, 600, "a", True) + made)
+    row = next(m for m in report.models if m.name == "a")
+    assert (row.absent, row.deadline_met) == (0, 1.0)
