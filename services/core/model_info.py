@@ -148,14 +148,17 @@ class ModelInfoFeed:
 # Contracts kept at most: anyone who may write the topic may write any number of names (20,000
 # held 30 MB and made one 404 of the gateway list them all, 20 MB, 32 ms on its event loop; a review).
 MAX_CONTRACTS = 1_000
+# Contracts past MAX_CONTRACTS waiting for a place, at most: a tenth more memory, not twice as much
+# (a forged contract of 1 MB decodes to ~12 MB; a review), and room for a cleanup's legitimate ones.
+MAX_WAITING = 100
 _SKIPPED = OncePerPeriod[str](60.0)  # a line per reason a minute, with the count held back
 
 
 class Contracts:
     """The newest contract of each model name, read from the models topic in order: MAX_CONTRACTS
-    of them held at most. A name past that waits, in the topic's order (MAX_CONTRACTS more at
-    most), for a place a tombstone frees: skipped for good, it waited for its worker's restart,
-    a re-read applying the topic in the same order (a review)."""
+    of them held at most. A name past that waits, in the topic's order (MAX_WAITING at most), for
+    a place a tombstone frees: skipped for good, it waited for its worker's restart, a re-read
+    applying the topic in the same order (a review)."""
 
     def __init__(self) -> None:
         self.held: dict[str, ModelInfo] = {}
@@ -176,12 +179,12 @@ class Contracts:
             return
         if info.name in self.held or len(self.held) < MAX_CONTRACTS:
             self.held[info.name] = info
-        elif info.name in self._waiting or len(self._waiting) < MAX_CONTRACTS:
+        elif info.name in self._waiting or len(self._waiting) < MAX_WAITING:
             self._waiting[info.name] = info  # its newest contract, its place in line kept
             _skip(msg, "full", f"{MAX_CONTRACTS} models have contracts already: {info.name!r} waits for a tombstone "
                                "to free a place")
         else:
-            _skip(msg, "full", f"{MAX_CONTRACTS} models have contracts already, and as many wait for a place")
+            _skip(msg, "full", f"{MAX_CONTRACTS} models have contracts already, and {MAX_WAITING} wait for a place")
 
 
 def _contract(msg: Message, key: str) -> ModelInfo | None:

@@ -362,3 +362,17 @@ def test_published_contracts_are_printed_with_what_a_terminal_acts_on_escaped() 
     forged = ModelInfo("champ", "v\x1b]52;c;ZWNobyBoaQ==\x07\x1b[2J", Signature.all_required(["f"]), "\x1b[31mw-1")
     _print_lines(Console(file=out, width=300), [contract_line(forged)])
     assert "\x1b" not in out.getvalue() and "\x07" not in out.getvalue() and "champ v" in out.getvalue()
+
+
+def test_contracts_waiting_for_a_place_are_bounded_too() -> None:
+    """As many waiting as held doubled what forged contracts could make every gateway hold (a review)."""
+    from services.core.model_info import MAX_CONTRACTS, MAX_WAITING, Contracts
+
+    contracts = Contracts()
+    for i in range(MAX_CONTRACTS + MAX_WAITING + 1):
+        contracts.apply(_record_of(f"m{i}".encode(), ModelInfo(f"m{i}", "1", Signature.all_required(["a"])), i))
+    for i in range(MAX_WAITING + 1):  # one place more than are waiting
+        contracts.apply(_record_of(f"m{i}".encode(), None))
+    held = contracts.held
+    assert len(held) == MAX_CONTRACTS - 1 and f"m{MAX_CONTRACTS + MAX_WAITING - 1}" in held
+    assert f"m{MAX_CONTRACTS + MAX_WAITING}" not in held  # past both bounds: skipped
