@@ -38,7 +38,15 @@ from prometheus_client import Gauge
 from services.core.commits import AbortFailed, AtLeastOnce, CommitLane, Committer, ExactlyOnce, TransactionAborted
 from services.core.errors import ConfigError, ConsumerFenced, DeliveryFailed, KafkaOperationError
 from services.core.health import BrokerHealth
-from services.core.kafka import Consumer, Producer, partition_end, topic_limits, wait_for_broker, within_transaction
+from services.core.kafka import (
+    Consumer,
+    Producer,
+    outputs_checked_at_start,
+    partition_end,
+    topic_limits,
+    wait_for_broker,
+    within_transaction,
+)
 from services.core.runtime import tune_gc
 from services.core.schema_wait import SchemaWait
 
@@ -76,8 +84,10 @@ class StreamSpec:
     intake: tuple[str, ...] = ()  # topics paused when draining (empty: every topic)
     producer_config: dict[str, Any] = field(default_factory=dict)
     delivered: bool = False  # the handler needs every delivery reported (core/kafka.py, Producer)
-    # Topics the service writes: at start, each one's max.message.bytes is read, so a record it
-    # would refuse (for good) is known before it is produced (core/kafka.py, Producer.check_size).
+    # Topics the service writes, which it checks at start (a missing one is refused there): each
+    # one's max.message.bytes is read, so a record it would refuse (for good) is known before it
+    # is produced (core/kafka.py, Producer.check_size); and one missing later was deleted while
+    # serving: its records fail within a second, and the service stops (`outputs_checked_at_start`).
     outputs: tuple[str, ...] = ()
     # Liveness: a poll loop that has not turned for this long while the broker answers is stuck
     # (a deadlock, a call that never returns), and /healthz says so for the process to be
@@ -302,13 +312,8 @@ class StreamService:
         spec = self.spec
         if not spec.producer:
             return None
-        producer_config = {**config, **spec.producer_config}
-        if spec.processing == "exactly-once":
-            producer_config = within_transaction(producer_config, spec.transaction_timeout_ms)
-            producer_config["transactional.id"] = spec.transactional_id
-            producer_config["transaction.timeout.ms"] = spec.transaction_timeout_ms
         limits = topic_limits(config, spec.outputs, spec.connect_timeout_s)
-        producer = Producer(producer_config, delivered=spec.delivered, topic_limits=limits)
+        producer = Producer(outputs_producer_config(spec, config), delivered=spec.delivered, topic_limits=limits)
         stack.callback(lambda: producer.close(self._close_within_s()))
         return producer
 
@@ -702,6 +707,18 @@ class StreamService:
         if self._abort_failed is not None:  # the open transaction may hold what the commit did not: said, not exit 0
             raise self._abort_failed
         self._settle_commits()  # a refusal the drain's commit found unsettled: the run fails with it
+
+
+def outputs_producer_config(spec: StreamSpec, config: dict[str, Any]) -> dict[str, Any]:
+    """The config of a service's outputs' producer: `config` (the librdkafka base), the service's
+    own settings, and, in transactions, its id and timeout."""
+    checked = outputs_checked_at_start(config) if spec.outputs else {}
+    producer_config = {**config, **checked, **spec.producer_config}
+    if spec.processing == "exactly-once":
+        producer_config = within_transaction(producer_config, spec.transaction_timeout_ms)
+        producer_config["transactional.id"] = spec.transactional_id
+        producer_config["transaction.timeout.ms"] = spec.transaction_timeout_ms
+    return producer_config
 
 
 class Probed:

@@ -43,7 +43,6 @@ from services.core.kafka import (
     SERVING_DELIVERY_TIMEOUT_MS,
     Producer,
     delivery_timeout,
-    outputs_checked_at_start,
     partition_counts,
     partition_end,
 )
@@ -419,8 +418,7 @@ class ModelWorker(SimpleHandler, Probed):
             # A score is of use until its request's deadline (and the rendezvous' linger after it);
             # librdkafka's 300 s would also leave a client stuck after a broker restart (#5430)
             # holding a partition's scores, and every commit, that long before it is replaced.
-            producer_config={**delivery_timeout(settings.librdkafka(), SERVING_DELIVERY_TIMEOUT_MS),
-                             **outputs_checked_at_start(settings.librdkafka())},  # in `run`
+            producer_config=delivery_timeout(settings.librdkafka(), SERVING_DELIVERY_TIMEOUT_MS),
             outputs=(self.topics.scores, self.topics.deadletter),
             records={self.topics.requests: "request"},
             stalled_after_s=stalled_after_s(settings.predict_timeout_s, len(self.hosted)),

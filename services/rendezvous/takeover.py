@@ -18,7 +18,7 @@ from collections.abc import Callable
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from services.core.control_records import SEAL_HEADER
-from services.core.errors import RendezvousError, TopicMissing
+from services.core.errors import RendezvousError, TopicGone, TopicMissing, TopicRefused
 from services.core.kafka import committed_offsets, kafka_error, partition_counts, partition_end
 from services.core.service import Context
 from services.rendezvous import metrics as m
@@ -164,12 +164,10 @@ class Takeover:
             raise  # RendezvousErrors too, but the broker is fine: the caller waits for them
         except KafkaException as exc:
             if _code_of(exc) == KafkaError._UNKNOWN_PARTITION:
-                # The broker is fine: requests grew and an output topic did not (yet), or one was
-                # deleted (said as such: 'grow them together' sent a review looking at partition
-                # counts for a topic that was gone). Retried every RETRY_S.
-                loudness = self._loudness()
-                log.log(loudness, "recovery of %s waits: %s", sorted({tp.partition for tp in partitions}),
-                        self._missing_outputs(ctx) if loudness > logging.DEBUG else "an output partition is missing")
+                # The broker is fine: requests grew and an output topic did not (yet), retried every
+                # RETRY_S; or one was deleted, and the service stops (`_missing_outputs`).
+                why = self._missing_outputs(ctx)
+                log.log(self._loudness(), "recovery of %s waits: %s", sorted({tp.partition for tp in partitions}), why)
                 return []
             ctx.health.mark_down()
             log.warning("recovery waiting for the broker: %s", exc)
@@ -180,12 +178,17 @@ class Takeover:
             return []
 
     def _missing_outputs(self, ctx: Context) -> str:
-        """Why an output partition recovery reads does not exist: its topic is gone, or has fewer
-        partitions than the requests."""
+        """Why an output partition recovery reads does not exist: it has fewer partitions than the
+        requests. TopicGone if the topic is gone: checked at start, it was deleted while serving,
+        and the service stops, as a worker does and as its restart refuses to start; waiting for
+        it, the rendezvous stalled for good, /readyz 503 (a review). ('grow them together' sent
+        a review looking at partition counts for a topic that was gone.)"""
         try:
             partition_counts(ctx.config, [self.topics.answers, self.topics.log], timeout=5.0)
+        except TopicRefused:
+            raise  # its grant revoked while serving: said so, and stopped as at start
         except TopicMissing as err:
-            return f"{err} (deleted while serving?)"
+            raise TopicGone(f"{err} (deleted while serving?)") from None
         except RendezvousError as err:
             return f"an output partition it reads does not exist, and the topics could not be listed ({err})"
         return ("an output partition it reads does not exist; answers and log must have as many partitions as "

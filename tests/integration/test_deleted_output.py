@@ -1,6 +1,7 @@
-"""A model worker whose scores topic is deleted while it serves stops at once, in one line.
+"""A model worker whose scores topic, or a rendezvous whose comparison log, is deleted while it
+serves stops at once, in one line.
 
-It went on for up to 30 s (librdkafka's topic.metadata.propagation.max.ms from when it first
+The worker went on for up to 30 s (librdkafka's topic.metadata.propagation.max.ms from when it first
 wrote to the topic), its readiness flapping 'broker unreachable' as each commit's flush waited
 on refused records, then ended with librdkafka's 'Unknown topic' (a review).
 """
@@ -29,12 +30,28 @@ pytestmark = pytest.mark.kafka
 PARTITIONS = 4  # the `prefix` fixture's
 
 
-def _scores_written(config: dict[str, Any], topic: str) -> int:
+def _written(config: dict[str, Any], topic: str) -> int:
     probe = Consumer({**config, "group.id": "probe", "enable.auto.commit": False})
     try:
         return sum(probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(PARTITIONS))
     finally:
         probe.close()
+
+
+class _Requests:
+    """Requests sent one at a time, to each partition in turn, as a client keeps sending them."""
+
+    def __init__(self, config: dict[str, Any], topic: str, budget_ms: int) -> None:
+        self.producer, self.topic, self.budget_ms = Producer(config), topic, budget_ms
+        self.codec, self.rows, self.sent = codec("request"), demo_rows(8), 0
+
+    def send(self) -> None:
+        request = make_request(self.rows[self.sent % len(self.rows)], budget_ms=self.budget_ms, reply_topic=None,
+                               reply_partition=None)
+        self.producer.produce(self.topic, self.codec.encode(request), key=request["request_id"].encode(),
+                              partition=self.sent % PARTITIONS)
+        self.producer.flush(10)
+        self.sent += 1
 
 
 def test_a_worker_whose_scores_topic_is_deleted_stops_at_once_saying_so(
@@ -47,24 +64,14 @@ def test_a_worker_whose_scores_topic_is_deleted_stops_at_once_saying_so(
             [sys.executable, "-m", "services.cli.main", "model", "serve", "--bootstrap", bootstrap, "--topic-prefix",
              prefix, "--model", "demo:champion", "--name", "champion", "--metrics-port", str(free_port())],
             stderr=into, env=dict(os.environ))
-    producer = Producer(config)
-    requests, rows = codec("request"), demo_rows(8)
-    sent = 0
-
-    def send() -> None:
-        nonlocal sent
-        request = make_request(rows[sent % len(rows)], budget_ms=30_000, reply_topic=None, reply_partition=None)
-        producer.produce(topics.requests, requests.encode(request), key=request["request_id"].encode(),
-                         partition=sent % PARTITIONS)
-        producer.flush(10)
-        sent += 1
+    send = _Requests(config, topics.requests, budget_ms=30_000).send
 
     def alive() -> None:
         assert worker.poll() is None, "the worker ended before its topic was deleted"
 
     def scoring() -> bool:
         send()
-        return _scores_written(config, topics.scores) > 0
+        return _written(config, topics.scores) > 0
 
     def stopped() -> bool:  # requests keep coming, as they would
         send()
@@ -83,3 +90,49 @@ def test_a_worker_whose_scores_topic_is_deleted_stops_at_once_saying_so(
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, err
     assert f"{topics.scores} " in errors[0] and "while serving?)" in errors[0], errors[0]
+
+
+def test_the_rendezvous_whose_comparison_log_is_deleted_stops_at_once_saying_so(
+    bootstrap: str, config: dict[str, Any], prefix: str, tmp_path: Path
+) -> None:
+    """It stalled for good: every transaction aborted on the missing topic, and its recovery waited
+    for it, 'missing topic(s)' every 5 s, /readyz 503 (a review). Its outputs' topics are checked at
+    start, as a worker's: one missing later was deleted while serving."""
+    topics = Topics.from_prefix(prefix)
+    logs = [tmp_path / "worker.log", tmp_path / "rendezvous.log"]
+    commands = [["model", "serve", "--model", "demo:champion", "--name", "champion"],
+                ["serve", "--models", "champion"]]
+    processes = []
+    for command, log in zip(commands, logs, strict=True):
+        with log.open("w") as into:
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "services.cli.main", *command, "--bootstrap", bootstrap, "--topic-prefix",
+                 prefix, "--metrics-port", str(free_port())], stderr=into, env=dict(os.environ)))
+    rendezvous = processes[1]
+    send = _Requests(config, topics.requests, budget_ms=5_000).send
+
+    def alive() -> None:
+        assert all(p.poll() is None for p in processes), "a service ended before the topic was deleted"
+
+    def answering() -> bool:
+        send()
+        return _written(config, topics.answers) > 0
+
+    def stopped() -> bool:
+        send()
+        return rendezvous.poll() is not None
+
+    try:
+        wait_until(answering, 120, "the rendezvous' first answers", check=alive)
+        admin = AdminClient(config)
+        admin.delete_topics([topics.log])[topics.log].result(30)
+        wait_until(stopped, 120, "the rendezvous to stop")
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+    err = logs[1].read_text()
+    assert rendezvous.returncode == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    assert f"{topics.log} " in errors[0] and "while serving?)" in errors[0], errors[0]

@@ -247,18 +247,26 @@ def test_every_reply_names_the_inputs_of_the_request_at_its_address() -> None:
                         (service.topics.replies, 3, [(INPUTS_HEADER, b"retry")])]
 
 
-def test_recovery_waiting_on_a_deleted_output_topic_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_recovery_meeting_a_deleted_output_topic_stops_the_service_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """It said 'answers and log must have as many partitions as requests: grow them together' for a
-    log topic deleted under a running rendezvous (a review)."""
+    log topic deleted under a running rendezvous (a review); then it named it, and waited for good,
+    /readyz 503 (another). A topic merely short of partitions is still waited for."""
     from types import SimpleNamespace
 
-    from services.core.errors import TopicMissing
+    from services.core.errors import TopicGone, TopicMissing, TopicRefused
 
     def counts(_config: object, topics: list[str], timeout: float | None = None) -> dict[str, int]:
         raise TopicMissing(f"missing topic(s) {topics[1]} at b:9; create them with `rendezvous topics create`")
 
     monkeypatch.setattr(takeover_module, "partition_counts", counts)
-    said = takeover("latest")._missing_outputs(SimpleNamespace(config={}))  # type: ignore[arg-type]
-    assert said.startswith("missing topic(s) rdv.log at b:9; create them with") and "deleted" in said
+    with pytest.raises(TopicGone, match=r"^missing topic\(s\) rdv\.log at b:9; create them with .*\(deleted while"):
+        takeover("latest")._missing_outputs(SimpleNamespace(config={}))  # type: ignore[arg-type]
+
+    def refused(_config: object, topics: list[str], timeout: float | None = None) -> dict[str, int]:
+        raise TopicRefused(f"not authorized to describe topic(s) {topics[1]}")
+
+    monkeypatch.setattr(takeover_module, "partition_counts", refused)
+    with pytest.raises(TopicRefused, match="not authorized"):
+        takeover("latest")._missing_outputs(SimpleNamespace(config={}))  # type: ignore[arg-type]
     monkeypatch.setattr(takeover_module, "partition_counts", lambda *_a, **_k: {})
     assert "grow them together" in takeover("latest")._missing_outputs(SimpleNamespace(config={}))  # type: ignore[arg-type]
