@@ -52,6 +52,7 @@ from services.core.errors import (
 )
 from services.core.kafka import SERVING_DELIVERY_TIMEOUT_MS, Producer, delivery_timeout, partition_counts, topic_config
 from services.core.metrics import DECODE_ERRORS
+from services.core.rate_limit import OncePerPeriod
 from services.core.request_inputs import INPUTS_HEADER
 from services.core.requests import MAX_REQUEST_ID
 from services.core.runtime import now_ms
@@ -79,6 +80,7 @@ RESUME_AT = 0.8  # request intake resumes once the mailbox table is below this s
 CUT_TO = MAX_REQUEST_ID
 OUTBOX_MAX = 64  # replies held back for the end of a batch, at most (~100 µs of the join each)
 REPLY_TIMEOUT_GRACE_MS = 10_000  # a reply's (or clock record's) delivery timeout: the largest budget and this
+REPLY_FAILURES_SAID_EVERY_S = 60.0  # a failed answer to a return address: one line this often at most
 
 
 class Rendezvous(Probed):
@@ -107,6 +109,7 @@ class Rendezvous(Probed):
         self.takeover = Takeover(settings, self.join, self._start_at)
         self._ctx: Context | None = None
         self._fast: Producer | None = None
+        self._reply_failures = OncePerPeriod[str](REPLY_FAILURES_SAID_EVERY_S)
         self._dead: DeadLetters | None = None
         self._replies: ReplyRouter | None = None
         # Replies decided during a batch, produced together at its end (`_send_replies`).
@@ -460,7 +463,7 @@ class Rendezvous(Probed):
             except KafkaOperationError as err:
                 done()  # refused by the client itself: nothing is in flight
                 m.REPLY_ERRORS.labels("delivery").inc()
-                log.warning("answer to return address %s not sent: %s", topic, err)
+                self._say_reply_failed(topic, "not sent", str(err))
 
     def _on_reply_failure(self, msg: Message, err: KafkaError) -> None:
         topic = msg.topic() or "?"
@@ -471,7 +474,15 @@ class Rendezvous(Probed):
         m.REPLY_ERRORS.labels("delivery").inc()
         if self._replies is not None:
             self._replies.forget(topic)
-        log.warning("answer to return address %s failed: %s", topic, err.str())
+        self._say_reply_failed(topic, "failed", err.str())
+
+    def _say_reply_failed(self, topic: str, what: str, why: str) -> None:
+        """One line a minute, with how many more failed: a return address deleted under a flow of
+        requests made ~530 lines at once, one per answer (a review). rdv_reply_errors_total counts each."""
+        held = self._reply_failures.passes("reply")
+        if held is not None:
+            more = f" ({held.lines} more answers failed in the last {held.seconds:.0f} s)" if held.lines else ""
+            log.warning("answer to return address %s %s: %s%s", topic, what, why, more)
 
     def _reject(self, msg: Message, err: BadInput) -> None:
         self._dead_letter(msg, err)

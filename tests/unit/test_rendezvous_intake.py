@@ -3,8 +3,10 @@ stand-in consumer calls: it holds while a takeover still recovers some partition
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
+import pytest
 from confluent_kafka import TopicPartition
 
 from services.rendezvous.service import Rendezvous
@@ -67,3 +69,29 @@ def test_a_failed_clock_record_is_counted_as_one_not_as_a_reply() -> None:
     assert m.REPLY_ERRORS.labels("delivery")._value.get() == reply_failures and forgotten == []
     service._on_reply_failure(Message(topic="rdv.replies.a", partition=0), KafkaError(KafkaError._MSG_TIMED_OUT))
     assert m.REPLY_ERRORS.labels("delivery")._value.get() == reply_failures + 1 and forgotten == ["rdv.replies.a"]
+
+
+def test_answers_failing_to_a_deleted_return_address_are_said_once_a_minute_with_how_many(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """~530 identical lines came at once when a client's return address was deleted under a flow
+    of requests (a review); the counter still counts each."""
+    from confluent_kafka import KafkaError, Message
+
+    from services.rendezvous import metrics as m
+
+    service = Rendezvous(RendezvousSettings(models=("champion",)))
+    service._replies = SimpleNamespace(forget=lambda _topic: None)  # type: ignore[assignment]
+    clock = [0.0]
+    service._reply_failures.clock = lambda: clock[0]
+    failures = m.REPLY_ERRORS.labels("delivery")._value.get()
+    gone = KafkaError(KafkaError._UNKNOWN_TOPIC)
+    with caplog.at_level(logging.WARNING, logger="services.rendezvous.service"):
+        for _ in range(530):
+            service._on_reply_failure(Message(topic="rdv.replies.a", partition=0), gone)
+        clock[0] = 61.0
+        service._on_reply_failure(Message(topic="rdv.replies.a", partition=0), gone)
+    lines = [r.getMessage() for r in caplog.records if "answer to return address" in r.getMessage()]
+    assert len(lines) == 2 and lines[0].startswith("answer to return address rdv.replies.a failed: ")
+    assert lines[1].endswith("(529 more answers failed in the last 61 s)")
+    assert m.REPLY_ERRORS.labels("delivery")._value.get() == failures + 531
