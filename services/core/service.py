@@ -229,7 +229,7 @@ class StreamService:
         # A commit aborted on this thread (a drain's, a revoke's): the outputs of the work finished
         # since the last commit went with it, so its offsets may not be committed until the
         # partitions are released (the handler forgets that work then).
-        self._aborted_unreleased: TransactionAborted | None = None
+        self._aborted_unreleased: KafkaOperationError | None = None
         self._abort_failed: KafkaOperationError | None = None  # in a rebalance callback (`_abort_open`)
         # Outputs refused at a revoke's commit: raised by the loop once the call that ran the
         # rebalance returns (not through librdkafka's callback), to stop the service as elsewhere.
@@ -490,11 +490,12 @@ class StreamService:
         except AbortFailed as err:  # tried already, while stopping: not again
             self._abort_failed_with(err)
             raise
-        except KafkaOperationError:
+        except KafkaOperationError as err:
             # Neither committed nor aborted (an error librdkafka does not call abortable): what the
             # open transaction holds, of partitions going to another owner at a revoke, was
             # committed with a later transaction, beside the new owner's (a review).
             if self.ctx.outputs.transactional:
+                self._aborted_unreleased = err  # as after TransactionAborted above
                 self._abort_open()
             raise
 

@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from services.core.commits import CommitLane, CommitOutcome, ExactlyOnce, TransactionAborted
-from services.core.errors import RefusedForGood
+from services.core.errors import KafkaOperationError, RefusedForGood
 from services.core.health import BrokerHealth
 from services.core.service import Context, SimpleHandler, StreamHandler, StreamService, StreamSpec
 from tests.unit.test_commit_lane import RecordingCommitter
@@ -291,30 +291,41 @@ class _AbortingLane:
 
     transactional = True
 
-    def __init__(self) -> None:
+    def __init__(self, error: KafkaOperationError) -> None:
+        self.error = error
         self.commits: list[list[TopicPartition]] = []
         self.aborts = 0
 
     def commit_now(self, offsets: list[TopicPartition], _give_up: Any, _group: Any = None) -> bool:
         self.commits.append(offsets)
         if len(self.commits) == 1:
-            raise TransactionAborted("transaction abandoned (an output timed out undelivered)")
+            raise self.error
         return True
 
     def abort_now(self) -> None:
         self.aborts += 1
 
 
-def test_a_drains_commit_aborted_is_followed_by_no_commit_of_that_work_until_its_partitions_are_released() -> None:
+@pytest.mark.parametrize("error", [
+    TransactionAborted("transaction abandoned (an output timed out undelivered)"),
+    KafkaOperationError("commit failed: an error librdkafka calls neither retriable nor abortable"),
+])
+def test_a_drains_commit_aborted_is_followed_by_no_commit_of_that_work_until_its_partitions_are_released(
+    error: KafkaOperationError,
+) -> None:
     """The consumer's close revoked the partitions and committed the offsets the aborted
     transaction held, alone in a fresh one: with the dead-letter topic deleted under the
     rendezvous, 1,161 of 1,289 requests were committed without answer or comparison record (a
-    review). Once released, the partitions' next owner (this one, assigned again) commits anew."""
-    lane = _AbortingLane()
+    review; a second found the other abort). Once released, the partitions' next owner (this
+    one, assigned again) commits anew."""
+    lane = _AbortingLane(error)
     spec = StreamSpec(name="svc", config={}, subscription=["in"], group_id="g")
     service = StreamService(spec, Handler())
     service.ctx = Context(spec, {}, service.health, GroupConsumer(), None, lane, ExitStack())  # type: ignore[arg-type]
-    service.commit_now()  # the drain's: aborted
+    try:
+        service.commit_now()  # the drain's: aborted
+    except KafkaOperationError as raised:
+        assert raised is error and not isinstance(error, TransactionAborted)  # the other stops the drain
     assert lane.aborts == 1
     service._on_revoke(None, [TopicPartition("in", 0)])  # the consumer's close
     assert len(lane.commits) == 1
