@@ -46,6 +46,8 @@ OPEN_TXN_SOON_S = 2.0
 # owner's transaction that could not be fenced lasts until its transaction timeout; one the
 # broker left without markers lasts until someone aborts it: docs/failover.md).
 OPEN_TXN_WARN_S = 5.0
+# An output topic missing from the broker's answers this long is gone (deleted while serving).
+GONE_AFTER_S = 10.0
 # A transaction still open this long after the transaction timeout is no live one (the broker
 # aborts those at their timeout, looking for them every 10 s): the broker left it hanging across
 # a restart (docs/failover.md). If it is our producer's, a transaction of ours writing to the same
@@ -77,6 +79,7 @@ class Takeover:
         self.topics = settings.topics()
         self._pending: list[TopicPartition] = []
         self._next_try = 0.0
+        self._missing_since: float | None = None  # when an output topic was first found missing, of late
         self._open_warned = 0.0  # when the open-transaction wait was last logged at WARNING
         self._waiting_warned = 0.0  # when a reason recovery waits (_loudness) was last logged at WARNING
         self._to_recommit: list[TopicPartition] = []  # offsets for our next commit (_recommit)
@@ -159,15 +162,18 @@ class Takeover:
         """`_recover` the partitions; those resumed, none while the broker is away."""
         try:
             self._recover(ctx, partitions)
+            self._missing_since = None
             return partitions
         except (OpenTransaction, ScanUnreadable):
             raise  # RendezvousErrors too, but the broker is fine: the caller waits for them
         except KafkaException as exc:
             if _code_of(exc) == KafkaError._UNKNOWN_PARTITION:
                 # The broker is fine: requests grew and an output topic did not (yet), retried every
-                # RETRY_S; or one was deleted, and the service stops (`_missing_outputs`).
-                why = self._missing_outputs(ctx)
-                log.log(self._loudness(), "recovery of %s waits: %s", sorted({tp.partition for tp in partitions}), why)
+                # RETRY_S; or one was deleted, and the service stops (`_missing_outputs`, asked
+                # with each warning: an admin client each time, on the poll loop).
+                loudness = self._loudness()
+                log.log(loudness, "recovery of %s waits: %s", sorted({tp.partition for tp in partitions}),
+                        self._missing_outputs(ctx) if loudness > logging.DEBUG else "an output partition is missing")
                 return []
             ctx.health.mark_down()
             log.warning("recovery waiting for the broker: %s", exc)
@@ -179,18 +185,24 @@ class Takeover:
 
     def _missing_outputs(self, ctx: Context) -> str:
         """Why an output partition recovery reads does not exist: it has fewer partitions than the
-        requests. TopicGone if the topic is gone: checked at start, it was deleted while serving,
-        and the service stops, as a worker does and as its restart refuses to start; waiting for
-        it, the rendezvous stalled for good, /readyz 503 (a review). ('grow them together' sent
-        a review looking at partition counts for a topic that was gone.)"""
+        requests. TopicGone if the topic is gone, as GONE_AFTER_S of answers say: checked at start,
+        it was deleted while serving, and the service stops, as a worker does and as its restart
+        refuses to start; waiting for it, the rendezvous stalled for good, /readyz 503 (a review).
+        Not at the first answer: a broker's metadata can lag a topic made (a review). ('grow them
+        together' sent a review looking at partition counts for a topic that was gone.)"""
         try:
             partition_counts(ctx.config, [self.topics.answers, self.topics.log], timeout=5.0)
         except TopicRefused:
             raise  # its grant revoked while serving: said so, and stopped as at start
         except TopicMissing as err:
-            raise TopicGone(f"{err} (deleted while serving?)") from None
+            now = time.monotonic()
+            since = self._missing_since = now if self._missing_since is None else self._missing_since
+            if now - since >= GONE_AFTER_S:
+                raise TopicGone(f"{err} (deleted while serving?)") from None
+            return f"{err} (deleted while serving? the rendezvous stops if it is still missing {GONE_AFTER_S:.0f} s on)"
         except RendezvousError as err:
             return f"an output partition it reads does not exist, and the topics could not be listed ({err})"
+        self._missing_since = None
         return ("an output partition it reads does not exist; answers and log must have as many partitions as "
                 "requests: grow them together (docs/helm.md)")
 
