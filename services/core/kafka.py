@@ -94,6 +94,7 @@ def outputs_checked_at_start(config: Mapping[str, Any]) -> dict[str, Any]:
 
 # librdkafka's own verdict that a topic, or a partition of it, is not in the cluster's metadata.
 _GONE = {KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION}
+PARTITIONS_ASKED_S = 5.0  # how long a produce to a partition the client does not know waits for the topic's metadata
 
 
 def topic_gone(topic: str, partition: int | None, err: KafkaError) -> TopicGone:
@@ -515,6 +516,7 @@ class Producer:
             kwargs["partition"] = partition
         if headers:
             kwargs["headers"] = list(headers)
+        refreshed = False
         while True:
             if self._closed:  # closed on another thread (while this waited for room): its client is gone, or going
                 raise KafkaOperationError(f"produce to {topic} refused: the producer is closed")
@@ -539,8 +541,25 @@ class Producer:
                     raise RecordTooLarge(f"a record of {len(value or b'') + len(key or b'')} bytes for {topic} "
                                          f"is over the producer's message.max.bytes") from None
                 if isinstance(err, KafkaError) and err.code() in _GONE:
+                    if not refreshed and self._partition_added(topic, partition, err):
+                        refreshed = True
+                        continue
                     raise topic_gone(topic, partition, err) from None
                 raise KafkaOperationError(f"produce to {topic} failed: {exc}") from None
+
+    def _partition_added(self, topic: str, partition: int | None, err: KafkaError) -> bool:
+        """Whether `partition`, unknown to the client, is in the topic now (its metadata asked
+        again, which the client keeps). librdkafka refuses a partition added since it last read the
+        topic's metadata until its next refresh (5 min by default): topics grown together under
+        a running rendezvous (docs/helm.md) had it dead-letter 750 records of the new partitions,
+        or stop on a clock record (a review)."""
+        if err.code() != KafkaError._UNKNOWN_PARTITION or partition is None or partition < 0:
+            return False
+        try:
+            found = self._producer.list_topics(topic=topic, timeout=PARTITIONS_ASKED_S).topics.get(topic)
+        except KafkaException:
+            return False
+        return found is not None and found.error is None and partition in found.partitions
 
     def poll(self, timeout: float = 0.0) -> None:
         if self._closed:
