@@ -12,6 +12,7 @@ while it fails.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -48,6 +49,7 @@ OPEN_TXN_SOON_S = 2.0
 OPEN_TXN_WARN_S = 5.0
 # An output topic missing from the broker's answers this long is gone (deleted while serving).
 GONE_AFTER_S = 10.0
+MISSING_ASKED_EVERY_S = 5.0  # how often recovery asks whether an output topic it misses a partition of exists
 # A transaction still open this long after the transaction timeout is no live one (the broker
 # aborts those at their timeout, looking for them every 10 s): the broker left it hanging across
 # a restart (docs/failover.md). If it is our producer's, a transaction of ours writing to the same
@@ -79,7 +81,6 @@ class Takeover:
         self.topics = settings.topics()
         self._pending: list[TopicPartition] = []
         self._next_try = 0.0
-        self._missing_since: float | None = None  # when an output topic was first found missing, of late
         self._open_warned = 0.0  # when the open-transaction wait was last logged at WARNING
         self._waiting_warned = 0.0  # when a reason recovery waits (_loudness) was last logged at WARNING
         self._to_recommit: list[TopicPartition] = []  # offsets for our next commit (_recommit)
@@ -114,6 +115,11 @@ class Takeover:
         self._open_since: float | None = None  # when the scan first found a transaction open
         self._fallback_said = False  # the fallback to the last completed commit was logged
         self._sealed: set[tuple[str, int]] = set()  # output partitions given a seal record
+        # An output partition missing (`_why_partition_missing`): when its topics were last asked
+        # about, what that said, and since when every answer since has lacked a topic.
+        self._missing_asked_at = -math.inf
+        self._missing_said = ""
+        self._missing_since: float | None = None
 
     def release(self, partitions: list[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
@@ -169,19 +175,29 @@ class Takeover:
         except KafkaException as exc:
             if _code_of(exc) == KafkaError._UNKNOWN_PARTITION:
                 # The broker is fine: requests grew and an output topic did not (yet), retried every
-                # RETRY_S; or one was deleted, and the service stops (`_missing_outputs`, asked
-                # with each warning: an admin client each time, on the poll loop).
-                loudness = self._loudness()
-                log.log(loudness, "recovery of %s waits: %s", sorted({tp.partition for tp in partitions}),
-                        self._missing_outputs(ctx) if loudness > logging.DEBUG else "an output partition is missing")
+                # RETRY_S; or one was deleted, and the service stops (`_missing_outputs`).
+                log.log(self._loudness(), "recovery of %s waits: %s", sorted({tp.partition for tp in partitions}),
+                        self._why_partition_missing(ctx))
                 return []
+            self._missing_since = None
             ctx.health.mark_down()
             log.warning("recovery waiting for the broker: %s", exc)
             return []
         except RendezvousError as exc:
+            self._missing_since = None
             ctx.health.mark_down()
             log.warning("recovery waiting for the broker: %s", exc)
             return []
+
+    def _why_partition_missing(self, ctx: Context) -> str:
+        """`_missing_outputs`, asked every MISSING_ASKED_EVERY_S (an admin client each time, on the
+        poll loop); what it said last between. On a timer of its own: on the warnings' one, shared
+        with other waits, another partition's unreadable scan kept it from ever being asked (a review)."""
+        now = time.monotonic()
+        if now - self._missing_asked_at >= MISSING_ASKED_EVERY_S:
+            self._missing_asked_at = now
+            self._missing_said = self._missing_outputs(ctx)
+        return self._missing_said
 
     def _missing_outputs(self, ctx: Context) -> str:
         """Why an output partition recovery reads does not exist: it has fewer partitions than the
@@ -195,12 +211,15 @@ class Takeover:
         except TopicRefused:
             raise  # its grant revoked while serving: said so, and stopped as at start
         except TopicMissing as err:
+            # Missing in every answer since `since` (any other outcome of a try between, or a new
+            # takeover, starts it over: a review stopped one on an absence an hour old).
             now = time.monotonic()
             since = self._missing_since = now if self._missing_since is None else self._missing_since
             if now - since >= GONE_AFTER_S:
                 raise TopicGone(f"{err} (deleted while serving?)") from None
             return f"{err} (deleted while serving? the rendezvous stops if it is still missing {GONE_AFTER_S:.0f} s on)"
         except RendezvousError as err:
+            self._missing_since = None
             return f"an output partition it reads does not exist, and the topics could not be listed ({err})"
         self._missing_since = None
         return ("an output partition it reads does not exist; answers and log must have as many partitions as "

@@ -4,6 +4,7 @@ transaction still open on its outputs (services/rendezvous/takeover.py, recovery
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import cast
 
 import pytest
@@ -278,3 +279,93 @@ def test_recovery_meeting_a_deleted_output_topic_stops_the_service_naming_it(mon
     recovery._missing_outputs(ctx)  # type: ignore[arg-type]
     assert recovery._missing_since is None  # there again: a later absence waits its own time
     assert "grow them together" in takeover("latest")._missing_outputs(SimpleNamespace(config={}))  # type: ignore[arg-type]
+
+
+class _Outputs:
+    """What recovery meets, driven by a test: a stand-in clock, the broker's answers about the
+    output topics (`partition_counts`), and the outcome of each try (`_recover`)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, recovery: Takeover) -> None:
+        from contextlib import nullcontext
+        from types import SimpleNamespace
+
+        from services.core.errors import TopicMissing
+
+        self.now, self.asked, self.log_missing = 0.0, 0, True
+        self.recovery = recovery
+        self.ctx = SimpleNamespace(config={}, consumer=SimpleNamespace(pause=lambda *_: None),
+                                   health=SimpleNamespace(mark_down=lambda: None, blocking=nullcontext))
+
+        def counts(_config: object, topics: list[str], timeout: float | None = None) -> dict[str, int]:
+            self.asked += 1
+            if self.log_missing:
+                raise TopicMissing(f"missing topic(s) {topics[1]} at b:9; create them with `rendezvous topics create`")
+            return dict.fromkeys(topics, 4)
+
+        monkeypatch.setattr(takeover_module, "partition_counts", counts)
+        monkeypatch.setattr(takeover_module.time, "monotonic", lambda: self.now)
+
+    def try_at(self, now: float, outcome: Exception | Callable[[list[TopicPartition]], Exception]) -> str:
+        """One try of recovery at `now` meeting `outcome` (or what it gives for the partitions
+        tried): 'waits', or the TopicGone's line."""
+        from services.core.errors import TopicGone
+
+        def meet(_ctx: object, partitions: list[TopicPartition]) -> None:
+            raise outcome(partitions) if callable(outcome) else outcome
+
+        self.now = now
+        self.recovery._recover = meet  # type: ignore[method-assign]
+        self.recovery._next_try = 0.0
+        try:
+            self.recovery.run_due(self.ctx)  # type: ignore[arg-type]
+        except TopicGone as gone:
+            return str(gone)
+        return "waits"
+
+
+def _unknown_partition() -> Exception:
+    from confluent_kafka import KafkaError, KafkaException
+
+    return KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION))
+
+
+def test_an_output_topic_is_taken_for_gone_only_when_missing_from_every_answer_of_one_takeover(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An absence an hour before, in a takeover given up since, stopped a new one at its first
+    lagging answer; so did one before a broker outage (a review)."""
+    from services.core.errors import RendezvousError
+
+    recovery = takeover("earliest")
+    world = _Outputs(monkeypatch, recovery)
+    requests = [TopicPartition("rdv.requests", 0)]
+    recovery.add(world.ctx, requests)  # type: ignore[arg-type]
+    caplog.set_level(logging.CRITICAL, logger=takeover_module.__name__)
+    assert world.try_at(0.0, _unknown_partition()) == "waits"
+    recovery.release(requests)
+    recovery.add(world.ctx, requests)  # type: ignore[arg-type]  # assigned again an hour later
+    assert world.try_at(3_600.0, _unknown_partition()) == "waits"
+    assert world.try_at(3_601.0, RendezvousError("broker away")) == "waits"
+    assert world.try_at(3_606.0, _unknown_partition()) == "waits"  # counts from here
+    assert world.try_at(3_611.0, _unknown_partition()) == "waits"
+    assert world.try_at(3_616.0, _unknown_partition()).startswith("missing topic(s) rdv.log at b:9")
+
+
+def test_whether_an_output_topic_is_gone_is_asked_whatever_else_recovery_waits_for(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Asked only with a warning, on the timer other waits share: another partition's unreadable
+    scan took every turn, and a log topic deleted meanwhile was waited for for good (a review)."""
+    from services.rendezvous.recovery import ScanUnreadable
+
+    recovery = takeover("earliest")
+    world = _Outputs(monkeypatch, recovery)
+    recovery.add(world.ctx, [TopicPartition("rdv.requests", 0), TopicPartition("rdv.requests", 1)])  # type: ignore[arg-type]
+    caplog.set_level(logging.CRITICAL, logger=takeover_module.__name__)
+    said = []
+    for second in range(30):
+        world.now = float(second)
+        recovery._waiting_warned = world.now  # every warning's turn taken by the other wait
+        said.append(world.try_at(float(second), lambda tried: ScanUnreadable("the schema registry is away", 0)
+                                 if len(tried) == 2 else _unknown_partition()))
+    assert world.asked >= 2 and any(line.startswith("missing topic(s) rdv.log") for line in said)
