@@ -94,7 +94,10 @@ def outputs_checked_at_start(config: Mapping[str, Any]) -> dict[str, Any]:
 
 # librdkafka's own verdict that a topic, or a partition of it, is not in the cluster's metadata.
 _GONE = {KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION}
-PARTITIONS_ASKED_S = 5.0  # how long a produce to a partition the client does not know waits for the topic's metadata
+# A produce to a partition the client does not know waits this long for the topic's metadata, and
+# asks it this often at most (`Producer._partition_added`).
+PARTITIONS_ASKED_S = 1.0
+PARTITIONS_ASKED_EVERY_S = 1.0
 
 
 def topic_gone(topic: str, partition: int | None, err: KafkaError) -> TopicGone:
@@ -301,6 +304,7 @@ class Producer:
         self._replace_lock = threading.Lock()
         # `close` let the clients go; what they still held is dropped, its reports ignored.
         self._closed = False
+        self._partitions_asked_at = -math.inf  # `_partition_added`'s last metadata request (monotonic)
         self._dropped = 0  # how many records that was (a flush after the close says so)
         # Appended by delivery reports on whichever thread polls, taken by flush on another.
         self._failures_lock = threading.Lock()
@@ -552,12 +556,17 @@ class Producer:
         again, which the client keeps). librdkafka refuses a partition added since it last read the
         topic's metadata until its next refresh (5 min by default): topics grown together under
         a running rendezvous (docs/helm.md) had it dead-letter 750 records of the new partitions,
-        or stop on a clock record (a review)."""
+        or stop on a clock record (a review). Asked once a second at most, for PARTITIONS_ASKED_S
+        at most: the caller may hold a commit lane's lock."""
         if err.code() != KafkaError._UNKNOWN_PARTITION or partition is None or partition < 0:
             return False
+        now = time.monotonic()
+        if now - self._partitions_asked_at < PARTITIONS_ASKED_EVERY_S:
+            return False
+        self._partitions_asked_at = now
         try:
             found = self._producer.list_topics(topic=topic, timeout=PARTITIONS_ASKED_S).topics.get(topic)
-        except KafkaException:
+        except (KafkaException, RuntimeError):  # RuntimeError: closed on another thread meanwhile
             return False
         return found is not None and found.error is None and partition in found.partitions
 

@@ -281,3 +281,38 @@ def test_a_flush_running_when_another_thread_closes_says_what_was_dropped() -> N
     ended = _closed_while(lambda p: p.flush(30.0), "flush", producer)
     assert isinstance(ended, DeliveryFailed), ended
     assert "1 records were dropped undelivered when the producer was closed" in str(ended)
+
+
+class _Ungrown:
+    """A client that knows fewer partitions than asked for, and whose metadata request finds the
+    topic without them (or fails with `failure`)."""
+
+    def __init__(self, failure: Exception | None = None) -> None:
+        self.failure, self.asked = failure, 0
+
+    def produce(self, *_args: Any, **_kwargs: Any) -> None:
+        from confluent_kafka import KafkaError, KafkaException
+
+        raise KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION))
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
+        from types import SimpleNamespace
+
+        self.asked += 1
+        if self.failure is not None:
+            raise self.failure
+        return SimpleNamespace(topics={topic: SimpleNamespace(error=None, partitions={0: None, 1: None})})
+
+
+@pytest.mark.parametrize("failure", [None, RuntimeError("Handle has been closed")])
+def test_a_partition_the_client_does_not_know_is_asked_about_once_a_second_and_then_gone(
+    failure: Exception | None,
+) -> None:
+    """Each produce to it asked the broker for 5 s, the commit lane's lock held meanwhile; and a
+    client closed on another thread meanwhile let a RuntimeError out of produce (a review)."""
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0})
+    producer._producer = _Ungrown(failure)  # type: ignore[assignment]
+    for _ in range(3):
+        with pytest.raises(TopicGone, match=r"^t has no partition 2 "):
+            producer.produce("t", b"v", partition=2)
+    assert producer._producer.asked == 1  # type: ignore[attr-defined]
