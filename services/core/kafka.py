@@ -304,7 +304,10 @@ class Producer:
         self._replace_lock = threading.Lock()
         # `close` let the clients go; what they still held is dropped, its reports ignored.
         self._closed = False
-        self._partitions_asked_at = -math.inf  # `_partition_added`'s last metadata request (monotonic)
+        # `_partition_added`: when the cluster's metadata was last asked (monotonic), and each
+        # topic's partition count it gave.
+        self._partitions_asked_at = -math.inf
+        self._partitions_seen: dict[str, int] = {}
         self._dropped = 0  # how many records that was (a flush after the close says so)
         # Appended by delivery reports on whichever thread polls, taken by flush on another.
         self._failures_lock = threading.Lock()
@@ -552,23 +555,24 @@ class Producer:
                 raise KafkaOperationError(f"produce to {topic} failed: {exc}") from None
 
     def _partition_added(self, topic: str, partition: int | None, err: KafkaError) -> bool:
-        """Whether `partition`, unknown to the client, is in the topic now (its metadata asked
-        again, which the client keeps). librdkafka refuses a partition added since it last read the
-        topic's metadata until its next refresh (5 min by default): topics grown together under
-        a running rendezvous (docs/helm.md) had it dead-letter 750 records of the new partitions,
-        or stop on a clock record (a review). Asked once a second at most, for PARTITIONS_ASKED_S
-        at most: the caller may hold a commit lane's lock."""
+        """Whether `partition`, unknown to the client, is in the topic now. librdkafka refuses a
+        partition added since it last read the topic's metadata until its next refresh (5 min by
+        default): topics grown together under a running rendezvous (docs/helm.md) had it dead-letter
+        750 records of the new partitions, or stop on a clock record (a review). The whole cluster's
+        metadata is asked (the client keeps it: every topic grown is known at once), once a second
+        at most and for PARTITIONS_ASKED_S at most (the caller may hold a commit lane's lock); a
+        produce between is answered from the last reply."""
         if err.code() != KafkaError._UNKNOWN_PARTITION or partition is None or partition < 0:
             return False
         now = time.monotonic()
-        if now - self._partitions_asked_at < PARTITIONS_ASKED_EVERY_S:
-            return False
-        self._partitions_asked_at = now
-        try:
-            found = self._producer.list_topics(topic=topic, timeout=PARTITIONS_ASKED_S).topics.get(topic)
-        except (KafkaException, RuntimeError):  # RuntimeError: closed on another thread meanwhile
-            return False
-        return found is not None and found.error is None and partition in found.partitions
+        if now - self._partitions_asked_at >= PARTITIONS_ASKED_EVERY_S:
+            self._partitions_asked_at = now
+            try:
+                topics = self._producer.list_topics(timeout=PARTITIONS_ASKED_S).topics
+            except (KafkaException, RuntimeError):  # RuntimeError: closed on another thread meanwhile
+                topics = {}
+            self._partitions_seen = {name: len(meta.partitions) for name, meta in topics.items() if meta.error is None}
+        return partition < self._partitions_seen.get(topic, 0)
 
     def poll(self, timeout: float = 0.0) -> None:
         if self._closed:

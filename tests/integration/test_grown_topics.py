@@ -23,28 +23,34 @@ pytestmark = pytest.mark.kafka
 
 
 @pytest.mark.parametrize("transactional", [False, True])
-def test_a_partition_added_under_a_producer_is_written_at_once(config: dict[str, Any], transactional: bool) -> None:
-    topic = f"grown-{uuid.uuid4().hex[:8]}"
+def test_partitions_added_under_a_producer_are_written_at_once(config: dict[str, Any], transactional: bool) -> None:
+    """Two topics grown together (answers and log, say): both written at once, though the client
+    asks the cluster's metadata once a second at most."""
+    topics = [f"grown-{uuid.uuid4().hex[:8]}" for _ in range(2)]
     admin = AdminClient(config)  # kept: the futures fail once their client is collected
-    admin.create_topics([NewTopic(topic, 2, 1)])[topic].result(30)
-    producer = Producer({**config, **({"transactional.id": f"tx-{topic}"} if transactional else {})})
+    for future in admin.create_topics([NewTopic(topic, 2, 1) for topic in topics]).values():
+        future.result(30)
+    producer = Producer({**config, **({"transactional.id": f"tx-{topics[0]}"} if transactional else {})})
     native = producer.native
     if transactional:
         native.init_transactions(30)
         native.begin_transaction()
-    producer.produce(topic, b"before", partition=0)
-    producer.flush(30)  # the client has read the topic's metadata: two partitions
-    admin.create_partitions([NewPartitions(topic, 3)])[topic].result(30)
+    for topic in topics:
+        producer.produce(topic, b"before", partition=0)
+    producer.flush(30)  # the client has read the topics' metadata: two partitions each
+    for future in admin.create_partitions([NewPartitions(topic, 3) for topic in topics]).values():
+        future.result(30)
 
-    producer.produce(topic, b"after", partition=2)
-    with pytest.raises(TopicGone, match=f"{topic} has no partition 3"):
-        producer.produce(topic, b"nowhere", partition=3)
+    for topic in topics:
+        producer.produce(topic, b"after", partition=2)
+    with pytest.raises(TopicGone, match=f"{topics[0]} has no partition 3"):
+        producer.produce(topics[0], b"nowhere", partition=3)
     producer.flush(30)
     if transactional:
         native.commit_transaction(30)
     probe = Consumer({**config, "group.id": "probe", "isolation.level": "read_committed"})
     try:
-        low, high = probe.get_watermark_offsets(TopicPartition(topic, 2), timeout=10)
+        written = [probe.get_watermark_offsets(TopicPartition(topic, 2), timeout=10) for topic in topics]
     finally:
         probe.close()
-    assert high - low >= 1
+    assert all(high - low >= 1 for low, high in written), written

@@ -283,17 +283,20 @@ def test_a_flush_running_when_another_thread_closes_says_what_was_dropped() -> N
     assert "1 records were dropped undelivered when the producer was closed" in str(ended)
 
 
-class _Ungrown:
-    """A client that knows fewer partitions than asked for, and whose metadata request finds the
-    topic without them (or fails with `failure`)."""
+class _LaggingClient:
+    """A client whose partition counts lag the cluster's until it asks for the cluster's metadata
+    (or fails to, with `failure`)."""
 
-    def __init__(self, failure: Exception | None = None) -> None:
-        self.failure, self.asked = failure, 0
+    def __init__(self, cluster: dict[str, int], failure: Exception | None = None) -> None:
+        self.cluster, self.known, self.failure = cluster, dict(cluster), failure
+        self.asked, self.written = 0, []  # type: ignore[var-annotated]
 
-    def produce(self, *_args: Any, **_kwargs: Any) -> None:
+    def produce(self, topic: str, _value: Any, _key: Any = None, partition: int = -1, **_kwargs: Any) -> None:
         from confluent_kafka import KafkaError, KafkaException
 
-        raise KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION))
+        if partition >= self.known.get(topic, 0):
+            raise KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION))
+        self.written.append((topic, partition))
 
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
         from types import SimpleNamespace
@@ -301,18 +304,36 @@ class _Ungrown:
         self.asked += 1
         if self.failure is not None:
             raise self.failure
-        return SimpleNamespace(topics={topic: SimpleNamespace(error=None, partitions={0: None, 1: None})})
+        told = self.cluster if topic is None else {topic: self.cluster.get(topic, 0)}  # the client keeps it
+        self.known.update(told)
+        return SimpleNamespace(topics={name: SimpleNamespace(error=None, partitions=dict.fromkeys(range(count)))
+                                       for name, count in told.items()})
+
+
+def _lagging(cluster: dict[str, int], failure: Exception | None = None) -> tuple[Producer, _LaggingClient]:
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0})
+    client = producer._producer = _LaggingClient(cluster, failure)  # type: ignore[assignment]
+    return producer, client
 
 
 @pytest.mark.parametrize("failure", [None, RuntimeError("Handle has been closed")])
-def test_a_partition_the_client_does_not_know_is_asked_about_once_a_second_and_then_gone(
+def test_a_partition_the_cluster_does_not_have_is_asked_about_once_a_second_and_then_gone(
     failure: Exception | None,
 ) -> None:
     """Each produce to it asked the broker for 5 s, the commit lane's lock held meanwhile; and a
     client closed on another thread meanwhile let a RuntimeError out of produce (a review)."""
-    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0})
-    producer._producer = _Ungrown(failure)  # type: ignore[assignment]
+    producer, client = _lagging({"t": 2}, failure)
     for _ in range(3):
         with pytest.raises(TopicGone, match=r"^t has no partition 2 "):
             producer.produce("t", b"v", partition=2)
-    assert producer._producer.asked == 1  # type: ignore[attr-defined]
+    assert client.asked == 1
+
+
+def test_topics_grown_together_are_all_written_after_one_question() -> None:
+    """Asked about one topic at a time, once a second, the second topic grown within that second was
+    taken for gone, and the service stopped (a review)."""
+    producer, client = _lagging({"answers": 4, "log": 4})
+    client.cluster = {"answers": 6, "log": 6}
+    producer.produce("answers", b"v", partition=4)
+    producer.produce("log", b"v", partition=5)
+    assert client.written == [("answers", 4), ("log", 5)] and client.asked == 1
