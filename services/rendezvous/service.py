@@ -309,6 +309,7 @@ class Rendezvous(Probed):
         m.HELD_BYTES.set(self.join.held_bytes)
         self._send_replies()  # those decided outside a batch (a takeover's repeats, verdicts that came in)
         self._fast.poll(0)
+        self._say_held_reply_failures()
 
     def _hold_intake(self, resumed: list[TopicPartition]) -> None:
         """Recovered requests partitions wait with the rest of intake while it is paused: by
@@ -475,6 +476,13 @@ class Rendezvous(Probed):
         if self._replies is not None:
             self._replies.forget(topic)
         self._say_reply_failed(topic, "failed", err.str())
+
+    def _say_held_reply_failures(self) -> None:
+        """The failed answers held back since the last line, once a minute has passed without
+        another: said only with the next failure, a burst that then stopped was never summed up
+        (a review)."""
+        for _key, held in self._reply_failures.due():
+            log.warning("%d more answers to return addresses failed in the last %.0f s", held.lines, held.seconds)
 
     def _say_reply_failed(self, topic: str, what: str, why: str) -> None:
         """One line a minute, with how many more failed: a return address deleted under a flow of

@@ -95,3 +95,25 @@ def test_answers_failing_to_a_deleted_return_address_are_said_once_a_minute_with
     assert len(lines) == 2 and lines[0].startswith("answer to return address rdv.replies.a failed: ")
     assert lines[1].endswith("(529 more answers failed in the last 61 s)")
     assert m.REPLY_ERRORS.labels("delivery")._value.get() == failures + 531
+
+
+def test_failed_answers_held_back_are_summed_up_once_the_minute_is_over_though_none_follows(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Said only with the next failure, a burst that then stopped was never summed up (a review)."""
+    from confluent_kafka import KafkaError, Message
+
+    service = Rendezvous(RendezvousSettings(models=("champion",)))
+    service._replies = SimpleNamespace(forget=lambda _topic: None)  # type: ignore[assignment]
+    clock = [0.0]
+    service._reply_failures.clock = lambda: clock[0]
+    with caplog.at_level(logging.WARNING, logger="services.rendezvous.service"):
+        gone = KafkaError(KafkaError._UNKNOWN_TOPIC)
+        for _ in range(40):
+            service._on_reply_failure(Message(topic="rdv.replies.a", partition=0), gone)
+        service._say_held_reply_failures()  # within the minute: nothing yet
+        clock[0] = 60.0
+        service._say_held_reply_failures()
+        service._say_held_reply_failures()  # said once
+    lines = [r.getMessage() for r in caplog.records if "return address" in r.getMessage()]
+    assert len(lines) == 2 and lines[1] == "39 more answers to return addresses failed in the last 60 s"
