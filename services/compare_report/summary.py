@@ -23,7 +23,7 @@ from services.compare_report.columns import STATUSES, Columns, Frame
 from services.core.comparison_columns import repeating_a_model
 from services.core.errors import ConfigError
 from services.core.runtime import EARLIEST_PLAUSIBLE_MS, EARLIEST_PLAUSIBLE_YEAR, now_ms
-from services.stats.deadline import met_deadline_array
+from services.stats.deadline import champion_absent, met_deadline_array
 from services.stats.distributions import PairedLabels, PairedScores, ks_exact, psi_exact
 
 LATENCY_QUANTILES: tuple[tuple[str, float], ...] = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999))
@@ -439,9 +439,8 @@ def _absent_by_model(frame: Frame, named: int | None) -> np.ndarray:
     record as a miss. A record answered at no time is no rendezvous': one a replay made for a
     request not in the log (its champion never saw it)."""
     champions = _champions_by_record(frame, named)
-    has = np.zeros(frame.records, dtype=bool)
-    has[frame.row[frame.model == champions[frame.row]]] = True
-    absent = ~has & (champions >= 0) & (frame.status != _ERROR) & (frame.answered_at >= 0)
+    absent = champion_absent(frame.row, frame.model, champions, frame.status == _ERROR)
+    absent &= (champions >= 0) & (frame.answered_at >= 0)
     return np.bincount(champions[absent], minlength=len(frame.models))
 
 

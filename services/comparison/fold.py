@@ -27,7 +27,7 @@ from services.comparison.metrics import OTHER, Tally
 from services.comparison.window import STATUSES, ChampionTracker, ModelStats, References, SlidingWindow
 from services.core.comparison_columns import DecodedBatch, repeating_a_model
 from services.core.runtime import EARLIEST_PLAUSIBLE_MS
-from services.stats.deadline import met_deadline_array
+from services.stats.deadline import champion_absent, met_deadline_array
 
 # Decode + fold cost, µs per record, at a batch of 8 / 32 / 128 / 500 / 2,000 records: 202-214 / 49 /
 # 16-17 / 8-9 / 6-7 (record by record: 30-33, the same records and machine).
@@ -201,9 +201,7 @@ def _count_absent(
 ) -> None:
     """`Tally.absent`: records (but ERROR answers) without an output of their champion, by name.
     A champion -1 is `before`, which no output of the batch names (`_champions`)."""
-    has = np.zeros(batch.records, dtype=bool)
-    has[out.row[out.name == champions[out.row]]] = True
-    absent = ~has & (batch.status != STATUSES.index("ERROR"))
+    absent = champion_absent(out.row, out.name, champions, batch.status == STATUSES.index("ERROR"))
     if not absent.any():
         return
     codes = champions[absent]

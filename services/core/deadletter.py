@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from confluent_kafka import Message
@@ -105,29 +105,30 @@ class DeadLetters:
         source_topic = msg.topic() or "?"
         error_type = type(error).__name__
         reason = clean_reason(str(error.message) if isinstance(error, BadInput) else f"{error_type}: {error}")
-        record = self._record(msg, reason, error_type, self._excerpt)
-        key = record["key"]
-        try:
-            self._producer.produce(self._topic, self._codec.encode(record), key=key)
-        except TopicGone:
-            raise  # every dead letter after it would be lost too, uncounted by the topic: the service stops
-        except KafkaOperationError as first:
-            # E.g. a producer message.max.bytes below the excerpt: send the reference alone. The
-            # key and a whole reason (3 kB of UTF-8 with the key's 256 bytes) had it refused again
-            # by a topic its reference fits (a review).
-            reference = self._record(msg, shortened(reason, REFERENCE_REASON_CHARS), error_type, 0)
-            record = {**reference, "key": None, "truncated": reference["truncated"] or reference["key"] is not None}
+        refused: list[KafkaOperationError] = []
+        for letter in self._letters(msg, reason, error_type):
             try:
-                self._producer.produce(self._topic, self._codec.encode(record), key=None)
+                self._producer.produce(self._topic, self._codec.encode(letter), key=letter["key"])
+                break
             except TopicGone:
-                raise  # deleted since the first try (or found so only now): as above, not one letter skipped
-            except KafkaOperationError as second:
-                DEAD_LETTER_FAILURES.labels(self._service, source_topic).inc()
-                log.error("cannot dead-letter %s[%s]@%s (%s; then %s); skipped it: %s", source_topic,
-                          msg.partition(), msg.offset(), first, second, reason)
-                return
+                raise  # every dead letter after it would be lost too, uncounted by the topic: the service stops
+            except KafkaOperationError as err:
+                refused.append(err)
+        else:
+            DEAD_LETTER_FAILURES.labels(self._service, source_topic).inc()
+            log.error("cannot dead-letter %s[%s]@%s (%s); skipped it: %s", source_topic, msg.partition(),
+                      msg.offset(), "; then ".join(map(str, refused)), reason)
+            return
         DEAD_LETTERS.labels(self._service, source_topic, error_type).inc()
         log.warning("dead-lettered %s[%s]@%s: %s", source_topic, msg.partition(), msg.offset(), reason)
+
+    def _letters(self, msg: Message, reason: str, error_type: str) -> Iterator[dict[str, Any]]:
+        """The letter, then, refused (e.g. a producer message.max.bytes below the excerpt), its
+        reference alone: the key and a whole reason (3 kB of UTF-8 with the key's 256 bytes) had it
+        refused again by a topic its reference fits (a review)."""
+        yield self._record(msg, reason, error_type, self._excerpt)
+        reference = self._record(msg, shortened(reason, REFERENCE_REASON_CHARS), error_type, 0)
+        yield {**reference, "key": None, "truncated": reference["truncated"] or reference["key"] is not None}
 
     def _record(self, msg: Message, reason: str, error_type: str, excerpt: int) -> dict[str, Any]:
         _kind, timestamp = msg.timestamp()

@@ -204,8 +204,6 @@ class ValueBudget:
                                "(rows x features)")
 
 
-
-
 def elements(shape: Sequence[int]) -> int:
     return math.prod(shape)
 

@@ -39,13 +39,7 @@ from prometheus_client import Counter, Histogram
 from services.core.codec import codec
 from services.core.deadletter import DeadLetters
 from services.core.errors import BadInput, ConfigError, DecodeFailed, RecordTooLarge, Stopped
-from services.core.kafka import (
-    SERVING_DELIVERY_TIMEOUT_MS,
-    Producer,
-    delivery_timeout,
-    partition_counts,
-    partition_end,
-)
+from services.core.kafka import SERVING_DELIVERY_TIMEOUT_MS, Producer, delivery_timeout, partition_counts, partition_end
 from services.core.metrics import DECODE_ERRORS, LATENCY_BUCKETS, child
 from services.core.model_info import ModelInfo, publish_model_info
 from services.core.redaction import mask

@@ -172,18 +172,13 @@ class Takeover:
             return partitions
         except (OpenTransaction, ScanUnreadable):
             raise  # RendezvousErrors too, but the broker is fine: the caller waits for them
-        except KafkaException as exc:
-            if _code_of(exc) == KafkaError._UNKNOWN_PARTITION:
+        except (KafkaException, RendezvousError) as exc:
+            if isinstance(exc, KafkaException) and _code_of(exc) == KafkaError._UNKNOWN_PARTITION:
                 # The broker is fine: requests grew and an output topic did not (yet), retried every
                 # RETRY_S; or one was deleted, and the service stops (`_missing_outputs`).
                 log.log(self._loudness(), "recovery of %s waits: %s", sorted({tp.partition for tp in partitions}),
                         self._why_partition_missing(ctx))
                 return []
-            self._missing_since = None
-            ctx.health.mark_down()
-            log.warning("recovery waiting for the broker: %s", exc)
-            return []
-        except RendezvousError as exc:
             self._missing_since = None
             ctx.health.mark_down()
             log.warning("recovery waiting for the broker: %s", exc)

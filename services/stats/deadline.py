@@ -24,3 +24,15 @@ def met_deadline_array(usable: np.ndarray, latency_ms: np.ndarray, budget_ms: np
     """`met_deadline` over columns: `usable` = no error and a finite score."""
     result: np.ndarray = usable & (latency_ms <= budget_ms)
     return result
+
+
+def champion_absent(out_row: np.ndarray, out_model: np.ndarray, champions: np.ndarray,
+                    errored: np.ndarray) -> np.ndarray:
+    """Per record, whether its champion (`champions`, a model code per record) missed the deadline
+    by giving no output at all: a champion stuck past the deadline and the linger is in no record,
+    and counted by its outputs alone it missed nothing. An ERROR answer (`errored`) was nobody's to
+    score. Outputs are given by their record (`out_row`) and model code (`out_model`)."""
+    has = np.zeros(len(champions), dtype=bool)
+    has[out_row[out_model == champions[out_row]]] = True
+    result: np.ndarray = ~has & ~errored
+    return result
