@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, TopicPartition
@@ -50,7 +50,14 @@ from services.core.errors import (
     RecordTooLarge,
     UnexpectedFailure,
 )
-from services.core.kafka import SERVING_DELIVERY_TIMEOUT_MS, Producer, delivery_timeout, partition_counts, topic_config
+from services.core.kafka import (
+    SERVING_DELIVERY_TIMEOUT_MS,
+    Producer,
+    delivery_timeout,
+    outputs_checked_at_start,
+    partition_counts,
+    topic_config,
+)
 from services.core.metrics import DECODE_ERRORS
 from services.core.rate_limit import OncePerPeriod
 from services.core.request_inputs import INPUTS_HEADER
@@ -81,6 +88,23 @@ CUT_TO = MAX_REQUEST_ID
 OUTBOX_MAX = 64  # replies held back for the end of a batch, at most (~100 µs of the join each)
 REPLY_TIMEOUT_GRACE_MS = 10_000  # a reply's (or clock record's) delivery timeout: the largest budget and this
 REPLY_FAILURES_SAID_EVERY_S = 60.0  # a failed answer to a return address: one line this often at most
+
+
+def reply_producer_config(config: Mapping[str, Any], max_budget_ms: int) -> dict[str, Any]:
+    """The producer of replies and clock records (unacknowledged: the offsets wait for them).
+
+    A return address is a client's word: it must never create a topic (on a broker that creates
+    topics on demand, a metadata question or a produce would). A reply or a clock record later
+    than the largest budget serves no one, and librdkafka's default timeout (300 s) would leave a
+    client stuck after a broker restart (librdkafka #5430: no clock records, so no deadline fires,
+    on a quiet partition) unnoticed as long: its first timeout replaces it (Producer.timed_out).
+    Every topic it writes is checked first (a return address before its first reply, the scores
+    at start), so one missing from the metadata is one deleted: a client's return address deleted
+    under a flow of requests held their replies, and so every offset behind them, uncommitted for
+    30 s (librdkafka's propagation wait), /readyz ready (a review). A --kafka-config timeout or wait wins."""
+    timeout = delivery_timeout(config, max_budget_ms + REPLY_TIMEOUT_GRACE_MS)
+    checked = outputs_checked_at_start(config)
+    return {**config, **timeout, **checked, "linger.ms": 0, "allow.auto.create.topics": False}
 
 
 class Rendezvous(Probed):
@@ -219,14 +243,7 @@ class Rendezvous(Probed):
 
     def start(self, ctx: Context) -> None:
         self._ctx = ctx
-        # A return address is a client's word: it must never create a topic (on a broker that
-        # creates topics on demand, a metadata question or a produce would). A reply or a clock
-        # record later than the largest budget serves no one, and librdkafka's default timeout
-        # (300 s) would leave a client stuck after a broker restart (librdkafka #5430: no clock
-        # records, so no deadline fires, on a quiet partition) unnoticed as long: its first
-        # timeout replaces it (Producer.timed_out). A --kafka-config message.timeout.ms wins.
-        timeout = delivery_timeout(ctx.config, self.settings.max_budget_ms + REPLY_TIMEOUT_GRACE_MS)
-        fast = Producer({**ctx.config, **timeout, "linger.ms": 0, "allow.auto.create.topics": False},
+        fast = Producer(reply_producer_config(ctx.config, self.settings.max_budget_ms),
                         soft_topics=lambda _t: True, on_soft_failure=self._on_reply_failure,
                         delivered=True)  # a reply's receipt: on_done
         ctx.stack.callback(fast.close)

@@ -1,5 +1,5 @@
 """A model worker whose scores topic, or a rendezvous whose comparison log, is deleted while it
-serves stops at once, in one line.
+serves stops at once, in one line; a client's return address deleted stops nothing.
 
 The worker went on for up to 30 s (librdkafka's topic.metadata.propagation.max.ms from when it first
 wrote to the topic), its readiness flapping 'broker unreachable' as each commit's flush waited
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from services.client.client import make_request
 from services.core.codec import codec
@@ -41,17 +41,36 @@ def _written(config: dict[str, Any], topic: str) -> int:
 class _Requests:
     """Requests sent one at a time, to each partition in turn, as a client keeps sending them."""
 
-    def __init__(self, config: dict[str, Any], topic: str, budget_ms: int) -> None:
-        self.producer, self.topic, self.budget_ms = Producer(config), topic, budget_ms
+    def __init__(self, config: dict[str, Any], topic: str, budget_ms: int, reply_topic: str | None = None) -> None:
+        self.producer, self.topic, self.budget_ms, self.reply_topic = Producer(config), topic, budget_ms, reply_topic
         self.codec, self.rows, self.sent = codec("request"), demo_rows(8), 0
 
     def send(self) -> None:
-        request = make_request(self.rows[self.sent % len(self.rows)], budget_ms=self.budget_ms, reply_topic=None,
-                               reply_partition=None)
+        request = make_request(self.rows[self.sent % len(self.rows)], budget_ms=self.budget_ms,
+                               reply_topic=self.reply_topic, reply_partition=None)
         self.producer.produce(self.topic, self.codec.encode(request), key=request["request_id"].encode(),
                               partition=self.sent % PARTITIONS)
         self.producer.flush(10)
         self.sent += 1
+
+
+def _start(commands: list[list[str]], bootstrap: str, prefix: str, logs: list[Path]) -> list[subprocess.Popen[bytes]]:
+    processes = []
+    for command, log in zip(commands, logs, strict=True):
+        with log.open("w") as into:
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "services.cli.main", *command, "--bootstrap", bootstrap, "--topic-prefix",
+                 prefix, "--metrics-port", str(free_port())], stderr=into, env=dict(os.environ)))
+    return processes
+
+
+def _committed(config: dict[str, Any], group: str, topic: str) -> int:
+    probe = Consumer({**config, "group.id": group, "enable.auto.commit": False})
+    try:
+        offsets = probe.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=10)
+        return sum(max(tp.offset, 0) for tp in offsets)
+    finally:
+        probe.close()
 
 
 def test_a_worker_whose_scores_topic_is_deleted_stops_at_once_saying_so(
@@ -102,12 +121,7 @@ def test_the_rendezvous_whose_comparison_log_is_deleted_stops_at_once_saying_so(
     logs = [tmp_path / "worker.log", tmp_path / "rendezvous.log"]
     commands = [["model", "serve", "--model", "demo:champion", "--name", "champion"],
                 ["serve", "--models", "champion"]]
-    processes = []
-    for command, log in zip(commands, logs, strict=True):
-        with log.open("w") as into:
-            processes.append(subprocess.Popen(
-                [sys.executable, "-m", "services.cli.main", *command, "--bootstrap", bootstrap, "--topic-prefix",
-                 prefix, "--metrics-port", str(free_port())], stderr=into, env=dict(os.environ)))
+    processes = _start(commands, bootstrap, prefix, logs)
     rendezvous = processes[1]
     send = _Requests(config, topics.requests, budget_ms=5_000).send
 
@@ -136,3 +150,39 @@ def test_the_rendezvous_whose_comparison_log_is_deleted_stops_at_once_saying_so(
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, err
     assert f"{topics.log} " in errors[0] and "while serving?)" in errors[0], errors[0]
+
+
+def test_a_client_whose_return_address_is_deleted_stops_nothing(
+    bootstrap: str, config: dict[str, Any], prefix: str, tmp_path: Path
+) -> None:
+    """Every request is still answered on the answers topic and committed, the service running.
+    How soon is the reply producer's setting (a unit test in test_delivery_timeout.py): with
+    librdkafka's default, the replies in flight held every offset behind them for 30 s."""
+    topics = Topics.from_prefix(prefix)
+    gone = f"{topics.replies}.gone"
+    admin = AdminClient(config)  # kept: a future fails once its client is collected
+    admin.create_topics([NewTopic(gone, PARTITIONS, 1)])[gone].result(30)
+    logs = [tmp_path / "worker.log", tmp_path / "rendezvous.log"]
+    processes = _start([["model", "serve", "--model", "demo:champion", "--name", "champion"],
+                        ["serve", "--models", "champion"]], bootstrap, prefix, logs)
+    requests = _Requests(config, topics.requests, budget_ms=5_000, reply_topic=gone)
+
+    def alive() -> None:
+        assert all(p.poll() is None for p in processes), "a service ended"
+
+    def replying() -> bool:
+        requests.send()
+        return _written(config, gone) > 0
+
+    try:
+        wait_until(replying, 120, "the first replies to the client's topic", check=alive)
+        admin.delete_topics([gone])[gone].result(30)
+        for _ in range(40):
+            requests.send()
+        wait_until(lambda: _committed(config, f"{prefix}rendezvous", topics.requests) == requests.sent, 120,
+                   "every request sent to be committed", check=alive)
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+    assert _written(config, topics.answers) >= requests.sent, logs[1].read_text()

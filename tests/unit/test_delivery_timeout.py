@@ -20,7 +20,7 @@ from services.core.kafka import (
 from services.core.service import StreamSpec, outputs_producer_config
 from services.model_worker.settings import WorkerSettings
 from services.model_worker.worker import ModelWorker
-from services.rendezvous.service import Rendezvous
+from services.rendezvous.service import REPLY_TIMEOUT_GRACE_MS, Rendezvous, reply_producer_config
 from services.rendezvous.settings import RendezvousSettings
 
 
@@ -112,3 +112,14 @@ def test_the_rendezvous_outputs_fail_a_second_after_their_topic_goes_as_a_worker
     spec = Rendezvous(RendezvousSettings(models=("champion",), processing=processing)).service.spec
     config = outputs_producer_config(spec, spec.config)
     assert config["topic.metadata.propagation.max.ms"] == OUTPUTS_CHECKED_PROPAGATION_MS
+
+
+def test_the_rendezvous_replies_fail_a_second_after_their_topic_goes_and_a_users_settings_win() -> None:
+    """Each return address is checked before its first reply: one missing from the metadata later
+    was deleted. Waiting 30 s for it held every offset behind its replies uncommitted (a review)."""
+    assert reply_producer_config({}, 5_000) == {
+        "message.timeout.ms": 5_000 + REPLY_TIMEOUT_GRACE_MS,
+        "topic.metadata.propagation.max.ms": OUTPUTS_CHECKED_PROPAGATION_MS,
+        "linger.ms": 0, "allow.auto.create.topics": False}
+    users = {"topic.metadata.propagation.max.ms": "30000", "delivery.timeout.ms": "9000"}
+    assert reply_producer_config(users, 5_000) == {**users, "linger.ms": 0, "allow.auto.create.topics": False}
