@@ -7,7 +7,7 @@ from collections.abc import Collection
 from rich.console import Console
 
 from services.core.errors import TopicMissing
-from services.core.model_info import ModelInfo, read_model_infos
+from services.core.model_info import ModelInfo, read_contracts
 from services.core.ranges import format_ms
 from services.core.settings import KafkaSettings
 from services.core.signatures import listed
@@ -30,10 +30,11 @@ def print_contracts(settings: KafkaSettings, console: Console, scoring: Collecti
     after its model stopped, until a new one of that name replaces it)."""
     topic = settings.topics().models
     try:
-        infos = read_model_infos(settings.librdkafka(), topic)
+        contracts = read_contracts(settings.librdkafka(), topic)
     except TopicMissing as exc:  # or the principal's to see: TopicRefused names the permission
         console.print(f"no input contracts: {exc}")
         return
+    infos = contracts.held
     if not infos:
         console.print(f"no model has published its input contract on {topic}")
         return
@@ -46,6 +47,10 @@ def print_contracts(settings: KafkaSettings, console: Console, scoring: Collecti
     if silent:
         console.print(f"published on {topic} by models not scoring now:", highlight=False)
         _print_lines(console, [f"{contract_line(info)}, at {format_ms(info.updated_at)}" for info in silent])
+    if contracts.waiting:  # not held, so not checked by a gateway either
+        console.print(f"published on {topic} and waiting for a place ({contracts.bounds}; a tombstone frees one):",
+                      highlight=False)
+        _print_lines(console, [listed(contracts.waiting)])
 
 
 def _print_lines(console: Console, lines: list[str]) -> None:

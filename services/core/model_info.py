@@ -33,6 +33,7 @@ __all__ = [
     "encode_model_info",
     "features_no_model_knows",
     "publish_model_info",
+    "read_contracts",
     "read_model_infos",
 ]
 
@@ -109,10 +110,15 @@ def read_model_infos(config: Mapping[str, Any], topic: str, timeout_s: float = 3
 
     A tombstone (null value) removes a name; an undecodable record is skipped with a warning.
     """
+    return read_contracts(config, topic, timeout_s).held
+
+
+def read_contracts(config: Mapping[str, Any], topic: str, timeout_s: float = 30.0) -> Contracts:
+    """The contracts the topic holds as of now, and those waiting for a place."""
     contracts = Contracts()
     for msg in read_spans(config, topic, timeout_s=timeout_s):
         contracts.apply(msg)
-    return contracts.held
+    return contracts
 
 
 class ModelInfoFeed:
@@ -148,43 +154,118 @@ class ModelInfoFeed:
 # Contracts kept at most: anyone who may write the topic may write any number of names (20,000
 # held 30 MB and made one 404 of the gateway list them all, 20 MB, 32 ms on its event loop; a review).
 MAX_CONTRACTS = 1_000
-# Contracts past MAX_CONTRACTS waiting for a place, at most: a tenth more memory, not twice as much
-# (a forged contract of 1 MB decodes to ~12 MB; a review), and room for a cleanup's legitimate ones.
-MAX_WAITING = 100
+# And their encoded bytes at most: a forged contract of 1 MB decodes to ~12 MB, so 1,000 of them
+# could make every gateway hold ~12 GB (a review). 16 KiB each on average: a thousand models of a
+# thousand features; a model of 100,000 features (~1.5 MB) still has its place.
+MAX_CONTRACT_BYTES = 16 * 1024 * 1024
+# Contracts past those bounds waiting for a place, at most: a tenth more memory, not twice as much,
+# and room for a cleanup's legitimate ones.
+MAX_WAITING = MAX_CONTRACTS // 10
+MAX_WAITING_BYTES = MAX_CONTRACT_BYTES // 10
 _SKIPPED = OncePerPeriod[str](60.0)  # a line per reason a minute, with the count held back
+
+
+class _Shelf:
+    """Contracts by name in the order they came, bounded in number and in encoded bytes."""
+
+    def __init__(self, most: int, most_bytes: int) -> None:
+        self.infos: dict[str, ModelInfo] = {}
+        self._sizes: dict[str, int] = {}
+        self._bytes = 0
+        self._most, self._most_bytes = most, most_bytes
+
+    def fits(self, name: str, size: int) -> bool:
+        """Whether `name`'s contract of `size` bytes would fit, in place of its own if it has one."""
+        own = self._sizes.get(name)
+        count = len(self.infos) if own is None else len(self.infos) - 1
+        return count < self._most and self._bytes - (own or 0) + size <= self._most_bytes
+
+    def put(self, info: ModelInfo, size: int) -> None:
+        """A name already here keeps its place in the order."""
+        self._bytes += size - self._sizes.get(info.name, 0)
+        self._sizes[info.name] = size
+        self.infos[info.name] = info
+
+    def entries(self) -> list[tuple[ModelInfo, int]]:
+        """Each contract and its size, in the order they came."""
+        return [(info, self._sizes[name]) for name, info in self.infos.items()]
+
+    def pop(self, name: str) -> tuple[ModelInfo, int] | None:
+        info = self.infos.pop(name, None)
+        if info is None:
+            return None
+        size = self._sizes.pop(name)
+        self._bytes -= size
+        return info, size
 
 
 class Contracts:
     """The newest contract of each model name, read from the models topic in order: MAX_CONTRACTS
-    of them held at most. A name past that waits, in the topic's order (MAX_WAITING at most), for
-    a place a tombstone frees: skipped for good, it waited for its worker's restart, a re-read
-    applying the topic in the same order (a review)."""
+    of them held at most, MAX_CONTRACT_BYTES encoded. A contract past that waits, in the topic's
+    order (MAX_WAITING and MAX_WAITING_BYTES at most), for a place a tombstone frees: skipped for
+    good, it waited for its worker's restart, a re-read applying the topic in the same order (a
+    review). A model's new contract that does not fit where its old one was replaces it in the line
+    (an old contract would refuse what the model now takes)."""
 
     def __init__(self) -> None:
-        self.held: dict[str, ModelInfo] = {}
-        self._waiting: dict[str, ModelInfo] = {}
+        self._held = _Shelf(MAX_CONTRACTS, MAX_CONTRACT_BYTES)
+        self._waiting = _Shelf(MAX_WAITING, MAX_WAITING_BYTES)
+        self.held = self._held.infos  # the same dict for good: a feed's readers keep it
+
+    @property
+    def bounds(self) -> str:
+        """What may be held: `1000 models, 16 MiB encoded`."""
+        return _bounds(MAX_CONTRACTS, MAX_CONTRACT_BYTES)
+
+    @property
+    def waiting(self) -> list[str]:
+        """The names waiting for a place, the first to get one first."""
+        return list(self._waiting.infos)
 
     def apply(self, msg: Message) -> None:
         """One record: a model's newest info, or a tombstone removing it."""
         key = (msg.key() or b"").decode("utf-8", errors="replace")
-        if msg.value() is None:
-            self._waiting.pop(key, None)
-            if self.held.pop(key, None) is not None and self._waiting:
-                name = next(iter(self._waiting))  # the first to wait
-                self.held[name] = self._waiting.pop(name)
-                log.info("model %s has a contract now: a tombstone freed a place", name)
+        value = msg.value()
+        if value is None:
+            self._waiting.pop(key)
+            if self._held.pop(key) is not None:
+                self._promote()
             return
         info = _contract(msg, key)
         if info is None:
             return
-        if info.name in self.held or len(self.held) < MAX_CONTRACTS:
-            self.held[info.name] = info
-        elif info.name in self._waiting or len(self._waiting) < MAX_WAITING:
-            self._waiting[info.name] = info  # its newest contract, its place in line kept
-            _skip(msg, "full", f"{MAX_CONTRACTS} models have contracts already: {info.name!r} waits for a tombstone "
-                               "to free a place")
+        size = len(value)
+        if self._held.fits(info.name, size):
+            self._waiting.pop(info.name)
+            self._held.put(info, size)
+            return
+        freed = self._held.pop(info.name) is not None
+        if self._waiting.fits(info.name, size):
+            self._waiting.put(info, size)  # its newest contract, its place in line kept
+            _skip(msg, "full", f"the contracts held are at their bound ({self.bounds}): {info.name!r} waits for a "
+                               "tombstone to free a place")
         else:
-            _skip(msg, "full", f"{MAX_CONTRACTS} models have contracts already, and {MAX_WAITING} wait for a place")
+            self._waiting.pop(info.name)
+            _skip(msg, "full", f"the contracts held are at their bound ({self.bounds}), and those waiting for a place "
+                               f"at theirs ({_bounds(MAX_WAITING, MAX_WAITING_BYTES)})")
+        if freed:
+            self._promote()
+
+    def _promote(self) -> None:
+        """Held in the order they came: those waiting that fit now."""
+        for info, size in self._waiting.entries():
+            if self._held.fits(info.name, size):
+                self._waiting.pop(info.name)
+                self._held.put(info, size)
+                log.info("model %s has a contract now: a tombstone freed a place", info.name)
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:g} MiB"
+
+
+def _bounds(most: int, most_bytes: int) -> str:
+    return f"{most} models, {_mib(most_bytes)} encoded"
 
 
 def _contract(msg: Message, key: str) -> ModelInfo | None:

@@ -200,3 +200,29 @@ def test_models_lists_the_contracts_of_models_not_scoring_apart(
         "  gone 1: requires 1 (x); optional: none; extra features: reject; published by host-1, "
         "at 2020-09-13 12:26:40Z",
     ]
+
+
+def test_models_lists_the_contracts_waiting_for_a_place(
+    bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the bound on contracts held, a model's contract waits, and no gateway checks its calls:
+    `rendezvous models` did not say so (a review)."""
+    from rich.console import Console
+
+    from services.cli.model_contracts import print_contracts
+    from services.core import model_info
+    from services.core.settings import KafkaSettings
+
+    monkeypatch.setattr(model_info, "MAX_CONTRACTS", 1)
+    producer = Producer(config)
+    for name in ("first", "second"):
+        producer.produce(topics.models, encode_model_info(ModelInfo(name, "1", Signature.all_required(["x"]))),
+                         key=name.encode(), partition=0)
+    assert producer.flush(15) == 0
+    console = Console(record=True, width=200)
+    print_contracts(KafkaSettings(bootstrap=bootstrap, topic_prefix=prefix), console, scoring={"first"})
+    lines = console.export_text().splitlines()
+    assert lines[-2:] == [
+        f"published on {topics.models} and waiting for a place (1 models, 16 MiB encoded; a tombstone frees one):",
+        "  second",
+    ]

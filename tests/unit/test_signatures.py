@@ -376,3 +376,47 @@ def test_contracts_waiting_for_a_place_are_bounded_too() -> None:
     held = contracts.held
     assert len(held) == MAX_CONTRACTS - 1 and f"m{MAX_CONTRACTS + MAX_WAITING - 1}" in held
     assert f"m{MAX_CONTRACTS + MAX_WAITING}" not in held  # past both bounds: skipped
+
+
+def _sized(name: str, features: int, version: str = "1") -> ModelInfo:
+    return ModelInfo(name, version, Signature.all_required([f"f{i}" for i in range(features)]))
+
+
+def _size(info: ModelInfo) -> int:
+    return len(encode_model_info(info))
+
+
+def test_contracts_are_bounded_in_bytes_too_the_first_to_wait_that_fits_held_first(monkeypatch: Any) -> None:
+    """Bounded in number only, 1,000 forged contracts of 1 MB (~12 MB decoded each) could make every
+    gateway hold ~12 GB (a review)."""
+    from services.core import model_info
+
+    big, small = _sized("big", 200), _sized("small", 1)
+    monkeypatch.setattr(model_info, "MAX_CONTRACT_BYTES", 2 * _size(big) + _size(small))
+    monkeypatch.setattr(model_info, "MAX_WAITING_BYTES", _size(big) + _size(small))
+    contracts = model_info.Contracts()
+    for i, name in enumerate(["a", "b", "c", "d"]):
+        contracts.apply(_record_of(name.encode(), _sized(name, 200), i))
+    assert list(contracts.held) == ["a", "b"] and contracts.waiting == ["c"]  # d: past both bounds
+    contracts.apply(_record_of(b"small", small))
+    assert "small" in contracts.held  # it fits, in number and in bytes
+    contracts.apply(_record_of(b"e", _sized("e", 1)))
+    assert contracts.waiting == ["c", "e"]  # the held bytes are full
+    contracts.apply(_record_of(b"small", None))
+    assert "e" in contracts.held and contracts.waiting == ["c"]  # the first that fits
+    contracts.apply(_record_of(b"a", None))
+    assert contracts.held.keys() == {"b", "e", "c"} and contracts.waiting == []
+
+
+def test_a_models_new_contract_too_large_for_its_place_waits_and_its_old_one_goes(monkeypatch: Any) -> None:
+    """Kept, the old contract would refuse the calls the model now takes."""
+    from services.core import model_info
+
+    monkeypatch.setattr(model_info, "MAX_CONTRACT_BYTES", 2 * _size(_sized("a", 50)))
+    contracts = model_info.Contracts()
+    contracts.apply(_record_of(b"a", _sized("a", 50)))
+    contracts.apply(_record_of(b"b", _sized("b", 50)))
+    contracts.apply(_record_of(b"a", _sized("a", 100, version="2")))
+    assert list(contracts.held) == ["b"] and contracts.waiting == ["a"]
+    contracts.apply(_record_of(b"b", None))
+    assert contracts.held["a"].version == "2" and contracts.waiting == []
