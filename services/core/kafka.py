@@ -87,9 +87,7 @@ def outputs_checked_at_start(config: Mapping[str, Any]) -> dict[str, Any]:
     `config` (a --kafka-config) names it. A model worker whose scores topic was deleted went on
     for up to 30 s, its readiness flapping ('broker unreachable') as every commit's flush waited
     on records the broker refused, then stopped with librdkafka's 'Unknown topic' (a review)."""
-    if "topic.metadata.propagation.max.ms" in config:
-        return {}
-    return {"topic.metadata.propagation.max.ms": OUTPUTS_CHECKED_PROPAGATION_MS}
+    return unless_given(config, {"topic.metadata.propagation.max.ms": OUTPUTS_CHECKED_PROPAGATION_MS})
 
 
 # librdkafka's own verdict that a topic, or a partition of it, is not in the cluster's metadata.
@@ -116,9 +114,13 @@ def delivery_timeout(config: Mapping[str, Any], ms: int) -> dict[str, Any]:
     use (a reply, a score, a request past its deadline) serves no one, and a client left without a
     partition's leader by a broker restart (librdkafka #5430) is found, and replaced, only at its
     first timeout (Producer.timed_out)."""
-    if any(key in config for key in DELIVERY_TIMEOUT_KEYS):
-        return {}
-    return {"message.timeout.ms": min(ms, MAX_TIMEOUT_MS)}
+    return unless_given(config, {"message.timeout.ms": min(ms, MAX_TIMEOUT_MS)}, *DELIVERY_TIMEOUT_KEYS)
+
+
+def unless_given(config: Mapping[str, Any], setting: dict[str, Any], *names: str) -> dict[str, Any]:
+    """`setting` (one librdkafka key), unless `config` (a --kafka-config) names it itself, under
+    its key or any of its other `names`: the user's wins."""
+    return {} if any(key in config for key in (*setting, *names)) else setting
 
 
 def within_transaction(config: Mapping[str, Any], transaction_timeout_ms: int) -> dict[str, Any]:

@@ -74,6 +74,8 @@ class LocalBroker:
     # A resume's server.properties as kept, and as it is launched with (today's tuning, the environment's).
     _kept_properties: str | None = field(default=None, init=False, repr=False)
     _resumed_properties: str | None = field(default=None, init=False, repr=False)
+    # The kept ports, bound (not listening) while the broker is down: see `_hold_ports`.
+    _held_ports: list[socket.socket] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve() if self.data_dir else config.broker_dir(self.name)
@@ -183,6 +185,7 @@ class LocalBroker:
             self._write_properties(self._resumed_properties)
         jvm_options = (*jvm_options, *cds_options)
         cmd = [java, *jvm_options, logging_opt, "-cp", classpath, MAIN_CLASS, str(self.properties_file)]
+        self._release_ports()
         log.debug("starting %s", " ".join(cmd))
         with self.stdout_file.open("wb") as out:
             self._proc = subprocess.Popen(
@@ -253,7 +256,9 @@ class LocalBroker:
         self._state = None
         self._proc = None
         self.state_file.unlink(missing_ok=True)
-        if not keep_data:
+        if keep_data:
+            self._hold_ports()
+        else:
             self._discard_data()
         say(f"Local broker {self.name!r} stopped" + (" (data kept)" if keep_data else ""))
         return True
@@ -269,7 +274,35 @@ class LocalBroker:
         log.info("killing local broker %r (pid %s)", self.name, pid)
         self._kill_now()
         self._proc = None
+        self._hold_ports()
         return True
+
+    def _hold_ports(self) -> None:
+        """Bind the kept listeners' ports, without listening, until the broker is started again:
+        its clients keep the old addresses, so it must get them back, and while it was down for a
+        test's outage (15 s) another test's free_ports() could take one ('port(s) ... are taken by
+        another process', a flake). A client connecting meanwhile is refused, as by no socket at all.
+        SO_REUSEADDR: the broker's own connections linger in TIME_WAIT on them; a free_ports() bind
+        (without it) is refused all the same, and the resume's port_free() (with it) is not."""
+        self._release_ports()
+        try:
+            listeners = config.listener_addresses(config.parse_properties(self.properties_file.read_text()))
+        except OSError:
+            return
+        for address in listeners.values():
+            host, _, port = address.rpartition(":")
+            holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                holder.bind((host or config.HOST, int(port)))
+            except (OSError, ValueError):
+                holder.close()  # held by another already: the resume says so
+                continue
+            self._held_ports.append(holder)
+
+    def _release_ports(self) -> None:
+        while self._held_ports:
+            self._held_ports.pop().close()
 
     def status(self) -> dict[str, Any]:
         """State of the broker: always `name`, `running`, `data_dir`, `log_file`; more when running."""
@@ -357,6 +390,7 @@ class LocalBroker:
             old.unlink(missing_ok=True)
 
     def _discard_data(self) -> None:
+        self._release_ports()  # the ports are not wanted back
         shutil.rmtree(self.root / "logs", ignore_errors=True)
 
     def _configure_fresh(self) -> tuple[dict[str, str], str]:

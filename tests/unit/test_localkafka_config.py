@@ -474,3 +474,29 @@ def test_server_properties_are_replaced_whole_and_kept_private(cache: Path) -> N
     assert broker.properties_file.read_text() == "b=2\n"
     assert broker.properties_file.stat().st_mode & 0o777 == 0o600
     assert sorted(p.name for p in broker.root.iterdir()) == ["server.properties"]
+
+
+def _binds(port: int) -> bool:
+    """Whether another process's free_ports() could take `port` now (a bind without SO_REUSEADDR)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((config.HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def test_a_broker_down_with_its_data_kept_holds_its_ports_for_its_resume(tmp_path: Path) -> None:
+    """Down for a test's outage (15 s), another test's free_ports() could take one of its ports, and
+    the resume failed: 'port(s) ... are taken by another process' (a flake)."""
+    port, controller = config.free_ports(2)
+    broker = LocalBroker("held", data_dir=tmp_path)
+    broker.properties_file.parent.mkdir(parents=True, exist_ok=True)
+    broker.properties_file.write_text(config.render_properties(config.server_properties(tmp_path, port, controller)))
+    broker._hold_ports()  # as stop(keep_data=True) and kill() do
+    try:
+        assert not _binds(port) and not _binds(controller)
+        assert config.port_free(port) and config.port_free(controller)  # the resume's own check passes
+    finally:
+        broker._release_ports()  # as the resume does, before the broker binds them
+    assert _binds(port) and _binds(controller)
