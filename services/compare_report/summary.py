@@ -130,6 +130,9 @@ def summarize(frame: Frame, champion: str | None = None, bucket_ms: int | None =
         np.zeros(0, dtype=np.int64))
     reference = _Reference.of(frame, champion_code)
     absent = _absent_by_model(frame, champion_code if source == "--champion" else None)
+    if source != "--champion" and (frame.answered_at >= 0).any() and not (frame.status == _OK).any():
+        extra["notes"] = (*extra.get("notes", ()), "no OK answer in the range, so no record has a champion to miss "
+                          "it: name the champion with --champion to count the records without its output")
     # Each model's outputs by one sort, not one pass over every output per model: 16,000 forged
     # names took a report of 200,000 records 15 s, and `promote --require` with it (a review).
     order = np.argsort(frame.model, kind="stable")  # stable: each model's outputs in their order

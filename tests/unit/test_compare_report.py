@@ -1104,3 +1104,16 @@ def test_records_a_replay_made_for_requests_not_in_the_log_are_no_champions_miss
     report = summarize_records(_stuck(0, 600, "a", True) + made)
     row = next(m for m in report.models if m.name == "a")
     assert (row.absent, row.deadline_met) == (0, 1.0)
+
+
+def test_a_range_without_an_ok_answer_says_its_champions_misses_are_not_counted() -> None:
+    """The champion down for the whole range is when its misses matter most, and the report counted
+    none without a word: no OK answer, no record's champion (a review)."""
+    from services.compare_report.table import caption
+
+    down = summarize_records(_stuck(0, 300, "b", False))
+    assert sum(m.absent for m in down.models) == 0 and "name the champion with --champion" in caption(down)
+    assert "name the champion" not in caption(summarize_records(_stuck(0, 300, "b", False), champion="b"))
+    assert "name the champion" not in caption(summarize_records(_stuck(0, 300, "a", True)))
+    replayed = [{**r, "answered_at": None} for r in _stuck(0, 300, "b", False)]  # no rendezvous' answers
+    assert "name the champion" not in caption(summarize_records(replayed))
