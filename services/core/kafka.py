@@ -93,7 +93,7 @@ def outputs_checked_at_start(config: Mapping[str, Any]) -> dict[str, Any]:
 # librdkafka's own verdict that a topic, or a partition of it, is not in the cluster's metadata.
 _GONE = {KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION}
 # A produce to a partition the client does not know waits this long for the topic's metadata, and
-# asks it this often at most (`Producer._partition_added`).
+# asks it this often at most (`Producer._in_cluster_now`).
 PARTITIONS_ASKED_S = 1.0
 PARTITIONS_ASKED_EVERY_S = 1.0
 
@@ -306,7 +306,7 @@ class Producer:
         self._replace_lock = threading.Lock()
         # `close` let the clients go; what they still held is dropped, its reports ignored.
         self._closed = False
-        # `_partition_added`: when the cluster's metadata was last asked (monotonic), and each
+        # `_in_cluster_now`: when the cluster's metadata was last asked (monotonic), and each
         # topic's partition count it gave.
         self._partitions_asked_at = -math.inf
         self._partitions_seen: dict[str, int] = {}
@@ -550,22 +550,22 @@ class Producer:
                     raise RecordTooLarge(f"a record of {len(value or b'') + len(key or b'')} bytes for {topic} "
                                          f"is over the producer's message.max.bytes") from None
                 if isinstance(err, KafkaError) and err.code() in _GONE:
-                    if not refreshed and self._partition_added(topic, partition, err):
+                    if not refreshed and self._in_cluster_now(topic, partition):
                         refreshed = True
                         continue
                     raise topic_gone(topic, partition, err) from None
                 raise KafkaOperationError(f"produce to {topic} failed: {exc}") from None
 
-    def _partition_added(self, topic: str, partition: int | None, err: KafkaError) -> bool:
-        """Whether `partition`, unknown to the client, is in the topic now. librdkafka refuses a
-        partition added since it last read the topic's metadata until its next refresh (5 min by
-        default): topics grown together under a running rendezvous (docs/helm.md) had it dead-letter
-        750 records of the new partitions, or stop on a clock record (a review). The whole cluster's
-        metadata is asked (the client keeps it: every topic grown is known at once), once a second
-        at most and for PARTITIONS_ASKED_S at most (the caller may hold a commit lane's lock); a
-        produce between is answered from the last reply."""
-        if err.code() != KafkaError._UNKNOWN_PARTITION or partition is None or partition < 0:
-            return False
+    def _in_cluster_now(self, topic: str, partition: int | None) -> bool:
+        """Whether the topic (and `partition`, if one is asked for), unknown to the client, is in
+        the cluster now. librdkafka refuses a partition added since it last read the topic's
+        metadata until its next refresh (5 min by default): topics grown together under a running
+        rendezvous (docs/helm.md) had it dead-letter 750 records of the new partitions, or stop on a
+        clock record (a review). So too a topic deleted and made again: 18 replies to a return
+        address made again were refused (a review). The whole cluster's metadata is asked (the
+        client keeps it: every topic grown is known at once), once a second at most and for
+        PARTITIONS_ASKED_S at most (the caller may hold a commit lane's lock); a produce between is
+        answered from the last reply."""
         now = time.monotonic()
         if now - self._partitions_asked_at >= PARTITIONS_ASKED_EVERY_S:
             self._partitions_asked_at = now
@@ -574,7 +574,8 @@ class Producer:
             except (KafkaException, RuntimeError):  # RuntimeError: closed on another thread meanwhile
                 topics = {}
             self._partitions_seen = {name: len(meta.partitions) for name, meta in topics.items() if meta.error is None}
-        return partition < self._partitions_seen.get(topic, 0)
+        count = self._partitions_seen.get(topic, 0)
+        return count > 0 if partition is None or partition < 0 else partition < count
 
     def poll(self, timeout: float = 0.0) -> None:
         if self._closed:

@@ -14,7 +14,9 @@ naming a missing topic costs that one reply (counted in rdv_reply_errors_total),
 delays any other answer. A question the broker could not answer (it is away) says nothing
 about the topic: its answers keep waiting and the question is asked again a second later. A
 failed delivery makes the next answers to that topic wait for a fresh verdict, not drop: after
-a long outage every reply in flight fails, and the topic is usually still there.
+a long outage every reply in flight fails, and the topic is usually still there. If it is not,
+it is asked about again every second for a while, not remembered as missing for 30 s: a topic
+deleted is often made again at once (`rendezvous topics create`; a client restarting).
 
 Every reply is counted on its request's receipt (its mailbox) from the moment it is accepted
 until the broker acknowledges it, or it is dropped for good: the request's offset is not
@@ -51,6 +53,10 @@ MAX_WAITING = 10_000  # replies waiting for a verdict, all other topics together
 MISSING_SAID_EVERY_S = 30.0  # one line for a missing return address, with how many were held back
 UNKNOWN = -1  # a partition count the broker could not give (it is away): ask again
 RECHECK_S = 1.0
+# A topic a reply failed to is missing for RECHECK_S at a time, for this long after the failure: a
+# return address deleted and made again within seconds dropped every reply for 30 s, those to
+# requests sent after it was back too (a review).
+FAILED_RECHECKED_S = VERDICT_TTL_S
 
 
 class Pending(Protocol):
@@ -102,6 +108,7 @@ class ReplyRouter:
         self._waiting: dict[str, deque[tuple[int | None, bytes, bytes, Headers, Pending]]] = {}
         self._waiting_count = 0  # of topics other than the deployment's replies topic
         self._missing_said = OncePerPeriod[str](MISSING_SAID_EVERY_S)
+        self._failed_at: dict[str, float] = {}  # topics a reply failed to lately -> when (monotonic)
         self.unacked = 0  # replies accepted and not yet acknowledged (a drain waits for them)
 
     def send(
@@ -129,6 +136,10 @@ class ReplyRouter:
     def forget(self, topic: str) -> None:
         """A delivery to `topic` failed: its next replies wait for a fresh verdict."""
         self._verdicts.pop(topic, None)
+        now = time.monotonic()
+        self._failed_at = {t: at for t, at in self._failed_at.items() if now - at < FAILED_RECHECKED_S}
+        if len(self._failed_at) < MAX_TOPICS:
+            self._failed_at[topic] = now
 
     def poll(self) -> None:
         """Deliver (or drop) replies whose topic's verdict arrived; call from the poll loop."""
@@ -211,7 +222,12 @@ class ReplyRouter:
 
     def _remember(self, topic: str, count: int) -> None:
         verdicts = self._verdicts
-        verdicts[topic] = (count, time.monotonic())
+        now = time.monotonic()
+        failed_at = self._failed_at.get(topic)
+        if count == 0 and failed_at is not None and now - failed_at < FAILED_RECHECKED_S:
+            verdicts[topic] = (count, now - VERDICT_TTL_S + RECHECK_S)  # missing for RECHECK_S, then asked again
+        else:
+            verdicts[topic] = (count, now)
         verdicts.move_to_end(topic)
         while len(verdicts) > MAX_TOPICS:
             oldest = next(iter(verdicts))

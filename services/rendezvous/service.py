@@ -481,6 +481,7 @@ class Rendezvous(Probed):
             except KafkaOperationError as err:
                 done()  # refused by the client itself: nothing is in flight
                 m.REPLY_ERRORS.labels("delivery").inc()
+                self._replies_out.forget(topic)  # as after a failed delivery
                 self._say_reply_failed(topic, "not sent", str(err))
 
     def _on_reply_failure(self, msg: Message, err: KafkaError) -> None:

@@ -141,6 +141,35 @@ def test_after_a_failed_delivery_the_next_replies_wait_for_a_fresh_verdict_inste
     assert broker.sent == [(TOPICS.replies, 2, b"r1")] and broker.asked == [TOPICS.replies, TOPICS.replies]
 
 
+def test_a_return_address_deleted_and_made_again_is_asked_about_again_within_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reply failed to it, then found missing, it was remembered missing for 30 s: made again at
+    once, every reply for those 30 s was dropped, those to requests sent after it was back too (a
+    review). A topic no reply failed to stays missing for the verdict's 30 s: a client may name a
+    new missing one at every request, and each question is a metadata request."""
+    broker = Broker({"client-a": 2})
+    out = router(broker)
+    out.check_now("client-a")
+    settle(out)
+    monkeypatch.setattr(r, "RECHECK_S", 0.0)
+    broker.partitions["client-a"] = 0  # deleted: the replies in flight fail
+    out.forget("client-a")
+    lost, kept, never = Receipt(), Receipt(), Receipt()
+    out.send("client-a", None, b"r1", b"v", None, lost)
+    settle(out)
+    assert lost.settled and broker.sent == []  # missing: dropped
+    broker.partitions["client-a"] = 2  # made again
+    out.send("client-a", None, b"r2", b"v", None, kept)
+    settle(out)
+    assert broker.sent == [("client-a", None, b"r2")] and not kept.settled
+    out.send("other", None, b"r3", b"v", None, Receipt())
+    settle(out)
+    broker.partitions["other"] = 2
+    out.send("other", None, b"r4", b"v", None, never)
+    assert never.settled and broker.asked.count("other") == 1  # missing for the verdict's 30 s
+
+
 def test_a_question_the_broker_could_not_answer_keeps_the_replies_and_is_asked_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
