@@ -357,7 +357,6 @@ class Client:
         self._stop = threading.Event()
         self._turn = itertools.count()
         try:
-            self._producer.learn(topics.requests)  # before the first request's created_at, not after it
             if reply_group is None:
                 self.reply_partition: int | None = (
                     random.randrange(partitions) if reply_partition is None else reply_partition

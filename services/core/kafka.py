@@ -396,13 +396,6 @@ class Producer:
         with self._failures_lock:
             return next((f for f in self._failures if isinstance(f, RefusedForGood)), None)
 
-    def learn(self, topic: str, timeout: float = 5.0) -> None:
-        """Ask for `topic`'s metadata now (best effort: a failure is the first record's to meet).
-        Without it, the client's first record to a topic waits ~45 ms for it: a client's first
-        request, its created_at stamped before, met a 40 ms budget TIMEOUT (a review)."""
-        with contextlib.suppress(KafkaException, RuntimeError):
-            self._producer.list_topics(topic=topic, timeout=timeout)
-
     def topic_limit(self, topic: str) -> int | None:
         """The largest record `topic` takes, if its limit was read at start (`topic_limits`)."""
         return self._limits.get(topic)

@@ -671,8 +671,7 @@ def test_a_client_that_fails_to_start_closes_the_kafka_clients_it_made(monkeypat
         def close(self, *_args: Any) -> None:
             closed.append(self.kind)
 
-    class Producer(Made):
-        def learn(self, _topic: str) -> None: ...
+    class Producer(Made): ...
 
     class Consumer(Made): ...
 

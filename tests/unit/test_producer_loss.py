@@ -352,16 +352,3 @@ def test_a_topic_deleted_and_made_again_is_written_after_one_question() -> None:
     assert client.written == [("replies", -1), ("replies", 1)] and client.asked == 1
     with pytest.raises(TopicGone, match=r"^gone does not exist "):
         producer.produce("gone", b"v")
-
-
-def test_a_producer_learns_a_topic_before_its_first_record_and_a_failure_to_is_the_records_to_meet() -> None:
-    """Without it, a client's first request waited ~45 ms for the topic's metadata after its
-    created_at was stamped: a 40 ms budget was a TIMEOUT (a review)."""
-    from confluent_kafka import KafkaError, KafkaException
-
-    producer, client = _lagging({"requests": 4})
-    producer.learn("requests")
-    assert client.asked == 1
-    client.failure = KafkaException(KafkaError(KafkaError._TRANSPORT))
-    producer.learn("requests")  # says nothing: the first record meets what is wrong
-    assert client.asked == 2
