@@ -526,9 +526,14 @@ class Join:
         only 'champion late; ...' (a sender's clock behind the broker's timed out every request
         so: a review), and the log says it once a minute."""
         behind = request.log_time - request.created_at
-        mailbox.past_due = (f"the deadline had passed when the request was appended, {behind} ms after its "
-                            "created_at: was it held on its way (a broker away), or is the sender's clock "
-                            "behind the broker's?")
+        if mailbox.schedule is not None and mailbox.deadline < mailbox.schedule.deadline_for(
+                request.created_at, request.deadline):  # cut: the sender and the broker are not to blame
+            mailbox.past_due = (f"the deadline, cut to --max-budget-ms ({self.limits.max_budget_ms} ms) after its "
+                                f"created_at, had passed when the request was appended, {behind} ms after it")
+        else:
+            mailbox.past_due = (f"the deadline had passed when the request was appended, {behind} ms after its "
+                                "created_at: was it held on its way (a broker away), or is the sender's clock "
+                                "behind the broker's?")
         said = self._past_due_said.passes("past due")
         if said is not None:
             log.warning("request %r: %s%s", request.request_id[:80], mailbox.past_due, said.repeated())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from confluent_kafka import Message
 
@@ -33,9 +33,15 @@ class ScheduleFeed:
     """The schedule book, fed from the control topic; refused records go to `dead_letter`."""
 
     def __init__(self, name: str, bootstrap: Schedule, topics: Topics,
-                 dead_letter: Callable[[Message, BadInput], None]):
+                 dead_letter: Callable[[Message, BadInput], None], *, seeded_by: Sequence[str] = (),
+                 max_budget_ms: int | None = None):
+        """`seeded_by`: the flags the bootstrap schedule was given by (said unused if another
+        version is in force); `max_budget_ms`: what deadlines are cut to (said if a version's
+        default deadline is longer)."""
         self.book = ScheduleBook(name)
         self.bootstrap = bootstrap
+        self._seeded_by = tuple(seeded_by)
+        self._max_budget_ms = max_budget_ms
         self.topics = topics
         self._dead_letter = dead_letter
         self._feed: ControlFeed | None = None
@@ -54,6 +60,8 @@ class ScheduleFeed:
         ctx.stack.callback(self._feed.close)
         for record in self._feed.read_history():
             self._apply(record, live=False)
+        if self.book.latest is not None:
+            self._say_seed_unused(self.for_request(now_ms()))
         if self.book.latest is None:
             first = max(1, self.bootstrap.version)
             seed = dataclasses.replace(self.bootstrap, version=first, effective_at=0, created_at=now_ms())
@@ -101,6 +109,24 @@ class ScheduleFeed:
             m.SCHEDULE.labels(schedule.name, str(schedule.version), schedule.preferred).set(1)
             self._shown_version = schedule.version
             log.info("schedule %s v%d in force: %s", schedule.name, schedule.version, list(schedule.models))
+            if self._max_budget_ms is not None and schedule.default_deadline_ms > self._max_budget_ms:
+                log.warning("schedule %s v%d's default deadline (%d ms) is longer than --max-budget-ms (%d ms): "
+                            "requests without a deadline of their own are cut to %d ms", schedule.name,
+                            schedule.version, schedule.default_deadline_ms, self._max_budget_ms, self._max_budget_ms)
+
+    def _say_seed_unused(self, in_force: Schedule) -> None:
+        """The flags that seed an empty control topic, given at a start that found it seeded
+        otherwise: restarted with other models or waits, the service followed the topic's
+        version, saying so at INFO only (a newcomer's review)."""
+        if not self._seeded_by:
+            return
+        fields = ("models", "waits_ms", "default_deadline_ms")
+        if all(getattr(in_force, f) == getattr(self.bootstrap, f) for f in fields):
+            return
+        flags = ", ".join("--" + name.replace("_", "-") for name in self._seeded_by)
+        log.warning("%s seed(s) the control topic only when it holds no %s schedule: v%d is in force (%s, default "
+                    "deadline %d ms), not theirs; change it with `rendezvous schedule set`", flags, in_force.name,
+                    in_force.version, list(in_force.models), in_force.default_deadline_ms)
 
     def _apply(self, record: ControlRecord, *, live: bool) -> None:
         schedule = record.schedule

@@ -116,7 +116,8 @@ class Rendezvous(Probed):
         # Used only if the control topic holds no version of this schedule yet (it is then
         # published there as the first version, so the topic stays the one source of truth).
         self.schedules = ScheduleFeed(settings.schedule_name, schedule or settings.schedule(), self.topics,
-                                      self._dead_letter)
+                                      self._dead_letter, seeded_by=settings.seeded_by(),
+                                      max_budget_ms=settings.max_budget_ms)
         self.book = self.schedules.book
         self.join = Join(settings.limits(), self.schedules, self)
         self.offsets = OffsetBook()

@@ -145,6 +145,10 @@ class RendezvousSettings(ServiceSettings):
             raise ConfigError(f"--reply-topics is not a regular expression: {exc}") from None
         self.schedule()
 
+    def seeded_by(self) -> list[str]:
+        """The flags given that make the schedule seeding an empty control topic."""
+        return self.given("models", "wait", "deadline_ms", "schedule_file")
+
     def schedule(self) -> Schedule:
         beside = self.given("models", "wait", "deadline_ms") if self.schedule_file else []
         if beside:

@@ -211,6 +211,17 @@ def test_a_request_appended_past_its_deadline_times_out_saying_why(caplog: pytes
     assert out.answers[-1]["status"] == "OK" and "clock" not in out.answers[-1]["reason"]
 
 
+def test_a_request_past_a_deadline_cut_by_the_largest_budget_says_so_not_the_senders_clock() -> None:
+    """`serve --max-budget-ms 10`: a request of a 1 s budget, appended 20 ms after it was made, timed
+    out blaming 'a broker away, or the sender's clock' (a newcomer's review)."""
+    join, out = make_join(max_budget_ms=10)
+    join.on_request(request("r", at=T0 + 20, created=T0, budget=1_000))
+    join.on_clock(0, T0 + 30)
+    reason = out.answers[0]["reason"]
+    assert out.answers[0]["status"] == "TIMEOUT" and "cut to --max-budget-ms (10 ms)" in reason
+    assert "sender's clock" not in reason
+
+
 def test_a_request_that_cannot_be_scored_is_answered_error_at_once_and_logged() -> None:
     join, out = make_join()
     owner = join.on_request(request("r", problem="the request carries neither features nor a payload"))

@@ -830,3 +830,37 @@ def test_a_reader_on_another_thread_never_sees_a_version_half_added() -> None:
     book.add(Schedule(models=("b",), version=2, effective_at=50_000), written_at=1_000)
     book.add(Schedule(models=("c",), version=3, effective_at=2_000, supersedes_pending=True), written_at=2_000)
     assert seen[:3] == [None, None, 1] and seen[-1] == 3
+
+
+def test_a_rendezvous_says_when_its_schedule_flags_are_not_used_or_its_deadline_is_cut(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Restarted with other --models and --deadline-ms against a control topic holding v13, it
+    followed v13 saying so at INFO only; and a default deadline over --max-budget-ms timed out
+    every request without a word at start (a newcomer's review)."""
+    import logging
+
+    from services.control.topic import ScheduleBook
+    from services.core.settings import Topics
+    from services.rendezvous import schedules
+
+    in_force = Schedule(models=("champion", "challenger"), default_deadline_ms=200, version=13)
+
+    def feed(bootstrap: Schedule, seeded_by: tuple[str, ...]) -> schedules.ScheduleFeed:
+        made = schedules.ScheduleFeed("default", bootstrap, Topics.from_prefix("rdv."), lambda _m, _e: None,
+                                      seeded_by=seeded_by, max_budget_ms=100)
+        made.book = ScheduleBook.holding(in_force)
+        return made
+
+    with caplog.at_level(logging.WARNING):
+        feed(Schedule(models=("champion",), default_deadline_ms=50), ("models", "deadline_ms"))._say_seed_unused(
+            in_force)
+        feed(Schedule(models=("champion", "challenger")), ())._say_seed_unused(in_force)  # no flag given
+        feed(in_force, ("models",))._say_seed_unused(in_force)  # the same: nothing unused
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and said[0].startswith("--models, --deadline-ms seed(s) the control topic only") and (
+        "v13 is in force (['champion', 'challenger'], default deadline 200 ms)" in said[0])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        feed(in_force, ()).show(now=0)
+    assert "default deadline (200 ms) is longer than --max-budget-ms (100 ms)" in caplog.text
