@@ -330,6 +330,7 @@ def cmd_schedule_set(settings: ScheduleSetSettings, console: Console) -> int:
     draft = _draft_from_flags(settings, book.latest)  # none yet: this is the first version
     effective_at, notes = _effective_at_of(settings, draft, now_ms())
     notes += _check_live(settings, draft) + _risky(draft) + _not_carried_over(settings, book.latest)
+    notes += _version_not_used(settings, draft, book.latest)
     _publish_next(settings, book, draft, console, effective_at)
     print_notes(console, notes)
     return 0
@@ -345,6 +346,17 @@ def _effective_at_of(settings: ScheduleSetSettings, draft: Schedule, now: int) -
                       f"effect --effective-in ({settings.effective_in}) from now"]
     _within_reach(draft.effective_at - now, f"--file {settings.file}: effective_at {format_ms(draft.effective_at)}")
     return draft.effective_at, []
+
+
+def _version_not_used(settings: ScheduleSetSettings, draft: Schedule, latest: Schedule | None) -> list[str]:
+    """A file's version (copied from `schedule show`, or written by hand) is not the one published:
+    each version is numbered next in turn (a file's v3 was published as v14 without a word: a
+    newcomer's review). A file without one reads as version 1."""
+    following = latest.version + 1 if latest else 1
+    if not settings.file or draft.version in (1, following):
+        return []
+    return [f"the file's version ({draft.version}) is not used: a version is numbered next in turn on the control "
+            f"topic (v{following})"]
 
 
 def _risky(schedule: Schedule) -> list[str]:
@@ -469,6 +481,8 @@ def _replaced(settings: ChangeSettings, book: ScheduleBook) -> tuple[Schedule, S
 
 
 def cmd_rollback(settings: RollbackSettings, console: Console) -> int:
+    if settings.to == 0 and settings.given("to"):  # 0 is the flag's "not given": rolled back as if it were
+        raise ConfigError("--to 0: versions are numbered from 1; leave --to out for the default")
     book = _book(settings)
     replaced, latest = _replaced(settings, book)
     cancels = replaced is not latest

@@ -864,3 +864,30 @@ def test_a_rendezvous_says_when_its_schedule_flags_are_not_used_or_its_deadline_
     with caplog.at_level(logging.WARNING):
         feed(in_force, ()).show(now=0)
     assert "default deadline (200 ms) is longer than --max-budget-ms (100 ms)" in caplog.text
+
+
+def test_rollback_to_0_is_refused_not_taken_for_the_default() -> None:
+    """`rollback --to 0` published a plain rollback, where `--to 99` is refused (a newcomer's review)."""
+    from rich.console import Console
+
+    from services.cli.lifecycle import RollbackSettings, cmd_rollback
+    from services.core.settings import from_namespace
+
+    with pytest.raises(ConfigError, match=r"^--to 0: versions are numbered from 1"):
+        cmd_rollback(from_namespace(RollbackSettings, None, to="0"), Console())
+
+
+def test_schedule_set_says_a_files_version_is_not_the_one_published(tmp_path: Path) -> None:
+    """A file's "version": 3 was published as v14 without a word (a newcomer's review)."""
+    from types import SimpleNamespace
+
+    from services.cli.lifecycle import _draft_from_flags, _version_not_used
+
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"models": ["champion"], "version": 3}))
+    given = SimpleNamespace(file=str(path), schedule_name="default", comment="")
+    draft = _draft_from_flags(given, None)  # type: ignore[arg-type]
+    latest = Schedule(models=("champion",), version=13)
+    assert _version_not_used(given, draft, latest) == [  # type: ignore[arg-type]
+        "the file's version (3) is not used: a version is numbered next in turn on the control topic (v14)"]
+    assert _version_not_used(given, dataclasses.replace(draft, version=14), latest) == []  # type: ignore[arg-type]
