@@ -568,12 +568,15 @@ class Producer:
         answered from the last reply."""
         now = time.monotonic()
         if now - self._partitions_asked_at >= PARTITIONS_ASKED_EVERY_S:
-            self._partitions_asked_at = now
             try:
                 topics = self._producer.list_topics(timeout=PARTITIONS_ASKED_S).topics
+                self._partitions_seen = {name: len(meta.partitions) for name, meta in topics.items()
+                                         if meta.error is None}
             except (KafkaException, RuntimeError):  # RuntimeError: closed on another thread meanwhile
-                topics = {}
-            self._partitions_seen = {name: len(meta.partitions) for name, meta in topics.items() if meta.error is None}
+                pass  # the last answer stands
+            # From the answer: stamped before, a question that timed out (1 s) let the next produce
+            # ask, and wait, again at once (a review).
+            self._partitions_asked_at = time.monotonic()
         count = self._partitions_seen.get(topic, 0)
         return count > 0 if partition is None or partition < 0 else partition < count
 

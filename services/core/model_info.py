@@ -241,17 +241,17 @@ class Contracts:
         if not self._held.fits(key, size) and not self._waiting.fits(key, size):
             self._waiting.pop(key)
             self._drop_held(key)  # an earlier contract would refuse what the model now takes
-            _skip(msg, "full", f"{key[:120]!r}'s contract of {size:,} bytes fits neither among those held "
+            _skip(msg, "dropped", f"{key[:120]!r}'s contract of {size:,} bytes fits neither among those held "
                                f"({self.bounds}) nor among those waiting for a place "
                                f"({_bounds(MAX_WAITING, MAX_WAITING_BYTES)}): skipped, and its earlier one dropped")
             return
         info = _contract(msg, key)  # named `key`, or None
         if info is None:
             return
-        self.changes += 1
         if self._held.fits(key, size):
             self._waiting.pop(key)
             self._held.put(info, size)
+            self.changes += 1  # held only: one going to wait rebuilt every gateway's lists (a review)
             self._promote()  # smaller than the contract it replaces: room for one waiting, maybe
             return
         self._waiting.put(info, size)  # its newest contract, its place in line kept
@@ -269,6 +269,7 @@ class Contracts:
             if self._held.fits(info.name, size):
                 self._waiting.pop(info.name)
                 self._held.put(info, size)
+                self.changes += 1
                 log.info("model %s has a contract now: a place among those held is free", info.name)
 
 

@@ -526,8 +526,8 @@ class Join:
         only 'champion late; ...' (a sender's clock behind the broker's timed out every request
         so: a review), and the log says it once a minute."""
         behind = request.log_time - request.created_at
-        if mailbox.schedule is not None and mailbox.deadline < mailbox.schedule.deadline_for(
-                request.created_at, request.deadline):  # cut: the sender and the broker are not to blame
+        if mailbox.schedule is not None and mailbox.deadline < request.log_time <= mailbox.schedule.deadline_for(
+                request.created_at, request.deadline):  # in time but for the cut: the sender is not to blame
             mailbox.past_due = (f"the deadline, cut to --max-budget-ms ({self.limits.max_budget_ms} ms) after its "
                                 f"created_at, had passed when the request was appended, {behind} ms after it")
         else:

@@ -120,10 +120,10 @@ class ScheduleFeed:
         version, saying so at INFO only (a newcomer's review)."""
         if not self._seeded_by:
             return
-        fields = ("models", "waits_ms", "default_deadline_ms")
+        fields = ("models", "waits_ms", "default_deadline_ms", "traffic_model", "traffic_fraction")
         if all(getattr(in_force, f) == getattr(self.bootstrap, f) for f in fields):
             return
-        flags = ", ".join("--" + name.replace("_", "-") for name in self._seeded_by)
+        flags = ", ".join("--" + name.replace("_", "-") for name in self._seeded_by) + " (or their RDV_ variables)"
         log.warning("%s seed(s) the control topic only when it holds no %s schedule: v%d is in force (%s, default "
                     "deadline %d ms), not theirs; change it with `rendezvous schedule set`", flags, in_force.name,
                     in_force.version, list(in_force.models), in_force.default_deadline_ms)

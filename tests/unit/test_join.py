@@ -220,6 +220,9 @@ def test_a_request_past_a_deadline_cut_by_the_largest_budget_says_so_not_the_sen
     reason = out.answers[0]["reason"]
     assert out.answers[0]["status"] == "TIMEOUT" and "cut to --max-budget-ms (10 ms)" in reason
     assert "sender's clock" not in reason
+    join.on_request(request("s", at=T0 + 5_000, created=T0, budget=200))  # late for its own 200 ms too
+    join.on_clock(0, T0 + 5_010)
+    assert "sender's clock" in out.answers[1]["reason"] and "cut to" not in out.answers[1]["reason"]  # a review
 
 
 def test_a_request_that_cannot_be_scored_is_answered_error_at_once_and_logged() -> None:

@@ -857,9 +857,12 @@ def test_a_rendezvous_says_when_its_schedule_flags_are_not_used_or_its_deadline_
             in_force)
         feed(Schedule(models=("champion", "challenger")), ())._say_seed_unused(in_force)  # no flag given
         feed(in_force, ("models",))._say_seed_unused(in_force)  # the same: nothing unused
+        split = dataclasses.replace(in_force, traffic_model="challenger", traffic_fraction=0.5)
+        feed(split, ("schedule_file",))._say_seed_unused(in_force)  # a traffic split not in force (a review)
     said = [r.getMessage() for r in caplog.records]
-    assert len(said) == 1 and said[0].startswith("--models, --deadline-ms seed(s) the control topic only") and (
-        "v13 is in force (['champion', 'challenger'], default deadline 200 ms)" in said[0])
+    assert len(said) == 2 and said[1].startswith("--schedule-file (or")
+    assert said[0].startswith("--models, --deadline-ms (or their RDV_ variables) seed(s) the control topic only")
+    assert "v13 is in force (['champion', 'challenger'], default deadline 200 ms)" in said[0]
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         feed(in_force, ()).show(now=0)
