@@ -178,6 +178,7 @@ class _Shelf:
         self._sizes: dict[str, int] = {}
         self._bytes = 0
         self._most, self._most_bytes = most, most_bytes
+        self.changes = 0  # counted up at every put and pop: a reader of `infos` builds on them again
 
     def fits(self, name: str, size: int) -> bool:
         """Whether `name`'s contract of `size` bytes would fit, in place of its own if it has one."""
@@ -190,18 +191,19 @@ class _Shelf:
         self._bytes += size - self._sizes.get(info.name, 0)
         self._sizes[info.name] = size
         self.infos[info.name] = info
+        self.changes += 1
 
     def entries(self) -> list[tuple[ModelInfo, int]]:
         """Each contract and its size, in the order they came."""
         return [(info, self._sizes[name]) for name, info in self.infos.items()]
 
-    def pop(self, name: str) -> tuple[ModelInfo, int] | None:
-        info = self.infos.pop(name, None)
-        if info is None:
-            return None
-        size = self._sizes.pop(name)
-        self._bytes -= size
-        return info, size
+    def pop(self, name: str) -> bool:
+        """Whether `name` was here."""
+        if self.infos.pop(name, None) is None:
+            return False
+        self._bytes -= self._sizes.pop(name)
+        self.changes += 1
+        return True
 
 
 class Contracts:
@@ -216,7 +218,12 @@ class Contracts:
         self._held = _Shelf(MAX_CONTRACTS, MAX_CONTRACT_BYTES)
         self._waiting = _Shelf(MAX_WAITING, MAX_WAITING_BYTES)
         self.held = self._held.infos  # the same dict for good: a feed's readers keep it
-        self.changes = 0  # counted up as the contracts held change: a reader builds on them again
+
+    @property
+    def changes(self) -> int:
+        """Counted up as the contracts held change (those waiting are none of a reader's: one going
+        to wait rebuilt every gateway's lists; a review)."""
+        return self._held.changes
 
     @property
     def bounds(self) -> str:
@@ -251,7 +258,6 @@ class Contracts:
         if self._held.fits(key, size):
             self._waiting.pop(key)
             self._held.put(info, size)
-            self.changes += 1  # held only: one going to wait rebuilt every gateway's lists (a review)
             self._promote()  # smaller than the contract it replaces: room for one waiting, maybe
             return
         self._waiting.put(info, size)  # its newest contract, its place in line kept
@@ -259,8 +265,7 @@ class Contracts:
         self._drop_held(key)
 
     def _drop_held(self, name: str) -> None:
-        if self._held.pop(name) is not None:
-            self.changes += 1
+        if self._held.pop(name):
             self._promote()
 
     def _promote(self) -> None:
@@ -269,7 +274,6 @@ class Contracts:
             if self._held.fits(info.name, size):
                 self._waiting.pop(info.name)
                 self._held.put(info, size)
-                self.changes += 1
                 log.info("model %s has a contract now: a place among those held is free", info.name)
 
 

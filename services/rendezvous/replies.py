@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 import time
 from collections import OrderedDict, deque
@@ -102,13 +103,14 @@ class ReplyRouter:
         self._admin = admin(config) if partition_count is None else None
         self._partition_count = partition_count or self._ask_broker
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rdv-reply-check")
-        self._verdicts: OrderedDict[str, tuple[int, float]] = OrderedDict()  # topic -> (partitions, at)
+        # topic -> (partitions, until when the verdict stands: time.monotonic)
+        self._verdicts: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._checking: dict[str, Future[int]] = {}
         self._recheck_at: dict[str, float] = {}  # topics whose question went unanswered -> when to ask again
         self._waiting: dict[str, deque[tuple[int | None, bytes, bytes, Headers, Pending]]] = {}
         self._waiting_count = 0  # of topics other than the deployment's replies topic
         self._missing_said = OncePerPeriod[str](MISSING_SAID_EVERY_S)
-        self._failed_at: dict[str, float] = {}  # topics a reply failed to lately -> when (monotonic)
+        self._failed_until: dict[str, float] = {}  # topics a reply failed to -> until when a miss is rechecked
         self.unacked = 0  # replies accepted and not yet acknowledged (a drain waits for them)
 
     def send(
@@ -137,9 +139,10 @@ class ReplyRouter:
         """A delivery to `topic` failed: its next replies wait for a fresh verdict."""
         self._verdicts.pop(topic, None)
         now = time.monotonic()
-        self._failed_at = {t: at for t, at in self._failed_at.items() if now - at < FAILED_RECHECKED_S}
-        if len(self._failed_at) < MAX_TOPICS:
-            self._failed_at[topic] = now
+        if len(self._failed_until) >= MAX_TOPICS:  # pruned when full only: a burst fails reply by reply
+            self._failed_until = {t: until for t, until in self._failed_until.items() if until > now}
+        if len(self._failed_until) < MAX_TOPICS:
+            self._failed_until[topic] = now + FAILED_RECHECKED_S
 
     def poll(self) -> None:
         """Deliver (or drop) replies whose topic's verdict arrived; call from the poll loop."""
@@ -199,7 +202,7 @@ class ReplyRouter:
         if cached is None:
             return None
         self._verdicts.move_to_end(topic)  # in use: the last to be forgotten
-        if time.monotonic() - cached[1] < VERDICT_TTL_S:
+        if time.monotonic() < cached[1]:
             return cached[0]
         if cached[0] == 0:
             return None  # missing when last asked: wait for the new verdict
@@ -223,11 +226,8 @@ class ReplyRouter:
     def _remember(self, topic: str, count: int) -> None:
         verdicts = self._verdicts
         now = time.monotonic()
-        failed_at = self._failed_at.get(topic)
-        if count == 0 and failed_at is not None and now - failed_at < FAILED_RECHECKED_S:
-            verdicts[topic] = (count, now - VERDICT_TTL_S + RECHECK_S)  # missing for RECHECK_S, then asked again
-        else:
-            verdicts[topic] = (count, now)
+        rechecked = count == 0 and self._failed_until.get(topic, -math.inf) > now
+        verdicts[topic] = (count, now + (RECHECK_S if rechecked else VERDICT_TTL_S))
         verdicts.move_to_end(topic)
         while len(verdicts) > MAX_TOPICS:
             oldest = next(iter(verdicts))

@@ -78,11 +78,7 @@ def test_a_worker_whose_scores_topic_is_deleted_stops_at_once_saying_so(
 ) -> None:
     topics = Topics.from_prefix(prefix)
     log = tmp_path / "worker.log"  # a file, not a pipe: nothing reads it while the worker runs
-    with log.open("w") as into:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", "model", "serve", "--bootstrap", bootstrap, "--topic-prefix",
-             prefix, "--model", "demo:champion", "--name", "champion", "--metrics-port", str(free_port())],
-            stderr=into, env=dict(os.environ))
+    [worker] = _start([["model", "serve", "--model", "demo:champion", "--name", "champion"]], bootstrap, prefix, [log])
     send = _Requests(config, topics.requests, budget_ms=30_000).send
 
     def alive() -> None:

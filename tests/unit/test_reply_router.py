@@ -119,9 +119,9 @@ def test_a_question_that_fails_unexpectedly_counts_the_topic_as_missing_and_the_
 def test_an_expired_verdict_is_checked_again_without_holding_answers(monkeypatch: pytest.MonkeyPatch) -> None:
     broker = Broker({TOPICS.replies: 4})
     out = router(broker)
+    monkeypatch.setattr(r, "VERDICT_TTL_S", 0.0)  # a verdict stands until its remembered expiry
     out.check_now(TOPICS.replies)
     settle(out)
-    monkeypatch.setattr(r, "VERDICT_TTL_S", 0.0)
     out.send(TOPICS.replies, None, b"r1", b"v", None, Receipt())
     assert broker.sent == [(TOPICS.replies, None, b"r1")]  # delivered at once, on the old verdict
     settle(out)
