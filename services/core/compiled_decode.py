@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from services.core.avro_walk import BAD_INDEX, NEGATIVE, PAST_END, STEP_REASONS, varint
+from services.core.avro_walk import NEGATIVE, PAST_END, STEP_REASONS, branch, checked_string, string, varint
 from services.core.codec import Codec
 from services.core.comparison_columns import MAX_ITEMS, DecodedBatch, Rejected, Strings, layout_matches, split_current
 from services.core.compiled import compiled
@@ -45,7 +45,7 @@ _SLOTS = 2 * STRINGS_KEPT  # open addressing, at most half full
 _NULL_DOUBLE = np.uint64(0x7FF8000000000000)  # a quiet NaN: the score column's null
 
 # Why a batch was refused, by the code the loop returns (after those of a step, avro_walk.py).
-_HEADER, _BAD_BOOLEAN, _TRAILING, _BIG_BLOCK, _TOO_MANY_STRINGS, _NOT_UTF8 = range(5, 11)
+_HEADER, _BAD_BOOLEAN, _TRAILING, _BIG_BLOCK, _TOO_MANY_STRINGS = range(len(STEP_REASONS) + 1, len(STEP_REASONS) + 6)
 REASONS = {
     **STEP_REASONS,
     _HEADER: "a value without the current schema's header",
@@ -53,7 +53,6 @@ REASONS = {
     _TRAILING: "bytes left after the last field",
     _BIG_BLOCK: f"an array block of more than {MAX_ITEMS} items",
     _TOO_MANY_STRINGS: "more than {kept} distinct strings of one kind",
-    _NOT_UTF8: "a string that is not UTF-8",
 }
 
 _FNV_OFFSET = np.uint64(14695981039346656037)
@@ -103,41 +102,17 @@ def _intern(buf: np.ndarray, start: int, size: int, kind: int, slots: np.ndarray
         slot = (slot + 1) & mask
 
 
-@compiled()
-def _utf8(buf, pos, size):  # type: ignore[no-untyped-def]
-    """Whether buf[pos:pos + size] is UTF-8 as Python's strict decoder (fastavro's) takes it: no
-    overlong forms, surrogates or code points past U+10FFFF. A string the walk skips is checked
-    too, so that a record is refused alike whichever decoder reads its batch."""
-    i, end = pos, pos + size
-    while i < end:
-        c = buf[i]
-        if c < 0x80:
-            i += 1
-            continue
-        low, high = 0x80, 0xBF  # the second byte's range; the later ones are always 80..BF
-        if 0xC2 <= c <= 0xDF:
-            n = 1
-        elif 0xE0 <= c <= 0xEF:
-            n = 2
-            if c == 0xE0:
-                low = 0xA0
-            elif c == 0xED:
-                high = 0x9F
-        elif 0xF0 <= c <= 0xF4:
-            n = 3
-            if c == 0xF0:
-                low = 0x90
-            elif c == 0xF4:
-                high = 0x8F
-        else:
-            return False
-        if end - i - 1 < n or not low <= buf[i + 1] <= high:
-            return False
-        for k in range(2, n + 1):
-            if not 0x80 <= buf[i + k] <= 0xBF:
-                return False
-        i += n + 1
-    return True
+@compiled(inline="always")
+def _interned(buf, pos, end, kind, slots, tables, counts):  # type: ignore[no-untyped-def]
+    """(id among the strings of its `kind`, position after it) of the string at `pos`
+    (`_intern`; its UTF-8 is checked once per distinct string, when it becomes a `str`)."""
+    start, pos = string(buf, pos, end)
+    if pos < 0:
+        return 0, pos
+    found = _intern(buf, start, pos - start, kind, slots, tables, counts)
+    if found < 0:
+        return 0, -_TOO_MANY_STRINGS
+    return found, pos
 
 
 @compiled()
@@ -145,10 +120,7 @@ def _walk(buf, header, starts, ends, records, outputs, slots, tables, counts):  
     """Decode every record of the batch into `records` (created_at, deadline, answered_at,
     status, chosen) and `outputs` (row, model, version, score bits, scored, label, error,
     latency bits, late); returns (outputs written, 0, 0) or (-1, reason code, record index).
-
-    Written out flat: the same walk split into inlined helpers (a string read and interned, a
-    record's head, an output) ran 15-20% slower (0.45 -> 0.52-0.55 us a record; measured while
-    the loops ran with reference counting, services/core/compiled.py, which was part of it)."""
+    A step returns minus its reason as the position when it fails (avro_walk.py): `pos < 0`."""
     n_out = 0
     for r in range(len(starts)):
         pos, end = starts[r], ends[r]
@@ -158,17 +130,11 @@ def _walk(buf, header, starts, ends, records, outputs, slots, tables, counts):  
             if buf[pos + k] != header[k]:
                 return -1, _HEADER, r
         pos += len(header)
-        # request_id: skipped
-        size, pos = varint(buf, pos, end)
+        # request_id: skipped, its text checked all the same (as each skipped string's): a record
+        # is refused alike whichever decoder reads its batch
+        _start, pos = checked_string(buf, pos, end)
         if pos < 0:
             return -1, -pos, r
-        if size < 0:
-            return -1, NEGATIVE, r
-        if size > end - pos:  # not pos + size > end: a length near 2**63 would wrap past the check
-            return -1, PAST_END, r
-        if not _utf8(buf, pos, size):
-            return -1, _NOT_UTF8, r
-        pos += size
         # created_at, deadline
         for column in range(2):
             value, pos = varint(buf, pos, end)
@@ -176,58 +142,28 @@ def _walk(buf, header, starts, ends, records, outputs, slots, tables, counts):  
                 return -1, -pos, r
             records[column, r] = value
         # answered_at: [null, long]
-        branch, pos = varint(buf, pos, end)
+        present, pos = branch(buf, pos, end, 2)
+        records[2, r] = -1
+        if pos >= 0 and present:
+            records[2, r], pos = varint(buf, pos, end)
         if pos < 0:
             return -1, -pos, r
-        if branch == 1:
-            value, pos = varint(buf, pos, end)
-            if pos < 0:
-                return -1, -pos, r
-            records[2, r] = value
-        elif branch == 0:
-            records[2, r] = -1
-        else:
-            return -1, BAD_INDEX, r
-        # status: an enum of 4
-        value, pos = varint(buf, pos, end)
+        records[3, r], pos = branch(buf, pos, end, 4)  # status: an enum of 4
         if pos < 0:
             return -1, -pos, r
-        if value < 0 or value > 3:
-            return -1, BAD_INDEX, r
-        records[3, r] = value
         # chosen_model: [null, string], interned with the model names
-        branch, pos = varint(buf, pos, end)
+        present, pos = branch(buf, pos, end, 2)
+        records[4, r] = -1
+        if pos >= 0 and present:
+            records[4, r], pos = _interned(buf, pos, end, 0, slots, tables, counts)
         if pos < 0:
             return -1, -pos, r
-        records[4, r] = -1
-        if branch == 1:
-            size, pos = varint(buf, pos, end)
-            if pos < 0:
-                return -1, -pos, r
-            if size < 0:
-                return -1, NEGATIVE, r
-            if size > end - pos:  # not pos + size: a length near 2**63 would wrap
-                return -1, PAST_END, r
-            found = _intern(buf, pos, size, 0, slots, tables, counts)
-            if found < 0:
-                return -1, _TOO_MANY_STRINGS, r
-            records[4, r] = found
-            pos += size
-        elif branch != 0:
-            return -1, BAD_INDEX, r
         # reason, schedule: skipped; schedule_version: read past
         for _skipped in range(2):
-            size, pos = varint(buf, pos, end)
+            _start, pos = checked_string(buf, pos, end)
             if pos < 0:
                 return -1, -pos, r
-            if size < 0:
-                return -1, NEGATIVE, r
-            if size > end - pos:
-                return -1, PAST_END, r
-            if not _utf8(buf, pos, size):
-                return -1, _NOT_UTF8, r
-            pos += size
-        value, pos = varint(buf, pos, end)
+        _value, pos = varint(buf, pos, end)
         if pos < 0:
             return -1, -pos, r
         # outputs: array blocks of ModelOutput until a block of 0 items
@@ -252,71 +188,34 @@ def _walk(buf, header, starts, ends, records, outputs, slots, tables, counts):  
                 outputs[0, n_out] = r
                 # model, version: strings, interned by kind
                 for kind in range(2):
-                    size, pos = varint(buf, pos, end)
+                    outputs[1 + kind, n_out], pos = _interned(buf, pos, end, kind, slots, tables, counts)
                     if pos < 0:
                         return -1, -pos, r
-                    if size < 0:
-                        return -1, NEGATIVE, r
-                    if size > end - pos:  # not pos + size: a length near 2**63 would wrap
-                        return -1, PAST_END, r
-                    found = _intern(buf, pos, size, kind, slots, tables, counts)
-                    if found < 0:
-                        return -1, _TOO_MANY_STRINGS, r
-                    outputs[1 + kind, n_out] = found
-                    pos += size
                 # score: [null, double]
-                branch, pos = varint(buf, pos, end)
+                scored, pos = branch(buf, pos, end, 2)
                 if pos < 0:
                     return -1, -pos, r
-                if branch == 1:
+                outputs[3, n_out] = np.int64(_NULL_DOUBLE)
+                outputs[4, n_out] = scored
+                if scored:
                     if pos + 8 > end:
                         return -1, PAST_END, r
                     outputs[3, n_out] = np.int64(_bits(buf, pos))
-                    outputs[4, n_out] = 1
                     pos += 8
-                elif branch == 0:
-                    outputs[3, n_out] = np.int64(_NULL_DOUBLE)
-                    outputs[4, n_out] = 0
-                else:
-                    return -1, BAD_INDEX, r
                 # label: [null, string], interned
-                branch, pos = varint(buf, pos, end)
-                if pos < 0:
-                    return -1, -pos, r
+                present, pos = branch(buf, pos, end, 2)
                 outputs[5, n_out] = -1
-                if branch == 1:
-                    size, pos = varint(buf, pos, end)
-                    if pos < 0:
-                        return -1, -pos, r
-                    if size < 0:
-                        return -1, NEGATIVE, r
-                    if size > end - pos:  # not pos + size: a length near 2**63 would wrap
-                        return -1, PAST_END, r
-                    found = _intern(buf, pos, size, 2, slots, tables, counts)
-                    if found < 0:
-                        return -1, _TOO_MANY_STRINGS, r
-                    outputs[5, n_out] = found
-                    pos += size
-                elif branch != 0:
-                    return -1, BAD_INDEX, r
-                # error: [null, string], skipped (only whether there is one)
-                branch, pos = varint(buf, pos, end)
+                if pos >= 0 and present:
+                    outputs[5, n_out], pos = _interned(buf, pos, end, 2, slots, tables, counts)
                 if pos < 0:
                     return -1, -pos, r
-                outputs[6, n_out] = branch
-                if branch == 1:
-                    size, pos = varint(buf, pos, end)
-                    if pos < 0:
-                        return -1, -pos, r
-                    if size < 0:
-                        return -1, NEGATIVE, r
-                    if size > end - pos:
-                        return -1, PAST_END, r
-                    if not _utf8(buf, pos, size):
-                        return -1, _NOT_UTF8, r
-                    pos += size
-                elif branch != 0:
-                    return -1, BAD_INDEX, r
+                # error: [null, string], skipped (only whether there is one)
+                failed, pos = branch(buf, pos, end, 2)
+                outputs[6, n_out] = failed
+                if pos >= 0 and failed:
+                    _start, pos = checked_string(buf, pos, end)
+                if pos < 0:
+                    return -1, -pos, r
                 # latency_ms, compute_ms (skipped): doubles; late: a boolean
                 if pos + 17 > end:
                     return -1, PAST_END, r

@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from services.core.avro_walk import branch, string, varint
+from services.core.avro_walk import branch, string, utf8, varint
 from services.core.codec import Codec
 from services.core.comparison_columns import signature
 from services.core.compiled import compiled
@@ -51,44 +51,10 @@ _NO_ENDS = np.zeros(1, dtype=np.int64)
 
 
 @compiled()
-def _utf8(buf: Any, start: int, end: int) -> bool:
-    """Whether the bytes [start, end) are UTF-8 as Python's strict decoder takes it (no overlong
-    forms, no surrogates, nothing above U+10FFFF)."""
-    i = start
-    while i < end:
-        byte = buf[i]
-        if byte < 0x80:
-            i += 1
-            continue
-        if byte < 0xC2 or byte > 0xF4:
-            return False
-        more = 1 if byte < 0xE0 else (2 if byte < 0xF0 else 3)
-        if i + more >= end:  # its continuation bytes run past the end
-            return False
-        low, high = 0x80, 0xBF
-        if byte == 0xE0:
-            low = 0xA0
-        elif byte == 0xED:
-            high = 0x9F
-        elif byte == 0xF0:
-            low = 0x90
-        elif byte == 0xF4:
-            high = 0x8F
-        second = buf[i + 1]
-        if second < low or second > high:
-            return False
-        for k in range(2, more + 1):
-            if buf[i + k] & 0xC0 != 0x80:
-                return False
-        i += more + 1
-    return True
-
-
-@compiled()
 def string_span(buf: Any, pos: int, end: int, text: bool) -> tuple[int, int]:
     """(start, position after it) of the string (or bytes, `text` False) at `pos`; -1 if invalid."""
     start, pos = string(buf, pos, end)
-    if pos < 0 or (text and not _utf8(buf, start, pos)):
+    if pos < 0 or (text and not utf8(buf, start, pos)):
         return 0, -1
     return start, pos
 

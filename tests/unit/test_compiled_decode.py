@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from services.core import compiled_decode
+from services.core.avro_walk import utf8
 from services.core.avro_writer import long_bytes
 from services.core.codec import codec
 from services.core.comparison_columns import DecodedBatch, Rejected, Strings
@@ -253,4 +254,4 @@ def test_the_compiled_utf8_check_agrees_with_pythons_decoder() -> None:
         except UnicodeDecodeError:
             python_takes = False
         buf = np.frombuffer(b"\x00" + text + b"\x00", dtype=np.uint8)  # with bytes around it, never read
-        assert compiled_decode._utf8(buf, 1, len(text)) is python_takes, text
+        assert utf8(buf, 1, 1 + len(text)) is python_takes, text
