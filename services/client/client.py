@@ -35,6 +35,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_END, KafkaError, KafkaException, Message, TopicPartition
 
+from services.core import kafka_config
 from services.core.codec import codec
 from services.core.errors import (
     BadInput,
@@ -322,6 +323,8 @@ class Client:
         answer_wait_s are out (a caller that gives up on every wait itself, with waits of its own)."""
         if reply_group is not None and reply_partition is not None:
             raise ConfigError("a client either reads one reply partition or joins a reply group, not both")
+        # An application's own config gets them too (a command's has them from its settings).
+        config = {**kafka_config.CONNECTION_DEFAULTS, **config}
         self.topics = topics
         self.budget_ms = budget_ms
         self.answer_wait_s = answer_wait_s

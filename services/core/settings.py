@@ -239,8 +239,8 @@ class KafkaSettings:
     )
 
     def librdkafka(self) -> dict[str, str]:
-        """Base client config: bootstrap plus the pass-through keys."""
-        config = {"bootstrap.servers": self.bootstrap}
+        """Base client config: bootstrap and the connection defaults, then the pass-through keys."""
+        config = {"bootstrap.servers": self.bootstrap, **kafka_config.CONNECTION_DEFAULTS}
         config.update(kafka_config.parse(self.kafka_config))
         return config
 

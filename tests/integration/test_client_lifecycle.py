@@ -33,3 +33,16 @@ def test_a_wait_that_times_out_leaves_no_waiter_and_closing_fails_the_rest(
     with pytest.raises(ClosedClient, match="this client is closed"):
         client.submit({"x": 1.0})
     client.close()  # a second close does nothing
+
+
+@pytest.mark.parametrize(("given", "used"), [({}, "10"), ({"reconnect.backoff.ms": "250"}, "250")])
+def test_a_client_of_an_applications_own_config_paces_its_connections_as_the_commands_do(
+    config: dict[str, Any], topics: Topics, given: dict[str, str], used: str
+) -> None:
+    """librdkafka's default pace (reconnect.backoff.ms=100) held a fresh client's first request
+    ~48 ms before it reached the broker (bench/client_first_request.py); a value given stays."""
+    client = Client({**config, **given}, topics, reply_partition=0)
+    try:
+        assert client._producer._config["reconnect.backoff.ms"] == used
+    finally:
+        client.close()

@@ -62,6 +62,14 @@ def test_secrets_never_in_repr_or_describe() -> None:
     assert settings.librdkafka()["sasl.password"] == "hunter2"
 
 
+def test_every_command_paces_its_connections_unless_the_kafka_config_says_otherwise() -> None:
+    """librdkafka's default pace (reconnect.backoff.ms=100) held a fresh client's first request
+    ~48 ms before it reached the broker (bench/client_first_request.py)."""
+    assert KafkaSettings(bootstrap="b:1").librdkafka()["reconnect.backoff.ms"] == "10"
+    given = KafkaSettings(bootstrap="b:1", kafka_config=("reconnect.backoff.ms=250",))
+    assert given.librdkafka()["reconnect.backoff.ms"] == "250"
+
+
 def test_topic_overrides_and_unknown_roles() -> None:
     topics = Topics.from_prefix("p.", {"requests": "in"})
     assert topics.requests == "in" and topics.scores == "p.scores"
