@@ -408,9 +408,12 @@ def _column_names(tensor: Tensor, features: Sequence[str] | None, k: int) -> lis
         )
     if not isinstance(given, str):
         raise InvalidInput(f"input '{tensor.name}': parameter feature_names must be a comma-separated string")
+    # Counted before it is split: 8 MB of "ab," made 2.7 million strings on the event loop, 0.4 s
+    # and 200 MB for a call refused all the same, other callers' p99 0.1 -> 1.6 s (a review).
+    count = given.count(",") + 1
+    if count != k:
+        raise InvalidInput(f"input '{tensor.name}': feature_names has {count} names for {k} columns")
     names = [part.strip() for part in given.split(",")]
-    if len(names) != k:
-        raise InvalidInput(f"input '{tensor.name}': feature_names has {len(names)} names for {k} columns")
     for index, name in enumerate(names):
         check_name_length(name, "input '{}': feature_names' name {}", tensor.name, index)
     if not all(names):
