@@ -126,7 +126,8 @@ class InferenceService:
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
-            started, deadline = time.monotonic(), oip.grpc_deadline_ms(context.time_remaining())
+            started = time.monotonic()
+            deadline = oip.grpc_deadline_ms(context.time_remaining(), self.gateway.settings.grpc_reply_margin_ms)
             caller = self.gateway.authenticate(_authorization(context))
             with self.gateway.spending(caller):
                 self.gateway.open_for_calls()  # before the message is turned into rows

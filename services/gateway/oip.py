@@ -324,24 +324,23 @@ def check_values(name: str, datatype: str, values: Sequence[int | float]) -> Non
             raise InvalidInput(f"input '{name}': {bad} is out of {datatype}'s range")
 
 
-# Of a call's gRPC deadline, what is kept for the answer's way back to the caller: a reply's hop
-# through Kafka to this gateway takes about 2 ms on one host (the 3-hop floor's p50 is 6 ms,
-# docs/benchmarks.md), the response less.
-REPLY_MARGIN_MS = 5
-# And what the caller's library may have added: a gRPC deadline travels as a `grpc-timeout` header
-# whose encoding "may round up" (grpc core). Measured through grpcio: 7 ms over at 1 s, 9 at 5 s,
-# 98 at 30 s; a share of 0.5% covers them.
-ROUNDED_UP_SHARE = 0.005
+# What a caller's library may have added to its gRPC deadline: it travels as a `grpc-timeout`
+# header whose encoding "may round up" (grpc core). Measured through grpcio (the deadline a
+# grpc.aio server sees): exact below 1 s; from 1 s one unit of the next digit over, 10 ms from 1 s
+# and 100 ms from 10 s: at most 1/101 of it. 0.5% left a 1 s call's FALLBACK, decided 0.5 ms before
+# the caller's own deadline, to reach it as a bare DEADLINE_EXCEEDED (59 of 60 calls; a review).
+ROUNDED_UP_SHARE = 0.01
 
 
-def grpc_deadline_ms(remaining_s: float | None) -> int | None:
+def grpc_deadline_ms(remaining_s: float | None, reply_margin_ms: int) -> int | None:
     """The rendezvous' share of a gRPC deadline (`remaining_s` from now, as the header said): the
-    answer must still travel back (reply topic, this gateway, the response) before the caller
-    gives up, or an explicit TIMEOUT answer would reach it as DEADLINE_EXCEEDED."""
+    answer must still travel back (reply topic, this gateway, the response: `reply_margin_ms`,
+    --grpc-reply-margin-ms) before the caller gives up, or an explicit TIMEOUT or FALLBACK answer
+    would reach it as DEADLINE_EXCEEDED."""
     if remaining_s is None:
         return None
     remaining_ms = remaining_s * 1000
-    return max(1, math.floor(remaining_ms * (1 - ROUNDED_UP_SHARE)) - REPLY_MARGIN_MS)
+    return max(1, math.floor(remaining_ms * (1 - ROUNDED_UP_SHARE)) - reply_margin_ms)
 
 
 def timeout_ms(parameters: Mapping[str, Any]) -> int | None:

@@ -72,6 +72,11 @@ class GatewaySettings(KafkaSettings):
         "How long after a request's deadline to wait for the rendezvous' answer before replying 503 "
         "(the rendezvous answers TIMEOUT by the deadline; missing that, it is not running) (ms).", minimum=1,
     )
+    grpc_reply_margin_ms: int = setting(
+        20, "Of a gRPC call's deadline, what is kept for its answer's way back to the caller (ms): the rendezvous "
+        "decides that much sooner (and 1% sooner, for the grpc-timeout header's rounding up), so that a FALLBACK "
+        "or TIMEOUT reaches the caller before it gives up with a bare DEADLINE_EXCEEDED.", minimum=0,
+    )
     comparison_grace_ms: int = setting(
         10_000,
         "Calls to a single model wait for the comparison record, written once every model reported or "
