@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 import threading
@@ -15,7 +14,7 @@ from services.core.health import always_alive, serve_http
 from services.core.kafka import create_topics, partition_counts, set_connect_timeout
 from services.core.redaction import MaskingFormatter
 from services.core.runtime import install_signal_handlers
-from services.core.settings import KafkaSettings, ServiceSettings, Topics, redact
+from services.core.settings import KafkaSettings, ServiceSettings, Topics, redact, replaced
 from services.localkafka.broker import read_bootstrap
 
 if TYPE_CHECKING:
@@ -41,7 +40,7 @@ def with_bootstrap(settings: S, *, check_registry: bool = True) -> S:
             "no Kafka broker given and no local broker running: run `rendezvous broker start`, "
             "or pass --bootstrap host:port (or set KAFKA_BOOTSTRAP_SERVERS)"
         )
-    return dataclasses.replace(settings, bootstrap=local)
+    return replaced(settings, bootstrap=local)
 
 
 def topic_specs(topics: Topics, partitions: int) -> dict[str, tuple[int, Mapping[str, str]]]:

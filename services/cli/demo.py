@@ -17,7 +17,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, wait
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from services.core.errors import BrokerError, ConfigError
 from services.core.kafka import groups_with_members, set_connect_timeout, wait_for_broker, wait_for_groups
 from services.core.ranges import format_ms
 from services.core.runtime import now_ms, stop_processes
-from services.core.settings import MAX_PORT, KafkaSettings, Topics, setting
+from services.core.settings import MAX_PORT, KafkaSettings, Topics, replaced, setting
 from services.localkafka.broker import LocalBroker, read_bootstrap, start_background, stop_background
 from services.localkafka.config import cache_dir
 from services.localkafka.process import error_lines
@@ -191,11 +191,11 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
             # Stopped like a database: the demo's topics stay for `compare`, `replay`, the next run.
             # Only one this demo launched: another command may have started it in the meantime
             # (two demos at once), and the first demo to end stopped it under the other (a review).
-            settings = replace(settings, bootstrap=broker.bootstrap)
+            settings = replaced(settings, bootstrap=broker.bootstrap)
             if broker.launched_here:
                 stack.callback(stop_unless_in_use, settings.librdkafka(), settings.topic_prefix, console, lease)
         elif not settings.bootstrap:
-            settings = replace(settings, bootstrap=read_bootstrap() or "")
+            settings = replaced(settings, bootstrap=read_bootstrap() or "")
         console.print(f"broker: {settings.bootstrap}")
         config, topics = settings.librdkafka(), settings.topics()
         wait_for_broker(config)  # said as such within --connect-timeout-s, before the checks that need it

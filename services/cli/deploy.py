@@ -10,7 +10,6 @@ block to add there instead.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import json
@@ -37,7 +36,7 @@ from services.core.files import write_whole
 from services.core.kafka import group_member_count, partition_counts, wait_for_broker, wait_for_groups
 from services.core.ranges import format_ms
 from services.core.runtime import now_ms
-from services.core.settings import KafkaSettings, setting
+from services.core.settings import KafkaSettings, replaced, setting
 from services.localkafka.config import cache_dir
 from services.localkafka.jars import locked
 from services.model_worker.models import load_model
@@ -411,13 +410,13 @@ def as_deployed(settings: DeploySettings, state: dict[str, Any]) -> DeploySettin
     place, or one of that name in the shell's directory, ran without a word: a review); and it
     starts where it was deployed to start (a replica of an `earliest` deployment started as
     `latest`, and partitions it took before any commit skipped the backlog)."""
-    deployed = dataclasses.replace(
+    deployed = replaced(
         settings, model=state.get("model", ""), version=state.get("version", ""),
         co_host=tuple(state.get("co_host", ())), start_from=state.get("start_from", settings.start_from),
     )
     trusted = state.get("trusted_files")
     still = state.get("trusted") is True and isinstance(trusted, dict) and _file_digests(deployed) == trusted
-    return dataclasses.replace(deployed, trust_model_file=settings.trust_model_file or still)
+    return replaced(deployed, trust_model_file=settings.trust_model_file or still)
 
 
 def _note_idle_replicas(settings: DeploySettings, console: Console) -> None:
@@ -540,7 +539,7 @@ def _undeploy(name: str, console: Console, timeout_s: float, settings: UndeployS
     if settings is not None and not settings.force:
         # The deployment's own topics and groups, whatever this command's --topic-prefix (older
         # records have none: this command's, then).
-        settings = dataclasses.replace(settings, topic_prefix=_state(name).get("topic_prefix", settings.topic_prefix))
+        settings = replaced(settings, topic_prefix=_state(name).get("topic_prefix", settings.topic_prefix))
         if name == RENDEZVOUS:
             _check_not_last_rendezvous(len(pids), settings, console)
         else:

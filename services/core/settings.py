@@ -255,8 +255,8 @@ class KafkaSettings:
 
     def from_environment(self, name: str) -> bool:
         """Whether setting `name` came from its variable, not a flag or the caller (a variable
-        may be set for another command of the same container). False for settings made directly
-        or copied (`dataclasses.replace`): only from_namespace knows; validate() runs there."""
+        may be set for another command of the same container). False for settings made directly:
+        only from_namespace knows (and `replaced` carries it); validate() runs there."""
         return name in self.__dict__.get("_from_environment", ())
 
     def describe(self) -> str:
@@ -283,6 +283,21 @@ class ServiceSettings(KafkaSettings):
         # An empty host binds every interface: a blanked variable opened the endpoint to all.
         if_empty="give an address (127.0.0.1, the default: this machine only; 0.0.0.0: every interface)",
     )
+
+
+S = TypeVar("S")
+
+
+def replaced(settings: S, **changes: Any) -> S:
+    """`settings` with `changes`, still knowing which settings the command was given and which
+    came from variables (`given`, `from_environment`): copied by `dataclasses.replace` alone, a
+    command on the local broker (its bootstrap filled in) took every default it was given for not
+    given, and `rollback --to 0` published a rollback that `--bootstrap` refused (a review)."""
+    copy = dataclasses.replace(settings, **changes)  # type: ignore[type-var]
+    for mark in ("_given", "_from_environment"):
+        if mark in settings.__dict__:
+            object.__setattr__(copy, mark, settings.__dict__[mark])
+    return copy
 
 
 def _env_name(f: dataclasses.Field[Any]) -> str:

@@ -488,3 +488,28 @@ def test_a_topic_named_as_kafkas_internal_ones_is_refused(overrides: dict[str, s
     with pytest.raises(ConfigError, match=re.escape(said)):
         Topics.from_prefix(prefix, overrides)
     assert Topics.from_prefix("rdv_", {}).requests == "rdv_requests"  # one '_' is a name like any other
+
+
+def test_settings_given_the_local_broker_still_know_what_the_command_was_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """with_bootstrap copied them with dataclasses.replace when the bootstrap came from the local
+    broker: every default given was taken for not given (`rollback --to 0` published a rollback,
+    refused with --bootstrap; the unused-seed warning never came), and a variable for a flag given
+    (a review)."""
+    from services.cli import common
+    from services.cli.deploy import DeploySettings
+    from services.cli.lifecycle import RollbackSettings
+    from services.cli.main import build_parser
+
+    monkeypatch.setattr(common, "read_bootstrap", lambda: "127.0.0.1:9092")
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    parser = build_parser()
+    rollback = common.with_bootstrap(from_namespace(RollbackSettings, parser.parse_args(["rollback", "--to", "0"])))
+    assert rollback.bootstrap == "127.0.0.1:9092" and rollback.given("to") == ["to"]
+    serve = common.with_bootstrap(from_namespace(RendezvousSettings, parser.parse_args(
+        ["serve", "--models", "champion", "--deadline-ms", "200"])))
+    assert serve.seeded_by() == ["models", "deadline_ms"]
+    monkeypatch.setenv("RDV_MODEL", "demo:champion")
+    deploy = common.with_bootstrap(from_namespace(DeploySettings, parser.parse_args(["deploy", "rendezvous"])))
+    assert deploy.from_environment("model")
