@@ -31,7 +31,7 @@ from typing import Any, NoReturn, Protocol
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from prometheus_client import Counter, Histogram
 
-from services.core.errors import ConfigError, DeliveryFailed, KafkaOperationError, OutputsLost
+from services.core.errors import ConfigError, DeliveryFailed, KafkaOperationError, OutputsLost, ProducerInErrorState
 from services.core.health import BrokerHealth
 from services.core.kafka import CommitRejected, Consumer, Producer, kafka_error, refused_for_good
 from services.core.metrics import PRODUCERS_REPLACED
@@ -398,8 +398,15 @@ class CommitLane:
             if self._committing:
                 self._held.append((topic, value, key, partition, headers))
                 self._held_bytes += _size(value) + _size(key)
-            else:
+                return
+            try:
                 self._producer.produce(topic, value, key=key, partition=partition, headers=headers, checked=True)
+            except ProducerInErrorState as err:
+                # The transaction is void whatever the record: the loop aborts it and re-reads (as
+                # for an output held meanwhile). Raised to the caller, the rendezvous dead-lettered
+                # and counted the record, in the transaction aborted: after a broker restart, two
+                # records counted lost and dead-lettered were both answered (a review).
+                self._void(f"an output could not be produced ({err}): re-reading")
 
     def _wait_for_commit(self) -> None:
         """Under the lock, on the loop: the outputs held hold `max_held_bytes`; wait until the
@@ -421,9 +428,14 @@ class CommitLane:
             try:
                 self._producer.produce(topic, value, key=key, partition=partition, headers=headers, checked=True)
             except KafkaOperationError as err:
-                self._outcomes.append(CommitOutcome([], False, TransactionAborted(
-                    f"an output held during a commit could not be produced ({err}): re-reading")))
+                self._void(f"an output held during a commit could not be produced ({err}): re-reading")
                 return
+
+    def _void(self, why: str) -> None:
+        """(Under the lock) the open transaction is void: its outcome makes the loop abort it and
+        re-read from the committed offsets; no commit starts before (`_failure_pending`)."""
+        if not self._failure_pending():
+            self._outcomes.append(CommitOutcome([], False, TransactionAborted(why)))
 
     # -- commits ---------------------------------------------------------------------------
 
@@ -447,7 +459,7 @@ class CommitLane:
             self._lock.notify_all()
 
     def _failure_pending(self) -> bool:
-        with self._lock:
+        with self._lock:  # re-entrant: `_void` asks under it
             return any(o.error is not None for o in self._outcomes)
 
     def busy(self) -> bool:

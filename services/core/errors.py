@@ -96,6 +96,11 @@ class KafkaOperationError(RendezvousError):
     """A produce, consume or commit call failed; `retriable` mirrors librdkafka's verdict."""
 
 
+class ProducerInErrorState(KafkaOperationError):
+    """The producer takes no record now, whichever it is: its transaction must be aborted, or it
+    failed for good (librdkafka's _STATE, an abortable or a fatal error). Not the record's fault."""
+
+
 class RecordTooLarge(KafkaOperationError):
     """The client refused a record over its `message.max.bytes` (nothing was sent)."""
 

@@ -36,6 +36,7 @@ from services.core.errors import (
     DeliveryFailed,
     KafkaOperationError,
     OutputsLost,
+    ProducerInErrorState,
     RecordTooLarge,
     RefusedForGood,
     Source,
@@ -92,6 +93,11 @@ def outputs_checked_at_start(config: Mapping[str, Any]) -> dict[str, Any]:
 
 # librdkafka's own verdict that a topic, or a partition of it, is not in the cluster's metadata.
 _GONE = {KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION}
+
+
+def _in_error_state(err: KafkaError) -> bool:
+    """A produce refused for the producer's state, whatever the record (`ProducerInErrorState`)."""
+    return err.code() == KafkaError._STATE or err.txn_requires_abort() or err.fatal()
 # A produce to a partition the client does not know waits this long for the topic's metadata, and
 # asks it this often at most (`Producer._in_cluster_now`).
 PARTITIONS_ASKED_S = 1.0
@@ -554,6 +560,8 @@ class Producer:
                         refreshed = True
                         continue
                     raise topic_gone(topic, partition, err) from None
+                if isinstance(err, KafkaError) and _in_error_state(err):
+                    raise ProducerInErrorState(f"produce to {topic} failed: {exc}") from None
                 raise KafkaOperationError(f"produce to {topic} failed: {exc}") from None
 
     def _in_cluster_now(self, topic: str, partition: int | None) -> bool:

@@ -12,7 +12,7 @@ from confluent_kafka import TopicPartition
 from prometheus_client import REGISTRY
 
 from services.core.commits import AbortFailed, CommitLane, CommitOutcome, TransactionAborted
-from services.core.errors import KafkaOperationError, RefusedForGood
+from services.core.errors import KafkaOperationError, ProducerInErrorState, RefusedForGood
 
 
 class RecordingCommitter:
@@ -174,6 +174,8 @@ class HeldProducer:
     def produce(self, topic: str, value: bytes | None, **_kwargs: Any) -> None:
         if value == b"bad":
             raise KafkaOperationError("produce to t failed: Local: Erroneous state")
+        if value == b"stuck":
+            raise ProducerInErrorState("produce to t failed: Local: Erroneous state")
         self.sent.append(value)
 
 
@@ -208,6 +210,24 @@ def test_an_output_held_during_a_commit_that_cannot_be_produced_voids_the_transa
         lane.request([TopicPartition("t", 0, 1)])  # settled: the lane commits again
         [outcome] = _outcomes(lane)
         assert outcome.done
+    finally:
+        lane.close()
+
+
+def test_an_output_the_producer_refuses_for_its_state_voids_the_transaction_not_the_record() -> None:
+    """Raised to the caller, the rendezvous dead-lettered and counted the record after a broker
+    restart, in the transaction aborted: two records counted lost were both answered (a review).
+    A refusal of the record itself still reaches the caller."""
+    committer, producer = GatedCommitter(), HeldProducer()
+    lane = CommitLane(committer, producer)  # type: ignore[arg-type]
+    try:
+        lane.produce("t", b"stuck")
+        lane.produce("t", b"stuck")  # the same void: one outcome
+        [outcome] = _outcomes(lane)
+        assert isinstance(outcome.error, TransactionAborted) and "Erroneous state" in str(outcome.error)
+        assert lane.wait_outcomes(0.05) == [] and producer.sent == []
+        with pytest.raises(KafkaOperationError, match="Erroneous state"):
+            lane.produce("t", b"bad")
     finally:
         lane.close()
 

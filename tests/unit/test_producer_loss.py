@@ -352,3 +352,20 @@ def test_a_topic_deleted_and_made_again_is_written_after_one_question() -> None:
     assert client.written == [("replies", -1), ("replies", 1)] and client.asked == 1
     with pytest.raises(TopicGone, match=r"^gone does not exist "):
         producer.produce("gone", b"v")
+
+
+@pytest.mark.parametrize("code", ["_STATE", "_FENCED"])
+def test_a_produce_refused_for_the_producers_state_says_so(code: str) -> None:
+    """Not the record's fault: a caller must not dead-letter it (services/core/commits.py)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from services.core.errors import ProducerInErrorState
+
+    class Refusing:
+        def produce(self, *_args: Any, **_kwargs: Any) -> None:
+            raise KafkaException(KafkaError(getattr(KafkaError, code), fatal=code == "_FENCED"))
+
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0})
+    producer._producer = Refusing()  # type: ignore[assignment]
+    with pytest.raises(ProducerInErrorState, match="^produce to t failed: "):
+        producer.produce("t", b"v", partition=0)
