@@ -367,5 +367,5 @@ def test_a_produce_refused_for_the_producers_state_says_so(code: str) -> None:
 
     producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0})
     producer._producer = Refusing()  # type: ignore[assignment]
-    with pytest.raises(ProducerInErrorState, match="^produce to t failed: "):
+    with pytest.raises(ProducerInErrorState, match=r"^produce to t failed: "):
         producer.produce("t", b"v", partition=0)
