@@ -24,7 +24,7 @@ from services.cli.model_contracts import print_contracts
 from services.cli.shown import counted, now_and_then, print_note, print_notes, shown
 from services.control import changes
 from services.control.gates import DEFAULTS_SAID, Verdict, evaluate, parse_requirements, with_defaults
-from services.control.liveness import live_models, not_live
+from services.control.liveness import live_models, live_names, not_live, workers
 from services.control.schedule import DEFAULT_DEADLINE_MS, MAX_INT, Schedule, authored, check_schedule_name
 from services.control.topic import ScheduleBook, load_book, publish
 from services.core.errors import ConfigError
@@ -75,8 +75,11 @@ class ChangeSettings(ScheduleSettings):
     effective_in: str = setting("2s", "How long from now the new version takes effect (e.g. 2s, 1m; at least "
                                       "1s, at most 7 days less an hour).")
     comment: str = setting("", "Why this change (kept in the schedule's history).")
-    live_window_s: float = setting(60.0, "A model counts as live if it scored within this many seconds.",
-                                   minimum=1)
+    live_window_s: float = setting(
+        60.0, "A model counts as live if it scored within this many seconds (unless its workers all left "
+        "their consumer group), or if a worker is in its group now (unless all it scored then were errors).",
+        minimum=1,
+    )
     force: bool = setting(False, "Skip the check that the schedule's preferred model is scoring now.")
     supersede_pending: bool = setting(
         False, "Take effect when asked even if a version published before is still to take effect (a "
@@ -230,10 +233,13 @@ def _check_live(settings: ChangeSettings, schedule: Schedule) -> list[str]:
     deadline whenever the champion is late)."""
     if settings.force:
         return []
-    figures = live_models(settings.librdkafka(), settings.topics().scores, settings.live_window_s)
+    config = settings.librdkafka()
+    figures = live_models(config, settings.topics().scores, settings.live_window_s)
+    # A model undeployed a moment ago had scored in the window; one deployed and idle had not (a review).
+    found = workers(config, settings.topic_prefix)
     # A model whose every score is an error (a broken model file, a contract nothing meets) is not live.
-    live = {model for (model, _version), f in figures.items() if f["errors"] < f["scores"]}
-    reason = not_live(schedule, live, settings.live_window_s)
+    live = live_names(figures, found)
+    reason = not_live(schedule, live, settings.live_window_s, found[1] if found else set())
     if reason:
         raise ConfigError(f"refused: {reason}; deploy it first, or pass --force")
     silent = [m for m in schedule.models[1:] if m not in live]

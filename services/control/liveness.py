@@ -1,4 +1,7 @@
-"""Which models are scoring now, read from the scores topic: the one "model is live" rule.
+"""Which models are scoring now: the one "model is live" rule. Read from the scores topic (a
+usable score in the last window) and from the workers' consumer groups (a model whose worker
+left its group is not live, whatever it scored a moment ago; one whose worker is in its group is
+live without traffic to score, unless all it scored in the window were errors).
 
 A schedule change that would prefer a model that is not scoring is refused by the commands
 that publish it (`schedule set`, `promote`), unless forced. The rendezvous itself does not
@@ -9,16 +12,18 @@ instance and every command agree (services/control/topic.py, `ScheduleBook.refus
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from typing import Any
 
 import numpy as np
 
 from services.control.schedule import Schedule
 from services.core.codec import codec
-from services.core.errors import BadInput
+from services.core.errors import BadInput, BrokerError
+from services.core.kafka import consumer_groups, groups_with_members
 from services.core.runtime import now_ms
 from services.core.topic_range import read_spans
+from services.model_worker.settings import model_groups
 
 Figures = dict[tuple[str, str], dict[str, float]]
 
@@ -55,10 +60,39 @@ def live_models(config: Mapping[str, Any], scores_topic: str, window_s: float) -
     return figures
 
 
-def not_live(schedule: Schedule, live: set[str], window_s: float) -> str | None:
-    """Why `schedule` would prefer a model that is not scoring (None: the ones it prefers are)."""
+def workers(config: Mapping[str, Any], prefix: str) -> tuple[set[str], set[str]] | None:
+    """(the models a worker's consumer group with members names now, those only groups without
+    members name), from the groups' names (`model_groups`: a worker run with a --group of its
+    own is not found); None when the cluster's groups cannot all be listed."""
+    try:
+        known = set(model_groups(prefix, consumer_groups(config)))
+        running = set(model_groups(prefix, groups_with_members(config, [f"{prefix}model."])))
+    except BrokerError:
+        return None
+    return running, known - running
+
+
+def live_names(figures: Figures, found: tuple[set[str], set[str]] | None) -> set[str]:
+    """The live models: those with a usable score in the window (`figures`) but for those whose
+    workers all left their groups, and those with a worker in its group but for those whose every
+    score in the window was an error. `found`: `workers`' (running, stopped); None: scores alone."""
+    usable = {model for (model, _version), f in figures.items() if f["errors"] < f["scores"]}
+    if found is None:
+        return usable
+    running, stopped = found
+    failing = {model for model, _version in figures} - usable
+    return (usable - stopped) | (running - failing)
+
+
+def not_live(schedule: Schedule, live: set[str], window_s: float, stopped: Set[str] = frozenset()) -> str | None:
+    """Why `schedule` would prefer a model that is not scoring (None: the ones it prefers are);
+    `stopped`: models whose workers left their consumer groups."""
     missing = [m for m in schedule.answering() if m not in live]
     if not missing:
         return None
-    return (f"{', '.join(missing)} sent no usable score (one without an error) in the last {window_s:.0f}s "
-            f"(scoring: {', '.join(sorted(live)) or 'none'})")
+    left = [m for m in missing if m in stopped]
+    silent = [m for m in missing if m not in stopped]
+    reasons = [f"{', '.join(left)} has no worker in its consumer group now"] if left else []
+    if silent:
+        reasons.append(f"{', '.join(silent)} sent no usable score (one without an error) in the last {window_s:.0f}s")
+    return f"{'; '.join(reasons)} (scoring: {', '.join(sorted(live)) or 'none'})"

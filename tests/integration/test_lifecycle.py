@@ -384,6 +384,36 @@ def test_a_model_whose_every_score_is_an_error_is_not_live_for_a_change(
     assert_one_line_error(refused, "champion sent no usable score")
 
 
+def test_a_model_is_live_while_its_worker_is_in_its_group_not_once_it_left(
+    bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
+) -> None:
+    """schedule set refused a running model after a minute without traffic, and rollback accepted
+    one undeployed seconds before, its scores still in the window (a review)."""
+    import threading
+
+    from services.model_worker.settings import WorkerSettings
+    from services.model_worker.worker import ModelWorker
+
+    stop = threading.Event()
+    worker = ModelWorker(WorkerSettings(bootstrap=bootstrap, topic_prefix=prefix, model="demo:champion"))
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    where = ("--bootstrap", bootstrap, "--topic-prefix", prefix)
+    try:
+        assert worker.ready.wait(60), "the worker did not start"
+        idle = rendezvous("schedule", "set", "--models", "champion", *where)  # it has scored nothing
+        assert idle.returncode == 0, idle.stderr
+        with Client(config, topics, budget_ms=1_000, answer_wait_s=1) as client:
+            client.submit(demo_rows(1, seed=4)[0])
+            client.flush(30)
+        read_topic(config, topics.scores, expect=1)
+    finally:
+        stop.set()
+        thread.join(30)
+    refused = rendezvous("schedule", "set", "--models", "champion", *where)  # its score is in the window
+    assert_one_line_error(refused, "champion has no worker in its consumer group now")
+
+
 def test_a_change_that_supersedes_a_pending_promotion_governs_the_live_rendezvous_at_once(
     services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
 ) -> None:

@@ -1062,6 +1062,7 @@ def test_promote_and_rollback_say_a_fallback_is_not_scoring(command: str, monkey
     monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, _schedule: None)
     monkeypatch.setattr(lifecycle, "live_models", lambda _config, _topic, _window: {
         (m, "1"): {"scores": 10.0, "errors": 0.0} for m in ("champion", "challenger")})
+    monkeypatch.setattr(lifecycle, "workers", lambda _config, _prefix: None)  # the groups unlisted: scores alone
     out = io.StringIO()
     console = Console(file=out, width=200, no_color=True)
     if command == "promote":
@@ -1090,6 +1091,7 @@ def test_a_rollback_held_back_to_a_pending_version_s_start_says_that_one_never_t
     monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, schedule: published.append(schedule))
     monkeypatch.setattr(lifecycle, "live_models", lambda _config, _topic, _window: {
         (m, "1"): {"scores": 10.0, "errors": 0.0} for m in ("champion", "challenger")})
+    monkeypatch.setattr(lifecycle, "workers", lambda _config, _prefix: None)  # the groups unlisted: scores alone
     out = io.StringIO()
     lifecycle.cmd_rollback(from_namespace(lifecycle.RollbackSettings, None), Console(file=out, width=300,
                                                                                       no_color=True))

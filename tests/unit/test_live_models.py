@@ -1,0 +1,32 @@
+"""The "model is live" rule of the commands that publish a schedule (services/control/liveness.py)."""
+
+from __future__ import annotations
+
+from services.control.liveness import live_names, not_live
+from services.control.schedule import Schedule
+
+
+def _scored(**errors_of: int) -> dict[tuple[str, str], dict[str, float]]:
+    """Figures of models that each sent 10 scores in the window, `errors_of[model]` of them errors."""
+    return {(model, "1"): {"scores": 10.0, "errors": float(errors)} for model, errors in errors_of.items()}
+
+
+def test_a_model_whose_workers_left_their_group_is_not_live_whatever_it_scored_a_moment_ago() -> None:
+    """rollback published a version preferring a model undeployed seconds before: its scores were
+    still in the window, and every request then waited for it (a review)."""
+    live = live_names(_scored(champion=0, contra=0), ({"champion"}, {"contra"}))
+    assert live == {"champion"}
+    reason = not_live(Schedule(models=("contra", "champion")), live, 60, {"contra"})
+    assert reason == "contra has no worker in its consumer group now (scoring: champion)"
+
+
+def test_a_model_with_a_worker_in_its_group_is_live_without_traffic_unless_it_only_failed() -> None:
+    """schedule set refused two running models after a minute without requests (a review)."""
+    assert live_names({}, ({"champion", "challenger"}, set())) == {"champion", "challenger"}
+    assert live_names(_scored(broken=10), ({"broken"}, set())) == set()
+
+
+def test_without_the_groups_the_scores_alone_decide() -> None:
+    assert live_names(_scored(champion=0, broken=10, stopped=0), None) == {"champion", "stopped"}
+    reason = not_live(Schedule(models=("ghost", "champion")), {"champion"}, 60)
+    assert reason == "ghost sent no usable score (one without an error) in the last 60s (scoring: champion)"
