@@ -396,8 +396,9 @@ def _deploy(settings: DeploySettings, name: str, console: Console) -> int:
         _wait_for_starts(settings, _group(name, settings), waited_until, console,
                          check=lambda: _none_exited(started, folder))
     console.print(f"{name} runs {settings.replicas} replica(s): pids {sorted(kept.values())}, logs in {folder}")
-    if name != RENDEZVOUS:
-        console.print(f"it scores every request; its answers are only logged until you `rendezvous promote {name}`.")
+    if name != RENDEZVOUS and new_deployment:  # a rescale's model may be the champion by now (a review)
+        console.print(f"it scores every request; unless the schedule answers with it already, its answers are only "
+                      f"logged until you `rendezvous promote {name}`.")
         console.print("In docker-compose, add instead:\n" + compose_block(name, settings))
     return 0
 

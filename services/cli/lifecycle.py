@@ -263,6 +263,8 @@ def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule,
         _within_reach(schedule.effective_at - now, f"effective_at {format_ms(effective_at)}")
     publish(settings.librdkafka(), settings.topics().control, schedule)
     waits = f", waits {escape(json.dumps(dict(schedule.waits_ms)))}" if schedule.waits_ms else ""
+    if schedule.traffic_model is not None and schedule.traffic_fraction > 0:  # it was not said (a review)
+        waits += f", traffic {escape(schedule.traffic_model)}={schedule.traffic_fraction:g}"
     console.print(f"published {escape(schedule.name)} v{schedule.version}: {escape(str(list(schedule.models)))}{waits} "
                   f"(effective in {format_duration_ms(schedule.effective_at - now)}; {escape(schedule.comment)})")
     if schedule.effective_at > now + asked_ms:
@@ -291,8 +293,9 @@ def cmd_schedule_show(settings: ScheduleViewSettings, console: Console, tables: 
     book = _shown_book(settings, console)
     current = changes.current(book)
     in_force = book.in_force(now_ms())
-    if settings.format == "json":
-        _print_json(current.to_dict())
+    if settings.format == "json":  # which version governs now: said on stderr alone, a script missed it (a review)
+        _print_json({**current.to_dict(), "governs_now": in_force.version == current.version,
+                     "version_governing_now": in_force.version})
     else:
         table = Table(title=Text(f"schedule {current.name!r} v{current.version}"))
         table.add_column("field")
@@ -312,8 +315,8 @@ def cmd_schedule_history(settings: ScheduleViewSettings, console: Console, table
     """Every accepted version: JSON or a table on stdout (`tables`), notes on `console` (stderr)."""
     book = _shown_book(settings, console)
     changes.current(book)
-    if settings.format == "json":
-        _print_json([s.to_dict() for s in book.versions])
+    if settings.format == "json":  # a version that never takes effect: said in the table alone (a review)
+        _print_json([{**s.to_dict(), "never_takes_effect": _never(book, s.version)} for s in book.versions])
         return 0
     table = Table(title=Text(f"schedule {book.name!r} history"))
     for column in ("version", "effective at (UTC)", "models", "waits", "traffic", "comment"):
@@ -321,14 +324,21 @@ def cmd_schedule_history(settings: ScheduleViewSettings, console: Console, table
     for s in book.versions:
         traffic = f"{s.traffic_model}={s.traffic_fraction}" if s.traffic_model else ""
         effective = format_ms(s.effective_at) if s.effective_at else "always"
-        if (by := book.superseded_by(s.version)) is not None:
-            effective = f"never (superseded by v{by}; was {effective})"
-        elif (by := book.displaced_by(s.version)) is not None:
-            effective = f"never (v{by} starts at the same time; was {effective})"
+        if (never := _never(book, s.version)) is not None:
+            effective = f"never ({never}; was {effective})"
         table.add_row(str(s.version), effective, shown(", ".join(s.models)),
                       Text(json.dumps(dict(s.waits_ms)) if s.waits_ms else ""), shown(traffic), shown(s.comment))
     tables.print(table)
     return 0
+
+
+def _never(book: ScheduleBook, version: int) -> str | None:
+    """Why `version` never takes effect (None: it does, did or may)."""
+    if (by := book.superseded_by(version)) is not None:
+        return f"superseded by v{by}"
+    if (by := book.displaced_by(version)) is not None:
+        return f"v{by} starts at the same time"
+    return None
 
 
 def cmd_schedule_set(settings: ScheduleSetSettings, console: Console) -> int:

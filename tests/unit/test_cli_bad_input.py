@@ -1364,3 +1364,20 @@ def test_a_kafka_error_no_wrapper_foresaw_is_one_line_of_its_text(
     said = capsys.readouterr().err
     assert ("error: Kafka client: Failed to get watermark offsets: Local: Broker handle destroyed without "
             "termination\n") in said and "KafkaError{" not in said
+
+
+def test_the_published_line_names_a_traffic_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`schedule set ... --traffic champion=0.5` said the models and waits only (a review)."""
+    import io
+
+    from services.cli import lifecycle
+
+    book = ScheduleBook("default")
+    book.add(Schedule(models=("champion", "challenger"), version=1), START_MS - 20_000)
+    monkeypatch.setattr(lifecycle, "now_ms", lambda: START_MS)
+    monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, _schedule: None)
+    out = io.StringIO()
+    draft = Schedule(models=("champion", "challenger"), traffic_model="challenger", traffic_fraction=0.25)
+    lifecycle._publish_next(lifecycle.ScheduleSetSettings(), book, draft,
+                            Console(file=out, width=300, no_color=True))
+    assert "published default v2: ['champion', 'challenger'], traffic challenger=0.25 (effective in" in out.getvalue()

@@ -734,6 +734,29 @@ def test_schedule_history_says_which_versions_never_govern_and_why(monkeypatch: 
     assert "never" not in rows["1"] + rows["3"] + rows["5"]
 
 
+def test_the_json_of_show_and_history_says_what_governs_and_what_never_takes_effect(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`show --format json` printed a pending version as it printed the one in force, and
+    `history --format json` the versions that never take effect as the others: only the notes on
+    stderr and the table said so (a review)."""
+    from rich.console import Console
+
+    from services.cli import lifecycle
+
+    book = _cancelled_promotion()
+    book.add(Schedule(models=("d", "a"), version=4, effective_at=2 * 86_400_000), written_at=12_000)
+    monkeypatch.setattr(lifecycle, "_shown_book", lambda _settings, _console: book)
+    monkeypatch.setattr(lifecycle, "now_ms", lambda: 20_000)
+    json_view = lifecycle.ScheduleViewSettings(format="json")
+    lifecycle.cmd_schedule_show(json_view, Console(stderr=True), Console())
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["version"], shown["governs_now"], shown["version_governing_now"]) == (4, False, 3)
+    lifecycle.cmd_schedule_history(json_view, Console(stderr=True), Console())
+    history = {v["version"]: v["never_takes_effect"] for v in json.loads(capsys.readouterr().out)}
+    assert history == {1: None, 2: "superseded by v3", 3: None, 4: None}
+
+
 def test_the_first_version_held_alongside_the_next_still_governs_what_came_before_its_start() -> None:
     """v1 published for later, v2 held back to v1's start: every request before that start is v1's
     (the oldest one governs older requests), so v1 did govern and a rollback may restore it (a review)."""
