@@ -255,6 +255,18 @@ def _score_into(replayed: dict[str, Replayed], model: Model, pending: dict[str, 
         replayed[request["request_id"]] = Replayed(request["created_at"], request["deadline"], output)
 
 
+def _failure_note(name: str, replayed: Iterable[Replayed], total: int) -> list[str]:
+    """What the replayed model's errors said, the most frequent first: its row counted them, and a
+    model failing every request (features named otherwise than the requests') left no reason
+    anywhere, in the table or the JSON (a review)."""
+    errors = Counter(r.output[2] for r in replayed if r.output[2] is not None)
+    if not errors:
+        return []
+    (first, count), others = errors.most_common(1)[0], len(errors) - 1
+    more = f"; {others:,} other error text(s)" if others else ""
+    return [f"{name} failed {sum(errors.values()):,} of {total:,} requests: {count:,} with {first[:300]!r}{more}"]
+
+
 def _log_records(
     settings: ReplaySettings, start_ms: int, end_ms: int, progress: Progress = _quiet
 ) -> Generator[dict[str, Any], None, None]:
@@ -337,6 +349,7 @@ def replay(
                               "can read (registry-framed ones need --schema-registry): nothing to replay")
         raise ConfigError("no requests in that range: nothing to replay")
     total = len(replayed)
+    failures = _failure_note(name, replayed.values(), total)  # before the pairing takes them out
     # The log's records are stamped by the rendezvous' clock when it closed each request: read from
     # a margin before the first request's append time (the broker's: a request's created_at is its
     # client's to set, and one stamped 1 had the whole retained log read; a review) to an hour after
@@ -362,7 +375,7 @@ def replay(
         notes.append(f"{without_log:,} of these requests have no comparison record in the log up to "
                      f"{format_ms(log_to)} (an hour after the last one): their real answers unknown, they count in "
                      "the models' figures only, not in the answers line")
-    notes += budgets.notes + _skipped_notes(settings, skipped, scored)
+    notes += budgets.notes + _skipped_notes(settings, skipped, scored) + failures
     champion = answered.champion
     if not answered.records and settings.champion:
         # Nothing logged to measure against: said, after the scoring, not raised (it threw the

@@ -147,6 +147,23 @@ def test_a_champion_named_for_a_replay_without_log_records_is_checked_not_droppe
     assert any("--champion champion: none of the replayed requests has a record" in n for n in live.report.notes)
 
 
+def test_a_replay_whose_model_fails_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every row an error, counted in its row, and no reason in the table or the JSON (a review:
+    a model file whose feature names had spaces)."""
+    from services.cli import replay as replay_module
+    from services.cli.replay import ReplaySettings
+
+    monkeypatch.setattr(replay_module, "_log_records", no_log())
+    monkeypatch.setattr(replay_module, "check_log_readable", lambda _settings: None)
+    monkeypatch.setattr(replay_module, "_live_models", lambda _settings: frozenset())
+    requests = codec("request")
+    values = recorded(*(requests.encode(make_request({"mean_radius": 14.0 + i}, budget_ms=100, reply_topic=None,
+                                                     reply_partition=None)) for i in range(3)))
+    result = replay_module.replay(ReplaySettings(model="demo:champion"), values)
+    [note] = [n for n in result.report.notes if " failed " in n]
+    assert note.startswith("champion-replay failed 3 of 3 requests: 3 with 'missing: "), note
+
+
 def test_a_request_stamped_long_before_the_range_does_not_have_the_whole_log_read(
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
