@@ -22,11 +22,11 @@ import secrets
 import time
 import uuid
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from services.client.client import Answer, Client
+from services.client.client import Answer, Client, ReplyPartitionLost
 from services.core.health import BrokerHealth
 from services.core.metrics import child
 from services.core.redaction import mask
@@ -48,6 +48,9 @@ R = TypeVar("R")
 # LARGE_BODY bytes up parsed there: on the event loop a 2 MB JSON call (1,000 x 1,024 values) held
 # every other call for 0.5 s (a review). Smaller ones stay on the loop: a thread's hop costs more.
 LARGE_VALUES = 50_000
+# How many times a row whose reply partition moved to another gateway is sent again (each move is
+# a rebalance: one is the rule, a third would be gateways joining and leaving in a loop).
+MOVED_RESENDS = 2
 LARGE_BODY = 256 * 1024
 
 
@@ -214,8 +217,7 @@ class Gateway:
                 raise TurnedAway("this gateway is shutting down; retry (another replica will answer)")
 
     def _send(self, ids: list[str], rows: list[dict[str, float]], budget: int,
-              metadata: dict[str, str]) -> list[Future[Answer]]:
-        created = now_ms()
+              metadata: dict[str, str], created: int) -> list[Future[Answer]]:
         futures: list[Future[Answer]] = []
         try:
             for rid, row in zip(ids, rows, strict=True):
@@ -238,14 +240,18 @@ class Gateway:
 
     async def _via_schedule(self, ids: list[str], rows: list[dict[str, float]], budget: int,
                             metadata: dict[str, str]) -> list[RowAnswer]:
-        futures = self._send(ids, rows, budget, metadata)
+        created = now_ms()
+        futures = self._send(ids, rows, budget, metadata, created)
         wait_ms = budget + self.settings.answer_grace_ms
+
+        def answer(row: int) -> Coroutine[Any, Any, Answer]:
+            return self._answer_of(row, futures, ids, rows, budget, metadata, created)
+
         try:
             if len(futures) == 1:  # the common case, without gather's extra future
-                answers = [await asyncio.wait_for(asyncio.wrap_future(futures[0]), wait_ms / 1000)]
+                answers = [await asyncio.wait_for(answer(0), wait_ms / 1000)]
             else:
-                answers = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(f) for f in futures)),
-                                                 wait_ms / 1000)
+                answers = await asyncio.wait_for(asyncio.gather(*(answer(i) for i in range(len(ids)))), wait_ms / 1000)
         except TimeoutError:
             raise Unavailable(f"no answer from the rendezvous within {wait_ms} ms (deadline {budget} ms + "
                               f"{self.settings.answer_grace_ms} ms): is it running?") from None
@@ -253,12 +259,28 @@ class Gateway:
             self._abandon(ids, futures)
         return [_row(a) for a in answers]
 
+    async def _answer_of(self, row: int, futures: list[Future[Answer]], ids: list[str],
+                         rows: list[dict[str, float]], budget: int, metadata: dict[str, str], created: int) -> Answer:
+        """Row `row`'s answer. One whose reply partition moved to another gateway (one joining the
+        group takes partitions: a review saw 12 of 24 waiting calls fail with 503) is sent again,
+        under its id and created_at, naming a partition this gateway owns now: the rendezvous
+        answers a repeat with the first answer, or, still deciding, both return addresses."""
+        for _resend in range(MOVED_RESENDS):
+            try:
+                return await asyncio.wrap_future(futures[row])
+            except ReplyPartitionLost as moved:
+                log.debug("%s: sending request %s again", moved, ids[row])  # the client said the move once
+                m.ROWS_SENT_AGAIN.inc()
+                futures[row] = self.client.submit(rows[row], budget_ms=budget, request_id=ids[row],
+                                                  metadata=metadata, created_at=created)
+        return await asyncio.wrap_future(futures[row])
+
     async def _via_model(self, target: Target, ids: list[str], rows: list[dict[str, float]], budget: int,
                          metadata: dict[str, str]) -> list[RowAnswer]:
         expected = [self.tap.expect(rid) for rid in ids]
         sent: list[Future[Answer]] = []
         try:
-            sent = self._send(ids, rows, budget, metadata)
+            sent = self._send(ids, rows, budget, metadata, now_ms())
             wait_ms = budget + self.settings.comparison_grace_ms
             records = await _records_unless_refused(expected, sent, wait_ms)
         finally:
@@ -286,7 +308,8 @@ async def _records_unless_refused(
                 raise Unavailable(f"no comparison record within {wait_ms} ms: is the rendezvous running and "
                                   "writing its log?")
             for answer in done - {records}:
-                if not answer.cancelled() and answer.exception() is not None:
+                # A reply partition moved: the record comes through the log all the same.
+                if not answer.cancelled() and not isinstance(answer.exception(), (type(None), ReplyPartitionLost)):
                     raise answer.exception()  # type: ignore[misc]
         return records.result()
     finally:

@@ -47,6 +47,11 @@ API_KEY_RELOADS = Counter(
     "in force: the file held no key, a line that is no digest, or could not be read).",
     ["result"],
 )
+ROWS_SENT_AGAIN = Counter(
+    "rdv_gateway_rows_sent_again_total",
+    "Rows sent again under their id because their reply partition moved to another gateway (one joining the "
+    "reply group); the rendezvous answers the repeat.",
+)
 REPLY_PARTITIONS = Gauge(
     "rdv_gateway_reply_partitions", "Partitions of the replies topic this gateway owns (its return addresses)."
 )

@@ -1090,11 +1090,11 @@ def test_a_call_whose_first_row_the_kafka_client_refuses_keeps_its_reason_and_ge
     gateway.client.submit, gateway.client.abandon = submit, lambda *_args: None
     for _ in range(3):  # the first row refused each time: the burst of one comes back each time
         with pytest.raises(KafkaOperationError) as refused, gateway.spending("anonymous"):
-            gateway._send(["r1"], [{"a": 1.0}], 100, {})
+            gateway._send(["r1"], [{"a": 1.0}], 100, {}, 0)
         assert status_of(refused.value).reason == "broker"
     refuse_from[0] = 1  # a row goes out, the next is refused: the token is kept
     with pytest.raises(KafkaOperationError), gateway.spending("anonymous"):
-        gateway._send(["r1", "r2"], [{"a": 1.0}, {"a": 2.0}], 100, {})
+        gateway._send(["r1", "r2"], [{"a": 1.0}, {"a": 2.0}], 100, {}, 0)
     assert submitted == ["r1"]
     with pytest.raises(RateLimited):
         _admit(gateway)
@@ -1444,6 +1444,51 @@ def _gateway_answering_ok(settings: GatewaySettings, schedule: Schedule, sent: l
     target = Target("default", SCHEDULE, "1", ("1",), None, schedule)
     gateway.catalog.resolve, gateway.catalog.check_features = (lambda *_: target), (lambda *_: None)
     return gateway
+
+
+def test_a_row_whose_reply_partition_moved_is_sent_again_under_its_id() -> None:
+    """A gateway joining the reply group took partitions from this one, and its calls waiting on
+    them failed with 503 (12 of 24 in a review's run). The row is sent again, same id and
+    created_at, naming a partition still owned: the rendezvous answers the repeat."""
+    from concurrent.futures import Future
+
+    from services.client.client import Answer, ReplyPartitionLost
+    from services.gateway.oip import InferCall, Tensor
+
+    sent: list[tuple[str, int]] = []
+
+    def submit(_row: object, budget_ms: int, request_id: str, created_at: int, **_: object) -> Future[Answer]:
+        sent.append((request_id, created_at))
+        future: Future[Answer] = Future()
+        if len(sent) == 1:
+            future.set_exception(ReplyPartitionLost("reply partition(s) [0] of rdv.replies moved to another reader"))
+        else:
+            future.set_result(Answer(request_id, "OK", "champion", "1", 0.5, None, "", 0, 0, 0, "default", 1, 0))
+        return future
+
+    gateway = _gateway_answering_ok(GatewaySettings(), Schedule(models=("champion",)), [])
+    gateway.client.submit = submit
+    call = InferCall("", (Tensor("x", "FP64", (1,), [1.0]),), (), {})
+    result = asyncio.run(gateway.infer("default", "", call, "anonymous"))
+    assert [row.status for row in result.rows] == ["OK"]
+    assert len(sent) == 2 and sent[0] == sent[1]
+
+
+def test_a_call_to_one_model_is_not_failed_by_its_reply_partition_moving() -> None:
+    """Its answer comes through the comparison log, whoever reads the reply."""
+    from concurrent.futures import Future
+
+    from services.client.client import ReplyPartitionLost
+    from services.gateway.engine import _records_unless_refused
+
+    async def run() -> list[dict[str, Any]]:
+        record: Future[dict[str, Any]] = Future()
+        moved: Future[Any] = Future()
+        moved.set_exception(ReplyPartitionLost("moved"))
+        asyncio.get_running_loop().call_later(0.05, record.set_result, {"request_id": "r"})
+        return await _records_unless_refused([record], [moved], 5_000)
+
+    assert asyncio.run(run()) == [{"request_id": "r"}]
 
 
 def _budgets_given(deadline_ms: int | None, called_ms_ago: float, timeout_parameter: int | None = None) -> list[int]:
