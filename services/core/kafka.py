@@ -95,9 +95,15 @@ def outputs_checked_at_start(config: Mapping[str, Any]) -> dict[str, Any]:
 _GONE = {KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION}
 
 
+# A produce refused for the producer's state, whatever the record: an abortable transaction's
+# (_STATE), or a producer failed for good, fenced among others (_FATAL: its produce() raises that
+# code, its fatal() flag unset; a review on a real broker).
+_ERROR_STATES = {KafkaError._STATE, KafkaError._FATAL, KafkaError._FENCED}
+
+
 def _in_error_state(err: KafkaError) -> bool:
     """A produce refused for the producer's state, whatever the record (`ProducerInErrorState`)."""
-    return err.code() == KafkaError._STATE or err.txn_requires_abort() or err.fatal()
+    return err.code() in _ERROR_STATES or err.txn_requires_abort() or err.fatal()
 # A produce to a partition the client does not know waits this long for the topic's metadata, and
 # asks it this often at most (`Producer._in_cluster_now`).
 PARTITIONS_ASKED_S = 1.0

@@ -354,16 +354,17 @@ def test_a_topic_deleted_and_made_again_is_written_after_one_question() -> None:
         producer.produce("gone", b"v")
 
 
-@pytest.mark.parametrize("code", ["_STATE", "_FENCED"])
+@pytest.mark.parametrize("code", ["_STATE", "_FATAL", "_FENCED"])
 def test_a_produce_refused_for_the_producers_state_says_so(code: str) -> None:
-    """Not the record's fault: a caller must not dead-letter it (services/core/commits.py)."""
+    """Not the record's fault: a caller must not dead-letter it (services/core/commits.py). As a
+    real producer raises them: a fenced one's produce() says _FATAL, its fatal() flag unset (a review)."""
     from confluent_kafka import KafkaError, KafkaException
 
     from services.core.errors import ProducerInErrorState
 
     class Refusing:
         def produce(self, *_args: Any, **_kwargs: Any) -> None:
-            raise KafkaException(KafkaError(getattr(KafkaError, code), fatal=code == "_FENCED"))
+            raise KafkaException(KafkaError(getattr(KafkaError, code)))
 
     producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "log_level": 0})
     producer._producer = Refusing()  # type: ignore[assignment]
