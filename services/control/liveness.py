@@ -74,14 +74,20 @@ def workers(config: Mapping[str, Any], prefix: str) -> tuple[set[str], set[str]]
 
 def live_names(figures: Figures, found: tuple[set[str], set[str]] | None) -> set[str]:
     """The live models: those with a usable score in the window (`figures`) but for those whose
-    workers all left their groups, and those with a worker in its group but for those whose every
-    score in the window was an error. `found`: `workers`' (running, stopped); None: scores alone."""
+    workers all left their groups (when every group with members is named after a model that
+    scored), and those with a worker in its group but for those whose every score in the window
+    was an error. `found`: `workers`' (running, stopped); None: scores alone."""
     usable = {model for (model, _version), f in figures.items() if f["errors"] < f["scores"]}
     if found is None:
         return usable
     running, stopped = found
-    failing = {model for model, _version in figures} - usable
-    return (usable - stopped) | (running - failing)
+    scored = {model for model, _version in figures}
+    if running - scored:
+        # A group with members not named after a model that scored (a worker run with a --group of
+        # its own, `<prefix>model.fraud-blue`, or one deployed and idle) may hold the workers of a
+        # model whose default group is left empty: that empty group proves nothing (a review).
+        stopped = set()
+    return (usable - stopped) | (running - (scored - usable))
 
 
 def not_live(schedule: Schedule, live: set[str], window_s: float, stopped: Set[str] = frozenset()) -> str | None:

@@ -30,3 +30,10 @@ def test_without_the_groups_the_scores_alone_decide() -> None:
     assert live_names(_scored(champion=0, broken=10, stopped=0), None) == {"champion", "stopped"}
     reason = not_live(Schedule(models=("ghost", "champion")), {"champion"}, 60)
     assert reason == "ghost sent no usable score (one without an error) in the last 60s (scoring: champion)"
+
+
+def test_an_empty_group_proves_nothing_while_a_group_not_named_after_a_scoring_model_has_members() -> None:
+    """A worker run with --group <prefix>model.fraud-blue scores as fraud; fraud's old default group
+    stays listed, empty: fraud was refused as stopped while it scored (a review)."""
+    assert live_names(_scored(fraud=0), ({"fraud-blue"}, {"fraud"})) == {"fraud", "fraud-blue"}
+    assert live_names(_scored(fraud=0, champion=0), ({"champion"}, {"fraud"})) == {"champion"}
