@@ -22,7 +22,7 @@ import secrets
 import time
 import uuid
 from array import array
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -243,19 +243,21 @@ class Gateway:
         created = now_ms()
         futures = self._send(ids, rows, budget, metadata, created)
         wait_ms = budget + self.settings.answer_grace_ms
-
-        def answer(row: int) -> Coroutine[Any, Any, Answer]:
-            return self._answer_of(row, futures, ids, rows, budget, metadata, created)
-
+        rows_waiting = [asyncio.ensure_future(self._answer_of(row, futures, ids, rows, budget, metadata, created))
+                        for row in range(len(ids))]
         try:
             if len(futures) == 1:  # the common case, without gather's extra future
-                answers = [await asyncio.wait_for(answer(0), wait_ms / 1000)]
+                answers = [await asyncio.wait_for(rows_waiting[0], wait_ms / 1000)]
             else:
-                answers = await asyncio.wait_for(asyncio.gather(*(answer(i) for i in range(len(ids)))), wait_ms / 1000)
+                answers = await asyncio.wait_for(asyncio.gather(*rows_waiting), wait_ms / 1000)
         except TimeoutError:
             raise Unavailable(f"no answer from the rendezvous within {wait_ms} ms (deadline {budget} ms + "
                               f"{self.settings.answer_grace_ms} ms): is it running?") from None
         finally:
+            # A row still waiting when another failed the call (gather does not cancel the rest)
+            # must not be sent again once its reply partition moves: no one would wait for it (a review).
+            for waiting in rows_waiting:
+                waiting.cancel()
             self._abandon(ids, futures)
         return [_row(a) for a in answers]
 
@@ -270,9 +272,9 @@ class Gateway:
                 return await asyncio.wrap_future(futures[row])
             except ReplyPartitionLost as moved:
                 log.debug("%s: sending request %s again", moved, ids[row])  # the client said the move once
-                m.ROWS_SENT_AGAIN.inc()
                 futures[row] = self.client.submit(rows[row], budget_ms=budget, request_id=ids[row],
                                                   metadata=metadata, created_at=created)
+                m.ROWS_SENT_AGAIN.inc()
         return await asyncio.wrap_future(futures[row])
 
     async def _via_model(self, target: Target, ids: list[str], rows: list[dict[str, float]], budget: int,

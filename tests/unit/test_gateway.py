@@ -1474,6 +1474,42 @@ def test_a_row_whose_reply_partition_moved_is_sent_again_under_its_id() -> None:
     assert len(sent) == 2 and sent[0] == sent[1]
 
 
+def test_a_row_still_waiting_when_its_call_failed_is_not_sent_again() -> None:
+    """gather left the other rows' waits running once one row failed the call: a reply partition
+    moving after the call's end sent a row again that no one waited for, its waiter never
+    abandoned (a review). They are cancelled with the call."""
+    from concurrent.futures import Future
+
+    from services.client.client import Answer, ReplyPartitionLost
+    from services.core.errors import BrokerError
+    from services.gateway.oip import InferCall, Tensor
+
+    submitted: list[Future[Answer]] = []
+
+    def submit(_row: object, **_: object) -> Future[Answer]:
+        submitted.append(Future())
+        return submitted[-1]
+
+    gateway = _gateway_answering_ok(GatewaySettings(), Schedule(models=("champion",)), [])
+    gateway.client.submit = submit
+    call = InferCall("", (Tensor("x", "FP64", (2, 1), [1.0, 2.0]),), (), {})
+
+    async def run() -> None:
+        infer = asyncio.ensure_future(gateway.infer("default", "", call, "anonymous"))
+        while len(submitted) < 2:
+            await asyncio.sleep(0.001)
+        submitted[0].set_exception(BrokerError("the request was not delivered"))
+        with pytest.raises(BrokerError):
+            await infer
+        if not submitted[1].done():  # the client fails it when its reply partition moves
+            submitted[1].set_exception(ReplyPartitionLost("reply partition(s) [0] moved to another reader"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert len(submitted) == 2 and submitted[1].cancelled()
+
+    asyncio.run(run())
+
+
 def test_a_call_to_one_model_is_not_failed_by_its_reply_partition_moving() -> None:
     """Its answer comes through the comparison log, whoever reads the reply."""
     from concurrent.futures import Future
