@@ -74,8 +74,9 @@ class GatewaySettings(KafkaSettings):
     )
     grpc_reply_margin_ms: int = setting(
         20, "Of a gRPC call's deadline, what is kept for its answer's way back to the caller (ms): the rendezvous "
-        "decides that much sooner (and 1% sooner, for the grpc-timeout header's rounding up), so that a FALLBACK "
-        "or TIMEOUT reaches the caller before it gives up with a bare DEADLINE_EXCEEDED.", minimum=0,
+        "decides that much sooner (at most a fifth of the deadline; and 1% sooner, for the grpc-timeout header's "
+        "rounding up), so that a FALLBACK or TIMEOUT reaches the caller before it gives up with a bare "
+        "DEADLINE_EXCEEDED.", minimum=0,
     )
     comparison_grace_ms: int = setting(
         10_000,

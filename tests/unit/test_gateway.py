@@ -1569,6 +1569,8 @@ def test_a_grpc_deadline_keeps_time_for_the_answers_way_back() -> None:
         assert grpc_deadline_ms(header_ms / 1000, 20) <= sent_ms - 20, sent_ms  # type: ignore[operator]
     assert grpc_deadline_ms(1.010, 0) == 999
     assert grpc_deadline_ms(0.001, 20) == 1
+    # A short deadline keeps at most a fifth for the way back: 20 ms of 25 left the rendezvous 4 (a review).
+    assert grpc_deadline_ms(0.025, 20) == 19 and grpc_deadline_ms(0.05, 20) == 39
 
 
 # --- from a review of the protocol's edges -----------------------------------------------------------
