@@ -82,10 +82,11 @@ def live_names(figures: Figures, found: tuple[set[str], set[str]] | None) -> set
         return usable
     running, stopped = found
     scored = {model for model, _version in figures}
-    if running - scored:
-        # A group with members not named after a model that scored (a worker run with a --group of
+    if any(not set(name.split("+")) <= scored for name in running):  # a co-hosted group: each of its models
+        # A group with members not named after models that scored (a worker run with a --group of
         # its own, `<prefix>model.fraud-blue`, or one deployed and idle) may hold the workers of a
-        # model whose default group is left empty: that empty group proves nothing (a review).
+        # model whose default group is left empty: that empty group proves nothing (a review). So
+        # a model just undeployed is taken for live while another is deployed and idle.
         stopped = set()
     return (usable - stopped) | (running - (scored - usable))
 

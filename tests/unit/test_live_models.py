@@ -37,3 +37,15 @@ def test_an_empty_group_proves_nothing_while_a_group_not_named_after_a_scoring_m
     stays listed, empty: fraud was refused as stopped while it scored (a review)."""
     assert live_names(_scored(fraud=0), ({"fraud-blue"}, {"fraud"})) == {"fraud", "fraud-blue"}
     assert live_names(_scored(fraud=0, champion=0), ({"champion"}, {"fraud"})) == {"champion"}
+
+
+def test_a_co_hosted_workers_group_is_named_after_the_models_it_scores() -> None:
+    """`<prefix>model.a+b` read as a model 'a+b' that never scored: the check of a model just
+    undeployed was off whenever a co-hosted worker ran (a review)."""
+    from services.model_worker.settings import model_groups
+
+    running = set(model_groups("rdv.", ["rdv.model.a+b", "rdv.model.champion"]))
+    live = live_names(_scored(a=0, b=0, champion=0, contra=0), (running, {"contra"}))
+    assert "contra" not in live and {"a", "b", "champion"} <= live
+    # A model deployed and idle next to one just undeployed: the empty group proves nothing then.
+    assert "contra" in live_names(_scored(champion=0, contra=0), ({"champion", "fresh"}, {"contra"}))
