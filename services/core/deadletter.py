@@ -22,7 +22,7 @@ from confluent_kafka import Message
 from prometheus_client import Counter
 
 from services.core.codec import codec
-from services.core.errors import BadInput, BrokerError, KafkaOperationError, TopicGone
+from services.core.errors import BadInput, BrokerError, KafkaOperationError, ProducerInErrorState, TopicGone
 from services.core.kafka import topic_config
 from services.core.metrics import DEAD_LETTERS
 from services.core.redaction import mask
@@ -110,8 +110,11 @@ class DeadLetters:
             try:
                 self._producer.produce(self._topic, self._codec.encode(letter), key=letter["key"])
                 break
-            except TopicGone:
-                raise  # every dead letter after it would be lost too, uncounted by the topic: the service stops
+            except (TopicGone, ProducerInErrorState):
+                # Every dead letter after it would be lost too, uncounted by the topic, or the producer
+                # takes nothing now, whatever the record (a review: a fatal producer counted each
+                # record of its batch lost, its alert fired): the service stops.
+                raise
             except KafkaOperationError as err:
                 refused.append(err)
         else:

@@ -47,6 +47,7 @@ from services.core.errors import (
     ConfigError,
     DecodeFailed,
     KafkaOperationError,
+    ProducerInErrorState,
     RecordTooLarge,
     UnexpectedFailure,
 )
@@ -269,6 +270,8 @@ class Rendezvous(Probed):
                     self._on_score(msg)
                 elif topic == requests:
                     self._on_request(msg)
+            except ProducerInErrorState:
+                raise  # the producer's failure, not the record's (at least once: a fatal producer stops it)
             # One record must never stop the service: whatever it made fail is dead-lettered,
             # counted, and the stream goes on (the traceback goes to the log for a developer).
             except Exception as exc:

@@ -9,7 +9,7 @@ from confluent_kafka import KafkaError, Message
 
 from services.core.codec import codec
 from services.core.deadletter import DEAD_LETTER_FAILURES, REFERENCE_REASON_CHARS, DeadLetters
-from services.core.errors import BadInput, RecordTooLarge, TopicGone
+from services.core.errors import BadInput, ProducerInErrorState, RecordTooLarge, TopicGone
 from services.core.kafka import topic_gone
 
 LETTERS = codec("deadletter")
@@ -123,3 +123,20 @@ def test_a_dead_letter_topic_found_deleted_at_the_second_try_stops_the_service_t
         DeadLetters(producer, "rdv.deadletter", "model").send(bad(b"v" * 5_000, b"k"), BadInput("no Request"))
     assert producer.tries == 2
     assert DEAD_LETTER_FAILURES.labels("model", "rdv.requests")._value.get() == before
+
+
+class Failed:
+    """A producer failed for good (fenced, or a fatal idempotence error): it takes no record."""
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | str | None = None, partition: int | None = None,
+                headers: Any = None) -> None:
+        raise ProducerInErrorState(f"produce to {topic} failed: KafkaError{{code=_FATAL}}")
+
+
+def test_a_producer_that_takes_nothing_stops_the_service_instead_of_counting_each_record_lost() -> None:
+    """At least once, a fatal producer's refusal was taken for the record's: its dead letter refused
+    too, each record of the batch counted in rdv_deadletter_failures_total, the alert fired (a review)."""
+    before = DEAD_LETTER_FAILURES.labels("rendezvous", "rdv.requests")._value.get()
+    with pytest.raises(ProducerInErrorState):
+        DeadLetters(Failed(), "rdv.deadletter", "rendezvous").send(bad(b"v", b"k"), BadInput("no Request"))
+    assert DEAD_LETTER_FAILURES.labels("rendezvous", "rdv.requests")._value.get() == before
