@@ -20,7 +20,7 @@ import numpy as np
 from services.control.schedule import Schedule
 from services.core.codec import codec
 from services.core.errors import BadInput, BrokerError
-from services.core.kafka import consumer_groups, groups_with_members
+from services.core.kafka import groups_by_members
 from services.core.runtime import now_ms
 from services.core.topic_range import read_spans
 from services.model_worker.settings import model_groups
@@ -65,11 +65,11 @@ def workers(config: Mapping[str, Any], prefix: str) -> tuple[set[str], set[str]]
     members name), from the groups' names (`model_groups`: a worker run with a --group of its
     own is not found); None when the cluster's groups cannot all be listed."""
     try:
-        known = set(model_groups(prefix, consumer_groups(config)))
-        running = set(model_groups(prefix, groups_with_members(config, [f"{prefix}model."])))
+        with_members, without = groups_by_members(config, [f"{prefix}model."])
     except BrokerError:
         return None
-    return running, known - running
+    running = set(model_groups(prefix, with_members))
+    return running, set(model_groups(prefix, without)) - running
 
 
 def live_names(figures: Figures, found: tuple[set[str], set[str]] | None) -> set[str]:

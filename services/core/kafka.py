@@ -104,6 +104,8 @@ _ERROR_STATES = {KafkaError._STATE, KafkaError._FATAL, KafkaError._FENCED}
 def _in_error_state(err: KafkaError) -> bool:
     """A produce refused for the producer's state, whatever the record (`ProducerInErrorState`)."""
     return err.code() in _ERROR_STATES or err.txn_requires_abort() or err.fatal()
+
+
 # A produce to a partition the client does not know waits this long for the topic's metadata, and
 # asks it this often at most (`Producer._in_cluster_now`).
 PARTITIONS_ASKED_S = 1.0
@@ -1377,11 +1379,20 @@ def groups_with_members(
 ) -> list[str]:
     """The consumer groups whose ids start with one of `prefixes` and that have members now;
     BrokerError unless every broker answered."""
+    return groups_by_members(config, prefixes, timeout)[0]
+
+
+def groups_by_members(
+    config: Mapping[str, Any], prefixes: Sequence[str], timeout: float | None = None
+) -> tuple[list[str], list[str]]:
+    """(those with members now, those without) of the consumer groups whose ids start with one of
+    `prefixes`, from one listing; BrokerError unless every broker answered."""
     from confluent_kafka import ConsumerGroupState
 
     idle = (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD)
-    return sorted(g.group_id for g in _listed_groups(config, timeout, whole=True)
-                  if g.group_id.startswith(tuple(prefixes)) and g.state not in idle)
+    listed = [g for g in _listed_groups(config, timeout, whole=True) if g.group_id.startswith(tuple(prefixes))]
+    return (sorted(g.group_id for g in listed if g.state not in idle),
+            sorted(g.group_id for g in listed if g.state in idle))
 
 
 def group_member_count(config: Mapping[str, Any], group: str, timeout: float = 10.0) -> int:

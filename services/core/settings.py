@@ -285,10 +285,7 @@ class ServiceSettings(KafkaSettings):
     )
 
 
-S = TypeVar("S")
-
-
-def replaced(settings: S, **changes: Any) -> S:
+def replaced(settings: T, **changes: Any) -> T:
     """`settings` with `changes`, still knowing which settings the command was given and which
     came from variables (`given`, `from_environment`): copied by `dataclasses.replace` alone, a
     command on the local broker (its bootstrap filled in) took every default it was given for not

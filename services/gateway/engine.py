@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
@@ -52,6 +53,8 @@ LARGE_VALUES = 50_000
 # a rebalance: one is the rule, a third would be gateways joining and leaving in a loop).
 MOVED_RESENDS = 2
 LARGE_BODY = 256 * 1024
+# A call's rows submitted to the Kafka client: submit(row, request_id=...) (`Gateway._submitting`).
+Submit = Callable[..., Future[Answer]]
 
 
 async def off_the_loop(large: bool, work: Callable[..., R], *args: Any) -> R:
@@ -216,13 +219,16 @@ class Gateway:
             if self.draining:  # the stop came while the log reader started: send nothing now
                 raise TurnedAway("this gateway is shutting down; retry (another replica will answer)")
 
-    def _send(self, ids: list[str], rows: list[dict[str, float]], budget: int,
-              metadata: dict[str, str], created: int) -> list[Future[Answer]]:
+    def _submitting(self, budget: int, metadata: dict[str, str]) -> Submit:
+        """How a call's rows go, each as `submit(row, request_id=...)`: one `created_at` for them all
+        (a row sent again keeps it, and so its deadline)."""
+        return functools.partial(self.client.submit, budget_ms=budget, metadata=metadata, created_at=now_ms())
+
+    def _send(self, ids: list[str], rows: list[dict[str, float]], submit: Submit) -> list[Future[Answer]]:
         futures: list[Future[Answer]] = []
         try:
             for rid, row in zip(ids, rows, strict=True):
-                futures.append(self.client.submit(row, budget_ms=budget, request_id=rid, metadata=metadata,
-                                                  created_at=created))
+                futures.append(submit(row, request_id=rid))
         except BaseException as exc:
             self._abandon(ids, futures)
             if not futures and isinstance(exc, Exception) and status_of(exc).http == 503:
@@ -240,10 +246,10 @@ class Gateway:
 
     async def _via_schedule(self, ids: list[str], rows: list[dict[str, float]], budget: int,
                             metadata: dict[str, str]) -> list[RowAnswer]:
-        created = now_ms()
-        futures = self._send(ids, rows, budget, metadata, created)
+        submit = self._submitting(budget, metadata)
+        futures = self._send(ids, rows, submit)
         wait_ms = budget + self.settings.answer_grace_ms
-        rows_waiting = [asyncio.ensure_future(self._answer_of(row, futures, ids, rows, budget, metadata, created))
+        rows_waiting = [asyncio.ensure_future(self._answer_of(row, futures, ids, rows, submit))
                         for row in range(len(ids))]
         try:
             if len(futures) == 1:  # the common case, without gather's extra future
@@ -262,7 +268,7 @@ class Gateway:
         return [_row(a) for a in answers]
 
     async def _answer_of(self, row: int, futures: list[Future[Answer]], ids: list[str],
-                         rows: list[dict[str, float]], budget: int, metadata: dict[str, str], created: int) -> Answer:
+                         rows: list[dict[str, float]], submit: Submit) -> Answer:
         """Row `row`'s answer. One whose reply partition moved to another gateway (one joining the
         group takes partitions: a review saw 12 of 24 waiting calls fail with 503) is sent again,
         under its id and created_at, naming a partition this gateway owns now: the rendezvous
@@ -272,8 +278,7 @@ class Gateway:
                 return await asyncio.wrap_future(futures[row])
             except ReplyPartitionLost as moved:
                 log.debug("%s: sending request %s again", moved, ids[row])  # the client said the move once
-                futures[row] = self.client.submit(rows[row], budget_ms=budget, request_id=ids[row],
-                                                  metadata=metadata, created_at=created)
+                futures[row] = submit(rows[row], request_id=ids[row])
                 m.ROWS_SENT_AGAIN.inc()
         return await asyncio.wrap_future(futures[row])
 
@@ -282,7 +287,7 @@ class Gateway:
         expected = [self.tap.expect(rid) for rid in ids]
         sent: list[Future[Answer]] = []
         try:
-            sent = self._send(ids, rows, budget, metadata, now_ms())
+            sent = self._send(ids, rows, self._submitting(budget, metadata))
             wait_ms = budget + self.settings.comparison_grace_ms
             records = await _records_unless_refused(expected, sent, wait_ms)
         finally:

@@ -1090,11 +1090,11 @@ def test_a_call_whose_first_row_the_kafka_client_refuses_keeps_its_reason_and_ge
     gateway.client.submit, gateway.client.abandon = submit, lambda *_args: None
     for _ in range(3):  # the first row refused each time: the burst of one comes back each time
         with pytest.raises(KafkaOperationError) as refused, gateway.spending("anonymous"):
-            gateway._send(["r1"], [{"a": 1.0}], 100, {}, 0)
+            gateway._send(["r1"], [{"a": 1.0}], gateway._submitting(100, {}))
         assert status_of(refused.value).reason == "broker"
     refuse_from[0] = 1  # a row goes out, the next is refused: the token is kept
     with pytest.raises(KafkaOperationError), gateway.spending("anonymous"):
-        gateway._send(["r1", "r2"], [{"a": 1.0}, {"a": 2.0}], 100, {}, 0)
+        gateway._send(["r1", "r2"], [{"a": 1.0}, {"a": 2.0}], gateway._submitting(100, {}))
     assert submitted == ["r1"]
     with pytest.raises(RateLimited):
         _admit(gateway)
