@@ -158,7 +158,7 @@ def preload(bootstrap: str, topics: Topics, args: argparse.Namespace) -> float:
 
 def write_feed(bootstrap: str, topics: Topics, feed: Iterable[Record]) -> None:
     """Every record of `feed` on the requests or scores topic, acknowledged (the client waits for
-    room when its queue is full: services/core/kafka.py)."""
+    room when its queue is full: services/core/kafka/producer.py)."""
     producer = Producer({"bootstrap.servers": bootstrap})
     try:
         for i, record in enumerate(feed):

@@ -67,7 +67,7 @@ from services.model_worker.settings import model_group
 MODELS = ("champion", "challenger", "canary")
 HOPS = 3  # topics crossed by the rendezvous path: requests, scores, replies
 # linger.ms of each pass-through of the floor: that of the producer it stands for (None: the
-# services' PRODUCER_DEFAULTS, services/core/kafka.py). Pass-through 0 (-> hop1) stands for the
+# services' PRODUCER_DEFAULTS, services/core/kafka/client_config.py). Pass-through 0 (-> hop1) stands for the
 # model workers' score producer (the defaults, services/model_worker/worker.py); pass-through 1
 # (-> hop2) for the rendezvous' reply producer, which never lingers (services/rendezvous/service.py,
 # `start`: "linger.ms": 0). The sender's producer is the client's (both the defaults).

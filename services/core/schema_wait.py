@@ -43,7 +43,7 @@ Key = tuple[str, int]  # (topic, partition)
 
 
 class Pausable(Protocol):
-    """What the wait needs of the consumer (services/core/kafka.py, Consumer)."""
+    """What the wait needs of the consumer (services/core/kafka/consumer.py, Consumer)."""
 
     def pause(self, partitions: list[TopicPartition]) -> None: ...
 

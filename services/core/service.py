@@ -83,10 +83,10 @@ class StreamSpec:
     consumer_config: dict[str, Any] = field(default_factory=dict)  # group tuning, assignment, isolation
     intake: tuple[str, ...] = ()  # topics paused when draining (empty: every topic)
     producer_config: dict[str, Any] = field(default_factory=dict)
-    delivered: bool = False  # the handler needs every delivery reported (core/kafka.py, Producer)
+    delivered: bool = False  # the handler needs every delivery reported (core/kafka/producer.py, Producer)
     # Topics the service writes, which it checks at start (a missing one is refused there): each
     # one's max.message.bytes is read, so a record it would refuse (for good) is known before it
-    # is produced (core/kafka.py, Producer.check_size); and one missing later was deleted while
+    # is produced (core/kafka/producer.py, Producer.check_size); and one missing later was deleted while
     # serving: its records fail within a second, and the service stops (`outputs_checked_at_start`).
     outputs: tuple[str, ...] = ()
     # Liveness: a poll loop that has not turned for this long while the broker answers is stuck

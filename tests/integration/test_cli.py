@@ -98,7 +98,8 @@ def test_topics_create_keeps_an_operators_retention_and_restores_what_the_deploy
 ) -> None:
     """`topics create` runs at every `helm upgrade`: it set the replies' retention back to an hour
     over an operator's own (a review of the docs, which said it left existing topics alone)."""
-    from services.core.kafka import _apply_configs, admin, topic_config
+    from services.core.kafka import admin, topic_config
+    from services.core.kafka.topics import _apply_configs
 
     prefix = f"keep{uuid.uuid4().hex[:8]}."
     assert rendezvous("topics", "create", "--bootstrap", bootstrap, "--topic-prefix", prefix).returncode == 0

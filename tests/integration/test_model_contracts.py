@@ -116,7 +116,8 @@ def test_the_gateway_follows_published_contracts_with_one_consumer(
         assert signatures.models() == {"a": "1"}
         created: list[Any] = []
         real = kafka.new_client
-        monkeypatch.setattr(kafka, "new_client", lambda kind, conf: created.append(kind) or real(kind, conf))
+        for module in (kafka.connect, kafka.consumer, kafka.producer, kafka.readers, kafka.groups):  # all make clients
+            monkeypatch.setattr(module, "new_client", lambda kind, conf: created.append(kind) or real(kind, conf))
         producer.produce(topics.models, encode_model_info(ModelInfo("b", "2", Signature.all_required(["y"]))),
                          key=b"b")
         producer.produce(topics.models, None, key=b"a")

@@ -57,7 +57,7 @@ def test_a_sasl_client_at_a_listener_without_sasl_ends_the_wait_naming_it(
     a proxy, or a broker restarting, closes so too (the review of a first form)."""
     from confluent_kafka import KafkaError
 
-    from services.core.kafka import _final_error
+    from services.core.kafka.connect import _final_error
 
     found = _final_error(KafkaError(getattr(KafkaError, code), reason), "b:9")
     assert (found is None) if said is None else (found is not None and found.startswith(said)), found
@@ -76,7 +76,7 @@ def test_a_sasl_client_at_a_listener_without_sasl_ends_the_wait_naming_it(
 def test_a_protocol_mismatch_is_hinted_for_the_clients_own_protocol(protocol: str, reason: str,
                                                                      hint: str | None) -> None:
     """A SASL_SSL client was told to use PLAINTEXT, which would drop SASL (a review)."""
-    from services.core.kafka import _mismatch_hint
+    from services.core.kafka.connect import _mismatch_hint
 
     found = _mismatch_hint(reason, protocol)
     assert (found is None) if hint is None else (found is not None and found.endswith(hint)), found
@@ -85,7 +85,7 @@ def test_a_protocol_mismatch_is_hinted_for_the_clients_own_protocol(protocol: st
 def test_the_hint_is_the_latest_failures_not_one_seen_earlier_in_the_wait() -> None:
     """A few handshakes closed by a proxy, then the TLS broker down: the timeout's error told the
     TLS client to use PLAINTEXT (a review)."""
-    from services.core.kafka import _LatestFailure
+    from services.core.kafka.connect import _LatestFailure
 
     latest = _LatestFailure("SSL")
     latest.see("ssl://b:9/bootstrap: SSL handshake failed: Disconnected: connecting to a PLAINTEXT broker listener?")
@@ -118,7 +118,7 @@ def test_a_broker_advertising_an_address_unreachable_from_here_is_said_so(monkey
         def poll(self, _timeout: float) -> None:
             return None
 
-    monkeypatch.setattr(kafka, "new_client", lambda _kind, _config: Answering())
+    monkeypatch.setattr(kafka.connect, "new_client", lambda _kind, _config: Answering())
     with pytest.raises(BrokerUnavailable, match=r"^the broker at b:9 answered, but advertises 127.0.0.1:1 \(Conn"):
         kafka.wait_for_broker({"bootstrap.servers": "b:9"}, timeout=0.5)
     advertised["brokers"] = {1: SimpleNamespace(host="127.0.0.1", port=1), 2: reachable}  # one of them will do
@@ -132,7 +132,7 @@ def test_a_failing_connection_to_an_advertised_broker_is_told_from_the_bootstrap
     """librdkafka names a broker the cluster advertised by its id, a bootstrap address 'bootstrap':
     a broker advertising 127.0.0.1:1 timed out every metadata request, said as 'no Kafka broker
     answered' (a review)."""
-    from services.core.kafka import _LatestFailure
+    from services.core.kafka.connect import _LatestFailure
 
     latest = _LatestFailure("plaintext")
     latest.see("127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed: Connection refused")

@@ -1,4 +1,4 @@
-"""How long a service's or a client's records may take to be delivered (core/kafka.py,
+"""How long a service's or a client's records may take to be delivered (core/kafka/client_config.py,
 client/client.py): shorter than librdkafka's 300 s, and a --kafka-config setting wins."""
 
 from __future__ import annotations

@@ -42,14 +42,14 @@ def test_outputs_timed_out_in_an_outage_make_at_least_once_re_read() -> None:
 def test_a_transient_failure_is_outputs_lost_and_a_lasting_one_is_not() -> None:
     from confluent_kafka import KafkaError
 
-    from services.core.kafka import _delivery_failure
+    from services.core.kafka.error_kinds import delivery_failure
 
-    assert isinstance(_delivery_failure(KafkaError(KafkaError._MSG_TIMED_OUT), "t"), OutputsLost)
-    assert isinstance(_delivery_failure(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), "t"), RefusedForGood)
-    assert isinstance(_delivery_failure(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED), "t"), RefusedForGood)
+    assert isinstance(delivery_failure(KafkaError(KafkaError._MSG_TIMED_OUT), "t"), OutputsLost)
+    assert isinstance(delivery_failure(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), "t"), RefusedForGood)
+    assert isinstance(delivery_failure(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED), "t"), RefusedForGood)
     # Taken back unsent from a client replaced for being stuck (Producer._replace_stuck): redo the work.
-    assert isinstance(_delivery_failure(KafkaError(KafkaError._PURGE_QUEUE), "t"), OutputsLost)
-    other = _delivery_failure(KafkaError(KafkaError._INVALID_ARG), "t")  # neither: raised as it is
+    assert isinstance(delivery_failure(KafkaError(KafkaError._PURGE_QUEUE), "t"), OutputsLost)
+    other = delivery_failure(KafkaError(KafkaError._INVALID_ARG), "t")  # neither: raised as it is
     assert not isinstance(other, (OutputsLost, RefusedForGood))
 
 
@@ -58,13 +58,13 @@ def test_records_to_a_topic_deleted_while_serving_are_refused_for_good_in_one_li
     'Local: Unknown partition' (and a retriable code would have re-read the work, in vain)."""
     from confluent_kafka import KafkaError
 
-    from services.core.kafka import _delivery_failure
+    from services.core.kafka.error_kinds import delivery_failure
 
-    gone = _delivery_failure(KafkaError(KafkaError._UNKNOWN_PARTITION), "rdv.scores", 3)
+    gone = delivery_failure(KafkaError(KafkaError._UNKNOWN_PARTITION), "rdv.scores", 3)
     assert isinstance(gone, TopicGone) and not gone.retriable
     assert str(gone).startswith("rdv.scores has no partition 3 (deleted, or made again with fewer partitions, "
                                 "while serving?)")
-    gone = _delivery_failure(KafkaError(KafkaError._UNKNOWN_TOPIC), "rdv.scores", 3)
+    gone = delivery_failure(KafkaError(KafkaError._UNKNOWN_TOPIC), "rdv.scores", 3)
     assert str(gone).startswith("rdv.scores does not exist (deleted while serving?): if it is one of the "
                                 "deployment's, `rendezvous topics create` makes it again")
 

@@ -34,7 +34,7 @@ class Broker:
 
 
 class StandInConsumer:
-    """The wrapper's surface (services/core/kafka.py, Consumer) over a scripted group: the first
+    """The wrapper's surface (services/core/kafka/consumer.py, Consumer) over a scripted group: the first
     consume assigns in[0] and returns five records; asynchronous commits are answered through the
     config's on_commit on the next consume, as librdkafka serves its callbacks."""
 

@@ -107,8 +107,8 @@ def test_a_topic_the_metadata_lacks_is_asked_about_once_for_all_within_the_timeo
             asked.append((list(topics.topic_names), request_timeout))
             return {t: refused_or_unknown(t) for t in topics.topic_names}
 
-    monkeypatch.setattr(kafka, "wait_for_broker", lambda _config, _timeout=None: SimpleNamespace(topics={}))
-    monkeypatch.setattr(kafka, "admin", lambda _config: Admin())
+    monkeypatch.setattr(kafka.topics, "wait_for_broker", lambda _config, _timeout=None: SimpleNamespace(topics={}))
+    monkeypatch.setattr(kafka.topics, "admin", lambda _config: Admin())
     with pytest.raises(TopicRefused, match=r"not authorized to describe topic\(s\) p\.log at b:9092"):
         kafka.partition_counts({"bootstrap.servers": "b:9092"}, ["p.log", "p.nope", "p.other"], timeout=3.0)
     assert asked == [(["p.log", "p.nope", "p.other"], 3.0)]
