@@ -129,6 +129,7 @@ class Context:
 # of 45 s left a restarted decoy or comparison service without partitions for most of a minute.
 # (The classic group protocol only: settings refuse group.protocol=consumer, kafka_config.py.)
 GROUP_DEFAULTS: dict[str, Any] = {"session.timeout.ms": 6_000}
+LIBRDKAFKA_MAX_POLL_INTERVAL_S = 300.0  # max.poll.interval.ms when none is given
 COMMIT_WARN_EVERY_S = 10.0  # at most one warning this often for refused asynchronous offset commits
 
 # Registered here, not in health.py: only processes running this skeleton export it (a gateway,
@@ -143,9 +144,18 @@ _SET_BY = {
     "auto.offset.reset": "--start-from", "isolation.level": "its processing (outputs read once committed)",
     "partition.assignment.strategy": "its co-partitioning of requests and scores (range)",
     "client.id": "its instance (--instance)", "linger.ms": "--output-linger-ms",
-    "max.poll.interval.ms": "--predict-timeout-s",
+    "max.poll.interval.ms": "--predict-timeout-s (a model worker's), --stall-timeout-ms (the rendezvous')",
     "transaction.timeout.ms": "--transaction-timeout-ms (the rendezvous'; 10 s in the others)",
 }
+
+
+def max_poll_interval_s(consumer_config: Mapping[str, Any]) -> float:
+    """The consumer's max.poll.interval.ms, in seconds (librdkafka's default if not given; one it
+    would refuse is refused when the consumer is made)."""
+    try:
+        return float(consumer_config.get("max.poll.interval.ms", LIBRDKAFKA_MAX_POLL_INTERVAL_S * 1000)) / 1000
+    except (TypeError, ValueError):
+        return LIBRDKAFKA_MAX_POLL_INTERVAL_S
 
 
 def check_not_overridden(spec: StreamSpec) -> None:
@@ -243,6 +253,7 @@ class StreamService:
         self._commit_failures = 0  # asynchronous commits refused since the last warning
         self._commit_warned_at: float | None = None
         self._turned_at: float | None = None  # the poll loop's last pass (None: not looping)
+        self._leaves_group_after_s = LIBRDKAFKA_MAX_POLL_INTERVAL_S  # its consumer's max.poll.interval.ms (run)
         self._schemas: SchemaWait | None = None  # records waiting for their schema (run: after wire.configure)
 
     # -- readiness -------------------------------------------------------------------------
@@ -257,7 +268,7 @@ class StreamService:
             # next assignment, and a load balancer must not count on this instance meanwhile.
             waiting = "rebalancing: no partitions assigned" if self._releases else "waiting for a partition assignment"
             return False, waiting
-        reason = self.handler.not_ready()
+        reason = self.handler.not_ready() or self._left_group()
         if reason:
             return False, reason
         if not self._owned:
@@ -266,6 +277,20 @@ class StreamService:
             # stall a rollout and page RdvServiceNotReady for a correct standby); said plainly.
             return True, "standby: no partitions assigned"
         return True, "ready"
+
+    def _left_group(self) -> str | None:
+        """Why the consumer is no member any more, if the loop has not turned within its
+        max.poll.interval.ms: librdkafka then leaves the group, whose other members take its
+        partitions, though its own thread goes on heartbeating. A hung instance said ready, and
+        no alert fired, while others answered its partitions (a review)."""
+        turned = self._turned_at
+        if turned is None:
+            return None
+        idle = time.monotonic() - turned
+        if idle < self._leaves_group_after_s:
+            return None
+        return (f"the poll loop has not turned for {idle:.0f}s: past its max.poll.interval.ms "
+                f"({self._leaves_group_after_s:g}s) it left its consumer group, its partitions taken over by others")
 
     def liveness(self) -> tuple[bool, str]:
         """False once the poll loop has stopped turning for `stalled_after_s` while the broker
@@ -287,8 +312,10 @@ class StreamService:
         self.health.mark_up()  # reached (its handler's own checks may have waited for it before)
         with ExitStack() as stack:
             producer = self._producer(config, stack)
-            consumer = Consumer({**GROUP_DEFAULTS, **config, "group.id": spec.group_id, **spec.consumer_config,
-                                 "on_commit": self._on_commit})
+            consumer_config = {**GROUP_DEFAULTS, **config, "group.id": spec.group_id, **spec.consumer_config,
+                               "on_commit": self._on_commit}
+            self._leaves_group_after_s = max_poll_interval_s(consumer_config)
+            consumer = Consumer(consumer_config)
             stack.callback(consumer.close)
             committer = self._committer(producer, consumer, stop)
             lane = CommitLane(committer, producer, background=spec.processing != "durable")

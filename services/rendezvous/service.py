@@ -158,6 +158,7 @@ class Rendezvous(Probed):
             "isolation.level": "read_committed",
             "session.timeout.ms": s.session_timeout_ms,
             "heartbeat.interval.ms": max(100, s.session_timeout_ms // 3),
+            "max.poll.interval.ms": max(s.stall_timeout_ms, s.session_timeout_ms),  # librdkafka refuses less
             "client.id": s.transactional_id(),
         }
         if s.static_member():

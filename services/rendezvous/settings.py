@@ -79,6 +79,16 @@ class RendezvousSettings(ServiceSettings):
         # broker had answered, blaming --kafka-config (librdkafka's own bound, 3600000, was allowed here).
         minimum=1, maximum=300_000,
     )
+    stall_timeout_ms: int = setting(
+        30_000, "How long the poll loop may stop turning (a hang: a deadlock, a call that never returns) before "
+        "the instance leaves its consumer group, the others take its partitions over, and its readiness fails "
+        "(ms; its consumer's max.poll.interval.ms, at least --session-timeout-ms).",
+        # librdkafka's default, 300 s, kept a hung instance's partitions unanswered for five minutes,
+        # its heartbeats going on from librdkafka's thread, and held every rebalance of the group as
+        # long (a review). The loop turns every 100 ms at least; recovery, its longest step, takes
+        # seconds.
+        minimum=1, maximum=86_400_000,
+    )
     transaction_timeout_ms: int = setting(
         10_000, "How long the broker keeps a dead instance's transaction open before aborting it (ms).",
         minimum=1_000,  # librdkafka's least, refused only once the broker answered (blaming --kafka-config)
@@ -124,7 +134,7 @@ class RendezvousSettings(ServiceSettings):
 
     def validate(self) -> None:
         for name in ("deadline_ms", "linger_ms", "orphan_grace_ms", "commit_interval_ms", "max_batch",
-                     "max_budget_ms", "session_timeout_ms", "transaction_timeout_ms"):
+                     "max_budget_ms", "session_timeout_ms", "stall_timeout_ms", "transaction_timeout_ms"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.processing not in ("exactly-once", "at-least-once"):

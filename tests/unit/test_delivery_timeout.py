@@ -123,3 +123,13 @@ def test_the_rendezvous_replies_fail_a_second_after_their_topic_goes_and_a_users
         "linger.ms": 0, "allow.auto.create.topics": False}
     users = {"topic.metadata.propagation.max.ms": "30000", "delivery.timeout.ms": "9000"}
     assert reply_producer_config(users, 5_000) == {**users, "linger.ms": 0, "allow.auto.create.topics": False}
+
+
+@pytest.mark.parametrize(("stall", "session", "expected"), [(30_000, 6_000, 30_000), (5_000, 6_000, 6_000)])
+def test_a_rendezvous_whose_loop_stalls_leaves_its_group_after_the_stall_timeout(
+    stall: int, session: int, expected: int
+) -> None:
+    """librdkafka's 300 s kept a hung instance's partitions unanswered for five minutes (a review);
+    never below the session timeout, which librdkafka refuses."""
+    settings = RendezvousSettings(models=("champion",), stall_timeout_ms=stall, session_timeout_ms=session)
+    assert Rendezvous(settings)._spec().consumer_config["max.poll.interval.ms"] == expected

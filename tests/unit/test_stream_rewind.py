@@ -4,6 +4,7 @@ after outputs refused for good, nothing is committed on the way out."""
 
 from __future__ import annotations
 
+import time
 from contextlib import ExitStack
 from typing import Any
 
@@ -13,7 +14,14 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from services.core.commits import CommitLane, CommitOutcome, ExactlyOnce, TransactionAborted
 from services.core.errors import KafkaOperationError, RefusedForGood
 from services.core.health import BrokerHealth
-from services.core.service import Context, SimpleHandler, StreamHandler, StreamService, StreamSpec
+from services.core.service import (
+    Context,
+    SimpleHandler,
+    StreamHandler,
+    StreamService,
+    StreamSpec,
+    max_poll_interval_s,
+)
 from tests.unit.test_commit_lane import RecordingCommitter
 
 
@@ -206,6 +214,36 @@ def test_a_revoke_leaves_the_service_unready_until_the_next_assignment() -> None
     assert len(committer.commits) == 1  # the revoke still committed the finished work first
     service._on_assign(None, partitions[:1])
     assert service.readiness() == (True, "ready")
+
+
+def test_a_loop_that_stopped_turning_past_max_poll_interval_is_not_ready() -> None:
+    """A hung loop (librdkafka's thread still heartbeating) said ready while the group, past its
+    max.poll.interval.ms, gave its partitions to others, and no alert fired (a review)."""
+    lane = CommitLane(RecordingCommitter(), None, background=False)  # type: ignore[arg-type]
+    spec = StreamSpec(name="svc", config={}, subscription=["in"], group_id="g", processing="at-least-once")
+    service = StreamService(spec, Handler())
+    service.ctx = Context(spec, {}, service.health, AssigningConsumer(), None, lane,  # type: ignore[arg-type]
+                          ExitStack())
+    service.health.mark_up()
+    service._on_assign(None, [TopicPartition("in", 0)])
+    service._leaves_group_after_s = 30.0
+    service._turned_at = time.monotonic() - 29.0
+    assert service.readiness() == (True, "ready")
+    service._turned_at = time.monotonic() - 31.0
+    ready, why = service.readiness()
+    assert not ready
+    assert why.startswith("the poll loop has not turned for 31s: past its max.poll.interval.ms (30s) it left")
+    assert service.liveness()[0]  # a restart is liveness' call, later (stalled_after_s)
+
+
+@pytest.mark.parametrize(("config", "seconds"), [
+    ({}, 300.0), ({"max.poll.interval.ms": 30_000}, 30.0), ({"max.poll.interval.ms": "45000"}, 45.0),
+    ({"max.poll.interval.ms": "soon"}, 300.0),  # librdkafka refuses it when the consumer is made
+])
+def test_the_time_a_stalled_loop_keeps_its_group_is_the_consumer_s_max_poll_interval(
+    config: dict[str, Any], seconds: float
+) -> None:
+    assert max_poll_interval_s(config) == seconds
 
 
 class _RefusingLane:
