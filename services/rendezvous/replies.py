@@ -7,11 +7,16 @@ A return address is client input, so it is checked before anything is written th
   expression matched against the whole name; the deployment's replies topic always passes);
 - only topics that exist, with the partition asked for.
 
-Whether a topic exists is asked of the broker off the poll loop (one metadata request per
-unknown topic, by a helper thread) and remembered in a bounded cache; answers for a topic
-being checked wait in a bounded queue and go out once it is known to exist. So a request
-naming a missing topic costs that one reply (counted in rdv_reply_errors_total), and never
-delays any other answer. A question the broker could not answer (it is away) says nothing
+Whether a topic exists is asked of the broker off the poll loop (by a helper thread, the topics
+to check together in one DescribeTopics request, up to BATCH_MAX at a time) and remembered in a
+bounded cache; answers for a topic being checked wait in a bounded queue and go out once it is
+known to exist. So a request naming a missing topic costs that one reply (counted in
+rdv_reply_errors_total), and never delays any other answer: a client naming thousands of new
+topics delays another's new one by a request or two. (Asked one topic at a time, through a
+metadata request that left a topic handle in the client, 3,000 made-up addresses kept a new
+client's own reply topic waiting for minutes, and librdkafka went on asking the broker about
+every one of them, a core busy: a review.) A topic the rendezvous may not describe (no grant for
+its principal) is said so, not called missing. A question the broker could not answer (it is away) says nothing
 about the topic: its answers keep waiting and the question is asked again a second later. A
 failed delivery makes the next answers to that topic wait for a fresh verdict, not drop: after
 a long outage every reply in flight fails, and the topic is usually still there. If it is not,
@@ -35,7 +40,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
 
 from services.core.kafka import admin
 from services.core.rate_limit import OncePerPeriod
@@ -53,6 +58,9 @@ MAX_TOPICS = 1_000
 MAX_WAITING = 10_000  # replies waiting for a verdict, all other topics together
 MISSING_SAID_EVERY_S = 30.0  # one line for a missing return address, with how many were held back
 UNKNOWN = -1  # a partition count the broker could not give (it is away): ask again
+REFUSED = -2  # the broker will not describe the topic to the rendezvous' principal
+BATCH_MAX = 500  # topics asked about in one request
+ASK_TIMEOUT_S = 5.0
 RECHECK_S = 1.0
 # A topic a reply failed to is missing for RECHECK_S at a time, for this long after the failure: a
 # return address deleted and made again within seconds dropped every reply for 30 s, those to
@@ -67,6 +75,8 @@ class Pending(Protocol):
 Headers = list[tuple[str, bytes]] | None
 # topic, partition, key, value, headers, and what to call once the broker has acknowledged (or refused) it
 Send = Callable[[str, int | None, bytes, bytes, Headers, Callable[[], None]], None]
+# The partition count of each topic asked about (0: missing; UNKNOWN, REFUSED)
+PartitionCounts = Callable[[list[str]], Mapping[str, int]]
 
 
 class ReplyRules:
@@ -91,21 +101,22 @@ class ReplyRules:
 
 
 class ReplyRouter:
-    """`partition_count(topic)` (0: missing) is asked on a helper thread; by default a metadata
-    request through an admin client of `config`."""
+    """`partition_counts(topics)` is asked on a helper thread, one batch at a time; by default a
+    DescribeTopics request through an admin client of `config`."""
 
     def __init__(
         self, send: Send, config: Mapping[str, Any], rules: ReplyRules,
-        partition_count: Callable[[str], int] | None = None,
+        partition_counts: PartitionCounts | None = None,
     ):
         self._send = send
         self._rules = rules
-        self._admin = admin(config) if partition_count is None else None
-        self._partition_count = partition_count or self._ask_broker
+        self._admin = admin(config) if partition_counts is None else None
+        self._partition_counts = partition_counts or self._ask_broker
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rdv-reply-check")
         # topic -> (partitions, until when the verdict stands: time.monotonic)
         self._verdicts: OrderedDict[str, tuple[int, float]] = OrderedDict()
-        self._checking: dict[str, Future[int]] = {}
+        self._to_ask: dict[str, None] = {}  # topics to ask about next, in order (a set that keeps it)
+        self._asking: tuple[list[str], Future[Mapping[str, int]]] | None = None  # the batch out
         self._recheck_at: dict[str, float] = {}  # topics whose question went unanswered -> when to ask again
         self._waiting: dict[str, deque[tuple[int | None, bytes, bytes, Headers, Pending]]] = {}
         self._waiting_count = 0  # of topics other than the deployment's replies topic
@@ -129,11 +140,29 @@ class ReplyRouter:
             self._deliver(topic, count, partition, key, value, headers, receipt)
 
     def check_now(self, topic: str) -> None:
-        """Ask the broker about `topic` on the helper thread, unless a question is out already.
-        Called at start for the deployment's own replies topic, so the first answers need not
-        wait for that metadata request."""
-        if topic not in self._checking:
-            self._checking[topic] = self._pool.submit(self._partition_count, topic)
+        """Ask the broker about `topic` on the helper thread, unless a question is out already:
+        with the next batch, or at once if none is out. Called at start for the deployment's own
+        replies topic, so the first answers need not wait for that request."""
+        if topic in self._to_ask or (self._asking is not None and topic in self._asking[0]):
+            return
+        self._to_ask[topic] = None
+        self._ask_next()
+
+    def _ask_next(self) -> None:
+        """The next batch of topics to the helper thread, if none is out: the deployment's own
+        replies topic first, then in the order they were met."""
+        if self._asking is not None or not self._to_ask:
+            return
+        ours = self._rules.replies
+        batch = [ours] if ours in self._to_ask else []
+        for topic in self._to_ask:
+            if len(batch) >= BATCH_MAX:
+                break
+            if topic != ours:
+                batch.append(topic)
+        for topic in batch:
+            del self._to_ask[topic]
+        self._asking = (batch, self._pool.submit(self._partition_counts, batch))
 
     def forget(self, topic: str) -> None:
         """A delivery to `topic` failed: its next replies wait for a fresh verdict."""
@@ -146,32 +175,40 @@ class ReplyRouter:
 
     def poll(self) -> None:
         """Deliver (or drop) replies whose topic's verdict arrived; call from the poll loop."""
-        for topic in [t for t, future in self._checking.items() if future.done()]:
-            count = self._verdict(topic, self._checking.pop(topic))
-            if count == UNKNOWN:
-                self._recheck_at[topic] = time.monotonic() + RECHECK_S
-                continue
-            self._remember(topic, count)
-            waited = self._waiting.pop(topic, deque())
-            if topic != self._rules.replies:
-                self._waiting_count -= len(waited)
-            for partition, key, value, headers, receipt in waited:
-                self._deliver(topic, count, partition, key, value, headers, receipt)
+        if self._asking is not None and self._asking[1].done():
+            batch, question = self._asking
+            self._asking = None
+            counts = self._verdicts_of(batch, question)
+            self._ask_next()  # before delivering: the next batch is asked meanwhile
+            for topic in batch:
+                self._take_verdict(topic, counts.get(topic, UNKNOWN))
         if self._recheck_at:
             now = time.monotonic()
             for topic in [t for t, at in self._recheck_at.items() if at <= now]:
                 del self._recheck_at[topic]
                 self.check_now(topic)
 
+    def _take_verdict(self, topic: str, count: int) -> None:
+        if count == UNKNOWN:
+            self._recheck_at[topic] = time.monotonic() + RECHECK_S
+            return
+        self._remember(topic, count)
+        waited = self._waiting.pop(topic, deque())
+        if topic != self._rules.replies:
+            self._waiting_count -= len(waited)
+        for partition, key, value, headers, receipt in waited:
+            self._deliver(topic, count, partition, key, value, headers, receipt)
+
     @staticmethod
-    def _verdict(topic: str, question: Future[int]) -> int:
-        """The partition count a question found; a question that failed unexpectedly (the client
-        library refusing the name) counts as a missing topic, never as the poll loop's failure."""
+    def _verdicts_of(batch: list[str], question: Future[Mapping[str, int]]) -> Mapping[str, int]:
+        """The partition counts a question found; a question that failed unexpectedly (the client
+        library refusing a name) counts its topics as missing, never as the poll loop's failure."""
         failure = question.exception()
         if failure is None:
             return question.result()
-        log.warning("cannot check return address %r: %s: %s", topic, type(failure).__name__, failure)
-        return 0
+        log.warning("cannot check return address(es) %s: %s: %s", ", ".join(repr(t) for t in batch[:3]),
+                    type(failure).__name__, failure)
+        return dict.fromkeys(batch, 0)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -182,6 +219,8 @@ class ReplyRouter:
     ) -> None:
         if count == 0:
             self._drop(receipt, "unknown_topic")
+        elif count == REFUSED:
+            self._drop(receipt, "not_authorized")
         elif partition is not None and not 0 <= partition < count:
             self._drop(receipt, "bad_partition")
         else:
@@ -204,8 +243,8 @@ class ReplyRouter:
         self._verdicts.move_to_end(topic)  # in use: the last to be forgotten
         if time.monotonic() < cached[1]:
             return cached[0]
-        if cached[0] == 0:
-            return None  # missing when last asked: wait for the new verdict
+        if cached[0] <= 0:
+            return None  # missing (or refused) when last asked: wait for the new verdict
         self.check_now(topic)
         return cached[0]
 
@@ -226,7 +265,7 @@ class ReplyRouter:
     def _remember(self, topic: str, count: int) -> None:
         verdicts = self._verdicts
         now = time.monotonic()
-        rechecked = count == 0 and self._failed_until.get(topic, -math.inf) > now
+        rechecked = count <= 0 and self._failed_until.get(topic, -math.inf) > now
         verdicts[topic] = (count, now + (RECHECK_S if rechecked else VERDICT_TTL_S))
         verdicts.move_to_end(topic)
         while len(verdicts) > MAX_TOPICS:
@@ -235,43 +274,61 @@ class ReplyRouter:
                 verdicts.move_to_end(oldest)
             else:
                 del verdicts[oldest]
-        if count == 0:
-            held = self._missing_said.passes("missing")  # a client may name a new one every request
+        if count <= 0:
+            held = self._missing_said.passes("missing" if count == 0 else "refused")  # one per request, at will
             if held is not None:
-                more = f" ({held.lines} more missing in the last {held.seconds:.0f} s)" if held.lines else ""
-                log.warning("return address %s does not exist; its answers go to the answers topic only%s", topic, more)
+                more = f" ({held.lines} more like it in the last {held.seconds:.0f} s)" if held.lines else ""
+                why = ("does not exist" if count == 0 else
+                       "is not the rendezvous' to describe (its principal has no grant on it: docs/security.md)")
+                log.warning("return address %s %s; its answers go to the answers topic only%s", topic, why, more)
 
     @property
     def checking(self) -> int:
-        """Questions about topics still out."""
-        return len(self._checking)
+        """Topics to ask about, and asked about, whose answer is not taken yet."""
+        return len(self._to_ask) + (len(self._asking[0]) if self._asking is not None else 0)
 
-    def _ask_broker(self, topic: str) -> int:
-        """Runs on the helper thread: one metadata request."""
+    def _ask_broker(self, topics: list[str]) -> dict[str, int]:
+        """Runs on the helper thread: one DescribeTopics request for all of them (it leaves no
+        topic handle in the client for librdkafka to keep asking about)."""
         assert self._admin is not None
         try:
-            meta = self._admin.list_topics(topic=topic, timeout=5.0).topics.get(topic)
+            futures = self._admin.describe_topics(TopicCollection(topics), request_timeout=ASK_TIMEOUT_S)
         except KafkaException as exc:
-            log.warning("cannot check return address %s (asking again in %.0f s): %s", topic, RECHECK_S, exc)
-            return UNKNOWN
-        count = partition_count(meta)
-        if count == UNKNOWN and meta is not None:
-            log.warning("cannot check return address %s (asking again in %.0f s): %s", topic, RECHECK_S, meta.error)
-        return count
+            log.warning("cannot check return address(es) %s (asking again in %.0f s): %s",
+                        ", ".join(topics[:3]), RECHECK_S, exc)
+            return dict.fromkeys(topics, UNKNOWN)
+        counts = {topic: partition_count(future) for topic, future in futures.items()}
+        unknown = [topic for topic, count in counts.items() if count == UNKNOWN]
+        if unknown:
+            log.warning("cannot check return address(es) %s (asking again in %.0f s): %s", ", ".join(unknown[:3]),
+                        RECHECK_S, _failure(futures[unknown[0]]))
+        return counts
 
 
-# What the broker says of a topic that is there for no client of ours to write: every other
-# error of its metadata (a leader being elected, a coordinator moving) is passing.
-_NO_TOPIC = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.TOPIC_EXCEPTION)
+def _failure(described: Future[Any]) -> str:
+    try:
+        return str(described.exception(timeout=0))
+    except Exception:  # noqa: BLE001 - not answered in time
+        return "no answer in time"
 
 
-def partition_count(meta: Any) -> int:
-    """A topic's partition count from its metadata (None: not in the answer): 0 if it does not
-    exist for us, UNKNOWN while the broker cannot tell. A passing error read as "missing" dropped
-    every reply to the topic, the deployment's own replies topic included, until the verdict
-    expired (30 s), their requests committed as answered (a review)."""
-    if meta is None:
-        return 0
-    if meta.error is None:
-        return len(meta.partitions)
-    return 0 if meta.error.code() in _NO_TOPIC else UNKNOWN
+# What the broker says of a topic that is not there for us: every other error of its description
+# (a leader being elected, a coordinator moving, no answer in time) is passing.
+_NO_TOPIC = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.TOPIC_EXCEPTION)
+
+
+def partition_count(described: Future[Any]) -> int:
+    """A topic's partition count from its description: 0 if it does not exist, REFUSED if the
+    principal may not see it, UNKNOWN while the broker cannot tell. A passing error read as
+    "missing" dropped every reply to the topic, the deployment's own replies topic included, until
+    the verdict expired (30 s), their requests committed as answered (a review)."""
+    try:
+        return len(described.result(timeout=ASK_TIMEOUT_S).partitions)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        code = error.code() if isinstance(error, KafkaError) else None
+    except Exception:  # noqa: BLE001 - no answer in time, or the client's own failure: ask again
+        return UNKNOWN
+    if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+        return REFUSED
+    return 0 if code in _NO_TOPIC else UNKNOWN

@@ -28,9 +28,12 @@ class Broker:
     acks: list[Callable[[], None]] = field(default_factory=list)
     headers: list[r.Headers] = field(default_factory=list)
 
-    def count(self, topic: str) -> int:
-        self.asked.append(topic)
-        return self.partitions.get(topic, 0)
+    batches: list[list[str]] = field(default_factory=list)
+
+    def counts(self, topics: list[str]) -> dict[str, int]:
+        self.asked.extend(topics)
+        self.batches.append(list(topics))
+        return {topic: self.partitions.get(topic, 0) for topic in topics}
 
     def send(
         self, topic: str, partition: int | None, key: bytes, _value: bytes, headers: r.Headers, done: Callable[[], None]
@@ -46,7 +49,7 @@ class Broker:
 
 
 def router(broker: Broker) -> r.ReplyRouter:
-    return r.ReplyRouter(broker.send, {}, r.ReplyRules(TOPICS), partition_count=broker.count)
+    return r.ReplyRouter(broker.send, {}, r.ReplyRules(TOPICS), partition_counts=broker.counts)
 
 
 def settle(router_: r.ReplyRouter) -> None:
@@ -105,11 +108,11 @@ def test_a_topic_name_kafka_would_refuse_gets_no_reply_and_no_question(topic: st
 
 
 def test_a_question_that_fails_unexpectedly_counts_the_topic_as_missing_and_the_loop_goes_on() -> None:
-    def refusing(topic: str) -> int:
+    def refusing(topics: list[str]) -> dict[str, int]:
         raise ValueError("embedded null character")
 
     broker = Broker({})
-    out = r.ReplyRouter(broker.send, {}, r.ReplyRules(TOPICS), partition_count=refusing)
+    out = r.ReplyRouter(broker.send, {}, r.ReplyRules(TOPICS), partition_counts=refusing)
     receipt = Receipt()
     out.send("client-a", 0, b"r", b"v", None, receipt)
     settle(out)  # poll() does not raise
@@ -176,13 +179,13 @@ def test_a_question_the_broker_could_not_answer_keeps_the_replies_and_is_asked_a
     answers = iter([r.UNKNOWN, r.UNKNOWN, 3])
     asked: list[str] = []
 
-    def flaky(topic: str) -> int:
-        asked.append(topic)
-        return next(answers)
+    def flaky(topics: list[str]) -> dict[str, int]:
+        asked.extend(topics)
+        return {topic: next(answers) for topic in topics}
 
     broker = Broker({})
     monkeypatch.setattr(r, "RECHECK_S", 0.0)
-    out = r.ReplyRouter(broker.send, {}, r.ReplyRules(TOPICS), partition_count=flaky)
+    out = r.ReplyRouter(broker.send, {}, r.ReplyRules(TOPICS), partition_counts=flaky)
     receipt = Receipt()
     out.send("client-a", 1, b"r1", b"v", None, receipt)
     out.send("client-a", 2, b"r2", b"v", None, Receipt())  # asked once for both, not once per reply
@@ -208,22 +211,63 @@ def test_by_default_a_return_address_is_the_replies_topic_or_one_named_after_it(
 
 def test_a_topic_is_missing_only_when_the_broker_says_so_and_a_passing_error_is_asked_again() -> None:
     """A leader being elected read as "missing" dropped every reply to the topic for 30 s, the
-    deployment's own replies topic included, their requests committed as answered (a review)."""
-    from confluent_kafka import KafkaError
-    from confluent_kafka.admin import PartitionMetadata, TopicMetadata
+    deployment's own replies topic included, their requests committed as answered (a review). A
+    topic the principal may not describe was called missing (a review): it is refused, said so."""
+    from concurrent.futures import Future
 
-    def metadata(partitions: int, error: int | None = None) -> TopicMetadata:
-        meta = TopicMetadata()
-        meta.partitions = {p: PartitionMetadata() for p in range(partitions)}
-        meta.error = KafkaError(error) if error is not None else None
-        return meta
+    from confluent_kafka import KafkaError, KafkaException
 
-    assert r.partition_count(metadata(4)) == 4
-    assert r.partition_count(None) == 0
-    assert r.partition_count(metadata(0, KafkaError.UNKNOWN_TOPIC_OR_PART)) == 0
-    assert r.partition_count(metadata(0, KafkaError.TOPIC_AUTHORIZATION_FAILED)) == 0
-    assert r.partition_count(metadata(0, KafkaError.LEADER_NOT_AVAILABLE)) == r.UNKNOWN
-    assert r.partition_count(metadata(0, KafkaError._TIMED_OUT)) == r.UNKNOWN
+    def described(partitions: int | None = None, error: int | None = None) -> Future[object]:
+        future: Future[object] = Future()
+        if error is None:
+            future.set_result(type("Description", (), {"partitions": list(range(partitions or 0))})())
+        else:
+            future.set_exception(KafkaException(KafkaError(error)))
+        return future
+
+    assert r.partition_count(described(4)) == 4
+    assert r.partition_count(described(error=KafkaError.UNKNOWN_TOPIC_OR_PART)) == 0
+    assert r.partition_count(described(error=KafkaError.TOPIC_AUTHORIZATION_FAILED)) == r.REFUSED
+    assert r.partition_count(described(error=KafkaError.LEADER_NOT_AVAILABLE)) == r.UNKNOWN
+    assert r.partition_count(described(error=KafkaError._TIMED_OUT)) == r.UNKNOWN
+
+
+def test_a_return_address_the_rendezvous_may_not_describe_is_refused_as_such(caplog: pytest.LogCaptureFixture) -> None:
+    broker = Broker({})
+    out = r.ReplyRouter(broker.send, {}, r.ReplyRules(TOPICS),
+                        partition_counts=lambda topics: dict.fromkeys(topics, r.REFUSED))
+    before = r.m.REPLY_ERRORS.labels("not_authorized")._value.get()
+    receipt = Receipt()
+    out.send("t.replies.alice", None, b"r", b"v", None, receipt)
+    settle(out)
+    assert broker.sent == [] and receipt.settled
+    assert r.m.REPLY_ERRORS.labels("not_authorized")._value.get() == before + 1
+    said = [rec.getMessage() for rec in caplog.records if "t.replies.alice" in rec.getMessage()]
+    assert said and "is not the rendezvous' to describe" in said[0] and "does not exist" not in said[0]
+
+
+def test_a_flood_of_new_return_addresses_is_asked_about_in_batches_so_another_client_s_waits_little(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Asked one topic at a time, 3,000 made-up addresses kept another client's new reply topic
+    waiting for minutes (a review). Asked BATCH_MAX at a time, it waits for the batches before it,
+    the deployment's own replies topic for none but the one out."""
+    monkeypatch.setattr(r, "BATCH_MAX", 10)
+    broker = Broker({TOPICS.replies: 4, "t.replies.bob": 2})
+    out = router(broker)
+    for i in range(35):
+        out.send(f"t.replies.made-up{i}", None, b"x", b"v", None, Receipt())
+    bob, ours = Receipt(), Receipt()
+    out.send("t.replies.bob", None, b"b", b"v", None, bob)
+    out.forget(TOPICS.replies)
+    out.send(TOPICS.replies, None, b"o", b"v", None, ours)
+    settle(out)
+    # The first asked alone at once (none was out), the 36 met meanwhile in four more.
+    assert [len(batch) for batch in broker.batches] == [1, 10, 10, 10, 6]
+    assert broker.batches[1][0] == TOPICS.replies  # first in the next batch, ahead of the flood
+    assert "t.replies.bob" in broker.batches[-1]
+    assert ("t.replies.bob", None, b"b") in broker.sent and (TOPICS.replies, None, b"o") in broker.sent
+    assert broker.asked.count("t.replies.bob") == 1
 
 
 def test_a_flood_of_missing_return_addresses_neither_forgets_nor_drops_the_deployments_replies(

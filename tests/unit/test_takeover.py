@@ -233,7 +233,7 @@ def test_every_reply_names_the_inputs_of_the_request_at_its_address() -> None:
     service._fast = SimpleNamespace(  # type: ignore[assignment]
         produce=lambda topic, _value, key, partition, headers, on_done: produced.append((topic, partition, headers)))
     service._replies = ReplyRouter(service._queue_reply, {}, ReplyRules(service.topics),
-                                   partition_count=lambda _topic: 4)
+                                   partition_counts=lambda topics: dict.fromkeys(topics, 4))
     service._replies._remember(service.topics.replies, 4)  # known to exist: sent at once
     mailbox = Mailbox("x", 0, 1)
     mailbox.inputs, mailbox.replies = b"first", [(service.topics.replies, 1), (service.topics.replies, 2)]
