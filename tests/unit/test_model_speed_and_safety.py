@@ -178,9 +178,27 @@ def test_a_value_the_scaling_overflows_is_refused_by_a_demo_logistic_model_not_s
     with pytest.warns(RuntimeWarning, match="overflow"):  # numpy's own, before the scorer refuses
         results = score_batch(model, hostile)
     assert [r.error is not None for r in results] == [i == 10 for i in range(30)]
-    assert "overflows float64" in (results[10].error or "")
+    assert "standard deviations from the mean the model was fitted on" in (results[10].error or "")
     assert [r.prediction.score for r in results if r.prediction] == pytest.approx([  # a matrix product's rounding
         r.prediction.score for r in score_batch(model, rows[:10] + rows[11:]) if r.prediction], rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["champion", "contrarian"])
+@pytest.mark.parametrize("huge", [1e308, -1e308, 1e6])
+def test_a_value_far_from_anything_fitted_is_refused_by_a_demo_logistic_model_not_answered_confidently(
+    name: str, huge: float
+) -> None:
+    """One feature of 1e308 among ordinary ones stayed finite through the scaling and was answered
+    OK, a confident 0.0 (-1e308: 1.0; a review). A value within the data's range is scored."""
+    model = load_model(f"demo:{name}")
+    model.load()
+    x, _ = demo_data()
+    rows = [dict(zip(model.feature_names, map(float, row), strict=True)) for row in x[:5]]
+    results = score_batch(model, [*rows[:2], {**rows[2], "mean_radius": huge}, *rows[3:]])
+    assert [r.error is not None for r in results] == [False, False, True, False, False]
+    assert "standard deviations from the mean" in (results[2].error or "")
+    largest = float(x[:, 0].max())  # the largest mean_radius measured: scored
+    assert score_batch(model, [{**rows[2], "mean_radius": largest}])[0].error is None
 
 
 # --- module:factory signatures ------------------------------------------------------------------
