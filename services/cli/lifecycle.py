@@ -27,7 +27,7 @@ from services.control.gates import DEFAULTS_SAID, Verdict, evaluate, parse_requi
 from services.control.liveness import live_models, live_names, not_live, workers
 from services.control.schedule import DEFAULT_DEADLINE_MS, MAX_INT, Schedule, authored, check_schedule_name
 from services.control.topic import ScheduleBook, load_book, publish
-from services.core.errors import ConfigError
+from services.core.errors import ConfigError, TopicRefused
 from services.core.kafka import consumer_groups, group_lag
 from services.core.numbers import ascii_float, ascii_int
 from services.core.ranges import format_duration_ms, format_ms, parse_duration_ms
@@ -234,7 +234,12 @@ def _check_live(settings: ChangeSettings, schedule: Schedule) -> list[str]:
     if settings.force:
         return []
     config = settings.librdkafka()
-    figures = live_models(config, settings.topics().scores, settings.live_window_s)
+    try:
+        figures = live_models(config, settings.topics().scores, settings.live_window_s)
+    except TopicRefused as err:  # it read as if the client role needed the scores (a review)
+        raise TopicRefused(f"{err}. The live check reads the scores, as only the admin's role may (docs/security.md): "
+                           "run this as the admin, who may write the control topic too, or pass --force to skip "
+                           "the check") from None
     # A model undeployed a moment ago had scored in the window; one deployed and idle had not (a review).
     found = workers(config, settings.topic_prefix)
     # A model whose every score is an error (a broken model file, a contract nothing meets) is not live.

@@ -209,7 +209,7 @@ class Schedule:
                 if rank == 0:
                     return Decision(_OK, model, "preferred model answered", at)
                 return Decision(Status.FALLBACK, model, "fallback: " + "; ".join(skipped), at)
-            skipped.append(f"{model} failed ({outcome.error})")
+            skipped.append(f"{model} failed ({outcome.error or 'a score with neither a score nor an error'})")
         if all(outcomes.get(m) is not None and outcomes[m].at <= self.give_up_at(m, created_at, deadline)
                for m in order):
             return Decision(Status.ERROR, None, "every model failed: " + "; ".join(skipped), at)

@@ -29,7 +29,7 @@ import uvloop
 
 from services.client.client import Client
 from services.control.follower import ScheduleFollower
-from services.core.errors import ConfigError
+from services.core.errors import BrokerError, ConfigError
 from services.core.health import BrokerHealth, serve_http
 from services.core.kafka import admin, delivery_timeout
 from services.core.runtime import tune_gc
@@ -78,6 +78,19 @@ def _listen(addr: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.setblocking(False)
     return sock
+
+
+def stop_if_ended(gateway: Gateway, http_task: asyncio.Task[None] | None) -> None:
+    """Raise why the gateway cannot serve any more: its HTTP server ended by itself, or a reader
+    of its Kafka topics stopped for good (e.g. no grant on its reply group). It answered every
+    call 503 and stayed up, where every other service exits with the reason (a review); an
+    orchestrator restarts it either way."""
+    if http_task is not None and http_task.done():
+        http_task.result()  # the HTTP server ended by itself: say why
+        raise ConfigError("the HTTP server stopped")
+    broken = gateway.broken()
+    if broken is not None:
+        raise BrokerError(f"the gateway can answer no call: {broken}")
 
 
 class GatewayService:
@@ -151,9 +164,7 @@ class GatewayService:
                  "over TLS" if s.tls_cert else "without TLS (plain HTTP and gRPC)")
         try:
             while not stop.is_set():
-                if http_task is not None and http_task.done():
-                    http_task.result()  # the HTTP server ended by itself: say why
-                    raise ConfigError("the HTTP server stopped")
+                stop_if_ended(gateway, http_task)
                 await asyncio.sleep(0.1)
             await self._drain(gateway)
         finally:

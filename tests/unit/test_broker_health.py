@@ -46,6 +46,9 @@ def test_the_wait_for_a_broker_says_the_time_it_waited_as_given() -> None:
      "broker's supported mechanisms:  (after 1ms in state AUTH_HANDSHAKE)", "the listener at b:9 does not use SASL"),
     ("_AUTHENTICATION", "SASL authentication error: Authentication failed during authentication due to invalid "
      "credentials with SASL mechanism SCRAM-SHA-512", "Kafka refused the credentials at b:9"),
+    ("_AUTHENTICATION", "sasl_plaintext://b:9/bootstrap: SASL SCRAM-SHA-256 mechanism handshake failed: Broker: "
+     "Unsupported SASL mechanism: broker's supported mechanisms: SCRAM-SHA-512 (after 301ms in state AUTH_HANDSHAKE)",
+     "the broker at b:9 does not offer the SASL mechanism asked for"),  # librdkafka's words, a real broker's
     ("_TRANSPORT", "ssl://b:9/bootstrap: SSL handshake failed: Disconnected: SSL connection closed by peer: "
      "connecting to a PLAINTEXT broker listener? (after 2ms in state SSL_HANDSHAKE)", None),
     ("_TRANSPORT", "b:9/bootstrap: Connect to ipv4#127.0.0.1:9 failed: Connection refused", None),
@@ -139,3 +142,33 @@ def test_a_failing_connection_to_an_advertised_broker_is_told_from_the_bootstrap
     assert latest.advertised is None
     latest.see("127.0.0.1:1/1: Connect to ipv4#127.0.0.1:1 failed: Connection refused (after 0ms in state CONNECT)")
     assert latest.advertised == "127.0.0.1:1"
+
+
+def test_a_consumer_refused_its_group_names_the_group_not_a_topic() -> None:
+    """It said 'the broker refused READ on topic ? ... (at ?[0]@-1)' (a review)."""
+    from confluent_kafka import KafkaError
+
+    from services.core.kafka.error_kinds import refusal
+
+    err = KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED, "FindCoordinator: Group authorization failed.")
+    said = refusal(err, "READ", "?", "rdv.decoy")
+    assert said is not None
+    assert said.startswith("not authorized to use consumer group rdv.decoy: the principal needs READ on group rdv.")
+    assert "topic" not in said
+    unnamed = refusal(err, "READ", "rdv.requests")  # no group given: as before
+    assert unnamed is not None and "lacks a permission on a group" in unnamed
+
+
+def test_a_gateway_whose_reader_stopped_for_good_ends_with_the_reason() -> None:
+    """It answered every call 503 and stayed up, where every other service exits (a review)."""
+    from types import SimpleNamespace
+
+    from services.core.errors import BrokerError
+    from services.gateway.service import stop_if_ended
+
+    broken: list[str | None] = [None]
+    gateway = SimpleNamespace(broken=lambda: broken[0])
+    stop_if_ended(gateway, None)  # type: ignore[arg-type]  # serving: nothing raised
+    broken[0] = "stopped reading answers: not authorized to use consumer group rdv.gateway"
+    with pytest.raises(BrokerError, match=r"^the gateway can answer no call: stopped reading answers: not auth"):
+        stop_if_ended(gateway, None)  # type: ignore[arg-type]

@@ -37,6 +37,13 @@ def test_error_counts_as_answered_unusable_at_once() -> None:
     assert "champion failed" in decision.reason
 
 
+def test_a_score_with_neither_a_score_nor_an_error_is_said_so_not_none() -> None:
+    """A forged Score with both null read 'champion failed (None)' (a review)."""
+    decision = SCHEDULE.decide({"champion": Outcome(usable=False), "challenger": OK}, T0, DEADLINE, T0 + 1)
+    assert decision is not None and decision.reason == (
+        "fallback: champion failed (a score with neither a score nor an error)")
+
+
 def test_error_of_preferred_still_waits_for_the_next_in_line() -> None:
     assert SCHEDULE.decide({"champion": FAILED, "canary": OK}, T0, DEADLINE, T0 + 1) is None
     decision = SCHEDULE.decide({"champion": FAILED, "canary": OK}, T0, DEADLINE, DEADLINE + 1)
@@ -917,3 +924,20 @@ def test_schedule_set_says_a_files_version_is_not_the_one_published(tmp_path: Pa
     assert _version_not_used(given, draft, latest) == [  # type: ignore[arg-type]
         "the file's version (3) is not used: a version is numbered next in turn on the control topic (v14)"]
     assert _version_not_used(given, dataclasses.replace(draft, version=14), latest) == []  # type: ignore[arg-type]
+
+
+def test_a_principal_that_may_not_read_the_scores_is_told_the_live_check_is_the_admin_s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`schedule set` as the client role said only "not authorized to describe topic(s) rdv.scores",
+    which invites granting the client the scores (a review)."""
+    from services.cli import lifecycle
+    from services.core.errors import TopicRefused
+
+    def refused(_config: object, _topic: str, _window: float) -> None:
+        raise TopicRefused("not authorized to describe topic(s) rdv.scores at b:9")
+
+    monkeypatch.setattr(lifecycle, "live_models", refused)
+    with pytest.raises(TopicRefused, match=r"rdv\.scores at b:9\. The live check reads the scores, as only the "
+                                           r"admin's role may .*or pass --force"):
+        lifecycle._check_live(lifecycle.ChangeSettings(), Schedule(models=("a",)))

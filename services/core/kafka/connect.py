@@ -131,6 +131,9 @@ def _final_error(err: KafkaError, bootstrap: Any) -> str | None:
     if err.code() == KafkaError._AUTHENTICATION and _NO_SASL_THERE.search(reason):
         return (f"the listener at {bootstrap} does not use SASL ({reason}): check security.protocol "
                 "(PLAINTEXT or SSL there) and the port")
+    if err.code() == KafkaError._AUTHENTICATION and "Unsupported SASL mechanism" in reason:
+        # The password was not even sent: it was blamed (a review).
+        return f"the broker at {bootstrap} does not offer the SASL mechanism asked for ({reason}): check sasl.mechanism"
     template = _FINAL_ERRORS.get(err.code())
     return template.format(bootstrap=bootstrap, reason=reason) if template else None
 

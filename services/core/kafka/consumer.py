@@ -134,9 +134,10 @@ class Consumer:
                 log.warning("consume: transient error, librdkafka retries (or rejoins the group): %s", err.str())
             elif err.fatal() or not err.retriable():
                 partition, offset = msg.partition(), msg.offset()
-                source = Source(msg.topic() or "?", -1 if partition is None else partition,
-                                -1 if offset is None else offset)
-                refused = refusal(err, "READ", msg.topic() or "?")
+                # An error of the client's own (its group's) names no record: no source to give.
+                source = None if msg.topic() is None else Source(
+                    msg.topic() or "?", -1 if partition is None else partition, -1 if offset is None else offset)
+                refused = refusal(err, "READ", msg.topic() or "?", self._config.get("group.id"))
                 raise KafkaOperationError(refused or f"consume failed: {err.str()}", source=source)
             else:
                 log.warning("consume: transient error, librdkafka retries: %s", err.str())

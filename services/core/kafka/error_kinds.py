@@ -101,12 +101,16 @@ AUTHORIZATION_KINDS = {
 }
 
 
-def refusal(err: KafkaError, operation: str, topic: str) -> str | None:
-    """One line naming the missing permission on `topic` if the broker refused for lack of one."""
+def refusal(err: KafkaError, operation: str, topic: str, group: str | None = None) -> str | None:
+    """One line naming the missing permission on `topic` (or on `group`, a consumer's) if the
+    broker refused for lack of one."""
     resource, name = "topic", topic
     kind = AUTHORIZATION_KINDS.get(err.code())
     if kind is None:
         return None
+    if kind == "group" and group:  # it was said of topic "?" (a review)
+        return (f"not authorized to use consumer group {group}: the principal needs READ on group {group} "
+                f"(see `rendezvous acl show`; {err.str()})")
     if kind != resource:  # e.g. a write refused for want of an idempotent/transactional grant
         return f"not authorized: the broker refused {operation} on {resource} {name} ({err.str()}); " \
                f"the principal lacks a permission on a {kind} (see `rendezvous acl show`)"
