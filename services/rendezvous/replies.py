@@ -12,16 +12,17 @@ to check together in one DescribeTopics request, up to BATCH_MAX at a time) and 
 bounded cache; answers for a topic being checked wait in a bounded queue and go out once it is
 known to exist. So a request naming a missing topic costs that one reply (counted in
 rdv_reply_errors_total), and never delays any other answer: a client naming thousands of new
-topics delays another's new one by a request or two. (Asked one topic at a time, through a
-metadata request that left a topic handle in the client, 3,000 made-up addresses kept a new
-client's own reply topic waiting for minutes, and librdkafka went on asking the broker about
-every one of them, a core busy: a review.) A topic the rendezvous may not describe (no grant for
-its principal) is said so, not called missing. A question the broker could not answer (it is away) says nothing
-about the topic: its answers keep waiting and the question is asked again a second later. A
-failed delivery makes the next answers to that topic wait for a fresh verdict, not drop: after
-a long outage every reply in flight fails, and the topic is usually still there. If it is not,
-it is asked about again every second for a while, not remembered as missing for 30 s: a topic
-deleted is often made again at once (`rendezvous topics create`; a client restarting).
+topics delays another's new one by the requests queued before it (3,000: six, milliseconds
+each). (Asked one topic at a time, through a metadata request that left a topic handle in the
+client, 3,000 made-up addresses kept a new client's own reply topic waiting for minutes, and
+librdkafka went on asking the broker about every one of them, a core busy: a review.) A topic
+the rendezvous may not describe (no grant for its principal) is said so, not called missing. A
+question the broker could not answer (it is away) says nothing about the topic: its answers keep
+waiting and the question is asked again a second later. A failed delivery makes the next answers
+to that topic wait for a fresh verdict, not drop: after a long outage every reply in flight
+fails, and the topic is usually still there. If it is not, it is asked about again every second
+for a while, not remembered as missing for 30 s: a topic deleted is often made again at once
+(`rendezvous topics create`; a client restarting).
 
 Every reply is counted on its request's receipt (its mailbox) from the moment it is accepted
 until the broker acknowledges it, or it is dropped for good: the request's offset is not
@@ -162,7 +163,25 @@ class ReplyRouter:
                 batch.append(topic)
         for topic in batch:
             del self._to_ask[topic]
-        self._asking = (batch, self._pool.submit(self._partition_counts, batch))
+        self._asking = (batch, self._pool.submit(self._counts_or_each, batch))
+
+    def _counts_or_each(self, batch: list[str]) -> Mapping[str, int]:
+        """(On the helper thread.) The batch's partition counts; if asking about them together
+        fails unexpectedly (the client library refusing one name), each is asked alone, so that
+        one name does not make the others (the deployment's replies topic among them) missing."""
+        try:
+            return self._partition_counts(batch)
+        except Exception:
+            if len(batch) == 1:
+                raise  # said by `_verdicts_of`
+        return {topic: self._count_alone(topic) for topic in batch}
+
+    def _count_alone(self, topic: str) -> int:
+        try:
+            return self._partition_counts([topic]).get(topic, UNKNOWN)
+        except Exception as failure:  # noqa: BLE001 - a name the client refuses is a missing topic
+            log.warning("cannot check return address %r: %s: %s", topic, type(failure).__name__, failure)
+            return 0
 
     def forget(self, topic: str) -> None:
         """A delivery to `topic` failed: its next replies wait for a fresh verdict."""

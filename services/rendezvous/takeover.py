@@ -227,11 +227,20 @@ class Takeover:
         self._waiting_warned = now if loud else self._waiting_warned
         return logging.WARNING if loud else logging.DEBUG
 
+    def _say_if_long(self, took_s: float) -> None:
+        """A recovery runs on the poll loop: one near the consumer's max.poll.interval.ms is said,
+        since one past it leaves the group, comes back lost and starts over, again and again."""
+        limit_s = max(self.settings.stall_timeout_ms, self.settings.session_timeout_ms) / 1000
+        if took_s > limit_s / 2:
+            log.warning("recovery took %.0f s, more than half of --stall-timeout-ms (%.0f s): past it the instance "
+                        "leaves its group mid-recovery and recovers again; raise --stall-timeout-ms", took_s, limit_s)
+
     def _recover(self, ctx: Context, partitions: list[TopicPartition]) -> None:
         """Learn what was done for these partitions' re-read requests, then resume them;
         OpenTransaction (with `fallen_back_to`) while a transaction holds their outputs open."""
         committed: list[TopicPartition] = []
         fallback = False
+        started = time.monotonic()
         try:
             with ctx.health.blocking():
                 self._fence_departed(ctx, [tp for tp in partitions if tp.topic == self.topics.requests])
@@ -250,6 +259,7 @@ class Takeover:
         except OpenTransaction as exc:
             exc.fallen_back_to = committed if fallback else []
             raise
+        self._say_if_long(time.monotonic() - started)
         done = {(tp.topic, tp.partition) for tp in partitions}
         self._pending = [tp for tp in self._pending if (tp.topic, tp.partition) not in done]
         if not self._pending:

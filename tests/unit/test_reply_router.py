@@ -296,3 +296,26 @@ def test_a_flood_of_missing_return_addresses_neither_forgets_nor_drops_the_deplo
     out.send(TOPICS.replies, 0, b"r1", b"answer", None, mine)
     settle(out)
     assert (TOPICS.replies, 0, b"r1") in broker.sent and mine.unacked == 1
+
+
+def test_a_batch_that_fails_unexpectedly_is_asked_topic_by_topic_so_one_name_does_not_sink_the_others() -> None:
+    """Asked together, one name the client library refuses made every topic of its batch missing
+    for 30 s, the deployment's replies topic among them (a review)."""
+    broker = Broker({TOPICS.replies: 4, "client-a": 2})
+
+    def counts(topics: list[str]) -> dict[str, int]:
+        if "bad" in topics:
+            raise ValueError("embedded null character")
+        return broker.counts(topics)
+
+    out = r.ReplyRouter(broker.send, {}, r.ReplyRules(TOPICS), partition_counts=counts)
+    out.check_now(TOPICS.replies)
+    settle(out)
+    out.forget(TOPICS.replies)
+    lost = Receipt()
+    out.send("client-a", None, b"a", b"v", None, Receipt())  # asked at once, alone
+    out.send(TOPICS.replies, 1, b"o", b"v", None, Receipt())  # these three asked together
+    out.send("bad", None, b"b", b"v", None, lost)
+    settle(out)
+    assert (TOPICS.replies, 1, b"o") in broker.sent and ("client-a", None, b"a") in broker.sent
+    assert lost.settled and not any(topic == "bad" for topic, _, _ in broker.sent)

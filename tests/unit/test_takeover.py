@@ -369,3 +369,15 @@ def test_whether_an_output_topic_is_gone_is_asked_whatever_else_recovery_waits_f
         said.append(world.try_at(float(second), lambda tried: ScanUnreadable("the schema registry is away", 0)
                                  if len(tried) == 2 else _unknown_partition()))
     assert world.asked >= 2 and any(line.startswith("missing topic(s) rdv.log") for line in said)
+
+
+def test_a_recovery_near_the_stall_timeout_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    """Recovery runs on the poll loop: one past max.poll.interval.ms left the group, came back lost
+    and recovered again, for good (a review). One past half the limit is said, asking for more."""
+    takeover = Takeover(RendezvousSettings(stall_timeout_ms=10_000, session_timeout_ms=6_000), cast(Join, None))
+    takeover._say_if_long(4.9)
+    assert not [r for r in caplog.records if "recovery took" in r.getMessage()]
+    takeover._say_if_long(5.1)
+    said = [r.getMessage() for r in caplog.records if "recovery took" in r.getMessage()]
+    assert said == ["recovery took 5 s, more than half of --stall-timeout-ms (10 s): past it the instance leaves its "
+                    "group mid-recovery and recovers again; raise --stall-timeout-ms"]
