@@ -599,7 +599,7 @@ class Rendezvous(Probed):
         if paused:
             consumer.pause(paused)
         if resumed:
-            consumer.resume(resumed)
+            consumer.resume_in_place(resumed)
         # A line when scores start to wait and when they all flow again; the changes between at debug.
         held = sorted(self._brake.held)
         if held and not was_held:
@@ -635,7 +635,7 @@ class Rendezvous(Probed):
         flowing = [tp for tp in consumer.assignment()
                    if tp.topic == self.topics.requests and not self.takeover.is_pending(tp)]
         if flowing:
-            (consumer.pause if pause else consumer.resume)(flowing)
+            (consumer.pause if pause else consumer.resume_in_place)(flowing)
         self._paused = pause
         m.PAUSED.set(1 if pause else 0)
 
