@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +72,7 @@ END = "end"  # a scan's start: the partition's end (nothing to read)
 # any rebalance: the classic protocol revokes every partition) got a second decision, where the
 # previous owner's memory (a minute, 200,000 ids) would have given its answer again.
 REMEMBERED_AT_MOST = 100_000
+CANCEL_CHECK_EVERY = 1_000  # records a scan reads between asking whether it was given up (≈ 3 ms)
 
 
 class OpenTransaction(RendezvousError):
@@ -93,6 +94,10 @@ class ScanUnreadable(RendezvousError):
     def __init__(self, message: str, partition: int):
         super().__init__(message)
         self.partition = partition
+
+
+class ScanCancelled(RendezvousError):
+    """The scan was given up: the partitions it was for were taken away meanwhile."""
 
 
 @dataclass(frozen=True)
@@ -175,12 +180,13 @@ class Recovered:
 
 def scan_finished(
     config: Mapping[str, Any], topics: Topics, committed: Mapping[int, tuple[int, Mark | None]], margin_ms: int,
-    remember_ms: int = 0,
+    remember_ms: int = 0, cancelled: Callable[[], bool] = lambda: False,
 ) -> Recovered:
     """What was already answered / logged for requests at or after the committed offsets; and,
     with `remember_ms`, the answers of requests closed in that time before them (a retry of one,
     read later, gets its answer again instead of a second decision): at most REMEMBERED_AT_MOST
-    answers of each partition, so that a takeover's scan stays short at any rate."""
+    answers of each partition, so that a takeover's scan stays short at any rate. ScanCancelled
+    once `cancelled()` says so (asked every CANCEL_CHECK_EVERY records read)."""
     finished = Finished({}, set())
     probe = reader(config, "recovery")
     try:
@@ -189,6 +195,8 @@ def scan_finished(
         reread_ends: dict[int, int] = {}
         reread_from: dict[int, int] = {}  # the log time of each partition's first re-read request, if read
         for partition, (offset, mark) in committed.items():
+            if cancelled():
+                raise ScanCancelled(f"recovery of partitions {sorted(committed)} given up: they were taken away")
             requests_end = _requests_end(probe, topics, partition)
             if not 0 <= offset < requests_end:
                 # Nothing to redo: outputs of what comes next are written after the partitions' ends now.
@@ -230,7 +238,9 @@ def scan_finished(
                                            span.end) for span in spans[topics.answers]]
     unread = {topic: [span for span in topic_spans if span.size > 0] for topic, topic_spans in spans.items()}
     logged: dict[str, dict[str, Any]] = {}
-    for topic, msg in _read_all(config, unread):
+    for count, (topic, msg) in enumerate(_read_all(config, unread)):
+        if count % CANCEL_CHECK_EVERY == 0 and cancelled():
+            raise ScanCancelled(f"recovery of partitions {sorted(committed)} given up: they were taken away")
         if is_control_record(msg):
             continue
         if topic == topics.answers and (msg.offset() or 0) < before[msg.partition() or 0]:

@@ -80,16 +80,15 @@ class RendezvousSettings(ServiceSettings):
         minimum=1, maximum=300_000,
     )
     stall_timeout_ms: int = setting(
-        120_000, "How long the poll loop may stop turning (a hang: a deadlock, a call that never returns) before "
+        30_000, "How long the poll loop may stop turning (a hang: a deadlock, a call that never returns) before "
         "the instance leaves its consumer group, the others take its partitions over, and its readiness fails "
-        "(ms; its consumer's max.poll.interval.ms, at least --session-timeout-ms). Longer than any recovery of "
-        "taken-over partitions (which runs on the loop; its log says how long each took): one cut short by it "
-        "starts again, and again.",
+        "(ms; its consumer's max.poll.interval.ms, at least --session-timeout-ms).",
         # librdkafka's default, 300 s, kept a hung instance's partitions unanswered for five minutes,
         # its heartbeats going on from librdkafka's thread, and held every rebalance of the group as
-        # long (a review). Not 30 s: the loop turns every 100 ms, but recovery's scan of the answers
-        # and log runs on it (27 s for 362,114 answers, docs/failover.md), and a recovery past the
-        # limit left the group, came back lost, and recovered again, for good (a review of 30 s).
+        # long (a review). 30 s: the loop turns at least once a second; what may take longer runs off
+        # it (commits, return-address checks, and recovery's reading of the broker: on the loop, a
+        # scan past the limit left the group, came back lost and scanned again, for good; 2 min was
+        # the default while it did).
         minimum=1, maximum=86_400_000,
     )
     transaction_timeout_ms: int = setting(

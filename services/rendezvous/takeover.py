@@ -4,17 +4,24 @@ Newly assigned partitions are paused until recovery knows what was already done 
 (services/rendezvous/recovery.py): a departed previous owner is fenced, the committed offsets and
 their marks are read, the answers and log since the marks are scanned into the join; then they
 are resumed at the offsets recovery used (`Consumer.resume_at`: the seek is what wakes the fetcher). Recovery
-runs from the poll loop (never inside a rebalance callback: the broker may still be coming back
-or resolving a transaction, and the loop must keep serving the consumer), at most once a second
-while it fails.
+is started and finished from the poll loop (never inside a rebalance callback: the broker may still
+be coming back or resolving a transaction, and the loop must keep serving the consumer), at most
+once a second while it fails. What it reads from the broker (fencing, committed offsets, the scan)
+runs on a thread of its own while the loop turns on: on the loop, a scan longer than the consumer's
+max.poll.interval.ms (--stall-timeout-ms) left the group mid-recovery, came back lost and scanned
+again, for good (a review: a 6 s limit, an 8 s scan, no request answered in 50 s).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
@@ -27,6 +34,8 @@ from services.rendezvous.join import Join
 from services.rendezvous.recovery import (
     Mark,
     OpenTransaction,
+    Recovered,
+    ScanCancelled,
     ScanUnreadable,
     fence,
     live_members,
@@ -64,18 +73,68 @@ HANGING_MARGIN_S = 15.0
 # transaction committed, its answers are found and its requests not answered again; if it
 # aborted, its offsets were not the ones to resume from anyway.
 UNSTABLE_TRIES = 3
+JOB_LONG_S = 30.0  # a try reading the broker this long is said (and again every as long)
+
+T = TypeVar("T")
+
+
+def in_thread(work: Callable[[], T]) -> Future[T]:
+    """`work` on a thread of its own; its outcome (a result or an exception) in the future.
+    A daemon thread: a service stopping mid-scan does not wait for it."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as exc:  # noqa: BLE001 - handed to the poll loop; a future left pending holds its partitions
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="rdv-recovery", daemon=True).start()
+    return future
+
+
+@dataclass
+class _Job:
+    """One recovery try out: the partitions it is for, what it learns (`future`), and whether
+    they were taken away meanwhile (`cancelled`: it stops at its next step, its outcome is
+    dropped). What the try tells the takeover is the job's own, read on the loop once it is done:
+    a dropped try's thread, still running, must not count toward a newer takeover (a review)."""
+
+    partitions: list[TopicPartition]
+    first: bool  # the try of every pending partition, not the one of the rest without the held
+    fall_back: bool = False  # read the last completed commit, not the stable offsets (`_committed`)
+    started: float = field(default_factory=time.monotonic)
+    future: Future[_Learned] = field(default_factory=Future)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    offsets_timed_out: bool = False  # its stable offset fetch timed out (a transaction unresolved)
+
+
+@dataclass(frozen=True)
+class _Learned:
+    """What a try read from the broker: the committed offsets, whether they are the fallback
+    (the last completed commit), the requests partitions scanned, what the scan found."""
+
+    committed: list[TopicPartition]
+    fallback: bool
+    scanned: list[int]
+    found: Recovered | None
 
 
 class Takeover:
     """Partitions assigned but not yet recovered, and the recovery that resumes them."""
 
     def __init__(
-        self, settings: RendezvousSettings, join: Join, start_at: Callable[[str, int, int], None] = lambda *_: None
+        self, settings: RendezvousSettings, join: Join, start_at: Callable[[str, int, int], None] = lambda *_: None,
+        background: Callable[[Callable[[], _Learned]], Future[_Learned]] = in_thread,
     ):
         """`start_at(topic, partition, offset)`: a partition of a `latest` group never read before
-        starts there, a position to commit at once even if nothing is read (`_starts`)."""
+        starts there, a position to commit at once even if nothing is read (`_starts`).
+        `background`: where a try's reading runs (a thread; at once, in tests)."""
         self.settings, self.join = settings, join
         self._start_at = start_at
+        self._background = background
+        self._job: _Job | None = None  # the try out, if one is
+        self._job_warned = 0.0  # when a try out for long was last said
         # (topic, partition) -> its end when assigned: where `latest` starts one never committed.
         self._ends_when_assigned: dict[tuple[str, int], int] = {}
         self.topics = settings.topics()
@@ -123,6 +182,8 @@ class Takeover:
 
     def release(self, partitions: list[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
+        if self._job is not None and any((tp.topic, tp.partition) in gone for tp in self._job.partitions):
+            self._drop_job()
         self._pending = [tp for tp in self._pending if (tp.topic, tp.partition) not in gone]
         self._ends_when_assigned = {key: end for key, end in self._ends_when_assigned.items() if key not in gone}
         # Never commit offsets of a partition given up: it may be another member's already.
@@ -132,51 +193,98 @@ class Takeover:
         self.reread_ends = {p: end for p, end in self.reread_ends.items() if p not in numbers}
 
     def clear(self) -> None:
+        self._drop_job()
         self._pending = []
         self._to_recommit = []
         self._ends_when_assigned = {}
 
+    def _drop_job(self) -> None:
+        """Give up the try out: its partitions are no longer ours, or no longer pending as it
+        knew them (its outcome would restore answers of partitions another member reads)."""
+        if self._job is not None:
+            self._job.cancelled.set()
+            self._job = None
+            self._next_try = 0.0
+
     def run_due(self, ctx: Context) -> list[TopicPartition]:
         """Recover the pending partitions, then resume them (if a try is due); returns those
-        resumed. Those whose outputs a transaction still holds open wait; the others are
-        recovered without them."""
-        if not self._pending or time.monotonic() < self._next_try:
+        resumed. What recovery reads from the broker is learned off the poll loop (`_Job`), so the
+        loop turns on meanwhile; what it learned is applied here, on the loop. Partitions whose
+        outputs a transaction still holds open wait; the others are recovered without them."""
+        if self._job is None:
+            if not self._pending or time.monotonic() < self._next_try:
+                return []
+            self._next_try = time.monotonic() + RETRY_S
+            self._job = self._start(ctx, list(self._pending), first=True)
+        return self._collect(ctx)
+
+    def _start(self, ctx: Context, partitions: list[TopicPartition], first: bool) -> _Job:
+        job = _Job(partitions, first, fall_back=self._unstable >= UNSTABLE_TRIES)
+        if job.fall_back and not self._fallback_said:  # once per takeover: the wait may retry for long
+            self._fallback_said = True
+            log.warning("committed offsets stayed unstable %d times (a transaction the broker has not "
+                        "resolved): resuming from the last completed commit", self._unstable)
+        job.future = self._background(lambda: self._learn(ctx, job))
+        return job
+
+    def _say_if_long(self, job: _Job) -> None:
+        """A try still out after JOB_LONG_S is said every JOB_LONG_S: its partitions stay paused
+        (a client call that never returns would hold them for good, the loop turning on)."""
+        now = time.monotonic()
+        if now - job.started >= JOB_LONG_S and now - self._job_warned >= JOB_LONG_S:
+            self._job_warned = now
+            log.warning("recovery of partitions %s has been reading the broker for %.0f s; they stay paused "
+                        "until it is done", sorted({tp.partition for tp in job.partitions}), now - job.started)
+
+    def _collect(self, ctx: Context) -> list[TopicPartition]:
+        """What the job out learned, once it is done: applied (its partitions resumed), or its
+        wait handled as before the loop stopped waiting for it."""
+        job = self._job
+        if job is None:
             return []
-        self._next_try = time.monotonic() + RETRY_S
-        partitions = list(self._pending)
+        if not job.future.done():
+            self._say_if_long(job)
+            return []
+        self._job = None
+        if job.offsets_timed_out:
+            self._unstable += 1
         try:
-            return self._attempt(ctx, partitions)
-        except OpenTransaction as exc:
-            due = self._wait_for_transaction(exc)
-            if due:
-                self._seal(ctx, due, exc.fallen_back_to)
-            held = {partition for _topic, partition in exc.partitions}
-        except ScanUnreadable as exc:  # the broker is fine; retried every RETRY_S
-            log.log(self._loudness(), "recovery of partition %d waits: %s", exc.partition, exc)
-            held = {exc.partition}
+            return self._attempt(ctx, job)
+        except (OpenTransaction, ScanUnreadable) as exc:
+            if not job.first:
+                log.debug("recovery of the rest waits too: %s", exc)
+                return []
+            if isinstance(exc, OpenTransaction):
+                due = self._wait_for_transaction(exc)
+                if due:
+                    self._seal(ctx, due, exc.fallen_back_to)
+                held = {partition for _topic, partition in exc.partitions}
+            else:  # the broker is fine; retried every RETRY_S
+                log.log(self._loudness(), "recovery of partition %d waits: %s", exc.partition, exc)
+                held = {exc.partition}
         # Another try without the partitions held (a transaction open or hanging on their outputs,
         # an output not readable yet): they must not keep every other one paused.
-        rest = [tp for tp in partitions if tp.partition not in held]
-        if rest and len(rest) < len(partitions):
-            try:
-                return self._attempt(ctx, rest)
-            except (OpenTransaction, ScanUnreadable) as again:
-                log.debug("recovery of the rest waits too: %s", again)
+        rest = [tp for tp in job.partitions if tp.partition not in held]
+        if rest and len(rest) < len(job.partitions):
+            self._job = self._start(ctx, rest, first=False)
+            return self._collect(ctx)
         return []
 
-    def _attempt(self, ctx: Context, partitions: list[TopicPartition]) -> list[TopicPartition]:
-        """`_recover` the partitions; those resumed, none while the broker is away."""
+    def _attempt(self, ctx: Context, job: _Job) -> list[TopicPartition]:
+        """Apply what the job learned: its partitions, resumed; none while the broker is away."""
         try:
-            self._recover(ctx, partitions)
+            self._apply(ctx, job.partitions, job.future.result())
             self._missing_since = None
-            return partitions
+            log.info("recovered partitions %s in %.1f s", sorted({tp.partition for tp in job.partitions}),
+                     time.monotonic() - job.started)
+            return job.partitions
         except (OpenTransaction, ScanUnreadable):
             raise  # RendezvousErrors too, but the broker is fine: the caller waits for them
         except (KafkaException, RendezvousError) as exc:
             if isinstance(exc, KafkaException) and _code_of(exc) == KafkaError._UNKNOWN_PARTITION:
                 # The broker is fine: requests grew and an output topic did not (yet), retried every
                 # RETRY_S; or one was deleted, and the service stops (`_missing_outputs`).
-                log.log(self._loudness(), "recovery of %s waits: %s", sorted({tp.partition for tp in partitions}),
+                log.log(self._loudness(), "recovery of %s waits: %s", sorted({tp.partition for tp in job.partitions}),
                         self._why_partition_missing(ctx))
                 return []
             self._missing_since = None
@@ -227,52 +335,53 @@ class Takeover:
         self._waiting_warned = now if loud else self._waiting_warned
         return logging.WARNING if loud else logging.DEBUG
 
-    def _say_if_long(self, took_s: float) -> None:
-        """A recovery runs on the poll loop: one near the consumer's max.poll.interval.ms is said,
-        since one past it leaves the group, comes back lost and starts over, again and again."""
-        limit_s = max(self.settings.stall_timeout_ms, self.settings.session_timeout_ms) / 1000
-        if took_s > limit_s / 2:
-            log.warning("recovery took %.0f s, more than half of --stall-timeout-ms (%.0f s): past it the instance "
-                        "leaves its group mid-recovery and recovers again; raise --stall-timeout-ms", took_s, limit_s)
-
-    def _recover(self, ctx: Context, partitions: list[TopicPartition]) -> None:
-        """Learn what was done for these partitions' re-read requests, then resume them;
-        OpenTransaction (with `fallen_back_to`) while a transaction holds their outputs open."""
+    def _learn(self, ctx: Context, job: _Job) -> _Learned:
+        """What was done for the job's partitions' re-read requests, read from the broker, on the
+        job's thread (only `ctx.config`: clients of its own); OpenTransaction (with
+        `fallen_back_to`) while a transaction holds their outputs open. Each step first asks
+        whether the job was given up; the scan asks as it reads."""
         committed: list[TopicPartition] = []
-        fallback = False
-        started = time.monotonic()
+        partitions, cancelled = job.partitions, job.cancelled.is_set
         try:
-            with ctx.health.blocking():
+            with ctx.health.blocking():  # per thread: readiness says "broker unreachable" if it waits long
+                _stop_if(cancelled)
                 self._fence_departed(ctx, [tp for tp in partitions if tp.topic == self.topics.requests])
-                committed = self._committed(ctx, partitions)
-                fallback = self._unstable >= UNSTABLE_TRIES
+                _stop_if(cancelled)
+                committed = self._committed(ctx, job)
                 marks = {tp.partition: (tp.offset, Mark.decode(tp.metadata)) for tp in committed
                          if tp.topic == self.topics.requests}
+                found = None
                 if marks:
+                    _stop_if(cancelled)
                     margin = int(self.settings.recovery_margin_s * 1000)
-                    found = scan_finished(ctx.config, self.topics, marks, margin, self.join.limits.remember_ms)
-                    self.join.restore(found.finished)
-                    self.floors.update(found.floors)
-                    for partition in marks:  # what this scan found replaces what an earlier one did
-                        self.reread_ends.pop(partition, None)
-                    self.reread_ends.update(found.reread_ends)
+                    found = scan_finished(ctx.config, self.topics, marks, margin, self.join.limits.remember_ms,
+                                          cancelled)
         except OpenTransaction as exc:
-            exc.fallen_back_to = committed if fallback else []
+            exc.fallen_back_to = committed if job.fall_back else []
             raise
-        self._say_if_long(time.monotonic() - started)
+        return _Learned(committed, job.fall_back, list(marks), found)
+
+    def _apply(self, ctx: Context, partitions: list[TopicPartition], learned: _Learned) -> None:
+        """Restore what `_learn` found into the join, then resume the partitions where it says."""
+        if learned.found is not None:
+            self.join.restore(learned.found.finished)
+            self.floors.update(learned.found.floors)
+            for partition in learned.scanned:  # what this scan found replaces what an earlier one did
+                self.reread_ends.pop(partition, None)
+            self.reread_ends.update(learned.found.reread_ends)
         done = {(tp.topic, tp.partition) for tp in partitions}
         self._pending = [tp for tp in self._pending if (tp.topic, tp.partition) not in done]
         if not self._pending:
             self._start_over()
-        if fallback:
-            self._recommit(committed)
-        for start, refusal in ctx.consumer.resume_at(partitions, self._starts(committed)):
+        if learned.fallback:
+            self._recommit(learned.committed)
+        for start, refusal in ctx.consumer.resume_at(partitions, self._starts(learned.committed)):
             # After the fallback the consumer's own offset fetch waits on the same unresolved
             # transaction and would never start its partitions: the seek starts them if
             # librdkafka takes it (it refuses while that fetch is out: _STATE, seen with a
             # transaction left hanging by a broker restart, docs/failover.md); otherwise the
             # fetch returns once our commit of the same offsets (`_recommit`) has ended it.
-            log.log(logging.WARNING if fallback else logging.DEBUG, "cannot position %s[%d] at %d: %s",
+            log.log(logging.WARNING if learned.fallback else logging.DEBUG, "cannot position %s[%d] at %d: %s",
                     start.topic, start.partition, start.offset, refusal)
         ctx.health.mark_up()
 
@@ -353,19 +462,17 @@ class Takeover:
                     self._start_at(tp.topic, tp.partition, end)
         return starts
 
-    def _committed(self, ctx: Context, partitions: list[TopicPartition]) -> list[TopicPartition]:
+    def _committed(self, ctx: Context, job: _Job) -> list[TopicPartition]:
+        """The group's committed offsets of the job's partitions: stable ones, or after
+        UNSTABLE_TRIES timed-out fetches in a row (`job.fall_back`) the last completed commit."""
         group = self.settings.group_id()
-        if self._unstable >= UNSTABLE_TRIES:
-            if not self._fallback_said:  # once per takeover: the open-transaction wait may retry for long
-                self._fallback_said = True
-                log.warning("committed offsets stayed unstable %d times (a transaction the broker has not "
-                            "resolved): resuming from the last completed commit", self._unstable)
-            return committed_offsets(ctx.config, group, partitions, stable=False)
+        if job.fall_back:
+            return committed_offsets(ctx.config, group, job.partitions, stable=False)
         try:
-            return committed_offsets(ctx.config, group, partitions, stable=True)
+            return committed_offsets(ctx.config, group, job.partitions, stable=True)
         except KafkaException as exc:
             if _code_of(exc) == KafkaError._TIMED_OUT:
-                self._unstable += 1
+                job.offsets_timed_out = True  # counted on the loop, for the current job only
             raise
 
     def _fence_departed(self, ctx: Context, requests: list[TopicPartition]) -> None:
@@ -403,6 +510,11 @@ def _ends(ctx: Context, partitions: list[TopicPartition]) -> dict[tuple[str, int
         except KafkaException as exc:
             log.warning("cannot read the end of %s[%d] (%s): the consumer finds it", tp.topic, tp.partition, exc)
     return ends
+
+
+def _stop_if(cancelled: Callable[[], bool]) -> None:
+    if cancelled():
+        raise ScanCancelled("recovery given up: its partitions were taken away")
 
 
 def _code_of(exc: KafkaException) -> int | None:

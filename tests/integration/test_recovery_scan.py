@@ -12,7 +12,7 @@ from services.client.client import make_request
 from services.core.codec import codec
 from services.core.settings import Topics
 from services.rendezvous import recovery
-from services.rendezvous.recovery import Mark, scan_finished
+from services.rendezvous.recovery import Mark, ScanCancelled, scan_finished
 
 pytestmark = pytest.mark.kafka
 
@@ -58,6 +58,29 @@ def test_a_request_answered_before_the_mark_and_logged_after_it_is_found_with_it
     # Requests below the end at the scan (2) keep the floors as their marks (service.py `_mark`).
     assert found.reread_ends == {0: 2}
     assert (found.floors[(topics.answers, 0)], found.floors[(topics.log, 0)]) == (1, 0)
+
+
+def test_a_scan_given_up_stops_reading_and_says_so(topics: Topics, config: dict[str, Any]) -> None:
+    """A takeover's scan runs off the poll loop; when its partitions are taken away meanwhile
+    (takeover.py `_drop_job`) it is told to stop, and stops at the records it reads next."""
+    answers, requests = codec("answer"), codec("request")
+    producer = Producer(config)
+    for rid in ("a", "b"):
+        request = make_request({"f": 1.0}, budget_ms=200, reply_topic=None, reply_partition=None, request_id=rid)
+        producer.produce(topics.requests, requests.encode(request), partition=0)
+        producer.produce(topics.answers, answers.encode(_answer(rid)), partition=0)
+    assert producer.flush(30) == 0
+    asked: list[bool] = []
+
+    def given_up() -> bool:
+        asked.append(True)
+        return True
+
+    with pytest.raises(ScanCancelled, match=r"recovery of partitions \[0\] given up"):
+        scan_finished(config, topics, {0: (0, Mark(answers=0, log=0))}, margin_ms=0, cancelled=given_up)
+    assert asked == [True]
+    kept_on = scan_finished(config, topics, {0: (0, Mark(answers=0, log=0))}, margin_ms=0, cancelled=lambda: False)
+    assert set(kept_on.finished.answered) == {"a", "b"}
 
 
 def test_answers_written_shortly_before_the_re_read_window_are_remembered_and_the_window_still_counts(

@@ -4,8 +4,10 @@ transaction still open on its outputs (services/rendezvous/takeover.py, recovery
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
-from typing import cast
+from concurrent.futures import Future
+from typing import TypeVar, cast
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, TopicPartition
@@ -16,12 +18,25 @@ from services.rendezvous.join import Join
 from services.rendezvous.offsets import OffsetBook
 from services.rendezvous.recovery import OpenTransaction, _refuse_open_transactions
 from services.rendezvous.settings import RendezvousSettings
-from services.rendezvous.takeover import Takeover
+from services.rendezvous.takeover import Takeover, _Job, _Learned
+
+T = TypeVar("T")
+
+
+def at_once(work: Callable[[], T]) -> Future[T]:
+    """A try's reading run on the caller's thread: its outcome is there when run_due looks."""
+    future: Future[T] = Future()
+    try:
+        future.set_result(work())
+    except Exception as exc:  # noqa: BLE001 - the outcome, whatever it is, as the thread hands it over
+        future.set_exception(exc)
+    return future
 
 
 def takeover(start_from: str, processing: str = "exactly-once") -> Takeover:
     # Choosing the starts reads only the settings; the join is what recovery fills.
-    return Takeover(RendezvousSettings(start_from=start_from, processing=processing), cast(Join, None))
+    return Takeover(RendezvousSettings(start_from=start_from, processing=processing), cast(Join, None),
+                    background=at_once)
 
 
 def starts(start_from: str, committed: list[TopicPartition]) -> list[tuple[str, int, int, int | None]]:
@@ -283,7 +298,7 @@ def test_recovery_meeting_a_deleted_output_topic_stops_the_service_naming_it(mon
 
 class _Outputs:
     """What recovery meets, driven by a test: a stand-in clock, the broker's answers about the
-    output topics (`partition_counts`), and the outcome of each try (`_recover`)."""
+    output topics (`partition_counts`), and the outcome of each try (`_learn`)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, recovery: Takeover) -> None:
         from contextlib import nullcontext
@@ -310,11 +325,11 @@ class _Outputs:
         tried): 'waits', or the TopicGone's line."""
         from services.core.errors import TopicGone
 
-        def meet(_ctx: object, partitions: list[TopicPartition]) -> None:
-            raise outcome(partitions) if callable(outcome) else outcome
+        def meet(_ctx: object, job: _Job) -> _Learned:
+            raise outcome(job.partitions) if callable(outcome) else outcome
 
         self.now = now
-        self.recovery._recover = meet  # type: ignore[method-assign]
+        self.recovery._learn = meet  # type: ignore[method-assign,assignment]
         self.recovery._next_try = 0.0
         try:
             self.recovery.run_due(self.ctx)  # type: ignore[arg-type]
@@ -371,13 +386,112 @@ def test_whether_an_output_topic_is_gone_is_asked_whatever_else_recovery_waits_f
     assert world.asked >= 2 and any(line.startswith("missing topic(s) rdv.log") for line in said)
 
 
-def test_a_recovery_near_the_stall_timeout_is_said(caplog: pytest.LogCaptureFixture) -> None:
-    """Recovery runs on the poll loop: one past max.poll.interval.ms left the group, came back lost
-    and recovered again, for good (a review). One past half the limit is said, asking for more."""
-    takeover = Takeover(RendezvousSettings(stall_timeout_ms=10_000, session_timeout_ms=6_000), cast(Join, None))
-    takeover._say_if_long(4.9)
-    assert not [r for r in caplog.records if "recovery took" in r.getMessage()]
-    takeover._say_if_long(5.1)
-    said = [r.getMessage() for r in caplog.records if "recovery took" in r.getMessage()]
-    assert said == ["recovery took 5 s, more than half of --stall-timeout-ms (10 s): past it the instance leaves its "
-                    "group mid-recovery and recovers again; raise --stall-timeout-ms"]
+class _Resumes:
+    """The consumer and health a finished try touches: the partitions resumed, noted."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        self.resumed: list[tuple[str, int]] = []
+        self.ctx = SimpleNamespace(config={}, consumer=SimpleNamespace(pause=lambda *_: None, resume_at=self.resume_at),
+                                   health=SimpleNamespace(mark_up=lambda: None, mark_down=lambda: None))
+
+    def resume_at(self, partitions: list[TopicPartition], _starts: list[TopicPartition]) -> list[object]:
+        self.resumed += [(tp.topic, tp.partition) for tp in partitions]
+        return []
+
+
+def test_recovery_reads_the_broker_off_the_poll_loop_which_turns_on_meanwhile() -> None:
+    """On the loop, a scan longer than max.poll.interval.ms left the group mid-recovery, came back
+    lost and scanned again, for good (a review: a 6 s limit, an 8 s scan). run_due returns at once
+    while the try reads; the partitions are resumed on the loop's first turn after it is done."""
+    recovery = Takeover(RendezvousSettings(start_from="earliest"), cast(Join, None))  # a thread of its own
+    world, reading, go_on = _Resumes(), threading.Event(), threading.Event()
+    requests = [TopicPartition("rdv.requests", 0), TopicPartition("rdv.scores", 0)]
+
+    def learn(_ctx: object, job: _Job) -> _Learned:
+        reading.set()
+        assert go_on.wait(30), "the test never let the read finish"
+        return _Learned([TopicPartition(tp.topic, tp.partition, 7) for tp in job.partitions], False, [], None)
+
+    recovery._learn = learn  # type: ignore[method-assign,assignment]
+    recovery.add(world.ctx, requests)  # type: ignore[arg-type]
+    assert recovery.run_due(world.ctx) == []  # type: ignore[arg-type]  # returned while the read goes on
+    assert reading.wait(30) and recovery.pending == 2 and world.resumed == []
+    assert recovery.run_due(world.ctx) == []  # type: ignore[arg-type]  # another turn: still out, not started again
+    go_on.set()
+    assert recovery._job is not None
+    recovery._job.future.result(timeout=30)
+    assert recovery.run_due(world.ctx) == requests  # type: ignore[arg-type]
+    assert world.resumed == [("rdv.requests", 0), ("rdv.scores", 0)] and recovery.pending == 0
+
+
+def test_a_try_whose_partitions_are_taken_away_meanwhile_is_given_up_and_its_outcome_dropped() -> None:
+    """Its outcome would restore answers of partitions another member now reads, and resume
+    partitions no longer ours; its scan is told to stop (`cancelled`). Assigned again, the
+    partitions get a try of their own."""
+    recovery = Takeover(RendezvousSettings(start_from="earliest"), cast(Join, None))
+    world, gates = _Resumes(), [threading.Event(), threading.Event()]
+    tries: list[Callable[[], bool]] = []
+
+    def learn(_ctx: object, job: _Job) -> _Learned:
+        tries.append(job.cancelled.is_set)
+        assert gates[len(tries) - 1].wait(30), "the test never let the read finish"
+        return _Learned([TopicPartition(tp.topic, tp.partition, 7) for tp in job.partitions], False, [], None)
+
+    recovery._learn = learn  # type: ignore[method-assign,assignment]
+    requests = [TopicPartition("rdv.requests", 0)]
+    recovery.add(world.ctx, requests)  # type: ignore[arg-type]
+    recovery.run_due(world.ctx)  # type: ignore[arg-type]
+    first = recovery._job
+    assert first is not None
+    recovery.release([TopicPartition("rdv.requests", 0)])
+    assert recovery._job is None and tries[0]() and recovery.pending == 0
+    gates[0].set()
+    first.future.result(timeout=30)
+    assert recovery.run_due(world.ctx) == [] and world.resumed == []  # type: ignore[arg-type]
+    recovery.add(world.ctx, requests)  # type: ignore[arg-type]  # assigned again
+    assert recovery.run_due(world.ctx) == []  # type: ignore[arg-type]
+    second = recovery._job
+    assert second is not None and second is not first
+    gates[1].set()
+    second.future.result(timeout=30)
+    assert recovery.run_due(world.ctx) == requests and not tries[1]()  # type: ignore[arg-type]
+    assert world.resumed == [("rdv.requests", 0)]
+
+
+def test_a_given_up_try_still_running_does_not_count_toward_the_next_takeover(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its thread counted its timed-out offset fetch into the takeover's own count after a new
+    takeover had reset it (a review): enough of them made a new takeover fall back to the last
+    completed commit early. What a try tells is counted on the loop, for the current try only."""
+    from contextlib import nullcontext
+
+    from confluent_kafka import KafkaError, KafkaException
+
+    recovery = Takeover(RendezvousSettings(start_from="earliest", processing="at-least-once"), cast(Join, None))
+    world, gates, asked = _Resumes(), [threading.Event(), threading.Event()], []
+    world.ctx.health.blocking = nullcontext
+
+    def committed(*_a: object, **_k: object) -> list[TopicPartition]:
+        asked.append(True)
+        assert gates[len(asked) - 1].wait(30), "the test never let the fetch end"
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+
+    monkeypatch.setattr(takeover_module, "committed_offsets", committed)
+    requests = [TopicPartition("rdv.requests", 0)]
+    recovery.add(world.ctx, requests)  # type: ignore[arg-type]
+    recovery.run_due(world.ctx)  # type: ignore[arg-type]
+    first = recovery._job
+    assert first is not None
+    recovery.release(requests)  # a rebalance: taken away and given back
+    recovery.add(world.ctx, requests)  # type: ignore[arg-type]
+    gates[0].set()
+    with pytest.raises(KafkaException):
+        first.future.result(timeout=30)
+    assert recovery.run_due(world.ctx) == []  # type: ignore[arg-type]  # the new takeover's own try
+    second = recovery._job
+    assert second is not None and second is not first
+    gates[1].set()
+    with pytest.raises(KafkaException):
+        second.future.result(timeout=30)
+    assert recovery.run_due(world.ctx) == [] and recovery._unstable == 1  # type: ignore[arg-type]
