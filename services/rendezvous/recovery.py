@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,8 +195,7 @@ def scan_finished(
         reread_ends: dict[int, int] = {}
         reread_from: dict[int, int] = {}  # the log time of each partition's first re-read request, if read
         for partition, (offset, mark) in committed.items():
-            if cancelled():
-                raise ScanCancelled(f"recovery of partitions {sorted(committed)} given up: they were taken away")
+            stop_if_given_up(cancelled, committed)
             requests_end = _requests_end(probe, topics, partition)
             if not 0 <= offset < requests_end:
                 # Nothing to redo: outputs of what comes next are written after the partitions' ends now.
@@ -211,6 +210,7 @@ def scan_finished(
         # Written ends first, stable ends second: whatever was written before the scan must be
         # stable (committed or aborted) by the time the stable ends are read. Only where requests
         # are re-read: elsewhere nothing could be answered twice.
+        stop_if_given_up(cancelled, committed)
         redo = [partition for partition, start in answers.items() if start != END]
         written = end_offsets(config, [(topic, p) for topic in (topics.answers, topics.log) for p in redo],
                               committed=False)
@@ -239,8 +239,8 @@ def scan_finished(
     unread = {topic: [span for span in topic_spans if span.size > 0] for topic, topic_spans in spans.items()}
     logged: dict[str, dict[str, Any]] = {}
     for count, (topic, msg) in enumerate(_read_all(config, unread)):
-        if count % CANCEL_CHECK_EVERY == 0 and cancelled():
-            raise ScanCancelled(f"recovery of partitions {sorted(committed)} given up: they were taken away")
+        if count % CANCEL_CHECK_EVERY == 0:
+            stop_if_given_up(cancelled, committed)
         if is_control_record(msg):
             continue
         if topic == topics.answers and (msg.offset() or 0) < before[msg.partition() or 0]:
@@ -270,6 +270,12 @@ def scan_finished(
              "on partitions %s", len(finished.answered), len(finished.logged), len(finished.remembered),
              sorted(committed))
     return Recovered(finished, floors, reread_ends)
+
+
+def stop_if_given_up(cancelled: Callable[[], bool], partitions: Iterable[int]) -> None:
+    """ScanCancelled once the takeover gave the try up (its partitions were taken away)."""
+    if cancelled():
+        raise ScanCancelled(f"recovery of partitions {sorted(partitions)} given up: they were taken away")
 
 
 def _offset_at(probe: _NativeConsumer, topic: str, partition: int, at_ms: int, otherwise: int) -> int:

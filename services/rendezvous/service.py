@@ -259,6 +259,7 @@ class Rendezvous(Probed):
         rules = ReplyRules(self.topics, self.settings.reply_topic_pattern())
         self._replies = ReplyRouter(self._queue_reply, {**ctx.config, "allow.auto.create.topics": False}, rules)
         ctx.stack.callback(self._replies.close)
+        ctx.stack.callback(self.takeover.close)  # before the consumer's close (the stack unwinds in reverse)
         self._replies.check_now(self.topics.replies)
         self.schedules.start(ctx)
 

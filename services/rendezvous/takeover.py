@@ -19,7 +19,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -35,12 +35,12 @@ from services.rendezvous.recovery import (
     Mark,
     OpenTransaction,
     Recovered,
-    ScanCancelled,
     ScanUnreadable,
     fence,
     live_members,
     scan_finished,
     stable_marks,
+    stop_if_given_up,
 )
 from services.rendezvous.settings import RendezvousSettings
 
@@ -73,6 +73,7 @@ HANGING_MARGIN_S = 15.0
 # transaction committed, its answers are found and its requests not answered again; if it
 # aborted, its offsets were not the ones to resume from anyway.
 UNSTABLE_TRIES = 3
+CLOSE_WAIT_S = 2.0  # how long a stopping service waits for a try out to end
 JOB_LONG_S = 30.0  # a try reading the broker this long is said (and again every as long)
 
 T = TypeVar("T")
@@ -198,6 +199,14 @@ class Takeover:
         self._to_recommit = []
         self._ends_when_assigned = {}
 
+    def close(self) -> None:
+        """At the service's stop: give up the try out, and give its thread CLOSE_WAIT_S to end, so
+        that its clients are closed before the process exits (its next step stops it)."""
+        job = self._job
+        self._drop_job()
+        if job is not None:
+            wait([job.future], timeout=CLOSE_WAIT_S)
+
     def _drop_job(self) -> None:
         """Give up the try out: its partitions are no longer ours, or no longer pending as it
         knew them (its outcome would restore answers of partitions another member reads)."""
@@ -262,6 +271,7 @@ class Takeover:
             else:  # the broker is fine; retried every RETRY_S
                 log.log(self._loudness(), "recovery of partition %d waits: %s", exc.partition, exc)
                 held = {exc.partition}
+                self._pace()
         # Another try without the partitions held (a transaction open or hanging on their outputs,
         # an output not readable yet): they must not keep every other one paused.
         rest = [tp for tp in job.partitions if tp.partition not in held]
@@ -286,11 +296,18 @@ class Takeover:
                 # RETRY_S; or one was deleted, and the service stops (`_missing_outputs`).
                 log.log(self._loudness(), "recovery of %s waits: %s", sorted({tp.partition for tp in job.partitions}),
                         self._why_partition_missing(ctx))
+                self._pace()
                 return []
             self._missing_since = None
             ctx.health.mark_down()
             log.warning("recovery waiting for the broker: %s", exc)
+            self._pace()
             return []
+
+    def _pace(self) -> None:
+        """The next try RETRY_S after a failed one ended, not after it started: a try off the loop
+        that took longer was followed at once by the next (a review: full scans back to back)."""
+        self._next_try = max(self._next_try, time.monotonic() + RETRY_S)
 
     def _why_partition_missing(self, ctx: Context) -> str:
         """`_missing_outputs`, asked every MISSING_ASKED_EVERY_S (an admin client each time, on the
@@ -341,21 +358,24 @@ class Takeover:
         `fallen_back_to`) while a transaction holds their outputs open. Each step first asks
         whether the job was given up; the scan asks as it reads."""
         committed: list[TopicPartition] = []
-        partitions, cancelled = job.partitions, job.cancelled.is_set
+        partitions = job.partitions
+        numbers, cancelled = {tp.partition for tp in partitions}, job.cancelled.is_set
+        # Not inside health.blocking (which the loop's waits use): a job given up, still in a
+        # call to a slow broker, kept /readyz at "broker unreachable" after the partitions had
+        # been recovered by the next one (a review). A job failing on the broker marks it down.
         try:
-            with ctx.health.blocking():  # per thread: readiness says "broker unreachable" if it waits long
-                _stop_if(cancelled)
-                self._fence_departed(ctx, [tp for tp in partitions if tp.topic == self.topics.requests])
-                _stop_if(cancelled)
-                committed = self._committed(ctx, job)
-                marks = {tp.partition: (tp.offset, Mark.decode(tp.metadata)) for tp in committed
-                         if tp.topic == self.topics.requests}
-                found = None
-                if marks:
-                    _stop_if(cancelled)
-                    margin = int(self.settings.recovery_margin_s * 1000)
-                    found = scan_finished(ctx.config, self.topics, marks, margin, self.join.limits.remember_ms,
-                                          cancelled)
+            stop_if_given_up(cancelled, numbers)
+            self._fence_departed(ctx, [tp for tp in partitions if tp.topic == self.topics.requests], cancelled)
+            stop_if_given_up(cancelled, numbers)
+            committed = self._committed(ctx, job)
+            marks = {tp.partition: (tp.offset, Mark.decode(tp.metadata)) for tp in committed
+                     if tp.topic == self.topics.requests}
+            found = None
+            if marks:
+                stop_if_given_up(cancelled, numbers)
+                margin = int(self.settings.recovery_margin_s * 1000)
+                found = scan_finished(ctx.config, self.topics, marks, margin, self.join.limits.remember_ms,
+                                      cancelled)
         except OpenTransaction as exc:
             exc.fallen_back_to = committed if job.fall_back else []
             raise
@@ -475,7 +495,8 @@ class Takeover:
                 job.offsets_timed_out = True  # counted on the loop, for the current job only
             raise
 
-    def _fence_departed(self, ctx: Context, requests: list[TopicPartition]) -> None:
+    def _fence_departed(self, ctx: Context, requests: list[TopicPartition],
+                        cancelled: Callable[[], bool] = lambda: False) -> None:
         """End the open transaction of a previous owner that is gone (crashed), so reading the
         committed offsets and its outputs need not wait for the broker to time that transaction
         out. A previous owner still in the group is alive and left nothing open: never fenced.
@@ -497,6 +518,7 @@ class Takeover:
         if members is None:
             return  # unknown: its transaction, if any, ends at its timeout instead
         for txn in sorted(previous - members):
+            stop_if_given_up(cancelled, {tp.partition for tp in requests})
             if fence(ctx.config, txn):
                 log.info("fenced %s, the previous owner's transactional id (no longer in the group)", txn)
 
@@ -510,11 +532,6 @@ def _ends(ctx: Context, partitions: list[TopicPartition]) -> dict[tuple[str, int
         except KafkaException as exc:
             log.warning("cannot read the end of %s[%d] (%s): the consumer finds it", tp.topic, tp.partition, exc)
     return ends
-
-
-def _stop_if(cancelled: Callable[[], bool]) -> None:
-    if cancelled():
-        raise ScanCancelled("recovery given up: its partitions were taken away")
 
 
 def _code_of(exc: KafkaException) -> int | None:

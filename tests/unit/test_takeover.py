@@ -495,3 +495,49 @@ def test_a_given_up_try_still_running_does_not_count_toward_the_next_takeover(mo
     with pytest.raises(KafkaException):
         second.future.result(timeout=30)
     assert recovery.run_due(world.ctx) == [] and recovery._unstable == 1  # type: ignore[arg-type]
+
+
+def test_a_stopping_service_gives_up_the_try_out_and_lets_its_thread_end_first() -> None:
+    """Its clients are closed before the process exits: close() drops the try (its next step stops
+    it) and waits for its thread, briefly, before the consumer closes (service.py `start`)."""
+    from services.rendezvous.recovery import ScanCancelled, stop_if_given_up
+
+    recovery = Takeover(RendezvousSettings(start_from="earliest"), cast(Join, None))
+    world, reading = _Resumes(), threading.Event()
+
+    def learn(_ctx: object, job: _Job) -> _Learned:
+        reading.set()
+        assert job.cancelled.wait(30), "never given up"
+        stop_if_given_up(job.cancelled.is_set, [0])
+        raise AssertionError("not stopped")
+
+    recovery._learn = learn  # type: ignore[method-assign,assignment]
+    recovery.add(world.ctx, [TopicPartition("rdv.requests", 0)])  # type: ignore[arg-type]
+    recovery.run_due(world.ctx)  # type: ignore[arg-type]
+    job = recovery._job
+    assert job is not None and reading.wait(30) and not job.future.done()
+    recovery.close()
+    assert job.future.done() and isinstance(job.future.exception(), ScanCancelled)
+    assert recovery._job is None and world.resumed == []
+
+
+def test_the_next_try_waits_a_second_after_a_failed_one_ends_not_after_it_started(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Off the loop, a failing try longer than RETRY_S was followed at once by the next, full scans
+    back to back (a review); on the loop it had at least kept the loop from starting another."""
+    from services.rendezvous.recovery import ScanUnreadable
+
+    recovery = takeover("earliest")
+    world = _Outputs(monkeypatch, recovery)
+    caplog.set_level(logging.CRITICAL, logger=takeover_module.__name__)
+    recovery.add(world.ctx, [TopicPartition("rdv.requests", 0)])  # type: ignore[arg-type]
+
+    def slow_failure(_ctx: object, _job: _Job) -> _Learned:
+        world.now += 5.0  # the try reads for 5 s, then meets an output it cannot read yet
+        raise ScanUnreadable("the schema registry is away", 0)
+
+    recovery._learn = slow_failure  # type: ignore[method-assign,assignment]
+    world.now = 100.0
+    assert recovery.run_due(world.ctx) == []  # type: ignore[arg-type]
+    assert recovery._next_try == 105.0 + takeover_module.RETRY_S
