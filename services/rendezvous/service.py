@@ -77,7 +77,7 @@ from services.rendezvous.replies import Headers, ReplyRouter, ReplyRules
 from services.rendezvous.schedules import ScheduleFeed
 from services.rendezvous.score_brake import ScoreBrake
 from services.rendezvous.settings import RendezvousSettings
-from services.rendezvous.takeover import Takeover
+from services.rendezvous.takeover import JOB_STUCK_S, Takeover
 
 log = logging.getLogger(__name__)
 
@@ -391,6 +391,17 @@ class Rendezvous(Probed):
 
     def in_flight(self) -> int:
         return self.join.waiting + (self._replies.unacked if self._replies is not None else 0)
+
+    def liveness(self) -> tuple[bool, str]:
+        """The skeleton's (the poll loop turns), and a recovery not stuck: off the loop, one whose
+        client call never returned held its partitions paused for good while the loop turned on
+        (a review; on the loop, the same hang had made the instance leave its group)."""
+        alive, reason = self.service.liveness()
+        reading = self.takeover.reading_for()
+        if alive and reading > JOB_STUCK_S:
+            return False, (f"recovery has been reading the broker for {reading:.0f}s, its partitions paused "
+                           f"(past {JOB_STUCK_S:.0f}s: a call that never returns)")
+        return alive, reason
 
     def not_ready(self) -> str | None:
         if self.takeover.pending:

@@ -75,6 +75,10 @@ HANGING_MARGIN_S = 15.0
 UNSTABLE_TRIES = 3
 CLOSE_WAIT_S = 2.0  # how long a stopping service waits for a try out to end
 JOB_LONG_S = 30.0  # a try reading the broker this long is said (and again every as long)
+# ... and this long, it is stuck (a client call that never returns: each has a timeout of at most
+# 15 s, a scan that reads nothing gives up after 2 min, and one of a million answers took 9 s):
+# the rendezvous' /healthz fails, for the process to be restarted (`Rendezvous.liveness`).
+JOB_STUCK_S = 600.0
 
 T = TypeVar("T")
 
@@ -206,6 +210,11 @@ class Takeover:
         self._drop_job()
         if job is not None:
             wait([job.future], timeout=CLOSE_WAIT_S)
+
+    def reading_for(self) -> float:
+        """How long the try out has been reading the broker (0 if none is). From any thread."""
+        job = self._job
+        return time.monotonic() - job.started if job is not None else 0.0
 
     def _drop_job(self) -> None:
         """Give up the try out: its partitions are no longer ours, or no longer pending as it

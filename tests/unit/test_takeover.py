@@ -541,3 +541,20 @@ def test_the_next_try_waits_a_second_after_a_failed_one_ends_not_after_it_starte
     world.now = 100.0
     assert recovery.run_due(world.ctx) == []  # type: ignore[arg-type]
     assert recovery._next_try == 105.0 + takeover_module.RETRY_S
+
+
+def test_a_recovery_stuck_reading_the_broker_fails_the_rendezvous_liveness() -> None:
+    """Off the loop, a recovery whose client call never returns held its partitions paused for
+    good while the loop turned on (a review): past JOB_STUCK_S, /healthz fails for a restart."""
+    from services.rendezvous.service import Rendezvous
+
+    service = Rendezvous(RendezvousSettings(models=("champion",)))
+    assert service.liveness() == (True, "ok")
+    job = _Job([TopicPartition("rdv.requests", 0)], first=True)
+    service.takeover._job = job
+    job.started -= takeover_module.JOB_STUCK_S - 60  # reading for 9 minutes: a long scan, not stuck
+    assert service.liveness() == (True, "ok")
+    job.started -= 61
+    alive, reason = service.liveness()
+    assert not alive and reason.startswith("recovery has been reading the broker for 60")
+    assert reason.endswith("its partitions paused (past 600s: a call that never returns)")
