@@ -9,6 +9,8 @@ caller's answers. Nothing is lost by ignoring it: the caller no longer wants the
 from __future__ import annotations
 
 import contextlib
+import threading
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from typing import TypeVar
 
@@ -25,3 +27,18 @@ def fail(future: Future[T], err: BaseException) -> None:
     """`future.set_exception(err)`, unless it is done (or cancelled) already."""
     with contextlib.suppress(InvalidStateError):
         future.set_exception(err)
+
+
+def in_thread(work: Callable[[], T], name: str) -> Future[T]:
+    """`work` on a daemon thread of its own (a process stopping does not wait for it: a call to
+    an away service may not return); its outcome, a result or an exception, in the future."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits: a future left pending waits for good
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future

@@ -12,7 +12,6 @@ such as ksqlDB find a topic's schema by its name.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
@@ -22,6 +21,7 @@ from urllib.parse import urlsplit
 
 from services.core.codec import CODEC_NAMES, Codec, codec
 from services.core.errors import ConfigError, DecodeFailed, LookupsSpent
+from services.core.futures import in_thread
 from services.core.rate_limit import PerSecond
 from services.core.registry import UNUSABLE, Outage, RegistryError, SchemaRegistry
 from services.core.settings import KafkaSettings, Topics, check_wire_format
@@ -87,16 +87,7 @@ class IdLookup:
             raise refused from None
 
     def _in_thread(self, schema_id: int) -> Future[dict[str, Any]]:
-        future: Future[dict[str, Any]] = Future()
-
-        def call() -> None:
-            try:
-                future.set_result(self.registry.schema(schema_id))
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
-                future.set_exception(exc)
-
-        threading.Thread(target=call, name="rdv-registry", daemon=True).start()
-        return future
+        return in_thread(lambda: self.registry.schema(schema_id), "rdv-registry")
 
     def _spend(self) -> None:
         if not self._budget.spend():

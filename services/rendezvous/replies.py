@@ -41,9 +41,9 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
-from confluent_kafka import KafkaError, KafkaException, TopicCollection
+from confluent_kafka import KafkaError, KafkaException
 
-from services.core.kafka import admin
+from services.core.kafka import admin, describe_each
 from services.core.rate_limit import OncePerPeriod
 from services.core.settings import Topics, legal_topic
 from services.rendezvous import metrics as m
@@ -311,24 +311,17 @@ class ReplyRouter:
         topic handle in the client for librdkafka to keep asking about)."""
         assert self._admin is not None
         try:
-            futures = self._admin.describe_topics(TopicCollection(topics), request_timeout=ASK_TIMEOUT_S)
+            answers = describe_each(self._admin, topics, ASK_TIMEOUT_S)
         except KafkaException as exc:
             log.warning("cannot check return address(es) %s (asking again in %.0f s): %s",
                         ", ".join(topics[:3]), RECHECK_S, exc)
             return dict.fromkeys(topics, UNKNOWN)
-        counts = {topic: partition_count(future) for topic, future in futures.items()}
+        counts = {topic: partition_count(answers.get(topic)) for topic in topics}
         unknown = [topic for topic, count in counts.items() if count == UNKNOWN]
         if unknown:
             log.warning("cannot check return address(es) %s (asking again in %.0f s): %s", ", ".join(unknown[:3]),
-                        RECHECK_S, _failure(futures[unknown[0]]))
+                        RECHECK_S, answers.get(unknown[0]) or "no answer in time")
         return counts
-
-
-def _failure(described: Future[Any]) -> str:
-    try:
-        return str(described.exception(timeout=0))
-    except Exception:  # noqa: BLE001 - not answered in time
-        return "no answer in time"
 
 
 # What the broker says of a topic that is not there for us: every other error of its description
@@ -336,18 +329,16 @@ def _failure(described: Future[Any]) -> str:
 _NO_TOPIC = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.TOPIC_EXCEPTION)
 
 
-def partition_count(described: Future[Any]) -> int:
-    """A topic's partition count from its description: 0 if it does not exist, REFUSED if the
-    principal may not see it, UNKNOWN while the broker cannot tell. A passing error read as
-    "missing" dropped every reply to the topic, the deployment's own replies topic included, until
-    the verdict expired (30 s), their requests committed as answered (a review)."""
-    try:
-        return len(described.result(timeout=ASK_TIMEOUT_S).partitions)
-    except KafkaException as exc:
-        error = exc.args[0] if exc.args else None
-        code = error.code() if isinstance(error, KafkaError) else None
-    except Exception:  # noqa: BLE001 - no answer in time, or the client's own failure: ask again
+def partition_count(described: Any) -> int:
+    """A topic's partition count from the broker's answer (`describe_each`: its description, its
+    error, None if it did not answer): 0 if it does not exist, REFUSED if the principal may not see
+    it, UNKNOWN while the broker cannot tell. A passing error read as "missing" dropped every reply
+    to the topic, the deployment's own replies topic included, until the verdict expired (30 s),
+    their requests committed as answered (a review)."""
+    if described is None:
         return UNKNOWN
-    if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+    if not isinstance(described, KafkaError):
+        return len(described.partitions)
+    if described.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
         return REFUSED
-    return 0 if code in _NO_TOPIC else UNKNOWN
+    return 0 if described.code() in _NO_TOPIC else UNKNOWN

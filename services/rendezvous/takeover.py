@@ -21,10 +21,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
+from services.core import futures
 from services.core.control_records import SEAL_HEADER
 from services.core.errors import RendezvousError, TopicGone, TopicMissing, TopicRefused
 from services.core.kafka import committed_offsets, kafka_error, partition_counts, partition_end
@@ -80,22 +80,9 @@ JOB_LONG_S = 30.0  # a try reading the broker this long is said (and again every
 # the rendezvous' /healthz fails, for the process to be restarted (`Rendezvous.liveness`).
 JOB_STUCK_S = 600.0
 
-T = TypeVar("T")
-
-
-def in_thread(work: Callable[[], T]) -> Future[T]:
-    """`work` on a thread of its own; its outcome (a result or an exception) in the future.
-    A daemon thread: a service stopping mid-scan does not wait for it."""
-    future: Future[T] = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(work())
-        except BaseException as exc:  # noqa: BLE001 - handed to the poll loop; a future left pending holds its partitions
-            future.set_exception(exc)
-
-    threading.Thread(target=run, name="rdv-recovery", daemon=True).start()
-    return future
+def in_thread(work: Callable[[], _Learned]) -> Future[_Learned]:
+    """A try's reading, on a thread of its own (a service stopping mid-scan does not wait for it)."""
+    return futures.in_thread(work, "rdv-recovery")
 
 
 @dataclass
@@ -113,14 +100,18 @@ class _Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     offsets_timed_out: bool = False  # its stable offset fetch timed out (a transaction unresolved)
 
+    @property
+    def numbers(self) -> list[int]:
+        """Its partitions' numbers, in order (requests and scores are co-partitioned)."""
+        return sorted({tp.partition for tp in self.partitions})
+
 
 @dataclass(frozen=True)
 class _Learned:
-    """What a try read from the broker: the committed offsets, whether they are the fallback
-    (the last completed commit), the requests partitions scanned, what the scan found."""
+    """What a try read from the broker: the committed offsets (the last completed commit's if
+    its job fell back), the requests partitions scanned, what the scan found."""
 
     committed: list[TopicPartition]
-    fallback: bool
     scanned: list[int]
     found: Recovered | None
 
@@ -252,7 +243,7 @@ class Takeover:
         if now - job.started >= JOB_LONG_S and now - self._job_warned >= JOB_LONG_S:
             self._job_warned = now
             log.warning("recovery of partitions %s has been reading the broker for %.0f s; they stay paused "
-                        "until it is done", sorted({tp.partition for tp in job.partitions}), now - job.started)
+                        "until it is done", job.numbers, now - job.started)
 
     def _collect(self, ctx: Context) -> list[TopicPartition]:
         """What the job out learned, once it is done: applied (its partitions resumed), or its
@@ -292,9 +283,9 @@ class Takeover:
     def _attempt(self, ctx: Context, job: _Job) -> list[TopicPartition]:
         """Apply what the job learned: its partitions, resumed; none while the broker is away."""
         try:
-            self._apply(ctx, job.partitions, job.future.result())
+            self._apply(ctx, job, job.future.result())
             self._missing_since = None
-            log.info("recovered partitions %s in %.1f s", sorted({tp.partition for tp in job.partitions}),
+            log.info("recovered partitions %s in %.1f s", job.numbers,
                      time.monotonic() - job.started)
             return job.partitions
         except (OpenTransaction, ScanUnreadable):
@@ -303,7 +294,7 @@ class Takeover:
             if isinstance(exc, KafkaException) and _code_of(exc) == KafkaError._UNKNOWN_PARTITION:
                 # The broker is fine: requests grew and an output topic did not (yet), retried every
                 # RETRY_S; or one was deleted, and the service stops (`_missing_outputs`).
-                log.log(self._loudness(), "recovery of %s waits: %s", sorted({tp.partition for tp in job.partitions}),
+                log.log(self._loudness(), "recovery of %s waits: %s", job.numbers,
                         self._why_partition_missing(ctx))
                 self._pace()
                 return []
@@ -367,8 +358,7 @@ class Takeover:
         `fallen_back_to`) while a transaction holds their outputs open. Each step first asks
         whether the job was given up; the scan asks as it reads."""
         committed: list[TopicPartition] = []
-        partitions = job.partitions
-        numbers, cancelled = {tp.partition for tp in partitions}, job.cancelled.is_set
+        partitions, numbers, cancelled = job.partitions, job.numbers, job.cancelled.is_set
         # Not inside health.blocking (which the loop's waits use): a job given up, still in a
         # call to a slow broker, kept /readyz at "broker unreachable" after the partitions had
         # been recovered by the next one (a review). A job failing on the broker marks it down.
@@ -388,9 +378,9 @@ class Takeover:
         except OpenTransaction as exc:
             exc.fallen_back_to = committed if job.fall_back else []
             raise
-        return _Learned(committed, job.fall_back, list(marks), found)
+        return _Learned(committed, list(marks), found)
 
-    def _apply(self, ctx: Context, partitions: list[TopicPartition], learned: _Learned) -> None:
+    def _apply(self, ctx: Context, job: _Job, learned: _Learned) -> None:
         """Restore what `_learn` found into the join, then resume the partitions where it says."""
         if learned.found is not None:
             self.join.restore(learned.found.finished)
@@ -398,19 +388,19 @@ class Takeover:
             for partition in learned.scanned:  # what this scan found replaces what an earlier one did
                 self.reread_ends.pop(partition, None)
             self.reread_ends.update(learned.found.reread_ends)
-        done = {(tp.topic, tp.partition) for tp in partitions}
+        done = {(tp.topic, tp.partition) for tp in job.partitions}
         self._pending = [tp for tp in self._pending if (tp.topic, tp.partition) not in done]
         if not self._pending:
             self._start_over()
-        if learned.fallback:
+        if job.fall_back:
             self._recommit(learned.committed)
-        for start, refusal in ctx.consumer.resume_at(partitions, self._starts(learned.committed)):
+        for start, refusal in ctx.consumer.resume_at(job.partitions, self._starts(learned.committed)):
             # After the fallback the consumer's own offset fetch waits on the same unresolved
             # transaction and would never start its partitions: the seek starts them if
             # librdkafka takes it (it refuses while that fetch is out: _STATE, seen with a
             # transaction left hanging by a broker restart, docs/failover.md); otherwise the
             # fetch returns once our commit of the same offsets (`_recommit`) has ended it.
-            log.log(logging.WARNING if learned.fallback else logging.DEBUG, "cannot position %s[%d] at %d: %s",
+            log.log(logging.WARNING if job.fall_back else logging.DEBUG, "cannot position %s[%d] at %d: %s",
                     start.topic, start.partition, start.offset, refusal)
         ctx.health.mark_up()
 

@@ -412,7 +412,7 @@ def test_recovery_reads_the_broker_off_the_poll_loop_which_turns_on_meanwhile() 
     def learn(_ctx: object, job: _Job) -> _Learned:
         reading.set()
         assert go_on.wait(30), "the test never let the read finish"
-        return _Learned([TopicPartition(tp.topic, tp.partition, 7) for tp in job.partitions], False, [], None)
+        return _Learned([TopicPartition(tp.topic, tp.partition, 7) for tp in job.partitions], [], None)
 
     recovery._learn = learn  # type: ignore[method-assign,assignment]
     recovery.add(world.ctx, requests)  # type: ignore[arg-type]
@@ -437,7 +437,7 @@ def test_a_try_whose_partitions_are_taken_away_meanwhile_is_given_up_and_its_out
     def learn(_ctx: object, job: _Job) -> _Learned:
         tries.append(job.cancelled.is_set)
         assert gates[len(tries) - 1].wait(30), "the test never let the read finish"
-        return _Learned([TopicPartition(tp.topic, tp.partition, 7) for tp in job.partitions], False, [], None)
+        return _Learned([TopicPartition(tp.topic, tp.partition, 7) for tp in job.partitions], [], None)
 
     recovery._learn = learn  # type: ignore[method-assign,assignment]
     requests = [TopicPartition("rdv.requests", 0)]

@@ -18,7 +18,7 @@ from services.core.errors import (
     TopicRefused,
 )
 from services.core.kafka.connect import admin, connect_timeout, wait_for_broker
-from services.core.kafka.error_kinds import AUTHORIZATION_KINDS, kafka_message
+from services.core.kafka.error_kinds import AUTHORIZATION_KINDS, kafka_error, kafka_message
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -102,24 +102,33 @@ def topics_refused(topics: Sequence[str], where: str = "") -> TopicRefused:
 
 
 def _described(config: Mapping[str, Any], topics: list[str], timeout: float) -> dict[str, KafkaError | None]:
-    """The broker's answer to describing each topic by name: None, or its error (UNKNOWN_TOPIC_OR_PART,
-    TOPIC_AUTHORIZATION_FAILED, ...); a topic not answered within `timeout` is left out. One request,
-    by an admin client, which never has a topic created."""
-    from confluent_kafka import TopicCollection
-
+    """Each topic's error when described by name: None, or the broker's error (UNKNOWN_TOPIC_OR_PART,
+    TOPIC_AUTHORIZATION_FAILED, ...); a topic not answered within `timeout` is left out."""
     client = admin(config)  # held until the results are in: a client collected meanwhile fails them
     try:
-        futures = client.describe_topics(TopicCollection(topics), request_timeout=max(0.5, timeout))
+        answers = describe_each(client, topics, timeout)
     except KafkaException:
         return {}
-    answers: dict[str, KafkaError | None] = {}
+    return {topic: answer if isinstance(answer, KafkaError) else None for topic, answer in answers.items()}
+
+
+def describe_each(client: AdminClient, topics: list[str], timeout: float) -> dict[str, Any]:
+    """The broker's answer to describing each topic by name, in one request: its TopicDescription,
+    or its KafkaError (UNKNOWN_TOPIC_OR_PART, TOPIC_AUTHORIZATION_FAILED, ...); a topic not answered
+    within `timeout` is left out. By an admin client, which never has a topic created (a metadata
+    request for a topic leaves a handle librdkafka goes on asking about). KafkaException if the
+    request cannot be made."""
+    from confluent_kafka import TopicCollection
+
+    futures = client.describe_topics(TopicCollection(topics), request_timeout=max(0.5, timeout))
+    answers: dict[str, Any] = {}
     for topic, future in futures.items():
         try:
-            future.result(timeout=max(0.5, timeout))
-            answers[topic] = None
+            answers[topic] = future.result(timeout=max(0.5, timeout))
         except KafkaException as exc:
-            if exc.args and isinstance(exc.args[0], KafkaError):
-                answers[topic] = exc.args[0]
+            error = kafka_error(exc)
+            if error is not None:
+                answers[topic] = error
         except Exception:  # noqa: BLE001 - no answer in time: nothing known of it
             continue
     return answers
