@@ -10,6 +10,7 @@ from typing import Any
 
 from services.cli.common import with_bootstrap
 from services.core.errors import BrokerError, ConfigError
+from services.core.kafka.error_kinds import kafka_message
 from services.core.settings import KafkaSettings, check_format, from_namespace, parse_pairs, setting
 from services.core.terminal import printable
 
@@ -85,7 +86,7 @@ def cmd_acl_apply(args: argparse.Namespace) -> int:
     except KafkaException as exc:
         raise BrokerError(f"the broker refused the ACLs (run as a principal allowed to manage ACLs, such as the "
                           "cluster's super user, not the deployment's admin role, on a broker with an authorizer): "
-                          f"{exc.args[0].str() if exc.args else exc}") from None
+                          f"{kafka_message(exc)}") from None
     for grant in removed:
         sys.stderr.write(f"removed: {printable(grant.describe())}\n")
     pruned = f"; {len(removed)} other grant(s) on its resources removed" if settings.prune else ""

@@ -28,6 +28,7 @@ from typing import Any
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from services.core.kafka.error_kinds import kafka_message
 from services.localkafka import config
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,8 @@ def warm_up(bootstrap: str, seconds: float = 1.5) -> WarmUp:
         _create_topic(admin)
         _traffic(base, group, seconds, done)
     except (KafkaException, TimeoutError) as exc:  # an admin call unanswered in 15 s: not the broker's end
-        done.error = str(exc.args[0] if exc.args else exc) or "an admin request had no answer within 15 s"
+        said = kafka_message(exc) if isinstance(exc, KafkaException) else str(exc)
+        done.error = said or "an admin request had no answer within 15 s"
         log.warning("broker warm-up stopped early (the broker is ready anyway): %s", done.error)
     finally:
         _clean_up(admin, group)

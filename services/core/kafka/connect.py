@@ -22,7 +22,7 @@ from services.core.errors import (
     ConfigError,
     StoppedWaiting,
 )
-from services.core.kafka.error_kinds import kafka_error
+from services.core.kafka.error_kinds import kafka_error, kafka_message
 from services.core.runtime import stop_requested
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,7 @@ def new_client(kind: Callable[[dict[str, Any]], T], config: dict[str, Any]) -> T
     try:
         return kind(config)
     except (KafkaException, ValueError, TypeError) as exc:
-        err = exc.args[0] if exc.args else exc
-        text = err.str() if isinstance(err, KafkaError) else str(err)
+        text = kafka_message(exc) if isinstance(exc, KafkaException) else str(exc)
         raise ConfigError(f"{kafka_config.FLAG}: librdkafka refused the configuration: "
                           f"{kafka_config.describe_refusal(text, config)}") from None
 

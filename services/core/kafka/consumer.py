@@ -20,7 +20,7 @@ from services.core.errors import (
 )
 from services.core.kafka.client_config import CONSUMER_DEFAULTS
 from services.core.kafka.connect import new_client
-from services.core.kafka.error_kinds import refusal
+from services.core.kafka.error_kinds import kafka_error, refusal
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +150,10 @@ class Consumer:
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            code = err.code() if isinstance(err, KafkaError) else None
-            if code in _REBALANCED:
+            err = kafka_error(exc)
+            if err is not None and err.code() in _REBALANCED:
                 raise CommitRejected(f"commit refused after a rebalance: {exc}") from None
-            retriable = code in _TRANSIENT or bool(isinstance(err, KafkaError) and err.retriable())
+            retriable = err is not None and (err.code() in _TRANSIENT or err.retriable())
             raise KafkaOperationError(f"commit failed: {exc}", retriable=retriable) from None
 
     def committed(self, partitions: list[TopicPartition], timeout: float = 10.0) -> list[TopicPartition]:

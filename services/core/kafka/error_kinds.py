@@ -79,6 +79,12 @@ def kafka_error(exc: KafkaException) -> KafkaError | None:
     return err if isinstance(err, KafkaError) else None
 
 
+def kafka_code(exc: KafkaException) -> int | None:
+    """The error code a confluent-kafka exception carries (None if it carries no KafkaError)."""
+    err = kafka_error(exc)
+    return err.code() if err is not None else None
+
+
 def kafka_message(exc: KafkaException) -> str:
     """What a confluent-kafka exception says, for a person: its error's text, not the
     `KafkaError{code=...,val=...,str="..."}` its str() gives (a review)."""

@@ -30,7 +30,7 @@ from services.core.errors import (
 )
 from services.core.kafka.client_config import PRODUCER_DEFAULTS
 from services.core.kafka.connect import new_client
-from services.core.kafka.error_kinds import GONE, delivery_failure, in_error_state, topic_gone
+from services.core.kafka.error_kinds import GONE, delivery_failure, in_error_state, kafka_error, topic_gone
 from services.core.metrics import PRODUCERS_REPLACED
 from services.core.rate_limit import OncePerPeriod
 
@@ -342,16 +342,16 @@ class Producer:
             except RuntimeError:  # confluent-kafka's "Producer has been closed"
                 raise KafkaOperationError(f"produce to {topic} refused: the producer is closed") from None
             except KafkaException as exc:
-                err = exc.args[0] if exc.args else None
-                if isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                err = kafka_error(exc)
+                if err is not None and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
                     raise RecordTooLarge(f"a record of {len(value or b'') + len(key or b'')} bytes for {topic} "
                                          f"is over the producer's message.max.bytes") from None
-                if isinstance(err, KafkaError) and err.code() in GONE:
+                if err is not None and err.code() in GONE:
                     if not refreshed and self._in_cluster_now(topic, partition):
                         refreshed = True
                         continue
                     raise topic_gone(topic, partition, err) from None
-                if isinstance(err, KafkaError) and in_error_state(err):
+                if err is not None and in_error_state(err):
                     raise ProducerInErrorState(f"produce to {topic} failed: {exc}") from None
                 raise KafkaOperationError(f"produce to {topic} failed: {exc}") from None
 

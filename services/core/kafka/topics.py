@@ -18,7 +18,7 @@ from services.core.errors import (
     TopicRefused,
 )
 from services.core.kafka.connect import admin, connect_timeout, wait_for_broker
-from services.core.kafka.error_kinds import AUTHORIZATION_KINDS, kafka_error, kafka_message
+from services.core.kafka.error_kinds import AUTHORIZATION_KINDS, kafka_code, kafka_error, kafka_message
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,7 +38,7 @@ def topic_configs(config: Mapping[str, Any], topic: str, timeout: float = 15.0) 
     try:
         entries = next(iter(futures.values())).result()
     except KafkaException as exc:
-        if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() in AUTHORIZATION_KINDS:
+        if kafka_code(exc) in AUTHORIZATION_KINDS:
             raise ConfigsNotAuthorized(f"cannot read the configuration of {topic}: {exc}") from None
         raise BrokerError(f"cannot read the configuration of {topic}: {exc}") from None
     return {key: str(entry.value) for key, entry in entries.items()}
@@ -159,8 +159,7 @@ def create_topics(
             future.result()
             created.append(name)
         except KafkaException as exc:
-            err = exc.args[0]
-            if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            if kafka_code(exc) == KafkaError.TOPIC_ALREADY_EXISTS:
                 existing.append(name)
                 continue
             raise BrokerError(f"cannot create topic {name}: {kafka_message(exc)}") from None
