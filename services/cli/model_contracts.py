@@ -10,18 +10,31 @@ from services.core.errors import TopicMissing
 from services.core.model_info import ModelInfo, read_contracts
 from services.core.ranges import format_ms
 from services.core.settings import KafkaSettings
-from services.core.signatures import listed
+from services.core.signatures import FeatureSpec, listed, shown_name
 from services.core.terminal import printable
 
 
 def contract_line(info: ModelInfo) -> str:
-    """`champion logreg-1: requires 30 (mean_radius, ...); optional: none; extra features: reject`."""
+    """`champion logreg-1: requires 30 (mean_radius, ...); optional: none; ranges: 2 (mean_radius in
+    [0, 60], age >= 0); extra features: reject; published by ...` (no ranges part when none is declared)."""
     signature = info.signature
     optional = [f"{f.name}={f.default:g}" if f.default is not None else f.name
                 for f in signature.features if not f.required]
     shown = f"{len(optional)} ({listed(optional)})" if optional else "none"
+    ranges = [_range(f) for f in signature.features if f.bounded]
+    ranged = f"ranges: {len(ranges)} ({listed(ranges, shown=True)}); " if ranges else ""
     return (f"{info.name} {info.version}: requires {len(signature.required)} ({listed(signature.required)}); "
-            f"optional: {shown}; extra features: {signature.extra}; published by {info.instance or '?'}")
+            f"optional: {shown}; {ranged}extra features: {signature.extra}; published by {info.instance or '?'}")
+
+
+def _range(feature: FeatureSpec) -> str:
+    """`mean_radius in [0, 60]`, `age >= 0` or `age <= 120`."""
+    name = shown_name(feature.name)
+    if feature.minimum is not None and feature.maximum is not None:
+        return f"{name} in [{feature.minimum:g}, {feature.maximum:g}]"
+    if feature.minimum is not None:
+        return f"{name} >= {feature.minimum:g}"
+    return f"{name} <= {feature.maximum:g}"
 
 
 def print_contracts(settings: KafkaSettings, console: Console, scoring: Collection[str] = ()) -> None:

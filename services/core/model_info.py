@@ -63,7 +63,8 @@ class ModelInfo:
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> ModelInfo:
         features = tuple(
-            FeatureSpec(f["name"], f["required"], f["default"], f["type"]) for f in record["features"]
+            FeatureSpec(f["name"], f["required"], f["default"], f["type"], f["minimum"], f["maximum"])
+            for f in record["features"]
         )
         return cls(record["name"], record["version"], Signature(features, record["extra_features"]),
                    record["instance"], record["updated_at"])

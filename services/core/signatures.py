@@ -1,12 +1,16 @@
-"""A model's input contract: the features it reads, which it requires, which have a default.
+"""A model's input contract: the features it reads, which it requires, which have a default,
+and the range of values it can score.
 
-    Signature((FeatureSpec("mean_radius"), FeatureSpec("age", required=False, default=40.0)))
+    Signature((FeatureSpec("mean_radius", minimum=0.0, maximum=60.0),
+               FeatureSpec("age", required=False, default=40.0)))
 
 Every feature is a finite double. A row (one request's features) is valid for a model when
 
   * it has at least one feature,
   * every required feature is present,
   * every value is a finite number (an explicit NaN or inf is never "missing": omit the feature),
+  * every value is within its feature's declared `minimum` and `maximum` (where declared: the range
+    the model was fitted on, past which its answer would be confident and meaningless),
   * it names no feature outside the signature, unless the model's policy is `extra="ignore"`.
 
 An absent optional feature takes its declared `default`; an optional feature without a default
@@ -43,6 +47,7 @@ __all__ = [
     "Prepared",
     "Signature",
     "listed",
+    "shown_name",
 ]
 
 FEATURE_TYPE = "double"
@@ -63,18 +68,22 @@ _NUMBER_TYPES = frozenset((float, int, np.float64, np.float32, np.float16, np.in
 
 @dataclass(frozen=True, slots=True)
 class FeatureSpec:
-    """One input column: a finite double, required, or optional with an explicit default (or none)."""
+    """One input column: a finite double, required, or optional with an explicit default (or none),
+    within [minimum, maximum] where either is declared (inclusive)."""
 
     name: str
     required: bool = True
     default: float | None = None
     type: str = FEATURE_TYPE
+    minimum: float | None = None
+    maximum: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ModelSpecError(f"a feature name must be a non-empty string, got {self.name!r}")
         if self.type != FEATURE_TYPE:
             raise ModelSpecError(f"feature {self.name!r}: type {self.type!r} is not supported (only double)")
+        self._check_range()
         if self.default is None:
             return
         if self.required:
@@ -82,6 +91,28 @@ class FeatureSpec:
         if not _is_finite_number(self.default):
             shown = repr(self.default)[:_NAME_CHARS]
             raise ModelSpecError(f"feature {self.name!r}: default {shown} is not a finite number")
+        if self.outside(self.default):
+            raise ModelSpecError(f"feature {self.name!r}: default {self.default!r} is {self.outside(self.default)}")
+
+    def _check_range(self) -> None:
+        for bound, value in (("minimum", self.minimum), ("maximum", self.maximum)):
+            if value is not None and not _is_finite_number(value):
+                shown = repr(value)[:_NAME_CHARS]
+                raise ModelSpecError(f"feature {self.name!r}: {bound} {shown} is not a finite number")
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+            raise ModelSpecError(f"feature {self.name!r}: minimum {self.minimum!r} is above maximum {self.maximum!r}")
+
+    @property
+    def bounded(self) -> bool:
+        return self.minimum is not None or self.maximum is not None
+
+    def outside(self, value: float) -> str | None:
+        """How a finite `value` is outside the declared range ("below its minimum 0.0"), or None."""
+        if self.minimum is not None and value < self.minimum:
+            return f"below its minimum {self.minimum!r}"
+        if self.maximum is not None and value > self.maximum:
+            return f"above its maximum {self.maximum!r}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -158,6 +189,7 @@ class Signature:
         unknown = [k for k in row if k not in index] if self.extra == "reject" else []
         missing = [n for n in self.required if row.get(n) is None]
         bad = [(k, v) for k, v in row.items() if k in index and v is not None and not _is_finite_number(v)]
+        outside = self._outside(row) if self._bounds is not None and not bad else []
         parts = []
         if unknown:
             parts.append("unknown features: " + self._unknown_part(unknown, missing))
@@ -165,15 +197,36 @@ class Signature:
             parts.append("missing: " + listed(missing))
         if bad:
             parts.append("not a finite number: " + _listed_values(bad))
+        if outside:
+            parts.append("outside the model's range: " + _listed_reasons(outside))
         if not parts and not any(k in index for k in row):
             parts.append("none of the features given is one this model reads")
         return "; ".join(parts) or None
 
     def _unknown_part(self, unknown: Sequence[str], missing: Sequence[str]) -> str:
         candidates = tuple(missing) or self.names
-        shown = [_shown(name) + self._hints.hint(name, candidates) for name in unknown[:_LISTED]]
-        more = len(unknown) - len(shown)
-        return ", ".join(shown) + (f" (+{more} more)" if more else "")
+        return _first_few([_shown(name) + self._hints.hint(name, candidates) for name in unknown[:_LISTED]],
+                          len(unknown))
+
+    def _outside(self, row: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
+        """(name, value, how) for each given value outside its feature's range (finite values only)."""
+        index = self._index
+        found = []
+        for name, value in row.items():
+            spec = index.get(name)
+            if spec is not None and spec.bounded and value is not None and (how := spec.outside(value)):
+                found.append((name, value, how))
+        return found
+
+    @cached_property
+    def _bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per column, the lowest and highest value allowed (±inf where none is declared); None
+        when no feature declares a range, so an unbounded contract costs no check at all."""
+        if not any(f.bounded for f in self.features):
+            return None
+        low = [-math.inf if f.minimum is None else f.minimum for f in self.features]
+        high = [math.inf if f.maximum is None else f.maximum for f in self.features]
+        return np.array(low, dtype=np.float64), np.array(high, dtype=np.float64)
 
     def values(self, row: Mapping[str, Any]) -> list[float]:
         """The model's columns for a valid row: given values, else defaults, else NaN."""
@@ -213,7 +266,7 @@ class Signature:
         if not slow and np.isfinite(out).all():
             # The common case in two numpy calls: at low rates each batch runs on a cold CPU,
             # where every numpy call costs tens of microseconds (docs/benchmarks.md).
-            return _prepared(out, {})
+            return _prepared(out, self._out_of_range(rows, out, {}))
         errors: dict[int, str] = {}
         fast = np.ones(n, dtype=bool)
         fast[slow] = False
@@ -225,7 +278,20 @@ class Signature:
                 out[i] = self.values(rows[i])
             else:
                 errors[i] = reason
-        return _prepared(out, errors)
+        return _prepared(out, self._out_of_range(rows, out, errors))
+
+    def _out_of_range(
+        self, rows: Sequence[Mapping[str, Any]], out: np.ndarray, errors: dict[int, str]
+    ) -> dict[int, str]:
+        """`errors` with every other row that has a value outside its feature's range (NaN, an
+        optional feature absent, is not: comparisons with it are false)."""
+        if self._bounds is None:
+            return errors
+        low, high = self._bounds
+        for i in np.flatnonzero(((out < low) | (out > high)).any(axis=1)).tolist():
+            if i not in errors:
+                errors[i] = self.problem(rows[i]) or "a feature value is outside the model's range"
+        return errors
 
     def _prepare_slowly(self, rows: Sequence[Mapping[str, Any]]) -> Prepared:
         out = np.empty((len(rows), len(self.names)), dtype=np.float64)
@@ -246,12 +312,14 @@ class Signature:
 
     def to_records(self) -> list[dict[str, Any]]:
         """The features as plain dicts (the `features` field of a ModelInfo record, or a sidecar)."""
-        return [{"name": f.name, "type": f.type, "required": f.required, "default": f.default} for f in self.features]
+        return [{"name": f.name, "type": f.type, "required": f.required, "default": f.default,
+                 "minimum": f.minimum, "maximum": f.maximum} for f in self.features]
 
     @classmethod
     def from_records(cls, items: Any, where: str, extra: str = "reject") -> Signature:
         """Parse a JSON list whose entries are a name (required) or an object
-        {"name": ..., "required": true|false, "default": number, "type": "double"}."""
+        {"name": ..., "required": true|false, "default": number, "type": "double",
+         "minimum": number, "maximum": number} (every key but the name optional)."""
         if not isinstance(items, list) or not items:
             raise ModelSpecError(f"{where}: expected a non-empty JSON list of features")
         return cls(tuple(_feature_from(item, where) for item in items), extra)
@@ -271,7 +339,7 @@ def _feature_from(item: Any, where: str) -> FeatureSpec:
         raise ModelSpecError(
             f'{where}: a feature is a name or an object like {{"name": "age", "default": 40}}, got {item!r}'
         )
-    unknown = set(item) - {"name", "required", "default", "type"}
+    unknown = set(item) - {"name", "required", "default", "type", "minimum", "maximum"}
     if unknown:
         raise ModelSpecError(f"{where}: feature {item['name']!r} has unknown keys {sorted(unknown)}")
     default = item.get("default")
@@ -279,14 +347,23 @@ def _feature_from(item: Any, where: str) -> FeatureSpec:
     if not isinstance(required, bool):
         raise ModelSpecError(f"{where}: feature {item['name']!r}: required must be true or false")
     try:
-        return FeatureSpec(item["name"], required, default, item.get("type", FEATURE_TYPE))
+        return FeatureSpec(item["name"], required, default, item.get("type", FEATURE_TYPE),
+                           item.get("minimum"), item.get("maximum"))
     except ModelSpecError as err:
         raise ModelSpecError(f"{where}: {err}") from None
 
 
 def _listed_values(pairs: Sequence[tuple[str, Any]]) -> str:
-    shown = [f"{_shown(k)}={repr(v)[:_NAME_CHARS]}" for k, v in pairs[:_LISTED]]
-    more = len(pairs) - len(shown)
+    return _first_few([f"{_shown(k)}={repr(v)[:_NAME_CHARS]}" for k, v in pairs[:_LISTED]], len(pairs))
+
+
+def _listed_reasons(found: Sequence[tuple[str, Any, str]]) -> str:
+    return _first_few([f"{_shown(k)}={repr(v)[:_NAME_CHARS]} ({how})" for k, v, how in found[:_LISTED]], len(found))
+
+
+def _first_few(shown: Sequence[str], total: int) -> str:
+    """`a, b, c, d, e (+25 more)`: what is shown of `total` items, then how many more."""
+    more = total - len(shown)
     return ", ".join(shown) + (f" (+{more} more)" if more else "")
 
 
@@ -354,8 +431,12 @@ def _bounded(cache: dict[Any, Any], most: int = _REMEMBERED_HINTS) -> dict[Any, 
     return {} if len(cache) >= most else cache
 
 
-def listed(names: Sequence[str]) -> str:
-    """`a, b, c, d, e (+25 more)`: the first few names, then how many more."""
-    shown = [_shown(n) for n in names[:_LISTED]]
-    more = len(names) - len(shown)
-    return ", ".join(shown) + (f" (+{more} more)" if more else "")
+def listed(names: Sequence[str], *, shown: bool = False) -> str:
+    """`a, b, c, d, e (+25 more)`: the first few names, then how many more; `shown`: items
+    already as an error shows them (names in them through `shown_name`), listed as they are."""
+    return _first_few(names[:_LISTED] if shown else [_shown(n) for n in names[:_LISTED]], len(names))
+
+
+def shown_name(name: str) -> str:
+    """A feature's name as an error or a listing shows it (bare, or quoted and cut when odd)."""
+    return _shown(name)

@@ -850,3 +850,21 @@ def test_a_commands_sigterm_is_never_a_rows_error() -> None:
             score_batch(Terminated(), [{"x": 0.5}])  # type: ignore[arg-type]
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_a_sidecar_range_turns_an_out_of_range_request_into_an_error_not_a_confident_score(tmp_path: Path) -> None:
+    """A logistic model answers any value with confidence (1e6 of mean_radius: a score of 0 or 1):
+    the range its sidecar declares is the one it was fitted on, and a request outside it gets an
+    error score from this model, the rest of the batch its scores."""
+    x, y = demo_data()
+    path = tmp_path / "ranged.skops"
+    skops_io.dump(LogisticRegression(max_iter=3000).fit(x, y), path)
+    declared = [{"name": name, "minimum": float(x[:, i].min()), "maximum": float(x[:, i].max())}
+                for i, name in enumerate(DEMO_FEATURES)]
+    (tmp_path / "ranged.features.json").write_text(json.dumps(declared))
+    rows = demo_rows(3)
+    rows[1] = {**rows[1], "mean_radius": 1e6}
+    scored = score_batch(load_model(str(path)), rows)
+    assert [s.prediction is not None for s in scored] == [True, False, True]
+    assert scored[1].error == (f"outside the model's range: mean_radius=1000000.0 "
+                               f"(above its maximum {float(x[:, 0].max())!r})")

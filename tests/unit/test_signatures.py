@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from typing import Any
 
 import numpy as np
@@ -228,7 +229,7 @@ def test_model_info_round_trips_through_its_schema() -> None:
     assert value[:10] == codec("model_info").header
     assert decode_model_info(value) == info
     assert codec("model_info").decode(value)["features"][1] == {
-        "name": "b", "type": "double", "required": False, "default": 0.5,
+        "name": "b", "type": "double", "required": False, "default": 0.5, "minimum": None, "maximum": None,
     }
 
 
@@ -498,3 +499,79 @@ def test_a_dropped_contract_is_said_even_just_after_one_was_said_to_wait(
     contracts.apply(_record_of(b"b", _sized("b", 10)))  # waits
     contracts.apply(_record_of(b"a", _sized("a", 11)))  # fits nowhere: dropped
     assert "waits for a place" in caplog.text and "its earlier one dropped" in caplog.text
+
+
+# --- declared ranges ------------------------------------------------------------------------------
+
+RANGED = Signature((FeatureSpec("a", minimum=0.0, maximum=10.0), FeatureSpec("b", maximum=5.0),
+                    FeatureSpec("c", required=False, minimum=-1.0)))
+
+
+def test_a_value_outside_its_declared_range_is_named_with_its_bound() -> None:
+    assert RANGED.problem({"a": 0.0, "b": 5.0}) is None  # both ends inclusive
+    assert RANGED.problem({"a": 10.5, "b": -1e9, "c": -2.0}) == (
+        "outside the model's range: a=10.5 (above its maximum 10.0), c=-2.0 (below its minimum -1.0)"
+    )
+    assert RANGED.problem({"a": 1e308, "b": 1.0, "zz": 1.0}) == (
+        "unknown features: zz; outside the model's range: a=1e+308 (above its maximum 10.0)"
+    )
+
+
+def test_a_batch_scores_the_rows_in_range_and_names_the_others() -> None:
+    rows = [{"a": 1.0, "b": 2.0}, {"a": 11.0, "b": 2.0}, {"a": 1.0, "b": 2.0, "c": 3.0},
+            {"a": 1.0, "b": 2.0, "c": -5.0}, {"a": -0.5, "b": 2.0}]
+    prepared = RANGED.prepare(rows)
+    assert prepared.valid == [0, 2]  # row 0: c absent (NaN) is not out of range
+    assert prepared.errors == {1: "outside the model's range: a=11.0 (above its maximum 10.0)",
+                               3: "outside the model's range: c=-5.0 (below its minimum -1.0)",
+                               4: "outside the model's range: a=-0.5 (below its minimum 0.0)"}
+    assert prepared.matrix.tolist()[1] == [1.0, 2.0, 3.0]
+
+
+def test_a_full_batch_in_range_takes_the_fast_path_and_one_outside_does_not_slip_through() -> None:
+    both = Signature((FeatureSpec("a", minimum=0.0, maximum=10.0), FeatureSpec("b", minimum=0.0, maximum=10.0)))
+    rows = [{"a": float(i % 10), "b": 1.0} for i in range(64)]
+    assert both.prepare(rows).valid == list(range(64))
+    rows[37] = {"a": 3.0, "b": 10.000001}
+    prepared = both.prepare(rows)
+    assert 37 not in prepared.valid and len(prepared.valid) == 63
+    assert prepared.errors[37] == "outside the model's range: b=10.000001 (above its maximum 10.0)"
+
+
+@pytest.mark.parametrize(("spec", "says"), [
+    (dict(minimum=2.0, maximum=1.0), "minimum 2.0 is above maximum 1.0"),
+    (dict(maximum=math.inf), "maximum inf is not a finite number"),
+    (dict(minimum="0"), "minimum '0' is not a finite number"),
+    (dict(required=False, default=7.0, maximum=5.0), "default 7.0 is above its maximum 5.0"),
+])
+def test_a_range_that_cannot_hold_is_refused_at_load(spec: dict[str, Any], says: str) -> None:
+    with pytest.raises(ModelSpecError, match=re.escape(says)):
+        FeatureSpec("x", **spec)
+
+
+def test_a_sidecar_declares_ranges_and_the_published_contract_carries_them() -> None:
+    sig = Signature.from_records([{"name": "a", "minimum": 0, "maximum": 10}, {"name": "b", "maximum": 5}], "here")
+    assert sig.features[0] == FeatureSpec("a", minimum=0, maximum=10)
+    info = ModelInfo("m", "1", sig, "host", 1)
+    assert decode_model_info(encode_model_info(info)) == info
+    with pytest.raises(ModelSpecError, match=r"unknown keys \['max'\]"):
+        Signature.from_records([{"name": "a", "max": 3}], "here")
+
+
+def test_a_contract_published_before_ranges_existed_reads_as_unbounded() -> None:
+    from services.core.codec import Codec, load_schema, schemas_dir
+
+    older = Codec(load_schema(schemas_dir() / "history" / "model_info" / "v1.avsc"))
+    record = {"name": "m", "version": "1", "extra_features": "reject", "instance": "", "updated_at": 1,
+              "features": [{"name": "a", "type": "double", "required": True, "default": None}]}
+    info = decode_model_info(older.encode(record))
+    assert info.signature.features == (FeatureSpec("a"),)
+    assert not info.signature.features[0].bounded
+
+
+def test_the_models_listing_shows_declared_ranges() -> None:
+    from services.cli.model_contracts import contract_line
+
+    line = contract_line(ModelInfo("m", "1", RANGED, "host", 1))
+    assert "; ranges: 3 (a in [0, 10], b <= 5, c >= -1); extra features: reject" in line
+    assert "ranges" not in contract_line(ModelInfo("m", "1", DEMO, "host", 1))

@@ -34,7 +34,8 @@ def read_sidecar(path: Path) -> Signature | None:
     """The input contract in the model's sidecar JSON list, or None when there is no sidecar.
 
     Each entry is a feature name (required) or an object
-    {"name": "age", "required": false, "default": 40.0} (see services/core/signatures.py).
+    {"name": "age", "required": false, "default": 40.0, "minimum": 0, "maximum": 120}
+    (see services/core/signatures.py).
     """
     for candidate in sidecar_paths(path):
         if candidate.is_file():
