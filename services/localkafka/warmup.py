@@ -47,6 +47,9 @@ MIN_ROUNDS = 20
 # warm-up still shows: it raises, and `warm_up` logs it.
 _QUIET = logging.getLogger(f"{__name__}.librdkafka")
 _QUIET.setLevel(logging.ERROR)
+# How long a transactional call may wait: the first one waits for that coordinator's load, which
+# on a loaded 2-core host takes longer than the few seconds a warm broker needs (a review).
+_TXN_TIMEOUT_S = 30
 
 
 @dataclass
@@ -105,7 +108,7 @@ def _traffic(base: dict[str, Any], group: str, seconds: float, done: WarmUp) -> 
                        "enable.auto.commit": False, "fetch.wait.max.ms": 100})
     try:
         reader.assign([TopicPartition(TOPIC, p, OFFSET_END) for p in range(PARTITIONS)])
-        txn.init_transactions(10)
+        txn.init_transactions(_TXN_TIMEOUT_S)
         until = time.monotonic() + seconds
         while time.monotonic() < until or done.transactions < MIN_ROUNDS:
             _one_round(plain, txn, reader, done)
@@ -128,8 +131,8 @@ def _one_round(plain: Producer, txn: Producer, reader: Consumer, done: WarmUp) -
         txn.produce(TOPIC, b"t" * 300, key, partition=(done.records + i) % PARTITIONS)
     positions = [tp for tp in reader.position(reader.assignment()) if tp.offset >= 0]
     if positions:
-        txn.send_offsets_to_transaction(positions, reader.consumer_group_metadata(), 5)
-    txn.commit_transaction(5)
+        txn.send_offsets_to_transaction(positions, reader.consumer_group_metadata(), _TXN_TIMEOUT_S)
+    txn.commit_transaction(_TXN_TIMEOUT_S)
     done.records += 2
     done.transactions += 1
     fetched = reader.consume(100, 0.002)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
+from services.core.kafka import create_topics
 from services.localkafka.broker import ephemeral_broker
 
 pytestmark = pytest.mark.kafka
@@ -25,9 +26,13 @@ def _started(tmp: Path, cds_dir: Path) -> tuple[float, bool]:
         took = time.monotonic() - began
         assert broker.pid is not None
         maps = Path(f"/proc/{broker.pid}/maps").read_text()
+        # The topic made first: the broker creates none on its own, and a record for a missing
+        # topic failed after librdkafka's 30 s wait for it, which a flush(30) counted as delivered.
+        create_topics({"bootstrap.servers": broker.bootstrap}, {"cds-check": (1, {})})
         producer = Producer({"bootstrap.servers": broker.bootstrap})
-        producer.produce("cds-check", b"x" * 100)
-        assert producer.flush(30) == 0, "the broker serves"
+        delivered: list[object] = []
+        producer.produce("cds-check", b"x" * 100, on_delivery=lambda err, _msg: delivered.append(err))
+        assert producer.flush(30) == 0 and delivered == [None], f"the broker serves: {delivered}"
         return took, str(cds_dir) in maps
 
 

@@ -35,7 +35,7 @@ from services.core.settings import Topics
 from services.model_worker.models import demo_rows
 from services.model_worker.settings import model_group
 from tests.faults.procs import Proc, until
-from tests.integration.harness import PacedSender, read_topic
+from tests.integration.harness import PacedSender, read_topic, settled
 
 pytestmark = pytest.mark.kafka
 
@@ -373,7 +373,7 @@ def test_with_start_from_latest_a_partition_assigned_later_has_its_start_committ
         partitions = [TopicPartition(topics.requests, p) for p in range(count)]
         return [tp.offset for tp in committed_offsets(config, f"{prefix}rendezvous", partitions, stable=True)]
 
-    until(lambda: min(committed(2)) >= 0, 60, "the first assignment's starts committed")
+    until(settled(lambda: min(committed(2)) >= 0), 60, "the first assignment's starts committed")
     admin = AdminClient(config)  # kept: its futures fail once the client is collected
 
     def grow(*names: str) -> None:
@@ -385,7 +385,7 @@ def test_with_start_from_latest_a_partition_assigned_later_has_its_start_committ
           "the recovery of the added partitions saying why it waits")
     assert "recovery waiting for the broker" not in rendezvous.tail(200)
     grow(topics.answers, topics.log)
-    until(lambda: min(committed(4)) >= 0, 60, "the added partitions' starts committed")
+    until(settled(lambda: min(committed(4)) >= 0), 60, "the added partitions' starts committed")
 
 
 def test_a_model_worker_with_start_from_latest_scores_what_came_to_a_partition_never_read_while_it_was_away(
@@ -410,5 +410,5 @@ def test_a_model_worker_with_start_from_latest_scores_what_came_to_a_partition_n
                                                           stable=True)]
 
     # Where `latest` started each partition is committed before anything is read from it.
-    until(lambda: min(committed()) >= 0, 60, "a committed start on every partition")
+    until(settled(lambda: min(committed()) >= 0), 60, "a committed start on every partition")
     sent_while_away(worker, config, topics, scored)

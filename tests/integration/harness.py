@@ -8,11 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from services.core.codec import codec
 from services.core.control_records import is_control_record
-from services.core.kafka import reader
+from services.core.kafka import admin, reader
 from services.model_worker.settings import WorkerSettings
 from services.model_worker.worker import ModelWorker
 from services.rendezvous.service import Rendezvous
@@ -84,6 +84,48 @@ def wait_until(
         time.sleep(POLL_S)
 
 
+# What a healthy single broker answers for a moment: a topic or partition created a moment ago
+# without a leader yet (NOT_LEADER_FOR_PARTITION failed a CI run), a coordinator loading, a
+# transaction's offsets not yet stable, or a request slower than its timeout on a loaded host.
+_NOT_YET = frozenset({
+    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError.OFFSET_NOT_AVAILABLE, KafkaError.UNKNOWN_LEADER_EPOCH, KafkaError._UNKNOWN_TOPIC,
+    KafkaError._UNKNOWN_PARTITION, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
+    KafkaError.UNSTABLE_OFFSET_COMMIT,
+})
+
+
+def not_yet(exc: KafkaException) -> bool:
+    """Whether a broker's refusal only means "not yet": a wait asks again."""
+    err = exc.args[0] if exc.args else None
+    return isinstance(err, KafkaError) and err.code() in _NOT_YET
+
+
+def settled(condition: Callable[[], bool]) -> Callable[[], bool]:
+    """`condition` for `wait_until`, false (ask again) while the broker answers "not yet"."""
+    def asked() -> bool:
+        try:
+            return condition()
+        except KafkaException as exc:
+            if not not_yet(exc):
+                raise
+            return False
+    return asked
+
+
+def wait_for_partitions(config: dict[str, Any], topics: list[str], count: int, timeout: float = 30.0) -> None:
+    """Until the cluster's metadata gives each topic `count` partitions with a leader (after
+    create_partitions, whose answer can come before the broker's metadata shows them)."""
+    client = admin(config)
+
+    def grown() -> bool:
+        known = client.list_topics(timeout=10).topics
+        return all(topic in known and known[topic].error is None and len(known[topic].partitions) == count
+                   and all(p.leader >= 0 for p in known[topic].partitions.values()) for topic in topics)
+    wait_until(settled(grown), timeout, f"{topics} to have {count} partitions, each with a leader")
+
+
 def send_offsets_as_member(
     producer: Producer, config: dict[str, Any], group: str, offsets: list[TopicPartition]
 ) -> None:
@@ -150,6 +192,7 @@ def read_topic(
         data = 0
         deadline = time.monotonic() + timeout
 
+        @settled
         def at_end() -> bool:
             for tp in consumer.position(partitions):
                 _low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=5)

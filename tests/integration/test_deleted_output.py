@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from services.client.client import make_request
@@ -23,7 +23,7 @@ from services.core.codec import codec
 from services.core.settings import Topics
 from services.localkafka.config import free_port
 from services.model_worker.models import demo_rows
-from tests.integration.harness import wait_until
+from tests.integration.harness import settled, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -38,20 +38,10 @@ def _written(config: dict[str, Any], topic: str) -> int:
         probe.close()
 
 
-# A topic created a moment ago may have no leader yet: its offsets are refused with these for a
-# while (NOT_LEADER_FOR_PARTITION once in CI, for a return address created just before).
-_NO_LEADER_YET = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                  KafkaError.UNKNOWN_TOPIC_OR_PART}
-
-
 def _written_yet(config: dict[str, Any], topic: str) -> bool:
-    """Whether anything is written to `topic`; a new topic still without a leader has nothing."""
-    try:
-        return _written(config, topic) > 0
-    except KafkaException as error:
-        if error.args[0].code() not in _NO_LEADER_YET:
-            raise
-        return False
+    """Whether anything is written to `topic`; one created a moment ago may have no leader yet
+    (NOT_LEADER_FOR_PARTITION once in CI, for a return address): nothing written yet."""
+    return settled(lambda: _written(config, topic) > 0)()
 
 
 class _Requests:
@@ -191,7 +181,7 @@ def test_a_client_whose_return_address_is_deleted_stops_nothing(
         admin.delete_topics([gone])[gone].result(30)
         for _ in range(40):
             requests.send()
-        wait_until(lambda: _committed(config, f"{prefix}rendezvous", topics.requests) == requests.sent, 120,
+        wait_until(settled(lambda: _committed(config, f"{prefix}rendezvous", topics.requests) == requests.sent), 120,
                    "every request sent to be committed", check=alive)
     finally:
         for process in processes:

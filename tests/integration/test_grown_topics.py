@@ -18,6 +18,7 @@ from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
 from services.core.errors import TopicGone
 from services.core.kafka import Producer
+from tests.integration.harness import wait_for_partitions
 
 pytestmark = pytest.mark.kafka
 
@@ -40,6 +41,7 @@ def test_partitions_added_under_a_producer_are_written_at_once(config: dict[str,
     producer.flush(30)  # the client has read the topics' metadata: two partitions each
     for future in admin.create_partitions([NewPartitions(topic, 3) for topic in topics]).values():
         future.result(30)
+    wait_for_partitions(config, topics, 3)  # the cluster's; the producer's own metadata is still of 2
 
     for topic in topics:
         producer.produce(topic, b"after", partition=2)

@@ -17,7 +17,7 @@ from services.core.settings import Topics
 from services.core.signatures import Signature
 from services.gateway.signatures import FeatureSpec, PublishedSignatures
 from services.model_worker.models import DEMO_FEATURES, demo_rows
-from tests.integration.harness import Services, read_topic, wait_until
+from tests.integration.harness import Services, read_topic, wait_for_partitions, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -167,6 +167,7 @@ def test_the_gateway_sees_contracts_on_partitions_added_after_it_started(
         client = kafka.admin(config)  # referenced until the answer is in
         for future in client.create_partitions([NewPartitions(topics.models, count + 1)]).values():
             future.result(30)
+        wait_for_partitions(config, [topics.models], count + 1)
         producer = Producer(config)
         producer.produce(topics.models, encode_model_info(ModelInfo("late", "1", Signature.all_required(["x"]))),
                          key=b"late", partition=count)  # the new partition

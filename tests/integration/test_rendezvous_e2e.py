@@ -12,7 +12,7 @@ from rich.console import Console
 
 from services.cli.lifecycle import ModelsSettings, cmd_models
 from services.client.client import Client
-from services.core.kafka import group_lag
+from services.core.kafka import group_lag, wait_for_groups
 from services.core.settings import Topics
 from services.model_worker.models import demo_rows
 from services.model_worker.models.demo import flaky_rejects
@@ -142,21 +142,9 @@ def test_model_error_falls_back_at_once_and_is_logged(
 def test_two_replicas_share_the_work(
     services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any]
 ) -> None:
-    from confluent_kafka import ConsumerGroupState
-    from confluent_kafka.admin import AdminClient
-
     services.worker(bootstrap, prefix, "demo:champion", instance="replica-a")
     services.worker(bootstrap, prefix, "demo:champion", instance="replica-b")
-    admin = AdminClient(config)
-    group = f"{prefix}model.champion"
-
-    def both_members_assigned() -> bool:
-        description = admin.describe_consumer_groups([group])[group].result()
-        return description.state == ConsumerGroupState.STABLE and len(description.members) == 2
-
-    from tests.integration.harness import wait_until
-
-    wait_until(both_members_assigned, 60, "both replicas in a stable group")
+    wait_for_groups(config, [f"{prefix}model.champion"], timeout=60, members=2)  # both replicas, stable
     services.rendezvous(bootstrap, prefix, models=("champion",))
     with Client(config, topics, budget_ms=20_000, answer_wait_s=60) as client:
         answers = client.score_many(demo_rows(400, seed=7))
