@@ -18,9 +18,9 @@ def contract_line(info: ModelInfo) -> str:
     """`champion logreg-1: requires 30 (mean_radius, ...); optional: none; ranges: 2 (mean_radius in
     [0, 60], age >= 0); extra features: reject; published by ...` (no ranges part when none is declared)."""
     signature = info.signature
-    optional = [f"{f.name}={f.default:g}" if f.default is not None else f.name
+    optional = [shown_name(f.name) + (f"={f.default:g}" if f.default is not None else "")
                 for f in signature.features if not f.required]
-    shown = f"{len(optional)} ({listed(optional)})" if optional else "none"
+    shown = f"{len(optional)} ({listed(optional, shown=True)})" if optional else "none"
     ranges = [_range(f) for f in signature.features if f.bounded]
     ranged = f"ranges: {len(ranges)} ({listed(ranges, shown=True)}); " if ranges else ""
     return (f"{info.name} {info.version}: requires {len(signature.required)} ({listed(signature.required)}); "

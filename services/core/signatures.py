@@ -99,6 +99,8 @@ class FeatureSpec:
             if value is not None and not _is_finite_number(value):
                 shown = repr(value)[:_NAME_CHARS]
                 raise ModelSpecError(f"feature {self.name!r}: {bound} {shown} is not a finite number")
+            if value is not None:  # as the model's matrix holds it (an int past 2**53 is rounded there)
+                object.__setattr__(self, bound, float(value))
         if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
             raise ModelSpecError(f"feature {self.name!r}: minimum {self.minimum!r} is above maximum {self.maximum!r}")
 
@@ -107,10 +109,12 @@ class FeatureSpec:
         return self.minimum is not None or self.maximum is not None
 
     def outside(self, value: float) -> str | None:
-        """How a finite `value` is outside the declared range ("below its minimum 0.0"), or None."""
-        if self.minimum is not None and value < self.minimum:
+        """How a finite `value` is outside the declared range ("below its minimum 0.0"), or None.
+        Compared as the double the model would receive, as the batch check compares it."""
+        number = float(value)
+        if self.minimum is not None and number < self.minimum:
             return f"below its minimum {self.minimum!r}"
-        if self.maximum is not None and value > self.maximum:
+        if self.maximum is not None and number > self.maximum:
             return f"above its maximum {self.maximum!r}"
         return None
 
@@ -189,7 +193,7 @@ class Signature:
         unknown = [k for k in row if k not in index] if self.extra == "reject" else []
         missing = [n for n in self.required if row.get(n) is None]
         bad = [(k, v) for k, v in row.items() if k in index and v is not None and not _is_finite_number(v)]
-        outside = self._outside(row) if self._bounds is not None and not bad else []
+        outside = self._outside(row) if self.bounded else []
         parts = []
         if unknown:
             parts.append("unknown features: " + self._unknown_part(unknown, missing))
@@ -209,14 +213,19 @@ class Signature:
                           len(unknown))
 
     def _outside(self, row: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
-        """(name, value, how) for each given value outside its feature's range (finite values only)."""
+        """(name, value, how) for each given finite value outside its feature's range."""
         index = self._index
         found = []
         for name, value in row.items():
             spec = index.get(name)
-            if spec is not None and spec.bounded and value is not None and (how := spec.outside(value)):
+            if spec is not None and spec.bounded and _is_finite_number(value) and (how := spec.outside(value)):
                 found.append((name, value, how))
         return found
+
+    @property
+    def bounded(self) -> bool:
+        """Whether any feature declares a range."""
+        return self._bounds is not None
 
     @cached_property
     def _bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -266,7 +275,7 @@ class Signature:
         if not slow and np.isfinite(out).all():
             # The common case in two numpy calls: at low rates each batch runs on a cold CPU,
             # where every numpy call costs tens of microseconds (docs/benchmarks.md).
-            return _prepared(out, self._out_of_range(rows, out, {}))
+            return self.refuse_out_of_range(_prepared(out, {}))
         errors: dict[int, str] = {}
         fast = np.ones(n, dtype=bool)
         fast[slow] = False
@@ -278,20 +287,27 @@ class Signature:
                 out[i] = self.values(rows[i])
             else:
                 errors[i] = reason
-        return _prepared(out, self._out_of_range(rows, out, errors))
+        return self.refuse_out_of_range(_prepared(out, errors))
 
-    def _out_of_range(
-        self, rows: Sequence[Mapping[str, Any]], out: np.ndarray, errors: dict[int, str]
-    ) -> dict[int, str]:
-        """`errors` with every other row that has a value outside its feature's range (NaN, an
-        optional feature absent, is not: comparisons with it are false)."""
-        if self._bounds is None:
-            return errors
+    def refuse_out_of_range(self, prepared: Prepared) -> Prepared:
+        """`prepared` with each valid row that has a value outside its feature's range moved to
+        the errors: a batch checked otherwise (the worker's request walk checks names and
+        finiteness only) is checked so too. NaN (an optional feature absent) is never outside:
+        comparisons with it are false. A contract without ranges returns `prepared` as it is."""
+        if self._bounds is None or not prepared.valid:
+            return prepared
         low, high = self._bounds
-        for i in np.flatnonzero(((out < low) | (out > high)).any(axis=1)).tolist():
-            if i not in errors:
-                errors[i] = self.problem(rows[i]) or "a feature value is outside the model's range"
-        return errors
+        matrix = prepared.matrix
+        outside = np.flatnonzero(((matrix < low) | (matrix > high)).any(axis=1)).tolist()
+        if not outside:
+            return prepared
+        errors = dict(prepared.errors)
+        for position in outside:
+            given = {name: v for name, v in zip(self.names, matrix[position].tolist(), strict=True) if v == v}
+            errors[prepared.valid[position]] = "outside the model's range: " + _listed_reasons(self._outside(given))
+        gone = set(outside)
+        kept = [p for p in range(len(prepared.valid)) if p not in gone]
+        return Prepared(matrix[kept], [prepared.valid[p] for p in kept], errors)
 
     def _prepare_slowly(self, rows: Sequence[Mapping[str, Any]]) -> Prepared:
         out = np.empty((len(rows), len(self.names)), dtype=np.float64)

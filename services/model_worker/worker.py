@@ -365,15 +365,23 @@ def score_co_hosted(
     CPU, docs/benchmarks.md), each with its own copy of the checked matrix: a model may scale its
     input in place, and the next must not see that. `walked`: the batch already checked by the
     request walk against the feature names all of `hosted` read (walked.py), and the ms it took;
-    `rows` are then only counted."""
-    ids = [id(h.signature) for h in hosted] if walked is None else [0] * len(hosted)  # walked: one check for all
-    shared = {key for key in ids if ids.count(key) > 1}
+    `rows` are then only counted; a model whose contract declares ranges has the walked batch
+    checked against them too (the walk checks names and finiteness only)."""
+    if walked is None:
+        ids = [id(h.signature) for h in hosted]
+    else:  # one walk for all, and one range check per distinct signature with ranges
+        ids = [id(h.signature) if h.signature.bounded else 0 for h in hosted]
+    # Walked, a model's batch may be the walk's own object under another key: copy for each.
+    shared = set(ids) if walked is not None and len(hosted) > 1 else {key for key in ids if ids.count(key) > 1}
     checked: dict[int, tuple[Prepared, float]] = {} if walked is None else {0: walked}  # key -> batch checked, ms
     for h, key in zip(hosted, ids, strict=True):
         check = checked.get(key)
         if check is None:
             started = time.perf_counter()
-            check = checked[key] = (h.signature.prepare(rows), _ms_since(started))
+            if walked is None:
+                check = checked[key] = (h.signature.prepare(rows), _ms_since(started))
+            else:
+                check = checked[key] = (h.signature.refuse_out_of_range(walked[0]), walked[1] + _ms_since(started))
         prepared = check[0]
         if key in shared:
             prepared = Prepared(prepared.matrix.copy(), prepared.valid, prepared.errors)

@@ -575,3 +575,23 @@ def test_the_models_listing_shows_declared_ranges() -> None:
     line = contract_line(ModelInfo("m", "1", RANGED, "host", 1))
     assert "; ranges: 3 (a in [0, 10], b <= 5, c >= -1); extra features: reject" in line
     assert "ranges" not in contract_line(ModelInfo("m", "1", DEMO, "host", 1))
+
+
+def test_a_row_gets_every_reason_and_both_paths_compare_as_the_model_receives() -> None:
+    """A non-finite value hid the range problems of the same row; an int past 2**53 was outside
+    by the row's check and inside by the batch's (the model receives the double): a review."""
+    assert RANGED.problem({"a": 11.0, "b": math.nan}) == (
+        "not a finite number: b=nan; outside the model's range: a=11.0 (above its maximum 10.0)"
+    )
+    edge = Signature((FeatureSpec("a", maximum=2.0**53),))
+    assert edge.problem({"a": 2**53 + 1}) is None
+    assert edge.prepare([{"a": 2**53 + 1}]).valid == edge.prepare([{"a": 2**53 + 1}, {"a": True}]).valid[:1] == [0]
+    assert FeatureSpec("x", minimum=np.float32(0.5)).minimum.__class__ is float
+
+
+def test_the_models_listing_shows_an_optional_features_default_unquoted() -> None:
+    from services.cli.model_contracts import contract_line
+
+    sig = Signature((FeatureSpec("a"), FeatureSpec("age", required=False, default=40.0),
+                     FeatureSpec("odd name", False)))
+    assert "optional: 2 (age=40, 'odd name');" in contract_line(ModelInfo("m", "1", sig, "host", 1))

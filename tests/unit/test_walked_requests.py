@@ -131,6 +131,37 @@ def test_co_hosted_models_each_get_their_own_copy_of_a_walked_batch() -> None:
     assert scores == {"m0": [12.0], "m1": [12.0], "m2": [12.0]}
 
 
+class _Summing(_Doubling):
+    """The same in-place model, with a contract of its own (ranges, or none)."""
+
+    def __init__(self, signature: Signature) -> None:
+        self.signature = signature
+
+
+def test_a_walked_batch_is_checked_against_each_co_hosted_models_declared_ranges() -> None:
+    """The walk checks names and finiteness: a model with ranges beside one without had a value
+    of 1e6 scored as walked (a review), where the usual way refused it."""
+    ranged = Signature((FeatureSpec("a", maximum=10.0), FeatureSpec("b"), FeatureSpec("c", minimum=0.0)))
+    plain = Signature.all_required(SMALL)
+    hosted = [Hosted(_Summing(spec), name, "", "host-1", "reject")
+              for name, spec in (("plain", plain), ("ranged", ranged), ("also-plain", plain))]
+    values = [encoded({"a": 1.0, "b": 2.0, "c": 3.0}), encoded({"a": 1e6, "b": 2.0, "c": 3.0}),
+              encoded({"a": 1.0, "b": 2.0, "c": -1.0})]
+    assert shared_names(hosted) == SMALL
+    walked = RequestWalker(REQUESTS, SMALL).read(values)
+    assert walked is not None
+    results = {h.name: r for h, r in score_co_hosted(hosted, walked.requests, walked.checked)}
+    usual = {h.name: r for h, r in score_co_hosted(hosted, [REQUESTS.decode(v)["features"] for v in values])}
+    outcome = {name: [(s.prediction.score if s.prediction else None, s.error) for s in r]
+               for name, r in results.items()}
+    assert outcome == {name: [(s.prediction.score if s.prediction else None, s.error) for s in r]
+                       for name, r in usual.items()}
+    assert outcome["plain"] == outcome["also-plain"] == [(12.0, None), (2000010.0, None), (4.0, None)]
+    assert outcome["ranged"] == [(12.0, None),
+                                 (None, "outside the model's range: a=1000000.0 (above its maximum 10.0)"),
+                                 (None, "outside the model's range: c=-1.0 (below its minimum 0.0)")]
+
+
 @pytest.mark.parametrize("names", [NAMES, None])
 def test_a_record_the_walk_refuses_is_refused_on_the_usual_way_too(names: tuple[str, ...] | None) -> None:
     """The usual way is fastavro's, which reads a union's branch -1 as its last: a forged request
