@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Producer
 from prometheus_client import REGISTRY
+from sklearn.linear_model import LogisticRegression
+from skops import io as skops_io
 
 from services.cli.send import SendSettings, warn_unknown_features
 from services.client.client import Client, make_request
@@ -17,6 +21,7 @@ from services.core.settings import Topics
 from services.core.signatures import Signature
 from services.gateway.signatures import FeatureSpec, PublishedSignatures
 from services.model_worker.models import DEMO_FEATURES, demo_rows
+from services.model_worker.models.demo import demo_data
 from tests.integration.harness import Services, read_topic, wait_for_partitions, wait_until
 
 pytestmark = pytest.mark.kafka
@@ -228,3 +233,29 @@ def test_models_lists_the_contracts_waiting_for_a_place(
         f"published on {topics.models} and waiting for a place (1 models, 16 MiB encoded; a tombstone frees one):",
         "  second",
     ]
+
+
+def test_a_value_outside_a_file_models_declared_range_is_answered_error_not_scored(
+    services: Services, bootstrap: str, prefix: str, topics: Topics, config: dict[str, Any], tmp_path: Path
+) -> None:
+    """A logistic model answers mean_radius = 1e6 with certainty; its sidecar's ranges (those of
+    its training data) make that request an ERROR naming the bound, through the worker's usual
+    route (the request walk), and the published contract carries them."""
+    x, y = demo_data()
+    path = tmp_path / "ranged.skops"
+    skops_io.dump(LogisticRegression(max_iter=3000).fit(x, y), path)
+    ranges = [{"name": name, "minimum": float(x[:, i].min()), "maximum": float(x[:, i].max())}
+              for i, name in enumerate(DEMO_FEATURES)]
+    (tmp_path / "ranged.features.json").write_text(json.dumps(ranges))
+    services.worker(bootstrap, prefix, str(path), name="champion")
+    services.rendezvous(bootstrap, prefix, models=("champion",))
+
+    contract = read_model_infos(config, topics.models)["champion"].signature.features[0]
+    assert (contract.name, contract.minimum, contract.maximum) == ("mean_radius", x[:, 0].min(), x[:, 0].max())
+    valid = demo_rows(1, seed=4)[0]
+    with Client(config, topics, budget_ms=20_000, answer_wait_s=60) as client:
+        inside, outside = client.score_many([valid, {**valid, "mean_radius": 1e6}])
+    assert (inside.status, inside.model) == ("OK", "champion")
+    assert outside.status == "ERROR" and outside.score is None
+    assert (f"champion failed (outside the model's range: mean_radius=1000000.0 "
+            f"(above its maximum {float(x[:, 0].max())!r}))") in outside.reason
