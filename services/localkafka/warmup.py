@@ -25,10 +25,10 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from services.core.kafka.error_kinds import kafka_message
+from services.core.kafka.error_kinds import kafka_code, kafka_message
 from services.localkafka import config
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def warm_up(bootstrap: str, seconds: float = 1.5) -> WarmUp:
         _create_topic(admin)
         _traffic(base, group, seconds, done)
     except (KafkaException, TimeoutError) as exc:  # an admin call unanswered in 15 s: not the broker's end
-        said = kafka_message(exc) if isinstance(exc, KafkaException) else str(exc)
+        said = kafka_message(exc) or str(exc) if isinstance(exc, KafkaException) else str(exc)
         done.error = said or "an admin request had no answer within 15 s"
         log.warning("broker warm-up stopped early (the broker is ready anyway): %s", done.error)
     finally:
@@ -97,7 +97,7 @@ def _create_topic(admin: AdminClient) -> None:
     try:
         future.result(timeout=15)
     except KafkaException as exc:
-        if "TOPIC_ALREADY_EXISTS" not in str(exc):
+        if kafka_code(exc) != KafkaError.TOPIC_ALREADY_EXISTS:
             raise
 
 

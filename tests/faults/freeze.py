@@ -5,8 +5,13 @@ returns would, while librdkafka's own threads go on heartbeating."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import os
+import struct
+import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,18 +19,12 @@ from pathlib import Path
 _PTRACE_DETACH = 17
 _PTRACE_SEIZE = 0x4206
 _PTRACE_INTERRUPT = 0x4207
+_PTRACE_EVENT_STOP = 128  # status >> 16 of the stop PTRACE_INTERRUPT makes
 _WALL = 0x40000000  # waitpid's __WALL: a traced thread's stop is reported to its tracer
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
 _libc.ptrace.restype = ctypes.c_long
-
-
-def _ptrace(request: int, tid: int) -> None:
-    if _libc.ptrace(request, tid, None, None) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"ptrace({request:#x}, {tid}): {os.strerror(errno)} (ptrace not permitted here?)")
-
 
 # A thread stopped inside a librdkafka call is no hang to librdkafka: a consumer's poll that blocks
 # counts as polling for max.poll.interval.ms (the first try here stopped the loop waiting in its
@@ -34,35 +33,114 @@ _LIBRDKAFKA = "librdkafka"
 _TRIES = 2_000
 
 
+class _Gone(Exception):
+    """The process ended while it was being stopped."""
+
+
+def _ptrace(request: int, pid: int, data: int = 0) -> None:
+    if _libc.ptrace(request, pid, None, ctypes.c_void_p(data)) != 0:
+        code = ctypes.get_errno()
+        hint = " (ptrace not permitted here?)" if code == errno.EPERM else ""
+        raise OSError(code, f"ptrace({request:#x}, {pid}): {os.strerror(code)}{hint}")
+
+
 @contextmanager
-def frozen(pid: int) -> Iterator[int]:
-    """The main thread of `pid` (its poll loop) stopped in its own code, not in a system call nor
-    in librdkafka, inside the block; let go after it. Yields how many stops it took to find it
-    there. Call from one thread only (ptrace's tracer is a thread), and do not poll the process
-    for its exit meanwhile: each stop is taken here, so nothing else waits on it."""
-    for attempt in range(1, _TRIES + 1):
-        _ptrace(_PTRACE_SEIZE, pid)
-        try:
+def frozen(process: subprocess.Popen[bytes]) -> Iterator[int]:
+    """The main thread of `process` (its poll loop) stopped in its own code, not in a system call
+    nor under a librdkafka call, inside the block; let go after it. Yields how many stops it took
+    to find it there. Call from one thread only (ptrace's tracer is a thread). While it runs the
+    Popen's own exit check is held off: a ptrace stop read by it would pass for an exit."""
+    # CPython's Popen.poll() skips its waitpid while another holds this lock (a private name,
+    # stable since 3.8): the stops are taken here, and an exit is handed back to it below.
+    with process._waitpid_lock:  # type: ignore[attr-defined]
+        for attempt in range(1, _TRIES + 1):
+            signal = _stop(process)
+            try:
+                if signal == 0 and _in_own_code(process.pid):
+                    yield attempt
+                    return
+            finally:
+                _let_go(process, signal)
+    raise AssertionError(f"the main thread of {process.pid} was in a system call or librdkafka in {_TRIES} stops")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> int:
+    """Seize and stop the main thread; 0 for the interrupt's own stop, else the signal it
+    stopped for (handed back at the detach, not swallowed)."""
+    _ptrace(_PTRACE_SEIZE, process.pid)
+    try:
+        _ptrace(_PTRACE_INTERRUPT, process.pid)
+    except OSError:
+        _let_go(process, 0)
+        raise
+    status = _taken(process)
+    return 0 if status >> 16 == _PTRACE_EVENT_STOP else os.WSTOPSIG(status)
+
+
+def _taken(process: subprocess.Popen[bytes]) -> int:
+    """The thread's stop, taken (the status waitpid gives); an exit taken instead is handed to
+    the Popen, whose own wait can no longer see it, and raised as `_Gone`."""
+    _pid, status = os.waitpid(process.pid, _WALL)
+    if not os.WIFSTOPPED(status):
+        process.returncode = os.waitstatus_to_exitcode(status)
+        raise _Gone(f"{process.pid} ended while being stopped ({process.returncode})")
+    return status
+
+
+def _let_go(process: subprocess.Popen[bytes], signal: int) -> None:
+    """Detach; ESRCH is a process gone, or one seized and not stopped (an interrupt never made,
+    or its stop never taken): that one is stopped first, as a detach needs."""
+    pid = process.pid
+    try:
+        _ptrace(_PTRACE_DETACH, pid, signal)
+    except OSError as err:
+        if err.errno != errno.ESRCH:
+            raise
+        if not _traced_by_us(pid):
+            return
+        with contextlib.suppress(ProcessLookupError, _Gone):  # one ending now: its exit is the Popen's
             _ptrace(_PTRACE_INTERRUPT, pid)
-            os.waitpid(pid, _WALL)  # the stop, taken: a Popen.poll() would read it as a status
-            if _in_own_code(pid):
-                yield attempt
-                return
-        finally:
-            _ptrace(_PTRACE_DETACH, pid)
-    raise AssertionError(f"the main thread of {pid} was in a system call or librdkafka in {_TRIES} stops")
+            _taken(process)
+            _ptrace(_PTRACE_DETACH, pid, signal)
+
+
+def _traced_by_us(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    if fields.get("State", "").split()[:1] in (["Z"], ["X"]):  # ended, not yet reaped
+        return False
+    return fields.get("TracerPid", "").strip() == str(threading.get_native_id())  # the tracer is a thread: this one
 
 
 def _in_own_code(pid: int) -> bool:
-    """Whether the stopped thread is in user space (/proc's syscall is "-1 sp pc"), at an
-    instruction of no librdkafka library."""
+    """Whether the stopped thread is in user space (/proc's syscall is "-1 sp pc") with no
+    librdkafka code at its instruction nor among the return addresses on its stack (a stop
+    at a libc call librdkafka made is inside librdkafka's call: a review saw 19 of 50 so).
+    A stale word of an earlier call may refuse a good stop; the caller stops it again."""
     fields = Path(f"/proc/{pid}/syscall").read_text().split()
     if not fields or fields[0] != "-1":
         return False
-    pc = int(fields[-1], 16)
+    sp, pc = int(fields[-2], 16), int(fields[-1], 16)
+    code, stack_end = _librdkafka_code_and_stack_end(pid, sp)
+    if stack_end is None or any(low <= pc < high for low, high in code):
+        return False
+    with open(f"/proc/{pid}/mem", "rb") as memory:  # readable by the tracer
+        memory.seek(sp)
+        words = memory.read(stack_end - sp)
+    usable = len(words) // 8 * 8
+    return not any(low <= word < high for (word,) in struct.iter_unpack("<Q", words[:usable]) for low, high in code)
+
+
+def _librdkafka_code_and_stack_end(pid: int, sp: int) -> tuple[list[tuple[int, int]], int | None]:
+    code, stack_end = [], None
     for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-        span, *rest = line.split(maxsplit=5)
+        span, perms, *rest = line.split(maxsplit=5)
         low, high = (int(x, 16) for x in span.split("-"))
-        if low <= pc < high:
-            return _LIBRDKAFKA not in (rest[-1] if len(rest) == 5 else "")
-    return False
+        if _LIBRDKAFKA in (rest[-1] if len(rest) == 4 else "") and "x" in perms:
+            code.append((low, high))
+        if low <= sp < high:
+            stack_end = high
+    return code, stack_end

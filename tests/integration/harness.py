@@ -13,6 +13,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from services.core.codec import codec
 from services.core.control_records import is_control_record
 from services.core.kafka import admin, reader
+from services.core.kafka.error_kinds import kafka_code
 from services.model_worker.settings import WorkerSettings
 from services.model_worker.worker import ModelWorker
 from services.rendezvous.service import Rendezvous
@@ -98,8 +99,7 @@ _NOT_YET = frozenset({
 
 def not_yet(exc: KafkaException) -> bool:
     """Whether a broker's refusal only means "not yet": a wait asks again."""
-    err = exc.args[0] if exc.args else None
-    return isinstance(err, KafkaError) and err.code() in _NOT_YET
+    return kafka_code(exc) in _NOT_YET
 
 
 def settled(condition: Callable[[], bool]) -> Callable[[], bool]:
