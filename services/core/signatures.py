@@ -47,6 +47,7 @@ __all__ = [
     "Prepared",
     "Signature",
     "listed",
+    "outside_range",
     "shown_name",
 ]
 
@@ -111,12 +112,7 @@ class FeatureSpec:
     def outside(self, value: float) -> str | None:
         """How a finite `value` is outside the declared range ("below its minimum 0.0"), or None.
         Compared as the double the model would receive, as the batch check compares it."""
-        number = float(value)
-        if self.minimum is not None and number < self.minimum:
-            return f"below its minimum {self.minimum!r}"
-        if self.maximum is not None and number > self.maximum:
-            return f"above its maximum {self.maximum!r}"
-        return None
+        return outside_range(float(value), self.minimum, self.maximum)
 
 
 @dataclass(frozen=True)
@@ -367,6 +363,16 @@ def _feature_from(item: Any, where: str) -> FeatureSpec:
                            item.get("minimum"), item.get("maximum"))
     except ModelSpecError as err:
         raise ModelSpecError(f"{where}: {err}") from None
+
+
+def outside_range(value: float, minimum: float | None, maximum: float | None) -> str | None:
+    """How `value` is outside [minimum, maximum] (either may be None: no bound), e.g. "above its
+    maximum 28.11", or None: the one wording of the worker's error and the gateway's 400."""
+    if minimum is not None and value < minimum:
+        return f"below its minimum {minimum!r}"
+    if maximum is not None and value > maximum:
+        return f"above its maximum {maximum!r}"
+    return None
 
 
 def _listed_values(pairs: Sequence[tuple[str, Any]]) -> str:

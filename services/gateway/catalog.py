@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -146,7 +146,8 @@ class Catalog:
                 self.signatures.want()
                 return None
             for spec in specs:
-                # Required for the schedule only if the preferred model (rank 0) requires it.
+                # Required, and held to a range, for the schedule only as the preferred model
+                # (rank 0) declares: a row it refuses would be answered by a fallback, 200.
                 seen.setdefault(spec.name, spec if rank == 0 else FeatureSpec(spec.name, False, spec.datatype))
         return tuple(seen.values())
 
@@ -164,6 +165,22 @@ class Catalog:
         if missing:
             raise InvalidInput(f"missing required feature(s) {', '.join(repr(n) for n in missing[:10])} "
                                f"for {target.name!r}")
+
+    def check_ranges(self, target: Target, rows: Sequence[Mapping[str, float]]) -> None:
+        """400 for a value outside a range the target's contract declares (a schedule's: its
+        preferred model's), naming the first: its worker would refuse the row, and the call
+        would come back 502 for the client's input."""
+        if not self.enforce or target.features is None:
+            return
+        for spec in target.features:
+            if spec.minimum is None and spec.maximum is None:
+                continue
+            for index, row in enumerate(rows):
+                value = row.get(spec.name)
+                how = None if value is None else spec.outside(value)
+                if how:
+                    raise InvalidInput(f"input {spec.name!r} row {index}: {value!r} is {how} for {target.name!r} "
+                                       "(outside the range its contract declares)")
 
     def metadata(self, target: Target) -> dict[str, Any]:
         """The OIP model metadata (REST form; gRPC builds its message from the same dict)."""

@@ -164,6 +164,7 @@ class Gateway:
         rows = await off_the_loop(values >= LARGE_VALUES, rows_of, call.tensors, target.feature_names,
                                   self.settings.max_rows)
         self.catalog.check_features(target, rows[0])
+        await off_the_loop(values >= LARGE_VALUES, self.catalog.check_ranges, target, rows)
         if target.kind != SCHEDULE:
             await self._start_tap()
         budget = self._budget(target, given, started)  # last: what the caller has left when its rows go

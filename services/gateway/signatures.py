@@ -21,6 +21,7 @@ from confluent_kafka import KafkaException
 
 from services.core.errors import RendezvousError
 from services.core.model_info import ModelInfo, ModelInfoFeed
+from services.core.signatures import outside_range
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,12 @@ class FeatureSpec:
     name: str
     required: bool = False
     datatype: str = "FP64"
+    minimum: float | None = None  # the range the model's contract declares (inclusive), if any
+    maximum: float | None = None
+
+    def outside(self, value: float) -> str | None:
+        """How `value` is outside the declared range ("above its maximum 28.11"), or None."""
+        return outside_range(value, self.minimum, self.maximum)
 
 
 class Signatures(Protocol):
@@ -134,7 +141,8 @@ class PublishedSignatures:
 
 def _specs(infos: Mapping[str, ModelInfo]) -> dict[str, tuple[str, list[FeatureSpec]]]:
     """Each model's version and input features (the newest record per model wins, as compaction keeps it)."""
-    return {name: (info.version, [FeatureSpec(f.name, f.required) for f in info.signature.features])
+    return {name: (info.version, [FeatureSpec(f.name, f.required, minimum=f.minimum, maximum=f.maximum)
+                                  for f in info.signature.features])
             for name, info in infos.items()}
 
 

@@ -758,6 +758,25 @@ def test_a_schedule_requires_every_feature_its_preferred_model_requires() -> Non
         catalog.check_features(target, ["a", "c", "d"])
 
 
+def test_a_value_outside_a_declared_range_is_a_400_for_the_model_and_for_a_schedule_it_leads() -> None:
+    """The worker would refuse the row and the call come back 502 for the client's input (or a
+    fallback answer it 200); a schedule holds rows to its preferred model's ranges only."""
+    published = Published({"champion": ("1", [FeatureSpec("a", True, maximum=10.0), FeatureSpec("b", True)]),
+                           "challenger": ("2", [FeatureSpec("a", True), FeatureSpec("b", True, minimum=0.0)])})
+    catalog = Catalog(Versions(V1), published, enforce=True)
+    champion, schedule = catalog.resolve("champion"), catalog.resolve("default")
+    catalog.check_ranges(champion, [{"a": 10.0, "b": -5.0}, {"a": -1e9, "b": 1.0}])  # both ends inclusive
+    said = "input 'a' row 1: 11.5 is above its maximum 10.0 for 'champion' (outside the range its contract declares)"
+    with pytest.raises(InvalidInput, match=re.escape(said)):
+        catalog.check_ranges(champion, [{"a": 1.0, "b": 1.0}, {"a": 11.5, "b": 1.0}])
+    with pytest.raises(InvalidInput, match=re.escape("'a' row 0: 1000000.0 is above its maximum 10.0 for 'default'")):
+        catalog.check_ranges(schedule, [{"a": 1e6, "b": 1.0}])
+    catalog.check_ranges(schedule, [{"a": 1.0, "b": -5.0}])  # the challenger's minimum: not the schedule's
+    with pytest.raises(InvalidInput, match=re.escape("'b' row 0: -5.0 is below its minimum 0.0 for 'challenger'")):
+        catalog.check_ranges(catalog.resolve("challenger"), [{"a": 1.0, "b": -5.0}])
+    Catalog(Versions(V1), published, enforce=False).check_ranges(champion, [{"a": 1e6, "b": 1.0}])
+
+
 def test_a_fallback_feature_list_describes_but_refuses_nothing() -> None:
     catalog = Catalog(Versions(V1), FixedSignatures(["a"]), enforce=False)
     catalog.check_features(catalog.resolve("default"), ["anything"])
@@ -939,7 +958,8 @@ def test_a_reader_that_stops_for_good_makes_the_gateway_not_live_and_fails_calls
 
     client = SimpleNamespace(stopped=None, owned_partitions=(0,), topics=SimpleNamespace(replies="rdv.replies"),
                              undecodable_answers=0, foreign_answers=0)
-    catalog = SimpleNamespace(schedules=Versions(Schedule(models=("champion",))), schedule_name="default")
+    catalog = SimpleNamespace(schedules=Versions(Schedule(models=("champion",))), schedule_name="default",
+                              check_ranges=lambda *_args: None)
     fresh = ComparisonTap({"bootstrap.servers": "127.0.0.1:1"}, "rdv.log")
     gateway = Gateway(GatewaySettings(), client, catalog, fresh, ApiKeys([]), BrokerHealth())  # type: ignore[arg-type]
     assert gateway.readiness()[0] and gateway.broken() is None
@@ -970,7 +990,8 @@ def _gateway_without_kafka(settings: Any) -> Any:
 
     client = SimpleNamespace(stopped=None, owned_partitions=(0,), topics=SimpleNamespace(replies="rdv.replies"),
                              undecodable_answers=0, foreign_answers=0)
-    catalog = SimpleNamespace(schedules=Versions(Schedule(models=("champion",))), schedule_name="default")
+    catalog = SimpleNamespace(schedules=Versions(Schedule(models=("champion",))), schedule_name="default",
+                              check_ranges=lambda *_args: None)
     tap = ComparisonTap({"bootstrap.servers": "127.0.0.1:1"}, "rdv.log")
     return Gateway(settings, client, catalog, tap, ApiKeys([]), BrokerHealth())  # type: ignore[arg-type]
 
@@ -1113,6 +1134,7 @@ def test_a_call_the_kafka_client_refuses_whole_gives_its_rows_tokens_back_too() 
                                                      rate_burst_rows=1000))
     target = Target("default", SCHEDULE, "1", ("1",), None, Schedule(models=("champion",)))
     gateway.catalog.resolve, gateway.catalog.check_features = (lambda *_args: target), (lambda *_args: None)
+    gateway.catalog.check_ranges = lambda *_args: None
 
     def refuse(*_args: Any, **_kwargs: Any) -> Any:
         raise KafkaOperationError("produce to rdv.requests refused: the client's local queue is full")
