@@ -301,6 +301,26 @@ def expect(outcomes: dict[str, Outcome], statuses: dict[str, str], message: str)
 REST_ONLY = {"curl": "400", "http": "400", "grpc": "INVALID_ARGUMENT"}
 
 
+def test_a_value_outside_a_published_range_is_400_before_it_reaches_kafka(stack: Stack) -> None:
+    """A model published with a range (here one no worker serves: the 400 comes before Kafka)."""
+    from confluent_kafka import Producer
+
+    from services.core.model_info import ModelInfo, encode_model_info
+    from services.core.signatures import FeatureSpec, Signature
+
+    ranged = Signature(tuple(FeatureSpec(n, maximum=28.11 if n == "mean_radius" else None) for n in DEMO_FEATURES))
+    producer = Producer(stack.config)
+    producer.produce(stack.topics.models, encode_model_info(ModelInfo("ranged", "r-1", ranged)), key=b"ranged")
+    assert producer.flush(15) == 0
+    rows = demo_rows(2, seed=16)
+    rows[1]["mean_radius"] = 1e6
+    wait_until(lambda: rest_call(stack.a, "ranged", rows_body(rows))[0] != "404", 30, "the ranged contract read")
+    expect({"curl": rest_call(stack.a, "ranged", rows_body(rows)),
+            "http": triton_call(thttp, stack.a, "ranged", rows), "grpc": triton_call(tgrpc, stack.a, "ranged", rows)},
+           REST_ONLY, "input 'mean_radius' row 1: 1000000.0 is above its maximum 28.11 for 'ranged' "
+           "(outside the range its contract declares)")
+
+
 def test_unknown_model_is_404_not_found(stack: Stack) -> None:
     rows = demo_rows(1, seed=14)
     expect({"curl": rest_call(stack.a, "nope", rows_body(rows)),
