@@ -42,7 +42,7 @@ class FeatureSpec:
 
     def outside(self, value: float) -> str | None:
         """How `value` is outside the declared range ("above its maximum 28.11"), or None."""
-        return outside_range(value, self.minimum, self.maximum)
+        return outside_range(float(value), self.minimum, self.maximum)
 
 
 class Signatures(Protocol):

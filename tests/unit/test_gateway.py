@@ -769,8 +769,9 @@ def test_a_value_outside_a_declared_range_is_a_400_for_the_model_and_for_a_sched
     said = "input 'a' row 1: 11.5 is above its maximum 10.0 for 'champion' (outside the range its contract declares)"
     with pytest.raises(InvalidInput, match=re.escape(said)):
         catalog.check_ranges(champion, [{"a": 1.0, "b": 1.0}, {"a": 11.5, "b": 1.0}])
-    with pytest.raises(InvalidInput, match=re.escape("'a' row 0: 1000000.0 is above its maximum 10.0 for 'default'")):
-        catalog.check_ranges(schedule, [{"a": 1e6, "b": 1.0}])
+    with pytest.raises(InvalidInput, match=re.escape(
+            "'a' row 2: 1000000.0 is above its maximum 10.0 for 'default' (its preferred model 'champion' declares")):
+        catalog.check_ranges(schedule, [{"a": 1.0, "b": 1.0}, {"b": 1.0}, {"a": 1e6, "b": 1.0}])
     catalog.check_ranges(schedule, [{"a": 1.0, "b": -5.0}])  # the challenger's minimum: not the schedule's
     with pytest.raises(InvalidInput, match=re.escape("'b' row 0: -5.0 is below its minimum 0.0 for 'challenger'")):
         catalog.check_ranges(catalog.resolve("challenger"), [{"a": 1.0, "b": -5.0}])
