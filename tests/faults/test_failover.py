@@ -304,8 +304,11 @@ def test_one_of_two_instances_whose_poll_loop_hangs_gives_its_partitions_up_and_
         hung_at = time.monotonic()
 
         def answered_since_the_hang() -> bool:  # the requests of the second after it, every partition's
-            sent = list(requests.sent_at.items())  # one C call: the sender's thread adds meanwhile
-            window = [r for r, t in sent if hung_at <= t <= hung_at + 1.0]
+            # The sender's thread adds to both meanwhile: iterating its dict raised "changed size
+            # during iteration" once in CI (a collection in the copy let the thread run). A slice of
+            # the id list is one copy, and each lookup by key is safe beside insertions.
+            sent = [(r, requests.sent_at.get(r)) for r in requests.ids[:]]
+            window = [r for r, t in sent if t is not None and hung_at <= t <= hung_at + 1.0]
             return time.monotonic() > hung_at + 1.0 and bool(window) and all(r in replies.first_at for r in window)
 
         until(answered_since_the_hang, 90, "the hung instance's partitions answered by the other")
