@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Producer
 from prometheus_client import REGISTRY
-from sklearn.linear_model import LogisticRegression
-from skops import io as skops_io
 
 from services.cli.send import SendSettings, warn_unknown_features
 from services.client.client import Client, make_request
@@ -21,8 +18,8 @@ from services.core.settings import Topics
 from services.core.signatures import Signature
 from services.gateway.signatures import FeatureSpec, PublishedSignatures
 from services.model_worker.models import DEMO_FEATURES, demo_rows
-from services.model_worker.models.demo import demo_data
 from tests.integration.harness import Services, read_topic, wait_for_partitions, wait_until
+from tests.model_files import ranged_logistic_model
 
 pytestmark = pytest.mark.kafka
 
@@ -241,12 +238,7 @@ def test_a_value_outside_a_file_models_declared_range_is_answered_error_not_scor
     """A logistic model answers mean_radius = 1e6 with certainty; its sidecar's ranges (those of
     its training data) make that request an ERROR naming the bound, through the worker's usual
     route (the request walk), and the published contract carries them."""
-    x, y = demo_data()
-    path = tmp_path / "ranged.skops"
-    skops_io.dump(LogisticRegression(max_iter=3000).fit(x, y), path)
-    ranges = [{"name": name, "minimum": float(x[:, i].min()), "maximum": float(x[:, i].max())}
-              for i, name in enumerate(DEMO_FEATURES)]
-    (tmp_path / "ranged.features.json").write_text(json.dumps(ranges))
+    path, x = ranged_logistic_model(tmp_path)
     services.worker(bootstrap, prefix, str(path), name="champion")
     services.rendezvous(bootstrap, prefix, models=("champion",))
 

@@ -40,6 +40,7 @@ from services.model_worker.models.sklearn_model import SklearnModel
 from services.model_worker.score_writer import ScoreWriter, layout_matches
 from services.model_worker.settings import WorkerSettings, model_groups
 from services.model_worker.worker import Hosted, Scored, hosted_models, score_batch, score_co_hosted
+from tests.model_files import ranged_logistic_model
 
 CANARY_COLUMNS = [DEMO_FEATURES.index("worst_concave_points"), DEMO_FEATURES.index("worst_area")]
 
@@ -856,12 +857,7 @@ def test_a_sidecar_range_turns_an_out_of_range_request_into_an_error_not_a_confi
     """A logistic model answers any value with confidence (1e6 of mean_radius: a score of 0 or 1):
     the range its sidecar declares is the one it was fitted on, and a request outside it gets an
     error score from this model, the rest of the batch its scores."""
-    x, y = demo_data()
-    path = tmp_path / "ranged.skops"
-    skops_io.dump(LogisticRegression(max_iter=3000).fit(x, y), path)
-    declared = [{"name": name, "minimum": float(x[:, i].min()), "maximum": float(x[:, i].max())}
-                for i, name in enumerate(DEMO_FEATURES)]
-    (tmp_path / "ranged.features.json").write_text(json.dumps(declared))
+    path, x = ranged_logistic_model(tmp_path)
     rows = demo_rows(3)
     rows[1] = {**rows[1], "mean_radius": 1e6}
     scored = score_batch(load_model(str(path)), rows)
