@@ -143,6 +143,12 @@ class Verdict:
     def faults(self) -> tuple[int, int, int, int]:
         return self.lost, self.conflicting, self.answers_doubled, self.reply_differs_from_answers_topic
 
+    def assert_clean(self, total: int) -> None:
+        """Every one of `total` requests answered, once, the same at its return address as on the
+        answers topic, which holds one answer for each."""
+        assert self.faults() == (0, 0, 0, 0), self.line()
+        assert self.answers_topic == total, self.line()
+
     def line(self) -> str:
         return (f"answered={self.answered} lost={self.lost} "
                 f"(of them on the answers topic: {self.lost_but_on_answers_topic}) conflicting={self.conflicting} "
@@ -258,8 +264,7 @@ def test_the_only_instance_killed_five_times_never_answers_twice_differently(
     # Kills 3 s apart: the longest waits include the backlog of the whole series, not one restart.
     print(f"FIGURES kill -9 the only instance x5 (restarted at once, static member): sent=20000 {result.line()} "
           f"answers_resumed_s={[round(r, 2) for r in resumed]} longest_wait_s={[round(w, 2) for w in waits]}")
-    assert result.faults() == (0, 0, 0, 0)
-    assert result.answers_topic == 20_000
+    result.assert_clean(20_000)
 
 
 def test_one_of_two_instances_killed_at_1000_per_second_its_partitions_move_on(
@@ -278,7 +283,7 @@ def test_one_of_two_instances_killed_at_1000_per_second_its_partitions_move_on(
     gap = requests.longest_wait_after(killed_at, replies)
     print(f"FIGURES kill -9 one of two instances at 1000/s: sent=15000 {result.line()} "
           f"answers_stopped_s={gap:.2f}")
-    assert result.faults() == (0, 0, 0, 0)
+    result.assert_clean(15_000)
 
 
 # --stall-timeout-ms for the hang test: the default (30 s) made short; at least the session (2 s).
@@ -323,8 +328,7 @@ def test_one_of_two_instances_whose_poll_loop_hangs_gives_its_partitions_up_and_
     print(f"FIGURES poll loop of one of two instances hung at 500/s (stall timeout {STALL_TIMEOUT_MS} ms): "
           f"sent=12000 {result.line()} every_partition_answered_again_s={taken_over_s:.2f} "
           f"longest_wait_s={requests.longest_wait_after(hung_at, replies):.2f} stops_to_hang_it={stops}")
-    assert result.faults() == (0, 0, 0, 0)
-    assert result.answers_topic == 12_000
+    result.assert_clean(12_000)
 
 
 def test_an_instance_added_and_one_stopped_mid_stream_lose_and_double_nothing(
@@ -347,8 +351,7 @@ def test_an_instance_added_and_one_stopped_mid_stream_lose_and_double_nothing(
     print(f"FIGURES scale 2 -> 3 -> 2 instances mid-stream at 1000/s: sent=15000 {result.line()} "
           f"answers_stopped_s(add)={requests.longest_wait_after(added_at, replies):.2f} "
           f"answers_stopped_s(stop)={requests.longest_wait_after(stopped_at, replies):.2f}")
-    assert result.faults() == (0, 0, 0, 0)
-    assert result.answers_topic == 15_000
+    result.assert_clean(15_000)
 
 
 def test_a_retry_after_a_kill_gets_the_first_answer_again_not_a_second_decision(
