@@ -49,8 +49,12 @@ class Target:
     kind: str  # SCHEDULE or MODEL
     version: str
     versions: tuple[str, ...]
-    features: tuple[FeatureSpec, ...] | None
+    features: tuple[FeatureSpec, ...] | None  # every feature its models read; None: a contract is unknown
     schedule: Schedule
+    # The contract a call's rows are held to (required features, ranges): the model's own, or a
+    # schedule's preferred model's, known even while another model's is not. None: unpublished.
+    held_to: tuple[FeatureSpec, ...] | None = None
+    ignores_extra: bool = False  # that contract's policy for a feature outside its list
 
     @property
     def feature_names(self) -> tuple[str, ...] | None:
@@ -120,8 +124,10 @@ class Catalog:
         if cached is not None and cached[0] is schedule and now - cached[1] < 1.0:
             return cached[2]
         # Only the version in force may be asked for (OIP's `versions`: those a call may name).
+        preferred = schedule.models[0]
         target = Target(schedule.name, SCHEDULE, str(schedule.version), (str(schedule.version),),
-                        self._union(schedule.models), schedule)
+                        self._union(schedule.models), schedule, self._contract(preferred),
+                        self.signatures.ignores_extra(preferred))
         self._cached = (schedule, now, target)
         return target
 
@@ -131,37 +137,45 @@ class Catalog:
                            "version out")
         if version and version != published:
             raise NotFound(f"model {name!r} serves version {published!r}, not {version!r}")
-        features = self.signatures.features(name)
-        if features is None:
+        own = self._contract(name)
+        return Target(name, MODEL, published, (published,) if published else (), own, self.schedule(), own,
+                      self.signatures.ignores_extra(name))
+
+    def _contract(self, model: str) -> tuple[FeatureSpec, ...] | None:
+        specs = self.signatures.features(model)
+        if specs is None:
             self.signatures.want()
-        return Target(name, MODEL, published, (published,) if published else (),
-                      None if features is None else tuple(features), self.schedule())
+            return None
+        return tuple(specs)
 
     def _union(self, models: Iterable[str]) -> tuple[FeatureSpec, ...] | None:
-        """Every feature any of the models reads, the preferred model's first (None: one is unknown)."""
+        """Every feature any of the models reads, the preferred model's first (None: one is unknown).
+        Only the names and types describe the schedule: its rows are held to its preferred
+        model's contract alone (`Target.held_to`)."""
         seen: dict[str, FeatureSpec] = {}
-        for rank, model in enumerate(models):
-            specs = self.signatures.features(model)
+        for model in models:
+            specs = self._contract(model)
             if specs is None:
-                self.signatures.want()
                 return None
             for spec in specs:
-                # Required, and held to a range, for the schedule only as the preferred model
-                # (rank 0) declares: a row it refuses would be answered by a fallback, 200.
-                seen.setdefault(spec.name, spec if rank == 0 else FeatureSpec(spec.name, False, spec.datatype))
+                seen.setdefault(spec.name, FeatureSpec(spec.name, False, spec.datatype))
         return tuple(seen.values())
 
     def check_features(self, target: Target, names: Iterable[str]) -> None:
-        """400 for a feature the target does not read, or a required one missing."""
-        if not self.enforce or target.features is None:
+        """400 for a feature none of the target's models reads (unless its contract ignores
+        extra features), or one its contract requires missing. Each check needs only its own
+        contracts: one model's unpublished contract once skipped the preferred model's required
+        features and ranges too, and a row it refused was answered by a fallback, 200 (a review)."""
+        if not self.enforce:
             return
         given = set(names)
-        known = {f.name for f in target.features}
-        unknown = sorted(given - known)
-        if unknown:
-            raise InvalidInput(f"unknown feature(s) {', '.join(repr(n) for n in unknown[:10])} for {target.name!r}; "
-                               f"it reads: {', '.join(sorted(known)[:40])}")
-        missing = [f.name for f in target.features if f.required and f.name not in given]
+        if target.features is not None and not target.ignores_extra:
+            known = {f.name for f in target.features}
+            unknown = sorted(given - known)
+            if unknown:
+                raise InvalidInput(f"unknown feature(s) {', '.join(repr(n) for n in unknown[:10])} for "
+                                   f"{target.name!r}; it reads: {', '.join(sorted(known)[:40])}")
+        missing = [f.name for f in target.held_to or () if f.required and f.name not in given]
         if missing:
             raise InvalidInput(f"missing required feature(s) {', '.join(repr(n) for n in missing[:10])} "
                                f"for {target.name!r}")
@@ -172,9 +186,9 @@ class Catalog:
         would refuse the row, and the call would come back 502 for the client's input. Each
         column is tested by its min and max (C loops) and searched only when one is outside:
         a value at a time cost twice the rows' parse (a review)."""
-        if not self.enforce or target.features is None:
+        if not self.enforce or target.held_to is None:
             return
-        for spec in target.features:
+        for spec in target.held_to:
             if spec.minimum is None and spec.maximum is None:
                 continue
             column = [value for row in rows if (value := row.get(spec.name)) is not None]

@@ -55,6 +55,9 @@ class Signatures(Protocol):
     def want(self) -> None:
         """A model's features were asked for and are not known: look for them again soon."""
 
+    def ignores_extra(self, model: str) -> bool:
+        """Whether the model's contract says it ignores a feature outside its list (extra="ignore")."""
+
 
 class FixedSignatures:
     """The same features for any model (names only: nothing is required)."""
@@ -70,6 +73,9 @@ class FixedSignatures:
 
     def want(self) -> None:
         """Nothing to look for: the list is all there is."""
+
+    def ignores_extra(self, model: str) -> bool:
+        return False
 
 
 class PublishedSignatures:
@@ -89,10 +95,14 @@ class PublishedSignatures:
 
     def features(self, model: str) -> list[FeatureSpec] | None:
         entry = self._specs.get(model)
-        return None if entry is None else list(entry[1])
+        return None if entry is None else list(entry.features)
 
     def models(self) -> dict[str, str]:
-        return {name: version for name, (version, _specs) in self._specs.items()}
+        return {name: contract.version for name, contract in self._specs.items()}
+
+    def ignores_extra(self, model: str) -> bool:
+        entry = self._specs.get(model)
+        return entry is not None and entry.ignores_extra
 
     def want(self) -> None:
         """Read on within WANTED_S, not at the next `refresh_s`: contracts the workers published
@@ -139,10 +149,20 @@ class PublishedSignatures:
         self._feed.close()
 
 
-def _specs(infos: Mapping[str, ModelInfo]) -> dict[str, tuple[str, list[FeatureSpec]]]:
-    """Each model's version and input features (the newest record per model wins, as compaction keeps it)."""
-    return {name: (info.version, [FeatureSpec(f.name, f.required, minimum=f.minimum, maximum=f.maximum)
-                                  for f in info.signature.features])
+@dataclass(frozen=True, slots=True)
+class _Contract:
+    version: str
+    features: tuple[FeatureSpec, ...]
+    ignores_extra: bool
+
+
+def _specs(infos: Mapping[str, ModelInfo]) -> dict[str, _Contract]:
+    """Each model's version, input features and extra-features policy (the newest record per
+    model wins, as compaction keeps it)."""
+    return {name: _Contract(info.version,
+                            tuple(FeatureSpec(f.name, f.required, minimum=f.minimum, maximum=f.maximum)
+                                  for f in info.signature.features),
+                            info.signature.extra == "ignore")
             for name, info in infos.items()}
 
 

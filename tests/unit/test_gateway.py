@@ -666,8 +666,9 @@ class Versions:
 
 
 class Published:
-    def __init__(self, specs: dict[str, tuple[str, list[FeatureSpec]]]):
+    def __init__(self, specs: dict[str, tuple[str, list[FeatureSpec]]], ignoring_extra: tuple[str, ...] = ()):
         self.specs = specs
+        self.ignoring_extra = ignoring_extra
         self.wanted = 0
 
     def features(self, model: str) -> list[FeatureSpec] | None:
@@ -679,6 +680,9 @@ class Published:
 
     def want(self) -> None:
         self.wanted += 1
+
+    def ignores_extra(self, model: str) -> bool:
+        return model in self.ignoring_extra
 
 
 def test_a_target_built_without_a_models_contract_asks_for_it_to_be_read_soon() -> None:
@@ -751,8 +755,8 @@ def test_a_schedule_requires_every_feature_its_preferred_model_requires() -> Non
                            "challenger": ("2", [FeatureSpec("b", True), FeatureSpec("d", True)])})
     catalog = Catalog(Versions(V1), published, enforce=True)
     target = catalog.resolve("default")
-    assert [(f.name, f.required) for f in target.features or ()] == [
-        ("a", True), ("b", True), ("c", False), ("d", False)]
+    assert [f.name for f in target.features or ()] == ["a", "b", "c", "d"]
+    assert [(f.name, f.required) for f in target.held_to or ()] == [("a", True), ("b", True), ("c", False)]
     catalog.check_features(target, ["a", "b"])
     with pytest.raises(InvalidInput, match=r"missing required feature\(s\) 'b' for 'default'"):
         catalog.check_features(target, ["a", "c", "d"])
@@ -776,6 +780,49 @@ def test_a_value_outside_a_declared_range_is_a_400_for_the_model_and_for_a_sched
     with pytest.raises(InvalidInput, match=re.escape("'b' row 0: -5.0 is below its minimum 0.0 for 'challenger'")):
         catalog.check_ranges(catalog.resolve("challenger"), [{"a": 1.0, "b": -5.0}])
     Catalog(Versions(V1), published, enforce=False).check_ranges(champion, [{"a": 1e6, "b": 1.0}])
+
+
+def test_a_schedule_holds_rows_to_its_preferred_models_contract_while_another_models_is_unpublished() -> None:
+    """One model of the schedule without a published contract (not deployed yet) made the
+    schedule's target unchecked: a row outside the preferred model's range, or without a feature
+    it requires, went to the models, the preferred one refused it and a fallback answered 200 (a
+    review). Only the unknown-feature check needs every model's contract."""
+    published = Published({"champion": ("1", [FeatureSpec("a", True, maximum=10.0), FeatureSpec("b")])})
+    catalog = Catalog(Versions(V1), published, enforce=True)  # the challenger's contract: unpublished
+    schedule = catalog.resolve("default")
+    assert schedule.features is None
+    with pytest.raises(InvalidInput, match=re.escape("'a' row 0: 1000000.0 is above its maximum 10.0 for 'default'")):
+        catalog.check_ranges(schedule, [{"a": 1e6}])
+    with pytest.raises(InvalidInput, match=r"missing required feature\(s\) 'a' for 'default'"):
+        catalog.check_features(schedule, ["b"])
+    catalog.check_features(schedule, ["a", "z"])  # the challenger may read z: not known, not refused
+
+
+def test_a_model_whose_contract_ignores_extra_features_is_sent_them() -> None:
+    """Its worker scores a row with features outside its list (--ignore-extra-features: requests
+    carrying several models' features); the gateway refused them, 400 (a review). A schedule
+    follows its preferred model's policy."""
+    specs = {"champion": ("1", [FeatureSpec("a", True)]), "challenger": ("2", [FeatureSpec("a", True)])}
+    ignoring = Catalog(Versions(V1), Published(specs, ignoring_extra=("champion",)), enforce=True)
+    ignoring.check_features(ignoring.resolve("champion"), ["a", "other_models_feature"])
+    ignoring.check_features(ignoring.resolve("default"), ["a", "other_models_feature"])
+    with pytest.raises(InvalidInput, match=r"unknown feature\(s\) 'other_models_feature' for 'challenger'"):
+        ignoring.check_features(ignoring.resolve("challenger"), ["a", "other_models_feature"])
+    with pytest.raises(InvalidInput, match=r"missing required feature\(s\) 'a' for 'champion'"):
+        ignoring.check_features(ignoring.resolve("champion"), ["other_models_feature"])
+    rejecting = Catalog(Versions(V1), Published(specs), enforce=True)
+    with pytest.raises(InvalidInput, match=r"unknown feature\(s\) 'other_models_feature' for 'default'"):
+        rejecting.check_features(rejecting.resolve("default"), ["a", "other_models_feature"])
+
+
+def test_a_published_contract_carries_its_extra_features_policy_to_the_gateway() -> None:
+    from services.core.model_info import ModelInfo
+    from services.core.signatures import Signature
+    from services.gateway.signatures import _specs
+
+    specs = _specs({"loose": ModelInfo("loose", "1", Signature.all_required(["a"], extra="ignore")),
+                    "strict": ModelInfo("strict", "1", Signature.all_required(["a"]))})
+    assert (specs["loose"].ignores_extra, specs["strict"].ignores_extra) == (True, False)
 
 
 def test_a_fallback_feature_list_describes_but_refuses_nothing() -> None:
