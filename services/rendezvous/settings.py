@@ -49,7 +49,8 @@ class RendezvousSettings(ServiceSettings):
         "linger, is not expected from then on, until it scores again.",
     )
     commit_interval_ms: int = setting(
-        100, "How often finished work is committed (ms); commits run beside the poll loop.",
+        100, "How often finished work is committed (ms); commits run beside the poll loop. Exactly-once: at most "
+        "half of --transaction-timeout-ms (a transaction stays open about this long).",
         minimum=1,
     )
     max_batch: int = setting(1000, "Most records handled per poll.", minimum=1, maximum=MAX_BATCH)
@@ -141,6 +142,14 @@ class RendezvousSettings(ServiceSettings):
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.processing not in ("exactly-once", "at-least-once"):
             raise ConfigError(f"--processing must be exactly-once or at-least-once, got {self.processing!r}")
+        if self.processing == "exactly-once" and self.commit_interval_ms * 2 > self.transaction_timeout_ms:
+            # The broker aborts a transaction open longer than its timeout: each one opened at a
+            # commit and committed an interval later would be aborted, its outputs redone, for good.
+            # Half leaves the commit itself room on a slow broker.
+            raise ConfigError(f"--commit-interval-ms {self.commit_interval_ms} must be at most half of "
+                              f"--transaction-timeout-ms ({self.transaction_timeout_ms}): the broker aborts a "
+                              "transaction open longer than that, so none would commit; raise the timeout (the "
+                              "broker's transaction.max.timeout.ms, 900000 by default, is its most)")
         if self.max_mailboxes < 10 or self.max_orphans < 10:
             raise ConfigError("--max-mailboxes and --max-orphans must be >= 10")
         if self.max_held_bytes < MIN_HELD_BYTES:

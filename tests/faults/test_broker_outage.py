@@ -118,7 +118,8 @@ def test_sigterm_ends_a_rendezvous_whose_broker_is_gone_for_good(own_broker: Loc
     # a kill leave the first answers uncommitted but once in ~300 runs (a commit within the poll
     # between the first answer and the kill).
     rendezvous = Proc(["serve", "--bootstrap", own_broker.bootstrap, "--models", "champion", "--instance", "rdv-0",
-                       "--drain-timeout-s", "5", "--session-timeout-ms", "180000", "--commit-interval-ms", "30000"],
+                       "--drain-timeout-s", "5", "--session-timeout-ms", "180000", "--commit-interval-ms", "30000",
+                       "--transaction-timeout-ms", "60000"],
                       tmp_path / "rendezvous.log").start()
     try:
         sender = Sender(config, topics.requests, total=200, rate=100.0, budget_ms=1_000).start()

@@ -412,11 +412,11 @@ def test_with_start_from_latest_a_partition_assigned_later_has_its_start_committ
     """A partition never committed starts at its end when assigned; until that start is
     committed, a kill makes the next owner's `latest` skip what came meanwhile. The first
     assignment is committed on the loop's first pass; one that came later (here: partitions added
-    to the topics) waited for the next commit interval, an hour here. On the way: requests grown
+    to the topics) waited for the next commit interval, 7.5 minutes here. On the way: requests grown
     before the outputs they are co-partitioned with is said as such, not as a broker away."""
     prefix, topics = fresh_topics(config, "c", 2)
     rendezvous = serve(procs, tmp_path, "rendezvous", bootstrap, prefix, "--instance", "rdv-0",
-                       "--start-from", "latest", "--commit-interval-ms", "3600000",
+                       "--start-from", "latest", "--commit-interval-ms", "450000", "--transaction-timeout-ms", "900000",
                        "--kafka-config", "topic.metadata.refresh.interval.ms=500")
 
     def committed(count: int) -> list[int]:

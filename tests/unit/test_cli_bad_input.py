@@ -142,6 +142,9 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (RendezvousSettings, {"transaction_timeout_ms": "999"}, "--transaction-timeout-ms must be at least 1000"),
     (RendezvousSettings, {"session_timeout_ms": "300001"}, "--session-timeout-ms must be at most 300000"),
     (RendezvousSettings, {"output_linger_ms": "900001"}, "--output-linger-ms must be at most 900000"),
+    # Every transaction aborted by the broker before its commit, the outputs redone, for good (a review).
+    (RendezvousSettings, {"commit_interval_ms": "6000"},
+     "--commit-interval-ms 6000 must be at most half of --transaction-timeout-ms (10000)"),
     # Followed or published as given: a schedule no other command used (a probe).
     (RendezvousSettings, {"schedule_name": ""}, "--schedule-name is empty: name a schedule"),
     (ScheduleSetSettings, {"models": "a", "schedule_name": " default"}, "' default' has spaces around it"),
@@ -157,6 +160,12 @@ def test_a_bad_value_is_refused_with_its_reason(cls: type, values: dict[str, str
     with pytest.raises(ConfigError, match=re.escape(says)) as refused:
         from_namespace(cls, None, **values)
     assert "S3CRET" not in str(refused.value)
+
+
+def test_a_commit_interval_is_held_below_the_transaction_timeout_only_where_there_are_transactions() -> None:
+    from_namespace(RendezvousSettings, None, commit_interval_ms="5000")  # half of the default 10000
+    from_namespace(RendezvousSettings, None, commit_interval_ms="60000", transaction_timeout_ms="120000")
+    from_namespace(RendezvousSettings, None, commit_interval_ms="60000", processing="at-least-once")
 
 
 def test_a_schedule_files_effective_at_in_the_future_is_when_it_takes_effect(tmp_path: Path) -> None:
