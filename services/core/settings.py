@@ -154,6 +154,10 @@ class Topics:
 _PORT = re.compile(r"[0-9]{1,5}")
 
 
+# The prefixes librdkafka reads before a bootstrap entry's host (any case).
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+
+
 def check_bootstrap(bootstrap: str) -> None:
     """--bootstrap as librdkafka reads it: host[:port] entries, comma-separated (a typo such as an
     empty entry or a trailing ':' was waited on for --connect-timeout-s, then blamed on no broker)."""
@@ -165,7 +169,11 @@ def check_bootstrap(bootstrap: str) -> None:
         raise ConfigError("--bootstrap (value not shown) has a user or password before an '@': give host:port "
                           "entries only, credentials as --kafka-config sasl.username/sasl.password (docs/security.md)")
     for entry in bootstrap.split(","):
-        address = entry.strip().split("://", 1)[-1]  # PLAINTEXT://host:port is accepted too
+        scheme, _, address = entry.strip().rpartition("://")  # PLAINTEXT://host:port is accepted too
+        if scheme and scheme.upper() not in SECURITY_PROTOCOLS:
+            # librdkafka skips such an entry without a word, and the wait ended "no broker answered".
+            raise ConfigError(f"--bootstrap {bootstrap!r}: {scheme}:// is no Kafka security protocol (one of "
+                              f"{', '.join(SECURITY_PROTOCOLS)}, or none: host:port)")
         if ":" not in address or address.endswith("]"):  # a host alone ([::1] too), on the default port
             host, port = address, "9092"
         else:

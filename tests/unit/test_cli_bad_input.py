@@ -52,6 +52,9 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (RendezvousSettings, {"bootstrap": "127.0.0.1:29743:"}, "got '127.0.0.1:29743:'"),
     (RendezvousSettings, {"bootstrap": "a:9092,b:port"}, "got 'b:port'"),
     (RendezvousSettings, {"bootstrap": "a:99999"}, "got 'a:99999'"),
+    # librdkafka skipped the entry without a word: no broker answered, 15 s later (a review).
+    (RendezvousSettings, {"bootstrap": "http://127.0.0.1:9092"}, "http:// is no Kafka security protocol"),
+    (RendezvousSettings, {"bootstrap": "a:9092,kafka://b:9092"}, "kafka:// is no Kafka security protocol"),
     # Taken for a host name, the password shown in the start-up line and "no broker answered at" (a probe).
     (RendezvousSettings, {"bootstrap": "user:S3CRET@127.0.0.1:1"}, "--bootstrap (value not shown) has a user"),
     (RendezvousSettings, {"bootstrap": "SASL_SSL://user:S3CRET@b:9093"}, "credentials as --kafka-config sasl."),
@@ -160,6 +163,12 @@ def test_a_bad_value_is_refused_with_its_reason(cls: type, values: dict[str, str
     with pytest.raises(ConfigError, match=re.escape(says)) as refused:
         from_namespace(cls, None, **values)
     assert "S3CRET" not in str(refused.value)
+
+
+def test_a_bootstrap_entry_may_name_its_security_protocol_in_any_case() -> None:
+    from services.core.settings import check_bootstrap
+
+    check_bootstrap("PLAINTEXT://a:9092,sasl_ssl://b:9093,Ssl://[::1]:9094,SASL_PLAINTEXT://c")
 
 
 def test_a_commit_interval_is_held_below_the_transaction_timeout_only_where_there_are_transactions() -> None:
