@@ -14,6 +14,8 @@ from services.core.urls import check_listen_address, checked_http_url
 from services.gateway.auth import ApiKeys
 
 _WHICH_ADDRESS = "give an address (0.0.0.0: every interface; 127.0.0.1: this machine)"
+# The lowest positive --rate-limit / --rate-limit-rows: one a day (a slower one waited past any clock).
+LEAST_RATE = 1 / 86_400
 
 
 @dataclass(frozen=True)
@@ -55,13 +57,15 @@ class GatewaySettings(KafkaSettings):
     )
     rate_limit: float = setting(
         0.0, "Inference calls per second each API key may make, sustained, whatever their rows (see "
-        "--rate-limit-rows) (0 = unlimited); over it: 429. Each gateway's own: N replicas let a key make N times it.",
+        "--rate-limit-rows) (0 = unlimited; else at least one a day, 1/86400); over it: 429. Each gateway's "
+        "own: N replicas let a key make N times it.",
     )
     rate_burst: int = setting(50, "Inference calls a key may make at once above --rate-limit (the bucket size).",
                                  minimum=1)
     rate_limit_rows: float = setting(
         0.0, "Rows (Kafka requests, what the models score) per second each API key may send, sustained, besides "
-        "--rate-limit's calls: a call of 1,000 rows spends 1,000 (0 = unlimited); over it: 429.",
+        "--rate-limit's calls: a call of 1,000 rows spends 1,000 (0 = unlimited; else at least 1/86400); "
+        "over it: 429.",
     )
     rate_burst_rows: int = setting(
         10_000, "Rows a key may send at once above --rate-limit-rows (the bucket size); at least --max-rows.",
@@ -152,6 +156,9 @@ class GatewaySettings(KafkaSettings):
                             "--metrics-port": (self.http_addr, self.metrics_port)})
         if self.rate_limit_rows < 0:
             raise ConfigError(f"--rate-limit-rows must be >= 0, got {self.rate_limit_rows:g}")
+        for flag, rate in (("--rate-limit", self.rate_limit), ("--rate-limit-rows", self.rate_limit_rows)):
+            if 0 < rate < LEAST_RATE:  # a wait past any clock: 1e-320 made Retry-After inf, and the call a 500
+                raise ConfigError(f"{flag} {rate:g} is below one a day ({LEAST_RATE:.3g}/s); 0 turns the limit off")
         if self.rate_limit_rows > 0 and self.rate_burst_rows < self.max_rows:  # a call of --max-rows never passed
             raise ConfigError(f"--rate-burst-rows ({self.rate_burst_rows}) must be at least --max-rows "
                               f"({self.max_rows}): a call of that many rows could never pass")

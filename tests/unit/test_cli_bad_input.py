@@ -135,6 +135,10 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (GatewaySettings, {"http_addr": "999.1.1.1"}, "--http-addr '999.1.1.1' is no address to listen on"),
     (GatewaySettings, {"grpc_addr": "http://0.0.0.0"}, "--grpc-addr 'http://0.0.0.0' is no address to listen on"),
     (GatewaySettings, {"http_addr": ""}, "--http-addr is empty"),
+    # 1e-320 made the first call over the limit wait inf: OverflowError in its Retry-After, a 500; 1e-300 a
+    # Retry-After of 300 digits (a review).
+    (GatewaySettings, {"rate_limit": "1e-300"}, "--rate-limit 1e-300 is below one a day (1.16e-05/s)"),
+    (GatewaySettings, {"rate_limit_rows": "1e-9"}, "--rate-limit-rows 1e-09 is below one a day"),
     (KafkaSettings, {"schema_registry": "http://127.0.0.1:99999"}, "needs a host and a port from 1 to 65535"),
     (KafkaSettings, {"schema_registry": "http://exa mple.com"}, "its host is no host name or address"),
     # Compared with a page's host name, each would never match: pages under it were refused (a probe).
