@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 S = TypeVar("S", bound=KafkaSettings)
 
+# Partitions a command may create a topic with, at most (`topics create`, the demo).
+MAX_PARTITIONS = 10_000
+
 log = logging.getLogger("rendezvous")
 
 

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from services.cli.common import ensure_topics
+from services.cli.common import MAX_PARTITIONS, ensure_topics
 from services.cli.shown import shown
 from services.cli.spawn import model_workers, output_of, service_env, spawn
 from services.client.client import Answer, Client
@@ -66,7 +66,7 @@ class DemoSettings(KafkaSettings):
         "Models as name=spec, in schedule order (first = champion).",
     )
     partitions: int = setting(4, "Partitions of the demo topics when it creates them (kept topics keep theirs; "
-                              "`broker reset` deletes them).", minimum=1)
+                              "`broker reset` deletes them).", minimum=1, maximum=MAX_PARTITIONS)
     rendezvous: int = setting(1, "Rendezvous instances sharing the work (each takes some of the partitions).",
                                  minimum=1)
     metrics_base_port: int = setting(
@@ -99,6 +99,16 @@ class DemoSettings(KafkaSettings):
         twice = sorted({name for name in names if names.count(name) > 1})
         if twice:
             raise ConfigError(f"--models names {', '.join(twice)} more than once")
+        self._check_metrics_ports(len(names))
+
+    def _check_metrics_ports(self, models: int) -> None:
+        """A port past 65535 was found only once the broker ran, by a bind that raised OverflowError
+        (a traceback; a review)."""
+        last = self.metrics_base_port + self.rendezvous + models - 1
+        if self.metrics_base_port and last > MAX_PORT:
+            raise ConfigError(f"--metrics-base-port {self.metrics_base_port} leaves no room for the metrics ports of "
+                              f"{self.rendezvous} rendezvous and {models} models (the last would be {last}): give a "
+                              "lower one, or 0 for none")
 
     def co_hosted(self) -> bool:
         """--co-host / --no-co-host as given, else whether this machine is too small for a process per model."""

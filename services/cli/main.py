@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 from confluent_kafka import KafkaException
 
 from services.cli.common import (
+    MAX_PARTITIONS,
     ensure_topics,
     kept_partition_counts,
     messages,
@@ -51,7 +52,7 @@ class TopicSettings(KafkaSettings):
 
     partitions: int = setting(
         4, "Partitions of requests/scores/answers/log/replies (requests and scores must match).",
-        minimum=1, maximum=10_000,
+        minimum=1, maximum=MAX_PARTITIONS,
     )
 
 

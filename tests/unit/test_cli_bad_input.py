@@ -42,6 +42,10 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     (RendezvousSettings, {"max_batch": "0"}, "--max-batch must be at least 1"),
     (DemoSettings, {"models": "x=demo:nope"}, "unknown demo model 'demo:nope'"),
     (DemoSettings, {"partitions": "0"}, "--partitions must be at least 1, got 0"),  # it blamed --rendezvous
+    # Both passed; the ports' bind raised OverflowError once the broker ran: a traceback (a review).
+    (DemoSettings, {"partitions": "2147483647"}, "--partitions must be at most 10000"),
+    (DemoSettings, {"metrics_base_port": "65435", "partitions": "200", "rendezvous": "100"},
+     "--metrics-base-port 65435 leaves no room for the metrics ports of 100 rendezvous and 3 models (the last"),
     # Each said one form only (a duration, or a time and an offset it refuses).
     (WorkerSettings, {"model": "demo:champion", "start_at": "yesterday"}, "expected a time (ISO like"),
     (WorkerSettings, {"model": "demo:champion", "start_at": "2024-13-01"}, "or a duration ago (90s, 10m, 2h)"),
