@@ -284,7 +284,7 @@ def test_slow_predicts_like_the_champion(monkeypatch: pytest.MonkeyPatch) -> Non
     assert slow.predict(batch) == load_model("demo:champion").predict(batch)
 
 
-@pytest.mark.parametrize("delay", ["soon", "\u0665\u0660"])  # words, or digits other than ASCII (fifty)
+@pytest.mark.parametrize("delay", ["soon", "\u0665\u0660", "nan", "-1", "1e20"])  # words, digits not ASCII (fifty)
 def test_slow_rejects_a_bad_delay(monkeypatch: pytest.MonkeyPatch, delay: str) -> None:
     monkeypatch.setenv("RDV_DEMO_SLOW_MS", delay)
     with pytest.raises(ModelSpecError, match="RDV_DEMO_SLOW_MS"):
