@@ -35,7 +35,11 @@ def cache_dir() -> Path:
     """`$RDV_CACHE_DIR`, else `<repo>/.cache` in a checkout, else `~/.cache/rendezvous-serving`."""
     env = os.environ.get("RDV_CACHE_DIR")
     if env:
-        return Path(env).expanduser().resolve()
+        path = Path(env).expanduser().resolve()
+        if path.exists() and not path.is_dir():  # its paths below were shown as a broker not running
+            raise ConfigError(f"RDV_CACHE_DIR {env!r} is not a directory: point it at one (made if missing), "
+                              "or unset it")
+        return path
     if REPO_POM.is_file():
         return _REPO_ROOT / ".cache"
     return Path.home() / ".cache" / "rendezvous-serving"

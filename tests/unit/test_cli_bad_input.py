@@ -356,6 +356,19 @@ def test_a_cache_directory_that_cannot_be_made_is_one_error_line() -> None:
     assert done.stderr.strip().splitlines()[-1].startswith("error: Not a directory: /etc/hostname/cache")
 
 
+def test_a_cache_directory_that_is_a_file_is_said_so(tmp_path: Path) -> None:
+    """`broker status` showed a data directory under the file and "running": false (a review)."""
+    import os
+
+    afile = tmp_path / "cache"
+    afile.write_text("")
+    done = subprocess.run([sys.executable, "-m", "services.cli.main", "broker", "status"], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "RDV_CACHE_DIR": str(afile)})
+    assert done.returncode == 2 and done.stdout == "", done.stdout
+    assert done.stderr.strip().splitlines() == [f"error: RDV_CACHE_DIR '{afile}' is not a directory: point it at "
+                                                "one (made if missing), or unset it"]
+
+
 def test_a_replica_that_exited_unreaped_is_not_taken_for_a_running_one() -> None:
     """Its parent (the deploy command) gone, a dead replica stays a zombie until init reaps it:
     kill(pid, 0) still found it, and the next deploy said it already ran, starting nothing."""
