@@ -143,15 +143,19 @@ class InferenceService:
         return await self._measured("infer", request, context, work)
 
 
-def _parameter(value: Any) -> Any:
-    kind = value.WhichOneof("parameter_choice")
-    return None if kind is None else getattr(value, kind)
-
-
 def _parameters(mapping: Any, where: str, read: frozenset[str]) -> dict[str, Any]:
-    """The parameters in `read` (values are typed here: a count is all there is to check)."""
+    """The parameters in `read`. Values are typed here; one with none of them set is refused,
+    read or not, as REST refuses a null (it was taken without a word; a review)."""
     oip.check_parameter_count(len(mapping), where)
-    return {key: _parameter(mapping[key]) for key in read if key in mapping}
+    kept = {}
+    for key, value in mapping.items():
+        kind = value.WhichOneof("parameter_choice")
+        if kind is None:
+            raise InvalidInput(f"{where}: parameter {key[:100]!r} has no value (set one of bool_param, int64_param, "
+                               "string_param, double_param, uint64_param)")
+        if key in read:
+            kept[key] = getattr(value, kind)
+    return kept
 
 
 def call_from(request: Any, max_rows: int, max_features: int) -> InferCall:

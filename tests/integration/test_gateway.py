@@ -394,12 +394,22 @@ def test_an_unparseable_or_outsized_grpc_call_is_invalid_argument_with_its_reaso
         long_name = service_pb2.ModelInferRequest(model_name="default", inputs=[tensor])
         with pytest.raises(grpc.RpcError) as named:
             infer(long_name.SerializeToString(), timeout=30)
+        # REST refuses a parameter that is null; gRPC took one with no value set (a review).
+        valueless = service_pb2.ModelInferRequest(model_name="default", inputs=[
+            service_pb2.ModelInferRequest.InferInputTensor(name="mean_radius", datatype="FP64", shape=[1],
+                                                           contents=service_pb2.InferTensorContents(fp64_contents=[1.0]))])
+        valueless.parameters["foo"].CopyFrom(service_pb2.InferParameter())
+        with pytest.raises(grpc.RpcError) as empty:
+            infer(valueless.SerializeToString(), timeout=30)
     assert garbage.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (empty.value.code(), empty.value.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "the call: parameter 'foo' has no value (set one of bool_param, "
+        "int64_param, string_param, double_param, uint64_param)")
     assert garbage.value.details().startswith("the message is not a valid ModelInferRequest: ")
     assert named.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     # Names the field and the limit, without echoing the 16,000 characters back.
     assert named.value.details() == "inputs[0]: 'name' of 16000 characters is over the limit of 256"
-    assert stack.a.metrics().get(invalid, 0) == before + 2
+    assert stack.a.metrics().get(invalid, 0) == before + 3
 
 
 def test_grpc_floods_of_parameters_and_long_reasons_are_refused_with_their_reason(stack: Stack) -> None:
