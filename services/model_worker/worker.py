@@ -160,6 +160,7 @@ def _predict(model: Model, matrix: Any, retries: float | _Retries, probe: bool =
         # One more than the rows at most: an endless iterable filled memory before the count (4 GB in 30 s).
         given_back: Iterable[Any] = model.predict(matrix)
         if type(given_back) is not list:  # a list ends: anything else is counted one past the rows at most
+            _check_one_per_row(given_back)
             given_back = itertools.islice(given_back, len(matrix) + 1)
         outputs = [_checked(p) for p in given_back]
         if len(outputs) != len(matrix):
@@ -185,6 +186,14 @@ def _predict(model: Model, matrix: Any, retries: float | _Retries, probe: bool =
         return [*_predict(model, given[:half], retries, probe=False),
                 *_predict(model, given[half:], retries, probe=False)]
     return outputs
+
+
+def _check_one_per_row(given_back: Any) -> None:
+    """A table or a mapping iterates its column labels or keys, not its rows: a one-column
+    DataFrame's `0` was each row's confident score of 0.0, a dict by row index 0, 1, 2 (a review)."""
+    if isinstance(given_back, Mapping) or hasattr(given_back, "columns"):
+        raise TypeError(f"the model returned a {type(given_back).__name__}, a table or a mapping: a model returns "
+                        "one prediction per row (a list, or an array of one value a row)")
 
 
 def _interrupts_are_stops() -> bool:
@@ -253,7 +262,9 @@ def _described(exc: BaseException) -> str:
     on to the answer and a gateway's caller, and a model's text may quote this process' secrets."""
     try:
         text = f"{type(exc).__name__}: {exc}"
-    except Exception:  # noqa: BLE001
+    except BaseException as unshown:  # a __str__ raising SystemExit ended the worker (a review)
+        if isinstance(unshown, Stopped):
+            raise
         text = f"{type(exc).__name__} (its message cannot be shown)"
     return mask(text.encode("utf-8", "backslashreplace").decode("utf-8"))
 

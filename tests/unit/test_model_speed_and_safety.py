@@ -9,6 +9,7 @@ import pickle
 import random
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -356,6 +357,51 @@ def test_an_exception_whose_text_cannot_be_shown_is_still_that_requests_error() 
 
     (result,) = score_batch(Raising(), [{"x": 0.5}])  # type: ignore[arg-type]
     assert result.prediction is None and result.error == "Unprintable (its message cannot be shown)"
+
+
+def test_an_exception_whose_text_raises_system_exit_is_still_that_requests_error() -> None:
+    """The message's own failure was caught as an Exception only: a __str__ raising SystemExit
+    ended the worker, and its restart read the batch again, for good (a review)."""
+    class Exiting(Exception):
+        def __str__(self) -> str:
+            raise SystemExit(3)
+
+    class Raising(_Overflowing):
+        def predict(self, matrix: Any) -> list[Prediction]:
+            raise Exiting()
+
+    results = score_batch(Raising(), [{"x": 0.5}, {"x": 0.25}])  # type: ignore[arg-type]
+    assert [(r.prediction, r.error) for r in results] == [(None, "Exiting (its message cannot be shown)")] * 2
+
+
+class _OneColumnTable:
+    """What a pandas DataFrame of one column looks like to the worker: len() its rows, iterating
+    its column labels."""
+
+    columns = [0]
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.columns)
+
+
+@pytest.mark.parametrize("output", [_OneColumnTable, lambda rows: dict.fromkeys(range(rows), 0.7)])
+def test_a_table_or_a_mapping_returned_is_every_rows_error_never_a_score(output: Any) -> None:
+    """Iterated, they give their column labels or keys: a one-column DataFrame's 0 was each row's
+    confident score of 0.0, a dict by row index 0, 1, 2 (a review)."""
+    class Tabular(_Overflowing):
+        def predict(self, matrix: Any) -> Any:
+            return output(len(matrix))
+
+    for rows in (1, 3):
+        results = score_batch(Tabular(), [{"x": 0.5}] * rows)  # type: ignore[arg-type]
+        assert [r.prediction for r in results] == [None] * rows
+        assert all(r.error is not None and "a table or a mapping" in r.error for r in results), results
 
 
 def test_an_exception_quoting_a_secret_of_the_worker_is_masked_in_its_score() -> None:
