@@ -419,6 +419,38 @@ def test_an_exception_quoting_a_secret_of_the_worker_is_masked_in_its_score() ->
     assert result.prediction is None and result.error == "RuntimeError: cannot reach sasl://svc:***@broker"
 
 
+class _OwnArithmetic(ClassifierMixin, BaseEstimator):
+    """An estimator whose predict_proba is its own: a row of it per request, as given."""
+
+    def __init__(self, rows: list[list[float]] | None = None) -> None:
+        self.rows = rows
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> _OwnArithmetic:
+        self.classes_ = np.unique(y)
+        self.n_features_in_ = x.shape[1]
+        return self
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return np.array([self.rows[int(v)] for v in x[:, 0]])  # type: ignore[index]
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.classes_[self.predict_proba(x).argmax(axis=1)]
+
+
+def test_class_probabilities_that_are_none_fail_their_rows_not_scored_with_confidence() -> None:
+    """[-3, 4] was scored 4.0, [0.9, 0.9] 0.9, and [nan, 0.7] 0.7 with the NaN's class as its label
+    (a review); a row of probabilities beside them keeps its score."""
+    rows = [[0.2, 0.8], [-3.0, 4.0], [0.9, 0.9], [float("nan"), 0.7], [0.5, 0.5]]
+    estimator = _OwnArithmetic(rows).fit(np.array([[0.0], [1.0]]), np.array([0, 1]))
+    model = SklearnModel.from_estimator(estimator, feature_names=["x"])
+    model.load()
+    scored = score_batch(model, [{"x": float(i)} for i in range(len(rows))])
+    assert [s.prediction.score if s.prediction else None for s in scored] == [0.8, None, None, None, 0.5]
+    assert scored[1].error == ("ValueError: predict_proba gave [-3.0, 4.0] for row 0: no class probabilities "
+                               "(each in [0, 1], summing to 1; logits?)")
+    assert all(s.error and "no class probabilities" in s.error for s in scored[1:4])
+
+
 # --- model files: pickles only when trusted; skops checks its types ---------------------------------
 
 

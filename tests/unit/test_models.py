@@ -694,9 +694,13 @@ def test_onnx_probabilities_outside_0_and_1_fail_their_row(tmp_path: Path) -> No
     logits = _graph(tmp_path, "logits", [_matmul("probabilities")], ["N", 4], [("probabilities", ["N", 2])])
     model = load_model(str(logits))
     row = {"f0": 1.0, "f1": 2.0, "f2": 3.0, "f3": 4.0}
-    [scored] = score_batch(model, [row])
-    assert scored.prediction is None and scored.error is not None
-    assert "onnx output 'probabilities' gave -3 as a probability, outside [0, 1]" in scored.error
+    # Logits [-0.1, 0.1]: the last in [0, 1] was scored 0.1 with confidence (a review).
+    inside = {"f0": -1.0, "f1": 0.0, "f2": 0.0, "f3": 0.0}
+    scored = score_batch(model, [row, inside])
+    assert [s.prediction for s in scored] == [None, None]
+    assert [s.error for s in scored] == [
+        f"ValueError: onnx output 'probabilities' gave {logits} for row 0: no class probabilities (each in [0, 1], "
+        "summing to 1; logits?)" for logits in ([3.0, -3.0], [-0.1, 0.1])]
 
 
 def test_a_sidecar_that_does_not_fit_a_symbolic_input_is_said_at_load(tmp_path: Path) -> None:

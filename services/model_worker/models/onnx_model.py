@@ -25,7 +25,6 @@ batch of exactly one row is run row by row; one with another fixed batch size is
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,14 +36,13 @@ from services.core.errors import ModelSpecError
 from services.core.signatures import Signature
 
 from ._files import file_version, read_sidecar, sidecar_hint
-from .base import FLOAT32_MAX, Prediction, check_batch, check_finite, fits_float32
+from .base import FLOAT32_MAX, Prediction, check_batch, check_finite, check_probabilities, fits_float32
 
 __all__ = ["ONNX_INSTALL_HINT", "OnnxModel"]
 
 ONNX_INSTALL_HINT = "install the onnx extra: pip install 'rendezvous-serving[onnx]'"
 # The input types a model's features are fed as, by the name onnxruntime gives them.
 _INPUT_TYPES: dict[str, type[np.floating[Any]]] = {"tensor(float)": np.float32, "tensor(double)": np.float64}
-_PROBABILITY_SLACK = 1e-6  # float32 rounding of a softmax may step this far outside [0, 1]
 # Rows run at load, twice: an output must follow the row count. One run of 3 told an (n, 2) output
 # from a class-major (2, n) one, but took a 3-class (3, n) one for (n, 3): loaded, it scored every
 # batch of 3 with other rows' probabilities and failed every other batch (a review).
@@ -224,10 +222,14 @@ def _probability_rows(raw: Any, n: int, name: str) -> list[float | None]:
 
 
 def _positive_probability(raw: Any, n: int, name: str) -> list[float | None]:
-    """`_probability_rows`, each a probability: logits under a 'prob' name fail their rows."""
+    """`_probability_rows`, each row class probabilities: logits under a 'prob' name fail their
+    rows. Every class's, not the score's alone: a row of logits whose last fell in [0, 1] was
+    scored with confidence (a review)."""
     scores = _probability_rows(raw, n, name)
-    for score in scores:
-        if score is not None and not -_PROBABILITY_SLACK <= score <= 1 + _PROBABILITY_SLACK and math.isfinite(score):
-            raise ValueError(f"onnx output {name!r} gave {score:.6g} as a probability, outside [0, 1] "
-                             "(logits under a 'prob' name?)")
+    if isinstance(raw, list):  # ZipMap's maps, each in its classes' order
+        table = [[float(m[k]) for k in sorted(m)] for m in raw if m]
+        if table and len({len(row) for row in table}) == 1:
+            check_probabilities(np.asarray(table, dtype=np.float64), f"onnx output {name!r}")
+    else:
+        check_probabilities(np.asarray(raw, dtype=np.float64), f"onnx output {name!r}")
     return scores

@@ -51,7 +51,7 @@ from services.core.errors import ModelSpecError
 from services.core.signatures import Signature
 
 from ._files import read_sidecar, sidecar_hint, stream_version
-from .base import Prediction, check_batch, check_finite, fits_float32
+from .base import Prediction, check_batch, check_finite, check_probabilities, fits_float32
 
 __all__ = ["PICKLE_SUFFIXES", "SKOPS_SUFFIX", "TRUST_HINT", "SklearnModel", "pickle_refusal"]
 
@@ -345,6 +345,7 @@ def _forest_proba(trees: list[Any], x: np.ndarray) -> np.ndarray:
 
 
 def _from_proba(proba: np.ndarray, classes: list[str]) -> list[Prediction]:
+    check_probabilities(proba, "predict_proba")
     scores = proba[:, -1].tolist()
     labels = [classes[i] for i in proba.argmax(axis=1).tolist()] if classes else [None] * len(scores)
     return [Prediction(s, lab) for s, lab in zip(scores, labels, strict=True)]
