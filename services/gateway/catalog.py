@@ -23,7 +23,7 @@ from services.control.topic import ScheduleBook
 from services.core.score_limits import MAX_MODEL_CHARS, MAX_VERSION_CHARS
 from services.gateway.errors import InvalidInput, NotFound, TurnedAway
 from services.gateway.oip import OUTPUTS
-from services.gateway.signatures import FeatureSpec, Signatures
+from services.gateway.signatures import Contract, FeatureSpec, Signatures
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,13 @@ class Target:
     versions: tuple[str, ...]
     features: tuple[FeatureSpec, ...] | None  # every feature its models read; None: a contract is unknown
     schedule: Schedule
-    # The contract a call's rows are held to (required features, ranges): the model's own, or a
-    # schedule's preferred model's, known even while another model's is not. None: unpublished.
-    held_to: tuple[FeatureSpec, ...] | None = None
-    ignores_extra: bool = False  # that contract's policy for a feature outside its list
+    # The contract a call's rows are held to (its features, required ones, ranges and policy for
+    # others): the model's own, or a schedule's preferred model's, known even while another
+    # model's is not. None: unpublished. A row it refuses would be answered by a fallback, 200.
+    held_to: Contract | None = None
+    # The features a call may carry: the contract's own, or, where it ignores others, those of
+    # every model of the schedule (a typo none reads is still refused). None: not known, unchecked.
+    accepts: frozenset[str] | None = None
 
     @property
     def feature_names(self) -> tuple[str, ...] | None:
@@ -124,10 +127,9 @@ class Catalog:
         if cached is not None and cached[0] is schedule and now - cached[1] < 1.0:
             return cached[2]
         # Only the version in force may be asked for (OIP's `versions`: those a call may name).
-        preferred = schedule.models[0]
+        union, held = self._union(schedule.models), self._contract(schedule.models[0])
         target = Target(schedule.name, SCHEDULE, str(schedule.version), (str(schedule.version),),
-                        self._union(schedule.models), schedule, self._contract(preferred),
-                        self.signatures.ignores_extra(preferred))
+                        union, schedule, held, _accepted(held, union))
         self._cached = (schedule, now, target)
         return target
 
@@ -137,16 +139,16 @@ class Catalog:
                            "version out")
         if version and version != published:
             raise NotFound(f"model {name!r} serves version {published!r}, not {version!r}")
-        own = self._contract(name)
-        return Target(name, MODEL, published, (published,) if published else (), own, self.schedule(), own,
-                      self.signatures.ignores_extra(name))
+        schedule, held = self.schedule(), self._contract(name)
+        others = self._union(schedule.models) if held is not None and held.ignores_extra else None
+        return Target(name, MODEL, published, (published,) if published else (),
+                      None if held is None else held.features, schedule, held, _accepted(held, others))
 
-    def _contract(self, model: str) -> tuple[FeatureSpec, ...] | None:
-        specs = self.signatures.features(model)
-        if specs is None:
+    def _contract(self, model: str) -> Contract | None:
+        contract = self.signatures.contract(model)
+        if contract is None:
             self.signatures.want()
-            return None
-        return tuple(specs)
+        return contract
 
     def _union(self, models: Iterable[str]) -> tuple[FeatureSpec, ...] | None:
         """Every feature any of the models reads, the preferred model's first (None: one is unknown).
@@ -154,31 +156,35 @@ class Catalog:
         model's contract alone (`Target.held_to`)."""
         seen: dict[str, FeatureSpec] = {}
         for model in models:
-            specs = self._contract(model)
-            if specs is None:
+            contract = self._contract(model)
+            if contract is None:
                 return None
-            for spec in specs:
+            for spec in contract.features:
                 seen.setdefault(spec.name, FeatureSpec(spec.name, False, spec.datatype))
         return tuple(seen.values())
 
     def check_features(self, target: Target, names: Iterable[str]) -> None:
-        """400 for a feature none of the target's models reads (unless its contract ignores
-        extra features), or one its contract requires missing. Each check needs only its own
-        contracts: one model's unpublished contract once skipped the preferred model's required
-        features and ranges too, and a row it refused was answered by a fallback, 200 (a review)."""
-        if not self.enforce:
+        """400 for what the contract the target's rows are held to would refuse: a feature it
+        does not accept, a required one missing, or (a contract that ignores others) none of its
+        own. One model's unpublished contract once skipped every check, and a row the preferred
+        model refused was answered by a fallback, 200 (a review)."""
+        held = target.held_to
+        if not self.enforce or held is None:
             return
         given = set(names)
-        if target.features is not None and not target.ignores_extra:
-            known = {f.name for f in target.features}
-            unknown = sorted(given - known)
-            if unknown:
-                raise InvalidInput(f"unknown feature(s) {', '.join(repr(n) for n in unknown[:10])} for "
-                                   f"{target.name!r}; it reads: {', '.join(sorted(known)[:40])}")
-        missing = [f.name for f in target.held_to or () if f.required and f.name not in given]
+        if target.accepts is not None and (unknown := sorted(given - target.accepts)):
+            whose = (f" (its preferred model {target.schedule.models[0]!r} refuses a feature it does not read)"
+                     if target.kind == SCHEDULE and not held.ignores_extra else "")
+            raise InvalidInput(f"unknown feature(s) {', '.join(repr(n) for n in unknown[:10])} for "
+                               f"{target.name!r}{whose}; it reads: {', '.join(sorted(target.accepts)[:40])}")
+        missing = [f.name for f in held.features if f.required and f.name not in given]
         if missing:
             raise InvalidInput(f"missing required feature(s) {', '.join(repr(n) for n in missing[:10])} "
                                f"for {target.name!r}")
+        if given and given.isdisjoint(held.names):  # the worker's own refusal under extra="ignore"
+            model = target.schedule.models[0] if target.kind == SCHEDULE else target.name
+            raise InvalidInput(f"none of the features given is one {model!r} reads (it reads: "
+                               f"{', '.join(sorted(held.names)[:40])}); {model!r} would refuse the row")
 
     def check_ranges(self, target: Target, rows: Sequence[Mapping[str, float]]) -> None:
         """400 for a value outside a range the target's contract declares (a schedule's: its
@@ -188,7 +194,7 @@ class Catalog:
         a value at a time cost twice the rows' parse (a review)."""
         if not self.enforce or target.held_to is None:
             return
-        for spec in target.held_to:
+        for spec in target.held_to.features:
             if spec.minimum is None and spec.maximum is None:
                 continue
             column = [value for row in rows if (value := row.get(spec.name)) is not None]
@@ -208,3 +214,13 @@ class Catalog:
         platform = "rendezvous_schedule" if target.kind == SCHEDULE else "rendezvous_model"
         return {"name": target.name, "versions": list(target.versions), "platform": platform,
                 "inputs": inputs, "outputs": outputs}
+
+
+def _accepted(held: Contract | None, others: tuple[FeatureSpec, ...] | None) -> frozenset[str] | None:
+    """The features a call held to `held` may carry: its own; where it ignores others, every one
+    the models of the schedule read as well (`others`; None: one of them is unknown, unchecked)."""
+    if held is None:
+        return None
+    if not held.ignores_extra:
+        return held.names
+    return None if others is None else held.names | {f.name for f in others}

@@ -45,6 +45,18 @@ class FeatureSpec:
         return outside_range(float(value), self.minimum, self.maximum)
 
 
+@dataclass(frozen=True, slots=True)
+class Contract:
+    """A model's input contract as the gateway holds calls to it."""
+
+    features: tuple[FeatureSpec, ...]
+    ignores_extra: bool = False  # extra="ignore": a feature outside the list is scored past, not refused
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(f.name for f in self.features)
+
+
 class Signatures(Protocol):
     def features(self, model: str) -> list[FeatureSpec] | None:
         """The model's input features in its column order; None: not known."""
@@ -55,8 +67,8 @@ class Signatures(Protocol):
     def want(self) -> None:
         """A model's features were asked for and are not known: look for them again soon."""
 
-    def ignores_extra(self, model: str) -> bool:
-        """Whether the model's contract says it ignores a feature outside its list (extra="ignore")."""
+    def contract(self, model: str) -> Contract | None:
+        """The model's features and its policy for others, read together; None: not known."""
 
 
 class FixedSignatures:
@@ -74,8 +86,8 @@ class FixedSignatures:
     def want(self) -> None:
         """Nothing to look for: the list is all there is."""
 
-    def ignores_extra(self, model: str) -> bool:
-        return False
+    def contract(self, model: str) -> Contract | None:
+        return Contract(tuple(self._specs)) if self._specs else None
 
 
 class PublishedSignatures:
@@ -95,14 +107,14 @@ class PublishedSignatures:
 
     def features(self, model: str) -> list[FeatureSpec] | None:
         entry = self._specs.get(model)
-        return None if entry is None else list(entry.features)
+        return None if entry is None else list(entry[1].features)
 
     def models(self) -> dict[str, str]:
-        return {name: contract.version for name, contract in self._specs.items()}
+        return {name: version for name, (version, _contract) in self._specs.items()}
 
-    def ignores_extra(self, model: str) -> bool:
+    def contract(self, model: str) -> Contract | None:
         entry = self._specs.get(model)
-        return entry is not None and entry.ignores_extra
+        return None if entry is None else entry[1]
 
     def want(self) -> None:
         """Read on within WANTED_S, not at the next `refresh_s`: contracts the workers published
@@ -149,20 +161,11 @@ class PublishedSignatures:
         self._feed.close()
 
 
-@dataclass(frozen=True, slots=True)
-class _Contract:
-    version: str
-    features: tuple[FeatureSpec, ...]
-    ignores_extra: bool
-
-
-def _specs(infos: Mapping[str, ModelInfo]) -> dict[str, _Contract]:
-    """Each model's version, input features and extra-features policy (the newest record per
-    model wins, as compaction keeps it)."""
-    return {name: _Contract(info.version,
-                            tuple(FeatureSpec(f.name, f.required, minimum=f.minimum, maximum=f.maximum)
-                                  for f in info.signature.features),
-                            info.signature.extra == "ignore")
+def _specs(infos: Mapping[str, ModelInfo]) -> dict[str, tuple[str, Contract]]:
+    """Each model's version and contract (the newest record per model wins, as compaction keeps it)."""
+    return {name: (info.version, Contract(tuple(FeatureSpec(f.name, f.required, minimum=f.minimum, maximum=f.maximum)
+                                                for f in info.signature.features),
+                                          info.signature.extra == "ignore"))
             for name, info in infos.items()}
 
 

@@ -65,7 +65,7 @@ from services.gateway.oip import (
 )
 from services.gateway.rest import _body, _header_ms, check_encoding, check_media_type, check_origin, parse_call
 from services.gateway.settings import GatewaySettings
-from services.gateway.signatures import FeatureSpec, FixedSignatures
+from services.gateway.signatures import Contract, FeatureSpec, FixedSignatures
 from services.gateway.ui import snapshot_from
 
 # -- tensors -> rows -------------------------------------------------------------------------------
@@ -681,8 +681,9 @@ class Published:
     def want(self) -> None:
         self.wanted += 1
 
-    def ignores_extra(self, model: str) -> bool:
-        return model in self.ignoring_extra
+    def contract(self, model: str) -> Contract | None:
+        entry = self.specs.get(model)
+        return None if entry is None else Contract(tuple(entry[1]), model in self.ignoring_extra)
 
 
 def test_a_target_built_without_a_models_contract_asks_for_it_to_be_read_soon() -> None:
@@ -756,10 +757,24 @@ def test_a_schedule_requires_every_feature_its_preferred_model_requires() -> Non
     catalog = Catalog(Versions(V1), published, enforce=True)
     target = catalog.resolve("default")
     assert [f.name for f in target.features or ()] == ["a", "b", "c", "d"]
-    assert [(f.name, f.required) for f in target.held_to or ()] == [("a", True), ("b", True), ("c", False)]
+    assert [(f.name, f.required) for f in target.held_to.features] == [("a", True), ("b", True), ("c", False)]
     catalog.check_features(target, ["a", "b"])
     with pytest.raises(InvalidInput, match=r"missing required feature\(s\) 'b' for 'default'"):
-        catalog.check_features(target, ["a", "c", "d"])
+        catalog.check_features(target, ["a", "c"])
+
+
+def test_a_schedule_refuses_a_feature_its_preferred_model_refuses() -> None:
+    """The champion refuses a row with a feature it does not read (extra="reject", the default),
+    and the challenger that reads it answered, FALLBACK 200, for every such call (a review): the
+    400 says so, as for a required feature; calling the challenger by name has it scored."""
+    published = Published({"champion": ("1", [FeatureSpec("a", True)]),
+                           "challenger": ("2", [FeatureSpec("a", True), FeatureSpec("d")])})
+    catalog = Catalog(Versions(V1), published, enforce=True)
+    with pytest.raises(InvalidInput, match=re.escape(
+            "unknown feature(s) 'd' for 'default' (its preferred model 'champion' refuses a feature it does not "
+            "read); it reads: a")):
+        catalog.check_features(catalog.resolve("default"), ["a", "d"])
+    catalog.check_features(catalog.resolve("challenger"), ["a", "d"])
 
 
 def test_a_value_outside_a_declared_range_is_a_400_for_the_model_and_for_a_schedule_it_leads() -> None:
@@ -795,24 +810,42 @@ def test_a_schedule_holds_rows_to_its_preferred_models_contract_while_another_mo
         catalog.check_ranges(schedule, [{"a": 1e6}])
     with pytest.raises(InvalidInput, match=r"missing required feature\(s\) 'a' for 'default'"):
         catalog.check_features(schedule, ["b"])
-    catalog.check_features(schedule, ["a", "z"])  # the challenger may read z: not known, not refused
+    with pytest.raises(InvalidInput, match=r"unknown feature\(s\) 'z' for 'default' \(its preferred model"):
+        catalog.check_features(schedule, ["a", "z"])  # the champion's own contract refuses it
+
+
+def test_a_schedule_led_by_a_model_ignoring_extra_features_while_another_is_unpublished() -> None:
+    """Which features another model reads is not known: none is refused as unknown; the preferred
+    model's required features still are, and a row with none of its features (it refuses it)."""
+    published = Published({"champion": ("1", [FeatureSpec("a"), FeatureSpec("b")])}, ignoring_extra=("champion",))
+    catalog = Catalog(Versions(V1), published, enforce=True)
+    schedule = catalog.resolve("default")
+    assert schedule.accepts is None
+    catalog.check_features(schedule, ["a", "z"])
+    with pytest.raises(InvalidInput, match=re.escape(
+            "none of the features given is one 'champion' reads (it reads: a, b); 'champion' would refuse the row")):
+        catalog.check_features(schedule, ["z"])
 
 
 def test_a_model_whose_contract_ignores_extra_features_is_sent_them() -> None:
     """Its worker scores a row with features outside its list (--ignore-extra-features: requests
     carrying several models' features); the gateway refused them, 400 (a review). A schedule
     follows its preferred model's policy."""
-    specs = {"champion": ("1", [FeatureSpec("a", True)]), "challenger": ("2", [FeatureSpec("a", True)])}
+    specs = {"champion": ("1", [FeatureSpec("a", True)]),
+             "challenger": ("2", [FeatureSpec("a", True), FeatureSpec("other_models_feature")])}
     ignoring = Catalog(Versions(V1), Published(specs, ignoring_extra=("champion",)), enforce=True)
     ignoring.check_features(ignoring.resolve("champion"), ["a", "other_models_feature"])
     ignoring.check_features(ignoring.resolve("default"), ["a", "other_models_feature"])
-    with pytest.raises(InvalidInput, match=r"unknown feature\(s\) 'other_models_feature' for 'challenger'"):
-        ignoring.check_features(ignoring.resolve("challenger"), ["a", "other_models_feature"])
     with pytest.raises(InvalidInput, match=r"missing required feature\(s\) 'a' for 'champion'"):
         ignoring.check_features(ignoring.resolve("champion"), ["other_models_feature"])
+    # A name no model of the schedule reads is still refused, by name or through the schedule: a typo of
+    # an optional feature was scored with that feature's default, 200 (a review).
+    for target in ("champion", "default"):
+        with pytest.raises(InvalidInput, match=rf"unknown feature\(s\) 'mean_radus' for '{target}'; it reads: a, o"):
+            ignoring.check_features(ignoring.resolve(target), ["a", "mean_radus"])
     rejecting = Catalog(Versions(V1), Published(specs), enforce=True)
-    with pytest.raises(InvalidInput, match=r"unknown feature\(s\) 'other_models_feature' for 'default'"):
-        rejecting.check_features(rejecting.resolve("default"), ["a", "other_models_feature"])
+    with pytest.raises(InvalidInput, match=r"unknown feature\(s\) 'other_models_feature' for 'champion'"):
+        rejecting.check_features(rejecting.resolve("champion"), ["a", "other_models_feature"])
 
 
 def test_a_published_contract_carries_its_extra_features_policy_to_the_gateway() -> None:
@@ -822,7 +855,7 @@ def test_a_published_contract_carries_its_extra_features_policy_to_the_gateway()
 
     specs = _specs({"loose": ModelInfo("loose", "1", Signature.all_required(["a"], extra="ignore")),
                     "strict": ModelInfo("strict", "1", Signature.all_required(["a"]))})
-    assert (specs["loose"].ignores_extra, specs["strict"].ignores_extra) == (True, False)
+    assert (specs["loose"][1].ignores_extra, specs["strict"][1].ignores_extra) == (True, False)
 
 
 def test_a_fallback_feature_list_describes_but_refuses_nothing() -> None:
