@@ -231,8 +231,10 @@ class ComparisonService(SimpleHandler, Probed):
                 outputs += sum(again_tally.outputs.values())
                 values = [msg.value() for msg in records]
         tally, rejected_now = self._fold(records, values, latest_ok)
-        admitted = self._labels.admitted  # a champion counted as '_other' has no series of its own to miss in
-        tally.absent = Counter({name: n for name, n in tally.absent.items() if name in admitted})
+        # A champion counted as '_other' has no series of its own to miss in. A reserved one has,
+        # before its first output too: --champion X restarted during X's outage dropped every miss.
+        labelled = self._labels.labelled
+        tally.absent = Counter({name: n for name, n in tally.absent.items() if name in labelled})
         tally.apply()
         now = time.monotonic()
         for pair, _outcome, _met in tally.outputs:
@@ -402,7 +404,9 @@ class ComparisonService(SimpleHandler, Probed):
         if not self._labels.full:
             return
         outputs = self.window.outputs_by_model()
-        idle = set(self._labels.admitted - outputs.keys())
+        # Never the champion's, nor a reserved name's: silent for a window (an outage), it gave its
+        # place back, its missed count went to 0 and later misses were dropped (a review).
+        idle = set(self._labels.admitted - outputs.keys() - self._labels.reserved - {self.champion.current})
         if not idle and self._labels.wanted:
             idle = self._sparse_names(outputs)
         if not idle:

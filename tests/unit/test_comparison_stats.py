@@ -496,6 +496,43 @@ def test_a_record_without_its_champions_output_is_a_miss_of_the_champions(path: 
     assert (met, missed) == (280, 80)
 
 
+def read_on(svc: ComparisonService, records: list[dict[str, Any]], first: int) -> int:
+    """`records` as the next batch of partition 0 of the log, from offset `first`; the next offset."""
+    svc.on_batch([Message(topic="rdv.log", partition=0, offset=first + i, value=codec("comparison").encode(rec))
+                  for i, rec in enumerate(records)])
+    return first + len(records)
+
+
+def fallback(created: int) -> dict[str, Any]:
+    """A record of a champion outage: the champion sent nothing, the challenger answered."""
+    return record(created, [output("challenger", 0.7, latency=30), output("other", 0.6)], status="FALLBACK",
+                  chosen="challenger")
+
+
+def test_a_champion_given_by_flag_that_has_sent_nothing_since_a_restart_misses_its_deadlines() -> None:
+    """--champion X, restarted during X's outage: X had no label place until an output of its own,
+    and every miss was dropped; its deadline series never existed, the page could not fire, while
+    `rendezvous compare --champion X` counted them (a review)."""
+    svc = service(champion="champion")
+    before = sample("rdv_cmp_deadline_total", model="champion", outcome="missed")
+    read_on(svc, [fallback(BASE_MS + i) for i in range(50)], 0)
+    assert sample("rdv_cmp_deadline_total", model="champion", outcome="missed") - before == 50
+
+
+def test_a_champion_silent_for_a_whole_window_keeps_its_place_when_the_label_budget_is_full() -> None:
+    """With every place taken, names with no output in the window gave theirs back: the silent
+    champion's too. Its missed count went back to 0 and later misses were dropped (a review)."""
+    svc = service(champion="champion", max_models=3)
+    before = sample("rdv_cmp_deadline_total", model="champion", outcome="missed")
+    at = read_on(svc, [record(BASE_MS + i, [output("champion", 0.9), output("challenger", 0.7), output("other", 0.6)])
+                       for i in range(10)], 0)
+    at = read_on(svc, [fallback(BASE_MS + 70_000 + i) for i in range(20)], at)  # a window (60 s) later
+    svc.export()
+    read_on(svc, [fallback(BASE_MS + 70_100 + i) for i in range(30)], at)
+    assert "champion" in svc._labels.labelled
+    assert sample("rdv_cmp_deadline_total", model="champion", outcome="missed") - before == 50
+
+
 @pytest.mark.parametrize("path", ["record", "batch"])
 def test_ks_and_psi_against_the_champion_compare_the_requests_both_scored(path: str) -> None:
     """A model deployed halfway through drifting traffic, scoring each request as the champion did:
