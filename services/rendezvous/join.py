@@ -478,6 +478,13 @@ class Join:
             # and the request answered TIMEOUT, where read in the other order it had its score (a
             # review). Its request decides: within the id's time after all, a repeat (`on_request`).
             mailbox = self._open_orphan(rid, score)
+        elif mailbox.has_request and score.log_time < mailbox.request_at - STALE_SCORE_MS:
+            # Read after its request, as `_drop_stale` drops one read before it: joined, a score of
+            # an earlier request under the id (or a guessed one) answered OK where the other order
+            # of the same records answered FALLBACK (a review).
+            self.metrics.inc(child(m.LATE_SCORES, model_label, "true"))
+            self._advance(mailbox, clock)
+            return None if mailbox.closed else mailbox
         value, error = score.score, score.error
         if value is not None and not isfinite(value):  # NaN is no answer to give with confidence
             value, error = None, error or f"its score is not a finite number ({value})"
@@ -515,6 +522,7 @@ class Join:
     def _attach(self, mailbox: Mailbox, request: RequestIn, reply: Reply | None) -> None:
         schedule = self._version_of(request)
         mailbox.has_request, mailbox.schedule, mailbox.created_at = True, schedule, request.created_at
+        mailbox.request_at = request.log_time
         mailbox.deadline, mailbox.inputs = self._deadline(schedule, request), request.inputs
         if mailbox.deadline < request.log_time:  # past due before the broker had it
             self._past_due(mailbox, request)

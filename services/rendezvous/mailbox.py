@@ -38,6 +38,7 @@ class Mailbox:
     partition: int
     opened_at: int  # log time of the first record for it (request or score)
     has_request: bool = False
+    request_at: int = 0  # log time of its request (`opened_at` is a score's when its scores came first)
     created_at: int = 0
     deadline: int = 0  # effective: the request's own or the schedule's default, clamped
     schedule: Schedule | None = None  # the version governing this request

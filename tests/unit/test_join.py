@@ -1089,3 +1089,17 @@ def test_a_trickle_of_forged_scores_does_not_hold_back_every_record() -> None:
     late = [rid for rid in written_at if int(rid[1:]) >= T0 + 2_000]
     at_once = [rid for rid in late if written_at[rid] == int(rid[1:])]
     assert len(at_once) >= len(late) // 2, f"{len(at_once)} of {len(late)} written at their last score"
+
+
+@pytest.mark.parametrize("order", ["score first", "request first"])
+def test_a_score_appended_well_before_its_request_is_not_its_whichever_is_read_first(order: str) -> None:
+    """A score of an earlier request under the id (or a guessed one), appended 5 s before the
+    request: dropped as stale when read before it, it answered OK when read after it (requests
+    read ahead of scores: after the score brake, a takeover, a lagging fetch); the same records
+    must give the same answer (a review)."""
+    join, out = make_join(Schedule(models=("champion", "fallback")))
+    stale = score("x", "champion", T0 - 5_000, value=0.99)
+    records = [stale, request("x")] if order == "score first" else [request("x"), stale]
+    for record in [*records, score("x", "fallback", T0 + 50, value=0.4), score("later", "fallback", T0 + 1_000)]:
+        join.on_score(record) if isinstance(record, ScoreIn) else join.on_request(record)
+    assert decided(out)["x"][:2] == ("FALLBACK", "fallback")
