@@ -20,11 +20,11 @@ DASH = "-"
 
 
 def _number(digits: int) -> Callable[[float], str]:
-    return lambda v: DASH if math.isnan(v) else f"{v:,.{digits}f}"
+    return lambda v: f"{v:,.{digits}f}" if math.isfinite(v) else DASH  # inf (scores of ±1e308) is no figure either
 
 
 def _percent(v: float) -> str:
-    return DASH if math.isnan(v) else f"{100 * v:.2f}%"
+    return f"{100 * v:.2f}%" if math.isfinite(v) else DASH
 
 
 # (header, how to get the text of a cell); paired columns read "-" for the champion itself.

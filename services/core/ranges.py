@@ -148,7 +148,10 @@ def parse_bounds(since: str, start: str, end: str, now_ms: int) -> Bounds:
         raise ConfigError("give either --since or --from, not both")
     lower: Bound | None = None
     if since:
-        lower = TimeBound(now_ms - parse_duration_ms(since))
+        back = parse_duration_ms(since)
+        if back > now_ms:  # a negative time bound read the topic from its start without a word (a review)
+            raise ConfigError(f"--since {since[:40]!r} reaches before 1970; no Kafka record is (give a shorter one)")
+        lower = TimeBound(now_ms - back)
     elif start:
         lower = parse_bound(start, "--from")
     upper = parse_bound(end, "--to") if end else None
