@@ -103,20 +103,22 @@ class ScoreWriter:
 
     def encode_batch(
         self, requests: Sequence[Mapping[str, Any]], results: Sequence[Result], received_at: int, scored_at: int
-    ) -> tuple[list[bytes], int]:
-        """One encoded Score per request; also how many outputs could not be encoded (each of
-        those becomes an error Score saying why)."""
+    ) -> tuple[list[bytes], list[int]]:
+        """One encoded Score per request; also the indices of the outputs that could not be
+        encoded (each of those becomes an error Score saying why)."""
         tails: dict[float, bytes] = {}
         times = long_bytes(received_at) + long_bytes(scored_at)
-        values, unencodable = [], 0
-        for request, result in zip(requests, results, strict=True):
+        values: list[bytes] = []
+        unencodable: list[int] = []
+        for index, (request, result) in enumerate(zip(requests, results, strict=True)):
             try:
                 value = self._fast_record(request, result, times, tails) if self._fast else None
             except Exception:  # noqa: BLE001 - e.g. a label with a lone surrogate: the generic path says why
                 value = None
             if value is None:
                 value, failed = self._generic(request, result, received_at, scored_at)
-                unencodable += failed
+                if failed:
+                    unencodable.append(index)
             values.append(value)
         return values, unencodable
 

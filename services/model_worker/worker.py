@@ -710,14 +710,15 @@ class _BatchScorer:
         child(BATCH, *labels).observe(len(requests))
         child(COMPUTE, *labels).observe(results[0].compute_ms / 1000.0)
         values, unencodable = hosted.writer.encode_batch(requests, results, received_at, now_ms())
-        for msg, request, result, value in zip(sources, requests, results, values, strict=True):
+        failed = set(unencodable)  # the outputs that became error Scores here
+        for index, (msg, request, result, value) in enumerate(zip(sources, requests, results, values, strict=True)):
             try:
                 self._produce_score(msg, request, value)
             except RecordTooLarge as err:  # a producer or topic limit set below a Score's size
-                unencodable += result.error is None  # an error Score already counts as one
+                if result.error is None:  # an error Score already counts as one
+                    failed.add(index)  # once: an unencodable output's error Score may be too large too (a review)
                 self._write_smaller(hosted, msg, request, result, len(value), received_at, err)
-        # At most one per request, whatever way each failed (a negative count would raise here).
-        errors = min(len(requests), sum(r.error is not None for r in results) + unencodable)
+        errors = sum(r.error is not None for r in results) + len(failed)
         child(SCORES, *labels, "ok").inc(len(requests) - errors)
         if errors:
             child(SCORES, *labels, "error").inc(errors)

@@ -270,7 +270,7 @@ def test_score_writer_bytes_equal_the_codec() -> None:
         error = rnd.choice([None, "boom", "é" * 3000]) if prediction is None else None
         results.append(Scored(prediction, error, rnd.choice([0.0, 0.25, 1e300])))
     values, unencodable = writer.encode_batch(requests, results, 1_700_000_000_123, 1_700_000_000_456)
-    assert unencodable == 0
+    assert unencodable == []
     scores = codec("score")
     for request, result, value in zip(requests, results, values, strict=True):
         assert value == scores.encode(_record(request, result, 1_700_000_000_123, 1_700_000_000_456))
@@ -282,7 +282,7 @@ def test_score_writer_unusual_outputs_take_the_codec_path() -> None:
     results = [Scored(Prediction(np.float32(0.5), "x"), None, 1.0),  # numpy scalar: the codec decides
                Scored(Prediction(0.5, 7), None, 1.0)]  # type: ignore[arg-type]  # a label that is no string
     values, unencodable = writer.encode_batch(requests, results, 1, 2)
-    assert unencodable == 1
+    assert unencodable == [1]
     first, second = (codec("score").decode(v) for v in values)
     assert (first["score"], first["label"], first["error"]) == (0.5, "x", None)
     assert second["score"] is None and second["error"].startswith("model output not encodable")
@@ -294,7 +294,7 @@ def test_a_label_too_long_for_a_score_record_is_that_requests_error() -> None:
     results = [Scored(Prediction(0.5, "x" * MAX_LABEL_CHARS), None, 1.0),
                Scored(Prediction(0.5, "x" * 900_000), None, 1.0)]
     values, unencodable = writer.encode_batch(requests, results, 1, 2)
-    assert unencodable == 1
+    assert unencodable == [1]
     first, second = (codec("score").decode(v) for v in values)
     assert first["label"] == "x" * MAX_LABEL_CHARS and first["error"] is None
     assert (second["score"], second["label"]) == (None, None) and len(values[1]) < 1_000
@@ -317,7 +317,7 @@ def test_outputs_that_once_killed_the_worker_are_each_their_requests_error() -> 
     assert decoded[1]["score"] is None and "bad" in decoded[1]["error"]
     assert (decoded[2]["score"], decoded[2]["error"]) == (0.75, None)
     assert decoded[3]["score"] is None and decoded[3]["error"].startswith("model output not encodable")
-    assert unencodable == 2  # the first and the last; the second was an error already
+    assert unencodable == [0, 3]  # the first and the last; the second was an error already
 
 
 class _Overflowing:
@@ -871,7 +871,7 @@ def test_an_output_whose_fields_raise_is_its_requests_error_not_the_writers_end(
     assert (results[1].error or "").startswith("IndexError")
     requests = [{"request_id": f"r{i}", "deadline": 10, "features": {}} for i in range(3)]
     values, unencodable = ScoreWriter("m", "1", "i").encode_batch(requests, results, 1, 2)
-    assert len(values) == 3 and unencodable == 0
+    assert len(values) == 3 and unencodable == []
 
 
 def test_a_models_own_keyboard_interrupt_is_its_error_where_sigint_is_a_stop() -> None:
@@ -942,3 +942,29 @@ def test_a_sidecar_range_turns_an_out_of_range_request_into_an_error_not_a_confi
     assert [s.prediction is not None for s in scored] == [True, False, True]
     assert scored[1].error == (f"outside the model's range: mean_radius=1000000.0 "
                                f"(above its maximum {float(x[:, 0].max())!r})")
+
+
+def test_an_unencodable_output_whose_error_score_is_over_the_topics_limit_too_counts_as_one_error() -> None:
+    """Counted once as unencodable and again as too large: two errors for one request, and one
+    valid row fewer counted ok (a review)."""
+    from types import SimpleNamespace
+
+    from prometheus_client import REGISTRY
+
+    from services.core.errors import RecordTooLarge
+    from services.model_worker.worker import _BatchScorer
+
+    hosted = SimpleNamespace(labels=("double-count", "1"), writer=ScoreWriter("double-count", "1", "i"))
+    requests = [{"request_id": rid, "deadline": 5} for rid in "ab"]
+    results = [Scored(Prediction(0.5, "bad \udc80 label"), None, 1.0), Scored(Prediction(0.5, "ok"), None, 1.0)]
+
+    def produce(msg: Any, request: dict[str, Any], value: bytes) -> None:
+        if request["request_id"] == "a":
+            raise RecordTooLarge("over what the scores topic takes")
+
+    worker = SimpleNamespace(_produce_score=produce, _write_smaller=lambda *args: None)
+    _BatchScorer._write(worker, hosted, results, requests, [None, None], 1)  # type: ignore[arg-type]
+    counted = {outcome: REGISTRY.get_sample_value("rdv_model_scores_total",
+                                                  {"model": "double-count", "version": "1", "outcome": outcome})
+               for outcome in ("ok", "error")}
+    assert counted == {"ok": 1.0, "error": 1.0}
