@@ -226,7 +226,8 @@ class ComparisonService(SimpleHandler, Probed):
         if self._counted_to:
             again, records = self._read_again(records)
             if again:  # into the window only: the counters counted them when they were first read
-                again_tally, again_rejected = self._fold(again, [msg.value() for msg in again], latest_ok)
+                again_tally, again_rejected = self._fold(again, [msg.value() for msg in again], latest_ok,
+                                                         counted=True)
                 rejected += again_rejected
                 outputs += sum(again_tally.outputs.values())
                 values = [msg.value() for msg in records]
@@ -243,14 +244,16 @@ class ComparisonService(SimpleHandler, Probed):
         self.processed += folded - rejected - rejected_now
         self.positions.advance(messages)
 
-    def _fold(self, records: list[Message], values: list[bytes | None], latest_ok: int) -> tuple[m.Tally, int]:
+    def _fold(
+        self, records: list[Message], values: list[bytes | None], latest_ok: int, counted: bool = False
+    ) -> tuple[m.Tally, int]:
         """`records` (their `values`) folded in at once, or else one by one: their counter
-        increments, and how many were rejected."""
+        increments, and how many were rejected (`counted`: read before, their rejections too)."""
         tally = self._fold_at_once(values, latest_ok)
         if tally is not None:
             return tally, 0
         tally = m.Tally()
-        return tally, self._fold_each(records, latest_ok, tally)
+        return tally, self._fold_each(records, latest_ok, tally, counted)
 
     def _compact_now_and_then(self, outputs: int) -> None:
         """Fold the window's raw values into its sketches every COMPACT_EVERY outputs: the sketch
@@ -281,7 +284,7 @@ class ComparisonService(SimpleHandler, Probed):
             return None
         return tally
 
-    def _fold_each(self, messages: list[Message], latest_ok: int, tally: m.Tally) -> int:
+    def _fold_each(self, messages: list[Message], latest_ok: int, tally: m.Tally, counted: bool = False) -> int:
         """Decode, check and fold one record at a time; returns how many were rejected."""
         decode = self._codec.decode
         rejected = 0
@@ -290,7 +293,7 @@ class ComparisonService(SimpleHandler, Probed):
                 record = decode(msg.value())
                 validate(record, latest_ok)
             except BadInput as err:
-                self._reject(msg, err)
+                self._reject(msg, err, counted)
                 rejected += 1
                 continue
             try:
@@ -298,7 +301,7 @@ class ComparisonService(SimpleHandler, Probed):
             # One record must never stop the service: dead-letter whatever it made fail, go on.
             except Exception as exc:
                 log.exception("unexpected failure on %s[%s]@%s", msg.topic(), msg.partition(), msg.offset())
-                self._reject(msg, UnexpectedFailure(f"processing failed: {type(exc).__name__}: {exc}"))
+                self._reject(msg, UnexpectedFailure(f"processing failed: {type(exc).__name__}: {exc}"), counted)
                 rejected += 1
         return rejected
 
@@ -361,9 +364,12 @@ class ComparisonService(SimpleHandler, Probed):
             self._series[raw] = labels
         return labels
 
-    def _reject(self, msg: Message, err: BadInput) -> None:
+    def _reject(self, msg: Message, err: BadInput, counted: bool = False) -> None:
+        """Dead-letter `msg` (again, when read again: the letter may have been lost with the
+        position), counted once (`counted`: it was, when first read; a review)."""
         assert self._dead is not None
-        DECODE_ERRORS.labels(SERVICE, msg.topic(), type(err).__name__).inc()
+        if not counted:
+            DECODE_ERRORS.labels(SERVICE, msg.topic(), type(err).__name__).inc()
         self._dead.send(msg, err)
 
     # -- export ----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -980,6 +981,30 @@ def test_records_read_again_after_a_rewind_or_a_loss_are_counted_once(how: str) 
     assert sample("rdv_cmp_outputs_total", model="champ", version=version, outcome="ok") == 150
     assert m.WINDOW.value("rdv_cmp_window_records") == 150  # every one in the window, once
     assert svc._counted_to == {}
+
+
+def test_a_bad_record_read_again_after_a_rewind_is_dead_lettered_again_and_counted_once() -> None:
+    """Its letter may have been lost with the position, so it is sent again; the decode-error
+    counter counted it again too (a review)."""
+    from services.core.codec import codec
+
+    svc = service()
+    letters: list[int] = []
+    svc._dead = SimpleNamespace(send=lambda msg, err: letters.append(msg.offset()))  # type: ignore[assignment]
+    encode = codec("comparison").encode
+    values = [encode(record(BASE_MS + i, [output("champion")])) for i in range(5)]
+    values[2] = b"\x00not a comparison record"
+    labels = {"service": "comparison", "topic": "rdv.log-bad-again", "error": "DecodeFailed"}
+    before = sample("rdv_decode_errors_total", **labels)
+
+    def read() -> None:
+        svc.on_batch([Message(topic="rdv.log-bad-again", partition=0, offset=i, value=v) for i, v in enumerate(values)])
+
+    read()
+    svc.on_rewind()
+    read()
+    assert letters == [2, 2]
+    assert sample("rdv_decode_errors_total", **labels) - before == 1
 
 
 def test_raw_values_between_compactions_are_bounded_by_outputs_not_records() -> None:
