@@ -167,6 +167,10 @@ class Gateway:
         await off_the_loop(values >= LARGE_VALUES, self.catalog.check_ranges, target, rows)
         if target.kind != SCHEDULE:
             await self._start_tap()
+        # Again after the awaits above: a large call checked off the loop while SIGTERM came sent
+        # its rows after the drain had found none in flight, and its caller saw the connection
+        # cut, not a 503 (a review).
+        self.open_for_calls()
         budget = self._budget(target, given, started)  # last: what the caller has left when its rows go
         if self.rows_in_flight + len(rows) > self.settings.max_in_flight:
             raise TurnedAway(f"overloaded: {self.rows_in_flight} rows waiting for answers (at most "

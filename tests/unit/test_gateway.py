@@ -1577,6 +1577,25 @@ def test_a_row_whose_reply_partition_moved_is_sent_again_under_its_id() -> None:
     assert len(sent) == 2 and sent[0] == sent[1]
 
 
+def test_a_call_checked_while_the_gateway_began_draining_sends_nothing_and_is_a_503() -> None:
+    """A large call's rows are parsed and checked off the event loop: SIGTERM meanwhile found no
+    row in flight, the drain failed nothing, and the rows went to Kafka after it (a review)."""
+    from services.gateway.errors import Unavailable
+    from services.gateway.oip import InferCall, Tensor
+
+    sent: list[tuple[int, str]] = []
+    gateway = _gateway_answering_ok(GatewaySettings(), Schedule(models=("champion",)), sent)
+
+    def sigterm_meanwhile(*_args: object) -> None:
+        gateway.draining = True
+
+    gateway.catalog.check_ranges = sigterm_meanwhile
+    call = InferCall("", (Tensor("x", "FP64", (1,), [1.0]),), (), {})
+    with pytest.raises(Unavailable, match="shutting down"):
+        asyncio.run(gateway.infer("default", "", call, "anonymous"))
+    assert sent == [] and gateway.rows_in_flight == 0
+
+
 def test_a_row_still_waiting_when_its_call_failed_is_not_sent_again() -> None:
     """gather left the other rows' waits running once one row failed the call: a reply partition
     moving after the call's end sent a row again that no one waited for, its waiter never
