@@ -282,6 +282,9 @@ class Gateway:
             try:
                 return await asyncio.wrap_future(futures[row])
             except ReplyPartitionLost as moved:
+                if self.draining:  # the drain has failed what waited: a row sent now no one fails (a review); sent
+                    # once already, the call keeps its tokens (Unavailable, not TurnedAway)
+                    raise Unavailable("this gateway is shutting down; retry (another replica will answer)") from None
                 log.debug("%s: sending request %s again", moved, ids[row])  # the client said the move once
                 futures[row] = submit(rows[row], request_id=ids[row])
                 m.ROWS_SENT_AGAIN.inc()

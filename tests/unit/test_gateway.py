@@ -1596,6 +1596,31 @@ def test_a_call_checked_while_the_gateway_began_draining_sends_nothing_and_is_a_
     assert sent == [] and gateway.rows_in_flight == 0
 
 
+def test_a_row_whose_reply_partition_moved_while_the_gateway_drains_is_not_sent_again() -> None:
+    """Sent again after the drain had failed what waited, its new waiter was failed by nothing (a review)."""
+    from concurrent.futures import Future
+
+    from services.client.client import Answer, ReplyPartitionLost
+    from services.gateway.errors import Unavailable
+    from services.gateway.oip import InferCall, Tensor
+
+    sent: list[str] = []
+    gateway = _gateway_answering_ok(GatewaySettings(), Schedule(models=("champion",)), [])
+
+    def submit(_row: object, request_id: str, **_: object) -> Future[Answer]:
+        sent.append(request_id)
+        gateway.draining = True  # SIGTERM while the row waits
+        moved: Future[Answer] = Future()
+        moved.set_exception(ReplyPartitionLost("reply partition(s) [0] of rdv.replies moved to another reader"))
+        return moved
+
+    gateway.client.submit = submit
+    call = InferCall("", (Tensor("x", "FP64", (1,), [1.0]),), (), {})
+    with pytest.raises(Unavailable, match="shutting down"):
+        asyncio.run(gateway.infer("default", "", call, "anonymous"))
+    assert len(sent) == 1
+
+
 def test_a_row_still_waiting_when_its_call_failed_is_not_sent_again() -> None:
     """gather left the other rows' waits running once one row failed the call: a reply partition
     moving after the call's end sent a row again that no one waited for, its waiter never
