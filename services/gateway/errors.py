@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from services.client.client import InvalidRequest
 from services.core.errors import BrokerError, KafkaOperationError, RecordTooLarge, RendezvousError
 from services.core.redaction import mask
 
@@ -101,6 +102,9 @@ class Status:
 # Most specific first: the first class an exception is an instance of decides.
 _TABLE: tuple[tuple[type[BaseException], int, grpc.StatusCode, str], ...] = (
     (InvalidInput, 400, grpc.StatusCode.INVALID_ARGUMENT, "invalid"),
+    # The client library's refusal of a request: the gateway's own checks come first today; one
+    # they missed was a 503, which callers retry (a review).
+    (InvalidRequest, 400, grpc.StatusCode.INVALID_ARGUMENT, "invalid"),
     (ClientClosed, 499, grpc.StatusCode.CANCELLED, "client_closed"),
     (BodyTooSlow, 408, grpc.StatusCode.DEADLINE_EXCEEDED, "body_too_slow"),
     (UnreadableFraming, 400, grpc.StatusCode.INVALID_ARGUMENT, "bad_request"),

@@ -26,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.requests import ClientDisconnect
 
+from services.client.client import InvalidRequest
 from services.control.schedule import Schedule
 from services.control.topic import ScheduleBook
 from services.core.errors import BrokerUnavailable, ConfigError
@@ -520,6 +521,7 @@ def test_json_binary_and_unlabelled_bodies_are_read(content_type: str | None) ->
     ("error", "http", "code"),
     [
         (InvalidInput("x"), 400, grpc.StatusCode.INVALID_ARGUMENT),
+        (InvalidRequest("x"), 400, grpc.StatusCode.INVALID_ARGUMENT),  # the client's; a 503 to retry (a review)
         (NotFound("x"), 404, grpc.StatusCode.NOT_FOUND),
         (Unauthenticated("x"), 401, grpc.StatusCode.UNAUTHENTICATED),
         (RateLimited("x"), 429, grpc.StatusCode.RESOURCE_EXHAUSTED),
