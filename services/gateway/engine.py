@@ -28,6 +28,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from services.client.client import Answer, Client, ReplyPartitionLost
+from services.core.errors import RendezvousError
 from services.core.health import BrokerHealth
 from services.core.metrics import child
 from services.core.redaction import mask
@@ -220,7 +221,11 @@ class Gateway:
     async def _start_tap(self) -> None:
         """The comparison log's reader, started by the first call to one model."""
         if not self.tap.started:
-            await asyncio.to_thread(self.tap.start)
+            try:
+                await asyncio.to_thread(self.tap.start)
+            except RendezvousError as exc:  # the log's offsets unread: nothing of the call was sent (a review)
+                exc.nothing_sent = True  # type: ignore[attr-defined]
+                raise
             if self.draining:  # the stop came while the log reader started: send nothing now
                 raise TurnedAway("this gateway is shutting down; retry (another replica will answer)")
 

@@ -1623,6 +1623,27 @@ def test_a_row_whose_reply_partition_moved_while_the_gateway_drains_is_not_sent_
     assert len(sent) == 1
 
 
+def test_a_call_to_one_model_whose_log_reader_cannot_start_gets_its_token_back() -> None:
+    """Nothing of it was sent (the comparison log's offsets unread): the call's token was kept,
+    and a key retrying earned 429s (a review)."""
+    from services.core.errors import BrokerError
+    from services.gateway.catalog import MODEL, Target
+    from services.gateway.oip import InferCall, Tensor
+
+    gateway = _gateway_answering_ok(GatewaySettings(rate_limit=0.001, rate_burst=1), Schedule(models=("champion",)), [])
+    target = Target("champion", MODEL, "1", ("1",), None, Schedule(models=("champion",)))
+    gateway.catalog.resolve = lambda *_: target
+
+    def unreadable() -> None:
+        raise BrokerError("the offsets of rdv.log could not be read")
+
+    gateway.tap.start = unreadable
+    call = InferCall("", (Tensor("x", "FP64", (1,), [1.0]),), (), {})
+    for _ in range(3):  # a burst of one, given back each time
+        with pytest.raises(BrokerError, match="could not be read"), gateway.spending("anonymous"):
+            asyncio.run(gateway.infer("champion", "", call, "anonymous"))
+
+
 def test_a_row_still_waiting_when_its_call_failed_is_not_sent_again() -> None:
     """gather left the other rows' waits running once one row failed the call: a reply partition
     moving after the call's end sent a row again that no one waited for, its waiter never
