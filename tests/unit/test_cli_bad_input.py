@@ -272,6 +272,18 @@ def test_gateway_files_that_would_let_everyone_in_or_fail_after_kafka_are_refuse
         from_namespace(GatewaySettings, None, tls_cert=str(pem), tls_key=str(pem))
 
 
+def test_a_keys_file_other_users_can_write_is_refused(tmp_path: Path) -> None:
+    """Re-read every few seconds, it let any user who could write it add a key of their own (a review)."""
+    keys = tmp_path / "api.keys"
+    keys.write_text("ops:" + "ab" * 32 + "\n")
+    keys.chmod(0o644)  # readable by others (a Kubernetes Secret's default): fine
+    assert from_namespace(GatewaySettings, None, api_keys_file=str(keys))
+    keys.chmod(0o666)
+    said = f"--api-keys-file {keys} is writable by other users (mode 0666): anyone who can write it can let"
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        from_namespace(GatewaySettings, None, api_keys_file=str(keys))
+
+
 def test_a_tls_key_encrypted_with_a_passphrase_is_refused_without_asking_for_it(tmp_path: Path) -> None:
     """OpenSSL asked for the passphrase on the terminal (a service would wait there), then said
     the file was no PEM certificate."""
