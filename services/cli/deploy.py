@@ -240,8 +240,10 @@ _FLAGS = {"bootstrap": "--bootstrap", "topic_prefix": "--topic-prefix", "topics"
 
 
 def _write_state(name: str, state: dict[str, Any]) -> None:
-    """Written whole or not at all (a crash mid-write left a file every later command failed on)."""
-    write_whole(_state_file(name), json.dumps(state))
+    """Written whole or not at all (a crash mid-write left a file every later command failed on),
+    readable by its owner alone: it holds an unsalted digest of the Kafka settings, a password's
+    among them, which another local user could guess offline (a review)."""
+    write_whole(_state_file(name), json.dumps(state), mode=0o600)
 
 
 def running_pids(name: str) -> list[int]:

@@ -449,6 +449,19 @@ def test_a_trusted_model_file_stays_trusted_only_while_its_bytes_are_those_trust
     assert deploy.as_deployed(DeploySettings(replicas=2, trust_model_file=True), state).trust_model_file  # asked
 
 
+def test_a_deployments_state_file_is_readable_by_its_owner_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It holds an unsalted digest of the Kafka settings, a SASL password's among them: written
+    0644, another local user could guess the password offline (a review)."""
+    from services.cli import deploy
+
+    monkeypatch.setattr(deploy, "_state_file", lambda name: tmp_path / f"{name}.json")
+    deploy._record("chal", DeploySettings(model="demo:challenger", kafka_config=("sasl.password=S3CRET",)), {})
+    assert (tmp_path / "chal.json").stat().st_mode & 0o777 == 0o600
+    assert "S3CRET" not in (tmp_path / "chal.json").read_text()
+
+
 def test_a_rescale_repeating_the_relative_model_path_it_was_deployed_with_is_accepted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
