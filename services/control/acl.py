@@ -161,6 +161,12 @@ def layout(topics: Topics, prefix: str, principals: Principals = Principals()) -
         raise ConfigError(f"the ACL layout needs a --topic-prefix ending in '.', '-' or '_' (got {prefix!r}): "
                           "the admin role's prefixed grants would cover every topic and group whose name begins "
                           f"{prefix!r}, other applications' too")
+    if SCRATCH_GROUP_PREFIX.startswith(prefix):
+        # The admin's ALL on groups under the prefix would cover every deployment's scratch groups,
+        # which its READ below was chosen not to (a review: 'rdv-' let it delete them).
+        raise ConfigError(f"topic prefix {prefix!r} begins the scratch groups' names ({SCRATCH_GROUP_PREFIX}*), "
+                          "which every deployment's services join for one-off reads: the admin role's grants "
+                          "under it would cover other deployments' too; choose another")
     overlapping = [f"{prefix}{group}" for group in GROUPS if f"{prefix}{group}".startswith(SCRATCH_GROUP_PREFIX)]
     if overlapping:
         raise ConfigError(f"topic prefix {prefix!r} names groups ({', '.join(overlapping)}) under "

@@ -77,6 +77,11 @@ def test_the_one_off_readers_groups_never_cover_a_deployments_own() -> None:
     assert not allows(grants, P.admin, "group", "rdv-scratch-range-0f1e", "DELETE")
     with pytest.raises(ConfigError, match="under rdv-scratch-"):
         layout(Topics.from_prefix("rdv-scratch-x."), "rdv-scratch-x.", P)
+    # The other way round: a prefix the scratch groups' names begin with gave its admin ALL on them (a review).
+    for prefix in ("rdv-", "rdv-scratch-"):
+        with pytest.raises(ConfigError, match=f"topic prefix '{prefix}' begins the scratch groups' names"):
+            layout(Topics.from_prefix(prefix), prefix, P)
+    layout(Topics.from_prefix("rdv."), "rdv.", P)  # the default: its groups are rdv.*, apart
 
 
 def test_grants_are_unique_and_become_acl_bindings() -> None:
