@@ -90,7 +90,10 @@ OTHER = FOLDED_NAMES
 MAX_WAITING_REPLIES = 16
 LIVE_CACHE_MS = 100  # how stale the set of live models may be (it decides only what a log record waits for)
 # How far before its request's append time a score may be appended and still be its: the requests
-# and scores partitions' leaders may be brokers whose clocks differ (LogAppendTime on both).
+# and scores partitions' leaders may be brokers whose clocks differ (LogAppendTime on both). Held
+# to every score, whichever is read first: brokers' clocks further apart than this drop every score
+# (said in the log once a minute), and a wider margin would join a late score of an earlier
+# request under the id to a new one appended within it.
 STALE_SCORE_MS = 1_000
 
 Reply = tuple[str, int | None]
@@ -218,6 +221,7 @@ class Join:
         self.metrics = BatchedMetrics()
         self._past_due_said = OncePerPeriod[str](60.0)
         self._silent_said = OncePerPeriod[str](60.0)  # one key: a forger may choose names at will
+        self._stale_said = OncePerPeriod[str](60.0)
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -483,6 +487,7 @@ class Join:
             # an earlier request under the id (or a guessed one) answered OK where the other order
             # of the same records answered FALLBACK (a review).
             self.metrics.inc(child(m.LATE_SCORES, model_label, "true"))
+            self._say_stale(score.request_id, mailbox.request_at - score.log_time)
             self._advance(mailbox, clock)
             return None if mailbox.closed else mailbox
         value, error = score.score, score.error
@@ -678,7 +683,18 @@ class Join:
         with other inputs (a review). The margin allows for brokers' clocks apart."""
         stale = [model for model, arrival in mailbox.arrivals.items() if arrival.at < request_at - STALE_SCORE_MS]
         for model in stale:
-            self._count_late(mailbox.arrivals.pop(model))
+            arrival = mailbox.arrivals.pop(model)
+            self._count_late(arrival)
+            self._say_stale(mailbox.request_id, request_at - arrival.at)
+
+    def _say_stale(self, rid: str, before_ms: int) -> None:
+        """Once a minute: a score dropped for being appended before its request (a forged or reused
+        id, or brokers' clocks far apart: then every score would be, and this says why)."""
+        said = self._stale_said.passes("stale")
+        if said is not None:
+            log.warning("a score of request %r was appended %d ms before the request and is not its (an earlier "
+                        "request's under the id, or the brokers' clocks more than %d ms apart?)%s", rid[:80],
+                        before_ms, STALE_SCORE_MS, said.repeated())
 
     def _count_late(self, arrival: Arrival) -> None:
         """A score taken for a late one, after the comparison record (dropped, not joined)."""
