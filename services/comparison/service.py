@@ -410,9 +410,12 @@ class ComparisonService(SimpleHandler, Probed):
         if not self._labels.full:
             return
         outputs = self.window.outputs_by_model()
-        # Never the champion's, nor a reserved name's: silent for a window (an outage), it gave its
-        # place back, its missed count went to 0 and later misses were dropped (a review).
-        idle = set(self._labels.admitted - outputs.keys() - self._labels.reserved - {self.champion.current})
+        # Never the champion's, nor a name given by flag: silent for a window (an outage), it gave
+        # its place back, its missed count went to 0 and later misses were dropped (a review).
+        # Champions of earlier schedules may: all of them kept, names changing at each promotion
+        # filled the budget for good (a review of that mend).
+        kept = {self.champion.current, self.settings.champion, self.settings.canary}
+        idle = set(self._labels.admitted - outputs.keys() - kept)
         if not idle and self._labels.wanted:
             idle = self._sparse_names(outputs)
         if not idle:

@@ -534,6 +534,21 @@ def test_a_champion_silent_for_a_whole_window_keeps_its_place_when_the_label_bud
     assert sample("rdv_cmp_deadline_total", model="champion", outcome="missed") - before == 50
 
 
+def test_a_champion_of_an_earlier_schedule_gives_its_place_back_once_silent_for_a_window() -> None:
+    """Every champion the schedules named was kept its place for good: with names changing at each
+    promotion, the budget filled with retired ones and every new challenger was '_other' (a review)."""
+    svc = service(max_models=3)
+    svc._labels.reserve("retired")  # the preferred model of an earlier schedule version
+    at = read_on(svc, [record(BASE_MS + i, [output("retired"), output("champion"), output("challenger")])
+                       for i in range(10)], 0)
+    later = [record(BASE_MS + 70_000 + i, [output("champion"), output("challenger"), output("newcomer")])
+             for i in range(40)]
+    at = read_on(svc, later[:20], at)  # a window (60 s) later: the newcomer waits for a place
+    svc.export()
+    read_on(svc, later[20:], at)
+    assert {"champion", "challenger", "newcomer"} == svc._labels.admitted
+
+
 @pytest.mark.parametrize("path", ["record", "batch"])
 def test_ks_and_psi_against_the_champion_compare_the_requests_both_scored(path: str) -> None:
     """A model deployed halfway through drifting traffic, scoring each request as the champion did:
