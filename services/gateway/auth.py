@@ -130,10 +130,11 @@ def _read_keys_file(file: str) -> str:
         mode = Path(file).stat().st_mode
         if not stat.S_ISREG(mode):  # a FIFO would hold the reading thread for good
             raise ConfigError(f"--api-keys-file {file} is not a regular file")
-        if mode & (stat.S_IWGRP | stat.S_IWOTH):
-            # Re-read every few seconds: another user who can write it adds a key of their own (a review).
-            raise ConfigError(f"--api-keys-file {file} is writable by other users (mode {stat.S_IMODE(mode):04o}): "
-                              f"anyone who can write it can let themselves in; chmod go-w {file}")
+        if mode & stat.S_IWOTH:
+            # Re-read every few seconds: any user who can write it adds a key of their own (a review).
+            # Its group may (umask 002, a volume's fsGroup): a deliberate share.
+            raise ConfigError(f"--api-keys-file {file} is writable by every user (mode {stat.S_IMODE(mode):04o}): "
+                              f"anyone can let themselves in; chmod o-w {file}")
         return Path(file).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read --api-keys-file {file}: {exc.strerror}") from None

@@ -272,14 +272,15 @@ def test_gateway_files_that_would_let_everyone_in_or_fail_after_kafka_are_refuse
         from_namespace(GatewaySettings, None, tls_cert=str(pem), tls_key=str(pem))
 
 
-def test_a_keys_file_other_users_can_write_is_refused(tmp_path: Path) -> None:
+def test_a_keys_file_every_user_can_write_is_refused(tmp_path: Path) -> None:
     """Re-read every few seconds, it let any user who could write it add a key of their own (a review)."""
     keys = tmp_path / "api.keys"
     keys.write_text("ops:" + "ab" * 32 + "\n")
-    keys.chmod(0o644)  # readable by others (a Kubernetes Secret's default): fine
-    assert from_namespace(GatewaySettings, None, api_keys_file=str(keys))
+    for fine in (0o644, 0o664):  # readable by others (a Kubernetes Secret's default), writable by its group
+        keys.chmod(fine)
+        assert from_namespace(GatewaySettings, None, api_keys_file=str(keys))
     keys.chmod(0o666)
-    said = f"--api-keys-file {keys} is writable by other users (mode 0666): anyone who can write it can let"
+    said = f"--api-keys-file {keys} is writable by every user (mode 0666): anyone can let themselves in; chmod o-w"
     with pytest.raises(ConfigError, match=re.escape(said)):
         from_namespace(GatewaySettings, None, api_keys_file=str(keys))
 
