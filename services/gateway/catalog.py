@@ -128,8 +128,11 @@ class Catalog:
             return cached[2]
         # Only the version in force may be asked for (OIP's `versions`: those a call may name).
         union, held = self._union(schedule.models), self._contract(schedule.models[0])
+        # What a call may send is what it lists: a preferred model refusing other features, its
+        # own (the union listed led clients to build calls it refused; a review).
+        listed = held.features if held is not None and not held.ignores_extra else union
         target = Target(schedule.name, SCHEDULE, str(schedule.version), (str(schedule.version),),
-                        union, schedule, held, _accepted(held, union))
+                        listed, schedule, held, _accepted(held, union))
         self._cached = (schedule, now, target)
         return target
 

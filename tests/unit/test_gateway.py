@@ -693,7 +693,7 @@ def test_a_target_built_without_a_models_contract_asks_for_it_to_be_read_soon() 
     feature went to every model, 502 'every model failed', instead of 400 (a review)."""
     published = Published({"champion": ("1", [FeatureSpec("a", True)])})
     catalog = Catalog(Versions(V1), published, enforce=True)
-    assert catalog.resolve("default").features is None and published.wanted == 1  # the challenger's is unknown
+    assert catalog.resolve("default").accepts == {"a"} and published.wanted == 1  # the challenger's is unknown
     assert catalog.resolve("champion").features is not None and published.wanted == 1
     published.specs["challenger"] = ("1", [FeatureSpec("a")])
     catalog.resolve("challenger")
@@ -758,7 +758,7 @@ def test_a_schedule_requires_every_feature_its_preferred_model_requires() -> Non
                            "challenger": ("2", [FeatureSpec("b", True), FeatureSpec("d", True)])})
     catalog = Catalog(Versions(V1), published, enforce=True)
     target = catalog.resolve("default")
-    assert [f.name for f in target.features or ()] == ["a", "b", "c", "d"]
+    assert [f.name for f in target.features or ()] == ["a", "b", "c"]  # what it may send: the champion's
     assert [(f.name, f.required) for f in target.held_to.features] == [("a", True), ("b", True), ("c", False)]
     catalog.check_features(target, ["a", "b"])
     with pytest.raises(InvalidInput, match=r"missing required feature\(s\) 'b' for 'default'"):
@@ -777,6 +777,11 @@ def test_a_schedule_refuses_a_feature_its_preferred_model_refuses() -> None:
             "read); it reads: a")):
         catalog.check_features(catalog.resolve("default"), ["a", "d"])
     catalog.check_features(catalog.resolve("challenger"), ["a", "d"])
+    # Its metadata lists what a call may send: the champion's (all of them listed, a call built
+    # from them was refused; a review), every model's where the champion ignores others.
+    assert [i["name"] for i in catalog.metadata(catalog.resolve("default"))["inputs"]] == ["a"]
+    ignoring = Catalog(Versions(V1), Published(published.specs, ignoring_extra=("champion",)), enforce=True)
+    assert [i["name"] for i in ignoring.metadata(ignoring.resolve("default"))["inputs"]] == ["a", "d"]
 
 
 def test_a_value_outside_a_declared_range_is_a_400_for_the_model_and_for_a_schedule_it_leads() -> None:
@@ -807,7 +812,7 @@ def test_a_schedule_holds_rows_to_its_preferred_models_contract_while_another_mo
     published = Published({"champion": ("1", [FeatureSpec("a", True, maximum=10.0), FeatureSpec("b")])})
     catalog = Catalog(Versions(V1), published, enforce=True)  # the challenger's contract: unpublished
     schedule = catalog.resolve("default")
-    assert schedule.features is None
+    assert [f.name for f in schedule.features or ()] == ["a", "b"]  # listed: what the champion reads
     with pytest.raises(InvalidInput, match=re.escape("'a' row 0: 1000000.0 is above its maximum 10.0 for 'default'")):
         catalog.check_ranges(schedule, [{"a": 1e6}])
     with pytest.raises(InvalidInput, match=r"missing required feature\(s\) 'a' for 'default'"):
