@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaException
@@ -51,10 +51,10 @@ class Contract:
 
     features: tuple[FeatureSpec, ...]
     ignores_extra: bool = False  # extra="ignore": a feature outside the list is scored past, not refused
+    names: frozenset[str] = field(init=False)  # built once: read by every call's check
 
-    @property
-    def names(self) -> frozenset[str]:
-        return frozenset(f.name for f in self.features)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", frozenset(f.name for f in self.features))
 
 
 class Signatures(Protocol):
