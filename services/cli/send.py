@@ -9,12 +9,13 @@ import math
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from services.client.client import AnswerTimeout, Client, InvalidRequest, checked_features
+from services.client.client import Answer, AnswerTimeout, Client, InvalidRequest, checked_features
 from services.core.errors import ConfigError, RendezvousError
 from services.core.numbers import ascii_float
 from services.core.settings import KafkaSettings, not_a_readable_file, setting
@@ -199,6 +200,7 @@ def send(settings: SendSettings) -> int:
         sys.stderr.write(warning + "\n")
     statuses: dict[str, int] = {}
     missing = unsent = 0
+    why_unsent = "the client could send no more"
     failed: list[RendezvousError] = []
     client = Client(settings.librdkafka(), settings.topics(), budget_ms=settings.budget_ms,
                     answer_wait_s=settings.wait_s)
@@ -208,10 +210,13 @@ def send(settings: SendSettings) -> int:
         return max(0.0, until - time.monotonic())
 
     try:
-        futures = []
+        futures: list[Future[Answer]] = []
         for row in rows:
+            if not left():  # each submit waits for room in a full local queue: rows x --wait-s (a review)
+                unsent, why_unsent = len(rows) - len(futures) - len(failed), f"--wait-s ({settings.wait_s:g} s) ran out"
+                break
             try:
-                futures.append(client.submit(row))
+                futures.append(client.submit(row, give_up_at=until))  # not --wait-s again for the last row
             except RendezvousError as err:
                 failed.append(err)  # this row refused (too large for the producer, ...): the others go on
                 if client.stopped is not None:  # the client can send no more (its reader stopped)
@@ -236,14 +241,15 @@ def send(settings: SendSettings) -> int:
         undelivered = client.close(left())
     summary = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
     sys.stderr.write(f"{sum(statuses.values())} answers: {summary or 'none'}\n")
-    problem = _what_went_wrong(len(rows), failed, unsent, (missing, undelivered), settings)
+    problem = _what_went_wrong(len(rows), failed, (unsent, why_unsent), (missing, undelivered), settings)
     if problem is not None:
         raise problem
     return 0
 
 
 def _what_went_wrong(
-    total: int, failed: list[RendezvousError], unsent: int, missing: tuple[int, int], settings: SendSettings,
+    total: int, failed: list[RendezvousError], unsent_why: tuple[int, str], missing: tuple[int, int],
+    settings: SendSettings,
 ) -> RendezvousError | None:
     """One error saying every kind of request that got no answer (refused or failed, never sent,
     unanswered), of the first kind's type. Failures were all said to be "not sent", though an
@@ -251,8 +257,9 @@ def _what_went_wrong(
     parts = []
     if failed:
         parts.append(f"{len(failed)} of {total} requests failed: {failed[0]}")
+    unsent, why_unsent = unsent_why
     if unsent:
-        parts.append(f"{unsent} of {total} requests were not sent: the client could send no more")
+        parts.append(f"{unsent} of {total} requests were not sent: {why_unsent}")
     unanswered, undelivered = missing
     if unanswered:
         topic = settings.topics().requests

@@ -465,11 +465,14 @@ class Client:
         payload: tuple[str, bytes] | None = None,
         metadata: Mapping[str, str] | None = None,
         created_at: int | None = None,
+        give_up_at: float | None = None,
     ) -> Future[Answer]:
         """Send one request; the Future resolves to its Answer. With librdkafka's local queue full
-        (the broker away), it waits for room up to answer_wait_s (unless made with wait_when_full=False),
-        then raises KafkaOperationError."""
-        return self._submit(features, time.monotonic() + self.answer_wait_s, budget_ms=budget_ms,
+        (the broker away), it waits for room up to answer_wait_s, or until `give_up_at` (a
+        time.monotonic() time) when given (unless made with wait_when_full=False), then raises
+        KafkaOperationError."""
+        until = time.monotonic() + self.answer_wait_s if give_up_at is None else give_up_at
+        return self._submit(features, until, budget_ms=budget_ms,
                             request_id=request_id, payload=payload, metadata=metadata, created_at=created_at,
                             expires=self._expire_waiters)
 

@@ -91,6 +91,11 @@ def test_topics_create_then_send_prints_answers(
                             "--wait-s", "2")
     assert_one_line_error(unanswered, "3 of 3 requests got no answer within 2s")
     assert unanswered.stdout == "" and "0 answers: none" in unanswered.stderr
+    # A local queue that stays full (a broker away, or, here, one request held 10 s for a batch):
+    # each request waited --wait-s for room, 5 rows for 8 s; --wait-s bounds them all (a review).
+    held = rendezvous("send", "--bootstrap", bootstrap, "--topic-prefix", idle, "--demo-rows", "5", "--wait-s", "2",
+                      "--kafka-config", "queue.buffering.max.messages=1", "--kafka-config", "linger.ms=10000")
+    assert_one_line_error(held, "of 5 requests were not sent: --wait-s (2 s) ran out")
 
 
 def test_topics_create_keeps_an_operators_retention_and_restores_what_the_deployment_relies_on(
