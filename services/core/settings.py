@@ -184,6 +184,16 @@ def check_bootstrap(bootstrap: str) -> None:
                               f"got {entry.strip()!r}")
 
 
+def check_bootstrap_protocol(bootstrap: str, protocol: str) -> None:
+    """A bootstrap entry's scheme must be the client's security.protocol: librdkafka skips one that
+    is not ("does not match security.protocol"), and the wait ended "no broker answered" (a review)."""
+    for entry in bootstrap.split(","):
+        scheme, _, _address = entry.strip().rpartition("://")
+        if scheme and scheme.upper() != protocol.strip().upper():
+            raise ConfigError(f"--bootstrap {bootstrap!r}: {scheme}:// is not the security.protocol the client uses "
+                              f"({protocol}): set --kafka-config security.protocol={scheme.upper()}, or give host:port")
+
+
 WIRE_FORMATS = ("single-object", "registry")
 
 
@@ -507,7 +517,7 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
         if isinstance(settings, KafkaSettings):
             check_bootstrap(settings.bootstrap)
             check_wire_format(settings.wire_format, settings.schema_registry)
-            settings.librdkafka()
+            check_bootstrap_protocol(settings.bootstrap, settings.librdkafka().get("security.protocol", "plaintext"))
             settings.topics()
         validate = getattr(settings, "validate", None)
         if callable(validate):

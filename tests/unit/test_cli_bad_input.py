@@ -59,6 +59,9 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens there
     # librdkafka skipped the entry without a word: no broker answered, 15 s later (a review).
     (RendezvousSettings, {"bootstrap": "http://127.0.0.1:9092"}, "http:// is no Kafka security protocol"),
     (RendezvousSettings, {"bootstrap": "a:9092,kafka://b:9092"}, "kafka:// is no Kafka security protocol"),
+    # librdkafka skipped the entry: "does not match security.protocol" (a review of the check above).
+    (RendezvousSettings, {"bootstrap": "SSL://b:9093"}, "SSL:// is not the security.protocol the client uses "
+                                                        "(plaintext): set --kafka-config security.protocol=SSL"),
     # Taken for a host name, the password shown in the start-up line and "no broker answered at" (a probe).
     (RendezvousSettings, {"bootstrap": "user:S3CRET@127.0.0.1:1"}, "--bootstrap (value not shown) has a user"),
     (RendezvousSettings, {"bootstrap": "SASL_SSL://user:S3CRET@b:9093"}, "credentials as --kafka-config sasl."),
@@ -174,9 +177,11 @@ def test_a_bad_value_is_refused_with_its_reason(cls: type, values: dict[str, str
 
 
 def test_a_bootstrap_entry_may_name_its_security_protocol_in_any_case() -> None:
-    from services.core.settings import check_bootstrap
+    from services.core.settings import check_bootstrap, check_bootstrap_protocol
 
     check_bootstrap("PLAINTEXT://a:9092,sasl_ssl://b:9093,Ssl://[::1]:9094,SASL_PLAINTEXT://c")
+    check_bootstrap_protocol("sasl_ssl://b:9093,SASL_SSL://c:9093,d:9093", "SASL_SSL")
+    check_bootstrap_protocol("PLAINTEXT://a:9092", "plaintext")
 
 
 def test_a_commit_interval_is_held_below_the_transaction_timeout_only_where_there_are_transactions() -> None:
