@@ -233,6 +233,11 @@ class LabelBudget:
             self._reserved.add(name)
             self._models.add(name)
 
+    def unreserve(self, name: str) -> None:
+        """`name` keeps its place only as any name does (a champion the schedule no longer names):
+        every one kept reserved, names changing at each promotion filled the budget for good (a review)."""
+        self._reserved.discard(name)
+
     @staticmethod
     def _fits(name: str) -> bool:
         """Whether `name` may be a label value of its own."""

@@ -88,6 +88,7 @@ class ComparisonService(SimpleHandler, Probed):
         self._schedules: ScheduleFollower | None = None  # followed from `run`, unless --champion
         self._start_empty()
         self._labels = m.LabelBudget(settings.max_models, (settings.champion, settings.canary))
+        self._reserved_champion: str | None = None  # the schedule's champion reserved a place (`_preferred`)
         self._touched: set[tuple[str, str]] = set()
         self._last_output: dict[tuple[str, str], float] = {}  # series labels -> when last counted (monotonic)
         self._counted_to: dict[int, int] = {}  # partition -> the offset its counters counted up to, when re-read
@@ -147,7 +148,11 @@ class ComparisonService(SimpleHandler, Probed):
         if schedule is None:
             return None
         champion = schedule.models[0]
-        self._labels.reserve(champion)
+        if champion != self._reserved_champion:
+            if self._reserved_champion not in (None, self.settings.champion, self.settings.canary):
+                self._labels.unreserve(self._reserved_champion)  # retired: gives its place back when idle
+            self._labels.reserve(champion)
+            self._reserved_champion = champion
         return champion
 
     def start(self, ctx: Context) -> None:
@@ -410,12 +415,10 @@ class ComparisonService(SimpleHandler, Probed):
         if not self._labels.full:
             return
         outputs = self.window.outputs_by_model()
-        # Never the champion's, nor a name given by flag: silent for a window (an outage), it gave
-        # its place back, its missed count went to 0 and later misses were dropped (a review).
-        # Champions of earlier schedules may: all of them kept, names changing at each promotion
-        # filled the budget for good (a review of that mend).
-        kept = {self.champion.current, self.settings.champion, self.settings.canary}
-        idle = set(self._labels.admitted - outputs.keys() - kept)
+        # Never the champion's, nor a reserved name's (given by flag, or the schedule's champion):
+        # silent for a window (an outage), it gave its place back, its missed count went to 0 and
+        # later misses were dropped (a review). Champions of earlier schedules are reserved no more.
+        idle = set(self._labels.admitted - outputs.keys() - self._labels.reserved - {self.champion.current})
         if not idle and self._labels.wanted:
             idle = self._sparse_names(outputs)
         if not idle:
