@@ -49,7 +49,7 @@ class Target:
     kind: str  # SCHEDULE or MODEL
     version: str
     versions: tuple[str, ...]
-    features: tuple[FeatureSpec, ...] | None  # every feature its models read; None: a contract is unknown
+    features: tuple[FeatureSpec, ...] | None  # what it lists (a call may send them); None: a contract unknown
     schedule: Schedule
     # The contract a call's rows are held to (its features, required ones, ranges and policy for
     # others): the model's own, or a schedule's preferred model's, known even while another
