@@ -158,9 +158,12 @@ _PORT = re.compile(r"[0-9]{1,5}")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 
 
-def check_bootstrap(bootstrap: str) -> None:
+def check_bootstrap(bootstrap: str, protocol: str | None = None) -> None:
     """--bootstrap as librdkafka reads it: host[:port] entries, comma-separated (a typo such as an
-    empty entry or a trailing ':' was waited on for --connect-timeout-s, then blamed on no broker)."""
+    empty entry or a trailing ':' was waited on for --connect-timeout-s, then blamed on no broker).
+    An entry's scheme, if any, must be `protocol` (the client's security.protocol, when given):
+    librdkafka skips one that is not ("does not match security.protocol"), and the wait ended "no
+    broker answered" (a review)."""
     if not bootstrap:
         return  # the local broker
     if "@" in bootstrap:
@@ -174,6 +177,9 @@ def check_bootstrap(bootstrap: str) -> None:
             # librdkafka skips such an entry without a word, and the wait ended "no broker answered".
             raise ConfigError(f"--bootstrap {bootstrap!r}: {scheme}:// is no Kafka security protocol (one of "
                               f"{', '.join(SECURITY_PROTOCOLS)}, or none: host:port)")
+        if scheme and protocol is not None and scheme.upper() != protocol.strip().upper():
+            raise ConfigError(f"--bootstrap {bootstrap!r}: {scheme}:// is not the security.protocol the client uses "
+                              f"({protocol}): set --kafka-config security.protocol={scheme.upper()}, or give host:port")
         if ":" not in address or address.endswith("]"):  # a host alone ([::1] too), on the default port
             host, port = address, "9092"
         else:
@@ -182,16 +188,6 @@ def check_bootstrap(bootstrap: str) -> None:
         if not bare or not HOST.fullmatch(bare) or not _PORT.fullmatch(port) or not 0 < int(port) <= MAX_PORT:
             raise ConfigError(f"--bootstrap {bootstrap!r}: expected host:port entries separated by commas, "
                               f"got {entry.strip()!r}")
-
-
-def check_bootstrap_protocol(bootstrap: str, protocol: str) -> None:
-    """A bootstrap entry's scheme must be the client's security.protocol: librdkafka skips one that
-    is not ("does not match security.protocol"), and the wait ended "no broker answered" (a review)."""
-    for entry in bootstrap.split(","):
-        scheme, _, _address = entry.strip().rpartition("://")
-        if scheme and scheme.upper() != protocol.strip().upper():
-            raise ConfigError(f"--bootstrap {bootstrap!r}: {scheme}:// is not the security.protocol the client uses "
-                              f"({protocol}): set --kafka-config security.protocol={scheme.upper()}, or give host:port")
 
 
 WIRE_FORMATS = ("single-object", "registry")
@@ -515,9 +511,8 @@ def from_namespace(cls: type[T], args: argparse.Namespace | None = None, **overr
     object.__setattr__(settings, "_from_environment", frozenset(env_fields))
     try:
         if isinstance(settings, KafkaSettings):
-            check_bootstrap(settings.bootstrap)
             check_wire_format(settings.wire_format, settings.schema_registry)
-            check_bootstrap_protocol(settings.bootstrap, settings.librdkafka().get("security.protocol", "plaintext"))
+            check_bootstrap(settings.bootstrap, settings.librdkafka().get("security.protocol", "plaintext"))
             settings.topics()
         validate = getattr(settings, "validate", None)
         if callable(validate):

@@ -177,11 +177,11 @@ def test_a_bad_value_is_refused_with_its_reason(cls: type, values: dict[str, str
 
 
 def test_a_bootstrap_entry_may_name_its_security_protocol_in_any_case() -> None:
-    from services.core.settings import check_bootstrap, check_bootstrap_protocol
+    from services.core.settings import check_bootstrap
 
     check_bootstrap("PLAINTEXT://a:9092,sasl_ssl://b:9093,Ssl://[::1]:9094,SASL_PLAINTEXT://c")
-    check_bootstrap_protocol("sasl_ssl://b:9093,SASL_SSL://c:9093,d:9093", "SASL_SSL")
-    check_bootstrap_protocol("PLAINTEXT://a:9092", "plaintext")
+    check_bootstrap("sasl_ssl://b:9093,SASL_SSL://c:9093,d:9093", "SASL_SSL")
+    check_bootstrap("PLAINTEXT://a:9092", "plaintext")
 
 
 def test_a_commit_interval_is_held_below_the_transaction_timeout_only_where_there_are_transactions() -> None:
