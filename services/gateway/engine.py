@@ -44,6 +44,8 @@ from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
+SHUTTING_DOWN = "this gateway is shutting down; retry (another replica will answer)"
+
 R = TypeVar("R")
 
 # A call's data from this size up is turned into rows in a worker thread, and a REST body from
@@ -143,7 +145,7 @@ class Gateway:
         rows in flight as allowed): asked before a call's body is read and parsed too, which took
         a large call's memory (≈ 60 MB for 2 MB of JSON) only for it to be refused after."""
         if self.draining:
-            raise TurnedAway("this gateway is shutting down; retry (another replica will answer)")
+            raise TurnedAway(SHUTTING_DOWN)
         broken = self.broken()
         if broken:
             raise TurnedAway(f"this gateway {broken}; retry (another replica will answer)")
@@ -227,7 +229,7 @@ class Gateway:
                 exc.nothing_sent = True  # type: ignore[attr-defined]
                 raise
             if self.draining:  # the stop came while the log reader started: send nothing now
-                raise TurnedAway("this gateway is shutting down; retry (another replica will answer)")
+                raise TurnedAway(SHUTTING_DOWN)
 
     def _submitting(self, budget: int, metadata: dict[str, str]) -> Submit:
         """How a call's rows go, each as `submit(row, request_id=...)`: one `created_at` for them all
@@ -289,7 +291,7 @@ class Gateway:
             except ReplyPartitionLost as moved:
                 if self.draining:  # the drain has failed what waited: a row sent now no one fails (a review); sent
                     # once already, the call keeps its tokens (Unavailable, not TurnedAway)
-                    raise Unavailable("this gateway is shutting down; retry (another replica will answer)") from None
+                    raise Unavailable(SHUTTING_DOWN) from None
                 log.debug("%s: sending request %s again", moved, ids[row])  # the client said the move once
                 futures[row] = submit(rows[row], request_id=ids[row])
                 m.ROWS_SENT_AGAIN.inc()
