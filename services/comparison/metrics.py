@@ -184,6 +184,8 @@ class LabelBudget:
     def __init__(self, max_models: int, reserved: tuple[str, ...] = ()):
         self.max_models = max_models
         self._reserved = {name for name in reserved if self._reservable(name)}
+        self._told = frozenset(self._reserved)  # reserved for good: the names the service was told
+        self._champion: str | None = None  # the schedule's champion reserved last (`reserve_champion`)
         self._models: set[str] = set()
         self._versions: set[tuple[str, str]] = set()
         self._warned = False
@@ -233,10 +235,16 @@ class LabelBudget:
             self._reserved.add(name)
             self._models.add(name)
 
-    def unreserve(self, name: str) -> None:
-        """`name` keeps its place only as any name does (a champion the schedule no longer names):
-        every one kept reserved, names changing at each promotion filled the budget for good (a review)."""
-        self._reserved.discard(name)
+    def reserve_champion(self, name: str) -> None:
+        """Reserve the schedule's champion `name` in place of the one before, which keeps its place
+        only as any name does, unless it was told (--champion, --canary): every champion kept
+        reserved, names changing at each promotion filled the budget for good (a review)."""
+        if name == self._champion:
+            return
+        if self._champion is not None and self._champion not in self._told:
+            self._reserved.discard(self._champion)
+        self.reserve(name)
+        self._champion = name
 
     @staticmethod
     def _fits(name: str) -> bool:

@@ -88,7 +88,6 @@ class ComparisonService(SimpleHandler, Probed):
         self._schedules: ScheduleFollower | None = None  # followed from `run`, unless --champion
         self._start_empty()
         self._labels = m.LabelBudget(settings.max_models, (settings.champion, settings.canary))
-        self._reserved_champion: str | None = None  # the schedule's champion reserved a place (`_preferred`)
         self._touched: set[tuple[str, str]] = set()
         self._last_output: dict[tuple[str, str], float] = {}  # series labels -> when last counted (monotonic)
         self._counted_to: dict[int, int] = {}  # partition -> the offset its counters counted up to, when re-read
@@ -148,11 +147,7 @@ class ComparisonService(SimpleHandler, Probed):
         if schedule is None:
             return None
         champion = schedule.models[0]
-        if champion != self._reserved_champion:
-            if self._reserved_champion not in (None, self.settings.champion, self.settings.canary):
-                self._labels.unreserve(self._reserved_champion)  # retired: gives its place back when idle
-            self._labels.reserve(champion)
-            self._reserved_champion = champion
+        self._labels.reserve_champion(champion)
         return champion
 
     def start(self, ctx: Context) -> None:
