@@ -80,12 +80,11 @@ class Catalog:
         # Published contracts are the models' own: a feature none of them reads is refused (400).
         # A fallback list only describes; it refuses nothing.
         self.enforce = enforce
-        # The schedule's target, rebuilt when the schedule in force changes or after a second
-        # (published signatures may change): every call to the schedule resolves it.
-        self._cached: tuple[Schedule, float, Target] | None = None
-        # The features of every model of the schedule in force, rebuilt as the target is: a call to a
-        # model ignoring extra features built it each time (≈ 0.1 ms of the event loop; a review).
-        self._union_cached: tuple[Schedule, float, tuple[FeatureSpec, ...] | None] | None = None
+        # The schedule's target and the names every model of it reads, rebuilt when the schedule in
+        # force changes or after a second (published signatures may change): every call resolves
+        # them (a call to a model ignoring extra features built the names each time, ≈ 0.1 ms of the
+        # event loop; a review).
+        self._cached: _InForce | None = None
 
     @property
     def schedule_name(self) -> str:
@@ -126,18 +125,22 @@ class Catalog:
         if version and version != str(schedule.version):
             raise NotFound(f"schedule {schedule.name!r} version {version!r} is not in force (v{schedule.version} "
                            "is); leave the version out or ask for that one")
+        return self._in_force(schedule).target
+
+    def _in_force(self, schedule: Schedule) -> _InForce:
         cached, now = self._cached, time.monotonic()
-        if cached is not None and cached[0] is schedule and now - cached[1] < 1.0:
-            return cached[2]
-        # Only the version in force may be asked for (OIP's `versions`: those a call may name).
-        union, held = self._union_of(schedule), self._contract(schedule.models[0])
+        if cached is not None and cached.schedule is schedule and now - cached.at < 1.0:
+            return cached
+        union, held = self._union(schedule.models), self._contract(schedule.models[0])
+        names = None if union is None else frozenset(f.name for f in union)
         # What a call may send is what it lists: a preferred model refusing other features, its
-        # own (the union listed led clients to build calls it refused; a review).
+        # own (the union listed led clients to build calls it refused; a review). Only the version
+        # in force may be asked for (OIP's `versions`: those a call may name).
         listed = held.features if held is not None and not held.ignores_extra else union
         target = Target(schedule.name, SCHEDULE, str(schedule.version), (str(schedule.version),),
-                        listed, schedule, held, _accepted(held, union))
-        self._cached = (schedule, now, target)
-        return target
+                        listed, schedule, held, _accepted(held, names))
+        self._cached = _InForce(schedule, now, names, target)
+        return self._cached
 
     def _model_target(self, name: str, published: str, version: str) -> Target:
         if version and not published:  # no version to check it against: the call's would be echoed unchecked
@@ -146,7 +149,7 @@ class Catalog:
         if version and version != published:
             raise NotFound(f"model {name!r} serves version {published!r}, not {version!r}")
         schedule, held = self.schedule(), self._contract(name)
-        others = self._union_of(schedule) if held is not None and held.ignores_extra else None
+        others = self._in_force(schedule).names if held is not None and held.ignores_extra else None
         return Target(name, MODEL, published, (published,) if published else (),
                       None if held is None else held.features, schedule, held, _accepted(held, others))
 
@@ -155,15 +158,6 @@ class Catalog:
         if contract is None:
             self.signatures.want()
         return contract
-
-    def _union_of(self, schedule: Schedule) -> tuple[FeatureSpec, ...] | None:
-        """`_union` of the schedule's models, kept for a second (published contracts may change)."""
-        cached, now = self._union_cached, time.monotonic()
-        if cached is not None and cached[0] is schedule and now - cached[1] < 1.0:
-            return cached[2]
-        union = self._union(schedule.models)
-        self._union_cached = (schedule, now, union)
-        return union
 
     def _union(self, models: Iterable[str]) -> tuple[FeatureSpec, ...] | None:
         """Every feature any of the models reads, the preferred model's first (None: one is unknown).
@@ -231,11 +225,21 @@ class Catalog:
                 "inputs": inputs, "outputs": outputs}
 
 
-def _accepted(held: Contract | None, others: tuple[FeatureSpec, ...] | None) -> frozenset[str] | None:
+@dataclass(frozen=True, slots=True)
+class _InForce:
+    """What is built of the schedule in force, at `at` (time.monotonic())."""
+
+    schedule: Schedule
+    at: float
+    names: frozenset[str] | None  # every feature its models read (None: a contract is unknown)
+    target: Target
+
+
+def _accepted(held: Contract | None, others: frozenset[str] | None) -> frozenset[str] | None:
     """The features a call held to `held` may carry: its own; where it ignores others, every one
     the models of the schedule read as well (`others`; None: one of them is unknown, unchecked)."""
     if held is None:
         return None
     if not held.ignores_extra:
         return held.names
-    return None if others is None else held.names | {f.name for f in others}
+    return None if others is None else held.names | others

@@ -76,6 +76,7 @@ class FixedSignatures:
 
     def __init__(self, names: Sequence[str]):
         self._specs = [FeatureSpec(name) for name in names]
+        self._contract = Contract(tuple(self._specs)) if self._specs else None  # built once, asked per call
 
     def features(self, model: str) -> list[FeatureSpec] | None:
         return list(self._specs) if self._specs else None
@@ -87,7 +88,7 @@ class FixedSignatures:
         """Nothing to look for: the list is all there is."""
 
     def contract(self, model: str) -> Contract | None:
-        return Contract(tuple(self._specs)) if self._specs else None
+        return self._contract
 
 
 class PublishedSignatures:
