@@ -376,8 +376,6 @@ def test_a_cache_directory_that_cannot_be_made_is_one_error_line() -> None:
 
 def test_a_cache_directory_that_is_a_file_is_said_so(tmp_path: Path) -> None:
     """`broker status` showed a data directory under the file and "running": false (a review)."""
-    import os
-
     afile = tmp_path / "cache"
     afile.write_text("")
     done = subprocess.run([sys.executable, "-m", "services.cli.main", "broker", "status"], capture_output=True,

@@ -378,10 +378,12 @@ def service(**overrides: Any) -> ComparisonService:
     return ComparisonService(settings)
 
 
-def read(svc: ComparisonService, records: list[dict[str, Any]]) -> None:
-    """`records` as the service reads them: one batch of partition 0 of the log, from offset 0."""
-    svc.on_batch([Message(topic="rdv.log", partition=0, offset=i, value=codec("comparison").encode(rec))
+def read(svc: ComparisonService, records: list[dict[str, Any]], first: int = 0) -> int:
+    """`records` as the service reads them: one batch of partition 0 of the log, from offset
+    `first`; the next offset."""
+    svc.on_batch([Message(topic="rdv.log", partition=0, offset=first + i, value=codec("comparison").encode(rec))
                   for i, rec in enumerate(records)])
+    return first + len(records)
 
 
 def feed(svc: ComparisonService, records: Iterable[dict[str, Any]]) -> None:
@@ -497,13 +499,6 @@ def test_a_record_without_its_champions_output_is_a_miss_of_the_champions(path: 
     assert (met, missed) == (280, 80)
 
 
-def read_on(svc: ComparisonService, records: list[dict[str, Any]], first: int) -> int:
-    """`records` as the next batch of partition 0 of the log, from offset `first`; the next offset."""
-    svc.on_batch([Message(topic="rdv.log", partition=0, offset=first + i, value=codec("comparison").encode(rec))
-                  for i, rec in enumerate(records)])
-    return first + len(records)
-
-
 def fallback(created: int) -> dict[str, Any]:
     """A record of a champion outage: the champion sent nothing, the challenger answered."""
     return record(created, [output("challenger", 0.7, latency=30), output("other", 0.6)], status="FALLBACK",
@@ -516,7 +511,7 @@ def test_a_champion_given_by_flag_that_has_sent_nothing_since_a_restart_misses_i
     `rendezvous compare --champion X` counted them (a review)."""
     svc = service(champion="champion")
     before = sample("rdv_cmp_deadline_total", model="champion", outcome="missed")
-    read_on(svc, [fallback(BASE_MS + i) for i in range(50)], 0)
+    read(svc, [fallback(BASE_MS + i) for i in range(50)], 0)
     assert sample("rdv_cmp_deadline_total", model="champion", outcome="missed") - before == 50
 
 
@@ -525,11 +520,11 @@ def test_a_champion_silent_for_a_whole_window_keeps_its_place_when_the_label_bud
     champion's too. Its missed count went back to 0 and later misses were dropped (a review)."""
     svc = service(champion="champion", max_models=3)
     before = sample("rdv_cmp_deadline_total", model="champion", outcome="missed")
-    at = read_on(svc, [record(BASE_MS + i, [output("champion", 0.9), output("challenger", 0.7), output("other", 0.6)])
+    at = read(svc, [record(BASE_MS + i, [output("champion", 0.9), output("challenger", 0.7), output("other", 0.6)])
                        for i in range(10)], 0)
-    at = read_on(svc, [fallback(BASE_MS + 70_000 + i) for i in range(20)], at)  # a window (60 s) later
+    at = read(svc, [fallback(BASE_MS + 70_000 + i) for i in range(20)], at)  # a window (60 s) later
     svc.export()
-    read_on(svc, [fallback(BASE_MS + 70_100 + i) for i in range(30)], at)
+    read(svc, [fallback(BASE_MS + 70_100 + i) for i in range(30)], at)
     assert "champion" in svc._labels.labelled
     assert sample("rdv_cmp_deadline_total", model="champion", outcome="missed") - before == 50
 
@@ -545,14 +540,14 @@ def test_a_champion_of_an_earlier_schedule_gives_its_place_back_as_any_name(reti
     svc = service(max_models=3)
     in_force = [Schedule(models=("retired", "champion"))]
     svc._schedules = SimpleNamespace(in_force=lambda: in_force[0])  # type: ignore[assignment]
-    at = read_on(svc, [record(BASE_MS + i, [output("retired"), output("champion"), output("challenger")],
+    at = read(svc, [record(BASE_MS + i, [output("retired"), output("champion"), output("challenger")],
                               chosen="retired") for i in range(10)], 0)
     in_force[0] = Schedule(models=("champion", "challenger"), version=2)  # promoted
     later = [record(BASE_MS + 70_000 + i, [output("champion"), output("challenger"), output("newcomer"),
                                            *[output("retired")] * (i < retired_outputs)]) for i in range(400)]
-    at = read_on(svc, later[:200], at)  # a window (60 s) later: the newcomer waits for a place
+    at = read(svc, later[:200], at)  # a window (60 s) later: the newcomer waits for a place
     svc.export()
-    read_on(svc, later[200:], at)
+    read(svc, later[200:], at)
     assert {"champion", "challenger", "newcomer"} == svc._labels.admitted
     assert "retired" not in svc._labels.reserved
 
@@ -1009,8 +1004,6 @@ def test_records_read_again_after_a_rewind_or_a_loss_are_counted_once(how: str) 
 def test_a_bad_record_read_again_after_a_rewind_is_dead_lettered_again_and_counted_once() -> None:
     """Its letter may have been lost with the position, so it is sent again; the decode-error
     counter counted it again too (a review)."""
-    from services.core.codec import codec
-
     svc = service()
     letters: list[int] = []
     svc._dead = SimpleNamespace(send=lambda msg, err: letters.append(msg.offset()))  # type: ignore[assignment]

@@ -1222,7 +1222,6 @@ def test_a_call_the_kafka_client_refuses_whole_gives_its_rows_tokens_back_too() 
                                                      rate_burst_rows=1000))
     target = Target("default", SCHEDULE, "1", ("1",), None, Schedule(models=("champion",)))
     gateway.catalog.resolve, gateway.catalog.check_features = (lambda *_args: target), (lambda *_args: None)
-    gateway.catalog.check_ranges = lambda *_args: None
 
     def refuse(*_args: Any, **_kwargs: Any) -> Any:
         raise KafkaOperationError("produce to rdv.requests refused: the client's local queue is full")

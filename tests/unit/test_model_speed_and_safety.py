@@ -419,24 +419,6 @@ def test_an_exception_quoting_a_secret_of_the_worker_is_masked_in_its_score() ->
     assert result.prediction is None and result.error == "RuntimeError: cannot reach sasl://svc:***@broker"
 
 
-class _OwnArithmetic(ClassifierMixin, BaseEstimator):
-    """An estimator whose predict_proba is its own: a row of it per request, as given."""
-
-    def __init__(self, rows: list[list[float]] | None = None) -> None:
-        self.rows = rows
-
-    def fit(self, x: np.ndarray, y: np.ndarray) -> _OwnArithmetic:
-        self.classes_ = np.unique(y)
-        self.n_features_in_ = x.shape[1]
-        return self
-
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        return np.array([self.rows[int(v)] for v in x[:, 0]])  # type: ignore[index]
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.classes_[self.predict_proba(x).argmax(axis=1)]
-
-
 def test_class_probabilities_that_are_none_fail_their_rows_not_scored_with_confidence() -> None:
     """[-3, 4] was scored 4.0, and [nan, 0.7] 0.7 with the NaN's class as its label (a review); a row
     of probabilities beside them keeps its score, one that does not sum to 1 too (a multilabel
@@ -495,6 +477,16 @@ class _HomeMadeClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.classes_[np.ones(len(x), dtype=int)]
+
+
+class _OwnArithmetic(_HomeMadeClassifier):
+    """An estimator whose predict_proba is its own: a row of it per request, as given."""
+
+    def __init__(self, rows: list[list[float]] | None = None) -> None:
+        self.rows = rows
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return np.array([self.rows[int(v)] for v in x[:, 0]])  # type: ignore[index]
 
 
 def test_skops_refuses_untrusted_types_unless_trusted(tmp_path: Path) -> None:
