@@ -13,6 +13,7 @@ instance, or its restarted self, has taken them over).
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import threading
 import time
@@ -109,16 +110,24 @@ class Requests:
         """The features request `index` was sent with."""
         return self._rows[index % len(self._rows)]
 
+    def sent_between(self, first: float, last: float = math.inf) -> list[tuple[str, float]]:
+        """(request id, when sent) of the requests sent from `first` to `last`. Safe while the
+        sender's thread adds to both: iterating its dict raised "changed size during iteration"
+        once in CI (a collection in the copy let the thread run); a slice of the id list is one
+        copy, and each lookup by key is safe beside insertions."""
+        sent = [(r, self.sent_at.get(r)) for r in self.ids[:]]
+        return [(r, t) for r, t in sent if t is not None and first <= t <= last]
+
     def longest_wait_after(self, moment: float, replies: Replies, window_s: float = 5.0) -> float:
         """How long answers stopped after `moment`: the longest wait for an answer of a request
         sent in the `window_s` after it."""
-        waits = [replies.first_at[r] - t for r, t in self.sent_at.items()
-                 if moment <= t <= moment + window_s and r in replies.first_at]
+        waits = [replies.first_at[r] - t for r, t in self.sent_between(moment, moment + window_s)
+                 if r in replies.first_at]
         return max(waits, default=float("nan"))
 
     def resumed_after(self, moment: float, replies: Replies) -> float:
         """How long after `moment` the first answer to a request sent after it arrived."""
-        arrivals = [replies.first_at[r] for r, t in self.sent_at.items() if t >= moment and r in replies.first_at]
+        arrivals = [replies.first_at[r] for r, _t in self.sent_between(moment) if r in replies.first_at]
         return min(arrivals, default=float("nan")) - moment
 
     def start(self) -> Requests:
@@ -309,11 +318,7 @@ def test_one_of_two_instances_whose_poll_loop_hangs_gives_its_partitions_up_and_
         hung_at = time.monotonic()
 
         def answered_since_the_hang() -> bool:  # the requests of the second after it, every partition's
-            # The sender's thread adds to both meanwhile: iterating its dict raised "changed size
-            # during iteration" once in CI (a collection in the copy let the thread run). A slice of
-            # the id list is one copy, and each lookup by key is safe beside insertions.
-            sent = [(r, requests.sent_at.get(r)) for r in requests.ids[:]]
-            window = [r for r, t in sent if t is not None and hung_at <= t <= hung_at + 1.0]
+            window = [r for r, _t in requests.sent_between(hung_at, hung_at + 1.0)]
             return time.monotonic() > hung_at + 1.0 and bool(window) and all(r in replies.first_at for r in window)
 
         until(answered_since_the_hang, 90, "the hung instance's partitions answered by the other")
