@@ -293,6 +293,7 @@ class RawReplies(socketserver.ThreadingTCPServer):
     def __init__(self, *replies: list[bytes], pause_s: float = 0.0):
         self.replies, self.pause_s, self.stopping = list(replies), pause_s, threading.Event()
         self.sent = 0  # chunks written
+        self.asked: list[str] = []  # each request's path
         super().__init__(("127.0.0.1", 0), _Raw)
 
     @property
@@ -313,7 +314,7 @@ class _Raw(socketserver.StreamRequestHandler):
     server: RawReplies
 
     def handle(self) -> None:
-        self.rfile.readline()  # the request line is enough to answer
+        self.server.asked.append(self.rfile.readline().split()[1].decode())  # the request line is enough to answer
         for chunk in self.server.replies.pop(0) if self.server.replies else []:
             if self.server.stopping.wait(self.server.pause_s):
                 return
@@ -381,6 +382,74 @@ def test_an_id_the_registry_would_not_look_up_for_now_is_asked_again_not_refused
             reader.decode(framed)
         assert first.value.retriable  # to be tried again, and not refused:
         assert reader.decode(framed)["request_id"] == REQUEST["request_id"]
+
+
+FORBIDDEN = http_reply(b'{"error_code": 40301, "message": "User is denied operation Read on Subject"}',
+                      status="403 Forbidden")
+SCHEMA = http_reply(json.dumps({"schema": json.dumps(codec("request").schema)}).encode())
+
+
+def framed(schema_id: int) -> bytes:
+    return b"\x00" + schema_id.to_bytes(4, "big") + codec("request").encode(REQUEST)[10:]
+
+
+@pytest.mark.parametrize(("read_before", "probe"), [(True, "/schemas/ids/9"), (False, "/subjects")])
+def test_a_403_for_one_id_while_the_registry_gives_us_others_is_the_ids_not_a_wait(
+    read_before: bool, probe: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry checking access per subject answers 403 for a schema this service may not read:
+    taken for the registry refusing us for now, one record framed with such an id (ids are small
+    integers, easy to guess) held its partition, and everything behind it, until access was granted
+    (a review). The registry is asked for what it gave before (an id read, else the subjects); the
+    id is refused for a while, as a "not found" is, then asked again."""
+    from services.core import codec as codec_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(codec_module.time, "monotonic", lambda: clock[0])
+    replies = [SCHEMA] if read_before else []
+    subjects = http_reply(b'["rdv.requests-value"]')
+    with RawReplies(*replies, FORBIDDEN, SCHEMA if read_before else subjects, SCHEMA) as server:
+        reader = fresh()
+        reader.read_registry_ids(wire.IdLookup(SchemaRegistry(server.url, timeout_s=5)))
+        if read_before:
+            assert reader.decode(framed(9))["request_id"] == REQUEST["request_id"]
+        assert reader.unresolved(framed(7)) is None  # left to the handler: not held
+        with pytest.raises(DecodeFailed, match=r"schema id 7: .*HTTP 403.*not this one") as refused:
+            reader.decode(framed(7))
+        assert not refused.value.retriable
+        assert server.asked[-2:] == ["/schemas/ids/7", probe]
+        clock[0] += codec_module.NOT_FOUND_FOR_S  # access granted meanwhile
+        assert reader.decode(framed(7))["request_id"] == REQUEST["request_id"]
+
+
+DOWN = http_reply(b'{"message": "down"}', status="503 Service Unavailable")
+
+
+@pytest.mark.parametrize("probe_answer", [FORBIDDEN, DOWN])
+def test_a_403_while_the_registry_refuses_us_everything_still_waits(probe_answer: list[bytes]) -> None:
+    """Credentials refused for all (rotated, a proxy): a record is no more at fault than its
+    neighbours, and waits for the registry rather than being dead-lettered."""
+    with RawReplies(SCHEMA, FORBIDDEN, probe_answer) as server:
+        reader = fresh()
+        reader.read_registry_ids(wire.IdLookup(SchemaRegistry(server.url, timeout_s=5)))
+        reader.decode(framed(9))
+        with pytest.raises(DecodeFailed, match="HTTP 403") as held:
+            reader.decode(framed(7))
+        assert held.value.retriable
+        assert server.asked == ["/schemas/ids/9", "/schemas/ids/7", "/schemas/ids/9"]
+
+
+def test_the_403_probes_verdict_stands_a_while_so_a_flood_of_forbidden_ids_asks_once() -> None:
+    access = wire.Access(quiet_s=60)
+    with RawReplies(SCHEMA, FORBIDDEN, SCHEMA, FORBIDDEN, FORBIDDEN) as server:
+        reader = fresh()
+        reader.read_registry_ids(wire.IdLookup(SchemaRegistry(server.url, timeout_s=5), access=access))
+        reader.decode(framed(9))
+        for forbidden in (7, 8, 10):
+            with pytest.raises(DecodeFailed, match="not this one"):
+                reader.decode(framed(forbidden))
+        assert server.asked == ["/schemas/ids/9", "/schemas/ids/7", "/schemas/ids/9", "/schemas/ids/8",
+                                "/schemas/ids/10"]
 
 
 @pytest.mark.parametrize("url", ["http://[::1", "http://registry:port", "http://:8081", "http://registry:0"])
