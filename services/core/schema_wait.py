@@ -27,6 +27,7 @@ from confluent_kafka import Message, TopicPartition
 from prometheus_client import Counter
 
 from services.core.codec import Codec, codec
+from services.core.id_lookup import LoopWaits, loop_patience
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,9 @@ class SchemaWait:
         self.retry_s = retry_s
         self._clock = clock
         self._held: dict[Key, tuple[int, float]] = {}  # (topic, partition) -> (its offset to read again, when)
+        # The loop waits on the registry a tenth of its time at most; a record whose lookup is not
+        # answered within that waits here, as for the registry's outage (id_lookup.py says why).
+        self._patience = LoopWaits(clock=clock)
 
     @classmethod
     def of(cls, service: str, records: Mapping[str, str]) -> SchemaWait | None:
@@ -95,7 +99,8 @@ class SchemaWait:
     def admit(self, messages: list[Message], consumer: Pausable) -> list[Message]:
         """The records of `messages` the handler may have now; the partitions of the others are
         paused and rewound to their first record that waits."""
-        held = first_waiting(messages, self._unresolved)
+        with loop_patience(self._patience):
+            held = first_waiting(messages, self._unresolved)
         if self._held:
             self._flowing(messages, held)
         if not held:

@@ -27,9 +27,9 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from services.client.client import make_request
 from services.core.codec import Codec, codec
+from services.core.id_lookup import IdLookup
 from services.core.registry import SchemaRegistry
 from services.core.settings import Topics
-from services.core.wire import IdLookup
 from services.localkafka.config import free_port
 from services.localregistry import registry as local
 from services.model_worker.models import demo_rows

@@ -19,8 +19,10 @@ from services.core import wire
 from services.core.cloudevents import EventHeaders
 from services.core.codec import CODEC_NAMES, MAGIC, Codec, codec
 from services.core.errors import BadInput, ConfigError, DecodeFailed, LookupsSpent, UnknownFingerprint
+from services.core.id_lookup import Access, IdLookup, LoopWaits, loop_patience
 from services.core.registry import MAX_REPLY_BYTES, RegistryError, SchemaRegistry
 from services.core.settings import KafkaSettings
+from tests.integration.harness import wait_until
 from tests.unit.test_codec import REQUEST
 
 
@@ -294,6 +296,8 @@ class RawReplies(socketserver.ThreadingTCPServer):
         self.replies, self.pause_s, self.stopping = list(replies), pause_s, threading.Event()
         self.sent = 0  # chunks written
         self.asked: list[str] = []  # each request's path
+        self.gate = threading.Event()  # cleared: no answer goes out until it is set again
+        self.gate.set()
         super().__init__(("127.0.0.1", 0), _Raw)
 
     @property
@@ -315,6 +319,7 @@ class _Raw(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         self.server.asked.append(self.rfile.readline().split()[1].decode())  # the request line is enough to answer
+        self.server.gate.wait()
         for chunk in self.server.replies.pop(0) if self.server.replies else []:
             if self.server.stopping.wait(self.server.pause_s):
                 return
@@ -373,7 +378,7 @@ def test_an_id_the_registry_would_not_look_up_for_now_is_asked_again_not_refused
 
     schema = json.dumps({"schema": json.dumps(codec("request").schema)}).encode()
     with RawReplies(http_reply(b'{"message": "not now"}', status=status), http_reply(schema)) as server:
-        lookup = wire.IdLookup(SchemaRegistry(server.url, timeout_s=5))
+        lookup = IdLookup(SchemaRegistry(server.url, timeout_s=5))
         lookup._outage = Outage(quiet_s=0.0)  # asked again at once, here
         reader = fresh()
         reader.read_registry_ids(lookup)
@@ -410,7 +415,7 @@ def test_a_403_for_one_id_while_the_registry_gives_us_others_is_the_ids_not_a_wa
     subjects = http_reply(b'["rdv.requests-value"]')
     with RawReplies(*replies, FORBIDDEN, SCHEMA if read_before else subjects, SCHEMA) as server:
         reader = fresh()
-        reader.read_registry_ids(wire.IdLookup(SchemaRegistry(server.url, timeout_s=5)))
+        reader.read_registry_ids(IdLookup(SchemaRegistry(server.url, timeout_s=5)))
         if read_before:
             assert reader.decode(framed(9))["request_id"] == REQUEST["request_id"]
         assert reader.unresolved(framed(7)) is None  # left to the handler: not held
@@ -431,7 +436,7 @@ def test_a_403_while_the_registry_refuses_us_everything_still_waits(probe_answer
     neighbours, and waits for the registry rather than being dead-lettered."""
     with RawReplies(SCHEMA, FORBIDDEN, probe_answer) as server:
         reader = fresh()
-        reader.read_registry_ids(wire.IdLookup(SchemaRegistry(server.url, timeout_s=5)))
+        reader.read_registry_ids(IdLookup(SchemaRegistry(server.url, timeout_s=5)))
         reader.decode(framed(9))
         with pytest.raises(DecodeFailed, match="HTTP 403") as held:
             reader.decode(framed(7))
@@ -440,16 +445,52 @@ def test_a_403_while_the_registry_refuses_us_everything_still_waits(probe_answer
 
 
 def test_the_403_probes_verdict_stands_a_while_so_a_flood_of_forbidden_ids_asks_once() -> None:
-    access = wire.Access(quiet_s=60)
+    access = Access(quiet_s=60)
     with RawReplies(SCHEMA, FORBIDDEN, SCHEMA, FORBIDDEN, FORBIDDEN) as server:
         reader = fresh()
-        reader.read_registry_ids(wire.IdLookup(SchemaRegistry(server.url, timeout_s=5), access=access))
+        reader.read_registry_ids(IdLookup(SchemaRegistry(server.url, timeout_s=5), access=access))
         reader.decode(framed(9))
         for forbidden in (7, 8, 10):
             with pytest.raises(DecodeFailed, match="not this one"):
                 reader.decode(framed(forbidden))
         assert server.asked == ["/schemas/ids/9", "/schemas/ids/7", "/schemas/ids/9", "/schemas/ids/8",
                                 "/schemas/ids/10"]
+
+
+def test_a_poll_loop_waits_for_the_registry_within_its_patience_and_its_record_waits_for_the_answer() -> None:
+    """A lookup held the poll loop, every partition of it, until the registry answered (up to its
+    timeout, 6 s): a registry slow to answer stalled the whole service at each new id (a review)."""
+    with RawReplies(SCHEMA) as server:
+        server.gate.clear()  # the registry does not answer yet
+        reader = fresh()
+        reader.read_registry_ids(IdLookup(SchemaRegistry(server.url, timeout_s=5)))
+        with loop_patience(LoopWaits(per_second_s=0.05)):
+            assert "has not answered yet" in (reader.unresolved(framed(7)) or "")  # waits: held, retried
+            server.gate.set()
+            wait_until(lambda: reader.unresolved(framed(7)) is None, 10, "the answer")  # the same call's answer
+        assert reader.decode(framed(7))["request_id"] == REQUEST["request_id"]
+        assert server.asked == ["/schemas/ids/7"]  # asked once
+
+
+def test_a_flood_of_unseen_ids_on_a_slow_registry_costs_the_loop_one_wait_not_one_per_record() -> None:
+    with RawReplies(SCHEMA) as server:
+        server.gate.clear()
+        reader = fresh()
+        reader.read_registry_ids(IdLookup(SchemaRegistry(server.url, timeout_s=5)))
+        patience = LoopWaits(per_second_s=0.05)
+        with loop_patience(patience):
+            reasons = [reader.unresolved(framed(schema_id)) for schema_id in range(100, 120)]
+        assert all(reason is not None for reason in reasons)  # every one waits; none dead-lettered
+        assert sum("still answering an earlier lookup" in (r or "") for r in reasons) == 19
+        assert patience.left() < patience.per_second_s  # the one wait came out of the loop's second
+        server.gate.set()
+
+
+def test_a_command_outside_a_poll_loop_waits_for_the_registrys_answer() -> None:
+    with RawReplies(SCHEMA, pause_s=0.3) as server:
+        reader = fresh()
+        reader.read_registry_ids(IdLookup(SchemaRegistry(server.url, timeout_s=5)))
+        assert reader.decode(framed(7))["request_id"] == REQUEST["request_id"]
 
 
 @pytest.mark.parametrize("url", ["http://[::1", "http://registry:port", "http://:8081", "http://registry:0"])
@@ -468,7 +509,7 @@ def test_an_id_whose_schema_no_one_reads_as_avro_is_refused_for_good_not_waited_
     every other unseen id waited out the outage it recorded again each second (a review)."""
     with RawReplies(http_reply(json.dumps(answer).encode())) as server:
         reader = fresh()
-        reader.read_registry_ids(wire.IdLookup(SchemaRegistry(server.url, timeout_s=5)))
+        reader.read_registry_ids(IdLookup(SchemaRegistry(server.url, timeout_s=5)))
         framed = b"\x00\x00\x00\x00\x07" + codec("request").encode(REQUEST)[10:]
         assert reader.unresolved(framed) is None
         with pytest.raises(DecodeFailed) as refused:
@@ -598,7 +639,7 @@ def test_a_status_line_trickled_byte_by_byte_does_not_hold_the_lookup_past_its_t
     head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
     chunks = [head[i:i + 1] for i in range(len(head))]
     with RawReplies(chunks, pause_s=0.2) as server:
-        lookup = wire.IdLookup(SchemaRegistry(server.url, timeout_s=1))
+        lookup = IdLookup(SchemaRegistry(server.url, timeout_s=1))
         with pytest.raises(DecodeFailed, match="no whole answer within 1 s") as slow:
             lookup(7)
         assert slow.value.retriable and server.sent < len(chunks)  # given up while the reply still came
@@ -681,7 +722,7 @@ def test_the_lookup_tells_the_registrys_not_found_from_a_schema_nobody_can_read(
     not_found = http_reply(b'{"error_code": 40403, "message": "Schema not found"}', status="404 Not Found")
     protobuf = http_reply(json.dumps({"schemaType": "PROTOBUF", "schema": "syntax = \"proto3\";"}).encode())
     with RawReplies(not_found, protobuf) as server:
-        lookup = wire.IdLookup(SchemaRegistry(server.url, timeout_s=5))
+        lookup = IdLookup(SchemaRegistry(server.url, timeout_s=5))
         with pytest.raises(DecodeFailed) as missing:
             lookup(7)
         with pytest.raises(DecodeFailed, match="not an Avro schema") as unusable:
