@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import ssl
+import stat
 from dataclasses import dataclass
+from pathlib import Path
 
 from services.control.schedule import check_schedule_name
 from services.core.errors import ConfigError
 from services.core.settings import MAX_PORT, KafkaSettings, not_a_readable_file, setting
 from services.core.urls import check_listen_address, checked_http_url
 from services.gateway.auth import ApiKeys
+
+log = logging.getLogger(__name__)
 
 _WHICH_ADDRESS = "give an address (0.0.0.0: every interface; 127.0.0.1: this machine)"
 # The lowest positive --rate-limit / --rate-limit-rows: one a day (a slower one waited past any clock).
@@ -144,6 +149,7 @@ class GatewaySettings(KafkaSettings):
                 raise ConfigError(f"{flag} {path}: {problem}")
         if self.tls_cert:
             _check_tls_pair(self.tls_cert, self.tls_key)
+            _warn_if_others_read(self.tls_key)
         ApiKeys.load(self.api_keys_file, self.api_key_hashes)  # its one-line error now, not after Kafka
         if self.comparison_url:
             _check_comparison_url(self.comparison_url)
@@ -213,6 +219,16 @@ class _Encrypted(Exception):
 def _no_passphrase() -> str:
     # Without a callback OpenSSL asks for it on the terminal: a service would wait there for good.
     raise _Encrypted
+
+
+def _warn_if_others_read(key: str) -> None:
+    """Warn of a private key every user of the host may read (accepted without a word before, a
+    review). Warned, not refused: a Kubernetes Secret is mounted 0644 unless told otherwise (the
+    chart mounts its secrets 0440, `secretFileMode`)."""
+    mode = stat.S_IMODE(Path(key).stat().st_mode)
+    if mode & stat.S_IROTH:
+        log.warning("--tls-key %s is readable by every user of this host (mode %04o): any of them can impersonate "
+                    "the gateway; chmod o-r %s", key, mode, key)
 
 
 def _check_tls_pair(cert: str, key: str) -> None:

@@ -305,6 +305,23 @@ def test_a_tls_key_encrypted_with_a_passphrase_is_refused_without_asking_for_it(
         from_namespace(GatewaySettings, None, tls_cert=str(files.certificate), tls_key=str(encrypted))
 
 
+def test_a_tls_key_every_user_may_read_is_warned_of(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """It was accepted without a word (a security review); refused, it would stop a gateway whose
+    Kubernetes Secret is mounted with the default mode (0644)."""
+    from services.localkafka.tls import generate
+
+    files = generate(tmp_path)
+    files.key.chmod(0o600)
+    with caplog.at_level("WARNING"):
+        assert from_namespace(GatewaySettings, None, tls_cert=str(files.certificate), tls_key=str(files.key))
+    assert not [r for r in caplog.records if "--tls-key" in r.getMessage()]
+    files.key.chmod(0o644)
+    with caplog.at_level("WARNING"):
+        assert from_namespace(GatewaySettings, None, tls_cert=str(files.certificate), tls_key=str(files.key))
+    said = f"--tls-key {files.key} is readable by every user of this host (mode 0644)"
+    assert any(said in r.getMessage() for r in caplog.records)
+
+
 def test_output_read_by_a_reader_that_goes_away_ends_quietly() -> None:
     """`rendezvous acl show | head -1` printed a BrokenPipeError traceback."""
     proc = subprocess.Popen([sys.executable, "-m", "services.cli.main", "acl", "show"], stdout=subprocess.PIPE,

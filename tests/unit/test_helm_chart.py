@@ -198,6 +198,18 @@ def test_every_option_renders_its_objects(full_render: Render) -> None:
     assert r.named("ConfigMap", f"{fullname()}-rendezvous-schedule")
 
 
+def test_every_mounted_secret_is_readable_by_the_pods_user_and_group_alone(full_render: Render) -> None:
+    """Mounted with Kubernetes' default mode (0644), the gateway's TLS key and the Kafka client's
+    TLS material were readable by every user of the container (a security review)."""
+    r = full_render
+    secrets = [(w["metadata"]["name"], v) for w in r.workloads()
+               for v in pod_spec(w).get("volumes", []) if "secret" in v]
+    named = {v["name"] for _, v in secrets}
+    assert {"kafka-tls", "gateway-tls", "api-keys"} <= named
+    assert all(v["secret"].get("defaultMode") == 0o440 for _, v in secrets), secrets
+    assert pod_spec(r.named("Deployment", f"{fullname()}-gateway"))["securityContext"]["fsGroup"] == 10001
+
+
 def test_servicemonitor_and_keda_only_when_enabled(helm: Path, tmp_path: Path) -> None:
     off = render(helm, "-f", str(ALL_OPTIONS), "--set", "serviceMonitor.enabled=false,keda.enabled=false")
     assert [m for m in off if m["kind"] in ("ServiceMonitor", "ScaledObject")] == []

@@ -244,6 +244,7 @@ probes as given. */}}
 - name: kafka-tls
   secret:
     secretName: {{ . }}
+    defaultMode: {{ $.Values.secretFileMode }}
 {{- end }}
 {{- end -}}
 
