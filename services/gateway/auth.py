@@ -135,12 +135,25 @@ def _read_keys_file(file: str) -> str:
             # Its group may (umask 002, a volume's fsGroup): a deliberate share.
             raise ConfigError(f"--api-keys-file {file} is writable by every user (mode {stat.S_IMODE(mode):04o}): "
                               f"anyone can let themselves in; chmod o-w {file}")
+        _check_directory(file)
         return Path(file).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read --api-keys-file {file}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"--api-keys-file {file} is not text: expected lines of "
                           "name:<64 hex digits of sha256(key)>") from None
+
+
+def _check_directory(file: str) -> None:
+    """ConfigError when every user may put a file of their own in place of `file`: its directory is
+    writable by all without the sticky bit (a review: the file's own mode was checked alone). The
+    owner is not checked: a file mounted into a container is often another user's (the host's)."""
+    folder = Path(file).parent
+    mode = folder.stat().st_mode
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        raise ConfigError(f"--api-keys-file {file}: its directory {folder} is writable by every user (mode "
+                          f"{stat.S_IMODE(mode):04o}): anyone can put keys of their own in its place; "
+                          f"chmod o-w {folder}")
 
 
 def _entries(file: str, text: str | None, inline: tuple[str, ...]) -> list[tuple[str, bytes]]:

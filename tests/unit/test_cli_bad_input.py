@@ -290,6 +290,23 @@ def test_a_keys_file_every_user_can_write_is_refused(tmp_path: Path) -> None:
         from_namespace(GatewaySettings, None, api_keys_file=str(keys))
 
 
+def test_a_keys_file_in_a_directory_every_user_can_write_is_refused(tmp_path: Path) -> None:
+    """Its own mode was checked alone: in a directory writable by all, any user could put a file of
+    their own in its place, read again within seconds (a review). The sticky bit (/tmp, a
+    Kubernetes Secret's mount) forbids that: accepted."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    keys = folder / "api.keys"
+    keys.write_text("ops:" + "ab" * 32 + "\n")
+    for fine in (0o755, 0o775, 0o1777):
+        folder.chmod(fine)
+        assert from_namespace(GatewaySettings, None, api_keys_file=str(keys))
+    folder.chmod(0o777)
+    said = f"--api-keys-file {keys}: its directory {folder} is writable by every user (mode 0777)"
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        from_namespace(GatewaySettings, None, api_keys_file=str(keys))
+
+
 def test_a_tls_key_encrypted_with_a_passphrase_is_refused_without_asking_for_it(tmp_path: Path) -> None:
     """OpenSSL asked for the passphrase on the terminal (a service would wait there), then said
     the file was no PEM certificate."""
