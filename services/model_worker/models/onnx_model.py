@@ -214,7 +214,10 @@ def _probability_rows(raw: Any, n: int, name: str) -> list[float | None]:
         if len(raw) != n:
             raise ValueError(f"onnx output {name!r} gives {len(raw)} probability maps for {n} rows")
         return [float(m[max(m)]) if m else None for m in raw]  # classes sort like sklearn's classes_
-    proba = np.asarray(raw, dtype=np.float64)
+    return _last_class(np.asarray(raw, dtype=np.float64), n, name)
+
+
+def _last_class(proba: np.ndarray, n: int, name: str) -> list[float | None]:
     if proba.ndim not in (1, 2) or proba.shape[0] != n:
         raise ValueError(f"onnx output {name!r} gives shape {proba.shape} for {n} rows, not (rows, classes)")
     scores: list[float | None] = (proba[:, -1] if proba.ndim == 2 else proba).tolist()
@@ -225,11 +228,13 @@ def _positive_probability(raw: Any, n: int, name: str) -> list[float | None]:
     """`_probability_rows`, each row class probabilities: logits under a 'prob' name fail their
     rows. Every class's, not the score's alone: a row of logits whose last fell in [0, 1] was
     scored with confidence (a review)."""
-    scores = _probability_rows(raw, n, name)
     if isinstance(raw, list):  # ZipMap's maps, each in its classes' order
+        scores = _probability_rows(raw, n, name)
         table = [[float(m[k]) for k in sorted(m)] for m in raw if m]
         if table and len({len(row) for row in table}) == 1:
             check_probabilities(np.asarray(table, dtype=np.float64), f"onnx output {name!r}")
-    else:
-        check_probabilities(np.asarray(raw, dtype=np.float64), f"onnx output {name!r}")
+        return scores
+    proba = np.asarray(raw, dtype=np.float64)  # once: the scores and the check read the same array
+    scores = _last_class(proba, n, name)
+    check_probabilities(proba, f"onnx output {name!r}")
     return scores
