@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_for
@@ -31,6 +32,9 @@ from services.core.registry import UNUSABLE, Outage, RegistryError, SchemaRegist
 FORBIDDEN = 403
 LOOP_WAIT_PER_S = 0.1  # a tenth of a poll loop's time at most, waiting on the registry
 _PROBE = -1  # the id of the call out for `Access`' question (no schema id is negative)
+ANSWERS_KEPT = 256  # answers of calls whose id has not asked again yet
+ANSWER_KEPT_S = 10.0  # how long such an answer stands (its record is read again within a second or two)
+TURNS_KEPT = 1024  # ids waiting their turn for a call
 
 
 class LoopWaits:
@@ -105,30 +109,36 @@ class IdLookup:
                  clock: Callable[[], float] = time.monotonic, access: Access | None = None):
         self.registry = registry
         self.per_second = per_second
+        self._clock = clock
         self._budget = PerSecond(per_second, clock)
         self._outage = outage or Outage()
         self._access = access or Access(clock=clock)
         # The call runs on a thread of its own, waited for at most the registry's timeout: the
         # timeout bounds each wait on the socket, and a reply's status line, headers or chunk
         # sizes trickled a byte at a time held the poll loop (every partition) as long as they
-        # went on (a review measured 45 s for a 2 s timeout). One call at a time: one still
-        # out when another id is asked for fails that one as "for now" (no thread piles up); the
-        # same id asked again takes its answer. A daemon thread: one stuck in a trickled reply
-        # must not hold the process at its exit.
+        # went on (a review measured 45 s for a 2 s timeout). One call out at a time, kept until
+        # it ends even when no longer waited for (no thread piles up beside a stuck one). A daemon
+        # thread: one stuck in a trickled reply must not hold the process at its exit.
         self._pending: tuple[int, Future[Any]] | None = None
+        # Answers of calls whose id has not asked again since (its record waits to be read
+        # again), and the ids turned away while a call was out, in turn: the next call is the
+        # longest waiting one's. Dropped, another id's answer was lost, and the partition read
+        # first each turn took every free call: a valid new id behind made-up ones never got one.
+        self._answered: OrderedDict[int, tuple[float, Future[Any]]] = OrderedDict()
+        self._turns: OrderedDict[int, None] = OrderedDict()
 
     def __call__(self, schema_id: int) -> Mapping[str, Any]:
-        call = self._pending_call(schema_id)
+        call = self._answer_for(schema_id)
         if call is None:
             outage = self._outage.reason()
             if outage is not None:
                 raise DecodeFailed(outage, retriable=True)
-            self._spend()
-            call = self._start(schema_id, lambda: self.registry.schema(schema_id))
-        if not self._waited(call):
+            call = self._call_for(schema_id)
+        if not self._waited(call, schema_id):
             raise DecodeFailed(f"schema id {schema_id}: the registry has not answered yet; asked again later",
                                retriable=True)
-        self._pending = None
+        if self._pending is not None and self._pending[1] is call:
+            self._pending = None
         try:
             schema: dict[str, Any] = call.result()
         except RegistryError as exc:
@@ -136,34 +146,62 @@ class IdLookup:
         self._access.readable = schema_id
         return schema
 
-    def _pending_call(self, schema_id: int) -> Future[Any] | None:
-        """The call out for `schema_id` (answered since, or not yet); None when there is none.
-        A call still out for another id fails this one for now."""
-        if self._pending is None:
-            return None
+    def _answer_for(self, schema_id: int) -> Future[Any] | None:
+        """The answered call for `schema_id`, if one came back since it was last asked for."""
+        self._collect()
+        kept = self._answered.pop(schema_id, None)
+        return kept[1] if kept is not None and self._clock() - kept[0] <= ANSWER_KEPT_S else None
+
+    def _collect(self) -> None:
+        """The call out, once answered, no longer holds the slot: its answer is kept for its id."""
+        if self._pending is None or not self._pending[1].done():
+            return
         asked, call = self._pending
-        if asked == schema_id:
-            return call
-        if not call.done():
+        self._pending = None
+        if asked != _PROBE:  # the probe's verdict is kept by Access
+            self._answered[asked] = (self._clock(), call)
+            while len(self._answered) > ANSWERS_KEPT:
+                self._answered.popitem(last=False)
+
+    def _call_for(self, schema_id: int) -> Future[Any]:
+        """A call to wait for `schema_id`'s answer on: the one out for it (within a poll loop's
+        patience), or a new one if it is its turn; else `schema_id` waits its turn."""
+        if self._pending is not None:
+            asked, call = self._pending
+            if asked == schema_id and _PATIENCE.get() is not None:
+                return call
+            self._wait_turn(schema_id)
             raise DecodeFailed(f"schema id {schema_id}: the registry is still answering an earlier lookup; asked "
                                "again later", retriable=True)
-        return None  # another id's answer, not asked for again since: that id asks anew
+        self._spend()
+        turn = next(iter(self._turns), schema_id)
+        self._turns.pop(turn, None)
+        call = self._start(turn, lambda: self.registry.schema(turn))
+        if turn != schema_id:
+            self._wait_turn(schema_id)
+            raise DecodeFailed(f"schema id {schema_id}: the registry is answering an id asked for before it; asked "
+                               "again later", retriable=True)
+        return call
+
+    def _wait_turn(self, schema_id: int) -> None:
+        if schema_id not in self._turns and len(self._turns) < TURNS_KEPT:
+            self._turns[schema_id] = None
 
     def _start(self, asked: int, work: Callable[[], Any]) -> Future[Any]:
         call = in_thread(work, "rdv-registry")
         self._pending = (asked, call)
         return call
 
-    def _waited(self, call: Future[Any]) -> bool:
+    def _waited(self, call: Future[Any], schema_id: int) -> bool:
         """Whether `call` has its answer, waited for within the loop's patience, or else up to the
-        registry's timeout (and a second): a `RegistryError` then when it is still out."""
+        registry's timeout (and a second): then a retriable `DecodeFailed` while it is still out
+        (kept out: the next id is told "still answering", no second thread starts)."""
         patience = _PATIENCE.get()
         if patience is None:
             if wait_for([call], timeout=self.registry.timeout_s + 1.0).done:
                 return True
-            self._pending = None
-            raise self._refusal(_PROBE, RegistryError(f"schema registry {self.registry.url}: no whole answer "
-                                                      f"within {self.registry.timeout_s:g} s"))
+            raise self._refusal(schema_id, RegistryError(f"schema registry {self.registry.url}: no whole answer "
+                                                         f"within {self.registry.timeout_s:g} s"))
         started = time.monotonic()
         answered = bool(wait_for([call], timeout=patience.left()).done)
         patience.waited(time.monotonic() - started)
@@ -173,11 +211,16 @@ class IdLookup:
         """What the registry's failure to give `schema_id` means for its records."""
         # A 403 held the id's records, and their partition, until access was granted, when the
         # registry refuses this service that one subject alone (a review): it is the id's then.
-        if exc.status == FORBIDDEN and self._others_granted(schema_id):
-            refused = DecodeFailed(f"schema id {schema_id}: {exc}; the registry gives these credentials other "
-                                   "schemas, not this one (access per subject?)")
-            refused.not_found = True  # asked again after a while: access may be granted meanwhile
-            return refused
+        if exc.status == FORBIDDEN:
+            granted = self._others_granted(schema_id)
+            if granted:
+                refused = DecodeFailed(f"schema id {schema_id}: {exc}; the registry gives these credentials other "
+                                       "schemas, not this one (access per subject?)")
+                refused.not_found = True  # asked again after a while: access may be granted meanwhile
+                return refused
+            if granted is None:  # still asked: the record waits, and the registry is not taken for away
+                return DecodeFailed(f"schema id {schema_id}: {exc}; asking the registry whether it refuses this id "
+                                    "alone", retriable=True)
         # Only the registry's own "no such schema" (or one nobody can read) is the id's fault.
         # Any other refusal (a redirect, a proxy's 404 page, 407, 5xx) was remembered for the id,
         # and every valid record of it dead-lettered until a restart (a review).
@@ -188,26 +231,30 @@ class IdLookup:
         refused.not_found = exc.status != UNUSABLE  # a schema nobody can read stays unread
         return refused
 
-    def _others_granted(self, forbidden: int) -> bool:
-        """Whether the registry gives these credentials what it gave them before (see `Access`).
-        Not known within the loop's patience: not granted, for now (the record waits)."""
+    def _others_granted(self, forbidden: int) -> bool | None:
+        """Whether the registry gives these credentials what it gave them before (see `Access`);
+        None while that is being asked (within a poll loop's patience the answer may come later:
+        kept when it comes, thrown away it held the record for good; a review)."""
         known = self._access.known()
         if known is not None:
             return known
+        self._collect()
+        if self._pending is not None:  # the question asked before, or another id's call, still out
+            return None
         probe = self._access.readable
         if probe is not None and probe != forbidden:
             call = self._start(_PROBE, lambda: self.registry.schema(probe))
         else:
             call = self._start(_PROBE, self.registry.subjects)
+        call.add_done_callback(lambda done: self._access.remember(done.exception() is None))
         try:
-            answered = self._waited(call)
-        except DecodeFailed:
-            answered = False
-        if not answered:
+            if not self._waited(call, forbidden):
+                return None
+        except DecodeFailed:  # no whole answer in time: the registry's trouble
             return False
         self._pending = None
         granted = call.exception() is None
-        self._access.remember(granted)
+        self._access.remember(granted)  # here too: the callback may run after this wait ends
         return granted
 
     def _spend(self) -> None:

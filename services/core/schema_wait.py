@@ -18,6 +18,7 @@ which dead-letters the record with the reason, as before.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -92,6 +93,11 @@ class SchemaWait:
         looking = {topic: codec(name) for topic, name in records.items() if codec(name).looks_up_ids}
         return cls(service, looking) if looking else None
 
+    def patience(self) -> contextlib.AbstractContextManager[None]:
+        """The loop's registry lookups within its tenth of each second (id_lookup.py): its records'
+        here, and those its handler's tick makes (a schedule framed by a new id, say)."""
+        return loop_patience(self._patience)
+
     @property
     def held(self) -> set[Key]:
         return set(self._held)
@@ -99,7 +105,7 @@ class SchemaWait:
     def admit(self, messages: list[Message], consumer: Pausable) -> list[Message]:
         """The records of `messages` the handler may have now; the partitions of the others are
         paused and rewound to their first record that waits."""
-        with loop_patience(self._patience):
+        with self.patience():
             held = first_waiting(messages, self._unresolved)
         if self._held:
             self._flowing(messages, held)

@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -394,7 +394,10 @@ class StreamService:
                 messages = self._schemas.admit(messages, ctx.consumer)
                 self._schemas.resume_due(ctx.consumer, self._kept_paused)
             handler.on_batch(messages)
-            handler.on_tick()
+            # A tick's lookups (the rendezvous' schedules, held in order when they must wait) wait
+            # within the loop's patience: a registry that hung held every partition 6 s (a review).
+            with self._schemas.patience() if self._schemas is not None else nullcontext():
+                handler.on_tick()
             self._settle_commits()
             self._probe_if_marked_down()
             if ctx.commit_wanted or time.monotonic() - self._last_commit >= spec.commit_interval_ms / 1000.0:

@@ -64,7 +64,11 @@ def read_ids(
     own (shared, a flood of made-up ids on the requests topic, which any client may write, spent
     the lookups of every topic: a worker's new Score schema id was dead-lettered with it), and one
     memory of the registry's outage (one record type that found it down spares the others a wait)."""
+    codecs = list(codecs)
     outage, access = Outage(), Access(clock=clock)
+    # What a 403's question asks for first: an id these credentials were given (its own, registered
+    # at start), where the list of subjects may need a global permission per-subject access lacks.
+    access.readable = next((c.registry_id for c in codecs if c.registry_id is not None), None)
     for reader in codecs:
         reader.read_registry_ids(IdLookup(registry, per_second, outage, clock, access))
 

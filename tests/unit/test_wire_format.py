@@ -20,7 +20,7 @@ from services.core.cloudevents import EventHeaders
 from services.core.codec import CODEC_NAMES, MAGIC, Codec, codec
 from services.core.errors import BadInput, ConfigError, DecodeFailed, LookupsSpent, UnknownFingerprint
 from services.core.id_lookup import Access, IdLookup, LoopWaits, loop_patience
-from services.core.registry import MAX_REPLY_BYTES, RegistryError, SchemaRegistry
+from services.core.registry import MAX_REPLY_BYTES, Outage, RegistryError, SchemaRegistry
 from services.core.settings import KafkaSettings
 from tests.integration.harness import wait_until
 from tests.unit.test_codec import REQUEST
@@ -310,6 +310,7 @@ class RawReplies(socketserver.ThreadingTCPServer):
 
     def __exit__(self, *_exc: object) -> None:
         self.stopping.set()
+        self.gate.set()  # a handler held at the gate ends too
         self.shutdown()
         self.server_close()
 
@@ -477,13 +478,87 @@ def test_a_flood_of_unseen_ids_on_a_slow_registry_costs_the_loop_one_wait_not_on
         server.gate.clear()
         reader = fresh()
         reader.read_registry_ids(IdLookup(SchemaRegistry(server.url, timeout_s=5)))
-        patience = LoopWaits(per_second_s=0.05)
+        patience = LoopWaits(per_second_s=0.05, clock=lambda: 0.0)  # one second, however long the test takes
         with loop_patience(patience):
             reasons = [reader.unresolved(framed(schema_id)) for schema_id in range(100, 120)]
         assert all(reason is not None for reason in reasons)  # every one waits; none dead-lettered
         assert sum("still answering an earlier lookup" in (r or "") for r in reasons) == 19
-        assert patience.left() < patience.per_second_s  # the one wait came out of the loop's second
-        server.gate.set()
+        assert patience.left() == 0  # the one wait spent the loop's patience, and no other waited
+        assert server.asked == ["/schemas/ids/100"]
+
+
+NOT_FOUND = http_reply(b'{"error_code": 40403, "message": "Schema not found"}', status="404 Not Found")
+
+
+def test_an_id_turned_away_while_a_call_was_out_gets_the_next_call_before_ids_asked_after_it() -> None:
+    """Each turn the partition read first took the free call: a valid new id behind records with
+    made-up ids (any client may write requests) waited for good (a review)."""
+    with RawReplies(NOT_FOUND, SCHEMA) as server:
+        server.gate.clear()
+        reader = fresh()
+        reader.read_registry_ids(IdLookup(SchemaRegistry(server.url, timeout_s=5)))
+        with loop_patience(LoopWaits(per_second_s=0.0)):
+            assert reader.unresolved(framed(1000)) is not None  # a made-up id takes the call
+            assert "still answering" in (reader.unresolved(framed(7)) or "")  # the valid one waits its turn
+            server.gate.set()
+            # The made-up ids' partition is read first again: once the call is back, 7 has it.
+            wait_until(lambda: "asked for before it" in (reader.unresolved(framed(1001)) or ""), 10, "7's turn")
+            wait_until(lambda: reader.unresolved(framed(7)) is None, 10, "7's answer")
+        assert reader.decode(framed(7))["request_id"] == REQUEST["request_id"]
+        assert server.asked == ["/schemas/ids/1000", "/schemas/ids/7"]
+        with pytest.raises(DecodeFailed, match="404"):  # its answer was kept for it, not asked again
+            reader.decode(framed(1000))
+        assert len(server.asked) == 2
+
+
+def test_a_403_whose_question_outlasts_the_loops_patience_is_answered_when_it_comes() -> None:
+    """The question's answer came after the loop's patience and was thrown away: the 403 was taken
+    for the registry's refusal of everything, the record held for good, and every record type's
+    new ids waited out an outage each time (a review)."""
+    with RawReplies(SCHEMA, FORBIDDEN, SCHEMA, FORBIDDEN, pause_s=0.1) as server:
+        reader = fresh()
+        reader.read_registry_ids(IdLookup(SchemaRegistry(server.url, timeout_s=5)))
+        reader.decode(framed(9))  # read before: what the question asks for
+        reasons: list[str | None] = []
+
+        def refused() -> bool:
+            with loop_patience(LoopWaits(per_second_s=0.01)):
+                reasons.append(reader.unresolved(framed(7)))
+            return reasons[-1] is None
+
+        wait_until(refused, 10, "id 7 refused")
+        with pytest.raises(DecodeFailed, match="not this one") as dead:
+            reader.decode(framed(7))
+        assert not dead.value.retriable
+        assert not [r for r in reasons if r and "not retried" in r]  # never taken for the registry away
+        assert server.asked == ["/schemas/ids/9", "/schemas/ids/7", "/schemas/ids/9", "/schemas/ids/7"]
+
+
+def test_a_call_outside_a_loop_that_outlasts_the_timeout_stays_the_one_call_out() -> None:
+    """Forgotten once waited for, a stuck call had another thread started beside it at each id
+    asked for after the registry's outage: threads piled up (a review)."""
+    trickled = [bytes([b]) for b in SCHEMA[0]]  # a byte every 0.1 s: each wait on the socket within its timeout
+    with RawReplies(trickled, pause_s=0.1) as server:
+        reader = fresh()
+        reader.read_registry_ids(IdLookup(SchemaRegistry(server.url, timeout_s=0.5), outage=Outage(quiet_s=0.0)))
+        with pytest.raises(DecodeFailed, match="no whole answer") as slow:
+            reader.decode(framed(7))
+        assert slow.value.retriable
+        with pytest.raises(DecodeFailed, match="still answering an earlier lookup"):
+            reader.decode(framed(8))
+        assert server.asked == ["/schemas/ids/7"]
+
+
+def test_a_403s_question_asks_first_for_the_id_this_process_registered() -> None:
+    """The list of subjects may need a global permission that per-subject access lacks: asked
+    first, the question came back refused and the record waited as before (a review)."""
+    with RawReplies(FORBIDDEN, SCHEMA) as server:
+        writer = fresh()
+        writer.write_registry_id(42)
+        wire.read_ids(SchemaRegistry(server.url, timeout_s=5), [writer])
+        with pytest.raises(DecodeFailed, match="not this one"):
+            writer.decode(framed(7))
+        assert server.asked == ["/schemas/ids/7", "/schemas/ids/42"]
 
 
 def test_a_command_outside_a_poll_loop_waits_for_the_registrys_answer() -> None:
