@@ -592,20 +592,23 @@ def _check_not_preferred(name: str, settings: UndeploySettings, console: Console
     models = [name, *(entry.split("=", 1)[0].strip() for entry in state.get("co_host", []))]
     control = settings.topics().control
 
-    def read(config: dict[str, Any]) -> ScheduleBook:
-        book, names = load_books(config, control, settings.schedule_name)
-        if book.latest is None and names:
-            # The default name checked on a deployment serving another: nothing was checked (a review).
-            raise ConfigError(f"{control} holds no schedule named {settings.schedule_name!r} (it holds "
-                              f"{', '.join(sorted(repr(n) for n in names)[:10])}): name the one your rendezvous "
-                              f"answers by with --schedule-name, or undeploy {name} --force")
+    def read(config: dict[str, Any]) -> tuple[ScheduleBook, set[str]]:
+        found = load_books(config, control, settings.schedule_name)
         # A topic that lost its old versions may hold none of those the running rendezvous answer by.
         warn_of_history_loss(config, control, console)
-        return book
+        return found
 
-    book = _read_from_broker(settings, console, read)
-    if book is None:
+    found = _read_from_broker(settings, console, read)
+    if found is None:
         return
+    book, names = found
+    if book.latest is None and names:
+        # The default name checked on a deployment serving another: nothing was checked (a review).
+        # Refused here, not in `read`: a refusal there was taken for the broker not answering, said
+        # as a note, and the model stopped all the same (a review).
+        raise ConfigError(f"{control} holds no schedule named {settings.schedule_name!r} (it holds "
+                          f"{', '.join(sorted(repr(n) for n in names)[:10])}): name the one your rendezvous "
+                          f"answers by with --schedule-name, or undeploy {name} --force")
     # The version in force answers until the next takes effect (a change published with a
     # longer --effective-in is pending): the latest alone let the champion of now be stopped.
     now = now_ms()

@@ -690,7 +690,7 @@ def _undeploy_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: dict
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"name": "champion", "model": "demo:champion", "replicas": {}, **state}))
     book = ScheduleBook.holding(*versions)
-    monkeypatch.setattr(deploy, "_read_from_broker", lambda _settings, _console, _read: book)
+    monkeypatch.setattr(deploy, "_read_from_broker", lambda _settings, _console, _read: (book, set()))
     deploy._check_not_preferred("champion", deploy.UndeploySettings(), Console())
 
 
@@ -723,27 +723,30 @@ def test_undeploy_checking_a_schedule_name_the_topic_does_not_hold_says_which_it
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On a deployment serving `prod`, `undeploy champion` checked the empty `default` book: nothing
-    held it back, and the champion could be stopped without a word (a review)."""
+    held it back, and the champion could be stopped without a word (a review). The refusal then
+    came from inside the broker read, which took it for the broker not answering: a note, and the
+    champion stopped all the same (a review): the real `_read_from_broker` here."""
     from services.cli import common, deploy
     from services.control import topic
     from services.control.schedule import Schedule
 
     monkeypatch.setenv("RDV_CACHE_DIR", str(tmp_path))
+    broker = "127.0.0.1:9"  # never reached: the book is read by the stand-in load_books
     path = tmp_path / "deployments" / "champion" / "state.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"name": "champion", "model": "demo:champion", "replicas": {}}))
     prod = ScheduleBook.holding(Schedule(models=("champion", "canary"), version=1, name="prod"))
     books = {"prod": prod, "default": ScheduleBook("default")}
     monkeypatch.setattr(topic, "load_books", lambda _config, _topic, name: (books[name], {"prod"}))
-    monkeypatch.setattr(deploy, "_read_from_broker", lambda _settings, _console, read: read({}))
     monkeypatch.setattr(common, "warn_of_history_loss", lambda *_a: None)  # a broker's check
     with pytest.raises(ConfigError, match=r"holds no schedule named 'default' \(it holds 'prod'\): name the one"):
-        deploy._check_not_preferred("champion", deploy.UndeploySettings(), Console())
+        deploy._check_not_preferred("champion", deploy.UndeploySettings(bootstrap=broker), Console())
     with pytest.raises(ConfigError, match="champion is what schedule prod v1 answers with"):
-        deploy._check_not_preferred("champion", deploy.UndeploySettings(schedule_name="prod"), Console())
+        settings = deploy.UndeploySettings(bootstrap=broker, schedule_name="prod")
+        deploy._check_not_preferred("champion", settings, Console())
     books["prod"] = ScheduleBook("prod")  # a topic holding no schedule at all: nothing answers, nothing refused
     monkeypatch.setattr(topic, "load_books", lambda _config, _topic, name: (books[name], set()))
-    deploy._check_not_preferred("champion", deploy.UndeploySettings(), Console())
+    deploy._check_not_preferred("champion", deploy.UndeploySettings(bootstrap=broker), Console())
 
 
 def test_a_report_page_that_cannot_be_written_whole_leaves_the_last_one_as_it_was(
@@ -1279,9 +1282,9 @@ def test_undeploy_is_not_refused_for_a_version_that_never_governs_and_names_a_pe
     path.write_text(json.dumps({"name": "challenger2", "model": "demo:challenger", "replicas": {}}))
     from services.cli import deploy
 
-    monkeypatch.setattr(deploy, "_read_from_broker", lambda _s, _c, _r: ScheduleBook.holding(v1, v2, v3))
+    monkeypatch.setattr(deploy, "_read_from_broker", lambda _s, _c, _r: (ScheduleBook.holding(v1, v2, v3), set()))
     deploy._check_not_preferred("challenger2", deploy.UndeploySettings(), Console())  # not refused
-    monkeypatch.setattr(deploy, "_read_from_broker", lambda _s, _c, _r: ScheduleBook.holding(v1, v2))
+    monkeypatch.setattr(deploy, "_read_from_broker", lambda _s, _c, _r: (ScheduleBook.holding(v1, v2), set()))
     with pytest.raises(ConfigError, match=r"challenger2 is what schedule default v2 answers with from 20"):
         deploy._check_not_preferred("challenger2", deploy.UndeploySettings(), Console())
 
@@ -1345,7 +1348,7 @@ def test_undeploying_a_fallback_the_schedule_names_is_said(tmp_path: Path, monke
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"name": "challenger", "model": "demo:challenger", "replicas": {}}))
     book = ScheduleBook.holding(Schedule(models=("champion", "challenger", "canary"), version=1))
-    monkeypatch.setattr(deploy, "_read_from_broker", lambda _s, _c, _r: book)
+    monkeypatch.setattr(deploy, "_read_from_broker", lambda _s, _c, _r: (book, set()))
     out = io.StringIO()
     deploy._check_not_preferred("challenger", deploy.UndeploySettings(), Console(file=out, width=300))
     said = " ".join(out.getvalue().split())
