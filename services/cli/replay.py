@@ -32,6 +32,7 @@ from services.control.topic import ScheduleBook, load_book
 from services.core.codec import codec
 from services.core.compiled_requests import decode_request
 from services.core.errors import BadInput, ConfigError, RendezvousError
+from services.core.id_lookup import decoded_when_readable
 from services.core.kafka import partition_counts
 from services.core.ranges import Bounds, OffsetBound, TimeBound, format_ms, parse_bounds
 from services.core.requests import check_request
@@ -237,7 +238,8 @@ def _scored_requests(
 
 def _request(request_codec: Any, value: bytes | None) -> dict[str, Any] | None:
     try:
-        request: dict[str, Any] = decode_request(request_codec, value)  # refused where live workers refuse it
+        # Refused where live workers refuse it; waited for while the registry cannot be read yet.
+        request: dict[str, Any] = decoded_when_readable(lambda v: decode_request(request_codec, v), value)
         check_request(request)  # the rule every worker applies: a created_at <= 0 is no request
         return request
     except BadInput:
@@ -282,7 +284,7 @@ def _log_records(
     for msg in read_spans(settings.librdkafka(), settings.topics().log, start_ms=start_ms, end_ms=end_ms,
                           timeout_s=600, progress=read):
         try:
-            yield log_codec.decode(msg.value())
+            yield decoded_when_readable(log_codec.decode, msg.value())
         except BadInput:
             continue
 
@@ -345,8 +347,9 @@ def replay(
     replayed = scored.replayed
     if not replayed or scored.first_at is None or scored.last_at is None:
         if scored.undecodable:
+            hint = "" if settings.schema_registry else " (registry-framed ones need --schema-registry)"
             raise ConfigError(f"none of the {scored.undecodable:,} records in that range is a request this command "
-                              "can read (registry-framed ones need --schema-registry): nothing to replay")
+                              f"can read{hint}: nothing to replay")
         raise ConfigError("no requests in that range: nothing to replay")
     total = len(replayed)
     failures = _failure_note(name, replayed.values(), total)  # before the pairing takes them out

@@ -30,6 +30,7 @@ from services.compare_report.columns import Columns
 from services.core.codec import Codec, strip_logical_types
 from services.core.comparison_columns import split_current
 from services.core.errors import BadInput
+from services.core.id_lookup import decoded_when_readable
 
 if TYPE_CHECKING:
     from services.core.compiled_decode import CurrentBatches
@@ -100,8 +101,8 @@ class BatchDecoder:
             if value is None:  # no comparison record (control records are left out before): the live one refuses it
                 self.skipped += 1
                 continue
-            try:
-                records.append(self._codec.decode(value))
+            try:  # waited for while the registry cannot be read yet: never counted as skipped
+                records.append(decoded_when_readable(self._codec.decode, value))
             except BadInput:
                 self.skipped += 1
         return records

@@ -22,14 +22,17 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_for
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
-from services.core.errors import DecodeFailed, LookupsSpent
+from services.core.errors import BadInput, BrokerError, DecodeFailed, LookupsSpent
 from services.core.futures import in_thread
 from services.core.rate_limit import PerSecond
 from services.core.registry import UNUSABLE, Outage, RegistryError, SchemaRegistry
 
 FORBIDDEN = 403
+COMMAND_WAIT_S = 60.0  # how long a command reading history waits for the registry, over every record
+COMMAND_RETRY_S = 0.5
+T = TypeVar("T")
 LOOP_WAIT_PER_S = 0.1  # a tenth of a poll loop's time at most, waiting on the registry
 _PROBE = -1  # the id of the call out for `Access`' question (no schema id is negative)
 ANSWERS_KEPT = 256  # answers of calls whose id has not asked again yet
@@ -260,3 +263,24 @@ class IdLookup:
     def _spend(self) -> None:
         if not self._budget.spend():
             raise LookupsSpent(f"more than {self.per_second} unseen schema ids in one second; not looked up")
+
+
+def decoded_when_readable(decode: Callable[[bytes | None], T], value: bytes | None,
+                          wait_s: float = COMMAND_WAIT_S) -> T:
+    """`decode(value)` for a command reading history, asked again while it fails *for now* (the
+    registry away or slow, the lookups of the second spent): a command has no partition to hold,
+    and one that counted such a record as unreadable left valid requests out of its figures, or
+    said none was readable, after one failed registry call (a review). Still failing after
+    `wait_s`: a `BrokerError` that says why. A record refused for good raises its `BadInput`."""
+    deadline = None
+    while True:
+        try:
+            return decode(value)
+        except BadInput as err:
+            if not err.retriable:
+                raise
+            now = time.monotonic()
+            deadline = now + wait_s if deadline is None else deadline
+            if now >= deadline:
+                raise BrokerError(f"the schema registry could not be read for {wait_s:g} s: {err.message}") from None
+            time.sleep(COMMAND_RETRY_S)

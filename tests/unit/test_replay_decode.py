@@ -40,6 +40,41 @@ def test_records_that_are_no_requests_are_counted_as_undecodable_not_replayed() 
     assert list(scored.replayed) == [good["request_id"]] and scored.undecodable == 3
 
 
+def test_a_request_whose_schema_registry_fails_for_now_is_waited_for_not_counted_undecodable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One failed registry call marked it away for 5 s, and every registry-framed request read
+    meanwhile was counted undecodable and left out of the replay (all of them, for a short range:
+    "none ... is a request this command can read"; a review)."""
+    from services.core.errors import DecodeFailed
+
+    requests = codec("request")
+    failures = [DecodeFailed("schema registry unreachable", retriable=True)]
+
+    def flaky(_schema_id: int) -> dict[str, object]:
+        if failures:
+            raise failures.pop()
+        return requests.schema
+
+    monkeypatch.setattr(requests, "_lookup", flaky)
+    monkeypatch.setattr(requests, "_by_id", {})
+    good = make_request({"a": 1.0}, budget_ms=100, reply_topic=None, reply_partition=None)
+    framed = b"\x00\x00\x00\x00\x2a" + requests.encode(good)[10:]
+    scored = _scored_requests(load_model("demo:canary"), recorded(framed), batch=10)
+    assert list(scored.replayed) == [good["request_id"]] and scored.undecodable == 0 and not failures
+
+
+def test_a_registry_that_stays_away_stops_the_command_in_one_line() -> None:
+    from services.core.errors import BrokerError, DecodeFailed
+    from services.core.id_lookup import decoded_when_readable
+
+    def away(_value: bytes | None) -> None:
+        raise DecodeFailed("schema registry unreachable", retriable=True)
+
+    with pytest.raises(BrokerError, match=r"the schema registry could not be read for 0\.6 s: schema registry unreach"):
+        decoded_when_readable(away, b"", wait_s=0.6)
+
+
 def test_a_replay_counts_each_request_once_reads_the_log_from_before_it_and_says_what_the_log_lacks(
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
