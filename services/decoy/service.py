@@ -18,9 +18,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_INVALID, KafkaException, Message, TopicPartition
 from prometheus_client import Counter
 
+from services.core.errors import BrokerError
 from services.core.kafka import partition_counts
 from services.core.runtime import now_ms
 from services.core.service import Context, Probed, SimpleHandler, StreamService, StreamSpec
@@ -50,12 +51,18 @@ class Decoy(SimpleHandler, Probed):
         self._written: list[Message] = []  # in the archive file, not yet fsynced
         self._partitions = 0  # of the requests topic
         self._owned: set[int] = set()  # the partitions this decoy archives now
+        # (topic, partition) -> the offset it reads from next, as far as the decoy knows: a
+        # position below it that librdkafka reports out of range is one it has left (`_out_of_range`).
+        self._reached: dict[tuple[str, int], int] = {}
         self.service = StreamService(StreamSpec(
             name="decoy", config=settings.librdkafka(), subscription=[self.topics.requests],
             group_id=settings.group_id(), processing="durable", producer=False,
             max_batch=settings.max_batch, max_wait_s=0.5, gather_s=GATHER_S,
             connect_timeout_s=settings.connect_timeout_s,
-            consumer_config={"auto.offset.reset": settings.start_from},
+            # Never librdkafka's reset: it jumped past records the topic deleted without a word, to
+            # its end under `latest` (a review). Every start is chosen here (`_past_gaps`), and a
+            # position the topic no longer holds is told to `_out_of_range`.
+            consumer_config={"auto.offset.reset": "error"},
         ), self)
         self.ready = self.service.ready
 
@@ -73,6 +80,7 @@ class Decoy(SimpleHandler, Probed):
                                       roll_bytes=int(self.settings.roll_mb * 1024 * 1024),
                                       roll_seconds=self.settings.roll_seconds, codec=self.settings.codec)
         ctx.stack.callback(self._archive.close)
+        ctx.consumer.on_out_of_range = self._out_of_range
 
     def on_tick(self) -> None:
         assert self._archive is not None
@@ -85,6 +93,8 @@ class Decoy(SimpleHandler, Probed):
         archived_at = now_ms()
         self._archive.write([_record(msg, archived_at) for msg in messages])
         self._written.extend(messages)
+        for msg in messages:
+            self._reached[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
 
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
         self._past_gaps(partitions)  # before the positions are taken: it may move them
@@ -103,30 +113,92 @@ class Decoy(SimpleHandler, Probed):
         there, which only librdkafka's own warning told (a review). Said in one line each, counted,
         named in the manifest, and the partition resumes at the first record the topic still holds:
         left to auto.offset.reset, `--start-from latest` resumed at the partition's end, and the
-        records after the gap, still on the topic, were skipped without a word (a review)."""
+        records after the gap, still on the topic, were skipped without a word (a review). A
+        partition this group never committed starts where --start-from says, chosen here too."""
         if self.ctx is None or not partitions:
             return
         consumer = self.ctx.consumer
-        resumed: dict[tuple[str, int], int] = {}
+        starts: dict[tuple[str, int], int] = {}
         try:
             for tp in consumer.committed(partitions, timeout=10):
-                if tp.offset < 0 or tp.error is not None:
+                if tp.error is not None:
                     continue
-                low, _high = consumer.native.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
-                                                                   timeout=10, cached=False)
-                if tp.offset < low:
-                    MISSED.inc(low - tp.offset)
-                    log.warning("%s[%d]: records at offsets %d to %d were deleted from the topic before this group "
-                                "archived them (its retention): the archive has a gap there, named in its manifest; "
-                                "it resumes at %d", tp.topic, tp.partition, tp.offset, low - 1, low)
-                    self._note_gap(Gap(tp.topic, tp.partition, tp.offset, low - 1, now_ms()))
-                    resumed[(tp.topic, tp.partition)] = low
+                low, high = consumer.native.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
+                                                                  timeout=10, cached=False)
+                if tp.offset < 0:
+                    starts[(tp.topic, tp.partition)] = low if self.settings.start_from == "earliest" else high
+                elif tp.offset < low:
+                    self._gap(tp.topic, tp.partition, tp.offset, low)
+                    starts[(tp.topic, tp.partition)] = low
+                else:
+                    self._reached[(tp.topic, tp.partition)] = tp.offset
         except KafkaException as exc:  # a question, not the archiving: never a reason to stop
-            log.debug("could not check %s for records deleted unarchived: %s", self.topics.requests, exc)
-        if resumed:
+            # Those not started here are told to `_out_of_range` at their first fetch.
+            log.warning("could not check %s for records deleted unarchived (%s): checked at the first fetch",
+                        self.topics.requests, exc)
+        if starts:
             for tp in partitions:
-                tp.offset = resumed.get((tp.topic, tp.partition), tp.offset)
+                tp.offset = starts.get((tp.topic, tp.partition), tp.offset)
             consumer.native.assign(partitions)  # assigned already (core/service.py): started here instead
+        self._reached.update(starts)
+
+    def _out_of_range(self, position: TopicPartition) -> None:
+        """A partition's position the topic does not hold (auto.offset.reset=error), met while
+        archiving: a backlog's oldest records deleted by the topic's retention before the decoy
+        read them. librdkafka's reset moved on without a word: to the first record left (the gap
+        named nowhere) or, under `latest`, to the partition's end (every record still on the topic
+        skipped; a review). Named, counted and resumed at the first record left, as at assignment;
+        a partition with no position starts where --start-from says."""
+        assert self.ctx is not None
+        consumer = self.ctx.consumer
+        topic, partition = position.topic, position.partition
+        reached = self._reached.get((topic, partition))
+        if reached is not None and position.offset < reached:
+            # Told late, of a position it has left: the committed one (or none) it had between the
+            # skeleton's assignment and `_past_gaps`' start. Taken for news, the gap was counted
+            # twice, and a partition with no commit was read again from its start (tests caught it).
+            return
+        try:
+            low, high = consumer.native.get_watermark_offsets(TopicPartition(topic, partition), timeout=10,
+                                                              cached=False)
+        except KafkaException as exc:
+            raise BrokerError(f"{topic}[{partition}]: its position {position.offset} is not on the topic, and where "
+                              f"its records start could not be read ({exc})") from None
+        if position.offset < 0:
+            start = low if self.settings.start_from == "earliest" else high
+        else:
+            start = low
+            if position.offset < low:
+                self._gap(topic, partition, position.offset, low)
+            else:  # past the end: the topic recreated, or records lost by the brokers
+                log.warning("%s[%d]: the decoy's position %d is past the partition's end (%d): the topic was recreated "
+                            "or lost records; it resumes at the first record the topic holds, %d", topic, partition,
+                            position.offset, high, low)
+        self._reached[(topic, partition)] = start
+        self._restart_at(topic, partition, start)
+
+    def _restart_at(self, topic: str, partition: int, start: int) -> None:
+        """Fetch `partition` from `start` again. Stopped by the error, its fetch takes no seek
+        (librdkafka refuses one, _STATE): only an assignment starts it again, and an eager group's
+        is the whole one (assign()), every other partition at the position the decoy reached."""
+        native = self.ctx.consumer.native if self.ctx is not None else None
+        assert native is not None
+        try:
+            native.seek(TopicPartition(topic, partition, start))
+            return
+        except KafkaException:
+            pass
+        assigned = native.assignment()
+        for tp in assigned:
+            tp.offset = self._reached.get((tp.topic, tp.partition), OFFSET_INVALID)
+        native.assign(assigned)
+
+    def _gap(self, topic: str, partition: int, first: int, resumed_at: int) -> None:
+        MISSED.inc(resumed_at - first)
+        log.warning("%s[%d]: records at offsets %d to %d were deleted from the topic before this group archived them "
+                    "(its retention): the archive has a gap there, named in its manifest; it resumes at %d", topic,
+                    partition, first, resumed_at - 1, resumed_at)
+        self._note_gap(Gap(topic, partition, first, resumed_at - 1, now_ms()))
 
     def _note_gap(self, gap: Gap) -> None:
         """The gap in the manifest, for replay to name. A storage that refuses it is said by the
@@ -141,11 +213,14 @@ class Decoy(SimpleHandler, Probed):
         commit positions of partitions this decoy no longer owns."""
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self._owned -= {tp.partition for tp in partitions}
+        for key in gone:
+            self._reached.pop(key, None)
         self._written = [msg for msg in self._written if (msg.topic(), msg.partition()) not in gone]
         super().on_released(partitions, lost)
 
     def on_rewind(self) -> None:
         self._written = []  # re-read from the committed offsets: finished as they come again
+        self._reached.clear()  # read again from further back
         super().on_rewind()
 
     def finished_offsets(self) -> list[TopicPartition]:

@@ -60,6 +60,10 @@ class Consumer:
         self._config = merged
         self._consumer = new_client(_Consumer, merged)
         self._subscribed = False
+        # With auto.offset.reset=error: told of a partition whose position the topic does not hold
+        # (its topic, partition and that position, or a negative one when it had none), on the
+        # consuming thread, to move it on itself; unset, such an error stops the service.
+        self.on_out_of_range: Callable[[TopicPartition], None] | None = None
 
     def renew(self) -> None:
         """Replace the client by a new one of the same configuration (after a fatal error: the
@@ -118,6 +122,10 @@ class Consumer:
                 good.append(msg)
             elif err.code() == KafkaError._PARTITION_EOF:
                 continue
+            elif err.code() == KafkaError._AUTO_OFFSET_RESET and self.on_out_of_range is not None:
+                offset = msg.offset()
+                self.on_out_of_range(TopicPartition(msg.topic() or "", msg.partition() or 0,
+                                                    -1 if offset is None else offset))
             elif err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
                 raise TopicMissing(f"topic {msg.topic()} does not exist: {err.str()}")
             elif err.code() == KafkaError._FATAL and "group.instance.id" in err.str():
