@@ -26,7 +26,7 @@ from services.control import changes
 from services.control.gates import DEFAULTS_SAID, Verdict, evaluate, parse_requirements, with_defaults
 from services.control.liveness import live_models, live_names, not_live, workers
 from services.control.schedule import DEFAULT_DEADLINE_MS, MAX_INT, Schedule, authored, check_schedule_name
-from services.control.topic import ScheduleBook, load_book, publish
+from services.control.topic import ScheduleBook, load_books, publish
 from services.core.errors import ConfigError, TopicRefused
 from services.core.kafka import consumer_groups, group_lag
 from services.core.numbers import ascii_float, ascii_int
@@ -125,6 +125,9 @@ class ScheduleSetSettings(ChangeSettings):
     wait: tuple[str, ...] = setting((), "Per-model wait, e.g. champion=50 (ms).")
     deadline_ms: int = setting(0, "Default deadline budget (0 = keep the current one).")
     traffic: str = setting("", "Answer a share with a challenger first, e.g. challenger=0.1.")
+    new_schedule: bool = setting(
+        False, "Publish the first version of --schedule-name while the control topic holds other schedules (one "
+        "for a second deployment). Without it that is refused: most likely a missing or mistyped --schedule-name.")
 
     def validate(self) -> None:
         """Before the broker is asked anything: the schedule the flags make is built once here (a
@@ -158,8 +161,20 @@ class PromoteSettings(ChangeSettings):
             parse_requirements(self.require)
 
 
-def _book(settings: ScheduleSettings) -> ScheduleBook:
-    return load_book(settings.librdkafka(), settings.topics().control, settings.schedule_name)
+def _book(settings: ScheduleSettings, new: bool = False) -> ScheduleBook:
+    """The versions of --schedule-name. Refused when the control topic holds none of it but holds
+    other schedules, unless a `new` one is asked for (`schedule set --new-schedule`): a missing or
+    mistyped name published a v1 that no rendezvous follows, exit 0, and then made undeploy's
+    check pass for the model the real schedule answers with (a review)."""
+    control = settings.topics().control
+    book, names = load_books(settings.librdkafka(), control, settings.schedule_name)
+    if book.latest is None and names and not new:
+        held = ", ".join(sorted(repr(n) for n in names)[:10])
+        also = "; or `schedule set --new-schedule` to start this one" if isinstance(settings, ScheduleSetSettings) \
+            else ""
+        raise ConfigError(f"{control} holds no schedule named {settings.schedule_name!r} (it holds {held}): name the "
+                          f"one your rendezvous answers by with --schedule-name{also}")
+    return book
 
 
 def _shown_book(settings: ScheduleSettings, notes: Console) -> ScheduleBook:
@@ -266,7 +281,12 @@ def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule,
     if effective_at is not None:  # checked again: the live check took time since, and sooner is retroactive
         # When it will start (a pending version before it may hold it back past the file's time).
         _within_reach(schedule.effective_at - now, f"effective_at {format_ms(effective_at)}")
-    publish(settings.librdkafka(), settings.topics().control, schedule)
+    accepted = publish(settings.librdkafka(), settings.topics().control, schedule)
+    if accepted.to_dict() != schedule.to_dict():  # the same change, published first by another writer
+        console.print(f"{escape(accepted.name)} v{accepted.version} makes the same change, published first by another "
+                      f"writer ({escape(accepted.comment)}; effective {format_ms(accepted.effective_at)}): nothing "
+                      "more to do")
+        return accepted
     waits = f", waits {escape(json.dumps(dict(schedule.waits_ms)))}" if schedule.waits_ms else ""
     if schedule.traffic_model is not None and schedule.traffic_fraction > 0:  # it was not said (a review)
         waits += f", traffic {escape(schedule.traffic_model)}={schedule.traffic_fraction:g}"
@@ -347,7 +367,7 @@ def _never(book: ScheduleBook, version: int) -> str | None:
 
 
 def cmd_schedule_set(settings: ScheduleSetSettings, console: Console) -> int:
-    book = _book(settings)
+    book = _book(settings, new=settings.new_schedule)
     draft = _draft_from_flags(settings, book.latest)  # none yet: this is the first version
     effective_at, notes = _effective_at_of(settings, draft, now_ms())
     notes += _check_live(settings, draft) + _risky(draft) + _not_carried_over(settings, book.latest)

@@ -13,7 +13,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from services.control.schedule import Schedule
-from services.control.topic import READER_POLL_S, ControlFeed, ControlRecord, ScheduleBook, check_keeps_history
+from services.control.topic import (
+    READER_POLL_S,
+    ControlFeed,
+    ControlRecord,
+    ScheduleBook,
+    check_keeps_history,
+    check_one_partition,
+)
 from services.core.runtime import now_ms
 
 log = logging.getLogger(__name__)
@@ -28,6 +35,7 @@ class ScheduleFollower:
         # Refused as the rendezvous refuses it: a gateway started after the broker deleted old
         # versions reads none (every call a 404) or an older one than the rendezvous answers by.
         check_keeps_history(config, topic)
+        check_one_partition(config, topic)
         self._feed = ControlFeed(config, topic)
         self._apply(self._feed.read_history())
         self._stop = threading.Event()

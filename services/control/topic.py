@@ -21,7 +21,7 @@ from confluent_kafka import Message
 from services.control.schedule import Schedule
 from services.core.codec import codec
 from services.core.errors import BadInput, BrokerError, ConfigError, DecodeFailed
-from services.core.kafka import ConfigsNotAuthorized, Producer, topic_configs
+from services.core.kafka import ConfigsNotAuthorized, Producer, partition_counts, topic_configs
 from services.core.topic_tail import TopicTail
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,17 @@ def check_keeps_history(config: Mapping[str, Any], topic: str) -> None:
         raise ConfigError(problem)
 
 
+def check_one_partition(config: Mapping[str, Any], topic: str) -> None:
+    """ConfigError unless the control topic has one partition: a schedule's versions are ordered
+    by it, and every reader takes a version's first record. With more, each version landed on any
+    of them, readers fixed to the partitions of their start missed those added, and a new one read
+    them in no defined order (the docs had invited growing every topic together; a review)."""
+    count = partition_counts(config, [topic]).get(topic, 0)
+    if count != 1:
+        raise ConfigError(f"{topic} has {count} partitions: the control topic must have one, so that every reader "
+                          "sees the schedule's versions in one order")
+
+
 def history_note(config: Mapping[str, Any], topic: str) -> str | None:
     """`history_loss` of the control topic for a command that only shows what it holds (`schedule
     show`, `history`, `models`, undeploy's check): said, not refused, since what is there is all
@@ -131,6 +142,7 @@ class ScheduleBook:
         self._governing: list[Schedule] = []
         self._starts: list[int] = []
         self._superseded: dict[int, int] = {}  # version -> the one that superseded it while pending
+        self.written_at: dict[int, int] = {}  # version -> when the broker appended it (when known)
 
     @classmethod
     def holding(cls, *schedules: Schedule) -> ScheduleBook:
@@ -213,6 +225,8 @@ class ScheduleBook:
         self._governing.append(schedule)
         self._starts.append(start)
         self._versions.append(schedule)
+        if written_at is not None:
+            self.written_at[schedule.version] = written_at
 
     @property
     def latest_start(self) -> int | None:
@@ -356,6 +370,7 @@ def load_book(config: Mapping[str, Any], topic: str, name: str) -> ScheduleBook:
 def load_books(config: Mapping[str, Any], topic: str, name: str) -> tuple[ScheduleBook, set[str]]:
     """`load_book`, and the names of every schedule the topic holds (to say which exist when
     `name` is none of them: a command checking the wrong book checked nothing)."""
+    check_one_partition(config, topic)
     feed = ControlFeed(config, topic)
     try:
         book, names = ScheduleBook(name), set()
@@ -371,36 +386,57 @@ def load_books(config: Mapping[str, Any], topic: str, name: str) -> tuple[Schedu
         feed.close()
 
 
-def publish(config: Mapping[str, Any], topic: str, schedule: Schedule) -> None:
-    """Write one schedule version, wait until the broker has it, and read it back: `ConfigError`
-    when another change published this version first (two operators at once, two demos), since
-    every reader takes the first record of a version in log order and refuses the later ones."""
+def publish(config: Mapping[str, Any], topic: str, schedule: Schedule) -> Schedule:
+    """Write one schedule version, wait until the broker has it, and read it back: the version
+    every reader takes. That is another writer's when it published this version first (two
+    operators at once, two demos), since every reader takes the first record of a version in log
+    order and refuses the later ones: returned when it makes the same change (`same_policy`),
+    else `ConfigError`."""
     check_keeps_history(config, topic)  # a version the broker will delete would be no history
+    check_one_partition(config, topic)
     producer = Producer(config)
-    producer.produce(topic, encode_schedule(schedule), key=schedule.new_key())
+    producer.produce(topic, encode_schedule(schedule), key=schedule.new_key(), partition=0)
     producer.flush()
-    accepted = _read_back(config, topic, schedule)
+    accepted, written_at = _read_back(config, topic, schedule)
     if accepted is None:
         raise ConfigError(f"v{schedule.version} was written, but no reader's v{schedule.version} could be read back "
                           f"within {READ_BACK_S:.0f} s: whether it is in force is unknown. See `rendezvous schedule "
                           "history` before you run it again")
-    if accepted.to_dict() != schedule.to_dict():
+    if accepted.to_dict() != schedule.to_dict() and not accepted.same_policy(schedule):
+        # Not "run yours again": a rollback or a promotion is relative to the latest version, and
+        # run again after another one, it undid that one (two on-call engineers rolling back at
+        # once rolled the bad version back in; a review).
         raise ConfigError(f"v{schedule.version} was published by another change first: {list(accepted.models)} "
                           f"({accepted.comment}); yours was refused by every reader. See `rendezvous schedule "
-                          "history`, then run yours again")
+                          f"history` before changing anything: a change made now is relative to v{schedule.version}")
+    if written_at is not None and accepted.effective_at - written_at < MIN_EFFECTIVE_IN_MS:
+        _say_lead_lost(accepted, written_at)
+    return accepted
+
+
+def _say_lead_lost(schedule: Schedule, written_at: int) -> None:
+    """A version whose effective_at came less than the readers' lead after the broker appended it:
+    this host's clock is behind the broker's. It governs from its append (`ScheduleBook.add`), so
+    live instances may have decided requests of that moment under the version before, where one
+    re-reading them uses this one: said, where it passed without a word (a review)."""
+    behind = written_at - schedule.effective_at + MIN_EFFECTIVE_IN_MS
+    log.warning("%s v%d takes effect %d ms after the broker appended it, not the %d ms every reader needs to read it "
+                "first: this host's clock is about %d ms or more behind the broker's; set it right (NTP) before the "
+                "next change, or give it a longer --effective-in", schedule.name, schedule.version,
+                max(0, schedule.effective_at - written_at), MIN_EFFECTIVE_IN_MS, behind)
 
 
 READ_BACK_S = 5.0  # the end offsets a read goes to can lag a write just acknowledged (rendezvous/schedules.py)
 
 
-def _read_back(config: Mapping[str, Any], topic: str, schedule: Schedule) -> Schedule | None:
-    """The version every reader takes as `schedule.version`, read again until one is there: read
-    once, a lagging end offset missed our own record, and the operator was told another change
-    had won (re-running a rollback then undid it)."""
+def _read_back(config: Mapping[str, Any], topic: str, schedule: Schedule) -> tuple[Schedule | None, int | None]:
+    """The version every reader takes as `schedule.version`, and when the broker appended it, read
+    again until one is there: read once, a lagging end offset missed our own record, and the
+    operator was told another change had won (re-running a rollback then undid it)."""
     until = time.monotonic() + READ_BACK_S
     while True:
         book = load_book(config, topic, schedule.name)
         accepted = next((v for v in book.versions if v.version == schedule.version), None)
         if accepted is not None or time.monotonic() >= until:
-            return accepted
+            return accepted, book.written_at.get(schedule.version)
         time.sleep(0.1)  # pacing the reads of the end offsets, not waiting instead of a condition

@@ -151,7 +151,8 @@ class ScheduleFeed:
             # version here, while an instance re-reading them would use the new one.
             m.SCHEDULE_LATE.inc()
             log.warning("schedule %s v%d was read %d ms after it took effect: publish with a longer "
-                        "--effective-in", schedule.name, schedule.version, late_ms)
+                        "--effective-in, from a host whose clock is not behind the broker's (NTP)", schedule.name,
+                        schedule.version, late_ms)
         log.info("schedule %s v%d accepted (effective at %d): %s - %s", schedule.name, schedule.version,
                  schedule.effective_at, list(schedule.models), schedule.comment)
 

@@ -38,6 +38,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, TopicPartition
 
 from services.control.schedule import Schedule
+from services.control.topic import check_one_partition
 from services.core.cloudevents import EventHeaders
 from services.core.codec import codec
 from services.core.control_records import CLOCK_HEADER, control_header
@@ -228,9 +229,7 @@ class Rendezvous(Probed):
                 )
         # A schedule's versions are ordered by the control topic's one partition: with more, each
         # reader's "first record of a version" would depend on its fetch order (instances disagree).
-        if counts[t.control] != 1:
-            raise ConfigError(f"{t.control} has {counts[t.control]} partitions: the control topic must have one, "
-                              "so that every reader sees the schedule's versions in one order")
+        check_one_partition(config, t.control)
         # Requests and scores: a request's append time starts its clock, a score's moves it. With
         # CreateTime a client would set them (the requests' check was missing: a security review).
         # Control: a version's effective_at is bounded by when it was written (a review).

@@ -56,3 +56,28 @@ def test_partitions_added_under_a_producer_are_written_at_once(config: dict[str,
     finally:
         probe.close()
     assert all(high - low >= 1 for low, high in written), written
+
+
+def test_a_control_topic_grown_past_one_partition_is_refused_by_every_reader_and_writer(config: dict[str, Any]) -> None:
+    """Grown with the others, as the docs invited: new versions landed on any partition, running
+    readers fixed to the first missed them, and a change read its own back and said "published"
+    (a review). The rendezvous alone refused such a topic, at its start."""
+    from services.control.follower import ScheduleFollower
+    from services.control.schedule import Schedule
+    from services.control.topic import load_books, publish
+    from services.core.errors import ConfigError
+
+    control = f"grown-control-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient(config)
+    settings = {"cleanup.policy": "compact", "message.timestamp.type": "LogAppendTime"}
+    admin.create_topics([NewTopic(control, 1, 1, config=settings)])[control].result(30)
+    publish(config, control, Schedule(models=("champion",)))  # one partition: fine
+    admin.create_partitions([NewPartitions(control, 2)])[control].result(30)
+    wait_for_partitions(config, [control], 2)
+    said = f"{control} has 2 partitions: the control topic must have one"
+    with pytest.raises(ConfigError, match=said):
+        publish(config, control, Schedule(models=("challenger", "champion"), version=2))
+    with pytest.raises(ConfigError, match=said):
+        load_books(config, control, "default")
+    with pytest.raises(ConfigError, match=said):
+        ScheduleFollower(config, control, "default")

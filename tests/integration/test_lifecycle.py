@@ -362,6 +362,12 @@ def test_of_two_changes_published_as_one_version_the_first_holds_everywhere_and_
     assert latest is not None and latest.version == 2 and latest.comment == "first"
     keys = [m.key() for m in read_topic(config, topics.control, expect=3)]
     assert len(set(keys)) == 3, keys  # each write its own key: compaction keeps the first v2 too
+    # A third operator making the first one's change is told it is made: told "run yours again",
+    # a rollback run again undid the rollback another had just published (a review).
+    console = Console(record=True, width=400)
+    same = _publish_next(settings, stale, Schedule(models=("challenger", "champion"), comment="third"), console)
+    assert same.version == 2 and same.comment == "first"
+    assert "default v2 makes the same change, published first by another writer (first;" in console.export_text()
 
 
 def test_a_model_whose_every_score_is_an_error_is_not_live_for_a_change(

@@ -229,11 +229,36 @@ def _set_from_file_after_a_slow_live_check(
 
     monkeypatch.setattr(lifecycle, "now_ms", lambda: clock[0])
     monkeypatch.setattr(lifecycle, "_check_live", slow_live_check)
-    monkeypatch.setattr(lifecycle, "_book", lambda _settings: book)
-    monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, schedule: published.append(schedule))
+    monkeypatch.setattr(lifecycle, "_book", lambda _settings, new=False: book)
+    monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, schedule: published.append(schedule) or schedule)
     path = tmp_path / "s.json"
     path.write_text(json.dumps({"models": models, "effective_at": START_MS + 2_000}))
     lifecycle.cmd_schedule_set(from_namespace(ScheduleSetSettings, None, file=str(path)), Console(quiet=True))
+
+
+def test_a_schedule_name_the_control_topic_does_not_hold_beside_others_is_refused_unless_new(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`schedule set` without --schedule-name on a deployment serving `prod` published `default`
+    v1, which no rendezvous follows, exit 0 (and undeploy's check then read it and let the champion
+    go; a review). Promote and rollback said "run schedule set", which did just that."""
+    from services.cli import lifecycle
+
+    published: list[Schedule] = []
+    monkeypatch.setattr(lifecycle, "load_books", lambda _config, _topic, _name: (ScheduleBook("default"), {"prod"}))
+    monkeypatch.setattr(lifecycle, "_check_live", lambda *_args: [])
+    monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, schedule: published.append(schedule) or schedule)
+    asked = {"bootstrap": NO_BROKER, "models": ("a", "b")}
+    said = r"holds no schedule named 'default' \(it holds 'prod'\): name the one .*; or `schedule set --new-schedule`"
+    with pytest.raises(ConfigError, match=said):
+        lifecycle.cmd_schedule_set(from_namespace(ScheduleSetSettings, None, **asked), Console(quiet=True))
+    with pytest.raises(ConfigError, match=r"holds no schedule named 'default' \(it holds 'prod'\): name the one"):
+        rollback = from_namespace(lifecycle.RollbackSettings, None, bootstrap=NO_BROKER)
+        lifecycle.cmd_rollback(rollback, Console(quiet=True))
+    assert published == []
+    settings = from_namespace(ScheduleSetSettings, None, new_schedule=True, **asked)
+    assert lifecycle.cmd_schedule_set(settings, Console(quiet=True)) == 0
+    assert [(v.name, v.version, v.models) for v in published] == [("default", 1, ("a", "b"))]
 
 
 def test_a_file_time_that_the_live_check_ran_past_is_refused_not_published_retroactive(
@@ -1035,7 +1060,7 @@ def test_promote_says_a_window_without_a_gate_measures_nothing(monkeypatch: pyte
     from services.cli import lifecycle
     from services.cli.lifecycle import cmd_promote
 
-    def no_topic(_settings: object) -> None:
+    def no_topic(_settings: object, new: bool = False) -> None:
         raise BrokerUnavailable("the control topic is not read here")
 
     monkeypatch.setattr(lifecycle, "_book", no_topic)
@@ -1163,8 +1188,8 @@ def test_promote_and_rollback_say_a_fallback_is_not_scoring(command: str, monkey
     book.add(Schedule(models=("champion", "ghost"), version=1), START_MS - 20_000)
     book.add(Schedule(models=("challenger", "ghost"), version=2, effective_at=START_MS - 9_000), START_MS - 10_000)
     monkeypatch.setattr(lifecycle, "now_ms", lambda: START_MS)
-    monkeypatch.setattr(lifecycle, "_book", lambda _settings: book)
-    monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, _schedule: None)
+    monkeypatch.setattr(lifecycle, "_book", lambda _settings, new=False: book)
+    monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, schedule: schedule)
     monkeypatch.setattr(lifecycle, "live_models", lambda _config, _topic, _window: {
         (m, "1"): {"scores": 10.0, "errors": 0.0} for m in ("champion", "challenger")})
     monkeypatch.setattr(lifecycle, "workers", lambda _config, _prefix: None)  # the groups unlisted: scores alone
@@ -1192,8 +1217,8 @@ def test_a_rollback_held_back_to_a_pending_version_s_start_says_that_one_never_t
              START_MS - 10_000)
     published: list[Schedule] = []
     monkeypatch.setattr(lifecycle, "now_ms", lambda: START_MS)
-    monkeypatch.setattr(lifecycle, "_book", lambda _settings: book)
-    monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, schedule: published.append(schedule))
+    monkeypatch.setattr(lifecycle, "_book", lambda _settings, new=False: book)
+    monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, schedule: published.append(schedule) or schedule)
     monkeypatch.setattr(lifecycle, "live_models", lambda _config, _topic, _window: {
         (m, "1"): {"scores": 10.0, "errors": 0.0} for m in ("champion", "challenger")})
     monkeypatch.setattr(lifecycle, "workers", lambda _config, _prefix: None)  # the groups unlisted: scores alone
@@ -1229,7 +1254,7 @@ def test_a_promotion_gate_and_compare_say_their_progress_now_and_then_without_a_
 
     book = ScheduleBook("default")
     book.add(Schedule(models=("champion", "challenger"), version=1), START_MS - 20_000)
-    monkeypatch.setattr(lifecycle, "_book", lambda _settings: book)
+    monkeypatch.setattr(lifecycle, "_book", lambda _settings, new=False: book)
     with pytest.raises(ConfigError, match="measured enough"):
         lifecycle.cmd_promote(from_namespace(PromoteSettings, None, require="agreement>=0.9"), "challenger",
                               Console(file=io.StringIO()), figures)
@@ -1480,7 +1505,7 @@ def test_the_published_line_names_a_traffic_split(monkeypatch: pytest.MonkeyPatc
     book = ScheduleBook("default")
     book.add(Schedule(models=("champion", "challenger"), version=1), START_MS - 20_000)
     monkeypatch.setattr(lifecycle, "now_ms", lambda: START_MS)
-    monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, _schedule: None)
+    monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, schedule: schedule)
     out = io.StringIO()
     draft = Schedule(models=("champion", "challenger"), traffic_model="challenger", traffic_fraction=0.25)
     lifecycle._publish_next(lifecycle.ScheduleSetSettings(), book, draft,
