@@ -574,8 +574,18 @@ def _read_from_broker(settings: UndeploySettings, console: Console, read: Callab
     try:
         # A courtesy check that registry trouble must not skip: a schedule framed by the registry
         # is still looked up when met, as in any command before the start-up check.
-        return read(with_bootstrap(settings, check_registry=False).librdkafka())
-    except (RendezvousError, KafkaException) as exc:  # no broker, or it does not answer
+        config = with_bootstrap(settings, check_registry=False).librdkafka()
+    except (RendezvousError, KafkaException) as exc:  # no broker given or running
+        print_note(console, f"the broker could not be asked ({exc}): not checked")
+        return None
+    try:
+        return read(config)
+    except ConfigError:
+        # The check's own refusal (a schedule name the topic does not hold, a control topic of
+        # several partitions): taken for the broker not answering, it was a note and the model
+        # was stopped all the same (a review, twice).
+        raise
+    except (RendezvousError, KafkaException) as exc:  # the broker does not answer
         print_note(console, f"the broker could not be asked ({exc}): not checked")
         return None
 

@@ -53,6 +53,7 @@ MAX_EFFECTIVE_AHEAD_MS = 7 * 24 * 3600 * 1000
 # How often the slowest reader polls the control topic: the gateway's ScheduleFollower (a
 # rendezvous polls it on every turn of its loop, at most 0.1 s apart when idle).
 READER_POLL_S = 0.5
+CLOCK_SLACK_MS = 100  # the broker's append time this far past this host's clock is a clock apart, not noise
 # A change takes effect at least this long after it is published: one reader's poll, and as long
 # again for the fetch and a loop turn busy with a batch. Sooner, the instances read it after it
 # took effect: a request created in between was answered under the version before by a live
@@ -397,33 +398,43 @@ def publish(config: Mapping[str, Any], topic: str, schedule: Schedule) -> Schedu
     producer = Producer(config)
     producer.produce(topic, encode_schedule(schedule), key=schedule.new_key(), partition=0)
     producer.flush()
+    flushed_at = int(time.time() * 1000)  # this host's clock just after the broker appended it
     accepted, written_at = _read_back(config, topic, schedule)
     if accepted is None:
         raise ConfigError(f"v{schedule.version} was written, but no reader's v{schedule.version} could be read back "
                           f"within {READ_BACK_S:.0f} s: whether it is in force is unknown. See `rendezvous schedule "
                           "history` before you run it again")
-    if accepted.to_dict() != schedule.to_dict() and not accepted.same_policy(schedule):
+    # The same change, by another writer: the same policy, in force no later than ours would have
+    # been (one set for two hours later is another change: told "nothing more to do", its operator
+    # waited two hours; a review).
+    same = accepted.same_policy(schedule) and accepted.effective_at <= schedule.effective_at + MIN_EFFECTIVE_IN_MS
+    if accepted.to_dict() != schedule.to_dict() and not same:
         # Not "run yours again": a rollback or a promotion is relative to the latest version, and
         # run again after another one, it undid that one (two on-call engineers rolling back at
         # once rolled the bad version back in; a review).
         raise ConfigError(f"v{schedule.version} was published by another change first: {list(accepted.models)} "
                           f"({accepted.comment}); yours was refused by every reader. See `rendezvous schedule "
                           f"history` before changing anything: a change made now is relative to v{schedule.version}")
-    if written_at is not None and accepted.effective_at - written_at < MIN_EFFECTIVE_IN_MS:
-        _say_lead_lost(accepted, written_at)
+    if written_at is not None and accepted.to_dict() == schedule.to_dict():  # ours, not another's same change
+        _say_if_lead_lost(accepted, written_at, flushed_at)
     return accepted
 
 
-def _say_lead_lost(schedule: Schedule, written_at: int) -> None:
-    """A version whose effective_at came less than the readers' lead after the broker appended it:
-    this host's clock is behind the broker's. It governs from its append (`ScheduleBook.add`), so
-    live instances may have decided requests of that moment under the version before, where one
-    re-reading them uses this one: said, where it passed without a word (a review)."""
-    behind = written_at - schedule.effective_at + MIN_EFFECTIVE_IN_MS
-    log.warning("%s v%d takes effect %d ms after the broker appended it, not the %d ms every reader needs to read it "
-                "first: this host's clock is about %d ms or more behind the broker's; set it right (NTP) before the "
-                "next change, or give it a longer --effective-in", schedule.name, schedule.version,
-                max(0, schedule.effective_at - written_at), MIN_EFFECTIVE_IN_MS, behind)
+def _say_if_lead_lost(schedule: Schedule, written_at: int, flushed_at: int) -> None:
+    """A version that takes effect less than a reader's poll after the broker appended it: readers
+    may read it after it governs. It governs from its append (`ScheduleBook.add`), so live
+    instances may have decided requests of that moment under the version before, where one
+    re-reading them uses this one: said, where it passed without a word (a review). Why, as
+    measured: the broker's clock ahead of this host's (its append time after this host's clock
+    just after it), or the publishing itself slow."""
+    lead = schedule.effective_at - written_at
+    if lead >= READER_POLL_S * 1000:
+        return
+    ahead = written_at - flushed_at
+    why = (f"this host's clock is about {ahead} ms behind the broker's: set it right (NTP)" if ahead > CLOCK_SLACK_MS
+           else "publishing it took that long: give it a longer --effective-in")
+    log.warning("%s v%d takes effect %d ms after the broker appended it, where readers need %d ms to read it first: "
+                "%s before the next change", schedule.name, schedule.version, max(0, lead), MIN_EFFECTIVE_IN_MS, why)
 
 
 READ_BACK_S = 5.0  # the end offsets a read goes to can lag a write just acknowledged (rendezvous/schedules.py)

@@ -30,7 +30,7 @@ from services.core.rate_limit import PerSecond
 from services.core.registry import UNUSABLE, Outage, RegistryError, SchemaRegistry
 
 FORBIDDEN = 403
-COMMAND_WAIT_S = 60.0  # how long a command reading history waits for the registry, over every record
+COMMAND_WAIT_S = 60.0  # how long a command reading history waits for the registry, over all its records
 COMMAND_RETRY_S = 0.5
 T = TypeVar("T")
 LOOP_WAIT_PER_S = 0.1  # a tenth of a poll loop's time at most, waiting on the registry
@@ -265,22 +265,44 @@ class IdLookup:
             raise LookupsSpent(f"more than {self.per_second} unseen schema ids in one second; not looked up")
 
 
+class CommandWaits:
+    """How long a command reading history may wait for the registry, over all its records: each
+    record's wait counted alone let a range of records with made-up ids (each just under the
+    limit, paced by the lookups of the second) run for hours (a review)."""
+
+    def __init__(self, total_s: float = COMMAND_WAIT_S):
+        self.total_s = total_s
+        self.waited_s = 0.0
+
+    def left(self) -> float:
+        return max(0.0, self.total_s - self.waited_s)
+
+
+_COMMAND_WAITS = CommandWaits()  # a command is a process: one budget for it
+
+
 def decoded_when_readable(decode: Callable[[bytes | None], T], value: bytes | None,
-                          wait_s: float = COMMAND_WAIT_S) -> T:
+                          waits: CommandWaits | None = None) -> T:
     """`decode(value)` for a command reading history, asked again while it fails *for now* (the
     registry away or slow, the lookups of the second spent): a command has no partition to hold,
     and one that counted such a record as unreadable left valid requests out of its figures, or
-    said none was readable, after one failed registry call (a review). Still failing after
-    `wait_s`: a `BrokerError` that says why. A record refused for good raises its `BadInput`."""
-    deadline = None
+    said none was readable, after one failed registry call (a review). The waits of the whole
+    command come out of `waits` (the process' by default). Once it is spent, a record over the
+    lookups of the second raises its `LookupsSpent` (counted unreadable, as before), and the
+    registry still away stops the command: a `BrokerError` that says why. A record refused for
+    good raises its `BadInput`."""
+    budget = _COMMAND_WAITS if waits is None else waits
     while True:
         try:
             return decode(value)
         except BadInput as err:
             if not err.retriable:
                 raise
-            now = time.monotonic()
-            deadline = now + wait_s if deadline is None else deadline
-            if now >= deadline:
-                raise BrokerError(f"the schema registry could not be read for {wait_s:g} s: {err.message}") from None
-            time.sleep(COMMAND_RETRY_S)
+            if budget.left() <= 0:
+                if isinstance(err, LookupsSpent):
+                    raise
+                raise BrokerError(f"the schema registry could not be read (waited {budget.total_s:g} s in all): "
+                                  f"{err.message}") from None
+            pause = min(COMMAND_RETRY_S, budget.left())
+            time.sleep(pause)
+            budget.waited_s += pause

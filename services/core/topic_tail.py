@@ -14,7 +14,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message, TopicPartition
 
-from services.core.errors import BrokerError, ConfigError
+from services.core.errors import BrokerError
 from services.core.kafka import Consumer, groupless, kafka_message, partition_counts
 
 
@@ -40,13 +40,13 @@ class TopicTail:
 
     def read_to_end(self, timeout: float) -> list[Message]:
         """Every record from where the last read ended up to the end offsets as of now;
-        `ConfigError` if that takes longer than `timeout` seconds."""
+        `BrokerError` if that takes longer than `timeout` seconds."""
         ends = self.end_offsets()
         records: list[Message] = []
         deadline = time.monotonic() + timeout
         while not self._reached(ends):
             if time.monotonic() > deadline:
-                raise ConfigError(f"could not read {self.topic} to its end within {timeout:.0f}s")
+                raise BrokerError(f"could not read {self.topic} to its end within {timeout:.0f}s")
             records.extend(self._consumer.consume(500, 0.05))
         return records
 

@@ -49,3 +49,24 @@ def test_a_hand_edited_gap_entry_is_refused_in_one_line(tmp_path: Path, gaps: ob
     (tmp_path / MANIFEST).write_text(json.dumps({"files": [], "gaps": gaps}))
     with pytest.raises(ConfigError, match=r"^archive manifest .*manifest\.json is unreadable: "):
         read_gaps(tmp_path)
+
+
+@pytest.mark.parametrize(("given", "start_from", "refused"), [
+    ("earliest", "earliest", False), ("latest", "latest", False), ("latest", "earliest", True),
+])  # fmt: skip
+def test_a_decoys_kafka_config_reset_equal_to_its_start_from_is_taken(
+    given: str, start_from: str, refused: bool
+) -> None:
+    """The decoy runs its consumer with auto.offset.reset=error (it chooses every start itself): a
+    --kafka-config auto.offset.reset equal to --start-from, taken before, was refused as a setting
+    the service sets otherwise (a review)."""
+    from services.decoy.service import Decoy
+    from services.decoy.settings import DecoySettings
+
+    settings = DecoySettings(bootstrap="127.0.0.1:9", start_from=start_from,
+                             kafka_config=(f"auto.offset.reset={given}",))
+    if refused:
+        with pytest.raises(ConfigError, match=r"auto\.offset\.reset: decoy sets it itself"):
+            Decoy(settings)
+    else:
+        assert Decoy(settings).service.spec.consumer_config["auto.offset.reset"] == "error"

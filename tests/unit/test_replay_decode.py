@@ -66,13 +66,34 @@ def test_a_request_whose_schema_registry_fails_for_now_is_waited_for_not_counted
 
 def test_a_registry_that_stays_away_stops_the_command_in_one_line() -> None:
     from services.core.errors import BrokerError, DecodeFailed
-    from services.core.id_lookup import decoded_when_readable
+    from services.core.id_lookup import CommandWaits, decoded_when_readable
 
     def away(_value: bytes | None) -> None:
         raise DecodeFailed("schema registry unreachable", retriable=True)
 
-    with pytest.raises(BrokerError, match=r"the schema registry could not be read for 0\.6 s: schema registry unreach"):
-        decoded_when_readable(away, b"", wait_s=0.6)
+    waits = CommandWaits(total_s=1.0)
+    with pytest.raises(BrokerError, match=r"the schema registry could not be read \(waited 1 s in all\): schema regis"):
+        decoded_when_readable(away, b"", waits)
+
+
+def test_a_commands_waits_for_the_registry_are_bounded_over_all_its_records_not_per_record() -> None:
+    """Each record's wait counted alone: a range of records with made-up ids, each over the lookups
+    of the second, paced the command to 20 records a second, for hours (a review)."""
+    from services.core.errors import LookupsSpent
+    from services.core.id_lookup import CommandWaits, decoded_when_readable
+
+    waits, tries = CommandWaits(total_s=1.0), [0]
+
+    def spent_once(_value: bytes | None) -> str:
+        tries[0] += 1
+        if tries[0] % 2:  # every other try: over the lookups of the second
+            raise LookupsSpent("more than 20 unseen schema ids in one second; not looked up")
+        return "read"
+
+    assert [decoded_when_readable(spent_once, b"", waits) for _ in range(2)] == ["read", "read"]  # waited for
+    waits.waited_s = waits.total_s  # the command's waits spent
+    with pytest.raises(LookupsSpent):  # counted unreadable, as before, not waited for again
+        decoded_when_readable(spent_once, b"", waits)
 
 
 def test_a_replay_counts_each_request_once_reads_the_log_from_before_it_and_says_what_the_log_lacks(
