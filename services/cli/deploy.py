@@ -31,6 +31,7 @@ from rich.markup import escape
 from services.cli.shown import print_note
 from services.cli.spawn import service_env, spawn
 from services.control.schedule import DEFAULT_NAME, check_schedule_name
+from services.control.topic import UnusableControlTopic
 from services.core.errors import BrokerError, ConfigError, RendezvousError
 from services.core.files import write_whole
 from services.core.kafka import group_member_count, partition_counts, wait_for_broker, wait_for_groups
@@ -580,10 +581,10 @@ def _read_from_broker(settings: UndeploySettings, console: Console, read: Callab
         return None
     try:
         return read(config)
-    except ConfigError:
-        # The check's own refusal (a schedule name the topic does not hold, a control topic of
-        # several partitions): taken for the broker not answering, it was a note and the model
-        # was stopped all the same (a review, twice).
+    except UnusableControlTopic:
+        # The check's own refusal: taken for the broker not answering, it was a note and the model
+        # was stopped all the same (a review, twice). Other refusals stay notes: a client this
+        # host cannot make (a CA file that is another machine's) must not keep a model running.
         raise
     except (RendezvousError, KafkaException) as exc:  # the broker does not answer
         print_note(console, f"the broker could not be asked ({exc}): not checked")

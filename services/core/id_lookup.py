@@ -266,19 +266,22 @@ class IdLookup:
 
 
 class CommandWaits:
-    """How long a command reading history may wait for the registry, over all its records: each
-    record's wait counted alone let a range of records with made-up ids (each just under the
-    limit, paced by the lookups of the second) run for hours (a review)."""
+    """How long a command reading history waits on the registry. Over the lookups of the second
+    (`LookupsSpent`), `total_s` over all its records: counted per record, a range of records with
+    made-up ids paced a replay to 20 records a second for hours (a review). For the registry away,
+    `total_s` of one outage, from the first record it failed (a record read since ends it): one
+    budget for both, forged ids spent it and then one failed call stopped the command (a review)."""
 
     def __init__(self, total_s: float = COMMAND_WAIT_S):
         self.total_s = total_s
-        self.waited_s = 0.0
+        self.waited_s = 0.0  # over the lookups of the second, in all
+        self.away_since: float | None = None  # the registry away since, this outage
 
     def left(self) -> float:
         return max(0.0, self.total_s - self.waited_s)
 
 
-_COMMAND_WAITS = CommandWaits()  # a command is a process: one budget for it
+_COMMAND_WAITS = CommandWaits()  # a command is a process: one for it
 
 
 def decoded_when_readable(decode: Callable[[bytes | None], T], value: bytes | None,
@@ -286,23 +289,34 @@ def decoded_when_readable(decode: Callable[[bytes | None], T], value: bytes | No
     """`decode(value)` for a command reading history, asked again while it fails *for now* (the
     registry away or slow, the lookups of the second spent): a command has no partition to hold,
     and one that counted such a record as unreadable left valid requests out of its figures, or
-    said none was readable, after one failed registry call (a review). The waits of the whole
-    command come out of `waits` (the process' by default). Once it is spent, a record over the
-    lookups of the second raises its `LookupsSpent` (counted unreadable, as before), and the
-    registry still away stops the command: a `BrokerError` that says why. A record refused for
-    good raises its `BadInput`."""
+    said none was readable, after one failed registry call (a review). How long: `CommandWaits`.
+    Past it, a record over the lookups of the second raises its `LookupsSpent` (counted unreadable,
+    as before), and the registry still away stops the command with a `BrokerError` that says why.
+    A record refused for good raises its `BadInput`."""
     budget = _COMMAND_WAITS if waits is None else waits
     while True:
+        started = time.monotonic()
         try:
-            return decode(value)
+            decoded = decode(value)
         except BadInput as err:
             if not err.retriable:
                 raise
-            if budget.left() <= 0:
-                if isinstance(err, LookupsSpent):
+            if isinstance(err, LookupsSpent):
+                if budget.left() <= 0:
                     raise
-                raise BrokerError(f"the schema registry could not be read (waited {budget.total_s:g} s in all): "
+                budget.waited_s += _pause(budget.left())
+                continue
+            budget.away_since = started if budget.away_since is None else budget.away_since
+            if time.monotonic() - budget.away_since >= budget.total_s:
+                raise BrokerError(f"the schema registry could not be read for {budget.total_s:g} s: "
                                   f"{err.message}") from None
-            pause = min(COMMAND_RETRY_S, budget.left())
-            time.sleep(pause)
-            budget.waited_s += pause
+            _pause(COMMAND_RETRY_S)
+            continue
+        budget.away_since = None
+        return decoded
+
+
+def _pause(at_most: float) -> float:
+    pause = min(COMMAND_RETRY_S, at_most)
+    time.sleep(pause)
+    return pause

@@ -830,10 +830,10 @@ class Positions:
         """A partition's position before anything is read from it (committed like any other)."""
         self._next.setdefault((tp.topic, tp.partition), tp.offset)
 
-    def raise_to(self, tp: TopicPartition) -> None:
-        """A partition's position moved on past records never read (the decoy past a gap)."""
-        key = (tp.topic, tp.partition)
-        self._next[key] = max(self._next.get(key, tp.offset), tp.offset)
+    def move_to(self, tp: TopicPartition) -> None:
+        """A partition's position moved where no record read took it (the decoy past a gap, or
+        back to the start of a topic recreated)."""
+        self._next[(tp.topic, tp.partition)] = tp.offset
 
     def committed(self, offsets: list[TopicPartition]) -> None:
         for tp in offsets:

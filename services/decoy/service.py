@@ -48,13 +48,15 @@ class Decoy(SimpleHandler, Probed):
         self.topics = settings.topics()
         self.archived = 0
         self._archive: ArchiveWriter | None = None
-        self._written: list[Message] = []  # in the archive file, not yet fsynced
+        # In the archive file, not yet fsynced; and the starts `_out_of_range` moved partitions to,
+        # in their place among the records (committed with what was read before them, in order).
+        self._written: list[Message | _Jump] = []
         self._partitions = 0  # of the requests topic
         self._owned: set[int] = set()  # the partitions this decoy archives now
         # (topic, partition) -> the offset it reads from next, as far as the decoy knows: a
         # position below it that librdkafka reports out of range is one it has left (`_out_of_range`).
         self._reached: dict[tuple[str, int], int] = {}
-        self._jumps: dict[tuple[str, int], int] = {}  # starts `_out_of_range` chose, to commit
+        self._jumps: list[_Jump] = []  # chosen within this poll: placed once its records are written
         # --kafka-config auto.offset.reset equal to --start-from said what it says; the decoy's own
         # "error" would refuse it as set otherwise (a review): left out, not refused.
         config = {key: value for key, value in settings.librdkafka().items()
@@ -92,14 +94,17 @@ class Decoy(SimpleHandler, Probed):
         self._archive.roll_if_old()
 
     def on_batch(self, messages: list[Message]) -> None:
-        if not messages:
-            return
-        assert self._archive is not None
-        archived_at = now_ms()
-        self._archive.write([_record(msg, archived_at) for msg in messages])
-        self._written.extend(messages)
-        for msg in messages:
-            self._reached[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
+        if messages:
+            assert self._archive is not None
+            archived_at = now_ms()
+            self._archive.write([_record(msg, archived_at) for msg in messages])
+            self._written.extend(messages)
+            for msg in messages:
+                self._reached[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
+        # A start chosen in this poll (its error came with the poll's records) goes after them: a
+        # poll that never reached here (the loop ended) commits no jump past records in hand.
+        self._written.extend(self._jumps)
+        self._jumps = []
 
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
         self._past_gaps(partitions)  # before the positions are taken: it may move them
@@ -183,7 +188,7 @@ class Decoy(SimpleHandler, Probed):
         self._restart_at(topic, partition, start)
         # Committed as a start: left below the gap, every later assignment found and counted the
         # same gap again, and a --start-from latest start was lost to a kill (a review).
-        self._jumps[(topic, partition)] = start
+        self._jumps.append(_Jump(topic, partition, start))
         self.ctx.commit_soon()
 
     def _restart_at(self, topic: str, partition: int, start: int) -> None:
@@ -231,8 +236,8 @@ class Decoy(SimpleHandler, Probed):
         self._owned -= {tp.partition for tp in partitions}
         for key in gone:
             self._reached.pop(key, None)
-            self._jumps.pop(key, None)
         self._written = [msg for msg in self._written if (msg.topic(), msg.partition()) not in gone]
+        self._jumps = [jump for jump in self._jumps if (jump.topic(), jump.partition()) not in gone]
         super().on_released(partitions, lost)
 
     def on_rewind(self) -> None:
@@ -250,15 +255,37 @@ class Decoy(SimpleHandler, Probed):
         if self._written and self._archive.healthy:
             self._archive.sync()
             written, self._written = self._written, []
-            self.positions.advance(written)
-            self.archived += len(written)
-            ARCHIVED.inc(len(written))
-            ARCHIVED_BYTES.inc(sum(len(msg.value() or b"") for msg in written))
-        if self._archive.healthy:  # what was read before each jump is synced: it may be committed past
-            for (topic, partition), start in self._jumps.items():
-                self.positions.raise_to(TopicPartition(topic, partition, start))
-            self._jumps.clear()
+            records: list[Message] = []
+            run: list[Message] = []
+            for item in written:  # in order: a jump sets the position the records before it reached
+                if isinstance(item, _Jump):
+                    self.positions.advance(run)
+                    self.positions.move_to(TopicPartition(item.topic(), item.partition(), item.start))
+                    run = []
+                else:
+                    run.append(item)
+                    records.append(item)
+            self.positions.advance(run)
+            self.archived += len(records)
+            ARCHIVED.inc(len(records))
+            ARCHIVED_BYTES.inc(sum(len(msg.value() or b"") for msg in records))
         return super().finished_offsets()
+
+
+class _Jump:
+    """A partition's start moved by `_out_of_range`, kept in its place among the records written
+    (it answers `topic()` and `partition()` as they do, for the filters of released partitions)."""
+
+    __slots__ = ("_partition", "_topic", "start")
+
+    def __init__(self, topic: str, partition: int, start: int):
+        self._topic, self._partition, self.start = topic, partition, start
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
 
 
 def _record(msg: Message, archived_at: int) -> dict[str, Any]:

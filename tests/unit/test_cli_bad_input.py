@@ -769,12 +769,18 @@ def test_undeploy_checking_a_schedule_name_the_topic_does_not_hold_says_which_it
     with pytest.raises(ConfigError, match="champion is what schedule prod v1 answers with"):
         settings = deploy.UndeploySettings(bootstrap=broker, schedule_name="prod")
         deploy._check_not_preferred("champion", settings, Console())
-    def several_partitions(_config: object, topic: str, _name: str) -> object:
-        raise ConfigError(f"{topic} has 2 partitions: the control topic must have one")
+    def several_partitions(_config: object, name: str, _schedule: str) -> object:
+        raise topic.UnusableControlTopic(f"{name} has 2 partitions: the control topic must have one")
 
     monkeypatch.setattr(topic, "load_books", several_partitions)  # refused inside the read: refused, not a note
     with pytest.raises(ConfigError, match="has 2 partitions"):
         deploy._check_not_preferred("champion", deploy.UndeploySettings(bootstrap=broker), Console())
+
+    def no_client(_config: object, _topic: str, _name: str) -> object:
+        raise ConfigError("librdkafka refused the configuration: ssl.ca.location: No such file")
+
+    monkeypatch.setattr(topic, "load_books", no_client)  # another machine's CA file: a note, the model stops
+    deploy._check_not_preferred("champion", deploy.UndeploySettings(bootstrap=broker), Console())
     books["prod"] = ScheduleBook("prod")  # a topic holding no schedule at all: nothing answers, nothing refused
     monkeypatch.setattr(topic, "load_books", lambda _config, _topic, name: (books[name], set()))
     deploy._check_not_preferred("champion", deploy.UndeploySettings(bootstrap=broker), Console())

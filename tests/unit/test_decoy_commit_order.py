@@ -137,3 +137,24 @@ def test_a_decoy_given_some_partitions_only_says_that_its_archive_covers_those_o
         decoy.on_assigned([TopicPartition("rdv.requests", 3, -1001)])
     (said,) = caplog.records
     assert said.getMessage().startswith("decoy archives partition(s) 2, 3 of the 4 of rdv.requests into")
+
+
+def test_a_start_moved_past_a_gap_is_committed_after_the_records_read_before_it_and_only_once_they_are(
+    tmp_path: Path,
+) -> None:
+    """The jump past records the topic deleted was committed even when the poll that found it never
+    handed its records over (the loop ended): they were in hand, never archived, and named in no
+    gap (a review). And a jump back (a topic recreated) was never committed (a review)."""
+    from services.decoy.service import _Jump
+
+    decoy = Decoy(DecoySettings(archive_dir=str(tmp_path)))
+    decoy._archive = ArchiveWriter(tmp_path, roll_bytes=1 << 30, roll_seconds=3600)
+    decoy._jumps.append(_Jump("rq", 0, 50))  # found in a poll whose records never reached on_batch
+    assert decoy.finished_offsets() == []  # nothing committed past records in hand
+    decoy.on_batch(requests(0, range(10, 13)))  # the poll's records, then its jump, then what follows
+    decoy.on_batch(requests(0, range(50, 52)))
+    assert decoy.finished_offsets() == [TopicPartition("rq", 0, 52)]
+    decoy._jumps.append(_Jump("rq", 0, 0))  # back to the start of a topic recreated
+    decoy.on_batch([])
+    assert decoy.finished_offsets() == [TopicPartition("rq", 0, 0)]
+    assert decoy.archived == 5

@@ -296,6 +296,7 @@ def test_a_file_time_is_published_exactly_and_a_late_read_back_is_not_a_lost_rac
 @pytest.mark.parametrize(("lead_ms", "ahead_ms", "said"), [
     (200, 1_800, "this host's clock is about 1800 ms behind the broker's"),
     (200, 0, "publishing it took that long"),
+    (700, 1_300, "this host's clock is about 1300 ms behind the broker's"),  # 'effective in 2s', 1.3 s behind
     (960, 0, None),  # the demo's 1 s less a publish's few ms: no clock apart, nothing to say
     (2_000, 0, None),
 ])  # fmt: skip
