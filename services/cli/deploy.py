@@ -575,18 +575,13 @@ def _read_from_broker(settings: UndeploySettings, console: Console, read: Callab
     try:
         # A courtesy check that registry trouble must not skip: a schedule framed by the registry
         # is still looked up when met, as in any command before the start-up check.
-        config = with_bootstrap(settings, check_registry=False).librdkafka()
-    except (RendezvousError, KafkaException) as exc:  # no broker given or running
-        print_note(console, f"the broker could not be asked ({exc}): not checked")
-        return None
-    try:
-        return read(config)
+        return read(with_bootstrap(settings, check_registry=False).librdkafka())
     except UnusableControlTopic:
         # The check's own refusal: taken for the broker not answering, it was a note and the model
         # was stopped all the same (a review, twice). Other refusals stay notes: a client this
         # host cannot make (a CA file that is another machine's) must not keep a model running.
         raise
-    except (RendezvousError, KafkaException) as exc:  # the broker does not answer
+    except (RendezvousError, KafkaException) as exc:  # no broker given or running, or it does not answer
         print_note(console, f"the broker could not be asked ({exc}): not checked")
         return None
 

@@ -136,7 +136,7 @@ class Decoy(SimpleHandler, Probed):
                 low, high = consumer.native.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
                                                                   timeout=10, cached=False)
                 if tp.offset < 0:
-                    starts[(tp.topic, tp.partition)] = low if self.settings.start_from == "earliest" else high
+                    starts[(tp.topic, tp.partition)] = self._fresh_start(low, high)
                 elif tp.offset < low:
                     self._gap(tp.topic, tp.partition, tp.offset, low)
                     starts[(tp.topic, tp.partition)] = low
@@ -175,7 +175,7 @@ class Decoy(SimpleHandler, Probed):
             raise BrokerError(f"{topic}[{partition}]: its position {position.offset} is not on the topic, and where "
                               f"its records start could not be read ({exc})") from None
         if position.offset < 0:
-            start = low if self.settings.start_from == "earliest" else high
+            start = self._fresh_start(low, high)
         else:
             start = low
             if position.offset < low:
@@ -213,6 +213,10 @@ class Decoy(SimpleHandler, Probed):
             tp.offset = start if key == (topic, partition) else (
                 known if known >= 0 else self._reached.get(key, OFFSET_INVALID))
         native.assign(assigned)
+
+    def _fresh_start(self, low: int, high: int) -> int:
+        """Where a partition this group never read starts: --start-from's end of it."""
+        return low if self.settings.start_from == "earliest" else high
 
     def _gap(self, topic: str, partition: int, first: int, resumed_at: int) -> None:
         MISSED.inc(resumed_at - first)

@@ -302,17 +302,29 @@ def test_gateway_files_that_would_let_everyone_in_or_fail_after_kafka_are_refuse
         from_namespace(GatewaySettings, None, tls_cert=str(pem), tls_key=str(pem))
 
 
-def test_a_keys_file_every_user_can_write_is_refused(tmp_path: Path) -> None:
-    """Re-read every few seconds, it let any user who could write it add a key of their own (a review)."""
-    keys = tmp_path / "api.keys"
+def keys_file_in(folder: Path) -> Path:
+    keys = folder / "api.keys"
     keys.write_text("ops:" + "ab" * 32 + "\n")
-    for fine in (0o644, 0o664):  # readable by others (a Kubernetes Secret's default), writable by its group
-        keys.chmod(fine)
+    return keys
+
+
+def assert_modes(keys: Path, changed: Path, fine: tuple[int, ...], refused: int, said: str) -> None:
+    """`changed` (the keys file, or its directory) at each of the `fine` modes: the gateway takes
+    `keys`; at `refused`: refused, saying `said`."""
+    for mode in fine:
+        changed.chmod(mode)
         assert from_namespace(GatewaySettings, None, api_keys_file=str(keys))
-    keys.chmod(0o666)
-    said = f"--api-keys-file {keys} is writable by every user (mode 0666): anyone can let themselves in; chmod o-w"
+    changed.chmod(refused)
     with pytest.raises(ConfigError, match=re.escape(said)):
         from_namespace(GatewaySettings, None, api_keys_file=str(keys))
+
+
+def test_a_keys_file_every_user_can_write_is_refused(tmp_path: Path) -> None:
+    """Re-read every few seconds, it let any user who could write it add a key of their own (a review)."""
+    keys = keys_file_in(tmp_path)
+    # Readable by others (a Kubernetes Secret's default), writable by its group: fine.
+    said = f"--api-keys-file {keys} is writable by every user (mode 0666): anyone can let themselves in; chmod o-w"
+    assert_modes(keys, keys, (0o644, 0o664), 0o666, said)
 
 
 def test_a_keys_file_in_a_directory_every_user_can_write_is_refused(tmp_path: Path) -> None:
@@ -321,15 +333,9 @@ def test_a_keys_file_in_a_directory_every_user_can_write_is_refused(tmp_path: Pa
     Kubernetes Secret's mount) forbids that: accepted."""
     folder = tmp_path / "shared"
     folder.mkdir()
-    keys = folder / "api.keys"
-    keys.write_text("ops:" + "ab" * 32 + "\n")
-    for fine in (0o755, 0o775, 0o1777):
-        folder.chmod(fine)
-        assert from_namespace(GatewaySettings, None, api_keys_file=str(keys))
-    folder.chmod(0o777)
+    keys = keys_file_in(folder)
     said = f"--api-keys-file {keys}: its directory {folder} is writable by every user (mode 0777)"
-    with pytest.raises(ConfigError, match=re.escape(said)):
-        from_namespace(GatewaySettings, None, api_keys_file=str(keys))
+    assert_modes(keys, folder, (0o755, 0o775, 0o1777), 0o777, said)
 
 
 def test_a_tls_key_encrypted_with_a_passphrase_is_refused_without_asking_for_it(tmp_path: Path) -> None:

@@ -272,7 +272,7 @@ def test_a_file_time_is_published_exactly_and_a_late_read_back_is_not_a_lost_rac
 
     reads: list[int] = []
 
-    def lagging(_config: object, _topic: str, name: str) -> ScheduleBook:
+    def lagging(_config: object, _topic: str, name: str, **_checked: bool) -> ScheduleBook:
         read = ScheduleBook(name)
         read.add(Schedule(models=("a", "b"), version=1, effective_at=1_000), 1_000)
         if len(reads) >= 2:  # the end offsets catch up with our write on the third read
@@ -494,7 +494,7 @@ def test_publish_refuses_a_control_topic_that_deletes_old_versions_before_writin
     schedule = Schedule(models=("a",), version=1)
     monkeypatch.setattr(topic, "topic_configs", _deleting)
     monkeypatch.setattr(topic, "Producer", Written)
-    monkeypatch.setattr(topic, "load_book", lambda _c, _t, name: ScheduleBook.holding(schedule))
+    monkeypatch.setattr(topic, "load_book", lambda _c, _t, name, **_checked: ScheduleBook.holding(schedule))
     with pytest.raises(ConfigError, match=r"rdv.control has cleanup.policy=delete with retention.ms=3600000"):
         topic.publish({}, "rdv.control", schedule)
     assert written == []
@@ -700,7 +700,7 @@ def test_undeploy_warns_when_the_control_topic_it_checks_deletes_old_versions(
     state = tmp_path / "deployments" / "challenger" / "state.json"
     state.parent.mkdir(parents=True)
     state.write_text(json.dumps({"name": "challenger", "model": "demo:challenger", "replicas": {}}))
-    monkeypatch.setattr(topic, "load_books", lambda _c, _t, _name: (ScheduleBook("default"), set()))
+    monkeypatch.setattr(topic, "load_books", lambda _c, _t, _name, **_checked: (ScheduleBook("default"), set()))
     monkeypatch.setattr(topic, "topic_configs", _deleting)
     console = Console(record=True, width=1000)
     deploy._check_not_preferred("challenger", deploy.UndeploySettings(bootstrap="127.0.0.1:1"), console)
