@@ -591,7 +591,7 @@ def _check_not_preferred(name: str, settings: UndeploySettings, console: Console
     refuse to prefer a model that is not scoring; this was the one way to get there unasked):
     every answer would then wait for the fallback, or time out."""
     from services.cli.common import warn_of_history_loss
-    from services.control.topic import ScheduleBook, load_books
+    from services.control.topic import ScheduleBook, check_held, load_books
 
     state = _state(name)
     # Stripped as `--co-host` reads them: 'challenger =demo:challenger' hosts `challenger`.
@@ -608,13 +608,9 @@ def _check_not_preferred(name: str, settings: UndeploySettings, console: Console
     if found is None:
         return
     book, names = found
-    if book.latest is None and names:
-        # The default name checked on a deployment serving another: nothing was checked (a review).
-        # Refused here, not in `read`: a refusal there was taken for the broker not answering, said
-        # as a note, and the model stopped all the same (a review).
-        raise ConfigError(f"{control} holds no schedule named {settings.schedule_name!r} (it holds "
-                          f"{', '.join(sorted(repr(n) for n in names)[:10])}): name the one your rendezvous "
-                          f"answers by with --schedule-name, or undeploy {name} --force")
+    # Refused here, not in `read`: a refusal there was taken for the broker not answering, said as
+    # a note, and the model stopped all the same (a review).
+    check_held(control, book, names, f", or undeploy {name} --force")
     # The version in force answers until the next takes effect (a change published with a
     # longer --effective-in is pending): the latest alone let the champion of now be stopped.
     now = now_ms()

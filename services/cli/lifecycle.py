@@ -26,7 +26,7 @@ from services.control import changes
 from services.control.gates import DEFAULTS_SAID, Verdict, evaluate, parse_requirements, with_defaults
 from services.control.liveness import live_models, live_names, not_live, workers
 from services.control.schedule import DEFAULT_DEADLINE_MS, MAX_INT, Schedule, authored, check_schedule_name
-from services.control.topic import ScheduleBook, load_books, publish
+from services.control.topic import ScheduleBook, check_held, load_books, publish
 from services.core.errors import ConfigError, TopicRefused
 from services.core.kafka import consumer_groups, group_lag
 from services.core.numbers import ascii_float, ascii_int
@@ -168,12 +168,10 @@ def _book(settings: ScheduleSettings, new: bool = False) -> ScheduleBook:
     check pass for the model the real schedule answers with (a review)."""
     control = settings.topics().control
     book, names = load_books(settings.librdkafka(), control, settings.schedule_name)
-    if book.latest is None and names and not new:
-        held = ", ".join(sorted(repr(n) for n in names)[:10])
+    if not new:
         also = "; or `schedule set --new-schedule` to start this one" if isinstance(settings, ScheduleSetSettings) \
             else ""
-        raise ConfigError(f"{control} holds no schedule named {settings.schedule_name!r} (it holds {held}): name the "
-                          f"one your rendezvous answers by with --schedule-name{also}")
+        check_held(control, book, names, also)
     return book
 
 

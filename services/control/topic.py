@@ -106,12 +106,23 @@ class UnusableControlTopic(ConfigError):
     """The control topic is not one schedules can be kept on (several partitions)."""
 
 
-def check_one_partition(config: Mapping[str, Any], topic: str) -> None:
+def check_held(control: str, book: ScheduleBook, names: set[str], advice: str) -> None:
+    """ConfigError when `control` holds no version of `book`'s schedule but holds others (`names`):
+    a command checking or changing the wrong book checked or changed nothing that runs (a missing
+    or mistyped --schedule-name; reviews). `advice` ends the message (the command's way out)."""
+    if book.latest is None and names:
+        held = ", ".join(sorted(repr(n) for n in names)[:10])
+        raise ConfigError(f"{control} holds no schedule named {book.name!r} (it holds {held}): name the one your "
+                          f"rendezvous answers by with --schedule-name{advice}")
+
+
+def check_one_partition(config: Mapping[str, Any], topic: str, count: int | None = None) -> None:
     """ConfigError unless the control topic has one partition: a schedule's versions are ordered
     by it, and every reader takes a version's first record. With more, each version landed on any
     of them, readers fixed to the partitions of their start missed those added, and a new one read
-    them in no defined order (the docs had invited growing every topic together; a review)."""
-    count = partition_counts(config, [topic]).get(topic, 0)
+    them in no defined order (the docs had invited growing every topic together; a review).
+    `count`: the topic's partition count, when the caller has asked the broker for it already."""
+    count = partition_counts(config, [topic]).get(topic, 0) if count is None else count
     if count != 1:
         raise UnusableControlTopic(f"{topic} has {count} partitions: the control topic must have one, so that every "
                                    "reader sees the schedule's versions in one order")
@@ -415,15 +426,16 @@ def publish(config: Mapping[str, Any], topic: str, schedule: Schedule) -> Schedu
     # The same change, by another writer: the same policy, in force no later than ours would have
     # been (one set for two hours later is another change: told "nothing more to do", its operator
     # waited two hours; a review).
+    ours = accepted.to_dict() == schedule.to_dict()
     same = accepted.same_policy(schedule) and accepted.effective_at <= schedule.effective_at + MIN_EFFECTIVE_IN_MS
-    if accepted.to_dict() != schedule.to_dict() and not same:
+    if not ours and not same:
         # Not "run yours again": a rollback or a promotion is relative to the latest version, and
         # run again after another one, it undid that one (two on-call engineers rolling back at
         # once rolled the bad version back in; a review).
         raise ConfigError(f"v{schedule.version} was published by another change first: {list(accepted.models)} "
                           f"({accepted.comment}); yours was refused by every reader. See `rendezvous schedule "
                           f"history` before changing anything: a change made now is relative to v{schedule.version}")
-    if written_at is not None and accepted.to_dict() == schedule.to_dict():  # ours, not another's same change
+    if written_at is not None and ours:  # not another writer's same change
         _say_if_lead_lost(accepted, written_at, flushed_at)
     return accepted
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer as NativeConsumer
 from prometheus_client import Counter
 
 from services.core.errors import BrokerError
@@ -185,18 +186,16 @@ class Decoy(SimpleHandler, Probed):
                             "or lost records; it resumes at the first record the topic holds, %d", topic, partition,
                             position.offset, high, low)
         self._reached[(topic, partition)] = start
-        self._restart_at(topic, partition, start)
+        self._restart_at(consumer.native, topic, partition, start)
         # Committed as a start: left below the gap, every later assignment found and counted the
         # same gap again, and a --start-from latest start was lost to a kill (a review).
         self._jumps.append(_Jump(topic, partition, start))
         self.ctx.commit_soon()
 
-    def _restart_at(self, topic: str, partition: int, start: int) -> None:
+    def _restart_at(self, native: NativeConsumer, topic: str, partition: int, start: int) -> None:
         """Fetch `partition` from `start` again. Stopped by the error, its fetch takes no seek
         (librdkafka refuses one, _STATE): only an assignment starts it again, and an eager group's
         is the whole one (assign()), every other partition at the position the decoy reached."""
-        native = self.ctx.consumer.native if self.ctx is not None else None
-        assert native is not None
         try:
             native.seek(TopicPartition(topic, partition, start))
             return

@@ -229,7 +229,7 @@ class Rendezvous(Probed):
                 )
         # A schedule's versions are ordered by the control topic's one partition: with more, each
         # reader's "first record of a version" would depend on its fetch order (instances disagree).
-        check_one_partition(config, t.control)
+        check_one_partition(config, t.control, counts[t.control])
         # Requests and scores: a request's append time starts its clock, a score's moves it. With
         # CreateTime a client would set them (the requests' check was missing: a security review).
         # Control: a version's effective_at is bounded by when it was written (a review).

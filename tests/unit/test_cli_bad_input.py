@@ -431,8 +431,6 @@ def test_topic_names_kafka_takes_still_pass() -> None:
 
 def test_a_cache_directory_that_cannot_be_made_is_one_error_line() -> None:
     """A read-only or full disk under the cache printed a traceback (a review of the local broker)."""
-    import os
-
     done = subprocess.run([sys.executable, "-m", "services.cli.main", "broker", "start"], capture_output=True,
                           text=True, timeout=60, env={**os.environ, "RDV_CACHE_DIR": "/etc/hostname/cache"})
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr

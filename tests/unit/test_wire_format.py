@@ -375,8 +375,6 @@ def test_a_reply_trickled_byte_by_byte_ends_the_call_by_its_timeout() -> None:
 def test_an_id_the_registry_would_not_look_up_for_now_is_asked_again_not_refused(status: str) -> None:
     """A 429 (or 401 / 403 / 408) was taken for the id's fault: remembered as refused, so every
     later record with that id was dead-lettered until the process restarted (a review)."""
-    from services.core.registry import Outage
-
     schema = json.dumps({"schema": json.dumps(codec("request").schema)}).encode()
     with RawReplies(http_reply(b'{"message": "not now"}', status=status), http_reply(schema)) as server:
         lookup = IdLookup(SchemaRegistry(server.url, timeout_s=5))
