@@ -19,6 +19,9 @@ and appended no later than its newest record (a re-read goes back to the last co
 only when commits failed for a while or the group's offsets were reset). The timestamp tells a
 re-read from a new record at an old offset: a topic deleted and created again (a broker reset)
 starts its offsets over.
+
+A seal renames its file and names it in the manifest under an exclusive flock of the directory;
+readers list the files and read the manifest under a shared one (`listing_lock`).
 """
 
 from __future__ import annotations
@@ -283,9 +286,12 @@ class ArchiveWriter:
 
     def _seal(self, part: Path, stats: FileStats) -> None:
         final = part.with_name(part.name[: -len(PART)])
-        os.replace(part, final)
-        _sync_directory(self.directory)  # the rename too must survive a crash
-        self._record(final, stats)
+        # A reader between the rename and the manifest's write (the sha256 of 64 MiB takes a few
+        # tenths of a second) found a sealed file the manifest did not name, and left it unread.
+        with listing_lock(self.directory, exclusive=True):
+            os.replace(part, final)
+            _sync_directory(self.directory)  # the rename too must survive a crash
+            self._record(final, stats)
 
     def _record(self, final: Path, stats: FileStats) -> None:
         stats.bytes = final.stat().st_size
@@ -395,6 +401,28 @@ def _still_named(file: BinaryIO) -> None:
         named = None
     if opened.st_nlink == 0 or named is None or (named.st_dev, named.st_ino) != (opened.st_dev, opened.st_ino):
         raise OSError(errno.ENOENT, "it was deleted or replaced while being written (its directory removed?)")
+
+
+@contextmanager
+def listing_lock(directory: Path, *, exclusive: bool = False) -> Iterator[None]:
+    """Holds the directory's listing still: the decoy seals a file (renames it and names it in the
+    manifest) under the exclusive lock, a reader lists the files and reads the manifest under the
+    shared one, so a reader sees a file either still being written or sealed and named. An advisory
+    flock(2) on the directory itself (apart from the writer's lock file, which is a POSIX lock). A
+    file system that refuses it (some network ones) leaves the listing unguarded, as before."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        yield  # the caller's own use of the directory says what is wrong with it
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        except OSError as exc:
+            log.debug("%s: no listing lock (%s)", directory, exc.strerror)
+        yield
+    finally:
+        os.close(fd)  # lets the lock go
 
 
 def _sync_directory(directory: Path) -> None:
@@ -579,7 +607,10 @@ def iter_archive(
     a replay's report says its range may lack their requests (a damaged file only logged made a
     report on two thirds of a range read as the whole; a review)."""
     unread = [] if unread is None else unread
-    open_files = check_archive(directory)
+    with listing_lock(directory):
+        open_files = check_archive(directory)
+        files = read_manifest(directory)
+        unlisted = _unlisted(directory, {stats.name for stats in files})
     if open_files:
         # Fsynced and committed, but still being written: read once sealed (a replay of the last
         # minutes of a running decoy misses them, and says so).
@@ -587,8 +618,6 @@ def iter_archive(
                     "--roll-seconds)", len(open_files), ", ".join(open_files[:5]))
         unread += [f"{name}: still being written (the newest requests)" for name in open_files]
     seen: dict[tuple[str, int], _Recent] = {}
-    files = read_manifest(directory)
-    unlisted = _unlisted(directory, {stats.name for stats in files})
     if unlisted:
         # Sealed, but the manifest's write failed (a full disk): their records are committed. The
         # decoy's next start adds them; until then they are not read, and that is said.

@@ -3,6 +3,7 @@ with another (services/decoy/archive.py, iter_archive)."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +135,45 @@ def test_sealed_files_without_a_manifest_are_said_as_such_not_as_no_archive(tmp_
     (tmp_path / archive.MANIFEST).unlink()
     with pytest.raises(ConfigError, match=r"no manifest\.json yet \(its first write failed: a full disk\?\)"):
         archive.check_archive(tmp_path)
+
+
+def test_a_reader_while_a_file_is_sealed_reads_it_once_it_is_named(tmp_path: Path, monkeypatch: Any) -> None:
+    """A replay that listed the files between the seal's rename and the manifest's write (the
+    sha256 of a large file takes tenths of a second) left the file unread, as "not in the manifest
+    yet": now it waits for the seal, and reads it."""
+    writer = ArchiveWriter(tmp_path, **ROLL)
+    writer.append(rows(range(30), 1_700_000_000_000, b"a"))
+    hashing, go, progress = threading.Event(), threading.Event(), threading.Event()
+    real_sha256, real_flock = archive._sha256, archive.fcntl.flock
+
+    def slow_sha256(path: Path) -> str:
+        hashing.set()
+        go.wait(30)
+        return real_sha256(path)
+
+    def flock(fd: int, operation: int) -> None:
+        if operation == archive.fcntl.LOCK_SH:
+            progress.set()  # the reader is at the lock: it would wait there
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(archive, "_sha256", slow_sha256)
+    monkeypatch.setattr(archive.fcntl, "flock", flock)
+    sealing = threading.Thread(target=writer.close)
+    sealing.start()
+    assert hashing.wait(30)
+    unread: list[str] = []
+    read: list[int] = []
+
+    def replay() -> None:
+        try:
+            read.extend(r["offset"] for r in iter_archive(tmp_path, unread=unread))
+        finally:
+            progress.set()
+
+    reader = threading.Thread(target=replay)
+    reader.start()
+    assert progress.wait(30)  # the reader done (before) or at the lock (now)
+    go.set()
+    sealing.join(30)
+    reader.join(30)
+    assert (read, unread) == (list(range(30)), [])
