@@ -34,7 +34,7 @@ from services.cli.common import (
     with_bootstrap,
 )
 from services.cli.examples import describe
-from services.core.errors import ConfigError, RendezvousError, Stopped
+from services.core.errors import ConfigError, RendezvousError, Stopped, interrupted_status
 from services.core.redaction import mask
 from services.core.runtime import stop_with_parent
 from services.core.settings import KafkaSettings, add_arguments, from_namespace, setting
@@ -462,7 +462,7 @@ def _run(argv: Sequence[str] | None) -> int:
         sys.stderr.write(_cut(mask(f"error: Kafka client: {kafka_message(exc)}")) + "\n")
         return EXIT_ERROR
     except KeyboardInterrupt as stopped:
-        return 128 + (stopped.signum if isinstance(stopped, Stopped) else signal.SIGINT)
+        return interrupted_status(stopped)
     except BrokenPipeError:
         # The reader of our output went away (`rendezvous ... | head`): nothing more to say. Later
         # writes (the interpreter's own flush at exit) go nowhere instead of failing again.

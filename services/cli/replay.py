@@ -31,12 +31,12 @@ from services.control.schedule import DEFAULT_DEADLINE_MS, MAX_LONG, check_sched
 from services.control.topic import ScheduleBook, load_book
 from services.core.codec import codec
 from services.core.compiled_requests import decode_request
-from services.core.errors import BadInput, ConfigError, RendezvousError
+from services.core.errors import BadInput, ConfigError, RendezvousError, Stopped, interrupted_status
 from services.core.id_lookup import decoded_when_readable
 from services.core.kafka import partition_counts
 from services.core.ranges import Bounds, OffsetBound, TimeBound, format_ms, parse_bounds
 from services.core.requests import check_request
-from services.core.runtime import now_ms
+from services.core.runtime import WindUp, now_ms, wind_up_on_first_signal
 from services.core.settings import KafkaSettings, check_format, check_writable_file, setting
 from services.core.terminal import printable
 from services.core.topic_range import read_spans
@@ -117,6 +117,7 @@ class ReplayResult:
     undecodable: int
     without_log: int
     seconds: float
+    stopped_by: int | None = None  # the signal that asked it to stop before the end, if one did
 
     @property
     def rate(self) -> float:
@@ -206,6 +207,7 @@ class Scored:
     first_at: int | None = None  # the earliest and latest append time of a request scored
     last_at: int | None = None
     partitions: set[int] = dataclasses.field(default_factory=set)  # of the requests topic, with a request
+    stopped_at: int | None = None  # the append time of the last record read, when asked to stop before the end
 
     def took(self, record: Recorded) -> None:
         at = record.log_time
@@ -215,14 +217,20 @@ class Scored:
 
 
 def _scored_requests(
-    model: Model, records: Iterable[Recorded], batch: int, progress: Progress = _quiet
+    model: Model, records: Iterable[Recorded], batch: int, progress: Progress = _quiet, wind_up: WindUp | None = None
 ) -> Scored:
     """Every request of `records` scored, in batches as they are read, each id once (a retry of an
-    id is one request of the log: the first is kept), with how many records were no request."""
+    id is one request of the log: the first is kept), with how many records were no request. Asked
+    to stop (`wind_up`), the requests read so far are scored and the rest of the range is not read."""
     request_codec = codec("request")
     scored = Scored()
     pending: dict[str, dict[str, Any]] = {}
     for record in records:
+        if wind_up is not None:
+            if wind_up.asked:
+                scored.stopped_at = record.log_time
+                break
+            wind_up.armed = True  # a signal before the first record stops the command at once
         request = _request(request_codec, record.value)
         if request is None:
             scored.undecodable += 1
@@ -330,10 +338,13 @@ def _live_models(settings: ReplaySettings) -> frozenset[str]:
 
 
 def replay(
-    settings: ReplaySettings, requests: Iterable[Recorded] | None = None, progress: Progress = _quiet
+    settings: ReplaySettings, requests: Iterable[Recorded] | None = None, progress: Progress = _quiet,
+    wind_up: WindUp | None = None,
 ) -> ReplayResult:
-    """Score the recorded requests and build the report (the CLI prints it)."""
+    """Score the recorded requests and build the report (the CLI prints it). Asked to stop
+    (`wind_up`: Ctrl-C, SIGTERM), it reports on what it did by then, and says so."""
     started = time.perf_counter()
+    wind_up = wind_up or WindUp()
     check_log_readable(settings)
     live = _live_models(settings) if settings.name or settings.champion else frozenset()  # one read for both
     check_name_free(settings, live)
@@ -343,8 +354,10 @@ def replay(
     bounds = parse_bounds(settings.since, settings.from_, settings.to, now_ms())  # once: --since is relative
     skipped = Skipped()
     records = requests if requests is not None else recorded_requests(settings, bounds, skipped)
-    scored = _scored_requests(model, records, settings.batch, progress)
+    scored = _scored_requests(model, records, settings.batch, progress, wind_up)
     replayed = scored.replayed
+    if wind_up.signum is not None and not replayed:
+        raise Stopped(wind_up.signum)  # nothing to report on
     if not replayed or scored.first_at is None or scored.last_at is None:
         if scored.undecodable:
             hint = "" if settings.schema_registry else " (registry-framed ones need --schema-registry)"
@@ -361,7 +374,13 @@ def replay(
     version = model.version
     with closing(_log_records(settings, max(0, log_from), log_to, progress)) as past_records:
         columns = Columns()
-        columns.add(_paired(past_records, replayed, name, version))  # streamed: a dict each would double the peak
+        # Streamed: a dict each would double the peak. Checked between records: a stop inside
+        # `add` would leave its columns of unequal lengths.
+        # Asked to stop while scoring, the log is still read for what was scored (a second signal
+        # ends the command at once); asked first while it is read, its read stops there.
+        stopped_scoring = wind_up.asked
+        columns.add(_paired(past_records, replayed, name, version, None if stopped_scoring else wind_up))
+    stopped_reading_log = wind_up.asked and not stopped_scoring
     without_log = len(replayed)
     source = f"replay of {total:,} requests ({settings.source}) through {name}"
     # The answers line and the champion come from the logged requests alone: a request without a
@@ -374,7 +393,8 @@ def replay(
     notes += champion_missing
     budgets = _default_budgets(settings, replayed)
     columns.add(_comparison(request_id, None, r, name, version, budgets) for request_id, r in replayed.items())
-    if without_log:
+    notes += _stopped_notes(scored, total, without_log, stopped_reading_log)
+    if without_log and not stopped_reading_log:
         notes.append(f"{without_log:,} of these requests have no comparison record in the log up to "
                      f"{format_ms(log_to)} (an hour after the last one): their real answers unknown, they count in "
                      "the models' figures only, not in the answers line")
@@ -391,16 +411,32 @@ def replay(
     source_of_champion = answered.champion_source if answered.records else report.champion_source
     report = dataclasses.replace(report, statuses=answered.statuses, answered_by_deadline=answered.answered_by_deadline,
                                  champion_source=source_of_champion)
-    return ReplayResult(report, total, scored.undecodable, without_log, time.perf_counter() - started)
+    return ReplayResult(report, total, scored.undecodable, without_log, time.perf_counter() - started,
+                        wind_up.signum)
+
+
+def _stopped_notes(scored: Scored, total: int, without_log: int, stopped_reading_log: bool) -> list[str]:
+    """What a replay asked to stop left out, said in its report."""
+    notes = []
+    if scored.stopped_at is not None:
+        notes.append(f"stopped after {total:,} requests, at one appended {format_ms(scored.stopped_at)}: this report "
+                     "covers the range up to there, not to its end")
+    if stopped_reading_log and without_log:
+        notes.append(f"stopped while the log was read: {without_log:,} of these requests were not looked up in it, "
+                     "their real answers unknown; they count in the models' figures only, not in the answers line")
+    return notes
 
 
 def _paired(
-    past_records: Iterable[dict[str, Any]], replayed: dict[str, Replayed], name: str, version: str
+    past_records: Iterable[dict[str, Any]], replayed: dict[str, Replayed], name: str, version: str,
+    wind_up: WindUp | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Each logged record of a replayed request with the replayed output added, taking the request
     out of `replayed` (the first record of an id; a later one finds it gone); the read stops once
-    none is left."""
+    none is left, or once asked to stop."""
     for past in past_records:
+        if wind_up is not None and wind_up.asked:
+            return
         found = replayed.pop(past["request_id"], None)
         if found is not None:
             yield _comparison(past["request_id"], past, found, name, version)
@@ -509,19 +545,22 @@ def _comparison(
 
 def run_replay(settings: ReplaySettings, console: Console) -> int:
     err = messages()
-    with err.status("replaying ...") as status:
+    notice = "replay: asked to stop: reporting on the requests scored so far (again to stop at once)"
+    with err.status("replaying ...") as status, wind_up_on_first_signal(notice) as wind_up:
         # The status line is drawn on a terminal only: in a job, under nohup or with 2>file, a replay
         # of hours said nothing until its end (a review). There, a plain line now and then.
         say = (lambda what: status.update(f"replaying: {what}")) if err.is_terminal else now_and_then(err, "replaying")
-        result = replay(settings, progress=say)
+        result = replay(settings, progress=say, wind_up=wind_up)
     if settings.format == "json":
         print_report_json(result.report)
     else:
         print_report(result.report, console)
-    err.print(f"{result.requests:,} requests replayed in {result.seconds:.1f}s ({result.rate:,.0f}/s); "
+    stopped = "stopped before the end of the range: " if result.stopped_by is not None else ""
+    err.print(f"{stopped}{result.requests:,} requests replayed in {result.seconds:.1f}s ({result.rate:,.0f}/s); "
               f"{result.undecodable} undecodable skipped; {result.without_log} had no comparison record")
     if settings.html:
         from services.compare_report.html import write_html
 
         err.print(f"HTML report written to {write_html(dataclasses.replace(result.report), settings.html)}")
-    return 0
+    # A script must not take a report on part of the range for the whole: the status a signal gives.
+    return 0 if result.stopped_by is None else interrupted_status(Stopped(result.stopped_by))

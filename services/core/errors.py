@@ -26,6 +26,7 @@ where it is, as Ctrl-C is (services/cli/main.py): whatever catches a model's err
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 
 
@@ -164,3 +165,8 @@ class Stopped(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+def interrupted_status(stopped: KeyboardInterrupt) -> int:
+    """A command's exit status once a signal stopped it: 128 + the signal's number, as a shell's."""
+    return 128 + (stopped.signum if isinstance(stopped, Stopped) else signal.SIGINT)

@@ -17,10 +17,12 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cache
 from types import FrameType
+from typing import Any
 
-from services.core.errors import StoppedStarting
+from services.core.errors import Stopped, StoppedStarting
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,48 @@ def interruptible(what: str) -> Iterator[None]:
         yield
     finally:
         _interruptible = None
+
+
+@dataclass
+class WindUp:
+    """Whether a command was asked to stop, and by which signal (`wind_up_on_first_signal`). Until
+    `armed` (the command has begun the work it can report on), a signal stops it at once."""
+
+    signum: int | None = None
+    armed: bool = False
+
+    @property
+    def asked(self) -> bool:
+        return self.signum is not None
+
+
+@contextmanager
+def wind_up_on_first_signal(notice: str) -> Iterator[WindUp]:
+    """Within the block, the first SIGINT/SIGTERM/SIGHUP only marks the command as asked to stop
+    (it winds up at its next step and reports what it did), and `notice` is written to stderr;
+    a second raises `Stopped` where the command is, as without the block. A long command stopped
+    by one Ctrl-C otherwise threw away all it had done (a replay's hours of scoring). Outside the
+    main thread, where no handler can be set, signals act as without it."""
+    wind_up = WindUp()
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        if wind_up.asked or not wind_up.armed:
+            raise Stopped(signum)
+        wind_up.signum = signum
+        os.write(2, f"\n{notice}\n".encode())  # not `log`: its lock may be held where the signal came
+
+    before: dict[signal.Signals, Any] = {}
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            before[signum] = signal.signal(signum, handle)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield wind_up
+    finally:
+        for caught, handler in before.items():
+            if handler is not None:  # None: set outside Python, and not one signal() takes back
+                signal.signal(caught, handler)
 
 
 def _exit_stopped(what: str) -> None:

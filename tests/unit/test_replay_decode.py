@@ -442,3 +442,83 @@ def test_an_archive_replay_says_its_range_may_lack_the_requests_of_files_it_coul
     (note,) = _skipped_notes(settings, skipped, Scored())
     assert note == (f"this range may lack the requests of 1 archive file(s) not read: {damaged.name}: its sha256 "
                     "is not the manifest's (damaged since it was sealed)")
+
+
+def stubbed_broker(monkeypatch: pytest.MonkeyPatch, logged: Iterator[dict[str, object]] | None = None) -> None:
+    """A replay's calls to the broker, made to answer without one (the log holds `logged`)."""
+    from services.cli import replay as replay_module
+
+    monkeypatch.setattr(replay_module, "_log_records", (lambda *_args: logged) if logged is not None else no_log())
+    monkeypatch.setattr(replay_module, "check_log_readable", lambda _settings: None)
+    monkeypatch.setattr(replay_module, "_live_models", lambda _settings: frozenset())
+
+
+def test_a_replay_asked_to_stop_while_scoring_reports_on_what_it_scored_with_a_signals_status(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C or SIGTERM during a replay exited 130 with nothing printed: hours of a real model's
+    scoring lost (a review). Now the first signal winds it up: the requests read so far are scored
+    and reported on, the report says where it stopped, and the exit status is still the signal's."""
+    import io
+    import json
+    import os
+    import signal
+    import threading
+
+    from rich.console import Console
+
+    from services.cli import replay as replay_module
+    from services.cli.replay import ReplaySettings, run_replay
+
+    assert threading.current_thread() is threading.main_thread()  # else the signal would reach no handler
+    requests = codec("request")
+    made = [make_request({"mean_radius": 10.0 + i}, budget_ms=100, reply_topic=None, reply_partition=None)
+            for i in range(10)]
+
+    def records(*_args: object) -> Iterator[Recorded]:
+        for i, request in enumerate(made):
+            if i == 4:
+                os.kill(os.getpid(), signal.SIGTERM)  # handled before the next line runs
+            yield Recorded(requests.encode(request), 5_000_000 + i, 0)
+
+    stubbed_broker(monkeypatch)
+    monkeypatch.setattr(replay_module, "recorded_requests", records)
+    status = run_replay(ReplaySettings(model="demo:champion", batch=3, format="json"), Console(file=io.StringIO()))
+    report = json.loads(capsys.readouterr().out)
+    assert status == 128 + signal.SIGTERM
+    assert report["records"] == 4
+    assert any(note.startswith("stopped after 4 requests") for note in report["notes"])
+
+
+def test_a_replay_asked_to_stop_while_it_reads_the_log_says_which_requests_were_not_looked_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import signal
+
+    from services.cli import replay as replay_module
+    from services.cli.replay import ReplaySettings
+    from services.core.runtime import WindUp
+
+    requests = codec("request")
+    made = [make_request({"mean_radius": 10.0 + i}, budget_ms=100, reply_topic=None, reply_partition=None)
+            for i in range(3)]
+    wind_up = WindUp()
+
+    def record_of(request: dict[str, object]) -> dict[str, object]:
+        return {"request_id": request["request_id"], "created_at": request["created_at"], "deadline": 1,
+                "answered_at": None, "status": "TIMEOUT", "chosen_model": None, "reason": "", "schedule": "",
+                "schedule_version": 0, "outputs": []}
+
+    def logged() -> Iterator[dict[str, object]]:
+        yield record_of(made[0])
+        wind_up.signum = signal.SIGINT  # Ctrl-C while the next record is read
+        yield record_of(made[1])
+        raise AssertionError("read on after the stop")
+
+    stubbed_broker(monkeypatch, logged())
+    values = recorded(*(requests.encode(r) for r in made), at=5_000_000)
+    result = replay_module.replay(ReplaySettings(model="demo:champion"), values, wind_up=wind_up)
+    assert (result.requests, result.without_log, result.stopped_by) == (3, 2, signal.SIGINT)
+    notes = result.report.notes
+    assert any(note.startswith("stopped while the log was read: 2 of these requests") for note in notes)
+    assert not any("have no comparison record in the log up to" in note for note in notes)

@@ -113,3 +113,24 @@ def test_a_model_whose_load_sets_a_signal_handler_still_loads(tmp_path: Path) ->
         capture_output=True, text=True, env=env, timeout=120, check=False)
     assert "loaded model from alarm_model:make" in done.stderr, done.stderr
     assert "no Kafka broker answered" in done.stderr  # on to the broker, which is not there
+
+
+def test_a_command_winding_up_hears_the_first_signal_and_stops_at_the_second_or_before_it_is_armed() -> None:
+    """`wind_up_on_first_signal`: a long command (a replay) reports on what it did at the first
+    signal; before it has begun that work, and at a second signal, it stops at once."""
+    from services.core.errors import Stopped
+    from services.core.runtime import wind_up_on_first_signal
+
+    assert threading.current_thread() is threading.main_thread()  # else the signals would reach no handler
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Stopped), wind_up_on_first_signal("winding up") as wind_up:
+        os.kill(os.getpid(), signal.SIGTERM)  # not armed yet: at once
+    assert wind_up.signum is None
+    with wind_up_on_first_signal("winding up") as wind_up:
+        wind_up.armed = True
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert wind_up.signum == signal.SIGHUP
+        with pytest.raises(Stopped) as second:
+            os.kill(os.getpid(), signal.SIGINT)
+    assert second.value.signum == signal.SIGINT
+    assert signal.getsignal(signal.SIGTERM) is before  # put back
