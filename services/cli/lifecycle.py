@@ -257,7 +257,8 @@ def _check_live(settings: ChangeSettings, schedule: Schedule) -> list[str]:
     found = workers(config, settings.topic_prefix)
     # A model whose every score is an error (a broken model file, a contract nothing meets) is not live.
     live = live_names(figures, found)
-    reason = not_live(schedule, live, settings.live_window_s, found[1] if found else set())
+    running, stopped = found if found else (set(), set())
+    reason = not_live(schedule, live, settings.live_window_s, stopped, running)
     if reason:
         raise ConfigError(f"refused: {reason}; deploy it first, or pass --force")
     silent = [m for m in schedule.models[1:] if m not in live]

@@ -1,7 +1,8 @@
 """Which models are scoring now: the one "model is live" rule. Read from the scores topic (a
 usable score in the last window) and from the workers' consumer groups (a model whose worker
 left its group is not live, whatever it scored a moment ago; one whose worker is in its group is
-live without traffic to score, unless all it scored in the window were errors).
+live without traffic to score, but not while others scored and it did not, nor when all it scored
+in the window were errors).
 
 A schedule change that would prefer a model that is not scoring is refused by the commands
 that publish it (`schedule set`, `promote`), unless forced. The rendezvous itself does not
@@ -75,8 +76,8 @@ def workers(config: Mapping[str, Any], prefix: str) -> tuple[set[str], set[str]]
 def live_names(figures: Figures, found: tuple[set[str], set[str]] | None) -> set[str]:
     """The live models: those with a usable score in the window (`figures`) but for those whose
     workers all left their groups (when every group with members is named after a model that
-    scored), and those with a worker in its group but for those whose every score in the window
-    was an error. `found`: `workers`' (running, stopped); None: scores alone."""
+    scored), and, while no model scored in the window (no traffic), those with a worker in its
+    group. `found`: `workers`' (running, stopped); None: scores alone."""
     usable = {model for (model, _version), f in figures.items() if f["errors"] < f["scores"]}
     if found is None:
         return usable
@@ -88,18 +89,27 @@ def live_names(figures: Figures, found: tuple[set[str], set[str]] | None) -> set
         # model whose default group is left empty: that empty group proves nothing (a review). So
         # a model just undeployed is taken for live while another is deployed and idle.
         stopped = set()
-    return (usable - stopped) | (running - (scored - usable))
+    # A worker in its group that scored nothing while others scored is hung or far behind: taken
+    # for live, `promote` could make a model that answers nothing the champion (a review).
+    idle = running - scored if not scored else set()
+    return (usable - stopped) | idle
 
 
-def not_live(schedule: Schedule, live: set[str], window_s: float, stopped: Set[str] = frozenset()) -> str | None:
+def not_live(schedule: Schedule, live: set[str], window_s: float, stopped: Set[str] = frozenset(),
+             running: Set[str] = frozenset()) -> str | None:
     """Why `schedule` would prefer a model that is not scoring (None: the ones it prefers are);
-    `stopped`: models whose workers left their consumer groups."""
+    `stopped`: models whose workers left their consumer groups; `running`: those with a worker in
+    its group."""
     missing = [m for m in schedule.answering() if m not in live]
     if not missing:
         return None
     left = [m for m in missing if m in stopped]
-    silent = [m for m in missing if m not in stopped]
+    silent = [m for m in missing if m not in stopped and m not in running]
+    in_group = [m for m in missing if m in running]  # scored nothing while others did, or errors only
     reasons = [f"{', '.join(left)} has no worker in its consumer group now"] if left else []
-    if silent:
-        reasons.append(f"{', '.join(silent)} sent no usable score (one without an error) in the last {window_s:.0f}s")
+    for names, why in ((in_group, " though a worker is in its consumer group (hung, failing, or far behind?)"),
+                       (silent, "")):
+        if names:
+            reasons.append(f"{', '.join(names)} sent no usable score (one without an error) in the last "
+                           f"{window_s:.0f}s{why}")
     return f"{'; '.join(reasons)} (scoring: {', '.join(sorted(live)) or 'none'})"

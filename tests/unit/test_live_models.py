@@ -35,7 +35,7 @@ def test_without_the_groups_the_scores_alone_decide() -> None:
 def test_an_empty_group_proves_nothing_while_a_group_not_named_after_a_scoring_model_has_members() -> None:
     """A worker run with --group <prefix>model.fraud-blue scores as fraud; fraud's old default group
     stays listed, empty: fraud was refused as stopped while it scored (a review)."""
-    assert live_names(_scored(fraud=0), ({"fraud-blue"}, {"fraud"})) == {"fraud", "fraud-blue"}
+    assert live_names(_scored(fraud=0), ({"fraud-blue"}, {"fraud"})) == {"fraud"}  # "fraud-blue" names no model
     assert live_names(_scored(fraud=0, champion=0), ({"champion"}, {"fraud"})) == {"champion"}
 
 
@@ -49,3 +49,14 @@ def test_a_co_hosted_workers_group_is_named_after_the_models_it_scores() -> None
     assert "contra" not in live and {"a", "b", "champion"} <= live
     # A model deployed and idle next to one just undeployed: the empty group proves nothing then.
     assert "contra" in live_names(_scored(champion=0, contra=0), ({"champion", "fresh"}, {"contra"}))
+
+
+def test_a_model_with_a_worker_in_its_group_that_scored_nothing_while_others_scored_is_not_live() -> None:
+    """A hung worker stays in its group: taken for live, `promote` without --require made a model
+    that answered nothing the champion (a review). Without traffic it is live, as before."""
+    live = live_names(_scored(champion=0), ({"champion", "hung"}, set()))
+    assert live == {"champion"}
+    reason = not_live(Schedule(models=("hung", "champion")), live, 60, set(), {"champion", "hung"})
+    assert reason == ("hung sent no usable score (one without an error) in the last 60s though a worker is in its "
+                      "consumer group (hung, failing, or far behind?) (scoring: champion)")
+    assert live_names({}, ({"champion", "hung"}, set())) == {"champion", "hung"}
