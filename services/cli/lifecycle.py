@@ -277,6 +277,12 @@ def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule,
     supersede = settings.supersede_pending or draft.supersedes_pending
     schedule = changes.next_version(book, draft, now, asked_ms, effective_at, supersede)
     superseded = book.supersedes(schedule, now)
+    if superseded and not settings.supersede_pending:
+        # The file's own flag (copied from an urgent version's JSON, say) was said only after the
+        # pending versions were gone for good (a review): asked for with the flag too, now.
+        pending = ", ".join(f"v{v.version} at {format_ms(v.effective_at)}" for v in superseded)
+        raise ConfigError(f"the file says \"supersedes_pending\": true, and {pending} would never take effect: pass "
+                          "--supersede-pending as well to publish it so, or set it false in the file")
     if effective_at is not None:  # checked again: the live check took time since, and sooner is retroactive
         # When it will start (a pending version before it may hold it back past the file's time).
         _within_reach(schedule.effective_at - now, f"effective_at {format_ms(effective_at)}")

@@ -1527,3 +1527,30 @@ def test_the_published_line_names_a_traffic_split(monkeypatch: pytest.MonkeyPatc
     lifecycle._publish_next(lifecycle.ScheduleSetSettings(), book, draft,
                             Console(file=out, width=300, no_color=True))
     assert "published default v2: ['champion', 'challenger'], traffic challenger=0.25 (effective in" in out.getvalue()
+
+
+def test_a_schedule_file_that_supersedes_pending_versions_needs_the_flag_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A file copied from an urgent version's JSON carries "supersedes_pending": true: the
+    promotion pending for tomorrow was superseded for good, and said only after (a review)."""
+    from services.cli import lifecycle
+    from services.core.runtime import now_ms
+
+    now = now_ms()
+    book = ScheduleBook("default")
+    book.add(Schedule(models=("a",), version=1, created_at=now - 10_000, effective_at=now - 10_000))
+    book.add(Schedule(models=("b", "a"), version=2, created_at=now, effective_at=now + 3_600_000))
+    published: list[Schedule] = []
+    monkeypatch.setattr(lifecycle, "_check_live", lambda *_args: [])
+    monkeypatch.setattr(lifecycle, "_book", lambda _settings, new=False: book)
+    monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, schedule: published.append(schedule) or schedule)
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"models": ["c", "a"], "supersedes_pending": True}))
+    with pytest.raises(ConfigError, match=r"the file says \"supersedes_pending\": true, and v2 at .* would never take "
+                                          r"effect: pass --supersede-pending as well"):
+        lifecycle.cmd_schedule_set(from_namespace(ScheduleSetSettings, None, file=str(path)), Console(quiet=True))
+    assert published == []
+    settings = from_namespace(ScheduleSetSettings, None, file=str(path), supersede_pending=True)
+    assert lifecycle.cmd_schedule_set(settings, Console(quiet=True)) == 0
+    assert [(v.version, v.models, v.supersedes_pending) for v in published] == [(3, ("c", "a"), True)]
