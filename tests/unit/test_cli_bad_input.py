@@ -213,6 +213,21 @@ def test_a_schedule_files_effective_at_in_the_future_is_when_it_takes_effect(tmp
 START_MS = 1_700_000_000_000
 
 
+def stub_control_topic(
+    monkeypatch: pytest.MonkeyPatch, book: ScheduleBook | None, published: list[Schedule] | None = None,
+) -> list[Schedule]:
+    """A change command's read of the control topic (it holds `book`; None: read as it is) and its
+    write, without a broker: what it publishes goes into `published` (returned; a new list if not
+    given), accepted as written."""
+    from services.cli import lifecycle
+
+    published = [] if published is None else published
+    if book is not None:
+        monkeypatch.setattr(lifecycle, "_book", lambda _settings, new=False: book)
+    monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, schedule: published.append(schedule) or schedule)
+    return published
+
+
 def _set_from_file_after_a_slow_live_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, book: ScheduleBook, models: list[str], published: list[Schedule],
 ) -> None:
@@ -229,8 +244,7 @@ def _set_from_file_after_a_slow_live_check(
 
     monkeypatch.setattr(lifecycle, "now_ms", lambda: clock[0])
     monkeypatch.setattr(lifecycle, "_check_live", slow_live_check)
-    monkeypatch.setattr(lifecycle, "_book", lambda _settings, new=False: book)
-    monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, schedule: published.append(schedule) or schedule)
+    stub_control_topic(monkeypatch, book, published)
     path = tmp_path / "s.json"
     path.write_text(json.dumps({"models": models, "effective_at": START_MS + 2_000}))
     lifecycle.cmd_schedule_set(from_namespace(ScheduleSetSettings, None, file=str(path)), Console(quiet=True))
@@ -244,10 +258,9 @@ def test_a_schedule_name_the_control_topic_does_not_hold_beside_others_is_refuse
     go; a review). Promote and rollback said "run schedule set", which did just that."""
     from services.cli import lifecycle
 
-    published: list[Schedule] = []
     monkeypatch.setattr(lifecycle, "load_books", lambda _config, _topic, _name: (ScheduleBook("default"), {"prod"}))
     monkeypatch.setattr(lifecycle, "_check_live", lambda *_args: [])
-    monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, schedule: published.append(schedule) or schedule)
+    published = stub_control_topic(monkeypatch, None)
     asked = {"bootstrap": NO_BROKER, "models": ("a", "b")}
     said = r"holds no schedule named 'default' \(it holds 'prod'\): name the one .*; or `schedule set --new-schedule`"
     with pytest.raises(ConfigError, match=said):
@@ -1204,8 +1217,7 @@ def test_promote_and_rollback_say_a_fallback_is_not_scoring(command: str, monkey
     book.add(Schedule(models=("champion", "ghost"), version=1), START_MS - 20_000)
     book.add(Schedule(models=("challenger", "ghost"), version=2, effective_at=START_MS - 9_000), START_MS - 10_000)
     monkeypatch.setattr(lifecycle, "now_ms", lambda: START_MS)
-    monkeypatch.setattr(lifecycle, "_book", lambda _settings, new=False: book)
-    monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, schedule: schedule)
+    stub_control_topic(monkeypatch, book)
     monkeypatch.setattr(lifecycle, "live_models", lambda _config, _topic, _window: {
         (m, "1"): {"scores": 10.0, "errors": 0.0} for m in ("champion", "challenger")})
     monkeypatch.setattr(lifecycle, "workers", lambda _config, _prefix: None)  # the groups unlisted: scores alone
@@ -1231,10 +1243,8 @@ def test_a_rollback_held_back_to_a_pending_version_s_start_says_that_one_never_t
     book.add(Schedule(models=("champion", "challenger"), version=1), START_MS - 20_000)
     book.add(Schedule(models=("challenger", "champion"), version=2, effective_at=START_MS + 3_600_000),
              START_MS - 10_000)
-    published: list[Schedule] = []
     monkeypatch.setattr(lifecycle, "now_ms", lambda: START_MS)
-    monkeypatch.setattr(lifecycle, "_book", lambda _settings, new=False: book)
-    monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, schedule: published.append(schedule) or schedule)
+    published = stub_control_topic(monkeypatch, book)
     monkeypatch.setattr(lifecycle, "live_models", lambda _config, _topic, _window: {
         (m, "1"): {"scores": 10.0, "errors": 0.0} for m in ("champion", "challenger")})
     monkeypatch.setattr(lifecycle, "workers", lambda _config, _prefix: None)  # the groups unlisted: scores alone
@@ -1521,7 +1531,7 @@ def test_the_published_line_names_a_traffic_split(monkeypatch: pytest.MonkeyPatc
     book = ScheduleBook("default")
     book.add(Schedule(models=("champion", "challenger"), version=1), START_MS - 20_000)
     monkeypatch.setattr(lifecycle, "now_ms", lambda: START_MS)
-    monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, schedule: schedule)
+    stub_control_topic(monkeypatch, book)
     out = io.StringIO()
     draft = Schedule(models=("champion", "challenger"), traffic_model="challenger", traffic_fraction=0.25)
     lifecycle._publish_next(lifecycle.ScheduleSetSettings(), book, draft,
@@ -1541,10 +1551,8 @@ def test_a_schedule_file_that_supersedes_pending_versions_needs_the_flag_too(
     book = ScheduleBook("default")
     book.add(Schedule(models=("a",), version=1, created_at=now - 10_000, effective_at=now - 10_000))
     book.add(Schedule(models=("b", "a"), version=2, created_at=now, effective_at=now + 3_600_000))
-    published: list[Schedule] = []
     monkeypatch.setattr(lifecycle, "_check_live", lambda *_args: [])
-    monkeypatch.setattr(lifecycle, "_book", lambda _settings, new=False: book)
-    monkeypatch.setattr(lifecycle, "publish", lambda _config, _topic, schedule: published.append(schedule) or schedule)
+    published = stub_control_topic(monkeypatch, book)
     path = tmp_path / "s.json"
     path.write_text(json.dumps({"models": ["c", "a"], "supersedes_pending": True}))
     with pytest.raises(ConfigError, match=r"the file says \"supersedes_pending\": true, and v2 at .* would never take "

@@ -246,6 +246,16 @@ def one_partition(_config: object, topics: list[str], *_args: object) -> dict[st
     return dict.fromkeys(topics, 1)
 
 
+def a_sound_control_topic(monkeypatch: pytest.MonkeyPatch, producer: type) -> None:
+    """`publish`'s checks of the control topic passed (compacted, one partition; the broker's
+    answers, not asked here), and `producer` the Producer class it writes with."""
+    from services.control import topic
+
+    monkeypatch.setattr(topic, "topic_configs", lambda *_args: {"cleanup.policy": "compact"})
+    monkeypatch.setattr(topic, "partition_counts", one_partition)
+    monkeypatch.setattr(topic, "Producer", producer)
+
+
 def test_a_file_time_is_published_exactly_and_a_late_read_back_is_not_a_lost_race(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -280,10 +290,8 @@ def test_a_file_time_is_published_exactly_and_a_late_read_back_is_not_a_lost_rac
         reads.append(1)
         return read
 
-    monkeypatch.setattr(topic, "Producer", Written)
+    a_sound_control_topic(monkeypatch, Written)
     monkeypatch.setattr(topic, "load_book", lagging)
-    monkeypatch.setattr(topic, "topic_configs", lambda *_args: {"cleanup.policy": "compact"})
-    monkeypatch.setattr(topic, "partition_counts", one_partition)
     topic.publish({}, "rdv.control", published)
     assert len(reads) == 3
     reads.clear()
@@ -311,9 +319,7 @@ def test_a_version_the_broker_appended_too_close_to_its_start_says_why(
 
     schedule = Schedule(models=("a",), version=1, effective_at=1_800_000_000_000)
     appended = schedule.effective_at - lead_ms
-    monkeypatch.setattr(topic, "topic_configs", lambda *_args: {"cleanup.policy": "compact"})
-    monkeypatch.setattr(topic, "partition_counts", one_partition)
-    monkeypatch.setattr(topic, "Producer", _writing_to([]))
+    a_sound_control_topic(monkeypatch, _writing_to([]))
     monkeypatch.setattr(topic.time, "time", lambda: (appended - ahead_ms) / 1000)  # this host's clock after the flush
     monkeypatch.setattr(topic, "_read_back", lambda _c, _t, s: (s, appended))
     with caplog.at_level("WARNING"):
@@ -338,9 +344,7 @@ def test_another_writers_version_is_the_same_change_only_if_in_force_no_later_th
 
     ours = Schedule(models=("a", "b"), version=2, effective_at=1_800_000_000_000, comment="mine")
     theirs = replace(ours, effective_at=ours.effective_at + later_ms, comment="theirs")
-    monkeypatch.setattr(topic, "topic_configs", lambda *_args: {"cleanup.policy": "compact"})
-    monkeypatch.setattr(topic, "partition_counts", one_partition)
-    monkeypatch.setattr(topic, "Producer", _writing_to([]))
+    a_sound_control_topic(monkeypatch, _writing_to([]))
     monkeypatch.setattr(topic, "_read_back", lambda _c, _t, _s: (theirs, None))
     if same:
         assert topic.publish({}, "rdv.control", ours) == theirs
