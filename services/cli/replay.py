@@ -141,6 +141,7 @@ class Skipped:
     topics: Counter[str] = dataclasses.field(default_factory=Counter)
     gaps: list[Gap] = dataclasses.field(default_factory=list)
     files: list[str] = dataclasses.field(default_factory=list)
+    retained_from: int | None = None  # the decoy's retention deleted the range's requests appended before it
 
 
 def _requests_from_topic(settings: ReplaySettings, bounds: Bounds, _skipped: Skipped) -> Iterator[Recorded]:
@@ -159,7 +160,7 @@ def _requests_from_archive(settings: ReplaySettings, bounds: Bounds, skipped: Sk
     """The archive's records of the range that came from this deployment's requests topic: a decoy
     pointed at another prefix's topic may have archived into the same directory (they were
     replayed as this one's, and counted as having no comparison record; a review)."""
-    from services.decoy.archive import iter_archive, read_gaps
+    from services.decoy.archive import iter_archive, read_gaps, read_retained_from
 
     if isinstance(bounds.start, OffsetBound) or isinstance(bounds.end, OffsetBound):
         raise ConfigError("--source archive takes time bounds only (offsets belong to the topic)")
@@ -169,6 +170,9 @@ def _requests_from_archive(settings: ReplaySettings, bounds: Bounds, skipped: Sk
     # A gap's records were appended before it was noticed: one noticed before the range holds none of it.
     skipped.gaps = [gap for gap in read_gaps(Path(settings.archive_dir))
                     if gap.topic == topic and (start is None or gap.noticed_at >= start)]
+    retained_from = read_retained_from(Path(settings.archive_dir))
+    if retained_from is not None and (start is None or start < retained_from):
+        skipped.retained_from = retained_from
     for record in iter_archive(Path(settings.archive_dir), from_ms=start, to_ms=end, unread=skipped.files):
         if record["topic"] != topic:
             skipped.topics[record["topic"]] += 1
@@ -363,7 +367,9 @@ def replay(
             hint = "" if settings.schema_registry else " (registry-framed ones need --schema-registry)"
             raise ConfigError(f"none of the {scored.undecodable:,} records in that range is a request this command "
                               f"can read{hint}: nothing to replay")
-        raise ConfigError("no requests in that range: nothing to replay")
+        gone = (f" (the decoy's retention deleted the archive's requests appended before "
+                f"{format_ms(skipped.retained_from)})" if skipped.retained_from is not None else "")
+        raise ConfigError(f"no requests in that range{gone}: nothing to replay")
     total = len(replayed)
     failures = _failure_note(name, replayed.values(), total)  # before the pairing takes them out
     # The log's records are stamped by the rendezvous' clock when it closed each request: read from
@@ -504,6 +510,10 @@ def _skipped_notes(settings: ReplaySettings, skipped: Skipped, scored: Scored) -
         more = f"; and {len(skipped.gaps) - 5} more" if len(skipped.gaps) > 5 else ""
         notes.append(f"this range may lack requests the archive never held: {topic} deleted them (its retention) "
                      f"before the decoy archived them: {where}{more}")
+    if skipped.retained_from is not None:
+        notes.append(f"this range starts before {format_ms(skipped.retained_from)}, and the archive's requests "
+                     "appended before then were deleted by the decoy's retention (--retain-hours): it covers the "
+                     "range from then on")
     if skipped.files:
         more = f"; and {len(skipped.files) - 5} more" if len(skipped.files) > 5 else ""
         notes.append(f"this range may lack the requests of {len(skipped.files)} archive file(s) not read: "

@@ -3,9 +3,11 @@
 Layout of an archive directory:
 
     manifest.json                      every finished file: records, bytes, sha256,
-                                       per-partition offset range, timestamp range; and
-                                       the gaps: records the topic deleted (its retention)
-                                       before the decoy archived them
+                                       per-partition offset range, timestamp range; the
+                                       gaps: records the topic deleted (its retention)
+                                       before the decoy archived them; and, once the decoy's
+                                       own retention deleted files, the time before which
+                                       records may be gone (`retained_from`)
     requests-<start ms>-<seq>.avro     finished files (Avro container, schema inside)
     requests-<start ms>-<seq>.avro.part   the file being written
 
@@ -41,7 +43,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -61,6 +63,7 @@ LOCK = "decoy.lock"  # held by the one decoy writing the directory (its pid insi
 PART = ".part"
 DAMAGED = ".damaged"  # a recovered file's original, kept when it held a damaged block
 RECOVERING = ".recovering"  # a recovered file's new copy, until it replaces the original
+EXPIRE_EVERY_S = 60.0  # how often a decoy with a retention looks for files past it
 
 
 class ArchiveFailed(RendezvousError):
@@ -124,11 +127,14 @@ class Gap:
 class ArchiveWriter:
     """Appends records to the open file; rolls by size or age; keeps the manifest."""
 
-    def __init__(self, directory: Path, *, roll_bytes: int, roll_seconds: float, codec: str = "deflate"):
+    def __init__(self, directory: Path, *, roll_bytes: int, roll_seconds: float, codec: str = "deflate",
+                 retain_ms: int = 0):
         self.directory = directory
         self.roll_bytes = roll_bytes
         self.roll_seconds = roll_seconds
         self.codec = codec
+        self.retain_ms = retain_ms  # sealed files whose newest record is older are deleted; 0: none
+        self._next_expiry = 0.0  # monotonic: `expire` looks at most once per EXPIRE_EVERY_S
         self._schema = archive_schema()
         self._file: BinaryIO | None = None
         self._writer: Writer | None = None
@@ -145,6 +151,7 @@ class ArchiveWriter:
         _make_private(directory)
         self.manifest = read_manifest(directory)
         self.gaps = read_gaps(directory)
+        self.retained_from = read_retained_from(directory)
         # A full disk here said `error: No space left on device`, naming neither the archive nor
         # what was being done (a review).
         with self._storage("recover the files a crash left", "at start"):
@@ -224,8 +231,38 @@ class ArchiveWriter:
             return
         gaps = [g for g in self.gaps if g not in same] + [gap]
         with self._storage("write the manifest of", MANIFEST):
-            write_manifest(self.directory, self.manifest, gaps)
+            write_manifest(self.directory, self.manifest, gaps, self.retained_from)
         self.gaps = gaps
+
+    def expire(self, now: int) -> None:
+        """Delete the sealed files whose newest record was appended more than `retain_ms` before
+        `now` (none while it is 0), at most once per EXPIRE_EVERY_S: an archive without retention
+        filled its disk, and stopped the decoy (a review). The manifest drops them, and the gaps
+        their time covers, and says from when on the archive is whole (`retained_from`), for a
+        replay to say that a range starting earlier may lack requests; then the files go. Both
+        under the listing lock: no reader finds a file named and gone."""
+        if self.retain_ms <= 0 or time.monotonic() < self._next_expiry:
+            return
+        self._next_expiry = time.monotonic() + EXPIRE_EVERY_S
+        cutoff = now - self.retain_ms
+        old = [f for f in self.manifest if f.last_timestamp is not None and f.last_timestamp < cutoff]
+        if not old:
+            return
+        # Every record of a deleted file was appended before this; those appended from it on are all kept.
+        newest_gone = max(f.last_timestamp for f in old if f.last_timestamp is not None)
+        retained_from = max(self.retained_from or 0, newest_gone + 1)
+        kept = [f for f in self.manifest if f not in old]
+        gaps = [g for g in self.gaps if g.noticed_at >= retained_from]  # a gap's records precede its notice
+        with self._storage("delete the files past its retention from", MANIFEST), \
+                listing_lock(self.directory, exclusive=True):
+            write_manifest(self.directory, kept, gaps, retained_from)
+            for stats in old:
+                (self.directory / stats.name).unlink(missing_ok=True)
+            _sync_directory(self.directory)
+        self.manifest, self.gaps, self.retained_from = kept, gaps, retained_from
+        log.info("retention: deleted %d archive file(s), %d records, %.1f MiB, appended before %s; %d file(s) kept",
+                 len(old), sum(f.records for f in old), sum(f.bytes for f in old) / 2**20,
+                 datetime.fromtimestamp(retained_from / 1000, tz=UTC).isoformat(timespec="seconds"), len(kept))
 
     def roll_if_old(self) -> None:
         """Seal the open file once it is `roll_seconds` old, whether or not records still come
@@ -297,7 +334,7 @@ class ArchiveWriter:
         stats.bytes = final.stat().st_size
         stats.sha256 = _sha256(final)
         self.manifest.append(stats)
-        write_manifest(self.directory, self.manifest, self.gaps)
+        write_manifest(self.directory, self.manifest, self.gaps, self.retained_from)
         log.info("archived %s: %d records, %d bytes", final.name, stats.records, stats.bytes)
 
     def _recover_parts(self) -> None:
@@ -462,18 +499,29 @@ def _sha256(path: Path) -> str:
 
 
 def read_manifest(directory: Path) -> list[FileStats]:
-    return _from_manifest(directory, lambda data: [_checked(FileStats(**entry)) for entry in data["files"]])
+    return _from_manifest(directory, lambda data: [_checked(FileStats(**entry)) for entry in data["files"]], [])
 
 
 def read_gaps(directory: Path) -> list[Gap]:
     """The gaps the manifest names (none in a manifest written before it named them)."""
-    return _from_manifest(directory, lambda data: [_checked_gap(Gap(**entry)) for entry in data.get("gaps", [])])
+    return _from_manifest(directory, lambda data: [_checked_gap(Gap(**entry)) for entry in data.get("gaps", [])], [])
 
 
-def _from_manifest(directory: Path, read: Callable[[dict[str, Any]], list[T]]) -> list[T]:
+def read_retained_from(directory: Path) -> int | None:
+    """The append time (epoch ms) before which the decoy's retention deleted records; None: none deleted."""
+    return _from_manifest(directory, lambda data: _checked_time(data.get("retained_from")), None)
+
+
+def _checked_time(value: object) -> int | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise TypeError(f"retained_from {value!r:.80} is no epoch ms")
+
+
+def _from_manifest(directory: Path, read: Callable[[dict[str, Any]], T], empty: T) -> T:
     path = directory / MANIFEST
     if not path.exists():
-        return []
+        return empty
     try:
         return read(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:  # [[[...]]] nests
@@ -569,11 +617,13 @@ def _unlisted(directory: Path, named: set[str]) -> list[Path]:
             if path.name not in named and _archive_name(path.name)]
 
 
-def write_manifest(directory: Path, files: list[FileStats], gaps: list[Gap]) -> None:
-    """Atomically replace the manifest (write a temp file, fsync, rename). The gaps are a key a
-    reader of the files alone need not know."""
-    data = {"format": "rendezvous-serving decoy archive v1", "schema": "schemas/archived_request.avsc",
-            "files": [vars(f) for f in files], "gaps": [vars(g) for g in gaps]}
+def write_manifest(directory: Path, files: list[FileStats], gaps: list[Gap], retained_from: int | None = None) -> None:
+    """Atomically replace the manifest (write a temp file, fsync, rename). The gaps and the
+    retention's time are keys a reader of the files alone need not know."""
+    data: dict[str, Any] = {"format": "rendezvous-serving decoy archive v1", "schema": "schemas/archived_request.avsc",
+                            "files": [vars(f) for f in files], "gaps": [vars(g) for g in gaps]}
+    if retained_from is not None:
+        data["retained_from"] = retained_from
     tmp = directory / (MANIFEST + ".tmp")
     with tmp.open("w") as handle:
         json.dump(data, handle, indent=1)

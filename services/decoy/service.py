@@ -86,13 +86,15 @@ class Decoy(SimpleHandler, Probed):
         super().start(ctx)
         self._archive = ArchiveWriter(Path(self.settings.archive_dir),
                                       roll_bytes=int(self.settings.roll_mb * 1024 * 1024),
-                                      roll_seconds=self.settings.roll_seconds, codec=self.settings.codec)
+                                      roll_seconds=self.settings.roll_seconds, codec=self.settings.codec,
+                                      retain_ms=int(self.settings.retain_hours * 3_600_000))
         ctx.stack.callback(self._archive.close)
         ctx.consumer.on_out_of_range = self._out_of_range
 
     def on_tick(self) -> None:
         assert self._archive is not None
         self._archive.roll_if_old()
+        self._archive.expire(now_ms())
 
     def on_batch(self, messages: list[Message]) -> None:
         if messages:

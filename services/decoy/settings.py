@@ -16,6 +16,10 @@ class DecoySettings(ServiceSettings):
     roll_mb: float = setting(64.0, "Seal the current file once it is this large (MiB).", above=0)
     roll_seconds: float = setting(300.0, "Seal the current file once it is this old (s), even if nothing follows.",
                                   above=0)
+    retain_hours: float = setting(
+        0.0, "Delete sealed archive files whose newest request was appended more than this many hours ago "
+        "(checked once a minute; the manifest says from when on the archive is whole). 0 keeps every file: "
+        "the archive grows until its disk is full, which stops the decoy.", minimum=0)
     codec: str = setting("deflate", "Avro block codec of the archive files: null or deflate.")
     group: str = setting("", "Consumer group (default: <prefix>decoy).", identifier=True)
     start_from: str = setting("earliest", "Where a new consumer group starts: earliest or latest.")

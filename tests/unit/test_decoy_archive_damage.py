@@ -228,7 +228,7 @@ def test_a_file_sealed_but_not_yet_in_the_manifest_at_a_crash_is_added_at_the_ne
     writer.roll()
     writer.append(rows(2, 2))
 
-    def full(_directory: Path, _files: list[Any], _gaps: list[Any]) -> None:
+    def full(*_args: Any) -> None:
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patched:
