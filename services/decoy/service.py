@@ -136,8 +136,7 @@ class Decoy(SimpleHandler, Probed):
             for tp in consumer.committed(partitions, timeout=10):
                 if tp.error is not None:
                     continue
-                low, high = consumer.native.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
-                                                                  timeout=10, cached=False)
+                low, high = _watermarks(consumer.native, tp.topic, tp.partition)
                 if tp.offset < 0:
                     starts[(tp.topic, tp.partition)] = self._fresh_start(low, high)
                 elif tp.offset < low:
@@ -172,8 +171,7 @@ class Decoy(SimpleHandler, Probed):
             # twice, and a partition with no commit was read again from its start (tests caught it).
             return
         try:
-            low, high = consumer.native.get_watermark_offsets(TopicPartition(topic, partition), timeout=10,
-                                                              cached=False)
+            low, high = _watermarks(consumer.native, topic, partition)
         except KafkaException as exc:
             raise BrokerError(f"{topic}[{partition}]: its position {position.offset} is not on the topic, and where "
                               f"its records start could not be read ({exc})") from None
@@ -291,6 +289,12 @@ class _Jump:
 
     def partition(self) -> int:
         return self._partition
+
+
+def _watermarks(native: NativeConsumer, topic: str, partition: int) -> tuple[int, int]:
+    """The first offset the partition holds and its end, asked of the broker (not the client's cache)."""
+    low, high = native.get_watermark_offsets(TopicPartition(topic, partition), timeout=10, cached=False)
+    return low, high
 
 
 def _record(msg: Message, archived_at: int) -> dict[str, Any]:
