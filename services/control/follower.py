@@ -19,7 +19,6 @@ from services.control.topic import (
     ControlRecord,
     ScheduleBook,
     check_keeps_history,
-    check_one_partition,
 )
 from services.core.runtime import now_ms
 
@@ -35,8 +34,7 @@ class ScheduleFollower:
         # Refused as the rendezvous refuses it: a gateway started after the broker deleted old
         # versions reads none (every call a 404) or an older one than the rendezvous answers by.
         check_keeps_history(config, topic)
-        check_one_partition(config, topic)
-        self._feed = ControlFeed(config, topic)
+        self._feed = ControlFeed(config, topic)  # which checks its one partition
         self._apply(self._feed.read_history())
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, args=(poll_s,), name="rdv-control-follower",

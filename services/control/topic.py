@@ -331,11 +331,19 @@ class ControlFeed:
     taken for refused, it was skipped for good, and the instance stayed on an older version than
     its peers (a review). It and every record after it wait, in log order (a version's first write
     must stay first), and are read again at the next poll. The history read at start cannot wait
-    so: it raises, rather than let the service seed or answer by a schedule the history overrides."""
+    so: it raises, rather than let the service seed or answer by a schedule the history overrides.
+
+    Every reader of the control topic reads it through here, so here its one partition is checked
+    (`check_one_partition`), on the count the tail asked for to assign the partitions."""
 
     def __init__(self, config: Mapping[str, Any], topic: str):
         self.topic = topic
         self._tail = TopicTail(config, topic, "control")
+        try:
+            check_one_partition(config, topic, self._tail.partition_count)
+        except UnusableControlTopic:
+            self._tail.close()
+            raise
         self._held: list[Message] = []
         self._held_for = ""
 
@@ -378,19 +386,14 @@ def _parse(msg: Message) -> ControlRecord:
         return ControlRecord(msg, None, err)
 
 
-def load_book(config: Mapping[str, Any], topic: str, name: str, *, checked: bool = False) -> ScheduleBook:
-    """The accepted history of schedule `name`, exactly as a rendezvous replaying the topic sees it
-    (`checked`: the topic's one partition was checked already)."""
-    return load_books(config, topic, name, checked=checked)[0]
+def load_book(config: Mapping[str, Any], topic: str, name: str) -> ScheduleBook:
+    """The accepted history of schedule `name`, exactly as a rendezvous replaying the topic sees it."""
+    return load_books(config, topic, name)[0]
 
 
-def load_books(
-    config: Mapping[str, Any], topic: str, name: str, *, checked: bool = False
-) -> tuple[ScheduleBook, set[str]]:
+def load_books(config: Mapping[str, Any], topic: str, name: str) -> tuple[ScheduleBook, set[str]]:
     """`load_book`, and the names of every schedule the topic holds (to say which exist when
     `name` is none of them: a command checking the wrong book checked nothing)."""
-    if not checked:
-        check_one_partition(config, topic)
     feed = ControlFeed(config, topic)
     try:
         book, names = ScheduleBook(name), set()
@@ -468,7 +471,7 @@ def _read_back(config: Mapping[str, Any], topic: str, schedule: Schedule) -> tup
     operator was told another change had won (re-running a rollback then undid it)."""
     until = time.monotonic() + READ_BACK_S
     while True:
-        book = load_book(config, topic, schedule.name, checked=True)  # by `publish`, once: not at every read
+        book = load_book(config, topic, schedule.name)
         accepted = next((v for v in book.versions if v.version == schedule.version), None)
         if accepted is not None or time.monotonic() >= until:
             return accepted, book.written_at.get(schedule.version)

@@ -38,7 +38,6 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, TopicPartition
 
 from services.control.schedule import Schedule
-from services.control.topic import check_one_partition
 from services.core.cloudevents import EventHeaders
 from services.core.codec import codec
 from services.core.control_records import CLOCK_HEADER, control_header
@@ -227,9 +226,6 @@ class Rendezvous(Probed):
                     f"{other} has {counts[other]} partitions but {t.requests} has {counts[t.requests]}: "
                     "scores, answers and log must be co-partitioned with the requests"
                 )
-        # A schedule's versions are ordered by the control topic's one partition: with more, each
-        # reader's "first record of a version" would depend on its fetch order (instances disagree).
-        check_one_partition(config, t.control, counts[t.control])
         # Requests and scores: a request's append time starts its clock, a score's moves it. With
         # CreateTime a client would set them (the requests' check was missing: a security review).
         # Control: a version's effective_at is bounded by when it was written (a review).

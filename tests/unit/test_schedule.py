@@ -583,7 +583,6 @@ def test_a_gateway_follows_a_control_topic_that_keeps_its_history_or_whose_polic
         return configs
 
     monkeypatch.setattr(topic, "topic_configs", told)
-    monkeypatch.setattr(catalog, "check_one_partition", lambda *_args: None)  # the broker's to say: not here
     monkeypatch.setattr(catalog, "ControlFeed", _QuietFeed)
     follower = catalog.ScheduleFollower({}, "rdv.control", "default", poll_s=0.01)
     try:
