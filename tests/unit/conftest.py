@@ -22,3 +22,12 @@ def _redaction_registry_restored() -> Iterator[None]:
     redaction.forget_all()
     for value in before:
         redaction.never_print(value)
+
+
+@pytest.fixture(autouse=True)
+def _command_registry_waits_fresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test a command's own budget of waits for the schema registry (`decoded_when_readable`):
+    one per process, a test that spent it made a later one's records count unreadable at once."""
+    from services.core import id_lookup
+
+    monkeypatch.setattr(id_lookup, "_COMMAND_WAITS", id_lookup.CommandWaits())
