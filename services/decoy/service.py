@@ -164,6 +164,11 @@ class Decoy(SimpleHandler, Probed):
         assert self.ctx is not None
         consumer = self.ctx.consumer
         topic, partition = position.topic, position.partition
+        if partition not in self._owned:
+            # Told late, of a partition released since (its error was queued before the revoke):
+            # taken for news, its gap was counted again and the start the decoy chose committed
+            # over the new owner's position (a review).
+            return
         reached = self._reached.get((topic, partition))
         if reached is not None and position.offset < reached:
             # Told late, of a position it has left: the committed one (or none) it had between the

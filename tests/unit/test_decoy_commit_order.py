@@ -158,3 +158,30 @@ def test_a_start_moved_past_a_gap_is_committed_after_the_records_read_before_it_
     decoy.on_batch([])
     assert decoy.finished_offsets() == [TopicPartition("rq", 0, 0)]
     assert decoy.archived == 5
+
+
+def test_a_late_out_of_range_report_of_a_partition_released_since_is_not_taken_for_news(tmp_path: Path) -> None:
+    """Queued before a revoke, it came after: the gap was counted again (the manifest names it
+    once, the counter did not) and the start the decoy chose was committed over the new owner's
+    position (a review)."""
+    from types import SimpleNamespace
+
+    from services.decoy.archive import read_gaps
+
+    class Native:
+        def get_watermark_offsets(self, _tp: TopicPartition, **_kwargs: object) -> tuple[int, int]:
+            return 100, 200
+
+        def seek(self, tp: TopicPartition) -> None:
+            seeks.append(tp.partition)
+
+    seeks: list[int] = []
+    decoy = Decoy(DecoySettings(archive_dir=str(tmp_path)))
+    decoy._archive = ArchiveWriter(tmp_path, roll_bytes=1 << 30, roll_seconds=3600)
+    decoy.ctx = SimpleNamespace(consumer=SimpleNamespace(native=Native()), commit_soon=lambda: None)  # type: ignore[assignment]
+    decoy._owned = {0}
+    decoy._out_of_range(TopicPartition("rq", 1, 5))  # released since
+    assert (read_gaps(tmp_path), seeks, decoy._jumps) == ([], [], [])
+    decoy._out_of_range(TopicPartition("rq", 0, 5))  # its own: the gap named, the partition started past it
+    assert [(g.partition, g.first, g.last) for g in read_gaps(tmp_path)] == [(0, 5, 99)] and seeks == [0]
+    assert [(j.partition(), j.start) for j in decoy._jumps] == [(0, 100)]
