@@ -64,6 +64,7 @@ PART = ".part"
 DAMAGED = ".damaged"  # a recovered file's original, kept when it held a damaged block
 RECOVERING = ".recovering"  # a recovered file's new copy, until it replaces the original
 EXPIRE_EVERY_S = 60.0  # how often a decoy with a retention looks for files past it
+LISTING_LOCK_WAIT_S = 5.0  # how long a seal or an expiry waits for readers to let the listing go
 
 
 class ArchiveFailed(RendezvousError):
@@ -152,6 +153,9 @@ class ArchiveWriter:
         self.manifest = read_manifest(directory)
         self.gaps = read_gaps(directory)
         self.retained_from = read_retained_from(directory)
+        # First: a retention turned on to make room on a full disk must make it before the recovery
+        # and the first write need it (they failed with it, at every start; a review).
+        self._expire(int(time.time() * 1000))
         # A full disk here said `error: No space left on device`, naming neither the archive nor
         # what was being done (a review).
         with self._storage("recover the files a crash left", "at start"):
@@ -244,6 +248,11 @@ class ArchiveWriter:
         if self.retain_ms <= 0 or time.monotonic() < self._next_expiry:
             return
         self._next_expiry = time.monotonic() + EXPIRE_EVERY_S
+        self._expire(now)
+
+    def _expire(self, now: int) -> None:
+        if self.retain_ms <= 0:
+            return
         cutoff = now - self.retain_ms
         old = [f for f in self.manifest if f.last_timestamp is not None and f.last_timestamp < cutoff]
         if not old:
@@ -255,9 +264,17 @@ class ArchiveWriter:
         gaps = [g for g in self.gaps if g.noticed_at >= retained_from]  # a gap's records precede its notice
         with self._storage("delete the files past its retention from", MANIFEST), \
                 listing_lock(self.directory, exclusive=True):
-            write_manifest(self.directory, kept, gaps, retained_from)
-            for stats in old:
-                (self.directory / stats.name).unlink(missing_ok=True)
+            try:
+                write_manifest(self.directory, kept, gaps, retained_from)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                # No room for the manifest's new copy: the files go first, and it is written in the
+                # room they leave. A crash in between leaves it naming files gone, which the next
+                # start's retention takes out of it.
+                _unlink_all(self.directory, old)
+                write_manifest(self.directory, kept, gaps, retained_from)
+            _unlink_all(self.directory, old)
             _sync_directory(self.directory)
         self.manifest, self.gaps, self.retained_from = kept, gaps, retained_from
         log.info("retention: deleted %d archive file(s), %d records, %.1f MiB, appended before %s; %d file(s) kept",
@@ -390,6 +407,12 @@ class ArchiveWriter:
             stats = FileStats(final.name)
             for record in _readable_records(final):
                 stats.see(record)
+            if self.retained_from is not None and (stats.last_timestamp or 0) < self.retained_from:
+                # The retention had taken it out of the manifest when the crash came, before it went.
+                log.info("%s is past the archive's retention (taken out of the manifest before a crash): deleted",
+                         final.name)
+                final.unlink()
+                continue
             log.warning("%s was sealed but not in the manifest (a crash in between): adding it", final.name)
             self._record(final, stats)
 
@@ -454,12 +477,37 @@ def listing_lock(directory: Path, *, exclusive: bool = False) -> Iterator[None]:
         return
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            if exclusive:
+                _lock_within(fd, directory, LISTING_LOCK_WAIT_S)
+            else:
+                fcntl.flock(fd, fcntl.LOCK_SH)
         except OSError as exc:
             log.debug("%s: no listing lock (%s)", directory, exc.strerror)
         yield
     finally:
         os.close(fd)  # lets the lock go
+
+
+def _lock_within(fd: int, directory: Path, wait_s: float) -> None:
+    """The exclusive listing lock, waited for `wait_s` at most: a reader stopped while it held the
+    shared one (Ctrl-Z, a full stderr pipe) held the decoy's poll loop for good (a review). Past
+    it, the decoy goes on unguarded, as before the lock, and says so."""
+    until = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= until:
+                log.warning("%s: a reader has held the archive's listing lock for %.0fs: going on without it (that "
+                            "reader may find a sealed file unnamed, or a deleted one named)", directory, wait_s)
+                return
+            time.sleep(0.05)  # pacing the tries: flock(2) has no timed wait
+
+
+def _unlink_all(directory: Path, files: list[FileStats]) -> None:
+    for stats in files:
+        (directory / stats.name).unlink(missing_ok=True)
 
 
 def _sync_directory(directory: Path) -> None:
@@ -684,20 +732,38 @@ def iter_archive(
         if not _overlaps(stats, from_ms, to_ms):
             continue
         path = directory / stats.name
-        damage = _damage(path, stats)
-        if damage is not None:
-            log.warning("archive file %s skipped: %s", stats.name, damage)
-            unread.append(f"{stats.name}: {damage}")
-            continue
-        for record in _read_counting(path, stats, unread):
-            ts = record["timestamp"]
-            if (from_ms is not None and ts < from_ms) or (to_ms is not None and ts >= to_ms):
+        try:
+            damage = _damage(path, stats)
+            if damage is None:
+                for record in _read_counting(path, stats, unread):
+                    ts = record["timestamp"]
+                    if (from_ms is not None and ts < from_ms) or (to_ms is not None and ts >= to_ms):
+                        continue
+                    recent = seen.get((record["topic"], record["partition"]))
+                    if recent is None:
+                        recent = seen[(record["topic"], record["partition"])] = _Recent()
+                    if recent.first_time(record["offset"], ts):
+                        yield record
                 continue
-            recent = seen.get((record["topic"], record["partition"]))
-            if recent is None:
-                recent = seen[(record["topic"], record["partition"])] = _Recent()
-            if recent.first_time(record["offset"], ts):
-                yield record
+        except FileNotFoundError:  # gone since the listing: raised when its read began, before any record
+            damage = "missing"
+        if damage == "missing":
+            damage = _missing(directory, stats)
+        log.warning("archive file %s skipped: %s", stats.name, damage)
+        unread.append(f"{stats.name}: {damage}")
+
+
+def _missing(directory: Path, stats: FileStats) -> str:
+    """Why a file the listing named is not there: the decoy's retention may have deleted it since
+    (it runs while a replay reads; taken for damage, and a file gone between its checksum and its
+    read ended the replay with 'No such file or directory'; a review)."""
+    try:
+        retained_from = read_retained_from(directory)
+    except ConfigError:
+        retained_from = None
+    if retained_from is not None and stats.last_timestamp is not None and stats.last_timestamp < retained_from:
+        return "deleted by the decoy's retention (--retain-hours) while the archive was read"
+    return "missing"
 
 
 def _read_counting(path: Path, stats: FileStats, unread: list[str]) -> Iterator[dict[str, Any]]:

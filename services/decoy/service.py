@@ -87,7 +87,9 @@ class Decoy(SimpleHandler, Probed):
         self._archive = ArchiveWriter(Path(self.settings.archive_dir),
                                       roll_bytes=int(self.settings.roll_mb * 1024 * 1024),
                                       roll_seconds=self.settings.roll_seconds, codec=self.settings.codec,
-                                      retain_ms=int(self.settings.retain_hours * 3_600_000))
+                                      # A tiny --retain-hours is a retention still, not 0 ms: none.
+                                      retain_ms=max(1, round(self.settings.retain_hours * 3_600_000))
+                                      if self.settings.retain_hours > 0 else 0)
         ctx.stack.callback(self._archive.close)
         ctx.consumer.on_out_of_range = self._out_of_range
 

@@ -95,3 +95,98 @@ def test_an_archive_replay_of_a_range_starting_before_the_retention_says_so(
         list(recorded_requests(settings, parse_bounds(since, "", "", NOW), skipped))
         notes = _skipped_notes(settings, skipped, replay_module.Scored())
         assert any("deleted by the decoy's retention (--retain-hours)" in n for n in notes) is said, notes
+
+
+def two_files(tmp_path: Path, retain_ms: int = 24 * HOUR) -> ArchiveWriter:
+    """An archive of a file of recent records (offsets 0-9), then one of records past 24 h (10-19)."""
+    writer = ArchiveWriter(tmp_path, roll_bytes=1 << 30, roll_seconds=3600, retain_ms=retain_ms)
+    sealed(writer, rows(range(0, 10), NOW - HOUR))
+    sealed(writer, rows(range(10, 20), NOW - 30 * HOUR))
+    return writer
+
+
+def test_a_file_the_retention_deletes_while_a_replay_reads_is_said_as_such_not_as_damage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The listing was guarded, the reading after it not: a replay said 'missing' of a file the
+    retention deleted meanwhile, and one deleted between its checksum and its read ended the replay
+    with 'No such file or directory' (a review)."""
+    writer = two_files(tmp_path)
+    unread: list[str] = []
+    reading = iter_archive(tmp_path, unread=unread)
+    first = next(reading)  # listed: both files named
+    writer.expire(NOW)
+    assert [first["offset"], *(r["offset"] for r in reading)] == list(range(10))
+    assert len(unread) == 1 and "deleted by the decoy's retention (--retain-hours) while the archive" in unread[0]
+
+    writer = two_files(tmp_path / "again")
+    real_damage = archive._damage
+
+    def checked_then_deleted(path: Path, stats: archive.FileStats) -> str | None:
+        damage = real_damage(path, stats)
+        if stats.records and stats.first_timestamp == NOW - 30 * HOUR + 10:
+            writer.expire(NOW)  # between the checksum and the read
+        return damage
+
+    monkeypatch.setattr(archive, "_damage", checked_then_deleted)
+    unread = []
+    assert [r["offset"] for r in iter_archive(tmp_path / "again", unread=unread)] == list(range(10))
+    assert len(unread) == 1 and "deleted by the decoy's retention" in unread[0]
+
+
+def test_a_retention_turned_on_for_a_full_disk_makes_room_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The recovery and the first write need room: with the retention run from the loop only, a
+    decoy stopped by a full disk failed at every start. And with no room for the manifest's new
+    copy, the files go first (a review)."""
+    two_files(tmp_path, retain_ms=0).close()
+    real_write = archive.write_manifest
+    full = [OSError(28, "No space left on device")]
+
+    def write_manifest(*args: Any) -> None:
+        if full:
+            raise full.pop()
+        real_write(*args)
+
+    monkeypatch.setattr(archive, "write_manifest", write_manifest)
+    monkeypatch.setattr(archive.time, "time", lambda: NOW / 1000)  # the clock the start's retention reads
+    writer = ArchiveWriter(tmp_path, roll_bytes=1 << 30, roll_seconds=3600, retain_ms=24 * HOUR)
+    assert full == [] and [r["offset"] for r in iter_archive(tmp_path)] == list(range(10))
+    assert len(list(tmp_path.glob("requests-*.avro"))) == 1
+    writer.close()
+
+
+def test_a_file_the_retention_took_out_of_the_manifest_before_a_crash_is_deleted_not_adopted(tmp_path: Path) -> None:
+    """A crash between the manifest's write and the files' deletion: they were adopted at the next
+    start (read and hashed whole), and the retention deleted them a minute later (a review)."""
+    writer = two_files(tmp_path)
+    kept, gone = writer.manifest
+    writer.close()
+    archive.write_manifest(tmp_path, [kept], [], gone.last_timestamp + 1)  # what the crash left: the file still there
+    assert (tmp_path / gone.name).exists()
+    reopened = ArchiveWriter(tmp_path, roll_bytes=1 << 30, roll_seconds=3600)  # no retention of its own now
+    assert [f.name for f in reopened.manifest] == [kept.name] and not (tmp_path / gone.name).exists()
+    reopened.close()
+
+
+def test_a_reader_holding_the_listing_does_not_hold_a_seal_for_good(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A replay stopped with Ctrl-Z while it held the shared lock held the decoy's poll loop (a review)."""
+    import fcntl
+    import os
+
+    monkeypatch.setattr(archive, "LISTING_LOCK_WAIT_S", 0.2)
+    writer = ArchiveWriter(tmp_path, roll_bytes=1 << 30, roll_seconds=3600)
+    writer.append(rows(range(0, 3), NOW))
+    held = os.open(tmp_path, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_SH)  # a reader, stopped while it lists
+        with caplog.at_level("WARNING", logger="services.decoy.archive"):
+            writer.roll()
+    finally:
+        os.close(held)
+    assert len(read_manifest(tmp_path)) == 1
+    assert "a reader has held the archive's listing lock for 0s: going on without it" in caplog.text
+    writer.close()
