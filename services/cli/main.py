@@ -36,7 +36,7 @@ from services.cli.common import (
 from services.cli.examples import describe
 from services.core.errors import ConfigError, RendezvousError, Stopped, interrupted_status
 from services.core.redaction import mask
-from services.core.runtime import stop_with_parent
+from services.core.runtime import stop_with_parent, take_signals
 from services.core.settings import KafkaSettings, add_arguments, from_namespace, setting
 from services.core.terminal import printable
 from services.core.variables import unknown_variables
@@ -407,10 +407,7 @@ def _stopped_cleanly() -> Iterator[None]:
     replicas were left running (a review). A service installs its own handler (drain, commit) when
     it runs (services/core/runtime.py), replacing this one. The handlers before are put back after
     (a test calling `main` keeps its own)."""
-    before: dict[signal.Signals, Any] = {}
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        with contextlib.suppress(ValueError, OSError):  # not the main thread
-            before[signum] = signal.signal(signum, _stop_here)
+    before = take_signals((signal.SIGTERM, signal.SIGHUP), _stop_here)  # those ignored stay ignored
     try:
         yield
     finally:

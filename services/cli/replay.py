@@ -141,7 +141,7 @@ class Skipped:
     topics: Counter[str] = dataclasses.field(default_factory=Counter)
     gaps: list[Gap] = dataclasses.field(default_factory=list)
     files: list[str] = dataclasses.field(default_factory=list)
-    retained_from: int | None = None  # the decoy's retention deleted the range's requests appended before it
+    start: int | None = None  # the range's start (epoch ms), for the retention's note
 
 
 def _requests_from_topic(settings: ReplaySettings, bounds: Bounds, _skipped: Skipped) -> Iterator[Recorded]:
@@ -160,7 +160,7 @@ def _requests_from_archive(settings: ReplaySettings, bounds: Bounds, skipped: Sk
     """The archive's records of the range that came from this deployment's requests topic: a decoy
     pointed at another prefix's topic may have archived into the same directory (they were
     replayed as this one's, and counted as having no comparison record; a review)."""
-    from services.decoy.archive import iter_archive, read_gaps, read_retained_from
+    from services.decoy.archive import iter_archive, read_gaps
 
     if isinstance(bounds.start, OffsetBound) or isinstance(bounds.end, OffsetBound):
         raise ConfigError("--source archive takes time bounds only (offsets belong to the topic)")
@@ -170,9 +170,7 @@ def _requests_from_archive(settings: ReplaySettings, bounds: Bounds, skipped: Sk
     # A gap's records were appended before it was noticed: one noticed before the range holds none of it.
     skipped.gaps = [gap for gap in read_gaps(Path(settings.archive_dir))
                     if gap.topic == topic and (start is None or gap.noticed_at >= start)]
-    retained_from = read_retained_from(Path(settings.archive_dir))
-    if retained_from is not None and (start is None or start < retained_from):
-        skipped.retained_from = retained_from
+    skipped.start = start
     for record in iter_archive(Path(settings.archive_dir), from_ms=start, to_ms=end, unread=skipped.files):
         if record["topic"] != topic:
             skipped.topics[record["topic"]] += 1
@@ -212,6 +210,7 @@ class Scored:
     last_at: int | None = None
     partitions: set[int] = dataclasses.field(default_factory=set)  # of the requests topic, with a request
     stopped_at: int | None = None  # the append time of the last record read, when asked to stop before the end
+    read_to: dict[int, int] = dataclasses.field(default_factory=dict)  # partition -> the latest append time read
 
     def took(self, record: Recorded) -> None:
         at = record.log_time
@@ -232,9 +231,10 @@ def _scored_requests(
     for record in records:
         if wind_up is not None:
             if wind_up.asked:
-                scored.stopped_at = record.log_time
+                scored.stopped_at, wind_up.cut = record.log_time, True
                 break
             wind_up.armed = True  # a signal before the first record stops the command at once
+        scored.read_to[record.partition] = max(record.log_time, scored.read_to.get(record.partition, record.log_time))
         request = _request(request_codec, record.value)
         if request is None:
             scored.undecodable += 1
@@ -367,8 +367,9 @@ def replay(
             hint = "" if settings.schema_registry else " (registry-framed ones need --schema-registry)"
             raise ConfigError(f"none of the {scored.undecodable:,} records in that range is a request this command "
                               f"can read{hint}: nothing to replay")
+        retained_from = _retained_from(settings, skipped)
         gone = (f" (the decoy's retention deleted the archive's requests appended before "
-                f"{format_ms(skipped.retained_from)})" if skipped.retained_from is not None else "")
+                f"{format_ms(retained_from)})" if retained_from is not None else "")
         raise ConfigError(f"no requests in that range{gone}: nothing to replay")
     total = len(replayed)
     failures = _failure_note(name, replayed.values(), total)  # before the pairing takes them out
@@ -386,7 +387,7 @@ def replay(
         # ends the command at once); asked first while it is read, its read stops there.
         stopped_scoring = wind_up.asked
         columns.add(_paired(past_records, replayed, name, version, None if stopped_scoring else wind_up))
-    stopped_reading_log = wind_up.asked and not stopped_scoring
+    stopped_reading_log = wind_up.cut and not stopped_scoring
     without_log = len(replayed)
     source = f"replay of {total:,} requests ({settings.source}) through {name}"
     # The answers line and the champion come from the logged requests alone: a request without a
@@ -418,15 +419,19 @@ def replay(
     report = dataclasses.replace(report, statuses=answered.statuses, answered_by_deadline=answered.answered_by_deadline,
                                  champion_source=source_of_champion)
     return ReplayResult(report, total, scored.undecodable, without_log, time.perf_counter() - started,
-                        wind_up.signum)
+                        wind_up.signum if wind_up.cut else None)
 
 
 def _stopped_notes(scored: Scored, total: int, without_log: int, stopped_reading_log: bool) -> list[str]:
     """What a replay asked to stop left out, said in its report."""
     notes = []
     if scored.stopped_at is not None:
-        notes.append(f"stopped after {total:,} requests, at one appended {format_ms(scored.stopped_at)}: this report "
-                     "covers the range up to there, not to its end")
+        # Partitions are read side by side, each at its own pace: the report is whole up to the
+        # least advanced one's time (a review).
+        whole_to, some_to = min(scored.read_to.values()), max(scored.read_to.values())
+        further = f" (some up to {format_ms(some_to)})" if some_to > whole_to else ""
+        notes.append(f"stopped after {total:,} requests: every partition read was read up to {format_ms(whole_to)}"
+                     f"{further}, and the requests after that are not in this report: it covers part of the range")
     if stopped_reading_log and without_log:
         notes.append(f"stopped while the log was read: {without_log:,} of these requests were not looked up in it, "
                      "their real answers unknown; they count in the models' figures only, not in the answers line")
@@ -442,6 +447,7 @@ def _paired(
     none is left, or once asked to stop."""
     for past in past_records:
         if wind_up is not None and wind_up.asked:
+            wind_up.cut = True
             return
         found = replayed.pop(past["request_id"], None)
         if found is not None:
@@ -494,6 +500,20 @@ def _default_budgets(settings: ReplaySettings, unlogged: dict[str, Replayed]) ->
     return Budgets(book)
 
 
+def _retained_from(settings: ReplaySettings, skipped: Skipped) -> int | None:
+    """When the decoy's retention has deleted the archive's requests up to, if the range starts
+    before then. Read after the replay's reading: the retention goes on while a replay reads (it
+    was read before, and a replay of hours missed what was deleted meanwhile; a review)."""
+    if settings.source != "archive":
+        return None
+    from services.decoy.archive import read_retained_from
+
+    retained_from = read_retained_from(Path(settings.archive_dir))
+    if retained_from is None or (skipped.start is not None and skipped.start >= retained_from):
+        return None
+    return retained_from
+
+
 def _skipped_notes(settings: ReplaySettings, skipped: Skipped, scored: Scored) -> list[str]:
     """What an archive replay left out or could not cover, said."""
     if settings.source != "archive":
@@ -510,8 +530,9 @@ def _skipped_notes(settings: ReplaySettings, skipped: Skipped, scored: Scored) -
         more = f"; and {len(skipped.gaps) - 5} more" if len(skipped.gaps) > 5 else ""
         notes.append(f"this range may lack requests the archive never held: {topic} deleted them (its retention) "
                      f"before the decoy archived them: {where}{more}")
-    if skipped.retained_from is not None:
-        notes.append(f"this range starts before {format_ms(skipped.retained_from)}, and the archive's requests "
+    retained_from = _retained_from(settings, skipped)
+    if retained_from is not None:
+        notes.append(f"this range starts before {format_ms(retained_from)}, and the archive's requests "
                      "appended before then were deleted by the decoy's retention (--retain-hours): it covers the "
                      "range from then on")
     if skipped.files:
@@ -522,7 +543,8 @@ def _skipped_notes(settings: ReplaySettings, skipped: Skipped, scored: Scored) -
         count = partition_counts(settings.librdkafka(), [topic], settings.connect_timeout_s).get(topic)
     except RendezvousError:  # the topic may be gone: the archive outlives it
         count = None
-    if count is not None and len(scored.partitions) < count:
+    # Cut short, it may not have reached every partition's requests: nothing to say of the archive.
+    if count is not None and len(scored.partitions) < count and scored.stopped_at is None:
         held = ", ".join(map(str, sorted(scored.partitions)))
         notes.append(f"the archive holds requests of partition(s) {held} only, of the {count} of {topic}: a "
                      "decoy archives the partitions its group gives it, so if the others had requests then, "
@@ -561,6 +583,17 @@ def run_replay(settings: ReplaySettings, console: Console) -> int:
         # of hours said nothing until its end (a review). There, a plain line now and then.
         say = (lambda what: status.update(f"replaying: {what}")) if err.is_terminal else now_and_then(err, "replaying")
         result = replay(settings, progress=say, wind_up=wind_up)
+    try:
+        _print_result(settings, result, console, err)
+    except BrokenPipeError:
+        if result.stopped_by is None:
+            raise
+        # The reader went with the same Ctrl-C (`| tee`): the status still says the range was cut.
+    # A script must not take a report on part of the range for the whole: the status a signal gives.
+    return 0 if result.stopped_by is None else interrupted_status(Stopped(result.stopped_by))
+
+
+def _print_result(settings: ReplaySettings, result: ReplayResult, console: Console, err: Console) -> None:
     if settings.format == "json":
         print_report_json(result.report)
     else:
@@ -572,5 +605,3 @@ def run_replay(settings: ReplaySettings, console: Console) -> int:
         from services.compare_report.html import write_html
 
         err.print(f"HTML report written to {write_html(dataclasses.replace(result.report), settings.html)}")
-    # A script must not take a report on part of the range for the whole: the status a signal gives.
-    return 0 if result.stopped_by is None else interrupted_status(Stopped(result.stopped_by))

@@ -7,6 +7,7 @@ A second SIGINT/SIGTERM exits at once.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import logging
@@ -15,7 +16,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -102,6 +103,7 @@ class WindUp:
 
     signum: int | None = None
     armed: bool = False
+    cut: bool = False  # the command left work undone for it (a signal after the last step cut nothing)
 
     @property
     def asked(self) -> bool:
@@ -121,20 +123,33 @@ def wind_up_on_first_signal(notice: str) -> Iterator[WindUp]:
         if wind_up.asked or not wind_up.armed:
             raise Stopped(signum)
         wind_up.signum = signum
-        os.write(2, f"\n{notice}\n".encode())  # not `log`: its lock may be held where the signal came
+        with contextlib.suppress(OSError):  # stderr gone (`| tee` ended by the same Ctrl-C): still wound up
+            os.write(2, f"\n{notice}\n".encode())  # not `log`: its lock may be held where the signal came
 
-    before: dict[signal.Signals, Any] = {}
-    try:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            before[signum] = signal.signal(signum, handle)
-    except ValueError:  # not the main thread
-        pass
+    before = take_signals((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), handle)
     try:
         yield wind_up
     finally:
         for caught, handler in before.items():
             if handler is not None:  # None: set outside Python, and not one signal() takes back
                 signal.signal(caught, handler)
+
+
+def take_signals(signums: Iterable[signal.Signals], handler: Callable[[int, FrameType | None], None]
+                 ) -> dict[signal.Signals, Any]:
+    """Set `handler` for each signal that is not ignored, and return the handlers it replaced (to
+    put back). An ignored one stays ignored: `nohup` ignores SIGHUP and a shell's background job
+    SIGINT, and a command taking them back died at the logout or at a Ctrl-C meant for the
+    foreground (a review). Outside the main thread, where none can be set, it sets none."""
+    before: dict[signal.Signals, Any] = {}
+    for signum in signums:
+        try:
+            if signal.getsignal(signum) is signal.SIG_IGN:
+                continue
+            before[signum] = signal.signal(signum, handler)
+        except ValueError:  # not the main thread
+            break
+    return before
 
 
 def _exit_stopped(what: str) -> None:

@@ -3,6 +3,7 @@ created_at <= 0 once became the start of the log range replay reads its answers 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -522,3 +523,65 @@ def test_a_replay_asked_to_stop_while_it_reads_the_log_says_which_requests_were_
     notes = result.report.notes
     assert any(note.startswith("stopped while the log was read: 2 of these requests") for note in notes)
     assert not any("have no comparison record in the log up to" in note for note in notes)
+
+
+def test_a_replay_asked_to_stop_after_its_last_record_is_not_cut_and_a_cut_one_says_how_far_each_partition_went(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A signal after the last record cut nothing, yet the replay said "stopped before the end of
+    the range" with a signal's status; and a cut one said it covered the range up to the record it
+    stopped at, where partitions are read side by side, each at its own pace (a review)."""
+    import signal
+
+    from services.cli import replay as replay_module
+    from services.cli.replay import ReplaySettings
+    from services.core.runtime import WindUp
+
+    requests = codec("request")
+    made = [make_request({"mean_radius": 10.0 + i}, budget_ms=100, reply_topic=None, reply_partition=None)
+            for i in range(6)]
+    stubbed_broker(monkeypatch)
+
+    def records(wind_up: WindUp, stop_before: int | None) -> Iterator[Recorded]:
+        for i, request in enumerate(made):
+            if i == stop_before:
+                wind_up.signum = signal.SIGINT
+            yield Recorded(requests.encode(request), 5_000_000 + 1_000 * i, i % 2)  # partitions 0 and 1 in turn
+        if stop_before is None:
+            wind_up.signum = signal.SIGINT  # after the last record: nothing left to cut
+
+    whole = WindUp()
+    result = replay_module.replay(ReplaySettings(model="demo:champion"), records(whole, None), wind_up=whole)
+    assert (result.requests, result.stopped_by) == (6, None)
+    assert not any(note.startswith("stopped") for note in result.report.notes)
+    cut = WindUp()
+    result = replay_module.replay(ReplaySettings(model="demo:champion"), records(cut, 5), wind_up=cut)
+    assert (result.requests, result.stopped_by) == (5, signal.SIGINT)
+    (said,) = [note for note in result.report.notes if note.startswith("stopped")]
+    assert "every partition read was read up to 1970-01-01 01:23:23Z" in said  # partition 1's last: 5,003,000
+    assert "(some up to 1970-01-01 01:23:24Z)" in said  # partition 0's: 5,004,000
+
+
+def test_a_replay_cut_short_whose_report_finds_its_reader_gone_still_exits_with_the_signals_status(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`replay ... | tee log`, Ctrl-C: tee ends with it, the report's print met a broken pipe, and
+    the command exited 0, as if the range were whole (a review)."""
+    import signal
+
+    from rich.console import Console
+
+    from services.cli import replay as replay_module
+    from services.cli.replay import ReplayResult, ReplaySettings, run_replay
+
+    def gone(*_args: object) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    cut = ReplayResult(report=None, requests=3, undecodable=0, without_log=0, seconds=1.0,  # type: ignore[arg-type]
+                       stopped_by=signal.SIGINT)
+    monkeypatch.setattr(replay_module, "replay", lambda *_args, **_kwargs: cut)
+    monkeypatch.setattr(replay_module, "_print_result", gone)
+    assert run_replay(ReplaySettings(model="demo:champion"), Console(quiet=True)) == 128 + signal.SIGINT
+    monkeypatch.setattr(replay_module, "replay", lambda *_args, **_kwargs: dataclasses.replace(cut, stopped_by=None))
+    with pytest.raises(BrokenPipeError):  # whole: main's own handling of a gone reader, as before
+        run_replay(ReplaySettings(model="demo:champion"), Console(quiet=True))

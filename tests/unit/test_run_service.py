@@ -134,3 +134,31 @@ def test_a_command_winding_up_hears_the_first_signal_and_stops_at_the_second_or_
             os.kill(os.getpid(), signal.SIGINT)
     assert second.value.signum == signal.SIGINT
     assert signal.getsignal(signal.SIGTERM) is before  # put back
+
+
+def test_a_signal_the_command_was_started_ignoring_stays_ignored_and_a_gone_stderr_is_no_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`nohup` ignores SIGHUP, a shell's background job SIGINT: taken back, a replay died at the
+    logout or at a Ctrl-C meant for the foreground. And the notice written to a stderr that the same
+    Ctrl-C closed (`| tee`) raised BrokenPipeError out of the command (exit status 0; a review)."""
+    from services.core import runtime
+    from services.core.runtime import wind_up_on_first_signal
+
+    assert threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with wind_up_on_first_signal("winding up") as wind_up:
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            wind_up.armed = True
+            os.kill(os.getpid(), signal.SIGHUP)  # ignored: nothing happens
+            assert wind_up.signum is None
+
+            def closed(_fd: int, _data: bytes) -> int:
+                raise BrokenPipeError(32, "Broken pipe")
+
+            monkeypatch.setattr(runtime.os, "write", closed)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert wind_up.signum == signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGHUP, before)
