@@ -31,10 +31,12 @@ Figures = dict[tuple[str, str], dict[str, float]]
 
 def live_models(config: Mapping[str, Any], scores_topic: str, window_s: float) -> Figures:
     """Per (model, version) that scored in the last `window_s` seconds: scores, rate, errors,
-    latency p50/p99 (worker time), replicas, seconds since its last score."""
+    latency p50/p99 (worker time), replicas, seconds since its last score, and how many of its
+    scores were of requests due within the window or later ("current": not a backfill's)."""
     start = now_ms() - int(window_s * 1000)
     scores = codec("score")
     rows: dict[tuple[str, str], list[tuple[int, bool]]] = defaultdict(list)
+    current: dict[tuple[str, str], int] = defaultdict(int)
     instances: dict[tuple[str, str], set[str]] = defaultdict(set)
     last: dict[tuple[str, str], int] = {}
     for msg in read_spans(config, scores_topic, start_ms=start, timeout_s=60):
@@ -45,6 +47,7 @@ def live_models(config: Mapping[str, Any], scores_topic: str, window_s: float) -
         key = (score["model"], score["version"])
         rows[key].append((score["scored_at"] - score["received_at"], score["error"] is not None))
         instances[key].add(score["instance"])
+        current[key] += score["deadline"] >= start
         last[key] = max(last.get(key, 0), score["scored_at"])
     figures = {}
     for key, seen in rows.items():
@@ -57,6 +60,7 @@ def live_models(config: Mapping[str, Any], scores_topic: str, window_s: float) -
             "p99_ms": float(np.percentile(latency, 99)),
             "replicas": float(len(instances[key])),
             "last_seen_s": (now_ms() - last[key]) / 1000.0,
+            "current": float(current[key]),
         }
     return figures
 
@@ -89,9 +93,11 @@ def live_names(figures: Figures, found: tuple[set[str], set[str]] | None) -> set
         # model whose default group is left empty: that empty group proves nothing (a review). So
         # a model just undeployed is taken for live while another is deployed and idle.
         stopped = set()
-    # A worker in its group that scored nothing while others scored is hung or far behind: taken
-    # for live, `promote` could make a model that answers nothing the champion (a review).
-    idle = running - scored if not scored else set()
+    # A worker in its group that scored nothing while others scored requests of the window is hung
+    # or far behind: taken for live, `promote` could make a model that answers nothing the champion
+    # (a review). Scores of older requests (a new worker's backfill of the topic) are no traffic.
+    traffic = any(f.get("current", f["scores"]) > 0 for f in figures.values())
+    idle = running - scored if not traffic else set()
     return (usable - stopped) | idle
 
 

@@ -60,3 +60,6 @@ def test_a_model_with_a_worker_in_its_group_that_scored_nothing_while_others_sco
     assert reason == ("hung sent no usable score (one without an error) in the last 60s though a worker is in its "
                       "consumer group (hung, failing, or far behind?) (scoring: champion)")
     assert live_names({}, ({"champion", "hung"}, set())) == {"champion", "hung"}
+    # A new worker's backfill of old requests is no traffic: the others are idle, not hung.
+    backfill = {("c", "1"): {"scores": 10.0, "errors": 0.0, "current": 0.0}}
+    assert live_names(backfill, ({"champion", "c"}, set())) == {"champion", "c"}
