@@ -38,6 +38,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, TopicPartition
 
 from services.control.schedule import Schedule
+from services.control.topic import check_one_partition
 from services.core.cloudevents import EventHeaders
 from services.core.codec import codec
 from services.core.control_records import CLOCK_HEADER, control_header
@@ -226,6 +227,9 @@ class Rendezvous(Probed):
                     f"{other} has {counts[other]} partitions but {t.requests} has {counts[t.requests]}: "
                     "scores, answers and log must be co-partitioned with the requests"
                 )
+        # Its control feed checks it too, but only once the clients are made and warmed up: said
+        # here first, on the counts just read (no call more).
+        check_one_partition(config, t.control, counts[t.control])
         # Requests and scores: a request's append time starts its clock, a score's moves it. With
         # CreateTime a client would set them (the requests' check was missing: a security review).
         # Control: a version's effective_at is bounded by when it was written (a review).

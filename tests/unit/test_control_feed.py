@@ -17,6 +17,8 @@ class Tail:
     """The topic's records as a TopicTail hands them, each once, from where the last read ended:
     `history` to the end as of now, then `arrived` per poll."""
 
+    partition_count = 1  # as the control topic must be
+
     def __init__(self, *_args: Any) -> None:
         self.history: list[Message] = []
         self.arrived: list[list[Message]] = []

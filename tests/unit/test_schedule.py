@@ -1008,3 +1008,27 @@ def test_a_principal_that_may_not_read_the_scores_is_told_the_live_check_is_the_
     with pytest.raises(TopicRefused, match=r"rdv\.scores at b:9\. The live check reads the scores, as only the "
                                            r"admin's role may .*or pass --force"):
         lifecycle._check_live(lifecycle.ChangeSettings(), Schedule(models=("a",)))
+
+
+def test_every_reader_of_the_control_topic_refuses_more_than_one_partition(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checked where every reader reads it (ControlFeed: the rendezvous, the gateway's follower,
+    every command's load_book), on the count its tail assigned; the tail is let go."""
+    from services.control import topic
+
+    closed: list[bool] = []
+
+    class Tail:
+        partition_count = 2
+
+        def __init__(self, *_args: object) -> None:
+            pass
+
+        def close(self) -> None:
+            closed.append(True)
+
+    monkeypatch.setattr(topic, "TopicTail", Tail)
+    with pytest.raises(ConfigError, match=r"rdv\.control has 2 partitions: the control topic must have one"):
+        topic.ControlFeed({}, "rdv.control")
+    with pytest.raises(ConfigError, match=r"rdv\.control has 2 partitions"):
+        topic.load_books({}, "rdv.control", "default")
+    assert closed == [True, True]
