@@ -151,6 +151,8 @@ class ArchiveWriter:
         self._lock = _hold(directory)
         _make_private(directory)
         self.manifest = read_manifest(directory)
+        self.sealed_bytes = sum(stats.bytes for stats in self.manifest)  # of the files the manifest names
+        self.expired_files = 0  # deleted by the retention since this writer started
         self.gaps = read_gaps(directory)
         self.retained_from = read_retained_from(directory)
         # First: a retention turned on to make room on a full disk must make it before the recovery
@@ -277,6 +279,8 @@ class ArchiveWriter:
             _unlink_all(self.directory, old)
             _sync_directory(self.directory)
         self.manifest, self.gaps, self.retained_from = kept, gaps, retained_from
+        self.sealed_bytes -= sum(f.bytes for f in old)
+        self.expired_files += len(old)
         log.info("retention: deleted %d archive file(s), %d records, %.1f MiB, appended before %s; %d file(s) kept",
                  len(old), sum(f.records for f in old), sum(f.bytes for f in old) / 2**20,
                  datetime.fromtimestamp(retained_from / 1000, tz=UTC).isoformat(timespec="seconds"), len(kept))
@@ -351,6 +355,7 @@ class ArchiveWriter:
         stats.bytes = final.stat().st_size
         stats.sha256 = _sha256(final)
         self.manifest.append(stats)
+        self.sealed_bytes += stats.bytes
         write_manifest(self.directory, self.manifest, self.gaps, self.retained_from)
         log.info("archived %s: %d records, %d bytes", final.name, stats.records, stats.bytes)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, KafkaException, Message, TopicPartition
 from confluent_kafka import Consumer as NativeConsumer
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from services.core.errors import BrokerError
 from services.core.kafka import partition_counts
@@ -38,6 +38,9 @@ ARCHIVED = Counter("rdv_decoy_archived_total", "Request records written to the d
 ARCHIVED_BYTES = Counter("rdv_decoy_archived_bytes_total", "Value bytes written to the decoy archive.")
 MISSED = Counter("rdv_decoy_missed_records_total",
                  "Request records deleted from the topic (retention) before the decoy archived them: gaps.")
+ARCHIVE_BYTES = Gauge("rdv_decoy_archive_bytes",
+                      "Bytes of the sealed files the archive's manifest names (on disk, after the codec).")
+EXPIRED = Counter("rdv_decoy_expired_files_total", "Sealed archive files deleted by the retention (--retain-hours).")
 
 
 class Decoy(SimpleHandler, Probed):
@@ -49,6 +52,7 @@ class Decoy(SimpleHandler, Probed):
         self.topics = settings.topics()
         self.archived = 0
         self._archive: ArchiveWriter | None = None
+        self._expired_said = 0  # of the archive's expired files, counted in EXPIRED
         # In the archive file, not yet fsynced; and the starts `_out_of_range` moved partitions to,
         # in their place among the records (committed with what was read before them, in order).
         self._written: list[Message | _Jump] = []
@@ -97,6 +101,9 @@ class Decoy(SimpleHandler, Probed):
         assert self._archive is not None
         self._archive.roll_if_old()
         self._archive.expire(now_ms())
+        ARCHIVE_BYTES.set(self._archive.sealed_bytes)
+        EXPIRED.inc(self._archive.expired_files - self._expired_said)
+        self._expired_said = self._archive.expired_files
 
     def on_batch(self, messages: list[Message]) -> None:
         if messages:

@@ -36,8 +36,11 @@ def test_files_past_the_retention_are_deleted_and_the_manifest_says_from_when_it
     writer.note_gap(Gap("rdv.requests", 0, 100, 110, noticed_at=NOW - 26 * HOUR))  # its records older still: dropped
     writer.note_gap(Gap("rdv.requests", 0, 200, 210, noticed_at=NOW - HOUR))
     names = [f.name for f in writer.manifest]
+    sizes = [f.bytes for f in writer.manifest]
+    assert writer.sealed_bytes == sum(sizes) == sum(p.stat().st_size for p in tmp_path.glob("requests-*.avro"))
 
     writer.expire(NOW)
+    assert (writer.sealed_bytes, writer.expired_files) == (sizes[2], 2)  # for rdv_decoy_archive_bytes and _expired
     assert [f.name for f in read_manifest(tmp_path)] == names[2:]
     assert sorted(p.name for p in tmp_path.glob("requests-*")) == names[2:]
     assert read_retained_from(tmp_path) == NOW - 25 * HOUR + 5 + 19 + 1  # just after the newest record deleted
