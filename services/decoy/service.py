@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,9 @@ MISSED = Counter("rdv_decoy_missed_records_total",
 ARCHIVE_BYTES = Gauge("rdv_decoy_archive_bytes",
                       "Bytes of the sealed files the archive's manifest names (on disk, after the codec).")
 EXPIRED = Counter("rdv_decoy_expired_files_total", "Sealed archive files deleted by the retention (--retain-hours).")
+DISK_FREE = Gauge("rdv_decoy_disk_free_bytes", "Bytes free for the decoy on its archive's file system.")
+DISK_SIZE = Gauge("rdv_decoy_disk_size_bytes", "Size of the decoy archive's file system (bytes).")
+DISK_EVERY_S = 10.0  # how often the archive's file system is asked for its free space
 
 
 class Decoy(SimpleHandler, Probed):
@@ -53,6 +58,7 @@ class Decoy(SimpleHandler, Probed):
         self.archived = 0
         self._archive: ArchiveWriter | None = None
         self._expired_said = 0  # of the archive's expired files, counted in EXPIRED
+        self._disk_asked_at = float("-inf")  # monotonic
         # In the archive file, not yet fsynced; and the starts `_out_of_range` moved partitions to,
         # in their place among the records (committed with what was read before them, in order).
         self._written: list[Message | _Jump] = []
@@ -104,6 +110,18 @@ class Decoy(SimpleHandler, Probed):
         ARCHIVE_BYTES.set(self._archive.sealed_bytes)
         EXPIRED.inc(self._archive.expired_files - self._expired_said)
         self._expired_said = self._archive.expired_files
+        if time.monotonic() >= self._disk_asked_at + DISK_EVERY_S:
+            self._disk_asked_at = time.monotonic()
+            self._say_disk()
+
+    def _say_disk(self) -> None:
+        """The archive's room, for an alert before a full disk stops the decoy (RdvDecoyDiskFilling)."""
+        try:
+            usage = shutil.disk_usage(self.settings.archive_dir)
+        except OSError:
+            return  # the archive's own next write says what is wrong with it
+        DISK_FREE.set(usage.free)
+        DISK_SIZE.set(usage.total)
 
     def on_batch(self, messages: list[Message]) -> None:
         if messages:

@@ -185,3 +185,16 @@ def test_a_late_out_of_range_report_of_a_partition_released_since_is_not_taken_f
     decoy._out_of_range(TopicPartition("rq", 0, 5))  # its own: the gap named, the partition started past it
     assert [(g.partition, g.first, g.last) for g in read_gaps(tmp_path)] == [(0, 5, 99)] and seeks == [0]
     assert [(j.partition(), j.start) for j in decoy._jumps] == [(0, 100)]
+
+
+def test_the_decoy_says_its_archives_room_for_an_alert_before_a_full_disk_stops_it(tmp_path: Path) -> None:
+    import shutil as disk
+
+    from prometheus_client import REGISTRY
+
+    decoy = Decoy(DecoySettings(archive_dir=str(tmp_path)))
+    decoy._say_disk()
+    usage = disk.disk_usage(tmp_path)
+    assert REGISTRY.get_sample_value("rdv_decoy_disk_size_bytes") == usage.total
+    free = REGISTRY.get_sample_value("rdv_decoy_disk_free_bytes")
+    assert free is not None and 0 < free <= usage.total
