@@ -47,7 +47,9 @@ def live_models(config: Mapping[str, Any], scores_topic: str, window_s: float) -
         key = (score["model"], score["version"])
         rows[key].append((score["scored_at"] - score["received_at"], score["error"] is not None))
         instances[key].add(score["instance"])
-        current[key] += score["deadline"] >= start
+        # 0: the request set none (its schedule's default applied), so when it was due is unknown:
+        # counted as current, else producers that never set one would hide a hung model (a review).
+        current[key] += score["deadline"] <= 0 or score["deadline"] >= start
         last[key] = max(last.get(key, 0), score["scored_at"])
     figures = {}
     for key, seen in rows.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from services.control.liveness import live_names, not_live
 from services.control.schedule import Schedule
 
@@ -63,3 +65,36 @@ def test_a_model_with_a_worker_in_its_group_that_scored_nothing_while_others_sco
     # A new worker's backfill of old requests is no traffic: the others are idle, not hung.
     backfill = {("c", "1"): {"scores": 10.0, "errors": 0.0, "current": 0.0}}
     assert live_names(backfill, ({"champion", "c"}, set())) == {"champion", "c"}
+
+
+def test_the_live_check_counts_a_backfills_scores_as_no_traffic_and_a_request_without_a_deadline_as_some(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Scores of requests due before the window are a new worker's backfill; a request may set no
+    deadline (0: its schedule's default), and those scores were no traffic, so a hung model beside
+    them was live (a review)."""
+    from services.control import liveness
+    from services.core.codec import codec
+    from services.core.runtime import now_ms
+
+    scores, now = codec("score"), now_ms()
+
+    class Record:
+        def __init__(self, model: str, deadline: int) -> None:
+            self._value = scores.encode({
+                "request_id": "r", "model": model, "version": "1", "instance": "i", "score": 0.5, "label": None,
+                "error": None, "deadline": deadline, "received_at": now - 5, "scored_at": now, "compute_ms": 1.0})
+
+        def value(self) -> bytes:
+            return self._value
+
+    def scored(*records: Record) -> dict[tuple[str, str], dict[str, float]]:
+        monkeypatch.setattr(liveness, "read_spans", lambda *_args, **_kwargs: iter(records))
+        return liveness.live_models({}, "rdv.scores", 60)
+
+    backfill = scored(Record("c", now - 3_600_000), Record("c", now - 3_000_000))
+    assert backfill[("c", "1")]["current"] == 0
+    assert live_names(backfill, ({"champion", "c"}, set())) == {"champion", "c"}
+    undated = scored(Record("champion", 0), Record("champion", now + 100))
+    assert undated[("champion", "1")]["current"] == 2
+    assert live_names(undated, ({"champion", "hung"}, set())) == {"champion"}
