@@ -269,7 +269,7 @@ class ArchiveWriter:
             try:
                 write_manifest(self.directory, kept, gaps, retained_from)
             except OSError as exc:
-                if exc.errno != errno.ENOSPC:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):  # the disk full, or the user's quota
                     raise
                 # No room for the manifest's new copy: the files go first, and it is written in the
                 # room they leave. A crash in between leaves it naming files gone, which the next
@@ -412,7 +412,10 @@ class ArchiveWriter:
             stats = FileStats(final.name)
             for record in _readable_records(final):
                 stats.see(record)
-            if self.retained_from is not None and (stats.last_timestamp or 0) < self.retained_from:
+            # Only with a retention on (turned off, the file is kept) and records read (a damaged
+            # file is kept, and said, by the reading).
+            if (self.retain_ms > 0 and self.retained_from is not None and stats.last_timestamp is not None
+                    and stats.last_timestamp < self.retained_from):
                 # The retention had taken it out of the manifest when the crash came, before it went.
                 log.info("%s is past the archive's retention (taken out of the manifest before a crash): deleted",
                          final.name)
@@ -703,17 +706,22 @@ def check_archive(directory: Path) -> list[str]:
 
 
 def iter_archive(
-    directory: Path, *, from_ms: int | None = None, to_ms: int | None = None, unread: list[str] | None = None
+    directory: Path, *, from_ms: int | None = None, to_ms: int | None = None, unread: list[str] | None = None,
+    retained: list[int] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Archived records with from_ms <= timestamp < to_ms, once each (duplicates dropped). The files
     that may hold some and are not read are logged, and each is added to `unread` ("name: why"):
     a replay's report says its range may lack their requests (a damaged file only logged made a
-    report on two thirds of a range read as the whole; a review)."""
+    report on two thirds of a range read as the whole; a review). `retained` is given the time
+    before which the decoy's retention had deleted records when the files were listed, if it had."""
     unread = [] if unread is None else unread
     with listing_lock(directory):
         open_files = check_archive(directory)
         files = read_manifest(directory)
         unlisted = _unlisted(directory, {stats.name for stats in files})
+        retained_from = read_retained_from(directory)
+    if retained is not None and retained_from is not None:
+        retained.append(retained_from)
     if open_files:
         # Fsynced and committed, but still being written: read once sealed (a replay of the last
         # minutes of a running decoy misses them, and says so).
@@ -726,7 +734,8 @@ def iter_archive(
         # decoy's next start adds them; until then they are not read, and that is said.
         log.warning("%d archive file(s) sealed but not in the manifest yet, not read: %s (the decoy adds them at "
                     "its next start)", len(unlisted), ", ".join(path.name for path in unlisted[:5]))
-        unread += [f"{path.name}: not in the manifest yet (the decoy adds it at its next start)" for path in unlisted]
+        unread += [f"{path.name}: not in the manifest (the decoy adds it at its next start, or deletes it if its "
+                   "retention had taken it out)" for path in unlisted]
     kept = sorted(path.name for path in directory.glob("*" + PART + DAMAGED))
     if kept:
         # A recovery read such a file up to its damaged block: what came after it is only there.
@@ -750,7 +759,9 @@ def iter_archive(
                     if recent.first_time(record["offset"], ts):
                         yield record
                 continue
-        except FileNotFoundError:  # gone since the listing: raised when its read began, before any record
+        except OSError as exc:  # gone since the listing: raised when its read began, before any record
+            if exc.errno not in (errno.ENOENT, errno.ESTALE):  # ESTALE: deleted by another NFS client
+                raise
             damage = "missing"
         if damage == "missing":
             damage = _missing(directory, stats)

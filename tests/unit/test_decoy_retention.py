@@ -143,20 +143,29 @@ def test_a_retention_turned_on_for_a_full_disk_makes_room_at_start(
     """The recovery and the first write need room: with the retention run from the loop only, a
     decoy stopped by a full disk failed at every start. And with no room for the manifest's new
     copy, the files go first (a review)."""
-    two_files(tmp_path, retain_ms=0).close()
-    real_write = archive.write_manifest
-    full = [OSError(28, "No space left on device")]
+    stopped = two_files(tmp_path, retain_ms=0)
+    old = tmp_path / stopped.manifest[1].name
+    stopped.append(rows(range(20, 25), NOW))  # what a crash left unsealed: its recovery needs room too
+    part = next(tmp_path.glob("*.part"))
+    stopped._lock.close()  # the crash: the file is left as it is
+    real_write, real_private = archive.write_manifest, archive._private
 
     def write_manifest(*args: Any) -> None:
-        if full:
-            raise full.pop()
+        if old.exists():  # the disk is full until the old file goes
+            raise OSError(28, "No space left on device")
         real_write(*args)
 
+    def private(path: Path) -> Any:
+        if old.exists():
+            raise OSError(28, "No space left on device")
+        return real_private(path)
+
     monkeypatch.setattr(archive, "write_manifest", write_manifest)
+    monkeypatch.setattr(archive, "_private", private)
     monkeypatch.setattr(archive.time, "time", lambda: NOW / 1000)  # the clock the start's retention reads
     writer = ArchiveWriter(tmp_path, roll_bytes=1 << 30, roll_seconds=3600, retain_ms=24 * HOUR)
-    assert full == [] and [r["offset"] for r in iter_archive(tmp_path)] == list(range(10))
-    assert len(list(tmp_path.glob("requests-*.avro"))) == 1
+    assert not old.exists() and not part.exists()  # made room for the manifest first, then recovered the part
+    assert sorted(r["offset"] for r in iter_archive(tmp_path)) == [*range(10), *range(20, 25)]
     writer.close()
 
 
@@ -168,9 +177,17 @@ def test_a_file_the_retention_took_out_of_the_manifest_before_a_crash_is_deleted
     writer.close()
     archive.write_manifest(tmp_path, [kept], [], gone.last_timestamp + 1)  # what the crash left: the file still there
     assert (tmp_path / gone.name).exists()
-    reopened = ArchiveWriter(tmp_path, roll_bytes=1 << 30, roll_seconds=3600)  # no retention of its own now
+    reopened = ArchiveWriter(tmp_path, roll_bytes=1 << 30, roll_seconds=3600, retain_ms=24 * HOUR)
     assert [f.name for f in reopened.manifest] == [kept.name] and not (tmp_path / gone.name).exists()
     reopened.close()
+    # The same crash, and a start with the retention turned off since: the file is kept, named again.
+    writer = two_files(tmp_path / "kept")
+    kept, gone = writer.manifest
+    writer.close()
+    archive.write_manifest(tmp_path / "kept", [kept], [], gone.last_timestamp + 1)
+    unretained = ArchiveWriter(tmp_path / "kept", roll_bytes=1 << 30, roll_seconds=3600)
+    assert [f.name for f in unretained.manifest] == [kept.name, gone.name]
+    unretained.close()
 
 
 def test_a_reader_holding_the_listing_does_not_hold_a_seal_for_good(
