@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -79,6 +82,16 @@ def console(**options: Any) -> Any:
                 super().print(*objects, **kwargs)
             except MarkupError:
                 super().print(*objects, **{**kwargs, "markup": False})
+
+        def on_broken_pipe(self) -> None:
+            """The reader of this console went away (`| head`, `| tee` ended by the same Ctrl-C):
+            rich exits with status 1 there, and sends stdout to /dev/null whichever stream broke.
+            This one goes quiet, sends its own stream to /dev/null, and raises BrokenPipeError for
+            the command to decide (main: no failure; a replay cut short: its signal's status)."""
+            self.quiet = True
+            with contextlib.suppress(OSError, ValueError):  # a stream without a file descriptor
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self.file.fileno())
+            raise BrokenPipeError(errno.EPIPE, "the reader of the output went away")
 
     return Forgiving(**options)
 

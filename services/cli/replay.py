@@ -9,8 +9,11 @@ one more row. Nothing is written to Kafka: a replay can never touch production a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -142,6 +145,7 @@ class Skipped:
     gaps: list[Gap] = dataclasses.field(default_factory=list)
     files: list[str] = dataclasses.field(default_factory=list)
     start: int | None = None  # the range's start (epoch ms), for the retention's note
+    retained_from: list[int] = dataclasses.field(default_factory=list)  # the retention's time, as listed
 
 
 def _requests_from_topic(settings: ReplaySettings, bounds: Bounds, _skipped: Skipped) -> Iterator[Recorded]:
@@ -171,7 +175,8 @@ def _requests_from_archive(settings: ReplaySettings, bounds: Bounds, skipped: Sk
     skipped.gaps = [gap for gap in read_gaps(Path(settings.archive_dir))
                     if gap.topic == topic and (start is None or gap.noticed_at >= start)]
     skipped.start = start
-    for record in iter_archive(Path(settings.archive_dir), from_ms=start, to_ms=end, unread=skipped.files):
+    for record in iter_archive(Path(settings.archive_dir), from_ms=start, to_ms=end, unread=skipped.files,
+                               retained=skipped.retained_from):
         if record["topic"] != topic:
             skipped.topics[record["topic"]] += 1
             continue
@@ -210,7 +215,6 @@ class Scored:
     last_at: int | None = None
     partitions: set[int] = dataclasses.field(default_factory=set)  # of the requests topic, with a request
     stopped_at: int | None = None  # the append time of the last record read, when asked to stop before the end
-    read_to: dict[int, int] = dataclasses.field(default_factory=dict)  # partition -> the latest append time read
 
     def took(self, record: Recorded) -> None:
         at = record.log_time
@@ -234,7 +238,6 @@ def _scored_requests(
                 scored.stopped_at, wind_up.cut = record.log_time, True
                 break
             wind_up.armed = True  # a signal before the first record stops the command at once
-        scored.read_to[record.partition] = max(record.log_time, scored.read_to.get(record.partition, record.log_time))
         request = _request(request_codec, record.value)
         if request is None:
             scored.undecodable += 1
@@ -426,12 +429,11 @@ def _stopped_notes(scored: Scored, total: int, without_log: int, stopped_reading
     """What a replay asked to stop left out, said in its report."""
     notes = []
     if scored.stopped_at is not None:
-        # Partitions are read side by side, each at its own pace: the report is whole up to the
-        # least advanced one's time (a review).
-        whole_to, some_to = min(scored.read_to.values()), max(scored.read_to.values())
-        further = f" (some up to {format_ms(some_to)})" if some_to > whole_to else ""
-        notes.append(f"stopped after {total:,} requests: every partition read was read up to {format_ms(whole_to)}"
-                     f"{further}, and the requests after that are not in this report: it covers part of the range")
+        # Not "up to" that time: partitions are read side by side, each at its own pace (a fetch
+        # may bring one partition's records alone), so others may have been read less far (a review).
+        notes.append(f"stopped after {total:,} requests, the last record read appended {format_ms(scored.stopped_at)}: "
+                     "this report covers part of the range (partitions are read side by side, each at its own "
+                     "pace, so not all of it up to that time)")
     if stopped_reading_log and without_log:
         notes.append(f"stopped while the log was read: {without_log:,} of these requests were not looked up in it, "
                      "their real answers unknown; they count in the models' figures only, not in the answers line")
@@ -501,17 +503,13 @@ def _default_budgets(settings: ReplaySettings, unlogged: dict[str, Replayed]) ->
 
 
 def _retained_from(settings: ReplaySettings, skipped: Skipped) -> int | None:
-    """When the decoy's retention has deleted the archive's requests up to, if the range starts
-    before then. Read after the replay's reading: the retention goes on while a replay reads (it
-    was read before, and a replay of hours missed what was deleted meanwhile; a review)."""
-    if settings.source != "archive":
+    """When the decoy's retention had deleted the archive's requests up to as the replay listed
+    its files, if the range starts before then. Files it deleted while the replay read are each
+    named in the replay's notes (`iter_archive`)."""
+    if settings.source != "archive" or not skipped.retained_from:
         return None
-    from services.decoy.archive import read_retained_from
-
-    retained_from = read_retained_from(Path(settings.archive_dir))
-    if retained_from is None or (skipped.start is not None and skipped.start >= retained_from):
-        return None
-    return retained_from
+    retained_from = skipped.retained_from[0]
+    return None if skipped.start is not None and skipped.start >= retained_from else retained_from
 
 
 def _skipped_notes(settings: ReplaySettings, skipped: Skipped, scored: Scored) -> list[str]:
@@ -585,10 +583,14 @@ def run_replay(settings: ReplaySettings, console: Console) -> int:
         result = replay(settings, progress=say, wind_up=wind_up)
     try:
         _print_result(settings, result, console, err)
+        sys.stdout.flush()  # here, not at exit: a reader gone would make that status 120
     except BrokenPipeError:
         if result.stopped_by is None:
             raise
         # The reader went with the same Ctrl-C (`| tee`): the status still says the range was cut.
+        # What is left to write goes nowhere (the interpreter flushes stdout at exit).
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     # A script must not take a report on part of the range for the whole: the status a signal gives.
     return 0 if result.stopped_by is None else interrupted_status(Stopped(result.stopped_by))
 

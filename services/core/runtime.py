@@ -137,14 +137,16 @@ def wind_up_on_first_signal(notice: str) -> Iterator[WindUp]:
 
 def take_signals(signums: Iterable[signal.Signals], handler: Callable[[int, FrameType | None], None]
                  ) -> dict[signal.Signals, Any]:
-    """Set `handler` for each signal that is not ignored, and return the handlers it replaced (to
-    put back). An ignored one stays ignored: `nohup` ignores SIGHUP and a shell's background job
-    SIGINT, and a command taking them back died at the logout or at a Ctrl-C meant for the
-    foreground (a review). Outside the main thread, where none can be set, it sets none."""
+    """Set `handler` for each signal, and return the handlers it replaced (to put back). A
+    terminal's signal (SIGINT, SIGHUP) the process was started ignoring stays ignored: `nohup`
+    ignores SIGHUP and a shell's background job SIGINT, and a command taking them back died at the
+    logout or at a Ctrl-C meant for the foreground (a review). SIGTERM is always taken: it is how a
+    supervisor stops a process, whatever its parent ignored. Outside the main thread, where none
+    can be set, it sets none."""
     before: dict[signal.Signals, Any] = {}
     for signum in signums:
         try:
-            if signal.getsignal(signum) is signal.SIG_IGN:
+            if signum != signal.SIGTERM and signal.getsignal(signum) is signal.SIG_IGN:
                 continue
             before[signum] = signal.signal(signum, handler)
         except ValueError:  # not the main thread
@@ -169,9 +171,9 @@ def install_signal_handlers(stop: threading.Event) -> None:
         if _interruptible is not None:
             _exit_stopped(_interruptible)
 
-    signal.signal(signal.SIGINT, handle)
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGHUP, handle)  # its terminal closed: drain and commit, as for SIGTERM
+    # SIGHUP: its terminal closed, drain and commit, as for SIGTERM; unless started ignoring it
+    # (`nohup`), as a background job ignores SIGINT (take_signals).
+    take_signals((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), handle)
 
 
 # Set by services/cli/spawn.py in the children of a command (the demo's services): the pid they

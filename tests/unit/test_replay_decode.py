@@ -470,6 +470,7 @@ def test_a_replay_asked_to_stop_while_scoring_reports_on_what_it_scored_with_a_s
 
     from services.cli import replay as replay_module
     from services.cli.replay import ReplaySettings, run_replay
+    from tests.unit.test_run_service import signals_handled
 
     assert threading.current_thread() is threading.main_thread()  # else the signal would reach no handler
     requests = codec("request")
@@ -484,7 +485,9 @@ def test_a_replay_asked_to_stop_while_scoring_reports_on_what_it_scored_with_a_s
 
     stubbed_broker(monkeypatch)
     monkeypatch.setattr(replay_module, "recorded_requests", records)
-    status = run_replay(ReplaySettings(model="demo:champion", batch=3, format="json"), Console(file=io.StringIO()))
+    with signals_handled(signal.SIGTERM):  # not ignored, whatever this process inherited
+        status = run_replay(ReplaySettings(model="demo:champion", batch=3, format="json"),
+                            Console(file=io.StringIO()))
     report = json.loads(capsys.readouterr().out)
     assert status == 128 + signal.SIGTERM
     assert report["records"] == 4
@@ -525,12 +528,12 @@ def test_a_replay_asked_to_stop_while_it_reads_the_log_says_which_requests_were_
     assert not any("have no comparison record in the log up to" in note for note in notes)
 
 
-def test_a_replay_asked_to_stop_after_its_last_record_is_not_cut_and_a_cut_one_says_how_far_each_partition_went(
+def test_a_replay_asked_to_stop_after_its_last_record_is_not_cut_and_a_cut_one_says_where_it_stopped(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A signal after the last record cut nothing, yet the replay said "stopped before the end of
     the range" with a signal's status; and a cut one said it covered the range up to the record it
-    stopped at, where partitions are read side by side, each at its own pace (a review)."""
+    stopped at, where partitions are read side by side, each at its own pace (reviews)."""
     import signal
 
     from services.cli import replay as replay_module
@@ -558,30 +561,36 @@ def test_a_replay_asked_to_stop_after_its_last_record_is_not_cut_and_a_cut_one_s
     result = replay_module.replay(ReplaySettings(model="demo:champion"), records(cut, 5), wind_up=cut)
     assert (result.requests, result.stopped_by) == (5, signal.SIGINT)
     (said,) = [note for note in result.report.notes if note.startswith("stopped")]
-    assert "every partition read was read up to 1970-01-01 01:23:23Z" in said  # partition 1's last: 5,003,000
-    assert "(some up to 1970-01-01 01:23:24Z)" in said  # partition 0's: 5,004,000
+    assert said.startswith("stopped after 5 requests, the last record read appended 1970-01-01 01:23:25Z: this report "
+                           "covers part of the range (partitions are read side by side")  # the sixth's: 5,005,000
 
 
 def test_a_replay_cut_short_whose_report_finds_its_reader_gone_still_exits_with_the_signals_status(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """`replay ... | tee log`, Ctrl-C: tee ends with it, the report's print met a broken pipe, and
-    the command exited 0, as if the range were whole (a review)."""
+    """`replay ... | tee log`, Ctrl-C: tee ends with it, and the report's print met a broken pipe:
+    rich's own handling exited 1, whether the range was cut or whole (a review). The cut one keeps
+    its signal's status; a whole one is main's (a reader gone is no failure)."""
+    import os
     import signal
 
-    from rich.console import Console
-
     from services.cli import replay as replay_module
+    from services.cli.common import console
     from services.cli.replay import ReplayResult, ReplaySettings, run_replay
 
-    def gone(*_args: object) -> None:
-        raise BrokenPipeError(32, "Broken pipe")
+    def broken_console() -> object:
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader gone
+        return console(file=os.fdopen(write_end, "w"), width=100)
 
     cut = ReplayResult(report=None, requests=3, undecodable=0, without_log=0, seconds=1.0,  # type: ignore[arg-type]
                        stopped_by=signal.SIGINT)
+    monkeypatch.setattr(replay_module, "print_report", lambda _report, out: out.print("row\n" * 50_000))
     monkeypatch.setattr(replay_module, "replay", lambda *_args, **_kwargs: cut)
-    monkeypatch.setattr(replay_module, "_print_result", gone)
-    assert run_replay(ReplaySettings(model="demo:champion"), Console(quiet=True)) == 128 + signal.SIGINT
+    quieted: list[int] = []
+    monkeypatch.setattr(os, "dup2", lambda _devnull, fd: quieted.append(fd))  # not this test process' stdout
+    assert run_replay(ReplaySettings(model="demo:champion"), broken_console()) == 128 + signal.SIGINT
+    assert len(quieted) == 2  # the broken console's stream, and what is left for stdout: both to /dev/null
     monkeypatch.setattr(replay_module, "replay", lambda *_args, **_kwargs: dataclasses.replace(cut, stopped_by=None))
     with pytest.raises(BrokenPipeError):  # whole: main's own handling of a gone reader, as before
-        run_replay(ReplaySettings(model="demo:champion"), Console(quiet=True))
+        run_replay(ReplaySettings(model="demo:champion"), broken_console())

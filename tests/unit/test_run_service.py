@@ -3,6 +3,7 @@ and a stop while it is built (`interruptible`, services/core/runtime.py) is not 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -12,6 +13,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,18 +124,34 @@ def test_a_command_winding_up_hears_the_first_signal_and_stops_at_the_second_or_
     from services.core.runtime import wind_up_on_first_signal
 
     assert threading.current_thread() is threading.main_thread()  # else the signals would reach no handler
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(Stopped), wind_up_on_first_signal("winding up") as wind_up:
-        os.kill(os.getpid(), signal.SIGTERM)  # not armed yet: at once
-    assert wind_up.signum is None
-    with wind_up_on_first_signal("winding up") as wind_up:
-        wind_up.armed = True
-        os.kill(os.getpid(), signal.SIGHUP)
-        assert wind_up.signum == signal.SIGHUP
-        with pytest.raises(Stopped) as second:
-            os.kill(os.getpid(), signal.SIGINT)
-    assert second.value.signum == signal.SIGINT
-    assert signal.getsignal(signal.SIGTERM) is before  # put back
+    with signals_handled(signal.SIGTERM, signal.SIGHUP):
+        before = signal.getsignal(signal.SIGTERM)
+        with pytest.raises(Stopped), wind_up_on_first_signal("winding up") as wind_up:
+            os.kill(os.getpid(), signal.SIGTERM)  # not armed yet: at once
+        assert wind_up.signum is None
+        with wind_up_on_first_signal("winding up") as wind_up:
+            wind_up.armed = True
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert wind_up.signum == signal.SIGHUP
+            with pytest.raises(Stopped) as second:
+                os.kill(os.getpid(), signal.SIGTERM)
+        assert second.value.signum == signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) is before  # put back
+
+
+@contextlib.contextmanager
+def signals_handled(*signums: signal.Signals) -> Iterator[None]:
+    """The signals a test sends, not ignored whatever the process inherited (CI's background job
+    ignores SIGINT, `nohup` SIGHUP: a command leaves those ignored), put back after."""
+    def noted(signum: int, _frame: object) -> None:
+        raise AssertionError(f"signal {signum} reached no handler of the code under test")
+
+    before = {signum: signal.signal(signum, noted) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 def test_a_signal_the_command_was_started_ignoring_stays_ignored_and_a_gone_stderr_is_no_failure(
@@ -148,7 +166,7 @@ def test_a_signal_the_command_was_started_ignoring_stays_ignored_and_a_gone_stde
     assert threading.current_thread() is threading.main_thread()
     before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        with wind_up_on_first_signal("winding up") as wind_up:
+        with signals_handled(signal.SIGTERM), wind_up_on_first_signal("winding up") as wind_up:
             assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
             wind_up.armed = True
             os.kill(os.getpid(), signal.SIGHUP)  # ignored: nothing happens
