@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import sys
@@ -85,15 +84,30 @@ def console(**options: Any) -> Any:
 
         def on_broken_pipe(self) -> None:
             """The reader of this console went away (`| head`, `| tee` ended by the same Ctrl-C):
-            rich exits with status 1 there, and sends stdout to /dev/null whichever stream broke.
-            This one goes quiet, sends its own stream to /dev/null, and raises BrokenPipeError for
-            the command to decide (main: no failure; a replay cut short: its signal's status)."""
+            rich exits with status 1 there, whatever the command had still to do (publish, write
+            its --html), and sends stdout to /dev/null whichever stream broke. This one goes
+            quiet, sends its own stream to /dev/null, and lets the command finish (reviews)."""
             self.quiet = True
-            with contextlib.suppress(OSError, ValueError):  # a stream without a file descriptor
-                os.dup2(os.open(os.devnull, os.O_WRONLY), self.file.fileno())
-            raise BrokenPipeError(errno.EPIPE, "the reader of the output went away")
+            quiet_stream(self.file)
 
     return Forgiving(**options)
+
+
+def quiet_stream(stream: Any) -> None:
+    """What is left to write to `stream` goes to /dev/null: its reader went away (the interpreter's
+    own flush at exit would fail too, and make the exit status 120)."""
+    with contextlib.suppress(OSError, ValueError):  # a stream without a file descriptor
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+
+
+def write_output(write: Callable[[], None]) -> None:
+    """`write` a command's output to stdout and flush it; a reader gone (`| head`) is no reason
+    to skip what the command still has to do (its --html, its status): the rest goes nowhere."""
+    try:
+        write()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        quiet_stream(sys.stdout)
 
 
 def warn_of_history_loss(config: Mapping[str, Any], topic: str, notes: Console) -> None:

@@ -23,7 +23,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from services.cli.common import console, messages
+from services.cli.common import console, messages, write_output
 from services.cli.shown import counted, now_and_then, print_note
 from services.compare_report.report import report_from_topic
 from services.compare_report.settings import CompareSettings
@@ -98,10 +98,7 @@ def run_compare(settings: CompareSettings, out: Console | None = None, err: Cons
         bar.stop(completed=result.offsets)
     finally:
         bar.stop()
-    if settings.format == "json":
-        print_report_json(report)
-    else:
-        print_report(report, out)
+    write_output(lambda: print_report_json(report) if settings.format == "json" else print_report(report, out))
     if settings.html:
         from services.compare_report.html import write_html  # matplotlib loads in ~1 s: only when asked
 

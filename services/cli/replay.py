@@ -9,11 +9,8 @@ one more row. Nothing is written to Kafka: a replay can never touch production a
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -24,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rich.console import Console
 
-from services.cli.common import messages
+from services.cli.common import messages, write_output
 from services.cli.shown import now_and_then
 from services.compare_report import Report
 from services.compare_report.columns import Columns
@@ -581,25 +578,16 @@ def run_replay(settings: ReplaySettings, console: Console) -> int:
         # of hours said nothing until its end (a review). There, a plain line now and then.
         say = (lambda what: status.update(f"replaying: {what}")) if err.is_terminal else now_and_then(err, "replaying")
         result = replay(settings, progress=say, wind_up=wind_up)
-    try:
-        _print_result(settings, result, console, err)
-        sys.stdout.flush()  # here, not at exit: a reader gone would make that status 120
-    except BrokenPipeError:
-        if result.stopped_by is None:
-            raise
-        # The reader went with the same Ctrl-C (`| tee`): the status still says the range was cut.
-        # What is left to write goes nowhere (the interpreter flushes stdout at exit).
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    # Written and flushed before any line on stderr, and a reader gone (`| tee` ended by the Ctrl-C
+    # that cut the replay) skips nothing after it: the --html, the status (reviews).
+    write_output(lambda: print_report_json(result.report) if settings.format == "json"
+                 else print_report(result.report, console))
+    _print_summary(settings, result, err)
     # A script must not take a report on part of the range for the whole: the status a signal gives.
     return 0 if result.stopped_by is None else interrupted_status(Stopped(result.stopped_by))
 
 
-def _print_result(settings: ReplaySettings, result: ReplayResult, console: Console, err: Console) -> None:
-    if settings.format == "json":
-        print_report_json(result.report)
-    else:
-        print_report(result.report, console)
+def _print_summary(settings: ReplaySettings, result: ReplayResult, err: Console) -> None:
     stopped = "stopped before the end of the range: " if result.stopped_by is not None else ""
     err.print(f"{stopped}{result.requests:,} requests replayed in {result.seconds:.1f}s ({result.rate:,.0f}/s); "
               f"{result.undecodable} undecodable skipped; {result.without_log} had no comparison record")

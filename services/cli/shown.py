@@ -7,7 +7,6 @@ it could change the table's styling, printed raw its terminal escapes could clea
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 
@@ -44,10 +43,7 @@ def now_and_then(err: Console, label: str, clock: Callable[[], float] = time.mon
 
     def say(what: str) -> None:
         if lines.passes("progress") is not None:
-            # A progress line is no reason to stop: its reader gone (`| tee` ended by a Ctrl-C that
-            # winds a replay up), the console goes quiet and the command goes on.
-            with contextlib.suppress(BrokenPipeError):
-                err.print(f"{label}: {what}", soft_wrap=True)
+            err.print(f"{label}: {what}", soft_wrap=True)
 
     return say
 

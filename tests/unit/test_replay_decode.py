@@ -565,32 +565,37 @@ def test_a_replay_asked_to_stop_after_its_last_record_is_not_cut_and_a_cut_one_s
                            "covers part of the range (partitions are read side by side")  # the sixth's: 5,005,000
 
 
-def test_a_replay_cut_short_whose_report_finds_its_reader_gone_still_exits_with_the_signals_status(
-    monkeypatch: pytest.MonkeyPatch,
+def test_a_replay_whose_reader_went_away_still_writes_its_html_and_exits_with_its_own_status(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
     """`replay ... | tee log`, Ctrl-C: tee ends with it, and the report's print met a broken pipe:
-    rich's own handling exited 1, whether the range was cut or whole (a review). The cut one keeps
-    its signal's status; a whole one is main's (a reader gone is no failure)."""
+    rich exited 1 there, cut or whole, and what the command still had to do (its --html) was
+    skipped (reviews). A reader gone is no failure: the cut replay keeps its signal's status, a
+    whole one 0, and both write the HTML."""
     import os
     import signal
 
     from services.cli import replay as replay_module
     from services.cli.common import console
     from services.cli.replay import ReplayResult, ReplaySettings, run_replay
+    from services.compare_report import html
 
     def broken_console() -> object:
         read_end, write_end = os.pipe()
         os.close(read_end)  # the reader gone
         return console(file=os.fdopen(write_end, "w"), width=100)
 
-    cut = ReplayResult(report=None, requests=3, undecodable=0, without_log=0, seconds=1.0,  # type: ignore[arg-type]
-                       stopped_by=signal.SIGINT)
+    written: list[str] = []
+    monkeypatch.setattr(html, "write_html", lambda _report, path: written.append(path) or path)
     monkeypatch.setattr(replay_module, "print_report", lambda _report, out: out.print("row\n" * 50_000))
-    monkeypatch.setattr(replay_module, "replay", lambda *_args, **_kwargs: cut)
-    quieted: list[int] = []
-    monkeypatch.setattr(os, "dup2", lambda _devnull, fd: quieted.append(fd))  # not this test process' stdout
-    assert run_replay(ReplaySettings(model="demo:champion"), broken_console()) == 128 + signal.SIGINT
-    assert len(quieted) == 2  # the broken console's stream, and what is left for stdout: both to /dev/null
-    monkeypatch.setattr(replay_module, "replay", lambda *_args, **_kwargs: dataclasses.replace(cut, stopped_by=None))
-    with pytest.raises(BrokenPipeError):  # whole: main's own handling of a gone reader, as before
-        run_replay(ReplaySettings(model="demo:champion"), broken_console())
+    @dataclasses.dataclass
+    class AnyReport:  # what the stand-in print and write take
+        notes: tuple[str, ...] = ()
+
+    cut = ReplayResult(report=AnyReport(), requests=3, undecodable=0, without_log=0,  # type: ignore[arg-type]
+                       seconds=1.0, stopped_by=signal.SIGINT)
+    settings = ReplaySettings(model="demo:champion", html=str(tmp_path / "r.html"))
+    for result, status in ((cut, 128 + signal.SIGINT), (dataclasses.replace(cut, stopped_by=None), 0)):
+        monkeypatch.setattr(replay_module, "replay", lambda *_args, r=result, **_kwargs: r)
+        assert run_replay(settings, broken_console()) == status
+    assert written == [settings.html, settings.html]
