@@ -94,6 +94,9 @@ class Decoy(SimpleHandler, Probed):
 
     def start(self, ctx: Context) -> None:
         super().start(ctx)
+        # Before the archive is opened: a full disk fails that at every start, and the alert on
+        # the room left must see the disk then, not the gauges' zeros (a review).
+        self._say_disk()
         self._archive = ArchiveWriter(Path(self.settings.archive_dir),
                                       roll_bytes=int(self.settings.roll_mb * 1024 * 1024),
                                       roll_seconds=self.settings.roll_seconds, codec=self.settings.codec,

@@ -198,3 +198,28 @@ def test_the_decoy_says_its_archives_room_for_an_alert_before_a_full_disk_stops_
     assert REGISTRY.get_sample_value("rdv_decoy_disk_size_bytes") == usage.total
     free = REGISTRY.get_sample_value("rdv_decoy_disk_free_bytes")
     assert free is not None and 0 < free <= usage.total
+
+
+def test_the_decoys_tick_runs_the_retention_and_says_the_archives_size_and_what_it_deleted(tmp_path: Path) -> None:
+    from prometheus_client import REGISTRY
+
+    from services.core.runtime import now_ms
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0.0
+
+    hour = 3_600_000
+    decoy = Decoy(DecoySettings(archive_dir=str(tmp_path), retain_hours=1))
+    writer = ArchiveWriter(tmp_path, roll_bytes=1 << 30, roll_seconds=3600, retain_ms=hour)
+    for at in (now_ms() - 2 * hour, now_ms()):  # one file past the hour, one within it
+        writer.write([{"topic": "rq", "partition": 0, "offset": 0, "timestamp": at, "key": None, "value": b"r",
+                       "archived_at": at}])
+        writer.roll()
+    decoy._archive = writer
+    expired_before = sample("rdv_decoy_expired_files_total")
+    decoy.on_tick()
+    decoy.on_tick()  # counted once
+    (kept,) = read_manifest(tmp_path)
+    assert sample("rdv_decoy_archive_bytes") == kept.bytes == writer.sealed_bytes
+    assert sample("rdv_decoy_expired_files_total") - expired_before == 1
+    assert sample("rdv_decoy_disk_size_bytes") > 0

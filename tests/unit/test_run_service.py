@@ -180,3 +180,22 @@ def test_a_signal_the_command_was_started_ignoring_stays_ignored_and_a_gone_stde
             assert wind_up.signum == signal.SIGTERM
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+def test_sigterm_is_taken_even_if_inherited_ignored_and_a_terminals_signals_are_left_ignored() -> None:
+    """`nohup` and a shell's background job ignore SIGHUP and SIGINT: taken back, a command or a
+    service died at the logout or at a Ctrl-C meant for the foreground. SIGTERM is a supervisor's
+    stop, whatever the parent ignored (reviews)."""
+    from services.core.runtime import install_signal_handlers
+
+    assert threading.current_thread() is threading.main_thread()
+    signums = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = {signum: signal.signal(signum, signal.SIG_IGN) for signum in signums}
+    try:
+        install_signal_handlers(threading.Event())
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert callable(signal.getsignal(signal.SIGTERM))
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
