@@ -510,7 +510,8 @@ def _generate_load(settings: DemoSettings, client: Client, check_alive: Callable
     next_view = 0.0
     try:
         with Live(tally.table(0.0), console=console, refresh_per_second=VIEWS_PER_S) as live:
-            while not settings.duration or time.monotonic() - started < settings.duration:
+            # Until its duration, or its reader is gone (`demo | head`: its console went quiet).
+            while (not settings.duration or time.monotonic() - started < settings.duration) and not console.quiet:
                 elapsed = time.monotonic() - started
                 due = int(elapsed * settings.rate) - tally.sent
                 for _ in range(max(0, due)):

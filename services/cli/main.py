@@ -446,7 +446,11 @@ def _run(argv: Sequence[str] | None) -> int:
     stop_with_parent()  # a demo's service dies with the demo, even one killed with -9
     handler: Handler = args.handler
     try:
-        return handler(args)
+        status = handler(args)
+        # Here, not at exit: stdout buffered (no terminal), a reader gone met its last write only
+        # in the interpreter's own flush, exit status 120 and a traceback-like line (a review).
+        sys.stdout.flush()
+        return status
     except RendezvousError as err:
         logging.getLogger("rendezvous").debug("failed", exc_info=True)
         sys.stderr.write(_cut(mask(f"error: {err}")) + "\n")

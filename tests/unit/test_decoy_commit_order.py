@@ -192,6 +192,9 @@ def test_the_decoy_says_its_archives_room_for_an_alert_before_a_full_disk_stops_
 
     from prometheus_client import REGISTRY
 
+    from services.decoy import service
+
+    service.DISK_SIZE.set(-1)  # another test may have set it
     decoy = Decoy(DecoySettings(archive_dir=str(tmp_path)))
     decoy._say_disk()
     usage = disk.disk_usage(tmp_path)
@@ -204,6 +207,7 @@ def test_the_decoys_tick_runs_the_retention_and_says_the_archives_size_and_what_
     from prometheus_client import REGISTRY
 
     from services.core.runtime import now_ms
+    from services.decoy import service
 
     def sample(name: str) -> float:
         return REGISTRY.get_sample_value(name) or 0.0
@@ -216,6 +220,7 @@ def test_the_decoys_tick_runs_the_retention_and_says_the_archives_size_and_what_
                        "archived_at": at}])
         writer.roll()
     decoy._archive = writer
+    service.DISK_SIZE.set(-1)  # another test may have set it
     expired_before = sample("rdv_decoy_expired_files_total")
     decoy.on_tick()
     decoy.on_tick()  # counted once

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -599,3 +600,29 @@ def test_a_replay_whose_reader_went_away_still_writes_its_html_and_exits_with_it
         monkeypatch.setattr(replay_module, "replay", lambda *_args, r=result, **_kwargs: r)
         assert run_replay(settings, broken_console()) == status
     assert written == [settings.html, settings.html]
+    # The JSON report, written to stdout itself: its reader gone, stdout goes quiet, the rest goes on.
+    from services.cli import common
+
+    def closed(_report: object) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    quieted: list[object] = []
+    monkeypatch.setattr(common, "quiet_stream", quieted.append)  # not this test process' stdout
+    monkeypatch.setattr(replay_module, "print_report_json", closed)
+    monkeypatch.setattr(replay_module, "replay", lambda *_args, **_kwargs: cut)
+    assert run_replay(dataclasses.replace(settings, format="json"), broken_console()) == 128 + signal.SIGINT
+    assert quieted == [sys.stdout] and written == [settings.html] * 3
+
+
+def test_a_console_whose_reader_went_away_goes_quiet_on_its_own_stream_and_the_command_goes_on() -> None:
+    """rich exits with status 1 there, and sends stdout to /dev/null whichever stream broke."""
+    import os
+
+    from services.cli.common import console
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    out = console(file=os.fdopen(write_end, "w"), width=80)
+    out.print("row\n" * 50_000)  # no SystemExit, no BrokenPipeError
+    out.print("more")
+    assert out.quiet and os.readlink(f"/proc/self/fd/{write_end}") == "/dev/null"
