@@ -96,7 +96,7 @@ def console(**options: Any) -> Any:
 def quiet_stream(stream: Any) -> None:
     """What is left to write to `stream` goes to /dev/null: its reader went away (the interpreter's
     own flush at exit would fail too, and make the exit status 120)."""
-    with contextlib.suppress(OSError, ValueError):  # a stream without a file descriptor
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # no file descriptor, or no stream (`>&-`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import socket
 import subprocess
 import threading
@@ -508,10 +509,10 @@ def _generate_load(settings: DemoSettings, client: Client, check_alive: Callable
     rows = demo_rows(10_000, seed=1)
     started = time.monotonic()
     next_view = 0.0
+    gone = False  # the table's reader (`demo | head`, `| less` then q): the demo ends as at its duration
     try:
         with Live(tally.table(0.0), console=console, refresh_per_second=VIEWS_PER_S) as live:
-            # Until its duration, or its reader is gone (`demo | head`: its console went quiet).
-            while (not settings.duration or time.monotonic() - started < settings.duration) and not console.quiet:
+            while (not settings.duration or time.monotonic() - started < settings.duration) and not gone:
                 elapsed = time.monotonic() - started
                 due = int(elapsed * settings.rate) - tally.sent
                 for _ in range(max(0, due)):
@@ -523,6 +524,7 @@ def _generate_load(settings: DemoSettings, client: Client, check_alive: Callable
                 if elapsed >= next_view:
                     live.update(tally.table(elapsed))
                     next_view = elapsed + 1.0 / VIEWS_PER_S
+                    gone = reader_gone(console)
                 check_alive()
                 time.sleep(0.01)  # pacing the load generator at its fixed rate
             try:
@@ -535,6 +537,26 @@ def _generate_load(settings: DemoSettings, client: Client, check_alive: Callable
             console.print()  # piped, rich ends the last frame without one: the next line joined the table's
     except KeyboardInterrupt:
         console.print("stopping...")
+
+
+def reader_gone(console: Console) -> bool:
+    """Whether the console's reader went away. Piped, rich draws the live table only when it
+    stops, so no write met the broken pipe while the load ran, and `demo | less`, then q, ran on
+    for good (a review): a pipe without a reader is asked (poll: POLLERR), and the console told."""
+    if console.quiet:  # a write met it (services/cli/common.py `on_broken_pipe`)
+        return True
+    if console.is_terminal:
+        return False
+    try:
+        fd = console.file.fileno()
+    except (OSError, ValueError, AttributeError):
+        return False
+    poller = select.poll()
+    poller.register(fd, 0)  # no event asked for: an error or a hang-up is always said
+    if not any(event & (select.POLLERR | select.POLLHUP) for _fd, event in poller.poll(0)):
+        return False
+    console.on_broken_pipe()
+    return True
 
 
 def _drain(client: Client, budget_ms: int) -> None:

@@ -29,6 +29,7 @@ from services.cli.common import (
     ensure_topics,
     kept_partition_counts,
     messages,
+    quiet_stream,
     run_service,
     setup_logging,
     with_bootstrap,
@@ -444,13 +445,31 @@ def _run(argv: Sequence[str] | None) -> int:
     for line in unknown_variables(os.environ):
         logging.getLogger("rendezvous").warning("%s", line)
     stop_with_parent()  # a demo's service dies with the demo, even one killed with -9
-    handler: Handler = args.handler
-    try:
-        status = handler(args)
-        # Here, not at exit: stdout buffered (no terminal), a reader gone met its last write only
-        # in the interpreter's own flush, exit status 120 and a traceback-like line (a review).
-        sys.stdout.flush()
+    return _flushed(_handled(args.handler, args))
+
+
+def _flushed(status: int) -> int:
+    """`status`, once stdout is flushed. Here, not at exit: stdout buffered (no terminal), a reader
+    gone met the last write only in the interpreter's own flush, exit status 120 and an
+    "Exception ignored" line (a review). A reader gone leaves the command's status as it is (a
+    failure stays one under `set -o pipefail`); a full disk is an error of its own."""
+    if sys.stdout is None:  # started with stdout closed (`>&-`)
         return status
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        quiet_stream(sys.stdout)
+    except OSError as exc:
+        quiet_stream(sys.stdout)
+        sys.stderr.write(_cut(f"error: cannot write the output: {exc.strerror or exc}") + "\n")
+        return EXIT_ERROR
+    return status
+
+
+def _handled(handler: Handler, args: argparse.Namespace) -> int:
+    """The handler's status, or the one its failure gives, said in one line."""
+    try:
+        return handler(args)
     except RendezvousError as err:
         logging.getLogger("rendezvous").debug("failed", exc_info=True)
         sys.stderr.write(_cut(mask(f"error: {err}")) + "\n")
@@ -467,8 +486,7 @@ def _run(argv: Sequence[str] | None) -> int:
     except BrokenPipeError:
         # The reader of our output went away (`rendezvous ... | head`): nothing more to say. Later
         # writes (the interpreter's own flush at exit) go nowhere instead of failing again.
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        quiet_stream(sys.stdout)
         return 0
     except OSError as exc:
         # The machine refused a file or socket operation (a full disk, a read-only or missing

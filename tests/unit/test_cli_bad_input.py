@@ -1565,3 +1565,52 @@ def test_a_schedule_file_that_supersedes_pending_versions_needs_the_flag_too(
     settings = from_namespace(ScheduleSetSettings, None, file=str(path), supersede_pending=True)
     assert lifecycle.cmd_schedule_set(settings, Console(quiet=True)) == 0
     assert [(v.version, v.models, v.supersedes_pending) for v in published] == [(3, ("c", "a"), True)]
+
+
+def test_the_demo_hears_that_its_tables_reader_went_away_while_nothing_is_written() -> None:
+    """Piped, rich draws the live table only when it stops: `demo | less`, then q, ran on with
+    nothing read until Ctrl-C (a review). A pipe with no reader is asked, and the console told."""
+    from services.cli.common import console
+    from services.cli.demo import reader_gone
+
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "w") as piped:
+        table = console(file=piped, width=80)
+        assert not reader_gone(table)  # read: nothing to say
+        os.close(read_end)
+        assert reader_gone(table) and table.quiet
+    with open(os.devnull, "w") as nowhere:  # a file is never gone
+        assert not reader_gone(console(file=nowhere, width=80))
+
+
+@pytest.mark.parametrize(("status", "out", "expected"), [
+    (1, "pipe", 1),  # a failure stays one, its reader gone (`set -o pipefail`; it read as success)
+    (0, "closed", 0),  # started with stdout closed (`>&-`): no traceback from the flush
+    (0, "full", 2),  # a full disk is an error of its own, said once
+])
+def test_a_commands_status_survives_its_output_going_nowhere(status: int, out: str, expected: int) -> None:
+    script = ("import sys\nfrom services.cli import main as m\n"
+              f"m._handled = lambda _h, _a: (print('x' * 100), {status})[1]\n"
+              "sys.exit(m.main(['acl', 'show']))\n")
+    buffered = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    if out == "pipe":
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=buffered)
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        stderr = proc.stderr.read().decode()
+        code = proc.wait(60)
+    else:
+        target = "/dev/full" if out == "full" else None
+        with open(target or os.devnull, "w") as sink:
+            done = subprocess.run([sys.executable, "-c", script], stdout=sink if target else subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, env=buffered, timeout=60,
+                                  close_fds=True, pass_fds=(), **({} if target else {"preexec_fn": _close_stdout}))
+        code, stderr = done.returncode, done.stderr.decode()
+    assert code == expected and "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    if out == "full":
+        assert "error: cannot write the output: No space left on device" in stderr
+
+
+def _close_stdout() -> None:
+    os.close(1)

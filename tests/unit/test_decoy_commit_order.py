@@ -194,7 +194,8 @@ def test_the_decoy_says_its_archives_room_for_an_alert_before_a_full_disk_stops_
 
     from services.decoy import service
 
-    service.DISK_SIZE.set(-1)  # another test may have set it
+    service.DISK_SIZE.set(-1)  # another test may have set them
+    service.DISK_FREE.set(-1)
     decoy = Decoy(DecoySettings(archive_dir=str(tmp_path)))
     decoy._say_disk()
     usage = disk.disk_usage(tmp_path)

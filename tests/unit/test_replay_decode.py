@@ -622,7 +622,10 @@ def test_a_console_whose_reader_went_away_goes_quiet_on_its_own_stream_and_the_c
 
     read_end, write_end = os.pipe()
     os.close(read_end)
-    out = console(file=os.fdopen(write_end, "w"), width=80)
-    out.print("row\n" * 50_000)  # no SystemExit, no BrokenPipeError
-    out.print("more")
-    assert out.quiet and os.readlink(f"/proc/self/fd/{write_end}") == "/dev/null"
+    stdout_before = os.readlink("/proc/self/fd/1")
+    with os.fdopen(write_end, "w") as piped:
+        out = console(file=piped, width=80)
+        out.print("row\n" * 50_000)  # no SystemExit, no BrokenPipeError
+        out.print("more")
+        assert out.quiet and os.readlink(f"/proc/self/fd/{write_end}") == "/dev/null"
+    assert os.readlink("/proc/self/fd/1") == stdout_before  # its own stream, not stdout
