@@ -826,6 +826,10 @@ class Positions:
         """One past the last record read, per partition (a copy)."""
         return dict(self._next)
 
+    def of(self, topic: str, partition: int) -> int | None:
+        """One partition's position, if it has one."""
+        return self._next.get((topic, partition))
+
     def start_at(self, tp: TopicPartition) -> None:
         """A partition's position before anything is read from it (committed like any other)."""
         self._next.setdefault((tp.topic, tp.partition), tp.offset)
