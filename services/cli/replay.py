@@ -141,8 +141,12 @@ class Skipped:
     topics: Counter[str] = dataclasses.field(default_factory=Counter)
     gaps: list[Gap] = dataclasses.field(default_factory=list)
     files: list[str] = dataclasses.field(default_factory=list)
-    start: int | None = None  # the range's start (epoch ms), for the retention's note
-    retained_from: list[int] = dataclasses.field(default_factory=list)  # the retention's time, as listed
+    retained_from: list[int] = dataclasses.field(default_factory=list)  # given by iter_archive
+
+    def retention(self) -> int | None:
+        """When the decoy's retention had deleted requests up to as the files were listed, if the
+        range starts before then (files it deleted while they were read are named in `files`)."""
+        return self.retained_from[0] if self.retained_from else None
 
 
 def _requests_from_topic(settings: ReplaySettings, bounds: Bounds, _skipped: Skipped) -> Iterator[Recorded]:
@@ -171,7 +175,6 @@ def _requests_from_archive(settings: ReplaySettings, bounds: Bounds, skipped: Sk
     # A gap's records were appended before it was noticed: one noticed before the range holds none of it.
     skipped.gaps = [gap for gap in read_gaps(Path(settings.archive_dir))
                     if gap.topic == topic and (start is None or gap.noticed_at >= start)]
-    skipped.start = start
     for record in iter_archive(Path(settings.archive_dir), from_ms=start, to_ms=end, unread=skipped.files,
                                retained=skipped.retained_from):
         if record["topic"] != topic:
@@ -367,7 +370,7 @@ def replay(
             hint = "" if settings.schema_registry else " (registry-framed ones need --schema-registry)"
             raise ConfigError(f"none of the {scored.undecodable:,} records in that range is a request this command "
                               f"can read{hint}: nothing to replay")
-        retained_from = _retained_from(settings, skipped)
+        retained_from = skipped.retention()
         gone = (f" (the decoy's retention deleted the archive's requests appended before "
                 f"{format_ms(retained_from)})" if retained_from is not None else "")
         raise ConfigError(f"no requests in that range{gone}: nothing to replay")
@@ -499,16 +502,6 @@ def _default_budgets(settings: ReplaySettings, unlogged: dict[str, Replayed]) ->
     return Budgets(book)
 
 
-def _retained_from(settings: ReplaySettings, skipped: Skipped) -> int | None:
-    """When the decoy's retention had deleted the archive's requests up to as the replay listed
-    its files, if the range starts before then. Files it deleted while the replay read are each
-    named in the replay's notes (`iter_archive`)."""
-    if settings.source != "archive" or not skipped.retained_from:
-        return None
-    retained_from = skipped.retained_from[0]
-    return None if skipped.start is not None and skipped.start >= retained_from else retained_from
-
-
 def _skipped_notes(settings: ReplaySettings, skipped: Skipped, scored: Scored) -> list[str]:
     """What an archive replay left out or could not cover, said."""
     if settings.source != "archive":
@@ -525,7 +518,7 @@ def _skipped_notes(settings: ReplaySettings, skipped: Skipped, scored: Scored) -
         more = f"; and {len(skipped.gaps) - 5} more" if len(skipped.gaps) > 5 else ""
         notes.append(f"this range may lack requests the archive never held: {topic} deleted them (its retention) "
                      f"before the decoy archived them: {where}{more}")
-    retained_from = _retained_from(settings, skipped)
+    retained_from = skipped.retention()
     if retained_from is not None:
         notes.append(f"this range starts before {format_ms(retained_from)}, and the archive's requests "
                      "appended before then were deleted by the decoy's retention (--retain-hours): it covers the "

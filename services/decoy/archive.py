@@ -150,11 +150,10 @@ class ArchiveWriter:
             raise ConfigError(f"cannot create archive directory {directory}: {exc.strerror}") from None
         self._lock = _hold(directory)
         _make_private(directory)
-        self.manifest = read_manifest(directory)
+        manifest = read_whole_manifest(directory)
+        self.manifest, self.gaps, self.retained_from = manifest.files, manifest.gaps, manifest.retained_from
         self.sealed_bytes = sum(stats.bytes for stats in self.manifest)  # of the files the manifest names
         self.expired_files = 0  # deleted by the retention since this writer started
-        self.gaps = read_gaps(directory)
-        self.retained_from = read_retained_from(directory)
         # First: a retention turned on to make room on a full disk must make it before the recovery
         # and the first write need it (they failed with it, at every start; a review).
         self._expire(int(time.time() * 1000))
@@ -240,7 +239,7 @@ class ArchiveWriter:
             write_manifest(self.directory, self.manifest, gaps, self.retained_from)
         self.gaps = gaps
 
-    def expire(self, now: int) -> None:
+    def expire(self, now: int) -> int:
         """Delete the sealed files whose newest record was appended more than `retain_ms` before
         `now` (none while it is 0), at most once per EXPIRE_EVERY_S: an archive without retention
         filled its disk, and stopped the decoy (a review). The manifest drops them, and the gaps
@@ -248,17 +247,18 @@ class ArchiveWriter:
         replay to say that a range starting earlier may lack requests; then the files go. Both
         under the listing lock: no reader finds a file named and gone."""
         if self.retain_ms <= 0 or time.monotonic() < self._next_expiry:
-            return
+            return 0
         self._next_expiry = time.monotonic() + EXPIRE_EVERY_S
-        self._expire(now)
+        return self._expire(now)
 
-    def _expire(self, now: int) -> None:
+    def _expire(self, now: int) -> int:
+        """How many files it deleted."""
         if self.retain_ms <= 0:
-            return
+            return 0
         cutoff = now - self.retain_ms
         old = [f for f in self.manifest if f.last_timestamp is not None and f.last_timestamp < cutoff]
         if not old:
-            return
+            return 0
         # Every record of a deleted file was appended before this; those appended from it on are all kept.
         newest_gone = max(f.last_timestamp for f in old if f.last_timestamp is not None)
         retained_from = max(self.retained_from or 0, newest_gone + 1)
@@ -284,6 +284,7 @@ class ArchiveWriter:
         log.info("retention: deleted %d archive file(s), %d records, %.1f MiB, appended before %s; %d file(s) kept",
                  len(old), sum(f.records for f in old), sum(f.bytes for f in old) / 2**20,
                  datetime.fromtimestamp(retained_from / 1000, tz=UTC).isoformat(timespec="seconds"), len(kept))
+        return len(old)
 
     def roll_if_old(self) -> None:
         """Seal the open file once it is `roll_seconds` old, whether or not records still come
@@ -554,18 +555,35 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass
+class Manifest:
+    """What the manifest says: the sealed files, the gaps (none in a manifest written before it
+    named them), and the append time (epoch ms) before which the decoy's retention deleted
+    records (None: none deleted)."""
+
+    files: list[FileStats] = field(default_factory=list)
+    gaps: list[Gap] = field(default_factory=list)
+    retained_from: int | None = None
+
+
+def read_whole_manifest(directory: Path) -> Manifest:
+    """The manifest, parsed once (it names every file: a year of rolls is 100,000 entries)."""
+    return _from_manifest(directory, lambda data: Manifest(
+        [_checked(FileStats(**entry)) for entry in data["files"]],
+        [_checked_gap(Gap(**entry)) for entry in data.get("gaps", [])],
+        _checked_time(data.get("retained_from"))), Manifest())
+
+
 def read_manifest(directory: Path) -> list[FileStats]:
-    return _from_manifest(directory, lambda data: [_checked(FileStats(**entry)) for entry in data["files"]], [])
+    return read_whole_manifest(directory).files
 
 
 def read_gaps(directory: Path) -> list[Gap]:
-    """The gaps the manifest names (none in a manifest written before it named them)."""
-    return _from_manifest(directory, lambda data: [_checked_gap(Gap(**entry)) for entry in data.get("gaps", [])], [])
+    return read_whole_manifest(directory).gaps
 
 
 def read_retained_from(directory: Path) -> int | None:
-    """The append time (epoch ms) before which the decoy's retention deleted records; None: none deleted."""
-    return _from_manifest(directory, lambda data: _checked_time(data.get("retained_from")), None)
+    return read_whole_manifest(directory).retained_from
 
 
 def _checked_time(value: object) -> int | None:
@@ -713,14 +731,16 @@ def iter_archive(
     that may hold some and are not read are logged, and each is added to `unread` ("name: why"):
     a replay's report says its range may lack their requests (a damaged file only logged made a
     report on two thirds of a range read as the whole; a review). `retained` is given the time
-    before which the decoy's retention had deleted records when the files were listed, if it had."""
+    before which the decoy's retention had deleted records when the files were listed, if the
+    range starts before it."""
     unread = [] if unread is None else unread
     with listing_lock(directory):
         open_files = check_archive(directory)
-        files = read_manifest(directory)
+        manifest = read_whole_manifest(directory)
+        files = manifest.files
         unlisted = _unlisted(directory, {stats.name for stats in files})
-        retained_from = read_retained_from(directory)
-    if retained is not None and retained_from is not None:
+    retained_from = manifest.retained_from
+    if retained is not None and retained_from is not None and (from_ms is None or from_ms < retained_from):
         retained.append(retained_from)
     if open_files:
         # Fsynced and committed, but still being written: read once sealed (a replay of the last
@@ -749,24 +769,28 @@ def iter_archive(
         try:
             damage = _damage(path, stats)
             if damage is None:
-                for record in _read_counting(path, stats, unread):
-                    ts = record["timestamp"]
-                    if (from_ms is not None and ts < from_ms) or (to_ms is not None and ts >= to_ms):
-                        continue
-                    recent = seen.get((record["topic"], record["partition"]))
-                    if recent is None:
-                        recent = seen[(record["topic"], record["partition"])] = _Recent()
-                    if recent.first_time(record["offset"], ts):
-                        yield record
+                yield from _first_times(_read_counting(path, stats, unread), seen, from_ms, to_ms)
                 continue
         except OSError as exc:  # gone since the listing: raised when its read began, before any record
             if exc.errno not in (errno.ENOENT, errno.ESTALE):  # ESTALE: deleted by another NFS client
                 raise
-            damage = "missing"
-        if damage == "missing":
             damage = _missing(directory, stats)
         log.warning("archive file %s skipped: %s", stats.name, damage)
         unread.append(f"{stats.name}: {damage}")
+
+
+def _first_times(records: Iterator[dict[str, Any]], seen: dict[tuple[str, int], _Recent], from_ms: int | None,
+                 to_ms: int | None) -> Iterator[dict[str, Any]]:
+    """The records of the range not read before (`seen`: what was, per partition)."""
+    for record in records:
+        ts = record["timestamp"]
+        if (from_ms is not None and ts < from_ms) or (to_ms is not None and ts >= to_ms):
+            continue
+        recent = seen.get((record["topic"], record["partition"]))
+        if recent is None:
+            recent = seen[(record["topic"], record["partition"])] = _Recent()
+        if recent.first_time(record["offset"], ts):
+            yield record
 
 
 def _missing(directory: Path, stats: FileStats) -> str:
@@ -866,7 +890,7 @@ class _Recent:
 def _damage(path: Path, stats: FileStats) -> str | None:
     """Why a finished file cannot be read as the manifest describes it, or None."""
     if not path.is_file():
-        return "missing"
+        return _missing(path.parent, stats)
     if _sha256(path) != stats.sha256:
         return "its sha256 is not the manifest's (damaged since it was sealed)"
     return None

@@ -57,7 +57,6 @@ class Decoy(SimpleHandler, Probed):
         self.topics = settings.topics()
         self.archived = 0
         self._archive: ArchiveWriter | None = None
-        self._expired_said = 0  # of the archive's expired files, counted in EXPIRED
         self._disk_asked_at = float("-inf")  # monotonic
         # In the archive file, not yet fsynced; and the starts `_out_of_range` moved partitions to,
         # in their place among the records (committed with what was read before them, in order).
@@ -103,16 +102,15 @@ class Decoy(SimpleHandler, Probed):
                                       # A tiny --retain-hours is a retention still, not 0 ms: none.
                                       retain_ms=max(1, round(self.settings.retain_hours * 3_600_000))
                                       if self.settings.retain_hours > 0 else 0)
+        EXPIRED.inc(self._archive.expired_files)  # at its start (later ones: on_tick)
         ctx.stack.callback(self._archive.close)
         ctx.consumer.on_out_of_range = self._out_of_range
 
     def on_tick(self) -> None:
         assert self._archive is not None
         self._archive.roll_if_old()
-        self._archive.expire(now_ms())
+        EXPIRED.inc(self._archive.expire(now_ms()))
         ARCHIVE_BYTES.set(self._archive.sealed_bytes)
-        EXPIRED.inc(self._archive.expired_files - self._expired_said)
-        self._expired_said = self._archive.expired_files
         if time.monotonic() >= self._disk_asked_at + DISK_EVERY_S:
             self._disk_asked_at = time.monotonic()
             self._say_disk()
