@@ -37,7 +37,7 @@ from services.cli.common import (
 from services.cli.examples import describe
 from services.core.errors import ConfigError, RendezvousError, Stopped, interrupted_status
 from services.core.redaction import mask
-from services.core.runtime import stop_with_parent, take_signals
+from services.core.runtime import signals_taken, stop_with_parent
 from services.core.settings import KafkaSettings, add_arguments, from_namespace, setting
 from services.core.terminal import printable
 from services.core.variables import unknown_variables
@@ -408,13 +408,8 @@ def _stopped_cleanly() -> Iterator[None]:
     replicas were left running (a review). A service installs its own handler (drain, commit) when
     it runs (services/core/runtime.py), replacing this one. The handlers before are put back after
     (a test calling `main` keeps its own)."""
-    before = take_signals((signal.SIGTERM, signal.SIGHUP), _stop_here)  # those ignored stay ignored
-    try:
+    with signals_taken((signal.SIGTERM, signal.SIGHUP), _stop_here):  # SIGHUP ignored (nohup) stays so
         yield
-    finally:
-        for signum, handler in before.items():
-            if handler is not None:  # None: set outside Python, and not one signal() takes back
-                signal.signal(signum, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

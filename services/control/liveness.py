@@ -98,7 +98,7 @@ def live_names(figures: Figures, found: tuple[set[str], set[str]] | None) -> set
     # A worker in its group that scored nothing while others scored requests of the window is hung
     # or far behind: taken for live, `promote` could make a model that answers nothing the champion
     # (a review). Scores of older requests (a new worker's backfill of the topic) are no traffic.
-    traffic = any(f.get("current", f["scores"]) > 0 for f in figures.values())
+    traffic = any(f["current"] > 0 for f in figures.values())
     idle = running - scored if not traffic else set()
     return (usable - stopped) | idle
 

@@ -126,13 +126,21 @@ def wind_up_on_first_signal(notice: str) -> Iterator[WindUp]:
         with contextlib.suppress(OSError):  # stderr gone (`| tee` ended by the same Ctrl-C): still wound up
             os.write(2, f"\n{notice}\n".encode())  # not `log`: its lock may be held where the signal came
 
-    before = take_signals((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), handle)
-    try:
+    with signals_taken((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), handle):
         yield wind_up
+
+
+@contextmanager
+def signals_taken(signums: Iterable[signal.Signals], handler: Callable[[int, FrameType | None], None]
+                  ) -> Iterator[None]:
+    """`take_signals` within the block; the handlers it replaced put back after it."""
+    before = take_signals(signums, handler)
+    try:
+        yield
     finally:
-        for caught, handler in before.items():
-            if handler is not None:  # None: set outside Python, and not one signal() takes back
-                signal.signal(caught, handler)
+        for signum, replaced in before.items():
+            if replaced is not None:  # None: set outside Python, and not one signal() takes back
+                signal.signal(signum, replaced)
 
 
 def take_signals(signums: Iterable[signal.Signals], handler: Callable[[int, FrameType | None], None]

@@ -22,10 +22,13 @@ class TopicTail:
     def __init__(self, config: Mapping[str, Any], topic: str, purpose: str):
         self.topic = topic
         partitions = partition_counts(config, [topic])[topic]  # first: a missing topic leaves no client open
-        self.partition_count = partitions
         self._consumer = Consumer({**groupless(config, purpose), "enable.partition.eof": False})
         self._partitions = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
         self._consumer.assign(self._partitions)
+
+    @property
+    def partition_count(self) -> int:
+        return len(self._partitions)
 
     def end_offsets(self) -> dict[int, int]:
         ends = {}

@@ -9,8 +9,10 @@ from services.control.schedule import Schedule
 
 
 def _scored(**errors_of: int) -> dict[tuple[str, str], dict[str, float]]:
-    """Figures of models that each sent 10 scores in the window, `errors_of[model]` of them errors."""
-    return {(model, "1"): {"scores": 10.0, "errors": float(errors)} for model, errors in errors_of.items()}
+    """Figures of models that each sent 10 scores in the window, of requests due in it (current),
+    `errors_of[model]` of them errors."""
+    return {(model, "1"): {"scores": 10.0, "current": 10.0, "errors": float(errors)}
+            for model, errors in errors_of.items()}
 
 
 def test_a_model_whose_workers_left_their_group_is_not_live_whatever_it_scored_a_moment_ago() -> None:
