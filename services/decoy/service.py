@@ -164,13 +164,11 @@ class Decoy(SimpleHandler, Probed):
                 if tp.error is not None:
                     continue
                 low, high = _watermarks(consumer.native, tp.topic, tp.partition)
-                if tp.offset < 0:
-                    starts[(tp.topic, tp.partition)] = self._fresh_start(low, high)
-                elif tp.offset < low:
-                    self._gap(tp.topic, tp.partition, tp.offset, low)
-                    starts[(tp.topic, tp.partition)] = low
-                else:
+                start = self._start_for(tp.topic, tp.partition, tp.offset, low, high)
+                if start is None:
                     self._reached.move_to(tp)
+                else:
+                    starts[(tp.topic, tp.partition)] = start
         except KafkaException as exc:  # a question, not the archiving: never a reason to stop
             # Those not started here are told to `_out_of_range` at their first fetch.
             log.warning("could not check %s for records deleted unarchived (%s): checked at the first fetch",
@@ -208,16 +206,12 @@ class Decoy(SimpleHandler, Probed):
         except KafkaException as exc:
             raise BrokerError(f"{topic}[{partition}]: its position {position.offset} is not on the topic, and where "
                               f"its records start could not be read ({exc})") from None
-        if position.offset < 0:
-            start = self._fresh_start(low, high)
-        else:
+        start = self._start_for(topic, partition, position.offset, low, high)
+        if start is None:  # past the end: the topic recreated, or records lost by the brokers
+            log.warning("%s[%d]: the decoy's position %d is past the partition's end (%d): the topic was recreated "
+                        "or lost records; it resumes at the first record the topic holds, %d", topic, partition,
+                        position.offset, high, low)
             start = low
-            if position.offset < low:
-                self._gap(topic, partition, position.offset, low)
-            else:  # past the end: the topic recreated, or records lost by the brokers
-                log.warning("%s[%d]: the decoy's position %d is past the partition's end (%d): the topic was recreated "
-                            "or lost records; it resumes at the first record the topic holds, %d", topic, partition,
-                            position.offset, high, low)
         self._reached.move_to(TopicPartition(topic, partition, start))
         self._restart_at(consumer.native, topic, partition, start)
         # Committed as a start: left below the gap, every later assignment found and counted the
@@ -246,9 +240,17 @@ class Decoy(SimpleHandler, Probed):
                 known if known >= 0 else self._reached.read_to().get(key, OFFSET_INVALID))
         native.assign(assigned)
 
-    def _fresh_start(self, low: int, high: int) -> int:
-        """Where a partition this group never read starts: --start-from's end of it."""
-        return low if self.settings.start_from == "earliest" else high
+    def _start_for(self, topic: str, partition: int, offset: int, low: int, high: int) -> int | None:
+        """Where a partition at `offset` (the topic holding `low` to `high`) starts: one this group
+        never read (no offset) at --start-from's end of it; one past records the topic deleted at
+        the first record left, the gap named and counted; None where the topic holds its position
+        or it is past the end (each caller's own case: `_past_gaps`, `_out_of_range`)."""
+        if offset < 0:
+            return low if self.settings.start_from == "earliest" else high
+        if offset < low:
+            self._gap(topic, partition, offset, low)
+            return low
+        return None
 
     def _gap(self, topic: str, partition: int, first: int, resumed_at: int) -> None:
         MISSED.inc(resumed_at - first)
