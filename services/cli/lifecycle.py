@@ -287,7 +287,7 @@ def _publish_next(settings: ChangeSettings, book: ScheduleBook, draft: Schedule,
         # When it will start (a pending version before it may hold it back past the file's time).
         _within_reach(schedule.effective_at - now, f"effective_at {format_ms(effective_at)}")
     accepted = publish(settings.librdkafka(), settings.topics().control, schedule)
-    if accepted.to_dict() != schedule.to_dict():  # the same change, published first by another writer
+    if accepted is not schedule:  # the same change, published first by another writer (`publish`)
         console.print(f"{escape(accepted.name)} v{accepted.version} makes the same change, published first by another "
                       f"writer ({escape(accepted.comment)}; effective {format_ms(accepted.effective_at)}): nothing "
                       "more to do")

@@ -414,7 +414,7 @@ def publish(config: Mapping[str, Any], topic: str, schedule: Schedule) -> Schedu
     every reader takes. That is another writer's when it published this version first (two
     operators at once, two demos), since every reader takes the first record of a version in log
     order and refuses the later ones: returned when it makes the same change (`same_policy`),
-    else `ConfigError`."""
+    else `ConfigError`. Ours read back is `schedule` itself: a caller tells the two apart by identity."""
     check_keeps_history(config, topic)  # a version the broker will delete would be no history
     check_one_partition(config, topic)
     producer = Producer(config)
@@ -438,9 +438,11 @@ def publish(config: Mapping[str, Any], topic: str, schedule: Schedule) -> Schedu
         raise ConfigError(f"v{schedule.version} was published by another change first: {list(accepted.models)} "
                           f"({accepted.comment}); yours was refused by every reader. See `rendezvous schedule "
                           f"history` before changing anything: a change made now is relative to v{schedule.version}")
-    if written_at is not None and ours:  # not another writer's same change
+    if not ours:
+        return accepted  # another writer's same change
+    if written_at is not None:
         _say_if_lead_lost(accepted, written_at, flushed_at)
-    return accepted
+    return schedule
 
 
 def _say_if_lead_lost(schedule: Schedule, written_at: int, flushed_at: int) -> None:
