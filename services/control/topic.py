@@ -396,17 +396,24 @@ def load_books(config: Mapping[str, Any], topic: str, name: str) -> tuple[Schedu
     `name` is none of them: a command checking the wrong book checked nothing)."""
     feed = ControlFeed(config, topic)
     try:
-        book, names = ScheduleBook(name), set()
-        for record in feed.read_history():
-            schedule = record.schedule
-            if schedule is None:
-                continue
-            names.add(schedule.name)
-            if schedule.name == name and book.refusal(schedule, record.written_at) is None:
-                book.add(schedule, record.written_at)
+        book, names = ScheduleBook(name), set[str]()
+        _take(book, feed.read_history(), names)
         return book, names
     finally:
         feed.close()
+
+
+def _take(book: ScheduleBook, records: list[ControlRecord], names: set[str] | None = None) -> None:
+    """Add the versions of `book`'s schedule that a reader accepts, in log order; note in `names`
+    every schedule seen."""
+    for record in records:
+        schedule = record.schedule
+        if schedule is None:
+            continue
+        if names is not None:
+            names.add(schedule.name)
+        if schedule.name == book.name and book.refusal(schedule, record.written_at) is None:
+            book.add(schedule, record.written_at)
 
 
 def publish(config: Mapping[str, Any], topic: str, schedule: Schedule) -> Schedule:
@@ -470,11 +477,18 @@ READ_BACK_S = 5.0  # the end offsets a read goes to can lag a write just acknowl
 def _read_back(config: Mapping[str, Any], topic: str, schedule: Schedule) -> tuple[Schedule | None, int | None]:
     """The version every reader takes as `schedule.version`, and when the broker appended it, read
     again until one is there: read once, a lagging end offset missed our own record, and the
-    operator was told another change had won (re-running a rollback then undid it)."""
+    operator was told another change had won (re-running a rollback then undid it). One reader
+    goes on from where it stopped, to the end offsets asked anew: a new one each time made a
+    client, asked for metadata and read the whole history again, ten times a second."""
     until = time.monotonic() + READ_BACK_S
-    while True:
-        book = load_book(config, topic, schedule.name)
-        accepted = next((v for v in book.versions if v.version == schedule.version), None)
-        if accepted is not None or time.monotonic() >= until:
-            return accepted, book.written_at.get(schedule.version)
-        time.sleep(0.1)  # pacing the reads of the end offsets, not waiting instead of a condition
+    feed = ControlFeed(config, topic)
+    try:
+        book = ScheduleBook(schedule.name)
+        while True:
+            _take(book, feed.read_history())
+            accepted = next((v for v in book.versions if v.version == schedule.version), None)
+            if accepted is not None or time.monotonic() >= until:
+                return accepted, book.written_at.get(schedule.version)
+            time.sleep(0.1)  # pacing the reads of the end offsets, not waiting instead of a condition
+    finally:
+        feed.close()

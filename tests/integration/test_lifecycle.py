@@ -459,6 +459,35 @@ def test_the_first_schedule_can_be_set_before_any_rendezvous_ran(bootstrap: str,
     assert (json.loads(shown.stdout)["version"], json.loads(shown.stdout)["models"]) == (1, ["champion", "challenger"])
 
 
+def test_a_version_no_reader_takes_is_looked_for_by_one_reader_until_the_read_back_gives_up(
+    config: dict[str, Any], topics: Topics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read-back after a publish made a new reader every 0.1 s until it found the version (a
+    client, a metadata request and the whole history each time), for up to 5 s. A version set to
+    take effect further ahead than readers allow is refused by every one of them: it is never found."""
+    from services.cli.common import ensure_topics
+    from services.control import topic
+    from services.control.topic import MAX_EFFECTIVE_AHEAD_MS, publish
+    from services.core.errors import ConfigError
+    from services.core.topic_tail import TopicTail
+
+    ensure_topics(config, topics, 1)
+    made = []
+    real_init = TopicTail.__init__
+
+    def counted_init(tail: TopicTail, *args: Any, **kwargs: Any) -> None:
+        made.append(tail)
+        real_init(tail, *args, **kwargs)
+
+    monkeypatch.setattr(TopicTail, "__init__", counted_init)
+    monkeypatch.setattr(topic, "READ_BACK_S", 1.5)
+    too_far = Schedule(models=("champion",), created_at=now_ms(), effective_at=now_ms() + 2 * MAX_EFFECTIVE_AHEAD_MS)
+    with pytest.raises(ConfigError, match="could be read back within"):
+        publish(config, topics.control, too_far)
+    assert len(made) == 1, f"{len(made)} readers made for one read-back"
+    assert load_book(config, topics.control, "default").latest is None, "every reader refuses it"
+
+
 def test_undeploy_refuses_to_stop_the_model_the_schedule_answers_with_unless_forced(
     services: Services, bootstrap: str, prefix: str, tmp_path: Any
 ) -> None:

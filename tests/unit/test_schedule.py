@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -282,19 +283,26 @@ def test_a_file_time_is_published_exactly_and_a_late_read_back_is_not_a_lost_rac
 
     reads: list[int] = []
 
-    def lagging(_config: object, _topic: str, name: str, **_checked: bool) -> ScheduleBook:
-        read = ScheduleBook(name)
-        read.add(Schedule(models=("a", "b"), version=1, effective_at=1_000), 1_000)
-        if len(reads) >= 2:  # the end offsets catch up with our write on the third read
-            read.add(published, 2_000)
-        reads.append(1)
-        return read
+    class Lagging:
+        """The control topic read on, its end offsets catching up with our write on the third read."""
+
+        def __init__(self, _config: object, _topic: str) -> None:
+            reads.clear()
+
+        def read_history(self) -> list[SimpleNamespace]:
+            reads.append(1)
+            if len(reads) == 1:
+                return [SimpleNamespace(schedule=Schedule(models=("a", "b"), version=1, effective_at=1_000),
+                                        written_at=1_000)]
+            return [SimpleNamespace(schedule=published, written_at=1_700_000_000_000)] if len(reads) == 3 else []
+
+        def close(self) -> None:
+            pass
 
     a_sound_control_topic(monkeypatch, Written)
-    monkeypatch.setattr(topic, "load_book", lagging)
-    topic.publish({}, "rdv.control", published)
+    monkeypatch.setattr(topic, "ControlFeed", Lagging)
+    assert topic.publish({}, "rdv.control", published) is published
     assert len(reads) == 3
-    reads.clear()
     monkeypatch.setattr(topic, "READ_BACK_S", 0.0)
     with pytest.raises(ConfigError, match=r"was written, but no reader's v2 could be read back .* is unknown"):
         topic.publish({}, "rdv.control", published)
