@@ -9,9 +9,12 @@ import contextlib
 import ctypes
 import errno
 import os
+import random
 import struct
 import subprocess
 import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +33,12 @@ _libc.ptrace.restype = ctypes.c_long
 # counts as polling for max.poll.interval.ms (the first try here stopped the loop waiting in its
 # poll, and the group kept its partitions for good). A hang is in the application's own code.
 _LIBRDKAFKA = "librdkafka"
-_TRIES = 2_000
+_GIVE_UP_S = 60.0
+# Between two stops the process runs for a moment. Stopped back to back, 2,000 stops in about 4 s
+# found it outside its own code every time in a CI run (the likely cause: its main thread ran
+# only in the gaps, and was found again in the wait it was stopped in); the failure now says
+# where the stops found it.
+_RUN_BETWEEN_S = (0.001, 0.01)
 
 
 class _Gone(Exception):
@@ -53,15 +61,21 @@ def frozen(process: subprocess.Popen[bytes]) -> Iterator[int]:
     # CPython's Popen.poll() skips its waitpid while another holds this lock (a private name,
     # stable since 3.8): the stops are taken here, and an exit is handed back to it below.
     with process._waitpid_lock:  # type: ignore[attr-defined]
-        for attempt in range(1, _TRIES + 1):
+        missed: Counter[str] = Counter()
+        give_up_at = time.monotonic() + _GIVE_UP_S
+        while time.monotonic() < give_up_at:
             signal = _stop(process)
             try:
-                if signal == 0 and _in_own_code(process.pid):
-                    yield attempt
+                where = _where(process.pid) if signal == 0 else f"stopped for signal {signal}"
+                if where == _OWN_CODE:
+                    yield sum(missed.values()) + 1
                     return
+                missed[where] += 1
             finally:
                 _let_go(process, signal)
-    raise AssertionError(f"the main thread of {process.pid} was in a system call or librdkafka in {_TRIES} stops")
+            time.sleep(random.uniform(*_RUN_BETWEEN_S))  # pacing the stops (above), not waiting for a condition
+    raise AssertionError(f"the main thread of {process.pid} was never in its own code in {_GIVE_UP_S:.0f} s: "
+                         f"{dict(missed.most_common())}")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> int:
@@ -115,23 +129,29 @@ def _traced_by_us(pid: int) -> bool:
     return fields.get("TracerPid", "").strip() == str(threading.get_native_id())  # the tracer is a thread: this one
 
 
-def _in_own_code(pid: int) -> bool:
-    """Whether the stopped thread is in user space (/proc's syscall is "-1 sp pc") with no
-    librdkafka code at its instruction nor among the return addresses on its stack (a stop
-    at a libc call librdkafka made is inside librdkafka's call: a review saw 19 of 50 so).
-    A stale word of an earlier call may refuse a good stop; the caller stops it again."""
+_OWN_CODE = "own code"
+
+
+def _where(pid: int) -> str:
+    """`_OWN_CODE` when the stopped thread is in user space (/proc's syscall is "-1 sp pc") with no
+    librdkafka code at its instruction nor among the return addresses on its stack (a stop at a
+    libc call librdkafka made is inside librdkafka's call: a review saw 19 of 50 so); else where
+    it is instead. A stale word of an earlier call may refuse a good stop; the caller stops it again."""
     fields = Path(f"/proc/{pid}/syscall").read_text().split()
     if not fields or fields[0] != "-1":
-        return False
+        return f"system call {fields[0] if fields else '?'}"
     sp, pc = int(fields[-2], 16), int(fields[-1], 16)
     code, stack_end = _librdkafka_code_and_stack_end(pid, sp)
-    if stack_end is None or any(low <= pc < high for low, high in code):
-        return False
+    if stack_end is None:
+        return "stack not found"
+    if any(low <= pc < high for low, high in code):
+        return "in librdkafka"
     with open(f"/proc/{pid}/mem", "rb") as memory:  # readable by the tracer
         memory.seek(sp)
         words = memory.read(stack_end - sp)
     usable = len(words) // 8 * 8
-    return not any(low <= word < high for (word,) in struct.iter_unpack("<Q", words[:usable]) for low, high in code)
+    called = any(low <= word < high for (word,) in struct.iter_unpack("<Q", words[:usable]) for low, high in code)
+    return "under a librdkafka call" if called else _OWN_CODE
 
 
 def _librdkafka_code_and_stack_end(pid: int, sp: int) -> tuple[list[tuple[int, int]], int | None]:
