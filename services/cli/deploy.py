@@ -62,7 +62,8 @@ MAX_REPLICAS = 256  # processes of one deployment on one machine; beyond the req
 class DeploySettings(KafkaSettings):
     """Start (or stop) the workers of one model."""
 
-    model: str = setting("", "deploy: model spec (demo:challenger, pkg.module:factory, model.joblib, model.onnx); "
+    model: str = setting("", "deploy: model spec (demo:challenger, pkg.module:factory, model.skops, model.onnx; "
+                             "a .joblib/.pkl file with --trust-model-file only, docs/model-files.md); "
                              "not needed to scale a running deployment, nor for `deploy rendezvous`.")
     replicas: int = setting(1, "deploy: processes sharing the group; deploying again with another number scales it.",
                             minimum=1, maximum=MAX_REPLICAS)

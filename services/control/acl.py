@@ -15,8 +15,9 @@ Principals (SASL user names, `User:<name>`), one per role:
   decoy: read requests.
 - client: write requests; read replies, published signatures and the control topic (to check
   features and show schedules); groups `<prefix>client*` (an application's reply group); nothing else.
-- gateway: a client that also reads the log (the live page); groups `<prefix>gateway*`, its own
-  (a client may not join the gateways' reply group and take their replies, nor the reverse).
+- gateway: a client that also reads the log (a call to one model by name waits for its
+  comparison record); groups `<prefix>gateway*`, its own (a client may not join the gateways'
+  reply group and take their replies, nor the reverse).
 
 Every reader also gets the short-lived groups the code uses for one-off reads (`rdv-scratch-…`
 with a random suffix), as a prefixed grant; a topic prefix under which the deployment's own groups

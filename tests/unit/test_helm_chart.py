@@ -700,7 +700,8 @@ def two_models_named(first: str, second: str) -> dict[str, Any]:
         ({"rendezvous": {"processing": "maybe-once"}}, "/rendezvous/processing"),
         ({"kafka": {"bootstrap": ""}}, "/kafka/bootstrap"),
         ({"kafka": {"secretConfig": [{"key": "sasl.password", "secretName": "kafka"}]}}, "secretKey"),
-        ({"topics": {"create": True, "partitions": 2}, "rendezvous": {"replicas": 3}}, "never be ready"),
+        ({"topics": {"create": True, "partitions": 2}, "rendezvous": {"replicas": 3}},
+         "would own no partition (ready, but idle standbys)"),
         # The probe is sized from predictTimeoutS: the flag or the variable would win over it (a review).
         ({"models": [{"name": "m", "spec": "demo:champion", "args": ["--predict-timeout-s", "200"]}]},
          "set predictTimeoutS, not --predict-timeout-s in args"),
