@@ -33,7 +33,6 @@ _libc.ptrace.restype = ctypes.c_long
 # counts as polling for max.poll.interval.ms (the first try here stopped the loop waiting in its
 # poll, and the group kept its partitions for good). A hang is in the application's own code.
 _LIBRDKAFKA = "librdkafka"
-_GIVE_UP_S = 60.0
 # Between two stops the process runs for a moment. Stopped back to back, 2,000 stops in about 4 s
 # found it outside its own code every time in a CI run (the likely cause: its main thread ran
 # only in the gaps, and was found again in the wait it was stopped in); the failure now says
@@ -53,16 +52,17 @@ def _ptrace(request: int, pid: int, data: int = 0) -> None:
 
 
 @contextmanager
-def frozen(process: subprocess.Popen[bytes]) -> Iterator[int]:
+def frozen(process: subprocess.Popen[bytes], give_up_s: float) -> Iterator[int]:
     """The main thread of `process` (its poll loop) stopped in its own code, not in a system call
     nor under a librdkafka call, inside the block; let go after it. Yields how many stops it took
-    to find it there. Call from one thread only (ptrace's tracer is a thread). While it runs the
-    Popen's own exit check is held off: a ptrace stop read by it would pass for an exit."""
+    to find it there; `AssertionError` after `give_up_s` of trying. Call from one thread only
+    (ptrace's tracer is a thread). While it runs the Popen's own exit check is held off: a ptrace
+    stop read by it would pass for an exit."""
     # CPython's Popen.poll() skips its waitpid while another holds this lock (a private name,
     # stable since 3.8): the stops are taken here, and an exit is handed back to it below.
     with process._waitpid_lock:  # type: ignore[attr-defined]
         missed: Counter[str] = Counter()
-        give_up_at = time.monotonic() + _GIVE_UP_S
+        give_up_at = time.monotonic() + give_up_s
         while time.monotonic() < give_up_at:
             signal = _stop(process)
             try:
@@ -74,14 +74,18 @@ def frozen(process: subprocess.Popen[bytes]) -> Iterator[int]:
             finally:
                 _let_go(process, signal)
             time.sleep(random.uniform(*_RUN_BETWEEN_S))  # pacing the stops (above), not waiting for a condition
-    raise AssertionError(f"the main thread of {process.pid} was never in its own code in {_GIVE_UP_S:.0f} s: "
+    raise AssertionError(f"the main thread of {process.pid} was never in its own code in {give_up_s:.0f} s: "
                          f"{dict(missed.most_common())}")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> int:
     """Seize and stop the main thread; 0 for the interrupt's own stop, else the signal it
     stopped for (handed back at the detach, not swallowed)."""
-    _ptrace(_PTRACE_SEIZE, process.pid)
+    try:
+        _ptrace(_PTRACE_SEIZE, process.pid)
+    except OSError:
+        _raise_if_ended(process)  # between two stops (not reaped while the lock is held): no EPERM to explain
+        raise
     try:
         _ptrace(_PTRACE_INTERRUPT, process.pid)
     except OSError:
@@ -116,6 +120,14 @@ def _let_go(process: subprocess.Popen[bytes], signal: int) -> None:
             _ptrace(_PTRACE_INTERRUPT, pid)
             _taken(process)
             _ptrace(_PTRACE_DETACH, pid, signal)
+
+
+def _raise_if_ended(process: subprocess.Popen[bytes]) -> None:
+    """`_Gone`, its exit handed to the Popen, if the process has ended."""
+    pid, status = os.waitpid(process.pid, os.WNOHANG)
+    if pid == process.pid:
+        process.returncode = os.waitstatus_to_exitcode(status)
+        raise _Gone(f"{process.pid} ended while being stopped ({process.returncode})")
 
 
 def _traced_by_us(pid: int) -> bool:

@@ -314,7 +314,8 @@ def test_one_of_two_instances_whose_poll_loop_hangs_gives_its_partitions_up_and_
     requests = Requests(config, topics, total=12_000, rate=500.0).start()
     until(lambda: requests.sent >= 2_000, 60, "2,000 requests on their way")
     assert hung.process is not None
-    with frozen(hung.process) as stops:
+    # The stops must find it while requests still come: 20 s of the stream are left.
+    with frozen(hung.process, give_up_s=10.0) as stops:
         hung_at = time.monotonic()
 
         def answered_since_the_hang() -> bool:  # the requests of the second after it, every partition's
