@@ -467,24 +467,30 @@ def test_a_version_no_reader_takes_is_looked_for_by_one_reader_until_the_read_ba
     take effect further ahead than readers allow is refused by every one of them: it is never found."""
     from services.cli.common import ensure_topics
     from services.control import topic
-    from services.control.topic import MAX_EFFECTIVE_AHEAD_MS, publish
+    from services.control.topic import MAX_EFFECTIVE_AHEAD_MS, ControlFeed, publish
     from services.core.errors import ConfigError
     from services.core.topic_tail import TopicTail
 
     ensure_topics(config, topics, 1)
-    made = []
-    real_init = TopicTail.__init__
+    made, reads = [], []
+    real_init, real_read = TopicTail.__init__, ControlFeed.read_history
 
     def counted_init(tail: TopicTail, *args: Any, **kwargs: Any) -> None:
         made.append(tail)
         real_init(tail, *args, **kwargs)
 
+    def counted_read(feed: ControlFeed, *args: Any, **kwargs: Any) -> Any:
+        reads.append(feed)
+        return real_read(feed, *args, **kwargs)
+
     monkeypatch.setattr(TopicTail, "__init__", counted_init)
+    monkeypatch.setattr(ControlFeed, "read_history", counted_read)
     monkeypatch.setattr(topic, "READ_BACK_S", 1.5)
     too_far = Schedule(models=("champion",), created_at=now_ms(), effective_at=now_ms() + 2 * MAX_EFFECTIVE_AHEAD_MS)
     with pytest.raises(ConfigError, match="could be read back within"):
         publish(config, topics.control, too_far)
     assert len(made) == 1, f"{len(made)} readers made for one read-back"
+    assert len(reads) >= 2, "it read on until it gave up"
     assert load_book(config, topics.control, "default").latest is None, "every reader refuses it"
 
 

@@ -281,32 +281,43 @@ def test_a_file_time_is_published_exactly_and_a_late_read_back_is_not_a_lost_rac
         def flush(self, *_args: object) -> int:
             return 0
 
+    v1 = SimpleNamespace(schedule=Schedule(models=("a", "b"), version=1, effective_at=1_000), written_at=1_000)
+    ours = SimpleNamespace(schedule=published, written_at=1_700_000_000_000)
+    # A v1 in force from after ours would start: every reader refuses our v2 behind it.
+    later_v1 = SimpleNamespace(schedule=Schedule(models=("a", "b"), version=1, effective_at=1_700_010_000_000),
+                               written_at=1_700_000_000_000)
+    script: list[list[SimpleNamespace]] = []  # what each read brings, the topic read on from where the last stopped
     reads: list[int] = []
 
     class Lagging:
-        """The control topic read on, its end offsets catching up with our write on the third read."""
+        """The control topic read on, its end offsets catching up with the writes one read at a time."""
 
         def __init__(self, _config: object, _topic: str) -> None:
             reads.clear()
 
         def read_history(self) -> list[SimpleNamespace]:
             reads.append(1)
-            if len(reads) == 1:
-                return [SimpleNamespace(schedule=Schedule(models=("a", "b"), version=1, effective_at=1_000),
-                                        written_at=1_000)]
-            return [SimpleNamespace(schedule=published, written_at=1_700_000_000_000)] if len(reads) == 3 else []
+            return script[len(reads) - 1] if len(reads) <= len(script) else []
 
         def close(self) -> None:
             pass
 
     a_sound_control_topic(monkeypatch, Written)
     monkeypatch.setattr(topic, "ControlFeed", Lagging)
+    script[:] = [[v1], [], [ours]]
     assert topic.publish({}, "rdv.control", published) is published
     assert len(reads) == 3
-    monkeypatch.setattr(topic, "READ_BACK_S", 0.0)
+    # Read on, the book keeps what came before: a book built from the second read alone would take
+    # our v2 as the first version, and say it is in force.
+    monkeypatch.setattr(topic, "READ_BACK_S", 0.3)
+    script[:] = [[later_v1], [ours]]
     with pytest.raises(ConfigError, match=r"was written, but no reader's v2 could be read back .* is unknown"):
         topic.publish({}, "rdv.control", published)
-
+    assert len(reads) >= 2, "ours was read, and refused"
+    monkeypatch.setattr(topic, "READ_BACK_S", 0.0)
+    script[:] = [[v1]]
+    with pytest.raises(ConfigError, match=r"was written, but no reader's v2 could be read back .* is unknown"):
+        topic.publish({}, "rdv.control", published)
 
 
 @pytest.mark.parametrize(("lead_ms", "ahead_ms", "said"), [
