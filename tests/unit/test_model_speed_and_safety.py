@@ -937,6 +937,21 @@ def test_a_sidecar_range_turns_an_out_of_range_request_into_an_error_not_a_confi
                                f"(above its maximum {float(x[:, 0].max())!r})")
 
 
+def test_a_model_served_through_a_symbolic_link_keeps_the_ranges_of_the_sidecar_beside_its_file(
+    tmp_path: Path,
+) -> None:
+    """`current.skops -> v5/ranged.skops`: the sidecar was looked for beside the link alone, so the
+    model was served with no ranges, and 1e6 got a confident score (a review)."""
+    (tmp_path / "v5").mkdir()
+    path, _x = ranged_logistic_model(tmp_path / "v5")
+    (tmp_path / "current.skops").symlink_to(path)
+    rows = demo_rows(2)
+    rows[1] = {**rows[1], "mean_radius": 1e6}
+    scored = score_batch(load_model(str(tmp_path / "current.skops")), rows)
+    assert scored[0].prediction is not None
+    assert scored[1].prediction is None and "outside the model's range: mean_radius" in str(scored[1].error)
+
+
 def test_an_unencodable_output_whose_error_score_is_over_the_topics_limit_too_counts_as_one_error() -> None:
     """Counted once as unencodable and again as too large: two errors for one request, and one
     valid row fewer counted ok (a review)."""

@@ -25,9 +25,13 @@ def stream_version(path: Path, opened: BufferedReader) -> str:
     return f"{path.stem}-{hashlib.file_digest(opened, 'sha256').hexdigest()[:8]}"
 
 
-def sidecar_paths(path: Path) -> tuple[Path, Path]:
-    """Where a feature-name sidecar may live: `model.joblib.features.json`, then `model.features.json`."""
-    return path.with_name(path.name + SIDECAR_SUFFIX), path.with_name(path.stem + SIDECAR_SUFFIX)
+def sidecar_paths(path: Path) -> list[Path]:
+    """Where a feature-name sidecar may live: `model.joblib.features.json`, then `model.features.json`;
+    for a model reached through a symbolic link (`current.skops -> v5/model.skops`), beside the
+    link first, then beside the file it names: looked for beside the link alone, the sidecar of
+    `v5/` was not found, and the model was served without its ranges, without a word (a review)."""
+    named = [path, path.resolve()] if path.is_symlink() else [path]
+    return [p.with_name(name + SIDECAR_SUFFIX) for p in named for name in (p.name, p.stem)]
 
 
 def read_sidecar(path: Path) -> Signature | None:
