@@ -532,7 +532,7 @@ def test_a_skops_file_is_checked_and_loaded_from_the_same_bytes(
     skops_io.dump(LogisticRegression(max_iter=3000).fit(x, y), path)
     skops_io.dump(SVC(random_state=0).fit(x[:50], y[:50]), other)
     (tmp_path / "model.features.json").write_text(json.dumps(list(DEMO_FEATURES)))
-    opened = sklearn_model._opened
+    opened = sklearn_model.opened_model_file
     first = path.read_bytes()
 
     def swapped_once_opened(where: Path) -> Any:
@@ -540,7 +540,7 @@ def test_a_skops_file_is_checked_and_loaded_from_the_same_bytes(
         other.replace(where)  # the file replaced as soon as it was opened
         return model_file
 
-    monkeypatch.setattr(sklearn_model, "_opened", swapped_once_opened)
+    monkeypatch.setattr(sklearn_model, "opened_model_file", swapped_once_opened)
     model = load_model(str(path))
     assert type(model._estimator).__name__ == "LogisticRegression"
     assert model.version == f"model-{hashlib.sha256(first).hexdigest()[:8]}"

@@ -525,6 +525,50 @@ def test_an_onnx_classifier_scores_as_the_model_it_was_exported_from(tmp_path: P
     assert [p.score for p in preds] == pytest.approx(clf.predict_proba(asked)[:, 1].tolist(), abs=1e-6)
 
 
+def test_an_onnx_file_renamed_over_while_it_loads_is_served_under_its_own_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnxruntime opens the path itself: the version was hashed from another read of it, so a
+    file renamed into place between the two had one model served under the other's version (a
+    review). Renamed over once, it is loaded again; changing at every load, it is refused."""
+    import hashlib
+
+    import onnxruntime
+
+    rows = np.array([[1.0, 2.0], [2.0, 0.0], [0.0, 1.0], [4.0, 1.0]])
+    old = _onnx_of(LinearRegression().fit(rows, rows @ np.array([1.0, 0.0])), rows, tmp_path, "old")
+    new = _onnx_of(LinearRegression().fit(rows, rows @ np.array([0.0, 1.0])), rows, tmp_path, "new")
+    new_digest = hashlib.sha256(new.read_bytes()).hexdigest()[:8]
+    served = tmp_path / "served.onnx"
+    (tmp_path / "served.onnx.features.json").write_text(json.dumps(["a", "b"]))
+    real_session = onnxruntime.InferenceSession
+    renames: list[Path] = []
+
+    def renamed_over_first(path: str, *args: Any, **kwargs: Any) -> Any:
+        session = real_session(path, *args, **kwargs)
+        if renames:
+            renames.pop().replace(served)  # a deploy renames the new file into place meanwhile
+        return session
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", renamed_over_first)
+    old.replace(served)
+    renames.append(new)
+    model = load_model(str(served))
+    assert model.version == f"served-{new_digest}", "the version of the bytes served"
+    assert model.predict(np.array([[5.0, 7.0]]))[0].score == pytest.approx(7.0, abs=1e-4), "the new model"
+
+    def always_renamed_over(path: str, *args: Any, **kwargs: Any) -> Any:
+        session = real_session(path, *args, **kwargs)
+        copy = tmp_path / "copy.onnx"  # a deploy loop renaming a file into place under every load
+        copy.write_bytes(served.read_bytes())
+        copy.replace(served)
+        return session
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", always_renamed_over)
+    with pytest.raises(ModelSpecError, match="the file changed while it was loaded, 3 times"):
+        load_model(str(served))
+
+
 def test_an_onnx_regressor_scores_its_value_and_a_graph_of_other_inputs_is_refused(tmp_path: Path) -> None:
     rows = np.array([[1.0, 2.0, 0.5], [2.0, 0.0, 1.0], [0.0, 1.0, 3.0], [4.0, 1.0, 0.0]])
     reg = LinearRegression().fit(rows, rows @ np.array([0.5, -1.0, 2.0]) + 0.25)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from io import BufferedReader
 from pathlib import Path
 
@@ -13,16 +14,29 @@ from services.core.signatures import Signature
 SIDECAR_SUFFIX = ".features.json"
 
 
-def file_version(path: Path) -> str:
-    """`<stem>-<first 8 hex of sha256>`: changes whenever the file's bytes change."""
-    with path.open("rb") as f:
-        return stream_version(path, f)
-
-
 def stream_version(path: Path, opened: BufferedReader) -> str:
-    """`file_version` of the file open as `opened` (the one loaded, whatever is at `path` now)."""
+    """`<stem>-<first 8 hex of sha256>` of the file open as `opened` (the one loaded, whatever is at
+    `path` now): changes whenever the file's bytes change."""
     opened.seek(0)
     return f"{path.stem}-{hashlib.file_digest(opened, 'sha256').hexdigest()[:8]}"
+
+
+def opened_model_file(path: Path) -> BufferedReader:
+    try:
+        return path.open("rb")
+    except OSError as err:
+        raise ModelSpecError(f"model {str(path)!r}: cannot read it ({err.strerror or err})") from None
+
+
+def same_file(opened: BufferedReader, path: Path) -> bool:
+    """Whether `path` still names the file open as `opened`, unchanged (not renamed over, not written to)."""
+    try:
+        now = path.stat()
+    except OSError:
+        return False
+    then = os.fstat(opened.fileno())
+    return (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == (then.st_dev, then.st_ino, then.st_size,
+                                                                     then.st_mtime_ns)
 
 
 def sidecar_paths(path: Path) -> list[Path]:

@@ -35,7 +35,7 @@ import numpy as np
 from services.core.errors import ModelSpecError
 from services.core.signatures import Signature
 
-from ._files import file_version, read_sidecar, sidecar_hint
+from ._files import opened_model_file, read_sidecar, same_file, sidecar_hint, stream_version
 from .base import FLOAT32_MAX, Prediction, check_batch, check_finite, check_probabilities, fits_float32
 
 __all__ = ["ONNX_INSTALL_HINT", "OnnxModel"]
@@ -47,6 +47,7 @@ _INPUT_TYPES: dict[str, type[np.floating[Any]]] = {"tensor(float)": np.float32, 
 # from a class-major (2, n) one, but took a 3-class (3, n) one for (n, 3): loaded, it scored every
 # batch of 3 with other rows' probabilities and failed every other batch (a review).
 _PROBE_ROWS = (3, 5)
+LOAD_TRIES = 3  # loads of a file that changed while it was loaded, before giving up
 # How long a probe's rows of zeros may take: a graph looping 2^62 times held the load for good, the
 # CLI that checks it too, SIGTERM unheard inside onnxruntime (a review). A model runs them in ms.
 PROBE_TIMEOUT_S = 10.0
@@ -79,13 +80,7 @@ class OnnxModel:
         if signature is None:
             raise ModelSpecError(f"{where}: ONNX models need their feature names; {sidecar_hint(self.path)}")
         names = signature.names
-        try:
-            session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
-        except Exception as err:
-            raise ModelSpecError(
-                f"{where}: onnxruntime cannot load it ({type(err).__name__}: {err}); "
-                "is it a valid ONNX file for this onnxruntime version?"
-            ) from err
+        session, version = self._session_and_version(ort, where)
         inputs = session.get_inputs()
         if len(inputs) != 1:
             raise ModelSpecError(
@@ -120,9 +115,30 @@ class OnnxModel:
         self._input, self._input_dtype = inputs[0].name, dtype
         self.feature_names = names
         self.signature = signature
-        self.version = file_version(self.path)
+        self.version = version
         self._session = session
         self._probe(where, len(names), dtype)
+
+    def _session_and_version(self, ort: Any, where: str) -> tuple[Any, str]:
+        """The graph's session and the version of the bytes it was made from. onnxruntime opens the
+        path itself (a graph with its weights in files beside it needs the path), so the file
+        hashed is checked to be the one still there after: hashed apart, a file renamed into its
+        place between the two had one model served under the other's version (a review). A file
+        replaced meanwhile is loaded again."""
+        for _attempt in range(LOAD_TRIES):
+            with opened_model_file(self.path) as model_file:
+                version = stream_version(self.path, model_file)
+                try:
+                    session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+                except Exception as err:
+                    raise ModelSpecError(
+                        f"{where}: onnxruntime cannot load it ({type(err).__name__}: {err}); "
+                        "is it a valid ONNX file for this onnxruntime version?"
+                    ) from err
+                if same_file(model_file, self.path):
+                    return session, version
+        raise ModelSpecError(f"{where}: the file changed while it was loaded, {LOAD_TRIES} times; load it once "
+                             "it is written (write a new file and rename it into place)")
 
     def _probe(self, where: str, features: int, dtype: type[np.floating[Any]]) -> None:
         """Run rows of zeros (each count of _PROBE_ROWS); a one-line error if the graph cannot take

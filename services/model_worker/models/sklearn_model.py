@@ -41,7 +41,6 @@ import json
 import warnings
 import zipfile
 from collections.abc import Sequence
-from io import BufferedReader
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -50,7 +49,7 @@ import numpy as np
 from services.core.errors import ModelSpecError
 from services.core.signatures import Signature
 
-from ._files import read_sidecar, sidecar_hint, stream_version
+from ._files import opened_model_file, read_sidecar, sidecar_hint, stream_version
 from .base import Prediction, check_batch, check_finite, check_probabilities, fits_float32
 
 __all__ = ["PICKLE_SUFFIXES", "SKOPS_SUFFIX", "TRUST_HINT", "SklearnModel", "pickle_refusal"]
@@ -141,7 +140,7 @@ class SklearnModel:
             # SVC loaded past the check of another file, and a version naming other bytes than
             # those served; read whole into memory instead, a 400 MiB model took 400 MiB more to
             # load (reviews). A file written over in place stays a writer's to time.
-            with _opened(self.path) as model_file:
+            with opened_model_file(self.path) as model_file:
                 version = stream_version(self.path, model_file)
                 self._estimator = self._load_file(self.path, model_file)
             if not self.version:
@@ -230,13 +229,6 @@ class SklearnModel:
                 return _from_proba(proba, self._classes)
             values = np.asarray(est.predict(x))
         return _from_values(_one_per_row(values, len(x)), self._is_classifier)
-
-def _opened(path: Path) -> BufferedReader:
-    try:
-        return path.open("rb")
-    except OSError as err:
-        raise ModelSpecError(f"model {str(path)!r}: cannot read it ({err.strerror or err})") from None
-
 
 def _load_skops(path: Path, model_file: BinaryIO, trust: bool) -> Any:
     """Load a skops file (open as `model_file`); types outside skops' trusted defaults, and libsvm
