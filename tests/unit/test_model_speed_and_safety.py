@@ -564,6 +564,39 @@ def test_a_skops_schema_that_inflates_past_its_bound_is_refused_in_one_line(
     assert path.stat().st_size < 1_000
 
 
+def test_a_skops_file_whose_arrays_inflate_many_times_its_size_is_refused_before_they_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """skops reads each array whole: a 0.4 MB file whose array was deflated zeros took 0.9 GB to
+    load (a review). Here an array of 16 MB of zeros, deflated to a few kB, with the floor lowered."""
+    import io
+    import zipfile
+
+    from services.model_worker.models import sklearn_model
+
+    x, y = demo_data()
+    plain = tmp_path / "plain.skops"
+    skops_io.dump(LogisticRegression(max_iter=3000).fit(x, y), plain)
+    path = tmp_path / "bomb.skops"
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as bomb:
+        arrays = [name for name in source.namelist() if name.endswith(".npy")]
+        for name in source.namelist():
+            data = source.read(name)
+            if name == arrays[0]:
+                zeros = io.BytesIO()
+                np.save(zeros, np.zeros(2_000_000))
+                data = zeros.getvalue()
+            bomb.writestr(name, data)
+    (tmp_path / "bomb.features.json").write_text(json.dumps(list(DEMO_FEATURES)))
+    monkeypatch.setattr(sklearn_model, "INFLATED_FLOOR_BYTES", 1_000_000)
+    assert path.stat().st_size * sklearn_model.MAX_INFLATION < 16_000_000
+    with pytest.raises(ModelSpecError, match=r"its entries inflate to 16,0\d\d,\d\d\d bytes from a [\d,]+-byte file "
+                                             r"\(more than 50 times"):
+        load_model(str(path))
+    (tmp_path / "plain.features.json").write_text(json.dumps(list(DEMO_FEATURES)))
+    assert load_model(str(plain)).feature_names == DEMO_FEATURES, "a file skops wrote loads"
+
+
 def test_skops_linear_model_loads_without_trust_a_forest_needs_it(tmp_path: Path) -> None:
     x, y = demo_data()
     logreg = LogisticRegression(max_iter=3000).fit(x, y)

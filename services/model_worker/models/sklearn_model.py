@@ -279,6 +279,12 @@ def _check_one_output(est: Any, label: str) -> None:
 # A skops file's schema.json at most, inflated: parsed whole (by skops too), a 1 MB file that
 # inflated to 1 GiB took 2.3 GB of memory, and 10 MB would take ~23 GB and the OOM killer (a review).
 MAX_SCHEMA_BYTES = 64 * 2**20
+# Every entry of a skops file inflated, at most this many times the file, or INFLATED_FLOOR_BYTES
+# if more: skops reads each array whole, so a 0.4 MB file of deflated zeros took 0.9 GB to load,
+# and 10 MB would take ~10 GB (a review). skops.io.dump stores its entries (1x); deflated, a
+# model's arrays shrink a few times.
+MAX_INFLATION = 50
+INFLATED_FLOOR_BYTES = 256 * 2**20
 
 
 def _rewound(model_file: BinaryIO) -> BinaryIO:
@@ -288,8 +294,10 @@ def _rewound(model_file: BinaryIO) -> BinaryIO:
 
 def _unchecked_types(model_file: BinaryIO, where: str) -> list[str]:
     """The types a skops file holds that `_UNCHECKED` names, as module.Class names; a schema that
-    inflates past MAX_SCHEMA_BYTES is refused before it is read."""
+    inflates past MAX_SCHEMA_BYTES, or a file whose entries inflate past MAX_INFLATION times its
+    size, is refused before it is read (zipfile reads no entry past the size it declares)."""
     with zipfile.ZipFile(_rewound(model_file)) as archive:
+        _check_inflation(archive, model_file, where)
         size = archive.getinfo(_SCHEMA).file_size
         if size > MAX_SCHEMA_BYTES:
             raise ModelSpecError(f"{where}: its {_SCHEMA} inflates to {size:,} bytes (at most {MAX_SCHEMA_BYTES:,} "
@@ -307,6 +315,15 @@ def _unchecked_types(model_file: BinaryIO, where: str) -> list[str]:
         elif isinstance(node, list):
             pending.extend(node)
     return sorted(found)
+
+
+def _check_inflation(archive: zipfile.ZipFile, model_file: BinaryIO, where: str) -> None:
+    stored = model_file.seek(0, 2)
+    inflated = sum(entry.file_size for entry in archive.infolist())
+    if inflated > max(INFLATED_FLOOR_BYTES, MAX_INFLATION * stored):
+        raise ModelSpecError(f"{where}: its entries inflate to {inflated:,} bytes from a {stored:,}-byte file (more "
+                             f"than {MAX_INFLATION} times, and over {INFLATED_FLOOR_BYTES:,}): not loaded, as a zip "
+                             "bomb would take that much memory; not a model skops.io.dump wrote")
 
 
 def _is_unchecked(module: str, name: str) -> bool:
