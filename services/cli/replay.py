@@ -38,11 +38,17 @@ from services.core.ranges import Bounds, OffsetBound, TimeBound, format_ms, pars
 from services.core.requests import check_request
 from services.core.runtime import WindUp, now_ms, wind_up_on_first_signal
 from services.core.settings import KafkaSettings, check_format, check_writable_file, setting
+from services.core.signatures import Signature
 from services.core.terminal import printable
 from services.core.topic_range import read_spans
 from services.model_worker.models import Model, load_model
+from services.model_worker.models.base import model_signature
 from services.model_worker.models.loader import check_spec
-from services.model_worker.settings import trust_model_file_setting
+from services.model_worker.settings import (
+    extra_features_policy,
+    ignore_extra_features_setting,
+    trust_model_file_setting,
+)
 from services.model_worker.worker import score_batch
 
 if TYPE_CHECKING:
@@ -76,6 +82,7 @@ class ReplaySettings(KafkaSettings):
     batch: int = setting(1000, "Requests per model batch.", minimum=1)
     format: str = setting("table", "Output: table (for people) or json (for scripts).")
     trust_model_file: bool = trust_model_file_setting()
+    ignore_extra_features: bool = ignore_extra_features_setting()
 
     def validate(self) -> None:
         check_format(self.format)
@@ -223,12 +230,21 @@ class Scored:
         self.partitions.add(record.partition)
 
 
+def replayed_contract(model: Model, settings: ReplaySettings) -> Signature:
+    """What rows are checked against, as the live worker checks them: a model run with
+    --ignore-extra-features scores the requests that carry other models' features, which a replay
+    without the flag failed, every one (a review)."""
+    return model_signature(model, extra_features_policy(settings.ignore_extra_features))
+
+
 def _scored_requests(
-    model: Model, records: Iterable[Recorded], batch: int, progress: Progress = _quiet, wind_up: WindUp | None = None
+    model: Model, records: Iterable[Recorded], batch: int, progress: Progress = _quiet, wind_up: WindUp | None = None,
+    signature: Signature | None = None,
 ) -> Scored:
     """Every request of `records` scored, in batches as they are read, each id once (a retry of an
     id is one request of the log: the first is kept), with how many records were no request. Asked
-    to stop (`wind_up`), the requests read so far are scored and the rest of the range is not read."""
+    to stop (`wind_up`), the requests read so far are scored and the rest of the range is not read.
+    `signature`: the contract rows are checked against (default: the model's, extra features refused)."""
     request_codec = codec("request")
     scored = Scored()
     pending: dict[str, dict[str, Any]] = {}
@@ -245,9 +261,9 @@ def _scored_requests(
             scored.took(record)
             pending[request["request_id"]] = request
             if len(pending) >= batch:
-                _score_into(scored.replayed, model, pending)
+                _score_into(scored.replayed, model, pending, signature)
                 progress(f"{len(scored.replayed):,} requests scored")
-    _score_into(scored.replayed, model, pending)
+    _score_into(scored.replayed, model, pending, signature)
     return scored
 
 
@@ -261,10 +277,13 @@ def _request(request_codec: Any, value: bytes | None) -> dict[str, Any] | None:
         return None
 
 
-def _score_into(replayed: dict[str, Replayed], model: Model, pending: dict[str, dict[str, Any]]) -> None:
+def _score_into(
+    replayed: dict[str, Replayed], model: Model, pending: dict[str, dict[str, Any]], signature: Signature | None
+) -> None:
     requests = list(pending.values())
     pending.clear()
-    for request, scored in zip(requests, score_batch(model, [r["features"] for r in requests]), strict=True):
+    rows = [r["features"] for r in requests]
+    for request, scored in zip(requests, score_batch(model, rows, signature), strict=True):
         prediction = scored.prediction
         # No network in a replay: the output's latency is the model's time per request.
         output = (prediction.score if prediction else None, prediction.label if prediction else None, scored.error,
@@ -361,7 +380,7 @@ def replay(
     bounds = parse_bounds(settings.since, settings.from_, settings.to, now_ms())  # once: --since is relative
     skipped = Skipped()
     records = requests if requests is not None else recorded_requests(settings, bounds, skipped)
-    scored = _scored_requests(model, records, settings.batch, progress, wind_up)
+    scored = _scored_requests(model, records, settings.batch, progress, wind_up, replayed_contract(model, settings))
     replayed = scored.replayed
     if wind_up.signum is not None and not replayed:
         raise Stopped(wind_up.signum)  # nothing to report on

@@ -26,6 +26,20 @@ def trust_model_file_setting() -> bool:
     return value
 
 
+def ignore_extra_features_setting() -> bool:
+    """The --ignore-extra-features field: a replay scores as the live worker it stands for."""
+    value: bool = setting(
+        False, "Score requests that carry features outside the model's signature, ignoring those features "
+        "(default: such a request gets an error score naming them, so a misspelt name is never dropped)."
+    )
+    return value
+
+
+def extra_features_policy(ignore: bool) -> str:
+    """The signature's policy for features outside it: reject (default) or ignore."""
+    return "ignore" if ignore else "reject"
+
+
 def parse_co_host(items: tuple[str, ...]) -> list[tuple[str, str]]:
     """--co-host NAME=SPEC,... as (name, spec) pairs; a one-line error for anything else."""
     pairs = []
@@ -76,10 +90,7 @@ class WorkerSettings(ServiceSettings):
         "keeps is scored first, said at start when that is more than 1,000) or latest (new requests only)."
     )
     trust_model_file: bool = trust_model_file_setting()
-    ignore_extra_features: bool = setting(
-        False, "Score requests that carry features outside the model's signature, ignoring those features "
-        "(default: such a request gets an error score naming them, so a misspelt name is never dropped)."
-    )
+    ignore_extra_features: bool = ignore_extra_features_setting()
     start_at: str = setting(
         "", "Catch up on history: a new consumer group starts at this time (ISO, epoch ms, or a duration ago "
         "like 1h) instead of --start-from; ignored once the group has committed offsets."
@@ -128,7 +139,7 @@ class WorkerSettings(ServiceSettings):
 
     def extra_features(self) -> str:
         """The signature's policy for features outside it: reject (default) or ignore."""
-        return "ignore" if self.ignore_extra_features else "reject"
+        return extra_features_policy(self.ignore_extra_features)
 
     def instance_id(self) -> str:
         return self.instance or f"{socket.gethostname()}-{os.getpid()}"

@@ -42,6 +42,24 @@ def test_records_that_are_no_requests_are_counted_as_undecodable_not_replayed() 
     assert list(scored.replayed) == [good["request_id"]] and scored.undecodable == 3
 
 
+def test_a_replay_with_ignore_extra_features_scores_requests_carrying_other_models_features() -> None:
+    """The live worker of a challenger served with --ignore-extra-features scores them; replay had
+    no such flag, and every such request failed in its report (a review)."""
+    from services.cli.replay import ReplaySettings, replayed_contract
+    from services.model_worker.models import demo_rows
+
+    requests, model = codec("request"), load_model("demo:canary")
+    row = {**demo_rows(1, seed=3)[0], "another_models_feature": 1.0}
+    good = make_request(row, budget_ms=100, reply_topic=None, reply_partition=None)
+    for ignore, scored_ok in ((False, False), (True, True)):
+        settings = ReplaySettings(model="demo:canary", ignore_extra_features=ignore)
+        scored = _scored_requests(model, recorded(requests.encode(good)), batch=10,
+                                  signature=replayed_contract(model, settings))
+        output = scored.replayed[good["request_id"]].output
+        assert (output[0] is not None) == scored_ok, output
+        assert scored_ok or "another_models_feature" in str(output[2])
+
+
 def test_a_request_whose_schema_registry_fails_for_now_is_waited_for_not_counted_undecodable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
