@@ -348,13 +348,15 @@ def grpc_deadline_ms(remaining_s: float | None, reply_margin_ms: int) -> int | N
 
 
 def timeout_ms(parameters: Mapping[str, Any]) -> int | None:
-    """The `timeout` parameter (microseconds, as Triton's clients send it) in whole ms, if given."""
+    """The `timeout` parameter (microseconds, as Triton's clients send it) in whole ms, if given;
+    0 is none given, as Triton reads it (a client that always sends the field was refused: a review)."""
     if "timeout" not in parameters:
         return None
     value = parameters["timeout"]
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise InvalidInput(f"parameter 'timeout' must be a positive integer number of microseconds, got {value!r}")
-    return max(1, math.ceil(value / 1000))
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidInput(f"parameter 'timeout' must be a positive integer number of microseconds (0: none), "
+                           f"got {value!r}")
+    return max(1, math.ceil(value / 1000)) if value else None
 
 
 def requested_outputs(names: Iterable[str]) -> tuple[str, ...]:
