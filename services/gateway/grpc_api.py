@@ -177,8 +177,9 @@ def call_from(request: Any, max_rows: int, max_features: int) -> InferCall:
         # No parameters, the common case: no message made for a check that cannot fail (as REST's `_tensor`).
         params = _parameters(item.parameters, f"input '{name}'", oip.TENSOR_PARAMETERS) if item.parameters else {}
         tensors.append(Tensor(name, datatype, shape, values, params))
-    for output in request.outputs:
-        oip.check_parameter_count(len(output.parameters), f"output {output.name[:100]!r}")
+    for output in request.outputs:  # none read: checked as a call's or an input's are (a review)
+        if output.parameters:
+            _parameters(output.parameters, f"output {output.name[:100]!r}", frozenset())
     outputs = oip.requested_outputs(o.name for o in request.outputs)
     return InferCall(oip.check_id(request.id), tuple(tensors), outputs,
                      _parameters(request.parameters, "the call", oip.CALL_PARAMETERS))

@@ -484,8 +484,12 @@ def _outputs(value: Any) -> tuple[str, ...]:
         raise InvalidInput(f"{len(value)} outputs asked for; there are {len(oip.OUTPUTS)}: {', '.join(oip.OUTPUTS)}")
     if not isinstance(value, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in value):
         raise InvalidInput("'outputs' must be a list of objects with a 'name'")
-    for output in value:
-        oip.check_parameter_count(_size(output.get("parameters")), f"output {output['name'][:100]!r}")
+    for output in value:  # none read: checked as a call's or an input's are (a list, a nested object passed; a review)
+        where, params = f"output {output['name'][:100]!r}", output.get("parameters")
+        if params is not None and not isinstance(params, dict):
+            raise InvalidInput(f"{where}: 'parameters' must be an object")
+        if params:
+            oip.kept_parameters(params, where, frozenset())
     return oip.requested_outputs(o["name"] for o in value)
 
 
