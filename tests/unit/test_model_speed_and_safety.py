@@ -7,6 +7,7 @@ import json
 import math
 import pickle
 import random
+import struct
 import sys
 import types
 from collections.abc import Iterator
@@ -564,12 +565,32 @@ def test_a_skops_schema_that_inflates_past_its_bound_is_refused_in_one_line(
     assert path.stat().st_size < 1_000
 
 
+def _declaring(archive: bytes, name: str, size: int) -> bytes:
+    """`archive` with entry `name` declaring `size` bytes inflated, in its local header and in the
+    central directory (the zip format's offsets: 22 and 24 in each header)."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(archive)) as read:
+        local, central = read.getinfo(name).header_offset, read.start_dir
+        names = [info.filename for info in read.infolist()]
+    patched = bytearray(archive)
+    struct.pack_into("<I", patched, local + 22, size)
+    for entry in names:  # each central header: 46 bytes, then its name, extra field and comment
+        name_length, extra_length, comment_length = struct.unpack_from("<HHH", patched, central + 28)
+        if entry == name:
+            struct.pack_into("<I", patched, central + 24, size)
+        central += 46 + name_length + extra_length + comment_length
+    return bytes(patched)
+
+
 def test_a_skops_file_whose_arrays_inflate_many_times_its_size_is_refused_before_they_are_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """skops reads each array whole: a 0.4 MB file whose array was deflated zeros took 0.9 GB to
     load (a review). Here an array of 16 MB of zeros, deflated to a few kB, with the floor lowered."""
     import io
+    import tracemalloc
     import zipfile
 
     from services.model_worker.models import sklearn_model
@@ -590,8 +611,25 @@ def test_a_skops_file_whose_arrays_inflate_many_times_its_size_is_refused_before
     (tmp_path / "bomb.features.json").write_text(json.dumps(list(DEMO_FEATURES)))
     monkeypatch.setattr(sklearn_model, "INFLATED_FLOOR_BYTES", 1_000_000)
     assert path.stat().st_size * sklearn_model.MAX_INFLATION < 16_000_000
-    with pytest.raises(ModelSpecError, match=r"its entries inflate to 16,0\d\d,\d\d\d bytes from a [\d,]+-byte file "
-                                             r"\(more than 50 times"):
+    with pytest.raises(ModelSpecError, match=r"its entries inflate to more than 1,000,000 bytes from a [\d,]+-byte "
+                                             r"file \(50 times, or 1,000,000 bytes if more\)"):
+        load_model(str(path))
+    # Its sizes a writer's word: declaring 100 bytes for the zeros passed a bound of declared sizes.
+    path.write_bytes(_declaring(path.read_bytes(), arrays[0], 100))
+    assert sum(i.file_size for i in zipfile.ZipFile(path).infolist()) < 1_000_000, "the sizes it declares"
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelSpecError, match=r"skops cannot read it \(BadZipFile: Bad CRC-32"):
+            load_model(str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8_000_000, f"{peak:,} bytes at the peak: the 16 MB of zeros were inflated"
+    # bzip2 and lzma entries inflate without a bound in one call: refused for their method.
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(path, "w", compression=zipfile.ZIP_BZIP2) as bomb:
+        for name in source.namelist():
+            bomb.writestr(name, source.read(name))
+    with pytest.raises(ModelSpecError, match=r"is compressed with method 12; only stored or deflated entries"):
         load_model(str(path))
     (tmp_path / "plain.features.json").write_text(json.dumps(list(DEMO_FEATURES)))
     assert load_model(str(plain)).feature_names == DEMO_FEATURES, "a file skops wrote loads"

@@ -281,10 +281,14 @@ def _check_one_output(est: Any, label: str) -> None:
 MAX_SCHEMA_BYTES = 64 * 2**20
 # Every entry of a skops file inflated, at most this many times the file, or INFLATED_FLOOR_BYTES
 # if more: skops reads each array whole, so a 0.4 MB file of deflated zeros took 0.9 GB to load,
-# and 10 MB would take ~10 GB (a review). skops.io.dump stores its entries (1x); deflated, a
-# model's arrays shrink a few times.
+# and 10 MB would take ~10 GB (a review). skops.io.dump stores its entries (1x) unless told to
+# compress them; deflated, a model's arrays shrink a few times. Counted as read, a chunk at a
+# time: the sizes a file declares are its writer's word, and zipfile inflates up to 1 GiB of a
+# deflated entry in one call (a bzip2 or lzma one without any bound) before it finds them false:
+# 350 bytes of bzip2 declaring 100 took 588 MB (a review).
 MAX_INFLATION = 50
 INFLATED_FLOOR_BYTES = 256 * 2**20
+INFLATE_CHUNK_BYTES = 2**20
 
 
 def _rewound(model_file: BinaryIO) -> BinaryIO:
@@ -293,15 +297,15 @@ def _rewound(model_file: BinaryIO) -> BinaryIO:
 
 
 def _unchecked_types(model_file: BinaryIO, where: str) -> list[str]:
-    """The types a skops file holds that `_UNCHECKED` names, as module.Class names; a schema that
-    inflates past MAX_SCHEMA_BYTES, or a file whose entries inflate past MAX_INFLATION times its
-    size, is refused before it is read (zipfile reads no entry past the size it declares)."""
+    """The types a skops file holds that `_UNCHECKED` names, as module.Class names; a file whose
+    entries inflate past MAX_INFLATION times its size, or a schema past MAX_SCHEMA_BYTES, is
+    refused before anything of it is kept in memory."""
     with zipfile.ZipFile(_rewound(model_file)) as archive:
         _check_inflation(archive, model_file, where)
         size = archive.getinfo(_SCHEMA).file_size
         if size > MAX_SCHEMA_BYTES:
             raise ModelSpecError(f"{where}: its {_SCHEMA} inflates to {size:,} bytes (at most {MAX_SCHEMA_BYTES:,} "
-                                 "are read): not a model skops.io.dump wrote")
+                                 "are read): not a model skops.io.dump wrote")  # its sizes checked true just now
         schema = json.loads(archive.read(_SCHEMA))
     found: set[str] = set()
     pending: list[Any] = [schema]
@@ -318,12 +322,24 @@ def _unchecked_types(model_file: BinaryIO, where: str) -> list[str]:
 
 
 def _check_inflation(archive: zipfile.ZipFile, model_file: BinaryIO, where: str) -> None:
+    """Every entry inflated once, a chunk at a time and let go, counted against the bound; zipfile
+    checks each against the size and checksum it declares (BadZipFile), so the reads that follow
+    (skops', the schema's) get what was counted here."""
     stored = model_file.seek(0, 2)
-    inflated = sum(entry.file_size for entry in archive.infolist())
-    if inflated > max(INFLATED_FLOOR_BYTES, MAX_INFLATION * stored):
-        raise ModelSpecError(f"{where}: its entries inflate to {inflated:,} bytes from a {stored:,}-byte file (more "
-                             f"than {MAX_INFLATION} times, and over {INFLATED_FLOOR_BYTES:,}): not loaded, as a zip "
-                             "bomb would take that much memory; not a model skops.io.dump wrote")
+    bound, inflated = max(INFLATED_FLOOR_BYTES, MAX_INFLATION * stored), 0
+    for entry in archive.infolist():
+        if entry.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ModelSpecError(f"{where}: entry {entry.filename[:100]!r} is compressed with method "
+                                 f"{entry.compress_type}; only stored or deflated entries are read (skops.io.dump "
+                                 "writes those), as others inflate without a bound")
+        with archive.open(entry) as data:
+            while chunk := data.read(INFLATE_CHUNK_BYTES):
+                inflated += len(chunk)
+                if inflated > bound:
+                    raise ModelSpecError(
+                        f"{where}: its entries inflate to more than {bound:,} bytes from a {stored:,}-byte file "
+                        f"({MAX_INFLATION} times, or {INFLATED_FLOOR_BYTES:,} bytes if more): not loaded, as a zip "
+                        "bomb would take that much memory")
 
 
 def _is_unchecked(module: str, name: str) -> bool:
