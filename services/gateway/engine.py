@@ -170,6 +170,7 @@ class Gateway:
         rows = await off_the_loop(large, rows_of, call.tensors, target.feature_names, self.settings.max_rows)
         self.catalog.check_features(target, rows[0])
         await off_the_loop(large, self.catalog.check_ranges, target, rows)
+        self._check_room(len(rows))  # before the digest, which an overloaded gateway need not pay for (a review)
         base = call.id or self._new_id()  # the id the response carries
         # A digest of every value when the call names itself: 0.1 s of a 1,000 x 1,024 call (a review).
         ids = await off_the_loop(large, _request_ids_of, call.id, base, caller, rows, target.kind)
@@ -180,9 +181,7 @@ class Gateway:
         # cut, not a 503 (a review).
         self.open_for_calls()
         budget = self._budget(target, given, started)  # last: what the caller has left when its rows go
-        if self.rows_in_flight + len(rows) > self.settings.max_in_flight:
-            raise TurnedAway(f"overloaded: {self.rows_in_flight} rows waiting for answers (at most "
-                              f"{self.settings.max_in_flight}); retry later")
+        self._check_room(len(rows))
         # By rows too: the models' work is a row each, and the call limit let one call of --max-rows
         # rows cost what one row did. Taken last, once the call goes: one refused (invalid, draining,
         # overloaded) spends none, else a key retrying through an overload earned 429s.
@@ -219,6 +218,11 @@ class Gateway:
             version = versions.pop() if len(versions) == 1 else target.version
         return InferResult(target.name, version, base, tuple(answers), call.outputs)
 
+    def _check_room(self, rows: int) -> None:
+        if self.rows_in_flight + rows > self.settings.max_in_flight:
+            raise TurnedAway(f"overloaded: {self.rows_in_flight} rows waiting for answers (at most "
+                              f"{self.settings.max_in_flight}); retry later")
+
     def _budget(self, target: Target, given: Sequence[int | None], started: float) -> int:
         elapsed_ms = math.ceil((time.monotonic() - started) * 1000)
         return call_budget(given, target.schedule.default_deadline_ms, self.settings.max_budget_ms, elapsed_ms)
@@ -243,8 +247,19 @@ class Gateway:
                     submit: Submit) -> list[Future[Answer]]:
         """`_send`, in a worker thread for a large call: each row is checked, encoded and produced,
         and a 1,000-row call held every other call, and the health and metrics pages, for 0.35 s
-        on a quiet host (a review). Its rows are counted in flight already, so a drain waits for them."""
-        return await off_the_loop(large, self._send, ids, rows, submit)
+        on a quiet host (a review). Its rows are counted in flight already, so a drain waits for
+        them. A thread cannot be stopped: a call cancelled meanwhile (its caller gone, its gRPC
+        deadline past, the server stopping) waits for the rows it is sending, and abandons them,
+        before it ends and they stop counting in flight (a review)."""
+        if not large:
+            return self._send(ids, rows, submit)
+        sending = asyncio.ensure_future(asyncio.to_thread(self._send, ids, rows, submit))
+        try:
+            return await asyncio.shield(sending)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):  # a failure of the send: it abandoned its own rows
+                self._abandon(ids, await sending)
+            raise
 
     def _send(self, ids: list[str], rows: list[dict[str, float]], submit: Submit) -> list[Future[Answer]]:
         futures: list[Future[Answer]] = []

@@ -1609,6 +1609,70 @@ def test_a_large_call_s_rows_are_sent_off_the_event_loop_and_a_small_call_s_on_i
         assert on_loop == {rows == 1}, (rows, set(threads))
 
 
+def test_a_large_call_cancelled_while_its_rows_are_sent_waits_for_them_and_abandons_them() -> None:
+    """Sent in a worker thread, which cannot be stopped: a call cancelled meanwhile (its gRPC
+    deadline past, the server stopping) stopped counting its rows in flight while the thread still
+    produced them, and left their waiters in the client for good (a review)."""
+    import threading
+
+    from services.gateway.engine import LARGE_VALUES
+    from services.gateway.oip import InferCall, Tensor
+
+    settings = GatewaySettings(max_rows=LARGE_VALUES, max_in_flight=LARGE_VALUES)
+    gateway = _gateway_answering_ok(settings, Schedule(models=("champion",)), [])
+    answering, sending, go_on = gateway.client.submit, threading.Event(), threading.Event()
+    sent: list[str] = []
+    abandoned: list[str] = []
+    in_flight_when_done: list[int] = []
+
+    def submit(*args: Any, **kwargs: Any) -> Any:
+        sending.set()
+        go_on.wait(10)
+        sent.append(kwargs["request_id"])
+        if len(sent) == LARGE_VALUES:
+            in_flight_when_done.append(gateway.rows_in_flight)
+        return answering(*args, **kwargs)
+
+    gateway.client.submit = submit
+    gateway.client.abandon = lambda rid, _future: abandoned.append(rid)
+    call = InferCall("", (Tensor("x", "FP64", (LARGE_VALUES,), [1.0] * LARGE_VALUES),), (), {})
+
+    async def cancelled_mid_send() -> None:
+        infer = asyncio.ensure_future(gateway.infer("default", "", call, "anonymous"))
+        await asyncio.to_thread(sending.wait, 10)
+        infer.cancel()
+        await asyncio.sleep(0)  # the cancellation is delivered into the wait for the thread
+        go_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            await infer
+
+    asyncio.run(cancelled_mid_send())
+    assert len(sent) == LARGE_VALUES and in_flight_when_done == [LARGE_VALUES], "counted until the last row went"
+    assert sorted(abandoned) == sorted(sent), "every row sent is abandoned: no waiter is left in the client"
+    assert gateway.rows_in_flight == 0
+
+
+def test_an_overloaded_gateway_refuses_a_named_call_before_it_digests_its_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digest of a named call's values (0.1 s for 1,000 x 1,024) was paid by every call an
+    overloaded gateway then refused (a review)."""
+    from services.gateway import engine
+    from services.gateway.errors import TurnedAway
+    from services.gateway.oip import InferCall, Tensor
+
+    digested: list[str] = []
+    real = engine._request_ids_of
+    monkeypatch.setattr(engine, "_request_ids_of", lambda *args: digested.append(args[0]) or real(*args))
+    gateway = _gateway_answering_ok(GatewaySettings(max_in_flight=10), Schedule(models=("champion",)), [])
+    call = InferCall("named", (Tensor("x", "FP64", (5,), [1.0] * 5),), (), {})
+    gateway.rows_in_flight = 6
+    with pytest.raises(TurnedAway, match="overloaded: 6 rows waiting"):
+        asyncio.run(gateway.infer("default", "", call, "anonymous"))
+    assert digested == []
+    gateway.rows_in_flight = 5
+    asyncio.run(gateway.infer("default", "", call, "anonymous"))
+    assert digested == ["named"]
+
+
 def test_a_row_whose_reply_partition_moved_is_sent_again_under_its_id() -> None:
     """A gateway joining the reply group took partitions from this one, and its calls waiting on
     them failed with 503 (12 of 24 in a review's run). The row is sent again, same id and
