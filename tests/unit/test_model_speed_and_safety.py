@@ -1021,6 +1021,10 @@ def test_a_model_served_through_a_symbolic_link_keeps_the_ranges_of_the_sidecar_
     scored = score_batch(load_model(str(tmp_path / "current.skops")), rows)
     assert scored[0].prediction is not None
     assert scored[1].prediction is None and "outside the model's range: mean_radius" in str(scored[1].error)
+    # One beside the link stays as the link moves on from version to version: the file's own wins.
+    (tmp_path / "current.features.json").write_text(json.dumps(list(DEMO_FEATURES)))
+    scored = score_batch(load_model(str(tmp_path / "current.skops")), rows)
+    assert scored[1].prediction is None and "outside the model's range: mean_radius" in str(scored[1].error)
 
 
 def test_an_unencodable_output_whose_error_score_is_over_the_topics_limit_too_counts_as_one_error() -> None:

@@ -28,39 +28,56 @@ def opened_model_file(path: Path) -> BufferedReader:
         raise ModelSpecError(f"model {str(path)!r}: cannot read it ({err.strerror or err})") from None
 
 
-def same_file(opened: BufferedReader, path: Path) -> bool:
-    """Whether `path` still names the file open as `opened`, unchanged (not renamed over, not written to)."""
+def resolved_model_path(path: Path) -> Path:
+    """The file `path` names now, through every symbolic link: a model is loaded, and its sidecar
+    read, from it, so that a link moved to another version meanwhile (`ln -sfn v6 current`) cannot
+    pair one version's model with another's sidecar (a review)."""
     try:
-        now = path.stat()
+        return path.resolve(strict=True)
+    except (OSError, RuntimeError) as err:  # RuntimeError: a loop of links
+        raise ModelSpecError(f"model {str(path)!r}: cannot read it ({getattr(err, 'strerror', None) or err})") from None
+
+
+def file_state(opened: BufferedReader) -> tuple[int, ...]:
+    """What says a file changed: its identity, size and times (taken as it is opened)."""
+    info = os.fstat(opened.fileno())
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
+def unchanged(state: tuple[int, ...], path: Path) -> bool:
+    """Whether `path` names the file of `state` still, as it was then: not renamed over, not
+    written to (unless within one tick of the file system's clock: only hashing it again is exact)."""
+    try:
+        info = path.stat()
     except OSError:
         return False
-    then = os.fstat(opened.fileno())
-    return (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == (then.st_dev, then.st_ino, then.st_size,
-                                                                     then.st_mtime_ns)
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns) == state
 
 
-def sidecar_paths(path: Path) -> list[Path]:
-    """Where a feature-name sidecar may live: `model.joblib.features.json`, then `model.features.json`;
-    for a model reached through a symbolic link (`current.skops -> v5/model.skops`), beside the
-    link first, then beside the file it names: looked for beside the link alone, the sidecar of
-    `v5/` was not found, and the model was served without its ranges, without a word (a review)."""
-    named = [path, path.resolve()] if path.is_symlink() else [path]
+def sidecar_paths(path: Path, named_as: Path | None = None) -> list[Path]:
+    """Where a feature-name sidecar may live: `model.joblib.features.json`, then `model.features.json`,
+    beside the model file `path`; for a model named through a symbolic link (`named_as`,
+    `current.skops -> v5/model.skops`), beside the link after: looked for beside the link alone,
+    the sidecar of `v5/` was not found, and the model was served without its ranges, without a
+    word (a review). The file's own first: one beside the link stays as the link moves on."""
+    named = [path] if named_as is None or named_as == path else [path, named_as]
     return [p.with_name(name + SIDECAR_SUFFIX) for p in named for name in (p.name, p.stem)]
 
 
-def read_sidecar(path: Path) -> Signature | None:
-    """The input contract in the model's sidecar JSON list, or None when there is no sidecar.
+def read_sidecar(path: Path, named_as: Path | None = None) -> Signature | None:
+    """The input contract in the model's sidecar JSON list, or None when there is no sidecar;
+    `path` is the model file, `named_as` the name it was given (`sidecar_paths`).
 
     Each entry is a feature name (required) or an object
     {"name": "age", "required": false, "default": 40.0, "minimum": 0, "maximum": 120}
     (see services/core/signatures.py).
     """
-    for candidate in sidecar_paths(path):
+    for candidate in sidecar_paths(path, named_as):
         if candidate.is_file():
             break
     else:
         return None
-    where = f"model {str(path)!r}: feature sidecar {str(candidate)!r}"
+    where = f"model {str(named_as or path)!r}: feature sidecar {str(candidate)!r}"
     example = '["mean_radius", {"name": "age", "default": 40.0}]'
     try:
         items = json.loads(candidate.read_text(encoding="utf-8"))

@@ -35,7 +35,15 @@ import numpy as np
 from services.core.errors import ModelSpecError
 from services.core.signatures import Signature
 
-from ._files import opened_model_file, read_sidecar, same_file, sidecar_hint, stream_version
+from ._files import (
+    file_state,
+    opened_model_file,
+    read_sidecar,
+    resolved_model_path,
+    sidecar_hint,
+    stream_version,
+    unchanged,
+)
 from .base import FLOAT32_MAX, Prediction, check_batch, check_finite, check_probabilities, fits_float32
 
 __all__ = ["ONNX_INSTALL_HINT", "OnnxModel"]
@@ -76,11 +84,12 @@ class OnnxModel:
             import onnxruntime as ort
         except ImportError as err:
             raise ModelSpecError(f"{where}: onnxruntime is not installed; {ONNX_INSTALL_HINT}") from err
-        signature = read_sidecar(self.path)
+        file = resolved_model_path(self.path)  # once: the sidecar and the graph of one version (a review)
+        signature = read_sidecar(file, self.path)
         if signature is None:
-            raise ModelSpecError(f"{where}: ONNX models need their feature names; {sidecar_hint(self.path)}")
+            raise ModelSpecError(f"{where}: ONNX models need their feature names; {sidecar_hint(file)}")
         names = signature.names
-        session, version = self._session_and_version(ort, where)
+        session, version = self._session_and_version(ort, file, where)
         inputs = session.get_inputs()
         if len(inputs) != 1:
             raise ModelSpecError(
@@ -119,23 +128,24 @@ class OnnxModel:
         self._session = session
         self._probe(where, len(names), dtype)
 
-    def _session_and_version(self, ort: Any, where: str) -> tuple[Any, str]:
+    def _session_and_version(self, ort: Any, file: Path, where: str) -> tuple[Any, str]:
         """The graph's session and the version of the bytes it was made from. onnxruntime opens the
         path itself (a graph with its weights in files beside it needs the path), so the file
         hashed is checked to be the one still there after: hashed apart, a file renamed into its
         place between the two had one model served under the other's version (a review). A file
         replaced meanwhile is loaded again."""
         for _attempt in range(LOAD_TRIES):
-            with opened_model_file(self.path) as model_file:
+            with opened_model_file(file) as model_file:
+                state = file_state(model_file)  # as opened: hashed, then read by onnxruntime
                 version = stream_version(self.path, model_file)
                 try:
-                    session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+                    session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
                 except Exception as err:
                     raise ModelSpecError(
                         f"{where}: onnxruntime cannot load it ({type(err).__name__}: {err}); "
                         "is it a valid ONNX file for this onnxruntime version?"
                     ) from err
-                if same_file(model_file, self.path):
+                if unchanged(state, file):
                     return session, version
         raise ModelSpecError(f"{where}: the file changed while it was loaded, {LOAD_TRIES} times; load it once "
                              "it is written (write a new file and rename it into place)")

@@ -49,7 +49,7 @@ import numpy as np
 from services.core.errors import ModelSpecError
 from services.core.signatures import Signature
 
-from ._files import opened_model_file, read_sidecar, sidecar_hint, stream_version
+from ._files import opened_model_file, read_sidecar, resolved_model_path, sidecar_hint, stream_version
 from .base import Prediction, check_batch, check_finite, check_probabilities, fits_float32
 
 __all__ = ["PICKLE_SUFFIXES", "SKOPS_SUFFIX", "TRUST_HINT", "SklearnModel", "pickle_refusal"]
@@ -109,6 +109,7 @@ class SklearnModel:
             self.feature_names = signature.names
         self.trust_model_file = trust_model_file
         self._estimator: Any = estimator
+        self._file: Path | None = None  # the file loaded: `path` through its links, as it was at the load
         self._proba = False
         self._classes: list[str] = []
         self._is_classifier = False
@@ -140,7 +141,8 @@ class SklearnModel:
             # SVC loaded past the check of another file, and a version naming other bytes than
             # those served; read whole into memory instead, a 400 MiB model took 400 MiB more to
             # load (reviews). A file written over in place stays a writer's to time.
-            with opened_model_file(self.path) as model_file:
+            self._file = resolved_model_path(self.path)
+            with opened_model_file(self._file) as model_file:
                 version = stream_version(self.path, model_file)
                 self._estimator = self._load_file(self.path, model_file)
             if not self.version:
@@ -151,7 +153,7 @@ class SklearnModel:
                 f"model {self._label}: {type(est).__name__} is not a scikit-learn estimator "
                 "(no predict method); save a fitted estimator or pipeline with joblib.dump"
             )
-        sidecar = read_sidecar(self.path) if self.path is not None else None
+        sidecar = read_sidecar(self._file, self.path) if self._file is not None else None
         self.feature_names = self._resolve_feature_names(est, sidecar.names if sidecar else None)
         self.signature = sidecar or self.signature or Signature.all_required(self.feature_names)
         _check_one_output(est, self._label)
@@ -183,7 +185,7 @@ class SklearnModel:
         given = self.feature_names or None
         names = from_est or from_sidecar or given
         if names is None:
-            hint = sidecar_hint(self.path) if self.path is not None else "pass feature_names="
+            hint = sidecar_hint(self._file) if self._file is not None else "pass feature_names="
             raise ModelSpecError(
                 f"model {self._label}: the estimator has no feature_names_in_ (it was not fitted on a "
                 f"DataFrame) and no feature names were given; {hint}"
