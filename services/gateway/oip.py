@@ -354,8 +354,7 @@ def timeout_ms(parameters: Mapping[str, Any]) -> int | None:
         return None
     value = parameters["timeout"]
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidInput(f"parameter 'timeout' must be a positive integer number of microseconds (0: none), "
-                           f"got {value!r}")
+        raise InvalidInput(f"parameter 'timeout' must be a whole number of microseconds, 0 for none, got {value!r}")
     return max(1, math.ceil(value / 1000)) if value else None
 
 
