@@ -565,9 +565,10 @@ def test_a_skops_schema_that_inflates_past_its_bound_is_refused_in_one_line(
     assert path.stat().st_size < 1_000
 
 
-def _declaring(archive: bytes, name: str, size: int) -> bytes:
-    """`archive` with entry `name` declaring `size` bytes inflated, in its local header and in the
-    central directory (the zip format's offsets: 22 and 24 in each header)."""
+def _declaring(archive: bytes, name: str, size: int, crc: int | None = None) -> bytes:
+    """`archive` with entry `name` declaring `size` bytes inflated (and `crc`, if given), in its
+    local header and in the central directory (the zip format's offsets: 22 and 14 in a local
+    header, 24 and 16 in a central one)."""
     import io
     import zipfile
 
@@ -576,10 +577,14 @@ def _declaring(archive: bytes, name: str, size: int) -> bytes:
         names = [info.filename for info in read.infolist()]
     patched = bytearray(archive)
     struct.pack_into("<I", patched, local + 22, size)
+    if crc is not None:
+        struct.pack_into("<I", patched, local + 14, crc)
     for entry in names:  # each central header: 46 bytes, then its name, extra field and comment
         name_length, extra_length, comment_length = struct.unpack_from("<HHH", patched, central + 28)
         if entry == name:
             struct.pack_into("<I", patched, central + 24, size)
+            if crc is not None:
+                struct.pack_into("<I", patched, central + 16, crc)
         central += 46 + name_length + extra_length + comment_length
     return bytes(patched)
 
@@ -592,8 +597,9 @@ def test_a_skops_file_whose_arrays_inflate_many_times_its_size_is_refused_before
     import io
     import tracemalloc
     import zipfile
+    import zlib
 
-    from services.model_worker.models import sklearn_model
+    from services.model_worker.models import zip_bounds
 
     x, y = demo_data()
     plain = tmp_path / "plain.skops"
@@ -606,20 +612,21 @@ def test_a_skops_file_whose_arrays_inflate_many_times_its_size_is_refused_before
             if name == arrays[0]:
                 zeros = io.BytesIO()
                 np.save(zeros, np.zeros(2_000_000))
-                data = zeros.getvalue()
+                data = zeros = zeros.getvalue()
             bomb.writestr(name, data)
     (tmp_path / "bomb.features.json").write_text(json.dumps(list(DEMO_FEATURES)))
-    monkeypatch.setattr(sklearn_model, "INFLATED_FLOOR_BYTES", 1_000_000)
-    assert path.stat().st_size * sklearn_model.MAX_INFLATION < 16_000_000
+    monkeypatch.setattr(zip_bounds, "INFLATED_FLOOR_BYTES", 1_000_000)
+    assert path.stat().st_size * zip_bounds.MAX_INFLATION < 16_000_000
     with pytest.raises(ModelSpecError, match=r"its entries inflate to more than 1,000,000 bytes from a [\d,]+-byte "
                                              r"file \(50 times, or 1,000,000 bytes if more\)"):
         load_model(str(path))
-    # Its sizes a writer's word: declaring 100 bytes for the zeros passed a bound of declared sizes.
-    path.write_bytes(_declaring(path.read_bytes(), arrays[0], 100))
+    # Its sizes a writer's word: declaring 100 bytes for the zeros, with the checksum of their first
+    # 100, passed a bound of declared sizes, and zipfile's own size and checksum checks (reviews).
+    path.write_bytes(_declaring(path.read_bytes(), arrays[0], 100, zlib.crc32(zeros[:100])))
     assert sum(i.file_size for i in zipfile.ZipFile(path).infolist()) < 1_000_000, "the sizes it declares"
     tracemalloc.start()
     try:
-        with pytest.raises(ModelSpecError, match=r"skops cannot read it \(BadZipFile: Bad CRC-32"):
+        with pytest.raises(ModelSpecError, match=r"declares 100 bytes and inflates to more than 100: a damaged or"):
             load_model(str(path))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -633,6 +640,40 @@ def test_a_skops_file_whose_arrays_inflate_many_times_its_size_is_refused_before
         load_model(str(path))
     (tmp_path / "plain.features.json").write_text(json.dumps(list(DEMO_FEATURES)))
     assert load_model(str(plain)).feature_names == DEMO_FEATURES, "a file skops wrote loads"
+
+
+def test_a_skops_schema_naming_one_array_again_and_again_is_refused_before_skops_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """skops reads an array each time the schema names it: an 8 kB file naming one 8 MB array 40
+    times took 640 MB (a review). Here 100 kB of zeros named 20 times, with the floor lowered."""
+    import io
+    import zipfile
+
+    from services.model_worker.models import zip_bounds
+
+    x, y = demo_data()
+    plain = tmp_path / "plain.skops"
+    skops_io.dump(LogisticRegression(max_iter=3000).fit(x, y), plain)
+    path = tmp_path / "again.skops"
+    zeros = io.BytesIO()
+    np.save(zeros, np.zeros(12_500))
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as again:
+        schema = json.loads(source.read("schema.json"))
+        state = schema["content"]["content"]  # the estimator's attributes
+        array = next(node for node in state.values() if isinstance(node, dict) and "file" in node)
+        state["named_again"] = {**state["classes_"], "__loader__": "ListNode", "__class__": "list",
+                                "content": [array] * 20}
+        for name in source.namelist():
+            data = json.dumps(schema) if name == "schema.json" else source.read(name)
+            again.writestr(name, zeros.getvalue() if name == array["file"] else data)
+    (tmp_path / "again.features.json").write_text(json.dumps(list(DEMO_FEATURES)))
+    monkeypatch.setattr(zip_bounds, "INFLATED_FLOOR_BYTES", 1_000_000)
+    inflated = sum(info.file_size for info in zipfile.ZipFile(path).infolist())
+    assert inflated < 1_000_000 < 20 * len(zeros.getvalue())
+    assert path.stat().st_size * zip_bounds.MAX_INFLATION < 1_000_000
+    with pytest.raises(ModelSpecError, match=r"inflate to more than 1,000,000 bytes as the schema names them"):
+        load_model(str(path))
 
 
 def test_skops_linear_model_loads_without_trust_a_forest_needs_it(tmp_path: Path) -> None:

@@ -51,6 +51,7 @@ from services.core.signatures import Signature
 
 from ._files import opened_model_file, read_sidecar, resolved_model_path, sidecar_hint, stream_version
 from .base import Prediction, check_batch, check_finite, check_probabilities, fits_float32
+from .zip_bounds import check_entries, check_references, inflation_bound
 
 __all__ = ["PICKLE_SUFFIXES", "SKOPS_SUFFIX", "TRUST_HINT", "SklearnModel", "pickle_refusal"]
 
@@ -281,16 +282,6 @@ def _check_one_output(est: Any, label: str) -> None:
 # A skops file's schema.json at most, inflated: parsed whole (by skops too), a 1 MB file that
 # inflated to 1 GiB took 2.3 GB of memory, and 10 MB would take ~23 GB and the OOM killer (a review).
 MAX_SCHEMA_BYTES = 64 * 2**20
-# Every entry of a skops file inflated, at most this many times the file, or INFLATED_FLOOR_BYTES
-# if more: skops reads each array whole, so a 0.4 MB file of deflated zeros took 0.9 GB to load,
-# and 10 MB would take ~10 GB (a review). skops.io.dump stores its entries (1x) unless told to
-# compress them; deflated, a model's arrays shrink a few times. Counted as read, a chunk at a
-# time: the sizes a file declares are its writer's word, and zipfile inflates up to 1 GiB of a
-# deflated entry in one call (a bzip2 or lzma one without any bound) before it finds them false:
-# 350 bytes of bzip2 declaring 100 took 588 MB (a review).
-MAX_INFLATION = 50
-INFLATED_FLOOR_BYTES = 256 * 2**20
-INFLATE_CHUNK_BYTES = 2**20
 
 
 def _rewound(model_file: BinaryIO) -> BinaryIO:
@@ -299,16 +290,18 @@ def _rewound(model_file: BinaryIO) -> BinaryIO:
 
 
 def _unchecked_types(model_file: BinaryIO, where: str) -> list[str]:
-    """The types a skops file holds that `_UNCHECKED` names, as module.Class names; a file whose
-    entries inflate past MAX_INFLATION times its size, or a schema past MAX_SCHEMA_BYTES, is
-    refused before anything of it is kept in memory."""
+    """The types a skops file holds that `_UNCHECKED` names, as module.Class names; a file that
+    would not fit in memory (zip_bounds.py), or whose schema is past MAX_SCHEMA_BYTES, is refused
+    before any of it is kept."""
     with zipfile.ZipFile(_rewound(model_file)) as archive:
-        _check_inflation(archive, model_file, where)
+        bound = inflation_bound(model_file)
+        check_entries(archive, model_file, bound, where)  # first: the sizes read below are true after it
         size = archive.getinfo(_SCHEMA).file_size
         if size > MAX_SCHEMA_BYTES:
             raise ModelSpecError(f"{where}: its {_SCHEMA} inflates to {size:,} bytes (at most {MAX_SCHEMA_BYTES:,} "
-                                 "are read): not a model skops.io.dump wrote")  # its sizes checked true just now
+                                 "are read): not a model skops.io.dump wrote")
         schema = json.loads(archive.read(_SCHEMA))
+        check_references(schema, archive, bound, where, model_file)
     found: set[str] = set()
     pending: list[Any] = [schema]
     while pending:  # every object skops describes, however deeply nested (pipelines, ensembles)
@@ -321,27 +314,6 @@ def _unchecked_types(model_file: BinaryIO, where: str) -> list[str]:
         elif isinstance(node, list):
             pending.extend(node)
     return sorted(found)
-
-
-def _check_inflation(archive: zipfile.ZipFile, model_file: BinaryIO, where: str) -> None:
-    """Every entry inflated once, a chunk at a time and let go, counted against the bound; zipfile
-    checks each against the size and checksum it declares (BadZipFile), so the reads that follow
-    (skops', the schema's) get what was counted here."""
-    stored = model_file.seek(0, 2)
-    bound, inflated = max(INFLATED_FLOOR_BYTES, MAX_INFLATION * stored), 0
-    for entry in archive.infolist():
-        if entry.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise ModelSpecError(f"{where}: entry {entry.filename[:100]!r} is compressed with method "
-                                 f"{entry.compress_type}; only stored or deflated entries are read (skops.io.dump "
-                                 "writes those), as others inflate without a bound")
-        with archive.open(entry) as data:
-            while chunk := data.read(INFLATE_CHUNK_BYTES):
-                inflated += len(chunk)
-                if inflated > bound:
-                    raise ModelSpecError(
-                        f"{where}: its entries inflate to more than {bound:,} bytes from a {stored:,}-byte file "
-                        f"({MAX_INFLATION} times, or {INFLATED_FLOOR_BYTES:,} bytes if more): not loaded, as a zip "
-                        "bomb would take that much memory")
 
 
 def _is_unchecked(module: str, name: str) -> bool:

@@ -1,0 +1,117 @@
+"""A skops file (a zip) checked to fit in memory before skops reads it.
+
+skops reads each array whole, as many times as its schema names it, and zipfile inflates up to
+1 GiB of a deflated entry in one call (bzip2 and lzma ones without any bound), cutting it to the
+size the entry declares only after. The sizes a file declares are its writer's word: a 0.4 MB
+file of deflated zeros took 0.9 GB to load, a 195 kB one declaring 100 bytes for 200 MB took
+449 MB, and an 8 kB schema naming one 8 MB array 40 times 640 MB (reviews). So every entry is
+inflated here from its raw bytes, a chunk at a time, and must come to exactly its declared size;
+then the arrays the schema names, each time it names one, must fit the bound.
+"""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+import zlib
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from services.core.errors import ModelSpecError
+
+# Every entry of a skops file inflated, at most this many times the file, or INFLATED_FLOOR_BYTES
+# if more. skops.io.dump stores its entries (1x) unless told to compress them; deflated, a
+# model's arrays shrink a few times.
+MAX_INFLATION = 50
+INFLATED_FLOOR_BYTES = 256 * 2**20
+CHUNK_BYTES = 2**20
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra field length (30 bytes)
+
+
+def inflation_bound(model_file: BinaryIO) -> int:
+    return max(INFLATED_FLOOR_BYTES, MAX_INFLATION * model_file.seek(0, 2))
+
+
+def check_entries(archive: zipfile.ZipFile, model_file: BinaryIO, bound: int, where: str) -> None:
+    """Every entry stored or deflated, inflating to exactly the size it declares, all of them
+    within `bound`; `ModelSpecError` otherwise, before more than a chunk of any is held."""
+    total = 0
+    for entry in archive.infolist():
+        if entry.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ModelSpecError(f"{where}: entry {entry.filename[:100]!r} is compressed with method "
+                                 f"{entry.compress_type}; only stored or deflated entries are read (other methods "
+                                 "inflate without a bound): save it with skops.io.dump's default compression")
+        total += entry.file_size
+        if total > bound:
+            raise _over(where, bound, model_file)
+        true_size = _inflated_size(model_file, entry, where)
+        if true_size != entry.file_size:
+            more = "more than " if true_size > entry.file_size else ""
+            raise ModelSpecError(f"{where}: entry {entry.filename[:100]!r} declares {entry.file_size:,} bytes and "
+                                 f"inflates to {more}{min(true_size, entry.file_size):,}{'' if more else ' only'}: "
+                                 "a damaged or forged file")
+
+
+def check_references(schema: Any, archive: zipfile.ZipFile, bound: int, where: str, model_file: BinaryIO) -> None:
+    """The entries the schema names (`"file"`), each as many times as it is named, within `bound`:
+    skops reads one each time it is named."""
+    sizes = {entry.filename: entry.file_size for entry in archive.infolist()}
+    total = 0
+    for name in _files_named(schema):
+        total += sizes.get(name, 0)
+        if total > bound:
+            raise _over(where, bound, model_file, "as the schema names them (one array named again and again)")
+
+
+def _files_named(schema: Any) -> Iterator[str]:
+    pending = [schema]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            named = node.get("file")
+            if isinstance(named, str):
+                yield named
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+
+
+def _over(where: str, bound: int, model_file: BinaryIO, how: str = "") -> ModelSpecError:
+    stored = model_file.seek(0, 2)
+    return ModelSpecError(f"{where}: its entries inflate to more than {bound:,} bytes {how + ' ' if how else ''}"
+                          f"from a {stored:,}-byte file ({MAX_INFLATION} times, or {INFLATED_FLOOR_BYTES:,} bytes if "
+                          "more): not loaded, as a zip bomb would take that much memory")
+
+
+def _inflated_size(model_file: BinaryIO, entry: zipfile.ZipInfo, where: str) -> int:
+    """How many bytes the entry's raw data inflates to, counted a chunk at a time, at most one
+    byte past what it declares."""
+    model_file.seek(entry.header_offset)
+    header = model_file.read(_LOCAL_HEADER.size)
+    if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+        raise ModelSpecError(f"{where}: entry {entry.filename[:100]!r} has no local header: a damaged file")
+    _signature, name_length, extra_length = _LOCAL_HEADER.unpack(header)
+    model_file.seek(entry.header_offset + _LOCAL_HEADER.size + name_length + extra_length)
+    if entry.compress_type == zipfile.ZIP_STORED:
+        return entry.compress_size
+    inflater, produced, left = zlib.decompressobj(-zlib.MAX_WBITS), 0, entry.compress_size
+    while left > 0 and not inflater.eof:
+        raw = model_file.read(min(CHUNK_BYTES, left))
+        if not raw:
+            raise ModelSpecError(f"{where}: entry {entry.filename[:100]!r} ends before its data: a damaged file")
+        left -= len(raw)
+        pending = raw
+        while not inflater.eof:  # a chunk of output at a time, until this input is used and its output out
+            try:
+                out = inflater.decompress(pending, CHUNK_BYTES)
+            except zlib.error as err:
+                raise ModelSpecError(f"{where}: entry {entry.filename[:100]!r} cannot be inflated ({err})") from None
+            produced += len(out)
+            if produced > entry.file_size:
+                return produced
+            pending = inflater.unconsumed_tail
+            if not pending and not out:
+                break
+    if not inflater.eof:
+        raise ModelSpecError(f"{where}: entry {entry.filename[:100]!r} ends before its deflated data: a damaged file")
+    return produced
