@@ -257,8 +257,11 @@ class Gateway:
         try:
             return await asyncio.shield(sending)
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):  # a failure of the send: it abandoned its own rows
-                self._abandon(ids, await sending)
+            while not sending.done():  # a second cancel too (a deadline, then the server's stop; a review)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(sending)
+            if sending.exception() is None:  # else the send failed, and abandoned its own rows
+                self._abandon(ids, sending.result())
             raise
 
     def _send(self, ids: list[str], rows: list[dict[str, float]], submit: Submit) -> list[Future[Answer]]:

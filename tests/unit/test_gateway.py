@@ -1642,6 +1642,8 @@ def test_a_large_call_cancelled_while_its_rows_are_sent_waits_for_them_and_aband
         await asyncio.to_thread(sending.wait, 10)
         infer.cancel()
         await asyncio.sleep(0)  # the cancellation is delivered into the wait for the thread
+        infer.cancel()  # and a second one (a deadline, then the server's stop)
+        await asyncio.sleep(0)
         go_on.set()
         with pytest.raises(asyncio.CancelledError):
             await infer
