@@ -569,6 +569,43 @@ def test_an_onnx_file_renamed_over_while_it_loads_is_served_under_its_own_versio
         load_model(str(served))
 
 
+def test_an_onnx_model_whose_link_moves_on_while_it_loads_is_loaded_again_with_the_new_version_s_sidecar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ln -sfn v6 current && rm -rf v5` during a load (a ConfigMap's `..data` swap does so): the
+    retry read the deleted v5 again, and a retry that followed the link paired v6's graph with v5's
+    sidecar (a review)."""
+    import hashlib
+    import shutil
+
+    import onnxruntime
+
+    rows = np.array([[1.0, 2.0], [2.0, 0.0], [0.0, 1.0], [4.0, 1.0]])
+    for version, weights, names in (("v5", [1.0, 0.0], ["a", "b"]), ("v6", [0.0, 1.0], ["c", "d"])):
+        (tmp_path / version).mkdir()
+        _onnx_of(LinearRegression().fit(rows, rows @ np.array(weights)), rows, tmp_path / version, "model")
+        (tmp_path / version / "model.onnx.features.json").write_text(json.dumps(names))
+    current = tmp_path / "current"
+    current.symlink_to("v5")
+    real_session = onnxruntime.InferenceSession
+    moves = [1]
+
+    def link_moved_on(path: str, *args: Any, **kwargs: Any) -> Any:
+        session = real_session(path, *args, **kwargs)
+        if moves:
+            moves.pop()
+            (tmp_path / "next").symlink_to("v6")
+            (tmp_path / "next").replace(current)
+            shutil.rmtree(tmp_path / "v5")
+        return session
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", link_moved_on)
+    model = load_model(str(current / "model.onnx"))
+    v6_digest = hashlib.sha256((tmp_path / "v6" / "model.onnx").read_bytes()).hexdigest()[:8]
+    assert (model.feature_names, model.version) == (("c", "d"), f"model-{v6_digest}")
+    assert model.predict(np.array([[5.0, 7.0]]))[0].score == pytest.approx(7.0, abs=1e-4), "v6's graph"
+
+
 def test_an_onnx_regressor_scores_its_value_and_a_graph_of_other_inputs_is_refused(tmp_path: Path) -> None:
     rows = np.array([[1.0, 2.0, 0.5], [2.0, 0.0, 1.0], [0.0, 1.0, 3.0], [4.0, 1.0, 0.0]])
     reg = LinearRegression().fit(rows, rows @ np.array([0.5, -1.0, 2.0]) + 0.25)

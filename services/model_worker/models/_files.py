@@ -21,11 +21,12 @@ def stream_version(path: Path, opened: BufferedReader) -> str:
     return f"{path.stem}-{hashlib.file_digest(opened, 'sha256').hexdigest()[:8]}"
 
 
-def opened_model_file(path: Path) -> BufferedReader:
+def opened_model_file(path: Path, named_as: Path | None = None) -> BufferedReader:
+    """`path` open for reading; an error names the model as it was given (`named_as`)."""
     try:
         return path.open("rb")
     except OSError as err:
-        raise ModelSpecError(f"model {str(path)!r}: cannot read it ({err.strerror or err})") from None
+        raise ModelSpecError(f"model {str(named_as or path)!r}: cannot read it ({err.strerror or err})") from None
 
 
 def resolved_model_path(path: Path) -> Path:

@@ -84,12 +84,8 @@ class OnnxModel:
             import onnxruntime as ort
         except ImportError as err:
             raise ModelSpecError(f"{where}: onnxruntime is not installed; {ONNX_INSTALL_HINT}") from err
-        file = resolved_model_path(self.path)  # once: the sidecar and the graph of one version (a review)
-        signature = read_sidecar(file, self.path)
-        if signature is None:
-            raise ModelSpecError(f"{where}: ONNX models need their feature names; {sidecar_hint(file)}")
+        session, version, signature = self._loaded_file(ort, where)
         names = signature.names
-        session, version = self._session_and_version(ort, file, where)
         inputs = session.get_inputs()
         if len(inputs) != 1:
             raise ModelSpecError(
@@ -128,14 +124,20 @@ class OnnxModel:
         self._session = session
         self._probe(where, len(names), dtype)
 
-    def _session_and_version(self, ort: Any, file: Path, where: str) -> tuple[Any, str]:
-        """The graph's session and the version of the bytes it was made from. onnxruntime opens the
-        path itself (a graph with its weights in files beside it needs the path), so the file
-        hashed is checked to be the one still there after: hashed apart, a file renamed into its
-        place between the two had one model served under the other's version (a review). A file
-        replaced meanwhile is loaded again."""
+    def _loaded_file(self, ort: Any, where: str) -> tuple[Any, str, Signature]:
+        """The graph's session, the version of the bytes it was made from and the sidecar beside
+        them, all of the file the path names as the load begins (through its links: one version's
+        sidecar with another's graph, else; a review). onnxruntime opens the path itself (a graph
+        with its weights in files beside it needs the path), so the file hashed is checked to be
+        the one still there after: hashed apart, a file renamed into its place between the two had
+        one model served under the other's version (a review). A file replaced meanwhile, or a link
+        moved, is loaded again, from where the path leads then."""
         for _attempt in range(LOAD_TRIES):
-            with opened_model_file(file) as model_file:
+            file = resolved_model_path(self.path)
+            signature = read_sidecar(file, self.path)
+            if signature is None:
+                raise ModelSpecError(f"{where}: ONNX models need their feature names; {sidecar_hint(file)}")
+            with opened_model_file(file, self.path) as model_file:
                 state = file_state(model_file)  # as opened: hashed, then read by onnxruntime
                 version = stream_version(self.path, model_file)
                 try:
@@ -145,8 +147,8 @@ class OnnxModel:
                         f"{where}: onnxruntime cannot load it ({type(err).__name__}: {err}); "
                         "is it a valid ONNX file for this onnxruntime version?"
                     ) from err
-                if unchanged(state, file):
-                    return session, version
+                if unchanged(state, file) and resolved_model_path(self.path) == file:
+                    return session, version, signature
         raise ModelSpecError(f"{where}: the file changed while it was loaded, {LOAD_TRIES} times; load it once "
                              "it is written (write a new file and rename it into place)")
 

@@ -143,7 +143,7 @@ class SklearnModel:
             # those served; read whole into memory instead, a 400 MiB model took 400 MiB more to
             # load (reviews). A file written over in place stays a writer's to time.
             self._file = resolved_model_path(self.path)
-            with opened_model_file(self._file) as model_file:
+            with opened_model_file(self._file, self.path) as model_file:
                 version = stream_version(self.path, model_file)
                 self._estimator = self._load_file(self.path, model_file)
             if not self.version:
