@@ -536,8 +536,8 @@ def test_a_skops_file_is_checked_and_loaded_from_the_same_bytes(
     opened = sklearn_model.opened_model_file
     first = path.read_bytes()
 
-    def swapped_once_opened(where: Path) -> Any:
-        model_file = opened(where)
+    def swapped_once_opened(where: Path, named_as: Path | None = None) -> Any:
+        model_file = opened(where, named_as)
         other.replace(where)  # the file replaced as soon as it was opened
         return model_file
 
