@@ -260,8 +260,9 @@ class Gateway:
             while not sending.done():  # a second cancel too (a deadline, then the server's stop; a review)
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.shield(sending)
-            if sending.exception() is None:  # else the send failed, and abandoned its own rows
-                self._abandon(ids, sending.result())
+            if not sending.cancelled() and sending.exception() is None:  # else it abandoned its own rows
+                with contextlib.suppress(Exception):  # the cancellation is what goes on
+                    self._abandon(ids, sending.result())
             raise
 
     def _send(self, ids: list[str], rows: list[dict[str, float]], submit: Submit) -> list[Future[Answer]]:

@@ -645,8 +645,9 @@ def test_a_skops_file_whose_arrays_inflate_many_times_its_size_is_refused_before
 def test_a_skops_schema_naming_one_array_again_and_again_is_refused_before_skops_reads_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """skops reads an array each time the schema names it: an 8 kB file naming one 8 MB array 40
-    times took 640 MB (a review). Here 100 kB of zeros named 20 times, with the floor lowered."""
+    """skops reads an array each time the schema names it in a node of its own (`__id__`): an 8 kB
+    file naming one 8 MB array 40 times took 640 MB (a review). Here 100 kB of zeros named by 20
+    nodes, with the floor lowered; and a sparse matrix's `.npz`, a zip that scipy inflates itself."""
     import io
     import zipfile
 
@@ -663,7 +664,7 @@ def test_a_skops_schema_naming_one_array_again_and_again_is_refused_before_skops
         state = schema["content"]["content"]  # the estimator's attributes
         array = next(node for node in state.values() if isinstance(node, dict) and "file" in node)
         state["named_again"] = {**state["classes_"], "__loader__": "ListNode", "__class__": "list",
-                                "content": [array] * 20}
+                                "__id__": 10**15, "content": [{**array, "__id__": 10**15 + i} for i in range(1, 21)]}
         for name in source.namelist():
             data = json.dumps(schema) if name == "schema.json" else source.read(name)
             again.writestr(name, zeros.getvalue() if name == array["file"] else data)
@@ -673,6 +674,30 @@ def test_a_skops_schema_naming_one_array_again_and_again_is_refused_before_skops
     assert inflated < 1_000_000 < 20 * len(zeros.getvalue())
     assert path.stat().st_size * zip_bounds.MAX_INFLATION < 1_000_000
     with pytest.raises(ModelSpecError, match=r"inflate to more than 1,000,000 bytes as the schema names them"):
+        load_model(str(path))
+    # The same node named 20 times is read once (skops keeps it by its __id__): not refused for it.
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(tmp_path / "once.skops", "w") as once:
+        schema = json.loads(source.read("schema.json"))
+        schema["content"]["content"]["named_again"]["content"] = [array] * 20
+        for name in source.namelist():
+            once.writestr(name, json.dumps(schema) if name == "schema.json" else source.read(name),
+                          compress_type=zipfile.ZIP_DEFLATED)
+    with pytest.raises(ModelSpecError) as refused:
+        load_model(str(tmp_path / "once.skops"))
+    assert "inflate to more than" not in str(refused.value), "refused for what skops reads, not for the count"
+    # A sparse matrix's .npz of 16 MB of zeros, deflated to a few kB: its entries are counted too.
+    sparse = io.BytesIO()
+    np.savez_compressed(sparse, data=np.zeros(2_000_000))
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as bomb:
+        schema = json.loads(source.read("schema.json"))
+        schema["content"]["content"]["sparse"] = {
+            "__class__": "spmatrix", "__module__": "scipy.sparse._matrix", "__loader__": "SparseMatrixNode",
+            "type": "scipy", "file": "sparse.npz", "__id__": 10**15 + 99}
+        for name in source.namelist():
+            bomb.writestr(name, json.dumps(schema) if name == "schema.json" else source.read(name))
+        bomb.writestr("sparse.npz", sparse.getvalue())
+    assert path.stat().st_size * zip_bounds.MAX_INFLATION < 1_000_000
+    with pytest.raises(ModelSpecError, match=r"\(in 'sparse.npz'\): its entries inflate to more than"):
         load_model(str(path))
 
 

@@ -147,7 +147,7 @@ class OnnxModel:
                         f"{where}: onnxruntime cannot load it ({type(err).__name__}: {err}); "
                         "is it a valid ONNX file for this onnxruntime version?"
                     ) from err
-                if unchanged(state, file) and resolved_model_path(self.path) == file:
+                if unchanged(state, file) and _still_leads_to(self.path, file):
                     return session, version, signature
         raise ModelSpecError(f"{where}: the file changed while it was loaded, {LOAD_TRIES} times; load it once "
                              "it is written (write a new file and rename it into place)")
@@ -266,3 +266,12 @@ def _positive_probability(raw: Any, n: int, name: str) -> list[float | None]:
     scores = _last_class(proba, n, name)
     check_probabilities(proba, f"onnx output {name!r}")
     return scores
+
+
+def _still_leads_to(path: Path, file: Path) -> bool:
+    """Whether `path` leads to `file` still; not while a link is being made again (BusyBox's
+    `ln -sfn` removes it first): that load is tried again."""
+    try:
+        return resolved_model_path(path) == file
+    except ModelSpecError:
+        return False

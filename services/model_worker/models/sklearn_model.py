@@ -295,13 +295,13 @@ def _unchecked_types(model_file: BinaryIO, where: str) -> list[str]:
     before any of it is kept."""
     with zipfile.ZipFile(_rewound(model_file)) as archive:
         bound = inflation_bound(model_file)
-        check_entries(archive, model_file, bound, where)  # first: the sizes read below are true after it
+        costs = check_entries(archive, model_file, bound, where)  # first: the sizes read below are true after it
         size = archive.getinfo(_SCHEMA).file_size
         if size > MAX_SCHEMA_BYTES:
             raise ModelSpecError(f"{where}: its {_SCHEMA} inflates to {size:,} bytes (at most {MAX_SCHEMA_BYTES:,} "
                                  "are read): not a model skops.io.dump wrote")
         schema = json.loads(archive.read(_SCHEMA))
-        check_references(schema, archive, bound, where, model_file)
+        check_references(schema, costs, bound, where, model_file)
     found: set[str] = set()
     pending: list[Any] = [schema]
     while pending:  # every object skops describes, however deeply nested (pipelines, ensembles)
