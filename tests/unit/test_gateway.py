@@ -321,22 +321,11 @@ def test_more_parameters_on_an_output_than_on_a_call_are_refused() -> None:
 ])
 def test_an_output_s_parameters_are_held_to_the_protocol_s_types_as_a_call_s_are(parameters: Any, reason: str) -> None:
     """A list, or a nested object, passed as an output's parameters without a word, where a call's
-    or an input's were refused (the docs said every one is; a review). Over gRPC, one with no value."""
-    from services.gateway.grpc_api import call_from, pb
-
+    or an input's were refused (the docs said every one is; a review). gRPC's: test_gateway_grpc.py."""
     one = {"name": "a", "datatype": "FP64", "shape": [1], "data": [1.0]}
     body = orjson.dumps({"inputs": [one], "outputs": [{"name": "score", "parameters": parameters}]})
     with pytest.raises(InvalidInput, match=f"^{re.escape(reason)}"):
         parse_call(body, None, 1000, 1024)
-    request = pb.ModelInferRequest(model_name="default")
-    tensor = request.inputs.add(name="a", datatype="FP64", shape=[1])
-    tensor.contents.fp64_contents.append(1.0)
-    asked = request.outputs.add(name="score")
-    asked.parameters["x"].CopyFrom(pb.InferParameter())
-    with pytest.raises(InvalidInput, match=r"^output 'score': parameter 'x' has no value"):
-        call_from(request, 1000, 1024)
-    asked.parameters["x"].CopyFrom(pb.InferParameter(int64_param=1))
-    assert call_from(request, 1000, 1024).outputs == ("score",)
 
 
 def test_rest_binary_tensor_extension() -> None:

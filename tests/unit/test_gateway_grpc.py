@@ -92,6 +92,36 @@ def test_the_services_grpc_server_counts_every_call_as_it_begins_refused_by_grpc
     assert result["moved"] == {"started": 3, "live_ok": 1, "no_route": 1, "unimplemented": 1, "invalid": 0}
 
 
+def _output_parameter_checks() -> list[str]:
+    """In the child: an output parameter with no value, then with one, read by `call_from`."""
+    from services.gateway.errors import InvalidInput
+    from services.gateway.grpc_api import call_from, pb
+
+    request = pb.ModelInferRequest(model_name="default")
+    tensor = request.inputs.add(name="a", datatype="FP64", shape=[1])
+    tensor.contents.fp64_contents.append(1.0)
+    asked = request.outputs.add(name="score")
+    said = []
+    for parameter in (pb.InferParameter(), pb.InferParameter(int64_param=1)):
+        asked.parameters["x"].CopyFrom(parameter)
+        try:
+            said.append(",".join(call_from(request, 1000, 1024).outputs))
+        except InvalidInput as refused:
+            said.append(str(refused))
+    return said
+
+
+def test_an_output_parameter_without_a_value_is_refused_as_a_call_s_is() -> None:
+    """It was taken without a word, where the call's and the inputs' were refused (a review)."""
+    script = ("import json; from tests.unit.test_gateway_grpc import _output_parameter_checks; "
+              "print(json.dumps(_output_parameter_checks()))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    refused, taken = json.loads(done.stdout.strip().splitlines()[-1])
+    assert refused.startswith("output 'score': parameter 'x' has no value") and taken == "score"
+
+
 def _stalled_calls() -> dict[str, Any]:
     """In the child: --max-connections 3 and a 1 s message timeout; three calls that never send
     their message and one that ends without one, then ServerLive asked until it is answered."""
