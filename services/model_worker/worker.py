@@ -194,6 +194,10 @@ def _check_one_per_row(given_back: Any) -> None:
     if isinstance(given_back, Mapping) or hasattr(given_back, "columns"):
         raise TypeError(f"the model returned a {type(given_back).__name__}, a table or a mapping: a model returns "
                         "one prediction per row (a list, or an array of one value a row)")
+    # A set iterates in hash order, not the rows'; bytes iterate as integers, a string as its letters (a review).
+    if isinstance(given_back, set | frozenset | bytes | bytearray | str):
+        raise TypeError(f"the model returned a {type(given_back).__name__}: a model returns one prediction per row, "
+                        "in the rows' order (a list, or an array of one value a row)")
 
 
 def _interrupts_are_stops() -> bool:

@@ -405,6 +405,21 @@ def test_a_table_or_a_mapping_returned_is_every_rows_error_never_a_score(output:
         assert all(r.error is not None and "a table or a mapping" in r.error for r in results), results
 
 
+@pytest.mark.parametrize("output", [lambda rows: {0.1 * i for i in range(rows)}, lambda rows: bytes(range(rows)),
+                                    lambda rows: "1" * rows])
+def test_a_set_bytes_or_a_string_returned_is_every_rows_error_never_a_score(output: Any) -> None:
+    """A set gave its values in hash order, not the rows'; bytes gave integers, a string letters:
+    each row a confident score of another's, or of nothing (a review)."""
+    class Unordered(_Overflowing):
+        def predict(self, matrix: Any) -> Any:
+            return output(len(matrix))
+
+    for rows in (1, 3):
+        results = score_batch(Unordered(), [{"x": 0.5}] * rows)  # type: ignore[arg-type]
+        assert [r.prediction for r in results] == [None] * rows
+        assert all(r.error is not None and "in the rows' order" in r.error for r in results), results
+
+
 def test_an_exception_quoting_a_secret_of_the_worker_is_masked_in_its_score() -> None:
     """A model's exception text went into the Score as it was, and from there into the answer a
     gateway's caller reads: a model quoting the worker's credentials (a connection string) showed them."""
