@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -471,24 +471,38 @@ def _say_if_lead_lost(schedule: Schedule, written_at: int, flushed_at: int) -> N
                 "%s before the next change", schedule.name, schedule.version, max(0, lead), MIN_EFFECTIVE_IN_MS, why)
 
 
-READ_BACK_S = 5.0  # the end offsets a read goes to can lag a write just acknowledged (rendezvous/schedules.py)
+READ_BACK_S = 5.0  # the end offsets a read goes to can lag a write just acknowledged
+READ_BACK_PACE_S = 0.1
+
+
+def read_back(feed: ControlFeed, take: Callable[[list[ControlRecord]], None], found: Callable[[], bool],
+              within_s: float) -> bool:
+    """Read the topic on, from where `feed` stopped to the end offsets asked anew, handing each
+    read's records to `take`, until `found()` or `within_s` seconds passed; whether found. Read
+    once, a lagging end offset missed a record just written (the publish of a version, a
+    rendezvous' bootstrap seed); a new reader each time made a client, asked for metadata and
+    read the whole history again."""
+    until = time.monotonic() + within_s
+    while True:
+        take(feed.read_history())
+        if found():
+            return True
+        if time.monotonic() >= until:
+            return False
+        time.sleep(READ_BACK_PACE_S)  # pacing the reads of the end offsets, not waiting instead of a condition
 
 
 def _read_back(config: Mapping[str, Any], topic: str, schedule: Schedule) -> tuple[Schedule | None, int | None]:
     """The version every reader takes as `schedule.version`, and when the broker appended it, read
-    again until one is there: read once, a lagging end offset missed our own record, and the
-    operator was told another change had won (re-running a rollback then undid it). One reader
-    goes on from where it stopped, to the end offsets asked anew: a new one each time made a
-    client, asked for metadata and read the whole history again, ten times a second."""
-    until = time.monotonic() + READ_BACK_S
+    again until one is there (`read_back`): read once, the operator was told another change had
+    won (re-running a rollback then undid it)."""
     feed = ControlFeed(config, topic)
     try:
         book = ScheduleBook(schedule.name)
-        while True:
-            _take(book, feed.read_history())
-            accepted = next((v for v in book.versions if v.version == schedule.version), None)
-            if accepted is not None or time.monotonic() >= until:
-                return accepted, book.written_at.get(schedule.version)
-            time.sleep(0.1)  # pacing the reads of the end offsets, not waiting instead of a condition
+        def accepted() -> Schedule | None:
+            return next((v for v in book.versions if v.version == schedule.version), None)
+
+        read_back(feed, lambda records: _take(book, records), lambda: accepted() is not None, READ_BACK_S)
+        return accepted(), book.written_at.get(schedule.version)
     finally:
         feed.close()

@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable, Sequence
 
 from confluent_kafka import Message
 
 from services.control.schedule import Schedule
-from services.control.topic import ControlFeed, ControlRecord, ScheduleBook, check_keeps_history, encode_schedule
+from services.control.topic import (
+    READ_BACK_S,
+    ControlFeed,
+    ControlRecord,
+    ScheduleBook,
+    check_keeps_history,
+    encode_schedule,
+    read_back,
+)
 from services.core.errors import BadInput, ConfigError, DecodeFailed
 from services.core.runtime import now_ms
 from services.core.service import Context
@@ -26,7 +33,6 @@ from services.rendezvous import metrics as m
 
 log = logging.getLogger(__name__)
 
-READ_BACK_S = 5.0  # how long the bootstrap seed is read for before it is taken as read
 
 
 class ScheduleFeed:
@@ -58,8 +64,7 @@ class ScheduleFeed:
         check_keeps_history(ctx.config, self.topics.control)  # else a later start reads another history
         self._feed = ControlFeed(ctx.config, self.topics.control)
         ctx.stack.callback(self._feed.close)
-        for record in self._feed.read_history():
-            self._apply(record, live=False)
+        self._applied_history(self._feed.read_history())
         if self.book.latest is not None:
             self._say_seed_unused(self.for_request(now_ms()))
         if self.book.latest is None:
@@ -79,21 +84,19 @@ class ScheduleFeed:
         """The version in force once our seed is published: another instance starting now may have
         seeded first, and every reader takes the first v1 in log order; this one must too. The
         end offsets a read goes to can lag the commit just made (seen in tests on a fresh topic),
-        so it reads again for a few seconds before it answers by its own seed, saying so."""
+        so it reads on for a few seconds (`read_back`) before it answers by its own seed, saying so."""
         assert self._feed is not None
-        until = time.monotonic() + READ_BACK_S
-        while True:
-            for record in self._feed.read_history():
-                self._apply(record, live=False)
-            if self.book.latest is not None or time.monotonic() >= until:
-                break
-            time.sleep(0.05)  # pacing the reads of the end offsets, not waiting instead of a condition
+        read_back(self._feed, self._applied_history, lambda: self.book.latest is not None, READ_BACK_S)
         if self.book.latest is None:
             log.warning("the bootstrap schedule %s could not be read back from %s within %.0fs: answering by it; "
                         "another instance seeding at the same moment may answer by its own", seed.name,
                         self.topics.control, READ_BACK_S)
             self.book.add(seed)
         return self.book.latest or seed
+
+    def _applied_history(self, records: list[ControlRecord]) -> None:
+        for record in records:
+            self._apply(record, live=False)
 
     def poll(self) -> None:
         """Apply what arrived on the control topic since the last call."""

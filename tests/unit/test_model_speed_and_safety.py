@@ -391,25 +391,17 @@ class _OneColumnTable:
         return iter(self.columns)
 
 
-@pytest.mark.parametrize("output", [_OneColumnTable, lambda rows: dict.fromkeys(range(rows), 0.7)])
-def test_a_table_or_a_mapping_returned_is_every_rows_error_never_a_score(output: Any) -> None:
-    """Iterated, they give their column labels or keys: a one-column DataFrame's 0 was each row's
-    confident score of 0.0, a dict by row index 0, 1, 2 (a review)."""
-    class Tabular(_Overflowing):
-        def predict(self, matrix: Any) -> Any:
-            return output(len(matrix))
-
-    for rows in (1, 3):
-        results = score_batch(Tabular(), [{"x": 0.5}] * rows)  # type: ignore[arg-type]
-        assert [r.prediction for r in results] == [None] * rows
-        assert all(r.error is not None and "a table or a mapping" in r.error for r in results), results
-
-
-@pytest.mark.parametrize("output", [lambda rows: {0.1 * i for i in range(rows)}, lambda rows: bytes(range(rows)),
-                                    lambda rows: "1" * rows])
-def test_a_set_bytes_or_a_string_returned_is_every_rows_error_never_a_score(output: Any) -> None:
-    """A set gave its values in hash order, not the rows'; bytes gave integers, a string letters:
-    each row a confident score of another's, or of nothing (a review)."""
+@pytest.mark.parametrize(("output", "said"), [
+    (_OneColumnTable, "a table or a mapping"),
+    (lambda rows: dict.fromkeys(range(rows), 0.7), "a table or a mapping"),
+    (lambda rows: {0.1 * i for i in range(rows)}, "in the rows' order"),
+    (lambda rows: bytes(range(rows)), "in the rows' order"),
+    (lambda rows: "1" * rows, "in the rows' order"),
+])
+def test_what_gives_no_prediction_per_row_is_every_rows_error_never_a_score(output: Any, said: str) -> None:
+    """Iterated, a table or a mapping gives its column labels or keys: a one-column DataFrame's 0
+    was each row's confident score of 0.0, a dict by row index 0, 1, 2; a set gave its values in
+    hash order, not the rows', bytes integers, a string letters (reviews)."""
     class Unordered(_Overflowing):
         def predict(self, matrix: Any) -> Any:
             return output(len(matrix))
@@ -417,7 +409,7 @@ def test_a_set_bytes_or_a_string_returned_is_every_rows_error_never_a_score(outp
     for rows in (1, 3):
         results = score_batch(Unordered(), [{"x": 0.5}] * rows)  # type: ignore[arg-type]
         assert [r.prediction for r in results] == [None] * rows
-        assert all(r.error is not None and "in the rows' order" in r.error for r in results), results
+        assert all(r.error is not None and said in r.error for r in results), results
 
 
 def test_an_exception_quoting_a_secret_of_the_worker_is_masked_in_its_score() -> None:
