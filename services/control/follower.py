@@ -42,13 +42,8 @@ class ScheduleFollower:
         self._thread.start()
 
     def _apply(self, records: Iterable[ControlRecord]) -> None:
-        for record in records:
-            schedule = record.schedule
-            if schedule is None or schedule.name != self.book.name:
-                continue
-            if self.book.refusal(schedule, record.written_at) is None:
-                self.book.add(schedule, record.written_at)
-                log.info("schedule %s v%d: %s", schedule.name, schedule.version, list(schedule.models))
+        for schedule in self.book.take(records):
+            log.info("schedule %s v%d: %s", schedule.name, schedule.version, list(schedule.models))
 
     def _follow(self, poll_s: float) -> None:
         try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,6 +199,19 @@ class ScheduleBook:
         if schedule.effective_at < latest.effective_at and not schedule.supersedes_pending:
             return f"effective_at {schedule.effective_at} precedes v{latest.version}'s ({latest.effective_at})"
         return None
+
+    def take(self, records: Iterable[ControlRecord]) -> list[Schedule]:
+        """Add the versions of this book's schedule among `records` that a reader accepts, in log
+        order; those added."""
+        added = []
+        for record in records:
+            schedule = record.schedule
+            if schedule is None or schedule.name != self.name:
+                continue
+            if self.refusal(schedule, record.written_at) is None:
+                self.add(schedule, record.written_at)
+                added.append(schedule)
+        return added
 
     def add(self, schedule: Schedule, written_at: int | None = None) -> None:
         """Append a version that passed `refusal`, written to the log at `written_at` (if known).
@@ -396,24 +409,11 @@ def load_books(config: Mapping[str, Any], topic: str, name: str) -> tuple[Schedu
     `name` is none of them: a command checking the wrong book checked nothing)."""
     feed = ControlFeed(config, topic)
     try:
-        book, names = ScheduleBook(name), set[str]()
-        _take(book, feed.read_history(), names)
-        return book, names
+        book, records = ScheduleBook(name), feed.read_history()
+        book.take(records)
+        return book, {record.schedule.name for record in records if record.schedule is not None}
     finally:
         feed.close()
-
-
-def _take(book: ScheduleBook, records: list[ControlRecord], names: set[str] | None = None) -> None:
-    """Add the versions of `book`'s schedule that a reader accepts, in log order; note in `names`
-    every schedule seen."""
-    for record in records:
-        schedule = record.schedule
-        if schedule is None:
-            continue
-        if names is not None:
-            names.add(schedule.name)
-        if schedule.name == book.name and book.refusal(schedule, record.written_at) is None:
-            book.add(schedule, record.written_at)
 
 
 def publish(config: Mapping[str, Any], topic: str, schedule: Schedule) -> Schedule:
@@ -475,7 +475,7 @@ READ_BACK_S = 5.0  # the end offsets a read goes to can lag a write just acknowl
 READ_BACK_PACE_S = 0.1
 
 
-def read_back(feed: ControlFeed, take: Callable[[list[ControlRecord]], None], found: Callable[[], bool],
+def read_back(feed: ControlFeed, take: Callable[[list[ControlRecord]], object], found: Callable[[], bool],
               within_s: float) -> bool:
     """Read the topic on, from where `feed` stopped to the end offsets asked anew, handing each
     read's records to `take`, until `found()` or `within_s` seconds passed; whether found. Read
@@ -502,7 +502,7 @@ def _read_back(config: Mapping[str, Any], topic: str, schedule: Schedule) -> tup
         def accepted() -> Schedule | None:
             return next((v for v in book.versions if v.version == schedule.version), None)
 
-        read_back(feed, lambda records: _take(book, records), lambda: accepted() is not None, READ_BACK_S)
+        read_back(feed, book.take, lambda: accepted() is not None, READ_BACK_S)
         return accepted(), book.written_at.get(schedule.version)
     finally:
         feed.close()

@@ -48,17 +48,15 @@ SHUTTING_DOWN = "this gateway is shutting down; retry (another replica will answ
 
 R = TypeVar("R")
 
-# A call's data from this size up is turned into rows in a worker thread, and a REST body from
-# LARGE_BODY bytes up parsed there: on the event loop a 2 MB JSON call (1,000 x 1,024 values) held
-# every other call for 0.5 s (a review). Smaller ones stay on the loop: a thread's hop costs more.
-# A body whose members the quick count cannot account for is parsed a second time, in Python, to
-# find a key given twice: 29 ms for 256 kB of small objects in a member the protocol has none of,
-# 2.8 ms for 32 kB (a review), so bodies from 32 kB up are parsed off the loop.
+# A call's data from this size up is turned into rows in a worker thread, and a gRPC message from
+# LARGE_BODY bytes up parsed there (a REST body: rest.LARGE_JSON_BODY): on the event loop a 2 MB
+# JSON call (1,000 x 1,024 values) held every other call for 0.5 s (a review). Smaller ones stay on
+# the loop: a thread's hop costs more.
 LARGE_VALUES = 50_000
 # How many times a row whose reply partition moved to another gateway is sent again (each move is
 # a rebalance: one is the rule, a third would be gateways joining and leaving in a loop).
 MOVED_RESENDS = 2
-LARGE_BODY = 32 * 1024
+LARGE_BODY = 256 * 1024
 # A call's rows submitted to the Kafka client: submit(row, request_id=...) (`Gateway._submitting`).
 Submit = Callable[..., Future[Answer]]
 
@@ -154,9 +152,7 @@ class Gateway:
             raise TurnedAway(f"this gateway {broken}; retry (another replica will answer)")
         if not self.health.up:  # else requests would queue in the producer, and calls wait out their deadline
             raise TurnedAway(f"Kafka is unreachable ({self.health.describe()}); retry later")
-        if self.rows_in_flight >= self.settings.max_in_flight:  # a call has a row at least
-            raise TurnedAway(f"overloaded: {self.rows_in_flight} rows waiting for answers (at most "
-                              f"{self.settings.max_in_flight}); retry later")
+        self._check_room(1)  # a call has a row at least
 
     async def infer(self, name: str, version: str, call: InferCall, caller: str,
                     deadline_ms: Sequence[int | None] = (), started: float | None = None) -> InferResult:

@@ -21,12 +21,12 @@ def stream_version(path: Path, opened: BufferedReader) -> str:
     return f"{path.stem}-{hashlib.file_digest(opened, 'sha256').hexdigest()[:8]}"
 
 
-def opened_model_file(path: Path, named_as: Path | None = None) -> BufferedReader:
+def opened_model_file(path: Path, named_as: Path) -> BufferedReader:
     """`path` open for reading; an error names the model as it was given (`named_as`)."""
     try:
         return path.open("rb")
     except OSError as err:
-        raise ModelSpecError(f"model {str(named_as or path)!r}: cannot read it ({err.strerror or err})") from None
+        raise ModelSpecError(f"model {str(named_as)!r}: cannot read it ({err.strerror or err})") from None
 
 
 def resolved_model_path(path: Path) -> Path:
@@ -41,18 +41,20 @@ def resolved_model_path(path: Path) -> Path:
 
 def file_state(opened: BufferedReader) -> tuple[int, ...]:
     """What says a file changed: its identity, size and times (taken as it is opened)."""
-    info = os.fstat(opened.fileno())
-    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+    return _state(os.fstat(opened.fileno()))
 
 
 def unchanged(state: tuple[int, ...], path: Path) -> bool:
     """Whether `path` names the file of `state` still, as it was then: not renamed over, not
     written to (unless within one tick of the file system's clock: only hashing it again is exact)."""
     try:
-        info = path.stat()
+        return _state(path.stat()) == state
     except OSError:
         return False
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns) == state
+
+
+def _state(info: os.stat_result) -> tuple[int, ...]:
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
 
 
 def sidecar_paths(path: Path, named_as: Path | None = None) -> list[Path]:
@@ -61,8 +63,9 @@ def sidecar_paths(path: Path, named_as: Path | None = None) -> list[Path]:
     `current.skops -> v5/model.skops`), beside the link after: looked for beside the link alone,
     the sidecar of `v5/` was not found, and the model was served without its ranges, without a
     word (a review). The file's own first: one beside the link stays as the link moves on."""
-    named = [path] if named_as is None or named_as == path else [path, named_as]
-    return [p.with_name(name + SIDECAR_SUFFIX) for p in named for name in (p.name, p.stem)]
+    named = [path] if named_as is None else [path, named_as]
+    found = (p.absolute().with_name(name + SIDECAR_SUFFIX) for p in named for name in (p.name, p.stem))
+    return list(dict.fromkeys(found))  # the name given may be the file itself (relative): each asked once
 
 
 def read_sidecar(path: Path, named_as: Path | None = None) -> Signature | None:

@@ -272,6 +272,6 @@ def _still_leads_to(path: Path, file: Path) -> bool:
     """Whether `path` leads to `file` still; not while a link is being made again (BusyBox's
     `ln -sfn` removes it first): that load is tried again."""
     try:
-        return resolved_model_path(path) == file
-    except ModelSpecError:
+        return path.resolve(strict=True) == file
+    except (OSError, RuntimeError):  # RuntimeError: a loop of links
         return False

@@ -51,7 +51,7 @@ from services.core.signatures import Signature
 
 from ._files import opened_model_file, read_sidecar, resolved_model_path, sidecar_hint, stream_version
 from .base import Prediction, check_batch, check_finite, check_probabilities, fits_float32
-from .zip_bounds import check_entries, check_references, inflation_bound
+from .zip_bounds import check_entries, check_references, inflation_bound, schema_objects
 
 __all__ = ["PICKLE_SUFFIXES", "SKOPS_SUFFIX", "TRUST_HINT", "SklearnModel", "pickle_refusal"]
 
@@ -110,7 +110,6 @@ class SklearnModel:
             self.feature_names = signature.names
         self.trust_model_file = trust_model_file
         self._estimator: Any = estimator
-        self._file: Path | None = None  # the file loaded: `path` through its links, as it was at the load
         self._proba = False
         self._classes: list[str] = []
         self._is_classifier = False
@@ -136,14 +135,15 @@ class SklearnModel:
         return repr(str(self.path)) if self.path is not None else f"estimator {self.name!r}"
 
     def load(self) -> None:
+        file = None  # the file loaded: `path` through its links, as it was when the load began
         if self.path is not None:
             # Opened once: the checks, the load and the version read the same file, whatever is
             # renamed into its place meanwhile. Opened by each, a file replaced meanwhile had an
             # SVC loaded past the check of another file, and a version naming other bytes than
             # those served; read whole into memory instead, a 400 MiB model took 400 MiB more to
             # load (reviews). A file written over in place stays a writer's to time.
-            self._file = resolved_model_path(self.path)
-            with opened_model_file(self._file, self.path) as model_file:
+            file = resolved_model_path(self.path)
+            with opened_model_file(file, self.path) as model_file:
                 version = stream_version(self.path, model_file)
                 self._estimator = self._load_file(self.path, model_file)
             if not self.version:
@@ -154,8 +154,8 @@ class SklearnModel:
                 f"model {self._label}: {type(est).__name__} is not a scikit-learn estimator "
                 "(no predict method); save a fitted estimator or pipeline with joblib.dump"
             )
-        sidecar = read_sidecar(self._file, self.path) if self._file is not None else None
-        self.feature_names = self._resolve_feature_names(est, sidecar.names if sidecar else None)
+        sidecar = read_sidecar(file, self.path) if file is not None else None
+        self.feature_names = self._resolve_feature_names(est, sidecar.names if sidecar else None, file)
         self.signature = sidecar or self.signature or Signature.all_required(self.feature_names)
         _check_one_output(est, self._label)
         self._proba = callable(getattr(est, "predict_proba", None)) and hasattr(est, "classes_")
@@ -180,13 +180,14 @@ class SklearnModel:
                 "is it a joblib.dump of a scikit-learn estimator made with compatible library versions?"
             ) from err
 
-    def _resolve_feature_names(self, est: Any, from_sidecar: tuple[str, ...] | None) -> tuple[str, ...]:
+    def _resolve_feature_names(self, est: Any, from_sidecar: tuple[str, ...] | None,
+                               file: Path | None) -> tuple[str, ...]:
         fitted = getattr(est, "feature_names_in_", None)
         from_est = tuple(str(n) for n in fitted) if fitted is not None else None
         given = self.feature_names or None
         names = from_est or from_sidecar or given
         if names is None:
-            hint = sidecar_hint(self._file) if self._file is not None else "pass feature_names="
+            hint = sidecar_hint(file) if file is not None else "pass feature_names="
             raise ModelSpecError(
                 f"model {self._label}: the estimator has no feature_names_in_ (it was not fitted on a "
                 f"DataFrame) and no feature names were given; {hint}"
@@ -303,16 +304,10 @@ def _unchecked_types(model_file: BinaryIO, where: str) -> list[str]:
         schema = json.loads(archive.read(_SCHEMA))
         check_references(schema, costs, bound, where, model_file)
     found: set[str] = set()
-    pending: list[Any] = [schema]
-    while pending:  # every object skops describes, however deeply nested (pipelines, ensembles)
-        node = pending.pop()
-        if isinstance(node, dict):
-            module, name = node.get("__module__"), node.get("__class__")
-            if isinstance(module, str) and isinstance(name, str) and _is_unchecked(module, name):
-                found.add(f"{module}.{name}")
-            pending.extend(node.values())
-        elif isinstance(node, list):
-            pending.extend(node)
+    for node in schema_objects(schema):  # every object skops describes, however deeply nested (pipelines, ensembles)
+        module, name = node.get("__module__"), node.get("__class__")
+        if isinstance(module, str) and isinstance(name, str) and _is_unchecked(module, name):
+            found.add(f"{module}.{name}")
     return sorted(found)
 
 

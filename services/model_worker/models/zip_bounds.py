@@ -52,25 +52,22 @@ def check_entries(archive: zipfile.ZipFile, model_file: BinaryIO, bound: int, wh
         total += entry.file_size
         if total > bound:
             raise _over(where, bound, model_file)
-        true_size = _inflated_size(model_file, entry, where)
+        true_size, head = _inflated(model_file, entry, where)
         if true_size != entry.file_size:
             more = "more than " if true_size > entry.file_size else ""
             raise ModelSpecError(f"{where}: entry {entry.filename[:100]!r} declares {entry.file_size:,} bytes and "
                                  f"inflates to {more}{min(true_size, entry.file_size):,}{'' if more else ' only'}: "
                                  "a damaged or forged file")
-        cost = entry.file_size + _inner_cost(archive, entry, bound - total, where, nested)
-        total += cost - entry.file_size
+        inner = _inner_cost(archive, entry, bound - total, where, nested) if head in _ZIP else 0
+        total += inner
         if total > bound:
             raise _over(where, bound, model_file)
-        costs[entry.filename] = cost
+        costs[entry.filename] = entry.file_size + inner
     return costs
 
 
 def _inner_cost(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, bound: int, where: str, nested: bool) -> int:
-    """What the entries of an entry that is a zip cost to read (0 for any other entry)."""
-    with archive.open(entry) as data:
-        if data.read(4) not in _ZIP:
-            return 0
+    """What the entries of an entry that is a zip cost to read."""
     if nested:
         raise ModelSpecError(f"{where}: entry {entry.filename[:100]!r} is a zip inside a zip inside the model's file: "
                              "not read")
@@ -93,16 +90,23 @@ def _files_named(schema: Any) -> Iterator[str]:
     """Each file a node names, once per node `__id__` (skops reads a node of an id seen before
     from its cache, whichever it meets first): an id that names two files counts at each, or a
     stand-in naming nothing met first here kept the real node from counting (a review)."""
-    pending, seen = [schema], set()
+    seen = set()
+    for node in schema_objects(schema):
+        named, node_id = node.get("file"), node.get("__id__")
+        if isinstance(named, str):
+            key = (node_id, named) if isinstance(node_id, int) and node_id else None
+            if key is None or key not in seen:
+                seen.add(key)
+                yield named
+
+
+def schema_objects(schema: Any) -> Iterator[dict[str, Any]]:
+    """Every JSON object of a skops schema, however deeply nested (pipelines, ensembles)."""
+    pending = [schema]
     while pending:
         node = pending.pop()
         if isinstance(node, dict):
-            named, node_id = node.get("file"), node.get("__id__")
-            if isinstance(named, str):
-                key = (node_id, named) if isinstance(node_id, int) and node_id else None
-                if key is None or key not in seen:
-                    seen.add(key)
-                    yield named
+            yield node
             pending.extend(node.values())
         elif isinstance(node, list):
             pending.extend(node)
@@ -115,9 +119,9 @@ def _over(where: str, bound: int, model_file: BinaryIO, how: str = "") -> ModelS
                           "more): not loaded, as a zip bomb would take that much memory")
 
 
-def _inflated_size(model_file: BinaryIO, entry: zipfile.ZipInfo, where: str) -> int:
+def _inflated(model_file: BinaryIO, entry: zipfile.ZipInfo, where: str) -> tuple[int, bytes]:
     """How many bytes the entry's raw data inflates to, counted a chunk at a time, at most one
-    byte past what it declares."""
+    byte past what it declares; and its first 4 (a zip's signature, if it is one)."""
     model_file.seek(entry.header_offset)
     header = model_file.read(_LOCAL_HEADER.size)
     if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
@@ -125,8 +129,8 @@ def _inflated_size(model_file: BinaryIO, entry: zipfile.ZipInfo, where: str) -> 
     _signature, name_length, extra_length = _LOCAL_HEADER.unpack(header)
     model_file.seek(entry.header_offset + _LOCAL_HEADER.size + name_length + extra_length)
     if entry.compress_type == zipfile.ZIP_STORED:
-        return entry.compress_size
-    inflater, produced, left = zlib.decompressobj(-zlib.MAX_WBITS), 0, entry.compress_size
+        return entry.compress_size, model_file.read(min(4, entry.compress_size))
+    inflater, produced, left, head = zlib.decompressobj(-zlib.MAX_WBITS), 0, entry.compress_size, b""
     while left > 0 and not inflater.eof:
         raw = model_file.read(min(CHUNK_BYTES, left))
         if not raw:
@@ -139,11 +143,12 @@ def _inflated_size(model_file: BinaryIO, entry: zipfile.ZipInfo, where: str) -> 
             except zlib.error as err:
                 raise ModelSpecError(f"{where}: entry {entry.filename[:100]!r} cannot be inflated ({err})") from None
             produced += len(out)
+            head += out[:4 - len(head)]
             if produced > entry.file_size:
-                return produced
+                return produced, head
             pending = inflater.unconsumed_tail
             if not pending and not out:
                 break
     if not inflater.eof:
         raise ModelSpecError(f"{where}: entry {entry.filename[:100]!r} ends before its deflated data: a damaged file")
-    return produced
+    return produced, head
